@@ -1,0 +1,102 @@
+"""Argument checks shared by the native wrappers, run before any ``nogil`` kernel.
+
+Every message names the op, what was expected and what came, so a bad call from a layer or a
+user is a ValueError/TypeError and never an out-of-bounds read.
+"""
+
+import numpy as np
+
+FLOAT_DTYPES = (np.float32, np.float64)
+
+
+def as_float_array(op, name, a, ndim=None, dtype=None):
+    """Return ``a`` as a C-contiguous float32/float64 array (copying only when needed).
+
+    ``dtype`` pins the dtype (other float inputs are converted to it); without it float32 and
+    float64 pass through and anything else numeric becomes float32.
+    """
+    if a is None:
+        raise ValueError(f"{op}: '{name}' is required, got None")
+    arr = np.asarray(a)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise TypeError(f"{op}: '{name}' must be a numeric array, got dtype {arr.dtype}")
+    if dtype is not None:
+        target = np.dtype(dtype)
+    elif arr.dtype in FLOAT_DTYPES:
+        target = arr.dtype
+    else:
+        target = np.dtype(np.float32)
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{op}: '{name}' must have {ndim} dimensions, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=target)
+
+
+def as_int_array(op, name, a, ndim=None):
+    arr = np.asarray(a)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(
+            arr == np.round(arr)
+        ):
+            arr = arr.astype(np.int64)
+        else:
+            raise TypeError(f"{op}: '{name}' must hold integers, got dtype {arr.dtype}")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{op}: '{name}' must have {ndim} dimensions, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+def check_shape(op, name, arr, expected):
+    """``expected`` is a tuple whose None entries match anything."""
+    shape = tuple(arr.shape)
+    if len(shape) != len(expected) or any(
+        e is not None and e != s for e, s in zip(expected, shape)
+    ):
+        want = "(" + ", ".join("?" if e is None else str(e) for e in expected) + ")"
+        raise ValueError(f"{op}: '{name}' must have shape {want}, got {shape}")
+
+
+def same_dtype(op, *named):
+    """All (name, array) pairs share one dtype."""
+    dtypes = {a.dtype for _, a in named if a is not None}
+    if len(dtypes) > 1:
+        desc = ", ".join(f"{n}={a.dtype}" for n, a in named if a is not None)
+        raise TypeError(f"{op}: arrays must share one float dtype, got {desc}")
+
+
+def pair(op, name, value):
+    if isinstance(value, int):
+        value = (value, value)
+    try:
+        a, b = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}: '{name}' must be an int or a pair of ints, got {value!r}")
+    if a < 1 or b < 1:
+        raise ValueError(f"{op}: '{name}' must be positive, got {value!r}")
+    return a, b
+
+
+def padding_mode(op, padding):
+    p = str(padding).lower()
+    if p not in ("valid", "same"):
+        raise ValueError(f"{op}: padding must be 'valid' or 'same', got {padding!r}")
+    return p
+
+
+def conv_output_size(n, k, stride, dilation, padding):
+    """Keras's output length and leading pad for one spatial axis (pad_before, out)."""
+    k_eff = (k - 1) * dilation + 1
+    if padding == "same":
+        out = -(-n // stride)
+        total = max((out - 1) * stride + k_eff - n, 0)
+        return total // 2, out
+    out = (n - k_eff) // stride + 1 if n >= k_eff else 0
+    return 0, out
+
+
+def activation_name(op, activation):
+    from pynn.backend.api import ACTIVATIONS
+
+    name = "linear" if activation is None else str(activation).lower()
+    if name not in ACTIVATIONS:
+        raise ValueError(f"{op}: unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+    return name

@@ -1,0 +1,111 @@
+"""The op table: every backend (``cpu``, ``opencl``) exports exactly these names with exactly
+these signatures. Layers, losses and optimizers call only these. A test asserts both backends
+match this table.
+
+Conventions
+-----------
+- Legend: N batch, H/W spatial, C channels, F filters, U units, K classes.
+- Layout is NHWC (channels_last), C-contiguous. Conv kernels are ``(KH, KW, C, F)``, Dense
+  kernels ``(C_in, U)``: Keras 3's layouts.
+- "array" means the backend's array type: ``numpy.ndarray`` on the CPU, a device array on
+  OpenCL. float32 everywhere; the CPU backend also takes float64 (gradient checks).
+- Functions return new arrays unless the name ends in ``_update`` or ``_inplace`` (those mutate
+  their first array arguments and return None, or a Python float where stated).
+- ``strides``, ``dilation_rate``, ``pool_size`` are tuples of two ints; ``padding`` is
+  ``"valid"`` or ``"same"`` (Keras: output ``ceil(n/s)``, the odd padding pixel goes after).
+- ``activation`` is a lower-case name from ``ACTIVATIONS``; ``alpha`` its parameter
+  (leaky_relu negative slope, elu alpha; ignored by the others).
+- Scalars (losses, norms, counts) come back as Python floats/ints: the only device-to-host
+  traffic of a training step.
+"""
+
+ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "leaky_relu", "elu", "selu",
+               "gelu", "softplus")
+
+# Activations whose derivative cannot be computed from the output alone: the forward op then
+# also returns the pre-activation ``z`` (otherwise ``z`` is None).
+ACTIVATIONS_NEEDING_INPUT = ("gelu",)
+
+LOSSES = ("mean_squared_error", "mean_absolute_error", "huber", "binary_crossentropy",
+          "categorical_crossentropy", "sparse_categorical_crossentropy")
+
+# name -> parameter names, in order. The signature test checks each backend against this.
+OPS = {
+    # -- arrays ---------------------------------------------------------------------------
+    "asarray": ("x", "dtype"),                 # host data -> backend array (copy/upload)
+    "to_numpy": ("a",),                        # backend array -> numpy.ndarray (download)
+    "empty": ("shape", "dtype"),
+    "zeros": ("shape", "dtype"),
+    "full": ("shape", "value", "dtype"),
+    "copy": ("a",),
+    "reshape": ("a", "shape"),                 # a view where possible
+    "add_inplace": ("a", "b"),                 # a += b
+    "scale_inplace": ("a", "factor"),          # a *= factor
+    # -- dense (native/dense.pyx, opencl/dense.cl) ---------------------------------------
+    # y = act(x @ kernel + bias); bias may be None. Returns (y, z), z as described above.
+    "dense_forward": ("x", "kernel", "bias", "activation", "alpha"),
+    "dense_backward_input": ("dz", "kernel"),   # dz @ kernel.T -> (N, C_in)
+    "dense_backward_weight": ("x", "dz"),        # x.T @ dz -> (C_in, U)
+    "bias_backward": ("dz",),                     # sum over every axis but the last
+    # -- activations (native/activation.pyx, opencl/activation.cl) -----------------------
+    "activation_forward": ("x", "activation", "alpha"),       # any shape; softmax on last axis
+    # dL/dx from dL/dy; x (pre-activation) may be None unless activation needs it, y is the
+    # forward output.
+    "activation_backward": ("dy", "x", "y", "activation", "alpha"),
+    # -- conv (native/conv.pyx, opencl/conv.cl) ------------------------------------------
+    # (N,H,W,C) * (KH,KW,C,F) -> (y, z) with y (N,HO,WO,F), bias+activation fused.
+    "conv2d_forward": ("x", "kernel", "bias", "strides", "padding", "dilation_rate",
+                       "activation", "alpha"),
+    "conv2d_backward_input": ("dz", "kernel", "input_shape", "strides", "padding",
+                              "dilation_rate"),
+    "conv2d_backward_weight": ("x", "dz", "kernel_shape", "strides", "padding",
+                               "dilation_rate"),
+    # -- pooling (native/pool.pyx, opencl/pool.cl) ---------------------------------------
+    # argmax: int32 array shaped like y holding the flat index h*W + w of the chosen input
+    # pixel within its (n, c) plane. Ties go to the first index in row-major window order.
+    "maxpool2d_forward": ("x", "pool_size", "strides", "padding"),        # -> (y, argmax)
+    "maxpool2d_backward": ("dy", "argmax", "input_shape"),
+    # 'same' padding averages only the in-bounds pixels (Keras / TF semantics).
+    "avgpool2d_forward": ("x", "pool_size", "strides", "padding"),        # -> y
+    "avgpool2d_backward": ("dy", "input_shape", "pool_size", "strides", "padding"),
+    "global_avgpool2d_forward": ("x",),                                   # (N,H,W,C) -> (N,C)
+    "global_avgpool2d_backward": ("dy", "input_shape"),
+    "global_maxpool2d_forward": ("x",),                                   # -> (y, argmax)
+    "global_maxpool2d_backward": ("dy", "argmax", "input_shape"),
+    # -- dropout (native/dropout.pyx, opencl/dropout.cl) ---------------------------------
+    # Philox4x32-10 keyed by seed, counter = element index + offset: the CPU and OpenCL masks
+    # are bit-identical. mask is uint8 (1 keep, 0 drop); survivors are scaled by 1/(1-rate).
+    "dropout_forward": ("x", "rate", "seed", "offset"),                  # -> (y, mask)
+    "dropout_backward": ("dy", "mask", "rate"),
+    # -- losses (native/loss.pyx, opencl/loss.cl) ----------------------------------------
+    # Mean over the batch (Keras 'sum_over_batch_size'). Returns (loss: float, grad or None):
+    # grad = d(loss)/d(y_pred), already divided by the batch size. ``param`` is huber's delta,
+    # ignored by the others. Sparse labels are int32 class ids, validated by the caller.
+    "loss_forward_backward": ("name", "y_true", "y_pred", "from_logits", "param",
+                              "need_grad"),
+    # -- metrics (native/metric.pyx, opencl/metric.cl) ----------------------------------
+    # Counts over a batch, summed by the caller. mode: "binary" (threshold), "categorical"
+    # (one-hot y_true), "sparse" (int labels). Returns an int.
+    "accuracy_count": ("y_true", "y_pred", "mode", "threshold"),
+    "top_k_count": ("y_true", "y_pred", "k", "sparse"),
+    # Binary confusion counts after thresholding (multi-column y flattens): (tp, fp, fn).
+    "confusion_counts": ("y_true", "y_pred", "threshold"),
+    # -- regularizers and clipping (native/optim.pyx, opencl/optim.cl) -------------------
+    # grad += l1*sign(w) + 2*l2*w; returns the penalty l1*sum|w| + l2*sum(w^2) as a float.
+    "regularizer_inplace": ("w", "grad", "l1", "l2"),
+    "sum_squares": ("a",),                                                # float
+    # -- optimizer updates, one fused pass per parameter (native/optim.pyx) -------------
+    # Each first clips the gradient: g = clip(g * grad_scale, -clipvalue, clipvalue)
+    # (clipvalue <= 0: no clip; grad_scale carries clipnorm/global_clipnorm), then applies
+    # decoupled weight decay w -= w * weight_decay * lr, then the rule below (Keras 3's exact
+    # formulas, see shared KERAS_FACTS). Slots that an option does not use are None.
+    "sgd_update": ("w", "g", "momentum_buf", "lr", "momentum", "nesterov", "grad_scale",
+                   "clipvalue", "weight_decay"),
+    # t is the 1-based step used for bias correction; vhat is the amsgrad slot or None.
+    "adam_update": ("w", "g", "m", "v", "vhat", "lr", "beta_1", "beta_2", "epsilon", "t",
+                    "grad_scale", "clipvalue", "weight_decay"),
+    "rmsprop_update": ("w", "g", "velocity", "momentum_buf", "average_grad", "lr", "rho",
+                       "momentum", "epsilon", "grad_scale", "clipvalue", "weight_decay"),
+    "adagrad_update": ("w", "g", "accumulator", "lr", "epsilon", "grad_scale", "clipvalue",
+                       "weight_decay"),
+}

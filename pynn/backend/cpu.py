@@ -1,0 +1,79 @@
+"""The CPU backend: NumPy arrays in, native Cython/OpenMP kernels underneath.
+
+Each op of ``pynn.backend.api.OPS`` is a ``def`` function of a ``pynn._native`` module that
+validates its arguments and then runs a ``nogil`` kernel; this module only gathers them.
+"""
+
+import numpy as np
+
+from pynn._native.activation import activation_backward, activation_forward  # noqa: F401
+from pynn._native.conv import (  # noqa: F401
+    conv2d_backward_input,
+    conv2d_backward_weight,
+    conv2d_forward,
+)
+from pynn._native.dense import (  # noqa: F401
+    bias_backward,
+    dense_backward_input,
+    dense_backward_weight,
+    dense_forward,
+)
+from pynn._native.dropout import dropout_backward, dropout_forward  # noqa: F401
+from pynn._native.loss import loss_forward_backward  # noqa: F401
+from pynn._native.metric import accuracy_count, confusion_counts, top_k_count  # noqa: F401
+from pynn._native.optim import (  # noqa: F401
+    adagrad_update,
+    adam_update,
+    regularizer_inplace,
+    rmsprop_update,
+    sgd_update,
+    sum_squares,
+)
+from pynn._native.pool import (  # noqa: F401
+    avgpool2d_backward,
+    avgpool2d_forward,
+    global_avgpool2d_backward,
+    global_avgpool2d_forward,
+    global_maxpool2d_backward,
+    global_maxpool2d_forward,
+    maxpool2d_backward,
+    maxpool2d_forward,
+)
+
+NAME = "cpu"
+
+
+def asarray(x, dtype=np.float32):
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def to_numpy(a):
+    return np.asarray(a)
+
+
+def empty(shape, dtype=np.float32):
+    return np.empty(shape, dtype=dtype)
+
+
+def zeros(shape, dtype=np.float32):
+    return np.zeros(shape, dtype=dtype)
+
+
+def full(shape, value, dtype=np.float32):
+    return np.full(shape, value, dtype=dtype)
+
+
+def copy(a):
+    return np.array(a, copy=True)
+
+
+def reshape(a, shape):
+    return a.reshape(shape)
+
+
+def add_inplace(a, b):
+    np.add(a, b, out=a)
+
+
+def scale_inplace(a, factor):
+    np.multiply(a, a.dtype.type(factor), out=a)
