@@ -21,10 +21,19 @@ cdef enum:
     ACT_GELU = 8
     ACT_SOFTPLUS = 9
 
-cdef double SELU_ALPHA = 1.6732632423543772848170429916717
-cdef double SELU_SCALE = 1.0507009873554804934193349852946
-cdef double INV_SQRT2 = 0.70710678118654752440
-cdef double INV_SQRT_2PI = 0.39894228040143267794
+# Constants as C macros: module-level cdef variables would turn this .pxd into a module that
+# every kernel file must import at run time.
+cdef extern from *:
+    """
+    #define PYNN_SELU_ALPHA 1.6732632423543772848170429916717
+    #define PYNN_SELU_SCALE 1.0507009873554804934193349852946
+    #define PYNN_INV_SQRT2 0.70710678118654752440
+    #define PYNN_INV_SQRT_2PI 0.39894228040143267794
+    """
+    double SELU_ALPHA "PYNN_SELU_ALPHA"
+    double SELU_SCALE "PYNN_SELU_SCALE"
+    double INV_SQRT2 "PYNN_INV_SQRT2"
+    double INV_SQRT_2PI "PYNN_INV_SQRT_2PI"
 
 
 cdef inline floating act_value(floating x, int act, floating alpha) noexcept nogil:

@@ -1287,6 +1287,12 @@ static int __Pyx_init_tpflags_variables(void) {
 #define __PYX_HAVE_API__pynn___native__dense
 /* Early includes */
 #include <math.h>
+
+    #define PYNN_SELU_ALPHA 1.6732632423543772848170429916717
+    #define PYNN_SELU_SCALE 1.0507009873554804934193349852946
+    #define PYNN_INV_SQRT2 0.70710678118654752440
+    #define PYNN_INV_SQRT_2PI 0.39894228040143267794
+    
 #include "pythread.h"
 #include <string.h>
 
@@ -3104,6 +3110,14 @@ static CYTHON_INLINE int __Pyx_PyFloat_FromNumber(PyObject **number_var, const c
 /* PyObjectCompare.proto */
 static CYTHON_INLINE int __Pyx_PyObject_CompareBoolLt_object_int(PyObject *op1, PyObject *op2, int pyop);
 
+/* PyLongBinop.proto */
+#if !CYTHON_COMPILING_IN_PYPY
+static CYTHON_INLINE PyObject* __Pyx_PyLong_SubtractObjC(PyObject *op1, PyObject *op2, long intval, int inplace, int zerodivision_check);
+#else
+#define __Pyx_PyLong_SubtractObjC(op1, op2, intval, inplace, zerodivision_check)\
+    (inplace ? PyNumber_InPlaceSubtract(op1, op2) : PyNumber_Subtract(op1, op2))
+#endif
+
 /* AllocateExtensionType.proto */
 static PyObject *__Pyx_AllocateExtensionType(PyTypeObject *t, int is_final);
 
@@ -3196,9 +3210,6 @@ static int __Pyx__SetItemOnTypeDict(PyTypeObject *tp, PyObject *k, PyObject *v);
 
 /* SetupReduce.export */
 static int __Pyx_setup_reduce(PyObject* type_obj);
-
-/* VoidPtrImport.proto */
-static int __Pyx_ImportVoidPtr_3_3_1(PyObject *module, const char *name, void **p, const char *sig);
 
 /* FunctionImport.proto */
 static int __Pyx_ImportFunction_3_3_1(PyObject *module, const char *funcname, void (**f)(void), const char *sig);
@@ -3764,14 +3775,6 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_5_blas_gemm_rowmajor(int, int, int
 /* Module declarations from "libc.math" */
 
 /* Module declarations from "_activation" */
-static double *__pyx_vp_11_activation_SELU_ALPHA = 0;
-#define __pyx_v_11_activation_SELU_ALPHA (*__pyx_vp_11_activation_SELU_ALPHA)
-static double *__pyx_vp_11_activation_SELU_SCALE = 0;
-#define __pyx_v_11_activation_SELU_SCALE (*__pyx_vp_11_activation_SELU_SCALE)
-static double *__pyx_vp_11_activation_INV_SQRT2 = 0;
-#define __pyx_v_11_activation_INV_SQRT2 (*__pyx_vp_11_activation_INV_SQRT2)
-static double *__pyx_vp_11_activation_INV_SQRT_2PI = 0;
-#define __pyx_v_11_activation_INV_SQRT_2PI (*__pyx_vp_11_activation_INV_SQRT_2PI)
 static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float, int, float); /*proto*/
 static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double, int, double); /*proto*/
 static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_softmax_row(float const *, float *, Py_ssize_t); /*proto*/
@@ -4076,7 +4079,7 @@ namespace {
     PyObject *__pyx_slice[1];
     PyObject *__pyx_tuple[7];
     PyObject *__pyx_codeobj_tab[13];
-    PyObject *__pyx_string_tab[182];
+    PyObject *__pyx_string_tab[181];
     PyObject *__pyx_number_tab[6];
 /* #### Code section: module_state_contents ### */
 /* PyFrozenDict.module_state_decls */
@@ -4309,15 +4312,14 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_n_u_z __pyx_string_tab[170]
 #define __pyx_n_u_zeros __pyx_string_tab[171]
 #define __pyx_n_b_O __pyx_string_tab[172]
-#define __pyx_kp_b_double_INV_SQRT2_INV_SQRT_2PI_SE __pyx_string_tab[173]
-#define __pyx_kp_b_void_char_char_int_int_int___pyx __pyx_string_tab[174]
-#define __pyx_kp_b_iso88591_at5_5_q_F_e3fAQ_q_F_q_at1_6_1F __pyx_string_tab[175]
-#define __pyx_kp_b_iso88591_q_F_r_r_j_PPQQSST_2V2Q_2XRs_Rxq __pyx_string_tab[176]
-#define __pyx_kp_b_iso88591_q_F_e1_1D_s_q_JivRvQa_6_2V1D_fA __pyx_string_tab[177]
-#define __pyx_kp_b_iso88591_1F_QfAZq_aq_r_Bc_3a_r_A_Qiy_3c __pyx_string_tab[178]
-#define __pyx_kp_b_iso88591_1F_avQa_uCr_E_A_uG1_A_q_AQaq_4q __pyx_string_tab[179]
-#define __pyx_kp_b_iso88591_1F_avQa_A_E_6_3c_Rq_Ba_s_A_Q_U __pyx_string_tab[180]
-#define __pyx_kp_b_iso88591_8_at1_at5_5_1D_s_q_Jiq_at1_uG1 __pyx_string_tab[181]
+#define __pyx_kp_b_void_char_char_int_int_int___pyx __pyx_string_tab[173]
+#define __pyx_kp_b_iso88591_at5_5_q_F_e3fAQ_q_F_q_at1_6_1F __pyx_string_tab[174]
+#define __pyx_kp_b_iso88591_q_F_r_r_j_PPQQSST_2V1BfBa_2XRs __pyx_string_tab[175]
+#define __pyx_kp_b_iso88591_q_F_e1_1D_s_q_JivRvQa_6_2V1D_fA __pyx_string_tab[176]
+#define __pyx_kp_b_iso88591_1F_QfAZq_aq_r_Bc_3a_r_A_Qiy_3c __pyx_string_tab[177]
+#define __pyx_kp_b_iso88591_1F_avQa_uCr_E_A_uG1_A_q_AQaq_4q __pyx_string_tab[178]
+#define __pyx_kp_b_iso88591_1F_avQa_A_E_6_3c_Rq_Ba_s_A_Q_U __pyx_string_tab[179]
+#define __pyx_kp_b_iso88591_8_at1_at5_5_1D_s_q_Jiq_at1_uG1 __pyx_string_tab[180]
 #define __pyx_float_0_0 __pyx_number_tab[0]
 #define __pyx_int_0 __pyx_number_tab[1]
 #define __pyx_int_neg_1 __pyx_number_tab[2]
@@ -4355,7 +4357,7 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_slice[i]); }
   for (int i=0; i<7; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
   for (int i=0; i<13; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<182; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<181; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<6; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
@@ -4399,7 +4401,7 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_slice[i]); }
   for (int i=0; i<7; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
   for (int i=0; i<13; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<182; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<181; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<6; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
@@ -20680,7 +20682,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_5_blas_gemm_rowmajor(int __pyx_v_t
 
 }
 
-/* "_activation.pxd":30
+/* "_activation.pxd":39
  * 
  * 
  * cdef inline floating act_value(floating x, int act, floating alpha) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -20694,7 +20696,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
   int __pyx_t_2;
   double __pyx_t_3;
 
-  /* "_activation.pxd":31
+  /* "_activation.pxd":40
  * 
  * cdef inline floating act_value(floating x, int act, floating alpha) noexcept nogil:
  *     if act == ACT_RELU:             # <<<<<<<<<<<<<<
@@ -20704,7 +20706,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
   switch (__pyx_v_act) {
     case __pyx_e_11_activation_ACT_RELU:
 
-    /* "_activation.pxd":32
+    /* "_activation.pxd":41
  * cdef inline floating act_value(floating x, int act, floating alpha) noexcept nogil:
  *     if act == ACT_RELU:
  *         return x if x > 0 else 0             # <<<<<<<<<<<<<<
@@ -20726,7 +20728,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":31
+    /* "_activation.pxd":40
  * 
  * cdef inline floating act_value(floating x, int act, floating alpha) noexcept nogil:
  *     if act == ACT_RELU:             # <<<<<<<<<<<<<<
@@ -20736,7 +20738,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
     break;
     case __pyx_e_11_activation_ACT_SIGMOID:
 
-    /* "_activation.pxd":35
+    /* "_activation.pxd":44
  *     elif act == ACT_SIGMOID:
  *         # Two branches keep exp() from overflowing for large |x|.
  *         if x >= 0:             # <<<<<<<<<<<<<<
@@ -20748,7 +20750,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
     if (__pyx_t_2) {
 
 
-      /* "_activation.pxd":36
+      /* "_activation.pxd":45
  *         # Two branches keep exp() from overflowing for large |x|.
  *         if x >= 0:
  *             return 1 / (1 + exp(-x))             # <<<<<<<<<<<<<<
@@ -20761,7 +20763,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
       }
       goto __pyx_L0;
 
-      /* "_activation.pxd":35
+      /* "_activation.pxd":44
  *     elif act == ACT_SIGMOID:
  *         # Two branches keep exp() from overflowing for large |x|.
  *         if x >= 0:             # <<<<<<<<<<<<<<
@@ -20770,7 +20772,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
 */
     }
 
-    /* "_activation.pxd":37
+    /* "_activation.pxd":46
  *         if x >= 0:
  *             return 1 / (1 + exp(-x))
  *         return exp(x) / (1 + exp(x))             # <<<<<<<<<<<<<<
@@ -20783,7 +20785,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":33
+    /* "_activation.pxd":42
  *     if act == ACT_RELU:
  *         return x if x > 0 else 0
  *     elif act == ACT_SIGMOID:             # <<<<<<<<<<<<<<
@@ -20793,7 +20795,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
     break;
     case __pyx_e_11_activation_ACT_TANH:
 
-    /* "_activation.pxd":39
+    /* "_activation.pxd":48
  *         return exp(x) / (1 + exp(x))
  *     elif act == ACT_TANH:
  *         return tanh(x)             # <<<<<<<<<<<<<<
@@ -20806,7 +20808,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":38
+    /* "_activation.pxd":47
  *             return 1 / (1 + exp(-x))
  *         return exp(x) / (1 + exp(x))
  *     elif act == ACT_TANH:             # <<<<<<<<<<<<<<
@@ -20816,7 +20818,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
     break;
     case __pyx_e_11_activation_ACT_LEAKY_RELU:
 
-    /* "_activation.pxd":41
+    /* "_activation.pxd":50
  *         return tanh(x)
  *     elif act == ACT_LEAKY_RELU:
  *         return x if x > 0 else alpha * x             # <<<<<<<<<<<<<<
@@ -20838,7 +20840,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":40
+    /* "_activation.pxd":49
  *     elif act == ACT_TANH:
  *         return tanh(x)
  *     elif act == ACT_LEAKY_RELU:             # <<<<<<<<<<<<<<
@@ -20848,7 +20850,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
     break;
     case __pyx_e_11_activation_ACT_ELU:
 
-    /* "_activation.pxd":43
+    /* "_activation.pxd":52
  *         return x if x > 0 else alpha * x
  *     elif act == ACT_ELU:
  *         return x if x > 0 else alpha * expm1(x)             # <<<<<<<<<<<<<<
@@ -20870,7 +20872,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":42
+    /* "_activation.pxd":51
  *     elif act == ACT_LEAKY_RELU:
  *         return x if x > 0 else alpha * x
  *     elif act == ACT_ELU:             # <<<<<<<<<<<<<<
@@ -20880,7 +20882,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
     break;
     case __pyx_e_11_activation_ACT_SELU:
 
-    /* "_activation.pxd":45
+    /* "_activation.pxd":54
  *         return x if x > 0 else alpha * expm1(x)
  *     elif act == ACT_SELU:
  *         return SELU_SCALE * x if x > 0 else SELU_SCALE * SELU_ALPHA * expm1(x)             # <<<<<<<<<<<<<<
@@ -20891,10 +20893,10 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
 
     if (__pyx_t_2) {
 
-      __pyx_t_3 = (__pyx_v_11_activation_SELU_SCALE * __pyx_v_x);
+      __pyx_t_3 = (PYNN_SELU_SCALE * __pyx_v_x);
     } else {
 
-      __pyx_t_3 = ((__pyx_v_11_activation_SELU_SCALE * __pyx_v_11_activation_SELU_ALPHA) * expm1(__pyx_v_x));
+      __pyx_t_3 = ((PYNN_SELU_SCALE * PYNN_SELU_ALPHA) * expm1(__pyx_v_x));
     }
 
     {
@@ -20902,7 +20904,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":44
+    /* "_activation.pxd":53
  *     elif act == ACT_ELU:
  *         return x if x > 0 else alpha * expm1(x)
  *     elif act == ACT_SELU:             # <<<<<<<<<<<<<<
@@ -20912,7 +20914,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
     break;
     case __pyx_e_11_activation_ACT_GELU:
 
-    /* "_activation.pxd":47
+    /* "_activation.pxd":56
  *         return SELU_SCALE * x if x > 0 else SELU_SCALE * SELU_ALPHA * expm1(x)
  *     elif act == ACT_GELU:
  *         return 0.5 * x * (1 + erf(x * INV_SQRT2))             # <<<<<<<<<<<<<<
@@ -20921,11 +20923,11 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
 */
     {
 
-      __pyx_r = ((0.5 * __pyx_v_x) * (1.0 + erf((__pyx_v_x * __pyx_v_11_activation_INV_SQRT2))));
+      __pyx_r = ((0.5 * __pyx_v_x) * (1.0 + erf((__pyx_v_x * PYNN_INV_SQRT2))));
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":46
+    /* "_activation.pxd":55
  *     elif act == ACT_SELU:
  *         return SELU_SCALE * x if x > 0 else SELU_SCALE * SELU_ALPHA * expm1(x)
  *     elif act == ACT_GELU:             # <<<<<<<<<<<<<<
@@ -20935,7 +20937,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
     break;
     case __pyx_e_11_activation_ACT_SOFTPLUS:
 
-    /* "_activation.pxd":49
+    /* "_activation.pxd":58
  *         return 0.5 * x * (1 + erf(x * INV_SQRT2))
  *     elif act == ACT_SOFTPLUS:
  *         return fmax(x, 0) + log1p(exp(-fabs(x)))             # <<<<<<<<<<<<<<
@@ -20948,7 +20950,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":48
+    /* "_activation.pxd":57
  *     elif act == ACT_GELU:
  *         return 0.5 * x * (1 + erf(x * INV_SQRT2))
  *     elif act == ACT_SOFTPLUS:             # <<<<<<<<<<<<<<
@@ -20959,7 +20961,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
     default: break;
   }
 
-  /* "_activation.pxd":50
+  /* "_activation.pxd":59
  *     elif act == ACT_SOFTPLUS:
  *         return fmax(x, 0) + log1p(exp(-fabs(x)))
  *     return x             # <<<<<<<<<<<<<<
@@ -20972,7 +20974,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_value(float __p
   }
   goto __pyx_L0;
 
-  /* "_activation.pxd":30
+  /* "_activation.pxd":39
  * 
  * 
  * cdef inline floating act_value(floating x, int act, floating alpha) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -20990,7 +20992,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
   double __pyx_t_1;
   int __pyx_t_2;
 
-  /* "_activation.pxd":31
+  /* "_activation.pxd":40
  * 
  * cdef inline floating act_value(floating x, int act, floating alpha) noexcept nogil:
  *     if act == ACT_RELU:             # <<<<<<<<<<<<<<
@@ -21000,7 +21002,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
   switch (__pyx_v_act) {
     case __pyx_e_11_activation_ACT_RELU:
 
-    /* "_activation.pxd":32
+    /* "_activation.pxd":41
  * cdef inline floating act_value(floating x, int act, floating alpha) noexcept nogil:
  *     if act == ACT_RELU:
  *         return x if x > 0 else 0             # <<<<<<<<<<<<<<
@@ -21022,7 +21024,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":31
+    /* "_activation.pxd":40
  * 
  * cdef inline floating act_value(floating x, int act, floating alpha) noexcept nogil:
  *     if act == ACT_RELU:             # <<<<<<<<<<<<<<
@@ -21032,7 +21034,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
     break;
     case __pyx_e_11_activation_ACT_SIGMOID:
 
-    /* "_activation.pxd":35
+    /* "_activation.pxd":44
  *     elif act == ACT_SIGMOID:
  *         # Two branches keep exp() from overflowing for large |x|.
  *         if x >= 0:             # <<<<<<<<<<<<<<
@@ -21044,7 +21046,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
     if (__pyx_t_2) {
 
 
-      /* "_activation.pxd":36
+      /* "_activation.pxd":45
  *         # Two branches keep exp() from overflowing for large |x|.
  *         if x >= 0:
  *             return 1 / (1 + exp(-x))             # <<<<<<<<<<<<<<
@@ -21057,7 +21059,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
       }
       goto __pyx_L0;
 
-      /* "_activation.pxd":35
+      /* "_activation.pxd":44
  *     elif act == ACT_SIGMOID:
  *         # Two branches keep exp() from overflowing for large |x|.
  *         if x >= 0:             # <<<<<<<<<<<<<<
@@ -21066,7 +21068,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
 */
     }
 
-    /* "_activation.pxd":37
+    /* "_activation.pxd":46
  *         if x >= 0:
  *             return 1 / (1 + exp(-x))
  *         return exp(x) / (1 + exp(x))             # <<<<<<<<<<<<<<
@@ -21079,7 +21081,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":33
+    /* "_activation.pxd":42
  *     if act == ACT_RELU:
  *         return x if x > 0 else 0
  *     elif act == ACT_SIGMOID:             # <<<<<<<<<<<<<<
@@ -21089,7 +21091,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
     break;
     case __pyx_e_11_activation_ACT_TANH:
 
-    /* "_activation.pxd":39
+    /* "_activation.pxd":48
  *         return exp(x) / (1 + exp(x))
  *     elif act == ACT_TANH:
  *         return tanh(x)             # <<<<<<<<<<<<<<
@@ -21102,7 +21104,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":38
+    /* "_activation.pxd":47
  *             return 1 / (1 + exp(-x))
  *         return exp(x) / (1 + exp(x))
  *     elif act == ACT_TANH:             # <<<<<<<<<<<<<<
@@ -21112,7 +21114,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
     break;
     case __pyx_e_11_activation_ACT_LEAKY_RELU:
 
-    /* "_activation.pxd":41
+    /* "_activation.pxd":50
  *         return tanh(x)
  *     elif act == ACT_LEAKY_RELU:
  *         return x if x > 0 else alpha * x             # <<<<<<<<<<<<<<
@@ -21134,7 +21136,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":40
+    /* "_activation.pxd":49
  *     elif act == ACT_TANH:
  *         return tanh(x)
  *     elif act == ACT_LEAKY_RELU:             # <<<<<<<<<<<<<<
@@ -21144,7 +21146,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
     break;
     case __pyx_e_11_activation_ACT_ELU:
 
-    /* "_activation.pxd":43
+    /* "_activation.pxd":52
  *         return x if x > 0 else alpha * x
  *     elif act == ACT_ELU:
  *         return x if x > 0 else alpha * expm1(x)             # <<<<<<<<<<<<<<
@@ -21166,7 +21168,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":42
+    /* "_activation.pxd":51
  *     elif act == ACT_LEAKY_RELU:
  *         return x if x > 0 else alpha * x
  *     elif act == ACT_ELU:             # <<<<<<<<<<<<<<
@@ -21176,7 +21178,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
     break;
     case __pyx_e_11_activation_ACT_SELU:
 
-    /* "_activation.pxd":45
+    /* "_activation.pxd":54
  *         return x if x > 0 else alpha * expm1(x)
  *     elif act == ACT_SELU:
  *         return SELU_SCALE * x if x > 0 else SELU_SCALE * SELU_ALPHA * expm1(x)             # <<<<<<<<<<<<<<
@@ -21187,10 +21189,10 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
 
     if (__pyx_t_2) {
 
-      __pyx_t_1 = (__pyx_v_11_activation_SELU_SCALE * __pyx_v_x);
+      __pyx_t_1 = (PYNN_SELU_SCALE * __pyx_v_x);
     } else {
 
-      __pyx_t_1 = ((__pyx_v_11_activation_SELU_SCALE * __pyx_v_11_activation_SELU_ALPHA) * expm1(__pyx_v_x));
+      __pyx_t_1 = ((PYNN_SELU_SCALE * PYNN_SELU_ALPHA) * expm1(__pyx_v_x));
     }
 
     {
@@ -21198,7 +21200,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":44
+    /* "_activation.pxd":53
  *     elif act == ACT_ELU:
  *         return x if x > 0 else alpha * expm1(x)
  *     elif act == ACT_SELU:             # <<<<<<<<<<<<<<
@@ -21208,7 +21210,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
     break;
     case __pyx_e_11_activation_ACT_GELU:
 
-    /* "_activation.pxd":47
+    /* "_activation.pxd":56
  *         return SELU_SCALE * x if x > 0 else SELU_SCALE * SELU_ALPHA * expm1(x)
  *     elif act == ACT_GELU:
  *         return 0.5 * x * (1 + erf(x * INV_SQRT2))             # <<<<<<<<<<<<<<
@@ -21217,11 +21219,11 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
 */
     {
 
-      __pyx_r = ((0.5 * __pyx_v_x) * (1.0 + erf((__pyx_v_x * __pyx_v_11_activation_INV_SQRT2))));
+      __pyx_r = ((0.5 * __pyx_v_x) * (1.0 + erf((__pyx_v_x * PYNN_INV_SQRT2))));
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":46
+    /* "_activation.pxd":55
  *     elif act == ACT_SELU:
  *         return SELU_SCALE * x if x > 0 else SELU_SCALE * SELU_ALPHA * expm1(x)
  *     elif act == ACT_GELU:             # <<<<<<<<<<<<<<
@@ -21231,7 +21233,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
     break;
     case __pyx_e_11_activation_ACT_SOFTPLUS:
 
-    /* "_activation.pxd":49
+    /* "_activation.pxd":58
  *         return 0.5 * x * (1 + erf(x * INV_SQRT2))
  *     elif act == ACT_SOFTPLUS:
  *         return fmax(x, 0) + log1p(exp(-fabs(x)))             # <<<<<<<<<<<<<<
@@ -21244,7 +21246,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":48
+    /* "_activation.pxd":57
  *     elif act == ACT_GELU:
  *         return 0.5 * x * (1 + erf(x * INV_SQRT2))
  *     elif act == ACT_SOFTPLUS:             # <<<<<<<<<<<<<<
@@ -21255,7 +21257,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
     default: break;
   }
 
-  /* "_activation.pxd":50
+  /* "_activation.pxd":59
  *     elif act == ACT_SOFTPLUS:
  *         return fmax(x, 0) + log1p(exp(-fabs(x)))
  *     return x             # <<<<<<<<<<<<<<
@@ -21268,7 +21270,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
   }
   goto __pyx_L0;
 
-  /* "_activation.pxd":30
+  /* "_activation.pxd":39
  * 
  * 
  * cdef inline floating act_value(floating x, int act, floating alpha) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -21281,7 +21283,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_value(double _
   return __pyx_r;
 }
 
-/* "_activation.pxd":53
+/* "_activation.pxd":62
  * 
  * 
  * cdef inline floating act_grad(floating dy, floating x, floating y, int act,             # <<<<<<<<<<<<<<
@@ -21295,7 +21297,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_grad(float __py
   int __pyx_t_2;
   double __pyx_t_3;
 
-  /* "_activation.pxd":56
+  /* "_activation.pxd":65
  *                               floating alpha) noexcept nogil:
  *     """dL/dx for every activation but softmax (x is only read by gelu)."""
  *     if act == ACT_RELU:             # <<<<<<<<<<<<<<
@@ -21305,7 +21307,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_grad(float __py
   switch (__pyx_v_act) {
     case __pyx_e_11_activation_ACT_RELU:
 
-    /* "_activation.pxd":57
+    /* "_activation.pxd":66
  *     """dL/dx for every activation but softmax (x is only read by gelu)."""
  *     if act == ACT_RELU:
  *         return dy if y > 0 else 0             # <<<<<<<<<<<<<<
@@ -21327,7 +21329,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_grad(float __py
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":56
+    /* "_activation.pxd":65
  *                               floating alpha) noexcept nogil:
  *     """dL/dx for every activation but softmax (x is only read by gelu)."""
  *     if act == ACT_RELU:             # <<<<<<<<<<<<<<
@@ -21337,7 +21339,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_grad(float __py
     break;
     case __pyx_e_11_activation_ACT_SIGMOID:
 
-    /* "_activation.pxd":59
+    /* "_activation.pxd":68
  *         return dy if y > 0 else 0
  *     elif act == ACT_SIGMOID:
  *         return dy * y * (1 - y)             # <<<<<<<<<<<<<<
@@ -21350,7 +21352,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_grad(float __py
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":58
+    /* "_activation.pxd":67
  *     if act == ACT_RELU:
  *         return dy if y > 0 else 0
  *     elif act == ACT_SIGMOID:             # <<<<<<<<<<<<<<
@@ -21360,7 +21362,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_grad(float __py
     break;
     case __pyx_e_11_activation_ACT_TANH:
 
-    /* "_activation.pxd":61
+    /* "_activation.pxd":70
  *         return dy * y * (1 - y)
  *     elif act == ACT_TANH:
  *         return dy * (1 - y * y)             # <<<<<<<<<<<<<<
@@ -21373,7 +21375,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_grad(float __py
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":60
+    /* "_activation.pxd":69
  *     elif act == ACT_SIGMOID:
  *         return dy * y * (1 - y)
  *     elif act == ACT_TANH:             # <<<<<<<<<<<<<<
@@ -21383,7 +21385,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_grad(float __py
     break;
     case __pyx_e_11_activation_ACT_LEAKY_RELU:
 
-    /* "_activation.pxd":63
+    /* "_activation.pxd":72
  *         return dy * (1 - y * y)
  *     elif act == ACT_LEAKY_RELU:
  *         return dy if y > 0 else alpha * dy             # <<<<<<<<<<<<<<
@@ -21405,7 +21407,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_grad(float __py
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":62
+    /* "_activation.pxd":71
  *     elif act == ACT_TANH:
  *         return dy * (1 - y * y)
  *     elif act == ACT_LEAKY_RELU:             # <<<<<<<<<<<<<<
@@ -21415,7 +21417,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_grad(float __py
     break;
     case __pyx_e_11_activation_ACT_ELU:
 
-    /* "_activation.pxd":65
+    /* "_activation.pxd":74
  *         return dy if y > 0 else alpha * dy
  *     elif act == ACT_ELU:
  *         return dy if y > 0 else dy * (y + alpha)             # <<<<<<<<<<<<<<
@@ -21437,7 +21439,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_grad(float __py
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":64
+    /* "_activation.pxd":73
  *     elif act == ACT_LEAKY_RELU:
  *         return dy if y > 0 else alpha * dy
  *     elif act == ACT_ELU:             # <<<<<<<<<<<<<<
@@ -21447,7 +21449,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_grad(float __py
     break;
     case __pyx_e_11_activation_ACT_SELU:
 
-    /* "_activation.pxd":67
+    /* "_activation.pxd":76
  *         return dy if y > 0 else dy * (y + alpha)
  *     elif act == ACT_SELU:
  *         return SELU_SCALE * dy if y > 0 else dy * (y + SELU_SCALE * SELU_ALPHA)             # <<<<<<<<<<<<<<
@@ -21458,10 +21460,10 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_grad(float __py
 
     if (__pyx_t_2) {
 
-      __pyx_t_3 = (__pyx_v_11_activation_SELU_SCALE * __pyx_v_dy);
+      __pyx_t_3 = (PYNN_SELU_SCALE * __pyx_v_dy);
     } else {
 
-      __pyx_t_3 = (__pyx_v_dy * (__pyx_v_y + (__pyx_v_11_activation_SELU_SCALE * __pyx_v_11_activation_SELU_ALPHA)));
+      __pyx_t_3 = (__pyx_v_dy * (__pyx_v_y + (PYNN_SELU_SCALE * PYNN_SELU_ALPHA)));
     }
 
     {
@@ -21469,7 +21471,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_grad(float __py
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":66
+    /* "_activation.pxd":75
  *     elif act == ACT_ELU:
  *         return dy if y > 0 else dy * (y + alpha)
  *     elif act == ACT_SELU:             # <<<<<<<<<<<<<<
@@ -21479,7 +21481,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_grad(float __py
     break;
     case __pyx_e_11_activation_ACT_GELU:
 
-    /* "_activation.pxd":69
+    /* "_activation.pxd":78
  *         return SELU_SCALE * dy if y > 0 else dy * (y + SELU_SCALE * SELU_ALPHA)
  *     elif act == ACT_GELU:
  *         return dy * (0.5 * (1 + erf(x * INV_SQRT2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x))             # <<<<<<<<<<<<<<
@@ -21488,11 +21490,11 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_grad(float __py
 */
     {
 
-      __pyx_r = (__pyx_v_dy * ((0.5 * (1.0 + erf((__pyx_v_x * __pyx_v_11_activation_INV_SQRT2)))) + ((__pyx_v_x * __pyx_v_11_activation_INV_SQRT_2PI) * exp(((-0.5 * __pyx_v_x) * __pyx_v_x)))));
+      __pyx_r = (__pyx_v_dy * ((0.5 * (1.0 + erf((__pyx_v_x * PYNN_INV_SQRT2)))) + ((__pyx_v_x * PYNN_INV_SQRT_2PI) * exp(((-0.5 * __pyx_v_x) * __pyx_v_x)))));
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":68
+    /* "_activation.pxd":77
  *     elif act == ACT_SELU:
  *         return SELU_SCALE * dy if y > 0 else dy * (y + SELU_SCALE * SELU_ALPHA)
  *     elif act == ACT_GELU:             # <<<<<<<<<<<<<<
@@ -21502,7 +21504,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_grad(float __py
     break;
     case __pyx_e_11_activation_ACT_SOFTPLUS:
 
-    /* "_activation.pxd":71
+    /* "_activation.pxd":80
  *         return dy * (0.5 * (1 + erf(x * INV_SQRT2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x))
  *     elif act == ACT_SOFTPLUS:
  *         return -dy * expm1(-y)             # <<<<<<<<<<<<<<
@@ -21515,7 +21517,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_grad(float __py
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":70
+    /* "_activation.pxd":79
  *     elif act == ACT_GELU:
  *         return dy * (0.5 * (1 + erf(x * INV_SQRT2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x))
  *     elif act == ACT_SOFTPLUS:             # <<<<<<<<<<<<<<
@@ -21526,7 +21528,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_grad(float __py
     default: break;
   }
 
-  /* "_activation.pxd":72
+  /* "_activation.pxd":81
  *     elif act == ACT_SOFTPLUS:
  *         return -dy * expm1(-y)
  *     return dy             # <<<<<<<<<<<<<<
@@ -21539,7 +21541,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_11_activation_act_grad(float __py
   }
   goto __pyx_L0;
 
-  /* "_activation.pxd":53
+  /* "_activation.pxd":62
  * 
  * 
  * cdef inline floating act_grad(floating dy, floating x, floating y, int act,             # <<<<<<<<<<<<<<
@@ -21557,7 +21559,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_grad(double __
   double __pyx_t_1;
   int __pyx_t_2;
 
-  /* "_activation.pxd":56
+  /* "_activation.pxd":65
  *                               floating alpha) noexcept nogil:
  *     """dL/dx for every activation but softmax (x is only read by gelu)."""
  *     if act == ACT_RELU:             # <<<<<<<<<<<<<<
@@ -21567,7 +21569,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_grad(double __
   switch (__pyx_v_act) {
     case __pyx_e_11_activation_ACT_RELU:
 
-    /* "_activation.pxd":57
+    /* "_activation.pxd":66
  *     """dL/dx for every activation but softmax (x is only read by gelu)."""
  *     if act == ACT_RELU:
  *         return dy if y > 0 else 0             # <<<<<<<<<<<<<<
@@ -21589,7 +21591,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_grad(double __
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":56
+    /* "_activation.pxd":65
  *                               floating alpha) noexcept nogil:
  *     """dL/dx for every activation but softmax (x is only read by gelu)."""
  *     if act == ACT_RELU:             # <<<<<<<<<<<<<<
@@ -21599,7 +21601,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_grad(double __
     break;
     case __pyx_e_11_activation_ACT_SIGMOID:
 
-    /* "_activation.pxd":59
+    /* "_activation.pxd":68
  *         return dy if y > 0 else 0
  *     elif act == ACT_SIGMOID:
  *         return dy * y * (1 - y)             # <<<<<<<<<<<<<<
@@ -21612,7 +21614,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_grad(double __
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":58
+    /* "_activation.pxd":67
  *     if act == ACT_RELU:
  *         return dy if y > 0 else 0
  *     elif act == ACT_SIGMOID:             # <<<<<<<<<<<<<<
@@ -21622,7 +21624,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_grad(double __
     break;
     case __pyx_e_11_activation_ACT_TANH:
 
-    /* "_activation.pxd":61
+    /* "_activation.pxd":70
  *         return dy * y * (1 - y)
  *     elif act == ACT_TANH:
  *         return dy * (1 - y * y)             # <<<<<<<<<<<<<<
@@ -21635,7 +21637,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_grad(double __
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":60
+    /* "_activation.pxd":69
  *     elif act == ACT_SIGMOID:
  *         return dy * y * (1 - y)
  *     elif act == ACT_TANH:             # <<<<<<<<<<<<<<
@@ -21645,7 +21647,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_grad(double __
     break;
     case __pyx_e_11_activation_ACT_LEAKY_RELU:
 
-    /* "_activation.pxd":63
+    /* "_activation.pxd":72
  *         return dy * (1 - y * y)
  *     elif act == ACT_LEAKY_RELU:
  *         return dy if y > 0 else alpha * dy             # <<<<<<<<<<<<<<
@@ -21667,7 +21669,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_grad(double __
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":62
+    /* "_activation.pxd":71
  *     elif act == ACT_TANH:
  *         return dy * (1 - y * y)
  *     elif act == ACT_LEAKY_RELU:             # <<<<<<<<<<<<<<
@@ -21677,7 +21679,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_grad(double __
     break;
     case __pyx_e_11_activation_ACT_ELU:
 
-    /* "_activation.pxd":65
+    /* "_activation.pxd":74
  *         return dy if y > 0 else alpha * dy
  *     elif act == ACT_ELU:
  *         return dy if y > 0 else dy * (y + alpha)             # <<<<<<<<<<<<<<
@@ -21699,7 +21701,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_grad(double __
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":64
+    /* "_activation.pxd":73
  *     elif act == ACT_LEAKY_RELU:
  *         return dy if y > 0 else alpha * dy
  *     elif act == ACT_ELU:             # <<<<<<<<<<<<<<
@@ -21709,7 +21711,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_grad(double __
     break;
     case __pyx_e_11_activation_ACT_SELU:
 
-    /* "_activation.pxd":67
+    /* "_activation.pxd":76
  *         return dy if y > 0 else dy * (y + alpha)
  *     elif act == ACT_SELU:
  *         return SELU_SCALE * dy if y > 0 else dy * (y + SELU_SCALE * SELU_ALPHA)             # <<<<<<<<<<<<<<
@@ -21720,10 +21722,10 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_grad(double __
 
     if (__pyx_t_2) {
 
-      __pyx_t_1 = (__pyx_v_11_activation_SELU_SCALE * __pyx_v_dy);
+      __pyx_t_1 = (PYNN_SELU_SCALE * __pyx_v_dy);
     } else {
 
-      __pyx_t_1 = (__pyx_v_dy * (__pyx_v_y + (__pyx_v_11_activation_SELU_SCALE * __pyx_v_11_activation_SELU_ALPHA)));
+      __pyx_t_1 = (__pyx_v_dy * (__pyx_v_y + (PYNN_SELU_SCALE * PYNN_SELU_ALPHA)));
     }
 
     {
@@ -21731,7 +21733,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_grad(double __
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":66
+    /* "_activation.pxd":75
  *     elif act == ACT_ELU:
  *         return dy if y > 0 else dy * (y + alpha)
  *     elif act == ACT_SELU:             # <<<<<<<<<<<<<<
@@ -21741,7 +21743,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_grad(double __
     break;
     case __pyx_e_11_activation_ACT_GELU:
 
-    /* "_activation.pxd":69
+    /* "_activation.pxd":78
  *         return SELU_SCALE * dy if y > 0 else dy * (y + SELU_SCALE * SELU_ALPHA)
  *     elif act == ACT_GELU:
  *         return dy * (0.5 * (1 + erf(x * INV_SQRT2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x))             # <<<<<<<<<<<<<<
@@ -21750,11 +21752,11 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_grad(double __
 */
     {
 
-      __pyx_r = (__pyx_v_dy * ((0.5 * (1.0 + erf((__pyx_v_x * __pyx_v_11_activation_INV_SQRT2)))) + ((__pyx_v_x * __pyx_v_11_activation_INV_SQRT_2PI) * exp(((-0.5 * __pyx_v_x) * __pyx_v_x)))));
+      __pyx_r = (__pyx_v_dy * ((0.5 * (1.0 + erf((__pyx_v_x * PYNN_INV_SQRT2)))) + ((__pyx_v_x * PYNN_INV_SQRT_2PI) * exp(((-0.5 * __pyx_v_x) * __pyx_v_x)))));
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":68
+    /* "_activation.pxd":77
  *     elif act == ACT_SELU:
  *         return SELU_SCALE * dy if y > 0 else dy * (y + SELU_SCALE * SELU_ALPHA)
  *     elif act == ACT_GELU:             # <<<<<<<<<<<<<<
@@ -21764,7 +21766,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_grad(double __
     break;
     case __pyx_e_11_activation_ACT_SOFTPLUS:
 
-    /* "_activation.pxd":71
+    /* "_activation.pxd":80
  *         return dy * (0.5 * (1 + erf(x * INV_SQRT2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x))
  *     elif act == ACT_SOFTPLUS:
  *         return -dy * expm1(-y)             # <<<<<<<<<<<<<<
@@ -21777,7 +21779,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_grad(double __
     }
     goto __pyx_L0;
 
-    /* "_activation.pxd":70
+    /* "_activation.pxd":79
  *     elif act == ACT_GELU:
  *         return dy * (0.5 * (1 + erf(x * INV_SQRT2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x))
  *     elif act == ACT_SOFTPLUS:             # <<<<<<<<<<<<<<
@@ -21788,7 +21790,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_grad(double __
     default: break;
   }
 
-  /* "_activation.pxd":72
+  /* "_activation.pxd":81
  *     elif act == ACT_SOFTPLUS:
  *         return -dy * expm1(-y)
  *     return dy             # <<<<<<<<<<<<<<
@@ -21801,7 +21803,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_grad(double __
   }
   goto __pyx_L0;
 
-  /* "_activation.pxd":53
+  /* "_activation.pxd":62
  * 
  * 
  * cdef inline floating act_grad(floating dy, floating x, floating y, int act,             # <<<<<<<<<<<<<<
@@ -21814,7 +21816,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_11_activation_act_grad(double __
   return __pyx_r;
 }
 
-/* "_activation.pxd":75
+/* "_activation.pxd":84
  * 
  * 
  * cdef inline void softmax_row(const floating* z, floating* y, Py_ssize_t cols) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -21831,7 +21833,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_softmax_row(float co
   Py_ssize_t __pyx_t_3;
   int __pyx_t_4;
 
-  /* "_activation.pxd":77
+  /* "_activation.pxd":86
  * cdef inline void softmax_row(const floating* z, floating* y, Py_ssize_t cols) noexcept nogil:
  *     cdef Py_ssize_t j
  *     cdef floating m = z[0]             # <<<<<<<<<<<<<<
@@ -21840,7 +21842,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_softmax_row(float co
 */
   __pyx_v_m = (__pyx_v_z[0]);
 
-  /* "_activation.pxd":78
+  /* "_activation.pxd":87
  *     cdef Py_ssize_t j
  *     cdef floating m = z[0]
  *     cdef double s = 0             # <<<<<<<<<<<<<<
@@ -21849,7 +21851,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_softmax_row(float co
 */
   __pyx_v_s = 0.0;
 
-  /* "_activation.pxd":79
+  /* "_activation.pxd":88
  *     cdef floating m = z[0]
  *     cdef double s = 0
  *     for j in range(1, cols):             # <<<<<<<<<<<<<<
@@ -21863,7 +21865,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_softmax_row(float co
   for (__pyx_t_3 = 1; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_j = __pyx_t_3;
 
-    /* "_activation.pxd":80
+    /* "_activation.pxd":89
  *     cdef double s = 0
  *     for j in range(1, cols):
  *         if z[j] > m:             # <<<<<<<<<<<<<<
@@ -21875,7 +21877,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_softmax_row(float co
     if (__pyx_t_4) {
 
 
-      /* "_activation.pxd":81
+      /* "_activation.pxd":90
  *     for j in range(1, cols):
  *         if z[j] > m:
  *             m = z[j]             # <<<<<<<<<<<<<<
@@ -21884,7 +21886,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_softmax_row(float co
 */
       __pyx_v_m = (__pyx_v_z[__pyx_v_j]);
 
-      /* "_activation.pxd":80
+      /* "_activation.pxd":89
  *     cdef double s = 0
  *     for j in range(1, cols):
  *         if z[j] > m:             # <<<<<<<<<<<<<<
@@ -21895,7 +21897,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_softmax_row(float co
   }
 
 
-  /* "_activation.pxd":82
+  /* "_activation.pxd":91
  *         if z[j] > m:
  *             m = z[j]
  *     for j in range(cols):             # <<<<<<<<<<<<<<
@@ -21909,7 +21911,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_softmax_row(float co
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_j = __pyx_t_3;
 
-    /* "_activation.pxd":83
+    /* "_activation.pxd":92
  *             m = z[j]
  *     for j in range(cols):
  *         y[j] = exp(z[j] - m)             # <<<<<<<<<<<<<<
@@ -21918,7 +21920,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_softmax_row(float co
 */
     (__pyx_v_y[__pyx_v_j]) = exp(((__pyx_v_z[__pyx_v_j]) - __pyx_v_m));
 
-    /* "_activation.pxd":84
+    /* "_activation.pxd":93
  *     for j in range(cols):
  *         y[j] = exp(z[j] - m)
  *         s += y[j]             # <<<<<<<<<<<<<<
@@ -21929,7 +21931,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_softmax_row(float co
   }
 
 
-  /* "_activation.pxd":85
+  /* "_activation.pxd":94
  *         y[j] = exp(z[j] - m)
  *         s += y[j]
  *     for j in range(cols):             # <<<<<<<<<<<<<<
@@ -21943,7 +21945,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_softmax_row(float co
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_j = __pyx_t_3;
 
-    /* "_activation.pxd":86
+    /* "_activation.pxd":95
  *         s += y[j]
  *     for j in range(cols):
  *         y[j] = <floating>(y[j] / s)             # <<<<<<<<<<<<<<
@@ -21954,7 +21956,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_softmax_row(float co
   }
 
 
-  /* "_activation.pxd":75
+  /* "_activation.pxd":84
  * 
  * 
  * cdef inline void softmax_row(const floating* z, floating* y, Py_ssize_t cols) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -21977,7 +21979,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_softmax_row(double c
   Py_ssize_t __pyx_t_3;
   int __pyx_t_4;
 
-  /* "_activation.pxd":77
+  /* "_activation.pxd":86
  * cdef inline void softmax_row(const floating* z, floating* y, Py_ssize_t cols) noexcept nogil:
  *     cdef Py_ssize_t j
  *     cdef floating m = z[0]             # <<<<<<<<<<<<<<
@@ -21986,7 +21988,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_softmax_row(double c
 */
   __pyx_v_m = (__pyx_v_z[0]);
 
-  /* "_activation.pxd":78
+  /* "_activation.pxd":87
  *     cdef Py_ssize_t j
  *     cdef floating m = z[0]
  *     cdef double s = 0             # <<<<<<<<<<<<<<
@@ -21995,7 +21997,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_softmax_row(double c
 */
   __pyx_v_s = 0.0;
 
-  /* "_activation.pxd":79
+  /* "_activation.pxd":88
  *     cdef floating m = z[0]
  *     cdef double s = 0
  *     for j in range(1, cols):             # <<<<<<<<<<<<<<
@@ -22009,7 +22011,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_softmax_row(double c
   for (__pyx_t_3 = 1; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_j = __pyx_t_3;
 
-    /* "_activation.pxd":80
+    /* "_activation.pxd":89
  *     cdef double s = 0
  *     for j in range(1, cols):
  *         if z[j] > m:             # <<<<<<<<<<<<<<
@@ -22021,7 +22023,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_softmax_row(double c
     if (__pyx_t_4) {
 
 
-      /* "_activation.pxd":81
+      /* "_activation.pxd":90
  *     for j in range(1, cols):
  *         if z[j] > m:
  *             m = z[j]             # <<<<<<<<<<<<<<
@@ -22030,7 +22032,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_softmax_row(double c
 */
       __pyx_v_m = (__pyx_v_z[__pyx_v_j]);
 
-      /* "_activation.pxd":80
+      /* "_activation.pxd":89
  *     cdef double s = 0
  *     for j in range(1, cols):
  *         if z[j] > m:             # <<<<<<<<<<<<<<
@@ -22041,7 +22043,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_softmax_row(double c
   }
 
 
-  /* "_activation.pxd":82
+  /* "_activation.pxd":91
  *         if z[j] > m:
  *             m = z[j]
  *     for j in range(cols):             # <<<<<<<<<<<<<<
@@ -22055,7 +22057,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_softmax_row(double c
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_j = __pyx_t_3;
 
-    /* "_activation.pxd":83
+    /* "_activation.pxd":92
  *             m = z[j]
  *     for j in range(cols):
  *         y[j] = exp(z[j] - m)             # <<<<<<<<<<<<<<
@@ -22064,7 +22066,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_softmax_row(double c
 */
     (__pyx_v_y[__pyx_v_j]) = exp(((__pyx_v_z[__pyx_v_j]) - __pyx_v_m));
 
-    /* "_activation.pxd":84
+    /* "_activation.pxd":93
  *     for j in range(cols):
  *         y[j] = exp(z[j] - m)
  *         s += y[j]             # <<<<<<<<<<<<<<
@@ -22075,7 +22077,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_softmax_row(double c
   }
 
 
-  /* "_activation.pxd":85
+  /* "_activation.pxd":94
  *         y[j] = exp(z[j] - m)
  *         s += y[j]
  *     for j in range(cols):             # <<<<<<<<<<<<<<
@@ -22089,7 +22091,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_softmax_row(double c
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_j = __pyx_t_3;
 
-    /* "_activation.pxd":86
+    /* "_activation.pxd":95
  *         s += y[j]
  *     for j in range(cols):
  *         y[j] = <floating>(y[j] / s)             # <<<<<<<<<<<<<<
@@ -22100,7 +22102,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_softmax_row(double c
   }
 
 
-  /* "_activation.pxd":75
+  /* "_activation.pxd":84
  * 
  * 
  * cdef inline void softmax_row(const floating* z, floating* y, Py_ssize_t cols) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -22114,7 +22116,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_softmax_row(double c
 
 }
 
-/* "_activation.pxd":89
+/* "_activation.pxd":98
  * 
  * 
  * cdef inline void bias_activation_rows(floating* z, floating* y, const floating* bias,             # <<<<<<<<<<<<<<
@@ -22135,7 +22137,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_bias_activation_rows
   Py_ssize_t __pyx_t_6;
   Py_ssize_t __pyx_t_7;
 
-  /* "_activation.pxd":99
+  /* "_activation.pxd":108
  *     cdef floating* zr
  *     cdef floating* yr
  *     for r in prange(rows, schedule="static", nogil=True):             # <<<<<<<<<<<<<<
@@ -22170,7 +22172,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_bias_activation_rows
                         {
                             __pyx_v_r = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "_activation.pxd":100
+                            /* "_activation.pxd":109
  *     cdef floating* yr
  *     for r in prange(rows, schedule="static", nogil=True):
  *         zr = z + r * cols             # <<<<<<<<<<<<<<
@@ -22179,7 +22181,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_bias_activation_rows
 */
                             __pyx_v_zr = (__pyx_v_z + (__pyx_v_r * __pyx_v_cols));
 
-                            /* "_activation.pxd":101
+                            /* "_activation.pxd":110
  *     for r in prange(rows, schedule="static", nogil=True):
  *         zr = z + r * cols
  *         yr = y + r * cols             # <<<<<<<<<<<<<<
@@ -22188,7 +22190,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_bias_activation_rows
 */
                             __pyx_v_yr = (__pyx_v_y + (__pyx_v_r * __pyx_v_cols));
 
-                            /* "_activation.pxd":102
+                            /* "_activation.pxd":111
  *         zr = z + r * cols
  *         yr = y + r * cols
  *         if bias != NULL:             # <<<<<<<<<<<<<<
@@ -22200,7 +22202,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_bias_activation_rows
                             if (__pyx_t_4) {
 
 
-                              /* "_activation.pxd":103
+                              /* "_activation.pxd":112
  *         yr = y + r * cols
  *         if bias != NULL:
  *             for j in range(cols):             # <<<<<<<<<<<<<<
@@ -22214,7 +22216,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_bias_activation_rows
                               for (__pyx_t_7 = 0; __pyx_t_7 < __pyx_t_6; __pyx_t_7+=1) {
                                 __pyx_v_j = __pyx_t_7;
 
-                                /* "_activation.pxd":104
+                                /* "_activation.pxd":113
  *         if bias != NULL:
  *             for j in range(cols):
  *                 zr[j] = zr[j] + bias[j]             # <<<<<<<<<<<<<<
@@ -22225,7 +22227,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_bias_activation_rows
                               }
 
 
-                              /* "_activation.pxd":102
+                              /* "_activation.pxd":111
  *         zr = z + r * cols
  *         yr = y + r * cols
  *         if bias != NULL:             # <<<<<<<<<<<<<<
@@ -22234,7 +22236,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_bias_activation_rows
 */
                             }
 
-                            /* "_activation.pxd":105
+                            /* "_activation.pxd":114
  *             for j in range(cols):
  *                 zr[j] = zr[j] + bias[j]
  *         if act == ACT_SOFTMAX:             # <<<<<<<<<<<<<<
@@ -22244,7 +22246,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_bias_activation_rows
                             switch (__pyx_v_act) {
                               case __pyx_e_11_activation_ACT_SOFTMAX:
 
-                              /* "_activation.pxd":106
+                              /* "_activation.pxd":115
  *                 zr[j] = zr[j] + bias[j]
  *         if act == ACT_SOFTMAX:
  *             softmax_row(zr, yr, cols)             # <<<<<<<<<<<<<<
@@ -22253,7 +22255,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_bias_activation_rows
 */
                               __pyx_fuse_0__pyx_f_11_activation_softmax_row(__pyx_v_zr, __pyx_v_yr, __pyx_v_cols);
 
-                              /* "_activation.pxd":105
+                              /* "_activation.pxd":114
  *             for j in range(cols):
  *                 zr[j] = zr[j] + bias[j]
  *         if act == ACT_SOFTMAX:             # <<<<<<<<<<<<<<
@@ -22263,7 +22265,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_bias_activation_rows
                               break;
                               case __pyx_e_11_activation_ACT_LINEAR:
 
-                              /* "_activation.pxd":108
+                              /* "_activation.pxd":117
  *             softmax_row(zr, yr, cols)
  *         elif act == ACT_LINEAR:
  *             if yr != zr:             # <<<<<<<<<<<<<<
@@ -22275,7 +22277,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_bias_activation_rows
                               if (__pyx_t_4) {
 
 
-                                /* "_activation.pxd":109
+                                /* "_activation.pxd":118
  *         elif act == ACT_LINEAR:
  *             if yr != zr:
  *                 for j in range(cols):             # <<<<<<<<<<<<<<
@@ -22289,7 +22291,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_bias_activation_rows
                                 for (__pyx_t_7 = 0; __pyx_t_7 < __pyx_t_6; __pyx_t_7+=1) {
                                   __pyx_v_j = __pyx_t_7;
 
-                                  /* "_activation.pxd":110
+                                  /* "_activation.pxd":119
  *             if yr != zr:
  *                 for j in range(cols):
  *                     yr[j] = zr[j]             # <<<<<<<<<<<<<<
@@ -22300,7 +22302,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_bias_activation_rows
                                 }
 
 
-                                /* "_activation.pxd":108
+                                /* "_activation.pxd":117
  *             softmax_row(zr, yr, cols)
  *         elif act == ACT_LINEAR:
  *             if yr != zr:             # <<<<<<<<<<<<<<
@@ -22309,7 +22311,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_bias_activation_rows
 */
                               }
 
-                              /* "_activation.pxd":107
+                              /* "_activation.pxd":116
  *         if act == ACT_SOFTMAX:
  *             softmax_row(zr, yr, cols)
  *         elif act == ACT_LINEAR:             # <<<<<<<<<<<<<<
@@ -22319,7 +22321,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_bias_activation_rows
                               break;
                               default:
 
-                              /* "_activation.pxd":112
+                              /* "_activation.pxd":121
  *                     yr[j] = zr[j]
  *         else:
  *             for j in range(cols):             # <<<<<<<<<<<<<<
@@ -22332,7 +22334,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_bias_activation_rows
                               for (__pyx_t_7 = 0; __pyx_t_7 < __pyx_t_6; __pyx_t_7+=1) {
                                 __pyx_v_j = __pyx_t_7;
 
-                                /* "_activation.pxd":113
+                                /* "_activation.pxd":122
  *         else:
  *             for j in range(cols):
  *                 yr[j] = act_value(zr[j], act, alpha)             # <<<<<<<<<<<<<<
@@ -22356,7 +22358,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_bias_activation_rows
 
       }
 
-      /* "_activation.pxd":99
+      /* "_activation.pxd":108
  *     cdef floating* zr
  *     cdef floating* yr
  *     for r in prange(rows, schedule="static", nogil=True):             # <<<<<<<<<<<<<<
@@ -22373,7 +22375,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_11_activation_bias_activation_rows
       }
   }
 
-  /* "_activation.pxd":89
+  /* "_activation.pxd":98
  * 
  * 
  * cdef inline void bias_activation_rows(floating* z, floating* y, const floating* bias,             # <<<<<<<<<<<<<<
@@ -22401,7 +22403,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_bias_activation_rows
   Py_ssize_t __pyx_t_6;
   Py_ssize_t __pyx_t_7;
 
-  /* "_activation.pxd":99
+  /* "_activation.pxd":108
  *     cdef floating* zr
  *     cdef floating* yr
  *     for r in prange(rows, schedule="static", nogil=True):             # <<<<<<<<<<<<<<
@@ -22436,7 +22438,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_bias_activation_rows
                         {
                             __pyx_v_r = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "_activation.pxd":100
+                            /* "_activation.pxd":109
  *     cdef floating* yr
  *     for r in prange(rows, schedule="static", nogil=True):
  *         zr = z + r * cols             # <<<<<<<<<<<<<<
@@ -22445,7 +22447,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_bias_activation_rows
 */
                             __pyx_v_zr = (__pyx_v_z + (__pyx_v_r * __pyx_v_cols));
 
-                            /* "_activation.pxd":101
+                            /* "_activation.pxd":110
  *     for r in prange(rows, schedule="static", nogil=True):
  *         zr = z + r * cols
  *         yr = y + r * cols             # <<<<<<<<<<<<<<
@@ -22454,7 +22456,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_bias_activation_rows
 */
                             __pyx_v_yr = (__pyx_v_y + (__pyx_v_r * __pyx_v_cols));
 
-                            /* "_activation.pxd":102
+                            /* "_activation.pxd":111
  *         zr = z + r * cols
  *         yr = y + r * cols
  *         if bias != NULL:             # <<<<<<<<<<<<<<
@@ -22466,7 +22468,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_bias_activation_rows
                             if (__pyx_t_4) {
 
 
-                              /* "_activation.pxd":103
+                              /* "_activation.pxd":112
  *         yr = y + r * cols
  *         if bias != NULL:
  *             for j in range(cols):             # <<<<<<<<<<<<<<
@@ -22480,7 +22482,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_bias_activation_rows
                               for (__pyx_t_7 = 0; __pyx_t_7 < __pyx_t_6; __pyx_t_7+=1) {
                                 __pyx_v_j = __pyx_t_7;
 
-                                /* "_activation.pxd":104
+                                /* "_activation.pxd":113
  *         if bias != NULL:
  *             for j in range(cols):
  *                 zr[j] = zr[j] + bias[j]             # <<<<<<<<<<<<<<
@@ -22491,7 +22493,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_bias_activation_rows
                               }
 
 
-                              /* "_activation.pxd":102
+                              /* "_activation.pxd":111
  *         zr = z + r * cols
  *         yr = y + r * cols
  *         if bias != NULL:             # <<<<<<<<<<<<<<
@@ -22500,7 +22502,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_bias_activation_rows
 */
                             }
 
-                            /* "_activation.pxd":105
+                            /* "_activation.pxd":114
  *             for j in range(cols):
  *                 zr[j] = zr[j] + bias[j]
  *         if act == ACT_SOFTMAX:             # <<<<<<<<<<<<<<
@@ -22510,7 +22512,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_bias_activation_rows
                             switch (__pyx_v_act) {
                               case __pyx_e_11_activation_ACT_SOFTMAX:
 
-                              /* "_activation.pxd":106
+                              /* "_activation.pxd":115
  *                 zr[j] = zr[j] + bias[j]
  *         if act == ACT_SOFTMAX:
  *             softmax_row(zr, yr, cols)             # <<<<<<<<<<<<<<
@@ -22519,7 +22521,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_bias_activation_rows
 */
                               __pyx_fuse_1__pyx_f_11_activation_softmax_row(__pyx_v_zr, __pyx_v_yr, __pyx_v_cols);
 
-                              /* "_activation.pxd":105
+                              /* "_activation.pxd":114
  *             for j in range(cols):
  *                 zr[j] = zr[j] + bias[j]
  *         if act == ACT_SOFTMAX:             # <<<<<<<<<<<<<<
@@ -22529,7 +22531,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_bias_activation_rows
                               break;
                               case __pyx_e_11_activation_ACT_LINEAR:
 
-                              /* "_activation.pxd":108
+                              /* "_activation.pxd":117
  *             softmax_row(zr, yr, cols)
  *         elif act == ACT_LINEAR:
  *             if yr != zr:             # <<<<<<<<<<<<<<
@@ -22541,7 +22543,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_bias_activation_rows
                               if (__pyx_t_4) {
 
 
-                                /* "_activation.pxd":109
+                                /* "_activation.pxd":118
  *         elif act == ACT_LINEAR:
  *             if yr != zr:
  *                 for j in range(cols):             # <<<<<<<<<<<<<<
@@ -22555,7 +22557,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_bias_activation_rows
                                 for (__pyx_t_7 = 0; __pyx_t_7 < __pyx_t_6; __pyx_t_7+=1) {
                                   __pyx_v_j = __pyx_t_7;
 
-                                  /* "_activation.pxd":110
+                                  /* "_activation.pxd":119
  *             if yr != zr:
  *                 for j in range(cols):
  *                     yr[j] = zr[j]             # <<<<<<<<<<<<<<
@@ -22566,7 +22568,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_bias_activation_rows
                                 }
 
 
-                                /* "_activation.pxd":108
+                                /* "_activation.pxd":117
  *             softmax_row(zr, yr, cols)
  *         elif act == ACT_LINEAR:
  *             if yr != zr:             # <<<<<<<<<<<<<<
@@ -22575,7 +22577,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_bias_activation_rows
 */
                               }
 
-                              /* "_activation.pxd":107
+                              /* "_activation.pxd":116
  *         if act == ACT_SOFTMAX:
  *             softmax_row(zr, yr, cols)
  *         elif act == ACT_LINEAR:             # <<<<<<<<<<<<<<
@@ -22585,7 +22587,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_bias_activation_rows
                               break;
                               default:
 
-                              /* "_activation.pxd":112
+                              /* "_activation.pxd":121
  *                     yr[j] = zr[j]
  *         else:
  *             for j in range(cols):             # <<<<<<<<<<<<<<
@@ -22598,7 +22600,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_bias_activation_rows
                               for (__pyx_t_7 = 0; __pyx_t_7 < __pyx_t_6; __pyx_t_7+=1) {
                                 __pyx_v_j = __pyx_t_7;
 
-                                /* "_activation.pxd":113
+                                /* "_activation.pxd":122
  *         else:
  *             for j in range(cols):
  *                 yr[j] = act_value(zr[j], act, alpha)             # <<<<<<<<<<<<<<
@@ -22622,7 +22624,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_bias_activation_rows
 
       }
 
-      /* "_activation.pxd":99
+      /* "_activation.pxd":108
  *     cdef floating* zr
  *     cdef floating* yr
  *     for r in prange(rows, schedule="static", nogil=True):             # <<<<<<<<<<<<<<
@@ -22639,7 +22641,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_11_activation_bias_activation_rows
       }
   }
 
-  /* "_activation.pxd":89
+  /* "_activation.pxd":98
  * 
  * 
  * cdef inline void bias_activation_rows(floating* z, floating* y, const floating* bias,             # <<<<<<<<<<<<<<
@@ -27291,7 +27293,7 @@ static PyObject *__pyx_pf_4pynn_7_native_5dense_12bias_backward(CYTHON_UNUSED Py
  *     dz = as_float_array(op, "dz", dz)
  *     if dz.ndim < 1:             # <<<<<<<<<<<<<<
  *         raise ValueError(f"{op}: 'dz' must have at least 1 dimension, got shape {dz.shape}")
- *     cols = dz.shape[-1]
+ *     cols = dz.shape[dz.ndim - 1]
 */
   __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_dz, __pyx_mstate_global->__pyx_n_u_ndim); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 114, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
@@ -27304,7 +27306,7 @@ static PyObject *__pyx_pf_4pynn_7_native_5dense_12bias_backward(CYTHON_UNUSED Py
  *     dz = as_float_array(op, "dz", dz)
  *     if dz.ndim < 1:
  *         raise ValueError(f"{op}: 'dz' must have at least 1 dimension, got shape {dz.shape}")             # <<<<<<<<<<<<<<
- *     cols = dz.shape[-1]
+ *     cols = dz.shape[dz.ndim - 1]
  *     flat = dz.reshape(-1, cols) if cols else dz.reshape(0, 0)
 */
     __pyx_t_3 = NULL;
@@ -27346,90 +27348,96 @@ static PyObject *__pyx_pf_4pynn_7_native_5dense_12bias_backward(CYTHON_UNUSED Py
  *     dz = as_float_array(op, "dz", dz)
  *     if dz.ndim < 1:             # <<<<<<<<<<<<<<
  *         raise ValueError(f"{op}: 'dz' must have at least 1 dimension, got shape {dz.shape}")
- *     cols = dz.shape[-1]
+ *     cols = dz.shape[dz.ndim - 1]
 */
   }
 
   /* "native/dense.pyx":116
  *     if dz.ndim < 1:
  *         raise ValueError(f"{op}: 'dz' must have at least 1 dimension, got shape {dz.shape}")
- *     cols = dz.shape[-1]             # <<<<<<<<<<<<<<
+ *     cols = dz.shape[dz.ndim - 1]             # <<<<<<<<<<<<<<
  *     flat = dz.reshape(-1, cols) if cols else dz.reshape(0, 0)
  *     out = np.zeros(cols, dtype=dz.dtype)
 */
   __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_dz, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 116, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_GetItemInt(__pyx_t_1, -1L, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 116, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_dz, __pyx_mstate_global->__pyx_n_u_ndim); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 116, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_3 = __Pyx_PyLong_SubtractObjC(__pyx_t_2, __pyx_mstate_global->__pyx_int_1, 1, 0, 0); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 116, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  __pyx_t_2 = __Pyx_PyObject_GetItem(__pyx_t_1, __pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 116, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_cols = __pyx_t_2;
   __pyx_t_2 = 0;
 
   /* "native/dense.pyx":117
  *         raise ValueError(f"{op}: 'dz' must have at least 1 dimension, got shape {dz.shape}")
- *     cols = dz.shape[-1]
+ *     cols = dz.shape[dz.ndim - 1]
  *     flat = dz.reshape(-1, cols) if cols else dz.reshape(0, 0)             # <<<<<<<<<<<<<<
  *     out = np.zeros(cols, dtype=dz.dtype)
  *     if flat.shape[0] and cols:
 */
   __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_v_cols); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 117, __pyx_L1_error)
   if (__pyx_t_5) {
-    __pyx_t_3 = __pyx_v_dz;
-    __Pyx_INCREF(__pyx_t_3);
+    __pyx_t_1 = __pyx_v_dz;
+    __Pyx_INCREF(__pyx_t_1);
     __pyx_t_4 = 0;
     {
-      PyObject *__pyx_callargs[3] = {__pyx_t_3, __pyx_mstate_global->__pyx_int_neg_1, __pyx_v_cols};
-      __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_4, (3-__pyx_t_4) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-      __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 117, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_1);
+      PyObject *__pyx_callargs[3] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1, __pyx_v_cols};
+      __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_4, (3-__pyx_t_4) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 117, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_3);
     }
-    __pyx_t_2 = __pyx_t_1;
-    __pyx_t_1 = 0;
-  } else {
-    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_dz, __pyx_mstate_global->__pyx_n_u_reshape); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 117, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_3 = __Pyx_PyObject_Call(__pyx_t_1, __pyx_mstate_global->__pyx_tuple[5], NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 117, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_3);
-    __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_2 = __pyx_t_3;
     __pyx_t_3 = 0;
+  } else {
+    __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_dz, __pyx_mstate_global->__pyx_n_u_reshape); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 117, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_3);
+    __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_3, __pyx_mstate_global->__pyx_tuple[5], NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 117, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+    __pyx_t_2 = __pyx_t_1;
+    __pyx_t_1 = 0;
   }
 
   __pyx_v_flat = __pyx_t_2;
   __pyx_t_2 = 0;
 
   /* "native/dense.pyx":118
- *     cols = dz.shape[-1]
+ *     cols = dz.shape[dz.ndim - 1]
  *     flat = dz.reshape(-1, cols) if cols else dz.reshape(0, 0)
  *     out = np.zeros(cols, dtype=dz.dtype)             # <<<<<<<<<<<<<<
  *     if flat.shape[0] and cols:
  *         _column_sums(flat, out)
 */
-  __pyx_t_3 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 118, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 118, __pyx_L1_error)
+  __pyx_t_1 = NULL;
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 118, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 118, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_dz, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 118, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_1);
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_dz, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 118, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
   #if CYTHON_VECTORCALL
   #endif
   __pyx_t_4 = 1;
   #if CYTHON_UNPACK_METHODS
   if (unlikely(PyMethod_Check(__pyx_t_6))) {
-    __pyx_t_3 = PyMethod_GET_SELF(__pyx_t_6);
-    assert(__pyx_t_3);
+    __pyx_t_1 = PyMethod_GET_SELF(__pyx_t_6);
+    assert(__pyx_t_1);
     PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_6);
-    __Pyx_INCREF(__pyx_t_3);
+    __Pyx_INCREF(__pyx_t_1);
     __Pyx_INCREF(__pyx__function);
     __Pyx_DECREF_SET(__pyx_t_6, __pyx__function);
     __pyx_t_4 = 0;
   }
   #endif
   {
-    PyObject *__pyx_callargs[3] = {__pyx_t_3, __pyx_v_cols, __pyx_t_1};
+    PyObject *__pyx_callargs[3] = {__pyx_t_1, __pyx_v_cols, __pyx_t_3};
     #if CYTHON_VECTORCALL
     __pyx_t_10 = __pyx_mstate_global->__pyx_tuple[4];
     if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 118, __pyx_L1_error)
@@ -27443,10 +27451,10 @@ static PyObject *__pyx_pf_4pynn_7_native_5dense_12bias_backward(CYTHON_UNUSED Py
     }
     #endif
     __pyx_t_2 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_10);
-    __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
+    __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
     #if CYTHON_VECTORCALL
     #endif
-    __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 118, __pyx_L1_error)
@@ -29143,39 +29151,11 @@ static int __Pyx_modinit_Type_import_code(__pyx_mstatetype *__pyx_mstate) {
 
 static int __Pyx_modinit_Variable_import_code(__pyx_mstatetype *__pyx_mstate) {
   __Pyx_RefNannyDeclarations
-  PyObject *__pyx_t_1 = NULL;
-  int __pyx_lineno = 0;
-  const char *__pyx_filename = NULL;
-  int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   __Pyx_RefNannySetupContext("__Pyx_modinit_Variable_import_code", 0);
   /*--- Variable import code ---*/
-  {
-    __pyx_t_1 = PyImport_ImportModule("_activation"); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_1);
-    const char * __pyx_import_signature = __Pyx_PyBytes_AsString(__pyx_mstate_global->__pyx_kp_b_double_INV_SQRT2_INV_SQRT_2PI_SE);
-    #if !CYTHON_ASSUME_SAFE_MACROS
-    if (unlikely(!__pyx_import_signature)) __PYX_ERR(0, 1, __pyx_L1_error)
-    #endif
-    const char * __pyx_import_name = __pyx_import_signature + 10;
-    void **const __pyx_import_pointers[] = {(void **)&__pyx_vp_11_activation_INV_SQRT2, (void **)&__pyx_vp_11_activation_INV_SQRT_2PI, (void **)&__pyx_vp_11_activation_SELU_ALPHA, (void **)&__pyx_vp_11_activation_SELU_SCALE, (void **) NULL};
-    void **const *__pyx_import_pointer = __pyx_import_pointers;
-    const char *__pyx_import_current_signature = __pyx_import_signature;
-    while (*__pyx_import_pointer) {
-      if (__Pyx_ImportVoidPtr_3_3_1(__pyx_t_1, __pyx_import_name, *__pyx_import_pointer, __pyx_import_current_signature) < (0)) __PYX_ERR(0, 1, __pyx_L1_error)
-      ++__pyx_import_pointer;
-      __pyx_import_name = strchr(__pyx_import_name, '\0') + 1;
-      __pyx_import_signature = strchr(__pyx_import_signature, '\0') + 1;
-      if (*__pyx_import_signature != '\0') __pyx_import_current_signature = __pyx_import_signature;
-    }
-    __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  }
   __Pyx_RefNannyFinishContext();
   return 0;
-  __pyx_L1_error:;
-  __Pyx_XDECREF(__pyx_t_1);
-  __Pyx_RefNannyFinishContext();
-  return -1;
 }
 
 static int __Pyx_modinit_Function_import_code(__pyx_mstatetype *__pyx_mstate) {
@@ -29503,7 +29483,7 @@ __Pyx_RefNannySetupContext("PyInit_dense", 0);
   if (unlikely((__Pyx_modinit_Exttype___pyx_memoryview_obj(__pyx_mstate) < 0))) __PYX_ERR(0, 1, __pyx_L1_error)
   if (unlikely((__Pyx_modinit_Exttype___pyx_memoryviewslice_obj(__pyx_mstate) < 0))) __PYX_ERR(0, 1, __pyx_L1_error)
   (void)__Pyx_modinit_Type_import_code(__pyx_mstate);
-  if (unlikely((__Pyx_modinit_Variable_import_code(__pyx_mstate) < 0))) __PYX_ERR(0, 1, __pyx_L1_error)
+  (void)__Pyx_modinit_Variable_import_code(__pyx_mstate);
   if (unlikely((__Pyx_modinit_Function_import_code(__pyx_mstate) < 0))) __PYX_ERR(0, 1, __pyx_L1_error)
   if (__Pyx_InitAfterSharedUtility() < (0)) __PYX_ERR(0, 1, __pyx_L1_error)
   /*--- Execution code ---*/
@@ -30422,7 +30402,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 
   /* "native/dense.pyx":117
  *         raise ValueError(f"{op}: 'dz' must have at least 1 dimension, got shape {dz.shape}")
- *     cols = dz.shape[-1]
+ *     cols = dz.shape[dz.ndim - 1]
  *     flat = dz.reshape(-1, cols) if cols else dz.reshape(0, 0)             # <<<<<<<<<<<<<<
  *     out = np.zeros(cols, dtype=dz.dtype)
  *     if flat.shape[0] and cols:
@@ -30508,30 +30488,30 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
     const struct { const unsigned int length: 8; } str_length_index[] = {{6},{8},{1},{2},{49},{15},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{27},{179},{8},{15},{7},{6},{2},{9},{16},{50},{30},{37},{1},{11},{25},{5},{8},{8},{15},{20},{12},{9},{17},{8},{8},{12},{10},{8},{10},{8},{7},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{9},{40},{38},{12},{46},{44},{15},{5},{51},{48},{13},{1},{3},{3},{3},{8},{10},{15},{15},{5},{4},{14},{18},{1},{4},{4},{13},{3},{5},{4},{1},{11},{18},{4},{5},{8},{20},{21},{13},{6},{5},{15},{2},{2},{2},{5},{10},{6},{9},{5},{5},{4},{5},{6},{7},{3},{2},{5},{5},{8},{1},{2},{2},{1},{6},{6},{4},{6},{3},{3},{3},{6},{1},{7},{4},{1},{4},{4},{4},{2},{5},{3},{2},{3},{4},{3},{18},{22},{16},{1},{8},{7},{4},{10},{10},{5},{10},{4},{5},{4},{4},{6},{7},{7},{5},{6},{6},{6},{1},{1},{1},{5}};
-    const struct { const unsigned int length: 10; } bytes_length_index[] = {{1},{54},{559},{127},{134},{127},{150},{112},{148},{266}};
+    const struct { const unsigned int length: 10; } bytes_length_index[] = {{1},{559},{127},{140},{127},{150},{112},{148},{266}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (1871 bytes) */
-static const char cstring[] = "x\332\265U\317s\333\306\025\026\255\237V\325\330\264\034\245i=\235e\234\210v#\263\241,k<j&\035D\242SvTE\024eM\032\217\273\263\004\226$$`\001b\027\024\251\351\264:\342\210#\2168\342\210#\217:\346\250#\217\371\023\362\047\364\355\202\244d+\361\214g\032\216\264X\354\276}\357\373\276}\357\001\021\201\276\350!\247qLu\361Ui\013m\241\242qVD\266\317\005j\223.E``Q\002oed\2306e\334t\330\032j9\002\3616q)\372\362\037\324v\274\376\221IO\221\323D_\352\016\023f\313w|\216\0103\340\214\047=\277\275l\262\361\006\027\236iP\343\2321r\274w\356\277\2716\261\374\352\257\333\2041\300E87[\014\t\007y\224\030O\034f\365\221\255@v\001d\225u\211e\032\310v\014\272\206h\317\205\263\340\252\250\027e\334b\323\361\204GX1\24386\316\250\232\014\221\236\311\321\236\203l\"\364\266\311ZH\206\"\302\367(j:>3\366\034A\221h\203h\333}\321v\030\002s\203Zf\203zDP\000\"\241C@O\0321\264_\331\177\262\361|C\021\361\250\274\003\216\270\337\320-\340@\271\324\263\341\233\226\200\300\242\357R^B\325&\352;>b\024 \003A\027\354\256\037\020m\312\020\247BNPQ\311A\004\\\030\206\343\200\2668R\320\204{\205\323/\210\305i\211\030\006\006;\252;\226%\367\034\306K\244\241\033&\047\r\213R&\307\226n\362lf\000[8\376g\0032\201\226\334~\2179@\260I|K \214=j\370:\305\030\031\276\212\300\034\366\004\010wMb\301\256n2S`\354+Gr\233X\226\243\203.\210x\036\351#\203\010R\372\231\335L}\251Qv\361\274\364om\373\260z\244\035V\277\335\253_\233\342\275Je\247\272\367\r\256\356\355\277<\324\352\333\325j\305\262L\227\233\274N;>e:\225yZ\272JY\214\367\373=\370\337\201K\301{\264\047\016h\023\343\221p@\004@Ki\257&-*LAm\271`\3103\360k\372L\227O\330\342\343S\246\355B\"\311\231ML\246\236\216\341[j\217\021;{\312\360\030\203\206XoS\375\204\373v\3666\362\"\247\362\332\263\231\317\\S?\001\017\0256\266\353\n)\225\364\321\361\2115v;\276\203\311LW\231xm\201\366\344\013\244\311\004\n\277\006}2\277:\047(\227\\\032&\341\230\000\351\361\344\225\341\370\200\340\325\326\032\332\332*\277^{\363\365\365\225]\323r\210\230\230\275\361\366\032C\342\3716\303@\237_\237\277\202\226""\001m\347\027B\274}rd\375\263\201\224m\323\347\324\300P\256\3200@\200\026\265m5\274\233\303\rJ\352\310;\350\274M\316\224\234<\307\207\032\246\004\312\212\350\360\047\244\210R{\"kQU\350\325,\333\030\345>n\370\315&\364\016\313m\023\342\2658\350\251\002`U1\204\367\231n:\245I\004\336h\020N\245\354J\372\006\321ON\211g4\254\223\006\370;i\270\302\323U\256aUS\272\005g0\344\047\264<\235JkP\224\353\320\310\304\250\246\271\252\363\211#\260u}\361\326\332)5[\355\321\"\264O\271\226\251f\310\354U\203\224!\373\306\030\247F\3178\243\266+\372j\300\226y\002MF\207nL!\261U\233\244\236\347xM\213\2648\014B\361\005\277\266\032es\2265h\250k\224\245\310\263\341\214\036\037\177q\\>\001o.>;\241\036\243\326\t\030I\214-n\031\304\002\031\014\305\230x6|\017\344\307@~\004\230\324\233\201D\360!\261\231\013 \334>`u\\\220\324\005\216\256\343\272}\306J8\353|%ET\255H\005(3JX}$\000\370\033\253\3045=\217\266L\016\335\336\243Jo\3179\345\\\226\234\022\005\nm\254\262\334\234|I\270$\003%\350A\035R\227\013\007\376=_\027\222:\224S\366h\370\320K94\005\210\346\27328\200\360)\357\365\317\316 \016\3776\273\202)\370U\367\216p\275vp\270>\231\341\365\375\352T\275\262\373\022k\273\373\177\323\262i}[\333\255t\035\370\332=\322\333\304C\177ZC\343\247\311\304\315\307\250A\341g\\7\335>\336\004e\211\325\302\345\362\250o4\240_b\343\375,\337\333\365\257\215\345\361\324\377[\021\376~\226\357\355\372\327\306\362x\312\220=p\212\313\361<\367\343\314\355 ?\234Y\010>\010I(\242g\361t\374,\311\ra\365\217a\047\232\211^\304\237\3064y\2324S-\255\rg\356\004\235p&|\021}\026u\342\271\230\304\")K\333{\301fx/,\303F!\332\210\274x%\356$\263\311QZN5\271\235\017V\303\371\220G\237FF\\\2107\223|R\030\316\374&(O\302_E\203\215\371s/X\t\2740?\\\370 8\216r\321\362\345\203\375\313\375\332e\255~Y?\224\007\327\203\243p=\254e\323\357\302\003p\3758\336J\016\222^\332\031L\017\000\322b\360I\360\",\204\233\321\n\300\311K\247\0020\346\303\207\341a\004\216\357\207Zx\024\225\177\t\205\344\014\233\277\r\376\025\225\243\235x1y\224~\226\362\301\352\305\255\213\302X""\204\277Gf\334\205\230\335\264\226\222+\021\326\245_83\0277\023-y\231\256\016n\r\n\231\010\305p\005$~\036o\304^\262\222t\322\334$|\036\220\255\002\323\337\305\371x5\311%\000fy$\347V\\S\236\276\007js\0032\350d\002-\007_\007:\204{\032\222\341\302\355\361\232\006\363\340\343\260 \227n/\016\027>\014k\241\031\365\223i\270A=\375\375\340\251tp\221\273X\276\330\371!7\\\371\010\350\202\274\200v6\376>\341iA^XZ\037\314\0144\211\n\305\200\360\017\300\006\256%\376KB\306T\347\317\375`\033.h9\254\300am\024\337\017\276\t\313\303\205%\tB*\224\003N\005\205\342A\244E\265\210@\312L\003\367\216\344\227<L\016\323\225\264;8\272x\366\303\342\345A\375<\367\323\334\324\354\203\233\301\340\260\034*\361=H\234{\212G\376G\360\272\364q\224\217\n\303\245|x\037\022\240#\047\313\341\327\240\306\322\235\200\207\237\204\332\360.\260\037.\335\rg\303\227*-;\303\273R\324\n\334\377d\265<\274{\037V>\004t\".\017\357KE\346FP\313\227S\017/\037>\037(d\2132A\356\004\377\035\031\336,\230\233\271\222\273\310_\317\225N2\007\254DZ\276&\326\235\340?\240\214\021?JV\323Y\020>\273\340\005\ts\047Z\210\347!\301FE4\177\336\003Os*\346\246\252\257\234\004q\013*\353\026$\365w\321Q\\\216\265q\236}\024MC\236=\205\002\355&\265\204\310z\370\\\345\245&\201\3763\324\243|v\372sH\220f\264\233\021\250AF-\253\342\366c-V\345\265\021\370\341n\234\373\037(5r]";
-    PyObject *data = __Pyx_DecompressString(cstring, 1871, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (1840 bytes) */
+static const char cstring[] = "x\332\265U\317o\033\307\025\026\255\237V\325\330\264\034\245i\215b\030\047\242\335\310l\030\313\202\241\006)hI\016T\244\212h\311B\032\303]\014w\207\344\210\273\263\313\235Y\212\024\212V\307=\356q\217{\334#\217<\352\230\243\216<\346O\350\237\320\367fIJ\266\022\003\006\032A\234\235\235y\363\336\367}\363\336[B\025\371\242K\334\33213\325\327\245M\262I\212\326i\2218\201T\244I;\214\200\201\315(\274\225\211\305\035&$w\305\032i\270\212\310&\365\030\371\352\357\314q\375\336\021g\047\304\255\223\257LW(\336\010\334@\022*,8\343\243\347\267\227\271\030oH\345s\213YW\214\211\353\277s\377\315\265\211\345\327\177\335\242B\000.*%o\010\242\\\3423j=r\205\335#\216\006\331\001\220\273\242Cmn\021\307\265\330\032a]\017\316\202\253\242Y\304\270\305\272\353+\237\212bFql\234Q\345\202\320.\227d\317%\016Uf\223\213\006\301PT\005>#u7\020\326\236\253\030QM\020m\253\247\232\256 `n1\233\327\230O\025\003 \010\035\002\372h$\310\376\316\376\243\365\247\353\232\210\317\360\016$\221A\315\264\201\003\223\250g-\340\266\202\300\252\3471Y\"\273u\322s\003\"\030@\006\202\036\330]=\240\232L\020\311\024NHQ\313A\025\\\230\001\307\001mq\244 \207{\205\323\317\251-Y\211Z\226\001v\314tm\033\367\\!K\264fZ\\\322\232\315\230\300\261ar\231\315,`\013\307\377lA&\260\222\327\353\n\027\010\326i`+b\030>\263\002\223\031\006\261\002\035A\270\342\021\020\356pj\303\256\311\005W\206\021hG\270Mm\3335A\027B}\237\366\210E\025-\375\314n\246>j\224]\274,\375\253\262u\270{T9\334\375n\357\340\312\324\330\333\331\331\336\335\373\306\330\335\333\177yX9\330\332\335\335\261m\356I.\017X;`\302d\230\247\245\313\2245\214\375^\027~\333p)\306\036\353\252\027\254n\030#\341\200\010\200Fi/\047\r\246\270b\016.Xx\006\376\352\2010\361\t[r|\212;\036$\022\316\034\312\205~\272V`\353=A\235\354\211\341\r\00344\314&3[2p\262\267\221\027\234\342\265g\263@x\334l\201\207\0351\266\353(\224\n}\264\003j\217\335\216\357`23u&^Y`]|\2014\231@\221W\240O\346\227\347\024\223\310\245\306\2514(\220\036O^Yn\000\010^m\256\221\315\315\362\353\2657___\332\325m\227\252\211\331""\033o\257\rH\274\300\021\006\320\227W\347\257\240e@\333\371\205\020o\237\034Y\377l m[\017$\263\014(Wh\030 @\2039\216\036\336\315\341\032%}\344\035t\336&\307\221\223\357\006P\303\214BYQ\023\376\025\212\210\332S\254E]\241\227\263lc\224\373F-\250\327\241w\330^\223R\277!AO\035\300\320\025CeO\230\334-M\"\310Z\215J\206\262k\351k\324l\235P\337\252\331\255\032\370k\325<\345\233:\327\014]S\246\rg\014\310Ohy&CkPT\232\320\310\324\250\246\245\256\363\211#\260\365\002\365\326\332\t\343\215\346h\021\332\047\256e\252Y\230\275z@\031\262o\214ubu\255S\346x\252\247\007\303\346-h2&tc\006\211\255\333$\363}\327\257\333\264!aP\232/\370u\364\210\315\031k\320\322\327\210\245(\263\341\224\035\037\177q\\n\2017\3178m1_0\273\005F\210\261!m\213\332 \203\245\031S\337\201\357\001~\014\360# Po\001\022\301\207\304\021\036\200\360z\200\325\365@R\0178z\256\347\365\204(\031Y\347+i\242z\005\025`\302*\031\372#\001\300\337X\245\036\367}\326\340\022\272\275\317\264\336\276{\"%\226\234\026\005\nm\2542nN\276$\022\311@\t\372P\207\314\223\312\205\237\037\230\n\251C9e\217Z\000\275TBS\200h\201\207\301\001D\300d\267wz\nq\344w\035\027\276[\017\314&\365\311\237\326\310\370\311\205\272\376\030\265\032\343\2114\271\32736@#j7\214ry\324\001j\320\371\014\353\375,\337\333\365\257\215\345\341\324\377[\021\371~\226\357\355\372\327\306\362p\312\302n6%q<\313\3754s3\314\017g\026\302\017\"\032\251\370I2\235<IsCX\375c\324\216g\342\347\311\247\tK\037\247\365~\245_\035\316\334\n\333\321L\364<\376,n\047s\tMTZF\333;\341Ft\047*\303F!^\217\375d%i\247\263\351Q\277\334\257\340v>\\\215\346#\031\177\032[I!\331H\363ia8\363\233\260<\t\177\031\r6\346\317\374p%\364\243\374p\341\203\3608\316\305\313\027\367\366/\366\253\027\325\203\213\203C<\370ex\004\301\236E\365\370YL\263\205\357\243\027\020\340a\262\231\276H\273\375\366`z\000\300\026\303O\302\347Q!\332\210W\000T\036]+@\232\217\356G\2071\270\277\033U\242\243\270\374KX\2209l\3766\374g\\\216\267\223\305\364A\377\263\276\034\254\236\3378/\214\245\370[\314\223\016\304\354\364\253}z)\305\227""\350\027\316\314%\365\264\222\276\354\257\016n\014\n\231\024\305h\005\204~\232\254\047~\272\222\266\373\271I\370< [\005\276\277K\362\311j\232K\001\314\362H\324\315\244\252=\375\000\324\346\006t\320\316dZ\016\237\205&\204{\034\321\341\302\315\361Z\005\346\341\307Q\001\227n.\016\027>\214\252\021\217{\3514\334\243\331\377\375\3401:8\317\235/\237o\377\230\033\256|\004tAd@;\233\374\220\312~\001\257\255\1770\230\031T\020\025I\000\341\037\200\r\\N\362\227\224\216\251\316\237\005\341\026\\\323r\264\003\207+\243\370A\370MT\036.,!\010T(\007\234\n\032\305\275\270\022Wc\n\2113\r\334\333\310/\275\237\036\366W\372\235\301\321\371\223\037\027/^\034\234\345\376;75{\357z08\214\303Nr\007\322\347\216\346\221\377\t\274.}\034\347\343\302p)\037\335\205\004h\343d\031\022\203\016\227n\2052\372$\252\014o\003\373\341\322\355h6z\251\223\263=\274\215\242\356\300\375OV\313\303\333wa\345C@\247\222\362\360.*27\202Z\276\230\272\177q\377\351@#[\304\004\271\025\376gdx\275l\256\347J\356<\1775W\332\351\034\260R\375\362\025\261n\205\377\006e\254\344A\272\332\237\005\341\263\013^@\230\333\361B2\017\t6*\245\371\263.x\232\32317t\225\345\020\304\r\250\257\033\220\324\337\307GI9\251\214\363\354\243x\032\362\3541\224i\047\255\246\024\353\341s\235\227\025\004\372\217\310\214\363\331\351\317!A\352\361\267\031\201*d\324\262.\361 \251$U\314\316\3650\210\276Mr\377\003\333\355f\025";
+    PyObject *data = __Pyx_DecompressString(cstring, 1840, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (2430 bytes) */
-static const char cstring[] = "\377 at 0x o\377bject>.:\377 : \047dz\047 \377must hav\335e\035\001lea\013\0001 \377dimensio\377n, got s\377hape <Me\377moryView\377 of <con\377tiguous \227and1\000rV\001\007\ri\367ndi\023\003stri\367ded\"\010 or \346\004\031><(\tA\006>?C\367ann\225\000assi\377gn to re\377ad-only \365m\240\002v\242\000Inva\377lid mode\237, exp\366\000|\000\047\373c\047t\001\047fort\217ran\047\335\003%\005\345\003i\377n axis N\377o matchi\367ng g\001atur\377e foundN\277ote th\323 C\277ython ,\000d\377eliberatye\206\000\353\001cter!\001\377n PEP-48\3554\245\"re\200As soubcl\301\000es\314!\337builtv\000ty\377pes. If ?you ne\257 \336\000\371p\351\000%\tthen wset\200\000e \047\212\"Kat\256@_<\000\253\000\047\210D\371i\325@\234 False\337.add_\264 ec\347oll\202`\334@s.a\377bcdisabl\367een\002\001gcis\366\004\003dnN\000ve/d\376\207`e.pyxno\377 default\377 __reduc\277e__ du\204 o\337 non-\335@vi\373al\033\000cinit\347__uN\002\234Aall\373oc\225  arra\177y data.\013\020\370\343c\312a\247cs.|AC\377TIVATION\375S\000\010_NEEDI\377NG_INPUT\377ASCIIEll\377ipsisSeq_uence\244\204\001.\251\204\007\337__Pyx\001\000Di\377ct_NextR\317ef__\262$\306\000__\366\207B__\001\005geti\227tem\r\001d0\001\027\000fgunc\035\001\030\000st\343@\316)\001imp\306`3\001ma{in\003\002odulM\0027nam\002\003ewT\001\301 \377_checksu`T\000\n\001?\004\025\001\363A__\037\001\277unpick?\000E\315n \005vt\236A\230\001qu#alO\005\374%\205Fc\205\204\002\277\001&\230Dex\314\001\244`_\203\005\260`\270\262\006\003\006.\007tes\265@_?bias_a\246 \001\005\357[dou\241`[:,\277 ::1],\001\013]~(\006[float\036\006\366\001\n]_\366`umn_\372\374\000s\000\t[cons\023t L\024l\000]\033\020T\022\047\002\377fused_si\357gind\376\000gem\203m_\001\001\246\033\302\016.\002\264\030,\372\316\014i\320\001routi\377neaabcacb\000\000t\301!\203a\312 iv\235\206\002\370\000\007\220B\222\205\005_buff\377eralphaa\247rgs\376 \307\"_\255\205\002a\377syncio.c\375o[\004sbbase\374\244A\247Bbackwa\377rdblkblo\177ckbptrc\347b\355_\270\212\002cl\223\000_in\277_trace*\001c\377olsco""unt\312\315\206\004s\343\206\002_A\005)\000pu}t\005\014weigh\016\004\047form\001\222cd\261\210\001\000\002\371_\204 \336\213\003dwdxd\277zempty\000\002_\377likeenco\277deenum\242\211\002e\377rrorflag\365s\002\000t\267bform\223at\226\212\004\200\206\001d\302B\207\206\001s\376\000\002izejj0j\3731kK\000p_zke\377rnelkind~\375\001gsldal\204 \375d\355\002armmem\324\211\213\001\201\213\001n\214\206\001n\240 nd\377imnpnump\277yobjop\262@p\376\276 poppynn\213._\364\210\003.\365\210\002\r\002\333!e\357nd._\315\213\002ate\376\t\napirreg\327ist\315\000e\250\215\002rogwss\372\206\001\225\"se\335&\354\306\215\001\301\213\006ss\312\000sta{rt8\000psto\001\000\357ruct\224\214\001s_a\376\001\003bunitsu\375n\236\001update\377valuesxy\177zzerosO\225\206\003\377\000\000\000\000INV_\337SQRT2\001\006_2\377PI\000SELU_\337ALPHA\005\003SC\377ALEvoid \377(char *,\035 \000\005int\013\001\000\004\007\004\376\221\210\003t_5scip\367y_6\311`alg_\37311\351\207\004blas_adC\001\000\047*.,])\000\302\200M\205s\351\200&s\351(\310\201\"\000.X1)\333\000d\270\211\001\000s\276\211\001\200\001\377\340\004\t\210\021\330\004\010\377\210\016\220a\220t\2305\177\240\003\2405\250\001\330\023\000\377\036\220q\230\004\230F\240\377$\240e\2503\250f\260\377A\260Q\330\004\017\210q\377\220\004\220F\230%\230q\377\240\006\240a\240t\2501\376(\001\022\2106\220\022\2201\376\026\000!\2304\230r\240\026\377\240q\250\005\250V\2601\373\260AG\001\021\210&\220\007\377\220s\230$\230d\240!\377\2406\250\021\250!\330\0047\013\2101v\006\t\210f\005\026\000\377\007\200r\210\026\210r\220\377\021\330\010\016\210j\230\001\377\230\023\320\034P\320PQ\277\320QS\320ST5\0012\277\210V\2202\220Q\005\003X\373\220RX\000)\240:\250R\177\250x\260q\270\003\270\220\000\377\n\210\"\210F\220!\220\3476\230\026\214\000\336\000\007\200t~\241\000\021\220#\220T\230V\000\177\024\220A\220V\2301n\025\374\360\001\326\000\r\210^\2301\230\377D\240\n\250(\260%\260\177s\270&\300\002\300!\375\005\337J\230i\240vq\000v\260\227Q\260a\373\0072T\0011\000\006\377\240f\250A\250U""\260&\357\270\002\270!\377\003\047\220\026\376\340 8\2404\240r\250\026\357\250q\260\001\374\006\021\220\021\373\220&\347\000\030\240\021\240&\327\250\001\250\217@\023\310$:\240\365QE\002Z\330\000\006\270a\270\367q\330\004\235!\023\210B\210\375c\361 3\220a\330\010\tz\014\005A\t\000\210\031\220!\017\001\377\t\n\330\010\025\220Q\220\337i\230y\250\003\277@c\260\367\032\2703=\001\300\001\300\023\177\300D\310\001\330\026\027\340@\374\334 \337\000\005\240Z\250s\260\375!\255A\260S\270\004\270AV\226a \240\206`\033\377\000F\263@\357;\250a\250\344\004\007\200u\373\210C\236@\023\220E\230\023\373\230Ay\004u\210G\2201O\330\010\014\210\202\000\243a\001\321\000\373!\330\202\001\034\230A\230Q\253\230a\260`\003\371\000q\334\001\250\377#\250T\260\026\260v\270\377V\3005\310\n\320RS\177\200\001\360\006\000\005\034[\017\376:\000\330\004\034\230E\240\022\332\266`\022\303\002\021\340\331\000\014\031\377\230\021\230!\330\014\021\220u\024\376@q\005\001\023\220B\213 \377\014\017\210s\220\"\220A\373\330\020\373\000\330\014\020\220\005w\220U\230\223\204\001q\330\020\321!yE\375@\r\0061\330\020\024\303\000}\025\233\000t\2401\330\024\216!\375\006\244\0041\320\000#\320#\3538\270\225\002\n\242\205\001\017\210\177\270\"\004\237\205\017\232o\001\300\021\240iq;\250\006\300 t\2601\275A\246$\367\017\210~\227 d\240(\250\247&\260\005\366 \333C\010\370AD\317\230\010\240\007\336`\276\205\004\007\200_x\210q\220\006\240\206\0026\333\205\002\375\001\262\206\001\002\210&\220\002\220\377#\220X\230V\2401\240\376\346\205\004\047\220\027\230\003\2308\377\2403\240a\240v\250Q\177\250a\330\004\n\210+\223\204\002\377A\330\004\r\210Y\220c\365\230\357\206\002\002\023\000Q\220f\230]L\356\206\001\r\210Q\317`\023\330\206\002\357u\240A\240\332\205\0024\210u\017\220L\240\001";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 2430, 3687);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (2392 bytes) */
+static const char cstring[] = "\377 at 0x o\377bject>.:\377 : \047dz\047 \377must hav\335e\035\001lea\013\0001 \377dimensio\377n, got s\377hape <Me\377moryView\377 of <con\377tiguous \227and1\000rV\001\007\ri\367ndi\023\003stri\367ded\"\010 or \346\004\031><(\tA\006>?C\367ann\225\000assi\377gn to re\377ad-only \365m\240\002v\242\000Inva\377lid mode\237, exp\366\000|\000\047\373c\047t\001\047fort\217ran\047\335\003%\005\345\003i\377n axis N\377o matchi\367ng g\001atur\377e foundN\277ote th\323 C\277ython ,\000d\377eliberatye\206\000\353\001cter!\001\377n PEP-48\3554\245\"re\200As soubcl\301\000es\314!\337builtv\000ty\377pes. If ?you ne\257 \336\000\371p\351\000%\tthen wset\200\000e \047\212\"Kat\256@_<\000\253\000\047\210D\371i\325@\234 False\337.add_\264 ec\347oll\202`\334@s.a\377bcdisabl\367een\002\001gcis\366\004\003dnN\000ve/d\376\207`e.pyxno\377 default\377 __reduc\277e__ du\204 o\337 non-\335@vi\373al\033\000cinit\347__uN\002\234Aall\373oc\225  arra\177y data.\013\020\370\343c\312a\247cs.|AC\377TIVATION\375S\000\010_NEEDI\377NG_INPUT\377ASCIIEll\377ipsisSeq_uence\244\204\001.\251\204\007\337__Pyx\001\000Di\377ct_NextR\317ef__\262$\306\000__\366\207B__\001\005geti\227tem\r\001d0\001\027\000fgunc\035\001\030\000st\343@\316)\001imp\306`3\001ma{in\003\002odulM\0027nam\002\003ewT\001\301 \377_checksu`T\000\n\001?\004\025\001\363A__\037\001\277unpick?\000E\315n \005vt\236A\230\001qu#alO\005\374%\205Fc\205\204\002\277\001&\230Dex\314\001\244`_\203\005\260`\270\262\006\003\006.\007tes\265@_?bias_a\246 \001\005\357[dou\241`[:,\277 ::1],\001\013]~(\006[float\036\006\366\001\n]_\366`umn_\372\374\000s\000\t[cons\023t L\024l\000]\033\020T\022\047\002\377fused_si\357gind\376\000gem\203m_\001\001\246\033\302\016.\002\264\030,\372\316\014i\320\001routi\377neaabcacb\000\000t\301!\203a\312 iv\235\206\002\370\000\007\220B\222\205\005_buff\377eralphaa\247rgs\376 \307\"_\255\205\002a\377syncio.c\375o[\004sbbase\374\244A\247Bbackwa\377rdblkblo\177ckbptrc\347b\355_\270\212\002cl\223\000_in\277_trace*\001c\377olsco""unt\312\315\206\004s\343\206\002_A\005)\000pu}t\005\014weigh\016\004\047form\001\222cd\261\210\001\000\002\371_\204 \336\213\003dwdxd\277zempty\000\002_\377likeenco\277deenum\242\211\002e\377rrorflag\365s\002\000t\267bform\223at\226\212\004\200\206\001d\302B\207\206\001s\376\000\002izejj0j\3731kK\000p_zke\377rnelkind~\375\001gsldal\204 \375d\355\002armmem\324\211\213\001\201\213\001n\214\206\001n\240 nd\377imnpnump\277yobjop\262@p\376\276 poppynn\213._\364\210\003.\365\210\002\r\002\333!e\357nd._\315\213\002ate\376\t\napirreg\327ist\315\000e\250\215\002rogwss\372\206\001\225\"se\335&\354\306\215\001\301\213\006ss\312\000sta{rt8\000psto\001\000\357ruct\224\214\001s_a\376\001\003bunitsu\375n\236\001update\377valuesxy\377zzerosOv\377oid (cha\337r *, \000\005in\341t\013\001\000\004\007\004\333\207\003t_5\177scipy_6\223`\277alg_11\263\207\004b\037las_dC\001\000\047*.V,])\000\302\200Ms\351\200&s\351(\270\310\201\"\000.X1)\000d\202\211\001\000\375s\210\211\001\200\001\340\004\t\210\377\021\330\004\010\210\016\220a\377\220t\2305\240\003\2405\367\250\001\330\023\000\036\220q\230\377\004\230F\240$\240e\250\3773\250f\260A\260Q\330\377\004\017\210q\220\004\220F\377\230%\230q\240\006\240a\357\240t\2501(\001\022\2106\357\220\022\2201\026\000!\2304\377\230r\240\026\240q\250\005\277\250V\2601\260AG\001\021\377\210&\220\007\220s\230$\377\230d\240!\2406\250\021\177\250!\330\004\013\2101v\006\363\t\210f\005\026\000\007\200r\210\377\026\210r\220\021\330\010\016\377\210j\230\001\230\023\320\034\377P\320PQ\320QS\320\273ST5\0012\210Vj\000B\277\220f\230B\230a\013\003X\373\220R^\000)\240:\250R\177\250x\260q\270\003\270\226\000\377\n\210\"\210F\220!\220\3476\230\026\222\000\344\000\007\200t~\247\000\021\220#\220T\230\\\000\177\024\220A\220V\2301t\025\374\366\001\334\000\r\210^\2301\230\377D\240\n\250(\260%\260\177s\270&\300\002\300!\203%\337J\230i\240vq\000v\260\227Q\260a\201\0472T\0011\000\006\377\240f\250A\250U\260&\357\270\002\270!\205#\047\220\026\376\346 8\2404\240r\250\026\357\250q""\260\001\202&\021\220\021\373\220&\355\000\030\240\021\240&\327\250\001\250\225@\023\316$:\240\365QE\002Z\330\000\006\270a\270\367q\330\004\243!\023\210B\210\375c\367 3\220a\330\010\tz\014\005A\t\000\210\031\220!\017\001\377\t\n\330\010\025\220Q\220\337i\230y\250\003\305@c\260\367\032\2703=\001\300\001\300\023\177\300D\310\001\330\026\027\346@\374\342 \337\000\005\240Z\250s\260\375!\263A\260S\270\004\270AV\234a \240\214`\033\377\000F\271@\357;\250a\250\344\004\007\200u\373\210C\244@\023\220E\230\023\373\230Ay\004u\210G\2201O\330\010\014\210\202\000\251a\001\321\000\373!\330\202\001\034\230A\230Q\253\230a\266`\003\371\000q\334\001\250\377#\250T\260\026\260v\270\377V\3005\310\n\320RS\177\200\001\360\006\000\005\034[\017\376:\000\330\004\034\230E\240\022\332\274`\022\303\002\021\340\331\000\014\031\377\230\021\230!\330\014\021\220u\024\376@q\005\001\023\220B\213 \377\014\017\210s\220\"\220A\373\330\020\373\000\330\014\020\220\005w\220U\230\231\204\001q\330\020\321!yE\375@\r\0061\330\020\024\303\000}\025\233\000t\2401\330\024\216!\375\006\244\0041\320\000#\320#\3538\270\225\002\n\250\205\001\017\210\177\270\"\004\245\205\017\232o\001\300\021\240iq;\250\006\300 t\2601\275A\246$\367\017\210~\227 d\240(\250\247&\260\005\366 \333C\010\370AD\317\230\010\240\007\336`\304\205\004\007\200_x\210q\220\006\246\206\0026\341\205\002\375\001\270\206\001\002\210&\220\002\220\377#\220X\230V\2401\240\376\354\205\004\047\220\027\230\003\2308\377\2403\240a\240v\250Q\177\250a\330\004\n\210+\223\204\002\377A\330\004\r\210Y\220c\365\230\365\206\002\002\023\000Q\220f\230]L\364\206\001\r\210Q\317`\023\336\206\002\337u\240A\240Q\245\206\0014\210\037u\220L\240\001";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 2392, 3639);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (3687 bytes) */
-static const char bytes[] = " at 0x object>.: : \047dz\047 must have at least 1 dimension, got shape <MemoryView of <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis No matching signature foundNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecollections.abcdisableenablegcisenablednative/dense.pyxno default __reduce__ due to non-trivial __cinit__unable to allocate array data.unable to allocate shape and strides.|ACTIVATIONSACTIVATIONS_NEEDING_INPUTASCIIEllipsisSequenceView.MemoryView__Pyx_PyDict_NextRef__annotate____class____class_getitem____dict____func____getstate____import____main____module____name____new____pyx_checksum__pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___bias_act_bias_act[double[:, ::1],double[:, ::1]]_bias_act[float[:, ::1],float[:, ::1]]_column_sums_column_sums[const double[:, ::1],double[::1]]_column_sums[const float[:, ::1],float[::1]]_fused_sigindex_gemm_gemm[double[:, ::1],double[:, ::1],double[:, ::1]]_gemm[float[:, ::1],float[:, ::1],float[:, ::1]]_is_coroutineaabcaccactact_nameactivationactivation_nameallocate_bufferalphaargsas_float_arrayasyncio.coroutinesbbasebiasbias_backwardblkblockbptrccheck_shapecline_in_tracebackcolscountdefaultsdense_backward_inputdense_backward_weightdense_forwarddoubledtypedtype_is_objectdwdxdzemptyempty_likeencodeenumerateerrorflagsflatfloatformatfortrangetidindexitemsitemsizejj0j1kkeep_zkernelkindkwargsldaldbldclinearmmemviewmodennamenblkndimnpnumpyobjopoutpackpoppynn._native.densepynn.backend._validatepynn.backend.apirregisterreshaperowssame_dtypesetdefaultshapesignaturessizestartstepstopstructtrans_atrans""_bunitsunpackupdatevaluesxyzzerosOdouble\000\000\000\000INV_SQRT2\000INV_SQRT_2PI\000SELU_ALPHA\000SELU_SCALEvoid (char *, char *, int *, int *, int *, __pyx_t_5scipy_6linalg_11cython_blas_d *, __pyx_t_5scipy_6linalg_11cython_blas_d *, int *, __pyx_t_5scipy_6linalg_11cython_blas_d *, int *, __pyx_t_5scipy_6linalg_11cython_blas_d *, __pyx_t_5scipy_6linalg_11cython_blas_d *, int *)\000void (char *, char *, int *, int *, int *, __pyx_t_5scipy_6linalg_11cython_blas_s *, __pyx_t_5scipy_6linalg_11cython_blas_s *, int *, __pyx_t_5scipy_6linalg_11cython_blas_s *, int *, __pyx_t_5scipy_6linalg_11cython_blas_s *, __pyx_t_5scipy_6linalg_11cython_blas_s *, int *)\000dgemm\000sgemm\200\001\340\004\t\210\021\330\004\010\210\016\220a\220t\2305\240\003\2405\250\001\330\004\t\210\036\220q\230\004\230F\240$\240e\2503\250f\260A\260Q\330\004\017\210q\220\004\220F\230%\230q\240\006\240a\240t\2501\330\004\t\210\022\2106\220\022\2201\220F\230!\2304\230r\240\026\240q\250\005\250V\2601\260A\330\004\t\210\021\210&\220\007\220s\230$\230d\240!\2406\250\021\250!\330\004\013\2101\200\001\340\004\t\210\021\330\004\t\210\036\220q\230\004\230F\240!\330\004\007\200r\210\026\210r\220\021\330\010\016\210j\230\001\230\023\320\034P\320PQ\320QS\320ST\330\004\013\2102\210V\2202\220Q\330\004\013\2102\210X\220R\220s\230)\240:\250R\250x\260q\270\003\2701\330\004\n\210\"\210F\220!\2206\230\026\230r\240\021\330\004\007\200t\2106\220\021\220#\220T\230\021\330\010\024\220A\220V\2301\330\004\013\2101\200\001\340\004\t\210\021\330\004\t\210\036\220q\230\004\230F\240$\240e\2501\330\004\r\210^\2301\230D\240\n\250(\260%\260s\270&\300\002\300!\330\004\017\210q\220\004\220J\230i\240v\250R\250v\260Q\260a\330\004\t\210\022\2106\220\022\2202\220V\2301\230D\240\006\240f\250A\250U\260&\270\002\270!\330\004\t\210\021\210\047\220\026\220t\2308\2404\240r\250\026\250q\260\001\330\004\013\2101\200\001\340\004\021\220\021\220&\230\001\230\030\240\021\240&\250\001\250\021\330\004\023\2201\220F\230!\230:\240Q\240f\250A\250Z\260q""\270\006\270a\270q\330\004\007\200r\210\023\210B\210c\220\022\2203\220a\330\010\t\330\004\007\200r\210\023\210A\330\010\t\210\031\220!\330\010\t\330\t\n\330\010\025\220Q\220i\230y\250\003\2503\250c\260\032\2703\270a\270q\300\001\300\023\300D\310\001\330\026\027\220q\230\001\230\023\230D\240\005\240Z\250s\260!\2601\260A\260S\270\004\270A\200\001\340\004 \240\001\330\004\033\2301\230F\240!\240;\250a\250v\260Q\260a\330\004\007\200u\210C\210r\220\023\220E\230\023\230A\330\010\t\330\004\007\200u\210G\2201\330\010\014\210A\330\010\017\210q\220\001\220\021\220!\330\t\n\330\010\034\230A\230Q\230a\230q\240\003\2404\240q\250\001\250\021\250#\250T\260\026\260v\270V\3005\310\n\320RS\200\001\360\006\000\005\034\2301\230F\240!\240;\250a\250v\260Q\260a\330\004\034\230A\330\004\034\230E\240\022\2406\250\022\2503\250c\260\021\340\t\n\330\014\031\230\021\230!\330\014\021\220\024\220R\220q\330\014\021\220\023\220B\220a\330\014\017\210s\220\"\220A\330\020\025\220Q\330\014\020\220\005\220U\230!\2304\230q\330\020\023\2201\220E\230\021\330\014\020\220\005\220U\230!\2301\330\020\024\220E\230\025\230a\230t\2401\330\024\027\220q\230\006\230a\230q\240\003\2401\320\000#\320#8\270\001\360\006\000\005\n\210\021\330\004\017\210\177\230a\230t\2401\330\004\010\210\016\220a\220t\2305\240\003\2405\250\001\330\004\r\210^\2301\230D\240\n\250(\260%\260s\270&\300\001\300\021\330\004\017\210q\220\004\220J\230i\240q\250\006\250a\250t\2601\330\004\007\200u\210G\2201\330\010\017\210~\230Q\230d\240(\250&\260\005\260S\270\006\270a\270q\330\010\023\2201\220D\230\010\240\007\240v\250V\2601\260A\330\004\007\200x\210q\220\006\220a\220t\2306\240\026\240q\250\001\330\004\010\210\002\210&\220\002\220#\220X\230V\2401\240A\330\004\t\210\021\210\047\220\027\230\003\2308\2403\240a\240v\250Q\250a\330\004\n\210+\220V\2301\230A\330\004\r\210Y\220c\230\021\330\004\010\210\002\210+\220Q\220f\230L\250\001\330\004\r\210Q\210c\220\023\220F\230%\230u\240A\240Q\330\004\013\2104\210u\220L\240\001";
+    #else /* compression: none (3639 bytes) */
+static const char bytes[] = " at 0x object>.: : \047dz\047 must have at least 1 dimension, got shape <MemoryView of <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis No matching signature foundNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecollections.abcdisableenablegcisenablednative/dense.pyxno default __reduce__ due to non-trivial __cinit__unable to allocate array data.unable to allocate shape and strides.|ACTIVATIONSACTIVATIONS_NEEDING_INPUTASCIIEllipsisSequenceView.MemoryView__Pyx_PyDict_NextRef__annotate____class____class_getitem____dict____func____getstate____import____main____module____name____new____pyx_checksum__pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___bias_act_bias_act[double[:, ::1],double[:, ::1]]_bias_act[float[:, ::1],float[:, ::1]]_column_sums_column_sums[const double[:, ::1],double[::1]]_column_sums[const float[:, ::1],float[::1]]_fused_sigindex_gemm_gemm[double[:, ::1],double[:, ::1],double[:, ::1]]_gemm[float[:, ::1],float[:, ::1],float[:, ::1]]_is_coroutineaabcaccactact_nameactivationactivation_nameallocate_bufferalphaargsas_float_arrayasyncio.coroutinesbbasebiasbias_backwardblkblockbptrccheck_shapecline_in_tracebackcolscountdefaultsdense_backward_inputdense_backward_weightdense_forwarddoubledtypedtype_is_objectdwdxdzemptyempty_likeencodeenumerateerrorflagsflatfloatformatfortrangetidindexitemsitemsizejj0j1kkeep_zkernelkindkwargsldaldbldclinearmmemviewmodennamenblkndimnpnumpyobjopoutpackpoppynn._native.densepynn.backend._validatepynn.backend.apirregisterreshaperowssame_dtypesetdefaultshapesignaturessizestartstepstopstructtrans_atrans""_bunitsunpackupdatevaluesxyzzerosOvoid (char *, char *, int *, int *, int *, __pyx_t_5scipy_6linalg_11cython_blas_d *, __pyx_t_5scipy_6linalg_11cython_blas_d *, int *, __pyx_t_5scipy_6linalg_11cython_blas_d *, int *, __pyx_t_5scipy_6linalg_11cython_blas_d *, __pyx_t_5scipy_6linalg_11cython_blas_d *, int *)\000void (char *, char *, int *, int *, int *, __pyx_t_5scipy_6linalg_11cython_blas_s *, __pyx_t_5scipy_6linalg_11cython_blas_s *, int *, __pyx_t_5scipy_6linalg_11cython_blas_s *, int *, __pyx_t_5scipy_6linalg_11cython_blas_s *, __pyx_t_5scipy_6linalg_11cython_blas_s *, int *)\000dgemm\000sgemm\200\001\340\004\t\210\021\330\004\010\210\016\220a\220t\2305\240\003\2405\250\001\330\004\t\210\036\220q\230\004\230F\240$\240e\2503\250f\260A\260Q\330\004\017\210q\220\004\220F\230%\230q\240\006\240a\240t\2501\330\004\t\210\022\2106\220\022\2201\220F\230!\2304\230r\240\026\240q\250\005\250V\2601\260A\330\004\t\210\021\210&\220\007\220s\230$\230d\240!\2406\250\021\250!\330\004\013\2101\200\001\340\004\t\210\021\330\004\t\210\036\220q\230\004\230F\240!\330\004\007\200r\210\026\210r\220\021\330\010\016\210j\230\001\230\023\320\034P\320PQ\320QS\320ST\330\004\013\2102\210V\2201\220B\220f\230B\230a\330\004\013\2102\210X\220R\220s\230)\240:\250R\250x\260q\270\003\2701\330\004\n\210\"\210F\220!\2206\230\026\230r\240\021\330\004\007\200t\2106\220\021\220#\220T\230\021\330\010\024\220A\220V\2301\330\004\013\2101\200\001\340\004\t\210\021\330\004\t\210\036\220q\230\004\230F\240$\240e\2501\330\004\r\210^\2301\230D\240\n\250(\260%\260s\270&\300\002\300!\330\004\017\210q\220\004\220J\230i\240v\250R\250v\260Q\260a\330\004\t\210\022\2106\220\022\2202\220V\2301\230D\240\006\240f\250A\250U\260&\270\002\270!\330\004\t\210\021\210\047\220\026\220t\2308\2404\240r\250\026\250q\260\001\330\004\013\2101\200\001\340\004\021\220\021\220&\230\001\230\030\240\021\240&\250\001\250\021\330\004\023\2201\220F\230!\230:\240Q\240f\250A\250Z\260q\270\006\270a\270q\330\004\007\200r\210\023\210B\210c\220\022""\2203\220a\330\010\t\330\004\007\200r\210\023\210A\330\010\t\210\031\220!\330\010\t\330\t\n\330\010\025\220Q\220i\230y\250\003\2503\250c\260\032\2703\270a\270q\300\001\300\023\300D\310\001\330\026\027\220q\230\001\230\023\230D\240\005\240Z\250s\260!\2601\260A\260S\270\004\270A\200\001\340\004 \240\001\330\004\033\2301\230F\240!\240;\250a\250v\260Q\260a\330\004\007\200u\210C\210r\220\023\220E\230\023\230A\330\010\t\330\004\007\200u\210G\2201\330\010\014\210A\330\010\017\210q\220\001\220\021\220!\330\t\n\330\010\034\230A\230Q\230a\230q\240\003\2404\240q\250\001\250\021\250#\250T\260\026\260v\270V\3005\310\n\320RS\200\001\360\006\000\005\034\2301\230F\240!\240;\250a\250v\260Q\260a\330\004\034\230A\330\004\034\230E\240\022\2406\250\022\2503\250c\260\021\340\t\n\330\014\031\230\021\230!\330\014\021\220\024\220R\220q\330\014\021\220\023\220B\220a\330\014\017\210s\220\"\220A\330\020\025\220Q\330\014\020\220\005\220U\230!\2304\230q\330\020\023\2201\220E\230\021\330\014\020\220\005\220U\230!\2301\330\020\024\220E\230\025\230a\230t\2401\330\024\027\220q\230\006\230a\230q\240\003\2401\320\000#\320#8\270\001\360\006\000\005\n\210\021\330\004\017\210\177\230a\230t\2401\330\004\010\210\016\220a\220t\2305\240\003\2405\250\001\330\004\r\210^\2301\230D\240\n\250(\260%\260s\270&\300\001\300\021\330\004\017\210q\220\004\220J\230i\240q\250\006\250a\250t\2601\330\004\007\200u\210G\2201\330\010\017\210~\230Q\230d\240(\250&\260\005\260S\270\006\270a\270q\330\010\023\2201\220D\230\010\240\007\240v\250V\2601\260A\330\004\007\200x\210q\220\006\220a\220t\2306\240\026\240q\250\001\330\004\010\210\002\210&\220\002\220#\220X\230V\2401\240A\330\004\t\210\021\210\047\220\027\230\003\2308\2403\240a\240v\250Q\250a\330\004\n\210+\220V\2301\230A\330\004\r\210Y\220c\230\021\330\004\010\210\002\210+\220Q\220f\230L\250\001\330\004\r\210Q\210c\220\023\220F\230%\230u\240A\240Q\330\004\013\2104\210u\220L\240\001";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
@@ -30549,7 +30529,7 @@ static const char bytes[] = " at 0x object>.: : \047dz\047 must have at least 1 
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 172; i < 182; i++) {
+    for (int i = 172; i < 181; i++) {
       Py_ssize_t bytes_length = bytes_length_index[i-172].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
@@ -30560,7 +30540,7 @@ static const char bytes[] = " at 0x object>.: : \047dz\047 must have at least 1 
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 182; i++) {
+    for (Py_ssize_t i = 0; i < 181; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
@@ -30568,7 +30548,7 @@ static const char bytes[] = " at 0x object>.: : \047dz\047 must have at least 1 
     #if CYTHON_IMMORTAL_CONSTANTS
     {
       PyObject **table = stringtab + 172;
-      for (Py_ssize_t i=0; i<10; ++i) {
+      for (Py_ssize_t i=0; i<9; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
         #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -30725,7 +30705,7 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
   {
     const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 110};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_dz, __pyx_mstate->__pyx_n_u_op, __pyx_mstate->__pyx_n_u_cols, __pyx_mstate->__pyx_n_u_flat, __pyx_mstate->__pyx_n_u_out};
-    __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_native_dense_pyx, __pyx_mstate->__pyx_n_u_bias_backward, __pyx_mstate->__pyx_kp_b_iso88591_q_F_r_r_j_PPQQSST_2V2Q_2XRs_Rxq, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_native_dense_pyx, __pyx_mstate->__pyx_n_u_bias_backward, __pyx_mstate->__pyx_kp_b_iso88591_q_F_r_r_j_PPQQSST_2V1BfBa_2XRs, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
   }
   Py_DECREF(tuple_dedup_map);
   return 0;
@@ -34656,6 +34636,98 @@ __pyx_return_false:
     return 0;
 }
 
+/* PyLongBinop */
+#if !CYTHON_COMPILING_IN_PYPY
+static PyObject* __Pyx_Fallback___Pyx_PyLong_SubtractObjC(PyObject *op1, PyObject *op2, int inplace) {
+    return (inplace ? PyNumber_InPlaceSubtract : PyNumber_Subtract)(op1, op2);
+}
+#if CYTHON_USE_PYLONG_INTERNALS
+static PyObject* __Pyx_Unpacked___Pyx_PyLong_SubtractObjC(PyObject *op1, PyObject *op2, long intval, int inplace, int zerodivision_check) {
+    CYTHON_MAYBE_UNUSED_VAR(inplace);
+    CYTHON_UNUSED_VAR(zerodivision_check);
+    const long b = intval;
+    long a;
+    const PY_LONG_LONG llb = intval;
+    PY_LONG_LONG lla;
+    if (unlikely(__Pyx_PyLong_IsZero(op1))) {
+        return PyLong_FromLong(-intval);
+    }
+    const int is_positive = __Pyx_PyLong_IsPos(op1);
+    const digit* digits = __Pyx_PyLong_Digits(op1);
+    const Py_ssize_t size = __Pyx_PyLong_DigitCount(op1);
+    if (likely(size == 1)) {
+        a = (long) digits[0];
+        if (!is_positive) a *= -1;
+    } else {
+        if (size == 2 && 8 * sizeof(long) - 1 > 2 * PyLong_SHIFT) {
+            a = (long) (((((unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0]));
+            if (!is_positive) a *= -1;
+            goto calculate_long;
+        } else if (size == 2 && 8 * sizeof(PY_LONG_LONG) - 1 > 2 * PyLong_SHIFT) {
+            lla = (PY_LONG_LONG) (((((unsigned PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[0]));
+            if (!is_positive) lla *= -1;
+            goto calculate_long_long;
+        } else
+        if (size == 3 && 8 * sizeof(long) - 1 > 3 * PyLong_SHIFT) {
+            a = (long) (((((((unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0]));
+            if (!is_positive) a *= -1;
+            goto calculate_long;
+        } else if (size == 3 && 8 * sizeof(PY_LONG_LONG) - 1 > 3 * PyLong_SHIFT) {
+            lla = (PY_LONG_LONG) (((((((unsigned PY_LONG_LONG)digits[2]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[0]));
+            if (!is_positive) lla *= -1;
+            goto calculate_long_long;
+        } else
+        if (size == 4 && 8 * sizeof(long) - 1 > 4 * PyLong_SHIFT) {
+            a = (long) (((((((((unsigned long)digits[3]) << PyLong_SHIFT) | (unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0]));
+            if (!is_positive) a *= -1;
+            goto calculate_long;
+        } else if (size == 4 && 8 * sizeof(PY_LONG_LONG) - 1 > 4 * PyLong_SHIFT) {
+            lla = (PY_LONG_LONG) (((((((((unsigned PY_LONG_LONG)digits[3]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[2]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[0]));
+            if (!is_positive) lla *= -1;
+            goto calculate_long_long;
+        } else
+        {}
+        return PyLong_Type.tp_as_number->nb_subtract(op1, op2);
+    }
+    calculate_long:
+        {
+            long x;
+            x = a - b;
+            return PyLong_FromLong(x);
+        }
+    calculate_long_long:
+        {
+            PY_LONG_LONG llx;
+            llx = lla - llb;
+            return PyLong_FromLongLong(llx);
+        }
+    
+}
+#endif
+static PyObject* __Pyx_Float___Pyx_PyLong_SubtractObjC(PyObject *float_val, long intval, int zerodivision_check) {
+    CYTHON_UNUSED_VAR(zerodivision_check);
+    const long b = intval;
+    double a = __Pyx_PyFloat_AS_DOUBLE(float_val);
+        double result;
+        
+        result = ((double)a) - (double)b;
+        return PyFloat_FromDouble(result);
+}
+static CYTHON_INLINE PyObject* __Pyx_PyLong_SubtractObjC(PyObject *op1, PyObject *op2, long intval, int inplace, int zerodivision_check) {
+    CYTHON_MAYBE_UNUSED_VAR(intval);
+    CYTHON_UNUSED_VAR(zerodivision_check);
+    #if CYTHON_USE_PYLONG_INTERNALS
+    if (likely(PyLong_CheckExact(op1))) {
+        return __Pyx_Unpacked___Pyx_PyLong_SubtractObjC(op1, op2, intval, inplace, zerodivision_check);
+    }
+    #endif
+    if (PyFloat_CheckExact(op1)) {
+        return __Pyx_Float___Pyx_PyLong_SubtractObjC(op1, intval, zerodivision_check);
+    }
+    return __Pyx_Fallback___Pyx_PyLong_SubtractObjC(op1, op2, inplace);
+}
+#endif
+
 /* AllocateExtensionType */
 static PyObject *__Pyx_AllocateExtensionType(PyTypeObject *t, int is_final) {
     if (is_final || likely(!__Pyx_PyType_HasFeature(t, Py_TPFLAGS_IS_ABSTRACT))) {
@@ -35474,7 +35546,7 @@ __PYX_GOOD:
     return ret;
 }
 
-/* PxdImportShared (used by VoidPtrImport) */
+/* PxdImportShared (used by FunctionImport) */
 #ifndef __PYX_HAVE_RT_ImportFromPxd_3_3_1
 #define __PYX_HAVE_RT_ImportFromPxd_3_3_1
 static int __Pyx_ImportFromPxd_3_3_1(PyObject *module, const char *name, void **p, const char *sig, const char *what, int optional) {
@@ -35518,14 +35590,6 @@ bad:
     Py_XDECREF(d);
     Py_XDECREF(cobj);
     return -1;
-}
-#endif
-
-/* VoidPtrImport */
-#ifndef __PYX_HAVE_RT_ImportVoidPtr_3_3_1
-#define __PYX_HAVE_RT_ImportVoidPtr_3_3_1
-static int __Pyx_ImportVoidPtr_3_3_1(PyObject *module, const char *name, void **p, const char *sig) {
-    return __Pyx_ImportFromPxd_3_3_1(module, name, p, sig, "variable", 0);
 }
 #endif
 

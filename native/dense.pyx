@@ -113,7 +113,7 @@ def bias_backward(dz):
     dz = as_float_array(op, "dz", dz)
     if dz.ndim < 1:
         raise ValueError(f"{op}: 'dz' must have at least 1 dimension, got shape {dz.shape}")
-    cols = dz.shape[-1]
+    cols = dz.shape[dz.ndim - 1]
     flat = dz.reshape(-1, cols) if cols else dz.reshape(0, 0)
     out = np.zeros(cols, dtype=dz.dtype)
     if flat.shape[0] and cols:
