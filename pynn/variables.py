@@ -1,0 +1,29 @@
+"""A trainable (or not) tensor held by a layer, living on the current backend."""
+
+
+class Variable:
+    """``value`` is a backend array; ``grad`` is filled by the layer's backward pass.
+
+    ``path`` is unique within a model ("dense_1/kernel") and names the variable in saved files
+    and in optimizer state.
+    """
+
+    __slots__ = ("value", "grad", "path", "trainable", "regularizer")
+
+    def __init__(self, value, path, trainable=True, regularizer=None):
+        self.value = value
+        self.grad = None
+        self.path = path
+        self.trainable = trainable
+        self.regularizer = regularizer
+
+    @property
+    def shape(self):
+        return tuple(self.value.shape)
+
+    @property
+    def name(self):
+        return self.path.rsplit("/", 1)[-1]
+
+    def __repr__(self):
+        return f"<Variable {self.path} shape={self.shape} trainable={self.trainable}>"
