@@ -105,6 +105,8 @@ directives = {
     "cpow": True,
 }
 
+# PYNN_ONLY=conv,pool builds just those modules (for quick rebuilds while developing).
+only = {name for name in os.environ.get("PYNN_ONLY", "").split(",") if name}
 extensions = [
     Extension(
         f"pynn._native.{pyx.stem}",
@@ -115,6 +117,7 @@ extensions = [
         extra_link_args=link_args,
     )
     for pyx in sorted((ROOT / "native").glob("*.pyx"))
+    if not only or pyx.stem in only
 ]
 
 setup(
