@@ -1,0 +1,85 @@
+/* Elementwise activations shared by activation.cl (the standalone op) and the kernels that fuse
+ * bias + activation into their epilogue (gemm.cl / dense.cl / conv.cl).
+ *
+ * The OpenCL twin of native/_activation.pxd: codes follow pynn.backend.api.ACTIVATIONS and the
+ * formulas are the same, so the two backends agree to float32 rounding. Derivatives use the
+ * output y where that is exact; only gelu reads the pre-activation x.
+ * Softmax is a row operation and lives in activation.cl (softmax_forward / softmax_backward);
+ * act_value and act_grad treat its code like linear.
+ *
+ * Plain (non-static, non-inline) definitions: every .cl file is its own translation unit, and
+ * OpenCL C 1.2 compilers disagree on the C99 rules for bare `inline`.
+ */
+#ifndef PYNN_ACTIVATION_H
+#define PYNN_ACTIVATION_H
+
+#define ACT_LINEAR 0
+#define ACT_RELU 1
+#define ACT_SIGMOID 2
+#define ACT_TANH 3
+#define ACT_SOFTMAX 4
+#define ACT_LEAKY_RELU 5
+#define ACT_ELU 6
+#define ACT_SELU 7
+#define ACT_GELU 8
+#define ACT_SOFTPLUS 9
+
+#define PYNN_SELU_ALPHA 1.6732632423543772848170429916717f
+#define PYNN_SELU_SCALE 1.0507009873554804934193349852946f
+#define PYNN_INV_SQRT2 0.70710678118654752440f
+#define PYNN_INV_SQRT_2PI 0.39894228040143267794f
+
+float act_value(float x, int act, float alpha)
+{
+    switch (act) {
+    case ACT_RELU:
+        return x > 0.0f ? x : 0.0f;
+    case ACT_SIGMOID:
+        /* Two branches keep exp() from overflowing for large |x|. */
+        if (x >= 0.0f)
+            return 1.0f / (1.0f + exp(-x));
+        return exp(x) / (1.0f + exp(x));
+    case ACT_TANH:
+        return tanh(x);
+    case ACT_LEAKY_RELU:
+        return x > 0.0f ? x : alpha * x;
+    case ACT_ELU:
+        return x > 0.0f ? x : alpha * expm1(x);
+    case ACT_SELU:
+        return x > 0.0f ? PYNN_SELU_SCALE * x : PYNN_SELU_SCALE * PYNN_SELU_ALPHA * expm1(x);
+    case ACT_GELU:
+        return 0.5f * x * (1.0f + erf(x * PYNN_INV_SQRT2));
+    case ACT_SOFTPLUS:
+        return fmax(x, 0.0f) + log1p(exp(-fabs(x)));
+    default:
+        return x;
+    }
+}
+
+/* dL/dx from dL/dy for every activation but softmax (x is only read by gelu). */
+float act_grad(float dy, float x, float y, int act, float alpha)
+{
+    switch (act) {
+    case ACT_RELU:
+        return y > 0.0f ? dy : 0.0f;
+    case ACT_SIGMOID:
+        return dy * y * (1.0f - y);
+    case ACT_TANH:
+        return dy * (1.0f - y * y);
+    case ACT_LEAKY_RELU:
+        return y > 0.0f ? dy : alpha * dy;
+    case ACT_ELU:
+        return y > 0.0f ? dy : dy * (y + alpha);
+    case ACT_SELU:
+        return y > 0.0f ? PYNN_SELU_SCALE * dy : dy * (y + PYNN_SELU_SCALE * PYNN_SELU_ALPHA);
+    case ACT_GELU:
+        return dy * (0.5f * (1.0f + erf(x * PYNN_INV_SQRT2))
+                     + x * PYNN_INV_SQRT_2PI * exp(-0.5f * x * x));
+    case ACT_SOFTPLUS:
+        return -dy * expm1(-y);
+    default:
+        return dy;
+    }
+}
+
+#endif /* PYNN_ACTIVATION_H */
