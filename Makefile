@@ -1,0 +1,46 @@
+# Two commands set everything up on a fresh machine with python3 and a C compiler:
+#   make demo   creates .venv, installs pynn and its dependencies, trains the demo CNN
+#   make test   same venv plus the test extras (PyTorch CPU, Keras, PoCL), runs the suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+NATIVE := setup.py pyproject.toml $(wildcard native/*.pyx native/*.pxd native/*.h)
+PYTEST_ARGS ?=
+
+.PHONY: demo test build bench info clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# A fresh venv's setuptools is too old for editable builds; the build requirements go in first
+# because the build runs without isolation (it links against the venv's NumPy and SciPy).
+$(VENV)/.build-deps: pyproject.toml | $(PY)
+	$(PIP) install -q -U pip "setuptools>=68" wheel
+	$(PIP) install -q "Cython>=3.0" "numpy>=1.26" "scipy>=1.11" "threadpoolctl>=3.1"
+	touch $@
+
+$(VENV)/.built: $(VENV)/.build-deps $(NATIVE)
+	$(PIP) install -q --no-build-isolation -e ".[demo]"
+	touch $@
+
+$(VENV)/.test-deps: $(VENV)/.built pyproject.toml
+	$(PIP) install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+build: $(VENV)/.built
+
+demo: $(VENV)/.built
+	$(PY) -m pynn.demo
+
+test: $(VENV)/.test-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+info: $(VENV)/.built
+	$(PY) -m pynn info
+
+bench: $(VENV)/.test-deps
+	$(PY) -m pynn.bench
+
+clean:
+	rm -rf build pynn/_native/*.so native/*.c pynn/_build_flags.py $(VENV)/.built $(VENV)/.test-deps

@@ -1,0 +1,49 @@
+"""pynn: a native neural-network engine with a Keras-3-like API.
+
+    import pynn
+    model = pynn.Sequential([pynn.layers.Input((8, 8, 1)),
+                             pynn.layers.Conv2D(16, 3, activation="relu"),
+                             pynn.layers.Flatten(),
+                             pynn.layers.Dense(10, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=5)
+"""
+
+__version__ = "0.1.0"
+
+from pynn import (  # noqa: E402
+    backend,
+    callbacks,
+    initializers,
+    layers,
+    losses,
+    metrics,
+    optimizers,
+    regularizers,
+    utils,
+)
+from pynn._config import floatx, get_num_threads, set_floatx, set_num_threads  # noqa: E402
+from pynn.backend import set_device  # noqa: E402
+from pynn.models import Sequential  # noqa: E402
+from pynn.saving import load_model  # noqa: E402
+
+
+def devices():
+    """Every OpenCL platform and device (an empty list when pyopencl or a driver is missing)."""
+    try:
+        from pynn.backend import _cl_runtime
+    except ImportError:
+        return []
+    try:
+        return _cl_runtime.devices()
+    except Exception:  # no ICD loader or no platform: there is simply no device to list
+        return []
+
+
+def get_device():
+    return backend.device()
+
+
+__all__ = ["Sequential", "load_model", "layers", "losses", "metrics", "optimizers",
+           "initializers", "regularizers", "callbacks", "utils", "backend", "set_device",
+           "get_device", "devices", "set_num_threads", "get_num_threads", "floatx", "set_floatx"]

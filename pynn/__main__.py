@@ -1,0 +1,69 @@
+"""``python -m pynn info``: what this pynn was built with and what it can run on."""
+
+import argparse
+import platform
+import sys
+
+
+def info():
+    import numpy as np
+    from threadpoolctl import threadpool_info
+
+    import pynn
+    from pynn._native import info as native_info
+
+    try:
+        from pynn import _build_flags as flags
+    except ImportError:
+        flags = None
+    n_threads = pynn.get_num_threads()
+    lines = [
+        f"pynn {pynn.__version__}",
+        f"python {platform.python_version()} ({sys.executable}), numpy {np.__version__}",
+        f"machine: {platform.machine()}, {platform.processor() or 'unknown cpu'}",
+    ]
+    if flags is not None:
+        lines += [
+            f"build: compiler {flags.COMPILER}, flags {' '.join(flags.COMPILE_ARGS)}",
+            f"portable build: {flags.PORTABLE}, cython checks: {flags.DEBUG_CYTHON}",
+        ]
+    omp = native_info.openmp_enabled()
+    lines.append(f"openmp: {'ON' if omp else 'OFF (single-threaded kernels)'}, "
+                 f"threads: {n_threads} (omp max threads {native_info.get_max_threads()})")
+    for lib in threadpool_info():
+        if lib.get("user_api") == "blas":
+            lines.append(f"blas: {lib.get('internal_api')} {lib.get('version')} "
+                         f"({lib.get('threading_layer')}, {lib.get('num_threads')} threads) "
+                         f"{lib.get('filepath')}")
+    lines.append(f"device: {pynn.get_device()}")
+    devs = pynn.devices()
+    if not devs:
+        lines.append("opencl: no devices found (pip install pyopencl pocl-binary-distribution "
+                     "for a CPU device, or install your GPU vendor's OpenCL driver)")
+    for d in devs:
+        lines.append(
+            f"opencl: {d.get('index')} {d.get('name')} [{d.get('type')}] on "
+            f"{d.get('platform')}, {d.get('global_mem', 0) / 2**30:.1f} GiB, max alloc "
+            f"{d.get('max_alloc', 0) / 2**30:.1f} GiB, {d.get('compute_units')} CUs, "
+            f"fp16 {d.get('fp16')}, fp64 {d.get('fp64')}, driver {d.get('driver_version')}")
+    print("\n".join(lines))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m pynn")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("info", help="build flags, threads, BLAS and OpenCL devices")
+    sub.add_parser("demo", help="train the digits demo CNN")
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        info()
+    elif args.command == "demo":
+        from pynn import demo
+
+        demo.main([])
+    else:
+        parser.print_help()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Keras-3-named layers. Every class here is also what a saved model may name: loading looks
+classes up in ``LAYERS`` only, never imports by name."""
+
+from pynn.layers.base import Layer
+from pynn.layers.conv import Conv2D
+from pynn.layers.core import Activation, Dense, Dropout, Flatten, Input, InputLayer, Reshape
+from pynn.layers.pooling import (
+    AveragePooling2D,
+    GlobalAveragePooling2D,
+    GlobalMaxPooling2D,
+    MaxPooling2D,
+)
+
+LAYERS = {cls.__name__: cls for cls in (
+    InputLayer, Dense, Activation, Dropout, Flatten, Reshape, Conv2D, MaxPooling2D,
+    AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D,
+)}
+
+# Keras aliases.
+MaxPool2D = MaxPooling2D
+AvgPool2D = AveragePooling2D
+GlobalAvgPool2D = GlobalAveragePooling2D
+GlobalMaxPool2D = GlobalMaxPooling2D
+
+__all__ = ["Layer", "LAYERS", "Input", *LAYERS, "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
+           "GlobalMaxPool2D"]

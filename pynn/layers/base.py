@@ -1,0 +1,193 @@
+"""The Layer contract (Keras's): ``__init__`` stores config, ``build(input_shape)`` creates
+weights, ``call(x, training)`` computes, ``get_config()`` round-trips. pynn adds
+``backward(dy)``, which fills each variable's ``grad`` and returns the input gradient.
+
+Shapes include the batch axis as None, as in Keras. Layers talk to ``backend.current()`` only.
+"""
+
+import itertools
+import math
+
+import numpy as np
+
+from pynn import _config, backend, initializers, regularizers
+from pynn.variables import Variable
+
+_name_counters = {}
+
+
+def _unique_name(base):
+    counter = _name_counters.setdefault(base, itertools.count())
+    n = next(counter)
+    return base if n == 0 else f"{base}_{n}"
+
+
+def _snake(name):
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i and not name[i - 1].isupper():
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)
+
+
+def shape_str(shape):
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+
+
+class Layer:
+    def __init__(self, name=None, trainable=True, dtype=None, input_shape=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}: unexpected arguments {sorted(kwargs)}")
+        self.name = name or _unique_name(_snake(type(self).__name__))
+        self.trainable = trainable
+        self.dtype = str(np.dtype(dtype)) if dtype is not None else _config.floatx()
+        self.built = False
+        self.input_shape = None
+        self.output_shape = None
+        self._variables = []
+        self._cache = None
+        # The first layer of a model does not need its input gradient: skipping it saves the
+        # most expensive backward op of a CNN's first convolution.
+        self.needs_input_grad = True
+        if input_shape is not None:
+            self._declared_input_shape = (None,) + tuple(input_shape)
+        else:
+            self._declared_input_shape = None
+
+    # -- weights --------------------------------------------------------------------------
+    def add_weight(self, name, shape, initializer, regularizer=None, trainable=True):
+        init = initializers.get(initializer)
+        value = init(tuple(shape), dtype=self.dtype)
+        var = Variable(backend.current().asarray(value, self.dtype), f"{self.name}/{name}",
+                       trainable=trainable, regularizer=regularizers.get(regularizer))
+        self._variables.append(var)
+        return var
+
+    @property
+    def weights(self):
+        return list(self._variables)
+
+    @property
+    def trainable_weights(self):
+        return [v for v in self._variables if v.trainable and self.trainable]
+
+    @property
+    def non_trainable_weights(self):
+        return [v for v in self._variables if not (v.trainable and self.trainable)]
+
+    def get_weights(self):
+        b = backend.current()
+        return [np.array(b.to_numpy(v.value)) for v in self._variables]
+
+    def set_weights(self, weights):
+        weights = list(weights)
+        if len(weights) != len(self._variables):
+            raise ValueError(f"Layer '{self.name}': expected {len(self._variables)} weight "
+                             f"arrays, got {len(weights)}")
+        b = backend.current()
+        for var, w in zip(self._variables, weights):
+            w = np.asarray(w)
+            if tuple(w.shape) != var.shape:
+                raise ValueError(f"Layer '{self.name}': weight '{var.name}' expects shape "
+                                 f"{var.shape}, got {tuple(w.shape)}")
+            if not np.issubdtype(w.dtype, np.number):
+                raise TypeError(f"Layer '{self.name}': weight '{var.name}' must be numeric, "
+                                f"got dtype {w.dtype}")
+            var.value = b.asarray(w, self.dtype)
+
+    def count_params(self):
+        return int(sum(math.prod(v.shape) for v in self._variables))
+
+    def regularization_penalty(self):
+        """Adds each regularizer's gradient into its variable's grad; returns the penalty."""
+        total = 0.0
+        for v in self._variables:
+            if v.regularizer is not None and v.grad is not None:
+                total += v.regularizer.apply_inplace(v.value, v.grad)
+        return total
+
+    # -- shapes ---------------------------------------------------------------------------
+    def build(self, input_shape):
+        self.input_shape = tuple(input_shape)
+        self.output_shape = self.compute_output_shape(self.input_shape)
+        self.built = True
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def check_input(self, x):
+        shape = tuple(x.shape)
+        expected = self.input_shape
+        if len(shape) != len(expected) or any(
+            e is not None and e != s for e, s in zip(expected[1:], shape[1:])
+        ):
+            raise ValueError(f"Layer '{self.name}' ({type(self).__name__}) expected input shape "
+                             f"{shape_str(expected)}, got {shape_str((None,) + shape[1:])}")
+
+    def __call__(self, x, training=False):
+        if not self.built:
+            self.build((None,) + tuple(x.shape[1:]))
+        self.check_input(x)
+        return self.call(x, training=training)
+
+    def call(self, x, training=False):
+        raise NotImplementedError(f"{type(self).__name__}.call")
+
+    def backward(self, dy):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    # -- config ---------------------------------------------------------------------------
+    def get_config(self):
+        config = {"name": self.name, "trainable": self.trainable, "dtype": self.dtype}
+        if self._declared_input_shape is not None:
+            config["input_shape"] = list(self._declared_input_shape[1:])
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name}>"
+
+
+def activation_config(activation):
+    """Normalize an activation argument to (name, alpha) as the backend expects it."""
+    from pynn.backend.api import ACTIVATIONS
+
+    if activation is None:
+        return "linear", 0.0
+    if not isinstance(activation, str):
+        raise ValueError(f"activation must be one of {ACTIVATIONS} or None, got {activation!r}")
+    name = activation.lower()
+    if name not in ACTIVATIONS:
+        raise ValueError(f"Unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+    # Keras defaults: leaky_relu negative_slope 0.2, elu alpha 1.0.
+    alpha = {"leaky_relu": 0.2, "elu": 1.0}.get(name, 0.0)
+    return name, alpha
+
+
+def pair(name, layer, value):
+    if isinstance(value, (int, np.integer)):
+        value = (int(value), int(value))
+    try:
+        value = tuple(int(v) for v in value)
+    except TypeError:
+        raise ValueError(f"{layer}: {name} must be an int or a tuple of 2 ints, got {value!r}")
+    if len(value) != 2 or min(value) < 1:
+        raise ValueError(f"{layer}: {name} must be positive ints, got {value!r}")
+    return value
+
+
+def padding_arg(layer, padding):
+    p = str(padding).lower()
+    if p not in ("valid", "same"):
+        raise ValueError(f"{layer}: padding must be 'valid' or 'same', got {padding!r}")
+    return p
+
+
+def data_format_arg(layer, data_format):
+    if data_format not in (None, "channels_last"):
+        raise ValueError(f"{layer}: only data_format='channels_last' (NHWC) is supported, got "
+                         f"{data_format!r}")

@@ -1,0 +1,98 @@
+"""Conv2D, channels_last, kernel (kh, kw, in, filters) as in Keras."""
+
+from pynn import backend, initializers, regularizers
+from pynn.backend._validate import conv_output_size
+from pynn.layers.base import (
+    Layer, activation_config, data_format_arg, padding_arg, pair, shape_str,
+)
+
+
+class Conv2D(Layer):
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None,
+                 dilation_rate=(1, 1), groups=1, activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        label = f"Conv2D '{self.name}'"
+        if not isinstance(filters, int) or isinstance(filters, bool) or filters < 1:
+            raise ValueError(f"{label}: filters must be a positive int, got {filters!r}")
+        if groups != 1:
+            raise ValueError(f"{label}: only groups=1 is supported, got {groups!r}")
+        data_format_arg(label, data_format)
+        self.filters = filters
+        self.kernel_size = pair("kernel_size", label, kernel_size)
+        self.strides = pair("strides", label, strides)
+        self.padding = padding_arg(label, padding)
+        self.dilation_rate = pair("dilation_rate", label, dilation_rate)
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            raise ValueError(f"{label}: strides > 1 together with dilation_rate > 1 is not "
+                             f"supported (as in Keras)")
+        self.activation, self.alpha = activation_config(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or input_shape[-1] is None:
+            raise ValueError(f"Conv2D '{self.name}': expected input shape (None, H, W, C), got "
+                             f"{shape_str(input_shape)}")
+        kh, kw = self.kernel_size
+        self.kernel = self.add_weight("kernel", (kh, kw, input_shape[-1], self.filters),
+                                      self.kernel_initializer, self.kernel_regularizer)
+        self.bias = (self.add_weight("bias", (self.filters,), self.bias_initializer,
+                                     self.bias_regularizer) if self.use_bias else None)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, _ = input_shape
+        out = []
+        for size, k, s, d in zip((h, w), self.kernel_size, self.strides, self.dilation_rate):
+            if size is None:
+                out.append(None)
+                continue
+            _, o = conv_output_size(size, k, s, d, self.padding)
+            if o <= 0:
+                raise ValueError(f"Conv2D '{self.name}': kernel {self.kernel_size} with dilation "
+                                 f"{self.dilation_rate} is larger than the input "
+                                 f"{shape_str(input_shape)} under padding='valid'")
+            out.append(o)
+        return (n, out[0], out[1], self.filters)
+
+    def call(self, x, training=False):
+        b = backend.current()
+        y, z = b.conv2d_forward(x, self.kernel.value, self.bias.value if self.use_bias else None,
+                                self.strides, self.padding, self.dilation_rate,
+                                self.activation, self.alpha)
+        if training:
+            self._cache = (x, y, z)
+        return y
+
+    def backward(self, dy):
+        b = backend.current()
+        x, y, z = self._cache
+        self._cache = None
+        dz = (dy if self.activation == "linear"
+              else b.activation_backward(dy, z, y, self.activation, self.alpha))
+        self.kernel.grad = b.conv2d_backward_weight(x, dz, self.kernel.shape, self.strides,
+                                                    self.padding, self.dilation_rate)
+        if self.use_bias:
+            self.bias.grad = b.bias_backward(dz)
+        if not self.needs_input_grad:
+            return None
+        return b.conv2d_backward_input(dz, self.kernel.value, tuple(x.shape), self.strides,
+                                       self.padding, self.dilation_rate)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters, kernel_size=list(self.kernel_size), strides=list(self.strides),
+            padding=self.padding, dilation_rate=list(self.dilation_rate),
+            activation=self.activation, use_bias=self.use_bias,
+            kernel_initializer=initializers.serialize(self.kernel_initializer),
+            bias_initializer=initializers.serialize(self.bias_initializer),
+            kernel_regularizer=regularizers.serialize(self.kernel_regularizer),
+            bias_regularizer=regularizers.serialize(self.bias_regularizer),
+        )
+        return config

@@ -1,0 +1,223 @@
+"""Input, Dense, Activation, Dropout, Flatten and Reshape."""
+
+import math
+
+import numpy as np
+
+from pynn import backend, initializers, regularizers, utils
+from pynn.layers.base import Layer, activation_config, shape_str
+
+
+class InputLayer(Layer):
+    """Declares the per-sample input shape of a Sequential model (``pynn.layers.Input``)."""
+
+    def __init__(self, shape=None, batch_size=None, name=None, dtype=None, **kwargs):
+        if shape is None:
+            raise ValueError("Input: shape is required, e.g. Input(shape=(28, 28, 1))")
+        shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+        if any(d is not None and (not isinstance(d, (int, np.integer)) or d < 1) for d in shape):
+            raise ValueError(f"Input: shape must hold positive ints, got {shape}")
+        super().__init__(name=name, dtype=dtype, **kwargs)
+        self.shape = shape
+        self.batch_size = batch_size
+        self.build((batch_size,) + shape)
+
+    def call(self, x, training=False):
+        return x
+
+    def backward(self, dy):
+        return dy
+
+    def get_config(self):
+        return {"name": self.name, "shape": list(self.shape), "batch_size": self.batch_size,
+                "dtype": self.dtype}
+
+
+def Input(shape=None, batch_size=None, name=None, dtype=None):
+    return InputLayer(shape=shape, batch_size=batch_size, name=name, dtype=dtype)
+
+
+class Dense(Layer):
+    """y = activation(x @ kernel + bias) on the last axis; kernel (in, units) as Keras."""
+
+    def __init__(self, units, activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
+            raise ValueError(f"Dense '{self.name}': units must be a positive int, got {units!r}")
+        self.units = int(units)
+        self.activation, self.alpha = activation_config(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+
+    def build(self, input_shape):
+        if len(input_shape) < 2 or input_shape[-1] is None:
+            raise ValueError(f"Dense '{self.name}': expected input shape (None, ..., features), "
+                             f"got {shape_str(input_shape)}")
+        in_features = input_shape[-1]
+        self.kernel = self.add_weight("kernel", (in_features, self.units),
+                                      self.kernel_initializer, self.kernel_regularizer)
+        self.bias = (self.add_weight("bias", (self.units,), self.bias_initializer,
+                                     self.bias_regularizer) if self.use_bias else None)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def call(self, x, training=False):
+        b = backend.current()
+        lead = tuple(x.shape[:-1])
+        x2 = x if x.ndim == 2 else b.reshape(x, (-1, x.shape[-1]))
+        y, z = b.dense_forward(x2, self.kernel.value,
+                               self.bias.value if self.use_bias else None,
+                               self.activation, self.alpha)
+        if training:
+            self._cache = (x2, y, z, lead)
+        return y if x.ndim == 2 else b.reshape(y, lead + (self.units,))
+
+    def backward(self, dy):
+        b = backend.current()
+        x2, y, z, lead = self._cache
+        self._cache = None
+        dy2 = dy if dy.ndim == 2 else b.reshape(dy, (-1, self.units))
+        dz = (dy2 if self.activation == "linear"
+              else b.activation_backward(dy2, z, y, self.activation, self.alpha))
+        self.kernel.grad = b.dense_backward_weight(x2, dz)
+        if self.use_bias:
+            self.bias.grad = b.bias_backward(dz)
+        if not self.needs_input_grad:
+            return None
+        dx = b.dense_backward_input(dz, self.kernel.value)
+        return dx if len(lead) == 1 else b.reshape(dx, lead + (x2.shape[1],))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            units=self.units, activation=self.activation, use_bias=self.use_bias,
+            kernel_initializer=initializers.serialize(self.kernel_initializer),
+            bias_initializer=initializers.serialize(self.bias_initializer),
+            kernel_regularizer=regularizers.serialize(self.kernel_regularizer),
+            bias_regularizer=regularizers.serialize(self.bias_regularizer),
+        )
+        return config
+
+
+class Activation(Layer):
+    def __init__(self, activation, **kwargs):
+        super().__init__(**kwargs)
+        self.activation, self.alpha = activation_config(activation)
+
+    def call(self, x, training=False):
+        b = backend.current()
+        y = b.activation_forward(x, self.activation, self.alpha)
+        if training:
+            self._cache = (x, y)
+        return y
+
+    def backward(self, dy):
+        x, y = self._cache
+        self._cache = None
+        return backend.current().activation_backward(dy, x, y, self.activation, self.alpha)
+
+    def get_config(self):
+        config = super().get_config()
+        config["activation"] = self.activation
+        return config
+
+
+class Dropout(Layer):
+    """Inverted dropout: survivors are scaled by 1/(1-rate); the identity outside training.
+
+    The mask comes from a counter-based generator keyed by ``seed`` and advanced by the number of
+    elements drawn, so a run is reproducible and identical on every backend.
+    """
+
+    def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= float(rate) < 1.0:
+            raise ValueError(f"Dropout '{self.name}': rate must be in [0, 1), got {rate!r}")
+        if noise_shape is not None:
+            raise ValueError(f"Dropout '{self.name}': noise_shape is not supported")
+        self.rate = float(rate)
+        self.seed = int(seed) if seed is not None else utils.new_seed()
+        self._offset = 0
+
+    def call(self, x, training=False):
+        if not training or self.rate == 0.0:
+            return x
+        y, mask = backend.current().dropout_forward(x, self.rate, self.seed, self._offset)
+        self._offset += math.prod(x.shape)
+        self._cache = mask
+        return y
+
+    def backward(self, dy):
+        if self._cache is None:
+            return dy
+        mask, self._cache = self._cache, None
+        return backend.current().dropout_backward(dy, mask, self.rate)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rate=self.rate, seed=self.seed)
+        return config
+
+
+class Flatten(Layer):
+    def __init__(self, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+
+    def compute_output_shape(self, input_shape):
+        rest = input_shape[1:]
+        return (input_shape[0], None if None in rest else math.prod(rest))
+
+    def call(self, x, training=False):
+        if training:
+            self._cache = tuple(x.shape)
+        return backend.current().reshape(x, (x.shape[0], -1))
+
+    def backward(self, dy):
+        shape, self._cache = self._cache, None
+        return backend.current().reshape(dy, shape)
+
+
+class Reshape(Layer):
+    def __init__(self, target_shape, **kwargs):
+        super().__init__(**kwargs)
+        target = tuple(int(d) for d in target_shape)
+        if sum(d == -1 for d in target) > 1 or any(d == 0 or d < -1 for d in target):
+            raise ValueError(f"Reshape '{self.name}': target_shape may hold positive ints and at "
+                             f"most one -1, got {target_shape!r}")
+        self.target_shape = target
+
+    def compute_output_shape(self, input_shape):
+        size = math.prod(input_shape[1:])
+        known = math.prod(d for d in self.target_shape if d != -1)
+        if -1 in self.target_shape:
+            if size % known:
+                raise ValueError(f"Reshape '{self.name}': cannot reshape "
+                                 f"{shape_str(input_shape)} to {self.target_shape}")
+            target = tuple(size // known if d == -1 else d for d in self.target_shape)
+        else:
+            target = self.target_shape
+        if math.prod(target) != size:
+            raise ValueError(f"Reshape '{self.name}': cannot reshape {shape_str(input_shape)} "
+                             f"({size} values per sample) to {self.target_shape}")
+        return (input_shape[0],) + target
+
+    def call(self, x, training=False):
+        if training:
+            self._cache = tuple(x.shape)
+        return backend.current().reshape(x, (x.shape[0],) + self.output_shape[1:])
+
+    def backward(self, dy):
+        shape, self._cache = self._cache, None
+        return backend.current().reshape(dy, shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config["target_shape"] = list(self.target_shape)
+        return config

@@ -1,0 +1,114 @@
+"""Max/average pooling and their global variants, channels_last."""
+
+from pynn import backend
+from pynn.backend._validate import conv_output_size
+from pynn.layers.base import Layer, data_format_arg, padding_arg, pair, shape_str
+
+
+class _Pooling2D(Layer):
+    def __init__(self, pool_size=(2, 2), strides=None, padding="valid", data_format=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        label = f"{type(self).__name__} '{self.name}'"
+        data_format_arg(label, data_format)
+        self.pool_size = pair("pool_size", label, pool_size)
+        # Keras: strides=None means strides = pool_size.
+        self.strides = pair("strides", label, strides if strides is not None else self.pool_size)
+        self.padding = padding_arg(label, padding)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(f"{type(self).__name__} '{self.name}': expected input shape "
+                             f"(None, H, W, C), got {shape_str(input_shape)}")
+        n, h, w, c = input_shape
+        out = []
+        for size, k, s in zip((h, w), self.pool_size, self.strides):
+            if size is None:
+                out.append(None)
+                continue
+            _, o = conv_output_size(size, k, s, 1, self.padding)
+            if o <= 0:
+                raise ValueError(f"{type(self).__name__} '{self.name}': pool_size "
+                                 f"{self.pool_size} is larger than the input "
+                                 f"{shape_str(input_shape)} under padding='valid'")
+            out.append(o)
+        return (n, out[0], out[1], c)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(pool_size=list(self.pool_size), strides=list(self.strides),
+                      padding=self.padding)
+        return config
+
+
+class MaxPooling2D(_Pooling2D):
+    def call(self, x, training=False):
+        y, argmax = backend.current().maxpool2d_forward(x, self.pool_size, self.strides,
+                                                        self.padding)
+        if training:
+            self._cache = (argmax, tuple(x.shape))
+        return y
+
+    def backward(self, dy):
+        (argmax, shape), self._cache = self._cache, None
+        return backend.current().maxpool2d_backward(dy, argmax, shape)
+
+
+class AveragePooling2D(_Pooling2D):
+    def call(self, x, training=False):
+        if training:
+            self._cache = tuple(x.shape)
+        return backend.current().avgpool2d_forward(x, self.pool_size, self.strides, self.padding)
+
+    def backward(self, dy):
+        shape, self._cache = self._cache, None
+        return backend.current().avgpool2d_backward(dy, shape, self.pool_size, self.strides,
+                                                    self.padding)
+
+
+class _GlobalPooling2D(Layer):
+    def __init__(self, data_format=None, keepdims=False, **kwargs):
+        super().__init__(**kwargs)
+        data_format_arg(f"{type(self).__name__} '{self.name}'", data_format)
+        self.keepdims = bool(keepdims)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(f"{type(self).__name__} '{self.name}': expected input shape "
+                             f"(None, H, W, C), got {shape_str(input_shape)}")
+        n, _, _, c = input_shape
+        return (n, 1, 1, c) if self.keepdims else (n, c)
+
+    def _out(self, y):
+        return backend.current().reshape(y, (y.shape[0], 1, 1, y.shape[1])) if self.keepdims else y
+
+    def _dy(self, dy):
+        return backend.current().reshape(dy, (dy.shape[0], dy.shape[-1])) if self.keepdims else dy
+
+    def get_config(self):
+        config = super().get_config()
+        config["keepdims"] = self.keepdims
+        return config
+
+
+class GlobalAveragePooling2D(_GlobalPooling2D):
+    def call(self, x, training=False):
+        if training:
+            self._cache = tuple(x.shape)
+        return self._out(backend.current().global_avgpool2d_forward(x))
+
+    def backward(self, dy):
+        shape, self._cache = self._cache, None
+        return backend.current().global_avgpool2d_backward(self._dy(dy), shape)
+
+
+class GlobalMaxPooling2D(_GlobalPooling2D):
+    def call(self, x, training=False):
+        y, argmax = backend.current().global_maxpool2d_forward(x)
+        if training:
+            self._cache = (argmax, tuple(x.shape))
+        return self._out(y)
+
+    def backward(self, dy):
+        (argmax, shape), self._cache = self._cache, None
+        return backend.current().global_maxpool2d_backward(self._dy(dy), argmax, shape)

@@ -1,0 +1,232 @@
+"""Model files: a zip of JSON and ``.npy`` arrays, never pickle.
+
+Layout of ``model.pynn``::
+
+    pynn.json            {"format": "pynn", "version": 1, "model": config, "compile": {...},
+                          "weights": [names], "optimizer_state": {"iterations", "slots": [names]}}
+    weights/00000.npy    one array per weight, in get_weights() order
+    optimizer/00000.npy  optimizer slots, named in pynn.json
+
+Loading trusts nothing in the file: classes are looked up in fixed registries (never imported
+by name), arrays are read with ``allow_pickle=False``, every size and shape is checked before use,
+and any defect becomes a ValueError that says what is wrong. Saving writes a temporary file in the
+same directory and renames it over the target, so a crash mid-save leaves the old file intact.
+"""
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+FORMAT = "pynn"
+VERSION = 1
+MAX_JSON_BYTES = 16 << 20
+# An uncompressed entry larger than this is refused: a small hostile zip cannot make pynn
+# allocate unbounded memory.
+MAX_ARRAY_BYTES = 8 << 30
+
+
+def _npy_bytes(array):
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _atomic_write_zip(filepath, entries):
+    filepath = os.fspath(filepath)
+    directory = os.path.dirname(os.path.abspath(filepath))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".pynn-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
+                for name, data in entries:
+                    zf.writestr(name, data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, filepath)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _model_entries(model, include_optimizer=True):
+    from pynn import losses, metrics, optimizers
+
+    weights = model.get_weights()
+    names = [v.path for v in model.weights]
+    doc = {"format": FORMAT, "version": VERSION, "model": model.get_config(),
+           "built_input_shape": list(model.input_shape) if model.built else None,
+           "weights": names}
+    entries = [(f"weights/{i:05d}.npy", _npy_bytes(w)) for i, w in enumerate(weights)]
+    if include_optimizer and model.compiled:
+        doc["compile"] = {
+            "optimizer": optimizers.serialize(model.optimizer),
+            "loss": losses.serialize(model.loss),
+            "metrics": [m if isinstance(m, str) else metrics.serialize(m)
+                        for m in model._metric_specs],
+        }
+        state = model.optimizer.get_state()
+        slot_names = sorted(state["slots"])
+        doc["optimizer_state"] = {"iterations": int(state["iterations"]), "slots": slot_names}
+        entries += [(f"optimizer/{i:05d}.npy", _npy_bytes(state["slots"][k]))
+                    for i, k in enumerate(slot_names)]
+    return [("pynn.json", json.dumps(doc, indent=1).encode())] + entries
+
+
+def save_model(model, filepath, include_optimizer=True):
+    if not model.built:
+        raise ValueError(f"save: model '{model.name}' is not built yet; train it or give it an "
+                         f"Input first")
+    _atomic_write_zip(filepath, _model_entries(model, include_optimizer))
+
+
+def save_weights(model, filepath):
+    save_model(model, filepath, include_optimizer=False)
+
+
+class _Archive:
+    """Read-only, validating view of a pynn zip."""
+
+    def __init__(self, filepath):
+        self.path = os.fspath(filepath)
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"load_model: no such file: {self.path}")
+        try:
+            self.zf = zipfile.ZipFile(self.path, "r")
+            self.infos = {info.filename: info for info in self.zf.infolist()}
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise ValueError(f"load_model: {self.path} is not a pynn model file (not a valid "
+                             f"zip archive: {exc})") from None
+        self.doc = self._json("pynn.json")
+        if not isinstance(self.doc, dict) or self.doc.get("format") != FORMAT:
+            raise ValueError(f"load_model: {self.path} is not a pynn model file")
+        if self.doc.get("version") != VERSION:
+            raise ValueError(f"load_model: {self.path} has format version "
+                             f"{self.doc.get('version')!r}; this pynn reads version {VERSION}")
+
+    def _read(self, name, limit):
+        info = self.infos.get(name)
+        if info is None:
+            raise ValueError(f"load_model: {self.path} is truncated or damaged: '{name}' is "
+                             f"missing")
+        if info.file_size > limit:
+            raise ValueError(f"load_model: '{name}' in {self.path} declares {info.file_size} "
+                             f"bytes, over the limit of {limit}")
+        try:
+            data = self.zf.read(name)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, zipfile.LargeZipFile) as exc:
+            raise ValueError(f"load_model: {self.path} is damaged: cannot read '{name}' "
+                             f"({exc})") from None
+        if len(data) != info.file_size:
+            raise ValueError(f"load_model: {self.path} is damaged: '{name}' has the wrong size")
+        return data
+
+    def _json(self, name):
+        try:
+            return json.loads(self._read(name, MAX_JSON_BYTES).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"load_model: {self.path}: '{name}' is not valid JSON "
+                             f"({exc})") from None
+
+    def array(self, name):
+        data = self._read(name, MAX_ARRAY_BYTES)
+        try:
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ValueError(f"load_model: {self.path}: '{name}' is not a valid .npy array "
+                             f"({exc})") from None
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+            raise ValueError(f"load_model: {self.path}: '{name}' must hold a numeric array")
+        return arr
+
+    def close(self):
+        self.zf.close()
+
+
+def _expect(cond, path, what):
+    if not cond:
+        raise ValueError(f"load_model: {path}: malformed file ({what})")
+
+
+def _build_model(archive):
+    from pynn.models import Sequential
+
+    doc = archive.doc
+    config = doc.get("model")
+    _expect(isinstance(config, dict) and isinstance(config.get("layers"), list), archive.path,
+            "'model' must be an object with a 'layers' list")
+    for spec in config["layers"]:
+        _expect(isinstance(spec, dict) and isinstance(spec.get("config", {}), dict),
+                archive.path, "each layer must be an object with a 'config' object")
+    try:
+        model = Sequential.from_config(config)
+        shape = doc.get("built_input_shape")
+        if shape is not None and not model.built:
+            _expect(isinstance(shape, list), archive.path, "'built_input_shape' must be a list")
+            model.build(tuple(shape))
+    except (TypeError, KeyError) as exc:
+        raise ValueError(f"load_model: {archive.path}: invalid model config ({exc})") from None
+    return model
+
+
+def _load_weights_into(model, archive):
+    names = archive.doc.get("weights")
+    _expect(isinstance(names, list), archive.path, "'weights' must be a list")
+    variables = model.weights
+    if len(names) != len(variables):
+        raise ValueError(f"load_model: {archive.path} holds {len(names)} weights but the model "
+                         f"has {len(variables)}")
+    model.set_weights([archive.array(f"weights/{i:05d}.npy") for i in range(len(names))])
+
+
+def load_model(filepath, compile=True):
+    """Rebuild a model saved by ``model.save``; with its optimizer state when compiled, so
+    ``fit`` resumes where it stopped."""
+    from pynn import losses, metrics, optimizers
+
+    archive = _Archive(filepath)
+    try:
+        model = _build_model(archive)
+        _load_weights_into(model, archive)
+        spec = archive.doc.get("compile")
+        if compile and spec is not None:
+            _expect(isinstance(spec, dict), archive.path, "'compile' must be an object")
+            try:
+                metric_specs = [m if isinstance(m, str) else metrics.get(m)
+                                for m in spec.get("metrics", [])]
+                model.compile(optimizer=optimizers.get(spec["optimizer"]),
+                              loss=losses.get(spec["loss"]), metrics=metric_specs)
+            except (TypeError, KeyError) as exc:
+                raise ValueError(f"load_model: {archive.path}: invalid compile config "
+                                 f"({exc})") from None
+            state = archive.doc.get("optimizer_state")
+            if state is not None:
+                _expect(isinstance(state, dict) and isinstance(state.get("slots"), list)
+                        and isinstance(state.get("iterations"), int), archive.path,
+                        "'optimizer_state' must hold 'iterations' and 'slots'")
+                slots = {name: archive.array(f"optimizer/{i:05d}.npy")
+                         for i, name in enumerate(state["slots"])}
+                model.optimizer.set_state({"iterations": state["iterations"], "slots": slots},
+                                          model.trainable_weights)
+        return model
+    finally:
+        archive.close()
+
+
+def load_weights(model, filepath):
+    archive = _Archive(filepath)
+    try:
+        if not model.built:
+            shape = archive.doc.get("built_input_shape")
+            _expect(isinstance(shape, list), archive.path, "'built_input_shape' is missing")
+            model.build(tuple(shape))
+        _load_weights_into(model, archive)
+    finally:
+        archive.close()
