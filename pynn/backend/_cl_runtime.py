@@ -11,13 +11,14 @@ CPU device with no environment variables. System drivers (/etc/OpenCL/vendors) a
 beside it.
 
 Disk cache: ``$PYNN_CACHE_DIR`` or ``$XDG_CACHE_HOME/pynn`` (``~/.cache/pynn``). A program
-binary is keyed by the sha256 of its source, every header of the kernel directory, the build
+binary is keyed by the sha256 of its source, every file it includes (recursively), the build
 options, the device name, the driver version and the platform version, so editing a header
 or updating a driver rebuilds. ``PYNN_CL_NO_DISK_CACHE=1`` turns the disk cache off.
 """
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -236,13 +237,24 @@ def build_options(defines):
     return opts
 
 
+_INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
+
+
+def _included_files(source, seen):
+    """Every file that ``source`` includes from the kernel directory, recursively."""
+    for name in _INCLUDE_RE.findall(source):
+        path = kernel_dir() / name
+        if name not in seen and path.is_file():
+            seen[name] = path.read_bytes()
+            _included_files(seen[name].decode(), seen)
+    return seen
+
+
 def _cache_key(source, options):
     h = hashlib.sha256()
     h.update(source.encode())
-    kdir = kernel_dir()
-    for header in sorted(kdir.glob("*.h")):
-        h.update(header.name.encode())
-        h.update(header.read_bytes())
+    for name, text in sorted(_included_files(source, {}).items()):
+        h.update(b"\0" + name.encode() + b"\0" + text)
     info = _S.info
     for part in (*options, info["platform"], info["name"], info["driver_version"],
                  info["platform_version"]):
@@ -380,10 +392,11 @@ def empty_cache():
 
 
 def pool_stats():
-    """(buffers held by the pool, buffers handed out): lets tests check reuse."""
+    """Counters of the buffer pool (tests check that a warm step allocates nothing new)."""
     if _S.pool is None:
-        return (0, 0)
-    return (_S.pool.held_blocks, _S.pool.active_blocks)
+        return {"held_blocks": 0, "active_blocks": 0, "managed_bytes": 0, "active_bytes": 0}
+    return {"held_blocks": _S.pool.held_blocks, "active_blocks": _S.pool.active_blocks,
+            "managed_bytes": _S.pool.managed_bytes, "active_bytes": _S.pool.active_bytes}
 
 
 # -- launching ------------------------------------------------------------------------------
