@@ -121,6 +121,12 @@ def _vendor(platform, dev):
     return "other"
 
 
+def best_device(found):
+    """The preferred (p, d, platform, device) tuple: discrete GPU, integrated GPU, CPU, other;
+    ties go to the lowest platform, then device index."""
+    return min(found, key=lambda t: (_rank(t[3]), t[0], t[1]))
+
+
 def devices():
     """Every OpenCL device of every platform, as dicts (see ``_describe``)."""
     out = []
@@ -151,7 +157,7 @@ def select_device(spec="opencl"):
     if not found:
         raise RuntimeError(f"OpenCL backend: no OpenCL device found; {INSTALL_HINT}")
     if spec == "opencl":
-        p, d, platform, dev = min(found, key=lambda t: (_rank(t[3]), t[0], t[1]))
+        p, d, platform, dev = best_device(found)
     else:
         parts = spec.split(":")
         try:
@@ -377,7 +383,7 @@ def zeros(shape, dtype=np.float32, what=""):
 
 def to_device(a, dtype=None):
     """Upload a host array (C-contiguous copy, optional dtype) into a pooled device array."""
-    a = np.ascontiguousarray(a, dtype=dtype)
+    a = np.asarray(a, dtype=dtype, order="C")  # ascontiguousarray would make 0-d arrays 1-d
     out = empty(a.shape, a.dtype, "upload")
     if a.size:
         out.set(a)
