@@ -1,0 +1,86 @@
+"""Both backends export exactly the op table of ``pynn.backend.api.OPS``: same names, same
+parameter names in the same order, same defaults; and ``set_device`` switches between them."""
+
+import inspect
+
+import numpy as np
+import pytest
+
+from pynn.backend.api import OPS
+from tests.opencl_util import HAVE_OPENCL, SKIP_REASON
+
+
+def _cpu():
+    from pynn.backend import cpu
+
+    return cpu
+
+
+def _opencl():
+    if not HAVE_OPENCL:
+        pytest.skip(SKIP_REASON)
+    from pynn.backend import opencl
+
+    return opencl
+
+
+BACKENDS = {"cpu": _cpu, "opencl": _opencl}
+
+
+def _params(fn):
+    return tuple(inspect.signature(fn).parameters.values())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_exports_every_op_with_the_contract_signature(backend):
+    mod = BACKENDS[backend]()
+    missing = [name for name in OPS if not callable(getattr(mod, name, None))]
+    assert not missing, f"{backend} backend lacks ops {missing}"
+    wrong = {}
+    for name, want in OPS.items():
+        got = tuple(p.name for p in _params(getattr(mod, name)))
+        if got != want:
+            wrong[name] = (got, want)
+    assert not wrong, f"{backend} signatures differ from api.OPS (got, want): {wrong}"
+
+
+def test_backends_agree_on_defaults():
+    cpu, ocl = _cpu(), _opencl()
+    differ = {}
+    for name in OPS:
+        a = [(p.name, p.default) for p in _params(getattr(cpu, name))]
+        b = [(p.name, p.default) for p in _params(getattr(ocl, name))]
+        if a != b:
+            differ[name] = (a, b)
+    assert not differ, f"cpu and opencl defaults differ: {differ}"
+
+
+def test_set_device_switches_backends_end_to_end():
+    import pynn.backend as backend
+
+    _opencl()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 7)).astype(np.float32)
+    w = rng.standard_normal((7, 3)).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    previous = backend.device()
+    try:
+        assert backend.set_device("opencl") == "opencl"
+        ops = backend.current()
+        assert ops.NAME == "opencl"
+        y, z = ops.dense_forward(ops.asarray(x), ops.asarray(w), ops.asarray(b), "relu", 0.0)
+        got = ops.to_numpy(y)
+        backend.set_device("cpu")
+        assert backend.current().NAME == "cpu"
+        want = np.maximum(x.astype(np.float64) @ w + b, 0)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert z is None
+    finally:
+        backend.set_device(previous)
+
+
+def test_set_device_rejects_unknown_names():
+    import pynn.backend as backend
+
+    with pytest.raises(ValueError, match="opencl:P:D"):
+        backend.set_device("tpu")
