@@ -1,0 +1,66 @@
+/* Inverted dropout, forward and backward: the bit-exact twin of native/dropout.pyx (its
+ * design note is the recipe; the steps below follow its numbering).
+ *
+ * Legend: n elements in C order (any shape), i the flat index, e = i + offset (mod 2^64).
+ * 1. Philox4x32-10, exactly Random123's philox4x32_R(10, ctr, key).
+ * 2. key = {seed & 0xffffffff, seed >> 32}.
+ * 3. One generator call per element, ctr = {e & 0xffffffff, e >> 32, 0, 0}; word 0 is used.
+ * 4. keep iff word0 >= threshold, threshold = floor(rate * 2^32) from the host.
+ * 5. y = x * scale where kept, a literal 0 where dropped; scale = (float)(1 / (1 - rate)).
+ * The mask is a pure function of (seed, offset, i): one work-item per element, any launch
+ * shape gives the CPU's mask.
+ */
+#include "common.h"
+
+#define PHILOX_M0 0xD2511F53u
+#define PHILOX_M1 0xCD9E8D57u
+#define PHILOX_W0 0x9E3779B9u
+#define PHILOX_W1 0xBB67AE85u
+#define PHILOX_ROUNDS 10
+
+uint4 philox4x32_10(uint4 c, uint k0, uint k1)
+{
+    for (int r = 0; r < PHILOX_ROUNDS; ++r) {
+        if (r > 0) {
+            k0 += PHILOX_W0;
+            k1 += PHILOX_W1;
+        }
+        const uint hi0 = mul_hi(PHILOX_M0, c.x);
+        const uint lo0 = PHILOX_M0 * c.x;
+        const uint hi1 = mul_hi(PHILOX_M1, c.z);
+        const uint lo1 = PHILOX_M1 * c.z;
+        c = (uint4)(hi1 ^ c.y ^ k0, lo1, hi0 ^ c.w ^ k1, lo0);
+    }
+    return c;
+}
+
+__kernel void dropout_forward(__global const float *x, __global float *y,
+                              __global uchar *mask, const int n, const ulong seed,
+                              const ulong offset, const uint threshold, const float scale)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    const ulong e = (ulong)i + offset;
+    const uint4 r = philox4x32_10((uint4)((uint)e, (uint)(e >> 32), 0u, 0u), (uint)seed,
+                                  (uint)(seed >> 32));
+    const int keep = r.x >= threshold;
+    mask[i] = (uchar)keep;
+    y[i] = keep ? x[i] * scale : 0.0f;
+}
+
+__kernel void dropout_backward(__global const float *dy, __global const uchar *mask,
+                               __global float *dx, const int n, const float scale)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    dx[i] = mask[i] != 0 ? dy[i] * scale : 0.0f;
+}
+
+/* Known-answer hook for tests: out[j] = Philox4x32-10(ctr[j], key). */
+__kernel void philox4x32_10_block(__global const uint4 *ctr, __global uint4 *out, const int n,
+                                  const uint k0, const uint k1)
+{
+    const int j = get_global_id(0);
+    GUARD(j, n);
+    out[j] = philox4x32_10(ctr[j], k0, k1);
+}

@@ -1,0 +1,105 @@
+/* Metric counts over one batch (the caller sums them): the twin of native/metric.pyx, whose
+ * design note gives the Keras 3 semantics reproduced here.
+ *
+ * Legend: N rows, K classes (the last axis of a 2-D y_pred), n elements (binary metrics).
+ * Every kernel is stage 1 of an integer reduction: work-items fold a grid-stride slice,
+ * the local tree (wg_reduce.h) gives one partial per work-group and count, stored as
+ * partial[c * groups + group]; sum_partials_int then folds each count's segment. Integer
+ * sums are exact, so the counts are the CPU's whatever the launch shape.
+ * - binary_matches_partial: (y_pred > threshold) as {0, 1} == y_true, elementwise.
+ * - argmax_matches_partial: categorical / sparse accuracy (top == 0) or top-k (top > 0),
+ *   one work-item per row; counts (hits, labels outside [0, K)).
+ * - confusion_partial: (tp, fp, fn) with label = y_true != 0, prediction = y_pred > threshold.
+ */
+#include "common.h"
+#define PYNN_SUM_PARTIALS
+#include "wg_reduce.h"
+
+/* First index of the largest value; the first NaN wins, as in torch and NumPy. */
+int argmax_row(__global const float *a, int k)
+{
+    float m = a[0];
+    if (isnan(m))
+        return 0;
+    int best = 0;
+    for (int j = 1; j < k; ++j) {
+        const float v = a[j];
+        if (isnan(v))
+            return j;
+        if (v > m) {
+            m = v;
+            best = j;
+        }
+    }
+    return best;
+}
+
+/* Keras's in_top_k: fewer than `top` scores strictly above the target's (ties count in). */
+int in_top_k(__global const float *a, int k, int target, int top)
+{
+    const float v = a[target];
+    int greater = 0;
+    for (int j = 0; j < k; ++j)
+        greater += a[j] > v;
+    return greater < top;
+}
+
+#define STORE_PARTIAL(c, value)                                                                   \
+    do {                                                                                          \
+        const int total_ = wg_sum_int(buf, (value));                                              \
+        if (get_local_id(0) == 0)                                                                 \
+            partial[(c) * get_num_groups(0) + get_group_id(0)] = total_;                          \
+    } while (0)
+
+__kernel __attribute__((reqd_work_group_size(WG_SIZE, 1, 1)))
+void binary_matches_partial(__global const float *t, __global const float *p,
+                            __global int *partial, const int n, const float threshold)
+{
+    __local int buf[WG_SIZE];
+    const int stride = get_global_size(0);
+    int count = 0;
+    for (int i = get_global_id(0); i < n; i += stride)
+        count += t[i] == (p[i] > threshold ? 1.0f : 0.0f);
+    STORE_PARTIAL(0, count);
+}
+
+/* sparse: targets are labels[r]; otherwise argmax of the one-hot row t[r] (labels unused). */
+__kernel __attribute__((reqd_work_group_size(WG_SIZE, 1, 1)))
+void argmax_matches_partial(__global const float *t, __global const int *labels,
+                            __global const float *p, __global int *partial, const int rows,
+                            const int K, const int sparse, const int top)
+{
+    __local int buf[WG_SIZE];
+    const int stride = get_global_size(0);
+    int hits = 0, bad = 0;
+    for (int r = get_global_id(0); r < rows; r += stride) {
+        __global const float *pr = p + (size_t)r * K;
+        const int target = sparse ? labels[r] : argmax_row(t + (size_t)r * K, K);
+        if (target < 0 || target >= K) {
+            ++bad; /* never read past the row: the host raises on any bad label */
+            continue;
+        }
+        hits += top == 0 ? argmax_row(pr, K) == target : in_top_k(pr, K, target, top);
+    }
+    STORE_PARTIAL(0, hits);
+    STORE_PARTIAL(1, bad);
+}
+
+__kernel __attribute__((reqd_work_group_size(WG_SIZE, 1, 1)))
+void confusion_partial(__global const float *t, __global const float *p, __global int *partial,
+                       const int n, const float threshold)
+{
+    __local int buf[WG_SIZE];
+    const int stride = get_global_size(0);
+    int tp = 0, fp = 0, fn = 0;
+    for (int i = get_global_id(0); i < n; i += stride) {
+        const int label = t[i] != 0.0f;
+        const int pred = p[i] > threshold;
+        tp += label && pred;
+        fp += !label && pred;
+        fn += label && !pred;
+    }
+    STORE_PARTIAL(0, tp);
+    STORE_PARTIAL(1, fp);
+    STORE_PARTIAL(2, fn);
+}

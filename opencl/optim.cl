@@ -1,0 +1,155 @@
+/* Optimizer updates, regularizers and norms: the twin of native/optim.pyx.
+ *
+ * Legend: n parameter elements (any shape, flattened: every op here is elementwise).
+ * Each *_update is ONE pass over the parameter, in place, one work-item per element:
+ * (1) g = clip(g * scale, -clip, clip) (clip <= 0: none; NaN passes through), (2) decoupled
+ * weight decay w -= w * decay (decay = weight_decay * lr, formed on the host in double),
+ * (3) the rule, with Keras 3's formulas in the CPU kernel's operation order. Coefficients that
+ * depend only on hyper-parameters (Adam's alpha, 1 - beta) come from the host, in double
+ * rounded once to float, as on the CPU.
+ * Slots an option does not use are flagged off; the host then passes w in their place and the
+ * kernel never touches them.
+ * Reductions (sum_squares, the penalty of regularizer_inplace) are two-stage: a grid-stride
+ * pass writes one partial per work-group, sum_partials_float folds them (wg_reduce.h).
+ */
+#include "common.h"
+#define PYNN_SUM_PARTIALS
+#include "wg_reduce.h"
+
+float clipped_grad(float g, float scale, float clip)
+{
+    g = g * scale;
+    if (clip > 0.0f) {
+        if (g > clip)
+            g = clip;
+        else if (g < -clip)
+            g = -clip;
+    }
+    return g;
+}
+
+float decayed(float w, float decay)
+{
+    return decay != 0.0f ? w - w * decay : w;
+}
+
+__kernel void sgd_update(__global float *w, __global const float *g, __global float *buf,
+                         const int n, const int use_buf, const int nesterov, const float lr,
+                         const float momentum, const float scale, const float clip,
+                         const float decay)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    const float gi = clipped_grad(g[i], scale, clip);
+    float wi = decayed(w[i], decay);
+    if (use_buf) {
+        const float mi = buf[i] * momentum - gi * lr;
+        buf[i] = mi;
+        wi = nesterov ? wi + (mi * momentum - gi * lr) : wi + mi;
+    } else {
+        wi = wi - gi * lr;
+    }
+    w[i] = wi;
+}
+
+/* alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t); epsilon on the uncorrected sqrt(v). */
+__kernel void adam_update(__global float *w, __global const float *g, __global float *m,
+                          __global float *v, __global float *vhat, const int n,
+                          const int amsgrad, const float alpha, const float one_b1,
+                          const float one_b2, const float eps, const float scale,
+                          const float clip, const float decay)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    const float gi = clipped_grad(g[i], scale, clip);
+    const float wi = decayed(w[i], decay);
+    const float mi = m[i] + (gi - m[i]) * one_b1;
+    float vi = v[i] + (gi * gi - v[i]) * one_b2;
+    m[i] = mi;
+    v[i] = vi;
+    if (amsgrad) {
+        if (vhat[i] > vi)
+            vi = vhat[i];
+        vhat[i] = vi;
+    }
+    w[i] = wi - (mi * alpha) / (sqrt(vi) + eps);
+}
+
+/* epsilon inside the square root (Keras, unlike PyTorch). */
+__kernel void rmsprop_update(__global float *w, __global const float *g, __global float *vel,
+                             __global float *mom, __global float *avg, const int n,
+                             const int use_mom, const int centered, const float lr,
+                             const float rho, const float one_rho, const float momentum,
+                             const float eps, const float scale, const float clip,
+                             const float decay)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    const float gi = clipped_grad(g[i], scale, clip);
+    const float wi = decayed(w[i], decay);
+    const float vi = rho * vel[i] + one_rho * (gi * gi);
+    vel[i] = vi;
+    float den;
+    if (centered) {
+        const float ai = rho * avg[i] + one_rho * gi;
+        avg[i] = ai;
+        den = vi - ai * ai + eps;
+    } else {
+        den = vi + eps;
+    }
+    float inc = (lr * gi) / sqrt(den);
+    if (use_mom) {
+        inc = momentum * mom[i] + inc;
+        mom[i] = inc;
+    }
+    w[i] = wi - inc;
+}
+
+__kernel void adagrad_update(__global float *w, __global const float *g, __global float *acc,
+                             const int n, const float lr, const float eps, const float scale,
+                             const float clip, const float decay)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    const float gi = clipped_grad(g[i], scale, clip);
+    const float wi = decayed(w[i], decay);
+    const float ai = acc[i] + gi * gi;
+    acc[i] = ai;
+    w[i] = wi - (lr * gi) / sqrt(ai + eps);
+}
+
+/* Stage 1 of sum(a^2): partial[group] over a grid-stride slice. */
+__kernel __attribute__((reqd_work_group_size(WG_SIZE, 1, 1)))
+void sum_squares_partial(__global const float *a, __global float *partial, const int n)
+{
+    __local float buf[WG_SIZE];
+    const int stride = get_global_size(0);
+    float acc = 0.0f;
+    for (int i = get_global_id(0); i < n; i += stride)
+        acc += a[i] * a[i];
+    acc = wg_sum_float(buf, acc);
+    if (get_local_id(0) == 0)
+        partial[get_group_id(0)] = acc;
+}
+
+/* grad += l1*sign(w) + 2*l2*w (sign(0) = 0, Keras's subgradient) and stage 1 of the penalty
+ * l1*|w| + l2*w^2. */
+__kernel __attribute__((reqd_work_group_size(WG_SIZE, 1, 1)))
+void regularizer_partial(__global const float *w, __global float *grad,
+                         __global float *partial, const int n, const float l1,
+                         const float l2)
+{
+    __local float buf[WG_SIZE];
+    const int stride = get_global_size(0);
+    const float two_l2 = 2.0f * l2;
+    float acc = 0.0f;
+    for (int i = get_global_id(0); i < n; i += stride) {
+        const float wi = w[i];
+        const float sign = (float)((wi > 0.0f) - (wi < 0.0f));
+        grad[i] = grad[i] + (l1 * sign + two_l2 * wi);
+        acc += l1 * fabs(wi) + l2 * wi * wi;
+    }
+    acc = wg_sum_float(buf, acc);
+    if (get_local_id(0) == 0)
+        partial[get_group_id(0)] = acc;
+}

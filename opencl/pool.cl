@@ -1,0 +1,199 @@
+/* Pooling, forward and backward side by side: maxpool2d, avgpool2d, global_avgpool2d,
+ * global_maxpool2d. The twin of native/pool.pyx.
+ *
+ * Legend: N batch, H/W input spatial, HO/WO output spatial, C channels, PH/PW pool size,
+ * SH/SW strides, PT/PL padding before (top/left; Keras 'same' puts the odd pixel after).
+ * Layout NHWC: one work-item per output (or input) element with c fastest, so neighbouring
+ * work-items touch neighbouring addresses. Padding never enters a window: max takes the
+ * in-bounds pixels, avg divides by their count (TF/Keras 'same').
+ * argmax holds h*W + w within the (n, c) plane; ties go to the first pixel in row-major
+ * window order (strict >) and the first NaN wins over numbers (torch), as in BETTER below.
+ * Caller-supplied argmax entries outside the plane are skipped, never followed.
+ * Backward ops gather or own their output plane, so no two work-items add into one address:
+ * no atomics, a fixed summation order, the same result on every run.
+ */
+#include "common.h"
+
+/* v replaces the current winner: strictly greater, or the first NaN. */
+#define BETTER(v, best) ((v) > (best) || (isnan(v) && !isnan(best)))
+
+/* Window start and clipped [lo, hi) range of output o along one axis. */
+#define WINDOW(o, S, P, K, LEN, lo, hi)                                                           \
+    const int lo##_raw = (o) * (S) - (P);                                                         \
+    const int lo = max(lo##_raw, 0);                                                              \
+    const int hi = min(lo##_raw + (K), (LEN))
+
+__kernel void maxpool2d_forward(__global const float *x, __global float *y, __global int *argmax,
+                                const int N, const int H, const int W, const int C, const int HO,
+                                const int WO, const int PH, const int PW, const int SH,
+                                const int SW, const int PT, const int PL)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * HO * WO * C);
+    const int c = gid % C;
+    int t = gid / C;
+    const int ow = t % WO;
+    t /= WO;
+    const int oh = t % HO;
+    const int n = t / HO;
+    WINDOW(oh, SH, PT, PH, H, h0, h1);
+    WINDOW(ow, SW, PL, PW, W, w0, w1);
+
+    __global const float *xp = x + (size_t)n * H * W * C + c;
+    float best = -INFINITY;
+    int best_idx = -1;
+    for (int h = h0; h < h1; ++h)
+        for (int w = w0; w < w1; ++w) {
+            const float v = xp[(size_t)(h * W + w) * C];
+            if (best_idx < 0 || BETTER(v, best)) {
+                best = v;
+                best_idx = h * W + w;
+            }
+        }
+    y[gid] = best;
+    argmax[gid] = best_idx;
+}
+
+/* One work-item owns the whole (n, c) plane of dx: it clears it, then adds every dy of the
+ * plane in row-major output order, so overlapping windows sum in a fixed order. */
+__kernel void maxpool2d_backward(__global const float *dy, __global const int *argmax,
+                                 __global float *dx, const int N, const int H, const int W,
+                                 const int C, const int HO, const int WO)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * C);
+    const int c = gid % C;
+    const int n = gid / C;
+    const int plane = H * W;
+    __global float *dxp = dx + (size_t)n * plane * C + c;
+    for (int p = 0; p < plane; ++p)
+        dxp[(size_t)p * C] = 0.0f;
+    const size_t obase = (size_t)n * HO * WO * C + c;
+    for (int q = 0; q < HO * WO; ++q) {
+        const int a = argmax[obase + (size_t)q * C];
+        if (a >= 0 && a < plane) /* argmax comes from the caller: never index outside */
+            dxp[(size_t)a * C] += dy[obase + (size_t)q * C];
+    }
+}
+
+__kernel void avgpool2d_forward(__global const float *x, __global float *y, const int N,
+                                const int H, const int W, const int C, const int HO, const int WO,
+                                const int PH, const int PW, const int SH, const int SW,
+                                const int PT, const int PL)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * HO * WO * C);
+    const int c = gid % C;
+    int t = gid / C;
+    const int ow = t % WO;
+    t /= WO;
+    const int oh = t % HO;
+    const int n = t / HO;
+    WINDOW(oh, SH, PT, PH, H, h0, h1);
+    WINDOW(ow, SW, PL, PW, W, w0, w1);
+
+    __global const float *xp = x + (size_t)n * H * W * C + c;
+    float s = 0.0f;
+    for (int h = h0; h < h1; ++h)
+        for (int w = w0; w < w1; ++w)
+            s += xp[(size_t)(h * W + w) * C];
+    y[gid] = s * (1.0f / (float)((h1 - h0) * (w1 - w0)));
+}
+
+/* Gather: each input pixel sums dy / count over the output windows that contain it. */
+__kernel void avgpool2d_backward(__global const float *dy, __global float *dx, const int N,
+                                 const int H, const int W, const int C, const int HO,
+                                 const int WO, const int PH, const int PW, const int SH,
+                                 const int SW, const int PT, const int PL)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * H * W * C);
+    const int c = gid % C;
+    int t = gid / C;
+    const int w = t % W;
+    t /= W;
+    const int h = t % H;
+    const int n = t / H;
+    /* Outputs o with o*S - P <= i < o*S - P + K; the numerator is >= 1 - K > -S*K, so the
+     * shifted ceil-division stays on non-negative ints. */
+    const int oh0 = max((h + PT - PH + SH + SH * PH) / SH - PH, 0);
+    const int oh1 = min((h + PT) / SH, HO - 1);
+    const int ow0 = max((w + PL - PW + SW + SW * PW) / SW - PW, 0);
+    const int ow1 = min((w + PL) / SW, WO - 1);
+
+    __global const float *dyp = dy + (size_t)n * HO * WO * C + c;
+    float s = 0.0f;
+    for (int oh = oh0; oh <= oh1; ++oh) {
+        WINDOW(oh, SH, PT, PH, H, h0, h1);
+        for (int ow = ow0; ow <= ow1; ++ow) {
+            WINDOW(ow, SW, PL, PW, W, w0, w1);
+            const float inv = 1.0f / (float)((h1 - h0) * (w1 - w0));
+            s += dyp[(size_t)(oh * WO + ow) * C] * inv;
+        }
+    }
+    dx[gid] = s;
+}
+
+/* inv = 1 / (H*W), rounded once on the host as on the CPU. */
+__kernel void global_avgpool2d_forward(__global const float *x, __global float *y, const int N,
+                                       const int H, const int W, const int C, const float inv)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * C);
+    const int c = gid % C;
+    const int n = gid / C;
+    const int plane = H * W;
+    __global const float *xp = x + (size_t)n * plane * C + c;
+    float s = 0.0f;
+    for (int p = 0; p < plane; ++p)
+        s += xp[(size_t)p * C];
+    y[gid] = s * inv;
+}
+
+__kernel void global_avgpool2d_backward(__global const float *dy, __global float *dx,
+                                        const int N, const int H, const int W, const int C,
+                                        const float inv)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * H * W * C);
+    const int c = gid % C;
+    const int n = gid / (H * W * C);
+    dx[gid] = dy[n * C + c] * inv;
+}
+
+__kernel void global_maxpool2d_forward(__global const float *x, __global float *y,
+                                       __global int *argmax, const int N, const int H,
+                                       const int W, const int C)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * C);
+    const int c = gid % C;
+    const int n = gid / C;
+    const int plane = H * W;
+    __global const float *xp = x + (size_t)n * plane * C + c;
+    float best = -INFINITY;
+    int best_idx = -1;
+    for (int p = 0; p < plane; ++p) {
+        const float v = xp[(size_t)p * C];
+        if (best_idx < 0 || BETTER(v, best)) {
+            best = v;
+            best_idx = p;
+        }
+    }
+    y[gid] = best;
+    argmax[gid] = best_idx;
+}
+
+/* Gather: a pixel takes dy when it is its plane's argmax. */
+__kernel void global_maxpool2d_backward(__global const float *dy, __global const int *argmax,
+                                        __global float *dx, const int N, const int H,
+                                        const int W, const int C)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * H * W * C);
+    const int c = gid % C;
+    const int plane = H * W;
+    const int p = (gid / C) % plane;
+    const int n = gid / (plane * C);
+    dx[gid] = argmax[n * C + c] == p ? dy[n * C + c] : 0.0f;
+}
