@@ -1,0 +1,361 @@
+"""Conv2D kernels: im2col + one BLAS GEMM per batch tile.
+
+Legend: N batch, H/W input spatial, C input channels, KH/KW kernel spatial, F filters,
+HO/WO output spatial, K = KH*KW*C (one im2col row), G = N*HO (output rows, the tiling unit),
+M = G*WO (GEMM rows). Layout NHWC, kernel (KH, KW, C, F) = a row-major (K, F) matrix as is.
+
+Design (chosen by measurement, see bench/bench_conv_kernels.py):
+- A tile is a run of whole output rows (n, ho). Its im2col block (tile*WO, K) lives in a
+  workspace bounded by ``_workspace_bytes`` and is filled in parallel (prange over output
+  rows; for dilation 1 each (wo, kh) is one memcpy of KW*C contiguous values). Then ONE
+  gemm per tile runs outside any prange: BLAS threads itself, and nesting it would
+  oversubscribe the cores.
+- forward: y_tile = col @ kernel, then bias + activation fused in the pass right after the
+  GEMM, while the tile is still in cache.
+- backward_weight: dkernel += col^T @ dz_tile (beta = 1 after the first tile).
+- backward_input: dcol = dz_tile @ kernel^T, then col2im as a gather: prange over input rows
+  (n, hi); each thread adds only into its own dx row, in a fixed (kh, wo) order, so the
+  result is bit-identical for any thread count. Tiles can split an image; the rows they
+  share accumulate across tiles in tile order (fixed by shapes, not by threads).
+- 1x1 stride-1 convs (no padding possible) skip im2col: x already is the (M, C) col matrix.
+Outputs are fresh arrays; nothing accumulates into caller memory.
+"""
+import numpy as np
+
+from libc.string cimport memcpy, memset
+from cython.parallel cimport prange
+from _blas cimport gemm_rowmajor, floating
+from _activation cimport bias_activation_rows
+
+from pynn.backend._validate import (
+    activation_name, as_float_array, check_shape, conv_output_size, padding_mode, pair,
+)
+from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
+
+# Bound on one im2col tile. Large enough that each GEMM is big (BLAS efficiency), small
+# enough to stay in L2/L3 between the fill and the GEMM. Measured in bench/.
+_DEFAULT_WORKSPACE_BYTES = 4 << 20
+_workspace_bytes = _DEFAULT_WORKSPACE_BYTES
+
+
+def _set_workspace_bytes(nbytes=None):
+    """Tile-size knob for tests and benchmarks; None restores the default. Returns the old."""
+    global _workspace_bytes
+    old = _workspace_bytes
+    _workspace_bytes = _DEFAULT_WORKSPACE_BYTES if nbytes is None else max(int(nbytes), 1)
+    return old
+
+
+cdef struct Geom:
+    Py_ssize_t N, H, W, C, KH, KW, F, SH, SW, DH, DW, PT, PL, HO, WO, K
+
+
+cdef inline Py_ssize_t _imax(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a > b else b
+
+
+cdef inline Py_ssize_t _imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a < b else b
+
+
+cdef void _gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                const floating* a, Py_ssize_t lda, const floating* b, Py_ssize_t ldb,
+                floating beta, floating* c, Py_ssize_t ldc) noexcept nogil:
+    """gemm_rowmajor that also accepts k == 0 (BLAS rejects a zero leading dimension)."""
+    cdef Py_ssize_t i
+    if m <= 0 or n <= 0:
+        return
+    if k <= 0:
+        if beta == 0:
+            for i in range(m):
+                memset(c + i * ldc, 0, n * sizeof(floating))
+        return
+    gemm_rowmajor(trans_a, trans_b, <int>m, <int>n, <int>k, <floating>1, a, <int>lda,
+                  b, <int>ldb, beta, c, <int>ldc)
+
+
+# -- im2col / col2im -----------------------------------------------------------------------
+
+cdef inline void _kw_range(Py_ssize_t wi0, const Geom* g, Py_ssize_t* lo,
+                           Py_ssize_t* hi) noexcept nogil:
+    """Kernel columns kw in [lo, hi) whose input column wi0 + kw lands inside [0, W)
+    (dilation 1 only)."""
+    lo[0] = _imin(_imax(-wi0, 0), g.KW)
+    hi[0] = _imax(_imin(g.W - wi0, g.KW), lo[0])
+
+
+cdef void _im2col_row(const floating* x, floating* dst, const Geom* g, Py_ssize_t r) noexcept nogil:
+    """Fill the WO im2col rows of output row r = n*HO + ho; dst points at the first of them."""
+    cdef Py_ssize_t n = r // g.HO, ho = r % g.HO
+    cdef Py_ssize_t wo, kh, kw, hi, wi, wi0, lo, hi_kw
+    cdef Py_ssize_t C = g.C, KWC = g.KW * g.C
+    cdef const floating* xrow
+    cdef floating* d
+    for wo in range(g.WO):
+        wi0 = wo * g.SW - g.PL
+        for kh in range(g.KH):
+            d = dst + wo * g.K + kh * KWC
+            hi = ho * g.SH - g.PT + kh * g.DH
+            if hi < 0 or hi >= g.H:
+                memset(d, 0, KWC * sizeof(floating))
+                continue
+            xrow = x + (n * g.H + hi) * g.W * C
+            if g.DW == 1:
+                _kw_range(wi0, g, &lo, &hi_kw)
+                if lo > 0:
+                    memset(d, 0, lo * C * sizeof(floating))
+                if hi_kw > lo:
+                    memcpy(d + lo * C, xrow + (wi0 + lo) * C, (hi_kw - lo) * C * sizeof(floating))
+                if hi_kw < g.KW:
+                    memset(d + hi_kw * C, 0, (g.KW - hi_kw) * C * sizeof(floating))
+            else:
+                for kw in range(g.KW):
+                    wi = wi0 + kw * g.DW
+                    if wi < 0 or wi >= g.W:
+                        memset(d + kw * C, 0, C * sizeof(floating))
+                    else:
+                        memcpy(d + kw * C, xrow + wi * C, C * sizeof(floating))
+
+
+cdef void _im2col(const floating* x, floating* col, const Geom* g, Py_ssize_t r0,
+                  Py_ssize_t r1) noexcept nogil:
+    cdef Py_ssize_t r
+    cdef Py_ssize_t row_len = g.WO * g.K
+    for r in prange(r0, r1, schedule="static"):
+        _im2col_row(x, col + (r - r0) * row_len, g, r)
+
+
+cdef void _col2im_row(const floating* dcol, floating* dx, const Geom* g, Py_ssize_t n,
+                      Py_ssize_t hi, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """dx[n, hi, :, :] += every dcol entry of output rows [r0, r1) that reads input row hi."""
+    cdef Py_ssize_t kh, kw, ho, wo, num, r, wi, wi0, lo, hi_kw, j, cnt
+    cdef Py_ssize_t C = g.C, KWC = g.KW * g.C
+    cdef floating* dst = dx + (n * g.H + hi) * g.W * C
+    cdef const floating* src
+    cdef const floating* s
+    cdef floating* d
+    for kh in range(g.KH):
+        num = hi + g.PT - kh * g.DH
+        if num < 0 or num % g.SH != 0:
+            continue
+        ho = num // g.SH
+        r = n * g.HO + ho
+        if ho >= g.HO or r < r0 or r >= r1:
+            continue
+        src = dcol + (r - r0) * g.WO * g.K + kh * KWC
+        for wo in range(g.WO):
+            wi0 = wo * g.SW - g.PL
+            if g.DW == 1:
+                _kw_range(wi0, g, &lo, &hi_kw)
+                s = src + wo * g.K + lo * C
+                d = dst + (wi0 + lo) * C
+                cnt = (hi_kw - lo) * C
+                for j in range(cnt):
+                    d[j] += s[j]
+            else:
+                for kw in range(g.KW):
+                    wi = wi0 + kw * g.DW
+                    if wi < 0 or wi >= g.W:
+                        continue
+                    s = src + wo * g.K + kw * C
+                    d = dst + wi * C
+                    for j in range(C):
+                        d[j] += s[j]
+
+
+cdef void _col2im(const floating* dcol, floating* dx, const Geom* g, Py_ssize_t r0,
+                  Py_ssize_t r1) noexcept nogil:
+    cdef Py_ssize_t t
+    # Input rows of every image the tile touches; rows it does not reach add nothing.
+    cdef Py_ssize_t t0 = (r0 // g.HO) * g.H
+    cdef Py_ssize_t t1 = ((r1 - 1) // g.HO + 1) * g.H
+    for t in prange(t0, t1, schedule="static"):
+        _col2im_row(dcol, dx, g, t // g.H, t % g.H, r0, r1)
+
+
+# -- the three ops, pointer level ----------------------------------------------------------
+
+cdef inline bint _is_pointwise(const Geom* g) noexcept nogil:
+    return g.KH == 1 and g.KW == 1 and g.SH == 1 and g.SW == 1
+
+
+cdef void _forward(const floating* x, const floating* w, const floating* bias,
+                   floating* z, floating* y, floating* col, const Geom* g, Py_ssize_t tile,
+                   int act, floating alpha) noexcept nogil:
+    cdef Py_ssize_t r0, r1, rows, G = g.N * g.HO
+    cdef const floating* a
+    r0 = 0
+    while r0 < G:
+        r1 = _imin(r0 + tile, G)
+        rows = (r1 - r0) * g.WO
+        if _is_pointwise(g):
+            a = x + r0 * g.WO * g.K
+        else:
+            _im2col(x, col, g, r0, r1)
+            a = col
+        _gemm(False, False, rows, g.F, g.K, a, g.K, w, g.F, <floating>0,
+              z + r0 * g.WO * g.F, g.F)
+        bias_activation_rows(z + r0 * g.WO * g.F, y + r0 * g.WO * g.F, bias, rows, g.F,
+                             act, alpha)
+        r0 = r1
+
+
+cdef void _backward_weight(const floating* x, const floating* dz, floating* dw,
+                           floating* col, const Geom* g, Py_ssize_t tile) noexcept nogil:
+    cdef Py_ssize_t r0, r1, rows, G = g.N * g.HO
+    cdef const floating* a
+    cdef floating beta = 0
+    r0 = 0
+    while r0 < G:
+        r1 = _imin(r0 + tile, G)
+        rows = (r1 - r0) * g.WO
+        if _is_pointwise(g):
+            a = x + r0 * g.WO * g.K
+        else:
+            _im2col(x, col, g, r0, r1)
+            a = col
+        _gemm(True, False, g.K, g.F, rows, a, g.K, dz + r0 * g.WO * g.F, g.F, beta, dw, g.F)
+        beta = 1
+        r0 = r1
+
+
+cdef void _backward_input(const floating* dz, const floating* w, floating* dx,
+                          floating* col, const Geom* g, Py_ssize_t tile) noexcept nogil:
+    cdef Py_ssize_t r0, r1, rows, G = g.N * g.HO
+    r0 = 0
+    while r0 < G:
+        r1 = _imin(r0 + tile, G)
+        rows = (r1 - r0) * g.WO
+        if _is_pointwise(g):
+            _gemm(False, True, rows, g.K, g.F, dz + r0 * g.WO * g.F, g.F, w, g.F,
+                  <floating>0, dx + r0 * g.WO * g.K, g.K)
+        else:
+            _gemm(False, True, rows, g.K, g.F, dz + r0 * g.WO * g.F, g.F, w, g.F,
+                  <floating>0, col, g.K)
+            _col2im(col, dx, g, r0, r1)
+        r0 = r1
+
+
+# -- typed-memoryview shims (fused dispatch happens here, with the GIL) --------------------
+
+def _run_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w, bias,
+                 floating[:, :, :, ::1] z, floating[:, :, :, ::1] y, floating[::1] col,
+                 Geom g, Py_ssize_t tile, int act, double alpha):
+    cdef const floating[::1] b
+    cdef const floating* bptr = NULL
+    if bias is not None:
+        b = bias
+        bptr = &b[0] if b.shape[0] > 0 else NULL
+    with nogil:
+        _forward(&x[0, 0, 0, 0], &w[0, 0, 0, 0], bptr, &z[0, 0, 0, 0], &y[0, 0, 0, 0],
+                 &col[0], &g, tile, act, <floating>alpha)
+
+
+def _run_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dz,
+                         floating[:, :, :, ::1] dw, floating[::1] col, Geom g,
+                         Py_ssize_t tile):
+    with nogil:
+        _backward_weight(&x[0, 0, 0, 0], &dz[0, 0, 0, 0], &dw[0, 0, 0, 0], &col[0], &g, tile)
+
+
+def _run_backward_input(const floating[:, :, :, ::1] dz, const floating[:, :, :, ::1] w,
+                        floating[:, :, :, ::1] dx, floating[::1] col, Geom g,
+                        Py_ssize_t tile):
+    with nogil:
+        _backward_input(&dz[0, 0, 0, 0], &w[0, 0, 0, 0], &dx[0, 0, 0, 0], &col[0], &g, tile)
+
+
+# -- validation and planning (Python level) ------------------------------------------------
+
+def _geometry(op, input_shape, kernel_shape, strides, padding, dilation_rate):
+    n, h, w, c = input_shape
+    kh, kw, kc, f = kernel_shape
+    if kc != c:
+        raise ValueError(f"{op}: kernel has {kc} input channels but the input has {c} "
+                         f"(input shape {tuple(input_shape)}, kernel shape {tuple(kernel_shape)})")
+    if kh < 1 or kw < 1:
+        raise ValueError(f"{op}: kernel spatial size must be >= 1, got {tuple(kernel_shape)}")
+    sh, sw = pair(op, "strides", strides)
+    dh, dw = pair(op, "dilation_rate", dilation_rate)
+    pad = padding_mode(op, padding)
+    pt, ho = conv_output_size(h, kh, sh, dh, pad)
+    pl, wo = conv_output_size(w, kw, sw, dw, pad)
+    return dict(N=n, H=h, W=w, C=c, KH=kh, KW=kw, F=f, SH=sh, SW=sw, DH=dh, DW=dw,
+                PT=pt, PL=pl, HO=ho, WO=wo, K=kh * kw * c)
+
+
+def _shape4(op, name, shape):
+    try:
+        dims = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}: '{name}' must be a tuple of 4 ints, got {shape!r}")
+    if len(dims) != 4 or min(dims) < 0:
+        raise ValueError(f"{op}: '{name}' must be 4 non-negative ints, got {shape!r}")
+    return dims
+
+
+def _plan(g, dtype):
+    """Output rows per tile and the workspace for them (None when no im2col is needed)."""
+    row_bytes = max(g["WO"] * g["K"] * np.dtype(dtype).itemsize, 1)
+    tile = max(_workspace_bytes // row_bytes, 1)
+    tile = min(tile, max(g["N"] * g["HO"], 1))
+    pointwise = g["KH"] == 1 and g["KW"] == 1 and g["SH"] == 1 and g["SW"] == 1
+    col = np.empty(1 if pointwise else tile * g["WO"] * g["K"], dtype=dtype)
+    return tile, col
+
+
+def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid", dilation_rate=(1, 1),
+                   activation="linear", alpha=0.0):
+    """y = act(conv(x, kernel) + bias) -> (y, z).
+
+    x (N, H, W, C), kernel (KH, KW, C, F), bias (F,) or None; y (N, HO, WO, F). z is the
+    pre-activation when the activation needs it for backward (gelu), else None.
+    """
+    op = "conv2d_forward"
+    act_name = activation_name(op, activation)
+    x = as_float_array(op, "x", x, ndim=4)
+    kernel = as_float_array(op, "kernel", kernel, ndim=4, dtype=x.dtype)
+    g = _geometry(op, x.shape, kernel.shape, strides, padding, dilation_rate)
+    if bias is not None:
+        bias = as_float_array(op, "bias", bias, ndim=1, dtype=x.dtype)
+        check_shape(op, "bias", bias, (g["F"],))
+    keep_z = act_name in ACTIVATIONS_NEEDING_INPUT
+    z = np.empty((g["N"], g["HO"], g["WO"], g["F"]), dtype=x.dtype)
+    y = np.empty_like(z) if keep_z else z
+    if z.size:
+        tile, col = _plan(g, x.dtype)
+        _run_forward(x, kernel, bias, z, y, col, g, tile, ACTIVATIONS.index(act_name),
+                     float(alpha))
+    return y, (z if keep_z else None)
+
+
+def conv2d_backward_input(dz, kernel, input_shape, strides=(1, 1), padding="valid",
+                          dilation_rate=(1, 1)):
+    """dx (N, H, W, C) = gradient of the conv w.r.t. its input, from dz (N, HO, WO, F)."""
+    op = "conv2d_backward_input"
+    dz = as_float_array(op, "dz", dz, ndim=4)
+    kernel = as_float_array(op, "kernel", kernel, ndim=4, dtype=dz.dtype)
+    input_shape = _shape4(op, "input_shape", input_shape)
+    g = _geometry(op, input_shape, kernel.shape, strides, padding, dilation_rate)
+    check_shape(op, "dz", dz, (g["N"], g["HO"], g["WO"], g["F"]))
+    dx = np.zeros(input_shape, dtype=dz.dtype)
+    if dz.size and dx.size:
+        tile, col = _plan(g, dz.dtype)
+        _run_backward_input(dz, kernel, dx, col, g, tile)
+    return dx
+
+
+def conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
+                           dilation_rate=(1, 1)):
+    """dkernel (KH, KW, C, F) = gradient of the conv w.r.t. its kernel."""
+    op = "conv2d_backward_weight"
+    x = as_float_array(op, "x", x, ndim=4)
+    dz = as_float_array(op, "dz", dz, ndim=4, dtype=x.dtype)
+    kernel_shape = _shape4(op, "kernel_shape", kernel_shape)
+    g = _geometry(op, x.shape, kernel_shape, strides, padding, dilation_rate)
+    check_shape(op, "dz", dz, (g["N"], g["HO"], g["WO"], g["F"]))
+    dw = np.zeros(kernel_shape, dtype=x.dtype)
+    if dz.size and dw.size:
+        tile, col = _plan(g, x.dtype)
+        _run_backward_weight(x, dz, dw, col, g, tile)
+    return dw

@@ -1,0 +1,406 @@
+"""2-D pooling kernels (max, average, global max, global average), NHWC.
+
+Legend: N batch, H/W input spatial, C channels, PH/PW pool window, SH/SW strides,
+HO/WO output spatial, PT/PL leading padding (Keras 'same': the odd pixel goes after).
+
+Design:
+- The window of an output pixel is clipped to the input: padding is never read. Max pooling
+  therefore pads with -inf, and 'same' average pooling divides by the number of in-bounds
+  pixels (TF / JAX semantics, also what keras-team/keras#23233 makes the torch backend do).
+- Channels are the innermost, contiguous axis, so every loop body runs over C in a row.
+- Forward ops write each output pixel from one thread (prange over output rows (n, ho)).
+- Backward ops gather by input row: one thread owns a dx row (n, hi) and adds every
+  contribution to it in a fixed order, so results are bit-identical for any thread count.
+  maxpool2d_backward scatters through argmax instead, one thread per image (n), visiting the
+  outputs in row-major order for the same reason.
+- argmax (int32) is the flat index h*W + w within the (n, c) plane; ties keep the first
+  pixel in row-major window order; a NaN wins over numbers (the first NaN, as in torch).
+Outputs are fresh arrays; nothing accumulates into caller memory.
+"""
+import numpy as np
+
+from cython.parallel cimport prange
+
+from pynn.backend._validate import (
+    as_float_array, as_int_array, check_shape, conv_output_size, padding_mode, pair,
+)
+
+ctypedef fused floating:
+    float
+    double
+
+
+cdef struct Geom:
+    Py_ssize_t N, H, W, C, PH, PW, SH, SW, PT, PL, HO, WO
+
+
+cdef inline Py_ssize_t _imax(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a > b else b
+
+
+cdef inline Py_ssize_t _imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a < b else b
+
+
+cdef inline bint _better(floating v, floating best) noexcept nogil:
+    """Strictly greater, or the first NaN: later equal values never replace the winner."""
+    return v > best or (v != v and best == best)
+
+
+# -- max pooling ----------------------------------------------------------------------------
+
+cdef void _maxpool_row(const floating* x, floating* y, int* arg, const Geom* g,
+                       Py_ssize_t r) noexcept nogil:
+    """Output row r = n*HO + ho: y and arg point at its first pixel."""
+    cdef Py_ssize_t n = r // g.HO, ho = r % g.HO
+    cdef Py_ssize_t h0 = _imax(ho * g.SH - g.PT, 0), h1 = _imin(ho * g.SH - g.PT + g.PH, g.H)
+    cdef Py_ssize_t wo, w0, w1, h, w, c, C = g.C
+    cdef const floating* px
+    cdef floating* yp
+    cdef int* ap
+    for wo in range(g.WO):
+        w0 = _imax(wo * g.SW - g.PL, 0)
+        w1 = _imin(wo * g.SW - g.PL + g.PW, g.W)
+        yp = y + wo * C
+        ap = arg + wo * C
+        # The first in-bounds pixel seeds the winner, so argmax is always a real pixel.
+        px = x + ((n * g.H + h0) * g.W + w0) * C
+        for c in range(C):
+            yp[c] = px[c]
+            ap[c] = <int>(h0 * g.W + w0)
+        for h in range(h0, h1):
+            for w in range(w0, w1):
+                px = x + ((n * g.H + h) * g.W + w) * C
+                for c in range(C):
+                    if _better(px[c], yp[c]):
+                        yp[c] = px[c]
+                        ap[c] = <int>(h * g.W + w)
+
+
+def _maxpool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
+                     int[:, :, :, ::1] arg, Geom g):
+    cdef Py_ssize_t r, row = g.WO * g.C
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef floating* yp = &y[0, 0, 0, 0]
+    cdef int* ap = &arg[0, 0, 0, 0]
+    for r in prange(g.N * g.HO, schedule="static", nogil=True):
+        _maxpool_row(xp, yp + r * row, ap + r * row, &g, r)
+
+
+def _maxpool_backward(const floating[:, :, :, ::1] dy, const int[:, :, :, ::1] arg,
+                      floating[:, :, :, ::1] dx):
+    """dx[n, argmax] += dy per (n, c); returns how many argmax entries were out of range
+    (skipped, so a bad index is an error for the caller, never a stray write)."""
+    cdef Py_ssize_t N = dy.shape[0], P = dy.shape[1] * dy.shape[2], C = dy.shape[3]
+    cdef Py_ssize_t HW = dx.shape[1] * dx.shape[2]
+    cdef Py_ssize_t n, p, c, a
+    cdef Py_ssize_t bad = 0
+    cdef const floating* dyp = &dy[0, 0, 0, 0]
+    cdef const int* ap = &arg[0, 0, 0, 0]
+    cdef floating* dxp = &dx[0, 0, 0, 0]
+    for n in prange(N, schedule="static", nogil=True):
+        for p in range(P):
+            for c in range(C):
+                a = ap[(n * P + p) * C + c]
+                if a < 0 or a >= HW:
+                    bad += 1
+                else:
+                    dxp[(n * HW + a) * C + c] += dyp[(n * P + p) * C + c]
+    return bad
+
+
+def maxpool2d_forward(x, pool_size, strides, padding="valid"):
+    """Max over each window -> (y, argmax); y (N, HO, WO, C), argmax int32 like y."""
+    op = "maxpool2d_forward"
+    x = as_float_array(op, "x", x, ndim=4)
+    g = _geometry(op, x.shape, pool_size, strides, padding)
+    y = np.empty((g["N"], g["HO"], g["WO"], g["C"]), dtype=x.dtype)
+    arg = np.empty(y.shape, dtype=np.int32)
+    if y.size:
+        _maxpool_forward(x, y, arg, g)
+    return y, arg
+
+
+def maxpool2d_backward(dy, argmax, input_shape):
+    """dx (input_shape): dy routed to the pixel argmax names; overlapping windows add."""
+    op = "maxpool2d_backward"
+    dy = as_float_array(op, "dy", dy, ndim=4)
+    if argmax is None:
+        raise ValueError(f"{op}: 'argmax' is required, got None")
+    argmax = as_int_array(op, "argmax", argmax, ndim=4)
+    check_shape(op, "argmax", argmax, dy.shape)
+    input_shape = _input_shape(op, input_shape)
+    check_shape(op, "dy", dy, (input_shape[0], None, None, input_shape[3]))
+    dx = np.zeros(input_shape, dtype=dy.dtype)
+    if dy.size:
+        if dx.size == 0:
+            raise ValueError(f"{op}: argmax points into an empty input of shape {input_shape}")
+        bad = _maxpool_backward(dy, argmax, dx)
+        if bad:
+            raise ValueError(f"{op}: {bad} argmax entries outside [0, H*W) = "
+                             f"[0, {input_shape[1] * input_shape[2]})")
+    return dx
+
+
+# -- average pooling ------------------------------------------------------------------------
+
+cdef void _avgpool_row(const floating* x, floating* y, const Geom* g,
+                       Py_ssize_t r) noexcept nogil:
+    cdef Py_ssize_t n = r // g.HO, ho = r % g.HO
+    cdef Py_ssize_t h0 = _imax(ho * g.SH - g.PT, 0), h1 = _imin(ho * g.SH - g.PT + g.PH, g.H)
+    cdef Py_ssize_t wo, w0, w1, h, w, c, C = g.C
+    cdef const floating* px
+    cdef floating* yp
+    cdef floating inv
+    for wo in range(g.WO):
+        w0 = _imax(wo * g.SW - g.PL, 0)
+        w1 = _imin(wo * g.SW - g.PL + g.PW, g.W)
+        inv = <floating>1 / <floating>((h1 - h0) * (w1 - w0))
+        yp = y + wo * C
+        for c in range(C):
+            yp[c] = 0
+        for h in range(h0, h1):
+            for w in range(w0, w1):
+                px = x + ((n * g.H + h) * g.W + w) * C
+                for c in range(C):
+                    yp[c] += px[c]
+        for c in range(C):
+            yp[c] *= inv
+
+
+cdef void _avgpool_backward_row(const floating* dy, floating* dx, const Geom* g,
+                                Py_ssize_t t) noexcept nogil:
+    """dx row t = n*H + hi: every output window covering it adds dy / window count,
+    in (ho, wo) order."""
+    cdef Py_ssize_t n = t // g.H, hi = t % g.H
+    cdef Py_ssize_t ho, ho0, ho1, wo, h0, h1, w0, w1, w, c, num, C = g.C
+    cdef const floating* dp
+    cdef floating* xp
+    cdef floating* drow = dx + t * g.W * C
+    cdef floating inv
+    # Windows ho with ho*SH - PT <= hi < ho*SH - PT + PH.
+    num = hi + g.PT - g.PH
+    ho0 = num // g.SH + 1 if num >= 0 else 0
+    ho1 = _imin((hi + g.PT) // g.SH + 1, g.HO)
+    for ho in range(ho0, ho1):
+        h0 = _imax(ho * g.SH - g.PT, 0)
+        h1 = _imin(ho * g.SH - g.PT + g.PH, g.H)
+        for wo in range(g.WO):
+            w0 = _imax(wo * g.SW - g.PL, 0)
+            w1 = _imin(wo * g.SW - g.PL + g.PW, g.W)
+            inv = <floating>1 / <floating>((h1 - h0) * (w1 - w0))
+            dp = dy + ((n * g.HO + ho) * g.WO + wo) * C
+            for w in range(w0, w1):
+                xp = drow + w * C
+                for c in range(C):
+                    xp[c] += dp[c] * inv
+
+
+def _avgpool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, Geom g):
+    cdef Py_ssize_t r, row = g.WO * g.C
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef floating* yp = &y[0, 0, 0, 0]
+    for r in prange(g.N * g.HO, schedule="static", nogil=True):
+        _avgpool_row(xp, yp + r * row, &g, r)
+
+
+def _avgpool_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx, Geom g):
+    cdef Py_ssize_t t
+    cdef const floating* dp = &dy[0, 0, 0, 0]
+    cdef floating* xp = &dx[0, 0, 0, 0]
+    for t in prange(g.N * g.H, schedule="static", nogil=True):
+        _avgpool_backward_row(dp, xp, &g, t)
+
+
+def avgpool2d_forward(x, pool_size, strides, padding="valid"):
+    """Mean over each window's in-bounds pixels; y (N, HO, WO, C)."""
+    op = "avgpool2d_forward"
+    x = as_float_array(op, "x", x, ndim=4)
+    g = _geometry(op, x.shape, pool_size, strides, padding)
+    y = np.empty((g["N"], g["HO"], g["WO"], g["C"]), dtype=x.dtype)
+    if y.size:
+        _avgpool_forward(x, y, g)
+    return y
+
+
+def avgpool2d_backward(dy, input_shape, pool_size, strides, padding="valid"):
+    """dx (input_shape): each window spreads dy / (its in-bounds pixel count)."""
+    op = "avgpool2d_backward"
+    dy = as_float_array(op, "dy", dy, ndim=4)
+    input_shape = _input_shape(op, input_shape)
+    g = _geometry(op, input_shape, pool_size, strides, padding)
+    check_shape(op, "dy", dy, (g["N"], g["HO"], g["WO"], g["C"]))
+    dx = np.zeros(input_shape, dtype=dy.dtype)
+    if dy.size:
+        _avgpool_backward(dy, dx, g)
+    return dx
+
+
+# -- global pooling -------------------------------------------------------------------------
+
+# Channels per task of the global reductions: tasks (n, channel block) keep both threads
+# busy when N is small, and each output element is still summed by one thread in pixel order.
+cdef enum:
+    CBLOCK = 64
+
+
+def _global_avg_forward(const floating[:, :, :, ::1] x, floating[:, ::1] y):
+    cdef Py_ssize_t N = x.shape[0], P = x.shape[1] * x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t nblk = (C + CBLOCK - 1) // CBLOCK
+    cdef Py_ssize_t task, n, c0, c1, p, c
+    cdef const floating* px
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef floating* yp = &y[0, 0]
+    # Sums in float64 whatever the dtype: a plane can hold many thousand pixels.
+    cdef double[:, ::1] acc = np.zeros((N, C), dtype=np.float64)
+    cdef double* accp = &acc[0, 0]
+    cdef double inv = 1.0 / P
+    for task in prange(N * nblk, schedule="static", nogil=True):
+        n = task // nblk
+        c0 = (task % nblk) * CBLOCK
+        c1 = _imin(c0 + CBLOCK, C)
+        for p in range(P):
+            px = xp + (n * P + p) * C
+            for c in range(c0, c1):
+                accp[n * C + c] += px[c]
+        for c in range(c0, c1):
+            yp[n * C + c] = <floating>(accp[n * C + c] * inv)
+
+
+def _global_avg_backward(const floating[:, ::1] dy, floating[:, :, :, ::1] dx):
+    cdef Py_ssize_t N = dx.shape[0], H = dx.shape[1], W = dx.shape[2], C = dx.shape[3]
+    cdef Py_ssize_t t, n, w, c
+    cdef floating inv = <floating>(1.0 / (H * W))
+    cdef const floating* dp = &dy[0, 0]
+    cdef floating* xp = &dx[0, 0, 0, 0]
+    for t in prange(N * H, schedule="static", nogil=True):
+        n = t // H
+        for w in range(W):
+            for c in range(C):
+                xp[(t * W + w) * C + c] = dp[n * C + c] * inv
+
+
+def _global_max_forward(const floating[:, :, :, ::1] x, floating[:, ::1] y, int[:, ::1] arg):
+    cdef Py_ssize_t N = x.shape[0], P = x.shape[1] * x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t nblk = (C + CBLOCK - 1) // CBLOCK
+    cdef Py_ssize_t task, n, c0, c1, p, c
+    cdef const floating* px
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef floating* yp = &y[0, 0]
+    cdef int* ap = &arg[0, 0]
+    for task in prange(N * nblk, schedule="static", nogil=True):
+        n = task // nblk
+        c0 = (task % nblk) * CBLOCK
+        c1 = _imin(c0 + CBLOCK, C)
+        px = xp + n * P * C
+        for c in range(c0, c1):
+            yp[n * C + c] = px[c]
+            ap[n * C + c] = 0
+        for p in range(1, P):
+            px = xp + (n * P + p) * C
+            for c in range(c0, c1):
+                if _better(px[c], yp[n * C + c]):
+                    yp[n * C + c] = px[c]
+                    ap[n * C + c] = <int>p
+
+
+def _global_max_backward(const floating[:, ::1] dy, const int[:, ::1] arg,
+                         floating[:, :, :, ::1] dx):
+    """Each (n, c) writes one pixel of its own plane: no two iterations touch one element."""
+    cdef Py_ssize_t N = dx.shape[0], P = dx.shape[1] * dx.shape[2], C = dx.shape[3]
+    cdef Py_ssize_t n, c, a
+    cdef Py_ssize_t bad = 0
+    cdef const floating* dp = &dy[0, 0]
+    cdef const int* ap = &arg[0, 0]
+    cdef floating* xp = &dx[0, 0, 0, 0]
+    for n in prange(N, schedule="static", nogil=True):
+        for c in range(C):
+            a = ap[n * C + c]
+            if a < 0 or a >= P:
+                bad += 1
+            else:
+                xp[(n * P + a) * C + c] = dp[n * C + c]
+    return bad
+
+
+def _check_plane(op, shape):
+    if shape[1] == 0 or shape[2] == 0:
+        raise ValueError(f"{op}: global pooling needs H, W >= 1, got input shape {shape}")
+
+
+def global_avgpool2d_forward(x):
+    """Mean over H and W: (N, H, W, C) -> (N, C)."""
+    op = "global_avgpool2d_forward"
+    x = as_float_array(op, "x", x, ndim=4)
+    _check_plane(op, x.shape)
+    y = np.empty((x.shape[0], x.shape[3]), dtype=x.dtype)
+    if y.size:
+        _global_avg_forward(x, y)
+    return y
+
+
+def global_avgpool2d_backward(dy, input_shape):
+    """dx (N, H, W, C) = dy / (H*W) broadcast over the plane."""
+    op = "global_avgpool2d_backward"
+    dy = as_float_array(op, "dy", dy, ndim=2)
+    input_shape = _input_shape(op, input_shape)
+    _check_plane(op, input_shape)
+    check_shape(op, "dy", dy, (input_shape[0], input_shape[3]))
+    dx = np.empty(input_shape, dtype=dy.dtype)
+    if dx.size:
+        _global_avg_backward(dy, dx)
+    return dx
+
+
+def global_maxpool2d_forward(x):
+    """Max over H and W -> (y (N, C), argmax (N, C) int32, flat h*W + w)."""
+    op = "global_maxpool2d_forward"
+    x = as_float_array(op, "x", x, ndim=4)
+    _check_plane(op, x.shape)
+    y = np.empty((x.shape[0], x.shape[3]), dtype=x.dtype)
+    arg = np.empty(y.shape, dtype=np.int32)
+    if y.size:
+        _global_max_forward(x, y, arg)
+    return y, arg
+
+
+def global_maxpool2d_backward(dy, argmax, input_shape):
+    """dx (N, H, W, C): dy at the argmax pixel of each (n, c) plane, zeros elsewhere."""
+    op = "global_maxpool2d_backward"
+    dy = as_float_array(op, "dy", dy, ndim=2)
+    if argmax is None:
+        raise ValueError(f"{op}: 'argmax' is required, got None")
+    argmax = as_int_array(op, "argmax", argmax, ndim=2)
+    check_shape(op, "argmax", argmax, dy.shape)
+    input_shape = _input_shape(op, input_shape)
+    _check_plane(op, input_shape)
+    check_shape(op, "dy", dy, (input_shape[0], input_shape[3]))
+    dx = np.zeros(input_shape, dtype=dy.dtype)
+    if dy.size:
+        bad = _global_max_backward(dy, argmax, dx)
+        if bad:
+            raise ValueError(f"{op}: {bad} argmax entries outside [0, H*W) = "
+                             f"[0, {input_shape[1] * input_shape[2]})")
+    return dx
+
+
+# -- validation -----------------------------------------------------------------------------
+
+def _input_shape(op, shape):
+    try:
+        dims = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}: 'input_shape' must be a tuple of 4 ints, got {shape!r}")
+    if len(dims) != 4 or min(dims) < 0:
+        raise ValueError(f"{op}: 'input_shape' must be 4 non-negative ints, got {shape!r}")
+    return dims
+
+
+def _geometry(op, input_shape, pool_size, strides, padding):
+    n, h, w, c = input_shape
+    ph, pw = pair(op, "pool_size", pool_size)
+    sh, sw = pair(op, "strides", strides)
+    pad = padding_mode(op, padding)
+    pt, ho = conv_output_size(h, ph, sh, 1, pad)
+    pl, wo = conv_output_size(w, pw, sw, 1, pad)
+    return dict(N=n, H=h, W=w, C=c, PH=ph, PW=pw, SH=sh, SW=sw, PT=pt, PL=pl, HO=ho, WO=wo)

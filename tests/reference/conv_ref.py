@@ -1,0 +1,115 @@
+"""NumPy float64 oracles for the conv2d ops (slow, obviously correct).
+
+Legend: N batch, H/W spatial, C channels, KH/KW kernel, F filters, HO/WO output spatial.
+Each op pads x with zeros (Keras 'same': the odd pixel after), then loops over the kernel
+taps (kh, kw): every tap is one strided slice of the padded input times a (C, F) matrix.
+"""
+
+import numpy as np
+from scipy.special import erf
+
+
+def _pads(n, k, stride, dilation, padding):
+    """(pad_before, pad_after, out) for one axis, Keras semantics written out again."""
+    k_eff = (k - 1) * dilation + 1
+    if padding == "same":
+        out = -(-n // stride)
+        total = max((out - 1) * stride + k_eff - n, 0)
+        return total // 2, total - total // 2, out
+    out = max((n - k_eff) // stride + 1, 0)
+    return 0, 0, out
+
+
+def _geometry(input_shape, kernel_shape, strides, padding, dilation_rate):
+    _, h, w, _ = input_shape
+    kh, kw = kernel_shape[:2]
+    pt, pb, ho = _pads(h, kh, strides[0], dilation_rate[0], padding)
+    pl, pr, wo = _pads(w, kw, strides[1], dilation_rate[1], padding)
+    return (pt, pb, pl, pr), (ho, wo)
+
+
+def _tap(kh, kw, strides, dilation_rate, out):
+    """Slices of the padded input that tap (kh, kw) reads for every output pixel."""
+    h0, w0 = kh * dilation_rate[0], kw * dilation_rate[1]
+    hs = slice(h0, h0 + max((out[0] - 1) * strides[0] + 1, 0), strides[0])
+    ws = slice(w0, w0 + max((out[1] - 1) * strides[1] + 1, 0), strides[1])
+    return slice(None), hs, ws, slice(None)
+
+
+def _padded(x, pads, out, kernel_shape, strides, dilation_rate):
+    pt, pb, pl, pr = pads
+    # Extra zeros after the padding keep every tap slice in range even when out == 0.
+    eh = max((out[0] - 1) * strides[0] + (kernel_shape[0] - 1) * dilation_rate[0] + 1, 0)
+    ew = max((out[1] - 1) * strides[1] + (kernel_shape[1] - 1) * dilation_rate[1] + 1, 0)
+    xp = np.zeros((x.shape[0], max(pt + x.shape[1] + pb, eh), max(pl + x.shape[2] + pr, ew),
+                   x.shape[3]))
+    xp[:, pt:pt + x.shape[1], pl:pl + x.shape[2], :] = x
+    return xp
+
+
+def activation(z, name, alpha=0.0):
+    """Float64 activation values (softmax over the last axis)."""
+    if name == "linear":
+        return z
+    if name == "relu":
+        return np.maximum(z, 0)
+    if name == "sigmoid":
+        return 1 / (1 + np.exp(-z))
+    if name == "tanh":
+        return np.tanh(z)
+    if name == "softmax":
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+    if name == "leaky_relu":
+        return np.where(z > 0, z, alpha * z)
+    if name == "elu":
+        return np.where(z > 0, z, alpha * np.expm1(z))
+    if name == "selu":
+        a, s = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+        return s * np.where(z > 0, z, a * np.expm1(z))
+    if name == "gelu":
+        return 0.5 * z * (1 + erf(z / np.sqrt(2)))
+    if name == "softplus":
+        return np.logaddexp(z, 0)
+    raise ValueError(name)
+
+
+def conv2d_forward(x, kernel, bias, strides, padding, dilation_rate, activation_name="linear",
+                   alpha=0.0):
+    """Returns (y, z): z the pre-activation, y = activation(z)."""
+    x = np.asarray(x, np.float64)
+    kernel = np.asarray(kernel, np.float64)
+    pads, out = _geometry(x.shape, kernel.shape, strides, padding, dilation_rate)
+    xp = _padded(x, pads, out, kernel.shape, strides, dilation_rate)
+    z = np.zeros((x.shape[0], out[0], out[1], kernel.shape[3]))
+    for kh in range(kernel.shape[0]):
+        for kw in range(kernel.shape[1]):
+            z += xp[_tap(kh, kw, strides, dilation_rate, out)] @ kernel[kh, kw]
+    if bias is not None:
+        z = z + np.asarray(bias, np.float64)
+    return activation(z, activation_name, alpha), z
+
+
+def conv2d_backward_input(dz, kernel, input_shape, strides, padding, dilation_rate):
+    dz = np.asarray(dz, np.float64)
+    kernel = np.asarray(kernel, np.float64)
+    pads, out = _geometry(input_shape, kernel.shape, strides, padding, dilation_rate)
+    dxp = _padded(np.zeros(input_shape), pads, out, kernel.shape, strides, dilation_rate)
+    for kh in range(kernel.shape[0]):
+        for kw in range(kernel.shape[1]):
+            dxp[_tap(kh, kw, strides, dilation_rate, out)] += dz @ kernel[kh, kw].T
+    pt, _, pl, _ = pads
+    return dxp[:, pt:pt + input_shape[1], pl:pl + input_shape[2], :].copy()
+
+
+def conv2d_backward_weight(x, dz, kernel_shape, strides, padding, dilation_rate):
+    x = np.asarray(x, np.float64)
+    dz = np.asarray(dz, np.float64)
+    pads, out = _geometry(x.shape, kernel_shape, strides, padding, dilation_rate)
+    xp = _padded(x, pads, out, kernel_shape, strides, dilation_rate)
+    dw = np.zeros(kernel_shape)
+    for kh in range(kernel_shape[0]):
+        for kw in range(kernel_shape[1]):
+            patch = xp[_tap(kh, kw, strides, dilation_rate, out)]
+            dw[kh, kw] = np.einsum("nhwc,nhwf->cf", patch, dz)
+    return dw

@@ -1,0 +1,100 @@
+"""NumPy float64 oracles for the pooling ops (slow, obviously correct).
+
+Legend: N batch, H/W spatial, C channels, HO/WO output spatial.
+Every op loops over the output pixels and clips its window to the input, so padding is never
+read: max ignores it, 'same' average divides by the in-bounds pixel count (TF / JAX Keras).
+"""
+
+import numpy as np
+
+
+def _axis(n, k, stride, padding):
+    """(pad_before, out) for one axis: Keras 'same' puts the odd padding pixel after."""
+    if padding == "same":
+        out = -(-n // stride)
+        return max((out - 1) * stride + k - n, 0) // 2, out
+    return 0, max((n - k) // stride + 1, 0)
+
+
+def windows(input_shape, pool_size, strides, padding):
+    """Yield (ho, wo, h0, h1, w0, w1): every output pixel and its clipped input window."""
+    _, h, w, _ = input_shape
+    pt, ho_n = _axis(h, pool_size[0], strides[0], padding)
+    pl, wo_n = _axis(w, pool_size[1], strides[1], padding)
+    for ho in range(ho_n):
+        h0 = max(ho * strides[0] - pt, 0)
+        h1 = min(ho * strides[0] - pt + pool_size[0], h)
+        for wo in range(wo_n):
+            w0 = max(wo * strides[1] - pl, 0)
+            w1 = min(wo * strides[1] - pl + pool_size[1], w)
+            yield ho, wo, h0, h1, w0, w1
+
+
+def output_shape(input_shape, pool_size, strides, padding):
+    n, h, w, c = input_shape
+    return (n, _axis(h, pool_size[0], strides[0], padding)[1],
+            _axis(w, pool_size[1], strides[1], padding)[1], c)
+
+
+def maxpool2d_forward(x, pool_size, strides, padding):
+    x = np.asarray(x, np.float64)
+    y = np.zeros(output_shape(x.shape, pool_size, strides, padding))
+    arg = np.zeros(y.shape, np.int64)
+    for ho, wo, h0, h1, w0, w1 in windows(x.shape, pool_size, strides, padding):
+        win = x[:, h0:h1, w0:w1, :].reshape(x.shape[0], (h1 - h0) * (w1 - w0), x.shape[3])
+        i = np.argmax(win, axis=1)  # first maximum in row-major window order
+        y[:, ho, wo, :] = np.take_along_axis(win, i[:, None, :], axis=1)[:, 0, :]
+        arg[:, ho, wo, :] = (h0 + i // (w1 - w0)) * x.shape[2] + w0 + i % (w1 - w0)
+    return y, arg
+
+
+def maxpool2d_backward(dy, argmax, input_shape):
+    n, h, w, c = input_shape
+    dx = np.zeros((n, h * w, c))
+    dy = np.asarray(dy, np.float64)
+    for i in range(n):
+        for p in np.ndindex(*dy.shape[1:3]):
+            for ch in range(c):
+                dx[i, argmax[i, p[0], p[1], ch], ch] += dy[i, p[0], p[1], ch]
+    return dx.reshape(input_shape)
+
+
+def avgpool2d_forward(x, pool_size, strides, padding):
+    x = np.asarray(x, np.float64)
+    y = np.zeros(output_shape(x.shape, pool_size, strides, padding))
+    for ho, wo, h0, h1, w0, w1 in windows(x.shape, pool_size, strides, padding):
+        y[:, ho, wo, :] = x[:, h0:h1, w0:w1, :].mean(axis=(1, 2))
+    return y
+
+
+def avgpool2d_backward(dy, input_shape, pool_size, strides, padding):
+    dy = np.asarray(dy, np.float64)
+    dx = np.zeros(input_shape)
+    for ho, wo, h0, h1, w0, w1 in windows(input_shape, pool_size, strides, padding):
+        dx[:, h0:h1, w0:w1, :] += dy[:, ho, wo, None, None, :] / ((h1 - h0) * (w1 - w0))
+    return dx
+
+
+def global_avgpool2d_forward(x):
+    return np.asarray(x, np.float64).mean(axis=(1, 2))
+
+
+def global_avgpool2d_backward(dy, input_shape):
+    n, h, w, c = input_shape
+    return np.broadcast_to(np.asarray(dy, np.float64)[:, None, None, :] / (h * w),
+                           input_shape).copy()
+
+
+def global_maxpool2d_forward(x):
+    x = np.asarray(x, np.float64)
+    flat = x.reshape(x.shape[0], x.shape[1] * x.shape[2], x.shape[3])
+    arg = np.argmax(flat, axis=1)
+    return np.take_along_axis(flat, arg[:, None, :], axis=1)[:, 0, :], arg
+
+
+def global_maxpool2d_backward(dy, argmax, input_shape):
+    n, h, w, c = input_shape
+    dx = np.zeros((n, h * w, c))
+    for i in range(n):
+        dx[i, argmax[i], np.arange(c)] = dy[i]
+    return dx.reshape(input_shape)

@@ -1,0 +1,301 @@
+"""conv2d_forward / conv2d_backward_input / conv2d_backward_weight (native/conv.pyx)
+against the float64 oracle in tests/reference/conv_ref.py, finite differences, thread counts
+and bad inputs."""
+
+import numpy as np
+import pytest
+
+from pynn._native import conv, info
+from tests.reference import conv_ref as ref
+
+TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
+
+# (x shape (N, H, W, C), kernel shape (KH, KW, C, F), strides, padding, dilation)
+CASES = [
+    ((2, 7, 5, 3), (3, 3, 3, 4), (1, 1), "same", (1, 1)),
+    ((3, 13, 9, 2), (3, 5, 2, 7), (2, 3), "same", (1, 1)),
+    ((1, 13, 11, 3), (3, 3, 3, 5), (3, 2), "valid", (1, 1)),
+    ((2, 9, 8, 3), (3, 3, 3, 4), (1, 1), "same", (2, 2)),
+    ((2, 11, 10, 2), (2, 3, 2, 3), (2, 1), "valid", (2, 1)),
+    ((2, 8, 9, 1), (3, 2, 1, 5), (3, 3), "same", (1, 2)),
+    ((3, 4, 6, 5), (1, 1, 5, 7), (1, 1), "valid", (1, 1)),      # pointwise: plain GEMM
+    ((2, 7, 7, 4), (1, 1, 4, 3), (2, 2), "same", (1, 1)),       # strided 1x1: im2col
+    ((2, 3, 4, 3), (5, 5, 3, 2), (1, 1), "valid", (1, 1)),      # kernel larger: empty
+    ((2, 3, 4, 3), (5, 5, 3, 2), (2, 1), "same", (1, 1)),       # kernel larger, padded
+    ((4, 1, 1, 3), (3, 3, 3, 2), (1, 1), "same", (1, 1)),       # 1x1 images
+    ((0, 5, 5, 3), (3, 3, 3, 2), (1, 1), "same", (1, 1)),       # empty batch
+    ((1, 7, 1, 2), (3, 1, 2, 2), (2, 1), "same", (3, 1)),       # one column
+]
+IDS = [f"{x}*{k}-s{s}-{p}-d{d}" for x, k, s, p, d in CASES]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def small_workspace():
+    """A workspace of ~one im2col row: many tiles, tiles that split images."""
+    old = conv._set_workspace_bytes(64)
+    yield
+    conv._set_workspace_bytes(old)
+
+
+@pytest.fixture
+def restore_threads():
+    n = info.get_max_threads()
+    yield
+    info.set_num_threads(n)
+
+
+def data(rng, case, dtype):
+    x_shape, k_shape, strides, padding, dilation = case
+    x = rng.standard_normal(x_shape).astype(dtype)
+    k = rng.standard_normal(k_shape).astype(dtype)
+    b = rng.standard_normal(k_shape[3]).astype(dtype)
+    _, z = ref.conv2d_forward(x, k, None, strides, padding, dilation)
+    dz = rng.standard_normal(z.shape).astype(dtype)
+    return x, k, b, dz
+
+
+def check(op, got, want, dtype):
+    """The one comparison helper: shape, dtype, then values at the dtype's tolerance."""
+    assert got.shape == want.shape, f"{op}: shape {got.shape}, expected {want.shape}"
+    assert got.dtype == dtype, f"{op}: dtype {got.dtype}, expected {np.dtype(dtype)}"
+    np.testing.assert_allclose(got, want, err_msg=op, **TOL[dtype])
+
+
+def check_all_ops(rng, case, dtype):
+    x, k, b, dz = data(rng, case, dtype)
+    strides, padding, dilation = case[2:]
+    y, z = conv.conv2d_forward(x, k, b, strides, padding, dilation, "linear", 0.0)
+    assert z is None
+    check("conv2d_forward", y, ref.conv2d_forward(x, k, b, strides, padding, dilation)[0],
+          dtype)
+    dx = conv.conv2d_backward_input(dz, k, x.shape, strides, padding, dilation)
+    check("conv2d_backward_input", dx,
+          ref.conv2d_backward_input(dz, k, x.shape, strides, padding, dilation), dtype)
+    dw = conv.conv2d_backward_weight(x, dz, k.shape, strides, padding, dilation)
+    check("conv2d_backward_weight", dw,
+          ref.conv2d_backward_weight(x, dz, k.shape, strides, padding, dilation), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_matches_reference(rng, case, dtype):
+    check_all_ops(rng, case, dtype)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_matches_reference_tiled(rng, case, small_workspace):
+    check_all_ops(rng, case, np.float64)
+
+
+def test_large_batch_many_tiles(rng):
+    """Default workspace, more rows than one tile holds (float32 tolerance grows with K)."""
+    case = ((40, 23, 21, 16), (3, 3, 16, 8), (1, 1), "same", (1, 1))
+    old = conv._set_workspace_bytes(1 << 16)
+    try:
+        check_all_ops(rng, case, np.float64)
+    finally:
+        conv._set_workspace_bytes(old)
+
+
+def test_output_shapes_follow_keras():
+    # Keras: 'same' -> ceil(n / s); 'valid' -> floor((n - k_eff) / s) + 1, or 0.
+    x = np.ones((1, 10, 7, 1), np.float32)
+    k = np.ones((3, 3, 1, 2), np.float32)
+    assert conv.conv2d_forward(x, k, None, (3, 2), "same", (1, 1))[0].shape == (1, 4, 4, 2)
+    assert conv.conv2d_forward(x, k, None, (3, 2), "valid", (1, 1))[0].shape == (1, 3, 3, 2)
+    assert conv.conv2d_forward(x, k, None, (1, 1), "valid", (4, 3))[0].shape == (1, 2, 1, 2)
+    assert conv.conv2d_forward(x, k, None, (1, 1), "valid", (5, 1))[0].shape == (1, 0, 5, 2)
+
+
+def test_empty_output_gradients_are_zero(rng):
+    x = rng.standard_normal((2, 3, 4, 3))
+    k = rng.standard_normal((5, 5, 3, 2))
+    y, _ = conv.conv2d_forward(x, k, None, (1, 1), "valid", (1, 1))
+    assert y.shape == (2, 0, 0, 2)
+    dx = conv.conv2d_backward_input(y, k, x.shape, (1, 1), "valid", (1, 1))
+    dw = conv.conv2d_backward_weight(x, y, k.shape, (1, 1), "valid", (1, 1))
+    assert dx.shape == x.shape and not dx.any()
+    assert dw.shape == k.shape and not dw.any()
+
+
+def test_zero_channels_and_filters(rng):
+    x = np.zeros((2, 5, 5, 0))
+    k = np.zeros((3, 3, 0, 4))
+    b = rng.standard_normal(4)
+    y, _ = conv.conv2d_forward(x, k, b, (1, 1), "same", (1, 1))
+    np.testing.assert_array_equal(y, np.broadcast_to(b, (2, 5, 5, 4)))
+    y, _ = conv.conv2d_forward(rng.standard_normal((2, 5, 5, 3)), np.zeros((3, 3, 3, 0)),
+                               None, (1, 1), "same", (1, 1))
+    assert y.shape == (2, 5, 5, 0)
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu", "softmax", "sigmoid", "tanh", "leaky_relu",
+                                 "elu", "selu", "softplus", "linear"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_activation(rng, act, dtype):
+    x, k, b, _ = data(rng, CASES[1], dtype)
+    strides, padding, dilation = CASES[1][2:]
+    alpha = 0.3
+    y, z = conv.conv2d_forward(x, k, b, strides, padding, dilation, act, alpha)
+    y_ref, z_ref = ref.conv2d_forward(x, k, b, strides, padding, dilation, act, alpha)
+    check(f"conv2d_forward[{act}]", y, y_ref, dtype)
+    if act == "gelu":  # api.ACTIVATIONS_NEEDING_INPUT
+        check("conv2d_forward[gelu] z", z, z_ref, dtype)
+    else:
+        assert z is None
+
+
+def test_activation_none_is_linear(rng):
+    x, k, b, _ = data(rng, CASES[0], np.float64)
+    y0, _ = conv.conv2d_forward(x, k, b, (1, 1), "same", (1, 1), None, 0.0)
+    y1, _ = conv.conv2d_forward(x, k, b, (1, 1), "same", (1, 1), "linear", 0.0)
+    np.testing.assert_array_equal(y0, y1)
+
+
+def numerical_grad(f, a, eps=1e-4):
+    """4th-order central differences of the scalar f() w.r.t. every entry of a (in place)."""
+    g = np.zeros_like(a)
+    for i in np.ndindex(a.shape):
+        orig = a[i]
+        vals = []
+        for step in (-2, -1, 1, 2):
+            a[i] = orig + step * eps
+            vals.append(f())
+        a[i] = orig
+        g[i] = (vals[0] - 8 * vals[1] + 8 * vals[2] - vals[3]) / (12 * eps)
+    return g
+
+
+FD_CASES = [
+    ((1, 5, 4, 2), (3, 2, 2, 2), (2, 1), "same", (1, 1)),
+    ((2, 6, 5, 1), (2, 2, 1, 2), (1, 2), "same", (2, 2)),
+    ((1, 7, 6, 2), (3, 3, 2, 1), (3, 2), "valid", (1, 1)),
+    ((1, 4, 4, 3), (1, 1, 3, 2), (1, 1), "valid", (1, 1)),
+]
+
+
+@pytest.mark.parametrize("case", FD_CASES)
+def test_backward_by_finite_differences(rng, case):
+    x, k, b, g = data(rng, case, np.float64)
+    strides, padding, dilation = case[2:]
+
+    def loss():
+        return float(np.sum(conv.conv2d_forward(x, k, b, strides, padding, dilation)[0] * g))
+
+    dx = conv.conv2d_backward_input(g, k, x.shape, strides, padding, dilation)
+    dw = conv.conv2d_backward_weight(x, g, k.shape, strides, padding, dilation)
+    np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(dw, numerical_grad(loss, k), rtol=1e-7, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_thread_count_invariance(rng, dtype, restore_threads, small_workspace):
+    case = ((3, 11, 9, 4), (3, 3, 4, 5), (2, 1), "same", (1, 2))
+    x, k, b, dz = data(rng, case, dtype)
+    s, p, d = case[2:]
+    results = []
+    for n in (1, 2, 3):
+        info.set_num_threads(n)
+        results.append((conv.conv2d_forward(x, k, b, s, p, d, "gelu", 0.0),
+                        conv.conv2d_backward_input(dz, k, x.shape, s, p, d),
+                        conv.conv2d_backward_weight(x, dz, k.shape, s, p, d)))
+    for (y, z), dx, dw in results[1:]:
+        np.testing.assert_array_equal(y, results[0][0][0])
+        np.testing.assert_array_equal(z, results[0][0][1])
+        np.testing.assert_array_equal(dx, results[0][1])
+        np.testing.assert_array_equal(dw, results[0][2])
+
+
+def test_matches_torch(rng):
+    """A second, independent oracle for 'same' + stride + dilation (torch pads symmetric,
+    so the padded input is built by hand the Keras way)."""
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((2, 10, 9, 3))
+    k = rng.standard_normal((3, 3, 3, 4))
+    y, _ = conv.conv2d_forward(x, k, None, (2, 2), "same", (1, 1))
+    # 'same', stride 2: total pad 1 on H (pad after), 2 on W (1 + 1).
+    xp = np.pad(x, ((0, 0), (0, 1), (1, 1), (0, 0)))
+    yt = torch.nn.functional.conv2d(torch.from_numpy(xp).permute(0, 3, 1, 2),
+                                    torch.from_numpy(k).permute(3, 2, 0, 1), stride=2)
+    np.testing.assert_allclose(y, yt.permute(0, 2, 3, 1).numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [
+    lambda a: np.asfortranarray(a),
+    lambda a: np.repeat(a, 2, axis=a.ndim - 1)[..., ::2],     # strided view
+    lambda a: np.flip(np.flip(a, 0).copy(), 0),               # negative strides
+], ids=["fortran", "strided", "negative"])
+def test_layouts_and_read_only_inputs(rng, make):
+    x, k, b, dz = data(rng, CASES[1], np.float64)
+    s, p, d = CASES[1][2:]
+    want = (conv.conv2d_forward(x, k, b, s, p, d)[0],
+            conv.conv2d_backward_input(dz, k, x.shape, s, p, d),
+            conv.conv2d_backward_weight(x, dz, k.shape, s, p, d))
+    xs, ks, b2, dzs = make(x), make(k), make(b[None, :])[0], make(dz)
+    for a in (xs, ks, b2, dzs):
+        a.flags.writeable = False
+    got = (conv.conv2d_forward(xs, ks, b2, s, p, d)[0],
+           conv.conv2d_backward_input(dzs, ks, x.shape, s, p, d),
+           conv.conv2d_backward_weight(xs, dzs, k.shape, s, p, d))
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_mixed_dtypes_follow_the_first_array(rng):
+    x = rng.standard_normal((2, 5, 5, 3)).astype(np.float32)
+    k = rng.standard_normal((3, 3, 3, 2))
+    y, _ = conv.conv2d_forward(x, k, None, (1, 1), "same", (1, 1))
+    assert y.dtype == np.float32
+    check("conv2d_forward", y, ref.conv2d_forward(x, k.astype(np.float32), None, (1, 1),
+                                                  "same", (1, 1))[0], np.float32)
+
+
+X = np.ones((2, 5, 5, 3))
+K = np.ones((3, 3, 3, 4))
+DZ = np.ones((2, 5, 5, 4))
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: conv.conv2d_forward(X, np.ones((3, 3, 2, 4)), None, 1, "same", 1),
+     ValueError, "input channels"),
+    (lambda: conv.conv2d_forward(X[0], K, None, 1, "same", 1), ValueError, "dimensions"),
+    (lambda: conv.conv2d_forward(X, K[0], None, 1, "same", 1), ValueError, "dimensions"),
+    (lambda: conv.conv2d_forward(None, K, None, 1, "same", 1), ValueError, "None"),
+    (lambda: conv.conv2d_forward(X, None, None, 1, "same", 1), ValueError, "None"),
+    (lambda: conv.conv2d_forward(X, K, np.ones(3), 1, "same", 1), ValueError, "bias"),
+    (lambda: conv.conv2d_forward(X, K, None, 0, "same", 1), ValueError, "strides"),
+    (lambda: conv.conv2d_forward(X, K, None, (1, -2), "same", 1), ValueError, "strides"),
+    (lambda: conv.conv2d_forward(X, K, None, (1, 1, 1), "same", 1), ValueError, "strides"),
+    (lambda: conv.conv2d_forward(X, K, None, 1, "same", 0), ValueError, "dilation_rate"),
+    (lambda: conv.conv2d_forward(X, K, None, 1, "full", 1), ValueError, "padding"),
+    (lambda: conv.conv2d_forward(X, K, None, 1, "same", 1, "swish"), ValueError, "activation"),
+    (lambda: conv.conv2d_forward(X.astype(str), K, None, 1, "same", 1), TypeError, "numeric"),
+    (lambda: conv.conv2d_forward(X, np.zeros((0, 3, 3, 4)), None, 1, "same", 1), ValueError,
+     "kernel spatial"),
+    (lambda: conv.conv2d_backward_input(DZ, K, (2, 5, 5), 1, "same", 1), ValueError,
+     "input_shape"),
+    (lambda: conv.conv2d_backward_input(DZ, K, (2, 5, 5, 2), 1, "same", 1), ValueError,
+     "input channels"),
+    (lambda: conv.conv2d_backward_input(DZ, K, (2, 5, 5, 3), 2, "same", 1), ValueError,
+     "'dz' must have shape"),
+    (lambda: conv.conv2d_backward_input(DZ[..., :3], K, (2, 5, 5, 3), 1, "same", 1),
+     ValueError, "'dz' must have shape"),
+    (lambda: conv.conv2d_backward_input(DZ, K, None, 1, "same", 1), ValueError,
+     "input_shape"),
+    (lambda: conv.conv2d_backward_weight(X, DZ, (3, 3, 2, 4), 1, "same", 1), ValueError,
+     "input channels"),
+    (lambda: conv.conv2d_backward_weight(X, DZ, (3, 3, 3, 4), 1, "valid", 1), ValueError,
+     "'dz' must have shape"),
+    (lambda: conv.conv2d_backward_weight(X, DZ[0], (3, 3, 3, 4), 1, "same", 1), ValueError,
+     "dimensions"),
+    (lambda: conv.conv2d_backward_weight(X, DZ, (3, 3, 3, -4), 1, "same", 1), ValueError,
+     "kernel_shape"),
+])
+def test_bad_inputs(call, error, match):
+    with pytest.raises(error, match=match):
+        call()

@@ -1,0 +1,284 @@
+"""Pooling ops (native/pool.pyx) against the float64 oracle in tests/reference/pool_ref.py,
+finite differences, torch, thread counts and bad inputs."""
+
+import numpy as np
+import pytest
+
+from pynn._native import info, pool
+from tests.reference import pool_ref as ref
+
+TOL = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-13, atol=1e-13)}
+
+# (x shape (N, H, W, C), pool_size, strides, padding)
+CASES = [
+    ((2, 7, 5, 3), (2, 2), (2, 2), "valid"),
+    ((2, 7, 5, 3), (2, 2), (2, 2), "same"),
+    ((1, 13, 11, 7), (3, 3), (2, 2), "same"),      # asymmetric 'same' padding
+    ((3, 9, 8, 2), (3, 2), (1, 3), "same"),
+    ((2, 8, 9, 5), (4, 3), (3, 1), "valid"),
+    ((1, 6, 7, 65), (3, 3), (1, 1), "same"),       # C above one channel block
+    ((2, 4, 4, 1), (5, 5), (1, 1), "same"),        # window wider than the image
+    ((2, 3, 4, 3), (5, 5), (1, 1), "valid"),       # empty output
+    ((4, 1, 1, 3), (2, 2), (2, 2), "same"),        # 1x1 images
+    ((0, 5, 5, 3), (2, 2), (2, 2), "valid"),       # empty batch
+    ((1, 10, 3, 2), (2, 1), (3, 1), "valid"),
+]
+IDS = [f"{x}-p{p}-s{s}-{pad}" for x, p, s, pad in CASES]
+GLOBAL_SHAPES = [(2, 5, 7, 3), (1, 1, 1, 1), (3, 4, 4, 130), (0, 3, 3, 2), (2, 13, 1, 5)]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(4321)
+
+
+@pytest.fixture
+def restore_threads():
+    n = info.get_max_threads()
+    yield
+    info.set_num_threads(n)
+
+
+def check(op, got, want, dtype):
+    """The one comparison helper: shape, dtype, then values at the dtype's tolerance."""
+    assert got.shape == want.shape, f"{op}: shape {got.shape}, expected {want.shape}"
+    assert got.dtype == dtype, f"{op}: dtype {got.dtype}, expected {np.dtype(dtype)}"
+    np.testing.assert_allclose(got, want, err_msg=op, **TOL[dtype])
+
+
+def distinct(rng, shape, dtype):
+    """Random values without ties (ties are tested on their own)."""
+    size = int(np.prod(shape))
+    return (rng.permutation(size).reshape(shape) / max(size, 1) - 0.5).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_maxpool_matches_reference(rng, case, dtype):
+    x_shape, p, s, pad = case
+    x = distinct(rng, x_shape, dtype)
+    y, arg = pool.maxpool2d_forward(x, p, s, pad)
+    y_ref, arg_ref = ref.maxpool2d_forward(x, p, s, pad)
+    check("maxpool2d_forward", y, y_ref, dtype)
+    assert arg.dtype == np.int32
+    np.testing.assert_array_equal(arg, arg_ref)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    check("maxpool2d_backward", pool.maxpool2d_backward(dy, arg, x_shape),
+          ref.maxpool2d_backward(dy, arg_ref, x_shape), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_avgpool_matches_reference(rng, case, dtype):
+    x_shape, p, s, pad = case
+    x = rng.standard_normal(x_shape).astype(dtype)
+    y = pool.avgpool2d_forward(x, p, s, pad)
+    check("avgpool2d_forward", y, ref.avgpool2d_forward(x, p, s, pad), dtype)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    check("avgpool2d_backward", pool.avgpool2d_backward(dy, x_shape, p, s, pad),
+          ref.avgpool2d_backward(dy, x_shape, p, s, pad), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", GLOBAL_SHAPES)
+def test_global_pools_match_reference(rng, shape, dtype):
+    x = distinct(rng, shape, dtype)
+    check("global_avgpool2d_forward", pool.global_avgpool2d_forward(x),
+          ref.global_avgpool2d_forward(x), dtype)
+    y, arg = pool.global_maxpool2d_forward(x)
+    y_ref, arg_ref = ref.global_maxpool2d_forward(x)
+    check("global_maxpool2d_forward", y, y_ref, dtype)
+    assert arg.dtype == np.int32
+    np.testing.assert_array_equal(arg, arg_ref)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    check("global_avgpool2d_backward", pool.global_avgpool2d_backward(dy, shape),
+          ref.global_avgpool2d_backward(dy, shape), dtype)
+    check("global_maxpool2d_backward", pool.global_maxpool2d_backward(dy, arg, shape),
+          ref.global_maxpool2d_backward(dy, arg_ref, shape), dtype)
+
+
+def test_ties_go_to_the_first_pixel_in_row_major_order():
+    x = np.zeros((1, 4, 4, 2), np.float32)
+    x[0, 1, 0, 0] = x[0, 0, 1, 0] = 1.0    # channel 0: two maxima in one window
+    y, arg = pool.maxpool2d_forward(x, (2, 2), (2, 2), "valid")
+    assert arg[0, 0, 0, 0] == 1            # (h=0, w=1) comes before (h=1, w=0)
+    assert arg[0, 0, 0, 1] == 0            # all equal: the window's first pixel
+    assert arg[0, 1, 1, 1] == 2 * 4 + 2
+    _, garg = pool.global_maxpool2d_forward(x)
+    np.testing.assert_array_equal(garg, [[1, 0]])
+
+
+def test_maxpool_nan_propagates():
+    x = np.arange(16, dtype=np.float64).reshape(1, 4, 4, 1)
+    x[0, 1, 1, 0] = np.nan
+    y, arg = pool.maxpool2d_forward(x, (2, 2), (2, 2), "valid")
+    assert np.isnan(y[0, 0, 0, 0]) and arg[0, 0, 0, 0] == 5
+    assert y[0, 1, 1, 0] == 15
+    gy, garg = pool.global_maxpool2d_forward(x)
+    assert np.isnan(gy[0, 0]) and garg[0, 0] == 5
+
+
+def test_same_avgpool_averages_in_bounds_pixels_only():
+    """Documented golden values: pool 3, stride 2, 'same' on a 4x4 ramp pads one pixel
+    after each axis. TF/JAX Keras (and api.py) average the in-bounds pixels; the torch
+    backend of Keras 3.15 instead replicates the edge (6.667 at [0, 1]) when padding is
+    asymmetric, a divergence fixed upstream in keras-team/keras#23233."""
+    x = np.arange(16, dtype=np.float64).reshape(1, 4, 4, 1)
+    y = pool.avgpool2d_forward(x, (3, 3), (2, 2), "same")[0, :, :, 0]
+    np.testing.assert_allclose(y, [[5.0, 39 / 6], [66 / 6, 12.5]], rtol=1e-15)
+
+
+@pytest.mark.parametrize("case", [((2, 9, 8, 3), (3, 3), (1, 1), "same"),
+                                  ((1, 9, 11, 2), (3, 3), (2, 2), "same"),
+                                  ((2, 8, 9, 2), (2, 4), (2, 3), "valid")])
+def test_matches_torch_where_padding_is_symmetric(rng, case):
+    """torch's avg_pool2d(count_include_pad=False) and max_pool2d(return_indices=True) are
+    the same ops when the 'same' padding is symmetric (Keras-torch calls them directly)."""
+    torch = pytest.importorskip("torch")
+    x_shape, p, s, pad = case
+    x = rng.standard_normal(x_shape)
+    tp = []
+    for n, k, st in zip(x_shape[1:3], p, s):
+        total = max((-(-n // st) - 1) * st + k - n, 0) if pad == "same" else 0
+        assert total % 2 == 0, "a case with symmetric padding is needed here"
+        tp.append(total // 2)
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2)
+    yt = torch.nn.functional.avg_pool2d(xt, p, s, tp, count_include_pad=False)
+    np.testing.assert_allclose(pool.avgpool2d_forward(x, p, s, pad),
+                               yt.permute(0, 2, 3, 1).numpy(), rtol=1e-13)
+    mt, it = torch.nn.functional.max_pool2d(xt, p, s, tp, return_indices=True)
+    y, arg = pool.maxpool2d_forward(x, p, s, pad)
+    np.testing.assert_array_equal(y, mt.permute(0, 2, 3, 1).numpy())
+    np.testing.assert_array_equal(arg, it.permute(0, 2, 3, 1).numpy())
+
+
+def numerical_grad(f, a, eps=1e-5):
+    """4th-order central differences of the scalar f() w.r.t. every entry of a (in place)."""
+    g = np.zeros_like(a)
+    for i in np.ndindex(a.shape):
+        orig = a[i]
+        vals = []
+        for step in (-2, -1, 1, 2):
+            a[i] = orig + step * eps
+            vals.append(f())
+        a[i] = orig
+        g[i] = (vals[0] - 8 * vals[1] + 8 * vals[2] - vals[3]) / (12 * eps)
+    return g
+
+
+FD_CASES = [((1, 5, 6, 2), (3, 3), (2, 2), "same"), ((2, 4, 5, 1), (2, 3), (1, 1), "same"),
+            ((1, 7, 5, 2), (3, 2), (2, 3), "valid")]
+
+
+@pytest.mark.parametrize("case", FD_CASES)
+def test_backward_by_finite_differences(rng, case):
+    x_shape, p, s, pad = case
+    x = distinct(rng, x_shape, np.float64)  # distinct values: max is differentiable there
+    _, arg = pool.maxpool2d_forward(x, p, s, pad)
+    g = rng.standard_normal(arg.shape)
+    np.testing.assert_allclose(
+        pool.maxpool2d_backward(g, arg, x_shape),
+        numerical_grad(lambda: float(np.sum(pool.maxpool2d_forward(x, p, s, pad)[0] * g)), x),
+        rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(
+        pool.avgpool2d_backward(g, x_shape, p, s, pad),
+        numerical_grad(lambda: float(np.sum(pool.avgpool2d_forward(x, p, s, pad) * g)), x),
+        rtol=1e-8, atol=1e-9)
+    gg = rng.standard_normal((x_shape[0], x_shape[3]))
+    _, garg = pool.global_maxpool2d_forward(x)
+    np.testing.assert_allclose(
+        pool.global_maxpool2d_backward(gg, garg, x_shape),
+        numerical_grad(lambda: float(np.sum(pool.global_maxpool2d_forward(x)[0] * gg)), x),
+        rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(
+        pool.global_avgpool2d_backward(gg, x_shape),
+        numerical_grad(lambda: float(np.sum(pool.global_avgpool2d_forward(x) * gg)), x),
+        rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_thread_count_invariance(rng, dtype, restore_threads):
+    x = rng.standard_normal((3, 11, 10, 70)).astype(dtype)
+    p, s, pad = (3, 3), (2, 1), "same"
+    results = []
+    for n in (1, 2, 3):
+        info.set_num_threads(n)
+        y, arg = pool.maxpool2d_forward(x, p, s, pad)
+        a = pool.avgpool2d_forward(x, p, s, pad)
+        gy, garg = pool.global_maxpool2d_forward(x)
+        ga = pool.global_avgpool2d_forward(x)
+        results.append((y, arg, a, gy, garg, ga,
+                        pool.maxpool2d_backward(y, arg, x.shape),
+                        pool.avgpool2d_backward(a, x.shape, p, s, pad),
+                        pool.global_maxpool2d_backward(gy, garg, x.shape),
+                        pool.global_avgpool2d_backward(ga, x.shape)))
+    for res in results[1:]:
+        for got, want in zip(res, results[0]):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("make", [
+    lambda a: np.asfortranarray(a),
+    lambda a: np.repeat(a, 2, axis=a.ndim - 1)[..., ::2],     # strided view
+    lambda a: np.flip(np.flip(a, 0).copy(), 0),               # negative strides
+], ids=["fortran", "strided", "negative"])
+def test_layouts_and_read_only_inputs(rng, make):
+    x = distinct(rng, (2, 7, 6, 3), np.float32)
+    y, arg = pool.maxpool2d_forward(x, (2, 2), (2, 2), "same")
+    want = (y, arg, pool.maxpool2d_backward(y, arg, x.shape),
+            pool.avgpool2d_forward(x, 3, 2, "same"), pool.global_avgpool2d_forward(x),
+            pool.global_maxpool2d_forward(x)[0])
+    xs, ys, args = make(x), make(y), make(arg)
+    for a in (xs, ys, args):
+        a.flags.writeable = False
+    y2, arg2 = pool.maxpool2d_forward(xs, (2, 2), (2, 2), "same")
+    got = (y2, arg2, pool.maxpool2d_backward(ys, args, x.shape),
+           pool.avgpool2d_forward(xs, 3, 2, "same"), pool.global_avgpool2d_forward(xs),
+           pool.global_maxpool2d_forward(xs)[0])
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_int_argmax_of_other_int_dtypes_is_accepted(rng):
+    x = distinct(rng, (2, 4, 4, 3), np.float64)
+    y, arg = pool.maxpool2d_forward(x, 2, 2, "valid")
+    np.testing.assert_array_equal(pool.maxpool2d_backward(y, arg.astype(np.int64), x.shape),
+                                  pool.maxpool2d_backward(y, arg, x.shape))
+
+
+X = np.ones((2, 6, 6, 3))
+DY = np.ones((2, 3, 3, 3))
+ARG = np.zeros((2, 3, 3, 3), np.int32)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: pool.maxpool2d_forward(X[0], 2, 2, "valid"), ValueError, "dimensions"),
+    (lambda: pool.maxpool2d_forward(None, 2, 2, "valid"), ValueError, "None"),
+    (lambda: pool.maxpool2d_forward(X.astype(str), 2, 2, "valid"), TypeError, "numeric"),
+    (lambda: pool.maxpool2d_forward(X, 0, 2, "valid"), ValueError, "pool_size"),
+    (lambda: pool.maxpool2d_forward(X, 2, (2, -1), "valid"), ValueError, "strides"),
+    (lambda: pool.maxpool2d_forward(X, 2, None, "valid"), ValueError, "strides"),
+    (lambda: pool.avgpool2d_forward(X, 2, 2, "full"), ValueError, "padding"),
+    (lambda: pool.avgpool2d_forward(X, (2, 2, 2), 2, "valid"), ValueError, "pool_size"),
+    (lambda: pool.maxpool2d_backward(DY, ARG[..., :2], X.shape), ValueError, "argmax"),
+    (lambda: pool.maxpool2d_backward(DY, None, X.shape), ValueError, "argmax"),
+    (lambda: pool.maxpool2d_backward(DY, ARG + 36, X.shape), ValueError, "outside"),
+    (lambda: pool.maxpool2d_backward(DY, ARG - 1, X.shape), ValueError, "outside"),
+    (lambda: pool.maxpool2d_backward(DY, ARG + 0.5, X.shape), TypeError, "integers"),
+    (lambda: pool.maxpool2d_backward(DY, ARG, (2, 6, 6, 4)), ValueError, "'dy'"),
+    (lambda: pool.maxpool2d_backward(DY, ARG, (2, 6, 6)), ValueError, "input_shape"),
+    (lambda: pool.avgpool2d_backward(DY, X.shape, 2, 1, "valid"), ValueError, "'dy'"),
+    (lambda: pool.avgpool2d_backward(DY[0], X.shape, 2, 2, "valid"), ValueError,
+     "dimensions"),
+    (lambda: pool.global_avgpool2d_forward(X[0]), ValueError, "dimensions"),
+    (lambda: pool.global_avgpool2d_forward(np.ones((2, 0, 3, 1))), ValueError, "H, W"),
+    (lambda: pool.global_maxpool2d_forward(np.ones((2, 3, 0, 1))), ValueError, "H, W"),
+    (lambda: pool.global_avgpool2d_backward(np.ones((2, 4)), X.shape), ValueError, "'dy'"),
+    (lambda: pool.global_maxpool2d_backward(np.ones((2, 3)), np.full((2, 3), 36), X.shape),
+     ValueError, "outside"),
+    (lambda: pool.global_maxpool2d_backward(np.ones((2, 3)), np.zeros((2, 2)), X.shape),
+     ValueError, "argmax"),
+])
+def test_bad_inputs(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
