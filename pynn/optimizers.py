@@ -1,0 +1,422 @@
+"""Optimizers with Keras 3's names, defaults and update formulas.
+
+A training step calls ``opt.apply(variables)``: for every trainable variable with a gradient
+the optimizer (1) works out the clipping factor (``clipnorm`` per tensor or
+``global_clipnorm`` over all gradients, from ``sum_squares``), then (2) calls ONE fused
+backend op per variable that clips, applies decoupled weight decay and the update rule in
+place, and finally (3) counts the step. Slots (momentum, velocity, ...) live on the backend,
+are created on first use and are keyed by ``variable.path``, which is also how
+``get_state``/``set_state`` name them.
+"""
+
+import inspect
+import math
+
+import numpy as np
+
+from pynn import backend, schedules
+from pynn.schedules import LearningRateSchedule
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "schedules", "serialize",
+           "deserialize", "get"]
+
+
+def _float_arg(cls_name, name, value, lo=None, hi=None, hi_open=False, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{cls_name}: `{name}` must be a float, got {value!r}")
+    value = float(value)
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"{cls_name}: `{name}` must be finite, got {value}")
+    if (lo is not None and value < lo) or (hi is not None and (value > hi or
+                                                              (hi_open and value == hi))):
+        rb = ")" if hi_open else "]"
+        raise ValueError(f"{cls_name}: `{name}` must be in [{lo}, {hi}{rb}, got {value}")
+    return value
+
+
+def _snake(name):
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i and not name[i - 1].isupper():
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)
+
+
+class Optimizer:
+    """Base class. Subclasses list their slots in ``_slot_specs`` and run one backend op in
+    ``_update``."""
+
+    def __init__(self, learning_rate, weight_decay=None, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None, name=None, **kwargs):
+        if kwargs.pop("decay", None) is not None:
+            raise ValueError("Argument `decay` is no longer supported; use a learning rate "
+                             "schedule.")
+        if kwargs:
+            raise ValueError(f"Argument(s) not recognized: {kwargs}")
+        cls_name = self.__class__.__name__
+        if sum(a is not None for a in (clipnorm, clipvalue, global_clipnorm)) > 1:
+            raise ValueError(
+                "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
+                f"Received: clipnorm={clipnorm}, clipvalue={clipvalue}, "
+                f"global_clipnorm={global_clipnorm}"
+            )
+        self.name = _snake(cls_name) if name is None else str(name)
+        self.weight_decay = _float_arg(cls_name, "weight_decay", weight_decay, lo=0.0,
+                                       allow_none=True)
+        # Like Keras, a clip set to 0 or less counts as set but clips nothing.
+        self.clipnorm = _float_arg(cls_name, "clipnorm", clipnorm, allow_none=True)
+        self.clipvalue = _float_arg(cls_name, "clipvalue", clipvalue, allow_none=True)
+        self.global_clipnorm = _float_arg(cls_name, "global_clipnorm", global_clipnorm,
+                                          allow_none=True)
+        self._learning_rate = self._check_learning_rate(learning_rate)
+        self.iterations = 0
+        self._slots = {}  # variable.path -> {slot name: backend array}
+
+    # -- learning rate -------------------------------------------------------------------
+    def _check_learning_rate(self, learning_rate):
+        if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):
+            return learning_rate
+        return _float_arg(self.__class__.__name__, "learning_rate", learning_rate)
+
+    @property
+    def learning_rate(self):
+        """The learning rate at the current iteration (a float)."""
+        return self.current_learning_rate()
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        if isinstance(self._learning_rate, LearningRateSchedule):
+            raise TypeError("This optimizer was created with a LearningRateSchedule; its "
+                            "learning rate cannot be set to a new value.")
+        self._learning_rate = self._check_learning_rate(value)
+
+    def current_learning_rate(self):
+        """The learning rate used by the next ``apply`` (the schedule at ``iterations``)."""
+        lr = self._learning_rate
+        if isinstance(lr, LearningRateSchedule):
+            return float(lr(self.iterations))
+        if callable(lr):
+            # Keras calls plain callables without arguments; pynn also accepts f(step).
+            try:
+                takes_step = bool(inspect.signature(lr).parameters)
+            except (TypeError, ValueError):
+                takes_step = True
+            return float(lr(self.iterations) if takes_step else lr())
+        return lr
+
+    # -- the step ------------------------------------------------------------------------
+    def _slot_specs(self):
+        """[(slot name, initial value), ...] for each variable."""
+        return []
+
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay):
+        raise NotImplementedError(f"{self.__class__.__name__} must implement _update")
+
+    def _slots_for(self, be, variable):
+        slots = self._slots.get(variable.path)
+        shape, dtype = tuple(variable.value.shape), variable.value.dtype
+        if slots is None:
+            slots = {}
+            for slot_name, init in self._slot_specs():
+                if init == 0.0:
+                    slots[slot_name] = be.zeros(shape, dtype=dtype)
+                else:
+                    slots[slot_name] = be.full(shape, init, dtype=dtype)
+            self._slots[variable.path] = slots
+        else:
+            for slot_name, arr in slots.items():
+                if tuple(arr.shape) != shape:
+                    raise ValueError(
+                        f"{self.name}: slot '{variable.path}/{slot_name}' has shape "
+                        f"{tuple(arr.shape)} but the variable has shape {shape}"
+                    )
+        return slots
+
+    def _grad_scales(self, be, variables):
+        """One clipping factor per variable (1.0 without clipnorm/global_clipnorm)."""
+        if self.clipnorm is not None and self.clipnorm > 0:
+            scales = []
+            for v in variables:
+                norm = math.sqrt(be.sum_squares(v.grad))
+                scales.append(self._clip_factor(norm, self.clipnorm))
+            return scales
+        if self.global_clipnorm is not None and self.global_clipnorm > 0:
+            norm = math.sqrt(math.fsum(be.sum_squares(v.grad) for v in variables))
+            return [self._clip_factor(norm, self.global_clipnorm)] * len(variables)
+        return [1.0] * len(variables)
+
+    @staticmethod
+    def _clip_factor(norm, clip):
+        # Keras: g * clip / max(norm, clip); a non-finite global norm turns the step to NaN.
+        if math.isnan(norm):
+            return math.nan
+        return clip / max(norm, clip)
+
+    def apply(self, variables):
+        """One optimizer step over ``variables`` (``pynn.variables.Variable``); frozen ones
+        and ones without a gradient are skipped. ``iterations`` grows by one."""
+        variables = list(variables)
+        if not variables:
+            return
+        be = backend.current()
+        active = [v for v in variables if v.trainable and v.grad is not None]
+        for v in active:
+            if tuple(v.grad.shape) != tuple(v.value.shape):
+                raise ValueError(f"{self.name}: gradient of '{v.path}' has shape "
+                                 f"{tuple(v.grad.shape)}, expected {tuple(v.value.shape)}")
+        lr = self.current_learning_rate()
+        scales = self._grad_scales(be, active)
+        clipvalue = self.clipvalue if self.clipvalue is not None and self.clipvalue > 0 else 0.0
+        weight_decay = self.weight_decay or 0.0
+        for v, scale in zip(active, scales):
+            slots = self._slots_for(be, v)
+            self._update(be, v.value, v.grad, slots, lr, scale, clipvalue, weight_decay)
+        self.iterations += 1
+
+    # -- state ---------------------------------------------------------------------------
+    def get_state(self):
+        """``{"iterations": int, "slots": {"<variable path>/<slot>": numpy array}}``."""
+        be = backend.current()
+        slots = {}
+        for path, named in self._slots.items():
+            for slot_name, arr in named.items():
+                slots[f"{path}/{slot_name}"] = np.array(be.to_numpy(arr), copy=True)
+        return {"iterations": int(self.iterations), "slots": slots}
+
+    def set_state(self, state, variables):
+        """Restore ``get_state()`` output for ``variables`` so training resumes exactly.
+
+        Variables whose slots are absent from ``state`` get fresh slots on their next step;
+        a slot that names no variable, or whose shape is wrong, is an error."""
+        be = backend.current()
+        saved = dict(state.get("slots", {}))
+        names = [slot_name for slot_name, _ in self._slot_specs()]
+        restored = {}
+        for v in variables:
+            keys = [f"{v.path}/{n}" for n in names]
+            present = [k in saved for k in keys]
+            if not any(present):
+                continue
+            if not all(present):
+                missing = [k for k, p in zip(keys, present) if not p]
+                raise ValueError(f"{self.name}.set_state: state lacks slots {missing}")
+            slots = {}
+            for slot_name, key in zip(names, keys):
+                arr = np.asarray(saved.pop(key))
+                if tuple(arr.shape) != tuple(v.value.shape):
+                    raise ValueError(f"{self.name}.set_state: slot '{key}' has shape "
+                                     f"{arr.shape}, expected {tuple(v.value.shape)}")
+                slots[slot_name] = be.asarray(arr, dtype=v.value.dtype)
+            restored[v.path] = slots
+        if saved:
+            raise ValueError(f"{self.name}.set_state: slots {sorted(saved)} match no variable "
+                             f"(or are not slots of {self.__class__.__name__})")
+        self._slots = restored
+        self.iterations = int(state.get("iterations", 0))
+
+    # -- config --------------------------------------------------------------------------
+    def get_config(self):
+        lr = self._learning_rate
+        if isinstance(lr, LearningRateSchedule):
+            lr = schedules.serialize(lr)
+        elif callable(lr):
+            raise TypeError(f"{self.name}: a plain callable learning rate cannot be "
+                            "serialized; use a pynn.schedules.LearningRateSchedule")
+        return {
+            "name": self.name,
+            "learning_rate": lr,
+            "weight_decay": self.weight_decay,
+            "clipnorm": self.clipnorm,
+            "global_clipnorm": self.global_clipnorm,
+            "clipvalue": self.clipvalue,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        """Rebuild from ``get_config()``; a ``{"class_name", "config"}`` dict dispatches to
+        its class."""
+        if "class_name" in config and "config" in config:
+            return deserialize(config, custom_objects=custom_objects)
+        config = dict(config)
+        if isinstance(config.get("learning_rate"), dict):
+            config["learning_rate"] = schedules.deserialize(config["learning_rate"],
+                                                            custom_objects=custom_objects)
+        return cls(**config)
+
+    def __repr__(self):
+        return f"<{self.__class__.__name__} name={self.name!r} iterations={self.iterations}>"
+
+
+class SGD(Optimizer):
+    """Gradient descent with optional (Nesterov) momentum; Keras 3's update:
+    ``m = momentum*m - lr*g; w += m`` (nesterov: ``w += momentum*m - lr*g``)."""
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None, name=None, **kwargs):
+        super().__init__(learning_rate=learning_rate, weight_decay=weight_decay,
+                         clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, name=name, **kwargs)
+        self.momentum = _float_arg("SGD", "momentum", momentum, lo=0.0, hi=1.0)
+        self.nesterov = bool(nesterov)
+
+    def _slot_specs(self):
+        return [("momentum", 0.0)] if self.momentum != 0 else []
+
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay):
+        be.sgd_update(w, g, slots.get("momentum"), lr, self.momentum, self.nesterov,
+                      grad_scale, clipvalue, weight_decay)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"momentum": self.momentum, "nesterov": self.nesterov})
+        return config
+
+
+class Adam(Optimizer):
+    """Adam (Keras 3): epsilon is added to the uncorrected ``sqrt(v)``, the bias corrections
+    are folded into the step size."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                 amsgrad=False, weight_decay=None, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None, name=None, **kwargs):
+        super().__init__(learning_rate=learning_rate, weight_decay=weight_decay,
+                         clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, name=name, **kwargs)
+        cls_name = self.__class__.__name__
+        self.beta_1 = _float_arg(cls_name, "beta_1", beta_1, lo=0.0, hi=1.0, hi_open=True)
+        self.beta_2 = _float_arg(cls_name, "beta_2", beta_2, lo=0.0, hi=1.0, hi_open=True)
+        self.epsilon = _float_arg(cls_name, "epsilon", epsilon, lo=0.0)
+        self.amsgrad = bool(amsgrad)
+
+    def _slot_specs(self):
+        specs = [("momentum", 0.0), ("velocity", 0.0)]
+        if self.amsgrad:
+            specs.append(("velocity_hat", 0.0))
+        return specs
+
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay):
+        be.adam_update(w, g, slots["momentum"], slots["velocity"], slots.get("velocity_hat"),
+                       lr, self.beta_1, self.beta_2, self.epsilon, self.iterations + 1,
+                       grad_scale, clipvalue, weight_decay)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon,
+                       "amsgrad": self.amsgrad})
+        return config
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay ``w -= w * weight_decay * lr`` before the step."""
+
+    def __init__(self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999,
+                 epsilon=1e-7, amsgrad=False, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None, name=None, **kwargs):
+        if weight_decay is None:
+            raise ValueError("Argument `weight_decay` must be a float. Received: "
+                             "weight_decay=None")
+        super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
+                         epsilon=epsilon, amsgrad=amsgrad, weight_decay=weight_decay,
+                         clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, name=name, **kwargs)
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Keras 3): epsilon inside the square root; optional plain momentum and
+    centering."""
+
+    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7,
+                 centered=False, weight_decay=None, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None, name=None, **kwargs):
+        super().__init__(learning_rate=learning_rate, weight_decay=weight_decay,
+                         clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, name=name, **kwargs)
+        self.rho = _float_arg("RMSprop", "rho", rho, lo=0.0, hi=1.0)
+        self.momentum = _float_arg("RMSprop", "momentum", momentum, lo=0.0)
+        self.epsilon = _float_arg("RMSprop", "epsilon", epsilon, lo=0.0)
+        self.centered = bool(centered)
+
+    def _slot_specs(self):
+        specs = [("velocity", 0.0)]
+        if self.momentum > 0:
+            specs.append(("momentum", 0.0))
+        if self.centered:
+            specs.append(("average_gradient", 0.0))
+        return specs
+
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay):
+        be.rmsprop_update(w, g, slots["velocity"], slots.get("momentum"),
+                          slots.get("average_gradient"), lr, self.rho, self.momentum,
+                          self.epsilon, grad_scale, clipvalue, weight_decay)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon,
+                       "centered": self.centered})
+        return config
+
+
+class Adagrad(Optimizer):
+    """Adagrad (Keras 3): the accumulator starts at ``initial_accumulator_value``, epsilon
+    sits inside the square root."""
+
+    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7,
+                 weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 name=None, **kwargs):
+        super().__init__(learning_rate=learning_rate, weight_decay=weight_decay,
+                         clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, name=name, **kwargs)
+        self.initial_accumulator_value = _float_arg("Adagrad", "initial_accumulator_value",
+                                                    initial_accumulator_value, lo=0.0)
+        self.epsilon = _float_arg("Adagrad", "epsilon", epsilon, lo=0.0)
+
+    def _slot_specs(self):
+        return [("accumulator", self.initial_accumulator_value)]
+
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay):
+        be.adagrad_update(w, g, slots["accumulator"], lr, self.epsilon, grad_scale,
+                          clipvalue, weight_decay)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"initial_accumulator_value": self.initial_accumulator_value,
+                       "epsilon": self.epsilon})
+        return config
+
+
+_CLASSES = {cls.__name__.lower(): cls for cls in (SGD, Adam, AdamW, RMSprop, Adagrad)}
+
+
+def serialize(optimizer):
+    """``{"class_name": ..., "config": ...}``, JSON-serializable."""
+    return {"class_name": optimizer.__class__.__name__, "config": optimizer.get_config()}
+
+
+def deserialize(config, custom_objects=None):
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ValueError(f"deserialize: expected a dict with 'class_name', got {config!r}")
+    name = config["class_name"]
+    custom = custom_objects or {}
+    cls = custom.get(name) or _CLASSES.get(str(name).lower())
+    if cls is None:
+        raise ValueError(f"Unknown optimizer {name!r}; known: {sorted(_CLASSES)}")
+    return cls.from_config(dict(config.get("config") or {}), custom_objects=custom_objects)
+
+
+def get(identifier):
+    """An optimizer from a name ("adam", case-insensitive), a serialized dict or an
+    instance; None passes through."""
+    if identifier is None or isinstance(identifier, Optimizer):
+        return identifier
+    if isinstance(identifier, dict):
+        return deserialize(identifier)
+    if isinstance(identifier, str):
+        cls = _CLASSES.get(identifier.lower())
+        if cls is None:
+            raise ValueError(f"Could not interpret optimizer identifier: {identifier!r}; "
+                             f"known: {sorted(_CLASSES)}")
+        return cls()
+    raise ValueError(f"Could not interpret optimizer identifier: {identifier!r}")

@@ -1,0 +1,224 @@
+"""NumPy float64 oracles for native/optim.pyx and pynn/optimizers.py.
+
+Written straight from Keras 3 (keras/src/optimizers/{sgd,adam,rmsprop,adagrad,
+base_optimizer}.py): slow, obvious, one formula per line. Each ``*_update_ref`` returns new
+arrays and never mutates its inputs.
+"""
+
+import math
+
+import numpy as np
+
+
+def f64(a):
+    return None if a is None else np.array(a, dtype=np.float64, copy=True)
+
+
+def prepare_grad_ref(g, grad_scale, clipvalue):
+    """The clip step of every kernel: g * grad_scale, then clip to [-clipvalue, clipvalue]
+    when clipvalue > 0."""
+    g = f64(g) * grad_scale
+    if clipvalue > 0:
+        g = np.clip(g, -clipvalue, clipvalue)
+    return g
+
+
+def weight_decay_ref(w, lr, weight_decay):
+    return f64(w) - f64(w) * weight_decay * lr
+
+
+def sum_squares_ref(a):
+    return float(np.sum(f64(a) ** 2))
+
+
+def regularizer_ref(w, grad, l1, l2):
+    """-> (new grad, penalty): grad + l1*sign(w) + 2*l2*w, l1*sum|w| + l2*sum(w^2)."""
+    w = f64(w)
+    return f64(grad) + l1 * np.sign(w) + 2.0 * l2 * w, float(
+        l1 * np.abs(w).sum() + l2 * (w**2).sum()
+    )
+
+
+def sgd_update_ref(w, g, momentum_buf, lr, momentum, nesterov, grad_scale, clipvalue,
+                   weight_decay):
+    """-> (w, momentum_buf)."""
+    g = prepare_grad_ref(g, grad_scale, clipvalue)
+    w = weight_decay_ref(w, lr, weight_decay)
+    if momentum_buf is None:
+        return w - lr * g, None
+    m = momentum * f64(momentum_buf) - lr * g
+    if nesterov:
+        w = w + (momentum * m - lr * g)
+    else:
+        w = w + m
+    return w, m
+
+
+def adam_update_ref(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
+                    weight_decay):
+    """-> (w, m, v, vhat)."""
+    g = prepare_grad_ref(g, grad_scale, clipvalue)
+    w = weight_decay_ref(w, lr, weight_decay)
+    alpha = lr * math.sqrt(1.0 - beta_2**t) / (1.0 - beta_1**t)
+    m = f64(m) + (g - f64(m)) * (1.0 - beta_1)
+    v = f64(v) + (g * g - f64(v)) * (1.0 - beta_2)
+    if vhat is not None:
+        vhat = np.maximum(f64(vhat), v)
+        denom_v = vhat
+    else:
+        denom_v = v
+    w = w - (m * alpha) / (np.sqrt(denom_v) + epsilon)
+    return w, m, v, vhat
+
+
+def rmsprop_update_ref(w, g, velocity, momentum_buf, average_grad, lr, rho, momentum, epsilon,
+                       grad_scale, clipvalue, weight_decay):
+    """-> (w, velocity, momentum_buf, average_grad)."""
+    g = prepare_grad_ref(g, grad_scale, clipvalue)
+    w = weight_decay_ref(w, lr, weight_decay)
+    velocity = rho * f64(velocity) + (1.0 - rho) * g * g
+    if average_grad is not None:
+        average_grad = rho * f64(average_grad) + (1.0 - rho) * g
+        denominator = velocity - average_grad**2 + epsilon
+    else:
+        denominator = velocity + epsilon
+    increment = lr * g / np.sqrt(denominator)
+    if momentum_buf is not None:
+        momentum_buf = momentum * f64(momentum_buf) + increment
+        w = w - momentum_buf
+    else:
+        w = w - increment
+    return w, velocity, momentum_buf, average_grad
+
+
+def adagrad_update_ref(w, g, accumulator, lr, epsilon, grad_scale, clipvalue, weight_decay):
+    """-> (w, accumulator)."""
+    g = prepare_grad_ref(g, grad_scale, clipvalue)
+    w = weight_decay_ref(w, lr, weight_decay)
+    accumulator = f64(accumulator) + g * g
+    w = w - lr * g / np.sqrt(accumulator + epsilon)
+    return w, accumulator
+
+
+class OptimizerRef:
+    """Keras 3's training-step order in float64 on a list of arrays:
+    clip (clipnorm per tensor / global_clipnorm / clipvalue) -> decoupled weight decay ->
+    rule -> iterations += 1. ``kind`` is "sgd", "adam", "adamw", "rmsprop" or "adagrad";
+    ``config`` uses Keras's argument names; ``learning_rate`` may be a callable f(step)."""
+
+    DEFAULTS = {
+        "sgd": {"learning_rate": 0.01, "momentum": 0.0, "nesterov": False},
+        "adam": {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7,
+                 "amsgrad": False},
+        "adamw": {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7,
+                  "amsgrad": False, "weight_decay": 0.004},
+        "rmsprop": {"learning_rate": 0.001, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7,
+                    "centered": False},
+        "adagrad": {"learning_rate": 0.001, "initial_accumulator_value": 0.1,
+                    "epsilon": 1e-7},
+    }
+
+    def __init__(self, kind, **config):
+        self.kind = kind
+        self.cfg = dict(self.DEFAULTS[kind])
+        self.cfg.update(config)
+        self.iterations = 0
+        self.slots = None
+
+    def lr(self):
+        lr = self.cfg["learning_rate"]
+        return float(lr(self.iterations)) if callable(lr) else float(lr)
+
+    def _new_slots(self, w):
+        c, z = self.cfg, np.zeros_like(w, dtype=np.float64)
+        if self.kind == "sgd":
+            return {"momentum": z.copy() if c["momentum"] != 0 else None}
+        if self.kind in ("adam", "adamw"):
+            return {"momentum": z.copy(), "velocity": z.copy(),
+                    "velocity_hat": z.copy() if c["amsgrad"] else None}
+        if self.kind == "rmsprop":
+            return {"velocity": z.copy(),
+                    "momentum": z.copy() if c["momentum"] > 0 else None,
+                    "average_gradient": z.copy() if c["centered"] else None}
+        return {"accumulator": np.full_like(z, c["initial_accumulator_value"])}
+
+    def grad_scales(self, grads):
+        c = self.cfg
+        if c.get("clipnorm"):
+            return [c["clipnorm"] / max(math.sqrt(sum_squares_ref(g)), c["clipnorm"])
+                    for g in grads]
+        if c.get("global_clipnorm"):
+            norm = math.sqrt(sum(sum_squares_ref(g) for g in grads))
+            return [c["global_clipnorm"] / max(norm, c["global_clipnorm"])] * len(grads)
+        return [1.0] * len(grads)
+
+    def step(self, weights, grads):
+        """-> new list of float64 weights; slots kept in ``self.slots``."""
+        c = self.cfg
+        if self.slots is None:
+            self.slots = [self._new_slots(f64(w)) for w in weights]
+        lr = self.lr()
+        clipvalue = c.get("clipvalue") or 0.0
+        wd = c.get("weight_decay") or 0.0
+        out = []
+        for w, g, s, scale in zip(weights, grads, self.slots, self.grad_scales(grads)):
+            common = (scale, clipvalue, wd)
+            if self.kind == "sgd":
+                w, s["momentum"] = sgd_update_ref(w, g, s["momentum"], lr, c["momentum"],
+                                                  c["nesterov"], *common)
+            elif self.kind in ("adam", "adamw"):
+                w, s["momentum"], s["velocity"], s["velocity_hat"] = adam_update_ref(
+                    w, g, s["momentum"], s["velocity"], s["velocity_hat"], lr, c["beta_1"],
+                    c["beta_2"], c["epsilon"], self.iterations + 1, *common)
+            elif self.kind == "rmsprop":
+                w, s["velocity"], s["momentum"], s["average_gradient"] = rmsprop_update_ref(
+                    w, g, s["velocity"], s["momentum"], s["average_gradient"], lr, c["rho"],
+                    c["momentum"], c["epsilon"], *common)
+            else:
+                w, s["accumulator"] = adagrad_update_ref(w, g, s["accumulator"], lr,
+                                                         c["epsilon"], *common)
+            out.append(w)
+        self.iterations += 1
+        return out
+
+
+# -- schedules (Keras 3 keras/src/optimizers/schedules/learning_rate_schedule.py) ----------
+
+def exponential_decay_ref(step, initial_learning_rate, decay_steps, decay_rate,
+                          staircase=False):
+    p = step / decay_steps
+    if staircase:
+        p = math.floor(p)
+    return initial_learning_rate * decay_rate**p
+
+
+def inverse_time_decay_ref(step, initial_learning_rate, decay_steps, decay_rate,
+                           staircase=False):
+    p = step / decay_steps
+    if staircase:
+        p = math.floor(p)
+    return initial_learning_rate / (1 + decay_rate * p)
+
+
+def piecewise_constant_decay_ref(step, boundaries, values):
+    if step <= boundaries[0]:
+        return values[0]
+    for low, high, value in zip(boundaries[:-1], boundaries[1:], values[1:-1]):
+        if low < step <= high:
+            return value
+    return values[-1]
+
+
+def cosine_decay_ref(step, initial_learning_rate, decay_steps, alpha=0.0, warmup_target=None,
+                     warmup_steps=0):
+    def decay(s, start):
+        cosine = 0.5 * (1 + math.cos(math.pi * s / decay_steps))
+        return start * ((1 - alpha) * cosine + alpha)
+
+    if warmup_target is None:
+        return decay(min(step, decay_steps), initial_learning_rate)
+    step = min(step, decay_steps + warmup_steps)
+    if step < warmup_steps:
+        return (warmup_target - initial_learning_rate) * step / warmup_steps + \
+            initial_learning_rate
+    return decay(step - warmup_steps, warmup_target)

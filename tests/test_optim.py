@@ -1,0 +1,410 @@
+"""native/optim.pyx against the float64 oracles in tests/reference/optim_ref.py."""
+
+import numpy as np
+import pytest
+
+from pynn._native import optim
+from pynn._native.info import get_max_threads, set_num_threads
+from tests.reference import optim_ref as ref
+
+SIZES = [1, 3, 7, 13, 4099]           # 4099 crosses a reduction block
+BIG = 70001                           # above the parallel threshold
+TOL = {np.float32: dict(rtol=2e-5, atol=1e-7), np.float64: dict(rtol=1e-12, atol=1e-15)}
+
+# Per op: the ordered slot names, how to build the kernel call, how to call the oracle.
+KERNELS = {
+    "sgd_update": ("momentum_buf",),
+    "adam_update": ("m", "v", "vhat"),
+    "rmsprop_update": ("velocity", "momentum_buf", "average_grad"),
+    "adagrad_update": ("accumulator",),
+}
+
+# (op, options) pairs covering every option of every rule, with clipping and weight decay.
+CASES = [
+    ("sgd_update", dict(momentum=0.0, nesterov=False)),
+    ("sgd_update", dict(momentum=0.9, nesterov=False)),
+    ("sgd_update", dict(momentum=0.9, nesterov=True)),
+    ("sgd_update", dict(momentum=0.5, nesterov=True, grad_scale=0.7, weight_decay=0.01)),
+    ("sgd_update", dict(momentum=0.0, nesterov=False, clipvalue=0.5)),
+    ("adam_update", dict()),
+    ("adam_update", dict(amsgrad=True)),
+    ("adam_update", dict(weight_decay=0.004, grad_scale=0.6)),
+    ("adam_update", dict(amsgrad=True, clipvalue=0.3, weight_decay=0.1)),
+    ("rmsprop_update", dict()),
+    ("rmsprop_update", dict(centered=True)),
+    ("rmsprop_update", dict(momentum=0.9)),
+    ("rmsprop_update", dict(momentum=0.5, centered=True, clipvalue=0.4, weight_decay=0.02)),
+    ("rmsprop_update", dict(grad_scale=0.3)),
+    ("adagrad_update", dict()),
+    ("adagrad_update", dict(clipvalue=0.2, weight_decay=0.05, grad_scale=0.9)),
+]
+
+
+def case_id(case):
+    op, opts = case
+    return op + ("-" + ",".join(f"{k}={v}" for k, v in opts.items()) if opts else "")
+
+
+def random_param(rng, shape, dtype):
+    """Values in +-[0.1, 1.1]: never zero, so relative errors stay meaningful."""
+    mag = rng.uniform(0.1, 1.1, size=shape)
+    return (mag * rng.choice([-1.0, 1.0], size=shape)).astype(dtype)
+
+
+class Problem:
+    """One parameter with its slots, driven through the kernel and the oracle side by side."""
+
+    def __init__(self, op, opts, shape, dtype, seed=0):
+        self.op, self.dtype = op, dtype
+        self.rng = np.random.default_rng(seed)
+        self.opts = dict(opts)
+        self.w = random_param(self.rng, shape, dtype)
+        self.slots = self._initial_slots(shape, dtype)
+        self.ref_w = ref.f64(self.w)
+        self.ref_slots = {k: ref.f64(v) for k, v in self.slots.items()}
+        self.t = 0
+
+    def _initial_slots(self, shape, dtype):
+        o = self.opts
+        z = lambda: np.zeros(shape, dtype)  # noqa: E731
+        if self.op == "sgd_update":
+            return {"momentum_buf": z() if o.get("momentum", 0) else None}
+        if self.op == "adam_update":
+            return {"m": z(), "v": z(), "vhat": z() if o.get("amsgrad") else None}
+        if self.op == "rmsprop_update":
+            return {"velocity": z(), "momentum_buf": z() if o.get("momentum", 0) else None,
+                    "average_grad": z() if o.get("centered") else None}
+        return {"accumulator": np.full(shape, 0.1, dtype)}
+
+    def grad(self):
+        g = self.rng.standard_normal(self.w.shape) * self.opts.get("grad_size", 0.8)
+        return g.astype(self.dtype)
+
+    def args(self, w, g, slots):
+        """Positional arguments in pynn.backend.api order."""
+        o = self.opts
+        common = (o.get("grad_scale", 1.0), o.get("clipvalue", 0.0), o.get("weight_decay", 0.0))
+        lr = o.get("lr", {"sgd_update": 0.05}.get(self.op, 0.01))
+        s = [slots[name] for name in KERNELS[self.op]]
+        if self.op == "sgd_update":
+            return (w, g, *s, lr, o.get("momentum", 0.0), o.get("nesterov", False), *common)
+        if self.op == "adam_update":
+            return (w, g, *s, lr, 0.9, 0.999, 1e-7, self.t, *common)
+        if self.op == "rmsprop_update":
+            return (w, g, *s, lr, 0.9, o.get("momentum", 0.0), 1e-7, *common)
+        return (w, g, *s, lr, 1e-7, *common)
+
+    def step(self, g=None):
+        g = self.grad() if g is None else g
+        self.t += 1
+        g_before = g.copy()
+        getattr(optim, self.op)(*self.args(self.w, g, self.slots))
+        np.testing.assert_array_equal(g, g_before, err_msg=f"{self.op} modified g")
+        out = getattr(ref, self.op + "_ref")(*self.args(self.ref_w, g, self.ref_slots))
+        self.ref_w = out[0]
+        for name, value in zip(KERNELS[self.op], out[1:]):
+            self.ref_slots[name] = value
+
+    def check(self, tol=None):
+        tol = tol or TOL[self.dtype]
+        assert self.w.dtype == self.dtype
+        np.testing.assert_allclose(self.w, self.ref_w, err_msg=f"{self.op}: w", **tol)
+        for name, value in self.slots.items():
+            if value is None:
+                assert self.ref_slots[name] is None
+                continue
+            np.testing.assert_allclose(value, self.ref_slots[name], err_msg=f"{self.op}: {name}",
+                                       **tol)
+
+
+# -- update rules ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_update_matches_reference_over_steps(case, size, dtype):
+    op, opts = case
+    p = Problem(op, opts, (size,), dtype, seed=size)
+    for _ in range(5):
+        p.step()
+        p.check()
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_update_tiny_gradients_epsilon_placement(case):
+    """With g*g near epsilon, where epsilon sits (inside or outside the square root, on the
+    corrected or uncorrected moment) changes the step by far more than the tolerance."""
+    op, opts = case
+    p = Problem(op, dict(opts, grad_size=3e-4), (13,), np.float64, seed=9)
+    for _ in range(4):
+        p.step()
+        p.check()
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_update_multidimensional_and_readonly_gradient(case):
+    op, opts = case
+    p = Problem(op, opts, (3, 5, 7), np.float32, seed=1)
+    for _ in range(3):
+        g = p.grad()
+        g.flags.writeable = False
+        p.step(g)
+    p.check()
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_update_noncontiguous_and_other_dtype_gradient(case):
+    """g is only read: a strided or float64 gradient for a float32 parameter is converted."""
+    op, opts = case
+    p = Problem(op, opts, (6, 5), np.float32, seed=2)
+    big = p.rng.standard_normal((6, 10)).astype(np.float32)
+    p.step(big[:, ::2])
+    p.step(p.grad().astype(np.float64))
+    p.check()
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_update_empty_parameter(case):
+    op, opts = case
+    for shape in [(0,), (0, 4)]:
+        p = Problem(op, opts, shape, np.float32)
+        p.step()
+        assert p.w.shape == shape
+
+
+def test_update_clipvalue_really_clips():
+    """With a huge gradient, plain SGD moves every weight by exactly lr*clipvalue."""
+    w = np.zeros(9, np.float64)
+    g = np.array([-1e6, -3, -0.5, -0.1, 0.0, 0.1, 0.5, 3, 1e6])
+    optim.sgd_update(w, g, None, 1.0, 0.0, False, 1.0, 0.25, 0.0)
+    np.testing.assert_array_equal(w, -np.clip(g, -0.25, 0.25))
+
+
+def test_update_nan_grad_scale_propagates():
+    """A non-finite global norm poisons the step (as in Keras) instead of raising."""
+    w = np.ones(4, np.float32)
+    optim.sgd_update(w, np.ones(4, np.float32), None, 0.1, 0.0, False, float("nan"), 0.0, 0.0)
+    assert np.isnan(w).all()
+
+
+# -- thread invariance ----------------------------------------------------------------------
+
+@pytest.fixture
+def restore_threads():
+    n = get_max_threads()
+    yield
+    set_num_threads(n)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_update_thread_invariance(case, restore_threads):
+    op, opts = case
+    results = []
+    for n_threads in (1, 2, 3):
+        set_num_threads(n_threads)
+        p = Problem(op, opts, (BIG,), np.float32, seed=3)
+        p.step()
+        p.step()
+        results.append([p.w] + [s for s in p.slots.values() if s is not None])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_reductions_thread_invariance(dtype, restore_threads):
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal(3 * BIG + 17).astype(dtype)
+    sums, penalties, grads = [], [], []
+    for n_threads in (1, 2, 3):
+        set_num_threads(n_threads)
+        sums.append(optim.sum_squares(a))
+        grad = np.ones_like(a)
+        penalties.append(optim.regularizer_inplace(a, grad, 0.01, 0.02))
+        grads.append(grad)
+    assert sums[0] == sums[1] == sums[2]
+    assert penalties[0] == penalties[1] == penalties[2]
+    for g in grads[1:]:
+        np.testing.assert_array_equal(grads[0], g)
+
+
+# -- sum_squares ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1,), (3,), (7, 13), (4099,), (BIG,), (2, 3, 5)])
+def test_sum_squares_matches_reference(shape, dtype):
+    a = np.random.default_rng(5).standard_normal(shape).astype(dtype)
+    got = optim.sum_squares(a)
+    assert isinstance(got, float)
+    # Double accumulation: even float32 input sums to ~1e-13 relative.
+    assert got == pytest.approx(ref.sum_squares_ref(a), rel=1e-12)
+
+
+def test_sum_squares_empty_noncontiguous_and_fortran():
+    assert optim.sum_squares(np.zeros((0, 3), np.float32)) == 0.0
+    a = np.random.default_rng(6).standard_normal((7, 9))
+    assert optim.sum_squares(a[:, ::2]) == pytest.approx(ref.sum_squares_ref(a[:, ::2]), rel=1e-12)
+    assert optim.sum_squares(np.asfortranarray(a)) == pytest.approx(ref.sum_squares_ref(a),
+                                                                    rel=1e-12)
+
+
+# -- regularizer_inplace --------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1,), (3,), (7, 13), (4099,), (3, 3, 2, 5)])
+@pytest.mark.parametrize("l1,l2", [(0.01, 0.0), (0.0, 0.01), (0.03, 0.2)])
+def test_regularizer_matches_reference(shape, dtype, l1, l2):
+    rng = np.random.default_rng(7)
+    w = random_param(rng, shape, dtype)
+    w.flat[0] = 0  # sign(0) = 0
+    grad = rng.standard_normal(shape).astype(dtype)
+    want_grad, want_penalty = ref.regularizer_ref(w, grad, l1, l2)
+    penalty = optim.regularizer_inplace(w, grad, l1, l2)
+    assert isinstance(penalty, float)
+    assert penalty == pytest.approx(want_penalty, rel=1e-12)
+    np.testing.assert_allclose(grad, want_grad, **TOL[dtype])
+
+
+def test_regularizer_gradient_is_derivative_of_penalty():
+    """Central differences (4th order) of the returned penalty in float64; w away from 0."""
+    rng = np.random.default_rng(8)
+    w = random_param(rng, (4, 3), np.float64)
+    l1, l2, h = 0.03, 0.2, 1e-4
+    grad = np.zeros_like(w)
+    optim.regularizer_inplace(w, grad, l1, l2)
+
+    def penalty(x):
+        return optim.regularizer_inplace(x, np.zeros_like(x), l1, l2)
+
+    numeric = np.zeros_like(w)
+    for i in range(w.size):
+        e = np.zeros_like(w)
+        e.flat[i] = h
+        numeric.flat[i] = (-penalty(w + 2 * e) + 8 * penalty(w + e) - 8 * penalty(w - e)
+                           + penalty(w - 2 * e)) / (12 * h)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-8, atol=1e-10)
+
+
+def test_regularizer_zero_coefficients_and_empty():
+    w = np.ones(5, np.float32)
+    grad = np.full(5, 2.0, np.float32)
+    assert optim.regularizer_inplace(w, grad, 0.0, 0.0) == 0.0
+    np.testing.assert_array_equal(grad, 2.0)
+    assert optim.regularizer_inplace(np.zeros(0, np.float32), np.zeros(0, np.float32), 0.1,
+                                     0.1) == 0.0
+    ro = np.ones(3)
+    ro.flags.writeable = False      # w is only read
+    grad = np.zeros(3)
+    assert optim.regularizer_inplace(ro, grad, 0.5, 0.0) == pytest.approx(1.5)
+    np.testing.assert_array_equal(grad, 0.5)
+
+
+# -- bad inputs -----------------------------------------------------------------------------
+
+def sgd_call(**over):
+    args = dict(w=np.ones(4, np.float32), g=np.ones(4, np.float32),
+                momentum_buf=np.zeros(4, np.float32), lr=0.1, momentum=0.9, nesterov=False,
+                grad_scale=1.0, clipvalue=0.0, weight_decay=0.0)
+    args.update(over)
+    return optim.sgd_update(**args)
+
+
+def adam_call(**over):
+    args = dict(w=np.ones(4), g=np.ones(4), m=np.zeros(4), v=np.zeros(4), vhat=None, lr=0.1,
+                beta_1=0.9, beta_2=0.999, epsilon=1e-7, t=1, grad_scale=1.0, clipvalue=0.0,
+                weight_decay=0.0)
+    args.update(over)
+    return optim.adam_update(**args)
+
+
+def readonly(a):
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("over,exc,match", [
+    (dict(w=None), ValueError, "'w' is required"),
+    (dict(w=[1.0, 2.0, 3.0, 4.0]), TypeError, "numpy.ndarray"),
+    (dict(w=np.ones(4, np.int32)), TypeError, "float32 or float64"),
+    (dict(w=np.ones((4, 2), np.float32)[:, 0]), ValueError, "C-contiguous"),
+    (dict(w=np.asfortranarray(np.ones((2, 2), np.float32)), g=np.ones((2, 2), np.float32),
+          momentum_buf=np.zeros((2, 2), np.float32)), ValueError, "C-contiguous"),
+    (dict(w=readonly(np.ones(4, np.float32))), ValueError, "writable"),
+    (dict(g=None), ValueError, "'g' is required"),
+    (dict(g=np.ones(5, np.float32)), ValueError, "'g' must have the shape"),
+    (dict(g=np.array(["a"] * 4)), TypeError, "numeric"),
+    (dict(momentum_buf=np.zeros(5, np.float32)), ValueError, "'momentum_buf' must have the shape"),
+    (dict(momentum_buf=np.zeros(4, np.float64)), TypeError, "'momentum_buf' must have the dtype"),
+    (dict(momentum_buf=readonly(np.zeros(4, np.float32))), ValueError, "writable"),
+    (dict(momentum_buf=None), ValueError, "needs a 'momentum_buf'"),
+    (dict(lr=float("nan")), ValueError, "'lr' must not be NaN"),
+    (dict(lr="fast"), TypeError, "'lr' must be a real number"),
+    (dict(momentum=-0.1), ValueError, "'momentum' must be in"),
+    (dict(grad_scale=-1.0), ValueError, "'grad_scale' must be in"),
+    (dict(weight_decay=-0.01), ValueError, "'weight_decay' must be in"),
+    (dict(clipvalue=float("inf")), ValueError, "'clipvalue' must be finite"),
+])
+def test_sgd_bad_inputs(over, exc, match):
+    with pytest.raises(exc, match=match):
+        sgd_call(**over)
+
+
+def test_slot_aliasing_w_is_rejected():
+    w = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match="share memory"):
+        sgd_call(w=w, momentum_buf=w)
+    m = np.zeros(4)
+    with pytest.raises(ValueError, match="share memory"):
+        adam_call(m=m, v=m)
+
+
+@pytest.mark.parametrize("over,exc,match", [
+    (dict(m=None), ValueError, "'m' and 'v' are required"),
+    (dict(v=np.zeros(3)), ValueError, "'v' must have the shape"),
+    (dict(vhat=np.zeros(4, np.float32)), TypeError, "'vhat' must have the dtype"),
+    (dict(t=0), ValueError, "'t' must be an int >= 1"),
+    (dict(t=1.5), ValueError, "'t' must be an int >= 1"),
+    (dict(beta_1=1.0), ValueError, "'beta_1' must be in"),
+    (dict(beta_2=-0.1), ValueError, "'beta_2' must be in"),
+    (dict(epsilon=-1e-7), ValueError, "'epsilon' must be in"),
+])
+def test_adam_bad_inputs(over, exc, match):
+    with pytest.raises(exc, match=match):
+        adam_call(**over)
+
+
+def test_rmsprop_adagrad_bad_inputs():
+    w, g = np.ones(3), np.ones(3)
+    with pytest.raises(ValueError, match="'velocity' is required"):
+        optim.rmsprop_update(w, g, None, None, None, 0.1, 0.9, 0.0, 1e-7, 1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="needs a 'momentum_buf'"):
+        optim.rmsprop_update(w, g, np.zeros(3), None, None, 0.1, 0.9, 0.5, 1e-7, 1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="'rho' must be in"):
+        optim.rmsprop_update(w, g, np.zeros(3), None, None, 0.1, 1.5, 0.0, 1e-7, 1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="'average_grad' must have the shape"):
+        optim.rmsprop_update(w, g, np.zeros(3), None, np.zeros(2), 0.1, 0.9, 0.0, 1e-7, 1.0,
+                             0.0, 0.0)
+    with pytest.raises(ValueError, match="'accumulator' is required"):
+        optim.adagrad_update(w, g, None, 0.1, 1e-7, 1.0, 0.0, 0.0)
+    with pytest.raises(TypeError, match="'accumulator' must have the dtype"):
+        optim.adagrad_update(w, g, np.zeros(3, np.float32), 0.1, 1e-7, 1.0, 0.0, 0.0)
+    # Nothing was touched by the failed calls.
+    np.testing.assert_array_equal(w, 1.0)
+
+
+def test_reduction_bad_inputs():
+    with pytest.raises(ValueError, match="'a' is required"):
+        optim.sum_squares(None)
+    with pytest.raises(TypeError, match="numeric"):
+        optim.sum_squares(np.array(["x"]))
+    w = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="'grad' must have the shape"):
+        optim.regularizer_inplace(w, np.zeros(4, np.float32), 0.1, 0.1)
+    with pytest.raises(TypeError, match="'grad' must have the dtype"):
+        optim.regularizer_inplace(w, np.zeros(3, np.float64), 0.1, 0.1)
+    with pytest.raises(ValueError, match="writable"):
+        optim.regularizer_inplace(w, readonly(np.zeros(3, np.float32)), 0.1, 0.1)
+    with pytest.raises(ValueError, match="'l1' must be in"):
+        optim.regularizer_inplace(w, np.zeros(3, np.float32), -0.1, 0.1)
+    with pytest.raises(ValueError, match="share memory"):
+        optim.regularizer_inplace(w, w, 0.1, 0.1)
