@@ -6,9 +6,19 @@ the name and parameter list of ``pynn.backend.api.OPS`` and the semantics of its
 every element is computed on the device and only scalars (losses, counts, norms) come back.
 
 Arrays: ``pyopencl.array.Array``, float32 (int32 labels/argmax, uint8 masks), C-contiguous at
-offset 0, on the current context; host arrays are refused (TypeError naming ``asarray``). Sizes are int32 on the device: an array of 2**31 or
-more elements is refused. Scalar reductions are two-stage and deterministic (opencl/wg_reduce.h):
-at most ``MAX_GROUPS`` work-groups, a count fixed by the size alone, then one group.
+offset 0, on the current context; host arrays are refused (TypeError naming ``asarray``, the
+one upload point). Sizes are int32 on the device: an array of 2**31 or more elements is
+refused.
+
+Reductions are two-stage and deterministic (opencl/wg_reduce.h): at most ``MAX_GROUPS``
+work-groups, a count fixed by the size alone, then one group, no float atomics; the same
+inputs give the same bits on every run. They accumulate in float32 (fp64 is optional in
+OpenCL), where the CPU accumulates in double: losses and norms agree to ~1e-6 relative.
+
+Where the CPU raises after looking at the data, the device answers without a host round
+trip when it can: a sparse label outside [0, K) sets a flag read back with the loss or count
+(same ValueError as the CPU); an argmax outside its plane in a pooling backward op is skipped
+in the kernel (never followed), since reporting it would stall every training step.
 """
 
 import math
@@ -26,7 +36,7 @@ except ImportError:  # pragma: no cover - the runtime reports the missing driver
     cl_array = None
 
 WG = 256  # WG_SIZE of opencl/common.h: elementwise and reduction work-groups
-SOFTMAX_WG = 64  # SOFTMAX_WG of opencl/activation.cl: one group per softmax row
+ROW_WG = 64  # SOFTMAX_WG / LOSS_ROW_WG of activation.cl / loss.cl: one group per row
 MAX_GROUPS = 256  # stage-1 work-groups of a scalar reduction
 _INT32_MAX = 2**31 - 1
 
@@ -119,23 +129,48 @@ def _u64(op, name, value):
 # -- launching ------------------------------------------------------------------------------
 
 
+_sizes_by_device = {}
+
+
+def _sizes():
+    """(wg, row_wg) for the current device: WG and ROW_WG capped by its work-group limit,
+    kept powers of two as the tree reductions need."""
+    dev = rt.device()
+    sizes = _sizes_by_device.get(dev)
+    if sizes is None:
+        limit = int(rt.device_info()["max_work_group_size"])
+        cap = 1 << (limit.bit_length() - 1)
+        sizes = _sizes_by_device[dev] = (min(WG, cap), min(ROW_WG, cap))
+    return sizes
+
+
+def _kernel(stem, name):
+    """A kernel of this family, built with the group sizes of ``_sizes`` (the .cl defaults
+    unless the device is smaller)."""
+    wg, row = _sizes()
+    defines = None
+    if (wg, row) != (WG, ROW_WG):
+        defines = {"WG_SIZE": wg, "SOFTMAX_WG": row, "LOSS_ROW_WG": row}
+    return rt.kernel(stem, name, defines)
+
+
 def _elementwise(stem, name, n, *args):
     """One work-item per element; kernels guard the rounded-up tail."""
-    rt.launch(rt.kernel(stem, name), (n,), (WG,), *args)
+    rt.launch(_kernel(stem, name), (n,), (_sizes()[0],), *args)
 
 
 def _groups(n):
     """Stage-1 work-groups of a scalar reduction over n items: fixed by n alone."""
-    return max(1, min(MAX_GROUPS, -(-n // WG)))
+    return max(1, min(MAX_GROUPS, -(-n // _sizes()[0])))
 
 
 def _reduce(stem, stage_kernel, n, args, counts=1, dtype=np.float32, out=None):
     """Run a stage-1 kernel over n items (``_PARTIAL`` in ``args`` marks its partial buffer)
     and fold its partials: the device array of ``counts`` results (or ``out``, whose first
     ``counts`` entries receive them)."""
-    groups = _groups(n)
+    groups, wg = _groups(n), _sizes()[0]
     partial = rt.empty((counts * groups,), dtype, what=f"{stage_kernel} partials")
-    rt.launch(rt.kernel(stem, stage_kernel), (groups * WG,), (WG,),
+    rt.launch(_kernel(stem, stage_kernel), (groups * wg,), (wg,),
               *[partial if a is _PARTIAL else a for a in args])
     return _fold(stem, partial, counts, dtype, out)
 
@@ -145,7 +180,8 @@ def _fold(stem, partial, counts=1, dtype=np.float32, out=None):
     if out is None:
         out = rt.empty((counts,), dtype, what="reduction result")
     name = "sum_partials_float" if np.dtype(dtype) == np.float32 else "sum_partials_int"
-    rt.launch(rt.kernel(stem, name), (counts * WG,), (WG,), partial, out,
+    wg = _sizes()[0]
+    rt.launch(_kernel(stem, name), (counts * wg,), (wg,), partial, out,
               partial.size // counts)
     return out
 
@@ -182,8 +218,9 @@ def activation_forward(x, activation, alpha=0.0):
         return y
     if name == "softmax":
         rows, k = _softmax_rows(x)
-        rt.launch(rt.kernel("activation", "softmax_forward"), (rows * SOFTMAX_WG,),
-                  (SOFTMAX_WG,), x, y, rows, k)
+        row_wg = _sizes()[1]
+        rt.launch(_kernel("activation", "softmax_forward"), (rows * row_wg,), (row_wg,), x, y,
+                  rows, k)
     else:
         _elementwise("activation", "activation_forward", x.size, x, y, x.size,
                      ACTIVATIONS.index(name), a)
@@ -215,8 +252,9 @@ def activation_backward(dy, x, y, activation, alpha=0.0):
         return dx
     if name == "softmax":
         rows, k = _softmax_rows(dy)
-        rt.launch(rt.kernel("activation", "softmax_backward"), (rows * SOFTMAX_WG,),
-                  (SOFTMAX_WG,), dy, y, dx, rows, k)
+        row_wg = _sizes()[1]
+        rt.launch(_kernel("activation", "softmax_backward"), (rows * row_wg,), (row_wg,), dy,
+                  y, dx, rows, k)
         return dx
     # The kernel reads x only for gelu and y only for the others: the unused one may alias.
     _elementwise("activation", "activation_backward", dy.size, dy,
@@ -259,7 +297,7 @@ def _pool_geometry(op, h, w, pool_size, strides, padding):
     return ph, pw, sh, sw, pt, pl, ho, wo
 
 
-def maxpool2d_forward(x, pool_size, strides, padding):
+def maxpool2d_forward(x, pool_size, strides, padding="valid"):
     """(N,H,W,C) -> (y (N,HO,WO,C), argmax int32 h*W + w within each (n, c) plane)."""
     op = "maxpool2d_forward"
     x = _nhwc(op, "x", x)
@@ -293,7 +331,7 @@ def maxpool2d_backward(dy, argmax, input_shape):
     return dx
 
 
-def avgpool2d_forward(x, pool_size, strides, padding):
+def avgpool2d_forward(x, pool_size, strides, padding="valid"):
     """(N,H,W,C) -> (N,HO,WO,C); 'same' averages the in-bounds pixels only."""
     op = "avgpool2d_forward"
     x = _nhwc(op, "x", x)
@@ -305,7 +343,7 @@ def avgpool2d_forward(x, pool_size, strides, padding):
     return y
 
 
-def avgpool2d_backward(dy, input_shape, pool_size, strides, padding):
+def avgpool2d_backward(dy, input_shape, pool_size, strides, padding="valid"):
     op = "avgpool2d_backward"
     dy = _nhwc(op, "dy", dy)
     n, h, w, c = _input_shape(op, input_shape)
@@ -429,7 +467,7 @@ def philox4x32_10_block(counter, key):
                          f"got counter={counter!r}, key={key!r}")
     ctr = rt.to_device(np.array(c, dtype=np.uint32))
     out = rt.empty((4,), np.uint32, what="philox block")
-    rt.launch(rt.kernel("dropout", "philox4x32_10_block"), (1,), None, ctr, out, 1,
+    rt.launch(_kernel("dropout", "philox4x32_10_block"), (1,), None, ctr, out, 1,
               np.uint32(k[0]), np.uint32(k[1]))
     return tuple(int(v) for v in out.get())
 
@@ -571,7 +609,6 @@ def adagrad_update(w, g, accumulator, lr, epsilon, grad_scale, clipvalue, weight
 _LOSS_HUBER = LOSSES.index("huber")
 _LOSS_CCE = LOSSES.index("categorical_crossentropy")
 _LOSS_SCCE = LOSSES.index("sparse_categorical_crossentropy")
-LOSS_ROW_WG = 64  # LOSS_ROW_WG of opencl/loss.cl: one group per cross-entropy row
 KERAS_EPSILON = 1e-7
 
 
@@ -643,9 +680,10 @@ def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
         sparse = code == _LOSS_SCCE
         row_loss = rt.empty((rows,), what=f"{op} row losses")
         result = rt.zeros((2,), what=f"{op} result")  # [loss sum, bad-label flag]
-        rt.launch(rt.kernel("loss", "categorical_rows"), (rows * LOSS_ROW_WG,),
-                  (LOSS_ROW_WG,), y_pred if sparse else y_true, labels if sparse else result,
-                  y_pred, grad if need_grad else row_loss, row_loss, result, rows, k, sparse,
+        row_wg = _sizes()[1]
+        rt.launch(_kernel("loss", "categorical_rows"), (rows * row_wg,), (row_wg,),
+                  y_pred if sparse else y_true, labels if sparse else result, y_pred,
+                  grad if need_grad else row_loss, row_loss, result, rows, k, sparse,
                   from_logits, need_grad, lo, hi, np.float32(1.0 / rows))
         _fold("loss", row_loss, out=result)
         total, bad = (float(v) for v in result.get())
