@@ -558,7 +558,11 @@ def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale, cl
     epsilon = _number(op, "epsilon", epsilon, lo=0.0)
     if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)) or t < 1:
         raise ValueError(f"{op}: 't' must be an int >= 1 (the 1-based step), got {t!r}")
-    alpha = lr * math.sqrt(1.0 - beta_2 ** int(t)) / (1.0 - beta_1 ** int(t))
+    # float32 rounding of the betas as Keras (and the CPU kernel) form it: exact double math
+    # would differ from both by ~1e-5 relative in the first steps.
+    f32 = np.float32
+    alpha = float(f32(lr) * np.sqrt(f32(1) - f32(float(f32(beta_2)) ** int(t)))
+                  / (f32(1) - f32(float(f32(beta_1)) ** int(t))))
     _elementwise("optim", "adam_update", w.size, w, g, m, v, w if vhat is None else vhat,
                  w.size, vhat is not None, alpha, 1.0 - beta_1, 1.0 - beta_2, epsilon, scale,
                  clip, decay)
