@@ -5,8 +5,8 @@
  *   dense_forward          y = act(x @ kernel + bias)   (N, U, C)
  *   dense_backward_input   dx = dz @ kernel^T           (N, C, U)
  *   dense_backward_weight  dkernel = x^T @ dz           (C, U, N), split-K slot per group z
- * The forward epilogue (gemm.cl's STORE_BIAS_ACT) fuses bias and activation. Softmax is a row operation: the host runs dense_forward with
- * ACT linear and then activation.cl's softmax.
+ * The forward epilogue (gemm.cl's STORE_BIAS_ACT) fuses bias and activation. Softmax is a
+ * row operation: the host runs dense_forward with act linear, then activation.cl's softmax.
  */
 #include "common.h"
 

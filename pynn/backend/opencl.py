@@ -184,7 +184,8 @@ VENDOR_TILES = {
     "nvidia": dict(MWG=64, NWG=64, KWG=16, MDIMC=16, NDIMC=16, LPAD=1),
     "amd": dict(MWG=64, NWG=64, KWG=16, MDIMC=16, NDIMC=16, LPAD=1),
     "intel": dict(MWG=32, NWG=64, KWG=16, MDIMC=8, NDIMC=16, LPAD=1),
-    "pocl": dict(MWG=32, NWG=32, KWG=16, MDIMC=8, NDIMC=8, LPAD=0),
+    # PoCL: 8x8 outputs per work-item; measured 2x faster than 4x4 on a 2-core AVX2 host.
+    "pocl": dict(MWG=64, NWG=64, KWG=16, MDIMC=8, NDIMC=8, LPAD=0),
     "other": dict(MWG=32, NWG=32, KWG=16, MDIMC=8, NDIMC=8, LPAD=0),
 }
 FALLBACK_TILES = dict(MWG=16, NWG=16, KWG=8, MDIMC=4, NDIMC=4, LPAD=0)
@@ -203,6 +204,8 @@ TUNE_CANDIDATES = (
     dict(MWG=32, NWG=32, KWG=16, MDIMC=4, NDIMC=8, LPAD=0),
     dict(MWG=64, NWG=64, KWG=32, MDIMC=16, NDIMC=16, LPAD=1),
     dict(MWG=16, NWG=64, KWG=16, MDIMC=4, NDIMC=16, LPAD=0),
+    dict(MWG=128, NWG=64, KWG=16, MDIMC=16, NDIMC=8, LPAD=0),
+    dict(MWG=64, NWG=128, KWG=16, MDIMC=8, NDIMC=16, LPAD=0),
 )
 
 # Split-K: each split covers a multiple of this many k (a multiple of every KWG), and a

@@ -1,0 +1,188 @@
+"""OpenCL GEMM and conv throughput per device, plus cold/warm program start-up time.
+
+Each benchmark first checks its result (GEMM against NumPy float64, conv against the CPU
+op ``pynn._native.conv``), then times it: best of ``--repeat`` runs after one warm-up, the
+queue drained inside the timing. GFLOP/s counts 2*M*N*K per GEMM-shaped op.
+
+Start-up: "cold" builds dense.cl, conv.cl and reduce.cl from source into an empty pynn
+disk cache (the driver's own cache, e.g. PoCL's kcache, may still be warm); "warm" reloads
+the binaries from the disk cache, as a second process would.
+
+    .venv/bin/python bench/bench_opencl.py [--device opencl:0:0] [--repeat 3] [--tune]
+                                           [--quick] [--out bench/results/opencl.json]
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pynn.backend import _cl_runtime as rt  # noqa: E402
+from pynn.backend import opencl as ocl  # noqa: E402
+
+GEMM_SIZES = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (128, 256, 784)]
+CONV_SHAPES = [
+    # (N, H, W, C, KH, KW, F, strides, padding)
+    (32, 32, 32, 3, 3, 3, 32, (1, 1), "same"),
+    (32, 16, 16, 32, 3, 3, 64, (1, 1), "same"),
+    (16, 28, 28, 64, 3, 3, 64, (1, 1), "same"),
+]
+QUICK_GEMM = GEMM_SIZES[:2]
+QUICK_CONV = CONV_SHAPES[:2]
+
+
+def best_time(fn, repeat):
+    fn()
+    rt.queue().finish()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        rt.queue().finish()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def check(what, got, want, rtol=1e-4):
+    scale = max(1.0, float(np.abs(want).max()))
+    err = float(np.abs(got.astype(np.float64) - want).max())
+    if err > rtol * scale:
+        raise SystemExit(f"{what}: wrong result, max error {err:.3g} > {rtol} * {scale:.3g}")
+
+
+def startup_times():
+    """Seconds to get the dense, conv and reduce programs: from source, then from disk."""
+    kernels = [("dense", "dense_forward"), ("conv", "conv2d_forward"),
+               ("reduce", "bias_backward_final")]
+    tiles = ocl.gemm_tiles()
+    saved = os.environ.get("PYNN_CACHE_DIR")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["PYNN_CACHE_DIR"] = tmp
+        try:
+            out = {}
+            for label in ("cold", "warm"):
+                rt.clear_program_cache()
+                t = time.perf_counter()
+                for stem, name in kernels:
+                    rt.kernel(stem, name, tiles if stem != "reduce" else None)
+                out[f"{label}_build_s"] = time.perf_counter() - t
+        finally:
+            if saved is None:
+                os.environ.pop("PYNN_CACHE_DIR", None)
+            else:
+                os.environ["PYNN_CACHE_DIR"] = saved
+    rt.clear_program_cache()
+    return out
+
+
+def bench_gemm(sizes, repeat, rng):
+    rows = []
+    for m, n, k in sizes:
+        a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n))
+        b = b.astype(np.float32)
+        da, db = ocl.asarray(a), ocl.asarray(b)
+        dz = ocl.asarray(rng.standard_normal((m, n)).astype(np.float32))
+        y, _ = ocl.dense_forward(da, db, None, "linear", 0.0)
+        check(f"dense_forward {m}x{n}x{k}", y.get(), a.astype(np.float64) @ b)
+        check(f"dense_backward_input {m}x{n}x{k}", ocl.dense_backward_input(dz, db).get(),
+              dz.get().astype(np.float64) @ b.T)
+        check(f"dense_backward_weight {m}x{n}x{k}", ocl.dense_backward_weight(da, dz).get(),
+              a.astype(np.float64).T @ dz.get())
+        flops = 2.0 * m * n * k
+        ops = {
+            "dense_forward": lambda: ocl.dense_forward(da, db, None, "relu", 0.0),
+            "dense_backward_input": lambda: ocl.dense_backward_input(dz, db),
+            "dense_backward_weight": lambda: ocl.dense_backward_weight(da, dz),
+        }
+        row = {"m": m, "n": n, "k": k}
+        for name, fn in ops.items():
+            row[f"{name}_gflops"] = flops / best_time(fn, repeat) / 1e9
+        rows.append(row)
+        print(f"  gemm {m:5d}x{n:5d}x{k:5d}: " + "  ".join(
+            f"{name.split('_', 1)[1]} {row[name + '_gflops']:7.2f}" for name in ops) + " GFLOP/s")
+    return rows
+
+
+def bench_conv(shapes, repeat, rng):
+    from pynn._native import conv as cpu_conv
+
+    rows = []
+    for n, h, w, c, kh, kw, f, strides, padding in shapes:
+        x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+        wt = (rng.standard_normal((kh, kw, c, f)) * 0.1).astype(np.float32)
+        y_cpu, _ = cpu_conv.conv2d_forward(x, wt, None, strides, padding, (1, 1), "linear", 0.0)
+        dz = rng.standard_normal(y_cpu.shape).astype(np.float32)
+        dx_, dw_ = ocl.asarray(x), ocl.asarray(wt)
+        ddz = ocl.asarray(dz)
+        args = (strides, padding, (1, 1))
+        y, _ = ocl.conv2d_forward(dx_, dw_, None, *args, "linear", 0.0)
+        check("conv2d_forward", y.get(), y_cpu)
+        check("conv2d_backward_input", ocl.conv2d_backward_input(ddz, dw_, x.shape, *args).get(),
+              cpu_conv.conv2d_backward_input(dz, wt, x.shape, *args))
+        check("conv2d_backward_weight",
+              ocl.conv2d_backward_weight(dx_, ddz, wt.shape, *args).get(),
+              cpu_conv.conv2d_backward_weight(x, dz, wt.shape, *args))
+        ho, wo = y_cpu.shape[1:3]
+        flops = 2.0 * n * ho * wo * f * kh * kw * c
+        ops = {
+            "conv2d_forward": lambda: ocl.conv2d_forward(dx_, dw_, None, *args, "relu", 0.0),
+            "conv2d_backward_input": lambda: ocl.conv2d_backward_input(ddz, dw_, x.shape, *args),
+            "conv2d_backward_weight":
+                lambda: ocl.conv2d_backward_weight(dx_, ddz, wt.shape, *args),
+        }
+        row = {"shape": [n, h, w, c, kh, kw, f], "strides": list(strides), "padding": padding}
+        for name, fn in ops.items():
+            row[f"{name}_gflops"] = flops / best_time(fn, repeat) / 1e9
+        rows.append(row)
+        print(f"  conv {str((n, h, w, c)):18s} k{kh}x{kw}x{f:<4d}: " + "  ".join(
+            f"{name.split('_', 1)[1]} {row[name + '_gflops']:7.2f}" for name in ops)
+            + " GFLOP/s")
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", action="append",
+                        help="'opencl:P:D' (repeatable); default: every device")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="the two smallest of each")
+    parser.add_argument("--tune", action="store_true", help="run tune_gemm() first")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "opencl.json"))
+    opts = parser.parse_args()
+
+    specs = opts.device or [d["index"] for d in rt.devices()]
+    if not specs:
+        raise SystemExit(f"no OpenCL device: {rt.INSTALL_HINT}")
+    report = []
+    for spec in specs:
+        info = ocl.select_device(spec)
+        print(f"{spec}: {info['name']} ({info['platform']}, driver {info['driver_version']})")
+        entry = {"device": info}
+        entry["startup"] = startup_times()
+        print(f"  programs: cold {entry['startup']['cold_build_s']:.2f} s, "
+              f"warm {entry['startup']['warm_build_s']:.3f} s")
+        if opts.tune:
+            tuned = ocl.tune_gemm(verbose=True)
+            entry["tuning"] = {"tiles": tuned["tiles"], "gflops": tuned["gflops"]}
+        entry["tiles"] = ocl.gemm_tiles()
+        print(f"  tiles {entry['tiles']}")
+        rng = np.random.default_rng(0)
+        entry["gemm"] = bench_gemm(QUICK_GEMM if opts.quick else GEMM_SIZES, opts.repeat, rng)
+        entry["conv"] = bench_conv(QUICK_CONV if opts.quick else CONV_SHAPES, opts.repeat, rng)
+        report.append(entry)
+    out = Path(opts.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "devices": report},
+                              indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
