@@ -83,8 +83,11 @@ cdef inline floating act_grad(floating dy, floating x, floating y, int act,
 
 cdef inline void softmax_row(const floating* z, floating* y, Py_ssize_t cols) noexcept nogil:
     cdef Py_ssize_t j
-    cdef floating m = z[0]
+    cdef floating m
     cdef double s = 0
+    if cols <= 0:
+        return
+    m = z[0]
     for j in range(1, cols):
         if z[j] > m:
             m = z[j]
@@ -93,6 +96,17 @@ cdef inline void softmax_row(const floating* z, floating* y, Py_ssize_t cols) no
         s += y[j]
     for j in range(cols):
         y[j] = <floating>(y[j] / s)
+
+
+cdef inline void softmax_grad_row(const floating* dy, const floating* y, floating* dx,
+                                  Py_ssize_t cols) noexcept nogil:
+    """dx = y * (dy - sum(dy * y)): the softmax Jacobian-vector product from the output."""
+    cdef Py_ssize_t j
+    cdef double dot = 0
+    for j in range(cols):
+        dot += <double>dy[j] * y[j]
+    for j in range(cols):
+        dx[j] = <floating>(y[j] * (dy[j] - dot))
 
 
 cdef inline void bias_activation_rows(floating* z, floating* y, const floating* bias,

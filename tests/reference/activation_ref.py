@@ -1,0 +1,100 @@
+"""Float64 NumPy oracles for the activations (native/activation.pyx, native/_activation.pxd)
+and the dense layer (native/dense.pyx).
+
+Written from Keras 3's definitions (keras/src/activations/activations.py and the torch
+backend): gelu is the exact erf form, selu uses torch's constants, leaky_relu's alpha is the
+negative slope. The derivatives here are written from x, independently of the kernels (which
+mostly derive from y).
+"""
+
+import math
+
+import numpy as np
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def activation_forward_ref(x, activation, alpha=0.0):
+    x = np.asarray(x, dtype=np.float64)
+    if activation == "linear":
+        return x.copy()
+    if activation == "relu":
+        return np.maximum(x, 0.0)
+    if activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-x))
+    if activation == "tanh":
+        return np.tanh(x)
+    if activation == "softmax":
+        e = np.exp(x - np.max(x, axis=-1, keepdims=True))
+        return e / np.sum(e, axis=-1, keepdims=True)
+    if activation == "leaky_relu":
+        return np.where(x > 0, x, alpha * x)
+    if activation == "elu":
+        return np.where(x > 0, x, alpha * (np.exp(x) - 1.0))
+    if activation == "selu":
+        return SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * (np.exp(x) - 1.0))
+    if activation == "gelu":
+        return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+    if activation == "softplus":
+        return np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0.0)
+    raise ValueError(activation)
+
+
+def activation_backward_ref(dy, x, activation, alpha=0.0):
+    """dL/dx = dy * f'(x) (softmax: the Jacobian-vector product along the last axis)."""
+    x = np.asarray(x, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    if activation == "linear":
+        d = np.ones_like(x)
+    elif activation == "relu":
+        d = (x > 0).astype(np.float64)
+    elif activation == "sigmoid":
+        s = 1.0 / (1.0 + np.exp(-x))
+        d = s * (1 - s)
+    elif activation == "tanh":
+        d = 1 - np.tanh(x) ** 2
+    elif activation == "softmax":
+        y = activation_forward_ref(x, "softmax")
+        return y * (dy - np.sum(dy * y, axis=-1, keepdims=True))
+    elif activation == "leaky_relu":
+        d = np.where(x > 0, 1.0, alpha)
+    elif activation == "elu":
+        d = np.where(x > 0, 1.0, alpha * np.exp(x))
+    elif activation == "selu":
+        d = SELU_SCALE * np.where(x > 0, 1.0, SELU_ALPHA * np.exp(x))
+    elif activation == "gelu":
+        d = 0.5 * (1 + _erf(x / math.sqrt(2.0))) + x * np.exp(-0.5 * x * x) / math.sqrt(
+            2 * math.pi)
+    elif activation == "softplus":
+        d = 1.0 / (1.0 + np.exp(-x))
+    else:
+        raise ValueError(activation)
+    return dy * d
+
+
+def dense_forward_ref(x, kernel, bias, activation="linear", alpha=0.0):
+    """(y, z): z = x @ kernel + bias in float64, y = activation(z)."""
+    z = np.asarray(x, np.float64) @ np.asarray(kernel, np.float64)
+    if bias is not None:
+        z = z + np.asarray(bias, np.float64)
+    return activation_forward_ref(z, activation, alpha), z
+
+
+def numerical_derivative(f, x, eps):
+    """4th-order central difference of a scalar function f at every element of x
+    (scikit-learn's sklearn/_loss/tests/test_loss.py::numerical_derivative, elementwise)."""
+    x = np.array(x, dtype=np.float64)
+    grad = np.empty_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        orig = flat[i]
+        vals = []
+        for step in (2 * eps, eps, -eps, -2 * eps):
+            flat[i] = orig + step
+            vals.append(f(x))
+        flat[i] = orig
+        gflat[i] = (-vals[0] + 8 * vals[1] - 8 * vals[2] + vals[3]) / (12 * eps)
+    return grad

@@ -1,0 +1,220 @@
+"""activation_forward / activation_backward (native/activation.pyx) against the float64
+oracles of tests/reference/activation_ref.py, finite differences and Keras itself."""
+
+import os
+
+import numpy as np
+import pytest
+
+from pynn._native.activation import activation_backward, activation_forward
+from pynn._native.info import set_num_threads
+from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
+from tests.reference.activation_ref import (
+    activation_backward_ref,
+    activation_forward_ref,
+    numerical_derivative,
+)
+
+# Non-default alphas, so a kernel that ignores alpha (or swaps its meaning) fails.
+ALPHA = {"leaky_relu": 0.3, "elu": 0.7}
+SHAPES = [(1,), (7,), (3, 13), (2, 3, 7), (13, 1), (1, 31)]
+TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-12, atol=1e-14)}
+
+
+def away_from_kinks(rng, shape, scale=2.0):
+    """Random values with |x| >= 0.05: relu-like kinks at 0 stay outside the FD stencil."""
+    x = rng.normal(size=shape) * scale
+    return np.where(np.abs(x) < 0.05, np.copysign(0.05, x) + x, x)
+
+
+def check_activation(name, x, dtype):
+    """One helper for every comparison: forward and backward against the float64 oracle,
+    with dtype, shape and tolerance spelled out in the failure message."""
+    alpha = ALPHA.get(name, 0.0)
+    rng = np.random.default_rng(x.size)
+    x = np.asarray(x, dtype=dtype)
+    dy = rng.normal(size=x.shape).astype(dtype)
+    y = activation_forward(x, name, alpha)
+    assert y.dtype == dtype and y.shape == x.shape, (name, y.dtype, y.shape)
+    np.testing.assert_allclose(y, activation_forward_ref(x, name, alpha), **TOL[dtype],
+                               err_msg=f"forward {name} {dtype.__name__} {x.shape}")
+    dx = activation_backward(dy, x, y, name, alpha)
+    assert dx.dtype == dtype and dx.shape == x.shape
+    np.testing.assert_allclose(dx, activation_backward_ref(dy, x, name, alpha), **TOL[dtype],
+                               err_msg=f"backward {name} {dtype.__name__} {x.shape}")
+    return y, dx
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_matches_reference(name, shape, dtype):
+    check_activation(name, away_from_kinks(np.random.default_rng(3), shape), dtype)
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_backward_finite_differences(name):
+    rng = np.random.default_rng(11)
+    alpha = ALPHA.get(name, 0.0)
+    x = away_from_kinks(rng, (3, 5))
+    dy = rng.normal(size=x.shape)
+    y = activation_forward(x, name, alpha)
+    dx = activation_backward(dy, x, y, name, alpha)
+    fd = numerical_derivative(lambda v: float(np.sum(dy * activation_forward(v, name, alpha))),
+                              x, 1e-4)
+    np.testing.assert_allclose(dx, fd, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", [a for a in ACTIVATIONS if a != "softmax"])
+def test_elementwise_scalar_input(name):
+    x = np.float64(-0.7)
+    y = activation_forward(x, name, ALPHA.get(name, 0.0))
+    assert y.shape == ()
+    np.testing.assert_allclose(y, activation_forward_ref(x, name, ALPHA.get(name, 0.0)),
+                               rtol=1e-12)
+
+
+def test_derivatives_at_zero_follow_torch():
+    x = np.zeros(1)
+    dy = np.ones(1)
+    for name, want in [("relu", 0.0), ("leaky_relu", 0.3), ("elu", 0.3), ("linear", 1.0)]:
+        y = activation_forward(x, name, 0.3)
+        assert activation_backward(dy, x, y, name, 0.3)[0] == want, name
+
+
+def test_extreme_inputs_stay_finite():
+    x = np.array([-1000.0, -80.0, 0.0, 80.0, 1000.0])
+    for dtype in (np.float32, np.float64):
+        xd = x.astype(dtype)
+        for name in ACTIVATIONS:
+            if name in ("linear", "relu", "leaky_relu", "selu", "elu", "softplus", "gelu"):
+                continue  # unbounded by design
+            y = activation_forward(xd, name, 0.0)
+            assert np.all(np.isfinite(y)), (name, dtype, y)
+        np.testing.assert_array_equal(activation_forward(xd, "sigmoid")[[0, 4]], [0.0, 1.0])
+        np.testing.assert_allclose(activation_forward(xd, "softplus"), [0, 0, np.log(2), 80, 1000],
+                                   rtol=1e-6, atol=1e-30)
+        sm = activation_forward(xd[None, :], "softmax")
+        np.testing.assert_allclose(sm, [[0, 0, 0, 0, 1]], atol=1e-30)
+
+
+def test_softmax_rows_sum_to_one_on_last_axis():
+    x = np.random.default_rng(5).normal(size=(4, 3, 7)) * 10
+    y = activation_forward(x, "softmax")
+    np.testing.assert_allclose(y.sum(axis=-1), 1.0, rtol=1e-14)
+
+
+def test_gelu_backward_needs_only_x():
+    x = away_from_kinks(np.random.default_rng(2), (3, 4))
+    dy = np.ones_like(x)
+    dx = activation_backward(dy, x, None, "gelu", 0.0)
+    np.testing.assert_allclose(dx, activation_backward_ref(dy, x, "gelu"), rtol=1e-12)
+    assert ACTIVATIONS_NEEDING_INPUT == ("gelu",)
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_empty(name):
+    for shape in [(0,), (0, 5), (4, 0)]:
+        x = np.zeros(shape, np.float32)
+        y = activation_forward(x, name, ALPHA.get(name, 0.0))
+        assert y.shape == shape and y.dtype == np.float32
+        dx = activation_backward(x, x, y, name, ALPHA.get(name, 0.0))
+        assert dx.shape == shape
+
+
+@pytest.mark.parametrize("name", ["relu", "softmax", "gelu", "elu"])
+def test_thread_invariance(name):
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(1001, 37)).astype(np.float32)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    results = []
+    try:
+        for n in (1, 2, 3):
+            set_num_threads(n)
+            y = activation_forward(x, name, 0.5)
+            results.append((y, activation_backward(dy, x, y, name, 0.5)))
+    finally:
+        set_num_threads(os.cpu_count() or 1)
+    for y, dx in results[1:]:
+        np.testing.assert_array_equal(y, results[0][0])
+        np.testing.assert_array_equal(dx, results[0][1])
+
+
+@pytest.mark.parametrize("name", ["softmax", "gelu", "tanh"])
+def test_layouts_give_the_same_result(name):
+    base = np.random.default_rng(9).normal(size=(6, 10))
+    want_y = activation_forward(base, name)
+    want_dx = activation_backward(base, base, want_y, name)
+    fortran = np.asfortranarray(base)
+    strided = np.zeros((6, 20))
+    strided[:, ::2] = base
+    readonly = base.copy()
+    readonly.setflags(write=False)
+    for x in (fortran, strided[:, ::2], readonly):
+        y = activation_forward(x, name)
+        np.testing.assert_array_equal(y, want_y)
+        np.testing.assert_array_equal(activation_backward(x, x, y, name), want_dx)
+
+
+def test_integer_input_becomes_float32():
+    y = activation_forward(np.arange(-3, 4), "relu")
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, [0, 0, 0, 0, 1, 2, 3])
+
+
+def test_bad_inputs():
+    x = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match="unknown activation"):
+        activation_forward(x, "swish")
+    with pytest.raises(ValueError, match="'x' is required"):
+        activation_forward(None, "relu")
+    with pytest.raises(TypeError, match="numeric"):
+        activation_forward(np.array(["a", "b"]), "relu")
+    with pytest.raises(ValueError, match="at least 1 dimension"):
+        activation_forward(np.float32(1.0), "softmax")
+    with pytest.raises(ValueError, match="alpha >= 0"):
+        activation_forward(x, "leaky_relu", -0.1)
+    with pytest.raises(ValueError, match="finite"):
+        activation_forward(x, "elu", float("nan"))
+    with pytest.raises(TypeError, match="alpha"):
+        activation_forward(x, "elu", "big")
+    with pytest.raises(ValueError, match="pre-activation"):
+        activation_backward(x, None, x, "gelu")
+    with pytest.raises(ValueError, match="'y'"):
+        activation_backward(x, x, None, "relu")
+    with pytest.raises(ValueError, match="shape of dy"):
+        activation_backward(x, None, np.ones((3, 2), np.float32), "relu")
+    with pytest.raises(ValueError, match="shape of dy"):
+        activation_backward(x, np.ones((2, 4), np.float32), x, "gelu")
+    with pytest.raises(ValueError, match="'dy' is required"):
+        activation_backward(None, x, x, "relu")
+
+
+# -- golden comparison against Keras 3 itself (torch backend) -----------------------------
+
+@pytest.fixture(scope="module")
+def keras():
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    try:
+        import keras
+    except Exception as exc:  # keras missing or its backend unavailable
+        pytest.skip(f"keras unavailable: {exc}")
+    if keras.backend.backend() != "torch":
+        pytest.skip(f"keras runs on {keras.backend.backend()}, not torch")
+    return keras
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_forward_matches_keras(keras, name):
+    # float64: in float32 torch's erf-form gelu loses digits to cancellation for x << 0,
+    # where this kernel (double inside) is the more accurate one.
+    x = np.random.default_rng(21).normal(size=(5, 11)) * 3
+    acts = keras.activations
+    fn = {
+        "leaky_relu": lambda v: acts.leaky_relu(v, negative_slope=ALPHA["leaky_relu"]),
+        "elu": lambda v: acts.elu(v, alpha=ALPHA["elu"]),
+    }.get(name, getattr(acts, name))
+    want = keras.ops.convert_to_numpy(fn(keras.ops.convert_to_tensor(x)))
+    got = activation_forward(x, name, ALPHA.get(name, 0.0))
+    assert want.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-15, err_msg=name)
