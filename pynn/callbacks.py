@@ -101,6 +101,7 @@ class Progbar:
         self.start = time.perf_counter()
         self.last_draw = 0.0
         self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.prev_width = 0
 
     def _bar(self, current):
         if not self.target:
@@ -118,6 +119,10 @@ class Progbar:
         now = time.perf_counter()
         if self.verbose != 1 or (not finalize and now - self.last_draw < 0.05):
             return
+        if not finalize and not self.interactive:
+            # A pipe or a log file cannot redraw a line: only the final line of each epoch is
+            # written there, so logs stay one line per epoch.
+            return
         self.last_draw = now
         elapsed = now - self.start
         per_step = elapsed / max(current, 1)
@@ -130,8 +135,13 @@ class Progbar:
         line = f"{current:>{width}}/{self.target or '?'} {self._bar(current)} {timing}"
         if logs:
             line += " - " + format_logs(logs)
-        end = "\n" if finalize else ""
-        self.stream.write(("\r" if self.interactive or not finalize else "\r") + line + end)
+        if self.interactive:
+            # Pad with spaces so a shorter line fully covers the previous one.
+            padded = line.ljust(self.prev_width)
+            self.prev_width = len(line)
+            self.stream.write("\r" + padded + ("\n" if finalize else ""))
+        else:
+            self.stream.write(line + "\n")
         self.stream.flush()
 
     def summary_line(self, steps, logs):
@@ -192,6 +202,7 @@ class EarlyStopping(Callback):
             return
         if self.restore_best_weights and self.best_weights is None:
             self.best_weights = self.model.get_weights()
+            self.best_epoch = epoch
         self.wait += 1
         if self._improved(value, self.best):
             self.best = value
@@ -208,7 +219,8 @@ class EarlyStopping(Callback):
     def on_train_end(self, logs=None):
         if self.stopped_epoch > 0 and self.verbose > 0:
             print(f"Epoch {self.stopped_epoch + 1}: early stopping")
-        if self.restore_best_weights and self.best_weights is not None and self.stopped_epoch:
+        # Keras 3 restores the best weights at the end of training, stopped early or not.
+        if self.restore_best_weights and self.best_weights is not None:
             if self.verbose > 0:
                 print(f"Restoring model weights from the end of the best epoch: "
                       f"{self.best_epoch + 1}.")

@@ -15,6 +15,7 @@ same directory and renames it over the target, so a crash mid-save leaves the ol
 
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -27,6 +28,7 @@ MAX_JSON_BYTES = 16 << 20
 # An uncompressed entry larger than this is refused: a small hostile zip cannot make pynn
 # allocate unbounded memory.
 MAX_ARRAY_BYTES = 8 << 30
+NPY_HEADER_SLACK = 4096
 
 
 def _npy_bytes(array):
@@ -41,6 +43,10 @@ def _atomic_write_zip(filepath, entries):
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".pynn-", suffix=".tmp", dir=directory)
     try:
+        # mkstemp creates the file 0600; give the model file the usual umask-based mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as fh:
             with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
                 for name, data in entries:
@@ -135,8 +141,14 @@ class _Archive:
             raise ValueError(f"load_model: {self.path}: '{name}' is not valid JSON "
                              f"({exc})") from None
 
-    def array(self, name):
-        data = self._read(name, MAX_ARRAY_BYTES)
+    def array(self, name, shape=None):
+        """The numeric array stored as ``name``; with ``shape``, its declared size must fit
+        that shape before a byte is read, and the array must have exactly that shape."""
+        limit = MAX_ARRAY_BYTES
+        if shape is not None:
+            # 8 bytes per value (the widest dtype pynn saves) plus the .npy header.
+            limit = min(limit, 8 * math.prod(shape) + NPY_HEADER_SLACK)
+        data = self._read(name, limit)
         try:
             arr = np.load(io.BytesIO(data), allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
@@ -144,6 +156,9 @@ class _Archive:
                              f"({exc})") from None
         if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
             raise ValueError(f"load_model: {self.path}: '{name}' must hold a numeric array")
+        if shape is not None and tuple(arr.shape) != tuple(shape):
+            raise ValueError(f"load_model: {self.path}: '{name}' has shape {arr.shape}, the "
+                             f"model expects {tuple(shape)}")
         return arr
 
     def close(self):
@@ -156,6 +171,7 @@ def _expect(cond, path, what):
 
 
 def _build_model(archive):
+    from pynn.layers.base import zero_init
     from pynn.models import Sequential
 
     doc = archive.doc
@@ -166,14 +182,31 @@ def _build_model(archive):
         _expect(isinstance(spec, dict) and isinstance(spec.get("config", {}), dict),
                 archive.path, "each layer must be an object with a 'config' object")
     try:
-        model = Sequential.from_config(config)
-        shape = doc.get("built_input_shape")
-        if shape is not None and not model.built:
-            _expect(isinstance(shape, list), archive.path, "'built_input_shape' must be a list")
-            model.build(tuple(shape))
-    except (TypeError, KeyError) as exc:
+        with zero_init():
+            model = Sequential.from_config(config)
+            shape = doc.get("built_input_shape")
+            if shape is not None and not model.built:
+                _expect(isinstance(shape, list), archive.path,
+                        "'built_input_shape' must be a list")
+                model.build(tuple(shape))
+    except (TypeError, KeyError, AttributeError, OverflowError) as exc:
         raise ValueError(f"load_model: {archive.path}: invalid model config ({exc})") from None
+    except MemoryError:
+        raise ValueError(f"load_model: {archive.path}: the model config asks for more memory "
+                         f"than there is") from None
+    _check_weight_budget(model, archive)
     return model
+
+
+def _check_weight_budget(model, archive):
+    """The weights the config declares must match the bytes the archive holds: a tiny file
+    cannot make load_model allocate gigabytes that the file does not back."""
+    stored = sum(info.file_size for name, info in archive.infos.items()
+                 if name.startswith("weights/"))
+    values = sum(math.prod(v.shape) for v in model.weights)
+    if values > stored:  # every stored value takes at least one byte
+        raise ValueError(f"load_model: {archive.path}: the model config declares {values} "
+                         f"weight values but the file stores only {stored} bytes of weights")
 
 
 def _load_weights_into(model, archive):
@@ -183,7 +216,8 @@ def _load_weights_into(model, archive):
     if len(names) != len(variables):
         raise ValueError(f"load_model: {archive.path} holds {len(names)} weights but the model "
                          f"has {len(variables)}")
-    model.set_weights([archive.array(f"weights/{i:05d}.npy") for i in range(len(names))])
+    arrays = [archive.array(f"weights/{i:05d}.npy", v.shape) for i, v in enumerate(variables)]
+    model.set_weights(arrays)
 
 
 def load_model(filepath, compile=True):
@@ -211,8 +245,15 @@ def load_model(filepath, compile=True):
                 _expect(isinstance(state, dict) and isinstance(state.get("slots"), list)
                         and isinstance(state.get("iterations"), int), archive.path,
                         "'optimizer_state' must hold 'iterations' and 'slots'")
-                slots = {name: archive.array(f"optimizer/{i:05d}.npy")
-                         for i, name in enumerate(state["slots"])}
+                shapes = {v.path: v.shape for v in model.weights}
+                slots = {}
+                for i, name in enumerate(state["slots"]):
+                    _expect(isinstance(name, str), archive.path, "slot names must be strings")
+                    owner = shapes.get(name.rsplit("/", 1)[0])
+                    if owner is None:
+                        raise ValueError(f"load_model: {archive.path}: optimizer slot "
+                                         f"{name!r} names no weight of the model")
+                    slots[name] = archive.array(f"optimizer/{i:05d}.npy", owner)
                 model.optimizer.set_state({"iterations": state["iterations"], "slots": slots},
                                           model.trainable_weights)
         return model

@@ -5,8 +5,10 @@ weights, ``call(x, training)`` computes, ``get_config()`` round-trips. pynn adds
 Shapes include the batch axis as None, as in Keras. Layers talk to ``backend.current()`` only.
 """
 
+import contextlib
 import itertools
 import math
+import re
 
 import numpy as np
 
@@ -14,6 +16,19 @@ from pynn import _config, backend, initializers, regularizers
 from pynn.variables import Variable
 
 _name_counters = {}
+# Set while a saved model is rebuilt: its weights are about to be overwritten from the file, so
+# add_weight allocates zeros (lazily mapped pages) instead of drawing random values.
+_zero_init = False
+
+
+@contextlib.contextmanager
+def zero_init():
+    global _zero_init
+    previous, _zero_init = _zero_init, True
+    try:
+        yield
+    finally:
+        _zero_init = previous
 
 
 def _unique_name(base):
@@ -23,12 +38,10 @@ def _unique_name(base):
 
 
 def _snake(name):
-    out = []
-    for i, ch in enumerate(name):
-        if ch.isupper() and i and not name[i - 1].isupper():
-            out.append("_")
-        out.append(ch.lower())
-    return "".join(out)
+    """Keras's ``to_snake_case``: Conv2D -> conv2d, MaxPooling2D -> max_pooling2d."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def shape_str(shape):
@@ -58,7 +71,8 @@ class Layer:
     # -- weights --------------------------------------------------------------------------
     def add_weight(self, name, shape, initializer, regularizer=None, trainable=True):
         init = initializers.get(initializer)
-        value = init(tuple(shape), dtype=self.dtype)
+        shape = tuple(int(d) for d in shape)
+        value = np.zeros(shape, self.dtype) if _zero_init else init(shape, dtype=self.dtype)
         var = Variable(backend.current().asarray(value, self.dtype), f"{self.name}/{name}",
                        trainable=trainable, regularizer=regularizers.get(regularizer))
         self._variables.append(var)

@@ -1,0 +1,45 @@
+"""Shared fixtures: seeding, float64 mode, thread-count control, a small CPU backend guard."""
+
+import numpy as np
+import pytest
+
+import pynn
+
+
+@pytest.fixture
+def seeded():
+    """Seed pynn's generator (initializers, shuffling, dropout seeds); returns a NumPy rng."""
+    pynn.utils.set_random_seed(1234)
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def float64():
+    """Layers created inside the test default to float64 (gradient checks); restored after."""
+    previous = pynn.floatx()
+    pynn.set_floatx("float64")
+    try:
+        yield
+    finally:
+        pynn.set_floatx(previous)
+
+
+@pytest.fixture
+def num_threads():
+    """Yields pynn.set_num_threads; the thread count in force before the test is restored."""
+    previous = pynn.get_num_threads()
+    try:
+        yield pynn.set_num_threads
+    finally:
+        pynn.set_num_threads(previous)
+
+
+@pytest.fixture
+def cpu_backend():
+    """Run on the CPU backend; the previous device is restored after the test."""
+    previous = pynn.get_device()
+    pynn.set_device("cpu")
+    try:
+        yield
+    finally:
+        pynn.set_device(previous)
