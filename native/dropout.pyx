@@ -72,16 +72,6 @@ cdef inline void philox4x32_10(uint32_t* ctr, uint32_t k0, uint32_t k1) noexcept
     ctr[3] = c3
 
 
-cdef inline uint32_t philox_word0(uint64_t e, uint32_t k0, uint32_t k1) noexcept nogil:
-    cdef uint32_t ctr[4]
-    ctr[0] = <uint32_t>e
-    ctr[1] = <uint32_t>(e >> 32)
-    ctr[2] = 0
-    ctr[3] = 0
-    philox4x32_10(ctr, k0, k1)
-    return ctr[0]
-
-
 def philox4x32_10_block(counter, key):
     """Random123's philox4x32_R(10, counter, key) for 4 counter and 2 key words (tests)."""
     cdef uint32_t ctr[4]
@@ -97,8 +87,8 @@ def philox4x32_10_block(counter, key):
 
 
 cdef enum:
-    # Elements per generator batch: the round loop runs over this many independent lanes so
-    # the compiler can vectorize the 32x32->64 multiplies (AVX2 vpmuludq).
+    # Elements per generator batch: the round loop runs over this many independent counters,
+    # which gives the CPU (and the vectorizer) independent multiply chains to overlap.
     LANES = 16
 
 
@@ -106,7 +96,8 @@ cdef inline void philox_keep_lanes(uint64_t e0, uint32_t k0, uint32_t k1, uint32
                                    uint8_t* keep) noexcept nogil:
     """keep[l] = word 0 of Philox4x32-10(ctr(e0 + l), key) >= threshold, l < LANES.
 
-    The same arithmetic as philox_word0, reordered lane-major; test_dropout checks both."""
+    philox4x32_10's arithmetic, lane-major; test_dropout checks the masks bit for bit against
+    an independent NumPy Philox that itself passes Random123's known answers."""
     cdef uint32_t c0[LANES]
     cdef uint32_t c1[LANES]
     cdef uint32_t c2[LANES]

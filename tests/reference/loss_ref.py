@@ -97,11 +97,18 @@ def loss_backward_ref(name, y_true, y_pred, from_logits=False, param=None, dtype
 
 # -- metrics ------------------------------------------------------------------------------
 
+def _threshold_in_dtype(y_pred, threshold):
+    """Keras compares against a tensor of the prediction's float dtype."""
+    dt = np.asarray(y_pred).dtype
+    return float(dt.type(threshold)) if np.issubdtype(dt, np.floating) else float(threshold)
+
+
 def accuracy_count_ref(y_true, y_pred, mode, threshold=0.5):
     p = np.asarray(y_pred, dtype=np.float64)
     if mode == "binary":
         t = np.asarray(y_true, dtype=np.float64).reshape(p.shape)
-        return int(np.sum(t == (p > threshold).astype(np.float64)))
+        thr = _threshold_in_dtype(y_pred, threshold)
+        return int(np.sum(t == (p > thr).astype(np.float64)))
     pred = np.argmax(p, axis=-1)  # NumPy argmax: first index on ties, like torch's
     if mode == "categorical":
         true = np.argmax(np.asarray(y_true, dtype=np.float64), axis=-1)
@@ -125,6 +132,7 @@ def top_k_count_ref(y_true, y_pred, k, sparse):
 
 
 def confusion_counts_ref(y_true, y_pred, threshold=0.5):
-    p = np.asarray(y_pred, dtype=np.float64).reshape(-1) > threshold
+    p = np.asarray(y_pred, dtype=np.float64).reshape(-1) > _threshold_in_dtype(y_pred,
+                                                                                threshold)
     t = np.asarray(y_true, dtype=np.float64).reshape(-1) != 0
     return int(np.sum(t & p)), int(np.sum(~t & p)), int(np.sum(t & ~p))

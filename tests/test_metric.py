@@ -1,0 +1,220 @@
+"""accuracy_count / top_k_count / confusion_counts (native/metric.pyx) against the oracles
+of tests/reference/loss_ref.py and Keras 3's own metric functions."""
+
+import os
+
+import numpy as np
+import pytest
+
+from pynn._native.info import set_num_threads
+from pynn._native.metric import accuracy_count, confusion_counts, top_k_count
+from tests.reference.loss_ref import accuracy_count_ref, confusion_counts_ref, top_k_count_ref
+
+SHAPES_2D = [(1, 1), (7, 3), (13, 5), (33, 10)]
+
+
+def scores(rng, shape, dtype, ties=True):
+    """Scores with many exact ties (small integers) or continuous ones."""
+    if ties:
+        return rng.integers(0, 3, size=shape).astype(dtype)
+    return rng.normal(size=shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES_2D)
+@pytest.mark.parametrize("ties", [True, False])
+def test_argmax_accuracies_match_reference(shape, dtype, ties):
+    rng = np.random.default_rng(shape[0] * 7 + shape[1])
+    p = scores(rng, shape, dtype, ties)
+    labels = rng.integers(0, shape[1], size=shape[0])
+    onehot = np.eye(shape[1])[labels]
+    assert accuracy_count(onehot, p, "categorical", 0.5) == accuracy_count_ref(
+        onehot, p, "categorical")
+    assert accuracy_count(labels, p, "sparse", 0.5) == accuracy_count_ref(labels, p, "sparse")
+    assert accuracy_count(labels[:, None], p, "sparse", 0.5) == accuracy_count_ref(
+        labels, p, "sparse")
+    # Soft targets: categorical accuracy takes the argmax of y_true too (first on ties).
+    soft = scores(rng, shape, dtype, ties)
+    assert accuracy_count(soft, p, "categorical", 0.5) == accuracy_count_ref(
+        soft, p, "categorical")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES_2D)
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 12])
+def test_top_k_matches_reference(shape, dtype, k):
+    rng = np.random.default_rng(shape[0] + k)
+    for ties in (True, False):
+        p = scores(rng, shape, dtype, ties)
+        labels = rng.integers(0, shape[1], size=shape[0])
+        onehot = np.eye(shape[1])[labels]
+        assert top_k_count(labels, p, k, True) == top_k_count_ref(labels, p, k, True)
+        assert top_k_count(onehot, p, k, False) == top_k_count_ref(onehot, p, k, False)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1,), (7,), (13, 1), (5, 3), (2, 3, 7)])
+@pytest.mark.parametrize("threshold", [0.5, 0.2])
+def test_binary_metrics_match_reference(shape, dtype, threshold):
+    rng = np.random.default_rng(len(shape) * 31 + shape[0])
+    p = rng.uniform(size=shape).astype(dtype)
+    p.reshape(-1)[:2] = dtype(threshold)  # exactly at the threshold: not positive
+    t = rng.integers(0, 2, size=shape)
+    assert accuracy_count(t, p, "binary", threshold) == accuracy_count_ref(t, p, "binary",
+                                                                            threshold)
+    assert confusion_counts(t, p, threshold) == confusion_counts_ref(t, p, threshold)
+    # Soft targets: only exact 0/1 can match in accuracy; any non-zero label is positive.
+    soft = np.where(rng.uniform(size=shape) < 0.3, 0.7, t)
+    assert accuracy_count(soft, p, "binary", threshold) == accuracy_count_ref(
+        soft, p, "binary", threshold)
+    assert confusion_counts(soft, p, threshold) == confusion_counts_ref(soft, p, threshold)
+
+
+def test_hand_computed_examples():
+    # Keras's BinaryAccuracy docstring: [[1],[1],[0],[0]] vs [[0.98],[1],[0],[0.6]] -> 0.75.
+    assert accuracy_count([[1], [1], [0], [0]], [[0.98], [1], [0], [0.6]], "binary", 0.5) == 3
+    # Ties go to the first index: row 0 argmax 0 (label 0 hit), row 1 argmax 1 (label 2 miss).
+    p = np.array([[0.4, 0.4, 0.2], [0.1, 0.45, 0.45]])
+    assert accuracy_count([0, 2], p, "sparse", 0.5) == 1
+    # in_top_k counts ties at the boundary as in: label 2 scores 0.45 = the 1st largest.
+    assert top_k_count([2, 2], p, 1, True) == 1
+    assert top_k_count([1, 2], p, 1, True) == 2
+    assert top_k_count([2, 0], p, 2, True) == 0  # both targets have two larger scores
+    # k >= K: every row is in.
+    assert top_k_count([2, 0], p, 3, True) == 2 and top_k_count([2, 0], p, 99, True) == 2
+    assert confusion_counts([1, 1, 0, 0], [0.9, 0.2, 0.7, 0.1], 0.5) == (1, 1, 1)
+    # NaN scores: argmax picks the first NaN (torch/NumPy); a NaN target ties nothing.
+    nanp = np.array([[0.1, np.nan, 0.9]])
+    assert accuracy_count([1], nanp, "sparse", 0.5) == 1
+    assert accuracy_count([[0, 1, 0]], nanp, "categorical", 0.5) == 1
+
+
+def test_return_types_are_python_ints():
+    p = np.eye(3, dtype=np.float32)
+    assert type(accuracy_count(np.eye(3), p, "categorical", 0.5)) is int
+    assert type(top_k_count([0, 1, 2], p, 1, True)) is int
+    assert all(type(v) is int for v in confusion_counts(np.eye(3), p, 0.5))
+
+
+def test_empty_batch():
+    p = np.zeros((0, 4), np.float32)
+    assert accuracy_count(np.zeros((0, 4)), p, "categorical", 0.5) == 0
+    assert accuracy_count(np.zeros(0, np.int32), p, "sparse", 0.5) == 0
+    assert accuracy_count(np.zeros((0, 1)), np.zeros((0, 1)), "binary", 0.5) == 0
+    assert top_k_count(np.zeros(0, np.int32), p, 5, True) == 0
+    assert confusion_counts(np.zeros(0), np.zeros(0), 0.5) == (0, 0, 0)
+
+
+def test_thread_invariance():
+    rng = np.random.default_rng(3)
+    p = rng.integers(0, 4, size=(10007, 9)).astype(np.float32)
+    labels = rng.integers(0, 9, size=10007)
+    t = rng.integers(0, 2, size=p.shape)
+    out = []
+    try:
+        for n in (1, 2, 3):
+            set_num_threads(n)
+            out.append((accuracy_count(labels, p, "sparse", 0.5),
+                        accuracy_count(np.eye(9)[labels], p, "categorical", 0.5),
+                        accuracy_count(t, p / 4, "binary", 0.5),
+                        top_k_count(labels, p, 3, True),
+                        confusion_counts(t, p / 4, 0.5)))
+    finally:
+        set_num_threads(os.cpu_count() or 1)
+    assert out[0] == out[1] == out[2]
+    assert out[0][0] == accuracy_count_ref(labels, p, "sparse")
+
+
+def test_layouts_give_the_same_result():
+    rng = np.random.default_rng(4)
+    p = rng.normal(size=(6, 10))
+    labels = rng.integers(0, 10, size=6)
+    want = top_k_count(labels, p, 3, True)
+    strided = np.zeros((6, 20))
+    strided[:, ::2] = p
+    readonly = p.copy()
+    readonly.setflags(write=False)
+    for q in (np.asfortranarray(p), strided[:, ::2], readonly):
+        assert top_k_count(labels, q, 3, True) == want
+
+
+def test_bad_inputs():
+    p = np.full((3, 4), 0.25, np.float32)
+    with pytest.raises(ValueError, match="mode"):
+        accuracy_count([0, 1, 2], p, "top5", 0.5)
+    with pytest.raises(ValueError, match="'y_true' is required"):
+        accuracy_count(None, p, "sparse", 0.5)
+    with pytest.raises(ValueError, match="'y_true' is required"):
+        accuracy_count(None, p, "binary", 0.5)
+    with pytest.raises(ValueError, match="'y_pred' is required"):
+        accuracy_count([0, 1, 2], None, "sparse", 0.5)
+    with pytest.raises(ValueError, match=r"shape \(N, K\)"):
+        accuracy_count([0, 1, 2], p.reshape(3, 2, 2), "sparse", 0.5)
+    with pytest.raises(ValueError, match=r"label 4 out of range.*K=4"):
+        accuracy_count([0, 4, 1], p, "sparse", 0.5)
+    with pytest.raises(ValueError, match=r"label -2 out of range"):
+        top_k_count([0, -2, 1], p, 2, True)
+    with pytest.raises(ValueError, match="one-hot 'y_true'"):
+        accuracy_count(np.ones((3, 3)), p, "categorical", 0.5)
+    with pytest.raises(ValueError, match="shape"):
+        accuracy_count(np.ones((3, 3)), p, "binary", 0.5)
+    with pytest.raises(ValueError, match="shape"):
+        confusion_counts(np.ones(5), p, 0.5)
+    for k in (0, -1, 2.5, True, None):
+        with pytest.raises(ValueError, match="'k'"):
+            top_k_count([0, 1, 2], p, k, True)
+    with pytest.raises(ValueError, match="NaN"):
+        confusion_counts(p, p, float("nan"))
+    with pytest.raises(TypeError, match="threshold"):
+        accuracy_count(p, p, "binary", "half")
+    with pytest.raises(TypeError, match="numeric"):
+        accuracy_count(p, np.array([["a"] * 4] * 3), "binary", 0.5)
+
+
+# -- golden comparison against Keras 3's metric functions (torch backend) -----------------
+
+@pytest.fixture(scope="module")
+def keras():
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    try:
+        import keras
+    except Exception as exc:  # keras missing or its backend unavailable
+        pytest.skip(f"keras unavailable: {exc}")
+    if keras.backend.backend() != "torch":
+        pytest.skip(f"keras runs on {keras.backend.backend()}, not torch")
+    return keras
+
+
+def keras_count(keras, fn, *args, **kwargs):
+    matches = keras.ops.convert_to_numpy(fn(*args, **kwargs))
+    return int(round(float(np.sum(matches))))
+
+
+def test_matches_keras(keras):
+    m = keras.metrics
+    rng = np.random.default_rng(8)
+    for shape in [(13, 5), (40, 7)]:
+        p = rng.integers(0, 3, size=shape).astype(np.float32)  # many ties
+        labels = rng.integers(0, shape[1], size=shape[0])
+        onehot = np.eye(shape[1], dtype=np.float32)[labels]
+        assert accuracy_count(onehot, p, "categorical", 0.5) == keras_count(
+            keras, m.categorical_accuracy, onehot, p)
+        assert accuracy_count(labels, p, "sparse", 0.5) == keras_count(
+            keras, m.sparse_categorical_accuracy, labels[:, None].astype(np.float32), p)
+        for k in (1, 2, 3):
+            assert top_k_count(onehot, p, k, False) == keras_count(
+                keras, m.top_k_categorical_accuracy, onehot, p, k=k)
+            assert top_k_count(labels, p, k, True) == keras_count(
+                keras, m.sparse_top_k_categorical_accuracy, labels, p, k=k)
+        t = rng.integers(0, 2, size=shape).astype(np.float32)
+        q = rng.uniform(size=shape).astype(np.float32)
+        for thr in (0.5, 0.3):
+            assert accuracy_count(t, q, "binary", thr) == keras_count(
+                keras, m.binary_accuracy, t, q, threshold=thr)
+        precision = m.Precision(thresholds=0.3)
+        recall = m.Recall(thresholds=0.3)
+        precision.update_state(t, q)
+        recall.update_state(t, q)
+        tp, fp, fn = confusion_counts(t, q, 0.3)
+        np.testing.assert_allclose(float(precision.result()), tp / (tp + fp), rtol=1e-6)
+        np.testing.assert_allclose(float(recall.result()), tp / (tp + fn), rtol=1e-6)
