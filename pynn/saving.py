@@ -69,7 +69,9 @@ def _model_entries(model, include_optimizer=True):
     names = [v.path for v in model.weights]
     doc = {"format": FORMAT, "version": VERSION, "model": model.get_config(),
            "built_input_shape": list(model.input_shape) if model.built else None,
-           "weights": names}
+           "weights": names,
+           "layer_state": {layer.name: layer.runtime_state() for layer in model.layers
+                           if layer.runtime_state()}}
     entries = [(f"weights/{i:05d}.npy", _npy_bytes(w)) for i, w in enumerate(weights)]
     if include_optimizer and model.compiled:
         doc["compile"] = {
@@ -189,7 +191,9 @@ def _build_model(archive):
                 _expect(isinstance(shape, list), archive.path,
                         "'built_input_shape' must be a list")
                 model.build(tuple(shape))
-    except (TypeError, KeyError, AttributeError, OverflowError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        if str(exc).startswith("load_model:"):
+            raise
         raise ValueError(f"load_model: {archive.path}: invalid model config ({exc})") from None
     except MemoryError:
         raise ValueError(f"load_model: {archive.path}: the model config asks for more memory "
@@ -220,6 +224,16 @@ def _load_weights_into(model, archive):
     model.set_weights(arrays)
 
 
+def _load_layer_state(model, archive):
+    states = archive.doc.get("layer_state", {})
+    _expect(isinstance(states, dict), archive.path, "'layer_state' must be an object")
+    by_name = {layer.name: layer for layer in model.layers}
+    for name, state in states.items():
+        _expect(name in by_name and isinstance(state, dict), archive.path,
+                f"'layer_state' names an unknown layer {name!r}")
+        by_name[name].set_runtime_state(state)
+
+
 def load_model(filepath, compile=True):
     """Rebuild a model saved by ``model.save``; with its optimizer state when compiled, so
     ``fit`` resumes where it stopped."""
@@ -229,6 +243,7 @@ def load_model(filepath, compile=True):
     try:
         model = _build_model(archive)
         _load_weights_into(model, archive)
+        _load_layer_state(model, archive)
         spec = archive.doc.get("compile")
         if compile and spec is not None:
             _expect(isinstance(spec, dict), archive.path, "'compile' must be an object")
@@ -237,7 +252,7 @@ def load_model(filepath, compile=True):
                                 for m in spec.get("metrics", [])]
                 model.compile(optimizer=optimizers.get(spec["optimizer"]),
                               loss=losses.get(spec["loss"]), metrics=metric_specs)
-            except (TypeError, KeyError) as exc:
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 raise ValueError(f"load_model: {archive.path}: invalid compile config "
                                  f"({exc})") from None
             state = archive.doc.get("optimizer_state")
@@ -268,6 +283,6 @@ def load_weights(model, filepath):
             shape = archive.doc.get("built_input_shape")
             _expect(isinstance(shape, list), archive.path, "'built_input_shape' is missing")
             model.build(tuple(shape))
-        _load_weights_into(model, archive)
+        _load_weights_into(model, archive)  # by position, as Keras: layer names may differ
     finally:
         archive.close()

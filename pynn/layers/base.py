@@ -55,6 +55,9 @@ class Layer:
         self.name = name or _unique_name(_snake(type(self).__name__))
         self.trainable = trainable
         self.dtype = str(np.dtype(dtype)) if dtype is not None else _config.floatx()
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"{type(self).__name__} '{self.name}': dtype must be 'float32' or "
+                             f"'float64', got {dtype!r}")
         self.built = False
         self.input_shape = None
         self.output_shape = None
@@ -150,6 +153,17 @@ class Layer:
 
     def backward(self, dy):
         raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    # -- state that is neither config nor weights ---------------------------------------
+    def runtime_state(self):
+        """JSON-able state a resumed ``fit`` needs besides the weights (Dropout's position in
+        its random stream); saved with the model."""
+        return {}
+
+    def set_runtime_state(self, state):
+        if state:
+            raise ValueError(f"Layer '{self.name}' ({type(self).__name__}) has no runtime "
+                             f"state, got {sorted(state)}")
 
     # -- config ---------------------------------------------------------------------------
     def get_config(self):

@@ -160,6 +160,16 @@ class Dropout(Layer):
         mask, self._cache = self._cache, None
         return backend.current().dropout_backward(dy, mask, self.rate)
 
+    def runtime_state(self):
+        return {"offset": self._offset}
+
+    def set_runtime_state(self, state):
+        offset = state.get("offset", 0)
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"Dropout '{self.name}': offset must be a non-negative int, got "
+                             f"{offset!r}")
+        self._offset = offset
+
     def get_config(self):
         config = super().get_config()
         config.update(rate=self.rate, seed=self.seed)

@@ -1,0 +1,402 @@
+"""Save / load: round trips, exact resumption, atomic writes, and hostile or damaged files.
+
+A model file is a zip of JSON and .npy arrays. Every defect must surface as a ValueError that
+says what is wrong; nothing in a file may ever run code (no pickle, no import by name).
+"""
+
+import io
+import json
+import os
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+
+import pynn
+from pynn import layers, saving
+
+
+def make_model(dropout=True):
+    stack = [layers.Input((6, 6, 1)),
+             layers.Conv2D(3, 3, padding="same", activation="relu"),
+             layers.MaxPooling2D(2),
+             layers.Flatten(),
+             layers.Dense(8, activation="tanh", kernel_regularizer=pynn.regularizers.L2(1e-3))]
+    if dropout:
+        stack.append(layers.Dropout(0.25, seed=5))
+    stack.append(layers.Dense(3, activation="softmax"))
+    return pynn.Sequential(stack)
+
+
+def make_data(n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, 6, 6, 1)).astype(np.float32),
+            rng.integers(0, 3, n).astype(np.int32))
+
+
+def compiled(optimizer=None, dropout=True):
+    model = make_model(dropout)
+    model.compile(optimizer or pynn.optimizers.Adam(1e-2), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+@pytest.fixture
+def trained(seeded, tmp_path):
+    model = compiled()
+    x, y = make_data()
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    path = tmp_path / "model.pynn"
+    model.save(path)
+    return model, path, x, y
+
+
+# -- round trips ------------------------------------------------------------------------------
+def test_round_trip_predictions_and_config(trained):
+    model, path, x, _ = trained
+    loaded = pynn.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+    assert [type(a) for a in loaded.layers] == [type(b) for b in model.layers]
+    assert [a.name for a in loaded.layers] == [b.name for b in model.layers]
+    assert loaded.get_config() == model.get_config()
+    assert loaded.count_params() == model.count_params()
+    for a, b in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert type(loaded.optimizer) is pynn.optimizers.Adam
+    assert loaded.optimizer.iterations == model.optimizer.iterations == 4
+    assert loaded.evaluate(x, make_data()[1], verbose=0) == \
+        model.evaluate(x, make_data()[1], verbose=0)
+
+
+@pytest.mark.parametrize("optimizer", [
+    lambda: pynn.optimizers.Adam(1e-2, amsgrad=True),
+    lambda: pynn.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+    lambda: pynn.optimizers.RMSprop(1e-2, centered=True, momentum=0.3),
+    lambda: pynn.optimizers.Adagrad(0.05),
+    lambda: pynn.optimizers.AdamW(1e-2, clipnorm=1.0),
+], ids=["adam-amsgrad", "sgd-nesterov", "rmsprop-centered", "adagrad", "adamw-clipnorm"])
+def test_resumed_training_is_bit_identical(seeded, tmp_path, optimizer):
+    x, y = make_data()
+    pynn.utils.set_random_seed(7)
+    straight = compiled(optimizer())
+    initial = straight.get_weights()
+    straight.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
+
+    pynn.utils.set_random_seed(7)
+    first = compiled(optimizer())
+    first.set_weights(initial)
+    first.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    first.save(tmp_path / "half.pynn")
+    del first
+    resumed = pynn.load_model(tmp_path / "half.pynn")
+    history = resumed.fit(x, y, batch_size=8, epochs=3, initial_epoch=1, shuffle=False,
+                          verbose=0)
+    assert history.epoch == [1, 2]
+    for a, b in zip(resumed.get_weights(), straight.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert resumed.optimizer.iterations == straight.optimizer.iterations == 12
+
+
+def test_weights_only_save(trained, tmp_path):
+    model, _, x, _ = trained
+    path = tmp_path / "weights.pynn"
+    model.save_weights(path)
+    with zipfile.ZipFile(path) as zf:
+        doc = json.loads(zf.read("pynn.json"))
+        assert "compile" not in doc and "optimizer_state" not in doc
+        assert not [n for n in zf.namelist() if n.startswith("optimizer/")]
+    fresh = make_model()
+    assert not np.array_equal(fresh.predict(x), model.predict(x))
+    fresh.load_weights(path)
+    np.testing.assert_array_equal(fresh.predict(x), model.predict(x))
+    reloaded = pynn.load_model(path)  # a weights file is still a full model description
+    assert not reloaded.compiled
+    np.testing.assert_array_equal(reloaded.predict(x), model.predict(x))
+
+
+def test_load_weights_into_unbuilt_model(trained, tmp_path):
+    model, path, x, _ = trained
+    stack = [layers.Conv2D(3, 3, padding="same", activation="relu"), layers.MaxPooling2D(2),
+             layers.Flatten(), layers.Dense(8, activation="tanh"), layers.Dropout(0.25),
+             layers.Dense(3, activation="softmax")]
+    fresh = pynn.Sequential(stack)
+    fresh.load_weights(path)
+    np.testing.assert_array_equal(fresh.predict(x), model.predict(x))
+
+
+def test_load_without_compile(trained):
+    _, path, x, _ = trained
+    loaded = pynn.load_model(path, compile=False)
+    assert not loaded.compiled and loaded.optimizer is None
+    with pytest.raises(RuntimeError, match="compile"):
+        loaded.evaluate(x, make_data()[1])
+
+
+def test_save_unbuilt_model_is_refused(tmp_path):
+    model = pynn.Sequential([layers.Dense(3)])
+    with pytest.raises(ValueError, match="not built"):
+        model.save(tmp_path / "m.pynn")
+    assert not (tmp_path / "m.pynn").exists()
+
+
+# -- atomic save --------------------------------------------------------------------------------
+def _stray_files(directory):
+    return [p.name for p in directory.iterdir() if p.name.startswith(".pynn-")]
+
+
+def test_failed_save_keeps_old_file(trained, tmp_path, monkeypatch):
+    model, path, _, _ = trained
+    before = path.read_bytes()
+    calls = {"n": 0}
+    original = zipfile.ZipFile.writestr
+
+    def failing_writestr(self, name, data, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk full (simulated)")
+        return original(self, name, data, *args, **kwargs)
+
+    model.fit(*make_data(), batch_size=8, epochs=1, verbose=0)  # new weights to save
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", failing_writestr)
+    with pytest.raises(OSError, match="simulated"):
+        model.save(path)
+    monkeypatch.undo()
+    assert calls["n"] == 3
+    assert path.read_bytes() == before
+    assert _stray_files(tmp_path) == []
+    pynn.load_model(path)  # still a valid file
+
+
+def test_interrupted_rename_leaves_no_temp_file(trained, tmp_path, monkeypatch):
+    model, path, _, _ = trained
+    before = path.read_bytes()
+
+    def failing_replace(src, dst):
+        raise KeyboardInterrupt  # even a non-Exception interruption cleans up
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(KeyboardInterrupt):
+        model.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and _stray_files(tmp_path) == []
+
+
+def test_saved_file_mode_follows_umask(trained):
+    _, path, _, _ = trained
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+# -- hostile and damaged files ------------------------------------------------------------------
+def _rewrite(path, out, replace=None, add=None, drop=()):
+    """Copy the zip at ``path`` to ``out``, replacing/adding/dropping entries."""
+    replace, add = replace or {}, add or {}
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            if info.filename in drop:
+                continue
+            data = replace.get(info.filename, src.read(info.filename))
+            dst.writestr(info.filename, data)
+        for name, data in add.items():
+            dst.writestr(name, data)
+    return out
+
+
+def _doc(path):
+    with zipfile.ZipFile(path) as zf:
+        return json.loads(zf.read("pynn.json"))
+
+
+def test_truncated_file(trained, tmp_path):
+    _, path, _, _ = trained
+    data = path.read_bytes()
+    for cut in (10, len(data) // 2, len(data) - 30):
+        bad = tmp_path / f"cut{cut}.pynn"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match="load_model"):
+            pynn.load_model(bad)
+
+
+def test_random_bytes(tmp_path):
+    bad = tmp_path / "noise.pynn"
+    bad.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(ValueError, match="not a pynn model file"):
+        pynn.load_model(bad)
+
+
+def test_empty_file_and_missing_file(tmp_path):
+    (tmp_path / "empty.pynn").write_bytes(b"")
+    with pytest.raises(ValueError):
+        pynn.load_model(tmp_path / "empty.pynn")
+    with pytest.raises(FileNotFoundError):
+        pynn.load_model(tmp_path / "absent.pynn")
+
+
+@pytest.mark.parametrize("payload", [b"{not json", b"\xff\xfe\x00", b"[1, 2]", b'"text"',
+                                     b'{"format": "other", "version": 1}',
+                                     b'{"format": "pynn", "version": 99}'])
+def test_bad_json(trained, tmp_path, payload):
+    _, path, _, _ = trained
+    bad = _rewrite(path, tmp_path / "bad.pynn", replace={"pynn.json": payload})
+    with pytest.raises(ValueError, match="load_model"):
+        pynn.load_model(bad)
+
+
+def test_missing_entries(trained, tmp_path):
+    _, path, _, _ = trained
+    for name in ("pynn.json", "weights/00001.npy", "optimizer/00000.npy"):
+        bad = _rewrite(path, tmp_path / "missing.pynn", drop=(name,))
+        with pytest.raises(ValueError, match="missing|not a pynn"):
+            pynn.load_model(bad)
+
+
+@pytest.mark.parametrize("class_name", ["Lambda", "os.system", "__import__", "Sequential", ""])
+def test_unknown_layer_class(trained, tmp_path, class_name):
+    _, path, _, _ = trained
+    doc = _doc(path)
+    doc["model"]["layers"][2]["class_name"] = class_name
+    bad = _rewrite(path, tmp_path / "cls.pynn", replace={"pynn.json": json.dumps(doc)})
+    with pytest.raises(ValueError, match="Unknown layer class"):
+        pynn.load_model(bad)
+
+
+@pytest.mark.parametrize("mutation", [
+    lambda d: d["model"].update(layers="dense"),
+    lambda d: d["model"]["layers"].append([1, 2]),
+    lambda d: d["model"]["layers"][1]["config"].update(filters="many"),
+    lambda d: d["model"]["layers"][1]["config"].update(kernel_size=[0, 3]),
+    lambda d: d["model"]["layers"][1]["config"].update(evil="x"),
+    lambda d: d["model"]["layers"][1]["config"].update(dtype="object"),
+    lambda d: d["model"]["layers"][0]["config"].update(shape="abc"),
+    lambda d: d["model"]["layers"][1]["config"].update(kernel_initializer={"class_name": "X"}),
+    lambda d: d.update(weights="all"),
+    lambda d: d["compile"].update(optimizer={"class_name": "subprocess.Popen"}),
+    lambda d: d["compile"].update(loss="no_such_loss"),
+    lambda d: d["optimizer_state"].update(iterations="3"),
+    lambda d: d["optimizer_state"].update(slots=["dense/kernel/momentum", 5]),
+    lambda d: d.update(layer_state={"nope": {"offset": 1}}),
+    lambda d: d.update(layer_state={"dropout": {"offset": -1}}),
+], ids=["layers-not-list", "layer-not-object", "bad-filters", "zero-kernel", "unknown-arg",
+        "object-dtype", "bad-input-shape", "unknown-initializer", "weights-not-list",
+        "unknown-optimizer", "unknown-loss", "bad-iterations", "bad-slot-name",
+        "state-unknown-layer", "state-negative-offset"])
+def test_malformed_config(trained, tmp_path, mutation):
+    _, path, _, _ = trained
+    doc = _doc(path)
+    for layer in doc["model"]["layers"]:
+        if layer["class_name"] == "Dropout":
+            doc.setdefault("layer_state", {})
+            layer["config"]["name"] = "dropout"
+            doc["layer_state"] = {"dropout": {"offset": 1}}
+    mutation(doc)
+    bad = _rewrite(path, tmp_path / "cfg.pynn", replace={"pynn.json": json.dumps(doc)})
+    with pytest.raises(ValueError):
+        pynn.load_model(bad)
+
+
+class _Boom:
+    """Unpickling this would create a marker file: proof that code ran."""
+
+    marker = None
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickled_object_array_never_runs(trained, tmp_path):
+    _, path, _, _ = trained
+    marker = tmp_path / "pwned"
+    _Boom.marker = marker
+    buf = io.BytesIO()
+    np.save(buf, np.array([_Boom()], dtype=object), allow_pickle=True)
+    for entry in ("weights/00000.npy", "optimizer/00000.npy"):
+        bad = _rewrite(path, tmp_path / "pickle.pynn", replace={entry: buf.getvalue()})
+        with pytest.raises(ValueError, match="not a valid .npy|numeric"):
+            pynn.load_model(bad)
+        assert not marker.exists()
+
+
+@pytest.mark.parametrize("array", [np.zeros((2, 2), np.float32), np.array(["a", "b"]),
+                                   np.zeros(3, dtype=[("a", "f4")]), np.array(1.0 + 2j)],
+                         ids=["wrong-shape", "strings", "structured", "complex"])
+def test_wrong_weight_arrays(trained, tmp_path, array):
+    _, path, _, _ = trained
+    buf = io.BytesIO()
+    np.save(buf, array)
+    bad = _rewrite(path, tmp_path / "shape.pynn", replace={"weights/00000.npy": buf.getvalue()})
+    with pytest.raises(ValueError, match="shape|numeric|size"):
+        pynn.load_model(bad)
+
+
+def test_weight_count_mismatch(trained, tmp_path):
+    _, path, _, _ = trained
+    doc = _doc(path)
+    doc["weights"] = doc["weights"][:-1]
+    bad = _rewrite(path, tmp_path / "count.pynn", replace={"pynn.json": json.dumps(doc)})
+    with pytest.raises(ValueError, match="holds 5 weights but the model has 6"):
+        pynn.load_model(bad)
+
+
+def test_optimizer_slot_with_wrong_shape(trained, tmp_path):
+    _, path, _, _ = trained
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(7, np.float32))
+    bad = _rewrite(path, tmp_path / "slot.pynn", replace={"optimizer/00000.npy": buf.getvalue()})
+    with pytest.raises(ValueError, match="shape|size"):
+        pynn.load_model(bad)
+
+
+def _set_declared_size(data, name, size):
+    """Patch the uncompressed size of entry ``name`` in both its local and central headers."""
+    data = bytearray(data)
+    encoded = name.encode()
+    local = data.find(b"PK\x03\x04" + b"\x00" * 0)
+    while local != -1:
+        nlen = struct.unpack_from("<H", data, local + 26)[0]
+        if bytes(data[local + 30:local + 30 + nlen]) == encoded:
+            struct.pack_into("<I", data, local + 22, size)
+        local = data.find(b"PK\x03\x04", local + 4)
+    central = data.find(b"PK\x01\x02")
+    while central != -1:
+        nlen = struct.unpack_from("<H", data, central + 28)[0]
+        if bytes(data[central + 46:central + 46 + nlen]) == encoded:
+            struct.pack_into("<I", data, central + 24, size)
+        central = data.find(b"PK\x01\x02", central + 4)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("entry", ["pynn.json", "weights/00000.npy", "optimizer/00001.npy"])
+def test_entry_declaring_huge_size(trained, tmp_path, entry):
+    _, path, _, _ = trained
+    bad = tmp_path / "huge.pynn"
+    bad.write_bytes(_set_declared_size(path.read_bytes(), entry, 0xFFFFFFF0))
+    with pytest.raises(ValueError, match="declares|damaged|limit"):
+        pynn.load_model(bad)
+
+
+def test_config_declaring_huge_layers(trained, tmp_path):
+    """A few hundred bytes of JSON must not allocate gigabytes before the check fails."""
+    _, path, _, _ = trained
+    for units in (40_000, 10**9):
+        doc = _doc(path)
+        dense = next(l for l in doc["model"]["layers"] if l["class_name"] == "Dense")
+        dense["config"]["units"] = units
+        bad = _rewrite(path, tmp_path / "big.pynn", replace={"pynn.json": json.dumps(doc)})
+        with pytest.raises(ValueError):
+            pynn.load_model(bad)
+
+
+def test_zip_bomb_entry_is_refused_before_inflating(trained, tmp_path, monkeypatch):
+    _, path, _, _ = trained
+    monkeypatch.setattr(saving, "MAX_JSON_BYTES", 1000)
+    doc = _doc(path)
+    doc["padding"] = " " * 5000
+    bad = tmp_path / "bomb.pynn"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            data = json.dumps(doc) if info.filename == "pynn.json" else src.read(info.filename)
+            dst.writestr(info.filename, data)
+    with pytest.raises(ValueError, match="over the limit"):
+        pynn.load_model(bad)
