@@ -17,7 +17,7 @@ from pynn.backend._validate import (
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
 
 
-def _gemm(bint trans_a, bint trans_b, floating[:, ::1] a, floating[:, ::1] b,
+def _gemm(bint trans_a, bint trans_b, const floating[:, ::1] a, const floating[:, ::1] b,
           floating[:, ::1] c, int k):
     cdef int m = c.shape[0], n = c.shape[1]
     cdef int lda = a.shape[1], ldb = b.shape[1], ldc = c.shape[1]
@@ -32,7 +32,7 @@ def _gemm(bint trans_a, bint trans_b, floating[:, ::1] a, floating[:, ::1] b,
 
 
 def _bias_act(floating[:, ::1] z, floating[:, ::1] y, bias, int act, double alpha):
-    cdef floating[::1] b
+    cdef const floating[::1] b
     cdef const floating* bptr = NULL
     cdef Py_ssize_t rows = z.shape[0], cols = z.shape[1]
     if rows == 0 or cols == 0:
