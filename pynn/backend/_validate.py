@@ -28,7 +28,8 @@ def as_float_array(op, name, a, ndim=None, dtype=None):
         target = np.dtype(np.float32)
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{op}: '{name}' must have {ndim} dimensions, got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=target)
+    # asarray(order="C") rather than ascontiguousarray, which turns 0-d arrays into 1-d.
+    return np.asarray(arr, dtype=target, order="C")
 
 
 def as_int_array(op, name, a, ndim=None):
@@ -42,7 +43,7 @@ def as_int_array(op, name, a, ndim=None):
             raise TypeError(f"{op}: '{name}' must hold integers, got dtype {arr.dtype}")
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{op}: '{name}' must have {ndim} dimensions, got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.int32)
+    return np.asarray(arr, dtype=np.int32, order="C")
 
 
 def check_shape(op, name, arr, expected):
