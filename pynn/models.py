@@ -162,9 +162,8 @@ class Sequential:
         if x is None:
             raise ValueError(f"{what}: x is required")
         arr = np.asarray(x)
-        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)
-                                       or arr.dtype == bool):
-            raise TypeError(f"{what}: x must be numeric, got dtype {arr.dtype}")
+        if not _is_real(arr):
+            raise TypeError(f"{what}: x must be numeric (real), got dtype {arr.dtype}")
         if arr.ndim < 2:
             raise ValueError(f"{what}: x must have a batch axis and at least one feature axis, "
                              f"got shape {arr.shape}")
@@ -203,8 +202,8 @@ class Sequential:
                                  f"{self.loss.name} with {classes} classes (expected 0..."
                                  f"{classes - 1})")
             return np.ascontiguousarray(y, dtype=np.int32)
-        if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
-            raise TypeError(f"{what}: y must be numeric, got dtype {y.dtype}")
+        if not _is_real(y):
+            raise TypeError(f"{what}: y must be numeric (real), got dtype {y.dtype}")
         if y.ndim == len(out_shape) - 1 and out_shape[-1] == 1:
             y = y.reshape(y.shape + (1,))
         if tuple(y.shape[1:]) != tuple(out_shape[1:]):
@@ -470,6 +469,12 @@ class Sequential:
         from pynn import saving
 
         saving.load_weights(self, filepath)
+
+
+def _is_real(arr):
+    """Integer, boolean or real floating dtype (complex would silently lose its imaginary
+    part when cast to float)."""
+    return arr.dtype.kind in "biuf"
 
 
 def _batch_size_arg(batch_size, what):

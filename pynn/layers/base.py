@@ -108,10 +108,12 @@ class Layer:
             if tuple(w.shape) != var.shape:
                 raise ValueError(f"Layer '{self.name}': weight '{var.name}' expects shape "
                                  f"{var.shape}, got {tuple(w.shape)}")
-            if not np.issubdtype(w.dtype, np.number):
-                raise TypeError(f"Layer '{self.name}': weight '{var.name}' must be numeric, "
-                                f"got dtype {w.dtype}")
-            var.value = b.asarray(w, self.dtype)
+            if w.dtype.kind not in "biuf":
+                raise TypeError(f"Layer '{self.name}': weight '{var.name}' must be numeric "
+                                f"(real), got dtype {w.dtype}")
+            # Always a copy: the optimizer updates weights in place, and must never write
+            # into an array the caller still holds.
+            var.value = b.asarray(np.array(w, dtype=self.dtype, copy=True), self.dtype)
 
     def count_params(self):
         return int(sum(math.prod(v.shape) for v in self._variables))

@@ -187,7 +187,8 @@ class Flatten(Layer):
     def call(self, x, training=False):
         if training:
             self._cache = tuple(x.shape)
-        return backend.current().reshape(x, (x.shape[0], -1))
+        # An explicit size, not -1: NumPy cannot infer -1 for an empty batch.
+        return backend.current().reshape(x, (x.shape[0], math.prod(x.shape[1:])))
 
     def backward(self, dy):
         shape, self._cache = self._cache, None
