@@ -377,6 +377,9 @@ class Sequential:
         return out
 
     def __call__(self, x, training=False):
+        if isinstance(x, np.ndarray) or not hasattr(x, "shape"):
+            # Host data: the same checks and conversion as predict (backend arrays pass as is).
+            x = backend.current().asarray(self._prepare_x(x, "call"), self.layers[0].dtype)
         return self._forward(x, training)
 
     def train_on_batch(self, x, y, return_dict=False):

@@ -301,3 +301,30 @@ def test_fit_is_thread_count_invariant(num_threads):
     assert l1 == l2
     for a, b in zip(w1, w2):
         np.testing.assert_array_equal(a, b)
+
+
+def test_call_converts_host_data(seeded):
+    model = mlp()
+    x, _ = data(4)
+    np.testing.assert_array_equal(model(x.astype(np.float64)), model.predict(x))
+    np.testing.assert_array_equal(model(x.tolist()), model.predict(x))
+    with pytest.raises(ValueError, match="expects input shape"):
+        model(np.zeros((2, 3)))
+
+
+def test_progbar_redraws_in_place_on_a_terminal():
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    bar = pynn.callbacks.Progbar(4, verbose=1, stream=stream)
+    for step in range(1, 5):
+        bar.last_draw = 0.0  # defeat the 50 ms redraw throttle
+        bar.update(step, {"loss": 1.0 / step})
+    bar.update(4, {"loss": 0.25}, finalize=True)
+    text = stream.getvalue()
+    assert text.count("\r") == 5 and text.endswith("\n") and text.count("\n") == 1
+    assert "4/4" in text.rsplit("\r", 1)[1] and "loss: 0.2500" in text
