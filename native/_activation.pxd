@@ -38,7 +38,7 @@ cdef extern from *:
 
 cdef inline floating act_value(floating x, int act, floating alpha) noexcept nogil:
     if act == ACT_RELU:
-        return x if x > 0 else 0
+        return 0 if x < 0 else x  # NaN passes through, as in Keras and PyTorch
     elif act == ACT_SIGMOID:
         # Two branches keep exp() from overflowing for large |x|.
         if x >= 0:

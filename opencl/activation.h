@@ -33,7 +33,7 @@ float act_value(float x, int act, float alpha)
 {
     switch (act) {
     case ACT_RELU:
-        return x > 0.0f ? x : 0.0f;
+        return x < 0.0f ? 0.0f : x; /* NaN passes through, as in Keras and PyTorch */
     case ACT_SIGMOID:
         /* Two branches keep exp() from overflowing for large |x|. */
         if (x >= 0.0f)

@@ -60,7 +60,7 @@ def main(argv=None):
     elif args.command == "demo":
         from pynn import demo
 
-        demo.main([])
+        sys.exit(demo.main([]))
     else:
         parser.print_help()
 

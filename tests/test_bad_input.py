@@ -271,8 +271,6 @@ def test_set_weights_validation():
     assert model.get_weights()[0][0, 0] == 123.0
 
 
-@pytest.mark.xfail(reason="native relu maps NaN to 0 (x > 0 ? x : 0); Keras/PyTorch propagate "
-                          "NaN, so a diverging relu network can hide its NaNs", strict=False)
 def test_relu_propagates_nan_like_keras():
     x = np.array([[np.nan, 1.0]], np.float32)
     assert np.isnan(layers.Activation("relu")(x)[0, 0])
