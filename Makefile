@@ -34,7 +34,7 @@ demo: $(VENV)/.built
 	$(PY) -m pynn.demo
 
 test: $(VENV)/.test-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 info: $(VENV)/.built
 	$(PY) -m pynn info
