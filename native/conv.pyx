@@ -6,7 +6,7 @@ M = G*WO (GEMM rows). Layout NHWC, kernel (KH, KW, C, F) = a row-major (K, F) ma
 
 Design (chosen by measurement, see bench/bench_conv_kernels.py):
 - A tile is a run of whole output rows (n, ho). Its im2col block (tile*WO, K) lives in a
-  workspace bounded by ``_workspace_bytes`` and is filled in parallel (prange over output
+  workspace bounded by ``_workspace_bytes`` (with the output rows) and is filled in parallel (prange over output
   rows; for dilation 1 each (wo, kh) is one memcpy of KW*C contiguous values). Then ONE
   gemm per tile runs outside any prange: BLAS threads itself, and nesting it would
   oversubscribe the cores.
@@ -25,15 +25,17 @@ import numpy as np
 from libc.string cimport memcpy, memset
 from cython.parallel cimport prange
 from _blas cimport gemm_rowmajor, floating
-from _activation cimport bias_activation_rows
+from _activation cimport bias_activation_rows, ACT_LINEAR
 
 from pynn.backend._validate import (
     activation_name, as_float_array, check_shape, conv_output_size, padding_mode, pair,
 )
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
 
-# Bound on one im2col tile. Large enough that each GEMM is big (BLAS efficiency), small
-# enough to stay in L2/L3 between the fill and the GEMM. Measured in bench/.
+# Bound on one tile's working set (im2col rows + their output rows): big enough that each
+# GEMM has hundreds of rows and the per-tile thread wake-ups are amortized, small enough to
+# stay near the cache between the fill and the GEMM. A 2-32 MiB sweep
+# (bench/bench_conv_kernels.py --workspace-kib) showed no clear winner on a shared 2-core box.
 _DEFAULT_WORKSPACE_BYTES = 4 << 20
 _workspace_bytes = _DEFAULT_WORKSPACE_BYTES
 
@@ -195,8 +197,9 @@ cdef void _forward(const floating* x, const floating* w, const floating* bias,
             a = col
         _gemm(False, False, rows, g.F, g.K, a, g.K, w, g.F, <floating>0,
               z + r0 * g.WO * g.F, g.F)
-        bias_activation_rows(z + r0 * g.WO * g.F, y + r0 * g.WO * g.F, bias, rows, g.F,
-                             act, alpha)
+        if bias != NULL or act != ACT_LINEAR or y != z:
+            bias_activation_rows(z + r0 * g.WO * g.F, y + r0 * g.WO * g.F, bias, rows, g.F,
+                                 act, alpha)
         r0 = r1
 
 
@@ -296,7 +299,8 @@ def _shape4(op, name, shape):
 
 def _plan(g, dtype):
     """Output rows per tile and the workspace for them (None when no im2col is needed)."""
-    row_bytes = max(g["WO"] * g["K"] * np.dtype(dtype).itemsize, 1)
+    # A tile's working set: its im2col rows plus the GEMM output rows they produce.
+    row_bytes = max(g["WO"] * (g["K"] + g["F"]) * np.dtype(dtype).itemsize, 1)
     tile = max(_workspace_bytes // row_bytes, 1)
     tile = min(tile, max(g["N"] * g["HO"], 1))
     pointwise = g["KH"] == 1 and g["KW"] == 1 and g["SH"] == 1 and g["SW"] == 1
