@@ -108,4 +108,28 @@ OPS = {
                        "momentum", "epsilon", "grad_scale", "clipvalue", "weight_decay"),
     "adagrad_update": ("w", "g", "accumulator", "lr", "epsilon", "grad_scale", "clipvalue",
                        "weight_decay"),
+    # -- recurrent (native/rnn.pyx, opencl/rnn.cl) --------------------------------------
+    # Keras 3's SimpleRNN / LSTM (gates i, f, c, o) / GRU (gates z, r, h) over a whole
+    # sequence, zero initial state. x (N, T, C), kernel (C, k*U), recurrent_kernel (U, k*U),
+    # bias (k*U,) or None; GRU with reset_after: bias (2, 3U) = (input row, recurrent row).
+    # activation / recurrent_activation: names from ACTIVATIONS but softmax and gelu.
+    # Forward -> (y, cache): y is h_seq (N, T, U) when return_sequences, else the last output
+    # (N, U); go_backwards reads x from its last step and returns outputs in that processing
+    # order (Keras). cache is a tuple of backend arrays that only the matching backward reads.
+    # Backward takes dy shaped like y and returns (dx or None when not need_input_grad,
+    # dkernel, drecurrent_kernel, dbias shaped like the bias).
+    "simple_rnn_forward": ("x", "kernel", "recurrent_kernel", "bias", "activation",
+                           "return_sequences", "go_backwards"),
+    "simple_rnn_backward": ("dy", "x", "kernel", "recurrent_kernel", "cache", "activation",
+                            "return_sequences", "go_backwards", "need_input_grad"),
+    "lstm_forward": ("x", "kernel", "recurrent_kernel", "bias", "activation",
+                     "recurrent_activation", "return_sequences", "go_backwards"),
+    "lstm_backward": ("dy", "x", "kernel", "recurrent_kernel", "cache", "activation",
+                      "recurrent_activation", "return_sequences", "go_backwards",
+                      "need_input_grad"),
+    "gru_forward": ("x", "kernel", "recurrent_kernel", "bias", "activation",
+                    "recurrent_activation", "reset_after", "return_sequences", "go_backwards"),
+    "gru_backward": ("dy", "x", "kernel", "recurrent_kernel", "cache", "activation",
+                     "recurrent_activation", "reset_after", "return_sequences", "go_backwards",
+                     "need_input_grad"),
 }
