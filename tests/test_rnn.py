@@ -1,0 +1,482 @@
+"""Recurrent ops (native/rnn.pyx) and layers (pynn/layers/recurrent.py).
+
+Ops against the float64 oracles of tests/reference/rnn_ref.py (forward) and central finite
+differences (backward), thread-count invariance, bad inputs; layers against Keras 3 itself
+(outputs and weight gradients, same weights through set_weights).
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from pynn._native import rnn
+from pynn._native.info import get_max_threads, set_num_threads
+from tests.reference import rnn_ref
+
+CELLS = ["simple_rnn", "lstm", "gru", "gru_before"]
+GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3, "gru_before": 3}
+REF = {"simple_rnn": rnn_ref.simple_rnn_forward_ref, "lstm": rnn_ref.lstm_forward_ref,
+       "gru": rnn_ref.gru_forward_ref, "gru_before": rnn_ref.gru_forward_ref}
+# (N, T, C, U): awkward sizes; N = 6 and 13 split into row blocks of 4 with a remainder.
+SHAPES = [(3, 5, 7, 4), (1, 1, 1, 1), (6, 3, 2, 5), (13, 4, 3, 2)]
+TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
+
+
+# -- one helper for every op call ------------------------------------------------------------
+
+def cell_options(cell, activation="tanh", recurrent_activation="sigmoid"):
+    """The op arguments between the cache/bias and return_sequences."""
+    if cell == "simple_rnn":
+        return (activation,)
+    if cell == "lstm":
+        return (activation, recurrent_activation)
+    return (activation, recurrent_activation, cell == "gru")
+
+
+def op_name(cell):
+    return "gru" if cell.startswith("gru") else cell
+
+
+def forward(cell, x, w, r, b, opts, return_sequences=True, go_backwards=False):
+    return getattr(rnn, op_name(cell) + "_forward")(x, w, r, b, *opts, return_sequences,
+                                                    go_backwards)
+
+
+def backward(cell, dy, x, w, r, cache, opts, return_sequences=True, go_backwards=False,
+             need_input_grad=True):
+    return getattr(rnn, op_name(cell) + "_backward")(dy, x, w, r, cache, *opts,
+                                                     return_sequences, go_backwards,
+                                                     need_input_grad)
+
+
+def reference(cell, x, w, r, b, opts, return_sequences=True, go_backwards=False):
+    return REF[cell](x, w, r, b, *opts, return_sequences, go_backwards)
+
+
+def bias_shape(cell, units):
+    g = GATES[cell] * units
+    return (2, g) if cell == "gru" else (g,)
+
+
+def make(cell, shape, dtype=np.float64, seed=0, scale=0.5):
+    """Random never-all-zero (x, kernel, recurrent_kernel, bias) for a cell."""
+    n, t, c, u = shape
+    rng = np.random.default_rng(seed)
+    g = GATES[cell] * u
+    x = rng.standard_normal((n, t, c))
+    w = rng.standard_normal((c, g)) * scale
+    r = rng.standard_normal((u, g)) * scale
+    b = rng.standard_normal(bias_shape(cell, u)) * scale
+    for a in (x, w, r, b):
+        if a.size:
+            a.flat[0] = 0.5 + abs(a.flat[0])
+    return tuple(a.astype(dtype) for a in (x, w, r, b))
+
+
+def check_cell(cell, shape, dtype, return_sequences, go_backwards, opts=None):
+    """Forward against the oracle, backward against finite differences of the oracle."""
+    opts = opts or cell_options(cell)
+    x, w, r, b = make(cell, shape, dtype)
+    what = f"{cell} {shape} {np.dtype(dtype).name} seq={return_sequences} back={go_backwards}"
+    y, cache = forward(cell, x, w, r, b, opts, return_sequences, go_backwards)
+    want = reference(cell, x, w, r, b, opts, return_sequences, go_backwards)
+    assert y.dtype == dtype and y.shape == want.shape, (what, y.dtype, y.shape)
+    np.testing.assert_allclose(y, want, **TOL[dtype], err_msg=f"forward {what}")
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    grads = backward(cell, dy, x, w, r, cache, opts, return_sequences, go_backwards)
+    fd = rnn_ref.numerical_grads(
+        lambda *a: reference(cell, *a, opts, return_sequences, go_backwards), [x, w, r, b], dy)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-6, atol=1e-8)
+    for name, got, exp in zip(("dx", "dkernel", "drecurrent_kernel", "dbias"), grads, fd):
+        assert got.dtype == dtype and got.shape == exp.shape, (what, name, got.shape)
+        np.testing.assert_allclose(got, exp, **tol, err_msg=f"{name} {what}")
+
+
+# -- ops vs oracles --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell", CELLS)
+def test_matches_reference(cell, dtype, return_sequences, go_backwards):
+    check_cell(cell, (3, 5, 7, 4), dtype, return_sequences, go_backwards)
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:])
+@pytest.mark.parametrize("cell", CELLS)
+def test_awkward_shapes(cell, shape):
+    check_cell(cell, shape, np.float64, True, shape[0] % 2 == 0)
+
+
+@pytest.mark.parametrize("cell,activation,recurrent", [
+    ("simple_rnn", "relu", None), ("simple_rnn", "linear", None),
+    ("simple_rnn", "softplus", None), ("simple_rnn", "elu", None),
+    ("lstm", "relu", "sigmoid"), ("lstm", "tanh", "tanh"), ("lstm", "selu", "sigmoid"),
+    ("gru", "relu", "sigmoid"), ("gru", "leaky_relu", "tanh"), ("gru_before", "elu", "sigmoid"),
+])
+def test_other_activations(cell, activation, recurrent):
+    """Non-default activations (Keras's default alpha for leaky_relu / elu)."""
+    opts = cell_options(cell, activation, recurrent)
+    check_cell(cell, (3, 4, 3, 3), np.float64, True, False, opts)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_native_backward_finite_differences(cell):
+    """The brief's check on the native op itself: central differences of its own float64
+    forward, for every weight and the input, last-output gradient only."""
+    x, w, r, b = make(cell, (3, 4, 5, 3), seed=4)
+    opts = cell_options(cell)
+    y, cache = forward(cell, x, w, r, b, opts, False, True)
+    dy = np.random.default_rng(5).standard_normal(y.shape)
+    grads = backward(cell, dy, x, w, r, cache, opts, False, True)
+    fd = rnn_ref.numerical_grads(lambda *a: forward(cell, *a, opts, False, True)[0],
+                                 [x, w, r, b], dy)
+    for name, got, exp in zip(("dx", "dkernel", "drecurrent_kernel", "dbias"), grads, fd):
+        np.testing.assert_allclose(got, exp, rtol=1e-6, atol=1e-8, err_msg=f"{cell} {name}")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_bias_none_is_zero_bias(cell):
+    x, w, r, b = make(cell, (3, 4, 2, 3))
+    opts = cell_options(cell)
+    y0, c0 = forward(cell, x, w, r, None, opts)
+    y1, c1 = forward(cell, x, w, r, np.zeros_like(b), opts)
+    np.testing.assert_array_equal(y0, y1)
+    np.testing.assert_allclose(y0, reference(cell, x, w, r, None, opts), rtol=1e-12)
+    dy = np.ones_like(y0)
+    for g0, g1 in zip(backward(cell, dy, x, w, r, c0, opts),
+                      backward(cell, dy, x, w, r, c1, opts)):
+        np.testing.assert_array_equal(g0, g1)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_need_input_grad_false(cell):
+    x, w, r, b = make(cell, (3, 4, 2, 3), np.float32)
+    opts = cell_options(cell)
+    y, cache = forward(cell, x, w, r, b, opts)
+    dy = np.ones_like(y)
+    full = backward(cell, dy, x, w, r, cache, opts)
+    part = backward(cell, dy, x, w, r, cache, opts, need_input_grad=False)
+    assert part[0] is None
+    for a, e in zip(part[1:], full[1:]):
+        np.testing.assert_array_equal(a, e)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_thread_count_invariance(cell):
+    """Bit-identical outputs and gradients for 1, 2 and 3 threads (N = 13: 4 row blocks)."""
+    x, w, r, b = make(cell, (13, 6, 5, 7), np.float32, seed=2)
+    opts = cell_options(cell)
+    dy = np.random.default_rng(3).standard_normal((13, 6, 7)).astype(np.float32)
+    before = get_max_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            set_num_threads(threads)
+            y, cache = forward(cell, x, w, r, b, opts, True, True)
+            results.append((y,) + backward(cell, dy, x, w, r, cache, opts, True, True))
+    finally:
+        set_num_threads(before)
+    for other in results[1:]:
+        for a, e in zip(other, results[0]):
+            np.testing.assert_array_equal(a, e)
+
+
+# -- empty and odd inputs --------------------------------------------------------------------
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("shape", [(0, 4, 3, 2), (2, 0, 3, 2), (2, 3, 0, 2)])
+def test_empty(cell, shape, return_sequences):
+    """N = 0, T = 0 or C = 0: correctly shaped results (zero state and gradients where there
+    is no sequence; C = 0 leaves only the recurrence and bias)."""
+    x, w, r, b = make(cell, shape, np.float32)
+    n, t, c, u = shape
+    opts = cell_options(cell)
+    y, cache = forward(cell, x, w, r, b, opts, return_sequences)
+    assert y.shape == ((n, t, u) if return_sequences else (n, u))
+    if t and n:
+        np.testing.assert_allclose(y, reference(cell, x, w, r, b, opts, return_sequences),
+                                   rtol=2e-5, atol=2e-6)
+    else:
+        assert not np.any(y)
+    dx, dw, dr, db = backward(cell, np.ones_like(y), x, w, r, cache, opts, return_sequences)
+    assert dx.shape == x.shape and dw.shape == w.shape and dr.shape == r.shape
+    assert db.shape == b.shape
+    if not (n and t):
+        assert not (np.any(dw) or np.any(dr) or np.any(db))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_layouts_and_read_only_inputs(cell):
+    """Fortran-ordered, strided and read-only inputs give the same results."""
+    x, w, r, b = make(cell, (3, 4, 5, 2), np.float32)
+    opts = cell_options(cell)
+    want, _ = forward(cell, x, w, r, b, opts)
+    xs = np.zeros((3, 8, 5), np.float32)
+    xs[:, ::2] = x
+    wf = np.asfortranarray(w)
+    rr = r.copy()
+    rr.setflags(write=False)
+    got, _ = forward(cell, xs[:, ::2], wf, rr, b, opts)
+    np.testing.assert_array_equal(got, want)
+
+
+# -- bad inputs ------------------------------------------------------------------------------
+
+def _bad(cell, **change):
+    x, w, r, b = make(cell, (3, 4, 5, 2), np.float32)
+    args = dict(x=x, kernel=w, recurrent_kernel=r, bias=b)
+    args.update(change)
+    return args
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_bad_forward_inputs(cell):
+    f = getattr(rnn, op_name(cell) + "_forward")
+    opts = cell_options(cell)
+    name = op_name(cell) + "_forward"
+
+    def call(**change):
+        a = _bad(cell, **change)
+        return f(a["x"], a["kernel"], a["recurrent_kernel"], a["bias"], *opts)
+
+    x, w, r, b = make(cell, (3, 4, 5, 2), np.float32)
+    with pytest.raises(ValueError, match=f"{name}: 'x' is required"):
+        call(x=None)
+    with pytest.raises(ValueError, match="'x' must have 3 dimensions"):
+        call(x=x[0])
+    with pytest.raises(ValueError, match="'kernel' must have shape"):
+        call(kernel=w[:4])
+    with pytest.raises(ValueError, match="'recurrent_kernel' must have shape"):
+        call(recurrent_kernel=r[:, :-1])
+    with pytest.raises(ValueError, match="'bias' must have shape"):
+        call(bias=np.zeros(b.size + 1, np.float32).reshape(-1) if b.ndim == 1
+             else np.zeros((2, b.shape[1] + 1), np.float32))
+    with pytest.raises(TypeError, match="'x' must be a numeric array"):
+        call(x=np.array([["a"]], dtype=object))
+    with pytest.raises(ValueError, match="not supported by the recurrent kernels"):
+        f(x, w, r, b, "softmax", *opts[1:])
+    with pytest.raises(ValueError, match="unknown activation"):
+        f(x, w, r, b, "swishy", *opts[1:])
+    if cell != "simple_rnn":
+        with pytest.raises(ValueError, match="recurrent_activation 'gelu' is not supported"):
+            f(x, w, r, b, opts[0], "gelu", *opts[2:])
+    with pytest.raises(TypeError, match="'go_backwards' must be a bool"):
+        f(x, w, r, b, *opts, True, "yes")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_bad_backward_inputs(cell):
+    x, w, r, b = make(cell, (3, 4, 5, 2), np.float32)
+    opts = cell_options(cell)
+    y, cache = forward(cell, x, w, r, b, opts, True)
+    dy = np.ones_like(y)
+    name = op_name(cell) + "_backward"
+    with pytest.raises(ValueError, match=f"{name}: 'dy' must have shape"):
+        backward(cell, dy[:, :2], x, w, r, cache, opts)
+    with pytest.raises(ValueError, match="'dy' must have 2 dimensions"):
+        backward(cell, dy, x, w, r, cache, opts, return_sequences=False)
+    with pytest.raises(ValueError, match="'cache' must be the tuple"):
+        backward(cell, dy, x, w, r, cache[:-1] if len(cache) > 1 else (), opts)
+    with pytest.raises(ValueError, match="'cache' must be the tuple"):
+        backward(cell, dy, x, w, r, None, opts)
+    wrong = (cache[0][:, :2],) + tuple(cache[1:])
+    with pytest.raises(ValueError, match=r"cache\[0\]' must have shape"):
+        backward(cell, dy, x, w, r, wrong, opts)
+    with pytest.raises(TypeError, match=r"cache\[0\] has dtype float64"):
+        backward(cell, dy, x, w, r, (cache[0].astype(np.float64),) + tuple(cache[1:]), opts)
+    with pytest.raises(ValueError, match="'kernel' must have shape"):
+        backward(cell, dy, x, w[:3], r, cache, opts)
+
+
+def test_activation_lists_agree():
+    """The op, the OpenCL twin and the layer offer the same activations."""
+    from pynn.backend import _cl_rnn
+    from pynn.layers import recurrent
+
+    assert rnn.RNN_ACTIVATIONS == _cl_rnn.RNN_ACTIVATIONS == recurrent.RNN_ACTIVATIONS
+
+
+def test_signatures_match_api():
+    import inspect
+
+    from pynn.backend import _cl_rnn
+    from pynn.backend.api import OPS
+
+    names = [k for k in OPS if k.split("_")[0] in ("simple", "lstm", "gru")]
+    assert len(names) == 6
+    for name in names:
+        for module in (rnn, _cl_rnn):
+            params = tuple(inspect.signature(getattr(module, name)).parameters)
+            assert params == OPS[name], (module.__name__, name, params)
+
+
+# -- layers ----------------------------------------------------------------------------------
+
+LAYER_OPS = ("simple_rnn_forward", "simple_rnn_backward", "lstm_forward", "lstm_backward",
+             "gru_forward", "gru_backward")
+
+
+@pytest.fixture
+def cpu_backend(monkeypatch):
+    """The CPU backend with the recurrent ops (added by hand until pynn.backend.cpu imports
+    them itself)."""
+    from pynn import backend
+    from pynn.backend import cpu
+
+    for name in LAYER_OPS:
+        if not hasattr(cpu, name):
+            monkeypatch.setattr(cpu, name, getattr(rnn, name), raising=False)
+    backend.set_device("cpu")
+    return cpu
+
+
+LAYER_CASES = [
+    ("SimpleRNN", {}),
+    ("SimpleRNN", {"activation": "relu", "return_sequences": True, "go_backwards": True}),
+    ("SimpleRNN", {"use_bias": False}),
+    ("LSTM", {}),
+    ("LSTM", {"return_sequences": True, "go_backwards": True}),
+    ("LSTM", {"activation": "relu", "recurrent_activation": "tanh", "use_bias": False}),
+    ("LSTM", {"unit_forget_bias": False, "return_sequences": True}),
+    ("GRU", {}),
+    ("GRU", {"reset_after": False, "return_sequences": True}),
+    ("GRU", {"go_backwards": True, "use_bias": False}),
+    ("GRU", {"reset_after": False, "activation": "relu", "go_backwards": True}),
+]
+
+
+def _keras():
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras", reason="keras is not installed")
+    if keras.backend.backend() != "torch":
+        pytest.skip(f"Keras parity runs with KERAS_BACKEND=torch, got {keras.backend.backend()}")
+    return keras
+
+
+@pytest.mark.parametrize("cls,kwargs", LAYER_CASES)
+def test_layer_keras_parity(cpu_backend, cls, kwargs):
+    """Same weights -> same outputs and same weight/input gradients as Keras 3."""
+    keras = _keras()
+    import torch
+
+    from pynn.layers import recurrent
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 5, 7)).astype(np.float32)
+    klayer = getattr(keras.layers, cls)(4, **kwargs)
+    klayer.build(x.shape)
+    # Perturb Keras's own initial weights so zero biases hide nothing.
+    weights = [w + 0.2 * rng.standard_normal(w.shape).astype(np.float32)
+               for w in klayer.get_weights()]
+    klayer.set_weights(weights)
+    xt = torch.tensor(x, requires_grad=True)
+    ky = klayer(xt)
+    dy = rng.standard_normal(tuple(ky.shape)).astype(np.float32)
+    (ky * torch.tensor(dy)).sum().backward()
+
+    layer = getattr(recurrent, cls)(4, **kwargs)
+    layer.build((None, 5, 7))
+    layer.set_weights(weights)
+    y = layer(x, training=True)
+    scale = float(np.abs(ky.detach().numpy()).max())
+    np.testing.assert_allclose(y, ky.detach().numpy(), rtol=0, atol=1e-5 * scale,
+                               err_msg=f"{cls} {kwargs} output")
+    dx = layer.backward(dy)
+    grads = [(layer.kernel, klayer.weights[0]), (layer.recurrent_kernel, klayer.weights[1])]
+    if layer.use_bias:
+        grads.append((layer.bias, klayer.weights[2]))
+    for var, kvar in grads:
+        kgrad = kvar.value.grad.numpy()
+        np.testing.assert_allclose(var.grad, kgrad, rtol=0,
+                                   atol=1e-5 * max(1.0, float(np.abs(kgrad).max())),
+                                   err_msg=f"{cls} {kwargs} d{var.name}")
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=0,
+                               atol=1e-5 * max(1.0, float(np.abs(xt.grad.numpy()).max())))
+
+
+def test_layer_weights_and_config(cpu_backend):
+    from pynn import regularizers
+    from pynn.layers import recurrent
+
+    lstm = recurrent.LSTM(5, return_sequences=True, kernel_regularizer=regularizers.L2(0.01))
+    y = lstm(np.ones((2, 3, 4), np.float32))
+    assert y.shape == (2, 3, 5) and lstm.output_shape == (None, 3, 5)
+    assert [v.name for v in lstm.weights] == ["kernel", "recurrent_kernel", "bias"]
+    assert [v.shape for v in lstm.weights] == [(4, 20), (5, 20), (20,)]
+    bias = lstm.get_weights()[2]
+    np.testing.assert_array_equal(bias, np.r_[np.zeros(5), np.ones(5), np.zeros(10)])
+    rk = lstm.get_weights()[1]
+    # Orthogonal recurrent kernel: its rows are orthonormal.
+    np.testing.assert_allclose(rk @ rk.T, np.eye(5), atol=1e-5)
+    again = recurrent.LSTM.from_config(lstm.get_config())
+    assert again.get_config() == lstm.get_config()
+
+    gru = recurrent.GRU(3, reset_after=False)
+    assert gru(np.ones((2, 4, 6), np.float32)).shape == (2, 3)
+    assert [v.shape for v in gru.weights] == [(6, 9), (3, 9), (9,)]
+    assert recurrent.GRU(3).get_config()["reset_after"] is True
+    gru2 = recurrent.GRU(3)
+    gru2.build((None, 4, 6))
+    assert gru2.bias.shape == (2, 9)
+    rnn_layer = recurrent.SimpleRNN(2, use_bias=False)
+    rnn_layer.build((None, None, 3))
+    assert [v.name for v in rnn_layer.weights] == ["kernel", "recurrent_kernel"]
+    assert rnn_layer.compute_output_shape((None, None, 3)) == (None, 2)
+
+
+def test_layer_backward_and_regularizer(cpu_backend):
+    from pynn import regularizers
+    from pynn.layers import recurrent
+
+    layer = recurrent.GRU(3, recurrent_regularizer=regularizers.L2(0.1))
+    x = np.random.default_rng(0).standard_normal((4, 5, 2)).astype(np.float32)
+    y = layer(x, training=True)
+    dx = layer.backward(np.ones_like(y))
+    assert dx.shape == x.shape
+    assert all(v.grad is not None and v.grad.shape == v.shape for v in layer.weights)
+    before = layer.recurrent_kernel.grad.copy()
+    penalty = layer.regularization_penalty()
+    rk = layer.get_weights()[1]
+    assert penalty == pytest.approx(0.1 * float(np.sum(rk.astype(np.float64) ** 2)), rel=1e-5)
+    np.testing.assert_allclose(layer.recurrent_kernel.grad, before + 0.2 * rk, rtol=1e-5)
+    layer.needs_input_grad = False
+    layer(x, training=True)
+    assert layer.backward(np.ones_like(y)) is None
+    with pytest.raises(RuntimeError, match="needs a preceding call"):
+        layer.backward(np.ones_like(y))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"dropout": 0.1}, "dropout=0.1 is not supported"),
+    ({"recurrent_dropout": 0.2}, "recurrent_dropout"),
+    ({"stateful": True}, "stateful"),
+    ({"return_state": True}, "return_state"),
+    ({"activation": "softmax"}, "activation must be one of"),
+    ({"units": 0}, "units must be a positive int"),
+])
+def test_layer_rejects(cpu_backend, kwargs, match):
+    from pynn.layers import recurrent
+
+    kwargs = dict(kwargs)
+    units = kwargs.pop("units", 3)
+    with pytest.raises(ValueError, match=match):
+        recurrent.LSTM(units, **kwargs)
+
+
+def test_layer_bad_input(cpu_backend):
+    from pynn.layers import recurrent
+
+    layer = recurrent.SimpleRNN(2)
+    with pytest.raises(ValueError, match=r"expected input shape \(None, timesteps, features\)"):
+        layer.build((None, 3))
+    layer = recurrent.SimpleRNN(2)
+    layer(np.ones((1, 3, 4), np.float32))
+    with pytest.raises(ValueError, match="expected input shape"):
+        layer(np.ones((1, 3, 5), np.float32))
+    layer = recurrent.SimpleRNN(2)
+    layer.build((None, None, 4))
+    with pytest.raises(ValueError, match="0 time steps"):
+        layer(np.ones((1, 0, 4), np.float32))
