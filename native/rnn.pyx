@@ -25,6 +25,9 @@ Where the time goes, and how it is split:
     Keeping BLAS out of the time loop matters: a BLAS thread pool and OpenMP threads handing
     two cores back and forth 2*T times per call cost far more than the arithmetic.
 The gate buffer ends up holding the activated gates: that is the cache backward reads.
+The fused passes work row by row with the activation chosen once per row, so their loops
+vectorize; float32 sigmoid/tanh use a branch-free Cephes-style exp (<= 2.5 ulp), since
+libm's calls do not vectorize without -ffast-math. float64 keeps libm (gradient checks).
 
 Determinism: every output element is summed in a fixed order by exactly one thread, and the
 row blocks do not depend on the thread count, so results are bit-identical for any number
@@ -36,7 +39,7 @@ import numpy as np
 
 from cython.parallel cimport prange
 from _blas cimport gemm_rowmajor, floating
-from _activation cimport act_value, act_grad
+from _activation cimport act_value, act_grad, ACT_SIGMOID, ACT_TANH
 
 from pynn.backend._validate import activation_name, as_float_array, check_shape
 from pynn.backend.api import ACTIVATIONS
@@ -74,51 +77,169 @@ cdef inline void _mm(bint ta, bint tb, int m, int n, int k, const floating* a, i
     gemm_rowmajor(ta, tb, m, n, k, <floating>1, a, lda, b, ldb, beta, c, ldc)
 
 
+cdef enum:
+    # Output columns per register tile of _rows_mm: 4 rows x 16 columns of accumulators stay
+    # in vector registers through the whole k loop (2 AVX registers per row in float32).
+    COLS = 32
+
+
 cdef inline void _rows_mm(Py_ssize_t rows, Py_ssize_t k, Py_ssize_t n, const floating* a,
                           Py_ssize_t lda, const floating* b, Py_ssize_t ldb, floating* c,
                           Py_ssize_t ldc, bint accumulate) noexcept nogil:
     """c[r, :n] (+)= a[r, :k] @ b[:k, :n] for the few rows of one block, inside one thread.
 
-    Four rows share each loaded row of b; the j loops are contiguous and vectorize. Every
-    output sums k in ascending order whatever the row count, so a row's result does not
-    depend on which block it falls in."""
-    cdef Py_ssize_t r, kk, j
+    Register tiles of 4 rows x COLS columns: per k, COLS values of b are loaded once and
+    feed 4 rows of fixed-size accumulators that the compiler keeps in vector registers.
+    Every output sums k in ascending order onto its initial value whatever the tile shape,
+    so a row's result does not depend on which block or tile it falls in."""
+    cdef Py_ssize_t r, kk, j, j0, jn, nr
+    cdef floating acc0[COLS]
+    cdef floating acc1[COLS]
+    cdef floating acc2[COLS]
+    cdef floating acc3[COLS]
     cdef floating a0, a1, a2, a3
-    cdef floating* c0
-    cdef floating* c1
-    cdef floating* c2
-    cdef floating* c3
     cdef const floating* bk
-    if not accumulate:
-        for r in range(rows):
-            for j in range(n):
-                c[r * ldc + j] = 0
+    cdef floating* cr
     r = 0
-    while r + 4 <= rows:
-        c0 = c + r * ldc
-        c1 = c0 + ldc
-        c2 = c1 + ldc
-        c3 = c2 + ldc
-        for kk in range(k):
-            a0 = a[r * lda + kk]
-            a1 = a[(r + 1) * lda + kk]
-            a2 = a[(r + 2) * lda + kk]
-            a3 = a[(r + 3) * lda + kk]
-            bk = b + kk * ldb
-            for j in range(n):
-                c0[j] = c0[j] + a0 * bk[j]
-                c1[j] = c1[j] + a1 * bk[j]
-                c2[j] = c2[j] + a2 * bk[j]
-                c3[j] = c3[j] + a3 * bk[j]
-        r = r + 4
     while r < rows:
-        c0 = c + r * ldc
-        for kk in range(k):
-            a0 = a[r * lda + kk]
-            bk = b + kk * ldb
+        nr = rows - r if rows - r < 4 else 4
+        j0 = 0
+        while j0 < n:
+            jn = n - j0 if n - j0 < COLS else COLS
+            for j in range(COLS):
+                acc0[j] = 0
+                acc1[j] = 0
+                acc2[j] = 0
+                acc3[j] = 0
+            if accumulate:
+                for j in range(jn):
+                    acc0[j] = c[r * ldc + j0 + j]
+                    if nr > 1:
+                        acc1[j] = c[(r + 1) * ldc + j0 + j]
+                    if nr > 2:
+                        acc2[j] = c[(r + 2) * ldc + j0 + j]
+                    if nr > 3:
+                        acc3[j] = c[(r + 3) * ldc + j0 + j]
+            if nr == 4 and jn == COLS:
+                for kk in range(k):
+                    a0 = a[r * lda + kk]
+                    a1 = a[(r + 1) * lda + kk]
+                    a2 = a[(r + 2) * lda + kk]
+                    a3 = a[(r + 3) * lda + kk]
+                    bk = b + kk * ldb + j0
+                    for j in range(COLS):
+                        acc0[j] = acc0[j] + a0 * bk[j]
+                        acc1[j] = acc1[j] + a1 * bk[j]
+                        acc2[j] = acc2[j] + a2 * bk[j]
+                        acc3[j] = acc3[j] + a3 * bk[j]
+            else:
+                # Edge tile: the same sums, element by element.
+                for kk in range(k):
+                    bk = b + kk * ldb + j0
+                    for j in range(jn):
+                        acc0[j] = acc0[j] + a[r * lda + kk] * bk[j]
+                        if nr > 1:
+                            acc1[j] = acc1[j] + a[(r + 1) * lda + kk] * bk[j]
+                        if nr > 2:
+                            acc2[j] = acc2[j] + a[(r + 2) * lda + kk] * bk[j]
+                        if nr > 3:
+                            acc3[j] = acc3[j] + a[(r + 3) * lda + kk] * bk[j]
+            for j in range(jn):
+                c[r * ldc + j0 + j] = acc0[j]
+                if nr > 1:
+                    c[(r + 1) * ldc + j0 + j] = acc1[j]
+                if nr > 2:
+                    c[(r + 2) * ldc + j0 + j] = acc2[j]
+                if nr > 3:
+                    c[(r + 3) * ldc + j0 + j] = acc3[j]
+            j0 = j0 + COLS
+        r = r + 4
+
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* float32 exp for the gate activations: Cephes' expf (Cody-Waite reduction by ln 2,
+     * degree-5 polynomial, exponent set through the bits); sigmoid and tanh built on it are
+     * within 2.5 ulp of the float64 values on [-30, 30] (inputs clamped to [-87, 88]).
+     * Branch-free, so the row loops calling it vectorize, which libm's expf/tanhf do not
+     * without -ffast-math. */
+    static inline float pynn_rnn_expf(float x) {
+        x = x < 88.0f ? x : 88.0f;
+        x = x > -87.0f ? x : -87.0f;
+        /* Round to nearest by adding and removing 1.5 * 2^23 (exact for |t| < 2^22):
+         * floorf() would stop GCC from vectorizing the loop. */
+        const float fx = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+        const float r = x - fx * 0.693359375f + fx * 2.12194440e-4f;
+        float p = 1.9875691500e-4f;
+        p = p * r + 1.3981999507e-3f;
+        p = p * r + 8.3334519073e-3f;
+        p = p * r + 4.1665795894e-2f;
+        p = p * r + 1.6666665459e-1f;
+        p = p * r + 5.0000001201e-1f;
+        p = p * (r * r) + r + 1.0f;
+        const int32_t bits = ((int32_t)fx + 127) << 23;
+        float scale;
+        memcpy(&scale, &bits, sizeof scale);
+        return p * scale;
+    }
+    static inline float pynn_rnn_sigmoidf(float x) {
+        return 1.0f / (1.0f + pynn_rnn_expf(-x));
+    }
+    /* Cephes' tanhf: an odd polynomial below |x| = 0.625, 1 - 2/(exp(2|x|) + 1) above. */
+    static inline float pynn_rnn_tanhf(float x) {
+        const float ax = fabsf(x), z = x * x;
+        const float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z
+                               - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z
+                             - 3.33332819422e-1f) * z * x + x;
+        const float big = copysignf(1.0f - 2.0f / (pynn_rnn_expf(2.0f * ax) + 1.0f), x);
+        return ax < 0.625f ? small : big;
+    }
+    """
+    float pynn_rnn_sigmoidf(float x) noexcept nogil
+    float pynn_rnn_tanhf(float x) noexcept nogil
+
+
+cdef inline void _act_vec(floating* v, Py_ssize_t n, int act, floating alpha) noexcept nogil:
+    """v = act(v) over one contiguous row, the activation chosen once per row (not per
+    element) so the loops vectorize; float32 sigmoid and tanh use the branch-free forms
+    above, everything else (and all of float64) the shared _activation.pxd formulas."""
+    cdef Py_ssize_t j
+    if floating is float:
+        if act == ACT_SIGMOID:
             for j in range(n):
-                c0[j] = c0[j] + a0 * bk[j]
-        r = r + 1
+                v[j] = pynn_rnn_sigmoidf(v[j])
+            return
+        if act == ACT_TANH:
+            for j in range(n):
+                v[j] = pynn_rnn_tanhf(v[j])
+            return
+    for j in range(n):
+        v[j] = act_value(v[j], act, alpha)
+
+
+cdef inline void _act_grad_vec(const floating* y, floating* d, Py_ssize_t n, int act,
+                               floating alpha) noexcept nogil:
+    """d = dL/d(pre-activation) from d = dL/d(output) and the output y, over one row."""
+    cdef Py_ssize_t j
+    if act == ACT_SIGMOID:
+        for j in range(n):
+            d[j] = d[j] * y[j] * (1 - y[j])
+    elif act == ACT_TANH:
+        for j in range(n):
+            d[j] = d[j] * (1 - y[j] * y[j])
+    else:
+        for j in range(n):
+            d[j] = act_grad(d[j], <floating>0, y[j], act, alpha)
+
+
+cdef inline void _add_dy(floating* dh, const floating* dy, Py_ssize_t n) noexcept nogil:
+    """dh += dy over one row (dy NULL: no upstream gradient at this step)."""
+    cdef Py_ssize_t j
+    if dy != NULL:
+        for j in range(n):
+            dh[j] = dh[j] + dy[j]
 
 
 cdef void _column_sums(const floating* a, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
@@ -228,10 +349,6 @@ def _last_step(h_seq, return_sequences):
     return np.ascontiguousarray(h_seq[:, t - 1])
 
 
-def _n_blocks(n):
-    return (n + ROWS - 1) // ROWS
-
-
 def _shift_prev(const floating[:, :, ::1] h, floating[:, :, ::1] hp, bint backwards):
     """hp[n, tx(s)] = h[n, s-1] (zero at s = 0): the state each step's gate rows multiplied,
     aligned with dZ so d(recurrent_kernel) is one GEMM."""
@@ -258,6 +375,8 @@ def _grads_gemm(const floating[:, ::1] x, const floating[:, ::1] kernel,
                 const floating[:, ::1] dz, floating[:, ::1] dkernel, floating[:, ::1] dx):
     cdef int rows = x.shape[0], c = x.shape[1], g = dz.shape[1]
     cdef bint want_dx = dx is not None
+    if c == 0:
+        return
     with nogil:
         _mm(True, False, c, g, rows, &x[0, 0], c, &dz[0, 0], g, <floating>0,
             &dkernel[0, 0], g)
@@ -283,6 +402,9 @@ def _column_sum(dz):
 def _project(const floating[:, ::1] x, const floating[:, ::1] kernel, floating[:, ::1] p):
     """p = x @ kernel over all N*T rows (the input side of every step at once)."""
     cdef int rows = x.shape[0], c = x.shape[1], g = kernel.shape[1]
+    if c == 0:
+        p[:, :] = 0
+        return
     with nogil:
         _mm(False, False, rows, g, c, &x[0, 0], c, &kernel[0, 0], g, <floating>0, &p[0, 0], g)
 
@@ -320,20 +442,26 @@ cdef void _simple_step_forward(const floating* p, const floating* bias, floating
                                Py_ssize_t rows, Py_ssize_t ld, Py_ssize_t units, int act,
                                floating alpha) noexcept nogil:
     cdef Py_ssize_t n, j
+    cdef floating* hr
     for n in range(rows):
+        hr = h + n * ld
         for j in range(units):
-            h[n * ld + j] = act_value(p[n * ld + j] + bias[j], act, alpha)
+            hr[j] = p[n * ld + j] + bias[j]
+        _act_vec(hr, units, act, alpha)
 
 
 cdef void _simple_step_backward(const floating* dy, Py_ssize_t dy_ld, const floating* h,
-                                const floating* dh_next, floating* dz, Py_ssize_t rows,
+                                floating* dh_next, floating* dz, Py_ssize_t rows,
                                 Py_ssize_t ld, Py_ssize_t units, int act,
                                 floating alpha) noexcept nogil:
     cdef Py_ssize_t n, j
+    cdef floating* dhr
     for n in range(rows):
+        dhr = dh_next + n * units
+        _add_dy(dhr, dy + n * dy_ld if dy != NULL else NULL, units)
         for j in range(units):
-            dz[n * ld + j] = act_grad(dh_next[n * units + j] + _at(dy, n * dy_ld + j),
-                                      <floating>0, h[n * ld + j], act, alpha)
+            dz[n * ld + j] = dhr[j]
+        _act_grad_vec(h + n * ld, dz + n * ld, units, act, alpha)
 
 
 def _simple_rnn_forward(const floating[:, ::1] rk, const floating[::1] bias,
@@ -432,50 +560,72 @@ cdef void _lstm_step_forward(floating* g, const floating* bias, const floating* 
     """g holds x_t @ W + h_{t-1} @ R; it leaves holding the activated gates i, f, c~, o."""
     cdef Py_ssize_t n, j
     cdef floating* gr
-    cdef floating gi, gf, gc, go, cn
+    cdef floating* cr
+    cdef floating* hr
+    cdef const floating* cp
     for n in range(rows):
         gr = g + n * g_ld
+        cr = c + n * ld
+        hr = h + n * ld
+        for j in range(4 * u):
+            gr[j] = gr[j] + bias[j]
+        _act_vec(gr, 2 * u, ract, a2)
+        _act_vec(gr + 2 * u, u, act, a1)
+        _act_vec(gr + 3 * u, u, ract, a2)
+        if c_prev != NULL:
+            cp = c_prev + n * ld
+            for j in range(u):
+                cr[j] = gr[u + j] * cp[j] + gr[j] * gr[2 * u + j]
+        else:
+            for j in range(u):
+                cr[j] = gr[j] * gr[2 * u + j]
         for j in range(u):
-            gi = act_value(gr[j] + bias[j], ract, a2)
-            gf = act_value(gr[u + j] + bias[u + j], ract, a2)
-            gc = act_value(gr[2 * u + j] + bias[2 * u + j], act, a1)
-            go = act_value(gr[3 * u + j] + bias[3 * u + j], ract, a2)
-            cn = gf * _at(c_prev, n * ld + j) + gi * gc
-            gr[j] = gi
-            gr[u + j] = gf
-            gr[2 * u + j] = gc
-            gr[3 * u + j] = go
-            c[n * ld + j] = cn
-            h[n * ld + j] = go * act_value(cn, act, a1)
+            hr[j] = cr[j]
+        _act_vec(hr, u, act, a1)
+        for j in range(u):
+            hr[j] = gr[3 * u + j] * hr[j]
 
 
 cdef void _lstm_step_backward(const floating* dy, Py_ssize_t dy_ld, const floating* g,
-                              const floating* c_prev, const floating* c,
-                              const floating* dh_next, floating* dc_next, floating* dz,
-                              Py_ssize_t rows, Py_ssize_t g_ld, Py_ssize_t ld, Py_ssize_t u,
-                              int act, floating a1, int ract, floating a2) noexcept nogil:
-    """dz = pre-activation gradients of the four gates; dc_next becomes dc_{t-1}."""
+                              const floating* c_prev, const floating* c, floating* dh_next,
+                              floating* dc_next, floating* dz, Py_ssize_t rows,
+                              Py_ssize_t g_ld, Py_ssize_t ld, Py_ssize_t u, int act,
+                              floating a1, int ract, floating a2) noexcept nogil:
+    """dz = pre-activation gradients of the four gates; dc_next becomes dc_{t-1}.
+
+    The dz row doubles as scratch: its o slot first holds act(c_t), its c~ slot the
+    gradient through act(c_t), each overwritten by the final value of the same element."""
     cdef Py_ssize_t n, j
     cdef const floating* gr
+    cdef const floating* cr
     cdef floating* zr
-    cdef floating gi, gf, gc, go, cn, tc, dh, dc
+    cdef floating* dhr
+    cdef floating* dcr
+    cdef floating dc, cpv
     for n in range(rows):
         gr = g + n * g_ld
+        cr = c + n * ld
         zr = dz + n * g_ld
+        dhr = dh_next + n * u
+        dcr = dc_next + n * u
+        _add_dy(dhr, dy + n * dy_ld if dy != NULL else NULL, u)
         for j in range(u):
-            gi = gr[j]
-            gf = gr[u + j]
-            gc = gr[2 * u + j]
-            go = gr[3 * u + j]
-            cn = c[n * ld + j]
-            tc = act_value(cn, act, a1)
-            dh = dh_next[n * u + j] + _at(dy, n * dy_ld + j)
-            dc = dc_next[n * u + j] + act_grad(dh * go, cn, tc, act, a1)
-            zr[j] = act_grad(dc * gc, <floating>0, gi, ract, a2)
-            zr[u + j] = act_grad(dc * _at(c_prev, n * ld + j), <floating>0, gf, ract, a2)
-            zr[2 * u + j] = act_grad(dc * gi, <floating>0, gc, act, a1)
-            zr[3 * u + j] = act_grad(dh * tc, <floating>0, go, ract, a2)
-            dc_next[n * u + j] = dc * gf
+            zr[3 * u + j] = cr[j]
+        _act_vec(zr + 3 * u, u, act, a1)
+        for j in range(u):
+            zr[2 * u + j] = dhr[j] * gr[3 * u + j]
+        _act_grad_vec(zr + 3 * u, zr + 2 * u, u, act, a1)
+        for j in range(u):
+            cpv = c_prev[n * ld + j] if c_prev != NULL else 0
+            dc = dcr[j] + zr[2 * u + j]
+            zr[j] = dc * gr[2 * u + j]
+            zr[u + j] = dc * cpv
+            zr[2 * u + j] = dc * gr[j]
+            zr[3 * u + j] = dhr[j] * zr[3 * u + j]
+            dcr[j] = dc * gr[u + j]
+        _act_grad_vec(gr, zr, 2 * u, ract, a2)
+        _act_grad_vec(gr + 2 * u, zr + 2 * u, u, act, a1)
+        _act_grad_vec(gr + 3 * u, zr + 3 * u, u, ract, a2)
 
 
 def _lstm_forward(const floating[:, ::1] rk, const floating[::1] bias, floating[:, :, ::1] g,
@@ -594,20 +744,23 @@ cdef void _gru_step_forward_after(floating* g, const floating* srec, const float
     """g holds x_t @ W and leaves holding z, r, hh; srec = h_{t-1} @ R (NULL at step 0)."""
     cdef Py_ssize_t n, j
     cdef floating* gr
-    cdef floating gz, gr_, rec, hh
+    cdef floating* rr
+    cdef floating* hr
+    cdef floating rec
     for n in range(rows):
         gr = g + n * g_ld
+        rr = rh + n * ld
+        hr = h + n * ld
+        for j in range(2 * u):
+            gr[j] = gr[j] + b_in[j] + _at(srec, n * 3 * u + j) + b_rec[j]
+        _act_vec(gr, 2 * u, ract, a2)
         for j in range(u):
-            gz = act_value(gr[j] + b_in[j] + _at(srec, n * 3 * u + j) + b_rec[j], ract, a2)
-            gr_ = act_value(gr[u + j] + b_in[u + j] + _at(srec, n * 3 * u + u + j)
-                            + b_rec[u + j], ract, a2)
             rec = _at(srec, n * 3 * u + 2 * u + j) + b_rec[2 * u + j]
-            hh = act_value(gr[2 * u + j] + b_in[2 * u + j] + gr_ * rec, act, a1)
-            gr[j] = gz
-            gr[u + j] = gr_
-            gr[2 * u + j] = hh
-            rh[n * ld + j] = rec
-            h[n * ld + j] = gz * _at(h_prev, n * ld + j) + (1 - gz) * hh
+            rr[j] = rec
+            gr[2 * u + j] = gr[2 * u + j] + b_in[2 * u + j] + gr[u + j] * rec
+        _act_vec(gr + 2 * u, u, act, a1)
+        for j in range(u):
+            hr[j] = gr[j] * _at(h_prev, n * ld + j) + (1 - gr[j]) * gr[2 * u + j]
 
 
 cdef void _gru_step_forward_gates(floating* g, const floating* srec, const floating* b_in,
@@ -617,14 +770,13 @@ cdef void _gru_step_forward_gates(floating* g, const floating* srec, const float
     """reset_after=False, first pass: z, r into g and rh = r * h_{t-1}."""
     cdef Py_ssize_t n, j
     cdef floating* gr
-    cdef floating gr_
     for n in range(rows):
         gr = g + n * g_ld
+        for j in range(2 * u):
+            gr[j] = gr[j] + b_in[j] + _at(srec, n * 3 * u + j)
+        _act_vec(gr, 2 * u, ract, a2)
         for j in range(u):
-            gr[j] = act_value(gr[j] + b_in[j] + _at(srec, n * 3 * u + j), ract, a2)
-            gr_ = act_value(gr[u + j] + b_in[u + j] + _at(srec, n * 3 * u + u + j), ract, a2)
-            gr[u + j] = gr_
-            rh[n * ld + j] = gr_ * _at(h_prev, n * ld + j)
+            rh[n * ld + j] = gr[u + j] * _at(h_prev, n * ld + j)
 
 
 cdef void _gru_step_forward_out(floating* g, const floating* srec, const floating* b_in,
@@ -634,15 +786,13 @@ cdef void _gru_step_forward_out(floating* g, const floating* srec, const floatin
     """reset_after=False, second pass: srec[:, 2U:] = rh @ R_h (srec NULL at step 0)."""
     cdef Py_ssize_t n, j
     cdef floating* gr
-    cdef floating gz, hh
     for n in range(rows):
         gr = g + n * g_ld
         for j in range(u):
-            gz = gr[j]
-            hh = act_value(gr[2 * u + j] + b_in[2 * u + j] + _at(srec, n * 3 * u + 2 * u + j),
-                           act, a1)
-            gr[2 * u + j] = hh
-            h[n * ld + j] = gz * _at(h_prev, n * ld + j) + (1 - gz) * hh
+            gr[2 * u + j] = gr[2 * u + j] + b_in[2 * u + j] + _at(srec, n * 3 * u + 2 * u + j)
+        _act_vec(gr + 2 * u, u, act, a1)
+        for j in range(u):
+            h[n * ld + j] = gr[j] * _at(h_prev, n * ld + j) + (1 - gr[j]) * gr[2 * u + j]
 
 
 cdef void _gru_step_backward_after(const floating* dy, Py_ssize_t dy_ld, const floating* g,
@@ -655,24 +805,27 @@ cdef void _gru_step_backward_after(const floating* dy, Py_ssize_t dy_ld, const f
     (they differ in the h gate, scaled by r); dh_next becomes the direct term dh * z."""
     cdef Py_ssize_t n, j
     cdef const floating* gr
-    cdef floating gz, gr_, hh, dh, dah, daz, dar
+    cdef floating* zi
+    cdef floating* zr
+    cdef floating* dhr
     for n in range(rows):
         gr = g + n * g_ld
+        zi = dzi + n * g_ld
+        zr = dzr + n * g_ld
+        dhr = dh_next + n * u
+        _add_dy(dhr, dy + n * dy_ld if dy != NULL else NULL, u)
         for j in range(u):
-            gz = gr[j]
-            gr_ = gr[u + j]
-            hh = gr[2 * u + j]
-            dh = dh_next[n * u + j] + _at(dy, n * dy_ld + j)
-            dah = act_grad(dh * (1 - gz), <floating>0, hh, act, a1)
-            daz = act_grad(dh * (_at(h_prev, n * ld + j) - hh), <floating>0, gz, ract, a2)
-            dar = act_grad(dah * rh[n * ld + j], <floating>0, gr_, ract, a2)
-            dzi[n * g_ld + j] = daz
-            dzi[n * g_ld + u + j] = dar
-            dzi[n * g_ld + 2 * u + j] = dah
-            dzr[n * g_ld + j] = daz
-            dzr[n * g_ld + u + j] = dar
-            dzr[n * g_ld + 2 * u + j] = dah * gr_
-            dh_next[n * u + j] = dh * gz
+            zi[j] = dhr[j] * (_at(h_prev, n * ld + j) - gr[2 * u + j])
+            zi[2 * u + j] = dhr[j] * (1 - gr[j])
+        _act_grad_vec(gr + 2 * u, zi + 2 * u, u, act, a1)
+        for j in range(u):
+            zi[u + j] = zi[2 * u + j] * rh[n * ld + j]
+        _act_grad_vec(gr, zi, 2 * u, ract, a2)
+        for j in range(u):
+            zr[j] = zi[j]
+            zr[u + j] = zi[u + j]
+            zr[2 * u + j] = zi[2 * u + j] * gr[u + j]
+            dhr[j] = dhr[j] * gr[j]
 
 
 cdef void _gru_step_backward_out(const floating* dy, Py_ssize_t dy_ld, const floating* g,
@@ -683,17 +836,19 @@ cdef void _gru_step_backward_out(const floating* dy, Py_ssize_t dy_ld, const flo
     """reset_after=False, first pass: the z and h gate gradients; dh_next = dh * z."""
     cdef Py_ssize_t n, j
     cdef const floating* gr
-    cdef floating gz, hh, dh
+    cdef floating* zr
+    cdef floating* dhr
     for n in range(rows):
         gr = g + n * g_ld
+        zr = dz + n * g_ld
+        dhr = dh_next + n * u
+        _add_dy(dhr, dy + n * dy_ld if dy != NULL else NULL, u)
         for j in range(u):
-            gz = gr[j]
-            hh = gr[2 * u + j]
-            dh = dh_next[n * u + j] + _at(dy, n * dy_ld + j)
-            dz[n * g_ld + j] = act_grad(dh * (_at(h_prev, n * ld + j) - hh), <floating>0, gz,
-                                        ract, a2)
-            dz[n * g_ld + 2 * u + j] = act_grad(dh * (1 - gz), <floating>0, hh, act, a1)
-            dh_next[n * u + j] = dh * gz
+            zr[j] = dhr[j] * (_at(h_prev, n * ld + j) - gr[2 * u + j])
+            zr[2 * u + j] = dhr[j] * (1 - gr[j])
+            dhr[j] = dhr[j] * gr[j]
+        _act_grad_vec(gr, zr, u, ract, a2)
+        _act_grad_vec(gr + 2 * u, zr + 2 * u, u, act, a1)
 
 
 cdef void _gru_step_backward_gates(const floating* g, const floating* drh,
@@ -703,14 +858,17 @@ cdef void _gru_step_backward_gates(const floating* g, const floating* drh,
     """reset_after=False, second pass: drh = d(r * h_{t-1}) gives the r gate gradient and
     the r-scaled part of dh_{t-1} (drh and h_prev are NULL at step 0)."""
     cdef Py_ssize_t n, j
-    cdef floating gr_, d
+    cdef const floating* gr
+    cdef floating* zr
+    cdef floating d
     for n in range(rows):
+        gr = g + n * g_ld
+        zr = dz + n * g_ld
         for j in range(u):
-            gr_ = g[n * g_ld + u + j]
             d = _at(drh, n * u + j)
-            dz[n * g_ld + u + j] = act_grad(d * _at(h_prev, n * ld + j), <floating>0, gr_,
-                                            ract, a2)
-            dh_next[n * u + j] = dh_next[n * u + j] + d * gr_
+            zr[u + j] = d * _at(h_prev, n * ld + j)
+            dh_next[n * u + j] = dh_next[n * u + j] + d * gr[u + j]
+        _act_grad_vec(gr + u, zr + u, u, ract, a2)
 
 
 def _gru_forward(const floating[:, ::1] rk, const floating[:, ::1] bias, bint reset_after,
