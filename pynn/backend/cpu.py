@@ -29,6 +29,14 @@ from pynn._native.optim import (  # noqa: F401
     sgd_update,
     sum_squares,
 )
+from pynn._native.rnn import (  # noqa: F401
+    gru_backward,
+    gru_forward,
+    lstm_backward,
+    lstm_forward,
+    simple_rnn_backward,
+    simple_rnn_forward,
+)
 from pynn._native.pool import (  # noqa: F401
     avgpool2d_backward,
     avgpool2d_forward,

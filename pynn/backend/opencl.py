@@ -21,6 +21,14 @@ import time
 import numpy as np
 
 from pynn.backend import _cl_runtime as rt
+from pynn.backend._cl_rnn import (  # noqa: F401
+    gru_backward,
+    gru_forward,
+    lstm_backward,
+    lstm_forward,
+    simple_rnn_backward,
+    simple_rnn_forward,
+)
 from pynn.backend._cl_nn import (  # noqa: F401
     accuracy_count,
     activation_backward,

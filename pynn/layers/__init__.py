@@ -4,6 +4,7 @@ classes up in ``LAYERS`` only, never imports by name."""
 from pynn.layers.base import Layer
 from pynn.layers.conv import Conv2D
 from pynn.layers.core import Activation, Dense, Dropout, Flatten, Input, InputLayer, Reshape
+from pynn.layers.recurrent import GRU, LSTM, SimpleRNN
 from pynn.layers.pooling import (
     AveragePooling2D,
     GlobalAveragePooling2D,
@@ -13,7 +14,7 @@ from pynn.layers.pooling import (
 
 LAYERS = {cls.__name__: cls for cls in (
     InputLayer, Dense, Activation, Dropout, Flatten, Reshape, Conv2D, MaxPooling2D,
-    AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D,
+    AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, SimpleRNN, LSTM, GRU,
 )}
 
 # Keras aliases.
