@@ -1,0 +1,114 @@
+"""Whole models on OpenCL against the same models on the CPU: training for several epochs,
+evaluation, prediction, and model files moving between the two backends."""
+
+import numpy as np
+import pytest
+
+import pynn
+from pynn import layers
+from tests.opencl_util import HAVE_OPENCL, SKIP_REASON
+
+pytestmark = pytest.mark.skipif(not HAVE_OPENCL, reason=SKIP_REASON)
+
+
+@pytest.fixture
+def restore_device():
+    previous = pynn.get_device()
+    yield
+    pynn.set_device(previous)
+
+
+def cnn():
+    return pynn.Sequential([
+        layers.Input(shape=(9, 11, 2)),
+        layers.Conv2D(5, 3, padding="same", activation="relu",
+                      kernel_regularizer=pynn.regularizers.L2(1e-3)),
+        layers.MaxPooling2D(2, padding="same"),
+        layers.Conv2D(4, (2, 3), strides=(1, 2), activation="tanh"),
+        layers.AveragePooling2D(2, strides=1),
+        layers.Dropout(0.25, seed=7),
+        layers.Flatten(),
+        layers.Dense(6, activation="softmax"),
+    ])
+
+
+def lstm():
+    return pynn.Sequential([
+        layers.Input(shape=(5, 3)),
+        layers.LSTM(7, return_sequences=True),
+        layers.GRU(4),
+        layers.Dense(1, activation="sigmoid"),
+    ])
+
+
+def train(device, build, weights, x, y, loss, optimizer, epochs=3):
+    pynn.set_device(device)
+    pynn.utils.set_random_seed(5)
+    model = build()
+    model.set_weights(weights)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    history = model.fit(x, y, batch_size=8, epochs=epochs, verbose=0)
+    return model, history.history
+
+
+@pytest.mark.parametrize("case", ["cnn-adam", "cnn-sgd", "rnn-rmsprop"])
+def test_training_on_opencl_matches_cpu(case, restore_device):
+    rng = np.random.default_rng(3)
+    if case.startswith("cnn"):
+        build, loss = cnn, "sparse_categorical_crossentropy"
+        x = rng.standard_normal((27, 9, 11, 2)).astype(np.float32)
+        y = rng.integers(0, 6, 27)
+    else:
+        build, loss = lstm, "binary_crossentropy"
+        x = rng.standard_normal((21, 5, 3)).astype(np.float32)
+        y = (rng.random(21) > 0.5).astype(np.float32)
+    optimizer = {"cnn-adam": "adam", "cnn-sgd": {"class_name": "SGD", "config": {
+        "learning_rate": 0.05, "momentum": 0.9, "nesterov": True}},
+        "rnn-rmsprop": "rmsprop"}[case]
+    pynn.set_device("cpu")
+    pynn.utils.set_random_seed(1)
+    initial = build().get_weights()
+
+    cpu_model, cpu_hist = train("cpu", build, initial, x, y, loss, optimizer)
+    cl_model, cl_hist = train("opencl", build, initial, x, y, loss, optimizer)
+    assert all(type(v.value).__module__.startswith("pyopencl") for v in cl_model.weights), \
+        "the OpenCL model's weights must live in device buffers"
+
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(cpu_model.get_weights(), initial))
+    assert moved > 1e-3, "training did not change the weights: the comparison would be empty"
+    for name, (a, b) in enumerate(zip(cl_model.get_weights(), cpu_model.get_weights())):
+        scale = max(1.0, float(np.abs(b).max()))
+        assert float(np.abs(a - b).max()) <= 1e-4 * scale, f"weight {name} differs"
+    np.testing.assert_allclose(cl_hist["loss"], cpu_hist["loss"], rtol=1e-4)
+    np.testing.assert_allclose(cl_hist["accuracy"], cpu_hist["accuracy"], atol=1e-6)
+    pynn.set_device("opencl")
+    cl_pred = cl_model.predict(x)
+    pynn.set_device("cpu")
+    np.testing.assert_allclose(cl_pred, cpu_model.predict(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("save_on,load_on", [("opencl", "cpu"), ("cpu", "opencl")])
+def test_model_files_move_between_backends(save_on, load_on, tmp_path, restore_device):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((10, 9, 11, 2)).astype(np.float32)
+    y = rng.integers(0, 6, 10)
+    pynn.set_device(save_on)
+    pynn.utils.set_random_seed(2)
+    model = cnn()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    want = model.predict(x)
+    path = tmp_path / "m.pynn"
+    model.save(path)
+    pynn.set_device(load_on)
+    loaded = pynn.load_model(path)
+    np.testing.assert_allclose(loaded.predict(x), want, rtol=1e-4, atol=1e-5)
+    assert loaded.optimizer.iterations == model.optimizer.iterations
+    loaded.fit(x, y, batch_size=4, epochs=1, verbose=0)  # resumes with the restored slots
+
+
+def test_bad_device_spec_is_a_clear_error(restore_device):
+    with pytest.raises((ValueError, RuntimeError), match="opencl"):
+        pynn.set_device("opencl:97:3")
+    with pytest.raises(ValueError, match="cpu"):
+        pynn.set_device("cuda")
