@@ -8,12 +8,15 @@ What it measures, in order (every benchmark first checks its result, then times)
    multiply-add, three products per step). Dense is checked against NumPy float64, Conv2D
    against torch float64 autograd.
 3. Training throughput (images/s) of a small CNN and an MLP in pynn and in PyTorch CPU with the
-   same architecture and thread count, alternated in one process (pynn, torch, pynn, torch...)
-   so that both see the same machine state; medians over rounds. The check: with the same
-   initial weights and batches both frameworks produce the same losses over a few Adam steps.
-4. Peak memory of each training run: a fresh subprocess per (model, framework) resets its
-   high-water mark (``/proc/self/clear_refs``) after imports and data, trains, and reads
-   ``VmHWM``: native allocations count, unlike tracemalloc.
+   same architecture and thread count. Each framework trains in its own worker process; the
+   parent alternates timed rounds between them (pynn, torch, pynn, torch, ...) within one run,
+   so both see the same machine state, and reports medians. Separate processes keep each
+   framework's OpenMP runtime in its own default state (they would otherwise share one
+   libgomp). The check, done first in the parent: with the same initial weights and batches
+   both frameworks produce the same losses over a few Adam steps.
+4. Peak memory of each training run, from the same workers: each resets its high-water mark
+   (``/proc/self/clear_refs``) after imports and data, trains, and reads ``VmHWM``: native
+   allocations count, unlike tracemalloc.
 
 It prints a table and writes JSON (machine info, every number, and for each target whether it
 is met). ``--profile`` adds per-op milliseconds per training step for both frameworks.
@@ -30,6 +33,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,8 +51,8 @@ SIZES = {
         "dense": [(1024, 1024, 1024)],
         # (N, H, W, C, KH, KW, F, padding)
         "conv": [(32, 32, 32, 64, 3, 3, 128, "same")],
-        "cnn_batch": 64, "cnn_steps": 20,
-        "mlp_batch": 128, "mlp_steps": 80,
+        "cnn_batch": 64, "cnn_steps": 30,
+        "mlp_batch": 128, "mlp_steps": 150,
         "check_steps": 3, "memory_steps": 5,
     },
     "quick": {
@@ -306,7 +310,7 @@ def bench_conv(shape, repeats, peak):
     return result
 
 
-# -- 3. training: the two models in both frameworks ---------------------------------------
+# -- 3 and 4. training speed and peak memory: the two models in both frameworks -------------
 MODELS = {
     "cnn": {"input": (32, 32, 3), "classes": 10, "batch": "cnn_batch", "steps": "cnn_steps",
             "torch_ref_img_s": 1800},
@@ -445,103 +449,196 @@ def check_training(name, sizes):
     return check
 
 
-def bench_training(name, sizes, repeats):
-    batch = sizes[MODELS[name]["batch"]]
-    steps = sizes[MODELS[name]["steps"]]
-    result = {"model": name, "batch": batch, "steps_per_round": steps, "rounds": repeats}
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        result["check"] = {"passed": False, "error": "torch is not installed"}
-        return result
-    result["check"] = check_training(name, sizes)
-    if not result["check"]["passed"]:
-        return result
-    x, y = make_data(name, batch, 4)
-    runners = {"pynn": PynnRunner(name, x, y), "torch": TorchRunner(name, x, y)}
-    for r in runners.values():  # first steps allocate optimizer slots and workspaces
-        for i in range(3):
-            r.step(i)
-    rates = {fw: [] for fw in runners}
-    for _ in range(repeats):
-        for fw, r in runners.items():  # alternated: pynn, torch, pynn, torch, ...
-            t = time.perf_counter()
-            for i in range(steps):
-                r.step(i)
-            rates[fw].append(steps * batch / (time.perf_counter() - t))
-    for fw, rs in rates.items():
-        result[fw] = {"images_per_s": statistics.median(rs), "rounds_images_per_s": rs,
-                      "ms_per_step": 1e3 * batch / statistics.median(rs)}
-    result["speedup_vs_torch"] = result["pynn"]["images_per_s"] / result["torch"]["images_per_s"]
-    return result
-
-
-# -- 4. peak memory, one fresh process per (model, framework) --------------------------------
 def _proc_status_kib(field):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     return None
 
 
-def memory_child(name, framework, threads, quick):
-    """Runs in the subprocess: imports, data, reset the high-water mark, train, report."""
+def _reset_peak_rss():
+    """Linux: writing 5 to clear_refs resets VmHWM to the current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def worker(name, framework, threads, quick):
+    """One framework, one model, in its own process (``--worker``): the parent alternates
+    rounds between the pynn and the torch worker through stdin/stdout, one JSON line each.
+
+    Own processes keep each framework's OpenMP runtime in its default state (pynn sets
+    OMP_WAIT_POLICY=PASSIVE when imported, which would slow torch by ~20% if they shared a
+    process), and give each a clean memory high-water mark: the baseline is taken after imports
+    and data, so the peak counts the model, optimizer state, activations and workspaces.
+    Commands: ``round`` -> images/s, ``memory`` -> RSS numbers, ``profile``, ``quit``.
+    """
     sizes = SIZES["quick" if quick else "full"]
-    set_threads(threads, with_torch=framework == "torch")
-    batch = sizes[MODELS[name]["batch"]]
-    x, y = make_data(name, batch, 2)
-    runner_cls = PynnRunner if framework == "pynn" else TorchRunner
     if framework == "torch":
-        import torch  # noqa: F401  (imported before the baseline, like pynn's modules)
+        import torch
+
+        torch.set_num_threads(threads)
+        runner_cls = TorchRunner
+    else:
+        import pynn
+
+        pynn.set_num_threads(threads)
+        runner_cls = PynnRunner
+    batch, steps = sizes[MODELS[name]["batch"]], sizes[MODELS[name]["steps"]]
+    x, y = make_data(name, batch, 4)
     import gc
 
     gc.collect()
     base = _proc_status_kib("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # resets VmHWM to the current RSS
-        reset = True
-    except OSError:
-        reset = False
+    reset = _reset_peak_rss()
     runner = runner_cls(name, x, y)
-    for i in range(sizes["memory_steps"]):
+    for i in range(3):  # the first steps allocate optimizer slots and workspaces
         runner.step(i)
-    hwm = _proc_status_kib("VmHWM")
-    print(json.dumps({"baseline_rss_mib": base / 1024, "peak_rss_mib": hwm / 1024,
-                      "training_peak_mib": (hwm - base) / 1024, "hwm_reset": reset}))
+
+    def reply(obj):
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    reply({"ready": True, "pid": os.getpid(),
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")})
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "round":
+            t = time.perf_counter()
+            for i in range(steps):
+                runner.step(i)
+            reply({"images_per_s": steps * batch / (time.perf_counter() - t)})
+        elif cmd == "memory":
+            hwm = _proc_status_kib("VmHWM")
+            reply({"baseline_rss_mib": base / 1024, "peak_rss_mib": hwm / 1024,
+                   "training_peak_mib": (hwm - base) / 1024, "hwm_reset": reset})
+        elif cmd == "profile":
+            # A fresh model: the per-op times should not depend on how long the rounds ran
+            # (Adam's moments of dead units decay into denormals after ~700 steps).
+            runner = runner_cls(name, x, y)
+            for i in range(3):
+                runner.step(i)
+            prof = profile_pynn if framework == "pynn" else profile_torch
+            reply(prof(runner, max(2, steps // 2)))
+        elif cmd == "quit":
+            return
+        else:
+            reply({"error": f"unknown command {cmd!r}"})
 
 
-def bench_memory(name, threads, quick):
-    out = {}
-    for fw in ("pynn", "torch"):
-        cmd = [sys.executable, "-m", "pynn.bench", "--memory-child", name, fw,
-               "--threads", str(threads)] + (["--quick"] if quick else [])
+class Worker:
+    """The parent's handle on a ``worker`` subprocess."""
+
+    def __init__(self, name, framework, threads, quick, torch_omp_wait_policy=None):
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-        if proc.returncode != 0:
-            out[fw] = {"error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
-            continue
-        out[fw] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return out
+        if framework == "pynn":
+            cmd = [sys.executable, "-m", "pynn.bench"]
+            root = str(Path(__file__).resolve().parents[1])
+            env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        else:
+            # Loads this file without the pynn package, whose import would change torch's
+            # OpenMP wait policy.
+            cmd = [sys.executable, "-c", _STANDALONE, str(Path(__file__).resolve())]
+            if torch_omp_wait_policy is None:
+                env.pop("OMP_WAIT_POLICY", None)
+            else:
+                env["OMP_WAIT_POLICY"] = torch_omp_wait_policy
+        cmd += ["--worker", name, framework, "--threads", str(threads)]
+        cmd += ["--quick"] if quick else []
+        # stderr to a file: a chatty worker (torch's profiler) must not fill a pipe and block.
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.stderr, text=True, env=env)
+        self.info = None
+
+    def wait_ready(self):
+        self.info = self._read()
+
+    def _read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            self.stderr.seek(0)
+            err = self.stderr.read().strip().splitlines()
+            raise RuntimeError(f"benchmark worker failed: {err[-1] if err else 'no output'}")
+        return json.loads(line)
+
+    def ask(self, cmd):
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
 
 
-# -- profile: per-op time per training step ----------------------------------------------------
-def profile_pynn(name, sizes, steps):
+_STANDALONE = ("import importlib.util, sys; "
+               "spec = importlib.util.spec_from_file_location('pynn_bench', sys.argv[1]); "
+               "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+               "sys.exit(m.main(sys.argv[2:]))")
+
+
+def bench_training(name, sizes, repeats, threads, quick, profile=False,
+                   torch_omp_wait_policy=None):
+    batch = sizes[MODELS[name]["batch"]]
+    steps = sizes[MODELS[name]["steps"]]
+    result = {"model": name, "batch": batch, "steps_per_round": steps, "rounds": repeats,
+              "torch_reference_images_per_s": MODELS[name]["torch_ref_img_s"]}
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        result["check"] = {"passed": False, "error": "torch is not installed"}
+        return result, {}, None
+    result["check"] = check_training(name, sizes)
+    if not result["check"]["passed"]:
+        return result, {}, None
+    workers = {}
+    try:
+        for fw in ("pynn", "torch"):
+            workers[fw] = Worker(name, fw, threads, quick, torch_omp_wait_policy)
+        for w in workers.values():  # both start (import, warm up) at once, then take turns
+            w.wait_ready()
+        rates = {fw: [] for fw in workers}
+        for _ in range(repeats):
+            for fw, w in workers.items():  # alternated: pynn, torch, pynn, torch, ...
+                rates[fw].append(w.ask("round")["images_per_s"])
+        memory = {fw: w.ask("memory") for fw, w in workers.items()}
+        prof = {fw: w.ask("profile") for fw, w in workers.items()} if profile else None
+    finally:
+        for w in workers.values():
+            w.close()
+    for fw, rs in rates.items():
+        result[fw] = {"images_per_s": statistics.median(rs), "rounds_images_per_s": rs,
+                      "ms_per_step": 1e3 * batch / statistics.median(rs),
+                      "omp_wait_policy": workers[fw].info.get("omp_wait_policy")}
+    result["speedup_vs_torch"] = result["pynn"]["images_per_s"] / result["torch"]["images_per_s"]
+    return result, memory, prof
+
+
+# -- profile: per-op time per training step (run inside the workers) ---------------------------
+def profile_pynn(runner, steps):
     """Wraps every op of pynn.backend.cpu (layers look them up at call time) and sums the
     wall time per (op, first array shape)."""
     import pynn.backend.cpu as be
     from pynn.backend import api
 
-    batch = sizes[MODELS[name]["batch"]]
-    x, y = make_data(name, batch, 4)
-    runner = PynnRunner(name, x, y)
-    for i in range(3):
-        runner.step(i)
     totals = {}
-    originals = {op: getattr(be, op) for op in api.OPS}
+    originals = {op: getattr(be, op) for op in api.OPS if hasattr(be, op)}
 
     def wrap(op, fn):
         def timed(*args, **kwargs):
@@ -554,6 +651,10 @@ def profile_pynn(name, sizes, steps):
             return out
         return timed
 
+    t = time.perf_counter()
+    for i in range(steps):
+        runner.step(i)
+    plain_s = (time.perf_counter() - t) / steps
     for op, fn in originals.items():
         setattr(be, op, wrap(op, fn))
     try:
@@ -565,28 +666,23 @@ def profile_pynn(name, sizes, steps):
         for op, fn in originals.items():
             setattr(be, op, fn)
     ops = {k: 1e3 * v / steps for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
-    return {"ms_per_step": 1e3 * step_s, "ops_ms": ops,
-            "outside_ops_ms": 1e3 * step_s - sum(ops.values())}
+    return {"ms_per_step": 1e3 * plain_s, "ms_per_step_profiled": 1e3 * step_s,
+            "ops_ms": ops, "outside_ops_ms": 1e3 * step_s - sum(ops.values())}
 
 
-def profile_torch(name, sizes, steps):
+def profile_torch(runner, steps):
     from torch.profiler import ProfilerActivity, profile
 
-    batch = sizes[MODELS[name]["batch"]]
-    x, y = make_data(name, batch, 4)
-    runner = TorchRunner(name, x, y)
-    for i in range(3):
-        runner.step(i)
     t = time.perf_counter()
     for i in range(steps):
         runner.step(i)
-    step_s = (time.perf_counter() - t) / steps
+    plain_s = (time.perf_counter() - t) / steps
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for i in range(steps):
             runner.step(i)
     rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     ops = {e.key: e.self_cpu_time_total / 1e3 / steps for e in rows[:25]}
-    return {"ms_per_step": 1e3 * step_s, "ops_self_ms": ops}
+    return {"ms_per_step": 1e3 * plain_s, "ops_self_ms": ops}
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -647,6 +743,12 @@ def print_report(results):
               f"{_fmt(mem.get('pynn', {}).get('training_peak_mib'), '9.1f')} "
               f"{_fmt(mem.get('torch', {}).get('training_peak_mib'), '10.1f')}")
     print("(MiB: resident-memory growth while building and training the model, fresh process)")
+    load = results.get("loadavg_1min", {})
+    busy = [v for v in load.values() if v is not None and v > 0.5 + m["threads"]]
+    if busy:
+        print(f"\nWARNING: the machine was busy (1-min load average {max(busy):.1f} with "
+              f"{m['threads']} benchmark threads): other processes competed for the cores, "
+              f"the timings are not trustworthy.")
     print("\ntargets:")
     for t in results["targets"]:
         v = t["value"]
@@ -666,6 +768,13 @@ def print_report(results):
                 print(f"    {k:58s} {v:7.3f}")
 
 
+def _loadavg():
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
 def default_json_path(machine, quick):
     label = f"{_cpu_slug(machine.get('cpu_model'))}-{machine['threads']}t"
     root = Path(__file__).resolve().parents[1]
@@ -681,6 +790,7 @@ def run(args):
         pass
     set_threads(threads)
     t0 = time.perf_counter()
+    load_start = _loadavg()
     results = {"schema": 1, "quick": bool(args.quick), "repeats": args.repeats,
                "command": "python -m pynn.bench " + " ".join(sys.argv[1:]),
                "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -689,20 +799,22 @@ def run(args):
     results["sgemm_peak"] = peak
     results["dense"] = [bench_dense(s, args.repeats, peak["gflops"]) for s in sizes["dense"]]
     results["conv2d"] = [bench_conv(s, args.repeats, peak["gflops"]) for s in sizes["conv"]]
-    results["training"] = {name: bench_training(name, sizes, args.repeats) for name in MODELS}
-    results["memory"] = {} if args.no_memory else {
-        name: bench_memory(name, threads, args.quick) for name in MODELS}
-    if args.profile:
-        steps = max(2, sizes[MODELS["cnn"]["steps"]] // 2)
-        results["profile"] = {name: {"pynn": profile_pynn(name, sizes, steps),
-                                     "torch": profile_torch(name, sizes, steps)}
-                              for name in MODELS}
+    results["training"], results["memory"] = {}, {}
+    for name in MODELS:
+        train, memory, prof = bench_training(name, sizes, args.repeats, threads, args.quick,
+                                             args.profile, args.torch_omp_wait_policy)
+        results["training"][name] = train
+        if memory:
+            results["memory"][name] = memory
+        if prof:
+            results.setdefault("profile", {})[name] = prof
     results["targets"] = targets(results)
     checks = [r["check"]["passed"] for r in results["dense"] + results["conv2d"]]
     checks += [r["check"]["passed"] for r in results["training"].values()]
     results["all_checks_passed"] = all(checks)
     results["all_targets_met"] = all(t["met"] for t in results["targets"])
     results["wall_s"] = time.perf_counter() - t0
+    results["loadavg_1min"] = {"start": load_start, "end": _loadavg()}
     print_report(results)
     path = Path(args.json) if args.json else default_json_path(results["machine"], args.quick)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -716,22 +828,23 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for pynn, BLAS and torch (default: all usable cores)")
     ap.add_argument("--quick", action="store_true", help="toy sizes (a smoke test, not numbers)")
-    ap.add_argument("--repeats", type=int, default=5,
-                    help="timed runs per kernel and alternated rounds per model (default 5)")
+    ap.add_argument("--repeats", type=int, default=7,
+                    help="timed runs per kernel and alternated rounds per model (default 7)")
     ap.add_argument("--json", default=None, help="where to write the results (default "
                     "bench/results/cpu-<cpu>-<threads>t.json)")
     ap.add_argument("--profile", action="store_true",
                     help="also time every op of a training step in both frameworks")
-    ap.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
-    ap.add_argument("--memory-child", nargs=2, metavar=("MODEL", "FRAMEWORK"),
-                    help=argparse.SUPPRESS)
+    ap.add_argument("--torch-omp-wait-policy", default=None, choices=("ACTIVE", "PASSIVE"),
+                    help="OMP_WAIT_POLICY for the torch worker (default: unset, torch's own "
+                    "default; pynn's worker uses pynn's, PASSIVE unless set in the environment)")
+    ap.add_argument("--worker", nargs=2, metavar=("MODEL", "FRAMEWORK"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         ap.error("--threads must be >= 1")
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
-    if args.memory_child:
-        memory_child(*args.memory_child, args.threads or 1, args.quick)
+    if args.worker:
+        worker(*args.worker, args.threads or 1, args.quick)
         return 0
     results = run(args)
     return 0 if results["all_checks_passed"] else 1

@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "quick.json"
-    code = bench.main(["--quick", "--repeats", "1", "--threads", "1", "--no-memory",
-                       "--profile", "--json", str(path)])
+    code = bench.main(["--quick", "--repeats", "2", "--threads", "1", "--profile",
+                       "--json", str(path)])
     return code, json.loads(path.read_text())
 
 
@@ -52,11 +52,11 @@ def test_json_structure(quick_results):
     for r in res["training"].values():
         for fw in ("pynn", "torch"):
             assert r[fw]["images_per_s"] > 0
-            assert len(r[fw]["rounds_images_per_s"]) == 1
+            assert len(r[fw]["rounds_images_per_s"]) == 2
         assert math.isclose(r["speedup_vs_torch"],
                             r["pynn"]["images_per_s"] / r["torch"]["images_per_s"])
     names = [t["name"] for t in res["targets"]]
-    assert len(names) == 4  # dense, conv2d, 2 x speed (memory skipped: --no-memory)
+    assert len(names) == 6  # dense, conv2d, 2 x speed, 2 x memory
     assert all(isinstance(t["met"], bool) for t in res["targets"])
     assert res["all_targets_met"] == all(t["met"] for t in res["targets"])
 
@@ -123,12 +123,14 @@ def test_weights_map_to_torch_layout():
     np.testing.assert_allclose(probs, torch.softmax(logits, 1).numpy(), rtol=1e-4, atol=1e-6)
 
 
-def test_memory_child_reports_growth():
-    proc = subprocess.run(
-        [sys.executable, "-m", "pynn.bench", "--memory-child", "mlp", "pynn", "--threads", "1",
-         "--quick"], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["peak_rss_mib"] >= out["baseline_rss_mib"] > 0
-    # The MLP's weights alone (784*512 + 512*256 floats, times 3 with Adam's slots) are ~6 MiB.
-    assert out["training_peak_mib"] > 4
+def test_workers_report_memory(quick_results):
+    _, res = quick_results
+    for name in ("cnn", "mlp"):
+        for fw in ("pynn", "torch"):
+            mem = res["memory"][name][fw]
+            assert mem["peak_rss_mib"] >= mem["baseline_rss_mib"] > 0
+            assert mem["training_peak_mib"] >= 0
+    # The MLP's weights (784*512 + 512*256 floats) with Adam's two slots are ~6 MiB.
+    assert res["memory"]["mlp"]["pynn"]["training_peak_mib"] > 4
+    # Each framework runs in its own process with its own OpenMP default.
+    assert res["training"]["mlp"]["torch"]["omp_wait_policy"] is None
