@@ -112,3 +112,15 @@ def test_bad_device_spec_is_a_clear_error(restore_device):
         pynn.set_device("opencl:97:3")
     with pytest.raises(ValueError, match="cpu"):
         pynn.set_device("cuda")
+
+
+def test_async_uploads_keep_their_source_alive(restore_device):
+    """Uploads return before the copy ends; the temporary host array (here a float64 -> float32
+    conversion that nothing else holds) must survive until the transfer completes."""
+    pynn.set_device("opencl")
+    b = pynn.backend.current()
+    rng = np.random.default_rng(9)
+    sources = [rng.standard_normal((257, 33)) for _ in range(6)]
+    uploaded = [b.asarray(src, np.float32) for src in sources]  # six copies in flight
+    for src, dev in zip(sources, uploaded):
+        np.testing.assert_array_equal(b.to_numpy(dev), src.astype(np.float32))

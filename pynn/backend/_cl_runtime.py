@@ -53,6 +53,9 @@ class _State:
     kernels = {}  # (file_stem, defines, kernel_name) -> cl.Kernel
     disk_hits = 0
     builds = 0
+    # Host arrays of uploads still in flight, with their events: an asynchronous upload reads
+    # its source after the call returns, so the source must outlive the transfer.
+    uploads = []
 
 
 _S = _State()
@@ -386,7 +389,14 @@ def to_device(a, dtype=None):
     a = np.asarray(a, dtype=dtype, order="C")  # ascontiguousarray would make 0-d arrays 1-d
     out = empty(a.shape, a.dtype, "upload")
     if a.size:
-        out.set(a)
+        # Non-blocking: the host goes on enqueuing the step (and slicing the next batch) while
+        # the transfer and the previous step's kernels run; the in-order queue keeps every
+        # kernel that reads `out` after the copy. Together with the pool, which hands the next
+        # batch a different buffer while this one is alive, batches are double-buffered.
+        _S.uploads = [(e, h) for e, h in _S.uploads
+                      if e.command_execution_status != cl.command_execution_status.COMPLETE]
+        event = cl.enqueue_copy(_S.queue, out.data, a, is_blocking=False)
+        _S.uploads.append((event, a))
     return out
 
 
