@@ -147,6 +147,106 @@ def bench_conv(shapes, repeat, rng):
     return rows
 
 
+def _models():
+    import pynn
+    from pynn import layers
+
+    cnn = pynn.Sequential([
+        layers.Input(shape=(32, 32, 3)),
+        layers.Conv2D(32, 3, padding="same", activation="relu"), layers.MaxPooling2D(2),
+        layers.Conv2D(64, 3, padding="same", activation="relu"), layers.MaxPooling2D(2),
+        layers.Flatten(), layers.Dense(128, activation="relu"),
+        layers.Dense(10, activation="softmax"),
+    ])
+    lstm = pynn.Sequential([
+        layers.Input(shape=(50, 32)), layers.LSTM(128), layers.Dense(10, activation="softmax"),
+    ])
+    return {"cnn": (cnn, (32, 32, 3)), "lstm": (lstm, (50, 32))}
+
+
+def _torch_cuda_rate(name, batch, steps):
+    """The same model in PyTorch CUDA fp32 (TF32 off), images/s; None without CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    nn = torch.nn
+    if name == "cnn":
+        net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Flatten(), nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 10))
+        x = torch.randn(batch, 3, 32, 32, device="cuda")
+
+        def forward(inp):
+            return net(inp)
+    else:
+        rnn, head = nn.LSTM(32, 128, batch_first=True), nn.Linear(128, 10)
+        net = nn.ModuleList([rnn, head])
+        x = torch.randn(batch, 50, 32, device="cuda")
+
+        def forward(inp):
+            return head(rnn(inp)[0][:, -1])
+    net.cuda()
+    y = torch.randint(0, 10, (batch,), device="cuda")
+    opt = torch.optim.Adam(net.parameters(), eps=1e-7)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(forward(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()  # the same one scalar per step that pynn reads back
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def bench_training(steps, rng):
+    """train_on_batch images/s of the bench CNN (batch 64) and an LSTM(128) over 50 steps."""
+    import pynn
+
+    previous = pynn.get_device()
+    pynn.set_device(rt.device_info()["index"])
+    results = {}
+    try:
+        for name, (model, shape) in _models().items():
+            batch = 64
+            model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+            x = rng.standard_normal((batch,) + shape).astype(np.float32)
+            y = rng.integers(0, 10, batch)
+            first = model.train_on_batch(x, y)
+            if not np.isfinite(first):
+                raise SystemExit(f"{name}: training produced a non-finite loss {first}")
+            model.train_on_batch(x, y)
+            start = time.perf_counter()
+            for _ in range(steps):
+                model.train_on_batch(x, y)
+            rate = batch * steps / (time.perf_counter() - start)
+            entry = {"images_per_s": rate, "batch": batch, "steps": steps}
+            torch_rate = _torch_cuda_rate(name, batch, max(steps, 20))
+            if torch_rate:
+                entry["torch_cuda_fp32_images_per_s"] = torch_rate
+                entry["ratio_to_torch_cuda"] = rate / torch_rate
+            print(f"  train {name}: {rate:,.0f} img/s"
+                  + (f" (torch CUDA fp32 {torch_rate:,.0f}, ratio {rate / torch_rate:.2f})"
+                     if torch_rate else ""))
+            results[name] = entry
+    finally:
+        pynn.set_device(previous)
+    return results
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", action="append",
@@ -154,6 +254,8 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="the two smallest of each")
     parser.add_argument("--tune", action="store_true", help="run tune_gemm() first")
+    parser.add_argument("--train-steps", type=int, default=5,
+                        help="timed train_on_batch steps per model (use ~50 on a GPU)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "opencl.json"))
     opts = parser.parse_args()
 
@@ -176,6 +278,9 @@ def main():
         rng = np.random.default_rng(0)
         entry["gemm"] = bench_gemm(QUICK_GEMM if opts.quick else GEMM_SIZES, opts.repeat, rng)
         entry["conv"] = bench_conv(QUICK_CONV if opts.quick else CONV_SHAPES, opts.repeat, rng)
+        if info.get("type") == "gpu" and not opts.quick:
+            entry["gemm"] += bench_gemm([(4096, 4096, 4096)], opts.repeat, rng)
+        entry["training"] = bench_training(2 if opts.quick else opts.train_steps, rng)
         report.append(entry)
     out = Path(opts.out)
     out.parent.mkdir(parents=True, exist_ok=True)
