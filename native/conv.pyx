@@ -1,4 +1,4 @@
-"""Conv2D kernels: im2col + one BLAS GEMM per batch tile.
+"""Conv2D kernels: im2col + one BLAS GEMM per batch tile, or a microkernel for small K.
 
 Legend: N batch, H/W input spatial, C input channels, KH/KW kernel spatial, F filters,
 HO/WO output spatial, K = KH*KW*C (one im2col row), G = N*HO (output rows, the tiling unit),
@@ -18,6 +18,13 @@ Design (chosen by measurement, see bench/bench_conv_kernels.py):
   result is bit-identical for any thread count. Tiles can split an image; the rows they
   share accumulate across tiles in tile order (fixed by shapes, not by threads).
 - 1x1 stride-1 convs (no padding possible) skip im2col: x already is the (M, C) col matrix.
+- Small K (<= _direct_max_k, e.g. 27 for an RGB 3x3 layer): no BLAS. forward runs a
+  register-blocked microkernel per output row in a prange (bias as its start value, the
+  activation right after); backward_weight cuts the pixels into a fixed number of slabs, each
+  with its own (K, F) partial, and adds the partials in slab order (deterministic, and both
+  cores busy on a 27 x 32 result with a 65,536-long sum, which BLAS barely threads).
+- The epilogue is this file's own: a branch-free relu vectorizes, act_value's branch on random
+  signs did not (it cost more than the first layer's whole GEMM).
 Outputs are fresh arrays; nothing accumulates into caller memory.
 """
 import numpy as np
@@ -25,7 +32,8 @@ import numpy as np
 from libc.string cimport memcpy, memset
 from cython.parallel cimport prange
 from _blas cimport gemm_rowmajor, floating
-from _activation cimport bias_activation_rows, ACT_LINEAR
+from _activation cimport act_value, softmax_row, ACT_LINEAR, ACT_RELU, ACT_SOFTMAX
+from _openmp cimport omp_get_thread_num, omp_get_max_threads
 
 from pynn.backend._validate import (
     activation_name, as_float_array, check_shape, conv_output_size, padding_mode, pair,
@@ -45,6 +53,26 @@ def _set_workspace_bytes(nbytes=None):
     global _workspace_bytes
     old = _workspace_bytes
     _workspace_bytes = _DEFAULT_WORKSPACE_BYTES if nbytes is None else max(int(nbytes), 1)
+    return old
+
+
+# Up to this K = KH*KW*C the microkernel paths replace im2col + BLAS (forward and
+# backward_weight): BLAS GEMMs with so short a K (27 for an RGB 3x3 conv) are skinny and
+# run far below peak. Measured with bench/bench_conv_kernels.py.
+_DEFAULT_DIRECT_MAX_K = 64
+_direct_max_k = _DEFAULT_DIRECT_MAX_K
+# backward_weight (direct): partial sums per slab of output rows, and pixels per im2col
+# block inside a slab (the block and its dz rows stay in L2 while the microkernel runs).
+_SLABS = 16
+_SLAB_PIXELS = 256
+
+
+def _set_direct_max_k(k=None):
+    """Path knob for tests and benchmarks: K <= k takes the microkernel paths; None
+    restores the default, 0 forces BLAS everywhere. Returns the old value."""
+    global _direct_max_k
+    old = _direct_max_k
+    _direct_max_k = _DEFAULT_DIRECT_MAX_K if k is None else int(k)
     return old
 
 
@@ -74,6 +102,128 @@ cdef void _gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize
         return
     gemm_rowmajor(trans_a, trans_b, <int>m, <int>n, <int>k, <floating>1, a, <int>lda,
                   b, <int>ldb, beta, c, <int>ldc)
+
+
+# -- register-blocked microkernel (small-K paths, no BLAS) ---------------------------------
+# c[i, j] (i < MR, j < n) = start + sum over t < tn of a[i*sai + t*sat] * b[t*ldb + j]
+# start: c itself (acc), else init[j] (a bias row), else 0. One routine serves both
+# forward (rows = pixels, t = K: sai = K, sat = 1) and backward_weight (rows = K entries,
+# t = pixels: sai = 1, sat = K). MR rows x 2 vectors of accumulators stay in registers
+# (GCC vector extensions: 64-byte vectors are zmm with AVX-512, split in two with AVX2).
+# Each output element is summed in plain t order, so results do not depend on threads.
+cdef extern from *:
+    """
+    typedef float pynn_vf __attribute__((vector_size(64), aligned(4), may_alias));
+    typedef double pynn_vd __attribute__((vector_size(64), aligned(8), may_alias));
+
+    #define PYNN_MK_BLOCK(T, V, NV, MR)                                                    \\
+        {                                                                                  \\
+            V acc[MR][NV]; int i, v; Py_ssize_t t;                                         \\
+            for (i = 0; i < MR; i++) for (v = 0; v < NV; v++) {                            \\
+                if (accum) acc[i][v] = *(const V*)(c + i * ldc + j + v * VL);              \\
+                else if (init) acc[i][v] = *(const V*)(init + j + v * VL);                 \\
+                else acc[i][v] = (V){0};                                                   \\
+            }                                                                              \\
+            for (t = 0; t < tn; t++) {                                                     \\
+                const T* bt = b + t * ldb + j;                                             \\
+                V bv[NV];                                                                  \\
+                for (v = 0; v < NV; v++) bv[v] = *(const V*)(bt + v * VL);                 \\
+                for (i = 0; i < MR; i++) {                                                 \\
+                    T av = a[i * sai + t * sat];                                           \\
+                    for (v = 0; v < NV; v++) acc[i][v] += av * bv[v];                      \\
+                }                                                                          \\
+            }                                                                              \\
+            for (i = 0; i < MR; i++) for (v = 0; v < NV; v++)                              \\
+                *(V*)(c + i * ldc + j + v * VL) = acc[i][v];                               \\
+        }
+
+    #define PYNN_MK(NAME, T, V, MR)                                                        \\
+    static inline void NAME(Py_ssize_t n, Py_ssize_t tn, const T* a, Py_ssize_t sai,      \\
+                            Py_ssize_t sat, const T* b, Py_ssize_t ldb, T* c,             \\
+                            Py_ssize_t ldc, const T* init, int accum) {                   \\
+        enum { VL = 64 / sizeof(T) };                                                      \\
+        Py_ssize_t j = 0, t; int i;                                                        \\
+        for (; j + 2 * VL <= n; j += 2 * VL) PYNN_MK_BLOCK(T, V, 2, MR)                    \\
+        for (; j + VL <= n; j += VL) PYNN_MK_BLOCK(T, V, 1, MR)                            \\
+        for (; j < n; j++) for (i = 0; i < MR; i++) {                                      \\
+            T s = accum ? c[i * ldc + j] : (init ? init[j] : (T)0);                        \\
+            for (t = 0; t < tn; t++) s += a[i * sai + t * sat] * b[t * ldb + j];           \\
+            c[i * ldc + j] = s;                                                            \\
+        }                                                                                  \\
+    }
+
+    PYNN_MK(pynn_mk6_f, float, pynn_vf, 6)
+    PYNN_MK(pynn_mk4_f, float, pynn_vf, 4)
+    PYNN_MK(pynn_mk2_f, float, pynn_vf, 2)
+    PYNN_MK(pynn_mk1_f, float, pynn_vf, 1)
+    PYNN_MK(pynn_mk6_d, double, pynn_vd, 6)
+    PYNN_MK(pynn_mk4_d, double, pynn_vd, 4)
+    PYNN_MK(pynn_mk2_d, double, pynn_vd, 2)
+    PYNN_MK(pynn_mk1_d, double, pynn_vd, 1)
+    """
+    void pynn_mk6_f(Py_ssize_t n, Py_ssize_t tn, const float* a, Py_ssize_t sai,
+                    Py_ssize_t sat, const float* b, Py_ssize_t ldb, float* c, Py_ssize_t ldc,
+                    const float* init, int accum) noexcept nogil
+    void pynn_mk4_f(Py_ssize_t n, Py_ssize_t tn, const float* a, Py_ssize_t sai,
+                    Py_ssize_t sat, const float* b, Py_ssize_t ldb, float* c, Py_ssize_t ldc,
+                    const float* init, int accum) noexcept nogil
+    void pynn_mk2_f(Py_ssize_t n, Py_ssize_t tn, const float* a, Py_ssize_t sai,
+                    Py_ssize_t sat, const float* b, Py_ssize_t ldb, float* c, Py_ssize_t ldc,
+                    const float* init, int accum) noexcept nogil
+    void pynn_mk1_f(Py_ssize_t n, Py_ssize_t tn, const float* a, Py_ssize_t sai,
+                    Py_ssize_t sat, const float* b, Py_ssize_t ldb, float* c, Py_ssize_t ldc,
+                    const float* init, int accum) noexcept nogil
+    void pynn_mk6_d(Py_ssize_t n, Py_ssize_t tn, const double* a, Py_ssize_t sai,
+                    Py_ssize_t sat, const double* b, Py_ssize_t ldb, double* c,
+                    Py_ssize_t ldc, const double* init, int accum) noexcept nogil
+    void pynn_mk4_d(Py_ssize_t n, Py_ssize_t tn, const double* a, Py_ssize_t sai,
+                    Py_ssize_t sat, const double* b, Py_ssize_t ldb, double* c,
+                    Py_ssize_t ldc, const double* init, int accum) noexcept nogil
+    void pynn_mk2_d(Py_ssize_t n, Py_ssize_t tn, const double* a, Py_ssize_t sai,
+                    Py_ssize_t sat, const double* b, Py_ssize_t ldb, double* c,
+                    Py_ssize_t ldc, const double* init, int accum) noexcept nogil
+    void pynn_mk1_d(Py_ssize_t n, Py_ssize_t tn, const double* a, Py_ssize_t sai,
+                    Py_ssize_t sat, const double* b, Py_ssize_t ldb, double* c,
+                    Py_ssize_t ldc, const double* init, int accum) noexcept nogil
+
+
+cdef void _small_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t tn, const floating* a,
+                      Py_ssize_t sai, Py_ssize_t sat, const floating* b, Py_ssize_t ldb,
+                      floating* c, Py_ssize_t ldc, const floating* init,
+                      int accum) noexcept nogil:
+    """All m rows of the microkernel product, in blocks of 6, then 4, 2, 1 rows."""
+    cdef Py_ssize_t i = 0
+    while i < m:
+        if floating is float:
+            if m - i >= 6:
+                pynn_mk6_f(n, tn, a + i * sai, sai, sat, b, ldb, c + i * ldc, ldc, init, accum)
+                i += 6
+            elif m - i >= 4:
+                pynn_mk4_f(n, tn, a + i * sai, sai, sat, b, ldb, c + i * ldc, ldc, init, accum)
+                i += 4
+            elif m - i >= 2:
+                pynn_mk2_f(n, tn, a + i * sai, sai, sat, b, ldb, c + i * ldc, ldc, init, accum)
+                i += 2
+            else:
+                pynn_mk1_f(n, tn, a + i * sai, sai, sat, b, ldb, c + i * ldc, ldc, init, accum)
+                i += 1
+        else:
+            if m - i >= 6:
+                pynn_mk6_d(n, tn, a + i * sai, sai, sat, b, ldb, c + i * ldc, ldc, init, accum)
+                i += 6
+            elif m - i >= 4:
+                pynn_mk4_d(n, tn, a + i * sai, sai, sat, b, ldb, c + i * ldc, ldc, init, accum)
+                i += 4
+            elif m - i >= 2:
+                pynn_mk2_d(n, tn, a + i * sai, sai, sat, b, ldb, c + i * ldc, ldc, init, accum)
+                i += 2
+            else:
+                pynn_mk1_d(n, tn, a + i * sai, sai, sat, b, ldb, c + i * ldc, ldc, init, accum)
+                i += 1
+
+
+cdef inline bint _is_pointwise(const Geom* g) noexcept nogil:
+    return g.KH == 1 and g.KW == 1 and g.SH == 1 and g.SW == 1
 
 
 # -- im2col / col2im -----------------------------------------------------------------------
@@ -175,11 +325,134 @@ cdef void _col2im(const floating* dcol, floating* dx, const Geom* g, Py_ssize_t 
         _col2im_row(dcol, dx, g, t // g.H, t % g.H, r0, r1)
 
 
+# -- small-K paths: microkernel instead of BLAS ---------------------------------------------
+
+cdef inline void _relu_row(const floating* z, floating* y, Py_ssize_t cols) noexcept nogil:
+    # Branch-free select, so GCC vectorizes it; act_value's branch on random signs
+    # mispredicts half the time (relu through act_value cost more than the conv GEMM of
+    # the first CNN layer). NaN passes through, as in act_value.
+    cdef Py_ssize_t j
+    cdef floating v
+    for j in range(cols):
+        v = z[j]
+        y[j] = 0 if v < 0 else v
+
+
+cdef inline void _epilogue_rows(floating* z, floating* y, const floating* bias,
+                                Py_ssize_t rows, Py_ssize_t cols, int act,
+                                floating alpha) noexcept nogil:
+    """z += bias (when not NULL), then y = act(z), for rows still in cache (serial)."""
+    cdef Py_ssize_t r, j
+    cdef floating* zr
+    cdef floating* yr
+    for r in range(rows):
+        zr = z + r * cols
+        yr = y + r * cols
+        if bias != NULL:
+            for j in range(cols):
+                zr[j] = zr[j] + bias[j]
+        if act == ACT_SOFTMAX:
+            softmax_row(zr, yr, cols)
+        elif act == ACT_RELU:
+            _relu_row(zr, yr, cols)
+        elif act == ACT_LINEAR:
+            if yr != zr:
+                for j in range(cols):
+                    yr[j] = zr[j]
+        else:
+            for j in range(cols):
+                yr[j] = act_value(zr[j], act, alpha)
+
+
+cdef void _epilogue(floating* z, floating* y, const floating* bias, Py_ssize_t rows,
+                    Py_ssize_t cols, int act, floating alpha) noexcept nogil:
+    """The BLAS path's bias + activation pass over one tile, in blocks of 64 rows."""
+    cdef Py_ssize_t blk, nblk = (rows + 63) // 64
+    for blk in prange(nblk, schedule="static"):
+        _epilogue_rows(z + blk * 64 * cols, y + blk * 64 * cols, bias,
+                       _imin(64, rows - blk * 64), cols, act, alpha)
+
+
+cdef inline void _forward_direct_row(const floating* x, const floating* w,
+                                     const floating* bias, floating* z, floating* y,
+                                     floating* buf, const Geom* g, Py_ssize_t r, int act,
+                                     floating alpha) noexcept nogil:
+    cdef const floating* a
+    cdef Py_ssize_t off = r * g.WO * g.F
+    if _is_pointwise(g):
+        a = x + r * g.WO * g.K
+    else:
+        _im2col_row(x, buf, g, r)
+        a = buf
+    _small_gemm(g.WO, g.F, g.K, a, g.K, 1, w, g.F, z + off, g.F, bias, 0)
+    _epilogue_rows(z + off, y + off, <const floating*>NULL, g.WO, g.F, act, alpha)
+
+
+cdef void _forward_direct(const floating* x, const floating* w, const floating* bias,
+                          floating* z, floating* y, floating* col, const Geom* g, int act,
+                          floating alpha) noexcept nogil:
+    """One output row (n, ho) per iteration: its im2col rows go to the thread's own slice
+    of col, the microkernel writes z with the bias as start value, and the activation runs
+    while the row is in L1. No BLAS call: with K this small its GEMMs are skinny and slow."""
+    cdef Py_ssize_t r, G = g.N * g.HO
+    for r in prange(G, schedule="static"):
+        _forward_direct_row(x, w, bias, z, y, col + omp_get_thread_num() * g.WO * g.K, g,
+                            r, act, alpha)
+
+
+cdef inline void _backward_weight_slab(const floating* x, const floating* dz, floating* part,
+                                       floating* buf, const Geom* g, Py_ssize_t r0,
+                                       Py_ssize_t r1, Py_ssize_t sub) noexcept nogil:
+    """part (K, F) = col^T @ dz over output rows [r0, r1), sub rows at a time."""
+    cdef Py_ssize_t r = r0, re, rr, rows
+    cdef const floating* a
+    cdef int accum = 0
+    if r0 >= r1:
+        memset(part, 0, g.K * g.F * sizeof(floating))
+        return
+    while r < r1:
+        re = _imin(r + sub, r1)
+        rows = (re - r) * g.WO
+        if _is_pointwise(g):
+            a = x + r * g.WO * g.K
+        else:
+            for rr in range(r, re):
+                _im2col_row(x, buf + (rr - r) * g.WO * g.K, g, rr)
+            a = buf
+        _small_gemm(g.K, g.F, rows, a, 1, g.K, dz + r * g.WO * g.F, g.F, part, g.F,
+                    <const floating*>NULL, accum)
+        accum = 1
+        r = re
+
+
+cdef inline void _sum_slabs_row(const floating* part, floating* dw, Py_ssize_t k,
+                                Py_ssize_t S, Py_ssize_t KF, Py_ssize_t F) noexcept nogil:
+    cdef Py_ssize_t s, j
+    cdef floating* d = dw + k * F
+    cdef const floating* p
+    for j in range(F):
+        d[j] = part[k * F + j]
+    for s in range(1, S):
+        p = part + s * KF + k * F
+        for j in range(F):
+            d[j] += p[j]
+
+
+cdef void _backward_weight_direct(const floating* x, const floating* dz, floating* dw,
+                                  floating* col, floating* part, const Geom* g, Py_ssize_t S,
+                                  Py_ssize_t sub) noexcept nogil:
+    """The long pixel dimension is cut into S slabs fixed by the shape (not by the thread
+    count); each slab sums into its own (K, F) partial, then the partials are added in slab
+    order. Same bits for any number of threads, and both cores busy even when K*F is tiny."""
+    cdef Py_ssize_t s, k, G = g.N * g.HO
+    for s in prange(S, schedule="static"):
+        _backward_weight_slab(x, dz, part + s * g.K * g.F, col + s * sub * g.WO * g.K, g,
+                              s * G // S, (s + 1) * G // S, sub)
+    for k in prange(g.K, schedule="static"):
+        _sum_slabs_row(part, dw, k, S, g.K * g.F, g.F)
+
+
 # -- the three ops, pointer level ----------------------------------------------------------
-
-cdef inline bint _is_pointwise(const Geom* g) noexcept nogil:
-    return g.KH == 1 and g.KW == 1 and g.SH == 1 and g.SW == 1
-
 
 cdef void _forward(const floating* x, const floating* w, const floating* bias,
                    floating* z, floating* y, floating* col, const Geom* g, Py_ssize_t tile,
@@ -198,8 +471,7 @@ cdef void _forward(const floating* x, const floating* w, const floating* bias,
         _gemm(False, False, rows, g.F, g.K, a, g.K, w, g.F, <floating>0,
               z + r0 * g.WO * g.F, g.F)
         if bias != NULL or act != ACT_LINEAR or y != z:
-            bias_activation_rows(z + r0 * g.WO * g.F, y + r0 * g.WO * g.F, bias, rows, g.F,
-                                 act, alpha)
+            _epilogue(z + r0 * g.WO * g.F, y + r0 * g.WO * g.F, bias, rows, g.F, act, alpha)
         r0 = r1
 
 
@@ -243,15 +515,19 @@ cdef void _backward_input(const floating* dz, const floating* w, floating* dx,
 
 def _run_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w, bias,
                  floating[:, :, :, ::1] z, floating[:, :, :, ::1] y, floating[::1] col,
-                 Geom g, Py_ssize_t tile, int act, double alpha):
+                 Geom g, Py_ssize_t tile, int act, double alpha, bint direct):
     cdef const floating[::1] b
     cdef const floating* bptr = NULL
     if bias is not None:
         b = bias
         bptr = &b[0] if b.shape[0] > 0 else NULL
     with nogil:
-        _forward(&x[0, 0, 0, 0], &w[0, 0, 0, 0], bptr, &z[0, 0, 0, 0], &y[0, 0, 0, 0],
-                 &col[0], &g, tile, act, <floating>alpha)
+        if direct:
+            _forward_direct(&x[0, 0, 0, 0], &w[0, 0, 0, 0], bptr, &z[0, 0, 0, 0],
+                            &y[0, 0, 0, 0], &col[0], &g, act, <floating>alpha)
+        else:
+            _forward(&x[0, 0, 0, 0], &w[0, 0, 0, 0], bptr, &z[0, 0, 0, 0], &y[0, 0, 0, 0],
+                     &col[0], &g, tile, act, <floating>alpha)
 
 
 def _run_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dz,
@@ -259,6 +535,15 @@ def _run_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, :,
                          Py_ssize_t tile):
     with nogil:
         _backward_weight(&x[0, 0, 0, 0], &dz[0, 0, 0, 0], &dw[0, 0, 0, 0], &col[0], &g, tile)
+
+
+def _run_backward_weight_direct(const floating[:, :, :, ::1] x,
+                                const floating[:, :, :, ::1] dz, floating[:, :, :, ::1] dw,
+                                floating[::1] col, floating[::1] part, Geom g, Py_ssize_t S,
+                                Py_ssize_t sub):
+    with nogil:
+        _backward_weight_direct(&x[0, 0, 0, 0], &dz[0, 0, 0, 0], &dw[0, 0, 0, 0], &col[0],
+                                &part[0], &g, S, sub)
 
 
 def _run_backward_input(const floating[:, :, :, ::1] dz, const floating[:, :, :, ::1] w,
@@ -297,14 +582,21 @@ def _shape4(op, name, shape):
     return dims
 
 
+def _pointwise(g):
+    return g["KH"] == 1 and g["KW"] == 1 and g["SH"] == 1 and g["SW"] == 1
+
+
+def _use_direct(g):
+    return g["K"] <= _direct_max_k
+
+
 def _plan(g, dtype):
     """Output rows per tile and the workspace for them (None when no im2col is needed)."""
     # A tile's working set: its im2col rows plus the GEMM output rows they produce.
     row_bytes = max(g["WO"] * (g["K"] + g["F"]) * np.dtype(dtype).itemsize, 1)
     tile = max(_workspace_bytes // row_bytes, 1)
     tile = min(tile, max(g["N"] * g["HO"], 1))
-    pointwise = g["KH"] == 1 and g["KW"] == 1 and g["SH"] == 1 and g["SW"] == 1
-    col = np.empty(1 if pointwise else tile * g["WO"] * g["K"], dtype=dtype)
+    col = np.empty(1 if _pointwise(g) else tile * g["WO"] * g["K"], dtype=dtype)
     return tile, col
 
 
@@ -327,9 +619,15 @@ def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid", dilation_ra
     z = np.empty((g["N"], g["HO"], g["WO"], g["F"]), dtype=x.dtype)
     y = np.empty_like(z) if keep_z else z
     if z.size:
-        tile, col = _plan(g, x.dtype)
-        _run_forward(x, kernel, bias, z, y, col, g, tile, ACTIVATIONS.index(act_name),
-                     float(alpha))
+        act = ACTIVATIONS.index(act_name)
+        if _use_direct(g):
+            # One im2col row block (WO, K) per thread.
+            col = np.empty(1 if _pointwise(g) else
+                           max(omp_get_max_threads(), 1) * g["WO"] * g["K"], dtype=x.dtype)
+            _run_forward(x, kernel, bias, z, y, col, g, 0, act, float(alpha), True)
+        else:
+            tile, col = _plan(g, x.dtype)
+            _run_forward(x, kernel, bias, z, y, col, g, tile, act, float(alpha), False)
     return y, (z if keep_z else None)
 
 
@@ -360,6 +658,15 @@ def conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
     check_shape(op, "dz", dz, (g["N"], g["HO"], g["WO"], g["F"]))
     dw = np.zeros(kernel_shape, dtype=x.dtype)
     if dz.size and dw.size:
-        tile, col = _plan(g, x.dtype)
-        _run_backward_weight(x, dz, dw, col, g, tile)
+        if _use_direct(g):
+            rows = g["N"] * g["HO"]
+            slabs = min(rows, _SLABS)
+            sub = min(max(_SLAB_PIXELS // max(g["WO"], 1), 1), -(-rows // slabs))
+            col = np.empty(1 if _pointwise(g) else slabs * sub * g["WO"] * g["K"],
+                           dtype=x.dtype)
+            part = np.empty(slabs * g["K"] * g["F"], dtype=x.dtype)
+            _run_backward_weight_direct(x, dz, dw, col, part, g, slabs, sub)
+        else:
+            tile, col = _plan(g, x.dtype)
+            _run_backward_weight(x, dz, dw, col, g, tile)
     return dw

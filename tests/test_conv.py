@@ -42,6 +42,15 @@ def small_workspace():
     conv._set_workspace_bytes(old)
 
 
+@pytest.fixture(params=["blas", "direct"])
+def path(request):
+    """Both implementations on every shape: im2col + BLAS tiles, and the microkernel paths
+    (forward, backward_weight) that the default picks only for small K = KH*KW*C."""
+    old = conv._set_direct_max_k(0 if request.param == "blas" else 1 << 30)
+    yield request.param
+    conv._set_direct_max_k(old)
+
+
 @pytest.fixture
 def restore_threads():
     n = info.get_max_threads()
@@ -83,7 +92,7 @@ def check_all_ops(rng, case, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_matches_reference(rng, case, dtype):
+def test_matches_reference(rng, case, dtype, path):
     check_all_ops(rng, case, dtype)
 
 
@@ -92,7 +101,7 @@ def test_matches_reference_tiled(rng, case, small_workspace):
     check_all_ops(rng, case, np.float64)
 
 
-def test_large_batch_many_tiles(rng):
+def test_large_batch_many_tiles(rng, path):
     """Default workspace, more rows than one tile holds (float32 tolerance grows with K)."""
     case = ((40, 23, 21, 16), (3, 3, 16, 8), (1, 1), "same", (1, 1))
     old = conv._set_workspace_bytes(1 << 16)
@@ -137,7 +146,7 @@ def test_zero_channels_and_filters(rng):
 @pytest.mark.parametrize("act", ["relu", "gelu", "softmax", "sigmoid", "tanh", "leaky_relu",
                                  "elu", "selu", "softplus", "linear"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fused_activation(rng, act, dtype):
+def test_fused_activation(rng, act, dtype, path):
     x, k, b, _ = data(rng, CASES[1], dtype)
     strides, padding, dilation = CASES[1][2:]
     alpha = 0.3
@@ -148,6 +157,33 @@ def test_fused_activation(rng, act, dtype):
         check("conv2d_forward[gelu] z", z, z_ref, dtype)
     else:
         assert z is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_passes_nan_and_keeps_zero_sign_rule(dtype, path):
+    """The conv's own branch-free relu epilogue: NaN passes through, negatives become 0."""
+    x = np.zeros((1, 2, 3, 1), dtype)
+    k = np.ones((1, 1, 1, 1), dtype)
+    x[0, 0, :, 0] = [np.nan, -2.0, 3.0]
+    y, _ = conv.conv2d_forward(x, k, None, (1, 1), "valid", (1, 1), "relu", 0.0)
+    assert np.isnan(y[0, 0, 0, 0])
+    np.testing.assert_array_equal(y[0, 0, 1:, 0], [0.0, 3.0])
+    np.testing.assert_array_equal(y[0, 1, :, 0], [0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("f", [1, 5, 16, 17, 33, 47])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_direct_paths_awkward_widths(rng, f, dtype, path):
+    """Filter counts around the microkernel's vector widths (8/16 lanes, two vectors per
+    block, scalar tail) and row counts that leave 1-5 rows after blocks of 6."""
+    for x_shape, c, s, p, d in [((2, 5, 7, 3), 3, (1, 1), "same", (1, 1)),
+                                ((1, 9, 11, 2), 2, (2, 3), "valid", (1, 2)),
+                                ((3, 4, 5, 1), 1, (1, 2), "same", (2, 1))]:
+        check_all_ops(rng, (x_shape, (3, 2, c, f), s, p, d), dtype)
+
+
+def test_default_picks_direct_for_small_k():
+    assert conv._use_direct(dict(K=27)) and not conv._use_direct(dict(K=576))
 
 
 def test_activation_none_is_linear(rng):
@@ -194,7 +230,7 @@ def test_backward_by_finite_differences(rng, case):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_thread_count_invariance(rng, dtype, restore_threads, small_workspace):
+def test_thread_count_invariance(rng, dtype, restore_threads, small_workspace, path):
     case = ((3, 11, 9, 4), (3, 3, 4, 5), (2, 1), "same", (1, 2))
     x, k, b, dz = data(rng, case, dtype)
     s, p, d = case[2:]
