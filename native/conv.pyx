@@ -18,7 +18,7 @@ Design (chosen by measurement, see bench/bench_conv_kernels.py):
   result is bit-identical for any thread count. Tiles can split an image; the rows they
   share accumulate across tiles in tile order (fixed by shapes, not by threads).
 - 1x1 stride-1 convs (no padding possible) skip im2col: x already is the (M, C) col matrix.
-- Small K (<= _direct_max_k, e.g. 27 for an RGB 3x3 layer): no BLAS. forward runs a
+- Small K (e.g. 27 for an RGB 3x3 layer; limits at _FORWARD_DIRECT_MAX_KF): no BLAS. forward runs a
   register-blocked microkernel per output row in a prange (bias as its start value, the
   activation right after); backward_weight cuts the pixels into a fixed number of slabs, each
   with its own (K, F) partial, and adds the partials in slab order (deterministic, and both
@@ -56,11 +56,14 @@ def _set_workspace_bytes(nbytes=None):
     return old
 
 
-# Up to this K = KH*KW*C the microkernel paths replace im2col + BLAS (forward and
-# backward_weight): BLAS GEMMs with so short a K (27 for an RGB 3x3 conv) are skinny and
-# run far below peak. Measured with bench/bench_conv_kernels.py.
-_DEFAULT_DIRECT_MAX_K = 64
-_direct_max_k = _DEFAULT_DIRECT_MAX_K
+# When the microkernel paths replace im2col + BLAS (bench/bench_conv_kernels.py, 2 threads,
+# float32): forward while the kernel matrix (K, F) stays in L2 (it is streamed once per 6
+# output pixels): 1.4-3x BLAS up to K*F = 1152*128, slower at 2304*256; backward_weight up to
+# K = 288 (1.8-3.5x; even at 576, slower beyond). BLAS GEMMs with a K as short as 27 (an RGB
+# 3x3 layer) are skinny and run far below peak.
+_FORWARD_DIRECT_MAX_KF = 1 << 18
+_BACKWARD_WEIGHT_DIRECT_MAX_K = 320
+_direct_max_k = None      # test knob: None = the rules above, else K <= it for both ops
 # backward_weight (direct): partial sums per slab of output rows, and pixels per im2col
 # block inside a slab (the block and its dz rows stay in L2 while the microkernel runs).
 _SLABS = 16
@@ -69,10 +72,10 @@ _SLAB_PIXELS = 256
 
 def _set_direct_max_k(k=None):
     """Path knob for tests and benchmarks: K <= k takes the microkernel paths; None
-    restores the default, 0 forces BLAS everywhere. Returns the old value."""
+    restores the default rules, 0 forces BLAS everywhere. Returns the old value."""
     global _direct_max_k
     old = _direct_max_k
-    _direct_max_k = _DEFAULT_DIRECT_MAX_K if k is None else int(k)
+    _direct_max_k = None if k is None else int(k)
     return old
 
 
@@ -586,8 +589,12 @@ def _pointwise(g):
     return g["KH"] == 1 and g["KW"] == 1 and g["SH"] == 1 and g["SW"] == 1
 
 
-def _use_direct(g):
-    return g["K"] <= _direct_max_k
+def _use_direct(g, op):
+    if _direct_max_k is not None:
+        return g["K"] <= _direct_max_k
+    if op == "conv2d_forward":
+        return g["K"] * g["F"] <= _FORWARD_DIRECT_MAX_KF
+    return g["K"] <= _BACKWARD_WEIGHT_DIRECT_MAX_K
 
 
 def _plan(g, dtype):
@@ -620,7 +627,7 @@ def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid", dilation_ra
     y = np.empty_like(z) if keep_z else z
     if z.size:
         act = ACTIVATIONS.index(act_name)
-        if _use_direct(g):
+        if _use_direct(g, op):
             # One im2col row block (WO, K) per thread.
             col = np.empty(1 if _pointwise(g) else
                            max(omp_get_max_threads(), 1) * g["WO"] * g["K"], dtype=x.dtype)
@@ -658,7 +665,7 @@ def conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
     check_shape(op, "dz", dz, (g["N"], g["HO"], g["WO"], g["F"]))
     dw = np.zeros(kernel_shape, dtype=x.dtype)
     if dz.size and dw.size:
-        if _use_direct(g):
+        if _use_direct(g, op):
             rows = g["N"] * g["HO"]
             slabs = min(rows, _SLABS)
             sub = min(max(_SLAB_PIXELS // max(g["WO"], 1), 1), -(-rows // slabs))

@@ -183,7 +183,9 @@ def test_direct_paths_awkward_widths(rng, f, dtype, path):
 
 
 def test_default_picks_direct_for_small_k():
-    assert conv._use_direct(dict(K=27)) and not conv._use_direct(dict(K=576))
+    small, big = dict(K=27, F=32), dict(K=2304, F=256)
+    for op in ("conv2d_forward", "conv2d_backward_weight"):
+        assert conv._use_direct(small, op) and not conv._use_direct(big, op)
 
 
 def test_activation_none_is_linear(rng):
