@@ -11,8 +11,15 @@
  * backward_input is a gather: each dx element sums, in a fixed order, the dz elements whose
  * window covers it (taps that miss the stride grid read 0), so no float atomics are needed and
  * results are reproducible. backward_weight writes split-K slots summed by reduce.cl.
+ * Vector loads: VWA consecutive channels c (patches) or filters f (taps) share one (kh, kw)
+ * when the host picked VWA | C (resp. F), so a whole vector is in the padding or not, and
+ * one index decomposition serves VWA elements.
  */
 #include "common.h"
+
+#ifndef VWA
+#define VWA 1 /* as in gemm.cl: the A operand's vector width, picked per call by the host */
+#endif
 
 /* The geometry every conv kernel receives after its buffers. */
 #define CONV_GEOM                                                                   \
@@ -35,6 +42,20 @@ float conv_patch(__global const float *restrict x, const int m, const int k, CON
     return x[(((size_t)n * H + h) * W + w) * C + c];
 }
 
+/* conv_patch for VWA consecutive k, k a multiple of VWA and VWA | C. */
+FLOATN(VWA) conv_patch_v(__global const float *restrict x, const int m, const int k, CONV_GEOM)
+{
+    const int c = k % C, t = k / C;
+    const int kw = t % KW, kh = t / KW;
+    const int wo = m % WO, r = m / WO;
+    const int ho = r % HO, n = r / HO;
+    const int h = ho * sh - ph + kh * dh;
+    const int w = wo * sw - pw + kw * dw;
+    if (h < 0 || h >= H || w < 0 || w >= W)
+        return (FLOATN(VWA))(0.0f);
+    return VREAD(VWA, x + (((size_t)n * H + h) * W + w) * C + c);
+}
+
 /* dz element reaching input pixel m = (n, h, w) through tap k = (kh, kw, f); 0 when no output
  * window places that tap on the pixel. */
 float conv_tap(__global const float *restrict dz, const int m, const int k, CONV_GEOM)
@@ -53,14 +74,33 @@ float conv_tap(__global const float *restrict dz, const int m, const int k, CONV
     return dz[(((size_t)n * HO + ho) * WO + wo) * F + f];
 }
 
+/* conv_tap for VWA consecutive k, k a multiple of VWA and VWA | F. */
+FLOATN(VWA) conv_tap_v(__global const float *restrict dz, const int m, const int k, CONV_GEOM)
+{
+    const int f = k % F, t = k / F;
+    const int kw = t % KW, kh = t / KW;
+    const int w = m % W, r = m / W;
+    const int h = r % H, n = r / H;
+    const int hh = h + ph - kh * dh;
+    const int ww = w + pw - kw * dw;
+    if (hh < 0 || ww < 0 || hh % sh != 0 || ww % sw != 0)
+        return (FLOATN(VWA))(0.0f);
+    const int ho = hh / sh, wo = ww / sw;
+    if (ho >= HO || wo >= WO)
+        return (FLOATN(VWA))(0.0f);
+    return VREAD(VWA, dz + (((size_t)n * HO + ho) * WO + wo) * F + f);
+}
+
 /* -- conv2d_forward --------------------------------------------------------------------- */
 #define GEMM_NAME conv2d_forward
 #define GEMM_ARGS __global const float *restrict x, __global const float *restrict wt, \
                   __global const float *restrict bias, __global float *restrict y,      \
                   __global float *restrict z, const int act, const float alpha, CONV_GEOM
 #define A_AT(m, k) conv_patch(x, m, k, CONV_GEOM_NAMES)
+#define A_VLOAD(m, k) conv_patch_v(x, m, k, CONV_GEOM_NAMES)
 #define A_K_CONTIG 1
 #define B_AT(k, n) wt[(size_t)(k) * N + (n)]
+#define B_VLOAD(k, n) VREAD(VWB, wt + (size_t)(k) * N + (n))
 #define B_N_CONTIG 1
 #define STORE(m, n, v) STORE_BIAS_ACT(m, n, v)
 #include "gemm.cl"
@@ -71,8 +111,10 @@ float conv_tap(__global const float *restrict dz, const int m, const int k, CONV
 #define GEMM_ARGS __global const float *restrict dz, __global const float *restrict wt, \
                   __global float *restrict dx, CONV_GEOM
 #define A_AT(m, k) conv_tap(dz, m, k, CONV_GEOM_NAMES)
+#define A_VLOAD(m, k) conv_tap_v(dz, m, k, CONV_GEOM_NAMES)
 #define A_K_CONTIG 1
 #define B_AT(k, n) wt[((size_t)((k) / F) * C + (n)) * F + (k) % F]
+#define B_VLOAD(k, n) VREAD(VWB, wt + ((size_t)((k) / F) * C + (n)) * F + (k) % F)
 #define B_N_CONTIG 0
 #define STORE(m, n, v) dx[(size_t)(m) * N + (n)] = (v)
 #include "gemm.cl"
@@ -82,8 +124,10 @@ float conv_tap(__global const float *restrict dz, const int m, const int k, CONV
 #define GEMM_ARGS __global const float *restrict x, __global const float *restrict dz, \
                   __global float *restrict dw_out, CONV_GEOM
 #define A_AT(m, k) conv_patch(x, k, m, CONV_GEOM_NAMES)
+#define A_VLOAD(m, k) conv_patch_v(x, k, m, CONV_GEOM_NAMES)
 #define A_K_CONTIG 0
 #define B_AT(k, n) dz[(size_t)(k) * N + (n)]
+#define B_VLOAD(k, n) VREAD(VWB, dz + (size_t)(k) * N + (n))
 #define B_N_CONTIG 1
 #define STORE(m, n, v) dw_out[((size_t)split * M + (m)) * N + (n)] = (v)
 #include "gemm.cl"

@@ -8,6 +8,10 @@
  *                        cooperative load order so neighbouring work-items read neighbouring words
  *   STORE(m, n, v)       the epilogue for one in-range output: STORE_BIAS_ACT below for the
  *                        forward ops, a plain or split-K slot write for the backward ones
+ * and optionally
+ *   A_VLOAD(m, k), B_VLOAD(k, n)  FLOATN(VWA) / FLOATN(VWB) elements starting at (m, k) /
+ *                        (k, n) along the operand's contiguous dimension (k for A when
+ *                        A_K_CONTIG, else m; n for B when B_N_CONTIG, else k)
  * and then `#include "gemm.cl"`; this file has no include guard and undefines its inputs, so
  * one .cl file may stamp out several kernels.
  *
@@ -16,6 +20,13 @@
  * outside the matrix, so edges need no separate kernel) and each work-item accumulates an
  * MWI x NWI register block, rows ty + i*MDIMC and columns tx + j*NDIMC (strided, so a wavefront
  * stores and reads local memory contiguously).
+ *
+ * Vector loads (CLBlast's VWM/VWN): with VWA (VWB) > 1 each work-item moves VWA (VWB)
+ * neighbours along the contiguous dimension per global read. The host picks the width per
+ * call so that the vector's first element is a multiple of the width past an aligned
+ * buffer start (offset 0 and leading dimension a multiple of it, 1 otherwise); a vector that
+ * would cross the matrix edge is read element by element with guards, so any size works.
+ * An includer without a vector loader always gets scalar loads.
  *
  * Split-K: group id 2 selects the K range [s*k_chunk, (s+1)*k_chunk); STORE sees `split`.
  * Every output sums its k in ascending order inside one work-item, so the result does not
@@ -38,6 +49,29 @@
             z[(size_t)(m) * N + (n)] = zv;                                 \
         y[(size_t)(m) * N + (n)] = act_value(zv, act, alpha);              \
     }
+
+/* Stage the RWG x KWG slice [r0, r0 + RWG) x [k0, k0 + KWG) of an operand in tile[kk][rr],
+ * zero outside rows < R and k < k_end. VW neighbours along k (KC = 1) or along r (KC = 0)
+ * per work-item and step; VW and KC are compile-time constants, so the dead branches fold
+ * and VW = 1 is the plain scalar loop. AT(r, k) / VLOAD(r, k) read the operand. */
+#define GEMM_FILL(tile, RWG, VW, KC, AT, VLOAD, R, r0)                                    \
+    for (int idx = tid; idx < (RWG) * KWG / (VW); idx += WG_ITEMS) {                      \
+        const int rr = (KC) ? idx / (KWG / (VW)) : (idx % ((RWG) / (VW))) * (VW);         \
+        const int kk = (KC) ? (idx % (KWG / (VW))) * (VW) : idx / ((RWG) / (VW));         \
+        const int gr = (r0) + rr, gk = k0 + kk;                                           \
+        float v_[VW];                                                                     \
+        if ((VW) > 1 && gr + ((KC) ? 0 : (VW) - 1) < (R) &&                               \
+            gk + ((KC) ? (VW) - 1 : 0) < k_end) {                                         \
+            VSPILL(VW, VLOAD(gr, gk), v_);                                                \
+        } else {                                                                          \
+            for (int e = 0; e < (VW); ++e) {                                              \
+                const int er = gr + ((KC) ? 0 : e), ek = gk + ((KC) ? e : 0);             \
+                v_[e] = (er < (R) && ek < k_end) ? (AT(er, ek)) : 0.0f;                   \
+            }                                                                             \
+        }                                                                                 \
+        for (int e = 0; e < (VW); ++e)                                                    \
+            tile[kk + ((KC) ? e : 0)][rr + ((KC) ? 0 : e)] = v_[e];                       \
+    }
 #endif /* PYNN_GEMM_EPILOGUE */
 
 /* -- tunables (per-vendor defaults come from the host as -D options) ------------------- */
@@ -59,6 +93,32 @@
 #ifndef LPAD
 #define LPAD 0 /* extra local-memory columns against bank conflicts on GPUs */
 #endif
+#ifndef VWA
+#define VWA 1 /* vector width of A's global reads (1, 2, 4): the host's per-call choice */
+#endif
+#ifndef VWB
+#define VWB 1 /* vector width of B's global reads */
+#endif
+
+/* Widths this instance uses: scalar where the includer has no vector loader. */
+#if defined(A_VLOAD) && VWA > 1
+#define GEMM_VA VWA
+#else
+#define GEMM_VA 1
+#undef A_VLOAD
+#define A_VLOAD(m, k) (A_AT(m, k))
+#endif
+#if defined(B_VLOAD) && VWB > 1
+#define GEMM_VB VWB
+#else
+#define GEMM_VB 1
+#undef B_VLOAD
+#define B_VLOAD(k, n) (B_AT(k, n))
+#endif
+#define GEMM_A_AT(r, k) A_AT(r, k)
+#define GEMM_B_AT(r, k) B_AT(k, r)
+#define GEMM_A_VLOAD(r, k) A_VLOAD(r, k)
+#define GEMM_B_VLOAD(r, k) B_VLOAD(k, r)
 
 #define MWI (MWG / MDIMC)
 #define NWI (NWG / NDIMC)
@@ -66,6 +126,9 @@
 
 #if (MWG % MDIMC) != 0 || (NWG % NDIMC) != 0
 #error "MWG must be a multiple of MDIMC and NWG a multiple of NDIMC"
+#endif
+#if (A_K_CONTIG ? KWG : MWG) % GEMM_VA != 0 || (B_N_CONTIG ? NWG : KWG) % GEMM_VB != 0
+#error "the vector widths must divide the tile along the operands' contiguous dimensions"
 #endif
 
 __kernel __attribute__((reqd_work_group_size(NDIMC, MDIMC, 1)))
@@ -91,24 +154,8 @@ void GEMM_NAME(const int M, const int N, const int K, const int k_chunk, GEMM_AR
             acc[i][j] = 0.0f;
 
     for (int k0 = k_begin; k0 < k_end; k0 += KWG) {
-        for (int idx = tid; idx < MWG * KWG; idx += WG_ITEMS) {
-#if A_K_CONTIG
-            const int mm = idx / KWG, kk = idx % KWG;
-#else
-            const int mm = idx % MWG, kk = idx / MWG;
-#endif
-            const int gm = m0 + mm, gk = k0 + kk;
-            a_tile[kk][mm] = (gm < M && gk < k_end) ? (A_AT(gm, gk)) : 0.0f;
-        }
-        for (int idx = tid; idx < NWG * KWG; idx += WG_ITEMS) {
-#if B_N_CONTIG
-            const int nn = idx % NWG, kk = idx / NWG;
-#else
-            const int nn = idx / KWG, kk = idx % KWG;
-#endif
-            const int gn = n0 + nn, gk = k0 + kk;
-            b_tile[kk][nn] = (gn < N && gk < k_end) ? (B_AT(gk, gn)) : 0.0f;
-        }
+        GEMM_FILL(a_tile, MWG, GEMM_VA, A_K_CONTIG, GEMM_A_AT, GEMM_A_VLOAD, M, m0)
+        GEMM_FILL(b_tile, NWG, GEMM_VB, !(B_N_CONTIG), GEMM_B_AT, GEMM_B_VLOAD, N, n0)
         barrier(CLK_LOCAL_MEM_FENCE);
 
 #pragma unroll
@@ -146,6 +193,14 @@ void GEMM_NAME(const int M, const int N, const int K, const int k_chunk, GEMM_AR
 #undef GEMM_ARGS
 #undef A_AT
 #undef B_AT
+#undef A_VLOAD
+#undef B_VLOAD
+#undef GEMM_VA
+#undef GEMM_VB
+#undef GEMM_A_AT
+#undef GEMM_B_AT
+#undef GEMM_A_VLOAD
+#undef GEMM_B_VLOAD
 #undef A_K_CONTIG
 #undef B_N_CONTIG
 #undef STORE

@@ -119,6 +119,76 @@ def test_dense_results_do_not_depend_on_tiles(ocl, monkeypatch):
         assert np.array_equal(a, b), "summation order changed with the tile sizes"
 
 
+# Vector reads: widths follow the leading dimensions (4 | 36, 2 | 66, odd -> scalar) and every
+# width sums in the same order, so vector and scalar builds agree bit for bit.
+VECTOR_DENSE_SHAPES = [(36, 64, 66), (33, 8, 4), (4, 66, 129), (65, 3, 36), (7, 130, 12)]
+
+
+def test_vector_width_choice(ocl):
+    cfg = dict(ocl.gemm_tiles(), VW=4)
+    assert ocl._vec_width(cfg, 64) == 4 and ocl._vec_width(cfg, 66) == 2
+    assert ocl._vec_width(cfg, 33) == 1 and ocl._vec_width(cfg, 1) == 1
+    assert ocl._vec_width(cfg, 12, 6) == 2
+    assert ocl._vec_width(dict(cfg, VW=2), 64) == 2
+    assert ocl._vec_width(dict(cfg, VW=1), 64) == 1
+
+
+@pytest.mark.parametrize("n,c,u", VECTOR_DENSE_SHAPES)
+def test_dense_vector_reads_match_scalar_and_cpu(ocl, cpu_dense, monkeypatch, n, c, u):
+    rng = np.random.default_rng(n * 1000 + c * 10 + u)
+    x, w, b, dz = rand(rng, (n, c)), rand(rng, (c, u)), rand(rng, (u,)), rand(rng, (n, u))
+    index = ocl.device_info()["index"]
+    results = {}
+    for vw in (4, 1):
+        monkeypatch.setitem(ocl._tiles_by_device, index, dict(ocl.gemm_tiles(), VW=vw))
+        results[vw] = [ocl.dense_forward(x, w, b, "relu", 0.0)[0].get(),
+                       ocl.dense_backward_input(dz, w).get(),
+                       ocl.dense_backward_weight(x, dz).get()]
+    x64, w64, dz64 = x.astype(np.float64), w.astype(np.float64), dz.astype(np.float64)
+    yc, _ = cpu_dense.dense_forward(x, w, b, "relu", 0.0)
+    refs = [(yc, np.maximum(x64 @ w64 + b, 0.0)),
+            (cpu_dense.dense_backward_input(dz, w), dz64 @ w64.T),
+            (cpu_dense.dense_backward_weight(x, dz), x64.T @ dz64)]
+    for name, got4, got1, (cpu, ref) in zip(("forward", "backward_input", "backward_weight"),
+                                            results[4], results[1], refs):
+        check_op(f"dense_{name} {n}x{c}x{u}", got4, cpu, ref)
+        assert np.array_equal(got4, got1), f"dense_{name}: vector and scalar reads differ"
+
+
+# (input shape, kernel shape, strides, padding, dilation): C and F multiples of 4 or 2 so the
+# patch / tap gathers and the kernel reads take the vector path.
+VECTOR_CONV_CASES = [
+    ((2, 7, 9, 4), (3, 3, 4, 8), (1, 1), "same", (1, 1)),
+    ((1, 9, 8, 8), (3, 2, 8, 6), (2, 3), "same", (2, 1)),
+    ((3, 5, 6, 2), (2, 3, 2, 12), (1, 2), "valid", (1, 1)),
+]
+
+
+@pytest.mark.parametrize("xs,ks,s,p,d", VECTOR_CONV_CASES)
+def test_conv2d_vector_reads_match_scalar_and_cpu(ocl, cpu_conv, monkeypatch, xs, ks, s, p,
+                                                  d):
+    rng = np.random.default_rng(sum(xs) * 7 + sum(ks))
+    x, w, b = rand(rng, xs), rand(rng, ks), rand(rng, (ks[3],))
+    y_ref, _ = conv_ref.conv2d_forward(x, w, b, s, p, d, "linear", 0.0)
+    dz = rand(rng, y_ref.shape)
+    index = ocl.device_info()["index"]
+    results = {}
+    for vw in (4, 1):
+        monkeypatch.setitem(ocl._tiles_by_device, index, dict(ocl.gemm_tiles(), VW=vw))
+        results[vw] = [ocl.conv2d_forward(x, w, b, s, p, d, "linear", 0.0)[0].get(),
+                       ocl.conv2d_backward_input(dz, w, xs, s, p, d).get(),
+                       ocl.conv2d_backward_weight(x, dz, ks, s, p, d).get()]
+    refs = [(cpu_conv.conv2d_forward(x, w, b, s, p, d, "linear", 0.0)[0], y_ref),
+            (cpu_conv.conv2d_backward_input(dz, w, xs, s, p, d),
+             conv_ref.conv2d_backward_input(dz, w, xs, s, p, d)),
+            (cpu_conv.conv2d_backward_weight(x, dz, ks, s, p, d),
+             conv_ref.conv2d_backward_weight(x, dz, ks, s, p, d))]
+    for name, got4, got1, (cpu, ref) in zip(("forward", "backward_input", "backward_weight"),
+                                            results[4], results[1], refs):
+        check_op(f"conv2d_{name}", got4, cpu, ref)
+        assert np.array_equal(got4, got1), f"conv2d_{name}: vector and scalar reads differ"
+
+
 # -- bias_backward --------------------------------------------------------------------------
 
 

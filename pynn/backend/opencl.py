@@ -184,36 +184,42 @@ def scale_inplace(a, factor):
 
 # -- GEMM configuration -----------------------------------------------------------------
 
-TILE_KEYS = ("MWG", "NWG", "KWG", "MDIMC", "NDIMC", "LPAD")
+TILE_KEYS = ("MWG", "NWG", "KWG", "MDIMC", "NDIMC", "LPAD", "VW")
 
 # Starting points per vendor (CLBlast's published tunings point the same way: 64x64 tiles of
-# 16x16 work-items on discrete GPUs, narrower groups on Intel, small groups on CPUs).
+# 16x16 work-items on discrete GPUs, narrower groups on Intel, small groups on CPUs). VW is
+# the widest global read (1, 2, 4 floats); each call narrows it per operand (``_vec_width``)
+# and passes the result to gemm.cl as VWA / VWB.
 VENDOR_TILES = {
-    "nvidia": dict(MWG=64, NWG=64, KWG=16, MDIMC=16, NDIMC=16, LPAD=1),
-    "amd": dict(MWG=64, NWG=64, KWG=16, MDIMC=16, NDIMC=16, LPAD=1),
-    "intel": dict(MWG=32, NWG=64, KWG=16, MDIMC=8, NDIMC=16, LPAD=1),
+    "nvidia": dict(MWG=64, NWG=64, KWG=16, MDIMC=16, NDIMC=16, LPAD=1, VW=4),
+    "amd": dict(MWG=64, NWG=64, KWG=16, MDIMC=16, NDIMC=16, LPAD=1, VW=4),
+    "intel": dict(MWG=32, NWG=64, KWG=16, MDIMC=8, NDIMC=16, LPAD=1, VW=4),
     # PoCL: 8x8 outputs per work-item; measured 2x faster than 4x4 on a 2-core AVX2 host.
-    "pocl": dict(MWG=64, NWG=64, KWG=16, MDIMC=8, NDIMC=8, LPAD=0),
-    "other": dict(MWG=32, NWG=32, KWG=16, MDIMC=8, NDIMC=8, LPAD=0),
+    "pocl": dict(MWG=64, NWG=64, KWG=16, MDIMC=8, NDIMC=8, LPAD=0, VW=4),
+    "other": dict(MWG=32, NWG=32, KWG=16, MDIMC=8, NDIMC=8, LPAD=0, VW=1),
 }
-FALLBACK_TILES = dict(MWG=16, NWG=16, KWG=8, MDIMC=4, NDIMC=4, LPAD=0)
+FALLBACK_TILES = dict(MWG=16, NWG=16, KWG=8, MDIMC=4, NDIMC=4, LPAD=0, VW=1)
 
 # The tuner's bounded search space (filtered by each device's limits).
 TUNE_CANDIDATES = (
-    dict(MWG=32, NWG=32, KWG=16, MDIMC=8, NDIMC=8, LPAD=0),
-    dict(MWG=64, NWG=64, KWG=16, MDIMC=16, NDIMC=16, LPAD=1),
-    dict(MWG=64, NWG=64, KWG=16, MDIMC=8, NDIMC=8, LPAD=0),
-    dict(MWG=32, NWG=64, KWG=16, MDIMC=8, NDIMC=16, LPAD=1),
-    dict(MWG=64, NWG=32, KWG=16, MDIMC=16, NDIMC=8, LPAD=1),
-    dict(MWG=32, NWG=32, KWG=32, MDIMC=8, NDIMC=8, LPAD=0),
-    dict(MWG=128, NWG=64, KWG=16, MDIMC=16, NDIMC=16, LPAD=1),
-    dict(MWG=64, NWG=128, KWG=16, MDIMC=16, NDIMC=16, LPAD=1),
-    dict(MWG=16, NWG=16, KWG=16, MDIMC=4, NDIMC=4, LPAD=0),
-    dict(MWG=32, NWG=32, KWG=16, MDIMC=4, NDIMC=8, LPAD=0),
-    dict(MWG=64, NWG=64, KWG=32, MDIMC=16, NDIMC=16, LPAD=1),
-    dict(MWG=16, NWG=64, KWG=16, MDIMC=4, NDIMC=16, LPAD=0),
-    dict(MWG=128, NWG=64, KWG=16, MDIMC=16, NDIMC=8, LPAD=0),
-    dict(MWG=64, NWG=128, KWG=16, MDIMC=8, NDIMC=16, LPAD=0),
+    dict(MWG=32, NWG=32, KWG=16, MDIMC=8, NDIMC=8, LPAD=0, VW=4),
+    dict(MWG=64, NWG=64, KWG=16, MDIMC=16, NDIMC=16, LPAD=1, VW=4),
+    dict(MWG=64, NWG=64, KWG=16, MDIMC=8, NDIMC=8, LPAD=0, VW=4),
+    dict(MWG=32, NWG=64, KWG=16, MDIMC=8, NDIMC=16, LPAD=1, VW=4),
+    dict(MWG=64, NWG=32, KWG=16, MDIMC=16, NDIMC=8, LPAD=1, VW=4),
+    dict(MWG=32, NWG=32, KWG=32, MDIMC=8, NDIMC=8, LPAD=0, VW=4),
+    dict(MWG=128, NWG=64, KWG=16, MDIMC=16, NDIMC=16, LPAD=1, VW=4),
+    dict(MWG=64, NWG=128, KWG=16, MDIMC=16, NDIMC=16, LPAD=1, VW=4),
+    dict(MWG=16, NWG=16, KWG=16, MDIMC=4, NDIMC=4, LPAD=0, VW=4),
+    dict(MWG=32, NWG=32, KWG=16, MDIMC=4, NDIMC=8, LPAD=0, VW=4),
+    dict(MWG=64, NWG=64, KWG=32, MDIMC=16, NDIMC=16, LPAD=1, VW=4),
+    dict(MWG=16, NWG=64, KWG=16, MDIMC=4, NDIMC=16, LPAD=0, VW=4),
+    dict(MWG=128, NWG=64, KWG=16, MDIMC=16, NDIMC=8, LPAD=0, VW=4),
+    dict(MWG=64, NWG=128, KWG=16, MDIMC=8, NDIMC=16, LPAD=0, VW=4),
+    # Narrower reads, for devices whose compilers split or serialise wide loads.
+    dict(MWG=64, NWG=64, KWG=16, MDIMC=8, NDIMC=8, LPAD=0, VW=1),
+    dict(MWG=64, NWG=64, KWG=16, MDIMC=16, NDIMC=16, LPAD=1, VW=1),
+    dict(MWG=32, NWG=64, KWG=16, MDIMC=8, NDIMC=16, LPAD=1, VW=2),
 )
 
 # Split-K: each split covers a multiple of this many k (a multiple of every KWG), and a
@@ -230,8 +236,11 @@ _tiles_by_device = {}
 def _fits(cfg, info):
     items = cfg["MDIMC"] * cfg["NDIMC"]
     local_bytes = 4 * cfg["KWG"] * (cfg["MWG"] + cfg["NWG"] + 2 * cfg["LPAD"])
+    vw = cfg["VW"]
     return (items <= info["max_work_group_size"] and local_bytes <= info["local_mem"]
-            and cfg["MWG"] % cfg["MDIMC"] == 0 and cfg["NWG"] % cfg["NDIMC"] == 0)
+            and cfg["MWG"] % cfg["MDIMC"] == 0 and cfg["NWG"] % cfg["NDIMC"] == 0
+            and vw in (1, 2, 4) and cfg["MWG"] % vw == 0 and cfg["NWG"] % vw == 0
+            and cfg["KWG"] % vw == 0)
 
 
 def _tuning_path():
@@ -253,6 +262,7 @@ def gemm_tiles():
         if path.is_file():
             try:
                 saved = json.loads(path.read_text())["tiles"]
+                saved.setdefault("VW", 1)  # tuned before vector loads existed
                 cfg = {k: int(saved[k]) for k in TILE_KEYS}
             except (OSError, ValueError, KeyError, TypeError):
                 cfg = None
@@ -283,9 +293,25 @@ def _check_int32(op, **dims):
                              f"kernels")
 
 
-def _run_gemm(file_stem, name, m, n, k, args, splits=1, k_chunk=None, tiles=None):
+def _vec_width(cfg, *extents):
+    """The widest read (<= cfg's VW) dividing every extent: an operand's leading dimension
+    (plus, for conv gathers, the channel / filter run that a vector must not cross). Device
+    arrays reach the kernels at offset 0 (``_dev``), so the vector's start is then aligned."""
+    w = cfg["VW"]
+    while w > 1 and any(e % w for e in extents):
+        w //= 2
+    return w
+
+
+def _run_gemm(file_stem, name, m, n, k, args, splits=1, k_chunk=None, tiles=None, vwa=(),
+              vwb=()):
+    """Launch one GEMM-core kernel. ``vwa`` / ``vwb``: the extents that A's / B's vector
+    width must divide (see ``_vec_width``); empty means scalar reads."""
     cfg = tiles or gemm_tiles()
-    knl = rt.kernel(file_stem, name, cfg)
+    defines = {key: cfg[key] for key in TILE_KEYS if key != "VW"}
+    defines["VWA"] = _vec_width(cfg, *vwa) if vwa else 1
+    defines["VWB"] = _vec_width(cfg, *vwb) if vwb else 1
+    knl = rt.kernel(file_stem, name, defines)
     groups_n = math.ceil(n / cfg["NWG"])
     groups_m = math.ceil(m / cfg["MWG"])
     chunk = k_chunk if splits > 1 else max(k, 1)
@@ -299,7 +325,7 @@ def _sum_slots(partial, slots, count, out):
     rt.launch(knl, (count,), (REDUCE_WG,), slots, count, partial, out)
 
 
-def _gemm_split_out(op, file_stem, name, m, n, k, in_args, out_shape, geom=()):
+def _gemm_split_out(op, file_stem, name, m, n, k, in_args, out_shape, geom=(), vwa=(), vwb=()):
     """Run a backward-weight GEMM (output m x n summed over k) with split-K when it helps."""
     out = rt.empty(out_shape, np.float32, f"{op} output")
     if m * n == 0:
@@ -310,10 +336,12 @@ def _gemm_split_out(op, file_stem, name, m, n, k, in_args, out_shape, geom=()):
     cfg = gemm_tiles()
     splits, chunk = _split_plan(m, n, k, cfg)
     if splits == 1:
-        _run_gemm(file_stem, name, m, n, k, (*in_args, out, *geom), tiles=cfg)
+        _run_gemm(file_stem, name, m, n, k, (*in_args, out, *geom), tiles=cfg, vwa=vwa,
+                  vwb=vwb)
         return out
     partial = rt.empty((splits, m * n), np.float32, f"{op} split-K partials")
-    _run_gemm(file_stem, name, m, n, k, (*in_args, partial, *geom), splits, chunk, tiles=cfg)
+    _run_gemm(file_stem, name, m, n, k, (*in_args, partial, *geom), splits, chunk, tiles=cfg,
+              vwa=vwa, vwb=vwb)
     _sum_slots(partial, splits, m * n, out)
     return out
 
@@ -359,7 +387,8 @@ def dense_forward(x, kernel, bias, activation="linear", alpha=0.0):
     _check_int32(op, rows_x_units=m * n, rows_x_inputs=m * k, weights=k * n)
     y, z, kcode, softmax_after = _forward_epilogue(op, name, code, alpha, (m, n))
     if m * n:
-        _run_gemm("dense", "dense_forward", m, n, k, (x, kernel, bias, y, z, kcode, alpha))
+        _run_gemm("dense", "dense_forward", m, n, k, (x, kernel, bias, y, z, kcode, alpha),
+                  vwa=(k,), vwb=(n,))
     if softmax_after:
         return activation_forward(y, "softmax", alpha), None
     return y, z
@@ -377,7 +406,8 @@ def dense_backward_input(dz, kernel):
     _check_int32(op, rows_x_inputs=m * n, rows_x_units=m * k, weights=k * n)
     dx = rt.empty((m, n), np.float32, f"{op} output")
     if m * n:
-        _run_gemm("dense", "dense_backward_input", m, n, k, (dz, kernel, dx))
+        _run_gemm("dense", "dense_backward_input", m, n, k, (dz, kernel, dx), vwa=(k,),
+                  vwb=(k,))
     return dx
 
 
@@ -390,7 +420,8 @@ def dense_backward_weight(x, dz):
         raise ValueError(f"{op}: 'dz' must have shape ({x.shape[0]}, ?), got {dz.shape}")
     batch, m, n = x.shape[0], x.shape[1], dz.shape[1]
     _check_int32(op, weights=m * n, batch_x_inputs=batch * m, batch_x_units=batch * n)
-    return _gemm_split_out(op, "dense", "dense_backward_weight", m, n, batch, (x, dz), (m, n))
+    return _gemm_split_out(op, "dense", "dense_backward_weight", m, n, batch, (x, dz), (m, n),
+                           vwa=(m,), vwb=(n,))
 
 
 def bias_backward(dz):
@@ -467,7 +498,8 @@ def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid", dilation_ra
                                                     (g["N"], g["HO"], g["WO"], g["F"]))
     if m * n:
         _run_gemm("conv", "conv2d_forward", m, n, k,
-                  (x, kernel, bias, y, z, kcode, alpha, *g["args"]))
+                  (x, kernel, bias, y, z, kcode, alpha, *g["args"]), vwa=(g["C"],),
+                  vwb=(g["F"],))
     if softmax_after:
         return activation_forward(y, "softmax", alpha), None
     return y, z
@@ -487,7 +519,8 @@ def conv2d_backward_input(dz, kernel, input_shape, strides=(1, 1), padding="vali
     dx = rt.empty(input_shape, np.float32, f"{op} output")
     m, n, k = g["N"] * g["H"] * g["W"], g["C"], g["KH"] * g["KW"] * g["F"]
     if m * n:
-        _run_gemm("conv", "conv2d_backward_input", m, n, k, (dz, kernel, dx, *g["args"]))
+        _run_gemm("conv", "conv2d_backward_input", m, n, k, (dz, kernel, dx, *g["args"]),
+                  vwa=(g["F"],), vwb=(g["F"],))
     return dx
 
 
@@ -504,7 +537,7 @@ def conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
         raise ValueError(f"{op}: 'dz' must have shape {want}, got {dz.shape}")
     m, n, k = g["KH"] * g["KW"] * g["C"], g["F"], g["N"] * g["HO"] * g["WO"]
     return _gemm_split_out(op, "conv", "conv2d_backward_weight", m, n, k, (x, dz),
-                           kernel_shape, g["args"])
+                           kernel_shape, g["args"], vwa=(g["C"],), vwb=(g["F"],))
 
 
 # -- tuner ------------------------------------------------------------------------------
