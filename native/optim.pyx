@@ -1,3 +1,5 @@
+# distutils: extra_compile_args = -fno-math-errno
+# (sqrt's errno path is a branch that keeps gcc from vectorizing the update loops.)
 """Optimizer updates, gradient norms and weight regularizers.
 
 Legend: P parameter elements (any shape, flattened: every op here is elementwise).
@@ -24,7 +26,8 @@ import math
 import numpy as np
 
 from cython.parallel cimport prange
-from libc.math cimport sqrt, fabs
+from libc.math cimport sqrt, fabs, fma, fmaf
+from libc.float cimport FLT_MIN, DBL_MIN
 
 from pynn.backend._validate import FLOAT_DTYPES, as_float_array
 
@@ -139,6 +142,24 @@ cdef inline floating decayed(floating w, floating decay) noexcept nogil:
     if decay != 0:
         return w - w * decay
     return w
+
+
+cdef inline floating flushed(floating x, floating tiny) noexcept nogil:
+    """x, or 0 when x is subnormal. Moments of dead units decay geometrically into the
+    subnormal range, where every multiply takes a microcode assist (~16x slower steps);
+    TensorFlow/Keras run with flush-to-zero, so this keeps their numbers too. A select, not a
+    branch: the loops still vectorize."""
+    return 0 if (x < tiny) & (x > -tiny) else x
+
+
+cdef inline floating fmadd(floating a, floating b, floating c) noexcept nogil:
+    """a * b + c with one rounding. Spelled out where an expression has two products
+    (a*b + c*d): -ffp-contract=fast may fuse either one, and gcc need not pick the same one in
+    the vectorized body as in the scalar tail, whose elements move with the thread count."""
+    if floating is float:
+        return fmaf(a, b, c)
+    else:
+        return fma(a, b, c)
 
 
 # -- reductions -----------------------------------------------------------------------------
@@ -262,6 +283,7 @@ def _sgd(floating[::1] w, const floating[::1] g, floating[::1] buf, bint use_buf
     cdef floating scale = <floating>grad_scale, clip = <floating>clipvalue
     cdef floating dec = <floating>decay
     cdef floating gi, wi, mi
+    cdef floating tiny = FLT_MIN if floating is float else DBL_MIN
     if n == 0:
         return
     with nogil:
@@ -269,10 +291,10 @@ def _sgd(floating[::1] w, const floating[::1] g, floating[::1] buf, bint use_buf
             gi = clipped_grad(g[i], scale, clip)
             wi = decayed(w[i], dec)
             if use_buf:
-                mi = buf[i] * mu - gi * lr_
+                mi = flushed(fmadd(buf[i], mu, -(gi * lr_)), tiny)
                 buf[i] = mi
                 if nesterov:
-                    wi = wi + (mi * mu - gi * lr_)
+                    wi = wi + fmadd(mi, mu, -(gi * lr_))
                 else:
                     wi = wi + mi
             else:
@@ -309,23 +331,35 @@ def _adam(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1]
     cdef floating one_b1 = <floating>(1.0 - beta_1), one_b2 = <floating>(1.0 - beta_2)
     cdef floating scale = <floating>grad_scale, clip = <floating>clipvalue
     cdef floating dec = <floating>decay
-    cdef floating gi, wi, mi, vi
+    cdef floating gi, wi, mi, vi, vh
+    cdef floating tiny = FLT_MIN if floating is float else DBL_MIN
     if n == 0:
         return
+    # amsgrad picks between two copies of the loop: a loop-invariant branch inside the body
+    # keeps gcc from vectorizing it.
     with nogil:
-        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-            gi = clipped_grad(g[i], scale, clip)
-            wi = decayed(w[i], dec)
-            mi = m[i] + (gi - m[i]) * one_b1
-            vi = v[i] + (gi * gi - v[i]) * one_b2
-            m[i] = mi
-            v[i] = vi
-            if amsgrad:
-                if vhat[i] > vi:
-                    vi = vhat[i]
+        if amsgrad:
+            for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+                gi = clipped_grad(g[i], scale, clip)
+                wi = decayed(w[i], dec)
+                mi = flushed(m[i] + (gi - m[i]) * one_b1, tiny)
+                vi = flushed(v[i] + (gi * gi - v[i]) * one_b2, tiny)
+                m[i] = mi
+                v[i] = vi
+                vh = flushed(vhat[i], tiny)
+                vi = vh if vh > vi else vi
                 vhat[i] = vi
-            # epsilon goes on the uncorrected sqrt(v): alpha carries both bias corrections.
-            w[i] = wi - (mi * alpha_) / (<floating>sqrt(vi) + eps)
+                w[i] = wi - (mi * alpha_) / (<floating>sqrt(vi) + eps)
+        else:
+            for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+                gi = clipped_grad(g[i], scale, clip)
+                wi = decayed(w[i], dec)
+                mi = flushed(m[i] + (gi - m[i]) * one_b1, tiny)
+                vi = flushed(v[i] + (gi * gi - v[i]) * one_b2, tiny)
+                m[i] = mi
+                v[i] = vi
+                # epsilon goes on the uncorrected sqrt(v): alpha carries both bias corrections.
+                w[i] = wi - (mi * alpha_) / (<floating>sqrt(vi) + eps)
 
 
 def _adam_step_size(dt, lr, beta_1, beta_2, t):
@@ -380,16 +414,17 @@ def _rmsprop(floating[::1] w, const floating[::1] g, floating[::1] vel, floating
     cdef floating scale = <floating>grad_scale, clip = <floating>clipvalue
     cdef floating dec = <floating>decay
     cdef floating gi, wi, vi, ai, den, inc
+    cdef floating tiny = FLT_MIN if floating is float else DBL_MIN
     if n == 0:
         return
     with nogil:
         for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
             gi = clipped_grad(g[i], scale, clip)
             wi = decayed(w[i], dec)
-            vi = rho_ * vel[i] + one_rho * (gi * gi)
+            vi = flushed(fmadd(rho_, vel[i], one_rho * (gi * gi)), tiny)
             vel[i] = vi
             if centered:
-                ai = rho_ * avg[i] + one_rho * gi
+                ai = flushed(fmadd(rho_, avg[i], one_rho * gi), tiny)
                 avg[i] = ai
                 den = vi - ai * ai + eps
             else:
@@ -397,7 +432,7 @@ def _rmsprop(floating[::1] w, const floating[::1] g, floating[::1] vel, floating
             # epsilon sits inside the square root (Keras, unlike PyTorch).
             inc = (lr_ * gi) / <floating>sqrt(den)
             if use_mom:
-                inc = mu * mom[i] + inc
+                inc = flushed(fmadd(mu, mom[i], inc), tiny)
                 mom[i] = inc
             w[i] = wi - inc
 

@@ -187,6 +187,50 @@ def test_update_nan_grad_scale_propagates():
     assert np.isnan(w).all()
 
 
+# -- flush-to-zero of the slots ------------------------------------------------------------
+
+# Adagrad's accumulator only grows; plain SGD has no slot.
+FTZ_CASES = [c for c in CASES
+             if c[0] != "adagrad_update" and not (c[0] == "sgd_update" and not c[1]["momentum"])]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", FTZ_CASES, ids=case_id)
+def test_update_flushes_subnormal_slots_to_zero(case, dtype):
+    """Dead units (g = 0) whose slots sit at or just above the smallest normal float decay
+    into the subnormal range; the kernel stores exactly 0 there (flush-to-zero, as
+    TensorFlow/Keras run), everything else still matches the oracle."""
+    op, opts = case
+    tiny = np.finfo(dtype).tiny
+    p = Problem(op, opts, (77,), dtype, seed=4)   # 77: vector body and scalar tail
+    p.step()                                      # every slot in use now holds normal values
+    dead = np.arange(77) % 2 == 0
+    for name, slot in p.slots.items():
+        if slot is None:
+            continue
+        mag = p.rng.uniform(0.01, 1.05, size=int(dead.sum())) * tiny
+        if name in ("v", "vhat", "velocity"):
+            vals = mag                            # second moments are never negative
+        else:
+            vals = mag * p.rng.choice([-1.0, 1.0], size=mag.size)
+        slot[dead] = vals.astype(dtype)
+        p.ref_slots[name] = ref.f64(slot)
+    g = p.grad()
+    g[dead] = 0
+    p.step(g)
+    p.check()
+    flushed = 0
+    for name, slot in p.slots.items():
+        if slot is None:
+            continue
+        below = np.abs(p.ref_slots[name]) < tiny
+        np.testing.assert_array_equal(slot[below], 0, err_msg=f"{op}: {name} not flushed")
+        subnormal = (slot != 0) & (np.abs(slot) < tiny)
+        assert not subnormal.any(), f"{op}: {name} keeps subnormal values {slot[subnormal]}"
+        flushed += int(below.sum())
+    assert flushed > 0, "the setup must drive some slot below the normal range"
+
+
 # -- thread invariance ----------------------------------------------------------------------
 
 @pytest.fixture
