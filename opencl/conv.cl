@@ -91,6 +91,93 @@ FLOATN(VWA) conv_tap_v(__global const float *restrict dz, const int m, const int
     return VREAD(VWA, dz + (((size_t)n * HO + ho) * WO + wo) * F + f);
 }
 
+/* -- index tables ----------------------------------------------------------------------
+ * Decomposing a flat row / column index costs four integer divisions by runtime values,
+ * per element in conv_patch / conv_tap. The kernels below decompose each pixel and each tap
+ * of a tile once instead, into __local tables (gemm.cl's GEMM_PROLOGUE for the tile's rows,
+ * fixed over the K loop, and GEMM_SLICE_PREP for the K slice's columns), and the loaders
+ * only add table entries. Entries past the matrix edge are left unset: never read.
+ * pix_*: an output pixel m = (n, ho, wo) of a patch row: n * H, ho * sh - ph, wo * sw - pw;
+ *        or an input pixel m = (n, h, w) of a tap row: n * HO, h + ph, w + pw.
+ * tap_*: a tap k = (kh, kw, c|f): c|f, kh * dh, kw * dw, and (kh * KW + kw) * C * F + f for
+ *        the kernel reads of backward_input. */
+#define CONV_TABLES(PIX, TAP)                                                        \
+    __local int pix_n[PIX], pix_h[PIX], pix_w[PIX];                                  \
+    __local int tap_c[TAP], tap_h[TAP], tap_w[TAP], tap_wt[TAP];
+
+#define CONV_FILL_OUT_PIX(count, first, limit)                                       \
+    for (int i_ = tid; i_ < (count); i_ += WG_ITEMS) {                               \
+        const int p_ = (first) + i_;                                                 \
+        if (p_ < (limit)) {                                                          \
+            const int wo_ = p_ % WO, r_ = p_ / WO;                                   \
+            pix_n[i_] = (r_ / HO) * H;                                               \
+            pix_h[i_] = (r_ % HO) * sh - ph;                                         \
+            pix_w[i_] = wo_ * sw - pw;                                               \
+        }                                                                            \
+    }
+
+#define CONV_FILL_IN_PIX(count, first, limit)                                        \
+    for (int i_ = tid; i_ < (count); i_ += WG_ITEMS) {                               \
+        const int p_ = (first) + i_;                                                 \
+        if (p_ < (limit)) {                                                          \
+            const int w_ = p_ % W, r_ = p_ / W;                                      \
+            pix_n[i_] = (r_ / H) * HO;                                               \
+            pix_h[i_] = r_ % H + ph;                                                 \
+            pix_w[i_] = w_ + pw;                                                     \
+        }                                                                            \
+    }
+
+/* CH: the channel count of the tap's innermost index (C for patches, F for taps). */
+#define CONV_FILL_TAP(count, first, limit, CH)                                       \
+    for (int i_ = tid; i_ < (count); i_ += WG_ITEMS) {                               \
+        const int t_ = (first) + i_;                                                 \
+        if (t_ < (limit)) {                                                          \
+            const int c_ = t_ % (CH), s_ = t_ / (CH);                                \
+            tap_c[i_] = c_;                                                          \
+            tap_h[i_] = (s_ / KW) * dh;                                              \
+            tap_w[i_] = (s_ % KW) * dw;                                              \
+            tap_wt[i_] = s_ * C * F + c_;                                            \
+        }                                                                            \
+    }
+
+/* Patch element from table entries: p = pixel slot, t = tap slot. */
+#define CONV_PATCH_OFS(p, t)                                                         \
+    ((((size_t)pix_n[p] + pix_h[p] + tap_h[t]) * W + pix_w[p] + tap_w[t]) * C + tap_c[t])
+#define CONV_PATCH_IN(p, t)                                                          \
+    ((uint)(pix_h[p] + tap_h[t]) < (uint)H && (uint)(pix_w[p] + tap_w[t]) < (uint)W)
+
+/* dz element for an input pixel slot p and a tap slot t (conv_tap from table entries). */
+float conv_tap_at(__global const float *restrict dz, const int n_ho, const int hh, const int ww,
+                  const int f, const int HO, const int WO, const int F, const int sh,
+                  const int sw)
+{
+    if (hh < 0 || ww < 0)
+        return 0.0f;
+    /* Stride 1 is the common case: skip its divisions. */
+    const int ho = sh == 1 ? hh : hh / sh, wo = sw == 1 ? ww : ww / sw;
+    if (ho * sh != hh || wo * sw != ww || ho >= HO || wo >= WO)
+        return 0.0f;
+    return dz[(((size_t)n_ho + ho) * WO + wo) * F + f];
+}
+
+FLOATN(VWA) conv_tap_at_v(__global const float *restrict dz, const int n_ho, const int hh,
+                          const int ww, const int f, const int HO, const int WO, const int F,
+                          const int sh, const int sw)
+{
+    if (hh < 0 || ww < 0)
+        return (FLOATN(VWA))(0.0f);
+    const int ho = sh == 1 ? hh : hh / sh, wo = sw == 1 ? ww : ww / sw;
+    if (ho * sh != hh || wo * sw != ww || ho >= HO || wo >= WO)
+        return (FLOATN(VWA))(0.0f);
+    return VREAD(VWA, dz + (((size_t)n_ho + ho) * WO + wo) * F + f);
+}
+#define CONV_TAP_AT(p, t)                                                            \
+    conv_tap_at(dz, pix_n[p], pix_h[p] - tap_h[t], pix_w[p] - tap_w[t], tap_c[t], HO, WO, F, \
+                sh, sw)
+#define CONV_TAP_AT_V(p, t)                                                          \
+    conv_tap_at_v(dz, pix_n[p], pix_h[p] - tap_h[t], pix_w[p] - tap_w[t], tap_c[t], HO, WO, \
+                  F, sh, sw)
+
 /* -- conv2d_forward --------------------------------------------------------------------- */
 #define GEMM_NAME conv2d_forward
 #define GEMM_ARGS __global const float *restrict x, __global const float *restrict wt, \
@@ -98,6 +185,11 @@ FLOATN(VWA) conv_tap_v(__global const float *restrict dz, const int m, const int
                   __global float *restrict z, const int act, const float alpha, CONV_GEOM
 #define A_AT(m, k) conv_patch(x, m, k, CONV_GEOM_NAMES)
 #define A_VLOAD(m, k) conv_patch_v(x, m, k, CONV_GEOM_NAMES)
+#define A_AT_LOCAL(m, k, lm, lk) (CONV_PATCH_IN(lm, lk) ? x[CONV_PATCH_OFS(lm, lk)] : 0.0f)
+#define A_VLOAD_LOCAL(m, k, lm, lk) \
+    (CONV_PATCH_IN(lm, lk) ? VREAD(VWA, x + CONV_PATCH_OFS(lm, lk)) : (FLOATN(VWA))(0.0f))
+#define GEMM_PROLOGUE CONV_TABLES(MWG, KWG) CONV_FILL_OUT_PIX(MWG, m0, M)
+#define GEMM_SLICE_PREP CONV_FILL_TAP(KWG, k0, k_end, C)
 #define A_K_CONTIG 1
 #define B_AT(k, n) wt[(size_t)(k) * N + (n)]
 #define B_VLOAD(k, n) VREAD(VWB, wt + (size_t)(k) * N + (n))
@@ -112,6 +204,12 @@ FLOATN(VWA) conv_tap_v(__global const float *restrict dz, const int m, const int
                   __global float *restrict dx, CONV_GEOM
 #define A_AT(m, k) conv_tap(dz, m, k, CONV_GEOM_NAMES)
 #define A_VLOAD(m, k) conv_tap_v(dz, m, k, CONV_GEOM_NAMES)
+#define A_AT_LOCAL(m, k, lm, lk) CONV_TAP_AT(lm, lk)
+#define A_VLOAD_LOCAL(m, k, lm, lk) CONV_TAP_AT_V(lm, lk)
+#define B_AT_LOCAL(k, n, lk, ln) wt[(size_t)tap_wt[lk] + (size_t)(n) * F]
+#define B_VLOAD_LOCAL(k, n, lk, ln) VREAD(VWB, wt + (size_t)tap_wt[lk] + (size_t)(n) * F)
+#define GEMM_PROLOGUE CONV_TABLES(MWG, KWG) CONV_FILL_IN_PIX(MWG, m0, M)
+#define GEMM_SLICE_PREP CONV_FILL_TAP(KWG, k0, k_end, F)
 #define A_K_CONTIG 1
 #define B_AT(k, n) wt[((size_t)((k) / F) * C + (n)) * F + (k) % F]
 #define B_VLOAD(k, n) VREAD(VWB, wt + ((size_t)((k) / F) * C + (n)) * F + (k) % F)
@@ -125,6 +223,11 @@ FLOATN(VWA) conv_tap_v(__global const float *restrict dz, const int m, const int
                   __global float *restrict dw_out, CONV_GEOM
 #define A_AT(m, k) conv_patch(x, k, m, CONV_GEOM_NAMES)
 #define A_VLOAD(m, k) conv_patch_v(x, k, m, CONV_GEOM_NAMES)
+#define A_AT_LOCAL(m, k, lm, lk) (CONV_PATCH_IN(lk, lm) ? x[CONV_PATCH_OFS(lk, lm)] : 0.0f)
+#define A_VLOAD_LOCAL(m, k, lm, lk) \
+    (CONV_PATCH_IN(lk, lm) ? VREAD(VWA, x + CONV_PATCH_OFS(lk, lm)) : (FLOATN(VWA))(0.0f))
+#define GEMM_PROLOGUE CONV_TABLES(KWG, MWG) CONV_FILL_TAP(MWG, m0, M, C)
+#define GEMM_SLICE_PREP CONV_FILL_OUT_PIX(KWG, k0, k_end)
 #define A_K_CONTIG 0
 #define B_AT(k, n) dz[(size_t)(k) * N + (n)]
 #define B_VLOAD(k, n) VREAD(VWB, dz + (size_t)(k) * N + (n))

@@ -28,6 +28,13 @@
  * would cross the matrix edge is read element by element with guards, so any size works.
  * An includer without a vector loader always gets scalar loads.
  *
+ * Optional index tables (implicit-GEMM gathers): GEMM_PROLOGUE runs once at kernel scope
+ * (declare and fill __local tables over the group's rows), GEMM_SLICE_PREP once per K slice
+ * (fill tables over k0 .. k0 + KWG); each is followed by a barrier that every work-item
+ * reaches. The loaders A_AT_LOCAL(m, k, lm, lk) / B_AT_LOCAL(k, n, lk, ln) (and _VLOAD_LOCAL)
+ * then also receive the tile-local indices to look those tables up; they default to A_AT /
+ * B_AT (and A_VLOAD / B_VLOAD).
+ *
  * Split-K: group id 2 selects the K range [s*k_chunk, (s+1)*k_chunk); STORE sees `split`.
  * Every output sums its k in ascending order inside one work-item, so the result does not
  * depend on the tile sizes, only on k_chunk (which the host derives from the shape).
@@ -53,7 +60,7 @@
 /* Stage the RWG x KWG slice [r0, r0 + RWG) x [k0, k0 + KWG) of an operand in tile[kk][rr],
  * zero outside rows < R and k < k_end. VW neighbours along k (KC = 1) or along r (KC = 0)
  * per work-item and step; VW and KC are compile-time constants, so the dead branches fold
- * and VW = 1 is the plain scalar loop. AT(r, k) / VLOAD(r, k) read the operand. */
+ * and VW = 1 is the plain scalar loop. AT / VLOAD(r, k, local r, local k) read the operand. */
 #define GEMM_FILL(tile, RWG, VW, KC, AT, VLOAD, R, r0)                                    \
     for (int idx = tid; idx < (RWG) * KWG / (VW); idx += WG_ITEMS) {                      \
         const int rr = (KC) ? idx / (KWG / (VW)) : (idx % ((RWG) / (VW))) * (VW);         \
@@ -62,11 +69,13 @@
         float v_[VW];                                                                     \
         if ((VW) > 1 && gr + ((KC) ? 0 : (VW) - 1) < (R) &&                               \
             gk + ((KC) ? (VW) - 1 : 0) < k_end) {                                         \
-            VSPILL(VW, VLOAD(gr, gk), v_);                                                \
+            VSPILL(VW, VLOAD(gr, gk, rr, kk), v_);                                        \
         } else {                                                                          \
             for (int e = 0; e < (VW); ++e) {                                              \
                 const int er = gr + ((KC) ? 0 : e), ek = gk + ((KC) ? e : 0);             \
-                v_[e] = (er < (R) && ek < k_end) ? (AT(er, ek)) : 0.0f;                   \
+                v_[e] = (er < (R) && ek < k_end)                                          \
+                            ? (AT(er, ek, rr + ((KC) ? 0 : e), kk + ((KC) ? e : 0)))      \
+                            : 0.0f;                                                       \
             }                                                                             \
         }                                                                                 \
         for (int e = 0; e < (VW); ++e)                                                    \
@@ -115,10 +124,24 @@
 #undef B_VLOAD
 #define B_VLOAD(k, n) (B_AT(k, n))
 #endif
-#define GEMM_A_AT(r, k) A_AT(r, k)
-#define GEMM_B_AT(r, k) B_AT(k, r)
-#define GEMM_A_VLOAD(r, k) A_VLOAD(r, k)
-#define GEMM_B_VLOAD(r, k) B_VLOAD(k, r)
+#ifndef A_AT_LOCAL
+#define A_AT_LOCAL(m, k, lm, lk) A_AT(m, k)
+#endif
+#ifndef B_AT_LOCAL
+#define B_AT_LOCAL(k, n, lk, ln) B_AT(k, n)
+#endif
+#if GEMM_VA == 1 || !defined(A_VLOAD_LOCAL)
+#undef A_VLOAD_LOCAL
+#define A_VLOAD_LOCAL(m, k, lm, lk) A_VLOAD(m, k)
+#endif
+#if GEMM_VB == 1 || !defined(B_VLOAD_LOCAL)
+#undef B_VLOAD_LOCAL
+#define B_VLOAD_LOCAL(k, n, lk, ln) B_VLOAD(k, n)
+#endif
+#define GEMM_A_AT(r, k, lr, lk) A_AT_LOCAL(r, k, lr, lk)
+#define GEMM_B_AT(r, k, lr, lk) B_AT_LOCAL(k, r, lk, lr)
+#define GEMM_A_VLOAD(r, k, lr, lk) A_VLOAD_LOCAL(r, k, lr, lk)
+#define GEMM_B_VLOAD(r, k, lr, lk) B_VLOAD_LOCAL(k, r, lk, lr)
 
 #define MWI (MWG / MDIMC)
 #define NWI (NWG / NDIMC)
@@ -153,7 +176,16 @@ void GEMM_NAME(const int M, const int N, const int K, const int k_chunk, GEMM_AR
         for (int j = 0; j < NWI; ++j)
             acc[i][j] = 0.0f;
 
+#ifdef GEMM_PROLOGUE
+    GEMM_PROLOGUE
+    barrier(CLK_LOCAL_MEM_FENCE);
+#endif
+
     for (int k0 = k_begin; k0 < k_end; k0 += KWG) {
+#ifdef GEMM_SLICE_PREP
+        GEMM_SLICE_PREP
+        barrier(CLK_LOCAL_MEM_FENCE);
+#endif
         GEMM_FILL(a_tile, MWG, GEMM_VA, A_K_CONTIG, GEMM_A_AT, GEMM_A_VLOAD, M, m0)
         GEMM_FILL(b_tile, NWG, GEMM_VB, !(B_N_CONTIG), GEMM_B_AT, GEMM_B_VLOAD, N, n0)
         barrier(CLK_LOCAL_MEM_FENCE);
@@ -195,6 +227,12 @@ void GEMM_NAME(const int M, const int N, const int K, const int k_chunk, GEMM_AR
 #undef B_AT
 #undef A_VLOAD
 #undef B_VLOAD
+#undef A_AT_LOCAL
+#undef B_AT_LOCAL
+#undef A_VLOAD_LOCAL
+#undef B_VLOAD_LOCAL
+#undef GEMM_PROLOGUE
+#undef GEMM_SLICE_PREP
 #undef GEMM_VA
 #undef GEMM_VB
 #undef GEMM_A_AT
