@@ -109,6 +109,74 @@ cdef inline void softmax_grad_row(const floating* dy, const floating* y, floatin
         dx[j] = <floating>(y[j] * (dy[j] - dot))
 
 
+# Below this many elements a kernel runs on the calling thread: waking the OpenMP team costs
+# more than the pass, and a busy machine can stall a region on its slowest thread.
+cdef enum:
+    ACT_PARALLEL_MIN = 32768
+
+
+cdef inline void act_forward_vec(const floating* x, floating* y, Py_ssize_t n, int act,
+                                 floating alpha) noexcept nogil:
+    """y = act(x) over n contiguous elements (not softmax); y may alias x.
+
+    The activation is chosen once, outside the element loop: a per-element switch keeps gcc
+    from vectorizing. Every loop computes exactly act_value's expression, so the result does
+    not depend on which loop (or thread split) an element lands in."""
+    cdef Py_ssize_t j
+    cdef floating v
+    if act == ACT_RELU:
+        for j in range(n):
+            v = x[j]
+            y[j] = 0 if v < 0 else v
+    elif act == ACT_LINEAR:
+        if y != x:
+            for j in range(n):
+                y[j] = x[j]
+    elif act == ACT_LEAKY_RELU:
+        for j in range(n):
+            v = x[j]
+            y[j] = v if v > 0 else alpha * v
+    elif act == ACT_TANH:
+        for j in range(n):
+            y[j] = tanh(x[j])
+    elif act == ACT_SIGMOID:
+        for j in range(n):
+            y[j] = act_value(x[j], ACT_SIGMOID, alpha)
+    else:
+        for j in range(n):
+            y[j] = act_value(x[j], act, alpha)
+
+
+cdef inline void act_backward_vec(const floating* dy, const floating* x, const floating* y,
+                                  floating* dx, Py_ssize_t n, int act,
+                                  floating alpha) noexcept nogil:
+    """dx = act_grad(dy, x, y) over n contiguous elements (not softmax), one loop per
+    activation as in act_forward_vec; dx may alias dy."""
+    cdef Py_ssize_t j
+    cdef floating v
+    if act == ACT_RELU:
+        for j in range(n):
+            dx[j] = dy[j] if y[j] > 0 else 0
+    elif act == ACT_SIGMOID:
+        for j in range(n):
+            v = y[j]
+            dx[j] = dy[j] * v * (1 - v)
+    elif act == ACT_TANH:
+        for j in range(n):
+            v = y[j]
+            dx[j] = dy[j] * (1 - v * v)
+    elif act == ACT_LEAKY_RELU:
+        for j in range(n):
+            dx[j] = dy[j] if y[j] > 0 else alpha * dy[j]
+    elif act == ACT_LINEAR:
+        if dx != dy:
+            for j in range(n):
+                dx[j] = dy[j]
+    else:
+        for j in range(n):
+            dx[j] = act_grad(dy[j], x[j], y[j], act, alpha)
+
+
 cdef inline void bias_activation_rows(floating* z, floating* y, const floating* bias,
                                       Py_ssize_t rows, Py_ssize_t cols, int act,
                                       floating alpha) noexcept nogil:
@@ -119,18 +187,21 @@ cdef inline void bias_activation_rows(floating* z, floating* y, const floating* 
     cdef Py_ssize_t r, j
     cdef floating* zr
     cdef floating* yr
-    for r in prange(rows, schedule="static", nogil=True):
+    cdef floating v
+    for r in prange(rows, schedule="static", nogil=True,
+                    use_threads_if=rows * cols >= ACT_PARALLEL_MIN):
         zr = z + r * cols
         yr = y + r * cols
+        if bias != NULL and act == ACT_RELU and yr == zr:
+            # The common dense/conv case in one vectorized sweep.
+            for j in range(cols):
+                v = zr[j] + bias[j]
+                zr[j] = 0 if v < 0 else v
+            continue
         if bias != NULL:
             for j in range(cols):
                 zr[j] = zr[j] + bias[j]
         if act == ACT_SOFTMAX:
             softmax_row(zr, yr, cols)
-        elif act == ACT_LINEAR:
-            if yr != zr:
-                for j in range(cols):
-                    yr[j] = zr[j]
         else:
-            for j in range(cols):
-                yr[j] = act_value(zr[j], act, alpha)
+            act_forward_vec(zr, yr, cols, act, alpha)

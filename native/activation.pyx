@@ -3,7 +3,8 @@
 Legend: any shape; softmax acts on the last axis, K = its length, rows = size / K.
 The per-element math lives in _activation.pxd and is shared with the layers that fuse
 bias + activation after their GEMM (dense.pyx, conv.pyx), so the fused and the standalone
-paths cannot drift apart. Elementwise activations run one static prange over the flat array;
+paths cannot drift apart. Elementwise activations run one static prange over fixed chunks of
+the flat array, one vectorizable loop per activation (serial below ACT_PARALLEL_MIN elements);
 softmax runs one static prange over rows, its sums accumulated in double inside the row, so
 every element is computed by the same instructions whatever the thread count.
 Keras 3 semantics (keras/src/activations/activations.py, torch backend): gelu is the exact
@@ -16,7 +17,8 @@ import math
 import numpy as np
 
 from _activation cimport (
-    ACT_SOFTMAX, act_grad, act_value, floating, softmax_grad_row, softmax_row,
+    ACT_PARALLEL_MIN, ACT_SOFTMAX, act_backward_vec, act_forward_vec, floating,
+    softmax_grad_row, softmax_row,
 )
 
 from pynn.backend._validate import activation_name, as_float_array
@@ -25,14 +27,22 @@ from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
 from cython.parallel cimport prange
 
 
+# Elementwise work goes out in chunks of CHUNK elements, each run by one contiguous
+# vectorized loop (act_forward_vec / act_backward_vec): per-element results, so the split
+# does not change a bit.
+cdef enum:
+    CHUNK = 8192
+
+
 def _act_forward_flat(const floating[::1] x,     # IN  (n,)
                       floating[::1] y,           # OUT (n,)
                       int act, double alpha):
-    cdef Py_ssize_t i, n = x.shape[0]
+    cdef Py_ssize_t c, i0, n = x.shape[0], nchunk = (n + CHUNK - 1) // CHUNK
     cdef floating a = <floating>alpha
     with nogil:
-        for i in prange(n, schedule="static"):
-            y[i] = act_value(x[i], act, a)
+        for c in prange(nchunk, schedule="static", use_threads_if=n >= ACT_PARALLEL_MIN):
+            i0 = c * CHUNK
+            act_forward_vec(&x[i0], &y[i0], min(<Py_ssize_t>CHUNK, n - i0), act, a)
 
 
 def _act_backward_flat(const floating[::1] dy,   # IN  (n,)
@@ -40,18 +50,20 @@ def _act_backward_flat(const floating[::1] dy,   # IN  (n,)
                        const floating[::1] y,    # IN  (n,) forward output
                        floating[::1] dx,         # OUT (n,)
                        int act, double alpha):
-    cdef Py_ssize_t i, n = dy.shape[0]
+    cdef Py_ssize_t c, i0, n = dy.shape[0], nchunk = (n + CHUNK - 1) // CHUNK
     cdef floating a = <floating>alpha
     with nogil:
-        for i in prange(n, schedule="static"):
-            dx[i] = act_grad(dy[i], x[i], y[i], act, a)
+        for c in prange(nchunk, schedule="static", use_threads_if=n >= ACT_PARALLEL_MIN):
+            i0 = c * CHUNK
+            act_backward_vec(&dy[i0], &x[i0], &y[i0], &dx[i0], min(<Py_ssize_t>CHUNK, n - i0),
+                             act, a)
 
 
 def _softmax_forward_rows(const floating[:, ::1] x,   # IN  (rows, K)
                           floating[:, ::1] y):        # OUT (rows, K)
     cdef Py_ssize_t r, rows = x.shape[0], k = x.shape[1]
     with nogil:
-        for r in prange(rows, schedule="static"):
+        for r in prange(rows, schedule="static", use_threads_if=rows * k >= ACT_PARALLEL_MIN):
             softmax_row(&x[r, 0], &y[r, 0], k)
 
 
@@ -60,7 +72,7 @@ def _softmax_backward_rows(const floating[:, ::1] dy,  # IN  (rows, K)
                            floating[:, ::1] dx):       # OUT (rows, K)
     cdef Py_ssize_t r, rows = dy.shape[0], k = dy.shape[1]
     with nogil:
-        for r in prange(rows, schedule="static"):
+        for r in prange(rows, schedule="static", use_threads_if=rows * k >= ACT_PARALLEL_MIN):
             softmax_grad_row(&dy[r, 0], &y[r, 0], &dx[r, 0], k)
 
 
