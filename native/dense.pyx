@@ -9,7 +9,7 @@ import numpy as np
 
 from cython.parallel cimport prange
 from _blas cimport gemm_rowmajor, floating
-from _activation cimport bias_activation_rows
+from _activation cimport ACT_PARALLEL_MIN, bias_activation_rows
 
 from pynn.backend._validate import (
     activation_name, as_float_array, check_shape, same_dtype,
@@ -95,7 +95,8 @@ def _column_sums(const floating[:, ::1] a, floating[::1] out):
     cdef Py_ssize_t nblk = (cols + block - 1) // block
     cdef double acc
     with nogil:
-        for blk in prange(nblk, schedule="static"):
+        for blk in prange(nblk, schedule="static",
+                          use_threads_if=rows * cols >= ACT_PARALLEL_MIN):
             j0 = blk * block
             j1 = j0 + block
             if j1 > cols:

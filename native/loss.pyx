@@ -47,6 +47,9 @@ cdef enum:
     # Elements per partial sum of the pointwise losses: fixed, so the summation order (and
     # hence the float result) does not depend on how blocks are spread over threads.
     BLOCK = 4096
+    # Below this many elements the pass runs on the calling thread (waking the OpenMP team
+    # costs more); blocks and rows are summed the same way either way.
+    PARALLEL_MIN = 32768
 
 cdef extern from *:
     """
@@ -189,7 +192,7 @@ def _pointwise(int code, const floating[::1] t,    # IN  (n,) y_true
     cdef Py_ssize_t b, i0, n = p.shape[0], nblk = partial.shape[0]
     cdef floating* gptr = &g[0] if g.shape[0] > 0 else NULL
     with nogil:
-        for b in prange(nblk, schedule="static"):
+        for b in prange(nblk, schedule="static", use_threads_if=n >= PARALLEL_MIN):
             i0 = b * BLOCK
             partial[b] = pointwise_block(code, &t[i0], &p[i0],
                                          gptr + i0 if gptr != NULL else NULL,
@@ -205,7 +208,7 @@ def _categorical(const floating[:, ::1] t,     # IN  (N, K) y_true
     cdef Py_ssize_t r, rows = p.shape[0], k = p.shape[1]
     cdef bint need_grad = g.shape[0] > 0
     with nogil:
-        for r in prange(rows, schedule="static"):
+        for r in prange(rows, schedule="static", use_threads_if=rows * k >= PARALLEL_MIN):
             row_loss[r] = categorical_row(&t[r, 0], &p[r, 0],
                                           &g[r, 0] if need_grad else NULL,
                                           k, from_logits, lo, hi, scale)
@@ -219,7 +222,7 @@ def _sparse(const int[::1] labels,           # IN  (N,) class ids in [0, K)
     cdef Py_ssize_t r, rows = p.shape[0], k = p.shape[1]
     cdef bint need_grad = g.shape[0] > 0
     with nogil:
-        for r in prange(rows, schedule="static"):
+        for r in prange(rows, schedule="static", use_threads_if=rows * k >= PARALLEL_MIN):
             row_loss[r] = sparse_row(labels[r], &p[r, 0],
                                      &g[r, 0] if need_grad else NULL,
                                      k, from_logits, lo, hi, scale)

@@ -30,6 +30,12 @@ ctypedef fused floating:
     double
 
 
+# Below this many input elements a kernel runs on the calling thread: waking the OpenMP team
+# costs more than the pass. Each output is still computed by the same code in the same order.
+cdef enum:
+    PARALLEL_MIN = 32768
+
+
 cdef struct Geom:
     Py_ssize_t N, H, W, C, PH, PW, SH, SW, PT, PL, HO, WO
 
@@ -83,7 +89,8 @@ def _maxpool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef floating* yp = &y[0, 0, 0, 0]
     cdef int* ap = &arg[0, 0, 0, 0]
-    for r in prange(g.N * g.HO, schedule="static", nogil=True):
+    for r in prange(g.N * g.HO, schedule="static", nogil=True,
+                    use_threads_if=g.N * g.H * g.W * g.C >= PARALLEL_MIN):
         _maxpool_row(xp, yp + r * row, ap + r * row, &g, r)
 
 
@@ -98,7 +105,7 @@ def _maxpool_backward(const floating[:, :, :, ::1] dy, const int[:, :, :, ::1] a
     cdef const floating* dyp = &dy[0, 0, 0, 0]
     cdef const int* ap = &arg[0, 0, 0, 0]
     cdef floating* dxp = &dx[0, 0, 0, 0]
-    for n in prange(N, schedule="static", nogil=True):
+    for n in prange(N, schedule="static", nogil=True, use_threads_if=N * P * C >= PARALLEL_MIN):
         for p in range(P):
             for c in range(C):
                 a = ap[(n * P + p) * C + c]
@@ -200,7 +207,8 @@ def _avgpool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, G
     cdef Py_ssize_t r, row = g.WO * g.C
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef floating* yp = &y[0, 0, 0, 0]
-    for r in prange(g.N * g.HO, schedule="static", nogil=True):
+    for r in prange(g.N * g.HO, schedule="static", nogil=True,
+                    use_threads_if=g.N * g.H * g.W * g.C >= PARALLEL_MIN):
         _avgpool_row(xp, yp + r * row, &g, r)
 
 
@@ -208,7 +216,8 @@ def _avgpool_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx
     cdef Py_ssize_t t
     cdef const floating* dp = &dy[0, 0, 0, 0]
     cdef floating* xp = &dx[0, 0, 0, 0]
-    for t in prange(g.N * g.H, schedule="static", nogil=True):
+    for t in prange(g.N * g.H, schedule="static", nogil=True,
+                    use_threads_if=g.N * g.H * g.W * g.C >= PARALLEL_MIN):
         _avgpool_backward_row(dp, xp, &g, t)
 
 
@@ -255,7 +264,8 @@ def _global_avg_forward(const floating[:, :, :, ::1] x, floating[:, ::1] y):
     cdef double[:, ::1] acc = np.zeros((N, C), dtype=np.float64)
     cdef double* accp = &acc[0, 0]
     cdef double inv = 1.0 / P
-    for task in prange(N * nblk, schedule="static", nogil=True):
+    for task in prange(N * nblk, schedule="static", nogil=True,
+                       use_threads_if=N * P * C >= PARALLEL_MIN):
         n = task // nblk
         c0 = (task % nblk) * CBLOCK
         c1 = _imin(c0 + CBLOCK, C)
@@ -273,7 +283,8 @@ def _global_avg_backward(const floating[:, ::1] dy, floating[:, :, :, ::1] dx):
     cdef floating inv = <floating>(1.0 / (H * W))
     cdef const floating* dp = &dy[0, 0]
     cdef floating* xp = &dx[0, 0, 0, 0]
-    for t in prange(N * H, schedule="static", nogil=True):
+    for t in prange(N * H, schedule="static", nogil=True,
+                    use_threads_if=N * H * W * C >= PARALLEL_MIN):
         n = t // H
         for w in range(W):
             for c in range(C):
@@ -288,7 +299,8 @@ def _global_max_forward(const floating[:, :, :, ::1] x, floating[:, ::1] y, int[
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef floating* yp = &y[0, 0]
     cdef int* ap = &arg[0, 0]
-    for task in prange(N * nblk, schedule="static", nogil=True):
+    for task in prange(N * nblk, schedule="static", nogil=True,
+                       use_threads_if=N * P * C >= PARALLEL_MIN):
         n = task // nblk
         c0 = (task % nblk) * CBLOCK
         c1 = _imin(c0 + CBLOCK, C)
@@ -313,7 +325,7 @@ def _global_max_backward(const floating[:, ::1] dy, const int[:, ::1] arg,
     cdef const floating* dp = &dy[0, 0]
     cdef const int* ap = &arg[0, 0]
     cdef floating* xp = &dx[0, 0, 0, 0]
-    for n in prange(N, schedule="static", nogil=True):
+    for n in prange(N, schedule="static", nogil=True, use_threads_if=N * P * C >= PARALLEL_MIN):
         for c in range(C):
             a = ap[n * C + c]
             if a < 0 or a >= P:
