@@ -23,8 +23,6 @@ Design (chosen by measurement, see bench/bench_conv_kernels.py):
   activation right after); backward_weight cuts the pixels into a fixed number of slabs, each
   with its own (K, F) partial, and adds the partials in slab order (deterministic, and both
   cores busy on a 27 x 32 result with a 65,536-long sum, which BLAS barely threads).
-- backward_input (K >= 64, K*F bounded): the per-tile GEMM becomes a prange of microkernel
-  rows against a transposed copy of the kernel; col2im is unchanged.
 - The epilogue is this file's own: a branch-free relu vectorizes, act_value's branch on random
   signs did not (it cost more than the first layer's whole GEMM).
 Outputs are fresh arrays; nothing accumulates into caller memory.
@@ -65,8 +63,6 @@ def _set_workspace_bytes(nbytes=None):
 # 3x3 layer) are skinny and run far below peak.
 _FORWARD_DIRECT_MAX_KF = 1 << 18
 _BACKWARD_WEIGHT_DIRECT_MAX_K = 320
-# backward_input uses the microkernel for dcol = dz @ kernel^T (then col2im as before) when
-# 64 <= K and K*F <= _FORWARD_DIRECT_MAX_KF: 1.0-3x BLAS there; 0.3x at K = 27.
 _direct_max_k = None      # test knob: None = the rules above, else K <= it for both ops
 # backward_weight (direct): partial sums per slab of output rows, and pixels per im2col
 # block inside a slab (the block and its dz rows stay in L2 while the microkernel runs).
@@ -516,30 +512,14 @@ cdef void _backward_weight(const floating* x, const floating* dz, floating* dw,
         r0 = r1
 
 
-cdef inline void _dcol_rows(const floating* dz, const floating* wt, floating* dst,
-                            const Geom* g, Py_ssize_t r) noexcept nogil:
-    _small_gemm(g.WO, g.K, g.F, dz + r * g.WO * g.F, g.F, 1, wt, g.K, dst, g.K,
-                <const floating*>NULL, 0)
-
-
-cdef void _backward_input(const floating* dz, const floating* w, const floating* wt,
-                          floating* dx, floating* col, const Geom* g,
-                          Py_ssize_t tile) noexcept nogil:
-    """wt: the kernel transposed to (F, K) for the microkernel, or NULL to use BLAS."""
-    cdef Py_ssize_t r, r0, r1, rows, G = g.N * g.HO
+cdef void _backward_input(const floating* dz, const floating* w, floating* dx,
+                          floating* col, const Geom* g, Py_ssize_t tile) noexcept nogil:
+    cdef Py_ssize_t r0, r1, rows, G = g.N * g.HO
     r0 = 0
     while r0 < G:
         r1 = _imin(r0 + tile, G)
         rows = (r1 - r0) * g.WO
-        if wt != NULL:
-            if _is_pointwise(g):
-                for r in prange(r0, r1, schedule="static"):
-                    _dcol_rows(dz, wt, dx + r * g.WO * g.K, g, r)
-            else:
-                for r in prange(r0, r1, schedule="static"):
-                    _dcol_rows(dz, wt, col + (r - r0) * g.WO * g.K, g, r)
-                _col2im(col, dx, g, r0, r1)
-        elif _is_pointwise(g):
+        if _is_pointwise(g):
             _gemm(False, True, rows, g.K, g.F, dz + r0 * g.WO * g.F, g.F, w, g.F,
                   <floating>0, dx + r0 * g.WO * g.K, g.K)
         else:
@@ -585,16 +565,10 @@ def _run_backward_weight_direct(const floating[:, :, :, ::1] x,
 
 
 def _run_backward_input(const floating[:, :, :, ::1] dz, const floating[:, :, :, ::1] w,
-                        wt_arr, floating[:, :, :, ::1] dx, floating[::1] col, Geom g,
+                        floating[:, :, :, ::1] dx, floating[::1] col, Geom g,
                         Py_ssize_t tile):
-    cdef const floating[:, ::1] wt
-    cdef const floating* wtp = NULL
-    if wt_arr is not None:
-        wt = wt_arr
-        wtp = &wt[0, 0]
     with nogil:
-        _backward_input(&dz[0, 0, 0, 0], &w[0, 0, 0, 0], wtp, &dx[0, 0, 0, 0], &col[0], &g,
-                        tile)
+        _backward_input(&dz[0, 0, 0, 0], &w[0, 0, 0, 0], &dx[0, 0, 0, 0], &col[0], &g, tile)
 
 
 # -- validation and planning (Python level) ------------------------------------------------
@@ -635,9 +609,6 @@ def _use_direct(g, op):
         return g["K"] <= _direct_max_k
     if op == "conv2d_forward":
         return g["K"] * g["F"] <= _FORWARD_DIRECT_MAX_KF
-    if op == "conv2d_backward_input":
-        # Its microkernel rows are K wide: below 64 the scalar column tail dominates.
-        return g["K"] >= 64 and g["K"] * g["F"] <= _FORWARD_DIRECT_MAX_KF
     return g["K"] <= _BACKWARD_WEIGHT_DIRECT_MAX_K
 
 
@@ -694,10 +665,7 @@ def conv2d_backward_input(dz, kernel, input_shape, strides=(1, 1), padding="vali
     dx = np.zeros(input_shape, dtype=dz.dtype)
     if dz.size and dx.size:
         tile, col = _plan(g, dz.dtype)
-        wt = None
-        if _use_direct(g, op) and g["K"] > 0 and g["F"] > 0:
-            wt = np.ascontiguousarray(kernel.reshape(g["K"], g["F"]).T)
-        _run_backward_input(dz, kernel, wt, dx, col, g, tile)
+        _run_backward_input(dz, kernel, dx, col, g, tile)
     return dx
 
 

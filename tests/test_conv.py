@@ -186,9 +186,6 @@ def test_default_picks_direct_for_small_k():
     small, big = dict(K=27, F=32), dict(K=2304, F=256)
     for op in ("conv2d_forward", "conv2d_backward_weight"):
         assert conv._use_direct(small, op) and not conv._use_direct(big, op)
-    assert conv._use_direct(dict(K=288, F=64), "conv2d_backward_input")
-    assert not conv._use_direct(small, "conv2d_backward_input")
-    assert not conv._use_direct(big, "conv2d_backward_input")
 
 
 def test_activation_none_is_linear(rng):
