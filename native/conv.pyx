@@ -18,8 +18,8 @@ Design (chosen by measurement, see bench/bench_conv_kernels.py):
   result is bit-identical for any thread count. Tiles can split an image; the rows they
   share accumulate across tiles in tile order (fixed by shapes, not by threads).
 - 1x1 stride-1 convs (no padding possible) skip im2col: x already is the (M, C) col matrix.
-- Small K (e.g. 27 for an RGB 3x3 layer; limits at _FORWARD_DIRECT_MAX_KF): no BLAS. forward runs a
-  register-blocked microkernel per output row in a prange (bias as its start value, the
+- Small K*F (27 x 32 for an RGB 3x3 layer; limit _DIRECT_MAX_KF): no BLAS. forward runs
+  a register-blocked microkernel per output row in a prange (bias as its start value, the
   activation right after); backward_weight cuts the pixels into a fixed number of slabs, each
   with its own (K, F) partial, and adds the partials in slab order (deterministic, and both
   cores busy on a 27 x 32 result with a 65,536-long sum, which BLAS barely threads).
@@ -58,15 +58,17 @@ def _set_workspace_bytes(nbytes=None):
 
 # When the microkernel paths replace im2col + BLAS (bench/bench_conv_kernels.py, 2 threads,
 # float32): forward while the kernel matrix (K, F) stays in L2 (it is streamed once per 8
-# output pixels): 1.4-3x BLAS up to K*F = 1152*128, slower at 2304*256; backward_weight up to
-# K = 288 (1.8-3.5x; even at 576, slower beyond). BLAS GEMMs with a K as short as 27 (an RGB
-# 3x3 layer) are skinny and run far below peak.
-_FORWARD_DIRECT_MAX_KF = 1 << 18
-_BACKWARD_WEIGHT_DIRECT_MAX_K = 320
+# output pixels): 1.0-2x BLAS up to K*F = 1152*128, 0.6x at 2304*256. backward_weight has
+# the same limit: 1.0-3x up to 1152*128 (K = 27: 2.5x), 0.6x at 2304*256. BLAS GEMMs with a
+# K as short as 27 (an RGB 3x3 layer) are skinny and run far below peak. backward_input
+# stays on BLAS: the same microkernel for dcol = dz @ kernel^T measured 0.3-1.0x.
+_DIRECT_MAX_KF = 1 << 18
 _direct_max_k = None      # test knob: None = the rules above, else K <= it for both ops
-# backward_weight (direct): partial sums per slab of output rows, and pixels per im2col
-# block inside a slab (the block and its dz rows stay in L2 while the microkernel runs).
+# backward_weight (direct): partial sums per slab of output rows (16, fewer when K*F is large
+# so the partials stay under ~8 MiB in float32), and pixels per im2col block inside a slab
+# (the block and its dz rows stay in L2 while the microkernel runs).
 _SLABS = 16
+_SLAB_ELEMENTS = 1 << 21
 _SLAB_PIXELS = 256
 
 
@@ -607,9 +609,7 @@ def _pointwise(g):
 def _use_direct(g, op):
     if _direct_max_k is not None:
         return g["K"] <= _direct_max_k
-    if op == "conv2d_forward":
-        return g["K"] * g["F"] <= _FORWARD_DIRECT_MAX_KF
-    return g["K"] <= _BACKWARD_WEIGHT_DIRECT_MAX_K
+    return g["K"] * g["F"] <= _DIRECT_MAX_KF
 
 
 def _plan(g, dtype):
@@ -682,7 +682,7 @@ def conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
     if dz.size and dw.size:
         if _use_direct(g, op):
             rows = g["N"] * g["HO"]
-            slabs = min(rows, _SLABS)
+            slabs = min(rows, _SLABS, max(_SLAB_ELEMENTS // max(g["K"] * g["F"], 1), 4))
             sub = min(max(_SLAB_PIXELS // max(g["WO"], 1), 1), -(-rows // slabs))
             col = np.empty(1 if _pointwise(g) else slabs * sub * g["WO"] * g["K"],
                            dtype=x.dtype)
