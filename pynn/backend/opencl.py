@@ -7,9 +7,11 @@ families come from ``_cl_nn``. Read-only inputs may be host arrays (uploaded and
 float32); arrays updated in place must be device arrays. Nothing ever falls back to the CPU.
 
 GEMM tiles: every dense / conv kernel is the GEMM core of ``opencl/gemm.cl`` built with tile
-defines. They come from ``tune_gemm()``'s result cached on disk for this device and driver,
-else from per-vendor defaults below. Results do not depend on the tile sizes except through
-the split-K count of the backward-weight ops (summed in a fixed order: still reproducible).
+defines, plus the vector widths of its two operands' global reads, chosen per call from the
+leading dimensions (``_vec_width``: scalar reads for odd ones). The tiles come from
+``tune_gemm()``'s result cached on disk for this device and driver, else from per-vendor
+defaults below. Results do not depend on the tile sizes or widths except through the split-K
+count of the backward-weight ops (summed in a fixed order: still reproducible).
 """
 
 import hashlib
@@ -569,12 +571,14 @@ def tune_gemm(m=512, n=512, k=512, candidates=None, budget_s=120.0, repeats=3, s
         if results and time.perf_counter() - start > budget_s:
             break
         try:
-            _run_gemm("dense", "dense_forward", m, n, k, args, tiles=cfg)
+            _run_gemm("dense", "dense_forward", m, n, k, args, tiles=cfg, vwa=(k,),
+                      vwb=(n,))
             rt.queue().finish()
             err = np.abs(y.get() - ref).max() / max(np.abs(ref).max(), 1e-30)
             t0 = time.perf_counter()
             for _ in range(repeats):
-                _run_gemm("dense", "dense_forward", m, n, k, args, tiles=cfg)
+                _run_gemm("dense", "dense_forward", m, n, k, args, tiles=cfg, vwa=(k,),
+                      vwb=(n,))
             rt.queue().finish()
             dt = (time.perf_counter() - t0) / repeats
         except (RuntimeError, rt.cl.Error) as exc:
