@@ -119,17 +119,18 @@ def test_dense_results_do_not_depend_on_tiles(ocl, monkeypatch):
         assert np.array_equal(a, b), "summation order changed with the tile sizes"
 
 
-# Vector reads: widths follow the leading dimensions (4 | 36, 2 | 66, odd -> scalar) and every
-# width sums in the same order, so vector and scalar builds agree bit for bit.
+# Vector reads: the device's width where it divides the leading dimensions (4 | 36), scalar
+# otherwise (66, odd); every width sums in the same order, so vector and scalar builds agree
+# bit for bit.
 VECTOR_DENSE_SHAPES = [(36, 64, 66), (33, 8, 4), (4, 66, 129), (65, 3, 36), (7, 130, 12)]
 
 
 def test_vector_width_choice(ocl):
     cfg = dict(ocl.gemm_tiles(), VW=4)
-    assert ocl._vec_width(cfg, 64) == 4 and ocl._vec_width(cfg, 66) == 2
+    assert ocl._vec_width(cfg, 64) == 4 and ocl._vec_width(cfg, 66) == 1
     assert ocl._vec_width(cfg, 33) == 1 and ocl._vec_width(cfg, 1) == 1
-    assert ocl._vec_width(cfg, 12, 6) == 2
-    assert ocl._vec_width(dict(cfg, VW=2), 64) == 2
+    assert ocl._vec_width(cfg, 12, 6) == 1 and ocl._vec_width(cfg, 12, 8) == 4
+    assert ocl._vec_width(dict(cfg, VW=2), 66) == 2
     assert ocl._vec_width(dict(cfg, VW=1), 64) == 1
 
 
@@ -153,6 +154,22 @@ def test_dense_vector_reads_match_scalar_and_cpu(ocl, cpu_dense, monkeypatch, n,
                                             results[4], results[1], refs):
         check_op(f"dense_{name} {n}x{c}x{u}", got4, cpu, ref)
         assert np.array_equal(got4, got1), f"dense_{name}: vector and scalar reads differ"
+
+
+def test_dense_two_wide_reads(ocl, cpu_dense, monkeypatch):
+    # A device tuned to VW = 2 reads pairs; 6, 10, 14 are even but not multiples of 4.
+    rng = np.random.default_rng(3)
+    x, w, dz = rand(rng, (6, 10)), rand(rng, (10, 14)), rand(rng, (6, 14))
+    index = ocl.device_info()["index"]
+    monkeypatch.setitem(ocl._tiles_by_device, index, dict(ocl.gemm_tiles(), VW=2))
+    assert ocl._vec_width(ocl.gemm_tiles(), 6, 10, 14) == 2
+    x64, w64, dz64 = x.astype(np.float64), w.astype(np.float64), dz.astype(np.float64)
+    check_op("dense_forward VW=2", ocl.dense_forward(x, w, None, "linear", 0.0)[0],
+             cpu_dense.dense_forward(x, w, None, "linear", 0.0)[0], x64 @ w64)
+    check_op("dense_backward_input VW=2", ocl.dense_backward_input(dz, w),
+             cpu_dense.dense_backward_input(dz, w), dz64 @ w64.T)
+    check_op("dense_backward_weight VW=2", ocl.dense_backward_weight(x, dz),
+             cpu_dense.dense_backward_weight(x, dz), x64.T @ dz64)
 
 
 # (input shape, kernel shape, strides, padding, dilation): C and F multiples of 4 or 2 so the
