@@ -20,6 +20,12 @@ import os as _os
 # region instead. This must be set before libgomp loads (the first pynn._native import);
 # an explicit OMP_WAIT_POLICY from the user wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenBLAS's own workers likewise spin after each GEMM (2^28 cycles by default) and then take
+# the cores from the OpenMP im2col/epilogue passes that follow: a Conv2D training step measured
+# 123 ms by default and 77-87 ms with a short spin. Too short a spin costs the MLP its hot BLAS
+# threads between small GEMMs; 2^18 cycles (~0.1 ms) measured best for both (bench/README.md).
+# SciPy's OpenBLAS, the one pynn's kernels call, reads this when pynn first loads it.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")
 
 from pynn import (  # noqa: E402
     backend,
