@@ -124,3 +124,13 @@ def test_async_uploads_keep_their_source_alive(restore_device):
     uploaded = [b.asarray(src, np.float32) for src in sources]  # six copies in flight
     for src, dev in zip(sources, uploaded):
         np.testing.assert_array_equal(b.to_numpy(dev), src.astype(np.float32))
+
+
+def test_upload_is_a_snapshot_of_the_host_array(restore_device):
+    """Changing a host array right after uploading it must not change the device copy."""
+    pynn.set_device("opencl")
+    b = pynn.backend.current()
+    host = np.arange(4099, dtype=np.float32)
+    dev = b.asarray(host, np.float32)
+    host *= -1.0
+    np.testing.assert_array_equal(b.to_numpy(dev), np.arange(4099, dtype=np.float32))

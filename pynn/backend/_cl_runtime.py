@@ -386,7 +386,10 @@ def zeros(shape, dtype=np.float32, what=""):
 
 def to_device(a, dtype=None):
     """Upload a host array (C-contiguous copy, optional dtype) into a pooled device array."""
-    a = np.asarray(a, dtype=dtype, order="C")  # ascontiguousarray would make 0-d arrays 1-d
+    # A private snapshot: the copy below runs after this call returns, so it must not read an
+    # array the caller may change next (a weight updated in place, a reused batch buffer). A host
+    # memcpy costs far less than the transfer. (ascontiguousarray would make 0-d arrays 1-d.)
+    a = np.array(a, dtype=dtype, order="C", copy=True)
     out = empty(a.shape, a.dtype, "upload")
     if a.size:
         # Non-blocking: the host goes on enqueuing the step (and slicing the next batch) while
