@@ -256,7 +256,7 @@ def main():
     parser.add_argument("--tune", action="store_true", help="run tune_gemm() first")
     parser.add_argument("--train-steps", type=int, default=5,
                         help="timed train_on_batch steps per model (use ~50 on a GPU)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "opencl.json"))
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "opencl-pocl-cpu.json"))
     opts = parser.parse_args()
 
     specs = opts.device or [d["index"] for d in rt.devices()]
