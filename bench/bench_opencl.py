@@ -9,7 +9,7 @@ disk cache (the driver's own cache, e.g. PoCL's kcache, may still be warm); "war
 the binaries from the disk cache, as a second process would.
 
     .venv/bin/python bench/bench_opencl.py [--device opencl:0:0] [--repeat 3] [--tune]
-                                           [--quick] [--out bench/results/opencl.json]
+                                           [--quick] [--out bench/results/opencl-<device>.json]
 """
 
 import argparse
@@ -256,7 +256,9 @@ def main():
     parser.add_argument("--tune", action="store_true", help="run tune_gemm() first")
     parser.add_argument("--train-steps", type=int, default=5,
                         help="timed train_on_batch steps per model (use ~50 on a GPU)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "opencl-pocl-cpu.json"))
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" /
+                                             "opencl-pocl-cpu.json"),
+                        help="where to write the JSON (name it after the device)")
     opts = parser.parse_args()
 
     specs = opts.device or [d["index"] for d in rt.devices()]
