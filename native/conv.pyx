@@ -36,7 +36,7 @@ from _activation cimport act_value, softmax_row, ACT_LINEAR, ACT_RELU, ACT_SOFTM
 from _openmp cimport omp_get_thread_num, omp_get_max_threads
 
 from pynn.backend._validate import (
-    activation_name, as_float_array, check_shape, conv_output_size, padding_mode, pair,
+    activation_name, as_float_array, check_shape, conv_geometry,
 )
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
 
@@ -576,20 +576,9 @@ def _run_backward_input(const floating[:, :, :, ::1] dz, const floating[:, :, :,
 # -- validation and planning (Python level) ------------------------------------------------
 
 def _geometry(op, input_shape, kernel_shape, strides, padding, dilation_rate):
-    n, h, w, c = input_shape
-    kh, kw, kc, f = kernel_shape
-    if kc != c:
-        raise ValueError(f"{op}: kernel has {kc} input channels but the input has {c} "
-                         f"(input shape {tuple(input_shape)}, kernel shape {tuple(kernel_shape)})")
-    if kh < 1 or kw < 1:
-        raise ValueError(f"{op}: kernel spatial size must be >= 1, got {tuple(kernel_shape)}")
-    sh, sw = pair(op, "strides", strides)
-    dh, dw = pair(op, "dilation_rate", dilation_rate)
-    pad = padding_mode(op, padding)
-    pt, ho = conv_output_size(h, kh, sh, dh, pad)
-    pl, wo = conv_output_size(w, kw, sw, dw, pad)
-    return dict(N=n, H=h, W=w, C=c, KH=kh, KW=kw, F=f, SH=sh, SW=sw, DH=dh, DW=dw,
-                PT=pt, PL=pl, HO=ho, WO=wo, K=kh * kw * c)
+    g = conv_geometry(op, input_shape, kernel_shape, strides, padding, dilation_rate)
+    g["K"] = g["KH"] * g["KW"] * g["C"]
+    return g
 
 
 def _shape4(op, name, shape):

@@ -34,7 +34,7 @@ from libc.math cimport exp, log, log1p, fabs, fmax
 
 from _activation cimport floating
 
-from pynn.backend._validate import as_float_array
+from pynn.backend._validate import as_float_array, huber_delta
 from pynn.backend.api import LOSSES
 
 cdef enum:
@@ -273,18 +273,6 @@ def _sparse_labels(op, y_true, lead_shape, k):
     return np.ascontiguousarray(flat, dtype=np.intc)
 
 
-def _huber_delta(op, param):
-    if param is None:
-        return 1.0
-    try:
-        delta = float(param)
-    except (TypeError, ValueError):
-        raise TypeError(f"{op}: huber's delta ('param') must be a number, got {param!r}") from None
-    if not (math.isfinite(delta) and delta > 0):
-        raise ValueError(f"{op}: huber's delta ('param') must be finite and > 0, got {param!r}")
-    return delta
-
-
 def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
                           need_grad=True):
     """-> (loss: float, grad or None). grad = d(mean loss)/d(y_pred), shape and dtype of
@@ -295,7 +283,7 @@ def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
     code = LOSSES.index(name)
     from_logits = bool(from_logits)
     need_grad = bool(need_grad)
-    delta = _huber_delta(op, param) if code == LOSS_HUBER else 0.0
+    delta = huber_delta(op, param) if code == LOSS_HUBER else 0.0
     if y_true is None:
         raise ValueError(f"{op}: 'y_true' is required, got None")
     if y_pred is not None and np.ndim(y_pred) < 1:

@@ -27,7 +27,9 @@ import operator
 import numpy as np
 
 from pynn.backend import _cl_runtime as rt
-from pynn.backend._validate import activation_name, conv_output_size, padding_mode, pair
+from pynn.backend._validate import (
+    activation_name, conv_output_size, huber_delta, padding_mode, pair,
+)
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT, LOSSES
 
 try:
@@ -640,18 +642,6 @@ def _sparse_labels(op, y_true, lead_shape, k):
     return labels.reshape(labels.size)
 
 
-def _huber_delta(op, param):
-    if param is None:
-        return 1.0
-    try:
-        delta = float(param)
-    except (TypeError, ValueError):
-        raise TypeError(f"{op}: huber's delta ('param') must be a number, got {param!r}") from None
-    if not (math.isfinite(delta) and delta > 0):
-        raise ValueError(f"{op}: huber's delta ('param') must be finite and > 0, got {param!r}")
-    return delta
-
-
 def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
                           need_grad=True):
     """-> (mean loss: float, grad or None); grad = d(mean loss)/d(y_pred) shaped like y_pred.
@@ -663,7 +653,7 @@ def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
     code = LOSSES.index(name)
     from_logits = bool(from_logits)
     need_grad = bool(need_grad)
-    delta = _huber_delta(op, param) if code == _LOSS_HUBER else 0.0
+    delta = huber_delta(op, param) if code == _LOSS_HUBER else 0.0
     if y_true is None:
         raise ValueError(f"{op}: 'y_true' is required, got None")
     y_pred = _input(op, "y_pred", y_pred)

@@ -4,6 +4,8 @@ Every message names the op, what was expected and what came, so a bad call from 
 user is a ValueError/TypeError and never an out-of-bounds read.
 """
 
+import math
+
 import numpy as np
 
 FLOAT_DTYPES = (np.float32, np.float64)
@@ -92,6 +94,38 @@ def conv_output_size(n, k, stride, dilation, padding):
         return total // 2, out
     out = (n - k_eff) // stride + 1 if n >= k_eff else 0
     return 0, out
+
+
+def conv_geometry(op, input_shape, kernel_shape, strides, padding, dilation_rate):
+    """Checked Conv2D geometry shared by both backends: sizes, strides, dilation, the leading
+    pads (PT, PL) and the output size (HO, WO), Keras's 'same'/'valid' rules."""
+    n, h, w, c = input_shape
+    kh, kw, kc, f = kernel_shape
+    if kc != c:
+        raise ValueError(f"{op}: kernel has {kc} input channels but the input has {c} "
+                         f"(input shape {tuple(input_shape)}, kernel shape {tuple(kernel_shape)})")
+    if kh < 1 or kw < 1:
+        raise ValueError(f"{op}: kernel spatial size must be >= 1, got {tuple(kernel_shape)}")
+    sh, sw = pair(op, "strides", strides)
+    dh, dw = pair(op, "dilation_rate", dilation_rate)
+    pad = padding_mode(op, padding)
+    pt, ho = conv_output_size(h, kh, sh, dh, pad)
+    pl, wo = conv_output_size(w, kw, sw, dw, pad)
+    return dict(N=n, H=h, W=w, C=c, KH=kh, KW=kw, F=f, SH=sh, SW=sw, DH=dh, DW=dw,
+                PT=pt, PL=pl, HO=ho, WO=wo)
+
+
+def huber_delta(op, param):
+    """Huber's delta from the loss op's ``param`` (None: Keras's default 1.0)."""
+    if param is None:
+        return 1.0
+    try:
+        delta = float(param)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: huber's delta ('param') must be a number, got {param!r}") from None
+    if not (math.isfinite(delta) and delta > 0):
+        raise ValueError(f"{op}: huber's delta ('param') must be finite and > 0, got {param!r}")
+    return delta
 
 
 def activation_name(op, activation):

@@ -56,7 +56,7 @@ from pynn.backend._cl_nn import (  # noqa: F401
     top_k_count,
 )
 from pynn.backend._cl_runtime import devices, empty_cache  # noqa: F401
-from pynn.backend._validate import activation_name, conv_output_size, pair, padding_mode
+from pynn.backend._validate import activation_name, conv_geometry
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
 
 NAME = "opencl"
@@ -463,18 +463,10 @@ def _shape4(op, name, shape):
 
 
 def _conv_geometry(op, input_shape, kernel_shape, strides, padding, dilation_rate):
-    n, h, w, c = input_shape
-    kh, kw, kc, f = kernel_shape
-    if kc != c:
-        raise ValueError(f"{op}: kernel has {kc} input channels but the input has {c} "
-                         f"(input shape {tuple(input_shape)}, kernel shape {tuple(kernel_shape)})")
-    if kh < 1 or kw < 1:
-        raise ValueError(f"{op}: kernel spatial size must be >= 1, got {tuple(kernel_shape)}")
-    sh, sw = pair(op, "strides", strides)
-    dh, dw = pair(op, "dilation_rate", dilation_rate)
-    pad = padding_mode(op, padding)
-    ph, ho = conv_output_size(h, kh, sh, dh, pad)
-    pw, wo = conv_output_size(w, kw, sw, dw, pad)
+    geo = conv_geometry(op, input_shape, kernel_shape, strides, padding, dilation_rate)
+    n, h, w, c, f = geo["N"], geo["H"], geo["W"], geo["C"], geo["F"]
+    kh, kw, ho, wo = geo["KH"], geo["KW"], geo["HO"], geo["WO"]
+    sh, sw, dh, dw, ph, pw = geo["SH"], geo["SW"], geo["DH"], geo["DW"], geo["PT"], geo["PL"]
     _check_int32(op, input_size=n * h * w * c, output_size=n * ho * wo * f,
                  patch_matrix_rows=n * max(ho * wo, h * w), reduction=kh * kw * max(c, f))
     g = dict(N=n, H=h, W=w, C=c, KH=kh, KW=kw, F=f, HO=ho, WO=wo)
