@@ -65,11 +65,11 @@ def _set_workspace_bytes(nbytes=None):
 _DIRECT_MAX_KF = 1 << 18
 _direct_max_k = None      # test knob: None = the rules above, else K <= it for both ops
 # backward_weight (direct): partial sums per slab of output rows (16, fewer when K*F is large
-# so the partials stay under ~8 MiB in float32), and pixels per im2col block inside a slab
-# (the block and its dz rows stay in L2 while the microkernel runs).
+# so the partials stay under ~8 MiB in float32).
 _SLABS = 16
 _SLAB_ELEMENTS = 1 << 21
-_SLAB_PIXELS = 256
+_CHUNK_PIXELS = 64
+_DIRECT_MIN_C_BACKWARD_INPUT = 16
 
 
 def _set_direct_max_k(k=None):
@@ -83,6 +83,7 @@ def _set_direct_max_k(k=None):
 
 cdef struct Geom:
     Py_ssize_t N, H, W, C, KH, KW, F, SH, SW, DH, DW, PT, PL, HO, WO, K
+    Py_ssize_t HP, WP   # the zero-padded input the direct paths read (see _padded_size)
 
 
 cdef inline Py_ssize_t _imax(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -109,136 +110,181 @@ cdef void _gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize
                   b, <int>ldb, beta, c, <int>ldc)
 
 
-# -- register-blocked microkernel (small-K paths, no BLAS) ---------------------------------
-# c[i, j] (i < MR, j < n) = start + sum over t < tn of a[i*sai + t*sat] * b[t*ldb + j]
-# start: c itself (acc), else init[j] (a bias row), else 0. One routine serves both
-# forward (rows = pixels, t = K: sai = K, sat = 1) and backward_weight (rows = K entries,
-# t = pixels: sai = 1, sat = K). MR rows x 2 vectors of accumulators stay in registers
-# (GCC vector extensions: 64-byte vectors are zmm with AVX-512, split in two with AVX2).
-# Each output element is summed in plain t order, so results do not depend on threads.
+# -- register-blocked microkernel (direct paths, no BLAS) ----------------------------------
+# c[i, j] (i < MR, j < n) = start + sum over segments s, t < tn of
+#     a[aseg[s] + roff[i] + t*sat] * b[bseg[s] + t*ldb + j]
+# start: c itself (accum), else init[j] (a bias row), else 0.
+# The segments let one routine read a convolution straight from a zero-padded input, with
+# no im2col copy: forward (rows = output pixels, roff[i] = wo*SW*C; one segment per kernel
+# row kh, whose KW*C inputs are contiguous in the padded row, so t walks them with sat = 1)
+# and backward_weight (rows = kernel entries (kh, kw, c) at roff[i] in the padded image;
+# one segment per output row of a slab, t walks its pixels with sat = SW*C, b = dz).
+# MR rows x NV vectors of accumulators stay in registers (GCC vector extensions: zmm with
+# AVX-512, ymm otherwise, where MR tops out at 6 so 16 registers hold the block).
+# Each output element is summed in a fixed (s, t) order, so results do not depend on threads.
 cdef extern from *:
     """
-    typedef float pynn_vf __attribute__((vector_size(64), aligned(4), may_alias));
-    typedef double pynn_vd __attribute__((vector_size(64), aligned(8), may_alias));
+    #if defined(__AVX512F__)
+    #define PYNN_VBYTES 64
+    #define PYNN_MR_MAX 8
+    #else
+    #define PYNN_VBYTES 32
+    #define PYNN_MR_MAX 6
+    #endif
+    typedef float pynn_vf __attribute__((vector_size(PYNN_VBYTES), aligned(4), may_alias));
+    typedef double pynn_vd __attribute__((vector_size(PYNN_VBYTES), aligned(8), may_alias));
 
-    #define PYNN_MK_BLOCK(T, V, NV, MR)                                                    \\
+    #define PYNN_SK_BLOCK(T, V, NV, MR)                                                    \\
         {                                                                                  \\
-            V acc[MR][NV]; int i, v; Py_ssize_t t;                                         \\
+            V acc[MR][NV]; const T* ap[MR]; int i, v; Py_ssize_t s, t;                     \\
             for (i = 0; i < MR; i++) for (v = 0; v < NV; v++) {                            \\
                 if (accum) acc[i][v] = *(const V*)(c + i * ldc + j + v * VL);              \\
                 else if (init) acc[i][v] = *(const V*)(init + j + v * VL);                 \\
                 else acc[i][v] = (V){0};                                                   \\
             }                                                                              \\
-            for (t = 0; t < tn; t++) {                                                     \\
-                const T* bt = b + t * ldb + j;                                             \\
-                V bv[NV];                                                                  \\
-                for (v = 0; v < NV; v++) bv[v] = *(const V*)(bt + v * VL);                 \\
-                for (i = 0; i < MR; i++) {                                                 \\
-                    T av = a[i * sai + t * sat];                                           \\
-                    for (v = 0; v < NV; v++) acc[i][v] += av * bv[v];                      \\
+            for (s = 0; s < nseg; s++) {                                                   \\
+                const T* bs = b + bseg[s] + j;                                             \\
+                for (i = 0; i < MR; i++) ap[i] = a + aseg[s] + roff[i];                    \\
+                for (t = 0; t < tn; t++) {                                                 \\
+                    V bv[NV];                                                              \\
+                    for (v = 0; v < NV; v++) bv[v] = *(const V*)(bs + t * ldb + v * VL);   \\
+                    for (i = 0; i < MR; i++) {                                             \\
+                        T av = ap[i][t * sat];                                             \\
+                        for (v = 0; v < NV; v++) acc[i][v] += av * bv[v];                  \\
+                    }                                                                      \\
                 }                                                                          \\
             }                                                                              \\
             for (i = 0; i < MR; i++) for (v = 0; v < NV; v++)                              \\
                 *(V*)(c + i * ldc + j + v * VL) = acc[i][v];                               \\
         }
 
-    #define PYNN_MK(NAME, T, V, MR)                                                        \\
-    static inline void NAME(Py_ssize_t n, Py_ssize_t tn, const T* a, Py_ssize_t sai,      \\
-                            Py_ssize_t sat, const T* b, Py_ssize_t ldb, T* c,             \\
+    #define PYNN_SK(NAME, T, V, MR)                                                        \\
+    static inline void NAME(Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn, const T* a,     \\
+                            const Py_ssize_t* roff, const Py_ssize_t* aseg, Py_ssize_t sat,\\
+                            const T* b, const Py_ssize_t* bseg, Py_ssize_t ldb, T* c,     \\
                             Py_ssize_t ldc, const T* init, int accum) {                   \\
-        enum { VL = 64 / sizeof(T) };                                                      \\
-        Py_ssize_t j = 0, t; int i;                                                        \\
-        for (; j + 2 * VL <= n; j += 2 * VL) PYNN_MK_BLOCK(T, V, 2, MR)                    \\
-        for (; j + VL <= n; j += VL) PYNN_MK_BLOCK(T, V, 1, MR)                            \\
+        enum { VL = PYNN_VBYTES / sizeof(T) };                                             \\
+        Py_ssize_t j = 0, s, t; int i;                                                     \\
+        for (; j + 2 * VL <= n; j += 2 * VL) PYNN_SK_BLOCK(T, V, 2, MR)                    \\
+        for (; j + VL <= n; j += VL) PYNN_SK_BLOCK(T, V, 1, MR)                            \\
         for (; j < n; j++) for (i = 0; i < MR; i++) {                                      \\
-            T s = accum ? c[i * ldc + j] : (init ? init[j] : (T)0);                        \\
-            for (t = 0; t < tn; t++) s += a[i * sai + t * sat] * b[t * ldb + j];           \\
-            c[i * ldc + j] = s;                                                            \\
+            T sum = accum ? c[i * ldc + j] : (init ? init[j] : (T)0);                      \\
+            for (s = 0; s < nseg; s++) for (t = 0; t < tn; t++)                            \\
+                sum += a[aseg[s] + roff[i] + t * sat] * b[bseg[s] + t * ldb + j];          \\
+            c[i * ldc + j] = sum;                                                          \\
         }                                                                                  \\
     }
 
-    PYNN_MK(pynn_mk8_f, float, pynn_vf, 8)
-    PYNN_MK(pynn_mk6_f, float, pynn_vf, 6)
-    PYNN_MK(pynn_mk4_f, float, pynn_vf, 4)
-    PYNN_MK(pynn_mk2_f, float, pynn_vf, 2)
-    PYNN_MK(pynn_mk1_f, float, pynn_vf, 1)
-    PYNN_MK(pynn_mk8_d, double, pynn_vd, 8)
-    PYNN_MK(pynn_mk6_d, double, pynn_vd, 6)
-    PYNN_MK(pynn_mk4_d, double, pynn_vd, 4)
-    PYNN_MK(pynn_mk2_d, double, pynn_vd, 2)
-    PYNN_MK(pynn_mk1_d, double, pynn_vd, 1)
+    PYNN_SK(pynn_sk8_f, float, pynn_vf, 8)
+    PYNN_SK(pynn_sk6_f, float, pynn_vf, 6)
+    PYNN_SK(pynn_sk4_f, float, pynn_vf, 4)
+    PYNN_SK(pynn_sk3_f, float, pynn_vf, 3)
+    PYNN_SK(pynn_sk2_f, float, pynn_vf, 2)
+    PYNN_SK(pynn_sk1_f, float, pynn_vf, 1)
+    PYNN_SK(pynn_sk8_d, double, pynn_vd, 8)
+    PYNN_SK(pynn_sk6_d, double, pynn_vd, 6)
+    PYNN_SK(pynn_sk4_d, double, pynn_vd, 4)
+    PYNN_SK(pynn_sk3_d, double, pynn_vd, 3)
+    PYNN_SK(pynn_sk2_d, double, pynn_vd, 2)
+    PYNN_SK(pynn_sk1_d, double, pynn_vd, 1)
     """
-    void pynn_mk8_f(Py_ssize_t n, Py_ssize_t tn, const float* a, Py_ssize_t sai,
-                    Py_ssize_t sat, const float* b, Py_ssize_t ldb, float* c, Py_ssize_t ldc,
-                    const float* init, int accum) noexcept nogil
-    void pynn_mk6_f(Py_ssize_t n, Py_ssize_t tn, const float* a, Py_ssize_t sai,
-                    Py_ssize_t sat, const float* b, Py_ssize_t ldb, float* c, Py_ssize_t ldc,
-                    const float* init, int accum) noexcept nogil
-    void pynn_mk4_f(Py_ssize_t n, Py_ssize_t tn, const float* a, Py_ssize_t sai,
-                    Py_ssize_t sat, const float* b, Py_ssize_t ldb, float* c, Py_ssize_t ldc,
-                    const float* init, int accum) noexcept nogil
-    void pynn_mk2_f(Py_ssize_t n, Py_ssize_t tn, const float* a, Py_ssize_t sai,
-                    Py_ssize_t sat, const float* b, Py_ssize_t ldb, float* c, Py_ssize_t ldc,
-                    const float* init, int accum) noexcept nogil
-    void pynn_mk1_f(Py_ssize_t n, Py_ssize_t tn, const float* a, Py_ssize_t sai,
-                    Py_ssize_t sat, const float* b, Py_ssize_t ldb, float* c, Py_ssize_t ldc,
-                    const float* init, int accum) noexcept nogil
-    void pynn_mk8_d(Py_ssize_t n, Py_ssize_t tn, const double* a, Py_ssize_t sai,
-                    Py_ssize_t sat, const double* b, Py_ssize_t ldb, double* c,
-                    Py_ssize_t ldc, const double* init, int accum) noexcept nogil
-    void pynn_mk6_d(Py_ssize_t n, Py_ssize_t tn, const double* a, Py_ssize_t sai,
-                    Py_ssize_t sat, const double* b, Py_ssize_t ldb, double* c,
-                    Py_ssize_t ldc, const double* init, int accum) noexcept nogil
-    void pynn_mk4_d(Py_ssize_t n, Py_ssize_t tn, const double* a, Py_ssize_t sai,
-                    Py_ssize_t sat, const double* b, Py_ssize_t ldb, double* c,
-                    Py_ssize_t ldc, const double* init, int accum) noexcept nogil
-    void pynn_mk2_d(Py_ssize_t n, Py_ssize_t tn, const double* a, Py_ssize_t sai,
-                    Py_ssize_t sat, const double* b, Py_ssize_t ldb, double* c,
-                    Py_ssize_t ldc, const double* init, int accum) noexcept nogil
-    void pynn_mk1_d(Py_ssize_t n, Py_ssize_t tn, const double* a, Py_ssize_t sai,
-                    Py_ssize_t sat, const double* b, Py_ssize_t ldb, double* c,
-                    Py_ssize_t ldc, const double* init, int accum) noexcept nogil
+    int PYNN_MR_MAX
+    void pynn_sk8_f(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float*, const Py_ssize_t*,
+                    const Py_ssize_t*, Py_ssize_t, const float*, const Py_ssize_t*,
+                    Py_ssize_t, float*, Py_ssize_t, const float*, int) noexcept nogil
+    void pynn_sk6_f(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float*, const Py_ssize_t*,
+                    const Py_ssize_t*, Py_ssize_t, const float*, const Py_ssize_t*,
+                    Py_ssize_t, float*, Py_ssize_t, const float*, int) noexcept nogil
+    void pynn_sk4_f(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float*, const Py_ssize_t*,
+                    const Py_ssize_t*, Py_ssize_t, const float*, const Py_ssize_t*,
+                    Py_ssize_t, float*, Py_ssize_t, const float*, int) noexcept nogil
+    void pynn_sk3_f(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float*, const Py_ssize_t*,
+                    const Py_ssize_t*, Py_ssize_t, const float*, const Py_ssize_t*,
+                    Py_ssize_t, float*, Py_ssize_t, const float*, int) noexcept nogil
+    void pynn_sk2_f(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float*, const Py_ssize_t*,
+                    const Py_ssize_t*, Py_ssize_t, const float*, const Py_ssize_t*,
+                    Py_ssize_t, float*, Py_ssize_t, const float*, int) noexcept nogil
+    void pynn_sk1_f(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float*, const Py_ssize_t*,
+                    const Py_ssize_t*, Py_ssize_t, const float*, const Py_ssize_t*,
+                    Py_ssize_t, float*, Py_ssize_t, const float*, int) noexcept nogil
+    void pynn_sk8_d(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*, const Py_ssize_t*,
+                    const Py_ssize_t*, Py_ssize_t, const double*, const Py_ssize_t*,
+                    Py_ssize_t, double*, Py_ssize_t, const double*, int) noexcept nogil
+    void pynn_sk6_d(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*, const Py_ssize_t*,
+                    const Py_ssize_t*, Py_ssize_t, const double*, const Py_ssize_t*,
+                    Py_ssize_t, double*, Py_ssize_t, const double*, int) noexcept nogil
+    void pynn_sk4_d(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*, const Py_ssize_t*,
+                    const Py_ssize_t*, Py_ssize_t, const double*, const Py_ssize_t*,
+                    Py_ssize_t, double*, Py_ssize_t, const double*, int) noexcept nogil
+    void pynn_sk3_d(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*, const Py_ssize_t*,
+                    const Py_ssize_t*, Py_ssize_t, const double*, const Py_ssize_t*,
+                    Py_ssize_t, double*, Py_ssize_t, const double*, int) noexcept nogil
+    void pynn_sk2_d(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*, const Py_ssize_t*,
+                    const Py_ssize_t*, Py_ssize_t, const double*, const Py_ssize_t*,
+                    Py_ssize_t, double*, Py_ssize_t, const double*, int) noexcept nogil
+    void pynn_sk1_d(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*, const Py_ssize_t*,
+                    const Py_ssize_t*, Py_ssize_t, const double*, const Py_ssize_t*,
+                    Py_ssize_t, double*, Py_ssize_t, const double*, int) noexcept nogil
 
 
-cdef void _small_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t tn, const floating* a,
-                      Py_ssize_t sai, Py_ssize_t sat, const floating* b, Py_ssize_t ldb,
-                      floating* c, Py_ssize_t ldc, const floating* init,
-                      int accum) noexcept nogil:
-    """All m rows of the microkernel product, in blocks of 8 (16 accumulators: 1.2-1.8x
-    the 6-row block on AVX-512), then 6, 4, 2, 1 rows."""
-    cdef Py_ssize_t i = 0
+cdef void _seg_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,
+                    const floating* a, const Py_ssize_t* roff, const Py_ssize_t* aseg,
+                    Py_ssize_t sat, const floating* b, const Py_ssize_t* bseg, Py_ssize_t ldb,
+                    floating* c, Py_ssize_t ldc, const floating* init, int accum) noexcept nogil:
+    """All m rows of the microkernel product, in blocks of PYNN_MR_MAX rows, then the
+    largest smaller block that fits (6, 4, 3, 2, 1)."""
+    cdef Py_ssize_t i = 0, left
     while i < m:
+        left = m - i
         if floating is float:
-            if m - i >= 8:
-                pynn_mk8_f(n, tn, a + i * sai, sai, sat, b, ldb, c + i * ldc, ldc, init, accum)
+            if left >= 8 and PYNN_MR_MAX >= 8:
+                pynn_sk8_f(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
+                           ldc, init, accum)
                 i += 8
-            elif m - i >= 6:
-                pynn_mk6_f(n, tn, a + i * sai, sai, sat, b, ldb, c + i * ldc, ldc, init, accum)
+            elif left >= 6:
+                pynn_sk6_f(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
+                           ldc, init, accum)
                 i += 6
-            elif m - i >= 4:
-                pynn_mk4_f(n, tn, a + i * sai, sai, sat, b, ldb, c + i * ldc, ldc, init, accum)
+            elif left >= 4:
+                pynn_sk4_f(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
+                           ldc, init, accum)
                 i += 4
-            elif m - i >= 2:
-                pynn_mk2_f(n, tn, a + i * sai, sai, sat, b, ldb, c + i * ldc, ldc, init, accum)
+            elif left == 3:
+                pynn_sk3_f(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
+                           ldc, init, accum)
+                i += 3
+            elif left == 2:
+                pynn_sk2_f(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
+                           ldc, init, accum)
                 i += 2
             else:
-                pynn_mk1_f(n, tn, a + i * sai, sai, sat, b, ldb, c + i * ldc, ldc, init, accum)
+                pynn_sk1_f(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
+                           ldc, init, accum)
                 i += 1
         else:
-            if m - i >= 8:
-                pynn_mk8_d(n, tn, a + i * sai, sai, sat, b, ldb, c + i * ldc, ldc, init, accum)
+            if left >= 8 and PYNN_MR_MAX >= 8:
+                pynn_sk8_d(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
+                           ldc, init, accum)
                 i += 8
-            elif m - i >= 6:
-                pynn_mk6_d(n, tn, a + i * sai, sai, sat, b, ldb, c + i * ldc, ldc, init, accum)
+            elif left >= 6:
+                pynn_sk6_d(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
+                           ldc, init, accum)
                 i += 6
-            elif m - i >= 4:
-                pynn_mk4_d(n, tn, a + i * sai, sai, sat, b, ldb, c + i * ldc, ldc, init, accum)
+            elif left >= 4:
+                pynn_sk4_d(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
+                           ldc, init, accum)
                 i += 4
-            elif m - i >= 2:
-                pynn_mk2_d(n, tn, a + i * sai, sai, sat, b, ldb, c + i * ldc, ldc, init, accum)
+            elif left == 3:
+                pynn_sk3_d(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
+                           ldc, init, accum)
+                i += 3
+            elif left == 2:
+                pynn_sk2_d(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
+                           ldc, init, accum)
                 i += 2
             else:
-                pynn_mk1_d(n, tn, a + i * sai, sai, sat, b, ldb, c + i * ldc, ldc, init, accum)
+                pynn_sk1_d(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
+                           ldc, init, accum)
                 i += 1
 
 
@@ -393,56 +439,40 @@ cdef void _epilogue(floating* z, floating* y, const floating* bias, Py_ssize_t r
                        _imin(64, rows - blk * 64), cols, act, alpha)
 
 
-cdef inline void _forward_direct_row(const floating* x, const floating* w,
-                                     const floating* bias, floating* z, floating* y,
-                                     floating* buf, const Geom* g, Py_ssize_t r, int act,
-                                     floating alpha) noexcept nogil:
-    cdef const floating* a
-    cdef Py_ssize_t off = r * g.WO * g.F
-    if _is_pointwise(g):
-        a = x + r * g.WO * g.K
-    else:
-        _im2col_row(x, buf, g, r)
-        a = buf
-    _small_gemm(g.WO, g.F, g.K, a, g.K, 1, w, g.F, z + off, g.F, bias, 0)
-    _epilogue_rows(z + off, y + off, <const floating*>NULL, g.WO, g.F, act, alpha)
-
-
-cdef void _forward_direct(const floating* x, const floating* w, const floating* bias,
-                          floating* z, floating* y, floating* col, const Geom* g, int act,
-                          floating alpha) noexcept nogil:
-    """One output row (n, ho) per iteration: its im2col rows go to the thread's own slice
-    of col, the microkernel writes z with the bias as start value, and the activation runs
-    while the row is in L1. No BLAS call: with K this small its GEMMs are skinny and slow."""
-    cdef Py_ssize_t r, G = g.N * g.HO
-    for r in prange(G, schedule="static"):
-        _forward_direct_row(x, w, bias, z, y, col + omp_get_thread_num() * g.WO * g.K, g,
-                            r, act, alpha)
-
-
-cdef inline void _backward_weight_slab(const floating* x, const floating* dz, floating* part,
-                                       floating* buf, const Geom* g, Py_ssize_t r0,
-                                       Py_ssize_t r1, Py_ssize_t sub) noexcept nogil:
-    """part (K, F) = col^T @ dz over output rows [r0, r1), sub rows at a time."""
-    cdef Py_ssize_t r = r0, re, rr, rows
-    cdef const floating* a
-    cdef int accum = 0
-    if r0 >= r1:
-        memset(part, 0, g.K * g.F * sizeof(floating))
-        return
-    while r < r1:
-        re = _imin(r + sub, r1)
-        rows = (re - r) * g.WO
-        if _is_pointwise(g):
-            a = x + r * g.WO * g.K
+cdef void _pad(const floating* x, floating* xp, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W,
+               Py_ssize_t C, Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t top,
+               Py_ssize_t left) noexcept nogil:
+    """xp (N, HP, WP, C) = x (N, H, W, C) placed at (top, left) in zeros; parts of x that
+    fall beyond HP or WP are left out (no window of the conv reaches them)."""
+    cdef Py_ssize_t t, n, h, cols = _imax(_imin(W, WP - left), 0)
+    cdef floating* dst
+    for t in prange(N * HP, schedule="static"):
+        n = t // HP
+        h = t % HP - top
+        dst = xp + t * WP * C
+        if h < 0 or h >= H or cols == 0:
+            memset(dst, 0, WP * C * sizeof(floating))
         else:
-            for rr in range(r, re):
-                _im2col_row(x, buf + (rr - r) * g.WO * g.K, g, rr)
-            a = buf
-        _small_gemm(g.K, g.F, rows, a, 1, g.K, dz + r * g.WO * g.F, g.F, part, g.F,
-                    <const floating*>NULL, accum)
-        accum = 1
-        r = re
+            memset(dst, 0, left * C * sizeof(floating))
+            memcpy(dst + left * C, x + (n * H + h) * W * C, cols * C * sizeof(floating))
+            memset(dst + (left + cols) * C, 0, (WP - left - cols) * C * sizeof(floating))
+
+
+cdef void _forward_direct(const floating* xp, const floating* w, const floating* bias,
+                          floating* z, floating* y, const Geom* g, const Py_ssize_t* woff,
+                          const Py_ssize_t* aseg, const Py_ssize_t* bseg, Py_ssize_t nseg,
+                          Py_ssize_t tn, int act, floating alpha) noexcept nogil:
+    """One output row (n, ho) per iteration, read straight from the padded input xp
+    (g.HP, g.WP): the microkernel writes z with the bias as start value, and the activation
+    runs while the row is still in L1."""
+    cdef Py_ssize_t r, n, ho, off, G = g.N * g.HO
+    for r in prange(G, schedule="static"):
+        n = r // g.HO
+        ho = r % g.HO
+        off = r * g.WO * g.F
+        _seg_gemm(g.WO, g.F, nseg, tn, xp + (n * g.HP + ho * g.SH) * g.WP * g.C, woff, aseg,
+                  1, w, bseg, g.F, z + off, g.F, bias, 0)
+        _epilogue_rows(z + off, y + off, <const floating*>NULL, g.WO, g.F, act, alpha)
 
 
 cdef inline void _sum_slabs_row(const floating* part, floating* dw, Py_ssize_t k,
@@ -458,16 +488,28 @@ cdef inline void _sum_slabs_row(const floating* part, floating* dw, Py_ssize_t k
             d[j] += p[j]
 
 
-cdef void _backward_weight_direct(const floating* x, const floating* dz, floating* dw,
-                                  floating* col, floating* part, const Geom* g, Py_ssize_t S,
-                                  Py_ssize_t sub) noexcept nogil:
-    """The long pixel dimension is cut into S slabs fixed by the shape (not by the thread
-    count); each slab sums into its own (K, F) partial, then the partials are added in slab
-    order. Same bits for any number of threads, and both cores busy even when K*F is tiny."""
-    cdef Py_ssize_t s, k, G = g.N * g.HO
+cdef void _backward_weight_direct(const floating* xp, const floating* dz, floating* dw,
+                                  floating* part, const Geom* g, const Py_ssize_t* koff,
+                                  const Py_ssize_t* row_x, const Py_ssize_t* row_dz,
+                                  Py_ssize_t S, Py_ssize_t chunk) noexcept nogil:
+    """The output rows are cut into S slabs fixed by the shape (not by the thread count);
+    each slab sums into its own (K, F) partial with one segment per output row, then the
+    partials are added in slab order. Same bits for any number of threads, and both cores
+    busy even when K*F is tiny (27 x 32 for an RGB 3x3 layer). A slab is swept `chunk`
+    output rows at a time, so their dz rows stay in L1 while every kernel row block reads
+    them."""
+    cdef Py_ssize_t s, k, r, r0, r1, G = g.N * g.HO
     for s in prange(S, schedule="static"):
-        _backward_weight_slab(x, dz, part + s * g.K * g.F, col + s * sub * g.WO * g.K, g,
-                              s * G // S, (s + 1) * G // S, sub)
+        r0 = s * G // S
+        r1 = (s + 1) * G // S
+        if r1 <= r0:
+            memset(part + s * g.K * g.F, 0, g.K * g.F * sizeof(floating))
+        r = r0
+        while r < r1:
+            _seg_gemm(g.K, g.F, _imin(chunk, r1 - r), g.WO, xp, koff, row_x + r, g.SW * g.C,
+                      dz, row_dz + r, g.F, part + s * g.K * g.F, g.F, <const floating*>NULL,
+                      r > r0)
+            r = r + chunk
     for k in prange(g.K, schedule="static"):
         _sum_slabs_row(part, dw, k, S, g.K * g.F, g.F)
 
@@ -533,21 +575,36 @@ cdef void _backward_input(const floating* dz, const floating* w, floating* dx,
 
 # -- typed-memoryview shims (fused dispatch happens here, with the GIL) --------------------
 
-def _run_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w, bias,
-                 floating[:, :, :, ::1] z, floating[:, :, :, ::1] y, floating[::1] col,
-                 Geom g, Py_ssize_t tile, int act, double alpha, bint direct):
-    cdef const floating[::1] b
-    cdef const floating* bptr = NULL
-    if bias is not None:
-        b = bias
-        bptr = &b[0] if b.shape[0] > 0 else NULL
+cdef const floating* _bias_ptr(const floating[::1] b) noexcept:
+    return &b[0] if b is not None and b.shape[0] > 0 else NULL
+
+
+def _run_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+                 const floating[::1] bias, floating[:, :, :, ::1] z, floating[:, :, :, ::1] y,
+                 floating[::1] col, Geom g, Py_ssize_t tile, int act, double alpha):
+    cdef const floating* bptr = _bias_ptr(bias)
     with nogil:
-        if direct:
-            _forward_direct(&x[0, 0, 0, 0], &w[0, 0, 0, 0], bptr, &z[0, 0, 0, 0],
-                            &y[0, 0, 0, 0], &col[0], &g, act, <floating>alpha)
-        else:
-            _forward(&x[0, 0, 0, 0], &w[0, 0, 0, 0], bptr, &z[0, 0, 0, 0], &y[0, 0, 0, 0],
-                     &col[0], &g, tile, act, <floating>alpha)
+        _forward(&x[0, 0, 0, 0], &w[0, 0, 0, 0], bptr, &z[0, 0, 0, 0], &y[0, 0, 0, 0],
+                 &col[0], &g, tile, act, <floating>alpha)
+
+
+def _run_forward_direct(const floating[:, :, :, ::1] xp, const floating[:, :, :, ::1] w,
+                        const floating[::1] bias, floating[:, :, :, ::1] z,
+                        floating[:, :, :, ::1] y, Geom g, const Py_ssize_t[::1] woff,
+                        const Py_ssize_t[::1] aseg, const Py_ssize_t[::1] bseg, Py_ssize_t tn,
+                        int act, double alpha):
+    cdef const floating* bptr = _bias_ptr(bias)
+    with nogil:
+        _forward_direct(&xp[0, 0, 0, 0], &w[0, 0, 0, 0], bptr, &z[0, 0, 0, 0],
+                        &y[0, 0, 0, 0], &g, &woff[0], &aseg[0], &bseg[0], aseg.shape[0], tn,
+                        act, <floating>alpha)
+
+
+def _run_pad(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xp, Py_ssize_t top,
+             Py_ssize_t left):
+    with nogil:
+        _pad(&x[0, 0, 0, 0], &xp[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], x.shape[3],
+             xp.shape[1], xp.shape[2], top, left)
 
 
 def _run_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dz,
@@ -557,13 +614,14 @@ def _run_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, :,
         _backward_weight(&x[0, 0, 0, 0], &dz[0, 0, 0, 0], &dw[0, 0, 0, 0], &col[0], &g, tile)
 
 
-def _run_backward_weight_direct(const floating[:, :, :, ::1] x,
+def _run_backward_weight_direct(const floating[:, :, :, ::1] xp,
                                 const floating[:, :, :, ::1] dz, floating[:, :, :, ::1] dw,
-                                floating[::1] col, floating[::1] part, Geom g, Py_ssize_t S,
-                                Py_ssize_t sub):
+                                floating[::1] part, Geom g, const Py_ssize_t[::1] koff,
+                                const Py_ssize_t[::1] row_x, const Py_ssize_t[::1] row_dz,
+                                Py_ssize_t slabs, Py_ssize_t chunk):
     with nogil:
-        _backward_weight_direct(&x[0, 0, 0, 0], &dz[0, 0, 0, 0], &dw[0, 0, 0, 0], &col[0],
-                                &part[0], &g, S, sub)
+        _backward_weight_direct(&xp[0, 0, 0, 0], &dz[0, 0, 0, 0], &dw[0, 0, 0, 0], &part[0],
+                                &g, &koff[0], &row_x[0], &row_dz[0], slabs, chunk)
 
 
 def _run_backward_input(const floating[:, :, :, ::1] dz, const floating[:, :, :, ::1] w,
@@ -578,7 +636,25 @@ def _run_backward_input(const floating[:, :, :, ::1] dz, const floating[:, :, :,
 def _geometry(op, input_shape, kernel_shape, strides, padding, dilation_rate):
     g = conv_geometry(op, input_shape, kernel_shape, strides, padding, dilation_rate)
     g["K"] = g["KH"] * g["KW"] * g["C"]
+    g["HP"], g["WP"] = _padded_size(g)
     return g
+
+
+def _padded_size(g):
+    """Rows and columns of the zero-padded input that the output windows reach (the input
+    sits at (PT, PL) in it): exactly what the direct paths read, nothing more."""
+    return (max((g["HO"] - 1) * g["SH"] + (g["KH"] - 1) * g["DH"] + 1, 0),
+            max((g["WO"] - 1) * g["SW"] + (g["KW"] - 1) * g["DW"] + 1, 0))
+
+
+def _padded(x, hp, wp, top, left):
+    """x itself when it already is the padded input, else a zero-padded copy (one pass)."""
+    if (hp, wp) == x.shape[1:3] and top == 0 and left == 0:
+        return x
+    xp = np.empty((x.shape[0], hp, wp, x.shape[3]), dtype=x.dtype)
+    if xp.size:
+        _run_pad(x, xp, top, left)
+    return xp
 
 
 def _shape4(op, name, shape):
@@ -596,8 +672,15 @@ def _pointwise(g):
 
 
 def _use_direct(g, op):
+    backward_input = op == "conv2d_backward_input"
+    if backward_input and (g["SH"], g["SW"]) != (1, 1):
+        return False    # its direct form is a stride-1 forward conv of the padded dz
     if _direct_max_k is not None:
         return g["K"] <= _direct_max_k
+    if backward_input and g["C"] < _DIRECT_MIN_C_BACKWARD_INPUT:
+        # That conv has C output channels: below one vector of them the microkernel runs
+        # its scalar column tail (C = 3: 0.1x BLAS).
+        return False
     return g["K"] * g["F"] <= _DIRECT_MAX_KF
 
 
@@ -609,6 +692,27 @@ def _plan(g, dtype):
     tile = min(tile, max(g["N"] * g["HO"], 1))
     col = np.empty(1 if _pointwise(g) else tile * g["WO"] * g["K"], dtype=dtype)
     return tile, col
+
+
+def _kernel_segments(g):
+    """Forward microkernel segments: one per kernel row (its KW*C padded inputs are
+    contiguous when the dilation along W is 1), else one per kernel tap; a segment's
+    offset into the padded input and into the (K, F) kernel matrix, and its length."""
+    C, F, WPC = g["C"], g["F"], g["WP"] * g["C"]
+    kh = np.arange(g["KH"], dtype=np.intp)
+    if g["DW"] == 1:
+        return kh * g["DH"] * WPC, kh * g["KW"] * C * F, g["KW"] * C
+    kw = np.arange(g["KW"], dtype=np.intp)
+    aseg = (kh[:, None] * g["DH"] * WPC + kw[None, :] * g["DW"] * C).ravel()
+    bseg = ((kh[:, None] * g["KW"] + kw[None, :]) * C * F).ravel()
+    return aseg, bseg, C
+
+
+def _forward_direct_into(xp, kernel, bias, z, y, g, act, alpha):
+    """The direct forward on a padded input xp (g["HP"], g["WP"]) into z and y."""
+    aseg, bseg, tn = _kernel_segments(g)
+    woff = np.arange(max(g["WO"], 1), dtype=np.intp) * (g["SW"] * g["C"])
+    _run_forward_direct(xp, kernel, bias, z, y, g, woff, aseg, bseg, tn, act, alpha)
 
 
 def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid", dilation_rate=(1, 1),
@@ -632,13 +736,11 @@ def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid", dilation_ra
     if z.size:
         act = ACTIVATIONS.index(act_name)
         if _use_direct(g, op):
-            # One im2col row block (WO, K) per thread.
-            col = np.empty(1 if _pointwise(g) else
-                           max(omp_get_max_threads(), 1) * g["WO"] * g["K"], dtype=x.dtype)
-            _run_forward(x, kernel, bias, z, y, col, g, 0, act, float(alpha), True)
+            xp = _padded(x, g["HP"], g["WP"], g["PT"], g["PL"])
+            _forward_direct_into(xp, kernel, bias, z, y, g, act, float(alpha))
         else:
             tile, col = _plan(g, x.dtype)
-            _run_forward(x, kernel, bias, z, y, col, g, tile, act, float(alpha), False)
+            _run_forward(x, kernel, bias, z, y, col, g, tile, act, float(alpha))
     return y, (z if keep_z else None)
 
 
@@ -651,10 +753,25 @@ def conv2d_backward_input(dz, kernel, input_shape, strides=(1, 1), padding="vali
     input_shape = _shape4(op, "input_shape", input_shape)
     g = _geometry(op, input_shape, kernel.shape, strides, padding, dilation_rate)
     check_shape(op, "dz", dz, (g["N"], g["HO"], g["WO"], g["F"]))
+    if not (dz.size and 0 not in input_shape):
+        return np.zeros(input_shape, dtype=dz.dtype)
+    if _use_direct(g, op):
+        # Stride 1: dx is the forward conv of dz, zero-padded to a "full" convolution, with
+        # the kernel flipped in space and its channel axes swapped.
+        n, h, w, c = input_shape
+        top = (g["KH"] - 1) * g["DH"] - g["PT"]
+        left = (g["KW"] - 1) * g["DW"] - g["PL"]
+        gt = dict(g, H=g["HO"], W=g["WO"], C=g["F"], F=c, HO=h, WO=w, PT=top, PL=left,
+                  K=g["KH"] * g["KW"] * g["F"])
+        gt["HP"], gt["WP"] = _padded_size(gt)
+        dzp = _padded(dz, gt["HP"], gt["WP"], top, left)
+        flipped = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+        dx = np.empty(input_shape, dtype=dz.dtype)
+        _forward_direct_into(dzp, flipped, None, dx, dx, gt, ACTIVATIONS.index("linear"), 0.0)
+        return dx
     dx = np.zeros(input_shape, dtype=dz.dtype)
-    if dz.size and dx.size:
-        tile, col = _plan(g, dz.dtype)
-        _run_backward_input(dz, kernel, dx, col, g, tile)
+    tile, col = _plan(g, dz.dtype)
+    _run_backward_input(dz, kernel, dx, col, g, tile)
     return dx
 
 
@@ -670,13 +787,18 @@ def conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
     dw = np.zeros(kernel_shape, dtype=x.dtype)
     if dz.size and dw.size:
         if _use_direct(g, op):
+            xp = _padded(x, g["HP"], g["WP"], g["PT"], g["PL"])
+            C, WPC = g["C"], g["WP"] * g["C"]
+            kh, kw, c = np.ogrid[:g["KH"], :g["KW"], :C]
+            koff = (kh * g["DH"] * WPC + kw * g["DW"] * C + c).astype(np.intp).ravel()
+            n, ho = np.divmod(np.arange(g["N"] * g["HO"], dtype=np.intp), g["HO"])
+            row_x = (n * g["HP"] + ho * g["SH"]) * WPC
+            row_dz = np.arange(g["N"] * g["HO"], dtype=np.intp) * (g["WO"] * g["F"])
             rows = g["N"] * g["HO"]
             slabs = min(rows, _SLABS, max(_SLAB_ELEMENTS // max(g["K"] * g["F"], 1), 4))
-            sub = min(max(_SLAB_PIXELS // max(g["WO"], 1), 1), -(-rows // slabs))
-            col = np.empty(1 if _pointwise(g) else slabs * sub * g["WO"] * g["K"],
-                           dtype=x.dtype)
             part = np.empty(slabs * g["K"] * g["F"], dtype=x.dtype)
-            _run_backward_weight_direct(x, dz, dw, col, part, g, slabs, sub)
+            chunk = max(_CHUNK_PIXELS // max(g["WO"], 1), 1)
+            _run_backward_weight_direct(xp, dz, dw, part, g, koff, row_x, row_dz, slabs, chunk)
         else:
             tile, col = _plan(g, x.dtype)
             _run_backward_weight(x, dz, dw, col, g, tile)

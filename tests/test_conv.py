@@ -183,9 +183,26 @@ def test_direct_paths_awkward_widths(rng, f, dtype, path):
 
 
 def test_default_picks_direct_for_small_k():
-    small, big = dict(K=27, F=32), dict(K=2304, F=256)
+    small = dict(K=27, F=32, C=3, SH=1, SW=1)
+    big = dict(K=2304, F=256, C=256, SH=1, SW=1)
     for op in ("conv2d_forward", "conv2d_backward_weight"):
         assert conv._use_direct(small, op) and not conv._use_direct(big, op)
+    backward_input = "conv2d_backward_input"
+    assert conv._use_direct(dict(K=288, F=64, C=32, SH=1, SW=1), backward_input)
+    assert not conv._use_direct(small, backward_input)      # C = 3: BLAS + col2im
+    assert not conv._use_direct(dict(K=288, F=64, C=32, SH=2, SW=1), backward_input)
+
+
+@pytest.mark.parametrize("c", [15, 16, 17, 33])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_direct_backward_input_channel_widths(rng, c, dtype, path):
+    """Stride-1 backward_input runs as a forward conv of the zero-padded dz with C output
+    channels: channel counts around the vector widths, even kernels (uneven 'same' pads)
+    and dilations, on both paths (the default sends C >= 16 direct)."""
+    for x_shape, k_shape, p, d in [((2, 5, 7, c), (3, 3, c, 6), "same", (1, 1)),
+                                   ((1, 9, 8, c), (2, 3, c, 5), "valid", (2, 1)),
+                                   ((2, 6, 5, c), (4, 2, c, 3), "same", (1, 2))]:
+        check_all_ops(rng, (x_shape, k_shape, (1, 1), p, d), dtype)
 
 
 def test_activation_none_is_linear(rng):
