@@ -1,28 +1,33 @@
-"""Conv2D kernels: im2col + one BLAS GEMM per batch tile, or a microkernel for small K.
+"""Conv2D kernels: a direct microkernel over a zero-padded input, or im2col + BLAS tiles.
 
 Legend: N batch, H/W input spatial, C input channels, KH/KW kernel spatial, F filters,
 HO/WO output spatial, K = KH*KW*C (one im2col row), G = N*HO (output rows, the tiling unit),
 M = G*WO (GEMM rows). Layout NHWC, kernel (KH, KW, C, F) = a row-major (K, F) matrix as is.
 
 Design (chosen by measurement, see bench/bench_conv_kernels.py):
-- A tile is a run of whole output rows (n, ho). Its im2col block (tile*WO, K) lives in a
-  workspace bounded by ``_workspace_bytes`` (with the output rows) and is filled in parallel (prange over output
-  rows; for dilation 1 each (wo, kh) is one memcpy of KW*C contiguous values). Then ONE
-  gemm per tile runs outside any prange: BLAS threads itself, and nesting it would
-  oversubscribe the cores.
-- forward: y_tile = col @ kernel, then bias + activation fused in the pass right after the
-  GEMM, while the tile is still in cache.
-- backward_weight: dkernel += col^T @ dz_tile (beta = 1 after the first tile).
-- backward_input: dcol = dz_tile @ kernel^T, then col2im as a gather: prange over input rows
-  (n, hi); each thread adds only into its own dx row, in a fixed (kh, wo) order, so the
-  result is bit-identical for any thread count. Tiles can split an image; the rows they
-  share accumulate across tiles in tile order (fixed by shapes, not by threads).
-- 1x1 stride-1 convs (no padding possible) skip im2col: x already is the (M, C) col matrix.
-- Small K*F (27 x 32 for an RGB 3x3 layer; limit _DIRECT_MAX_KF): no BLAS. forward runs
-  a register-blocked microkernel per output row in a prange (bias as its start value, the
-  activation right after); backward_weight cuts the pixels into a fixed number of slabs, each
-  with its own (K, F) partial, and adds the partials in slab order (deterministic, and both
-  cores busy on a 27 x 32 result with a 65,536-long sum, which BLAS barely threads).
+- Direct paths (the default while the (K, F) kernel matrix stays near L2: K*F <=
+  _DIRECT_MAX_KF) read a zero-padded copy of the input (one pass; none for an unpadded
+  'valid' conv) with a register-blocked microkernel, so no im2col matrix is ever written:
+  - forward: prange over output rows (n, ho); MR output pixels x 32 filters of
+    accumulators, one segment per kernel row kh, whose KW*C inputs are contiguous in the
+    padded row; the bias is the start value and the activation runs while the row is in L1.
+  - backward_weight: dkernel rows (kh, kw, c) x filters, summed over output pixels; the
+    output rows are cut into a fixed number of slabs with their own (K, F) partials, added
+    in slab order (deterministic, and both cores busy on a 27 x 32 result).
+  - backward_input, stride 1: dx is the forward conv of dz zero-padded to a 'full' conv,
+    with the kernel flipped in space and its channel axes swapped; a gather, so every dx
+    element is written once by one thread.
+  Against im2col + BLAS on 2 threads (AVX-512): RGB 3x3 layer (C = 3) forward 3x, backward
+  weight 3x; 32 -> 64 and 64 -> 128 channel 3x3 layers 1.2-2x per op.
+- im2col + BLAS (large K*F, and strided backward_input): a tile is a run of whole output
+  rows (n, ho). Its im2col block (tile*WO, K) lives in a workspace bounded by
+  ``_workspace_bytes`` and is filled in parallel (prange over output rows; for dilation 1
+  each (wo, kh) is one memcpy of KW*C contiguous values). Then ONE gemm per tile runs
+  outside any prange: BLAS threads itself, and nesting it would oversubscribe the cores.
+  forward: y_tile = col @ kernel, then bias + activation fused in the pass right after the
+  GEMM; backward_weight: dkernel += col^T @ dz_tile; backward_input: dcol = dz_tile @
+  kernel^T, then col2im as a gather over input rows (n, hi) in a fixed (kh, wo) order, so
+  the result is bit-identical for any thread count. 1x1 stride-1 convs skip im2col.
 - The epilogue is this file's own: a branch-free relu vectorizes, act_value's branch on random
   signs did not (it cost more than the first layer's whole GEMM).
 Outputs are fresh arrays; nothing accumulates into caller memory.
@@ -56,16 +61,17 @@ def _set_workspace_bytes(nbytes=None):
     return old
 
 
-# When the microkernel paths replace im2col + BLAS (bench/bench_conv_kernels.py, 2 threads,
-# float32): forward while the kernel matrix (K, F) stays in L2 (it is streamed once per 8
-# output pixels): 1.0-2x BLAS up to K*F = 1152*128, 0.6x at 2304*256. backward_weight has
-# the same limit: 1.0-3x up to 1152*128 (K = 27: 2.5x), 0.6x at 2304*256. BLAS GEMMs with a
-# K as short as 27 (an RGB 3x3 layer) are skinny and run far below peak. backward_input
-# stays on BLAS: the same microkernel for dcol = dz @ kernel^T measured 0.3-1.0x.
+# When the direct paths replace im2col + BLAS (bench/bench_conv_kernels.py, 2 threads,
+# float32): while the kernel matrix (K, F) stays near L2 (it is streamed once per MR output
+# pixels): 1.2-3x BLAS up to K*F = 1152*128, 0.5-0.9x at 2304*256. backward_input (stride 1)
+# follows the same rule but needs C >= 16: its conv has C output channels, and below one
+# vector of them the microkernel runs its scalar tail (C = 3: 0.1x BLAS).
 _DIRECT_MAX_KF = 1 << 18
-_direct_max_k = None      # test knob: None = the rules above, else K <= it for both ops
+_direct_max_k = None      # test knob: None = the rules above, else K <= it for every op
 # backward_weight (direct): partial sums per slab of output rows (16, fewer when K*F is large
 # so the partials stay under ~8 MiB in float32).
+# A slab is swept _CHUNK_PIXELS output pixels at a time so their dz rows stay in L1 while
+# every kernel row block reads them (64 measured a little ahead of 32-512 and no chunking).
 _SLABS = 16
 _SLAB_ELEMENTS = 1 << 21
 _CHUNK_PIXELS = 64
@@ -234,10 +240,11 @@ cdef void _seg_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,
     """All m rows of the microkernel product, in blocks of PYNN_MR_MAX rows, then the
     largest smaller block that fits (6, 4, 3, 2, 1)."""
     cdef Py_ssize_t i = 0, left
+    cdef Py_ssize_t mr8 = 8 if PYNN_MR_MAX >= 8 else m + 1
     while i < m:
         left = m - i
         if floating is float:
-            if left >= 8 and PYNN_MR_MAX >= 8:
+            if left >= mr8:
                 pynn_sk8_f(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
                            ldc, init, accum)
                 i += 8
@@ -262,7 +269,7 @@ cdef void _seg_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,
                            ldc, init, accum)
                 i += 1
         else:
-            if left >= 8 and PYNN_MR_MAX >= 8:
+            if left >= mr8:
                 pynn_sk8_d(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
                            ldc, init, accum)
                 i += 8

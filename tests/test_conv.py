@@ -171,11 +171,11 @@ def test_relu_passes_nan_and_keeps_zero_sign_rule(dtype, path):
     np.testing.assert_array_equal(y[0, 1, :, 0], [0.0, 0.0, 0.0])
 
 
-@pytest.mark.parametrize("f", [1, 5, 16, 17, 33, 47])
+@pytest.mark.parametrize("f", [1, 5, 16, 17, 33, 47, 64, 81])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_direct_paths_awkward_widths(rng, f, dtype, path):
     """Filter counts around the microkernel's vector widths (8/16 lanes, two vectors per
-    block, scalar tail) and row counts that leave 1-7 rows after blocks of 8."""
+    block, scalar tail) and row counts that leave 1-7 rows after blocks of 8 or 6."""
     for x_shape, c, s, p, d in [((2, 5, 7, 3), 3, (1, 1), "same", (1, 1)),
                                 ((1, 9, 11, 2), 2, (2, 3), "valid", (1, 2)),
                                 ((3, 4, 5, 1), 1, (1, 2), "same", (2, 1))]:
