@@ -1,16 +1,24 @@
-"""activation_forward / activation_backward (native/activation.pyx) against the float64
-oracles of tests/reference/activation_ref.py, finite differences and Keras itself."""
+"""activation_forward / activation_backward / activation_bias_backward (native/activation.pyx)
+against the float64 oracles of tests/reference/activation_ref.py, finite differences and Keras
+itself."""
 
 import os
 
 import numpy as np
 import pytest
 
-from pynn._native.activation import activation_backward, activation_forward
+import pynn
+from pynn._native.activation import (
+    activation_backward,
+    activation_bias_backward,
+    activation_forward,
+)
+from pynn._native.dense import bias_backward
 from pynn._native.info import set_num_threads
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
 from tests.reference.activation_ref import (
     activation_backward_ref,
+    activation_bias_backward_ref,
     activation_forward_ref,
     numerical_derivative,
 )
@@ -218,3 +226,106 @@ def test_forward_matches_keras(keras, name):
     got = activation_forward(x, name, ALPHA.get(name, 0.0))
     assert want.dtype == np.float64
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-15, err_msg=name)
+
+
+# -- activation_bias_backward: the activation gradient and the bias gradient in one pass ----
+
+# 2-D and 4-D, odd sizes; (4099, 33) and (9, 17, 11, 37) span several row blocks, (67, 1031)
+# several column blocks with a ragged last one, all three above the parallel threshold.
+FUSED_SHAPES = [(1, 1), (7,), (3, 13), (5, 3, 7, 9), (4099, 33), (9, 17, 11, 37), (67, 1031)]
+
+
+def check_activation_bias(name, shape, dtype, seed=5):
+    """dz equals activation_backward's bit for bit; db matches the float64 oracle to the
+    rounding of the sum (relative to sum |dz|) and bias_backward(dz)."""
+    alpha = ALPHA.get(name, 0.0)
+    rng = np.random.default_rng(seed)
+    x = away_from_kinks(rng, shape).astype(dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    y = activation_forward(x, name, alpha)
+    dz, db = activation_bias_backward(dy, x, y, name, alpha)
+    what = f"{name} {dtype.__name__} {shape}"
+    assert dz.dtype == dtype and dz.shape == shape, what
+    assert db.dtype == dtype and db.shape == (shape[-1],), what
+    np.testing.assert_array_equal(dz, activation_backward(dy, x, y, name, alpha), err_msg=what)
+    dz_ref, db_ref = activation_bias_backward_ref(dy, x, name, alpha)
+    np.testing.assert_allclose(dz, dz_ref, **TOL[dtype], err_msg=what)
+    scale = np.abs(dz_ref).reshape(-1, shape[-1]).sum(axis=0)
+    eps = np.finfo(dtype).eps
+    err = np.abs(db - db_ref)
+    assert np.all(err <= 4 * eps * scale + TOL[dtype]["atol"]), (what, err.max())
+    np.testing.assert_allclose(db, bias_backward(dz), rtol=0,
+                               atol=4 * eps * scale.max() + TOL[dtype]["atol"], err_msg=what)
+    return dz, db
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", FUSED_SHAPES, ids=str)
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_activation_bias_backward_matches_reference(name, shape, dtype):
+    check_activation_bias(name, shape, dtype)
+
+
+def test_activation_bias_backward_gelu_needs_only_x():
+    rng = np.random.default_rng(2)
+    x, dy = rng.normal(size=(9, 5)), rng.normal(size=(9, 5))
+    dz, db = activation_bias_backward(dy, x, None, "gelu")
+    want_dz, want_db = activation_bias_backward_ref(dy, x, "gelu")
+    np.testing.assert_allclose(dz, want_dz, rtol=1e-12)
+    np.testing.assert_allclose(db, want_db, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["relu", "softmax", "gelu", "tanh"])
+@pytest.mark.parametrize("shape", [(4099, 33), (9, 17, 11, 37), (67, 1031)], ids=str)
+def test_activation_bias_backward_thread_invariance(name, shape):
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=shape).astype(np.float32)
+    dy = rng.normal(size=shape).astype(np.float32)
+    y = activation_forward(x, name, 0.5)
+    before = pynn.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            pynn.set_num_threads(n)
+            results.append(activation_bias_backward(dy, x, y, name, 0.5))
+    finally:
+        pynn.set_num_threads(before)
+    for dz, db in results[1:]:
+        np.testing.assert_array_equal(dz, results[0][0])
+        np.testing.assert_array_equal(db, results[0][1])
+
+
+def test_activation_bias_backward_empty_and_layouts():
+    for shape in [(0, 5), (4, 0), (2, 0, 3)]:
+        a = np.ones(shape, np.float32)
+        dz, db = activation_bias_backward(a, a, a, "relu")
+        assert dz.shape == shape and db.shape == (shape[-1],)
+        np.testing.assert_array_equal(db, 0)
+    base = np.random.default_rng(9).normal(size=(6, 10))
+    y = activation_forward(base, "tanh")
+    want = activation_bias_backward(base, base, y, "tanh")
+    for dy in (np.asfortranarray(base), np.zeros((6, 20))[:, ::2] + base):
+        got = activation_bias_backward(dy, base, y, "tanh")
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_activation_bias_backward_bad_inputs():
+    x = np.ones((2, 3), np.float32)
+    op = activation_bias_backward
+    with pytest.raises(ValueError, match="activation_bias_backward: unknown activation"):
+        op(x, x, x, "swish")
+    with pytest.raises(ValueError, match="at least 1 dimension"):
+        op(np.float32(1.0), None, np.float32(1.0), "relu")
+    with pytest.raises(ValueError, match="'dy' is required"):
+        op(None, x, x, "relu")
+    with pytest.raises(ValueError, match="pre-activation"):
+        op(x, None, x, "gelu")
+    with pytest.raises(ValueError, match="'y'"):
+        op(x, x, None, "relu")
+    with pytest.raises(ValueError, match="shape of dy"):
+        op(x, None, np.ones((3, 2), np.float32), "relu")
+    with pytest.raises(ValueError, match="alpha >= 0"):
+        op(x, x, x, "elu", -1.0)
+    with pytest.raises(TypeError, match="numeric"):
+        op(np.array(["a", "b"]), None, x, "relu")

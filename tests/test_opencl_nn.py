@@ -79,7 +79,9 @@ FAMILY = ("activation_", "maxpool2d_", "avgpool2d_", "global_", "dropout_", "los
 def test_the_opencl_backend_exports_this_module_for_every_op_of_the_family(ocl):
     from pynn.backend import _cl_nn
 
-    mine = [n for n in OPS if n.startswith(FAMILY)]
+    # activation_bias_backward lives in opencl.py beside bias_backward, whose column sums it
+    # shares (opencl/reduce.cl).
+    mine = [n for n in OPS if n.startswith(FAMILY) and n != "activation_bias_backward"]
     assert len(mine) == 22
     for name in mine:
         assert getattr(ocl, name) is getattr(_cl_nn, name), f"opencl.{name} is not _cl_nn's"
@@ -145,6 +147,51 @@ def test_activation_empty_and_bad_inputs(ocl):
         ocl.activation_backward(x, x, None, "tanh", 0.0)
     with pytest.raises(ValueError, match="shape"):
         ocl.activation_backward(x, None, ocl.zeros((4, 3)), "tanh", 0.0)
+
+
+# 2-D and 4-D; (131, 3) and (2, 5, 7, 3) span several row chunks of the column sums.
+FUSED_SHAPES = [(1, 1), (3, 7), (131, 3), (2, 5, 7, 3)]
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("shape", FUSED_SHAPES, ids=str)
+def test_activation_bias_backward(ocl, cpu, act, shape):
+    rng = np.random.default_rng(len(shape) * 100 + ACTIVATIONS.index(act) + shape[0])
+    x, dy = rand(rng, shape) * 3, rand(rng, shape)
+    y = cpu.activation_forward(x, act, _alpha(act))
+    dz, db = check_op(ocl, cpu, "activation_bias_backward", dy, x, y, act, _alpha(act),
+                      rtol=REDUCTION)
+    # The fused first pass sums the rows in bias_backward's order (bit-equal on PoCL; a
+    # compiler may still contract the last product of act_grad into the running sum).
+    assert_close(db.get(), ocl.bias_backward(dz).get(), 1e-6, "db vs bias_backward(dz)")
+    assert_close(dz.get(), ocl.activation_backward(ocl.asarray(dy), ocl.asarray(x),
+                                                   ocl.asarray(y), act, _alpha(act)).get(),
+                 1e-6, "dz vs activation_backward")
+    again = ocl.activation_bias_backward(ocl.asarray(dy), ocl.asarray(x), ocl.asarray(y), act,
+                                         _alpha(act))
+    np.testing.assert_array_equal(again[1].get(), db.get())
+
+
+def test_activation_bias_backward_gelu_without_y_empty_and_bad_inputs(ocl, cpu):
+    rng = np.random.default_rng(4)
+    x, dy = rand(rng, (5, 3)), rand(rng, (5, 3))
+    check_op(ocl, cpu, "activation_bias_backward", dy, x, None, "gelu", 0.0, rtol=REDUCTION)
+    for shape in [(0, 5), (4, 0)]:
+        e = ocl.zeros(shape)
+        dz, db = ocl.activation_bias_backward(e, e, e, "relu", 0.0)
+        assert dz.shape == shape and db.shape == (shape[1],)
+        np.testing.assert_array_equal(db.get(), 0)
+    a = ocl.asarray(np.ones((3, 4), np.float32))
+    with pytest.raises(TypeError, match="activation_bias_backward.*asarray"):
+        ocl.activation_bias_backward(np.ones((3, 4), np.float32), a, a, "relu", 0.0)
+    with pytest.raises(ValueError, match="at least 1 dimension"):
+        ocl.activation_bias_backward(ocl.zeros(()), None, ocl.zeros(()), "relu", 0.0)
+    with pytest.raises(ValueError, match="needs the pre-activation"):
+        ocl.activation_bias_backward(a, None, a, "gelu", 0.0)
+    with pytest.raises(ValueError, match="shape"):
+        ocl.activation_bias_backward(a, None, ocl.zeros((4, 3)), "tanh", 0.0)
+    with pytest.raises(ValueError, match="unknown activation"):
+        ocl.activation_bias_backward(a, a, a, "swish", 0.0)
 
 
 def test_non_contiguous_and_offset_device_arrays_are_refused(ocl):

@@ -229,10 +229,9 @@ def activation_forward(x, activation, alpha=0.0):
     return y
 
 
-def activation_backward(dy, x, y, activation, alpha=0.0):
-    """dL/dx from dL/dy; ``y`` is the forward output, ``x`` the pre-activation (needed by
-    gelu only, otherwise checked when given)."""
-    op = "activation_backward"
+def _backward_operands(op, dy, x, y, activation, alpha):
+    """The checks of activation_backward -> (name, alpha, dy, x, y); x and y may be None
+    where the activation does not read them."""
     name = activation_name(op, activation)
     a = _check_alpha(op, name, alpha)
     dy = _input(op, "dy", dy)
@@ -249,6 +248,14 @@ def activation_backward(dy, x, y, activation, alpha=0.0):
         _same_shape(op, "y", y, dy.shape)
     if name == "softmax" and dy.ndim < 1:
         raise ValueError(f"{op}: softmax needs at least 1 dimension, got shape {dy.shape}")
+    return name, a, dy, x, y
+
+
+def activation_backward(dy, x, y, activation, alpha=0.0):
+    """dL/dx from dL/dy; ``y`` is the forward output, ``x`` the pre-activation (needed by
+    gelu only, otherwise checked when given)."""
+    op = "activation_backward"
+    name, a, dy, x, y = _backward_operands(op, dy, x, y, activation, alpha)
     dx = rt.empty(dy.shape, what=f"{op} output")
     if dy.size == 0:
         return dx

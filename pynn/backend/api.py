@@ -52,6 +52,9 @@ OPS = {
     # dL/dx from dL/dy; x (pre-activation) may be None unless activation needs it, y is the
     # forward output.
     "activation_backward": ("dy", "x", "y", "activation", "alpha"),
+    # (dz, db): dz = activation_backward(...) and db = bias_backward(dz), from one pass over
+    # the data: the backward of a layer with a bias and an activation.
+    "activation_bias_backward": ("dy", "x", "y", "activation", "alpha"),
     # -- conv (native/conv.pyx, opencl/conv.cl) ------------------------------------------
     # (N,H,W,C) * (KH,KW,C,F) -> (y, z) with y (N,HO,WO,F), bias+activation fused.
     "conv2d_forward": ("x", "kernel", "bias", "strides", "padding", "dilation_rate",

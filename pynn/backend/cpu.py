@@ -6,7 +6,11 @@ validates its arguments and then runs a ``nogil`` kernel; this module only gathe
 
 import numpy as np
 
-from pynn._native.activation import activation_backward, activation_forward  # noqa: F401
+from pynn._native.activation import (  # noqa: F401
+    activation_backward,
+    activation_bias_backward,
+    activation_forward,
+)
 from pynn._native.conv import (  # noqa: F401
     conv2d_backward_input,
     conv2d_backward_weight,

@@ -2,8 +2,9 @@
 out, kernels from ``opencl/*.cl`` underneath.
 
 Every op of ``pynn.backend.api.OPS`` is here with the CPU backend's signature. This module
-holds the array ops and the GEMM-shaped ops (dense, conv, bias_backward); the other
-families come from ``_cl_nn``. Read-only inputs may be host arrays (uploaded and converted to
+holds the array ops and the GEMM-shaped ops (dense, conv, bias_backward and
+activation_bias_backward, the column sums of opencl/reduce.cl); the other families come from
+``_cl_nn``. Read-only inputs may be host arrays (uploaded and converted to
 float32); arrays updated in place must be device arrays. Nothing ever falls back to the CPU.
 
 GEMM tiles: every dense / conv kernel is the GEMM core of ``opencl/gemm.cl`` built with tile
@@ -31,6 +32,7 @@ from pynn.backend._cl_rnn import (  # noqa: F401
     simple_rnn_backward,
     simple_rnn_forward,
 )
+from pynn.backend._cl_nn import _backward_operands
 from pynn.backend._cl_nn import (  # noqa: F401
     accuracy_count,
     activation_backward,
@@ -228,7 +230,8 @@ TUNE_CANDIDATES = (
 # GEMM splits only when its output tiles would leave compute units idle.
 SPLIT_K_UNIT = 256
 MAX_SPLITS = 64
-# Row chunk of bias_backward's first pass and 1-D work-group size of the reduce kernels.
+# Row chunk of the column sums' first pass (bias_backward, activation_bias_backward) and
+# 1-D work-group size of the reduce kernels.
 REDUCE_CHUNK_ROWS = 64
 REDUCE_WG = 64
 
@@ -426,6 +429,12 @@ def dense_backward_weight(x, dz):
                            vwa=(m,), vwb=(n,))
 
 
+def _column_chunks(rows):
+    """(chunk_rows, chunks) of the column sums' first pass: fixed by the row count alone."""
+    chunk_rows = max(REDUCE_CHUNK_ROWS, math.ceil(rows / 128))
+    return chunk_rows, math.ceil(rows / chunk_rows)
+
+
 def bias_backward(dz):
     """Sum of dz over every axis but the last, in a fixed order (two passes, no atomics)."""
     op = "bias_backward"
@@ -440,13 +449,44 @@ def bias_backward(dz):
     if rows == 0:
         out.fill(0)
         return out
-    chunk_rows = max(REDUCE_CHUNK_ROWS, math.ceil(rows / 128))
-    chunks = math.ceil(rows / chunk_rows)
+    chunk_rows, chunks = _column_chunks(rows)
     partial = rt.empty((chunks, cols), np.float32, f"{op} partials")
     knl = rt.kernel("reduce", "bias_backward_partial")
     rt.launch(knl, (cols, chunks), (REDUCE_WG, 1), rows, cols, chunk_rows, dz, partial)
     _sum_slots(partial, chunks, cols, out)
     return out
+
+
+def activation_bias_backward(dy, x, y, activation, alpha=0.0):
+    """(dz, db): dz = activation_backward(dy, x, y, activation, alpha) and db =
+    bias_backward(dz), the activation gradient computed inside the first pass of the column
+    sums (softmax, a row op, runs the two ops in turn). Operands as activation_backward."""
+    op = "activation_bias_backward"
+    name, a, dy, x, y = _backward_operands(op, dy, x, y, activation, alpha)
+    if dy.ndim < 1:
+        raise ValueError(f"{op}: 'dy' must have at least 1 dimension (the bias axis is the "
+                         f"last), got shape {dy.shape}")
+    if name == "softmax":
+        dz = activation_backward(dy, x, y, name, a)
+        return dz, bias_backward(dz)
+    cols = dy.shape[dy.ndim - 1]
+    rows = dy.size // cols if cols else 0
+    dz = rt.empty(dy.shape, np.float32, f"{op} output")
+    db = rt.empty((cols,), np.float32, f"{op} bias gradient")
+    if cols == 0:
+        return dz, db
+    if rows == 0:
+        db.fill(0)
+        return dz, db
+    chunk_rows, chunks = _column_chunks(rows)
+    partial = rt.empty((chunks, cols), np.float32, f"{op} partials")
+    knl = rt.kernel("reduce", "activation_bias_backward_partial")
+    # The kernel reads x only for gelu and y only for the others: the unused one may alias.
+    rt.launch(knl, (cols, chunks), (REDUCE_WG, 1), rows, cols, chunk_rows, dy,
+              x if x is not None else y, y if y is not None else x, dz, partial,
+              ACTIVATIONS.index(name), a)
+    _sum_slots(partial, chunks, cols, out=db)
+    return dz, db
 
 
 # -- conv -------------------------------------------------------------------------------

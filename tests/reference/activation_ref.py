@@ -75,6 +75,12 @@ def activation_backward_ref(dy, x, activation, alpha=0.0):
     return dy * d
 
 
+def activation_bias_backward_ref(dy, x, activation, alpha=0.0):
+    """(dz, db): dz = activation_backward_ref, db = its sum over every axis but the last."""
+    dz = activation_backward_ref(dy, x, activation, alpha)
+    return dz, dz.reshape(-1, dz.shape[-1]).sum(axis=0)
+
+
 def dense_forward_ref(x, kernel, bias, activation="linear", alpha=0.0):
     """(y, z): z = x @ kernel + bias in float64, y = activation(z)."""
     z = np.asarray(x, np.float64) @ np.asarray(kernel, np.float64)
