@@ -198,6 +198,22 @@ def activation_config(activation):
     return name, alpha
 
 
+def bias_activation_backward(layer, dy, z, y):
+    """dL/dz of a layer whose output is y = activation(z), z = (its product) + bias: the
+    backward of the bias + activation epilogue. Sets ``layer.bias.grad`` when the layer has
+    a bias, in the same pass over dy as the activation gradient when there is one."""
+    b = backend.current()
+    if layer.activation == "linear":
+        if layer.use_bias:
+            layer.bias.grad = b.bias_backward(dy)
+        return dy
+    if layer.use_bias:
+        dz, layer.bias.grad = b.activation_bias_backward(dy, z, y, layer.activation,
+                                                         layer.alpha)
+        return dz
+    return b.activation_backward(dy, z, y, layer.activation, layer.alpha)
+
+
 def pair(name, layer, value):
     if isinstance(value, (int, np.integer)):
         value = (int(value), int(value))

@@ -3,7 +3,8 @@
 from pynn import backend, initializers, regularizers
 from pynn.backend._validate import conv_output_size
 from pynn.layers.base import (
-    Layer, activation_config, data_format_arg, padding_arg, pair, shape_str,
+    Layer, activation_config, bias_activation_backward, data_format_arg, padding_arg, pair,
+    shape_str,
 )
 
 
@@ -73,12 +74,9 @@ class Conv2D(Layer):
         b = backend.current()
         x, y, z = self._cache
         self._cache = None
-        dz = (dy if self.activation == "linear"
-              else b.activation_backward(dy, z, y, self.activation, self.alpha))
+        dz = bias_activation_backward(self, dy, z, y)
         self.kernel.grad = b.conv2d_backward_weight(x, dz, self.kernel.shape, self.strides,
                                                     self.padding, self.dilation_rate)
-        if self.use_bias:
-            self.bias.grad = b.bias_backward(dz)
         if not self.needs_input_grad:
             return None
         return b.conv2d_backward_input(dz, self.kernel.value, tuple(x.shape), self.strides,

@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 from pynn import backend, initializers, regularizers, utils
-from pynn.layers.base import Layer, activation_config, shape_str
+from pynn.layers.base import Layer, activation_config, bias_activation_backward, shape_str
 
 
 class InputLayer(Layer):
@@ -84,11 +84,8 @@ class Dense(Layer):
         x2, y, z, lead = self._cache
         self._cache = None
         dy2 = dy if dy.ndim == 2 else b.reshape(dy, (-1, self.units))
-        dz = (dy2 if self.activation == "linear"
-              else b.activation_backward(dy2, z, y, self.activation, self.alpha))
+        dz = bias_activation_backward(self, dy2, z, y)
         self.kernel.grad = b.dense_backward_weight(x2, dz)
-        if self.use_bias:
-            self.bias.grad = b.bias_backward(dz)
         if not self.needs_input_grad:
             return None
         dx = b.dense_backward_input(dz, self.kernel.value)
