@@ -12,7 +12,9 @@ Design:
 - Backward ops gather by input row: one thread owns a dx row (n, hi) and adds every
   contribution to it in a fixed order, so results are bit-identical for any thread count.
   maxpool2d_backward scatters through argmax instead, one thread per image (n), visiting the
-  outputs in row-major order for the same reason.
+  outputs in row-major order for the same reason; that thread first zeroes the image's dx
+  plane, so dx is written in one pass (the op carries no pool geometry, so it cannot gather
+  even where windows do not overlap).
 - argmax (int32) is the flat index h*W + w within the (n, c) plane; ties keep the first
   pixel in row-major window order; a NaN wins over numbers (the first NaN, as in torch).
 Outputs are fresh arrays; nothing accumulates into caller memory.
@@ -20,6 +22,7 @@ Outputs are fresh arrays; nothing accumulates into caller memory.
 import numpy as np
 
 from cython.parallel cimport prange
+from libc.string cimport memset
 
 from pynn.backend._validate import (
     as_float_array, as_int_array, check_shape, conv_output_size, padding_mode, pair,
@@ -96,8 +99,11 @@ def _maxpool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
 
 def _maxpool_backward(const floating[:, :, :, ::1] dy, const int[:, :, :, ::1] arg,
                       floating[:, :, :, ::1] dx):
-    """dx[n, argmax] += dy per (n, c); returns how many argmax entries were out of range
-    (skipped, so a bad index is an error for the caller, never a stray write)."""
+    """dx = 0, then dx[n, argmax] += dy per (n, c); returns how many argmax entries were out
+    of range (skipped, so a bad index is an error for the caller, never a stray write).
+    dx may come uninitialized: each image's plane is zeroed by the thread that then scatters
+    into it, while the plane is still in that core's cache (a separate zero-fill costs a
+    pass over dx)."""
     cdef Py_ssize_t N = dy.shape[0], P = dy.shape[1] * dy.shape[2], C = dy.shape[3]
     cdef Py_ssize_t HW = dx.shape[1] * dx.shape[2]
     cdef Py_ssize_t n, p, c, a
@@ -105,7 +111,9 @@ def _maxpool_backward(const floating[:, :, :, ::1] dy, const int[:, :, :, ::1] a
     cdef const floating* dyp = &dy[0, 0, 0, 0]
     cdef const int* ap = &arg[0, 0, 0, 0]
     cdef floating* dxp = &dx[0, 0, 0, 0]
-    for n in prange(N, schedule="static", nogil=True, use_threads_if=N * P * C >= PARALLEL_MIN):
+    for n in prange(N, schedule="static", nogil=True,
+                    use_threads_if=N * (P + HW) * C >= PARALLEL_MIN):
+        memset(dxp + n * HW * C, 0, HW * C * sizeof(floating))
         for p in range(P):
             for c in range(C):
                 a = ap[(n * P + p) * C + c]
@@ -138,14 +146,15 @@ def maxpool2d_backward(dy, argmax, input_shape):
     check_shape(op, "argmax", argmax, dy.shape)
     input_shape = _input_shape(op, input_shape)
     check_shape(op, "dy", dy, (input_shape[0], None, None, input_shape[3]))
-    dx = np.zeros(input_shape, dtype=dy.dtype)
-    if dy.size:
-        if dx.size == 0:
-            raise ValueError(f"{op}: argmax points into an empty input of shape {input_shape}")
-        bad = _maxpool_backward(dy, argmax, dx)
-        if bad:
-            raise ValueError(f"{op}: {bad} argmax entries outside [0, H*W) = "
-                             f"[0, {input_shape[1] * input_shape[2]})")
+    if not dy.size:
+        return np.zeros(input_shape, dtype=dy.dtype)
+    if 0 in input_shape:
+        raise ValueError(f"{op}: argmax points into an empty input of shape {input_shape}")
+    dx = np.empty(input_shape, dtype=dy.dtype)
+    bad = _maxpool_backward(dy, argmax, dx)
+    if bad:
+        raise ValueError(f"{op}: {bad} argmax entries outside [0, H*W) = "
+                         f"[0, {input_shape[1] * input_shape[2]})")
     return dx
 
 

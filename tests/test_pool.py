@@ -67,6 +67,39 @@ def test_maxpool_matches_reference(rng, case, dtype):
           ref.maxpool2d_backward(dy, arg_ref, x_shape), dtype)
 
 
+# maxpool2d_backward fills an uninitialized dx: pixels that no window (or no argmax) covers
+# must still come out 0. Strides equal to, greater than and smaller than the pool; the last
+# two cases are large enough to run threaded.
+SCATTER_CASES = [
+    ((2, 9, 7, 3), (2, 2), (2, 2), "valid"),
+    ((2, 9, 7, 3), (2, 2), (2, 2), "same"),
+    ((1, 11, 13, 5), (3, 3), (3, 3), "valid"),
+    ((2, 11, 13, 3), (2, 2), (3, 3), "valid"),     # rows and columns in no window
+    ((2, 10, 9, 3), (2, 3), (4, 5), "same"),
+    ((1, 11, 9, 4), (3, 3), (2, 2), "same"),       # overlapping windows add
+    ((2, 7, 9, 2), (3, 2), (1, 1), "valid"),
+    ((5, 33, 31, 37), (2, 2), (2, 2), "valid"),
+    ((3, 31, 33, 35), (3, 3), (2, 2), "same"),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", SCATTER_CASES,
+                         ids=[f"{x}-p{p}-s{s}-{pad}" for x, p, s, pad in SCATTER_CASES])
+def test_maxpool_backward_zeroes_every_uncovered_pixel(rng, case, dtype):
+    x_shape, p, s, pad = case
+    x = distinct(rng, x_shape, dtype)
+    y, arg = pool.maxpool2d_forward(x, p, s, pad)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    want = ref.maxpool2d_backward(dy, arg, x_shape)
+    for _ in range(2):
+        # Leave freed NaN-filled blocks of dx's size behind for np.empty to reuse.
+        np.full(x_shape, np.nan, dtype)
+        got = pool.maxpool2d_backward(dy, arg, x_shape)
+        check("maxpool2d_backward", got, want, dtype)
+    assert np.count_nonzero(got) == np.count_nonzero(want) < got.size
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_avgpool_matches_reference(rng, case, dtype):
