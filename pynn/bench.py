@@ -198,7 +198,8 @@ def _gflops(flop, times):
 # -- 2a. Dense -----------------------------------------------------------------------------
 def bench_dense(shape, repeats, peak):
     """The ops a Dense(U, relu) layer runs in one training step, as pynn.layers.Dense runs
-    them; the GFLOP/s count only the three GEMMs."""
+    them (bias and relu gradients in one fused pass); the GFLOP/s count only the three
+    GEMMs."""
     from pynn.backend import cpu as be
 
     n, c, u = shape
@@ -212,9 +213,8 @@ def bench_dense(shape, repeats, peak):
         return be.dense_forward(x, k, bias, "relu", 0.0)
 
     def backward(y, z):
-        dz = be.activation_backward(dy, z, y, "relu", 0.0)
-        return (be.dense_backward_weight(x, dz), be.bias_backward(dz),
-                be.dense_backward_input(dz, k))
+        dz, db = be.activation_bias_backward(dy, z, y, "relu", 0.0)
+        return be.dense_backward_weight(x, dz), db, be.dense_backward_input(dz, k)
 
     y, z = forward()
     dk, db, dx = backward(y, z)
@@ -278,8 +278,8 @@ def bench_conv(shape, repeats, peak):
     dy = rng.standard_normal(y.shape, dtype=np.float32)
 
     def backward(y, z):
-        dz = be.activation_backward(dy, z, y, "relu", 0.0)
-        return (be.conv2d_backward_weight(x, dz, k.shape, s, padding, d), be.bias_backward(dz),
+        dz, db = be.activation_bias_backward(dy, z, y, "relu", 0.0)
+        return (be.conv2d_backward_weight(x, dz, k.shape, s, padding, d), db,
                 be.conv2d_backward_input(dz, k, x.shape, s, padding, d))
 
     dk, db, dx = backward(y, z)
