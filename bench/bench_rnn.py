@@ -1,0 +1,220 @@
+"""Time pynn's recurrent ops (LSTM, GRU, SimpleRNN) forward + backward against PyTorch CPU.
+
+Checks each op against the float64 NumPy oracle (tests/reference/rnn_ref.py) first, then
+times one training step (forward with return_sequences, backward of the full sequence
+gradient, input gradient included) for pynn and for torch.nn.{LSTM,GRU,RNN} (batch_first,
+float32, the same thread count, torch in a separate process). pynn and torch runs
+alternate in rounds so both see the same machine load; each round reports the best of
+--repeat calls and the table shows the median over rounds (ms) plus the single best round.
+
+Keras's GRU (reset_after=True) and torch.nn.GRU compute the same cell, so the comparison is
+like for like; pynn's GRU with reset_after=False is timed too (no torch twin).
+
+Two thread pools share the cores here: libgomp (pynn's prange) and OpenBLAS's pthreads
+(the GEMMs over all time steps). pynn runs with OMP_WAIT_POLICY=PASSIVE and a short
+OPENBLAS_THREAD_TIMEOUT unless --default-env is given, as in bench_conv_kernels.py.
+
+    .venv/bin/python bench/bench_rnn.py [--threads 2] [--repeat 10] [--rounds 5]
+        [--shape 64,50,32,128] [--default-env] [--no-torch] [--dtype float32]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "16"}
+# name -> (pynn op stem, gate count, extra op options, torch module name)
+CELLS = {
+    "lstm": ("lstm", 4, ("tanh", "sigmoid"), "LSTM"),
+    "gru": ("gru", 3, ("tanh", "sigmoid", True), "GRU"),
+    "gru_before": ("gru", 3, ("tanh", "sigmoid", False), None),
+    "simple_rnn": ("simple_rnn", 1, ("tanh",), "RNN"),
+}
+
+
+def best_time(fn, repeat):
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def make_data(cell, shape, dtype, seed=1):
+    import numpy as np
+
+    n, t, c, u = shape
+    _, k, opts, _ = CELLS[cell]
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, t, c)).astype(dtype)
+    w = (rng.standard_normal((c, k * u)) / np.sqrt(c)).astype(dtype)
+    r = (rng.standard_normal((u, k * u)) / np.sqrt(u)).astype(dtype)
+    b_shape = (2, k * u) if cell == "gru" else (k * u,)
+    b = (0.1 * rng.standard_normal(b_shape)).astype(dtype)
+    dy = rng.standard_normal((n, t, u)).astype(dtype)
+    return x, w, r, b, dy
+
+
+# -- torch (separate process) ----------------------------------------------------------------
+
+def torch_step(cell, shape, threads):
+    """A torch fwd+bwd closure on the same data; torch's gate order and bias split differ
+    from Keras's but the arithmetic per step is the same."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x, w, r, b, dy = make_data(cell, shape, "float32")
+    n, t, c, u = shape
+    mod = getattr(torch.nn, CELLS[cell][3])(c, u, batch_first=True)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    gt = torch.from_numpy(dy)
+
+    def step():
+        mod.zero_grad(set_to_none=True)
+        xt.grad = None
+        y, _ = mod(xt)
+        y.backward(gt)
+
+    return step
+
+
+def torch_server(threads, repeat):
+    """Answer one line per request 'cell shape' with the best time, so rounds can alternate
+    with pynn while torch stays loaded (and warm) in its own process."""
+    steps = {}
+    for line in sys.stdin:
+        cell, shape = line.split()
+        shape = tuple(int(v) for v in shape.split(","))
+        if (cell, shape) not in steps:
+            steps[cell, shape] = torch_step(cell, shape, threads)
+        print(json.dumps(best_time(steps[cell, shape], repeat)), flush=True)
+
+
+# -- pynn ------------------------------------------------------------------------------------
+
+def pynn_step(rnn, cell, shape, dtype):
+    stem, _, opts, _ = CELLS[cell]
+    x, w, r, b, dy = make_data(cell, shape, dtype)
+    fwd = getattr(rnn, stem + "_forward")
+    bwd = getattr(rnn, stem + "_backward")
+
+    def step():
+        y, cache = fwd(x, w, r, b, *opts, True, False)
+        bwd(dy, x, w, r, cache, *opts, True, False, True)
+
+    return step
+
+
+def check(rnn):
+    """Forward against the float64 oracle and backward against torch-free finite
+    differences would be slow here; instead: forward vs the oracle in float32 and float64,
+    and backward in float64 vs central differences of the oracle, on an awkward shape that
+    exercises the vector paths (units 37: 148 LSTM gate columns, N = 19 row blocks)."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from tests.reference import rnn_ref
+
+    refs = {"lstm": rnn_ref.lstm_forward_ref, "gru": rnn_ref.gru_forward_ref,
+            "gru_before": rnn_ref.gru_forward_ref, "simple_rnn": rnn_ref.simple_rnn_forward_ref}
+    shape = (19, 6, 5, 37)
+    for cell, (stem, _, opts, _) in CELLS.items():
+        for dtype, tol in (("float32", 2e-5), ("float64", 1e-12)):
+            x, w, r, b, dy = make_data(cell, shape, dtype)
+            y, _ = getattr(rnn, stem + "_forward")(x, w, r, b, *opts, True, False)
+            want = refs[cell](*(a.astype(np.float64) for a in (x, w, r, b)), *opts, True,
+                              False)
+            np.testing.assert_allclose(y, want, rtol=tol, atol=tol / 10,
+                                       err_msg=f"{cell} {dtype} forward")
+        small = (3, 4, 2, 5)
+        x, w, r, b, dy = make_data(cell, small, "float64")
+        _, cache = getattr(rnn, stem + "_forward")(x, w, r, b, *opts, True, False)
+        grads = getattr(rnn, stem + "_backward")(dy, x, w, r, cache, *opts, True, False, True)
+        fd = rnn_ref.numerical_grads(lambda *a: refs[cell](*a, *opts, True, False),
+                                     [x, w, r, b], dy)
+        for name, got, exp in zip(("dx", "dkernel", "drecurrent_kernel", "dbias"), grads, fd):
+            np.testing.assert_allclose(got, exp, rtol=1e-6, atol=1e-8,
+                                       err_msg=f"{cell} {name}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=10, help="calls per round (best kept)")
+    ap.add_argument("--rounds", type=int, default=5, help="alternated pynn/torch rounds")
+    ap.add_argument("--shape", default="64,50,32,128", help="N,T,C,units")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    ap.add_argument("--cells", default=",".join(CELLS))
+    ap.add_argument("--default-env", action="store_true",
+                    help="keep libgomp/OpenBLAS spin-waiting defaults for pynn")
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--torch-server", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.torch_server:
+        torch_server(args.threads, args.repeat)
+        return
+    shape = tuple(int(v) for v in args.shape.split(","))
+    cells = args.cells.split(",")
+    server = None
+    if not args.no_torch:
+        try:
+            import importlib.util
+
+            if importlib.util.find_spec("torch") is not None:
+                server = subprocess.Popen(
+                    [sys.executable, __file__, "--torch-server", "--threads",
+                     str(args.threads), "--repeat", str(args.repeat)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        except OSError:
+            server = None
+    if not args.default_env:
+        for key, value in QUIET_ENV.items():
+            os.environ.setdefault(key, value)   # before libgomp / OpenBLAS load
+    sys.path.insert(0, str(ROOT))
+    from pynn._native import info, rnn
+
+    info.set_num_threads(args.threads)
+    check(rnn)
+
+    def torch_time(cell):
+        if server is None or CELLS[cell][3] is None or args.dtype != "float32":
+            return None
+        server.stdin.write(f"{cell} {','.join(map(str, shape))}\n")
+        server.stdin.flush()
+        return json.loads(server.stdout.readline())
+
+    print(f"shape (N, T, C, units) = {shape}, {args.dtype}, {args.threads} threads; "
+          f"fwd+bwd ms, median (best) of {args.rounds} rounds x best of {args.repeat}")
+    print(f"{'cell':12s} {'pynn':>16s} {'torch':>16s} {'torch/pynn':>10s}")
+    try:
+        for cell in cells:
+            step = pynn_step(rnn, cell, shape, args.dtype)
+            mine, theirs = [], []
+            for _ in range(args.rounds):
+                mine.append(best_time(step, args.repeat))
+                tt = torch_time(cell)
+                if tt is not None:
+                    theirs.append(tt)
+            line = (f"{cell:12s} {1e3 * statistics.median(mine):8.2f} "
+                    f"({1e3 * min(mine):5.2f})")
+            if theirs:
+                ratio = statistics.median(theirs) / statistics.median(mine)
+                line += (f" {1e3 * statistics.median(theirs):8.2f} ({1e3 * min(theirs):5.2f})"
+                         f" {ratio:10.2f}")
+            print(line, flush=True)
+    finally:
+        if server is not None:
+            server.stdin.close()
+            server.wait()
+
+
+if __name__ == "__main__":
+    main()
