@@ -10,35 +10,48 @@ Everything indexed by the input (gate buffers, their gradients) sits at tx; ever
 recurrence produces (h_seq, the LSTM cell states) sits at s, the order Keras returns the
 sequence in (go_backwards does not flip the output back).
 
-Where the time goes, and how it is split:
-  - The input side is one BLAS GEMM over all N*T rows: (N*T, C) @ (C, G) forward; at the end
-    of backward dkernel = x^T @ dZ, dx = dZ @ kernel^T, and d(recurrent_kernel) =
-    h_prev^T @ dZ also as ONE GEMM over N*T rows (h_prev: h_seq shifted one step, built by a
-    copy), the bias gradient a column sum of dZ.
-  - The recurrence is independent per sample. Batch rows are cut into fixed blocks of
-    ROWS rows and prange hands whole blocks to threads; a thread runs all T steps of its block:
-    per step a small GEMM h_{s-1} @ recurrent_kernel for its rows (``_rows_mm``, plain loops
-    the compiler vectorizes, accumulated into that step's gate rows) and ONE fused pass that
-    adds the bias, applies the gate activations, updates the cell and writes h. Backward is
-    the mirror image: a fused pass turns dh (upstream + carried) into the pre-activation
-    gradients dZ of the step, then dh_{s-1} = dZ_s @ recurrent_kernel^T for the block's rows.
-    Keeping BLAS out of the time loop matters: a BLAS thread pool and OpenMP threads handing
-    two cores back and forth 2*T times per call cost far more than the arithmetic.
+Where the time goes, and how it is split (bench/bench_rnn.py; numbers in the commits):
+  - Nothing goes through BLAS. Every product is the register-blocked microkernel below
+    (PYNN_RNN_MK: MR = 8 rows x 2 vectors of accumulators with AVX-512, 6 x 2 otherwise),
+    reading B from column panels of NC = 2 vectors that stay in L1. On the one large
+    product (the weight gradients) it matches OpenBLAS, and without BLAS there is no
+    second thread pool handing the cores back and forth with OpenMP's.
+  - The recurrence is independent per sample. Batch rows are cut into fixed blocks of ROWS
+    rows; each thread takes a contiguous run of whole blocks and steps it through time in
+    chunks of up to CHUNK rows. Per step, for all rows of the chunk at once: gates =
+    x_t @ kernel + h_{s-1} @ recurrent_kernel (both packed into panels once per call, each
+    panel then serving every row of the chunk from L1), then ONE fused pass that adds the
+    bias, applies the gate activations, updates the cell and writes h. Backward mirrors
+    it: a fused pass turns dh (upstream + carried) into the step's pre-activation
+    gradients dZ, then dh_{s-1} = dZ_s @ recurrent_kernel^T and dx_t = dZ_s @ kernel^T
+    while dZ_s is still in cache (the transposes packed once per call).
+  - The weight gradients are sums over all N*T rows, so they wait for the loop to end:
+    dkernel, the bias gradient and d(recurrent_kernel) come from ONE product
+    [x | 1 | h_prev]^T @ dZ (_stack_t writes the left operand transposed, so each output
+    row reads a contiguous stream; _gemm_tn gives each thread whole column panels and
+    copies each KC-row block of dZ into an L1 buffer). GRU adds rh to the stack
+    (reset_after=False) or takes the recurrent side from its own dZ (reset_after=True).
+  - dZ and the stacked operand are scratch kept between calls (_take_scratch): fresh
+    multi-MiB arrays come back from the kernel page by page, zeroed, which cost about a
+    third of an LSTM backward here.
 The gate buffer ends up holding the activated gates: that is the cache backward reads.
 The fused passes work row by row with the activation chosen once per row, so their loops
 vectorize; float32 sigmoid/tanh use a branch-free Cephes-style exp (<= 2.5 ulp), since
-libm's calls do not vectorize without -ffast-math. float64 keeps libm (gradient checks).
+libm's calls do not vectorize without -ffast-math, and float32 LSTM with the default
+activations runs its cell as one loop per row. float64 keeps libm (gradient checks).
 
-Determinism: every output element is summed in a fixed order by exactly one thread, and the
-row blocks do not depend on the thread count, so results are bit-identical for any number
-of threads. Activation derivatives come from the activation's output (``_activation.pxd``),
-so softmax and gelu are not offered; leaky_relu and elu use Keras's defaults (0.2 and 1.0).
+Determinism: every output element is summed in a fixed order (ascending k, whatever the
+row group, chunk, panel or thread it falls in) by exactly one thread, so results are
+bit-identical for any number of threads. Activation derivatives come from the activation's
+output (``_activation.pxd``), so softmax and gelu are not offered; leaky_relu and elu use
+Keras's defaults (0.2 and 1.0).
 Gradients come back as fresh arrays (nothing accumulates into caller memory).
 """
 import numpy as np
 
 from cython.parallel cimport prange
-from _blas cimport gemm_rowmajor, floating
+from _openmp cimport omp_get_max_threads
+from _blas cimport floating
 from _activation cimport act_value, act_grad, ACT_SIGMOID, ACT_TANH
 
 from pynn.backend._validate import activation_name, as_float_array, check_shape
@@ -49,111 +62,245 @@ from pynn.backend.api import ACTIVATIONS
 RNN_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu",
                    "softplus")
 _DEFAULT_ALPHA = {"leaky_relu": 0.2, "elu": 1.0}
-_INT_MAX = 2**31 - 1
 
 cdef enum:
-    # Batch rows per block of the recurrence: the unit of work a thread owns, and the rows
-    # that share each loaded row of the recurrent kernel in _rows_mm.
+    # Batch rows per block: the unit the rows are split among threads in (a thread owns a
+    # contiguous run of whole blocks; see _split_rows).
     ROWS = 4
+    # At most this many of a thread's rows step through time together (one chunk): per
+    # step each packed panel of the recurrent kernel is loaded once into L1 and serves all
+    # of them, while their states (CHUNK x U) stay in L1/L2.
+    CHUNK = 32
+    # Rows of B per L1 block in the products (a KC x NC block of a panel, 32 KiB of float32
+    # with AVX-512), and the widest panel, for _tn_panels' block buffer.
+    KC = 256
+    KC_NC_MAX = 32
 
 
-# -- shared helpers --------------------------------------------------------------------------
+# -- the microkernel and the products built on it -------------------------------------------
+# The per-step operands (kernel, recurrent_kernel, their transposes) are repacked once per
+# call into column panels of NC = 2 vectors (32 floats / 16 doubles with AVX-512, half that
+# otherwise): panel p holds columns [p*NC, p*NC + w) of all K rows, contiguous (row stride
+# w, w = NC except in the last panel), so a panel is one linear stream that stays in L1
+# while every row group of the chunk passes over it.
+# The microkernel keeps MR rows x 2 vectors of accumulators in registers through the whole
+# k loop (GCC vector extensions, zmm with AVX-512, ymm otherwise where MR tops out at 6 so
+# 16 registers hold the block). Each output sums k in ascending order onto its initial
+# value (the stored c or 0) whatever the row group, panel or thread it falls in, so
+# results do not depend on the thread count.
+cdef extern from *:
+    """
+    #if defined(__AVX512F__)
+    #define PYNN_RNN_VBYTES 64
+    #define PYNN_RNN_MR_MAX 8
+    #else
+    #define PYNN_RNN_VBYTES 32
+    #define PYNN_RNN_MR_MAX 6
+    #endif
+    #define PYNN_RNN_NC_F (2 * PYNN_RNN_VBYTES / 4)
+    #define PYNN_RNN_NC_D (2 * PYNN_RNN_VBYTES / 8)
+    typedef float pynn_rnn_vf __attribute__((vector_size(PYNN_RNN_VBYTES), aligned(4),
+                                             may_alias));
+    typedef double pynn_rnn_vd __attribute__((vector_size(PYNN_RNN_VBYTES), aligned(8),
+                                              may_alias));
 
-cdef inline void _mm(bint ta, bint tb, int m, int n, int k, const floating* a, int lda,
-                     const floating* b, int ldb, floating beta, floating* c,
-                     int ldc) noexcept nogil:
-    """C = op(A) @ op(B) + beta * C through BLAS (row-major, leading dimensions as strides).
+    #define PYNN_RNN_BLOCK(T, V, NV, MR)                                                   \\
+        {                                                                                  \\
+            V acc[MR][NV]; int i, v; Py_ssize_t kk;                                        \\
+            for (i = 0; i < MR; i++) for (v = 0; v < NV; v++) {                            \\
+                if (accum) acc[i][v] = *(const V*)(c + i * ldc + j + v * VL);              \\
+                else acc[i][v] = (V){0};                                                   \\
+            }                                                                              \\
+            for (kk = 0; kk < k; kk++) {                                                   \\
+                V bv[NV];                                                                  \\
+                for (v = 0; v < NV; v++) bv[v] = *(const V*)(b + kk * ldb + j + v * VL);   \\
+                for (i = 0; i < MR; i++) {                                                 \\
+                    T av = a[i * sai + kk * sak];                                          \\
+                    for (v = 0; v < NV; v++) acc[i][v] += av * bv[v];                      \\
+                }                                                                          \\
+            }                                                                              \\
+            for (i = 0; i < MR; i++) for (v = 0; v < NV; v++)                              \\
+                *(V*)(c + i * ldc + j + v * VL) = acc[i][v];                               \\
+        }
 
-    An empty reduction (k = 0) still honours beta, which BLAS would reject for lda = 0."""
-    cdef int i, j
-    if m <= 0 or n <= 0:
-        return
-    if k <= 0:
-        if beta == 0:
-            for i in range(m):
-                for j in range(n):
-                    c[i * ldc + j] = 0
-        return
-    gemm_rowmajor(ta, tb, m, n, k, <floating>1, a, lda, b, ldb, beta, c, ldc)
+    /* c[i, :n] (+)= a[i, :k] @ b[:k, :n] for i < MR; b is one packed panel (ldb = its
+     * width). A narrow last panel takes one vector, then single columns. */
+    #define PYNN_RNN_MK(NAME, T, V, MR)                                                    \\
+    static inline void NAME(Py_ssize_t n, Py_ssize_t k, const T* a, Py_ssize_t sai,       \\
+                            Py_ssize_t sak, const T* b, Py_ssize_t ldb, T* c,             \\
+                            Py_ssize_t ldc, int accum) {                                   \\
+        enum { VL = PYNN_RNN_VBYTES / sizeof(T) };                                         \\
+        Py_ssize_t j = 0, kk; int i;                                                       \\
+        for (; j + 2 * VL <= n; j += 2 * VL) PYNN_RNN_BLOCK(T, V, 2, MR)                   \\
+        for (; j + VL <= n; j += VL) PYNN_RNN_BLOCK(T, V, 1, MR)                           \\
+        for (; j < n; j++) for (i = 0; i < MR; i++) {                                      \\
+            T sum = accum ? c[i * ldc + j] : (T)0;                                         \\
+            for (kk = 0; kk < k; kk++) sum += a[i * sai + kk * sak] * b[kk * ldb + j];     \\
+            c[i * ldc + j] = sum;                                                          \\
+        }                                                                                  \\
+    }
+
+    PYNN_RNN_MK(pynn_rnn_mk8_f, float, pynn_rnn_vf, 8)
+    PYNN_RNN_MK(pynn_rnn_mk6_f, float, pynn_rnn_vf, 6)
+    PYNN_RNN_MK(pynn_rnn_mk4_f, float, pynn_rnn_vf, 4)
+    PYNN_RNN_MK(pynn_rnn_mk3_f, float, pynn_rnn_vf, 3)
+    PYNN_RNN_MK(pynn_rnn_mk2_f, float, pynn_rnn_vf, 2)
+    PYNN_RNN_MK(pynn_rnn_mk1_f, float, pynn_rnn_vf, 1)
+    PYNN_RNN_MK(pynn_rnn_mk8_d, double, pynn_rnn_vd, 8)
+    PYNN_RNN_MK(pynn_rnn_mk6_d, double, pynn_rnn_vd, 6)
+    PYNN_RNN_MK(pynn_rnn_mk4_d, double, pynn_rnn_vd, 4)
+    PYNN_RNN_MK(pynn_rnn_mk3_d, double, pynn_rnn_vd, 3)
+    PYNN_RNN_MK(pynn_rnn_mk2_d, double, pynn_rnn_vd, 2)
+    PYNN_RNN_MK(pynn_rnn_mk1_d, double, pynn_rnn_vd, 1)
+    """
+    int PYNN_RNN_MR_MAX
+    int PYNN_RNN_NC_F
+    int PYNN_RNN_NC_D
+    void pynn_rnn_mk8_f(Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t,
+                        const float*, Py_ssize_t, float*, Py_ssize_t, int) noexcept nogil
+    void pynn_rnn_mk6_f(Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t,
+                        const float*, Py_ssize_t, float*, Py_ssize_t, int) noexcept nogil
+    void pynn_rnn_mk4_f(Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t,
+                        const float*, Py_ssize_t, float*, Py_ssize_t, int) noexcept nogil
+    void pynn_rnn_mk3_f(Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t,
+                        const float*, Py_ssize_t, float*, Py_ssize_t, int) noexcept nogil
+    void pynn_rnn_mk2_f(Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t,
+                        const float*, Py_ssize_t, float*, Py_ssize_t, int) noexcept nogil
+    void pynn_rnn_mk1_f(Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t,
+                        const float*, Py_ssize_t, float*, Py_ssize_t, int) noexcept nogil
+    void pynn_rnn_mk8_d(Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t,
+                        const double*, Py_ssize_t, double*, Py_ssize_t, int) noexcept nogil
+    void pynn_rnn_mk6_d(Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t,
+                        const double*, Py_ssize_t, double*, Py_ssize_t, int) noexcept nogil
+    void pynn_rnn_mk4_d(Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t,
+                        const double*, Py_ssize_t, double*, Py_ssize_t, int) noexcept nogil
+    void pynn_rnn_mk3_d(Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t,
+                        const double*, Py_ssize_t, double*, Py_ssize_t, int) noexcept nogil
+    void pynn_rnn_mk2_d(Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t,
+                        const double*, Py_ssize_t, double*, Py_ssize_t, int) noexcept nogil
+    void pynn_rnn_mk1_d(Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t,
+                        const double*, Py_ssize_t, double*, Py_ssize_t, int) noexcept nogil
 
 
-cdef enum:
-    # Output columns per register tile of _rows_mm: 4 rows x 16 columns of accumulators stay
-    # in vector registers through the whole k loop (2 AVX registers per row in float32).
-    COLS = 32
+cdef inline Py_ssize_t _panel_width(floating* dummy) noexcept nogil:
+    """NC for this dtype (the argument only selects the specialization)."""
+    if floating is float:
+        return PYNN_RNN_NC_F
+    return PYNN_RNN_NC_D
 
 
-cdef inline void _rows_mm(Py_ssize_t rows, Py_ssize_t k, Py_ssize_t n, const floating* a,
-                          Py_ssize_t lda, const floating* b, Py_ssize_t ldb, floating* c,
-                          Py_ssize_t ldc, bint accumulate) noexcept nogil:
-    """c[r, :n] (+)= a[r, :k] @ b[:k, :n] for the few rows of one block, inside one thread.
+cdef inline void _mk(Py_ssize_t mr, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                     Py_ssize_t sai, Py_ssize_t sak, const floating* b, Py_ssize_t ldb,
+                     floating* c, Py_ssize_t ldc, int accum) noexcept nogil:
+    """One group of mr (one of 8, 6, 4, 3, 2, 1) rows: c[i, :n] (+)= sum_k a[i*sai + k*sak]
+    * b[k*ldb + :n]."""
+    if floating is float:
+        if mr == 8:
+            pynn_rnn_mk8_f(n, k, a, sai, sak, b, ldb, c, ldc, accum)
+        elif mr == 6:
+            pynn_rnn_mk6_f(n, k, a, sai, sak, b, ldb, c, ldc, accum)
+        elif mr == 4:
+            pynn_rnn_mk4_f(n, k, a, sai, sak, b, ldb, c, ldc, accum)
+        elif mr == 3:
+            pynn_rnn_mk3_f(n, k, a, sai, sak, b, ldb, c, ldc, accum)
+        elif mr == 2:
+            pynn_rnn_mk2_f(n, k, a, sai, sak, b, ldb, c, ldc, accum)
+        else:
+            pynn_rnn_mk1_f(n, k, a, sai, sak, b, ldb, c, ldc, accum)
+    else:
+        if mr == 8:
+            pynn_rnn_mk8_d(n, k, a, sai, sak, b, ldb, c, ldc, accum)
+        elif mr == 6:
+            pynn_rnn_mk6_d(n, k, a, sai, sak, b, ldb, c, ldc, accum)
+        elif mr == 4:
+            pynn_rnn_mk4_d(n, k, a, sai, sak, b, ldb, c, ldc, accum)
+        elif mr == 3:
+            pynn_rnn_mk3_d(n, k, a, sai, sak, b, ldb, c, ldc, accum)
+        elif mr == 2:
+            pynn_rnn_mk2_d(n, k, a, sai, sak, b, ldb, c, ldc, accum)
+        else:
+            pynn_rnn_mk1_d(n, k, a, sai, sak, b, ldb, c, ldc, accum)
 
-    Register tiles of 4 rows x COLS columns: per k, COLS values of b are loaded once and
-    feed 4 rows of fixed-size accumulators that the compiler keeps in vector registers.
-    Every output sums k in ascending order onto its initial value whatever the tile shape,
-    so a row's result does not depend on which block or tile it falls in."""
-    cdef Py_ssize_t r, kk, j, j0, jn, nr
-    cdef floating acc0[COLS]
-    cdef floating acc1[COLS]
-    cdef floating acc2[COLS]
-    cdef floating acc3[COLS]
-    cdef floating a0, a1, a2, a3
-    cdef const floating* bk
-    cdef floating* cr
-    r = 0
-    while r < rows:
-        nr = rows - r if rows - r < 4 else 4
-        j0 = 0
-        while j0 < n:
-            jn = n - j0 if n - j0 < COLS else COLS
-            for j in range(COLS):
-                acc0[j] = 0
-                acc1[j] = 0
-                acc2[j] = 0
-                acc3[j] = 0
-            if accumulate:
-                for j in range(jn):
-                    acc0[j] = c[r * ldc + j0 + j]
-                    if nr > 1:
-                        acc1[j] = c[(r + 1) * ldc + j0 + j]
-                    if nr > 2:
-                        acc2[j] = c[(r + 2) * ldc + j0 + j]
-                    if nr > 3:
-                        acc3[j] = c[(r + 3) * ldc + j0 + j]
-            if nr == 4 and jn == COLS:
-                for kk in range(k):
-                    a0 = a[r * lda + kk]
-                    a1 = a[(r + 1) * lda + kk]
-                    a2 = a[(r + 2) * lda + kk]
-                    a3 = a[(r + 3) * lda + kk]
-                    bk = b + kk * ldb + j0
-                    for j in range(COLS):
-                        acc0[j] = acc0[j] + a0 * bk[j]
-                        acc1[j] = acc1[j] + a1 * bk[j]
-                        acc2[j] = acc2[j] + a2 * bk[j]
-                        acc3[j] = acc3[j] + a3 * bk[j]
-            else:
-                # Edge tile: the same sums, element by element.
-                for kk in range(k):
-                    bk = b + kk * ldb + j0
-                    for j in range(jn):
-                        acc0[j] = acc0[j] + a[r * lda + kk] * bk[j]
-                        if nr > 1:
-                            acc1[j] = acc1[j] + a[(r + 1) * lda + kk] * bk[j]
-                        if nr > 2:
-                            acc2[j] = acc2[j] + a[(r + 2) * lda + kk] * bk[j]
-                        if nr > 3:
-                            acc3[j] = acc3[j] + a[(r + 3) * lda + kk] * bk[j]
-            for j in range(jn):
-                c[r * ldc + j0 + j] = acc0[j]
-                if nr > 1:
-                    c[(r + 1) * ldc + j0 + j] = acc1[j]
-                if nr > 2:
-                    c[(r + 2) * ldc + j0 + j] = acc2[j]
-                if nr > 3:
-                    c[(r + 3) * ldc + j0 + j] = acc3[j]
-            j0 = j0 + COLS
-        r = r + 4
+
+cdef void _panel_rows(Py_ssize_t rows, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                      Py_ssize_t sai, Py_ssize_t sak, const floating* b, Py_ssize_t ldb,
+                      floating* c, Py_ssize_t ldc, int accum) noexcept nogil:
+    """All rows over one panel (n <= NC columns): groups of PYNN_RNN_MR_MAX rows, then the
+    largest smaller group that fits."""
+    cdef Py_ssize_t i = 0, left, mr
+    cdef Py_ssize_t mr_max = PYNN_RNN_MR_MAX
+    while i < rows:
+        left = rows - i
+        if left >= mr_max:
+            mr = mr_max
+        elif left >= 6:
+            mr = 6
+        elif left >= 4:
+            mr = 4
+        else:
+            mr = left
+        _mk(mr, n, k, a + i * sai, sai, sak, b, ldb, c + i * ldc, ldc, accum)
+        i = i + mr
+
+
+cdef void _rec_mm(Py_ssize_t rows, Py_ssize_t k, Py_ssize_t n, const floating* a,
+                  Py_ssize_t lda, const floating* panels, floating* c, Py_ssize_t ldc,
+                  bint accumulate) noexcept nogil:
+    """c[r, :n] (+)= a[r, :k] @ B for a few rows inside one thread; B (k, n) is given packed
+    by _pack_panels. Panel by panel, in blocks of KC rows of B (a panel block of at most
+    KC x NC values stays in L1 while all the rows pass over it)."""
+    cdef Py_ssize_t nc = _panel_width(c), p0, k0 = 0, kn, w
+    while True:
+        kn = min(KC, k - k0)
+        p0 = 0
+        while p0 < n:
+            w = min(nc, n - p0)
+            _panel_rows(rows, w, kn, a + k0, lda, 1, panels + p0 * k + k0 * w, w, c + p0,
+                        ldc, accumulate or k0 > 0)
+            p0 = p0 + nc
+        k0 = k0 + kn
+        if k0 >= k:
+            break
+
+
+def _pack_panels(const floating[:, ::1] m, bint trans, Py_ssize_t lo, Py_ssize_t hi):
+    """B = m[:, lo:hi] (trans False) or m[:, lo:hi]^T (trans True), packed for _rec_mm:
+    panel p = columns [p*NC, p*NC + w) of B, K rows of w contiguous values, at p*NC*K."""
+    cdef Py_ssize_t k = m.shape[0] if not trans else hi - lo
+    cdef Py_ssize_t n = hi - lo if not trans else m.shape[0]
+    out = np.empty(k * n, dtype=np.float32 if floating is float else np.float64)
+    cdef floating[::1] dst = out
+    cdef Py_ssize_t nc, p0, w, kk, j
+    cdef floating* d
+    if k * n == 0:
+        return out
+    nc = _panel_width(&dst[0])
+    with nogil:
+        p0 = 0
+        while p0 < n:
+            w = n - p0 if n - p0 < nc else nc
+            d = &dst[0] + p0 * k
+            for kk in range(k):
+                for j in range(w):
+                    if trans:
+                        d[kk * w + j] = m[p0 + j, lo + kk]
+                    else:
+                        d[kk * w + j] = m[kk, lo + p0 + j]
+            p0 = p0 + nc
+    return out
+
+
+cdef inline Py_ssize_t _n_threads(Py_ssize_t n) noexcept nogil:
+    """Threads for n batch rows: one per block at most."""
+    cdef Py_ssize_t nblk = (n + ROWS - 1) // ROWS
+    cdef Py_ssize_t nth = omp_get_max_threads()
+    return max(1, min(nth, nblk))
+
+
+cdef inline Py_ssize_t _split_rows(Py_ssize_t n, Py_ssize_t tid, Py_ssize_t nth) noexcept nogil:
+    """First row of thread tid's run of whole ROWS blocks (tid = nth: n)."""
+    cdef Py_ssize_t nblk = (n + ROWS - 1) // ROWS
+    return min(tid * nblk // nth * ROWS, n)
 
 
 cdef extern from *:
@@ -165,9 +312,21 @@ cdef extern from *:
      * within 2.5 ulp of the float64 values on [-30, 30] (inputs clamped to [-87, 88]).
      * Branch-free, so the row loops calling it vectorize, which libm's expf/tanhf do not
      * without -ffast-math. */
+    /* c ? a : b through the bits: GCC turns a plain ?: here into a branch around the
+     * arithmetic feeding it, which only AVX-512's masked instructions let it vectorize. */
+    static inline float pynn_rnn_self(int c, float a, float b) {
+        int32_t ia, ib, r;
+        const int32_t m = -(int32_t)(c != 0);
+        float out;
+        memcpy(&ia, &a, sizeof ia);
+        memcpy(&ib, &b, sizeof ib);
+        r = (ia & m) | (ib & ~m);
+        memcpy(&out, &r, sizeof out);
+        return out;
+    }
     static inline float pynn_rnn_expf(float x) {
-        x = x < 88.0f ? x : 88.0f;
-        x = x > -87.0f ? x : -87.0f;
+        x = pynn_rnn_self(x < 88.0f, x, 88.0f);
+        x = pynn_rnn_self(x > -87.0f, x, -87.0f);
         /* Round to nearest by adding and removing 1.5 * 2^23 (exact for |t| < 2^22):
          * floorf() would stop GCC from vectorizing the loop. */
         const float fx = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
@@ -194,11 +353,67 @@ cdef extern from *:
                                - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z
                              - 3.33332819422e-1f) * z * x + x;
         const float big = copysignf(1.0f - 2.0f / (pynn_rnn_expf(2.0f * ax) + 1.0f), x);
-        return ax < 0.625f ? small : big;
+        return pynn_rnn_self(ax < 0.625f, small, big);
     }
     """
     float pynn_rnn_sigmoidf(float x) noexcept nogil
     float pynn_rnn_tanhf(float x) noexcept nogil
+
+
+# Fused LSTM cell passes for float32 with Keras's default activations (tanh, sigmoid): one
+# loop over the units of a row does what the generic passes below do in nine, with the same
+# formulas in the same order, so the two agree to rounding; all other cases take the generic
+# passes.
+cdef extern from *:
+    """
+    /* Forward: g (the row's pre-activations, bias not yet added) becomes the activated
+     * gates i, f, c~, o; c = f * c_prev + i * c~ (i * c~ at the first step, cp NULL) and
+     * h = o * tanh(c). */
+    #define PYNN_RNN_LSTM_FWD(CP_TERM)                                                     \\
+        for (j = 0; j < u; j++) {                                                          \\
+            const float i = pynn_rnn_sigmoidf(g[j] + b[j]);                                \\
+            const float f = pynn_rnn_sigmoidf(g[u + j] + b[u + j]);                        \\
+            const float cc = pynn_rnn_tanhf(g[2 * u + j] + b[2 * u + j]);                  \\
+            const float o = pynn_rnn_sigmoidf(g[3 * u + j] + b[3 * u + j]);                \\
+            const float cn = CP_TERM i * cc;                                               \\
+            g[j] = i; g[u + j] = f; g[2 * u + j] = cc; g[3 * u + j] = o;                   \\
+            c[j] = cn;                                                                     \\
+            h[j] = o * pynn_rnn_tanhf(cn);                                                 \\
+        }
+    static inline void pynn_rnn_lstm_fwd_f(float* restrict g, const float* restrict b,
+                                           const float* restrict cp, float* restrict c,
+                                           float* restrict h, Py_ssize_t u) {
+        Py_ssize_t j;
+        if (cp) { PYNN_RNN_LSTM_FWD(f * cp[j] +) }
+        else { PYNN_RNN_LSTM_FWD() }
+    }
+
+    /* Backward: dh (upstream already added) and dc (carried) give the pre-activation
+     * gradients z of the four gates; dc becomes dc_{t-1}. */
+    #define PYNN_RNN_LSTM_BWD(CPV)                                                         \\
+        for (j = 0; j < u; j++) {                                                          \\
+            const float i = g[j], f = g[u + j], cc = g[2 * u + j], o = g[3 * u + j];       \\
+            const float tc = pynn_rnn_tanhf(c[j]);                                         \\
+            const float dcj = dc[j] + dh[j] * o * (1 - tc * tc);                           \\
+            z[j] = dcj * cc * i * (1 - i);                                                 \\
+            z[u + j] = dcj * (CPV) * f * (1 - f);                                          \\
+            z[2 * u + j] = dcj * i * (1 - cc * cc);                                        \\
+            z[3 * u + j] = dh[j] * tc * o * (1 - o);                                       \\
+            dc[j] = dcj * f;                                                               \\
+        }
+    static inline void pynn_rnn_lstm_bwd_f(const float* restrict g, const float* restrict cp,
+                                           const float* restrict c, const float* restrict dh,
+                                           float* restrict dc, float* restrict z,
+                                           Py_ssize_t u) {
+        Py_ssize_t j;
+        if (cp) { PYNN_RNN_LSTM_BWD(cp[j]) }
+        else { PYNN_RNN_LSTM_BWD(0.0f) }
+    }
+    """
+    void pynn_rnn_lstm_fwd_f(float* g, const float* b, const float* cp, float* c, float* h,
+                             Py_ssize_t u) noexcept nogil
+    void pynn_rnn_lstm_bwd_f(const float* g, const float* cp, const float* c,
+                             const float* dh, float* dc, float* z, Py_ssize_t u) noexcept nogil
 
 
 cdef inline void _act_vec(floating* v, Py_ssize_t n, int act, floating alpha) noexcept nogil:
@@ -242,24 +457,6 @@ cdef inline void _add_dy(floating* dh, const floating* dy, Py_ssize_t n) noexcep
             dh[j] = dh[j] + dy[j]
 
 
-cdef void _column_sums(const floating* a, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
-                       floating* out) noexcept nogil:
-    """out[j] = sum_r a[r, j]: whole column blocks per thread, rows in order (reproducible)."""
-    cdef Py_ssize_t blk, r, j, j0, j1
-    cdef Py_ssize_t block = 64
-    cdef Py_ssize_t nblk = (cols + block - 1) // block
-    for blk in prange(nblk, schedule="static", nogil=True):
-        j0 = blk * block
-        j1 = j0 + block
-        if j1 > cols:
-            j1 = cols
-        for j in range(j0, j1):
-            out[j] = 0
-        for r in range(rows):
-            for j in range(j0, j1):
-                out[j] = out[j] + a[r * ld + j]
-
-
 cdef inline floating _at(const floating* p, Py_ssize_t i) noexcept nogil:
     """p[i], or 0 for a NULL row pointer (the zero initial state, an absent gradient)."""
     return p[i] if p != NULL else 0
@@ -286,11 +483,6 @@ def _inputs(op, x, kernel, recurrent_kernel, gates):
     units = recurrent_kernel.shape[0]
     check_shape(op, "recurrent_kernel", recurrent_kernel, (units, gates * units))
     check_shape(op, "kernel", kernel, (x.shape[2], gates * units))
-    n, t, c = x.shape
-    biggest = max(n * t * max(c, gates * units), gates * units * max(c, units))
-    if biggest > _INT_MAX:
-        raise ValueError(f"{op}: {biggest} elements in one operand exceed the int32 indexing "
-                         f"of BLAS (x shape {x.shape}, units {units})")
     return x, kernel, recurrent_kernel, units
 
 
@@ -349,91 +541,143 @@ def _last_step(h_seq, return_sequences):
     return np.ascontiguousarray(h_seq[:, t - 1])
 
 
-def _shift_prev(const floating[:, :, ::1] h, floating[:, :, ::1] hp, bint backwards):
-    """hp[n, tx(s)] = h[n, s-1] (zero at s = 0): the state each step's gate rows multiplied,
-    aligned with dZ so d(recurrent_kernel) is one GEMM."""
-    cdef Py_ssize_t n = h.shape[0], t_len = h.shape[1], u = h.shape[2], i, s, j, tx
+def _stack_t(const floating[:, :, ::1] x, const floating[:, :, ::1] h,
+             const floating[:, :, ::1] rh, floating[:, ::1] at, bint with_rh, bint backwards):
+    """The left operands of the weight gradients, transposed and stacked: column n*T + tx(s)
+    of at holds [x[n, tx, :], 1, h[n, s-1, :] (zero at s = 0), rh[n, tx, :] (with_rh)], the
+    rows that meet dZ[n, tx] in dkernel, the bias gradient and d(recurrent_kernel)."""
+    cdef Py_ssize_t n = x.shape[0], t_len = x.shape[1], c = x.shape[2], u = h.shape[2]
+    cdef Py_ssize_t i, s, j, tx, col
     for i in prange(n, schedule="static", nogil=True):
+        col = i * t_len
+        for j in range(c):
+            for s in range(t_len):
+                at[j, col + s] = x[i, s, j]
         for s in range(t_len):
-            tx = _tx(s, t_len, backwards)
+            at[c, col + s] = 1
+        for j in range(u):
+            for s in range(t_len):
+                tx = _tx(s, t_len, backwards)
+                at[c + 1 + j, col + tx] = h[i, s - 1, j] if s > 0 else 0
+        if with_rh:
             for j in range(u):
-                hp[i, tx, j] = h[i, s - 1, j] if s > 0 else 0
+                for s in range(t_len):
+                    at[c + 1 + u + j, col + s] = rh[i, s, j]
 
 
-def _gemm_tn(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
-             Py_ssize_t b_col, Py_ssize_t c_col, Py_ssize_t cols):
-    """c[:, c_col:c_col+cols] = a^T @ b[:, b_col:b_col+cols] over all rows of a and b."""
-    cdef int rows = a.shape[0], m = a.shape[1]
-    if rows == 0 or m == 0 or cols == 0:
+cdef void _tn_panels(Py_ssize_t m, Py_ssize_t cols, Py_ssize_t p_lo, Py_ssize_t p_hi,
+                     Py_ssize_t kdim, const floating* at, const floating* b, Py_ssize_t ldb,
+                     floating* c, Py_ssize_t ldc) noexcept nogil:
+    """c[:m, p*NC : p*NC + w] = at[:m, :] @ b[:, p*NC : p*NC + w] for panels p_lo <= p < p_hi
+    (at: m rows of stride kdim, b: kdim rows of stride ldb). The sum over kdim runs in
+    ascending blocks of KC: a block of at's rows (m x KC) stays in L2 while the panels pass
+    over it; each panel's block of b is first copied into a contiguous buffer (rows of b a
+    power of two apart would share a few L1 sets) that stays in L1 for all m rows."""
+    cdef floating buf[KC * KC_NC_MAX]
+    cdef Py_ssize_t nc = _panel_width(c), k0 = 0, kn, kk, j, p, p0, w
+    while k0 < kdim:
+        kn = min(KC, kdim - k0)
+        for p in range(p_lo, p_hi):
+            p0 = p * nc
+            w = min(nc, cols - p0)
+            for kk in range(kn):
+                for j in range(w):
+                    buf[kk * w + j] = b[(k0 + kk) * ldb + p0 + j]
+            _panel_rows(m, w, kn, at + k0, kdim, 1, buf, w, c + p0, ldc, k0 > 0)
+        k0 = k0 + kn
+
+
+def _gemm_tn(const floating[:, ::1] at, Py_ssize_t a_row, Py_ssize_t m,
+             const floating[:, ::1] b, Py_ssize_t b_col, Py_ssize_t cols,
+             floating[:, ::1] c, Py_ssize_t c_row, Py_ssize_t c_col):
+    """c[c_row:c_row+m, c_col:c_col+cols] = at[a_row:a_row+m] @ b[:, b_col:b_col+cols], the
+    sum over all rows of b (at holds the left operand transposed, at least one column).
+    Each thread takes a run of whole column panels, so every element is summed by one
+    thread in a fixed order."""
+    cdef Py_ssize_t kdim = at.shape[1], ldb = b.shape[1], ldc = c.shape[1]
+    cdef Py_ssize_t nc, npan, nth, tid
+    if m == 0 or cols == 0:
         return
-    with nogil:
-        _mm(True, False, m, <int>cols, rows, &a[0, 0], m, &b[0, 0] + b_col, <int>b.shape[1],
-            <floating>0, &c[0, 0] + c_col, <int>c.shape[1])
+    nc = _panel_width(&c[0, 0])
+    npan = (cols + nc - 1) // nc
+    nth = max(1, min(<Py_ssize_t>omp_get_max_threads(), npan))
+    for tid in prange(nth, schedule="static", num_threads=nth, nogil=True):
+        _tn_panels(m, cols, tid * npan // nth, (tid + 1) * npan // nth, kdim,
+                   &at[a_row, 0], &b[0, b_col], ldb, &c[c_row, c_col], ldc)
 
 
-def _grads_gemm(const floating[:, ::1] x, const floating[:, ::1] kernel,
-                const floating[:, ::1] dz, floating[:, ::1] dkernel, floating[:, ::1] dx):
-    cdef int rows = x.shape[0], c = x.shape[1], g = dz.shape[1]
-    cdef bint want_dx = dx is not None
-    if c == 0:
-        return
-    with nogil:
-        _mm(True, False, c, g, rows, &x[0, 0], c, &dz[0, 0], g, <floating>0,
-            &dkernel[0, 0], g)
-        if want_dx:
-            _mm(False, True, rows, c, g, &dz[0, 0], g, &kernel[0, 0], g, <floating>0,
-                &dx[0, 0], c)
-
-
-def _bias_grad(const floating[:, ::1] dz, floating[::1] out):
-    with nogil:
-        _column_sums(&dz[0, 0], dz.shape[0], dz.shape[1], dz.shape[1], &out[0])
-
-
-def _column_sum(dz):
-    """Sum of dz (N, T, G) over N and T."""
-    n, t, g = dz.shape
-    out = np.zeros(g, dtype=dz.dtype)
-    if n * t and g:
-        _bias_grad(dz.reshape(n * t, g), out)
-    return out
-
-
-def _project(const floating[:, ::1] x, const floating[:, ::1] kernel, floating[:, ::1] p):
-    """p = x @ kernel over all N*T rows (the input side of every step at once)."""
-    cdef int rows = x.shape[0], c = x.shape[1], g = kernel.shape[1]
-    if c == 0:
-        p[:, :] = 0
-        return
-    with nogil:
-        _mm(False, False, rows, g, c, &x[0, 0], c, &kernel[0, 0], g, <floating>0, &p[0, 0], g)
-
-
-def _forward_input(x, kernel, gates):
+def _weight_grads(x, h_seq, dz, at, go_backwards, rh=None):
+    """(x^T @ dz, h_prev^T @ dz, column sums of dz) over all N*T rows as row blocks of one
+    fresh (C + 1 + U, G) array: rows C (the bias gradient) and C + 1 onward
+    (d(recurrent_kernel)). ``dz`` is one array, or for GRU with reset_after the pair
+    (input-side dz, recurrent-side dz): the input part (x, ones) meets the first and the
+    ones and h_prev the second. With ``rh`` (GRU without reset_after) the h-gate columns of
+    d(recurrent_kernel) pair with rh instead of h_prev. ``at`` is scratch for _stack_t,
+    (C + 1 + U (+ U with rh), N*T)."""
+    dz_in, dz_rec = dz if isinstance(dz, tuple) else (dz, dz)
     n, t, c = x.shape
-    _project(x.reshape(n * t, c), kernel, gates.reshape(n * t, gates.shape[2]))
-
-
-def _backward_input(x, kernel, h_seq, dz, dz_rec, drk, go_backwards, need_input_grad):
-    """(dx or None, dkernel, dbias of dz) and drk = h_prev^T @ dz_rec, all over N*T rows.
-
-    dz_rec (the recurrent side's pre-activation gradients) is dz except for GRU with
-    reset_after; None means drk was filled by the caller."""
-    n, t, c = x.shape
-    g = dz.shape[2]
-    dkernel = np.zeros(kernel.shape, dtype=x.dtype)
-    dx = np.zeros(x.shape, dtype=x.dtype) if need_input_grad else None
+    g = dz_in.shape[2]
+    u = h_seq.shape[2]
+    rows = c + 1 + u
     if n * t == 0:
-        return dx, dkernel, np.zeros(g, dtype=x.dtype)
-    _grads_gemm(x.reshape(n * t, c), kernel, dz.reshape(n * t, g), dkernel,
-                None if dx is None else dx.reshape(n * t, c))
-    dbias = _column_sum(dz)
-    if dz_rec is not None:
-        h_prev = np.empty_like(h_seq)
-        _shift_prev(h_seq, h_prev, go_backwards)
-        _gemm_tn(h_prev.reshape(n * t, h_seq.shape[2]), dz_rec.reshape(n * t, g), drk, 0, 0,
-                 g)
-    return dx, dkernel, dbias
+        out = np.zeros((rows, g), dtype=x.dtype)
+        return out[:c], out[c + 1:], np.zeros((2, g), x.dtype) if dz_rec is not dz_in else out[c]
+    out = np.empty((rows, g), dtype=x.dtype)
+    _stack_t(x, h_seq, h_seq if rh is None else rh, at, rh is not None, go_backwards)
+    b_in, b_rec = dz_in.reshape(n * t, g), dz_rec.reshape(n * t, g)
+    if rh is not None:
+        # z, r columns: [x, 1, h_prev]; h columns: [x, 1] and rh for the recurrent rows.
+        _gemm_tn(at, 0, rows, b_in, 0, 2 * u, out, 0, 0)
+        _gemm_tn(at, 0, c + 1, b_in, 2 * u, u, out, 0, 2 * u)
+        _gemm_tn(at, rows, u, b_in, 2 * u, u, out, c + 1, 2 * u)
+    elif dz_rec is dz_in:
+        _gemm_tn(at, 0, rows, b_in, 0, g, out, 0, 0)
+    else:
+        # reset_after: the second bias row is the column sum of the recurrent-side dz.
+        _gemm_tn(at, 0, c + 1, b_in, 0, g, out, 0, 0)
+        out_rec = np.empty((u + 1, g), dtype=x.dtype)
+        _gemm_tn(at, c, u + 1, b_rec, 0, g, out_rec, 0, 0)
+        return out[:c], out_rec[1:], np.stack([out[c], out_rec[0]])
+    return out[:c], out[c + 1:], out[c]
+
+
+# Backward scratch (dz over all steps, the stacked weight-gradient operand) is kept between
+# calls, one buffer per dtype up to _SCRATCH_KEEP_BYTES: fresh multi-MiB arrays come back
+# from the kernel page by page, zeroed, and that cost as much as a third of an LSTM
+# backward in bench/bench_rnn.py. A call takes the buffer out of the pool (dict.pop is
+# atomic under the GIL) and puts it back when done, so concurrent calls never share one;
+# nothing returned to the caller lives in it.
+_SCRATCH_KEEP_BYTES = 256 << 20
+_scratch_pool = {}
+
+
+def _take_scratch(dtype, *shapes):
+    """(buffer, views of the given shapes carved from it one after the other)."""
+    sizes = [int(np.prod(s)) for s in shapes]
+    buf = _scratch_pool.pop(np.dtype(dtype).char, None)
+    if buf is None or buf.size < sum(sizes):
+        buf = np.empty(sum(sizes), dtype=dtype)
+    views, off = [], 0
+    for shape, size in zip(shapes, sizes):
+        views.append(buf[off:off + size].reshape(shape))
+        off += size
+    return buf, views
+
+
+def _give_scratch(buf):
+    if buf.nbytes <= _SCRATCH_KEEP_BYTES:
+        old = _scratch_pool.get(buf.dtype.char)
+        if old is None or old.size < buf.size:
+            _scratch_pool[buf.dtype.char] = buf
+
+
+def _dx_buffer(x, units, need_input_grad):
+    """dx for the backward loop to fill (it writes every element when the recurrence runs);
+    with no input gradient wanted, an (N, T, 0) stand-in that turns the product off."""
+    n, t, c = x.shape
+    if not need_input_grad:
+        return np.empty((n, t, 0), dtype=x.dtype)
+    return np.empty(x.shape, dtype=x.dtype) if n * t * units else np.zeros(x.shape, x.dtype)
 
 
 # -- SimpleRNN ------------------------------------------------------------------------------
@@ -464,45 +708,69 @@ cdef void _simple_step_backward(const floating* dy, Py_ssize_t dy_ld, const floa
         _act_grad_vec(h + n * ld, dz + n * ld, units, act, alpha)
 
 
-def _simple_rnn_forward(const floating[:, ::1] rk, const floating[::1] bias,
-                        floating[:, :, ::1] p, floating[:, :, ::1] h, int act, double alpha,
-                        bint backwards):
-    cdef Py_ssize_t n = h.shape[0], t_len = h.shape[1], u = h.shape[2]
-    cdef Py_ssize_t blk, r0, rows, s, tx, ld = t_len * u
-    cdef floating* pp
+def _simple_rnn_forward(const floating[:, :, ::1] x, const floating[::1] wp,
+                        const floating[::1] rk, const floating[::1] bias,
+                        floating[:, :, ::1] h, int act, double alpha, bint backwards):
+    """h[:, s] = act(x[:, tx] @ W + h[:, s-1] @ R + bias), both products summed into h[:, s]
+    itself before the activation."""
+    cdef Py_ssize_t n = h.shape[0], t_len = h.shape[1], u = h.shape[2], cin = x.shape[2]
+    cdef Py_ssize_t tid, nth = _n_threads(n), r0, r1, rows, s, tx, ld = t_len * u
+    cdef Py_ssize_t xld = t_len * cin
+    cdef const floating* xp
+    cdef const floating* xb = &x[0, 0, 0] if cin > 0 else NULL
+    cdef const floating* wb = &wp[0] if cin > 0 else NULL
     cdef floating* hp
-    for blk in prange((n + ROWS - 1) // ROWS, schedule="static", nogil=True):
-        r0 = blk * ROWS
-        rows = min(ROWS, n - r0)
-        pp = &p[r0, 0, 0]
-        hp = &h[r0, 0, 0]
-        for s in range(t_len):
-            tx = _tx(s, t_len, backwards)
-            if s > 0:
-                _rows_mm(rows, u, u, hp + (s - 1) * u, ld, &rk[0, 0], u, pp + tx * u, ld, True)
-            _simple_step_forward(pp + tx * u, &bias[0], hp + s * u, rows, ld, u, act,
-                                 <floating>alpha)
+    for tid in prange(nth, schedule="static", num_threads=nth, nogil=True):
+        r0 = _split_rows(n, tid, nth)
+        r1 = _split_rows(n, tid + 1, nth)
+        while r0 < r1:
+            rows = min(CHUNK, r1 - r0)
+            xp = xb + r0 * xld if cin > 0 else NULL
+            hp = &h[r0, 0, 0]
+            for s in range(t_len):
+                tx = _tx(s, t_len, backwards)
+                _rec_mm(rows, cin, u, xp + tx * cin, xld, wb, hp + s * u, ld, False)
+                if s > 0:
+                    _rec_mm(rows, u, u, hp + (s - 1) * u, ld, &rk[0], hp + s * u, ld, True)
+                _simple_step_forward(hp + s * u, &bias[0], hp + s * u, rows, ld, u, act,
+                                     <floating>alpha)
+            r0 = r0 + rows
 
 
-def _simple_rnn_backward(const floating[:, ::1] dy, bint full, const floating[:, ::1] rk_t,
-                         const floating[:, :, ::1] h, floating[:, :, ::1] dz,
+def _simple_rnn_backward(const floating[:, ::1] dy, bint full, const floating[::1] rk_t,
+                         const floating[::1] wp_t, const floating[:, :, ::1] h,
+                         floating[:, :, ::1] dz, floating[:, :, ::1] dx,
                          floating[:, ::1] dh_next, int act, double alpha, bint backwards):
-    cdef Py_ssize_t n = h.shape[0], t_len = h.shape[1], u = h.shape[2]
-    cdef Py_ssize_t blk, r0, rows, s, tx, ld = t_len * u, dy_ld = dy.shape[1]
+    """dz at every step, dh_{s-1} = dz_s @ R^T and dx[:, tx] = dz_s @ W^T (when dx has
+    columns)."""
+    cdef Py_ssize_t n = h.shape[0], t_len = h.shape[1], u = h.shape[2], cin = dx.shape[2]
+    cdef Py_ssize_t tid, nth = _n_threads(n), r0, r1, rows, s, tx, ld = t_len * u
+    cdef Py_ssize_t dy_ld = dy.shape[1], xld = t_len * cin
     cdef floating* zp
     cdef floating* dhn
-    for blk in prange((n + ROWS - 1) // ROWS, schedule="static", nogil=True):
-        r0 = blk * ROWS
-        rows = min(ROWS, n - r0)
-        zp = &dz[r0, 0, 0]
-        dhn = &dh_next[r0, 0]
-        for s in range(t_len - 1, -1, -1):
-            tx = _tx(s, t_len, backwards)
-            _simple_step_backward(_dy_row(&dy[r0, 0], full, s, t_len, u), dy_ld,
-                                  &h[r0, s, 0], dhn, zp + tx * u, rows, ld, u, act,
-                                  <floating>alpha)
-            if s > 0:
-                _rows_mm(rows, u, u, zp + tx * u, ld, &rk_t[0, 0], u, dhn, u, False)
+    cdef floating* dxp
+    # Base pointers only where there are columns (an (N, T, 0) dx turns the product off).
+    cdef floating* dxb = &dx[0, 0, 0] if cin > 0 else NULL
+    cdef const floating* wtb = &wp_t[0] if cin > 0 else NULL
+    for tid in prange(nth, schedule="static", num_threads=nth, nogil=True):
+        r0 = _split_rows(n, tid, nth)
+        r1 = _split_rows(n, tid + 1, nth)
+        while r0 < r1:
+            rows = min(CHUNK, r1 - r0)
+            zp = &dz[r0, 0, 0]
+            dhn = &dh_next[r0, 0]
+            dxp = dxb + r0 * xld if cin > 0 else NULL
+            for s in range(t_len - 1, -1, -1):
+                tx = _tx(s, t_len, backwards)
+                _simple_step_backward(_dy_row(&dy[r0, 0], full, s, t_len, u), dy_ld,
+                                      &h[r0, s, 0], dhn, zp + tx * u, rows, ld, u, act,
+                                      <floating>alpha)
+                if s > 0:
+                    _rec_mm(rows, u, u, zp + tx * u, ld, &rk_t[0], dhn, u, False)
+                if cin > 0:
+                    _rec_mm(rows, u, cin, zp + tx * u, ld, wtb, dxp + tx * cin, xld,
+                            False)
+            r0 = r0 + rows
 
 
 def simple_rnn_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
@@ -518,11 +786,12 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
     return_sequences = _flag(op, "return_sequences", return_sequences)
     go_backwards = _flag(op, "go_backwards", go_backwards)
     n, t, _ = x.shape
-    h_seq = np.zeros((n, t, units), dtype=x.dtype)
+    # Every element of the results and caches is written (np.empty: no zeroing pass).
+    h_seq = np.empty((n, t, units), dtype=x.dtype)
     if n * t * units:
-        p = np.empty((n, t, units), dtype=x.dtype)
-        _forward_input(x, kernel, p)
-        _simple_rnn_forward(recurrent_kernel, bias, p, h_seq, act, alpha, go_backwards)
+        _simple_rnn_forward(x, _pack_panels(kernel, False, 0, units),
+                            _pack_panels(recurrent_kernel, False, 0, units), bias, h_seq,
+                            act, alpha, go_backwards)
     return _last_step(h_seq, return_sequences), (h_seq,)
 
 
@@ -539,16 +808,20 @@ def simple_rnn_backward(dy, x, kernel, recurrent_kernel, cache, activation="tanh
     n, t, _ = x.shape
     dy = _upstream(op, dy, n, t, units, return_sequences, x.dtype)
     (h_seq,) = _cache(op, cache, [(n, t, units)], x.dtype)
-    dz = np.zeros((n, t, units), dtype=x.dtype)
-    drk = np.zeros(recurrent_kernel.shape, dtype=x.dtype)
-    if n * t * units:
-        dh_next = np.zeros((n, units), dtype=x.dtype)
-        _simple_rnn_backward(dy.reshape(n, -1), return_sequences,
-                             np.ascontiguousarray(recurrent_kernel.T), h_seq, dz, dh_next, act,
-                             alpha, go_backwards)
-    dx, dkernel, dbias = _backward_input(x, kernel, h_seq, dz, dz, drk, go_backwards,
-                                         need_input_grad)
-    return dx, dkernel, drk, dbias
+    # Every element of dz (and dx) is written by the recurrence (when there is one).
+    buf, (dz, at) = _take_scratch(x.dtype, (n, t, units), (x.shape[2] + 1 + units, n * t))
+    try:
+        dx = _dx_buffer(x, units, need_input_grad)
+        if n * t * units:
+            dh_next = np.zeros((n, units), dtype=x.dtype)
+            _simple_rnn_backward(dy.reshape(n, -1), return_sequences,
+                                 _pack_panels(recurrent_kernel, True, 0, units),
+                                 _pack_panels(kernel, True, 0, units), h_seq, dz, dx, dh_next,
+                                 act, alpha, go_backwards)
+        dkernel, drk, dbias = _weight_grads(x, h_seq, dz, at, go_backwards)
+    finally:
+        _give_scratch(buf)
+    return dx if need_input_grad else None, dkernel, drk, dbias
 
 
 # -- LSTM -----------------------------------------------------------------------------------
@@ -567,6 +840,11 @@ cdef void _lstm_step_forward(floating* g, const floating* bias, const floating* 
         gr = g + n * g_ld
         cr = c + n * ld
         hr = h + n * ld
+        if floating is float:
+            if act == ACT_TANH and ract == ACT_SIGMOID:
+                pynn_rnn_lstm_fwd_f(gr, bias, c_prev + n * ld if c_prev != NULL else NULL, cr,
+                                    hr, u)
+                continue
         for j in range(4 * u):
             gr[j] = gr[j] + bias[j]
         _act_vec(gr, 2 * u, ract, a2)
@@ -609,6 +887,11 @@ cdef void _lstm_step_backward(const floating* dy, Py_ssize_t dy_ld, const floati
         dhr = dh_next + n * u
         dcr = dc_next + n * u
         _add_dy(dhr, dy + n * dy_ld if dy != NULL else NULL, u)
+        if floating is float:
+            if act == ACT_TANH and ract == ACT_SIGMOID:
+                pynn_rnn_lstm_bwd_f(gr, c_prev + n * ld if c_prev != NULL else NULL, cr, dhr,
+                                    dcr, zr, u)
+                continue
         for j in range(u):
             zr[3 * u + j] = cr[j]
         _act_vec(zr + 3 * u, u, act, a1)
@@ -628,53 +911,76 @@ cdef void _lstm_step_backward(const floating* dy, Py_ssize_t dy_ld, const floati
         _act_grad_vec(gr + 3 * u, zr + 3 * u, u, ract, a2)
 
 
-def _lstm_forward(const floating[:, ::1] rk, const floating[::1] bias, floating[:, :, ::1] g,
+def _lstm_forward(const floating[:, :, ::1] x, const floating[::1] wp,
+                  const floating[::1] rk, const floating[::1] bias, floating[:, :, ::1] g,
                   floating[:, :, ::1] c, floating[:, :, ::1] h, int act, double a1, int ract,
                   double a2, bint backwards):
-    cdef Py_ssize_t n = h.shape[0], t_len = h.shape[1], u = h.shape[2]
-    cdef Py_ssize_t blk, r0, rows, s, tx, g4 = 4 * u, ld = t_len * u, g_ld = t_len * 4 * u
+    cdef Py_ssize_t n = h.shape[0], t_len = h.shape[1], u = h.shape[2], cin = x.shape[2]
+    cdef Py_ssize_t tid, nth = _n_threads(n), r0, r1, rows, s, tx, g4 = 4 * u
+    cdef Py_ssize_t ld = t_len * u, g_ld = t_len * 4 * u, xld = t_len * cin
+    cdef const floating* xp
+    cdef const floating* xb = &x[0, 0, 0] if cin > 0 else NULL
+    cdef const floating* wb = &wp[0] if cin > 0 else NULL
     cdef floating* gp
     cdef floating* cp
     cdef floating* hp
-    for blk in prange((n + ROWS - 1) // ROWS, schedule="static", nogil=True):
-        r0 = blk * ROWS
-        rows = min(ROWS, n - r0)
-        gp = &g[r0, 0, 0]
-        cp = &c[r0, 0, 0]
-        hp = &h[r0, 0, 0]
-        for s in range(t_len):
-            tx = _tx(s, t_len, backwards)
-            if s > 0:
-                _rows_mm(rows, u, g4, hp + (s - 1) * u, ld, &rk[0, 0], g4, gp + tx * g4, g_ld,
-                         True)
-            _lstm_step_forward(gp + tx * g4, &bias[0], cp + (s - 1) * u if s > 0 else NULL,
-                               cp + s * u, hp + s * u, rows, g_ld, ld, u, act, <floating>a1,
-                               ract, <floating>a2)
+    for tid in prange(nth, schedule="static", num_threads=nth, nogil=True):
+        r0 = _split_rows(n, tid, nth)
+        r1 = _split_rows(n, tid + 1, nth)
+        while r0 < r1:
+            rows = min(CHUNK, r1 - r0)
+            xp = xb + r0 * xld if cin > 0 else NULL
+            gp = &g[r0, 0, 0]
+            cp = &c[r0, 0, 0]
+            hp = &h[r0, 0, 0]
+            for s in range(t_len):
+                tx = _tx(s, t_len, backwards)
+                _rec_mm(rows, cin, g4, xp + tx * cin, xld, wb, gp + tx * g4, g_ld, False)
+                if s > 0:
+                    _rec_mm(rows, u, g4, hp + (s - 1) * u, ld, &rk[0], gp + tx * g4, g_ld,
+                            True)
+                _lstm_step_forward(gp + tx * g4, &bias[0], cp + (s - 1) * u if s > 0 else NULL,
+                                   cp + s * u, hp + s * u, rows, g_ld, ld, u, act, <floating>a1,
+                                   ract, <floating>a2)
+            r0 = r0 + rows
 
 
-def _lstm_backward(const floating[:, ::1] dy, bint full, const floating[:, ::1] rk_t,
-                   const floating[:, :, ::1] g, const floating[:, :, ::1] c,
-                   floating[:, :, ::1] dz, floating[:, ::1] dh_next, floating[:, ::1] dc_next,
+def _lstm_backward(const floating[:, ::1] dy, bint full, const floating[::1] rk_t,
+                   const floating[::1] wp_t, const floating[:, :, ::1] g,
+                   const floating[:, :, ::1] c, floating[:, :, ::1] dz,
+                   floating[:, :, ::1] dx, floating[:, ::1] dh_next, floating[:, ::1] dc_next,
                    int act, double a1, int ract, double a2, bint backwards):
-    cdef Py_ssize_t n = c.shape[0], t_len = c.shape[1], u = c.shape[2]
-    cdef Py_ssize_t blk, r0, rows, s, tx, g4 = 4 * u, ld = t_len * u, g_ld = t_len * 4 * u
+    cdef Py_ssize_t n = c.shape[0], t_len = c.shape[1], u = c.shape[2], cin = dx.shape[2]
+    cdef Py_ssize_t tid, nth = _n_threads(n), r0, r1, rows, s, tx, g4 = 4 * u
+    cdef Py_ssize_t ld = t_len * u, g_ld = t_len * 4 * u, xld = t_len * cin
     cdef Py_ssize_t dy_ld = dy.shape[1]
     cdef const floating* cp
     cdef floating* zp
-    for blk in prange((n + ROWS - 1) // ROWS, schedule="static", nogil=True):
-        r0 = blk * ROWS
-        rows = min(ROWS, n - r0)
-        cp = &c[r0, 0, 0]
-        zp = &dz[r0, 0, 0]
-        for s in range(t_len - 1, -1, -1):
-            tx = _tx(s, t_len, backwards)
-            _lstm_step_backward(_dy_row(&dy[r0, 0], full, s, t_len, u), dy_ld, &g[r0, tx, 0],
-                                cp + (s - 1) * u if s > 0 else NULL, cp + s * u,
-                                &dh_next[r0, 0], &dc_next[r0, 0], zp + tx * g4, rows, g_ld,
-                                ld, u, act, <floating>a1, ract, <floating>a2)
-            if s > 0:
-                _rows_mm(rows, g4, u, zp + tx * g4, g_ld, &rk_t[0, 0], u, &dh_next[r0, 0], u,
-                         False)
+    cdef floating* dxp
+    # Base pointers only where there are columns (an (N, T, 0) dx turns the product off).
+    cdef floating* dxb = &dx[0, 0, 0] if cin > 0 else NULL
+    cdef const floating* wtb = &wp_t[0] if cin > 0 else NULL
+    for tid in prange(nth, schedule="static", num_threads=nth, nogil=True):
+        r0 = _split_rows(n, tid, nth)
+        r1 = _split_rows(n, tid + 1, nth)
+        while r0 < r1:
+            rows = min(CHUNK, r1 - r0)
+            cp = &c[r0, 0, 0]
+            zp = &dz[r0, 0, 0]
+            dxp = dxb + r0 * xld if cin > 0 else NULL
+            for s in range(t_len - 1, -1, -1):
+                tx = _tx(s, t_len, backwards)
+                _lstm_step_backward(_dy_row(&dy[r0, 0], full, s, t_len, u), dy_ld, &g[r0, tx, 0],
+                                    cp + (s - 1) * u if s > 0 else NULL, cp + s * u,
+                                    &dh_next[r0, 0], &dc_next[r0, 0], zp + tx * g4, rows, g_ld,
+                                    ld, u, act, <floating>a1, ract, <floating>a2)
+                if s > 0:
+                    _rec_mm(rows, g4, u, zp + tx * g4, g_ld, &rk_t[0], &dh_next[r0, 0], u,
+                            False)
+                if cin > 0:
+                    _rec_mm(rows, g4, cin, zp + tx * g4, g_ld, wtb, dxp + tx * cin, xld,
+                            False)
+            r0 = r0 + rows
 
 
 def lstm_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
@@ -692,13 +998,14 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
     return_sequences = _flag(op, "return_sequences", return_sequences)
     go_backwards = _flag(op, "go_backwards", go_backwards)
     n, t, _ = x.shape
-    h_seq = np.zeros((n, t, units), dtype=x.dtype)
-    gates = np.zeros((n, t, 4 * units), dtype=x.dtype)
-    c_seq = np.zeros((n, t, units), dtype=x.dtype)
+    # Every element of the results and caches is written (np.empty: no zeroing pass).
+    h_seq = np.empty((n, t, units), dtype=x.dtype)
+    gates = np.empty((n, t, 4 * units), dtype=x.dtype)
+    c_seq = np.empty((n, t, units), dtype=x.dtype)
     if n * t * units:
-        _forward_input(x, kernel, gates)
-        _lstm_forward(recurrent_kernel, bias, gates, c_seq, h_seq, act, a1, ract, a2,
-                      go_backwards)
+        _lstm_forward(x, _pack_panels(kernel, False, 0, 4 * units),
+                      _pack_panels(recurrent_kernel, False, 0, 4 * units), bias, gates,
+                      c_seq, h_seq, act, a1, ract, a2, go_backwards)
     return _last_step(h_seq, return_sequences), (h_seq, gates, c_seq)
 
 
@@ -717,17 +1024,21 @@ def lstm_backward(dy, x, kernel, recurrent_kernel, cache, activation="tanh",
     dy = _upstream(op, dy, n, t, units, return_sequences, x.dtype)
     h_seq, gates, c_seq = _cache(op, cache, [(n, t, units), (n, t, 4 * units), (n, t, units)],
                                  x.dtype)
-    dz = np.zeros((n, t, 4 * units), dtype=x.dtype)
-    drk = np.zeros(recurrent_kernel.shape, dtype=x.dtype)
-    if n * t * units:
-        dh_next = np.zeros((n, units), dtype=x.dtype)
-        dc_next = np.zeros((n, units), dtype=x.dtype)
-        _lstm_backward(dy.reshape(n, -1), return_sequences,
-                       np.ascontiguousarray(recurrent_kernel.T), gates, c_seq, dz, dh_next,
-                       dc_next, act, a1, ract, a2, go_backwards)
-    dx, dkernel, dbias = _backward_input(x, kernel, h_seq, dz, dz, drk, go_backwards,
-                                         need_input_grad)
-    return dx, dkernel, drk, dbias
+    buf, (dz, at) = _take_scratch(x.dtype, (n, t, 4 * units),
+                                  (x.shape[2] + 1 + units, n * t))
+    try:
+        dx = _dx_buffer(x, units, need_input_grad)
+        if n * t * units:
+            dh_next = np.zeros((n, units), dtype=x.dtype)
+            dc_next = np.zeros((n, units), dtype=x.dtype)
+            _lstm_backward(dy.reshape(n, -1), return_sequences,
+                           _pack_panels(recurrent_kernel, True, 0, 4 * units),
+                           _pack_panels(kernel, True, 0, 4 * units), gates, c_seq, dz, dx,
+                           dh_next, dc_next, act, a1, ract, a2, go_backwards)
+        dkernel, drk, dbias = _weight_grads(x, h_seq, dz, at, go_backwards)
+    finally:
+        _give_scratch(buf)
+    return dx if need_input_grad else None, dkernel, drk, dbias
 
 
 # -- GRU ------------------------------------------------------------------------------------
@@ -871,12 +1182,18 @@ cdef void _gru_step_backward_gates(const floating* g, const floating* drh,
         _act_grad_vec(gr + u, zr + u, u, ract, a2)
 
 
-def _gru_forward(const floating[:, ::1] rk, const floating[:, ::1] bias, bint reset_after,
+def _gru_forward(const floating[:, :, ::1] x, const floating[::1] wp,
+                 const floating[::1] rk_a, const floating[::1] rk_b,
+                 const floating[:, ::1] bias, bint reset_after,
                  floating[:, :, ::1] g, floating[:, :, ::1] rh, floating[:, :, ::1] h,
                  floating[:, ::1] srec, int act, double a1, int ract, double a2,
                  bint backwards):
-    cdef Py_ssize_t n = h.shape[0], t_len = h.shape[1], u = h.shape[2]
-    cdef Py_ssize_t blk, r0, rows, s, tx, g3 = 3 * u, ld = t_len * u, g_ld = t_len * 3 * u
+    cdef Py_ssize_t n = h.shape[0], t_len = h.shape[1], u = h.shape[2], cin = x.shape[2]
+    cdef Py_ssize_t tid, nth = _n_threads(n), r0, r1, rows, s, tx, g3 = 3 * u
+    cdef Py_ssize_t ld = t_len * u, g_ld = t_len * 3 * u, xld = t_len * cin
+    cdef const floating* xp
+    cdef const floating* xb = &x[0, 0, 0] if cin > 0 else NULL
+    cdef const floating* wb = &wp[0] if cin > 0 else NULL
     cdef floating* gp
     cdef floating* rp
     cdef floating* hp
@@ -884,42 +1201,53 @@ def _gru_forward(const floating[:, ::1] rk, const floating[:, ::1] bias, bint re
     cdef const floating* h_prev
     cdef const floating* b_in = &bias[0, 0]
     cdef const floating* b_rec = &bias[1, 0] if reset_after else NULL
-    for blk in prange((n + ROWS - 1) // ROWS, schedule="static", nogil=True):
-        r0 = blk * ROWS
-        rows = min(ROWS, n - r0)
-        gp = &g[r0, 0, 0]
-        rp = &rh[r0, 0, 0]
-        hp = &h[r0, 0, 0]
-        sp = &srec[r0, 0]
-        for s in range(t_len):
-            tx = _tx(s, t_len, backwards)
-            h_prev = hp + (s - 1) * u if s > 0 else NULL
-            if reset_after:
-                if s > 0:
-                    _rows_mm(rows, u, g3, h_prev, ld, &rk[0, 0], g3, sp, g3, False)
-                _gru_step_forward_after(gp + tx * g3, sp if s > 0 else NULL, b_in, b_rec,
-                                        h_prev, rp + tx * u, hp + s * u, rows, g_ld, ld, u,
-                                        act, <floating>a1, ract, <floating>a2)
-            else:
-                if s > 0:
-                    _rows_mm(rows, u, 2 * u, h_prev, ld, &rk[0, 0], g3, sp, g3, False)
-                _gru_step_forward_gates(gp + tx * g3, sp if s > 0 else NULL, b_in, h_prev,
-                                        rp + tx * u, rows, g_ld, ld, u, ract, <floating>a2)
-                if s > 0:
-                    _rows_mm(rows, u, u, rp + tx * u, ld, &rk[0, 2 * u], g3, sp + 2 * u, g3,
-                             False)
-                _gru_step_forward_out(gp + tx * g3, sp if s > 0 else NULL, b_in, h_prev,
-                                      hp + s * u, rows, g_ld, ld, u, act, <floating>a1)
+    for tid in prange(nth, schedule="static", num_threads=nth, nogil=True):
+        r0 = _split_rows(n, tid, nth)
+        r1 = _split_rows(n, tid + 1, nth)
+        while r0 < r1:
+            rows = min(CHUNK, r1 - r0)
+            xp = xb + r0 * xld if cin > 0 else NULL
+            gp = &g[r0, 0, 0]
+            rp = &rh[r0, 0, 0]
+            hp = &h[r0, 0, 0]
+            sp = &srec[r0, 0]
+            for s in range(t_len):
+                tx = _tx(s, t_len, backwards)
+                h_prev = hp + (s - 1) * u if s > 0 else NULL
+                _rec_mm(rows, cin, g3, xp + tx * cin, xld, wb, gp + tx * g3, g_ld, False)
+                if reset_after:
+                    if s > 0:
+                        _rec_mm(rows, u, g3, h_prev, ld, &rk_a[0], sp, g3, False)
+                    _gru_step_forward_after(gp + tx * g3, sp if s > 0 else NULL, b_in, b_rec,
+                                            h_prev, rp + tx * u, hp + s * u, rows, g_ld, ld, u,
+                                            act, <floating>a1, ract, <floating>a2)
+                else:
+                    if s > 0:
+                        _rec_mm(rows, u, 2 * u, h_prev, ld, &rk_a[0], sp, g3, False)
+                    _gru_step_forward_gates(gp + tx * g3, sp if s > 0 else NULL, b_in, h_prev,
+                                            rp + tx * u, rows, g_ld, ld, u, ract, <floating>a2)
+                    if s > 0:
+                        _rec_mm(rows, u, u, rp + tx * u, ld, &rk_b[0], sp + 2 * u, g3, False)
+                    _gru_step_forward_out(gp + tx * g3, sp if s > 0 else NULL, b_in, h_prev,
+                                          hp + s * u, rows, g_ld, ld, u, act, <floating>a1)
+            r0 = r0 + rows
 
 
-def _gru_backward(const floating[:, ::1] dy, bint full, const floating[:, ::1] rk_t,
-                  bint reset_after, const floating[:, :, ::1] h, const floating[:, :, ::1] g,
+def _gru_backward(const floating[:, ::1] dy, bint full, const floating[::1] rk_a,
+                  const floating[::1] rk_b, const floating[::1] wp_t, bint reset_after,
+                  const floating[:, :, ::1] h, const floating[:, :, ::1] g,
                   const floating[:, :, ::1] rh, floating[:, :, ::1] dzi,
-                  floating[:, :, ::1] dzr, floating[:, ::1] dh_next, floating[:, ::1] drh,
-                  int act, double a1, int ract, double a2, bint backwards):
-    cdef Py_ssize_t n = h.shape[0], t_len = h.shape[1], u = h.shape[2]
-    cdef Py_ssize_t blk, r0, rows, s, tx, g3 = 3 * u, ld = t_len * u, g_ld = t_len * 3 * u
+                  floating[:, :, ::1] dzr, floating[:, :, ::1] dx, floating[:, ::1] dh_next,
+                  floating[:, ::1] drh, int act, double a1, int ract, double a2,
+                  bint backwards):
+    cdef Py_ssize_t n = h.shape[0], t_len = h.shape[1], u = h.shape[2], cin = dx.shape[2]
+    cdef Py_ssize_t tid, nth = _n_threads(n), r0, r1, rows, s, tx, g3 = 3 * u
+    cdef Py_ssize_t ld = t_len * u, g_ld = t_len * 3 * u, xld = t_len * cin
     cdef Py_ssize_t dy_ld = dy.shape[1]
+    cdef floating* dxp
+    # Base pointers only where there are columns (an (N, T, 0) dx turns the product off).
+    cdef floating* dxb = &dx[0, 0, 0] if cin > 0 else NULL
+    cdef const floating* wtb = &wp_t[0] if cin > 0 else NULL
     cdef const floating* hp
     cdef const floating* gp
     cdef const floating* rp
@@ -929,38 +1257,54 @@ def _gru_backward(const floating[:, ::1] dy, bint full, const floating[:, ::1] r
     cdef floating* drp
     cdef const floating* h_prev
     cdef const floating* dys
-    for blk in prange((n + ROWS - 1) // ROWS, schedule="static", nogil=True):
-        r0 = blk * ROWS
-        rows = min(ROWS, n - r0)
-        hp = &h[r0, 0, 0]
-        gp = &g[r0, 0, 0]
-        rp = &rh[r0, 0, 0]
-        zi = &dzi[r0, 0, 0]
-        zr = &dzr[r0, 0, 0]
-        dhn = &dh_next[r0, 0]
-        drp = &drh[r0, 0]
-        for s in range(t_len - 1, -1, -1):
-            tx = _tx(s, t_len, backwards)
-            h_prev = hp + (s - 1) * u if s > 0 else NULL
-            dys = _dy_row(&dy[r0, 0], full, s, t_len, u)
-            if reset_after:
-                _gru_step_backward_after(dys, dy_ld, gp + tx * g3, rp + tx * u, h_prev, dhn,
-                                         zi + tx * g3, zr + tx * g3, rows, g_ld, ld, u, act,
-                                         <floating>a1, ract, <floating>a2)
-                if s > 0:
-                    _rows_mm(rows, g3, u, zr + tx * g3, g_ld, &rk_t[0, 0], u, dhn, u, True)
-            else:
-                _gru_step_backward_out(dys, dy_ld, gp + tx * g3, h_prev, dhn, zi + tx * g3,
-                                       rows, g_ld, ld, u, act, <floating>a1, ract,
-                                       <floating>a2)
-                if s > 0:
-                    # d(r * h_{t-1}) = dZ_h @ R_h^T.
-                    _rows_mm(rows, u, u, zi + tx * g3 + 2 * u, g_ld, &rk_t[2 * u, 0], u, drp,
-                             u, False)
-                _gru_step_backward_gates(gp + tx * g3, drp if s > 0 else NULL, h_prev, dhn,
-                                         zi + tx * g3, rows, g_ld, ld, u, ract, <floating>a2)
-                if s > 0:
-                    _rows_mm(rows, 2 * u, u, zi + tx * g3, g_ld, &rk_t[0, 0], u, dhn, u, True)
+    for tid in prange(nth, schedule="static", num_threads=nth, nogil=True):
+        r0 = _split_rows(n, tid, nth)
+        r1 = _split_rows(n, tid + 1, nth)
+        while r0 < r1:
+            rows = min(CHUNK, r1 - r0)
+            hp = &h[r0, 0, 0]
+            gp = &g[r0, 0, 0]
+            rp = &rh[r0, 0, 0]
+            zi = &dzi[r0, 0, 0]
+            zr = &dzr[r0, 0, 0]
+            dhn = &dh_next[r0, 0]
+            drp = &drh[r0, 0]
+            dxp = dxb + r0 * xld if cin > 0 else NULL
+            for s in range(t_len - 1, -1, -1):
+                tx = _tx(s, t_len, backwards)
+                h_prev = hp + (s - 1) * u if s > 0 else NULL
+                dys = _dy_row(&dy[r0, 0], full, s, t_len, u)
+                if reset_after:
+                    _gru_step_backward_after(dys, dy_ld, gp + tx * g3, rp + tx * u, h_prev, dhn,
+                                             zi + tx * g3, zr + tx * g3, rows, g_ld, ld, u, act,
+                                             <floating>a1, ract, <floating>a2)
+                    if s > 0:
+                        _rec_mm(rows, g3, u, zr + tx * g3, g_ld, &rk_a[0], dhn, u, True)
+                else:
+                    _gru_step_backward_out(dys, dy_ld, gp + tx * g3, h_prev, dhn, zi + tx * g3,
+                                           rows, g_ld, ld, u, act, <floating>a1, ract,
+                                           <floating>a2)
+                    if s > 0:
+                        # d(r * h_{t-1}) = dZ_h @ R_h^T.
+                        _rec_mm(rows, u, u, zi + tx * g3 + 2 * u, g_ld, &rk_b[0], drp, u, False)
+                    _gru_step_backward_gates(gp + tx * g3, drp if s > 0 else NULL, h_prev, dhn,
+                                             zi + tx * g3, rows, g_ld, ld, u, ract, <floating>a2)
+                    if s > 0:
+                        _rec_mm(rows, 2 * u, u, zi + tx * g3, g_ld, &rk_a[0], dhn, u, True)
+                if cin > 0:
+                    _rec_mm(rows, g3, cin, zi + tx * g3, g_ld, wtb, dxp + tx * cin, xld,
+                            False)
+            r0 = r0 + rows
+
+
+def _gru_panels(recurrent_kernel, units, reset_after, trans):
+    """The packed operands of the per-step products: all of R (reset_after), or R_zr =
+    R[:, :2U] and R_h = R[:, 2U:] (transposed for backward)."""
+    if reset_after:
+        rk_a = _pack_panels(recurrent_kernel, trans, 0, 3 * units)
+        return rk_a, rk_a
+    return (_pack_panels(recurrent_kernel, trans, 0, 2 * units),
+            _pack_panels(recurrent_kernel, trans, 2 * units, 3 * units))
 
 
 def gru_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
@@ -982,14 +1326,16 @@ def gru_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
     return_sequences = _flag(op, "return_sequences", return_sequences)
     go_backwards = _flag(op, "go_backwards", go_backwards)
     n, t, _ = x.shape
-    h_seq = np.zeros((n, t, units), dtype=x.dtype)
-    gates = np.zeros((n, t, 3 * units), dtype=x.dtype)
-    rh = np.zeros((n, t, units), dtype=x.dtype)
+    # Every element of the results and caches is written (np.empty: no zeroing pass).
+    h_seq = np.empty((n, t, units), dtype=x.dtype)
+    gates = np.empty((n, t, 3 * units), dtype=x.dtype)
+    rh = np.empty((n, t, units), dtype=x.dtype)
     if n * t * units:
         srec = np.zeros((n, 3 * units), dtype=x.dtype)
-        _forward_input(x, kernel, gates)
-        _gru_forward(recurrent_kernel, bias.reshape(-1, 3 * units), reset_after, gates, rh,
-                     h_seq, srec, act, a1, ract, a2, go_backwards)
+        rk_a, rk_b = _gru_panels(recurrent_kernel, units, reset_after, False)
+        _gru_forward(x, _pack_panels(kernel, False, 0, 3 * units), rk_a, rk_b,
+                     bias.reshape(-1, 3 * units), reset_after, gates, rh, h_seq, srec, act, a1,
+                     ract, a2, go_backwards)
     return _last_step(h_seq, return_sequences), (h_seq, gates, rh)
 
 
@@ -1009,27 +1355,27 @@ def gru_backward(dy, x, kernel, recurrent_kernel, cache, activation="tanh",
     dy = _upstream(op, dy, n, t, units, return_sequences, x.dtype)
     h_seq, gates, rh = _cache(op, cache, [(n, t, units), (n, t, 3 * units), (n, t, units)],
                               x.dtype)
-    dzi = np.zeros((n, t, 3 * units), dtype=x.dtype)
-    # Without reset_after both sides share one pre-activation: dzr is dzi.
-    dzr = np.zeros((n, t, 3 * units), dtype=x.dtype) if reset_after else dzi
-    drk = np.zeros(recurrent_kernel.shape, dtype=x.dtype)
-    if n * t * units:
-        dh_next = np.zeros((n, units), dtype=x.dtype)
-        drh = np.zeros((n, units), dtype=x.dtype)
-        _gru_backward(dy.reshape(n, -1), return_sequences,
-                      np.ascontiguousarray(recurrent_kernel.T), reset_after, h_seq, gates, rh,
-                      dzi, dzr, dh_next, drh, act, a1, ract, a2, go_backwards)
-    if reset_after:
-        dx, dkernel, db_in = _backward_input(x, kernel, h_seq, dzi, dzr, drk, go_backwards,
-                                             need_input_grad)
-        return dx, dkernel, drk, np.stack([db_in, _column_sum(dzr)])
-    # The z, r columns of d(R) pair with h_{t-1}, the h columns with r * h_{t-1}.
-    dx, dkernel, dbias = _backward_input(x, kernel, h_seq, dzi, None, drk, go_backwards,
-                                         need_input_grad)
-    if n * t * units:
-        h_prev = np.empty_like(h_seq)
-        _shift_prev(h_seq, h_prev, go_backwards)
-        dz2 = dzi.reshape(n * t, 3 * units)
-        _gemm_tn(h_prev.reshape(n * t, units), dz2, drk, 0, 0, 2 * units)
-        _gemm_tn(rh.reshape(n * t, units), dz2, drk, 2 * units, 2 * units, units)
-    return dx, dkernel, drk, dbias
+    g3 = 3 * units
+    # Without reset_after both sides share one pre-activation (dzr is dzi), and the stacked
+    # weight-gradient operand carries rh as well.
+    buf, (dzi, dzr, at) = _take_scratch(
+        x.dtype, (n, t, g3), (n, t, g3) if reset_after else (0,),
+        (x.shape[2] + 1 + units + (0 if reset_after else units), n * t))
+    if not reset_after:
+        dzr = dzi
+    try:
+        dx = _dx_buffer(x, units, need_input_grad)
+        if n * t * units:
+            dh_next = np.zeros((n, units), dtype=x.dtype)
+            drh = np.zeros((n, units), dtype=x.dtype)
+            rk_a, rk_b = _gru_panels(recurrent_kernel, units, reset_after, True)
+            _gru_backward(dy.reshape(n, -1), return_sequences, rk_a, rk_b,
+                          _pack_panels(kernel, True, 0, g3), reset_after, h_seq, gates, rh,
+                          dzi, dzr, dx, dh_next, drh, act, a1, ract, a2, go_backwards)
+        if reset_after:
+            dkernel, drk, dbias = _weight_grads(x, h_seq, (dzi, dzr), at, go_backwards)
+        else:
+            dkernel, drk, dbias = _weight_grads(x, h_seq, dzi, at, go_backwards, rh)
+    finally:
+        _give_scratch(buf)
+    return dx if need_input_grad else None, dkernel, drk, dbias

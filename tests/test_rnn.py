@@ -183,6 +183,79 @@ def test_thread_count_invariance(cell):
             np.testing.assert_array_equal(a, e)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell", CELLS)
+def test_register_tile_paths(cell, dtype):
+    """Sizes past one register tile: 37 units (LSTM: 148 gate columns = 4 full panels of 32
+    floats + a tail taking one vector and single columns), N = 19 (row groups of 8, 6, 4 and
+    fewer), C = 37 and T = 7 against the float64 oracle; the backward along random
+    directions (central differences of the oracle's loss, one per argument)."""
+    shape = (19, 7, 37, 37)
+    opts = cell_options(cell)
+    x, w, r, b = make(cell, shape, dtype, seed=11, scale=0.3)
+    for go_backwards in (False, True):
+        y, cache = forward(cell, x, w, r, b, opts, True, go_backwards)
+        want = reference(cell, x, w, r, b, opts, True, go_backwards)
+        tol = dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else TOL[np.float64]
+        np.testing.assert_allclose(y, want, **tol, err_msg=f"{cell} back={go_backwards}")
+    rng = np.random.default_rng(12)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    grads = backward(cell, dy, x, w, r, cache, opts, True, True)
+    args = [a.astype(np.float64) for a in (x, w, r, b)]
+
+    def loss(*a):
+        return float(np.sum(dy * reference(cell, *a, opts, True, True)))
+
+    eps = 1e-6
+    for i, (name, got) in enumerate(zip(("dx", "dkernel", "drecurrent_kernel", "dbias"),
+                                        grads)):
+        v = rng.standard_normal(args[i].shape)
+        up = [a + eps * v if j == i else a for j, a in enumerate(args)]
+        down = [a - eps * v if j == i else a for j, a in enumerate(args)]
+        want = (loss(*up) - loss(*down)) / (2 * eps)
+        terms = got.astype(np.float64) * v
+        # Relative to sum |terms|, so that one wrong element among thousands still shows.
+        rtol = 1e-5 if dtype == np.float32 else 1e-9
+        assert abs(terms.sum() - want) <= rtol * np.abs(terms).sum(), (cell, name, want)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_thread_count_invariance_large(cell):
+    """Bit-identical for 1, 2 and 3 threads where one thread's rows span several chunks of
+    the time loop (N = 75) and the weight gradient several column panels (37 units)."""
+    x, w, r, b = make(cell, (75, 5, 6, 37), np.float32, seed=6, scale=0.3)
+    opts = cell_options(cell)
+    dy = np.random.default_rng(7).standard_normal((75, 5, 37)).astype(np.float32)
+    before = get_max_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            set_num_threads(threads)
+            y, cache = forward(cell, x, w, r, b, opts, True, False)
+            results.append((y,) + backward(cell, dy, x, w, r, cache, opts, True, False))
+    finally:
+        set_num_threads(before)
+    for other in results[1:]:
+        for a, e in zip(other, results[0]):
+            np.testing.assert_array_equal(a, e)
+
+
+def test_backward_twice_and_scratch_reuse():
+    """Backward keeps scratch between calls: a second call with the same cache, and a call
+    of another shape in between, give the same gradients; nothing returned aliases it."""
+    x, w, r, b = make("lstm", (9, 6, 5, 7), np.float32, seed=8)
+    opts = cell_options("lstm")
+    y, cache = forward("lstm", x, w, r, b, opts)
+    dy = np.random.default_rng(9).standard_normal(y.shape).astype(np.float32)
+    first = backward("lstm", dy, x, w, r, cache, opts)
+    x2, w2, r2, b2 = make("lstm", (31, 11, 3, 9), np.float32, seed=10)
+    y2, cache2 = forward("lstm", x2, w2, r2, b2, opts)
+    backward("lstm", np.ones_like(y2), x2, w2, r2, cache2, opts)
+    second = backward("lstm", dy, x, w, r, cache, opts)
+    for a, e in zip(second, first):
+        np.testing.assert_array_equal(a, e)
+
+
 # -- empty and odd inputs --------------------------------------------------------------------
 
 @pytest.mark.parametrize("return_sequences", [True, False])
