@@ -37,8 +37,9 @@ Where the time goes, and how it is split (bench/bench_rnn.py; numbers in the com
 The gate buffer ends up holding the activated gates: that is the cache backward reads.
 The fused passes work row by row with the activation chosen once per row, so their loops
 vectorize; float32 sigmoid/tanh use a branch-free Cephes-style exp (<= 2.5 ulp), since
-libm's calls do not vectorize without -ffast-math, and float32 LSTM with the default
-activations runs its cell as one loop per row. float64 keeps libm (gradient checks).
+libm's calls do not vectorize without -ffast-math, and float32 LSTM and GRU
+(reset_after) with the default activations run their cells as one loop per row. float64
+keeps libm (gradient checks).
 
 Determinism: every output element is summed in a fixed order (ascending k, whatever the
 row group, chunk, panel or thread it falls in) by exactly one thread, so results are
@@ -361,9 +362,9 @@ cdef extern from *:
 
 
 # Fused LSTM cell passes for float32 with Keras's default activations (tanh, sigmoid): one
-# loop over the units of a row does what the generic passes below do in nine, with the same
-# formulas in the same order, so the two agree to rounding; all other cases take the generic
-# passes.
+# loop over the units of a row does what the generic passes below do in up to nine, with the
+# same formulas in the same order, so the two agree to rounding; all other cases take the
+# generic passes.
 cdef extern from *:
     """
     /* Forward: g (the row's pre-activations, bias not yet added) becomes the activated
@@ -414,6 +415,61 @@ cdef extern from *:
                              Py_ssize_t u) noexcept nogil
     void pynn_rnn_lstm_bwd_f(const float* g, const float* cp, const float* c,
                              const float* dh, float* dc, float* z, Py_ssize_t u) noexcept nogil
+
+
+# The same for GRU with reset_after (Keras's default) and tanh/sigmoid, float32.
+cdef extern from *:
+    """
+    /* Forward: g (x_t @ W) becomes z, r, hh; s = h_{t-1} @ R (NULL with hp at step 0);
+     * rh = s_h + b_rh; h = z * h_{t-1} + (1 - z) * hh. */
+    #define PYNN_RNN_GRU_FWD(S, HP)                                                        \\
+        for (j = 0; j < u; j++) {                                                          \\
+            const float z = pynn_rnn_sigmoidf(g[j] + bi[j] + (S(j)) + br[j]);              \\
+            const float r = pynn_rnn_sigmoidf(g[u + j] + bi[u + j] + (S(u + j)) + br[u + j]);\\
+            const float rec = (S(2 * u + j)) + br[2 * u + j];                              \\
+            const float hh = pynn_rnn_tanhf(g[2 * u + j] + bi[2 * u + j] + r * rec);       \\
+            g[j] = z; g[u + j] = r; g[2 * u + j] = hh;                                     \\
+            rh[j] = rec;                                                                   \\
+            h[j] = z * (HP(j)) + (1 - z) * hh;                                             \\
+        }
+    #define PYNN_RNN_AT(P, J) P[J]
+    #define PYNN_RNN_S(J) PYNN_RNN_AT(s, J)
+    #define PYNN_RNN_HP(J) PYNN_RNN_AT(hp, J)
+    #define PYNN_RNN_ZERO(J) 0.0f
+    static inline void pynn_rnn_gru_fwd_f(float* restrict g, const float* restrict bi,
+                                          const float* restrict br, const float* restrict s,
+                                          const float* restrict hp, float* restrict rh,
+                                          float* restrict h, Py_ssize_t u) {
+        Py_ssize_t j;
+        if (s) { PYNN_RNN_GRU_FWD(PYNN_RNN_S, PYNN_RNN_HP) }
+        else { PYNN_RNN_GRU_FWD(PYNN_RNN_ZERO, PYNN_RNN_ZERO) }
+    }
+
+    /* Backward: dh (upstream already added) gives zi (input-side pre-activation gradients)
+     * and zr (recurrent side: the h gate's scaled by r); dh becomes dh * z. */
+    #define PYNN_RNN_GRU_BWD(HP)                                                           \\
+        for (j = 0; j < u; j++) {                                                          \\
+            const float z = g[j], r = g[u + j], hh = g[2 * u + j], d = dh[j];              \\
+            const float dz = d * ((HP(j)) - hh) * z * (1 - z);                             \\
+            const float dhh = d * (1 - z) * (1 - hh * hh);                                 \\
+            const float dr = dhh * rh[j] * r * (1 - r);                                    \\
+            zi[j] = dz; zi[u + j] = dr; zi[2 * u + j] = dhh;                               \\
+            zr[j] = dz; zr[u + j] = dr; zr[2 * u + j] = dhh * r;                           \\
+            dh[j] = d * z;                                                                 \\
+        }
+    static inline void pynn_rnn_gru_bwd_f(const float* restrict g, const float* restrict rh,
+                                          const float* restrict hp, float* restrict dh,
+                                          float* restrict zi, float* restrict zr,
+                                          Py_ssize_t u) {
+        Py_ssize_t j;
+        if (hp) { PYNN_RNN_GRU_BWD(PYNN_RNN_HP) }
+        else { PYNN_RNN_GRU_BWD(PYNN_RNN_ZERO) }
+    }
+    """
+    void pynn_rnn_gru_fwd_f(float* g, const float* bi, const float* br, const float* s,
+                            const float* hp, float* rh, float* h, Py_ssize_t u) noexcept nogil
+    void pynn_rnn_gru_bwd_f(const float* g, const float* rh, const float* hp, float* dh,
+                            float* zi, float* zr, Py_ssize_t u) noexcept nogil
 
 
 cdef inline void _act_vec(floating* v, Py_ssize_t n, int act, floating alpha) noexcept nogil:
@@ -1062,6 +1118,11 @@ cdef void _gru_step_forward_after(floating* g, const floating* srec, const float
         gr = g + n * g_ld
         rr = rh + n * ld
         hr = h + n * ld
+        if floating is float:
+            if act == ACT_TANH and ract == ACT_SIGMOID:
+                pynn_rnn_gru_fwd_f(gr, b_in, b_rec, srec + n * 3 * u if srec != NULL else NULL,
+                                   h_prev + n * ld if h_prev != NULL else NULL, rr, hr, u)
+                continue
         for j in range(2 * u):
             gr[j] = gr[j] + b_in[j] + _at(srec, n * 3 * u + j) + b_rec[j]
         _act_vec(gr, 2 * u, ract, a2)
@@ -1125,6 +1186,11 @@ cdef void _gru_step_backward_after(const floating* dy, Py_ssize_t dy_ld, const f
         zr = dzr + n * g_ld
         dhr = dh_next + n * u
         _add_dy(dhr, dy + n * dy_ld if dy != NULL else NULL, u)
+        if floating is float:
+            if act == ACT_TANH and ract == ACT_SIGMOID:
+                pynn_rnn_gru_bwd_f(gr, rh + n * ld, h_prev + n * ld if h_prev != NULL else NULL,
+                                   dhr, zi, zr, u)
+                continue
         for j in range(u):
             zi[j] = dhr[j] * (_at(h_prev, n * ld + j) - gr[2 * u + j])
             zi[2 * u + j] = dhr[j] * (1 - gr[j])
