@@ -10,12 +10,13 @@ alternate in rounds so both see the same machine load; each round reports the be
 Keras's GRU (reset_after=True) and torch.nn.GRU compute the same cell, so the comparison is
 like for like; pynn's GRU with reset_after=False is timed too (no torch twin).
 
-Two thread pools share the cores here: libgomp (pynn's prange) and OpenBLAS's pthreads
-(the GEMMs over all time steps). pynn runs with OMP_WAIT_POLICY=PASSIVE and a short
-OPENBLAS_THREAD_TIMEOUT unless --default-env is given, as in bench_conv_kernels.py.
+pynn's recurrent ops use OpenMP only (no BLAS). pynn runs with OMP_WAIT_POLICY=PASSIVE and
+a short OPENBLAS_THREAD_TIMEOUT (as in bench_conv_kernels.py; NumPy's BLAS serves the
+checks) unless --default-env is given; torch keeps the caller's environment.
 
     .venv/bin/python bench/bench_rnn.py [--threads 2] [--repeat 10] [--rounds 5]
-        [--shape 64,50,32,128] [--default-env] [--no-torch] [--dtype float32]
+        [--shape 64,50,32,128] [--cells lstm,gru,gru_before,simple_rnn]
+        [--dtype float32|float64] [--default-env] [--no-torch]
 """
 
 import argparse
@@ -114,10 +115,10 @@ def pynn_step(rnn, cell, shape, dtype):
 
 
 def check(rnn):
-    """Forward against the float64 oracle and backward against torch-free finite
-    differences would be slow here; instead: forward vs the oracle in float32 and float64,
-    and backward in float64 vs central differences of the oracle, on an awkward shape that
-    exercises the vector paths (units 37: 148 LSTM gate columns, N = 19 row blocks)."""
+    """Forward against the float64 oracle in float32 and float64 on a shape past one
+    register tile (37 units: 148 LSTM gate columns, a panel tail; N = 19: every row-group
+    size), and the float64 backward against central differences of the oracle on a small
+    one (every coordinate; tests/test_rnn.py checks the large shapes' gradients)."""
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
