@@ -30,7 +30,8 @@ Design (chosen by measurement, see bench/bench_conv_kernels.py):
   the result is bit-identical for any thread count. 1x1 stride-1 convs skip im2col.
 - The epilogue is this file's own: a branch-free relu vectorizes, act_value's branch on random
   signs did not (it cost more than the first layer's whole GEMM).
-Outputs are fresh arrays; nothing accumulates into caller memory.
+Outputs are fresh arrays; nothing accumulates into caller memory. Temporaries (padded copies,
+partial sums, im2col tiles) come from the scratch pool in pynn/backend/_scratch.py.
 """
 import numpy as np
 
@@ -40,6 +41,7 @@ from _blas cimport gemm_rowmajor, floating
 from _activation cimport act_value, softmax_row, ACT_LINEAR, ACT_RELU, ACT_SOFTMAX
 from _openmp cimport omp_get_thread_num, omp_get_max_threads
 
+from pynn.backend._scratch import scratch
 from pynn.backend._validate import (
     activation_name, as_float_array, check_shape, conv_geometry,
 )
@@ -654,11 +656,17 @@ def _padded_size(g):
             max((g["WO"] - 1) * g["SW"] + (g["KW"] - 1) * g["DW"] + 1, 0))
 
 
-def _padded(x, hp, wp, top, left):
-    """x itself when it already is the padded input, else a zero-padded copy (one pass)."""
-    if (hp, wp) == x.shape[1:3] and top == 0 and left == 0:
+def _pad_shape(x_shape, hp, wp, top, left):
+    """Shape of x's zero-padded copy; (0,) when x already is the padded input."""
+    if (hp, wp) == tuple(x_shape[1:3]) and top == 0 and left == 0:
+        return (0,)
+    return (x_shape[0], hp, wp, x_shape[3])
+
+
+def _padded(x, xp, top, left):
+    """x zero-padded into xp (a scratch view from _pad_shape), or x itself if xp is (0,)."""
+    if xp.ndim == 1:
         return x
-    xp = np.empty((x.shape[0], hp, wp, x.shape[3]), dtype=x.dtype)
     if xp.size:
         _run_pad(x, xp, top, left)
     return xp
@@ -692,13 +700,12 @@ def _use_direct(g, op):
 
 
 def _plan(g, dtype):
-    """Output rows per tile and the workspace for them (None when no im2col is needed)."""
+    """Output rows per tile and the im2col workspace size for them (1 when none is needed)."""
     # A tile's working set: its im2col rows plus the GEMM output rows they produce.
     row_bytes = max(g["WO"] * (g["K"] + g["F"]) * np.dtype(dtype).itemsize, 1)
     tile = max(_workspace_bytes // row_bytes, 1)
     tile = min(tile, max(g["N"] * g["HO"], 1))
-    col = np.empty(1 if _pointwise(g) else tile * g["WO"] * g["K"], dtype=dtype)
-    return tile, col
+    return tile, (1 if _pointwise(g) else tile * g["WO"] * g["K"],)
 
 
 def _kernel_segments(g):
@@ -743,11 +750,13 @@ def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid", dilation_ra
     if z.size:
         act = ACTIVATIONS.index(act_name)
         if _use_direct(g, op):
-            xp = _padded(x, g["HP"], g["WP"], g["PT"], g["PL"])
-            _forward_direct_into(xp, kernel, bias, z, y, g, act, float(alpha))
+            with scratch(x.dtype, _pad_shape(x.shape, g["HP"], g["WP"], g["PT"], g["PL"])) as (xp,):
+                xp = _padded(x, xp, g["PT"], g["PL"])
+                _forward_direct_into(xp, kernel, bias, z, y, g, act, float(alpha))
         else:
-            tile, col = _plan(g, x.dtype)
-            _run_forward(x, kernel, bias, z, y, col, g, tile, act, float(alpha))
+            tile, col_shape = _plan(g, x.dtype)
+            with scratch(x.dtype, col_shape) as (col,):
+                _run_forward(x, kernel, bias, z, y, col, g, tile, act, float(alpha))
     return y, (z if keep_z else None)
 
 
@@ -771,14 +780,17 @@ def conv2d_backward_input(dz, kernel, input_shape, strides=(1, 1), padding="vali
         gt = dict(g, H=g["HO"], W=g["WO"], C=g["F"], F=c, HO=h, WO=w, PT=top, PL=left,
                   K=g["KH"] * g["KW"] * g["F"])
         gt["HP"], gt["WP"] = _padded_size(gt)
-        dzp = _padded(dz, gt["HP"], gt["WP"], top, left)
         flipped = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))
         dx = np.empty(input_shape, dtype=dz.dtype)
-        _forward_direct_into(dzp, flipped, None, dx, dx, gt, ACTIVATIONS.index("linear"), 0.0)
+        with scratch(dz.dtype, _pad_shape(dz.shape, gt["HP"], gt["WP"], top, left)) as (dzp,):
+            dzp = _padded(dz, dzp, top, left)
+            _forward_direct_into(dzp, flipped, None, dx, dx, gt, ACTIVATIONS.index("linear"),
+                                 0.0)
         return dx
     dx = np.zeros(input_shape, dtype=dz.dtype)
-    tile, col = _plan(g, dz.dtype)
-    _run_backward_input(dz, kernel, dx, col, g, tile)
+    tile, col_shape = _plan(g, dz.dtype)
+    with scratch(dz.dtype, col_shape) as (col,):
+        _run_backward_input(dz, kernel, dx, col, g, tile)
     return dx
 
 
@@ -794,7 +806,6 @@ def conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
     dw = np.zeros(kernel_shape, dtype=x.dtype)
     if dz.size and dw.size:
         if _use_direct(g, op):
-            xp = _padded(x, g["HP"], g["WP"], g["PT"], g["PL"])
             C, WPC = g["C"], g["WP"] * g["C"]
             kh, kw, c = np.ogrid[:g["KH"], :g["KW"], :C]
             koff = (kh * g["DH"] * WPC + kw * g["DW"] * C + c).astype(np.intp).ravel()
@@ -803,10 +814,14 @@ def conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
             row_dz = np.arange(g["N"] * g["HO"], dtype=np.intp) * (g["WO"] * g["F"])
             rows = g["N"] * g["HO"]
             slabs = min(rows, _SLABS, max(_SLAB_ELEMENTS // max(g["K"] * g["F"], 1), 4))
-            part = np.empty(slabs * g["K"] * g["F"], dtype=x.dtype)
             chunk = max(_CHUNK_PIXELS // max(g["WO"], 1), 1)
-            _run_backward_weight_direct(xp, dz, dw, part, g, koff, row_x, row_dz, slabs, chunk)
+            with scratch(x.dtype, _pad_shape(x.shape, g["HP"], g["WP"], g["PT"], g["PL"]),
+                         (slabs * g["K"] * g["F"],)) as (xp, part):
+                xp = _padded(x, xp, g["PT"], g["PL"])
+                _run_backward_weight_direct(xp, dz, dw, part, g, koff, row_x, row_dz, slabs,
+                                            chunk)
         else:
-            tile, col = _plan(g, x.dtype)
-            _run_backward_weight(x, dz, dw, col, g, tile)
+            tile, col_shape = _plan(g, x.dtype)
+            with scratch(x.dtype, col_shape) as (col,):
+                _run_backward_weight(x, dz, dw, col, g, tile)
     return dw

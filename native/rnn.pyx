@@ -55,6 +55,7 @@ from _openmp cimport omp_get_max_threads
 from _blas cimport floating
 from _activation cimport act_value, act_grad, ACT_SIGMOID, ACT_TANH
 
+from pynn.backend._scratch import give as _give_scratch, take as _take_scratch
 from pynn.backend._validate import activation_name, as_float_array, check_shape
 from pynn.backend.api import ACTIVATIONS
 
@@ -698,35 +699,10 @@ def _weight_grads(x, h_seq, dz, at, go_backwards, rh=None):
     return out[:c], out[c + 1:], out[c]
 
 
-# Backward scratch (dz over all steps, the stacked weight-gradient operand) is kept between
-# calls, one buffer per dtype up to _SCRATCH_KEEP_BYTES: fresh multi-MiB arrays come back
-# from the kernel page by page, zeroed, and that cost about a third of an LSTM forward +
-# backward step in bench/bench_rnn.py (64 x 50 x 32, 128 units: about 11.5 -> 8 ms). A
-# call takes the buffer out of the pool (dict.pop is atomic under the GIL) and puts it back
-# when done, so concurrent calls never share one; nothing returned to the caller lives in
-# it.
-_SCRATCH_KEEP_BYTES = 256 << 20
-_scratch_pool = {}
-
-
-def _take_scratch(dtype, *shapes):
-    """(buffer, views of the given shapes carved from it one after the other)."""
-    sizes = [int(np.prod(s)) for s in shapes]
-    buf = _scratch_pool.pop(np.dtype(dtype).char, None)
-    if buf is None or buf.size < sum(sizes):
-        buf = np.empty(sum(sizes), dtype=dtype)
-    views, off = [], 0
-    for shape, size in zip(shapes, sizes):
-        views.append(buf[off:off + size].reshape(shape))
-        off += size
-    return buf, views
-
-
-def _give_scratch(buf):
-    if buf.nbytes <= _SCRATCH_KEEP_BYTES:
-        old = _scratch_pool.get(buf.dtype.char)
-        if old is None or old.size < buf.size:
-            _scratch_pool[buf.dtype.char] = buf
+# Backward scratch (dz over all steps, the stacked weight-gradient operand) comes from the
+# shared pool in pynn/backend/_scratch.py: fresh multi-MiB arrays cost about a third of an
+# LSTM forward + backward step here (bench/bench_rnn.py, 64 x 50 x 32, 128 units: about
+# 11.5 -> 8 ms). Nothing returned to the caller lives in it.
 
 
 def _dx_buffer(x, units, need_input_grad):

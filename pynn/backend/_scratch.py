@@ -1,0 +1,61 @@
+"""Scratch buffers that CPU kernels keep between calls (padded inputs, partial sums, ...).
+
+Fresh multi-MiB NumPy arrays come back from the operating system page by page, zeroed, on
+every call: that cost about a third of an LSTM forward + backward step (bench/bench_rnn.py)
+and 15% of a Conv2D training step (bench conv2d: 235-250 -> 280-290 GFLOP/s). So an op takes
+one buffer per dtype out of a pool, carves its temporaries from it, and gives it back when it
+returns. ``dict.pop`` is atomic under the GIL, so concurrent calls (threads releasing the GIL
+inside kernels) never share a buffer: the second one simply allocates its own. Nothing handed
+back to a caller may live in scratch. The pool keeps at most one buffer per dtype, the largest
+seen up to ``KEEP_BYTES``.
+"""
+from contextlib import contextmanager
+
+import numpy as np
+
+KEEP_BYTES = 64 << 20
+_ALIGN_BYTES = 64           # each view starts on its own cache line
+_pool = {}
+
+
+def _aligned(nelems, itemsize):
+    step = max(_ALIGN_BYTES // itemsize, 1)
+    return -(-nelems // step) * step
+
+
+def take(dtype, *shapes):
+    """(buffer, [one C-contiguous view per shape]); uninitialized contents."""
+    dtype = np.dtype(dtype)
+    sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
+    total = sum(_aligned(size, dtype.itemsize) for size in sizes)
+    buf = _pool.pop(dtype.char, None)
+    if buf is None or buf.size < total:
+        buf = np.empty(max(total, 1), dtype=dtype)
+    views, offset = [], 0
+    for shape, size in zip(shapes, sizes):
+        views.append(buf[offset:offset + size].reshape(shape))
+        offset += _aligned(size, dtype.itemsize)
+    return buf, views
+
+
+def give(buf):
+    """Returns a buffer from ``take`` to the pool (kept if it is the largest so far)."""
+    if buf.nbytes <= KEEP_BYTES:
+        old = _pool.get(buf.dtype.char)
+        if old is None or old.size < buf.size:
+            _pool[buf.dtype.char] = buf
+
+
+@contextmanager
+def scratch(dtype, *shapes):
+    """``with scratch(np.float32, (n, m), (k,)) as (a, b):`` views valid inside the block."""
+    buf, views = take(dtype, *shapes)
+    try:
+        yield views
+    finally:
+        give(buf)
+
+
+def clear():
+    """Drops every kept buffer (their memory goes back once no view is alive)."""
+    _pool.clear()
