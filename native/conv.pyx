@@ -187,134 +187,68 @@ cdef extern from *:
 
     PYNN_SK(pynn_sk8_f, float, pynn_vf, 8, 0)
     PYNN_SK(pynn_sk6_f, float, pynn_vf, 6, 0)
+    PYNN_SK(pynn_sk6w_f, float, pynn_vf, 6, PYNN_VBYTES == 64)
     PYNN_SK(pynn_sk4_f, float, pynn_vf, 4, 0)
     PYNN_SK(pynn_sk3_f, float, pynn_vf, 3, 0)
     PYNN_SK(pynn_sk2_f, float, pynn_vf, 2, 0)
     PYNN_SK(pynn_sk1_f, float, pynn_vf, 1, 0)
     PYNN_SK(pynn_sk8_d, double, pynn_vd, 8, 0)
     PYNN_SK(pynn_sk6_d, double, pynn_vd, 6, 0)
+    PYNN_SK(pynn_sk6w_d, double, pynn_vd, 6, PYNN_VBYTES == 64)
     PYNN_SK(pynn_sk4_d, double, pynn_vd, 4, 0)
     PYNN_SK(pynn_sk3_d, double, pynn_vd, 3, 0)
     PYNN_SK(pynn_sk2_d, double, pynn_vd, 2, 0)
     PYNN_SK(pynn_sk1_d, double, pynn_vd, 1, 0)
-    PYNN_SK(pynn_sk6w_f, float, pynn_vf, 6, PYNN_VBYTES == 64)
-    PYNN_SK(pynn_sk6w_d, double, pynn_vd, 6, PYNN_VBYTES == 64)
+
+    /* All m rows, in blocks of PYNN_MR_MAX rows, then the largest smaller block that fits
+       (6, 4, 3, 2, 1). wide: 6-row blocks of four vectors (24 accumulators) instead of
+       8-row blocks of two, where there are 32 vector registers. */
+    #define PYNN_SK_RUN(K, R)                                                              \\
+        { K(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc, ldc, init,     \\
+            accum); i += R; }
+    #define PYNN_SEG_GEMM(NAME, T, SFX)                                                    \\
+    static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,          \\
+                     const T* a, const Py_ssize_t* roff, const Py_ssize_t* aseg,          \\
+                     Py_ssize_t sat, const T* b, const Py_ssize_t* bseg, Py_ssize_t ldb,  \\
+                     T* c, Py_ssize_t ldc, const T* init, int accum, int wide) {          \\
+        Py_ssize_t i = 0;                                                                  \\
+        while (i < m) {                                                                    \\
+            Py_ssize_t left = m - i;                                                       \\
+            if (left >= 8 && PYNN_MR_MAX >= 8 && !wide) PYNN_SK_RUN(pynn_sk8_##SFX, 8)     \\
+            else if (left >= 6 && wide) PYNN_SK_RUN(pynn_sk6w_##SFX, 6)                    \\
+            else if (left >= 6) PYNN_SK_RUN(pynn_sk6_##SFX, 6)                             \\
+            else if (left >= 4) PYNN_SK_RUN(pynn_sk4_##SFX, 4)                             \\
+            else if (left == 3) PYNN_SK_RUN(pynn_sk3_##SFX, 3)                             \\
+            else if (left == 2) PYNN_SK_RUN(pynn_sk2_##SFX, 2)                             \\
+            else PYNN_SK_RUN(pynn_sk1_##SFX, 1)                                            \\
+        }                                                                                  \\
+    }
+    PYNN_SEG_GEMM(pynn_seg_gemm_f, float, f)
+    PYNN_SEG_GEMM(pynn_seg_gemm_d, double, d)
     """
-    int PYNN_MR_MAX
-    void pynn_sk6w_f(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float*, const Py_ssize_t*,
-                     const Py_ssize_t*, Py_ssize_t, const float*, const Py_ssize_t*,
-                     Py_ssize_t, float*, Py_ssize_t, const float*, int) noexcept nogil
-    void pynn_sk6w_d(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*, const Py_ssize_t*,
-                     const Py_ssize_t*, Py_ssize_t, const double*, const Py_ssize_t*,
-                     Py_ssize_t, double*, Py_ssize_t, const double*, int) noexcept nogil
-    void pynn_sk8_f(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float*, const Py_ssize_t*,
-                    const Py_ssize_t*, Py_ssize_t, const float*, const Py_ssize_t*,
-                    Py_ssize_t, float*, Py_ssize_t, const float*, int) noexcept nogil
-    void pynn_sk6_f(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float*, const Py_ssize_t*,
-                    const Py_ssize_t*, Py_ssize_t, const float*, const Py_ssize_t*,
-                    Py_ssize_t, float*, Py_ssize_t, const float*, int) noexcept nogil
-    void pynn_sk4_f(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float*, const Py_ssize_t*,
-                    const Py_ssize_t*, Py_ssize_t, const float*, const Py_ssize_t*,
-                    Py_ssize_t, float*, Py_ssize_t, const float*, int) noexcept nogil
-    void pynn_sk3_f(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float*, const Py_ssize_t*,
-                    const Py_ssize_t*, Py_ssize_t, const float*, const Py_ssize_t*,
-                    Py_ssize_t, float*, Py_ssize_t, const float*, int) noexcept nogil
-    void pynn_sk2_f(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float*, const Py_ssize_t*,
-                    const Py_ssize_t*, Py_ssize_t, const float*, const Py_ssize_t*,
-                    Py_ssize_t, float*, Py_ssize_t, const float*, int) noexcept nogil
-    void pynn_sk1_f(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float*, const Py_ssize_t*,
-                    const Py_ssize_t*, Py_ssize_t, const float*, const Py_ssize_t*,
-                    Py_ssize_t, float*, Py_ssize_t, const float*, int) noexcept nogil
-    void pynn_sk8_d(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*, const Py_ssize_t*,
-                    const Py_ssize_t*, Py_ssize_t, const double*, const Py_ssize_t*,
-                    Py_ssize_t, double*, Py_ssize_t, const double*, int) noexcept nogil
-    void pynn_sk6_d(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*, const Py_ssize_t*,
-                    const Py_ssize_t*, Py_ssize_t, const double*, const Py_ssize_t*,
-                    Py_ssize_t, double*, Py_ssize_t, const double*, int) noexcept nogil
-    void pynn_sk4_d(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*, const Py_ssize_t*,
-                    const Py_ssize_t*, Py_ssize_t, const double*, const Py_ssize_t*,
-                    Py_ssize_t, double*, Py_ssize_t, const double*, int) noexcept nogil
-    void pynn_sk3_d(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*, const Py_ssize_t*,
-                    const Py_ssize_t*, Py_ssize_t, const double*, const Py_ssize_t*,
-                    Py_ssize_t, double*, Py_ssize_t, const double*, int) noexcept nogil
-    void pynn_sk2_d(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*, const Py_ssize_t*,
-                    const Py_ssize_t*, Py_ssize_t, const double*, const Py_ssize_t*,
-                    Py_ssize_t, double*, Py_ssize_t, const double*, int) noexcept nogil
-    void pynn_sk1_d(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*, const Py_ssize_t*,
-                    const Py_ssize_t*, Py_ssize_t, const double*, const Py_ssize_t*,
-                    Py_ssize_t, double*, Py_ssize_t, const double*, int) noexcept nogil
+    void pynn_seg_gemm_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,
+                         const float* a, const Py_ssize_t* roff, const Py_ssize_t* aseg,
+                         Py_ssize_t sat, const float* b, const Py_ssize_t* bseg,
+                         Py_ssize_t ldb, float* c, Py_ssize_t ldc, const float* init,
+                         int accum, int wide) noexcept nogil
+    void pynn_seg_gemm_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,
+                         const double* a, const Py_ssize_t* roff, const Py_ssize_t* aseg,
+                         Py_ssize_t sat, const double* b, const Py_ssize_t* bseg,
+                         Py_ssize_t ldb, double* c, Py_ssize_t ldc, const double* init,
+                         int accum, int wide) noexcept nogil
 
 
-cdef void _seg_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,
-                    const floating* a, const Py_ssize_t* roff, const Py_ssize_t* aseg,
-                    Py_ssize_t sat, const floating* b, const Py_ssize_t* bseg, Py_ssize_t ldb,
-                    floating* c, Py_ssize_t ldc, const floating* init, int accum,
-                    bint wide) noexcept nogil:
-    """All m rows of the microkernel product, in blocks of PYNN_MR_MAX rows, then the
-    largest smaller block that fits (6, 4, 3, 2, 1). wide: 6-row blocks of four vectors
-    (24 accumulators) instead of 8-row blocks of two, where there are 32 vector registers."""
-    cdef Py_ssize_t i = 0, left
-    cdef Py_ssize_t mr8 = 8 if PYNN_MR_MAX >= 8 and not wide else m + 1
-    while i < m:
-        left = m - i
-        if floating is float:
-            if left >= mr8:
-                pynn_sk8_f(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
-                           ldc, init, accum)
-                i += 8
-            elif left >= 6 and wide:
-                pynn_sk6w_f(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
-                            ldc, init, accum)
-                i += 6
-            elif left >= 6:
-                pynn_sk6_f(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
-                           ldc, init, accum)
-                i += 6
-            elif left >= 4:
-                pynn_sk4_f(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
-                           ldc, init, accum)
-                i += 4
-            elif left == 3:
-                pynn_sk3_f(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
-                           ldc, init, accum)
-                i += 3
-            elif left == 2:
-                pynn_sk2_f(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
-                           ldc, init, accum)
-                i += 2
-            else:
-                pynn_sk1_f(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
-                           ldc, init, accum)
-                i += 1
-        else:
-            if left >= mr8:
-                pynn_sk8_d(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
-                           ldc, init, accum)
-                i += 8
-            elif left >= 6 and wide:
-                pynn_sk6w_d(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
-                            ldc, init, accum)
-                i += 6
-            elif left >= 6:
-                pynn_sk6_d(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
-                           ldc, init, accum)
-                i += 6
-            elif left >= 4:
-                pynn_sk4_d(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
-                           ldc, init, accum)
-                i += 4
-            elif left == 3:
-                pynn_sk3_d(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
-                           ldc, init, accum)
-                i += 3
-            elif left == 2:
-                pynn_sk2_d(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
-                           ldc, init, accum)
-                i += 2
-            else:
-                pynn_sk1_d(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc,
-                           ldc, init, accum)
-                i += 1
+cdef inline void _seg_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,
+                           const floating* a, const Py_ssize_t* roff, const Py_ssize_t* aseg,
+                           Py_ssize_t sat, const floating* b, const Py_ssize_t* bseg,
+                           Py_ssize_t ldb, floating* c, Py_ssize_t ldc, const floating* init,
+                           int accum, bint wide) noexcept nogil:
+    if floating is float:
+        pynn_seg_gemm_f(m, n, nseg, tn, a, roff, aseg, sat, b, bseg, ldb, c, ldc, init, accum,
+                        wide)
+    else:
+        pynn_seg_gemm_d(m, n, nseg, tn, a, roff, aseg, sat, b, bseg, ldb, c, ldc, init, accum,
+                        wide)
 
 
 cdef inline bint _is_pointwise(const Geom* g) noexcept nogil:
