@@ -354,3 +354,29 @@ DZ = np.ones((2, 5, 5, 4))
 def test_bad_inputs(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_concurrent_calls_from_python_threads_match_serial(rng, path):
+    """The ops release the GIL and carve temporaries from the shared scratch pool: calls from
+    several Python threads at once must neither share a buffer nor change any result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = [((3, 9, 7, 17), (3, 3, 17, 5), (1, 1), "same", (1, 1)),
+             ((2, 8, 11, 4), (2, 3, 4, 19), (1, 1), "valid", (1, 2)),
+             ((2, 13, 9, 3), (3, 3, 3, 6), (2, 2), "same", (1, 1))]
+    jobs = []
+    for case in cases:
+        x, k, b, dz = data(rng, case, np.float32)
+        strides, padding, dilation = case[2:]
+        jobs += [lambda x=x, k=k, b=b, s=strides, p=padding, d=dilation:
+                 conv.conv2d_forward(x, k, b, s, p, d, "relu")[0],
+                 lambda x=x, dz=dz, k=k, s=strides, p=padding, d=dilation:
+                 conv.conv2d_backward_weight(x, dz, k.shape, s, p, d),
+                 lambda x=x, dz=dz, k=k, s=strides, p=padding, d=dilation:
+                 conv.conv2d_backward_input(dz, k, x.shape, s, p, d)]
+    serial = [job() for job in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(5):
+            got = list(pool.map(lambda job: job(), jobs * 4))
+            for i, result in enumerate(got):
+                np.testing.assert_array_equal(result, serial[i % len(jobs)])
