@@ -256,6 +256,28 @@ def test_backward_twice_and_scratch_reuse():
         np.testing.assert_array_equal(a, e)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_concurrent_backward_from_python_threads_matches_serial(cell):
+    """Backward releases the GIL and takes its scratch from the shared pool: calls from
+    several Python threads at once, on two shapes, give the serial results bit for bit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    opts = cell_options(cell)
+    jobs = []
+    for shape, seed in [((9, 6, 5, 7), 11), ((13, 4, 3, 10), 12)]:
+        x, w, r, b = make(cell, shape, np.float32, seed=seed)
+        y, cache = forward(cell, x, w, r, b, opts)
+        dy = np.random.default_rng(seed).standard_normal(y.shape).astype(np.float32)
+        jobs.append(lambda dy=dy, x=x, w=w, r=r, cache=cache: backward(cell, dy, x, w, r,
+                                                                       cache, opts))
+    serial = [job() for job in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(5):
+            for i, got in enumerate(pool.map(lambda job: job(), jobs * 4)):
+                for a, e in zip(got, serial[i % len(jobs)]):
+                    np.testing.assert_array_equal(a, e)
+
+
 # -- empty and odd inputs --------------------------------------------------------------------
 
 @pytest.mark.parametrize("return_sequences", [True, False])
