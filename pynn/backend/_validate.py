@@ -19,6 +19,11 @@ def as_float_array(op, name, a, ndim=None, dtype=None):
     """
     if a is None:
         raise ValueError(f"{op}: '{name}' is required, got None")
+    # The layers' own calls: already a C-contiguous float array of the right rank. Returning
+    # it before the dtype inspection saves ~30 calls x 2 us per MLP training step.
+    if (type(a) is np.ndarray and a.dtype in FLOAT_DTYPES and (dtype is None or a.dtype == dtype)
+            and (ndim is None or a.ndim == ndim) and a.flags.c_contiguous):
+        return a
     arr = np.asarray(a)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise TypeError(f"{op}: '{name}' must be a numeric array, got dtype {arr.dtype}")
