@@ -118,114 +118,12 @@ cdef void _gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize
                   b, <int>ldb, beta, c, <int>ldc)
 
 
-# -- register-blocked microkernel (direct paths, no BLAS) ----------------------------------
-# c[i, j] (i < MR, j < n) = start + sum over segments s, t < tn of
-#     a[aseg[s] + roff[i] + t*sat] * b[bseg[s] + t*ldb + j]
-# start: c itself (accum), else init[j] (a bias row), else 0.
-# The segments let one routine read a convolution straight from a zero-padded input, with
-# no im2col copy: forward (rows = output pixels, roff[i] = wo*SW*C; one segment per kernel
-# row kh, whose KW*C inputs are contiguous in the padded row, so t walks them with sat = 1)
-# and backward_weight (rows = kernel entries (kh, kw, c) at roff[i] in the padded image;
-# one segment per output row of a slab, t walks its pixels with sat = SW*C, b = dz).
-# MR rows x NV vectors of accumulators stay in registers (GCC vector extensions: zmm with
-# AVX-512, ymm otherwise, where MR tops out at 6 so 16 registers hold the block); the "wide"
-# 6-row variant takes four vectors per block first where 32 registers allow it.
-# Each output element is summed in a fixed (s, t) order, so results do not depend on threads.
-cdef extern from *:
-    """
-    #if defined(__AVX512F__)
-    #define PYNN_VBYTES 64
-    #define PYNN_MR_MAX 8
-    #else
-    #define PYNN_VBYTES 32
-    #define PYNN_MR_MAX 6
-    #endif
-    typedef float pynn_vf __attribute__((vector_size(PYNN_VBYTES), aligned(4), may_alias));
-    typedef double pynn_vd __attribute__((vector_size(PYNN_VBYTES), aligned(8), may_alias));
-
-    #define PYNN_SK_BLOCK(T, V, NV, MR)                                                    \\
-        {                                                                                  \\
-            V acc[MR][NV]; const T* ap[MR]; int i, v; Py_ssize_t s, t;                     \\
-            for (i = 0; i < MR; i++) for (v = 0; v < NV; v++) {                            \\
-                if (accum) acc[i][v] = *(const V*)(c + i * ldc + j + v * VL);              \\
-                else if (init) acc[i][v] = *(const V*)(init + j + v * VL);                 \\
-                else acc[i][v] = (V){0};                                                   \\
-            }                                                                              \\
-            for (s = 0; s < nseg; s++) {                                                   \\
-                const T* bs = b + bseg[s] + j;                                             \\
-                for (i = 0; i < MR; i++) ap[i] = a + aseg[s] + roff[i];                    \\
-                for (t = 0; t < tn; t++) {                                                 \\
-                    V bv[NV];                                                              \\
-                    for (v = 0; v < NV; v++) bv[v] = *(const V*)(bs + t * ldb + v * VL);   \\
-                    for (i = 0; i < MR; i++) {                                             \\
-                        T av = ap[i][t * sat];                                             \\
-                        for (v = 0; v < NV; v++) acc[i][v] += av * bv[v];                  \\
-                    }                                                                      \\
-                }                                                                          \\
-            }                                                                              \\
-            for (i = 0; i < MR; i++) for (v = 0; v < NV; v++)                              \\
-                *(V*)(c + i * ldc + j + v * VL) = acc[i][v];                               \\
-        }
-
-    #define PYNN_SK(NAME, T, V, MR, WIDE)                                                  \\
-    static inline void NAME(Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn, const T* a,     \\
-                            const Py_ssize_t* roff, const Py_ssize_t* aseg, Py_ssize_t sat,\\
-                            const T* b, const Py_ssize_t* bseg, Py_ssize_t ldb, T* c,     \\
-                            Py_ssize_t ldc, const T* init, int accum) {                   \\
-        enum { VL = PYNN_VBYTES / sizeof(T) };                                             \\
-        Py_ssize_t j = 0, s, t; int i;                                                     \\
-        if (WIDE) for (; j + 4 * VL <= n; j += 4 * VL) PYNN_SK_BLOCK(T, V, 4, MR)          \\
-        for (; j + 2 * VL <= n; j += 2 * VL) PYNN_SK_BLOCK(T, V, 2, MR)                    \\
-        for (; j + VL <= n; j += VL) PYNN_SK_BLOCK(T, V, 1, MR)                            \\
-        for (; j < n; j++) for (i = 0; i < MR; i++) {                                      \\
-            T sum = accum ? c[i * ldc + j] : (init ? init[j] : (T)0);                      \\
-            for (s = 0; s < nseg; s++) for (t = 0; t < tn; t++)                            \\
-                sum += a[aseg[s] + roff[i] + t * sat] * b[bseg[s] + t * ldb + j];          \\
-            c[i * ldc + j] = sum;                                                          \\
-        }                                                                                  \\
-    }
-
-    PYNN_SK(pynn_sk8_f, float, pynn_vf, 8, 0)
-    PYNN_SK(pynn_sk6_f, float, pynn_vf, 6, 0)
-    PYNN_SK(pynn_sk6w_f, float, pynn_vf, 6, PYNN_VBYTES == 64)
-    PYNN_SK(pynn_sk4_f, float, pynn_vf, 4, 0)
-    PYNN_SK(pynn_sk3_f, float, pynn_vf, 3, 0)
-    PYNN_SK(pynn_sk2_f, float, pynn_vf, 2, 0)
-    PYNN_SK(pynn_sk1_f, float, pynn_vf, 1, 0)
-    PYNN_SK(pynn_sk8_d, double, pynn_vd, 8, 0)
-    PYNN_SK(pynn_sk6_d, double, pynn_vd, 6, 0)
-    PYNN_SK(pynn_sk6w_d, double, pynn_vd, 6, PYNN_VBYTES == 64)
-    PYNN_SK(pynn_sk4_d, double, pynn_vd, 4, 0)
-    PYNN_SK(pynn_sk3_d, double, pynn_vd, 3, 0)
-    PYNN_SK(pynn_sk2_d, double, pynn_vd, 2, 0)
-    PYNN_SK(pynn_sk1_d, double, pynn_vd, 1, 0)
-
-    /* All m rows, in blocks of PYNN_MR_MAX rows, then the largest smaller block that fits
-       (6, 4, 3, 2, 1). wide: 6-row blocks of four vectors (24 accumulators) instead of
-       8-row blocks of two, where there are 32 vector registers. */
-    #define PYNN_SK_RUN(K, R)                                                              \\
-        { K(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc, ldc, init,     \\
-            accum); i += R; }
-    #define PYNN_SEG_GEMM(NAME, T, SFX)                                                    \\
-    static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,          \\
-                     const T* a, const Py_ssize_t* roff, const Py_ssize_t* aseg,          \\
-                     Py_ssize_t sat, const T* b, const Py_ssize_t* bseg, Py_ssize_t ldb,  \\
-                     T* c, Py_ssize_t ldc, const T* init, int accum, int wide) {          \\
-        Py_ssize_t i = 0;                                                                  \\
-        while (i < m) {                                                                    \\
-            Py_ssize_t left = m - i;                                                       \\
-            if (left >= 8 && PYNN_MR_MAX >= 8 && !wide) PYNN_SK_RUN(pynn_sk8_##SFX, 8)     \\
-            else if (left >= 6 && wide) PYNN_SK_RUN(pynn_sk6w_##SFX, 6)                    \\
-            else if (left >= 6) PYNN_SK_RUN(pynn_sk6_##SFX, 6)                             \\
-            else if (left >= 4) PYNN_SK_RUN(pynn_sk4_##SFX, 4)                             \\
-            else if (left == 3) PYNN_SK_RUN(pynn_sk3_##SFX, 3)                             \\
-            else if (left == 2) PYNN_SK_RUN(pynn_sk2_##SFX, 2)                             \\
-            else PYNN_SK_RUN(pynn_sk1_##SFX, 1)                                            \\
-        }                                                                                  \\
-    }
-    PYNN_SEG_GEMM(pynn_seg_gemm_f, float, f)
-    PYNN_SEG_GEMM(pynn_seg_gemm_d, double, d)
-    """
+# -- register-blocked microkernel (direct paths, no BLAS; native/_microkernel.h) ----------
+# Forward: rows = output pixels, roff[i] = wo*SW*C; one segment per kernel row kh, whose
+# KW*C inputs are contiguous in the padded row, so t walks them with sat = 1.
+# backward_weight: rows = kernel entries (kh, kw, c) at roff[i] in the padded image; one
+# segment per output row of a slab, t walks its pixels with sat = SW*C, b = dz.
+cdef extern from "_microkernel.h":
     void pynn_seg_gemm_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,
                          const float* a, const Py_ssize_t* roff, const Py_ssize_t* aseg,
                          Py_ssize_t sat, const float* b, const Py_ssize_t* bseg,

@@ -11,11 +11,11 @@ recurrence produces (h_seq, the LSTM cell states) sits at s, the order Keras ret
 sequence in (go_backwards does not flip the output back).
 
 Where the time goes, and how it is split (bench/bench_rnn.py; numbers in the commits):
-  - Nothing goes through BLAS. Every product is the register-blocked microkernel below
-    (PYNN_RNN_MK: MR = 8 rows x 2 vectors of accumulators with AVX-512, 6 x 2 otherwise),
-    reading B from column panels of NC = 2 vectors that stay in L1. On the one large
-    product (the weight gradients) it matches OpenBLAS, and without BLAS there is no
-    second thread pool handing the cores back and forth with OpenMP's.
+  - Nothing goes through BLAS. Every product is the register-blocked microkernel of
+    native/_microkernel.h, shared with conv (MR = 8 rows x 2 vectors of accumulators with
+    AVX-512, 6 x 2 otherwise), reading B from column panels of NC = 2 vectors that stay in
+    L1. On the one large product (the weight gradients) it matches OpenBLAS, and without
+    BLAS there is no second thread pool handing the cores back and forth with OpenMP's.
   - The recurrence is independent per sample. Batch rows are cut into fixed blocks of ROWS
     rows; each thread takes a contiguous run of whole blocks and steps it through time in
     chunks of up to CHUNK rows. Per step, for all rows of the chunk at once: gates =
@@ -85,164 +85,39 @@ cdef enum:
 # otherwise): panel p holds columns [p*NC, p*NC + w) of all K rows, contiguous (row stride
 # w, w = NC except in the last panel), so a panel is one linear stream that stays in L1
 # while every row group of the chunk passes over it.
-# The microkernel keeps MR rows x 2 vectors of accumulators in registers through the whole
-# k loop (GCC vector extensions, zmm with AVX-512, ymm otherwise where MR tops out at 6 so
-# 16 registers hold the block). Each output sums k in ascending order onto its initial
-# value (the stored c or 0) whatever the row group, panel or thread it falls in, so
-# results do not depend on the thread count.
-cdef extern from *:
-    """
-    #if defined(__AVX512F__)
-    #define PYNN_RNN_VBYTES 64
-    #define PYNN_RNN_MR_MAX 8
-    #else
-    #define PYNN_RNN_VBYTES 32
-    #define PYNN_RNN_MR_MAX 6
-    #endif
-    #define PYNN_RNN_NC_F (2 * PYNN_RNN_VBYTES / 4)
-    #define PYNN_RNN_NC_D (2 * PYNN_RNN_VBYTES / 8)
-    typedef float pynn_rnn_vf __attribute__((vector_size(PYNN_RNN_VBYTES), aligned(4),
-                                             may_alias));
-    typedef double pynn_rnn_vd __attribute__((vector_size(PYNN_RNN_VBYTES), aligned(8),
-                                              may_alias));
-
-    #define PYNN_RNN_BLOCK(T, V, NV, MR)                                                   \\
-        {                                                                                  \\
-            V acc[MR][NV]; int i, v; Py_ssize_t kk;                                        \\
-            for (i = 0; i < MR; i++) for (v = 0; v < NV; v++) {                            \\
-                if (accum) acc[i][v] = *(const V*)(c + i * ldc + j + v * VL);              \\
-                else acc[i][v] = (V){0};                                                   \\
-            }                                                                              \\
-            for (kk = 0; kk < k; kk++) {                                                   \\
-                V bv[NV];                                                                  \\
-                for (v = 0; v < NV; v++) bv[v] = *(const V*)(b + kk * ldb + j + v * VL);   \\
-                for (i = 0; i < MR; i++) {                                                 \\
-                    T av = a[i * sai + kk * sak];                                          \\
-                    for (v = 0; v < NV; v++) acc[i][v] += av * bv[v];                      \\
-                }                                                                          \\
-            }                                                                              \\
-            for (i = 0; i < MR; i++) for (v = 0; v < NV; v++)                              \\
-                *(V*)(c + i * ldc + j + v * VL) = acc[i][v];                               \\
-        }
-
-    /* c[i, :n] (+)= a[i, :k] @ b[:k, :n] for i < MR; b is one packed panel (ldb = its
-     * width). A narrow last panel takes one vector, then single columns. */
-    #define PYNN_RNN_MK(NAME, T, V, MR)                                                    \\
-    static inline void NAME(Py_ssize_t n, Py_ssize_t k, const T* a, Py_ssize_t sai,       \\
-                            Py_ssize_t sak, const T* b, Py_ssize_t ldb, T* c,             \\
-                            Py_ssize_t ldc, int accum) {                                   \\
-        enum { VL = PYNN_RNN_VBYTES / sizeof(T) };                                         \\
-        Py_ssize_t j = 0, kk; int i;                                                       \\
-        for (; j + 2 * VL <= n; j += 2 * VL) PYNN_RNN_BLOCK(T, V, 2, MR)                   \\
-        for (; j + VL <= n; j += VL) PYNN_RNN_BLOCK(T, V, 1, MR)                           \\
-        for (; j < n; j++) for (i = 0; i < MR; i++) {                                      \\
-            T sum = accum ? c[i * ldc + j] : (T)0;                                         \\
-            for (kk = 0; kk < k; kk++) sum += a[i * sai + kk * sak] * b[kk * ldb + j];     \\
-            c[i * ldc + j] = sum;                                                          \\
-        }                                                                                  \\
-    }
-
-    PYNN_RNN_MK(pynn_rnn_mk8_f, float, pynn_rnn_vf, 8)
-    PYNN_RNN_MK(pynn_rnn_mk6_f, float, pynn_rnn_vf, 6)
-    PYNN_RNN_MK(pynn_rnn_mk4_f, float, pynn_rnn_vf, 4)
-    PYNN_RNN_MK(pynn_rnn_mk3_f, float, pynn_rnn_vf, 3)
-    PYNN_RNN_MK(pynn_rnn_mk2_f, float, pynn_rnn_vf, 2)
-    PYNN_RNN_MK(pynn_rnn_mk1_f, float, pynn_rnn_vf, 1)
-    PYNN_RNN_MK(pynn_rnn_mk8_d, double, pynn_rnn_vd, 8)
-    PYNN_RNN_MK(pynn_rnn_mk6_d, double, pynn_rnn_vd, 6)
-    PYNN_RNN_MK(pynn_rnn_mk4_d, double, pynn_rnn_vd, 4)
-    PYNN_RNN_MK(pynn_rnn_mk3_d, double, pynn_rnn_vd, 3)
-    PYNN_RNN_MK(pynn_rnn_mk2_d, double, pynn_rnn_vd, 2)
-    PYNN_RNN_MK(pynn_rnn_mk1_d, double, pynn_rnn_vd, 1)
-    """
-    int PYNN_RNN_MR_MAX
-    int PYNN_RNN_NC_F
-    int PYNN_RNN_NC_D
-    void pynn_rnn_mk8_f(Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t,
-                        const float*, Py_ssize_t, float*, Py_ssize_t, int) noexcept nogil
-    void pynn_rnn_mk6_f(Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t,
-                        const float*, Py_ssize_t, float*, Py_ssize_t, int) noexcept nogil
-    void pynn_rnn_mk4_f(Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t,
-                        const float*, Py_ssize_t, float*, Py_ssize_t, int) noexcept nogil
-    void pynn_rnn_mk3_f(Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t,
-                        const float*, Py_ssize_t, float*, Py_ssize_t, int) noexcept nogil
-    void pynn_rnn_mk2_f(Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t,
-                        const float*, Py_ssize_t, float*, Py_ssize_t, int) noexcept nogil
-    void pynn_rnn_mk1_f(Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t,
-                        const float*, Py_ssize_t, float*, Py_ssize_t, int) noexcept nogil
-    void pynn_rnn_mk8_d(Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t,
-                        const double*, Py_ssize_t, double*, Py_ssize_t, int) noexcept nogil
-    void pynn_rnn_mk6_d(Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t,
-                        const double*, Py_ssize_t, double*, Py_ssize_t, int) noexcept nogil
-    void pynn_rnn_mk4_d(Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t,
-                        const double*, Py_ssize_t, double*, Py_ssize_t, int) noexcept nogil
-    void pynn_rnn_mk3_d(Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t,
-                        const double*, Py_ssize_t, double*, Py_ssize_t, int) noexcept nogil
-    void pynn_rnn_mk2_d(Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t,
-                        const double*, Py_ssize_t, double*, Py_ssize_t, int) noexcept nogil
-    void pynn_rnn_mk1_d(Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t,
-                        const double*, Py_ssize_t, double*, Py_ssize_t, int) noexcept nogil
+# The microkernel (native/_microkernel.h) keeps MR rows x 2 vectors of accumulators in
+# registers through the whole k loop (GCC vector extensions, zmm with AVX-512, ymm
+# otherwise where MR tops out at 6 so 16 registers hold the block). Each output sums k in
+# ascending order onto its initial value (the stored c or 0) whatever the row group, panel
+# or thread it falls in, so results do not depend on the thread count.
+cdef extern from "_microkernel.h":
+    int PYNN_NC_F
+    int PYNN_NC_D
+    void pynn_rows_gemm_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
+                          Py_ssize_t sai, Py_ssize_t sak, const float* b, Py_ssize_t ldb,
+                          float* c, Py_ssize_t ldc, int accum) noexcept nogil
+    void pynn_rows_gemm_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double* a,
+                          Py_ssize_t sai, Py_ssize_t sak, const double* b, Py_ssize_t ldb,
+                          double* c, Py_ssize_t ldc, int accum) noexcept nogil
 
 
 cdef inline Py_ssize_t _panel_width(floating* dummy) noexcept nogil:
     """NC for this dtype (the argument only selects the specialization)."""
     if floating is float:
-        return PYNN_RNN_NC_F
-    return PYNN_RNN_NC_D
+        return PYNN_NC_F
+    return PYNN_NC_D
 
 
-cdef inline void _mk(Py_ssize_t mr, Py_ssize_t n, Py_ssize_t k, const floating* a,
-                     Py_ssize_t sai, Py_ssize_t sak, const floating* b, Py_ssize_t ldb,
-                     floating* c, Py_ssize_t ldc, int accum) noexcept nogil:
-    """One group of mr (one of 8, 6, 4, 3, 2, 1) rows: c[i, :n] (+)= sum_k a[i*sai + k*sak]
-    * b[k*ldb + :n]."""
+cdef inline void _panel_rows(Py_ssize_t rows, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                             Py_ssize_t sai, Py_ssize_t sak, const floating* b,
+                             Py_ssize_t ldb, floating* c, Py_ssize_t ldc,
+                             int accum) noexcept nogil:
+    """All rows over one panel (n <= NC columns): c[i, :n] (+)= sum_k a[i*sai + k*sak] *
+    b[k*ldb + :n], in row groups of the microkernel (_microkernel.h)."""
     if floating is float:
-        if mr == 8:
-            pynn_rnn_mk8_f(n, k, a, sai, sak, b, ldb, c, ldc, accum)
-        elif mr == 6:
-            pynn_rnn_mk6_f(n, k, a, sai, sak, b, ldb, c, ldc, accum)
-        elif mr == 4:
-            pynn_rnn_mk4_f(n, k, a, sai, sak, b, ldb, c, ldc, accum)
-        elif mr == 3:
-            pynn_rnn_mk3_f(n, k, a, sai, sak, b, ldb, c, ldc, accum)
-        elif mr == 2:
-            pynn_rnn_mk2_f(n, k, a, sai, sak, b, ldb, c, ldc, accum)
-        else:
-            pynn_rnn_mk1_f(n, k, a, sai, sak, b, ldb, c, ldc, accum)
+        pynn_rows_gemm_f(rows, n, k, a, sai, sak, b, ldb, c, ldc, accum)
     else:
-        if mr == 8:
-            pynn_rnn_mk8_d(n, k, a, sai, sak, b, ldb, c, ldc, accum)
-        elif mr == 6:
-            pynn_rnn_mk6_d(n, k, a, sai, sak, b, ldb, c, ldc, accum)
-        elif mr == 4:
-            pynn_rnn_mk4_d(n, k, a, sai, sak, b, ldb, c, ldc, accum)
-        elif mr == 3:
-            pynn_rnn_mk3_d(n, k, a, sai, sak, b, ldb, c, ldc, accum)
-        elif mr == 2:
-            pynn_rnn_mk2_d(n, k, a, sai, sak, b, ldb, c, ldc, accum)
-        else:
-            pynn_rnn_mk1_d(n, k, a, sai, sak, b, ldb, c, ldc, accum)
-
-
-cdef void _panel_rows(Py_ssize_t rows, Py_ssize_t n, Py_ssize_t k, const floating* a,
-                      Py_ssize_t sai, Py_ssize_t sak, const floating* b, Py_ssize_t ldb,
-                      floating* c, Py_ssize_t ldc, int accum) noexcept nogil:
-    """All rows over one panel (n <= NC columns): groups of PYNN_RNN_MR_MAX rows, then the
-    largest smaller group that fits."""
-    cdef Py_ssize_t i = 0, left, mr
-    cdef Py_ssize_t mr_max = PYNN_RNN_MR_MAX
-    while i < rows:
-        left = rows - i
-        if left >= mr_max:
-            mr = mr_max
-        elif left >= 6:
-            mr = 6
-        elif left >= 4:
-            mr = 4
-        else:
-            mr = left
-        _mk(mr, n, k, a + i * sai, sai, sak, b, ldb, c + i * ldc, ldc, accum)
-        i = i + mr
+        pynn_rows_gemm_d(rows, n, k, a, sai, sak, b, ldb, c, ldc, accum)
 
 
 cdef void _rec_mm(Py_ssize_t rows, Py_ssize_t k, Py_ssize_t n, const floating* a,
