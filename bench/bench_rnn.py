@@ -25,11 +25,12 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_conv_kernels import QUIET_ENV, best_time  # noqa: E402  (same timing rules)
+
 ROOT = Path(__file__).resolve().parents[1]
-QUIET_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "16"}
 # name -> (pynn op stem, gate count, extra op options, torch module name)
 CELLS = {
     "lstm": ("lstm", 4, ("tanh", "sigmoid"), "LSTM"),
@@ -37,16 +38,6 @@ CELLS = {
     "gru_before": ("gru", 3, ("tanh", "sigmoid", False), None),
     "simple_rnn": ("simple_rnn", 1, ("tanh",), "RNN"),
 }
-
-
-def best_time(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def make_data(cell, shape, dtype, seed=1):
