@@ -27,7 +27,33 @@
 typedef float pynn_vf __attribute__((vector_size(PYNN_VBYTES), aligned(4), may_alias));
 typedef double pynn_vd __attribute__((vector_size(PYNN_VBYTES), aligned(8), may_alias));
 
-#define PYNN_SK_BLOCK(T, V, NV, MR)                                                    \
+/* Explicit fused multiply-adds. With -ffp-contract=fast GCC fuses `acc += a * b` in some
+ * inlined copies of a block and not in others (it depends on the call site), so one output
+ * element came out differently from a 1-row and a 3-row block: results then depended on how
+ * rows were split between threads. Spelling the FMA out makes every copy round the same. */
+#if defined(__FMA__) || defined(__AVX512F__)
+#include <immintrin.h>
+#if PYNN_VBYTES == 64
+#define PYNN_VFMA_F(a, b, c) ((pynn_vf)_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
+#define PYNN_VFMA_D(a, b, c) \
+    ((pynn_vd)_mm512_fmadd_pd((__m512d)(a), (__m512d)(b), (__m512d)(c)))
+#else
+#define PYNN_VFMA_F(a, b, c) ((pynn_vf)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
+#define PYNN_VFMA_D(a, b, c) \
+    ((pynn_vd)_mm256_fmadd_pd((__m256d)(a), (__m256d)(b), (__m256d)(c)))
+#endif
+#define PYNN_SFMA_F(a, b, c) __builtin_fmaf((a), (b), (c))
+#define PYNN_SFMA_D(a, b, c) __builtin_fma((a), (b), (c))
+#else
+/* No FMA instruction: the compiler has nothing to contract, so a*b + c rounds twice
+ * everywhere alike. */
+#define PYNN_VFMA_F(a, b, c) ((a) * (b) + (c))
+#define PYNN_VFMA_D(a, b, c) ((a) * (b) + (c))
+#define PYNN_SFMA_F(a, b, c) ((a) * (b) + (c))
+#define PYNN_SFMA_D(a, b, c) ((a) * (b) + (c))
+#endif
+
+#define PYNN_SK_BLOCK(T, V, NV, MR, VFMA)                                              \
     {                                                                                  \
         V acc[MR][NV]; const T* ap[MR]; int i, v; Py_ssize_t s, t;                     \
         for (i = 0; i < MR; i++) for (v = 0; v < NV; v++) {                            \
@@ -42,8 +68,8 @@ typedef double pynn_vd __attribute__((vector_size(PYNN_VBYTES), aligned(8), may_
                 V bv[NV];                                                              \
                 for (v = 0; v < NV; v++) bv[v] = *(const V*)(bs + t * ldb + v * VL);   \
                 for (i = 0; i < MR; i++) {                                             \
-                    T av = ap[i][t * sat];                                             \
-                    for (v = 0; v < NV; v++) acc[i][v] += av * bv[v];                  \
+                    const V av = (V){0} + ap[i][t * sat];                              \
+                    for (v = 0; v < NV; v++) acc[i][v] = VFMA(av, bv[v], acc[i][v]);   \
                 }                                                                      \
             }                                                                          \
         }                                                                              \
@@ -51,38 +77,38 @@ typedef double pynn_vd __attribute__((vector_size(PYNN_VBYTES), aligned(8), may_
             *(V*)(c + i * ldc + j + v * VL) = acc[i][v];                               \
     }
 
-#define PYNN_SK(NAME, T, V, MR, WIDE)                                                  \
-static inline void NAME(Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn, const T* a,     \
-                        const Py_ssize_t* roff, const Py_ssize_t* aseg, Py_ssize_t sat,\
-                        const T* b, const Py_ssize_t* bseg, Py_ssize_t ldb, T* c,     \
-                        Py_ssize_t ldc, const T* init, int accum) {                   \
+#define PYNN_SK(NAME, T, V, MR, WIDE, VFMA, SFMA)                                      \
+static inline void NAME(Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn, const T* a,      \
+                        const Py_ssize_t* roff, const Py_ssize_t* aseg, Py_ssize_t sat, \
+                        const T* b, const Py_ssize_t* bseg, Py_ssize_t ldb, T* c,      \
+                        Py_ssize_t ldc, const T* init, int accum) {                    \
     enum { VL = PYNN_VBYTES / sizeof(T) };                                             \
     Py_ssize_t j = 0, s, t; int i;                                                     \
-    if (WIDE) for (; j + 4 * VL <= n; j += 4 * VL) PYNN_SK_BLOCK(T, V, 4, MR)          \
-    for (; j + 2 * VL <= n; j += 2 * VL) PYNN_SK_BLOCK(T, V, 2, MR)                    \
-    for (; j + VL <= n; j += VL) PYNN_SK_BLOCK(T, V, 1, MR)                            \
+    if (WIDE) for (; j + 4 * VL <= n; j += 4 * VL) PYNN_SK_BLOCK(T, V, 4, MR, VFMA)    \
+    for (; j + 2 * VL <= n; j += 2 * VL) PYNN_SK_BLOCK(T, V, 2, MR, VFMA)              \
+    for (; j + VL <= n; j += VL) PYNN_SK_BLOCK(T, V, 1, MR, VFMA)                      \
     for (; j < n; j++) for (i = 0; i < MR; i++) {                                      \
         T sum = accum ? c[i * ldc + j] : (init ? init[j] : (T)0);                      \
         for (s = 0; s < nseg; s++) for (t = 0; t < tn; t++)                            \
-            sum += a[aseg[s] + roff[i] + t * sat] * b[bseg[s] + t * ldb + j];          \
+            sum = SFMA(a[aseg[s] + roff[i] + t * sat], b[bseg[s] + t * ldb + j], sum); \
         c[i * ldc + j] = sum;                                                          \
     }                                                                                  \
 }
 
-PYNN_SK(pynn_sk8_f, float, pynn_vf, 8, 0)
-PYNN_SK(pynn_sk6_f, float, pynn_vf, 6, 0)
-PYNN_SK(pynn_sk6w_f, float, pynn_vf, 6, PYNN_VBYTES == 64)
-PYNN_SK(pynn_sk4_f, float, pynn_vf, 4, 0)
-PYNN_SK(pynn_sk3_f, float, pynn_vf, 3, 0)
-PYNN_SK(pynn_sk2_f, float, pynn_vf, 2, 0)
-PYNN_SK(pynn_sk1_f, float, pynn_vf, 1, 0)
-PYNN_SK(pynn_sk8_d, double, pynn_vd, 8, 0)
-PYNN_SK(pynn_sk6_d, double, pynn_vd, 6, 0)
-PYNN_SK(pynn_sk6w_d, double, pynn_vd, 6, PYNN_VBYTES == 64)
-PYNN_SK(pynn_sk4_d, double, pynn_vd, 4, 0)
-PYNN_SK(pynn_sk3_d, double, pynn_vd, 3, 0)
-PYNN_SK(pynn_sk2_d, double, pynn_vd, 2, 0)
-PYNN_SK(pynn_sk1_d, double, pynn_vd, 1, 0)
+PYNN_SK(pynn_sk8_f, float, pynn_vf, 8, 0, PYNN_VFMA_F, PYNN_SFMA_F)
+PYNN_SK(pynn_sk6_f, float, pynn_vf, 6, 0, PYNN_VFMA_F, PYNN_SFMA_F)
+PYNN_SK(pynn_sk6w_f, float, pynn_vf, 6, PYNN_VBYTES == 64, PYNN_VFMA_F, PYNN_SFMA_F)
+PYNN_SK(pynn_sk4_f, float, pynn_vf, 4, 0, PYNN_VFMA_F, PYNN_SFMA_F)
+PYNN_SK(pynn_sk3_f, float, pynn_vf, 3, 0, PYNN_VFMA_F, PYNN_SFMA_F)
+PYNN_SK(pynn_sk2_f, float, pynn_vf, 2, 0, PYNN_VFMA_F, PYNN_SFMA_F)
+PYNN_SK(pynn_sk1_f, float, pynn_vf, 1, 0, PYNN_VFMA_F, PYNN_SFMA_F)
+PYNN_SK(pynn_sk8_d, double, pynn_vd, 8, 0, PYNN_VFMA_D, PYNN_SFMA_D)
+PYNN_SK(pynn_sk6_d, double, pynn_vd, 6, 0, PYNN_VFMA_D, PYNN_SFMA_D)
+PYNN_SK(pynn_sk6w_d, double, pynn_vd, 6, PYNN_VBYTES == 64, PYNN_VFMA_D, PYNN_SFMA_D)
+PYNN_SK(pynn_sk4_d, double, pynn_vd, 4, 0, PYNN_VFMA_D, PYNN_SFMA_D)
+PYNN_SK(pynn_sk3_d, double, pynn_vd, 3, 0, PYNN_VFMA_D, PYNN_SFMA_D)
+PYNN_SK(pynn_sk2_d, double, pynn_vd, 2, 0, PYNN_VFMA_D, PYNN_SFMA_D)
+PYNN_SK(pynn_sk1_d, double, pynn_vd, 1, 0, PYNN_VFMA_D, PYNN_SFMA_D)
 
 /* All m rows, in blocks of PYNN_MR_MAX rows, then the largest smaller block that fits
    (6, 4, 3, 2, 1). wide: 6-row blocks of four vectors (24 accumulators) instead of
@@ -91,10 +117,10 @@ PYNN_SK(pynn_sk1_d, double, pynn_vd, 1, 0)
     { K(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc, ldc, init,     \
         accum); i += R; }
 #define PYNN_SEG_GEMM(NAME, T, SFX)                                                    \
-static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,          \
-                 const T* a, const Py_ssize_t* roff, const Py_ssize_t* aseg,          \
-                 Py_ssize_t sat, const T* b, const Py_ssize_t* bseg, Py_ssize_t ldb,  \
-                 T* c, Py_ssize_t ldc, const T* init, int accum, int wide) {          \
+static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,           \
+                 const T* a, const Py_ssize_t* roff, const Py_ssize_t* aseg,           \
+                 Py_ssize_t sat, const T* b, const Py_ssize_t* bseg, Py_ssize_t ldb,   \
+                 T* c, Py_ssize_t ldc, const T* init, int accum, int wide) {           \
     Py_ssize_t i = 0;                                                                  \
     while (i < m) {                                                                    \
         Py_ssize_t left = m - i;                                                       \
@@ -111,17 +137,17 @@ PYNN_SEG_GEMM(pynn_seg_gemm_f, float, f)
 PYNN_SEG_GEMM(pynn_seg_gemm_d, double, d)
 
 /* Rows at a fixed stride (row i at a + i*sai, t at + t*sak), one segment, no bias row. */
-#define PYNN_ROWS_GEMM(NAME, T, SEG)                                                       \
-static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const T* a, Py_ssize_t sai,    \
-                 Py_ssize_t sak, const T* b, Py_ssize_t ldb, T* c, Py_ssize_t ldc,        \
-                 int accum) {                                                              \
-    Py_ssize_t roff[64], zero = 0, i0, i, rows;                                            \
-    for (i0 = 0; i0 < m; i0 += 64) {                                                       \
-        rows = m - i0 < 64 ? m - i0 : 64;                                                  \
-        for (i = 0; i < rows; i++) roff[i] = i * sai;                                      \
-        SEG(rows, n, 1, k, a + i0 * sai, roff, &zero, sak, b, &zero, ldb, c + i0 * ldc,   \
-            ldc, (const T*)0, accum, 0);                                                   \
-    }                                                                                      \
+#define PYNN_ROWS_GEMM(NAME, T, SEG)                                                   \
+static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const T* a, Py_ssize_t sai, \
+                 Py_ssize_t sak, const T* b, Py_ssize_t ldb, T* c, Py_ssize_t ldc,     \
+                 int accum) {                                                          \
+    Py_ssize_t roff[64], zero = 0, i0, i, rows;                                        \
+    for (i0 = 0; i0 < m; i0 += 64) {                                                   \
+        rows = m - i0 < 64 ? m - i0 : 64;                                              \
+        for (i = 0; i < rows; i++) roff[i] = i * sai;                                  \
+        SEG(rows, n, 1, k, a + i0 * sai, roff, &zero, sak, b, &zero, ldb, c + i0 * ldc, \
+            ldc, (const T*)0, accum, 0);                                               \
+    }                                                                                  \
 }
 PYNN_ROWS_GEMM(pynn_rows_gemm_f, float, pynn_seg_gemm_f)
 PYNN_ROWS_GEMM(pynn_rows_gemm_d, double, pynn_seg_gemm_d)

@@ -382,8 +382,11 @@ def run_keras(kind, cfg, weights, grads_per_step):
 
 
 def assert_close_to_keras(got, want, what):
+    # atol is two float32 ulps at the weights' scale (|w| ~ 1): near-zero weights are the
+    # difference of O(1) values, and pynn's fused multiply-adds round the intermediate terms
+    # (centered RMSprop's v - a*a above all) differently from the separate torch ops Keras runs.
     for a, b in zip(got, want):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9, err_msg=what)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1.2e-7, err_msg=what)
 
 
 @pytest.mark.parametrize("case", CONFIGS, ids=config_id)
