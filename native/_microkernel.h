@@ -34,21 +34,21 @@ typedef double pynn_vd __attribute__((vector_size(PYNN_VBYTES), aligned(8), may_
 #if defined(__FMA__) || defined(__AVX512F__)
 #include <immintrin.h>
 #if PYNN_VBYTES == 64
-#define PYNN_VFMA_F(a, b, c) ((pynn_vf)_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
-#define PYNN_VFMA_D(a, b, c) \
-    ((pynn_vd)_mm512_fmadd_pd((__m512d)(a), (__m512d)(b), (__m512d)(c)))
+#define PYNN_VFMA_F(s, b, c) ((pynn_vf)_mm512_fmadd_ps(_mm512_set1_ps(s), (__m512)(b), (__m512)(c)))
+#define PYNN_VFMA_D(s, b, c) \
+    ((pynn_vd)_mm512_fmadd_pd(_mm512_set1_pd(s), (__m512d)(b), (__m512d)(c)))
 #else
-#define PYNN_VFMA_F(a, b, c) ((pynn_vf)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
-#define PYNN_VFMA_D(a, b, c) \
-    ((pynn_vd)_mm256_fmadd_pd((__m256d)(a), (__m256d)(b), (__m256d)(c)))
+#define PYNN_VFMA_F(s, b, c) ((pynn_vf)_mm256_fmadd_ps(_mm256_set1_ps(s), (__m256)(b), (__m256)(c)))
+#define PYNN_VFMA_D(s, b, c) \
+    ((pynn_vd)_mm256_fmadd_pd(_mm256_set1_pd(s), (__m256d)(b), (__m256d)(c)))
 #endif
 #define PYNN_SFMA_F(a, b, c) __builtin_fmaf((a), (b), (c))
 #define PYNN_SFMA_D(a, b, c) __builtin_fma((a), (b), (c))
 #else
 /* No FMA instruction: the compiler has nothing to contract, so a*b + c rounds twice
  * everywhere alike. */
-#define PYNN_VFMA_F(a, b, c) ((a) * (b) + (c))
-#define PYNN_VFMA_D(a, b, c) ((a) * (b) + (c))
+#define PYNN_VFMA_F(s, b, c) ((s) * (b) + (c))
+#define PYNN_VFMA_D(s, b, c) ((s) * (b) + (c))
 #define PYNN_SFMA_F(a, b, c) ((a) * (b) + (c))
 #define PYNN_SFMA_D(a, b, c) ((a) * (b) + (c))
 #endif
@@ -68,7 +68,7 @@ typedef double pynn_vd __attribute__((vector_size(PYNN_VBYTES), aligned(8), may_
                 V bv[NV];                                                              \
                 for (v = 0; v < NV; v++) bv[v] = *(const V*)(bs + t * ldb + v * VL);   \
                 for (i = 0; i < MR; i++) {                                             \
-                    const V av = (V){0} + ap[i][t * sat];                              \
+                    const T av = ap[i][t * sat];                                       \
                     for (v = 0; v < NV; v++) acc[i][v] = VFMA(av, bv[v], acc[i][v]);   \
                 }                                                                      \
             }                                                                          \
