@@ -152,8 +152,27 @@ static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const T* a, Py_ssize_
 PYNN_ROWS_GEMM(pynn_rows_gemm_f, float, pynn_seg_gemm_f)
 PYNN_ROWS_GEMM(pynn_rows_gemm_d, double, pynn_seg_gemm_d)
 
-/* Columns per packed panel of the recurrent layers: the two vectors of one block. */
+/* Columns per packed panel (conv forward, recurrent layers): the two vectors of one block. */
 #define PYNN_NC_F (2 * PYNN_VBYTES / 4)
 #define PYNN_NC_D (2 * PYNN_VBYTES / 8)
+
+/* b (k rows x n columns, row stride ldb) packed into column panels of nc columns: panel p
+ * holds columns [p*nc, p*nc + w) of every row (w = nc but in the last panel), contiguous
+ * with row stride w, at out + p*nc*k. The microkernel then reads one sequential stream per
+ * block; reading the rows of b in place (one cache line per row, 4*ldb bytes apart) cost
+ * the conv forward ~13% on Zen 3. */
+#define PYNN_PACK_PANELS(NAME, T)                                                      \
+static void NAME(const T* b, Py_ssize_t ldb, Py_ssize_t k, Py_ssize_t n, Py_ssize_t nc, \
+                 T* out) {                                                             \
+    Py_ssize_t p0, w, r, j;                                                            \
+    for (p0 = 0; p0 < n; p0 += nc) {                                                   \
+        T* d = out + p0 * k;                                                           \
+        w = n - p0 < nc ? n - p0 : nc;                                                 \
+        for (r = 0; r < k; r++)                                                        \
+            for (j = 0; j < w; j++) d[r * w + j] = b[r * ldb + p0 + j];                \
+    }                                                                                  \
+}
+PYNN_PACK_PANELS(pynn_pack_panels_f, float)
+PYNN_PACK_PANELS(pynn_pack_panels_d, double)
 
 #endif

@@ -136,6 +136,30 @@ cdef extern from "_microkernel.h":
                          int accum, int wide) noexcept nogil
 
 
+cdef extern from "_microkernel.h":
+    int PYNN_NC_F
+    int PYNN_NC_D
+    void pynn_pack_panels_f(const float* b, Py_ssize_t ldb, Py_ssize_t k, Py_ssize_t n,
+                            Py_ssize_t nc, float* out) noexcept nogil
+    void pynn_pack_panels_d(const double* b, Py_ssize_t ldb, Py_ssize_t k, Py_ssize_t n,
+                            Py_ssize_t nc, double* out) noexcept nogil
+
+
+cdef inline Py_ssize_t _panel_width(const floating* dummy) noexcept nogil:
+    """Columns per packed panel for this dtype (the argument only picks the specialization)."""
+    if floating is float:
+        return PYNN_NC_F
+    return PYNN_NC_D
+
+
+cdef inline void _pack_panels(const floating* b, Py_ssize_t ldb, Py_ssize_t k, Py_ssize_t n,
+                              floating* out) noexcept nogil:
+    if floating is float:
+        pynn_pack_panels_f(b, ldb, k, n, PYNN_NC_F, out)
+    else:
+        pynn_pack_panels_d(b, ldb, k, n, PYNN_NC_D, out)
+
+
 cdef inline void _seg_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,
                            const floating* a, const Py_ssize_t* roff, const Py_ssize_t* aseg,
                            Py_ssize_t sat, const floating* b, const Py_ssize_t* bseg,
@@ -319,20 +343,30 @@ cdef void _pad(const floating* x, floating* xp, Py_ssize_t N, Py_ssize_t H, Py_s
             memset(dst + (left + cols) * C, 0, (WP - left - cols) * C * sizeof(floating))
 
 
-cdef void _forward_direct(const floating* xp, const floating* w, const floating* bias,
+cdef void _forward_direct(const floating* xp, const floating* wp, const floating* bias,
                           floating* z, floating* y, const Geom* g, const Py_ssize_t* woff,
-                          const Py_ssize_t* aseg, const Py_ssize_t* bseg, Py_ssize_t nseg,
-                          Py_ssize_t tn, int act, floating alpha) noexcept nogil:
+                          const Py_ssize_t* aseg, const Py_ssize_t* bseg,
+                          const Py_ssize_t* bseg_last, Py_ssize_t nseg, Py_ssize_t tn,
+                          int act, floating alpha) noexcept nogil:
     """One output row (n, ho) per iteration, read straight from the padded input xp
-    (g.HP, g.WP): the microkernel writes z with the bias as start value, and the activation
-    runs while the row is still in L1."""
-    cdef Py_ssize_t r, n, ho, off, G = g.N * g.HO
+    (g.HP, g.WP), panel by panel of the packed kernel wp (_pack_panels): the microkernel
+    writes z with the bias as start value, and the activation runs while the row is still
+    in L1. bseg holds the segments' offsets in a full panel, bseg_last in the last one
+    (narrower when F is not a multiple of the panel width)."""
+    cdef Py_ssize_t r, n, ho, off, p0, wd, G = g.N * g.HO, nc = _panel_width(wp)
+    cdef const floating* a
     for r in prange(G, schedule="static"):
         n = r // g.HO
         ho = r % g.HO
         off = r * g.WO * g.F
-        _seg_gemm(g.WO, g.F, nseg, tn, xp + (n * g.HP + ho * g.SH) * g.WP * g.C, woff, aseg,
-                  1, w, bseg, g.F, z + off, g.F, bias, 0, False)
+        a = xp + (n * g.HP + ho * g.SH) * g.WP * g.C
+        p0 = 0
+        while p0 < g.F:
+            wd = _imin(nc, g.F - p0)
+            _seg_gemm(g.WO, wd, nseg, tn, a, woff, aseg, 1, wp + p0 * g.K,
+                      bseg if wd == nc else bseg_last, wd, z + off + p0, g.F,
+                      bias + p0 if bias != NULL else NULL, 0, False)
+            p0 = p0 + nc
         _epilogue_rows(z + off, y + off, <const floating*>NULL, g.WO, g.F, act, alpha)
 
 
@@ -452,14 +486,21 @@ def _run_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
 
 def _run_forward_direct(const floating[:, :, :, ::1] xp, const floating[:, :, :, ::1] w,
                         const floating[::1] bias, floating[:, :, :, ::1] z,
-                        floating[:, :, :, ::1] y, Geom g, const Py_ssize_t[::1] woff,
-                        const Py_ssize_t[::1] aseg, const Py_ssize_t[::1] bseg, Py_ssize_t tn,
-                        int act, double alpha):
+                        floating[:, :, :, ::1] y, floating[::1] wp, Geom g,
+                        const Py_ssize_t[::1] woff, const Py_ssize_t[::1] aseg,
+                        const Py_ssize_t[::1] bseg, const Py_ssize_t[::1] bseg_last,
+                        Py_ssize_t tn, int act, double alpha):
     cdef const floating* bptr = _bias_ptr(bias)
     with nogil:
-        _forward_direct(&xp[0, 0, 0, 0], &w[0, 0, 0, 0], bptr, &z[0, 0, 0, 0],
-                        &y[0, 0, 0, 0], &g, &woff[0], &aseg[0], &bseg[0], aseg.shape[0], tn,
-                        act, <floating>alpha)
+        _pack_panels(&w[0, 0, 0, 0], g.F, g.K, g.F, &wp[0])
+        _forward_direct(&xp[0, 0, 0, 0], &wp[0], bptr, &z[0, 0, 0, 0], &y[0, 0, 0, 0], &g,
+                        &woff[0], &aseg[0], &bseg[0], &bseg_last[0], aseg.shape[0], tn, act,
+                        <floating>alpha)
+
+
+def _panel_columns(dtype):
+    """Columns per packed kernel panel for float32 / float64."""
+    return PYNN_NC_F if np.dtype(dtype) == np.float32 else PYNN_NC_D
 
 
 def _run_pad(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xp, Py_ssize_t top,
@@ -579,7 +620,12 @@ def _forward_direct_into(xp, kernel, bias, z, y, g, act, alpha):
     """The direct forward on a padded input xp (g["HP"], g["WP"]) into z and y."""
     aseg, bseg, tn = _kernel_segments(g)
     woff = np.arange(max(g["WO"], 1), dtype=np.intp) * (g["SW"] * g["C"])
-    _run_forward_direct(xp, kernel, bias, z, y, g, woff, aseg, bseg, tn, act, alpha)
+    # Segment offsets into a packed panel: kernel row index times the panel's width.
+    nc = _panel_columns(kernel.dtype)
+    rows = bseg // g["F"]
+    with scratch(kernel.dtype, (g["K"] * g["F"],)) as (wp,):
+        _run_forward_direct(xp, kernel, bias, z, y, wp, g, woff, aseg, rows * nc,
+                            rows * (g["F"] - (g["F"] - 1) // nc * nc), tn, act, alpha)
 
 
 def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid", dilation_rate=(1, 1),
