@@ -51,9 +51,38 @@ cdef inline Py_ssize_t _imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return a if a < b else b
 
 
-cdef inline bint _better(floating v, floating best) noexcept nogil:
-    """Strictly greater, or the first NaN: later equal values never replace the winner."""
-    return v > best or (v != v and best == best)
+cdef extern from *:
+    """
+    /* One window pixel against the running winners of a row of C channels: take it where it
+     * is strictly greater, or the first NaN (later equal values never replace the winner).
+     * Selects and unconditional stores, so gcc vectorizes the channel loop; the same update
+     * as an if with two conditional stores ran scalar on AVX2 (maxpool forward 2x slower). */
+    #define PYNN_MAX_UPDATE(NAME, T)                                                   \\
+    static inline void NAME(const T* restrict px, T* restrict best, int* restrict arg, \\
+                            Py_ssize_t C, int idx) {                                   \\
+        Py_ssize_t c;                                                                  \\
+        for (c = 0; c < C; c++) {                                                      \\
+            const T v = px[c], b = best[c];                                            \\
+            const int take = (v > b) | ((v != v) & (b == b));                          \\
+            best[c] = take ? v : b;                                                    \\
+            arg[c] = take ? idx : arg[c];                                              \\
+        }                                                                              \\
+    }
+    PYNN_MAX_UPDATE(pynn_max_update_f, float)
+    PYNN_MAX_UPDATE(pynn_max_update_d, double)
+    """
+    void pynn_max_update_f(const float* px, float* best, int* arg, Py_ssize_t C,
+                           int idx) noexcept nogil
+    void pynn_max_update_d(const double* px, double* best, int* arg, Py_ssize_t C,
+                           int idx) noexcept nogil
+
+
+cdef inline void _max_update(const floating* px, floating* best, int* arg, Py_ssize_t C,
+                             int idx) noexcept nogil:
+    if floating is float:
+        pynn_max_update_f(px, best, arg, C, idx)
+    else:
+        pynn_max_update_d(px, best, arg, C, idx)
 
 
 # -- max pooling ----------------------------------------------------------------------------
@@ -80,10 +109,7 @@ cdef void _maxpool_row(const floating* x, floating* y, int* arg, const Geom* g,
         for h in range(h0, h1):
             for w in range(w0, w1):
                 px = x + ((n * g.H + h) * g.W + w) * C
-                for c in range(C):
-                    if _better(px[c], yp[c]):
-                        yp[c] = px[c]
-                        ap[c] = <int>(h * g.W + w)
+                _max_update(px, yp, ap, C, <int>(h * g.W + w))
 
 
 def _maxpool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
@@ -319,10 +345,7 @@ def _global_max_forward(const floating[:, :, :, ::1] x, floating[:, ::1] y, int[
             ap[n * C + c] = 0
         for p in range(1, P):
             px = xp + (n * P + p) * C
-            for c in range(c0, c1):
-                if _better(px[c], yp[n * C + c]):
-                    yp[n * C + c] = px[c]
-                    ap[n * C + c] = <int>p
+            _max_update(px + c0, yp + n * C + c0, ap + n * C + c0, c1 - c0, <int>p)
 
 
 def _global_max_backward(const floating[:, ::1] dy, const int[:, ::1] arg,
