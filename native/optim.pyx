@@ -429,37 +429,65 @@ def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale,
 
 # -- RMSprop --------------------------------------------------------------------------------
 
+cdef struct RMSpropCoef:
+    double lr, rho, one_rho, mu, eps, scale, clip, decay, tiny
+
+
+cdef inline void _rmsprop_element(floating* w, const floating* g, floating* vel,
+                                  floating* mom, floating* avg, Py_ssize_t i,
+                                  const RMSpropCoef* k, bint centered,
+                                  bint use_mom) noexcept nogil:
+    """One element of the RMSprop step. Called with literal flags, so each inlined copy is
+    straight-line code that gcc vectorizes: branches on the flags inside the loop kept it
+    scalar on AVX2 (8x slower than Adagrad)."""
+    cdef floating rho = <floating>k.rho, one_rho = <floating>k.one_rho, tiny = <floating>k.tiny
+    cdef floating gi = clipped_grad(g[i], <floating>k.scale, <floating>k.clip)
+    cdef floating wi = decayed(w[i], <floating>k.decay)
+    cdef floating vi = flushed(fmadd(rho, vel[i], one_rho * (gi * gi)), tiny)
+    cdef floating ai, den, inc
+    vel[i] = vi
+    if centered:
+        ai = flushed(fmadd(rho, avg[i], one_rho * gi), tiny)
+        avg[i] = ai
+        den = fmadd(-ai, ai, vi) + <floating>k.eps
+    else:
+        den = vi + <floating>k.eps
+    # epsilon sits inside the square root (Keras, unlike PyTorch).
+    inc = (<floating>k.lr * gi) / <floating>sqrt(den)
+    if use_mom:
+        inc = flushed(fmadd(<floating>k.mu, mom[i], inc), tiny)
+        mom[i] = inc
+    w[i] = wi - inc
+
+
 def _rmsprop(floating[::1] w, const floating[::1] g, floating[::1] vel, floating[::1] mom,
              bint use_mom, floating[::1] avg, bint centered, double lr, double rho,
              double momentum, double epsilon, double grad_scale, double clipvalue,
              double decay):
     cdef Py_ssize_t n = w.shape[0], i
-    cdef floating lr_ = <floating>lr, rho_ = <floating>rho, one_rho = <floating>(1.0 - rho)
-    cdef floating mu = <floating>momentum, eps = <floating>epsilon
-    cdef floating scale = <floating>grad_scale, clip = <floating>clipvalue
-    cdef floating dec = <floating>decay
-    cdef floating gi, wi, vi, ai, den, inc
-    cdef floating tiny = FLT_MIN if floating is float else DBL_MIN
+    cdef RMSpropCoef k = RMSpropCoef(lr, rho, 1.0 - rho, momentum, epsilon, grad_scale,
+                                     clipvalue, decay,
+                                     FLT_MIN if floating is float else DBL_MIN)
     if n == 0:
         return
+    cdef floating* wp = &w[0]
+    cdef const floating* gp = &g[0]
+    cdef floating* vp = &vel[0]
+    cdef floating* mp = &mom[0]
+    cdef floating* ap = &avg[0]
     with nogil:
-        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-            gi = clipped_grad(g[i], scale, clip)
-            wi = decayed(w[i], dec)
-            vi = flushed(fmadd(rho_, vel[i], one_rho * (gi * gi)), tiny)
-            vel[i] = vi
-            if centered:
-                ai = flushed(fmadd(rho_, avg[i], one_rho * gi), tiny)
-                avg[i] = ai
-                den = vi - ai * ai + eps
-            else:
-                den = vi + eps
-            # epsilon sits inside the square root (Keras, unlike PyTorch).
-            inc = (lr_ * gi) / <floating>sqrt(den)
-            if use_mom:
-                inc = flushed(fmadd(mu, mom[i], inc), tiny)
-                mom[i] = inc
-            w[i] = wi - inc
+        if centered and use_mom:
+            for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+                _rmsprop_element(wp, gp, vp, mp, ap, i, &k, True, True)
+        elif centered:
+            for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+                _rmsprop_element(wp, gp, vp, mp, ap, i, &k, True, False)
+        elif use_mom:
+            for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+                _rmsprop_element(wp, gp, vp, mp, ap, i, &k, False, True)
+        else:
+            for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+                _rmsprop_element(wp, gp, vp, mp, ap, i, &k, False, False)
 
 
 def rmsprop_update(w, g, velocity, momentum_buf, average_grad, lr, rho, momentum, epsilon,
