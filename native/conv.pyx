@@ -8,17 +8,22 @@ Design (chosen by measurement, see bench/bench_conv_kernels.py):
 - Direct paths (the default while the (K, F) kernel matrix stays near L2: K*F <=
   _DIRECT_MAX_KF) read a zero-padded copy of the input (one pass; none for an unpadded
   'valid' conv) with a register-blocked microkernel, so no im2col matrix is ever written:
-  - forward: prange over output rows (n, ho); MR output pixels x 32 filters of
-    accumulators, one segment per kernel row kh, whose KW*C inputs are contiguous in the
-    padded row; the bias is the start value and the activation runs while the row is in L1.
+  - forward: prange over output rows (n, ho); MR output pixels x one panel of filters
+    (2 vectors) of accumulators, one segment per kernel row kh, whose KW*C inputs are
+    contiguous in the padded row; the bias is the start value and the activation runs
+    while the row is in L1. The (K, F) kernel is packed into column panels once per call,
+    so each block reads it as one sequential stream.
   - backward_weight: dkernel rows (kh, kw, c) x filters, summed over output pixels; the
     output rows are cut into a fixed number of slabs with their own (K, F) partials, added
-    in slab order (deterministic, and both cores busy on a 27 x 32 result).
+    in slab order (deterministic, and both cores busy on a 27 x 32 result); each chunk of
+    dz rows is packed into panels per thread first.
   - backward_input, stride 1: dx is the forward conv of dz zero-padded to a 'full' conv,
     with the kernel flipped in space and its channel axes swapped; a gather, so every dx
     element is written once by one thread.
   Against im2col + BLAS on 2 threads (AVX-512): RGB 3x3 layer (C = 3) forward 3x, backward
-  weight 3x; 32 -> 64 and 64 -> 128 channel 3x3 layers 1.2-2x per op.
+  weight 3x; 32 -> 64 and 64 -> 128 channel 3x3 layers 1.2-2x per op. On Zen 3 (AVX2)
+  the 64 -> 128 layer runs forward at 88-94% of NumPy's sgemm peak, backward_input 85-88%,
+  backward_weight 78-80%.
 - im2col + BLAS (large K*F, and strided backward_input): a tile is a run of whole output
   rows (n, ho). Its im2col block (tile*WO, K) lives in a workspace bounded by
   ``_workspace_bytes`` and is filled in parallel (prange over output rows; for dilation 1
