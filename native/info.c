@@ -9,6 +9,9 @@
                 "NPY_1_7_API_VERSION"
             ]
         ],
+        "depends": [
+            "native/_microkernel.h"
+        ],
         "extra_compile_args": [
             "-O3",
             "-ffp-contract=fast",
@@ -21,8 +24,8 @@
             "-fopenmp"
         ],
         "include_dirs": [
-            "/work/main/.venv/lib/python3.11/site-packages/numpy/_core/include",
-            "native"
+            "native",
+            "/work/main/.venv/lib/python3.11/site-packages/numpy/_core/include"
         ],
         "name": "pynn._native.info",
         "sources": [
@@ -1296,6 +1299,18 @@ static int __Pyx_init_tpflags_variables(void) {
     static void omp_set_num_threads(int n) { (void)n; }
     #endif
     
+#include "_microkernel.h"
+
+    #if defined(__AVX512F__)
+    #define PYNN_ISA "avx512f"
+    #elif defined(__AVX2__) && defined(__FMA__)
+    #define PYNN_ISA "avx2+fma"
+    #elif defined(__AVX__)
+    #define PYNN_ISA "avx"
+    #else
+    #define PYNN_ISA "baseline"
+    #endif
+    
 #ifdef _OPENMP
 #include <omp.h>
 #endif /* _OPENMP */
@@ -2092,6 +2107,26 @@ static CYTHON_INLINE void __Pyx_ErrFetchInState(PyThreadState *tstate, PyObject 
 /* RaiseException.export */
 static void __Pyx_Raise(PyObject *type, PyObject *value, PyObject *tb, PyObject *cause);
 
+/* decode_c_string_utf16.proto (used by decode_c_string) */
+static CYTHON_INLINE PyObject *__Pyx_PyUnicode_DecodeUTF16(const char *s, Py_ssize_t size, const char *errors) {
+    int byteorder = 0;
+    return PyUnicode_DecodeUTF16(s, size, errors, &byteorder);
+}
+static CYTHON_INLINE PyObject *__Pyx_PyUnicode_DecodeUTF16LE(const char *s, Py_ssize_t size, const char *errors) {
+    int byteorder = -1;
+    return PyUnicode_DecodeUTF16(s, size, errors, &byteorder);
+}
+static CYTHON_INLINE PyObject *__Pyx_PyUnicode_DecodeUTF16BE(const char *s, Py_ssize_t size, const char *errors) {
+    int byteorder = 1;
+    return PyUnicode_DecodeUTF16(s, size, errors, &byteorder);
+}
+
+/* decode_c_string.proto */
+static CYTHON_INLINE PyObject* __Pyx_decode_c_string(
+         const char* cstring, Py_ssize_t start, Py_ssize_t stop,
+         const char* encoding, const char* errors,
+         PyObject* (*decode_func)(const char *s, Py_ssize_t size, const char *errors));
+
 /* dict_setdefault.proto (used by FetchCommonType) */
 static CYTHON_INLINE PyObject *__Pyx_PyDict_SetDefault(PyObject *d, PyObject *key, PyObject *default_value);
 
@@ -2480,6 +2515,7 @@ static const char __pyx_k_Build_and_runtime_facts_about_th[] = "Build and runtim
 static PyObject *__pyx_pf_4pynn_7_native_4info_openmp_enabled(CYTHON_UNUSED PyObject *__pyx_self); /* proto */
 static PyObject *__pyx_pf_4pynn_7_native_4info_2get_max_threads(CYTHON_UNUSED PyObject *__pyx_self); /* proto */
 static PyObject *__pyx_pf_4pynn_7_native_4info_4set_num_threads(CYTHON_UNUSED PyObject *__pyx_self, int __pyx_v_n); /* proto */
+static PyObject *__pyx_pf_4pynn_7_native_4info_6microkernel(CYTHON_UNUSED PyObject *__pyx_self); /* proto */
 /* #### Code section: late_includes ### */
 /* #### Code section: module_state ### */
 /* SmallCodeConfig */
@@ -2506,8 +2542,8 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_items;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_pop;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
-    PyObject *__pyx_codeobj_tab[3];
-    PyObject *__pyx_string_tab[26];
+    PyObject *__pyx_codeobj_tab[4];
+    PyObject *__pyx_string_tab[31];
 /* #### Code section: module_state_contents ### */
 /* CommonTypesMetaclass.module_state_decls */
 PyTypeObject *__pyx_CommonTypesMetaclassType;
@@ -2566,17 +2602,22 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_n_u_asyncio_coroutines __pyx_string_tab[12]
 #define __pyx_n_u_cline_in_traceback __pyx_string_tab[13]
 #define __pyx_n_u_get_max_threads __pyx_string_tab[14]
-#define __pyx_n_u_items __pyx_string_tab[15]
-#define __pyx_n_u_n __pyx_string_tab[16]
-#define __pyx_n_u_openmp_enabled __pyx_string_tab[17]
-#define __pyx_n_u_pop __pyx_string_tab[18]
-#define __pyx_n_u_pynn__native_info __pyx_string_tab[19]
-#define __pyx_n_u_set_num_threads __pyx_string_tab[20]
-#define __pyx_n_u_setdefault __pyx_string_tab[21]
-#define __pyx_n_u_values __pyx_string_tab[22]
-#define __pyx_kp_b_iso88591_r_1_j_A_q __pyx_string_tab[23]
-#define __pyx_kp_b_iso88591_4q __pyx_string_tab[24]
-#define __pyx_kp_b_iso88591_a __pyx_string_tab[25]
+#define __pyx_n_u_isa __pyx_string_tab[15]
+#define __pyx_n_u_items __pyx_string_tab[16]
+#define __pyx_n_u_microkernel __pyx_string_tab[17]
+#define __pyx_n_u_n __pyx_string_tab[18]
+#define __pyx_n_u_openmp_enabled __pyx_string_tab[19]
+#define __pyx_n_u_pop __pyx_string_tab[20]
+#define __pyx_n_u_pynn__native_info __pyx_string_tab[21]
+#define __pyx_n_u_rows __pyx_string_tab[22]
+#define __pyx_n_u_set_num_threads __pyx_string_tab[23]
+#define __pyx_n_u_setdefault __pyx_string_tab[24]
+#define __pyx_n_u_values __pyx_string_tab[25]
+#define __pyx_n_u_vector_bytes __pyx_string_tab[26]
+#define __pyx_kp_b_iso88591_r_1_j_A_q __pyx_string_tab[27]
+#define __pyx_kp_b_iso88591_4q __pyx_string_tab[28]
+#define __pyx_kp_b_iso88591_a __pyx_string_tab[29]
+#define __pyx_kp_b_iso88591_G87_6m81 __pyx_string_tab[30]
 /* #### Code section: module_state_clear ### */
 #if CYTHON_USE_MODULE_STATE
 static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
@@ -2594,8 +2635,8 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_items.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
-  for (int i=0; i<3; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<26; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<4; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<31; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
 Py_CLEAR(clear_module_state->__pyx_CommonTypesMetaclassType);
@@ -2621,8 +2662,8 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_items.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
-  for (int i=0; i<3; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<26; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<4; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<31; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
 Py_VISIT(traverse_module_state->__pyx_CommonTypesMetaclassType);
@@ -2636,7 +2677,7 @@ return 0;
 #endif
 /* #### Code section: module_code ### */
 
-/* "native/info.pyx":5
+/* "native/info.pyx":23
  * 
  * 
  * def openmp_enabled():             # <<<<<<<<<<<<<<
@@ -2670,14 +2711,14 @@ static PyObject *__pyx_pf_4pynn_7_native_4info_openmp_enabled(CYTHON_UNUSED PyOb
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("openmp_enabled", 0);
 
-  /* "native/info.pyx":6
+  /* "native/info.pyx":24
  * 
  * def openmp_enabled():
  *     return bool(PYNN_HAVE_OPENMP)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(PYNN_HAVE_OPENMP != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 6, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(PYNN_HAVE_OPENMP != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 24, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -2690,7 +2731,7 @@ static PyObject *__pyx_pf_4pynn_7_native_4info_openmp_enabled(CYTHON_UNUSED PyOb
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "native/info.pyx":5
+  /* "native/info.pyx":23
  * 
  * 
  * def openmp_enabled():             # <<<<<<<<<<<<<<
@@ -2709,7 +2750,7 @@ static PyObject *__pyx_pf_4pynn_7_native_4info_openmp_enabled(CYTHON_UNUSED PyOb
   return __pyx_r;
 }
 
-/* "native/info.pyx":9
+/* "native/info.pyx":27
  * 
  * 
  * def get_max_threads():             # <<<<<<<<<<<<<<
@@ -2743,14 +2784,14 @@ static PyObject *__pyx_pf_4pynn_7_native_4info_2get_max_threads(CYTHON_UNUSED Py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("get_max_threads", 0);
 
-  /* "native/info.pyx":10
+  /* "native/info.pyx":28
  * 
  * def get_max_threads():
  *     return omp_get_max_threads()             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int(omp_get_max_threads()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 10, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(omp_get_max_threads()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 28, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -2763,7 +2804,7 @@ static PyObject *__pyx_pf_4pynn_7_native_4info_2get_max_threads(CYTHON_UNUSED Py
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "native/info.pyx":9
+  /* "native/info.pyx":27
  * 
  * 
  * def get_max_threads():             # <<<<<<<<<<<<<<
@@ -2782,7 +2823,7 @@ static PyObject *__pyx_pf_4pynn_7_native_4info_2get_max_threads(CYTHON_UNUSED Py
   return __pyx_r;
 }
 
-/* "native/info.pyx":13
+/* "native/info.pyx":31
  * 
  * 
  * def set_num_threads(int n):             # <<<<<<<<<<<<<<
@@ -2830,32 +2871,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_n,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 13, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 31, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 13, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 31, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_num_threads", 0) < (0)) __PYX_ERR(0, 13, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_num_threads", 0) < (0)) __PYX_ERR(0, 31, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_num_threads", 1, 1, 1, i); __PYX_ERR(0, 13, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_num_threads", 1, 1, 1, i); __PYX_ERR(0, 31, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 13, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 31, __pyx_L3_error)
     }
-    __pyx_v_n = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_n == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 13, __pyx_L3_error)
+    __pyx_v_n = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_n == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 31, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_num_threads", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 13, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_num_threads", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 31, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -2891,7 +2932,7 @@ static PyObject *__pyx_pf_4pynn_7_native_4info_4set_num_threads(CYTHON_UNUSED Py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_num_threads", 0);
 
-  /* "native/info.pyx":14
+  /* "native/info.pyx":32
  * 
  * def set_num_threads(int n):
  *     if n < 1:             # <<<<<<<<<<<<<<
@@ -2903,16 +2944,17 @@ static PyObject *__pyx_pf_4pynn_7_native_4info_4set_num_threads(CYTHON_UNUSED Py
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "native/info.pyx":15
+    /* "native/info.pyx":33
  * def set_num_threads(int n):
  *     if n < 1:
  *         raise ValueError(f"set_num_threads: expected n >= 1, got {n}")             # <<<<<<<<<<<<<<
  *     omp_set_num_threads(n)
+ * 
 */
     __pyx_t_3 = NULL;
-    __pyx_t_4 = __Pyx_PyUnicode_From_int(__pyx_v_n, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 15, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyUnicode_From_int(__pyx_v_n, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 33, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_5 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_set_num_threads_expected_n_1_got, __pyx_t_4); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 15, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_set_num_threads_expected_n_1_got, __pyx_t_4); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 33, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_6 = 1;
@@ -2921,14 +2963,14 @@ static PyObject *__pyx_pf_4pynn_7_native_4info_4set_num_threads(CYTHON_UNUSED Py
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 15, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 33, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 15, __pyx_L1_error)
+    __PYX_ERR(0, 33, __pyx_L1_error)
 
-    /* "native/info.pyx":14
+    /* "native/info.pyx":32
  * 
  * def set_num_threads(int n):
  *     if n < 1:             # <<<<<<<<<<<<<<
@@ -2937,14 +2979,16 @@ static PyObject *__pyx_pf_4pynn_7_native_4info_4set_num_threads(CYTHON_UNUSED Py
 */
   }
 
-  /* "native/info.pyx":16
+  /* "native/info.pyx":34
  *     if n < 1:
  *         raise ValueError(f"set_num_threads: expected n >= 1, got {n}")
  *     omp_set_num_threads(n)             # <<<<<<<<<<<<<<
+ * 
+ * 
 */
   omp_set_num_threads(__pyx_v_n);
 
-  /* "native/info.pyx":13
+  /* "native/info.pyx":31
  * 
  * 
  * def set_num_threads(int n):             # <<<<<<<<<<<<<<
@@ -2961,6 +3005,94 @@ static PyObject *__pyx_pf_4pynn_7_native_4info_4set_num_threads(CYTHON_UNUSED Py
   __Pyx_XDECREF(__pyx_t_4);
   __Pyx_XDECREF(__pyx_t_5);
   __Pyx_AddTraceback("pynn._native.info.set_num_threads", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "native/info.pyx":37
+ * 
+ * 
+ * def microkernel():             # <<<<<<<<<<<<<<
+ *     """The instruction set the kernels were compiled for, the vector width in bytes and the
+ *     most rows of the register-blocked microkernel (native/_microkernel.h)."""
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_4pynn_7_native_4info_7microkernel(PyObject *__pyx_self, CYTHON_UNUSED PyObject *unused); /*proto*/
+PyDoc_STRVAR(__pyx_doc_4pynn_7_native_4info_6microkernel, "microkernel()\n\nThe instruction set the kernels were compiled for, the vector width in bytes and the\nmost rows of the register-blocked microkernel (native/_microkernel.h).");
+static PyMethodDef __pyx_mdef_4pynn_7_native_4info_7microkernel = {"microkernel", (PyCFunction)__pyx_pw_4pynn_7_native_4info_7microkernel, METH_NOARGS, __pyx_doc_4pynn_7_native_4info_6microkernel};
+static PyObject *__pyx_pw_4pynn_7_native_4info_7microkernel(PyObject *__pyx_self, CYTHON_UNUSED PyObject *unused) {
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("microkernel (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  __pyx_r = __pyx_pf_4pynn_7_native_4info_6microkernel(__pyx_self);
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_4pynn_7_native_4info_6microkernel(CYTHON_UNUSED PyObject *__pyx_self) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  Py_ssize_t __pyx_t_2;
+  PyObject *__pyx_t_3 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("microkernel", 0);
+
+  /* "native/info.pyx":40
+ *     """The instruction set the kernels were compiled for, the vector width in bytes and the
+ *     most rows of the register-blocked microkernel (native/_microkernel.h)."""
+ *     return {"isa": PYNN_ISA.decode(), "vector_bytes": PYNN_VBYTES, "rows": PYNN_MR_MAX}             # <<<<<<<<<<<<<<
+*/
+  __pyx_t_1 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 40, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __pyx_t_2 = __Pyx_ssize_strlen(PYNN_ISA); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 40, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_decode_c_string(PYNN_ISA, 0, __pyx_t_2, NULL, NULL, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 40, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_isa, __pyx_t_3) < (0)) __PYX_ERR(0, 40, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __pyx_t_3 = __Pyx_PyLong_From_int(PYNN_VBYTES); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 40, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_vector_bytes, __pyx_t_3) < (0)) __PYX_ERR(0, 40, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __pyx_t_3 = __Pyx_PyLong_From_int(PYNN_MR_MAX); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 40, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_rows, __pyx_t_3) < (0)) __PYX_ERR(0, 40, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_1;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* "native/info.pyx":37
+ * 
+ * 
+ * def microkernel():             # <<<<<<<<<<<<<<
+ *     """The instruction set the kernels were compiled for, the vector width in bytes and the
+ *     most rows of the register-blocked microkernel (native/_microkernel.h)."""
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_AddTraceback("pynn._native.info.microkernel", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __pyx_r = NULL;
   __pyx_L0:;
   __Pyx_XGIVEREF(__pyx_r);
@@ -3321,49 +3453,64 @@ __Pyx_RefNannySetupContext("PyInit_info", 0);
   if (__Pyx_InitAfterSharedUtility() < (0)) __PYX_ERR(0, 1, __pyx_L1_error)
   /*--- Execution code ---*/
 
-  /* "native/info.pyx":5
+  /* "native/info.pyx":23
  * 
  * 
  * def openmp_enabled():             # <<<<<<<<<<<<<<
  *     return bool(PYNN_HAVE_OPENMP)
  * 
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_4pynn_7_native_4info_1openmp_enabled, 0, __pyx_mstate_global->__pyx_n_u_openmp_enabled, NULL, __pyx_mstate_global->__pyx_n_u_pynn__native_info, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 5, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_4pynn_7_native_4info_1openmp_enabled, 0, __pyx_mstate_global->__pyx_n_u_openmp_enabled, NULL, __pyx_mstate_global->__pyx_n_u_pynn__native_info, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 23, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_openmp_enabled, __pyx_t_2) < (0)) __PYX_ERR(0, 5, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_openmp_enabled, __pyx_t_2) < (0)) __PYX_ERR(0, 23, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "native/info.pyx":9
+  /* "native/info.pyx":27
  * 
  * 
  * def get_max_threads():             # <<<<<<<<<<<<<<
  *     return omp_get_max_threads()
  * 
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_4pynn_7_native_4info_3get_max_threads, 0, __pyx_mstate_global->__pyx_n_u_get_max_threads, NULL, __pyx_mstate_global->__pyx_n_u_pynn__native_info, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 9, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_4pynn_7_native_4info_3get_max_threads, 0, __pyx_mstate_global->__pyx_n_u_get_max_threads, NULL, __pyx_mstate_global->__pyx_n_u_pynn__native_info, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 27, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_get_max_threads, __pyx_t_2) < (0)) __PYX_ERR(0, 9, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_get_max_threads, __pyx_t_2) < (0)) __PYX_ERR(0, 27, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "native/info.pyx":13
+  /* "native/info.pyx":31
  * 
  * 
  * def set_num_threads(int n):             # <<<<<<<<<<<<<<
  *     if n < 1:
  *         raise ValueError(f"set_num_threads: expected n >= 1, got {n}")
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_4pynn_7_native_4info_5set_num_threads, 0, __pyx_mstate_global->__pyx_n_u_set_num_threads, NULL, __pyx_mstate_global->__pyx_n_u_pynn__native_info, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 13, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_4pynn_7_native_4info_5set_num_threads, 0, __pyx_mstate_global->__pyx_n_u_set_num_threads, NULL, __pyx_mstate_global->__pyx_n_u_pynn__native_info, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 31, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_set_num_threads, __pyx_t_2) < (0)) __PYX_ERR(0, 13, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_set_num_threads, __pyx_t_2) < (0)) __PYX_ERR(0, 31, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "native/info.pyx":37
+ * 
+ * 
+ * def microkernel():             # <<<<<<<<<<<<<<
+ *     """The instruction set the kernels were compiled for, the vector width in bytes and the
+ *     most rows of the register-blocked microkernel (native/_microkernel.h)."""
+*/
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_4pynn_7_native_4info_7microkernel, 0, __pyx_mstate_global->__pyx_n_u_microkernel, NULL, __pyx_mstate_global->__pyx_n_u_pynn__native_info, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 37, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  #endif
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_microkernel, __pyx_t_2) < (0)) __PYX_ERR(0, 37, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   /* "native/info.pyx":1
@@ -3439,14 +3586,14 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 6; } str_length_index[] = {{1},{15},{38},{20},{12},{8},{8},{10},{8},{12},{8},{13},{18},{18},{15},{5},{1},{14},{3},{17},{15},{10},{6}};
-    const struct { const unsigned int length: 6; } bytes_length_index[] = {{32},{11},{10}};
-    /* compression: none (328 bytes) */
-static const char bytes[] = "?native/info.pyxset_num_threads: expected n >= 1, got __Pyx_PyDict_NextRef__annotate____func____main____module____name____qualname____test___is_coroutineasyncio.coroutinescline_in_tracebackget_max_threadsitemsnopenmp_enabledpoppynn._native.infoset_num_threadssetdefaultvalues\200\001\330\004\007\200r\210\022\2101\330\010\016\210j\230\001\320\031A\300\021\300!\330\004\027\220q\230\001\200\001\330\004\013\2104\210q\220\001\200\001\330\004\013\320\013\036\230a";
+    const struct { const unsigned int length: 6; } str_length_index[] = {{1},{15},{38},{20},{12},{8},{8},{10},{8},{12},{8},{13},{18},{18},{15},{3},{5},{11},{1},{14},{3},{17},{4},{15},{10},{6},{12}};
+    const struct { const unsigned int length: 6; } bytes_length_index[] = {{32},{11},{10},{24}};
+    /* compression: none (382 bytes) */
+static const char bytes[] = "?native/info.pyxset_num_threads: expected n >= 1, got __Pyx_PyDict_NextRef__annotate____func____main____module____name____qualname____test___is_coroutineasyncio.coroutinescline_in_tracebackget_max_threadsisaitemsmicrokernelnopenmp_enabledpoppynn._native.inforowsset_num_threadssetdefaultvaluesvector_bytes\200\001\330\004\007\200r\210\022\2101\330\010\016\210j\230\001\320\031A\300\021\300!\330\004\027\220q\230\001\200\001\330\004\013\2104\210q\220\001\200\001\330\004\013\320\013\036\230a\200\001\360\006\000\005\r\210G\2208\2307\240$\320&6\260m\3008\3101";
     PyObject *data = NULL;
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 23; i++) {
+    for (int i = 0; i < 27; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
       if (likely(string) && i >= 3) PyUnicode_InternInPlace(&string);
@@ -3457,8 +3604,8 @@ static const char bytes[] = "?native/info.pyxset_num_threads: expected n >= 1, g
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 23; i < 26; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-23].length;
+    for (int i = 27; i < 31; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-27].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -3468,15 +3615,15 @@ static const char bytes[] = "?native/info.pyxset_num_threads: expected n >= 1, g
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 26; i++) {
+    for (Py_ssize_t i = 0; i < 31; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 23;
-      for (Py_ssize_t i=0; i<3; ++i) {
+      PyObject **table = stringtab + 27;
+      for (Py_ssize_t i=0; i<4; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
         #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -3511,7 +3658,7 @@ typedef struct {
     unsigned int num_kwonly_args : 1;
     unsigned int nlocals : 1;
     unsigned int flags : 10;
-    unsigned int first_line : 4;
+    unsigned int first_line : 6;
 } __Pyx_PyCode_New_function_description;
 #ifdef __cplusplus
 } /* anonymous namespace */
@@ -3531,19 +3678,24 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
   PyObject* tuple_dedup_map = PyDict_New();
   if (unlikely(!tuple_dedup_map)) return -1;
   {
-    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 0, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 5};
+    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 0, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 23};
     PyObject* const varnames[] = {0};
     __pyx_mstate_global->__pyx_codeobj_tab[0] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_native_info_pyx, __pyx_mstate->__pyx_n_u_openmp_enabled, __pyx_mstate->__pyx_kp_b_iso88591_4q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[0])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 0, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 9};
+    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 0, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 27};
     PyObject* const varnames[] = {0};
     __pyx_mstate_global->__pyx_codeobj_tab[1] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_native_info_pyx, __pyx_mstate->__pyx_n_u_get_max_threads, __pyx_mstate->__pyx_kp_b_iso88591_a, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[1])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 13};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 31};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_n};
     __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_native_info_pyx, __pyx_mstate->__pyx_n_u_set_num_threads, __pyx_mstate->__pyx_kp_b_iso88591_r_1_j_A_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 0, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 37};
+    PyObject* const varnames[] = {0};
+    __pyx_mstate_global->__pyx_codeobj_tab[3] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_native_info_pyx, __pyx_mstate->__pyx_n_u_microkernel, __pyx_mstate->__pyx_kp_b_iso88591_G87_6m81, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[3])) goto bad;
   }
   Py_DECREF(tuple_dedup_map);
   return 0;
@@ -5032,6 +5184,39 @@ static void __Pyx_Raise(PyObject *type, PyObject *value, PyObject *tb, PyObject 
 bad:
     Py_XDECREF(owned_instance);
     return;
+}
+
+/* decode_c_string */
+static CYTHON_INLINE PyObject* __Pyx_decode_c_string(
+         const char* cstring, Py_ssize_t start, Py_ssize_t stop,
+         const char* encoding, const char* errors,
+         PyObject* (*decode_func)(const char *s, Py_ssize_t size, const char *errors)) {
+    Py_ssize_t length;
+    if (unlikely((start < 0) | (stop < 0))) {
+        size_t slen = strlen(cstring);
+        if (unlikely(slen > (size_t) PY_SSIZE_T_MAX)) {
+            PyErr_SetString(PyExc_OverflowError,
+                            "c-string too long to convert to Python");
+            return NULL;
+        }
+        length = (Py_ssize_t) slen;
+        if (start < 0) {
+            start += length;
+            if (start < 0)
+                start = 0;
+        }
+        if (stop < 0)
+            stop += length;
+    }
+    if (unlikely(stop <= start))
+        return __Pyx_NewRef(__pyx_mstate_global->__pyx_empty_unicode);
+    length = stop - start;
+    cstring += start;
+    if (decode_func) {
+        return decode_func(cstring, length, errors);
+    } else {
+        return PyUnicode_Decode(cstring, length, encoding, errors);
+    }
 }
 
 /* dict_setdefault (used by FetchCommonType) */

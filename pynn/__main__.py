@@ -5,6 +5,23 @@ import platform
 import sys
 
 
+def _cpu():
+    """'model name' and the SIMD flags the kernels care about, from /proc/cpuinfo."""
+    model, flags = platform.processor(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    simd = [f for f in ("avx2", "fma", "avx512f") if f in flags]
+    return f"{model or 'unknown cpu'}" + (f" ({', '.join(simd)})" if simd else "")
+
+
 def info():
     import numpy as np
     from threadpoolctl import threadpool_info
@@ -20,13 +37,16 @@ def info():
     lines = [
         f"pynn {pynn.__version__}",
         f"python {platform.python_version()} ({sys.executable}), numpy {np.__version__}",
-        f"machine: {platform.machine()}, {platform.processor() or 'unknown cpu'}",
+        f"machine: {platform.machine()}, {_cpu()}",
     ]
+    kernel = native_info.microkernel()
     if flags is not None:
         lines += [
             f"build: compiler {flags.COMPILER}, flags {' '.join(flags.COMPILE_ARGS)}",
             f"portable build: {flags.PORTABLE}, cython checks: {flags.DEBUG_CYTHON}",
         ]
+    lines.append(f"kernels: {kernel['isa']}, {kernel['vector_bytes']}-byte vectors, "
+                 f"microkernel up to {kernel['rows']} rows")
     omp = native_info.openmp_enabled()
     lines.append(f"openmp: {'ON' if omp else 'OFF (single-threaded kernels)'}, "
                  f"threads: {n_threads} (omp max threads {native_info.get_max_threads()})")
