@@ -187,6 +187,36 @@ def test_update_nan_grad_scale_propagates():
     assert np.isnan(w).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_update_nan_and_inf_gradients_poison_only_their_element(case, dtype):
+    """A NaN gradient makes its weight NaN, through the clip and the subnormal flush (both
+    selects in the kernels); +-inf is clipped when clipvalue is set and otherwise poisons
+    its weight too (TerminateOnNaN relies on it). Every other element still follows the
+    oracle: 77 elements, so the bad ones sit in the vector body and the scalar tail."""
+    op, opts = case
+    p = Problem(op, opts, (77,), dtype, seed=8)
+    p.step()
+    g = p.grad()
+    bad = {5: np.nan, 40: np.inf, 76: -np.inf}
+    for i, value in bad.items():
+        g[i] = value
+    w_before = p.w.copy()
+    getattr(optim, op)(*p.args(p.w, g, p.slots))
+    assert np.isnan(p.w[5]), f"{op}: a NaN gradient left w finite"
+    for i in (40, 76):
+        if opts.get("clipvalue", 0.0) > 0:
+            assert np.isfinite(p.w[i]), f"{op}: an infinite gradient was not clipped"
+        else:
+            assert not np.isfinite(p.w[i]), f"{op}: an infinite gradient left w[{i}] = {p.w[i]}"
+    good = np.setdiff1d(np.arange(77), list(bad))
+    g_good = g.copy()
+    g_good[list(bad)] = 0
+    ref_w = getattr(ref, op + "_ref")(*p.args(ref.f64(w_before), g_good, p.ref_slots))[0]
+    np.testing.assert_allclose(p.w[good], ref_w[good], err_msg=f"{op}: good elements",
+                               **TOL[dtype])
+
+
 # -- flush-to-zero of the slots ------------------------------------------------------------
 
 # Adagrad's accumulator only grows; plain SGD has no slot.
