@@ -151,6 +151,35 @@ def test_maxpool_nan_propagates():
     assert np.isnan(gy[0, 0]) and garg[0, 0] == 5
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_maxpool_nan_and_ties_across_channels(dtype):
+    """37 channels (vector body and scalar tail of the channel loop): in each window the
+    first NaN in row-major order wins, else the first of equal maxima; the global max
+    follows the same rule."""
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 3, size=(2, 5, 6, 37)).astype(dtype)   # many ties
+    x[rng.random(x.shape) < 0.05] = np.nan
+    y, arg = pool.maxpool2d_forward(x, (2, 3), (2, 3), "valid")
+    gy, garg = pool.global_maxpool2d_forward(x)
+    for n in range(2):
+        for c in range(37):
+            for ho in range(2):
+                for wo in range(2):
+                    win = [(h, w) for h in range(2 * ho, 2 * ho + 2)
+                           for w in range(3 * wo, 3 * wo + 3)]
+                    vals = [x[n, h, w, c] for h, w in win]
+                    nans = [i for i, v in enumerate(vals) if np.isnan(v)]
+                    k = nans[0] if nans else int(np.argmax(vals))
+                    h, w = win[k]
+                    assert arg[n, ho, wo, c] == h * 6 + w, (n, ho, wo, c)
+                    np.testing.assert_array_equal(y[n, ho, wo, c], vals[k])
+            plane = x[n, :, :, c].ravel()
+            nans = np.flatnonzero(np.isnan(plane))
+            k = nans[0] if nans.size else int(np.argmax(plane))
+            assert garg[n, c] == k
+            np.testing.assert_array_equal(gy[n, c], plane[k])
+
+
 def test_same_avgpool_averages_in_bounds_pixels_only():
     """Documented golden values: pool 3, stride 2, 'same' on a 4x4 ramp pads one pixel
     after each axis. TF/JAX Keras (and api.py) average the in-bounds pixels; the torch
