@@ -435,7 +435,7 @@ cdef struct RMSpropCoef:
 
 cdef inline void _rmsprop_element(floating* w, const floating* g, floating* vel,
                                   floating* mom, floating* avg, Py_ssize_t i,
-                                  const RMSpropCoef* k, bint centered,
+                                  RMSpropCoef k, bint centered,
                                   bint use_mom) noexcept nogil:
     """One element of the RMSprop step. Called with literal flags, so each inlined copy is
     straight-line code that gcc vectorizes: branches on the flags inside the loop kept it
@@ -478,16 +478,16 @@ def _rmsprop(floating[::1] w, const floating[::1] g, floating[::1] vel, floating
     with nogil:
         if centered and use_mom:
             for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-                _rmsprop_element(wp, gp, vp, mp, ap, i, &k, True, True)
+                _rmsprop_element(wp, gp, vp, mp, ap, i, k, True, True)
         elif centered:
             for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-                _rmsprop_element(wp, gp, vp, mp, ap, i, &k, True, False)
+                _rmsprop_element(wp, gp, vp, mp, ap, i, k, True, False)
         elif use_mom:
             for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-                _rmsprop_element(wp, gp, vp, mp, ap, i, &k, False, True)
+                _rmsprop_element(wp, gp, vp, mp, ap, i, k, False, True)
         else:
             for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-                _rmsprop_element(wp, gp, vp, mp, ap, i, &k, False, False)
+                _rmsprop_element(wp, gp, vp, mp, ap, i, k, False, False)
 
 
 def rmsprop_update(w, g, velocity, momentum_buf, average_grad, lr, rho, momentum, epsilon,
