@@ -159,8 +159,11 @@ cdef inline floating clipped_grad(floating g, floating scale, floating lim) noex
 
 
 cdef inline floating decayed(floating w, floating decay) noexcept nogil:
-    """Keras's decoupled weight decay w - w * (weight_decay * lr); w itself when decay is 0
-    (finite w: w - w * 0 is w)."""
+    """Keras's decoupled weight decay w - w * (weight_decay * lr), computed unconditionally:
+    for finite w, w - w * 0 is w. An infinite weight becomes NaN here where Keras, which
+    skips the step without weight_decay, keeps inf (training has diverged either way). The
+    select that would keep it made gcc give up vectorizing the amsgrad loop (0.3 -> 4.5 ms
+    for 784x512)."""
     return w - w * decay
 
 
