@@ -129,6 +129,8 @@ def _clip_args(op, grad_scale, clipvalue, weight_decay, lr):
 
 cdef extern from *:
     """
+    #include <stdint.h>
+    #include <string.h>
     /* Plain C selects, which gcc turns into vector blends and min/max without AVX-512's
      * masks; the same logic as nested ifs, or through Cython's if/else temporaries, kept
      * the update loops scalar on AVX2. */
@@ -140,8 +142,22 @@ cdef extern from *:
         g = g > lim ? lim : g;
         return g < -lim ? -lim : g;
     }
-    static inline float pynn_flush_f(float x, float tiny) { return fabsf(x) < tiny ? 0.0f : x; }
-    static inline double pynn_flush_d(double x, double tiny) { return fabs(x) < tiny ? 0.0 : x; }
+    /* The flush as a bit mask: a ?: here still left RMSprop's momentum loop (two flushes
+     * around a division) scalar. NaN and inf keep their bits. */
+    static inline float pynn_flush_f(float x, float tiny) {
+        int32_t bits;
+        memcpy(&bits, &x, sizeof bits);
+        bits &= -(int32_t)((fabsf(x) >= tiny) | (x != x));
+        memcpy(&x, &bits, sizeof x);
+        return x;
+    }
+    static inline double pynn_flush_d(double x, double tiny) {
+        int64_t bits;
+        memcpy(&bits, &x, sizeof bits);
+        bits &= -(int64_t)((fabs(x) >= tiny) | (x != x));
+        memcpy(&x, &bits, sizeof x);
+        return x;
+    }
     """
     float pynn_clip_f(float g, float lim) noexcept nogil
     double pynn_clip_d(double g, double lim) noexcept nogil
