@@ -81,9 +81,6 @@ _direct_max_k = None      # test knob: None = the rules above, else K <= it for 
 # while every kernel row block reads them (Zen 3, 2 threads, % of the paired sgemm peak for
 # 32x32x32x64->128: 64 px 75.9, 128 px 78.4, 256 px 78.5, 512 px 77.7).
 _SLABS = 16
-# Output rows in one chunk at most (the segment table of _backward_weight_direct).
-cdef enum:
-    MAX_CHUNK_ROWS = 64
 _SLAB_ELEMENTS = 1 << 21
 _CHUNK_PIXELS = 128
 _DIRECT_MIN_C_BACKWARD_INPUT = 16
@@ -403,7 +400,8 @@ cdef inline void _sum_slabs_row(const floating* part, floating* dw, Py_ssize_t k
 cdef void _backward_weight_direct(const floating* xp, const floating* dz, floating* dw,
                                   floating* part, floating* dzp, const Geom* g,
                                   const Py_ssize_t* koff, const Py_ssize_t* row_x,
-                                  const Py_ssize_t* row_dz, Py_ssize_t S,
+                                  const Py_ssize_t* row_dz, const Py_ssize_t* seg,
+                                  const Py_ssize_t* seg_last, Py_ssize_t S,
                                   Py_ssize_t chunk) noexcept nogil:
     """The output rows are cut into S slabs fixed by the shape (not by the thread count);
     each slab sums into its own (K, F) partial, then the partials are added in slab order.
@@ -412,10 +410,10 @@ cdef void _backward_weight_direct(const floating* xp, const floating* dz, floati
     packed into column panels (dzp, chunk*WO*F values per thread) and every kernel row
     block reads a panel from L1 as one stream, one segment per output row of the chunk
     (reading dz in place, a cache line per pixel row, ran at ~72% of the sgemm peak on
-    Zen 3)."""
-    cdef Py_ssize_t s, k, r, r0, r1, rows, p0, wd, j, G = g.N * g.HO
+    Zen 3). seg[j] = j*WO*NC starts output row j in a full panel, seg_last in the last,
+    narrower one (read-only tables: the threads share them)."""
+    cdef Py_ssize_t s, k, r, r0, r1, rows, p0, wd, G = g.N * g.HO
     cdef Py_ssize_t nc = _panel_width(dz), px = chunk * g.WO
-    cdef Py_ssize_t seg[MAX_CHUNK_ROWS]
     cdef floating* buf
     for s in prange(S, schedule="static"):
         buf = dzp + omp_get_thread_num() * px * g.F
@@ -431,11 +429,10 @@ cdef void _backward_weight_direct(const floating* xp, const floating* dz, floati
             p0 = 0
             while p0 < g.F:
                 wd = _imin(nc, g.F - p0)
-                for j in range(rows):
-                    seg[j] = j * g.WO * wd
                 _seg_gemm(g.K, wd, rows, g.WO, xp, koff, row_x + r, g.SW * g.C,
-                          buf + p0 * rows * g.WO, seg, wd, part + s * g.K * g.F + p0, g.F,
-                          <const floating*>NULL, r > r0, False)
+                          buf + p0 * rows * g.WO, seg if wd == nc else seg_last, wd,
+                          part + s * g.K * g.F + p0, g.F, <const floating*>NULL, r > r0,
+                          False)
                 p0 = p0 + nc
             r = r + chunk
     for k in prange(g.K, schedule="static"):
@@ -553,13 +550,16 @@ def _run_backward_weight_direct(const floating[:, :, :, ::1] xp,
                                 const floating[:, :, :, ::1] dz, floating[:, :, :, ::1] dw,
                                 floating[::1] part, floating[::1] dzp, Geom g,
                                 const Py_ssize_t[::1] koff, const Py_ssize_t[::1] row_x,
-                                const Py_ssize_t[::1] row_dz, Py_ssize_t slabs,
+                                const Py_ssize_t[::1] row_dz, const Py_ssize_t[::1] seg,
+                                const Py_ssize_t[::1] seg_last, Py_ssize_t slabs,
                                 Py_ssize_t chunk):
-    if chunk > MAX_CHUNK_ROWS or dzp.shape[0] < omp_get_max_threads() * chunk * g.WO * g.F:
-        raise ValueError("conv2d_backward_weight: chunk or panel buffer too small")
+    if (seg.shape[0] < chunk or seg_last.shape[0] < chunk
+            or dzp.shape[0] < omp_get_max_threads() * chunk * g.WO * g.F):
+        raise ValueError("conv2d_backward_weight: segment tables or panel buffer too small")
     with nogil:
         _backward_weight_direct(&xp[0, 0, 0, 0], &dz[0, 0, 0, 0], &dw[0, 0, 0, 0], &part[0],
-                                &dzp[0], &g, &koff[0], &row_x[0], &row_dz[0], slabs, chunk)
+                                &dzp[0], &g, &koff[0], &row_x[0], &row_dz[0], &seg[0],
+                                &seg_last[0], slabs, chunk)
 
 
 def _run_backward_input(const floating[:, :, :, ::1] dz, const floating[:, :, :, ::1] w,
@@ -748,13 +748,16 @@ def conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
             row_dz = np.arange(g["N"] * g["HO"], dtype=np.intp) * (g["WO"] * g["F"])
             rows = g["N"] * g["HO"]
             slabs = min(rows, _SLABS, max(_SLAB_ELEMENTS // max(g["K"] * g["F"], 1), 4))
-            chunk = min(max(_CHUNK_PIXELS // max(g["WO"], 1), 1), MAX_CHUNK_ROWS)
+            chunk = max(_CHUNK_PIXELS // max(g["WO"], 1), 1)
+            nc = _panel_columns(x.dtype)
+            first = np.arange(chunk, dtype=np.intp) * g["WO"]
+            seg, seg_last = first * nc, first * (g["F"] - (g["F"] - 1) // nc * nc)
             panels = omp_get_max_threads() * chunk * g["WO"] * g["F"]
             with scratch(x.dtype, _pad_shape(x.shape, g["HP"], g["WP"], g["PT"], g["PL"]),
                          (slabs * g["K"] * g["F"],), (panels,)) as (xp, part, dzp):
                 xp = _padded(x, xp, g["PT"], g["PL"])
                 _run_backward_weight_direct(xp, dz, dw, part, dzp, g, koff, row_x, row_dz,
-                                            slabs, chunk)
+                                            seg, seg_last, slabs, chunk)
         else:
             tile, col_shape = _plan(g, x.dtype)
             with scratch(x.dtype, col_shape) as (col,):
