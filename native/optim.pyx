@@ -186,10 +186,10 @@ cdef inline floating decayed(floating w, floating decay) noexcept nogil:
 cdef inline floating flushed(floating x, floating tiny) noexcept nogil:
     """x, or 0 when x is subnormal. Moments of dead units decay geometrically into the
     subnormal range, where every multiply takes a microcode assist (~16x slower steps);
-    TensorFlow/Keras run with flush-to-zero, so this keeps their numbers too. A C select
+    TensorFlow/Keras run with flush-to-zero, so this keeps their numbers too. A bit mask in C
     (pynn_flush_*), so the loops vectorize: the same select in Cython, with its if/else
     temporaries, stayed a branch without AVX-512's masks, and the Adam, RMSprop and momentum
-    loops ran scalar on AVX2 (10 ns per element). NaN passes through."""
+    loops ran scalar on AVX2 (10 ns per element). NaN and inf pass through."""
     if floating is float:
         return pynn_flush_f(x, tiny)
     else:
