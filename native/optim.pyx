@@ -144,20 +144,16 @@ cdef extern from *:
     }
     /* The flush as a bit mask: a ?: here still left RMSprop's momentum loop (two flushes
      * around a division) scalar. NaN and inf keep their bits. */
-    static inline float pynn_flush_f(float x, float tiny) {
-        int32_t bits;
-        memcpy(&bits, &x, sizeof bits);
-        bits &= -(int32_t)((fabsf(x) >= tiny) | (x != x));
-        memcpy(&x, &bits, sizeof x);
-        return x;
+    #define PYNN_FLUSH(NAME, T, I, ABS)                                                \\
+    static inline T NAME(T x, T tiny) {                                                \\
+        I bits;                                                                        \\
+        memcpy(&bits, &x, sizeof bits);                                                \\
+        bits &= -(I)((ABS(x) >= tiny) | (x != x));                                     \\
+        memcpy(&x, &bits, sizeof x);                                                   \\
+        return x;                                                                      \\
     }
-    static inline double pynn_flush_d(double x, double tiny) {
-        int64_t bits;
-        memcpy(&bits, &x, sizeof bits);
-        bits &= -(int64_t)((fabs(x) >= tiny) | (x != x));
-        memcpy(&x, &bits, sizeof x);
-        return x;
-    }
+    PYNN_FLUSH(pynn_flush_f, float, int32_t, fabsf)
+    PYNN_FLUSH(pynn_flush_d, double, int64_t, fabs)
     """
     float pynn_clip_f(float g, float lim) noexcept nogil
     double pynn_clip_d(double g, double lim) noexcept nogil
