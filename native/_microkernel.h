@@ -95,20 +95,17 @@ static inline void NAME(Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn, const T* a
     }                                                                                  \
 }
 
-PYNN_SK(pynn_sk8_f, float, pynn_vf, 8, 0, PYNN_VFMA_F, PYNN_SFMA_F)
-PYNN_SK(pynn_sk6_f, float, pynn_vf, 6, 0, PYNN_VFMA_F, PYNN_SFMA_F)
-PYNN_SK(pynn_sk6w_f, float, pynn_vf, 6, PYNN_VBYTES == 64, PYNN_VFMA_F, PYNN_SFMA_F)
-PYNN_SK(pynn_sk4_f, float, pynn_vf, 4, 0, PYNN_VFMA_F, PYNN_SFMA_F)
-PYNN_SK(pynn_sk3_f, float, pynn_vf, 3, 0, PYNN_VFMA_F, PYNN_SFMA_F)
-PYNN_SK(pynn_sk2_f, float, pynn_vf, 2, 0, PYNN_VFMA_F, PYNN_SFMA_F)
-PYNN_SK(pynn_sk1_f, float, pynn_vf, 1, 0, PYNN_VFMA_F, PYNN_SFMA_F)
-PYNN_SK(pynn_sk8_d, double, pynn_vd, 8, 0, PYNN_VFMA_D, PYNN_SFMA_D)
-PYNN_SK(pynn_sk6_d, double, pynn_vd, 6, 0, PYNN_VFMA_D, PYNN_SFMA_D)
-PYNN_SK(pynn_sk6w_d, double, pynn_vd, 6, PYNN_VBYTES == 64, PYNN_VFMA_D, PYNN_SFMA_D)
-PYNN_SK(pynn_sk4_d, double, pynn_vd, 4, 0, PYNN_VFMA_D, PYNN_SFMA_D)
-PYNN_SK(pynn_sk3_d, double, pynn_vd, 3, 0, PYNN_VFMA_D, PYNN_SFMA_D)
-PYNN_SK(pynn_sk2_d, double, pynn_vd, 2, 0, PYNN_VFMA_D, PYNN_SFMA_D)
-PYNN_SK(pynn_sk1_d, double, pynn_vd, 1, 0, PYNN_VFMA_D, PYNN_SFMA_D)
+/* Every row-block size for one dtype: pynn_sk{8,6,6w,4,3,2,1}_SFX. */
+#define PYNN_SK_ALL(SFX, T, V, VFMA, SFMA)                                             \
+    PYNN_SK(pynn_sk8_##SFX, T, V, 8, 0, VFMA, SFMA)                                    \
+    PYNN_SK(pynn_sk6_##SFX, T, V, 6, 0, VFMA, SFMA)                                    \
+    PYNN_SK(pynn_sk6w_##SFX, T, V, 6, PYNN_VBYTES == 64, VFMA, SFMA)                   \
+    PYNN_SK(pynn_sk4_##SFX, T, V, 4, 0, VFMA, SFMA)                                    \
+    PYNN_SK(pynn_sk3_##SFX, T, V, 3, 0, VFMA, SFMA)                                    \
+    PYNN_SK(pynn_sk2_##SFX, T, V, 2, 0, VFMA, SFMA)                                    \
+    PYNN_SK(pynn_sk1_##SFX, T, V, 1, 0, VFMA, SFMA)
+PYNN_SK_ALL(f, float, pynn_vf, PYNN_VFMA_F, PYNN_SFMA_F)
+PYNN_SK_ALL(d, double, pynn_vd, PYNN_VFMA_D, PYNN_SFMA_D)
 
 /* All m rows, in blocks of PYNN_MR_MAX rows, then the largest smaller block that fits
    (6, 4, 3, 2, 1). wide: 6-row blocks of four vectors (24 accumulators) instead of
