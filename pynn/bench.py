@@ -227,10 +227,10 @@ def _gflops(flop, times):
 
 # -- 2a. Dense -----------------------------------------------------------------------------
 def bench_dense(shape, repeats, peak):
-    """peak: (one run of the yardstick GEMM, its FLOPs), alternated with the step."""
     """The ops a Dense(U, relu) layer runs in one training step, as pynn.layers.Dense runs
-    them (bias and relu gradients in one fused pass); the GFLOP/s count only the three
-    GEMMs."""
+    them in a model's loop (bias and relu gradients in one fused pass, on recycled memory:
+    _training_step); the GFLOP/s count only the three GEMMs. peak: (one run of the
+    yardstick GEMM, its FLOPs), alternated with the step."""
     from pynn.backend import cpu as be
 
     n, c, u = shape
@@ -265,9 +265,21 @@ def bench_dense(shape, repeats, peak):
     ops = {"forward": time_runs(forward, repeats),
            "backward_weight": time_runs(lambda: be.dense_backward_weight(x, dz), repeats),
            "backward_input": time_runs(lambda: be.dense_backward_input(dz, k), repeats)}
-    step, peak_times = time_paired(lambda: backward(*forward()), peak[0], repeats)
+    step, peak_times = time_paired(_training_step(forward, backward), peak[0], repeats)
     _step_result(result, ops, gemm, step, peak, peak_times)
     return result
+
+
+def _training_step(forward, backward):
+    """forward then backward as a model's loop runs them: under backend.host_memory_loop,
+    so each step's activations and gradients reuse the blocks the previous one freed."""
+    from pynn import backend
+
+    def step():
+        with backend.host_memory_loop():
+            return backward(*forward())
+
+    return step
 
 
 def _step_result(result, ops, gemm, step, peak, peak_times):
@@ -297,8 +309,8 @@ def _torch_conv_reference(x, k, bias, dy, padding):
 
 def bench_conv(shape, repeats, peak):
     """The ops a Conv2D(F, 3, relu) layer runs in one training step (input gradient
-    included), as pynn.layers.Conv2D runs them; GFLOP/s count the three GEMM-shaped
-    products."""
+    included), as pynn.layers.Conv2D runs them in a model's loop (_training_step); GFLOP/s
+    count the three GEMM-shaped products."""
     from pynn.backend import cpu as be
 
     n, h, w, c, kh, kw, f, padding = shape
@@ -340,10 +352,9 @@ def bench_conv(shape, repeats, peak):
                lambda: be.conv2d_backward_weight(x, dz, k.shape, s, padding, d), repeats),
            "backward_input": time_runs(
                lambda: be.conv2d_backward_input(dz, k, x.shape, s, padding, d), repeats)}
-    step, peak_times = time_paired(lambda: backward(*forward()), peak[0], repeats)
+    step, peak_times = time_paired(_training_step(forward, backward), peak[0], repeats)
     _step_result(result, ops, gemm, step, peak, peak_times)
     return result
-
 
 
 # -- 3 and 4. training speed and peak memory: the two models in both frameworks -------------

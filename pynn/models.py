@@ -285,6 +285,12 @@ class Sequential:
         cbs = callbacks_module.CallbackList(list(callbacks or []) + [self.history], self, params)
         b = backend.current()
         self.stop_training = False
+        with backend.host_memory_loop(trim=True):
+            return self._fit_loop(b, x, y, batch_size, epochs, verbose, cbs, steps, n,
+                                  shuffle, validation_data, initial_epoch)
+
+    def _fit_loop(self, b, x, y, batch_size, epochs, verbose, cbs, steps, n, shuffle,
+                  validation_data, initial_epoch):
         cbs.on_train_begin()
         epoch_logs = {}
         for epoch in range(initial_epoch, epochs):
@@ -358,7 +364,8 @@ class Sequential:
             raise ValueError("evaluate: x holds no samples")
         self._resolve_metrics()
         bar = callbacks_module.Progbar(math.ceil(x.shape[0] / batch_size), 1) if verbose else None
-        logs = self._evaluate_arrays(x, y, batch_size, bar)
+        with backend.host_memory_loop(trim=True):
+            logs = self._evaluate_arrays(x, y, batch_size, bar)
         if return_dict:
             return logs
         if not self.metrics:
@@ -371,9 +378,11 @@ class Sequential:
         b = backend.current()
         n = x.shape[0]
         out = np.empty((n,) + tuple(self.output_shape[1:]), dtype=self.layers[-1].dtype)
-        for lo in range(0, n, batch_size):
-            hi = min(n, lo + batch_size)
-            out[lo:hi] = b.to_numpy(self._forward(b.asarray(x[lo:hi], x.dtype), training=False))
+        with backend.host_memory_loop(trim=True):
+            for lo in range(0, n, batch_size):
+                hi = min(n, lo + batch_size)
+                out[lo:hi] = b.to_numpy(self._forward(b.asarray(x[lo:hi], x.dtype),
+                                                      training=False))
         return out
 
     def __call__(self, x, training=False):
@@ -390,7 +399,8 @@ class Sequential:
         for m in self.metrics:
             m.reset_state()
         b = backend.current()
-        loss = self._train_step(b.asarray(x, x.dtype), b.asarray(y, y.dtype))
+        with backend.host_memory_loop():
+            loss = self._train_step(b.asarray(x, x.dtype), b.asarray(y, y.dtype))
         logs = self._logs(loss * x.shape[0], x.shape[0])
         return _result(logs, self.metrics, return_dict)
 
@@ -399,13 +409,15 @@ class Sequential:
         x = self._prepare_x(x, "test_on_batch")
         y = self._prepare_y(y, x.shape[0], "test_on_batch")
         self._resolve_metrics()
-        logs = self._evaluate_arrays(x, y, max(x.shape[0], 1))
+        with backend.host_memory_loop():
+            logs = self._evaluate_arrays(x, y, max(x.shape[0], 1))
         return _result(logs, self.metrics, return_dict)
 
     def predict_on_batch(self, x):
         x = self._prepare_x(x, "predict_on_batch")
         b = backend.current()
-        return np.array(b.to_numpy(self._forward(b.asarray(x, x.dtype), training=False)))
+        with backend.host_memory_loop():
+            return np.array(b.to_numpy(self._forward(b.asarray(x, x.dtype), training=False)))
 
     # -- description ----------------------------------------------------------------------
     def summary(self, print_fn=None):

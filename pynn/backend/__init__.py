@@ -39,3 +39,38 @@ def set_device(spec="cpu"):
     else:
         raise ValueError(f"set_device: expected 'cpu', 'opencl' or 'opencl:P:D', got {spec!r}")
     return _device
+
+
+_loop_depth = 0
+
+
+class host_memory_loop:
+    """Runs a loop of steps on recycled host memory (``pynn._native.memory``): every NumPy
+    array made inside, by the kernels or by NumPy itself, reuses the blocks the previous step
+    freed. ``trim=True`` (fit, evaluate, predict) gives the idle blocks back when the
+    outermost such loop ends; train_on_batch-style calls keep them for the next call, up to
+    the pool's limit."""
+
+    __slots__ = ("_trim", "_scope")
+
+    def __init__(self, trim=False):
+        from pynn._native import memory
+
+        self._trim = trim
+        self._scope = memory.recycling()
+
+    def __enter__(self):
+        global _loop_depth
+        _loop_depth += 1
+        self._scope.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        global _loop_depth
+        self._scope.__exit__(*exc)
+        _loop_depth -= 1
+        if self._trim and _loop_depth == 0:
+            from pynn._native import memory
+
+            memory.trim()
+        return False
