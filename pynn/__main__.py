@@ -55,6 +55,15 @@ def info():
             lines.append(f"blas: {lib.get('internal_api')} {lib.get('version')} "
                          f"({lib.get('threading_layer')}, {lib.get('num_threads')} threads) "
                          f"{lib.get('filepath')}")
+    from pynn._native import dense, memory
+
+    lines.append("dense: " + ("one OpenMP region per op, OpenBLAS held at 1 thread inside"
+                              if dense._one_region_mode() else
+                              "BLAS threads the product, a second pass the epilogue"))
+    pool = memory.stats()
+    lines.append(f"host memory pool: up to {pool['limit'] / 2**20:.0f} MiB idle "
+                 f"(PYNN_RECYCLE_MIB; blocks of {pool['min_block'] // 1024} KiB and more)"
+                 if pool["limit"] else "host memory pool: off (PYNN_RECYCLE_MIB=0)")
     lines.append(f"device: {pynn.get_device()}")
     devs = pynn.devices()
     if not devs:

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from pynn._native import dense
 from pynn._native.activation import activation_backward
 from pynn._native.dense import (
     bias_backward,
@@ -14,14 +15,26 @@ from pynn._native.dense import (
     dense_backward_weight,
     dense_forward,
 )
+from pynn._config import set_num_threads as set_pynn_threads
 from pynn._native.info import set_num_threads
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
 from tests.reference.activation_ref import dense_forward_ref, numerical_derivative
 
 ALPHA = {"leaky_relu": 0.3, "elu": 0.7}
 # (N, C_in, U): awkward sizes, including ones that are not multiples of any BLAS tile.
-SHAPES = [(1, 1, 1), (7, 3, 5), (13, 31, 7), (3, 33, 65)]
+SHAPES = [(1, 1, 1), (7, 3, 5), (13, 31, 7), (3, 33, 65), (37, 19, 70), (70, 19, 37)]
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-11, atol=1e-12)}
+
+
+@pytest.fixture(params=["one_region", "blas_threads"])
+def gemm_path(request, monkeypatch):
+    """Both ways an op can run: one OpenMP region of per-band single-threaded GEMMs with the
+    epilogue fused, or BLAS's own threads followed by a separate epilogue pass."""
+    if request.param == "blas_threads":
+        monkeypatch.setattr(dense, "_HAVE_BLAS_THREADS", False)
+    elif not dense._one_region_mode():
+        pytest.skip("no OpenBLAS whose thread count pynn can hold at one")
+    return request.param
 
 
 def make(rng, n, c, u, dtype):
@@ -35,7 +48,7 @@ def make(rng, n, c, u, dtype):
 @pytest.mark.parametrize("use_bias", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("name", ACTIVATIONS)
-def test_forward_matches_reference(name, shape, use_bias, dtype):
+def test_forward_matches_reference(name, shape, use_bias, dtype, gemm_path):
     rng = np.random.default_rng(sum(shape))
     x, kernel, bias = make(rng, *shape, dtype)
     bias = bias if use_bias else None
@@ -52,7 +65,7 @@ def test_forward_matches_reference(name, shape, use_bias, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_backward_ops_match_reference(shape, dtype):
+def test_backward_ops_match_reference(shape, dtype, gemm_path):
     rng = np.random.default_rng(sum(shape) + 1)
     x, kernel, _ = make(rng, *shape, dtype)
     dz = rng.normal(size=(shape[0], shape[2])).astype(dtype)
@@ -145,6 +158,25 @@ def test_thread_invariance():
     for got in out[1:]:
         for a, b in zip(got, out[0]):
             np.testing.assert_array_equal(a, b)
+
+
+def test_blas_thread_count_is_restored_after_each_op():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return sorted(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+    rng = np.random.default_rng(10)
+    x, kernel, bias = make(rng, 50, 40, 90, np.float32)
+    try:
+        set_pynn_threads(2)
+        before = blas_threads()
+        dense_forward(x, kernel, bias, "relu")
+        dense_backward_input(rng.normal(size=(50, 90)).astype(np.float32), kernel)
+        dense_backward_weight(x, rng.normal(size=(50, 90)).astype(np.float32))
+        assert blas_threads() == before
+    finally:
+        set_pynn_threads(os.cpu_count() or 1)
 
 
 def test_non_contiguous_inputs_give_the_same_result():

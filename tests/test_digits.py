@@ -44,5 +44,6 @@ def test_info_command():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"pynn {pynn.__version__}")
-    for key in ("openmp:", "threads:", "device: cpu", "blas:", "kernels:"):
+    for key in ("openmp:", "threads:", "device: cpu", "blas:", "kernels:", "dense:",
+                "host memory pool:"):
         assert key in result.stdout, result.stdout
