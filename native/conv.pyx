@@ -8,11 +8,12 @@ Design (chosen by measurement, see bench/bench_conv_kernels.py):
 - Direct paths (the default while the (K, F) kernel matrix stays near L2: K*F <=
   _DIRECT_MAX_KF) read a zero-padded copy of the input (one pass; none for an unpadded
   'valid' conv) with a register-blocked microkernel, so no im2col matrix is ever written:
-  - forward: prange over output rows (n, ho); MR output pixels x one panel of filters
-    (2 vectors) of accumulators, one segment per kernel row kh, whose KW*C inputs are
-    contiguous in the padded row; the bias is the start value and the activation runs
-    while the row is in L1. The (K, F) kernel is packed into column panels once per call,
-    so each block reads it as one sequential stream.
+  - forward: prange over blocks of 48 consecutive output pixels (across output rows);
+    MR output pixels x one panel of filters (2 vectors) of accumulators, one segment per
+    kernel row kh, whose KW*C inputs are contiguous in the padded row, one kernel row per
+    sweep so the panel slice stays in L1; the bias is the start value and the activation
+    runs while the block is in L1. The (K, F) kernel is packed into column panels once per
+    call, so each block reads it as one sequential stream.
   - backward_weight: dkernel rows (kh, kw, c) x filters, summed over output pixels; the
     output rows are cut into a fixed number of slabs with their own (K, F) partials, added
     in slab order (deterministic, and both cores busy on a 27 x 32 result); each chunk of
