@@ -202,6 +202,17 @@ static void* pynn_recycle_realloc(void* ctx, void* p, size_t new_size) {
     return q;
 }
 
+/* A child forked while another thread held the lock would wait on it forever at its first
+   free: it starts with a fresh lock instead (the pool's contents stay valid, copied). */
+static void pynn_recycle_after_fork_child(void) {
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    pynn_recycle_lock = fresh;
+}
+
+static int pynn_recycle_init(void) {
+    return pthread_atfork(NULL, NULL, pynn_recycle_after_fork_child);
+}
+
 /* Frees every idle block; returns the bytes given back. */
 static size_t pynn_recycle_trim(void) {
     void* blocks[PYNN_RECYCLE_SLOTS];

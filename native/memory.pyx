@@ -21,6 +21,7 @@ cdef extern from "_recycle.h":
     void pynn_recycle_stats(size_t* idle_bytes, int* idle_blocks, size_t* limit,
                             unsigned long long* hits, unsigned long long* misses) nogil
     size_t PYNN_RECYCLE_MIN
+    int pynn_recycle_init()
 
 cdef extern from *:
     """
@@ -36,6 +37,9 @@ cdef extern from *:
     """
     object pynn_recycle_capsule()
     object PyDataMem_SetHandler(object handler)
+
+if pynn_recycle_init() != 0:
+    raise RuntimeError("pynn._native.memory: pthread_atfork failed")
 
 # One capsule for the life of the process: arrays hold a reference to it.
 _handler = pynn_recycle_capsule()

@@ -178,3 +178,21 @@ def test_recycling_does_not_change_the_numbers():
         weights.append(model.get_weights() + [model.predict(x, batch_size=7)])
     for a, b in zip(*weights):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_forked_child_can_still_free_and_allocate():
+    import os
+
+    with memory.recycling():
+        blocks = [np.ones(LARGE) for _ in range(3)]
+        pid = os.fork()
+        if pid == 0:   # child: free what the parent allocated, allocate again, leave
+            ok = False
+            try:
+                del blocks[:]
+                ok = bool((np.full(LARGE, 2.0) == 2.0).all())
+            finally:
+                os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    del blocks
