@@ -84,7 +84,10 @@ cdef extern from *:
 
 from scipy.linalg.cython_blas cimport sgemm as _scipy_sgemm
 
-_HAVE_BLAS_THREADS = bool(pynn_find_blas_threads(<void*>_scipy_sgemm))
+# PYNN_DENSE_ONE_REGION=0 keeps BLAS's own threading: an earlier per-thread split measured
+# slower on an Intel AVX-512 box (MLP step 2.4 -> 3.1 ms), faster here on Zen 3.
+_HAVE_BLAS_THREADS = (os.environ.get("PYNN_DENSE_ONE_REGION", "1") != "0"
+                      and bool(pynn_find_blas_threads(<void*>_scipy_sgemm)))
 # Open one-thread regions (any Python thread) and the BLAS thread count to restore after the
 # last. Both change only with the GIL held, so concurrent ops cannot restore too early.
 cdef int _solo_depth = 0

@@ -233,3 +233,14 @@ def test_bad_inputs():
         dense_backward_weight(x, np.ones((3, 4)))
     with pytest.raises(ValueError, match="'dz' is required"):
         bias_backward(None)
+
+
+def test_environment_switches_the_one_region_mode_off():
+    import subprocess
+    import sys
+
+    code = "from pynn._native import dense; print(dense._one_region_mode())"
+    env = dict(os.environ, PYNN_DENSE_ONE_REGION="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
