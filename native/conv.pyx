@@ -39,7 +39,6 @@ Design (chosen by measurement, see bench/bench_conv_kernels.py):
 Outputs are fresh arrays; nothing accumulates into caller memory. Temporaries (padded copies,
 partial sums, im2col tiles) come from the scratch pool in pynn/backend/_scratch.py.
 """
-import os
 
 import numpy as np
 
@@ -49,6 +48,7 @@ from _blas cimport gemm_rowmajor, floating
 from _activation cimport act_value, softmax_row, ACT_LINEAR, ACT_RELU, ACT_SOFTMAX
 from _openmp cimport omp_get_thread_num, omp_get_max_threads
 
+from pynn._config import usable_cores
 from pynn.backend._scratch import scratch
 from pynn.backend._validate import (
     activation_name, as_float_array, check_shape, conv_geometry,
@@ -80,13 +80,6 @@ _DIRECT_MAX_KF = 1 << 18
 _direct_max_k = None      # test knob: None = the rules above, else K <= it for every op
 
 
-def _usable_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 # backward_weight (direct): partial sums per slab of output rows, fewer when K*F is large so
 # the partials stay under ~8 MiB in float32. Two slabs per core of this machine (4 to 16),
 # fixed at import: set_num_threads never changes it, so results stay bit-identical for any
@@ -95,7 +88,7 @@ def _usable_cores():
 # A slab is swept _CHUNK_PIXELS output pixels at a time, packed into panels that stay in L1
 # while every kernel row block reads them (Zen 3, 2 threads, % of the paired sgemm peak for
 # 32x32x32x64->128: 64 px 75.9, 128 px 78.4, 256 px 78.5, 512 px 77.7).
-_SLABS = min(16, max(4, 2 * _usable_cores()))
+_SLABS = min(16, max(4, 2 * usable_cores()))
 # Output pixels per forward block: a multiple of every microkernel height (6 rows with AVX2,
 # 8 with AVX-512), so that only the last block of the whole output ends in a short one. One
 # output row per block (32 pixels = 5 blocks of 6 and one of 2, whose 4 accumulator chains

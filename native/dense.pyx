@@ -25,6 +25,7 @@ from _activation cimport (
     softmax_row,
 )
 
+from pynn._config import usable_cores
 from pynn.backend._validate import (
     activation_name, as_float_array, check_shape, same_dtype,
 )
@@ -94,13 +95,12 @@ cdef int _solo_depth = 0
 cdef int _solo_saved = 1
 
 
-cdef inline bint _blas_solo_enter() noexcept:
+cdef inline void _blas_solo_enter() noexcept:
     global _solo_depth, _solo_saved
     if _solo_depth == 0:
         _solo_saved = pynn_blas_get_threads()
         pynn_blas_set_threads(1)
     _solo_depth += 1
-    return True
 
 
 cdef inline void _blas_solo_exit() noexcept:
@@ -115,17 +115,10 @@ def _one_region_mode():
     return _HAVE_BLAS_THREADS
 
 
-def _usable_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 # Bands per product: one per core of this machine (at most 16), fixed at import like conv's
 # slabs, so set_num_threads never changes which GEMM computes an element. Two per core
 # packed each operand twice as often: the MLP step gained 3-5% instead of 6-8%.
-cdef int _BANDS = min(16, _usable_cores())
+cdef int _BANDS = min(16, usable_cores())
 
 
 cdef inline void _block_epilogue(floating* z, floating* y, const floating* bias, int r0, int r1,
@@ -303,4 +296,3 @@ def bias_backward(dz):
     if flat.shape[0] and cols:
         _column_sums(flat, out)
     return out
-

@@ -22,6 +22,11 @@ def _default_threads():
         if n < 1:
             raise ValueError(f"PYNN_NUM_THREADS must be a positive integer, got {env!r}")
         return n
+    return usable_cores()
+
+
+def usable_cores():
+    """Cores this process may run on (its CPU affinity), not the pynn thread setting."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
