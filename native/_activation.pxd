@@ -205,3 +205,24 @@ cdef inline void bias_activation_rows(floating* z, floating* y, const floating* 
             softmax_row(zr, yr, cols)
         else:
             act_forward_vec(zr, yr, cols, act, alpha)
+
+
+cdef inline void add_rows_double(const floating* a, double* acc, Py_ssize_t rows, Py_ssize_t w,
+                                 Py_ssize_t stride) noexcept nogil:
+    """acc[j] += sum over i < rows of a[i * stride + j], rows in a fixed order (the bias
+    gradients' column sums, kept in double). Four rows go into each pass over acc: with one,
+    acc's loads and stores bound the loop (activation_bias_backward measured about 1.7x
+    slower on 32 columns)."""
+    cdef Py_ssize_t i = 0, j
+    cdef const floating* d
+    while i + 4 <= rows:
+        d = a + i * stride
+        for j in range(w):
+            acc[j] += ((<double>d[j] + <double>d[j + stride])
+                       + (<double>d[j + 2 * stride] + <double>d[j + 3 * stride]))
+        i += 4
+    while i < rows:
+        d = a + i * stride
+        for j in range(w):
+            acc[j] += d[j]
+        i += 1

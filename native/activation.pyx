@@ -21,16 +21,17 @@ partial array, and the partials are added in row-block order: bit-identical for 
 count. dense.pyx's column sums parallelise over column blocks only, which leaves a conv
 layer's 32 or 64 filters on one thread; row blocks keep every thread busy.
 """
-import math
 
 import numpy as np
 
 from _activation cimport (
-    ACT_PARALLEL_MIN, ACT_SOFTMAX, act_backward_vec, act_forward_vec, floating,
-    softmax_grad_row, softmax_row,
+    ACT_PARALLEL_MIN, ACT_SOFTMAX, act_backward_vec, act_forward_vec, add_rows_double,
+    floating, softmax_grad_row, softmax_row,
 )
 
-from pynn.backend._validate import activation_name, as_float_array
+from pynn.backend._validate import (
+    activation_backward_operands, activation_name, check_alpha, float_array,
+)
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
 
 from cython.parallel cimport prange
@@ -81,26 +82,6 @@ def _act_backward_flat(const floating[::1] dy,   # IN  (n,)
                              act, a)
 
 
-cdef inline void _add_rows(const floating* a, double* acc, Py_ssize_t rows, Py_ssize_t w,
-                           Py_ssize_t stride) noexcept nogil:
-    """acc[j] += sum over i < rows of a[i * stride + j], rows in a fixed order. Four rows go
-    into each pass over acc: with one, acc's loads and stores bound the loop (the whole op
-    measured about 1.7x slower on 32 columns)."""
-    cdef Py_ssize_t i = 0, j
-    cdef const floating* d
-    while i + 4 <= rows:
-        d = a + i * stride
-        for j in range(w):
-            acc[j] += ((<double>d[j] + <double>d[j + stride])
-                       + (<double>d[j + 2 * stride] + <double>d[j + 3 * stride]))
-        i += 4
-    while i < rows:
-        d = a + i * stride
-        for j in range(w):
-            acc[j] += d[j]
-        i += 1
-
-
 cdef void _act_bias_tile(const floating* dy, const floating* x, const floating* y,
                          floating* dz, double* acc, Py_ssize_t r0, Py_ssize_t r1,
                          Py_ssize_t j0, Py_ssize_t w, Py_ssize_t cols, int act,
@@ -126,7 +107,7 @@ cdef void _act_bias_tile(const floating* dy, const floating* x, const floating* 
             for i in range(rr):
                 act_backward_vec(dy + off + i * cols, x + off + i * cols, y + off + i * cols,
                                  dz + off + i * cols, w, act, alpha)
-        _add_rows(dz + off, acc, rr, w, cols)
+        add_rows_double(dz + off, acc, rr, w, cols)
         r += rr
 
 
@@ -181,28 +162,6 @@ def _softmax_backward_rows(const floating[:, ::1] dy,  # IN  (rows, K)
             softmax_grad_row(&dy[r, 0], &y[r, 0], &dx[r, 0], k)
 
 
-def _check_alpha(op, name, alpha):
-    if alpha is None:
-        alpha = 0.0
-    try:
-        a = float(alpha)
-    except (TypeError, ValueError):
-        raise TypeError(f"{op}: 'alpha' must be a number, got {alpha!r}") from None
-    if not math.isfinite(a):
-        raise ValueError(f"{op}: 'alpha' must be finite, got {alpha!r}")
-    # The backward pass reads the branch from the sign of y, which is only the sign of x when
-    # the negative branch stays non-positive (Keras's LeakyReLU also rejects a negative slope).
-    if name in ("leaky_relu", "elu") and a < 0:
-        raise ValueError(f"{op}: {name} needs alpha >= 0, got {a}")
-    return a
-
-
-def _float_array(op, name, a, dtype=None):
-    """as_float_array, keeping a 0-d input 0-d (np.ascontiguousarray makes it 1-d)."""
-    shape = np.shape(a) if a is not None else None
-    return as_float_array(op, name, a, dtype=dtype).reshape(shape)
-
-
 def _rows_view(a):
     """(rows, K) view of an array whose last axis is K (softmax's axis)."""
     k = a.shape[a.ndim - 1]
@@ -213,8 +172,8 @@ def activation_forward(x, activation, alpha=0.0):
     """y = activation(x), same shape and dtype as x (softmax over the last axis)."""
     op = "activation_forward"
     name = activation_name(op, activation)
-    a = _check_alpha(op, name, alpha)
-    x = _float_array(op, "x", x)
+    a = check_alpha(op, name, alpha)
+    x = float_array(op, "x", x)
     if name == "softmax" and x.ndim < 1:
         raise ValueError(f"{op}: softmax needs at least 1 dimension, got shape {x.shape}")
     y = np.empty_like(x)
@@ -228,34 +187,11 @@ def activation_forward(x, activation, alpha=0.0):
     return y
 
 
-def _backward_operands(op, dy, x, y, activation, alpha):
-    """The checks of activation_backward -> (name, alpha, dy, x, y); x and y come back in
-    dy's dtype and shape, either may be None where the activation does not read it."""
-    name = activation_name(op, activation)
-    a = _check_alpha(op, name, alpha)
-    dy = _float_array(op, "dy", dy)
-    needs_x = name in ACTIVATIONS_NEEDING_INPUT
-    if x is None and needs_x:
-        raise ValueError(f"{op}: '{name}' needs the pre-activation 'x', got None")
-    if y is None and not needs_x:
-        raise ValueError(f"{op}: 'y' (the forward output) is required for '{name}', got None")
-    if x is not None:
-        x = _float_array(op, "x", x, dtype=dy.dtype)
-        if x.shape != dy.shape:
-            raise ValueError(f"{op}: 'x' must have the shape of dy {dy.shape}, got {x.shape}")
-    if y is not None:
-        y = _float_array(op, "y", y, dtype=dy.dtype)
-        if y.shape != dy.shape:
-            raise ValueError(f"{op}: 'y' must have the shape of dy {dy.shape}, got {y.shape}")
-    if name == "softmax" and dy.ndim < 1:
-        raise ValueError(f"{op}: softmax needs at least 1 dimension, got shape {dy.shape}")
-    return name, a, dy, x, y
-
-
 def activation_backward(dy, x, y, activation, alpha=0.0):
     """dL/dx from dL/dy. ``y`` is the forward output (may be None for gelu); ``x`` the
     pre-activation (required for gelu, otherwise ignored but checked when given)."""
-    name, a, dy, x, y = _backward_operands("activation_backward", dy, x, y, activation, alpha)
+    name, a, dy, x, y = activation_backward_operands("activation_backward", dy, x, y,
+                                                         activation, alpha)
     dx = np.empty_like(dy)
     if dy.size == 0:
         return dx
@@ -278,7 +214,7 @@ def activation_bias_backward(dy, x, y, activation, alpha=0.0):
     on the thread count, and it can differ from bias_backward(dz), a float32 running sum, by
     that sum's rounding."""
     op = "activation_bias_backward"
-    name, a, dy, x, y = _backward_operands(op, dy, x, y, activation, alpha)
+    name, a, dy, x, y = activation_backward_operands(op, dy, x, y, activation, alpha)
     if dy.ndim < 1:
         raise ValueError(f"{op}: 'dy' must have at least 1 dimension (the bias axis is the "
                          f"last), got shape {dy.shape}")

@@ -45,15 +45,18 @@ import numpy as np
 from libc.string cimport memcpy, memset
 from cython.parallel cimport prange
 from _blas cimport gemm_rowmajor, floating
-from _activation cimport act_value, softmax_row, ACT_LINEAR, ACT_RELU, ACT_SOFTMAX
+from _activation cimport (
+    ACT_LINEAR, ACT_RELU, ACT_SOFTMAX, act_backward_vec, act_value, add_rows_double,
+    softmax_grad_row, softmax_row,
+)
 from _openmp cimport omp_get_thread_num, omp_get_max_threads
 
 from pynn._config import usable_cores
 from pynn.backend._scratch import scratch
 from pynn.backend._validate import (
-    activation_name, as_float_array, check_shape, conv_geometry,
+    activation_backward_operands, activation_name, as_float_array, check_shape, conv_geometry,
 )
-from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
+from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT, conv2d_backward_composed
 
 # Bound on one tile's working set (im2col rows + their output rows): big enough that each
 # GEMM has hundreds of rows and the per-tile thread wake-ups are amortized, small enough to
@@ -432,46 +435,82 @@ cdef inline void _sum_slabs_row(const floating* part, floating* dw, Py_ssize_t k
             d[j] += p[j]
 
 
-cdef void _backward_weight_direct(const floating* xp, const floating* dz, floating* dw,
+cdef void _backward_weight_direct(const floating* xp, floating* dz, floating* dw,
                                   floating* part, floating* dzp, const Geom* g,
                                   const Py_ssize_t* koff, const Py_ssize_t* row_x,
                                   const Py_ssize_t* row_dz, const Py_ssize_t* seg,
-                                  const Py_ssize_t* seg_last, Py_ssize_t S,
-                                  Py_ssize_t chunk) noexcept nogil:
+                                  Py_ssize_t S, Py_ssize_t chunk, const floating* dy,
+                                  const floating* zpre, const floating* y, int act,
+                                  floating alpha, double* dbpart) noexcept nogil:
     """The output rows are cut into S slabs fixed by the shape (not by the thread count);
     each slab sums into its own (K, F) partial, then the partials are added in slab order.
     Same bits for any number of threads, and both cores busy even when K*F is tiny (27 x 32
-    for an RGB 3x3 layer). A slab is swept `chunk` output rows at a time: their dz rows are
-    packed into column panels (dzp, chunk*WO*F values per thread) and every kernel row
-    block reads a panel from L1 as one stream, one segment per output row of the chunk
-    (reading dz in place, a cache line per pixel row, ran at ~72% of the sgemm peak on
-    Zen 3). seg[j] = j*WO*NC starts output row j in a full panel, seg_last in the last,
-    narrower one (read-only tables: the threads share them)."""
-    cdef Py_ssize_t s, k, r, r0, r1, rows, p0, wd, G = g.N * g.HO
-    cdef Py_ssize_t nc = _panel_width(dz), px = chunk * g.WO
+    for an RGB 3x3 layer). A slab is swept `chunk` output rows at a time: each dz row (at
+    row_dz[r], WO*F contiguous values) is packed into column panels of its own (dzp,
+    chunk*WO*F values per thread) and every kernel row block reads a panel from L1 as one
+    stream, one segment per output row of the chunk (reading dz in place, a cache line per
+    pixel row, ran at ~72% of the sgemm peak on Zen 3). seg[j] = j*WO*F starts output row j
+    (read-only tables: the threads share them).
+    With dy (conv2d_backward), each dz row is first made here from dy and y (zpre: gelu's
+    pre-activation), just before its pack reads it back from L1, and its column sums go to
+    the slab's row of dbpart (when not NULL): the activation's backward, the bias gradient
+    and the dz that backward_input reads come out of this one pass over dy."""
+    cdef Py_ssize_t s, k, j, q, r, r0, r1, rows, p0, wd, off, G = g.N * g.HO
+    cdef Py_ssize_t nc = _panel_width(dz), px = chunk * g.WO, row_len = g.WO * g.F
     cdef floating* buf
+    cdef floating* d
     for s in prange(S, schedule="static"):
         buf = dzp + omp_get_thread_num() * px * g.F
         r0 = s * G // S
         r1 = (s + 1) * G // S
         if r1 <= r0:
             memset(part + s * g.K * g.F, 0, g.K * g.F * sizeof(floating))
+        if dbpart != NULL:
+            memset(dbpart + s * g.F, 0, g.F * sizeof(double))
         r = r0
         while r < r1:
             rows = _imin(chunk, r1 - r)
-            # The chunk's output rows are consecutive in dz: rows * WO pixel rows of F.
-            _pack_panels(dz + row_dz[r], g.F, rows * g.WO, g.F, buf)
+            for j in range(rows):
+                d = dz + row_dz[r + j]
+                if dy != NULL:
+                    off = (r + j) * row_len
+                    if act == ACT_SOFTMAX:
+                        for q in range(g.WO):
+                            softmax_grad_row(dy + off + q * g.F, y + off + q * g.F,
+                                             d + q * g.F, g.F)
+                    else:
+                        act_backward_vec(dy + off, zpre + off, y + off, d, row_len, act,
+                                         alpha)
+                    if dbpart != NULL:
+                        add_rows_double(d, dbpart + s * g.F, g.WO, g.F, g.F)
+                _pack_panels(d, g.F, g.WO, g.F, buf + j * row_len)
             p0 = 0
             while p0 < g.F:
                 wd = _imin(nc, g.F - p0)
                 _seg_gemm(g.K, wd, rows, g.WO, xp, koff, row_x + r, g.SW * g.C,
-                          buf + p0 * rows * g.WO, seg if wd == nc else seg_last, wd,
-                          part + s * g.K * g.F + p0, g.F, <const floating*>NULL, r > r0,
-                          False)
+                          buf + p0 * g.WO, seg, wd, part + s * g.K * g.F + p0, g.F,
+                          <const floating*>NULL, r > r0, False)
                 p0 = p0 + nc
             r = r + chunk
     for k in prange(g.K, schedule="static"):
         _sum_slabs_row(part, dw, k, S, g.K * g.F, g.F)
+
+
+cdef void _zero_margins(floating* xp, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
+                        Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t top,
+                        Py_ssize_t left) noexcept nogil:
+    """Zeros everything of xp (N, HP, WP, C) but the (H, W) window at (top, left) that a
+    kernel fills itself (_pad's zeros without its copy; the window lies inside xp)."""
+    cdef Py_ssize_t t, h
+    cdef floating* dst
+    for t in prange(N * HP, schedule="static"):
+        h = t % HP - top
+        dst = xp + t * WP * C
+        if h < 0 or h >= H:
+            memset(dst, 0, WP * C * sizeof(floating))
+        else:
+            memset(dst, 0, left * C * sizeof(floating))
+            memset(dst + (left + W) * C, 0, (WP - left - W) * C * sizeof(floating))
 
 
 # -- the three ops, pointer level ----------------------------------------------------------
@@ -576,6 +615,15 @@ def _run_pad(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xp, Py_ssize
              xp.shape[1], xp.shape[2], top, left)
 
 
+def _run_zero_margins(floating[:, :, :, ::1] xp, Py_ssize_t h, Py_ssize_t w, Py_ssize_t top,
+                      Py_ssize_t left):
+    if top < 0 or left < 0 or top + h > xp.shape[1] or left + w > xp.shape[2]:
+        raise ValueError("conv2d: the window to keep does not lie inside the padded buffer")
+    with nogil:
+        _zero_margins(&xp[0, 0, 0, 0], xp.shape[0], h, w, xp.shape[3], xp.shape[1],
+                      xp.shape[2], top, left)
+
+
 def _run_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dz,
                          floating[:, :, :, ::1] dw, floating[::1] col, Geom g,
                          Py_ssize_t tile):
@@ -583,20 +631,32 @@ def _run_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, :,
         _backward_weight(&x[0, 0, 0, 0], &dz[0, 0, 0, 0], &dw[0, 0, 0, 0], &col[0], &g, tile)
 
 
-def _run_backward_weight_direct(const floating[:, :, :, ::1] xp,
-                                const floating[:, :, :, ::1] dz, floating[:, :, :, ::1] dw,
-                                floating[::1] part, floating[::1] dzp, Geom g,
-                                const Py_ssize_t[::1] koff, const Py_ssize_t[::1] row_x,
-                                const Py_ssize_t[::1] row_dz, const Py_ssize_t[::1] seg,
-                                const Py_ssize_t[::1] seg_last, Py_ssize_t slabs,
-                                Py_ssize_t chunk):
-    if (seg.shape[0] < chunk or seg_last.shape[0] < chunk
-            or dzp.shape[0] < omp_get_max_threads() * chunk * g.WO * g.F):
-        raise ValueError("conv2d_backward_weight: segment tables or panel buffer too small")
+def _run_backward_weight_direct(const floating[::1] xp, const floating[::1] dz,
+                                floating[:, :, :, ::1] dw, floating[::1] part,
+                                floating[::1] dzp, Geom g, const Py_ssize_t[::1] koff,
+                                const Py_ssize_t[::1] row_x, const Py_ssize_t[::1] row_dz,
+                                const Py_ssize_t[::1] seg, Py_ssize_t slabs, Py_ssize_t chunk,
+                                const floating[::1] dy=None, const floating[::1] zpre=None,
+                                const floating[::1] y=None, int act=ACT_LINEAR,
+                                double alpha=0.0, double[::1] dbpart=None):
+    """dz is read, or (with dy) written: then it is a scratch buffer of the caller's."""
+    cdef Py_ssize_t G = g.N * g.HO, out = G * g.WO * g.F
+    if (seg.shape[0] < chunk or koff.shape[0] != g.K or row_x.shape[0] != G
+            or row_dz.shape[0] != G or part.shape[0] < slabs * g.K * g.F
+            or dzp.shape[0] < omp_get_max_threads() * chunk * g.WO * g.F
+            or xp.shape[0] < g.N * g.HP * g.WP * g.C
+            or (G and (np.max(row_dz) + g.WO * g.F > dz.shape[0] or np.min(row_dz) < 0))
+            or (dy is not None and (dy.shape[0] != out or y is None or y.shape[0] != out
+                                    or zpre is None or zpre.shape[0] != out))
+            or (dbpart is not None and dbpart.shape[0] < slabs * g.F)):
+        raise ValueError("conv2d_backward_weight: a table or buffer does not fit the geometry")
     with nogil:
-        _backward_weight_direct(&xp[0, 0, 0, 0], &dz[0, 0, 0, 0], &dw[0, 0, 0, 0], &part[0],
+        _backward_weight_direct(&xp[0], <floating*>&dz[0], &dw[0, 0, 0, 0], &part[0],
                                 &dzp[0], &g, &koff[0], &row_x[0], &row_dz[0], &seg[0],
-                                &seg_last[0], slabs, chunk)
+                                slabs, chunk, &dy[0] if dy is not None else NULL,
+                                &zpre[0] if dy is not None else NULL,
+                                &y[0] if dy is not None else NULL, act, <floating>alpha,
+                                &dbpart[0] if dbpart is not None else NULL)
 
 
 def _run_backward_input(const floating[:, :, :, ::1] dz, const floating[:, :, :, ::1] w,
@@ -744,26 +804,42 @@ def conv2d_backward_input(dz, kernel, input_shape, strides=(1, 1), padding="vali
     if not (dz.size and 0 not in input_shape):
         return np.zeros(input_shape, dtype=dz.dtype)
     if _use_direct(g, op):
-        # Stride 1: dx is the forward conv of dz, zero-padded to a "full" convolution, with
-        # the kernel flipped in space and its channel axes swapped.
-        n, h, w, c = input_shape
-        top = (g["KH"] - 1) * g["DH"] - g["PT"]
-        left = (g["KW"] - 1) * g["DW"] - g["PL"]
-        gt = dict(g, H=g["HO"], W=g["WO"], C=g["F"], F=c, HO=h, WO=w, PT=top, PL=left,
-                  K=g["KH"] * g["KW"] * g["F"])
-        gt["HP"], gt["WP"] = _padded_size(gt)
-        flipped = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+        # Stride 1: dx is the forward conv of dz, zero-padded to a "full" convolution.
+        gt, top, left = _input_grad_geometry(g, input_shape)
         dx = np.empty(input_shape, dtype=dz.dtype)
         with scratch(dz.dtype, _pad_shape(dz.shape, gt["HP"], gt["WP"], top, left)) as (dzp,):
             dzp = _padded(dz, dzp, top, left)
-            _forward_direct_into(dzp, flipped, None, dx, dx, gt, ACTIVATIONS.index("linear"),
-                                 0.0)
+            _forward_direct_into(dzp, _flipped(kernel), None, dx, dx, gt,
+                                 ACTIVATIONS.index("linear"), 0.0)
         return dx
     dx = np.zeros(input_shape, dtype=dz.dtype)
     tile, col_shape = _plan(g, dz.dtype)
     with scratch(dz.dtype, col_shape) as (col,):
         _run_backward_input(dz, kernel, dx, col, g, tile)
     return dx
+
+
+def _weight_grad_tables(g):
+    """Offsets the direct backward_weight reads with (see _backward_weight_direct): kernel
+    entry (kh, kw, c) -> padded input, output row -> its padded input row, the slab count,
+    output rows per chunk and the chunk's segment starts in a packed panel buffer."""
+    C, WPC = g["C"], g["WP"] * g["C"]
+    kh, kw, c = np.ogrid[:g["KH"], :g["KW"], :C]
+    koff = (kh * g["DH"] * WPC + kw * g["DW"] * C + c).astype(np.intp).ravel()
+    n, ho = np.divmod(np.arange(g["N"] * g["HO"], dtype=np.intp), g["HO"])
+    row_x = (n * g["HP"] + ho * g["SH"]) * WPC
+    rows = g["N"] * g["HO"]
+    slabs = min(rows, _SLABS, max(_SLAB_ELEMENTS // max(g["K"] * g["F"], 1), 4))
+    chunk = max(_CHUNK_PIXELS // max(g["WO"], 1), 1)
+    seg = np.arange(chunk, dtype=np.intp) * (g["WO"] * g["F"])
+    return koff, row_x, slabs, chunk, seg
+
+
+def _weight_grad_scratch(x, g, slabs, chunk):
+    """Scratch shapes of the direct backward_weight: x padded, slab partials, panels."""
+    return (_pad_shape(x.shape, g["HP"], g["WP"], g["PT"], g["PL"]),
+            (slabs * g["K"] * g["F"],),
+            (omp_get_max_threads() * chunk * g["WO"] * g["F"],))
 
 
 def conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
@@ -778,26 +854,89 @@ def conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
     dw = np.zeros(kernel_shape, dtype=x.dtype)
     if dz.size and dw.size:
         if _use_direct(g, op):
-            C, WPC = g["C"], g["WP"] * g["C"]
-            kh, kw, c = np.ogrid[:g["KH"], :g["KW"], :C]
-            koff = (kh * g["DH"] * WPC + kw * g["DW"] * C + c).astype(np.intp).ravel()
-            n, ho = np.divmod(np.arange(g["N"] * g["HO"], dtype=np.intp), g["HO"])
-            row_x = (n * g["HP"] + ho * g["SH"]) * WPC
+            koff, row_x, slabs, chunk, seg = _weight_grad_tables(g)
             row_dz = np.arange(g["N"] * g["HO"], dtype=np.intp) * (g["WO"] * g["F"])
-            rows = g["N"] * g["HO"]
-            slabs = min(rows, _SLABS, max(_SLAB_ELEMENTS // max(g["K"] * g["F"], 1), 4))
-            chunk = max(_CHUNK_PIXELS // max(g["WO"], 1), 1)
-            nc = _panel_columns(x.dtype)
-            first = np.arange(chunk, dtype=np.intp) * g["WO"]
-            seg, seg_last = first * nc, first * (g["F"] - (g["F"] - 1) // nc * nc)
-            panels = omp_get_max_threads() * chunk * g["WO"] * g["F"]
-            with scratch(x.dtype, _pad_shape(x.shape, g["HP"], g["WP"], g["PT"], g["PL"]),
-                         (slabs * g["K"] * g["F"],), (panels,)) as (xp, part, dzp):
+            with scratch(x.dtype, *_weight_grad_scratch(x, g, slabs, chunk)) as (xp, part, dzp):
                 xp = _padded(x, xp, g["PT"], g["PL"])
-                _run_backward_weight_direct(xp, dz, dw, part, dzp, g, koff, row_x, row_dz,
-                                            seg, seg_last, slabs, chunk)
+                _run_backward_weight_direct(xp.reshape(-1), dz.reshape(-1), dw, part, dzp, g,
+                                            koff, row_x, row_dz, seg, slabs, chunk)
         else:
             tile, col_shape = _plan(g, x.dtype)
             with scratch(x.dtype, col_shape) as (col,):
                 _run_backward_weight(x, dz, dw, col, g, tile)
     return dw
+
+
+def _input_grad_geometry(g, input_shape):
+    """backward_input (stride 1) as the forward conv of dz zero-padded to a 'full' conv:
+    that conv's geometry, and where dz sits in its padded input (top, left)."""
+    n, h, w, c = input_shape
+    top = (g["KH"] - 1) * g["DH"] - g["PT"]
+    left = (g["KW"] - 1) * g["DW"] - g["PL"]
+    gt = dict(g, H=g["HO"], W=g["WO"], C=g["F"], F=c, HO=h, WO=w, PT=top, PL=left,
+              K=g["KH"] * g["KW"] * g["F"])
+    gt["HP"], gt["WP"] = _padded_size(gt)
+    return gt, top, left
+
+
+def _flipped(kernel):
+    """The kernel of backward_input's forward conv: flipped in space, channel axes swapped."""
+    return np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+
+
+def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
+                    dilation_rate=(1, 1), activation="linear", alpha=0.0, use_bias=True,
+                    need_input_grad=True):
+    """A Conv2D layer's whole backward -> (dx or None, dkernel, dbias or None), from dy =
+    dL/dy of y = activation(conv(x, kernel) + bias); z is the pre-activation (gelu only).
+
+    Where the direct kernels run, one pass over dy makes dz (the activation's backward), the
+    bias gradient (column sums in double, per slab, added in slab order) and dkernel, and
+    writes dz straight into the zero-padded buffer that backward_input's forward conv
+    reads: the standalone ops would write dz, read it back for dkernel and once more to pad
+    it. Otherwise the ops run one after the other (api.conv2d_backward_composed)."""
+    op = "conv2d_backward"
+    name, a, dy, z, y = activation_backward_operands(op, dy, z, y, activation, alpha)
+    x = as_float_array(op, "x", x, ndim=4, dtype=dy.dtype)
+    kernel = as_float_array(op, "kernel", kernel, ndim=4, dtype=dy.dtype)
+    g = _geometry(op, x.shape, kernel.shape, strides, padding, dilation_rate)
+    check_shape(op, "dy", dy, (g["N"], g["HO"], g["WO"], g["F"]))
+    direct_input = need_input_grad and _use_direct(g, "conv2d_backward_input")
+    if direct_input:
+        gt, top, left = _input_grad_geometry(g, x.shape)
+        dz_shape = (g["N"], gt["HP"], gt["WP"], g["F"])
+        fits = (top >= 0 and left >= 0 and top + g["HO"] <= gt["HP"]
+                and left + g["WO"] <= gt["WP"])
+    else:
+        top = left = 0
+        dz_shape = dy.shape
+        fits = True
+    if not (dy.size and kernel.size and fits and _use_direct(g, "conv2d_backward_weight")):
+        from pynn.backend import cpu
+        return conv2d_backward_composed(cpu, dy, x, z, y, kernel, strides, padding,
+                                        dilation_rate, name, a, use_bias, need_input_grad)
+    # act_grad reads z only for gelu and y only for the others: the unused one may alias.
+    z_flat = (z if z is not None else y).reshape(-1)
+    y_flat = (y if y is not None else z).reshape(-1)
+    koff, row_x, slabs, chunk, seg = _weight_grad_tables(g)
+    n, ho = np.divmod(np.arange(g["N"] * g["HO"], dtype=np.intp), g["HO"])
+    row_dz = ((n * dz_shape[1] + top + ho) * dz_shape[2] + left) * g["F"]
+    dw = np.empty(kernel.shape, dtype=dy.dtype)
+    dbpart = np.empty(slabs * g["F"], dtype=np.float64) if use_bias else None
+    dx = None
+    with scratch(dy.dtype, dz_shape, *_weight_grad_scratch(x, g, slabs, chunk)) as (
+            dzb, xp, part, panels):
+        if direct_input:
+            _run_zero_margins(dzb, g["HO"], g["WO"], top, left)
+        xp = _padded(x, xp, g["PT"], g["PL"])
+        _run_backward_weight_direct(xp.reshape(-1), dzb.reshape(-1), dw, part, panels, g,
+                                    koff, row_x, row_dz, seg, slabs, chunk, dy.reshape(-1),
+                                    z_flat, y_flat, ACTIVATIONS.index(name), a, dbpart)
+        if direct_input:
+            dx = np.empty(x.shape, dtype=dy.dtype)
+            _forward_direct_into(dzb, _flipped(kernel), None, dx, dx, gt,
+                                 ACTIVATIONS.index("linear"), 0.0)
+        elif need_input_grad:
+            dx = conv2d_backward_input(dzb, kernel, x.shape, strides, padding, dilation_rate)
+    db = dbpart.reshape(slabs, g["F"]).sum(axis=0).astype(dy.dtype) if use_bias else None
+    return dx, dw, db

@@ -309,8 +309,8 @@ def _torch_conv_reference(x, k, bias, dy, padding):
 
 def bench_conv(shape, repeats, peak):
     """The ops a Conv2D(F, 3, relu) layer runs in one training step (input gradient
-    included), as pynn.layers.Conv2D runs them in a model's loop (_training_step); GFLOP/s
-    count the three GEMM-shaped products."""
+    included), as pynn.layers.Conv2D runs them in a model's loop (forward, then the fused
+    conv2d_backward, under _training_step); GFLOP/s count the three GEMM-shaped products."""
     from pynn.backend import cpu as be
 
     n, h, w, c, kh, kw, f, padding = shape
@@ -328,11 +328,9 @@ def bench_conv(shape, repeats, peak):
     dy = rng.standard_normal(y.shape, dtype=np.float32)
 
     def backward(y, z):
-        dz, db = be.activation_bias_backward(dy, z, y, "relu", 0.0)
-        return (be.conv2d_backward_weight(x, dz, k.shape, s, padding, d), db,
-                be.conv2d_backward_input(dz, k, x.shape, s, padding, d))
+        return be.conv2d_backward(dy, x, z, y, k, s, padding, d, "relu", 0.0, True, True)
 
-    dk, db, dx = backward(y, z)
+    dx, dk, db = backward(y, z)
     result = {"shape": {"N": n, "H": h, "W": w, "C": c, "KH": kh, "KW": kw, "F": f,
                         "padding": padding, "strides": list(s)}, "activation": "relu"}
     try:

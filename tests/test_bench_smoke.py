@@ -84,7 +84,8 @@ def test_profile_covers_the_step(quick_results):
         assert any(k.startswith("adam_update") for k in p["ops_ms"])
         assert p["ms_per_step"] > 0
         assert res["profile"][name]["torch"]["ops_self_ms"]
-    assert any(k.startswith("conv2d_backward_weight") for k in res["profile"]["cnn"]["pynn"]
+    # The conv layers' whole backward is one op (conv2d_backward).
+    assert any(k.startswith("conv2d_backward ") for k in res["profile"]["cnn"]["pynn"]
                ["ops_ms"])
 
 

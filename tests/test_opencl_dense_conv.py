@@ -263,6 +263,37 @@ def test_conv2d_forward_and_backward(ocl, cpu_conv, xs, ks, s, p, d):
              conv_ref.conv2d_backward_weight(x, dz, ks, s, p, d))
 
 
+@pytest.mark.parametrize("use_bias, need_input_grad", [(True, True), (False, False)])
+@pytest.mark.parametrize("xs,ks,s,p,d", CONV_CASES, ids=_conv_ids())
+def test_conv2d_backward_matches_cpu(ocl, cpu_conv, xs, ks, s, p, d, use_bias,
+                                     need_input_grad):
+    """The layer's whole backward (dx, dkernel, dbias) against the CPU's fused op and the
+    float64 oracles."""
+    from tests.reference.activation_ref import activation_backward_ref
+
+    rng = np.random.default_rng(sum(xs) * 3 + sum(ks))
+    x, w, b = rand(rng, xs), rand(rng, ks), rand(rng, (ks[3],))
+    act = "gelu" if xs[0] % 2 else "relu"
+    yc, zc = cpu_conv.conv2d_forward(x, w, b, s, p, d, act, 0.0)
+    dy = rand(rng, yc.shape)
+    got = ocl.conv2d_backward(ocl.asarray(dy), ocl.asarray(x),
+                              None if zc is None else ocl.asarray(zc), ocl.asarray(yc),
+                              ocl.asarray(w), s, p, d, act, 0.0, use_bias, need_input_grad)
+    cpu = cpu_conv.conv2d_backward(dy, x, zc, yc, w, s, p, d, act, 0.0, use_bias,
+                                   need_input_grad)
+    _, z_ref = conv_ref.conv2d_forward(x, w, b, s, p, d, "linear", 0.0)
+    dz_ref = activation_backward_ref(dy, z_ref, act)
+    refs = (conv_ref.conv2d_backward_input(dz_ref, w, xs, s, p, d),
+            conv_ref.conv2d_backward_weight(x, dz_ref, ks, s, p, d),
+            dz_ref.reshape(-1, ks[3]).sum(axis=0))
+    for name, g, c, r, used in zip(("dx", "dkernel", "dbias"), got, cpu, refs,
+                                   (need_input_grad, True, use_bias)):
+        if not used:
+            assert g is None and c is None, name
+            continue
+        check_op(f"conv2d_backward {name}", g, c, r, rtol=5e-4 if act == "gelu" else RTOL)
+
+
 def test_conv2d_no_bias_softmax_and_split_k(ocl, cpu_conv):
     rng = np.random.default_rng(5)
     xs, ks = (9, 12, 11, 2), (3, 3, 2, 3)  # 1188 output pixels onto an 18 x 3 kernel

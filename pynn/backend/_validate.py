@@ -140,3 +140,53 @@ def activation_name(op, activation):
     if name not in ACTIVATIONS:
         raise ValueError(f"{op}: unknown activation {activation!r}; expected one of {ACTIVATIONS}")
     return name
+
+
+def check_alpha(op, name, alpha):
+    """The activation parameter as a finite float (None: 0)."""
+    if alpha is None:
+        alpha = 0.0
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: 'alpha' must be a number, got {alpha!r}") from None
+    if not math.isfinite(a):
+        raise ValueError(f"{op}: 'alpha' must be finite, got {alpha!r}")
+    # The backward pass reads the branch from the sign of y, which is only the sign of x when
+    # the negative branch stays non-positive (Keras's LeakyReLU also rejects a negative slope).
+    if name in ("leaky_relu", "elu") and a < 0:
+        raise ValueError(f"{op}: {name} needs alpha >= 0, got {a}")
+    return a
+
+
+def float_array(op, name, a, dtype=None):
+    """as_float_array, keeping a 0-d input 0-d (np.ascontiguousarray makes it 1-d)."""
+    shape = np.shape(a) if a is not None else None
+    return as_float_array(op, name, a, dtype=dtype).reshape(shape)
+
+
+def activation_backward_operands(op, dy, x, y, activation, alpha):
+    """The checks of an activation's backward -> (name, alpha, dy, x, y); x (the
+    pre-activation) and y (the output) come back in dy's dtype and shape, either may be None
+    where the activation does not read it."""
+    from pynn.backend.api import ACTIVATIONS_NEEDING_INPUT
+
+    name = activation_name(op, activation)
+    a = check_alpha(op, name, alpha)
+    dy = float_array(op, "dy", dy)
+    needs_x = name in ACTIVATIONS_NEEDING_INPUT
+    if x is None and needs_x:
+        raise ValueError(f"{op}: '{name}' needs the pre-activation 'x', got None")
+    if y is None and not needs_x:
+        raise ValueError(f"{op}: 'y' (the forward output) is required for '{name}', got None")
+    if x is not None:
+        x = float_array(op, "x", x, dtype=dy.dtype)
+        if x.shape != dy.shape:
+            raise ValueError(f"{op}: 'x' must have the shape of dy {dy.shape}, got {x.shape}")
+    if y is not None:
+        y = float_array(op, "y", y, dtype=dy.dtype)
+        if y.shape != dy.shape:
+            raise ValueError(f"{op}: 'y' must have the shape of dy {dy.shape}, got {y.shape}")
+    if name == "softmax" and dy.ndim < 1:
+        raise ValueError(f"{op}: softmax needs at least 1 dimension, got shape {dy.shape}")
+    return name, a, dy, x, y

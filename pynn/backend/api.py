@@ -63,6 +63,12 @@ OPS = {
                               "dilation_rate"),
     "conv2d_backward_weight": ("x", "dz", "kernel_shape", "strides", "padding",
                                "dilation_rate"),
+    # A Conv2D layer's whole backward from dL/dy of y = activation(conv(x, kernel) + bias)
+    # -> (dx or None when not need_input_grad, dkernel, dbias or None when not use_bias);
+    # z, y as in activation_backward. Equal to conv2d_backward_composed below; a backend may
+    # fuse the passes (the CPU one makes dz, dbias and dkernel in one pass over dy).
+    "conv2d_backward": ("dy", "x", "z", "y", "kernel", "strides", "padding", "dilation_rate",
+                        "activation", "alpha", "use_bias", "need_input_grad"),
     # -- pooling (native/pool.pyx, opencl/pool.cl) ---------------------------------------
     # argmax: int32 array shaped like y holding the flat index h*W + w of the chosen input
     # pixel within its (n, c) plane. Ties go to the first index in row-major window order.
@@ -136,3 +142,24 @@ OPS = {
                      "recurrent_activation", "reset_after", "return_sequences", "go_backwards",
                      "need_input_grad"),
 }
+
+
+def conv2d_backward_composed(ops, dy, x, z, y, kernel, strides=(1, 1), padding="valid",
+                             dilation_rate=(1, 1), activation="linear", alpha=0.0,
+                             use_bias=True, need_input_grad=True):
+    """conv2d_backward from a backend's separate ops (``ops``: the backend module): the
+    activation's backward fused with the bias gradient, then the two conv gradients."""
+    if str(activation).lower() == "linear":
+        dz = dy
+        db = ops.bias_backward(dy) if use_bias else None
+    elif use_bias:
+        dz, db = ops.activation_bias_backward(dy, z, y, activation, alpha)
+    else:
+        dz, db = ops.activation_backward(dy, z, y, activation, alpha), None
+    dk = ops.conv2d_backward_weight(x, dz, tuple(kernel.shape), strides, padding,
+                                    dilation_rate)
+    dx = None
+    if need_input_grad:
+        dx = ops.conv2d_backward_input(dz, kernel, tuple(x.shape), strides, padding,
+                                       dilation_rate)
+    return dx, dk, db

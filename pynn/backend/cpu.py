@@ -12,6 +12,7 @@ from pynn._native.activation import (  # noqa: F401
     activation_forward,
 )
 from pynn._native.conv import (  # noqa: F401
+    conv2d_backward,
     conv2d_backward_input,
     conv2d_backward_weight,
     conv2d_forward,

@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -59,7 +60,7 @@ from pynn.backend._cl_nn import (  # noqa: F401
 )
 from pynn.backend._cl_runtime import devices, empty_cache  # noqa: F401
 from pynn.backend._validate import activation_name, conv_geometry
-from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
+from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT, conv2d_backward_composed
 
 NAME = "opencl"
 
@@ -572,6 +573,14 @@ def conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
     m, n, k = g["KH"] * g["KW"] * g["C"], g["F"], g["N"] * g["HO"] * g["WO"]
     return _gemm_split_out(op, "conv", "conv2d_backward_weight", m, n, k, (x, dz),
                            kernel_shape, g["args"], vwa=(g["C"],), vwb=(g["F"],))
+
+
+def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid", dilation_rate=(1, 1),
+                    activation="linear", alpha=0.0, use_bias=True, need_input_grad=True):
+    """(dx or None, dkernel, dbias or None): the separate kernels in turn (no fused one)."""
+    return conv2d_backward_composed(sys.modules[__name__], dy, x, z, y, kernel, strides,
+                                    padding, dilation_rate, activation, alpha, use_bias,
+                                    need_input_grad)
 
 
 # -- tuner ------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from pynn import backend, initializers, regularizers
 from pynn.backend._validate import conv_output_size
 from pynn.layers.base import (
-    Layer, activation_config, bias_activation_backward, data_format_arg, padding_arg, pair,
+    Layer, activation_config, data_format_arg, padding_arg, pair,
     shape_str,
 )
 
@@ -74,13 +74,12 @@ class Conv2D(Layer):
         b = backend.current()
         x, y, z = self._cache
         self._cache = None
-        dz = bias_activation_backward(self, dy, z, y)
-        self.kernel.grad = b.conv2d_backward_weight(x, dz, self.kernel.shape, self.strides,
-                                                    self.padding, self.dilation_rate)
-        if not self.needs_input_grad:
-            return None
-        return b.conv2d_backward_input(dz, self.kernel.value, tuple(x.shape), self.strides,
-                                       self.padding, self.dilation_rate)
+        dx, self.kernel.grad, db = b.conv2d_backward(
+            dy, x, z, y, self.kernel.value, self.strides, self.padding, self.dilation_rate,
+            self.activation, self.alpha, self.use_bias, self.needs_input_grad)
+        if self.use_bias:
+            self.bias.grad = db
+        return dx
 
     def get_config(self):
         config = super().get_config()
