@@ -158,7 +158,7 @@ def test_read_only_and_strided_inputs(rng, path):
         np.testing.assert_array_equal(g, w)
 
 
-def test_empty_batch_and_no_filters(rng):
+def test_empty_batch_no_filters_and_no_channels(rng):
     x = rng.standard_normal((0, 5, 5, 17))
     k = rng.standard_normal((3, 3, 17, 4))
     y = np.zeros((0, 5, 5, 4))
@@ -172,6 +172,14 @@ def test_empty_batch_and_no_filters(rng):
     dx, dk, db = cpu.conv2d_backward(y, x, None, y, k, (1, 1), "same", (1, 1), "relu", 0.0,
                                      True, True)
     assert dx.shape == x.shape and not dx.any() and dk.shape == k.shape and db.shape == (0,)
+    x = np.zeros((2, 5, 5, 0))
+    k = np.zeros((3, 3, 0, 4))
+    y = rng.standard_normal((2, 5, 5, 4))
+    dy = rng.standard_normal((2, 5, 5, 4))
+    dx, dk, db = cpu.conv2d_backward(dy, x, None, y, k, (1, 1), "same", (1, 1), "relu", 0.0,
+                                     True, True)
+    assert dx.shape == x.shape and dk.shape == k.shape
+    np.testing.assert_allclose(db, np.where(y > 0, dy, 0).sum(axis=(0, 1, 2)), rtol=1e-12)
 
 
 X = np.ones((2, 5, 5, 17))
