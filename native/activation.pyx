@@ -32,7 +32,7 @@ from _activation cimport (
 from pynn.backend._validate import (
     activation_backward_operands, activation_name, check_alpha, float_array,
 )
-from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
+from pynn.backend.api import ACTIVATIONS
 
 from cython.parallel cimport prange
 
@@ -190,8 +190,8 @@ def activation_forward(x, activation, alpha=0.0):
 def activation_backward(dy, x, y, activation, alpha=0.0):
     """dL/dx from dL/dy. ``y`` is the forward output (may be None for gelu); ``x`` the
     pre-activation (required for gelu, otherwise ignored but checked when given)."""
-    name, a, dy, x, y = activation_backward_operands("activation_backward", dy, x, y,
-                                                         activation, alpha)
+    op = "activation_backward"
+    name, a, dy, x, y = activation_backward_operands(op, dy, x, y, activation, alpha)
     dx = np.empty_like(dy)
     if dy.size == 0:
         return dx
