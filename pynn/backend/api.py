@@ -149,13 +149,7 @@ def conv2d_backward_composed(ops, dy, x, z, y, kernel, strides=(1, 1), padding="
                              use_bias=True, need_input_grad=True):
     """conv2d_backward from a backend's separate ops (``ops``: the backend module): the
     activation's backward fused with the bias gradient, then the two conv gradients."""
-    if str(activation).lower() == "linear":
-        dz = dy
-        db = ops.bias_backward(dy) if use_bias else None
-    elif use_bias:
-        dz, db = ops.activation_bias_backward(dy, z, y, activation, alpha)
-    else:
-        dz, db = ops.activation_backward(dy, z, y, activation, alpha), None
+    dz, db = bias_activation_backward(ops, dy, z, y, activation, alpha, use_bias)
     dk = ops.conv2d_backward_weight(x, dz, tuple(kernel.shape), strides, padding,
                                     dilation_rate)
     dx = None
@@ -163,3 +157,13 @@ def conv2d_backward_composed(ops, dy, x, z, y, kernel, strides=(1, 1), padding="
         dx = ops.conv2d_backward_input(dz, kernel, tuple(x.shape), strides, padding,
                                        dilation_rate)
     return dx, dk, db
+
+
+def bias_activation_backward(ops, dy, z, y, activation, alpha=0.0, use_bias=True):
+    """(dz, dbias or None) of y = activation(z), z = (a product) + bias, from a backend's ops:
+    one pass over dy for both where there is an activation, none for dz where it is linear."""
+    if str(activation).lower() == "linear":
+        return dy, (ops.bias_backward(dy) if use_bias else None)
+    if use_bias:
+        return ops.activation_bias_backward(dy, z, y, activation, alpha)
+    return ops.activation_backward(dy, z, y, activation, alpha), None

@@ -13,6 +13,7 @@ import re
 import numpy as np
 
 from pynn import _config, backend, initializers, regularizers
+from pynn.backend import api
 from pynn.variables import Variable
 
 _name_counters = {}
@@ -202,16 +203,11 @@ def bias_activation_backward(layer, dy, z, y):
     """dL/dz of a layer whose output is y = activation(z), z = (its product) + bias: the
     backward of the bias + activation epilogue. Sets ``layer.bias.grad`` when the layer has
     a bias, in the same pass over dy as the activation gradient when there is one."""
-    b = backend.current()
-    if layer.activation == "linear":
-        if layer.use_bias:
-            layer.bias.grad = b.bias_backward(dy)
-        return dy
+    dz, db = api.bias_activation_backward(backend.current(), dy, z, y, layer.activation,
+                                          layer.alpha, layer.use_bias)
     if layer.use_bias:
-        dz, layer.bias.grad = b.activation_bias_backward(dy, z, y, layer.activation,
-                                                         layer.alpha)
-        return dz
-    return b.activation_backward(dy, z, y, layer.activation, layer.alpha)
+        layer.bias.grad = db
+    return dz
 
 
 def pair(name, layer, value):
