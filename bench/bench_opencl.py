@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pynn.backend import _cl_runtime as rt  # noqa: E402
+from pynn.backend.opencl import runtime as rt  # noqa: E402
 from pynn.backend import opencl as ocl  # noqa: E402
 
 GEMM_SIZES = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (128, 256, 784)]

@@ -29,9 +29,8 @@ from _activation cimport (
     floating, softmax_grad_row, softmax_row,
 )
 
-from pynn.backend._validate import (
-    activation_backward_operands, activation_name, check_alpha, float_array,
-)
+from pynn.backend.operands import activation as operands
+from pynn.backend.operands.common import HOST
 from pynn.backend.api import ACTIVATIONS
 
 from cython.parallel cimport prange
@@ -170,12 +169,7 @@ def _rows_view(a):
 
 def activation_forward(x, activation, alpha=0.0):
     """y = activation(x), same shape and dtype as x (softmax over the last axis)."""
-    op = "activation_forward"
-    name = activation_name(op, activation)
-    a = check_alpha(op, name, alpha)
-    x = float_array(op, "x", x)
-    if name == "softmax" and x.ndim < 1:
-        raise ValueError(f"{op}: softmax needs at least 1 dimension, got shape {x.shape}")
+    name, a, x = operands.activation_forward(HOST, x, activation, alpha)
     y = np.empty_like(x)
     if x.size == 0:
         return y
@@ -190,8 +184,7 @@ def activation_forward(x, activation, alpha=0.0):
 def activation_backward(dy, x, y, activation, alpha=0.0):
     """dL/dx from dL/dy. ``y`` is the forward output (may be None for gelu); ``x`` the
     pre-activation (required for gelu, otherwise ignored but checked when given)."""
-    op = "activation_backward"
-    name, a, dy, x, y = activation_backward_operands(op, dy, x, y, activation, alpha)
+    name, a, dy, x, y = operands.activation_backward(HOST, dy, x, y, activation, alpha)
     dx = np.empty_like(dy)
     if dy.size == 0:
         return dx
@@ -213,11 +206,7 @@ def activation_bias_backward(dy, x, y, activation, alpha=0.0):
     db is summed in double over fixed row blocks (see the module note): it does not depend
     on the thread count, and it can differ from bias_backward(dz), a float32 running sum, by
     that sum's rounding."""
-    op = "activation_bias_backward"
-    name, a, dy, x, y = activation_backward_operands(op, dy, x, y, activation, alpha)
-    if dy.ndim < 1:
-        raise ValueError(f"{op}: 'dy' must have at least 1 dimension (the bias axis is the "
-                         f"last), got shape {dy.shape}")
+    name, a, dy, x, y = operands.activation_bias_backward(HOST, dy, x, y, activation, alpha)
     dz = np.empty_like(dy)
     db = np.zeros(dy.shape[dy.ndim - 1], dtype=dy.dtype)
     if dy.size == 0:

@@ -56,11 +56,14 @@ from _activation cimport (
 )
 from _openmp cimport omp_get_thread_num, omp_get_max_threads
 
+from types import SimpleNamespace
+
 from pynn._config import usable_cores
+from pynn._native.activation import activation_backward, activation_bias_backward
+from pynn._native.dense import bias_backward
 from pynn.backend._scratch import scratch
-from pynn.backend._validate import (
-    activation_backward_operands, activation_name, as_float_array, check_shape, conv_geometry,
-)
+from pynn.backend.operands import conv as operands
+from pynn.backend.operands.common import HOST
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT, conv2d_backward_composed
 
 # Bound on one tile's working set (im2col rows + their output rows): big enough that each
@@ -679,8 +682,9 @@ def _run_backward_input(const floating[:, :, :, ::1] dz, const floating[:, :, :,
 
 # -- validation and planning (Python level) ------------------------------------------------
 
-def _geometry(op, input_shape, kernel_shape, strides, padding, dilation_rate):
-    g = conv_geometry(op, input_shape, kernel_shape, strides, padding, dilation_rate)
+def _planned(g):
+    """The checked geometry plus what the direct paths need: the reduction length K and the
+    padded input's size."""
     g["K"] = g["KH"] * g["KW"] * g["C"]
     g["HP"], g["WP"] = _padded_size(g)
     return g
@@ -707,16 +711,6 @@ def _padded(x, xp, top, left):
     if xp.size:
         _run_pad(x, xp, top, left)
     return xp
-
-
-def _shape4(op, name, shape):
-    try:
-        dims = tuple(int(d) for d in shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"{op}: '{name}' must be a tuple of 4 ints, got {shape!r}")
-    if len(dims) != 4 or min(dims) < 0:
-        raise ValueError(f"{op}: '{name}' must be 4 non-negative ints, got {shape!r}")
-    return dims
 
 
 def _pointwise(g):
@@ -780,13 +774,9 @@ def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid", dilation_ra
     pre-activation when the activation needs it for backward (gelu), else None.
     """
     op = "conv2d_forward"
-    act_name = activation_name(op, activation)
-    x = as_float_array(op, "x", x, ndim=4)
-    kernel = as_float_array(op, "kernel", kernel, ndim=4, dtype=x.dtype)
-    g = _geometry(op, x.shape, kernel.shape, strides, padding, dilation_rate)
-    if bias is not None:
-        bias = as_float_array(op, "bias", bias, ndim=1, dtype=x.dtype)
-        check_shape(op, "bias", bias, (g["F"],))
+    act_name, alpha, x, kernel, bias, g = operands.conv2d_forward(
+        HOST, x, kernel, bias, strides, padding, dilation_rate, activation, alpha)
+    g = _planned(g)
     keep_z = act_name in ACTIVATIONS_NEEDING_INPUT
     z = np.empty((g["N"], g["HO"], g["WO"], g["F"]), dtype=x.dtype)
     y = np.empty_like(z) if keep_z else z
@@ -807,11 +797,9 @@ def conv2d_backward_input(dz, kernel, input_shape, strides=(1, 1), padding="vali
                           dilation_rate=(1, 1)):
     """dx (N, H, W, C) = gradient of the conv w.r.t. its input, from dz (N, HO, WO, F)."""
     op = "conv2d_backward_input"
-    dz = as_float_array(op, "dz", dz, ndim=4)
-    kernel = as_float_array(op, "kernel", kernel, ndim=4, dtype=dz.dtype)
-    input_shape = _shape4(op, "input_shape", input_shape)
-    g = _geometry(op, input_shape, kernel.shape, strides, padding, dilation_rate)
-    check_shape(op, "dz", dz, (g["N"], g["HO"], g["WO"], g["F"]))
+    dz, kernel, input_shape, g = operands.conv2d_backward_input(
+        HOST, dz, kernel, input_shape, strides, padding, dilation_rate)
+    g = _planned(g)
     if not (dz.size and 0 not in input_shape):
         return np.zeros(input_shape, dtype=dz.dtype)
     if _use_direct(g, op):
@@ -857,11 +845,9 @@ def conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
                            dilation_rate=(1, 1)):
     """dkernel (KH, KW, C, F) = gradient of the conv w.r.t. its kernel."""
     op = "conv2d_backward_weight"
-    x = as_float_array(op, "x", x, ndim=4)
-    dz = as_float_array(op, "dz", dz, ndim=4, dtype=x.dtype)
-    kernel_shape = _shape4(op, "kernel_shape", kernel_shape)
-    g = _geometry(op, x.shape, kernel_shape, strides, padding, dilation_rate)
-    check_shape(op, "dz", dz, (g["N"], g["HO"], g["WO"], g["F"]))
+    x, dz, kernel_shape, g = operands.conv2d_backward_weight(
+        HOST, x, dz, kernel_shape, strides, padding, dilation_rate)
+    g = _planned(g)
     dw = np.zeros(kernel_shape, dtype=x.dtype)
     if dz.size and dw.size:
         if _use_direct(g, op):
@@ -906,12 +892,9 @@ def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
     writes dz straight into the zero-padded buffer that backward_input's forward conv
     reads: the standalone ops would write dz, read it back for dkernel and once more to pad
     it. Otherwise the ops run one after the other (api.conv2d_backward_composed)."""
-    op = "conv2d_backward"
-    name, a, dy, z, y = activation_backward_operands(op, dy, z, y, activation, alpha)
-    x = as_float_array(op, "x", x, ndim=4, dtype=dy.dtype)
-    kernel = as_float_array(op, "kernel", kernel, ndim=4, dtype=dy.dtype)
-    g = _geometry(op, x.shape, kernel.shape, strides, padding, dilation_rate)
-    check_shape(op, "dy", dy, (g["N"], g["HO"], g["WO"], g["F"]))
+    name, a, dy, x, z, y, kernel, g = operands.conv2d_backward(
+        HOST, dy, x, z, y, kernel, strides, padding, dilation_rate, activation, alpha)
+    g = _planned(g)
     direct_input = need_input_grad and _use_direct(g, "conv2d_backward_input")
     if direct_input:
         gt, top, left = _input_grad_geometry(g, x.shape)
@@ -923,8 +906,7 @@ def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
         dz_shape = dy.shape
         fits = True
     if not (dy.size and kernel.size and fits and _use_direct(g, "conv2d_backward_weight")):
-        from pynn.backend import cpu
-        return conv2d_backward_composed(cpu, dy, x, z, y, kernel, strides, padding,
+        return conv2d_backward_composed(_COMPOSED, dy, x, z, y, kernel, strides, padding,
                                         dilation_rate, name, a, use_bias, need_input_grad)
     # act_grad reads z only for gelu and y only for the others: the unused one may alias.
     z_flat = (z if z is not None else y).reshape(-1)
@@ -951,3 +933,10 @@ def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
             dx = conv2d_backward_input(dzb, kernel, x.shape, strides, padding, dilation_rate)
     db = dbpart.reshape(slabs, g["F"]).sum(axis=0).astype(dy.dtype) if use_bias else None
     return dx, dw, db
+
+
+# The ops conv2d_backward_composed runs in turn where the fused pass does not apply.
+_COMPOSED = SimpleNamespace(
+    activation_backward=activation_backward, activation_bias_backward=activation_bias_backward,
+    bias_backward=bias_backward, conv2d_backward_input=conv2d_backward_input,
+    conv2d_backward_weight=conv2d_backward_weight)

@@ -26,9 +26,8 @@ from _activation cimport (
 )
 
 from pynn._config import usable_cores
-from pynn.backend._validate import (
-    activation_name, as_float_array, check_shape, same_dtype,
-)
+from pynn.backend.operands import dense as operands
+from pynn.backend.operands.common import HOST
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
 
 
@@ -217,14 +216,8 @@ def _bias_act(floating[:, ::1] z, floating[:, ::1] y, bias, int act, double alph
 def dense_forward(x, kernel, bias, activation="linear", alpha=0.0):
     """y = act(x @ kernel + bias) -> (y, z); z is the pre-activation when the activation
     needs it for backward (gelu), else None."""
-    op = "dense_forward"
-    act_name = activation_name(op, activation)
-    x = as_float_array(op, "x", x, ndim=2)
-    kernel = as_float_array(op, "kernel", kernel, ndim=2, dtype=x.dtype)
-    check_shape(op, "kernel", kernel, (x.shape[1], None))
-    if bias is not None:
-        bias = as_float_array(op, "bias", bias, ndim=1, dtype=x.dtype)
-        check_shape(op, "bias", bias, (kernel.shape[1],))
+    act_name, alpha, x, kernel, bias = operands.dense_forward(HOST, x, kernel, bias,
+                                                              activation, alpha)
     n, units = x.shape[0], kernel.shape[1]
     z = np.empty((n, units), dtype=x.dtype)
     act = ACTIVATIONS.index(act_name)
@@ -239,10 +232,7 @@ def dense_forward(x, kernel, bias, activation="linear", alpha=0.0):
 
 def dense_backward_input(dz, kernel):
     """dx = dz @ kernel.T, shape (N, C)."""
-    op = "dense_backward_input"
-    dz = as_float_array(op, "dz", dz, ndim=2)
-    kernel = as_float_array(op, "kernel", kernel, ndim=2, dtype=dz.dtype)
-    check_shape(op, "kernel", kernel, (None, dz.shape[1]))
+    dz, kernel = operands.dense_backward_input(HOST, dz, kernel)
     dx = np.empty((dz.shape[0], kernel.shape[0]), dtype=dz.dtype)
     if _gemm_one_region(False, True, dz, kernel, dx, dz.shape[1], None, None, 0, 0.0):
         return dx
@@ -252,10 +242,7 @@ def dense_backward_input(dz, kernel):
 
 def dense_backward_weight(x, dz):
     """dkernel = x.T @ dz, shape (C, U)."""
-    op = "dense_backward_weight"
-    x = as_float_array(op, "x", x, ndim=2)
-    dz = as_float_array(op, "dz", dz, ndim=2, dtype=x.dtype)
-    check_shape(op, "dz", dz, (x.shape[0], None))
+    x, dz = operands.dense_backward_weight(HOST, x, dz)
     dw = np.empty((x.shape[1], dz.shape[1]), dtype=x.dtype)
     if _gemm_one_region(True, False, x, dz, dw, x.shape[0], None, None, 0, 0.0):
         return dw
@@ -286,10 +273,7 @@ def _column_sums(const floating[:, ::1] a, floating[::1] out):
 
 def bias_backward(dz):
     """Sum of dz over every axis but the last."""
-    op = "bias_backward"
-    dz = as_float_array(op, "dz", dz)
-    if dz.ndim < 1:
-        raise ValueError(f"{op}: 'dz' must have at least 1 dimension, got shape {dz.shape}")
+    dz = operands.bias_backward(HOST, dz)
     cols = dz.shape[dz.ndim - 1]
     flat = dz.reshape(-1, cols) if cols else dz.reshape(0, 0)
     out = np.zeros(cols, dtype=dz.dtype)

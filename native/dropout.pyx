@@ -23,8 +23,6 @@ and the OpenCL twin (opencl/dropout.cl) reproduces it bit for bit from this reci
 A layer draws fresh masks by advancing ``offset`` by x.size after each call with a fixed seed
 (Keras: survivors scaled by 1/(1-rate), identity outside training).
 """
-import math
-import operator
 
 import numpy as np
 
@@ -33,7 +31,8 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 from _activation cimport floating
 
-from pynn.backend._validate import as_float_array
+from pynn.backend.operands import dropout as operands
+from pynn.backend.operands.common import HOST
 
 cdef extern from *:
     """
@@ -75,11 +74,7 @@ cdef inline void philox4x32_10(uint32_t* ctr, uint32_t k0, uint32_t k1) noexcept
 def philox4x32_10_block(counter, key):
     """Random123's philox4x32_R(10, counter, key) for 4 counter and 2 key words (tests)."""
     cdef uint32_t ctr[4]
-    c = [int(v) for v in counter]
-    k = [int(v) for v in key]
-    if len(c) != 4 or len(k) != 2 or not all(0 <= v < 2**32 for v in c + k):
-        raise ValueError("philox4x32_10_block: expected 4 counter and 2 key uint32 words, "
-                         f"got counter={counter!r}, key={key!r}")
+    c, k = operands.philox4x32_10_block(counter, key)
     for j in range(4):
         ctr[j] = c[j]
     philox4x32_10(ctr, k[0], k[1])
@@ -234,43 +229,16 @@ def _dropout_backward(const floating[::1] dy,     # IN  (n,)
             dx[i] = keep_or_zero(dy[i] * s, mask[i])
 
 
-def _check_rate(op, rate):
-    try:
-        r = float(rate)
-    except (TypeError, ValueError):
-        raise TypeError(f"{op}: 'rate' must be a number, got {rate!r}") from None
-    if not (0.0 <= r < 1.0):
-        raise ValueError(f"{op}: 'rate' must be in [0, 1), got {rate!r}")
-    return r
-
-
-def _check_u64(op, name, value):
-    if isinstance(value, bool):
-        raise TypeError(f"{op}: '{name}' must be an int, got {value!r}")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{op}: '{name}' must be an int, got {value!r}") from None
-    if not 0 <= v < 2**64:
-        raise ValueError(f"{op}: '{name}' must be in [0, 2**64), got {v}")
-    return v
-
-
 def dropout_threshold(rate):
     """The uint32 keep threshold floor(rate * 2^32) of the design note (the OpenCL host
     passes the same number)."""
-    return int(math.floor(_check_rate("dropout_threshold", rate) * 4294967296.0))
+    return operands.dropout_threshold(rate)
 
 
 def dropout_forward(x, rate, seed, offset=0):
     """Inverted dropout -> (y, mask). mask is uint8 shaped like x (1 keep, 0 drop); survivors
     are scaled by 1/(1-rate). See the design note for the exact bit recipe."""
-    op = "dropout_forward"
-    r = _check_rate(op, rate)
-    seed = _check_u64(op, "seed", seed)
-    offset = _check_u64(op, "offset", offset)
-    shape = np.shape(x) if x is not None else None
-    x = as_float_array(op, "x", x).reshape(shape)  # 0-d stays 0-d
+    r, seed, offset, x = operands.dropout_forward(HOST, x, rate, seed, offset)
     y = np.empty_like(x)
     mask = np.empty(x.shape, dtype=np.uint8)
     if x.size == 0:
@@ -282,20 +250,7 @@ def dropout_forward(x, rate, seed, offset=0):
 
 def dropout_backward(dy, mask, rate):
     """dx = dy * mask / (1 - rate), shape and dtype of dy."""
-    op = "dropout_backward"
-    r = _check_rate(op, rate)
-    shape = np.shape(dy) if dy is not None else None
-    dy = as_float_array(op, "dy", dy).reshape(shape)
-    if mask is None:
-        raise ValueError(f"{op}: 'mask' is required, got None")
-    mask = np.asarray(mask)
-    if mask.dtype == np.bool_:
-        mask = mask.view(np.uint8)
-    if mask.dtype != np.uint8:
-        raise TypeError(f"{op}: 'mask' must be uint8 (or bool), got dtype {mask.dtype}")
-    if mask.shape != dy.shape:
-        raise ValueError(f"{op}: 'mask' must have the shape of dy {dy.shape}, got {mask.shape}")
-    mask = np.ascontiguousarray(mask)
+    r, dy, mask = operands.dropout_backward(HOST, dy, mask, rate)
     dx = np.empty_like(dy)
     if dy.size == 0:
         return dx

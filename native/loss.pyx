@@ -34,8 +34,8 @@ from libc.math cimport exp, log, log1p, fabs, fmax
 
 from _activation cimport floating
 
-from pynn.backend._validate import as_float_array, huber_delta
-from pynn.backend.api import LOSSES
+from pynn.backend.operands import loss as operands
+from pynn.backend.operands.common import HOST
 
 cdef enum:
     LOSS_MSE = 0
@@ -51,11 +51,7 @@ cdef enum:
     # costs more); blocks and rows are summed the same way either way.
     PARALLEL_MIN = 32768
 
-cdef extern from *:
-    """
-    #define PYNN_KERAS_EPSILON 1e-7
-    """
-    double KERAS_EPSILON "PYNN_KERAS_EPSILON"
+KERAS_EPSILON = operands.KERAS_EPSILON
 
 
 cdef inline double sign(double d) noexcept nogil:
@@ -228,74 +224,13 @@ def _sparse(const int[::1] labels,           # IN  (N,) class ids in [0, K)
                                      k, from_logits, lo, hi, scale)
 
 
-# -- argument checks (shared with metric.pyx) ---------------------------------------------
-
-def _match_target_shape(op, y_true, y_pred):
-    """y_true reshaped to y_pred's shape, accepting Keras's squeeze_or_expand_to_same_rank
-    case (ranks differ by one and the longer shape ends in 1)."""
-    ts, ps = tuple(y_true.shape), tuple(y_pred.shape)
-    if ts == ps:
-        return y_true
-    if (len(ts) == len(ps) + 1 and ts[len(ts) - 1] == 1 and ts[:len(ps)] == ps) or (
-        len(ps) == len(ts) + 1 and ps[len(ps) - 1] == 1 and ps[:len(ts)] == ts
-    ):
-        return y_true.reshape(ps)
-    raise ValueError(f"{op}: 'y_true' must have the shape of 'y_pred' {ps}, got {ts}")
-
-
-def _sparse_labels(op, y_true, lead_shape, k):
-    """Flat int32 class ids from y_true of shape lead_shape or lead_shape + (1,), each in
-    [0, k). Float labels are accepted when they hold whole numbers."""
-    if y_true is None:
-        raise ValueError(f"{op}: 'y_true' is required, got None")
-    arr = np.asarray(y_true)
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.int64)
-    if not np.issubdtype(arr.dtype, np.integer):
-        if not np.issubdtype(arr.dtype, np.floating):
-            raise TypeError(f"{op}: sparse 'y_true' must hold integer class ids, got dtype "
-                            f"{arr.dtype}")
-        whole = np.isfinite(arr) & (arr == np.round(arr))
-        if not np.all(whole):
-            bad = arr.reshape(-1)[np.argmin(whole.reshape(-1))]
-            raise ValueError(f"{op}: sparse 'y_true' must hold integer class ids, got {bad}")
-    lead_shape = tuple(lead_shape)
-    if arr.shape != lead_shape and arr.shape != lead_shape + (1,):
-        raise ValueError(f"{op}: sparse 'y_true' must have shape {lead_shape} or "
-                         f"{lead_shape + (1,)} for y_pred with {k} classes, got {arr.shape}")
-    flat = arr.reshape(-1)
-    if flat.size:
-        bad_mask = (flat < 0) | (flat >= k)
-        if np.any(bad_mask):
-            bad = flat[np.argmax(bad_mask)]
-            raise ValueError(f"{op}: label {bad.item()} out of range: class ids must lie in "
-                             f"[0, {k}) for y_pred with K={k} classes")
-    return np.ascontiguousarray(flat, dtype=np.intc)
-
-
 def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
                           need_grad=True):
     """-> (loss: float, grad or None). grad = d(mean loss)/d(y_pred), shape and dtype of
     y_pred. ``param`` is huber's delta (None: 1.0). An empty batch gives (0.0, empty grad)."""
-    op = "loss_forward_backward"
-    if not isinstance(name, str) or name not in LOSSES:
-        raise ValueError(f"{op}: unknown loss {name!r}; expected one of {LOSSES}")
-    code = LOSSES.index(name)
-    from_logits = bool(from_logits)
-    need_grad = bool(need_grad)
-    delta = huber_delta(op, param) if code == LOSS_HUBER else 0.0
-    if y_true is None:
-        raise ValueError(f"{op}: 'y_true' is required, got None")
-    if y_pred is not None and np.ndim(y_pred) < 1:
-        raise ValueError(f"{op}: 'y_pred' must have at least 1 dimension, got shape ()")
-    y_pred = as_float_array(op, "y_pred", y_pred)
+    code, targets, y_pred, from_logits, delta, need_grad = operands.loss_forward_backward(
+        HOST, name, y_true, y_pred, from_logits, param, need_grad)
     k = y_pred.shape[y_pred.ndim - 1]
-    lead = y_pred.shape[:y_pred.ndim - 1]
-    if code == LOSS_SCCE:
-        labels = _sparse_labels(op, y_true, lead, k)
-    else:
-        y_true = as_float_array(op, "y_true", y_true, dtype=y_pred.dtype)
-        y_true = _match_target_shape(op, y_true, y_pred)
     grad = np.empty_like(y_pred) if need_grad else None
     if y_pred.size == 0:
         return 0.0, grad
@@ -308,16 +243,16 @@ def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
         g2 = grad.reshape(rows, k) if need_grad else np.empty((0, 0), y_pred.dtype)
         partial = np.empty(rows, dtype=np.float64)
         if code == LOSS_CCE:
-            _categorical(y_true.reshape(rows, k), p2, g2, from_logits, lo, hi, 1.0 / rows,
+            _categorical(targets.reshape(rows, k), p2, g2, from_logits, lo, hi, 1.0 / rows,
                          partial)
         else:
-            _sparse(labels, p2, g2, from_logits, lo, hi, 1.0 / rows, partial)
+            _sparse(targets, p2, g2, from_logits, lo, hi, 1.0 / rows, partial)
         denom = rows
     else:
         n = y_pred.size
         partial = np.empty(-(-n // BLOCK), dtype=np.float64)
         g1 = grad.reshape(-1) if need_grad else np.empty(0, y_pred.dtype)
-        _pointwise(code, y_true.reshape(-1), y_pred.reshape(-1), g1, from_logits, delta, lo,
+        _pointwise(code, targets.reshape(-1), y_pred.reshape(-1), g1, from_logits, delta, lo,
                    hi, 1.0 / n, partial)
         denom = n
     # The partials are bit-identical for any thread count, and so is their sum.

@@ -16,23 +16,15 @@ Legend: N rows, K classes (the last axis of a 2-D y_pred), n elements (binary me
 Counts are integer sums, exact and order-free, so any thread count gives the same answer.
 The threshold is rounded to y_pred's dtype before comparing, as Keras's tensors do.
 """
-import math
-
 import numpy as np
 
 from cython.parallel cimport prange
 
 from _activation cimport floating
 
-from pynn._native.loss import _match_target_shape, _sparse_labels
-from pynn.backend._validate import as_float_array
+from pynn.backend.operands import metric as operands
+from pynn.backend.operands.common import HOST
 
-cdef enum:
-    MODE_BINARY = 0
-    MODE_CATEGORICAL = 1
-    MODE_SPARSE = 2
-
-MODES = ("binary", "categorical", "sparse")
 
 
 cdef inline Py_ssize_t argmax_row(const floating* a, Py_ssize_t k) noexcept nogil:
@@ -103,82 +95,35 @@ def _confusion(const floating[::1] t, const floating[::1] p, double threshold):
     return tp, fp, fn
 
 
-def _check_threshold(op, threshold):
-    try:
-        thr = float(threshold)
-    except (TypeError, ValueError):
-        raise TypeError(f"{op}: 'threshold' must be a number, got {threshold!r}") from None
-    if math.isnan(thr):
-        raise ValueError(f"{op}: 'threshold' must not be NaN")
-    return thr
-
-
-def _scores_2d(op, y_pred):
-    y_pred = as_float_array(op, "y_pred", y_pred)
-    if y_pred.ndim != 2:
-        raise ValueError(f"{op}: 'y_pred' must have shape (N, K), got {y_pred.shape}")
-    return y_pred
-
-
-def _targets(op, y_true, y_pred, sparse):
-    """(one-hot targets or an empty (0, 0), labels or an empty (0,)) for 2-D y_pred."""
-    n, k = y_pred.shape
-    if y_true is None:
-        raise ValueError(f"{op}: 'y_true' is required, got None")
-    if sparse:
-        return np.empty((0, 0), y_pred.dtype), _sparse_labels(op, y_true, (n,), k)
-    t = as_float_array(op, "y_true", y_true, dtype=y_pred.dtype)
-    if t.shape != y_pred.shape:
-        raise ValueError(f"{op}: one-hot 'y_true' must have the shape of 'y_pred' "
-                         f"{y_pred.shape}, got {t.shape}")
-    return t, np.empty(0, np.intc)
-
-
 def accuracy_count(y_true, y_pred, mode, threshold=0.5):
     """Number of correct predictions in the batch (an int); see the design note."""
-    op = "accuracy_count"
-    if mode not in MODES:
-        raise ValueError(f"{op}: mode must be one of {MODES}, got {mode!r}")
-    if MODES.index(mode) == MODE_BINARY:
-        thr = _check_threshold(op, threshold)
-        if y_true is None:
-            raise ValueError(f"{op}: 'y_true' is required, got None")
-        y_pred = as_float_array(op, "y_pred", y_pred)
-        y_true = _match_target_shape(
-            op, as_float_array(op, "y_true", y_true, dtype=y_pred.dtype), y_pred)
-        if y_pred.size == 0:
-            return 0
-        return int(_binary_matches(y_true.reshape(-1), y_pred.reshape(-1), thr))
-    y_pred = _scores_2d(op, y_pred)
-    t, labels = _targets(op, y_true, y_pred, mode == "sparse")
+    mode, targets, y_pred, thr = operands.accuracy_count(HOST, y_true, y_pred, mode, threshold)
     if y_pred.size == 0:
         return 0
-    return int(_argmax_matches(t, labels, y_pred, 0))
+    if mode == "binary":
+        return int(_binary_matches(targets.reshape(-1), y_pred.reshape(-1), thr))
+    return _ranked_count(targets, y_pred, mode == "sparse", 0)
+
+
+def _ranked_count(targets, scores, sparse, top):
+    if scores.size == 0:
+        return 0
+    if sparse:
+        return int(_argmax_matches(np.empty((0, 0), scores.dtype), targets, scores, top))
+    return int(_argmax_matches(targets, np.empty(0, np.intc), scores, top))
 
 
 def top_k_count(y_true, y_pred, k=5, sparse=False):
     """Number of rows whose target is among the top k scores (Keras in_top_k: ties at the
     boundary count as in)."""
-    op = "top_k_count"
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"{op}: 'k' must be an int >= 1, got {k!r}")
-    y_pred = _scores_2d(op, y_pred)
-    t, labels = _targets(op, y_true, y_pred, bool(sparse))
-    if y_pred.size == 0:
-        return 0
-    return int(_argmax_matches(t, labels, y_pred, int(k)))
+    targets, scores, k, sparse = operands.top_k_count(HOST, y_true, y_pred, k, sparse)
+    return _ranked_count(targets, scores, sparse, k)
 
 
 def confusion_counts(y_true, y_pred, threshold=0.5):
     """(tp, fp, fn) as ints: label positive iff y_true != 0, prediction iff y_pred >
     threshold, over every element."""
-    op = "confusion_counts"
-    thr = _check_threshold(op, threshold)
-    if y_true is None:
-        raise ValueError(f"{op}: 'y_true' is required, got None")
-    y_pred = as_float_array(op, "y_pred", y_pred)
-    y_true = _match_target_shape(
-        op, as_float_array(op, "y_true", y_true, dtype=y_pred.dtype), y_pred)
+    y_true, y_pred, thr = operands.confusion_counts(HOST, y_true, y_pred, threshold)
     if y_pred.size == 0:
         return 0, 0, 0
     tp, fp, fn = _confusion(y_true.reshape(-1), y_pred.reshape(-1), thr)

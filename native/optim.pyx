@@ -29,7 +29,8 @@ from cython.parallel cimport prange
 from libc.math cimport sqrt, fabs, fma, fmaf
 from libc.float cimport FLT_MIN, DBL_MIN
 
-from pynn.backend._validate import FLOAT_DTYPES, as_float_array
+from pynn.backend.operands import optim as operands
+from pynn.backend.operands.common import HOST
 
 ctypedef fused floating:
     float
@@ -43,86 +44,11 @@ cdef enum:
     PARALLEL_MIN = 32768
 
 
-# -- argument checks (run with the GIL, before any kernel) ----------------------------------
-
-def _param(op, name, a):
-    """The array updated in place: a writable, C-contiguous float ndarray, returned flat."""
-    if a is None:
-        raise ValueError(f"{op}: '{name}' is required, got None")
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{op}: '{name}' must be a numpy.ndarray (updated in place), "
-                        f"got {type(a).__name__}")
-    if a.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{op}: '{name}' must be float32 or float64, got {a.dtype}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{op}: '{name}' must be C-contiguous (it is updated in place)")
-    if not a.flags.writeable:
-        raise ValueError(f"{op}: '{name}' must be writable (it is updated in place)")
-    return a.reshape(-1)
-
-
-def _slot(op, name, a, w):
-    """An optimizer slot: like ``w`` in shape and dtype, writable, not overlapping ``w``."""
-    if a is None:
-        return None
-    flat = _param(op, name, a)
-    if a.dtype != w.dtype:
-        raise TypeError(f"{op}: '{name}' must have the dtype of 'w' ({w.dtype}), got {a.dtype}")
-    if a.shape != w.shape:
-        raise ValueError(f"{op}: '{name}' must have the shape of 'w' {w.shape}, got {a.shape}")
-    if a.size and np.may_share_memory(a, w):
-        raise ValueError(f"{op}: '{name}' must not share memory with 'w'")
-    return flat
-
-
-def _distinct(op, **slots):
-    named = [(n, a) for n, a in slots.items() if a is not None and a.size]
-    for i in range(len(named)):
-        for j in range(i + 1, len(named)):
-            if np.may_share_memory(named[i][1], named[j][1]):
-                raise ValueError(f"{op}: '{named[i][0]}' and '{named[j][0]}' must not share "
-                                 f"memory")
-
-
-def _grad(op, g, w):
-    """The gradient: read only, converted to w's dtype when needed, same shape as w."""
-    g = as_float_array(op, "g", g, dtype=w.dtype)
-    if g.shape != w.shape:
-        raise ValueError(f"{op}: 'g' must have the shape of 'w' {w.shape}, got {g.shape}")
-    return g.reshape(-1)
-
-
-def _number(op, name, value, lo=None, hi=None, lo_open=False, hi_open=False,
-            allow_nan=False):
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{op}: '{name}' must be a real number, got {value!r}")
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{op}: '{name}' must be a real number, got {value!r}")
-    if math.isnan(x):
-        if allow_nan:
-            return x
-        raise ValueError(f"{op}: '{name}' must not be NaN")
-    if math.isinf(x) and not allow_nan:
-        raise ValueError(f"{op}: '{name}' must be finite, got {x}")
-    bad = ((lo is not None and (x < lo or (lo_open and x == lo)))
-           or (hi is not None and (x > hi or (hi_open and x == hi))))
-    if bad:
-        lb = "(" if lo_open else "["
-        rb = ")" if hi_open else "]"
-        raise ValueError(f"{op}: '{name}' must be in {lb}{lo if lo is not None else '-inf'}, "
-                         f"{hi if hi is not None else 'inf'}{rb}, got {x}")
-    return x
-
-
-def _clip_args(op, grad_scale, clipvalue, weight_decay, lr):
-    # grad_scale may be NaN: a non-finite global norm poisons the step exactly as in Keras.
-    scale = _number(op, "grad_scale", grad_scale, lo=0.0, allow_nan=True)
-    clip = _number(op, "clipvalue", clipvalue)
-    decay = _number(op, "weight_decay", weight_decay, lo=0.0)
-    # No clipvalue (0 or less) becomes an infinite bound: the kernels clip unconditionally.
-    return scale, (clip if clip > 0 else math.inf), decay * lr
+def _clip(clip):
+    """(grad_scale, clipvalue, decay) as the kernels take them: no clipvalue (0 or less)
+    becomes an infinite bound, so the kernels clip unconditionally."""
+    scale, clipvalue, decay = clip
+    return scale, (clipvalue if clipvalue > 0 else math.inf), decay
 
 
 # -- per-element pieces shared by every rule ------------------------------------------------
@@ -248,9 +174,7 @@ def sum_squares(a):
     """sum(a**2) over every element, accumulated in double; a Python float.
 
     Deterministic for any thread count (fixed blocks, fixed combine order)."""
-    op = "sum_squares"
-    a = as_float_array(op, "a", a)
-    return float(_sum_squares(a.reshape(-1)))
+    return float(_sum_squares(operands.sum_squares(HOST, a).reshape(-1)))
 
 
 cdef inline void block_regularize(const floating* w, floating* grad, Py_ssize_t n,
@@ -297,20 +221,10 @@ def _regularize(const floating[::1] w, floating[::1] grad, double l1, double l2)
 def regularizer_inplace(w, grad, l1, l2):
     """grad += l1*sign(w) + 2*l2*w (IN/OUT grad); returns the penalty
     l1*sum|w| + l2*sum(w**2) (Keras's L1L2, no 1/2) as a Python float."""
-    op = "regularizer_inplace"
-    l1 = _number(op, "l1", l1, lo=0.0)
-    l2 = _number(op, "l2", l2, lo=0.0)
-    w = as_float_array(op, "w", w)
-    flat_grad = _param(op, "grad", grad)
-    if grad.dtype != w.dtype:
-        raise TypeError(f"{op}: 'grad' must have the dtype of 'w' ({w.dtype}), got {grad.dtype}")
-    if grad.shape != w.shape:
-        raise ValueError(f"{op}: 'grad' must have the shape of 'w' {w.shape}, got {grad.shape}")
-    if grad.size and np.may_share_memory(grad, w):
-        raise ValueError(f"{op}: 'grad' must not share memory with 'w'")
+    w, grad, l1, l2 = operands.regularizer_inplace(HOST, w, grad, l1, l2)
     if l1 == 0.0 and l2 == 0.0:
         return 0.0
-    return float(_regularize(w.reshape(-1), flat_grad, l1, l2))
+    return float(_regularize(w.reshape(-1), grad.reshape(-1), l1, l2))
 
 
 # -- SGD ------------------------------------------------------------------------------------
@@ -348,17 +262,11 @@ def sgd_update(w, g, momentum_buf, lr, momentum, nesterov, grad_scale, clipvalue
 
     momentum_buf None: w -= lr*g. Else m = momentum*m - lr*g, then w += m, or with nesterov
     w += momentum*m - lr*g (Keras 3)."""
-    op = "sgd_update"
-    flat_w = _param(op, "w", w)
-    flat_g = _grad(op, g, w)
-    flat_m = _slot(op, "momentum_buf", momentum_buf, w)
-    lr = _number(op, "lr", lr)
-    momentum = _number(op, "momentum", momentum, lo=0.0)
-    if momentum != 0.0 and flat_m is None:
-        raise ValueError(f"{op}: momentum={momentum} needs a 'momentum_buf' slot, got None")
-    scale, clip, decay = _clip_args(op, grad_scale, clipvalue, weight_decay, lr)
-    _sgd(flat_w, flat_g, flat_w if flat_m is None else flat_m, flat_m is not None,
-         lr, momentum, bool(nesterov), scale, clip, decay)
+    w, g, buf, lr, momentum, nesterov, clip = operands.sgd_update(
+        HOST, w, g, momentum_buf, lr, momentum, nesterov, grad_scale, clipvalue, weight_decay)
+    flat_w = w.reshape(-1)
+    _sgd(flat_w, g.reshape(-1), flat_w if buf is None else buf.reshape(-1), buf is not None,
+         lr, momentum, nesterov, *_clip(clip))
 
 
 # -- Adam / AdamW ---------------------------------------------------------------------------
@@ -402,17 +310,6 @@ def _adam(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1]
                 w[i] = wi - (mi * alpha_) / (<floating>sqrt(vi) + eps)
 
 
-def _adam_step_size(dt, lr, beta_1, beta_2, t):
-    """lr*sqrt(1-beta_2**t)/(1-beta_1**t) in the parameter's dtype ``dt``, as Keras forms it.
-
-    In float32 the betas themselves round (0.999 -> 0.99900001), which moves 1-beta_2**t by
-    ~1e-5 relative at t=1; matching Keras to 1e-6 needs the same rounding, not exact math."""
-    one = dt(1)
-    b1_power = dt(float(dt(beta_1)) ** t)
-    b2_power = dt(float(dt(beta_2)) ** t)
-    return float(dt(lr) * np.sqrt(one - b2_power) / (one - b1_power))
-
-
 def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale,
                 clipvalue, weight_decay):
     """Adam (AdamW with weight_decay) step in place (IN/OUT w, m, v, vhat; IN g).
@@ -420,26 +317,13 @@ def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale,
     alpha = lr*sqrt(1-beta_2**t)/(1-beta_1**t); m += (g-m)(1-beta_1); v += (g*g-v)(1-beta_2);
     vhat = max(vhat, v) when vhat is given (amsgrad); w -= alpha*m/(sqrt(v or vhat) + epsilon).
     t is the 1-based step."""
-    op = "adam_update"
-    flat_w = _param(op, "w", w)
-    flat_g = _grad(op, g, w)
-    if m is None or v is None:
-        raise ValueError(f"{op}: slots 'm' and 'v' are required, got m={type(m).__name__}, "
-                         f"v={type(v).__name__}")
-    flat_m = _slot(op, "m", m, w)
-    flat_v = _slot(op, "v", v, w)
-    flat_vhat = _slot(op, "vhat", vhat, w)
-    _distinct(op, m=m, v=v, vhat=vhat)
-    lr = _number(op, "lr", lr)
-    beta_1 = _number(op, "beta_1", beta_1, lo=0.0, hi=1.0, hi_open=True)
-    beta_2 = _number(op, "beta_2", beta_2, lo=0.0, hi=1.0, hi_open=True)
-    epsilon = _number(op, "epsilon", epsilon, lo=0.0)
-    if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)) or t < 1:
-        raise ValueError(f"{op}: 't' must be an int >= 1 (the 1-based step), got {t!r}")
-    scale, clip, decay = _clip_args(op, grad_scale, clipvalue, weight_decay, lr)
-    alpha = _adam_step_size(w.dtype.type, lr, beta_1, beta_2, int(t))
-    _adam(flat_w, flat_g, flat_m, flat_v, flat_w if flat_vhat is None else flat_vhat,
-          flat_vhat is not None, alpha, beta_1, beta_2, epsilon, scale, clip, decay)
+    w, g, m, v, vhat, alpha, beta_1, beta_2, epsilon, clip = operands.adam_update(
+        HOST, w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
+        weight_decay)
+    flat_w = w.reshape(-1)
+    _adam(flat_w, g.reshape(-1), m.reshape(-1), v.reshape(-1),
+          flat_w if vhat is None else vhat.reshape(-1), vhat is not None, alpha, beta_1,
+          beta_2, epsilon, *_clip(clip))
 
 
 # -- RMSprop --------------------------------------------------------------------------------
@@ -512,25 +396,14 @@ def rmsprop_update(w, g, velocity, momentum_buf, average_grad, lr, rho, momentum
     v = rho*v + (1-rho)*g*g; centered (average_grad given): a = rho*a + (1-rho)*g and
     den = v - a*a + epsilon, else den = v + epsilon; inc = lr*g/sqrt(den); with momentum_buf
     mom = momentum*mom + inc, w -= mom; else w -= inc."""
-    op = "rmsprop_update"
-    flat_w = _param(op, "w", w)
-    flat_g = _grad(op, g, w)
-    if velocity is None:
-        raise ValueError(f"{op}: slot 'velocity' is required, got None")
-    flat_vel = _slot(op, "velocity", velocity, w)
-    flat_mom = _slot(op, "momentum_buf", momentum_buf, w)
-    flat_avg = _slot(op, "average_grad", average_grad, w)
-    _distinct(op, velocity=velocity, momentum_buf=momentum_buf, average_grad=average_grad)
-    lr = _number(op, "lr", lr)
-    rho = _number(op, "rho", rho, lo=0.0, hi=1.0)
-    momentum = _number(op, "momentum", momentum, lo=0.0)
-    if momentum > 0.0 and flat_mom is None:
-        raise ValueError(f"{op}: momentum={momentum} needs a 'momentum_buf' slot, got None")
-    epsilon = _number(op, "epsilon", epsilon, lo=0.0)
-    scale, clip, decay = _clip_args(op, grad_scale, clipvalue, weight_decay, lr)
-    _rmsprop(flat_w, flat_g, flat_vel, flat_w if flat_mom is None else flat_mom,
-             flat_mom is not None, flat_w if flat_avg is None else flat_avg,
-             flat_avg is not None, lr, rho, momentum, epsilon, scale, clip, decay)
+    w, g, vel, mom, avg, lr, rho, momentum, epsilon, clip = operands.rmsprop_update(
+        HOST, w, g, velocity, momentum_buf, average_grad, lr, rho, momentum, epsilon,
+        grad_scale, clipvalue, weight_decay)
+    flat_w = w.reshape(-1)
+    _rmsprop(flat_w, g.reshape(-1), vel.reshape(-1),
+             flat_w if mom is None else mom.reshape(-1), mom is not None,
+             flat_w if avg is None else avg.reshape(-1), avg is not None, lr, rho, momentum,
+             epsilon, *_clip(clip))
 
 
 # -- Adagrad --------------------------------------------------------------------------------
@@ -559,13 +432,6 @@ def adagrad_update(w, g, accumulator, lr, epsilon, grad_scale, clipvalue,
 
     acc += g*g; w -= lr*g/sqrt(acc + epsilon). The accumulator starts at Keras's
     initial_accumulator_value (the caller fills it)."""
-    op = "adagrad_update"
-    flat_w = _param(op, "w", w)
-    flat_g = _grad(op, g, w)
-    if accumulator is None:
-        raise ValueError(f"{op}: slot 'accumulator' is required, got None")
-    flat_acc = _slot(op, "accumulator", accumulator, w)
-    lr = _number(op, "lr", lr)
-    epsilon = _number(op, "epsilon", epsilon, lo=0.0)
-    scale, clip, decay = _clip_args(op, grad_scale, clipvalue, weight_decay, lr)
-    _adagrad(flat_w, flat_g, flat_acc, lr, epsilon, scale, clip, decay)
+    w, g, acc, lr, epsilon, clip = operands.adagrad_update(
+        HOST, w, g, accumulator, lr, epsilon, grad_scale, clipvalue, weight_decay)
+    _adagrad(w.reshape(-1), g.reshape(-1), acc.reshape(-1), lr, epsilon, *_clip(clip))

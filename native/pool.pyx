@@ -24,9 +24,8 @@ import numpy as np
 from cython.parallel cimport prange
 from libc.string cimport memset
 
-from pynn.backend._validate import (
-    as_float_array, as_int_array, check_shape, conv_output_size, padding_mode, pair,
-)
+from pynn.backend.operands import pool as operands
+from pynn.backend.operands.common import HOST
 
 ctypedef fused floating:
     float
@@ -152,9 +151,7 @@ def _maxpool_backward(const floating[:, :, :, ::1] dy, const int[:, :, :, ::1] a
 
 def maxpool2d_forward(x, pool_size, strides, padding="valid"):
     """Max over each window -> (y, argmax); y (N, HO, WO, C), argmax int32 like y."""
-    op = "maxpool2d_forward"
-    x = as_float_array(op, "x", x, ndim=4)
-    g = _geometry(op, x.shape, pool_size, strides, padding)
+    x, g = operands.maxpool2d_forward(HOST, x, pool_size, strides, padding)
     y = np.empty((g["N"], g["HO"], g["WO"], g["C"]), dtype=x.dtype)
     arg = np.empty(y.shape, dtype=np.int32)
     if y.size:
@@ -165,17 +162,9 @@ def maxpool2d_forward(x, pool_size, strides, padding="valid"):
 def maxpool2d_backward(dy, argmax, input_shape):
     """dx (input_shape): dy routed to the pixel argmax names; overlapping windows add."""
     op = "maxpool2d_backward"
-    dy = as_float_array(op, "dy", dy, ndim=4)
-    if argmax is None:
-        raise ValueError(f"{op}: 'argmax' is required, got None")
-    argmax = as_int_array(op, "argmax", argmax, ndim=4)
-    check_shape(op, "argmax", argmax, dy.shape)
-    input_shape = _input_shape(op, input_shape)
-    check_shape(op, "dy", dy, (input_shape[0], None, None, input_shape[3]))
+    dy, argmax, input_shape = operands.maxpool2d_backward(HOST, dy, argmax, input_shape)
     if not dy.size:
         return np.zeros(input_shape, dtype=dy.dtype)
-    if 0 in input_shape:
-        raise ValueError(f"{op}: argmax points into an empty input of shape {input_shape}")
     dx = np.empty(input_shape, dtype=dy.dtype)
     bad = _maxpool_backward(dy, argmax, dx)
     if bad:
@@ -258,9 +247,7 @@ def _avgpool_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx
 
 def avgpool2d_forward(x, pool_size, strides, padding="valid"):
     """Mean over each window's in-bounds pixels; y (N, HO, WO, C)."""
-    op = "avgpool2d_forward"
-    x = as_float_array(op, "x", x, ndim=4)
-    g = _geometry(op, x.shape, pool_size, strides, padding)
+    x, g = operands.avgpool2d_forward(HOST, x, pool_size, strides, padding)
     y = np.empty((g["N"], g["HO"], g["WO"], g["C"]), dtype=x.dtype)
     if y.size:
         _avgpool_forward(x, y, g)
@@ -269,12 +256,8 @@ def avgpool2d_forward(x, pool_size, strides, padding="valid"):
 
 def avgpool2d_backward(dy, input_shape, pool_size, strides, padding="valid"):
     """dx (input_shape): each window spreads dy / (its in-bounds pixel count)."""
-    op = "avgpool2d_backward"
-    dy = as_float_array(op, "dy", dy, ndim=4)
-    input_shape = _input_shape(op, input_shape)
-    g = _geometry(op, input_shape, pool_size, strides, padding)
-    check_shape(op, "dy", dy, (g["N"], g["HO"], g["WO"], g["C"]))
-    dx = np.zeros(input_shape, dtype=dy.dtype)
+    dy, g = operands.avgpool2d_backward(HOST, dy, input_shape, pool_size, strides, padding)
+    dx = np.zeros((g["N"], g["H"], g["W"], g["C"]), dtype=dy.dtype)
     if dy.size:
         _avgpool_backward(dy, dx, g)
     return dx
@@ -367,16 +350,9 @@ def _global_max_backward(const floating[:, ::1] dy, const int[:, ::1] arg,
     return bad
 
 
-def _check_plane(op, shape):
-    if shape[1] == 0 or shape[2] == 0:
-        raise ValueError(f"{op}: global pooling needs H, W >= 1, got input shape {shape}")
-
-
 def global_avgpool2d_forward(x):
     """Mean over H and W: (N, H, W, C) -> (N, C)."""
-    op = "global_avgpool2d_forward"
-    x = as_float_array(op, "x", x, ndim=4)
-    _check_plane(op, x.shape)
+    x = operands.global_avgpool2d_forward(HOST, x)
     y = np.empty((x.shape[0], x.shape[3]), dtype=x.dtype)
     if y.size:
         _global_avg_forward(x, y)
@@ -385,11 +361,7 @@ def global_avgpool2d_forward(x):
 
 def global_avgpool2d_backward(dy, input_shape):
     """dx (N, H, W, C) = dy / (H*W) broadcast over the plane."""
-    op = "global_avgpool2d_backward"
-    dy = as_float_array(op, "dy", dy, ndim=2)
-    input_shape = _input_shape(op, input_shape)
-    _check_plane(op, input_shape)
-    check_shape(op, "dy", dy, (input_shape[0], input_shape[3]))
+    dy, input_shape = operands.global_avgpool2d_backward(HOST, dy, input_shape)
     dx = np.empty(input_shape, dtype=dy.dtype)
     if dx.size:
         _global_avg_backward(dy, dx)
@@ -398,9 +370,7 @@ def global_avgpool2d_backward(dy, input_shape):
 
 def global_maxpool2d_forward(x):
     """Max over H and W -> (y (N, C), argmax (N, C) int32, flat h*W + w)."""
-    op = "global_maxpool2d_forward"
-    x = as_float_array(op, "x", x, ndim=4)
-    _check_plane(op, x.shape)
+    x = operands.global_maxpool2d_forward(HOST, x)
     y = np.empty((x.shape[0], x.shape[3]), dtype=x.dtype)
     arg = np.empty(y.shape, dtype=np.int32)
     if y.size:
@@ -411,14 +381,8 @@ def global_maxpool2d_forward(x):
 def global_maxpool2d_backward(dy, argmax, input_shape):
     """dx (N, H, W, C): dy at the argmax pixel of each (n, c) plane, zeros elsewhere."""
     op = "global_maxpool2d_backward"
-    dy = as_float_array(op, "dy", dy, ndim=2)
-    if argmax is None:
-        raise ValueError(f"{op}: 'argmax' is required, got None")
-    argmax = as_int_array(op, "argmax", argmax, ndim=2)
-    check_shape(op, "argmax", argmax, dy.shape)
-    input_shape = _input_shape(op, input_shape)
-    _check_plane(op, input_shape)
-    check_shape(op, "dy", dy, (input_shape[0], input_shape[3]))
+    dy, argmax, input_shape = operands.global_maxpool2d_backward(HOST, dy, argmax,
+                                                                 input_shape)
     dx = np.zeros(input_shape, dtype=dy.dtype)
     if dy.size:
         bad = _global_max_backward(dy, argmax, dx)
@@ -426,25 +390,3 @@ def global_maxpool2d_backward(dy, argmax, input_shape):
             raise ValueError(f"{op}: {bad} argmax entries outside [0, H*W) = "
                              f"[0, {input_shape[1] * input_shape[2]})")
     return dx
-
-
-# -- validation -----------------------------------------------------------------------------
-
-def _input_shape(op, shape):
-    try:
-        dims = tuple(int(d) for d in shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"{op}: 'input_shape' must be a tuple of 4 ints, got {shape!r}")
-    if len(dims) != 4 or min(dims) < 0:
-        raise ValueError(f"{op}: 'input_shape' must be 4 non-negative ints, got {shape!r}")
-    return dims
-
-
-def _geometry(op, input_shape, pool_size, strides, padding):
-    n, h, w, c = input_shape
-    ph, pw = pair(op, "pool_size", pool_size)
-    sh, sw = pair(op, "strides", strides)
-    pad = padding_mode(op, padding)
-    pt, ho = conv_output_size(h, ph, sh, 1, pad)
-    pl, wo = conv_output_size(w, pw, sw, 1, pad)
-    return dict(N=n, H=h, W=w, C=c, PH=ph, PW=pw, SH=sh, SW=sw, PT=pt, PL=pl, HO=ho, WO=wo)

@@ -56,7 +56,7 @@ from _blas cimport floating
 from _activation cimport act_value, act_grad, ACT_SIGMOID, ACT_TANH
 
 from pynn.backend._scratch import give as _give_scratch, take as _take_scratch
-from pynn.backend._validate import activation_name, as_float_array, check_shape
+from pynn.backend.operands.common import activation_name, as_float_array, check_shape
 from pynn.backend.api import ACTIVATIONS
 
 # Activations whose derivative the kernels take from the output, with Keras's default alpha

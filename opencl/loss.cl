@@ -30,6 +30,13 @@ float sign_of(float d)
 }
 
 /* Loss of one element; *grad receives d/dp (before the 1/n scale). */
+/* Keras's clip: NaN stays NaN (OpenCL's clamp and fmin/fmax would return a bound and hide a
+ * NaN prediction behind the clipped loss, as the CPU kernels do not). */
+inline float clip_to(const float q, const float lo, const float hi)
+{
+    return q < lo ? lo : (q > hi ? hi : q);
+}
+
 float pointwise_loss(int code, float t, float p, int from_logits, float delta, float lo,
                      float hi, float *grad)
 {
@@ -57,7 +64,7 @@ float pointwise_loss(int code, float t, float p, int from_logits, float delta, f
         *grad = (p >= 0.0f ? 1.0f / (1.0f + a) : a / (1.0f + a)) - t;
         return fmax(p, 0.0f) - p * t + log1p(a);
     }
-    const float pc = clamp(p, lo, hi);
+    const float pc = clip_to(p, lo, hi);
     /* The clip's gradient is torch's: 1 inside [lo, hi] (bounds included), 0 outside. */
     *grad = (lo <= p && p <= hi) ? (pc - t) / (pc * (1.0f - pc)) : 0.0f;
     return -(t * log(pc) + (1.0f - t) * log(1.0f - pc));
@@ -139,7 +146,7 @@ void categorical_rows(__global const float *t, __global const int *labels,
             tsum += tj;
         } else {
             const float q = pr[j] / s;
-            loss -= tj * log(clamp(q, lo, hi));
+            loss -= tj * log(clip_to(q, lo, hi));
             if (lo <= q && q <= hi)
                 tsum += tj;
         }

@@ -47,7 +47,7 @@ from pynn.saving import load_model  # noqa: E402
 def devices():
     """Every OpenCL platform and device (an empty list when pyopencl or a driver is missing)."""
     try:
-        from pynn.backend import _cl_runtime
+        from pynn.backend.opencl import runtime as _cl_runtime
     except ImportError:
         return []
     try:

@@ -16,7 +16,7 @@ def _probe():
         import pyopencl  # noqa: F401
     except ImportError as exc:
         return False, f"pyopencl is not installed ({exc}); pip install pyopencl mako"
-    from pynn.backend import _cl_runtime as rt
+    from pynn.backend.opencl import runtime as rt
 
     try:
         found = rt.devices()

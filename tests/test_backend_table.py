@@ -84,3 +84,37 @@ def test_set_device_rejects_unknown_names():
 
     with pytest.raises(ValueError, match="opencl:P:D"):
         backend.set_device("tpu")
+
+
+ARRAY_OPS = ("asarray", "to_numpy", "empty", "zeros", "full", "copy", "reshape",
+             "add_inplace", "scale_inplace")
+
+
+def _family(fn):
+    return fn.__module__.rsplit(".", 1)[-1]
+
+
+def test_every_op_lives_in_its_family_file_on_both_backends():
+    """The rule at the top of api.py: an op's CPU kernel is native/<family>.pyx, its OpenCL
+    host code pynn/backend/opencl/<family>.py (kernels opencl/<family>.cl) and its operand
+    checks pynn/backend/operands/<family>.py, under the op's own name."""
+    import importlib
+    from pathlib import Path
+
+    import pynn
+
+    cpu, ocl = _cpu(), _opencl()
+    root = Path(pynn.__file__).resolve().parent.parent
+    for name in OPS:
+        if name in ARRAY_OPS:
+            assert _family(getattr(ocl, name)) == "arrays", name
+            continue
+        family = _family(getattr(cpu, name))
+        assert getattr(cpu, name).__module__ == f"pynn._native.{family}", name
+        assert getattr(ocl, name).__module__ == f"pynn.backend.opencl.{family}", (
+            f"{name}: the CPU op is in native/{family}.pyx, the OpenCL one in "
+            f"{getattr(ocl, name).__module__}")
+        assert (root / "native" / f"{family}.pyx").is_file(), name
+        assert (root / "opencl" / f"{family}.cl").is_file(), name
+        checks = importlib.import_module(f"pynn.backend.operands.{family}")
+        assert callable(getattr(checks, name, None)), f"operands.{family} lacks {name}"

@@ -218,7 +218,9 @@ def test_kernel_tables_are_checked_before_the_kernel_runs(rng):
     """The shim refuses tables that do not fit the geometry (no out-of-bounds access)."""
     x = rng.standard_normal((1, 4, 4, 2)).astype(np.float32)
     dz = rng.standard_normal((1, 4, 4, 3)).astype(np.float32)
-    g = conv._geometry("t", x.shape, (3, 3, 2, 3), (1, 1), "same", (1, 1))
+    from pynn.backend.operands.common import conv_geometry
+
+    g = conv._planned(conv_geometry("t", x.shape, (3, 3, 2, 3), (1, 1), "same", (1, 1)))
     koff, row_x, slabs, chunk, seg = conv._weight_grad_tables(g)
     xp = np.zeros((1, g["HP"], g["WP"], 2), np.float32).reshape(-1)
     part = np.empty(slabs * g["K"] * g["F"], np.float32)

@@ -148,7 +148,9 @@ def test_bad_inputs():
         accuracy_count(None, p, "binary", 0.5)
     with pytest.raises(ValueError, match="'y_pred' is required"):
         accuracy_count([0, 1, 2], None, "sparse", 0.5)
-    with pytest.raises(ValueError, match=r"shape \(N, K\)"):
+    with pytest.raises(ValueError, match=r"shape \(N, K\) or \(N, ..., K\)"):
+        accuracy_count([0, 1, 2], p.reshape(12), "sparse", 0.5)
+    with pytest.raises(ValueError, match=r"must have shape \(3, 2\) or \(3, 2, 1\)"):
         accuracy_count([0, 1, 2], p.reshape(3, 2, 2), "sparse", 0.5)
     with pytest.raises(ValueError, match=r"label 4 out of range.*K=4"):
         accuracy_count([0, 4, 1], p, "sparse", 0.5)

@@ -1,4 +1,4 @@
-"""OpenCL recurrent ops (opencl/rnn.cl, pynn/backend/_cl_rnn.py) against the CPU ops of
+"""OpenCL recurrent ops (opencl/rnn.cl, pynn/backend/opencl/rnn.py) against the CPU ops of
 native/rnn.pyx (themselves checked against NumPy oracles and Keras in tests/test_rnn.py).
 
 Runs on any OpenCL device (PoCL's CPU device in CI); skipped, with the reason, only when
@@ -42,7 +42,7 @@ def make(cell, shape, seed=0):
 def compare(ocl, cell, shape, return_sequences, go_backwards, opts=None, bias=True,
             need_input_grad=True, seed=0):
     """Forward and backward on both backends; every output within RTOL of the CPU's."""
-    from pynn.backend import _cl_rnn
+    from pynn.backend.opencl import rnn as _cl_rnn
 
     opts = opts or cell_options(cell)
     x, w, r, b = make(cell, shape, seed)
@@ -110,7 +110,7 @@ def test_reproducible(ocl, cell):
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("shape", [(0, 3, 2, 4), (2, 0, 2, 4)])
 def test_empty(ocl, cell, shape):
-    from pynn.backend import _cl_rnn
+    from pynn.backend.opencl import rnn as _cl_rnn
 
     x, w, r, b = make(cell, shape)
     name = op_name(cell)
@@ -131,9 +131,9 @@ def test_empty(ocl, cell, shape):
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_bad_inputs(ocl, cell):
-    from pynn.backend import _cl_rnn
+    from pynn.backend.opencl import rnn as _cl_rnn
 
-    x, w, r, b = make(cell, (3, 4, 5, 2))
+    x, w, r, b = (ocl.asarray(a) for a in make(cell, (3, 4, 5, 2)))
     name = op_name(cell)
     opts = cell_options(cell)
     fwd = getattr(_cl_rnn, name + "_forward")
@@ -145,8 +145,9 @@ def test_bad_inputs(ocl, cell):
     with pytest.raises(ValueError, match="'recurrent_kernel' must have shape"):
         fwd(x, w, r[:1], b, *opts)
     with pytest.raises(ValueError, match="'bias' must have shape"):
-        fwd(x, w, r, b.reshape(-1)[1:] if b.ndim == 1 else b[:1], *opts)
-    with pytest.raises(TypeError, match="'kernel' must be a float32 device array"):
+        fwd(x, w, r, ocl.copy(b.reshape(b.size)[1:]) if b.ndim == 1 else ocl.copy(b[:1]),
+            *opts)
+    with pytest.raises(TypeError, match="'kernel' must have dtype float32"):
         fwd(x, ocl.asarray(w, np.int32), r, b, *opts)
     with pytest.raises(ValueError, match="not supported by the recurrent kernels"):
         fwd(x, w, r, b, "gelu", *opts[1:])
@@ -166,7 +167,8 @@ def test_bad_inputs(ocl, cell):
 def test_layer_on_opencl_matches_cpu(ocl, monkeypatch, cls, kwargs):
     """The same layer code on both backends: outputs and gradients agree."""
     from pynn import backend
-    from pynn.backend import _cl_rnn, cpu
+    from pynn.backend import cpu
+    from pynn.backend.opencl import rnn as _cl_rnn
     from pynn.layers import recurrent
 
     ops = [f"{c}_{d}" for c in ("simple_rnn", "lstm", "gru") for d in ("forward", "backward")]

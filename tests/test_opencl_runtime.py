@@ -17,7 +17,7 @@ KEYS = {"index", "platform", "name", "type", "global_mem", "max_alloc", "compute
 
 @pytest.fixture(scope="module")
 def rt():
-    from pynn.backend import _cl_runtime
+    from pynn.backend.opencl import runtime as _cl_runtime
 
     _cl_runtime.select_device("opencl")
     return _cl_runtime
@@ -222,7 +222,7 @@ def test_kernel_dir_ships_the_sources(rt):
 
 
 def test_tuning_file_round_trip(tmp_path, monkeypatch, rt):
-    from pynn.backend import opencl
+    from pynn.backend.opencl import gemm as opencl
 
     monkeypatch.setenv("PYNN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(opencl, "_tiles_by_device", {})

@@ -2,6 +2,18 @@
 these signatures. Layers, losses and optimizers call only these. A test asserts both backends
 match this table.
 
+Where an op lives: one name, five places
+----------------------------------------
+An op of family F (dense, conv, pool, activation, loss, metric, dropout, optim, rnn) named
+``<op>`` is, under that same name:
+- ``native/F.pyx``: the CPU kernel, exported as ``pynn._native.F.<op>``;
+- ``opencl/F.cl``: its OpenCL kernels, driven by ``pynn/backend/opencl/F.py``;
+- ``pynn/backend/operands/F.py``: the checks of its arguments, which both backends call
+  before any kernel runs (``<op>(arrays, ...)``; the family is the op's file, not a guess);
+- ``tests/reference/F_ref.py``: its float64 NumPy reference ``<op>_ref``;
+- ``tests/test_F.py``: its tests, over both backends.
+``grep -rn <op>`` finds all of them; ``tests/test_backend_table.py`` checks the rule.
+
 Conventions
 -----------
 - Legend: N batch, H/W spatial, C channels, F filters, U units, K classes.
@@ -9,6 +21,13 @@ Conventions
   kernels ``(C_in, U)``: Keras 3's layouts.
 - "array" means the backend's array type: ``numpy.ndarray`` on the CPU, a device array on
   OpenCL. float32 everywhere; the CPU backend also takes float64 (gradient checks).
+- Host data and devices: on the CPU anything NumPy reads is converted. On OpenCL every
+  operand is a device array of the current context (``pyopencl.array.Array``): host data is
+  a TypeError naming ``asarray``, the one upload point, so an op never moves data between
+  host and device behind the caller's back. A contiguous view at an offset is read as it
+  is; a non-contiguous one is an error (copy it first); an in-place operand must be a whole
+  buffer. ``asarray`` refuses what it would silently corrupt: complex data, integers that do
+  not fit the target dtype.
 - Functions return new arrays unless the name ends in ``_update`` or ``_inplace`` (those mutate
   their first array arguments and return None, or a Python float where stated).
 - ``strides``, ``dilation_rate``, ``pool_size`` are tuples of two ints; ``padding`` is
@@ -25,6 +44,16 @@ ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "leaky_relu", "el
 # Activations whose derivative cannot be computed from the output alone: the forward op then
 # also returns the pre-activation ``z`` (otherwise ``z`` is None).
 ACTIVATIONS_NEEDING_INPUT = ("gelu",)
+
+# The recurrent kernels take their derivatives from the activation's output, so softmax and
+# gelu are not offered there; leaky_relu and elu use Keras's default parameters.
+RNN_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu",
+                   "softplus")
+# The activations' parameters as keras.activations defines them (leaky_relu's negative_slope,
+# elu's alpha), used where an activation is named without one.
+DEFAULT_ALPHA = {"leaky_relu": 0.2, "elu": 1.0}
+
+METRIC_MODES = ("binary", "categorical", "sparse")
 
 LOSSES = ("mean_squared_error", "mean_absolute_error", "huber", "binary_crossentropy",
           "categorical_crossentropy", "sparse_categorical_crossentropy")

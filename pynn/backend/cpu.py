@@ -52,12 +52,13 @@ from pynn._native.pool import (  # noqa: F401
     maxpool2d_backward,
     maxpool2d_forward,
 )
+from pynn.backend.operands.common import host_array
 
 NAME = "cpu"
 
 
 def asarray(x, dtype=np.float32):
-    return np.ascontiguousarray(x, dtype=dtype)
+    return host_array("asarray", x, dtype)
 
 
 def to_numpy(a):

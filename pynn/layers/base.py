@@ -185,7 +185,7 @@ class Layer:
 
 def activation_config(activation):
     """Normalize an activation argument to (name, alpha) as the backend expects it."""
-    from pynn.backend.api import ACTIVATIONS
+    from pynn.backend.api import ACTIVATIONS, DEFAULT_ALPHA
 
     if activation is None:
         return "linear", 0.0
@@ -194,8 +194,7 @@ def activation_config(activation):
     name = activation.lower()
     if name not in ACTIVATIONS:
         raise ValueError(f"Unknown activation {activation!r}; expected one of {ACTIVATIONS}")
-    # Keras defaults: leaky_relu negative_slope 0.2, elu alpha 1.0.
-    alpha = {"leaky_relu": 0.2, "elu": 1.0}.get(name, 0.0)
+    alpha = DEFAULT_ALPHA.get(name, 0.0)
     return name, alpha
 
 

@@ -1,7 +1,7 @@
 """Conv2D, channels_last, kernel (kh, kw, in, filters) as in Keras."""
 
 from pynn import backend, initializers, regularizers
-from pynn.backend._validate import conv_output_size
+from pynn.backend.operands.common import conv_output_size
 from pynn.layers.base import (
     Layer, activation_config, data_format_arg, padding_arg, pair,
     shape_str,

@@ -1,7 +1,7 @@
 """Max/average pooling and their global variants, channels_last."""
 
 from pynn import backend
-from pynn.backend._validate import conv_output_size
+from pynn.backend.operands.common import conv_output_size
 from pynn.layers.base import Layer, data_format_arg, padding_arg, pair, shape_str
 
 

@@ -15,11 +15,8 @@ recurrent_dropout, stateful, return_state, masking, constraints, activity regula
 import numpy as np
 
 from pynn import backend, initializers, regularizers
+from pynn.backend.api import RNN_ACTIVATIONS
 from pynn.layers.base import Layer, shape_str
-
-# Activations the recurrent kernels differentiate from their output (no softmax, no gelu).
-RNN_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu",
-                   "softplus")
 
 
 def _activation_arg(label, what, value):

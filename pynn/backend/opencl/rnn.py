@@ -1,4 +1,4 @@
-"""OpenCL ops of the recurrent family: the host side of ``opencl/rnn.cl``.
+"""OpenCL recurrent ops: the host side of ``opencl/rnn.cl``.
 
 Same names, signatures and semantics as ``native/rnn.pyx`` (see its design note and
 ``pynn.backend.api.OPS``); float32 device arrays in and out. Per call:
@@ -12,99 +12,34 @@ Same names, signatures and semantics as ``native/rnn.pyx`` (see its design note 
             dense.cl and reduce.cl, ``rnn_gemm_tn`` for GRU's column blocks).
 Everything stays on the device; nothing is read back. Every output element is written by
 one work-item and summed in a fixed order (no atomics), so runs are reproducible.
-The GEMMs use the tile sizes of ``pynn.backend.opencl.gemm_tiles()`` (tuned or per vendor).
+The GEMMs use the tile sizes of ``gemm.gemm_tiles()`` (tuned or per vendor); operands are
+checked by ``pynn.backend.operands.rnn``.
 """
 
 import math
 
 import numpy as np
 
-from pynn.backend import _cl_runtime as rt
-from pynn.backend._validate import activation_name
-from pynn.backend.api import ACTIVATIONS
+from pynn.backend.opencl import runtime as rt
+from pynn.backend.opencl.arrays import DEVICE
+from pynn.backend.opencl.dense import (
+    bias_backward, dense_backward_input, dense_backward_weight, dense_forward,
+)
+from pynn.backend.opencl.gemm import gemm_tiles
+from pynn.backend.operands import rnn as operands
 
-# Must equal native/rnn.pyx's RNN_ACTIVATIONS (a test checks): derivatives from the output.
-RNN_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu",
-                   "softplus")
-_DEFAULT_ALPHA = {"leaky_relu": 0.2, "elu": 1.0}
-_INT32_MAX = 2**31 - 1
 STEP_WG = 64  # work-group size of the elementwise step kernels
 
 # dy_mode of the step kernels (opencl/rnn.cl).
 _DY_NONE, _DY_FULL, _DY_LAST = 0, 1, 2
 
 
-def _ocl():
-    # Imported on use: pynn.backend.opencl imports this module while it initializes.
-    from pynn.backend import opencl
-
-    return opencl
-
-
-# -- argument checks ------------------------------------------------------------------------
-
-
-def _act(op, what, name):
-    act = activation_name(op, name)
-    if act not in RNN_ACTIVATIONS:
-        raise ValueError(f"{op}: {what} {name!r} is not supported by the recurrent kernels; "
-                         f"expected one of {RNN_ACTIVATIONS}")
-    return ACTIVATIONS.index(act), _DEFAULT_ALPHA.get(act, 0.0)
-
-
-def _flag(op, name, value):
-    if not isinstance(value, (bool, np.bool_, int, np.integer)):
-        raise TypeError(f"{op}: '{name}' must be a bool, got {value!r}")
-    return bool(value)
-
-
-def _shape(op, name, a, want):
-    if len(a.shape) != len(want) or any(w is not None and w != s for w, s in zip(want, a.shape)):
-        text = "(" + ", ".join("?" if w is None else str(w) for w in want) + ")"
-        raise ValueError(f"{op}: '{name}' must have shape {text}, got {tuple(a.shape)}")
-
-
-def _inputs(op, x, kernel, recurrent_kernel, gates):
-    dev = _ocl()._dev
-    x = dev(op, "x", x, ndim=3)
-    kernel = dev(op, "kernel", kernel, ndim=2)
-    recurrent_kernel = dev(op, "recurrent_kernel", recurrent_kernel, ndim=2)
-    units = recurrent_kernel.shape[0]
-    _shape(op, "recurrent_kernel", recurrent_kernel, (units, gates * units))
-    _shape(op, "kernel", kernel, (x.shape[2], gates * units))
-    n, t, c = x.shape
-    biggest = max(n * t * max(c, gates * units), gates * units * max(c, units))
-    if biggest > _INT32_MAX:
-        raise ValueError(f"{op}: {biggest} elements in one operand exceed the int32 indexing "
-                         f"of the OpenCL kernels (x shape {x.shape}, units {units})")
-    return x, kernel, recurrent_kernel, units
-
-
-def _bias(op, bias, shape):
-    if bias is None:
-        return rt.zeros(shape, np.float32, f"{op} zero bias")
-    bias = _ocl()._dev(op, "bias", bias, ndim=len(shape))
-    _shape(op, "bias", bias, shape)
-    return bias
-
-
-def _cache(op, cache, shapes):
-    if not isinstance(cache, (tuple, list)) or len(cache) != len(shapes):
-        raise ValueError(f"{op}: 'cache' must be the tuple of {len(shapes)} arrays the forward "
-                         f"op returned, got {type(cache).__name__}")
-    out = []
-    for i, (a, shape) in enumerate(zip(cache, shapes)):
-        a = _ocl()._dev(op, f"cache[{i}]", a, ndim=len(shape))
-        _shape(op, f"cache[{i}]", a, shape)
-        out.append(a)
-    return out
-
-
-def _upstream(op, dy, n, t, units, return_sequences):
-    want = (n, t, units) if return_sequences else (n, units)
-    dy = _ocl()._dev(op, "dy", dy, ndim=len(want))
-    _shape(op, "dy", dy, want)
-    return dy
+def _zero_bias(op, bias, cell, flags):
+    """The kernels always add a bias: zeros stand in for None."""
+    if bias is not None:
+        return bias
+    return rt.zeros(operands.bias_shape(cell, flags.reset_after),
+                    np.float32, f"{op} zero bias")
 
 
 # -- launches -------------------------------------------------------------------------------
@@ -112,7 +47,7 @@ def _upstream(op, dy, n, t, units, return_sequences):
 
 def _kernel(name):
     # One build of rnn.cl per tile configuration: the step kernels share the GEMMs' program.
-    return rt.kernel("rnn", name, _ocl().gemm_tiles())
+    return rt.kernel("rnn", name, gemm_tiles())
 
 
 def _step(name, rows, units, *args):
@@ -123,7 +58,7 @@ def _gemm(kind, m, n, k, a, a_off, lda, b, b_off, ldb, c, c_off, ldc, accumulate
     """c[c_off:, ldc] (+)= op(a) @ op(b) with kind 'nn', 'nt' or 'tn' (see rnn.cl)."""
     if m <= 0 or n <= 0:
         return
-    cfg = _ocl().gemm_tiles()
+    cfg = gemm_tiles()
     knl = rt.kernel("rnn", f"rnn_gemm_{kind}", cfg)
     groups = (math.ceil(n / cfg["NWG"]) * cfg["NDIMC"], math.ceil(m / cfg["MWG"]) * cfg["MDIMC"],
               1)
@@ -147,7 +82,7 @@ def _project(x, kernel):
     g = kernel.shape[1]
     if c == 0:
         return rt.zeros((n, t, g), np.float32, "rnn input projection")
-    y, _ = _ocl().dense_forward(x.reshape(n * t, c), kernel, None, "linear", 0.0)
+    y, _ = dense_forward(x.reshape(n * t, c), kernel, None, "linear", 0.0)
     return y.reshape(n, t, g)
 
 
@@ -175,18 +110,17 @@ def _shift_prev(h_seq, go_backwards):
 
 def _backward_input(x, kernel, h_seq, dz, dz_rec, go_backwards, need_input_grad):
     """(dx or None, dkernel, dbias of dz, drk = h_prev^T @ dz_rec or None)."""
-    ocl = _ocl()
     n, t, c = x.shape
     g = dz.shape[2]
     units = h_seq.shape[2]
     dz2 = dz.reshape(n * t, g)
-    dkernel = ocl.dense_backward_weight(x.reshape(n * t, c), dz2)
-    dx = ocl.dense_backward_input(dz2, kernel).reshape(n, t, c) if need_input_grad else None
-    dbias = ocl.bias_backward(dz)
+    dkernel = dense_backward_weight(x.reshape(n * t, c), dz2)
+    dx = dense_backward_input(dz2, kernel).reshape(n, t, c) if need_input_grad else None
+    dbias = bias_backward(dz)
     drk = None
     if dz_rec is not None:
         hp = _shift_prev(h_seq, go_backwards)
-        drk = ocl.dense_backward_weight(hp.reshape(n * t, units), dz_rec.reshape(n * t, g))
+        drk = dense_backward_weight(hp.reshape(n * t, units), dz_rec.reshape(n * t, g))
     return dx, dkernel, dbias, drk
 
 
@@ -205,11 +139,11 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
                        return_sequences=False, go_backwards=False):
     """h_t = act(x_t @ kernel + h_{t-1} @ recurrent_kernel + bias) -> (y, (h_seq,))."""
     op = "simple_rnn_forward"
-    act, alpha = _act(op, "activation", activation)
-    x, kernel, recurrent_kernel, u = _inputs(op, x, kernel, recurrent_kernel, 1)
-    bias = _bias(op, bias, (u,))
-    return_sequences = _flag(op, "return_sequences", return_sequences)
-    go_backwards = _flag(op, "go_backwards", go_backwards)
+    cell, x, kernel, recurrent_kernel, bias, f = operands.simple_rnn_forward(
+        DEVICE, x, kernel, recurrent_kernel, bias, activation, return_sequences, go_backwards)
+    act, alpha, u = cell.act, cell.alpha, cell.units
+    bias = _zero_bias(op, bias, cell, f)
+    return_sequences, go_backwards = f.return_sequences, f.go_backwards
     n, t, _ = x.shape
     h_seq = rt.zeros((n, t, u), np.float32, f"{op} h_seq")
     if n * t * u:
@@ -228,14 +162,13 @@ def simple_rnn_backward(dy, x, kernel, recurrent_kernel, cache, activation="tanh
                         return_sequences=False, go_backwards=False, need_input_grad=True):
     """-> (dx or None, dkernel, drecurrent_kernel, dbias)."""
     op = "simple_rnn_backward"
-    act, alpha = _act(op, "activation", activation)
-    x, kernel, recurrent_kernel, u = _inputs(op, x, kernel, recurrent_kernel, 1)
-    return_sequences = _flag(op, "return_sequences", return_sequences)
-    go_backwards = _flag(op, "go_backwards", go_backwards)
-    need_input_grad = _flag(op, "need_input_grad", need_input_grad)
+    cell, dy, x, kernel, recurrent_kernel, (h_seq,), f = operands.simple_rnn_backward(
+        DEVICE, dy, x, kernel, recurrent_kernel, cache, activation, return_sequences,
+        go_backwards, need_input_grad)
+    act, alpha, u = cell.act, cell.alpha, cell.units
+    return_sequences, go_backwards = f.return_sequences, f.go_backwards
+    need_input_grad = f.need_input_grad
     n, t, _ = x.shape
-    dy = _upstream(op, dy, n, t, u, return_sequences)
-    (h_seq,) = _cache(op, cache, [(n, t, u)])
     if n * t * u == 0:
         return _empty_backward(x, kernel, recurrent_kernel, (u,), need_input_grad)
     dz = rt.empty((n, t, u), np.float32, f"{op} dz")
@@ -259,12 +192,12 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
                  recurrent_activation="sigmoid", return_sequences=False, go_backwards=False):
     """Keras's LSTM -> (y, (h_seq, gates, c_seq)), as native/rnn.pyx."""
     op = "lstm_forward"
-    act, a1 = _act(op, "activation", activation)
-    ract, a2 = _act(op, "recurrent_activation", recurrent_activation)
-    x, kernel, recurrent_kernel, u = _inputs(op, x, kernel, recurrent_kernel, 4)
-    bias = _bias(op, bias, (4 * u,))
-    return_sequences = _flag(op, "return_sequences", return_sequences)
-    go_backwards = _flag(op, "go_backwards", go_backwards)
+    cell, x, kernel, recurrent_kernel, bias, f = operands.lstm_forward(
+        DEVICE, x, kernel, recurrent_kernel, bias, activation, recurrent_activation,
+        return_sequences, go_backwards)
+    act, a1, ract, a2, u = cell.act, cell.alpha, cell.ract, cell.ralpha, cell.units
+    bias = _zero_bias(op, bias, cell, f)
+    return_sequences, go_backwards = f.return_sequences, f.go_backwards
     n, t, _ = x.shape
     h_seq = rt.zeros((n, t, u), np.float32, f"{op} h_seq")
     c_seq = rt.zeros((n, t, u), np.float32, f"{op} c_seq")
@@ -287,15 +220,13 @@ def lstm_backward(dy, x, kernel, recurrent_kernel, cache, activation="tanh",
                   need_input_grad=True):
     """-> (dx or None, dkernel, drecurrent_kernel, dbias (4U,))."""
     op = "lstm_backward"
-    act, a1 = _act(op, "activation", activation)
-    ract, a2 = _act(op, "recurrent_activation", recurrent_activation)
-    x, kernel, recurrent_kernel, u = _inputs(op, x, kernel, recurrent_kernel, 4)
-    return_sequences = _flag(op, "return_sequences", return_sequences)
-    go_backwards = _flag(op, "go_backwards", go_backwards)
-    need_input_grad = _flag(op, "need_input_grad", need_input_grad)
+    cell, dy, x, kernel, recurrent_kernel, (h_seq, gates, c_seq), f = operands.lstm_backward(
+        DEVICE, dy, x, kernel, recurrent_kernel, cache, activation, recurrent_activation,
+        return_sequences, go_backwards, need_input_grad)
+    act, a1, ract, a2, u = cell.act, cell.alpha, cell.ract, cell.ralpha, cell.units
+    return_sequences, go_backwards = f.return_sequences, f.go_backwards
+    need_input_grad = f.need_input_grad
     n, t, _ = x.shape
-    dy = _upstream(op, dy, n, t, u, return_sequences)
-    h_seq, gates, c_seq = _cache(op, cache, [(n, t, u), (n, t, 4 * u), (n, t, u)])
     if n * t * u == 0:
         return _empty_backward(x, kernel, recurrent_kernel, (4 * u,), need_input_grad)
     dz = rt.empty((n, t, 4 * u), np.float32, f"{op} dz")
@@ -322,13 +253,13 @@ def gru_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
                 go_backwards=False):
     """Keras's GRU -> (y, (h_seq, gates, rh)), as native/rnn.pyx."""
     op = "gru_forward"
-    act, a1 = _act(op, "activation", activation)
-    ract, a2 = _act(op, "recurrent_activation", recurrent_activation)
-    x, kernel, recurrent_kernel, u = _inputs(op, x, kernel, recurrent_kernel, 3)
-    reset_after = _flag(op, "reset_after", reset_after)
-    bias = _bias(op, bias, (2, 3 * u) if reset_after else (3 * u,))
-    return_sequences = _flag(op, "return_sequences", return_sequences)
-    go_backwards = _flag(op, "go_backwards", go_backwards)
+    cell, x, kernel, recurrent_kernel, bias, f = operands.gru_forward(
+        DEVICE, x, kernel, recurrent_kernel, bias, activation, recurrent_activation,
+        reset_after, return_sequences, go_backwards)
+    act, a1, ract, a2, u = cell.act, cell.alpha, cell.ract, cell.ralpha, cell.units
+    bias = _zero_bias(op, bias, cell, f)
+    reset_after, return_sequences, go_backwards = (f.reset_after, f.return_sequences,
+                                                   f.go_backwards)
     n, t, _ = x.shape
     h_seq = rt.zeros((n, t, u), np.float32, f"{op} h_seq")
     rh = rt.zeros((n, t, u), np.float32, f"{op} rh")
@@ -364,17 +295,15 @@ def gru_backward(dy, x, kernel, recurrent_kernel, cache, activation="tanh",
                  go_backwards=False, need_input_grad=True):
     """-> (dx or None, dkernel, drecurrent_kernel, dbias shaped like the bias)."""
     op = "gru_backward"
-    act, a1 = _act(op, "activation", activation)
-    ract, a2 = _act(op, "recurrent_activation", recurrent_activation)
-    x, kernel, recurrent_kernel, u = _inputs(op, x, kernel, recurrent_kernel, 3)
-    reset_after = _flag(op, "reset_after", reset_after)
-    return_sequences = _flag(op, "return_sequences", return_sequences)
-    go_backwards = _flag(op, "go_backwards", go_backwards)
-    need_input_grad = _flag(op, "need_input_grad", need_input_grad)
+    cell, dy, x, kernel, recurrent_kernel, (h_seq, gates, rh), f = operands.gru_backward(
+        DEVICE, dy, x, kernel, recurrent_kernel, cache, activation, recurrent_activation,
+        reset_after, return_sequences, go_backwards, need_input_grad)
+    act, a1, ract, a2, u = cell.act, cell.alpha, cell.ract, cell.ralpha, cell.units
+    reset_after, return_sequences, go_backwards = (f.reset_after, f.return_sequences,
+                                                   f.go_backwards)
+    need_input_grad = f.need_input_grad
     n, t, _ = x.shape
-    dy = _upstream(op, dy, n, t, u, return_sequences)
-    h_seq, gates, rh = _cache(op, cache, [(n, t, u), (n, t, 3 * u), (n, t, u)])
-    bias_shape = (2, 3 * u) if reset_after else (3 * u,)
+    bias_shape = operands.bias_shape(cell, reset_after)
     if n * t * u == 0:
         return _empty_backward(x, kernel, recurrent_kernel, bias_shape, need_input_grad)
     g3, ld, g_ld = 3 * u, t * u, t * 3 * u
@@ -392,7 +321,7 @@ def gru_backward(dy, x, kernel, recurrent_kernel, cache, activation="tanh",
         dx, dkernel, db_in, drk = _backward_input(x, kernel, h_seq, dzi, dzr, go_backwards,
                                                   need_input_grad)
         dbias = rt.empty((2, g3), np.float32, f"{op} dbias")
-        db_rec = _ocl().bias_backward(dzr)
+        db_rec = bias_backward(dzr)
         rt.cl.enqueue_copy(rt.queue(), dbias.data, db_in.data, byte_count=db_in.nbytes)
         rt.cl.enqueue_copy(rt.queue(), dbias.data, db_rec.data, byte_count=db_rec.nbytes,
                            dst_offset=db_in.nbytes)

@@ -1,0 +1,100 @@
+"""OpenCL activation ops: the host side of ``opencl/activation.cl`` (elementwise and
+softmax rows) and of the fused activation + bias gradient in ``opencl/reduce.cl``.
+
+Same names, signatures and semantics as ``native/activation.pyx``; operands are checked by
+``pynn.backend.operands.activation``.
+"""
+
+import numpy as np
+
+from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
+from pynn.backend.opencl import runtime as rt
+from pynn.backend.opencl.arrays import DEVICE
+from pynn.backend.opencl.gemm import REDUCE_WG, column_chunks, column_sums, sum_slots
+from pynn.backend.opencl.launch import elementwise, kernel, sizes
+from pynn.backend.operands import activation as operands
+
+
+def _softmax_rows(a):
+    k = a.shape[a.ndim - 1]
+    return a.size // k, k
+
+
+def activation_forward(x, activation, alpha=0.0):
+    """y = activation(x), same shape as x (softmax over the last axis)."""
+    op = "activation_forward"
+    name, a, x = operands.activation_forward(DEVICE, x, activation, alpha)
+    y = rt.empty(x.shape, what=f"{op} output")
+    if x.size == 0:
+        return y
+    if name == "softmax":
+        rows, k = _softmax_rows(x)
+        row_wg = sizes()[1]
+        rt.launch(kernel("activation", "softmax_forward"), (rows * row_wg,), (row_wg,), x, y,
+                  rows, k)
+    else:
+        elementwise("activation", "activation_forward", x.size, x, y, x.size,
+                    ACTIVATIONS.index(name), a)
+    return y
+
+
+def activation_backward(dy, x, y, activation, alpha=0.0):
+    """dL/dx from dL/dy; ``y`` is the forward output, ``x`` the pre-activation (needed by
+    gelu only, otherwise checked when given)."""
+    op = "activation_backward"
+    name, a, dy, x, y = operands.activation_backward(DEVICE, dy, x, y, activation, alpha)
+    dx = rt.empty(dy.shape, what=f"{op} output")
+    if dy.size == 0:
+        return dx
+    if name == "softmax":
+        rows, k = _softmax_rows(dy)
+        row_wg = sizes()[1]
+        rt.launch(kernel("activation", "softmax_backward"), (rows * row_wg,), (row_wg,), dy,
+                  y, dx, rows, k)
+        return dx
+    # The kernel reads x only for gelu and y only for the others: the unused one may alias.
+    elementwise("activation", "activation_backward", dy.size, dy,
+                x if x is not None else y, y if y is not None else x, dx, dy.size,
+                ACTIVATIONS.index(name), a)
+    return dx
+
+
+def activation_bias_backward(dy, x, y, activation, alpha=0.0):
+    """(dz, db): dz = activation_backward(dy, x, y, activation, alpha) and db =
+    bias_backward(dz), the activation gradient computed inside the first pass of the column
+    sums (softmax, a row op, runs the two ops in turn). Operands as activation_backward."""
+    op = "activation_bias_backward"
+    name, a, dy, x, y = operands.activation_bias_backward(DEVICE, dy, x, y, activation, alpha)
+    if name == "softmax":
+        dz = activation_backward(dy, x, y, name, a)
+        return dz, column_sums(op, dz)
+    cols = dy.shape[dy.ndim - 1]
+    rows = dy.size // cols if cols else 0
+    dz = rt.empty(dy.shape, np.float32, f"{op} output")
+    db = rt.empty((cols,), np.float32, f"{op} bias gradient")
+    if cols == 0:
+        return dz, db
+    if rows == 0:
+        db.fill(0)
+        return dz, db
+    chunk_rows, chunks = column_chunks(rows)
+    partial = rt.empty((chunks, cols), np.float32, f"{op} partials")
+    knl = rt.kernel("reduce", "activation_bias_backward_partial")
+    # The kernel reads x only for gelu and y only for the others: the unused one may alias.
+    rt.launch(knl, (cols, chunks), (REDUCE_WG, 1), rows, cols, chunk_rows, dy,
+              x if x is not None else y, y if y is not None else x, dz, partial,
+              ACTIVATIONS.index(name), a)
+    sum_slots(partial, chunks, cols, out=db)
+    return dz, db
+
+
+def fused_epilogue(op, name, z_shape):
+    """(y, z, kernel code, softmax-after) of a GEMM whose epilogue applies the activation:
+    softmax runs as its own row op after a linear epilogue; gelu keeps z."""
+    if name == "softmax":
+        z = rt.empty(z_shape, np.float32, f"{op} pre-activation")
+        return z, None, ACTIVATIONS.index("linear"), True
+    y = rt.empty(z_shape, np.float32, f"{op} output")
+    z = rt.empty(z_shape, np.float32, f"{op} pre-activation") if (
+        name in ACTIVATIONS_NEEDING_INPUT) else None
+    return y, z, ACTIVATIONS.index(name), False

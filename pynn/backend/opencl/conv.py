@@ -1,0 +1,84 @@
+"""OpenCL conv ops: the host side of ``opencl/conv.cl``, implicit GEMMs on the core of
+``opencl/gemm.cl`` (no im2col buffer).
+
+Same names, signatures and semantics as ``native/conv.pyx``; operands are checked by
+``pynn.backend.operands.conv``.
+"""
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from pynn.backend.api import conv2d_backward_composed
+from pynn.backend.opencl import runtime as rt
+from pynn.backend.opencl.activation import (
+    activation_backward, activation_bias_backward, activation_forward, fused_epilogue,
+)
+from pynn.backend.opencl.dense import bias_backward
+from pynn.backend.opencl.arrays import DEVICE
+from pynn.backend.opencl.gemm import gemm_split_out, run_gemm
+from pynn.backend.operands import conv as operands
+
+
+def _geometry_args(g):
+    """The kernel argument order of CONV_GEOM in opencl/conv.cl."""
+    return (g["H"], g["W"], g["C"], g["HO"], g["WO"], g["KW"], g["F"], g["SH"], g["SW"],
+            g["DH"], g["DW"], g["PT"], g["PL"])
+
+
+def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid", dilation_rate=(1, 1),
+                   activation="linear", alpha=0.0):
+    """y = act(conv(x, kernel) + bias) -> (y, z), as an implicit GEMM."""
+    op = "conv2d_forward"
+    name, alpha, x, kernel, bias, g = operands.conv2d_forward(
+        DEVICE, x, kernel, bias, strides, padding, dilation_rate, activation, alpha)
+    m, n, k = g["N"] * g["HO"] * g["WO"], g["F"], g["KH"] * g["KW"] * g["C"]
+    y, z, code, softmax_after = fused_epilogue(op, name, (g["N"], g["HO"], g["WO"], g["F"]))
+    if m * n:
+        run_gemm("conv", "conv2d_forward", m, n, k,
+                 (x, kernel, bias, y, z, code, alpha, *_geometry_args(g)), vwa=(g["C"],),
+                 vwb=(g["F"],))
+    if softmax_after:
+        return activation_forward(y, "softmax", alpha), None
+    return y, z
+
+
+def conv2d_backward_input(dz, kernel, input_shape, strides=(1, 1), padding="valid",
+                          dilation_rate=(1, 1)):
+    """dx (N, H, W, C) from dz (N, HO, WO, F): a gather over taps, deterministic."""
+    op = "conv2d_backward_input"
+    dz, kernel, input_shape, g = operands.conv2d_backward_input(
+        DEVICE, dz, kernel, input_shape, strides, padding, dilation_rate)
+    dx = rt.empty(input_shape, np.float32, f"{op} output")
+    m, n, k = g["N"] * g["H"] * g["W"], g["C"], g["KH"] * g["KW"] * g["F"]
+    if m * n:
+        run_gemm("conv", "conv2d_backward_input", m, n, k,
+                 (dz, kernel, dx, *_geometry_args(g)), vwa=(g["F"],), vwb=(g["F"],))
+    return dx
+
+
+def conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
+                           dilation_rate=(1, 1)):
+    """dkernel (KH, KW, C, F); split-K over the N*HO*WO output pixels when it helps."""
+    op = "conv2d_backward_weight"
+    x, dz, kernel_shape, g = operands.conv2d_backward_weight(
+        DEVICE, x, dz, kernel_shape, strides, padding, dilation_rate)
+    m, n, k = g["KH"] * g["KW"] * g["C"], g["F"], g["N"] * g["HO"] * g["WO"]
+    return gemm_split_out(op, "conv", "conv2d_backward_weight", m, n, k, (x, dz),
+                          kernel_shape, _geometry_args(g), vwa=(g["C"],), vwb=(g["F"],))
+
+
+def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid", dilation_rate=(1, 1),
+                    activation="linear", alpha=0.0, use_bias=True, need_input_grad=True):
+    """(dx or None, dkernel, dbias or None): the separate kernels in turn (no fused one)."""
+    name, alpha, dy, x, z, y, kernel, _ = operands.conv2d_backward(
+        DEVICE, dy, x, z, y, kernel, strides, padding, dilation_rate, activation, alpha)
+    return conv2d_backward_composed(_COMPOSED, dy, x, z, y, kernel, strides, padding,
+                                    dilation_rate, name, alpha, use_bias, need_input_grad)
+
+
+# The ops conv2d_backward_composed runs in turn.
+_COMPOSED = SimpleNamespace(
+    activation_backward=activation_backward, activation_bias_backward=activation_bias_backward,
+    bias_backward=bias_backward, conv2d_backward_input=conv2d_backward_input,
+    conv2d_backward_weight=conv2d_backward_weight)

@@ -1,0 +1,60 @@
+"""OpenCL metric ops: the host side of ``opencl/metric.cl``.
+
+Same names, signatures and semantics as ``native/metric.pyx``; operands are checked by
+``pynn.backend.operands.metric``. Counts are int32 reductions; only they come back.
+"""
+
+import numpy as np
+
+from pynn.backend.opencl.arrays import DEVICE
+from pynn.backend.opencl.launch import PARTIAL, reduce
+from pynn.backend.operands import metric as operands
+
+
+def _ranked_count(op, targets, scores, sparse, top):
+    """Rows whose target is the argmax (top == 0) or within the top ``top`` scores."""
+    rows, k = scores.shape
+    if scores.size == 0:
+        return 0
+    args = (scores if sparse else targets, targets if sparse else scores, scores, PARTIAL,
+            rows, k, sparse, int(top))
+    hits, bad = (int(v) for v in reduce("metric", "argmax_matches_partial", rows, args,
+                                        counts=2, dtype=np.int32).get())
+    if bad:
+        raise ValueError(f"{op}: {bad} label(s) out of range: class ids must lie in [0, {k}) "
+                         f"for y_pred with K={k} classes")
+    return hits
+
+
+def accuracy_count(y_true, y_pred, mode, threshold=0.5):
+    """Number of correct predictions in the batch (an int); native/metric.pyx's semantics."""
+    op = "accuracy_count"
+    mode, targets, y_pred, thr = operands.accuracy_count(DEVICE, y_true, y_pred, mode,
+                                                         threshold)
+    if mode != "binary":
+        return _ranked_count(op, targets, y_pred, mode == "sparse", 0)
+    if y_pred.size == 0:
+        return 0
+    # Keras compares with the threshold as a tensor of y_pred's dtype.
+    out = reduce("metric", "binary_matches_partial", y_pred.size,
+                 (targets, y_pred, PARTIAL, y_pred.size, np.float32(thr)), dtype=np.int32)
+    return int(out.get()[0])
+
+
+def top_k_count(y_true, y_pred, k=5, sparse=False):
+    """Rows whose target scores within the top k (Keras in_top_k: boundary ties count)."""
+    targets, scores, k, sparse = operands.top_k_count(DEVICE, y_true, y_pred, k, sparse)
+    return _ranked_count("top_k_count", targets, scores, sparse, k)
+
+
+def confusion_counts(y_true, y_pred, threshold=0.5):
+    """(tp, fp, fn) as ints: label positive iff y_true != 0, prediction iff y_pred >
+    threshold, over every element."""
+    y_true, y_pred, thr = operands.confusion_counts(DEVICE, y_true, y_pred, threshold)
+    if y_pred.size == 0:
+        return 0, 0, 0
+    out = reduce("metric", "confusion_partial", y_pred.size,
+                 (y_true, y_pred, PARTIAL, y_pred.size, np.float32(thr)), counts=3,
+                 dtype=np.int32)
+    tp, fp, fn = (int(v) for v in out.get())
+    return tp, fp, fn

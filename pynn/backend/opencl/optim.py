@@ -1,0 +1,69 @@
+"""OpenCL regularizer, norm and optimizer-update ops: the host side of ``opencl/optim.cl``.
+
+Same names, signatures and semantics as ``native/optim.pyx`` (Keras 3's formulas, one fused
+pass per parameter); operands are checked by ``pynn.backend.operands.optim``. Norms and
+penalties come back as Python floats: the only read-back of an update.
+"""
+
+from pynn.backend.opencl.arrays import DEVICE
+from pynn.backend.opencl.launch import PARTIAL, elementwise, reduce
+from pynn.backend.operands import optim as operands
+
+
+def sum_squares(a):
+    """sum(a**2) over every element as a Python float (deterministic tree, float32)."""
+    a = operands.sum_squares(DEVICE, a)
+    if a.size == 0:
+        return 0.0
+    out = reduce("optim", "sum_squares_partial", a.size, (a, PARTIAL, a.size))
+    return float(out.get()[0])
+
+
+def regularizer_inplace(w, grad, l1, l2):
+    """grad += l1*sign(w) + 2*l2*w (IN/OUT grad); returns l1*sum|w| + l2*sum(w**2)."""
+    w, grad, l1, l2 = operands.regularizer_inplace(DEVICE, w, grad, l1, l2)
+    if (l1 == 0.0 and l2 == 0.0) or w.size == 0:
+        return 0.0
+    out = reduce("optim", "regularizer_partial", w.size, (w, grad, PARTIAL, w.size, l1, l2))
+    return float(out.get()[0])
+
+
+def sgd_update(w, g, momentum_buf, lr, momentum, nesterov, grad_scale, clipvalue,
+               weight_decay):
+    """SGD step in place (Keras 3): m = momentum*m - lr*g; w += m (nesterov:
+    w += momentum*m - lr*g); without momentum_buf w -= lr*g."""
+    w, g, buf, lr, momentum, nesterov, clip = operands.sgd_update(
+        DEVICE, w, g, momentum_buf, lr, momentum, nesterov, grad_scale, clipvalue,
+        weight_decay)
+    elementwise("optim", "sgd_update", w.size, w, g, w if buf is None else buf, w.size,
+                buf is not None, nesterov, lr, momentum, *clip)
+
+
+def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
+                weight_decay):
+    """Adam/AdamW step in place; vhat given means amsgrad. t is the 1-based step."""
+    w, g, m, v, vhat, alpha, beta_1, beta_2, epsilon, clip = operands.adam_update(
+        DEVICE, w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
+        weight_decay)
+    elementwise("optim", "adam_update", w.size, w, g, m, v, w if vhat is None else vhat,
+                w.size, vhat is not None, alpha, 1.0 - beta_1, 1.0 - beta_2, epsilon, *clip)
+
+
+def rmsprop_update(w, g, velocity, momentum_buf, average_grad, lr, rho, momentum, epsilon,
+                   grad_scale, clipvalue, weight_decay):
+    """RMSprop step in place (Keras 3, epsilon inside the square root); average_grad given
+    means centered, momentum_buf given means momentum."""
+    w, g, velocity, mom, avg, lr, rho, momentum, epsilon, clip = operands.rmsprop_update(
+        DEVICE, w, g, velocity, momentum_buf, average_grad, lr, rho, momentum, epsilon,
+        grad_scale, clipvalue, weight_decay)
+    elementwise("optim", "rmsprop_update", w.size, w, g, velocity, w if mom is None else mom,
+                w if avg is None else avg, w.size, mom is not None, avg is not None, lr, rho,
+                1.0 - rho, momentum, epsilon, *clip)
+
+
+def adagrad_update(w, g, accumulator, lr, epsilon, grad_scale, clipvalue, weight_decay):
+    """Adagrad step in place: acc += g*g; w -= lr*g/sqrt(acc + epsilon)."""
+    w, g, accumulator, lr, epsilon, clip = operands.adagrad_update(
+        DEVICE, w, g, accumulator, lr, epsilon, grad_scale, clipvalue, weight_decay)
+    elementwise("optim", "adagrad_update", w.size, w, g, accumulator, w.size, lr, epsilon,
+                *clip)

@@ -1,0 +1,99 @@
+"""OpenCL pooling ops: the host side of ``opencl/pool.cl``.
+
+Same names, signatures and semantics as ``native/pool.pyx``; operands are checked by
+``pynn.backend.operands.pool``. An argmax outside its plane in a backward op is skipped in
+the kernel (never followed), where the CPU raises: reporting it would stall every step.
+"""
+
+import numpy as np
+
+from pynn.backend.opencl import runtime as rt
+from pynn.backend.opencl.arrays import DEVICE
+from pynn.backend.opencl.launch import elementwise
+from pynn.backend.operands import pool as operands
+
+
+def _window(g):
+    """The kernels' geometry arguments after x/y: sizes, window, strides, leading pads."""
+    return (g["N"], g["H"], g["W"], g["C"], g["HO"], g["WO"], g["PH"], g["PW"], g["SH"],
+            g["SW"], g["PT"], g["PL"])
+
+
+def maxpool2d_forward(x, pool_size, strides, padding="valid"):
+    """(N,H,W,C) -> (y (N,HO,WO,C), argmax int32 h*W + w within each (n, c) plane)."""
+    op = "maxpool2d_forward"
+    x, g = operands.maxpool2d_forward(DEVICE, x, pool_size, strides, padding)
+    y = rt.empty((g["N"], g["HO"], g["WO"], g["C"]), what=f"{op} output")
+    argmax = rt.empty(y.shape, np.int32, what=f"{op} argmax")
+    elementwise("pool", "maxpool2d_forward", y.size, x, y, argmax, *_window(g))
+    return y, argmax
+
+
+def maxpool2d_backward(dy, argmax, input_shape):
+    """dx (input_shape): each dy added to the input pixel its argmax names."""
+    op = "maxpool2d_backward"
+    dy, argmax, (n, h, w, c) = operands.maxpool2d_backward(DEVICE, dy, argmax, input_shape)
+    if dy.size == 0:
+        return rt.zeros((n, h, w, c), what=f"{op} output")
+    dx = rt.empty((n, h, w, c), what=f"{op} output")
+    # One work-item per (n, c) plane: it clears its plane and adds in a fixed order.
+    elementwise("pool", "maxpool2d_backward", n * c, dy, argmax, dx, n, h, w, c,
+                dy.shape[1], dy.shape[2])
+    return dx
+
+
+def avgpool2d_forward(x, pool_size, strides, padding="valid"):
+    """(N,H,W,C) -> (N,HO,WO,C); 'same' averages the in-bounds pixels only."""
+    op = "avgpool2d_forward"
+    x, g = operands.avgpool2d_forward(DEVICE, x, pool_size, strides, padding)
+    y = rt.empty((g["N"], g["HO"], g["WO"], g["C"]), what=f"{op} output")
+    elementwise("pool", "avgpool2d_forward", y.size, x, y, *_window(g))
+    return y
+
+
+def avgpool2d_backward(dy, input_shape, pool_size, strides, padding="valid"):
+    op = "avgpool2d_backward"
+    dy, g = operands.avgpool2d_backward(DEVICE, dy, input_shape, pool_size, strides, padding)
+    dx = rt.empty((g["N"], g["H"], g["W"], g["C"]), what=f"{op} output")
+    elementwise("pool", "avgpool2d_backward", dx.size, dy, dx, *_window(g))
+    return dx
+
+
+def global_avgpool2d_forward(x):
+    """(N,H,W,C) -> (N,C) mean over H and W."""
+    op = "global_avgpool2d_forward"
+    x = operands.global_avgpool2d_forward(DEVICE, x)
+    n, h, w, c = x.shape
+    y = rt.empty((n, c), what=f"{op} output")
+    elementwise("pool", "global_avgpool2d_forward", y.size, x, y, n, h, w, c,
+                np.float32(1.0 / (h * w)))
+    return y
+
+
+def global_avgpool2d_backward(dy, input_shape):
+    op = "global_avgpool2d_backward"
+    dy, (n, h, w, c) = operands.global_avgpool2d_backward(DEVICE, dy, input_shape)
+    dx = rt.empty((n, h, w, c), what=f"{op} output")
+    elementwise("pool", "global_avgpool2d_backward", dx.size, dy, dx, n, h, w, c,
+                np.float32(1.0 / (h * w)))
+    return dx
+
+
+def global_maxpool2d_forward(x):
+    """(N,H,W,C) -> (y (N,C), argmax int32 (N,C) holding h*W + w)."""
+    op = "global_maxpool2d_forward"
+    x = operands.global_maxpool2d_forward(DEVICE, x)
+    n, h, w, c = x.shape
+    y = rt.empty((n, c), what=f"{op} output")
+    argmax = rt.empty((n, c), np.int32, what=f"{op} argmax")
+    elementwise("pool", "global_maxpool2d_forward", y.size, x, y, argmax, n, h, w, c)
+    return y, argmax
+
+
+def global_maxpool2d_backward(dy, argmax, input_shape):
+    op = "global_maxpool2d_backward"
+    dy, argmax, (n, h, w, c) = operands.global_maxpool2d_backward(DEVICE, dy, argmax,
+                                                                  input_shape)
+    dx = rt.empty((n, h, w, c), what=f"{op} output")
+    elementwise("pool", "global_maxpool2d_backward", dx.size, dy, argmax, dx, n, h, w, c)
+    return dx

@@ -1,0 +1,74 @@
+"""Operands of the metric ops (native/metric.pyx, pynn/backend/opencl/metric.py)."""
+
+import math
+
+import numpy as np
+
+from pynn.backend.api import METRIC_MODES
+from pynn.backend.operands.loss import dense_targets, sparse_labels
+
+
+def checked_threshold(op, value):
+    try:
+        thr = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: 'threshold' must be a number, got {value!r}") from None
+    if math.isnan(thr):
+        raise ValueError(f"{op}: 'threshold' must not be NaN")
+    return thr
+
+
+def _ranked(arrays, op, y_true, y_pred, sparse):
+    """-> (targets, scores (rows, K)): flat labels when sparse, else one-hot (rows, K).
+    Sequence outputs (N, T, K) count per step, as Keras's do."""
+    y_pred = arrays.float_input(op, "y_pred", y_pred)
+    if y_pred.ndim < 2:
+        raise ValueError(f"{op}: 'y_pred' must have shape (N, K) or (N, ..., K), got "
+                         f"{y_pred.shape}")
+    if y_true is None:
+        raise ValueError(f"{op}: 'y_true' is required, got None")
+    k = y_pred.shape[-1]
+    rows = y_pred.size // k if k else 0
+    scores = y_pred.reshape(rows, k)
+    if sparse:
+        return sparse_labels(arrays, op, y_true, y_pred.shape[:-1], k), scores
+    t = arrays.float_input(op, "y_true", y_true, like=y_pred)
+    if t.shape != y_pred.shape:
+        raise ValueError(f"{op}: one-hot 'y_true' must have the shape of 'y_pred' "
+                         f"{y_pred.shape}, got {t.shape}")
+    return t.reshape(rows, k), scores
+
+
+def accuracy_count(arrays, y_true, y_pred, mode, threshold):
+    """-> ("binary", y_true, y_pred, threshold) or (mode, targets, scores (rows, K), None)."""
+    op = "accuracy_count"
+    if mode not in METRIC_MODES:
+        raise ValueError(f"{op}: mode must be one of {METRIC_MODES}, got {mode!r}")
+    if mode == "binary":
+        thr = checked_threshold(op, threshold)
+        if y_true is None:
+            raise ValueError(f"{op}: 'y_true' is required, got None")
+        y_pred = arrays.float_input(op, "y_pred", y_pred)
+        return mode, dense_targets(arrays, op, y_true, y_pred), y_pred, thr
+    targets, scores = _ranked(arrays, op, y_true, y_pred, mode == "sparse")
+    return mode, targets, scores, None
+
+
+def top_k_count(arrays, y_true, y_pred, k, sparse):
+    """-> (targets, scores (rows, K), k, sparse)."""
+    op = "top_k_count"
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"{op}: 'k' must be an int >= 1, got {k!r}")
+    sparse = bool(sparse)
+    targets, scores = _ranked(arrays, op, y_true, y_pred, sparse)
+    return targets, scores, min(int(k), 2**31 - 1), sparse
+
+
+def confusion_counts(arrays, y_true, y_pred, threshold):
+    """-> (y_true, y_pred, threshold) with y_true shaped like y_pred."""
+    op = "confusion_counts"
+    thr = checked_threshold(op, threshold)
+    if y_true is None:
+        raise ValueError(f"{op}: 'y_true' is required, got None")
+    y_pred = arrays.float_input(op, "y_pred", y_pred)
+    return dense_targets(arrays, op, y_true, y_pred), y_pred, thr

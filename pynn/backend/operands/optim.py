@@ -1,0 +1,130 @@
+"""Operands of the regularizer, norm and optimizer-update ops (native/optim.pyx,
+pynn/backend/opencl/optim.py).
+
+Every update returns ``(w, g, <slots>, <hyper-parameters>, clip)`` where ``clip`` is the
+tuple (grad_scale, clipvalue, weight_decay * lr) that each rule applies first.
+"""
+
+import numpy as np
+
+from pynn.backend.operands.common import distinct, number, slot
+
+
+def _update(arrays, op, w, g, lr, grad_scale, clipvalue, weight_decay):
+    w = arrays.inplace(op, "w", w)
+    g = arrays.float_input(op, "g", g, like=w)
+    if g.shape != w.shape:
+        raise ValueError(f"{op}: 'g' must have the shape of 'w' {w.shape}, got {g.shape}")
+    lr = number(op, "lr", lr)
+    # grad_scale may be NaN: a non-finite global norm poisons the step, as in Keras.
+    scale = number(op, "grad_scale", grad_scale, lo=0.0, allow_nan=True)
+    clip = number(op, "clipvalue", clipvalue)
+    decay = number(op, "weight_decay", weight_decay, lo=0.0)
+    return w, g, lr, (scale, clip, decay * lr)
+
+
+def _required(op, **slots):
+    if any(a is None for a in slots.values()):
+        many = len(slots) > 1
+        names = " and ".join(repr(n) for n in slots)
+        got = ", ".join(f"{n}={type(a).__name__}" for n, a in slots.items())
+        raise ValueError(f"{op}: slot{'s' if many else ''} {names} {'are' if many else 'is'} "
+                         f"required, got {got}")
+
+
+def _momentum(op, momentum, buf):
+    momentum = number(op, "momentum", momentum, lo=0.0)
+    if momentum != 0.0 and buf is None:
+        raise ValueError(f"{op}: momentum={momentum} needs a 'momentum_buf' slot, got None")
+    return momentum
+
+
+def sgd_update(arrays, w, g, momentum_buf, lr, momentum, nesterov, grad_scale, clipvalue,
+               weight_decay):
+    """-> (w, g, momentum_buf or None, lr, momentum, nesterov, clip)."""
+    op = "sgd_update"
+    w, g, lr, clip = _update(arrays, op, w, g, lr, grad_scale, clipvalue, weight_decay)
+    momentum_buf = slot(arrays, op, "momentum_buf", momentum_buf, w)
+    momentum = _momentum(op, momentum, momentum_buf)
+    return w, g, momentum_buf, lr, momentum, bool(nesterov), clip
+
+
+def adam_step_size(dtype, lr, beta_1, beta_2, t):
+    """lr*sqrt(1-beta_2**t)/(1-beta_1**t) in the parameter's dtype, as Keras forms it.
+
+    In float32 the betas themselves round (0.999 -> 0.99900001), which moves 1-beta_2**t by
+    ~1e-5 relative at t=1; matching Keras to 1e-6 needs the same rounding, not exact math."""
+    dt = np.dtype(dtype).type
+    one = dt(1)
+    b1_power = dt(float(dt(beta_1)) ** t)
+    b2_power = dt(float(dt(beta_2)) ** t)
+    return float(dt(lr) * np.sqrt(one - b2_power) / (one - b1_power))
+
+
+def adam_update(arrays, w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale,
+                clipvalue, weight_decay):
+    """-> (w, g, m, v, vhat or None, alpha (the bias-corrected step size), beta_1, beta_2,
+    epsilon, clip)."""
+    op = "adam_update"
+    w, g, lr, clip = _update(arrays, op, w, g, lr, grad_scale, clipvalue, weight_decay)
+    _required(op, m=m, v=v)
+    m = slot(arrays, op, "m", m, w)
+    v = slot(arrays, op, "v", v, w)
+    vhat = slot(arrays, op, "vhat", vhat, w)
+    distinct(arrays, op, m=m, v=v, vhat=vhat)
+    beta_1 = number(op, "beta_1", beta_1, lo=0.0, hi=1.0, hi_open=True)
+    beta_2 = number(op, "beta_2", beta_2, lo=0.0, hi=1.0, hi_open=True)
+    epsilon = number(op, "epsilon", epsilon, lo=0.0)
+    if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)) or t < 1:
+        raise ValueError(f"{op}: 't' must be an int >= 1 (the 1-based step), got {t!r}")
+    alpha = adam_step_size(w.dtype, lr, beta_1, beta_2, int(t))
+    return w, g, m, v, vhat, alpha, beta_1, beta_2, epsilon, clip
+
+
+def rmsprop_update(arrays, w, g, velocity, momentum_buf, average_grad, lr, rho, momentum,
+                   epsilon, grad_scale, clipvalue, weight_decay):
+    """-> (w, g, velocity, momentum_buf or None, average_grad or None, lr, rho, momentum,
+    epsilon, clip)."""
+    op = "rmsprop_update"
+    w, g, lr, clip = _update(arrays, op, w, g, lr, grad_scale, clipvalue, weight_decay)
+    _required(op, velocity=velocity)
+    velocity = slot(arrays, op, "velocity", velocity, w)
+    momentum_buf = slot(arrays, op, "momentum_buf", momentum_buf, w)
+    average_grad = slot(arrays, op, "average_grad", average_grad, w)
+    distinct(arrays, op, velocity=velocity, momentum_buf=momentum_buf,
+             average_grad=average_grad)
+    rho = number(op, "rho", rho, lo=0.0, hi=1.0)
+    momentum = _momentum(op, momentum, momentum_buf)
+    epsilon = number(op, "epsilon", epsilon, lo=0.0)
+    return w, g, velocity, momentum_buf, average_grad, lr, rho, momentum, epsilon, clip
+
+
+def adagrad_update(arrays, w, g, accumulator, lr, epsilon, grad_scale, clipvalue,
+                   weight_decay):
+    """-> (w, g, accumulator, lr, epsilon, clip)."""
+    op = "adagrad_update"
+    w, g, lr, clip = _update(arrays, op, w, g, lr, grad_scale, clipvalue, weight_decay)
+    _required(op, accumulator=accumulator)
+    accumulator = slot(arrays, op, "accumulator", accumulator, w)
+    epsilon = number(op, "epsilon", epsilon, lo=0.0)
+    return w, g, accumulator, lr, epsilon, clip
+
+
+def regularizer_inplace(arrays, w, grad, l1, l2):
+    """-> (w, grad, l1, l2); grad is updated in place, so it must not alias w."""
+    op = "regularizer_inplace"
+    l1 = number(op, "l1", l1, lo=0.0)
+    l2 = number(op, "l2", l2, lo=0.0)
+    w = arrays.float_input(op, "w", w)
+    arrays.inplace(op, "grad", grad)
+    if grad.dtype != w.dtype:
+        raise TypeError(f"{op}: 'grad' must have the dtype of 'w' ({w.dtype}), got {grad.dtype}")
+    if grad.shape != w.shape:
+        raise ValueError(f"{op}: 'grad' must have the shape of 'w' {w.shape}, got {grad.shape}")
+    if arrays.shares_memory(grad, w):
+        raise ValueError(f"{op}: 'grad' must not share memory with 'w'")
+    return w, grad, l1, l2
+
+
+def sum_squares(arrays, a):
+    return arrays.float_input("sum_squares", "a", a)

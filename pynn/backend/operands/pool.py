@@ -1,0 +1,107 @@
+"""Operands of the pooling ops (native/pool.pyx, pynn/backend/opencl/pool.py).
+
+The window geometry ``g``: N, H, W, C, pool PH/PW, strides SH/SW, leading pads PT/PL and
+output HO/WO by Keras's 'same'/'valid' rules (the layer resolves strides=None).
+"""
+
+from pynn.backend.operands.common import (
+    check_count, check_shape, conv_output_size, padding_mode, pair, shape4,
+)
+
+
+def pool_geometry(op, input_shape, pool_size, strides, padding):
+    n, h, w, c = input_shape
+    ph, pw = pair(op, "pool_size", pool_size)
+    sh, sw = pair(op, "strides", strides)
+    mode = padding_mode(op, padding)
+    pt, ho = conv_output_size(h, ph, sh, 1, mode)
+    pl, wo = conv_output_size(w, pw, sw, 1, mode)
+    return dict(N=n, H=h, W=w, C=c, PH=ph, PW=pw, SH=sh, SW=sw, PT=pt, PL=pl, HO=ho, WO=wo)
+
+
+def _input_shape(arrays, op, input_shape):
+    shape = shape4(op, "input_shape", input_shape)
+    check_count(arrays, op, "input_shape", shape[0] * shape[1] * shape[2] * shape[3])
+    return shape
+
+
+def _plane(op, shape):
+    if shape[1] == 0 or shape[2] == 0:
+        raise ValueError(f"{op}: global pooling needs H, W >= 1, got input shape {shape}")
+
+
+def _windowed_forward(arrays, op, x, pool_size, strides, padding):
+    x = arrays.float_input(op, "x", x, ndim=4)
+    return x, pool_geometry(op, x.shape, pool_size, strides, padding)
+
+
+def maxpool2d_forward(arrays, x, pool_size, strides, padding):
+    """-> (x, g)."""
+    return _windowed_forward(arrays, "maxpool2d_forward", x, pool_size, strides, padding)
+
+
+def avgpool2d_forward(arrays, x, pool_size, strides, padding):
+    """-> (x, g)."""
+    return _windowed_forward(arrays, "avgpool2d_forward", x, pool_size, strides, padding)
+
+
+def maxpool2d_backward(arrays, dy, argmax, input_shape):
+    """-> (dy, argmax, input_shape). argmax must point into a non-empty input whenever dy
+    holds anything; its values are the kernels' to check."""
+    op = "maxpool2d_backward"
+    dy = arrays.float_input(op, "dy", dy, ndim=4)
+    argmax = arrays.int_input(op, "argmax", argmax, ndim=4)
+    check_shape(op, "argmax", argmax, dy.shape)
+    input_shape = _input_shape(arrays, op, input_shape)
+    check_shape(op, "dy", dy, (input_shape[0], None, None, input_shape[3]))
+    if dy.size and 0 in input_shape:
+        raise ValueError(f"{op}: argmax points into an empty input of shape {input_shape}")
+    return dy, argmax, input_shape
+
+
+def avgpool2d_backward(arrays, dy, input_shape, pool_size, strides, padding):
+    """-> (dy, g)."""
+    op = "avgpool2d_backward"
+    dy = arrays.float_input(op, "dy", dy, ndim=4)
+    input_shape = _input_shape(arrays, op, input_shape)
+    g = pool_geometry(op, input_shape, pool_size, strides, padding)
+    check_shape(op, "dy", dy, (g["N"], g["HO"], g["WO"], g["C"]))
+    return dy, g
+
+
+def _global_forward(arrays, op, x):
+    x = arrays.float_input(op, "x", x, ndim=4)
+    _plane(op, x.shape)
+    return x
+
+
+def global_avgpool2d_forward(arrays, x):
+    """-> x (N, H, W, C) with H, W >= 1."""
+    return _global_forward(arrays, "global_avgpool2d_forward", x)
+
+
+def global_maxpool2d_forward(arrays, x):
+    """-> x (N, H, W, C) with H, W >= 1."""
+    return _global_forward(arrays, "global_maxpool2d_forward", x)
+
+
+def global_avgpool2d_backward(arrays, dy, input_shape):
+    """-> (dy (N, C), input_shape)."""
+    op = "global_avgpool2d_backward"
+    dy = arrays.float_input(op, "dy", dy, ndim=2)
+    input_shape = _input_shape(arrays, op, input_shape)
+    _plane(op, input_shape)
+    check_shape(op, "dy", dy, (input_shape[0], input_shape[3]))
+    return dy, input_shape
+
+
+def global_maxpool2d_backward(arrays, dy, argmax, input_shape):
+    """-> (dy (N, C), argmax (N, C), input_shape)."""
+    op = "global_maxpool2d_backward"
+    dy = arrays.float_input(op, "dy", dy, ndim=2)
+    argmax = arrays.int_input(op, "argmax", argmax, ndim=2)
+    check_shape(op, "argmax", argmax, dy.shape)
+    input_shape = _input_shape(arrays, op, input_shape)
+    _plane(op, input_shape)
+    check_shape(op, "dy", dy, (input_shape[0], input_shape[3]))
+    return dy, argmax, input_shape
