@@ -42,7 +42,7 @@ info: $(VENV)/.built
 	$(PY) -m pynn info
 
 bench: $(VENV)/.test-deps
-	$(PY) -m pynn.bench
+	$(PY) -m bench
 
 clean:
 	rm -rf build pynn/_native/*.so native/*.c pynn/_build_flags.py $(VENV)/.built $(VENV)/.test-deps

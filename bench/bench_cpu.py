@@ -1,4 +1,4 @@
-"""``python -m pynn.bench``: pynn's CPU benchmark suite.
+"""``python -m bench`` (from the repository root): pynn's CPU benchmark suite.
 
 What it measures, in order (every benchmark first checks its result, then times):
 
@@ -21,6 +21,9 @@ What it measures, in order (every benchmark first checks its result, then times)
 
 It prints a table and writes JSON (machine info, every number, and for each target whether it
 is met). ``--profile`` adds per-op milliseconds per training step for both frameworks.
+
+Run it through ``bench/__main__.py``, which imports pynn before this module imports NumPy (see
+there); the torch worker loads this file alone, without pynn.
 
 Legend: N batch, H/W spatial, C channels, F filters, U units.
 """
@@ -583,13 +586,13 @@ class Worker:
 
     def __init__(self, name, framework, threads, quick, torch_omp_wait_policy=None):
         env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[1])
         if framework == "pynn":
-            cmd = [sys.executable, "-m", "pynn.bench"]
-            root = str(Path(__file__).resolve().parents[1])
+            cmd = [sys.executable, "-m", "bench"]
             env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         else:
-            # Loads this file without the pynn package, whose import would change torch's
-            # OpenMP wait policy.
+            # Loads this file alone: ``python -m bench`` imports pynn, which would change
+            # torch's OpenMP wait policy.
             cmd = [sys.executable, "-c", _STANDALONE, str(Path(__file__).resolve())]
             if torch_omp_wait_policy is None:
                 env.pop("OMP_WAIT_POLICY", None)
@@ -600,7 +603,7 @@ class Worker:
         # stderr to a file: a chatty worker (torch's profiler) must not fill a pipe and block.
         self.stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, text=True, env=env)
+                                     stderr=self.stderr, text=True, env=env, cwd=root)
         self.info = None
 
     def wait_ready(self):
@@ -633,7 +636,7 @@ class Worker:
 
 
 _STANDALONE = ("import importlib.util, sys; "
-               "spec = importlib.util.spec_from_file_location('pynn_bench', sys.argv[1]); "
+               "spec = importlib.util.spec_from_file_location('bench_cpu', sys.argv[1]); "
                "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
                "sys.exit(m.main(sys.argv[2:]))")
 
@@ -839,7 +842,7 @@ def run(args):
     t0 = time.perf_counter()
     load_start = _loadavg()
     results = {"schema": 1, "quick": bool(args.quick), "repeats": args.repeats,
-               "command": "python -m pynn.bench " + " ".join(sys.argv[1:]),
+               "command": "python -m bench " + " ".join(sys.argv[1:]),
                "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "machine": machine_info(threads)}
     peak = bench_peak(sizes["peak_n"], args.repeats)
@@ -872,7 +875,7 @@ def run(args):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m pynn.bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for pynn, BLAS and torch (default: all usable cores)")
     ap.add_argument("--quick", action="store_true", help="toy sizes (a smoke test, not numbers)")
@@ -899,4 +902,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit("run the suite as `python -m bench` from the repository root (it imports pynn "
+             "before NumPy)")
