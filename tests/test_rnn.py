@@ -386,26 +386,38 @@ def test_bad_backward_inputs(cell):
         backward(cell, dy, x, w[:3], r, cache, opts)
 
 
-def test_activation_lists_agree():
-    """The op, the OpenCL twin and the layer offer the same activations."""
+# The native ops and their OpenCL twins; the OpenCL ones only in a run that includes opencl.
+OP_MODULES = ["native", pytest.param("opencl", marks=pytest.mark.opencl)]
+
+
+def _op_module(which):
+    if which == "native":
+        return rnn
     from pynn.backend import _cl_rnn
+
+    return _cl_rnn
+
+
+@pytest.mark.parametrize("which", OP_MODULES)
+def test_activation_lists_agree(which):
+    """The op, the OpenCL twin and the layer offer the same activations."""
     from pynn.layers import recurrent
 
-    assert rnn.RNN_ACTIVATIONS == _cl_rnn.RNN_ACTIVATIONS == recurrent.RNN_ACTIVATIONS
+    assert _op_module(which).RNN_ACTIVATIONS == recurrent.RNN_ACTIVATIONS
 
 
-def test_signatures_match_api():
+@pytest.mark.parametrize("which", OP_MODULES)
+def test_signatures_match_api(which):
     import inspect
 
-    from pynn.backend import _cl_rnn
     from pynn.backend.api import OPS
 
+    module = _op_module(which)
     names = [k for k in OPS if k.split("_")[0] in ("simple", "lstm", "gru")]
     assert len(names) == 6
     for name in names:
-        for module in (rnn, _cl_rnn):
-            params = tuple(inspect.signature(getattr(module, name)).parameters)
-            assert params == OPS[name], (module.__name__, name, params)
+        params = tuple(inspect.signature(getattr(module, name)).parameters)
+        assert params == OPS[name], (module.__name__, name, params)
 
 
 # -- layers ----------------------------------------------------------------------------------
