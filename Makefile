@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine with python3 and a C compiler:
 #   make demo   creates .venv, installs pynn and its dependencies, trains the demo CNN
 #   make test   same venv plus the test extras (PyTorch CPU, Keras, PoCL), runs the suite
+# `make test-fast` runs the CPU tests only (-m "not opencl"), for the edit-test loop.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -10,7 +11,7 @@ NATIVE := setup.py pyproject.toml $(wildcard native/*.pyx native/*.pxd native/*.
 # OpenCL program for PoCL once, which dominates the serial run (about 8.5 of 9 minutes).
 PYTEST_ARGS ?= -n auto
 
-.PHONY: demo test build bench info clean
+.PHONY: demo test test-fast build bench info clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,11 +39,15 @@ demo: $(VENV)/.built
 test: $(VENV)/.test-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# No test marked opencl, and PYNN_DEVICE=cpu so an exported PYNN_DEVICE cannot move the rest.
+test-fast: $(VENV)/.test-deps
+	PYNN_DEVICE=cpu $(PY) -m pytest -q $(PYTEST_ARGS) -m "not opencl"
+
 info: $(VENV)/.built
 	$(PY) -m pynn info
 
 bench: $(VENV)/.test-deps
-	$(PY) -m pynn.bench
+	$(PY) -m bench
 
 clean:
 	rm -rf build pynn/_native/*.so native/*.c pynn/_build_flags.py $(VENV)/.built $(VENV)/.test-deps

@@ -6,6 +6,14 @@ import pytest
 import pynn
 
 
+def pytest_runtest_setup(item):
+    """A test marked ``opencl`` is skipped, with the reason, when no OpenCL device is usable."""
+    if item.get_closest_marker("opencl") is not None:
+        from tests.opencl_util import skip_without_opencl
+
+        skip_without_opencl()
+
+
 @pytest.fixture
 def seeded():
     """Seed pynn's generator (initializers, shuffling, dropout seeds); returns a NumPy rng."""

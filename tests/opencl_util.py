@@ -1,17 +1,24 @@
 """Shared skip logic and fixtures of the OpenCL tests.
 
-OpenCL tests are skipped, with the reason shown, only when pyopencl cannot be imported or no
-OpenCL device exists. In CI ``pocl-binary-distribution`` provides a CPU device, so they run.
-``PYNN_CL_DEVICE`` ('opencl' or 'opencl:P:D') picks the device under test.
+Every test that touches the OpenCL backend carries the ``opencl`` marker (a module's
+``pytestmark = pytest.mark.opencl``, or ``pytest.param(..., marks=pytest.mark.opencl)``), so
+``pytest -m "not opencl"`` (``make test-fast``) runs no OpenCL code. tests/conftest.py skips a
+marked test, with the reason shown, only when pyopencl cannot be imported or no OpenCL device
+exists; the probe runs when the first marked test starts, not at import. In CI
+``pocl-binary-distribution`` provides a CPU device, so they run. ``PYNN_CL_DEVICE`` ('opencl'
+or 'opencl:P:D') picks the device under test.
 """
 
+import functools
 import os
 
 import numpy as np
 import pytest
 
 
-def _probe():
+@functools.cache
+def probe():
+    """(True, "") when an OpenCL device can be used, else (False, why)."""
     try:
         import pyopencl  # noqa: F401
     except ImportError as exc:
@@ -27,16 +34,16 @@ def _probe():
     return True, ""
 
 
-HAVE_OPENCL, SKIP_REASON = _probe()
-
-requires_opencl = pytest.mark.skipif(not HAVE_OPENCL, reason=SKIP_REASON)
+def skip_without_opencl():
+    ok, reason = probe()
+    if not ok:
+        pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
 def ocl():
     """The OpenCL backend module with its device selected."""
-    if not HAVE_OPENCL:
-        pytest.skip(SKIP_REASON)
+    skip_without_opencl()
     from pynn.backend import opencl
 
     opencl.select_device(os.environ.get("PYNN_CL_DEVICE", "opencl"))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pynn.backend.api import OPS
-from tests.opencl_util import HAVE_OPENCL, SKIP_REASON
+from tests.opencl_util import skip_without_opencl
 
 
 def _cpu():
@@ -17,21 +17,21 @@ def _cpu():
 
 
 def _opencl():
-    if not HAVE_OPENCL:
-        pytest.skip(SKIP_REASON)
+    skip_without_opencl()
     from pynn.backend import opencl
 
     return opencl
 
 
 BACKENDS = {"cpu": _cpu, "opencl": _opencl}
+BACKEND_PARAMS = ["cpu", pytest.param("opencl", marks=pytest.mark.opencl)]
 
 
 def _params(fn):
     return tuple(inspect.signature(fn).parameters.values())
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_backend_exports_every_op_with_the_contract_signature(backend):
     mod = BACKENDS[backend]()
     missing = [name for name in OPS if not callable(getattr(mod, name, None))]
@@ -44,6 +44,7 @@ def test_backend_exports_every_op_with_the_contract_signature(backend):
     assert not wrong, f"{backend} signatures differ from api.OPS (got, want): {wrong}"
 
 
+@pytest.mark.opencl
 def test_backends_agree_on_defaults():
     cpu, ocl = _cpu(), _opencl()
     differ = {}
@@ -55,6 +56,7 @@ def test_backends_agree_on_defaults():
     assert not differ, f"cpu and opencl defaults differ: {differ}"
 
 
+@pytest.mark.opencl
 def test_set_device_switches_backends_end_to_end():
     import pynn.backend as backend
 

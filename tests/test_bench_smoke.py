@@ -1,6 +1,6 @@
-"""Smoke test of ``python -m pynn.bench``: toy sizes through every code path, asserting the
-result checks and the JSON structure (never timings: this machine is shared and tiny sizes say
-nothing about speed)."""
+"""Smoke test of ``python -m bench`` (bench/bench_cpu.py): toy sizes through every code path,
+asserting the result checks and the JSON structure (never timings: this machine is shared and
+tiny sizes say nothing about speed)."""
 
 import json
 import math
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pynn import bench
+from bench import bench_cpu as bench
 
 pytest.importorskip("torch")
 

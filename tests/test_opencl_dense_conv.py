@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
-from tests.opencl_util import assert_close, ocl, rand, requires_opencl  # noqa: F401
+from tests.opencl_util import assert_close, ocl, rand  # noqa: F401
 from tests.reference import conv_ref
 
-pytestmark = [requires_opencl, pytest.mark.opencl]
+pytestmark = pytest.mark.opencl
 
 RTOL = 1e-4
 

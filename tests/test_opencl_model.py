@@ -6,9 +6,8 @@ import pytest
 
 import pynn
 from pynn import layers
-from tests.opencl_util import HAVE_OPENCL, SKIP_REASON
 
-pytestmark = pytest.mark.skipif(not HAVE_OPENCL, reason=SKIP_REASON)
+pytestmark = pytest.mark.opencl
 
 
 @pytest.fixture

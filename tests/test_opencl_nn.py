@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT, LOSSES, OPS
-from tests.opencl_util import assert_close, ocl, rand, requires_opencl  # noqa: F401
+from tests.opencl_util import assert_close, ocl, rand  # noqa: F401
 
-pytestmark = [requires_opencl, pytest.mark.opencl]
+pytestmark = pytest.mark.opencl
 
 ELEMENTWISE = 1e-5
 REDUCTION = 1e-4

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from pynn._native import rnn as cpu_rnn
-from tests.opencl_util import assert_close, ocl, rand, requires_opencl  # noqa: F401
+from tests.opencl_util import assert_close, ocl, rand  # noqa: F401
 
-pytestmark = requires_opencl
+pytestmark = pytest.mark.opencl
 
 CELLS = ["simple_rnn", "lstm", "gru", "gru_before"]
 GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3, "gru_before": 3}

@@ -7,9 +7,7 @@ import types
 import numpy as np
 import pytest
 
-from tests.opencl_util import requires_opencl
-
-pytestmark = [requires_opencl, pytest.mark.opencl]
+pytestmark = pytest.mark.opencl
 
 KEYS = {"index", "platform", "name", "type", "global_mem", "max_alloc", "compute_units",
         "fp16", "fp64", "driver_version"}
