@@ -107,7 +107,8 @@ def test_model_files_move_between_backends(save_on, load_on, tmp_path, restore_d
 
 
 def test_bad_device_spec_is_a_clear_error(restore_device):
-    with pytest.raises((ValueError, RuntimeError), match="opencl"):
+    # Every bad spec is the same error type: a name that is not a device.
+    with pytest.raises(ValueError, match="opencl"):
         pynn.set_device("opencl:97:3")
     with pytest.raises(ValueError, match="cpu"):
         pynn.set_device("cuda")

@@ -53,7 +53,7 @@ def test_select_rejects_malformed_spec(rt, spec):
 
 
 def test_select_unknown_index_lists_available(rt):
-    with pytest.raises(RuntimeError, match="available"):
+    with pytest.raises(ValueError, match="available"):
         rt.select_device("opencl:99:0")
 
 

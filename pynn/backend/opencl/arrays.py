@@ -77,10 +77,23 @@ DEVICE = DeviceArrays()
 
 # -- the array ops of the op table ------------------------------------------------------
 
+# Why no float64: the kernels are written once, in float32 (opencl/common.h). fp64 is an
+# optional OpenCL extension, absent on most Intel and many AMD consumer parts and 1/32 to 1/64
+# of the float32 rate on consumer NVIDIA ones; float64 is for gradient checks, which the CPU
+# backend runs.
+def _device_dtype(op, dtype):
+    dtype = np.dtype(dtype)
+    if dtype == np.float64:
+        raise TypeError(f"{op}: the OpenCL backend computes in float32 only (its kernels are "
+                        f"float32, fp64 is optional in OpenCL); build the model in float32 "
+                        f"(pynn.set_floatx('float32')) or use the CPU backend for float64")
+    return dtype
+
+
 
 def asarray(x, dtype=np.float32):
     """Host data -> device array (upload); a device array of the right dtype passes through."""
-    dtype = np.dtype(dtype)
+    dtype = _device_dtype("asarray", dtype)
     if is_device_array(x):
         if x.dtype == dtype and x.flags.c_contiguous and not x.offset:
             return x
@@ -97,15 +110,15 @@ def to_numpy(a):
 
 
 def empty(shape, dtype=np.float32):
-    return rt.empty(shape, dtype)
+    return rt.empty(shape, _device_dtype("empty", dtype))
 
 
 def zeros(shape, dtype=np.float32):
-    return rt.zeros(shape, dtype)
+    return rt.zeros(shape, _device_dtype("zeros", dtype))
 
 
 def full(shape, value, dtype=np.float32):
-    a = rt.empty(shape, dtype)
+    a = rt.empty(shape, _device_dtype("full", dtype))
     if a.size:
         a.fill(np.dtype(dtype).type(value))
     return a

@@ -172,7 +172,7 @@ def select_device(spec="opencl"):
         match = [t for t in found if (t[0], t[1]) == want]
         if not match:
             have = ", ".join(f"opencl:{t[0]}:{t[1]} ({t[3].name.strip()})" for t in found)
-            raise RuntimeError(f"select_device: no device {spec!r}; available: {have}")
+            raise ValueError(f"select_device: no device {spec!r}; available: {have}")
         p, d, platform, dev = match[0]
     index = f"opencl:{p}:{d}"
     if _S.index == index:
