@@ -134,3 +134,11 @@ def test_upload_is_a_snapshot_of_the_host_array(restore_device):
     dev = b.asarray(host, np.float32)
     host *= -1.0
     np.testing.assert_array_equal(b.to_numpy(dev), np.arange(4099, dtype=np.float32))
+
+
+def test_float64_model_on_opencl_says_why(restore_device, float64):
+    """The OpenCL kernels are float32; a float64 model is refused with the reason and the
+    way out, before any kernel runs, not with a dtype mismatch deep in an op."""
+    pynn.set_device("opencl")
+    with pytest.raises(TypeError, match=r"float32 only.*set_floatx\('float32'\).*CPU"):
+        pynn.Sequential([layers.Input(shape=(3,)), layers.Dense(2)])
