@@ -142,7 +142,7 @@ def test_save_unbuilt_model_is_refused(tmp_path):
 
 # -- atomic save --------------------------------------------------------------------------------
 def _stray_files(directory):
-    return [p.name for p in directory.iterdir() if p.name.startswith(".pynn-")]
+    return [p.name for p in directory.iterdir() if saving.TEMP_NAME.match(p.name)]
 
 
 def test_failed_save_keeps_old_file(trained, tmp_path, monkeypatch):
@@ -335,7 +335,7 @@ def test_weight_count_mismatch(trained, tmp_path):
     doc = _doc(path)
     doc["weights"] = doc["weights"][:-1]
     bad = _rewrite(path, tmp_path / "count.pynn", replace={"pynn.json": json.dumps(doc)})
-    with pytest.raises(ValueError, match="holds 5 weights but the model has 6"):
+    with pytest.raises(ValueError, match="holds 5 weights but model '.*' has 6"):
         pynn.load_model(bad)
 
 

@@ -17,6 +17,8 @@ from pynn.backend import api
 from pynn.variables import Variable
 
 _name_counters = {}
+# Sizes that reach the native kernels as C ints (strides, pool sizes, dilations, kernel sizes).
+C_INT_MAX = 2**31 - 1
 # Set while a saved model is rebuilt: its weights are about to be overwritten from the file, so
 # add_weight allocates zeros (lazily mapped pages) instead of drawing random values.
 _zero_init = False
@@ -76,7 +78,16 @@ class Layer:
     def add_weight(self, name, shape, initializer, regularizer=None, trainable=True):
         init = initializers.get(initializer)
         shape = tuple(int(d) for d in shape)
-        value = np.zeros(shape, self.dtype) if _zero_init else init(shape, dtype=self.dtype)
+        try:
+            value = np.zeros(shape, self.dtype) if _zero_init else init(shape, dtype=self.dtype)
+        except MemoryError:
+            nbytes = math.prod(shape) * np.dtype(self.dtype).itemsize
+            raise MemoryError(f"Layer '{self.name}' ({type(self).__name__}): cannot allocate "
+                              f"weight '{name}' of shape {shape} ({self.dtype}, "
+                              f"{nbytes / 2**30:.1f} GiB)") from None
+        except ValueError as exc:  # NumPy: "array is too big" for shapes past the address space
+            raise ValueError(f"Layer '{self.name}' ({type(self).__name__}): weight '{name}' of "
+                             f"shape {shape} cannot be allocated ({exc})") from None
         var = Variable(backend.current().asarray(value, self.dtype), f"{self.name}/{name}",
                        trainable=trainable, regularizer=regularizers.get(regularizer))
         self._variables.append(var)
@@ -146,6 +157,9 @@ class Layer:
                              f"{shape_str(expected)}, got {shape_str((None,) + shape[1:])}")
 
     def __call__(self, x, training=False):
+        if is_complex(x):
+            raise TypeError(f"Layer '{self.name}' ({type(self).__name__}): input must be real, "
+                            f"got dtype {x.dtype} (its imaginary part would be dropped)")
         if not self.built:
             self.build((None,) + tuple(x.shape[1:]))
         self.check_input(x)
@@ -183,6 +197,13 @@ class Layer:
         return f"<{type(self).__name__} name={self.name}>"
 
 
+def is_complex(x):
+    """Whether ``x`` has a complex dtype (NumPy's, a device array's, or a tensor's), which a
+    cast to float would silently drop the imaginary part of."""
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and "complex" in str(dtype)
+
+
 def activation_config(activation):
     """Normalize an activation argument to (name, alpha) as the backend expects it."""
     from pynn.backend.api import ACTIVATIONS
@@ -215,10 +236,13 @@ def pair(name, layer, value):
         value = (int(value), int(value))
     try:
         value = tuple(int(v) for v in value)
-    except TypeError:
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{layer}: {name} must be an int or a tuple of 2 ints, got {value!r}")
     if len(value) != 2 or min(value) < 1:
         raise ValueError(f"{layer}: {name} must be positive ints, got {value!r}")
+    if max(value) > C_INT_MAX:
+        raise ValueError(f"{layer}: {name} must be at most {C_INT_MAX} (a C int), got "
+                         f"{value!r}")
     return value
 
 
