@@ -56,10 +56,15 @@ def _uniform(rng, shape, low, high, dtype):
 def _truncated_normal(rng, shape, mean, stddev, dtype):
     draw = _draw_dtype(dtype)
     out = rng.standard_normal(shape, dtype=draw)
-    bad = np.abs(out) > 2
-    while bad.any():  # resamples the few values beyond 2 sigma; shrinks geometrically
-        out[bad] = rng.standard_normal(int(bad.sum()), dtype=draw)
-        bad = np.abs(out) > 2
+    flat = out.reshape(-1)
+    # Two boolean masks rather than abs(): no second array of the weight's size.
+    beyond = flat > 2
+    np.logical_or(beyond, flat < -2, out=beyond)
+    bad = np.flatnonzero(beyond)
+    del beyond
+    while bad.size:  # resamples the few values beyond 2 sigma; shrinks geometrically
+        flat[bad] = rng.standard_normal(bad.size, dtype=draw)
+        bad = bad[np.abs(flat[bad]) > 2]
     out *= stddev
     out += mean
     return out

@@ -41,7 +41,7 @@ import zipfile
 import numpy as np
 from numpy.lib import format as npy_format
 
-from pynn import losses, metrics, optimizers
+from pynn import backend, losses, metrics, optimizers
 from pynn.layers.base import zero_init
 
 FORMAT = "pynn"
@@ -407,11 +407,14 @@ def _check_weight_budget(model, archive):
 
 
 def _weight_owners(model):
-    """(layer name, variable) for every weight, in get_weights() order."""
-    return [(layer.name, v) for layer in model.layers for v in layer.weights]
+    """(layer, variable) for every weight, in get_weights() order."""
+    return [(layer, v) for layer in model.layers for v in layer.weights]
 
 
-def _load_weights_into(model, archive):
+def _load_weights_into(model, archive, atomic):
+    """Read every weight member into ``model``. ``atomic``: read them all before the first
+    assignment, so a bad member leaves the model as it was (twice the weights' memory at the
+    peak); otherwise assign each as it is read (a model being built, discarded on failure)."""
     names = archive.doc.get("weights")
     archive.expect(isinstance(names, list) and all(isinstance(n, str) for n in names),
                    "'weights' must be a list of names")
@@ -422,11 +425,18 @@ def _load_weights_into(model, archive):
         raise archive.fail("pynn.json", f"holds {len(names)} weights but model "
                                         f"'{model.name}' has {len(owners)} (saved: [{saved}]; "
                                         f"the model's: [{wanted}])")
-    arrays = []
+    b = backend.current()
+    pending = []
     for i, ((layer, var), saved) in enumerate(zip(owners, names)):
-        owner = f"layer '{layer}' weight '{var.path}', saved as '{saved}'"
-        arrays.append(archive.array(f"weights/{i:05d}.npy", var.shape, owner))
-    model.set_weights(arrays)
+        owner = f"layer '{layer.name}' weight '{var.path}', saved as '{saved}'"
+        arr = archive.array(f"weights/{i:05d}.npy", var.shape, owner)
+        # archive.array checked shape and dtype: the array is fresh, no copy is needed.
+        if atomic:
+            pending.append((var, arr, layer.dtype))
+        else:
+            var.value = b.asarray(arr, layer.dtype)
+    for var, arr, dtype in pending:
+        var.value = b.asarray(arr, dtype)
 
 
 def _load_layer_state(model, archive):
@@ -495,7 +505,7 @@ def load_model(filepath, compile=True, max_compression_ratio=None):
     archive = _Archive(filepath, "load_model", max_compression_ratio)
     try:
         model = _build_model(archive)
-        _load_weights_into(model, archive)
+        _load_weights_into(model, archive, atomic=False)
         _load_layer_state(model, archive)
         _load_rng_state(model, archive)
         spec = archive.doc.get("compile")
@@ -519,6 +529,6 @@ def load_weights(model, filepath, max_compression_ratio=None):
             except _CONFIG_ERRORS as exc:
                 raise archive.fail("pynn.json", f"model '{model.name}' cannot be built for the "
                                                 f"saved input shape {shape} ({exc})") from None
-        _load_weights_into(model, archive)
+        _load_weights_into(model, archive, atomic=True)
     finally:
         archive.close()

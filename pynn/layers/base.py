@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import math
 import re
+import sys
 
 import numpy as np
 
@@ -19,8 +20,9 @@ from pynn.variables import Variable
 _name_counters = {}
 # Sizes that reach the native kernels as C ints (strides, pool sizes, dilations, kernel sizes).
 C_INT_MAX = 2**31 - 1
-# Set while a saved model is rebuilt: its weights are about to be overwritten from the file, so
-# add_weight allocates zeros (lazily mapped pages) instead of drawing random values.
+# Set while a saved model is rebuilt: its weights are about to be replaced by the file's, so
+# add_weight makes shape-only placeholders (a read-only zero broadcast to the shape, no memory)
+# instead of drawing random values.
 _zero_init = False
 
 
@@ -78,20 +80,26 @@ class Layer:
     def add_weight(self, name, shape, initializer, regularizer=None, trainable=True):
         init = initializers.get(initializer)
         shape = tuple(int(d) for d in shape)
-        try:
-            value = np.zeros(shape, self.dtype) if _zero_init else init(shape, dtype=self.dtype)
-        except MemoryError:
-            nbytes = math.prod(shape) * np.dtype(self.dtype).itemsize
-            raise MemoryError(f"Layer '{self.name}' ({type(self).__name__}): cannot allocate "
-                              f"weight '{name}' of shape {shape} ({self.dtype}, "
-                              f"{nbytes / 2**30:.1f} GiB)") from None
-        except ValueError as exc:  # NumPy: "array is too big" for shapes past the address space
-            raise ValueError(f"Layer '{self.name}' ({type(self).__name__}): weight '{name}' of "
-                             f"shape {shape} cannot be allocated ({exc})") from None
-        var = Variable(backend.current().asarray(value, self.dtype), f"{self.name}/{name}",
-                       trainable=trainable, regularizer=regularizers.get(regularizer))
+        if _zero_init:
+            value = np.broadcast_to(np.zeros((), self.dtype), shape)
+        else:
+            value = backend.current().asarray(self._initial_value(name, shape, init),
+                                              self.dtype)
+        var = Variable(value, f"{self.name}/{name}", trainable=trainable,
+                       regularizer=regularizers.get(regularizer))
         self._variables.append(var)
         return var
+
+    def _initial_value(self, name, shape, init):
+        nbytes = math.prod(shape) * np.dtype(self.dtype).itemsize
+        what = (f"Layer '{self.name}' ({type(self).__name__}): weight '{name}' of shape {shape} "
+                f"({self.dtype}, {nbytes / 2**30:.1f} GiB)")
+        if nbytes > sys.maxsize:
+            raise ValueError(f"{what} is larger than the address space")
+        try:
+            return init(shape, dtype=self.dtype)
+        except MemoryError:
+            raise MemoryError(f"{what}: out of memory") from None
 
     @property
     def weights(self):
