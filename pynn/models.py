@@ -19,6 +19,8 @@ from pynn.layers.base import Layer, _unique_name, is_complex, shape_str
 class Sequential:
     def __init__(self, layers=None, name=None, trainable=True):
         _config.get_num_threads()  # applies the thread settings before the first kernel runs
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"Sequential: name must be a string, got {name!r}")
         self.name = name or _unique_name("sequential")
         self.trainable = trainable
         self.layers = []

@@ -37,6 +37,7 @@ import secrets
 import socket
 import time
 import zipfile
+import zlib
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -66,6 +67,10 @@ TEMP_NAME = re.compile(r"^\.pynn-save\.(?P<pid>\d+)\.(?P<host>[A-Za-z0-9_-]{1,64
                        r"[0-9a-f]{8,32}\.tmp$")
 # A temporary file of another host (whose writer pynn cannot probe) is stale after this long.
 STALE_TEMP_SECONDS = 24 * 3600
+
+# The ways a damaged member fails while it is inflated and read.
+_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError,
+                ValueError, NotImplementedError)
 
 # Model classes a file may name, filled by pynn.models (saving never imports models).
 MODEL_CLASSES = {}
@@ -263,10 +268,10 @@ class _Archive:
                             f"you trust loads with max_compression_ratio=<higher>")
 
     def _open(self, name):
+        info = self._info(name)
         try:
-            return self.zf.open(self._info(name))
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError,
-                RuntimeError) as exc:  # RuntimeError: an encrypted member
+            return self.zf.open(info)
+        except _READ_ERRORS + (RuntimeError,) as exc:  # RuntimeError: an encrypted member
             raise self.fail(name, f"cannot be read ({exc})") from None
 
     def _read(self, name, limit):
@@ -276,7 +281,9 @@ class _Archive:
         try:
             with self._open(name) as fh:
                 data = fh.read(limit + 1)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, zipfile.LargeZipFile) as exc:
+        except _READ_ERRORS as exc:
+            if str(exc).startswith(f"{self.verb}:"):
+                raise
             raise self.fail(name, f"damaged, cannot be read ({exc})") from None
         if len(data) != info.file_size:
             raise self.fail(name, "damaged: its data does not have the size it declares")
@@ -314,7 +321,9 @@ class _Archive:
         try:
             with self._open(name) as fh:
                 return self._read_npy(fh, name, info.file_size, shape, what)
-        except (zipfile.BadZipFile, OSError, EOFError, zipfile.LargeZipFile) as exc:
+        except _READ_ERRORS as exc:
+            if str(exc).startswith(f"{self.verb}:"):
+                raise
             raise self.fail(name, f"damaged, cannot be read ({exc})") from None
 
     def _read_npy(self, fh, name, file_size, shape, what):

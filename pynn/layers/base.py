@@ -57,6 +57,8 @@ class Layer:
     def __init__(self, name=None, trainable=True, dtype=None, input_shape=None, **kwargs):
         if kwargs:
             raise TypeError(f"{type(self).__name__}: unexpected arguments {sorted(kwargs)}")
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"{type(self).__name__}: name must be a string, got {name!r}")
         self.name = name or _unique_name(_snake(type(self).__name__))
         self.trainable = trainable
         self.dtype = str(np.dtype(dtype)) if dtype is not None else _config.floatx()
