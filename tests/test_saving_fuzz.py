@@ -19,7 +19,7 @@ import sys
 import pynn
 
 FUZZ = r'''
-import io, json, math, os, random, resource, struct, sys, time, warnings, zipfile
+import io, json, os, random, resource, struct, sys, time, warnings, zipfile
 import numpy as np
 import pynn
 from pynn import layers
