@@ -13,7 +13,8 @@ Loading trusts nothing in the file: classes are looked up in fixed registries (n
 by name), arrays are read with ``allow_pickle=False``, and any defect becomes a ValueError that
 names the file and the member. Memory is bounded before it is spent:
 
-- ``pynn.json`` is read up to ``MAX_JSON_BYTES`` and nested at most ``MAX_JSON_DEPTH`` deep;
+- ``pynn.json`` is read up to ``MAX_JSON_BYTES``, with at most ``MAX_JSON_CONTAINERS`` lists
+  and objects nested at most ``MAX_JSON_DEPTH`` deep;
 - the array members together may inflate to at most ``max_compression_ratio`` times the bytes
   they occupy in the zip (``MAX_COMPRESSION_RATIO``; archives whose arrays inflate to less than
   ``RATIO_FREE_BYTES`` are exempt). pynn writes its files uncompressed (ratio 1) and deflated
@@ -47,7 +48,11 @@ from pynn.layers.base import zero_init
 
 FORMAT = "pynn"
 VERSION = 1
-MAX_JSON_BYTES = 16 << 20
+# pynn.json: a 2,000-layer model writes ~1 MiB holding ~11,000 lists and objects. Parsed, JSON
+# takes up to ~12 times its size (short strings) or ~25 times (empty lists), so the number of
+# containers is capped too: at these limits a hostile pynn.json costs at most ~100 MiB.
+MAX_JSON_BYTES = 8 << 20
+MAX_JSON_CONTAINERS = 1 << 18
 # Deeper nesting than any config pynn writes (about 5 levels) is refused before it is walked.
 MAX_JSON_DEPTH = 64
 # One array larger than this is refused.
@@ -290,8 +295,13 @@ class _Archive:
         return data
 
     def _json(self, name):
+        data = self._read(name, MAX_JSON_BYTES)
+        containers = data.count(b"[") + data.count(b"{")  # an upper bound: brackets in strings
+        if containers > MAX_JSON_CONTAINERS:
+            raise self.fail(name, f"holds {containers} lists and objects, over the limit of "
+                                  f"{MAX_JSON_CONTAINERS}")
         try:
-            doc = json.loads(self._read(name, MAX_JSON_BYTES).decode("utf-8"))
+            doc = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, int digit limit
             if str(exc).startswith(f"{self.verb}:"):
                 raise

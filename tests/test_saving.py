@@ -524,6 +524,17 @@ def test_deeply_nested_json(trained, tmp_path, depth):
         pynn.load_model(bad)
 
 
+def test_json_of_many_small_containers_is_refused_before_parsing(trained, tmp_path):
+    """~1 MiB of "[]," would parse into ~25 MiB of lists; the cap is checked on the bytes."""
+    _, path, _, _ = trained
+    doc = _doc(path)
+    payload = json.dumps(doc)[:-1] + ', "extra": [' + "[]," * 300_000 + "[]]}"
+    bad = _rewrite(path, tmp_path / "many.pynn", replace={"pynn.json": payload})
+    with pytest.raises(ValueError, match=r"many.pynn: 'pynn.json': holds 300\d+ lists and "
+                                         r"objects, over the limit"):
+        pynn.load_model(bad)
+
+
 def test_config_errors_name_file_and_member(trained, tmp_path):
     _, path, _, _ = trained
     doc = _doc(path)
