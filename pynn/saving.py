@@ -99,7 +99,7 @@ def _host():
 
 
 def _writer_alive(pid):
-    if pid == os.getpid():
+    if pid == os.getpid() or os.name != "posix":  # Windows' os.kill would end the process
         return True
     try:
         os.kill(pid, 0)
