@@ -10,8 +10,9 @@ Layout of ``model.pynn``::
     optimizer/00000.npy  optimizer slots, named in pynn.json
 
 Loading trusts nothing in the file: classes are looked up in fixed registries (never imported
-by name), arrays are read with ``allow_pickle=False``, and any defect becomes a ValueError that
-names the file and the member. Memory is bounded before it is spent:
+by name), ``.npy`` headers are parsed by pynn (``numpy.lib.format``, literal values only) and
+object dtypes refused, so no pickle is ever loaded; any defect becomes a ValueError that names
+the file and the member. Memory is bounded before it is spent:
 
 - ``pynn.json`` is read up to ``MAX_JSON_BYTES``, with at most ``MAX_JSON_CONTAINERS`` lists
   and objects nested at most ``MAX_JSON_DEPTH`` deep;
