@@ -118,7 +118,7 @@ def npy_header(rng):
 
 def patch_sizes(rng, data):
     data = bytearray(data)
-    offsets = [i for i in range(len(data) - 4) if data[i:i + 4] == b"PK\x01\x02"]
+    offsets = [i for i in range(len(data) - 28) if data[i:i + 4] == b"PK\x01\x02"]
     if not offsets:
         return bytes(data), "no directory"
     at = rng.choice(offsets)
