@@ -3,6 +3,10 @@
 Fans: Dense kernel (in, out); conv kernel (kh, kw, in, out) multiplies both fans by kh*kw.
 Truncated-normal variants divide the stddev by 0.8796..., the stddev of a unit normal truncated
 at two standard deviations, as Keras does.
+
+Random values are drawn in the weight's own dtype and scaled in place: a float32 weight never
+passes through a float64 copy (which would take twice its memory, three times at the peak).
+float64 draws are the values NumPy's ``uniform``/``normal`` give for the same generator.
 """
 
 import math
@@ -29,13 +33,41 @@ def _rng(seed):
     return np.random.default_rng(seed) if seed is not None else utils.rng()
 
 
-def _truncated_normal(rng, shape, mean, stddev):
-    out = rng.standard_normal(shape)
-    bad = np.abs(out) > 2
-    while bad.any():  # resamples the few values beyond 2 sigma; shrinks geometrically
-        out[bad] = rng.standard_normal(int(bad.sum()))
-        bad = np.abs(out) > 2
-    return mean + stddev * out
+def _draw_dtype(dtype):
+    """The dtype to draw in: NumPy's generators draw float32 and float64 only."""
+    dtype = np.dtype(dtype)
+    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
+
+
+def _normal(rng, shape, mean, stddev, dtype):
+    out = rng.standard_normal(shape, dtype=_draw_dtype(dtype))
+    out *= stddev
+    out += mean
+    return out
+
+
+def _uniform(rng, shape, low, high, dtype):
+    out = rng.random(shape, dtype=_draw_dtype(dtype))
+    out *= high - low
+    out += low
+    return out
+
+
+def _truncated_normal(rng, shape, mean, stddev, dtype):
+    draw = _draw_dtype(dtype)
+    out = rng.standard_normal(shape, dtype=draw)
+    flat = out.reshape(-1)
+    # Two boolean masks rather than abs(): no second array of the weight's size.
+    beyond = flat > 2
+    np.logical_or(beyond, flat < -2, out=beyond)
+    bad = np.flatnonzero(beyond)
+    del beyond
+    while bad.size:  # resamples the few values beyond 2 sigma; shrinks geometrically
+        flat[bad] = rng.standard_normal(bad.size, dtype=draw)
+        bad = bad[np.abs(flat[bad]) > 2]
+    out *= stddev
+    out += mean
+    return out
 
 
 class Initializer:
@@ -76,7 +108,8 @@ class RandomNormal(Initializer):
         self.mean, self.stddev, self.seed = mean, stddev, seed
 
     def __call__(self, shape, dtype="float32"):
-        return (self.mean + self.stddev * _rng(self.seed).standard_normal(shape)).astype(dtype)
+        return _normal(_rng(self.seed), shape, self.mean, self.stddev, dtype).astype(dtype,
+                                                                                   copy=False)
 
     def get_config(self):
         return {"mean": self.mean, "stddev": self.stddev, "seed": self.seed}
@@ -87,7 +120,8 @@ class RandomUniform(Initializer):
         self.minval, self.maxval, self.seed = minval, maxval, seed
 
     def __call__(self, shape, dtype="float32"):
-        return _rng(self.seed).uniform(self.minval, self.maxval, shape).astype(dtype)
+        return _uniform(_rng(self.seed), shape, self.minval, self.maxval, dtype).astype(
+            dtype, copy=False)
 
     def get_config(self):
         return {"minval": self.minval, "maxval": self.maxval, "seed": self.seed}
@@ -109,12 +143,13 @@ class VarianceScaling(Initializer):
         scale = self.scale / max(1.0, fan)
         rng = _rng(self.seed)
         if self.distribution == "truncated_normal":
-            values = _truncated_normal(rng, shape, 0.0, math.sqrt(scale) / TRUNCATED_STDDEV)
+            values = _truncated_normal(rng, shape, 0.0, math.sqrt(scale) / TRUNCATED_STDDEV,
+                                       dtype)
         elif self.distribution == "untruncated_normal":
-            values = math.sqrt(scale) * rng.standard_normal(shape)
+            values = _normal(rng, shape, 0.0, math.sqrt(scale), dtype)
         else:
             limit = math.sqrt(3.0 * scale)
-            values = rng.uniform(-limit, limit, shape)
+            values = _uniform(rng, shape, -limit, limit, dtype)
         return np.asarray(values, dtype=dtype)
 
     def get_config(self):

@@ -39,11 +39,26 @@ class BinaryAccuracy(Metric):
         return {"name": self.name, "threshold": self.threshold}
 
 
+def _rows(y_true, y_pred, sparse):
+    """Scores (..., K) as rows (M, K) and their targets as (M,) labels or (M, K) one-hots:
+    sequence outputs (N, T, K) count N*T predictions, as Keras's accuracies do."""
+    if y_pred.ndim <= 2:
+        return y_true, y_pred
+    b = backend.current()
+    k = y_pred.shape[-1]
+    rows = _size(y_pred) // k if k else 0
+    y_pred = b.reshape(y_pred, (rows, k))
+    if _size(y_true) == (rows if sparse else rows * k):
+        y_true = b.reshape(y_true, (rows,) if sparse else (rows, k))
+    return y_true, y_pred  # any other target shape: the count op names the mismatch
+
+
 class CategoricalAccuracy(Metric):
     default_name = "categorical_accuracy"
     mode = "categorical"
 
     def update_state(self, y_true, y_pred):
+        y_true, y_pred = _rows(y_true, y_pred, self.mode == "sparse")
         self.correct += backend.current().accuracy_count(y_true, y_pred, self.mode, 0.5)
         self.total += y_pred.shape[0]
 
@@ -64,6 +79,7 @@ class TopKCategoricalAccuracy(Metric):
         super().__init__(name)
 
     def update_state(self, y_true, y_pred):
+        y_true, y_pred = _rows(y_true, y_pred, self.sparse)
         self.correct += backend.current().top_k_count(y_true, y_pred, self.k, self.sparse)
         self.total += y_pred.shape[0]
 

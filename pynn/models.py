@@ -11,14 +11,16 @@ import warnings
 import numpy as np
 
 from pynn import _config, backend, callbacks as callbacks_module, losses, metrics as metrics_module
-from pynn import optimizers, utils
+from pynn import optimizers, saving, utils
 from pynn.layers import LAYERS, InputLayer
-from pynn.layers.base import Layer, _unique_name, shape_str
+from pynn.layers.base import Layer, _unique_name, is_complex, shape_str
 
 
 class Sequential:
     def __init__(self, layers=None, name=None, trainable=True):
         _config.get_num_threads()  # applies the thread settings before the first kernel runs
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"Sequential: name must be a string, got {name!r}")
         self.name = name or _unique_name("sequential")
         self.trainable = trainable
         self.layers = []
@@ -30,6 +32,9 @@ class Sequential:
         self.compiled = False
         self.stop_training = False
         self.history = None
+        # Drawn from pynn.utils's generator when fit first shuffles, then the model's own:
+        # saved with the model so a resumed fit shuffles as the uninterrupted one would.
+        self._shuffle_rng = None
         for layer in layers or []:
             self.add(layer)
 
@@ -215,10 +220,41 @@ class Sequential:
                              f"the model output, got {shape_str((None,) + y.shape[1:])}{hint}")
         return np.ascontiguousarray(y, dtype=self.layers[-1].dtype)
 
+    # -- random state ---------------------------------------------------------------------
+    def _shuffle_generator(self):
+        if self._shuffle_rng is None:
+            self._shuffle_rng = np.random.default_rng(utils.new_seed())
+        return self._shuffle_rng
+
+    def rng_state(self):
+        """JSON-able state of the random streams training draws from besides the layers' own
+        (the shuffle order); saved with the model."""
+        if self._shuffle_rng is None:
+            return {}
+        return {"shuffle": self._shuffle_rng.bit_generator.state}
+
+    def set_rng_state(self, state):
+        shuffle = state.get("shuffle")
+        unknown = set(state) - {"shuffle"}
+        if unknown:
+            raise ValueError(f"unknown random streams {sorted(unknown)}")
+        if shuffle is None:
+            self._shuffle_rng = None
+            return
+        if not isinstance(shuffle, dict) or shuffle.get("bit_generator") != "PCG64":
+            raise ValueError("the shuffle state must be a PCG64 state object")
+        generator = np.random.Generator(np.random.PCG64())
+        generator.bit_generator.state = shuffle
+        self._shuffle_rng = generator
+
     # -- steps ----------------------------------------------------------------------------
     def _forward(self, x, training):
         for layer in self.layers:
-            x = layer(x, training=training)
+            try:
+                x = layer(x, training=training)
+            except MemoryError as exc:
+                raise MemoryError(f"Layer '{layer.name}' ({type(layer).__name__}): out of memory "
+                                  f"for input shape {shape_str(x.shape)} ({exc})") from None
         return x
 
     def _train_step(self, xb, yb):
@@ -301,7 +337,7 @@ class Sequential:
                 print(f"Epoch {epoch + 1}/{epochs}")
             bar = callbacks_module.Progbar(steps, verbose)
             if shuffle:
-                order = utils.rng().permutation(n)
+                order = self._shuffle_generator().permutation(n)
                 xe, ye = x[order], y[order]
             else:
                 xe, ye = x, y
@@ -386,6 +422,8 @@ class Sequential:
         return out
 
     def __call__(self, x, training=False):
+        if is_complex(x):
+            raise TypeError(f"call: x must be numeric (real), got dtype {x.dtype}")
         if isinstance(x, np.ndarray) or not hasattr(x, "shape"):
             # Host data: the same checks and conversion as predict (backend arrays pass as is).
             x = backend.current().asarray(self._prepare_x(x, "call"), self.layers[0].dtype)
@@ -395,6 +433,8 @@ class Sequential:
         self._check_compiled("train_on_batch")
         x = self._prepare_x(x, "train_on_batch")
         y = self._prepare_y(y, x.shape[0], "train_on_batch")
+        if x.shape[0] == 0:  # a step would count an update that saw no data
+            raise ValueError("train_on_batch: x holds no samples")
         self._resolve_metrics()
         for m in self.metrics:
             m.reset_state()
@@ -471,19 +511,16 @@ class Sequential:
         return model
 
     def save(self, filepath):
-        from pynn import saving
-
         saving.save_model(self, filepath)
 
     def save_weights(self, filepath):
-        from pynn import saving
-
         saving.save_weights(self, filepath)
 
-    def load_weights(self, filepath):
-        from pynn import saving
+    def load_weights(self, filepath, max_compression_ratio=None):
+        saving.load_weights(self, filepath, max_compression_ratio)
 
-        saving.load_weights(self, filepath)
+
+saving.register_model_class(Sequential)
 
 
 def _is_real(arr):

@@ -2,33 +2,90 @@
 
 Layout of ``model.pynn``::
 
-    pynn.json            {"format": "pynn", "version": 1, "model": config, "compile": {...},
-                          "weights": [names], "optimizer_state": {"iterations", "slots": [names]}}
+    pynn.json            {"format": "pynn", "version": 1, "model_class": "Sequential",
+                          "model": config, "compile": {...}, "weights": [names],
+                          "optimizer_state": {"iterations", "slots": [names]},
+                          "layer_state": {...}, "rng_state": {...}}
     weights/00000.npy    one array per weight, in get_weights() order
     optimizer/00000.npy  optimizer slots, named in pynn.json
 
 Loading trusts nothing in the file: classes are looked up in fixed registries (never imported
-by name), arrays are read with ``allow_pickle=False``, every size and shape is checked before use,
-and any defect becomes a ValueError that says what is wrong. Saving writes a temporary file in the
-same directory and renames it over the target, so a crash mid-save leaves the old file intact.
+by name), ``.npy`` headers are parsed by pynn (``numpy.lib.format``, literal values only) and
+object dtypes refused, so no pickle is ever loaded; any defect becomes a ValueError that names
+the file and the member. Memory is bounded before it is spent:
+
+- ``pynn.json`` is read up to ``MAX_JSON_BYTES``, with at most ``MAX_JSON_CONTAINERS`` lists
+  and objects nested at most ``MAX_JSON_DEPTH`` deep;
+- the array members together may inflate to at most ``max_compression_ratio`` times the bytes
+  they occupy in the zip (``MAX_COMPRESSION_RATIO``; archives whose arrays inflate to less than
+  ``RATIO_FREE_BYTES`` are exempt). pynn writes its files uncompressed (ratio 1) and deflated
+  real weights stay near 1.1; only files of mostly zeros, zip bombs, go past the limit;
+- each ``.npy`` member's declared size is compared with the shape the model config gives it
+  before it is opened, its header is parsed and checked (shape, dtype) before anything is
+  allocated, and its data is streamed straight into the one array of that shape.
+
+Saving writes a temporary file in the same directory and renames it over the target, so a
+crash mid-save leaves the old file intact. The temporary file's name (``TEMP_NAME``) holds the
+host and process id of its writer: the next save in that directory deletes those whose writer
+is gone.
 """
 
 import io
 import json
 import math
 import os
-import tempfile
+import re
+import secrets
+import socket
+import time
 import zipfile
+import zlib
 
 import numpy as np
+from numpy.lib import format as npy_format
+
+from pynn import backend, losses, metrics, optimizers
+from pynn.layers.base import zero_init
 
 FORMAT = "pynn"
 VERSION = 1
-MAX_JSON_BYTES = 16 << 20
-# An uncompressed entry larger than this is refused: a small hostile zip cannot make pynn
-# allocate unbounded memory.
+# pynn.json: a 2,000-layer model writes ~1 MiB holding ~11,000 lists and objects. Parsed, JSON
+# takes up to ~12 times its size (short strings) or ~25 times (empty lists), so the number of
+# containers is capped too: at these limits a hostile pynn.json costs at most ~100 MiB.
+MAX_JSON_BYTES = 8 << 20
+MAX_JSON_CONTAINERS = 1 << 18
+# Deeper nesting than any config pynn writes (about 5 levels) is refused before it is walked.
+MAX_JSON_DEPTH = 64
+# One array larger than this is refused.
 MAX_ARRAY_BYTES = 8 << 30
+# Uncompressed / compressed bytes of the array members, over the whole archive. Random float32
+# deflates to ~1.08, a 90%-pruned layer to ~8; a deflated run of zeros reaches ~1000.
+MAX_COMPRESSION_RATIO = 32
+# Archives whose arrays inflate to at most this many bytes skip the ratio check (a small,
+# freshly initialized model's zero biases compress far better than 32:1).
+RATIO_FREE_BYTES = 16 << 20
+# A .npy header pynn writes is 64-128 bytes; numpy caps a version-1 header at 64 KiB.
 NPY_HEADER_SLACK = 4096
+NPY_MIN_HEADER = 10
+READ_CHUNK = 1 << 20
+# .pynn-save.<pid>.<host>.<random>.tmp: a name only pynn's save() makes.
+TEMP_NAME = re.compile(r"^\.pynn-save\.(?P<pid>\d+)\.(?P<host>[A-Za-z0-9_-]{1,64})\."
+                       r"[0-9a-f]{8,32}\.tmp$")
+# A temporary file of another host (whose writer pynn cannot probe) is stale after this long.
+STALE_TEMP_SECONDS = 24 * 3600
+
+# The ways a damaged member fails while it is inflated and read.
+_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError,
+                ValueError, NotImplementedError)
+
+# Model classes a file may name, filled by pynn.models (saving never imports models).
+MODEL_CLASSES = {}
+
+
+def register_model_class(cls):
+    """Let files name ``cls`` (a class with ``from_config``) as their ``model_class``."""
+    MODEL_CLASSES[cls.__name__] = cls
+    return cls
 
 
 def _npy_bytes(array):
@@ -37,16 +94,54 @@ def _npy_bytes(array):
     return buf.getvalue()
 
 
+# -- saving -----------------------------------------------------------------------------------
+def _host():
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64] or "host"
+
+
+def _writer_alive(pid):
+    if pid == os.getpid() or os.name != "posix":  # Windows' os.kill would end the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process (or unprobeable): leave its file alone
+    return True
+
+
+def _remove_stale_temps(directory):
+    """Delete temporary files that a killed save left in ``directory``: those of this host
+    whose process is gone, and any older than STALE_TEMP_SECONDS."""
+    host, now = _host(), time.time()
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        match = TEMP_NAME.match(entry.name)
+        if match is None:
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            dead = match["host"] == host and not _writer_alive(int(match["pid"]))
+            if dead or now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_SECONDS:
+                os.unlink(entry.path)
+        except OSError:
+            pass  # raced with another cleaner or not ours to delete
+
+
 def _atomic_write_zip(filepath, entries):
     filepath = os.fspath(filepath)
     directory = os.path.dirname(os.path.abspath(filepath))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".pynn-", suffix=".tmp", dir=directory)
+    _remove_stale_temps(directory)
+    tmp = os.path.join(directory, f".pynn-save.{os.getpid()}.{_host()}.{secrets.token_hex(6)}.tmp")
+    # O_EXCL: never reuse a name; mode 0o666 gives the model file the usual umask-based mode.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        # mkstemp creates the file 0600; give the model file the usual umask-based mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as fh:
             with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
                 for name, data in entries:
@@ -63,15 +158,15 @@ def _atomic_write_zip(filepath, entries):
 
 
 def _model_entries(model, include_optimizer=True):
-    from pynn import losses, metrics, optimizers
-
     weights = model.get_weights()
     names = [v.path for v in model.weights]
-    doc = {"format": FORMAT, "version": VERSION, "model": model.get_config(),
+    doc = {"format": FORMAT, "version": VERSION, "model_class": type(model).__name__,
+           "model": model.get_config(),
            "built_input_shape": list(model.input_shape) if model.built else None,
            "weights": names,
            "layer_state": {layer.name: layer.runtime_state() for layer in model.layers
-                           if layer.runtime_state()}}
+                           if layer.runtime_state()},
+           "rng_state": model.rng_state()}
     entries = [(f"weights/{i:05d}.npy", _npy_bytes(w)) for i, w in enumerate(weights)]
     if include_optimizer and model.compiled:
         doc["compile"] = {
@@ -99,105 +194,223 @@ def save_weights(model, filepath):
     save_model(model, filepath, include_optimizer=False)
 
 
-class _Archive:
-    """Read-only, validating view of a pynn zip."""
+# -- loading ----------------------------------------------------------------------------------
+def _json_depth(value):
+    """Nesting depth of a parsed JSON value, without recursion."""
+    depth, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            depth = max(depth, level)
+            if depth > MAX_JSON_DEPTH:
+                return depth
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return depth
 
-    def __init__(self, filepath):
+
+class _Archive:
+    """Read-only, validating view of a pynn zip. ``verb`` (load_model, load_weights) starts
+    every message."""
+
+    def __init__(self, filepath, verb="load_model", max_compression_ratio=None):
         self.path = os.fspath(filepath)
+        self.verb = verb
+        self.ratio = MAX_COMPRESSION_RATIO if max_compression_ratio is None \
+            else max_compression_ratio
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) \
+                or not self.ratio >= 1:
+            raise ValueError(f"{verb}: max_compression_ratio must be a number >= 1, got "
+                             f"{max_compression_ratio!r}")
         if not os.path.isfile(self.path):
-            raise FileNotFoundError(f"load_model: no such file: {self.path}")
+            raise FileNotFoundError(f"{verb}: no such file: {self.path}")
         try:
             self.zf = zipfile.ZipFile(self.path, "r")
             self.infos = {info.filename: info for info in self.zf.infolist()}
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise ValueError(f"load_model: {self.path} is not a pynn model file (not a valid "
-                             f"zip archive: {exc})") from None
-        self.doc = self._json("pynn.json")
-        if not isinstance(self.doc, dict) or self.doc.get("format") != FORMAT:
-            raise ValueError(f"load_model: {self.path} is not a pynn model file")
-        if self.doc.get("version") != VERSION:
-            raise ValueError(f"load_model: {self.path} has format version "
-                             f"{self.doc.get('version')!r}; this pynn reads version {VERSION}")
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+            raise ValueError(f"{verb}: {self.path} is not a pynn model file (not a valid zip "
+                             f"archive: {exc})") from None
+        try:
+            self.doc = self._json("pynn.json")
+            if not isinstance(self.doc, dict) or self.doc.get("format") != FORMAT:
+                raise ValueError(f"{verb}: {self.path} is not a pynn model file ('pynn.json' "
+                                 f"does not say format 'pynn')")
+            if self.doc.get("version") != VERSION:
+                raise ValueError(f"{verb}: {self.path}: 'pynn.json' has format version "
+                                 f"{self.doc.get('version')!r}; this pynn reads version "
+                                 f"{VERSION}")
+            self._check_compression()
+        except BaseException:
+            self.zf.close()
+            raise
 
-    def _read(self, name, limit):
+    def fail(self, member, what):
+        """The ValueError for a defect of ``member``."""
+        return ValueError(f"{self.verb}: {self.path}: '{member}': {what}")
+
+    def expect(self, cond, what, member="pynn.json"):
+        if not cond:
+            raise self.fail(member, f"malformed file ({what})")
+
+    def _info(self, name):
         info = self.infos.get(name)
         if info is None:
-            raise ValueError(f"load_model: {self.path} is truncated or damaged: '{name}' is "
-                             f"missing")
-        if info.file_size > limit:
-            raise ValueError(f"load_model: '{name}' in {self.path} declares {info.file_size} "
-                             f"bytes, over the limit of {limit}")
+            raise self.fail(name, "missing: the file is truncated or damaged")
+        return info
+
+    def _check_compression(self):
+        """The array members may not inflate past ``ratio`` times their stored bytes."""
+        arrays = [info for name, info in self.infos.items()
+                  if name.startswith(("weights/", "optimizer/"))]
+        inflated = sum(info.file_size for info in arrays)
+        stored = sum(info.compress_size for info in arrays)
+        if inflated > max(self.ratio * stored, RATIO_FREE_BYTES):
+            worst = max(arrays, key=lambda i: i.file_size / max(i.compress_size, 1))
+            raise self.fail(worst.filename,
+                            f"the arrays declare {inflated} bytes compressed into {stored} "
+                            f"(ratio {inflated / max(stored, 1):.0f}, this member "
+                            f"{worst.file_size / max(worst.compress_size, 1):.0f}), over the "
+                            f"limit of {self.ratio}: not real weights (a zip bomb?). A file "
+                            f"you trust loads with max_compression_ratio=<higher>")
+
+    def _open(self, name):
+        info = self._info(name)
         try:
-            data = self.zf.read(name)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, zipfile.LargeZipFile) as exc:
-            raise ValueError(f"load_model: {self.path} is damaged: cannot read '{name}' "
-                             f"({exc})") from None
+            return self.zf.open(info)
+        except _READ_ERRORS + (RuntimeError,) as exc:  # RuntimeError: an encrypted member
+            raise self.fail(name, f"cannot be read ({exc})") from None
+
+    def _read(self, name, limit):
+        info = self._info(name)
+        if info.file_size > limit:
+            raise self.fail(name, f"declares {info.file_size} bytes, over the limit of {limit}")
+        try:
+            with self._open(name) as fh:
+                data = fh.read(limit + 1)
+        except _READ_ERRORS as exc:
+            if str(exc).startswith(f"{self.verb}:"):
+                raise
+            raise self.fail(name, f"damaged, cannot be read ({exc})") from None
         if len(data) != info.file_size:
-            raise ValueError(f"load_model: {self.path} is damaged: '{name}' has the wrong size")
+            raise self.fail(name, "damaged: its data does not have the size it declares")
         return data
 
     def _json(self, name):
+        data = self._read(name, MAX_JSON_BYTES)
+        containers = data.count(b"[") + data.count(b"{")  # an upper bound: brackets in strings
+        if containers > MAX_JSON_CONTAINERS:
+            raise self.fail(name, f"holds {containers} lists and objects, over the limit of "
+                                  f"{MAX_JSON_CONTAINERS}")
         try:
-            return json.loads(self._read(name, MAX_JSON_BYTES).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"load_model: {self.path}: '{name}' is not valid JSON "
-                             f"({exc})") from None
+            doc = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, int digit limit
+            if str(exc).startswith(f"{self.verb}:"):
+                raise
+            raise self.fail(name, f"not valid JSON ({exc})") from None
+        except RecursionError:
+            raise self.fail(name, f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+        if _json_depth(doc) > MAX_JSON_DEPTH:
+            raise self.fail(name, f"nested deeper than {MAX_JSON_DEPTH} levels")
+        return doc
 
-    def array(self, name, shape=None):
-        """The numeric array stored as ``name``; with ``shape``, its declared size must fit
-        that shape before a byte is read, and the array must have exactly that shape."""
-        limit = MAX_ARRAY_BYTES
-        if shape is not None:
-            # 8 bytes per value (the widest dtype pynn saves) plus the .npy header.
-            limit = min(limit, 8 * math.prod(shape) + NPY_HEADER_SLACK)
-        data = self._read(name, limit)
+    def array(self, name, shape, owner=None):
+        """The numeric array stored as ``name``, which must have exactly ``shape``: the
+        member's declared size is checked against ``shape`` before it is opened, its .npy
+        header before anything is allocated. ``owner`` (a weight's path) goes into messages."""
+        shape = tuple(shape)
+        what = f"(for {owner}) " if owner else ""
+        info = self._info(name)
+        values = math.prod(shape)
+        # Between 1 and 8 bytes per value (the dtypes a weight may be stored in), plus a header.
+        low, high = values + NPY_MIN_HEADER, 8 * values + NPY_HEADER_SLACK
+        if not low <= info.file_size <= high:
+            raise self.fail(name, f"{what}declares {info.file_size} bytes, which cannot hold "
+                                  f"an array of shape {shape} ({values} values)")
+        if info.file_size > MAX_ARRAY_BYTES:
+            raise self.fail(name, f"declares {info.file_size} bytes, over the limit of "
+                                  f"{MAX_ARRAY_BYTES}")
         try:
-            arr = np.load(io.BytesIO(data), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise ValueError(f"load_model: {self.path}: '{name}' is not a valid .npy array "
-                             f"({exc})") from None
-        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
-            raise ValueError(f"load_model: {self.path}: '{name}' must hold a numeric array")
-        if shape is not None and tuple(arr.shape) != tuple(shape):
-            raise ValueError(f"load_model: {self.path}: '{name}' has shape {arr.shape}, the "
-                             f"model expects {tuple(shape)}")
-        return arr
+            with self._open(name) as fh:
+                return self._read_npy(fh, name, info.file_size, shape, what)
+        except _READ_ERRORS as exc:
+            if str(exc).startswith(f"{self.verb}:"):
+                raise
+            raise self.fail(name, f"damaged, cannot be read ({exc})") from None
+
+    def _read_npy(self, fh, name, file_size, shape, what):
+        try:
+            version = npy_format.read_magic(fh)
+            if version == (1, 0):
+                header = npy_format.read_array_header_1_0(fh, max_header_size=NPY_HEADER_SLACK)
+            elif version == (2, 0):
+                header = npy_format.read_array_header_2_0(fh, max_header_size=NPY_HEADER_SLACK)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+        except (ValueError, TypeError, SyntaxError, EOFError, MemoryError,
+                RecursionError) as exc:
+            raise self.fail(name, f"not a valid .npy array ({exc})") from None
+        stored_shape, fortran, dtype = header
+        if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None \
+                or dtype.kind not in "fiu" or dtype.itemsize > 8:
+            raise self.fail(name, f"{what}must hold a numeric array, got dtype {dtype} (object "
+                                  f"arrays, which would need pickle, are never read)")
+        if tuple(stored_shape) != shape:
+            raise self.fail(name, f"{what}has shape {tuple(stored_shape)}, the model expects "
+                                  f"{shape}")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if fh.tell() + nbytes != file_size:
+            raise self.fail(name, f"{what}declares {file_size} bytes but its header says "
+                                  f"{fh.tell()} + {nbytes} ({shape} of {dtype})")
+        out = np.empty(shape[::-1] if fortran else shape, dtype)
+        view = memoryview(out).cast("B")  # C-contiguous: fortran data is read as its transpose
+        pos = 0
+        while pos < nbytes:
+            got = fh.readinto(view[pos:pos + READ_CHUNK])
+            if not got:
+                raise self.fail(name, f"damaged: its data ends after {pos} of {nbytes} bytes")
+            pos += got
+        return out.T if fortran else out
 
     def close(self):
         self.zf.close()
 
 
-def _expect(cond, path, what):
-    if not cond:
-        raise ValueError(f"load_model: {path}: malformed file ({what})")
+def _model_class(archive):
+    name = archive.doc.get("model_class", "Sequential")
+    if not isinstance(name, str) or name not in MODEL_CLASSES:
+        raise archive.fail("pynn.json", f"unknown model class {name!r}; pynn knows "
+                                        f"{sorted(MODEL_CLASSES)}")
+    return MODEL_CLASSES[name]
+
+
+# The ways a hostile config can fail inside a layer's constructor or build.
+_CONFIG_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError,
+                  RecursionError, ZeroDivisionError)
 
 
 def _build_model(archive):
-    from pynn.layers.base import zero_init
-    from pynn.models import Sequential
-
     doc = archive.doc
     config = doc.get("model")
-    _expect(isinstance(config, dict) and isinstance(config.get("layers"), list), archive.path,
-            "'model' must be an object with a 'layers' list")
+    archive.expect(isinstance(config, dict) and isinstance(config.get("layers"), list),
+                   "'model' must be an object with a 'layers' list")
     for spec in config["layers"]:
-        _expect(isinstance(spec, dict) and isinstance(spec.get("config", {}), dict),
-                archive.path, "each layer must be an object with a 'config' object")
+        archive.expect(isinstance(spec, dict) and isinstance(spec.get("config", {}), dict),
+                       "each layer must be an object with a 'config' object")
+    cls = _model_class(archive)
     try:
         with zero_init():
-            model = Sequential.from_config(config)
+            model = cls.from_config(config)
             shape = doc.get("built_input_shape")
             if shape is not None and not model.built:
-                _expect(isinstance(shape, list), archive.path,
-                        "'built_input_shape' must be a list")
+                archive.expect(isinstance(shape, list), "'built_input_shape' must be a list")
                 model.build(tuple(shape))
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
-        if str(exc).startswith("load_model:"):
+    except _CONFIG_ERRORS as exc:
+        if str(exc).startswith(f"{archive.verb}:"):
             raise
-        raise ValueError(f"load_model: {archive.path}: invalid model config ({exc})") from None
-    except MemoryError:
-        raise ValueError(f"load_model: {archive.path}: the model config asks for more memory "
-                         f"than there is") from None
+        raise archive.fail("pynn.json", f"invalid model config ({exc})") from None
+    except MemoryError as exc:
+        raise archive.fail("pynn.json", f"the model config asks for more memory than there is "
+                                        f"({exc})") from None
     _check_weight_budget(model, archive)
     return model
 
@@ -209,80 +422,133 @@ def _check_weight_budget(model, archive):
                  if name.startswith("weights/"))
     values = sum(math.prod(v.shape) for v in model.weights)
     if values > stored:  # every stored value takes at least one byte
-        raise ValueError(f"load_model: {archive.path}: the model config declares {values} "
-                         f"weight values but the file stores only {stored} bytes of weights")
+        raise archive.fail("pynn.json", f"the model config declares {values} weight values but "
+                                        f"the file stores only {stored} bytes of weights")
 
 
-def _load_weights_into(model, archive):
+def _weight_owners(model):
+    """(layer, variable) for every weight, in get_weights() order."""
+    return [(layer, v) for layer in model.layers for v in layer.weights]
+
+
+def _load_weights_into(model, archive, atomic):
+    """Read every weight member into ``model``. ``atomic``: read them all before the first
+    assignment, so a bad member leaves the model as it was (twice the weights' memory at the
+    peak); otherwise assign each as it is read (a model being built, discarded on failure)."""
     names = archive.doc.get("weights")
-    _expect(isinstance(names, list), archive.path, "'weights' must be a list")
-    variables = model.weights
-    if len(names) != len(variables):
-        raise ValueError(f"load_model: {archive.path} holds {len(names)} weights but the model "
-                         f"has {len(variables)}")
-    arrays = [archive.array(f"weights/{i:05d}.npy", v.shape) for i, v in enumerate(variables)]
-    model.set_weights(arrays)
+    archive.expect(isinstance(names, list) and all(isinstance(n, str) for n in names),
+                   "'weights' must be a list of names")
+    owners = _weight_owners(model)
+    if len(names) != len(owners):
+        saved = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        wanted = ", ".join(v.path for _, v in owners[:8]) + (", ..." if len(owners) > 8 else "")
+        raise archive.fail("pynn.json", f"holds {len(names)} weights but model "
+                                        f"'{model.name}' has {len(owners)} (saved: [{saved}]; "
+                                        f"the model's: [{wanted}])")
+    b = backend.current()
+    pending = []
+    for i, ((layer, var), saved) in enumerate(zip(owners, names)):
+        owner = f"layer '{layer.name}' weight '{var.path}', saved as '{saved}'"
+        arr = archive.array(f"weights/{i:05d}.npy", var.shape, owner)
+        # archive.array checked shape and dtype: the array is fresh, no copy is needed.
+        if atomic:
+            pending.append((var, arr, layer.dtype))
+        else:
+            var.value = b.asarray(arr, layer.dtype)
+    for var, arr, dtype in pending:
+        var.value = b.asarray(arr, dtype)
 
 
 def _load_layer_state(model, archive):
     states = archive.doc.get("layer_state", {})
-    _expect(isinstance(states, dict), archive.path, "'layer_state' must be an object")
+    archive.expect(isinstance(states, dict), "'layer_state' must be an object")
     by_name = {layer.name: layer for layer in model.layers}
     for name, state in states.items():
-        _expect(name in by_name and isinstance(state, dict), archive.path,
-                f"'layer_state' names an unknown layer {name!r}")
-        by_name[name].set_runtime_state(state)
+        archive.expect(name in by_name and isinstance(state, dict),
+                       f"'layer_state' names an unknown layer {name!r}")
+        try:
+            by_name[name].set_runtime_state(state)
+        except (ValueError, TypeError) as exc:
+            raise archive.fail("pynn.json", f"invalid 'layer_state' ({exc})") from None
 
 
-def load_model(filepath, compile=True):
+def _load_rng_state(model, archive):
+    state = archive.doc.get("rng_state", {})
+    archive.expect(isinstance(state, dict), "'rng_state' must be an object")
+    try:
+        model.set_rng_state(state)
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:
+        raise archive.fail("pynn.json", f"invalid 'rng_state' ({exc})") from None
+
+
+def _compile_from(model, archive, spec):
+    archive.expect(isinstance(spec, dict), "'compile' must be an object")
+    try:
+        metric_specs = [m if isinstance(m, str) else metrics.get(m)
+                        for m in spec.get("metrics", [])]
+        model.compile(optimizer=optimizers.get(spec["optimizer"]),
+                      loss=losses.get(spec["loss"]), metrics=metric_specs)
+    except _CONFIG_ERRORS as exc:
+        raise archive.fail("pynn.json", f"invalid compile config ({exc})") from None
+    state = archive.doc.get("optimizer_state")
+    if state is None:
+        return
+    archive.expect(isinstance(state, dict) and isinstance(state.get("slots"), list)
+                   and isinstance(state.get("iterations"), int)
+                   and not isinstance(state.get("iterations"), bool)
+                   and 0 <= state["iterations"] < 2**63,
+                   "'optimizer_state' must hold 'iterations' (an int >= 0) and 'slots'")
+    shapes = {v.path: v.shape for v in model.weights}
+    slots = {}
+    for i, name in enumerate(state["slots"]):
+        archive.expect(isinstance(name, str), "slot names must be strings")
+        owner = shapes.get(name.rsplit("/", 1)[0])
+        if owner is None:
+            raise archive.fail("pynn.json", f"optimizer slot {name!r} names no weight of the "
+                                            f"model")
+        slots[name] = archive.array(f"optimizer/{i:05d}.npy", owner, f"optimizer slot {name}")
+    try:
+        model.optimizer.set_state({"iterations": state["iterations"], "slots": slots},
+                                  model.trainable_weights)
+    except (ValueError, TypeError) as exc:
+        raise archive.fail("pynn.json", f"invalid 'optimizer_state' ({exc})") from None
+
+
+def load_model(filepath, compile=True, max_compression_ratio=None):
     """Rebuild a model saved by ``model.save``; with its optimizer state when compiled, so
-    ``fit`` resumes where it stopped."""
-    from pynn import losses, metrics, optimizers
+    ``fit`` resumes where it stopped.
 
-    archive = _Archive(filepath)
+    ``max_compression_ratio`` (default ``MAX_COMPRESSION_RATIO``) bounds how far the weights
+    may inflate compared with the bytes they take in the file; raise it only for a file you
+    trust that was re-zipped with compression and holds mostly zeros.
+    """
+    archive = _Archive(filepath, "load_model", max_compression_ratio)
     try:
         model = _build_model(archive)
-        _load_weights_into(model, archive)
+        _load_weights_into(model, archive, atomic=False)
         _load_layer_state(model, archive)
+        _load_rng_state(model, archive)
         spec = archive.doc.get("compile")
         if compile and spec is not None:
-            _expect(isinstance(spec, dict), archive.path, "'compile' must be an object")
-            try:
-                metric_specs = [m if isinstance(m, str) else metrics.get(m)
-                                for m in spec.get("metrics", [])]
-                model.compile(optimizer=optimizers.get(spec["optimizer"]),
-                              loss=losses.get(spec["loss"]), metrics=metric_specs)
-            except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                raise ValueError(f"load_model: {archive.path}: invalid compile config "
-                                 f"({exc})") from None
-            state = archive.doc.get("optimizer_state")
-            if state is not None:
-                _expect(isinstance(state, dict) and isinstance(state.get("slots"), list)
-                        and isinstance(state.get("iterations"), int), archive.path,
-                        "'optimizer_state' must hold 'iterations' and 'slots'")
-                shapes = {v.path: v.shape for v in model.weights}
-                slots = {}
-                for i, name in enumerate(state["slots"]):
-                    _expect(isinstance(name, str), archive.path, "slot names must be strings")
-                    owner = shapes.get(name.rsplit("/", 1)[0])
-                    if owner is None:
-                        raise ValueError(f"load_model: {archive.path}: optimizer slot "
-                                         f"{name!r} names no weight of the model")
-                    slots[name] = archive.array(f"optimizer/{i:05d}.npy", owner)
-                model.optimizer.set_state({"iterations": state["iterations"], "slots": slots},
-                                          model.trainable_weights)
+            _compile_from(model, archive, spec)
         return model
     finally:
         archive.close()
 
 
-def load_weights(model, filepath):
-    archive = _Archive(filepath)
+def load_weights(model, filepath, max_compression_ratio=None):
+    """Load the weights of a file written by ``save`` or ``save_weights`` into ``model``, by
+    position (as Keras: layer names may differ)."""
+    archive = _Archive(filepath, "load_weights", max_compression_ratio)
     try:
         if not model.built:
             shape = archive.doc.get("built_input_shape")
-            _expect(isinstance(shape, list), archive.path, "'built_input_shape' is missing")
-            model.build(tuple(shape))
-        _load_weights_into(model, archive)  # by position, as Keras: layer names may differ
+            archive.expect(isinstance(shape, list), "'built_input_shape' is missing")
+            try:
+                model.build(tuple(shape))
+            except _CONFIG_ERRORS as exc:
+                raise archive.fail("pynn.json", f"model '{model.name}' cannot be built for the "
+                                                f"saved input shape {shape} ({exc})") from None
+        _load_weights_into(model, archive, atomic=True)
     finally:
         archive.close()

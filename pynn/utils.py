@@ -8,7 +8,10 @@ _rng = np.random.default_rng()
 def set_random_seed(seed):
     """Seed every source of randomness pynn uses (initializers, shuffling, dropout seeds).
 
-    With a fixed seed and thread count a CPU run is bit-reproducible.
+    With a fixed seed and thread count a CPU run is bit-reproducible. A model draws its own
+    shuffle generator from this one when ``fit`` first shuffles, and keeps it (it is saved with
+    the model, so a resumed ``fit`` continues its stream); a Dropout layer draws its seed when
+    it is created.
     """
     global _rng
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:

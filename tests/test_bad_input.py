@@ -275,3 +275,73 @@ def test_relu_propagates_nan_like_keras():
     x = np.array([[np.nan, 1.0]], np.float32)
     assert np.isnan(layers.Activation("relu")(x)[0, 0])
     assert np.isnan(layers.Dense(2, activation="relu")(x)).all()
+
+
+# -- issue 11.7: sizes that cannot be C ints, memory, complex, empty batches -----------------
+@pytest.mark.parametrize("make,name", [
+    (lambda: layers.Conv2D(2, 3, strides=2**64, name="c"), "strides"),
+    (lambda: layers.Conv2D(2, 3, dilation_rate=(1, 2**31), name="c"), "dilation_rate"),
+    (lambda: layers.Conv2D(2, (2**63, 1), name="c"), "kernel_size"),
+    (lambda: layers.MaxPooling2D(2**64, name="c"), "pool_size"),
+    (lambda: layers.AveragePooling2D(2, strides=(2**32, 1), name="c"), "strides"),
+    (lambda: layers.Conv2D(2, 3, strides=float("inf"), name="c"), "strides"),
+])
+def test_sizes_beyond_a_c_int_are_rejected_at_construction(make, name):
+    """Before: accepted, then OverflowError deep in predict."""
+    with pytest.raises(ValueError, match=rf"'c': {name} must be"):
+        make()
+
+
+def test_largest_c_int_stride_still_works():
+    model = pynn.Sequential([layers.Input((4, 4, 1)),
+                             layers.MaxPooling2D(2, strides=2**31 - 1, padding="same")])
+    assert model.predict(np.ones((1, 4, 4, 1), np.float32)).shape == (1, 1, 1, 1)
+
+
+def test_huge_layer_memory_error_names_the_layer():
+    # 2**59 float32 values: no allocator can map 2 EiB, whatever the overcommit policy.
+    with pytest.raises(MemoryError, match=r"Layer 'huge' \(Dense\): weight 'kernel' of shape "
+                                          r"\(536870912, 1073741824\)"):
+        pynn.Sequential([layers.Input((2**29,)), layers.Dense(2**30, name="huge")])
+    with pytest.raises(ValueError, match=r"Layer 'huger' \(Dense\): .*address space"):
+        pynn.Sequential([layers.Input((2**40,)), layers.Dense(2**40, name="huger")])
+
+
+def test_memory_error_in_a_forward_pass_names_the_layer(monkeypatch):
+    model = mlp()
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(pynn.backend.current(), "dense_forward", exhausted)
+    with pytest.raises(MemoryError, match=r"Layer 'hidden' \(Dense\): out of memory"):
+        model.predict(rng_data()[0])
+
+
+def test_complex_input_is_rejected_everywhere():
+    """Before: a complex tensor through model(x) or a layer lost its imaginary part."""
+    torch = pytest.importorskip("torch")
+    model = mlp()
+    x, y = rng_data()
+    xc = x * (1 + 1j)
+    for call in (lambda: model(torch.tensor(xc)), lambda: model.layers[0](xc),
+                 lambda: model(xc), lambda: model.predict(xc), lambda: model.fit(xc, y),
+                 lambda: model.evaluate(xc, y), lambda: model.train_on_batch(xc, y),
+                 lambda: model.predict_on_batch(xc), lambda: model.test_on_batch(xc, y),
+                 lambda: model.fit(x, y, validation_data=(xc, y), verbose=0)):
+        with pytest.raises(TypeError, match="real"):
+            call()
+    binary = pynn.Sequential([layers.Input((5,)), layers.Dense(1, activation="sigmoid")])
+    binary.compile("sgd", "binary_crossentropy")
+    with pytest.raises(TypeError, match="real"):
+        binary.fit(x, y * 1j, verbose=0)
+
+
+def test_train_on_batch_on_an_empty_batch_does_not_step():
+    model = mlp()
+    before = model.get_weights()
+    with pytest.raises(ValueError, match="train_on_batch: x holds no samples"):
+        model.train_on_batch(np.zeros((0, 5), np.float32), np.zeros(0, np.int32))
+    assert model.optimizer.iterations == 0
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)

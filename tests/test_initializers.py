@@ -119,3 +119,34 @@ def test_unknown_initializer(bad):
 def test_variance_scaling_validation(kwargs):
     with pytest.raises(ValueError):
         initializers.VarianceScaling(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["glorot_uniform", "he_normal", "random_normal",
+                                  "random_uniform", "variance_scaling"])
+def test_float32_weights_are_drawn_in_float32(seeded, name):
+    """Peak memory of one float32 draw: the array itself, not a float64 draw and its cast
+    (three times as much)."""
+    import tracemalloc
+
+    shape = (500, 400)
+    tracemalloc.start()
+    try:
+        w = initializers.get(name)(shape, dtype="float32")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert w.dtype == np.float32 and w.shape == shape
+    nbytes = 500 * 400 * 4
+    assert peak < 1.6 * nbytes  # the truncated normal's two masks add half
+
+
+def test_float64_draws_are_numpys_values():
+    """float64 weights keep the values NumPy's uniform/normal give for the same seed."""
+    rng = np.random.default_rng(3)
+    np.testing.assert_array_equal(initializers.RandomUniform(-0.2, 0.3, seed=3)((40, 7),
+                                                                                "float64"),
+                                  rng.uniform(-0.2, 0.3, (40, 7)))
+    rng = np.random.default_rng(3)
+    np.testing.assert_array_equal(initializers.RandomNormal(0.1, 0.5, seed=3)((40, 7),
+                                                                              "float64"),
+                                  0.1 + 0.5 * rng.standard_normal((40, 7)))

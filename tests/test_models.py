@@ -190,6 +190,26 @@ def test_accuracy_resolves_like_keras(loss, activation, units, expected):
     assert type(model._resolve_metrics()[0]).__name__ == expected
 
 
+@pytest.mark.parametrize("loss,targets", [("sparse_categorical_crossentropy", "labels"),
+                                          ("categorical_crossentropy", "onehot")])
+def test_accuracies_of_sequence_outputs(seeded, loss, targets):
+    """(N, T, K) outputs: every time step is one prediction, as Keras's accuracies count."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((9, 5, 3)).astype(np.float32)
+    labels = rng.integers(0, 4, (9, 5))
+    y = labels if targets == "labels" else np.eye(4, dtype=np.float32)[labels]
+    model = pynn.Sequential([layers.Input((5, 3)), layers.SimpleRNN(6, return_sequences=True),
+                             layers.Dense(4, activation="softmax")])
+    top_k = ("sparse_" if targets == "labels" else "") + "top_k_categorical_accuracy"
+    model.compile("adam", loss, metrics=["accuracy", pynn.metrics.get(top_k).__class__(k=2)])
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    _, acc, top2 = model.evaluate(x, y, batch_size=4, verbose=0)
+    p = model.predict(x)
+    assert acc == pytest.approx(np.mean(p.argmax(-1) == labels))
+    ranks = (p > np.take_along_axis(p, labels[..., None], -1)).sum(-1)
+    assert top2 == pytest.approx(np.mean(ranks < 2))
+
+
 def test_binary_model_with_flat_targets(seeded):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((40, 4)).astype(np.float32)

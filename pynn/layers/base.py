@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import math
 import re
+import sys
 
 import numpy as np
 
@@ -17,8 +18,11 @@ from pynn.backend import api
 from pynn.variables import Variable
 
 _name_counters = {}
-# Set while a saved model is rebuilt: its weights are about to be overwritten from the file, so
-# add_weight allocates zeros (lazily mapped pages) instead of drawing random values.
+# Sizes that reach the native kernels as C ints (strides, pool sizes, dilations, kernel sizes).
+C_INT_MAX = 2**31 - 1
+# Set while a saved model is rebuilt: its weights are about to be replaced by the file's, so
+# add_weight makes shape-only placeholders (a read-only zero broadcast to the shape, no memory)
+# instead of drawing random values.
 _zero_init = False
 
 
@@ -53,6 +57,8 @@ class Layer:
     def __init__(self, name=None, trainable=True, dtype=None, input_shape=None, **kwargs):
         if kwargs:
             raise TypeError(f"{type(self).__name__}: unexpected arguments {sorted(kwargs)}")
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"{type(self).__name__}: name must be a string, got {name!r}")
         self.name = name or _unique_name(_snake(type(self).__name__))
         self.trainable = trainable
         self.dtype = str(np.dtype(dtype)) if dtype is not None else _config.floatx()
@@ -76,11 +82,26 @@ class Layer:
     def add_weight(self, name, shape, initializer, regularizer=None, trainable=True):
         init = initializers.get(initializer)
         shape = tuple(int(d) for d in shape)
-        value = np.zeros(shape, self.dtype) if _zero_init else init(shape, dtype=self.dtype)
-        var = Variable(backend.current().asarray(value, self.dtype), f"{self.name}/{name}",
-                       trainable=trainable, regularizer=regularizers.get(regularizer))
+        if _zero_init:
+            value = np.broadcast_to(np.zeros((), self.dtype), shape)
+        else:
+            value = backend.current().asarray(self._initial_value(name, shape, init),
+                                              self.dtype)
+        var = Variable(value, f"{self.name}/{name}", trainable=trainable,
+                       regularizer=regularizers.get(regularizer))
         self._variables.append(var)
         return var
+
+    def _initial_value(self, name, shape, init):
+        nbytes = math.prod(shape) * np.dtype(self.dtype).itemsize
+        what = (f"Layer '{self.name}' ({type(self).__name__}): weight '{name}' of shape {shape} "
+                f"({self.dtype}, {nbytes / 2**30:.1f} GiB)")
+        if nbytes > sys.maxsize:
+            raise ValueError(f"{what} is larger than the address space")
+        try:
+            return init(shape, dtype=self.dtype)
+        except MemoryError:
+            raise MemoryError(f"{what}: out of memory") from None
 
     @property
     def weights(self):
@@ -146,6 +167,9 @@ class Layer:
                              f"{shape_str(expected)}, got {shape_str((None,) + shape[1:])}")
 
     def __call__(self, x, training=False):
+        if is_complex(x):
+            raise TypeError(f"Layer '{self.name}' ({type(self).__name__}): input must be real, "
+                            f"got dtype {x.dtype} (its imaginary part would be dropped)")
         if not self.built:
             self.build((None,) + tuple(x.shape[1:]))
         self.check_input(x)
@@ -183,6 +207,13 @@ class Layer:
         return f"<{type(self).__name__} name={self.name}>"
 
 
+def is_complex(x):
+    """Whether ``x`` has a complex dtype (NumPy's, a device array's, or a tensor's), which a
+    cast to float would silently drop the imaginary part of."""
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and "complex" in str(dtype)
+
+
 def activation_config(activation):
     """Normalize an activation argument to (name, alpha) as the backend expects it."""
     from pynn.backend.api import ACTIVATIONS, DEFAULT_ALPHA
@@ -214,10 +245,13 @@ def pair(name, layer, value):
         value = (int(value), int(value))
     try:
         value = tuple(int(v) for v in value)
-    except TypeError:
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{layer}: {name} must be an int or a tuple of 2 ints, got {value!r}")
     if len(value) != 2 or min(value) < 1:
         raise ValueError(f"{layer}: {name} must be positive ints, got {value!r}")
+    if max(value) > C_INT_MAX:
+        raise ValueError(f"{layer}: {name} must be at most {C_INT_MAX} (a C int), got "
+                         f"{value!r}")
     return value
 
 
