@@ -8,6 +8,7 @@ Shapes include the batch axis as None, as in Keras. Layers talk to ``backend.cur
 import contextlib
 import itertools
 import math
+import os
 import re
 import sys
 
@@ -51,6 +52,13 @@ def _snake(name):
 
 def shape_str(shape):
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX: let the allocator decide
+        return sys.maxsize
 
 
 class Layer:
@@ -98,6 +106,11 @@ class Layer:
                 f"({self.dtype}, {nbytes / 2**30:.1f} GiB)")
         if nbytes > sys.maxsize:
             raise ValueError(f"{what} is larger than the address space")
+        # Beyond the machine's memory the draw would swap for minutes before failing (an
+        # initializer writes every page): say so at once.
+        if nbytes > _physical_memory():
+            raise MemoryError(f"{what}: more than this machine's "
+                              f"{_physical_memory() / 2**30:.1f} GiB of memory")
         try:
             return init(shape, dtype=self.dtype)
         except MemoryError:
@@ -214,17 +227,21 @@ def is_complex(x):
     return dtype is not None and "complex" in str(dtype)
 
 
-def activation_config(activation):
-    """Normalize an activation argument to (name, alpha) as the backend expects it."""
+def activation_config(activation, layer=None):
+    """Normalize an activation argument to (name, alpha) as the backend expects it; errors
+    name ``layer`` (a Layer) when given."""
     from pynn.backend.api import ACTIVATIONS, DEFAULT_ALPHA
 
+    where = f"{type(layer).__name__} '{layer.name}': " if layer is not None else ""
     if activation is None:
         return "linear", 0.0
     if not isinstance(activation, str):
-        raise ValueError(f"activation must be one of {ACTIVATIONS} or None, got {activation!r}")
+        raise ValueError(f"{where}activation must be one of {ACTIVATIONS} or None, got "
+                         f"{activation!r}")
     name = activation.lower()
     if name not in ACTIVATIONS:
-        raise ValueError(f"Unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+        raise ValueError(f"{where}unknown activation {activation!r}; expected one of "
+                         f"{ACTIVATIONS}")
     alpha = DEFAULT_ALPHA.get(name, 0.0)
     return name, alpha
 

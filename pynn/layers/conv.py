@@ -28,7 +28,7 @@ class Conv2D(Layer):
         if max(self.strides) > 1 and max(self.dilation_rate) > 1:
             raise ValueError(f"{label}: strides > 1 together with dilation_rate > 1 is not "
                              f"supported (as in Keras)")
-        self.activation, self.alpha = activation_config(activation)
+        self.activation, self.alpha = activation_config(activation, self)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)

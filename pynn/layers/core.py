@@ -47,7 +47,7 @@ class Dense(Layer):
         if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
             raise ValueError(f"Dense '{self.name}': units must be a positive int, got {units!r}")
         self.units = int(units)
-        self.activation, self.alpha = activation_config(activation)
+        self.activation, self.alpha = activation_config(activation, self)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
@@ -106,7 +106,7 @@ class Dense(Layer):
 class Activation(Layer):
     def __init__(self, activation, **kwargs):
         super().__init__(**kwargs)
-        self.activation, self.alpha = activation_config(activation)
+        self.activation, self.alpha = activation_config(activation, self)
 
     def call(self, x, training=False):
         b = backend.current()
@@ -135,8 +135,13 @@ class Dropout(Layer):
 
     def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
         super().__init__(**kwargs)
-        if not 0.0 <= float(rate) < 1.0:
-            raise ValueError(f"Dropout '{self.name}': rate must be in [0, 1), got {rate!r}")
+        try:
+            valid = not isinstance(rate, bool) and 0.0 <= float(rate) < 1.0
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise ValueError(f"Dropout '{self.name}': rate must be a number in [0, 1), got "
+                             f"{rate!r}")
         if noise_shape is not None:
             raise ValueError(f"Dropout '{self.name}': noise_shape is not supported")
         self.rate = float(rate)
