@@ -5,6 +5,8 @@ Every update returns ``(w, g, <slots>, <hyper-parameters>, clip)`` where ``clip`
 tuple (grad_scale, clipvalue, weight_decay * lr) that each rule applies first.
 """
 
+import functools
+
 import numpy as np
 
 from pynn.backend.operands.common import distinct, number, slot
@@ -49,11 +51,13 @@ def sgd_update(arrays, w, g, momentum_buf, lr, momentum, nesterov, grad_scale, c
     return w, g, momentum_buf, lr, momentum, bool(nesterov), clip
 
 
+@functools.lru_cache(maxsize=16)
 def adam_step_size(dtype, lr, beta_1, beta_2, t):
     """lr*sqrt(1-beta_2**t)/(1-beta_1**t) in the parameter's dtype, as Keras forms it.
 
     In float32 the betas themselves round (0.999 -> 0.99900001), which moves 1-beta_2**t by
-    ~1e-5 relative at t=1; matching Keras to 1e-6 needs the same rounding, not exact math."""
+    ~1e-5 relative at t=1; matching Keras to 1e-6 needs the same rounding, not exact math.
+    Cached: every parameter of a step asks for the same number."""
     dt = np.dtype(dtype).type
     one = dt(1)
     b1_power = dt(float(dt(beta_1)) ** t)
