@@ -16,15 +16,20 @@ Where the time goes, and how it is split (bench/bench_rnn.py; numbers in the com
     AVX-512, 6 x 2 otherwise), reading B from column panels of NC = 2 vectors that stay in
     L1. On the one large product (the weight gradients) it matches OpenBLAS, and without
     BLAS there is no second thread pool handing the cores back and forth with OpenMP's.
-  - The recurrence is independent per sample. Batch rows are cut into fixed blocks of ROWS
-    rows; each thread takes a contiguous run of whole blocks and steps it through time in
-    chunks of up to CHUNK rows. Per step, for all rows of the chunk at once: gates =
-    x_t @ kernel + h_{s-1} @ recurrent_kernel (both packed into panels once per call, each
-    panel then serving every row of the chunk from L1), then ONE fused pass that adds the
-    bias, applies the gate activations, updates the cell and writes h. Backward mirrors
-    it: a fused pass turns dh (upstream + carried) into the step's pre-activation
-    gradients dZ, then dh_{s-1} = dZ_s @ recurrent_kernel^T and dx_t = dZ_s @ kernel^T
-    while dZ_s is still in cache (the transposes packed once per call).
+  - The recurrence is independent per sample. ONE driver serves every cell, forward and
+    backward: _recurrence cuts the batch rows into fixed blocks of ROWS rows, gives each
+    thread a contiguous run of whole blocks and hands it on in chunks of up to CHUNK rows;
+    _forward_chunk / _backward_chunk step a chunk through time. Per step, for all rows of
+    the chunk at once: gates = x_t @ kernel + h_{s-1} @ recurrent_kernel (both packed into
+    panels once per call by _panels, each panel then serving every row of the chunk from
+    L1), then ONE fused pass that adds the bias, applies the gate activations, updates the
+    cell and writes h. Backward mirrors it: a fused pass turns dh (upstream + carried) into
+    the step's pre-activation gradients dZ, then dh_{s-1} = dZ_s @ recurrent_kernel^T and
+    dx_t = dZ_s @ kernel^T while dZ_s is still in cache (the transposes packed once per
+    call). A cell is only its fused passes (the SimpleRNN, LSTM and GRU sections); the
+    chunk functions pick them with one switch per step, never per element. GRU adds its
+    own products: h_{s-1} @ R goes to a per-row buffer (srec) since r scales part of it,
+    and without reset_after the h-gate product waits for r (two passes per step).
   - The weight gradients are sums over all N*T rows, so they wait for the loop to end:
     dkernel, the bias gradient and d(recurrent_kernel) come from ONE product
     [x | 1 | h_prev]^T @ dZ (_stack_t writes the left operand transposed, so each output
@@ -590,11 +595,7 @@ def _dx_buffer(x, units, need_input_grad):
     return np.empty(x.shape, dtype=x.dtype) if n * t * units else np.zeros(x.shape, x.dtype)
 
 
-# -- the recurrent driver -------------------------------------------------------------------
-# One driver runs every cell, forward and backward: _recurrence splits the batch rows among
-# threads and into chunks, _forward_chunk / _backward_chunk step a chunk through time (the
-# per-step products on the packed panels, then the cell's fused pass). The cell is chosen
-# by a switch once per step; its passes (the sections below) loop over the chunk's rows.
+# -- the recurrent driver (every cell, forward and backward; see the design note) -----------
 
 cdef enum:
     SIMPLE_RNN, LSTM, GRU_AFTER, GRU_BEFORE     # GRU with reset_after True / False
@@ -651,24 +652,22 @@ cdef void _forward_chunk(const Rnn* r, Py_ssize_t r0, Py_ssize_t rows, floating 
             if s > 0:
                 _rec_mm(rows, u, gw, hp, ld, rk, gs, g_ld, True)
             if cell == SIMPLE_RNN:
-                _simple_step_forward(gs, b, gs, rows, ld, u, r.act, a1)
+                _simple_step_forward(r, rows, b, gs, a1)
             else:
-                _lstm_step_forward(gs, b, st + (s - 1) * u if s > 0 else NULL, st + s * u,
-                                   h + s * u, rows, g_ld, ld, u, r.act, a1, r.ract, a2)
+                _lstm_step_forward(r, rows, gs, b, st + (s - 1) * u if s > 0 else NULL,
+                                   st + s * u, h + s * u, a1, a2)
         elif cell == GRU_AFTER:
             if s > 0:
                 _rec_mm(rows, u, gw, hp, ld, rk, sp, gw, False)
-            _gru_step_forward_after(gs, sp if s > 0 else NULL, b, b + gw, hp, st + tx * u,
-                                    h + s * u, rows, g_ld, ld, u, r.act, a1, r.ract, a2)
+            _gru_step_forward_after(r, rows, gs, sp if s > 0 else NULL, b, b + gw, hp,
+                                    st + tx * u, h + s * u, a1, a2)
         else:
             if s > 0:
                 _rec_mm(rows, u, 2 * u, hp, ld, rk, sp, gw, False)
-            _gru_step_forward_gates(gs, sp if s > 0 else NULL, b, hp, st + tx * u, rows, g_ld,
-                                    ld, u, r.ract, a2)
+            _gru_step_forward_gates(r, rows, gs, sp if s > 0 else NULL, b, hp, st + tx * u, a2)
             if s > 0:
                 _rec_mm(rows, u, u, st + tx * u, ld, rk_h, sp + 2 * u, gw, False)
-            _gru_step_forward_out(gs, sp if s > 0 else NULL, b, hp, h + s * u, rows, g_ld, ld,
-                                  u, r.act, a1)
+            _gru_step_forward_out(r, rows, gs, sp if s > 0 else NULL, b, hp, h + s * u, a1)
 
 
 cdef void _backward_chunk(const Rnn* r, Py_ssize_t r0, Py_ssize_t rows, floating a1,
@@ -699,22 +698,21 @@ cdef void _backward_chunk(const Rnn* r, Py_ssize_t r0, Py_ssize_t rows, floating
         hp = h + (s - 1) * u if s > 0 else NULL
         zs = dz + tx * gw
         if cell == SIMPLE_RNN:
-            _simple_step_backward(dys, dy_ld, h + s * u, dh, zs, rows, ld, u, r.act, a1)
+            _simple_step_backward(r, rows, dys, h + s * u, dh, zs, a1)
         elif cell == LSTM:
-            _lstm_step_backward(dys, dy_ld, g + tx * gw, st + (s - 1) * u if s > 0 else NULL,
-                                st + s * u, dh, dc, zs, rows, g_ld, ld, u, r.act, a1, r.ract,
-                                a2)
+            _lstm_step_backward(r, rows, dys, g + tx * gw,
+                                st + (s - 1) * u if s > 0 else NULL, st + s * u, dh, dc, zs,
+                                a1, a2)
         elif cell == GRU_AFTER:
-            _gru_step_backward_after(dys, dy_ld, g + tx * gw, st + tx * u, hp, dh, zs,
-                                     dzr + tx * gw, rows, g_ld, ld, u, r.act, a1, r.ract, a2)
+            _gru_step_backward_after(r, rows, dys, g + tx * gw, st + tx * u, hp, dh, zs,
+                                     dzr + tx * gw, a1, a2)
         else:
-            _gru_step_backward_out(dys, dy_ld, g + tx * gw, hp, dh, zs, rows, g_ld, ld, u,
-                                   r.act, a1, r.ract, a2)
+            _gru_step_backward_out(r, rows, dys, g + tx * gw, hp, dh, zs, a1, a2)
             if s > 0:
                 # d(r * h_{s-1}) = dZ_h @ R_h^T, before r's gradient can be formed.
                 _rec_mm(rows, u, u, zs + 2 * u, g_ld, rk_h, dc, u, False)
-            _gru_step_backward_gates(g + tx * gw, dc if s > 0 else NULL, hp, dh, zs, rows,
-                                     g_ld, ld, u, r.ract, a2)
+            _gru_step_backward_gates(r, rows, g + tx * gw, dc if s > 0 else NULL, hp, dh, zs,
+                                     a2)
         if s > 0:
             # GRU's passes leave the direct term dh * z in dh: the product adds to it.
             _rec_mm(rows, 2 * u if cell == GRU_BEFORE else gw, u, dzr + tx * gw, g_ld, rk, dh,
@@ -810,30 +808,29 @@ def _backward(int cell, const floating[:, ::1] dy, bint full, kernel, recurrent_
 
 # -- SimpleRNN ------------------------------------------------------------------------------
 
-cdef void _simple_step_forward(const floating* p, const floating* bias, floating* h,
-                               Py_ssize_t rows, Py_ssize_t ld, Py_ssize_t units, int act,
-                               floating alpha) noexcept nogil:
-    cdef Py_ssize_t n, j
+cdef void _simple_step_forward(const Rnn* r, Py_ssize_t rows, const floating* bias,
+                               floating* h, floating alpha) noexcept nogil:
+    """h holds x_t @ W + h_{t-1} @ R and leaves holding act(h + bias)."""
+    cdef Py_ssize_t n, j, u = r.u, ld = r.t * r.u
     cdef floating* hr
     for n in range(rows):
         hr = h + n * ld
-        for j in range(units):
-            hr[j] = p[n * ld + j] + bias[j]
-        _act_vec(hr, units, act, alpha)
+        for j in range(u):
+            hr[j] = hr[j] + bias[j]
+        _act_vec(hr, u, r.act, alpha)
 
 
-cdef void _simple_step_backward(const floating* dy, Py_ssize_t dy_ld, const floating* h,
-                                floating* dh_next, floating* dz, Py_ssize_t rows,
-                                Py_ssize_t ld, Py_ssize_t units, int act,
+cdef void _simple_step_backward(const Rnn* r, Py_ssize_t rows, const floating* dy,
+                                const floating* h, floating* dh_next, floating* dz,
                                 floating alpha) noexcept nogil:
-    cdef Py_ssize_t n, j
+    cdef Py_ssize_t n, j, u = r.u, ld = r.t * r.u
     cdef floating* dhr
     for n in range(rows):
-        dhr = dh_next + n * units
-        _add_dy(dhr, dy + n * dy_ld if dy != NULL else NULL, units)
-        for j in range(units):
+        dhr = dh_next + n * u
+        _add_dy(dhr, dy + n * r.dy_ld if dy != NULL else NULL, u)
+        for j in range(u):
             dz[n * ld + j] = dhr[j]
-        _act_grad_vec(h + n * ld, dz + n * ld, units, act, alpha)
+        _act_grad_vec(h + n * ld, dz + n * ld, u, r.act, alpha)
 
 
 def simple_rnn_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
@@ -886,12 +883,12 @@ def simple_rnn_backward(dy, x, kernel, recurrent_kernel, cache, activation="tanh
 
 # -- LSTM -----------------------------------------------------------------------------------
 
-cdef void _lstm_step_forward(floating* g, const floating* bias, const floating* c_prev,
-                             floating* c, floating* h, Py_ssize_t rows, Py_ssize_t g_ld,
-                             Py_ssize_t ld, Py_ssize_t u, int act, floating a1, int ract,
-                             floating a2) noexcept nogil:
+cdef void _lstm_step_forward(const Rnn* r, Py_ssize_t rows, floating* g,
+                             const floating* bias, const floating* c_prev, floating* c,
+                             floating* h, floating a1, floating a2) noexcept nogil:
     """g holds x_t @ W + h_{t-1} @ R; it leaves holding the activated gates i, f, c~, o."""
-    cdef Py_ssize_t n, j
+    cdef Py_ssize_t n, j, u = r.u, ld = r.t * r.u, g_ld = r.t * r.gw
+    cdef int act = r.act, ract = r.ract
     cdef floating* gr
     cdef floating* cr
     cdef floating* hr
@@ -924,16 +921,16 @@ cdef void _lstm_step_forward(floating* g, const floating* bias, const floating* 
             hr[j] = gr[3 * u + j] * hr[j]
 
 
-cdef void _lstm_step_backward(const floating* dy, Py_ssize_t dy_ld, const floating* g,
-                              const floating* c_prev, const floating* c, floating* dh_next,
-                              floating* dc_next, floating* dz, Py_ssize_t rows,
-                              Py_ssize_t g_ld, Py_ssize_t ld, Py_ssize_t u, int act,
-                              floating a1, int ract, floating a2) noexcept nogil:
+cdef void _lstm_step_backward(const Rnn* r, Py_ssize_t rows, const floating* dy,
+                              const floating* g, const floating* c_prev, const floating* c,
+                              floating* dh_next, floating* dc_next, floating* dz, floating a1,
+                              floating a2) noexcept nogil:
     """dz = pre-activation gradients of the four gates; dc_next becomes dc_{t-1}.
 
     The dz row doubles as scratch: its o slot first holds act(c_t), its c~ slot the
     gradient through act(c_t), each overwritten by the final value of the same element."""
-    cdef Py_ssize_t n, j
+    cdef Py_ssize_t n, j, u = r.u, ld = r.t * r.u, g_ld = r.t * r.gw
+    cdef int act = r.act, ract = r.ract
     cdef const floating* gr
     cdef const floating* cr
     cdef floating* zr
@@ -946,7 +943,7 @@ cdef void _lstm_step_backward(const floating* dy, Py_ssize_t dy_ld, const floati
         zr = dz + n * g_ld
         dhr = dh_next + n * u
         dcr = dc_next + n * u
-        _add_dy(dhr, dy + n * dy_ld if dy != NULL else NULL, u)
+        _add_dy(dhr, dy + n * r.dy_ld if dy != NULL else NULL, u)
         if floating is float:
             if act == ACT_TANH and ract == ACT_SIGMOID:
                 pynn_rnn_lstm_bwd_f(gr, c_prev + n * ld if c_prev != NULL else NULL, cr, dhr,
@@ -1030,13 +1027,13 @@ def lstm_backward(dy, x, kernel, recurrent_kernel, cache, activation="tanh",
 # product, so a step is GEMM (z, r) -> pass -> GEMM ((r*h) @ R_h) -> pass, and the cache keeps
 # rh = r * h_{t-1}, the left operand of d(R_h).
 
-cdef void _gru_step_forward_after(floating* g, const floating* srec, const floating* b_in,
+cdef void _gru_step_forward_after(const Rnn* r, Py_ssize_t rows, floating* g,
+                                  const floating* srec, const floating* b_in,
                                   const floating* b_rec, const floating* h_prev, floating* rh,
-                                  floating* h, Py_ssize_t rows, Py_ssize_t g_ld, Py_ssize_t ld,
-                                  Py_ssize_t u, int act, floating a1, int ract,
-                                  floating a2) noexcept nogil:
+                                  floating* h, floating a1, floating a2) noexcept nogil:
     """g holds x_t @ W and leaves holding z, r, hh; srec = h_{t-1} @ R (NULL at step 0)."""
-    cdef Py_ssize_t n, j
+    cdef Py_ssize_t n, j, u = r.u, ld = r.t * r.u, g_ld = r.t * r.gw
+    cdef int act = r.act, ract = r.ract
     cdef floating* gr
     cdef floating* rr
     cdef floating* hr
@@ -1062,12 +1059,13 @@ cdef void _gru_step_forward_after(floating* g, const floating* srec, const float
             hr[j] = gr[j] * _at(h_prev, n * ld + j) + (1 - gr[j]) * gr[2 * u + j]
 
 
-cdef void _gru_step_forward_gates(floating* g, const floating* srec, const floating* b_in,
-                                  const floating* h_prev, floating* rh, Py_ssize_t rows,
-                                  Py_ssize_t g_ld, Py_ssize_t ld, Py_ssize_t u, int ract,
+cdef void _gru_step_forward_gates(const Rnn* r, Py_ssize_t rows, floating* g,
+                                  const floating* srec, const floating* b_in,
+                                  const floating* h_prev, floating* rh,
                                   floating a2) noexcept nogil:
     """reset_after=False, first pass: z, r into g and rh = r * h_{t-1}."""
-    cdef Py_ssize_t n, j
+    cdef Py_ssize_t n, j, u = r.u, ld = r.t * r.u, g_ld = r.t * r.gw
+    cdef int ract = r.ract
     cdef floating* gr
     for n in range(rows):
         gr = g + n * g_ld
@@ -1078,12 +1076,12 @@ cdef void _gru_step_forward_gates(floating* g, const floating* srec, const float
             rh[n * ld + j] = gr[u + j] * _at(h_prev, n * ld + j)
 
 
-cdef void _gru_step_forward_out(floating* g, const floating* srec, const floating* b_in,
-                                const floating* h_prev, floating* h, Py_ssize_t rows,
-                                Py_ssize_t g_ld, Py_ssize_t ld, Py_ssize_t u, int act,
-                                floating a1) noexcept nogil:
+cdef void _gru_step_forward_out(const Rnn* r, Py_ssize_t rows, floating* g,
+                                const floating* srec, const floating* b_in,
+                                const floating* h_prev, floating* h, floating a1) noexcept nogil:
     """reset_after=False, second pass: srec[:, 2U:] = rh @ R_h (srec NULL at step 0)."""
-    cdef Py_ssize_t n, j
+    cdef Py_ssize_t n, j, u = r.u, ld = r.t * r.u, g_ld = r.t * r.gw
+    cdef int act = r.act
     cdef floating* gr
     for n in range(rows):
         gr = g + n * g_ld
@@ -1094,15 +1092,14 @@ cdef void _gru_step_forward_out(floating* g, const floating* srec, const floatin
             h[n * ld + j] = gr[j] * _at(h_prev, n * ld + j) + (1 - gr[j]) * gr[2 * u + j]
 
 
-cdef void _gru_step_backward_after(const floating* dy, Py_ssize_t dy_ld, const floating* g,
-                                   const floating* rh, const floating* h_prev,
-                                   floating* dh_next, floating* dzi, floating* dzr,
-                                   Py_ssize_t rows, Py_ssize_t g_ld, Py_ssize_t ld,
-                                   Py_ssize_t u, int act, floating a1, int ract,
-                                   floating a2) noexcept nogil:
+cdef void _gru_step_backward_after(const Rnn* r, Py_ssize_t rows, const floating* dy,
+                                   const floating* g, const floating* rh,
+                                   const floating* h_prev, floating* dh_next, floating* dzi,
+                                   floating* dzr, floating a1, floating a2) noexcept nogil:
     """dzi: gradients of the input-side pre-activations; dzr: of the recurrent-side ones
     (they differ in the h gate, scaled by r); dh_next becomes the direct term dh * z."""
-    cdef Py_ssize_t n, j
+    cdef Py_ssize_t n, j, u = r.u, ld = r.t * r.u, g_ld = r.t * r.gw
+    cdef int act = r.act, ract = r.ract
     cdef const floating* gr
     cdef floating* zi
     cdef floating* zr
@@ -1112,7 +1109,7 @@ cdef void _gru_step_backward_after(const floating* dy, Py_ssize_t dy_ld, const f
         zi = dzi + n * g_ld
         zr = dzr + n * g_ld
         dhr = dh_next + n * u
-        _add_dy(dhr, dy + n * dy_ld if dy != NULL else NULL, u)
+        _add_dy(dhr, dy + n * r.dy_ld if dy != NULL else NULL, u)
         if floating is float:
             if act == ACT_TANH and ract == ACT_SIGMOID:
                 pynn_rnn_gru_bwd_f(gr, rh + n * ld, h_prev + n * ld if h_prev != NULL else NULL,
@@ -1132,13 +1129,12 @@ cdef void _gru_step_backward_after(const floating* dy, Py_ssize_t dy_ld, const f
             dhr[j] = dhr[j] * gr[j]
 
 
-cdef void _gru_step_backward_out(const floating* dy, Py_ssize_t dy_ld, const floating* g,
-                                 const floating* h_prev, floating* dh_next, floating* dz,
-                                 Py_ssize_t rows, Py_ssize_t g_ld, Py_ssize_t ld,
-                                 Py_ssize_t u, int act, floating a1, int ract,
-                                 floating a2) noexcept nogil:
+cdef void _gru_step_backward_out(const Rnn* r, Py_ssize_t rows, const floating* dy,
+                                 const floating* g, const floating* h_prev, floating* dh_next,
+                                 floating* dz, floating a1, floating a2) noexcept nogil:
     """reset_after=False, first pass: the z and h gate gradients; dh_next = dh * z."""
-    cdef Py_ssize_t n, j
+    cdef Py_ssize_t n, j, u = r.u, ld = r.t * r.u, g_ld = r.t * r.gw
+    cdef int act = r.act, ract = r.ract
     cdef const floating* gr
     cdef floating* zr
     cdef floating* dhr
@@ -1146,7 +1142,7 @@ cdef void _gru_step_backward_out(const floating* dy, Py_ssize_t dy_ld, const flo
         gr = g + n * g_ld
         zr = dz + n * g_ld
         dhr = dh_next + n * u
-        _add_dy(dhr, dy + n * dy_ld if dy != NULL else NULL, u)
+        _add_dy(dhr, dy + n * r.dy_ld if dy != NULL else NULL, u)
         for j in range(u):
             zr[j] = dhr[j] * (_at(h_prev, n * ld + j) - gr[2 * u + j])
             zr[2 * u + j] = dhr[j] * (1 - gr[j])
@@ -1155,13 +1151,12 @@ cdef void _gru_step_backward_out(const floating* dy, Py_ssize_t dy_ld, const flo
         _act_grad_vec(gr + 2 * u, zr + 2 * u, u, act, a1)
 
 
-cdef void _gru_step_backward_gates(const floating* g, const floating* drh,
-                                   const floating* h_prev, floating* dh_next, floating* dz,
-                                   Py_ssize_t rows, Py_ssize_t g_ld, Py_ssize_t ld,
-                                   Py_ssize_t u, int ract, floating a2) noexcept nogil:
+cdef void _gru_step_backward_gates(const Rnn* r, Py_ssize_t rows, const floating* g,
+                                   const floating* drh, const floating* h_prev,
+                                   floating* dh_next, floating* dz, floating a2) noexcept nogil:
     """reset_after=False, second pass: drh = d(r * h_{t-1}) gives the r gate gradient and
     the r-scaled part of dh_{t-1} (drh and h_prev are NULL at step 0)."""
-    cdef Py_ssize_t n, j
+    cdef Py_ssize_t n, j, u = r.u, ld = r.t * r.u, g_ld = r.t * r.gw
     cdef const floating* gr
     cdef floating* zr
     cdef floating d
@@ -1172,7 +1167,7 @@ cdef void _gru_step_backward_gates(const floating* g, const floating* drh,
             d = _at(drh, n * u + j)
             zr[u + j] = d * _at(h_prev, n * ld + j)
             dh_next[n * u + j] = dh_next[n * u + j] + d * gr[u + j]
-        _act_grad_vec(gr + u, zr + u, u, ract, a2)
+        _act_grad_vec(gr + u, zr + u, u, r.ract, a2)
 
 
 def gru_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
