@@ -73,7 +73,7 @@ _DEFAULT_ALPHA = {"leaky_relu": 0.2, "elu": 1.0}
 
 cdef enum:
     # Batch rows per block: the unit the rows are split among threads in (a thread owns a
-    # contiguous run of whole blocks; see _split_rows).
+    # contiguous run of whole blocks; see _recurrence).
     ROWS = 4
     # At most this many of a thread's rows step through time together (one chunk): per
     # step each packed panel of the recurrent kernel is loaded once into L1 and serves all
@@ -171,19 +171,6 @@ def _pack_panels(const floating[:, ::1] m, bint trans, Py_ssize_t lo, Py_ssize_t
                         d[kk * w + j] = m[kk, lo + p0 + j]
             p0 = p0 + nc
     return out
-
-
-cdef inline Py_ssize_t _n_threads(Py_ssize_t n) noexcept nogil:
-    """Threads for n batch rows: one per block at most."""
-    cdef Py_ssize_t nblk = (n + ROWS - 1) // ROWS
-    cdef Py_ssize_t nth = omp_get_max_threads()
-    return max(1, min(nth, nblk))
-
-
-cdef inline Py_ssize_t _split_rows(Py_ssize_t n, Py_ssize_t tid, Py_ssize_t nth) noexcept nogil:
-    """First row of thread tid's run of whole ROWS blocks (tid = nth: n)."""
-    cdef Py_ssize_t nblk = (n + ROWS - 1) // ROWS
-    return min(tid * nblk // nth * ROWS, n)
 
 
 cdef extern from *:
@@ -714,7 +701,8 @@ cdef void _backward_chunk(const Rnn* r, Py_ssize_t r0, Py_ssize_t rows, floating
             _gru_step_backward_gates(r, rows, g + tx * gw, dc if s > 0 else NULL, hp, dh, zs,
                                      a2)
         if s > 0:
-            # GRU's passes leave the direct term dh * z in dh: the product adds to it.
+            # dh_{s-1} = dZ_s @ R^T. GRU: from the recurrent side's dZ (without reset_after
+            # only z and r: R_h^T came in above), added to the direct term dh * z.
             _rec_mm(rows, 2 * u if cell == GRU_BEFORE else gw, u, dzr + tx * gw, g_ld, rk, dh,
                     u, cell == GRU_AFTER or cell == GRU_BEFORE)
         if cin > 0:
@@ -723,12 +711,13 @@ cdef void _backward_chunk(const Rnn* r, Py_ssize_t r0, Py_ssize_t rows, floating
 
 cdef void _recurrence(const Rnn* r, Py_ssize_t n, bint grad, floating a1,
                       floating a2) noexcept nogil:
-    """Each thread takes a contiguous run of whole ROWS blocks (_split_rows) and steps it
-    through time in chunks of up to CHUNK rows."""
-    cdef Py_ssize_t tid, nth = _n_threads(n), r0, r1, rows
+    """Each thread (one per ROWS block at most) takes a contiguous run of whole blocks,
+    rows [r0, r1), and steps it through time in chunks of up to CHUNK rows."""
+    cdef Py_ssize_t nblk = (n + ROWS - 1) // ROWS, tid, r0, r1, rows
+    cdef Py_ssize_t nth = max(1, min(<Py_ssize_t>omp_get_max_threads(), nblk))
     for tid in prange(nth, schedule="static", num_threads=nth):
-        r0 = _split_rows(n, tid, nth)
-        r1 = _split_rows(n, tid + 1, nth)
+        r0 = min(tid * nblk // nth * ROWS, n)
+        r1 = min((tid + 1) * nblk // nth * ROWS, n)
         while r0 < r1:
             rows = min(CHUNK, r1 - r0)
             if grad:
@@ -764,16 +753,14 @@ def _forward(int cell, const floating[:, :, ::1] x, kernel, recurrent_kernel,
     passes h for g and state."""
     cdef Rnn r = _rnn(cell, h.shape[1], h.shape[2], g.shape[2], x.shape[2], act, ract,
                       backwards)
-    cdef const floating[::1] w
-    cdef const floating[::1] rk
-    cdef const floating[::1] rk_h
+    cdef const floating[::1] w, rk, rk_h
     cdef floating[:, ::1] srec
     dtype = np.float32 if floating is float else np.float64
     w, rk, rk_h = _panels(cell, kernel, recurrent_kernel, False)
     r.x = &x[0, 0, 0] if r.cin > 0 else NULL
     r.kernel = &w[0] if r.cin > 0 else NULL
     r.rec, r.rec_h, r.bias = &rk[0], &rk_h[0], &bias[0]
-    r.g, r.state, r.h, r.srec = &g[0, 0, 0], &state[0, 0, 0], &h[0, 0, 0], NULL
+    r.g, r.state, r.h = &g[0, 0, 0], &state[0, 0, 0], &h[0, 0, 0]
     if cell == GRU_AFTER or cell == GRU_BEFORE:
         srec = np.zeros((h.shape[0], r.gw), dtype=dtype)
         r.srec = &srec[0, 0]
@@ -792,9 +779,7 @@ def _backward(int cell, const floating[:, ::1] dy, bint full, kernel, recurrent_
     dtype = np.float32 if floating is float else np.float64
     cdef floating[:, ::1] dh = np.zeros((h.shape[0], r.u), dtype=dtype)
     cdef floating[:, ::1] dc = np.zeros((h.shape[0], r.u), dtype=dtype)
-    cdef const floating[::1] w
-    cdef const floating[::1] rk
-    cdef const floating[::1] rk_h
+    cdef const floating[::1] w, rk, rk_h
     w, rk, rk_h = _panels(cell, kernel, recurrent_kernel, True)
     r.full, r.dy_ld, r.dy = full, dy.shape[1], &dy[0, 0]
     r.kernel = &w[0] if r.cin > 0 else NULL
