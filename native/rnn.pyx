@@ -609,7 +609,7 @@ cdef struct Rnn:
     void* dzr               # GRU_AFTER: the recurrent side's (dz itself for the others)
     void* dx                # (N, T, C); NULL without columns
     void* dh                # carried dh (N, U)
-    void* dc                # carried LSTM dc, or GRU_BEFORE's d(r * h_{s-1}) (N, U)
+    void* dc                # carried LSTM dc, or GRU_BEFORE's d(r * h_{s-1}) (N, U); else dh
 
 
 cdef void _forward_chunk(const Rnn* r, Py_ssize_t r0, Py_ssize_t rows, floating a1,
@@ -778,7 +778,8 @@ def _backward(int cell, const floating[:, ::1] dy, bint full, kernel, recurrent_
                       backwards)
     dtype = np.float32 if floating is float else np.float64
     cdef floating[:, ::1] dh = np.zeros((h.shape[0], r.u), dtype=dtype)
-    cdef floating[:, ::1] dc = np.zeros((h.shape[0], r.u), dtype=dtype)
+    cdef floating[:, ::1] dc = (np.zeros((h.shape[0], r.u), dtype=dtype)
+                                if cell == LSTM or cell == GRU_BEFORE else dh)
     cdef const floating[::1] w, rk, rk_h
     w, rk, rk_h = _panels(cell, kernel, recurrent_kernel, True)
     r.full, r.dy_ld, r.dy = full, dy.shape[1], &dy[0, 0]
