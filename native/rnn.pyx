@@ -16,15 +16,20 @@ Where the time goes, and how it is split (bench/bench_rnn.py; numbers in the com
     AVX-512, 6 x 2 otherwise), reading B from column panels of NC = 2 vectors that stay in
     L1. On the one large product (the weight gradients) it matches OpenBLAS, and without
     BLAS there is no second thread pool handing the cores back and forth with OpenMP's.
-  - The recurrence is independent per sample. Batch rows are cut into fixed blocks of ROWS
-    rows; each thread takes a contiguous run of whole blocks and steps it through time in
-    chunks of up to CHUNK rows. Per step, for all rows of the chunk at once: gates =
-    x_t @ kernel + h_{s-1} @ recurrent_kernel (both packed into panels once per call, each
-    panel then serving every row of the chunk from L1), then ONE fused pass that adds the
-    bias, applies the gate activations, updates the cell and writes h. Backward mirrors
-    it: a fused pass turns dh (upstream + carried) into the step's pre-activation
-    gradients dZ, then dh_{s-1} = dZ_s @ recurrent_kernel^T and dx_t = dZ_s @ kernel^T
-    while dZ_s is still in cache (the transposes packed once per call).
+  - The recurrence is independent per sample. ONE driver serves every cell, forward and
+    backward: _recurrence cuts the batch rows into fixed blocks of ROWS rows, gives each
+    thread a contiguous run of whole blocks and hands it on in chunks of up to CHUNK rows;
+    _forward_chunk / _backward_chunk step a chunk through time. Per step, for all rows of
+    the chunk at once: gates = x_t @ kernel + h_{s-1} @ recurrent_kernel (both packed into
+    panels once per call by _panels, each panel then serving every row of the chunk from
+    L1), then ONE fused pass that adds the bias, applies the gate activations, updates the
+    cell and writes h. Backward mirrors it: a fused pass turns dh (upstream + carried) into
+    the step's pre-activation gradients dZ, then dh_{s-1} = dZ_s @ recurrent_kernel^T and
+    dx_t = dZ_s @ kernel^T while dZ_s is still in cache (the transposes packed once per
+    call). A cell is only its fused passes (the SimpleRNN, LSTM and GRU sections); the
+    chunk functions pick them with one switch per step, never per element. GRU adds its
+    own products: h_{s-1} @ R goes to a per-row buffer (srec) since r scales part of it,
+    and without reset_after the h-gate product waits for r (two passes per step).
   - The weight gradients are sums over all N*T rows, so they wait for the loop to end:
     dkernel, the bias gradient and d(recurrent_kernel) come from ONE product
     [x | 1 | h_prev]^T @ dZ (_stack_t writes the left operand transposed, so each output
@@ -51,6 +56,7 @@ Gradients come back as fresh arrays (nothing accumulates into caller memory).
 import numpy as np
 
 from cython.parallel cimport prange
+from libc.string cimport memset
 from _openmp cimport omp_get_max_threads
 from _blas cimport floating
 from _activation cimport act_value, act_grad, ACT_SIGMOID, ACT_TANH
@@ -67,7 +73,7 @@ _DEFAULT_ALPHA = {"leaky_relu": 0.2, "elu": 1.0}
 
 cdef enum:
     # Batch rows per block: the unit the rows are split among threads in (a thread owns a
-    # contiguous run of whole blocks; see _split_rows).
+    # contiguous run of whole blocks; see _recurrence).
     ROWS = 4
     # At most this many of a thread's rows step through time together (one chunk): per
     # step each packed panel of the recurrent kernel is loaded once into L1 and serves all
@@ -165,19 +171,6 @@ def _pack_panels(const floating[:, ::1] m, bint trans, Py_ssize_t lo, Py_ssize_t
                         d[kk * w + j] = m[kk, lo + p0 + j]
             p0 = p0 + nc
     return out
-
-
-cdef inline Py_ssize_t _n_threads(Py_ssize_t n) noexcept nogil:
-    """Threads for n batch rows: one per block at most."""
-    cdef Py_ssize_t nblk = (n + ROWS - 1) // ROWS
-    cdef Py_ssize_t nth = omp_get_max_threads()
-    return max(1, min(nth, nblk))
-
-
-cdef inline Py_ssize_t _split_rows(Py_ssize_t n, Py_ssize_t tid, Py_ssize_t nth) noexcept nogil:
-    """First row of thread tid's run of whole ROWS blocks (tid = nth: n)."""
-    cdef Py_ssize_t nblk = (n + ROWS - 1) // ROWS
-    return min(tid * nblk // nth * ROWS, n)
 
 
 cdef extern from *:
@@ -589,97 +582,241 @@ def _dx_buffer(x, units, need_input_grad):
     return np.empty(x.shape, dtype=x.dtype) if n * t * units else np.zeros(x.shape, x.dtype)
 
 
+# -- the recurrent driver (every cell, forward and backward; see the design note) -----------
+
+cdef enum:
+    SIMPLE_RNN, LSTM, GRU_AFTER, GRU_BEFORE     # GRU with reset_after True / False
+
+
+cdef struct Rnn:
+    # One call's sizes, options and operands, shared by every chunk. A struct cannot take the
+    # fused dtype, so the data pointers are untyped; the chunk functions cast them to the
+    # specialization's type (selected by their alpha arguments).
+    int cell, act, ract
+    bint backwards, full
+    Py_ssize_t t, u, gw, cin, dy_ld    # time steps, units, gate columns G, x's columns
+    const void* x           # forward: x (N, T, C); NULL without columns
+    const void* kernel      # kernel panels (transposed for backward); NULL without columns
+    const void* rec         # recurrent kernel panels (GRU_BEFORE: R_zr only)
+    const void* rec_h       # GRU_BEFORE: R_h panels (its product waits for r)
+    const void* bias        # (G,), or (2, G) for GRU_AFTER
+    void* g                 # gates (N, T, G) at tx; SimpleRNN: h itself
+    void* state             # LSTM c_seq (N, T, U) at s; GRU rh (N, T, U) at tx
+    void* h                 # h_seq (N, T, U)
+    void* srec              # forward, GRU: h_{s-1} @ R per row (N, G)
+    const void* dy          # backward: upstream, rows of dy_ld
+    void* dz                # backward: pre-activation gradients (N, T, G) at tx
+    void* dzr               # GRU_AFTER: the recurrent side's (dz itself for the others)
+    void* dx                # (N, T, C); NULL without columns
+    void* dh                # carried dh (N, U)
+    void* dc                # carried LSTM dc, or GRU_BEFORE's d(r * h_{s-1}) (N, U); else dh
+
+
+cdef void _forward_chunk(const Rnn* r, Py_ssize_t r0, Py_ssize_t rows, floating a1,
+                         floating a2) noexcept nogil:
+    """Rows [r0, r0 + rows) through all T steps: gates = x_tx @ W (+ h_{s-1} @ R), then the
+    cell's pass (GRU's recurrent product goes to srec: r scales part of it)."""
+    cdef Py_ssize_t t_len = r.t, u = r.u, gw = r.gw, cin = r.cin, s, tx
+    cdef Py_ssize_t ld = t_len * u, g_ld = t_len * gw, xld = t_len * cin
+    cdef int cell = r.cell
+    cdef const floating* x = <const floating*>r.x + r0 * xld if cin > 0 else NULL
+    cdef const floating* w = <const floating*>r.kernel
+    cdef const floating* rk = <const floating*>r.rec
+    cdef const floating* rk_h = <const floating*>r.rec_h
+    cdef const floating* b = <const floating*>r.bias
+    cdef floating* g = <floating*>r.g + r0 * g_ld
+    cdef floating* st = <floating*>r.state + r0 * ld
+    cdef floating* h = <floating*>r.h + r0 * ld
+    cdef floating* sp = <floating*>r.srec + r0 * gw if r.srec != NULL else NULL
+    cdef floating* gs
+    cdef floating* hp
+    for s in range(t_len):
+        tx = _tx(s, t_len, r.backwards)
+        hp = h + (s - 1) * u if s > 0 else NULL
+        gs = h + s * u if cell == SIMPLE_RNN else g + tx * gw
+        _rec_mm(rows, cin, gw, x + tx * cin, xld, w, gs, g_ld, False)
+        if cell == SIMPLE_RNN or cell == LSTM:
+            if s > 0:
+                _rec_mm(rows, u, gw, hp, ld, rk, gs, g_ld, True)
+            if cell == SIMPLE_RNN:
+                _simple_step_forward(r, rows, b, gs, a1)
+            else:
+                _lstm_step_forward(r, rows, gs, b, st + (s - 1) * u if s > 0 else NULL,
+                                   st + s * u, h + s * u, a1, a2)
+        elif cell == GRU_AFTER:
+            if s > 0:
+                _rec_mm(rows, u, gw, hp, ld, rk, sp, gw, False)
+            _gru_step_forward_after(r, rows, gs, sp if s > 0 else NULL, b, b + gw, hp,
+                                    st + tx * u, h + s * u, a1, a2)
+        else:
+            if s > 0:
+                _rec_mm(rows, u, 2 * u, hp, ld, rk, sp, gw, False)
+            _gru_step_forward_gates(r, rows, gs, sp if s > 0 else NULL, b, hp, st + tx * u, a2)
+            if s > 0:
+                _rec_mm(rows, u, u, st + tx * u, ld, rk_h, sp + 2 * u, gw, False)
+            _gru_step_forward_out(r, rows, gs, sp if s > 0 else NULL, b, hp, h + s * u, a1)
+
+
+cdef void _backward_chunk(const Rnn* r, Py_ssize_t r0, Py_ssize_t rows, floating a1,
+                          floating a2) noexcept nogil:
+    """Rows [r0, r0 + rows) from step T-1 down to 0: the cell's pass turns dh into dz, then
+    dh_{s-1} = dz_s @ R^T and dx_tx = dz_s @ W^T while dz_s is in cache."""
+    cdef Py_ssize_t t_len = r.t, u = r.u, gw = r.gw, cin = r.cin, dy_ld = r.dy_ld, s, tx
+    cdef Py_ssize_t ld = t_len * u, g_ld = t_len * gw, xld = t_len * cin
+    cdef int cell = r.cell
+    cdef const floating* wt = <const floating*>r.kernel
+    cdef const floating* rk = <const floating*>r.rec
+    cdef const floating* rk_h = <const floating*>r.rec_h
+    cdef const floating* dy = <const floating*>r.dy + r0 * dy_ld
+    cdef const floating* g = <const floating*>r.g + r0 * g_ld
+    cdef const floating* st = <const floating*>r.state + r0 * ld
+    cdef const floating* h = <const floating*>r.h + r0 * ld
+    cdef floating* dz = <floating*>r.dz + r0 * g_ld
+    cdef floating* dzr = <floating*>r.dzr + r0 * g_ld
+    cdef floating* dx = <floating*>r.dx + r0 * xld if cin > 0 else NULL
+    cdef floating* dh = <floating*>r.dh + r0 * u
+    cdef floating* dc = <floating*>r.dc + r0 * u
+    cdef const floating* dys
+    cdef const floating* hp
+    cdef floating* zs
+    for s in range(t_len - 1, -1, -1):
+        tx = _tx(s, t_len, r.backwards)
+        dys = _dy_row(dy, r.full, s, t_len, u)
+        hp = h + (s - 1) * u if s > 0 else NULL
+        zs = dz + tx * gw
+        if cell == SIMPLE_RNN:
+            _simple_step_backward(r, rows, dys, h + s * u, dh, zs, a1)
+        elif cell == LSTM:
+            _lstm_step_backward(r, rows, dys, g + tx * gw,
+                                st + (s - 1) * u if s > 0 else NULL, st + s * u, dh, dc, zs,
+                                a1, a2)
+        elif cell == GRU_AFTER:
+            _gru_step_backward_after(r, rows, dys, g + tx * gw, st + tx * u, hp, dh, zs,
+                                     dzr + tx * gw, a1, a2)
+        else:
+            _gru_step_backward_out(r, rows, dys, g + tx * gw, hp, dh, zs, a1, a2)
+            if s > 0:
+                # d(r * h_{s-1}) = dZ_h @ R_h^T, before r's gradient can be formed.
+                _rec_mm(rows, u, u, zs + 2 * u, g_ld, rk_h, dc, u, False)
+            _gru_step_backward_gates(r, rows, g + tx * gw, dc if s > 0 else NULL, hp, dh, zs,
+                                     a2)
+        if s > 0:
+            # dh_{s-1} = dZ_s @ R^T. GRU: from the recurrent side's dZ (without reset_after
+            # only z and r: R_h^T came in above), added to the direct term dh * z.
+            _rec_mm(rows, 2 * u if cell == GRU_BEFORE else gw, u, dzr + tx * gw, g_ld, rk, dh,
+                    u, cell == GRU_AFTER or cell == GRU_BEFORE)
+        if cin > 0:
+            _rec_mm(rows, gw, cin, zs, g_ld, wt, dx + tx * cin, xld, False)
+
+
+cdef void _recurrence(const Rnn* r, Py_ssize_t n, bint grad, floating a1,
+                      floating a2) noexcept nogil:
+    """Each thread (one per ROWS block at most) takes a contiguous run of whole blocks,
+    rows [r0, r1), and steps it through time in chunks of up to CHUNK rows."""
+    cdef Py_ssize_t nblk = (n + ROWS - 1) // ROWS, tid, r0, r1, rows
+    cdef Py_ssize_t nth = max(1, min(<Py_ssize_t>omp_get_max_threads(), nblk))
+    for tid in prange(nth, schedule="static", num_threads=nth):
+        r0 = min(tid * nblk // nth * ROWS, n)
+        r1 = min((tid + 1) * nblk // nth * ROWS, n)
+        while r0 < r1:
+            rows = min(CHUNK, r1 - r0)
+            if grad:
+                _backward_chunk(r, r0, rows, a1, a2)
+            else:
+                _forward_chunk(r, r0, rows, a1, a2)
+            r0 = r0 + rows
+
+
+cdef Rnn _rnn(int cell, Py_ssize_t t, Py_ssize_t u, Py_ssize_t gw, Py_ssize_t cin, int act,
+              int ract, bint backwards) noexcept:
+    cdef Rnn r
+    memset(&r, 0, sizeof(r))
+    r.cell, r.act, r.ract, r.backwards = cell, act, ract, backwards
+    r.t, r.u, r.gw, r.cin = t, u, gw, cin
+    return r
+
+
+def _panels(int cell, kernel, recurrent_kernel, bint trans):
+    """The per-step products' operands packed once per call (transposed for backward):
+    kernel, recurrent kernel and its h-gate columns apart for GRU_BEFORE, where r applies
+    between the two products."""
+    g, u = kernel.shape[1], recurrent_kernel.shape[0]
+    rk = _pack_panels(recurrent_kernel, trans, 0, 2 * u if cell == GRU_BEFORE else g)
+    rk_h = _pack_panels(recurrent_kernel, trans, 2 * u, 3 * u) if cell == GRU_BEFORE else rk
+    return _pack_panels(kernel, trans, 0, g), rk, rk_h
+
+
+def _forward(int cell, const floating[:, :, ::1] x, kernel, recurrent_kernel,
+             const floating[::1] bias, floating[:, :, ::1] g, floating[:, :, ::1] state,
+             floating[:, :, ::1] h, int act, double a1, int ract, double a2, bint backwards):
+    """Fill h, the gates (activated) and the cell's state (see Rnn); N*T*U > 0. SimpleRNN
+    passes h for g and state."""
+    cdef Rnn r = _rnn(cell, h.shape[1], h.shape[2], g.shape[2], x.shape[2], act, ract,
+                      backwards)
+    cdef const floating[::1] w, rk, rk_h
+    cdef floating[:, ::1] srec
+    dtype = np.float32 if floating is float else np.float64
+    w, rk, rk_h = _panels(cell, kernel, recurrent_kernel, False)
+    r.x = &x[0, 0, 0] if r.cin > 0 else NULL
+    r.kernel = &w[0] if r.cin > 0 else NULL
+    r.rec, r.rec_h, r.bias = &rk[0], &rk_h[0], &bias[0]
+    r.g, r.state, r.h = &g[0, 0, 0], &state[0, 0, 0], &h[0, 0, 0]
+    if cell == GRU_AFTER or cell == GRU_BEFORE:
+        srec = np.zeros((h.shape[0], r.gw), dtype=dtype)
+        r.srec = &srec[0, 0]
+    with nogil:
+        _recurrence(&r, h.shape[0], False, <floating>a1, <floating>a2)
+
+
+def _backward(int cell, const floating[:, ::1] dy, bint full, kernel, recurrent_kernel,
+              const floating[:, :, ::1] g, const floating[:, :, ::1] state,
+              const floating[:, :, ::1] h, floating[:, :, ::1] dz, floating[:, :, ::1] dzr,
+              floating[:, :, ::1] dx, int act, double a1, int ract, double a2, bint backwards):
+    """Fill dz (and dzr, GRU_AFTER's recurrent side; pass dz for the others) at every step
+    and dx when it has columns; N*T*U > 0. g, state and h are forward's (see Rnn)."""
+    cdef Rnn r = _rnn(cell, h.shape[1], h.shape[2], g.shape[2], dx.shape[2], act, ract,
+                      backwards)
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[:, ::1] dh = np.zeros((h.shape[0], r.u), dtype=dtype)
+    cdef floating[:, ::1] dc = (np.zeros((h.shape[0], r.u), dtype=dtype)
+                                if cell == LSTM or cell == GRU_BEFORE else dh)
+    cdef const floating[::1] w, rk, rk_h
+    w, rk, rk_h = _panels(cell, kernel, recurrent_kernel, True)
+    r.full, r.dy_ld, r.dy = full, dy.shape[1], &dy[0, 0]
+    r.kernel = &w[0] if r.cin > 0 else NULL
+    r.rec, r.rec_h = &rk[0], &rk_h[0]
+    r.g, r.state, r.h = <void*>&g[0, 0, 0], <void*>&state[0, 0, 0], <void*>&h[0, 0, 0]
+    r.dz, r.dzr, r.dh, r.dc = &dz[0, 0, 0], &dzr[0, 0, 0], &dh[0, 0], &dc[0, 0]
+    r.dx = &dx[0, 0, 0] if r.cin > 0 else NULL
+    with nogil:
+        _recurrence(&r, h.shape[0], True, <floating>a1, <floating>a2)
+
+
 # -- SimpleRNN ------------------------------------------------------------------------------
 
-cdef void _simple_step_forward(const floating* p, const floating* bias, floating* h,
-                               Py_ssize_t rows, Py_ssize_t ld, Py_ssize_t units, int act,
-                               floating alpha) noexcept nogil:
-    cdef Py_ssize_t n, j
+cdef void _simple_step_forward(const Rnn* r, Py_ssize_t rows, const floating* bias,
+                               floating* h, floating alpha) noexcept nogil:
+    """h holds x_t @ W + h_{t-1} @ R and leaves holding act(h + bias)."""
+    cdef Py_ssize_t n, j, u = r.u, ld = r.t * r.u
     cdef floating* hr
     for n in range(rows):
         hr = h + n * ld
-        for j in range(units):
-            hr[j] = p[n * ld + j] + bias[j]
-        _act_vec(hr, units, act, alpha)
+        for j in range(u):
+            hr[j] = hr[j] + bias[j]
+        _act_vec(hr, u, r.act, alpha)
 
 
-cdef void _simple_step_backward(const floating* dy, Py_ssize_t dy_ld, const floating* h,
-                                floating* dh_next, floating* dz, Py_ssize_t rows,
-                                Py_ssize_t ld, Py_ssize_t units, int act,
+cdef void _simple_step_backward(const Rnn* r, Py_ssize_t rows, const floating* dy,
+                                const floating* h, floating* dh_next, floating* dz,
                                 floating alpha) noexcept nogil:
-    cdef Py_ssize_t n, j
+    cdef Py_ssize_t n, j, u = r.u, ld = r.t * r.u
     cdef floating* dhr
     for n in range(rows):
-        dhr = dh_next + n * units
-        _add_dy(dhr, dy + n * dy_ld if dy != NULL else NULL, units)
-        for j in range(units):
+        dhr = dh_next + n * u
+        _add_dy(dhr, dy + n * r.dy_ld if dy != NULL else NULL, u)
+        for j in range(u):
             dz[n * ld + j] = dhr[j]
-        _act_grad_vec(h + n * ld, dz + n * ld, units, act, alpha)
-
-
-def _simple_rnn_forward(const floating[:, :, ::1] x, const floating[::1] wp,
-                        const floating[::1] rk, const floating[::1] bias,
-                        floating[:, :, ::1] h, int act, double alpha, bint backwards):
-    """h[:, s] = act(x[:, tx] @ W + h[:, s-1] @ R + bias), both products summed into h[:, s]
-    itself before the activation."""
-    cdef Py_ssize_t n = h.shape[0], t_len = h.shape[1], u = h.shape[2], cin = x.shape[2]
-    cdef Py_ssize_t tid, nth = _n_threads(n), r0, r1, rows, s, tx, ld = t_len * u
-    cdef Py_ssize_t xld = t_len * cin
-    cdef const floating* xp
-    cdef const floating* xb = &x[0, 0, 0] if cin > 0 else NULL
-    cdef const floating* wb = &wp[0] if cin > 0 else NULL
-    cdef floating* hp
-    for tid in prange(nth, schedule="static", num_threads=nth, nogil=True):
-        r0 = _split_rows(n, tid, nth)
-        r1 = _split_rows(n, tid + 1, nth)
-        while r0 < r1:
-            rows = min(CHUNK, r1 - r0)
-            xp = xb + r0 * xld if cin > 0 else NULL
-            hp = &h[r0, 0, 0]
-            for s in range(t_len):
-                tx = _tx(s, t_len, backwards)
-                _rec_mm(rows, cin, u, xp + tx * cin, xld, wb, hp + s * u, ld, False)
-                if s > 0:
-                    _rec_mm(rows, u, u, hp + (s - 1) * u, ld, &rk[0], hp + s * u, ld, True)
-                _simple_step_forward(hp + s * u, &bias[0], hp + s * u, rows, ld, u, act,
-                                     <floating>alpha)
-            r0 = r0 + rows
-
-
-def _simple_rnn_backward(const floating[:, ::1] dy, bint full, const floating[::1] rk_t,
-                         const floating[::1] wp_t, const floating[:, :, ::1] h,
-                         floating[:, :, ::1] dz, floating[:, :, ::1] dx,
-                         floating[:, ::1] dh_next, int act, double alpha, bint backwards):
-    """dz at every step, dh_{s-1} = dz_s @ R^T and dx[:, tx] = dz_s @ W^T (when dx has
-    columns)."""
-    cdef Py_ssize_t n = h.shape[0], t_len = h.shape[1], u = h.shape[2], cin = dx.shape[2]
-    cdef Py_ssize_t tid, nth = _n_threads(n), r0, r1, rows, s, tx, ld = t_len * u
-    cdef Py_ssize_t dy_ld = dy.shape[1], xld = t_len * cin
-    cdef floating* zp
-    cdef floating* dhn
-    cdef floating* dxp
-    # Base pointers only where there are columns (an (N, T, 0) dx turns the product off).
-    cdef floating* dxb = &dx[0, 0, 0] if cin > 0 else NULL
-    cdef const floating* wtb = &wp_t[0] if cin > 0 else NULL
-    for tid in prange(nth, schedule="static", num_threads=nth, nogil=True):
-        r0 = _split_rows(n, tid, nth)
-        r1 = _split_rows(n, tid + 1, nth)
-        while r0 < r1:
-            rows = min(CHUNK, r1 - r0)
-            zp = &dz[r0, 0, 0]
-            dhn = &dh_next[r0, 0]
-            dxp = dxb + r0 * xld if cin > 0 else NULL
-            for s in range(t_len - 1, -1, -1):
-                tx = _tx(s, t_len, backwards)
-                _simple_step_backward(_dy_row(&dy[r0, 0], full, s, t_len, u), dy_ld,
-                                      &h[r0, s, 0], dhn, zp + tx * u, rows, ld, u, act,
-                                      <floating>alpha)
-                if s > 0:
-                    _rec_mm(rows, u, u, zp + tx * u, ld, &rk_t[0], dhn, u, False)
-                if cin > 0:
-                    _rec_mm(rows, u, cin, zp + tx * u, ld, wtb, dxp + tx * cin, xld,
-                            False)
-            r0 = r0 + rows
+        _act_grad_vec(h + n * ld, dz + n * ld, u, r.act, alpha)
 
 
 def simple_rnn_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
@@ -698,9 +835,8 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
     # Every element of the results and caches is written (np.empty: no zeroing pass).
     h_seq = np.empty((n, t, units), dtype=x.dtype)
     if n * t * units:
-        _simple_rnn_forward(x, _pack_panels(kernel, False, 0, units),
-                            _pack_panels(recurrent_kernel, False, 0, units), bias, h_seq,
-                            act, alpha, go_backwards)
+        _forward(SIMPLE_RNN, x, kernel, recurrent_kernel, bias, h_seq, h_seq, h_seq, act,
+                 alpha, act, alpha, go_backwards)
     return _last_step(h_seq, return_sequences), (h_seq,)
 
 
@@ -722,11 +858,9 @@ def simple_rnn_backward(dy, x, kernel, recurrent_kernel, cache, activation="tanh
     try:
         dx = _dx_buffer(x, units, need_input_grad)
         if n * t * units:
-            dh_next = np.zeros((n, units), dtype=x.dtype)
-            _simple_rnn_backward(dy.reshape(n, -1), return_sequences,
-                                 _pack_panels(recurrent_kernel, True, 0, units),
-                                 _pack_panels(kernel, True, 0, units), h_seq, dz, dx, dh_next,
-                                 act, alpha, go_backwards)
+            _backward(SIMPLE_RNN, dy.reshape(n, -1), return_sequences, kernel,
+                      recurrent_kernel, h_seq, h_seq, h_seq, dz, dz, dx, act, alpha, act,
+                      alpha, go_backwards)
         dkernel, drk, dbias = _weight_grads(x, h_seq, dz, at, go_backwards)
     finally:
         _give_scratch(buf)
@@ -735,12 +869,12 @@ def simple_rnn_backward(dy, x, kernel, recurrent_kernel, cache, activation="tanh
 
 # -- LSTM -----------------------------------------------------------------------------------
 
-cdef void _lstm_step_forward(floating* g, const floating* bias, const floating* c_prev,
-                             floating* c, floating* h, Py_ssize_t rows, Py_ssize_t g_ld,
-                             Py_ssize_t ld, Py_ssize_t u, int act, floating a1, int ract,
-                             floating a2) noexcept nogil:
+cdef void _lstm_step_forward(const Rnn* r, Py_ssize_t rows, floating* g,
+                             const floating* bias, const floating* c_prev, floating* c,
+                             floating* h, floating a1, floating a2) noexcept nogil:
     """g holds x_t @ W + h_{t-1} @ R; it leaves holding the activated gates i, f, c~, o."""
-    cdef Py_ssize_t n, j
+    cdef Py_ssize_t n, j, u = r.u, ld = r.t * r.u, g_ld = r.t * r.gw
+    cdef int act = r.act, ract = r.ract
     cdef floating* gr
     cdef floating* cr
     cdef floating* hr
@@ -773,16 +907,16 @@ cdef void _lstm_step_forward(floating* g, const floating* bias, const floating* 
             hr[j] = gr[3 * u + j] * hr[j]
 
 
-cdef void _lstm_step_backward(const floating* dy, Py_ssize_t dy_ld, const floating* g,
-                              const floating* c_prev, const floating* c, floating* dh_next,
-                              floating* dc_next, floating* dz, Py_ssize_t rows,
-                              Py_ssize_t g_ld, Py_ssize_t ld, Py_ssize_t u, int act,
-                              floating a1, int ract, floating a2) noexcept nogil:
+cdef void _lstm_step_backward(const Rnn* r, Py_ssize_t rows, const floating* dy,
+                              const floating* g, const floating* c_prev, const floating* c,
+                              floating* dh_next, floating* dc_next, floating* dz, floating a1,
+                              floating a2) noexcept nogil:
     """dz = pre-activation gradients of the four gates; dc_next becomes dc_{t-1}.
 
     The dz row doubles as scratch: its o slot first holds act(c_t), its c~ slot the
     gradient through act(c_t), each overwritten by the final value of the same element."""
-    cdef Py_ssize_t n, j
+    cdef Py_ssize_t n, j, u = r.u, ld = r.t * r.u, g_ld = r.t * r.gw
+    cdef int act = r.act, ract = r.ract
     cdef const floating* gr
     cdef const floating* cr
     cdef floating* zr
@@ -795,7 +929,7 @@ cdef void _lstm_step_backward(const floating* dy, Py_ssize_t dy_ld, const floati
         zr = dz + n * g_ld
         dhr = dh_next + n * u
         dcr = dc_next + n * u
-        _add_dy(dhr, dy + n * dy_ld if dy != NULL else NULL, u)
+        _add_dy(dhr, dy + n * r.dy_ld if dy != NULL else NULL, u)
         if floating is float:
             if act == ACT_TANH and ract == ACT_SIGMOID:
                 pynn_rnn_lstm_bwd_f(gr, c_prev + n * ld if c_prev != NULL else NULL, cr, dhr,
@@ -820,78 +954,6 @@ cdef void _lstm_step_backward(const floating* dy, Py_ssize_t dy_ld, const floati
         _act_grad_vec(gr + 3 * u, zr + 3 * u, u, ract, a2)
 
 
-def _lstm_forward(const floating[:, :, ::1] x, const floating[::1] wp,
-                  const floating[::1] rk, const floating[::1] bias, floating[:, :, ::1] g,
-                  floating[:, :, ::1] c, floating[:, :, ::1] h, int act, double a1, int ract,
-                  double a2, bint backwards):
-    cdef Py_ssize_t n = h.shape[0], t_len = h.shape[1], u = h.shape[2], cin = x.shape[2]
-    cdef Py_ssize_t tid, nth = _n_threads(n), r0, r1, rows, s, tx, g4 = 4 * u
-    cdef Py_ssize_t ld = t_len * u, g_ld = t_len * 4 * u, xld = t_len * cin
-    cdef const floating* xp
-    cdef const floating* xb = &x[0, 0, 0] if cin > 0 else NULL
-    cdef const floating* wb = &wp[0] if cin > 0 else NULL
-    cdef floating* gp
-    cdef floating* cp
-    cdef floating* hp
-    for tid in prange(nth, schedule="static", num_threads=nth, nogil=True):
-        r0 = _split_rows(n, tid, nth)
-        r1 = _split_rows(n, tid + 1, nth)
-        while r0 < r1:
-            rows = min(CHUNK, r1 - r0)
-            xp = xb + r0 * xld if cin > 0 else NULL
-            gp = &g[r0, 0, 0]
-            cp = &c[r0, 0, 0]
-            hp = &h[r0, 0, 0]
-            for s in range(t_len):
-                tx = _tx(s, t_len, backwards)
-                _rec_mm(rows, cin, g4, xp + tx * cin, xld, wb, gp + tx * g4, g_ld, False)
-                if s > 0:
-                    _rec_mm(rows, u, g4, hp + (s - 1) * u, ld, &rk[0], gp + tx * g4, g_ld,
-                            True)
-                _lstm_step_forward(gp + tx * g4, &bias[0], cp + (s - 1) * u if s > 0 else NULL,
-                                   cp + s * u, hp + s * u, rows, g_ld, ld, u, act, <floating>a1,
-                                   ract, <floating>a2)
-            r0 = r0 + rows
-
-
-def _lstm_backward(const floating[:, ::1] dy, bint full, const floating[::1] rk_t,
-                   const floating[::1] wp_t, const floating[:, :, ::1] g,
-                   const floating[:, :, ::1] c, floating[:, :, ::1] dz,
-                   floating[:, :, ::1] dx, floating[:, ::1] dh_next, floating[:, ::1] dc_next,
-                   int act, double a1, int ract, double a2, bint backwards):
-    cdef Py_ssize_t n = c.shape[0], t_len = c.shape[1], u = c.shape[2], cin = dx.shape[2]
-    cdef Py_ssize_t tid, nth = _n_threads(n), r0, r1, rows, s, tx, g4 = 4 * u
-    cdef Py_ssize_t ld = t_len * u, g_ld = t_len * 4 * u, xld = t_len * cin
-    cdef Py_ssize_t dy_ld = dy.shape[1]
-    cdef const floating* cp
-    cdef floating* zp
-    cdef floating* dxp
-    # Base pointers only where there are columns (an (N, T, 0) dx turns the product off).
-    cdef floating* dxb = &dx[0, 0, 0] if cin > 0 else NULL
-    cdef const floating* wtb = &wp_t[0] if cin > 0 else NULL
-    for tid in prange(nth, schedule="static", num_threads=nth, nogil=True):
-        r0 = _split_rows(n, tid, nth)
-        r1 = _split_rows(n, tid + 1, nth)
-        while r0 < r1:
-            rows = min(CHUNK, r1 - r0)
-            cp = &c[r0, 0, 0]
-            zp = &dz[r0, 0, 0]
-            dxp = dxb + r0 * xld if cin > 0 else NULL
-            for s in range(t_len - 1, -1, -1):
-                tx = _tx(s, t_len, backwards)
-                _lstm_step_backward(_dy_row(&dy[r0, 0], full, s, t_len, u), dy_ld, &g[r0, tx, 0],
-                                    cp + (s - 1) * u if s > 0 else NULL, cp + s * u,
-                                    &dh_next[r0, 0], &dc_next[r0, 0], zp + tx * g4, rows, g_ld,
-                                    ld, u, act, <floating>a1, ract, <floating>a2)
-                if s > 0:
-                    _rec_mm(rows, g4, u, zp + tx * g4, g_ld, &rk_t[0], &dh_next[r0, 0], u,
-                            False)
-                if cin > 0:
-                    _rec_mm(rows, g4, cin, zp + tx * g4, g_ld, wtb, dxp + tx * cin, xld,
-                            False)
-            r0 = r0 + rows
-
-
 def lstm_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
                  recurrent_activation="sigmoid", return_sequences=False, go_backwards=False):
     """Keras's LSTM (gates i, f, c, o) -> (y, cache).
@@ -912,9 +974,8 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
     gates = np.empty((n, t, 4 * units), dtype=x.dtype)
     c_seq = np.empty((n, t, units), dtype=x.dtype)
     if n * t * units:
-        _lstm_forward(x, _pack_panels(kernel, False, 0, 4 * units),
-                      _pack_panels(recurrent_kernel, False, 0, 4 * units), bias, gates,
-                      c_seq, h_seq, act, a1, ract, a2, go_backwards)
+        _forward(LSTM, x, kernel, recurrent_kernel, bias, gates, c_seq, h_seq, act, a1, ract,
+                 a2, go_backwards)
     return _last_step(h_seq, return_sequences), (h_seq, gates, c_seq)
 
 
@@ -938,12 +999,8 @@ def lstm_backward(dy, x, kernel, recurrent_kernel, cache, activation="tanh",
     try:
         dx = _dx_buffer(x, units, need_input_grad)
         if n * t * units:
-            dh_next = np.zeros((n, units), dtype=x.dtype)
-            dc_next = np.zeros((n, units), dtype=x.dtype)
-            _lstm_backward(dy.reshape(n, -1), return_sequences,
-                           _pack_panels(recurrent_kernel, True, 0, 4 * units),
-                           _pack_panels(kernel, True, 0, 4 * units), gates, c_seq, dz, dx,
-                           dh_next, dc_next, act, a1, ract, a2, go_backwards)
+            _backward(LSTM, dy.reshape(n, -1), return_sequences, kernel, recurrent_kernel,
+                      gates, c_seq, h_seq, dz, dz, dx, act, a1, ract, a2, go_backwards)
         dkernel, drk, dbias = _weight_grads(x, h_seq, dz, at, go_backwards)
     finally:
         _give_scratch(buf)
@@ -956,13 +1013,13 @@ def lstm_backward(dy, x, kernel, recurrent_kernel, cache, activation="tanh",
 # product, so a step is GEMM (z, r) -> pass -> GEMM ((r*h) @ R_h) -> pass, and the cache keeps
 # rh = r * h_{t-1}, the left operand of d(R_h).
 
-cdef void _gru_step_forward_after(floating* g, const floating* srec, const floating* b_in,
+cdef void _gru_step_forward_after(const Rnn* r, Py_ssize_t rows, floating* g,
+                                  const floating* srec, const floating* b_in,
                                   const floating* b_rec, const floating* h_prev, floating* rh,
-                                  floating* h, Py_ssize_t rows, Py_ssize_t g_ld, Py_ssize_t ld,
-                                  Py_ssize_t u, int act, floating a1, int ract,
-                                  floating a2) noexcept nogil:
+                                  floating* h, floating a1, floating a2) noexcept nogil:
     """g holds x_t @ W and leaves holding z, r, hh; srec = h_{t-1} @ R (NULL at step 0)."""
-    cdef Py_ssize_t n, j
+    cdef Py_ssize_t n, j, u = r.u, ld = r.t * r.u, g_ld = r.t * r.gw
+    cdef int act = r.act, ract = r.ract
     cdef floating* gr
     cdef floating* rr
     cdef floating* hr
@@ -988,12 +1045,13 @@ cdef void _gru_step_forward_after(floating* g, const floating* srec, const float
             hr[j] = gr[j] * _at(h_prev, n * ld + j) + (1 - gr[j]) * gr[2 * u + j]
 
 
-cdef void _gru_step_forward_gates(floating* g, const floating* srec, const floating* b_in,
-                                  const floating* h_prev, floating* rh, Py_ssize_t rows,
-                                  Py_ssize_t g_ld, Py_ssize_t ld, Py_ssize_t u, int ract,
+cdef void _gru_step_forward_gates(const Rnn* r, Py_ssize_t rows, floating* g,
+                                  const floating* srec, const floating* b_in,
+                                  const floating* h_prev, floating* rh,
                                   floating a2) noexcept nogil:
     """reset_after=False, first pass: z, r into g and rh = r * h_{t-1}."""
-    cdef Py_ssize_t n, j
+    cdef Py_ssize_t n, j, u = r.u, ld = r.t * r.u, g_ld = r.t * r.gw
+    cdef int ract = r.ract
     cdef floating* gr
     for n in range(rows):
         gr = g + n * g_ld
@@ -1004,12 +1062,12 @@ cdef void _gru_step_forward_gates(floating* g, const floating* srec, const float
             rh[n * ld + j] = gr[u + j] * _at(h_prev, n * ld + j)
 
 
-cdef void _gru_step_forward_out(floating* g, const floating* srec, const floating* b_in,
-                                const floating* h_prev, floating* h, Py_ssize_t rows,
-                                Py_ssize_t g_ld, Py_ssize_t ld, Py_ssize_t u, int act,
-                                floating a1) noexcept nogil:
+cdef void _gru_step_forward_out(const Rnn* r, Py_ssize_t rows, floating* g,
+                                const floating* srec, const floating* b_in,
+                                const floating* h_prev, floating* h, floating a1) noexcept nogil:
     """reset_after=False, second pass: srec[:, 2U:] = rh @ R_h (srec NULL at step 0)."""
-    cdef Py_ssize_t n, j
+    cdef Py_ssize_t n, j, u = r.u, ld = r.t * r.u, g_ld = r.t * r.gw
+    cdef int act = r.act
     cdef floating* gr
     for n in range(rows):
         gr = g + n * g_ld
@@ -1020,15 +1078,14 @@ cdef void _gru_step_forward_out(floating* g, const floating* srec, const floatin
             h[n * ld + j] = gr[j] * _at(h_prev, n * ld + j) + (1 - gr[j]) * gr[2 * u + j]
 
 
-cdef void _gru_step_backward_after(const floating* dy, Py_ssize_t dy_ld, const floating* g,
-                                   const floating* rh, const floating* h_prev,
-                                   floating* dh_next, floating* dzi, floating* dzr,
-                                   Py_ssize_t rows, Py_ssize_t g_ld, Py_ssize_t ld,
-                                   Py_ssize_t u, int act, floating a1, int ract,
-                                   floating a2) noexcept nogil:
+cdef void _gru_step_backward_after(const Rnn* r, Py_ssize_t rows, const floating* dy,
+                                   const floating* g, const floating* rh,
+                                   const floating* h_prev, floating* dh_next, floating* dzi,
+                                   floating* dzr, floating a1, floating a2) noexcept nogil:
     """dzi: gradients of the input-side pre-activations; dzr: of the recurrent-side ones
     (they differ in the h gate, scaled by r); dh_next becomes the direct term dh * z."""
-    cdef Py_ssize_t n, j
+    cdef Py_ssize_t n, j, u = r.u, ld = r.t * r.u, g_ld = r.t * r.gw
+    cdef int act = r.act, ract = r.ract
     cdef const floating* gr
     cdef floating* zi
     cdef floating* zr
@@ -1038,7 +1095,7 @@ cdef void _gru_step_backward_after(const floating* dy, Py_ssize_t dy_ld, const f
         zi = dzi + n * g_ld
         zr = dzr + n * g_ld
         dhr = dh_next + n * u
-        _add_dy(dhr, dy + n * dy_ld if dy != NULL else NULL, u)
+        _add_dy(dhr, dy + n * r.dy_ld if dy != NULL else NULL, u)
         if floating is float:
             if act == ACT_TANH and ract == ACT_SIGMOID:
                 pynn_rnn_gru_bwd_f(gr, rh + n * ld, h_prev + n * ld if h_prev != NULL else NULL,
@@ -1058,13 +1115,12 @@ cdef void _gru_step_backward_after(const floating* dy, Py_ssize_t dy_ld, const f
             dhr[j] = dhr[j] * gr[j]
 
 
-cdef void _gru_step_backward_out(const floating* dy, Py_ssize_t dy_ld, const floating* g,
-                                 const floating* h_prev, floating* dh_next, floating* dz,
-                                 Py_ssize_t rows, Py_ssize_t g_ld, Py_ssize_t ld,
-                                 Py_ssize_t u, int act, floating a1, int ract,
-                                 floating a2) noexcept nogil:
+cdef void _gru_step_backward_out(const Rnn* r, Py_ssize_t rows, const floating* dy,
+                                 const floating* g, const floating* h_prev, floating* dh_next,
+                                 floating* dz, floating a1, floating a2) noexcept nogil:
     """reset_after=False, first pass: the z and h gate gradients; dh_next = dh * z."""
-    cdef Py_ssize_t n, j
+    cdef Py_ssize_t n, j, u = r.u, ld = r.t * r.u, g_ld = r.t * r.gw
+    cdef int act = r.act, ract = r.ract
     cdef const floating* gr
     cdef floating* zr
     cdef floating* dhr
@@ -1072,7 +1128,7 @@ cdef void _gru_step_backward_out(const floating* dy, Py_ssize_t dy_ld, const flo
         gr = g + n * g_ld
         zr = dz + n * g_ld
         dhr = dh_next + n * u
-        _add_dy(dhr, dy + n * dy_ld if dy != NULL else NULL, u)
+        _add_dy(dhr, dy + n * r.dy_ld if dy != NULL else NULL, u)
         for j in range(u):
             zr[j] = dhr[j] * (_at(h_prev, n * ld + j) - gr[2 * u + j])
             zr[2 * u + j] = dhr[j] * (1 - gr[j])
@@ -1081,13 +1137,12 @@ cdef void _gru_step_backward_out(const floating* dy, Py_ssize_t dy_ld, const flo
         _act_grad_vec(gr + 2 * u, zr + 2 * u, u, act, a1)
 
 
-cdef void _gru_step_backward_gates(const floating* g, const floating* drh,
-                                   const floating* h_prev, floating* dh_next, floating* dz,
-                                   Py_ssize_t rows, Py_ssize_t g_ld, Py_ssize_t ld,
-                                   Py_ssize_t u, int ract, floating a2) noexcept nogil:
+cdef void _gru_step_backward_gates(const Rnn* r, Py_ssize_t rows, const floating* g,
+                                   const floating* drh, const floating* h_prev,
+                                   floating* dh_next, floating* dz, floating a2) noexcept nogil:
     """reset_after=False, second pass: drh = d(r * h_{t-1}) gives the r gate gradient and
     the r-scaled part of dh_{t-1} (drh and h_prev are NULL at step 0)."""
-    cdef Py_ssize_t n, j
+    cdef Py_ssize_t n, j, u = r.u, ld = r.t * r.u, g_ld = r.t * r.gw
     cdef const floating* gr
     cdef floating* zr
     cdef floating d
@@ -1098,132 +1153,7 @@ cdef void _gru_step_backward_gates(const floating* g, const floating* drh,
             d = _at(drh, n * u + j)
             zr[u + j] = d * _at(h_prev, n * ld + j)
             dh_next[n * u + j] = dh_next[n * u + j] + d * gr[u + j]
-        _act_grad_vec(gr + u, zr + u, u, ract, a2)
-
-
-def _gru_forward(const floating[:, :, ::1] x, const floating[::1] wp,
-                 const floating[::1] rk_a, const floating[::1] rk_b,
-                 const floating[:, ::1] bias, bint reset_after,
-                 floating[:, :, ::1] g, floating[:, :, ::1] rh, floating[:, :, ::1] h,
-                 floating[:, ::1] srec, int act, double a1, int ract, double a2,
-                 bint backwards):
-    cdef Py_ssize_t n = h.shape[0], t_len = h.shape[1], u = h.shape[2], cin = x.shape[2]
-    cdef Py_ssize_t tid, nth = _n_threads(n), r0, r1, rows, s, tx, g3 = 3 * u
-    cdef Py_ssize_t ld = t_len * u, g_ld = t_len * 3 * u, xld = t_len * cin
-    cdef const floating* xp
-    cdef const floating* xb = &x[0, 0, 0] if cin > 0 else NULL
-    cdef const floating* wb = &wp[0] if cin > 0 else NULL
-    cdef floating* gp
-    cdef floating* rp
-    cdef floating* hp
-    cdef floating* sp
-    cdef const floating* h_prev
-    cdef const floating* b_in = &bias[0, 0]
-    cdef const floating* b_rec = &bias[1, 0] if reset_after else NULL
-    for tid in prange(nth, schedule="static", num_threads=nth, nogil=True):
-        r0 = _split_rows(n, tid, nth)
-        r1 = _split_rows(n, tid + 1, nth)
-        while r0 < r1:
-            rows = min(CHUNK, r1 - r0)
-            xp = xb + r0 * xld if cin > 0 else NULL
-            gp = &g[r0, 0, 0]
-            rp = &rh[r0, 0, 0]
-            hp = &h[r0, 0, 0]
-            sp = &srec[r0, 0]
-            for s in range(t_len):
-                tx = _tx(s, t_len, backwards)
-                h_prev = hp + (s - 1) * u if s > 0 else NULL
-                _rec_mm(rows, cin, g3, xp + tx * cin, xld, wb, gp + tx * g3, g_ld, False)
-                if reset_after:
-                    if s > 0:
-                        _rec_mm(rows, u, g3, h_prev, ld, &rk_a[0], sp, g3, False)
-                    _gru_step_forward_after(gp + tx * g3, sp if s > 0 else NULL, b_in, b_rec,
-                                            h_prev, rp + tx * u, hp + s * u, rows, g_ld, ld, u,
-                                            act, <floating>a1, ract, <floating>a2)
-                else:
-                    if s > 0:
-                        _rec_mm(rows, u, 2 * u, h_prev, ld, &rk_a[0], sp, g3, False)
-                    _gru_step_forward_gates(gp + tx * g3, sp if s > 0 else NULL, b_in, h_prev,
-                                            rp + tx * u, rows, g_ld, ld, u, ract, <floating>a2)
-                    if s > 0:
-                        _rec_mm(rows, u, u, rp + tx * u, ld, &rk_b[0], sp + 2 * u, g3, False)
-                    _gru_step_forward_out(gp + tx * g3, sp if s > 0 else NULL, b_in, h_prev,
-                                          hp + s * u, rows, g_ld, ld, u, act, <floating>a1)
-            r0 = r0 + rows
-
-
-def _gru_backward(const floating[:, ::1] dy, bint full, const floating[::1] rk_a,
-                  const floating[::1] rk_b, const floating[::1] wp_t, bint reset_after,
-                  const floating[:, :, ::1] h, const floating[:, :, ::1] g,
-                  const floating[:, :, ::1] rh, floating[:, :, ::1] dzi,
-                  floating[:, :, ::1] dzr, floating[:, :, ::1] dx, floating[:, ::1] dh_next,
-                  floating[:, ::1] drh, int act, double a1, int ract, double a2,
-                  bint backwards):
-    cdef Py_ssize_t n = h.shape[0], t_len = h.shape[1], u = h.shape[2], cin = dx.shape[2]
-    cdef Py_ssize_t tid, nth = _n_threads(n), r0, r1, rows, s, tx, g3 = 3 * u
-    cdef Py_ssize_t ld = t_len * u, g_ld = t_len * 3 * u, xld = t_len * cin
-    cdef Py_ssize_t dy_ld = dy.shape[1]
-    cdef floating* dxp
-    # Base pointers only where there are columns (an (N, T, 0) dx turns the product off).
-    cdef floating* dxb = &dx[0, 0, 0] if cin > 0 else NULL
-    cdef const floating* wtb = &wp_t[0] if cin > 0 else NULL
-    cdef const floating* hp
-    cdef const floating* gp
-    cdef const floating* rp
-    cdef floating* zi
-    cdef floating* zr
-    cdef floating* dhn
-    cdef floating* drp
-    cdef const floating* h_prev
-    cdef const floating* dys
-    for tid in prange(nth, schedule="static", num_threads=nth, nogil=True):
-        r0 = _split_rows(n, tid, nth)
-        r1 = _split_rows(n, tid + 1, nth)
-        while r0 < r1:
-            rows = min(CHUNK, r1 - r0)
-            hp = &h[r0, 0, 0]
-            gp = &g[r0, 0, 0]
-            rp = &rh[r0, 0, 0]
-            zi = &dzi[r0, 0, 0]
-            zr = &dzr[r0, 0, 0]
-            dhn = &dh_next[r0, 0]
-            drp = &drh[r0, 0]
-            dxp = dxb + r0 * xld if cin > 0 else NULL
-            for s in range(t_len - 1, -1, -1):
-                tx = _tx(s, t_len, backwards)
-                h_prev = hp + (s - 1) * u if s > 0 else NULL
-                dys = _dy_row(&dy[r0, 0], full, s, t_len, u)
-                if reset_after:
-                    _gru_step_backward_after(dys, dy_ld, gp + tx * g3, rp + tx * u, h_prev, dhn,
-                                             zi + tx * g3, zr + tx * g3, rows, g_ld, ld, u, act,
-                                             <floating>a1, ract, <floating>a2)
-                    if s > 0:
-                        _rec_mm(rows, g3, u, zr + tx * g3, g_ld, &rk_a[0], dhn, u, True)
-                else:
-                    _gru_step_backward_out(dys, dy_ld, gp + tx * g3, h_prev, dhn, zi + tx * g3,
-                                           rows, g_ld, ld, u, act, <floating>a1, ract,
-                                           <floating>a2)
-                    if s > 0:
-                        # d(r * h_{t-1}) = dZ_h @ R_h^T.
-                        _rec_mm(rows, u, u, zi + tx * g3 + 2 * u, g_ld, &rk_b[0], drp, u, False)
-                    _gru_step_backward_gates(gp + tx * g3, drp if s > 0 else NULL, h_prev, dhn,
-                                             zi + tx * g3, rows, g_ld, ld, u, ract, <floating>a2)
-                    if s > 0:
-                        _rec_mm(rows, 2 * u, u, zi + tx * g3, g_ld, &rk_a[0], dhn, u, True)
-                if cin > 0:
-                    _rec_mm(rows, g3, cin, zi + tx * g3, g_ld, wtb, dxp + tx * cin, xld,
-                            False)
-            r0 = r0 + rows
-
-
-def _gru_panels(recurrent_kernel, units, reset_after, trans):
-    """The packed operands of the per-step products: all of R (reset_after), or R_zr =
-    R[:, :2U] and R_h = R[:, 2U:] (transposed for backward)."""
-    if reset_after:
-        rk_a = _pack_panels(recurrent_kernel, trans, 0, 3 * units)
-        return rk_a, rk_a
-    return (_pack_panels(recurrent_kernel, trans, 0, 2 * units),
-            _pack_panels(recurrent_kernel, trans, 2 * units, 3 * units))
+        _act_grad_vec(gr + u, zr + u, u, r.ract, a2)
 
 
 def gru_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
@@ -1250,11 +1180,8 @@ def gru_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
     gates = np.empty((n, t, 3 * units), dtype=x.dtype)
     rh = np.empty((n, t, units), dtype=x.dtype)
     if n * t * units:
-        srec = np.zeros((n, 3 * units), dtype=x.dtype)
-        rk_a, rk_b = _gru_panels(recurrent_kernel, units, reset_after, False)
-        _gru_forward(x, _pack_panels(kernel, False, 0, 3 * units), rk_a, rk_b,
-                     bias.reshape(-1, 3 * units), reset_after, gates, rh, h_seq, srec, act, a1,
-                     ract, a2, go_backwards)
+        _forward(GRU_AFTER if reset_after else GRU_BEFORE, x, kernel, recurrent_kernel,
+                 bias.reshape(-1), gates, rh, h_seq, act, a1, ract, a2, go_backwards)
     return _last_step(h_seq, return_sequences), (h_seq, gates, rh)
 
 
@@ -1285,12 +1212,9 @@ def gru_backward(dy, x, kernel, recurrent_kernel, cache, activation="tanh",
     try:
         dx = _dx_buffer(x, units, need_input_grad)
         if n * t * units:
-            dh_next = np.zeros((n, units), dtype=x.dtype)
-            drh = np.zeros((n, units), dtype=x.dtype)
-            rk_a, rk_b = _gru_panels(recurrent_kernel, units, reset_after, True)
-            _gru_backward(dy.reshape(n, -1), return_sequences, rk_a, rk_b,
-                          _pack_panels(kernel, True, 0, g3), reset_after, h_seq, gates, rh,
-                          dzi, dzr, dx, dh_next, drh, act, a1, ract, a2, go_backwards)
+            _backward(GRU_AFTER if reset_after else GRU_BEFORE, dy.reshape(n, -1),
+                      return_sequences, kernel, recurrent_kernel, gates, rh, h_seq, dzi, dzr,
+                      dx, act, a1, ract, a2, go_backwards)
         if reset_after:
             dkernel, drk, dbias = _weight_grads(x, h_seq, (dzi, dzr), at, go_backwards)
         else:
