@@ -62,14 +62,8 @@ from _blas cimport floating
 from _activation cimport act_value, act_grad, ACT_SIGMOID, ACT_TANH
 
 from pynn.backend._scratch import give as _give_scratch, take as _take_scratch
-from pynn.backend.operands.common import activation_name, as_float_array, check_shape
-from pynn.backend.api import ACTIVATIONS
-
-# Activations whose derivative the kernels take from the output, with Keras's default alpha
-# for the string form ("leaky_relu" -> negative_slope 0.2, "elu" -> alpha 1.0).
-RNN_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu",
-                   "softplus")
-_DEFAULT_ALPHA = {"leaky_relu": 0.2, "elu": 1.0}
+from pynn.backend.operands import rnn as operands
+from pynn.backend.operands.common import HOST
 
 cdef enum:
     # Batch rows per block: the unit the rows are split among threads in (a thread owns a
@@ -389,64 +383,6 @@ cdef inline floating _at(const floating* p, Py_ssize_t i) noexcept nogil:
 
 cdef inline Py_ssize_t _tx(Py_ssize_t s, Py_ssize_t t_len, bint backwards) noexcept nogil:
     return t_len - 1 - s if backwards else s
-
-
-def _act(op, what, name):
-    act = activation_name(op, name)
-    if act not in RNN_ACTIVATIONS:
-        raise ValueError(f"{op}: {what} {name!r} is not supported by the recurrent kernels; "
-                         f"expected one of {RNN_ACTIVATIONS}")
-    return ACTIVATIONS.index(act), _DEFAULT_ALPHA.get(act, 0.0)
-
-
-def _inputs(op, x, kernel, recurrent_kernel, gates):
-    """Validated (x, kernel, recurrent_kernel, units) sharing x's float dtype."""
-    x = as_float_array(op, "x", x, ndim=3)
-    kernel = as_float_array(op, "kernel", kernel, ndim=2, dtype=x.dtype)
-    recurrent_kernel = as_float_array(op, "recurrent_kernel", recurrent_kernel, ndim=2,
-                                      dtype=x.dtype)
-    units = recurrent_kernel.shape[0]
-    check_shape(op, "recurrent_kernel", recurrent_kernel, (units, gates * units))
-    check_shape(op, "kernel", kernel, (x.shape[2], gates * units))
-    return x, kernel, recurrent_kernel, units
-
-
-def _bias(op, bias, shape, dtype):
-    """The bias as given, or zeros when None (the kernels always add one)."""
-    if bias is None:
-        return np.zeros(shape, dtype=dtype)
-    bias = as_float_array(op, "bias", bias, ndim=len(shape), dtype=dtype)
-    check_shape(op, "bias", bias, shape)
-    return bias
-
-
-def _flag(op, name, value):
-    if not isinstance(value, (bool, np.bool_, int, np.integer)):
-        raise TypeError(f"{op}: '{name}' must be a bool, got {value!r}")
-    return bool(value)
-
-
-def _cache(op, cache, shapes, dtype):
-    """Check the cache a forward op returned against the shapes backward expects."""
-    if not isinstance(cache, (tuple, list)) or len(cache) != len(shapes):
-        raise ValueError(f"{op}: 'cache' must be the tuple of {len(shapes)} arrays the forward "
-                         f"op returned, got {type(cache).__name__}")
-    out = []
-    for i, (a, shape) in enumerate(zip(cache, shapes)):
-        a = as_float_array(op, f"cache[{i}]", a, ndim=len(shape))
-        if a.dtype != dtype:
-            raise TypeError(f"{op}: cache[{i}] has dtype {a.dtype}, x has {dtype}")
-        check_shape(op, f"cache[{i}]", a, shape)
-        out.append(a)
-    return out
-
-
-def _upstream(op, dy, n, t, units, return_sequences, dtype):
-    """dy as (N, T, U) for return_sequences, else (N, U): the gradient of the last output."""
-    want = (n, t, units) if return_sequences else (n, units)
-    dy = as_float_array(op, "dy", dy, ndim=len(want), dtype=dtype)
-    check_shape(op, "dy", dy, want)
-    return dy
 
 
 cdef inline const floating* _dy_row(const floating* dy, bint full, Py_ssize_t s,
@@ -792,6 +728,56 @@ def _backward(int cell, const floating[:, ::1] dy, bint full, kernel, recurrent_
         _recurrence(&r, h.shape[0], True, <floating>a1, <floating>a2)
 
 
+# -- the public ops: checked operands in, one driver per direction ------------------------
+
+def _recurrent_forward(int cell, c, x, kernel, recurrent_kernel, bias, flags):
+    """Any cell's forward -> (y, cache), the cache shaped as operands.cache_shapes says."""
+    n, t, _ = x.shape
+    # Every element of the results and caches is written (np.empty: no zeroing pass).
+    cache = [np.empty(shape, dtype=x.dtype) for shape in operands.cache_shapes(c, n, t)]
+    h_seq = cache[0]
+    gates, state = (cache[1], cache[2]) if len(cache) == 3 else (h_seq, h_seq)
+    if bias is None:
+        bias = np.zeros(operands.bias_shape(c, flags.reset_after), dtype=x.dtype)
+    ract, ralpha = (c.act, c.alpha) if c.ract is None else (c.ract, c.ralpha)
+    if n * t * c.units:
+        _forward(cell, x, kernel, recurrent_kernel, bias.reshape(-1), gates, state, h_seq,
+                 c.act, c.alpha, ract, ralpha, flags.go_backwards)
+    return _last_step(h_seq, flags.return_sequences), tuple(cache)
+
+
+def _recurrent_backward(int cell, c, dy, x, kernel, recurrent_kernel, cache, flags):
+    """Any cell's backward -> (dx or None, dkernel, drecurrent_kernel, dbias)."""
+    n, t, _ = x.shape
+    u = c.units
+    h_seq = cache[0]
+    gates, state = (cache[1], cache[2]) if len(cache) == 3 else (h_seq, h_seq)
+    ract, ralpha = (c.act, c.alpha) if c.ract is None else (c.ract, c.ralpha)
+    # GRU with reset_after keeps the recurrent side's pre-activation gradient apart; without
+    # it the stacked weight-gradient operand carries rh as well.
+    split = cell == GRU_AFTER
+    with_rh = cell == GRU_BEFORE
+    buf, (dz, dzr, at) = _take_scratch(
+        x.dtype, (n, t, c.gates * u), (n, t, c.gates * u) if split else (0,),
+        (x.shape[2] + 1 + u + (u if with_rh else 0), n * t))
+    if not split:
+        dzr = dz
+    try:
+        dx = _dx_buffer(x, u, flags.need_input_grad)
+        if n * t * u:
+            _backward(cell, dy.reshape(n, -1), flags.return_sequences, kernel,
+                      recurrent_kernel, gates, state, h_seq, dz, dzr, dx, c.act, c.alpha,
+                      ract, ralpha, flags.go_backwards)
+        if split:
+            dkernel, drk, dbias = _weight_grads(x, h_seq, (dz, dzr), at, flags.go_backwards)
+        else:
+            dkernel, drk, dbias = _weight_grads(x, h_seq, dz, at, flags.go_backwards,
+                                                state if with_rh else None)
+    finally:
+        _give_scratch(buf)
+    return dx if flags.need_input_grad else None, dkernel, drk, dbias
+
+
 # -- SimpleRNN ------------------------------------------------------------------------------
 
 cdef void _simple_step_forward(const Rnn* r, Py_ssize_t rows, const floating* bias,
@@ -825,46 +811,17 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
 
     y is h_seq (N, T, U) with return_sequences, else the last output (N, U); cache = (h_seq,).
     """
-    op = "simple_rnn_forward"
-    act, alpha = _act(op, "activation", activation)
-    x, kernel, recurrent_kernel, units = _inputs(op, x, kernel, recurrent_kernel, 1)
-    bias = _bias(op, bias, (units,), x.dtype)
-    return_sequences = _flag(op, "return_sequences", return_sequences)
-    go_backwards = _flag(op, "go_backwards", go_backwards)
-    n, t, _ = x.shape
-    # Every element of the results and caches is written (np.empty: no zeroing pass).
-    h_seq = np.empty((n, t, units), dtype=x.dtype)
-    if n * t * units:
-        _forward(SIMPLE_RNN, x, kernel, recurrent_kernel, bias, h_seq, h_seq, h_seq, act,
-                 alpha, act, alpha, go_backwards)
-    return _last_step(h_seq, return_sequences), (h_seq,)
+    return _recurrent_forward(SIMPLE_RNN, *operands.simple_rnn_forward(
+        HOST, x, kernel, recurrent_kernel, bias, activation, return_sequences, go_backwards))
 
 
 def simple_rnn_backward(dy, x, kernel, recurrent_kernel, cache, activation="tanh",
                         return_sequences=False, go_backwards=False, need_input_grad=True):
     """-> (dx or None, dkernel, drecurrent_kernel, dbias); dy is (N, T, U) with
     return_sequences, else (N, U)."""
-    op = "simple_rnn_backward"
-    act, alpha = _act(op, "activation", activation)
-    x, kernel, recurrent_kernel, units = _inputs(op, x, kernel, recurrent_kernel, 1)
-    return_sequences = _flag(op, "return_sequences", return_sequences)
-    go_backwards = _flag(op, "go_backwards", go_backwards)
-    need_input_grad = _flag(op, "need_input_grad", need_input_grad)
-    n, t, _ = x.shape
-    dy = _upstream(op, dy, n, t, units, return_sequences, x.dtype)
-    (h_seq,) = _cache(op, cache, [(n, t, units)], x.dtype)
-    # Every element of dz (and dx) is written by the recurrence (when there is one).
-    buf, (dz, at) = _take_scratch(x.dtype, (n, t, units), (x.shape[2] + 1 + units, n * t))
-    try:
-        dx = _dx_buffer(x, units, need_input_grad)
-        if n * t * units:
-            _backward(SIMPLE_RNN, dy.reshape(n, -1), return_sequences, kernel,
-                      recurrent_kernel, h_seq, h_seq, h_seq, dz, dz, dx, act, alpha, act,
-                      alpha, go_backwards)
-        dkernel, drk, dbias = _weight_grads(x, h_seq, dz, at, go_backwards)
-    finally:
-        _give_scratch(buf)
-    return dx if need_input_grad else None, dkernel, drk, dbias
+    return _recurrent_backward(SIMPLE_RNN, *operands.simple_rnn_backward(
+        HOST, dy, x, kernel, recurrent_kernel, cache, activation, return_sequences,
+        go_backwards, need_input_grad))
 
 
 # -- LSTM -----------------------------------------------------------------------------------
@@ -961,50 +918,18 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
     y is h_seq (N, T, U) with return_sequences, else the last output (N, U);
     cache = (h_seq, gates (N, T, 4U) activated, at the input's time index, c_seq (N, T, U)).
     """
-    op = "lstm_forward"
-    act, a1 = _act(op, "activation", activation)
-    ract, a2 = _act(op, "recurrent_activation", recurrent_activation)
-    x, kernel, recurrent_kernel, units = _inputs(op, x, kernel, recurrent_kernel, 4)
-    bias = _bias(op, bias, (4 * units,), x.dtype)
-    return_sequences = _flag(op, "return_sequences", return_sequences)
-    go_backwards = _flag(op, "go_backwards", go_backwards)
-    n, t, _ = x.shape
-    # Every element of the results and caches is written (np.empty: no zeroing pass).
-    h_seq = np.empty((n, t, units), dtype=x.dtype)
-    gates = np.empty((n, t, 4 * units), dtype=x.dtype)
-    c_seq = np.empty((n, t, units), dtype=x.dtype)
-    if n * t * units:
-        _forward(LSTM, x, kernel, recurrent_kernel, bias, gates, c_seq, h_seq, act, a1, ract,
-                 a2, go_backwards)
-    return _last_step(h_seq, return_sequences), (h_seq, gates, c_seq)
+    return _recurrent_forward(LSTM, *operands.lstm_forward(
+        HOST, x, kernel, recurrent_kernel, bias, activation, recurrent_activation,
+        return_sequences, go_backwards))
 
 
 def lstm_backward(dy, x, kernel, recurrent_kernel, cache, activation="tanh",
                   recurrent_activation="sigmoid", return_sequences=False, go_backwards=False,
                   need_input_grad=True):
     """-> (dx or None, dkernel, drecurrent_kernel, dbias (4U,))."""
-    op = "lstm_backward"
-    act, a1 = _act(op, "activation", activation)
-    ract, a2 = _act(op, "recurrent_activation", recurrent_activation)
-    x, kernel, recurrent_kernel, units = _inputs(op, x, kernel, recurrent_kernel, 4)
-    return_sequences = _flag(op, "return_sequences", return_sequences)
-    go_backwards = _flag(op, "go_backwards", go_backwards)
-    need_input_grad = _flag(op, "need_input_grad", need_input_grad)
-    n, t, _ = x.shape
-    dy = _upstream(op, dy, n, t, units, return_sequences, x.dtype)
-    h_seq, gates, c_seq = _cache(op, cache, [(n, t, units), (n, t, 4 * units), (n, t, units)],
-                                 x.dtype)
-    buf, (dz, at) = _take_scratch(x.dtype, (n, t, 4 * units),
-                                  (x.shape[2] + 1 + units, n * t))
-    try:
-        dx = _dx_buffer(x, units, need_input_grad)
-        if n * t * units:
-            _backward(LSTM, dy.reshape(n, -1), return_sequences, kernel, recurrent_kernel,
-                      gates, c_seq, h_seq, dz, dz, dx, act, a1, ract, a2, go_backwards)
-        dkernel, drk, dbias = _weight_grads(x, h_seq, dz, at, go_backwards)
-    finally:
-        _give_scratch(buf)
-    return dx if need_input_grad else None, dkernel, drk, dbias
+    return _recurrent_backward(LSTM, *operands.lstm_backward(
+        HOST, dy, x, kernel, recurrent_kernel, cache, activation, recurrent_activation,
+        return_sequences, go_backwards, need_input_grad))
 
 
 # -- GRU ------------------------------------------------------------------------------------
@@ -1166,59 +1091,19 @@ def gru_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
     cache = (h_seq, gates (N, T, 3U) activated z, r, hh at the input's time index,
     rh (N, T, U): h_{t-1} @ R_h + b_rh with reset_after, else r * h_{t-1}).
     """
-    op = "gru_forward"
-    act, a1 = _act(op, "activation", activation)
-    ract, a2 = _act(op, "recurrent_activation", recurrent_activation)
-    x, kernel, recurrent_kernel, units = _inputs(op, x, kernel, recurrent_kernel, 3)
-    reset_after = _flag(op, "reset_after", reset_after)
-    bias = _bias(op, bias, (2, 3 * units) if reset_after else (3 * units,), x.dtype)
-    return_sequences = _flag(op, "return_sequences", return_sequences)
-    go_backwards = _flag(op, "go_backwards", go_backwards)
-    n, t, _ = x.shape
-    # Every element of the results and caches is written (np.empty: no zeroing pass).
-    h_seq = np.empty((n, t, units), dtype=x.dtype)
-    gates = np.empty((n, t, 3 * units), dtype=x.dtype)
-    rh = np.empty((n, t, units), dtype=x.dtype)
-    if n * t * units:
-        _forward(GRU_AFTER if reset_after else GRU_BEFORE, x, kernel, recurrent_kernel,
-                 bias.reshape(-1), gates, rh, h_seq, act, a1, ract, a2, go_backwards)
-    return _last_step(h_seq, return_sequences), (h_seq, gates, rh)
+    c, x, kernel, recurrent_kernel, bias, flags = operands.gru_forward(
+        HOST, x, kernel, recurrent_kernel, bias, activation, recurrent_activation, reset_after,
+        return_sequences, go_backwards)
+    return _recurrent_forward(GRU_AFTER if flags.reset_after else GRU_BEFORE, c, x, kernel,
+                              recurrent_kernel, bias, flags)
 
 
 def gru_backward(dy, x, kernel, recurrent_kernel, cache, activation="tanh",
                  recurrent_activation="sigmoid", reset_after=True, return_sequences=False,
                  go_backwards=False, need_input_grad=True):
     """-> (dx or None, dkernel, drecurrent_kernel, dbias shaped like the bias)."""
-    op = "gru_backward"
-    act, a1 = _act(op, "activation", activation)
-    ract, a2 = _act(op, "recurrent_activation", recurrent_activation)
-    x, kernel, recurrent_kernel, units = _inputs(op, x, kernel, recurrent_kernel, 3)
-    reset_after = _flag(op, "reset_after", reset_after)
-    return_sequences = _flag(op, "return_sequences", return_sequences)
-    go_backwards = _flag(op, "go_backwards", go_backwards)
-    need_input_grad = _flag(op, "need_input_grad", need_input_grad)
-    n, t, _ = x.shape
-    dy = _upstream(op, dy, n, t, units, return_sequences, x.dtype)
-    h_seq, gates, rh = _cache(op, cache, [(n, t, units), (n, t, 3 * units), (n, t, units)],
-                              x.dtype)
-    g3 = 3 * units
-    # Without reset_after both sides share one pre-activation (dzr is dzi), and the stacked
-    # weight-gradient operand carries rh as well.
-    buf, (dzi, dzr, at) = _take_scratch(
-        x.dtype, (n, t, g3), (n, t, g3) if reset_after else (0,),
-        (x.shape[2] + 1 + units + (0 if reset_after else units), n * t))
-    if not reset_after:
-        dzr = dzi
-    try:
-        dx = _dx_buffer(x, units, need_input_grad)
-        if n * t * units:
-            _backward(GRU_AFTER if reset_after else GRU_BEFORE, dy.reshape(n, -1),
-                      return_sequences, kernel, recurrent_kernel, gates, rh, h_seq, dzi, dzr,
-                      dx, act, a1, ract, a2, go_backwards)
-        if reset_after:
-            dkernel, drk, dbias = _weight_grads(x, h_seq, (dzi, dzr), at, go_backwards)
-        else:
-            dkernel, drk, dbias = _weight_grads(x, h_seq, dzi, at, go_backwards, rh)
-    finally:
-        _give_scratch(buf)
-    return dx if need_input_grad else None, dkernel, drk, dbias
+    c, dy, x, kernel, recurrent_kernel, cache, flags = operands.gru_backward(
+        HOST, dy, x, kernel, recurrent_kernel, cache, activation, recurrent_activation,
+        reset_after, return_sequences, go_backwards, need_input_grad)
+    return _recurrent_backward(GRU_AFTER if flags.reset_after else GRU_BEFORE, c, dy, x,
+                               kernel, recurrent_kernel, cache, flags)
