@@ -717,10 +717,34 @@ def _pointwise(g):
     return g["KH"] == 1 and g["KW"] == 1 and g["SH"] == 1 and g["SW"] == 1
 
 
+# The direct paths read a zero-padded copy of their input; im2col + BLAS needs none (an
+# out-of-range tap is a memset in a workspace bounded by _workspace_bytes). A copy that would
+# be mostly padding goes that way instead: 'same' with a dilation large against the input
+# reads zeros almost everywhere (8x8 input, 3x3 kernel, dilation 8000: a 1 GiB copy per
+# channel and image; 1e5: 149 GiB), and so does the 'full' padding of backward_input. Normal
+# layers stay direct: a 3x3 'same' pads 32x32 to 34x34 (1.13x), 4x4 to 6x6 (2.25x), and any
+# copy under one float32 workspace is allowed whatever its ratio.
+_MAX_PAD_RATIO = 4
+
+
+def _padding_too_large(g, op):
+    """Whether the op's zero-padded copy would exceed _MAX_PAD_RATIO times its source."""
+    if op == "conv2d_backward_input":   # dz padded to the 'full' conv of its direct form
+        padded = (g["N"] * (g["H"] + (g["KH"] - 1) * g["DH"])
+                  * (g["W"] + (g["KW"] - 1) * g["DW"]) * g["F"])
+        source = g["N"] * g["HO"] * g["WO"] * g["F"]
+    else:
+        padded = g["N"] * g["HP"] * g["WP"] * g["C"]
+        source = g["N"] * g["H"] * g["W"] * g["C"]
+    return padded > max(_MAX_PAD_RATIO * source, _workspace_bytes // 4)
+
+
 def _use_direct(g, op):
     backward_input = op == "conv2d_backward_input"
     if backward_input and (g["SH"], g["SW"]) != (1, 1):
         return False    # its direct form is a stride-1 forward conv of the padded dz
+    if _padding_too_large(g, op):
+        return False
     if _direct_max_k is not None:
         return g["K"] <= _direct_max_k
     if backward_input and g["C"] < _DIRECT_MIN_C_BACKWARD_INPUT:
