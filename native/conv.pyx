@@ -780,11 +780,15 @@ def _kernel_segments(g):
 def _forward_direct_into(xp, kernel, bias, z, y, g, act, alpha):
     """The direct forward on a padded input xp (g["HP"], g["WP"]) into z and y."""
     aseg, bseg, tn = _kernel_segments(g)
+    if g["K"] == 0:
+        # C = 0: the output is the bias and nothing is read, but the shim still takes the
+        # address of element 0 (out of bounds under PYNN_DEBUG_CYTHON=1): one-element stand-ins.
+        xp = kernel = np.zeros((1, 1, 1, 1), dtype=kernel.dtype)
     roff = np.empty(omp_get_max_threads() * _FORWARD_PIXELS, dtype=np.intp)
     # Segment offsets into a packed panel: kernel row index times the panel's width.
     nc = _panel_columns(kernel.dtype)
     rows = bseg // g["F"]
-    with scratch(kernel.dtype, (g["K"] * g["F"],)) as (wp,):
+    with scratch(kernel.dtype, (max(g["K"] * g["F"], 1),)) as (wp,):
         _run_forward_direct(xp, kernel, bias, z, y, wp, g, roff, _FORWARD_PIXELS, aseg,
                             rows * nc, rows * (g["F"] - (g["F"] - 1) // nc * nc), tn, act,
                             alpha)
