@@ -47,7 +47,8 @@ test-fast: $(VENV)/.test-deps
 # (build/check-native; the in-place build is untouched), then the CPU kernel tests under them.
 # CHECK_NATIVE_TESTS, CHECK_NATIVE_ONLY and PYTEST_ARGS narrow it (see .ci/check-native).
 check-native: $(VENV)/.test-deps
-	PY=$(PY) PYTEST_ARGS="$(PYTEST_ARGS)" .ci/check-native
+	PY=$(PY) PYTEST_ARGS="$(PYTEST_ARGS)" CHECK_NATIVE_ONLY="$(CHECK_NATIVE_ONLY)" \
+	    CHECK_NATIVE_TESTS="$(CHECK_NATIVE_TESTS)" .ci/check-native
 
 info: $(VENV)/.built
 	$(PY) -m pynn info
