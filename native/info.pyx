@@ -5,7 +5,7 @@ Fork: GNU libgomp keeps each thread's worker team for reuse and has no fork hand
 forked after a parallel region inherits a team whose threads do not exist, and its first region
 waits for them forever. Importing this module installs a pthread_atfork prepare handler that
 releases the forking thread's team first (``omp_pause_resource_all``, OpenMP 5.0, GCC >= 9;
-the parent builds a new team at its next region, a few tens of microseconds): the child starts
+the parent starts new threads at its next region, once per fork): the child starts
 without a team and builds its own, with the parent's thread count. Where the runtime lacks
 that call, the child handler sets the child to one OpenMP thread instead (PyTorch's answer to
 the same libgomp limit), and ``forked_single()`` says so. LLVM's libomp has its own handler;

@@ -122,6 +122,28 @@ def fork_single_thread_fallback(kind):
     _same(threads, [1, 1], f"{kind}: the one-thread child's threads")
 
 
+def fork_while_another_thread_predicts(kind):
+    """A fork while another Python thread is inside the kernels (its team busy, maybe BLAS
+    held at one thread by a Dense op): the child still finishes, with the same numbers."""
+    m, x = MODELS[kind]()
+    want = m.predict(x, verbose=0)
+    stop = threading.Event()
+
+    def busy():
+        while not stop.is_set():
+            m.predict(x, verbose=0)
+
+    t = threading.Thread(target=busy)
+    t.start()
+    try:
+        for _ in range(5):
+            _same(_forked(lambda: m.predict(x, verbose=0)), want,
+                  f"{kind}: predict in a child forked during another thread's predict")
+    finally:
+        stop.set()
+        t.join()
+
+
 def _pool_predict(i):
     m, x = _model
     return m.predict(x[i:], verbose=0)
@@ -209,6 +231,7 @@ def threads_share_model(kind):
 
 SCENARIOS = {f.__name__: f for f in (fork_after_predict, fork_after_fit,
                                      fork_single_thread_fallback, fork_pool_after_predict,
+                                     fork_while_another_thread_predicts,
                                      spawn_after_predict, predict_racing_fit,
                                      threads_share_model)}
 

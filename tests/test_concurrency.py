@@ -47,6 +47,11 @@ def test_fork_single_thread_fallback(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_fork_while_another_thread_predicts(kind):
+    run_scenario("fork_while_another_thread_predicts", kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_fork_pool_after_predict(kind):
     run_scenario("fork_pool_after_predict", kind)
 
