@@ -11,7 +11,7 @@ NATIVE := setup.py pyproject.toml $(wildcard native/*.pyx native/*.pxd native/*.
 # OpenCL program for PoCL once, which dominates the serial run (about 8.5 of 9 minutes).
 PYTEST_ARGS ?= -n auto
 
-.PHONY: demo test test-fast build bench info clean
+.PHONY: demo test test-fast build bench info clean check-native
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ test: $(VENV)/.test-deps
 # No test marked opencl, and PYNN_DEVICE=cpu so an exported PYNN_DEVICE cannot move the rest.
 test-fast: $(VENV)/.test-deps
 	PYNN_DEVICE=cpu $(PY) -m pytest -q $(PYTEST_ARGS) -m "not opencl"
+
+# The kernels under AddressSanitizer + UBSan + Cython bounds checks, built in a copy of the tree
+# (build/check-native; the in-place build is untouched), then the CPU kernel tests under them.
+# CHECK_NATIVE_TESTS, CHECK_NATIVE_ONLY and PYTEST_ARGS narrow it (see .ci/check-native).
+check-native: $(VENV)/.test-deps
+	PY=$(PY) PYTEST_ARGS="$(PYTEST_ARGS)" CHECK_NATIVE_ONLY="$(CHECK_NATIVE_ONLY)" \
+	    CHECK_NATIVE_TESTS="$(CHECK_NATIVE_TESTS)" .ci/check-native
 
 info: $(VENV)/.built
 	$(PY) -m pynn info

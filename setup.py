@@ -5,6 +5,9 @@ OpenMP is probed by compiling *and running* a tiny program, because a compiler t
 ``-fopenmp`` may still lack the runtime library; without it the build goes on single-threaded
 and says so. ``-march=native`` is the default because pynn builds where it runs;
 ``PYNN_PORTABLE=1`` drops it. ``PYNN_DEBUG_CYTHON=1`` turns bounds and wraparound checks back on.
+``PYNN_SANITIZE=1`` builds with AddressSanitizer and UndefinedBehaviorSanitizer (-O1, frame
+pointers, any UB aborts) for ``make check-native``, which builds a copy of the tree so the
+normal in-place build is never replaced; a Python host needs libasan in LD_PRELOAD.
 """
 
 import os
@@ -23,6 +26,9 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).parent.resolve()
 PORTABLE = os.environ.get("PYNN_PORTABLE", "0") == "1"
 DEBUG_CYTHON = os.environ.get("PYNN_DEBUG_CYTHON", "0") == "1"
+SANITIZE = os.environ.get("PYNN_SANITIZE", "0") == "1"
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                  "-fno-omit-frame-pointer", "-g"]
 
 OMP_PROBE = r"""
 #include <omp.h>
@@ -77,6 +83,9 @@ compile_args = ["-O3", "-ffp-contract=fast", "-Wno-unused-function", "-Wno-unrea
 link_args = []
 if not PORTABLE and probe_flag("-march=native"):
     compile_args.append("-march=native")
+if SANITIZE:
+    compile_args = ["-O1" if a == "-O3" else a for a in compile_args] + SANITIZE_FLAGS
+    link_args += SANITIZE_FLAGS
 if HAVE_OPENMP:
     compile_args.append("-fopenmp")
     link_args.append("-fopenmp")
@@ -92,6 +101,7 @@ flags_text = (
     f"OPENMP = {HAVE_OPENMP!r}\n"
     f"PORTABLE = {PORTABLE!r}\n"
     f"DEBUG_CYTHON = {DEBUG_CYTHON!r}\n"
+    f"SANITIZE = {SANITIZE!r}\n"
     f"COMPILE_ARGS = {compile_args!r}\n"
     f"LINK_ARGS = {link_args!r}\n"
     f"CFLAGS = {os.environ.get('CFLAGS', '')!r}\n"

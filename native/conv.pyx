@@ -717,10 +717,34 @@ def _pointwise(g):
     return g["KH"] == 1 and g["KW"] == 1 and g["SH"] == 1 and g["SW"] == 1
 
 
+# The direct paths read a zero-padded copy of their input; im2col + BLAS needs none (an
+# out-of-range tap is a memset in a workspace bounded by _workspace_bytes). A copy that would
+# be mostly padding goes that way instead: 'same' with a dilation large against the input
+# reads zeros almost everywhere (8x8 input, 3x3 kernel, dilation 8000: a 1 GiB copy per
+# channel and image; 1e5: 149 GiB), and so does the 'full' padding of backward_input. Normal
+# layers stay direct: a 3x3 'same' pads 32x32 to 34x34 (1.13x), 4x4 to 6x6 (2.25x), and any
+# copy under one float32 workspace is allowed whatever its ratio.
+_MAX_PAD_RATIO = 4
+
+
+def _padding_too_large(g, op):
+    """Whether the op's zero-padded copy would exceed _MAX_PAD_RATIO times its source."""
+    if op == "conv2d_backward_input":   # dz padded to the 'full' conv of its direct form
+        padded = (g["N"] * (g["H"] + (g["KH"] - 1) * g["DH"])
+                  * (g["W"] + (g["KW"] - 1) * g["DW"]) * g["F"])
+        source = g["N"] * g["HO"] * g["WO"] * g["F"]
+    else:
+        padded = g["N"] * g["HP"] * g["WP"] * g["C"]
+        source = g["N"] * g["H"] * g["W"] * g["C"]
+    return padded > max(_MAX_PAD_RATIO * source, _workspace_bytes // 4)
+
+
 def _use_direct(g, op):
     backward_input = op == "conv2d_backward_input"
     if backward_input and (g["SH"], g["SW"]) != (1, 1):
         return False    # its direct form is a stride-1 forward conv of the padded dz
+    if _padding_too_large(g, op):
+        return False
     if _direct_max_k is not None:
         return g["K"] <= _direct_max_k
     if backward_input and g["C"] < _DIRECT_MIN_C_BACKWARD_INPUT:
@@ -756,11 +780,15 @@ def _kernel_segments(g):
 def _forward_direct_into(xp, kernel, bias, z, y, g, act, alpha):
     """The direct forward on a padded input xp (g["HP"], g["WP"]) into z and y."""
     aseg, bseg, tn = _kernel_segments(g)
+    if g["K"] == 0:
+        # C = 0: the output is the bias and nothing is read, but the shim still takes the
+        # address of element 0 (out of bounds under PYNN_DEBUG_CYTHON=1): one-element stand-ins.
+        xp = kernel = np.zeros((1, 1, 1, 1), dtype=kernel.dtype)
     roff = np.empty(omp_get_max_threads() * _FORWARD_PIXELS, dtype=np.intp)
     # Segment offsets into a packed panel: kernel row index times the panel's width.
     nc = _panel_columns(kernel.dtype)
     rows = bseg // g["F"]
-    with scratch(kernel.dtype, (g["K"] * g["F"],)) as (wp,):
+    with scratch(kernel.dtype, (max(g["K"] * g["F"], 1),)) as (wp,):
         _run_forward_direct(xp, kernel, bias, z, y, wp, g, roff, _FORWARD_PIXELS, aseg,
                             rows * nc, rows * (g["F"] - (g["F"] - 1) // nc * nc), tn, act,
                             alpha)

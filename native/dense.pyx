@@ -109,6 +109,18 @@ cdef inline void _blas_solo_exit() noexcept:
         pynn_blas_set_threads(_solo_saved)
 
 
+def _after_fork_in_child():
+    # A fork while another thread was inside a one-region op leaves the child's BLAS at one
+    # thread with nobody left to restore it: restore it here.
+    global _solo_depth
+    if _solo_depth > 0 and _HAVE_BLAS_THREADS:
+        pynn_blas_set_threads(_solo_saved)
+    _solo_depth = 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _one_region_mode():
     """Whether the ops run as one OpenMP region each (see the module docstring)."""
     return _HAVE_BLAS_THREADS

@@ -43,13 +43,18 @@ def info():
     if flags is not None:
         lines += [
             f"build: compiler {flags.COMPILER}, flags {' '.join(flags.COMPILE_ARGS)}",
-            f"portable build: {flags.PORTABLE}, cython checks: {flags.DEBUG_CYTHON}",
+            f"portable build: {flags.PORTABLE}, cython checks: {flags.DEBUG_CYTHON}, "
+            f"sanitizers: {getattr(flags, 'SANITIZE', False)}",
         ]
     lines.append(f"kernels: {kernel['isa']}, {kernel['vector_bytes']}-byte vectors, "
                  f"microkernel up to {kernel['rows']} rows")
     omp = native_info.openmp_enabled()
     lines.append(f"openmp: {'ON' if omp else 'OFF (single-threaded kernels)'}, "
                  f"threads: {n_threads} (omp max threads {native_info.get_max_threads()})")
+    if omp:
+        lines.append("fork: " + ("the OpenMP team is released first, a child starts its own"
+                                 if native_info.fork_release() else
+                                 "no omp_pause_resource_all: a forked child runs one thread"))
     for lib in threadpool_info():
         if lib.get("user_api") == "blas":
             lines.append(f"blas: {lib.get('internal_api')} {lib.get('version')} "

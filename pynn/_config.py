@@ -6,6 +6,9 @@ oversubscribing the cores: they take turns.
 """
 
 import os
+import warnings
+
+from pynn._native import info as _info  # installs the OpenMP fork handler (native/info.pyx)
 
 _num_threads = None
 _floatx = "float32"
@@ -40,11 +43,28 @@ def set_num_threads(n):
         raise ValueError(f"set_num_threads: expected a positive int, got {n!r}")
     from threadpoolctl import threadpool_limits
 
-    from pynn._native import dense, info  # noqa: F401  (loads SciPy's BLAS before limiting it)
+    from pynn._native import dense  # noqa: F401  (loads SciPy's BLAS before limiting it)
 
-    info.set_num_threads(n)
+    omp_threads = n
+    if n > 1 and _info.forked_single():
+        warnings.warn("set_num_threads: this process was forked after an OpenMP region and its "
+                      "OpenMP runtime cannot release the parent's thread team (no "
+                      "omp_pause_resource_all), so pynn's kernels stay on one thread here; "
+                      "start workers with the 'spawn' or 'forkserver' method to use threads",
+                      RuntimeWarning, stacklevel=2)
+        omp_threads = 1
+    _info.set_num_threads(omp_threads)
     _blas_limiter = threadpool_limits(limits=n, user_api="blas")
     _num_threads = n
+
+
+def _after_fork_in_child():
+    global _num_threads
+    if _info.forked_single():
+        _num_threads = 1   # the native child handler set OpenMP to one thread
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def get_num_threads():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pynn._native import conv, info
+from pynn.backend.operands.common import conv_geometry
 from tests.reference import conv_ref as ref
 
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
@@ -66,6 +67,11 @@ def data(rng, case, dtype):
     _, z = ref.conv2d_forward(x, k, None, strides, padding, dilation)
     dz = rng.standard_normal(z.shape).astype(dtype)
     return x, k, b, dz
+
+
+def geometry_of(x_shape, k_shape, strides, padding, dilation):
+    """The geometry the CPU ops plan with (checked, then K and the padded size added)."""
+    return conv._planned(conv_geometry("t", x_shape, k_shape, strides, padding, dilation))
 
 
 def check(op, got, want, dtype):
@@ -183,14 +189,18 @@ def test_direct_paths_awkward_widths(rng, f, dtype, path):
 
 
 def test_default_picks_direct_for_small_k():
-    small = dict(K=27, F=32, C=3, SH=1, SW=1)
-    big = dict(K=2304, F=256, C=256, SH=1, SW=1)
+    def geometry(x_shape, k_shape, strides=1):
+        return geometry_of(x_shape, k_shape, strides, "same", 1)
+
+    small = geometry((2, 32, 32, 3), (3, 3, 3, 32))          # K = 27, F = 32
+    big = geometry((2, 8, 8, 256), (3, 3, 256, 256))         # K = 2304, F = 256
     for op in ("conv2d_forward", "conv2d_backward_weight"):
         assert conv._use_direct(small, op) and not conv._use_direct(big, op)
     backward_input = "conv2d_backward_input"
-    assert conv._use_direct(dict(K=288, F=64, C=32, SH=1, SW=1), backward_input)
+    assert conv._use_direct(geometry((2, 16, 16, 32), (3, 3, 32, 64)), backward_input)
     assert not conv._use_direct(small, backward_input)      # C = 3: BLAS + col2im
-    assert not conv._use_direct(dict(K=288, F=64, C=32, SH=2, SW=1), backward_input)
+    assert not conv._use_direct(geometry((2, 16, 16, 32), (3, 3, 32, 64), (2, 1)),
+                                backward_input)
 
 
 @pytest.mark.parametrize("c", [15, 16, 17, 33])
@@ -380,3 +390,119 @@ def test_concurrent_calls_from_python_threads_match_serial(rng, path):
             got = list(pool.map(lambda job: job(), jobs * 4))
             for i, result in enumerate(got):
                 np.testing.assert_array_equal(result, serial[i % len(jobs)])
+
+
+# -- dilation large against the input (issue 11) --------------------------------------------
+# 'same' with such a dilation reads zeros almost everywhere: the padded copy the direct paths
+# read would be mostly padding, so these go to im2col + BLAS (conv._padding_too_large).
+# With a one-row workspace every one of them crosses the ratio; with the default one only
+# those whose copy passes a workspace do, so both routes are compared with the oracle.
+LARGE_DILATION_CASES = [
+    ((2, 8, 8, 16), (3, 3, 16, 4), (1, 1), "same", (9, 9)),     # only the centre tap reads x
+    ((2, 8, 8, 16), (3, 3, 16, 4), (1, 1), "same", (5, 5)),     # every tap reads some of x
+    ((1, 6, 7, 3), (3, 2, 3, 5), (1, 1), "same", (20, 30)),
+    ((2, 5, 9, 17), (2, 3, 17, 3), (1, 1), "same", (7, 11)),    # even kernel: uneven pads
+    ((1, 9, 6, 2), (3, 3, 2, 3), (2, 1), "same", (12, 1)),
+    ((1, 3, 3, 1), (4, 4, 1, 2), (1, 1), "same", (40, 40)),     # no tap reads x
+    ((2, 40, 3, 4), (3, 3, 4, 2), (1, 1), "same", (1, 300)),    # one axis only
+]
+LARGE_DILATION_IDS = [f"{x}*{k}-s{s}-d{d}" for x, k, s, _, d in LARGE_DILATION_CASES]
+
+
+def check_fused_backward(rng, case, dtype):
+    """conv2d_backward (linear, bias) against the oracle's separate ops."""
+    x, k, _, dy = data(rng, case, dtype)
+    strides, padding, dilation = case[2:]
+    dx, dw, db = conv.conv2d_backward(dy, x, None, dy, k, strides, padding, dilation)
+    check("conv2d_backward dx", dx,
+          ref.conv2d_backward_input(dy, k, x.shape, strides, padding, dilation), dtype)
+    check("conv2d_backward dkernel", dw,
+          ref.conv2d_backward_weight(x, dy, k.shape, strides, padding, dilation), dtype)
+    check("conv2d_backward dbias", db, dy.astype(np.float64).sum(axis=(0, 1, 2)), dtype)
+
+
+@pytest.mark.parametrize("workspace", ["default", "one-row"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", LARGE_DILATION_CASES, ids=LARGE_DILATION_IDS)
+def test_large_dilation_matches_reference(rng, case, dtype, workspace):
+    old = conv._set_workspace_bytes(64 if workspace == "one-row" else None)
+    try:
+        check_all_ops(rng, case, dtype)
+        check_fused_backward(rng, case, dtype)
+    finally:
+        conv._set_workspace_bytes(old)
+
+
+def test_large_dilation_routes_around_the_padded_copy():
+    g = geometry_of((2, 8, 8, 16), (3, 3, 16, 4), 1, "same", 8000)
+    for op in ("conv2d_forward", "conv2d_backward_weight", "conv2d_backward_input"):
+        assert conv._padding_too_large(g, op) and not conv._use_direct(g, op)
+    g = geometry_of((2, 32, 32, 16), (3, 3, 16, 32), 1, "same", 1)
+    for op in ("conv2d_forward", "conv2d_backward_weight", "conv2d_backward_input"):
+        assert not conv._padding_too_large(g, op) and conv._use_direct(g, op)
+
+
+@pytest.mark.parametrize("dilation", [8000, 10**5, 10**9])
+def test_huge_dilation_allocates_no_padding(rng, dilation):
+    """An 8x8 input with dilation 8000 once made a 2 GiB padded copy (1e5: a 298 GiB
+    request). Now the ops allocate about their inputs and outputs, and give the same
+    numbers as a dilation of 9, where too only the centre tap reads the input."""
+    import tracemalloc
+
+    x, k, b, dz = data(rng, LARGE_DILATION_CASES[0], np.float32)
+    one, nine = (1, 1), (9, 9)
+    dx_want = ref.conv2d_backward_input(dz, k, x.shape, one, "same", nine)
+    dw_want = ref.conv2d_backward_weight(x, dz, k.shape, one, "same", nine)
+    y_want = ref.conv2d_forward(x, k, b, one, "same", nine)[0]
+    tracemalloc.start()
+    try:
+        y, _ = conv.conv2d_forward(x, k, b, 1, "same", dilation)
+        dx = conv.conv2d_backward_input(dz, k, x.shape, 1, "same", dilation)
+        dw = conv.conv2d_backward_weight(x, dz, k.shape, 1, "same", dilation)
+        fused = conv.conv2d_backward(dz, x, None, dz, k, 1, "same", dilation)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"peak {peak / 2**20:.1f} MiB for an 8 KiB input"
+    check("conv2d_forward", y, y_want, np.float32)
+    for name, got, want in [("dx", dx, dx_want), ("dw", dw, dw_want), ("fused dx", fused[0],
+                            dx_want), ("fused dw", fused[1], dw_want)]:
+        check(f"conv2d_backward {name}", got, want, np.float32)
+
+
+def test_huge_dilation_layer_trains_in_bounded_memory():
+    """The Conv2D layer end to end (forward, backward, update) under a 1 GiB address-space
+    cap in a child process, where the padded copy alone would need 2 GiB (Linux only: the
+    cap counts from the child's current mappings, read from /proc)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pynn import _build_flags
+
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs /proc to size the address-space cap")
+    if getattr(_build_flags, "SANITIZE", False):
+        pytest.skip("AddressSanitizer reserves terabytes of address space: no cap fits")
+    code = (
+        "import resource, numpy as np, pynn\n"
+        "import pynn.layers as L\n"
+        "pynn.set_num_threads(1)\n"
+        "m = pynn.Sequential([L.Input((8, 8, 2)), L.Conv2D(3, 3, padding='same',"
+        " dilation_rate=8000, name='wide'), L.Flatten(), L.Dense(2)])\n"
+        "m.compile('sgd', 'mse')\n"
+        "x = np.ones((4, 8, 8, 2), 'f4')\n"
+        "m.predict(x, verbose=0)\n"
+        "vm = [l for l in open('/proc/self/status') if l.startswith('VmSize')][0]\n"
+        "cap = int(vm.split()[1]) * 1024 + (1 << 30)   # what is mapped now + 1 GiB\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (cap, resource.RLIM_INFINITY))\n"
+        "h = m.fit(x, np.zeros((4, 2), 'f4'), epochs=2, verbose=0)\n"
+        "assert np.isfinite(h.history['loss'][-1])\n"
+        "print('ok')\n")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                          text=True, timeout=300,
+                          env={**os.environ, "PYNN_DEVICE": "cpu", "PYTHONPATH": str(root)})
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+

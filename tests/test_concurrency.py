@@ -1,0 +1,71 @@
+"""Fork, spawn and threads around the native kernels (issue 11).
+
+Every scenario runs in its own interpreter (tests/_concurrency_worker.py) under a timeout: a
+child stuck in an OpenMP region must fail the test, not hang the run.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 240
+
+
+def run_scenario(name, kind):
+    env = dict(os.environ, PYNN_DEVICE="cpu", PYTHONPATH=str(ROOT))
+    env.pop("PYNN_NUM_THREADS", None)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "tests._concurrency_worker", name, kind],
+                              cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=TIMEOUT)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{name}({kind}) hung: no result within {TIMEOUT} s\n{e.stderr or ''}")
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), (
+        f"{name}({kind}) exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+
+
+KINDS = ["dense", "conv"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fork_after_predict(kind):
+    run_scenario("fork_after_predict", kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fork_after_fit(kind):
+    run_scenario("fork_after_fit", kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fork_single_thread_fallback(kind):
+    run_scenario("fork_single_thread_fallback", kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fork_while_another_thread_predicts(kind):
+    run_scenario("fork_while_another_thread_predicts", kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fork_pool_after_predict(kind):
+    run_scenario("fork_pool_after_predict", kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_spawn_after_predict(kind):
+    run_scenario("spawn_after_predict", kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_predict_racing_fit(kind):
+    run_scenario("predict_racing_fit", kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_threads_share_model(kind):
+    run_scenario("threads_share_model", kind)
