@@ -87,7 +87,8 @@ class Run:
             status, note = "failed", f"{type(exc).__name__}: {exc}"
         seconds = time.monotonic() - t
         self.steps[name] = {"status": status, "seconds": round(seconds, 1), "note": note}
-        self.say(f"=== [{name}] {status.upper()} in {seconds:.1f} s" + (f": {note}" if note else ""))
+        self.say(f"=== [{name}] {status.upper()} in {seconds:.1f} s"
+                 + (f": {note}" if note else ""))
         return status == "ok"
 
     def command(self, argv, timeout_s, env=None, cwd=ROOT):
@@ -198,7 +199,8 @@ def find_nvidia_opencl(run, limit):
     found = [os.path.join(d, NVIDIA_OPENCL) for d in dirs
              if os.path.exists(os.path.join(d, NVIDIA_OPENCL))]
     if not found:
-        found = [p for d in dirs for p in sorted(glob.glob(os.path.join(d, "libnvidia-opencl.so*")))]
+        found = [p for d in dirs
+                 for p in sorted(glob.glob(os.path.join(d, "libnvidia-opencl.so*")))]
     if not found and shutil.which("ldconfig"):
         code, out = run.command(["ldconfig", "-p"], 15)
         found = [line.split("=>")[-1].strip() for line in out.splitlines()
@@ -241,6 +243,9 @@ def step_icd(run, work, limit):
         shutil.copy(f, vendors / Path(f).name)
     (vendors / "nvidia.icd").write_text(lib + "\n")
     run.env["OCL_ICD_VENDORS"] = str(vendors)
+    # The library's own dependencies (libcuda.so.1, ...) live beside it.
+    ld_path = [os.path.dirname(lib)] + run.env.get("LD_LIBRARY_PATH", "").split(":")
+    run.env["LD_LIBRARY_PATH"] = ":".join(dict.fromkeys(p for p in ld_path if p))
     return "ok", f"registered {lib} in OCL_ICD_VENDORS={vendors}"
 
 
@@ -253,7 +258,7 @@ print("DEVICES " + json.dumps(rt.devices()))
 
 def step_devices(run, py, pocl, state, limit):
     code, out = run.command([py, "-c", PROBE], limit)
-    line = next((l for l in out.splitlines() if l.startswith("DEVICES ")), None)
+    line = next((ln for ln in out.splitlines() if ln.startswith("DEVICES ")), None)
     if code != 0 or line is None:
         return "failed", "could not list OpenCL devices (see the error above)"
     devs = json.loads(line[len("DEVICES "):])
@@ -273,6 +278,16 @@ def step_devices(run, py, pocl, state, limit):
 
 def step_build(run, py, limit):
     jobs = str(min(16, os.cpu_count() or 1))
+    code, out = run.command([py, "-c", "import os, sysconfig; h = os.path.join("
+                             "sysconfig.get_paths()['include'], 'Python.h'); "
+                             "print('Python.h', h, os.path.isfile(h))"], 30)
+    if out.strip().endswith("False"):
+        run.say("WARNING: this Python has no Python.h: the C extensions cannot compile")
+    for tool in ("gcc", "cc"):
+        if shutil.which(tool):
+            break
+    else:
+        run.say("WARNING: no C compiler (gcc or cc) on the PATH")
     code, _ = run.command([py, "setup.py", "-q", "build_ext", "--inplace", "-j", jobs], limit)
     if code != 0:
         return "failed", f"build exited {code}"
@@ -303,7 +318,7 @@ def step_tests(run, py, spec, pytest_args, limit):
     argv += pytest_args
     env = dict(run.env, PYNN_CL_DEVICE=spec)
     code, out = run.command(argv, limit - 2, env=env)
-    tail = [l for l in out.splitlines() if re.search(r"\d+ (passed|failed|error)", l)]
+    tail = [ln for ln in out.splitlines() if re.search(r"\d+ (passed|failed|error)", ln)]
     note = tail[-1].strip("= ") if tail else f"pytest exited {code}"
     return ("ok" if code == 0 else "failed"), note
 
@@ -424,7 +439,8 @@ def main(argv=None):
     run = Run(opts.out_dir, opts.budget)
     # pynn's program cache: the caller's PYNN_CACHE_DIR if set, else one in the work folder.
     run.env.setdefault("PYNN_CACHE_DIR", str(work / "cache"))
-    run.say(f"pynn GPU run, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: {'PoCL dry run' if opts.pocl else 'NVIDIA'}, "
+    run.say(f"pynn GPU run, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: "
+            f"{'PoCL dry run' if opts.pocl else 'NVIDIA'}, "
             f"budget {opts.budget:.0f} s, out {run.out}")
     state = {}
 
