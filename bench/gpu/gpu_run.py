@@ -214,6 +214,12 @@ def find_nvidia_opencl(run, limit):
     return list(dict.fromkeys(found))
 
 
+def add_library_path(run, lib):
+    """The library's own dependencies (libcuda.so.1, ...) live beside it."""
+    ld_path = [os.path.dirname(lib)] + run.env.get("LD_LIBRARY_PATH", "").split(":")
+    run.env["LD_LIBRARY_PATH"] = ":".join(dict.fromkeys(p for p in ld_path if p))
+
+
 def step_icd(run, work, limit):
     existing = vendor_files()
     for f in existing:
@@ -221,10 +227,15 @@ def step_icd(run, work, limit):
             run.say(f"vendor file {f}: {Path(f).read_text().strip()}")
         except OSError as exc:
             run.say(f"vendor file {f}: unreadable ({exc})")
-    if any("nvidia" in Path(f).read_text(errors="replace").lower() for f in existing
-           if os.path.isfile(f)):
-        return "ok", "a vendor file already names NVIDIA's library"
+    named = [f for f in existing
+             if os.path.isfile(f) and "nvidia" in Path(f).read_text(errors="replace").lower()]
     libs = find_nvidia_opencl(run, limit)
+    if named and libs:
+        add_library_path(run, libs[0])
+        return "ok", f"{named[0]} already names NVIDIA's library ({libs[0]})"
+    if named:
+        return "failed", (f"{named[0]} names NVIDIA's library but {NVIDIA_OPENCL} is nowhere "
+                          "to be found: the driver's OpenCL part is not installed here")
     if not libs:
         return "failed", (f"{NVIDIA_OPENCL} not found (looked in LD_LIBRARY_PATH, "
                           f"{', '.join(LIBRARY_DIRS)}, ldconfig -p, find under "
@@ -240,12 +251,11 @@ def step_icd(run, work, limit):
     vendors = work / "vendors"
     vendors.mkdir(parents=True, exist_ok=True)
     for f in existing:  # OCL_ICD_VENDORS replaces /etc/OpenCL/vendors: keep what it listed
-        shutil.copy(f, vendors / Path(f).name)
+        if Path(f).resolve().parent != vendors.resolve():
+            shutil.copy(f, vendors / Path(f).name)
     (vendors / "nvidia.icd").write_text(lib + "\n")
     run.env["OCL_ICD_VENDORS"] = str(vendors)
-    # The library's own dependencies (libcuda.so.1, ...) live beside it.
-    ld_path = [os.path.dirname(lib)] + run.env.get("LD_LIBRARY_PATH", "").split(":")
-    run.env["LD_LIBRARY_PATH"] = ":".join(dict.fromkeys(p for p in ld_path if p))
+    add_library_path(run, lib)
     return "ok", f"registered {lib} in OCL_ICD_VENDORS={vendors}"
 
 
