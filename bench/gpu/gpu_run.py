@@ -330,6 +330,12 @@ def step_tests(run, py, spec, pytest_args, limit):
     code, out = run.command(argv, limit - 2, env=env)
     tail = [ln for ln in out.splitlines() if re.search(r"\d+ (passed|failed|error)", ln)]
     note = tail[-1].strip("= ") if tail else f"pytest exited {code}"
+    if code == "timeout":  # no pytest summary: read the progress lines
+        progress = [ln for ln in out.splitlines() if re.match(r"^[.FEsxX]+\s*\[\s*\d+%\]", ln)]
+        done = re.search(r"(\d+)%", progress[-1]).group(1) if progress else "0"
+        failed = sum(ln.split("[")[0].count("F") + ln.split("[")[0].count("E")
+                     for ln in progress)
+        note = f"time limit reached {done}% into the tests, {failed} failed or errored so far"
     return ("ok" if code == 0 else "failed"), note
 
 
