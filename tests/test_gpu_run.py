@@ -78,3 +78,9 @@ def test_pocl_dry_run(tmp_path):
     log = (out / "run.log").read_text()
     assert "SGEMM 256x256x256 % of cuBLAS" in log and "warm start compiled nothing" in log
     assert "every step ok" in proc.stdout
+
+
+def test_run_sh_needs_an_out_dir():
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu" / "run.sh")], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 2 and "usage" in proc.stderr
