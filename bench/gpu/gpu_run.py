@@ -91,8 +91,9 @@ class Run:
                  + (f": {note}" if note else ""))
         return status == "ok"
 
-    def command(self, argv, timeout_s, env=None, cwd=ROOT):
-        """Run ``argv``, echoing its output; returns (exit code or 'timeout', output text)."""
+    def command(self, argv, timeout_s, env=None, cwd=ROOT, quiet=False):
+        """Run ``argv``, echoing its output unless ``quiet``; returns (exit code or 'timeout',
+        output text)."""
         self.say("$ " + " ".join(shlex.quote(str(a)) for a in argv))
         lines = []
         try:
@@ -106,7 +107,8 @@ class Run:
         def pump():
             for line in proc.stdout:
                 lines.append(line)
-                self.say(line.rstrip("\n"))
+                if not quiet:
+                    self.say(line.rstrip("\n"))
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
@@ -161,7 +163,7 @@ def step_wheels(run, py, wheel_dirs, site, limit):
         run.say(f"no wheels in {', '.join(map(str, wheel_dirs))}")
     code, out = run.command([py, "-c", "import importlib.metadata as m, re; print(' '.join(sorted("
                              "re.sub(r'[-_.]+', '-', d.metadata['Name']).lower() "
-                             "for d in m.distributions() if d.metadata['Name'])))"], 30)
+                             "for d in m.distributions() if d.metadata['Name'])))"], 30, quiet=True)
     have = set(out.split()) if code == 0 else set()
     missing = [w for w in wheels if wheel_dist(w) not in have]
     for w in wheels:
@@ -204,7 +206,7 @@ def find_nvidia_opencl(run, limit):
         found = [p for d in dirs
                  for p in sorted(glob.glob(os.path.join(d, "libnvidia-opencl.so*")))]
     if not found and shutil.which("ldconfig"):
-        code, out = run.command(["ldconfig", "-p"], 15)
+        code, out = run.command(["ldconfig", "-p"], 15, quiet=True)
         found = [line.split("=>")[-1].strip() for line in out.splitlines()
                  if "libnvidia-opencl.so" in line and "=>" in line]
     if not found and shutil.which("find"):
