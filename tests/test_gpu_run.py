@@ -84,3 +84,10 @@ def test_run_sh_needs_an_out_dir():
     proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu" / "run.sh")], capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+def test_summary_without_an_opencl_device_keeps_cublas():
+    doc = {"devices": [], "torch_cuda": {"gemm": [
+        {"m": 4096, "n": 4096, "k": 4096, "dense_forward": 50000.0}]}}
+    s = gpu_run.summarize(doc)
+    assert s["cublas_4096_gflops"] == 50000.0 and s["sgemm_4096_pct_of_cublas"] is None

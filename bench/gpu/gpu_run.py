@@ -369,6 +369,9 @@ def summarize(doc):
         if "dense_forward_torch_cuda_gflops" in big:
             out["cublas_4096_gflops"] = big["dense_forward_torch_cuda_gflops"]
             out["sgemm_4096_pct_of_cublas"] = 100 * big["dense_forward_ratio_to_torch_cuda"]
+    refs = [r for r in (doc.get("torch_cuda") or {}).get("gemm") or [] if r["m"] == 4096]
+    if out["cublas_4096_gflops"] is None and refs:  # no OpenCL device: PyTorch alone
+        out["cublas_4096_gflops"] = refs[0]["dense_forward"]
     training = dev.get("training") or {}
     for name in ("cnn", "lstm"):
         out[f"{name}_images_per_s"] = (training.get(name) or {}).get("images_per_s")
@@ -406,8 +409,10 @@ def step_summary(run, json_path, state, limit):
         f"SGEMM {shape} % of cuBLAS (fp32, TF32 off): "
         + fmt(s["sgemm_4096_pct_of_cublas"], ".1f", TARGETS["sgemm_pct_of_cublas"])
         + (f"  [{s['sgemm_4096_gflops']:.0f} vs {s['cublas_4096_gflops']:.0f} GFLOP/s]"
-           if s["cublas_4096_gflops"] else
-           (f"  [pynn {s['sgemm_4096_gflops']:.1f} GFLOP/s]" if s["sgemm_4096_gflops"] else "")),
+           if s["cublas_4096_gflops"] and s["sgemm_4096_gflops"] else
+           (f"  [pynn {s['sgemm_4096_gflops']:.1f} GFLOP/s]" if s["sgemm_4096_gflops"] else
+            f"  [cuBLAS alone {s['cublas_4096_gflops']:.0f} GFLOP/s]"
+            if s["cublas_4096_gflops"] else "")),
         "CNN training, ratio to PyTorch CUDA fp32: " + fmt(s["cnn_ratio"], ".2f",
                                                             TARGETS["cnn_ratio"]),
         "LSTM training, ratio to PyTorch CUDA fp32: " + fmt(s["lstm_ratio"], ".2f",
