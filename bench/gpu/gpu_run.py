@@ -48,7 +48,7 @@ LIBRARY_DIRS = ("/usr/local/nvidia/lib64", "/usr/local/nvidia/lib", "/usr/lib/x8
 VENDOR_DIRS = ("/etc/OpenCL/vendors", "/usr/local/nvidia/etc/OpenCL/vendors")
 FIND_ROOTS = ("/usr", "/opt", "/lib", "/lib64")
 # The bench on a GPU: GEMM up to 4096^3, the tuner at 2048^3, 50 timed training steps.
-GPU_BENCH_ARGS = "--tune --tune-size 2048 --tune-budget 60 --train-steps 50 --repeat 5"
+GPU_BENCH_ARGS = "--tune --tune-size 2048 --tune-budget 45 --train-steps 50 --repeat 5"
 POCL_BENCH_ARGS = "--quick --tune --tune-budget 20 --train-steps 2 --repeat 2"
 TARGETS = {"sgemm_pct_of_cublas": 70.0, "cnn_ratio": 0.7, "lstm_ratio": 0.7}
 
