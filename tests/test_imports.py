@@ -138,3 +138,16 @@ if __name__ == "__main__":
     for cycle in cycles(graph(_pynn_root(), "pynn")):
         print(" <-> ".join(sorted(cycle)))
     sys.exit(0)
+
+
+def test_every_package_ships():
+    """pyproject lists packages by name: a new subpackage left out of the list would be
+    missing from the wheel while an editable install still finds it."""
+    import tomllib
+
+    root = pathlib.Path(pynn.__file__).resolve().parent
+    listed = set(tomllib.loads((root.parent / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    found = {".".join(("pynn",) + p.parent.relative_to(root).parts)
+             for p in root.rglob("__init__.py")}
+    assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"

@@ -218,9 +218,16 @@ def device():
 
 
 def kernel_dir():
-    """The directory holding the .cl files and headers (package ``pynn.opencl_kernels``)."""
-    import pynn.opencl_kernels
-
+    """The directory holding the .cl files and headers: the package ``pynn.opencl_kernels``
+    that an install maps opencl/ to, else the checkout's opencl/ beside pynn/ (an in-place
+    build that was never installed)."""
+    try:
+        import pynn.opencl_kernels
+    except ImportError:
+        checkout = Path(__file__).resolve().parents[3] / "opencl"
+        if (checkout / "common.h").is_file():
+            return checkout
+        raise
     return Path(pynn.opencl_kernels.__file__).resolve().parent
 
 
