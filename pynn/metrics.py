@@ -1,6 +1,8 @@
 """Streaming metrics with Keras 3's names. Each batch costs one backend count op; the state is a
 few Python integers, so nothing but scalars leaves the device."""
 
+import numpy as np
+
 from pynn import backend
 
 
@@ -32,6 +34,7 @@ class BinaryAccuracy(Metric):
         super().__init__(name)
 
     def update_state(self, y_true, y_pred):
+        y_true, y_pred = _backend_arrays(y_true, y_pred)
         self.correct += backend.current().accuracy_count(y_true, y_pred, "binary", self.threshold)
         self.total += _size(y_pred)
 
@@ -58,7 +61,8 @@ class CategoricalAccuracy(Metric):
     mode = "categorical"
 
     def update_state(self, y_true, y_pred):
-        y_true, y_pred = _rows(y_true, y_pred, self.mode == "sparse")
+        y_true, y_pred = _rows(*_backend_arrays(y_true, y_pred, self.mode == "sparse"),
+                               self.mode == "sparse")
         self.correct += backend.current().accuracy_count(y_true, y_pred, self.mode, 0.5)
         self.total += y_pred.shape[0]
 
@@ -79,7 +83,7 @@ class TopKCategoricalAccuracy(Metric):
         super().__init__(name)
 
     def update_state(self, y_true, y_pred):
-        y_true, y_pred = _rows(y_true, y_pred, self.sparse)
+        y_true, y_pred = _rows(*_backend_arrays(y_true, y_pred, self.sparse), self.sparse)
         self.correct += backend.current().top_k_count(y_true, y_pred, self.k, self.sparse)
         self.total += y_pred.shape[0]
 
@@ -101,6 +105,7 @@ class _Confusion(Metric):
         self.tp = self.fp = self.fn = 0
 
     def update_state(self, y_true, y_pred):
+        y_true, y_pred = _backend_arrays(y_true, y_pred)
         tp, fp, fn = backend.current().confusion_counts(y_true, y_pred, self.thresholds)
         self.tp += tp
         self.fp += fp
@@ -138,6 +143,16 @@ class F1Score(_Confusion):
 
     def get_config(self):
         return {"name": self.name, "threshold": self.thresholds}
+
+
+def _backend_arrays(y_true, y_pred, sparse=False):
+    """Targets and predictions as the current backend's arrays (host data uploaded once,
+    backend arrays passed through): a metric updated by hand takes NumPy input, as in Keras.
+    Sparse labels become int32, range-checked before narrowing."""
+    b = backend.current()
+    y_pred = b.asarray(y_pred, np.float64 if getattr(y_pred, "dtype", None) == np.float64
+                       else np.float32)
+    return b.asarray(y_true, np.int32 if sparse else y_pred.dtype), y_pred
 
 
 def _size(a):

@@ -261,7 +261,11 @@ class Sequential:
         out = self._forward(xb, training=True)
         loss, grad = self.loss.forward_backward(yb, out, need_grad=True)
         for layer in reversed(self.layers):
-            grad = layer.backward(grad)
+            try:
+                grad = layer.backward(grad)
+            except MemoryError as exc:
+                raise MemoryError(f"Layer '{layer.name}' ({type(layer).__name__}): out of memory "
+                                  f"in backward ({exc})") from None
             if grad is None:
                 break
         penalty = sum(layer.regularization_penalty() for layer in self.layers)

@@ -142,3 +142,39 @@ def test_float64_model_on_opencl_says_why(restore_device, float64):
     pynn.set_device("opencl")
     with pytest.raises(TypeError, match=r"float32 only.*set_floatx\('float32'\).*CPU"):
         pynn.Sequential([layers.Input(shape=(3,)), layers.Dense(2)])
+
+
+@pytest.mark.parametrize("limit_after", [0, 1])
+def test_device_out_of_memory_names_the_layer(restore_device, monkeypatch, limit_after):
+    """A device allocation that fails (here: the device's max allocation shrunk below the
+    Dense activations) is a MemoryError naming the layer and the OpenCL request, forward
+    (limit_after=0) or in backward (the limit hits once the forward's outputs exist)."""
+    from pynn.backend.opencl import runtime as rt
+
+    pynn.set_device("opencl")
+    model = pynn.Sequential([layers.Input(shape=(64,)), layers.Dense(256, name="wide"),
+                             layers.Dense(1, name="head")])
+    model.compile(optimizer="sgd", loss="mean_squared_error")
+    x, y = np.ones((32, 64), np.float32), np.ones((32, 1), np.float32)
+    info = dict(rt._S.info)
+    shrunk = dict(info, max_alloc=32 * 256 * 4 - 1)
+    if limit_after:
+        original = rt.empty
+
+        def empty(shape, dtype=np.float32, what=""):
+            if "backward" in what:
+                rt._S.info = shrunk
+            return original(shape, dtype, what)
+
+        monkeypatch.setattr(rt, "empty", empty)
+    else:
+        monkeypatch.setattr(rt._S, "info", shrunk)
+    # Forward: 'wide' cannot hold its output. Backward: 'head' cannot hold the gradient of
+    # its (32, 256) input.
+    want = (r"Layer 'head' \(Dense\): out of memory in backward.*OpenCL" if limit_after
+            else r"Layer 'wide' \(Dense\): out of memory.*OpenCL")
+    try:
+        with pytest.raises(MemoryError, match=want):
+            model.train_on_batch(x, y)
+    finally:
+        rt._S.info = info

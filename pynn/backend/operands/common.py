@@ -73,7 +73,7 @@ def as_int_array(op, name, a, ndim=None):
         lo, hi = arr.min(), arr.max()
         if lo < INT32_MIN or hi > INT32_MAX:
             bad = lo if lo < INT32_MIN else hi
-            raise ValueError(f"{op}: '{name}' holds {bad!r}, outside the int32 range "
+            raise ValueError(f"{op}: '{name}' holds {bad.item()!r}, outside the int32 range "
                              f"[{INT32_MIN}, {INT32_MAX}]")
     return np.asarray(arr, dtype=np.int32, order="C")
 
@@ -373,6 +373,6 @@ def host_array(op, x, dtype):
         lo, hi = arr.min(), arr.max()
         if not (lo >= info.min and hi <= info.max):
             bad = lo if not lo >= info.min else hi
-            raise ValueError(f"{op}: value {bad!r} does not fit {dtype} "
+            raise ValueError(f"{op}: value {bad.item()!r} does not fit {dtype} "
                              f"[{info.min}, {info.max}]")
     return np.asarray(arr, dtype=dtype, order="C")
