@@ -1,4 +1,5 @@
-"""Shared fixtures: seeding, float64 mode, thread-count control, a small CPU backend guard."""
+"""Shared fixtures: the backend under test (cpu, opencl), seeding, float64 mode, thread-count
+control, a small CPU backend guard."""
 
 import numpy as np
 import pytest
@@ -12,6 +13,17 @@ def pytest_runtest_setup(item):
         from tests.opencl_util import skip_without_opencl
 
         skip_without_opencl()
+
+
+@pytest.fixture(params=["cpu", pytest.param("opencl", marks=pytest.mark.opencl)])
+def backend(request):
+    """The backend under test (tests/backend_util.py's Backend): ``ops`` (the module), ``up``,
+    ``down``, ``rtol(kind)``. The opencl param carries the ``opencl`` marker: ``-m "not
+    opencl"`` deselects it and pytest_runtest_setup skips it, with the reason, without a
+    device; pyopencl is imported only when it runs."""
+    from tests.backend_util import make_backend
+
+    return make_backend(request.param)
 
 
 @pytest.fixture

@@ -50,21 +50,5 @@ def ocl():
     return opencl
 
 
-def rand(rng, shape, dtype=np.float32):
-    """Random normal data that is never all zero (a zero input hides indexing bugs)."""
-    a = rng.standard_normal(shape)
-    if a.size:
-        a.flat[0] = 0.5 + abs(a.flat[0])
-    return a.astype(dtype)
-
-
-def assert_close(got, want, rtol, what=""):
-    """max |got - want| <= rtol * max(1, max |want|), with a message naming the op."""
-    got = np.asarray(got)
-    want = np.asarray(want)
-    assert got.shape == want.shape, f"{what}: shape {got.shape} != expected {want.shape}"
-    if want.size == 0:
-        return
-    scale = max(1.0, float(np.abs(want).max()))
-    err = float(np.abs(got.astype(np.float64) - want).max())
-    assert err <= rtol * scale, f"{what}: max abs error {err:.3g} > {rtol} * {scale:.3g}"
+# The comparison helpers live in tests/backend_util.py, shared with the CPU tests.
+from tests.backend_util import assert_close, rand  # noqa: E402, F401

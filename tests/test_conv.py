@@ -63,7 +63,7 @@ def data(rng, case, dtype):
     x = rng.standard_normal(x_shape).astype(dtype)
     k = rng.standard_normal(k_shape).astype(dtype)
     b = rng.standard_normal(k_shape[3]).astype(dtype)
-    _, z = ref.conv2d_forward(x, k, None, strides, padding, dilation)
+    _, z = ref.conv2d_forward_ref(x, k, None, strides, padding, dilation)
     dz = rng.standard_normal(z.shape).astype(dtype)
     return x, k, b, dz
 
@@ -80,14 +80,14 @@ def check_all_ops(rng, case, dtype):
     strides, padding, dilation = case[2:]
     y, z = conv.conv2d_forward(x, k, b, strides, padding, dilation, "linear", 0.0)
     assert z is None
-    check("conv2d_forward", y, ref.conv2d_forward(x, k, b, strides, padding, dilation)[0],
+    check("conv2d_forward", y, ref.conv2d_forward_ref(x, k, b, strides, padding, dilation)[0],
           dtype)
     dx = conv.conv2d_backward_input(dz, k, x.shape, strides, padding, dilation)
     check("conv2d_backward_input", dx,
-          ref.conv2d_backward_input(dz, k, x.shape, strides, padding, dilation), dtype)
+          ref.conv2d_backward_input_ref(dz, k, x.shape, strides, padding, dilation), dtype)
     dw = conv.conv2d_backward_weight(x, dz, k.shape, strides, padding, dilation)
     check("conv2d_backward_weight", dw,
-          ref.conv2d_backward_weight(x, dz, k.shape, strides, padding, dilation), dtype)
+          ref.conv2d_backward_weight_ref(x, dz, k.shape, strides, padding, dilation), dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -151,7 +151,7 @@ def test_fused_activation(rng, act, dtype, path):
     strides, padding, dilation = CASES[1][2:]
     alpha = 0.3
     y, z = conv.conv2d_forward(x, k, b, strides, padding, dilation, act, alpha)
-    y_ref, z_ref = ref.conv2d_forward(x, k, b, strides, padding, dilation, act, alpha)
+    y_ref, z_ref = ref.conv2d_forward_ref(x, k, b, strides, padding, dilation, act, alpha)
     check(f"conv2d_forward[{act}]", y, y_ref, dtype)
     if act == "gelu":  # api.ACTIVATIONS_NEEDING_INPUT
         check("conv2d_forward[gelu] z", z, z_ref, dtype)
@@ -306,7 +306,7 @@ def test_mixed_dtypes_follow_the_first_array(rng):
     k = rng.standard_normal((3, 3, 3, 2))
     y, _ = conv.conv2d_forward(x, k, None, (1, 1), "same", (1, 1))
     assert y.dtype == np.float32
-    check("conv2d_forward", y, ref.conv2d_forward(x, k.astype(np.float32), None, (1, 1),
+    check("conv2d_forward", y, ref.conv2d_forward_ref(x, k.astype(np.float32), None, (1, 1),
                                                   "same", (1, 1))[0], np.float32)
 
 

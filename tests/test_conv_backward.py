@@ -50,10 +50,10 @@ def forward_data(rng, case, dtype, act, alpha=0.2):
 
 def reference(x, k, b, dy, case, act, alpha):
     strides, padding, dilation = case[2:]
-    _, z = ref.conv2d_forward(x, k, b, strides, padding, dilation)
+    _, z = ref.conv2d_forward_ref(x, k, b, strides, padding, dilation)
     dz = activation_backward_ref(dy, z, act, alpha)
-    return (ref.conv2d_backward_input(dz, k, x.shape, strides, padding, dilation),
-            ref.conv2d_backward_weight(x, dz, k.shape, strides, padding, dilation),
+    return (ref.conv2d_backward_input_ref(dz, k, x.shape, strides, padding, dilation),
+            ref.conv2d_backward_weight_ref(x, dz, k.shape, strides, padding, dilation),
             dz.reshape(-1, dz.shape[-1]).sum(axis=0))
 
 

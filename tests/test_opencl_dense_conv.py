@@ -196,7 +196,7 @@ def test_conv2d_vector_reads_match_scalar_and_cpu(ocl, cpu_conv, monkeypatch, xs
                                                   d):
     rng = np.random.default_rng(sum(xs) * 7 + sum(ks))
     x, w, b = rand(rng, xs), rand(rng, ks), rand(rng, (ks[3],))
-    y_ref, _ = conv_ref.conv2d_forward(x, w, b, s, p, d, "linear", 0.0)
+    y_ref, _ = conv_ref.conv2d_forward_ref(x, w, b, s, p, d, "linear", 0.0)
     dz = rand(rng, y_ref.shape)
     index = ocl.device_info()["index"]
     results = {}
@@ -208,9 +208,9 @@ def test_conv2d_vector_reads_match_scalar_and_cpu(ocl, cpu_conv, monkeypatch, xs
                        ocl.conv2d_backward_weight(xd, dzd, ks, s, p, d).get()]
     refs = [(cpu_conv.conv2d_forward(x, w, b, s, p, d, "linear", 0.0)[0], y_ref),
             (cpu_conv.conv2d_backward_input(dz, w, xs, s, p, d),
-             conv_ref.conv2d_backward_input(dz, w, xs, s, p, d)),
+             conv_ref.conv2d_backward_input_ref(dz, w, xs, s, p, d)),
             (cpu_conv.conv2d_backward_weight(x, dz, ks, s, p, d),
-             conv_ref.conv2d_backward_weight(x, dz, ks, s, p, d))]
+             conv_ref.conv2d_backward_weight_ref(x, dz, ks, s, p, d))]
     for name, got4, got1, (cpu, ref) in zip(("forward", "backward_input", "backward_weight"),
                                             results[4], results[1], refs):
         check_op(f"conv2d_{name}", got4, cpu, ref)
@@ -259,7 +259,7 @@ def test_conv2d_forward_and_backward(ocl, cpu_conv, xs, ks, s, p, d):
     act = "gelu" if xs[0] % 2 else "relu"
     y, z = ocl.conv2d_forward(ocl.asarray(x), ocl.asarray(w), ocl.asarray(b), s, p, d, act, 0.0)
     yc, zc = cpu_conv.conv2d_forward(x, w, b, s, p, d, act, 0.0)
-    y_ref, z_ref = conv_ref.conv2d_forward(x, w, b, s, p, d, act, 0.0)
+    y_ref, z_ref = conv_ref.conv2d_forward_ref(x, w, b, s, p, d, act, 0.0)
     check_op("conv2d_forward", y, yc, y_ref)
     assert (z is None) == (zc is None)
     if z is not None:
@@ -267,11 +267,11 @@ def test_conv2d_forward_and_backward(ocl, cpu_conv, xs, ks, s, p, d):
     dz = rand(rng, y_ref.shape)
     dx = ocl.conv2d_backward_input(ocl.asarray(dz), ocl.asarray(w), xs, s, p, d)
     check_op("conv2d_backward_input", dx, cpu_conv.conv2d_backward_input(dz, w, xs, s, p, d),
-             conv_ref.conv2d_backward_input(dz, w, xs, s, p, d))
+             conv_ref.conv2d_backward_input_ref(dz, w, xs, s, p, d))
     dw = ocl.conv2d_backward_weight(ocl.asarray(x), ocl.asarray(dz), ks, s, p, d)
     check_op("conv2d_backward_weight", dw,
              cpu_conv.conv2d_backward_weight(x, dz, ks, s, p, d),
-             conv_ref.conv2d_backward_weight(x, dz, ks, s, p, d))
+             conv_ref.conv2d_backward_weight_ref(x, dz, ks, s, p, d))
 
 
 @pytest.mark.parametrize("use_bias, need_input_grad", [(True, True), (False, False)])
@@ -292,10 +292,10 @@ def test_conv2d_backward_matches_cpu(ocl, cpu_conv, xs, ks, s, p, d, use_bias,
                               ocl.asarray(w), s, p, d, act, 0.0, use_bias, need_input_grad)
     cpu = cpu_conv.conv2d_backward(dy, x, zc, yc, w, s, p, d, act, 0.0, use_bias,
                                    need_input_grad)
-    _, z_ref = conv_ref.conv2d_forward(x, w, b, s, p, d, "linear", 0.0)
+    _, z_ref = conv_ref.conv2d_forward_ref(x, w, b, s, p, d, "linear", 0.0)
     dz_ref = activation_backward_ref(dy, z_ref, act)
-    refs = (conv_ref.conv2d_backward_input(dz_ref, w, xs, s, p, d),
-            conv_ref.conv2d_backward_weight(x, dz_ref, ks, s, p, d),
+    refs = (conv_ref.conv2d_backward_input_ref(dz_ref, w, xs, s, p, d),
+            conv_ref.conv2d_backward_weight_ref(x, dz_ref, ks, s, p, d),
             dz_ref.reshape(-1, ks[3]).sum(axis=0))
     for name, g, c, r, used in zip(("dx", "dkernel", "dbias"), got, cpu, refs,
                                    (need_input_grad, True, use_bias)):
@@ -313,13 +313,13 @@ def test_conv2d_no_bias_softmax_and_split_k(ocl, cpu_conv):
         assert _gemm()._split_plan(18, 3, 9 * 12 * 11, ocl.gemm_tiles())[0] > 1
     xd, wd, dzd = ocl.asarray(x), ocl.asarray(w), ocl.asarray(dz)
     y, z = ocl.conv2d_forward(xd, wd, None, (1, 1), "same", (1, 1), "softmax", 0.0)
-    y_ref, _ = conv_ref.conv2d_forward(x, w, None, (1, 1), "same", (1, 1), "softmax")
+    y_ref, _ = conv_ref.conv2d_forward_ref(x, w, None, (1, 1), "same", (1, 1), "softmax")
     check_op("conv2d_forward softmax", y, None, y_ref)
     assert z is None
     dw = ocl.conv2d_backward_weight(xd, dzd, ks, (1, 1), "same", (1, 1))
     check_op("conv2d_backward_weight", dw,
              cpu_conv.conv2d_backward_weight(x, dz, ks, (1, 1), "same", (1, 1)),
-             conv_ref.conv2d_backward_weight(x, dz, ks, (1, 1), "same", (1, 1)))
+             conv_ref.conv2d_backward_weight_ref(x, dz, ks, (1, 1), "same", (1, 1)))
     again = ocl.conv2d_backward_weight(xd, dzd, ks, (1, 1), "same", (1, 1))
     assert np.array_equal(dw.get(), again.get()), "backward_weight is not reproducible"
 

@@ -332,7 +332,7 @@ def test_regularizer_matches_reference(shape, dtype, l1, l2):
     w = random_param(rng, shape, dtype)
     w.flat[0] = 0  # sign(0) = 0
     grad = rng.standard_normal(shape).astype(dtype)
-    want_grad, want_penalty = ref.regularizer_ref(w, grad, l1, l2)
+    want_grad, want_penalty = ref.regularizer_inplace_ref(w, grad, l1, l2)
     penalty = optim.regularizer_inplace(w, grad, l1, l2)
     assert isinstance(penalty, float)
     assert penalty == pytest.approx(want_penalty, rel=1e-12)

@@ -47,7 +47,7 @@ def _padded(x, pads, out, kernel_shape, strides, dilation_rate):
     return xp
 
 
-def activation(z, name, alpha=0.0):
+def _activation(z, name, alpha=0.0):
     """Float64 activation values (softmax over the last axis)."""
     if name == "linear":
         return z
@@ -74,7 +74,7 @@ def activation(z, name, alpha=0.0):
     raise ValueError(name)
 
 
-def conv2d_forward(x, kernel, bias, strides, padding, dilation_rate, activation_name="linear",
+def conv2d_forward_ref(x, kernel, bias, strides, padding, dilation_rate, activation_name="linear",
                    alpha=0.0):
     """Returns (y, z): z the pre-activation, y = activation(z)."""
     x = np.asarray(x, np.float64)
@@ -87,10 +87,10 @@ def conv2d_forward(x, kernel, bias, strides, padding, dilation_rate, activation_
             z += xp[_tap(kh, kw, strides, dilation_rate, out)] @ kernel[kh, kw]
     if bias is not None:
         z = z + np.asarray(bias, np.float64)
-    return activation(z, activation_name, alpha), z
+    return _activation(z, activation_name, alpha), z
 
 
-def conv2d_backward_input(dz, kernel, input_shape, strides, padding, dilation_rate):
+def conv2d_backward_input_ref(dz, kernel, input_shape, strides, padding, dilation_rate):
     dz = np.asarray(dz, np.float64)
     kernel = np.asarray(kernel, np.float64)
     pads, out = _geometry(input_shape, kernel.shape, strides, padding, dilation_rate)
@@ -102,7 +102,7 @@ def conv2d_backward_input(dz, kernel, input_shape, strides, padding, dilation_ra
     return dxp[:, pt:pt + input_shape[1], pl:pl + input_shape[2], :].copy()
 
 
-def conv2d_backward_weight(x, dz, kernel_shape, strides, padding, dilation_rate):
+def conv2d_backward_weight_ref(x, dz, kernel_shape, strides, padding, dilation_rate):
     x = np.asarray(x, np.float64)
     dz = np.asarray(dz, np.float64)
     pads, out = _geometry(x.shape, kernel_shape, strides, padding, dilation_rate)

@@ -97,6 +97,14 @@ def loss_backward_ref(name, y_true, y_pred, from_logits=False, param=None, dtype
 
 # -- metrics ------------------------------------------------------------------------------
 
+def loss_forward_backward_ref(name, y_true, y_pred, from_logits=False, param=None,
+                              need_grad=True):
+    """(loss, grad or None): the op's two results from the two oracles above."""
+    loss = loss_forward_ref(name, y_true, y_pred, from_logits, param)
+    grad = loss_backward_ref(name, y_true, y_pred, from_logits, param) if need_grad else None
+    return loss, grad
+
+
 def _threshold_in_dtype(y_pred, threshold):
     """Keras compares against a tensor of the prediction's float dtype."""
     dt = np.asarray(y_pred).dtype
