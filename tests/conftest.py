@@ -26,6 +26,32 @@ def backend(request):
     return make_backend(request.param)
 
 
+@pytest.fixture(scope="module")
+def backend_opencl():
+    """The OpenCL Backend alone, for OpenCL-only checks (mark the test ``opencl``)."""
+    from tests.backend_util import make_backend
+    from tests.opencl_util import skip_without_opencl
+
+    skip_without_opencl()
+    return make_backend("opencl")
+
+
+@pytest.fixture(scope="module")
+def ocl(backend_opencl):
+    """The OpenCL backend module with its device selected (OpenCL-only checks)."""
+    return backend_opencl.ops
+
+
+@pytest.fixture
+def small_work_groups(backend_opencl, monkeypatch):
+    """The current OpenCL device treated as one whose work-group limit (32, rows 16) is below
+    the kernels' defaults: kernels built from here on use capped sizes."""
+    from pynn.backend.opencl import launch, runtime as rt
+
+    monkeypatch.setitem(launch._sizes_by_device, rt.device(), (32, 16))
+    return backend_opencl
+
+
 @pytest.fixture
 def seeded():
     """Seed pynn's generator (initializers, shuffling, dropout seeds); returns a NumPy rng."""

@@ -8,6 +8,7 @@ import pytest
 
 from pynn._native.info import set_num_threads
 from pynn._native.metric import accuracy_count, confusion_counts, top_k_count
+from tests.backend_util import check_op, rand
 from tests.reference.loss_ref import accuracy_count_ref, confusion_counts_ref, top_k_count_ref
 
 SHAPES_2D = [(1, 1), (7, 3), (13, 5), (33, 10)]
@@ -220,3 +221,90 @@ def test_matches_keras(keras):
         tp, fp, fn = confusion_counts(t, q, 0.3)
         np.testing.assert_allclose(float(precision.result()), tp / (tp + fp), rtol=1e-6)
         np.testing.assert_allclose(float(recall.result()), tp / (tp + fn), rtol=1e-6)
+
+
+# -- over both backends (the `backend` fixture): counts exact against the references --------
+# On OpenCL check_op also compares with the CPU op; sparse labels are int32 device arrays.
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (13, 7), (300, 5)], ids=str)
+def test_accuracy_and_top_k_on_backend(backend, shape):
+    rng = np.random.default_rng(shape[0])
+    n, k = shape
+    y_pred = np.round(rand(rng, shape), 1)  # rounding makes ties
+    onehot = np.eye(k, dtype=np.float32)[rng.integers(0, k, n)]
+    labels = rng.integers(0, k, n).astype(np.int32)
+    check_op(backend, "accuracy_count", onehot, y_pred, "categorical", 0.5,
+             ref=accuracy_count_ref)
+    check_op(backend, "accuracy_count", labels, y_pred, "sparse", 0.5, ref=accuracy_count_ref)
+    check_op(backend, "accuracy_count", labels.reshape(n, 1), y_pred, "sparse", 0.5,
+             ref=accuracy_count_ref)
+    binary = (rng.random(shape) > 0.5).astype(np.float32)
+    check_op(backend, "accuracy_count", binary, y_pred, "binary", 0.1, ref=accuracy_count_ref)
+    for top in (1, 2, 5, 9):
+        check_op(backend, "top_k_count", labels, y_pred, top, True, ref=top_k_count_ref)
+        check_op(backend, "top_k_count", onehot, y_pred, top, False, ref=top_k_count_ref)
+    check_op(backend, "confusion_counts", binary, y_pred, 0.3, ref=confusion_counts_ref)
+
+
+def test_metric_ties_and_soft_targets_on_backend(backend):
+    y_pred = np.array([[1, 1, 0], [0, 2, 2], [4, 5, 1], [3, 2, 2]], np.float32)
+    labels = np.array([1, 2, 0, 1], np.int32)
+    check_op(backend, "accuracy_count", labels, y_pred, "sparse", 0.5, ref=accuracy_count_ref)
+    check_op(backend, "top_k_count", labels, y_pred, 1, True, ref=top_k_count_ref)
+    check_op(backend, "top_k_count", labels, y_pred, 2, True, ref=top_k_count_ref)
+    soft = np.array([[0.7], [1.0], [0.0], [1.0]], np.float32)
+    check_op(backend, "accuracy_count", soft, y_pred[:, :1], "binary", 0.5,
+             ref=accuracy_count_ref)
+    check_op(backend, "accuracy_count", soft[:, 0], y_pred[:, :1], "binary", 0.5,
+             ref=accuracy_count_ref)
+    check_op(backend, "confusion_counts", soft, y_pred[:, :1], 0.5, ref=confusion_counts_ref)
+
+
+@pytest.mark.opencl
+def test_metric_ties_nan_and_soft_targets_follow_the_cpu_opencl(backend_opencl):
+    """NaN scores: the OpenCL kernels count as the CPU ones do (the reference's NumPy sort
+    orders NaN differently, so the CPU op is the reference here)."""
+    y_pred = np.array([[1, 1, 0], [0, 2, 2], [np.nan, 5, 1], [3, np.nan, np.nan]], np.float32)
+    labels = np.array([1, 2, 0, 1], np.int32)
+    check_op(backend_opencl, "accuracy_count", labels, y_pred, "sparse", 0.5)
+    check_op(backend_opencl, "top_k_count", labels, y_pred, 1, True)
+    check_op(backend_opencl, "top_k_count", labels, y_pred, 2, True)
+    soft = np.array([[0.7], [1.0], [0.0], [1.0]], np.float32)
+    check_op(backend_opencl, "accuracy_count", soft, y_pred[:, :1], "binary", 0.5)
+    check_op(backend_opencl, "accuracy_count", soft[:, 0], y_pred[:, :1], "binary", 0.5)
+    check_op(backend_opencl, "confusion_counts", soft, y_pred[:, :1], 0.5)
+
+
+def test_metric_empty_batch_on_backend(backend):
+    ops = backend.ops
+    assert ops.accuracy_count(ops.zeros((0, 4)), ops.zeros((0, 4)), "categorical", 0.5) == 0
+    assert ops.confusion_counts(ops.zeros((0,)), ops.zeros((0,)), 0.5) == (0, 0, 0)
+
+
+@pytest.mark.opencl
+def test_metric_bad_inputs_opencl(ocl):
+    p = ocl.asarray(np.zeros((3, 4), np.float32))
+    labels = ocl.asarray(np.array([0, 1, 4], np.int32), np.int32)
+    with pytest.raises(ValueError, match="out of range"):
+        ocl.accuracy_count(labels, p, "sparse", 0.5)
+    with pytest.raises(ValueError, match="out of range"):
+        ocl.top_k_count(labels, p, 2, True)
+    with pytest.raises(ValueError, match="mode"):
+        ocl.accuracy_count(p, p, "multiclass", 0.5)
+    with pytest.raises(ValueError, match="'k'"):
+        ocl.top_k_count(p, p, 0, False)
+    with pytest.raises(ValueError, match=r"\(N, K\)"):
+        ocl.accuracy_count(p, ocl.zeros((12,)), "categorical", 0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        ocl.confusion_counts(p, p, float("nan"))
+    with pytest.raises(ValueError, match="shape"):
+        ocl.confusion_counts(ocl.zeros((3, 5)), p, 0.5)
+
+
+@pytest.mark.opencl
+def test_small_work_groups_build_smaller_metric_kernels(small_work_groups):
+    rng = np.random.default_rng(31)
+    x = rand(rng, (5, 131))
+    labels = rng.integers(0, 131, 5).astype(np.int32)
+    check_op(small_work_groups, "top_k_count", labels, x, 3, True, ref=top_k_count_ref)

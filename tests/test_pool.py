@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from pynn._native import info, pool
+from tests.backend_util import check_op, rand
 from tests.reference import pool_ref as ref
 
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-13, atol=1e-13)}
@@ -344,3 +345,114 @@ ARG = np.zeros((2, 3, 3, 3), np.int32)
 def test_bad_inputs(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# -- over both backends (the `backend` fixture): float32 against the float64 references -----
+# Small awkward sizes, never a multiple of a work-group. On OpenCL check_op also compares with
+# the CPU op.
+
+BACKEND_CASES = [
+    # (N, H, W, C), pool_size, strides, padding
+    ((1, 1, 1, 1), (1, 1), (1, 1), "valid"),
+    ((2, 7, 9, 3), (2, 2), (2, 2), "valid"),
+    ((2, 7, 9, 3), (3, 3), (2, 2), "same"),
+    ((1, 13, 5, 7), (3, 2), (1, 1), "same"),
+    ((3, 5, 7, 2), (2, 3), (2, 3), "same"),
+    ((1, 6, 6, 5), (3, 3), (1, 2), "valid"),
+    ((2, 2, 3, 1), (3, 3), (1, 1), "valid"),  # window larger than the input: empty output
+]
+
+
+@pytest.mark.parametrize("shape,pool_size,strides,padding", BACKEND_CASES, ids=str)
+def test_maxpool2d_on_backend(backend, shape, pool_size, strides, padding):
+    rng = np.random.default_rng(sum(shape))
+    x = rand(rng, shape)
+    _, (y, arg) = check_op(backend, "maxpool2d_forward", x, pool_size, strides, padding,
+                           ref=ref.maxpool2d_forward_ref)
+    dy = rand(rng, y.shape)
+    check_op(backend, "maxpool2d_backward", dy, arg, shape, ref=ref.maxpool2d_backward_ref)
+
+
+@pytest.mark.parametrize("shape,pool_size,strides,padding", BACKEND_CASES, ids=str)
+def test_avgpool2d_on_backend(backend, shape, pool_size, strides, padding):
+    rng = np.random.default_rng(sum(shape) + 1)
+    x = rand(rng, shape)
+    _, y = check_op(backend, "avgpool2d_forward", x, pool_size, strides, padding,
+                    ref=ref.avgpool2d_forward_ref)
+    dy = rand(rng, y.shape)
+    check_op(backend, "avgpool2d_backward", dy, shape, pool_size, strides, padding,
+             ref=ref.avgpool2d_backward_ref)
+
+
+def test_maxpool_ties_and_nan_on_backend(backend):
+    x = np.zeros((1, 4, 4, 2), np.float32)  # all ties: the first pixel of each window wins
+    x[0, 1, 1, 1] = np.nan  # and a NaN beats numbers
+    check_op(backend, "maxpool2d_forward", x, (2, 2), (1, 1), "same",
+             ref=ref.maxpool2d_forward_ref)
+    check_op(backend, "global_maxpool2d_forward", x, ref=ref.global_maxpool2d_forward_ref)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 7, 9, 3), (3, 5, 13, 7)], ids=str)
+def test_global_pooling_on_backend(backend, shape):
+    rng = np.random.default_rng(sum(shape) + 2)
+    x = rand(rng, shape)
+    check_op(backend, "global_avgpool2d_forward", x, ref=ref.global_avgpool2d_forward_ref)
+    _, (y, arg) = check_op(backend, "global_maxpool2d_forward", x,
+                           ref=ref.global_maxpool2d_forward_ref)
+    dy = rand(rng, y.shape)
+    check_op(backend, "global_avgpool2d_backward", dy, shape,
+             ref=ref.global_avgpool2d_backward_ref)
+    check_op(backend, "global_maxpool2d_backward", dy, arg, shape,
+             ref=ref.global_maxpool2d_backward_ref)
+
+
+def test_maxpool_backward_overlapping_windows_is_deterministic_on_backend(backend):
+    rng = np.random.default_rng(5)
+    ops = backend.ops
+    x = backend.up(rand(rng, (2, 9, 7, 3)))
+    y, arg = ops.maxpool2d_forward(x, (3, 3), (1, 1), "same")
+    dy = backend.up(rand(rng, y.shape))
+    a = backend.down(ops.maxpool2d_backward(dy, arg, (2, 9, 7, 3)))
+    b = backend.down(ops.maxpool2d_backward(dy, arg, (2, 9, 7, 3)))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_pool_empty_batch_on_backend(backend):
+    ops = backend.ops
+    y, arg = ops.maxpool2d_forward(ops.zeros((0, 5, 5, 2)), (2, 2), (2, 2), "valid")
+    assert y.shape == arg.shape == (0, 2, 2, 2) and arg.dtype == np.int32
+    assert ops.maxpool2d_backward(y, arg, (0, 5, 5, 2)).shape == (0, 5, 5, 2)
+    assert ops.global_avgpool2d_forward(ops.zeros((0, 3, 3, 4))).shape == (0, 4)
+
+
+# -- OpenCL only ------------------------------------------------------------------------------
+
+
+@pytest.mark.opencl
+def test_pool_bad_inputs_opencl(ocl):
+    x = ocl.asarray(np.ones((1, 4, 4, 2), np.float32))
+    with pytest.raises(ValueError, match="4 dimensions"):
+        ocl.maxpool2d_forward(ocl.zeros((4, 4, 2)), (2, 2), (2, 2), "valid")
+    with pytest.raises(ValueError, match="padding"):
+        ocl.avgpool2d_forward(x, (2, 2), (2, 2), "full")
+    with pytest.raises(ValueError, match="pool_size"):
+        ocl.maxpool2d_forward(x, (0, 2), (2, 2), "valid")
+    with pytest.raises(TypeError, match="asarray"):
+        ocl.global_maxpool2d_forward(np.ones((1, 2, 2, 1), np.float32))
+    with pytest.raises(ValueError, match="H, W >= 1"):
+        ocl.global_avgpool2d_forward(ocl.zeros((1, 0, 3, 2)))
+    y, arg = ocl.maxpool2d_forward(x, (2, 2), (2, 2), "valid")
+    with pytest.raises(TypeError, match="int32"):
+        ocl.maxpool2d_backward(y, y, (1, 4, 4, 2))
+    with pytest.raises(ValueError, match="input_shape"):
+        ocl.maxpool2d_backward(y, arg, (1, 4, 4))
+    with pytest.raises(ValueError, match="shape"):
+        ocl.avgpool2d_backward(y, (1, 5, 5, 2), (2, 2), (1, 1), "valid")
+
+
+@pytest.mark.opencl
+def test_maxpool_backward_skips_out_of_range_argmax_opencl(ocl):
+    # The device never follows a bad index (no host round trip to report it).
+    dy = ocl.asarray(np.ones((1, 1, 1, 1), np.float32))
+    bad = ocl.asarray(np.array([7], np.int32).reshape(1, 1, 1, 1), np.int32)
+    np.testing.assert_array_equal(ocl.maxpool2d_backward(dy, bad, (1, 2, 2, 1)).get(), 0)

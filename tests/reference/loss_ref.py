@@ -98,10 +98,12 @@ def loss_backward_ref(name, y_true, y_pred, from_logits=False, param=None, dtype
 # -- metrics ------------------------------------------------------------------------------
 
 def loss_forward_backward_ref(name, y_true, y_pred, from_logits=False, param=None,
-                              need_grad=True):
-    """(loss, grad or None): the op's two results from the two oracles above."""
-    loss = loss_forward_ref(name, y_true, y_pred, from_logits, param)
-    grad = loss_backward_ref(name, y_true, y_pred, from_logits, param) if need_grad else None
+                              need_grad=True, dtype=np.float64):
+    """(loss, grad or None): the op's two results from the two oracles above (``dtype``: the
+    kernel's, which sets the probability clip)."""
+    loss = loss_forward_ref(name, y_true, y_pred, from_logits, param, dtype)
+    grad = loss_backward_ref(name, y_true, y_pred, from_logits, param, dtype) if need_grad \
+        else None
     return loss, grad
 
 
