@@ -10,7 +10,8 @@ from pynn.backend import cpu
 from pynn.backend.api import conv2d_backward_composed
 from tests.reference import conv_ref as ref
 from tests.reference.activation_ref import activation_backward_ref
-from tests.test_conv import CASES, IDS, TOL, numerical_grad
+from tests.backend_util import check_op, rand
+from tests.test_conv import BACKEND_CASES, BACKEND_IDS, CASES, IDS, TOL, numerical_grad
 
 # Shapes the default rules send down the fused path too (stride 1, C >= 16: the direct
 # backward_input), with odd sizes everywhere.
@@ -255,3 +256,24 @@ def test_fused_pass_runs_where_the_direct_kernels_do(rng, case, monkeypatch):
     strided = ((2, 9, 9, 17), (3, 3, 17, 5), (2, 2), "same", (1, 1))
     x, k, b, y, z, dy = forward_data(rng, strided, np.float32, "relu")
     cpu.conv2d_backward(dy, x, z, y, k, *strided[2:], "relu", 0.0, True, True)
+
+
+# -- over both backends (the `backend` fixture): the layer's whole backward (dx, dkernel,
+# dbias) against the float64 oracles; on OpenCL also against the CPU's fused op.
+
+
+@pytest.mark.parametrize("use_bias, need_input_grad", [(True, True), (False, False)])
+@pytest.mark.parametrize("xs,ks,s,p,d", BACKEND_CASES, ids=BACKEND_IDS)
+def test_conv2d_backward_on_backend(backend, xs, ks, s, p, d, use_bias, need_input_grad):
+    rng = np.random.default_rng(sum(xs) * 3 + sum(ks))
+    x, w, b = rand(rng, xs), rand(rng, ks), rand(rng, (ks[3],))
+    act = "gelu" if xs[0] % 2 else "relu"
+    y, z = cpu.conv2d_forward(x, w, b, s, p, d, act, 0.0)
+    dy = rand(rng, y.shape)
+    _, z_ref = ref.conv2d_forward_ref(x, w, b, s, p, d, "linear", 0.0)
+    dz_ref = activation_backward_ref(dy, z_ref, act)
+    want = (ref.conv2d_backward_input_ref(dz_ref, w, xs, s, p, d) if need_input_grad else None,
+            ref.conv2d_backward_weight_ref(x, dz_ref, ks, s, p, d),
+            dz_ref.reshape(-1, ks[3]).sum(axis=0) if use_bias else None)
+    check_op(backend, "conv2d_backward", dy, x, z, y, w, s, p, d, act, 0.0, use_bias,
+             need_input_grad, ref=want, rtol=5e-4 if act == "gelu" else None, kind="gemm")
