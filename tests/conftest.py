@@ -1,6 +1,8 @@
 """Shared fixtures: the backend under test (cpu, opencl), seeding, float64 mode, thread-count
 control, a small CPU backend guard."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,21 @@ def pytest_runtest_setup(item):
         from tests.opencl_util import skip_without_opencl
 
         skip_without_opencl()
+
+
+_pyopencl_reported = []
+
+
+def pytest_runtest_teardown(item):
+    """Under ``-m "not opencl"`` (make test-fast) no test may import pyopencl: the CPU run
+    must work where pyopencl is absent. The first test after which it appears (in each
+    worker) fails here."""
+    if item.config.getoption("markexpr", "").strip() != "not opencl" or _pyopencl_reported:
+        return
+    if "pyopencl" in sys.modules:
+        _pyopencl_reported.append(item.nodeid)
+        pytest.fail(f"{item.nodeid} imported pyopencl under -m 'not opencl' (mark it opencl)",
+                    pytrace=False)
 
 
 @pytest.fixture(params=["cpu", pytest.param("opencl", marks=pytest.mark.opencl)])

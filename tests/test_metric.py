@@ -1,5 +1,5 @@
 """accuracy_count / top_k_count / confusion_counts (native/metric.pyx) against the oracles
-of tests/reference/loss_ref.py and Keras 3's own metric functions."""
+of tests/reference/metric_ref.py and Keras 3's own metric functions."""
 
 import os
 
@@ -9,7 +9,7 @@ import pytest
 from pynn._native.info import set_num_threads
 from pynn._native.metric import accuracy_count, confusion_counts, top_k_count
 from tests.backend_util import check_op, rand
-from tests.reference.loss_ref import accuracy_count_ref, confusion_counts_ref, top_k_count_ref
+from tests.reference.metric_ref import accuracy_count_ref, confusion_counts_ref, top_k_count_ref
 
 SHAPES_2D = [(1, 1), (7, 3), (13, 5), (33, 10)]
 

@@ -113,3 +113,23 @@ def conv2d_backward_weight_ref(x, dz, kernel_shape, strides, padding, dilation_r
             patch = xp[_tap(kh, kw, strides, dilation_rate, out)]
             dw[kh, kw] = np.einsum("nhwc,nhwf->cf", patch, dz)
     return dw
+
+
+def conv2d_backward_ref(dy, x, kernel, bias, strides, padding, dilation_rate,
+                        activation_name="linear", alpha=0.0, use_bias=True,
+                        need_input_grad=True):
+    """A Conv2D layer's whole backward (dx or None, dkernel, dbias or None) from dL/dy of
+    y = activation(conv(x, kernel) + bias). Unlike the op, which takes the forward's z and y,
+    the oracle recomputes z in float64 from x, kernel and bias."""
+    from tests.reference.activation_ref import activation_backward_ref
+
+    _, z = conv2d_forward_ref(x, kernel, bias, strides, padding, dilation_rate)
+    dz = activation_backward_ref(dy, z, activation_name, alpha)
+    kernel = np.asarray(kernel)
+    dx = None
+    if need_input_grad:
+        dx = conv2d_backward_input_ref(dz, kernel, np.shape(x), strides, padding,
+                                       dilation_rate)
+    dk = conv2d_backward_weight_ref(x, dz, kernel.shape, strides, padding, dilation_rate)
+    db = dz.reshape(-1, dz.shape[-1]).sum(axis=0) if use_bias else None
+    return dx, dk, db
