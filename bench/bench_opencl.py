@@ -83,6 +83,8 @@ def startup_times():
 
 
 def bench_gemm(sizes, repeat, rng):
+    from tests.reference import dense_ref
+
     rows = []
     for m, n, k in sizes:
         a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n))
@@ -90,11 +92,11 @@ def bench_gemm(sizes, repeat, rng):
         da, db = ocl.asarray(a), ocl.asarray(b)
         dz = ocl.asarray(rng.standard_normal((m, n)).astype(np.float32))
         y, _ = ocl.dense_forward(da, db, None, "linear", 0.0)
-        check(f"dense_forward {m}x{n}x{k}", y.get(), a.astype(np.float64) @ b)
+        check(f"dense_forward {m}x{n}x{k}", y.get(), dense_ref.dense_forward_ref(a, b, None)[0])
         check(f"dense_backward_input {m}x{n}x{k}", ocl.dense_backward_input(dz, db).get(),
-              dz.get().astype(np.float64) @ b.T)
+              dense_ref.dense_backward_input_ref(dz.get(), b))
         check(f"dense_backward_weight {m}x{n}x{k}", ocl.dense_backward_weight(da, dz).get(),
-              a.astype(np.float64).T @ dz.get())
+              dense_ref.dense_backward_weight_ref(a, dz.get()))
         flops = 2.0 * m * n * k
         ops = {
             "dense_forward": lambda: ocl.dense_forward(da, db, None, "relu", 0.0),

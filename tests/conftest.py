@@ -17,6 +17,20 @@ def pytest_runtest_setup(item):
         skip_without_opencl()
 
 
+OPENCL_FIXTURES = ("backend_opencl", "ocl", "small_work_groups")
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that takes an OpenCL-only fixture must say so with the ``opencl`` marker (so
+    that ``-m "not opencl"`` deselects it)."""
+    unmarked = [item.nodeid for item in items
+                if set(OPENCL_FIXTURES) & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("opencl") is None]
+    if unmarked:
+        raise pytest.UsageError("OpenCL fixtures without the opencl marker: "
+                                + ", ".join(unmarked))
+
+
 _pyopencl_reported = []
 
 

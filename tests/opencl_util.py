@@ -1,4 +1,5 @@
-"""Shared skip logic and fixtures of the OpenCL tests.
+"""Shared skip logic of the OpenCL tests (their fixtures, ``backend``, ``backend_opencl`` and
+``ocl``, are in tests/conftest.py; their helpers in tests/backend_util.py).
 
 Every test that touches the OpenCL backend carries the ``opencl`` marker (a module's
 ``pytestmark = pytest.mark.opencl``, or ``pytest.param(..., marks=pytest.mark.opencl)``), so
@@ -10,9 +11,7 @@ or 'opencl:P:D') picks the device under test.
 """
 
 import functools
-import os
 
-import numpy as np
 import pytest
 
 
@@ -38,17 +37,3 @@ def skip_without_opencl():
     ok, reason = probe()
     if not ok:
         pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def ocl():
-    """The OpenCL backend module with its device selected."""
-    skip_without_opencl()
-    from pynn.backend import opencl
-
-    opencl.select_device(os.environ.get("PYNN_CL_DEVICE", "opencl"))
-    return opencl
-
-
-# The comparison helpers live in tests/backend_util.py, shared with the CPU tests.
-from tests.backend_util import assert_close, rand  # noqa: E402, F401

@@ -18,7 +18,7 @@ from pynn._native.dense import (
 from pynn._config import set_num_threads as set_pynn_threads
 from pynn._native.info import set_num_threads
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
-from tests.backend_util import assert_close, check_op, rand
+from tests.backend_util import check_op, rand
 from tests.reference.activation_ref import numerical_derivative
 from tests.reference.dense_ref import (
     bias_backward_ref,
