@@ -1,6 +1,10 @@
-"""activation_forward / activation_backward / activation_bias_backward (native/activation.pyx)
-against the float64 oracles of tests/reference/activation_ref.py, finite differences and Keras
-itself."""
+"""activation_forward / activation_backward / activation_bias_backward (native/activation.pyx,
+opencl/activation.cl) against the float64 oracles of tests/reference/activation_ref.py, finite
+differences and Keras itself.
+
+The checks that hold on both backends take the ``backend`` fixture (tests/conftest.py) and
+run one body on each; OpenCL-only checks are marked ``opencl``.
+"""
 
 import os
 

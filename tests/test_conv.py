@@ -1,6 +1,10 @@
-"""conv2d_forward / conv2d_backward_input / conv2d_backward_weight (native/conv.pyx)
-against the float64 oracle in tests/reference/conv_ref.py, finite differences, thread counts
-and bad inputs."""
+"""conv2d_forward / conv2d_backward_input / conv2d_backward_weight (native/conv.pyx,
+opencl/conv.cl) against the float64 oracle in tests/reference/conv_ref.py, finite differences,
+thread counts and bad inputs.
+
+The checks that hold on both backends take the ``backend`` fixture (tests/conftest.py) and
+run one body on each; OpenCL-only checks are marked ``opencl``.
+"""
 
 import numpy as np
 import pytest

@@ -1,6 +1,10 @@
-"""conv2d_backward (native/conv.pyx): a Conv2D layer's whole backward in one op, against the
-float64 oracles (tests/reference), the separate ops it fuses, finite differences, thread
-counts and bad inputs."""
+"""conv2d_backward (native/conv.pyx, opencl/conv.cl): a Conv2D layer's whole backward in one op,
+against the float64 oracles (tests/reference), the separate ops it fuses, finite differences,
+thread counts and bad inputs.
+
+The checks that hold on both backends take the ``backend`` fixture (tests/conftest.py) and
+run one body on each; OpenCL-only checks are marked ``opencl``.
+"""
 
 import numpy as np
 import pytest

@@ -1,6 +1,10 @@
-"""dense_forward / dense_backward_input / dense_backward_weight / bias_backward
-(native/dense.pyx) against float64 NumPy (tests/reference/activation_ref.py) and finite
-differences through the whole layer."""
+"""dense_forward / dense_backward_input / dense_backward_weight / bias_backward (native/dense.pyx,
+opencl/dense.cl) against float64 NumPy (tests/reference/dense_ref.py) and finite differences
+through the whole layer.
+
+The checks that hold on both backends take the ``backend`` fixture (tests/conftest.py) and
+run one body on each; OpenCL-only checks are marked ``opencl``.
+"""
 
 import os
 

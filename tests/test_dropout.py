@@ -1,10 +1,13 @@
-"""dropout_forward / dropout_backward (native/dropout.pyx): the Philox4x32-10 generator
-against Random123's published known-answer vectors, the mask bit for bit against an
-independent NumPy Philox written from the paper, the keep rate statistically, and the
-exact recipe of the design note (which the OpenCL twin follows).
+"""dropout_forward / dropout_backward (native/dropout.pyx, opencl/dropout.cl): the Philox4x32-10
+generator against Random123's published known-answer vectors, the mask bit for bit against an
+independent NumPy Philox written from the paper, the keep rate statistically, and the exact
+recipe of the design note (which the OpenCL twin follows).
 
-The NumPy oracle lives here rather than in tests/reference/ because it is the generator
-itself, tested first against the published vectors below.
+The NumPy oracle lives here rather than in tests/reference/ because it is the generator itself,
+tested first against the published vectors below.
+
+The checks that hold on both backends take the ``backend`` fixture (tests/conftest.py) and
+run one body on each; OpenCL-only checks are marked ``opencl``.
 """
 
 import os

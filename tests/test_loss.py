@@ -1,6 +1,10 @@
-"""loss_forward_backward (native/loss.pyx) against the float64 oracles of
+"""loss_forward_backward (native/loss.pyx, opencl/loss.cl) against the float64 oracles of
 tests/reference/loss_ref.py, finite differences, and Keras 3 itself (torch backend, with the
-gradient from torch autograd through Keras's own loss)."""
+gradient from torch autograd through Keras's own loss).
+
+The checks that hold on both backends take the ``backend`` fixture (tests/conftest.py) and
+run one body on each; OpenCL-only checks are marked ``opencl``.
+"""
 
 import os
 

@@ -1,5 +1,9 @@
-"""accuracy_count / top_k_count / confusion_counts (native/metric.pyx) against the oracles
-of tests/reference/metric_ref.py and Keras 3's own metric functions."""
+"""accuracy_count / top_k_count / confusion_counts (native/metric.pyx, opencl/metric.cl) against
+the oracles of tests/reference/metric_ref.py and Keras 3's own metric functions.
+
+The checks that hold on both backends take the ``backend`` fixture (tests/conftest.py) and
+run one body on each; OpenCL-only checks are marked ``opencl``.
+"""
 
 import os
 

@@ -1,4 +1,9 @@
-"""native/optim.pyx against the float64 oracles in tests/reference/optim_ref.py."""
+"""native/optim.pyx and opencl/optim.cl against the float64 oracles in
+tests/reference/optim_ref.py.
+
+The checks that hold on both backends take the ``backend`` fixture (tests/conftest.py) and
+run one body on each; OpenCL-only checks are marked ``opencl``.
+"""
 
 import numpy as np
 import pytest

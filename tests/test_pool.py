@@ -1,5 +1,9 @@
-"""Pooling ops (native/pool.pyx) against the float64 oracle in tests/reference/pool_ref.py,
-finite differences, torch, thread counts and bad inputs."""
+"""Pooling ops (native/pool.pyx, opencl/pool.cl) against the float64 oracle in
+tests/reference/pool_ref.py, finite differences, torch, thread counts and bad inputs.
+
+The checks that hold on both backends take the ``backend`` fixture (tests/conftest.py) and
+run one body on each; OpenCL-only checks are marked ``opencl``.
+"""
 
 import numpy as np
 import pytest

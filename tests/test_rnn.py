@@ -1,8 +1,11 @@
-"""Recurrent ops (native/rnn.pyx) and layers (pynn/layers/recurrent.py).
+"""Recurrent ops (native/rnn.pyx, opencl/rnn.cl) and layers (pynn/layers/recurrent.py).
 
 Ops against the float64 oracles of tests/reference/rnn_ref.py (forward) and central finite
 differences (backward), thread-count invariance, bad inputs; layers against Keras 3 itself
 (outputs and weight gradients, same weights through set_weights).
+
+The checks that hold on both backends take the ``backend`` fixture (tests/conftest.py) and
+run one body on each; OpenCL-only checks are marked ``opencl``.
 """
 
 import os
