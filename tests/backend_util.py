@@ -36,13 +36,14 @@ TOLERANCES = {
 class Backend:
     """One backend under test: ``ops`` is the module (pynn.backend.cpu or .opencl)."""
 
-    def __init__(self, name, ops):
+    def __init__(self, name, ops, dtype=np.float32):
         self.name = name
         self.ops = ops
         self.is_opencl = name == "opencl"
+        self.dtype = np.dtype(dtype)  # the float dtype under test (``target``: also float64)
 
     def __repr__(self):
-        return f"Backend({self.name!r})"
+        return f"Backend({self.name!r}, {self.dtype.name})"
 
     def up(self, a, dtype=None):
         """Host data to the backend: identity on the CPU (numpy arrays as they are),
@@ -69,16 +70,16 @@ class Backend:
         return getattr(self.ops, name)
 
 
-def make_backend(name):
+def make_backend(name, dtype=np.float32):
     """The Backend for ``name``; on OpenCL the device is selected (PYNN_CL_DEVICE)."""
     if name == "cpu":
         from pynn.backend import cpu
 
-        return Backend("cpu", cpu)
+        return Backend("cpu", cpu, dtype)
     from pynn.backend import opencl
 
     opencl.select_device(os.environ.get("PYNN_CL_DEVICE", "opencl"))
-    return Backend("opencl", opencl)
+    return Backend("opencl", opencl, dtype)
 
 
 def rand(rng, shape, dtype=np.float32):
@@ -105,7 +106,8 @@ def assert_same(what, got, want, rtol, dtype=None):
     """Compare an op's downloaded result with the expected one, recursively: None with None,
     tuples item by item, arrays by shape, dtype (``dtype`` for float results when given, else
     the expected array's), NaN positions and values (exactly for integers), Python ints
-    exactly (and as ints), floats within ``rtol``."""
+    exactly (and as ints), floats within ``rtol``: a number (``assert_close``'s rule) or a
+    dict ``rtol=, atol=`` (``numpy.testing.assert_allclose``'s, the CPU files' tolerances)."""
     if want is None:
         assert got is None, f"{what}: expected None, got {type(got).__name__}"
         return
@@ -122,7 +124,10 @@ def assert_same(what, got, want, rtol, dtype=None):
             assert got.dtype == want_dtype, f"{what}: dtype {got.dtype} != {want_dtype}"
             nan = np.isnan(want)
             np.testing.assert_array_equal(np.isnan(got), nan, err_msg=f"{what}: NaN positions")
-            assert_close(np.where(nan, 0, got), np.where(nan, 0, want), rtol, what)
+            if isinstance(rtol, dict):
+                np.testing.assert_allclose(got, want, err_msg=what, **rtol)
+            else:
+                assert_close(np.where(nan, 0, got), np.where(nan, 0, want), rtol, what)
         else:
             assert got.dtype.kind == want.dtype.kind, f"{what}: dtype {got.dtype} != {want.dtype}"
             np.testing.assert_array_equal(got, want, err_msg=what)
@@ -131,7 +136,10 @@ def assert_same(what, got, want, rtol, dtype=None):
         assert got == want and isinstance(got, int), f"{what}: {got!r} != expected {want!r}"
         return
     assert isinstance(got, float), f"{what}: expected a Python float, got {type(got).__name__}"
-    assert abs(got - want) <= rtol * max(1.0, abs(want)), f"{what}: {got!r} != {want!r}"
+    if isinstance(rtol, dict):
+        np.testing.assert_allclose(got, want, err_msg=what, **rtol)
+    else:
+        assert abs(got - want) <= rtol * max(1.0, abs(want)), f"{what}: {got!r} != {want!r}"
 
 
 def _download(backend, result):
@@ -153,19 +161,21 @@ def _as_expected(want):
     return want
 
 
-def check_op(backend, name, *args, ref=None, rtol=None, kind="elementwise", dtype=np.float32,
+def check_op(backend, name, *args, ref=None, rtol=None, kind="elementwise", dtype=None,
              against_cpu=True, what=None):
     """Run op ``name`` on ``backend`` with host ``args`` (uploaded with ``backend.up``),
     download its result and compare it with ``ref``: a callable given the same host args
     (a float64 ``<op>_ref``), or the expected value(s) themselves. Float results must have
-    ``dtype``; values within ``rtol`` (default ``backend.rtol(kind)``). With ``ref=None`` the
-    CPU op is the reference (OpenCL-only checks). On OpenCL the result is also compared with
+    ``dtype`` (default ``backend.dtype``); values within ``rtol`` (default
+    ``backend.rtol(kind)``; a dict ``rtol=, atol=`` compares as assert_allclose). With
+    ``ref=None`` the CPU op is the reference (OpenCL-only checks). On OpenCL the result is also compared with
     the CPU op's unless ``against_cpu`` is false.
 
     Returns ``(raw, host)``: the op's result as the backend returned it (device arrays on
     OpenCL, for chaining) and downloaded to numpy."""
-    what = what or f"{name} on {backend.name}"
+    what = what or f"{name} on {backend.name} {backend.dtype.name}"
     rtol = backend.rtol(kind) if rtol is None else rtol
+    dtype = backend.dtype if dtype is None else dtype
     raw = backend.op(name)(*[backend.up(a) for a in args])
     host = _download(backend, raw)
     if ref is not None:

@@ -57,6 +57,20 @@ def backend(request):
     return make_backend(request.param)
 
 
+@pytest.fixture(params=[
+    pytest.param(("cpu", "float32"), id="cpu-float32"),
+    pytest.param(("cpu", "float64"), id="cpu-float64"),
+    pytest.param(("opencl", "float32"), id="opencl-float32", marks=pytest.mark.opencl),
+])
+def target(request):
+    """A backend and the float dtype under test (``target.dtype``): the CPU in float32 and
+    float64, OpenCL in float32 (its only dtype). For tests whose CPU twin also runs float64."""
+    from tests.backend_util import make_backend
+
+    name, dtype = request.param
+    return make_backend(name, dtype)
+
+
 @pytest.fixture(scope="module")
 def backend_opencl():
     """The OpenCL Backend alone, for OpenCL-only checks (mark the test ``opencl``)."""
