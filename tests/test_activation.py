@@ -40,29 +40,38 @@ def away_from_kinks(rng, shape, scale=2.0):
     return np.where(np.abs(x) < 0.05, np.copysign(0.05, x) + x, x)
 
 
-def check_activation(name, x, dtype):
-    """One helper for every comparison: forward and backward against the float64 oracle,
-    with dtype, shape and tolerance spelled out in the failure message."""
+def tol(target):
+    """The tolerance on ``target``: the CPU's per-dtype TOL, OpenCL's float32 one."""
+    return target.rtol() if target.is_opencl else TOL[target.dtype.type]
+
+
+def check_activation(target, name, x):
+    """One helper for every comparison: forward and backward on ``target`` against the
+    float64 oracle (check_op: dtype, shape and tolerance in the failure message); the
+    backward from (x, y) and from the one of them the activation needs."""
     alpha = ALPHA.get(name, 0.0)
     rng = np.random.default_rng(x.size)
-    x = np.asarray(x, dtype=dtype)
-    dy = rng.normal(size=x.shape).astype(dtype)
-    y = activation_forward(x, name, alpha)
-    assert y.dtype == dtype and y.shape == x.shape, (name, y.dtype, y.shape)
-    np.testing.assert_allclose(y, activation_forward_ref(x, name, alpha), **TOL[dtype],
-                               err_msg=f"forward {name} {dtype.__name__} {x.shape}")
-    dx = activation_backward(dy, x, y, name, alpha)
-    assert dx.dtype == dtype and dx.shape == x.shape
-    np.testing.assert_allclose(dx, activation_backward_ref(dy, x, name, alpha), **TOL[dtype],
-                               err_msg=f"backward {name} {dtype.__name__} {x.shape}")
+    x = np.asarray(x, dtype=target.dtype)
+    dy = rng.normal(size=x.shape).astype(target.dtype)
+    _, y = check_op(target, "activation_forward", x, name, alpha,
+                    ref=lambda x, *_: activation_forward_ref(x, name, alpha), rtol=tol(target))
+    want = activation_backward_ref(dy, x, name, alpha)
+    _, dx = check_op(target, "activation_backward", dy, x, y, name, alpha, ref=want,
+                     rtol=tol(target))
+    if name in ACTIVATIONS_NEEDING_INPUT:
+        check_op(target, "activation_backward", dy, x, None, name, alpha, ref=want,
+                 rtol=tol(target))
+    else:
+        check_op(target, "activation_backward", dy, None, y, name, alpha, ref=want,
+                 rtol=tol(target))
     return y, dx
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", SHAPES)
+# The CPU's shapes, then the OpenCL file's (2-D to 3-D, 131 wide: never a work-group multiple).
+@pytest.mark.parametrize("shape", SHAPES + [(3, 7), (2, 3, 13), (5, 131)], ids=str)
 @pytest.mark.parametrize("name", ACTIVATIONS)
-def test_matches_reference(name, shape, dtype):
-    check_activation(name, away_from_kinks(np.random.default_rng(3), shape), dtype)
+def test_matches_reference(target, name, shape):
+    check_activation(target, name, away_from_kinks(np.random.default_rng(3), shape))
 
 
 @pytest.mark.parametrize("name", ACTIVATIONS)
@@ -340,33 +349,12 @@ def test_activation_bias_backward_bad_inputs():
 # Sizes are small and awkward (1, 3, 7, 13, 131: never a multiple of a work-group). On OpenCL
 # check_op also compares with the CPU op (ties, NaN and clipping follow the CPU).
 
-BACKEND_SHAPES = [(1,), (3, 7), (2, 3, 13), (5, 131)]
 # 2-D and 4-D; (131, 3) and (2, 5, 7, 3) span several row chunks of the column sums.
 BACKEND_FUSED_SHAPES = [(1, 1), (3, 7), (131, 3), (2, 5, 7, 3)]
 
 
 def _alpha(act):
     return 0.3 if act in ("leaky_relu", "elu") else 0.0
-
-
-@pytest.mark.parametrize("act", ACTIVATIONS)
-@pytest.mark.parametrize("shape", BACKEND_SHAPES, ids=str)
-def test_activation_forward_backward_on_backend(backend, act, shape):
-    rng = np.random.default_rng(len(shape) * 100 + ACTIVATIONS.index(act))
-    x, dy = rand(rng, shape) * 3, rand(rng, shape)
-    alpha = _alpha(act)
-    _, y = check_op(backend, "activation_forward", x, act, alpha,
-                    ref=lambda x, *_: activation_forward_ref(x, act, alpha))
-
-    def dx_ref(dy, x, *_):
-        return activation_backward_ref(dy, x, act, alpha)
-
-    check_op(backend, "activation_backward", dy, x, y, act, alpha, ref=dx_ref)
-    if act in ACTIVATIONS_NEEDING_INPUT:
-        check_op(backend, "activation_backward", dy, x, None, act, alpha, ref=dx_ref)
-    else:
-        check_op(backend, "activation_backward", dy, None, y, act, alpha,
-                 ref=activation_backward_ref(dy, x, act, alpha))
 
 
 def test_softmax_extreme_logits_and_rows_sum_to_one_on_backend(backend):
