@@ -46,14 +46,18 @@ class Backend:
         return f"Backend({self.name!r}, {self.dtype.name})"
 
     def up(self, a, dtype=None):
-        """Host data to the backend: identity on the CPU (numpy arrays as they are),
-        ``asarray`` on OpenCL (keeping an integer array's dtype: sparse labels are int32).
-        Anything that is not an array (None, scalars, strings, tuples) passes through."""
+        """Host data to the backend: identity on the CPU (numpy arrays as they are, which
+        also takes float64 and any integer labels), ``asarray`` on OpenCL with the dtype its
+        ops take: float data as float32, signed integers (labels) as int32, others (the
+        uint8 dropout mask) as they are. Anything that is not an array (None, scalars,
+        strings, tuples) passes through."""
         if not isinstance(a, np.ndarray):
             return a
         if not self.is_opencl:
             return a if dtype is None else a.astype(dtype)
-        return self.ops.asarray(a, a.dtype if dtype is None else dtype)
+        if dtype is None:
+            dtype = {"f": np.float32, "i": np.int32}.get(a.dtype.kind, a.dtype)
+        return self.ops.asarray(a, dtype)
 
     def down(self, a):
         """A backend array (or anything array-like) to numpy; None stays None."""

@@ -25,54 +25,58 @@ def scores(rng, shape, dtype, ties=True):
     return rng.normal(size=shape).astype(dtype)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+# Over both backends (``target``: the CPU in float32 and float64, OpenCL in float32). The CPU
+# takes the host data as it is (int64 labels, float64 one-hot rows); OpenCL takes it uploaded
+# as its ops want it (int32 labels, float32 targets: the same values). Counts are exact.
+
+
 @pytest.mark.parametrize("shape", SHAPES_2D)
 @pytest.mark.parametrize("ties", [True, False])
-def test_argmax_accuracies_match_reference(shape, dtype, ties):
+def test_argmax_accuracies_match_reference(target, shape, ties):
     rng = np.random.default_rng(shape[0] * 7 + shape[1])
-    p = scores(rng, shape, dtype, ties)
+    p = scores(rng, shape, target.dtype, ties)
     labels = rng.integers(0, shape[1], size=shape[0])
     onehot = np.eye(shape[1])[labels]
-    assert accuracy_count(onehot, p, "categorical", 0.5) == accuracy_count_ref(
-        onehot, p, "categorical")
-    assert accuracy_count(labels, p, "sparse", 0.5) == accuracy_count_ref(labels, p, "sparse")
-    assert accuracy_count(labels[:, None], p, "sparse", 0.5) == accuracy_count_ref(
-        labels, p, "sparse")
+    check_op(target, "accuracy_count", onehot, p, "categorical", 0.5,
+             ref=accuracy_count_ref(onehot, p, "categorical"))
+    check_op(target, "accuracy_count", labels, p, "sparse", 0.5,
+             ref=accuracy_count_ref(labels, p, "sparse"))
+    check_op(target, "accuracy_count", labels[:, None], p, "sparse", 0.5,
+             ref=accuracy_count_ref(labels, p, "sparse"))
     # Soft targets: categorical accuracy takes the argmax of y_true too (first on ties).
-    soft = scores(rng, shape, dtype, ties)
-    assert accuracy_count(soft, p, "categorical", 0.5) == accuracy_count_ref(
-        soft, p, "categorical")
+    soft = scores(rng, shape, target.dtype, ties)
+    check_op(target, "accuracy_count", soft, p, "categorical", 0.5,
+             ref=accuracy_count_ref(soft, p, "categorical"))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES_2D)
 @pytest.mark.parametrize("k", [1, 2, 3, 5, 12])
-def test_top_k_matches_reference(shape, dtype, k):
+def test_top_k_matches_reference(target, shape, k):
     rng = np.random.default_rng(shape[0] + k)
     for ties in (True, False):
-        p = scores(rng, shape, dtype, ties)
+        p = scores(rng, shape, target.dtype, ties)
         labels = rng.integers(0, shape[1], size=shape[0])
         onehot = np.eye(shape[1])[labels]
-        assert top_k_count(labels, p, k, True) == top_k_count_ref(labels, p, k, True)
-        assert top_k_count(onehot, p, k, False) == top_k_count_ref(onehot, p, k, False)
+        check_op(target, "top_k_count", labels, p, k, True, ref=top_k_count_ref)
+        check_op(target, "top_k_count", onehot, p, k, False, ref=top_k_count_ref)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(1,), (7,), (13, 1), (5, 3), (2, 3, 7)])
 @pytest.mark.parametrize("threshold", [0.5, 0.2])
-def test_binary_metrics_match_reference(shape, dtype, threshold):
+def test_binary_metrics_match_reference(target, shape, threshold):
+    dtype = target.dtype.type
     rng = np.random.default_rng(len(shape) * 31 + shape[0])
     p = rng.uniform(size=shape).astype(dtype)
     p.reshape(-1)[:2] = dtype(threshold)  # exactly at the threshold: not positive
     t = rng.integers(0, 2, size=shape)
-    assert accuracy_count(t, p, "binary", threshold) == accuracy_count_ref(t, p, "binary",
-                                                                            threshold)
-    assert confusion_counts(t, p, threshold) == confusion_counts_ref(t, p, threshold)
+    if target.is_opencl:
+        t = t.astype(np.float32)  # binary targets are float data on OpenCL (labels are int32)
+    check_op(target, "accuracy_count", t, p, "binary", threshold, ref=accuracy_count_ref)
+    check_op(target, "confusion_counts", t, p, threshold, ref=confusion_counts_ref)
     # Soft targets: only exact 0/1 can match in accuracy; any non-zero label is positive.
     soft = np.where(rng.uniform(size=shape) < 0.3, 0.7, t)
-    assert accuracy_count(soft, p, "binary", threshold) == accuracy_count_ref(
-        soft, p, "binary", threshold)
-    assert confusion_counts(soft, p, threshold) == confusion_counts_ref(soft, p, threshold)
+    check_op(target, "accuracy_count", soft, p, "binary", threshold, ref=accuracy_count_ref)
+    check_op(target, "confusion_counts", soft, p, threshold, ref=confusion_counts_ref)
 
 
 def test_hand_computed_examples():
