@@ -172,8 +172,8 @@ def check_op(backend, name, *args, ref=None, rtol=None, kind="elementwise", dtyp
     (a float64 ``<op>_ref``), or the expected value(s) themselves. Float results must have
     ``dtype`` (default ``backend.dtype``); values within ``rtol`` (default
     ``backend.rtol(kind)``; a dict ``rtol=, atol=`` compares as assert_allclose). With
-    ``ref=None`` the CPU op is the reference (OpenCL-only checks). On OpenCL the result is also compared with
-    the CPU op's unless ``against_cpu`` is false.
+    ``ref=None`` the CPU op is the reference (OpenCL-only checks). On OpenCL the result is
+    also compared with the CPU op's (on the same host args) unless ``against_cpu`` is false.
 
     Returns ``(raw, host)``: the op's result as the backend returned it (device arrays on
     OpenCL, for chaining) and downloaded to numpy."""

@@ -68,27 +68,27 @@ def make_data(name, from_logits, shape, rng, param=None):
     return y_true, y_pred
 
 
-def check_loss(name, y_true, y_pred, from_logits, param, dtype):
-    """One helper: value and gradient against the float64 oracle, in the given dtype."""
+def check_loss(target, name, y_true, y_pred, from_logits, param):
+    """One helper: value and gradient on ``target`` against the float64 oracle (clipped as
+    the target's dtype clips), at the CPU's per-dtype tolerance or OpenCL's reduction one."""
+    dtype = target.dtype.type
     yp = np.asarray(y_pred, dtype=dtype)
     yt = y_true if name.startswith("sparse") else np.asarray(y_true, dtype=dtype)
-    loss, grad = loss_forward_backward(name, yt, yp, from_logits, param, True)
-    assert isinstance(loss, float)
-    assert grad.shape == yp.shape and grad.dtype == dtype, (grad.shape, grad.dtype)
-    want = loss_forward_ref(name, yt, yp, from_logits, param, dtype)
-    np.testing.assert_allclose(loss, want, **TOL[dtype], err_msg=f"loss {name} {dtype}")
-    want_g = loss_backward_ref(name, yt, yp, from_logits, param, dtype)
-    np.testing.assert_allclose(grad, want_g, **TOL[dtype], err_msg=f"grad {name} {dtype}")
+    tol = target.rtol("reduction") if target.is_opencl else TOL[dtype]
+    _, (loss, grad) = check_op(
+        target, "loss_forward_backward", name, yt, yp, from_logits, param, True,
+        ref=(loss_forward_ref(name, yt, yp, from_logits, param, dtype),
+             loss_backward_ref(name, yt, yp, from_logits, param, dtype)), rtol=tol)
     return loss, grad
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+# Over both backends (``target``: the CPU in float32 and float64, OpenCL in float32).
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("name,from_logits,param", CASES, ids=CASE_IDS)
-def test_matches_reference(name, from_logits, param, shape, dtype):
+def test_matches_reference(target, name, from_logits, param, shape):
     rng = np.random.default_rng(len(shape) * 100 + shape[-1])
     y_true, y_pred = make_data(name, from_logits, shape, rng, param)
-    check_loss(name, y_true, y_pred, from_logits, param, dtype)
+    check_loss(target, name, y_true, y_pred, from_logits, param)
 
 
 @pytest.mark.parametrize("name,from_logits,param", CASES, ids=CASE_IDS)
