@@ -1,8 +1,9 @@
 """Tests by op, over both backends: the ``backend`` fixture's object and the one op checker.
 
 A test of op ``<op>`` takes the ``backend`` fixture (tests/conftest.py: params ``cpu`` and
-``opencl``, the latter marked ``opencl``) and checks the op against its float64 reference
-``<op>_ref`` (tests/reference/) with ``check_op``::
+``opencl``, the latter marked ``opencl``), or ``target`` where the CPU also runs float64
+(``cpu-float32``, ``cpu-float64``, ``opencl-float32``; ``target.dtype``), and checks the op
+against its float64 reference ``<op>_ref`` (tests/reference/) with ``check_op``::
 
     def test_relu(backend):
         x = rand(rng, (3, 7))
