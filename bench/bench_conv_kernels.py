@@ -93,13 +93,13 @@ def check(conv):
     dz = rng.standard_normal((3, 9, 7, 4)).astype(np.float32)
     args = ((1, 1), "same", (1, 1))
     y, _ = conv.conv2d_forward(x, k, None, *args, "linear", 0.0)
-    np.testing.assert_allclose(y, conv_ref.conv2d_forward(x, k, None, *args)[0], rtol=1e-4,
+    np.testing.assert_allclose(y, conv_ref.conv2d_forward_ref(x, k, None, *args)[0], rtol=1e-4,
                                atol=1e-4)
     np.testing.assert_allclose(conv.conv2d_backward_input(dz, k, x.shape, *args),
-                               conv_ref.conv2d_backward_input(dz, k, x.shape, *args),
+                               conv_ref.conv2d_backward_input_ref(dz, k, x.shape, *args),
                                rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(conv.conv2d_backward_weight(x, dz, k.shape, *args),
-                               conv_ref.conv2d_backward_weight(x, dz, k.shape, *args),
+                               conv_ref.conv2d_backward_weight_ref(x, dz, k.shape, *args),
                                rtol=1e-4, atol=1e-4)
 
 

@@ -252,13 +252,14 @@ def bench_dense(shape, repeats, peak):
 
     y, z = forward()
     dk, db, dx = backward(y, z)
-    x64, k64 = x.astype(np.float64), k.astype(np.float64)
-    z_ref = x64 @ k64 + bias
-    y_ref = np.maximum(z_ref, 0.0)
+    from tests.reference import dense_ref
+
+    y_ref, z_ref = dense_ref.dense_forward_ref(x, k, bias, "relu")
     dz_ref = np.where(z_ref > 0, dy.astype(np.float64), 0.0)
-    errors = {"forward": rel_error(y, y_ref), "backward_weight": rel_error(dk, x64.T @ dz_ref),
-              "bias_backward": rel_error(db, dz_ref.sum(axis=0)),
-              "backward_input": rel_error(dx, dz_ref @ k64.T)}
+    errors = {"forward": rel_error(y, y_ref),
+              "backward_weight": rel_error(dk, dense_ref.dense_backward_weight_ref(x, dz_ref)),
+              "bias_backward": rel_error(db, dense_ref.bias_backward_ref(dz_ref)),
+              "backward_input": rel_error(dx, dense_ref.dense_backward_input_ref(dz_ref, k))}
     result = {"shape": {"N": n, "C": c, "U": u}, "activation": "relu",
               "check": make_check(errors, CHECK_RTOL["dense"])}
     if not result["check"]["passed"]:

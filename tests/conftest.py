@@ -1,4 +1,7 @@
-"""Shared fixtures: seeding, float64 mode, thread-count control, a small CPU backend guard."""
+"""Shared fixtures: the backend under test (cpu, opencl), seeding, float64 mode, thread-count
+control, a small CPU backend guard."""
+
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +15,86 @@ def pytest_runtest_setup(item):
         from tests.opencl_util import skip_without_opencl
 
         skip_without_opencl()
+
+
+OPENCL_FIXTURES = ("backend_opencl", "ocl", "small_work_groups")
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that takes an OpenCL-only fixture must say so with the ``opencl`` marker (so
+    that ``-m "not opencl"`` deselects it)."""
+    unmarked = [item.nodeid for item in items
+                if set(OPENCL_FIXTURES) & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("opencl") is None]
+    if unmarked:
+        raise pytest.UsageError("OpenCL fixtures without the opencl marker: "
+                                + ", ".join(unmarked))
+
+
+_pyopencl_reported = []
+
+
+def pytest_runtest_teardown(item):
+    """Under ``-m "not opencl"`` (make test-fast) no test may import pyopencl: the CPU run
+    must work where pyopencl is absent. The first test after which it appears (in each
+    worker) fails here."""
+    if item.config.getoption("markexpr", "").strip() != "not opencl" or _pyopencl_reported:
+        return
+    if "pyopencl" in sys.modules:
+        _pyopencl_reported.append(item.nodeid)
+        pytest.fail(f"{item.nodeid} imported pyopencl under -m 'not opencl' (mark it opencl)",
+                    pytrace=False)
+
+
+@pytest.fixture(params=["cpu", pytest.param("opencl", marks=pytest.mark.opencl)])
+def backend(request):
+    """The backend under test (tests/backend_util.py's Backend): ``ops`` (the module), ``up``,
+    ``down``, ``rtol(kind)``. The opencl param carries the ``opencl`` marker: ``-m "not
+    opencl"`` deselects it and pytest_runtest_setup skips it, with the reason, without a
+    device; pyopencl is imported only when it runs."""
+    from tests.backend_util import make_backend
+
+    return make_backend(request.param)
+
+
+@pytest.fixture(params=[
+    pytest.param(("cpu", "float32"), id="cpu-float32"),
+    pytest.param(("cpu", "float64"), id="cpu-float64"),
+    pytest.param(("opencl", "float32"), id="opencl-float32", marks=pytest.mark.opencl),
+])
+def target(request):
+    """A backend and the float dtype under test (``target.dtype``): the CPU in float32 and
+    float64, OpenCL in float32 (its only dtype). For tests whose CPU twin also runs float64."""
+    from tests.backend_util import make_backend
+
+    name, dtype = request.param
+    return make_backend(name, dtype)
+
+
+@pytest.fixture(scope="module")
+def backend_opencl():
+    """The OpenCL Backend alone, for OpenCL-only checks (mark the test ``opencl``)."""
+    from tests.backend_util import make_backend
+    from tests.opencl_util import skip_without_opencl
+
+    skip_without_opencl()
+    return make_backend("opencl")
+
+
+@pytest.fixture(scope="module")
+def ocl(backend_opencl):
+    """The OpenCL backend module with its device selected (OpenCL-only checks)."""
+    return backend_opencl.ops
+
+
+@pytest.fixture
+def small_work_groups(backend_opencl, monkeypatch):
+    """The current OpenCL device treated as one whose work-group limit (32, rows 16) is below
+    the kernels' defaults: kernels built from here on use capped sizes."""
+    from pynn.backend.opencl import launch, runtime as rt
+
+    monkeypatch.setitem(launch._sizes_by_device, rt.device(), (32, 16))
+    return backend_opencl
 
 
 @pytest.fixture

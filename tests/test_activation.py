@@ -1,6 +1,10 @@
-"""activation_forward / activation_backward / activation_bias_backward (native/activation.pyx)
-against the float64 oracles of tests/reference/activation_ref.py, finite differences and Keras
-itself."""
+"""activation_forward / activation_backward / activation_bias_backward (native/activation.pyx,
+opencl/activation.cl) against the float64 oracles of tests/reference/activation_ref.py, finite
+differences and Keras itself.
+
+The checks that hold on both backends take the ``backend`` fixture (tests/conftest.py) and
+run one body on each; OpenCL-only checks are marked ``opencl``.
+"""
 
 import os
 
@@ -22,6 +26,7 @@ from tests.reference.activation_ref import (
     activation_forward_ref,
     numerical_derivative,
 )
+from tests.backend_util import assert_close, check_op, rand
 
 # Non-default alphas, so a kernel that ignores alpha (or swaps its meaning) fails.
 ALPHA = {"leaky_relu": 0.3, "elu": 0.7}
@@ -35,29 +40,38 @@ def away_from_kinks(rng, shape, scale=2.0):
     return np.where(np.abs(x) < 0.05, np.copysign(0.05, x) + x, x)
 
 
-def check_activation(name, x, dtype):
-    """One helper for every comparison: forward and backward against the float64 oracle,
-    with dtype, shape and tolerance spelled out in the failure message."""
+def tol(target):
+    """The tolerance on ``target``: the CPU's per-dtype TOL, OpenCL's float32 one."""
+    return target.rtol() if target.is_opencl else TOL[target.dtype.type]
+
+
+def check_activation(target, name, x):
+    """One helper for every comparison: forward and backward on ``target`` against the
+    float64 oracle (check_op: dtype, shape and tolerance in the failure message); the
+    backward from (x, y) and from the one of them the activation needs."""
     alpha = ALPHA.get(name, 0.0)
     rng = np.random.default_rng(x.size)
-    x = np.asarray(x, dtype=dtype)
-    dy = rng.normal(size=x.shape).astype(dtype)
-    y = activation_forward(x, name, alpha)
-    assert y.dtype == dtype and y.shape == x.shape, (name, y.dtype, y.shape)
-    np.testing.assert_allclose(y, activation_forward_ref(x, name, alpha), **TOL[dtype],
-                               err_msg=f"forward {name} {dtype.__name__} {x.shape}")
-    dx = activation_backward(dy, x, y, name, alpha)
-    assert dx.dtype == dtype and dx.shape == x.shape
-    np.testing.assert_allclose(dx, activation_backward_ref(dy, x, name, alpha), **TOL[dtype],
-                               err_msg=f"backward {name} {dtype.__name__} {x.shape}")
+    x = np.asarray(x, dtype=target.dtype)
+    dy = rng.normal(size=x.shape).astype(target.dtype)
+    _, y = check_op(target, "activation_forward", x, name, alpha,
+                    ref=lambda x, *_: activation_forward_ref(x, name, alpha), rtol=tol(target))
+    want = activation_backward_ref(dy, x, name, alpha)
+    _, dx = check_op(target, "activation_backward", dy, x, y, name, alpha, ref=want,
+                     rtol=tol(target))
+    if name in ACTIVATIONS_NEEDING_INPUT:
+        check_op(target, "activation_backward", dy, x, None, name, alpha, ref=want,
+                 rtol=tol(target))
+    else:
+        check_op(target, "activation_backward", dy, None, y, name, alpha, ref=want,
+                 rtol=tol(target))
     return y, dx
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", SHAPES)
+# The CPU's shapes, then the OpenCL file's (2-D to 3-D, 131 wide: never a work-group multiple).
+@pytest.mark.parametrize("shape", SHAPES + [(3, 7), (2, 3, 13), (5, 131)], ids=str)
 @pytest.mark.parametrize("name", ACTIVATIONS)
-def test_matches_reference(name, shape, dtype):
-    check_activation(name, away_from_kinks(np.random.default_rng(3), shape), dtype)
+def test_matches_reference(target, name, shape):
+    check_activation(target, name, away_from_kinks(np.random.default_rng(3), shape))
 
 
 @pytest.mark.parametrize("name", ACTIVATIONS)
@@ -329,3 +343,134 @@ def test_activation_bias_backward_bad_inputs():
         op(x, x, x, "elu", -1.0)
     with pytest.raises(TypeError, match="numeric"):
         op(np.array(["a", "b"]), None, x, "relu")
+
+
+# -- over both backends (the `backend` fixture): float32 against the float64 references -----
+# Sizes are small and awkward (1, 3, 7, 13, 131: never a multiple of a work-group). On OpenCL
+# check_op also compares with the CPU op (ties, NaN and clipping follow the CPU).
+
+# 2-D and 4-D; (131, 3) and (2, 5, 7, 3) span several row chunks of the column sums.
+BACKEND_FUSED_SHAPES = [(1, 1), (3, 7), (131, 3), (2, 5, 7, 3)]
+
+
+def _alpha(act):
+    return 0.3 if act in ("leaky_relu", "elu") else 0.0
+
+
+def test_softmax_extreme_logits_and_rows_sum_to_one_on_backend(backend):
+    x = np.array([[1000.0, -1000.0, 3.0], [-1e30, -1e30, -1e30], [0.0, 0.0, 0.0]], np.float32)
+    _, y = check_op(backend, "activation_forward", x, "softmax", 0.0,
+                    ref=activation_forward_ref(x, "softmax"))
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_activation_is_deterministic_on_backend(backend):
+    ops, up = backend.ops, backend.up
+    rng = np.random.default_rng(3)
+    x, dy = up(rand(rng, (7, 131))), up(rand(rng, (7, 131)))
+    y1, y2 = ops.activation_forward(x, "softmax", 0.0), ops.activation_forward(x, "softmax", 0.0)
+    np.testing.assert_array_equal(backend.down(y1), backend.down(y2))
+    d1 = ops.activation_backward(dy, None, y1, "softmax", 0.0)
+    d2 = ops.activation_backward(dy, None, y1, "softmax", 0.0)
+    np.testing.assert_array_equal(backend.down(d1), backend.down(d2))
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("shape", BACKEND_FUSED_SHAPES, ids=str)
+def test_activation_bias_backward_on_backend(backend, act, shape):
+    ops, up, down = backend.ops, backend.up, backend.down
+    rng = np.random.default_rng(len(shape) * 100 + ACTIVATIONS.index(act) + shape[0])
+    x, dy = rand(rng, shape) * 3, rand(rng, shape)
+    alpha = _alpha(act)
+    y = activation_forward(x, act, alpha)
+    (dz, db), _ = check_op(backend, "activation_bias_backward", dy, x, y, act, alpha,
+                           ref=lambda dy, x, *_: activation_bias_backward_ref(dy, x, act, alpha),
+                           kind="reduction")
+    # The fused first pass sums the rows in bias_backward's order (bit-equal on PoCL; a
+    # compiler may still contract the last product of act_grad into the running sum).
+    assert_close(down(db), down(ops.bias_backward(dz)), 1e-6, "db vs bias_backward(dz)")
+    assert_close(down(dz), down(ops.activation_backward(up(dy), up(x), up(y), act, alpha)),
+                 1e-6, "dz vs activation_backward")
+    again = ops.activation_bias_backward(up(dy), up(x), up(y), act, alpha)
+    np.testing.assert_array_equal(down(again[1]), down(db))
+
+
+def test_activation_bias_backward_gelu_without_y_on_backend(backend):
+    rng = np.random.default_rng(4)
+    x, dy = rand(rng, (5, 3)), rand(rng, (5, 3))
+    check_op(backend, "activation_bias_backward", dy, x, None, "gelu", 0.0,
+             ref=activation_bias_backward_ref(dy, x, "gelu"), kind="reduction")
+
+
+def test_activation_empty_on_backend(backend):
+    ops = backend.ops
+    e = ops.activation_forward(ops.zeros((0, 5)), "relu", 0.0)
+    assert e.shape == (0, 5)
+    assert ops.activation_forward(ops.zeros((4, 0)), "softmax", 0.0).shape == (4, 0)
+    for shape in [(0, 5), (4, 0)]:
+        e = ops.zeros(shape)
+        dz, db = ops.activation_bias_backward(e, e, e, "relu", 0.0)
+        assert dz.shape == shape and db.shape == (shape[1],)
+        np.testing.assert_array_equal(backend.down(db), 0)
+
+
+# -- OpenCL only: host data refused, device dtypes, views -----------------------------------
+
+
+@pytest.mark.opencl
+def test_activation_bad_inputs_opencl(ocl):
+    x = ocl.asarray(np.ones((3, 4), np.float32))
+    with pytest.raises(TypeError, match="activation_forward.*asarray"):
+        ocl.activation_forward(np.ones((3, 4), np.float32), "relu", 0.0)
+    with pytest.raises(ValueError, match="unknown activation"):
+        ocl.activation_forward(x, "swish", 0.0)
+    with pytest.raises(ValueError, match="alpha >= 0"):
+        ocl.activation_forward(x, "elu", -1.0)
+    with pytest.raises(ValueError, match="required"):
+        ocl.activation_forward(None, "relu", 0.0)
+    with pytest.raises(TypeError, match="dtype"):
+        ocl.activation_forward(ocl.asarray(np.ones(3), np.int32), "relu", 0.0)
+    with pytest.raises(ValueError, match="needs the pre-activation"):
+        ocl.activation_backward(x, None, x, "gelu", 0.0)
+    with pytest.raises(ValueError, match="forward output"):
+        ocl.activation_backward(x, x, None, "tanh", 0.0)
+    with pytest.raises(ValueError, match="shape"):
+        ocl.activation_backward(x, None, ocl.zeros((4, 3)), "tanh", 0.0)
+
+
+@pytest.mark.opencl
+def test_activation_bias_backward_bad_inputs_opencl(ocl):
+    a = ocl.asarray(np.ones((3, 4), np.float32))
+    with pytest.raises(TypeError, match="activation_bias_backward.*asarray"):
+        ocl.activation_bias_backward(np.ones((3, 4), np.float32), a, a, "relu", 0.0)
+    with pytest.raises(ValueError, match="at least 1 dimension"):
+        ocl.activation_bias_backward(ocl.zeros(()), None, ocl.zeros(()), "relu", 0.0)
+    with pytest.raises(ValueError, match="needs the pre-activation"):
+        ocl.activation_bias_backward(a, None, a, "gelu", 0.0)
+    with pytest.raises(ValueError, match="shape"):
+        ocl.activation_bias_backward(a, None, ocl.zeros((4, 3)), "tanh", 0.0)
+    with pytest.raises(ValueError, match="unknown activation"):
+        ocl.activation_bias_backward(a, a, a, "swish", 0.0)
+
+
+@pytest.mark.opencl
+def test_non_contiguous_device_arrays_are_refused_and_offset_views_read(ocl):
+    a = ocl.asarray(np.arange(24, dtype=np.float32).reshape(4, 6))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        ocl.activation_forward(a[:, 1:], "relu", 0.0)
+    # A contiguous view at an offset (a row slice) is read from its own start.
+    np.testing.assert_array_equal(
+        ocl.activation_forward(a[1:], "relu", 0.0).get(),
+        np.maximum(np.arange(6, 24, dtype=np.float32).reshape(3, 6), 0))
+    # Updated in place, it would be written through a copy: refused.
+    with pytest.raises(ValueError, match="offset"):
+        ocl.scale_inplace(a[1:], 2.0)
+
+
+@pytest.mark.opencl
+def test_small_work_groups_build_smaller_activation_kernels(backend_opencl, small_work_groups):
+    """A device whose work-group limit is below the defaults gets kernels built with capped
+    WG_SIZE / row sizes, and the same answers."""
+    x = rand(np.random.default_rng(31), (5, 131))
+    check_op(backend_opencl, "activation_forward", x, "softmax", 0.0,
+             ref=activation_forward_ref(x, "softmax"))

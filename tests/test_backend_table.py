@@ -96,11 +96,30 @@ def _family(fn):
     return fn.__module__.rsplit(".", 1)[-1]
 
 
-def test_every_op_lives_in_its_family_file_on_both_backends():
-    """The rule at the top of api.py: an op's CPU kernel is native/<family>.pyx, its OpenCL
-    host code pynn/backend/opencl/<family>.py (kernels opencl/<family>.cl) and its operand
-    checks pynn/backend/operands/<family>.py, under the op's own name."""
+def test_every_op_lives_in_its_family_file_on_the_cpu():
+    """The rule at the top of api.py, CPU side: an op's CPU kernel is native/<family>.pyx
+    under the op's own name, its operand checks pynn/backend/operands/<family>.py."""
     import importlib
+    from pathlib import Path
+
+    import pynn
+
+    cpu = _cpu()
+    root = Path(pynn.__file__).resolve().parent.parent
+    for name in OPS:
+        if name in ARRAY_OPS:
+            continue
+        family = _family(getattr(cpu, name))
+        assert getattr(cpu, name).__module__ == f"pynn._native.{family}", name
+        assert (root / "native" / f"{family}.pyx").is_file(), name
+        checks = importlib.import_module(f"pynn.backend.operands.{family}")
+        assert callable(getattr(checks, name, None)), f"operands.{family} lacks {name}"
+
+
+@pytest.mark.opencl
+def test_every_op_lives_in_its_family_file_on_opencl():
+    """The same rule, OpenCL side: host code pynn/backend/opencl/<family>.py (kernels
+    opencl/<family>.cl), the family the CPU op has."""
     from pathlib import Path
 
     import pynn
@@ -112,11 +131,39 @@ def test_every_op_lives_in_its_family_file_on_both_backends():
             assert _family(getattr(ocl, name)) == "arrays", name
             continue
         family = _family(getattr(cpu, name))
-        assert getattr(cpu, name).__module__ == f"pynn._native.{family}", name
         assert getattr(ocl, name).__module__ == f"pynn.backend.opencl.{family}", (
             f"{name}: the CPU op is in native/{family}.pyx, the OpenCL one in "
             f"{getattr(ocl, name).__module__}")
-        assert (root / "native" / f"{family}.pyx").is_file(), name
         assert (root / "opencl" / f"{family}.cl").is_file(), name
-        checks = importlib.import_module(f"pynn.backend.operands.{family}")
-        assert callable(getattr(checks, name, None)), f"operands.{family} lacks {name}"
+
+# Ops whose float64 oracle is not a tests/reference/<family>_ref.py function, and where it is.
+REFERENCE_ELSEWHERE = {
+    "dropout_forward": "tests/test_dropout.py (dropout_mask_ref: the generator itself)",
+    "dropout_backward": "tests/test_dropout.py (dropout_mask_ref)",
+    "simple_rnn_backward": "central differences of simple_rnn_forward_ref",
+    "lstm_backward": "central differences of lstm_forward_ref",
+    "gru_backward": "central differences of gru_forward_ref",
+}
+
+
+def test_every_op_has_its_reference_and_its_test_file():
+    """The rest of api.py's rule: op ``<op>`` of family F has its float64 oracle
+    ``<op>_ref`` in tests/reference/F_ref.py and its tests in tests/test_F.py."""
+    import importlib
+    from pathlib import Path
+
+    cpu = _cpu()
+    tests = Path(__file__).resolve().parent
+    for name in OPS:
+        if name in ARRAY_OPS:
+            assert name in (tests / "test_arrays.py").read_text(), name
+            continue
+        family = _family(getattr(cpu, name))
+        test_file = tests / f"test_{family}.py"
+        assert test_file.is_file() and name in test_file.read_text(), (
+            f"{name}: no tests/test_{family}.py naming it")
+        if name in REFERENCE_ELSEWHERE:
+            continue
+        refs = importlib.import_module(f"tests.reference.{family}_ref")
+        assert callable(getattr(refs, f"{name}_ref", None)), (
+            f"tests/reference/{family}_ref.py lacks {name}_ref")

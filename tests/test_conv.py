@@ -1,12 +1,18 @@
-"""conv2d_forward / conv2d_backward_input / conv2d_backward_weight (native/conv.pyx)
-against the float64 oracle in tests/reference/conv_ref.py, finite differences, thread counts
-and bad inputs."""
+"""conv2d_forward / conv2d_backward_input / conv2d_backward_weight (native/conv.pyx,
+opencl/conv.cl) against the float64 oracle in tests/reference/conv_ref.py, finite differences,
+thread counts and bad inputs.
+
+The checks that hold on both backends take the ``backend`` fixture (tests/conftest.py) and
+run one body on each; OpenCL-only checks are marked ``opencl``.
+"""
 
 import numpy as np
 import pytest
 
 from pynn._native import conv, info
+from pynn.backend.api import ACTIVATIONS_NEEDING_INPUT
 from pynn.backend.operands.common import conv_geometry
+from tests.backend_util import check_op, rand
 from tests.reference import conv_ref as ref
 
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
@@ -64,7 +70,7 @@ def data(rng, case, dtype):
     x = rng.standard_normal(x_shape).astype(dtype)
     k = rng.standard_normal(k_shape).astype(dtype)
     b = rng.standard_normal(k_shape[3]).astype(dtype)
-    _, z = ref.conv2d_forward(x, k, None, strides, padding, dilation)
+    _, z = ref.conv2d_forward_ref(x, k, None, strides, padding, dilation)
     dz = rng.standard_normal(z.shape).astype(dtype)
     return x, k, b, dz
 
@@ -86,14 +92,14 @@ def check_all_ops(rng, case, dtype):
     strides, padding, dilation = case[2:]
     y, z = conv.conv2d_forward(x, k, b, strides, padding, dilation, "linear", 0.0)
     assert z is None
-    check("conv2d_forward", y, ref.conv2d_forward(x, k, b, strides, padding, dilation)[0],
+    check("conv2d_forward", y, ref.conv2d_forward_ref(x, k, b, strides, padding, dilation)[0],
           dtype)
     dx = conv.conv2d_backward_input(dz, k, x.shape, strides, padding, dilation)
     check("conv2d_backward_input", dx,
-          ref.conv2d_backward_input(dz, k, x.shape, strides, padding, dilation), dtype)
+          ref.conv2d_backward_input_ref(dz, k, x.shape, strides, padding, dilation), dtype)
     dw = conv.conv2d_backward_weight(x, dz, k.shape, strides, padding, dilation)
     check("conv2d_backward_weight", dw,
-          ref.conv2d_backward_weight(x, dz, k.shape, strides, padding, dilation), dtype)
+          ref.conv2d_backward_weight_ref(x, dz, k.shape, strides, padding, dilation), dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -157,7 +163,7 @@ def test_fused_activation(rng, act, dtype, path):
     strides, padding, dilation = CASES[1][2:]
     alpha = 0.3
     y, z = conv.conv2d_forward(x, k, b, strides, padding, dilation, act, alpha)
-    y_ref, z_ref = ref.conv2d_forward(x, k, b, strides, padding, dilation, act, alpha)
+    y_ref, z_ref = ref.conv2d_forward_ref(x, k, b, strides, padding, dilation, act, alpha)
     check(f"conv2d_forward[{act}]", y, y_ref, dtype)
     if act == "gelu":  # api.ACTIVATIONS_NEEDING_INPUT
         check("conv2d_forward[gelu] z", z, z_ref, dtype)
@@ -316,7 +322,7 @@ def test_mixed_dtypes_follow_the_first_array(rng):
     k = rng.standard_normal((3, 3, 3, 2))
     y, _ = conv.conv2d_forward(x, k, None, (1, 1), "same", (1, 1))
     assert y.dtype == np.float32
-    check("conv2d_forward", y, ref.conv2d_forward(x, k.astype(np.float32), None, (1, 1),
+    check("conv2d_forward", y, ref.conv2d_forward_ref(x, k.astype(np.float32), None, (1, 1),
                                                   "same", (1, 1))[0], np.float32)
 
 
@@ -415,9 +421,9 @@ def check_fused_backward(rng, case, dtype):
     strides, padding, dilation = case[2:]
     dx, dw, db = conv.conv2d_backward(dy, x, None, dy, k, strides, padding, dilation)
     check("conv2d_backward dx", dx,
-          ref.conv2d_backward_input(dy, k, x.shape, strides, padding, dilation), dtype)
+          ref.conv2d_backward_input_ref(dy, k, x.shape, strides, padding, dilation), dtype)
     check("conv2d_backward dkernel", dw,
-          ref.conv2d_backward_weight(x, dy, k.shape, strides, padding, dilation), dtype)
+          ref.conv2d_backward_weight_ref(x, dy, k.shape, strides, padding, dilation), dtype)
     check("conv2d_backward dbias", db, dy.astype(np.float64).sum(axis=(0, 1, 2)), dtype)
 
 
@@ -451,9 +457,9 @@ def test_huge_dilation_allocates_no_padding(rng, dilation):
 
     x, k, b, dz = data(rng, LARGE_DILATION_CASES[0], np.float32)
     one, nine = (1, 1), (9, 9)
-    dx_want = ref.conv2d_backward_input(dz, k, x.shape, one, "same", nine)
-    dw_want = ref.conv2d_backward_weight(x, dz, k.shape, one, "same", nine)
-    y_want = ref.conv2d_forward(x, k, b, one, "same", nine)[0]
+    dx_want = ref.conv2d_backward_input_ref(dz, k, x.shape, one, "same", nine)
+    dw_want = ref.conv2d_backward_weight_ref(x, dz, k.shape, one, "same", nine)
+    y_want = ref.conv2d_forward_ref(x, k, b, one, "same", nine)[0]
     tracemalloc.start()
     try:
         y, _ = conv.conv2d_forward(x, k, b, 1, "same", dilation)
@@ -506,3 +512,135 @@ def test_huge_dilation_layer_trains_in_bounded_memory():
                           env={**os.environ, "PYNN_DEVICE": "cpu", "PYTHONPATH": str(root)})
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
+
+# -- over both backends (the `backend` fixture): float32 against the float64 references -----
+# Awkward sizes, not multiples of any tile; GEMM-shaped results within 1e-4. On OpenCL
+# check_op also compares with the CPU op.
+
+# (input shape, kernel shape, strides, padding, dilation)
+BACKEND_CASES = [
+    ((2, 7, 9, 3), (3, 3, 3, 5), (1, 1), "valid", (1, 1)),
+    ((1, 8, 7, 2), (3, 2, 2, 4), (2, 3), "same", (1, 1)),
+    ((3, 9, 11, 4), (3, 3, 4, 7), (2, 2), "same", (2, 1)),
+    ((1, 5, 5, 1), (1, 1, 1, 1), (1, 1), "valid", (1, 1)),
+    ((2, 13, 13, 3), (3, 3, 3, 13), (3, 3), "same", (1, 2)),
+    ((1, 6, 5, 33), (2, 2, 33, 3), (1, 1), "same", (1, 1)),
+]
+BACKEND_IDS = [f"{c[0]}x{c[1]}s{c[2]}{c[3]}d{c[4]}".replace(" ", "") for c in BACKEND_CASES]
+
+
+def conv2d_forward_op_ref(x, kernel, bias, strides, padding, dilation_rate, activation,
+                          alpha=0.0):
+    """The op's result from the reference: (y, z), z only where the activation needs it."""
+    y, z = ref.conv2d_forward_ref(x, kernel, bias, strides, padding, dilation_rate, activation,
+                                  alpha)
+    return y, (z if activation in ACTIVATIONS_NEEDING_INPUT else None)
+
+
+@pytest.mark.parametrize("xs,ks,s,p,d", BACKEND_CASES, ids=BACKEND_IDS)
+def test_conv2d_forward_and_backward_on_backend(backend, xs, ks, s, p, d):
+    rng = np.random.default_rng(sum(xs) + sum(ks))
+    x, w, b = rand(rng, xs), rand(rng, ks), rand(rng, (ks[3],))
+    act = "gelu" if xs[0] % 2 else "relu"
+    _, (y, _) = check_op(backend, "conv2d_forward", x, w, b, s, p, d, act, 0.0,
+                         ref=conv2d_forward_op_ref, kind="gemm")
+    dz = rand(rng, y.shape)
+    check_op(backend, "conv2d_backward_input", dz, w, xs, s, p, d,
+             ref=ref.conv2d_backward_input_ref, kind="gemm")
+    check_op(backend, "conv2d_backward_weight", x, dz, ks, s, p, d,
+             ref=ref.conv2d_backward_weight_ref, kind="gemm")
+
+
+def test_conv2d_no_bias_softmax_and_long_reduction_on_backend(backend):
+    """On OpenCL the weight gradient of this shape takes the split-K path (checked below)."""
+    rng = np.random.default_rng(5)
+    xs, ks = (9, 12, 11, 2), (3, 3, 2, 3)  # 1188 output pixels onto an 18 x 3 kernel
+    x, w, dz = rand(rng, xs), rand(rng, ks), rand(rng, (9, 12, 11, 3))
+    if backend.is_opencl and backend.ops.device_info()["compute_units"] <= 8:
+        from pynn.backend.opencl import gemm
+
+        assert gemm._split_plan(18, 3, 9 * 12 * 11, backend.ops.gemm_tiles())[0] > 1
+    check_op(backend, "conv2d_forward", x, w, None, (1, 1), "same", (1, 1), "softmax", 0.0,
+             ref=conv2d_forward_op_ref, kind="gemm")
+    dw, _ = check_op(backend, "conv2d_backward_weight", x, dz, ks, (1, 1), "same", (1, 1),
+                     ref=ref.conv2d_backward_weight_ref, kind="gemm")
+    again = backend.ops.conv2d_backward_weight(backend.up(x), backend.up(dz), ks, (1, 1),
+                                               "same", (1, 1))
+    assert np.array_equal(backend.down(dw), backend.down(again)), \
+        "backward_weight is not reproducible"
+
+
+def test_conv2d_empty_outputs_on_backend(backend):
+    ops, up, down = backend.ops, backend.up, backend.down
+    x, w = up(np.ones((1, 3, 3, 2), np.float32)), np.ones((5, 5, 2, 3), np.float32)
+    y, _ = ops.conv2d_forward(x, up(w), None, (1, 1), "valid", (1, 1), "linear", 0.0)
+    assert y.shape == (1, 0, 0, 3)
+    dx = ops.conv2d_backward_input(up(np.zeros((1, 0, 0, 3), np.float32)), up(w), x.shape,
+                                   (1, 1), "valid", (1, 1))
+    assert np.array_equal(down(dx), np.zeros(x.shape))
+    dw = ops.conv2d_backward_weight(x, up(np.zeros((1, 0, 0, 3), np.float32)), w.shape,
+                                    (1, 1), "valid", (1, 1))
+    assert np.array_equal(down(dw), np.zeros(w.shape))
+    y, _ = ops.conv2d_forward(up(np.zeros((0, 5, 5, 2), np.float32)), up(w[:3, :3].copy()),
+                              None, 1, "same", 1, "relu", 0.0)
+    assert y.shape == (0, 5, 5, 3)
+
+
+# -- OpenCL only: vector reads, the host-array policy ----------------------------------------
+
+# (input shape, kernel shape, strides, padding, dilation): C and F multiples of 4 or 2 so the
+# patch / tap gathers and the kernel reads take the vector path.
+VECTOR_CONV_CASES = [
+    ((2, 7, 9, 4), (3, 3, 4, 8), (1, 1), "same", (1, 1)),
+    ((1, 9, 8, 8), (3, 2, 8, 6), (2, 3), "same", (2, 1)),
+    ((3, 5, 6, 2), (2, 3, 2, 12), (1, 2), "valid", (1, 1)),
+]
+
+
+@pytest.mark.opencl
+@pytest.mark.parametrize("xs,ks,s,p,d", VECTOR_CONV_CASES)
+def test_conv2d_vector_reads_match_scalar_opencl(backend_opencl, monkeypatch, xs, ks, s, p,
+                                                 d):
+    from pynn.backend.opencl import gemm
+
+    ocl = backend_opencl.ops
+    rng = np.random.default_rng(sum(xs) * 7 + sum(ks))
+    x, w, b = rand(rng, xs), rand(rng, ks), rand(rng, (ks[3],))
+    y_ref, _ = ref.conv2d_forward_ref(x, w, b, s, p, d, "linear", 0.0)
+    dz = rand(rng, y_ref.shape)
+    index = ocl.device_info()["index"]
+    results = {}
+    for vw in (4, 1):
+        monkeypatch.setitem(gemm._tiles_by_device, index, dict(ocl.gemm_tiles(), VW=vw))
+        results[vw] = [
+            check_op(backend_opencl, "conv2d_forward", x, w, b, s, p, d, "linear", 0.0,
+                     ref=conv2d_forward_op_ref, kind="gemm", what=f"VW={vw}")[1][0],
+            check_op(backend_opencl, "conv2d_backward_input", dz, w, xs, s, p, d,
+                     ref=ref.conv2d_backward_input_ref, kind="gemm", what=f"VW={vw}")[1],
+            check_op(backend_opencl, "conv2d_backward_weight", x, dz, ks, s, p, d,
+                     ref=ref.conv2d_backward_weight_ref, kind="gemm", what=f"VW={vw}")[1]]
+    for name, got4, got1 in zip(("forward", "backward_input", "backward_weight"), results[4],
+                                results[1]):
+        assert np.array_equal(got4, got1), f"conv2d_{name}: vector and scalar reads differ"
+
+
+@pytest.mark.opencl
+def test_conv2d_bad_inputs_opencl(ocl):
+    up = ocl.asarray
+    xc, wc = up(np.ones((1, 5, 5, 2), np.float32)), up(np.ones((3, 3, 2, 4), np.float32))
+    with pytest.raises(ValueError, match="input channels"):
+        ocl.conv2d_forward(xc, up(np.ones((3, 3, 3, 4), np.float32)), None, 1, "same", 1,
+                           "linear", 0.0)
+    with pytest.raises(ValueError, match="padding"):
+        ocl.conv2d_forward(xc, wc, None, 1, "full", 1, "linear", 0.0)
+    with pytest.raises(ValueError, match="strides"):
+        ocl.conv2d_forward(xc, wc, None, (0, 1), "same", 1, "linear", 0.0)
+    with pytest.raises(ValueError, match=r"'dz' must have shape \(1, 5, 5, 4\)"):
+        ocl.conv2d_backward_input(up(np.ones((1, 4, 4, 4))), wc, xc.shape, 1, "same", 1)
+    with pytest.raises(ValueError, match="input_shape"):
+        ocl.conv2d_backward_input(up(np.ones((1, 5, 5, 4))), wc, (1, 5, 5), 1, "same", 1)
+    with pytest.raises(ValueError, match="kernel_shape"):
+        ocl.conv2d_backward_weight(xc, up(np.ones((1, 5, 5, 4))), None, 1, "same", 1)
+    with pytest.raises(ValueError, match="4 dimensions"):
+        ocl.conv2d_backward_weight(xc[0], up(np.ones((1, 5, 5, 4), np.float32)), wc.shape, 1,
+                                   "same", 1)

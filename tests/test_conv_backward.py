@@ -1,6 +1,10 @@
-"""conv2d_backward (native/conv.pyx): a Conv2D layer's whole backward in one op, against the
-float64 oracles (tests/reference), the separate ops it fuses, finite differences, thread
-counts and bad inputs."""
+"""conv2d_backward (native/conv.pyx, opencl/conv.cl): a Conv2D layer's whole backward in one op,
+against the float64 oracles (tests/reference), the separate ops it fuses, finite differences,
+thread counts and bad inputs.
+
+The checks that hold on both backends take the ``backend`` fixture (tests/conftest.py) and
+run one body on each; OpenCL-only checks are marked ``opencl``.
+"""
 
 import numpy as np
 import pytest
@@ -9,8 +13,8 @@ from pynn._native import conv, info
 from pynn.backend import cpu
 from pynn.backend.api import conv2d_backward_composed
 from tests.reference import conv_ref as ref
-from tests.reference.activation_ref import activation_backward_ref
-from tests.test_conv import CASES, IDS, TOL, numerical_grad
+from tests.backend_util import check_op, rand
+from tests.test_conv import BACKEND_CASES, BACKEND_IDS, CASES, IDS, TOL, numerical_grad
 
 # Shapes the default rules send down the fused path too (stride 1, C >= 16: the direct
 # backward_input), with odd sizes everywhere.
@@ -49,12 +53,7 @@ def forward_data(rng, case, dtype, act, alpha=0.2):
 
 
 def reference(x, k, b, dy, case, act, alpha):
-    strides, padding, dilation = case[2:]
-    _, z = ref.conv2d_forward(x, k, b, strides, padding, dilation)
-    dz = activation_backward_ref(dy, z, act, alpha)
-    return (ref.conv2d_backward_input(dz, k, x.shape, strides, padding, dilation),
-            ref.conv2d_backward_weight(x, dz, k.shape, strides, padding, dilation),
-            dz.reshape(-1, dz.shape[-1]).sum(axis=0))
+    return ref.conv2d_backward_ref(dy, x, k, b, *case[2:], act, alpha)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -255,3 +254,20 @@ def test_fused_pass_runs_where_the_direct_kernels_do(rng, case, monkeypatch):
     strided = ((2, 9, 9, 17), (3, 3, 17, 5), (2, 2), "same", (1, 1))
     x, k, b, y, z, dy = forward_data(rng, strided, np.float32, "relu")
     cpu.conv2d_backward(dy, x, z, y, k, *strided[2:], "relu", 0.0, True, True)
+
+
+# -- over both backends (the `backend` fixture): the layer's whole backward (dx, dkernel,
+# dbias) against the float64 oracles; on OpenCL also against the CPU's fused op.
+
+
+@pytest.mark.parametrize("use_bias, need_input_grad", [(True, True), (False, False)])
+@pytest.mark.parametrize("xs,ks,s,p,d", BACKEND_CASES, ids=BACKEND_IDS)
+def test_conv2d_backward_on_backend(backend, xs, ks, s, p, d, use_bias, need_input_grad):
+    rng = np.random.default_rng(sum(xs) * 3 + sum(ks))
+    x, w, b = rand(rng, xs), rand(rng, ks), rand(rng, (ks[3],))
+    act = "gelu" if xs[0] % 2 else "relu"
+    y, z = cpu.conv2d_forward(x, w, b, s, p, d, act, 0.0)
+    dy = rand(rng, y.shape)
+    want = ref.conv2d_backward_ref(dy, x, w, b, s, p, d, act, 0.0, use_bias, need_input_grad)
+    check_op(backend, "conv2d_backward", dy, x, z, y, w, s, p, d, act, 0.0, use_bias,
+             need_input_grad, ref=want, rtol=5e-4 if act == "gelu" else None, kind="gemm")

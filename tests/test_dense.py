@@ -1,6 +1,10 @@
-"""dense_forward / dense_backward_input / dense_backward_weight / bias_backward
-(native/dense.pyx) against float64 NumPy (tests/reference/activation_ref.py) and finite
-differences through the whole layer."""
+"""dense_forward / dense_backward_input / dense_backward_weight / bias_backward (native/dense.pyx,
+opencl/dense.cl) against float64 NumPy (tests/reference/dense_ref.py) and finite differences
+through the whole layer.
+
+The checks that hold on both backends take the ``backend`` fixture (tests/conftest.py) and
+run one body on each; OpenCL-only checks are marked ``opencl``.
+"""
 
 import os
 
@@ -18,7 +22,14 @@ from pynn._native.dense import (
 from pynn._config import set_num_threads as set_pynn_threads
 from pynn._native.info import set_num_threads
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
-from tests.reference.activation_ref import dense_forward_ref, numerical_derivative
+from tests.backend_util import check_op, rand
+from tests.reference.activation_ref import numerical_derivative
+from tests.reference.dense_ref import (
+    bias_backward_ref,
+    dense_backward_input_ref,
+    dense_backward_weight_ref,
+    dense_forward_ref,
+)
 
 ALPHA = {"leaky_relu": 0.3, "elu": 0.7}
 # (N, C_in, U): awkward sizes, including ones that are not multiples of any BLAS tile.
@@ -73,10 +84,9 @@ def test_backward_ops_match_reference(shape, dtype, gemm_path):
     dw = dense_backward_weight(x, dz)
     db = bias_backward(dz)
     assert dx.dtype == dw.dtype == db.dtype == dtype
-    f64 = np.float64
-    np.testing.assert_allclose(dx, dz.astype(f64) @ kernel.astype(f64).T, **TOL[dtype])
-    np.testing.assert_allclose(dw, x.astype(f64).T @ dz.astype(f64), **TOL[dtype])
-    np.testing.assert_allclose(db, dz.astype(f64).sum(axis=0), **TOL[dtype])
+    np.testing.assert_allclose(dx, dense_backward_input_ref(dz, kernel), **TOL[dtype])
+    np.testing.assert_allclose(dw, dense_backward_weight_ref(x, dz), **TOL[dtype])
+    np.testing.assert_allclose(db, bias_backward_ref(dz), **TOL[dtype])
 
 
 @pytest.mark.parametrize("name", ["linear", "tanh", "softmax", "gelu", "elu"])
@@ -106,7 +116,7 @@ def test_layer_gradients_finite_differences(name):
 
 def test_bias_backward_sums_every_axis_but_the_last():
     dz = np.random.default_rng(6).normal(size=(2, 3, 5, 7))
-    np.testing.assert_allclose(bias_backward(dz), dz.sum(axis=(0, 1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(bias_backward(dz), bias_backward_ref(dz), rtol=1e-12)
     np.testing.assert_allclose(bias_backward(dz[0, 0, 0]), dz[0, 0, 0], rtol=0)
     # Columns beyond one 64-wide block, so several threads own column blocks.
     wide = np.random.default_rng(7).normal(size=(9, 200))
@@ -244,3 +254,214 @@ def test_environment_switches_the_one_region_mode_off():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+# -- over both backends (the `backend` fixture): float32 against the float64 references -----
+# Awkward sizes that are not multiples of any tile; GEMM-shaped results within 1e-4. On
+# OpenCL check_op also compares with the CPU op.
+
+BACKEND_SHAPES = [(1, 1, 1), (7, 13, 3), (33, 31, 65), (3, 70, 5), (65, 7, 33)]
+
+
+@pytest.mark.parametrize("n,c,u", BACKEND_SHAPES)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_dense_forward_linear_on_backend(backend, n, c, u, with_bias):
+    rng = np.random.default_rng(n * 1000 + c * 10 + u)
+    x, w, b = rand(rng, (n, c)), rand(rng, (c, u)), rand(rng, (u,))
+    check_op(backend, "dense_forward", x, w, b if with_bias else None, "linear", 0.0,
+             ref=lambda *a: (dense_forward_ref(*a)[0], None), kind="gemm")
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_dense_forward_every_activation_on_backend(backend, act):
+    rng = np.random.default_rng(ACTIVATIONS.index(act))
+    x, w, b = rand(rng, (13, 7)), rand(rng, (7, 11)) * 0.5, rand(rng, (11,))
+    alpha = 0.3 if act in ("leaky_relu", "elu") else 0.0
+
+    def ref(*args):
+        y, z = dense_forward_ref(*args)
+        return y, (z if act in ACTIVATIONS_NEEDING_INPUT else None)
+
+    check_op(backend, "dense_forward", x, w, b, act, alpha, ref=ref, kind="gemm")
+
+
+@pytest.mark.parametrize("n,c,u", BACKEND_SHAPES)
+def test_dense_backward_on_backend(backend, n, c, u):
+    rng = np.random.default_rng(7 + n + c + u)
+    x, w, dz = rand(rng, (n, c)), rand(rng, (c, u)), rand(rng, (n, u))
+    check_op(backend, "dense_backward_input", dz, w, ref=dense_backward_input_ref, kind="gemm")
+    check_op(backend, "dense_backward_weight", x, dz, ref=dense_backward_weight_ref,
+             kind="gemm")
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (13, 5), (3, 7, 5, 9), (1100, 3), (4, 0)])
+def test_bias_backward_on_backend(backend, shape):
+    rng = np.random.default_rng(len(shape))
+    dz = rand(rng, shape)
+    got, _ = check_op(backend, "bias_backward", dz, ref=bias_backward_ref, kind="gemm")
+    again = backend.ops.bias_backward(backend.up(dz))
+    assert np.array_equal(backend.down(got), backend.down(again))
+
+
+def test_dense_empty_batch_and_empty_reduction_on_backend(backend):
+    ops, up, down = backend.ops, backend.up, backend.down
+    f32 = np.float32
+    x, w, b = up(np.zeros((0, 4), f32)), up(np.ones((4, 3), f32)), up(np.ones(3, f32))
+    y, _ = ops.dense_forward(x, w, b, "relu", 0.0)
+    assert y.shape == (0, 3)
+    assert ops.dense_backward_input(up(np.zeros((0, 3), f32)), w).shape == (0, 4)
+    dw = ops.dense_backward_weight(x, up(np.zeros((0, 3), f32)))
+    assert dw.shape == (4, 3) and np.array_equal(down(dw), np.zeros((4, 3)))
+    # No input features: y = act(bias).
+    y, _ = ops.dense_forward(up(np.zeros((2, 0), f32)), up(np.zeros((0, 3), f32)),
+                             up(np.array([-1.0, 0.5, 2.0], f32)), "relu", 0.0)
+    assert np.array_equal(down(y), [[0, 0.5, 2.0]] * 2)
+    assert np.array_equal(down(ops.bias_backward(ops.zeros((0, 5)))), np.zeros(5, f32))
+
+
+# -- OpenCL only: split-K, tile independence, vector widths, the host-array policy -----------
+
+
+def _gemm():
+    from pynn.backend.opencl import gemm
+
+    return gemm
+
+
+@pytest.mark.opencl
+def test_dense_backward_weight_split_k_is_exact_and_reproducible_opencl(backend_opencl):
+    ocl = backend_opencl.ops
+    rng = np.random.default_rng(3)
+    n, c, u = 1537, 5, 3  # a long reduction onto a tiny output: several split-K slots
+    splits, _ = _gemm()._split_plan(c, u, n, ocl.gemm_tiles())
+    if ocl.device_info()["compute_units"] * 4 > 1:
+        assert splits > 1, "this shape should take the split-K path"
+    x, dz = rand(rng, (n, c)), rand(rng, (n, u))
+    dw, _ = check_op(backend_opencl, "dense_backward_weight", x, dz,
+                     ref=dense_backward_weight_ref, kind="gemm", what="split-K")
+    again = ocl.dense_backward_weight(ocl.asarray(x), ocl.asarray(dz))
+    assert np.array_equal(dw.get(), again.get())
+
+
+@pytest.mark.opencl
+def test_dense_results_do_not_depend_on_tiles_opencl(ocl, monkeypatch):
+    rng = np.random.default_rng(11)
+    x, w = ocl.asarray(rand(rng, (37, 29))), ocl.asarray(rand(rng, (29, 19)))
+    dz = ocl.asarray(rand(rng, (37, 19)))
+    first = [ocl.dense_forward(x, w, None, "tanh", 0.0)[0].get(),
+             ocl.dense_backward_input(dz, w).get()]
+    index = ocl.device_info()["index"]
+    monkeypatch.setitem(_gemm()._tiles_by_device, index, dict(_gemm().FALLBACK_TILES))
+    second = [ocl.dense_forward(x, w, None, "tanh", 0.0)[0].get(),
+              ocl.dense_backward_input(dz, w).get()]
+    for a, b in zip(first, second):
+        assert np.array_equal(a, b), "summation order changed with the tile sizes"
+
+
+@pytest.mark.opencl
+def test_vector_width_choice_opencl(ocl):
+    cfg = dict(ocl.gemm_tiles(), VW=4)
+    assert _gemm()._vec_width(cfg, 64) == 4 and _gemm()._vec_width(cfg, 66) == 1
+    assert _gemm()._vec_width(cfg, 33) == 1 and _gemm()._vec_width(cfg, 1) == 1
+    assert _gemm()._vec_width(cfg, 12, 6) == 1 and _gemm()._vec_width(cfg, 12, 8) == 4
+    assert _gemm()._vec_width(dict(cfg, VW=2), 66) == 2
+    assert _gemm()._vec_width(dict(cfg, VW=1), 64) == 1
+
+
+# Vector reads: the device's width where it divides the leading dimensions (4 | 36), scalar
+# otherwise (66, odd); every width sums in the same order, so vector and scalar builds agree
+# bit for bit.
+VECTOR_DENSE_SHAPES = [(36, 64, 66), (33, 8, 4), (4, 66, 129), (65, 3, 36), (7, 130, 12)]
+
+
+@pytest.mark.parametrize("n,c,u", VECTOR_DENSE_SHAPES)
+@pytest.mark.opencl
+def test_dense_vector_reads_match_scalar_opencl(backend_opencl, monkeypatch, n, c, u):
+    ocl = backend_opencl.ops
+    rng = np.random.default_rng(n * 1000 + c * 10 + u)
+    x, w, b, dz = rand(rng, (n, c)), rand(rng, (c, u)), rand(rng, (u,)), rand(rng, (n, u))
+    index = ocl.device_info()["index"]
+    results = {}
+    for vw in (4, 1):
+        monkeypatch.setitem(_gemm()._tiles_by_device, index, dict(ocl.gemm_tiles(), VW=vw))
+        results[vw] = [
+            check_op(backend_opencl, "dense_forward", x, w, b, "relu", 0.0,
+                     ref=lambda *a: (dense_forward_ref(*a)[0], None), kind="gemm",
+                     what=f"dense_forward {n}x{c}x{u} VW={vw}")[1][0],
+            check_op(backend_opencl, "dense_backward_input", dz, w,
+                     ref=dense_backward_input_ref, kind="gemm",
+                     what=f"dense_backward_input {n}x{c}x{u} VW={vw}")[1],
+            check_op(backend_opencl, "dense_backward_weight", x, dz,
+                     ref=dense_backward_weight_ref, kind="gemm",
+                     what=f"dense_backward_weight {n}x{c}x{u} VW={vw}")[1]]
+    for name, got4, got1 in zip(("forward", "backward_input", "backward_weight"), results[4],
+                                results[1]):
+        assert np.array_equal(got4, got1), f"dense_{name}: vector and scalar reads differ"
+
+
+@pytest.mark.opencl
+def test_dense_two_wide_reads_opencl(backend_opencl, monkeypatch):
+    # A device tuned to VW = 2 reads pairs; 6, 10, 14 are even but not multiples of 4.
+    ocl = backend_opencl.ops
+    rng = np.random.default_rng(3)
+    x, w, dz = rand(rng, (6, 10)), rand(rng, (10, 14)), rand(rng, (6, 14))
+    index = ocl.device_info()["index"]
+    monkeypatch.setitem(_gemm()._tiles_by_device, index, dict(ocl.gemm_tiles(), VW=2))
+    assert _gemm()._vec_width(ocl.gemm_tiles(), 6, 10, 14) == 2
+    check_op(backend_opencl, "dense_forward", x, w, None, "linear", 0.0,
+             ref=lambda *a: (dense_forward_ref(*a)[0], None), kind="gemm", what="VW=2")
+    check_op(backend_opencl, "dense_backward_input", dz, w, ref=dense_backward_input_ref,
+             kind="gemm", what="VW=2")
+    check_op(backend_opencl, "dense_backward_weight", x, dz, ref=dense_backward_weight_ref,
+             kind="gemm", what="VW=2")
+
+
+@pytest.mark.opencl
+def test_host_arrays_go_up_through_asarray_only_opencl(ocl):
+    """One policy for every OpenCL op (api.py): host data is a TypeError naming asarray, and
+    asarray takes any host layout to the same device array."""
+    rng = np.random.default_rng(9)
+    x, w = rand(rng, (5, 4)), rand(rng, (4, 3))
+    wd = ocl.asarray(w)
+    for op, args in (("dense_forward", (x, wd, None, "linear", 0.0)),
+                     ("dense_forward", (ocl.asarray(x), w, None, "linear", 0.0)),
+                     ("dense_backward_weight", (x, ocl.asarray(x))),
+                     ("bias_backward", (x,)),
+                     ("conv2d_forward", (x[None, None], wd[None], None, 1, "same", 1,
+                                         "linear", 0.0))):
+        with pytest.raises(TypeError, match=f"{op}: .* \\(upload with backend.asarray\\)"):
+            getattr(ocl, op)(*args)
+    want = ocl.dense_forward(ocl.asarray(x), wd, None, "linear", 0.0)[0].get()
+    fortran = np.asfortranarray(x)
+    readonly = x.copy()
+    readonly.flags.writeable = False
+    strided = np.repeat(x, 2, axis=1)[:, ::2]
+    for variant in (fortran, readonly, strided, x.astype(np.float64)):
+        got = ocl.dense_forward(ocl.asarray(variant), wd, None, "linear", 0.0)[0].get()
+        assert np.array_equal(got, want)
+
+
+@pytest.mark.opencl
+def test_dense_bad_inputs_opencl(ocl):
+    up = ocl.asarray
+    x, w = up(np.ones((5, 4))), up(np.ones((4, 3)))
+    with pytest.raises(ValueError, match="dense_forward: 'x' is required"):
+        ocl.dense_forward(None, w, None, "linear", 0.0)
+    with pytest.raises(ValueError, match=r"'kernel' must have shape \(4, \?\)"):
+        ocl.dense_forward(x, up(np.ones((3, 3), np.float32)), None, "linear", 0.0)
+    with pytest.raises(ValueError, match=r"'bias' must have shape \(3,\)"):
+        ocl.dense_forward(x, w, up(np.ones(4, np.float32)), "linear", 0.0)
+    with pytest.raises(ValueError, match="2 dimensions"):
+        ocl.dense_forward(up(np.ones(5, np.float32)), w, None, "linear", 0.0)
+    with pytest.raises(ValueError, match="unknown activation"):
+        ocl.dense_forward(x, w, None, "swish", 0.0)
+    with pytest.raises(TypeError, match="float32 only"):
+        ocl.asarray(np.ones((5, 4)), np.float64)
+    with pytest.raises(TypeError, match="asarray"):
+        ocl.dense_backward_input(np.array([["a"]]), w)
+    with pytest.raises(ValueError, match=r"'dz' must have shape \(5, \?\)"):
+        ocl.dense_backward_weight(x, up(np.ones((4, 3), np.float32)))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        ocl.dense_backward_input(up(np.ones((5, 6), np.float32))[:, ::2], w)
+    with pytest.raises(ValueError, match="at least 1 dimension"):
+        ocl.bias_backward(up(np.float32(3.0)))

@@ -1,10 +1,13 @@
-"""dropout_forward / dropout_backward (native/dropout.pyx): the Philox4x32-10 generator
-against Random123's published known-answer vectors, the mask bit for bit against an
-independent NumPy Philox written from the paper, the keep rate statistically, and the
-exact recipe of the design note (which the OpenCL twin follows).
+"""dropout_forward / dropout_backward (native/dropout.pyx, opencl/dropout.cl): the Philox4x32-10
+generator against Random123's published known-answer vectors, the mask bit for bit against an
+independent NumPy Philox written from the paper, the keep rate statistically, and the exact
+recipe of the design note (which the OpenCL twin follows).
 
-The NumPy oracle lives here rather than in tests/reference/ because it is the generator
-itself, tested first against the published vectors below.
+The NumPy oracle lives here rather than in tests/reference/ because it is the generator itself,
+tested first against the published vectors below.
+
+The checks that hold on both backends take the ``backend`` fixture (tests/conftest.py) and
+run one body on each; OpenCL-only checks are marked ``opencl``.
 """
 
 import os
@@ -19,6 +22,7 @@ from pynn._native.dropout import (
     philox4x32_10_block,
 )
 from pynn._native.info import set_num_threads
+from tests.backend_util import check_op, rand
 
 # Random123 kat_vectors: philox4x32 10 <counter x4> <key x2> -> <output x4>.
 KNOWN_ANSWERS = [
@@ -58,9 +62,18 @@ def dropout_mask_ref(n, rate, seed, offset):
     return (word0 >= np.uint64(threshold)).astype(np.uint8)
 
 
+def _philox_block(backend):
+    """The backend's own Philox4x32-10 block (the CPU kernel's, or the OpenCL host twin)."""
+    if backend.is_opencl:
+        from pynn.backend.opencl import dropout
+
+        return dropout.philox4x32_10_block
+    return philox4x32_10_block
+
+
 @pytest.mark.parametrize("ctr,key,want", KNOWN_ANSWERS)
-def test_philox_known_answers(ctr, key, want):
-    assert philox4x32_10_block(ctr, key) == want
+def test_philox_known_answers(backend, ctr, key, want):
+    assert _philox_block(backend)(ctr, key) == want
     got_ref = tuple(int(w[0]) for w in philox4x32_10_ref([[c] for c in ctr], key))
     assert got_ref == want
 
@@ -228,3 +241,52 @@ def test_bad_inputs():
         dropout_backward(x, mask.reshape(3, 2), 0.5)
     with pytest.raises(ValueError, match="4 counter and 2 key"):
         philox4x32_10_block((0, 0, 0), (0, 0))
+
+
+# -- over both backends (the `backend` fixture) ----------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1,), (3, 7), (13, 5, 3)], ids=str)
+@pytest.mark.parametrize("rate", [0.0, 0.37, 0.9])
+@pytest.mark.parametrize("seed,offset", [(0, 0), (123456789012345, 5), (2**64 - 1, 2**64 - 3)])
+def test_dropout_mask_bit_for_bit_on_backend(backend, shape, rate, seed, offset):
+    """The mask against the NumPy Philox recipe (and, on OpenCL, the CPU's) bit for bit."""
+    rng = np.random.default_rng(len(shape))
+    x, dy = rand(rng, shape), rand(rng, shape)
+    mask_ref = dropout_mask_ref(x.size, rate, seed, offset).reshape(shape)
+    scale = np.float32(1.0 / (1.0 - rate))
+    _, (y, mask) = check_op(backend, "dropout_forward", x, rate, seed, offset,
+                            ref=(np.where(mask_ref == 1, x * scale, 0).astype(np.float64),
+                                 mask_ref))
+    np.testing.assert_array_equal(mask, mask_ref)
+    check_op(backend, "dropout_backward", dy, mask, rate,
+             ref=np.where(mask_ref == 1, dy * scale, 0).astype(np.float64))
+
+
+def test_dropout_statistics_on_backend(backend):
+    ops = backend.ops
+    x = backend.up(np.ones(20001, np.float32))
+    y, mask = ops.dropout_forward(x, 0.25, 42, 0)
+    keep = backend.down(mask).astype(bool)
+    assert abs(keep.mean() - 0.75) < 0.02
+    np.testing.assert_array_equal(backend.down(y), np.where(keep, np.float32(1 / 0.75), 0))
+    _, mask2 = ops.dropout_forward(x, 0.25, 42, 20001)  # the next offset draws a new mask
+    assert (backend.down(mask2) != backend.down(mask)).any()
+    e, m = ops.dropout_forward(ops.zeros((0, 3)), 0.5, 1, 0)
+    assert e.shape == m.shape == (0, 3)
+
+
+@pytest.mark.opencl
+def test_dropout_bad_inputs_opencl(ocl):
+    x = ocl.asarray(np.ones(20001, np.float32))
+    _, mask = ocl.dropout_forward(x, 0.25, 42, 0)
+    with pytest.raises(ValueError, match="rate"):
+        ocl.dropout_forward(x, 1.0, 0, 0)
+    with pytest.raises(ValueError, match="seed"):
+        ocl.dropout_forward(x, 0.5, -1, 0)
+    with pytest.raises(TypeError, match="offset"):
+        ocl.dropout_forward(x, 0.5, 0, 1.5)
+    with pytest.raises(TypeError, match="uint8"):
+        ocl.dropout_backward(x, x, 0.5)
+    with pytest.raises(ValueError, match="shape"):
+        ocl.dropout_backward(ocl.zeros((3,)), mask, 0.5)

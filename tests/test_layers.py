@@ -89,7 +89,7 @@ def test_conv2d_forward_matches_numpy(seeded, kernel, strides, padding, dilation
     x = _x(seeded, *shape).astype(np.float32)
     y = layer(x)
     k, b = layer.get_weights()
-    expected = conv_ref.conv2d_forward(x.astype(np.float64), k.astype(np.float64),
+    expected = conv_ref.conv2d_forward_ref(x.astype(np.float64), k.astype(np.float64),
                                        b.astype(np.float64), strides, padding, dilation,
                                        activation, ALPHA.get(activation, 0.0))
     expected = expected[0] if isinstance(expected, tuple) else expected
@@ -134,10 +134,10 @@ def test_pooling_forward_matches_numpy(seeded, pool, strides, padding, shape):
     s = strides or pool
     y_max = layers.MaxPooling2D(pool, strides=strides, padding=padding)(x)
     y_avg = layers.AveragePooling2D(pool, strides=strides, padding=padding)(x)
-    ref_max = pool_ref.maxpool2d_forward(x.astype(np.float64), pool, s, padding)
+    ref_max = pool_ref.maxpool2d_forward_ref(x.astype(np.float64), pool, s, padding)
     ref_max = ref_max[0] if isinstance(ref_max, tuple) else ref_max
     np.testing.assert_allclose(y_max, ref_max, rtol=1e-6)
-    np.testing.assert_allclose(y_avg, pool_ref.avgpool2d_forward(x.astype(np.float64), pool, s,
+    np.testing.assert_allclose(y_avg, pool_ref.avgpool2d_forward_ref(x.astype(np.float64), pool, s,
                                                                  padding), rtol=1e-5, atol=1e-6)
 
 

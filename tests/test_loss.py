@@ -1,6 +1,10 @@
-"""loss_forward_backward (native/loss.pyx) against the float64 oracles of
+"""loss_forward_backward (native/loss.pyx, opencl/loss.cl) against the float64 oracles of
 tests/reference/loss_ref.py, finite differences, and Keras 3 itself (torch backend, with the
-gradient from torch autograd through Keras's own loss)."""
+gradient from torch autograd through Keras's own loss).
+
+The checks that hold on both backends take the ``backend`` fixture (tests/conftest.py) and
+run one body on each; OpenCL-only checks are marked ``opencl``.
+"""
 
 import os
 
@@ -11,7 +15,8 @@ from pynn._native.info import set_num_threads
 from pynn._native.loss import loss_forward_backward
 from pynn.backend.api import LOSSES
 from tests.reference.activation_ref import numerical_derivative
-from tests.reference.loss_ref import loss_backward_ref, loss_forward_ref
+from tests.backend_util import check_op, rand
+from tests.reference.loss_ref import loss_backward_ref, loss_forward_backward_ref, loss_forward_ref
 
 POINTWISE = ("mean_squared_error", "mean_absolute_error", "huber", "binary_crossentropy")
 # (name, from_logits, param): every loss, with and without logits where that matters.
@@ -63,27 +68,27 @@ def make_data(name, from_logits, shape, rng, param=None):
     return y_true, y_pred
 
 
-def check_loss(name, y_true, y_pred, from_logits, param, dtype):
-    """One helper: value and gradient against the float64 oracle, in the given dtype."""
+def check_loss(target, name, y_true, y_pred, from_logits, param):
+    """One helper: value and gradient on ``target`` against the float64 oracle (clipped as
+    the target's dtype clips), at the CPU's per-dtype tolerance or OpenCL's reduction one."""
+    dtype = target.dtype.type
     yp = np.asarray(y_pred, dtype=dtype)
     yt = y_true if name.startswith("sparse") else np.asarray(y_true, dtype=dtype)
-    loss, grad = loss_forward_backward(name, yt, yp, from_logits, param, True)
-    assert isinstance(loss, float)
-    assert grad.shape == yp.shape and grad.dtype == dtype, (grad.shape, grad.dtype)
-    want = loss_forward_ref(name, yt, yp, from_logits, param, dtype)
-    np.testing.assert_allclose(loss, want, **TOL[dtype], err_msg=f"loss {name} {dtype}")
-    want_g = loss_backward_ref(name, yt, yp, from_logits, param, dtype)
-    np.testing.assert_allclose(grad, want_g, **TOL[dtype], err_msg=f"grad {name} {dtype}")
+    tol = target.rtol("reduction") if target.is_opencl else TOL[dtype]
+    _, (loss, grad) = check_op(
+        target, "loss_forward_backward", name, yt, yp, from_logits, param, True,
+        ref=(loss_forward_ref(name, yt, yp, from_logits, param, dtype),
+             loss_backward_ref(name, yt, yp, from_logits, param, dtype)), rtol=tol)
     return loss, grad
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+# Over both backends (``target``: the CPU in float32 and float64, OpenCL in float32).
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("name,from_logits,param", CASES, ids=CASE_IDS)
-def test_matches_reference(name, from_logits, param, shape, dtype):
+def test_matches_reference(target, name, from_logits, param, shape):
     rng = np.random.default_rng(len(shape) * 100 + shape[-1])
     y_true, y_pred = make_data(name, from_logits, shape, rng, param)
-    check_loss(name, y_true, y_pred, from_logits, param, dtype)
+    check_loss(target, name, y_true, y_pred, from_logits, param)
 
 
 @pytest.mark.parametrize("name,from_logits,param", CASES, ids=CASE_IDS)
@@ -364,3 +369,104 @@ def test_matches_keras_at_the_clip_bounds(keras_torch):
         loss, grad = loss_forward_backward(name, t, y_pred, False, None, True)
         np.testing.assert_allclose(loss, want_loss, rtol=1e-6, err_msg=name)
         np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+# -- over both backends (the `backend` fixture): float32 against the float64 references -----
+# Reductions within 1e-4. On OpenCL check_op also compares with the CPU op.
+
+
+def loss_ref32(name, y_true, y_pred, from_logits, param, need_grad):
+    """The float64 oracle with the float32 kernels' probability clip."""
+    return loss_forward_backward_ref(name, y_true, y_pred, from_logits, param, need_grad,
+                                     np.float32)
+
+
+def _backend_loss_data(rng, name, shape, from_logits):
+    k = shape[-1]
+    probs = name in ("binary_crossentropy", "categorical_crossentropy",
+                     "sparse_categorical_crossentropy") and not from_logits
+    y_pred = rng.uniform(0.02, 1.0, shape) if probs else rng.standard_normal(shape) * 2
+    if name == "sparse_categorical_crossentropy":
+        y_true = rng.integers(0, k, shape[:-1]).astype(np.int32)
+    elif name == "categorical_crossentropy":
+        y_true = np.eye(k)[rng.integers(0, k, shape[:-1])]
+    elif name == "binary_crossentropy":
+        y_true = rng.integers(0, 2, shape).astype(np.float64)
+    else:
+        y_true = rng.standard_normal(shape)
+    if probs and shape[-1] > 1:
+        y_pred.reshape(-1, k)[:, 0] = 1.0  # one clipped probability per row
+    y_true = y_true if y_true.dtype == np.int32 else y_true.astype(np.float32)
+    return y_true, y_pred.astype(np.float32)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("shape", [(1, 1), (13, 7), (3, 2, 5), (5, 131)], ids=str)
+def test_loss_forward_backward_on_backend(backend, name, from_logits, shape):
+    rng = np.random.default_rng(LOSSES.index(name) * 10 + len(shape))
+    y_true, y_pred = _backend_loss_data(rng, name, shape, from_logits)
+    param = 0.7 if name == "huber" else None
+    check_op(backend, "loss_forward_backward", name, y_true, y_pred, from_logits, param, True,
+             ref=loss_ref32, kind="reduction")
+    _, (loss, grad) = check_op(backend, "loss_forward_backward", name, y_true, y_pred,
+                               from_logits, param, False, ref=loss_ref32, kind="reduction")
+    assert grad is None
+
+
+def test_loss_target_shapes_follow_keras_on_backend(backend):
+    rng = np.random.default_rng(11)
+    y_pred = rand(rng, (7, 1))
+    check_op(backend, "loss_forward_backward", "mean_squared_error", rand(rng, (7,)), y_pred,
+             False, None, True, ref=loss_ref32, kind="reduction")
+    labels = rng.integers(0, 5, (7, 1)).astype(np.int32)
+    check_op(backend, "loss_forward_backward", "sparse_categorical_crossentropy", labels,
+             rand(rng, (7, 5)), True, None, True, ref=loss_ref32, kind="reduction")
+
+
+def test_loss_many_elements_is_deterministic_on_backend(backend):
+    rng = np.random.default_rng(12)
+    y_true, y_pred = rand(rng, (301, 333)), rand(rng, (301, 333))  # more than one pass of groups
+    _, (loss, _) = check_op(backend, "loss_forward_backward", "huber", y_true, y_pred, False,
+                            1.0, True, ref=loss_ref32, kind="reduction")
+    again, _ = backend.ops.loss_forward_backward("huber", backend.up(y_true),
+                                                 backend.up(y_pred), False, 1.0, True)
+    assert again == loss
+
+
+def test_loss_empty_batch_is_zero_on_backend(backend):
+    ops = backend.ops
+    assert ops.loss_forward_backward("mean_squared_error", ops.zeros((0, 4)), ops.zeros((0, 4)),
+                                     False, None, True)[0] == 0.0
+
+
+@pytest.mark.opencl
+def test_loss_bad_inputs_opencl(ocl):
+    p = ocl.asarray(np.full((3, 4), 0.25, np.float32))
+    with pytest.raises(ValueError, match="unknown loss"):
+        ocl.loss_forward_backward("hinge", p, p, False, None, True)
+    with pytest.raises(ValueError, match="out of range"):
+        labels = ocl.asarray(np.array([0, 4, 1], np.int32), np.int32)
+        ocl.loss_forward_backward("sparse_categorical_crossentropy", labels, p, False, None,
+                                  True)
+    with pytest.raises(TypeError, match="int32"):
+        ocl.loss_forward_backward("sparse_categorical_crossentropy", ocl.zeros((3,)), p, False,
+                                  None, True)
+    with pytest.raises(ValueError, match="shape"):
+        ocl.loss_forward_backward("categorical_crossentropy", ocl.zeros((3, 5)), p, False,
+                                  None, True)
+    with pytest.raises(ValueError, match="delta"):
+        ocl.loss_forward_backward("huber", p, p, False, -1.0, True)
+    with pytest.raises(ValueError, match="required"):
+        ocl.loss_forward_backward("huber", None, p, False, None, True)
+    with pytest.raises(TypeError, match="asarray"):
+        ocl.loss_forward_backward("huber", np.zeros((3, 4)), p, False, None, True)
+
+
+@pytest.mark.opencl
+def test_small_work_groups_build_smaller_loss_kernels(small_work_groups):
+    rng = np.random.default_rng(31)
+    x = rand(rng, (5, 131))
+    labels = rng.integers(0, 131, 5).astype(np.int32)
+    check_op(small_work_groups, "loss_forward_backward", "sparse_categorical_crossentropy",
+             labels, x, True, None, True, ref=loss_ref32, kind="reduction")

@@ -1,5 +1,9 @@
-"""accuracy_count / top_k_count / confusion_counts (native/metric.pyx) against the oracles
-of tests/reference/loss_ref.py and Keras 3's own metric functions."""
+"""accuracy_count / top_k_count / confusion_counts (native/metric.pyx, opencl/metric.cl) against
+the oracles of tests/reference/metric_ref.py and Keras 3's own metric functions.
+
+The checks that hold on both backends take the ``backend`` fixture (tests/conftest.py) and
+run one body on each; OpenCL-only checks are marked ``opencl``.
+"""
 
 import os
 
@@ -8,7 +12,8 @@ import pytest
 
 from pynn._native.info import set_num_threads
 from pynn._native.metric import accuracy_count, confusion_counts, top_k_count
-from tests.reference.loss_ref import accuracy_count_ref, confusion_counts_ref, top_k_count_ref
+from tests.backend_util import check_op, rand
+from tests.reference.metric_ref import accuracy_count_ref, confusion_counts_ref, top_k_count_ref
 
 SHAPES_2D = [(1, 1), (7, 3), (13, 5), (33, 10)]
 
@@ -20,54 +25,58 @@ def scores(rng, shape, dtype, ties=True):
     return rng.normal(size=shape).astype(dtype)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+# Over both backends (``target``: the CPU in float32 and float64, OpenCL in float32). The CPU
+# takes the host data as it is (int64 labels, float64 one-hot rows); OpenCL takes it uploaded
+# as its ops want it (int32 labels, float32 targets: the same values). Counts are exact.
+
+
 @pytest.mark.parametrize("shape", SHAPES_2D)
 @pytest.mark.parametrize("ties", [True, False])
-def test_argmax_accuracies_match_reference(shape, dtype, ties):
+def test_argmax_accuracies_match_reference(target, shape, ties):
     rng = np.random.default_rng(shape[0] * 7 + shape[1])
-    p = scores(rng, shape, dtype, ties)
+    p = scores(rng, shape, target.dtype, ties)
     labels = rng.integers(0, shape[1], size=shape[0])
     onehot = np.eye(shape[1])[labels]
-    assert accuracy_count(onehot, p, "categorical", 0.5) == accuracy_count_ref(
-        onehot, p, "categorical")
-    assert accuracy_count(labels, p, "sparse", 0.5) == accuracy_count_ref(labels, p, "sparse")
-    assert accuracy_count(labels[:, None], p, "sparse", 0.5) == accuracy_count_ref(
-        labels, p, "sparse")
+    check_op(target, "accuracy_count", onehot, p, "categorical", 0.5,
+             ref=accuracy_count_ref(onehot, p, "categorical"))
+    check_op(target, "accuracy_count", labels, p, "sparse", 0.5,
+             ref=accuracy_count_ref(labels, p, "sparse"))
+    check_op(target, "accuracy_count", labels[:, None], p, "sparse", 0.5,
+             ref=accuracy_count_ref(labels, p, "sparse"))
     # Soft targets: categorical accuracy takes the argmax of y_true too (first on ties).
-    soft = scores(rng, shape, dtype, ties)
-    assert accuracy_count(soft, p, "categorical", 0.5) == accuracy_count_ref(
-        soft, p, "categorical")
+    soft = scores(rng, shape, target.dtype, ties)
+    check_op(target, "accuracy_count", soft, p, "categorical", 0.5,
+             ref=accuracy_count_ref(soft, p, "categorical"))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES_2D)
 @pytest.mark.parametrize("k", [1, 2, 3, 5, 12])
-def test_top_k_matches_reference(shape, dtype, k):
+def test_top_k_matches_reference(target, shape, k):
     rng = np.random.default_rng(shape[0] + k)
     for ties in (True, False):
-        p = scores(rng, shape, dtype, ties)
+        p = scores(rng, shape, target.dtype, ties)
         labels = rng.integers(0, shape[1], size=shape[0])
         onehot = np.eye(shape[1])[labels]
-        assert top_k_count(labels, p, k, True) == top_k_count_ref(labels, p, k, True)
-        assert top_k_count(onehot, p, k, False) == top_k_count_ref(onehot, p, k, False)
+        check_op(target, "top_k_count", labels, p, k, True, ref=top_k_count_ref)
+        check_op(target, "top_k_count", onehot, p, k, False, ref=top_k_count_ref)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(1,), (7,), (13, 1), (5, 3), (2, 3, 7)])
 @pytest.mark.parametrize("threshold", [0.5, 0.2])
-def test_binary_metrics_match_reference(shape, dtype, threshold):
+def test_binary_metrics_match_reference(target, shape, threshold):
+    dtype = target.dtype.type
     rng = np.random.default_rng(len(shape) * 31 + shape[0])
     p = rng.uniform(size=shape).astype(dtype)
     p.reshape(-1)[:2] = dtype(threshold)  # exactly at the threshold: not positive
     t = rng.integers(0, 2, size=shape)
-    assert accuracy_count(t, p, "binary", threshold) == accuracy_count_ref(t, p, "binary",
-                                                                            threshold)
-    assert confusion_counts(t, p, threshold) == confusion_counts_ref(t, p, threshold)
+    if target.is_opencl:
+        t = t.astype(np.float32)  # binary targets are float data on OpenCL (labels are int32)
+    check_op(target, "accuracy_count", t, p, "binary", threshold, ref=accuracy_count_ref)
+    check_op(target, "confusion_counts", t, p, threshold, ref=confusion_counts_ref)
     # Soft targets: only exact 0/1 can match in accuracy; any non-zero label is positive.
     soft = np.where(rng.uniform(size=shape) < 0.3, 0.7, t)
-    assert accuracy_count(soft, p, "binary", threshold) == accuracy_count_ref(
-        soft, p, "binary", threshold)
-    assert confusion_counts(soft, p, threshold) == confusion_counts_ref(soft, p, threshold)
+    check_op(target, "accuracy_count", soft, p, "binary", threshold, ref=accuracy_count_ref)
+    check_op(target, "confusion_counts", soft, p, threshold, ref=confusion_counts_ref)
 
 
 def test_hand_computed_examples():
@@ -220,3 +229,90 @@ def test_matches_keras(keras):
         tp, fp, fn = confusion_counts(t, q, 0.3)
         np.testing.assert_allclose(float(precision.result()), tp / (tp + fp), rtol=1e-6)
         np.testing.assert_allclose(float(recall.result()), tp / (tp + fn), rtol=1e-6)
+
+
+# -- over both backends (the `backend` fixture): counts exact against the references --------
+# On OpenCL check_op also compares with the CPU op; sparse labels are int32 device arrays.
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (13, 7), (300, 5)], ids=str)
+def test_accuracy_and_top_k_on_backend(backend, shape):
+    rng = np.random.default_rng(shape[0])
+    n, k = shape
+    y_pred = np.round(rand(rng, shape), 1)  # rounding makes ties
+    onehot = np.eye(k, dtype=np.float32)[rng.integers(0, k, n)]
+    labels = rng.integers(0, k, n).astype(np.int32)
+    check_op(backend, "accuracy_count", onehot, y_pred, "categorical", 0.5,
+             ref=accuracy_count_ref)
+    check_op(backend, "accuracy_count", labels, y_pred, "sparse", 0.5, ref=accuracy_count_ref)
+    check_op(backend, "accuracy_count", labels.reshape(n, 1), y_pred, "sparse", 0.5,
+             ref=accuracy_count_ref)
+    binary = (rng.random(shape) > 0.5).astype(np.float32)
+    check_op(backend, "accuracy_count", binary, y_pred, "binary", 0.1, ref=accuracy_count_ref)
+    for top in (1, 2, 5, 9):
+        check_op(backend, "top_k_count", labels, y_pred, top, True, ref=top_k_count_ref)
+        check_op(backend, "top_k_count", onehot, y_pred, top, False, ref=top_k_count_ref)
+    check_op(backend, "confusion_counts", binary, y_pred, 0.3, ref=confusion_counts_ref)
+
+
+def test_metric_ties_and_soft_targets_on_backend(backend):
+    y_pred = np.array([[1, 1, 0], [0, 2, 2], [4, 5, 1], [3, 2, 2]], np.float32)
+    labels = np.array([1, 2, 0, 1], np.int32)
+    check_op(backend, "accuracy_count", labels, y_pred, "sparse", 0.5, ref=accuracy_count_ref)
+    check_op(backend, "top_k_count", labels, y_pred, 1, True, ref=top_k_count_ref)
+    check_op(backend, "top_k_count", labels, y_pred, 2, True, ref=top_k_count_ref)
+    soft = np.array([[0.7], [1.0], [0.0], [1.0]], np.float32)
+    check_op(backend, "accuracy_count", soft, y_pred[:, :1], "binary", 0.5,
+             ref=accuracy_count_ref)
+    check_op(backend, "accuracy_count", soft[:, 0], y_pred[:, :1], "binary", 0.5,
+             ref=accuracy_count_ref)
+    check_op(backend, "confusion_counts", soft, y_pred[:, :1], 0.5, ref=confusion_counts_ref)
+
+
+@pytest.mark.opencl
+def test_metric_ties_nan_and_soft_targets_follow_the_cpu_opencl(backend_opencl):
+    """NaN scores: the OpenCL kernels count as the CPU ones do (the reference's NumPy sort
+    orders NaN differently, so the CPU op is the reference here)."""
+    y_pred = np.array([[1, 1, 0], [0, 2, 2], [np.nan, 5, 1], [3, np.nan, np.nan]], np.float32)
+    labels = np.array([1, 2, 0, 1], np.int32)
+    check_op(backend_opencl, "accuracy_count", labels, y_pred, "sparse", 0.5)
+    check_op(backend_opencl, "top_k_count", labels, y_pred, 1, True)
+    check_op(backend_opencl, "top_k_count", labels, y_pred, 2, True)
+    soft = np.array([[0.7], [1.0], [0.0], [1.0]], np.float32)
+    check_op(backend_opencl, "accuracy_count", soft, y_pred[:, :1], "binary", 0.5)
+    check_op(backend_opencl, "accuracy_count", soft[:, 0], y_pred[:, :1], "binary", 0.5)
+    check_op(backend_opencl, "confusion_counts", soft, y_pred[:, :1], 0.5)
+
+
+def test_metric_empty_batch_on_backend(backend):
+    ops = backend.ops
+    assert ops.accuracy_count(ops.zeros((0, 4)), ops.zeros((0, 4)), "categorical", 0.5) == 0
+    assert ops.confusion_counts(ops.zeros((0,)), ops.zeros((0,)), 0.5) == (0, 0, 0)
+
+
+@pytest.mark.opencl
+def test_metric_bad_inputs_opencl(ocl):
+    p = ocl.asarray(np.zeros((3, 4), np.float32))
+    labels = ocl.asarray(np.array([0, 1, 4], np.int32), np.int32)
+    with pytest.raises(ValueError, match="out of range"):
+        ocl.accuracy_count(labels, p, "sparse", 0.5)
+    with pytest.raises(ValueError, match="out of range"):
+        ocl.top_k_count(labels, p, 2, True)
+    with pytest.raises(ValueError, match="mode"):
+        ocl.accuracy_count(p, p, "multiclass", 0.5)
+    with pytest.raises(ValueError, match="'k'"):
+        ocl.top_k_count(p, p, 0, False)
+    with pytest.raises(ValueError, match=r"\(N, K\)"):
+        ocl.accuracy_count(p, ocl.zeros((12,)), "categorical", 0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        ocl.confusion_counts(p, p, float("nan"))
+    with pytest.raises(ValueError, match="shape"):
+        ocl.confusion_counts(ocl.zeros((3, 5)), p, 0.5)
+
+
+@pytest.mark.opencl
+def test_small_work_groups_build_smaller_metric_kernels(small_work_groups):
+    rng = np.random.default_rng(31)
+    x = rand(rng, (5, 131))
+    labels = rng.integers(0, 131, 5).astype(np.int32)
+    check_op(small_work_groups, "top_k_count", labels, x, 3, True, ref=top_k_count_ref)

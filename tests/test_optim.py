@@ -1,10 +1,16 @@
-"""native/optim.pyx against the float64 oracles in tests/reference/optim_ref.py."""
+"""native/optim.pyx and opencl/optim.cl against the float64 oracles in
+tests/reference/optim_ref.py.
+
+The checks that hold on both backends take the ``backend`` fixture (tests/conftest.py) and
+run one body on each; OpenCL-only checks are marked ``opencl``.
+"""
 
 import numpy as np
 import pytest
 
 from pynn._native import optim
 from pynn._native.info import get_max_threads, set_num_threads
+from tests.backend_util import assert_close, check_op, rand
 from tests.reference import optim_ref as ref
 
 SIZES = [1, 3, 7, 13, 4099]           # 4099 crosses a reduction block
@@ -332,7 +338,7 @@ def test_regularizer_matches_reference(shape, dtype, l1, l2):
     w = random_param(rng, shape, dtype)
     w.flat[0] = 0  # sign(0) = 0
     grad = rng.standard_normal(shape).astype(dtype)
-    want_grad, want_penalty = ref.regularizer_ref(w, grad, l1, l2)
+    want_grad, want_penalty = ref.regularizer_inplace_ref(w, grad, l1, l2)
     penalty = optim.regularizer_inplace(w, grad, l1, l2)
     assert isinstance(penalty, float)
     assert penalty == pytest.approx(want_penalty, rel=1e-12)
@@ -482,3 +488,173 @@ def test_reduction_bad_inputs():
         optim.regularizer_inplace(w, np.zeros(3, np.float32), -0.1, 0.1)
     with pytest.raises(ValueError, match="share memory"):
         optim.regularizer_inplace(w, w, 0.1, 0.1)
+
+
+# -- over both backends (the `backend` fixture): float32 against the float64 references -----
+# Elementwise updates within 1e-5 (OpenCL) / 2e-5 (CPU), reductions within 1e-4. On OpenCL the
+# results are also compared with the CPU op's.
+
+# 70001 elements need several grid-stride passes of the 256 x 256 reduction work-items.
+BACKEND_SIZES = [(1,), (7, 13), (70001,)]
+
+
+@pytest.mark.parametrize("shape", BACKEND_SIZES, ids=str)
+def test_sum_squares_and_regularizer_on_backend(backend, shape):
+    rng = np.random.default_rng(len(shape))
+    w, grad = rand(rng, shape), rand(rng, shape)
+    w.flat[len(w.flat) // 2] = 0.0  # sign(0) = 0
+    check_op(backend, "sum_squares", w, ref=ref.sum_squares_ref, kind="reduction")
+    want_grad, want_penalty = ref.regularizer_inplace_ref(w, grad, 0.01, 0.003)
+    g_dev = backend.up(grad.copy())
+    penalty = backend.ops.regularizer_inplace(backend.up(w), g_dev, 0.01, 0.003)
+    assert isinstance(penalty, float)
+    assert abs(penalty - want_penalty) <= backend.rtol("reduction") * abs(want_penalty)
+    assert_close(backend.down(g_dev), want_grad, backend.rtol(), "regularizer_inplace grad")
+    if backend.is_opencl:
+        from pynn.backend import cpu
+
+        g_cpu = grad.copy()
+        want = cpu.regularizer_inplace(w, g_cpu, 0.01, 0.003)
+        assert abs(penalty - want) <= backend.rtol("reduction") * abs(want)
+        assert_close(backend.down(g_dev), g_cpu, backend.rtol(), "regularizer_inplace vs CPU")
+    assert backend.ops.regularizer_inplace(backend.up(w), g_dev, 0.0, 0.0) == 0.0
+
+
+def test_reductions_are_deterministic_and_empty_is_zero_on_backend(backend):
+    ops = backend.ops
+    a = backend.up(rand(np.random.default_rng(9), (70001,)))
+    assert ops.sum_squares(a) == ops.sum_squares(a)
+    assert ops.sum_squares(ops.zeros((0, 3))) == 0.0
+
+
+BACKEND_OPTIM_CASES = [
+    # name, slot kinds, hyper-parameters after the slots ("t": the 1-based step)
+    ("sgd_update", [None], (0.1, 0.0, False, 1.0, 0.0, 0.0)),
+    ("sgd_update", ["zeros"], (0.05, 0.9, False, 0.5, 0.3, 0.0)),
+    ("sgd_update", ["zeros"], (0.05, 0.9, True, 1.0, 0.0, 0.004)),
+    ("adam_update", ["zeros", "zeros", None], (1e-3, 0.9, 0.999, 1e-7, "t", 1.0, 0.0, 0.0)),
+    ("adam_update", ["zeros", "zeros", "zeros"], (0.01, 0.8, 0.99, 1e-4, "t", 0.7, 0.5,
+                                                  0.004)),
+    ("rmsprop_update", ["zeros", None, None], (1e-3, 0.9, 0.0, 1e-7, 1.0, 0.0, 0.0)),
+    ("rmsprop_update", ["zeros", "zeros", "zeros"], (0.01, 0.8, 0.9, 1e-6, 1.0, 0.4, 0.01)),
+    ("adagrad_update", ["accum"], (0.01, 1e-7, 1.0, 0.0, 0.0)),
+    ("adagrad_update", ["accum"], (0.1, 1e-7, 0.5, 0.2, 0.004)),
+]
+
+
+def _slot(kind, shape):
+    if kind is None:
+        return None
+    return np.full(shape, 0.1 if kind == "accum" else 0.0, np.float32)
+
+
+@pytest.mark.parametrize("case", range(len(BACKEND_OPTIM_CASES)))
+@pytest.mark.parametrize("shape", [(1,), (7, 13), (3, 5, 7)], ids=str)
+def test_optimizer_updates_over_steps_on_backend(backend, case, shape):
+    """Three steps on the backend against the float64 oracle stepped alongside (and, on
+    OpenCL, the CPU op)."""
+    name, slot_kinds, hyper = BACKEND_OPTIM_CASES[case]
+    ops, up, down = backend.ops, backend.up, backend.down
+    rng = np.random.default_rng(case * 10 + len(shape))
+    w = rand(rng, shape)
+    grads = [rand(rng, shape) for _ in range(3)]
+    slots = [_slot(k, shape) for k in slot_kinds]
+    w_dev = up(w.copy())
+    slots_dev = [None if s is None else up(s.copy()) for s in slots]
+    w_ref, slots_ref = ref.f64(w), [ref.f64(s) for s in slots]
+    w_cpu, slots_cpu = w.copy(), [None if s is None else s.copy() for s in slots]
+    for t, g in enumerate(grads, start=1):
+        h = tuple(t if v == "t" else v for v in hyper)
+        assert getattr(ops, name)(w_dev, up(g), *slots_dev, *h) is None
+        w_ref, *slots_ref = getattr(ref, name + "_ref")(w_ref, g, *slots_ref, *h)
+        if backend.is_opencl:
+            from pynn.backend import cpu
+
+            assert getattr(cpu, name)(w_cpu, g, *slots_cpu, *h) is None
+    assert_close(down(w_dev), w_ref, backend.rtol(), f"{name} w")
+    for i, (sd, s) in enumerate(zip(slots_dev, slots_ref)):
+        if s is not None:
+            assert_close(down(sd), s, backend.rtol(), f"{name} slot {i}")
+    if backend.is_opencl:
+        assert_close(down(w_dev), w_cpu, backend.rtol(), f"{name} w vs CPU")
+        for i, (sd, s) in enumerate(zip(slots_dev, slots_cpu)):
+            if s is not None:
+                assert_close(down(sd), s, backend.rtol(), f"{name} slot {i} vs CPU")
+
+
+def test_optimizer_nan_grad_scale_poisons_on_backend(backend):
+    w_dev = backend.up(np.ones(5, np.float32))
+    backend.ops.sgd_update(w_dev, backend.up(np.ones(5, np.float32)), None, 0.1, 0.0, False,
+                           float("nan"), 0.0, 0.0)
+    assert np.isnan(backend.down(w_dev)).all()
+
+
+def test_optimizer_empty_update_on_backend(backend):
+    ops = backend.ops
+    ops.sgd_update(ops.zeros((0, 4)), ops.zeros((0, 4)), None, 0.1, 0.0, False, 1.0, 0.0, 0.0)
+
+
+@pytest.mark.opencl
+def test_optimizer_bad_inputs_opencl(ocl):
+    w = ocl.asarray(np.ones((3, 4), np.float32))
+    g = ocl.asarray(np.ones((3, 4), np.float32))
+    m, v = ocl.zeros((3, 4)), ocl.zeros((3, 4))
+    with pytest.raises(TypeError, match="asarray"):
+        ocl.sgd_update(np.ones((3, 4), np.float32), g, None, 0.1, 0.0, False, 1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="shape"):
+        ocl.sgd_update(w, ocl.zeros((4, 3)), None, 0.1, 0.0, False, 1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="momentum_buf"):
+        ocl.sgd_update(w, g, None, 0.1, 0.9, False, 1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="share memory"):
+        ocl.adam_update(w, g, m, m, None, 1e-3, 0.9, 0.999, 1e-7, 1, 1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="share memory"):
+        ocl.adam_update(w, g, w, v, None, 1e-3, 0.9, 0.999, 1e-7, 1, 1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="'t'"):
+        ocl.adam_update(w, g, m, v, None, 1e-3, 0.9, 0.999, 1e-7, 0, 1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="beta_1"):
+        ocl.adam_update(w, g, m, v, None, 1e-3, 1.0, 0.999, 1e-7, 1, 1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="required"):
+        ocl.rmsprop_update(w, g, None, None, None, 1e-3, 0.9, 0.0, 1e-7, 1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="required"):
+        ocl.adagrad_update(w, g, None, 1e-3, 1e-7, 1.0, 0.0, 0.0)
+    with pytest.raises(TypeError, match="dtype"):
+        ocl.adagrad_update(w, g, ocl.zeros((3, 4), np.int32), 1e-3, 1e-7, 1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="offset"):
+        ocl.sgd_update(w[1:], g[1:], None, 0.1, 0.0, False, 1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="weight_decay"):
+        ocl.sgd_update(w, g, None, 0.1, 0.0, False, 1.0, 0.0, -1.0)
+    with pytest.raises(ValueError, match="share memory"):
+        ocl.regularizer_inplace(w, w, 0.1, 0.1)
+
+
+@pytest.mark.opencl
+def test_training_step_reuses_pooled_buffers_opencl(ocl):
+    """After a warm-up step, a loss + update step takes every buffer from the pool."""
+    from pynn.backend.opencl import runtime as rt
+
+    rng = np.random.default_rng(21)
+    x = ocl.asarray(rand(rng, (13, 7)))
+    labels = ocl.asarray(rng.integers(0, 7, 13).astype(np.int32), np.int32)
+    w = ocl.asarray(rand(rng, (13, 7)))
+    m, v = ocl.zeros((13, 7)), ocl.zeros((13, 7))
+
+    def step(t):
+        loss, grad = ocl.loss_forward_backward("sparse_categorical_crossentropy", labels, x,
+                                               True, None, True)
+        ocl.adam_update(w, grad, m, v, None, 1e-3, 0.9, 0.999, 1e-7, t, 1.0, 0.0, 0.0)
+        return loss
+
+    step(1)
+    rt.queue().finish()
+    before = rt.pool_stats()["managed_bytes"]
+    for t in range(2, 5):
+        assert np.isfinite(step(t))
+    rt.queue().finish()
+    assert rt.pool_stats()["managed_bytes"] == before, "a warm step allocated device memory"
+
+
+@pytest.mark.opencl
+def test_small_work_groups_build_smaller_reduction_kernels(small_work_groups):
+    rng = np.random.default_rng(31)
+    check_op(small_work_groups, "sum_squares", rand(rng, (4099,)), ref=ref.sum_squares_ref,
+             kind="reduction")

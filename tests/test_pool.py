@@ -1,10 +1,15 @@
-"""Pooling ops (native/pool.pyx) against the float64 oracle in tests/reference/pool_ref.py,
-finite differences, torch, thread counts and bad inputs."""
+"""Pooling ops (native/pool.pyx, opencl/pool.cl) against the float64 oracle in
+tests/reference/pool_ref.py, finite differences, torch, thread counts and bad inputs.
+
+The checks that hold on both backends take the ``backend`` fixture (tests/conftest.py) and
+run one body on each; OpenCL-only checks are marked ``opencl``.
+"""
 
 import numpy as np
 import pytest
 
 from pynn._native import info, pool
+from tests.backend_util import check_op, rand
 from tests.reference import pool_ref as ref
 
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-13, atol=1e-13)}
@@ -23,8 +28,20 @@ CASES = [
     ((0, 5, 5, 3), (2, 2), (2, 2), "valid"),       # empty batch
     ((1, 10, 3, 2), (2, 1), (3, 1), "valid"),
 ]
+# More cases, first written for the OpenCL kernels: small and awkward, never a multiple of a
+# work-group.
+CASES += [
+    ((1, 1, 1, 1), (1, 1), (1, 1), "valid"),
+    ((2, 7, 9, 3), (2, 2), (2, 2), "valid"),
+    ((2, 7, 9, 3), (3, 3), (2, 2), "same"),
+    ((1, 13, 5, 7), (3, 2), (1, 1), "same"),
+    ((3, 5, 7, 2), (2, 3), (2, 3), "same"),
+    ((1, 6, 6, 5), (3, 3), (1, 2), "valid"),
+    ((2, 2, 3, 1), (3, 3), (1, 1), "valid"),  # window larger than the input: empty output
+]
 IDS = [f"{x}-p{p}-s{s}-{pad}" for x, p, s, pad in CASES]
-GLOBAL_SHAPES = [(2, 5, 7, 3), (1, 1, 1, 1), (3, 4, 4, 130), (0, 3, 3, 2), (2, 13, 1, 5)]
+GLOBAL_SHAPES = [(2, 5, 7, 3), (1, 1, 1, 1), (3, 4, 4, 130), (0, 3, 3, 2), (2, 13, 1, 5),
+                 (2, 7, 9, 3), (3, 5, 13, 7)]
 
 
 @pytest.fixture
@@ -37,6 +54,11 @@ def restore_threads():
     n = info.get_max_threads()
     yield
     info.set_num_threads(n)
+
+
+def tol(target):
+    """The tolerance on ``target``: the CPU's per-dtype TOL, OpenCL's float32 one."""
+    return target.rtol() if target.is_opencl else TOL[target.dtype.type]
 
 
 def check(op, got, want, dtype):
@@ -52,19 +74,46 @@ def distinct(rng, shape, dtype):
     return (rng.permutation(size).reshape(shape) / max(size, 1) - 0.5).astype(dtype)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+# -- forward and backward against the reference, over both backends (``target``: the CPU in
+# float32 and float64, OpenCL in float32; on OpenCL check_op also compares with the CPU op) --
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_maxpool_matches_reference(rng, case, dtype):
+def test_maxpool_matches_reference(target, rng, case):
     x_shape, p, s, pad = case
-    x = distinct(rng, x_shape, dtype)
-    y, arg = pool.maxpool2d_forward(x, p, s, pad)
-    y_ref, arg_ref = ref.maxpool2d_forward(x, p, s, pad)
-    check("maxpool2d_forward", y, y_ref, dtype)
+    x = distinct(rng, x_shape, target.dtype)
+    _, (y, arg) = check_op(target, "maxpool2d_forward", x, p, s, pad,
+                           ref=ref.maxpool2d_forward_ref, rtol=tol(target))
     assert arg.dtype == np.int32
-    np.testing.assert_array_equal(arg, arg_ref)
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    check("maxpool2d_backward", pool.maxpool2d_backward(dy, arg, x_shape),
-          ref.maxpool2d_backward(dy, arg_ref, x_shape), dtype)
+    dy = rng.standard_normal(y.shape).astype(target.dtype)
+    check_op(target, "maxpool2d_backward", dy, arg, x_shape, ref=ref.maxpool2d_backward_ref,
+             rtol=tol(target))
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_avgpool_matches_reference(target, rng, case):
+    x_shape, p, s, pad = case
+    x = rng.standard_normal(x_shape).astype(target.dtype)
+    _, y = check_op(target, "avgpool2d_forward", x, p, s, pad, ref=ref.avgpool2d_forward_ref,
+                    rtol=tol(target))
+    dy = rng.standard_normal(y.shape).astype(target.dtype)
+    check_op(target, "avgpool2d_backward", dy, x_shape, p, s, pad,
+             ref=ref.avgpool2d_backward_ref, rtol=tol(target))
+
+
+@pytest.mark.parametrize("shape", GLOBAL_SHAPES, ids=str)
+def test_global_pools_match_reference(target, rng, shape):
+    x = distinct(rng, shape, target.dtype)
+    check_op(target, "global_avgpool2d_forward", x, ref=ref.global_avgpool2d_forward_ref,
+             rtol=tol(target))
+    _, (y, arg) = check_op(target, "global_maxpool2d_forward", x,
+                           ref=ref.global_maxpool2d_forward_ref, rtol=tol(target))
+    assert arg.dtype == np.int32
+    dy = rng.standard_normal(y.shape).astype(target.dtype)
+    check_op(target, "global_avgpool2d_backward", dy, shape,
+             ref=ref.global_avgpool2d_backward_ref, rtol=tol(target))
+    check_op(target, "global_maxpool2d_backward", dy, arg, shape,
+             ref=ref.global_maxpool2d_backward_ref, rtol=tol(target))
 
 
 # maxpool2d_backward fills an uninitialized dx: pixels that no window (or no argmax) covers
@@ -91,43 +140,13 @@ def test_maxpool_backward_zeroes_every_uncovered_pixel(rng, case, dtype):
     x = distinct(rng, x_shape, dtype)
     y, arg = pool.maxpool2d_forward(x, p, s, pad)
     dy = rng.standard_normal(y.shape).astype(dtype)
-    want = ref.maxpool2d_backward(dy, arg, x_shape)
+    want = ref.maxpool2d_backward_ref(dy, arg, x_shape)
     for _ in range(2):
         # Leave freed NaN-filled blocks of dx's size behind for np.empty to reuse.
         np.full(x_shape, np.nan, dtype)
         got = pool.maxpool2d_backward(dy, arg, x_shape)
         check("maxpool2d_backward", got, want, dtype)
     assert np.count_nonzero(got) == np.count_nonzero(want) < got.size
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_avgpool_matches_reference(rng, case, dtype):
-    x_shape, p, s, pad = case
-    x = rng.standard_normal(x_shape).astype(dtype)
-    y = pool.avgpool2d_forward(x, p, s, pad)
-    check("avgpool2d_forward", y, ref.avgpool2d_forward(x, p, s, pad), dtype)
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    check("avgpool2d_backward", pool.avgpool2d_backward(dy, x_shape, p, s, pad),
-          ref.avgpool2d_backward(dy, x_shape, p, s, pad), dtype)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", GLOBAL_SHAPES)
-def test_global_pools_match_reference(rng, shape, dtype):
-    x = distinct(rng, shape, dtype)
-    check("global_avgpool2d_forward", pool.global_avgpool2d_forward(x),
-          ref.global_avgpool2d_forward(x), dtype)
-    y, arg = pool.global_maxpool2d_forward(x)
-    y_ref, arg_ref = ref.global_maxpool2d_forward(x)
-    check("global_maxpool2d_forward", y, y_ref, dtype)
-    assert arg.dtype == np.int32
-    np.testing.assert_array_equal(arg, arg_ref)
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    check("global_avgpool2d_backward", pool.global_avgpool2d_backward(dy, shape),
-          ref.global_avgpool2d_backward(dy, shape), dtype)
-    check("global_maxpool2d_backward", pool.global_maxpool2d_backward(dy, arg, shape),
-          ref.global_maxpool2d_backward(dy, arg_ref, shape), dtype)
 
 
 def test_ties_go_to_the_first_pixel_in_row_major_order():
@@ -344,3 +363,66 @@ ARG = np.zeros((2, 3, 3, 3), np.int32)
 def test_bad_inputs(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# -- over both backends (the `backend` fixture, float32) ------------------------------------
+
+
+def test_maxpool_ties_and_nan_on_backend(backend):
+    x = np.zeros((1, 4, 4, 2), np.float32)  # all ties: the first pixel of each window wins
+    x[0, 1, 1, 1] = np.nan  # and a NaN beats numbers
+    check_op(backend, "maxpool2d_forward", x, (2, 2), (1, 1), "same",
+             ref=ref.maxpool2d_forward_ref)
+    check_op(backend, "global_maxpool2d_forward", x, ref=ref.global_maxpool2d_forward_ref)
+
+
+def test_maxpool_backward_overlapping_windows_is_deterministic_on_backend(backend):
+    rng = np.random.default_rng(5)
+    ops = backend.ops
+    x = backend.up(rand(rng, (2, 9, 7, 3)))
+    y, arg = ops.maxpool2d_forward(x, (3, 3), (1, 1), "same")
+    dy = backend.up(rand(rng, y.shape))
+    a = backend.down(ops.maxpool2d_backward(dy, arg, (2, 9, 7, 3)))
+    b = backend.down(ops.maxpool2d_backward(dy, arg, (2, 9, 7, 3)))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_pool_empty_batch_on_backend(backend):
+    ops = backend.ops
+    y, arg = ops.maxpool2d_forward(ops.zeros((0, 5, 5, 2)), (2, 2), (2, 2), "valid")
+    assert y.shape == arg.shape == (0, 2, 2, 2) and arg.dtype == np.int32
+    assert ops.maxpool2d_backward(y, arg, (0, 5, 5, 2)).shape == (0, 5, 5, 2)
+    assert ops.global_avgpool2d_forward(ops.zeros((0, 3, 3, 4))).shape == (0, 4)
+
+
+# -- OpenCL only ------------------------------------------------------------------------------
+
+
+@pytest.mark.opencl
+def test_pool_bad_inputs_opencl(ocl):
+    x = ocl.asarray(np.ones((1, 4, 4, 2), np.float32))
+    with pytest.raises(ValueError, match="4 dimensions"):
+        ocl.maxpool2d_forward(ocl.zeros((4, 4, 2)), (2, 2), (2, 2), "valid")
+    with pytest.raises(ValueError, match="padding"):
+        ocl.avgpool2d_forward(x, (2, 2), (2, 2), "full")
+    with pytest.raises(ValueError, match="pool_size"):
+        ocl.maxpool2d_forward(x, (0, 2), (2, 2), "valid")
+    with pytest.raises(TypeError, match="asarray"):
+        ocl.global_maxpool2d_forward(np.ones((1, 2, 2, 1), np.float32))
+    with pytest.raises(ValueError, match="H, W >= 1"):
+        ocl.global_avgpool2d_forward(ocl.zeros((1, 0, 3, 2)))
+    y, arg = ocl.maxpool2d_forward(x, (2, 2), (2, 2), "valid")
+    with pytest.raises(TypeError, match="int32"):
+        ocl.maxpool2d_backward(y, y, (1, 4, 4, 2))
+    with pytest.raises(ValueError, match="input_shape"):
+        ocl.maxpool2d_backward(y, arg, (1, 4, 4))
+    with pytest.raises(ValueError, match="shape"):
+        ocl.avgpool2d_backward(y, (1, 5, 5, 2), (2, 2), (1, 1), "valid")
+
+
+@pytest.mark.opencl
+def test_maxpool_backward_skips_out_of_range_argmax_opencl(ocl):
+    # The device never follows a bad index (no host round trip to report it).
+    dy = ocl.asarray(np.ones((1, 1, 1, 1), np.float32))
+    bad = ocl.asarray(np.array([7], np.int32).reshape(1, 1, 1, 1), np.int32)
+    np.testing.assert_array_equal(ocl.maxpool2d_backward(dy, bad, (1, 2, 2, 1)).get(), 0)

@@ -1,8 +1,11 @@
-"""Recurrent ops (native/rnn.pyx) and layers (pynn/layers/recurrent.py).
+"""Recurrent ops (native/rnn.pyx, opencl/rnn.cl) and layers (pynn/layers/recurrent.py).
 
 Ops against the float64 oracles of tests/reference/rnn_ref.py (forward) and central finite
 differences (backward), thread-count invariance, bad inputs; layers against Keras 3 itself
 (outputs and weight gradients, same weights through set_weights).
+
+The checks that hold on both backends take the ``backend`` fixture (tests/conftest.py) and
+run one body on each; OpenCL-only checks are marked ``opencl``.
 """
 
 import os
@@ -12,6 +15,7 @@ import pytest
 
 from pynn._native import rnn
 from pynn._native.info import get_max_threads, set_num_threads
+from tests.backend_util import assert_close, assert_same, rand
 from tests.reference import rnn_ref
 
 CELLS = ["simple_rnn", "lstm", "gru", "gru_before"]
@@ -588,3 +592,190 @@ def test_layer_bad_input(cpu_backend):
     layer.build((None, None, 4))
     with pytest.raises(ValueError, match="0 time steps"):
         layer(np.ones((1, 0, 4), np.float32))
+
+
+# -- over both backends (the `backend` fixture): float32 against the float64 oracle ----------
+# The forward against rnn_ref's <cell>_forward_ref, the backward against central differences
+# of it, within 1e-4; on OpenCL both also against the CPU op.
+
+BACKEND_RTOL = 1e-4
+
+
+def make32(cell, shape, seed=0):
+    n, t, c, u = shape
+    rng = np.random.default_rng(seed)
+    return (rand(rng, (n, t, c)), 0.5 * rand(rng, (c, GATES[cell] * u)),
+            0.5 * rand(rng, (u, GATES[cell] * u)), 0.5 * rand(rng, bias_shape(cell, u)))
+
+
+def compare_on_backend(backend, cell, shape, return_sequences, go_backwards, opts=None,
+                       bias=True, need_input_grad=True, seed=0):
+    """Forward and backward of one cell on ``backend``: y against the float64 oracle, every
+    gradient against its central differences (and, on OpenCL, the CPU op's). Returns the
+    backend's (y, grads) as it returned them."""
+    from pynn.backend import cpu
+
+    opts = opts or cell_options(cell)
+    x, w, r, b = make32(cell, shape, seed)
+    if not bias:
+        b = None
+    name = op_name(cell)
+    what = f"{cell} on {backend.name} {shape} seq={return_sequences} back={go_backwards} {opts}"
+    ops, up, down = backend.ops, backend.up, backend.down
+    dev = [up(a) for a in (x, w, r, b)]
+    y, cache = getattr(ops, name + "_forward")(*dev, *opts, return_sequences, go_backwards)
+    assert isinstance(cache, tuple) and all(type(a) is type(y) for a in cache), what
+    y_host = down(y)
+    y_ref = reference(cell, x, w, r, b, opts, return_sequences, go_backwards)
+    assert_same(f"forward {what}", y_host, y_ref, BACKEND_RTOL, np.float32)
+    dy = rand(np.random.default_rng(seed + 1), y_host.shape)
+    grads = getattr(ops, name + "_backward")(up(dy), dev[0], dev[1], dev[2], cache, *opts,
+                                             return_sequences, go_backwards, need_input_grad)
+    fd = rnn_ref.numerical_grads(
+        lambda *a: reference(cell, *a, opts, return_sequences, go_backwards), [x, w, r, b], dy)
+    if not need_input_grad:
+        fd[0] = None
+    labels = ("dx", "dkernel", "drecurrent_kernel", "dbias")
+    host = tuple(down(g) for g in grads)
+    for label, got, want in zip(labels, host, fd):
+        if want is None:
+            continue  # dbias without a bias: compared with the CPU's below
+        assert_same(f"{label} {what}", got, want, BACKEND_RTOL, np.float32)
+    if not need_input_grad:
+        assert host[0] is None, f"dx {what}: expected None"
+    if backend.is_opencl:
+        y_cpu, cache_cpu = getattr(cpu, name + "_forward")(x, w, r, b, *opts, return_sequences,
+                                                           go_backwards)
+        assert_close(y_host, y_cpu, BACKEND_RTOL, f"forward {what} vs CPU")
+        grads_cpu = getattr(cpu, name + "_backward")(dy, x, w, r, cache_cpu, *opts,
+                                                     return_sequences, go_backwards,
+                                                     need_input_grad)
+        for label, got, want in zip(labels, host, grads_cpu):
+            if want is None:
+                assert got is None, f"{label} {what}: expected None"
+                continue
+            assert_close(got, want, BACKEND_RTOL, f"{label} {what} vs CPU")
+    return y, grads
+
+
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("cell", CELLS)
+def test_cell_on_backend(backend, cell, return_sequences, go_backwards):
+    compare_on_backend(backend, cell, (5, 4, 3, 7), return_sequences, go_backwards)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 5, 7, 4), (17, 3, 33, 9)])
+def test_awkward_shapes_on_backend(backend, cell, shape):
+    compare_on_backend(backend, cell, shape, True, shape[0] % 2 == 1)
+
+
+@pytest.mark.parametrize("cell,activation,recurrent", [
+    ("simple_rnn", "relu", None), ("lstm", "relu", "tanh"), ("gru", "elu", "sigmoid"),
+    ("gru_before", "leaky_relu", "tanh"),
+])
+def test_other_activations_on_backend(backend, cell, activation, recurrent):
+    compare_on_backend(backend, cell, (3, 4, 5, 3), True, False,
+                       cell_options(cell, activation, recurrent))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_no_bias_and_no_input_grad_on_backend(backend, cell):
+    compare_on_backend(backend, cell, (3, 4, 5, 3), False, True, bias=False,
+                       need_input_grad=False)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_reproducible_on_backend(backend, cell):
+    """Two runs give the same bits (no atomics, fixed summation order)."""
+    a = compare_on_backend(backend, cell, (6, 5, 4, 5), True, False, seed=3)
+    b = compare_on_backend(backend, cell, (6, 5, 4, 5), True, False, seed=3)
+    for u, v in zip((a[0],) + tuple(a[1]), (b[0],) + tuple(b[1])):
+        np.testing.assert_array_equal(backend.down(u), backend.down(v))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("shape", [(0, 3, 2, 4), (2, 0, 2, 4)])
+def test_empty_on_backend(backend, cell, shape):
+    ops, up, down = backend.ops, backend.up, backend.down
+    x, w, r, b = make32(cell, shape)
+    name = op_name(cell)
+    opts = cell_options(cell)
+    for return_sequences in (True, False):
+        y, cache = getattr(ops, name + "_forward")(up(x), up(w), up(r), up(b), *opts,
+                                                   return_sequences, False)
+        n, t, _, u = shape
+        assert y.shape == ((n, t, u) if return_sequences else (n, u))
+        assert not np.any(down(y))
+        dx, dw, dr, db = getattr(ops, name + "_backward")(
+            ops.zeros(y.shape), up(x), up(w), up(r), cache, *opts, return_sequences, False,
+            True)
+        assert (dx.shape, dw.shape, dr.shape, db.shape) == (x.shape, w.shape, r.shape, b.shape)
+        assert not (np.any(down(dw)) or np.any(down(dr)) or np.any(down(db)))
+
+
+# -- OpenCL only ------------------------------------------------------------------------------
+
+
+@pytest.mark.opencl
+@pytest.mark.parametrize("cell", CELLS)
+def test_bad_inputs_opencl(ocl, cell):
+    x, w, r, b = (ocl.asarray(a) for a in make32(cell, (3, 4, 5, 2)))
+    name = op_name(cell)
+    opts = cell_options(cell)
+    fwd = getattr(ocl, name + "_forward")
+    bwd = getattr(ocl, name + "_backward")
+    with pytest.raises(ValueError, match=f"{name}_forward: 'x' is required"):
+        fwd(None, w, r, b, *opts)
+    with pytest.raises(ValueError, match="'kernel' must have shape"):
+        fwd(x, w[:4], r, b, *opts)
+    with pytest.raises(ValueError, match="'recurrent_kernel' must have shape"):
+        fwd(x, w, r[:1], b, *opts)
+    with pytest.raises(ValueError, match="'bias' must have shape"):
+        fwd(x, w, r, ocl.copy(b.reshape(b.size)[1:]) if b.ndim == 1 else ocl.copy(b[:1]),
+            *opts)
+    with pytest.raises(TypeError, match="'kernel' must have dtype float32"):
+        fwd(x, ocl.asarray(w, np.int32), r, b, *opts)
+    with pytest.raises(ValueError, match="not supported by the recurrent kernels"):
+        fwd(x, w, r, b, "gelu", *opts[1:])
+    y, cache = fwd(x, w, r, b, *opts, True, False)
+    with pytest.raises(ValueError, match=f"{name}_backward: 'dy' must have shape"):
+        bwd(ocl.zeros((3, 3, 2)), x, w, r, cache, *opts, True)
+    with pytest.raises(ValueError, match="'cache' must be the tuple"):
+        bwd(y, x, w, r, cache[:0], *opts, True)
+    with pytest.raises(ValueError, match=r"cache\[0\]' must have shape"):
+        bwd(y, x, w, r, (ocl.zeros((3, 4, 3)),) + tuple(cache[1:]), *opts, True)
+
+
+@pytest.mark.opencl
+@pytest.mark.parametrize("cls,kwargs", [
+    ("LSTM", {"return_sequences": True}), ("GRU", {"go_backwards": True}),
+    ("GRU", {"reset_after": False}), ("SimpleRNN", {"activation": "relu"}),
+])
+def test_layer_on_opencl_matches_cpu(ocl, cls, kwargs):
+    """The same layer code on both backends: outputs and gradients agree."""
+    from pynn import backend
+    from pynn.layers import recurrent
+
+    rng = np.random.default_rng(5)
+    x = rand(rng, (4, 6, 3))
+    results = []
+    weights = None
+    try:
+        for device in ("cpu", "opencl"):
+            backend.set_device(device)
+            b = backend.current()
+            layer = getattr(recurrent, cls)(5, **kwargs)
+            layer.build((None, 6, 3))
+            if weights is None:
+                weights = layer.get_weights()
+            layer.set_weights(weights)
+            y = layer(b.asarray(x), training=True)
+            dy = np.ones(y.shape, np.float32)
+            dx = layer.backward(b.asarray(dy))
+            results.append([b.to_numpy(a) for a in [y, dx] + [v.grad for v in layer.weights]])
+    finally:
+        backend.set_device("cpu")
+    for got, want in zip(results[1], results[0]):
+        assert_close(got, want, BACKEND_RTOL, f"{cls} {kwargs}")

@@ -1,5 +1,5 @@
-"""Float64 NumPy oracles for the activations (native/activation.pyx, native/_activation.pxd)
-and the dense layer (native/dense.pyx).
+"""Float64 NumPy oracles for the activations (native/activation.pyx, native/_activation.pxd);
+the dense ops' are in dense_ref.py.
 
 Written from Keras 3's definitions (keras/src/activations/activations.py and the torch
 backend): gelu is the exact erf form, selu uses torch's constants, leaky_relu's alpha is the
@@ -79,14 +79,6 @@ def activation_bias_backward_ref(dy, x, activation, alpha=0.0):
     """(dz, db): dz = activation_backward_ref, db = its sum over every axis but the last."""
     dz = activation_backward_ref(dy, x, activation, alpha)
     return dz, dz.reshape(-1, dz.shape[-1]).sum(axis=0)
-
-
-def dense_forward_ref(x, kernel, bias, activation="linear", alpha=0.0):
-    """(y, z): z = x @ kernel + bias in float64, y = activation(z)."""
-    z = np.asarray(x, np.float64) @ np.asarray(kernel, np.float64)
-    if bias is not None:
-        z = z + np.asarray(bias, np.float64)
-    return activation_forward_ref(z, activation, alpha), z
 
 
 def numerical_derivative(f, x, eps):

@@ -47,7 +47,7 @@ def _padded(x, pads, out, kernel_shape, strides, dilation_rate):
     return xp
 
 
-def activation(z, name, alpha=0.0):
+def _activation(z, name, alpha=0.0):
     """Float64 activation values (softmax over the last axis)."""
     if name == "linear":
         return z
@@ -74,7 +74,7 @@ def activation(z, name, alpha=0.0):
     raise ValueError(name)
 
 
-def conv2d_forward(x, kernel, bias, strides, padding, dilation_rate, activation_name="linear",
+def conv2d_forward_ref(x, kernel, bias, strides, padding, dilation_rate, activation_name="linear",
                    alpha=0.0):
     """Returns (y, z): z the pre-activation, y = activation(z)."""
     x = np.asarray(x, np.float64)
@@ -87,10 +87,10 @@ def conv2d_forward(x, kernel, bias, strides, padding, dilation_rate, activation_
             z += xp[_tap(kh, kw, strides, dilation_rate, out)] @ kernel[kh, kw]
     if bias is not None:
         z = z + np.asarray(bias, np.float64)
-    return activation(z, activation_name, alpha), z
+    return _activation(z, activation_name, alpha), z
 
 
-def conv2d_backward_input(dz, kernel, input_shape, strides, padding, dilation_rate):
+def conv2d_backward_input_ref(dz, kernel, input_shape, strides, padding, dilation_rate):
     dz = np.asarray(dz, np.float64)
     kernel = np.asarray(kernel, np.float64)
     pads, out = _geometry(input_shape, kernel.shape, strides, padding, dilation_rate)
@@ -102,7 +102,7 @@ def conv2d_backward_input(dz, kernel, input_shape, strides, padding, dilation_ra
     return dxp[:, pt:pt + input_shape[1], pl:pl + input_shape[2], :].copy()
 
 
-def conv2d_backward_weight(x, dz, kernel_shape, strides, padding, dilation_rate):
+def conv2d_backward_weight_ref(x, dz, kernel_shape, strides, padding, dilation_rate):
     x = np.asarray(x, np.float64)
     dz = np.asarray(dz, np.float64)
     pads, out = _geometry(x.shape, kernel_shape, strides, padding, dilation_rate)
@@ -113,3 +113,23 @@ def conv2d_backward_weight(x, dz, kernel_shape, strides, padding, dilation_rate)
             patch = xp[_tap(kh, kw, strides, dilation_rate, out)]
             dw[kh, kw] = np.einsum("nhwc,nhwf->cf", patch, dz)
     return dw
+
+
+def conv2d_backward_ref(dy, x, kernel, bias, strides, padding, dilation_rate,
+                        activation_name="linear", alpha=0.0, use_bias=True,
+                        need_input_grad=True):
+    """A Conv2D layer's whole backward (dx or None, dkernel, dbias or None) from dL/dy of
+    y = activation(conv(x, kernel) + bias). Unlike the op, which takes the forward's z and y,
+    the oracle recomputes z in float64 from x, kernel and bias."""
+    from tests.reference.activation_ref import activation_backward_ref
+
+    _, z = conv2d_forward_ref(x, kernel, bias, strides, padding, dilation_rate)
+    dz = activation_backward_ref(dy, z, activation_name, alpha)
+    kernel = np.asarray(kernel)
+    dx = None
+    if need_input_grad:
+        dx = conv2d_backward_input_ref(dz, kernel, np.shape(x), strides, padding,
+                                       dilation_rate)
+    dk = conv2d_backward_weight_ref(x, dz, kernel.shape, strides, padding, dilation_rate)
+    db = dz.reshape(-1, dz.shape[-1]).sum(axis=0) if use_bias else None
+    return dx, dk, db

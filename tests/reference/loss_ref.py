@@ -1,7 +1,8 @@
-"""Float64 NumPy oracles for the losses and metrics (native/loss.pyx, native/metric.pyx).
+"""Float64 NumPy oracles for the losses (native/loss.pyx, opencl/loss.cl); the metrics' are in
+metric_ref.py.
 
 Written straight from Keras 3's definitions (keras/src/losses/losses.py,
-keras/src/backend/torch/nn.py, keras/src/metrics/accuracy_metrics.py): slow and obvious.
+keras/src/backend/torch/nn.py): slow and obvious.
 Gradients are checked separately by finite differences and by torch autograd through Keras.
 """
 
@@ -97,42 +98,11 @@ def loss_backward_ref(name, y_true, y_pred, from_logits=False, param=None, dtype
 
 # -- metrics ------------------------------------------------------------------------------
 
-def _threshold_in_dtype(y_pred, threshold):
-    """Keras compares against a tensor of the prediction's float dtype."""
-    dt = np.asarray(y_pred).dtype
-    return float(dt.type(threshold)) if np.issubdtype(dt, np.floating) else float(threshold)
-
-
-def accuracy_count_ref(y_true, y_pred, mode, threshold=0.5):
-    p = np.asarray(y_pred, dtype=np.float64)
-    if mode == "binary":
-        t = np.asarray(y_true, dtype=np.float64).reshape(p.shape)
-        thr = _threshold_in_dtype(y_pred, threshold)
-        return int(np.sum(t == (p > thr).astype(np.float64)))
-    pred = np.argmax(p, axis=-1)  # NumPy argmax: first index on ties, like torch's
-    if mode == "categorical":
-        true = np.argmax(np.asarray(y_true, dtype=np.float64), axis=-1)
-    else:
-        true = np.asarray(y_true).reshape(-1).astype(np.int64)
-    return int(np.sum(true == pred))
-
-
-def top_k_count_ref(y_true, y_pred, k, sparse):
-    """Keras's in_top_k: the target's score is >= the k-th largest score (ties count in)."""
-    p = np.asarray(y_pred, dtype=np.float64)
-    if sparse:
-        true = np.asarray(y_true).reshape(-1).astype(np.int64)
-    else:
-        true = np.argmax(np.asarray(y_true, dtype=np.float64), axis=-1)
-    count = 0
-    for row, label in zip(p, true):
-        kth = np.sort(row)[::-1][min(k, row.size) - 1]
-        count += int(row[label] >= kth)
-    return count
-
-
-def confusion_counts_ref(y_true, y_pred, threshold=0.5):
-    p = np.asarray(y_pred, dtype=np.float64).reshape(-1) > _threshold_in_dtype(y_pred,
-                                                                                threshold)
-    t = np.asarray(y_true, dtype=np.float64).reshape(-1) != 0
-    return int(np.sum(t & p)), int(np.sum(~t & p)), int(np.sum(t & ~p))
+def loss_forward_backward_ref(name, y_true, y_pred, from_logits=False, param=None,
+                              need_grad=True, dtype=np.float64):
+    """(loss, grad or None): the op's two results from the two oracles above (``dtype``: the
+    kernel's, which sets the probability clip)."""
+    loss = loss_forward_ref(name, y_true, y_pred, from_logits, param, dtype)
+    grad = loss_backward_ref(name, y_true, y_pred, from_logits, param, dtype) if need_grad \
+        else None
+    return loss, grad

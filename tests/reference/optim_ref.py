@@ -31,7 +31,7 @@ def sum_squares_ref(a):
     return float(np.sum(f64(a) ** 2))
 
 
-def regularizer_ref(w, grad, l1, l2):
+def regularizer_inplace_ref(w, grad, l1, l2):
     """-> (new grad, penalty): grad + l1*sign(w) + 2*l2*w, l1*sum|w| + l2*sum(w^2)."""
     w = f64(w)
     return f64(grad) + l1 * np.sign(w) + 2.0 * l2 * w, float(

@@ -36,7 +36,7 @@ def output_shape(input_shape, pool_size, strides, padding):
             _axis(w, pool_size[1], strides[1], padding)[1], c)
 
 
-def maxpool2d_forward(x, pool_size, strides, padding):
+def maxpool2d_forward_ref(x, pool_size, strides, padding):
     x = np.asarray(x, np.float64)
     y = np.zeros(output_shape(x.shape, pool_size, strides, padding))
     arg = np.zeros(y.shape, np.int64)
@@ -48,7 +48,7 @@ def maxpool2d_forward(x, pool_size, strides, padding):
     return y, arg
 
 
-def maxpool2d_backward(dy, argmax, input_shape):
+def maxpool2d_backward_ref(dy, argmax, input_shape):
     n, h, w, c = input_shape
     dx = np.zeros((n, h * w, c))
     dy = np.asarray(dy, np.float64)
@@ -59,7 +59,7 @@ def maxpool2d_backward(dy, argmax, input_shape):
     return dx.reshape(input_shape)
 
 
-def avgpool2d_forward(x, pool_size, strides, padding):
+def avgpool2d_forward_ref(x, pool_size, strides, padding):
     x = np.asarray(x, np.float64)
     y = np.zeros(output_shape(x.shape, pool_size, strides, padding))
     for ho, wo, h0, h1, w0, w1 in windows(x.shape, pool_size, strides, padding):
@@ -67,7 +67,7 @@ def avgpool2d_forward(x, pool_size, strides, padding):
     return y
 
 
-def avgpool2d_backward(dy, input_shape, pool_size, strides, padding):
+def avgpool2d_backward_ref(dy, input_shape, pool_size, strides, padding):
     dy = np.asarray(dy, np.float64)
     dx = np.zeros(input_shape)
     for ho, wo, h0, h1, w0, w1 in windows(input_shape, pool_size, strides, padding):
@@ -75,24 +75,24 @@ def avgpool2d_backward(dy, input_shape, pool_size, strides, padding):
     return dx
 
 
-def global_avgpool2d_forward(x):
+def global_avgpool2d_forward_ref(x):
     return np.asarray(x, np.float64).mean(axis=(1, 2))
 
 
-def global_avgpool2d_backward(dy, input_shape):
+def global_avgpool2d_backward_ref(dy, input_shape):
     n, h, w, c = input_shape
     return np.broadcast_to(np.asarray(dy, np.float64)[:, None, None, :] / (h * w),
                            input_shape).copy()
 
 
-def global_maxpool2d_forward(x):
+def global_maxpool2d_forward_ref(x):
     x = np.asarray(x, np.float64)
     flat = x.reshape(x.shape[0], x.shape[1] * x.shape[2], x.shape[3])
     arg = np.argmax(flat, axis=1)
     return np.take_along_axis(flat, arg[:, None, :], axis=1)[:, 0, :], arg
 
 
-def global_maxpool2d_backward(dy, argmax, input_shape):
+def global_maxpool2d_backward_ref(dy, argmax, input_shape):
     n, h, w, c = input_shape
     dx = np.zeros((n, h * w, c))
     for i in range(n):

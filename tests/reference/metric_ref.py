@@ -1,0 +1,45 @@
+"""Float64 NumPy oracles for the metric counts (native/metric.pyx, opencl/metric.cl), written
+from Keras 3's metric functions (keras/src/metrics/accuracy_metrics.py)."""
+
+import numpy as np
+
+
+def _threshold_in_dtype(y_pred, threshold):
+    """Keras compares against a tensor of the prediction's float dtype."""
+    dt = np.asarray(y_pred).dtype
+    return float(dt.type(threshold)) if np.issubdtype(dt, np.floating) else float(threshold)
+
+
+def accuracy_count_ref(y_true, y_pred, mode, threshold=0.5):
+    p = np.asarray(y_pred, dtype=np.float64)
+    if mode == "binary":
+        t = np.asarray(y_true, dtype=np.float64).reshape(p.shape)
+        thr = _threshold_in_dtype(y_pred, threshold)
+        return int(np.sum(t == (p > thr).astype(np.float64)))
+    pred = np.argmax(p, axis=-1)  # NumPy argmax: first index on ties, like torch's
+    if mode == "categorical":
+        true = np.argmax(np.asarray(y_true, dtype=np.float64), axis=-1)
+    else:
+        true = np.asarray(y_true).reshape(-1).astype(np.int64)
+    return int(np.sum(true == pred))
+
+
+def top_k_count_ref(y_true, y_pred, k, sparse):
+    """Keras's in_top_k: the target's score is >= the k-th largest score (ties count in)."""
+    p = np.asarray(y_pred, dtype=np.float64)
+    if sparse:
+        true = np.asarray(y_true).reshape(-1).astype(np.int64)
+    else:
+        true = np.argmax(np.asarray(y_true, dtype=np.float64), axis=-1)
+    count = 0
+    for row, label in zip(p, true):
+        kth = np.sort(row)[::-1][min(k, row.size) - 1]
+        count += int(row[label] >= kth)
+    return count
+
+
+def confusion_counts_ref(y_true, y_pred, threshold=0.5):
+    p = np.asarray(y_pred, dtype=np.float64).reshape(-1) > _threshold_in_dtype(y_pred,
+                                                                                threshold)
+    t = np.asarray(y_true, dtype=np.float64).reshape(-1) != 0
+    return int(np.sum(t & p)), int(np.sum(~t & p)), int(np.sum(t & ~p))
