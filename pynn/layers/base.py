@@ -224,6 +224,9 @@ def is_complex(x):
     """Whether ``x`` has a complex dtype (NumPy's, a device array's, or a tensor's), which a
     cast to float would silently drop the imaginary part of."""
     dtype = getattr(x, "dtype", None)
+    kind = getattr(dtype, "kind", None)  # NumPy and device arrays: one attribute read per call
+    if kind is not None:
+        return kind == "c"
     return dtype is not None and "complex" in str(dtype)
 
 

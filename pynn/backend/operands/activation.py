@@ -1,11 +1,25 @@
 """Operands of the activation ops (native/activation.pyx, pynn/backend/opencl/activation.py)."""
 
+import functools
+
 from pynn.backend.api import ACTIVATIONS_NEEDING_INPUT
 from pynn.backend.operands.common import activation_name, check_alpha
 
 
 def activation_pair(op, activation, alpha):
-    """(name, alpha) of an activation argument pair: a known name, a usable parameter."""
+    """(name, alpha) of an activation argument pair: a known name, a usable parameter.
+    Layers pass the same few pairs on every step: those answers are remembered."""
+    try:
+        return _checked_pair(op, activation, alpha)
+    except TypeError as exc:
+        if "unhashable" not in str(exc):
+            raise
+    name = activation_name(op, activation)  # an unhashable argument: checked (and refused)
+    return name, check_alpha(op, name, alpha)
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_pair(op, activation, alpha):
     name = activation_name(op, activation)
     return name, check_alpha(op, name, alpha)
 
