@@ -5,8 +5,6 @@ tiny sizes say nothing about speed)."""
 import json
 import math
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np

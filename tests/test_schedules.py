@@ -4,7 +4,6 @@ own schedules (torch backend; skipped when keras cannot be imported)."""
 import json
 import os
 
-import numpy as np
 import pytest
 
 os.environ["KERAS_BACKEND"] = "torch"  # before any `import keras`

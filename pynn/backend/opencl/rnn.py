@@ -306,7 +306,7 @@ def gru_backward(dy, x, kernel, recurrent_kernel, cache, activation="tanh",
     bias_shape = operands.bias_shape(cell, reset_after)
     if n * t * u == 0:
         return _empty_backward(x, kernel, recurrent_kernel, bias_shape, need_input_grad)
-    g3, ld, g_ld = 3 * u, t * u, t * 3 * u
+    g3, g_ld = 3 * u, t * 3 * u
     dzi = rt.empty((n, t, g3), np.float32, f"{op} dz")
     dh_next = rt.zeros((n, u), np.float32, f"{op} dh")
     if reset_after:

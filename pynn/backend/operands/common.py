@@ -17,7 +17,7 @@ import operator
 
 import numpy as np
 
-from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
+from pynn.backend.api import ACTIVATIONS
 
 FLOAT_DTYPES = (np.float32, np.float64)
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
