@@ -1,4 +1,6 @@
-"""Callbacks: EarlyStopping, ModelCheckpoint, TerminateOnNaN, LearningRateScheduler, History.
+"""Callbacks: EarlyStopping, ModelCheckpoint, TerminateOnNaN, LearningRateScheduler, History,
+ReduceLROnPlateau, CSVLogger, LambdaCallback, BackupAndRestore (ReduceLROnPlateau and
+CSVLogger also against Keras itself).
 
 A scripted callback writes a chosen value into the epoch logs (callbacks share the logs dict
 and run in order), so the stopping / saving decisions are checked against known sequences.
@@ -463,3 +465,23 @@ def test_backup_and_restore_bad_arguments(tmp_path):
     model, x, y = model_and_data()
     with pytest.raises(ValueError, match="BackupAndRestore.*cannot write"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[cb])
+
+
+def test_backup_and_restore_every_n_batches_resumes_at_the_backup_epoch(tmp_path):
+    # Keras 3: a batch-level backup names the epoch it was taken in; fit restarts that epoch
+    # from its start with the backed-up weights.
+    weights = model_and_data()[0].get_weights()
+    ref, x, y = _fresh(pynn.optimizers.SGD(0.05, momentum=0.9), weights, 5)
+    ref.fit(x, y, epochs=2, batch_size=6, shuffle=False, verbose=0)
+    ref.fit(x, y, epochs=4, initial_epoch=1, batch_size=6, shuffle=False, verbose=0)
+    model, _, _ = _fresh(pynn.optimizers.SGD(0.05, momentum=0.9), weights, 5)
+    cb = callbacks.BackupAndRestore(tmp_path / "b", save_freq=2)
+    crash = Crash(2)  # 4 batches an epoch: the last backup is after epoch 1's 4th batch
+    with pytest.raises(RuntimeError):
+        model.fit(x, y, epochs=4, batch_size=6, shuffle=False, verbose=0, callbacks=[cb, crash])
+    hist = model.fit(x, y, epochs=4, batch_size=6, shuffle=False, verbose=0,
+                     callbacks=[cb, crash])
+    assert hist.epoch == [1, 2, 3]
+    for got, want in zip(model.get_weights(), ref.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    assert not (tmp_path / "b").exists()
