@@ -1,6 +1,11 @@
 """Training callbacks with Keras 3's names and arguments, plus the progress bar and History."""
 
+import collections.abc
+import csv
+import json
 import math
+import os
+import shutil
 import sys
 import time
 import warnings
@@ -301,3 +306,326 @@ class LearningRateScheduler(Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = float(self.model.optimizer.current_learning_rate())
+
+
+_DOWN_METRICS = {"mae", "mse", "rmse", "msle", "mape", "mean_absolute_error",
+                 "mean_squared_error", "root_mean_squared_error", "log_cosh", "logcosh",
+                 "mean_absolute_percentage_error", "mean_squared_logarithmic_error", "hinge",
+                 "squared_hinge", "categorical_hinge", "poisson", "kl_divergence",
+                 "binary_crossentropy", "categorical_crossentropy",
+                 "sparse_categorical_crossentropy"}
+_UP_METRIC_PARTS = ("acc", "precision", "recall", "f1", "fbeta", "auc", "iou",
+                    "cosine_similarity")
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiplies the learning rate by ``factor`` once ``monitor`` has not improved by more
+    than ``min_delta`` for ``patience`` epochs, then waits ``cooldown`` epochs; never below
+    ``min_lr``. Puts ``learning_rate`` (before any reduction) into the epoch logs, as Keras 3.
+    An optimizer built on a LearningRateSchedule cannot be reduced: its setter raises
+    TypeError, as Keras's does."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto",
+                 min_delta=1e-4, cooldown=0, min_lr=0.0, **kwargs):
+        super().__init__()
+        if kwargs:
+            raise ValueError(f"ReduceLROnPlateau: unknown arguments {sorted(kwargs)}")
+        name = "ReduceLROnPlateau"
+        if not isinstance(monitor, str):
+            raise ValueError(f"{name}: monitor must be a metric name, got {monitor!r}")
+        for arg, value in (("factor", factor), ("min_delta", min_delta), ("min_lr", min_lr)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+                    or not math.isfinite(value):
+                raise ValueError(f"{name}: {arg} must be a finite number, got {value!r}")
+        if factor >= 1.0:
+            raise ValueError(f"{name} does not support a factor >= 1.0 (got factor={factor})")
+        if factor < 0:
+            raise ValueError(f"{name}: factor must be in [0, 1), got {factor}")
+        if min_lr < 0:
+            raise ValueError(f"{name}: min_lr must be >= 0, got {min_lr}")
+        for arg, value in (("patience", patience), ("cooldown", cooldown)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name}: {arg} must be an int >= 0, got {value!r}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"{name}: mode must be 'auto', 'min' or 'max', got {mode!r}")
+        self.monitor = monitor
+        self.factor = float(factor)
+        self.patience = int(patience)
+        self.verbose = verbose
+        self.mode = mode
+        self.min_delta = abs(float(min_delta))
+        self.cooldown = int(cooldown)
+        self.min_lr = float(min_lr)
+        self._minimize = None
+        self._reset()
+
+    def _reset(self):
+        self.best = None
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def _set_direction(self):
+        # Keras 3: 'auto' minimizes "loss"/"val_loss" and follows the metric's direction
+        # otherwise; a name whose direction it cannot tell is an error.
+        if self.mode != "auto":
+            self._minimize = self.mode == "min"
+            return
+        name = self.monitor.removeprefix("val_")
+        if name == "loss" or name.endswith("_loss") or name in _DOWN_METRICS:
+            self._minimize = True
+        elif any(part in name for part in _UP_METRIC_PARTS):
+            self._minimize = False
+        else:
+            raise ValueError(f"ReduceLROnPlateau: cannot tell whether monitor="
+                             f"'{self.monitor}' should be minimized or maximized; pass "
+                             f"mode='min' or mode='max'")
+
+    def _improved(self, current):
+        if self.best is None:
+            return True
+        if self._minimize:
+            return current + self.min_delta < self.best
+        return current - self.min_delta > self.best
+
+    def in_cooldown(self):
+        return self.cooldown_counter > 0
+
+    def on_train_begin(self, logs=None):
+        self._reset()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        optimizer = self.model.optimizer
+        logs["learning_rate"] = float(optimizer.current_learning_rate())
+        if self._minimize is None:
+            self._set_direction()
+        current = logs.get(self.monitor)
+        if current is None:
+            warnings.warn(f"ReduceLROnPlateau: metric '{self.monitor}' is not in the logs "
+                          f"(available: {sorted(logs)})", stacklevel=2)
+            return
+        if self.in_cooldown():
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._improved(current):
+            self.best = current
+            self.wait = 0
+        elif not self.in_cooldown():
+            self.wait += 1
+            if self.wait >= self.patience:
+                old_lr = float(optimizer.current_learning_rate())
+                if old_lr > np.float32(self.min_lr):
+                    new_lr = max(old_lr * self.factor, self.min_lr)
+                    optimizer.learning_rate = new_lr
+                    if self.verbose > 0:
+                        print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate "
+                              f"to {new_lr}.")
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0
+
+
+class CSVLogger(Callback):
+    """One CSV row per epoch: header ``epoch,<sorted log keys>`` (plus ``val_<key>`` columns,
+    filled with ``NA``, when the first epoch has no validation keys), as Keras 3 writes it.
+    ``append=True`` continues an existing file without a second header."""
+
+    def __init__(self, filename, separator=",", append=False):
+        super().__init__()
+        if not isinstance(filename, (str, os.PathLike)):
+            raise ValueError(f"CSVLogger: filename must be a path, got {filename!r}")
+        if not isinstance(separator, str) or len(separator) != 1:
+            raise ValueError(f"CSVLogger: separator must be one character, got {separator!r}")
+        directory = os.path.dirname(os.path.abspath(os.fspath(filename)))
+        if not os.path.isdir(directory):
+            raise ValueError(f"CSVLogger: directory {directory!r} does not exist")
+        self.filename = os.fspath(filename)
+        self.sep = separator
+        self.append = bool(append)
+        self.keys = None
+        self.writer = None
+        self.csv_file = None
+        self.append_header = True
+
+    def on_train_begin(self, logs=None):
+        if self.append:
+            if os.path.exists(self.filename):
+                with open(self.filename, "r", newline="") as f:
+                    self.append_header = not bool(len(f.readline()))
+            mode = "a"
+        else:
+            mode = "w"
+        if self.csv_file is not None and not self.csv_file.closed:
+            self.csv_file.close()
+        self.writer = None
+        self.keys = None
+        try:
+            self.csv_file = open(self.filename, mode, newline="")
+        except OSError as exc:
+            raise ValueError(f"CSVLogger: cannot open {self.filename!r} for writing "
+                             f"({exc})") from None
+
+    @staticmethod
+    def _value(v):
+        if isinstance(v, str):
+            return v
+        if isinstance(v, np.ndarray) and v.ndim == 0:
+            return v
+        if isinstance(v, collections.abc.Iterable):
+            return f'"[{", ".join(map(str, v))}]"'
+        return v
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.keys is None:
+            self.keys = sorted(logs)
+            if self.keys and not any(k.startswith("val_") for k in self.keys):
+                self.keys += ["val_" + k for k in self.keys]
+        if self.writer is None:
+            dialect = type("PynnCSVDialect", (csv.excel,), {"delimiter": self.sep})
+            self.writer = csv.DictWriter(self.csv_file, fieldnames=["epoch"] + self.keys,
+                                         dialect=dialect)
+            if self.append_header:
+                self.writer.writeheader()
+        row = {"epoch": epoch}
+        row.update((k, self._value(logs.get(k, "NA"))) for k in self.keys)
+        self.writer.writerow(row)
+        self.csv_file.flush()
+
+    def on_train_end(self, logs=None):
+        if self.csv_file is not None:
+            self.csv_file.close()
+        self.csv_file = None
+        self.writer = None
+
+
+_LAMBDA_HOOKS = {
+    "on_epoch_begin": "epoch", "on_epoch_end": "epoch",
+    "on_train_begin": None, "on_train_end": None,
+    "on_train_batch_begin": "batch", "on_train_batch_end": "batch",
+    "on_test_begin": None, "on_test_end": None,
+    "on_predict_begin": None, "on_predict_end": None,
+    "on_test_batch_begin": "batch", "on_test_batch_end": "batch",
+    "on_predict_batch_begin": "batch", "on_predict_batch_end": "batch",
+}
+
+
+class LambdaCallback(Callback):
+    """Callbacks from plain functions, with Keras's signatures: ``on_epoch_*(epoch, logs)``,
+    ``on_train_*(logs)``, ``on_*_batch_*(batch, logs)``; the other hooks by keyword."""
+
+    def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_train_begin=None,
+                 on_train_end=None, on_train_batch_begin=None, on_train_batch_end=None,
+                 **kwargs):
+        super().__init__()
+        unknown = sorted(set(kwargs) - set(_LAMBDA_HOOKS))
+        if unknown:
+            raise ValueError(f"LambdaCallback: unknown hooks {unknown}; known: "
+                             f"{sorted(_LAMBDA_HOOKS)}")
+        hooks = dict(kwargs, on_epoch_begin=on_epoch_begin, on_epoch_end=on_epoch_end,
+                     on_train_begin=on_train_begin, on_train_end=on_train_end,
+                     on_train_batch_begin=on_train_batch_begin,
+                     on_train_batch_end=on_train_batch_end)
+        for hook, fn in hooks.items():
+            if fn is None:
+                continue
+            if not callable(fn):
+                raise ValueError(f"LambdaCallback: {hook} must be callable, got {fn!r}")
+            setattr(self, hook, self._wrap(fn, _LAMBDA_HOOKS[hook] is not None))
+
+    @staticmethod
+    def _wrap(fn, indexed):
+        # pynn's loop may call a hook without logs; Keras always passes them.
+        if indexed:
+            def hook(index, logs=None):
+                return fn(index, logs)
+        else:
+            def hook(logs=None):
+                return fn(logs)
+        return hook
+
+
+class BackupAndRestore(Callback):
+    """Backs the model up (weights, optimizer state, shuffle generator) into ``backup_dir``;
+    when ``fit`` starts again with a backup there, the model is restored and training
+    resumes at the epoch the backup names. After a successful ``fit`` the backup is deleted
+    when ``delete_checkpoint``. Writes are atomic, so a crash mid-write leaves the previous
+    backup readable.
+
+    ``save_freq``: ``"epoch"`` (resume at the epoch after the last completed one) or a
+    number of batches, as Keras 3: a mid-epoch backup resumes at the start of its epoch,
+    with the weights of that batch (the epoch's first batches are trained twice)."""
+
+    MODEL_FILE = "latest.pynn"
+    META_FILE = "training_metadata.json"
+
+    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
+        super().__init__()
+        if not backup_dir or not isinstance(backup_dir, (str, os.PathLike)):
+            raise ValueError(f"BackupAndRestore: backup_dir must be a directory path, got "
+                             f"{backup_dir!r}")
+        if save_freq != "epoch" and (isinstance(save_freq, bool)
+                                     or not isinstance(save_freq, (int, np.integer))
+                                     or save_freq < 1):
+            raise ValueError(f"BackupAndRestore: save_freq must be 'epoch' or a positive "
+                             f"number of batches, got {save_freq!r}")
+        self.backup_dir = os.fspath(backup_dir)
+        if os.path.exists(self.backup_dir) and not os.path.isdir(self.backup_dir):
+            raise ValueError(f"BackupAndRestore: backup_dir {self.backup_dir!r} is not a "
+                             f"directory")
+        self.save_freq = save_freq if save_freq == "epoch" else int(save_freq)
+        self.delete_checkpoint = bool(delete_checkpoint)
+        self._model_path = os.path.join(self.backup_dir, self.MODEL_FILE)
+        self._meta_path = os.path.join(self.backup_dir, self.META_FILE)
+        self._current_epoch = 0
+        self._batches_since_save = 0
+
+    def on_train_begin(self, logs=None):
+        self._batches_since_save = 0
+        if not (os.path.exists(self._model_path) and os.path.exists(self._meta_path)):
+            return
+        from pynn import saving
+        try:
+            with open(self._meta_path) as f:
+                meta = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"BackupAndRestore: cannot read {self._meta_path!r} "
+                             f"({exc})") from None
+        epoch = meta.get("epoch") if isinstance(meta, dict) else None
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"BackupAndRestore: {self._meta_path!r} holds no valid epoch")
+        saving.restore_training_state(self.model, self._model_path)
+        self.model._initial_epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current_epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        self._batches_since_save += 1
+        if self._batches_since_save >= self.save_freq:
+            self._batches_since_save = 0
+            self._save(self._current_epoch, batch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self._save(epoch + 1, 0)
+
+    def _save(self, epoch, batch):
+        """The model, then the metadata naming the epoch to resume at (Keras's format)."""
+        try:
+            os.makedirs(self.backup_dir, exist_ok=True)
+            self.model.save(self._model_path)
+            tmp = self._meta_path + f".tmp{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump({"epoch": int(epoch), "batch": int(batch)}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._meta_path)
+        except OSError as exc:
+            raise ValueError(f"BackupAndRestore: cannot write the backup in "
+                             f"{self.backup_dir!r} ({exc})") from None
+
+    def on_train_end(self, logs=None):
+        if self.delete_checkpoint and os.path.isdir(self.backup_dir):
+            shutil.rmtree(self.backup_dir)

@@ -325,6 +325,7 @@ class Sequential:
         cbs = callbacks_module.CallbackList(list(callbacks or []) + [self.history], self, params)
         b = backend.current()
         self.stop_training = False
+        self._initial_epoch = None  # a callback (BackupAndRestore) may move the start
         with backend.host_memory_loop(trim=True):
             return self._fit_loop(b, x, y, batch_size, epochs, verbose, cbs, steps, n,
                                   shuffle, validation_data, initial_epoch)
@@ -332,6 +333,8 @@ class Sequential:
     def _fit_loop(self, b, x, y, batch_size, epochs, verbose, cbs, steps, n, shuffle,
                   validation_data, initial_epoch):
         cbs.on_train_begin()
+        if self._initial_epoch is not None:
+            initial_epoch = self._initial_epoch
         epoch_logs = {}
         for epoch in range(initial_epoch, epochs):
             for m in self.metrics:

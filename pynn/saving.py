@@ -552,3 +552,45 @@ def load_weights(model, filepath, max_compression_ratio=None):
         _load_weights_into(model, archive, atomic=True)
     finally:
         archive.close()
+
+
+def restore_training_state(model, filepath, max_compression_ratio=None):
+    """Load a file written by ``save`` into the compiled ``model`` itself: weights, layer
+    state, the shuffle generator and the optimizer's slots and iterations, so ``fit`` goes on
+    exactly as the saved model would. Slots are matched to weights by position, as weights
+    are, so a model whose layers got other names still resumes."""
+    archive = _Archive(filepath, "restore_training_state", max_compression_ratio)
+    try:
+        if not model.built:
+            shape = archive.doc.get("built_input_shape")
+            archive.expect(isinstance(shape, list), "'built_input_shape' is missing")
+            model.build(tuple(shape))
+        _load_weights_into(model, archive, atomic=True)
+        _load_layer_state(model, archive)
+        _load_rng_state(model, archive)
+        state = archive.doc.get("optimizer_state")
+        if state is None or not model.compiled:
+            return
+        archive.expect(isinstance(state, dict) and isinstance(state.get("slots"), list)
+                       and isinstance(state.get("iterations"), int)
+                       and not isinstance(state.get("iterations"), bool)
+                       and 0 <= state["iterations"] < 2**63,
+                       "'optimizer_state' must hold 'iterations' (an int >= 0) and 'slots'")
+        renamed = {saved: v for saved, v in zip(archive.doc["weights"], model.weights)}
+        slots = {}
+        for i, name in enumerate(state["slots"]):
+            archive.expect(isinstance(name, str), "slot names must be strings")
+            path, slot = name.rsplit("/", 1) if "/" in name else (name, "")
+            var = renamed.get(path)
+            if var is None:
+                raise archive.fail("pynn.json", f"optimizer slot {name!r} names no weight of "
+                                                f"the model")
+            slots[f"{var.path}/{slot}"] = archive.array(f"optimizer/{i:05d}.npy", var.shape,
+                                                        f"optimizer slot {name}")
+        try:
+            model.optimizer.set_state({"iterations": state["iterations"], "slots": slots},
+                                      model.trainable_weights)
+        except (ValueError, TypeError) as exc:
+            raise archive.fail("pynn.json", f"invalid 'optimizer_state' ({exc})") from None
+    finally:
+        archive.close()

@@ -1,4 +1,6 @@
-"""Callbacks: EarlyStopping, ModelCheckpoint, TerminateOnNaN, LearningRateScheduler, History.
+"""Callbacks: EarlyStopping, ModelCheckpoint, TerminateOnNaN, LearningRateScheduler, History,
+ReduceLROnPlateau, CSVLogger, LambdaCallback, BackupAndRestore (ReduceLROnPlateau and
+CSVLogger also against Keras itself).
 
 A scripted callback writes a chosen value into the epoch logs (callbacks share the logs dict
 and run in order), so the stopping / saving decisions are checked against known sequences.
@@ -194,3 +196,292 @@ def test_history_loss_is_the_sample_weighted_mean_of_batch_losses(seeded):
     assert len(batch_losses) == 3  # 10, 10 and a partial 4
     expected = (10 * batch_losses[0] + 10 * batch_losses[1] + 4 * batch_losses[2]) / 24
     assert history.history["loss"][0] == pytest.approx(expected, rel=1e-12)
+
+
+# -- ReduceLROnPlateau, CSVLogger, LambdaCallback, BackupAndRestore ------------------------
+
+def _keras():
+    import os
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    try:
+        import keras
+    except Exception as exc:  # keras missing or its backend cannot load
+        pytest.skip(f"keras (torch backend) is not available: {exc}")
+    if keras.backend.backend() != "torch":
+        pytest.skip(f"keras runs on {keras.backend.backend()}, these tests want torch")
+    return keras
+
+
+def _drive(cb, values, monitor):
+    """Feed ``values`` as ``monitor`` to cb's epoch hooks; the learning rate after each epoch
+    and the ``learning_rate`` each epoch's logs hold."""
+    cb.on_train_begin({})
+    lrs, logged = [], []
+    for epoch, v in enumerate(values):
+        logs = {monitor: v}
+        cb.on_epoch_begin(epoch, logs)
+        cb.on_epoch_end(epoch, logs)
+        lrs.append(float(np.asarray(cb.model.optimizer.learning_rate)))
+        logged.append(float(logs["learning_rate"]))
+    return lrs, logged
+
+
+PLATEAU_CASES = [
+    (dict(), [1.0] * 25),
+    (dict(patience=2), [5, 4, 4.5, 4.2, 4.1, 3, 3, 3, 3, 3, 2.99995, 3]),
+    (dict(patience=1, factor=0.5, cooldown=2), [3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2]),
+    (dict(patience=0, factor=0.5, min_lr=0.02), [1, 1, 1, 1, 1, 1, 1]),
+    (dict(monitor="val_accuracy", mode="max", patience=1, factor=0.2),
+     [.5, .6, .6, .55, .7, .7, .7, .7]),
+    (dict(monitor="val_acc", mode="min", patience=1), [.5, .6, .6, .4, .4, .4]),
+    (dict(mode="max", patience=2, min_delta=0.1), [1, 1.05, 1.2, 1.25, 1.3, 1.5, 1.5, 1.5]),
+    (dict(patience=1, min_delta=-0.5), [1, 1.2, 1.6, 1.6, 2.2]),
+]
+
+
+@pytest.mark.parametrize("kwargs,values", PLATEAU_CASES)
+def test_reduce_lr_on_plateau_matches_keras(kwargs, values):
+    keras = _keras()
+    monitor = kwargs.get("monitor", "val_loss")
+    km = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    km.compile(keras.optimizers.SGD(0.1), "mse")
+    kcb = keras.callbacks.ReduceLROnPlateau(**kwargs)
+    kcb.set_model(km)
+    model, _, _ = model_and_data(pynn.optimizers.SGD(0.1))
+    pcb = callbacks.ReduceLROnPlateau(**kwargs)
+    pcb.set_model(model)
+    k_lrs, k_logged = _drive(kcb, values, monitor)
+    p_lrs, p_logged = _drive(pcb, values, monitor)
+    # Keras holds the rate in a float32 variable; pynn in a Python float.
+    np.testing.assert_allclose(p_lrs, k_lrs, rtol=1e-6)
+    np.testing.assert_allclose(p_logged, k_logged, rtol=1e-6)
+    assert (pcb.wait, pcb.cooldown_counter) == (kcb.wait, kcb.cooldown_counter)
+
+
+def test_reduce_lr_on_plateau_in_fit():
+    model, x, y = model_and_data(pynn.optimizers.SGD(0.1))
+    history = model.fit(x, y, epochs=6, batch_size=8, verbose=0, shuffle=False,
+                        callbacks=[Script([1, 1, 1, 1, 1, 1]),
+                                   callbacks.ReduceLROnPlateau("score", patience=1,
+                                                               factor=0.5, mode="min")])
+    # Logs carry the rate the epoch trained with; it halves after each flat epoch but the
+    # first (the first value is always the best so far).
+    np.testing.assert_allclose(history.history["learning_rate"],
+                               [0.1, 0.1, 0.05, 0.025, 0.0125, 0.00625])
+    assert model.optimizer.learning_rate == pytest.approx(0.003125)
+
+
+def test_reduce_lr_on_plateau_with_a_schedule_raises_as_keras():
+    sched = pynn.schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.5)
+    model, x, y = model_and_data(pynn.optimizers.SGD(sched))
+    with pytest.raises(TypeError, match="LearningRateSchedule"):
+        model.fit(x, y, epochs=3, verbose=0, callbacks=[
+            Script([1, 1, 1]), callbacks.ReduceLROnPlateau("score", patience=1, mode="min")])
+
+
+@pytest.mark.parametrize("monitor,minimize", [("val_loss", True), ("loss", True),
+                                              ("val_accuracy", False), ("mae", True),
+                                              ("val_f1_score", False)])
+def test_reduce_lr_on_plateau_auto_mode(monitor, minimize):
+    model, _, _ = model_and_data()
+    cb = callbacks.ReduceLROnPlateau(monitor)
+    cb.set_model(model)
+    cb.on_train_begin()
+    cb.on_epoch_end(0, {monitor: 1.0})
+    assert cb._minimize is minimize
+    cb = callbacks.ReduceLROnPlateau("score")  # Keras cannot tell either: an error
+    cb.set_model(model)
+    with pytest.raises(ValueError, match="ReduceLROnPlateau.*mode='min'"):
+        cb.on_epoch_end(0, {"score": 1.0})
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(factor=1.0), "factor"), (dict(factor=2), "factor"), (dict(factor=-0.1), "factor"),
+    (dict(patience=-1), "patience"), (dict(cooldown=-2), "cooldown"),
+    (dict(mode="bigger"), "mode"), (dict(min_lr=-1e-3), "min_lr"),
+    (dict(factor=float("nan")), "factor"), (dict(patience=1.5), "patience"),
+])
+def test_reduce_lr_on_plateau_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=f"ReduceLROnPlateau.*{match}|{match}.*"):
+        callbacks.ReduceLROnPlateau(**kwargs)
+
+
+def _csv_run(cb, model, rows, fit_calls=1):
+    cb.set_model(model)
+    for _ in range(fit_calls):
+        cb.on_train_begin({})
+        for epoch, logs in enumerate(rows):
+            cb.on_epoch_end(epoch, dict(logs))
+        cb.on_train_end({})
+
+
+CSV_ROWS = [{"loss": 0.5, "accuracy": 0.25, "val_loss": float("nan")},
+            {"loss": float("inf"), "accuracy": 1.0, "val_loss": -float("inf")},
+            {"loss": 1e-9, "accuracy": np.float32(0.5), "val_loss": 3}]
+
+
+@pytest.mark.parametrize("rows", [CSV_ROWS, [{"loss": 1.0, "mae": 2.0}, {"loss": 0.5}]])
+@pytest.mark.parametrize("sep", [",", ";"])
+def test_csv_logger_matches_keras(tmp_path, rows, sep):
+    keras = _keras()
+    km = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model, _, _ = model_and_data()
+    for append, calls in ((False, 1), (True, 2)):
+        kpath, ppath = tmp_path / f"k{append}.csv", tmp_path / f"p{append}.csv"
+        _csv_run(keras.callbacks.CSVLogger(str(kpath), sep, append), km, rows, calls)
+        _csv_run(callbacks.CSVLogger(ppath, sep, append), model, rows, calls)
+        assert ppath.read_text() == kpath.read_text()
+
+
+def test_csv_logger_in_fit_and_append(tmp_path):
+    path = tmp_path / "log.csv"
+    model, x, y = model_and_data()
+    model.fit(x, y, epochs=2, verbose=0, validation_split=0.25,
+              callbacks=[callbacks.CSVLogger(path)])
+    model.fit(x, y, epochs=3, initial_epoch=2, verbose=0, validation_split=0.25,
+              callbacks=[callbacks.CSVLogger(path, append=True)])
+    lines = path.read_text().splitlines()
+    assert lines[0] == "epoch,accuracy,loss,val_accuracy,val_loss"
+    assert [line.split(",")[0] for line in lines[1:]] == ["0", "1", "2"]
+    assert all(len(line.split(",")) == 5 for line in lines)
+
+
+def test_csv_logger_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="CSVLogger.*separator"):
+        callbacks.CSVLogger(tmp_path / "a.csv", separator=";;")
+    with pytest.raises(ValueError, match="CSVLogger.*does not exist"):
+        callbacks.CSVLogger(tmp_path / "missing" / "a.csv")
+    cb = callbacks.CSVLogger(tmp_path)  # a directory: fails when opened
+    cb.set_model(model_and_data()[0])
+    with pytest.raises(ValueError, match="CSVLogger.*cannot open"):
+        cb.on_train_begin()
+
+
+def test_lambda_callback_signatures():
+    calls = []
+    cb = callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: calls.append(("eb", epoch)),
+        on_epoch_end=lambda epoch, logs: calls.append(("ee", epoch, sorted(logs))),
+        on_train_begin=lambda logs: calls.append(("tb",)),
+        on_train_end=lambda logs: calls.append(("te", sorted(logs))),
+        on_train_batch_begin=lambda batch, logs: calls.append(("bb", batch)),
+        on_train_batch_end=lambda batch, logs: calls.append(("be", batch, sorted(logs))))
+    model, x, y = model_and_data()
+    model.fit(x, y, epochs=2, batch_size=12, verbose=0, callbacks=[cb])
+    epoch = [("bb", 0), ("be", 0, ["loss"]), ("bb", 1), ("be", 1, ["loss"])]
+    assert calls == ([("tb",), ("eb", 0)] + epoch + [("ee", 0, ["accuracy", "loss"]),
+                     ("eb", 1)] + epoch + [("ee", 1, ["accuracy", "loss"]),
+                     ("te", ["accuracy", "loss"])])
+    # Unset hooks stay no-ops; other hooks by keyword; unknown ones are errors.
+    seen = []
+    cb = callbacks.LambdaCallback(on_test_begin=lambda logs: seen.append(logs))
+    cb.on_epoch_end(0, {})
+    cb.on_test_begin({"a": 1})
+    assert seen == [{"a": 1}]
+    with pytest.raises(ValueError, match="LambdaCallback.*on_epoch_ending"):
+        callbacks.LambdaCallback(on_epoch_ending=print)
+    with pytest.raises(ValueError, match="LambdaCallback.*callable"):
+        callbacks.LambdaCallback(on_epoch_end=3)
+
+
+class Crash(callbacks.Callback):
+    """Raises once, at the second batch of ``epoch`` (mid-epoch: weights already moved)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.crash_epoch, self.armed, self.epoch = epoch, True, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.armed and self.epoch == self.crash_epoch and batch == 1:
+            self.armed = False
+            raise RuntimeError("interrupted")
+
+
+def _fresh(optimizer, weights, seed):
+    model, x, y = model_and_data(optimizer)
+    model.set_weights(weights)
+    model.set_rng_state({"shuffle": np.random.default_rng(seed).bit_generator.state})
+    return model, x, y
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("opt", ["sgd_momentum", "adam"])
+def test_backup_and_restore_resumes_bit_for_bit(tmp_path, shuffle, opt):
+    make = {"sgd_momentum": lambda: pynn.optimizers.SGD(0.05, momentum=0.9),
+            "adam": lambda: pynn.optimizers.Adam(0.01)}[opt]
+    weights = model_and_data()[0].get_weights()
+    ref, x, y = _fresh(make(), weights, 3)
+    ref_hist = ref.fit(x, y, epochs=6, batch_size=5, shuffle=shuffle, verbose=0)
+
+    backup = tmp_path / "backup"
+    model, _, _ = _fresh(make(), weights, 3)
+    cb = callbacks.BackupAndRestore(backup)
+    crash = Crash(3)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        model.fit(x, y, epochs=6, batch_size=5, shuffle=shuffle, verbose=0,
+                  callbacks=[cb, crash])
+    assert (backup / "latest.pynn").exists()
+    hist = model.fit(x, y, epochs=6, batch_size=5, shuffle=shuffle, verbose=0,
+                     callbacks=[cb, crash])
+    assert hist.epoch == [3, 4, 5]
+    assert hist.history["loss"] == ref_hist.history["loss"][3:]
+    for got, want in zip(model.get_weights(), ref.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    assert model.optimizer.iterations == ref.optimizer.iterations
+    assert not backup.exists()  # deleted after the successful fit
+
+
+def test_backup_and_restore_into_a_new_model_and_keep_checkpoint(tmp_path):
+    weights = model_and_data()[0].get_weights()
+    ref, x, y = _fresh(pynn.optimizers.Adam(0.01), weights, 1)
+    ref.fit(x, y, epochs=4, batch_size=6, verbose=0)
+    model, _, _ = _fresh(pynn.optimizers.Adam(0.01), weights, 1)
+    cb = callbacks.BackupAndRestore(tmp_path / "b", delete_checkpoint=False)
+    with pytest.raises(RuntimeError):
+        model.fit(x, y, epochs=4, batch_size=6, verbose=0, callbacks=[cb, Crash(2)])
+    # As after a crashed process: a new model (other layer names), a new callback.
+    again, _, _ = _fresh(pynn.optimizers.Adam(0.01), [w * 0 for w in weights], 99)
+    again.fit(x, y, epochs=4, batch_size=6, verbose=0,
+              callbacks=[callbacks.BackupAndRestore(tmp_path / "b", delete_checkpoint=False)])
+    for got, want in zip(again.get_weights(), ref.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    assert (tmp_path / "b" / "latest.pynn").exists()
+
+
+def test_backup_and_restore_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="BackupAndRestore.*save_freq"):
+        callbacks.BackupAndRestore(tmp_path, save_freq=0)
+    with pytest.raises(ValueError, match="BackupAndRestore.*save_freq"):
+        callbacks.BackupAndRestore(tmp_path, save_freq="batch")
+    with pytest.raises(ValueError, match="BackupAndRestore.*backup_dir"):
+        callbacks.BackupAndRestore("")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="BackupAndRestore.*not a directory"):
+        callbacks.BackupAndRestore(tmp_path / "file")
+    cb = callbacks.BackupAndRestore(tmp_path / "file" / "sub")
+    model, x, y = model_and_data()
+    with pytest.raises(ValueError, match="BackupAndRestore.*cannot write"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[cb])
+
+
+def test_backup_and_restore_every_n_batches_resumes_at_the_backup_epoch(tmp_path):
+    # Keras 3: a batch-level backup names the epoch it was taken in; fit restarts that epoch
+    # from its start with the backed-up weights.
+    weights = model_and_data()[0].get_weights()
+    ref, x, y = _fresh(pynn.optimizers.SGD(0.05, momentum=0.9), weights, 5)
+    ref.fit(x, y, epochs=2, batch_size=6, shuffle=False, verbose=0)
+    ref.fit(x, y, epochs=4, initial_epoch=1, batch_size=6, shuffle=False, verbose=0)
+    model, _, _ = _fresh(pynn.optimizers.SGD(0.05, momentum=0.9), weights, 5)
+    cb = callbacks.BackupAndRestore(tmp_path / "b", save_freq=2)
+    crash = Crash(2)  # 4 batches an epoch: the last backup is after epoch 1's 4th batch
+    with pytest.raises(RuntimeError):
+        model.fit(x, y, epochs=4, batch_size=6, shuffle=False, verbose=0, callbacks=[cb, crash])
+    hist = model.fit(x, y, epochs=4, batch_size=6, shuffle=False, verbose=0,
+                     callbacks=[cb, crash])
+    assert hist.epoch == [1, 2, 3]
+    for got, want in zip(model.get_weights(), ref.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    assert not (tmp_path / "b").exists()
