@@ -490,6 +490,13 @@ def _compile_from(model, archive, spec):
                       loss=losses.get(spec["loss"]), metrics=metric_specs)
     except _CONFIG_ERRORS as exc:
         raise archive.fail("pynn.json", f"invalid compile config ({exc})") from None
+    _load_optimizer_state(model, archive, {v.path: v for v in model.weights})
+
+
+def _load_optimizer_state(model, archive, weight_for):
+    """The saved optimizer state into ``model.optimizer``; ``weight_for`` maps a saved
+    weight's path to the model's variable (the identity for a rebuilt model, by position for
+    an existing one whose layers may be named differently)."""
     state = archive.doc.get("optimizer_state")
     if state is None:
         return
@@ -498,15 +505,16 @@ def _compile_from(model, archive, spec):
                    and not isinstance(state.get("iterations"), bool)
                    and 0 <= state["iterations"] < 2**63,
                    "'optimizer_state' must hold 'iterations' (an int >= 0) and 'slots'")
-    shapes = {v.path: v.shape for v in model.weights}
     slots = {}
     for i, name in enumerate(state["slots"]):
         archive.expect(isinstance(name, str), "slot names must be strings")
-        owner = shapes.get(name.rsplit("/", 1)[0])
-        if owner is None:
+        path, slot = name.rsplit("/", 1) if "/" in name else (name, "")
+        var = weight_for.get(path)
+        if var is None:
             raise archive.fail("pynn.json", f"optimizer slot {name!r} names no weight of the "
                                             f"model")
-        slots[name] = archive.array(f"optimizer/{i:05d}.npy", owner, f"optimizer slot {name}")
+        key = f"{var.path}/{slot}" if "/" in name else var.path
+        slots[key] = archive.array(f"optimizer/{i:05d}.npy", var.shape, f"optimizer slot {name}")
     try:
         model.optimizer.set_state({"iterations": state["iterations"], "slots": slots},
                                   model.trainable_weights)
@@ -568,29 +576,8 @@ def restore_training_state(model, filepath, max_compression_ratio=None):
         _load_weights_into(model, archive, atomic=True)
         _load_layer_state(model, archive)
         _load_rng_state(model, archive)
-        state = archive.doc.get("optimizer_state")
-        if state is None or not model.compiled:
-            return
-        archive.expect(isinstance(state, dict) and isinstance(state.get("slots"), list)
-                       and isinstance(state.get("iterations"), int)
-                       and not isinstance(state.get("iterations"), bool)
-                       and 0 <= state["iterations"] < 2**63,
-                       "'optimizer_state' must hold 'iterations' (an int >= 0) and 'slots'")
-        renamed = {saved: v for saved, v in zip(archive.doc["weights"], model.weights)}
-        slots = {}
-        for i, name in enumerate(state["slots"]):
-            archive.expect(isinstance(name, str), "slot names must be strings")
-            path, slot = name.rsplit("/", 1) if "/" in name else (name, "")
-            var = renamed.get(path)
-            if var is None:
-                raise archive.fail("pynn.json", f"optimizer slot {name!r} names no weight of "
-                                                f"the model")
-            slots[f"{var.path}/{slot}"] = archive.array(f"optimizer/{i:05d}.npy", var.shape,
-                                                        f"optimizer slot {name}")
-        try:
-            model.optimizer.set_state({"iterations": state["iterations"], "slots": slots},
-                                      model.trainable_weights)
-        except (ValueError, TypeError) as exc:
-            raise archive.fail("pynn.json", f"invalid 'optimizer_state' ({exc})") from None
+        if model.compiled:
+            _load_optimizer_state(model, archive,
+                                  dict(zip(archive.doc["weights"], model.weights)))
     finally:
         archive.close()
