@@ -6,13 +6,18 @@ oversubscribing the cores: they take turns.
 """
 
 import os
+import threading
 import warnings
 
 from pynn._native import info as _info  # installs the OpenMP fork handler (native/info.pyx)
 
 _num_threads = None
+_omp_threads = None  # what set_num_threads gave OpenMP (1 in a child that cannot have more)
 _floatx = "float32"
 _blas_limiter = None
+# OpenMP keeps its thread count per calling thread (an ICV of that thread): the count a Python
+# thread last gave it.
+_per_thread = threading.local()
 
 
 def _default_threads():
@@ -53,15 +58,31 @@ def set_num_threads(n):
                       "start workers with the 'spawn' or 'forkserver' method to use threads",
                       RuntimeWarning, stacklevel=2)
         omp_threads = 1
+    global _omp_threads
     _info.set_num_threads(omp_threads)
+    _per_thread.omp_threads = _omp_threads = omp_threads
     _blas_limiter = threadpool_limits(limits=n, user_api="blas")
     _num_threads = n
 
 
+def apply_to_this_thread():
+    """Give OpenMP pynn's thread count in the calling Python thread. OpenMP keeps the count
+    per thread, so without this a model used from a thread other than the one that called
+    set_num_threads would run its kernels on the runtime's default team (every core, times
+    the number of such threads). Called by every model entry point: one thread-local read
+    when nothing changed."""
+    if _omp_threads is None:
+        get_num_threads()
+    if getattr(_per_thread, "omp_threads", None) != _omp_threads:
+        _info.set_num_threads(_omp_threads)
+        _per_thread.omp_threads = _omp_threads
+
+
 def _after_fork_in_child():
-    global _num_threads
+    global _num_threads, _omp_threads
     if _info.forked_single():
-        _num_threads = 1   # the native child handler set OpenMP to one thread
+        _num_threads = _omp_threads = 1   # the native child handler set OpenMP to one thread
+        _per_thread.omp_threads = 1
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

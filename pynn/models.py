@@ -429,6 +429,7 @@ class Sequential:
         return out
 
     def __call__(self, x, training=False):
+        _config.apply_to_this_thread()
         if is_complex(x):
             raise TypeError(f"call: x must be numeric (real), got dtype {x.dtype}")
         if isinstance(x, np.ndarray) or not hasattr(x, "shape"):

@@ -69,3 +69,42 @@ def test_predict_racing_fit(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_threads_share_model(kind):
     run_scenario("threads_share_model", kind)
+
+
+def test_thread_count_holds_in_every_python_thread():
+    """OpenMP keeps its thread count per calling thread: a model used from another Python
+    thread runs its kernels with pynn's count, not the runtime's default team."""
+    import threading
+
+    import numpy as np
+
+    import pynn
+    from pynn import layers as L
+    from pynn._native import info
+
+    previous = pynn.get_num_threads()
+    seen = {}
+    model = pynn.Sequential([L.Input(shape=(8,)), L.Dense(4)])
+    x = np.ones((3, 8), np.float32)
+
+    def worker(name, n):
+        if n is not None:
+            pynn.set_num_threads(n)
+        model.predict(x, verbose=0)
+        seen[name] = info.get_max_threads()
+        model(x)  # __call__ too
+        seen[name + " call"] = info.get_max_threads()
+
+    try:
+        pynn.set_num_threads(1)
+        t = threading.Thread(target=worker, args=("other", None))
+        t.start()
+        t.join(60)
+        assert seen == {"other": 1, "other call": 1}
+        pynn.set_num_threads(2)  # a later change reaches threads that ran before
+        t = threading.Thread(target=worker, args=("again", None))
+        t.start()
+        t.join(60)
+        assert seen["again"] == 2 and seen["again call"] == 2
+    finally:
+        pynn.set_num_threads(previous)

@@ -6,6 +6,8 @@
 
 import os
 
+from pynn import _config
+
 _current = None
 _device = None
 
@@ -61,6 +63,7 @@ class host_memory_loop:
 
     def __enter__(self):
         global _loop_depth
+        _config.apply_to_this_thread()
         _loop_depth += 1
         self._scope.__enter__()
         return self
