@@ -171,22 +171,47 @@ class Layer:
         return tuple(input_shape)
 
     def check_input(self, x):
+        if isinstance(x, (list, tuple)):
+            for i, (xi, expected) in enumerate(zip(x, self.input_shape)):
+                self._check_one_input(xi, expected, f" input {i}")
+            return
+        self._check_one_input(x, self.input_shape, "")
+
+    def _check_one_input(self, x, expected, which):
         shape = tuple(x.shape)
-        expected = self.input_shape
         if len(shape) != len(expected) or any(
             e is not None and e != s for e, s in zip(expected[1:], shape[1:])
         ):
-            raise ValueError(f"Layer '{self.name}' ({type(self).__name__}) expected input shape "
-                             f"{shape_str(expected)}, got {shape_str((None,) + shape[1:])}")
+            raise ValueError(f"Layer '{self.name}' ({type(self).__name__}){which} expected "
+                             f"shape {shape_str(expected)}, got {shape_str((None,) + shape[1:])}")
 
-    def __call__(self, x, training=False):
-        if is_complex(x):
-            raise TypeError(f"Layer '{self.name}' ({type(self).__name__}): input must be real, "
-                            f"got dtype {x.dtype} (its imaginary part would be dropped)")
+    def __call__(self, inputs, training=False, **kwargs):
+        """Eager on arrays; on the symbolic tensors of ``pynn.Input`` it records a node of a
+        functional graph instead and returns symbolic outputs.
+
+        A layer of several inputs (the merge layers) takes a list: ``build`` then gets a list
+        of shapes, ``call`` a list of arrays, and ``backward`` returns a list of input
+        gradients (None where ``needs_input_grad`` is False)."""
+        if is_symbolic(inputs):
+            from pynn.layers import functional
+
+            return functional.record(self, inputs, kwargs)
+        if kwargs:
+            raise TypeError(f"Layer '{self.name}' ({type(self).__name__}): unexpected call "
+                            f"arguments {sorted(kwargs)}")
+        several = isinstance(inputs, (list, tuple))
+        for x in inputs if several else (inputs,):
+            if is_complex(x):
+                raise TypeError(f"Layer '{self.name}' ({type(self).__name__}): input must be "
+                                f"real, got dtype {x.dtype} (its imaginary part would be "
+                                f"dropped)")
         if not self.built:
-            self.build((None,) + tuple(x.shape[1:]))
-        self.check_input(x)
-        return self.call(x, training=training)
+            if several:
+                self.build([(None,) + tuple(x.shape[1:]) for x in inputs])
+            else:
+                self.build((None,) + tuple(inputs.shape[1:]))
+        self.check_input(inputs)
+        return self.call(list(inputs) if several else inputs, training=training)
 
     def call(self, x, training=False):
         raise NotImplementedError(f"{type(self).__name__}.call")
@@ -218,6 +243,39 @@ class Layer:
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name}>"
+
+
+class KerasTensor:
+    """A symbolic tensor of the functional API: a shape (batch axis None), a dtype, and the
+    node that made it (``pynn.Input`` or a layer called on symbolic tensors). It holds no
+    data; ``Model(inputs, outputs)`` turns the nodes between them into a plan."""
+
+    __slots__ = ("shape", "dtype", "name", "node", "index", "__weakref__")
+
+    def __init__(self, shape, dtype, name, node=None, index=0):
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.name = name
+        self.node = node
+        self.index = index
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    def __repr__(self):
+        return f"<KerasTensor shape={shape_str(self.shape)}, dtype={self.dtype}, name={self.name}>"
+
+
+def is_symbolic(inputs):
+    """Whether a layer's argument is (or holds) a symbolic tensor of the functional API."""
+    if type(inputs) is KerasTensor:
+        return True
+    if isinstance(inputs, (list, tuple)):
+        return any(type(x) is KerasTensor for x in inputs)
+    if isinstance(inputs, dict):
+        return any(type(x) is KerasTensor for x in inputs.values())
+    return False
 
 
 def is_complex(x):

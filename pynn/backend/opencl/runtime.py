@@ -218,16 +218,15 @@ def device():
 
 
 def kernel_dir():
-    """The directory holding the .cl files and headers: the package ``pynn.opencl_kernels``
-    that an install maps opencl/ to, else the checkout's opencl/ beside pynn/ (an in-place
-    build that was never installed)."""
-    try:
-        import pynn.opencl_kernels
-    except ImportError:
-        checkout = Path(__file__).resolve().parents[3] / "opencl"
-        if (checkout / "common.h").is_file():
-            return checkout
-        raise
+    """The directory holding the .cl files and headers: a source checkout's opencl/ beside
+    pynn/ when there is one (so a worktree or an in-place build reads its own kernels, not
+    those of whichever checkout was installed in editable mode), else the installed package
+    ``pynn.opencl_kernels``."""
+    checkout = Path(__file__).resolve().parents[3] / "opencl"
+    if (checkout / "common.h").is_file():
+        return checkout
+    import pynn.opencl_kernels
+
     return Path(pynn.opencl_kernels.__file__).resolve().parent
 
 
