@@ -174,6 +174,8 @@ class Optimizer:
         for v, scale in zip(active, scales):
             slots = self._slots_for(be, v)
             self._update(be, v.value, v.grad, slots, lr, scale, clipvalue, weight_decay)
+            if v.constraint is not None:
+                v.constraint(v.value)
         self.iterations += 1
 
     # -- state ---------------------------------------------------------------------------

@@ -8,14 +8,17 @@ class Variable:
     and in optimizer state.
     """
 
-    __slots__ = ("value", "grad", "path", "trainable", "regularizer")
+    __slots__ = ("value", "grad", "path", "trainable", "regularizer", "constraint")
 
-    def __init__(self, value, path, trainable=True, regularizer=None):
+    def __init__(self, value, path, trainable=True, regularizer=None, constraint=None):
         self.value = value
         self.grad = None
         self.path = path
         self.trainable = trainable
         self.regularizer = regularizer
+        # Called as constraint(value) after each optimizer update, projecting the backend
+        # array in place (Keras applies constraints at the same point).
+        self.constraint = constraint
 
     @property
     def shape(self):

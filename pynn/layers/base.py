@@ -87,7 +87,8 @@ class Layer:
             self._declared_input_shape = None
 
     # -- weights --------------------------------------------------------------------------
-    def add_weight(self, name, shape, initializer, regularizer=None, trainable=True):
+    def add_weight(self, name, shape, initializer, regularizer=None, trainable=True,
+                   constraint=None):
         init = initializers.get(initializer)
         shape = tuple(int(d) for d in shape)
         if _zero_init:
@@ -96,7 +97,7 @@ class Layer:
             value = backend.current().asarray(self._initial_value(name, shape, init),
                                               self.dtype)
         var = Variable(value, f"{self.name}/{name}", trainable=trainable,
-                       regularizer=regularizers.get(regularizer))
+                       regularizer=regularizers.get(regularizer), constraint=constraint)
         self._variables.append(var)
         return var
 
