@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from pynn.data import PyDataset  # noqa: F401  (keras.utils.PyDataset)
+
 _rng = np.random.default_rng()
 
 
@@ -188,3 +190,4 @@ def plot_model(model, to_file="model.png", show_shapes=False, show_dtype=False,
     fig.savefig(to_file, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return to_file
+
