@@ -371,3 +371,21 @@ def test_write_png_round_trips(tmp_path):
     np.testing.assert_array_equal(raw.reshape(7, 16)[:, 1:].reshape(7, 5, 3), image)
     with pytest.raises(ValueError, match="uint8"):
         pynn.utils.write_png(path, image.astype(np.float32))
+
+
+def test_freezing_a_nested_model_keeps_its_weights(seeded):
+    inner = pynn.Sequential([layers.Input((4,)), layers.Dense(3, activation="tanh")],
+                            name="frozen_inner")
+    x_in = pynn.Input((4,))
+    model = pynn.Model(x_in, layers.Dense(2)(inner(x_in)))
+    inner.trainable = False
+    model.compile("adam", "mse")
+    before = inner.get_weights()
+    assert len(model.trainable_weights) == 2 and len(model.non_trainable_weights) == 2
+    model.fit(seeded.standard_normal((16, 4)), seeded.standard_normal((16, 2)), epochs=2,
+              verbose=0)
+    for a, b in zip(before, inner.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert "Non-trainable params: 15" in "\n".join(lines)
