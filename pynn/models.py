@@ -221,6 +221,9 @@ class Model(Layer):
 
     def call(self, inputs, training=False):
         xs = inputs if isinstance(inputs, list) else [inputs]
+        if not training:
+            outs = self._plan.predict(xs)
+            return outs[0] if len(outs) == 1 else outs
         outs, saved = self._plan.forward(xs, training)
         if training:
             self._cache = saved
@@ -767,7 +770,7 @@ class Model(Layer):
                 for batch in stream:
                     xb, _, _ = split_batch(batch, "predict", need_y=False)
                     xs = self._prepare_inputs(xb, "predict")
-                    ys, _ = self._plan.forward([b.asarray(a, a.dtype) for a in xs], False)
+                    ys = self._plan.predict([b.asarray(a, a.dtype) for a in xs])
                     for part, yk in zip(parts, ys):
                         part.append(np.array(b.to_numpy(yk)))
             if not parts or not parts[0]:
@@ -781,7 +784,7 @@ class Model(Layer):
         with backend.host_memory_loop(trim=True):
             for lo in range(0, n, batch_size):
                 hi = min(n, lo + batch_size)
-                ys, _ = self._plan.forward([b.asarray(a[lo:hi], a.dtype) for a in xs], False)
+                ys = self._plan.predict([b.asarray(a[lo:hi], a.dtype) for a in xs])
                 for out, yk in zip(outs, ys):
                     out[lo:hi] = b.to_numpy(yk)
         return self._structure_outputs(outs)
@@ -887,7 +890,7 @@ class Model(Layer):
         xs = self._prepare_inputs(x, "predict_on_batch")
         b = backend.current()
         with backend.host_memory_loop():
-            ys, _ = self._plan.forward([b.asarray(a, a.dtype) for a in xs], False)
+            ys = self._plan.predict([b.asarray(a, a.dtype) for a in xs])
             outs = [np.array(b.to_numpy(yk)) for yk in ys]
         return self._structure_outputs(outs)
 
