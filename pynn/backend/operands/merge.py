@@ -1,0 +1,192 @@
+"""Operands of the merge ops (native/merge.pyx, pynn/backend/opencl/merge.py): the n-ary
+elementwise merges, concatenation and the batched dot product of Keras 3's merge layers.
+
+An op of several inputs takes a Python list (or tuple) of arrays of one dtype; counts,
+shapes and dtypes are checked here, before any kernel, and every message names all shapes.
+"""
+
+import math
+import operator
+
+from pynn.backend.api import MERGE_MODES
+from pynn.backend.operands.common import check_count, check_shape, same_dtype
+
+# Dot(normalize=True) scales by min(rsqrt(sum x^2), 1 / NORMALIZE_EPSILON): keras.ops.normalize
+# with Keras's backend.epsilon().
+NORMALIZE_EPSILON = 1e-7
+
+
+def _shapes(xs):
+    return ", ".join(str(tuple(x.shape)) for x in xs)
+
+
+def _inputs(arrays, op, inputs, least=1, exactly=None):
+    if not isinstance(inputs, (list, tuple)):
+        raise TypeError(f"{op}: 'inputs' must be a list of arrays, got "
+                        f"{type(inputs).__name__}")
+    if exactly is not None and len(inputs) != exactly:
+        raise ValueError(f"{op}: expected exactly {exactly} inputs, got {len(inputs)}")
+    if len(inputs) < least:
+        raise ValueError(f"{op}: expected at least {least} input(s), got {len(inputs)}")
+    first = arrays.float_input(op, "inputs[0]", inputs[0])
+    xs = [first] + [arrays.float_input(op, f"inputs[{i}]", a, like=first)
+                    for i, a in enumerate(inputs[1:], start=1)]
+    same_dtype(op, *[(f"inputs[{i}]", x) for i, x in enumerate(xs)])
+    return xs
+
+
+def merge_mode(op, mode):
+    name = str(mode).lower()
+    if name not in MERGE_MODES:
+        raise ValueError(f"{op}: unknown mode {mode!r}; expected one of {MERGE_MODES}")
+    return name
+
+
+def _elementwise(arrays, op, inputs, mode):
+    mode = merge_mode(op, mode)
+    xs = _inputs(arrays, op, inputs, exactly=2 if mode == "subtract" else None)
+    if any(tuple(x.shape) != tuple(xs[0].shape) for x in xs):
+        raise ValueError(f"{op}: the inputs must all have one shape, got {_shapes(xs)}")
+    return xs, mode
+
+
+def merge_forward(arrays, inputs, mode):
+    """-> (inputs, mode): one shape, one dtype; subtract takes exactly 2."""
+    return _elementwise(arrays, "merge_forward", inputs, mode)
+
+
+def merge_backward(arrays, dy, inputs, mode):
+    """-> (dy, inputs, mode): dy shaped and typed like every input."""
+    op = "merge_backward"
+    xs, mode = _elementwise(arrays, op, inputs, mode)
+    dy = arrays.float_input(op, "dy", dy, like=xs[0])
+    same_dtype(op, ("dy", dy), ("inputs[0]", xs[0]))
+    check_shape(op, "dy", dy, tuple(xs[0].shape))
+    return dy, xs, mode
+
+
+def _axis(op, axis, ndim):
+    try:
+        a = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{op}: 'axis' must be an int, got {axis!r}") from None
+    if not -ndim <= a < ndim:
+        raise ValueError(f"{op}: axis {axis} is out of range for inputs of rank {ndim}")
+    return a % ndim
+
+
+def concatenate_geometry(op, shapes, axis):
+    """(axis, outer, inner, sizes) of concatenating arrays of ``shapes`` along ``axis``:
+    each input is ``outer`` rows of ``sizes[k] * inner`` contiguous elements."""
+    ndim = len(shapes[0])
+    if ndim == 0:
+        raise ValueError(f"{op}: cannot concatenate 0-d inputs")
+    a = _axis(op, axis, ndim)
+    for s in shapes:
+        if len(s) != ndim or any(d != e for i, (d, e) in enumerate(zip(s, shapes[0])) if i != a):
+            raise ValueError(f"{op}: the inputs must match in every axis but axis {a}, got "
+                             f"{', '.join(str(tuple(t)) for t in shapes)}")
+    outer = math.prod(shapes[0][:a])
+    inner = math.prod(shapes[0][a + 1:])
+    return a, outer, inner, [int(s[a]) for s in shapes]
+
+
+def concatenate_forward(arrays, inputs, axis):
+    """-> (inputs, (axis, outer, inner, sizes))."""
+    op = "concatenate_forward"
+    xs = _inputs(arrays, op, inputs)
+    geom = concatenate_geometry(op, [tuple(x.shape) for x in xs], axis)
+    check_count(arrays, op, "output", sum(x.size for x in xs))
+    return xs, geom
+
+
+def concatenate_backward(arrays, dy, sizes, axis):
+    """-> (dy, (axis, outer, inner, sizes)); ``sizes`` (the inputs' lengths along ``axis``)
+    must add up to dy's."""
+    op = "concatenate_backward"
+    dy = arrays.float_input(op, "dy", dy)
+    try:
+        sizes = [operator.index(s) for s in sizes]
+    except TypeError:
+        raise TypeError(f"{op}: 'sizes' must be a list of ints, got {sizes!r}") from None
+    if not sizes or min(sizes) < 0:
+        raise ValueError(f"{op}: 'sizes' must be one or more non-negative ints, got {sizes}")
+    ndim = dy.ndim
+    if ndim == 0:
+        raise ValueError(f"{op}: 'dy' must have at least one axis, got a 0-d array")
+    a = _axis(op, axis, ndim)
+    if sum(sizes) != dy.shape[a]:
+        raise ValueError(f"{op}: 'sizes' {sizes} add up to {sum(sizes)}, but dy {dy.shape} "
+                         f"has {dy.shape[a]} along axis {a}")
+    return dy, (a, math.prod(dy.shape[:a]), math.prod(dy.shape[a + 1:]), sizes)
+
+
+def dot_axes(op, axes, ndim1, ndim2):
+    """Keras's Dot axes as a pair of non-negative axes: an int is used for both inputs (a
+    negative one counted from each input's end), a pair one per input; never the batch axis."""
+    if isinstance(axes, bool):
+        raise TypeError(f"{op}: 'axes' must be an int or a pair of ints, got {axes!r}")
+    try:
+        pair = (operator.index(axes),) * 2
+    except TypeError:
+        try:
+            pair = tuple(operator.index(a) for a in axes)
+        except TypeError:
+            raise TypeError(f"{op}: 'axes' must be an int or a pair of ints, got "
+                            f"{axes!r}") from None
+        if len(pair) != 2:
+            raise ValueError(f"{op}: 'axes' must be an int or a pair of ints, got {axes!r}")
+    out = []
+    for a, ndim in zip(pair, (ndim1, ndim2)):
+        if not -ndim <= a < ndim:
+            raise ValueError(f"{op}: axes {axes!r} out of range for inputs of rank {ndim1} "
+                             f"and {ndim2}")
+        out.append(a % ndim)
+    if 0 in out:
+        raise ValueError(f"{op}: axes {axes!r} name the batch axis 0, which Dot never sums")
+    return tuple(out)
+
+
+def dot_geometry(op, shape1, shape2, axes):
+    """Keras's batch_dot as one strided batched product: x1 seen as (N, P, K, Q) and x2 as
+    (N, R, K, S) around their summed axes, y (N, P*Q, R*S) shaped as x1's other axes then
+    x2's (and (N, 1) when nothing is left)."""
+    shape1, shape2 = tuple(shape1), tuple(shape2)
+    if len(shape1) < 2 or len(shape2) < 2:
+        raise ValueError(f"{op}: both inputs need rank >= 2 (a batch axis and one to sum), "
+                         f"got shapes {shape1} and {shape2}")
+    if shape1[0] != shape2[0]:
+        raise ValueError(f"{op}: the inputs' batch sizes differ: shapes {shape1} and {shape2}")
+    a1, a2 = dot_axes(op, axes, len(shape1), len(shape2))
+    if shape1[a1] != shape2[a2]:
+        raise ValueError(f"{op}: the summed axes differ in size: {shape1[a1]} (axis {a1} of "
+                         f"{shape1}) and {shape2[a2]} (axis {a2} of {shape2})")
+    rest = shape1[1:a1] + shape1[a1 + 1:] + shape2[1:a2] + shape2[a2 + 1:]
+    return dict(N=shape1[0], P=math.prod(shape1[1:a1]), K=shape1[a1],
+                Q=math.prod(shape1[a1 + 1:]), R=math.prod(shape2[1:a2]),
+                S=math.prod(shape2[a2 + 1:]), axes=(a1, a2),
+                out_shape=(shape1[0],) + (rest if rest else (1,)))
+
+
+def _dot_inputs(arrays, op, x1, x2, axes, normalize):
+    if not isinstance(normalize, (bool, int)):
+        raise TypeError(f"{op}: 'normalize' must be a bool, got {normalize!r}")
+    x1 = arrays.float_input(op, "x1", x1)
+    x2 = arrays.float_input(op, "x2", x2, like=x1)
+    same_dtype(op, ("x1", x1), ("x2", x2))
+    return x1, x2, dot_geometry(op, x1.shape, x2.shape, axes), bool(normalize)
+
+
+def dot_forward(arrays, x1, x2, axes, normalize):
+    """-> (x1, x2, g, normalize); g from dot_geometry."""
+    return _dot_inputs(arrays, "dot_forward", x1, x2, axes, normalize)
+
+
+def dot_backward(arrays, dy, x1, x2, axes, normalize):
+    """-> (dy, x1, x2, g, normalize); dy shaped like the forward output."""
+    op = "dot_backward"
+    x1, x2, g, normalize = _dot_inputs(arrays, op, x1, x2, axes, normalize)
+    dy = arrays.float_input(op, "dy", dy, like=x1)
+    same_dtype(op, ("dy", dy), ("x1", x1))
+    check_shape(op, "dy", dy, g["out_shape"])
+    return dy, x1, x2, g, normalize
