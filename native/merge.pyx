@@ -9,6 +9,10 @@ Design:
   average divides the sum by n), so float32 results round as Keras's. The flat elements are
   cut into CHUNK-sized blocks run by prange; within a block the loop over elements is
   innermost, so each fold step is one vectorizable pass.
+- Inputs of different shapes broadcast by Keras's merge rule: each one that differs is first
+  expanded to the output's shape (the fold then reads the values Keras's pairwise broadcast
+  does), and its gradient is summed back over the broadcast axes (one thread per element of
+  the input, a fixed order).
 - Their backward needs no scratch: multiply's prefix products and maximum/minimum's running
   extreme before step k are first written into dx_k, then one sweep from the last input back
   turns them into gradients, carrying the running upstream gradient in dx_0. Each fold step
@@ -186,27 +190,99 @@ def _merge_backward(const floating[::1] dy, const Py_ssize_t[::1] xs,
         _unfold_chunk(g, xp, dp, n, mode, t * CHUNK, min(t * CHUNK + CHUNK, E))
 
 
+def _broadcast_to(const floating[::1] small, floating[::1] full, const Py_ssize_t[::1] dims,
+                  const Py_ssize_t[::1] in_strides):
+    """full[e] = small[the element e reads]: e decoded over dims, 0 strides on broadcast axes."""
+    cdef Py_ssize_t E = full.shape[0], R = dims.shape[0], e, d, rest, at
+    for e in prange(E, schedule="static", nogil=True, use_threads_if=E >= PARALLEL_MIN):
+        rest = e
+        at = 0
+        for d in range(R - 1, -1, -1):
+            at = at + (rest % dims[d]) * in_strides[d]
+            rest = rest // dims[d]
+        full[e] = small[at]
+
+
+def _sum_to(const floating[::1] full, floating[::1] small, const Py_ssize_t[::1] in_dims,
+            const Py_ssize_t[::1] out_strides, const Py_ssize_t[::1] bcast_dims,
+            const Py_ssize_t[::1] bcast_strides):
+    """small[s] = sum of full over the broadcast axes: a thread owns each small element and
+    adds its B = prod(bcast_dims) sources in row-major order, in double."""
+    cdef Py_ssize_t S = small.shape[0], R = in_dims.shape[0], NB = bcast_dims.shape[0]
+    cdef Py_ssize_t B = 1, s, b, d, rest, base, at
+    cdef double acc
+    for d in range(NB):
+        B = B * bcast_dims[d]
+    for s in prange(S, schedule="static", nogil=True, use_threads_if=S * B >= PARALLEL_MIN):
+        rest = s
+        base = 0
+        for d in range(R - 1, -1, -1):
+            base = base + (rest % in_dims[d]) * out_strides[d]
+            rest = rest // in_dims[d]
+        acc = 0
+        for b in range(B):
+            rest = b
+            at = base
+            for d in range(NB - 1, -1, -1):
+                at = at + (rest % bcast_dims[d]) * bcast_strides[d]
+                rest = rest // bcast_dims[d]
+            acc = acc + full[at]
+        small[s] = <floating>acc
+
+
+def _plan_arrays(plan, *keys):
+    return [np.array(plan[k], dtype=np.intp) for k in keys]
+
+
+def _expanded(x, out_shape):
+    """x as an array of out_shape (a copy where it broadcasts): Keras broadcasts at each fold
+    step, which reads the same values."""
+    if tuple(x.shape) == tuple(out_shape):
+        return x
+    full = np.empty(out_shape, dtype=x.dtype)
+    if full.size:
+        plan = operands.broadcast_plan(x.shape, out_shape)
+        _broadcast_to(x.reshape(-1), full.reshape(-1), *_plan_arrays(plan, "dims", "in_strides"))
+    return full
+
+
+def _summed_to(full, shape):
+    """The gradient of out_shape summed back over the axes its input broadcast along."""
+    if tuple(full.shape) == tuple(shape):
+        return full
+    small = np.empty(shape, dtype=full.dtype)
+    if small.size:
+        plan = operands.broadcast_plan(shape, full.shape)
+        _sum_to(full.reshape(-1), small.reshape(-1),
+                *_plan_arrays(plan, "in_dims", "out_strides", "bcast_dims", "bcast_strides"))
+    return small
+
+
 def _pointers(arrays):
     """The data addresses of C-contiguous arrays, for the kernels' pointer tables."""
     return np.array([a.ctypes.data for a in arrays], dtype=np.intp)
 
 
 def merge_forward(inputs, mode):
-    """The inputs folded left to right by ``mode`` (Keras's merge layers); one shape."""
-    xs, mode = operands.merge_forward(HOST, inputs, mode)
-    y = np.empty(xs[0].shape, dtype=xs[0].dtype)
+    """The inputs folded left to right by ``mode`` (Keras's merge layers), broadcast by
+    Keras's merge rule where their shapes differ."""
+    xs, mode, out_shape = operands.merge_forward(HOST, inputs, mode)
+    xs = [_expanded(x, out_shape) for x in xs]
+    y = np.empty(out_shape, dtype=xs[0].dtype)
     if y.size:
         _merge_forward(_pointers(xs), y.reshape(-1), MODE_CODES[mode])
     return y
 
 
 def merge_backward(dy, inputs, mode):
-    """A tuple of dx_k, one per input (torch's tie rule for maximum/minimum)."""
-    dy, xs, mode = operands.merge_backward(HOST, dy, inputs, mode)
-    dxs = [np.empty(dy.shape, dtype=dy.dtype) for _ in xs]
+    """A tuple of dx_k shaped like each input (torch's tie rule for maximum/minimum; a
+    broadcast input's gradient summed over the axes it was broadcast along)."""
+    dy, xs, mode, out_shape = operands.merge_backward(HOST, dy, inputs, mode)
+    full = [_expanded(x, out_shape) for x in xs]
+    dxs = [np.empty(out_shape, dtype=dy.dtype) for _ in xs]
     if dy.size:
-        _merge_backward(dy.reshape(-1), _pointers(xs), _pointers(dxs), MODE_CODES[mode])
-    return tuple(dxs)
+        _merge_backward(dy.reshape(-1), _pointers(full), _pointers(dxs), MODE_CODES[mode])
+    return tuple(_summed_to(dx, x.shape) for dx, x in zip(dxs, xs))
 
 
 # -- concatenate ----------------------------------------------------------------------------

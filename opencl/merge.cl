@@ -74,6 +74,53 @@ __kernel void merge_backward_step(__global float *m, __global const float *x, __
     m[e] = g * share_a;
 }
 
+/* Broadcasting by Keras's merge rule, as in native/merge.pyx: an input that differs from the
+ * output's shape is expanded to it, and its gradient summed back. `plan` holds R ints per
+ * list of pynn.backend.operands.merge.broadcast_plan: dims then in_strides (expand), or
+ * in_dims, out_strides, then NB bcast_dims and NB bcast_strides (sum). */
+__kernel void merge_broadcast_to(__global const float *small, __global float *full, const int E,
+                                 const int R, __global const int *plan)
+{
+    const int e = get_global_id(0);
+    GUARD(e, E);
+    __global const int *dims = plan, *in_strides = plan + R;
+    int rest = e, at = 0;
+    for (int d = R - 1; d >= 0; --d) {
+        at += (rest % dims[d]) * in_strides[d];
+        rest /= dims[d];
+    }
+    full[e] = small[at];
+}
+
+/* small[s] = the sum of full over the broadcast axes, in row-major order: one work-item per
+ * element of the input, so nothing is written twice. */
+__kernel void merge_sum_to(__global const float *full, __global float *small, const int S,
+                           const int R, const int NB, __global const int *plan)
+{
+    const int s = get_global_id(0);
+    GUARD(s, S);
+    __global const int *in_dims = plan, *out_strides = plan + R;
+    __global const int *bcast_dims = plan + 2 * R, *bcast_strides = plan + 2 * R + NB;
+    int rest = s, base = 0, count = 1;
+    for (int d = R - 1; d >= 0; --d) {
+        base += (rest % in_dims[d]) * out_strides[d];
+        rest /= in_dims[d];
+    }
+    for (int d = 0; d < NB; ++d)
+        count *= bcast_dims[d];
+    float acc = 0.0f;
+    for (int b = 0; b < count; ++b) {
+        int at = base;
+        rest = b;
+        for (int d = NB - 1; d >= 0; --d) {
+            at += (rest % bcast_dims[d]) * bcast_strides[d];
+            rest /= bcast_dims[d];
+        }
+        acc += full[at];
+    }
+    small[s] = acc;
+}
+
 /* One input's piece of every row: y row o holds `width` elements of x at `offset` (forward);
  * with `to_parts` the copy goes the other way (backward: the slice of dy back to dx). */
 __kernel void concatenate_part(__global float *whole, __global float *part, const int rows,

@@ -82,6 +82,29 @@ def test_merge_matches_reference(target, rng, mode, count, shape):
                 rtol=tol(target))
 
 
+BROADCAST_CASES = [
+    [(2, 5), (2, 3, 5)],            # a lower rank gains axes after the batch axis (Keras)
+    [(2, 1, 5), (2, 3, 1), (2, 3, 5)],
+    [(3, 4, 6), (3, 1, 1)],
+    [(3, 1), (3, 33)],
+    [(2, 0, 3), (2, 1, 3)],         # broadcast against an empty axis: a zero gradient
+    [(4, 7, 1, 3), (4, 2, 3)],
+]
+
+
+@pytest.mark.parametrize("mode", MERGE_MODES)
+@pytest.mark.parametrize("shapes", BROADCAST_CASES, ids=str)
+def test_merge_broadcasts_as_keras(target, rng, mode, shapes):
+    shapes = shapes[:2] if mode == "subtract" else shapes
+    xs = [rand(rng, s, target.dtype) for s in shapes]
+    y = check_merge(target, "merge_forward", xs, mode, ref_fn=ref.merge_forward_ref,
+                    rtol=tol(target))
+    dy = rand(rng, y.shape, target.dtype)
+    grads = check_merge(target, "merge_backward", dy, xs, mode,
+                        ref_fn=ref.merge_backward_ref, rtol=tol(target, "reduction"))
+    assert [g.shape for g in grads] == [tuple(s) for s in shapes]
+
+
 @pytest.mark.parametrize("mode", ["maximum", "minimum"])
 def test_extreme_ties_split_the_gradient_as_torch(target, rng, mode):
     """Small integers make ties common, three-way ones too: each fold step halves a tie."""
@@ -257,6 +280,10 @@ LAYER_CASES = [
     (Average, {}, [(3, 6)] * 3),
     (Maximum, {}, [(3, 2, 5)] * 3),
     (Minimum, {}, [(3, 7)] * 2),
+    (Add, {}, [(3, 5), (3, 2, 5)]),  # broadcast: Keras expands the lower rank
+    (Multiply, {}, [(2, 1, 4), (2, 3, 1), (2, 3, 4)]),
+    (Maximum, {}, [(3, 4, 1), (3, 4, 3)]),
+    (Subtract, {}, [(3, 1, 2), (3, 4, 2)]),
     (Concatenate, {}, [(2, 3, 4), (2, 3, 2), (2, 3, 5)]),
     (Concatenate, {"axis": 1}, [(2, 3, 4), (2, 1, 4)]),
     (Dot, {"axes": 1}, [(3, 5), (3, 5)]),
@@ -385,9 +412,11 @@ def test_extreme_layer_gradients_match_keras_on_ties(cls):
 def test_layers_name_themselves_and_every_shape_on_mismatch():
     with pytest.raises(ValueError, match=r"Add 'plus'.*\(None, 3\), \(None, 4\)"):
         Add(name="plus").build([(None, 3), (None, 4)])
-    with pytest.raises(ValueError, match=r"Multiply 'times'.*do not broadcast.*"
-                                         r"\(None, 1, 3\), \(None, 2, 3\)"):
-        Multiply(name="times").build([(None, 1, 3), (None, 2, 3)])
+    with pytest.raises(ValueError, match=r"Multiply 'times'.*incompatible shapes "
+                                         r"\[\(None, 2, 3\), \(None, 4, 3\)\]"):
+        Multiply(name="times").build([(None, 2, 3), (None, 4, 3)])
+    assert Multiply().compute_output_shape([(None, 1, 3), (None, 3), (None, 2, 1)]) == \
+        (None, 2, 3)
     with pytest.raises(ValueError, match=r"Subtract 'minus': expected exactly 2 inputs, got 3"):
         Subtract(name="minus").build([(None, 3)] * 3)
     with pytest.raises(ValueError, match=r"Concatenate 'cat'.*every axis but.*"
@@ -428,8 +457,12 @@ def test_ops_reject_bad_operands(backend, rng):
     x = backend.up(rand(rng, (2, 3)))
     x4 = backend.up(rand(rng, (2, 4)))
     ops = backend.ops
-    with pytest.raises(ValueError, match=r"merge_forward: .*one shape.*\(2, 3\), \(2, 4\)"):
+    with pytest.raises(ValueError, match=r"merge_forward: .*do not broadcast.*\(2, 3\), "
+                                         r"\(2, 4\)"):
         ops.merge_forward([x, x4], "add")
+    with pytest.raises(ValueError, match=r"merge_forward: .*one batch size.*\(2, 3\), "
+                                         r"\(3, 3\)"):
+        ops.merge_forward([x, backend.up(rand(rng, (3, 3)))], "maximum")
     with pytest.raises(ValueError, match=r"merge_forward: expected exactly 2 inputs, got 3"):
         ops.merge_forward([x, x, x], "subtract")
     with pytest.raises(ValueError, match=r"merge_forward: unknown mode 'mean'"):

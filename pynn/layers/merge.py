@@ -2,9 +2,9 @@
 Dot, and their functional helpers (``add(inputs, **kwargs)`` is ``Add(**kwargs)(inputs)``).
 
 Each takes a list of inputs and gives back a list of input gradients (None each when
-``needs_input_grad`` is False). Shapes follow Keras's rules, except that the elementwise
-merges need one shape for all inputs: Keras would broadcast a 1 against n (and a lower rank
-against a higher), which pynn's merge ops do not; such shapes are a ValueError naming them.
+``needs_input_grad`` is False). Shapes follow Keras's rules: the elementwise merges broadcast
+a 1 against n and a lower-rank input against a higher one (its axes aligned from the last),
+and a broadcast input's gradient is summed back to its shape.
 """
 
 import operator
@@ -82,9 +82,6 @@ class _ElementwiseMerge(_MergeLayer):
         out = shapes[0][1:]
         for s in shapes[1:]:
             out = _broadcast_dims(self._label(), out, s[1:], shapes)
-        if any(s[1:] != shapes[0][1:] for s in shapes):
-            raise ValueError(f"{self._label()}: the inputs must all have one shape (pynn's "
-                             f"merge ops do not broadcast), got {_shapes_str(shapes)}")
         batch = next((s[0] for s in shapes if s[0] is not None), None)
         return (batch,) + out
 

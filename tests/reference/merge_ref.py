@@ -19,8 +19,26 @@ def _step(mode, a, x):
             "maximum": np.maximum(a, x), "minimum": np.minimum(a, x)}[mode]
 
 
+def _keras_broadcast(xs):
+    """Keras's Merge.call: lower-rank inputs gain axes of size 1 after the batch axis, then
+    NumPy broadcasting; every input comes back at the output's shape."""
+    rank = max(x.ndim for x in xs)
+    padded = [x.reshape(x.shape[:1] + (1,) * (rank - x.ndim) + x.shape[1:]) for x in xs]
+    shape = np.broadcast_shapes(*(x.shape for x in padded))
+    return [np.broadcast_to(x, shape) for x in padded]
+
+
+def _sum_back(grad, shape):
+    """A gradient of the output's shape summed over the axes an input of ``shape`` was
+    broadcast along."""
+    rank = grad.ndim
+    padded = shape[:1] + (1,) * (rank - len(shape)) + tuple(shape[1:])
+    axes = tuple(d for d in range(rank) if padded[d] == 1 and grad.shape[d] != 1)
+    return np.sum(grad, axis=axes, keepdims=True).reshape(shape)
+
+
 def merge_forward_ref(inputs, mode):
-    xs = _f64(inputs)
+    xs = _keras_broadcast(_f64(inputs))
     y = xs[0]
     for x in xs[1:]:
         y = _step(mode, y, x)
@@ -38,7 +56,13 @@ def _extreme_shares(mode, a, x):
 
 
 def merge_backward_ref(dy, inputs, mode):
-    xs = _f64(inputs)
+    shapes = [np.shape(x) for x in inputs]
+    full = _full_grads_ref(dy, _keras_broadcast(_f64(inputs)), mode)
+    return tuple(_sum_back(g, s) for g, s in zip(full, shapes))
+
+
+def _full_grads_ref(dy, xs, mode):
+    """The input gradients at the output's shape (before summing broadcast axes back)."""
     dy = np.asarray(dy, dtype=np.float64)
     n = len(xs)
     if mode == "add":

@@ -3,6 +3,7 @@
 Same names, signatures and semantics as ``native/merge.pyx``; operands are checked by
 ``pynn.backend.operands.merge``. An op of n inputs chains n-1 launches of one fold-step
 kernel (OpenCL kernels take a fixed argument list), in the order the CPU kernel folds.
+Broadcast geometry (a few ints per input) goes up as a small int32 array.
 """
 
 import numpy as np
@@ -17,14 +18,48 @@ from pynn.backend.operands import merge as operands
 _MODE = {name: code for code, name in enumerate(MERGE_MODES)}
 
 
+def _plan(plan, *keys):
+    """broadcast_plan's lists as one int32 device array (never empty: OpenCL has no empty
+    buffers)."""
+    ints = [v for k in keys for v in plan[k]] or [0]
+    return rt.to_device(np.array(ints, dtype=np.int32))
+
+
+def _expanded(x, out_shape):
+    """x as a device array of out_shape (a copy where it broadcasts)."""
+    if tuple(x.shape) == tuple(out_shape):
+        return x
+    full = rt.empty(tuple(out_shape), what="merge broadcast input")
+    if full.size:
+        plan = operands.broadcast_plan(x.shape, out_shape)
+        elementwise("merge", "merge_broadcast_to", full.size, x, full, full.size,
+                    len(out_shape), _plan(plan, "dims", "in_strides"))
+    return full
+
+
+def _summed_to(full, shape):
+    """A gradient of the output's shape summed back over its input's broadcast axes."""
+    if tuple(full.shape) == tuple(shape):
+        return full
+    small = rt.empty(tuple(shape), what="merge_backward output")
+    if small.size:
+        plan = operands.broadcast_plan(shape, full.shape)
+        elementwise("merge", "merge_sum_to", small.size, full, small, small.size,
+                    full.ndim, len(plan["bcast_dims"]),
+                    _plan(plan, "in_dims", "out_strides", "bcast_dims", "bcast_strides"))
+    return small
+
+
 def merge_forward(inputs, mode):
-    """The inputs folded left to right by ``mode`` (Keras's merge layers); one shape."""
+    """The inputs folded left to right by ``mode`` (Keras's merge layers), broadcast by
+    Keras's merge rule where their shapes differ."""
     op = "merge_forward"
-    xs, mode = operands.merge_forward(DEVICE, inputs, mode)
+    xs, mode, out_shape = operands.merge_forward(DEVICE, inputs, mode)
+    xs = [_expanded(x, out_shape) for x in xs]
     n = len(xs)
     if n == 1:
         return copy(xs[0])
-    y = rt.empty(xs[0].shape, what=f"{op} output")
+    y = rt.empty(tuple(out_shape), what=f"{op} output")
     acc = xs[0]
     for k in range(1, n):
         divisor = n if mode == "average" and k == n - 1 else 1
@@ -35,9 +70,11 @@ def merge_forward(inputs, mode):
 
 
 def merge_backward(dy, inputs, mode):
-    """A tuple of dx_k, one per input (torch's tie rule for maximum/minimum)."""
+    """A tuple of dx_k shaped like each input (torch's tie rule for maximum/minimum; a
+    broadcast input's gradient summed over the axes it was broadcast along)."""
     op = "merge_backward"
-    dy, xs, mode = operands.merge_backward(DEVICE, dy, inputs, mode)
+    dy, inputs, mode, out_shape = operands.merge_backward(DEVICE, dy, inputs, mode)
+    xs = [_expanded(x, out_shape) for x in inputs]
     n, size = len(xs), dy.size
     dxs = [rt.empty(dy.shape, what=f"{op} output") for _ in xs]
     if mode in ("add", "subtract", "average"):
@@ -46,7 +83,7 @@ def merge_backward(dy, inputs, mode):
             divisor = n if mode == "average" else 1
             elementwise("merge", "merge_scaled_copy", size, dy, dx, size, np.float32(sign),
                         np.float32(divisor))
-        return tuple(dxs)
+        return tuple(_summed_to(dx, x.shape) for dx, x in zip(dxs, inputs))
     # Forward sweep: dx_k = the running value before step k.
     for k in range(1, n):
         if k == 1:
@@ -61,7 +98,7 @@ def merge_backward(dy, inputs, mode):
     for k in range(n - 1, 0, -1):
         elementwise("merge", "merge_backward_step", size, dxs[0], xs[k], dxs[k], size,
                     _MODE[mode])
-    return tuple(dxs)
+    return tuple(_summed_to(dx, x.shape) for dx, x in zip(dxs, inputs))
 
 
 def _concatenate(whole, parts, outer, inner, sizes, to_parts):

@@ -42,27 +42,77 @@ def merge_mode(op, mode):
     return name
 
 
+def broadcast_shape(op, shapes):
+    """Keras's merge broadcasting (Merge._compute_elemwise_op_output_shape, then its call):
+    one batch size; the other axes aligned from the right (a lower-rank input gains axes of
+    size 1 after its batch axis), a 1 against n gives n, anything else must be equal."""
+    shapes = [tuple(s) for s in shapes]
+    listed = ", ".join(str(s) for s in shapes)
+    if any(len(s) == 0 for s in shapes) or len({s[0] for s in shapes}) > 1:
+        raise ValueError(f"{op}: the inputs must share one batch size (axis 0), got {listed}")
+    rank = max(len(s) for s in shapes)
+    out = [shapes[0][0]]
+    for d in range(1, rank):
+        sizes = {s[d - rank] for s in shapes if d - rank >= -(len(s) - 1)} - {1}
+        if len(sizes) > 1:
+            raise ValueError(f"{op}: the inputs' shapes do not broadcast (Keras's merge rule: "
+                             f"equal, or 1, from the last axis), got {listed}")
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
+
+
+def _c_strides(shape):
+    strides, step = [], 1
+    for d in reversed(shape):
+        strides.append(step)
+        step *= d
+    return strides[::-1]
+
+
+def broadcast_plan(shape, out_shape):
+    """How an input of ``shape`` maps onto ``out_shape`` (both as broadcast_shape made them),
+    for the kernels that expand an input and sum a gradient back to it. Over the R axes of
+    out_shape, the input padded to rank R:
+    - ``dims``: out_shape; ``in_strides``: the input's element strides, 0 on broadcast axes;
+    - ``in_dims``: the padded input shape; ``out_strides``: out_shape's strides;
+    - ``bcast_dims`` / ``bcast_strides``: sizes and out_shape strides of the broadcast axes."""
+    rank = len(out_shape)
+    padded = (shape[0],) + (1,) * (rank - len(shape)) + tuple(shape[1:])
+    in_strides = _c_strides(padded)
+    out_strides = _c_strides(out_shape)
+    spread = [d for d in range(rank) if padded[d] == 1 and out_shape[d] != 1]
+    return {"dims": list(out_shape),
+            "in_strides": [0 if d in spread else in_strides[d] for d in range(rank)],
+            "in_dims": list(padded), "out_strides": out_strides,
+            "bcast_dims": [out_shape[d] for d in spread],
+            "bcast_strides": [out_strides[d] for d in spread]}
+
+
 def _elementwise(arrays, op, inputs, mode):
     mode = merge_mode(op, mode)
     xs = _inputs(arrays, op, inputs, exactly=2 if mode == "subtract" else None)
-    if any(tuple(x.shape) != tuple(xs[0].shape) for x in xs):
-        raise ValueError(f"{op}: the inputs must all have one shape, got {_shapes(xs)}")
-    return xs, mode
+    first = tuple(xs[0].shape)
+    if all(tuple(x.shape) == first for x in xs):
+        return xs, mode, first
+    out_shape = broadcast_shape(op, [x.shape for x in xs])
+    check_count(arrays, op, "output", math.prod(out_shape))
+    return xs, mode, out_shape
 
 
 def merge_forward(arrays, inputs, mode):
-    """-> (inputs, mode): one shape, one dtype; subtract takes exactly 2."""
+    """-> (inputs, mode, out_shape): one dtype; shapes that broadcast by Keras's merge rule
+    (broadcast_shape); subtract takes exactly 2."""
     return _elementwise(arrays, "merge_forward", inputs, mode)
 
 
 def merge_backward(arrays, dy, inputs, mode):
-    """-> (dy, inputs, mode): dy shaped and typed like every input."""
+    """-> (dy, inputs, mode, out_shape): dy shaped like the forward output."""
     op = "merge_backward"
-    xs, mode = _elementwise(arrays, op, inputs, mode)
+    xs, mode, out_shape = _elementwise(arrays, op, inputs, mode)
     dy = arrays.float_input(op, "dy", dy, like=xs[0])
     same_dtype(op, ("dy", dy), ("inputs[0]", xs[0]))
-    check_shape(op, "dy", dy, tuple(xs[0].shape))
-    return dy, xs, mode
+    check_shape(op, "dy", dy, out_shape)
+    return dy, xs, mode, out_shape
 
 
 def _axis(op, axis, ndim):
