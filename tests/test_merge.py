@@ -15,14 +15,29 @@ import pytest
 from pynn._native import info
 from pynn.backend.api import MERGE_MODES
 from pynn.layers import (
-    LAYERS, Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract, add, average,
-    concatenate, dot, maximum, minimum, multiply, subtract,
+    LAYERS,
+    Add,
+    Average,
+    Concatenate,
+    Dot,
+    Maximum,
+    Minimum,
+    Multiply,
+    Subtract,
+    add,
+    average,
+    concatenate,
+    dot,
+    maximum,
+    minimum,
+    multiply,
+    subtract,
 )
 from tests.backend_util import assert_same, rand
 from tests.reference import gradcheck
 from tests.reference import merge_ref as ref
 
-TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-12, atol=1e-12)}
+TOL = {np.float32: {"rtol": 2e-5, "atol": 2e-6}, np.float64: {"rtol": 1e-12, "atol": 1e-12}}
 
 
 @pytest.fixture
@@ -193,8 +208,8 @@ def test_dot_matches_reference(target, rng, case, normalize):
                     ref_fn=ref.dot_forward_ref, rtol=tol(target, "reduction"))
     dy = rand(rng, y.shape, target.dtype)
     # The reference backward is central differences: float64 exact to ~1e-8.
-    rtol = tol(target, "reduction") if target.dtype == np.float32 else dict(rtol=1e-6,
-                                                                           atol=1e-7)
+    rtol = (tol(target, "reduction") if target.dtype == np.float32
+            else {"rtol": 1e-6, "atol": 1e-7})
     check_merge(target, "dot_backward", dy, x1, x2, axes, normalize,
                 ref_fn=ref.dot_backward_ref, rtol=rtol)
 
@@ -224,7 +239,7 @@ def test_dot_normalize_caps_a_zero_vector_as_keras(target):
     dx1, dx2 = ref.dot_backward_ref(dy, x1, x2, 1, True)
     dx1[0] = dy[0, 0] * ref.normalize_ref(x2.astype(np.float64), 1)[0] / ref.EPSILON
     check_merge(target, "dot_backward", dy, x1, x2, 1, True, ref_fn=lambda *_: (dx1, dx2),
-                rtol=dict(rtol=1e-4, atol=1e-5))
+                rtol={"rtol": 1e-4, "atol": 1e-5})
 
 
 # -- thread counts ------------------------------------------------------------------------
@@ -342,8 +357,7 @@ def test_dot_helper_defaults_to_the_last_axis(rng):
 @pytest.mark.opencl
 def test_layers_run_on_opencl(rng):
     """Every layer's forward and backward on the OpenCL backend equals the CPU's."""
-    import pynn.backend as backend
-
+    from pynn import backend
     from tests.backend_util import make_backend
 
     ocl = make_backend("opencl")

@@ -212,10 +212,10 @@ def dot_geometry(op, shape1, shape2, axes):
         raise ValueError(f"{op}: the summed axes differ in size: {shape1[a1]} (axis {a1} of "
                          f"{shape1}) and {shape2[a2]} (axis {a2} of {shape2})")
     rest = shape1[1:a1] + shape1[a1 + 1:] + shape2[1:a2] + shape2[a2 + 1:]
-    return dict(N=shape1[0], P=math.prod(shape1[1:a1]), K=shape1[a1],
-                Q=math.prod(shape1[a1 + 1:]), R=math.prod(shape2[1:a2]),
-                S=math.prod(shape2[a2 + 1:]), axes=(a1, a2),
-                out_shape=(shape1[0],) + (rest if rest else (1,)))
+    return {"N": shape1[0], "P": math.prod(shape1[1:a1]), "K": shape1[a1],
+            "Q": math.prod(shape1[a1 + 1:]), "R": math.prod(shape2[1:a2]),
+            "S": math.prod(shape2[a2 + 1:]), "axes": (a1, a2),
+            "out_shape": (shape1[0],) + (rest if rest else (1,))}
 
 
 def _dot_inputs(arrays, op, x1, x2, axes, normalize):
