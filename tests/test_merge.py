@@ -257,11 +257,16 @@ def test_thread_count_does_not_change_results(rng, restore_threads):
     xs = [rand(rng, (64, 1031)) for _ in range(3)]
     a, b = rand(rng, (16, 40, 24)), rand(rng, (16, 24, 36))
     dy = rand(rng, (16, 40, 36))
+    spread = [rand(rng, (64, 1, 1031)), rand(rng, (64, 9, 1))]
+    dspread = rand(rng, (64, 9, 1031))
     results = []
     for n in (1, 2, 3):
         info.set_num_threads(n)
         results.append([cpu.merge_forward(xs, "maximum"),
                         *cpu.merge_backward(xs[0], xs, "multiply"),
+                        *cpu.merge_backward(xs[0], xs, "minimum"),
+                        cpu.merge_forward(spread, "add"),
+                        *cpu.merge_backward(dspread, spread, "multiply"),
                         cpu.concatenate_forward(xs, 1),
                         cpu.dot_forward(a, b, (2, 1), True),
                         *cpu.dot_backward(dy, a, b, (2, 1), True)])

@@ -42,9 +42,9 @@ class _MergeLayer(Layer):
 
     def check_input(self, x):
         if not isinstance(x, (list, tuple)):
-            # A ValueError, as Keras's Merge.call raises.
-            raise ValueError(f"{self._label()}: a merge layer is called on a list of "  # noqa: TRY004
-                             f"inputs, got {type(x).__name__}")
+            message = (f"{self._label()}: a merge layer is called on a list of inputs, got "
+                       f"{type(x).__name__}")
+            raise ValueError(message)  # noqa: TRY004 (a ValueError, as Keras's Merge.call)
         if len(x) != len(self.input_shape):
             raise ValueError(f"{self._label()}: built for {len(self.input_shape)} inputs, "
                              f"called on {len(x)}")
