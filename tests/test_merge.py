@@ -304,6 +304,7 @@ LAYER_CASES = [
     (Multiply, {}, [(2, 1, 4), (2, 3, 1), (2, 3, 4)]),
     (Maximum, {}, [(3, 4, 1), (3, 4, 3)]),
     (Subtract, {}, [(3, 1, 2), (3, 4, 2)]),
+    (Add, {}, [(3, 4)]),  # Keras 3 takes a single input too (its Merge.build: >= 1)
     (Concatenate, {}, [(2, 3, 4), (2, 3, 2), (2, 3, 5)]),
     (Concatenate, {"axis": 1}, [(2, 3, 4), (2, 1, 4)]),
     (Dot, {"axes": 1}, [(3, 5), (3, 5)]),
