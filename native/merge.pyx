@@ -21,9 +21,11 @@ Design:
 - Concatenate copies rows: each input is ``outer`` rows of ``size_k * inner`` elements; one
   thread copies every input's piece of an output row (prange over rows).
 - Dot is a strided batched product, one thread per output row (n, i), accumulating in double;
-  its backward gathers: a thread owns a row (n, i) of dx1 or (n, j) of dx2, so nothing is
-  written twice. normalize=True normalizes copies first and chains the normalization's
-  gradient after (keras.ops.normalize: x * min(rsqrt(sum x^2), 1/eps)).
+  its backward gathers: a thread owns a row (n, i) of dx1 or (n, j) of dx2, so no two threads
+  write one element; it adds one product term at a time into its zeroed row (the loop over
+  the summed axis at constant strides, which vectorizes where they are 1). normalize=True
+  normalizes copies first and chains the normalization's gradient after (keras.ops.normalize:
+  x * min(rsqrt(sum x^2), 1/eps)).
 Outputs are fresh arrays; nothing accumulates into caller memory.
 """
 import numpy as np
@@ -64,7 +66,7 @@ cdef inline floating _minimum(floating a, floating b) noexcept nogil:
 cdef inline floating _share(floating a, floating x, bint loses) noexcept nogil:
     """torch's maximum / minimum backward for one side of a fold step: 0 where that side
     loses, half on a tie, else all (a NaN compares false, so both sides get all). Arithmetic
-    on the comparisons, no branches: the back sweep's loop then vectorizes (12x faster)."""
+    on the comparisons, no branches, so the back sweep's loop vectorizes as the others do."""
     return <floating>(not loses) - <floating>0.5 * (a == x)
 
 
@@ -368,38 +370,38 @@ def _dot_forward(const floating[::1] a, const floating[::1] b, floating[::1] y, 
 
 def _dot_backward_x1(const floating[::1] dy, const floating[::1] b, floating[::1] da,
                      DotGeom g):
-    """da[n, p, k, q] = sum_j dy[n, i, j] * b[n, r, k, s]: a thread owns a row (n, i)."""
+    """da[n, p, k, q] += sum_j dy[n, i, j] * b[n, r, k, s] (da comes zeroed): a thread owns
+    a row (n, i) and adds one j at a time, so the loop over k runs at constant strides."""
     cdef Py_ssize_t I = g.P * g.Q, J = g.R * g.S, row, n, i, j, k, ab, bb
-    cdef double acc
+    cdef floating grad
     for row in prange(g.N * I, schedule="static", nogil=True,
                       use_threads_if=g.N * I * J * g.K >= PARALLEL_MIN):
         n = row // I
         i = row % I
         ab = ((n * g.P + i // g.Q) * g.K) * g.Q + i % g.Q
-        for k in range(g.K):
-            acc = 0
-            for j in range(J):
-                bb = ((n * g.R + j // g.S) * g.K) * g.S + j % g.S
-                acc = acc + <double>dy[row * J + j] * b[bb + k * g.S]
-            da[ab + k * g.Q] = <floating>acc
+        for j in range(J):
+            grad = dy[row * J + j]
+            bb = ((n * g.R + j // g.S) * g.K) * g.S + j % g.S
+            for k in range(g.K):
+                da[ab + k * g.Q] += grad * b[bb + k * g.S]
 
 
 def _dot_backward_x2(const floating[::1] dy, const floating[::1] a, floating[::1] db,
                      DotGeom g):
-    """db[n, r, k, s] = sum_i dy[n, i, j] * a[n, p, k, q]: a thread owns a column (n, j)."""
+    """db[n, r, k, s] += sum_i dy[n, i, j] * a[n, p, k, q] (db comes zeroed): a thread owns
+    a column (n, j), one i at a time."""
     cdef Py_ssize_t I = g.P * g.Q, J = g.R * g.S, col, n, i, j, k, ab, bb
-    cdef double acc
+    cdef floating grad
     for col in prange(g.N * J, schedule="static", nogil=True,
                       use_threads_if=g.N * I * J * g.K >= PARALLEL_MIN):
         n = col // J
         j = col % J
         bb = ((n * g.R + j // g.S) * g.K) * g.S + j % g.S
-        for k in range(g.K):
-            acc = 0
-            for i in range(I):
-                ab = ((n * g.P + i // g.Q) * g.K) * g.Q + i % g.Q
-                acc = acc + <double>dy[(n * I + i) * J + j] * a[ab + k * g.Q]
-            db[bb + k * g.S] = <floating>acc
+        for i in range(I):
+            grad = dy[(n * I + i) * J + j]
+            ab = ((n * g.P + i // g.Q) * g.K) * g.Q + i % g.Q
+            for k in range(g.K):
+                db[bb + k * g.S] += grad * a[ab + k * g.Q]
 
 
 cdef inline double _inv_norm(const floating* x, Py_ssize_t K, Py_ssize_t stride,
