@@ -250,10 +250,12 @@ def test_errors_name_the_layer_and_the_shapes():
     unused = pynn.Input((2,), name="unused")
     with pytest.raises(ValueError, match=r"input 'unused' of shape \(None, 2\) does not reach"):
         pynn.Model([a, unused], h)
-    with pytest.raises(TypeError, match=r"Layer 'mix' \(Dense\): called on ndarray of shape "
-                                        r"\(2, 5\) among symbolic tensors"):
-        layers.Concatenate(name="mix")([a, np.zeros((2, 5))]) if hasattr(
-            layers, "Concatenate") else layers.Dense(2, name="mix")([a, np.zeros((2, 5))])
+    with pytest.raises(TypeError, match=r"Layer 'mix' \(Concatenate\): called on ndarray of "
+                                        r"shape \(2, 5\) among symbolic tensors"):
+        layers.Concatenate(name="mix")([a, np.zeros((2, 5))])
+    with pytest.raises(ValueError, match=r"Add 'plus': the inputs have incompatible shapes "
+                                         r"\[\(None, 5\), \(None, 4\)\]"):
+        layers.Add(name="plus")([a, pynn.Input((4,))])
     with pytest.raises(ValueError, match=r"Layer 'd' \(Dense\) expected input shape "
                                          r"\(None, 5\), got \(None, 4\)"):
         d(pynn.Input((4,)))

@@ -191,8 +191,9 @@ class Layer:
         if len(shape) != len(expected) or any(
             e is not None and e != s for e, s in zip(expected[1:], shape[1:])
         ):
-            raise ValueError(f"Layer '{self.name}' ({type(self).__name__}) expected{which} input "
-                             f"shape {shape_str(expected)}, got {shape_str((None,) + shape[1:])}")
+            what = f"{which} expected shape" if which else " expected input shape"
+            raise ValueError(f"Layer '{self.name}' ({type(self).__name__}){what} "
+                             f"{shape_str(expected)}, got {shape_str((None,) + shape[1:])}")
 
     def __call__(self, inputs, training=False, **kwargs):
         """Eager on arrays; on the symbolic tensors of ``pynn.Input`` it records a node of a
