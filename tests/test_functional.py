@@ -391,3 +391,40 @@ def test_freezing_a_nested_model_keeps_its_weights(seeded):
     lines = []
     model.summary(print_fn=lines.append)
     assert "Non-trainable params: 15" in "\n".join(lines)
+
+
+def merge_net(lib):
+    """Concatenate, Add, Multiply and Dot in one graph, with a layer shared by two branches."""
+    L = lib.layers
+    x = lib.Input((6,), name="x")
+    shared = L.Dense(6, activation="tanh", name="shared2")
+    a = shared(L.Dense(6, name="left")(x))
+    b = shared(L.Dense(6, activation="relu", name="right")(x))
+    s = L.Add(name="sum")([a, b, x])
+    c = L.Concatenate(name="cat")([s, L.Multiply(name="prod")([a, b])])
+    d = L.Dot(axes=1, normalize=True, name="cos")([a, b])
+    out = L.Dense(3, activation="softmax", name="cls")(L.Concatenate(name="cat2")([c, d]))
+    return lib.Model(x, out)
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_keras_parity_merge_layers_in_a_graph(seeded):
+    keras = _keras()
+    k_model, p_model = merge_net(keras), merge_net(pynn)
+    p_model.set_weights(k_model.get_weights())
+    x = seeded.standard_normal((40, 6)).astype(np.float32)
+    y = seeded.integers(0, 3, 40)
+    want = keras.ops.convert_to_numpy(k_model.predict(x, verbose=0))
+    assert _rel(p_model.predict(x), want) <= 1e-5
+    for m, lib in ((k_model, keras), (p_model, pynn)):
+        m.compile(optimizer=lib.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+        m.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    for got, want in zip(p_model.get_weights(), k_model.get_weights()):
+        assert _rel(got, want) <= 1e-3
+
+
+def test_merge_graph_gradients(float64, seeded):
+    model = merge_net(pynn)
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    randomize(model, seeded)
+    check_model(model, seeded.standard_normal((5, 6)), seeded.integers(0, 3, 5))
