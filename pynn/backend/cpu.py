@@ -52,6 +52,19 @@ from pynn._native.pool import (  # noqa: F401
     maxpool2d_backward,
     maxpool2d_forward,
 )
+# -- spatial and shape families --
+from pynn._native.shape import (  # noqa: F401
+    repeat_vector_backward,
+    repeat_vector_forward,
+    transpose_backward,
+    transpose_forward,
+)
+from pynn._native.spatial import (  # noqa: F401
+    pad2d_backward,
+    pad2d_forward,
+    upsample2d_backward,
+    upsample2d_forward,
+)
 from pynn.backend.operands.common import host_array
 
 NAME = "cpu"
