@@ -68,15 +68,18 @@ def _transpose(const floating[::1] x, floating[::1] y, Walk g):
 
 
 def _run_transpose(a, perm):
+    cdef Walk g
+    cdef int k
     shape = a.shape
     out = np.empty(tuple(shape[p] for p in perm), dtype=a.dtype)
     if out.size:
         strides = [1] * a.ndim
         for k in range(a.ndim - 2, -1, -1):
             strides[k] = strides[k + 1] * shape[k + 1]
-        g = Walk(ndim=a.ndim, shape=[0] * MAX_DIMS, stride=[0] * MAX_DIMS)
-        g["shape"][:a.ndim] = out.shape
-        g["stride"][:a.ndim] = [strides[p] for p in perm]
+        g.ndim = a.ndim
+        for k in range(a.ndim):
+            g.shape[k] = out.shape[k]
+            g.stride[k] = strides[perm[k]]
         _transpose(a.reshape(-1), out.reshape(-1), g)
     return out
 

@@ -115,11 +115,11 @@ def _keras():
 
 
 KERAS_CASES = [
-    ("Permute", dict(dims=(2, 1)), (3, 4, 5)),
-    ("Permute", dict(dims=(3, 1, 2)), (2, 3, 4, 5)),
-    ("Permute", dict(dims=(1, 2, 3)), (2, 3, 4, 5)),
-    ("RepeatVector", dict(n=4), (3, 7)),
-    ("Identity", dict(), (2, 3, 4)),
+    ("Permute", {"dims": (2, 1)}, (3, 4, 5)),
+    ("Permute", {"dims": (3, 1, 2)}, (2, 3, 4, 5)),
+    ("Permute", {"dims": (1, 2, 3)}, (2, 3, 4, 5)),
+    ("RepeatVector", {"n": 4}, (3, 7)),
+    ("Identity", {}, (2, 3, 4)),
 ]
 
 
