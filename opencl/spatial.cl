@@ -126,8 +126,9 @@ __kernel void upsample2d_backward(__global const float *dy, __global float *dx, 
         dx[gid] = s;
         return;
     }
-    const int ho0 = max((hi - 1) * SH, 0), ho1 = min((hi + 2) * SH, HO);
-    const int wo0 = max((wi - 1) * SW, 0), wo1 = min((wi + 2) * SW, WO);
+    /* (i + 2)*S is formed only when it stays within HO: it could pass INT_MAX. */
+    const int ho0 = max((hi - 1) * SH, 0), ho1 = hi + 2 >= H ? HO : (hi + 2) * SH;
+    const int wo0 = max((wi - 1) * SW, 0), wo1 = wi + 2 >= W ? WO : (wi + 2) * SW;
     for (int ho = ho0; ho < ho1; ++ho) {
         const float wh = tap_weight(ho, hi, H, HO);
         if (wh == 0.0f)

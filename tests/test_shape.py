@@ -87,16 +87,17 @@ LAYER_CASES = [
     (lambda: layers.RepeatVector(3), (4, 5)),
     (lambda: layers.Identity(), (2, 3, 5)),
 ]
+LAYER_IDS = ["permute-2", "permute-3", "permute-4", "repeat", "identity"]
 
 
-@pytest.mark.parametrize("make, xshape", LAYER_CASES, ids=[str(i) for i in range(len(LAYER_CASES))])
+@pytest.mark.parametrize("make, xshape", LAYER_CASES, ids=LAYER_IDS)
 def test_layer_gradients(float64, seeded, make, xshape):
     layer = make()
     y = check_layer(layer, seeded.standard_normal(xshape), seeded)
     assert y.shape[1:] == layer.output_shape[1:]
 
 
-@pytest.mark.parametrize("make, xshape", LAYER_CASES, ids=[str(i) for i in range(len(LAYER_CASES))])
+@pytest.mark.parametrize("make, xshape", LAYER_CASES, ids=LAYER_IDS)
 def test_config_round_trip(make, xshape):
     layer = make()
     config = json.loads(json.dumps(layer.get_config()))
