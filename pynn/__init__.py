@@ -40,7 +40,8 @@ from pynn import (  # noqa: E402
 )
 from pynn._config import floatx, get_num_threads, set_floatx, set_num_threads  # noqa: E402
 from pynn.backend import set_device  # noqa: E402
-from pynn.models import Sequential  # noqa: E402
+from pynn.layers import Input  # noqa: E402
+from pynn.models import Model, Sequential  # noqa: E402
 from pynn.saving import load_model  # noqa: E402
 
 
@@ -60,6 +61,6 @@ def get_device():
     return backend.device()
 
 
-__all__ = ["Sequential", "load_model", "layers", "losses", "metrics", "optimizers",
+__all__ = ["Model", "Sequential", "Input", "load_model", "layers", "losses", "metrics", "optimizers",
            "initializers", "regularizers", "callbacks", "utils", "backend", "set_device",
            "get_device", "devices", "set_num_threads", "get_num_threads", "floatx", "set_floatx"]

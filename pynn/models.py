@@ -1,8 +1,10 @@
-"""Sequential: builds its layers, and runs fit / evaluate / predict.
+"""Model: one class for every topology; Sequential is a Model whose graph is a chain.
 
-The loops here go over epochs, batches and layers, never over samples or elements: a batch is
-one contiguous slice of arrays shuffled once per epoch, uploaded once, pushed through one backend
-op per layer, and only the loss and metric counts come back.
+Training, evaluation, prediction, saving and summaries are written once, against the graph's
+plan (``pynn.layers.functional.Plan``): a list of steps over integer slots made once per
+model. The loops here go over epochs, batches and steps, never over samples or elements: a
+batch is one contiguous slice of each input array, shuffled once per epoch, uploaded once,
+pushed through one backend op per layer, and only the loss and metric counts come back.
 """
 
 import math
@@ -13,105 +15,152 @@ import numpy as np
 from pynn import _config, backend, callbacks as callbacks_module, losses, metrics as metrics_module
 from pynn import optimizers, saving, utils
 from pynn.layers import LAYERS, InputLayer
-from pynn.layers.base import Layer, _unique_name, is_complex, shape_str
+from pynn.layers.base import KerasTensor, Layer, _unique_name, is_complex, shape_str
+from pynn.layers.functional import Graph, Plan
 
 
-class Sequential:
-    def __init__(self, layers=None, name=None, trainable=True):
+class Model(Layer):
+    """``Model(inputs, outputs, name)``: the layers between ``pynn.Input`` tensors and the
+    outputs computed from them. ``inputs``/``outputs`` are a tensor, a list or a dict; data
+    for ``fit``/``evaluate``/``predict`` takes the same form (a dict by input/output name)."""
+
+    def __init__(self, inputs=None, outputs=None, name=None, trainable=True):
         _config.get_num_threads()  # applies the thread settings before the first kernel runs
         if name is not None and not isinstance(name, str):
-            raise ValueError(f"Sequential: name must be a string, got {name!r}")
-        self.name = name or _unique_name("sequential")
-        self.trainable = trainable
-        self.layers = []
-        self._input_layer = None
+            raise ValueError(f"{type(self).__name__}: name must be a string, got {name!r}")
+        super().__init__(name=name or _unique_name(self._default_name()), trainable=trainable)
+        self._init_training_state()
+        if type(self) is Model or inputs is not None or outputs is not None:
+            if inputs is None or outputs is None:
+                raise ValueError(f"Model '{self.name}': give both inputs= and outputs= "
+                                 f"(tensors from pynn.Input and the layers called on them)")
+            self._init_graph(inputs, outputs)
+
+    @staticmethod
+    def _default_name():
+        return "functional"
+
+    def _init_training_state(self):
         self.optimizer = None
         self.loss = None
-        self._metric_specs = []
-        self.metrics = []
         self.compiled = False
         self.stop_training = False
         self.history = None
+        self._metric_specs = []
+        self._loss_weights = None
+        self._output_losses = []
+        self._output_metrics = []
+        self._plan = None
+        self._graph = None
+        self._activity_penalty = 0.0
         # Drawn from pynn.utils's generator when fit first shuffles, then the model's own:
         # saved with the model so a resumed fit shuffles as the uninterrupted one would.
         self._shuffle_rng = None
-        for layer in layers or []:
-            self.add(layer)
+        self._initial_epoch = None
 
-    # -- building ---------------------------------------------------------------------------
-    def add(self, layer):
-        if isinstance(layer, InputLayer):
-            if self.layers or self._input_layer is not None:
-                raise ValueError(f"Sequential '{self.name}': an Input can only be the first layer")
-            self._input_layer = layer
-            return
-        if not isinstance(layer, Layer):
-            raise TypeError(f"Sequential '{self.name}': expected a pynn layer, got "
-                            f"{type(layer).__name__}")
-        if any(layer.name == other.name for other in self.layers):
-            raise ValueError(f"Sequential '{self.name}': duplicate layer name '{layer.name}'")
-        self.layers.append(layer)
-        shape = self._known_input_shape()
-        if shape is not None:
-            self.build(shape)
-
-    def _known_input_shape(self):
-        if self._input_layer is not None:
-            return self._input_layer.input_shape
-        if self.layers and self.layers[0]._declared_input_shape is not None:
-            return self.layers[0]._declared_input_shape
-        if self.layers and self.layers[0].built:
-            return self.layers[0].input_shape
-        return None
+    # -- the graph --------------------------------------------------------------------------
+    def _init_graph(self, inputs, outputs):
+        self._input_keys, in_list = _flatten_structure(inputs, "inputs", self.name)
+        self._output_keys, out_list = _flatten_structure(outputs, "outputs", self.name)
+        for where, tensors in (("inputs", in_list), ("outputs", out_list)):
+            for t in tensors:
+                if type(t) is not KerasTensor:
+                    raise TypeError(f"Model '{self.name}': {where} must be symbolic tensors "
+                                    f"(from pynn.Input and layers called on it), got "
+                                    f"{type(t).__name__}")
+        if len({id(t) for t in in_list}) != len(in_list):
+            raise ValueError(f"Model '{self.name}': the same input tensor is listed twice")
+        self._graph = Graph(in_list, out_list, f"Model '{self.name}'")
+        self._plan = Plan(self._graph)
+        self._plan.prepare_backward(False)
+        self.input_shape = ([t.shape for t in in_list] if self._input_keys is not None
+                            else in_list[0].shape)
+        self.output_shape = ([t.shape for t in out_list] if self._output_keys is not None
+                             else out_list[0].shape)
+        self.dtype = in_list[0].dtype
+        self.built = True
 
     @property
-    def built(self):
-        return bool(self.layers) and all(layer.built for layer in self.layers)
+    def layers(self):
+        return list(self._graph.layers) if self._graph is not None else []
+
+    @property
+    def inputs(self):
+        return list(self._graph.inputs) if self._graph is not None else []
+
+    @property
+    def outputs(self):
+        return list(self._graph.outputs) if self._graph is not None else []
+
+    @property
+    def input(self):
+        ins = self.inputs
+        return ins[0] if self._input_keys is None else _restructure(self._input_keys, ins)
+
+    @property
+    def output(self):
+        outs = self.outputs
+        return outs[0] if self._output_keys is None else _restructure(self._output_keys, outs)
+
+    @property
+    def input_names(self):
+        return [t.node.layer.name for t in self.inputs]
+
+    @property
+    def output_names(self):
+        return [t.node.layer.name if t.node is not None else t.name for t in self.outputs]
+
+    def get_layer(self, name=None, index=None):
+        if (name is None) == (index is None):
+            raise ValueError(f"get_layer: give exactly one of name= or index=, got name={name!r}, "
+                             f"index={index!r}")
+        layers = self.layers
+        if index is not None:
+            if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not (
+                    -len(layers) <= index < len(layers)):
+                raise ValueError(f"get_layer: index {index!r} out of range for model "
+                                 f"'{self.name}' with {len(layers)} layers")
+            return layers[index]
+        for layer in layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"get_layer: no layer named {name!r} in model '{self.name}'; it has "
+                         f"{[layer.name for layer in layers]}")
 
     def build(self, input_shape=None):
-        if input_shape is None:
-            input_shape = self._known_input_shape()
-            if input_shape is None:
-                raise ValueError(f"Sequential '{self.name}': cannot build without an input shape; "
-                                 f"add pynn.layers.Input(shape=...) or call build(input_shape)")
-        shape = tuple(input_shape)
-        seen_weights = False
-        for layer in self.layers:
-            if not layer.built:
-                layer.build(shape)
-            elif len(layer.input_shape) != len(shape) or any(
-                a is not None and b is not None and a != b
-                for a, b in zip(layer.input_shape[1:], shape[1:])
-            ):
-                raise ValueError(f"Layer '{layer.name}' ({type(layer).__name__}) expected input "
-                                 f"shape {shape_str(layer.input_shape)}, got {shape_str(shape)}")
-            layer.needs_input_grad = seen_weights
-            seen_weights = seen_weights or bool(layer.trainable_weights)
-            shape = layer.output_shape
         return self
 
-    @property
-    def input_shape(self):
-        return self.layers[0].input_shape if self.built else self._known_input_shape()
+    def _ensure_built(self, shapes):
+        pass
 
-    @property
-    def output_shape(self):
-        return self.layers[-1].output_shape if self.built else None
+    def compute_output_shape(self, input_shape):
+        shapes = self.output_shape
+        if isinstance(shapes, list):
+            return [tuple(s) for s in shapes]
+        return tuple(shapes)
 
-    def _ensure_built(self, x_shape):
-        if not self.built:
-            self.build((None,) + tuple(x_shape[1:]))
-
-    # -- weights --------------------------------------------------------------------------
+    # -- weights ------------------------------------------------------------------------------
     @property
     def weights(self):
-        return [v for layer in self.layers for v in layer.weights]
+        seen, out = set(), []
+        for layer in self.layers:
+            for v in layer.weights:
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    out.append(v)
+        return out
 
     @property
     def trainable_weights(self):
         if not self.trainable:
             return []
-        return [v for layer in self.layers for v in layer.trainable_weights]
+        seen, out = set(), []
+        for layer in self.layers:
+            for v in layer.trainable_weights:
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    out.append(v)
+        return out
 
     @property
     def non_trainable_weights(self):
@@ -119,14 +168,16 @@ class Sequential:
         return [v for v in self.weights if id(v) not in trainable]
 
     def get_weights(self):
-        return [w for layer in self.layers for w in layer.get_weights()]
+        b = backend.current()
+        return [np.array(b.to_numpy(v.value)) for v in self.weights]
 
     def set_weights(self, weights):
         weights = list(weights)
-        expected = sum(len(layer.weights) for layer in self.layers)
-        if len(weights) != expected:
-            raise ValueError(f"Sequential '{self.name}': expected {expected} weight arrays, got "
-                             f"{len(weights)}")
+        owners = self.weights
+        if len(weights) != len(owners):
+            raise ValueError(f"{type(self).__name__} '{self.name}': expected {len(owners)} weight "
+                             f"arrays, got {len(weights)}")
+        # Per layer, so each layer's own checks (shape, dtype) name it.
         i = 0
         for layer in self.layers:
             k = len(layer.weights)
@@ -135,92 +186,276 @@ class Sequential:
 
     def count_params(self):
         if not self.built:
-            raise ValueError(f"Sequential '{self.name}' is not built yet; give it an Input or "
-                             f"call build(input_shape) first")
-        return sum(layer.count_params() for layer in self.layers)
+            raise ValueError(f"{type(self).__name__} '{self.name}' is not built yet; give it an "
+                             f"Input or call build(input_shape) first")
+        return int(sum(math.prod(v.shape) for v in self.weights))
 
-    # -- compile --------------------------------------------------------------------------
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+    def regularization_penalty(self):
+        total, self._activity_penalty = self._activity_penalty, 0.0
+        return total + sum(layer.regularization_penalty() for layer in self.layers)
+
+    # -- as a layer of another model ----------------------------------------------------------
+    def __call__(self, inputs, training=False, **kwargs):
+        from pynn.layers.symbolic import is_symbolic, record
+
+        if is_symbolic(inputs):
+            return record(self, inputs, kwargs)
+        if kwargs:
+            raise TypeError(f"call: unexpected arguments {sorted(kwargs)}")
+        _config.apply_to_this_thread()
+        b = backend.current()
+        xs = inputs if isinstance(inputs, (list, tuple, dict)) else [inputs]
+        values = xs.values() if isinstance(xs, dict) else xs
+        for x in values:
+            if is_complex(x):
+                raise TypeError(f"call: x must be numeric (real), got dtype {x.dtype}")
+        if all(hasattr(x, "shape") and not isinstance(x, np.ndarray) for x in values):
+            xs = self._order_inputs(inputs, "call")  # backend arrays pass as they are
+            self._check_input_shapes(xs, "call")
+        else:
+            xs = [b.asarray(x, x.dtype) for x in self._prepare_inputs(inputs, "call")]
+        outs = self.call(xs if len(xs) > 1 else xs[0], training=training)
+        return outs
+
+    def call(self, inputs, training=False):
+        xs = inputs if isinstance(inputs, list) else [inputs]
+        outs, saved = self._plan.forward(xs, training)
+        if training:
+            self._cache = saved
+        return outs[0] if len(outs) == 1 else outs
+
+    def backward(self, dy):
+        dys = dy if isinstance(dy, list) else [dy]
+        self._plan.prepare_backward(self.needs_input_grad)
+        saved, self._cache = self._cache, None
+        grads, penalty = self._plan.backward(dys, saved)
+        self._activity_penalty += penalty
+        if not self.needs_input_grad:
+            return None
+        return grads[0] if len(grads) == 1 else grads
+
+    def runtime_state(self):
+        return {layer.name: layer.runtime_state() for layer in self.layers
+                if layer.runtime_state()}
+
+    def set_runtime_state(self, state):
+        by_name = {layer.name: layer for layer in self.layers}
+        for name, inner in state.items():
+            if name not in by_name or not isinstance(inner, dict):
+                raise ValueError(f"Model '{self.name}' has no layer {name!r} with state")
+            by_name[name].set_runtime_state(inner)
+
+    # -- compile ------------------------------------------------------------------------------
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None,
+                **kwargs):
         unsupported = {k for k, v in kwargs.items() if v not in (None, False, "auto", 1)}
         if unsupported:
             raise ValueError(f"compile: unsupported arguments {sorted(unsupported)}")
         if loss is None:
             raise ValueError("compile: a loss is required, e.g. loss='mse'")
         self.optimizer = optimizers.get(optimizer)
-        self.loss = losses.get(loss)
-        self._metric_specs = list(metrics or [])
+        self._loss_spec = loss
+        self._metric_specs = metrics if metrics is not None else []
+        self._loss_weights_spec = loss_weights
+        self.loss = losses.get(loss) if not isinstance(loss, (list, tuple, dict)) else None
         self.metrics = []
+        self._output_losses = []
+        self._output_metrics = []
         self.compiled = True
+        if self.built:
+            self._resolve_compile()
+
+    def _resolve_compile(self):
+        """Per output: its loss (or None), weight and metric objects; checked against the
+        output names and count once the model is built."""
+        names = self.output_names
+        n = len(names)
+        self._output_losses = [
+            None if spec is None else losses.get(spec)
+            for spec in _per_output(self._loss_spec, names, "loss", broadcast=True)]
+        if all(loss is None for loss in self._output_losses):
+            raise ValueError("compile: every output's loss is None; nothing to train")
+        if self.loss is None and n == 1:
+            self.loss = self._output_losses[0]
+        weights = self._loss_weights_spec
+        if weights is None:
+            self._loss_weights = [1.0] * n
+        else:
+            self._loss_weights = [1.0 if w is None else float(w)
+                                  for w in _per_output(weights, names, "loss_weights",
+                                                       broadcast=False)]
+        specs = self._metric_specs
+        if n == 1 or isinstance(specs, dict) or (
+                isinstance(specs, (list, tuple)) and specs and all(
+                    isinstance(s, (list, tuple)) or s is None for s in specs)):
+            per_output = _per_output(specs, names, "metrics", broadcast=False) if n > 1 or \
+                isinstance(specs, dict) else [specs]
+        else:
+            per_output = [specs] * n  # a flat list applies to every output
+        self._output_metrics = []
+        for k, spec in enumerate(per_output):
+            spec = [] if spec is None else (list(spec) if isinstance(spec, (list, tuple))
+                                            else [spec])
+            shape = self.outputs[k].shape
+            self._output_metrics.append([
+                metrics_module.get(m, self._output_losses[k], shape) for m in spec])
+        self.metrics = [m for ms in self._output_metrics for m in ms]
 
     def _resolve_metrics(self):
-        if len(self.metrics) != len(self._metric_specs):
-            self.metrics = [metrics_module.get(m, self.loss, self.output_shape)
-                            for m in self._metric_specs]
+        if not self._output_losses:
+            self._resolve_compile()
         return self.metrics
 
     def _check_compiled(self, what):
         if not self.compiled:
             raise RuntimeError(f"You must call compile() before {what}()")
 
-    # -- data -----------------------------------------------------------------------------
-    def _prepare_x(self, x, what):
+    def _compile_config(self):
+        """compile()'s arguments, JSON-able (saved with the model)."""
+        def loss_spec(spec):
+            if isinstance(spec, dict):
+                return {k: loss_spec(v) for k, v in spec.items()}
+            if isinstance(spec, (list, tuple)):
+                return [loss_spec(v) for v in spec]
+            return None if spec is None else losses.serialize(losses.get(spec))
+
+        def metric_spec(spec):
+            if isinstance(spec, dict):
+                return {k: metric_spec(v) for k, v in spec.items()}
+            if isinstance(spec, (list, tuple)):
+                return [metric_spec(v) for v in spec]
+            if spec is None or isinstance(spec, str):
+                return spec
+            return metrics_module.serialize(spec)
+
+        config = {"optimizer": optimizers.serialize(self.optimizer),
+                  "loss": loss_spec(self._loss_spec),
+                  "metrics": metric_spec(self._metric_specs)}
+        if self._loss_weights_spec is not None:
+            config["loss_weights"] = self._loss_weights_spec
+        return config
+
+    def _compile_from_config(self, config):
+        def loss_spec(spec):
+            if isinstance(spec, dict) and "class_name" not in spec:
+                return {k: loss_spec(v) for k, v in spec.items()}
+            if isinstance(spec, list):
+                return [loss_spec(v) for v in spec]
+            return None if spec is None else losses.get(spec)
+
+        def metric_spec(spec):
+            if isinstance(spec, dict) and "class_name" not in spec:
+                return {k: metric_spec(v) for k, v in spec.items()}
+            if isinstance(spec, list):
+                return [metric_spec(v) for v in spec]
+            return spec if spec is None or isinstance(spec, str) else metrics_module.get(spec)
+
+        self.compile(optimizer=optimizers.get(config["optimizer"]),
+                     loss=loss_spec(config["loss"]),
+                     metrics=metric_spec(config.get("metrics", [])),
+                     loss_weights=config.get("loss_weights"))
+
+    # -- data -----------------------------------------------------------------------------------
+    def _order_inputs(self, x, what):
+        """x (an array, list or dict by input name) as a list in the model's input order."""
+        names = self.input_names
+        if isinstance(x, dict):
+            unknown = set(x) - set(names)
+            missing = [k for k in names if k not in x]
+            if unknown or missing:
+                raise ValueError(f"{what}: the model's inputs are {names}; got keys "
+                                 f"{sorted(x)}")
+            return [x[k] for k in names]
+        if isinstance(x, (list, tuple)) and len(names) > 1:
+            if len(x) != len(names):
+                raise ValueError(f"{what}: the model has {len(names)} inputs {names}, got "
+                                 f"{len(x)} arrays")
+            return list(x)
+        if len(names) > 1:
+            raise ValueError(f"{what}: the model has {len(names)} inputs {names}; pass a list "
+                             f"or a dict of arrays")
+        return [x]
+
+    def _check_input_shapes(self, xs, what):
+        for t, x in zip(self.inputs, xs):
+            shape = tuple(x.shape)
+            if len(shape) != len(t.shape) or any(
+                e is not None and e != s for e, s in zip(t.shape[1:], shape[1:])
+            ):
+                raise ValueError(f"{what}: input '{t.node.layer.name}' expects shape "
+                                 f"{shape_str(t.shape)}, got {shape_str((None,) + shape[1:])}")
+
+    def _prepare_inputs(self, x, what):
         if x is None:
             raise ValueError(f"{what}: x is required")
-        arr = np.asarray(x)
-        if not _is_real(arr):
-            raise TypeError(f"{what}: x must be numeric (real), got dtype {arr.dtype}")
-        if arr.ndim < 2:
-            raise ValueError(f"{what}: x must have a batch axis and at least one feature axis, "
-                             f"got shape {arr.shape}")
-        self._ensure_built(arr.shape)
-        expected = self.input_shape
-        if len(expected) != arr.ndim or any(
-            e is not None and e != s for e, s in zip(expected[1:], arr.shape[1:])
-        ):
-            raise ValueError(f"{what}: the model expects input shape {shape_str(expected)}, got "
-                             f"x with shape {shape_str((None,) + arr.shape[1:])}")
-        return np.ascontiguousarray(arr, dtype=self.layers[0].dtype)
+        if not self.built:
+            first = x[0] if isinstance(x, (list, tuple)) else x
+            arr = np.asarray(first)
+            if arr.ndim < 2:
+                raise ValueError(f"{what}: x must have a batch axis and at least one feature "
+                                 f"axis, got shape {arr.shape}")
+            self._ensure_built(arr.shape)
+        xs = self._order_inputs(x, what)
+        out, n = [], None
+        for t, xi in zip(self.inputs, xs):
+            arr = np.asarray(xi)
+            if not _is_real(arr):
+                raise TypeError(f"{what}: x must be numeric (real), got dtype {arr.dtype}")
+            if arr.ndim < 2:
+                raise ValueError(f"{what}: x must have a batch axis and at least one feature "
+                                 f"axis, got shape {arr.shape}")
+            if n is not None and arr.shape[0] != n:
+                raise ValueError(f"{what}: the input arrays hold different numbers of samples "
+                                 f"({n} and {arr.shape[0]})")
+            n = arr.shape[0]
+            out.append(arr)
+        self._check_input_shapes_host(out, what)
+        return [np.ascontiguousarray(a, dtype=t.dtype) for t, a in zip(self.inputs, out)]
 
-    def _prepare_y(self, y, n, what):
+    def _check_input_shapes_host(self, arrays, what):
+        for t, arr in zip(self.inputs, arrays):
+            expected = t.shape
+            if len(expected) != arr.ndim or any(
+                e is not None and e != s for e, s in zip(expected[1:], arr.shape[1:])
+            ):
+                which = "" if len(arrays) == 1 else f" (input '{t.node.layer.name}')"
+                raise ValueError(f"{what}: the model expects input shape {shape_str(expected)}"
+                                 f"{which}, got x with shape {shape_str((None,) + arr.shape[1:])}")
+
+    def _prepare_targets(self, y, n, what):
         if y is None:
             raise ValueError(f"{what}: y is required")
-        y = np.asarray(y)
-        if y.shape[:1] != (n,):
-            raise ValueError(f"{what}: x has {n} samples but y has shape {y.shape}")
-        out_shape = self.output_shape
-        if self.loss.sparse_labels:
-            if y.ndim == len(out_shape) and y.shape[-1] == 1:
-                y = y.reshape(y.shape[:-1])
-            if tuple(y.shape[1:]) != tuple(out_shape[1:-1]):
-                raise ValueError(f"{what}: sparse labels must have shape "
-                                 f"{shape_str((None,) + tuple(out_shape[1:-1]))}, got "
-                                 f"{shape_str((None,) + y.shape[1:])}")
-            if y.dtype.kind == "f":
-                if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-                    raise ValueError(f"{what}: sparse labels must be integers")
-            elif y.dtype.kind not in "iub":
-                raise TypeError(f"{what}: sparse labels must be integers, got dtype {y.dtype}")
-            classes = out_shape[-1]
-            if y.size and (y.min() < 0 or y.max() >= classes):
-                bad = y.min() if y.min() < 0 else y.max()
-                raise ValueError(f"{what}: label {int(bad)} is out of range for "
-                                 f"{self.loss.name} with {classes} classes (expected 0..."
-                                 f"{classes - 1})")
-            return np.ascontiguousarray(y, dtype=np.int32)
-        if not _is_real(y):
-            raise TypeError(f"{what}: y must be numeric (real), got dtype {y.dtype}")
-        if y.ndim == len(out_shape) - 1 and out_shape[-1] == 1:
-            y = y.reshape(y.shape + (1,))
-        if tuple(y.shape[1:]) != tuple(out_shape[1:]):
-            hint = ""
-            if self.loss.backend_name == "categorical_crossentropy" and y.ndim == 1:
-                hint = (" (integer labels need loss='sparse_categorical_crossentropy' or "
-                        "pynn.utils.to_categorical)")
-            raise ValueError(f"{what}: targets must have shape {shape_str(out_shape)} to match "
-                             f"the model output, got {shape_str((None,) + y.shape[1:])}{hint}")
-        return np.ascontiguousarray(y, dtype=self.layers[-1].dtype)
+        self._resolve_metrics()
+        names = self.output_names
+        if isinstance(y, dict):
+            unknown = set(y) - set(names)
+            if unknown:
+                raise ValueError(f"{what}: the model's outputs are {names}; got keys "
+                                 f"{sorted(y)}")
+            ys = [y.get(k) for k in names]
+        elif isinstance(y, (list, tuple)) and len(names) > 1:
+            if len(y) != len(names):
+                raise ValueError(f"{what}: the model has {len(names)} outputs {names}, got "
+                                 f"{len(y)} target arrays")
+            ys = list(y)
+        elif len(names) > 1:
+            raise ValueError(f"{what}: the model has {len(names)} outputs {names}; pass a list "
+                             f"or a dict of target arrays")
+        else:
+            ys = [y]
+        out = []
+        for k, (yk, loss) in enumerate(zip(ys, self._output_losses)):
+            if loss is None:
+                out.append(None)
+                continue
+            if yk is None:
+                raise ValueError(f"{what}: output '{names[k]}' has a loss but no target")
+            where = what if len(names) == 1 else f"{what} (output '{names[k]}')"
+            out.append(_prepare_target(yk, n, where, self.outputs[k].shape, loss,
+                                       self.outputs[k].dtype))
+        return out
 
-    # -- random state ---------------------------------------------------------------------
+    # -- random state -----------------------------------------------------------------------
     def _shuffle_generator(self):
         if self._shuffle_rng is None:
             self._shuffle_rng = np.random.default_rng(utils.new_seed())
@@ -247,39 +482,49 @@ class Sequential:
         generator.bit_generator.state = shuffle
         self._shuffle_rng = generator
 
-    # -- steps ----------------------------------------------------------------------------
-    def _forward(self, x, training):
-        for layer in self.layers:
-            try:
-                x = layer(x, training=training)
-            except MemoryError as exc:
-                raise MemoryError(f"Layer '{layer.name}' ({type(layer).__name__}): out of memory "
-                                  f"for input shape {shape_str(x.shape)} ({exc})") from None
-        return x
+    # -- steps ----------------------------------------------------------------------------------
+    def _prepare_train(self):
+        self._resolve_metrics()
+        self._trainable = self.trainable_weights
+        self._plan.prepare_backward(False)
+
+    def _losses_and_grads(self, ys, outs, need_grad):
+        b = backend.current()
+        total, per_output, grads = 0.0, [], []
+        for loss, weight, yk, out in zip(self._output_losses, self._loss_weights, ys, outs):
+            if loss is None:
+                per_output.append(None)
+                grads.append(None)
+                continue
+            value, grad = loss.forward_backward(yk, out, need_grad=need_grad)
+            if need_grad and weight != 1.0:
+                b.scale_inplace(grad, weight)
+            total += weight * value
+            per_output.append(value)
+            grads.append(grad)
+        return total, per_output, grads
 
     def _train_step(self, xb, yb):
-        out = self._forward(xb, training=True)
-        loss, grad = self.loss.forward_backward(yb, out, need_grad=True)
-        for layer in reversed(self.layers):
-            try:
-                grad = layer.backward(grad)
-            except MemoryError as exc:
-                raise MemoryError(f"Layer '{layer.name}' ({type(layer).__name__}): out of memory "
-                                  f"in backward ({exc})") from None
-            if grad is None:
-                break
-        penalty = sum(layer.regularization_penalty() for layer in self.layers)
-        self.optimizer.apply(self.trainable_weights)
-        for m in self.metrics:
-            m.update_state(yb, out)
-        return loss + penalty
+        for v in self._trainable:  # a layer no loss reaches this step must not reuse old grads
+            v.grad = None
+        outs, saved = self._plan.forward(xb, True)
+        total, per_output, grads = self._losses_and_grads(yb, outs, True)
+        _, activity = self._plan.backward(grads, saved)
+        penalty = activity + self.regularization_penalty()
+        self.optimizer.apply(self._trainable)
+        self._update_metrics(yb, outs)
+        return total + penalty, per_output
 
     def _test_step(self, xb, yb):
-        out = self._forward(xb, training=False)
-        loss, _ = self.loss.forward_backward(yb, out, need_grad=False)
-        for m in self.metrics:
-            m.update_state(yb, out)
-        return loss + self._penalty_value()
+        outs, _ = self._plan.forward(xb, False)
+        total, per_output, _ = self._losses_and_grads(yb, outs, False)
+        self._update_metrics(yb, outs)
+        return total + self._penalty_value(), per_output
+
+    def _update_metrics(self, ys, outs):
+        for ms, yk, out in zip(self._output_metrics, ys, outs):
+            for m in ms:
+                m.update_state(yk, out)
 
     def _penalty_value(self):
         total = 0.0
@@ -289,37 +534,63 @@ class Sequential:
                 total += v.regularizer(b.to_numpy(v.value))
         return total
 
-    def _logs(self, loss_sum, count, prefix=""):
-        logs = {prefix + m.name: float(m.result()) for m in self.metrics}
-        logs[prefix + "loss"] = loss_sum / max(count, 1)
+    def _log_keys(self):
+        names = self.output_names
+        if len(names) == 1:
+            return [None], [[m.name for m in self._output_metrics[0]]]
+        loss_keys = [None if loss is None else f"{name}_loss"
+                     for name, loss in zip(names, self._output_losses)]
+        metric_keys = [[f"{name}_{m.name}" for m in ms]
+                       for name, ms in zip(names, self._output_metrics)]
+        return loss_keys, metric_keys
+
+    def _logs(self, loss_sum, output_sums, count, prefix=""):
+        count = max(count, 1)
+        logs = {}
+        loss_keys, metric_keys = self._log_keys()
+        for keys, ms in zip(metric_keys, self._output_metrics):
+            for key, m in zip(keys, ms):
+                logs[prefix + key] = float(m.result())
+        for key, s in zip(loss_keys, output_sums):
+            if key is not None:
+                logs[prefix + key] = s / count
+        logs[prefix + "loss"] = loss_sum / count
         return logs
 
-    # -- public loops ---------------------------------------------------------------------
+    @property
+    def metrics_names(self):
+        loss_keys, metric_keys = self._log_keys()
+        return ["loss"] + [k for k in loss_keys if k is not None] + \
+            [k for keys in metric_keys for k in keys]
+
+    # -- public loops -----------------------------------------------------------------------
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
         self._check_compiled("fit")
         batch_size = _batch_size_arg(batch_size, "fit")
         verbose = 1 if verbose == "auto" else int(verbose)
-        x = self._prepare_x(x, "fit")
-        y = self._prepare_y(y, x.shape[0], "fit")
+        xs = self._prepare_inputs(x, "fit")
+        self._resolve_metrics()
+        ys = self._prepare_targets(y, xs[0].shape[0], "fit")
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split}")
         if validation_data is None and validation_split > 0:
             # Keras takes the last fraction, before any shuffling.
-            split = int(x.shape[0] * (1.0 - validation_split))
-            validation_data = (x[split:], y[split:])
-            x, y = x[:split], y[:split]
+            split = int(xs[0].shape[0] * (1.0 - validation_split))
+            validation_data = ([a[split:] for a in xs], [_slice(a, split, None) for a in ys])
+            xs = [a[:split] for a in xs]
+            ys = [_slice(a, None, split) for a in ys]
         elif validation_data is not None:
-            if len(validation_data) != 2:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("fit: validation_data must be a tuple (x_val, y_val)")
-            vx = self._prepare_x(validation_data[0], "fit (validation_data)")
-            validation_data = (vx, self._prepare_y(validation_data[1], vx.shape[0],
-                                                   "fit (validation_data)"))
-        n = x.shape[0]
+            vx = self._prepare_inputs(validation_data[0], "fit (validation_data)")
+            validation_data = (vx, self._prepare_targets(validation_data[1], vx[0].shape[0],
+                                                         "fit (validation_data)"))
+        n = xs[0].shape[0]
         if n == 0:
             raise ValueError("fit: x holds no samples to train on")
         steps = math.ceil(n / batch_size)
-        self._resolve_metrics()
+        self._prepare_train()
         self.history = callbacks_module.History()
         params = {"verbose": verbose, "epochs": epochs, "steps": steps}
         cbs = callbacks_module.CallbackList(list(callbacks or []) + [self.history], self, params)
@@ -327,15 +598,17 @@ class Sequential:
         self.stop_training = False
         self._initial_epoch = None  # a callback (BackupAndRestore) may move the start
         with backend.host_memory_loop(trim=True):
-            return self._fit_loop(b, x, y, batch_size, epochs, verbose, cbs, steps, n,
+            return self._fit_loop(b, xs, ys, batch_size, epochs, verbose, cbs, steps, n,
                                   shuffle, validation_data, initial_epoch)
 
-    def _fit_loop(self, b, x, y, batch_size, epochs, verbose, cbs, steps, n, shuffle,
+    def _fit_loop(self, b, xs, ys, batch_size, epochs, verbose, cbs, steps, n, shuffle,
                   validation_data, initial_epoch):
         cbs.on_train_begin()
         if self._initial_epoch is not None:
             initial_epoch = self._initial_epoch
+        self._prepare_train()  # a callback may have changed what is trainable
         epoch_logs = {}
+        nout = len(self._output_losses)
         for epoch in range(initial_epoch, epochs):
             for m in self.metrics:
                 m.reset_state()
@@ -345,28 +618,34 @@ class Sequential:
             bar = callbacks_module.Progbar(steps, verbose)
             if shuffle:
                 order = self._shuffle_generator().permutation(n)
-                xe, ye = x[order], y[order]
+                xe = [a[order] for a in xs]
+                ye = [None if a is None else a[order] for a in ys]
             else:
-                xe, ye = x, y
-            loss_sum, seen, warned = 0.0, 0, False
+                xe, ye = xs, ys
+            loss_sum, sums, seen, warned = 0.0, [0.0] * nout, 0, False
+            step = 0
             for step in range(steps):
                 cbs.on_train_batch_begin(step)
                 lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
-                loss = self._train_step(b.asarray(xe[lo:hi], x.dtype),
-                                        b.asarray(ye[lo:hi], y.dtype))
+                loss, per_output = self._train_step(
+                    [b.asarray(a[lo:hi], a.dtype) for a in xe],
+                    [None if a is None else b.asarray(a[lo:hi], a.dtype) for a in ye])
                 if not math.isfinite(loss) and not warned:
                     warnings.warn(f"fit: the loss became {loss} at epoch {epoch + 1}, batch "
-                                  f"{step + 1}/{steps}", RuntimeWarning, stacklevel=2)
+                                  f"{step + 1}/{steps}", RuntimeWarning, stacklevel=3)
                     warned = True
                 loss_sum += loss * (hi - lo)
+                for k, v in enumerate(per_output):
+                    if v is not None:
+                        sums[k] += v * (hi - lo)
                 seen += hi - lo
-                logs = self._logs(loss_sum, seen)
+                logs = self._logs(loss_sum, sums, seen)
                 cbs.on_train_batch_end(step, {"loss": loss})
                 bar.update(step + 1, logs)
                 if self.stop_training:
                     break
-            epoch_logs = self._logs(loss_sum, seen)
-            if validation_data is not None and validation_data[0].shape[0]:
+            epoch_logs = self._logs(loss_sum, sums, seen)
+            if validation_data is not None and validation_data[0][0].shape[0]:
                 val = self._evaluate_arrays(*validation_data, batch_size)
                 epoch_logs.update({"val_" + k: v for k, v in val.items()})
             if verbose == 1:
@@ -379,20 +658,25 @@ class Sequential:
         cbs.on_train_end(epoch_logs)
         return self.history
 
-    def _evaluate_arrays(self, x, y, batch_size, bar=None):
+    def _evaluate_arrays(self, xs, ys, batch_size, bar=None):
         b = backend.current()
         for m in self.metrics:
             m.reset_state()
-        n = x.shape[0]
-        loss_sum = 0.0
+        n = xs[0].shape[0]
+        loss_sum, sums = 0.0, [0.0] * len(self._output_losses)
         steps = math.ceil(n / batch_size)
         for step in range(steps):
             lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
-            loss = self._test_step(b.asarray(x[lo:hi], x.dtype), b.asarray(y[lo:hi], y.dtype))
+            loss, per_output = self._test_step(
+                [b.asarray(a[lo:hi], a.dtype) for a in xs],
+                [None if a is None else b.asarray(a[lo:hi], a.dtype) for a in ys])
             loss_sum += loss * (hi - lo)
+            for k, v in enumerate(per_output):
+                if v is not None:
+                    sums[k] += v * (hi - lo)
             if bar is not None:
-                bar.update(step + 1, self._logs(loss_sum, hi))
-        logs = self._logs(loss_sum, n)
+                bar.update(step + 1, self._logs(loss_sum, sums, hi))
+        logs = self._logs(loss_sum, sums, n)
         if bar is not None:
             bar.update(steps, logs, finalize=True)
         return logs
@@ -401,94 +685,132 @@ class Sequential:
         self._check_compiled("evaluate")
         batch_size = _batch_size_arg(batch_size, "evaluate")
         verbose = 1 if verbose == "auto" else int(verbose)
-        x = self._prepare_x(x, "evaluate")
-        y = self._prepare_y(y, x.shape[0], "evaluate")
-        if x.shape[0] == 0:
-            raise ValueError("evaluate: x holds no samples")
+        xs = self._prepare_inputs(x, "evaluate")
         self._resolve_metrics()
-        bar = callbacks_module.Progbar(math.ceil(x.shape[0] / batch_size), 1) if verbose else None
+        ys = self._prepare_targets(y, xs[0].shape[0], "evaluate")
+        if xs[0].shape[0] == 0:
+            raise ValueError("evaluate: x holds no samples")
+        bar = callbacks_module.Progbar(math.ceil(xs[0].shape[0] / batch_size), 1) \
+            if verbose else None
         with backend.host_memory_loop(trim=True):
-            logs = self._evaluate_arrays(x, y, batch_size, bar)
+            logs = self._evaluate_arrays(xs, ys, batch_size, bar)
+        return self._result(logs, return_dict)
+
+    def _result(self, logs, return_dict):
         if return_dict:
             return logs
-        if not self.metrics:
+        names = self.metrics_names
+        if len(names) == 1:
             return logs["loss"]
-        return [logs["loss"]] + [logs[m.name] for m in self.metrics]
+        return [logs[k] for k in names]
 
     def predict(self, x, batch_size=None, verbose="auto"):
         batch_size = _batch_size_arg(batch_size, "predict")
-        x = self._prepare_x(x, "predict")
+        xs = self._prepare_inputs(x, "predict")
         b = backend.current()
-        n = x.shape[0]
-        out = np.empty((n,) + tuple(self.output_shape[1:]), dtype=self.layers[-1].dtype)
+        n = xs[0].shape[0]
+        outs = [np.empty((n,) + tuple(t.shape[1:]), dtype=t.dtype) for t in self.outputs]
         with backend.host_memory_loop(trim=True):
             for lo in range(0, n, batch_size):
                 hi = min(n, lo + batch_size)
-                out[lo:hi] = b.to_numpy(self._forward(b.asarray(x[lo:hi], x.dtype),
-                                                      training=False))
-        return out
+                ys, _ = self._plan.forward([b.asarray(a[lo:hi], a.dtype) for a in xs], False)
+                for out, yk in zip(outs, ys):
+                    out[lo:hi] = b.to_numpy(yk)
+        return self._structure_outputs(outs)
 
-    def __call__(self, x, training=False):
-        _config.apply_to_this_thread()
-        if is_complex(x):
-            raise TypeError(f"call: x must be numeric (real), got dtype {x.dtype}")
-        if isinstance(x, np.ndarray) or not hasattr(x, "shape"):
-            # Host data: the same checks and conversion as predict (backend arrays pass as is).
-            x = backend.current().asarray(self._prepare_x(x, "call"), self.layers[0].dtype)
-        return self._forward(x, training)
+    def _structure_outputs(self, outs):
+        if self._output_keys is None:
+            return outs[0]
+        return _restructure(self._output_keys, outs)
 
     def train_on_batch(self, x, y, return_dict=False):
         self._check_compiled("train_on_batch")
-        x = self._prepare_x(x, "train_on_batch")
-        y = self._prepare_y(y, x.shape[0], "train_on_batch")
-        if x.shape[0] == 0:  # a step would count an update that saw no data
-            raise ValueError("train_on_batch: x holds no samples")
+        xs = self._prepare_inputs(x, "train_on_batch")
         self._resolve_metrics()
+        n = xs[0].shape[0]
+        ys = self._prepare_targets(y, n, "train_on_batch")
+        if n == 0:  # a step would count an update that saw no data
+            raise ValueError("train_on_batch: x holds no samples")
+        self._prepare_train()
         for m in self.metrics:
             m.reset_state()
         b = backend.current()
         with backend.host_memory_loop():
-            loss = self._train_step(b.asarray(x, x.dtype), b.asarray(y, y.dtype))
-        logs = self._logs(loss * x.shape[0], x.shape[0])
-        return _result(logs, self.metrics, return_dict)
+            loss, per_output = self._train_step(
+                [b.asarray(a, a.dtype) for a in xs],
+                [None if a is None else b.asarray(a, a.dtype) for a in ys])
+        logs = self._logs(loss * n, [0.0 if v is None else v * n for v in per_output], n)
+        return self._result(logs, return_dict)
 
     def test_on_batch(self, x, y, return_dict=False):
         self._check_compiled("test_on_batch")
-        x = self._prepare_x(x, "test_on_batch")
-        y = self._prepare_y(y, x.shape[0], "test_on_batch")
+        xs = self._prepare_inputs(x, "test_on_batch")
         self._resolve_metrics()
+        ys = self._prepare_targets(y, xs[0].shape[0], "test_on_batch")
         with backend.host_memory_loop():
-            logs = self._evaluate_arrays(x, y, max(x.shape[0], 1))
-        return _result(logs, self.metrics, return_dict)
+            logs = self._evaluate_arrays(xs, ys, max(xs[0].shape[0], 1))
+        return self._result(logs, return_dict)
 
     def predict_on_batch(self, x):
-        x = self._prepare_x(x, "predict_on_batch")
+        xs = self._prepare_inputs(x, "predict_on_batch")
         b = backend.current()
         with backend.host_memory_loop():
-            return np.array(b.to_numpy(self._forward(b.asarray(x, x.dtype), training=False)))
+            ys, _ = self._plan.forward([b.asarray(a, a.dtype) for a in xs], False)
+            outs = [np.array(b.to_numpy(yk)) for yk in ys]
+        return self._structure_outputs(outs)
 
-    # -- description ----------------------------------------------------------------------
+    # -- description ------------------------------------------------------------------------
+    def _summary_rows(self):
+        graph_nodes = {}
+        for node in self._graph.nodes:
+            graph_nodes.setdefault(id(node.layer), []).append(node)
+        rows = []
+        for layer in self.layers:
+            nodes = graph_nodes.get(id(layer), [])
+            if nodes:
+                outs = nodes[0].outputs
+                shape = (shape_str(outs[0].shape) if len(outs) == 1
+                         else "[" + ", ".join(shape_str(t.shape) for t in outs) + "]")
+            else:
+                shape = shape_str(layer.output_shape)
+            connected = []
+            for node in nodes:
+                for t in node.inputs:
+                    src = t.node.layer
+                    connected.append(f"{src.name}[{src._inbound_nodes.index(t.node)}]"
+                                     f"[{t.index}]")
+            params = f"{layer.count_params():,}" if layer.built else "0 (unbuilt)"
+            rows.append((f"{layer.name} ({type(layer).__name__})", shape, params,
+                         ", ".join(connected) or "-"))
+        return rows
+
     def summary(self, print_fn=None):
+        """Keras's table: Layer (type), Output Shape, Param # and, for a functional model,
+        Connected to; then the trainable and non-trainable counts."""
         print_fn = print_fn or print
-        rows = [(f"{layer.name} ({type(layer).__name__})",
-                 shape_str(layer.output_shape) if layer.built else "?",
-                 f"{layer.count_params():,}" if layer.built else "0 (unbuilt)")
-                for layer in self.layers]
-        widths = [max(33, *(len(r[0]) + 2 for r in rows)),
-                  max(24, *(len(r[1]) + 2 for r in rows)), 15]
-        heads = ("Layer (type)", "Output Shape", "Param #")
+        rows = self._summary_rows()
+        connected = not isinstance(self, Sequential)
+        heads = ("Layer (type)", "Output Shape", "Param #") + (("Connected to",)
+                                                              if connected else ())
+        if not connected:
+            rows = [r[:3] for r in rows]
+        widths = [max(33, *(len(r[0]) + 2 for r in rows), 14),
+                  max(24, *(len(r[1]) + 2 for r in rows), 14), 15]
+        if connected:
+            widths.append(max(20, *(len(r[3]) + 2 for r in rows), 14))
+        right = {2}
 
-        def line(left, mid, right, fill="━"):
-            return left + mid.join(fill * w for w in widths) + right
+        def line(left, mid, end, fill="━"):
+            return left + mid.join(fill * w for w in widths) + end
 
-        out = [f'Model: "{self.name}"',
-               line("┏", "┳", "┓"),
-               "┃" + "┃".join(f" {h:<{w - 2}} " if i < 2 else f" {h:>{w - 2}} "
-                              for i, (h, w) in enumerate(zip(heads, widths))) + "┃",
+        def cells(values, sep):
+            return sep + sep.join(f" {c:>{w - 2}} " if i in right else f" {c:<{w - 2}} "
+                                  for i, (c, w) in enumerate(zip(values, widths))) + sep
+
+        out = [f'Model: "{self.name}"', line("┏", "┳", "┓"), cells(heads, "┃"),
                line("┡", "╇", "┩")]
         for i, row in enumerate(rows):
-            out.append("│" + "│".join(f" {c:<{w - 2}} " if j < 2 else f" {c:>{w - 2}} "
-                                      for j, (c, w) in enumerate(zip(row, widths))) + "│")
+            out.append(cells(row, "│"))
             if i < len(rows) - 1:
                 out.append(line("├", "┼", "┤", "─"))
         out.append(line("└", "┴", "┘", "─"))
@@ -500,23 +822,68 @@ class Sequential:
         print_fn("\n".join(out))
 
     def get_config(self):
-        layers = []
-        if self._input_layer is not None:
-            layers.append({"class_name": "InputLayer", "config": self._input_layer.get_config()})
-        layers += [{"class_name": type(layer).__name__, "config": layer.get_config()}
-                   for layer in self.layers]
-        return {"name": self.name, "trainable": self.trainable, "layers": layers}
+        """The layers, and the calls between them in execution order: enough to rebuild any
+        topology (shared layers, nested models) with ``from_config``."""
+        node_index = {}
+        counts = {}
+        for node in self._graph.nodes:
+            node_index[id(node)] = counts.get(id(node.layer), 0)
+            counts[id(node.layer)] = node_index[id(node)] + 1
+
+        def ref(t):
+            return [t.node.layer.name, node_index.get(id(t.node), 0), t.index]
+
+        layers = [{"class_name": _class_name(layer), "config": layer.get_config()}
+                  for layer in self.layers]
+        nodes = [{"layer": node.layer.name, "inputs": [ref(t) for t in node.inputs],
+                  "several": node.several}
+                 for node in self._graph.nodes if not node.is_input]
+        return {"name": self.name, "trainable": self.trainable, "layers": layers,
+                "nodes": nodes,
+                "inputs": [ref(t) for t in self._graph.inputs],
+                "outputs": [ref(t) for t in self._graph.outputs],
+                "input_keys": self._input_keys, "output_keys": self._output_keys}
 
     @classmethod
     def from_config(cls, config):
-        model = cls(name=config.get("name"), trainable=config.get("trainable", True))
+        layers = {}
         for spec in config.get("layers", []):
-            class_name = spec.get("class_name")
-            if class_name not in LAYERS:
-                raise ValueError(f"Unknown layer class {class_name!r}; pynn knows "
-                                 f"{sorted(LAYERS)}")
-            model.add(LAYERS[class_name].from_config(dict(spec.get("config", {}))))
-        return model
+            layer = layer_from_config(spec)
+            if layer.name in layers:
+                raise ValueError(f"duplicate layer name {layer.name!r} in the model config")
+            layers[layer.name] = layer
+        produced = {}
+        for name, layer in layers.items():
+            if isinstance(layer, InputLayer):
+                produced[(name, 0)] = [layer.output]
+
+        def tensor(ref):
+            if not (isinstance(ref, list) and len(ref) == 3):
+                raise ValueError(f"a tensor reference must be [layer, node, index], got {ref!r}")
+            name, node, index = ref
+            try:
+                return produced[(name, node)][index]
+            except (KeyError, IndexError, TypeError):
+                raise ValueError(f"the model config reads a tensor {ref!r} that no earlier "
+                                 f"node made") from None
+
+        counts = {}
+        for spec in config.get("nodes", []):
+            name = spec.get("layer")
+            if name not in layers:
+                raise ValueError(f"the model config calls an unknown layer {name!r}")
+            ins = [tensor(r) for r in spec.get("inputs", [])]
+            if not ins:
+                raise ValueError(f"the model config calls layer {name!r} on no inputs")
+            out = layers[name](ins if spec.get("several") else ins[0])
+            index = counts.get(name, 0)
+            counts[name] = index + 1
+            produced[(name, index)] = out if isinstance(out, list) else [out]
+        inputs = [tensor(r) for r in config.get("inputs", [])]
+        outputs = [tensor(r) for r in config.get("outputs", [])]
+        return cls(inputs=_restructure(config.get("input_keys"), inputs),
+                   outputs=_restructure(config.get("output_keys"), outputs),
+                   name=config.get("name"), trainable=config.get("trainable", True))
 
     def save(self, filepath):
         saving.save_model(self, filepath)
@@ -527,8 +894,288 @@ class Sequential:
     def load_weights(self, filepath, max_compression_ratio=None):
         saving.load_weights(self, filepath, max_compression_ratio)
 
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name}>"
 
+
+class Sequential(Model):
+    """A linear stack of layers: a Model whose graph is a chain, built once the input shape
+    is known (an Input, ``input_shape=`` on the first layer, ``build`` or the first data)."""
+
+    def __init__(self, layers=None, name=None, trainable=True):
+        super().__init__(name=name, trainable=trainable)
+        self._stack = []
+        self._input_layer = None
+        for layer in layers or []:
+            self.add(layer)
+
+    @staticmethod
+    def _default_name():
+        return "sequential"
+
+    @property
+    def layers(self):
+        return list(self._stack)
+
+    def add(self, layer):
+        if type(layer) is KerasTensor and layer.node is not None and layer.node.is_input:
+            layer = layer.node.layer
+        if isinstance(layer, InputLayer):
+            if self._stack or self._input_layer is not None:
+                raise ValueError(f"Sequential '{self.name}': an Input can only be the first layer")
+            self._input_layer = layer
+            return
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential '{self.name}': expected a pynn layer, got "
+                            f"{type(layer).__name__}")
+        if any(layer.name == other.name for other in self._stack):
+            raise ValueError(f"Sequential '{self.name}': duplicate layer name '{layer.name}'")
+        self._stack.append(layer)
+        try:
+            shape = self._known_input_shape()
+            if shape is not None:
+                self._build_chain(shape)
+        except Exception:
+            self._stack.pop()
+            raise
+
+    def pop(self):
+        if not self._stack:
+            raise ValueError(f"Sequential '{self.name}': there is no layer to pop")
+        layer = self._stack.pop()
+        self._graph = self._plan = None
+        self.built = False
+        shape = self._known_input_shape()
+        if self._stack and shape is not None:
+            self._build_chain(shape)
+        return layer
+
+    def _known_input_shape(self):
+        if self._input_layer is not None:
+            return self._input_layer.input_shape
+        if self._stack and self._stack[0]._declared_input_shape is not None:
+            return self._stack[0]._declared_input_shape
+        if self._stack and self._stack[0].built and not isinstance(
+                self._stack[0].input_shape, list):
+            return self._stack[0].input_shape
+        return None
+
+    def _build_chain(self, input_shape):
+        shape = tuple(input_shape)
+        if self._input_layer is None or tuple(self._input_layer.input_shape[1:]) != shape[1:]:
+            dtype = self._stack[0].dtype if self._stack else None
+            self._input_layer = InputLayer(shape=shape[1:], batch_size=shape[0], dtype=dtype)
+        x = self._input_layer.output
+        for layer in self._stack:
+            x = layer(x)
+        self._init_graph(self._input_layer.output, x)
+        self._input_keys = self._output_keys = None
+
+    def build(self, input_shape=None):
+        if input_shape is None:
+            input_shape = self._known_input_shape()
+            if input_shape is None:
+                raise ValueError(f"Sequential '{self.name}': cannot build without an input "
+                                 f"shape; add pynn.layers.Input(shape=...) or call "
+                                 f"build(input_shape)")
+        if not self._stack:
+            raise ValueError(f"Sequential '{self.name}' has no layers to build")
+        if not self.built or tuple(input_shape) != tuple(self.input_shape):
+            self._build_chain(input_shape)
+        return self
+
+    def _ensure_built(self, x_shape):
+        if not self.built:
+            self.build((None,) + tuple(x_shape[1:]))
+
+    @property
+    def input_shape(self):
+        if self._graph is not None:
+            return self._graph.inputs[0].shape
+        return self._known_input_shape()
+
+    @input_shape.setter
+    def input_shape(self, value):
+        pass  # derived from the graph
+
+    @property
+    def output_shape(self):
+        return self._graph.outputs[0].shape if self._graph is not None else None
+
+    @output_shape.setter
+    def output_shape(self, value):
+        pass
+
+    @property
+    def weights(self):
+        return [v for layer in self._stack for v in layer.weights]
+
+    @property
+    def trainable_weights(self):
+        if not self.trainable:
+            return []
+        return [v for layer in self._stack for v in layer.trainable_weights]
+
+    def set_weights(self, weights):
+        weights = list(weights)
+        expected = sum(len(layer.weights) for layer in self._stack)
+        if len(weights) != expected:
+            raise ValueError(f"Sequential '{self.name}': expected {expected} weight arrays, got "
+                             f"{len(weights)}")
+        i = 0
+        for layer in self._stack:
+            k = len(layer.weights)
+            layer.set_weights(weights[i:i + k])
+            i += k
+
+    def count_params(self):
+        if not self.built:
+            raise ValueError(f"Sequential '{self.name}' is not built yet; give it an Input or "
+                             f"call build(input_shape) first")
+        return sum(layer.count_params() for layer in self._stack)
+
+    def regularization_penalty(self):
+        total, self._activity_penalty = self._activity_penalty, 0.0
+        return total + sum(layer.regularization_penalty() for layer in self._stack)
+
+    def _summary_rows(self):
+        rows = super()._summary_rows() if self._graph is not None else [
+            (f"{layer.name} ({type(layer).__name__})", "?", "0 (unbuilt)", "")
+            for layer in self._stack]
+        return rows
+
+    def runtime_state(self):
+        return {layer.name: layer.runtime_state() for layer in self._stack
+                if layer.runtime_state()}
+
+    def get_config(self):
+        layers = []
+        if self._input_layer is not None:
+            layers.append({"class_name": "InputLayer", "config": self._input_layer.get_config()})
+        layers += [{"class_name": _class_name(layer), "config": layer.get_config()}
+                   for layer in self._stack]
+        return {"name": self.name, "trainable": self.trainable, "layers": layers}
+
+    @classmethod
+    def from_config(cls, config):
+        model = cls(name=config.get("name"), trainable=config.get("trainable", True))
+        for spec in config.get("layers", []):
+            model.add(layer_from_config(spec))
+        return model
+
+
+def _class_name(layer):
+    return type(layer).__name__
+
+
+MODEL_CLASSES = {"Model": Model, "Functional": Model, "Sequential": Sequential}
+
+
+def layer_from_config(spec):
+    """A layer (or a nested model) from ``{"class_name", "config"}``; classes come from
+    LAYERS and the model classes only, never from an import by name."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"a layer spec must be an object, got {type(spec).__name__}")
+    class_name = spec.get("class_name")
+    config = dict(spec.get("config", {}))
+    if class_name in LAYERS:
+        return LAYERS[class_name].from_config(config)
+    if class_name in MODEL_CLASSES:
+        return MODEL_CLASSES[class_name].from_config(config)
+    raise ValueError(f"Unknown layer class {class_name!r}; pynn knows "
+                     f"{sorted(LAYERS) + sorted(MODEL_CLASSES)}")
+
+
+saving.register_model_class(Model)
 saving.register_model_class(Sequential)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _flatten_structure(value, what, name):
+    """(keys, list): keys is None for a single tensor, a list of ints for a list, a list of
+    names for a dict."""
+    if isinstance(value, dict):
+        if not value:
+            raise ValueError(f"Model '{name}': {what} is an empty dict")
+        return [str(k) for k in value], list(value.values())
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError(f"Model '{name}': {what} is an empty list")
+        if len(value) == 1:
+            return [0], [value[0]]
+        return list(range(len(value))), list(value)
+    return None, [value]
+
+
+def _restructure(keys, values):
+    if keys is None:
+        return values[0]
+    if all(isinstance(k, int) for k in keys):
+        return list(values)
+    return dict(zip(keys, values))
+
+
+def _per_output(spec, names, what, broadcast):
+    n = len(names)
+    if isinstance(spec, dict):
+        unknown = set(spec) - set(names)
+        if unknown:
+            raise ValueError(f"compile: {what} names outputs {sorted(unknown)} that the model "
+                             f"does not have; its outputs are {names}")
+        return [spec.get(k) for k in names]
+    if isinstance(spec, (list, tuple)) and (n > 1 or not broadcast):
+        if n == 1 and what == "metrics":
+            return [spec]
+        if len(spec) != n:
+            raise ValueError(f"compile: {what} has {len(spec)} entries for the model's {n} "
+                             f"outputs {names}")
+        return list(spec)
+    if broadcast or n == 1:
+        return [spec] * n
+    raise ValueError(f"compile: {what} must be a list or a dict for a model with {n} outputs "
+                     f"{names}, got {spec!r}")
+
+
+def _slice(a, lo, hi):
+    return None if a is None else a[lo:hi]
+
+
+def _prepare_target(y, n, what, out_shape, loss, dtype):
+    y = np.asarray(y)
+    if y.shape[:1] != (n,):
+        raise ValueError(f"{what}: x has {n} samples but y has shape {y.shape}")
+    if loss.sparse_labels:
+        if y.ndim == len(out_shape) and y.shape[-1] == 1:
+            y = y.reshape(y.shape[:-1])
+        if tuple(y.shape[1:]) != tuple(out_shape[1:-1]):
+            raise ValueError(f"{what}: sparse labels must have shape "
+                             f"{shape_str((None,) + tuple(out_shape[1:-1]))}, got "
+                             f"{shape_str((None,) + y.shape[1:])}")
+        if y.dtype.kind == "f":
+            if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+                raise ValueError(f"{what}: sparse labels must be integers")
+        elif y.dtype.kind not in "iub":
+            raise TypeError(f"{what}: sparse labels must be integers, got dtype {y.dtype}")
+        classes = out_shape[-1]
+        if y.size and (y.min() < 0 or y.max() >= classes):
+            bad = y.min() if y.min() < 0 else y.max()
+            raise ValueError(f"{what}: label {int(bad)} is out of range for "
+                             f"{loss.name} with {classes} classes (expected 0..."
+                             f"{classes - 1})")
+        return np.ascontiguousarray(y, dtype=np.int32)
+    if not _is_real(y):
+        raise TypeError(f"{what}: y must be numeric (real), got dtype {y.dtype}")
+    if y.ndim == len(out_shape) - 1 and out_shape[-1] == 1:
+        y = y.reshape(y.shape + (1,))
+    if len(y.shape) != len(out_shape) or any(
+            o is not None and o != s for o, s in zip(out_shape[1:], y.shape[1:])):
+        hint = ""
+        if loss.backend_name == "categorical_crossentropy" and y.ndim == 1:
+            hint = (" (integer labels need loss='sparse_categorical_crossentropy' or "
+                    "pynn.utils.to_categorical)")
+        raise ValueError(f"{what}: targets must have shape {shape_str(out_shape)} to match "
+                         f"the model output, got {shape_str((None,) + y.shape[1:])}{hint}")
+    return np.ascontiguousarray(y, dtype=dtype)
 
 
 def _is_real(arr):
@@ -544,11 +1191,3 @@ def _batch_size_arg(batch_size, what):
             or batch_size < 1:
         raise ValueError(f"{what}: batch_size must be a positive int, got {batch_size!r}")
     return int(batch_size)
-
-
-def _result(logs, metrics, return_dict):
-    if return_dict:
-        return logs
-    if not metrics:
-        return logs["loss"]
-    return [logs["loss"]] + [logs[m.name] for m in metrics]

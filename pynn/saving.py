@@ -169,12 +169,7 @@ def _model_entries(model, include_optimizer=True):
            "rng_state": model.rng_state()}
     entries = [(f"weights/{i:05d}.npy", _npy_bytes(w)) for i, w in enumerate(weights)]
     if include_optimizer and model.compiled:
-        doc["compile"] = {
-            "optimizer": optimizers.serialize(model.optimizer),
-            "loss": losses.serialize(model.loss),
-            "metrics": [m if isinstance(m, str) else metrics.serialize(m)
-                        for m in model._metric_specs],
-        }
+        doc["compile"] = model._compile_config()
         state = model.optimizer.get_state()
         slot_names = sorted(state["slots"])
         doc["optimizer_state"] = {"iterations": int(state["iterations"]), "slots": slot_names}
@@ -484,10 +479,7 @@ def _load_rng_state(model, archive):
 def _compile_from(model, archive, spec):
     archive.expect(isinstance(spec, dict), "'compile' must be an object")
     try:
-        metric_specs = [m if isinstance(m, str) else metrics.get(m)
-                        for m in spec.get("metrics", [])]
-        model.compile(optimizer=optimizers.get(spec["optimizer"]),
-                      loss=losses.get(spec["loss"]), metrics=metric_specs)
+        model._compile_from_config(spec)
     except _CONFIG_ERRORS as exc:
         raise archive.fail("pynn.json", f"invalid compile config ({exc})") from None
     _load_optimizer_state(model, archive, {v.path: v for v in model.weights})

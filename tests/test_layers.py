@@ -246,7 +246,7 @@ def test_model_gradients_for_each_loss(float64, seeded, loss, outputs, activatio
     model = _small_cnn(outputs, activation)
     model.compile("sgd", loss)
     x = _x(seeded, 3, 5, 5, 2)
-    y = model._prepare_y(_targets(seeded, kind, 3, outputs), 3, "test")
+    y = model._prepare_targets(_targets(seeded, kind, 3, outputs), 3, "test")[0]
     check_model(model, x, y)
 
 
@@ -258,14 +258,14 @@ def test_model_gradients_from_logits(float64, seeded, loss):
             "sparse_categorical_crossentropy": "sparse"}[loss.backend_name]
     model = _small_cnn(3, None)
     model.compile("sgd", loss)
-    y = model._prepare_y(_targets(seeded, kind, 4, 3), 4, "test")
+    y = model._prepare_targets(_targets(seeded, kind, 4, 3), 4, "test")[0]
     check_model(model, _x(seeded, 4, 5, 5, 2), y)
 
 
 def test_model_gradients_with_l1_l2_regularizers(float64, seeded):
     model = _small_cnn(3, "softmax", regularizer=pynn.regularizers.L1L2(l1=0.01, l2=0.02))
     model.compile("sgd", "categorical_crossentropy")
-    y = model._prepare_y(_targets(seeded, "onehot", 3, 3), 3, "test")
+    y = model._prepare_targets(_targets(seeded, "onehot", 3, 3), 3, "test")[0]
     check_model(model, _x(seeded, 3, 5, 5, 2), y)
 
 
@@ -275,12 +275,6 @@ def test_model_gradients_mlp_with_dropout(float64, seeded):
                              layers.Dense(2, activation="softmax")])
     model.compile("sgd", "sparse_categorical_crossentropy")
     dropout = model.layers[1]
-    original_forward = model._forward
-
-    def forward_with_fixed_mask(x, training):
-        dropout._offset = 0
-        return original_forward(x, training)
-
-    model._forward = forward_with_fixed_mask
-    y = model._prepare_y(seeded.integers(0, 2, 3), 3, "test")
-    check_model(model, _x(seeded, 3, 4, 3), y)
+    y = model._prepare_targets(seeded.integers(0, 2, 3), 3, "test")[0]
+    check_model(model, _x(seeded, 3, 4, 3), y,
+                before_forward=lambda: setattr(dropout, "_offset", 0))

@@ -16,6 +16,7 @@ import numpy as np
 
 from pynn import _config, backend, initializers, regularizers
 from pynn.backend import api
+from pynn.layers.symbolic import KerasTensor, is_symbolic, record, shape_str  # noqa: F401
 from pynn.variables import Variable
 
 _name_counters = {}
@@ -50,10 +51,6 @@ def _snake(name):
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-def shape_str(shape):
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
-
-
 def _physical_memory():
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -62,7 +59,8 @@ def _physical_memory():
 
 
 class Layer:
-    def __init__(self, name=None, trainable=True, dtype=None, input_shape=None, **kwargs):
+    def __init__(self, name=None, trainable=True, dtype=None, input_shape=None, input_dim=None,
+                 activity_regularizer=None, **kwargs):
         if kwargs:
             raise TypeError(f"{type(self).__name__}: unexpected arguments {sorted(kwargs)}")
         if name is not None and not isinstance(name, str):
@@ -81,10 +79,19 @@ class Layer:
         # The first layer of a model does not need its input gradient: skipping it saves the
         # most expensive backward op of a CNN's first convolution.
         self.needs_input_grad = True
+        if input_shape is None and input_dim is not None:
+            input_shape = (input_dim,)
         if input_shape is not None:
+            if isinstance(input_shape, (int, np.integer)):
+                input_shape = (input_shape,)
             self._declared_input_shape = (None,) + tuple(input_shape)
         else:
             self._declared_input_shape = None
+        # Keras's activity regularization: penalty(output) / batch size joins the loss; the
+        # model's executor adds its gradient (see pynn.layers.functional).
+        self.activity_regularizer = regularizers.get(activity_regularizer)
+        # The calls of this layer on symbolic tensors (pynn.layers.functional.Node).
+        self._inbound_nodes = []
 
     # -- weights --------------------------------------------------------------------------
     def add_weight(self, name, shape, initializer, regularizer=None, trainable=True,
@@ -183,7 +190,7 @@ class Layer:
         if len(shape) != len(expected) or any(
             e is not None and e != s for e, s in zip(expected[1:], shape[1:])
         ):
-            raise ValueError(f"Layer '{self.name}' ({type(self).__name__}){which} expected "
+            raise ValueError(f"Layer '{self.name}' ({type(self).__name__}) expected{which} input "
                              f"shape {shape_str(expected)}, got {shape_str((None,) + shape[1:])}")
 
     def __call__(self, inputs, training=False, **kwargs):
@@ -194,9 +201,7 @@ class Layer:
         of shapes, ``call`` a list of arrays, and ``backward`` returns a list of input
         gradients (None where ``needs_input_grad`` is False)."""
         if is_symbolic(inputs):
-            from pynn.layers import functional
-
-            return functional.record(self, inputs, kwargs)
+            return record(self, inputs, kwargs)
         if kwargs:
             raise TypeError(f"Layer '{self.name}' ({type(self).__name__}): unexpected call "
                             f"arguments {sorted(kwargs)}")
@@ -236,7 +241,30 @@ class Layer:
         config = {"name": self.name, "trainable": self.trainable, "dtype": self.dtype}
         if self._declared_input_shape is not None:
             config["input_shape"] = list(self._declared_input_shape[1:])
+        if self.activity_regularizer is not None:
+            config["activity_regularizer"] = regularizers.serialize(self.activity_regularizer)
         return config
+
+    # -- the functional API -------------------------------------------------------------
+    def _first_node(self, what):
+        if not self._inbound_nodes:
+            raise AttributeError(f"Layer '{self.name}' ({type(self).__name__}) has no {what}: "
+                                 f"it was never called on a symbolic tensor")
+        return self._inbound_nodes[0]
+
+    @property
+    def output(self):
+        """The symbolic output of this layer's first call (``Model(m.input,
+        m.get_layer(name).output)`` builds a feature extractor)."""
+        outputs = self._first_node("output").outputs
+        return outputs[0] if len(outputs) == 1 else list(outputs)
+
+    @property
+    def input(self):
+        node = self._first_node("input")
+        if not node.inputs:  # an InputLayer: its input is its output
+            return node.outputs[0]
+        return list(node.inputs) if node.several else node.inputs[0]
 
     @classmethod
     def from_config(cls, config):
@@ -244,39 +272,6 @@ class Layer:
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name}>"
-
-
-class KerasTensor:
-    """A symbolic tensor of the functional API: a shape (batch axis None), a dtype, and the
-    node that made it (``pynn.Input`` or a layer called on symbolic tensors). It holds no
-    data; ``Model(inputs, outputs)`` turns the nodes between them into a plan."""
-
-    __slots__ = ("shape", "dtype", "name", "node", "index", "__weakref__")
-
-    def __init__(self, shape, dtype, name, node=None, index=0):
-        self.shape = tuple(shape)
-        self.dtype = dtype
-        self.name = name
-        self.node = node
-        self.index = index
-
-    @property
-    def ndim(self):
-        return len(self.shape)
-
-    def __repr__(self):
-        return f"<KerasTensor shape={shape_str(self.shape)}, dtype={self.dtype}, name={self.name}>"
-
-
-def is_symbolic(inputs):
-    """Whether a layer's argument is (or holds) a symbolic tensor of the functional API."""
-    if type(inputs) is KerasTensor:
-        return True
-    if isinstance(inputs, (list, tuple)):
-        return any(type(x) is KerasTensor for x in inputs)
-    if isinstance(inputs, dict):
-        return any(type(x) is KerasTensor for x in inputs.values())
-    return False
 
 
 def is_complex(x):

@@ -5,22 +5,34 @@ import math
 import numpy as np
 
 from pynn import backend, initializers, regularizers, utils
-from pynn.layers.base import Layer, activation_config, bias_activation_backward, shape_str
+from pynn.layers.symbolic import Node
+from pynn.layers.base import (
+    KerasTensor, Layer, _unique_name, activation_config, bias_activation_backward, shape_str,
+)
 
 
 class InputLayer(Layer):
-    """Declares the per-sample input shape of a Sequential model (``pynn.layers.Input``)."""
+    """The entry of a model: declares the per-sample shape. ``pynn.Input`` returns its
+    symbolic tensor (the functional API); a Sequential model also takes the layer itself."""
 
     def __init__(self, shape=None, batch_size=None, name=None, dtype=None, **kwargs):
         if shape is None:
             raise ValueError("Input: shape is required, e.g. Input(shape=(28, 28, 1))")
         shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
-        if any(d is not None and (not isinstance(d, (int, np.integer)) or d < 1) for d in shape):
+        if any(d is not None and (isinstance(d, bool) or not isinstance(d, (int, np.integer))
+                                  or d < 1) for d in shape):
             raise ValueError(f"Input: shape must hold positive ints, got {shape}")
-        super().__init__(name=name, dtype=dtype, **kwargs)
-        self.shape = shape
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
+                batch_size, (int, np.integer)) or batch_size < 1):
+            raise ValueError(f"Input: batch_size must be a positive int or None, got "
+                             f"{batch_size!r}")
+        super().__init__(name=name or _unique_name("input_layer"), dtype=dtype, **kwargs)
+        self.shape = tuple(None if d is None else int(d) for d in shape)
         self.batch_size = batch_size
-        self.build((batch_size,) + shape)
+        self.build((batch_size,) + self.shape)
+        node = Node(self, [], [], False)
+        node.outputs = [KerasTensor(self.input_shape, self.dtype, self.name, node, 0)]
+        self._inbound_nodes.append(node)
 
     def call(self, x, training=False):
         return x
@@ -34,7 +46,8 @@ class InputLayer(Layer):
 
 
 def Input(shape=None, batch_size=None, name=None, dtype=None):
-    return InputLayer(shape=shape, batch_size=batch_size, name=name, dtype=dtype)
+    """A symbolic input of the functional API: ``x = Input((28, 28, 1)); y = Dense(10)(x)``."""
+    return InputLayer(shape=shape, batch_size=batch_size, name=name, dtype=dtype).output
 
 
 class Dense(Layer):

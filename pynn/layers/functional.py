@@ -1,0 +1,350 @@
+"""The functional API's graph: nodes recorded when layers are called on symbolic tensors, and
+the plan a model runs them by.
+
+A node is one call of a layer (a layer called twice, a shared layer, has two). ``Graph`` walks
+the nodes between a model's inputs and outputs once, in Keras's order, and ``Plan`` turns
+them into a list of steps over integer slots: running a model is then a Python loop over that
+list, with no graph walking, dict look-ups or shape inference per step.
+"""
+
+import math
+
+from pynn import backend
+from pynn.layers.symbolic import shape_str
+
+
+class Graph:
+    """The nodes that lead from ``inputs`` to ``outputs`` (lists of KerasTensor), checked:
+    every tensor the outputs need is computable from the inputs, every input is used, no
+    cycle. ``nodes`` is a topological order (Keras's post-order walk from the outputs);
+    ``layers`` Keras's ``model.layers`` order (by depth from the outputs, then walk order)."""
+
+    def __init__(self, inputs, outputs, owner):
+        self.owner = owner
+        self.inputs = inputs
+        self.outputs = outputs
+        declared = {id(t) for t in inputs}
+        finished, in_progress = set(), set()
+        self.nodes, walk_index = [], {}
+
+        def visit(tensor):
+            node = tensor.node
+            if node is None or id(node) in finished:
+                return
+            if id(tensor) in declared and not node.is_input:
+                finished.add(id(node))
+                return
+            if id(node) in in_progress:
+                raise ValueError(f"{owner}: layer '{node.layer.name}' is part of a cycle")
+            walk_index.setdefault(id(node.layer), len(walk_index))
+            in_progress.add(id(node))
+            stack = [(node, iter(node.inputs))]
+            # Iterative depth-first walk: a deep graph must not hit Python's recursion limit.
+            while stack:
+                current, pending = stack[-1]
+                child = next(pending, None)
+                if child is None:
+                    stack.pop()
+                    in_progress.discard(id(current))
+                    finished.add(id(current))
+                    self.nodes.append(current)
+                    continue
+                cnode = child.node
+                if cnode is None or id(cnode) in finished:
+                    continue
+                if id(child) in declared and not cnode.is_input:
+                    finished.add(id(cnode))
+                    continue
+                if id(cnode) in in_progress:
+                    raise ValueError(f"{owner}: layer '{cnode.layer.name}' is part of a cycle")
+                walk_index.setdefault(id(cnode.layer), len(walk_index))
+                in_progress.add(id(cnode))
+                stack.append((cnode, iter(cnode.inputs)))
+
+        for t in outputs:
+            visit(t)
+        self._check_computable(declared)
+        self._order_layers(walk_index)
+
+    def _check_computable(self, declared):
+        known = set(declared)
+        used_inputs = set()
+        for node in self.nodes:
+            if node.is_input:
+                if id(node.outputs[0]) not in declared:
+                    layer = node.layer
+                    raise ValueError(
+                        f"{self.owner}: the outputs depend on Input '{layer.name}' of shape "
+                        f"{shape_str(node.outputs[0].shape)}, which is not among the model's "
+                        f"inputs (a tensor from another graph?); pass it in inputs=")
+                continue
+            for t in node.inputs:
+                if id(t) not in known:
+                    raise ValueError(
+                        f"{self.owner}: graph disconnected: layer '{node.layer.name}' "
+                        f"({type(node.layer).__name__}) reads a tensor of shape "
+                        f"{shape_str(t.shape)} made by layer '{t.node.layer.name}' that cannot "
+                        f"be computed from the model's inputs")
+                if id(t) in declared:
+                    used_inputs.add(id(t))
+            known.update(id(t) for t in node.outputs)
+        for t in self.outputs:
+            if id(t) in declared:
+                used_inputs.add(id(t))
+        for t in self.inputs:
+            if id(t) not in used_inputs:
+                raise ValueError(f"{self.owner}: input '{t.node.layer.name if t.node else t.name}' "
+                                 f"of shape {shape_str(t.shape)} does not reach any output")
+
+    def _order_layers(self, walk_index):
+        depth = {}
+        layer_depth = {}
+        for node in reversed(self.nodes):
+            d = max(depth.setdefault(id(node), 0), layer_depth.get(id(node.layer), 0))
+            layer_depth[id(node.layer)] = d
+            depth[id(node)] = d
+            for t in node.inputs:
+                if t.node is not None:
+                    depth[id(t.node)] = max(depth.get(id(t.node), 0), d + 1)
+        by_id = {id(node.layer): node.layer for node in self.nodes}
+        for t in self.inputs:  # an input that is also an output has no node of its own
+            if t.node is not None and id(t.node.layer) not in by_id:
+                by_id[id(t.node.layer)] = t.node.layer
+                layer_depth[id(t.node.layer)] = 0
+                walk_index[id(t.node.layer)] = -1
+        self.layers = sorted(by_id.values(),
+                             key=lambda layer: (-layer_depth[id(layer)], walk_index[id(layer)]))
+
+
+class Step:
+    """One node, as the plan runs it: ``ins``/``outs`` are slot numbers."""
+
+    __slots__ = ("layer", "ins", "outs", "several", "multi_out", "shared", "free_after",
+                 "needs_input_grad", "input_grad_slots", "backprop", "activity")
+
+    def __init__(self, layer, ins, outs, several, multi_out):
+        self.layer = layer
+        self.ins = ins
+        self.outs = outs
+        self.several = several
+        self.multi_out = multi_out
+        self.shared = False
+        self.free_after = ()
+        self.needs_input_grad = True
+        self.input_grad_slots = ()
+        self.backprop = True
+        self.activity = None
+
+
+class Plan:
+    """The graph as a list of steps over slots (one slot per tensor). Built once per model;
+    ``prepare_backward`` (re)computes which steps need gradients from the layers' current
+    ``trainable`` flags, once per fit/train call."""
+
+    def __init__(self, graph):
+        slot_of = {}
+
+        def slot(t):
+            return slot_of.setdefault(id(t), len(slot_of))
+
+        self.input_slots = [slot(t) for t in graph.inputs]
+        steps = []
+        for node in graph.nodes:
+            if node.is_input:
+                continue
+            steps.append(Step(node.layer, [slot(t) for t in node.inputs],
+                              [slot(t) for t in node.outputs], node.several,
+                              len(node.outputs) > 1 or isinstance(
+                                  node.layer.compute_output_shape(
+                                      [t.shape for t in node.inputs] if node.several
+                                      else node.inputs[0].shape), list)))
+        self.output_slots = [slot(t) for t in graph.outputs]
+        self.nslots = len(slot_of)
+        calls = {}
+        for st in steps:
+            calls[id(st.layer)] = calls.get(id(st.layer), 0) + 1
+        for st in steps:
+            st.shared = calls[id(st.layer)] > 1
+        # Free each intermediate value after its last reader: inference then holds only the
+        # live tensors, as a Sequential model passing one array along did.
+        last_read = {}
+        for j, st in enumerate(steps):
+            for s in st.ins:
+                last_read[s] = j
+        keep = set(self.output_slots) | set(self.input_slots)
+        frees = [[] for _ in steps]
+        for s, j in last_read.items():
+            if s not in keep:
+                frees[j].append(s)
+        for st, f in zip(steps, frees):
+            st.free_after = tuple(f)
+        readers = {}
+        for st in steps:
+            for s in st.ins:
+                readers[s] = readers.get(s, 0) + 1
+        for s in self.output_slots:
+            readers[s] = readers.get(s, 0) + 1
+        # Slots whose gradient arrives from more than one reader: added up, into a buffer the
+        # plan owns (a layer may hand the same array to two inputs, as Add does).
+        self.fan_in = {s for s, n in readers.items() if n > 1}
+        self.steps = steps
+        self._prepared_for = None
+
+    def prepare_backward(self, input_grads_needed):
+        key = (input_grads_needed,
+               tuple(bool(st.layer.trainable_weights) for st in self.steps),
+               tuple(id(getattr(st.layer, "activity_regularizer", None)) for st in self.steps))
+        if key == self._prepared_for:
+            return
+        upstream = [False] * self.nslots
+        for s in self.input_slots:
+            upstream[s] = input_grads_needed
+        for st in self.steps:
+            needed = [s for s in st.ins if upstream[s]]
+            st.needs_input_grad = bool(needed)
+            st.layer.needs_input_grad = st.needs_input_grad
+            st.input_grad_slots = tuple(s if upstream[s] else None for s in st.ins)
+            own = bool(st.layer.trainable_weights)
+            st.backprop = own or st.needs_input_grad
+            st.activity = getattr(st.layer, "activity_regularizer", None)
+            for s in st.outs:
+                upstream[s] = st.backprop
+        self._prepared_for = key
+
+    # -- running ------------------------------------------------------------------------
+    def forward(self, inputs, training):
+        """Output values (a list) and, when training, the per-step state backward needs."""
+        vals = [None] * self.nslots
+        for s, x in zip(self.input_slots, inputs):
+            vals[s] = x
+        saved = [None] * len(self.steps) if training else None
+        step = None
+        try:
+            for j, step in enumerate(self.steps):
+                layer = step.layer
+                if step.several:
+                    y = layer.call([vals[s] for s in step.ins], training=training)
+                else:
+                    y = layer.call(vals[step.ins[0]], training=training)
+                if step.multi_out:
+                    for s, v in zip(step.outs, y):
+                        vals[s] = v
+                else:
+                    vals[step.outs[0]] = y
+                if training:
+                    saved[j] = (layer._cache, y if step.activity is not None else None)
+                    layer._cache = None
+                for s in step.free_after:
+                    vals[s] = None
+        except MemoryError as exc:
+            shape = _value_shapes(vals, step.ins) if step is not None else "?"
+            raise MemoryError(f"Layer '{step.layer.name}' ({type(step.layer).__name__}): out "
+                              f"of memory for input shape {shape} ({exc})") from None
+        return [vals[s] for s in self.output_slots], saved
+
+    def backward(self, output_grads, saved):
+        """Back-propagate ``output_grads`` (one per output; None where no loss reaches it);
+        fills every trainable variable's grad (summed over a shared layer's calls) and
+        returns the input gradients (None where not needed). Also returns the activity
+        regularization penalty met on the way."""
+        b = backend.current()
+        grads = [None] * self.nslots
+        owned = set()
+        penalty = 0.0
+        for s, g in zip(self.output_slots, output_grads):
+            if g is not None:
+                _accumulate(b, grads, owned, self.fan_in, s, g)
+        shared_sums = {}
+        step = None
+        try:
+            for j in range(len(self.steps) - 1, -1, -1):
+                step = self.steps[j]
+                if not step.backprop:
+                    continue
+                layer = step.layer
+                if step.multi_out:
+                    dys = [grads[s] for s in step.outs]
+                    if all(d is None for d in dys):
+                        continue
+                    dy = [d if d is not None else None for d in dys]
+                else:
+                    dy = grads[step.outs[0]]
+                    if dy is None:
+                        continue
+                cache, activity_y = saved[j]
+                saved[j] = None
+                if step.activity is not None:
+                    dy, extra = _add_activity_grad(b, dy, activity_y, step.activity)
+                    penalty += extra
+                layer._cache = cache
+                layer.needs_input_grad = step.needs_input_grad
+                dx = layer.backward(dy)
+                layer._cache = None
+                for s in step.outs:
+                    grads[s] = None
+                if step.shared:
+                    _sum_shared(b, layer, shared_sums)
+                if not step.needs_input_grad:
+                    continue
+                if step.several:
+                    for s, g in zip(step.input_grad_slots, dx):
+                        if s is not None and g is not None:
+                            _accumulate(b, grads, owned, self.fan_in, s, g)
+                else:
+                    s = step.input_grad_slots[0]
+                    if s is not None and dx is not None:
+                        _accumulate(b, grads, owned, self.fan_in, s, dx)
+        except MemoryError as exc:
+            raise MemoryError(f"Layer '{step.layer.name}' ({type(step.layer).__name__}): out "
+                              f"of memory in backward ({exc})") from None
+        return [grads[s] for s in self.input_slots], penalty
+
+
+def _add_activity_grad(b, dy, y, reg):
+    """dy plus the gradient of Keras's activity penalty, reg(y) / batch size; and that penalty.
+    Off the hot path (only layers given an activity_regularizer), so plain passes."""
+    n = max(int(y.shape[0]), 1)
+    scratch = b.zeros(tuple(y.shape), y.dtype)
+    penalty = reg.apply_inplace(y, scratch) / n
+    b.scale_inplace(scratch, 1.0 / n)
+    out = b.copy(dy)
+    b.add_inplace(out, scratch)
+    return out, penalty
+
+
+def _accumulate(b, grads, owned, fan_in, s, g):
+    current = grads[s]
+    if current is None:
+        grads[s] = g
+        return
+    if s not in owned:
+        current = b.copy(current)
+        owned.add(s)
+        grads[s] = current
+    b.add_inplace(current, g)
+
+
+def _sum_shared(b, layer, sums):
+    """A shared layer's backward assigned its grads for this call only: add them to those of
+    its calls already back-propagated."""
+    for v in layer.trainable_weights:
+        if v.grad is None:
+            continue
+        total = sums.get(id(v))
+        if total is None:
+            sums[id(v)] = b.copy(v.grad)
+            v.grad = sums[id(v)]
+        else:
+            b.add_inplace(total, v.grad)
+            v.grad = total
+
+
+def _value_shapes(vals, slots):
+    shapes = [tuple(vals[s].shape) for s in slots if vals[s] is not None]
+    if len(shapes) == 1:
+        return shape_str((None,) + shapes[0][1:])
+    return "[" + ", ".join(shape_str((None,) + s[1:]) for s in shapes) + "]"
+
+
+def count_params(layers):
+    return sum(math.prod(v.shape) for layer in layers for v in layer.weights)

@@ -1,0 +1,338 @@
+"""The functional API and the one Model class (issue 12): graphs of any topology, shared
+layers, nested models, several inputs and outputs, their gradients, saving, summaries, errors,
+and Keras 3 parity of the same topologies."""
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import pynn
+from pynn import layers
+from tests.reference.gradcheck import check_model
+
+
+def two_tower(lib, out_dict=False):
+    """Two inputs, a layer shared by both, a nested Sequential, two outputs."""
+    L = lib.layers
+    a = lib.Input((5,), name="a")
+    b = lib.Input((3,), name="b")
+    shared = L.Dense(4, activation="tanh", name="shared")
+    h1 = shared(L.Dense(5, name="pa")(a))
+    h2 = shared(L.Dense(5, activation="relu", name="pb")(b))
+    inner = lib.Sequential([L.Input((4,)), L.Dense(6, activation="relu", name="i1"),
+                            L.Dense(2, name="i2")], name="inner")
+    o1 = L.Dense(1, activation="sigmoid", name="out1")(h1)
+    o2 = inner(h2)
+    outputs = {"out1": o1, "inner": o2} if out_dict else [o1, o2]
+    return lib.Model([a, b], outputs, name="two_tower")
+
+
+def randomize(model, rng):
+    """Random weights, biases included: zero biases put a relu after a zeroed row exactly on
+    its kink, where a finite difference and the derivative legitimately disagree."""
+    model.set_weights([rng.standard_normal(w.shape) * 0.5 for w in model.get_weights()])
+
+
+def data(rng, n=40):
+    x = [rng.standard_normal((n, 5)), rng.standard_normal((n, 3))]
+    y = [(rng.random((n, 1)) > 0.5).astype(np.float64), rng.standard_normal((n, 2))]
+    return x, y
+
+
+# -- structure ---------------------------------------------------------------------------------
+def test_layers_inputs_outputs_and_get_layer():
+    model = two_tower(pynn)
+    assert [layer.name for layer in model.layers] == ["a", "b", "pa", "pb", "shared", "out1",
+                                                      "inner"]
+    assert [t.shape for t in model.inputs] == [(None, 5), (None, 3)]
+    assert [t.shape for t in model.outputs] == [(None, 1), (None, 2)]
+    assert model.output_names == ["out1", "inner"]
+    assert model.get_layer("shared") is model.layers[4]
+    assert model.get_layer(index=-1).name == "inner"
+    with pytest.raises(ValueError, match="no layer named 'nope'"):
+        model.get_layer("nope")
+    # weights: per layer in model.layers order, a shared layer once
+    assert len(model.weights) == 2 * 6
+    assert model.count_params() == 30 + 20 + 24 + 5 + (30 + 14)
+
+
+def test_sequential_is_a_chain_model_and_pop_rebuilds():
+    model = pynn.Sequential([layers.Dense(4, input_dim=3), layers.Dense(2), layers.Dense(1)])
+    assert isinstance(model, pynn.Model)
+    assert model.built and model.output_shape == (None, 1)
+    popped = model.pop()
+    assert popped.units == 1 and model.output_shape == (None, 2)
+    assert [layer.name for layer in model.layers] == [model.layers[0].name, model.layers[1].name]
+    x = np.random.default_rng(0).standard_normal((3, 3)).astype(np.float32)
+    w0, b0, w1, b1 = model.get_weights()
+    np.testing.assert_allclose(model.predict(x), (x @ w0 + b0) @ w1 + b1, rtol=1e-5)
+
+
+def test_functional_equals_sequential_with_the_same_weights(seeded):
+    seq = pynn.Sequential([layers.Input((6,)), layers.Dense(5, activation="relu"),
+                           layers.Dense(3, activation="softmax")])
+    x_in = pynn.Input((6,))
+    h = layers.Dense(5, activation="relu")(x_in)
+    func = pynn.Model(x_in, layers.Dense(3, activation="softmax")(h))
+    func.set_weights(seq.get_weights())
+    x = seeded.standard_normal((7, 6)).astype(np.float32)
+    np.testing.assert_array_equal(func.predict(x), seq.predict(x))
+
+
+def test_dense_on_rank_3_and_feature_extractor(seeded):
+    x_in = pynn.Input((4, 6))
+    h = layers.Dense(5, name="proj")(x_in)
+    out = layers.Dense(2)(layers.Flatten()(h))
+    model = pynn.Model(x_in, out)
+    feat = pynn.Model(model.input, model.get_layer("proj").output)
+    x = seeded.standard_normal((3, 4, 6)).astype(np.float32)
+    w, b = model.get_layer("proj").get_weights()
+    np.testing.assert_allclose(feat.predict(x), x @ w + b, rtol=1e-5, atol=1e-6)
+
+
+# -- gradients ---------------------------------------------------------------------------------
+def test_shared_layer_and_nested_model_gradients(float64, seeded):
+    model = two_tower(pynn)
+    model.compile("sgd", ["binary_crossentropy", "mse"], loss_weights=[0.7, 1.3])
+    randomize(model, seeded)
+    x, y = data(seeded, 6)
+    check_model(model, x, y)
+
+
+def test_output_without_loss_gets_no_gradient(float64, seeded):
+    model = two_tower(pynn, out_dict=True)
+    model.compile("sgd", {"inner": "mse"})
+    randomize(model, seeded)
+    x, y = data(seeded, 5)
+    check_model(model, x, [None, y[1]])
+    model.fit(x, {"inner": y[1]}, epochs=1, verbose=0)
+    assert model.get_layer("out1").kernel.grad is None
+
+
+def test_input_used_twice_and_output_also_read_downstream(float64, seeded):
+    """A tensor with several readers (and a model output read by a later layer): its
+    gradients add up in a buffer the plan owns."""
+    x_in = pynn.Input((4,))
+    h = layers.Dense(4, activation="tanh")(x_in)
+    mid = layers.Dense(4, activation="sigmoid", name="mid")(h)
+    d1 = layers.Dense(3)(mid)
+    d2 = layers.Dense(2)(h)
+    model = pynn.Model(x_in, [mid, d1, d2])
+    model.compile("sgd", ["mse", "mse", "mse"])
+    x = seeded.standard_normal((5, 4))
+    check_model(model, x, [seeded.standard_normal((5, 4)), seeded.standard_normal((5, 3)),
+                           seeded.standard_normal((5, 2))])
+
+
+def test_activity_regularizer_gradient_and_penalty(float64, seeded):
+    reg = pynn.regularizers.L1L2(l1=0.01, l2=0.03)
+    model = pynn.Sequential([layers.Input((4,)),
+                             layers.Dense(5, activation="tanh", activity_regularizer=reg),
+                             layers.Dense(2)])
+    model.compile("sgd", "mse")
+    x, y = seeded.standard_normal((6, 4)), seeded.standard_normal((6, 2))
+    model._prepare_train()
+    w = model.trainable_weights
+
+    def loss_value():
+        outs, _ = model._plan.forward([x], True)
+        h = np.tanh(x @ model.layers[0].kernel.value + model.layers[0].bias.value)
+        activity = (0.01 * np.abs(h).sum() + 0.03 * (h * h).sum()) / x.shape[0]
+        return float(np.mean((outs[0] - y) ** 2)) + activity
+
+    from tests.reference.gradcheck import numerical_grad
+
+    for v in w:
+        v.grad = None
+    outs, saved = model._plan.forward([x], True)
+    _, _, grads = model._losses_and_grads([y], outs, True)
+    _, penalty = model._plan.backward(grads, saved)
+    h = np.tanh(x @ model.layers[0].kernel.value + model.layers[0].bias.value)
+    assert penalty == pytest.approx((0.01 * np.abs(h).sum() + 0.03 * (h * h).sum()) / 6)
+    for v in w:
+        np.testing.assert_allclose(v.grad, numerical_grad(loss_value, v.value), rtol=1e-5,
+                                   atol=1e-7)
+
+
+# -- training loops -----------------------------------------------------------------------------
+def test_fit_evaluate_predict_with_lists_and_dicts(seeded):
+    model = two_tower(pynn, out_dict=True)
+    model.compile("adam", {"out1": "binary_crossentropy", "inner": "mse"},
+                  metrics={"out1": ["accuracy"]}, loss_weights={"out1": 0.5, "inner": 2.0})
+    x, y = data(seeded)
+    history = model.fit({"a": x[0], "b": x[1]}, {"out1": y[0], "inner": y[1]}, epochs=2,
+                        batch_size=16, validation_split=0.25, verbose=0)
+    assert list(history.history) == ["out1_accuracy", "out1_loss", "inner_loss", "loss",
+                                     "val_out1_accuracy", "val_out1_loss", "val_inner_loss",
+                                     "val_loss"]
+    logs = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert logs["loss"] == pytest.approx(0.5 * logs["out1_loss"] + 2.0 * logs["inner_loss"],
+                                         rel=1e-5)
+    values = model.evaluate(x, y, verbose=0)
+    assert model.metrics_names == ["loss", "out1_loss", "inner_loss", "out1_accuracy"]
+    assert values == pytest.approx([logs[k] for k in model.metrics_names])
+    pred = model.predict(x, batch_size=7)
+    assert set(pred) == {"out1", "inner"}
+    assert pred["out1"].shape == (40, 1) and pred["inner"].shape == (40, 2)
+    one = model.predict_on_batch(x)
+    np.testing.assert_allclose(one["inner"], pred["inner"], rtol=1e-5, atol=1e-6)
+    # train_on_batch with lists
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert set(logs) == {"loss", "out1_loss", "inner_loss", "out1_accuracy"}
+
+
+def test_single_loss_applies_to_every_output(seeded):
+    model = two_tower(pynn)
+    model.compile("sgd", "mse")
+    x, y = data(seeded)
+    logs = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert logs["loss"] == pytest.approx(logs["out1_loss"] + logs["inner_loss"], rel=1e-5)
+
+
+# -- saving and config --------------------------------------------------------------------------
+def test_save_load_round_trips_shared_layers_and_nested_models(tmp_path, seeded):
+    model = two_tower(pynn, out_dict=True)
+    model.compile("adam", {"out1": "binary_crossentropy", "inner": "mse"},
+                  metrics={"out1": ["accuracy"]}, loss_weights={"out1": 0.5, "inner": 2.0})
+    x, y = data(seeded)
+    model.fit(x, y, epochs=1, verbose=0)
+    path = tmp_path / "m.pynn"
+    model.save(path)
+    with zipfile.ZipFile(path) as zf:
+        doc = json.loads(zf.read("pynn.json"))
+    assert doc["model_class"] == "Model"
+    loaded = pynn.load_model(path)
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
+    got, want = loaded.predict(x), model.predict(x)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+    # training resumes identically (optimizer state, loss weights, metrics restored)
+    h1 = model.fit(x, y, epochs=1, shuffle=False, verbose=0).history
+    h2 = loaded.fit(x, y, epochs=1, shuffle=False, verbose=0).history
+    assert h1.keys() == h2.keys()
+    for k in h1:
+        assert h1[k] == pytest.approx(h2[k])
+    clone = pynn.Model.from_config(model.get_config())
+    assert len(clone.get_layer("shared")._inbound_nodes) == 2
+
+
+def test_config_reading_a_tensor_made_later_is_refused():
+    config = two_tower(pynn).get_config()
+    nodes = config["nodes"]
+    nodes[0], nodes[-1] = nodes[-1], nodes[0]
+    with pytest.raises(ValueError, match="that no earlier node made"):
+        pynn.Model.from_config(config)
+
+
+# -- summary ------------------------------------------------------------------------------------
+def test_summary_has_connected_to_and_counts():
+    lines = []
+    two_tower(pynn).summary(print_fn=lines.append)
+    text = "\n".join(lines)
+    assert "Connected to" in text
+    assert "pa[0][0], pb[0][0]" in text
+    assert "shared[1][0]" in text
+    assert "Total params: 123" in text and "Non-trainable params: 0" in text
+
+
+# -- errors ---------------------------------------------------------------------------------------
+def test_errors_name_the_layer_and_the_shapes():
+    a = pynn.Input((5,), name="ea")
+    other = pynn.Input((5,), name="other")
+    d = layers.Dense(3, name="d")
+    h = d(a)
+    with pytest.raises(ValueError, match=r"Input 'other' of shape \(None, 5\), which is not "
+                                         r"among the model's inputs"):
+        pynn.Model(a, layers.Dense(2)(layers.Dense(3)(other)))
+    unused = pynn.Input((2,), name="unused")
+    with pytest.raises(ValueError, match=r"input 'unused' of shape \(None, 2\) does not reach"):
+        pynn.Model([a, unused], h)
+    with pytest.raises(TypeError, match=r"Layer 'mix' \(Dense\): called on ndarray of shape "
+                                        r"\(2, 5\) among symbolic tensors"):
+        layers.Concatenate(name="mix")([a, np.zeros((2, 5))]) if hasattr(
+            layers, "Concatenate") else layers.Dense(2, name="mix")([a, np.zeros((2, 5))])
+    with pytest.raises(ValueError, match=r"Layer 'd' \(Dense\) expected input shape "
+                                         r"\(None, 5\), got \(None, 4\)"):
+        d(pynn.Input((4,)))
+    with pytest.raises(TypeError, match="must be symbolic tensors"):
+        pynn.Model(a, np.zeros(3))
+    with pytest.raises(ValueError, match="give both inputs= and outputs="):
+        pynn.Model(a)
+
+
+def test_fit_data_errors(seeded):
+    model = two_tower(pynn, out_dict=True)
+    model.compile("sgd", "mse")
+    x, y = data(seeded)
+    with pytest.raises(ValueError, match=r"the model has 2 inputs \['a', 'b'\]"):
+        model.fit(x[0], y, verbose=0)
+    with pytest.raises(ValueError, match=r"got keys \['a', 'c'\]"):
+        model.fit({"a": x[0], "c": x[1]}, y, verbose=0)
+    with pytest.raises(ValueError, match="different numbers of samples"):
+        model.fit([x[0], x[1][:10]], y, verbose=0)
+    with pytest.raises(ValueError, match=r"input 'b'"):
+        model.fit([x[0], x[0]], y, verbose=0)
+    with pytest.raises(ValueError, match=r"compile: loss names outputs \['zzz'\]"):
+        model.compile("sgd", {"zzz": "mse"})
+
+
+# -- OpenCL ---------------------------------------------------------------------------------------
+@pytest.mark.opencl
+def test_functional_model_trains_the_same_on_opencl(backend_opencl, seeded):
+    x, y = data(seeded)
+    results = []
+    for device in ("cpu", "opencl"):
+        pynn.set_device(device)
+        try:
+            pynn.utils.set_random_seed(7)
+            model = two_tower(pynn)
+            model.compile("adam", ["binary_crossentropy", "mse"], loss_weights=[0.5, 2.0])
+            model.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+            results.append((model.get_weights(), model.predict(x)))
+        finally:
+            pynn.set_device("cpu")
+    for a, b in zip(results[0][0], results[1][0]):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+# -- Keras parity ---------------------------------------------------------------------------------
+def _keras():
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    try:
+        import keras
+    except Exception as exc:
+        pytest.skip(f"keras (torch backend) is not available: {exc}")
+    if keras.backend.backend() != "torch":
+        pytest.skip("keras does not run on torch")
+    return keras
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_keras_parity_two_inputs_two_outputs_shared_and_nested(seeded):
+    keras = _keras()
+    k_model = two_tower(keras)
+    p_model = two_tower(pynn)
+    assert [w.shape for w in p_model.get_weights()] == [w.shape for w in k_model.get_weights()]
+    p_model.set_weights(k_model.get_weights())
+    x, y = data(seeded)
+    x = [a.astype(np.float32) for a in x]
+    y = [a.astype(np.float32) for a in y]
+    for got, want in zip(p_model.predict(x), k_model.predict(x, verbose=0)):
+        assert _rel(got, keras.ops.convert_to_numpy(want)) <= 1e-5
+    for m in (k_model, p_model):
+        m.compile(optimizer=(keras if m is k_model else pynn).optimizers.Adam(0.01),
+                  loss=["binary_crossentropy", "mse"], loss_weights=[0.5, 2.0])
+    k_model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    p_model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    for got, want in zip(p_model.get_weights(), k_model.get_weights()):
+        assert _rel(got, want) <= 1e-3
