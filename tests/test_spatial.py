@@ -342,3 +342,46 @@ def _fit_against_keras(keras, pynn, k_model, rng):
         w = np.asarray(keras.ops.convert_to_numpy(w))
         assert np.abs(w - w0).max() > 1e-3  # the step moved every weight: not vacuous
         np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-5)
+
+
+def _shared_graph(pynn):
+    """A functional graph calling UpSampling2D, ZeroPadding2D, Cropping2D and RepeatVector
+    twice each (shared layers: each call keeps its own cache) on two Conv2D towers."""
+    L = pynn.layers
+    inp = pynn.Input((4, 5, 2))
+    up = L.UpSampling2D((2, 1), interpolation="bilinear")
+    pad = L.ZeroPadding2D(((1, 0), (0, 2)))
+    crop = L.Cropping2D(((0, 1), (2, 0)))
+    perm = L.Permute((2, 1, 3))
+    a = crop(pad(up(L.Conv2D(2, 2, activation="tanh")(inp))))
+    b = crop(pad(up(L.Conv2D(2, (3, 1), activation="tanh")(perm(inp)))))
+    a = L.Flatten()(L.Permute((2, 1, 3))(a))
+    b = L.Flatten()(b)
+    rep = L.RepeatVector(2)
+    h = L.Dense(3, activation="tanh")(a)
+    g = L.Dense(3, activation="tanh")(b)
+    out = L.Flatten()(L.Identity()(L.Permute((2, 1))(rep(h))))
+    out2 = L.Flatten()(rep(g))
+    return pynn.Model(inp, [out, out2])
+
+
+def test_shared_layers_in_a_functional_graph_by_finite_differences(float64, seeded):
+    import pynn
+    from tests.reference.gradcheck import check_model
+
+    model = _shared_graph(pynn)
+    model.compile("sgd", ["mse", "mse"])
+    model.set_weights([seeded.standard_normal(w.shape) * 0.5 for w in model.get_weights()])
+    x = seeded.standard_normal((3, 4, 5, 2))
+    check_model(model, x, [seeded.standard_normal((3, 6)), seeded.standard_normal((3, 6))])
+
+
+def test_saved_model_with_every_layer_loads_and_predicts_the_same(tmp_path, seeded):
+    import pynn
+
+    model = _shared_graph(pynn)
+    x = seeded.standard_normal((3, 4, 5, 2)).astype(np.float32)
+    model.save(tmp_path / "m.pynn")
+    loaded = pynn.load_model(tmp_path / "m.pynn")
+    for got, want in zip(loaded.predict(x), model.predict(x)):
+        np.testing.assert_array_equal(got, want)
