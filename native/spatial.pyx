@@ -22,6 +22,7 @@ Outputs are fresh arrays; nothing accumulates into caller memory.
 import numpy as np
 
 from cython.parallel cimport prange
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from pynn.backend.operands import spatial as operands
@@ -150,60 +151,66 @@ cdef inline double _weight(Taps t, Py_ssize_t i) noexcept nogil:
     return wgt
 
 
+cdef Taps* _tap_table(Py_ssize_t size_in, Py_ssize_t factor, bint single) noexcept nogil:
+    """The taps of every output along one axis (NULL when out of memory): computed once per
+    call, not once per pixel (a division each)."""
+    cdef Py_ssize_t o, size_out = size_in * factor
+    cdef Taps* table = <Taps*>malloc(size_out * sizeof(Taps))
+    if table != NULL:
+        for o in range(size_out):
+            table[o] = _taps(o, size_in, size_out, single)
+    return table
+
+
 cdef void _upsample_row(const floating* x, floating* y, Py_ssize_t H, Py_ssize_t W,
-                        Py_ssize_t C, Py_ssize_t SH, Py_ssize_t SW, int mode,
-                        Py_ssize_t r) noexcept nogil:
-    """Output row r = n*HO + ho."""
+                        Py_ssize_t C, Py_ssize_t SH, Py_ssize_t SW, const Taps* th,
+                        const Taps* tw, Py_ssize_t r) noexcept nogil:
+    """Output row r = n*HO + ho; th/tw are the tap tables (NULL: 'nearest')."""
     cdef Py_ssize_t HO = H * SH, WO = W * SW
     cdef Py_ssize_t n = r // HO, ho = r % HO, wo, c
-    cdef bint single = floating is float
-    cdef Taps th, tw
     cdef const floating* a
     cdef const floating* b
     cdef const floating* p
     cdef const floating* q
     cdef floating* yp
     cdef floating h0, h1, w0, w1
-    if mode == NEAREST:
+    if th == NULL:
         p = x + (n * H + ho // SH) * W * C
         for wo in range(WO):
             memcpy(y + (r * WO + wo) * C, p + (wo // SW) * C, C * sizeof(floating))
         return
-    th = _taps(ho, H, HO, single)
-    h0 = <floating>th.l0
-    h1 = <floating>th.l1
-    a = x + (n * H + th.i0) * W * C
-    b = x + (n * H + th.i1) * W * C
+    h0 = <floating>th[ho].l0
+    h1 = <floating>th[ho].l1
+    a = x + (n * H + th[ho].i0) * W * C
+    b = x + (n * H + th[ho].i1) * W * C
     for wo in range(WO):
-        tw = _taps(wo, W, WO, single)
-        w0 = <floating>tw.l0
-        w1 = <floating>tw.l1
+        w0 = <floating>tw[wo].l0
+        w1 = <floating>tw[wo].l1
         yp = y + (r * WO + wo) * C
-        p = a + tw.i0 * C
-        q = a + tw.i1 * C
+        p = a + tw[wo].i0 * C
+        q = a + tw[wo].i1 * C
         for c in range(C):
             yp[c] = h0 * (w0 * p[c] + w1 * q[c])
-        p = b + tw.i0 * C
-        q = b + tw.i1 * C
+        p = b + tw[wo].i0 * C
+        q = b + tw[wo].i1 * C
         for c in range(C):
             yp[c] += h1 * (w0 * p[c] + w1 * q[c])
 
 
 cdef void _upsample_backward_row(const floating* dy, floating* dx, Py_ssize_t H,
                                  Py_ssize_t W, Py_ssize_t C, Py_ssize_t SH, Py_ssize_t SW,
-                                 int mode, Py_ssize_t t) noexcept nogil:
+                                 const Taps* th, const Taps* tw, Py_ssize_t t) noexcept nogil:
     """dx row t = n*H + hi: the sum over every output that read it, in (ho, wo) order.
     Bilinear outputs reading input i lie in [(i - 1)*S, (i + 2)*S): the sampling point of
     output o sits within one pixel of i, and floor/rounding slips stay inside that margin."""
     cdef Py_ssize_t HO = H * SH, WO = W * SW
     cdef Py_ssize_t n = t // H, hi = t % H, wi, ho, wo, ho0, ho1, wo0, wo1, c
-    cdef bint single = floating is float
     cdef floating* drow = dx + t * W * C
     cdef floating* xp
     cdef const floating* dp
     cdef floating wh, ww
     memset(drow, 0, W * C * sizeof(floating))
-    if mode == NEAREST:
+    if th == NULL:
         for ho in range(hi * SH, hi * SH + SH):
             for wi in range(W):
                 xp = drow + wi * C
@@ -215,7 +222,7 @@ cdef void _upsample_backward_row(const floating* dy, floating* dx, Py_ssize_t H,
     ho0 = _imax((hi - 1) * SH, 0)
     ho1 = _imin((hi + 2) * SH, HO)
     for ho in range(ho0, ho1):
-        wh = <floating>_weight(_taps(ho, H, HO, single), hi)
+        wh = <floating>_weight(th[ho], hi)
         if wh == 0:
             continue
         for wi in range(W):
@@ -223,7 +230,7 @@ cdef void _upsample_backward_row(const floating* dy, floating* dx, Py_ssize_t H,
             wo0 = _imax((wi - 1) * SW, 0)
             wo1 = _imin((wi + 2) * SW, WO)
             for wo in range(wo0, wo1):
-                ww = <floating>_weight(_taps(wo, W, WO, single), wi)
+                ww = <floating>_weight(tw[wo], wi)
                 if ww == 0:
                     continue
                 ww = wh * ww
@@ -232,15 +239,34 @@ cdef void _upsample_backward_row(const floating* dy, floating* dx, Py_ssize_t H,
                     xp[c] += ww * dp[c]
 
 
+cdef int _tables(Py_ssize_t H, Py_ssize_t W, Py_ssize_t SH, Py_ssize_t SW, int mode,
+                 bint single, Taps** th, Taps** tw) except -1:
+    th[0] = tw[0] = NULL
+    if mode == NEAREST:
+        return 0
+    th[0] = _tap_table(H, SH, single)
+    tw[0] = _tap_table(W, SW, single)
+    if th[0] == NULL or tw[0] == NULL:
+        free(th[0])
+        free(tw[0])
+        raise MemoryError("upsample2d: no memory for the interpolation tables")
+    return 0
+
+
 def _upsample_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
                       Py_ssize_t SH, Py_ssize_t SW, int mode):
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t r, total = N * H * SH * W * SW * C
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef floating* yp = &y[0, 0, 0, 0]
+    cdef Taps* th
+    cdef Taps* tw
+    _tables(H, W, SH, SW, mode, floating is float, &th, &tw)
     for r in prange(N * H * SH, schedule="static", nogil=True,
                     use_threads_if=total >= PARALLEL_MIN):
-        _upsample_row(xp, yp, H, W, C, SH, SW, mode, r)
+        _upsample_row(xp, yp, H, W, C, SH, SW, th, tw, r)
+    free(th)
+    free(tw)
 
 
 def _upsample_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
@@ -249,9 +275,14 @@ def _upsample_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] d
     cdef Py_ssize_t t, total = N * H * SH * W * SW * C
     cdef const floating* dp = &dy[0, 0, 0, 0]
     cdef floating* xp = &dx[0, 0, 0, 0]
+    cdef Taps* th
+    cdef Taps* tw
+    _tables(H, W, SH, SW, mode, floating is float, &th, &tw)
     for t in prange(N * H, schedule="static", nogil=True,
                     use_threads_if=total >= PARALLEL_MIN):
-        _upsample_backward_row(dp, xp, H, W, C, SH, SW, mode, t)
+        _upsample_backward_row(dp, xp, H, W, C, SH, SW, th, tw, t)
+    free(th)
+    free(tw)
 
 
 def upsample2d_forward(x, size, interpolation="nearest"):
