@@ -29,6 +29,8 @@ PAD_CASES = [
     ((2, 5, 5, 2), ((0, 0), (0, 0))),
     ((0, 3, 3, 2), ((1, 2), (1, 2))),       # empty batch
     ((2, 3, 4, 0), ((1, 0), (0, 1))),       # no channels
+    ((2, 0, 3, 2), ((1, 1), (0, 0))),       # an empty image padded: all zeros
+    ((1, 3, 0, 2), ((0, 1), (2, 1))),
 ]
 # (x shape, size): factors 1 to 4, unequal along H and W; one case large enough to thread.
 UP_CASES = [
