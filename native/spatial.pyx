@@ -12,11 +12,11 @@ Design:
   ops.image.resize, i.e. torch's interpolate(align_corners=False, antialias=False) on the
   torch backend: source coordinate (o + 0.5) * (in / out) - 0.5 clamped at 0, neighbours
   floor and floor + 1 (the last pixel repeated at the edge), weights computed in the data's
-  own precision as torch does.
-- Forward ops write each output row (n, ho) from one thread (prange over N*HO). Backward
-  ops gather by input row (n, hi): one thread owns a dx row and sums every output that read
-  it in a fixed order, so results are bit-identical for any thread count and no dx element
-  is written twice (no scatter, no atomics).
+  own precision as torch does, once per axis and call (a table of HO and one of WO taps).
+- The window copy and upsample2d_forward write each output row (n, ho) from one thread
+  (prange over N*HO). upsample2d_backward gathers by input row (n, hi): one thread owns a
+  dx row and sums every output that read it in a fixed order, so results are bit-identical
+  for any thread count and no dx element is written twice (no scatter, no atomics).
 Outputs are fresh arrays; nothing accumulates into caller memory.
 """
 import numpy as np
