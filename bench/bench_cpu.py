@@ -55,7 +55,7 @@ SIZES = {
         "dense": [(1024, 1024, 1024)],
         # (N, H, W, C, KH, KW, F, padding)
         "conv": [(32, 32, 32, 64, 3, 3, 128, "same")],
-        "cnn_batch": 64, "cnn_steps": 30,
+        "cnn_batch": 64, "cnn_steps": 30, "resnet_steps": 6,
         "mlp_batch": 128, "mlp_steps": 150,
         "check_steps": 3, "memory_steps": 5,
     },
@@ -63,7 +63,7 @@ SIZES = {
         "peak_n": 256,
         "dense": [(32, 48, 40)],
         "conv": [(2, 9, 7, 5, 3, 3, 6, "same")],
-        "cnn_batch": 8, "cnn_steps": 2,
+        "cnn_batch": 8, "cnn_steps": 2, "resnet_steps": 2,
         "mlp_batch": 16, "mlp_steps": 2,
         "check_steps": 2, "memory_steps": 2,
     },
@@ -365,13 +365,65 @@ MODELS = {
             "torch_ref_img_s": 1800},
     "mlp": {"input": (784,), "classes": 10, "batch": "mlp_batch", "steps": "mlp_steps",
             "torch_ref_img_s": 25000},
+    # issue 12: a residual CNN with BatchNormalization and Add shortcuts (10 conv layers), and
+    # a 30-layer functional model (10 blocks of Dense-Dense-Add) whose per-step framework
+    # overhead --profile reports.
+    "resnet": {"input": (32, 32, 3), "classes": 10, "batch": "cnn_batch",
+               "steps": "resnet_steps", "torch_ref_img_s": 300},
+    "func30": {"input": (256,), "classes": 10, "batch": "mlp_batch", "steps": "mlp_steps",
+               "torch_ref_img_s": 8000},
 }
+RESNET_BLOCKS = ((32, 1), (32, 1), (64, 2), (64, 1))  # (filters, stride) per residual block
+FUNC30_WIDTH, FUNC30_BLOCKS = 256, 10
+
+
+def pynn_resnet():
+    import pynn
+    from pynn import layers
+
+    def block(x, filters, stride, name):
+        y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
+                          name=f"{name}_conv1")(x)
+        y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+        y = layers.Activation("relu")(y)
+        y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+        y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+        if stride != 1 or x.shape[-1] != filters:
+            x = layers.Conv2D(filters, 1, strides=stride, use_bias=False,
+                              name=f"{name}_proj")(x)
+            x = layers.BatchNormalization(name=f"{name}_proj_bn")(x)
+        return layers.Activation("relu")(layers.Add()([x, y]))
+
+    inputs = pynn.Input((32, 32, 3))
+    x = layers.Conv2D(32, 3, padding="same", use_bias=False, name="stem")(inputs)
+    x = layers.Activation("relu")(layers.BatchNormalization(name="stem_bn")(x))
+    for i, (filters, stride) in enumerate(RESNET_BLOCKS):
+        x = block(x, filters, stride, f"b{i}")
+    x = layers.GlobalAveragePooling2D()(x)
+    return pynn.Model(inputs, layers.Dense(10, activation="softmax", name="head")(x))
+
+
+def pynn_func30():
+    import pynn
+    from pynn import layers
+
+    inputs = pynn.Input((FUNC30_WIDTH,))
+    x = inputs
+    for i in range(FUNC30_BLOCKS):
+        h = layers.Dense(FUNC30_WIDTH, activation="relu", name=f"f{i}_a")(x)
+        h = layers.Dense(FUNC30_WIDTH, name=f"f{i}_b")(h)
+        x = layers.Add()([x, h])
+    return pynn.Model(inputs, layers.Dense(10, activation="softmax", name="head")(x))
 
 
 def pynn_model(name):
     import pynn
     from pynn import layers
 
+    if name in ("resnet", "func30"):
+        model = pynn_resnet() if name == "resnet" else pynn_func30()
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        return model
     if name == "cnn":
         stack = [layers.Input((32, 32, 3)),
                  layers.Conv2D(32, (3, 3), padding="same", activation="relu"),
@@ -397,6 +449,10 @@ def torch_model(name):
     import torch
     from torch import nn
 
+    if name in ("resnet", "func30"):
+        net = _TorchResNet() if name == "resnet" else _TorchFunc30()
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-7)
+        return net, opt, nn.CrossEntropyLoss()
     if name == "cnn":
         net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -409,12 +465,105 @@ def torch_model(name):
     return net, opt, nn.CrossEntropyLoss()
 
 
+def _torch_classes():
+    """The torch twins of pynn_resnet and pynn_func30, modules named as pynn's layers (so
+    weights copy by name); BatchNorm with Keras's epsilon and momentum."""
+    from torch import nn
+
+    def bn(c):
+        return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+
+    class ResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.by_name = nn.ModuleDict()
+            self.by_name["stem"] = nn.Conv2d(3, 32, 3, padding=1, bias=False)
+            self.by_name["stem_bn"] = bn(32)
+            self.blocks = []
+            cin = 32
+            for i, (f, s) in enumerate(RESNET_BLOCKS):
+                n = f"b{i}"
+                self.by_name[f"{n}_conv1"] = nn.Conv2d(cin, f, 3, stride=s, padding=1,
+                                                       bias=False)
+                self.by_name[f"{n}_bn1"] = bn(f)
+                self.by_name[f"{n}_conv2"] = nn.Conv2d(f, f, 3, padding=1, bias=False)
+                self.by_name[f"{n}_bn2"] = bn(f)
+                proj = s != 1 or cin != f
+                if proj:
+                    self.by_name[f"{n}_proj"] = nn.Conv2d(cin, f, 1, stride=s, bias=False)
+                    self.by_name[f"{n}_proj_bn"] = bn(f)
+                self.blocks.append((n, proj))
+                cin = f
+            self.by_name["head"] = nn.Linear(cin, 10)
+
+        def forward(self, x):
+            m = self.by_name
+            relu = nn.functional.relu
+            x = relu(m["stem_bn"](m["stem"](x)))
+            for n, proj in self.blocks:
+                y = relu(m[f"{n}_bn1"](m[f"{n}_conv1"](x)))
+                y = m[f"{n}_bn2"](m[f"{n}_conv2"](y))
+                if proj:
+                    x = m[f"{n}_proj_bn"](m[f"{n}_proj"](x))
+                x = relu(x + y)
+            return m["head"](x.mean(dim=(2, 3)))
+
+    class Func30(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.by_name = nn.ModuleDict()
+            for i in range(FUNC30_BLOCKS):
+                self.by_name[f"f{i}_a"] = nn.Linear(FUNC30_WIDTH, FUNC30_WIDTH)
+                self.by_name[f"f{i}_b"] = nn.Linear(FUNC30_WIDTH, FUNC30_WIDTH)
+            self.by_name["head"] = nn.Linear(FUNC30_WIDTH, 10)
+
+        def forward(self, x):
+            m = self.by_name
+            for i in range(FUNC30_BLOCKS):
+                x = x + m[f"f{i}_b"](nn.functional.relu(m[f"f{i}_a"](x)))
+            return m["head"](x)
+
+    return ResNet, Func30
+
+
+def _TorchResNet():
+    return _torch_classes()[0]()
+
+
+def _TorchFunc30():
+    return _torch_classes()[1]()
+
+
+def _copy_by_name(model, net):
+    """Conv (KH,KW,C,F) -> (F,C,KH,KW), Dense (C,U) -> (U,C), BatchNormalization's gamma,
+    beta, moving mean and variance -> weight, bias, running_mean, running_var."""
+    import torch
+
+    with torch.no_grad():
+        for layer in model.layers:
+            if not layer.weights or layer.name not in net.by_name:
+                continue
+            module = net.by_name[layer.name]
+            weights = layer.get_weights()
+            if type(layer).__name__ == "BatchNormalization":
+                targets = [module.weight, module.bias, module.running_mean, module.running_var]
+            else:
+                kernel = weights[0]
+                weights[0] = (kernel.transpose(3, 2, 0, 1) if kernel.ndim == 4
+                              else kernel.T)
+                targets = [module.weight] + ([module.bias] if len(weights) > 1 else [])
+            for t, w in zip(targets, weights):
+                t.copy_(torch.from_numpy(np.ascontiguousarray(w)))
+
+
 def copy_weights_to_torch(model, net):
     """pynn (Keras layouts, NHWC flatten order) -> torch (NCHW): conv (KH,KW,C,F) ->
     (F,C,KH,KW); dense (C,U) -> (U,C), the first dense after a Flatten of (H,W,C) permuted to
     torch's (C,H,W) flatten order."""
     import torch
 
+    if hasattr(net, "by_name"):
+        return _copy_by_name(model, net)
     torch_layers = [m for m in net if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     pynn_layers = [layer for layer in model.layers if layer.weights]
     flat_from = None
@@ -749,6 +898,11 @@ def targets(results):
         out.append({"name": f"{name} training images/s vs torch", "value": s,
                     "target": f">= {TARGET_SPEEDUP:g}x",
                     "met": s is not None and s >= TARGET_SPEEDUP})
+    func30 = results.get("profile", {}).get("func30", {}).get("pynn")
+    if func30 and func30.get("ms_per_step_profiled"):
+        share = func30["outside_ops_ms"] / func30["ms_per_step_profiled"]
+        out.append({"name": "func30 (30-layer functional) framework overhead, share of a step",
+                    "value": share, "target": "< 0.1", "met": share < 0.1})
     for name, r in results["memory"].items():
         p = r.get("pynn", {}).get("training_peak_mib")
         t = r.get("torch", {}).get("training_peak_mib")
@@ -849,10 +1003,17 @@ def run(args):
     peak = bench_peak(sizes["peak_n"], args.repeats)
     results["sgemm_peak"] = peak
     yardstick = peak_gemm(sizes["peak_n"])
-    results["dense"] = [bench_dense(s, args.repeats, yardstick) for s in sizes["dense"]]
-    results["conv2d"] = [bench_conv(s, args.repeats, yardstick) for s in sizes["conv"]]
+    only = re.compile(args.only) if args.only else None
+
+    def wanted(name):
+        return only is None or only.search(name) is not None
+
+    results["dense"] = [bench_dense(s, args.repeats, yardstick) for s in sizes["dense"]
+                        if wanted("dense")]
+    results["conv2d"] = [bench_conv(s, args.repeats, yardstick) for s in sizes["conv"]
+                         if wanted("conv2d")]
     results["training"], results["memory"] = {}, {}
-    for name in MODELS:
+    for name in filter(wanted, MODELS):
         train, memory, prof = bench_training(name, sizes, args.repeats, threads, args.quick,
                                              args.profile, args.torch_omp_wait_policy)
         results["training"][name] = train
@@ -884,6 +1045,9 @@ def main(argv=None):
                     help="timed runs per kernel and alternated rounds per model (default 7)")
     ap.add_argument("--json", default=None, help="where to write the results (default "
                     "bench/results/cpu-<cpu>-<threads>t.json)")
+    ap.add_argument("--only", default=None, metavar="REGEX",
+                    help="run only the sections (dense, conv2d) and models (cnn, mlp, resnet, "
+                         "func30) whose name matches")
     ap.add_argument("--profile", action="store_true",
                     help="also time every op of a training step in both frameworks")
     ap.add_argument("--torch-omp-wait-policy", default=None, choices=("ACTIVE", "PASSIVE"),

@@ -7,6 +7,7 @@ batch is one contiguous slice of each input array, shuffled once per epoch, uplo
 pushed through one backend op per layer, and only the loss and metric counts come back.
 """
 
+import contextlib
 import math
 import warnings
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from pynn import _config, backend, callbacks as callbacks_module, losses, metrics as metrics_module
 from pynn import optimizers, saving, utils
+from pynn.data import Batches, is_dataset, split_batch
 from pynn.layers import LAYERS, InputLayer
 from pynn.layers.base import KerasTensor, Layer, _unique_name, is_complex, shape_str
 from pynn.layers.functional import Graph, Plan
@@ -302,7 +304,7 @@ class Model(Layer):
         self.metrics = [m for ms in self._output_metrics for m in ms]
 
     def _resolve_metrics(self):
-        if not self._output_losses:
+        if not self._output_losses and self.built:
             self._resolve_compile()
         return self.metrics
 
@@ -488,15 +490,21 @@ class Model(Layer):
         self._trainable = self.trainable_weights
         self._plan.prepare_backward(False)
 
-    def _losses_and_grads(self, ys, outs, need_grad):
+    def _losses_and_grads(self, ys, outs, need_grad, sws=None):
         b = backend.current()
         total, per_output, grads = 0.0, [], []
-        for loss, weight, yk, out in zip(self._output_losses, self._loss_weights, ys, outs):
+        sws = sws or [None] * len(outs)
+        for loss, weight, yk, out, sw in zip(self._output_losses, self._loss_weights, ys, outs,
+                                             sws):
             if loss is None:
                 per_output.append(None)
                 grads.append(None)
                 continue
-            value, grad = loss.forward_backward(yk, out, need_grad=need_grad)
+            if sw is None:
+                value, grad = loss.forward_backward(yk, out, need_grad=need_grad)
+            else:
+                value, grad = loss.forward_backward(yk, out, need_grad=need_grad,
+                                                    sample_weight=sw)
             if need_grad and weight != 1.0:
                 b.scale_inplace(grad, weight)
             total += weight * value
@@ -504,20 +512,20 @@ class Model(Layer):
             grads.append(grad)
         return total, per_output, grads
 
-    def _train_step(self, xb, yb):
+    def _train_step(self, xb, yb, swb=None):
         for v in self._trainable:  # a layer no loss reaches this step must not reuse old grads
             v.grad = None
         outs, saved = self._plan.forward(xb, True)
-        total, per_output, grads = self._losses_and_grads(yb, outs, True)
+        total, per_output, grads = self._losses_and_grads(yb, outs, True, swb)
         _, activity = self._plan.backward(grads, saved)
         penalty = activity + self.regularization_penalty()
         self.optimizer.apply(self._trainable)
         self._update_metrics(yb, outs)
         return total + penalty, per_output
 
-    def _test_step(self, xb, yb):
+    def _test_step(self, xb, yb, swb=None):
         outs, _ = self._plan.forward(xb, False)
-        total, per_output, _ = self._losses_and_grads(yb, outs, False)
+        total, per_output, _ = self._losses_and_grads(yb, outs, False, swb)
         self._update_metrics(yb, outs)
         return total + self._penalty_value(), per_output
 
@@ -565,44 +573,78 @@ class Model(Layer):
 
     # -- public loops -----------------------------------------------------------------------
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
-            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
+            validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
+            sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
+            validation_batch_size=None, validation_freq=1):
+        """Keras 3's fit. ``x`` is arrays (a list or dict for several inputs), a
+        ``pynn.utils.PyDataset``, an indexed batch source or a generator yielding ``(x, y)`` /
+        ``(x, y, sample_weight)``; ``validation_data`` likewise, or a tuple of arrays."""
         self._check_compiled("fit")
         batch_size = _batch_size_arg(batch_size, "fit")
         verbose = 1 if verbose == "auto" else int(verbose)
-        xs = self._prepare_inputs(x, "fit")
-        self._resolve_metrics()
-        ys = self._prepare_targets(y, xs[0].shape[0], "fit")
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split}")
-        if validation_data is None and validation_split > 0:
-            # Keras takes the last fraction, before any shuffling.
-            split = int(xs[0].shape[0] * (1.0 - validation_split))
-            validation_data = ([a[split:] for a in xs], [_slice(a, split, None) for a in ys])
-            xs = [a[:split] for a in xs]
-            ys = [_slice(a, None, split) for a in ys]
-        elif validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("fit: validation_data must be a tuple (x_val, y_val)")
-            vx = self._prepare_inputs(validation_data[0], "fit (validation_data)")
-            validation_data = (vx, self._prepare_targets(validation_data[1], vx[0].shape[0],
-                                                         "fit (validation_data)"))
-        n = xs[0].shape[0]
-        if n == 0:
-            raise ValueError("fit: x holds no samples to train on")
-        steps = math.ceil(n / batch_size)
+        _check_freq(validation_freq)
+        self._resolve_metrics()
+        if is_dataset(x):
+            _refuse_with_dataset("fit", y=y, sample_weight=sample_weight,
+                                 validation_split=validation_split or None)
+            self._check_built_for_dataset("fit")
+            source = _DatasetSource(self, Batches(x, steps_per_epoch, "fit"), "fit",
+                                    class_weight)
+        else:
+            xs = self._prepare_inputs(x, "fit")
+            self._resolve_metrics()
+            n = xs[0].shape[0]
+            ys = self._prepare_targets(y, n, "fit")
+            sws = self._sample_weights(sample_weight, class_weight, ys, n, "fit")
+            if validation_data is None and validation_split > 0:
+                # Keras takes the last fraction, before any shuffling.
+                split = int(n * (1.0 - validation_split))
+                validation_data = _ArraySource(
+                    [a[split:] for a in xs], [_slice(a, split, None) for a in ys],
+                    [_slice(a, split, None) for a in sws], validation_batch_size or batch_size)
+                xs, ys = [a[:split] for a in xs], [_slice(a, None, split) for a in ys]
+                sws = [_slice(a, None, split) for a in sws]
+            if xs[0].shape[0] == 0:
+                raise ValueError("fit: x holds no samples to train on")
+            source = _ArraySource(xs, ys, sws, batch_size, shuffle and self._shuffle_generator,
+                                  steps_per_epoch)
+        if validation_data is not None and not isinstance(validation_data, _ArraySource):
+            validation_data = self._validation_source(
+                validation_data, validation_steps, validation_batch_size or batch_size)
         self._prepare_train()
         self.history = callbacks_module.History()
-        params = {"verbose": verbose, "epochs": epochs, "steps": steps}
+        params = {"verbose": verbose, "epochs": epochs, "steps": source.steps}
         cbs = callbacks_module.CallbackList(list(callbacks or []) + [self.history], self, params)
-        b = backend.current()
         self.stop_training = False
         self._initial_epoch = None  # a callback (BackupAndRestore) may move the start
         with backend.host_memory_loop(trim=True):
-            return self._fit_loop(b, xs, ys, batch_size, epochs, verbose, cbs, steps, n,
-                                  shuffle, validation_data, initial_epoch)
+            return self._fit_loop(source, epochs, verbose, cbs, validation_data,
+                                  validation_freq, initial_epoch)
 
-    def _fit_loop(self, b, xs, ys, batch_size, epochs, verbose, cbs, steps, n, shuffle,
-                  validation_data, initial_epoch):
+    def _check_built_for_dataset(self, what):
+        if not self.built:
+            raise ValueError(f"{what}: model '{self.name}' is not built; give it an Input (or "
+                             f"call build(input_shape)) before passing a dataset or generator")
+        self._resolve_metrics()
+
+    def _validation_source(self, data, steps, batch_size):
+        what = "fit (validation_data)"
+        if is_dataset(data):
+            return _DatasetSource(self, Batches(data, steps, what), what, None)
+        if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
+            raise ValueError("fit: validation_data must be (x_val, y_val), (x_val, y_val, "
+                             "sample_weight) or a dataset")
+        vx = self._prepare_inputs(data[0], what)
+        n = vx[0].shape[0]
+        vy = self._prepare_targets(data[1], n, what)
+        vsw = self._sample_weights(data[2] if len(data) == 3 else None, None, vy, n, what)
+        return _ArraySource(vx, vy, vsw, batch_size)
+
+    def _fit_loop(self, source, epochs, verbose, cbs, validation, validation_freq,
+                  initial_epoch):
+        b = backend.current()
         cbs.on_train_begin()
         if self._initial_epoch is not None:
             initial_epoch = self._initial_epoch
@@ -615,38 +657,36 @@ class Model(Layer):
             cbs.on_epoch_begin(epoch)
             if verbose:
                 print(f"Epoch {epoch + 1}/{epochs}")
-            bar = callbacks_module.Progbar(steps, verbose)
-            if shuffle:
-                order = self._shuffle_generator().permutation(n)
-                xe = [a[order] for a in xs]
-                ye = [None if a is None else a[order] for a in ys]
-            else:
-                xe, ye = xs, ys
-            loss_sum, sums, seen, warned = 0.0, [0.0] * nout, 0, False
-            step = 0
-            for step in range(steps):
-                cbs.on_train_batch_begin(step)
-                lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
-                loss, per_output = self._train_step(
-                    [b.asarray(a[lo:hi], a.dtype) for a in xe],
-                    [None if a is None else b.asarray(a[lo:hi], a.dtype) for a in ye])
-                if not math.isfinite(loss) and not warned:
-                    warnings.warn(f"fit: the loss became {loss} at epoch {epoch + 1}, batch "
-                                  f"{step + 1}/{steps}", RuntimeWarning, stacklevel=3)
-                    warned = True
-                loss_sum += loss * (hi - lo)
-                for k, v in enumerate(per_output):
-                    if v is not None:
-                        sums[k] += v * (hi - lo)
-                seen += hi - lo
-                logs = self._logs(loss_sum, sums, seen)
-                cbs.on_train_batch_end(step, {"loss": loss})
-                bar.update(step + 1, logs)
-                if self.stop_training:
-                    break
+            bar = callbacks_module.Progbar(source.steps, verbose)
+            loss_sum, sums, seen, warned, step = 0.0, [0.0] * nout, 0, False, -1
+            with source.epoch() as batches:
+                for step, (xb, yb, swb) in enumerate(batches):
+                    cbs.on_train_batch_begin(step)
+                    count = xb[0].shape[0]
+                    loss, per_output = self._train_step(
+                        [b.asarray(a, a.dtype) for a in xb], _upload(b, yb), _upload(b, swb))
+                    if not math.isfinite(loss) and not warned:
+                        of = f"/{source.steps}" if source.steps else ""
+                        warnings.warn(f"fit: the loss became {loss} at epoch {epoch + 1}, "
+                                      f"batch {step + 1}{of}", RuntimeWarning, stacklevel=3)
+                        warned = True
+                    loss_sum += loss * count
+                    for k, v in enumerate(per_output):
+                        if v is not None:
+                            sums[k] += v * count
+                    seen += count
+                    logs = self._logs(loss_sum, sums, seen)
+                    cbs.on_train_batch_end(step, {"loss": loss})
+                    bar.update(step + 1, logs)
+                    if self.stop_training:
+                        break
+            if step < 0:
+                raise ValueError(f"fit: the data gave no batch in epoch {epoch + 1} (an "
+                                 f"exhausted generator? give steps_per_epoch and a generator "
+                                 f"that loops)")
             epoch_logs = self._logs(loss_sum, sums, seen)
-            if validation_data is not None and validation_data[0][0].shape[0]:
-                val = self._evaluate_arrays(*validation_data, batch_size)
+            if validation is not None and _validate_now(validation_freq, epoch):
+                val = self._evaluate_source(validation)
                 epoch_logs.update({"val_" + k: v for k, v in val.items()})
             if verbose == 1:
                 bar.update(step + 1, epoch_logs, finalize=True)
@@ -658,42 +698,54 @@ class Model(Layer):
         cbs.on_train_end(epoch_logs)
         return self.history
 
-    def _evaluate_arrays(self, xs, ys, batch_size, bar=None):
+    def _evaluate_source(self, source, bar=None):
         b = backend.current()
         for m in self.metrics:
             m.reset_state()
-        n = xs[0].shape[0]
-        loss_sum, sums = 0.0, [0.0] * len(self._output_losses)
-        steps = math.ceil(n / batch_size)
-        for step in range(steps):
-            lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
-            loss, per_output = self._test_step(
-                [b.asarray(a[lo:hi], a.dtype) for a in xs],
-                [None if a is None else b.asarray(a[lo:hi], a.dtype) for a in ys])
-            loss_sum += loss * (hi - lo)
-            for k, v in enumerate(per_output):
-                if v is not None:
-                    sums[k] += v * (hi - lo)
-            if bar is not None:
-                bar.update(step + 1, self._logs(loss_sum, sums, hi))
-        logs = self._logs(loss_sum, sums, n)
+        loss_sum, sums, seen = 0.0, [0.0] * len(self._output_losses), 0
+        with source.epoch() as batches:
+            for step, (xb, yb, swb) in enumerate(batches):
+                count = xb[0].shape[0]
+                loss, per_output = self._test_step([b.asarray(a, a.dtype) for a in xb],
+                                                   _upload(b, yb), _upload(b, swb))
+                loss_sum += loss * count
+                for k, v in enumerate(per_output):
+                    if v is not None:
+                        sums[k] += v * count
+                seen += count
+                if bar is not None:
+                    bar.update(step + 1, self._logs(loss_sum, sums, seen))
+        if seen == 0:
+            raise ValueError("evaluate: the data holds no samples")
+        logs = self._logs(loss_sum, sums, seen)
         if bar is not None:
-            bar.update(steps, logs, finalize=True)
+            bar.update(bar.target or 1, logs, finalize=True)
         return logs
 
-    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", return_dict=False):
+    def _evaluate_arrays(self, xs, ys, batch_size, bar=None):
+        return self._evaluate_source(_ArraySource(xs, ys, [None] * len(ys), batch_size), bar)
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
+                 steps=None, return_dict=False):
         self._check_compiled("evaluate")
         batch_size = _batch_size_arg(batch_size, "evaluate")
         verbose = 1 if verbose == "auto" else int(verbose)
-        xs = self._prepare_inputs(x, "evaluate")
         self._resolve_metrics()
-        ys = self._prepare_targets(y, xs[0].shape[0], "evaluate")
-        if xs[0].shape[0] == 0:
-            raise ValueError("evaluate: x holds no samples")
-        bar = callbacks_module.Progbar(math.ceil(xs[0].shape[0] / batch_size), 1) \
-            if verbose else None
+        if is_dataset(x):
+            _refuse_with_dataset("evaluate", y=y, sample_weight=sample_weight)
+            self._check_built_for_dataset("evaluate")
+            source = _DatasetSource(self, Batches(x, steps, "evaluate"), "evaluate", None)
+        else:
+            xs = self._prepare_inputs(x, "evaluate")
+            n = xs[0].shape[0]
+            ys = self._prepare_targets(y, n, "evaluate")
+            if n == 0:
+                raise ValueError("evaluate: x holds no samples")
+            sws = self._sample_weights(sample_weight, None, ys, n, "evaluate")
+            source = _ArraySource(xs, ys, sws, batch_size, steps=steps)
+        bar = callbacks_module.Progbar(source.steps, 1) if verbose else None
         with backend.host_memory_loop(trim=True):
-            logs = self._evaluate_arrays(xs, ys, batch_size, bar)
+            logs = self._evaluate_source(source, bar)
         return self._result(logs, return_dict)
 
     def _result(self, logs, return_dict):
@@ -704,11 +756,27 @@ class Model(Layer):
             return logs["loss"]
         return [logs[k] for k in names]
 
-    def predict(self, x, batch_size=None, verbose="auto"):
+    def predict(self, x, batch_size=None, verbose="auto", steps=None):
         batch_size = _batch_size_arg(batch_size, "predict")
-        xs = self._prepare_inputs(x, "predict")
         b = backend.current()
+        if is_dataset(x):
+            self._check_built_for_dataset("predict")
+            parts = [[] for _ in self.outputs]
+            batches = Batches(x, steps, "predict")
+            with backend.host_memory_loop(trim=True), batches.epoch() as stream:
+                for batch in stream:
+                    xb, _, _ = split_batch(batch, "predict", need_y=False)
+                    xs = self._prepare_inputs(xb, "predict")
+                    ys, _ = self._plan.forward([b.asarray(a, a.dtype) for a in xs], False)
+                    for part, yk in zip(parts, ys):
+                        part.append(np.array(b.to_numpy(yk)))
+            if not parts or not parts[0]:
+                raise ValueError("predict: the data gave no batch")
+            return self._structure_outputs([np.concatenate(p) for p in parts])
+        xs = self._prepare_inputs(x, "predict")
         n = xs[0].shape[0]
+        if steps is not None:
+            n = min(n, int(steps) * batch_size)
         outs = [np.empty((n,) + tuple(t.shape[1:]), dtype=t.dtype) for t in self.outputs]
         with backend.host_memory_loop(trim=True):
             for lo in range(0, n, batch_size):
@@ -718,12 +786,74 @@ class Model(Layer):
                     out[lo:hi] = b.to_numpy(yk)
         return self._structure_outputs(outs)
 
+    # Keras 2's generator methods, for older code.
+    def fit_generator(self, generator, steps_per_epoch=None, epochs=1, verbose=1,
+                      callbacks=None, validation_data=None, validation_steps=None,
+                      validation_freq=1, class_weight=None, max_queue_size=10, workers=1,
+                      use_multiprocessing=False, shuffle=True, initial_epoch=0):
+        _warn_alias("fit_generator", "fit")
+        return self.fit(generator, epochs=epochs, verbose=verbose, callbacks=callbacks,
+                        validation_data=validation_data, validation_steps=validation_steps,
+                        validation_freq=validation_freq, class_weight=class_weight,
+                        shuffle=shuffle, initial_epoch=initial_epoch,
+                        steps_per_epoch=steps_per_epoch)
+
+    def evaluate_generator(self, generator, steps=None, callbacks=None, max_queue_size=10,
+                           workers=1, use_multiprocessing=False, verbose=0):
+        _warn_alias("evaluate_generator", "evaluate")
+        return self.evaluate(generator, steps=steps, verbose=verbose)
+
+    def predict_generator(self, generator, steps=None, callbacks=None, max_queue_size=10,
+                          workers=1, use_multiprocessing=False, verbose=0):
+        _warn_alias("predict_generator", "predict")
+        return self.predict(generator, steps=steps, verbose=verbose)
+
+    def _sample_weights(self, sample_weight, class_weight, ys, n, what):
+        """Per output: None or a float (n,) array; from ``sample_weight`` (one array for
+        every output, or a list/dict per output) times ``class_weight``'s weight of each
+        sample's class (single-output models, as Keras)."""
+        names = self.output_names
+        if sample_weight is None:
+            sws = [None] * len(names)
+        elif isinstance(sample_weight, dict):
+            unknown = set(sample_weight) - set(names)
+            if unknown:
+                raise ValueError(f"{what}: sample_weight names outputs {sorted(unknown)}; the "
+                                 f"model's outputs are {names}")
+            sws = [sample_weight.get(k) for k in names]
+        elif isinstance(sample_weight, (list, tuple)) and len(names) > 1:
+            if len(sample_weight) != len(names):
+                raise ValueError(f"{what}: sample_weight has {len(sample_weight)} arrays for "
+                                 f"{len(names)} outputs")
+            sws = list(sample_weight)
+        else:
+            sws = [sample_weight] * len(names)
+        out = []
+        for k, sw in enumerate(sws):
+            if sw is None:
+                out.append(None)
+                continue
+            arr = np.asarray(sw)
+            if not _is_real(arr) or arr.shape != (n,):
+                raise ValueError(f"{what}: sample_weight must be real numbers of shape ({n},), "
+                                 f"one per sample; got {arr.dtype} {arr.shape}")
+            if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+                raise ValueError(f"{what}: sample_weight must be finite and >= 0")
+            out.append(np.ascontiguousarray(arr, dtype=self.outputs[k].dtype))
+        if class_weight is not None:
+            if len(names) > 1:
+                raise ValueError(f"{what}: class_weight is only supported for models with one "
+                                 f"output (use sample_weight per output)")
+            cw = _class_weights(class_weight, ys[0], self._output_losses[0], what)
+            out[0] = cw if out[0] is None else out[0] * cw
+        return out
+
     def _structure_outputs(self, outs):
         if self._output_keys is None:
             return outs[0]
         return _restructure(self._output_keys, outs)
 
-    def train_on_batch(self, x, y, return_dict=False):
+    def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
         self._check_compiled("train_on_batch")
         xs = self._prepare_inputs(x, "train_on_batch")
         self._resolve_metrics()
@@ -731,24 +861,26 @@ class Model(Layer):
         ys = self._prepare_targets(y, n, "train_on_batch")
         if n == 0:  # a step would count an update that saw no data
             raise ValueError("train_on_batch: x holds no samples")
+        sws = self._sample_weights(sample_weight, class_weight, ys, n, "train_on_batch")
         self._prepare_train()
         for m in self.metrics:
             m.reset_state()
         b = backend.current()
         with backend.host_memory_loop():
             loss, per_output = self._train_step(
-                [b.asarray(a, a.dtype) for a in xs],
-                [None if a is None else b.asarray(a, a.dtype) for a in ys])
+                [b.asarray(a, a.dtype) for a in xs], _upload(b, ys), _upload(b, sws))
         logs = self._logs(loss * n, [0.0 if v is None else v * n for v in per_output], n)
         return self._result(logs, return_dict)
 
-    def test_on_batch(self, x, y, return_dict=False):
+    def test_on_batch(self, x, y, sample_weight=None, return_dict=False):
         self._check_compiled("test_on_batch")
         xs = self._prepare_inputs(x, "test_on_batch")
         self._resolve_metrics()
-        ys = self._prepare_targets(y, xs[0].shape[0], "test_on_batch")
+        n = xs[0].shape[0]
+        ys = self._prepare_targets(y, n, "test_on_batch")
+        sws = self._sample_weights(sample_weight, None, ys, n, "test_on_batch")
         with backend.host_memory_loop():
-            logs = self._evaluate_arrays(xs, ys, max(xs[0].shape[0], 1))
+            logs = self._evaluate_source(_ArraySource(xs, ys, sws, max(n, 1)))
         return self._result(logs, return_dict)
 
     def predict_on_batch(self, x):
@@ -1191,3 +1323,124 @@ def _batch_size_arg(batch_size, what):
             or batch_size < 1:
         raise ValueError(f"{what}: batch_size must be a positive int, got {batch_size!r}")
     return int(batch_size)
+
+
+# -- batch sources --------------------------------------------------------------------------
+class _ArraySource:
+    """Prepared host arrays cut into batches; shuffled once per epoch when ``shuffle`` is the
+    model's generator getter (one permutation per epoch: a resumed fit replays it)."""
+
+    def __init__(self, xs, ys, sws, batch_size, shuffle=None, steps=None):
+        self.xs, self.ys, self.sws = xs, ys, sws
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.n = xs[0].shape[0]
+        full = math.ceil(self.n / batch_size)
+        if steps is not None:
+            if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+                raise ValueError(f"steps must be a positive int, got {steps!r}")
+            full = min(full, int(steps))
+        self.steps = full
+
+    @contextlib.contextmanager
+    def epoch(self):
+        xs, ys, sws = self.xs, self.ys, self.sws
+        if self.shuffle:
+            order = self.shuffle().permutation(self.n)
+            xs = [a[order] for a in xs]
+            ys = [None if a is None else a[order] for a in ys]
+            sws = [None if a is None else a[order] for a in sws]
+        yield self._batches(xs, ys, sws)
+
+    def _batches(self, xs, ys, sws):
+        n, size = self.n, self.batch_size
+        for step in range(self.steps):
+            lo, hi = step * size, min(n, (step + 1) * size)
+            yield ([a[lo:hi] for a in xs], [None if a is None else a[lo:hi] for a in ys],
+                   [None if a is None else a[lo:hi] for a in sws])
+
+
+class _DatasetSource:
+    """Batches from a dataset or generator, each checked and converted as array data is."""
+
+    def __init__(self, model, batches, what, class_weight):
+        self.model, self.batches, self.what = model, batches, what
+        self.class_weight = class_weight
+        self.steps = batches.steps
+
+    @contextlib.contextmanager
+    def epoch(self):
+        with self.batches.epoch() as stream:
+            yield (self._prepare(batch) for batch in stream)
+
+    def _prepare(self, batch):
+        model, what = self.model, self.what
+        x, y, sw = split_batch(batch, what, need_y=True)
+        xs = model._prepare_inputs(x, what)
+        n = xs[0].shape[0]
+        ys = model._prepare_targets(y, n, what)
+        return xs, ys, model._sample_weights(sw, self.class_weight, ys, n, what)
+
+
+def _upload(b, arrays):
+    return [None if a is None else b.asarray(a, a.dtype) for a in arrays]
+
+
+def _check_freq(freq):
+    if isinstance(freq, (list, tuple, set)):
+        if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in freq):
+            raise ValueError(f"fit: validation_freq as a list must hold epoch numbers >= 1, got "
+                             f"{freq!r}")
+        return
+    if isinstance(freq, bool) or not isinstance(freq, (int, np.integer)) or freq < 1:
+        raise ValueError(f"fit: validation_freq must be a positive int or a list of epochs, got "
+                         f"{freq!r}")
+
+
+def _validate_now(freq, epoch):
+    if isinstance(freq, (list, tuple, set)):
+        return epoch + 1 in freq
+    return (epoch + 1) % int(freq) == 0
+
+
+def _refuse_with_dataset(what, **given):
+    for name, value in given.items():
+        if value is not None:
+            raise ValueError(f"{what}: {name} must not be given when x is a dataset or a "
+                             f"generator (it yields (x, y) or (x, y, sample_weight) itself)")
+
+
+_warned_aliases = set()
+
+
+def _warn_alias(old, new):
+    if old not in _warned_aliases:
+        _warned_aliases.add(old)
+        warnings.warn(f"Model.{old} is deprecated; Model.{new} takes generators and datasets "
+                      f"itself", DeprecationWarning, stacklevel=3)
+
+
+def _class_weights(class_weight, y, loss, what):
+    """Each sample's weight from its class: sparse labels, one-hot rows (their argmax) or a
+    single probability column (rounded), as Keras reads them."""
+    if not isinstance(class_weight, dict) or not class_weight:
+        raise ValueError(f"{what}: class_weight must be a non-empty dict {{class: weight}}, got "
+                         f"{class_weight!r}")
+    try:
+        keys = np.array([int(k) for k in class_weight])
+        values = np.array([float(v) for v in class_weight.values()])
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: class_weight must map int classes to numbers, got "
+                         f"{class_weight!r}") from None
+    if np.any(keys < 0) or not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise ValueError(f"{what}: class_weight needs classes >= 0 and finite weights >= 0")
+    if loss is not None and loss.sparse_labels:
+        classes = y.reshape(y.shape[0], -1)[:, 0] if y.ndim > 1 else y
+    elif y.ndim >= 2 and y.shape[-1] > 1:
+        classes = np.argmax(y.reshape(y.shape[0], -1, y.shape[-1])[:, 0], axis=-1)
+    else:
+        classes = np.rint(y.reshape(y.shape[0], -1)[:, 0]).astype(np.int64)
+    table = np.ones(int(max(keys.max(), classes.max(initial=0))) + 1)
+    table[keys] = values
+    return table[classes.astype(np.int64)].astype(y.dtype if y.dtype.kind == "f" else
+                                                  np.float32)

@@ -44,7 +44,7 @@ import zlib
 import numpy as np
 from numpy.lib import format as npy_format
 
-from pynn import backend, losses, metrics, optimizers
+from pynn import backend
 from pynn.layers.base import zero_init
 
 FORMAT = "pynn"

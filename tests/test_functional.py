@@ -336,3 +336,56 @@ def test_keras_parity_two_inputs_two_outputs_shared_and_nested(seeded):
     p_model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
     for got, want in zip(p_model.get_weights(), k_model.get_weights()):
         assert _rel(got, want) <= 1e-3
+
+
+# -- pictures -------------------------------------------------------------------------------------
+def test_model_to_dot_and_plot_model(tmp_path):
+    model = two_tower(pynn)
+    dot = pynn.utils.model_to_dot(model, show_shapes=True)
+    assert dot.count("->") == 6  # a->pa, b->pb, pa->shared, pb->shared, shared->out1/inner
+    assert "output: (None, 4)" in dot and "shared (Dense)" in dot
+    path = pynn.utils.plot_model(model, tmp_path / "m.dot")
+    assert open(path).read().startswith('digraph "two_tower"')
+    pytest.importorskip("matplotlib")
+    png = pynn.utils.plot_model(model, tmp_path / "m.png", show_shapes=True, dpi=60)
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    seq = pynn.Sequential([layers.Input((3,)), layers.Dense(2)])
+    assert pynn.utils.model_to_dot(seq).count("->") == 1
+    with pytest.raises(ValueError, match="rankdir"):
+        pynn.utils.plot_model(model, tmp_path / "x.png", rankdir="XY")
+
+
+def test_write_png_round_trips(tmp_path):
+    import struct
+    import zlib
+
+    image = np.random.default_rng(3).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    path = tmp_path / "a.png"
+    pynn.utils.write_png(path, image)
+    data = open(path, "rb").read()
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (5, 7)
+    idat = data.index(b"IDAT")
+    length = struct.unpack(">I", data[idat - 4:idat])[0]
+    raw = np.frombuffer(zlib.decompress(data[idat + 4:idat + 4 + length]), np.uint8)
+    np.testing.assert_array_equal(raw.reshape(7, 16)[:, 1:].reshape(7, 5, 3), image)
+    with pytest.raises(ValueError, match="uint8"):
+        pynn.utils.write_png(path, image.astype(np.float32))
+
+
+def test_freezing_a_nested_model_keeps_its_weights(seeded):
+    inner = pynn.Sequential([layers.Input((4,)), layers.Dense(3, activation="tanh")],
+                            name="frozen_inner")
+    x_in = pynn.Input((4,))
+    model = pynn.Model(x_in, layers.Dense(2)(inner(x_in)))
+    inner.trainable = False
+    model.compile("adam", "mse")
+    before = inner.get_weights()
+    assert len(model.trainable_weights) == 2 and len(model.non_trainable_weights) == 2
+    model.fit(seeded.standard_normal((16, 4)), seeded.standard_normal((16, 2)), epochs=2,
+              verbose=0)
+    for a, b in zip(before, inner.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert "Non-trainable params: 15" in "\n".join(lines)

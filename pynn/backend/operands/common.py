@@ -347,6 +347,12 @@ def slot(arrays, op, name, a, like):
     buffer), sharing no memory with it; None passes through."""
     if a is None:
         return None
+    if (type(a) is np.ndarray and type(like) is np.ndarray and a.dtype == like.dtype
+            and a.shape == like.shape and a.flags.c_contiguous and a.flags.writeable):
+        # The optimizer's own slots: one pass of cheap checks (this runs per variable per step).
+        if arrays.shares_memory(a, like):
+            raise ValueError(f"{op}: '{name}' must not share memory with 'w'")
+        return a
     arrays.inplace(op, name, a)
     if a.dtype != like.dtype:
         raise TypeError(f"{op}: '{name}' must have the dtype of 'w' ({like.dtype}), got "

@@ -17,12 +17,38 @@ def _update(arrays, op, w, g, lr, grad_scale, clipvalue, weight_decay):
     g = arrays.float_input(op, "g", g, like=w)
     if g.shape != w.shape:
         raise ValueError(f"{op}: 'g' must have the shape of 'w' {w.shape}, got {g.shape}")
+    lr, clip = _cached(_scalars, op, lr, grad_scale, clipvalue, weight_decay)
+    return w, g, lr, clip
+
+
+def _cached(check, *args):
+    """``check(*args)`` through its cache: every variable of a step passes the same
+    hyper-parameters, so their checks run once per step instead of once per variable (they
+    were most of a small layer's update time). Unhashable values take the uncached path,
+    whose errors name them."""
+    try:
+        return check(*args)
+    except TypeError as exc:
+        if "unhashable" not in str(exc):
+            raise
+        return check.__wrapped__(*args)
+
+
+@functools.lru_cache(maxsize=64)
+def _scalars(op, lr, grad_scale, clipvalue, weight_decay):
     lr = number(op, "lr", lr)
     # grad_scale may be NaN: a non-finite global norm poisons the step, as in Keras.
     scale = number(op, "grad_scale", grad_scale, lo=0.0, allow_nan=True)
     clip = number(op, "clipvalue", clipvalue)
     decay = number(op, "weight_decay", weight_decay, lo=0.0)
-    return w, g, lr, (scale, clip, decay * lr)
+    return lr, (scale, clip, decay * lr)
+
+
+@functools.lru_cache(maxsize=64)
+def _adam_scalars(op, beta_1, beta_2, epsilon):
+    return (number(op, "beta_1", beta_1, lo=0.0, hi=1.0, hi_open=True),
+            number(op, "beta_2", beta_2, lo=0.0, hi=1.0, hi_open=True),
+            number(op, "epsilon", epsilon, lo=0.0))
 
 
 def _required(op, **slots):
@@ -76,9 +102,7 @@ def adam_update(arrays, w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_s
     v = slot(arrays, op, "v", v, w)
     vhat = slot(arrays, op, "vhat", vhat, w)
     distinct(arrays, op, m=m, v=v, vhat=vhat)
-    beta_1 = number(op, "beta_1", beta_1, lo=0.0, hi=1.0, hi_open=True)
-    beta_2 = number(op, "beta_2", beta_2, lo=0.0, hi=1.0, hi_open=True)
-    epsilon = number(op, "epsilon", epsilon, lo=0.0)
+    beta_1, beta_2, epsilon = _cached(_adam_scalars, op, beta_1, beta_2, epsilon)
     if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)) or t < 1:
         raise ValueError(f"{op}: 't' must be an int >= 1 (the 1-based step), got {t!r}")
     alpha = adam_step_size(w.dtype, lr, beta_1, beta_2, int(t))
