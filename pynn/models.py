@@ -9,6 +9,7 @@ pushed through one backend op per layer, and only the loss and metric counts com
 
 import contextlib
 import math
+import sys
 import warnings
 
 import numpy as np
@@ -55,6 +56,7 @@ class Model(Layer):
         self._plan = None
         self._graph = None
         self._activity_penalty = 0.0
+        self._distribution = None
         # Drawn from pynn.utils's generator when fit first shuffles, then the model's own:
         # saved with the model so a resumed fit shuffles as the uninterrupted one would.
         self._shuffle_rng = None
@@ -221,6 +223,9 @@ class Model(Layer):
 
     def call(self, inputs, training=False):
         xs = inputs if isinstance(inputs, list) else [inputs]
+        if not training:
+            outs = self._plan.predict(xs)
+            return outs[0] if len(outs) == 1 else outs
         outs, saved = self._plan.forward(xs, training)
         if training:
             self._cache = saved
@@ -264,6 +269,7 @@ class Model(Layer):
         self._output_losses = []
         self._output_metrics = []
         self.compiled = True
+        self._distribution = _active_distribution()
         if self.built:
             self._resolve_compile()
 
@@ -518,6 +524,8 @@ class Model(Layer):
         outs, saved = self._plan.forward(xb, True)
         total, per_output, grads = self._losses_and_grads(yb, outs, True, swb)
         _, activity = self._plan.backward(grads, saved)
+        if self._distribution is not None:
+            self._distribution.reduce_gradients(self._trainable)
         penalty = activity + self.regularization_penalty()
         self.optimizer.apply(self._trainable)
         self._update_metrics(yb, outs)
@@ -615,6 +623,9 @@ class Model(Layer):
                 validation_data, validation_steps, validation_batch_size or batch_size)
         self._prepare_train()
         self.history = callbacks_module.History()
+        if self._distribution is not None:
+            verbose = verbose if self._distribution.is_primary else 0
+            self._distribution.on_fit_begin(self)
         params = {"verbose": verbose, "epochs": epochs, "steps": source.steps}
         cbs = callbacks_module.CallbackList(list(callbacks or []) + [self.history], self, params)
         self.stop_training = False
@@ -661,6 +672,8 @@ class Model(Layer):
             loss_sum, sums, seen, warned, step = 0.0, [0.0] * nout, 0, False, -1
             with source.epoch() as batches:
                 for step, (xb, yb, swb) in enumerate(batches):
+                    if self._distribution is not None:  # this rank's share of the batch
+                        xb, yb, swb = self._distribution.shard(xb, yb, swb)
                     cbs.on_train_batch_begin(step)
                     count = xb[0].shape[0]
                     loss, per_output = self._train_step(
@@ -685,6 +698,8 @@ class Model(Layer):
                                  f"exhausted generator? give steps_per_epoch and a generator "
                                  f"that loops)")
             epoch_logs = self._logs(loss_sum, sums, seen)
+            if self._distribution is not None:
+                epoch_logs = self._distribution.reduce_logs(epoch_logs, seen)
             if validation is not None and _validate_now(validation_freq, epoch):
                 val = self._evaluate_source(validation)
                 epoch_logs.update({"val_" + k: v for k, v in val.items()})
@@ -705,6 +720,8 @@ class Model(Layer):
         loss_sum, sums, seen = 0.0, [0.0] * len(self._output_losses), 0
         with source.epoch() as batches:
             for step, (xb, yb, swb) in enumerate(batches):
+                if self._distribution is not None:
+                    xb, yb, swb = self._distribution.shard(xb, yb, swb)
                 count = xb[0].shape[0]
                 loss, per_output = self._test_step([b.asarray(a, a.dtype) for a in xb],
                                                    _upload(b, yb), _upload(b, swb))
@@ -715,9 +732,11 @@ class Model(Layer):
                 seen += count
                 if bar is not None:
                     bar.update(step + 1, self._logs(loss_sum, sums, seen))
-        if seen == 0:
+        if seen == 0 and self._distribution is None:
             raise ValueError("evaluate: the data holds no samples")
         logs = self._logs(loss_sum, sums, seen)
+        if self._distribution is not None:
+            logs = self._distribution.reduce_logs(logs, seen)
         if bar is not None:
             bar.update(bar.target or 1, logs, finalize=True)
         return logs
@@ -767,7 +786,7 @@ class Model(Layer):
                 for batch in stream:
                     xb, _, _ = split_batch(batch, "predict", need_y=False)
                     xs = self._prepare_inputs(xb, "predict")
-                    ys, _ = self._plan.forward([b.asarray(a, a.dtype) for a in xs], False)
+                    ys = self._plan.predict([b.asarray(a, a.dtype) for a in xs])
                     for part, yk in zip(parts, ys):
                         part.append(np.array(b.to_numpy(yk)))
             if not parts or not parts[0]:
@@ -781,7 +800,7 @@ class Model(Layer):
         with backend.host_memory_loop(trim=True):
             for lo in range(0, n, batch_size):
                 hi = min(n, lo + batch_size)
-                ys, _ = self._plan.forward([b.asarray(a[lo:hi], a.dtype) for a in xs], False)
+                ys = self._plan.predict([b.asarray(a[lo:hi], a.dtype) for a in xs])
                 for out, yk in zip(outs, ys):
                     out[lo:hi] = b.to_numpy(yk)
         return self._structure_outputs(outs)
@@ -887,7 +906,7 @@ class Model(Layer):
         xs = self._prepare_inputs(x, "predict_on_batch")
         b = backend.current()
         with backend.host_memory_loop():
-            ys, _ = self._plan.forward([b.asarray(a, a.dtype) for a in xs], False)
+            ys = self._plan.predict([b.asarray(a, a.dtype) for a in xs])
             outs = [np.array(b.to_numpy(yk)) for yk in ys]
         return self._structure_outputs(outs)
 
@@ -1380,6 +1399,13 @@ class _DatasetSource:
         n = xs[0].shape[0]
         ys = model._prepare_targets(y, n, what)
         return xs, ys, model._sample_weights(sw, self.class_weight, ys, n, what)
+
+
+def _active_distribution():
+    """The data-parallel strategy whose scope() is active (pynn.distributed), or None. Looked
+    up without importing pynn.distributed: a model that never uses it never loads MPI."""
+    module = sys.modules.get("pynn.distributed")
+    return None if module is None else module.current()
 
 
 def _upload(b, arrays):

@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from pynn import backend, schedules
+from pynn.variables import bump_version
 from pynn.schedules import LearningRateSchedule
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "schedules", "serialize",
@@ -177,6 +178,7 @@ class Optimizer:
             if v.constraint is not None:
                 v.constraint(v.value)
         self.iterations += 1
+        bump_version()
 
     # -- state ---------------------------------------------------------------------------
     def get_state(self):

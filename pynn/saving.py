@@ -46,6 +46,7 @@ from numpy.lib import format as npy_format
 
 from pynn import backend
 from pynn.layers.base import zero_init
+from pynn.variables import bump_version
 
 FORMAT = "pynn"
 VERSION = 1
@@ -452,6 +453,7 @@ def _load_weights_into(model, archive, atomic):
             var.value = b.asarray(arr, layer.dtype)
     for var, arr, dtype in pending:
         var.value = b.asarray(arr, dtype)
+    bump_version()
 
 
 def _load_layer_state(model, archive):

@@ -1,6 +1,19 @@
 """A trainable (or not) tensor held by a layer, living on the current backend."""
 
 
+# Bumped whenever weights may have changed (an optimizer step, set_weights, a load): caches
+# derived from weights (the inference plan's folded kernels) compare it to know they are stale.
+_version = [0]
+
+
+def bump_version():
+    _version[0] += 1
+
+
+def version():
+    return _version[0]
+
+
 class Variable:
     """``value`` is a backend array; ``grad`` is filled by the layer's backward pass.
 

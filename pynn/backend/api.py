@@ -4,8 +4,8 @@ match this table.
 
 Where an op lives: one name, five places
 ----------------------------------------
-An op of family F (dense, conv, pool, activation, loss, metric, dropout, optim, rnn;
-spatial, shape) named ``<op>`` is, under that same name:
+An op of family F (dense, conv, pool, activation, loss, metric, dropout, optim, rnn,
+merge; spatial, shape) named ``<op>`` is, under that same name:
 - ``native/F.pyx``: the CPU kernel, exported as ``pynn._native.F.<op>``;
 - ``opencl/F.cl``: its OpenCL kernels, driven by ``pynn/backend/opencl/F.py``;
 - ``pynn/backend/operands/F.py``: the checks of its arguments, which both backends call
@@ -54,6 +54,10 @@ RNN_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "leaky_relu", "elu", "se
 DEFAULT_ALPHA = {"leaky_relu": 0.2, "elu": 1.0}
 
 METRIC_MODES = ("binary", "categorical", "sparse")
+
+# -- merge: the elementwise modes of merge_forward / merge_backward (Keras's Add, Subtract,
+# Multiply, Average, Maximum, Minimum layers).
+MERGE_MODES = ("add", "subtract", "multiply", "average", "maximum", "minimum")
 
 LOSSES = ("mean_squared_error", "mean_absolute_error", "huber", "binary_crossentropy",
           "categorical_crossentropy", "sparse_categorical_crossentropy")
@@ -170,6 +174,23 @@ OPS = {
     "gru_backward": ("dy", "x", "kernel", "recurrent_kernel", "cache", "activation",
                      "recurrent_activation", "reset_after", "return_sequences", "go_backwards",
                      "need_input_grad"),
+    # -- merge (native/merge.pyx, opencl/merge.cl) ------------------------------------
+    # Keras 3's merge layers. ``inputs`` is a list of arrays of one dtype. merge_forward
+    # folds them left to right by ``mode`` (MERGE_MODES; one shape for all, subtract takes
+    # exactly 2, average divides the sum by their count); merge_backward returns a tuple of
+    # input gradients, maximum/minimum with torch's rule at each fold step (a tie splits the
+    # gradient in half, a NaN passes it to both).
+    "merge_forward": ("inputs", "mode"),
+    "merge_backward": ("dy", "inputs", "mode"),
+    # Along ``axis`` (negative counts from the end); the backward gives back a tuple of
+    # slices of dy, ``sizes`` long along the axis.
+    "concatenate_forward": ("inputs", "axis"),
+    "concatenate_backward": ("dy", "sizes", "axis"),
+    # Keras's Dot: batch_dot over the axes pair (an int: the same axis of both), each input
+    # first L2-normalized along its axis when ``normalize`` (x * min(rsqrt(sum x^2), 1e7)).
+    # Backward -> (dx1, dx2).
+    "dot_forward": ("x1", "x2", "axes", "normalize"),
+    "dot_backward": ("dy", "x1", "x2", "axes", "normalize"),
     # -- spatial and shape (native/spatial.pyx, native/shape.pyx; opencl/ the same) -------
     # padding ((top, bottom), (left, right)) ints >= 0. pad2d_forward zero-pads (N,H,W,C);
     # pad2d_backward is the crop that undoes it, so it is also Cropping2D's forward (and

@@ -52,6 +52,15 @@ from pynn._native.pool import (  # noqa: F401
     maxpool2d_backward,
     maxpool2d_forward,
 )
+# -- merge (Keras's merge layers) --
+from pynn._native.merge import (  # noqa: F401
+    concatenate_backward,
+    concatenate_forward,
+    dot_backward,
+    dot_forward,
+    merge_backward,
+    merge_forward,
+)
 # -- spatial and shape families --
 from pynn._native.shape import (  # noqa: F401
     repeat_vector_backward,

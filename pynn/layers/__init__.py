@@ -5,6 +5,25 @@ from pynn.layers.base import Layer
 from pynn.layers.conv import Conv2D
 from pynn.layers.core import Activation, Dense, Dropout, Flatten, Input, InputLayer, Reshape
 from pynn.layers.recurrent import GRU, LSTM, SimpleRNN
+# -- merge (Keras's merge layers and their functional helpers) --
+from pynn.layers.merge import (
+    Add,
+    Average,
+    Concatenate,
+    Dot,
+    Maximum,
+    Minimum,
+    Multiply,
+    Subtract,
+    add,
+    average,
+    concatenate,
+    dot,
+    maximum,
+    minimum,
+    multiply,
+    subtract,
+)
 from pynn.layers.pooling import (
     AveragePooling2D,
     GlobalAveragePooling2D,
@@ -18,6 +37,8 @@ from pynn.layers.spatial import Cropping2D, UpSampling2D, ZeroPadding2D
 LAYERS = {cls.__name__: cls for cls in (
     InputLayer, Dense, Activation, Dropout, Flatten, Reshape, Conv2D, MaxPooling2D,
     AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, SimpleRNN, LSTM, GRU,
+    # -- merge --
+    Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate, Dot,
     # -- spatial and shape families --
     UpSampling2D, ZeroPadding2D, Cropping2D, Permute, RepeatVector, Identity,
 )}
@@ -29,4 +50,7 @@ GlobalAvgPool2D = GlobalAveragePooling2D
 GlobalMaxPool2D = GlobalMaxPooling2D
 
 __all__ = ["Layer", "LAYERS", "Input", *LAYERS, "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
-           "GlobalMaxPool2D"]
+           "GlobalMaxPool2D",
+           # -- merge: functional helpers --
+           "add", "subtract", "multiply", "average", "maximum", "minimum", "concatenate",
+           "dot"]

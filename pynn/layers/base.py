@@ -17,7 +17,7 @@ import numpy as np
 from pynn import _config, backend, initializers, regularizers
 from pynn.backend import api
 from pynn.layers.symbolic import KerasTensor, is_symbolic, record, shape_str  # noqa: F401
-from pynn.variables import Variable
+from pynn.variables import Variable, bump_version
 
 _name_counters = {}
 # Sizes that reach the native kernels as C ints (strides, pool sizes, dilations, kernel sizes).
@@ -157,6 +157,7 @@ class Layer:
             # Always a copy: the optimizer updates weights in place, and must never write
             # into an array the caller still holds.
             var.value = b.asarray(np.array(w, dtype=self.dtype, copy=True), self.dtype)
+        bump_version()
 
     def count_params(self):
         return int(sum(math.prod(v.shape) for v in self._variables))

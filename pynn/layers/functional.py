@@ -9,7 +9,9 @@ list, with no graph walking, dict look-ups or shape inference per step.
 
 import math
 
-from pynn import backend
+import numpy as np
+
+from pynn import backend, variables
 from pynn.layers.symbolic import shape_str
 
 
@@ -187,8 +189,10 @@ class Plan:
         # Slots whose gradient arrives from more than one reader: added up, into a buffer the
         # plan owns (a layer may hand the same array to two inputs, as Add does).
         self.fan_in = {s for s, n in readers.items() if n > 1}
+        self.readers = readers
         self.steps = steps
         self._prepared_for = None
+        self._inference_steps = None
 
     def prepare_backward(self, input_grads_needed):
         key = (input_grads_needed,
@@ -210,6 +214,99 @@ class Plan:
             for s in st.outs:
                 upstream[s] = st.backprop
         self._prepared_for = key
+
+    # -- inference ------------------------------------------------------------------------
+    def inference_steps(self):
+        """The steps as inference runs them: a Dense or Conv2D (linear, called once) whose
+        output only a BatchNormalization reads becomes one step with the normalization folded
+        into its kernel and bias, and an Activation layer reading only that takes its place in
+        the same op's epilogue. Built once; the folded weights follow weight changes."""
+        if self._inference_steps is not None:
+            return self._inference_steps
+        outputs = set(self.output_slots)
+        only_reader = {}
+        for j, st in enumerate(self.steps):
+            for s in st.ins:
+                only_reader.setdefault(s, []).append(j)
+        calls = {}
+        for st in self.steps:
+            calls[id(st.layer)] = calls.get(id(st.layer), 0) + 1
+
+        def sole_reader(slot):
+            readers = only_reader.get(slot, [])
+            if slot in outputs or len(readers) != 1:
+                return None
+            return self.steps[readers[0]]
+
+        out, skip = [], set()
+        for j, st in enumerate(self.steps):
+            if j in skip:
+                continue
+            layer = st.layer
+            bn = sole_reader(st.outs[0]) if not st.multi_out else None
+            if (type(layer).__name__ in ("Dense", "Conv2D") and layer.activation == "linear"
+                    and calls[id(layer)] == 1 and bn is not None
+                    and type(bn.layer).__name__ == "BatchNormalization"
+                    and calls[id(bn.layer)] == 1
+                    and bn.layer._axis == len(bn.layer.input_shape) - 1):
+                act = sole_reader(bn.outs[0])
+                if not (act is not None and type(act.layer).__name__ == "Activation"
+                        and act.layer.activation not in ("softmax", "linear")
+                        and calls[id(act.layer)] == 1):
+                    act = None
+                last = act or bn
+                folded = Step(_FoldedLayer(layer, bn.layer, act.layer if act else None),
+                              st.ins, last.outs, False, False)
+                skip.add(self.steps.index(bn))
+                if act is not None:
+                    skip.add(self.steps.index(act))
+                out.append(folded)
+                continue
+            out.append(st)
+        keep = set(self.output_slots) | set(self.input_slots)
+        last_read = {}
+        for j, st in enumerate(out):
+            for s in st.ins:
+                last_read[s] = j
+        frees = [[] for _ in out]
+        for s, j in last_read.items():
+            if s not in keep:
+                frees[j].append(s)
+        steps = []
+        training_steps = {id(st) for st in self.steps}
+        for st, f in zip(out, frees):
+            if id(st) in training_steps:  # the training plan keeps its own Step objects
+                copy = Step(st.layer, st.ins, st.outs, st.several, st.multi_out)
+                st = copy
+            st.free_after = tuple(f)
+            st.activity = None
+            steps.append(st)
+        self._inference_steps = steps
+        return steps
+
+    def predict(self, inputs):
+        """Inference-mode outputs through the folded steps."""
+        vals = [None] * self.nslots
+        for s, x in zip(self.input_slots, inputs):
+            vals[s] = x
+        step = None
+        try:
+            for step in self.inference_steps():
+                if step.several:
+                    y = step.layer.call([vals[s] for s in step.ins], training=False)
+                else:
+                    y = step.layer.call(vals[step.ins[0]], training=False)
+                if step.multi_out:
+                    for s, v in zip(step.outs, y):
+                        vals[s] = v
+                else:
+                    vals[step.outs[0]] = y
+                for s in step.free_after:
+                    vals[s] = None
+        except MemoryError as exc:
+            raise MemoryError(f"Layer '{step.layer.name}' ({type(step.layer).__name__}): out "
+                              f"of memory in predict ({exc})") from None
+        return [vals[s] for s in self.output_slots]
 
     # -- running ------------------------------------------------------------------------
     def forward(self, inputs, training):
@@ -298,6 +395,59 @@ class Plan:
             raise MemoryError(f"Layer '{step.layer.name}' ({type(step.layer).__name__}): out "
                               f"of memory in backward ({exc})") from None
         return [grads[s] for s in self.input_slots], penalty
+
+
+class _FoldedLayer:
+    """A Dense or Conv2D, the inference-mode BatchNormalization after it and optionally the
+    Activation after that, as one op: kernel and bias folded (kernel * gamma / sqrt(var + eps),
+    (bias - mean) * that + beta), the activation in the op's epilogue. The folded arrays are
+    recomputed when weights change (pynn.variables.version)."""
+
+    def __init__(self, layer, bn, activation):
+        self.layer, self.bn, self.activation_layer = layer, bn, activation
+        self.name = f"{layer.name}+{bn.name}" + (f"+{activation.name}" if activation else "")
+        if activation is not None:
+            self.activation, self.alpha = activation.activation, activation.alpha
+        else:
+            self.activation, self.alpha = "linear", 0.0
+        self._key = None
+        self._folded = None
+
+    def _weights(self):
+        layer, bn = self.layer, self.bn
+        values = [layer.kernel.value, layer.bias.value if layer.use_bias else None,
+                  None if bn.gamma is None else bn.gamma.value,
+                  None if bn.beta is None else bn.beta.value,
+                  bn.moving_mean.value, bn.moving_variance.value]
+        key = (variables.version(), backend.current().NAME) + tuple(id(v) for v in values)
+        if key != self._key:
+            b = backend.current()
+            host = [None if v is None else np.asarray(b.to_numpy(v), np.float64)
+                    for v in values]
+            gamma = host[2] if host[2] is not None else np.ones(host[4].shape)
+            beta = host[3] if host[3] is not None else np.zeros(host[4].shape)
+            scale = gamma / np.sqrt(host[5] + bn.epsilon)
+            bias = host[1] if host[1] is not None else np.zeros(host[4].shape)
+            kernel = host[0] * scale
+            folded_bias = (bias - host[4]) * scale + beta
+            dtype = layer.dtype
+            self._folded = (b.asarray(kernel.astype(dtype), dtype),
+                            b.asarray(folded_bias.astype(dtype), dtype))
+            self._key = key
+        return self._folded
+
+    def call(self, x, training=False):
+        b = backend.current()
+        kernel, bias = self._weights()
+        layer = self.layer
+        if type(layer).__name__ == "Conv2D":
+            y, _ = b.conv2d_forward(x, kernel, bias, layer.strides, layer.padding,
+                                    layer.dilation_rate, self.activation, self.alpha)
+            return y
+        lead = tuple(x.shape[:-1])
+        x2 = x if x.ndim == 2 else b.reshape(x, (-1, x.shape[-1]))
+        y, _ = b.dense_forward(x2, kernel, bias, self.activation, self.alpha)
+        return y if x.ndim == 2 else b.reshape(y, lead + (y.shape[-1],))
 
 
 def _add_activity_grad(b, dy, y, reg):

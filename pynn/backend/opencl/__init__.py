@@ -22,6 +22,11 @@ from pynn.backend.opencl.dense import (  # noqa: F401
 from pynn.backend.opencl.dropout import dropout_backward, dropout_forward  # noqa: F401
 from pynn.backend.opencl.gemm import gemm_tiles, tune_gemm  # noqa: F401
 from pynn.backend.opencl.loss import loss_forward_backward  # noqa: F401
+# -- merge (Keras's merge layers) --
+from pynn.backend.opencl.merge import (  # noqa: F401
+    concatenate_backward, concatenate_forward, dot_backward, dot_forward, merge_backward,
+    merge_forward,
+)
 from pynn.backend.opencl.metric import (  # noqa: F401
     accuracy_count, confusion_counts, top_k_count,
 )

@@ -1,0 +1,267 @@
+"""Keras 3's merge layers: Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate,
+Dot, and their functional helpers (``add(inputs, **kwargs)`` is ``Add(**kwargs)(inputs)``).
+
+Each takes a list of inputs and gives back a list of input gradients (None each when
+``needs_input_grad`` is False). Shapes follow Keras's rules: the elementwise merges broadcast
+a 1 against n and a lower-rank input against a higher one (its axes aligned from the last),
+and a broadcast input's gradient is summed back to its shape.
+"""
+
+import operator
+
+from pynn import backend
+from pynn.layers.base import Layer, shape_str
+
+
+def _shapes_str(shapes):
+    return "[" + ", ".join(shape_str(s) for s in shapes) + "]"
+
+
+class _MergeLayer(Layer):
+    """Shape checks shared by the merge layers: a list of shapes, a count, one batch size."""
+
+    exact_inputs = None  # Subtract and Dot: 2
+
+    def _label(self):
+        return f"{type(self).__name__} '{self.name}'"
+
+    def _input_shapes(self, input_shape):
+        if (not isinstance(input_shape, (list, tuple)) or not input_shape
+                or not all(isinstance(s, (list, tuple)) for s in input_shape)):
+            raise ValueError(f"{self._label()}: a merge layer is called on a list of inputs, "
+                             f"got input shape {input_shape!r}")
+        shapes = [tuple(s) for s in input_shape]
+        if self.exact_inputs is not None and len(shapes) != self.exact_inputs:
+            raise ValueError(f"{self._label()}: expected exactly {self.exact_inputs} inputs, "
+                             f"got {len(shapes)}: {_shapes_str(shapes)}")
+        batch = {s[0] for s in shapes if s} - {None}
+        if len(batch) > 1:
+            raise ValueError(f"{self._label()}: the inputs' batch sizes differ: "
+                             f"{_shapes_str(shapes)}")
+        return shapes
+
+    def check_input(self, x):
+        if not isinstance(x, (list, tuple)):
+            message = (f"{self._label()}: a merge layer is called on a list of inputs, got "
+                       f"{type(x).__name__}")
+            raise ValueError(message)  # noqa: TRY004 (a ValueError, as Keras's Merge.call)
+        if len(x) != len(self.input_shape):
+            raise ValueError(f"{self._label()}: built for {len(self.input_shape)} inputs, "
+                             f"called on {len(x)}")
+        super().check_input(x)
+
+    def _no_grads(self, count):
+        return [None] * count
+
+
+def _broadcast_dims(label, shape1, shape2, shapes):
+    """Keras's Merge._compute_elemwise_op_output_shape: the shapes (batch axis dropped)
+    aligned from the right, a 1 against n gives n, None against anything None."""
+    if len(shape1) < len(shape2):
+        shape1, shape2 = shape2, shape1
+    if not shape2:
+        return shape1
+    out = list(shape1[:len(shape1) - len(shape2)])
+    for i, j in zip(shape1[len(shape1) - len(shape2):], shape2):
+        if i is None or j is None:
+            out.append(None)
+        elif i == 1 or j == 1:
+            out.append(j if i == 1 else i)
+        elif i != j:
+            raise ValueError(f"{label}: the inputs have incompatible shapes "
+                             f"{_shapes_str(shapes)}")
+        else:
+            out.append(i)
+    return tuple(out)
+
+
+class _ElementwiseMerge(_MergeLayer):
+    mode = None  # a name of api.MERGE_MODES
+
+    def compute_output_shape(self, input_shape):
+        shapes = self._input_shapes(input_shape)
+        out = shapes[0][1:]
+        for s in shapes[1:]:
+            out = _broadcast_dims(self._label(), out, s[1:], shapes)
+        batch = next((s[0] for s in shapes if s[0] is not None), None)
+        return (batch,) + out
+
+    def call(self, inputs, training=False):
+        y = backend.current().merge_forward(inputs, self.mode)
+        if training:
+            self._cache = list(inputs)
+        return y
+
+    def backward(self, dy):
+        inputs, self._cache = self._cache, None
+        if not self.needs_input_grad:
+            return self._no_grads(len(inputs))
+        return list(backend.current().merge_backward(dy, inputs, self.mode))
+
+
+class Add(_ElementwiseMerge):
+    mode = "add"
+
+
+class Subtract(_ElementwiseMerge):
+    mode = "subtract"
+    exact_inputs = 2
+
+
+class Multiply(_ElementwiseMerge):
+    mode = "multiply"
+
+
+class Average(_ElementwiseMerge):
+    mode = "average"
+
+
+class Maximum(_ElementwiseMerge):
+    """The gradient follows torch.maximum's (Keras 3 on torch): a tie splits it in half."""
+
+    mode = "maximum"
+
+
+class Minimum(_ElementwiseMerge):
+    mode = "minimum"
+
+
+class Concatenate(_MergeLayer):
+    def __init__(self, axis=-1, **kwargs):
+        super().__init__(**kwargs)
+        try:
+            self.axis = operator.index(axis)
+        except TypeError:
+            raise TypeError(f"{self._label()}: axis must be an int, got {axis!r}") from None
+
+    def compute_output_shape(self, input_shape):
+        shapes = self._input_shapes(input_shape)
+        rank = len(shapes[0])
+        if any(len(s) != rank for s in shapes) or not -rank <= self.axis < rank:
+            raise ValueError(f"{self._label()}: cannot concatenate along axis {self.axis} "
+                             f"inputs of shapes {_shapes_str(shapes)}")
+        axis = self.axis % rank
+        for d in range(rank):
+            known = {s[d] for s in shapes if s[d] is not None}
+            if d != axis and len(known) > 1:
+                raise ValueError(f"{self._label()}: the inputs must match in every axis but "
+                                 f"the concatenation axis {self.axis}, got "
+                                 f"{_shapes_str(shapes)}")
+        sizes = [s[axis] for s in shapes]
+        out = list(shapes[0])
+        out[axis] = None if None in sizes else sum(sizes)
+        return tuple(out)
+
+    def call(self, inputs, training=False):
+        y = backend.current().concatenate_forward(inputs, self.axis)
+        if training:
+            self._cache = [x.shape[self.axis] for x in inputs]
+        return y
+
+    def backward(self, dy):
+        sizes, self._cache = self._cache, None
+        if not self.needs_input_grad:
+            return self._no_grads(len(sizes))
+        return list(backend.current().concatenate_backward(dy, sizes, self.axis))
+
+    def get_config(self):
+        config = super().get_config()
+        config["axis"] = self.axis
+        return config
+
+
+class Dot(_MergeLayer):
+    """batch_dot of two inputs over ``axes`` (an int: that axis of both, a negative one
+    counted from each input's end; a pair: one axis each; never the batch axis), each input
+    L2-normalized along its axis first when ``normalize`` (cosine proximity)."""
+
+    exact_inputs = 2
+
+    def __init__(self, axes, normalize=False, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(axes, bool) or not isinstance(axes, (int, list, tuple)):
+            raise TypeError(f"{self._label()}: axes must be an int or a list of 2 ints, got "
+                            f"{axes!r}")
+        if not isinstance(axes, int):
+            if len(axes) != 2 or not all(isinstance(a, int) and not isinstance(a, bool)
+                                         for a in axes):
+                raise ValueError(f"{self._label()}: axes must be an int or a list of 2 ints, "
+                                 f"got {axes!r}")
+            axes = list(axes)
+        self.axes = axes
+        self.normalize = bool(normalize)
+
+    def _resolved_axes(self, shapes):
+        ranks = [len(s) for s in shapes]
+        pair = [self.axes] * 2 if isinstance(self.axes, int) else self.axes
+        if any(r < 2 for r in ranks) or not all(-r <= a < r for a, r in zip(pair, ranks)):
+            raise ValueError(f"{self._label()}: axes {self.axes!r} do not fit inputs of shapes "
+                             f"{_shapes_str(shapes)} (rank >= 2 each)")
+        resolved = [a % r for a, r in zip(pair, ranks)]
+        if 0 in resolved:
+            raise ValueError(f"{self._label()}: axes {self.axes!r} name the batch axis of "
+                             f"inputs {_shapes_str(shapes)}; Dot never sums over it")
+        return resolved
+
+    def compute_output_shape(self, input_shape):
+        shapes = self._input_shapes(input_shape)
+        a1, a2 = self._resolved_axes(shapes)
+        s1, s2 = shapes
+        if s1[a1] is not None and s2[a2] is not None and s1[a1] != s2[a2]:
+            raise ValueError(f"{self._label()}: the summed axes differ in size: {s1[a1]} (axis "
+                             f"{a1}) and {s2[a2]} (axis {a2}) of inputs {_shapes_str(shapes)}")
+        rest = s1[1:a1] + s1[a1 + 1:] + s2[1:a2] + s2[a2 + 1:]
+        batch = s1[0] if s1[0] is not None else s2[0]
+        return (batch,) + (rest if rest else (1,))
+
+    def call(self, inputs, training=False):
+        x1, x2 = inputs
+        y = backend.current().dot_forward(x1, x2, self.axes, self.normalize)
+        if training:
+            self._cache = (x1, x2)
+        return y
+
+    def backward(self, dy):
+        (x1, x2), self._cache = self._cache, None
+        if not self.needs_input_grad:
+            return self._no_grads(2)
+        return list(backend.current().dot_backward(dy, x1, x2, self.axes, self.normalize))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(axes=self.axes, normalize=self.normalize)
+        return config
+
+
+# -- functional helpers (keras.layers.add, ...) ---------------------------------------------
+
+def add(inputs, **kwargs):
+    return Add(**kwargs)(inputs)
+
+
+def subtract(inputs, **kwargs):
+    return Subtract(**kwargs)(inputs)
+
+
+def multiply(inputs, **kwargs):
+    return Multiply(**kwargs)(inputs)
+
+
+def average(inputs, **kwargs):
+    return Average(**kwargs)(inputs)
+
+
+def maximum(inputs, **kwargs):
+    return Maximum(**kwargs)(inputs)
+
+
+def minimum(inputs, **kwargs):
+    return Minimum(**kwargs)(inputs)
+
+
+def concatenate(inputs, axis=-1, **kwargs):
+    return Concatenate(axis=axis, **kwargs)(inputs)
+
+
+def dot(inputs, axes=-1, **kwargs):
+    return Dot(axes=axes, **kwargs)(inputs)
