@@ -5,7 +5,7 @@ match this table.
 Where an op lives: one name, five places
 ----------------------------------------
 An op of family F (dense, conv, pool, activation, loss, metric, dropout, optim, rnn,
-merge) named ``<op>`` is, under that same name:
+merge; spatial, shape) named ``<op>`` is, under that same name:
 - ``native/F.pyx``: the CPU kernel, exported as ``pynn._native.F.<op>``;
 - ``opencl/F.cl``: its OpenCL kernels, driven by ``pynn/backend/opencl/F.py``;
 - ``pynn/backend/operands/F.py``: the checks of its arguments, which both backends call
@@ -191,6 +191,23 @@ OPS = {
     # Backward -> (dx1, dx2).
     "dot_forward": ("x1", "x2", "axes", "normalize"),
     "dot_backward": ("dy", "x1", "x2", "axes", "normalize"),
+    # -- spatial and shape (native/spatial.pyx, native/shape.pyx; opencl/ the same) -------
+    # padding ((top, bottom), (left, right)) ints >= 0. pad2d_forward zero-pads (N,H,W,C);
+    # pad2d_backward is the crop that undoes it, so it is also Cropping2D's forward (and
+    # pad2d_forward Cropping2D's backward).
+    "pad2d_forward": ("x", "padding"),
+    "pad2d_backward": ("dy", "padding"),
+    # size: integer factors (SH, SW); interpolation "nearest" (Keras's ops.repeat) or
+    # "bilinear" (torch's interpolate, align_corners=False, antialias=False: Keras 3's
+    # ops.image.resize on the torch backend). (N,H,W,C) -> (N,H*SH,W*SW,C).
+    "upsample2d_forward": ("x", "size", "interpolation"),
+    "upsample2d_backward": ("dy", "input_shape", "size", "interpolation"),
+    # perm permutes every axis (batch included, at most 6 axes): y.shape[k] = x.shape[perm[k]];
+    # the backward applies the inverse permutation to dy.
+    "transpose_forward": ("x", "perm"),
+    "transpose_backward": ("dy", "perm"),
+    "repeat_vector_forward": ("x", "n"),                 # (N, F) -> (N, n, F)
+    "repeat_vector_backward": ("dy",),                   # (N, n, F) -> (N, F): sum over n
 }
 
 

@@ -61,6 +61,19 @@ from pynn._native.merge import (  # noqa: F401
     merge_backward,
     merge_forward,
 )
+# -- spatial and shape families --
+from pynn._native.shape import (  # noqa: F401
+    repeat_vector_backward,
+    repeat_vector_forward,
+    transpose_backward,
+    transpose_forward,
+)
+from pynn._native.spatial import (  # noqa: F401
+    pad2d_backward,
+    pad2d_forward,
+    upsample2d_backward,
+    upsample2d_forward,
+)
 from pynn.backend.operands.common import host_array
 
 NAME = "cpu"

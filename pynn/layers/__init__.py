@@ -30,12 +30,17 @@ from pynn.layers.pooling import (
     GlobalMaxPooling2D,
     MaxPooling2D,
 )
+# -- spatial and shape families --
+from pynn.layers.shape import Identity, Permute, RepeatVector
+from pynn.layers.spatial import Cropping2D, UpSampling2D, ZeroPadding2D
 
 LAYERS = {cls.__name__: cls for cls in (
     InputLayer, Dense, Activation, Dropout, Flatten, Reshape, Conv2D, MaxPooling2D,
     AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, SimpleRNN, LSTM, GRU,
     # -- merge --
     Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate, Dot,
+    # -- spatial and shape families --
+    UpSampling2D, ZeroPadding2D, Cropping2D, Permute, RepeatVector, Identity,
 )}
 
 # Keras aliases.

@@ -43,6 +43,13 @@ from pynn.backend.opencl.rnn import (  # noqa: F401
     gru_backward, gru_forward, lstm_backward, lstm_forward, simple_rnn_backward,
     simple_rnn_forward,
 )
+# -- spatial and shape families --
+from pynn.backend.opencl.shape import (  # noqa: F401
+    repeat_vector_backward, repeat_vector_forward, transpose_backward, transpose_forward,
+)
+from pynn.backend.opencl.spatial import (  # noqa: F401
+    pad2d_backward, pad2d_forward, upsample2d_backward, upsample2d_forward,
+)
 from pynn.backend.opencl.runtime import (  # noqa: F401
     device_info, devices, empty_cache, select_device,
 )

@@ -1,0 +1,304 @@
+"""Spatial kernels of NHWC images: zero padding / cropping and integer-factor upsampling.
+
+Legend: N batch, H/W input spatial, HO/WO output spatial, C channels, SH/SW upsampling
+factors, DH/DW window offsets.
+
+Design:
+- Padding and cropping are one window copy: y[n, h, w] = x[n, h + DH, w + DW], zero where
+  that pixel lies outside x. Padding reads at negative offsets (-top, -left), cropping at
+  positive ones, so pad2d_forward's backward (the crop) is pad2d_backward and the other way
+  round: ZeroPadding2D and Cropping2D share this one pair of ops.
+- Upsampling follows Keras 3: 'nearest' repeats each pixel (ops.repeat), 'bilinear' is
+  ops.image.resize, i.e. torch's interpolate(align_corners=False, antialias=False) on the
+  torch backend: source coordinate (o + 0.5) * (in / out) - 0.5 clamped at 0, neighbours
+  floor and floor + 1 (the last pixel repeated at the edge), weights computed in the data's
+  own precision as torch does, once per axis and call (a table of HO and one of WO taps).
+- The window copy and upsample2d_forward write each output row (n, ho) from one thread
+  (prange over N*HO). upsample2d_backward gathers by input row (n, hi): one thread owns a
+  dx row and sums every output that read it in a fixed order, so results are bit-identical
+  for any thread count and no dx element is written twice (no scatter, no atomics).
+Outputs are fresh arrays; nothing accumulates into caller memory.
+"""
+import numpy as np
+
+from cython.parallel cimport prange
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+
+from pynn.backend.operands import spatial as operands
+from pynn.backend.operands.common import HOST
+
+ctypedef fused floating:
+    float
+    double
+
+
+# Below this many output elements a kernel runs on the calling thread: waking the OpenMP
+# team costs more than the pass.
+cdef enum:
+    PARALLEL_MIN = 32768
+
+
+cdef inline Py_ssize_t _imax(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a > b else b
+
+
+cdef inline Py_ssize_t _imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a < b else b
+
+
+# -- pad / crop: one window copy ------------------------------------------------------------
+
+cdef void _window_row(const floating* x, floating* y, Py_ssize_t H, Py_ssize_t W,
+                      Py_ssize_t C, Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t DH,
+                      Py_ssize_t DW, Py_ssize_t r) noexcept nogil:
+    """Output row r = n*HO + ho: zeros, the in-bounds run of x's row ho + DH, zeros."""
+    cdef Py_ssize_t n = r // HO, h = r % HO + DH
+    cdef Py_ssize_t w0 = _imax(-DW, 0), w1 = _imin(W - DW, WO)
+    cdef floating* yr = y + r * WO * C
+    if h < 0 or h >= H or w1 <= w0:
+        memset(yr, 0, WO * C * sizeof(floating))
+        return
+    memset(yr, 0, w0 * C * sizeof(floating))
+    memcpy(yr + w0 * C, x + ((n * H + h) * W + w0 + DW) * C, (w1 - w0) * C * sizeof(floating))
+    memset(yr + w1 * C, 0, (WO - w1) * C * sizeof(floating))
+
+
+def _window_copy(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, Py_ssize_t DH,
+                 Py_ssize_t DW):
+    cdef Py_ssize_t H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t N = y.shape[0], HO = y.shape[1], WO = y.shape[2]
+    cdef Py_ssize_t r
+    cdef const floating* xp = &x[0, 0, 0, 0] if x.size else NULL
+    cdef floating* yp = &y[0, 0, 0, 0]
+    for r in prange(N * HO, schedule="static", nogil=True,
+                    use_threads_if=N * HO * WO * C >= PARALLEL_MIN):
+        _window_row(xp, yp, H, W, C, HO, WO, DH, DW, r)
+
+
+def pad2d_forward(x, padding):
+    """Zero padding: (N, H, W, C) -> (N, top + H + bottom, left + W + right, C)."""
+    x, ((t, _), (l, _)), out = operands.pad2d_forward(HOST, x, padding)
+    y = np.empty(out, dtype=x.dtype)
+    if y.size:
+        _window_copy(x, y, -t, -l)
+    return y
+
+
+def pad2d_backward(dy, padding):
+    """The crop that undoes pad2d_forward: dy (N, H, W, C) -> (N, H - top - bottom,
+    W - left - right, C). Also Cropping2D's forward."""
+    dy, ((t, _), (l, _)), out = operands.pad2d_backward(HOST, dy, padding)
+    dx = np.empty(out, dtype=dy.dtype)
+    if dx.size:
+        _window_copy(dy, dx, t, l)
+    return dx
+
+
+# -- upsampling -----------------------------------------------------------------------------
+
+cdef enum:
+    NEAREST = 0
+    BILINEAR = 1
+
+
+cdef struct Taps:
+    Py_ssize_t i0, i1
+    double l0, l1
+
+
+cdef inline Taps _taps(Py_ssize_t o, Py_ssize_t size_in, Py_ssize_t size_out,
+                       bint single) noexcept nogil:
+    """The two input pixels and weights of output o along one axis (torch's linear
+    upsample, align_corners=False): in float32 when ``single``, as torch computes them for
+    float32 data, else in double."""
+    cdef Taps t
+    cdef float fscale, fsrc
+    cdef double scale, src
+    if single:
+        fscale = <float>size_in / <float>size_out
+        fsrc = fscale * (<float>o + <float>0.5) - <float>0.5
+        if fsrc < 0:
+            fsrc = 0
+        t.i0 = _imin(<Py_ssize_t>fsrc, size_in - 1)
+        fsrc = fsrc - <float>t.i0
+        if fsrc > 1:
+            fsrc = 1
+        t.l1 = fsrc
+        t.l0 = <float>1 - fsrc
+    else:
+        scale = <double>size_in / <double>size_out
+        src = scale * (<double>o + 0.5) - 0.5
+        if src < 0:
+            src = 0
+        t.i0 = _imin(<Py_ssize_t>src, size_in - 1)
+        src = src - <double>t.i0
+        if src > 1:
+            src = 1
+        t.l1 = src
+        t.l0 = 1 - src
+    t.i1 = t.i0 + 1 if t.i0 < size_in - 1 else t.i0
+    return t
+
+
+cdef inline double _weight(Taps t, Py_ssize_t i) noexcept nogil:
+    """How much input pixel i contributes to the output of ``t`` (both taps at an edge)."""
+    cdef double wgt = 0
+    if t.i0 == i:
+        wgt = t.l0
+    if t.i1 == i:
+        wgt = wgt + t.l1
+    return wgt
+
+
+cdef Taps* _tap_table(Py_ssize_t size_in, Py_ssize_t factor, bint single) noexcept nogil:
+    """The taps of every output along one axis (NULL when out of memory): computed once per
+    call, not once per pixel (a division each)."""
+    cdef Py_ssize_t o, size_out = size_in * factor
+    cdef Taps* table = <Taps*>malloc(size_out * sizeof(Taps))
+    if table != NULL:
+        for o in range(size_out):
+            table[o] = _taps(o, size_in, size_out, single)
+    return table
+
+
+cdef void _upsample_row(const floating* x, floating* y, Py_ssize_t H, Py_ssize_t W,
+                        Py_ssize_t C, Py_ssize_t SH, Py_ssize_t SW, const Taps* th,
+                        const Taps* tw, Py_ssize_t r) noexcept nogil:
+    """Output row r = n*HO + ho; th/tw are the tap tables (NULL: 'nearest')."""
+    cdef Py_ssize_t HO = H * SH, WO = W * SW
+    cdef Py_ssize_t n = r // HO, ho = r % HO, wo, c
+    cdef const floating* a
+    cdef const floating* b
+    cdef const floating* p
+    cdef const floating* q
+    cdef floating* yp
+    cdef floating h0, h1, w0, w1
+    if th == NULL:
+        p = x + (n * H + ho // SH) * W * C
+        for wo in range(WO):
+            memcpy(y + (r * WO + wo) * C, p + (wo // SW) * C, C * sizeof(floating))
+        return
+    h0 = <floating>th[ho].l0
+    h1 = <floating>th[ho].l1
+    a = x + (n * H + th[ho].i0) * W * C
+    b = x + (n * H + th[ho].i1) * W * C
+    for wo in range(WO):
+        w0 = <floating>tw[wo].l0
+        w1 = <floating>tw[wo].l1
+        yp = y + (r * WO + wo) * C
+        p = a + tw[wo].i0 * C
+        q = a + tw[wo].i1 * C
+        for c in range(C):
+            yp[c] = h0 * (w0 * p[c] + w1 * q[c])
+        p = b + tw[wo].i0 * C
+        q = b + tw[wo].i1 * C
+        for c in range(C):
+            yp[c] += h1 * (w0 * p[c] + w1 * q[c])
+
+
+cdef void _upsample_backward_row(const floating* dy, floating* dx, Py_ssize_t H,
+                                 Py_ssize_t W, Py_ssize_t C, Py_ssize_t SH, Py_ssize_t SW,
+                                 const Taps* th, const Taps* tw, Py_ssize_t t) noexcept nogil:
+    """dx row t = n*H + hi: the sum over every output that read it, in (ho, wo) order.
+    Bilinear outputs reading input i lie in [(i - 1)*S, (i + 2)*S): the sampling point of
+    output o sits within one pixel of i, and floor/rounding slips stay inside that margin."""
+    cdef Py_ssize_t HO = H * SH, WO = W * SW
+    cdef Py_ssize_t n = t // H, hi = t % H, wi, ho, wo, ho0, ho1, wo0, wo1, c
+    cdef floating* drow = dx + t * W * C
+    cdef floating* xp
+    cdef const floating* dp
+    cdef floating wh, ww
+    memset(drow, 0, W * C * sizeof(floating))
+    if th == NULL:
+        for ho in range(hi * SH, hi * SH + SH):
+            for wi in range(W):
+                xp = drow + wi * C
+                for wo in range(wi * SW, wi * SW + SW):
+                    dp = dy + ((n * HO + ho) * WO + wo) * C
+                    for c in range(C):
+                        xp[c] += dp[c]
+        return
+    ho0 = _imax((hi - 1) * SH, 0)
+    ho1 = _imin((hi + 2) * SH, HO)
+    for ho in range(ho0, ho1):
+        wh = <floating>_weight(th[ho], hi)
+        if wh == 0:
+            continue
+        for wi in range(W):
+            xp = drow + wi * C
+            wo0 = _imax((wi - 1) * SW, 0)
+            wo1 = _imin((wi + 2) * SW, WO)
+            for wo in range(wo0, wo1):
+                ww = <floating>_weight(tw[wo], wi)
+                if ww == 0:
+                    continue
+                ww = wh * ww
+                dp = dy + ((n * HO + ho) * WO + wo) * C
+                for c in range(C):
+                    xp[c] += ww * dp[c]
+
+
+cdef int _tables(Py_ssize_t H, Py_ssize_t W, Py_ssize_t SH, Py_ssize_t SW, int mode,
+                 bint single, Taps** th, Taps** tw) except -1:
+    th[0] = tw[0] = NULL
+    if mode == NEAREST:
+        return 0
+    th[0] = _tap_table(H, SH, single)
+    tw[0] = _tap_table(W, SW, single)
+    if th[0] == NULL or tw[0] == NULL:
+        free(th[0])
+        free(tw[0])
+        raise MemoryError("upsample2d: no memory for the interpolation tables")
+    return 0
+
+
+def _upsample_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
+                      Py_ssize_t SH, Py_ssize_t SW, int mode):
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t r, total = N * H * SH * W * SW * C
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef floating* yp = &y[0, 0, 0, 0]
+    cdef Taps* th
+    cdef Taps* tw
+    _tables(H, W, SH, SW, mode, floating is float, &th, &tw)
+    for r in prange(N * H * SH, schedule="static", nogil=True,
+                    use_threads_if=total >= PARALLEL_MIN):
+        _upsample_row(xp, yp, H, W, C, SH, SW, th, tw, r)
+    free(th)
+    free(tw)
+
+
+def _upsample_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
+                       Py_ssize_t SH, Py_ssize_t SW, int mode):
+    cdef Py_ssize_t N = dx.shape[0], H = dx.shape[1], W = dx.shape[2], C = dx.shape[3]
+    cdef Py_ssize_t t, total = N * H * SH * W * SW * C
+    cdef const floating* dp = &dy[0, 0, 0, 0]
+    cdef floating* xp = &dx[0, 0, 0, 0]
+    cdef Taps* th
+    cdef Taps* tw
+    _tables(H, W, SH, SW, mode, floating is float, &th, &tw)
+    for t in prange(N * H, schedule="static", nogil=True,
+                    use_threads_if=total >= PARALLEL_MIN):
+        _upsample_backward_row(dp, xp, H, W, C, SH, SW, th, tw, t)
+    free(th)
+    free(tw)
+
+
+def upsample2d_forward(x, size, interpolation="nearest"):
+    """(N, H, W, C) -> (N, H*SH, W*SW, C), 'nearest' or 'bilinear' as Keras 3."""
+    x, (sh, sw), mode, out = operands.upsample2d_forward(HOST, x, size, interpolation)
+    y = np.empty(out, dtype=x.dtype)
+    if y.size:
+        _upsample_forward(x, y, sh, sw, NEAREST if mode == "nearest" else BILINEAR)
+    return y
+
+
+def upsample2d_backward(dy, input_shape, size, interpolation="nearest"):
+    """dx (input_shape): each output's gradient spread back over the pixels it read."""
+    dy, input_shape, (sh, sw), mode = operands.upsample2d_backward(HOST, dy, input_shape,
+                                                                   size, interpolation)
+    dx = np.empty(input_shape, dtype=dy.dtype)
+    if dx.size:
+        _upsample_backward(dy, dx, sh, sw, NEAREST if mode == "nearest" else BILINEAR)
+    return dx
