@@ -83,7 +83,9 @@ def record(layer, inputs, kwargs):
     in_shape = shapes if several else shapes[0]
     if not layer.built:
         layer.build(in_shape)
-    else:
+    elif layer.weights:
+        # A layer without weights (Permute, Flatten, pooling, merges) may be called again on
+        # other shapes, as in Keras; compute_output_shape below checks what it needs.
         _check_built_shape(layer, label, in_shape, several)
     out_shape = layer.compute_output_shape(in_shape)
     multi_out = isinstance(out_shape, list)
