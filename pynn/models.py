@@ -418,6 +418,16 @@ class Model(Layer):
             n = arr.shape[0]
             out.append(arr)
         self._check_input_shapes_host(out, what)
+        for t, a in zip(self.inputs, out):
+            if np.dtype(t.dtype).kind == "i" and a.size and (a.dtype.kind == "f" or (
+                    a.dtype.kind in "iu" and a.dtype.itemsize > np.dtype(t.dtype).itemsize)):
+                info = np.iinfo(t.dtype)
+                if a.dtype.kind == "f" and not np.all(np.isfinite(a) & (a == np.round(a))):
+                    raise ValueError(f"{what}: input '{t.node.layer.name}' is {t.dtype}; x "
+                                     f"holds values that are not whole numbers")
+                if a.min() < info.min or a.max() > info.max:
+                    raise ValueError(f"{what}: input '{t.node.layer.name}' is {t.dtype}; x "
+                                     f"holds values outside its range")
         return [np.ascontiguousarray(a, dtype=t.dtype) for t, a in zip(self.inputs, out)]
 
     def _check_input_shapes_host(self, arrays, what):

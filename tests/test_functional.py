@@ -430,3 +430,17 @@ def test_merge_graph_gradients(float64, seeded):
     model.compile("sgd", "sparse_categorical_crossentropy")
     randomize(model, seeded)
     check_model(model, seeded.standard_normal((5, 6)), seeded.integers(0, 3, 5))
+
+
+def test_integer_inputs_pass_as_integers():
+    x = pynn.Input((4,), dtype="int32", name="ids")
+    model = pynn.Model(x, layers.Dense(2)(x))
+    assert model.inputs[0].dtype == "int32"
+    got = model._prepare_inputs(np.array([[1.0, 2, 3, 4]]), "predict")[0]
+    assert got.dtype == np.int32
+    with pytest.raises(ValueError, match="not whole numbers"):
+        model.predict(np.array([[1.5, 2, 3, 4]]))
+    with pytest.raises(ValueError, match="outside its range"):
+        model.predict(np.array([[2**40, 2, 3, 4]]))
+    with pytest.raises(ValueError, match="int32 or int64"):
+        pynn.Input((4,), dtype="uint8")

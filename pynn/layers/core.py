@@ -26,7 +26,18 @@ class InputLayer(Layer):
                 batch_size, (int, np.integer)) or batch_size < 1):
             raise ValueError(f"Input: batch_size must be a positive int or None, got "
                              f"{batch_size!r}")
+        # Token ids (Embedding) come in as integers: an Input may be int32 or int64, which the
+        # model passes to the first layers as they are (floats are the layers' own dtypes).
+        int_dtype = None
+        if dtype is not None and np.dtype(dtype).kind in "iu":
+            int_dtype = str(np.dtype(dtype))
+            if int_dtype not in ("int32", "int64"):
+                raise ValueError(f"Input: dtype must be float32, float64, int32 or int64, got "
+                                 f"{dtype!r}")
+            dtype = None
         super().__init__(name=name or _unique_name("input_layer"), dtype=dtype, **kwargs)
+        if int_dtype is not None:
+            self.dtype = int_dtype
         self.shape = tuple(None if d is None else int(d) for d in shape)
         self.batch_size = batch_size
         self.build((batch_size,) + self.shape)
