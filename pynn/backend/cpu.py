@@ -52,6 +52,13 @@ from pynn._native.pool import (  # noqa: F401
     maxpool2d_backward,
     maxpool2d_forward,
 )
+# -- normalization --
+from pynn._native.normalization import (  # noqa: F401
+    batch_norm_backward,
+    batch_norm_forward,
+    group_norm_backward,
+    group_norm_forward,
+)
 from pynn.backend.operands.common import host_array
 
 NAME = "cpu"

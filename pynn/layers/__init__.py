@@ -5,6 +5,12 @@ from pynn.layers.base import Layer
 from pynn.layers.conv import Conv2D
 from pynn.layers.core import Activation, Dense, Dropout, Flatten, Input, InputLayer, Reshape
 from pynn.layers.recurrent import GRU, LSTM, SimpleRNN
+# -- normalization --
+from pynn.layers.normalization import (
+    BatchNormalization,
+    GroupNormalization,
+    LayerNormalization,
+)
 from pynn.layers.pooling import (
     AveragePooling2D,
     GlobalAveragePooling2D,
@@ -15,6 +21,8 @@ from pynn.layers.pooling import (
 LAYERS = {cls.__name__: cls for cls in (
     InputLayer, Dense, Activation, Dropout, Flatten, Reshape, Conv2D, MaxPooling2D,
     AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, SimpleRNN, LSTM, GRU,
+    # -- normalization --
+    BatchNormalization, LayerNormalization, GroupNormalization,
 )}
 
 # Keras aliases.

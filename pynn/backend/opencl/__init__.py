@@ -38,6 +38,10 @@ from pynn.backend.opencl.rnn import (  # noqa: F401
     gru_backward, gru_forward, lstm_backward, lstm_forward, simple_rnn_backward,
     simple_rnn_forward,
 )
+# -- normalization --
+from pynn.backend.opencl.normalization import (  # noqa: F401
+    batch_norm_backward, batch_norm_forward, group_norm_backward, group_norm_forward,
+)
 from pynn.backend.opencl.runtime import (  # noqa: F401
     device_info, devices, empty_cache, select_device,
 )
