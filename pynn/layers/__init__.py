@@ -5,6 +5,7 @@ from pynn.layers.base import Layer
 from pynn.layers.conv import Conv2D
 from pynn.layers.core import Activation, Dense, Dropout, Flatten, Input, InputLayer, Reshape
 from pynn.layers.recurrent import GRU, LSTM, SimpleRNN
+
 # -- normalization --
 from pynn.layers.normalization import (
     BatchNormalization,

@@ -25,6 +25,11 @@ from pynn.backend.opencl.loss import loss_forward_backward  # noqa: F401
 from pynn.backend.opencl.metric import (  # noqa: F401
     accuracy_count, confusion_counts, top_k_count,
 )
+
+# -- normalization --
+from pynn.backend.opencl.normalization import (  # noqa: F401
+    batch_norm_backward, batch_norm_forward, group_norm_backward, group_norm_forward,
+)
 from pynn.backend.opencl.optim import (  # noqa: F401
     adagrad_update, adam_update, regularizer_inplace, rmsprop_update, sgd_update,
     sum_squares,
@@ -37,10 +42,6 @@ from pynn.backend.opencl.pool import (  # noqa: F401
 from pynn.backend.opencl.rnn import (  # noqa: F401
     gru_backward, gru_forward, lstm_backward, lstm_forward, simple_rnn_backward,
     simple_rnn_forward,
-)
-# -- normalization --
-from pynn.backend.opencl.normalization import (  # noqa: F401
-    batch_norm_backward, batch_norm_forward, group_norm_backward, group_norm_forward,
 )
 from pynn.backend.opencl.runtime import (  # noqa: F401
     device_info, devices, empty_cache, select_device,
