@@ -38,47 +38,236 @@ cdef enum:
     MAX_BLOCKS = 64
 
 
+cdef extern from *:
+    """
+    /* The inner loops over one contiguous run, in C so that `restrict` tells gcc the outputs
+     * alias nothing: the per-index ("col") loops then vectorize across channels. The
+     * reductions within a run ("row") keep four lanes folded in a fixed order, the same
+     * bits on every run; s1, s2 accumulate in double. */
+    #define PYNN_NORM_KERNELS(SUF, T)                                                        \\
+    /* s1[i] += u[i] - ku[i], s2[i] += (u[i] - ku[i]) * (v[i] - kv[i]); ku NULL: 0. */     \\
+    static inline void pynn_col_sums_##SUF(const T* restrict u, const T* restrict v,       \\
+            const T* restrict ku, const T* restrict kv, Py_ssize_t n,                       \\
+            double* restrict s1, double* restrict s2) {                                     \\
+        Py_ssize_t i;                                                                       \\
+        if (ku) {                                                                           \\
+            for (i = 0; i < n; i++) {                                                       \\
+                const double a = (double)u[i] - ku[i];                                      \\
+                s1[i] += a;                                                                 \\
+                s2[i] += a * ((double)v[i] - kv[i]);                                        \\
+            }                                                                               \\
+        } else {                                                                            \\
+            for (i = 0; i < n; i++) {                                                       \\
+                s1[i] += u[i];                                                              \\
+                s2[i] += (double)u[i] * ((double)v[i] - kv[i]);                             \\
+            }                                                                               \\
+        }                                                                                   \\
+    }                                                                                       \\
+    /* *s1 += sum(u - ku), *s2 += sum((u - ku) * (v - kv)). */                              \\
+    static inline void pynn_row_sums_##SUF(const T* restrict u, const T* restrict v,       \\
+            double ku, double kv, Py_ssize_t n, double* s1, double* s2) {                   \\
+        double a[4] = {0, 0, 0, 0}, b[4] = {0, 0, 0, 0};                                    \\
+        Py_ssize_t i = 0;                                                                   \\
+        int l;                                                                              \\
+        for (; i + 4 <= n; i += 4)                                                          \\
+            for (l = 0; l < 4; l++) {                                                       \\
+                const double d = (double)u[i + l] - ku;                                     \\
+                a[l] += d;                                                                  \\
+                b[l] += d * ((double)v[i + l] - kv);                                        \\
+            }                                                                               \\
+        for (; i < n; i++) {                                                                \\
+            const double d = (double)u[i] - ku;                                             \\
+            a[0] += d;                                                                      \\
+            b[0] += d * ((double)v[i] - kv);                                                \\
+        }                                                                                   \\
+        *s1 += (a[0] + a[1]) + (a[2] + a[3]);                                               \\
+        *s2 += (b[0] + b[1]) + (b[2] + b[3]);                                               \\
+    }                                                                                       \\
+    /* y = (x - m) * s + t, all per index. */                                               \\
+    static inline void pynn_affine_##SUF(const T* restrict x, T* restrict y,               \\
+            const T* restrict m, const T* restrict s, const T* restrict t, Py_ssize_t n) {  \\
+        for (Py_ssize_t i = 0; i < n; i++)                                                  \\
+            y[i] = (x[i] - m[i]) * s[i] + t[i];                                             \\
+    }                                                                                       \\
+    /* y = (x - mu) * inv * gamma + beta: mu, inv of the group, gamma, beta per index. */   \\
+    static inline void pynn_group_affine_##SUF(const T* restrict x, T* restrict y, T mu,   \\
+            T inv, const T* restrict gamma, const T* restrict beta, Py_ssize_t n) {         \\
+        for (Py_ssize_t i = 0; i < n; i++)                                                  \\
+            y[i] = (x[i] - mu) * inv * gamma[i] + beta[i];                                  \\
+    }                                                                                       \\
+    /* dx = kdy * dy + kx * (x - m) + k0, all per index. */                                 \\
+    static inline void pynn_bn_dx_##SUF(const T* restrict dy, const T* restrict x,         \\
+            const T* restrict m, const T* restrict kdy, const T* restrict kx,               \\
+            const T* restrict k0, T* restrict dx, Py_ssize_t n) {                           \\
+        for (Py_ssize_t i = 0; i < n; i++)                                                  \\
+            dx[i] = kdy[i] * dy[i] + kx[i] * (x[i] - m[i]) + k0[i];                         \\
+    }                                                                                       \\
+    /* One group's run of n channels: dbeta[i] += dy, dgamma[i] += dy * yhat (per index);  \\
+     * *sg += sum(dy * gamma), *sgx += sum(dy * gamma * xhat). yhat = xhat = (x - mu)*inv, \\
+     * or x*inv under rms_scaling. */                                                      \\
+    static inline void pynn_group_back_sums_##SUF(const T* restrict dy,                    \\
+            const T* restrict x, const T* restrict gamma, Py_ssize_t n, double mu,          \\
+            double inv, int rms, double* restrict dgamma, double* restrict dbeta,           \\
+            double* sg, double* sgx) {                                                      \\
+        const double center = rms ? 0.0 : mu;                                               \\
+        double a[4] = {0, 0, 0, 0}, b[4] = {0, 0, 0, 0};                                    \\
+        Py_ssize_t i = 0;                                                                   \\
+        int l;                                                                              \\
+        for (i = 0; i < n; i++) {                                                           \\
+            dbeta[i] += dy[i];                                                              \\
+            dgamma[i] += (double)dy[i] * (((double)x[i] - center) * inv);                   \\
+        }                                                                                   \\
+        for (i = 0; i + 4 <= n; i += 4)                                                     \\
+            for (l = 0; l < 4; l++) {                                                       \\
+                const double g = (double)dy[i + l] * gamma[i + l];                          \\
+                a[l] += g;                                                                  \\
+                b[l] += g * (((double)x[i + l] - mu) * inv);                                \\
+            }                                                                               \\
+        for (; i < n; i++) {                                                                \\
+            const double g = (double)dy[i] * gamma[i];                                      \\
+            a[0] += g;                                                                      \\
+            b[0] += g * (((double)x[i] - mu) * inv);                                        \\
+        }                                                                                   \\
+        *sg += (a[0] + a[1]) + (a[2] + a[3]);                                               \\
+        *sgx += (b[0] + b[1]) + (b[2] + b[3]);                                              \\
+    }                                                                                       \\
+    /* dx = inv * dy * gamma - a1 - a2 * (x - mu), gamma per index. */                     \\
+    static inline void pynn_group_dx_##SUF(const T* restrict dy, const T* restrict x,      \\
+            const T* restrict gamma, T mu, T inv, T a1, T a2, T* restrict dx,               \\
+            Py_ssize_t n) {                                                                 \\
+        for (Py_ssize_t i = 0; i < n; i++)                                                  \\
+            dx[i] = inv * dy[i] * gamma[i] - a1 - a2 * (x[i] - mu);                         \\
+    }
+    PYNN_NORM_KERNELS(f, float)
+    PYNN_NORM_KERNELS(d, double)
+    """
+    void pynn_col_sums_f(const float* u, const float* v, const float* ku, const float* kv,
+                         Py_ssize_t n, double* s1, double* s2) noexcept nogil
+    void pynn_col_sums_d(const double* u, const double* v, const double* ku, const double* kv,
+                         Py_ssize_t n, double* s1, double* s2) noexcept nogil
+    void pynn_row_sums_f(const float* u, const float* v, double ku, double kv, Py_ssize_t n,
+                         double* s1, double* s2) noexcept nogil
+    void pynn_row_sums_d(const double* u, const double* v, double ku, double kv, Py_ssize_t n,
+                         double* s1, double* s2) noexcept nogil
+    void pynn_affine_f(const float* x, float* y, const float* m, const float* s,
+                       const float* t, Py_ssize_t n) noexcept nogil
+    void pynn_affine_d(const double* x, double* y, const double* m, const double* s,
+                       const double* t, Py_ssize_t n) noexcept nogil
+    void pynn_group_affine_f(const float* x, float* y, float mu, float inv, const float* gamma,
+                             const float* beta, Py_ssize_t n) noexcept nogil
+    void pynn_group_affine_d(const double* x, double* y, double mu, double inv,
+                             const double* gamma, const double* beta,
+                             Py_ssize_t n) noexcept nogil
+    void pynn_bn_dx_f(const float* dy, const float* x, const float* m, const float* kdy,
+                      const float* kx, const float* k0, float* dx, Py_ssize_t n) noexcept nogil
+    void pynn_bn_dx_d(const double* dy, const double* x, const double* m, const double* kdy,
+                      const double* kx, const double* k0, double* dx,
+                      Py_ssize_t n) noexcept nogil
+    void pynn_group_back_sums_f(const float* dy, const float* x, const float* gamma,
+                                Py_ssize_t n, double mu, double inv, int rms, double* dgamma,
+                                double* dbeta, double* sg, double* sgx) noexcept nogil
+    void pynn_group_back_sums_d(const double* dy, const double* x, const double* gamma,
+                                Py_ssize_t n, double mu, double inv, int rms, double* dgamma,
+                                double* dbeta, double* sg, double* sgx) noexcept nogil
+    void pynn_group_dx_f(const float* dy, const float* x, const float* gamma, float mu,
+                         float inv, float a1, float a2, float* dx, Py_ssize_t n) noexcept nogil
+    void pynn_group_dx_d(const double* dy, const double* x, const double* gamma, double mu,
+                         double inv, double a1, double a2, double* dx,
+                         Py_ssize_t n) noexcept nogil
+
+
+# Dispatch of the C loops above on the fused dtype.
+cdef inline void _col_sums(const floating* u, const floating* v, const floating* ku,
+                           const floating* kv, Py_ssize_t n, double* s1,
+                           double* s2) noexcept nogil:
+    if floating is float:
+        pynn_col_sums_f(u, v, ku, kv, n, s1, s2)
+    else:
+        pynn_col_sums_d(u, v, ku, kv, n, s1, s2)
+
+
+cdef inline void _row_sums(const floating* u, const floating* v, double ku, double kv,
+                           Py_ssize_t n, double* s1, double* s2) noexcept nogil:
+    if floating is float:
+        pynn_row_sums_f(u, v, ku, kv, n, s1, s2)
+    else:
+        pynn_row_sums_d(u, v, ku, kv, n, s1, s2)
+
+
+cdef inline void _affine(const floating* x, floating* y, const floating* m, const floating* s,
+                         const floating* t, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        pynn_affine_f(x, y, m, s, t, n)
+    else:
+        pynn_affine_d(x, y, m, s, t, n)
+
+
+cdef inline void _group_affine(const floating* x, floating* y, floating mu, floating inv,
+                               const floating* gamma, const floating* beta,
+                               Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        pynn_group_affine_f(x, y, mu, inv, gamma, beta, n)
+    else:
+        pynn_group_affine_d(x, y, mu, inv, gamma, beta, n)
+
+
+cdef inline void _bn_dx(const floating* dy, const floating* x, const floating* m,
+                        const floating* kdy, const floating* kx, const floating* k0,
+                        floating* dx, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        pynn_bn_dx_f(dy, x, m, kdy, kx, k0, dx, n)
+    else:
+        pynn_bn_dx_d(dy, x, m, kdy, kx, k0, dx, n)
+
+
+cdef inline void _group_back_sums(const floating* dy, const floating* x, const floating* gamma,
+                                  Py_ssize_t n, double mu, double inv, int rms, double* dgamma,
+                                  double* dbeta, double* sg, double* sgx) noexcept nogil:
+    if floating is float:
+        pynn_group_back_sums_f(dy, x, gamma, n, mu, inv, rms, dgamma, dbeta, sg, sgx)
+    else:
+        pynn_group_back_sums_d(dy, x, gamma, n, mu, inv, rms, dgamma, dbeta, sg, sgx)
+
+
+cdef inline void _group_dx(const floating* dy, const floating* x, const floating* gamma,
+                           floating mu, floating inv, floating a1, floating a2, floating* dx,
+                           Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        pynn_group_dx_f(dy, x, gamma, mu, inv, a1, a2, dx, n)
+    else:
+        pynn_group_dx_d(dy, x, gamma, mu, inv, a1, a2, dx, n)
+
+
 cdef inline Py_ssize_t _blocks(Py_ssize_t rows) noexcept nogil:
     return rows if rows < MAX_BLOCKS else MAX_BLOCKS
 
 
 # -- batch norm -----------------------------------------------------------------------------
 
-cdef void _bn_sums_block(const floating* x, const floating* other, const floating* shift,
-                         double* s1, double* s2, Py_ssize_t a0, Py_ssize_t a1, Py_ssize_t C,
-                         Py_ssize_t B) noexcept nogil:
-    """Rows [a0, a1) into the block's per-channel sums. Without ``other`` (statistics):
-    s1 += x - k, s2 += (x - k)^2 with k = shift[c]. With ``other`` = dy (backward):
-    s1 += dy, s2 += dy * (x - k) with k = the mean."""
-    cdef Py_ssize_t a, c, b, base
-    cdef double d, acc1, acc2, k
+cdef void _bn_sums_block(const floating* u, const floating* v, const floating* ku,
+                         const floating* kv, double* s1, double* s2, Py_ssize_t a0,
+                         Py_ssize_t a1, Py_ssize_t C, Py_ssize_t B) noexcept nogil:
+    """Rows [a0, a1) into the block's per-channel s1 += u - ku, s2 += (u - ku) * (v - kv)
+    (ku NULL: 0). Statistics: u = v = x, ku = kv = the shift; backward: u = dy, v = x,
+    kv = the mean."""
+    cdef Py_ssize_t a, c, base
     for a in range(a0, a1):
-        for c in range(C):
-            k = shift[c]
-            base = (a * C + c) * B
-            acc1 = 0.0
-            acc2 = 0.0
-            if other == NULL:
-                for b in range(B):
-                    d = x[base + b] - k
-                    acc1 += d
-                    acc2 += d * d
-            else:
-                for b in range(B):
-                    d = other[base + b]
-                    acc1 += d
-                    acc2 += d * (x[base + b] - k)
-            s1[c] += acc1
-            s2[c] += acc2
+        if B == 1:
+            _col_sums(u + a * C, v + a * C, ku, kv, C, s1, s2)
+        else:
+            for c in range(C):
+                base = (a * C + c) * B
+                _row_sums(u + base, v + base, ku[c] if ku != NULL else 0.0, kv[c], B, &s1[c],
+                          &s2[c])
 
 
-cdef void _bn_sums(const floating* x, const floating* other, const floating* shift,
+cdef void _bn_sums(const floating* u, const floating* v, const floating* ku, const floating* kv,
                    double[:, ::1] part, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B) noexcept nogil:
     """part[0] = per-channel s1, part[1] = s2, each folded over the row blocks in order.
     ``part`` is (2 * (blocks + 1), C), zeroed."""
     cdef Py_ssize_t nb = _blocks(A), i, c
     for i in prange(nb, schedule="static", use_threads_if=A * C * B >= PARALLEL_MIN):
-        _bn_sums_block(x, other, shift, &part[2 * (i + 1), 0], &part[2 * (i + 1) + 1, 0],
+        _bn_sums_block(u, v, ku, kv, &part[2 * (i + 1), 0], &part[2 * (i + 1) + 1, 0],
                        A * i // nb, A * (i + 1) // nb, C, B)
     for i in range(nb):
         for c in range(C):
@@ -94,13 +283,12 @@ def _bn_statistics(const floating[::1] x, floating[::1] mean, floating[::1] inv_
     cdef double[:, ::1] part = np.zeros((2 * (_blocks(A) + 1), C))
     cdef double m = <double>A * B, mu, var, k
     cdef Py_ssize_t c
-    cdef const floating* xp = &x[0]
-    # The first row is the shift of each channel.
+    # The first value of each channel is its shift.
     cdef floating[::1] shift = np.empty(C, dtype=np.asarray(mean).dtype)
     for c in range(C):
         shift[c] = x[c * B]
     with nogil:
-        _bn_sums(xp, <const floating*>NULL, &shift[0], part, A, C, B)
+        _bn_sums(&x[0], &x[0], &shift[0], &shift[0], part, A, C, B)
         for c in range(C):
             k = shift[c]
             mu = part[0, c] / m
@@ -118,16 +306,22 @@ def _bn_normalize(const floating[::1] x, floating[::1] y, const floating[::1] me
                   const floating[::1] inv_std, const floating[::1] gamma,
                   const floating[::1] beta, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B):
     """y = (x - mean) * inv_std * gamma + beta, per channel."""
+    cdef floating[::1] scale = np.empty(C, dtype=np.asarray(mean).dtype)
     cdef Py_ssize_t a, c, b, base
-    cdef floating mu, scale, shift
+    cdef floating mu, sc, sh
+    for c in range(C):
+        scale[c] = inv_std[c] * gamma[c]
     for a in prange(A, schedule="static", nogil=True, use_threads_if=A * C * B >= PARALLEL_MIN):
-        for c in range(C):
-            mu = mean[c]
-            scale = inv_std[c] * gamma[c]
-            shift = beta[c]
-            base = (a * C + c) * B
-            for b in range(B):
-                y[base + b] = (x[base + b] - mu) * scale + shift
+        if B == 1:
+            _affine(&x[a * C], &y[a * C], &mean[0], &scale[0], &beta[0], C)
+        else:
+            for c in range(C):
+                mu = mean[c]
+                sc = scale[c]
+                sh = beta[c]
+                base = (a * C + c) * B
+                for b in range(B):
+                    y[base + b] = (x[base + b] - mu) * sc + sh
 
 
 def _bn_backward(const floating[::1] dy, const floating[::1] x, const floating[::1] gamma,
@@ -139,14 +333,14 @@ def _bn_backward(const floating[::1] dy, const floating[::1] x, const floating[:
     gamma*inv_std*(dy - dbeta/M - xhat*dgamma/M)."""
     cdef double[:, ::1] part = np.zeros((2 * (_blocks(A) + 1), C))
     cdef double m = <double>A * B
-    cdef floating[::1] k_dy = np.empty(C, dtype=np.asarray(dx).dtype)
+    cdef floating[::1] k_dy = np.empty(C, dtype=np.asarray(dgamma).dtype)
     cdef floating[::1] k_x = np.empty_like(k_dy)
     cdef floating[::1] k_0 = np.empty_like(k_dy)
     cdef Py_ssize_t a, c, b, base
     cdef double inv, g
     with nogil:
         if m > 0:
-            _bn_sums(&x[0], &dy[0], &mean[0], part, A, C, B)
+            _bn_sums(&dy[0], &x[0], <const floating*>NULL, &mean[0], part, A, C, B)
         for c in range(C):
             inv = inv_std[c]
             g = gamma[c] * inv
@@ -163,10 +357,14 @@ def _bn_backward(const floating[::1] dy, const floating[::1] x, const floating[:
     if not need_input_grad or m == 0:
         return
     for a in prange(A, schedule="static", nogil=True, use_threads_if=A * C * B >= PARALLEL_MIN):
-        for c in range(C):
-            base = (a * C + c) * B
-            for b in range(B):
-                dx[base + b] = k_dy[c] * dy[base + b] + k_x[c] * (x[base + b] - mean[c]) + k_0[c]
+        if B == 1:
+            _bn_dx(&dy[a * C], &x[a * C], &mean[0], &k_dy[0], &k_x[0], &k_0[0], &dx[a * C], C)
+        else:
+            for c in range(C):
+                base = (a * C + c) * B
+                for b in range(B):
+                    dx[base + b] = (k_dy[c] * dy[base + b] + k_x[c] * (x[base + b] - mean[c])
+                                    + k_0[c])
 
 
 def _ones_or(v, c, dtype, fill):
@@ -224,19 +422,17 @@ def batch_norm_backward(dy, x, gamma, mean, inv_std, axis=-1, batch_stats=True,
 cdef void _gn_stats_row(const floating* x, floating* mean, floating* inv_std, double* s1,
                         double* s2, Py_ssize_t S, Py_ssize_t C, Py_ssize_t G,
                         double epsilon) noexcept nogil:
-    """Sample n: x its (S, C) slab; mean, inv_std, s1, s2 its G entries."""
-    cdef Py_ssize_t CG = C // G, s, g, j
-    cdef double d, k, mu, var, m = <double>S * CG
+    """Sample n: x its (S, C) slab; mean, inv_std, s1, s2 its G entries. The shift of a group
+    is its first value."""
+    cdef Py_ssize_t CG = C // G, s, g
+    cdef double k, mu, var, m = <double>S * CG
     for g in range(G):
         s1[g] = 0.0
         s2[g] = 0.0
     for s in range(S):
         for g in range(G):
             k = x[g * CG]
-            for j in range(CG):
-                d = x[s * C + g * CG + j] - k
-                s1[g] += d
-                s2[g] += d * d
+            _row_sums(x + s * C + g * CG, x + s * C + g * CG, k, k, CG, &s1[g], &s2[g])
     for g in range(G):
         mu = s1[g] / m
         var = s2[g] / m - mu * mu
@@ -251,8 +447,8 @@ def _gn_forward(const floating[::1] x, floating[::1] y, floating[::1] mean,
                 Py_ssize_t N, Py_ssize_t S, Py_ssize_t C, Py_ssize_t G, double epsilon,
                 bint rms_scaling):
     cdef double[:, ::1] sums = np.empty((2 * N, G))
-    cdef Py_ssize_t n, s, g, j, c, CG = C // G, slab = S * C
-    cdef floating mu, inv
+    cdef Py_ssize_t n, s, g, CG = C // G, slab = S * C, at
+    cdef floating mu
     for n in prange(N, schedule="static", nogil=True, use_threads_if=N * slab >= PARALLEL_MIN):
         _gn_stats_row(&x[n * slab], &mean[n * G], &inv_std[n * G], &sums[2 * n, 0],
                       &sums[2 * n + 1, 0], S, C, G, epsilon)
@@ -261,59 +457,34 @@ def _gn_forward(const floating[::1] x, floating[::1] y, floating[::1] mean,
                 # rms_scaling (Keras's deprecated option) scales x by the inverse std
                 # without centering it.
                 mu = 0 if rms_scaling else mean[n * G + g]
-                inv = inv_std[n * G + g]
-                for j in range(CG):
-                    c = g * CG + j
-                    y[n * slab + s * C + c] = (x[n * slab + s * C + c] - mu) * inv * gamma[c] \
-                        + beta[c]
-
-
-cdef void _gn_sums_block(const floating* dy, const floating* x, const floating* gamma,
-                         const floating* mean, const floating* inv_std, double* sg,
-                         double* sgx, double* dgamma, double* dbeta, Py_ssize_t n0,
-                         Py_ssize_t n1, Py_ssize_t S, Py_ssize_t C, Py_ssize_t G,
-                         bint rms_scaling) noexcept nogil:
-    """Samples [n0, n1): per (n, g) sg = sum(dy*gamma), sgx = sum(dy*gamma*xhat) (xhat the
-    centered normalized x), and the block's per-channel dgamma = sum(dy * yhat) (yhat = xhat,
-    or x*inv_std under rms_scaling), dbeta = sum(dy)."""
-    cdef Py_ssize_t CG = C // G, n, s, g, j, c, i
-    cdef double d, xh, mu, inv
-    for n in range(n0, n1):
-        for g in range(G):
-            sg[n * G + g] = 0.0
-            sgx[n * G + g] = 0.0
-        for s in range(S):
-            for g in range(G):
-                mu = mean[n * G + g]
-                inv = inv_std[n * G + g]
-                for j in range(CG):
-                    c = g * CG + j
-                    i = (n * S + s) * C + c
-                    d = dy[i]
-                    xh = (x[i] - mu) * inv
-                    sg[n * G + g] += d * gamma[c]
-                    sgx[n * G + g] += d * gamma[c] * xh
-                    dbeta[c] += d
-                    dgamma[c] += d * (x[i] * inv if rms_scaling else xh)
+                at = n * slab + s * C + g * CG
+                _group_affine(&x[at], &y[at], mu, inv_std[n * G + g], &gamma[g * CG],
+                              &beta[g * CG], CG)
 
 
 def _gn_backward(const floating[::1] dy, const floating[::1] x, const floating[::1] gamma,
                  const floating[::1] mean, const floating[::1] inv_std, floating[::1] dx,
                  floating[::1] dgamma, floating[::1] dbeta, Py_ssize_t N, Py_ssize_t S,
                  Py_ssize_t C, Py_ssize_t G, bint rms_scaling, bint need_input_grad):
-    """dx = inv*(g - a*mean(g) - xhat*(mean(g*xhat) + b*mu*inv*mean(g))), g = dy*gamma, with
-    (a, b) = (1, 0), or (0, 1) under rms_scaling (y = x*inv*gamma: the mean enters through
-    the variance only)."""
-    cdef Py_ssize_t nb = _blocks(N), i, c, n, s, g, j, k
+    """Per (n, g) sg = sum(dy*gamma), sgx = sum(dy*gamma*xhat) and per channel dgamma, dbeta
+    (partials per row block), then dx = inv*(g - a*mean(g) - xhat*(mean(g*xhat) +
+    b*mu*inv*mean(g))), g = dy*gamma, with (a, b) = (1, 0), or (0, 1) under rms_scaling
+    (y = x*inv*gamma: the mean enters through the variance only)."""
+    cdef Py_ssize_t nb = _blocks(N), i, c, n, s, g, at
     cdef Py_ssize_t CG = C // G, slab = S * C
     cdef double[:, ::1] part = np.zeros((2 * (nb + 1), C))
     cdef double[::1] sg = np.zeros(N * G)
     cdef double[::1] sgx = np.zeros(N * G)
     cdef double m = <double>S * CG, mu, inv, a1, a2
     for i in prange(nb, schedule="static", nogil=True, use_threads_if=N * slab >= PARALLEL_MIN):
-        _gn_sums_block(&dy[0], &x[0], &gamma[0], &mean[0], &inv_std[0], &sg[0], &sgx[0],
-                       &part[2 * (i + 1), 0], &part[2 * (i + 1) + 1, 0], N * i // nb,
-                       N * (i + 1) // nb, S, C, G, rms_scaling)
+        for n in range(N * i // nb, N * (i + 1) // nb):
+            for s in range(S):
+                for g in range(G):
+                    at = n * slab + s * C + g * CG
+                    _group_back_sums(&dy[at], &x[at], &gamma[g * CG], CG, mean[n * G + g],
+                                     inv_std[n * G + g], rms_scaling,
+                                     &part[2 * (i + 1), g * CG], &part[2 * (i + 1) + 1, g * CG],
+                                     &sg[n * G + g], &sgx[n * G + g])
     for i in range(nb):
         for c in range(C):
             part[0, c] += part[2 * (i + 1), c]
@@ -335,10 +506,9 @@ def _gn_backward(const floating[::1] dy, const floating[::1] x, const floating[:
                 a1 = inv * sg[n * G + g] / m
                 a2 = inv * inv * sgx[n * G + g] / m
             for s in range(S):
-                for j in range(CG):
-                    c = g * CG + j
-                    k = n * slab + s * C + c
-                    dx[k] = <floating>(inv * dy[k] * gamma[c] - a1 - a2 * (x[k] - mu))
+                at = n * slab + s * C + g * CG
+                _group_dx(&dy[at], &x[at], &gamma[g * CG], <floating>mu, <floating>inv,
+                          <floating>a1, <floating>a2, &dx[at], CG)
 
 
 def group_norm_forward(x, gamma, beta, groups, epsilon=1e-3, rms_scaling=False):
