@@ -36,6 +36,10 @@ ctypedef fused floating:
 cdef enum:
     PARALLEL_MIN = 32768
     MAX_BLOCKS = 64
+    # Group norm reduces groups of at least this many channels as contiguous runs; narrower
+    # groups (GroupNormalization's default 32 groups of 2) as channel columns, whose loops
+    # vectorize across C, folded into groups afterwards.
+    GROUP_RUN_MIN = 16
 
 
 cdef extern from *:
@@ -442,13 +446,68 @@ cdef void _gn_stats_row(const floating* x, floating* mean, floating* inv_std, do
         inv_std[g] = <floating>(1.0 / sqrt(var + epsilon))
 
 
+cdef void _gn_forward_columns(const floating* x, floating* y, floating* mean,
+                              floating* inv_std, const floating* gamma, const floating* beta,
+                              double* t1, double* t2, floating* center, floating* scale,
+                              Py_ssize_t S, Py_ssize_t C, Py_ssize_t G, double epsilon,
+                              bint rms_scaling) noexcept nogil:
+    """Sample n (x, y its (S, C) slab; mean, inv_std its G entries; the rest scratch of C):
+    per-channel shifted sums over S (shift: the first row), folded into each group by the
+    pairwise rule (equal counts: the group mean is the mean of the channel means, its
+    centered sum of squares the channels' plus S * sum((mean_c - mean_g)^2)); then the rows
+    normalized with per-channel center and scale."""
+    cdef Py_ssize_t CG = C // G, s, g, c
+    cdef double mu, m2, mc, inv
+    for c in range(C):
+        t1[c] = 0.0
+        t2[c] = 0.0
+    for s in range(S):
+        _col_sums(x + s * C, x + s * C, x, x, C, t1, t2)
+    for c in range(C):
+        # t1 -> the channel mean, t2 -> its centered sum of squares
+        mc = t1[c] / S
+        t2[c] = t2[c] - t1[c] * mc
+        t1[c] = x[c] + mc
+    for g in range(G):
+        mu = 0.0
+        for c in range(g * CG, (g + 1) * CG):
+            mu = mu + t1[c]
+        mu = mu / CG
+        m2 = 0.0
+        for c in range(g * CG, (g + 1) * CG):
+            m2 = m2 + t2[c] + S * (t1[c] - mu) * (t1[c] - mu)
+        m2 = m2 / (S * CG)
+        if m2 < 0.0:
+            m2 = 0.0
+        inv = 1.0 / sqrt(m2 + epsilon)
+        mean[g] = <floating>mu
+        inv_std[g] = <floating>inv
+        for c in range(g * CG, (g + 1) * CG):
+            center[c] = 0 if rms_scaling else mean[g]
+            scale[c] = inv_std[g] * gamma[c]
+    for s in range(S):
+        _affine(x + s * C, y + s * C, center, scale, beta, C)
+
+
 def _gn_forward(const floating[::1] x, floating[::1] y, floating[::1] mean,
                 floating[::1] inv_std, const floating[::1] gamma, const floating[::1] beta,
                 Py_ssize_t N, Py_ssize_t S, Py_ssize_t C, Py_ssize_t G, double epsilon,
                 bint rms_scaling):
+    cdef Py_ssize_t nb = _blocks(N), i
     cdef double[:, ::1] sums = np.empty((2 * N, G))
+    cdef double[:, ::1] cols = np.empty((2 * nb, C))
+    cdef floating[:, ::1] vecs = np.empty((2 * nb, C), dtype=np.asarray(mean).dtype)
     cdef Py_ssize_t n, s, g, CG = C // G, slab = S * C, at
     cdef floating mu
+    if CG < GROUP_RUN_MIN:
+        for i in prange(nb, schedule="static", nogil=True,
+                        use_threads_if=N * slab >= PARALLEL_MIN):
+            for n in range(N * i // nb, N * (i + 1) // nb):
+                _gn_forward_columns(&x[n * slab], &y[n * slab], &mean[n * G], &inv_std[n * G],
+                                    &gamma[0], &beta[0], &cols[2 * i, 0], &cols[2 * i + 1, 0],
+                                    &vecs[2 * i, 0], &vecs[2 * i + 1, 0], S, C, G, epsilon,
+                                    rms_scaling)
+        return
     for n in prange(N, schedule="static", nogil=True, use_threads_if=N * slab >= PARALLEL_MIN):
         _gn_stats_row(&x[n * slab], &mean[n * G], &inv_std[n * G], &sums[2 * n, 0],
                       &sums[2 * n + 1, 0], S, C, G, epsilon)
@@ -460,6 +519,66 @@ def _gn_forward(const floating[::1] x, floating[::1] y, floating[::1] mean,
                 at = n * slab + s * C + g * CG
                 _group_affine(&x[at], &y[at], mu, inv_std[n * G + g], &gamma[g * CG],
                               &beta[g * CG], CG)
+
+
+cdef void _gn_sums_columns(const floating* dy, const floating* x, const floating* gamma,
+                           const floating* mean, const floating* inv_std, double* t1,
+                           double* t2, floating* center, double* dgamma, double* dbeta,
+                           double* sg, double* sgx, Py_ssize_t S, Py_ssize_t C, Py_ssize_t G,
+                           bint rms_scaling) noexcept nogil:
+    """Sample n by channel columns: t1 = sum(dy), t2 = sum(dy * (x - mean)) per channel over
+    S, then the block's dgamma, dbeta (per channel) and the sample's sg, sgx (per group)."""
+    cdef Py_ssize_t CG = C // G, s, g, c
+    cdef double inv
+    for c in range(C):
+        t1[c] = 0.0
+        t2[c] = 0.0
+        center[c] = mean[c // CG]
+    for s in range(S):
+        _col_sums(dy + s * C, x + s * C, <const floating*>NULL, center, C, t1, t2)
+    for g in range(G):
+        inv = inv_std[g]
+        sg[g] = 0.0
+        sgx[g] = 0.0
+        for c in range(g * CG, (g + 1) * CG):
+            dbeta[c] += t1[c]
+            dgamma[c] += (t2[c] + mean[g] * t1[c] if rms_scaling else t2[c]) * inv
+            sg[g] += gamma[c] * t1[c]
+            sgx[g] += gamma[c] * t2[c] * inv
+
+
+cdef inline double _group_dx_a1(double inv, double sg, double m,
+                                bint rms_scaling) noexcept nogil:
+    """a1 of one group's dx = inv*(dy*gamma) - a1 - a2*(x - mu)."""
+    return 0.0 if rms_scaling else inv * sg / m
+
+
+cdef inline double _group_dx_a2(double mu, double inv, double sg, double sgx, double m,
+                                bint rms_scaling) noexcept nogil:
+    """a2 of one group's dx = inv*(dy*gamma) - a1 - a2*(x - mu)."""
+    if rms_scaling:
+        return inv * inv * (sgx + mu * inv * sg) / m
+    return inv * inv * sgx / m
+
+
+cdef void _gn_dx_columns(const floating* dy, const floating* x, const floating* gamma,
+                         const floating* mean, const floating* inv_std, const double* sg,
+                         const double* sgx, floating* dx, floating* center, floating* k_dy,
+                         floating* k_x, floating* k_0, double m, Py_ssize_t S, Py_ssize_t C,
+                         Py_ssize_t G, bint rms_scaling) noexcept nogil:
+    """Sample n: the group coefficients spread over the channels, then dx row by row."""
+    cdef Py_ssize_t CG = C // G, s, g, c
+    cdef double a1, a2
+    for g in range(G):
+        a1 = _group_dx_a1(inv_std[g], sg[g], m, rms_scaling)
+        a2 = _group_dx_a2(mean[g], inv_std[g], sg[g], sgx[g], m, rms_scaling)
+        for c in range(g * CG, (g + 1) * CG):
+            center[c] = mean[g]
+            k_dy[c] = <floating>(inv_std[g] * gamma[c])
+            k_x[c] = <floating>(-a2)
+            k_0[c] = <floating>(-a1)
+    for s in range(S):
+        _bn_dx(dy + s * C, x + s * C, center, k_dy, k_x, k_0, dx + s * C, C)
 
 
 def _gn_backward(const floating[::1] dy, const floating[::1] x, const floating[::1] gamma,
@@ -476,8 +595,18 @@ def _gn_backward(const floating[::1] dy, const floating[::1] x, const floating[:
     cdef double[::1] sg = np.zeros(N * G)
     cdef double[::1] sgx = np.zeros(N * G)
     cdef double m = <double>S * CG, mu, inv, a1, a2
+    cdef double[:, ::1] cols = np.empty((2 * nb, C))
+    cdef floating[:, ::1] vecs = np.empty((4 * nb, C), dtype=np.asarray(mean).dtype)
+    cdef bint columns = CG < GROUP_RUN_MIN
     for i in prange(nb, schedule="static", nogil=True, use_threads_if=N * slab >= PARALLEL_MIN):
         for n in range(N * i // nb, N * (i + 1) // nb):
+            if columns:
+                _gn_sums_columns(&dy[n * slab], &x[n * slab], &gamma[0], &mean[n * G],
+                                 &inv_std[n * G], &cols[2 * i, 0], &cols[2 * i + 1, 0],
+                                 &vecs[4 * i, 0], &part[2 * (i + 1), 0],
+                                 &part[2 * (i + 1) + 1, 0], &sg[n * G], &sgx[n * G], S, C, G,
+                                 rms_scaling)
+                continue
             for s in range(S):
                 for g in range(G):
                     at = n * slab + s * C + g * CG
@@ -494,17 +623,21 @@ def _gn_backward(const floating[::1] dy, const floating[::1] x, const floating[:
         dbeta[c] = <floating>part[1, c]
     if not need_input_grad:
         return
+    if columns:
+        for i in prange(nb, schedule="static", nogil=True,
+                        use_threads_if=N * slab >= PARALLEL_MIN):
+            for n in range(N * i // nb, N * (i + 1) // nb):
+                _gn_dx_columns(&dy[n * slab], &x[n * slab], &gamma[0], &mean[n * G],
+                               &inv_std[n * G], &sg[n * G], &sgx[n * G], &dx[n * slab],
+                               &vecs[4 * i, 0], &vecs[4 * i + 1, 0], &vecs[4 * i + 2, 0],
+                               &vecs[4 * i + 3, 0], m, S, C, G, rms_scaling)
+        return
     for n in prange(N, schedule="static", nogil=True, use_threads_if=N * slab >= PARALLEL_MIN):
         for g in range(G):
             mu = mean[n * G + g]
             inv = inv_std[n * G + g]
-            # dx = inv*(dy*gamma) - a1 - a2*(x - mu)
-            if rms_scaling:
-                a1 = 0.0
-                a2 = inv * inv * (sgx[n * G + g] + mu * inv * sg[n * G + g]) / m
-            else:
-                a1 = inv * sg[n * G + g] / m
-                a2 = inv * inv * sgx[n * G + g] / m
+            a1 = _group_dx_a1(inv, sg[n * G + g], m, rms_scaling)
+            a2 = _group_dx_a2(mu, inv, sg[n * G + g], sgx[n * G + g], m, rms_scaling)
             for s in range(S):
                 at = n * slab + s * C + g * CG
                 _group_dx(&dy[at], &x[at], &gamma[g * CG], <floating>mu, <floating>inv,

@@ -27,7 +27,9 @@ BN_CASES = [((7, 5), -1), ((3, 4, 5, 6), -1), ((2, 5, 3, 33), 3), ((3, 4, 5, 6),
             ((5, 3), 0), ((9, 7), 1), ((1, 1), -1), ((31, 2, 65), -2), ((300, 3), -1)]
 # (x shape, groups): images, sequences, layer norm's (rows, features), one group per channel.
 GN_CASES = [((2, 3, 4, 6), 3), ((5, 8), 1), ((3, 7, 4), 2), ((2, 5, 5, 9), 9), ((1, 33, 65), 5),
-            ((4, 1, 7), 7), ((2, 300), 1), ((7, 2, 3, 6), 1)]
+            ((4, 1, 7), 7), ((2, 300), 1), ((7, 2, 3, 6), 1),
+            # groups of >= 16 channels (the CPU reduces those as runs, narrower ones as columns)
+            ((3, 4, 40), 2), ((2, 3, 3, 64), 4)]
 
 
 @pytest.fixture
@@ -162,8 +164,8 @@ def test_constant_channel_gives_beta(target, rng):
     np.testing.assert_allclose(target.down(y), np.broadcast_to(beta, x.shape), atol=1e-6)
 
 
-@pytest.mark.parametrize("op", ["batch", "group"])
-def test_thread_count_does_not_change_results(rng, op):
+@pytest.mark.parametrize("op,groups", [("batch", None), ("group", 8), ("group", 2)])
+def test_thread_count_does_not_change_results(rng, op, groups):
     """Row blocks are fixed by the size alone: 1, 2 and 3 threads give the same bits."""
     from pynn.backend import cpu
 
@@ -180,8 +182,8 @@ def test_thread_count_does_not_change_results(rng, op):
                                                       0.9, 1e-3, True)
                 grads = cpu.batch_norm_backward(dy, x, gamma, mean, inv, -1, True, True)
             else:
-                y, mean, inv = cpu.group_norm_forward(x, gamma, beta, 8, 1e-3, False)
-                grads = cpu.group_norm_backward(dy, x, gamma, mean, inv, 8, False, True)
+                y, mean, inv = cpu.group_norm_forward(x, gamma, beta, groups, 1e-3, False)
+                grads = cpu.group_norm_backward(dy, x, gamma, mean, inv, groups, False, True)
             results.append((y, mean, inv, *grads))
     finally:
         info.set_num_threads(before)
@@ -259,7 +261,7 @@ def test_layer_norm_gradients(float64, seeded, shape, axis, center, scale, rms):
 
 
 @pytest.mark.parametrize("shape,groups", [((3, 4, 6), 3), ((2, 3, 3, 4), 2), ((4, 3, 5), -1),
-                                          ((2, 5, 6), 1)], ids=str)
+                                          ((2, 5, 6), 1), ((2, 3, 32), 2)], ids=str)
 @pytest.mark.parametrize("center,scale", [(True, True), (False, False)])
 def test_group_norm_gradients(float64, seeded, shape, groups, center, scale):
     layer = layers.GroupNormalization(groups=groups, center=center, scale=scale)
