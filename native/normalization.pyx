@@ -12,6 +12,11 @@ Design:
 - Reductions over rows run in a fixed number of row blocks (at most MAX_BLOCKS, set by the
   size alone), each block summed by one thread, the blocks then folded in order: the result
   is bit-identical for any thread count.
+- The inner loops are C (the extern block below) with `restrict`: loops over channels of a
+  channels_last row vectorize; reductions within a contiguous run keep four lanes.
+  Batch norm with B = 1 reduces rows as channel columns; group norm reduces groups of at
+  least GROUP_RUN_MIN channels as runs (layer norm's rows), narrower groups as channel
+  columns folded into their group afterwards (the pairwise mean/variance rule).
 - Forward: one reduction pass for the statistics, one elementwise pass to normalize.
   Backward: one reduction pass for sum(dy) and sum(dy * xhat), one elementwise pass for dx.
 - A missing gamma (scale=False) is ones, a missing beta (center=False) zeros.

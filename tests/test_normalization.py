@@ -515,6 +515,26 @@ def test_config_round_trip(layer):
     assert cls.from_config(config).get_config() == config
 
 
+def test_model_with_all_three_saves_loads_and_trains_on(seeded, tmp_path):
+    """Saved by class name from LAYERS, weights (moving statistics included) restored, and
+    the loaded moving statistics are writable buffers that training updates."""
+    model = pynn.Sequential([
+        layers.Input((5, 4)), layers.LayerNormalization(axis=[-2, -1]), layers.Flatten(),
+        layers.Dense(6), layers.BatchNormalization(), layers.Reshape((2, 3)),
+        layers.GroupNormalization(groups=3), layers.Flatten(), layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    x = shifted(seeded, (20, 5, 4), np.float32)
+    y = rand(seeded, (20, 2), np.float32)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    model.save(tmp_path / "norm.pynn")
+    loaded = pynn.load_model(tmp_path / "norm.pynn")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    before = loaded.layers[3].get_weights()
+    loaded.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    moved = loaded.layers[3].get_weights()
+    assert not np.array_equal(moved[2], before[2]), "the loaded moving mean did not move"
+
+
 def test_constraints_are_passed_to_the_weights():
     def clip(value):
         np.clip(value, -1, 1, out=value)
