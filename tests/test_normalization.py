@@ -138,6 +138,22 @@ def test_group_norm_matches_reference(target, rng, shape, groups, rms_scaling, a
                  rtol=tol(target))
 
 
+@pytest.mark.opencl
+def test_small_work_groups_give_the_same_results(small_work_groups, rng):
+    """A device whose work-group limit is below the default: the per-group reductions build
+    with the capped size and still agree with the reference."""
+    backend = small_work_groups
+    for shape, groups in (((3, 4, 40), 2), ((2, 300), 1), ((2, 5, 4, 9), 3)):
+        x = shifted(rng, shape, np.float32)
+        gamma, beta, _, _ = channel_vectors(rng, shape[-1], np.float32)
+        _, (_, mean, inv_std) = check_op(backend, "group_norm_forward", x, gamma, beta, groups,
+                                         1e-3, False, ref=ref.group_norm_forward_ref,
+                                         rtol={"rtol": 1e-4, "atol": 1e-4})
+        check_op(backend, "group_norm_backward", rand(rng, shape, np.float32), x, gamma, mean,
+                 inv_std, groups, False, True, ref=ref.group_norm_backward_ref,
+                 rtol={"rtol": 1e-4, "atol": 1e-4})
+
+
 def test_empty_batch(target, rng):
     """No rows: empty outputs; batch norm leaves the moving statistics alone."""
     x = np.zeros((0, 4), target.dtype)
