@@ -14,9 +14,10 @@ Design:
   is bit-identical for any thread count.
 - The inner loops are C (the extern block below) with `restrict`: loops over channels of a
   channels_last row vectorize; reductions within a contiguous run keep four lanes.
-  Batch norm with B = 1 reduces rows as channel columns; group norm reduces groups of at
-  least GROUP_RUN_MIN channels as runs (layer norm's rows), narrower groups as channel
-  columns folded into their group afterwards (the pairwise mean/variance rule).
+  Batch norm with B = 1 reduces rows as channel columns; group norm reduces one-row
+  samples' groups of at least GROUP_RUN_MIN channels as runs (layer norm's rows), anything
+  else as channel columns folded into their group afterwards (the pairwise mean/variance
+  rule).
 - Forward: one reduction pass for the statistics, one elementwise pass to normalize.
   Backward: one reduction pass for sum(dy) and sum(dy * xhat), one elementwise pass for dx.
 - A missing gamma (scale=False) is ones, a missing beta (center=False) zeros.
@@ -41,9 +42,11 @@ ctypedef fused floating:
 cdef enum:
     PARALLEL_MIN = 32768
     MAX_BLOCKS = 64
-    # Group norm reduces groups of at least this many channels as contiguous runs; narrower
-    # groups (GroupNormalization's default 32 groups of 2) as channel columns, whose loops
-    # vectorize across C, folded into groups afterwards.
+    # Group norm reduces the groups of a one-row sample (layer norm's rows) of at least this
+    # many channels as contiguous runs; every other case (images, sequences, narrow groups
+    # such as GroupNormalization's default 32 groups of 2) as channel columns, whose loops
+    # vectorize across C, folded into groups afterwards (measured: 32 -> 13 ms for a
+    # training step of 4 groups of 16 on (64, 32, 32, 64)).
     GROUP_RUN_MIN = 16
 
 
@@ -504,7 +507,7 @@ def _gn_forward(const floating[::1] x, floating[::1] y, floating[::1] mean,
     cdef floating[:, ::1] vecs = np.empty((2 * nb, C), dtype=np.asarray(mean).dtype)
     cdef Py_ssize_t n, s, g, CG = C // G, slab = S * C, at
     cdef floating mu
-    if CG < GROUP_RUN_MIN:
+    if S > 1 or CG < GROUP_RUN_MIN:
         for i in prange(nb, schedule="static", nogil=True,
                         use_threads_if=N * slab >= PARALLEL_MIN):
             for n in range(N * i // nb, N * (i + 1) // nb):
@@ -602,7 +605,7 @@ def _gn_backward(const floating[::1] dy, const floating[::1] x, const floating[:
     cdef double m = <double>S * CG, mu, inv, a1, a2
     cdef double[:, ::1] cols = np.empty((2 * nb, C))
     cdef floating[:, ::1] vecs = np.empty((4 * nb, C), dtype=np.asarray(mean).dtype)
-    cdef bint columns = CG < GROUP_RUN_MIN
+    cdef bint columns = S > 1 or CG < GROUP_RUN_MIN
     for i in prange(nb, schedule="static", nogil=True, use_threads_if=N * slab >= PARALLEL_MIN):
         for n in range(N * i // nb, N * (i + 1) // nb):
             if columns:

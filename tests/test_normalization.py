@@ -28,8 +28,9 @@ BN_CASES = [((7, 5), -1), ((3, 4, 5, 6), -1), ((2, 5, 3, 33), 3), ((3, 4, 5, 6),
 # (x shape, groups): images, sequences, layer norm's (rows, features), one group per channel.
 GN_CASES = [((2, 3, 4, 6), 3), ((5, 8), 1), ((3, 7, 4), 2), ((2, 5, 5, 9), 9), ((1, 33, 65), 5),
             ((4, 1, 7), 7), ((2, 300), 1), ((7, 2, 3, 6), 1),
-            # groups of >= 16 channels (the CPU reduces those as runs, narrower ones as columns)
-            ((3, 4, 40), 2), ((2, 3, 3, 64), 4)]
+            # groups of >= 16 channels (OpenCL reduces those as runs, narrower ones as columns;
+            # the CPU only one-row samples' groups)
+            ((3, 4, 40), 2), ((2, 3, 3, 64), 4), ((5, 48), 2)]
 
 
 @pytest.fixture
@@ -180,7 +181,8 @@ def test_constant_channel_gives_beta(target, rng):
     np.testing.assert_allclose(target.down(y), np.broadcast_to(beta, x.shape), atol=1e-6)
 
 
-@pytest.mark.parametrize("op,groups", [("batch", None), ("group", 8), ("group", 2)])
+@pytest.mark.parametrize("op,groups", [("batch", None), ("group", 8), ("group", 2),
+                                       ("layer", 1)])
 def test_thread_count_does_not_change_results(rng, op, groups):
     """Row blocks are fixed by the size alone: 1, 2 and 3 threads give the same bits."""
     from pynn.backend import cpu
@@ -188,6 +190,8 @@ def test_thread_count_does_not_change_results(rng, op, groups):
     x = shifted(rng, (97, 13, 40), np.float32)
     dy = rand(rng, x.shape, np.float32)
     gamma, beta, mm, mv = channel_vectors(rng, 40, np.float32)
+    if op == "layer":  # one row per sample: the CPU reduces it as a contiguous run
+        x, dy = x.reshape(-1, 40), dy.reshape(-1, 40)
     before = info.get_max_threads()
     results = []
     try:
