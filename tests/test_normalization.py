@@ -318,6 +318,15 @@ def test_batch_norm_training_updates_moving_statistics(seeded):
     assert not np.allclose(layer.moving_mean.value, mm)
 
 
+def test_batch_norm_casts_its_input_to_the_layer_dtype(seeded):
+    layer = layers.BatchNormalization()
+    x = shifted(seeded, (6, 3), np.float64)
+    y = layer(x, training=True)
+    assert y.dtype == np.float32 and layer.moving_mean.value.dtype == np.float32
+    dx = layer.backward(rand(seeded, (6, 3), np.float64))
+    assert dx.dtype == np.float32
+
+
 def test_batch_norm_inference_uses_moving_statistics(seeded):
     layer = layers.BatchNormalization()
     layer.build((None, 5))

@@ -160,6 +160,10 @@ class BatchNormalization(_Normalization):
         return tuple(input_shape)
 
     def call(self, x, training=False):
+        if x.dtype != self.dtype:
+            # Keras casts the input to the layer's dtype; here it must, as the moving
+            # statistics are updated in the kernel's (x's) dtype.
+            x = backend.current().asarray(x, self.dtype)
         batch_stats = bool(training) and self.trainable
         y, mean, inv_std = backend.current().batch_norm_forward(
             x, self._value(self.gamma), self._value(self.beta), self.moving_mean.value,
