@@ -437,6 +437,35 @@ def test_layers_on_opencl_match_cpu(restore_device, seeded, name, make, shape):
         assert_close(g, w, 1e-4, f"{name} output {i} on OpenCL vs CPU")
 
 
+@pytest.mark.opencl
+def test_model_training_on_opencl_matches_cpu(restore_device, seeded):
+    """All three layers in a model trained on the device: the same weights (moving
+    statistics included, updated on the device) and predictions as on the CPU."""
+    def build():
+        return pynn.Sequential([
+            layers.Input((6, 5, 8)), layers.BatchNormalization(momentum=0.7),
+            layers.GroupNormalization(groups=4), layers.Reshape((30, 8)),
+            layers.LayerNormalization(), layers.Flatten(),
+            layers.Dense(3)])
+
+    x = shifted(seeded, (20, 6, 5, 8), np.float32)
+    y = rand(seeded, (20, 3), np.float32)
+    pynn.set_device("cpu")
+    initial = build().get_weights()
+    trained = {}
+    for device in ("cpu", "opencl"):
+        pynn.set_device(device)
+        model = build()
+        model.set_weights(initial)
+        model.compile(optimizer="adam", loss="mse")
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        trained[device] = (model.get_weights(), model.predict(x, verbose=0))
+    (cpu_w, cpu_y), (cl_w, cl_y) = trained["cpu"], trained["opencl"]
+    for i, (g, w) in enumerate(zip(cl_w, cpu_w)):
+        assert_close(g, w, 1e-3, f"weight {i} after training on OpenCL vs CPU")
+    assert_close(cl_y, cpu_y, 1e-3, "predictions on OpenCL vs CPU")
+
+
 # -- Keras 3 parity -----------------------------------------------------------------------
 
 def _keras():
