@@ -712,6 +712,19 @@ def test_fold_batch_norm_into_conv2d(seeded):
     assert_close(folded(x), want, 1e-5, "folded Conv2D vs Conv2D + BatchNormalization")
 
 
+@pytest.mark.opencl
+def test_fold_batch_norm_takes_device_arrays(restore_device, seeded):
+    pynn.set_device("opencl")
+    dense = layers.Dense(4)
+    dense.build((None, 3))
+    bn = _trained_bn(seeded, (None, 4))
+    kernel, bias = fold_batch_norm(dense.kernel.value, dense.bias.value, bn.gamma.value,
+                                   bn.beta.value, bn.moving_mean.value, bn.moving_variance.value)
+    want = fold_batch_norm(*dense.get_weights(), *bn.get_weights())
+    np.testing.assert_array_equal(kernel, want[0])
+    np.testing.assert_array_equal(bias, want[1])
+
+
 def test_fold_batch_norm_checks_shapes():
     with pytest.raises(ValueError, match=r"fold_batch_norm: 'gamma' must have shape \(4,\)"):
         fold_batch_norm(np.ones((3, 4)), None, np.ones(3), None, np.zeros(4), np.ones(4))

@@ -345,18 +345,23 @@ class GroupNormalization(_Normalization):
         return config
 
 
+def _host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
 def fold_batch_norm(kernel, bias, gamma, beta, moving_mean, moving_variance, epsilon=1e-3):
     """(kernel, bias) of a Dense (in, units) or Conv2D (kh, kw, c, f) layer followed by an
     inference-mode BatchNormalization on its last axis, folded into one layer, as NumPy
     arrays of the kernel's dtype: scale = gamma / sqrt(moving_variance + epsilon),
     kernel * scale, (bias - moving_mean) * scale + beta. bias, gamma, beta may be None (no
-    bias, scale=False, center=False)."""
-    kernel = np.asarray(kernel)
+    bias, scale=False, center=False). Device arrays (a Variable's value on OpenCL) are
+    downloaded."""
+    kernel = _host(kernel)
     dtype = kernel.dtype if kernel.dtype.kind == "f" else np.dtype(np.float32)
     units = kernel.shape[-1]
 
     def vector(name, v, fill):
-        v = np.full(units, fill, dtype=np.float64) if v is None else np.asarray(v, np.float64)
+        v = np.full(units, fill, dtype=np.float64) if v is None else _host(v).astype(np.float64)
         if v.shape != (units,):
             raise ValueError(f"fold_batch_norm: '{name}' must have shape ({units},) to match "
                              f"the kernel's last axis (kernel shape {kernel.shape}), got "
