@@ -5,7 +5,7 @@ match this table.
 Where an op lives: one name, five places
 ----------------------------------------
 An op of family F (dense, conv, pool, activation, loss, metric, dropout, optim, rnn,
-merge; spatial, shape) named ``<op>`` is, under that same name:
+merge, spatial, shape, normalization) named ``<op>`` is, under that same name:
 - ``native/F.pyx``: the CPU kernel, exported as ``pynn._native.F.<op>``;
 - ``opencl/F.cl``: its OpenCL kernels, driven by ``pynn/backend/opencl/F.py``;
 - ``pynn/backend/operands/F.py``: the checks of its arguments, which both backends call
@@ -208,6 +208,26 @@ OPS = {
     "transpose_backward": ("dy", "perm"),
     "repeat_vector_forward": ("x", "n"),                 # (N, F) -> (N, n, F)
     "repeat_vector_backward": ("dy",),                   # (N, n, F) -> (N, F): sum over n
+    # -- normalization (native/normalization.pyx, opencl/normalization.cl) ---------------
+    # Batch norm over every axis of x but ``axis``: gamma, beta (C,) or None (scale / center
+    # off), moving statistics (C,). Forward -> (y, mean, inv_std): the statistics y was
+    # normalized with, the batch's (biased variance) when training, else the moving ones.
+    # Training also updates moving_mean and moving_variance in place (the one forward op
+    # that mutates): moving = moving*momentum + batch*(1 - momentum), Keras 3.
+    "batch_norm_forward": ("x", "gamma", "beta", "moving_mean", "moving_variance", "axis",
+                           "momentum", "epsilon", "training"),
+    # -> (dx or None, dgamma, dbeta); batch_stats: mean/inv_std came from this batch, so dx
+    # carries their dependence on x (training), else they were constants.
+    "batch_norm_backward": ("dy", "x", "gamma", "mean", "inv_std", "axis", "batch_stats",
+                            "need_input_grad"),
+    # Group norm of x (N, ..., C): per sample and group of C/groups consecutive channels, over
+    # those channels and every axis between the first and the last; gamma, beta (C,) or None.
+    # Layer norm is groups=1 on x reshaped to (rows, features). rms_scaling is Keras's
+    # LayerNormalization option: y = x * inv_std * gamma (no centering, no beta).
+    # Forward -> (y, mean, inv_std), both (N, groups); backward -> (dx or None, dgamma, dbeta).
+    "group_norm_forward": ("x", "gamma", "beta", "groups", "epsilon", "rms_scaling"),
+    "group_norm_backward": ("dy", "x", "gamma", "mean", "inv_std", "groups", "rms_scaling",
+                            "need_input_grad"),
 }
 
 

@@ -26,6 +26,14 @@ from pynn._native.dense import (  # noqa: F401
 from pynn._native.dropout import dropout_backward, dropout_forward  # noqa: F401
 from pynn._native.loss import loss_forward_backward  # noqa: F401
 from pynn._native.metric import accuracy_count, confusion_counts, top_k_count  # noqa: F401
+
+# -- normalization --
+from pynn._native.normalization import (  # noqa: F401
+    batch_norm_backward,
+    batch_norm_forward,
+    group_norm_backward,
+    group_norm_forward,
+)
 from pynn._native.optim import (  # noqa: F401
     adagrad_update,
     adam_update,

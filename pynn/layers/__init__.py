@@ -24,6 +24,13 @@ from pynn.layers.merge import (
     multiply,
     subtract,
 )
+
+# -- normalization --
+from pynn.layers.normalization import (
+    BatchNormalization,
+    GroupNormalization,
+    LayerNormalization,
+)
 from pynn.layers.pooling import (
     AveragePooling2D,
     GlobalAveragePooling2D,
@@ -41,6 +48,8 @@ LAYERS = {cls.__name__: cls for cls in (
     Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate, Dot,
     # -- spatial and shape families --
     UpSampling2D, ZeroPadding2D, Cropping2D, Permute, RepeatVector, Identity,
+    # -- normalization --
+    BatchNormalization, LayerNormalization, GroupNormalization,
 )}
 
 # Keras aliases.

@@ -30,6 +30,11 @@ from pynn.backend.opencl.merge import (  # noqa: F401
 from pynn.backend.opencl.metric import (  # noqa: F401
     accuracy_count, confusion_counts, top_k_count,
 )
+
+# -- normalization --
+from pynn.backend.opencl.normalization import (  # noqa: F401
+    batch_norm_backward, batch_norm_forward, group_norm_backward, group_norm_forward,
+)
 from pynn.backend.opencl.optim import (  # noqa: F401
     adagrad_update, adam_update, regularizer_inplace, rmsprop_update, sgd_update,
     sum_squares,

@@ -1,0 +1,689 @@
+"""Normalization kernels: batch norm and group norm (layer norm is group norm with one group
+over x reshaped to (rows, features)), forward and backward side by side.
+
+Legend: A axes before the batch-norm axis, C channels, B axes after it (B = 1 for
+channels_last), M = A*B values per channel; group norm: N batch, S spatial (everything
+between the first and the last axis), G groups of CG = C/G consecutive channels.
+
+Design:
+- Statistics accumulate in double, shifted by the first value of their slice (the
+  shifted-data variance: sum(x-k) and sum((x-k)^2) in one pass stay exact enough where
+  sum(x^2) - M*mean^2 would cancel when |mean| >> std). Variances are biased (Keras 3).
+- Reductions over rows run in a fixed number of row blocks (at most MAX_BLOCKS, set by the
+  size alone), each block summed by one thread, the blocks then folded in order: the result
+  is bit-identical for any thread count.
+- The inner loops are C (the extern block below) with `restrict`: loops over channels of a
+  channels_last row vectorize; reductions within a contiguous run keep four lanes.
+  Batch norm with B = 1 reduces rows as channel columns; group norm reduces one-row
+  samples' groups of at least GROUP_RUN_MIN channels as runs (layer norm's rows), anything
+  else as channel columns folded into their group afterwards (the pairwise mean/variance
+  rule).
+- Forward: one reduction pass for the statistics, one elementwise pass to normalize.
+  Backward: one reduction pass for sum(dy) and sum(dy * xhat), one elementwise pass for dx.
+- A missing gamma (scale=False) is ones, a missing beta (center=False) zeros.
+Outputs are fresh arrays; the forward op of batch norm in training also updates the moving
+statistics in place (moving = moving*momentum + batch*(1 - momentum), Keras 3).
+"""
+import numpy as np
+
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+
+from pynn.backend.operands import normalization as operands
+from pynn.backend.operands.common import HOST
+
+ctypedef fused floating:
+    float
+    double
+
+
+# Below this many elements a kernel runs on the calling thread: waking the OpenMP team costs
+# more than the pass.
+cdef enum:
+    PARALLEL_MIN = 32768
+    MAX_BLOCKS = 64
+    # Group norm reduces the groups of a one-row sample (layer norm's rows) of at least this
+    # many channels as contiguous runs; every other case (images, sequences, narrow groups
+    # such as GroupNormalization's default 32 groups of 2) as channel columns, whose loops
+    # vectorize across C, folded into groups afterwards (measured: 32 -> 13 ms for a
+    # training step of 4 groups of 16 on (64, 32, 32, 64)).
+    GROUP_RUN_MIN = 16
+
+
+cdef extern from *:
+    """
+    /* The inner loops over one contiguous run, in C so that `restrict` tells gcc the outputs
+     * alias nothing: the per-index ("col") loops then vectorize across channels. The
+     * reductions within a run ("row") keep four lanes folded in a fixed order, the same
+     * bits on every run; s1, s2 accumulate in double. */
+    #define PYNN_NORM_KERNELS(SUF, T)                                                        \\
+    /* s1[i] += u[i] - ku[i], s2[i] += (u[i] - ku[i]) * (v[i] - kv[i]); ku NULL: 0. */     \\
+    static inline void pynn_col_sums_##SUF(const T* restrict u, const T* restrict v,       \\
+            const T* restrict ku, const T* restrict kv, Py_ssize_t n,                       \\
+            double* restrict s1, double* restrict s2) {                                     \\
+        Py_ssize_t i;                                                                       \\
+        if (ku) {                                                                           \\
+            for (i = 0; i < n; i++) {                                                       \\
+                const double a = (double)u[i] - ku[i];                                      \\
+                s1[i] += a;                                                                 \\
+                s2[i] += a * ((double)v[i] - kv[i]);                                        \\
+            }                                                                               \\
+        } else {                                                                            \\
+            for (i = 0; i < n; i++) {                                                       \\
+                s1[i] += u[i];                                                              \\
+                s2[i] += (double)u[i] * ((double)v[i] - kv[i]);                             \\
+            }                                                                               \\
+        }                                                                                   \\
+    }                                                                                       \\
+    /* *s1 += sum(u - ku), *s2 += sum((u - ku) * (v - kv)). */                              \\
+    static inline void pynn_row_sums_##SUF(const T* restrict u, const T* restrict v,       \\
+            double ku, double kv, Py_ssize_t n, double* s1, double* s2) {                   \\
+        double a[4] = {0, 0, 0, 0}, b[4] = {0, 0, 0, 0};                                    \\
+        Py_ssize_t i = 0;                                                                   \\
+        int l;                                                                              \\
+        for (; i + 4 <= n; i += 4)                                                          \\
+            for (l = 0; l < 4; l++) {                                                       \\
+                const double d = (double)u[i + l] - ku;                                     \\
+                a[l] += d;                                                                  \\
+                b[l] += d * ((double)v[i + l] - kv);                                        \\
+            }                                                                               \\
+        for (; i < n; i++) {                                                                \\
+            const double d = (double)u[i] - ku;                                             \\
+            a[0] += d;                                                                      \\
+            b[0] += d * ((double)v[i] - kv);                                                \\
+        }                                                                                   \\
+        *s1 += (a[0] + a[1]) + (a[2] + a[3]);                                               \\
+        *s2 += (b[0] + b[1]) + (b[2] + b[3]);                                               \\
+    }                                                                                       \\
+    /* y = (x - m) * s + t, all per index. */                                               \\
+    static inline void pynn_affine_##SUF(const T* restrict x, T* restrict y,               \\
+            const T* restrict m, const T* restrict s, const T* restrict t, Py_ssize_t n) {  \\
+        for (Py_ssize_t i = 0; i < n; i++)                                                  \\
+            y[i] = (x[i] - m[i]) * s[i] + t[i];                                             \\
+    }                                                                                       \\
+    /* y = (x - mu) * inv * gamma + beta: mu, inv of the group, gamma, beta per index. */   \\
+    static inline void pynn_group_affine_##SUF(const T* restrict x, T* restrict y, T mu,   \\
+            T inv, const T* restrict gamma, const T* restrict beta, Py_ssize_t n) {         \\
+        for (Py_ssize_t i = 0; i < n; i++)                                                  \\
+            y[i] = (x[i] - mu) * inv * gamma[i] + beta[i];                                  \\
+    }                                                                                       \\
+    /* dx = kdy * dy + kx * (x - m) + k0, all per index. */                                 \\
+    static inline void pynn_bn_dx_##SUF(const T* restrict dy, const T* restrict x,         \\
+            const T* restrict m, const T* restrict kdy, const T* restrict kx,               \\
+            const T* restrict k0, T* restrict dx, Py_ssize_t n) {                           \\
+        for (Py_ssize_t i = 0; i < n; i++)                                                  \\
+            dx[i] = kdy[i] * dy[i] + kx[i] * (x[i] - m[i]) + k0[i];                         \\
+    }                                                                                       \\
+    /* One group's run of n channels: dbeta[i] += dy, dgamma[i] += dy * yhat (per index);  \\
+     * *sg += sum(dy * gamma), *sgx += sum(dy * gamma * xhat). yhat = xhat = (x - mu)*inv, \\
+     * or x*inv under rms_scaling. */                                                      \\
+    static inline void pynn_group_back_sums_##SUF(const T* restrict dy,                    \\
+            const T* restrict x, const T* restrict gamma, Py_ssize_t n, double mu,          \\
+            double inv, int rms, double* restrict dgamma, double* restrict dbeta,           \\
+            double* sg, double* sgx) {                                                      \\
+        const double center = rms ? 0.0 : mu;                                               \\
+        double a[4] = {0, 0, 0, 0}, b[4] = {0, 0, 0, 0};                                    \\
+        Py_ssize_t i = 0;                                                                   \\
+        int l;                                                                              \\
+        for (i = 0; i < n; i++) {                                                           \\
+            dbeta[i] += dy[i];                                                              \\
+            dgamma[i] += (double)dy[i] * (((double)x[i] - center) * inv);                   \\
+        }                                                                                   \\
+        for (i = 0; i + 4 <= n; i += 4)                                                     \\
+            for (l = 0; l < 4; l++) {                                                       \\
+                const double g = (double)dy[i + l] * gamma[i + l];                          \\
+                a[l] += g;                                                                  \\
+                b[l] += g * (((double)x[i + l] - mu) * inv);                                \\
+            }                                                                               \\
+        for (; i < n; i++) {                                                                \\
+            const double g = (double)dy[i] * gamma[i];                                      \\
+            a[0] += g;                                                                      \\
+            b[0] += g * (((double)x[i] - mu) * inv);                                        \\
+        }                                                                                   \\
+        *sg += (a[0] + a[1]) + (a[2] + a[3]);                                               \\
+        *sgx += (b[0] + b[1]) + (b[2] + b[3]);                                              \\
+    }                                                                                       \\
+    /* dx = inv * dy * gamma - a1 - a2 * (x - mu), gamma per index. */                     \\
+    static inline void pynn_group_dx_##SUF(const T* restrict dy, const T* restrict x,      \\
+            const T* restrict gamma, T mu, T inv, T a1, T a2, T* restrict dx,               \\
+            Py_ssize_t n) {                                                                 \\
+        for (Py_ssize_t i = 0; i < n; i++)                                                  \\
+            dx[i] = inv * dy[i] * gamma[i] - a1 - a2 * (x[i] - mu);                         \\
+    }
+    PYNN_NORM_KERNELS(f, float)
+    PYNN_NORM_KERNELS(d, double)
+    """
+    void pynn_col_sums_f(const float* u, const float* v, const float* ku, const float* kv,
+                         Py_ssize_t n, double* s1, double* s2) noexcept nogil
+    void pynn_col_sums_d(const double* u, const double* v, const double* ku, const double* kv,
+                         Py_ssize_t n, double* s1, double* s2) noexcept nogil
+    void pynn_row_sums_f(const float* u, const float* v, double ku, double kv, Py_ssize_t n,
+                         double* s1, double* s2) noexcept nogil
+    void pynn_row_sums_d(const double* u, const double* v, double ku, double kv, Py_ssize_t n,
+                         double* s1, double* s2) noexcept nogil
+    void pynn_affine_f(const float* x, float* y, const float* m, const float* s,
+                       const float* t, Py_ssize_t n) noexcept nogil
+    void pynn_affine_d(const double* x, double* y, const double* m, const double* s,
+                       const double* t, Py_ssize_t n) noexcept nogil
+    void pynn_group_affine_f(const float* x, float* y, float mu, float inv, const float* gamma,
+                             const float* beta, Py_ssize_t n) noexcept nogil
+    void pynn_group_affine_d(const double* x, double* y, double mu, double inv,
+                             const double* gamma, const double* beta,
+                             Py_ssize_t n) noexcept nogil
+    void pynn_bn_dx_f(const float* dy, const float* x, const float* m, const float* kdy,
+                      const float* kx, const float* k0, float* dx, Py_ssize_t n) noexcept nogil
+    void pynn_bn_dx_d(const double* dy, const double* x, const double* m, const double* kdy,
+                      const double* kx, const double* k0, double* dx,
+                      Py_ssize_t n) noexcept nogil
+    void pynn_group_back_sums_f(const float* dy, const float* x, const float* gamma,
+                                Py_ssize_t n, double mu, double inv, int rms, double* dgamma,
+                                double* dbeta, double* sg, double* sgx) noexcept nogil
+    void pynn_group_back_sums_d(const double* dy, const double* x, const double* gamma,
+                                Py_ssize_t n, double mu, double inv, int rms, double* dgamma,
+                                double* dbeta, double* sg, double* sgx) noexcept nogil
+    void pynn_group_dx_f(const float* dy, const float* x, const float* gamma, float mu,
+                         float inv, float a1, float a2, float* dx, Py_ssize_t n) noexcept nogil
+    void pynn_group_dx_d(const double* dy, const double* x, const double* gamma, double mu,
+                         double inv, double a1, double a2, double* dx,
+                         Py_ssize_t n) noexcept nogil
+
+
+# Dispatch of the C loops above on the fused dtype.
+cdef inline void _col_sums(const floating* u, const floating* v, const floating* ku,
+                           const floating* kv, Py_ssize_t n, double* s1,
+                           double* s2) noexcept nogil:
+    if floating is float:
+        pynn_col_sums_f(u, v, ku, kv, n, s1, s2)
+    else:
+        pynn_col_sums_d(u, v, ku, kv, n, s1, s2)
+
+
+cdef inline void _row_sums(const floating* u, const floating* v, double ku, double kv,
+                           Py_ssize_t n, double* s1, double* s2) noexcept nogil:
+    if floating is float:
+        pynn_row_sums_f(u, v, ku, kv, n, s1, s2)
+    else:
+        pynn_row_sums_d(u, v, ku, kv, n, s1, s2)
+
+
+cdef inline void _affine(const floating* x, floating* y, const floating* m, const floating* s,
+                         const floating* t, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        pynn_affine_f(x, y, m, s, t, n)
+    else:
+        pynn_affine_d(x, y, m, s, t, n)
+
+
+cdef inline void _group_affine(const floating* x, floating* y, floating mu, floating inv,
+                               const floating* gamma, const floating* beta,
+                               Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        pynn_group_affine_f(x, y, mu, inv, gamma, beta, n)
+    else:
+        pynn_group_affine_d(x, y, mu, inv, gamma, beta, n)
+
+
+cdef inline void _bn_dx(const floating* dy, const floating* x, const floating* m,
+                        const floating* kdy, const floating* kx, const floating* k0,
+                        floating* dx, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        pynn_bn_dx_f(dy, x, m, kdy, kx, k0, dx, n)
+    else:
+        pynn_bn_dx_d(dy, x, m, kdy, kx, k0, dx, n)
+
+
+cdef inline void _group_back_sums(const floating* dy, const floating* x, const floating* gamma,
+                                  Py_ssize_t n, double mu, double inv, int rms, double* dgamma,
+                                  double* dbeta, double* sg, double* sgx) noexcept nogil:
+    if floating is float:
+        pynn_group_back_sums_f(dy, x, gamma, n, mu, inv, rms, dgamma, dbeta, sg, sgx)
+    else:
+        pynn_group_back_sums_d(dy, x, gamma, n, mu, inv, rms, dgamma, dbeta, sg, sgx)
+
+
+cdef inline void _group_dx(const floating* dy, const floating* x, const floating* gamma,
+                           floating mu, floating inv, floating a1, floating a2, floating* dx,
+                           Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        pynn_group_dx_f(dy, x, gamma, mu, inv, a1, a2, dx, n)
+    else:
+        pynn_group_dx_d(dy, x, gamma, mu, inv, a1, a2, dx, n)
+
+
+cdef inline Py_ssize_t _blocks(Py_ssize_t rows) noexcept nogil:
+    return rows if rows < MAX_BLOCKS else MAX_BLOCKS
+
+
+# -- batch norm -----------------------------------------------------------------------------
+
+cdef void _bn_sums_block(const floating* u, const floating* v, const floating* ku,
+                         const floating* kv, double* s1, double* s2, Py_ssize_t a0,
+                         Py_ssize_t a1, Py_ssize_t C, Py_ssize_t B) noexcept nogil:
+    """Rows [a0, a1) into the block's per-channel s1 += u - ku, s2 += (u - ku) * (v - kv)
+    (ku NULL: 0). Statistics: u = v = x, ku = kv = the shift; backward: u = dy, v = x,
+    kv = the mean."""
+    cdef Py_ssize_t a, c, base
+    for a in range(a0, a1):
+        if B == 1:
+            _col_sums(u + a * C, v + a * C, ku, kv, C, s1, s2)
+        else:
+            for c in range(C):
+                base = (a * C + c) * B
+                _row_sums(u + base, v + base, ku[c] if ku != NULL else 0.0, kv[c], B, &s1[c],
+                          &s2[c])
+
+
+cdef void _bn_sums(const floating* u, const floating* v, const floating* ku, const floating* kv,
+                   double[:, ::1] part, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B) noexcept nogil:
+    """part[0] = per-channel s1, part[1] = s2, each folded over the row blocks in order.
+    ``part`` is (2 * (blocks + 1), C), zeroed."""
+    cdef Py_ssize_t nb = _blocks(A), i, c
+    for i in prange(nb, schedule="static", use_threads_if=A * C * B >= PARALLEL_MIN):
+        _bn_sums_block(u, v, ku, kv, &part[2 * (i + 1), 0], &part[2 * (i + 1) + 1, 0],
+                       A * i // nb, A * (i + 1) // nb, C, B)
+    for i in range(nb):
+        for c in range(C):
+            part[0, c] += part[2 * (i + 1), c]
+            part[1, c] += part[2 * (i + 1) + 1, c]
+
+
+def _bn_statistics(const floating[::1] x, floating[::1] mean, floating[::1] inv_std,
+                   floating[::1] moving_mean, floating[::1] moving_variance, Py_ssize_t A,
+                   Py_ssize_t C, Py_ssize_t B, double momentum, double epsilon):
+    """Batch mean and 1/sqrt(var + eps) per channel (OUT), the moving statistics updated
+    (IN/OUT). Needs M = A*B >= 1."""
+    cdef double[:, ::1] part = np.zeros((2 * (_blocks(A) + 1), C))
+    cdef double m = <double>A * B, mu, var, k
+    cdef Py_ssize_t c
+    # The first value of each channel is its shift.
+    cdef floating[::1] shift = np.empty(C, dtype=np.asarray(mean).dtype)
+    for c in range(C):
+        shift[c] = x[c * B]
+    with nogil:
+        _bn_sums(&x[0], &x[0], &shift[0], &shift[0], part, A, C, B)
+        for c in range(C):
+            k = shift[c]
+            mu = part[0, c] / m
+            var = part[1, c] / m - mu * mu
+            if var < 0.0:
+                var = 0.0
+            mean[c] = <floating>(k + mu)
+            inv_std[c] = <floating>(1.0 / sqrt(var + epsilon))
+            moving_mean[c] = <floating>(moving_mean[c] * momentum + (k + mu) * (1.0 - momentum))
+            moving_variance[c] = <floating>(moving_variance[c] * momentum
+                                            + var * (1.0 - momentum))
+
+
+def _bn_normalize(const floating[::1] x, floating[::1] y, const floating[::1] mean,
+                  const floating[::1] inv_std, const floating[::1] gamma,
+                  const floating[::1] beta, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B):
+    """y = (x - mean) * inv_std * gamma + beta, per channel."""
+    cdef floating[::1] scale = np.empty(C, dtype=np.asarray(mean).dtype)
+    cdef Py_ssize_t a, c, b, base
+    cdef floating mu, sc, sh
+    for c in range(C):
+        scale[c] = inv_std[c] * gamma[c]
+    for a in prange(A, schedule="static", nogil=True, use_threads_if=A * C * B >= PARALLEL_MIN):
+        if B == 1:
+            _affine(&x[a * C], &y[a * C], &mean[0], &scale[0], &beta[0], C)
+        else:
+            for c in range(C):
+                mu = mean[c]
+                sc = scale[c]
+                sh = beta[c]
+                base = (a * C + c) * B
+                for b in range(B):
+                    y[base + b] = (x[base + b] - mu) * sc + sh
+
+
+def _bn_backward(const floating[::1] dy, const floating[::1] x, const floating[::1] gamma,
+                 const floating[::1] mean, const floating[::1] inv_std, floating[::1] dx,
+                 floating[::1] dgamma, floating[::1] dbeta, Py_ssize_t A, Py_ssize_t C,
+                 Py_ssize_t B, bint batch_stats, bint need_input_grad):
+    """dgamma = sum(dy * xhat), dbeta = sum(dy) (OUT); dx (OUT, when need_input_grad) is
+    gamma*inv_std*dy, less the statistics' share when they came from this batch:
+    gamma*inv_std*(dy - dbeta/M - xhat*dgamma/M)."""
+    cdef double[:, ::1] part = np.zeros((2 * (_blocks(A) + 1), C))
+    cdef double m = <double>A * B
+    cdef floating[::1] k_dy = np.empty(C, dtype=np.asarray(dgamma).dtype)
+    cdef floating[::1] k_x = np.empty_like(k_dy)
+    cdef floating[::1] k_0 = np.empty_like(k_dy)
+    cdef Py_ssize_t a, c, b, base
+    cdef double inv, g
+    with nogil:
+        if m > 0:
+            _bn_sums(&dy[0], &x[0], <const floating*>NULL, &mean[0], part, A, C, B)
+        for c in range(C):
+            inv = inv_std[c]
+            g = gamma[c] * inv
+            dbeta[c] = <floating>part[0, c]
+            dgamma[c] = <floating>(part[1, c] * inv)
+            # dx = k_dy*dy + k_x*(x - mean) + k_0
+            k_dy[c] = <floating>g
+            if batch_stats and m > 0:
+                k_x[c] = <floating>(-g * inv * inv * part[1, c] / m)
+                k_0[c] = <floating>(-g * part[0, c] / m)
+            else:
+                k_x[c] = 0
+                k_0[c] = 0
+    if not need_input_grad or m == 0:
+        return
+    for a in prange(A, schedule="static", nogil=True, use_threads_if=A * C * B >= PARALLEL_MIN):
+        if B == 1:
+            _bn_dx(&dy[a * C], &x[a * C], &mean[0], &k_dy[0], &k_x[0], &k_0[0], &dx[a * C], C)
+        else:
+            for c in range(C):
+                base = (a * C + c) * B
+                for b in range(B):
+                    dx[base + b] = (k_dy[c] * dy[base + b] + k_x[c] * (x[base + b] - mean[c])
+                                    + k_0[c])
+
+
+def _ones_or(v, c, dtype, fill):
+    return np.full(c, fill, dtype=dtype) if v is None else v
+
+
+def batch_norm_forward(x, gamma, beta, moving_mean, moving_variance, axis=-1, momentum=0.99,
+                       epsilon=1e-3, training=False):
+    """Batch normalization over every axis but ``axis`` -> (y, mean, inv_std), mean and
+    inv_std (C,) the statistics y was normalized with (the batch's when training, else the
+    moving ones), for batch_norm_backward. Training also updates moving_mean and
+    moving_variance in place; an empty batch leaves them alone."""
+    (x, gamma, beta, moving_mean, moving_variance, (A, C, B), momentum, epsilon,
+     training) = operands.batch_norm_forward(HOST, x, gamma, beta, moving_mean,
+                                             moving_variance, axis, momentum, epsilon, training)
+    dtype = x.dtype
+    gamma = _ones_or(gamma, C, dtype, 1)
+    beta = _ones_or(beta, C, dtype, 0)
+    y = np.empty_like(x)
+    mean = np.empty(C, dtype=dtype)
+    inv_std = np.empty(C, dtype=dtype)
+    if training and A * B > 0:
+        _bn_statistics(x.reshape(-1), mean, inv_std, moving_mean, moving_variance, A, C, B,
+                       momentum, epsilon)
+    else:
+        mean[:] = moving_mean
+        inv_std[:] = 1.0 / np.sqrt(moving_variance.astype(np.float64) + epsilon)
+    if x.size:
+        _bn_normalize(x.reshape(-1), y.reshape(-1), mean, inv_std, gamma, beta, A, C, B)
+    return y, mean, inv_std
+
+
+def batch_norm_backward(dy, x, gamma, mean, inv_std, axis=-1, batch_stats=True,
+                        need_input_grad=True):
+    """-> (dx or None, dgamma, dbeta) of y = batch_norm_forward(x, ...)[0] with its returned
+    mean and inv_std; ``batch_stats``: they were the batch's (training), so dx carries their
+    dependence on x; otherwise they were constants (inference, trainable=False)."""
+    (dy, x, gamma, mean, inv_std, (A, C, B), batch_stats,
+     need_input_grad) = operands.batch_norm_backward(HOST, dy, x, gamma, mean, inv_std, axis,
+                                                     batch_stats, need_input_grad)
+    dtype = x.dtype
+    gamma = _ones_or(gamma, C, dtype, 1)
+    dx = np.empty_like(x) if need_input_grad else None
+    dgamma = np.empty(C, dtype=dtype)
+    dbeta = np.empty(C, dtype=dtype)
+    flat = x.reshape(-1)
+    _bn_backward(dy.reshape(-1), flat, gamma, mean, inv_std,
+                 dx.reshape(-1) if dx is not None else np.empty(1, dtype), dgamma, dbeta, A, C, B,
+                 batch_stats, need_input_grad)
+    return dx, dgamma, dbeta
+
+
+# -- group norm (and layer norm) -----------------------------------------------------------
+
+cdef void _gn_stats_row(const floating* x, floating* mean, floating* inv_std, double* s1,
+                        double* s2, Py_ssize_t S, Py_ssize_t C, Py_ssize_t G,
+                        double epsilon) noexcept nogil:
+    """Sample n: x its (S, C) slab; mean, inv_std, s1, s2 its G entries. The shift of a group
+    is its first value."""
+    cdef Py_ssize_t CG = C // G, s, g
+    cdef double k, mu, var, m = <double>S * CG
+    for g in range(G):
+        s1[g] = 0.0
+        s2[g] = 0.0
+    for s in range(S):
+        for g in range(G):
+            k = x[g * CG]
+            _row_sums(x + s * C + g * CG, x + s * C + g * CG, k, k, CG, &s1[g], &s2[g])
+    for g in range(G):
+        mu = s1[g] / m
+        var = s2[g] / m - mu * mu
+        if var < 0.0:
+            var = 0.0
+        mean[g] = <floating>(x[g * CG] + mu)
+        inv_std[g] = <floating>(1.0 / sqrt(var + epsilon))
+
+
+cdef void _gn_forward_columns(const floating* x, floating* y, floating* mean,
+                              floating* inv_std, const floating* gamma, const floating* beta,
+                              double* t1, double* t2, floating* center, floating* scale,
+                              Py_ssize_t S, Py_ssize_t C, Py_ssize_t G, double epsilon,
+                              bint rms_scaling) noexcept nogil:
+    """Sample n (x, y its (S, C) slab; mean, inv_std its G entries; the rest scratch of C):
+    per-channel shifted sums over S (shift: the first row), folded into each group by the
+    pairwise rule (equal counts: the group mean is the mean of the channel means, its
+    centered sum of squares the channels' plus S * sum((mean_c - mean_g)^2)); then the rows
+    normalized with per-channel center and scale."""
+    cdef Py_ssize_t CG = C // G, s, g, c
+    cdef double mu, m2, mc, inv
+    for c in range(C):
+        t1[c] = 0.0
+        t2[c] = 0.0
+    for s in range(S):
+        _col_sums(x + s * C, x + s * C, x, x, C, t1, t2)
+    for c in range(C):
+        # t1 -> the channel mean, t2 -> its centered sum of squares
+        mc = t1[c] / S
+        t2[c] = t2[c] - t1[c] * mc
+        t1[c] = x[c] + mc
+    for g in range(G):
+        mu = 0.0
+        for c in range(g * CG, (g + 1) * CG):
+            mu = mu + t1[c]
+        mu = mu / CG
+        m2 = 0.0
+        for c in range(g * CG, (g + 1) * CG):
+            m2 = m2 + t2[c] + S * (t1[c] - mu) * (t1[c] - mu)
+        m2 = m2 / (S * CG)
+        if m2 < 0.0:
+            m2 = 0.0
+        inv = 1.0 / sqrt(m2 + epsilon)
+        mean[g] = <floating>mu
+        inv_std[g] = <floating>inv
+        for c in range(g * CG, (g + 1) * CG):
+            center[c] = 0 if rms_scaling else mean[g]
+            scale[c] = inv_std[g] * gamma[c]
+    for s in range(S):
+        _affine(x + s * C, y + s * C, center, scale, beta, C)
+
+
+def _gn_forward(const floating[::1] x, floating[::1] y, floating[::1] mean,
+                floating[::1] inv_std, const floating[::1] gamma, const floating[::1] beta,
+                Py_ssize_t N, Py_ssize_t S, Py_ssize_t C, Py_ssize_t G, double epsilon,
+                bint rms_scaling):
+    cdef Py_ssize_t nb = _blocks(N), i
+    cdef double[:, ::1] sums = np.empty((2 * N, G))
+    cdef double[:, ::1] cols = np.empty((2 * nb, C))
+    cdef floating[:, ::1] vecs = np.empty((2 * nb, C), dtype=np.asarray(mean).dtype)
+    cdef Py_ssize_t n, s, g, CG = C // G, slab = S * C, at
+    cdef floating mu
+    if S > 1 or CG < GROUP_RUN_MIN:
+        for i in prange(nb, schedule="static", nogil=True,
+                        use_threads_if=N * slab >= PARALLEL_MIN):
+            for n in range(N * i // nb, N * (i + 1) // nb):
+                _gn_forward_columns(&x[n * slab], &y[n * slab], &mean[n * G], &inv_std[n * G],
+                                    &gamma[0], &beta[0], &cols[2 * i, 0], &cols[2 * i + 1, 0],
+                                    &vecs[2 * i, 0], &vecs[2 * i + 1, 0], S, C, G, epsilon,
+                                    rms_scaling)
+        return
+    for n in prange(N, schedule="static", nogil=True, use_threads_if=N * slab >= PARALLEL_MIN):
+        _gn_stats_row(&x[n * slab], &mean[n * G], &inv_std[n * G], &sums[2 * n, 0],
+                      &sums[2 * n + 1, 0], S, C, G, epsilon)
+        for s in range(S):
+            for g in range(G):
+                # rms_scaling (Keras's deprecated option) scales x by the inverse std
+                # without centering it.
+                mu = 0 if rms_scaling else mean[n * G + g]
+                at = n * slab + s * C + g * CG
+                _group_affine(&x[at], &y[at], mu, inv_std[n * G + g], &gamma[g * CG],
+                              &beta[g * CG], CG)
+
+
+cdef void _gn_sums_columns(const floating* dy, const floating* x, const floating* gamma,
+                           const floating* mean, const floating* inv_std, double* t1,
+                           double* t2, floating* center, double* dgamma, double* dbeta,
+                           double* sg, double* sgx, Py_ssize_t S, Py_ssize_t C, Py_ssize_t G,
+                           bint rms_scaling) noexcept nogil:
+    """Sample n by channel columns: t1 = sum(dy), t2 = sum(dy * (x - mean)) per channel over
+    S, then the block's dgamma, dbeta (per channel) and the sample's sg, sgx (per group)."""
+    cdef Py_ssize_t CG = C // G, s, g, c
+    cdef double inv
+    for c in range(C):
+        t1[c] = 0.0
+        t2[c] = 0.0
+        center[c] = mean[c // CG]
+    for s in range(S):
+        _col_sums(dy + s * C, x + s * C, <const floating*>NULL, center, C, t1, t2)
+    for g in range(G):
+        inv = inv_std[g]
+        sg[g] = 0.0
+        sgx[g] = 0.0
+        for c in range(g * CG, (g + 1) * CG):
+            dbeta[c] += t1[c]
+            dgamma[c] += (t2[c] + mean[g] * t1[c] if rms_scaling else t2[c]) * inv
+            sg[g] += gamma[c] * t1[c]
+            sgx[g] += gamma[c] * t2[c] * inv
+
+
+cdef inline double _group_dx_a1(double inv, double sg, double m,
+                                bint rms_scaling) noexcept nogil:
+    """a1 of one group's dx = inv*(dy*gamma) - a1 - a2*(x - mu)."""
+    return 0.0 if rms_scaling else inv * sg / m
+
+
+cdef inline double _group_dx_a2(double mu, double inv, double sg, double sgx, double m,
+                                bint rms_scaling) noexcept nogil:
+    """a2 of one group's dx = inv*(dy*gamma) - a1 - a2*(x - mu)."""
+    if rms_scaling:
+        return inv * inv * (sgx + mu * inv * sg) / m
+    return inv * inv * sgx / m
+
+
+cdef void _gn_dx_columns(const floating* dy, const floating* x, const floating* gamma,
+                         const floating* mean, const floating* inv_std, const double* sg,
+                         const double* sgx, floating* dx, floating* center, floating* k_dy,
+                         floating* k_x, floating* k_0, double m, Py_ssize_t S, Py_ssize_t C,
+                         Py_ssize_t G, bint rms_scaling) noexcept nogil:
+    """Sample n: the group coefficients spread over the channels, then dx row by row."""
+    cdef Py_ssize_t CG = C // G, s, g, c
+    cdef double a1, a2
+    for g in range(G):
+        a1 = _group_dx_a1(inv_std[g], sg[g], m, rms_scaling)
+        a2 = _group_dx_a2(mean[g], inv_std[g], sg[g], sgx[g], m, rms_scaling)
+        for c in range(g * CG, (g + 1) * CG):
+            center[c] = mean[g]
+            k_dy[c] = <floating>(inv_std[g] * gamma[c])
+            k_x[c] = <floating>(-a2)
+            k_0[c] = <floating>(-a1)
+    for s in range(S):
+        _bn_dx(dy + s * C, x + s * C, center, k_dy, k_x, k_0, dx + s * C, C)
+
+
+def _gn_backward(const floating[::1] dy, const floating[::1] x, const floating[::1] gamma,
+                 const floating[::1] mean, const floating[::1] inv_std, floating[::1] dx,
+                 floating[::1] dgamma, floating[::1] dbeta, Py_ssize_t N, Py_ssize_t S,
+                 Py_ssize_t C, Py_ssize_t G, bint rms_scaling, bint need_input_grad):
+    """Per (n, g) sg = sum(dy*gamma), sgx = sum(dy*gamma*xhat) and per channel dgamma, dbeta
+    (partials per row block), then dx = inv*(g - a*mean(g) - xhat*(mean(g*xhat) +
+    b*mu*inv*mean(g))), g = dy*gamma, with (a, b) = (1, 0), or (0, 1) under rms_scaling
+    (y = x*inv*gamma: the mean enters through the variance only)."""
+    cdef Py_ssize_t nb = _blocks(N), i, c, n, s, g, at
+    cdef Py_ssize_t CG = C // G, slab = S * C
+    cdef double[:, ::1] part = np.zeros((2 * (nb + 1), C))
+    cdef double[::1] sg = np.zeros(N * G)
+    cdef double[::1] sgx = np.zeros(N * G)
+    cdef double m = <double>S * CG, mu, inv, a1, a2
+    cdef double[:, ::1] cols = np.empty((2 * nb, C))
+    cdef floating[:, ::1] vecs = np.empty((4 * nb, C), dtype=np.asarray(mean).dtype)
+    cdef bint columns = S > 1 or CG < GROUP_RUN_MIN
+    for i in prange(nb, schedule="static", nogil=True, use_threads_if=N * slab >= PARALLEL_MIN):
+        for n in range(N * i // nb, N * (i + 1) // nb):
+            if columns:
+                _gn_sums_columns(&dy[n * slab], &x[n * slab], &gamma[0], &mean[n * G],
+                                 &inv_std[n * G], &cols[2 * i, 0], &cols[2 * i + 1, 0],
+                                 &vecs[4 * i, 0], &part[2 * (i + 1), 0],
+                                 &part[2 * (i + 1) + 1, 0], &sg[n * G], &sgx[n * G], S, C, G,
+                                 rms_scaling)
+                continue
+            for s in range(S):
+                for g in range(G):
+                    at = n * slab + s * C + g * CG
+                    _group_back_sums(&dy[at], &x[at], &gamma[g * CG], CG, mean[n * G + g],
+                                     inv_std[n * G + g], rms_scaling,
+                                     &part[2 * (i + 1), g * CG], &part[2 * (i + 1) + 1, g * CG],
+                                     &sg[n * G + g], &sgx[n * G + g])
+    for i in range(nb):
+        for c in range(C):
+            part[0, c] += part[2 * (i + 1), c]
+            part[1, c] += part[2 * (i + 1) + 1, c]
+    for c in range(C):
+        dgamma[c] = <floating>part[0, c]
+        dbeta[c] = <floating>part[1, c]
+    if not need_input_grad:
+        return
+    if columns:
+        for i in prange(nb, schedule="static", nogil=True,
+                        use_threads_if=N * slab >= PARALLEL_MIN):
+            for n in range(N * i // nb, N * (i + 1) // nb):
+                _gn_dx_columns(&dy[n * slab], &x[n * slab], &gamma[0], &mean[n * G],
+                               &inv_std[n * G], &sg[n * G], &sgx[n * G], &dx[n * slab],
+                               &vecs[4 * i, 0], &vecs[4 * i + 1, 0], &vecs[4 * i + 2, 0],
+                               &vecs[4 * i + 3, 0], m, S, C, G, rms_scaling)
+        return
+    for n in prange(N, schedule="static", nogil=True, use_threads_if=N * slab >= PARALLEL_MIN):
+        for g in range(G):
+            mu = mean[n * G + g]
+            inv = inv_std[n * G + g]
+            a1 = _group_dx_a1(inv, sg[n * G + g], m, rms_scaling)
+            a2 = _group_dx_a2(mu, inv, sg[n * G + g], sgx[n * G + g], m, rms_scaling)
+            for s in range(S):
+                at = n * slab + s * C + g * CG
+                _group_dx(&dy[at], &x[at], &gamma[g * CG], <floating>mu, <floating>inv,
+                          <floating>a1, <floating>a2, &dx[at], CG)
+
+
+def group_norm_forward(x, gamma, beta, groups, epsilon=1e-3, rms_scaling=False):
+    """Group normalization of x (N, ..., C): per sample and group of C/groups consecutive
+    channels, over the group's channels and every axis between the first and the last
+    -> (y, mean, inv_std), mean and inv_std (N, groups) for group_norm_backward."""
+    x, gamma, beta, (N, S, C, G), epsilon, rms_scaling = operands.group_norm_forward(
+        HOST, x, gamma, beta, groups, epsilon, rms_scaling)
+    dtype = x.dtype
+    gamma = _ones_or(gamma, C, dtype, 1)
+    beta = _ones_or(beta, C, dtype, 0)
+    y = np.empty_like(x)
+    mean = np.zeros((N, G), dtype=dtype)
+    inv_std = np.zeros((N, G), dtype=dtype)
+    if x.size:
+        _gn_forward(x.reshape(-1), y.reshape(-1), mean.reshape(-1), inv_std.reshape(-1),
+                    gamma, beta, N, S, C, G, epsilon, rms_scaling)
+    return y, mean, inv_std
+
+
+def group_norm_backward(dy, x, gamma, mean, inv_std, groups, rms_scaling=False,
+                        need_input_grad=True):
+    """-> (dx or None, dgamma, dbeta) of y = group_norm_forward(x, ...)[0]."""
+    (dy, x, gamma, mean, inv_std, (N, S, C, G), rms_scaling,
+     need_input_grad) = operands.group_norm_backward(HOST, dy, x, gamma, mean, inv_std, groups,
+                                                     rms_scaling, need_input_grad)
+    dtype = x.dtype
+    gamma = _ones_or(gamma, C, dtype, 1)
+    dx = np.empty_like(x) if need_input_grad else None
+    dgamma = np.zeros(C, dtype=dtype)
+    dbeta = np.zeros(C, dtype=dtype)
+    if x.size:
+        flat = x.reshape(-1)
+        _gn_backward(dy.reshape(-1), flat, gamma, mean.reshape(-1), inv_std.reshape(-1),
+                     dx.reshape(-1) if dx is not None else np.empty(1, dtype), dgamma, dbeta,
+                     N, S, C, G, rms_scaling, need_input_grad)
+    return dx, dgamma, dbeta

@@ -1,0 +1,158 @@
+"""OpenCL normalization ops: the host side of ``opencl/normalization.cl``.
+
+Same names, signatures and semantics as ``native/normalization.pyx``; operands are checked by
+``pynn.backend.operands.normalization``. Each op is a reduction (two launches: partials by
+channel column, then their fold; or one work-group per (sample, group) for wide groups)
+and one elementwise launch; the moving statistics of batch norm are updated on the device
+by the statistics kernel. Statistics accumulate in float32 (the CPU's in double).
+"""
+
+import numpy as np
+
+from pynn.backend.opencl import runtime as rt
+from pynn.backend.opencl.arrays import DEVICE
+from pynn.backend.opencl.launch import elementwise, kernel, sizes
+from pynn.backend.operands import normalization as operands
+
+STEM = "normalization"
+# Reductions over rows run in P partials per channel, each folding every P-th row: at most
+# MAX_PARTIALS, each at least ROWS_PER_PARTIAL rows long, fixed by the size alone.
+MAX_PARTIALS = 256
+ROWS_PER_PARTIAL = 16
+# Groups of at least this many channels reduce as contiguous runs (one work-group per
+# (sample, group): layer norm's rows); narrower ones by channel columns (as on the CPU).
+GROUP_RUN_MIN = 16
+
+
+def _partials(rows):
+    return max(1, min(MAX_PARTIALS, -(-rows // ROWS_PER_PARTIAL)))
+
+
+def _column_buffers(count, what):
+    return (rt.empty((count,), what=f"{what} partials"),
+            rt.empty((count,), what=f"{what} partials"))
+
+
+def _per_group(name, groups, *args):
+    """One work-group of the reduction kernel ``name`` per statistic."""
+    wg = sizes()[0]
+    rt.launch(kernel(STEM, name), (groups * wg,), (wg,), *args)
+
+
+def _optional(a, stand_in):
+    """(buffer, flag) of an optional per-channel operand: a kernel never reads the stand-in."""
+    return (stand_in, 0) if a is None else (a, 1)
+
+
+def batch_norm_forward(x, gamma, beta, moving_mean, moving_variance, axis=-1, momentum=0.99,
+                       epsilon=1e-3, training=False):
+    """-> (y, mean, inv_std); training updates moving_mean / moving_variance in place."""
+    op = "batch_norm_forward"
+    (x, gamma, beta, moving_mean, moving_variance, (a, c, b), momentum, epsilon,
+     training) = operands.batch_norm_forward(DEVICE, x, gamma, beta, moving_mean,
+                                             moving_variance, axis, momentum, epsilon, training)
+    y = rt.empty(x.shape, what=f"{op} output")
+    mean = rt.empty((c,), what=f"{op} mean")
+    inv_std = rt.empty((c,), what=f"{op} inv_std")
+    if training and a * b > 0:
+        p = _partials(a * b)
+        part1, part2 = _column_buffers(p * c, op)
+        elementwise(STEM, "batch_norm_partials", p * c, x, x, x, part1, part2, a, c, b, p, 0)
+        elementwise(STEM, "batch_norm_statistics", c, part1, part2, x, mean, inv_std,
+                    moving_mean, moving_variance, a, c, b, p, np.float32(momentum),
+                    np.float32(epsilon))
+    else:
+        elementwise(STEM, "batch_norm_moving_statistics", c, moving_mean, moving_variance,
+                    mean, inv_std, c, np.float32(epsilon))
+    gamma_buf, has_gamma = _optional(gamma, x)
+    beta_buf, has_beta = _optional(beta, x)
+    elementwise(STEM, "batch_norm_normalize", x.size, x, y, mean, inv_std, gamma_buf, beta_buf,
+                has_gamma, has_beta, a, c, b)
+    return y, mean, inv_std
+
+
+def batch_norm_backward(dy, x, gamma, mean, inv_std, axis=-1, batch_stats=True,
+                        need_input_grad=True):
+    """-> (dx or None, dgamma, dbeta)."""
+    op = "batch_norm_backward"
+    (dy, x, gamma, mean, inv_std, (a, c, b), batch_stats,
+     need_input_grad) = operands.batch_norm_backward(DEVICE, dy, x, gamma, mean, inv_std, axis,
+                                                     batch_stats, need_input_grad)
+    dgamma = rt.zeros((c,), what=f"{op} dgamma")
+    dbeta = rt.zeros((c,), what=f"{op} dbeta")
+    if a * b > 0:
+        p = _partials(a * b)
+        part1, part2 = _column_buffers(p * c, op)
+        elementwise(STEM, "batch_norm_partials", p * c, dy, x, mean, part1, part2, a, c, b, p, 1)
+        elementwise(STEM, "channel_partials_fold", c, part1, part2, inv_std, 1, dgamma, dbeta,
+                    c, p)
+    if not need_input_grad:
+        return None, dgamma, dbeta
+    dx = rt.empty(x.shape, what=f"{op} dx")
+    gamma_buf, has_gamma = _optional(gamma, x)
+    elementwise(STEM, "batch_norm_backward_input", x.size, dy, x, gamma_buf, has_gamma, mean,
+                inv_std, dgamma, dbeta, dx, a, c, b, int(batch_stats))
+    return dx, dgamma, dbeta
+
+
+def group_norm_forward(x, gamma, beta, groups, epsilon=1e-3, rms_scaling=False):
+    """-> (y, mean (N, groups), inv_std (N, groups))."""
+    op = "group_norm_forward"
+    x, gamma, beta, (n, s, c, g), epsilon, rms_scaling = operands.group_norm_forward(
+        DEVICE, x, gamma, beta, groups, epsilon, rms_scaling)
+    y = rt.empty(x.shape, what=f"{op} output")
+    mean = rt.zeros((n, g), what=f"{op} mean")
+    inv_std = rt.zeros((n, g), what=f"{op} inv_std")
+    if x.size:
+        if c // g >= GROUP_RUN_MIN:
+            _per_group("group_norm_statistics", n * g, x, mean, inv_std, n, s, c, g,
+                       np.float32(epsilon))
+        else:
+            p = _partials(s)
+            part1, part2 = _column_buffers(n * p * c, op)
+            elementwise(STEM, "group_norm_column_partials", n * p * c, x, x, x, 0, x, x, part1,
+                        part2, n, s, c, g, p, 0)
+            elementwise(STEM, "group_norm_column_fold", n * g, part1, part2, x, mean, inv_std,
+                        n, s, c, g, p, 1, np.float32(epsilon))
+        gamma_buf, has_gamma = _optional(gamma, x)
+        beta_buf, has_beta = _optional(beta, x)
+        elementwise(STEM, "group_norm_normalize", x.size, x, y, mean, inv_std, gamma_buf,
+                    beta_buf, has_gamma, has_beta, n, s, c, g, int(rms_scaling))
+    return y, mean, inv_std
+
+
+def group_norm_backward(dy, x, gamma, mean, inv_std, groups, rms_scaling=False,
+                        need_input_grad=True):
+    """-> (dx or None, dgamma, dbeta)."""
+    op = "group_norm_backward"
+    (dy, x, gamma, mean, inv_std, (n, s, c, g), rms_scaling,
+     need_input_grad) = operands.group_norm_backward(DEVICE, dy, x, gamma, mean, inv_std,
+                                                     groups, rms_scaling, need_input_grad)
+    dgamma = rt.zeros((c,), what=f"{op} dgamma")
+    dbeta = rt.zeros((c,), what=f"{op} dbeta")
+    if x.size:
+        p = _partials(n * s)
+        part1, part2 = _column_buffers(p * c, op)
+        elementwise(STEM, "group_norm_channel_partials", p * c, dy, x, mean, inv_std, part1,
+                    part2, n, s, c, g, p, int(rms_scaling))
+        elementwise(STEM, "channel_partials_fold", c, part1, part2, x, 0, dgamma, dbeta, c, p)
+    if not need_input_grad:
+        return None, dgamma, dbeta
+    dx = rt.empty(x.shape, what=f"{op} dx")
+    if x.size:
+        gamma_buf, has_gamma = _optional(gamma, x)
+        sg = rt.empty((n * g,), what=f"{op} group sums")
+        sgx = rt.empty((n * g,), what=f"{op} group sums")
+        if c // g >= GROUP_RUN_MIN:
+            _per_group("group_norm_group_sums", n * g, dy, x, gamma_buf, has_gamma, mean,
+                       inv_std, sg, sgx, n, s, c, g)
+        else:
+            p = _partials(s)
+            part1, part2 = _column_buffers(n * p * c, op)
+            elementwise(STEM, "group_norm_column_partials", n * p * c, dy, x, gamma_buf,
+                        has_gamma, mean, inv_std, part1, part2, n, s, c, g, p, 1)
+            elementwise(STEM, "group_norm_column_fold", n * g, part1, part2, x, sg, sgx, n, s,
+                        c, g, p, 0, np.float32(0.0))
+        elementwise(STEM, "group_norm_backward_input", x.size, dy, x, gamma_buf, has_gamma,
+                    mean, inv_std, sg, sgx, dx, n, s, c, g, int(rms_scaling))
+    return dx, dgamma, dbeta

@@ -1,0 +1,147 @@
+"""Operands of the normalization ops (native/normalization.pyx,
+pynn/backend/opencl/normalization.py).
+
+Batch norm sees x as (A, C, B): C the channels of ``axis``, A the axes before it, B the axes
+after it (B = 1 for channels_last); statistics are per channel over the M = A*B others.
+Group norm sees x as (N, S, C): N the first axis, C the last, S everything between; the
+C channels split into ``groups`` consecutive groups of CG = C / groups, and statistics are
+per (n, group) over S*CG values. Layer norm is group norm with one group over x reshaped to
+(rows, features).
+"""
+
+import math
+import operator
+
+from pynn.backend.operands.common import check_shape, flag, number
+
+
+def _axis(op, axis, ndim, shape):
+    try:
+        a = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{op}: 'axis' must be an int, got {axis!r}") from None
+    if not -ndim <= a < ndim:
+        raise ValueError(f"{op}: axis {axis} is out of range for x of rank {ndim} (shape "
+                         f"{tuple(shape)}); expected an axis in [{-ndim}, {ndim})")
+    return a % ndim
+
+
+def _vector(arrays, op, name, a, channels, like, inplace=False, optional=False):
+    """A per-channel operand (C,) of x's dtype; None passes through where ``optional``."""
+    if a is None and optional:
+        return None
+    if inplace:
+        arrays.inplace(op, name, a)
+        if a.dtype != like.dtype:
+            raise TypeError(f"{op}: '{name}' must have the dtype of 'x' ({like.dtype}), got "
+                            f"{a.dtype}")
+    else:
+        a = arrays.float_input(op, name, a, like=like)
+    check_shape(op, name, a, (channels,))
+    return a
+
+
+def _epsilon(op, epsilon):
+    return number(op, "epsilon", epsilon, lo=0.0)
+
+
+def batch_norm_forward(arrays, x, gamma, beta, moving_mean, moving_variance, axis, momentum,
+                       epsilon, training):
+    """-> (x, gamma, beta, moving_mean, moving_variance, (A, C, B), momentum, epsilon,
+    training). The moving statistics are updated in place when training, so they must then
+    be writable whole buffers, distinct from each other."""
+    op = "batch_norm_forward"
+    x = arrays.float_input(op, "x", x)
+    if x.ndim < 1:
+        raise ValueError(f"{op}: 'x' must have at least 1 dimension, got shape {x.shape}")
+    dims = _split(op, x, axis)
+    c = dims[1]
+    training = flag(op, "training", training)
+    gamma = _vector(arrays, op, "gamma", gamma, c, x, optional=True)
+    beta = _vector(arrays, op, "beta", beta, c, x, optional=True)
+    moving_mean = _vector(arrays, op, "moving_mean", moving_mean, c, x, inplace=training)
+    moving_variance = _vector(arrays, op, "moving_variance", moving_variance, c, x,
+                              inplace=training)
+    if training and arrays.shares_memory(moving_mean, moving_variance):
+        raise ValueError(f"{op}: 'moving_mean' and 'moving_variance' must not share memory")
+    momentum = number(op, "momentum", momentum, lo=0.0, hi=1.0)
+    return (x, gamma, beta, moving_mean, moving_variance, dims, momentum,
+            _epsilon(op, epsilon), training)
+
+
+def _split(op, x, axis):
+    a = _axis(op, axis, x.ndim, x.shape)
+    return (math.prod(x.shape[:a]), x.shape[a], math.prod(x.shape[a + 1:]))
+
+
+def batch_norm_backward(arrays, dy, x, gamma, mean, inv_std, axis, batch_stats,
+                        need_input_grad):
+    """-> (dy, x, gamma, mean, inv_std, (A, C, B), batch_stats, need_input_grad)."""
+    op = "batch_norm_backward"
+    x = arrays.float_input(op, "x", x)
+    if x.ndim < 1:
+        raise ValueError(f"{op}: 'x' must have at least 1 dimension, got shape {x.shape}")
+    dy = arrays.float_input(op, "dy", dy, like=x)
+    check_shape(op, "dy", dy, x.shape)
+    dims = _split(op, x, axis)
+    c = dims[1]
+    gamma = _vector(arrays, op, "gamma", gamma, c, x, optional=True)
+    mean = _vector(arrays, op, "mean", mean, c, x)
+    inv_std = _vector(arrays, op, "inv_std", inv_std, c, x)
+    return (dy, x, gamma, mean, inv_std, dims, flag(op, "batch_stats", batch_stats),
+            flag(op, "need_input_grad", need_input_grad))
+
+
+def _groups(op, groups, x):
+    if isinstance(groups, bool):
+        raise TypeError(f"{op}: 'groups' must be an int, got {groups!r}")
+    try:
+        g = operator.index(groups)
+    except TypeError:
+        raise TypeError(f"{op}: 'groups' must be an int, got {groups!r}") from None
+    c = x.shape[-1]
+    if g < 1 or c % g:
+        raise ValueError(f"{op}: groups={groups} must be a positive divisor of the {c} "
+                         f"channels of x (shape {tuple(x.shape)})")
+    return g
+
+
+def _group_dims(x, g):
+    """(N, S, C, G)."""
+    n, c = x.shape[0], x.shape[-1]
+    return (n, math.prod(x.shape[1:-1]), c, g)
+
+
+def group_norm_forward(arrays, x, gamma, beta, groups, epsilon, rms_scaling):
+    """-> (x, gamma, beta, (N, S, C, G), epsilon, rms_scaling)."""
+    op = "group_norm_forward"
+    x = arrays.float_input(op, "x", x)
+    if x.ndim < 2:
+        raise ValueError(f"{op}: 'x' must have at least 2 dimensions (N, ..., C), got shape "
+                         f"{tuple(x.shape)}")
+    g = _groups(op, groups, x)
+    c = x.shape[-1]
+    gamma = _vector(arrays, op, "gamma", gamma, c, x, optional=True)
+    beta = _vector(arrays, op, "beta", beta, c, x, optional=True)
+    return (x, gamma, beta, _group_dims(x, g), _epsilon(op, epsilon),
+            flag(op, "rms_scaling", rms_scaling))
+
+
+def group_norm_backward(arrays, dy, x, gamma, mean, inv_std, groups, rms_scaling,
+                        need_input_grad):
+    """-> (dy, x, gamma, mean, inv_std, (N, S, C, G), rms_scaling, need_input_grad)."""
+    op = "group_norm_backward"
+    x = arrays.float_input(op, "x", x)
+    if x.ndim < 2:
+        raise ValueError(f"{op}: 'x' must have at least 2 dimensions (N, ..., C), got shape "
+                         f"{tuple(x.shape)}")
+    dy = arrays.float_input(op, "dy", dy, like=x)
+    check_shape(op, "dy", dy, x.shape)
+    g = _groups(op, groups, x)
+    gamma = _vector(arrays, op, "gamma", gamma, x.shape[-1], x, optional=True)
+    mean = arrays.float_input(op, "mean", mean, like=x)
+    check_shape(op, "mean", mean, (x.shape[0], g))
+    inv_std = arrays.float_input(op, "inv_std", inv_std, like=x)
+    check_shape(op, "inv_std", inv_std, (x.shape[0], g))
+    return (dy, x, gamma, mean, inv_std, _group_dims(x, g), flag(op, "rms_scaling", rms_scaling),
+            flag(op, "need_input_grad", need_input_grad))

@@ -1,0 +1,376 @@
+"""Normalization layers (Keras 3's): BatchNormalization, LayerNormalization,
+GroupNormalization, and ``fold_batch_norm`` for inference plans.
+
+All three run on two backend op pairs: ``batch_norm_*`` and ``group_norm_*``; layer norm is
+group norm with one group over the input reshaped to (rows, normalized features).
+"""
+
+import math
+import operator
+
+import numpy as np
+
+from pynn import backend, initializers, regularizers
+from pynn.layers.base import Layer, shape_str
+
+
+def _constraint(value):
+    """A constraint as add_weight takes it: a callable, else none (pynn.constraints, merged
+    later, resolves names)."""
+    return value if callable(value) else None
+
+
+def _constraint_config(value):
+    if value is None or isinstance(value, (str, dict)):
+        return value
+    get_config = getattr(value, "get_config", None)
+    return {"class_name": type(value).__name__, "config": get_config() if get_config else {}}
+
+
+class _Normalization(Layer):
+    """The shared part: epsilon, center/scale with their initializers, regularizers and
+    constraints, and gamma/beta creation in Keras's order (gamma first)."""
+
+    def __init__(self, epsilon=1e-3, center=True, scale=True, beta_initializer="zeros",
+                 gamma_initializer="ones", beta_regularizer=None, gamma_regularizer=None,
+                 beta_constraint=None, gamma_constraint=None, **kwargs):
+        super().__init__(**kwargs)
+        try:
+            self.epsilon = float(epsilon)
+        except (TypeError, ValueError):
+            raise TypeError(f"{self._label()}: epsilon must be a number, got "
+                            f"{epsilon!r}") from None
+        if not (math.isfinite(self.epsilon) and self.epsilon >= 0):
+            raise ValueError(f"{self._label()}: epsilon must be finite and >= 0, got "
+                             f"{epsilon!r}")
+        self.center = bool(center)
+        self.scale = bool(scale)
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+        self.beta_regularizer = regularizers.get(beta_regularizer)
+        self.gamma_regularizer = regularizers.get(gamma_regularizer)
+        self.beta_constraint = beta_constraint
+        self.gamma_constraint = gamma_constraint
+        self.gamma = None
+        self.beta = None
+
+    def _label(self):
+        return f"{type(self).__name__} '{self.name}'"
+
+    def _add_scale_offset(self, shape, with_beta=True):
+        if self.scale:
+            self.gamma = self.add_weight("gamma", shape, self.gamma_initializer,
+                                         self.gamma_regularizer,
+                                         constraint=_constraint(self.gamma_constraint))
+        if self.center and with_beta:
+            self.beta = self.add_weight("beta", shape, self.beta_initializer,
+                                        self.beta_regularizer,
+                                        constraint=_constraint(self.beta_constraint))
+
+    def _value(self, var):
+        return None if var is None else var.value
+
+    def _set_grads(self, dgamma, dbeta, shape=None):
+        b = backend.current()
+        if self.gamma is not None:
+            self.gamma.grad = dgamma if shape is None else b.reshape(dgamma, shape)
+        if self.beta is not None:
+            self.beta.grad = dbeta if shape is None else b.reshape(dbeta, shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            epsilon=self.epsilon, center=self.center, scale=self.scale,
+            beta_initializer=initializers.serialize(self.beta_initializer),
+            gamma_initializer=initializers.serialize(self.gamma_initializer),
+            beta_regularizer=regularizers.serialize(self.beta_regularizer),
+            gamma_regularizer=regularizers.serialize(self.gamma_regularizer),
+            beta_constraint=_constraint_config(self.beta_constraint),
+            gamma_constraint=_constraint_config(self.gamma_constraint),
+        )
+        return config
+
+
+def _int_axis(label, axis):
+    if isinstance(axis, bool):
+        raise TypeError(f"{label}: axis must be an int, got {axis!r}")
+    try:
+        return operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{label}: axis must be an int, got {axis!r}") from None
+
+
+def _resolve_axis(label, axis, input_shape):
+    ndim = len(input_shape)
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{label}: axis {axis} is out of range for input shape "
+                         f"{shape_str(input_shape)} (rank {ndim}); expected an axis in "
+                         f"[{-ndim}, {ndim})")
+    a = axis % ndim
+    if a == 0:
+        raise ValueError(f"{label}: axis {axis} is the batch axis of input shape "
+                         f"{shape_str(input_shape)}; normalize over a feature axis")
+    if input_shape[a] is None:
+        raise ValueError(f"{label}: axis {axis} of input shape {shape_str(input_shape)} must "
+                         f"have a defined size")
+    return a
+
+
+class BatchNormalization(_Normalization):
+    """Keras 3's BatchNormalization. Training (and trainable) normalizes with the batch's
+    statistics over every axis but ``axis`` (biased variance) and moves the moving statistics
+    towards them; otherwise, as Keras 3 does even in training when ``trainable`` is False,
+    it normalizes with the moving statistics. Weights: gamma, beta, moving_mean,
+    moving_variance (the last two never trainable)."""
+
+    def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
+                 beta_initializer="zeros", gamma_initializer="ones",
+                 moving_mean_initializer="zeros", moving_variance_initializer="ones",
+                 beta_regularizer=None, gamma_regularizer=None, beta_constraint=None,
+                 gamma_constraint=None, **kwargs):
+        super().__init__(epsilon=epsilon, center=center, scale=scale,
+                         beta_initializer=beta_initializer, gamma_initializer=gamma_initializer,
+                         beta_regularizer=beta_regularizer, gamma_regularizer=gamma_regularizer,
+                         beta_constraint=beta_constraint, gamma_constraint=gamma_constraint,
+                         **kwargs)
+        self.axis = _int_axis(self._label(), axis)
+        try:
+            self.momentum = float(momentum)
+        except (TypeError, ValueError):
+            raise TypeError(f"{self._label()}: momentum must be a number, got "
+                            f"{momentum!r}") from None
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"{self._label()}: momentum must be in [0, 1], got {momentum!r}")
+        self.moving_mean_initializer = initializers.get(moving_mean_initializer)
+        self.moving_variance_initializer = initializers.get(moving_variance_initializer)
+
+    def build(self, input_shape):
+        self._axis = _resolve_axis(self._label(), self.axis, input_shape)
+        shape = (input_shape[self._axis],)
+        self._add_scale_offset(shape)
+        self.moving_mean = self.add_weight("moving_mean", shape, self.moving_mean_initializer,
+                                           trainable=False)
+        self.moving_variance = self.add_weight("moving_variance", shape,
+                                               self.moving_variance_initializer,
+                                               trainable=False)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        _resolve_axis(self._label(), self.axis, input_shape)
+        return tuple(input_shape)
+
+    def call(self, x, training=False):
+        if x.dtype != self.dtype:
+            # Keras casts the input to the layer's dtype; here it must, as the moving
+            # statistics are updated in the kernel's (x's) dtype.
+            x = backend.current().asarray(x, self.dtype)
+        batch_stats = bool(training) and self.trainable
+        y, mean, inv_std = backend.current().batch_norm_forward(
+            x, self._value(self.gamma), self._value(self.beta), self.moving_mean.value,
+            self.moving_variance.value, self._axis, self.momentum, self.epsilon, batch_stats)
+        if training:
+            self._cache = (x, mean, inv_std, batch_stats)
+        return y
+
+    def backward(self, dy):
+        if self._cache is None:
+            raise RuntimeError(f"{self._label()}: backward() needs a preceding "
+                               f"call(x, training=True)")
+        (x, mean, inv_std, batch_stats), self._cache = self._cache, None
+        dx, dgamma, dbeta = backend.current().batch_norm_backward(
+            dy, x, self._value(self.gamma), mean, inv_std, self._axis, batch_stats,
+            self.needs_input_grad)
+        self._set_grads(dgamma, dbeta)
+        return dx
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            axis=self.axis, momentum=self.momentum,
+            moving_mean_initializer=initializers.serialize(self.moving_mean_initializer),
+            moving_variance_initializer=initializers.serialize(
+                self.moving_variance_initializer),
+        )
+        return config
+
+
+class LayerNormalization(_Normalization):
+    """Keras 3's LayerNormalization over ``axis``: an int or a list of axes, which must be
+    the trailing axes of the input (pynn normalizes a contiguous tail). gamma/beta have the
+    normalized axes' shape. ``rms_scaling`` (deprecated in Keras) scales by the inverse
+    standard deviation without centering, and has no beta."""
+
+    def __init__(self, axis=-1, epsilon=1e-3, center=True, scale=True, rms_scaling=False,
+                 beta_initializer="zeros", gamma_initializer="ones", beta_regularizer=None,
+                 gamma_regularizer=None, beta_constraint=None, gamma_constraint=None,
+                 **kwargs):
+        super().__init__(epsilon=epsilon, center=center, scale=scale,
+                         beta_initializer=beta_initializer, gamma_initializer=gamma_initializer,
+                         beta_regularizer=beta_regularizer, gamma_regularizer=gamma_regularizer,
+                         beta_constraint=beta_constraint, gamma_constraint=gamma_constraint,
+                         **kwargs)
+        label = self._label()
+        if isinstance(axis, (list, tuple)):
+            if not axis:
+                raise ValueError(f"{label}: axis must name at least one axis, got {axis!r}")
+            self.axis = [_int_axis(label, a) for a in axis]
+        else:
+            self.axis = _int_axis(label, axis)
+        self.rms_scaling = bool(rms_scaling)
+
+    def _axes(self, input_shape):
+        axes = self.axis if isinstance(self.axis, list) else [self.axis]
+        label = self._label()
+        resolved = sorted({_resolve_axis(label, a, input_shape) for a in axes})
+        ndim = len(input_shape)
+        if resolved != list(range(ndim - len(resolved), ndim)):
+            raise ValueError(f"{label}: axis {self.axis!r} must be the trailing axes of input "
+                             f"shape {shape_str(input_shape)} (pynn normalizes a contiguous "
+                             f"tail, e.g. axis=-1 or axis=[-2, -1])")
+        return resolved
+
+    def build(self, input_shape):
+        axes = self._axes(input_shape)
+        self._shape = tuple(input_shape[a] for a in axes)
+        self._features = math.prod(self._shape)
+        if self.rms_scaling:
+            # Keras: a gamma even when scale=False, never a beta.
+            scale, self.scale = self.scale, True
+            self._add_scale_offset(self._shape, with_beta=False)
+            self.scale = scale
+        else:
+            self._add_scale_offset(self._shape)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        self._axes(input_shape)
+        return tuple(input_shape)
+
+    def _flat(self, var):
+        return None if var is None else backend.current().reshape(var.value, (self._features,))
+
+    def call(self, x, training=False):
+        b = backend.current()
+        x2 = b.reshape(x, (-1, self._features))
+        y, mean, inv_std = b.group_norm_forward(x2, self._flat(self.gamma), self._flat(self.beta),
+                                                1, self.epsilon, self.rms_scaling)
+        if training:
+            self._cache = (x2, mean, inv_std)
+        return b.reshape(y, tuple(x.shape))
+
+    def backward(self, dy):
+        if self._cache is None:
+            raise RuntimeError(f"{self._label()}: backward() needs a preceding "
+                               f"call(x, training=True)")
+        (x2, mean, inv_std), self._cache = self._cache, None
+        b = backend.current()
+        shape = tuple(dy.shape)
+        dx, dgamma, dbeta = b.group_norm_backward(
+            b.reshape(dy, tuple(x2.shape)), x2, self._flat(self.gamma), mean, inv_std, 1,
+            self.rms_scaling, self.needs_input_grad)
+        self._set_grads(dgamma, dbeta, self._shape)
+        return None if dx is None else b.reshape(dx, shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(axis=self.axis, rms_scaling=self.rms_scaling)
+        return config
+
+
+class GroupNormalization(_Normalization):
+    """Keras 3's GroupNormalization: the channels of the last axis split into ``groups``
+    consecutive groups (-1: one per channel), each normalized per sample over its channels
+    and every other non-batch axis. pynn supports the channels_last axis (-1) only."""
+
+    def __init__(self, groups=32, axis=-1, epsilon=1e-3, center=True, scale=True,
+                 beta_initializer="zeros", gamma_initializer="ones", beta_regularizer=None,
+                 gamma_regularizer=None, beta_constraint=None, gamma_constraint=None,
+                 **kwargs):
+        super().__init__(epsilon=epsilon, center=center, scale=scale,
+                         beta_initializer=beta_initializer, gamma_initializer=gamma_initializer,
+                         beta_regularizer=beta_regularizer, gamma_regularizer=gamma_regularizer,
+                         beta_constraint=beta_constraint, gamma_constraint=gamma_constraint,
+                         **kwargs)
+        label = self._label()
+        if (isinstance(groups, bool) or not isinstance(groups, (int, np.integer))
+                or not (groups == -1 or groups >= 1)):
+            raise ValueError(f"{label}: groups must be a positive int or -1, got {groups!r}")
+        self.groups = int(groups)
+        self.axis = _int_axis(label, axis)
+
+    def _channels(self, input_shape):
+        label = self._label()
+        a = _resolve_axis(label, self.axis, input_shape)
+        if a != len(input_shape) - 1:
+            raise ValueError(f"{label}: only the channels_last axis (-1) is supported, got "
+                             f"axis={self.axis} for input shape {shape_str(input_shape)}")
+        c = input_shape[a]
+        groups = c if self.groups == -1 else self.groups
+        if groups > c or c % groups:
+            raise ValueError(f"{label}: groups={groups} must divide the {c} channels of input "
+                             f"shape {shape_str(input_shape)}")
+        return c, groups
+
+    def build(self, input_shape):
+        c, self._groups = self._channels(input_shape)
+        self._add_scale_offset((c,))
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        self._channels(input_shape)
+        return tuple(input_shape)
+
+    def call(self, x, training=False):
+        y, mean, inv_std = backend.current().group_norm_forward(
+            x, self._value(self.gamma), self._value(self.beta), self._groups, self.epsilon,
+            False)
+        if training:
+            self._cache = (x, mean, inv_std)
+        return y
+
+    def backward(self, dy):
+        if self._cache is None:
+            raise RuntimeError(f"{self._label()}: backward() needs a preceding "
+                               f"call(x, training=True)")
+        (x, mean, inv_std), self._cache = self._cache, None
+        dx, dgamma, dbeta = backend.current().group_norm_backward(
+            dy, x, self._value(self.gamma), mean, inv_std, self._groups, False,
+            self.needs_input_grad)
+        self._set_grads(dgamma, dbeta)
+        return dx
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(groups=self.groups, axis=self.axis)
+        return config
+
+
+def _host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def fold_batch_norm(kernel, bias, gamma, beta, moving_mean, moving_variance, epsilon=1e-3):
+    """(kernel, bias) of a Dense (in, units) or Conv2D (kh, kw, c, f) layer followed by an
+    inference-mode BatchNormalization on its last axis, folded into one layer, as NumPy
+    arrays of the kernel's dtype: scale = gamma / sqrt(moving_variance + epsilon),
+    kernel * scale, (bias - moving_mean) * scale + beta. bias, gamma, beta may be None (no
+    bias, scale=False, center=False). Device arrays (a Variable's value on OpenCL) are
+    downloaded."""
+    kernel = _host(kernel)
+    dtype = kernel.dtype if kernel.dtype.kind == "f" else np.dtype(np.float32)
+    units = kernel.shape[-1]
+
+    def vector(name, v, fill):
+        v = np.full(units, fill, dtype=np.float64) if v is None else _host(v).astype(np.float64)
+        if v.shape != (units,):
+            raise ValueError(f"fold_batch_norm: '{name}' must have shape ({units},) to match "
+                             f"the kernel's last axis (kernel shape {kernel.shape}), got "
+                             f"{v.shape}")
+        return v
+
+    scale = vector("gamma", gamma, 1.0) / np.sqrt(
+        vector("moving_variance", moving_variance, 1.0) + float(epsilon))
+    folded_bias = ((vector("bias", bias, 0.0) - vector("moving_mean", moving_mean, 0.0)) * scale
+                   + vector("beta", beta, 0.0))
+    folded_kernel = kernel.astype(np.float64) * scale
+    return folded_kernel.astype(dtype), folded_bias.astype(dtype)
