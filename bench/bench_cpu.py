@@ -411,9 +411,13 @@ def pynn_func30():
     x = inputs
     for i in range(FUNC30_BLOCKS):
         h = layers.Dense(FUNC30_WIDTH, activation="relu", name=f"f{i}_a")(x)
-        h = layers.Dense(FUNC30_WIDTH, name=f"f{i}_b")(h)
+        # Each block's last layer starts at zero (the residual-network practice): the sum of
+        # ten untrained branches would otherwise swamp the loss both frameworks compare.
+        h = layers.Dense(FUNC30_WIDTH, kernel_initializer="zeros", name=f"f{i}_b")(h)
         x = layers.Add()([x, h])
-    return pynn.Model(inputs, layers.Dense(10, activation="softmax", name="head")(x))
+    # Logits, with the loss taking them (as torch's CrossEntropyLoss does): the residual sums
+    # grow large, and a softmax output's clipped log would part from torch's exact one.
+    return pynn.Model(inputs, layers.Dense(10, name="head")(x))
 
 
 def pynn_model(name):
@@ -422,7 +426,9 @@ def pynn_model(name):
 
     if name in ("resnet", "func30"):
         model = pynn_resnet() if name == "resnet" else pynn_func30()
-        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        loss = ("sparse_categorical_crossentropy" if name == "resnet" else
+                pynn.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(optimizer="adam", loss=loss)
         return model
     if name == "cnn":
         stack = [layers.Input((32, 32, 3)),
@@ -483,8 +489,10 @@ def _torch_classes():
             cin = 32
             for i, (f, s) in enumerate(RESNET_BLOCKS):
                 n = f"b{i}"
-                self.by_name[f"{n}_conv1"] = nn.Conv2d(cin, f, 3, stride=s, padding=1,
-                                                       bias=False)
+                # Keras's 'same' with stride 2 pads only after (bottom/right): torch's
+                # padding=1 would shift the sampling grid by a pixel, so pad by hand there.
+                self.by_name[f"{n}_conv1"] = nn.Conv2d(cin, f, 3, stride=s,
+                                                       padding=1 if s == 1 else 0, bias=False)
                 self.by_name[f"{n}_bn1"] = bn(f)
                 self.by_name[f"{n}_conv2"] = nn.Conv2d(f, f, 3, padding=1, bias=False)
                 self.by_name[f"{n}_bn2"] = bn(f)
@@ -500,8 +508,9 @@ def _torch_classes():
             m = self.by_name
             relu = nn.functional.relu
             x = relu(m["stem_bn"](m["stem"](x)))
-            for n, proj in self.blocks:
-                y = relu(m[f"{n}_bn1"](m[f"{n}_conv1"](x)))
+            for (n, proj), (_, stride) in zip(self.blocks, RESNET_BLOCKS):
+                padded = x if stride == 1 else nn.functional.pad(x, (0, 1, 0, 1))
+                y = relu(m[f"{n}_bn1"](m[f"{n}_conv1"](padded)))
                 y = m[f"{n}_bn2"](m[f"{n}_conv2"](y))
                 if proj:
                     x = m[f"{n}_proj_bn"](m[f"{n}_proj"](x))

@@ -52,7 +52,7 @@ def test_json_structure(quick_results):
         ratios = [100 * r["gflops"] * statistics.median(r["step_runs_s"]) / ts
                   / (n_peak / tp / 1e9) for ts, tp in zip(r["step_runs_s"], r["peak_runs_s"])]
         assert min(ratios) * (1 - 1e-9) <= r["pct_of_peak"] <= max(ratios) * (1 + 1e-9)
-    assert set(res["training"]) == {"cnn", "mlp"}
+    assert set(res["training"]) == {"cnn", "mlp", "resnet", "func30"}
     for r in res["training"].values():
         for fw in ("pynn", "torch"):
             assert r[fw]["images_per_s"] > 0
@@ -60,7 +60,9 @@ def test_json_structure(quick_results):
         assert math.isclose(r["speedup_vs_torch"],
                             r["pynn"]["images_per_s"] / r["torch"]["images_per_s"])
     names = [t["name"] for t in res["targets"]]
-    assert len(names) == 6  # dense, conv2d, 2 x speed, 2 x memory
+    # dense, conv2d, speed and memory per model, and func30's framework overhead (--profile)
+    assert len(names) == 2 + 2 * len(res["training"]) + 1
+    assert "func30 (30-layer functional) framework overhead, share of a step" in names
     assert all(isinstance(t["met"], bool) for t in res["targets"])
     assert res["all_targets_met"] == all(t["met"] for t in res["targets"])
 
