@@ -52,6 +52,13 @@ from pynn._native.pool import (  # noqa: F401
     maxpool2d_backward,
     maxpool2d_forward,
 )
+# -- convolution variants (issue 12) --
+from pynn._native.conv import conv2d_transpose_backward, conv2d_transpose_forward  # noqa: F401
+from pynn._native.depthwise import (  # noqa: F401
+    depthwise_conv2d_backward_input,
+    depthwise_conv2d_backward_weight,
+    depthwise_conv2d_forward,
+)
 from pynn.backend.operands.common import host_array
 
 NAME = "cpu"

@@ -3,6 +3,7 @@ classes up in ``LAYERS`` only, never imports by name."""
 
 from pynn.layers.base import Layer
 from pynn.layers.conv import Conv2D
+from pynn.layers.conv_variants import Conv2DTranspose, DepthwiseConv2D, SeparableConv2D
 from pynn.layers.core import Activation, Dense, Dropout, Flatten, Input, InputLayer, Reshape
 from pynn.layers.recurrent import GRU, LSTM, SimpleRNN
 from pynn.layers.pooling import (
@@ -15,6 +16,8 @@ from pynn.layers.pooling import (
 LAYERS = {cls.__name__: cls for cls in (
     InputLayer, Dense, Activation, Dropout, Flatten, Reshape, Conv2D, MaxPooling2D,
     AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, SimpleRNN, LSTM, GRU,
+    # convolution variants (issue 12)
+    Conv2DTranspose, DepthwiseConv2D, SeparableConv2D,
 )}
 
 # Keras aliases.
@@ -22,6 +25,9 @@ MaxPool2D = MaxPooling2D
 AvgPool2D = AveragePooling2D
 GlobalAvgPool2D = GlobalAveragePooling2D
 GlobalMaxPool2D = GlobalMaxPooling2D
+# convolution variants (issue 12)
+Convolution2DTranspose = Conv2DTranspose
+SeparableConvolution2D = SeparableConv2D
 
 __all__ = ["Layer", "LAYERS", "Input", *LAYERS, "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
-           "GlobalMaxPool2D"]
+           "GlobalMaxPool2D", "Convolution2DTranspose", "SeparableConvolution2D"]

@@ -38,6 +38,14 @@ from pynn.backend.opencl.rnn import (  # noqa: F401
     gru_backward, gru_forward, lstm_backward, lstm_forward, simple_rnn_backward,
     simple_rnn_forward,
 )
+# -- convolution variants (issue 12) --
+from pynn.backend.opencl.conv import (  # noqa: F401
+    conv2d_transpose_backward, conv2d_transpose_forward,
+)
+from pynn.backend.opencl.depthwise import (  # noqa: F401
+    depthwise_conv2d_backward_input, depthwise_conv2d_backward_weight,
+    depthwise_conv2d_forward,
+)
 from pynn.backend.opencl.runtime import (  # noqa: F401
     device_info, devices, empty_cache, select_device,
 )
