@@ -45,7 +45,7 @@ def test_depthwise_ops_match_reference(target, xs, ks, s, p, d):
     x, k = rand(rng, xs, dtype), rand(rng, ks, dtype)
     b = rand(rng, (ks[2] * ks[3],), dtype)
     act = {0: "relu", 1: "gelu", 2: "softmax"}[sum(xs) % 3]
-    rtol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else None
+    rtol = {"rtol": 1e-12, "atol": 1e-12} if dtype == np.float64 else None
     _, (y, _) = check_op(target, "depthwise_conv2d_forward", x, k, b, s, p, d, act, 0.0,
                          ref=forward_op_ref, kind="gemm", rtol=rtol)
     dz = rand(rng, y.shape, dtype)

@@ -13,7 +13,12 @@ from pynn import backend, initializers, regularizers
 from pynn.backend.operands.common import conv_output_size
 from pynn.backend.operands.conv import conv_transpose_output_size, output_padding_pair
 from pynn.layers.base import (
-    Layer, activation_config, bias_activation_backward, data_format_arg, padding_arg, pair,
+    Layer,
+    activation_config,
+    bias_activation_backward,
+    data_format_arg,
+    padding_arg,
+    pair,
     shape_str,
 )
 

@@ -10,14 +10,19 @@ from types import SimpleNamespace
 import numpy as np
 
 from pynn.backend.api import (
-    ACTIVATIONS, conv2d_backward_composed, conv2d_transpose_backward_composed,
+    ACTIVATIONS,
+    conv2d_backward_composed,
+    conv2d_transpose_backward_composed,
 )
 from pynn.backend.opencl import runtime as rt
 from pynn.backend.opencl.activation import (
-    activation_backward, activation_bias_backward, activation_forward, fused_epilogue,
+    activation_backward,
+    activation_bias_backward,
+    activation_forward,
+    fused_epilogue,
 )
-from pynn.backend.opencl.dense import bias_backward
 from pynn.backend.opencl.arrays import DEVICE
+from pynn.backend.opencl.dense import bias_backward
 from pynn.backend.opencl.gemm import gemm_split_out, run_gemm
 from pynn.backend.opencl.launch import elementwise
 from pynn.backend.operands import conv as operands

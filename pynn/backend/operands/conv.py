@@ -6,7 +6,12 @@ strides, dilation, leading pads PT/PL, output HO/WO, Keras's 'same'/'valid' rule
 
 from pynn.backend.operands.activation import activation_backward, activation_pair
 from pynn.backend.operands.common import (
-    check_count, check_shape, conv_geometry, padding_mode, pair, shape4,
+    check_count,
+    check_shape,
+    conv_geometry,
+    padding_mode,
+    pair,
+    shape4,
 )
 
 
