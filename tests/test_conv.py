@@ -744,3 +744,23 @@ def test_conv2d_transpose_bad_inputs(backend, call, match):
 
     with pytest.raises(ValueError, match=match):
         call(Uploading())
+
+
+@pytest.mark.parametrize("case", [TRANSPOSE_CASES[2], TRANSPOSE_CASES[7]],
+                         ids=[TRANSPOSE_IDS[2], TRANSPOSE_IDS[7]])
+def test_conv2d_transpose_thread_count_invariance(restore_threads, case):
+    """Built from conv ops whose summation order never depends on the thread count: the
+    transposed conv inherits the same bits for 1, 2 and 3 threads."""
+    xs, ks, s, p, o, d = case
+    rng = np.random.default_rng(9)
+    x, k, b = rand(rng, xs), rand(rng, ks), rand(rng, (ks[2],))
+    results = []
+    for n in (1, 2, 3):
+        info.set_num_threads(n)
+        y, z = conv.conv2d_transpose_forward(x, k, b, s, p, o, d, "gelu", 0.0)
+        dy = np.cos(np.arange(y.size, dtype=np.float32)).reshape(y.shape)
+        results.append((y, z, *conv.conv2d_transpose_backward(dy, x, z, y, k, s, p, o, d,
+                                                                "gelu", 0.0)))
+    for other in results[1:]:
+        for a, b_ in zip(results[0], other):
+            np.testing.assert_array_equal(a, b_)
