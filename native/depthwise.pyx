@@ -1,14 +1,18 @@
-"""DepthwiseConv2D kernels: depthwise_conv2d_forward / _backward_input / _backward_weight.
+"""Channel-grouped convolutions: DepthwiseConv2D (depthwise_conv2d_*) and Conv2D(groups=G)
+(grouped_conv2d_*), forward / backward_input / backward_weight, on one set of kernels.
 
-Legend: N batch, H/W input spatial, C input channels, M depth multiplier, CM = C*M output
-channels, KH/KW kernel spatial, HO/WO output spatial, SH/SW strides, DH/DW dilation, PT/PL
-leading pads (Keras 'same': the odd pixel goes after). Layout NHWC; the kernel
-(KH, KW, C, M) is read as a row-major (KH, KW, CM) array: output channel c*M + m is input
-channel c times kernel[..., c, m], Keras's order.
+Legend: N batch, H/W input spatial, C input channels, G groups, CG = C/G input channels and
+FG = F/G filters per group, F output channels, KH/KW kernel spatial, HO/WO output spatial,
+SH/SW strides, DH/DW dilation, PT/PL leading pads (Keras 'same': the odd pixel goes after).
+Layout NHWC; the kernel is (KH, KW, CG, F), Keras's Conv2D(groups) layout: output channel o
+of group o // FG reads that group's CG input channels. DepthwiseConv2D is the case G = C,
+CG = 1, FG = M (the depth multiplier): its (KH, KW, C, M) kernel is that layout as it is, and
+output channel c*M + m reads input channel c (Keras's order).
 
-Design: a depthwise conv has no reduction over channels, so there is no GEMM to hand to
-BLAS; every loop is direct, innermost over the contiguous channels of x, kernel and y (the
-compiler vectorizes it; M == 1, the common case, is a plain multiply-add of three rows).
+Design: the reduction is short (KH*KW*CG terms per output) and differs per group, so there
+is no one GEMM to hand to BLAS; every loop is direct, innermost over contiguous channels of
+x, kernel and y (the compiler vectorizes it; depthwise with M == 1, the common case, is a
+plain multiply-add of three rows). Large groups are the GEMM conv's job (Conv2D, groups=1).
 - forward: prange over output rows (n, ho); the bias is the start value and the activation
   runs on the row while it is in L1 (softmax per pixel over its CM channels).
 - backward_input: a gather, prange over input rows (n, hi): each dx element is written by
@@ -39,32 +43,64 @@ _SLABS = 16
 
 
 cdef struct Geom:
-    Py_ssize_t N, H, W, C, M, KH, KW, SH, SW, DH, DW, PT, PL, HO, WO
+    Py_ssize_t N, H, W, C, G, CG, FG, F, KH, KW, SH, SW, DH, DW, PT, PL, HO, WO
 
 
 def _geom(g):
-    return {k: g[k] for k in ("N", "H", "W", "C", "M", "KH", "KW", "SH", "SW", "DH", "DW",
-                              "PT", "PL", "HO", "WO")}
+    return {k: g[k] for k in ("N", "H", "W", "C", "G", "CG", "FG", "F", "KH", "KW", "SH",
+                              "SW", "DH", "DW", "PT", "PL", "HO", "WO")}
 
 
-cdef inline void _tap(const floating* xp, const floating* kp, floating* out, Py_ssize_t C,
-                      Py_ssize_t M) noexcept nogil:
-    """out[c*M + m] += xp[c] * kp[c*M + m]: one kernel tap over all channels."""
-    cdef Py_ssize_t c, m
-    if M == 1:
-        for c in range(C):
+cdef inline void _tap(const floating* xp, const floating* kp, floating* out,
+                      const Geom* g) noexcept nogil:
+    """out[o] += sum over ci of xp[group(o)*CG + ci] * kp[ci*F + o]: one kernel tap (kp, a
+    (CG, F) slice) over all channels of one pixel."""
+    cdef Py_ssize_t c, m, grp, ci, FG = g.FG, CG = g.CG, F = g.F
+    cdef floating v
+    cdef const floating* kr
+    cdef floating* o
+    if CG == 1 and FG == 1:
+        for c in range(F):
             out[c] += xp[c] * kp[c]
+    elif CG == 1:
+        for c in range(g.G):
+            for m in range(FG):
+                out[c * FG + m] += xp[c] * kp[c * FG + m]
     else:
-        for c in range(C):
-            for m in range(M):
-                out[c * M + m] += xp[c] * kp[c * M + m]
+        for grp in range(g.G):
+            o = out + grp * FG
+            for ci in range(CG):
+                v = xp[grp * CG + ci]
+                kr = kp + ci * F + grp * FG
+                for m in range(FG):
+                    o[m] += v * kr[m]
+
+
+cdef inline void _tap_weight(const floating* xp, const floating* dp, floating* part,
+                             const Geom* g) noexcept nogil:
+    """part[ci*F + o] += xp[group(o)*CG + ci] * dp[o]: the kernel gradient of one tap at one
+    output pixel (_tap with the roles of kernel and output swapped)."""
+    cdef Py_ssize_t grp, ci, m, FG = g.FG, CG = g.CG, F = g.F
+    cdef floating v
+    cdef floating* pr
+    cdef const floating* d
+    if CG == 1:
+        _tap(xp, dp, part, g)
+        return
+    for grp in range(g.G):
+        d = dp + grp * FG
+        for ci in range(CG):
+            v = xp[grp * CG + ci]
+            pr = part + ci * F + grp * FG
+            for m in range(FG):
+                pr[m] += v * d[m]
 
 
 cdef void _forward_row(const floating* x, const floating* k, const floating* bias, floating* z,
                        floating* y, const Geom* g, Py_ssize_t r, int act,
                        floating alpha) noexcept nogil:
     """Output row r = n*HO + ho: z = bias + taps, then y = act(z) (y may alias z)."""
-    cdef Py_ssize_t n = r // g.HO, ho = r % g.HO, CM = g.C * g.M
+    cdef Py_ssize_t n = r // g.HO, ho = r % g.HO, CM = g.F, KT = g.CG * g.F
     cdef Py_ssize_t wo, kh, kw, hi, wi, j
     cdef floating* zr = z + r * g.WO * CM
     cdef floating* yr = y + r * g.WO * CM
@@ -84,8 +120,7 @@ cdef void _forward_row(const floating* x, const floating* k, const floating* bia
                 wi = wo * g.SW - g.PL + kw * g.DW
                 if wi < 0 or wi >= g.W:
                     continue
-                _tap(x + ((n * g.H + hi) * g.W + wi) * g.C, k + (kh * g.KW + kw) * CM, out,
-                     g.C, g.M)
+                _tap(x + ((n * g.H + hi) * g.W + wi) * g.C, k + (kh * g.KW + kw) * KT, out, g)
     if act == ACT_SOFTMAX:
         for wo in range(g.WO):
             softmax_row(zr + wo * CM, yr + wo * CM, CM)
@@ -96,13 +131,15 @@ cdef void _forward_row(const floating* x, const floating* k, const floating* bia
 cdef void _backward_input_row(const floating* dz, const floating* k, floating* dx,
                               const Geom* g, Py_ssize_t r) noexcept nogil:
     """Input row r = n*H + hi of dx: every dz element whose window covers it, times its tap,
-    summed over the M outputs of each channel."""
-    cdef Py_ssize_t n = r // g.H, hi = r % g.H, C = g.C, M = g.M, CM = g.C * g.M
-    cdef Py_ssize_t kh, kw, wi, num, ho, wo, c, m
+    summed over the outputs of each input channel's group."""
+    cdef Py_ssize_t n = r // g.H, hi = r % g.H, C = g.C, F = g.F, FG = g.FG, CG = g.CG
+    cdef Py_ssize_t KT = g.CG * g.F
+    cdef Py_ssize_t kh, kw, wi, num, ho, wo, c, m, grp, ci
     cdef floating* dxr = dx + r * g.W * C
     cdef floating* out
     cdef const floating* dp
     cdef const floating* kp
+    cdef const floating* kr
     cdef floating s
     memset(dxr, 0, g.W * C * sizeof(floating))
     for kh in range(g.KH):
@@ -121,25 +158,27 @@ cdef void _backward_input_row(const floating* dz, const floating* k, floating* d
                 wo = num // g.SW
                 if wo >= g.WO:
                     continue
-                dp = dz + ((n * g.HO + ho) * g.WO + wo) * CM
-                kp = k + (kh * g.KW + kw) * CM
-                if M == 1:
+                dp = dz + ((n * g.HO + ho) * g.WO + wo) * F
+                kp = k + (kh * g.KW + kw) * KT
+                if CG == 1 and FG == 1:
                     for c in range(C):
                         out[c] += dp[c] * kp[c]
                 else:
-                    for c in range(C):
-                        s = 0
-                        for m in range(M):
-                            s = s + dp[c * M + m] * kp[c * M + m]
-                        out[c] += s
+                    for grp in range(g.G):
+                        for ci in range(CG):
+                            kr = kp + ci * F + grp * FG
+                            s = 0
+                            for m in range(FG):
+                                s = s + dp[grp * FG + m] * kr[m]
+                            out[grp * CG + ci] += s
 
 
 cdef void _backward_weight_slab(const floating* x, const floating* dz, floating* part,
                                 const Geom* g, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
-    """part (KH, KW, CM) = the kernel gradient over output rows [r0, r1)."""
-    cdef Py_ssize_t CM = g.C * g.M
+    """part (KH, KW, CG, F) = the kernel gradient over output rows [r0, r1)."""
+    cdef Py_ssize_t CM = g.F, KT = g.CG * g.F
     cdef Py_ssize_t r, n, ho, wo, kh, kw, hi, wi
-    memset(part, 0, g.KH * g.KW * CM * sizeof(floating))
+    memset(part, 0, g.KH * g.KW * KT * sizeof(floating))
     for r in range(r0, r1):
         n = r // g.HO
         ho = r % g.HO
@@ -152,9 +191,8 @@ cdef void _backward_weight_slab(const floating* x, const floating* dz, floating*
                     wi = wo * g.SW - g.PL + kw * g.DW
                     if wi < 0 or wi >= g.W:
                         continue
-                    # The forward's tap with the roles of kernel and output swapped.
-                    _tap(x + ((n * g.H + hi) * g.W + wi) * g.C, dz + (r * g.WO + wo) * CM,
-                         part + (kh * g.KW + kw) * CM, g.C, g.M)
+                    _tap_weight(x + ((n * g.H + hi) * g.W + wi) * g.C,
+                                dz + (r * g.WO + wo) * CM, part + (kh * g.KW + kw) * KT, g)
 
 
 def _run_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] kernel, bias,
@@ -172,7 +210,7 @@ def _run_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] ke
     cdef floating* yp = &y[0, 0, 0, 0]
     cdef floating a = <floating>alpha
     for r in prange(g.N * g.HO, schedule="static", nogil=True,
-                    use_threads_if=g.N * g.H * g.W * g.C * g.M >= PARALLEL_MIN):
+                    use_threads_if=g.N * g.H * g.W * g.F >= PARALLEL_MIN):
         _forward_row(xp, kp, bp, zp, yp, &g, r, act, a)
 
 
@@ -183,7 +221,7 @@ def _run_backward_input(const floating[:, :, :, ::1] dz, const floating[:, :, :,
     cdef const floating* kp = &kernel[0, 0, 0, 0]
     cdef floating* xp = &dx[0, 0, 0, 0]
     for r in prange(g.N * g.H, schedule="static", nogil=True,
-                    use_threads_if=g.N * g.H * g.W * g.C * g.M >= PARALLEL_MIN):
+                    use_threads_if=g.N * g.H * g.W * g.F >= PARALLEL_MIN):
         _backward_input_row(dp, kp, xp, &g, r)
 
 
@@ -195,9 +233,42 @@ def _run_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, :,
     cdef floating* pp = &part[0, 0]
     cdef Py_ssize_t width = part.shape[1]
     for s in prange(slabs, schedule="static", nogil=True,
-                    use_threads_if=g.N * g.H * g.W * g.C * g.M >= PARALLEL_MIN):
+                    use_threads_if=g.N * g.H * g.W * g.F >= PARALLEL_MIN):
         _backward_weight_slab(xp, dp, pp + s * width, &g, s * rows // slabs,
                               (s + 1) * rows // slabs)
+
+
+# The ops: both layouts run the kernels above; operands.depthwise gives each its geometry.
+
+
+def _forward(checked):
+    name, a, x, kernel, bias, g = checked
+    keep_z = name in ACTIVATIONS_NEEDING_INPUT
+    z = np.empty((g["N"], g["HO"], g["WO"], g["F"]), dtype=x.dtype)
+    y = np.empty_like(z) if keep_z else z
+    if z.size:  # then x and the kernel hold data too: HO, WO > 0 need H, W > 0
+        _run_forward(x, kernel, bias, z, y, _geom(g), ACTIVATIONS.index(name), a)
+    return y, (z if keep_z else None)
+
+
+def _backward_input(checked):
+    dz, kernel, input_shape, g = checked
+    if dz.size == 0 or 0 in input_shape or kernel.size == 0:
+        return np.zeros(input_shape, dtype=dz.dtype)
+    dx = np.empty(input_shape, dtype=dz.dtype)
+    _run_backward_input(dz, kernel, dx, _geom(g))
+    return dx
+
+
+def _backward_weight(checked):
+    """Partial sums per slab of output rows, added in slab order."""
+    x, dz, kernel_shape, g = checked
+    if dz.size == 0 or x.size == 0 or 0 in kernel_shape:
+        return np.zeros(kernel_shape, dtype=x.dtype)
+    slabs = min(_SLABS, g["N"] * g["HO"])
+    part = np.empty((slabs, int(np.prod(kernel_shape))), dtype=x.dtype)
+    _run_backward_weight(x, dz, part, _geom(g))
+    return np.add.reduce(part, axis=0).reshape(kernel_shape)
 
 
 def depthwise_conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid",
@@ -206,36 +277,42 @@ def depthwise_conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid",
 
     x (N, H, W, C), kernel (KH, KW, C, M), bias (C*M,) or None; y (N, HO, WO, C*M). z is
     the pre-activation when the activation needs it for backward (gelu), else None."""
-    name, a, x, kernel, bias, g = operands.depthwise_conv2d_forward(
-        HOST, x, kernel, bias, strides, padding, dilation_rate, activation, alpha)
-    keep_z = name in ACTIVATIONS_NEEDING_INPUT
-    z = np.empty((g["N"], g["HO"], g["WO"], g["C"] * g["M"]), dtype=x.dtype)
-    y = np.empty_like(z) if keep_z else z
-    if z.size:  # then x and the kernel hold data too: HO, WO > 0 need H, W > 0
-        _run_forward(x, kernel, bias, z, y, _geom(g), ACTIVATIONS.index(name), a)
-    return y, (z if keep_z else None)
+    return _forward(operands.depthwise_conv2d_forward(
+        HOST, x, kernel, bias, strides, padding, dilation_rate, activation, alpha))
 
 
 def depthwise_conv2d_backward_input(dz, kernel, input_shape, strides=(1, 1), padding="valid",
                                     dilation_rate=(1, 1)):
     """dx (N, H, W, C) from dz (N, HO, WO, C*M)."""
-    dz, kernel, input_shape, g = operands.depthwise_conv2d_backward_input(
-        HOST, dz, kernel, input_shape, strides, padding, dilation_rate)
-    if dz.size == 0 or 0 in input_shape or kernel.size == 0:
-        return np.zeros(input_shape, dtype=dz.dtype)
-    dx = np.empty(input_shape, dtype=dz.dtype)
-    _run_backward_input(dz, kernel, dx, _geom(g))
-    return dx
+    return _backward_input(operands.depthwise_conv2d_backward_input(
+        HOST, dz, kernel, input_shape, strides, padding, dilation_rate))
 
 
 def depthwise_conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
                                      dilation_rate=(1, 1)):
-    """dkernel (KH, KW, C, M): partial sums per slab of output rows, added in slab order."""
-    x, dz, kernel_shape, g = operands.depthwise_conv2d_backward_weight(
-        HOST, x, dz, kernel_shape, strides, padding, dilation_rate)
-    if dz.size == 0 or x.size == 0 or 0 in kernel_shape:
-        return np.zeros(kernel_shape, dtype=x.dtype)
-    slabs = min(_SLABS, g["N"] * g["HO"])
-    part = np.empty((slabs, int(np.prod(kernel_shape))), dtype=x.dtype)
-    _run_backward_weight(x, dz, part, _geom(g))
-    return np.add.reduce(part, axis=0).reshape(kernel_shape)
+    """dkernel (KH, KW, C, M)."""
+    return _backward_weight(operands.depthwise_conv2d_backward_weight(
+        HOST, x, dz, kernel_shape, strides, padding, dilation_rate))
+
+
+def grouped_conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid",
+                           dilation_rate=(1, 1), groups=1, activation="linear", alpha=0.0):
+    """Conv2D(groups=G): y = act(grouped_conv(x, kernel) + bias) -> (y, z).
+
+    x (N, H, W, C), kernel (KH, KW, C/G, F), bias (F,) or None; y (N, HO, WO, F)."""
+    return _forward(operands.grouped_conv2d_forward(
+        HOST, x, kernel, bias, strides, padding, dilation_rate, groups, activation, alpha))
+
+
+def grouped_conv2d_backward_input(dz, kernel, input_shape, strides=(1, 1), padding="valid",
+                                  dilation_rate=(1, 1), groups=1):
+    """dx (N, H, W, C) from dz (N, HO, WO, F)."""
+    return _backward_input(operands.grouped_conv2d_backward_input(
+        HOST, dz, kernel, input_shape, strides, padding, dilation_rate, groups))
+
+
+def grouped_conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
+                                   dilation_rate=(1, 1), groups=1):
+    """dkernel (KH, KW, C/G, F)."""
+    return _backward_weight(operands.grouped_conv2d_backward_weight(
+        HOST, x, dz, kernel_shape, strides, padding, dilation_rate, groups))

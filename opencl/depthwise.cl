@@ -1,11 +1,14 @@
-/* DepthwiseConv2D, forward and backward side by side: depthwise_conv2d_forward,
- * depthwise_conv2d_backward_input, depthwise_conv2d_backward_weight (+ its partial sums).
+/* Channel-grouped convolutions, forward and backward side by side: DepthwiseConv2D and
+ * Conv2D(groups=G) on one set of kernels (depthwise_conv2d_forward, _backward_input,
+ * _backward_weight, depthwise_sum_partials; the host names them for both op families).
  * The twin of native/depthwise.pyx.
  *
- * Legend: N batch, H/W input spatial, C input channels, M depth multiplier, CM = C*M output
- * channels, KH/KW kernel spatial, HO/WO output spatial, sh/sw strides, dh/dw dilation, ph/pw
- * leading pads (Keras 'same': the odd pixel goes after). Layout NHWC; the kernel (KH, KW, C, M)
- * is read as (KH, KW, CM): output channel o = c*M + m reads input channel c = o / M.
+ * Legend: N batch, H/W input spatial, C input channels, G groups, CG = C/G input channels and
+ * FG filters per group, F = G*FG output channels, KH/KW kernel spatial, HO/WO output spatial,
+ * sh/sw strides, dh/dw dilation, ph/pw leading pads (Keras 'same': the odd pixel goes after).
+ * Layout NHWC; the kernel is (KH, KW, CG, F): output channel o of group o / FG reads input
+ * channels (o / FG)*CG ... + CG - 1. Depthwise is G = C, CG = 1, FG = M, its (KH, KW, C, M)
+ * kernel as it is: output channel c*M + m reads input channel c, Keras's order.
  * One work-item per output (forward), per dx element (backward_input, a gather: no atomics, a
  * fixed order), per (pixel chunk, kernel entry) for backward_weight, whose chunk partials
  * depthwise_sum_partials adds in chunk order. Channels are the fastest index, so neighbouring
@@ -15,9 +18,9 @@
 #include "activation.h"
 
 #define DW_GEOM                                                                              \
-    const int N, const int H, const int W, const int C, const int M, const int HO,           \
-        const int WO, const int KH, const int KW, const int sh, const int sw, const int dh, \
-        const int dw, const int ph, const int pw
+    const int N, const int H, const int W, const int C, const int G, const int CG,           \
+        const int FG, const int F, const int HO, const int WO, const int KH, const int KW,   \
+        const int sh, const int sw, const int dh, const int dw, const int ph, const int pw
 
 __kernel void depthwise_conv2d_forward(__global const float *restrict x,
                                        __global const float *restrict wt,
@@ -25,16 +28,15 @@ __kernel void depthwise_conv2d_forward(__global const float *restrict x,
                                        __global float *restrict y, __global float *restrict z,
                                        const int act, const float alpha, DW_GEOM)
 {
-    const int CM = C * M;
     const int gid = get_global_id(0);
-    GUARD(gid, N * HO * WO * CM);
-    const int o = gid % CM;
-    int t = gid / CM;
+    GUARD(gid, N * HO * WO * F);
+    const int o = gid % F;
+    int t = gid / F;
     const int wo = t % WO;
     t /= WO;
     const int ho = t % HO;
     const int n = t / HO;
-    const int c = o / M;
+    const int c0 = (o / FG) * CG;
     /* The bias is the start value, as on the CPU. */
     float acc = bias ? bias[o] : 0.0f;
     for (int kh = 0; kh < KH; ++kh) {
@@ -45,7 +47,10 @@ __kernel void depthwise_conv2d_forward(__global const float *restrict x,
             const int w = wo * sw - pw + kw * dw;
             if (w < 0 || w >= W)
                 continue;
-            acc += x[(((size_t)n * H + h) * W + w) * C + c] * wt[(kh * KW + kw) * CM + o];
+            __global const float *xp = x + (((size_t)n * H + h) * W + w) * C + c0;
+            __global const float *kp = wt + (size_t)(kh * KW + kw) * CG * F + o;
+            for (int ci = 0; ci < CG; ++ci)
+                acc += xp[ci] * kp[(size_t)ci * F];
         }
     }
     if (z)
@@ -57,7 +62,6 @@ __kernel void depthwise_conv2d_backward_input(__global const float *restrict dz,
                                               __global const float *restrict wt,
                                               __global float *restrict dx, DW_GEOM)
 {
-    const int CM = C * M;
     const int gid = get_global_id(0);
     GUARD(gid, N * H * W * C);
     const int c = gid % C;
@@ -66,6 +70,7 @@ __kernel void depthwise_conv2d_backward_input(__global const float *restrict dz,
     t /= W;
     const int h = t % H;
     const int n = t / H;
+    const int grp = c / CG, ci = c % CG;
     float acc = 0.0f;
     for (int kh = 0; kh < KH; ++kh) {
         const int hh = h + ph - kh * dh;
@@ -77,10 +82,10 @@ __kernel void depthwise_conv2d_backward_input(__global const float *restrict dz,
             if (ww < 0 || ww % sw != 0 || ww / sw >= WO)
                 continue;
             const int wo = ww / sw;
-            __global const float *d = dz + (((size_t)n * HO + ho) * WO + wo) * CM + c * M;
-            __global const float *k = wt + (kh * KW + kw) * CM + c * M;
+            __global const float *d = dz + (((size_t)n * HO + ho) * WO + wo) * F + grp * FG;
+            __global const float *k = wt + ((size_t)(kh * KW + kw) * CG + ci) * F + grp * FG;
             float s = 0.0f;
-            for (int m = 0; m < M; ++m)
+            for (int m = 0; m < FG; ++m)
                 s += d[m] * k[m];
             acc += s;
         }
@@ -88,20 +93,21 @@ __kernel void depthwise_conv2d_backward_input(__global const float *restrict dz,
     dx[gid] = acc;
 }
 
-/* partial[p, (kh, kw, o)] = sum over the output pixels of chunk p (P chunks of the
- * N*HO*WO pixels, in order) of x[tap] * dz[pixel, o]. */
+/* partial[p, (kh, kw, ci, o)] = sum over the output pixels of chunk p (P chunks of the
+ * N*HO*WO pixels, in order) of x[tap, channel (o / FG)*CG + ci] * dz[pixel, o]. */
 __kernel void depthwise_conv2d_backward_weight(__global const float *restrict x,
                                                __global const float *restrict dz,
                                                __global float *restrict partial, const int P,
                                                DW_GEOM)
 {
-    const int CM = C * M, K = KH * KW * CM;
+    const int K = KH * KW * CG * F;
     const int gid = get_global_id(0);
     GUARD(gid, P * K);
     const int idx = gid % K, p = gid / K;
-    const int o = idx % CM, tap = idx / CM;
+    const int o = idx % F, t = idx / F;
+    const int ci = t % CG, tap = t / CG;
     const int kw = tap % KW, kh = tap / KW;
-    const int c = o / M;
+    const int c = (o / FG) * CG + ci;
     const long pixels = (long)N * HO * WO;
     const int p0 = (int)(pixels * p / P), p1 = (int)(pixels * (p + 1) / P);
     float acc = 0.0f;
@@ -112,7 +118,7 @@ __kernel void depthwise_conv2d_backward_weight(__global const float *restrict x,
         const int w = wo * sw - pw + kw * dw;
         if (h < 0 || h >= H || w < 0 || w >= W)
             continue;
-        acc += x[(((size_t)n * H + h) * W + w) * C + c] * dz[(size_t)q * CM + o];
+        acc += x[(((size_t)n * H + h) * W + w) * C + c] * dz[(size_t)q * F + o];
     }
     partial[gid] = acc;
 }

@@ -1,8 +1,9 @@
 """The convolution-variant layers (pynn/layers/conv_variants.py): Conv2DTranspose,
-DepthwiseConv2D and SeparableConv2D. Backward against central finite differences (float64,
-CPU) for the input, every kernel and the bias; forward against Keras 3 (torch backend) from
+DepthwiseConv2D and SeparableConv2D, and Conv2D(groups > 1) (pynn/layers/conv.py). Backward
+against central finite differences (float64, CPU) for the input, every kernel and the bias; forward against Keras 3 (torch backend) from
 Keras's own weights; OpenCL against the CPU; config round trips; bad arguments. Their ops
-are tested in tests/test_conv.py (conv2d_transpose_*) and tests/test_depthwise.py.
+are tested in tests/test_conv.py (conv2d_transpose_*) and tests/test_depthwise.py
+(depthwise_conv2d_*, grouped_conv2d_*).
 """
 
 import os
@@ -53,7 +54,15 @@ SEPARABLE_CASES = [
           "activation": "gelu"}, (1, 5, 6, 2)),
     ({"filters": 2, "kernel_size": 1, "use_bias": False, "activation": "softmax"}, (2, 3, 3, 3)),
 ]
-CASES = ([("Conv2DTranspose", kw, s) for kw, s in TRANSPOSE_CASES]
+GROUPED_CASES = [
+    ({"filters": 4, "kernel_size": 3, "groups": 2}, (2, 5, 4, 2)),
+    ({"filters": 6, "kernel_size": (3, 2), "strides": 2, "padding": "same", "groups": 3,
+      "activation": "tanh"}, (1, 5, 6, 3)),
+    ({"filters": 4, "kernel_size": 3, "padding": "same", "dilation_rate": (1, 2), "groups": 2,
+      "use_bias": False, "activation": "gelu"}, (2, 4, 5, 4)),
+]
+CASES = ([("Conv2D", kw, s) for kw, s in GROUPED_CASES]
+         + [("Conv2DTranspose", kw, s) for kw, s in TRANSPOSE_CASES]
          + [("DepthwiseConv2D", kw, s) for kw, s in DEPTHWISE_CASES]
          + [("SeparableConv2D", kw, s) for kw, s in SEPARABLE_CASES])
 IDS = [f"{name}-{i}" for i, (name, _, _) in enumerate(CASES)]
@@ -70,7 +79,8 @@ def test_gradients_by_finite_differences(float64, seeded, name, kwargs, shape):
     layer = make(name, kwargs)
     y = check_layer(layer, _x(seeded, *shape), seeded)
     assert y.shape[1:] == layer.output_shape[1:]
-    want = {"Conv2DTranspose": ["kernel", "bias"], "DepthwiseConv2D": ["kernel", "bias"],
+    want = {"Conv2D": ["kernel", "bias"], "Conv2DTranspose": ["kernel", "bias"],
+            "DepthwiseConv2D": ["kernel", "bias"],
             "SeparableConv2D": ["depthwise_kernel", "pointwise_kernel", "bias"]}[name]
     if not kwargs.get("use_bias", True):
         want = want[:-1]
@@ -87,7 +97,11 @@ def test_forward_matches_the_references(seeded, name, kwargs, shape):
     act = kwargs.get("activation", "linear")
     alpha = {"elu": 1.0}.get(act, 0.0)
     strides = layer.strides
-    if name == "Conv2DTranspose":
+    if name == "Conv2D":
+        want, _ = depthwise_ref.grouped_conv2d_forward_ref(
+            x, w[0], bias, strides, layer.padding, layer.dilation_rate, layer.groups, act,
+            alpha)
+    elif name == "Conv2DTranspose":
         want, _ = conv_ref.conv2d_transpose_forward_ref(
             x, w[0], bias, strides, layer.padding, layer.output_padding, layer.dilation_rate,
             act, alpha)
@@ -154,6 +168,11 @@ def test_callable_constraints_reach_the_weights():
     (lambda: layers.Conv2DTranspose(2, 3, kernel_constraint="non_neg"), ValueError,
      "kernel_constraint must be None or a callable"),
     (lambda: layers.Conv2DTranspose(2, 3, groups=2), TypeError, "unexpected arguments"),
+    (lambda: layers.Conv2D(4, 3, groups=3), ValueError,
+     r"Conv2D '\w+': groups must be a positive int dividing filters \(4\), got 3"),
+    (lambda: layers.Conv2D(4, 3, groups=2).build((None, 5, 5, 3)), ValueError,
+     (r"Conv2D '\w+': groups=2 must divide the input channels, got input shape "
+      r"\(None, 5, 5, 3\)")),
     (lambda: layers.DepthwiseConv2D(3, depth_multiplier=0), ValueError,
      r"DepthwiseConv2D '\w+': depth_multiplier must be a positive int, got 0"),
     (lambda: layers.DepthwiseConv2D(3, activity_regularizer="l2"), ValueError,
@@ -274,7 +293,14 @@ PARITY_SEPARABLE = [
     {"filters": 3, "kernel_size": (2, 3), "dilation_rate": 2, "padding": "same",
      "depth_multiplier": 2},
 ]
-PARITY = ([("Conv2DTranspose", kw) for kw in PARITY_TRANSPOSE]
+PARITY_GROUPED = [
+    {"filters": 6, "kernel_size": 3, "groups": 3},
+    {"filters": 3, "kernel_size": 3, "strides": 2, "padding": "same", "groups": 3,
+     "activation": "relu"},
+    {"filters": 6, "kernel_size": (2, 3), "dilation_rate": 2, "padding": "same", "groups": 3},
+]
+PARITY = ([("Conv2D", kw) for kw in PARITY_GROUPED]
+          + [("Conv2DTranspose", kw) for kw in PARITY_TRANSPOSE]
           + [("DepthwiseConv2D", kw) for kw in PARITY_DEPTHWISE]
           + [("SeparableConv2D", kw) for kw in PARITY_SEPARABLE])
 

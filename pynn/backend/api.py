@@ -119,6 +119,15 @@ OPS = {
                                         "dilation_rate"),
     "depthwise_conv2d_backward_weight": ("x", "dz", "kernel_shape", "strides", "padding",
                                          "dilation_rate"),
+    # Keras's Conv2D(groups=G): kernel (KH,KW,C/G,F), G dividing C and F; output channel o
+    # reads the C/G input channels of group o // (F/G). The depthwise kernels, generalized
+    # (depthwise is G = C); Conv2D with groups=1 stays on the conv2d_* ops.
+    "grouped_conv2d_forward": ("x", "kernel", "bias", "strides", "padding", "dilation_rate",
+                               "groups", "activation", "alpha"),
+    "grouped_conv2d_backward_input": ("dz", "kernel", "input_shape", "strides", "padding",
+                                      "dilation_rate", "groups"),
+    "grouped_conv2d_backward_weight": ("x", "dz", "kernel_shape", "strides", "padding",
+                                       "dilation_rate", "groups"),
     # -- pooling (native/pool.pyx, opencl/pool.cl) ---------------------------------------
     # argmax: int32 array shaped like y holding the flat index h*W + w of the chosen input
     # pixel within its (n, c) plane. Ties go to the first index in row-major window order.

@@ -58,6 +58,9 @@ from pynn._native.depthwise import (  # noqa: F401
     depthwise_conv2d_backward_input,
     depthwise_conv2d_backward_weight,
     depthwise_conv2d_forward,
+    grouped_conv2d_backward_input,
+    grouped_conv2d_backward_weight,
+    grouped_conv2d_forward,
 )
 from pynn.backend.operands.common import host_array
 

@@ -1,4 +1,4 @@
-"""NumPy float64 oracles for the depthwise ops (slow, obviously correct).
+"""NumPy float64 oracles for the depthwise and grouped conv ops (slow, obviously correct).
 
 Legend: N batch, H/W spatial, C channels, M depth multiplier, KH/KW kernel, HO/WO output.
 The input is zero-padded as conv2d's oracle pads it (Keras 'same': the odd pixel after), then
@@ -8,7 +8,15 @@ output channel c*M + m = x[..., c] * kernel[kh, kw, c, m], Keras's order.
 
 import numpy as np
 
-from tests.reference.conv_ref import _activation, _geometry, _padded, _tap
+from tests.reference.conv_ref import (
+    _activation,
+    _geometry,
+    _padded,
+    _tap,
+    conv2d_backward_input_ref,
+    conv2d_backward_weight_ref,
+    conv2d_forward_ref,
+)
 
 
 def depthwise_conv2d_forward_ref(x, kernel, bias, strides, padding, dilation_rate,
@@ -54,3 +62,48 @@ def depthwise_conv2d_backward_weight_ref(x, dz, kernel_shape, strides, padding,
             patch = xp[_tap(kh, kw, strides, dilation_rate, out)]
             dk[kh, kw] = np.einsum("nhwc,nhwcm->cm", patch, dz)
     return dk
+
+
+# -- grouped_conv2d: Conv2D(groups=G), as G independent conv2d oracles on channel slices -----
+
+
+def _slices(total, groups):
+    size = total // groups
+    return [slice(i * size, (i + 1) * size) for i in range(groups)]
+
+
+def grouped_conv2d_forward_ref(x, kernel, bias, strides, padding, dilation_rate, groups,
+                               activation_name="linear", alpha=0.0):
+    """Returns (y, z); kernel (KH, KW, C/G, F)."""
+    x = np.asarray(x, np.float64)
+    kernel = np.asarray(kernel, np.float64)
+    z = np.concatenate([
+        conv2d_forward_ref(x[..., cs], kernel[..., fs], None, strides, padding,
+                           dilation_rate)[1]
+        for cs, fs in zip(_slices(x.shape[3], groups), _slices(kernel.shape[3], groups))],
+        axis=-1)
+    if bias is not None:
+        z = z + np.asarray(bias, np.float64)
+    return _activation(z, activation_name, alpha), z
+
+
+def grouped_conv2d_backward_input_ref(dz, kernel, input_shape, strides, padding,
+                                      dilation_rate, groups):
+    dz = np.asarray(dz, np.float64)
+    kernel = np.asarray(kernel, np.float64)
+    n, h, w, c = input_shape
+    return np.concatenate([
+        conv2d_backward_input_ref(dz[..., fs], kernel[..., fs], (n, h, w, c // groups),
+                                  strides, padding, dilation_rate)
+        for fs in _slices(kernel.shape[3], groups)], axis=-1)
+
+
+def grouped_conv2d_backward_weight_ref(x, dz, kernel_shape, strides, padding, dilation_rate,
+                                       groups):
+    x = np.asarray(x, np.float64)
+    dz = np.asarray(dz, np.float64)
+    kh, kw, cg, f = kernel_shape
+    return np.concatenate([
+        conv2d_backward_weight_ref(x[..., cs], dz[..., fs], (kh, kw, cg, f // groups), strides,
+                                   padding, dilation_rate)
+        for cs, fs in zip(_slices(x.shape[3], groups), _slices(f, groups))], axis=-1)

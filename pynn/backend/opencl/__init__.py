@@ -44,7 +44,8 @@ from pynn.backend.opencl.conv import (  # noqa: F401
 )
 from pynn.backend.opencl.depthwise import (  # noqa: F401
     depthwise_conv2d_backward_input, depthwise_conv2d_backward_weight,
-    depthwise_conv2d_forward,
+    depthwise_conv2d_forward, grouped_conv2d_backward_input, grouped_conv2d_backward_weight,
+    grouped_conv2d_forward,
 )
 from pynn.backend.opencl.runtime import (  # noqa: F401
     device_info, devices, empty_cache, select_device,
