@@ -1,9 +1,9 @@
 """The convolution-variant layers (pynn/layers/conv_variants.py): Conv2DTranspose,
 DepthwiseConv2D and SeparableConv2D, and Conv2D(groups > 1) (pynn/layers/conv.py). Backward
-against central finite differences (float64, CPU) for the input, every kernel and the bias; forward against Keras 3 (torch backend) from
-Keras's own weights; OpenCL against the CPU; config round trips; bad arguments. Their ops
-are tested in tests/test_conv.py (conv2d_transpose_*) and tests/test_depthwise.py
-(depthwise_conv2d_*, grouped_conv2d_*).
+against central finite differences (float64, CPU) for the input, every kernel and the bias;
+forward against Keras 3 (torch backend) from Keras's own weights; OpenCL against the CPU;
+config round trips; bad arguments. Their ops are tested in tests/test_conv.py
+(conv2d_transpose_*) and tests/test_depthwise.py (depthwise_conv2d_*, grouped_conv2d_*).
 """
 
 import os

@@ -92,7 +92,12 @@ def test_thread_count_invariance(restore_threads, dtype):
         y, _ = depthwise.depthwise_conv2d_forward(x, k, b, 2, "same", 1, "tanh", 0.0)
         dx = depthwise.depthwise_conv2d_backward_input(y, k, xs, 2, "same", 1)
         dk = depthwise.depthwise_conv2d_backward_weight(x, y, ks, 2, "same", 1)
-        results.append((y, dx, dk))
+        # The same kernels with groups of 13 input channels and 2 filters each.
+        kg = k.reshape(3, 3, 13, 2)
+        yg, _ = depthwise.grouped_conv2d_forward(x, kg, None, 1, "same", 1, 1, "linear", 0.0)
+        dxg = depthwise.grouped_conv2d_backward_input(yg, kg, xs, 1, "same", 1, 1)
+        dkg = depthwise.grouped_conv2d_backward_weight(x, yg, kg.shape, 1, "same", 1, 1)
+        results.append((y, dx, dk, yg, dxg, dkg))
     for other in results[1:]:
         for a, b_ in zip(results[0], other):
             assert np.array_equal(a, b_)
