@@ -223,6 +223,25 @@ def test_sequential_training_step_runs():
     assert model.evaluate(x, y, verbose=0) < first
 
 
+def test_saved_model_loads_with_the_same_predictions(tmp_path):
+    """Saved models name classes from LAYERS only: each variant comes back from its config."""
+    pynn.utils.set_random_seed(4)
+    model = pynn.Sequential([
+        layers.Input((7, 6, 4)),
+        layers.Conv2D(6, 3, padding="same", groups=2, activation="relu"),
+        layers.SeparableConv2D(4, 3, depth_multiplier=2, bias_initializer="random_normal"),
+        layers.DepthwiseConv2D(2, strides=2, padding="same", depth_multiplier=2),
+        layers.Conv2DTranspose(3, 3, strides=2, output_padding=1, activation="tanh"),
+    ])
+    model.compile(optimizer="adam", loss="mse")
+    x = np.random.default_rng(4).standard_normal((3, 7, 6, 4)).astype(np.float32)
+    path = tmp_path / "variants.pynn"
+    model.save(path)
+    loaded = pynn.load_model(path)
+    assert loaded.get_config() == model.get_config()
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
 # -- OpenCL against the CPU, the layer's whole forward and backward ---------------------------
 
 
