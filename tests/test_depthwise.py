@@ -154,6 +154,7 @@ GROUPED_CASES = [
     ((2, 4, 4, 8), (5, 5, 4, 2), (1, 1), "valid", (1, 1), 2),    # kernel larger: empty
     ((0, 5, 5, 4), (3, 3, 2, 2), (1, 1), "same", (1, 1), 2),     # empty batch
     ((2, 17, 19, 12), (3, 3, 3, 8), (1, 1), "same", (1, 1), 4),  # large enough to thread
+    ((2, 6, 7, 4), (3, 3, 2, 18), (2, 1), "same", (1, 1), 2),    # 9 filters a group: looped
 ]
 GROUPED_IDS = [f"{x}*{k}-s{s}-{p}-d{d}-g{g}" for x, k, s, p, d, g in GROUPED_CASES]
 
