@@ -52,7 +52,7 @@ from cython.parallel cimport prange
 from _blas cimport gemm_rowmajor, floating
 from _activation cimport (
     ACT_LINEAR, ACT_RELU, ACT_SOFTMAX, act_backward_vec, act_value, add_rows_double,
-    softmax_grad_row, softmax_row,
+    bias_activation_rows, softmax_grad_row, softmax_row,
 )
 from _openmp cimport omp_get_thread_num, omp_get_max_threads
 
@@ -64,7 +64,10 @@ from pynn._native.dense import bias_backward
 from pynn.backend._scratch import scratch
 from pynn.backend.operands import conv as operands
 from pynn.backend.operands.common import HOST
-from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT, conv2d_backward_composed
+from pynn.backend.api import (
+    ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT, conv2d_backward_composed,
+    conv2d_transpose_backward_composed,
+)
 
 # Bound on one tile's working set (im2col rows + their output rows): big enough that each
 # GEMM has hundreds of rows and the per-tile thread wake-ups are amortized, small enough to
@@ -967,4 +970,77 @@ def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
 _COMPOSED = SimpleNamespace(
     activation_backward=activation_backward, activation_bias_backward=activation_bias_backward,
     bias_backward=bias_backward, conv2d_backward_input=conv2d_backward_input,
-    conv2d_backward_weight=conv2d_backward_weight)
+    conv2d_backward_weight=conv2d_backward_weight, conv2d_forward=conv2d_forward)
+
+
+# -- conv2d_transpose (issue 12) -------------------------------------------------------------
+# No GEMM loop of its own: the forward is conv2d_backward_input of a 'valid' conv whose input
+# is the full transposed output (HF, WF), the backward conv2d_forward and
+# conv2d_backward_weight of that conv (api.conv2d_transpose_backward_composed). Between them
+# sits one copy of the window that Keras keeps (a crop, and zero rows where output_padding
+# reaches past the full output).
+
+
+def _window(a, top, left, rows, cols):
+    """out[:, i, j] = a[:, i + top, j + left] where that lies in a, else 0 (a strided copy)."""
+    n, h, w, c = a.shape
+    if (top, left, rows, cols) == (0, 0, h, w):
+        return a
+    out = np.zeros((n, rows, cols, c), dtype=a.dtype)
+    r0, r1 = max(0, -top), min(rows, h - top)
+    c0, c1 = max(0, -left), min(cols, w - left)
+    if r1 > r0 and c1 > c0:
+        out[:, r0:r1, c0:c1] = a[:, r0 + top:r1 + top, c0 + left:c1 + left]
+    return out
+
+
+def _run_bias_activation(floating[:, ::1] z, floating[:, ::1] y, bias, int act,
+                         double alpha):
+    cdef const floating[::1] b
+    cdef const floating* bp = NULL
+    if bias is not None:
+        b = bias
+        bp = &b[0]
+    if z.shape[0] == 0 or z.shape[1] == 0:
+        return
+    with nogil:
+        bias_activation_rows(&z[0, 0], &y[0, 0], bp, z.shape[0], z.shape[1], act,
+                             <floating>alpha)
+
+
+def conv2d_transpose_forward(x, kernel, bias, strides=(1, 1), padding="valid",
+                             output_padding=None, dilation_rate=(1, 1), activation="linear",
+                             alpha=0.0):
+    """Keras's Conv2DTranspose: y = act(conv_transpose(x, kernel) + bias) -> (y, z).
+
+    x (N, H, W, C), kernel (KH, KW, F, C), bias (F,) or None; y (N, HO, WO, F) by Keras 3's
+    output length. z is the pre-activation when the activation needs it (gelu), else None."""
+    name, a, x, kernel, bias, g = operands.conv2d_transpose_forward(
+        HOST, x, kernel, bias, strides, padding, output_padding, dilation_rate, activation,
+        alpha)
+    full = conv2d_backward_input(x, kernel, (g["N"], g["HF"], g["WF"], g["F"]), strides,
+                                 "valid", dilation_rate)
+    z = _window(full, g["CT"], g["CL"], g["HO"], g["WO"])
+    keep_z = name in ACTIVATIONS_NEEDING_INPUT
+    y = np.empty_like(z) if keep_z else z
+    _run_bias_activation(z.reshape(-1, g["F"]), y.reshape(-1, g["F"]), bias,
+                         ACTIVATIONS.index(name), a)
+    return y, (z if keep_z else None)
+
+
+def _placed(dz, g):
+    """dz at its crop offset in a zeroed full output (N, HF, WF, F)."""
+    return _window(dz, -g["CT"], -g["CL"], g["HF"], g["WF"])
+
+
+def conv2d_transpose_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
+                              output_padding=None, dilation_rate=(1, 1), activation="linear",
+                              alpha=0.0, use_bias=True, need_input_grad=True):
+    """A Conv2DTranspose layer's whole backward -> (dx or None, dkernel, dbias or None), from
+    dy = dL/dy of conv2d_transpose_forward; z, y as in activation_backward."""
+    name, a, dy, x, z, y, kernel, g = operands.conv2d_transpose_backward(
+        HOST, dy, x, z, y, kernel, strides, padding, output_padding, dilation_rate,
+        activation, alpha)
+    return conv2d_transpose_backward_composed(
+        _COMPOSED, _placed, dy, x, z, y, kernel, g, strides, dilation_rate, name, a,
+        use_bias, need_input_grad)

@@ -234,3 +234,35 @@ FLOATN(VWA) conv_tap_at_v(__global const float *restrict dz, const int n_ho, con
 #define B_N_CONTIG 1
 #define STORE(m, n, v) dw_out[((size_t)split * M + (m)) * N + (n)] = (v)
 #include "gemm.cl"
+
+/* -- conv2d_transpose (issue 12) ------------------------------------------------------------
+ * Conv2DTranspose runs on the kernels above: its output is conv2d_backward_input of a 'valid'
+ * conv whose input is the full transposed output (HS, WS), its backward that conv's forward
+ * and weight gradient. This kernel moves the window between the two sizes: y[n, o, p, c] =
+ * src[n, o + top, p + left, c] where that lies in src, else 0 (Keras's crop, and the rows an
+ * output_padding adds past the full output), then bias + activation as STORE_BIAS_ACT. With
+ * negative offsets, no bias and ACT_LINEAR it puts a gradient back into the full size. */
+__kernel void conv2d_transpose_window(__global const float *restrict src,
+                                      __global const float *restrict bias,
+                                      __global float *restrict y, __global float *restrict z,
+                                      const int act, const float alpha, const int N,
+                                      const int HS, const int WS, const int C, const int HO,
+                                      const int WO, const int top, const int left)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * HO * WO * C);
+    const int c = gid % C;
+    int t = gid / C;
+    const int wo = t % WO;
+    t /= WO;
+    const int ho = t % HO;
+    const int n = t / HO;
+    const int h = ho + top, w = wo + left;
+    float v = (h >= 0 && h < HS && w >= 0 && w < WS)
+                  ? src[(((size_t)n * HS + h) * WS + w) * C + c]
+                  : 0.0f;
+    v += bias ? bias[c] : 0.0f;
+    if (z)
+        z[gid] = v;
+    y[gid] = act_value(v, act, alpha);
+}

@@ -644,3 +644,123 @@ def test_conv2d_bad_inputs_opencl(ocl):
     with pytest.raises(ValueError, match="4 dimensions"):
         ocl.conv2d_backward_weight(xc[0], up(np.ones((1, 5, 5, 4), np.float32)), wc.shape, 1,
                                    "same", 1)
+
+
+# -- conv2d_transpose_forward / conv2d_transpose_backward (issue 12) -------------------------
+# (x shape (N, H, W, C), kernel shape (KH, KW, F, C), strides, padding, output_padding,
+# dilation): odd sizes, both paddings with strides 1-3, output_padding (extra rows past the
+# full output, and a crop together with an extension), dilation, 1x1 inputs and kernels.
+TRANSPOSE_CASES = [
+    ((2, 5, 7, 3), (3, 3, 4, 3), (1, 1), "valid", None, (1, 1)),
+    ((2, 5, 7, 3), (3, 3, 4, 3), (1, 1), "same", None, (1, 1)),
+    ((2, 5, 7, 3), (3, 3, 4, 3), (2, 2), "same", None, (1, 1)),
+    ((1, 4, 3, 2), (4, 2, 5, 2), (2, 3), "same", None, (1, 1)),
+    ((3, 3, 5, 2), (3, 3, 3, 2), (2, 2), "valid", (1, 0), (1, 1)),
+    ((2, 4, 4, 3), (3, 2, 2, 3), (3, 2), "same", (2, 1), (1, 1)),
+    ((1, 5, 6, 2), (2, 3, 3, 2), (1, 1), "same", (0, 0), (2, 3)),
+    ((2, 6, 5, 17), (3, 3, 16, 17), (1, 1), "same", None, (1, 1)),   # conv's direct path
+    ((2, 3, 3, 2), (1, 1, 3, 2), (3, 3), "valid", None, (1, 1)),     # stride > kernel
+    ((4, 1, 1, 3), (3, 3, 2, 3), (2, 2), "same", (1, 1), (1, 1)),    # 1x1 images
+    ((0, 4, 4, 3), (3, 3, 2, 3), (2, 2), "same", None, (1, 1)),      # empty batch
+]
+TRANSPOSE_IDS = [f"{x}*{k}-s{s}-{p}-op{o}-d{d}" for x, k, s, p, o, d in TRANSPOSE_CASES]
+
+
+def conv2d_transpose_forward_op_ref(x, kernel, bias, strides, padding, output_padding,
+                                    dilation_rate, activation, alpha):
+    y, z = ref.conv2d_transpose_forward_ref(x, kernel, bias, strides, padding,
+                                            output_padding, dilation_rate, activation, alpha)
+    return y, (z if activation in ACTIVATIONS_NEEDING_INPUT else None)
+
+
+@pytest.mark.parametrize("xs,ks,s,p,o,d", TRANSPOSE_CASES, ids=TRANSPOSE_IDS)
+def test_conv2d_transpose_matches_reference(target, xs, ks, s, p, o, d):
+    rng = np.random.default_rng(sum(xs) + sum(ks))
+    dtype = target.dtype
+    x, k, b = rand(rng, xs, dtype), rand(rng, ks, dtype), rand(rng, (ks[2],), dtype)
+    act = {0: "relu", 1: "gelu", 2: "softmax"}[sum(xs) % 3]
+    rtol = {"rtol": 1e-11, "atol": 1e-11} if dtype == np.float64 else None
+    _, (y, z) = check_op(target, "conv2d_transpose_forward", x, k, b, s, p, o, d, act, 0.0,
+                         ref=conv2d_transpose_forward_op_ref, kind="gemm", rtol=rtol)
+    dy = rand(rng, y.shape, dtype)
+
+    def backward_ref(dy, x, z, y, kernel, *geometry_and_flags):
+        # The oracle recomputes z from x, the kernel and the bias.
+        return ref.conv2d_transpose_backward_ref(dy, x, kernel, b, *geometry_and_flags)
+
+    for use_bias, need_input_grad in ((True, True), (False, False)):
+        check_op(target, "conv2d_transpose_backward", dy, x, z, y, k, s, p, o, d, act, 0.0,
+                 use_bias, need_input_grad, ref=backward_ref, kind="gemm", rtol=rtol)
+
+
+def test_conv2d_transpose_output_lengths_follow_keras():
+    """Keras 3's lengths, written out: 'valid' (n-1)s + max(k, s), 'same' n*s; with an
+    output_padding p, (n-1)s + k + p ('valid') or (n-1)s + k % 2 + p ('same')."""
+    from pynn.backend.operands.conv import conv_transpose_output_size as size
+
+    assert size(5, 3, 2, 1, "valid")[2] == 4 * 2 + 3
+    assert size(5, 1, 3, 1, "valid")[2] == 4 * 3 + 3
+    assert size(5, 3, 2, 1, "same")[2] == 10
+    assert size(5, 4, 2, 1, "same")[2] == 10
+    assert size(5, 3, 2, 1, "valid", 1)[2] == 4 * 2 + 3 + 1
+    assert size(5, 3, 3, 1, "same", 2)[2] == 4 * 3 + 1 + 2
+    assert size(5, 4, 2, 1, "same", 0)[2] == 4 * 2 + 0 + 0
+    assert size(6, 3, 1, 2, "same")[2] == 6           # dilated: k_eff 5
+    y, _ = conv.conv2d_transpose_forward(np.ones((1, 5, 4, 2)), np.ones((3, 2, 3, 2)), None,
+                                         (2, 3), "valid", (1, 2))
+    assert y.shape == (1, 4 * 2 + 3 + 1, 3 * 3 + 2 + 2, 3)
+
+
+X_T = np.ones((2, 4, 4, 3))
+K_T = np.ones((3, 3, 5, 3))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda ops: ops.conv2d_transpose_forward(X_T, np.ones((3, 3, 5, 2)), None),
+     (r"conv2d_transpose_forward: kernel \(KH, KW, filters, in_channels\) has 2 input "
+      r"channels but the input has 3")),
+    (lambda ops: ops.conv2d_transpose_forward(X_T, K_T, np.ones(3)),
+     r"'bias' must have shape \(5,\), got \(3,\)"),
+    (lambda ops: ops.conv2d_transpose_forward(X_T, K_T, None, 2, "same", (2, 1)),
+     r"'output_padding' must lie in \[0, strides\)"),
+    (lambda ops: ops.conv2d_transpose_forward(X_T, K_T, None, 2, "same", (1, 1, 1)),
+     "'output_padding' must be None, an int or a pair of ints"),
+    (lambda ops: ops.conv2d_transpose_forward(X_T, K_T, None, 1, "full"),
+     "padding must be 'valid' or 'same', got 'full'"),
+    (lambda ops: ops.conv2d_transpose_forward(np.ones((2, 0, 4, 3)), K_T, None),
+     r"the input needs H, W >= 1, got shape \(2, 0, 4, 3\)"),
+    (lambda ops: ops.conv2d_transpose_backward(np.ones((2, 6, 6, 5)), X_T, None,
+                                               np.ones((2, 6, 6, 5)), K_T, 1, "same"),
+     r"conv2d_transpose_backward: 'dy' must have shape \(2, 4, 4, 5\), got \(2, 6, 6, 5\)"),
+])
+def test_conv2d_transpose_bad_inputs(backend, call, match):
+    def up(a):
+        return backend.up(np.asarray(a, np.float32)) if isinstance(a, np.ndarray) else a
+
+    class Uploading:
+        def __getattr__(self, name):
+            op = getattr(backend.ops, name)
+            return lambda *args: op(*[up(a) for a in args])
+
+    with pytest.raises(ValueError, match=match):
+        call(Uploading())
+
+
+@pytest.mark.parametrize("case", [TRANSPOSE_CASES[2], TRANSPOSE_CASES[7]],
+                         ids=[TRANSPOSE_IDS[2], TRANSPOSE_IDS[7]])
+def test_conv2d_transpose_thread_count_invariance(restore_threads, case):
+    """Built from conv ops whose summation order never depends on the thread count: the
+    transposed conv inherits the same bits for 1, 2 and 3 threads."""
+    xs, ks, s, p, o, d = case
+    rng = np.random.default_rng(9)
+    x, k, b = rand(rng, xs), rand(rng, ks), rand(rng, (ks[2],))
+    results = []
+    for n in (1, 2, 3):
+        info.set_num_threads(n)
+        y, z = conv.conv2d_transpose_forward(x, k, b, s, p, o, d, "gelu", 0.0)
+        dy = np.cos(np.arange(y.size, dtype=np.float32)).reshape(y.shape)
+        results.append((y, z, *conv.conv2d_transpose_backward(dy, x, z, y, k, s, p, o, d,
+                                                                "gelu", 0.0)))
+    for other in results[1:]:
+        for a, b_ in zip(results[0], other):
+            np.testing.assert_array_equal(a, b_)

@@ -5,7 +5,7 @@ match this table.
 Where an op lives: one name, five places
 ----------------------------------------
 An op of family F (dense, conv, pool, activation, loss, metric, dropout, optim, rnn,
-merge, spatial, shape, normalization) named ``<op>`` is, under that same name:
+merge, spatial, shape, normalization, depthwise) named ``<op>`` is, under that same name:
 - ``native/F.pyx``: the CPU kernel, exported as ``pynn._native.F.<op>``;
 - ``opencl/F.cl``: its OpenCL kernels, driven by ``pynn/backend/opencl/F.py``;
 - ``pynn/backend/operands/F.py``: the checks of its arguments, which both backends call
@@ -102,6 +102,35 @@ OPS = {
     # fuse the passes (the CPU one makes dz, dbias and dkernel in one pass over dy).
     "conv2d_backward": ("dy", "x", "z", "y", "kernel", "strides", "padding", "dilation_rate",
                         "activation", "alpha", "use_bias", "need_input_grad"),
+    # -- convolution variants (issue 12; conv: native/conv.pyx, opencl/conv.cl; depthwise:
+    # native/depthwise.pyx, opencl/depthwise.cl) ------------------------------------------
+    # Keras's Conv2DTranspose: x (N,H,W,C) * kernel (KH,KW,F,C) -> (y, z), y (N,HO,WO,F) by
+    # Keras 3's output length (operands.conv.conv_transpose_output_size); output_padding None
+    # or two ints below the strides. The input gradient of a 'valid' conv2d onto the full
+    # output, then cropped, bias+activation fused as in conv2d_forward.
+    "conv2d_transpose_forward": ("x", "kernel", "bias", "strides", "padding", "output_padding",
+                                 "dilation_rate", "activation", "alpha"),
+    # -> (dx or None when not need_input_grad, dkernel, dbias or None when not use_bias).
+    "conv2d_transpose_backward": ("dy", "x", "z", "y", "kernel", "strides", "padding",
+                                  "output_padding", "dilation_rate", "activation", "alpha",
+                                  "use_bias", "need_input_grad"),
+    # Keras's DepthwiseConv2D: x (N,H,W,C) * kernel (KH,KW,C,M) -> (y, z), y (N,HO,WO,C*M),
+    # output channel c*M + m reads input channel c (Keras's order); geometry as conv2d.
+    "depthwise_conv2d_forward": ("x", "kernel", "bias", "strides", "padding",
+                                 "dilation_rate", "activation", "alpha"),
+    "depthwise_conv2d_backward_input": ("dz", "kernel", "input_shape", "strides", "padding",
+                                        "dilation_rate"),
+    "depthwise_conv2d_backward_weight": ("x", "dz", "kernel_shape", "strides", "padding",
+                                         "dilation_rate"),
+    # Keras's Conv2D(groups=G): kernel (KH,KW,C/G,F), G dividing C and F; output channel o
+    # reads the C/G input channels of group o // (F/G). The depthwise kernels, generalized
+    # (depthwise is G = C); Conv2D with groups=1 stays on the conv2d_* ops.
+    "grouped_conv2d_forward": ("x", "kernel", "bias", "strides", "padding", "dilation_rate",
+                               "groups", "activation", "alpha"),
+    "grouped_conv2d_backward_input": ("dz", "kernel", "input_shape", "strides", "padding",
+                                      "dilation_rate", "groups"),
+    "grouped_conv2d_backward_weight": ("x", "dz", "kernel_shape", "strides", "padding",
+                                       "dilation_rate", "groups"),
     # -- pooling (native/pool.pyx, opencl/pool.cl) ---------------------------------------
     # argmax: int32 array shaped like y holding the flat index h*W + w of the chosen input
     # pixel within its (n, c) plane. Ties go to the first index in row-major window order.
@@ -254,3 +283,22 @@ def bias_activation_backward(ops, dy, z, y, activation, alpha=0.0, use_bias=True
     if use_bias:
         return ops.activation_bias_backward(dy, z, y, activation, alpha)
     return ops.activation_backward(dy, z, y, activation, alpha), None
+
+
+def conv2d_transpose_backward_composed(ops, place, dy, x, z, y, kernel, g, strides,
+                                       dilation_rate, activation, alpha, use_bias,
+                                       need_input_grad):
+    """conv2d_transpose_backward from a backend's ops (``ops``) and its ``place(dz, g)``,
+    which puts dz back at its crop offset in a zeroed full output (N, HF, WF, F). The
+    transposed conv is the input gradient of a 'valid' conv2d from that full output to x,
+    so the roles swap: its input gradient is that conv's forward and its kernel gradient
+    that conv's kernel gradient with the full-output gradient as the conv's input."""
+    dz, db = bias_activation_backward(ops, dy, z, y, activation, alpha, use_bias)
+    dfull = place(dz, g)
+    dk = ops.conv2d_backward_weight(dfull, x, tuple(kernel.shape), strides, "valid",
+                                    dilation_rate)
+    dx = None
+    if need_input_grad:
+        dx, _ = ops.conv2d_forward(dfull, kernel, None, strides, "valid", dilation_rate,
+                                   "linear", 0.0)
+    return dx, dk, db

@@ -82,6 +82,16 @@ from pynn._native.spatial import (  # noqa: F401
     upsample2d_backward,
     upsample2d_forward,
 )
+# -- convolution variants (issue 12) --
+from pynn._native.conv import conv2d_transpose_backward, conv2d_transpose_forward  # noqa: F401
+from pynn._native.depthwise import (  # noqa: F401
+    depthwise_conv2d_backward_input,
+    depthwise_conv2d_backward_weight,
+    depthwise_conv2d_forward,
+    grouped_conv2d_backward_input,
+    grouped_conv2d_backward_weight,
+    grouped_conv2d_forward,
+)
 from pynn.backend.operands.common import host_array
 
 NAME = "cpu"

@@ -3,6 +3,7 @@ classes up in ``LAYERS`` only, never imports by name."""
 
 from pynn.layers.base import Layer
 from pynn.layers.conv import Conv2D
+from pynn.layers.conv_variants import Conv2DTranspose, DepthwiseConv2D, SeparableConv2D
 from pynn.layers.core import Activation, Dense, Dropout, Flatten, Input, InputLayer, Reshape
 from pynn.layers.recurrent import GRU, LSTM, SimpleRNN
 # -- merge (Keras's merge layers and their functional helpers) --
@@ -50,6 +51,8 @@ LAYERS = {cls.__name__: cls for cls in (
     UpSampling2D, ZeroPadding2D, Cropping2D, Permute, RepeatVector, Identity,
     # -- normalization --
     BatchNormalization, LayerNormalization, GroupNormalization,
+    # convolution variants (issue 12)
+    Conv2DTranspose, DepthwiseConv2D, SeparableConv2D,
 )}
 
 # Keras aliases.
@@ -57,9 +60,14 @@ MaxPool2D = MaxPooling2D
 AvgPool2D = AveragePooling2D
 GlobalAvgPool2D = GlobalAveragePooling2D
 GlobalMaxPool2D = GlobalMaxPooling2D
+# convolution variants (issue 12)
+Convolution2DTranspose = Conv2DTranspose
+SeparableConvolution2D = SeparableConv2D
 
 __all__ = ["Layer", "LAYERS", "Input", *LAYERS, "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
            "GlobalMaxPool2D",
            # -- merge: functional helpers --
            "add", "subtract", "multiply", "average", "maximum", "minimum", "concatenate",
-           "dot"]
+           "dot",
+           # -- convolution variants: Keras aliases --
+           "Convolution2DTranspose", "SeparableConvolution2D"]

@@ -1,9 +1,16 @@
-"""Conv2D, channels_last, kernel (kh, kw, in, filters) as in Keras."""
+"""Conv2D, channels_last, kernel (kh, kw, in / groups, filters) as in Keras. groups=1 runs the
+GEMM conv2d_* ops; groups > 1 the direct grouped_conv2d_* ops (native/depthwise.pyx), whose
+per-group reductions are short."""
 
 from pynn import backend, initializers, regularizers
 from pynn.backend.operands.common import conv_output_size
 from pynn.layers.base import (
-    Layer, activation_config, data_format_arg, padding_arg, pair,
+    Layer,
+    activation_config,
+    bias_activation_backward,
+    data_format_arg,
+    padding_arg,
+    pair,
     shape_str,
 )
 
@@ -17,8 +24,11 @@ class Conv2D(Layer):
         label = f"Conv2D '{self.name}'"
         if not isinstance(filters, int) or isinstance(filters, bool) or filters < 1:
             raise ValueError(f"{label}: filters must be a positive int, got {filters!r}")
-        if groups != 1:
-            raise ValueError(f"{label}: only groups=1 is supported, got {groups!r}")
+        if (isinstance(groups, bool) or not isinstance(groups, int) or groups < 1
+                or filters % groups):
+            raise ValueError(f"{label}: groups must be a positive int dividing filters "
+                             f"({filters}), got {groups!r}")
+        self.groups = groups
         data_format_arg(label, data_format)
         self.filters = filters
         self.kernel_size = pair("kernel_size", label, kernel_size)
@@ -39,8 +49,12 @@ class Conv2D(Layer):
         if len(input_shape) != 4 or input_shape[-1] is None:
             raise ValueError(f"Conv2D '{self.name}': expected input shape (None, H, W, C), got "
                              f"{shape_str(input_shape)}")
+        if input_shape[-1] % self.groups:
+            raise ValueError(f"Conv2D '{self.name}': groups={self.groups} must divide the input "
+                             f"channels, got input shape {shape_str(input_shape)}")
         kh, kw = self.kernel_size
-        self.kernel = self.add_weight("kernel", (kh, kw, input_shape[-1], self.filters),
+        self.kernel = self.add_weight("kernel",
+                                      (kh, kw, input_shape[-1] // self.groups, self.filters),
                                       self.kernel_initializer, self.kernel_regularizer)
         self.bias = (self.add_weight("bias", (self.filters,), self.bias_initializer,
                                      self.bias_regularizer) if self.use_bias else None)
@@ -63,9 +77,14 @@ class Conv2D(Layer):
 
     def call(self, x, training=False):
         b = backend.current()
-        y, z = b.conv2d_forward(x, self.kernel.value, self.bias.value if self.use_bias else None,
-                                self.strides, self.padding, self.dilation_rate,
-                                self.activation, self.alpha)
+        bias = self.bias.value if self.use_bias else None
+        if self.groups == 1:
+            y, z = b.conv2d_forward(x, self.kernel.value, bias, self.strides, self.padding,
+                                    self.dilation_rate, self.activation, self.alpha)
+        else:
+            y, z = b.grouped_conv2d_forward(x, self.kernel.value, bias, self.strides,
+                                            self.padding, self.dilation_rate, self.groups,
+                                            self.activation, self.alpha)
         if training:
             self._cache = (x, y, z)
         return y
@@ -74,6 +93,8 @@ class Conv2D(Layer):
         b = backend.current()
         x, y, z = self._cache
         self._cache = None
+        if self.groups > 1:
+            return self._grouped_backward(b, dy, x, y, z)
         dx, self.kernel.grad, db = b.conv2d_backward(
             dy, x, z, y, self.kernel.value, self.strides, self.padding, self.dilation_rate,
             self.activation, self.alpha, self.use_bias, self.needs_input_grad)
@@ -81,10 +102,22 @@ class Conv2D(Layer):
             self.bias.grad = db
         return dx
 
+    def _grouped_backward(self, b, dy, x, y, z):
+        dz = bias_activation_backward(self, dy, z, y)
+        kernel = self.kernel.value
+        self.kernel.grad = b.grouped_conv2d_backward_weight(
+            x, dz, tuple(kernel.shape), self.strides, self.padding, self.dilation_rate,
+            self.groups)
+        if not self.needs_input_grad:
+            return None
+        return b.grouped_conv2d_backward_input(dz, kernel, tuple(x.shape), self.strides,
+                                               self.padding, self.dilation_rate, self.groups)
+
     def get_config(self):
         config = super().get_config()
         config.update(
             filters=self.filters, kernel_size=list(self.kernel_size), strides=list(self.strides),
+            groups=self.groups,
             padding=self.padding, dilation_rate=list(self.dilation_rate),
             activation=self.activation, use_bias=self.use_bias,
             kernel_initializer=initializers.serialize(self.kernel_initializer),

@@ -133,3 +133,75 @@ def conv2d_backward_ref(dy, x, kernel, bias, strides, padding, dilation_rate,
     dk = conv2d_backward_weight_ref(x, dz, kernel.shape, strides, padding, dilation_rate)
     db = dz.reshape(-1, dz.shape[-1]).sum(axis=0) if use_bias else None
     return dx, dk, db
+
+
+# -- conv2d_transpose (issue 12) -------------------------------------------------------------
+# Written the way JAX defines a transposed conv (the form Keras 3's backends reproduce): the
+# input dilated by the strides, zero-padded by Keras's (left, right) pads, then a stride-1
+# 'valid' correlation with the kernel flipped in space and its channel axes swapped. The ops
+# take another road (a conv's input gradient onto the full output, then a crop), so the two
+# meet only in the numbers.
+
+
+def _transpose_pads(k, stride, dilation, padding, output_padding):
+    """Keras's _convert_conv_transpose_padding_args_from_keras_to_jax, written out again."""
+    k_eff = (k - 1) * dilation + 1
+    if padding == "valid":
+        extra = max(k_eff, stride) - k_eff if output_padding is None else output_padding
+        return k_eff - 1, k_eff - 1 + extra
+    if output_padding is None:
+        pad_len = stride + k_eff - 2
+    else:
+        pad_len = k_eff + k_eff % 2 - 2 + output_padding
+    left = min(pad_len // 2 + pad_len % 2, k_eff - 1)
+    return left, pad_len - left
+
+
+def _transpose_input(x, kernel_shape, strides, padding, output_padding, dilation_rate):
+    """x dilated by the strides and padded: the input of the equivalent correlation, and
+    the slices that pick x's pixels back out of it."""
+    n, h, w, c = x.shape
+    ops = (None, None) if output_padding is None else tuple(output_padding)
+    (pt, pb), (pl, pr) = (_transpose_pads(kernel_shape[i], strides[i], dilation_rate[i],
+                                          padding, ops[i]) for i in range(2))
+    hd, wd = (h - 1) * strides[0] + 1, (w - 1) * strides[1] + 1
+    xp = np.zeros((n, pt + hd + pb, pl + wd + pr, c))
+    picks = (slice(None), slice(pt, pt + hd, strides[0]), slice(pl, pl + wd, strides[1]))
+    xp[picks] = x
+    return xp, picks
+
+
+def _correlation_kernel(kernel):
+    """(KH, KW, F, C) -> the flipped (KH, KW, C, F) kernel of the equivalent correlation."""
+    return np.asarray(kernel, np.float64)[::-1, ::-1].transpose(0, 1, 3, 2)
+
+
+def conv2d_transpose_forward_ref(x, kernel, bias, strides, padding, output_padding,
+                                 dilation_rate, activation_name="linear", alpha=0.0):
+    """Returns (y, z): z the pre-activation, y = activation(z); kernel (KH, KW, F, C)."""
+    xp, _ = _transpose_input(np.asarray(x, np.float64), np.shape(kernel), strides, padding,
+                             output_padding, dilation_rate)
+    return conv2d_forward_ref(xp, _correlation_kernel(kernel), bias, (1, 1), "valid",
+                              dilation_rate, activation_name, alpha)
+
+
+def conv2d_transpose_backward_ref(dy, x, kernel, bias, strides, padding, output_padding,
+                                  dilation_rate, activation_name="linear", alpha=0.0,
+                                  use_bias=True, need_input_grad=True):
+    """(dx or None, dkernel, dbias or None) of conv2d_transpose_forward_ref, z recomputed in
+    float64, through the correlation's own references."""
+    from tests.reference.activation_ref import activation_backward_ref
+
+    xp, picks = _transpose_input(np.asarray(x, np.float64), np.shape(kernel), strides,
+                                 padding, output_padding, dilation_rate)
+    kc = _correlation_kernel(kernel)
+    _, z = conv2d_forward_ref(xp, kc, bias, (1, 1), "valid", dilation_rate)
+    dz = activation_backward_ref(dy, z, activation_name, alpha)
+    dx = None
+    if need_input_grad:
+        dxp = conv2d_backward_input_ref(dz, kc, xp.shape, (1, 1), "valid", dilation_rate)
+        dx = dxp[picks].copy()
+    dkc = conv2d_backward_weight_ref(xp, dz, kc.shape, (1, 1), "valid", dilation_rate)
+    dk = dkc[::-1, ::-1].transpose(0, 1, 3, 2).copy()
+    db = dz.reshape(-1, dz.shape[-1]).sum(axis=0) if use_bias else None
+    return dx, dk, db

@@ -55,6 +55,15 @@ from pynn.backend.opencl.shape import (  # noqa: F401
 from pynn.backend.opencl.spatial import (  # noqa: F401
     pad2d_backward, pad2d_forward, upsample2d_backward, upsample2d_forward,
 )
+# -- convolution variants (issue 12) --
+from pynn.backend.opencl.conv import (  # noqa: F401
+    conv2d_transpose_backward, conv2d_transpose_forward,
+)
+from pynn.backend.opencl.depthwise import (  # noqa: F401
+    depthwise_conv2d_backward_input, depthwise_conv2d_backward_weight,
+    depthwise_conv2d_forward, grouped_conv2d_backward_input, grouped_conv2d_backward_weight,
+    grouped_conv2d_forward,
+)
 from pynn.backend.opencl.runtime import (  # noqa: F401
     device_info, devices, empty_cache, select_device,
 )

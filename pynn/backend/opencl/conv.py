@@ -9,14 +9,22 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from pynn.backend.api import conv2d_backward_composed
+from pynn.backend.api import (
+    ACTIVATIONS,
+    conv2d_backward_composed,
+    conv2d_transpose_backward_composed,
+)
 from pynn.backend.opencl import runtime as rt
 from pynn.backend.opencl.activation import (
-    activation_backward, activation_bias_backward, activation_forward, fused_epilogue,
+    activation_backward,
+    activation_bias_backward,
+    activation_forward,
+    fused_epilogue,
 )
-from pynn.backend.opencl.dense import bias_backward
 from pynn.backend.opencl.arrays import DEVICE
+from pynn.backend.opencl.dense import bias_backward
 from pynn.backend.opencl.gemm import gemm_split_out, run_gemm
+from pynn.backend.opencl.launch import elementwise
 from pynn.backend.operands import conv as operands
 
 
@@ -81,4 +89,51 @@ def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid", dilati
 _COMPOSED = SimpleNamespace(
     activation_backward=activation_backward, activation_bias_backward=activation_bias_backward,
     bias_backward=bias_backward, conv2d_backward_input=conv2d_backward_input,
-    conv2d_backward_weight=conv2d_backward_weight)
+    conv2d_backward_weight=conv2d_backward_weight, conv2d_forward=conv2d_forward)
+
+
+# -- conv2d_transpose (issue 12): the conv kernels above plus conv2d_transpose_window, which
+# moves Keras's window between the full transposed output and the layer's output.
+
+
+def conv2d_transpose_forward(x, kernel, bias, strides=(1, 1), padding="valid",
+                             output_padding=None, dilation_rate=(1, 1), activation="linear",
+                             alpha=0.0):
+    """Keras's Conv2DTranspose -> (y, z): conv2d_backward_input onto the full output, then
+    the window with bias + activation."""
+    op = "conv2d_transpose_forward"
+    name, alpha, x, kernel, bias, g = operands.conv2d_transpose_forward(
+        DEVICE, x, kernel, bias, strides, padding, output_padding, dilation_rate, activation,
+        alpha)
+    full = conv2d_backward_input(x, kernel, (g["N"], g["HF"], g["WF"], g["F"]), strides,
+                                 "valid", dilation_rate)
+    y, z, code, softmax_after = fused_epilogue(op, name, (g["N"], g["HO"], g["WO"], g["F"]))
+    elementwise("conv", "conv2d_transpose_window", y.size, full, bias, y, z, code, alpha,
+                g["N"], g["HF"], g["WF"], g["F"], g["HO"], g["WO"], g["CT"], g["CL"])
+    if softmax_after:
+        return activation_forward(y, "softmax", alpha), None
+    return y, z
+
+
+def _placed(dz, g):
+    """dz at its crop offset in a zeroed full output (N, HF, WF, F)."""
+    if (g["CT"], g["CL"], g["HO"], g["WO"]) == (0, 0, g["HF"], g["WF"]):
+        return dz
+    full = rt.empty((g["N"], g["HF"], g["WF"], g["F"]), np.float32,
+                    "conv2d_transpose_backward full-output gradient")
+    elementwise("conv", "conv2d_transpose_window", full.size, dz, None, full, None,
+                ACTIVATIONS.index("linear"), 0.0, g["N"], g["HO"], g["WO"], g["F"], g["HF"],
+                g["WF"], -g["CT"], -g["CL"])
+    return full
+
+
+def conv2d_transpose_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
+                              output_padding=None, dilation_rate=(1, 1), activation="linear",
+                              alpha=0.0, use_bias=True, need_input_grad=True):
+    """(dx or None, dkernel, dbias or None) of conv2d_transpose_forward."""
+    name, alpha, dy, x, z, y, kernel, g = operands.conv2d_transpose_backward(
+        DEVICE, dy, x, z, y, kernel, strides, padding, output_padding, dilation_rate,
+        activation, alpha)
+    return conv2d_transpose_backward_composed(
+        _COMPOSED, _placed, dy, x, z, y, kernel, g, strides, dilation_rate, name, alpha,
+        use_bias, need_input_grad)

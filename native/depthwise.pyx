@@ -1,0 +1,347 @@
+"""Channel-grouped convolutions: DepthwiseConv2D (depthwise_conv2d_*) and Conv2D(groups=G)
+(grouped_conv2d_*), forward / backward_input / backward_weight, on one set of kernels.
+
+Legend: N batch, H/W input spatial, C input channels, G groups, CG = C/G input channels and
+FG = F/G filters per group, F output channels, KH/KW kernel spatial, HO/WO output spatial,
+SH/SW strides, DH/DW dilation, PT/PL leading pads (Keras 'same': the odd pixel goes after).
+Layout NHWC; the kernel is (KH, KW, CG, F), Keras's Conv2D(groups) layout: output channel o
+of group o // FG reads that group's CG input channels. DepthwiseConv2D is the case G = C,
+CG = 1, FG = M (the depth multiplier): its (KH, KW, C, M) kernel is that layout as it is, and
+output channel c*M + m reads input channel c (Keras's order).
+
+Design: the reduction is short (KH*KW*CG terms per output) and differs per group, so there
+is no one GEMM to hand to BLAS; every loop is direct, innermost over contiguous channels of
+x, kernel and y (the compiler vectorizes it; depthwise with M == 1, the common case, is a
+plain multiply-add of three rows). Large groups are the GEMM conv's job (Conv2D, groups=1).
+- forward: prange over output rows (n, ho); the bias is the start value and the activation
+  runs on the row while it is in L1 (softmax per pixel over its CM channels).
+- backward_input: a gather, prange over input rows (n, hi): each dx element is written by
+  one thread, in a fixed (kh, kw) order.
+- backward_weight: the output rows are cut into a fixed number of slabs (not threads), each
+  with its own (KH, KW, CM) partial, added in slab order: bit-identical for any thread count.
+Outputs are fresh arrays; nothing accumulates into caller memory.
+"""
+
+import numpy as np
+
+from cython.parallel cimport prange
+from libc.string cimport memset
+from _activation cimport ACT_SOFTMAX, act_forward_vec, floating, softmax_row
+
+from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
+from pynn.backend.operands import depthwise as operands
+from pynn.backend.operands.common import HOST
+
+# Below this many input elements a kernel runs on the calling thread: waking the OpenMP team
+# costs more than the pass.
+cdef enum:
+    PARALLEL_MIN = 32768
+
+# Grouped taps with at least this many filters per group loop over each group's filters
+# (contiguous, one vector); fewer run one gathered pass over all F outputs instead. 2 threads
+# on a shared, loaded machine (noisy), 32x32x32x64 -> 64, 3x3, forward: groups of 8 filters
+# 150 ms looped vs 305 gathered; of 2 filters 141 looped vs 51-90 gathered.
+cdef enum:
+    _GROUP_VECTOR_MIN = 8
+
+# backward_weight's partial sums: a fixed count, so the summation order never depends on
+# the thread count; 16 keeps a few per core on the machines this runs on.
+_SLABS = 16
+
+
+cdef struct Geom:
+    Py_ssize_t N, H, W, C, G, CG, FG, F, KH, KW, SH, SW, DH, DW, PT, PL, HO, WO
+
+
+def _geom(g):
+    return {k: g[k] for k in ("N", "H", "W", "C", "G", "CG", "FG", "F", "KH", "KW", "SH",
+                              "SW", "DH", "DW", "PT", "PL", "HO", "WO")}
+
+
+cdef inline void _tap(const floating* xp, const floating* kp, floating* out, const Geom* g,
+                      const int* first) noexcept nogil:
+    """out[o] += sum over ci of xp[first[o] + ci] * kp[ci*F + o]: one kernel tap (kp, a
+    (CG, F) slice) over all channels of one pixel; first[o] = group(o) * CG."""
+    cdef Py_ssize_t c, m, ci, grp, FG = g.FG, CG = g.CG, F = g.F
+    cdef floating v
+    cdef const floating* kr
+    cdef floating* o
+    if CG == 1 and FG == 1:
+        for c in range(F):
+            out[c] += xp[c] * kp[c]
+    elif CG == 1:
+        for c in range(g.G):
+            for m in range(FG):
+                out[c * FG + m] += xp[c] * kp[c * FG + m]
+    elif FG >= _GROUP_VECTOR_MIN:
+        for grp in range(g.G):
+            o = out + grp * FG
+            for ci in range(CG):
+                v = xp[grp * CG + ci]
+                kr = kp + ci * F + grp * FG
+                for m in range(FG):
+                    o[m] += v * kr[m]
+    else:
+        # Too few filters per group for that loop to vectorize: one pass over all F outputs
+        # per input channel of the groups instead, x gathered through first.
+        for ci in range(CG):
+            kr = kp + ci * F
+            for c in range(F):
+                out[c] += xp[first[c] + ci] * kr[c]
+
+
+cdef inline void _tap_weight(const floating* xp, const floating* dp, floating* part,
+                             const Geom* g, const int* first) noexcept nogil:
+    """part[ci*F + o] += xp[first[o] + ci] * dp[o]: the kernel gradient of one tap at one
+    output pixel (_tap with the roles of kernel and output swapped)."""
+    cdef Py_ssize_t ci, c, m, grp, FG = g.FG, CG = g.CG, F = g.F
+    cdef floating v
+    cdef floating* pr
+    cdef const floating* d
+    if CG == 1:
+        _tap(xp, dp, part, g, first)
+        return
+    if FG >= _GROUP_VECTOR_MIN:
+        for grp in range(g.G):
+            d = dp + grp * FG
+            for ci in range(CG):
+                v = xp[grp * CG + ci]
+                pr = part + ci * F + grp * FG
+                for m in range(FG):
+                    pr[m] += v * d[m]
+        return
+    for ci in range(CG):
+        pr = part + ci * F
+        for c in range(F):
+            pr[c] += xp[first[c] + ci] * dp[c]
+
+
+cdef void _forward_row(const floating* x, const floating* k, const floating* bias, floating* z,
+                       floating* y, const Geom* g, const int* first, Py_ssize_t r, int act,
+                       floating alpha) noexcept nogil:
+    """Output row r = n*HO + ho: z = bias + taps, then y = act(z) (y may alias z)."""
+    cdef Py_ssize_t n = r // g.HO, ho = r % g.HO, CM = g.F, KT = g.CG * g.F
+    cdef Py_ssize_t wo, kh, kw, hi, wi, j
+    cdef floating* zr = z + r * g.WO * CM
+    cdef floating* yr = y + r * g.WO * CM
+    cdef floating* out
+    for wo in range(g.WO):
+        out = zr + wo * CM
+        if bias != NULL:
+            for j in range(CM):
+                out[j] = bias[j]
+        else:
+            memset(out, 0, CM * sizeof(floating))
+        for kh in range(g.KH):
+            hi = ho * g.SH - g.PT + kh * g.DH
+            if hi < 0 or hi >= g.H:
+                continue
+            for kw in range(g.KW):
+                wi = wo * g.SW - g.PL + kw * g.DW
+                if wi < 0 or wi >= g.W:
+                    continue
+                _tap(x + ((n * g.H + hi) * g.W + wi) * g.C, k + (kh * g.KW + kw) * KT, out, g,
+                     first)
+    if act == ACT_SOFTMAX:
+        for wo in range(g.WO):
+            softmax_row(zr + wo * CM, yr + wo * CM, CM)
+    else:
+        act_forward_vec(zr, yr, g.WO * CM, act, alpha)
+
+
+cdef void _backward_input_row(const floating* dz, const floating* k, floating* dx,
+                              const Geom* g, Py_ssize_t r) noexcept nogil:
+    """Input row r = n*H + hi of dx: every dz element whose window covers it, times its tap,
+    summed over the outputs of each input channel's group."""
+    cdef Py_ssize_t n = r // g.H, hi = r % g.H, C = g.C, F = g.F, FG = g.FG, CG = g.CG
+    cdef Py_ssize_t KT = g.CG * g.F
+    cdef Py_ssize_t kh, kw, wi, num, ho, wo, c, m, grp, ci
+    cdef floating* dxr = dx + r * g.W * C
+    cdef floating* out
+    cdef const floating* dp
+    cdef const floating* kp
+    cdef const floating* kr
+    cdef floating s
+    memset(dxr, 0, g.W * C * sizeof(floating))
+    for kh in range(g.KH):
+        num = hi + g.PT - kh * g.DH
+        if num < 0 or num % g.SH != 0:
+            continue
+        ho = num // g.SH
+        if ho >= g.HO:
+            continue
+        for wi in range(g.W):
+            out = dxr + wi * C
+            for kw in range(g.KW):
+                num = wi + g.PL - kw * g.DW
+                if num < 0 or num % g.SW != 0:
+                    continue
+                wo = num // g.SW
+                if wo >= g.WO:
+                    continue
+                dp = dz + ((n * g.HO + ho) * g.WO + wo) * F
+                kp = k + (kh * g.KW + kw) * KT
+                if CG == 1 and FG == 1:
+                    for c in range(C):
+                        out[c] += dp[c] * kp[c]
+                else:
+                    for grp in range(g.G):
+                        for ci in range(CG):
+                            kr = kp + ci * F + grp * FG
+                            s = 0
+                            for m in range(FG):
+                                s = s + dp[grp * FG + m] * kr[m]
+                            out[grp * CG + ci] += s
+
+
+cdef void _backward_weight_slab(const floating* x, const floating* dz, floating* part,
+                                const Geom* g, const int* first, Py_ssize_t r0,
+                                Py_ssize_t r1) noexcept nogil:
+    """part (KH, KW, CG, F) = the kernel gradient over output rows [r0, r1)."""
+    cdef Py_ssize_t CM = g.F, KT = g.CG * g.F
+    cdef Py_ssize_t r, n, ho, wo, kh, kw, hi, wi
+    memset(part, 0, g.KH * g.KW * KT * sizeof(floating))
+    for r in range(r0, r1):
+        n = r // g.HO
+        ho = r % g.HO
+        for kh in range(g.KH):
+            hi = ho * g.SH - g.PT + kh * g.DH
+            if hi < 0 or hi >= g.H:
+                continue
+            for wo in range(g.WO):
+                for kw in range(g.KW):
+                    wi = wo * g.SW - g.PL + kw * g.DW
+                    if wi < 0 or wi >= g.W:
+                        continue
+                    _tap_weight(x + ((n * g.H + hi) * g.W + wi) * g.C,
+                                dz + (r * g.WO + wo) * CM, part + (kh * g.KW + kw) * KT, g,
+                                first)
+
+
+def _run_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] kernel, bias,
+                 floating[:, :, :, ::1] z, floating[:, :, :, ::1] y, Geom g,
+                 const int[::1] first, int act, double alpha):
+    cdef const floating[::1] b
+    cdef const floating* bp = NULL
+    cdef Py_ssize_t r
+    if bias is not None:
+        b = bias
+        bp = &b[0]
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* kp = &kernel[0, 0, 0, 0]
+    cdef floating* zp = &z[0, 0, 0, 0]
+    cdef floating* yp = &y[0, 0, 0, 0]
+    cdef floating a = <floating>alpha
+    for r in prange(g.N * g.HO, schedule="static", nogil=True,
+                    use_threads_if=g.N * g.H * g.W * g.F >= PARALLEL_MIN):
+        _forward_row(xp, kp, bp, zp, yp, &g, &first[0], r, act, a)
+
+
+def _run_backward_input(const floating[:, :, :, ::1] dz, const floating[:, :, :, ::1] kernel,
+                        floating[:, :, :, ::1] dx, Geom g):
+    cdef Py_ssize_t r
+    cdef const floating* dp = &dz[0, 0, 0, 0]
+    cdef const floating* kp = &kernel[0, 0, 0, 0]
+    cdef floating* xp = &dx[0, 0, 0, 0]
+    for r in prange(g.N * g.H, schedule="static", nogil=True,
+                    use_threads_if=g.N * g.H * g.W * g.F >= PARALLEL_MIN):
+        _backward_input_row(dp, kp, xp, &g, r)
+
+
+def _run_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dz,
+                         floating[:, ::1] part, Geom g, const int[::1] first):
+    cdef Py_ssize_t s, slabs = part.shape[0], rows = g.N * g.HO
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* dp = &dz[0, 0, 0, 0]
+    cdef floating* pp = &part[0, 0]
+    cdef Py_ssize_t width = part.shape[1]
+    for s in prange(slabs, schedule="static", nogil=True,
+                    use_threads_if=g.N * g.H * g.W * g.F >= PARALLEL_MIN):
+        _backward_weight_slab(xp, dp, pp + s * width, &g, &first[0], s * rows // slabs,
+                              (s + 1) * rows // slabs)
+
+
+# The ops: both layouts run the kernels above; operands.depthwise gives each its geometry.
+
+
+def _first_channels(g):
+    """first[o]: the first input channel of output channel o's group (int32, gathered)."""
+    return (np.arange(g["F"], dtype=np.int32) // g["FG"]) * np.int32(g["CG"])
+
+
+def _forward(checked):
+    name, a, x, kernel, bias, g = checked
+    keep_z = name in ACTIVATIONS_NEEDING_INPUT
+    z = np.empty((g["N"], g["HO"], g["WO"], g["F"]), dtype=x.dtype)
+    y = np.empty_like(z) if keep_z else z
+    if z.size:  # then x and the kernel hold data too: HO, WO > 0 need H, W > 0
+        _run_forward(x, kernel, bias, z, y, _geom(g), _first_channels(g),
+                     ACTIVATIONS.index(name), a)
+    return y, (z if keep_z else None)
+
+
+def _backward_input(checked):
+    dz, kernel, input_shape, g = checked
+    if dz.size == 0 or 0 in input_shape or kernel.size == 0:
+        return np.zeros(input_shape, dtype=dz.dtype)
+    dx = np.empty(input_shape, dtype=dz.dtype)
+    _run_backward_input(dz, kernel, dx, _geom(g))
+    return dx
+
+
+def _backward_weight(checked):
+    """Partial sums per slab of output rows, added in slab order."""
+    x, dz, kernel_shape, g = checked
+    if dz.size == 0 or x.size == 0 or 0 in kernel_shape:
+        return np.zeros(kernel_shape, dtype=x.dtype)
+    slabs = min(_SLABS, g["N"] * g["HO"])
+    part = np.empty((slabs, int(np.prod(kernel_shape))), dtype=x.dtype)
+    _run_backward_weight(x, dz, part, _geom(g), _first_channels(g))
+    return np.add.reduce(part, axis=0).reshape(kernel_shape)
+
+
+def depthwise_conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid",
+                             dilation_rate=(1, 1), activation="linear", alpha=0.0):
+    """y = act(depthwise(x, kernel) + bias) -> (y, z).
+
+    x (N, H, W, C), kernel (KH, KW, C, M), bias (C*M,) or None; y (N, HO, WO, C*M). z is
+    the pre-activation when the activation needs it for backward (gelu), else None."""
+    return _forward(operands.depthwise_conv2d_forward(
+        HOST, x, kernel, bias, strides, padding, dilation_rate, activation, alpha))
+
+
+def depthwise_conv2d_backward_input(dz, kernel, input_shape, strides=(1, 1), padding="valid",
+                                    dilation_rate=(1, 1)):
+    """dx (N, H, W, C) from dz (N, HO, WO, C*M)."""
+    return _backward_input(operands.depthwise_conv2d_backward_input(
+        HOST, dz, kernel, input_shape, strides, padding, dilation_rate))
+
+
+def depthwise_conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
+                                     dilation_rate=(1, 1)):
+    """dkernel (KH, KW, C, M)."""
+    return _backward_weight(operands.depthwise_conv2d_backward_weight(
+        HOST, x, dz, kernel_shape, strides, padding, dilation_rate))
+
+
+def grouped_conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid",
+                           dilation_rate=(1, 1), groups=1, activation="linear", alpha=0.0):
+    """Conv2D(groups=G): y = act(grouped_conv(x, kernel) + bias) -> (y, z).
+
+    x (N, H, W, C), kernel (KH, KW, C/G, F), bias (F,) or None; y (N, HO, WO, F)."""
+    return _forward(operands.grouped_conv2d_forward(
+        HOST, x, kernel, bias, strides, padding, dilation_rate, groups, activation, alpha))
+
+
+def grouped_conv2d_backward_input(dz, kernel, input_shape, strides=(1, 1), padding="valid",
+                                  dilation_rate=(1, 1), groups=1):
+    """dx (N, H, W, C) from dz (N, HO, WO, F)."""
+    return _backward_input(operands.grouped_conv2d_backward_input(
+        HOST, dz, kernel, input_shape, strides, padding, dilation_rate, groups))
+
+
+def grouped_conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
+                                   dilation_rate=(1, 1), groups=1):
+    """dkernel (KH, KW, C/G, F)."""
+    return _backward_weight(operands.grouped_conv2d_backward_weight(
+        HOST, x, dz, kernel_shape, strides, padding, dilation_rate, groups))
