@@ -34,6 +34,7 @@ from pynn.backend.operands.common import HOST
 from pynn.backend.api import ACTIVATIONS
 
 from cython.parallel cimport prange
+from libc.math cimport exp
 
 
 # Elementwise work goes out in chunks of CHUNK elements, each run by one contiguous
@@ -217,3 +218,258 @@ def activation_bias_backward(dy, x, y, activation, alpha=0.0):
     _act_bias_backward_rows(_rows_view(dy), x_rows, y_rows, _rows_view(dz), db,
                             ACTIVATIONS.index(name), a)
     return dz, db
+
+
+# -- issue 12: the activation layers' parametrized ops ------------------------------------
+# relu_forward / relu_backward: Keras 3's relu(x, negative_slope, max_value, threshold) as one
+# elementwise formula (keras/src/activations/activations.py ReLU.static_call):
+#   y = min(x, max_value) where x > threshold, else negative_slope * (x - threshold);
+# its derivative is 1 on (threshold, max_value), negative_slope below threshold, 0 elsewhere
+# (0 at x == threshold, as torch's relu). Backward reads x: with a threshold the output
+# alone does not say which branch an element took.
+# prelu_forward / prelu_backward: y = x where x > 0, else alpha * x, alpha broadcast over the
+# batch and the shared axes. The feature axes are merged into at most four groups (see
+# operands.prelu_forward), each either walked by alpha (stride s_k) or shared (s_k = 0);
+# dalpha is summed per alpha element over the batch and its shared positions, in double and
+# in a fixed order, so it does not depend on the thread count.
+# softmax_forward / softmax_backward: softmax along any axis of x viewed as (outer, K, inner);
+# inner == 1 (the last axis) is the row kernel above, other axes walk a strided line.
+
+cdef inline floating relu_value(floating x, floating max_value, floating slope,
+                                floating threshold) noexcept nogil:
+    if x > threshold:
+        return x if x < max_value else max_value
+    return slope * (x - threshold)
+
+
+cdef inline floating relu_grad(floating dy, floating x, floating max_value, floating slope,
+                               floating threshold) noexcept nogil:
+    if x > threshold:
+        return dy if x < max_value else 0
+    if x < threshold:
+        return slope * dy
+    return 0
+
+
+def _relu_forward_flat(const floating[::1] x,   # IN  (n,)
+                       floating[::1] y,         # OUT (n,)
+                       double max_value, double slope, double threshold):
+    cdef Py_ssize_t i, n = x.shape[0]
+    cdef floating mv = <floating>max_value, s = <floating>slope, t = <floating>threshold
+    with nogil:
+        for i in prange(n, schedule="static", use_threads_if=n >= ACT_PARALLEL_MIN):
+            y[i] = relu_value(x[i], mv, s, t)
+
+
+def _relu_backward_flat(const floating[::1] dy,  # IN  (n,)
+                        const floating[::1] x,   # IN  (n,)
+                        floating[::1] dx,        # OUT (n,)
+                        double max_value, double slope, double threshold):
+    cdef Py_ssize_t i, n = x.shape[0]
+    cdef floating mv = <floating>max_value, s = <floating>slope, t = <floating>threshold
+    with nogil:
+        for i in prange(n, schedule="static", use_threads_if=n >= ACT_PARALLEL_MIN):
+            dx[i] = relu_grad(dy[i], x[i], mv, s, t)
+
+
+def relu_forward(x, max_value=None, negative_slope=0.0, threshold=0.0):
+    """Keras 3's parametrized relu (see the note above); max_value None means no cap."""
+    mv, s, t, x = operands.relu_forward(HOST, x, max_value, negative_slope, threshold)
+    y = np.empty_like(x)
+    if x.size:
+        _relu_forward_flat(x.reshape(-1), y.reshape(-1), mv, s, t)
+    return y
+
+
+def relu_backward(dy, x, max_value=None, negative_slope=0.0, threshold=0.0):
+    """dL/dx of relu_forward from dL/dy and the forward input x."""
+    mv, s, t, dy, x = operands.relu_backward(HOST, dy, x, max_value, negative_slope,
+                                             threshold)
+    dx = np.empty_like(dy)
+    if dy.size:
+        _relu_backward_flat(dy.reshape(-1), x.reshape(-1), dx.reshape(-1), mv, s, t)
+    return dx
+
+
+cdef inline Py_ssize_t prelu_alpha_index(Py_ssize_t m, const Py_ssize_t* d,
+                                         const Py_ssize_t* s) noexcept nogil:
+    """alpha's flat index for feature element m of the 4 merged groups d (strides s)."""
+    cdef Py_ssize_t i3 = m % d[3], i2, i1, i0
+    m = m // d[3]
+    i2 = m % d[2]
+    m = m // d[2]
+    i1 = m % d[1]
+    i0 = m // d[1]
+    return i0 * s[0] + i1 * s[1] + i2 * s[2] + i3 * s[3]
+
+
+def _prelu_forward(const floating[:, ::1] x,   # IN  (N, M)
+                   const floating[::1] alpha,  # IN  (A,)
+                   floating[:, ::1] y,         # OUT (N, M)
+                   dims, strides):
+    cdef Py_ssize_t d[4]
+    cdef Py_ssize_t s[4]
+    cdef Py_ssize_t n, m, rows = x.shape[0], cols = x.shape[1]
+    cdef floating v
+    cdef int k
+    for k in range(4):
+        d[k] = dims[k]
+        s[k] = strides[k]
+    with nogil:
+        for n in prange(rows, schedule="static",
+                        use_threads_if=rows * cols >= ACT_PARALLEL_MIN):
+            for m in range(cols):
+                v = x[n, m]
+                y[n, m] = v if v > 0 else alpha[prelu_alpha_index(m, d, s)] * v
+
+
+cdef double prelu_alpha_sum(const floating* dy, const floating* x, Py_ssize_t rows,
+                            Py_ssize_t cols, Py_ssize_t a, const Py_ssize_t* d,
+                            const Py_ssize_t* s) noexcept nogil:
+    """The sum of x * dy where x < 0 over the elements that alpha element a scales: its
+    coordinates pin the walked groups, the shared groups run their whole range."""
+    cdef Py_ssize_t lo[4]
+    cdef Py_ssize_t hi[4]
+    cdef Py_ssize_t n, i0, i1, i2, i3, off
+    cdef int k
+    cdef double acc = 0
+    cdef floating v
+    for k in range(4):
+        if s[k] == 0:
+            lo[k] = 0
+            hi[k] = d[k]
+        else:
+            lo[k] = (a // s[k]) % d[k]
+            hi[k] = lo[k] + 1
+    for n in range(rows):
+        for i0 in range(lo[0], hi[0]):
+            for i1 in range(lo[1], hi[1]):
+                for i2 in range(lo[2], hi[2]):
+                    off = n * cols + ((i0 * d[1] + i1) * d[2] + i2) * d[3]
+                    for i3 in range(lo[3], hi[3]):
+                        v = x[off + i3]
+                        if v < 0:
+                            acc = acc + <double>v * dy[off + i3]
+    return acc
+
+
+def _prelu_backward(const floating[:, ::1] dy,   # IN  (N, M)
+                    const floating[:, ::1] x,    # IN  (N, M)
+                    const floating[::1] alpha,   # IN  (A,)
+                    floating[:, ::1] dx,         # OUT (N, M), or (0, 0): not wanted
+                    floating[::1] dalpha,        # OUT (A,)
+                    dims, strides):
+    cdef Py_ssize_t d[4]
+    cdef Py_ssize_t s[4]
+    cdef Py_ssize_t n, m, a
+    cdef Py_ssize_t rows = x.shape[0], cols = x.shape[1], na = alpha.shape[0]
+    cdef bint want_dx = dx.shape[0] == rows and rows > 0
+    cdef bint threads = rows * cols >= ACT_PARALLEL_MIN
+    cdef floating v
+    cdef int k
+    for k in range(4):
+        d[k] = dims[k]
+        s[k] = strides[k]
+    with nogil:
+        if want_dx:
+            for n in prange(rows, schedule="static", use_threads_if=threads):
+                for m in range(cols):
+                    v = x[n, m]
+                    if v > 0:
+                        dx[n, m] = dy[n, m]
+                    else:
+                        dx[n, m] = alpha[prelu_alpha_index(m, d, s)] * dy[n, m]
+        for a in prange(na, schedule="static", use_threads_if=threads):
+            dalpha[a] = <floating>prelu_alpha_sum(&dy[0, 0], &x[0, 0], rows, cols, a, d, s)
+
+
+def prelu_forward(x, alpha):
+    """y = x where x > 0, else alpha * x; x (N, ...), alpha shaped like x.shape[1:] with 1 on
+    the shared axes (Keras's PReLU weight)."""
+    x, alpha, dims, strides = operands.prelu_forward(HOST, x, alpha)
+    y = np.empty_like(x)
+    if x.size:
+        _prelu_forward(x.reshape(x.shape[0], -1), alpha.reshape(-1), y.reshape(x.shape[0], -1),
+                       dims, strides)
+    return y
+
+
+def prelu_backward(dy, x, alpha, need_input_grad=True):
+    """(dx or None, dalpha): dalpha sums x * dy where x < 0 over the batch and the shared
+    axes (in double, a fixed order: the same for any thread count)."""
+    dy, x, alpha, dims, strides = operands.prelu_backward(HOST, dy, x, alpha)
+    n = x.shape[0]
+    dx = np.empty_like(dy) if need_input_grad else None
+    dalpha = np.zeros(alpha.shape, dtype=dy.dtype)
+    if x.size:
+        dx2 = dx.reshape(n, -1) if dx is not None else np.empty((0, 0), dtype=dy.dtype)
+        _prelu_backward(dy.reshape(n, -1), x.reshape(n, -1), alpha.reshape(-1), dx2,
+                        dalpha.reshape(-1), dims, strides)
+    elif dx is not None:
+        dx[...] = 0
+    return dx, dalpha
+
+
+def _softmax_forward_lines(const floating[:, :, ::1] x,   # IN  (outer, K, inner)
+                           floating[:, :, ::1] y):        # OUT (outer, K, inner)
+    cdef Py_ssize_t t, o, i, j, outer = x.shape[0], k = x.shape[1], inner = x.shape[2]
+    cdef floating m
+    cdef double s
+    with nogil:
+        for t in prange(outer * inner, schedule="static",
+                        use_threads_if=outer * k * inner >= ACT_PARALLEL_MIN):
+            o = t // inner
+            i = t % inner
+            # softmax_row's steps and precision on a strided line.
+            m = x[o, 0, i]
+            for j in range(1, k):
+                if x[o, j, i] > m:
+                    m = x[o, j, i]
+            s = 0
+            for j in range(k):
+                y[o, j, i] = exp(x[o, j, i] - m)
+                s = s + y[o, j, i]
+            for j in range(k):
+                y[o, j, i] = <floating>(y[o, j, i] / s)
+
+
+def _softmax_backward_lines(const floating[:, :, ::1] dy,  # IN  (outer, K, inner)
+                            const floating[:, :, ::1] y,   # IN  (outer, K, inner)
+                            floating[:, :, ::1] dx):       # OUT (outer, K, inner)
+    cdef Py_ssize_t t, o, i, j, outer = y.shape[0], k = y.shape[1], inner = y.shape[2]
+    cdef double dot
+    with nogil:
+        for t in prange(outer * inner, schedule="static",
+                        use_threads_if=outer * k * inner >= ACT_PARALLEL_MIN):
+            o = t // inner
+            i = t % inner
+            dot = 0
+            for j in range(k):
+                dot = dot + <double>dy[o, j, i] * y[o, j, i]
+            for j in range(k):
+                dx[o, j, i] = <floating>(y[o, j, i] * (dy[o, j, i] - dot))
+
+
+def softmax_forward(x, axis=-1):
+    """Softmax of x along ``axis`` (any axis; the last one runs the row kernel)."""
+    x, lines = operands.softmax_forward(HOST, x, axis)
+    y = np.empty_like(x)
+    if x.size:
+        if lines[2] == 1:
+            _softmax_forward_rows(x.reshape(-1, lines[1]), y.reshape(-1, lines[1]))
+        else:
+            _softmax_forward_lines(x.reshape(lines), y.reshape(lines))
+    return y
+
+
+def softmax_backward(dy, y, axis=-1):
+    """dL/dx of softmax_forward from dL/dy and its output y."""
+    dy, y, lines = operands.softmax_backward(HOST, dy, y, axis)
+    dx = np.empty_like(dy)
+    if dy.size:
+        if lines[2] == 1:
+            _softmax_backward_rows(dy.reshape(-1, lines[1]), y.reshape(-1, lines[1]),
+                                   dx.reshape(-1, lines[1]))
+        else:
+            _softmax_backward_lines(dy.reshape(lines), y.reshape(lines), dx.reshape(lines))
+    return dx

@@ -109,7 +109,8 @@ def test_extreme_inputs_stay_finite():
     for dtype in (np.float32, np.float64):
         xd = x.astype(dtype)
         for name in ACTIVATIONS:
-            if name in ("linear", "relu", "leaky_relu", "selu", "elu", "softplus", "gelu"):
+            if name in ("linear", "relu", "leaky_relu", "selu", "elu", "softplus", "gelu",
+                        "silu", "hard_silu", "mish", "exponential"):
                 continue  # unbounded by design
             y = activation_forward(xd, name, 0.0)
             assert np.all(np.isfinite(y)), (name, dtype, y)
@@ -131,7 +132,7 @@ def test_gelu_backward_needs_only_x():
     dy = np.ones_like(x)
     dx = activation_backward(dy, x, None, "gelu", 0.0)
     np.testing.assert_allclose(dx, activation_backward_ref(dy, x, "gelu"), rtol=1e-12)
-    assert ACTIVATIONS_NEEDING_INPUT == ("gelu",)
+    assert ACTIVATIONS_NEEDING_INPUT == ("gelu", "silu", "hard_silu", "mish")
 
 
 @pytest.mark.parametrize("name", ACTIVATIONS)
@@ -187,7 +188,7 @@ def test_integer_input_becomes_float32():
 def test_bad_inputs():
     x = np.ones((2, 3), np.float32)
     with pytest.raises(ValueError, match="unknown activation"):
-        activation_forward(x, "swish")
+        activation_forward(x, "swishy")
     with pytest.raises(ValueError, match="'x' is required"):
         activation_forward(None, "relu")
     with pytest.raises(TypeError, match="numeric"):
@@ -328,7 +329,7 @@ def test_activation_bias_backward_bad_inputs():
     x = np.ones((2, 3), np.float32)
     op = activation_bias_backward
     with pytest.raises(ValueError, match="activation_bias_backward: unknown activation"):
-        op(x, x, x, "swish")
+        op(x, x, x, "swishy")
     with pytest.raises(ValueError, match="at least 1 dimension"):
         op(np.float32(1.0), None, np.float32(1.0), "relu")
     with pytest.raises(ValueError, match="'dy' is required"):
@@ -423,7 +424,7 @@ def test_activation_bad_inputs_opencl(ocl):
     with pytest.raises(TypeError, match="activation_forward.*asarray"):
         ocl.activation_forward(np.ones((3, 4), np.float32), "relu", 0.0)
     with pytest.raises(ValueError, match="unknown activation"):
-        ocl.activation_forward(x, "swish", 0.0)
+        ocl.activation_forward(x, "swishy", 0.0)
     with pytest.raises(ValueError, match="alpha >= 0"):
         ocl.activation_forward(x, "elu", -1.0)
     with pytest.raises(ValueError, match="required"):
@@ -450,7 +451,7 @@ def test_activation_bias_backward_bad_inputs_opencl(ocl):
     with pytest.raises(ValueError, match="shape"):
         ocl.activation_bias_backward(a, None, ocl.zeros((4, 3)), "tanh", 0.0)
     with pytest.raises(ValueError, match="unknown activation"):
-        ocl.activation_bias_backward(a, a, a, "swish", 0.0)
+        ocl.activation_bias_backward(a, a, a, "swishy", 0.0)
 
 
 @pytest.mark.opencl

@@ -40,6 +40,21 @@ def activation_forward_ref(x, activation, alpha=0.0):
         return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
     if activation == "softplus":
         return np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0.0)
+    # -- issue 12: torch's definitions, which Keras 3's torch backend calls
+    if activation == "relu6":
+        return np.clip(x, 0.0, 6.0)
+    if activation == "hard_sigmoid":
+        return np.clip(x + 3.0, 0.0, 6.0) / 6.0
+    if activation in ("silu", "swish"):
+        return x / (1.0 + np.exp(-x))
+    if activation in ("hard_silu", "hard_swish"):
+        return x * np.clip(x + 3.0, 0.0, 6.0) / 6.0
+    if activation == "mish":
+        return x * np.tanh(np.logaddexp(0.0, x))
+    if activation == "exponential":
+        return np.exp(x)
+    if activation == "softsign":
+        return x / (1.0 + np.abs(x))
     raise ValueError(activation)
 
 
@@ -70,6 +85,22 @@ def activation_backward_ref(dy, x, activation, alpha=0.0):
             2 * math.pi)
     elif activation == "softplus":
         d = 1.0 / (1.0 + np.exp(-x))
+    elif activation == "relu6":
+        d = ((x > 0) & (x < 6)).astype(np.float64)
+    elif activation == "hard_sigmoid":
+        d = np.where((x > -3) & (x < 3), 1.0 / 6.0, 0.0)
+    elif activation in ("silu", "swish"):
+        s = 1.0 / (1.0 + np.exp(-x))
+        d = s + x * s * (1 - s)
+    elif activation in ("hard_silu", "hard_swish"):
+        d = np.where(x < -3, 0.0, np.where(x <= 3, (2 * x + 3) / 6.0, 1.0))
+    elif activation == "mish":
+        sp = np.logaddexp(0.0, x)
+        d = np.tanh(sp) + x * (1 - np.tanh(sp) ** 2) / (1.0 + np.exp(-x))
+    elif activation == "exponential":
+        d = np.exp(x)
+    elif activation == "softsign":
+        d = 1.0 / (1.0 + np.abs(x)) ** 2
     else:
         raise ValueError(activation)
     return dy * d
