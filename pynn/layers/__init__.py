@@ -11,11 +11,18 @@ from pynn.layers.pooling import (
     GlobalMaxPooling2D,
     MaxPooling2D,
 )
+# -- issue 12: activation and noise layers
+from pynn.layers.activation import ELU, LeakyReLU, PReLU, ReLU, Softmax
+from pynn.layers.noise import GaussianDropout, GaussianNoise, SpatialDropout2D
 
 LAYERS = {cls.__name__: cls for cls in (
     InputLayer, Dense, Activation, Dropout, Flatten, Reshape, Conv2D, MaxPooling2D,
     AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, SimpleRNN, LSTM, GRU,
 )}
+# -- issue 12: activation and noise layers
+LAYERS.update({cls.__name__: cls for cls in (
+    ReLU, LeakyReLU, PReLU, ELU, Softmax, SpatialDropout2D, GaussianNoise, GaussianDropout,
+)})
 
 # Keras aliases.
 MaxPool2D = MaxPooling2D

@@ -127,3 +127,52 @@ def numerical_derivative(f, x, eps):
         flat[i] = orig
         gflat[i] = (-vals[0] + 8 * vals[1] - 8 * vals[2] + vals[3]) / (12 * eps)
     return grad
+
+
+# -- issue 12: the activation layers' ops ---------------------------------------------------
+def relu_forward_ref(x, max_value=None, negative_slope=0.0, threshold=0.0):
+    """Keras 3's ReLU.static_call, step by step (relu, clip, minus the negative part)."""
+    x = np.asarray(x, dtype=np.float64)
+    pos = np.where(x > threshold, x, 0.0) if threshold != 0 else np.maximum(x, 0.0)
+    if max_value is not None:
+        pos = np.clip(pos, 0.0, max_value)
+    return pos - negative_slope * np.maximum(threshold - x, 0.0)
+
+
+def relu_backward_ref(dy, x, max_value=None, negative_slope=0.0, threshold=0.0):
+    x = np.asarray(x, dtype=np.float64)
+    cap = np.inf if max_value is None else max_value
+    d = np.where(x > threshold, (x < cap).astype(np.float64),
+                 np.where(x < threshold, negative_slope, 0.0))
+    return np.asarray(dy, dtype=np.float64) * d
+
+
+def prelu_forward_ref(x, alpha):
+    """Keras 3's PReLU.call: relu(x) - alpha * relu(-x), alpha broadcast over the batch."""
+    x = np.asarray(x, dtype=np.float64)
+    alpha = np.asarray(alpha, dtype=np.float64)[None]
+    return np.maximum(x, 0.0) - alpha * np.maximum(-x, 0.0)
+
+
+def prelu_backward_ref(dy, x, alpha, need_input_grad=True):
+    """(dx or None, dalpha): dalpha sums x * dy where x < 0 over the batch and the axes
+    where alpha has size 1."""
+    x = np.asarray(x, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    alpha = np.asarray(alpha, dtype=np.float64)
+    dx = np.where(x > 0, dy, alpha[None] * dy) if need_input_grad else None
+    contrib = np.where(x < 0, x * dy, 0.0).sum(axis=0)
+    shared = tuple(i for i, a in enumerate(alpha.shape) if a == 1)
+    return dx, contrib.sum(axis=shared, keepdims=True).reshape(alpha.shape)
+
+
+def softmax_forward_ref(x, axis=-1):
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def softmax_backward_ref(dy, y, axis=-1):
+    dy = np.asarray(dy, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    return y * (dy - np.sum(dy * y, axis=axis, keepdims=True))

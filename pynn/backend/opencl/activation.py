@@ -122,7 +122,7 @@ def relu_backward(dy, x, max_value=None, negative_slope=0.0, threshold=0.0):
 
 def _int4(values):
     """Four ints as an OpenCL int4 kernel argument (prelu's merged groups)."""
-    import pyopencl.cltypes as cltypes
+    from pyopencl import cltypes
 
     return np.array(values, dtype=np.int32).view(cltypes.int4)[0]
 
