@@ -1,10 +1,37 @@
-"""Float64 NumPy oracles of the noise ops (native/dropout.pyx, opencl/dropout.cl), built on
-the Philox oracle that tests/test_dropout.py checks against Random123's known answers.
-dropout_forward / dropout_backward's own oracle is test_dropout.dropout_mask_ref."""
+"""NumPy oracles of the dropout family (native/dropout.pyx, opencl/dropout.cl): the Philox
+generator itself (checked by tests/test_dropout.py against Random123's known answers), the
+dropout mask, and the float64 noise ops built on them."""
 
 import numpy as np
 
-from tests.test_dropout import dropout_mask_ref, philox4x32_10_ref
+MASK32 = np.uint64(0xFFFFFFFF)
+
+
+def philox4x32_10_ref(ctr, key):
+    """Vectorized Philox4x32-10 (Salmon et al. 2011) on uint64 arrays holding 32-bit words."""
+    c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint64) for c in ctr)
+    k0, k1 = (np.uint64(k) for k in key)
+    for r in range(10):
+        if r:
+            k0 = (k0 + np.uint64(0x9E3779B9)) & MASK32
+            k1 = (k1 + np.uint64(0xBB67AE85)) & MASK32
+        p0 = np.uint64(0xD2511F53) * c0
+        p1 = np.uint64(0xCD9E8D57) * c2
+        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ k0, p1 & MASK32,
+                          (p0 >> np.uint64(32)) ^ c3 ^ k1, p0 & MASK32)
+    return c0, c1, c2, c3
+
+
+def dropout_mask_ref(n, rate, seed, offset):
+    """The design note's recipe: counter {lo32(e), hi32(e), 0, 0}, e = (i + offset) mod 2^64,
+    key {lo32(seed), hi32(seed)}, keep iff word 0 >= floor(rate * 2^32)."""
+    e = [(i + offset) % 2**64 for i in range(n)]
+    lo = np.array([v & 0xFFFFFFFF for v in e], dtype=np.uint64)
+    hi = np.array([v >> 32 for v in e], dtype=np.uint64)
+    zero = np.zeros(n, dtype=np.uint64)
+    word0 = philox4x32_10_ref((lo, hi, zero, zero), (seed & 0xFFFFFFFF, seed >> 32))[0]
+    threshold = int(np.floor(rate * 2.0**32))
+    return (word0 >= np.uint64(threshold)).astype(np.uint8)
 
 
 def spatial_dropout_forward_ref(x, rate, seed, offset=0):
