@@ -736,3 +736,44 @@ def test_dense_new_activations_on_opencl(ocl, name):
     assert_close(y.get(), activation_forward_ref(x.astype(np.float64) @ w + b, name), 1e-4,
                  f"dense_forward {name} on opencl")
     assert (z is not None) == (name in ACTIVATIONS_NEEDING_INPUT)
+
+
+def test_lstm_with_hard_sigmoid_matches_keras(seeded):
+    """The recurrent kernels take relu6, hard_sigmoid and softsign (derivatives from the
+    output): an LSTM with Keras 2's default recurrent_activation gives Keras's numbers."""
+    keras = keras_or_skip()
+    x = seeded.normal(size=(3, 5, 4)).astype(np.float32)
+    k_lstm = keras.layers.LSTM(6, activation="softsign", recurrent_activation="hard_sigmoid",
+                               return_sequences=True)
+    want = keras.ops.convert_to_numpy(k_lstm(x))
+    lstm = L.LSTM(6, activation="softsign", recurrent_activation="hard_sigmoid",
+                  return_sequences=True)
+    lstm(x)
+    lstm.set_weights(k_lstm.get_weights())
+    np.testing.assert_allclose(lstm(x), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("opencl", marks=pytest.mark.opencl)])
+def test_model_of_the_new_layers_trains_saves_and_loads(device, seeded, tmp_path):
+    """Every layer of this issue in one model: fit runs (backward of each, constraint after
+    each update), and a saved model predicts the same after loading."""
+    previous = pynn.backend.current().NAME
+    pynn.set_device(device)
+    try:
+        model = pynn.Sequential([
+            L.Input((6, 6, 2)), L.Conv2D(3, 3, kernel_constraint="max_norm"),
+            L.PReLU(shared_axes=[1, 2], alpha_initializer="random_normal"),
+            L.SpatialDropout2D(0.2, seed=1), L.GaussianNoise(0.1, seed=2), L.Flatten(),
+            L.Dense(4, activation="silu"), L.GaussianDropout(0.1, seed=3),
+            L.ReLU(max_value=2.0), L.LeakyReLU(), L.ELU(), L.Dense(3), L.Softmax()])
+        model.compile(optimizer="adam", loss="categorical_crossentropy")
+        x = seeded.normal(size=(20, 6, 6, 2)).astype(np.float32)
+        y = np.eye(3, dtype=np.float32)[np.arange(20) % 3]
+        history = model.fit(x, y, epochs=2, verbose=0)
+        assert np.all(np.isfinite(history.history["loss"]))
+        path = tmp_path / "model.pynn"
+        model.save(str(path))
+        loaded = pynn.load_model(str(path))
+        np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    finally:
+        pynn.set_device(previous)

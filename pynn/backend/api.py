@@ -54,9 +54,12 @@ ACTIVATION_ALIASES = {"swish": "silu", "hard_swish": "hard_silu"}
 ACTIVATIONS_NEEDING_INPUT = ("gelu", "silu", "hard_silu", "mish")
 
 # The recurrent kernels take their derivatives from the activation's output, so softmax and
-# gelu are not offered there; leaky_relu and elu use Keras's default parameters.
+# ACTIVATIONS_NEEDING_INPUT are not offered there; leaky_relu and elu use Keras's default
+# parameters.
 RNN_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu",
-                   "softplus")
+                   "softplus",
+                   # -- activations (issue 12): hard_sigmoid is Keras 2's LSTM default
+                   "relu6", "hard_sigmoid", "softsign")
 # The activations' parameters as keras.activations defines them (leaky_relu's negative_slope,
 # elu's alpha), used where an activation is named without one.
 DEFAULT_ALPHA = {"leaky_relu": 0.2, "elu": 1.0}
@@ -158,7 +161,7 @@ OPS = {
     # Keras 3's SimpleRNN / LSTM (gates i, f, c, o) / GRU (gates z, r, h) over a whole
     # sequence, zero initial state. x (N, T, C), kernel (C, k*U), recurrent_kernel (U, k*U),
     # bias (k*U,) or None; GRU with reset_after: bias (2, 3U) = (input row, recurrent row).
-    # activation / recurrent_activation: names from ACTIVATIONS but softmax and gelu.
+    # activation / recurrent_activation: names from RNN_ACTIVATIONS.
     # Forward -> (y, cache): y is h_seq (N, T, U) when return_sequences, else the last output
     # (N, U); go_backwards reads x from its last step and returns outputs in that processing
     # order (Keras). cache is a tuple of backend arrays that only the matching backward reads.
