@@ -228,10 +228,11 @@ def activation_bias_backward(dy, x, y, activation, alpha=0.0):
 # (0 at x == threshold, as torch's relu). Backward reads x: with a threshold the output
 # alone does not say which branch an element took.
 # prelu_forward / prelu_backward: y = x where x > 0, else alpha * x, alpha broadcast over the
-# batch and the shared axes. The feature axes are merged into at most four groups (see
-# operands.prelu_forward), each either walked by alpha (stride s_k) or shared (s_k = 0);
-# dalpha is summed per alpha element over the batch and its shared positions, in double and
-# in a fixed order, so it does not depend on the thread count.
+# batch and the shared axes through an index array (alpha's element for each feature element,
+# made once per call by NumPy's broadcast). dalpha is summed in double over PRELU_ROW_BLOCKS
+# fixed row blocks, each a sequential pass over its rows, then the blocks in order: it does not
+# depend on the thread count. (The OpenCL twin walks merged axis groups instead, one
+# work-item per alpha element.)
 # softmax_forward / softmax_backward: softmax along any axis of x viewed as (outer, K, inner);
 # inner == 1 (the last axis) is the row kernel above, other axes walk a strided line.
 
@@ -291,120 +292,93 @@ def relu_backward(dy, x, max_value=None, negative_slope=0.0, threshold=0.0):
     return dx
 
 
-cdef inline Py_ssize_t prelu_alpha_index(Py_ssize_t m, const Py_ssize_t* d,
-                                         const Py_ssize_t* s) noexcept nogil:
-    """alpha's flat index for feature element m of the 4 merged groups d (strides s)."""
-    cdef Py_ssize_t i3 = m % d[3], i2, i1, i0
-    m = m // d[3]
-    i2 = m % d[2]
-    m = m // d[2]
-    i1 = m % d[1]
-    i0 = m // d[1]
-    return i0 * s[0] + i1 * s[1] + i2 * s[2] + i3 * s[3]
+# Row blocks of prelu_backward's alpha gradient: each block sums its rows into its own row of
+# partials, and the blocks are added in order, so dalpha depends on the shape alone.
+cdef enum:
+    PRELU_ROW_BLOCKS = 16
 
 
-def _prelu_forward(const floating[:, ::1] x,   # IN  (N, M)
-                   const floating[::1] alpha,  # IN  (A,)
-                   floating[:, ::1] y,         # OUT (N, M)
-                   dims, strides):
-    cdef Py_ssize_t d[4]
-    cdef Py_ssize_t s[4]
+def _prelu_forward(const floating[:, ::1] x,      # IN  (N, M)
+                   const floating[::1] alpha,     # IN  (A,)
+                   const Py_ssize_t[::1] index,   # IN  (M,) alpha's element for feature m
+                   floating[:, ::1] y):           # OUT (N, M)
     cdef Py_ssize_t n, m, rows = x.shape[0], cols = x.shape[1]
     cdef floating v
-    cdef int k
-    for k in range(4):
-        d[k] = dims[k]
-        s[k] = strides[k]
     with nogil:
         for n in prange(rows, schedule="static",
                         use_threads_if=rows * cols >= ACT_PARALLEL_MIN):
             for m in range(cols):
+                # Keras's relu(x) - alpha * relu(-x), without a branch (a data-dependent
+                # branch mispredicts on half the elements); NaN passes through the first term.
                 v = x[n, m]
-                y[n, m] = v if v > 0 else alpha[prelu_alpha_index(m, d, s)] * v
+                y[n, m] = (0 if v < 0 else v) + alpha[index[m]] * (v if v < 0 else 0)
 
 
-cdef double prelu_alpha_sum(const floating* dy, const floating* x, Py_ssize_t rows,
-                            Py_ssize_t cols, Py_ssize_t a, const Py_ssize_t* d,
-                            const Py_ssize_t* s) noexcept nogil:
-    """The sum of x * dy where x < 0 over the elements that alpha element a scales: its
-    coordinates pin the walked groups, the shared groups run their whole range."""
-    cdef Py_ssize_t lo[4]
-    cdef Py_ssize_t hi[4]
-    cdef Py_ssize_t n, i0, i1, i2, i3, off
-    cdef int k
-    cdef double acc = 0
-    cdef floating v
-    for k in range(4):
-        if s[k] == 0:
-            lo[k] = 0
-            hi[k] = d[k]
-        else:
-            lo[k] = (a // s[k]) % d[k]
-            hi[k] = lo[k] + 1
-    for n in range(rows):
-        for i0 in range(lo[0], hi[0]):
-            for i1 in range(lo[1], hi[1]):
-                for i2 in range(lo[2], hi[2]):
-                    off = n * cols + ((i0 * d[1] + i1) * d[2] + i2) * d[3]
-                    for i3 in range(lo[3], hi[3]):
-                        v = x[off + i3]
-                        if v < 0:
-                            acc = acc + <double>v * dy[off + i3]
-    return acc
-
-
-def _prelu_backward(const floating[:, ::1] dy,   # IN  (N, M)
-                    const floating[:, ::1] x,    # IN  (N, M)
-                    const floating[::1] alpha,   # IN  (A,)
-                    floating[:, ::1] dx,         # OUT (N, M), or (0, 0): not wanted
-                    floating[::1] dalpha,        # OUT (A,)
-                    dims, strides):
-    cdef Py_ssize_t d[4]
-    cdef Py_ssize_t s[4]
-    cdef Py_ssize_t n, m, a
+def _prelu_backward(const floating[:, ::1] dy,     # IN  (N, M)
+                    const floating[:, ::1] x,      # IN  (N, M)
+                    const floating[::1] alpha,     # IN  (A,)
+                    const Py_ssize_t[::1] index,   # IN  (M,)
+                    floating[:, ::1] dx,           # OUT (N, M), or (0, 0): not wanted
+                    floating[::1] dalpha):         # OUT (A,)
     cdef Py_ssize_t rows = x.shape[0], cols = x.shape[1], na = alpha.shape[0]
-    cdef bint want_dx = dx.shape[0] == rows and rows > 0
+    cdef Py_ssize_t nrb = min(rows, <Py_ssize_t>PRELU_ROW_BLOCKS)
+    cdef Py_ssize_t rb_rows = (rows + nrb - 1) // nrb
+    cdef Py_ssize_t n, m, a, rb
+    cdef bint want_dx = dx.shape[0] == rows
     cdef bint threads = rows * cols >= ACT_PARALLEL_MIN
-    cdef floating v
-    cdef int k
-    for k in range(4):
-        d[k] = dims[k]
-        s[k] = strides[k]
+    cdef double[:, ::1] partial = np.zeros((nrb, na), dtype=np.float64)
+    cdef double s
+    cdef floating v, a_m
     with nogil:
         if want_dx:
             for n in prange(rows, schedule="static", use_threads_if=threads):
                 for m in range(cols):
+                    # alpha is loaded whatever the sign: a load under the condition stays a
+                    # branch, mispredicted on half the elements.
                     v = x[n, m]
-                    if v > 0:
-                        dx[n, m] = dy[n, m]
-                    else:
-                        dx[n, m] = alpha[prelu_alpha_index(m, d, s)] * dy[n, m]
-        for a in prange(na, schedule="static", use_threads_if=threads):
-            dalpha[a] = <floating>prelu_alpha_sum(&dy[0, 0], &x[0, 0], rows, cols, a, d, s)
+                    a_m = alpha[index[m]]
+                    dx[n, m] = dy[n, m] * (1 if v > 0 else a_m)
+        for rb in prange(nrb, schedule="static", use_threads_if=threads):
+            for n in range(rb * rb_rows, min(rows, (rb + 1) * rb_rows)):
+                for m in range(cols):
+                    v = x[n, m]
+                    partial[rb, index[m]] += <double>(v if v < 0 else 0) * dy[n, m]
+        for a in range(na):
+            s = 0
+            for rb in range(nrb):
+                s = s + partial[rb, a]
+            dalpha[a] = <floating>s
+
+
+def _prelu_index(x_shape, alpha):
+    """alpha's flat index for each feature element of x (the same for every sample): NumPy's
+    broadcast of alpha's positions over x.shape[1:]."""
+    positions = np.arange(alpha.size, dtype=np.intp).reshape(alpha.shape)
+    return np.ascontiguousarray(np.broadcast_to(positions, x_shape[1:])).reshape(-1)
 
 
 def prelu_forward(x, alpha):
     """y = x where x > 0, else alpha * x; x (N, ...), alpha shaped like x.shape[1:] with 1 on
     the shared axes (Keras's PReLU weight)."""
-    x, alpha, dims, strides = operands.prelu_forward(HOST, x, alpha)
+    x, alpha, _, _ = operands.prelu_forward(HOST, x, alpha)
     y = np.empty_like(x)
     if x.size:
-        _prelu_forward(x.reshape(x.shape[0], -1), alpha.reshape(-1), y.reshape(x.shape[0], -1),
-                       dims, strides)
+        _prelu_forward(x.reshape(x.shape[0], -1), alpha.reshape(-1),
+                       _prelu_index(x.shape, alpha), y.reshape(x.shape[0], -1))
     return y
 
 
 def prelu_backward(dy, x, alpha, need_input_grad=True):
     """(dx or None, dalpha): dalpha sums x * dy where x < 0 over the batch and the shared
     axes (in double, a fixed order: the same for any thread count)."""
-    dy, x, alpha, dims, strides = operands.prelu_backward(HOST, dy, x, alpha)
+    dy, x, alpha, _, _ = operands.prelu_backward(HOST, dy, x, alpha)
     n = x.shape[0]
     dx = np.empty_like(dy) if need_input_grad else None
     dalpha = np.zeros(alpha.shape, dtype=dy.dtype)
     if x.size:
         dx2 = dx.reshape(n, -1) if dx is not None else np.empty((0, 0), dtype=dy.dtype)
-        _prelu_backward(dy.reshape(n, -1), x.reshape(n, -1), alpha.reshape(-1), dx2,
-                        dalpha.reshape(-1), dims, strides)
+        _prelu_backward(dy.reshape(n, -1), x.reshape(n, -1), alpha.reshape(-1),
+                        _prelu_index(x.shape, alpha), dx2, dalpha.reshape(-1))
     elif dx is not None:
         dx[...] = 0
     return dx, dalpha
