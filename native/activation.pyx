@@ -10,8 +10,10 @@ softmax runs one static prange over rows, its sums accumulated in double inside 
 every element is computed by the same instructions whatever the thread count.
 Keras 3 semantics (keras/src/activations/activations.py, torch backend): gelu is the exact
 erf form; leaky_relu's alpha is the negative slope; elu's alpha scales the negative branch;
-selu uses torch's constants; derivatives at 0 follow torch (relu 0, leaky_relu/elu alpha).
-Backward derives from the output y except gelu, which needs the pre-activation x.
+selu uses torch's constants; derivatives at 0 follow torch (relu 0, leaky_relu/elu alpha);
+relu6, hard_sigmoid, hard_silu (hard_swish) and silu (swish) are torch's, which Keras 3's
+torch backend calls. Backward derives from the output y except ACTIVATIONS_NEEDING_INPUT
+(gelu, silu, hard_silu, mish), which need the pre-activation x.
 
 activation_bias_backward fuses activation_backward with the bias gradient (bias_backward of
 dense.pyx: the sum of dz over every axis but the last) so the layers read dy and y once and
@@ -69,7 +71,7 @@ def _act_forward_flat(const floating[::1] x,     # IN  (n,)
 
 
 def _act_backward_flat(const floating[::1] dy,   # IN  (n,)
-                       const floating[::1] x,    # IN  (n,) pre-activation (read by gelu only)
+                       const floating[::1] x,    # IN  (n,) pre-activation (NEEDING_INPUT only)
                        const floating[::1] y,    # IN  (n,) forward output
                        floating[::1] dx,         # OUT (n,)
                        int act, double alpha):
@@ -112,7 +114,7 @@ cdef void _act_bias_tile(const floating* dy, const floating* x, const floating* 
 
 
 def _act_bias_backward_rows(const floating[:, ::1] dy,   # IN  (rows, K)
-                            const floating[:, ::1] x,    # IN  (rows, K) read by gelu only
+                            const floating[:, ::1] x,    # IN  (rows, K) NEEDING_INPUT only
                             const floating[:, ::1] y,    # IN  (rows, K) forward output
                             floating[:, ::1] dz,         # OUT (rows, K)
                             floating[::1] db,            # OUT (K,)
@@ -183,8 +185,9 @@ def activation_forward(x, activation, alpha=0.0):
 
 
 def activation_backward(dy, x, y, activation, alpha=0.0):
-    """dL/dx from dL/dy. ``y`` is the forward output (may be None for gelu); ``x`` the
-    pre-activation (required for gelu, otherwise ignored but checked when given)."""
+    """dL/dx from dL/dy. ``y`` is the forward output (may be None for
+    ACTIVATIONS_NEEDING_INPUT); ``x`` the pre-activation (required for those, otherwise
+    ignored but checked when given)."""
     name, a, dy, x, y = operands.activation_backward(HOST, dy, x, y, activation, alpha)
     dx = np.empty_like(dy)
     if dy.size == 0:
@@ -193,7 +196,8 @@ def activation_backward(dy, x, y, activation, alpha=0.0):
     if act == ACT_SOFTMAX:
         _softmax_backward_rows(_rows_view(dy), _rows_view(y), _rows_view(dx))
         return dx
-    # act_grad reads x only for gelu and y only for the others: the unused one may alias.
+    # act_grad reads x only for ACTIVATIONS_NEEDING_INPUT and y only for the others: the
+    # unused one may alias.
     x_flat = (x if x is not None else y).reshape(-1)
     y_flat = (y if y is not None else x).reshape(-1)
     _act_backward_flat(dy.reshape(-1), x_flat, y_flat, dx.reshape(-1), act, a)
@@ -212,7 +216,8 @@ def activation_bias_backward(dy, x, y, activation, alpha=0.0):
     db = np.zeros(dy.shape[dy.ndim - 1], dtype=dy.dtype)
     if dy.size == 0:
         return dz, db
-    # act_grad reads x only for gelu and y only for the others: the unused one may alias.
+    # act_grad reads x only for ACTIVATIONS_NEEDING_INPUT and y only for the others: the
+    # unused one may alias.
     x_rows = _rows_view(x if x is not None else y)
     y_rows = _rows_view(y if y is not None else x)
     _act_bias_backward_rows(_rows_view(dy), x_rows, y_rows, _rows_view(dz), db,

@@ -23,7 +23,7 @@ __kernel void activation_forward(__global const float *x, __global float *y, con
     y[i] = act_value(x[i], act, alpha);
 }
 
-/* x is only read for gelu; the host passes y in its place otherwise. */
+/* x is only read for ACTIVATIONS_NEEDING_INPUT; the host passes y in its place otherwise. */
 __kernel void activation_backward(__global const float *dy, __global const float *x,
                                   __global const float *y, __global float *dx, const int n,
                                   const int act, const float alpha)
@@ -203,6 +203,8 @@ __kernel void softmax_lines_backward(__global const float *dy, __global const fl
     float dot = 0.0f;
     for (int j = 0; j < k; ++j)
         dot += dy[base + (size_t)j * inner] * y[base + (size_t)j * inner];
-    for (int j = 0; j < k; ++j)
-        dx[base + (size_t)j * inner] = y[base + (size_t)j * inner] * (dy[base + (size_t)j * inner] - dot);
+    for (int j = 0; j < k; ++j) {
+        const size_t at = base + (size_t)j * inner;
+        dx[at] = y[at] * (dy[at] - dot);
+    }
 }

@@ -40,7 +40,7 @@ def activation_forward(x, activation, alpha=0.0):
 
 def activation_backward(dy, x, y, activation, alpha=0.0):
     """dL/dx from dL/dy; ``y`` is the forward output, ``x`` the pre-activation (needed by
-    gelu only, otherwise checked when given)."""
+    ACTIVATIONS_NEEDING_INPUT only, otherwise checked when given)."""
     op = "activation_backward"
     name, a, dy, x, y = operands.activation_backward(DEVICE, dy, x, y, activation, alpha)
     dx = rt.empty(dy.shape, what=f"{op} output")
@@ -52,7 +52,8 @@ def activation_backward(dy, x, y, activation, alpha=0.0):
         rt.launch(kernel("activation", "softmax_backward"), (rows * row_wg,), (row_wg,), dy,
                   y, dx, rows, k)
         return dx
-    # The kernel reads x only for gelu and y only for the others: the unused one may alias.
+    # The kernel reads x only for ACTIVATIONS_NEEDING_INPUT, y for the others: the unused
+    # one may alias.
     elementwise("activation", "activation_backward", dy.size, dy,
                 x if x is not None else y, y if y is not None else x, dx, dy.size,
                 ACTIVATIONS.index(name), a)
@@ -80,7 +81,8 @@ def activation_bias_backward(dy, x, y, activation, alpha=0.0):
     chunk_rows, chunks = column_chunks(rows)
     partial = rt.empty((chunks, cols), np.float32, f"{op} partials")
     knl = rt.kernel("reduce", "activation_bias_backward_partial")
-    # The kernel reads x only for gelu and y only for the others: the unused one may alias.
+    # The kernel reads x only for ACTIVATIONS_NEEDING_INPUT, y for the others: the unused
+    # one may alias.
     rt.launch(knl, (cols, chunks), (REDUCE_WG, 1), rows, cols, chunk_rows, dy,
               x if x is not None else y, y if y is not None else x, dz, partial,
               ACTIVATIONS.index(name), a)
@@ -90,7 +92,7 @@ def activation_bias_backward(dy, x, y, activation, alpha=0.0):
 
 def fused_epilogue(op, name, z_shape):
     """(y, z, kernel code, softmax-after) of a GEMM whose epilogue applies the activation:
-    softmax runs as its own row op after a linear epilogue; gelu keeps z."""
+    softmax runs as its own row op after a linear epilogue; ACTIVATIONS_NEEDING_INPUT keep z."""
     if name == "softmax":
         z = rt.empty(z_shape, np.float32, f"{op} pre-activation")
         return z, None, ACTIVATIONS.index("linear"), True
