@@ -777,3 +777,20 @@ def test_model_of_the_new_layers_trains_saves_and_loads(device, seeded, tmp_path
         np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     finally:
         pynn.set_device(previous)
+
+
+@pytest.mark.parametrize("name", NEW_ACTIVATIONS + ("swish", "hard_swish"))
+def test_dense_with_new_activation_matches_keras(name, seeded):
+    """Keras's weights in a pynn Dense give Keras's outputs. (The aliases need
+    layers.base.activation_config to resolve api.ACTIVATION_ALIASES; until then they go
+    through the canonical name.)"""
+    keras = keras_or_skip()
+    from pynn.backend.api import ACTIVATION_ALIASES
+
+    x = seeded.normal(size=(5, 7)).astype(np.float32) * 2
+    k_dense = keras.layers.Dense(4, activation=name)
+    want = keras.ops.convert_to_numpy(k_dense(x))
+    dense = L.Dense(4, activation=ACTIVATION_ALIASES.get(name, name))
+    dense(x)
+    dense.set_weights(k_dense.get_weights())
+    np.testing.assert_allclose(dense(x), want, rtol=1e-5, atol=1e-5)
