@@ -1,9 +1,9 @@
 # Elementwise activations shared by activation.pyx (the standalone op) and the layers that fuse
 # bias + activation into the pass after their GEMM (dense.pyx, conv.pyx).
 # Codes follow pynn.backend.api.ACTIVATIONS. Derivatives use the output y where that is exact,
-# so only gelu needs the pre-activation kept.
+# so only ACTIVATIONS_NEEDING_INPUT (gelu, silu, hard_silu, mish) need the pre-activation kept.
 from cython.parallel cimport prange
-from libc.math cimport exp, expm1, log1p, tanh, erf, sqrt, fabs, fmax
+from libc.math cimport exp, expm1, log1p, tanh, erf, sqrt, fabs, fmax, fmin
 
 ctypedef fused floating:
     float
@@ -20,6 +20,14 @@ cdef enum:
     ACT_SELU = 7
     ACT_GELU = 8
     ACT_SOFTPLUS = 9
+    # -- issue 12 (activations): Keras 3's remaining elementwise names
+    ACT_RELU6 = 10
+    ACT_HARD_SIGMOID = 11
+    ACT_SILU = 12
+    ACT_HARD_SILU = 13
+    ACT_MISH = 14
+    ACT_EXPONENTIAL = 15
+    ACT_SOFTSIGN = 16
 
 # Constants as C macros: module-level cdef variables would turn this .pxd into a module that
 # every kernel file must import at run time.
@@ -56,12 +64,29 @@ cdef inline floating act_value(floating x, int act, floating alpha) noexcept nog
         return 0.5 * x * (1 + erf(x * INV_SQRT2))
     elif act == ACT_SOFTPLUS:
         return fmax(x, 0) + log1p(exp(-fabs(x)))
+    elif act == ACT_RELU6:
+        return fmin(fmax(x, 0), 6)
+    elif act == ACT_HARD_SIGMOID:
+        # torch's hardsigmoid (Keras 3's backend op): relu6(x + 3) / 6, a true division.
+        return fmin(fmax(x + 3, 0), 6) / 6
+    elif act == ACT_SILU:
+        return x * act_value(x, ACT_SIGMOID, alpha)
+    elif act == ACT_HARD_SILU:
+        return x * fmin(fmax(x + 3, 0), 6) / 6
+    elif act == ACT_MISH:
+        return x * tanh(act_value(x, ACT_SOFTPLUS, alpha))
+    elif act == ACT_EXPONENTIAL:
+        return exp(x)
+    elif act == ACT_SOFTSIGN:
+        return x / (1 + fabs(x))
     return x
 
 
 cdef inline floating act_grad(floating dy, floating x, floating y, int act,
                               floating alpha) noexcept nogil:
-    """dL/dx for every activation but softmax (x is only read by gelu)."""
+    """dL/dx for every activation but softmax (x is only read by those in
+    ACTIVATIONS_NEEDING_INPUT)."""
+    cdef floating s, t
     if act == ACT_RELU:
         return dy if y > 0 else 0
     elif act == ACT_SIGMOID:
@@ -78,6 +103,28 @@ cdef inline floating act_grad(floating dy, floating x, floating y, int act,
         return dy * (0.5 * (1 + erf(x * INV_SQRT2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x))
     elif act == ACT_SOFTPLUS:
         return -dy * expm1(-y)
+    elif act == ACT_RELU6:
+        # torch's hardtanh backward: zero at both kinks.
+        return dy if (y > 0 and y < 6) else 0
+    elif act == ACT_HARD_SIGMOID:
+        return dy / 6 if (y > 0 and y < 1) else 0
+    elif act == ACT_SILU:
+        s = act_value(x, ACT_SIGMOID, alpha)
+        return dy * s * (1 + x * (1 - s))
+    elif act == ACT_HARD_SILU:
+        # torch's hardswish backward: 0 below -3, x/3 + 1/2 on [-3, 3], 1 above.
+        if x < -3:
+            return 0
+        return dy * (x / 3 + 0.5) if x <= 3 else dy
+    elif act == ACT_MISH:
+        t = tanh(act_value(x, ACT_SOFTPLUS, alpha))
+        return dy * (t + x * (1 - t * t) * act_value(x, ACT_SIGMOID, alpha))
+    elif act == ACT_EXPONENTIAL:
+        return dy * y
+    elif act == ACT_SOFTSIGN:
+        # 1 / (1 + |x|)^2 = (1 - |y|)^2
+        s = 1 - fabs(y)
+        return dy * s * s
     return dy
 
 

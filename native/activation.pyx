@@ -10,8 +10,10 @@ softmax runs one static prange over rows, its sums accumulated in double inside 
 every element is computed by the same instructions whatever the thread count.
 Keras 3 semantics (keras/src/activations/activations.py, torch backend): gelu is the exact
 erf form; leaky_relu's alpha is the negative slope; elu's alpha scales the negative branch;
-selu uses torch's constants; derivatives at 0 follow torch (relu 0, leaky_relu/elu alpha).
-Backward derives from the output y except gelu, which needs the pre-activation x.
+selu uses torch's constants; derivatives at 0 follow torch (relu 0, leaky_relu/elu alpha);
+relu6, hard_sigmoid, hard_silu (hard_swish) and silu (swish) are torch's, which Keras 3's
+torch backend calls. Backward derives from the output y except ACTIVATIONS_NEEDING_INPUT
+(gelu, silu, hard_silu, mish), which need the pre-activation x.
 
 activation_bias_backward fuses activation_backward with the bias gradient (bias_backward of
 dense.pyx: the sum of dz over every axis but the last) so the layers read dy and y once and
@@ -34,6 +36,7 @@ from pynn.backend.operands.common import HOST
 from pynn.backend.api import ACTIVATIONS
 
 from cython.parallel cimport prange
+from libc.math cimport exp
 
 
 # Elementwise work goes out in chunks of CHUNK elements, each run by one contiguous
@@ -68,7 +71,7 @@ def _act_forward_flat(const floating[::1] x,     # IN  (n,)
 
 
 def _act_backward_flat(const floating[::1] dy,   # IN  (n,)
-                       const floating[::1] x,    # IN  (n,) pre-activation (read by gelu only)
+                       const floating[::1] x,    # IN  (n,) pre-activation (NEEDING_INPUT only)
                        const floating[::1] y,    # IN  (n,) forward output
                        floating[::1] dx,         # OUT (n,)
                        int act, double alpha):
@@ -111,7 +114,7 @@ cdef void _act_bias_tile(const floating* dy, const floating* x, const floating* 
 
 
 def _act_bias_backward_rows(const floating[:, ::1] dy,   # IN  (rows, K)
-                            const floating[:, ::1] x,    # IN  (rows, K) read by gelu only
+                            const floating[:, ::1] x,    # IN  (rows, K) NEEDING_INPUT only
                             const floating[:, ::1] y,    # IN  (rows, K) forward output
                             floating[:, ::1] dz,         # OUT (rows, K)
                             floating[::1] db,            # OUT (K,)
@@ -182,8 +185,9 @@ def activation_forward(x, activation, alpha=0.0):
 
 
 def activation_backward(dy, x, y, activation, alpha=0.0):
-    """dL/dx from dL/dy. ``y`` is the forward output (may be None for gelu); ``x`` the
-    pre-activation (required for gelu, otherwise ignored but checked when given)."""
+    """dL/dx from dL/dy. ``y`` is the forward output (may be None for
+    ACTIVATIONS_NEEDING_INPUT); ``x`` the pre-activation (required for those, otherwise
+    ignored but checked when given)."""
     name, a, dy, x, y = operands.activation_backward(HOST, dy, x, y, activation, alpha)
     dx = np.empty_like(dy)
     if dy.size == 0:
@@ -192,7 +196,8 @@ def activation_backward(dy, x, y, activation, alpha=0.0):
     if act == ACT_SOFTMAX:
         _softmax_backward_rows(_rows_view(dy), _rows_view(y), _rows_view(dx))
         return dx
-    # act_grad reads x only for gelu and y only for the others: the unused one may alias.
+    # act_grad reads x only for ACTIVATIONS_NEEDING_INPUT and y only for the others: the
+    # unused one may alias.
     x_flat = (x if x is not None else y).reshape(-1)
     y_flat = (y if y is not None else x).reshape(-1)
     _act_backward_flat(dy.reshape(-1), x_flat, y_flat, dx.reshape(-1), act, a)
@@ -211,9 +216,239 @@ def activation_bias_backward(dy, x, y, activation, alpha=0.0):
     db = np.zeros(dy.shape[dy.ndim - 1], dtype=dy.dtype)
     if dy.size == 0:
         return dz, db
-    # act_grad reads x only for gelu and y only for the others: the unused one may alias.
+    # act_grad reads x only for ACTIVATIONS_NEEDING_INPUT and y only for the others: the
+    # unused one may alias.
     x_rows = _rows_view(x if x is not None else y)
     y_rows = _rows_view(y if y is not None else x)
     _act_bias_backward_rows(_rows_view(dy), x_rows, y_rows, _rows_view(dz), db,
                             ACTIVATIONS.index(name), a)
     return dz, db
+
+
+# -- issue 12: the activation layers' parametrized ops ------------------------------------
+# relu_forward / relu_backward: Keras 3's relu(x, negative_slope, max_value, threshold) as one
+# elementwise formula (keras/src/activations/activations.py ReLU.static_call):
+#   y = min(x, max_value) where x > threshold, else negative_slope * (x - threshold);
+# its derivative is 1 on (threshold, max_value), negative_slope below threshold, 0 elsewhere
+# (0 at x == threshold, as torch's relu). Backward reads x: with a threshold the output
+# alone does not say which branch an element took.
+# prelu_forward / prelu_backward: y = x where x > 0, else alpha * x, alpha broadcast over the
+# batch and the shared axes through an index array (alpha's element for each feature element,
+# made once per call by NumPy's broadcast). dalpha is summed in double over PRELU_ROW_BLOCKS
+# fixed row blocks, each a sequential pass over its rows, then the blocks in order: it does not
+# depend on the thread count. (The OpenCL twin walks merged axis groups instead, one
+# work-item per alpha element.)
+# softmax_forward / softmax_backward: softmax along any axis of x viewed as (outer, K, inner);
+# inner == 1 (the last axis) is the row kernel above, other axes walk a strided line.
+
+cdef inline floating relu_value(floating x, floating max_value, floating slope,
+                                floating threshold) noexcept nogil:
+    if x > threshold:
+        return x if x < max_value else max_value
+    return slope * (x - threshold)
+
+
+cdef inline floating relu_grad(floating dy, floating x, floating max_value, floating slope,
+                               floating threshold) noexcept nogil:
+    if x > threshold:
+        return dy if x < max_value else 0
+    if x < threshold:
+        return slope * dy
+    return 0
+
+
+def _relu_forward_flat(const floating[::1] x,   # IN  (n,)
+                       floating[::1] y,         # OUT (n,)
+                       double max_value, double slope, double threshold):
+    cdef Py_ssize_t i, n = x.shape[0]
+    cdef floating mv = <floating>max_value, s = <floating>slope, t = <floating>threshold
+    with nogil:
+        for i in prange(n, schedule="static", use_threads_if=n >= ACT_PARALLEL_MIN):
+            y[i] = relu_value(x[i], mv, s, t)
+
+
+def _relu_backward_flat(const floating[::1] dy,  # IN  (n,)
+                        const floating[::1] x,   # IN  (n,)
+                        floating[::1] dx,        # OUT (n,)
+                        double max_value, double slope, double threshold):
+    cdef Py_ssize_t i, n = x.shape[0]
+    cdef floating mv = <floating>max_value, s = <floating>slope, t = <floating>threshold
+    with nogil:
+        for i in prange(n, schedule="static", use_threads_if=n >= ACT_PARALLEL_MIN):
+            dx[i] = relu_grad(dy[i], x[i], mv, s, t)
+
+
+def relu_forward(x, max_value=None, negative_slope=0.0, threshold=0.0):
+    """Keras 3's parametrized relu (see the note above); max_value None means no cap."""
+    mv, s, t, x = operands.relu_forward(HOST, x, max_value, negative_slope, threshold)
+    y = np.empty_like(x)
+    if x.size:
+        _relu_forward_flat(x.reshape(-1), y.reshape(-1), mv, s, t)
+    return y
+
+
+def relu_backward(dy, x, max_value=None, negative_slope=0.0, threshold=0.0):
+    """dL/dx of relu_forward from dL/dy and the forward input x."""
+    mv, s, t, dy, x = operands.relu_backward(HOST, dy, x, max_value, negative_slope,
+                                             threshold)
+    dx = np.empty_like(dy)
+    if dy.size:
+        _relu_backward_flat(dy.reshape(-1), x.reshape(-1), dx.reshape(-1), mv, s, t)
+    return dx
+
+
+# Row blocks of prelu_backward's alpha gradient: each block sums its rows into its own row of
+# partials, and the blocks are added in order, so dalpha depends on the shape alone.
+cdef enum:
+    PRELU_ROW_BLOCKS = 16
+
+
+def _prelu_forward(const floating[:, ::1] x,      # IN  (N, M)
+                   const floating[::1] alpha,     # IN  (A,)
+                   const Py_ssize_t[::1] index,   # IN  (M,) alpha's element for feature m
+                   floating[:, ::1] y):           # OUT (N, M)
+    cdef Py_ssize_t n, m, rows = x.shape[0], cols = x.shape[1]
+    cdef floating v
+    with nogil:
+        for n in prange(rows, schedule="static",
+                        use_threads_if=rows * cols >= ACT_PARALLEL_MIN):
+            for m in range(cols):
+                # Keras's relu(x) - alpha * relu(-x), without a branch (a data-dependent
+                # branch mispredicts on half the elements); NaN passes through the first term.
+                v = x[n, m]
+                y[n, m] = (0 if v < 0 else v) + alpha[index[m]] * (v if v < 0 else 0)
+
+
+def _prelu_backward(const floating[:, ::1] dy,     # IN  (N, M)
+                    const floating[:, ::1] x,      # IN  (N, M)
+                    const floating[::1] alpha,     # IN  (A,)
+                    const Py_ssize_t[::1] index,   # IN  (M,)
+                    floating[:, ::1] dx,           # OUT (N, M), or (0, 0): not wanted
+                    floating[::1] dalpha):         # OUT (A,)
+    cdef Py_ssize_t rows = x.shape[0], cols = x.shape[1], na = alpha.shape[0]
+    cdef Py_ssize_t nrb = min(rows, <Py_ssize_t>PRELU_ROW_BLOCKS)
+    cdef Py_ssize_t rb_rows = (rows + nrb - 1) // nrb
+    cdef Py_ssize_t n, m, a, rb
+    cdef bint want_dx = dx.shape[0] == rows
+    cdef bint threads = rows * cols >= ACT_PARALLEL_MIN
+    cdef double[:, ::1] partial = np.zeros((nrb, na), dtype=np.float64)
+    cdef double s
+    cdef floating v, a_m
+    with nogil:
+        if want_dx:
+            for n in prange(rows, schedule="static", use_threads_if=threads):
+                for m in range(cols):
+                    # alpha is loaded whatever the sign: a load under the condition stays a
+                    # branch, mispredicted on half the elements.
+                    v = x[n, m]
+                    a_m = alpha[index[m]]
+                    dx[n, m] = dy[n, m] * (1 if v > 0 else a_m)
+        for rb in prange(nrb, schedule="static", use_threads_if=threads):
+            for n in range(rb * rb_rows, min(rows, (rb + 1) * rb_rows)):
+                for m in range(cols):
+                    v = x[n, m]
+                    partial[rb, index[m]] += <double>(v if v < 0 else 0) * dy[n, m]
+        for a in range(na):
+            s = 0
+            for rb in range(nrb):
+                s = s + partial[rb, a]
+            dalpha[a] = <floating>s
+
+
+def _prelu_index(x_shape, alpha):
+    """alpha's flat index for each feature element of x (the same for every sample): NumPy's
+    broadcast of alpha's positions over x.shape[1:]."""
+    positions = np.arange(alpha.size, dtype=np.intp).reshape(alpha.shape)
+    return np.ascontiguousarray(np.broadcast_to(positions, x_shape[1:])).reshape(-1)
+
+
+def prelu_forward(x, alpha):
+    """y = x where x > 0, else alpha * x; x (N, ...), alpha shaped like x.shape[1:] with 1 on
+    the shared axes (Keras's PReLU weight)."""
+    x, alpha, _, _ = operands.prelu_forward(HOST, x, alpha)
+    y = np.empty_like(x)
+    if x.size:
+        _prelu_forward(x.reshape(x.shape[0], -1), alpha.reshape(-1),
+                       _prelu_index(x.shape, alpha), y.reshape(x.shape[0], -1))
+    return y
+
+
+def prelu_backward(dy, x, alpha, need_input_grad=True):
+    """(dx or None, dalpha): dalpha sums x * dy where x < 0 over the batch and the shared
+    axes (in double, a fixed order: the same for any thread count)."""
+    dy, x, alpha, _, _ = operands.prelu_backward(HOST, dy, x, alpha)
+    n = x.shape[0]
+    dx = np.empty_like(dy) if need_input_grad else None
+    dalpha = np.zeros(alpha.shape, dtype=dy.dtype)
+    if x.size:
+        dx2 = dx.reshape(n, -1) if dx is not None else np.empty((0, 0), dtype=dy.dtype)
+        _prelu_backward(dy.reshape(n, -1), x.reshape(n, -1), alpha.reshape(-1),
+                        _prelu_index(x.shape, alpha), dx2, dalpha.reshape(-1))
+    elif dx is not None:
+        dx[...] = 0
+    return dx, dalpha
+
+
+def _softmax_forward_lines(const floating[:, :, ::1] x,   # IN  (outer, K, inner)
+                           floating[:, :, ::1] y):        # OUT (outer, K, inner)
+    cdef Py_ssize_t t, o, i, j, outer = x.shape[0], k = x.shape[1], inner = x.shape[2]
+    cdef floating m
+    cdef double s
+    with nogil:
+        for t in prange(outer * inner, schedule="static",
+                        use_threads_if=outer * k * inner >= ACT_PARALLEL_MIN):
+            o = t // inner
+            i = t % inner
+            # softmax_row's steps and precision on a strided line.
+            m = x[o, 0, i]
+            for j in range(1, k):
+                if x[o, j, i] > m:
+                    m = x[o, j, i]
+            s = 0
+            for j in range(k):
+                y[o, j, i] = exp(x[o, j, i] - m)
+                s = s + y[o, j, i]
+            for j in range(k):
+                y[o, j, i] = <floating>(y[o, j, i] / s)
+
+
+def _softmax_backward_lines(const floating[:, :, ::1] dy,  # IN  (outer, K, inner)
+                            const floating[:, :, ::1] y,   # IN  (outer, K, inner)
+                            floating[:, :, ::1] dx):       # OUT (outer, K, inner)
+    cdef Py_ssize_t t, o, i, j, outer = y.shape[0], k = y.shape[1], inner = y.shape[2]
+    cdef double dot
+    with nogil:
+        for t in prange(outer * inner, schedule="static",
+                        use_threads_if=outer * k * inner >= ACT_PARALLEL_MIN):
+            o = t // inner
+            i = t % inner
+            dot = 0
+            for j in range(k):
+                dot = dot + <double>dy[o, j, i] * y[o, j, i]
+            for j in range(k):
+                dx[o, j, i] = <floating>(y[o, j, i] * (dy[o, j, i] - dot))
+
+
+def softmax_forward(x, axis=-1):
+    """Softmax of x along ``axis`` (any axis; the last one runs the row kernel)."""
+    x, lines = operands.softmax_forward(HOST, x, axis)
+    y = np.empty_like(x)
+    if x.size:
+        if lines[2] == 1:
+            _softmax_forward_rows(x.reshape(-1, lines[1]), y.reshape(-1, lines[1]))
+        else:
+            _softmax_forward_lines(x.reshape(lines), y.reshape(lines))
+    return y
+
+
+def softmax_backward(dy, y, axis=-1):
+    """dL/dx of softmax_forward from dL/dy and its output y."""
+    dy, y, lines = operands.softmax_backward(HOST, dy, y, axis)
+    dx = np.empty_like(dy)
+    if dy.size:
+        if lines[2] == 1:
+            _softmax_backward_rows(dy.reshape(-1, lines[1]), y.reshape(-1, lines[1]),
+                                   dx.reshape(-1, lines[1]))
+        else:
+            _softmax_backward_lines(dy.reshape(lines), y.reshape(lines), dx.reshape(lines))
+    return dx

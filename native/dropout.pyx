@@ -256,3 +256,150 @@ def dropout_backward(dy, mask, rate):
         return dx
     _dropout_backward(dy.reshape(-1), mask.reshape(-1), dx.reshape(-1), 1.0 / (1.0 - r))
     return dx
+
+
+# -- issue 12: noise layers (SpatialDropout, GaussianNoise, GaussianDropout) ---------------
+# Spatial dropout: x viewed as (N, S, C); the (N, C) mask is exactly dropout_forward's mask
+# of an (N, C) array (the same generator call per mask element, e = n*C + c + offset), so it
+# reuses _dropout_forward on a ones array; one kernel then applies a channel mask for both
+# forward and backward (the same math: v * scale where kept, a literal 0 where dropped).
+# Gaussian noise: element i draws one standard normal z from Box-Muller on words 0 and 1 of
+# its Philox call (steps 1-3 above, e = i + offset): u1 = (w0 + 1) / 2^32 in (0, 1],
+# u2 = w1 / 2^32, z = sqrt(-2 log u1) cos(2 pi u2), in float as the OpenCL twin (fp64 is
+# optional there): the Philox words are bit-identical on both backends, z agrees to the
+# libm's rounding. noise = mean + stddev * z in the array's dtype; GaussianNoise adds
+# stddev * z, GaussianDropout multiplies by 1 + sqrt(rate / (1 - rate)) * z (Keras 3).
+from libc.math cimport cosf, fma, fmaf, logf, sqrtf
+
+cdef extern from *:
+    """
+    #define PYNN_TWO_PI_F 6.28318530717958647692f
+    #define PYNN_INV_2_32_F 2.3283064365386963e-10f
+    """
+    float TWO_PI_F "PYNN_TWO_PI_F"
+    float INV_2_32_F "PYNN_INV_2_32_F"
+
+
+cdef inline float philox_normal(uint64_t e, uint32_t k0, uint32_t k1) noexcept nogil:
+    cdef uint32_t ctr[4]
+    cdef float u1, u2
+    ctr[0] = <uint32_t>e
+    ctr[1] = <uint32_t>(e >> 32)
+    ctr[2] = 0
+    ctr[3] = 0
+    philox4x32_10(ctr, k0, k1)
+    # (w0 + 1) in float rounds to a multiple of 2^-24 at most 1: u1 stays in (0, 1].
+    # Every step in float (C promotes a bare 1.0 to double), as opencl/dropout.cl does.
+    u1 = (<float>ctr[0] + <float>1) * INV_2_32_F
+    u2 = <float>ctr[1] * INV_2_32_F
+    return sqrtf(<float>-2 * logf(u1)) * cosf(TWO_PI_F * u2)
+
+
+cdef inline floating mean_plus(floating m, floating s, float z) noexcept nogil:
+    """m + s * z as one fused multiply-add: the same rounding on every compiler and
+    device (a contraction left to the compiler differs between them)."""
+    if floating is float:
+        return fmaf(s, z, m)
+    else:
+        return fma(s, <double>z, m)
+
+
+def _gaussian_forward(const floating[::1] x,    # IN  (n,)
+                      floating[::1] y,          # OUT (n,)
+                      floating[::1] noise,      # OUT (n,) or (0,): not kept
+                      uint64_t seed, uint64_t offset, double mean, double stddev,
+                      bint multiply):
+    cdef Py_ssize_t i, n = x.shape[0]
+    cdef uint32_t k0 = <uint32_t>seed, k1 = <uint32_t>(seed >> 32)
+    cdef floating m = <floating>mean, s = <floating>stddev, v
+    cdef bint keep = noise.shape[0] == n
+    with nogil:
+        for i in prange(n, schedule="static"):
+            v = mean_plus(m, s, philox_normal(<uint64_t>i + offset, k0, k1))
+            if keep:
+                noise[i] = v
+            y[i] = x[i] * v if multiply else x[i] + v
+
+
+def _channel_mask_apply(const floating[:, :, ::1] x,   # IN  (N, S, C)
+                        const uint8_t[:, ::1] mask,    # IN  (N, C)
+                        floating[:, :, ::1] y,         # OUT (N, S, C)
+                        double scale):
+    cdef Py_ssize_t n, s, c, rows = x.shape[0], sp = x.shape[1], ch = x.shape[2]
+    cdef floating sc = <floating>scale
+    with nogil:
+        for n in prange(rows, schedule="static"):
+            for s in range(sp):
+                for c in range(ch):
+                    y[n, s, c] = keep_or_zero(x[n, s, c] * sc, mask[n, c])
+
+
+def _channel_view(a):
+    """(N, S, C) view of an (N, ..., C) array."""
+    return a.reshape(a.shape[0], -1, a.shape[a.ndim - 1])
+
+
+def spatial_dropout_forward(x, rate, seed, offset=0):
+    """Channel dropout -> (y, mask): x (N, ..., C), mask uint8 (N, C), one draw per
+    (sample, channel), survivors scaled by 1/(1-rate)."""
+    r, seed, offset, x = operands.spatial_dropout_forward(HOST, x, rate, seed, offset)
+    n, c = x.shape[0], x.shape[x.ndim - 1]
+    y = np.empty_like(x)
+    mask = np.empty((n, c), dtype=np.uint8)
+    if n * c == 0:
+        return y, mask
+    # dropout_forward's generator, kept for its mask (its y is a by-product).
+    ones = np.ones(n * c, dtype=np.float32)
+    _dropout_forward(ones, np.empty_like(ones), mask.reshape(-1), seed, offset,
+                     dropout_threshold(r), 1.0 / (1.0 - r))
+    if x.size:
+        _channel_mask_apply(_channel_view(x), mask, _channel_view(y), 1.0 / (1.0 - r))
+    return y, mask
+
+
+def spatial_dropout_backward(dy, mask, rate):
+    """dx = dy * mask[n, c] / (1 - rate)."""
+    r, dy, mask = operands.spatial_dropout_backward(HOST, dy, mask, rate)
+    dx = np.empty_like(dy)
+    if dy.size:
+        _channel_mask_apply(_channel_view(dy), mask, _channel_view(dx), 1.0 / (1.0 - r))
+    return dx
+
+
+def gaussian_noise_forward(x, stddev, seed, offset=0):
+    """y = x + stddev * z, z standard normal from the Philox stream (see the note)."""
+    s, seed, offset, x = operands.gaussian_noise_forward(HOST, x, stddev, seed, offset)
+    y = np.empty_like(x)
+    if x.size:
+        _gaussian_forward(x.reshape(-1), y.reshape(-1), np.empty(0, x.dtype), seed, offset,
+                          0.0, s, False)
+    return y
+
+
+def gaussian_dropout_forward(x, rate, seed, offset=0):
+    """-> (y, noise): noise = 1 + sqrt(rate / (1 - rate)) * z, y = x * noise."""
+    s, seed, offset, x = operands.gaussian_dropout_forward(HOST, x, rate, seed, offset)
+    y = np.empty_like(x)
+    noise = np.empty_like(x)
+    if x.size:
+        _gaussian_forward(x.reshape(-1), y.reshape(-1), noise.reshape(-1), seed, offset,
+                          1.0, s, True)
+    return y, noise
+
+
+def gaussian_dropout_backward(dy, noise):
+    """dx = dy * noise."""
+    dy, noise = operands.gaussian_dropout_backward(HOST, dy, noise)
+    dx = np.empty_like(dy)
+    if dy.size:
+        _gaussian_backward(dy.reshape(-1), noise.reshape(-1), dx.reshape(-1))
+    return dx
+
+
+def _gaussian_backward(const floating[::1] dy,     # IN  (n,)
+                       const floating[::1] noise,  # IN  (n,)
+                       floating[::1] dx):          # OUT (n,)
+    cdef Py_ssize_t i, n = dy.shape[0]
+    with nogil:
+        for i in prange(n, schedule="static"):
+            dx[i] = dy[i] * noise[i]

@@ -435,3 +435,59 @@ def adagrad_update(w, g, accumulator, lr, epsilon, grad_scale, clipvalue,
     w, g, acc, lr, epsilon, clip = operands.adagrad_update(
         HOST, w, g, accumulator, lr, epsilon, grad_scale, clipvalue, weight_decay)
     _adagrad(w.reshape(-1), g.reshape(-1), acc.reshape(-1), lr, epsilon, *_clip(clip))
+
+
+# -- issue 12: weight constraints (Keras 3's keras/src/constraints/constraints.py) ---------
+# w viewed as (outer, K, inner): each (outer, inner) line is one norm over the constraint's
+# axes. One prange over lines; a line's sum of squares is in double, then
+# w *= desired / (CONSTRAINT_EPSILON + norm), the factor rounded once to w's dtype. non_neg
+# is elementwise (Keras 3: maximum(w, 0)).
+cdef enum:
+    CON_MAX_NORM = 0
+    CON_NON_NEG = 1
+    CON_UNIT_NORM = 2
+    CON_MIN_MAX_NORM = 3
+
+# keras.backend.epsilon()
+cdef double CONSTRAINT_EPSILON = 1e-7
+
+
+def _constraint_lines(floating[:, :, ::1] w,   # IN/OUT (outer, K, inner)
+                      int kind, double min_value, double max_value, double rate):
+    cdef Py_ssize_t t, o, i, j, outer = w.shape[0], k = w.shape[1], inner = w.shape[2]
+    cdef double ss, norm, desired
+    cdef floating factor
+    with nogil:
+        for t in prange(outer * inner, schedule="static",
+                        use_threads_if=outer * k * inner >= PARALLEL_MIN):
+            o = t // inner
+            i = t % inner
+            if kind == CON_NON_NEG:
+                for j in range(k):
+                    if not w[o, j, i] >= 0:
+                        w[o, j, i] = 0
+                continue
+            ss = 0
+            for j in range(k):
+                ss = ss + <double>w[o, j, i] * w[o, j, i]
+            norm = sqrt(ss)
+            if kind == CON_UNIT_NORM:
+                desired = 1
+            elif kind == CON_MAX_NORM:
+                desired = norm if norm < max_value else max_value
+            else:
+                desired = norm if norm > min_value else min_value
+                desired = desired if desired < max_value else max_value
+                desired = rate * desired + (1 - rate) * norm
+            factor = <floating>(desired / (CONSTRAINT_EPSILON + norm))
+            for j in range(k):
+                w[o, j, i] = w[o, j, i] * factor
+
+
+def constraint_inplace(w, kind, min_value=0.0, max_value=1.0, rate=1.0, axis=0):
+    """Project w in place by a Keras 3 constraint (api.CONSTRAINTS): max_norm, non_neg,
+    unit_norm or min_max_norm, norms over ``axis``. Returns None."""
+    w, code, lo, hi, r, lines = operands.constraint_inplace(HOST, w, kind, min_value,
+                                                            max_value, rate, axis)
+    if w.size:
+        _constraint_lines(w.reshape(lines), code, lo, hi, r)

@@ -23,7 +23,7 @@ __kernel void activation_forward(__global const float *x, __global float *y, con
     y[i] = act_value(x[i], act, alpha);
 }
 
-/* x is only read for gelu; the host passes y in its place otherwise. */
+/* x is only read for ACTIVATIONS_NEEDING_INPUT; the host passes y in its place otherwise. */
 __kernel void activation_backward(__global const float *dy, __global const float *x,
                                   __global const float *y, __global float *dx, const int n,
                                   const int act, const float alpha)
@@ -77,4 +77,134 @@ void softmax_backward(__global const float *dy, __global const float *y, __globa
 
     for (int j = lid; j < n; j += SOFTMAX_WG)
         dx[base + j] = y[base + j] * (dy[base + j] - dot);
+}
+
+/* -- issue 12: the activation layers' parametrized ops (native/activation.pyx's note) -------
+ * relu_forward / relu_backward: y = min(x, max_value) where x > threshold, else
+ * negative_slope * (x - threshold); max_value is +inf when there is no cap.
+ * prelu_*: x viewed as (N, M), the M feature elements merged into 4 groups of sizes d0..d3;
+ * alpha's flat index is i0*s0 + i1*s1 + i2*s2 + i3*s3 (s_k = 0 on shared groups).
+ * prelu_backward_alpha: one work-item per alpha element sums its whole share in a fixed
+ * order (no atomics), so dalpha is deterministic.
+ * softmax_lines_*: softmax along the middle axis of (outer, K, inner), one work-item per
+ * line; the last axis (inner == 1) uses softmax_forward / softmax_backward above.
+ */
+float relu_value(float x, float max_value, float slope, float threshold)
+{
+    if (x > threshold)
+        return x < max_value ? x : max_value;
+    return slope * (x - threshold);
+}
+
+__kernel void relu_forward(__global const float *x, __global float *y, const int n,
+                           const float max_value, const float slope, const float threshold)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    y[i] = relu_value(x[i], max_value, slope, threshold);
+}
+
+__kernel void relu_backward(__global const float *dy, __global const float *x,
+                            __global float *dx, const int n, const float max_value,
+                            const float slope, const float threshold)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    const float v = x[i];
+    float g = 0.0f;
+    if (v > threshold)
+        g = v < max_value ? dy[i] : 0.0f;
+    else if (v < threshold)
+        g = slope * dy[i];
+    dx[i] = g;
+}
+
+int prelu_alpha_index(int m, const int4 d, const int4 s)
+{
+    const int i3 = m % d.w;
+    m /= d.w;
+    const int i2 = m % d.z;
+    m /= d.z;
+    const int i1 = m % d.y;
+    const int i0 = m / d.y;
+    return i0 * s.x + i1 * s.y + i2 * s.z + i3 * s.w;
+}
+
+__kernel void prelu_forward(__global const float *x, __global const float *alpha,
+                            __global float *y, const int n, const int cols, const int4 d,
+                            const int4 s)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    const float v = x[i];
+    y[i] = v > 0.0f ? v : alpha[prelu_alpha_index(i % cols, d, s)] * v;
+}
+
+__kernel void prelu_backward_input(__global const float *dy, __global const float *x,
+                                   __global const float *alpha, __global float *dx,
+                                   const int n, const int cols, const int4 d, const int4 s)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    dx[i] = x[i] > 0.0f ? dy[i] : alpha[prelu_alpha_index(i % cols, d, s)] * dy[i];
+}
+
+__kernel void prelu_backward_alpha(__global const float *dy, __global const float *x,
+                                   __global float *dalpha, const int na, const int rows,
+                                   const int cols, const int4 d, const int4 s)
+{
+    const int a = get_global_id(0);
+    GUARD(a, na);
+    const int dims[4] = {d.x, d.y, d.z, d.w};
+    const int strides[4] = {s.x, s.y, s.z, s.w};
+    int lo[4], hi[4];
+    for (int k = 0; k < 4; ++k) {
+        lo[k] = strides[k] == 0 ? 0 : (a / strides[k]) % dims[k];
+        hi[k] = strides[k] == 0 ? dims[k] : lo[k] + 1;
+    }
+    float acc = 0.0f;
+    for (int r = 0; r < rows; ++r)
+        for (int i0 = lo[0]; i0 < hi[0]; ++i0)
+            for (int i1 = lo[1]; i1 < hi[1]; ++i1)
+                for (int i2 = lo[2]; i2 < hi[2]; ++i2) {
+                    const size_t off = (size_t)r * cols + ((i0 * d.y + i1) * d.z + i2) * d.w;
+                    for (int i3 = lo[3]; i3 < hi[3]; ++i3) {
+                        const float v = x[off + i3];
+                        if (v < 0.0f)
+                            acc += v * dy[off + i3];
+                    }
+                }
+    dalpha[a] = acc;
+}
+
+__kernel void softmax_lines_forward(__global const float *x, __global float *y,
+                                    const int lines, const int k, const int inner)
+{
+    const int t = get_global_id(0);
+    GUARD(t, lines);
+    const size_t base = (size_t)(t / inner) * k * inner + t % inner;
+    float m = x[base];
+    for (int j = 1; j < k; ++j)
+        m = fmax(m, x[base + (size_t)j * inner]);
+    float s = 0.0f;
+    for (int j = 0; j < k; ++j)
+        s += exp(x[base + (size_t)j * inner] - m);
+    for (int j = 0; j < k; ++j)
+        y[base + (size_t)j * inner] = exp(x[base + (size_t)j * inner] - m) / s;
+}
+
+__kernel void softmax_lines_backward(__global const float *dy, __global const float *y,
+                                     __global float *dx, const int lines, const int k,
+                                     const int inner)
+{
+    const int t = get_global_id(0);
+    GUARD(t, lines);
+    const size_t base = (size_t)(t / inner) * k * inner + t % inner;
+    float dot = 0.0f;
+    for (int j = 0; j < k; ++j)
+        dot += dy[base + (size_t)j * inner] * y[base + (size_t)j * inner];
+    for (int j = 0; j < k; ++j) {
+        const size_t at = base + (size_t)j * inner;
+        dx[at] = y[at] * (dy[at] - dot);
+    }
 }

@@ -3,7 +3,7 @@
  *
  * The OpenCL twin of native/_activation.pxd: codes follow pynn.backend.api.ACTIVATIONS and the
  * formulas are the same, so the two backends agree to float32 rounding. Derivatives use the
- * output y where that is exact; only gelu reads the pre-activation x.
+ * output y where that is exact; only gelu, silu, hard_silu and mish read the pre-activation x.
  * Softmax is a row operation and lives in activation.cl (softmax_forward / softmax_backward);
  * act_value and act_grad treat its code like linear.
  *
@@ -23,11 +23,29 @@
 #define ACT_SELU 7
 #define ACT_GELU 8
 #define ACT_SOFTPLUS 9
+/* issue 12 (activations): Keras 3's remaining elementwise names */
+#define ACT_RELU6 10
+#define ACT_HARD_SIGMOID 11
+#define ACT_SILU 12
+#define ACT_HARD_SILU 13
+#define ACT_MISH 14
+#define ACT_EXPONENTIAL 15
+#define ACT_SOFTSIGN 16
 
 #define PYNN_SELU_ALPHA 1.6732632423543772848170429916717f
 #define PYNN_SELU_SCALE 1.0507009873554804934193349852946f
 #define PYNN_INV_SQRT2 0.70710678118654752440f
 #define PYNN_INV_SQRT_2PI 0.39894228040143267794f
+
+float act_sigmoid(float x)
+{
+    /* Two branches keep exp() from overflowing for large |x|. */
+    if (x >= 0.0f)
+        return 1.0f / (1.0f + exp(-x));
+    return exp(x) / (1.0f + exp(x));
+}
+
+float act_softplus(float x) { return fmax(x, 0.0f) + log1p(exp(-fabs(x))); }
 
 float act_value(float x, int act, float alpha)
 {
@@ -35,10 +53,7 @@ float act_value(float x, int act, float alpha)
     case ACT_RELU:
         return x < 0.0f ? 0.0f : x; /* NaN passes through, as in Keras and PyTorch */
     case ACT_SIGMOID:
-        /* Two branches keep exp() from overflowing for large |x|. */
-        if (x >= 0.0f)
-            return 1.0f / (1.0f + exp(-x));
-        return exp(x) / (1.0f + exp(x));
+        return act_sigmoid(x);
     case ACT_TANH:
         return tanh(x);
     case ACT_LEAKY_RELU:
@@ -50,7 +65,22 @@ float act_value(float x, int act, float alpha)
     case ACT_GELU:
         return 0.5f * x * (1.0f + erf(x * PYNN_INV_SQRT2));
     case ACT_SOFTPLUS:
-        return fmax(x, 0.0f) + log1p(exp(-fabs(x)));
+        return act_softplus(x);
+    case ACT_RELU6:
+        return fmin(fmax(x, 0.0f), 6.0f);
+    case ACT_HARD_SIGMOID:
+        /* torch's hardsigmoid (Keras 3's backend op): relu6(x + 3) / 6, a true division. */
+        return fmin(fmax(x + 3.0f, 0.0f), 6.0f) / 6.0f;
+    case ACT_SILU:
+        return x * act_sigmoid(x);
+    case ACT_HARD_SILU:
+        return x * fmin(fmax(x + 3.0f, 0.0f), 6.0f) / 6.0f;
+    case ACT_MISH:
+        return x * tanh(act_softplus(x));
+    case ACT_EXPONENTIAL:
+        return exp(x);
+    case ACT_SOFTSIGN:
+        return x / (1.0f + fabs(x));
     default:
         return x;
     }
@@ -77,6 +107,28 @@ float act_grad(float dy, float x, float y, int act, float alpha)
                      + x * PYNN_INV_SQRT_2PI * exp(-0.5f * x * x));
     case ACT_SOFTPLUS:
         return -dy * expm1(-y);
+    case ACT_RELU6: /* torch's hardtanh backward: zero at both kinks */
+        return (y > 0.0f && y < 6.0f) ? dy : 0.0f;
+    case ACT_HARD_SIGMOID:
+        return (y > 0.0f && y < 1.0f) ? dy / 6.0f : 0.0f;
+    case ACT_SILU: {
+        const float s = act_sigmoid(x);
+        return dy * s * (1.0f + x * (1.0f - s));
+    }
+    case ACT_HARD_SILU: /* torch's hardswish backward */
+        if (x < -3.0f)
+            return 0.0f;
+        return x <= 3.0f ? dy * (x / 3.0f + 0.5f) : dy;
+    case ACT_MISH: {
+        const float t = tanh(act_softplus(x));
+        return dy * (t + x * (1.0f - t * t) * act_sigmoid(x));
+    }
+    case ACT_EXPONENTIAL:
+        return dy * y;
+    case ACT_SOFTSIGN: {
+        const float s = 1.0f - fabs(y); /* 1 / (1 + |x|) */
+        return dy * s * s;
+    }
     default:
         return dy;
     }

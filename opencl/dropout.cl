@@ -64,3 +64,53 @@ __kernel void philox4x32_10_block(__global const uint4 *ctr, __global uint4 *out
     GUARD(j, n);
     out[j] = philox4x32_10(ctr[j], k0, k1);
 }
+
+/* -- issue 12: noise layers (native/dropout.pyx's note for the recipe) ---------------------
+ * spatial_dropout_apply: y = x * scale where mask[n, c], else 0, x viewed as (N, S, C); the
+ * (N, C) mask comes from dropout_forward on an (N, C) array. It serves forward and backward.
+ * gaussian_*: z from Box-Muller on words 0 and 1 of element i's Philox call, in float;
+ * noise = fma(stddev, z, mean), then y = x + noise (GaussianNoise, mean 0) or y = x * noise
+ * (GaussianDropout, mean 1).
+ */
+#define TWO_PI_F 6.28318530717958647692f
+#define INV_2_32_F 2.3283064365386963e-10f
+
+float philox_normal(const ulong e, const ulong seed)
+{
+    const uint4 r = philox4x32_10((uint4)((uint)e, (uint)(e >> 32), 0u, 0u), (uint)seed,
+                                  (uint)(seed >> 32));
+    const float u1 = ((float)r.x + 1.0f) * INV_2_32_F; /* in (0, 1] */
+    const float u2 = (float)r.y * INV_2_32_F;
+    return sqrt(-2.0f * log(u1)) * cos(TWO_PI_F * u2);
+}
+
+__kernel void spatial_dropout_apply(__global const float *x, __global const uchar *mask,
+                                    __global float *y, const int n, const int spatial_channels,
+                                    const int channels, const float scale)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    const int m = (i / spatial_channels) * channels + i % channels;
+    y[i] = mask[m] != 0 ? x[i] * scale : 0.0f;
+}
+
+__kernel void gaussian_noise_forward(__global const float *x, __global float *y,
+                                     __global float *noise, const int n, const ulong seed,
+                                     const ulong offset, const float mean, const float stddev,
+                                     const int multiply, const int keep_noise)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    const float v = fma(stddev, philox_normal((ulong)i + offset, seed), mean);
+    if (keep_noise)
+        noise[i] = v;
+    y[i] = multiply ? x[i] * v : x[i] + v;
+}
+
+__kernel void gaussian_dropout_backward(__global const float *dy, __global const float *noise,
+                                        __global float *dx, const int n)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    dx[i] = dy[i] * noise[i];
+}

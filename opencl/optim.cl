@@ -153,3 +153,44 @@ void regularizer_partial(__global const float *w, __global float *grad,
     if (get_local_id(0) == 0)
         partial[get_group_id(0)] = acc;
 }
+
+/* -- issue 12: weight constraints, the twin of native/optim.pyx's constraint_inplace ------
+ * w viewed as (outer, K, inner), one work-item per (outer, inner) line: its norm over K,
+ * then w *= desired / (CONSTRAINT_EPSILON + norm). non_neg is elementwise (maximum(w, 0)).
+ * kind codes follow pynn.backend.api.CONSTRAINTS.
+ */
+#define CON_MAX_NORM 0
+#define CON_NON_NEG 1
+#define CON_UNIT_NORM 2
+#define CON_MIN_MAX_NORM 3
+#define CONSTRAINT_EPSILON 1e-7f /* keras.backend.epsilon() */
+
+__kernel void constraint_inplace(__global float *w, const int lines, const int k,
+                                 const int inner, const int kind, const float min_value,
+                                 const float max_value, const float rate)
+{
+    const int t = get_global_id(0);
+    GUARD(t, lines);
+    const size_t base = (size_t)(t / inner) * k * inner + t % inner;
+    if (kind == CON_NON_NEG) {
+        for (int j = 0; j < k; ++j) {
+            const float v = w[base + (size_t)j * inner];
+            w[base + (size_t)j * inner] = v >= 0.0f ? v : 0.0f;
+        }
+        return;
+    }
+    float ss = 0.0f;
+    for (int j = 0; j < k; ++j) {
+        const float v = w[base + (size_t)j * inner];
+        ss += v * v;
+    }
+    const float norm = sqrt(ss);
+    float desired = 1.0f;
+    if (kind == CON_MAX_NORM)
+        desired = fmin(norm, max_value);
+    else if (kind == CON_MIN_MAX_NORM)
+        desired = rate * fmin(fmax(norm, min_value), max_value) + (1.0f - rate) * norm;
+    const float factor = desired / (CONSTRAINT_EPSILON + norm);
+    for (int j = 0; j < k; ++j)
+        w[base + (size_t)j * inner] *= factor;
+}

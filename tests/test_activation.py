@@ -20,11 +20,19 @@ from pynn._native.activation import (
 from pynn._native.dense import bias_backward
 from pynn._native.info import set_num_threads
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
+import pynn.layers as L
+from tests.reference import gradcheck
 from tests.reference.activation_ref import (
     activation_backward_ref,
     activation_bias_backward_ref,
     activation_forward_ref,
     numerical_derivative,
+    prelu_backward_ref,
+    prelu_forward_ref,
+    relu_backward_ref,
+    relu_forward_ref,
+    softmax_backward_ref,
+    softmax_forward_ref,
 )
 from tests.backend_util import assert_close, check_op, rand
 
@@ -109,7 +117,8 @@ def test_extreme_inputs_stay_finite():
     for dtype in (np.float32, np.float64):
         xd = x.astype(dtype)
         for name in ACTIVATIONS:
-            if name in ("linear", "relu", "leaky_relu", "selu", "elu", "softplus", "gelu"):
+            if name in ("linear", "relu", "leaky_relu", "selu", "elu", "softplus", "gelu",
+                        "silu", "hard_silu", "mish", "exponential"):
                 continue  # unbounded by design
             y = activation_forward(xd, name, 0.0)
             assert np.all(np.isfinite(y)), (name, dtype, y)
@@ -131,7 +140,7 @@ def test_gelu_backward_needs_only_x():
     dy = np.ones_like(x)
     dx = activation_backward(dy, x, None, "gelu", 0.0)
     np.testing.assert_allclose(dx, activation_backward_ref(dy, x, "gelu"), rtol=1e-12)
-    assert ACTIVATIONS_NEEDING_INPUT == ("gelu",)
+    assert ACTIVATIONS_NEEDING_INPUT == ("gelu", "silu", "hard_silu", "mish")
 
 
 @pytest.mark.parametrize("name", ACTIVATIONS)
@@ -187,7 +196,7 @@ def test_integer_input_becomes_float32():
 def test_bad_inputs():
     x = np.ones((2, 3), np.float32)
     with pytest.raises(ValueError, match="unknown activation"):
-        activation_forward(x, "swish")
+        activation_forward(x, "swishy")
     with pytest.raises(ValueError, match="'x' is required"):
         activation_forward(None, "relu")
     with pytest.raises(TypeError, match="numeric"):
@@ -328,7 +337,7 @@ def test_activation_bias_backward_bad_inputs():
     x = np.ones((2, 3), np.float32)
     op = activation_bias_backward
     with pytest.raises(ValueError, match="activation_bias_backward: unknown activation"):
-        op(x, x, x, "swish")
+        op(x, x, x, "swishy")
     with pytest.raises(ValueError, match="at least 1 dimension"):
         op(np.float32(1.0), None, np.float32(1.0), "relu")
     with pytest.raises(ValueError, match="'dy' is required"):
@@ -423,7 +432,7 @@ def test_activation_bad_inputs_opencl(ocl):
     with pytest.raises(TypeError, match="activation_forward.*asarray"):
         ocl.activation_forward(np.ones((3, 4), np.float32), "relu", 0.0)
     with pytest.raises(ValueError, match="unknown activation"):
-        ocl.activation_forward(x, "swish", 0.0)
+        ocl.activation_forward(x, "swishy", 0.0)
     with pytest.raises(ValueError, match="alpha >= 0"):
         ocl.activation_forward(x, "elu", -1.0)
     with pytest.raises(ValueError, match="required"):
@@ -450,7 +459,7 @@ def test_activation_bias_backward_bad_inputs_opencl(ocl):
     with pytest.raises(ValueError, match="shape"):
         ocl.activation_bias_backward(a, None, ocl.zeros((4, 3)), "tanh", 0.0)
     with pytest.raises(ValueError, match="unknown activation"):
-        ocl.activation_bias_backward(a, a, a, "swish", 0.0)
+        ocl.activation_bias_backward(a, a, a, "swishy", 0.0)
 
 
 @pytest.mark.opencl
@@ -474,3 +483,314 @@ def test_small_work_groups_build_smaller_activation_kernels(backend_opencl, smal
     x = rand(np.random.default_rng(31), (5, 131))
     check_op(backend_opencl, "activation_forward", x, "softmax", 0.0,
              ref=activation_forward_ref(x, "softmax"))
+
+
+# == issue 12: the activation layers and their ops ========================================
+
+NEW_ACTIVATIONS = ("relu6", "hard_sigmoid", "silu", "hard_silu", "mish", "exponential",
+                   "softsign")
+# (max_value, negative_slope, threshold): plain relu, a cap, a threshold, all three.
+RELU_PARAMS = [(None, 0.0, 0.0), (1.5, 0.0, 0.0), (None, 0.2, 0.0), (None, 0.0, 0.4),
+               (2.0, 0.1, 0.5), (6.0, 0.0, 0.0)]
+ODD_SHAPES = [(1, 1), (7, 3), (3, 5, 7), (2, 3, 5, 13)]
+
+
+def keras_or_skip():
+    """Keras 3 on torch, or a skip (parity tests)."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip(f"keras runs on {keras.backend.backend()}, these tests want torch")
+    return keras
+
+
+def away_from(x, points, gap=0.02):
+    """x with every element at least ``gap`` from each kink in ``points`` (FD stencils)."""
+    for p in points:
+        near = np.abs(x - p) < gap
+        x = np.where(near, p + np.copysign(gap, x - p) + (x - p), x)
+    return x
+
+
+@pytest.mark.parametrize("name", ["swish", "hard_swish"])
+def test_keras_aliases_are_the_canonical_activation(target, name):
+    x = rand(np.random.default_rng(1), (5, 7), target.dtype)
+    canonical = {"swish": "silu", "hard_swish": "hard_silu"}[name]
+    check_op(target, "activation_forward", x, name, 0.0,
+             ref=lambda x, *_: activation_forward_ref(x, canonical), rtol=tol(target))
+
+
+@pytest.mark.parametrize("name", NEW_ACTIVATIONS)
+def test_new_activations_match_keras(name):
+    keras = keras_or_skip()
+    x = np.linspace(-7, 7, 281).astype(np.float32)  # every kink and both saturations
+    want = np.asarray(keras.ops.convert_to_numpy(keras.activations.get(name)(x)))
+    np.testing.assert_allclose(activation_forward(x, name), want, rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("params", RELU_PARAMS, ids=str)
+@pytest.mark.parametrize("shape", ODD_SHAPES, ids=str)
+def test_relu_matches_reference(target, shape, params):
+    x = away_from(rand(np.random.default_rng(2), shape) * 3, [0.0, 0.4, 0.5, 1.5, 2.0, 6.0])
+    x = x.astype(target.dtype)
+    dy = rand(np.random.default_rng(3), shape, target.dtype)
+    check_op(target, "relu_forward", x, *params, ref=relu_forward_ref, rtol=tol(target))
+    check_op(target, "relu_backward", dy, x, *params, ref=relu_backward_ref, rtol=tol(target))
+
+
+@pytest.mark.parametrize("params", RELU_PARAMS, ids=str)
+def test_relu_backward_finite_differences(params):
+    rng = np.random.default_rng(4)
+    x = away_from(rng.normal(size=(3, 7)) * 3, [0.0, 0.4, 0.5, 1.5, 2.0, 6.0])
+    dy = rng.normal(size=x.shape)
+    fd = numerical_derivative(lambda v: float(np.sum(dy * relu_forward_ref(v, *params))), x,
+                              1e-4)
+    np.testing.assert_allclose(activation_relu_backward(dy, x, params), fd, rtol=1e-7,
+                               atol=1e-9)
+
+
+def activation_relu_backward(dy, x, params):
+    from pynn.backend import cpu
+
+    return cpu.relu_backward(dy, x, *params)
+
+
+def test_relu_matches_keras():
+    keras = keras_or_skip()
+    x = np.linspace(-4, 8, 97).astype(np.float32)
+    for max_value, slope, threshold in RELU_PARAMS:
+        want = keras.ops.convert_to_numpy(keras.activations.relu(
+            x, negative_slope=slope, max_value=max_value, threshold=threshold))
+        got = L.ReLU(max_value, slope, threshold)(x[None])[0]
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+# alpha shapes for x (N, 4, 5, 3): none shared, spatial shared (Keras's CNN use), channel
+# shared, the middle one shared (three groups), all shared.
+PRELU_ALPHAS = [(4, 5, 3), (1, 1, 3), (4, 5, 1), (4, 1, 3), (1, 1, 1)]
+
+
+@pytest.mark.parametrize("alpha_shape", PRELU_ALPHAS, ids=str)
+def test_prelu_matches_reference(target, alpha_shape):
+    rng = np.random.default_rng(5)
+    x = rand(rng, (7, 4, 5, 3), target.dtype)
+    alpha = rand(rng, alpha_shape, target.dtype)
+    dy = rand(rng, x.shape, target.dtype)
+    check_op(target, "prelu_forward", x, alpha, ref=prelu_forward_ref, rtol=tol(target))
+    check_op(target, "prelu_backward", dy, x, alpha, True, ref=prelu_backward_ref,
+             rtol=target.rtol("reduction") if target.is_opencl else tol(target))
+    check_op(target, "prelu_backward", dy, x, alpha, False, ref=prelu_backward_ref,
+             rtol=target.rtol("reduction") if target.is_opencl else tol(target))
+
+
+def test_prelu_alpha_gradient_is_deterministic(backend, num_threads):
+    rng = np.random.default_rng(6)
+    x, dy = rand(rng, (33, 9, 3)), rand(rng, (33, 9, 3))
+    alpha = rand(rng, (1, 3))
+    results = []
+    for n in (1, 2, 3):
+        num_threads(n)
+        _, da = backend.op("prelu_backward")(backend.up(dy), backend.up(x), backend.up(alpha),
+                                             True)
+        results.append(backend.down(da))
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1, -2])
+def test_softmax_axis_matches_reference(target, axis):
+    rng = np.random.default_rng(7)
+    x = rand(rng, (3, 5, 7), target.dtype) * 3
+    dy = rand(rng, x.shape, target.dtype)
+    _, y = check_op(target, "softmax_forward", x, axis, ref=softmax_forward_ref,
+                    rtol=tol(target))
+    check_op(target, "softmax_backward", dy, y, axis,
+             ref=lambda dy, y, axis: softmax_backward_ref(dy, softmax_forward_ref(x, axis),
+                                                          axis),
+             rtol=tol(target))
+
+
+def test_activation_ops_bad_inputs(backend):
+    b, x = backend.ops, backend.up(np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"relu_forward: 'max_value' must be >= 0.0, got -1"):
+        b.relu_forward(x, -1.0, 0.0, 0.0)
+    with pytest.raises(TypeError, match="relu_backward: 'threshold' must be a number"):
+        b.relu_backward(x, x, None, 0.0, "a")
+    with pytest.raises(ValueError, match=r"prelu_forward: 'alpha' must have x's feature "
+                                         r"shape \(3,\).*got \(2,\)"):
+        b.prelu_forward(x, backend.up(np.ones(2, np.float32)))
+    with pytest.raises(ValueError, match="softmax_forward: 'axis' 2 is out of range"):
+        b.softmax_forward(x, 2)
+    with pytest.raises(ValueError, match=r"softmax_backward: 'y' must have the shape of dy"):
+        b.softmax_backward(x, backend.up(np.ones((3, 2), np.float32)), 0)
+    with pytest.raises(ValueError, match="at most 4 runs"):
+        b.prelu_forward(backend.up(np.ones((1, 2, 2, 2, 2, 2), np.float32)),
+                        backend.up(np.ones((2, 1, 2, 1, 2), np.float32)))
+
+
+# -- the layers ------------------------------------------------------------------------------
+def layer_cases():
+    return [
+        (lambda: L.ReLU(), (3, 5)),
+        (lambda: L.ReLU(max_value=1.0, negative_slope=0.1, threshold=0.3), (3, 2, 5)),
+        (lambda: L.LeakyReLU(), (3, 5)),
+        (lambda: L.LeakyReLU(negative_slope=0.05), (2, 3, 4)),
+        (lambda: L.ELU(), (3, 5)),
+        (lambda: L.ELU(alpha=0.5), (3, 5)),
+        (lambda: L.PReLU(alpha_initializer="random_normal"), (3, 5)),
+        (lambda: L.PReLU(alpha_initializer="random_normal", shared_axes=[1, 2]), (2, 3, 4, 5)),
+        (lambda: L.Softmax(), (3, 5)),
+        (lambda: L.Softmax(axis=1), (2, 3, 4)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(layer_cases())))
+def test_layer_backward_finite_differences(case, float64, seeded):
+    make, shape = layer_cases()[case]
+    layer = make()
+    x = away_from(seeded.normal(size=shape) * 2, [0.0, 0.3, 1.0])
+    gradcheck.check_layer(layer, x, seeded)
+
+
+@pytest.mark.parametrize("case", range(len(layer_cases())))
+def test_layer_config_round_trip(case, seeded):
+    make, shape = layer_cases()[case]
+    layer = make()
+    x = seeded.normal(size=shape).astype(np.float32)
+    y = layer(x)
+    config = layer.get_config()
+    clone = L.LAYERS[type(layer).__name__].from_config(config)
+    assert clone.get_config() == config
+    clone(x)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(clone(x), y)
+
+
+@pytest.mark.parametrize("case", range(len(layer_cases())))
+def test_layer_matches_keras(case, seeded):
+    keras = keras_or_skip()
+    make, shape = layer_cases()[case]
+    layer = make()
+    config = {k: v for k, v in layer.get_config().items()
+              if k not in ("name", "trainable", "dtype", "alpha_initializer")}
+    if type(layer).__name__ == "ELU":
+        config = {"alpha": layer.alpha}
+    k_layer = getattr(keras.layers, type(layer).__name__)(**config)
+    x = seeded.normal(size=shape).astype(np.float32) * 3
+    layer(x)
+    k_layer(x)
+    if layer.weights:  # PReLU: random alphas (the default zeros would hide a swapped axis)
+        layer.set_weights([seeded.normal(size=w.shape) for w in k_layer.get_weights()])
+        k_layer.set_weights(layer.get_weights())
+    want = keras.ops.convert_to_numpy(k_layer(x))
+    np.testing.assert_allclose(layer(x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_prelu_weight_has_keras_shape():
+    keras = keras_or_skip()
+    for shared in (None, [1, 2], [3], 2):
+        layer = L.PReLU(shared_axes=shared)
+        layer.build((None, 4, 5, 3))
+        k_layer = keras.layers.PReLU(shared_axes=shared)
+        k_layer.build((None, 4, 5, 3))
+        assert layer.alpha.shape == tuple(k_layer.alpha.shape), shared
+
+
+def test_layer_bad_arguments_name_the_layer():
+    with pytest.raises(ValueError, match=r"ReLU 'r': max_value must be a finite number >= 0, "
+                                         r"got -1"):
+        L.ReLU(max_value=-1, name="r")
+    with pytest.raises(ValueError, match=r"LeakyReLU 'k': negative_slope must be a number "
+                                         r">= 0, got 'a'"):
+        L.LeakyReLU(negative_slope="a", name="k")
+    with pytest.raises(ValueError, match=r"PReLU 'p': shared axis 4 is out of range for "
+                                         r"input shape \(None, 2, 3\)"):
+        L.PReLU(shared_axes=4, name="p").build((None, 2, 3))
+    with pytest.raises(ValueError, match=r"Softmax 's': axis 0 must be a feature axis"):
+        L.Softmax(axis=0, name="s").build((None, 3))
+    with pytest.raises(TypeError, match="unexpected arguments"):
+        L.ELU(beta=1)
+
+
+@pytest.mark.parametrize("name", NEW_ACTIVATIONS)
+def test_dense_and_conv2d_take_the_new_activations(name, float64, seeded):
+    """The activation= path: the fused epilogue forward, then the layer's backward checked
+    by central differences (silu, hard_silu, mish keep z)."""
+    dense = L.Dense(4, activation=name)
+    x = away_from(seeded.normal(size=(3, 5)), [-3.0, 0.0, 3.0, 6.0], gap=0.05)
+    y = dense(x)
+    z = x @ dense.kernel.value + dense.bias.value
+    np.testing.assert_allclose(y, activation_forward_ref(z, name), rtol=1e-12, atol=1e-12)
+    gradcheck.check_layer(dense, x, seeded, rtol=1e-4, atol=1e-6)
+    conv = L.Conv2D(2, 3, padding="same", activation=name)
+    x4 = seeded.normal(size=(2, 4, 5, 3)) * 0.5
+    gradcheck.check_layer(conv, x4, seeded, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.opencl
+@pytest.mark.parametrize("name", NEW_ACTIVATIONS)
+def test_dense_new_activations_on_opencl(ocl, name):
+    rng = np.random.default_rng(8)
+    x, w, b = rand(rng, (5, 7)), rand(rng, (7, 3)), rand(rng, (3,))
+    y, z = ocl.dense_forward(ocl.asarray(x), ocl.asarray(w), ocl.asarray(b), name, 0.0)
+    assert_close(y.get(), activation_forward_ref(x.astype(np.float64) @ w + b, name), 1e-4,
+                 f"dense_forward {name} on opencl")
+    assert (z is not None) == (name in ACTIVATIONS_NEEDING_INPUT)
+
+
+def test_lstm_with_hard_sigmoid_matches_keras(seeded):
+    """The recurrent kernels take relu6, hard_sigmoid and softsign (derivatives from the
+    output): an LSTM with Keras 2's default recurrent_activation gives Keras's numbers."""
+    keras = keras_or_skip()
+    x = seeded.normal(size=(3, 5, 4)).astype(np.float32)
+    k_lstm = keras.layers.LSTM(6, activation="softsign", recurrent_activation="hard_sigmoid",
+                               return_sequences=True)
+    want = keras.ops.convert_to_numpy(k_lstm(x))
+    lstm = L.LSTM(6, activation="softsign", recurrent_activation="hard_sigmoid",
+                  return_sequences=True)
+    lstm(x)
+    lstm.set_weights(k_lstm.get_weights())
+    np.testing.assert_allclose(lstm(x), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("opencl", marks=pytest.mark.opencl)])
+def test_model_of_the_new_layers_trains_saves_and_loads(device, seeded, tmp_path):
+    """Every layer of this issue in one model: fit runs (backward of each, constraint after
+    each update), and a saved model predicts the same after loading."""
+    previous = pynn.backend.current().NAME
+    pynn.set_device(device)
+    try:
+        model = pynn.Sequential([
+            L.Input((6, 6, 2)), L.Conv2D(3, 3, kernel_constraint="max_norm"),
+            L.PReLU(shared_axes=[1, 2], alpha_initializer="random_normal"),
+            L.SpatialDropout2D(0.2, seed=1), L.GaussianNoise(0.1, seed=2), L.Flatten(),
+            L.Dense(4, activation="silu"), L.GaussianDropout(0.1, seed=3),
+            L.ReLU(max_value=2.0), L.LeakyReLU(), L.ELU(), L.Dense(3), L.Softmax()])
+        model.compile(optimizer="adam", loss="categorical_crossentropy")
+        x = seeded.normal(size=(20, 6, 6, 2)).astype(np.float32)
+        y = np.eye(3, dtype=np.float32)[np.arange(20) % 3]
+        history = model.fit(x, y, epochs=2, verbose=0)
+        assert np.all(np.isfinite(history.history["loss"]))
+        path = tmp_path / "model.pynn"
+        model.save(str(path))
+        loaded = pynn.load_model(str(path))
+        np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    finally:
+        pynn.set_device(previous)
+
+
+@pytest.mark.parametrize("name", NEW_ACTIVATIONS + ("swish", "hard_swish"))
+def test_dense_with_new_activation_matches_keras(name, seeded):
+    """Keras's weights in a pynn Dense give Keras's outputs. (The aliases need
+    layers.base.activation_config to resolve api.ACTIVATION_ALIASES; until then they go
+    through the canonical name.)"""
+    keras = keras_or_skip()
+    from pynn.backend.api import ACTIVATION_ALIASES
+
+    x = seeded.normal(size=(5, 7)).astype(np.float32) * 2
+    k_dense = keras.layers.Dense(4, activation=name)
+    want = keras.ops.convert_to_numpy(k_dense(x))
+    dense = L.Dense(4, activation=ACTIVATION_ALIASES.get(name, name))
+    dense(x)
+    dense.set_weights(k_dense.get_weights())
+    np.testing.assert_allclose(dense(x), want, rtol=1e-5, atol=1e-5)

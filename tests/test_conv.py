@@ -344,7 +344,7 @@ DZ = np.ones((2, 5, 5, 4))
     (lambda: conv.conv2d_forward(X, K, None, (1, 1, 1), "same", 1), ValueError, "strides"),
     (lambda: conv.conv2d_forward(X, K, None, 1, "same", 0), ValueError, "dilation_rate"),
     (lambda: conv.conv2d_forward(X, K, None, 1, "full", 1), ValueError, "padding"),
-    (lambda: conv.conv2d_forward(X, K, None, 1, "same", 1, "swish"), ValueError, "activation"),
+    (lambda: conv.conv2d_forward(X, K, None, 1, "same", 1, "swishy"), ValueError, "activation"),
     (lambda: conv.conv2d_forward(X.astype(str), K, None, 1, "same", 1), TypeError, "numeric"),
     (lambda: conv.conv2d_forward(X, np.zeros((0, 3, 3, 4)), None, 1, "same", 1), ValueError,
      "kernel spatial"),

@@ -199,7 +199,7 @@ DY = np.ones((2, 5, 5, 4))
                                  True), ValueError, "'x' must have the shape"),
     (lambda: cpu.conv2d_backward(DY, X, None, DY, K, 1, "same", 1, "leaky_relu", -1.0, True,
                                  True), ValueError, "alpha"),
-    (lambda: cpu.conv2d_backward(DY, X, None, DY, K, 1, "same", 1, "swish", 0.0, True,
+    (lambda: cpu.conv2d_backward(DY, X, None, DY, K, 1, "same", 1, "swishy", 0.0, True,
                                  True), ValueError, "activation"),
     (lambda: cpu.conv2d_backward(DY, X[0], None, DY, K, 1, "same", 1, "relu", 0.0, True,
                                  True), ValueError, "dimensions"),

@@ -230,7 +230,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="1 dimensions"):
         dense_forward(x, kernel, np.ones((1, 4)))
     with pytest.raises(ValueError, match="unknown activation"):
-        dense_forward(x, kernel, None, "swish")
+        dense_forward(x, kernel, None, "swishy")
     with pytest.raises(ValueError, match="'x' is required"):
         dense_forward(None, kernel, None)
     with pytest.raises(ValueError, match="'kernel' is required"):
@@ -454,7 +454,7 @@ def test_dense_bad_inputs_opencl(ocl):
     with pytest.raises(ValueError, match="2 dimensions"):
         ocl.dense_forward(up(np.ones(5, np.float32)), w, None, "linear", 0.0)
     with pytest.raises(ValueError, match="unknown activation"):
-        ocl.dense_forward(x, w, None, "swish", 0.0)
+        ocl.dense_forward(x, w, None, "swishy", 0.0)
     with pytest.raises(TypeError, match="float32 only"):
         ocl.asarray(np.ones((5, 4)), np.float64)
     with pytest.raises(TypeError, match="asarray"):

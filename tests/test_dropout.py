@@ -3,8 +3,8 @@ generator against Random123's published known-answer vectors, the mask bit for b
 independent NumPy Philox written from the paper, the keep rate statistically, and the exact
 recipe of the design note (which the OpenCL twin follows).
 
-The NumPy oracle lives here rather than in tests/reference/ because it is the generator itself,
-tested first against the published vectors below.
+The NumPy oracle (tests/reference/dropout_ref.py: philox4x32_10_ref, dropout_mask_ref) is the
+generator itself, tested here first against the published vectors below.
 
 The checks that hold on both backends take the ``backend`` fixture (tests/conftest.py) and
 run one body on each; OpenCL-only checks are marked ``opencl``.
@@ -22,7 +22,19 @@ from pynn._native.dropout import (
     philox4x32_10_block,
 )
 from pynn._native.info import set_num_threads
+import pynn.layers as L
 from tests.backend_util import check_op, rand
+from tests.reference import gradcheck
+from tests.reference.dropout_ref import (
+    dropout_mask_ref,
+    gaussian_dropout_backward_ref,
+    gaussian_dropout_forward_ref,
+    gaussian_noise_forward_ref,
+    philox4x32_10_ref,
+    spatial_dropout_backward_ref,
+    spatial_dropout_forward_ref,
+    standard_normal_ref,
+)
 
 # Random123 kat_vectors: philox4x32 10 <counter x4> <key x2> -> <output x4>.
 KNOWN_ANSWERS = [
@@ -31,35 +43,6 @@ KNOWN_ANSWERS = [
     ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
      (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
 ]
-
-MASK32 = np.uint64(0xFFFFFFFF)
-
-
-def philox4x32_10_ref(ctr, key):
-    """Vectorized Philox4x32-10 (Salmon et al. 2011) on uint64 arrays holding 32-bit words."""
-    c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint64) for c in ctr)
-    k0, k1 = (np.uint64(k) for k in key)
-    for r in range(10):
-        if r:
-            k0 = (k0 + np.uint64(0x9E3779B9)) & MASK32
-            k1 = (k1 + np.uint64(0xBB67AE85)) & MASK32
-        p0 = np.uint64(0xD2511F53) * c0
-        p1 = np.uint64(0xCD9E8D57) * c2
-        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ k0, p1 & MASK32,
-                          (p0 >> np.uint64(32)) ^ c3 ^ k1, p0 & MASK32)
-    return c0, c1, c2, c3
-
-
-def dropout_mask_ref(n, rate, seed, offset):
-    """The design note's recipe: counter {lo32(e), hi32(e), 0, 0}, e = (i + offset) mod 2^64,
-    key {lo32(seed), hi32(seed)}, keep iff word 0 >= floor(rate * 2^32)."""
-    e = [(i + offset) % 2**64 for i in range(n)]
-    lo = np.array([v & 0xFFFFFFFF for v in e], dtype=np.uint64)
-    hi = np.array([v >> 32 for v in e], dtype=np.uint64)
-    zero = np.zeros(n, dtype=np.uint64)
-    word0 = philox4x32_10_ref((lo, hi, zero, zero), (seed & 0xFFFFFFFF, seed >> 32))[0]
-    threshold = int(np.floor(rate * 2.0**32))
-    return (word0 >= np.uint64(threshold)).astype(np.uint8)
 
 
 def _philox_block(backend):
@@ -290,3 +273,197 @@ def test_dropout_bad_inputs_opencl(ocl):
         ocl.dropout_backward(x, x, 0.5)
     with pytest.raises(ValueError, match="shape"):
         ocl.dropout_backward(ocl.zeros((3,)), mask, 0.5)
+
+
+# == issue 12: noise layers (spatial dropout, Gaussian noise and dropout) =================
+
+# float32 tolerance of z: logf/cosf against float64 (a few ulps of |z| <= ~6.7)
+Z_RTOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 5, 7, 4), (2, 9, 1, 33), (5, 3)], ids=str)
+@pytest.mark.parametrize("rate,seed,offset", [(0.3, 7, 0), (0.5, 2**40 + 3, 2**33 - 5),
+                                               (0.9, 0, 11)])
+def test_spatial_dropout_matches_reference(target, shape, rate, seed, offset):
+    rng = np.random.default_rng(1)
+    x = rand(rng, shape, target.dtype)
+    # The mask is bit-exact (checked as uint8 by check_op), the values to rounding.
+    _, (_, mask) = check_op(target, "spatial_dropout_forward", x, rate, seed, offset,
+                            ref=spatial_dropout_forward_ref)
+    dy = rand(rng, shape, target.dtype)
+    check_op(target, "spatial_dropout_backward", dy, mask, rate,
+             ref=spatial_dropout_backward_ref)
+    assert mask.shape == (shape[0], shape[-1])
+
+
+def test_spatial_dropout_drops_whole_channels_at_the_rate():
+    from pynn.backend import cpu
+
+    x = np.ones((101, 3, 5, 67), np.float32)
+    y, mask = cpu.spatial_dropout_forward(x, 0.3, 5, 0)
+    per_channel = y.reshape(101, -1, 67)
+    assert np.all(per_channel.min(axis=1) == per_channel.max(axis=1))  # one draw per channel
+    assert abs(1 - mask.mean() - 0.3) < 0.02  # 6767 draws: 4 sigma ~ 0.022
+    np.testing.assert_allclose(y.mean(), 1.0, atol=0.05)  # inverted: the mean is kept
+
+
+@pytest.mark.parametrize("shape", [(1,), (7, 3), (3, 5, 33)], ids=str)
+def test_gaussian_noise_matches_reference(target, shape):
+    x = rand(np.random.default_rng(2), shape, target.dtype)
+    check_op(target, "gaussian_noise_forward", x, 0.7, 1234, 99,
+             ref=gaussian_noise_forward_ref, rtol=Z_RTOL)
+
+
+@pytest.mark.parametrize("shape", [(1,), (7, 3), (3, 5, 33)], ids=str)
+def test_gaussian_dropout_matches_reference(target, shape):
+    rng = np.random.default_rng(3)
+    x = rand(rng, shape, target.dtype)
+    _, (_, noise) = check_op(target, "gaussian_dropout_forward", x, 0.4, 77, 2**35,
+                             ref=gaussian_dropout_forward_ref, rtol=Z_RTOL)
+    dy = rand(rng, shape, target.dtype)
+    check_op(target, "gaussian_dropout_backward", dy, noise,
+             ref=gaussian_dropout_backward_ref)
+
+
+def test_gaussian_noise_statistics(backend):
+    """Mean, standard deviation and tails of the noise on a large odd-sized input."""
+    x = backend.up(np.zeros((997, 1001), np.float32))
+    z = backend.down(backend.op("gaussian_noise_forward")(x, 1.0, 31, 0)).astype(np.float64)
+    n = z.size  # ~1e6 draws: standard errors 1e-3 (mean), 7e-4 (std)
+    assert abs(z.mean()) < 5e-3
+    assert abs(z.std() - 1.0) < 5e-3
+    assert abs(np.mean(np.abs(z) > 1.96) - 0.05) < 5 * np.sqrt(0.05 * 0.95 / n)
+    assert abs(np.mean(z ** 3)) < 0.02 and abs(np.mean(z ** 4) - 3.0) < 0.05
+
+
+def test_gaussian_dropout_statistics(backend):
+    rate = 0.25
+    x = backend.up(np.full((499, 1003), 2.0, np.float32))
+    y, noise = backend.op("gaussian_dropout_forward")(x, rate, 8, 5)
+    noise = backend.down(noise).astype(np.float64)
+    np.testing.assert_array_equal(backend.down(y), (2 * noise).astype(np.float32))
+    assert abs(noise.mean() - 1.0) < 5e-3
+    assert abs(noise.std() - np.sqrt(rate / (1 - rate))) < 5e-3
+
+
+@pytest.mark.opencl
+def test_noise_opencl_matches_cpu(ocl):
+    """The Philox words are bit-identical, so the spatial masks are; the normals differ only
+    by the two libms' logf/cosf rounding (fp64 is optional in OpenCL, so both stay float)."""
+    from pynn.backend import cpu
+
+    rng = np.random.default_rng(4)
+    x = rand(rng, (5, 7, 9, 33))
+    y, mask = cpu.spatial_dropout_forward(x, 0.5, 3, 17)
+    y_cl, mask_cl = ocl.spatial_dropout_forward(ocl.asarray(x), 0.5, 3, 17)
+    np.testing.assert_array_equal(mask_cl.get(), mask)
+    np.testing.assert_array_equal(y_cl.get(), y)
+    z = cpu.gaussian_noise_forward(np.zeros(100003, np.float32), 1.0, 3, 17)
+    z_cl = ocl.gaussian_noise_forward(ocl.zeros((100003,)), 1.0, 3, 17).get()
+    np.testing.assert_allclose(z_cl, z, rtol=1e-5, atol=2e-6)
+    # Same draws: their ranks agree (a stream shifted by one element would not).
+    np.testing.assert_array_equal(np.argsort(z_cl[:1000]), np.argsort(z[:1000]))
+
+
+def test_standard_normal_ref_is_box_muller_of_the_philox_words():
+    z = standard_normal_ref(200001, 9, 0)
+    assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
+
+
+def test_noise_thread_invariance(num_threads):
+    from pynn.backend import cpu
+
+    x = rand(np.random.default_rng(5), (301, 7, 5, 11))
+    out = []
+    for n in (1, 2, 3):
+        num_threads(n)
+        out.append((cpu.spatial_dropout_forward(x, 0.4, 1, 2)[0],
+                    cpu.gaussian_noise_forward(x, 0.5, 1, 2),
+                    cpu.gaussian_dropout_forward(x, 0.4, 1, 2)[0]))
+    for got in out[1:]:
+        for g, w in zip(got, out[0]):
+            np.testing.assert_array_equal(g, w)
+
+
+def noise_layers():
+    return [lambda: L.SpatialDropout2D(0.4, seed=3), lambda: L.GaussianNoise(0.5, seed=4),
+            lambda: L.GaussianDropout(0.3, seed=5)]
+
+
+@pytest.mark.parametrize("make", noise_layers())
+def test_noise_layers_are_identity_at_inference(make):
+    x = rand(np.random.default_rng(6), (3, 4, 5, 7))
+    layer = make()
+    assert layer(x) is x
+    assert layer(x, training=False) is x
+
+
+@pytest.mark.parametrize("make", noise_layers())
+def test_noise_layer_backward_finite_differences(make, float64, seeded):
+    """Rewinding the stream before every call fixes the draw, so the layer is a fixed
+    linear map whose backward central differences check (the mask or noise is applied to
+    dy exactly as to x)."""
+    layer = make()
+    x = seeded.normal(size=(2, 3, 4, 5))
+    gradcheck.check_layer(layer, x, seeded, before_call=lambda: layer.set_runtime_state(
+        {"offset": 0}))
+
+
+@pytest.mark.parametrize("make", noise_layers())
+def test_noise_layers_advance_and_resume_their_stream(make):
+    x = rand(np.random.default_rng(7), (3, 4, 5, 7))
+    layer = make()
+    first = np.array(layer(x, training=True))
+    second = np.array(layer(x, training=True))
+    assert not np.array_equal(first, second)
+    state = layer.runtime_state()
+    third = np.array(layer(x, training=True))
+    clone = type(layer).from_config(layer.get_config())
+    clone.set_runtime_state(state)
+    np.testing.assert_array_equal(clone(x, training=True), third)
+    assert clone.get_config() == layer.get_config()
+    assert set(L.LAYERS) >= {"SpatialDropout2D", "GaussianNoise", "GaussianDropout"}
+
+
+def test_noise_layers_match_keras_in_distribution():
+    """Keras draws from another generator, so the parity is statistical: the same mean and
+    spread of y - x (GaussianNoise), y / x (GaussianDropout) and of dropped channels."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    x = np.ones((64, 6, 6, 50), np.float32)
+    for ours, theirs, stat in [
+        (L.GaussianNoise(0.3, seed=1), keras.layers.GaussianNoise(0.3, seed=1),
+         lambda y: (np.mean(y - x), np.std(y - x))),
+        (L.GaussianDropout(0.2, seed=1), keras.layers.GaussianDropout(0.2, seed=1),
+         lambda y: (np.mean(y), np.std(y))),
+        (L.SpatialDropout2D(0.3, seed=1), keras.layers.SpatialDropout2D(0.3, seed=1),
+         lambda y: (np.mean(y[:, 0, 0, :] == 0), np.mean(y))),
+    ]:
+        got = stat(np.asarray(ours(x, training=True)))
+        want = stat(keras.ops.convert_to_numpy(theirs(x, training=True)))
+        np.testing.assert_allclose(got, want, atol=0.03)
+
+
+def test_noise_bad_inputs_name_what_came(backend):
+    b = backend.ops
+    x = backend.up(np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"spatial_dropout_forward: 'rate' must be in \[0, 1\)"):
+        b.spatial_dropout_forward(x, 1.0, 0, 0)
+    with pytest.raises(ValueError, match=r"spatial_dropout_forward: 'x' must be \(N, \.\.\., C\)"):
+        b.spatial_dropout_forward(backend.up(np.ones(3, np.float32)), 0.5, 0, 0)
+    with pytest.raises(ValueError, match=r"spatial_dropout_backward: 'mask' must have shape "
+                                         r"\(N, C\) = \(2, 3\), got \(3, 2\)"):
+        b.spatial_dropout_backward(x, backend.up(np.ones((3, 2), np.uint8)), 0.5)
+    with pytest.raises(ValueError, match=r"gaussian_noise_forward: 'stddev' must be in"):
+        b.gaussian_noise_forward(x, -1.0, 0, 0)
+    with pytest.raises(ValueError, match=r"gaussian_dropout_backward: 'noise' must have the "
+                                         r"shape of dy"):
+        b.gaussian_dropout_backward(x, backend.up(np.ones((3, 2), np.float32)))
+    with pytest.raises(ValueError, match=r"SpatialDropout2D 'sd': rate must be a number in "
+                                         r"\[0, 1\), got 2"):
+        L.SpatialDropout2D(2, name="sd")
+    with pytest.raises(ValueError, match=r"GaussianNoise 'gn': stddev must be a finite number"):
+        L.GaussianNoise(float("nan"), name="gn")
+    with pytest.raises(ValueError, match=r"SpatialDropout2D 'sd2': expected input shape "
+                                         r"\(None, H, W, C\)"):
+        L.SpatialDropout2D(0.5, name="sd2")(np.ones((2, 3), np.float32))

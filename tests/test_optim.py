@@ -5,12 +5,16 @@ The checks that hold on both backends take the ``backend`` fixture (tests/confte
 run one body on each; OpenCL-only checks are marked ``opencl``.
 """
 
+import os
+
 import numpy as np
 import pytest
 
+import pynn
+from pynn import constraints
 from pynn._native import optim
 from pynn._native.info import get_max_threads, set_num_threads
-from tests.backend_util import assert_close, check_op, rand
+from tests.backend_util import assert_close, check_inplace, check_op, rand
 from tests.reference import optim_ref as ref
 
 SIZES = [1, 3, 7, 13, 4099]           # 4099 crosses a reduction block
@@ -658,3 +662,101 @@ def test_small_work_groups_build_smaller_reduction_kernels(small_work_groups):
     rng = np.random.default_rng(31)
     check_op(small_work_groups, "sum_squares", rand(rng, (4099,)), ref=ref.sum_squares_ref,
              kind="reduction")
+
+
+# == issue 12: weight constraints (constraint_inplace, pynn/constraints.py) ================
+# (kind, min_value, max_value, rate): each kind, max_norm both clipping and not.
+CONSTRAINT_CASES = [("max_norm", 0.0, 2.0, 1.0), ("max_norm", 0.0, 0.5, 1.0),
+                    ("non_neg", 0.0, 0.0, 1.0), ("unit_norm", 0.0, 1.0, 1.0),
+                    ("min_max_norm", 0.5, 1.5, 1.0), ("min_max_norm", 0.8, 1.2, 0.3)]
+# (shape, axis): Dense kernels, Conv2D kernels over (kh, kw, in), a 1-d bias, middle axes.
+CONSTRAINT_SHAPES = [((7, 5), 0), ((7, 5), 1), ((3, 3, 4, 5), [0, 1, 2]), ((3, 3, 4, 5), 3),
+                     ((33,), 0), ((2, 3, 5, 7), (1, 2)), ((5, 3), None), ((5, 3), -1)]
+
+
+@pytest.mark.parametrize("shape,axis", CONSTRAINT_SHAPES, ids=str)
+@pytest.mark.parametrize("case", CONSTRAINT_CASES, ids=str)
+def test_constraint_inplace_matches_reference(target, case, shape, axis):
+    kind, lo, hi, rate = case
+    w = rand(np.random.default_rng(len(shape)), shape, target.dtype)
+    check_inplace(target, "constraint_inplace", [w], kind, lo, hi, rate, axis,
+                  ref_arrays=[ref.constraint_inplace_ref(w, kind, lo, hi, rate, axis)],
+                  rtol=1e-12 if target.dtype == np.float64 else None)
+
+
+def test_constraints_match_keras():
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    w = rand(np.random.default_rng(9), (3, 3, 4, 5))
+    for ours, theirs in [
+        (constraints.MaxNorm(1.5, axis=[0, 1, 2]), keras.constraints.MaxNorm(1.5, axis=[0, 1, 2])),
+        (constraints.MaxNorm(), keras.constraints.MaxNorm()),
+        (constraints.NonNeg(), keras.constraints.NonNeg()),
+        (constraints.UnitNorm(axis=3), keras.constraints.UnitNorm(axis=3)),
+        (constraints.MinMaxNorm(0.5, 1.0, 0.7, axis=[0, 1, 2]),
+         keras.constraints.MinMaxNorm(0.5, 1.0, 0.7, axis=[0, 1, 2])),
+    ]:
+        got = w.copy()
+        ours(got)
+        want = keras.ops.convert_to_numpy(theirs(w.copy()))
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7, err_msg=repr(ours))
+        assert ours.get_config() == theirs.get_config()
+
+
+def test_constraints_get_serialize_deserialize():
+    for name, cls in [("max_norm", constraints.MaxNorm), ("non_neg", constraints.NonNeg),
+                      ("unit_norm", constraints.UnitNorm),
+                      ("min_max_norm", constraints.MinMaxNorm), ("MaxNorm", constraints.MaxNorm)]:
+        assert type(constraints.get(name)) is cls
+    c = constraints.MinMaxNorm(0.1, 2.0, 0.5, axis=[0, 1])
+    s = constraints.serialize(c)
+    assert s == {"class_name": "MinMaxNorm",
+                 "config": {"min_value": 0.1, "max_value": 2.0, "rate": 0.5, "axis": [0, 1]}}
+    back = constraints.deserialize(s)
+    assert type(back) is constraints.MinMaxNorm and back.get_config() == c.get_config()
+    assert constraints.get(s).get_config() == c.get_config()
+    assert constraints.get(None) is None and constraints.serialize(None) is None
+    assert constraints.max_norm is constraints.MaxNorm
+    with pytest.raises(ValueError, match="Could not interpret constraint identifier: 'nope'"):
+        constraints.get("nope")
+
+
+def test_constraint_inplace_bad_inputs(backend):
+    b = backend.ops
+    w = backend.up(np.ones((2, 3, 4), np.float32))
+    with pytest.raises(ValueError, match="constraint_inplace: unknown constraint 'l2'"):
+        b.constraint_inplace(w, "l2", 0.0, 1.0, 1.0, 0)
+    with pytest.raises(ValueError, match=r"constraint_inplace: 'axis' \[0, 2\] must name "
+                                         r"adjacent axes"):
+        b.constraint_inplace(w, "max_norm", 0.0, 1.0, 1.0, [0, 2])
+    with pytest.raises(ValueError, match=r"constraint_inplace: 'axis' 3 is out of range for a "
+                                         r"weight of shape \(2, 3, 4\)"):
+        b.constraint_inplace(w, "unit_norm", 0.0, 1.0, 1.0, 3)
+    with pytest.raises(ValueError, match=r"min_max_norm needs 0 <= min_value <= max_value, "
+                                         r"got min_value=2.0, max_value=1.0"):
+        b.constraint_inplace(w, "min_max_norm", 2.0, 1.0, 1.0, 0)
+
+
+@pytest.mark.parametrize("layer", ["Dense", "Conv2D"])
+def test_kernel_and_bias_constraints_hold_after_training(layer, seeded):
+    L = pynn.layers
+    if layer == "Dense":
+        first = L.Dense(6, kernel_constraint=constraints.MaxNorm(0.3),
+                        bias_constraint="non_neg")
+        x = seeded.normal(size=(32, 5)).astype(np.float32)
+        head = []
+    else:
+        first = L.Conv2D(4, 3, kernel_constraint=constraints.MaxNorm(0.3, axis=[0, 1, 2]),
+                         bias_constraint="non_neg")
+        x = seeded.normal(size=(32, 6, 6, 2)).astype(np.float32)
+        head = [L.Flatten()]
+    model = pynn.Sequential([L.Input(x.shape[1:]), first, *head, L.Dense(1)])
+    model.compile(optimizer=pynn.optimizers.SGD(0.5), loss="mse")
+    model.fit(x, seeded.normal(size=(32, 1)).astype(np.float32), epochs=2, verbose=0)
+    kernel, bias = first.get_weights()
+    norms = np.sqrt(np.sum(kernel.reshape(-1, kernel.shape[-1]) ** 2, axis=0))
+    assert np.all(norms <= 0.3 + 1e-6) and np.all(bias >= 0)
+    config = first.get_config()
+    assert config["bias_constraint"] == {"class_name": "NonNeg", "config": {}}
+    clone = type(first).from_config(config)
+    assert clone.get_config() == config

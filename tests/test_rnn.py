@@ -118,6 +118,9 @@ def test_awkward_shapes(cell, shape):
     ("simple_rnn", "softplus", None), ("simple_rnn", "elu", None),
     ("lstm", "relu", "sigmoid"), ("lstm", "tanh", "tanh"), ("lstm", "selu", "sigmoid"),
     ("gru", "relu", "sigmoid"), ("gru", "leaky_relu", "tanh"), ("gru_before", "elu", "sigmoid"),
+    # issue 12's output-derived activations
+    ("lstm", "softsign", "hard_sigmoid"), ("gru", "relu6", "hard_sigmoid"),
+    ("simple_rnn", "relu6", None), ("gru_before", "softsign", "hard_sigmoid"),
 ])
 def test_other_activations(cell, activation, recurrent):
     """Non-default activations (Keras's default alpha for leaky_relu / elu)."""
@@ -674,6 +677,7 @@ def test_awkward_shapes_on_backend(backend, cell, shape):
 @pytest.mark.parametrize("cell,activation,recurrent", [
     ("simple_rnn", "relu", None), ("lstm", "relu", "tanh"), ("gru", "elu", "sigmoid"),
     ("gru_before", "leaky_relu", "tanh"),
+    ("lstm", "softsign", "hard_sigmoid"), ("gru", "relu6", "hard_sigmoid"),
 ])
 def test_other_activations_on_backend(backend, cell, activation, recurrent):
     compare_on_backend(backend, cell, (3, 4, 5, 3), True, False,

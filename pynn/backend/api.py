@@ -39,16 +39,25 @@ Conventions
 """
 
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "leaky_relu", "elu", "selu",
-               "gelu", "softplus")
+               "gelu", "softplus",
+               # -- activations (issue 12): appended, so the codes above keep their numbers
+               "relu6", "hard_sigmoid", "silu", "hard_silu", "mish", "exponential", "softsign")
+
+# Keras 3's second names for one function (keras.activations: swish is silu, hard_swish is
+# hard_silu). The ops take either and work under the canonical name.
+ACTIVATION_ALIASES = {"swish": "silu", "hard_swish": "hard_silu"}
 
 # Activations whose derivative cannot be computed from the output alone: the forward op then
 # also returns the pre-activation ``z`` (otherwise ``z`` is None).
-ACTIVATIONS_NEEDING_INPUT = ("gelu",)
+ACTIVATIONS_NEEDING_INPUT = ("gelu", "silu", "hard_silu", "mish")
 
 # The recurrent kernels take their derivatives from the activation's output, so softmax and
-# gelu are not offered there; leaky_relu and elu use Keras's default parameters.
+# ACTIVATIONS_NEEDING_INPUT are not offered there; leaky_relu and elu use Keras's default
+# parameters.
 RNN_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu",
-                   "softplus")
+                   "softplus",
+                   # -- activations (issue 12): hard_sigmoid is Keras 2's LSTM default
+                   "relu6", "hard_sigmoid", "softsign")
 # The activations' parameters as keras.activations defines them (leaky_relu's negative_slope,
 # elu's alpha), used where an activation is named without one.
 DEFAULT_ALPHA = {"leaky_relu": 0.2, "elu": 1.0}
@@ -183,7 +192,7 @@ OPS = {
     # Keras 3's SimpleRNN / LSTM (gates i, f, c, o) / GRU (gates z, r, h) over a whole
     # sequence, zero initial state. x (N, T, C), kernel (C, k*U), recurrent_kernel (U, k*U),
     # bias (k*U,) or None; GRU with reset_after: bias (2, 3U) = (input row, recurrent row).
-    # activation / recurrent_activation: names from ACTIVATIONS but softmax and gelu.
+    # activation / recurrent_activation: names from RNN_ACTIVATIONS.
     # Forward -> (y, cache): y is h_seq (N, T, U) when return_sequences, else the last output
     # (N, U); go_backwards reads x from its last step and returns outputs in that processing
     # order (Keras). cache is a tuple of backend arrays that only the matching backward reads.
@@ -257,7 +266,38 @@ OPS = {
     "group_norm_forward": ("x", "gamma", "beta", "groups", "epsilon", "rms_scaling"),
     "group_norm_backward": ("dy", "x", "gamma", "mean", "inv_std", "groups", "rms_scaling",
                             "need_input_grad"),
+    # -- issue 12: activation layers, noise layers, constraints ----------------------------
+    # activation (native/activation.pyx): Keras 3's relu(x, negative_slope, max_value,
+    # threshold): min(x, max_value) where x > threshold, else negative_slope * (x -
+    # threshold); max_value None is no cap. Backward reads the input x.
+    "relu_forward": ("x", "max_value", "negative_slope", "threshold"),
+    "relu_backward": ("dy", "x", "max_value", "negative_slope", "threshold"),
+    # PReLU: y = x where x > 0 else alpha * x; alpha has x's feature shape with 1 on the
+    # shared axes (Keras's weight). Backward -> (dx or None, dalpha summed over the batch and
+    # the shared axes, deterministic).
+    "prelu_forward": ("x", "alpha"),
+    "prelu_backward": ("dy", "x", "alpha", "need_input_grad"),
+    # Softmax along any one axis (activation_forward's softmax is the last axis).
+    "softmax_forward": ("x", "axis"),
+    "softmax_backward": ("dy", "y", "axis"),
+    # dropout (native/dropout.pyx): the Philox stream of dropout_forward. Spatial dropout
+    # keeps or drops whole channels: x (N, ..., C), mask (N, C) uint8 drawn exactly as
+    # dropout_forward's mask of an (N, C) array. Gaussian noise: one normal per element from
+    # Box-Muller on the words of the element's Philox call; GaussianNoise y = x + stddev*z,
+    # GaussianDropout y = x * noise with noise = 1 + sqrt(rate / (1 - rate)) * z.
+    "spatial_dropout_forward": ("x", "rate", "seed", "offset"),           # -> (y, mask)
+    "spatial_dropout_backward": ("dy", "mask", "rate"),
+    "gaussian_noise_forward": ("x", "stddev", "seed", "offset"),          # -> y
+    "gaussian_dropout_forward": ("x", "rate", "seed", "offset"),          # -> (y, noise)
+    "gaussian_dropout_backward": ("dy", "noise"),
+    # optim (native/optim.pyx): Keras 3's weight constraints, projecting w in place. kind is
+    # one of CONSTRAINTS; norms are over ``axis`` (an int or a tuple of adjacent axes) with
+    # Keras's epsilon 1e-7: w *= desired / (eps + norm).
+    "constraint_inplace": ("w", "kind", "min_value", "max_value", "rate", "axis"),
 }
+
+# The constraint_inplace kinds (pynn/constraints.py), codes in this order.
+CONSTRAINTS = ("max_norm", "non_neg", "unit_norm", "min_max_norm")
 
 
 def conv2d_backward_composed(ops, dy, x, z, y, kernel, strides=(1, 1), padding="valid",

@@ -92,6 +92,17 @@ from pynn._native.depthwise import (  # noqa: F401
     grouped_conv2d_backward_weight,
     grouped_conv2d_forward,
 )
+# -- issue 12: activation layers, noise layers, constraints ------------------------------
+from pynn._native.activation import (  # noqa: F401
+    prelu_backward, prelu_forward, relu_backward, relu_forward, softmax_backward,
+    softmax_forward,
+)
+from pynn._native.dropout import (  # noqa: F401
+    gaussian_dropout_backward, gaussian_dropout_forward, gaussian_noise_forward,
+    spatial_dropout_backward, spatial_dropout_forward,
+)
+from pynn._native.optim import constraint_inplace  # noqa: F401
+# -- end issue 12
 from pynn.backend.operands.common import host_array
 
 NAME = "cpu"

@@ -41,6 +41,9 @@ from pynn.layers.pooling import (
 # -- spatial and shape families --
 from pynn.layers.shape import Identity, Permute, RepeatVector
 from pynn.layers.spatial import Cropping2D, UpSampling2D, ZeroPadding2D
+# -- issue 12: activation and noise layers
+from pynn.layers.activation import ELU, LeakyReLU, PReLU, ReLU, Softmax
+from pynn.layers.noise import GaussianDropout, GaussianNoise, SpatialDropout2D
 
 LAYERS = {cls.__name__: cls for cls in (
     InputLayer, Dense, Activation, Dropout, Flatten, Reshape, Conv2D, MaxPooling2D,
@@ -54,6 +57,10 @@ LAYERS = {cls.__name__: cls for cls in (
     # convolution variants (issue 12)
     Conv2DTranspose, DepthwiseConv2D, SeparableConv2D,
 )}
+# -- issue 12: activation and noise layers
+LAYERS.update({cls.__name__: cls for cls in (
+    ReLU, LeakyReLU, PReLU, ELU, Softmax, SpatialDropout2D, GaussianNoise, GaussianDropout,
+)})
 
 # Keras aliases.
 MaxPool2D = MaxPooling2D

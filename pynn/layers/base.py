@@ -289,7 +289,7 @@ def is_complex(x):
 def activation_config(activation, layer=None):
     """Normalize an activation argument to (name, alpha) as the backend expects it; errors
     name ``layer`` (a Layer) when given."""
-    from pynn.backend.api import ACTIVATIONS, DEFAULT_ALPHA
+    from pynn.backend.api import ACTIVATION_ALIASES, ACTIVATIONS, DEFAULT_ALPHA
 
     where = f"{type(layer).__name__} '{layer.name}': " if layer is not None else ""
     if activation is None:
@@ -298,6 +298,7 @@ def activation_config(activation, layer=None):
         raise ValueError(f"{where}activation must be one of {ACTIVATIONS} or None, got "
                          f"{activation!r}")
     name = activation.lower()
+    name = ACTIVATION_ALIASES.get(name, name)
     if name not in ACTIVATIONS:
         raise ValueError(f"{where}unknown activation {activation!r}; expected one of "
                          f"{ACTIVATIONS}")

@@ -2,7 +2,7 @@
 GEMM conv2d_* ops; groups > 1 the direct grouped_conv2d_* ops (native/depthwise.pyx), whose
 per-group reductions are short."""
 
-from pynn import backend, initializers, regularizers
+from pynn import backend, constraints, initializers, regularizers
 from pynn.backend.operands.common import conv_output_size
 from pynn.layers.base import (
     Layer,
@@ -19,7 +19,8 @@ class Conv2D(Layer):
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None,
                  dilation_rate=(1, 1), groups=1, activation=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
-                 kernel_regularizer=None, bias_regularizer=None, **kwargs):
+                 kernel_regularizer=None, bias_regularizer=None, kernel_constraint=None,
+                 bias_constraint=None, **kwargs):
         super().__init__(**kwargs)
         label = f"Conv2D '{self.name}'"
         if not isinstance(filters, int) or isinstance(filters, bool) or filters < 1:
@@ -44,6 +45,8 @@ class Conv2D(Layer):
         self.bias_initializer = initializers.get(bias_initializer)
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
         self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.kernel_constraint = constraints.get(kernel_constraint)
+        self.bias_constraint = constraints.get(bias_constraint)
 
     def build(self, input_shape):
         if len(input_shape) != 4 or input_shape[-1] is None:
@@ -55,9 +58,11 @@ class Conv2D(Layer):
         kh, kw = self.kernel_size
         self.kernel = self.add_weight("kernel",
                                       (kh, kw, input_shape[-1] // self.groups, self.filters),
-                                      self.kernel_initializer, self.kernel_regularizer)
+                                      self.kernel_initializer, self.kernel_regularizer,
+                                      constraint=self.kernel_constraint)
         self.bias = (self.add_weight("bias", (self.filters,), self.bias_initializer,
-                                     self.bias_regularizer) if self.use_bias else None)
+                                     self.bias_regularizer, constraint=self.bias_constraint)
+                     if self.use_bias else None)
         super().build(input_shape)
 
     def compute_output_shape(self, input_shape):
@@ -124,5 +129,7 @@ class Conv2D(Layer):
             bias_initializer=initializers.serialize(self.bias_initializer),
             kernel_regularizer=regularizers.serialize(self.kernel_regularizer),
             bias_regularizer=regularizers.serialize(self.bias_regularizer),
+            kernel_constraint=constraints.serialize(self.kernel_constraint),
+            bias_constraint=constraints.serialize(self.bias_constraint),
         )
         return config

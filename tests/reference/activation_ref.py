@@ -40,6 +40,21 @@ def activation_forward_ref(x, activation, alpha=0.0):
         return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
     if activation == "softplus":
         return np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0.0)
+    # -- issue 12: torch's definitions, which Keras 3's torch backend calls
+    if activation == "relu6":
+        return np.clip(x, 0.0, 6.0)
+    if activation == "hard_sigmoid":
+        return np.clip(x + 3.0, 0.0, 6.0) / 6.0
+    if activation in ("silu", "swish"):
+        return x / (1.0 + np.exp(-x))
+    if activation in ("hard_silu", "hard_swish"):
+        return x * np.clip(x + 3.0, 0.0, 6.0) / 6.0
+    if activation == "mish":
+        return x * np.tanh(np.logaddexp(0.0, x))
+    if activation == "exponential":
+        return np.exp(x)
+    if activation == "softsign":
+        return x / (1.0 + np.abs(x))
     raise ValueError(activation)
 
 
@@ -70,6 +85,22 @@ def activation_backward_ref(dy, x, activation, alpha=0.0):
             2 * math.pi)
     elif activation == "softplus":
         d = 1.0 / (1.0 + np.exp(-x))
+    elif activation == "relu6":
+        d = ((x > 0) & (x < 6)).astype(np.float64)
+    elif activation == "hard_sigmoid":
+        d = np.where((x > -3) & (x < 3), 1.0 / 6.0, 0.0)
+    elif activation in ("silu", "swish"):
+        s = 1.0 / (1.0 + np.exp(-x))
+        d = s + x * s * (1 - s)
+    elif activation in ("hard_silu", "hard_swish"):
+        d = np.where(x < -3, 0.0, np.where(x <= 3, (2 * x + 3) / 6.0, 1.0))
+    elif activation == "mish":
+        sp = np.logaddexp(0.0, x)
+        d = np.tanh(sp) + x * (1 - np.tanh(sp) ** 2) / (1.0 + np.exp(-x))
+    elif activation == "exponential":
+        d = np.exp(x)
+    elif activation == "softsign":
+        d = 1.0 / (1.0 + np.abs(x)) ** 2
     else:
         raise ValueError(activation)
     return dy * d
@@ -96,3 +127,52 @@ def numerical_derivative(f, x, eps):
         flat[i] = orig
         gflat[i] = (-vals[0] + 8 * vals[1] - 8 * vals[2] + vals[3]) / (12 * eps)
     return grad
+
+
+# -- issue 12: the activation layers' ops ---------------------------------------------------
+def relu_forward_ref(x, max_value=None, negative_slope=0.0, threshold=0.0):
+    """Keras 3's ReLU.static_call, step by step (relu, clip, minus the negative part)."""
+    x = np.asarray(x, dtype=np.float64)
+    pos = np.where(x > threshold, x, 0.0) if threshold != 0 else np.maximum(x, 0.0)
+    if max_value is not None:
+        pos = np.clip(pos, 0.0, max_value)
+    return pos - negative_slope * np.maximum(threshold - x, 0.0)
+
+
+def relu_backward_ref(dy, x, max_value=None, negative_slope=0.0, threshold=0.0):
+    x = np.asarray(x, dtype=np.float64)
+    cap = np.inf if max_value is None else max_value
+    d = np.where(x > threshold, (x < cap).astype(np.float64),
+                 np.where(x < threshold, negative_slope, 0.0))
+    return np.asarray(dy, dtype=np.float64) * d
+
+
+def prelu_forward_ref(x, alpha):
+    """Keras 3's PReLU.call: relu(x) - alpha * relu(-x), alpha broadcast over the batch."""
+    x = np.asarray(x, dtype=np.float64)
+    alpha = np.asarray(alpha, dtype=np.float64)[None]
+    return np.maximum(x, 0.0) - alpha * np.maximum(-x, 0.0)
+
+
+def prelu_backward_ref(dy, x, alpha, need_input_grad=True):
+    """(dx or None, dalpha): dalpha sums x * dy where x < 0 over the batch and the axes
+    where alpha has size 1."""
+    x = np.asarray(x, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    alpha = np.asarray(alpha, dtype=np.float64)
+    dx = np.where(x > 0, dy, alpha[None] * dy) if need_input_grad else None
+    contrib = np.where(x < 0, x * dy, 0.0).sum(axis=0)
+    shared = tuple(i for i, a in enumerate(alpha.shape) if a == 1)
+    return dx, contrib.sum(axis=shared, keepdims=True).reshape(alpha.shape)
+
+
+def softmax_forward_ref(x, axis=-1):
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def softmax_backward_ref(dy, y, axis=-1):
+    dy = np.asarray(dy, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    return y * (dy - np.sum(dy * y, axis=axis, keepdims=True))

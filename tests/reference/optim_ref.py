@@ -222,3 +222,20 @@ def cosine_decay_ref(step, initial_learning_rate, decay_steps, alpha=0.0, warmup
         return (warmup_target - initial_learning_rate) * step / warmup_steps + \
             initial_learning_rate
     return decay(step - warmup_steps, warmup_target)
+
+
+# -- issue 12: weight constraints ------------------------------------------------------------
+def constraint_inplace_ref(w, kind, min_value=0.0, max_value=1.0, rate=1.0, axis=0):
+    """The projected weight (a new float64 array), Keras 3's formulas with epsilon 1e-7."""
+    w = np.asarray(w, dtype=np.float64)
+    if kind == "non_neg":
+        return np.maximum(w, 0.0)
+    ax = tuple(axis) if isinstance(axis, (list, tuple)) else axis
+    norms = np.sqrt(np.sum(np.square(w), axis=ax, keepdims=True))
+    if kind == "unit_norm":
+        return w / (1e-7 + norms)
+    if kind == "max_norm":
+        desired = np.clip(norms, 0.0, max_value)
+    else:
+        desired = rate * np.clip(norms, min_value, max_value) + (1 - rate) * norms
+    return w * (desired / (1e-7 + norms))

@@ -38,6 +38,15 @@ def act(name, z):
         return _SELU_SCALE * np.where(z > 0, z, _SELU_ALPHA * np.expm1(np.minimum(z, 0)))
     if name == "softplus":
         return np.logaddexp(z, 0.0)
+    # -- issue 12: the activations whose derivative the kernels take from the output
+    if name == "relu6":
+        return np.clip(z, 0.0, 6.0)
+    if name == "hard_sigmoid":
+        return np.clip(z + 3.0, 0.0, 6.0) / 6.0
+    if name == "exponential":
+        return np.exp(z)
+    if name == "softsign":
+        return z / (1.0 + np.abs(z))
     raise ValueError(f"rnn_ref: no oracle for activation {name!r}")
 
 

@@ -64,6 +64,17 @@ from pynn.backend.opencl.depthwise import (  # noqa: F401
     depthwise_conv2d_forward, grouped_conv2d_backward_input, grouped_conv2d_backward_weight,
     grouped_conv2d_forward,
 )
+# -- issue 12: activation layers, noise layers, constraints ------------------------------
+from pynn.backend.opencl.activation import (  # noqa: F401
+    prelu_backward, prelu_forward, relu_backward, relu_forward, softmax_backward,
+    softmax_forward,
+)
+from pynn.backend.opencl.dropout import (  # noqa: F401
+    gaussian_dropout_backward, gaussian_dropout_forward, gaussian_noise_forward,
+    spatial_dropout_backward, spatial_dropout_forward,
+)
+from pynn.backend.opencl.optim import constraint_inplace  # noqa: F401
+# -- end issue 12
 from pynn.backend.opencl.runtime import (  # noqa: F401
     device_info, devices, empty_cache, select_device,
 )

@@ -40,7 +40,7 @@ def activation_forward(x, activation, alpha=0.0):
 
 def activation_backward(dy, x, y, activation, alpha=0.0):
     """dL/dx from dL/dy; ``y`` is the forward output, ``x`` the pre-activation (needed by
-    gelu only, otherwise checked when given)."""
+    ACTIVATIONS_NEEDING_INPUT only, otherwise checked when given)."""
     op = "activation_backward"
     name, a, dy, x, y = operands.activation_backward(DEVICE, dy, x, y, activation, alpha)
     dx = rt.empty(dy.shape, what=f"{op} output")
@@ -52,7 +52,8 @@ def activation_backward(dy, x, y, activation, alpha=0.0):
         rt.launch(kernel("activation", "softmax_backward"), (rows * row_wg,), (row_wg,), dy,
                   y, dx, rows, k)
         return dx
-    # The kernel reads x only for gelu and y only for the others: the unused one may alias.
+    # The kernel reads x only for ACTIVATIONS_NEEDING_INPUT, y for the others: the unused
+    # one may alias.
     elementwise("activation", "activation_backward", dy.size, dy,
                 x if x is not None else y, y if y is not None else x, dx, dy.size,
                 ACTIVATIONS.index(name), a)
@@ -80,7 +81,8 @@ def activation_bias_backward(dy, x, y, activation, alpha=0.0):
     chunk_rows, chunks = column_chunks(rows)
     partial = rt.empty((chunks, cols), np.float32, f"{op} partials")
     knl = rt.kernel("reduce", "activation_bias_backward_partial")
-    # The kernel reads x only for gelu and y only for the others: the unused one may alias.
+    # The kernel reads x only for ACTIVATIONS_NEEDING_INPUT, y for the others: the unused
+    # one may alias.
     rt.launch(knl, (cols, chunks), (REDUCE_WG, 1), rows, cols, chunk_rows, dy,
               x if x is not None else y, y if y is not None else x, dz, partial,
               ACTIVATIONS.index(name), a)
@@ -90,7 +92,7 @@ def activation_bias_backward(dy, x, y, activation, alpha=0.0):
 
 def fused_epilogue(op, name, z_shape):
     """(y, z, kernel code, softmax-after) of a GEMM whose epilogue applies the activation:
-    softmax runs as its own row op after a linear epilogue; gelu keeps z."""
+    softmax runs as its own row op after a linear epilogue; ACTIVATIONS_NEEDING_INPUT keep z."""
     if name == "softmax":
         z = rt.empty(z_shape, np.float32, f"{op} pre-activation")
         return z, None, ACTIVATIONS.index("linear"), True
@@ -98,3 +100,78 @@ def fused_epilogue(op, name, z_shape):
     z = rt.empty(z_shape, np.float32, f"{op} pre-activation") if (
         name in ACTIVATIONS_NEEDING_INPUT) else None
     return y, z, ACTIVATIONS.index(name), False
+
+
+# -- issue 12: the activation layers' parametrized ops (opencl/activation.cl) -------------
+def relu_forward(x, max_value=None, negative_slope=0.0, threshold=0.0):
+    """Keras 3's parametrized relu; max_value None means no cap."""
+    mv, s, t, x = operands.relu_forward(DEVICE, x, max_value, negative_slope, threshold)
+    y = rt.empty(x.shape, what="relu_forward output")
+    elementwise("activation", "relu_forward", x.size, x, y, x.size, np.float32(mv),
+                np.float32(s), np.float32(t))
+    return y
+
+
+def relu_backward(dy, x, max_value=None, negative_slope=0.0, threshold=0.0):
+    """dL/dx of relu_forward from dL/dy and the forward input x."""
+    mv, s, t, dy, x = operands.relu_backward(DEVICE, dy, x, max_value, negative_slope,
+                                             threshold)
+    dx = rt.empty(dy.shape, what="relu_backward output")
+    elementwise("activation", "relu_backward", dy.size, dy, x, dx, dy.size, np.float32(mv),
+                np.float32(s), np.float32(t))
+    return dx
+
+
+def _int4(values):
+    """Four ints as an OpenCL int4 kernel argument (prelu's merged groups)."""
+    from pyopencl import cltypes
+
+    return np.array(values, dtype=np.int32).view(cltypes.int4)[0]
+
+
+def prelu_forward(x, alpha):
+    """y = x where x > 0, else alpha * x (alpha broadcast over the batch and shared axes)."""
+    x, alpha, dims, strides = operands.prelu_forward(DEVICE, x, alpha)
+    y = rt.empty(x.shape, what="prelu_forward output")
+    cols = x.size // x.shape[0] if x.shape[0] else 1
+    elementwise("activation", "prelu_forward", x.size, x, alpha, y, x.size, cols,
+                _int4(dims), _int4(strides))
+    return y
+
+
+def prelu_backward(dy, x, alpha, need_input_grad=True):
+    """(dx or None, dalpha), dalpha summed per alpha element in a fixed order."""
+    dy, x, alpha, dims, strides = operands.prelu_backward(DEVICE, dy, x, alpha)
+    rows = x.shape[0]
+    cols = x.size // rows if rows else 1
+    dx = None
+    if need_input_grad:
+        dx = rt.empty(dy.shape, what="prelu_backward input gradient")
+        elementwise("activation", "prelu_backward_input", dy.size, dy, x, alpha, dx, dy.size,
+                    cols, _int4(dims), _int4(strides))
+    dalpha = rt.empty(alpha.shape, what="prelu_backward alpha gradient")
+    elementwise("activation", "prelu_backward_alpha", alpha.size, dy, x, dalpha, alpha.size,
+                rows, cols, _int4(dims), _int4(strides))
+    return dx, dalpha
+
+
+def softmax_forward(x, axis=-1):
+    """Softmax along ``axis``: the row kernel on the last axis, strided lines elsewhere."""
+    x, (outer, k, inner) = operands.softmax_forward(DEVICE, x, axis)
+    if inner == 1:
+        return activation_forward(x, "softmax")
+    y = rt.empty(x.shape, what="softmax_forward output")
+    elementwise("activation", "softmax_lines_forward", outer * inner, x, y, outer * inner, k,
+                inner)
+    return y
+
+
+def softmax_backward(dy, y, axis=-1):
+    """dL/dx of softmax_forward from dL/dy and its output y."""
+    dy, y, (outer, k, inner) = operands.softmax_backward(DEVICE, dy, y, axis)
+    if inner == 1:
+        return activation_backward(dy, None, y, "softmax")
+    dx = rt.empty(dy.shape, what="softmax_backward output")
+    elementwise("activation", "softmax_lines_backward", outer * inner, dy, y, dx,
+                outer * inner, k, inner)
+    return dx

@@ -42,3 +42,64 @@ def philox4x32_10_block(counter, key):
     rt.launch(kernel("dropout", "philox4x32_10_block"), (1,), None, ctr, out, 1,
               np.uint32(k[0]), np.uint32(k[1]))
     return tuple(int(v) for v in out.get())
+
+
+# -- issue 12: noise layers (opencl/dropout.cl) ---------------------------------------------
+def spatial_dropout_forward(x, rate, seed, offset=0):
+    """Channel dropout -> (y, mask uint8 (N, C)); the mask is dropout_forward's mask of an
+    (N, C) array, bit-identical to the CPU's."""
+    op = "spatial_dropout_forward"
+    r, seed, offset, x = operands.spatial_dropout_forward(DEVICE, x, rate, seed, offset)
+    n, c = x.shape[0], x.shape[x.ndim - 1]
+    ones = rt.empty((n * c,), what=f"{op} mask draw")
+    ones.fill(1)
+    _, mask = dropout_forward(ones, r, seed, offset)
+    mask = mask.reshape(n, c)
+    return _channel_mask_apply(op, x, mask, r), mask
+
+
+def spatial_dropout_backward(dy, mask, rate):
+    """dx = dy * mask[n, c] / (1 - rate)."""
+    op = "spatial_dropout_backward"
+    r, dy, mask = operands.spatial_dropout_backward(DEVICE, dy, mask, rate)
+    return _channel_mask_apply(op, dy, mask, r)
+
+
+def _channel_mask_apply(op, x, mask, rate):
+    y = rt.empty(x.shape, what=f"{op} output")
+    c = x.shape[x.ndim - 1]
+    sc = x.size // x.shape[0] if x.shape[0] else 1
+    elementwise("dropout", "spatial_dropout_apply", x.size, x, mask, y, x.size, sc, c,
+                np.float32(1.0 / (1.0 - rate)))
+    return y
+
+
+def _gaussian(op, x, seed, offset, mean, stddev, multiply):
+    y = rt.empty(x.shape, what=f"{op} output")
+    noise = rt.empty(x.shape, what=f"{op} noise") if multiply else y
+    elementwise("dropout", "gaussian_noise_forward", x.size, x, y, noise, x.size,
+                np.uint64(seed), np.uint64(offset), np.float32(mean), np.float32(stddev),
+                multiply, multiply)
+    return y, noise
+
+
+def gaussian_noise_forward(x, stddev, seed, offset=0):
+    """y = x + stddev * z (z: the CPU's normal draws, to float rounding)."""
+    op = "gaussian_noise_forward"
+    s, seed, offset, x = operands.gaussian_noise_forward(DEVICE, x, stddev, seed, offset)
+    return _gaussian(op, x, seed, offset, 0.0, s, False)[0]
+
+
+def gaussian_dropout_forward(x, rate, seed, offset=0):
+    """-> (y, noise): noise = 1 + sqrt(rate / (1 - rate)) * z, y = x * noise."""
+    op = "gaussian_dropout_forward"
+    s, seed, offset, x = operands.gaussian_dropout_forward(DEVICE, x, rate, seed, offset)
+    return _gaussian(op, x, seed, offset, 1.0, s, True)
+
+
+def gaussian_dropout_backward(dy, noise):
+    """dx = dy * noise."""
+    dy, noise = operands.gaussian_dropout_backward(DEVICE, dy, noise)
+    dx = rt.empty(dy.shape, what="gaussian_dropout_backward output")
+    elementwise("dropout", "gaussian_dropout_backward", dy.size, dy, noise, dx, dy.size)
+    return dx

@@ -67,3 +67,12 @@ def adagrad_update(w, g, accumulator, lr, epsilon, grad_scale, clipvalue, weight
         DEVICE, w, g, accumulator, lr, epsilon, grad_scale, clipvalue, weight_decay)
     elementwise("optim", "adagrad_update", w.size, w, g, accumulator, w.size, lr, epsilon,
                 *clip)
+
+
+# -- issue 12: weight constraints (opencl/optim.cl) ----------------------------------------
+def constraint_inplace(w, kind, min_value=0.0, max_value=1.0, rate=1.0, axis=0):
+    """Project w in place by a Keras 3 constraint; norms over ``axis``. Returns None."""
+    w, code, lo, hi, r, (outer, k, inner) = operands.constraint_inplace(
+        DEVICE, w, kind, min_value, max_value, rate, axis)
+    elementwise("optim", "constraint_inplace", outer * inner, w, outer * inner, k, inner,
+                code, lo, hi, r)

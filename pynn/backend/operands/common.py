@@ -17,7 +17,7 @@ import operator
 
 import numpy as np
 
-from pynn.backend.api import ACTIVATIONS
+from pynn.backend.api import ACTIVATION_ALIASES, ACTIVATIONS
 
 FLOAT_DTYPES = (np.float32, np.float64)
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -167,6 +167,7 @@ def huber_delta(op, param):
 
 def activation_name(op, activation):
     name = "linear" if activation is None else str(activation).lower()
+    name = ACTIVATION_ALIASES.get(name, name)
     if name not in ACTIVATIONS:
         raise ValueError(f"{op}: unknown activation {activation!r}; expected one of {ACTIVATIONS}")
     return name

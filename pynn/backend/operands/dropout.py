@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from pynn.backend.operands.common import uint64
+from pynn.backend.operands.common import number, uint64
 
 
 def drop_rate(op, value):
@@ -26,9 +26,8 @@ def dropout_threshold(rate):
     return int(math.floor(drop_rate("dropout_threshold", rate) * 4294967296.0))
 
 
-def dropout_forward(arrays, x, rate, seed, offset):
+def dropout_forward(arrays, x, rate, seed, offset, op="dropout_forward"):
     """-> (rate, seed, offset, x)."""
-    op = "dropout_forward"
     r = drop_rate(op, rate)
     seed = uint64(op, "seed", seed)
     offset = uint64(op, "offset", offset)
@@ -54,3 +53,54 @@ def philox4x32_10_block(counter, key):
         raise ValueError("philox4x32_10_block: expected 4 counter and 2 key uint32 words, "
                          f"got counter={counter!r}, key={key!r}")
     return c, k
+
+
+# -- issue 12: noise layers ----------------------------------------------------------------
+def spatial_dropout_forward(arrays, x, rate, seed, offset):
+    """-> (rate, seed, offset, x); x has a batch and a channel axis."""
+    op = "spatial_dropout_forward"
+    r, seed, offset, x = dropout_forward(arrays, x, rate, seed, offset, op)
+    if x.ndim < 2:
+        raise ValueError(f"{op}: 'x' must be (N, ..., C), at least 2 dimensions, got shape "
+                         f"{x.shape}")
+    return r, seed, offset, x
+
+
+def spatial_dropout_backward(arrays, dy, mask, rate):
+    """-> (rate, dy, mask uint8 (N, C))."""
+    op = "spatial_dropout_backward"
+    r = drop_rate(op, rate)
+    dy = arrays.float_input(op, "dy", dy)
+    mask = arrays.mask_input(op, "mask", mask)
+    if dy.ndim < 2:
+        raise ValueError(f"{op}: 'dy' must be (N, ..., C), got shape {dy.shape}")
+    want = (dy.shape[0], dy.shape[dy.ndim - 1])
+    if tuple(mask.shape) != want:
+        raise ValueError(f"{op}: 'mask' must have shape (N, C) = {want}, got {mask.shape}")
+    return r, dy, mask
+
+
+def gaussian_noise_forward(arrays, x, stddev, seed, offset):
+    """-> (stddev, seed, offset, x)."""
+    op = "gaussian_noise_forward"
+    s = number(op, "stddev", stddev, lo=0.0)
+    return s, uint64(op, "seed", seed), uint64(op, "offset", offset), arrays.float_input(
+        op, "x", x)
+
+
+def gaussian_dropout_forward(arrays, x, rate, seed, offset):
+    """-> (stddev = sqrt(rate / (1 - rate)), seed, offset, x)."""
+    op = "gaussian_dropout_forward"
+    r, seed, offset, x = dropout_forward(arrays, x, rate, seed, offset, op)
+    return math.sqrt(r / (1.0 - r)), seed, offset, x
+
+
+def gaussian_dropout_backward(arrays, dy, noise):
+    """-> (dy, noise shaped like dy)."""
+    op = "gaussian_dropout_backward"
+    dy = arrays.float_input(op, "dy", dy)
+    noise = arrays.float_input(op, "noise", noise, like=dy)
+    if noise.shape != dy.shape:
+        raise ValueError(f"{op}: 'noise' must have the shape of dy {dy.shape}, got "
+                         f"{noise.shape}")
+    return dy, noise

@@ -6,9 +6,11 @@ tuple (grad_scale, clipvalue, weight_decay * lr) that each rule applies first.
 """
 
 import functools
+import math
 
 import numpy as np
 
+from pynn.backend.api import CONSTRAINTS
 from pynn.backend.operands.common import distinct, number, slot
 
 
@@ -156,3 +158,45 @@ def regularizer_inplace(arrays, w, grad, l1, l2):
 
 def sum_squares(arrays, a):
     return arrays.float_input("sum_squares", "a", a)
+
+
+# -- issue 12: weight constraints ----------------------------------------------------------
+def constraint_axes(op, shape, axis):
+    """(outer, K, inner) of the norm lines: ``axis`` (an int, a list of adjacent ints, or None
+    for every axis) folded into one middle axis of K elements."""
+    ndim = len(shape)
+    if axis is None:
+        axes = list(range(ndim))
+    else:
+        items = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+        if not items or any(isinstance(a, bool) or not isinstance(a, (int, np.integer))
+                            for a in items):
+            raise TypeError(f"{op}: 'axis' must be an int, a list of ints or None, got "
+                            f"{axis!r}")
+        if any(not -ndim <= a < ndim for a in items):
+            raise ValueError(f"{op}: 'axis' {axis!r} is out of range for a weight of shape "
+                             f"{tuple(shape)}")
+        axes = sorted({int(a) % ndim for a in items})
+    if axes and axes != list(range(axes[0], axes[-1] + 1)):
+        raise ValueError(f"{op}: 'axis' {axis!r} must name adjacent axes (a norm over one "
+                         f"block of the weight of shape {tuple(shape)})")
+    if not axes:  # a 0-d weight: its norm is its magnitude
+        return 1, 1, 1
+    a0, a1 = axes[0], axes[-1] + 1
+    return (math.prod(shape[:a0]), math.prod(shape[a0:a1]), math.prod(shape[a1:]))
+
+
+def constraint_inplace(arrays, w, kind, min_value, max_value, rate, axis):
+    """-> (w, kind code, min_value, max_value, rate, (outer, K, inner))."""
+    op = "constraint_inplace"
+    if kind not in CONSTRAINTS:
+        raise ValueError(f"{op}: unknown constraint {kind!r}; expected one of {CONSTRAINTS}")
+    min_value = number(op, "min_value", min_value)
+    max_value = number(op, "max_value", max_value)
+    rate = number(op, "rate", rate)
+    if kind == "min_max_norm" and not 0.0 <= min_value <= max_value:
+        raise ValueError(f"{op}: min_max_norm needs 0 <= min_value <= max_value, got "
+                         f"min_value={min_value}, max_value={max_value}")
+    w = arrays.inplace(op, "w", w)
+    return (w, CONSTRAINTS.index(kind), min_value, max_value, rate,
+            constraint_axes(op, w.shape, axis))

@@ -1,0 +1,144 @@
+"""Keras 3's noise layers: SpatialDropout2D, GaussianNoise, GaussianDropout.
+
+Like Dropout, each draws from the counter-based generator of the ``dropout`` ops keyed by
+``seed``, advancing ``offset`` by the number of draws after each training call, so a run is
+reproducible, the same on every backend, and resumable (runtime_state). Outside training each
+is the identity.
+"""
+
+import math
+
+from pynn import backend, utils
+from pynn.layers.base import Layer, shape_str
+
+
+def _rate(layer, rate):
+    """A drop rate in [0, 1), as Dropout takes it."""
+    try:
+        valid = not isinstance(rate, bool) and 0.0 <= float(rate) < 1.0
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ValueError(f"{type(layer).__name__} '{layer.name}': rate must be a number in "
+                         f"[0, 1), got {rate!r}")
+    return float(rate)
+
+
+class _Noise(Layer):
+    """The seed and stream position every noise layer keeps."""
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = int(seed) if seed is not None else utils.new_seed()
+        self._offset = 0
+
+    def runtime_state(self):
+        return {"offset": self._offset}
+
+    def set_runtime_state(self, state):
+        offset = state.get("offset", 0)
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"{type(self).__name__} '{self.name}': offset must be a "
+                             f"non-negative int, got {offset!r}")
+        self._offset = offset
+
+    def get_config(self):
+        config = super().get_config()
+        config["seed"] = self.seed
+        return config
+
+
+class SpatialDropout2D(_Noise):
+    """Drops whole channels: one keep/drop draw per (sample, channel) of (N, H, W, C),
+    survivors scaled by 1/(1-rate)."""
+
+    def __init__(self, rate, data_format=None, seed=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self.rate = _rate(self, rate)
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"SpatialDropout2D '{self.name}': only data_format="
+                             f"'channels_last' is supported, got {data_format!r}")
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(f"SpatialDropout2D '{self.name}': expected input shape (None, H, "
+                             f"W, C), got {shape_str(input_shape)}")
+        super().build(input_shape)
+
+    def call(self, x, training=False):
+        if not training or self.rate == 0.0:
+            return x
+        y, mask = backend.current().spatial_dropout_forward(x, self.rate, self.seed,
+                                                            self._offset)
+        self._offset += x.shape[0] * x.shape[-1]
+        self._cache = mask
+        return y
+
+    def backward(self, dy):
+        if self._cache is None:
+            return dy
+        mask, self._cache = self._cache, None
+        return backend.current().spatial_dropout_backward(dy, mask, self.rate)
+
+    def get_config(self):
+        config = super().get_config()
+        config["rate"] = self.rate
+        return config
+
+
+class GaussianNoise(_Noise):
+    """y = x + N(0, stddev) in training (additive: the gradient passes unchanged)."""
+
+    def __init__(self, stddev, seed=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        try:
+            valid = not isinstance(stddev, bool) and 0.0 <= float(stddev) < math.inf
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise ValueError(f"GaussianNoise '{self.name}': stddev must be a finite number "
+                             f">= 0, got {stddev!r}")
+        self.stddev = float(stddev)
+
+    def call(self, x, training=False):
+        if not training or self.stddev == 0.0:
+            return x
+        y = backend.current().gaussian_noise_forward(x, self.stddev, self.seed, self._offset)
+        self._offset += math.prod(x.shape)
+        return y
+
+    def backward(self, dy):
+        return dy
+
+    def get_config(self):
+        config = super().get_config()
+        config["stddev"] = self.stddev
+        return config
+
+
+class GaussianDropout(_Noise):
+    """y = x * N(1, sqrt(rate / (1 - rate))) in training."""
+
+    def __init__(self, rate, seed=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self.rate = _rate(self, rate)
+
+    def call(self, x, training=False):
+        if not training or self.rate == 0.0:
+            return x
+        y, noise = backend.current().gaussian_dropout_forward(x, self.rate, self.seed,
+                                                              self._offset)
+        self._offset += math.prod(x.shape)
+        self._cache = noise
+        return y
+
+    def backward(self, dy):
+        if self._cache is None:
+            return dy
+        noise, self._cache = self._cache, None
+        return backend.current().gaussian_dropout_backward(dy, noise)
+
+    def get_config(self):
+        config = super().get_config()
+        config["rate"] = self.rate
+        return config
