@@ -618,7 +618,7 @@ def test_axis_out_of_range_names_the_layer():
 def test_channel_mismatch_names_the_layer(seeded):
     layer = layers.BatchNormalization(name="bn_ch")
     layer(np.ones((2, 5), np.float32))
-    with pytest.raises(ValueError, match=r"Layer 'bn_ch'.*expected shape \(None, 5\), got "
+    with pytest.raises(ValueError, match=r"Layer 'bn_ch'.*expected input shape \(None, 5\), got "
                                          r"\(None, 6\)"):
         layer(np.ones((2, 6), np.float32))
 
