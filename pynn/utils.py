@@ -188,3 +188,13 @@ def plot_model(model, to_file="model.png", show_shapes=False, show_dtype=False,
     fig.savefig(to_file, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return to_file
+
+
+# -- image files (pynn.preprocessing.image; Pillow is the optional extra pynn[image]) -----------
+from pynn.preprocessing.image import (  # noqa: E402
+    array_to_img,
+    image_dataset_from_directory,
+    img_to_array,
+    load_img,
+    save_img,
+)
