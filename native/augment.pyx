@@ -43,14 +43,28 @@ FILL_MODES = {"constant": FILL_CONSTANT, "nearest": FILL_NEAREST, "reflect": FIL
 
 
 cdef inline double _fold(double x, Py_ssize_t n, int mode) noexcept nogil:
-    """A continuous coordinate brought into [0, n-1] for the modes that do so (nearest, wrap);
-    reflect and constant are resolved per pixel index instead."""
+    """A continuous coordinate folded as scipy folds it: into [0, n-1] (nearest, wrap) or into
+    (-1, n) (reflect, whose outer neighbours _index then mirrors); constant is left alone."""
     cdef double period
     if mode == FILL_NEAREST:
         if x < 0:
             return 0
         if x > n - 1:
             return n - 1
+    elif mode == FILL_REFLECT:
+        if n <= 1:
+            return 0
+        # scipy's NI_EXTEND_REFLECT on the continuous coordinate; folding before rounding
+        # keeps its tie-breaking for order 0 (a half-pixel coordinate in the mirrored part).
+        period = 2 * n
+        if x < 0:
+            if x < -period:
+                x += period * <Py_ssize_t>(-x / period)
+            x = x + period if x < -n else -x - 1
+        elif x > n - 1:
+            x -= period * <Py_ssize_t>(x / period)
+            if x >= n:
+                x = period - x - 1
     elif mode == FILL_WRAP:
         if n <= 1:
             return 0
@@ -64,8 +78,8 @@ cdef inline double _fold(double x, Py_ssize_t n, int mode) noexcept nogil:
 
 
 cdef inline Py_ssize_t _index(Py_ssize_t i, Py_ssize_t n, int mode) noexcept nogil:
-    """A pixel index on the extended grid mapped into [0, n); only reflect reaches outside
-    after _fold, and a clamp covers the neighbour of a coordinate sitting exactly on n-1."""
+    """A neighbour's pixel index mapped into [0, n): reflect mirrors the one step outside that
+    its fold leaves; otherwise a clamp covers the neighbour of a coordinate exactly on n-1."""
     cdef Py_ssize_t period
     if mode == FILL_REFLECT:
         if n == 1:
