@@ -19,7 +19,9 @@ Design:
 - order 0 rounds half up (floor(x + 0.5)), as scipy; order 1 is bilinear. Coordinates,
   weights and sums are double for both dtypes; the result is rounded once to the image dtype.
 - Channels are the innermost, contiguous axis: the four source pixels and weights of an output
-  pixel are found once, then one loop runs over C.
+  pixel are found once, then one loop runs over C. A bilinear pixel whose four sources lie
+  inside the image (most of them) skips the fill-mode code; the general path gives the same
+  numbers there.
 - prange over the images of the batch (schedule static); each output pixel is written by one
   thread from its own image, so any thread count gives bit-identical results.
 """
@@ -98,19 +100,90 @@ cdef inline Py_ssize_t _index(Py_ssize_t i, Py_ssize_t n, int mode) noexcept nog
     return i
 
 
-def affine_resample(const floating[:, :, :, ::1] x,      # IN  (N, H, W, C)
+cdef void _resample_image(const floating* src, floating* dst, const double* m,
+                          Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t HO,
+                          Py_ssize_t WO, int order, int mode, double cval) noexcept nogil:
+    """One image: every output pixel (r, c) reads its source pixels through m."""
+    cdef Py_ssize_t r, col, ch, r0, c0, r1, c1, row = W * C
+    cdef double yr, xc, fr, fc, w00, w01, w10, w11
+    cdef const floating* p00
+    cdef const floating* p01
+    cdef const floating* p10
+    cdef const floating* p11
+    cdef floating* o
+    cdef double m0 = m[0], m1 = m[1], m2 = m[2], m3 = m[3], m4 = m[4], m5 = m[5]
+    for r in range(HO):
+        for col in range(WO):
+            o = dst + (r * WO + col) * C
+            yr = m0 * r + m1 * col + m2
+            xc = m3 * r + m4 * col + m5
+            if order == 1 and yr >= 0 and xc >= 0 and yr < H - 1 and xc < W - 1:
+                # Inside the image with both neighbours: no fill mode applies (most pixels).
+                fr = floor(yr)
+                fc = floor(xc)
+                r0 = <Py_ssize_t>fr
+                c0 = <Py_ssize_t>fc
+                fr = yr - fr
+                fc = xc - fc
+                p00 = src + r0 * row + c0 * C
+                p01 = p00 + C
+                p10 = p00 + row
+                p11 = p10 + C
+            elif mode == FILL_CONSTANT and (yr < 0 or yr > H - 1 or xc < 0 or xc > W - 1):
+                for ch in range(C):
+                    o[ch] = <floating>cval
+                continue
+            else:
+                yr = _fold(yr, H, mode)
+                xc = _fold(xc, W, mode)
+                if order == 0:
+                    r0 = _index(<Py_ssize_t>floor(yr + 0.5), H, mode)
+                    c0 = _index(<Py_ssize_t>floor(xc + 0.5), W, mode)
+                    p00 = src + r0 * row + c0 * C
+                    for ch in range(C):
+                        o[ch] = p00[ch]
+                    continue
+                fr = floor(yr)
+                fc = floor(xc)
+                r0 = <Py_ssize_t>fr
+                c0 = <Py_ssize_t>fc
+                fr = yr - fr
+                fc = xc - fc
+                r1 = _index(r0 + 1, H, mode)
+                c1 = _index(c0 + 1, W, mode)
+                r0 = _index(r0, H, mode)
+                c0 = _index(c0, W, mode)
+                p00 = src + r0 * row + c0 * C
+                p01 = src + r0 * row + c1 * C
+                p10 = src + r1 * row + c0 * C
+                p11 = src + r1 * row + c1 * C
+            w00 = (1 - fr) * (1 - fc)
+            w01 = (1 - fr) * fc
+            w10 = fr * (1 - fc)
+            w11 = fr * fc
+            for ch in range(C):
+                o[ch] = <floating>(w00 * p00[ch] + w01 * p01[ch] + w10 * p10[ch]
+                                   + w11 * p11[ch])
+
+
+def affine_resample(const floating[:, :, :, ::1] x,      # IN  (M, H, W, C) image pool
+                    const Py_ssize_t[::1] source,         # IN  (N,) image of x per output
                     const double[:, ::1] matrices,        # IN  (N, 6) row-major 2x3
                     floating[:, :, :, ::1] out,           # OUT (N, HO, WO, C)
                     int order, int fill_mode, double cval):
-    """Resample every image of ``x`` through its own affine matrix into ``out``.
+    """Resample image ``x[source[n]]`` through ``matrices[n]`` into ``out[n]``, for every n.
 
-    ``order`` is 0 (nearest pixel) or 1 (bilinear); ``fill_mode`` one of FILL_MODES' values.
-    ``out`` is overwritten, never read.
+    ``source`` lets a batch be read straight from a whole data set (no gathered copy of the
+    batch first). ``order`` is 0 (nearest pixel) or 1 (bilinear); ``fill_mode`` one of
+    FILL_MODES' values. ``out`` is overwritten, never read.
     """
-    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
-    cdef Py_ssize_t HO = out.shape[1], WO = out.shape[2]
-    cdef Py_ssize_t n, r, col, ch, r0, c0, r1, c1
-    cdef double yr, xc, fr, fc, w00, w01, w10, w11
+    cdef Py_ssize_t M = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t N = source.shape[0], HO = out.shape[1], WO = out.shape[2]
+    cdef Py_ssize_t n
+    for n in range(N):
+        if source[n] < 0 or source[n] >= M:
+            raise ValueError(f"affine_resample: source[{n}] = {source[n]} is not an image "
+                             f"of x (it holds {M})")
     if matrices.shape[0] != N or matrices.shape[1] != 6:
         raise ValueError(f"affine_resample: expected matrices of shape ({N}, 6), got "
                          f"({matrices.shape[0]}, {matrices.shape[1]})")
@@ -126,38 +199,5 @@ def affine_resample(const floating[:, :, :, ::1] x,      # IN  (N, H, W, C)
     if H == 0 or W == 0:
         raise ValueError("affine_resample: the input images are empty")
     for n in prange(N, schedule="static", nogil=True):
-        for r in range(HO):
-            for col in range(WO):
-                yr = matrices[n, 0] * r + matrices[n, 1] * col + matrices[n, 2]
-                xc = matrices[n, 3] * r + matrices[n, 4] * col + matrices[n, 5]
-                if fill_mode == FILL_CONSTANT and (yr < 0 or yr > H - 1 or xc < 0
-                                                   or xc > W - 1):
-                    for ch in range(C):
-                        out[n, r, col, ch] = <floating>cval
-                    continue
-                yr = _fold(yr, H, fill_mode)
-                xc = _fold(xc, W, fill_mode)
-                if order == 0:
-                    r0 = _index(<Py_ssize_t>floor(yr + 0.5), H, fill_mode)
-                    c0 = _index(<Py_ssize_t>floor(xc + 0.5), W, fill_mode)
-                    for ch in range(C):
-                        out[n, r, col, ch] = x[n, r0, c0, ch]
-                    continue
-                fr = floor(yr)
-                fc = floor(xc)
-                r0 = <Py_ssize_t>fr
-                c0 = <Py_ssize_t>fc
-                fr = yr - fr
-                fc = xc - fc
-                r1 = _index(r0 + 1, H, fill_mode)
-                c1 = _index(c0 + 1, W, fill_mode)
-                r0 = _index(r0, H, fill_mode)
-                c0 = _index(c0, W, fill_mode)
-                w00 = (1 - fr) * (1 - fc)
-                w01 = (1 - fr) * fc
-                w10 = fr * (1 - fc)
-                w11 = fr * fc
-                for ch in range(C):
-                    out[n, r, col, ch] = <floating>(
-                        w00 * x[n, r0, c0, ch] + w01 * x[n, r0, c1, ch]
-                        + w10 * x[n, r1, c0, ch] + w11 * x[n, r1, c1, ch])
+        _resample_image(&x[source[n], 0, 0, 0], &out[n, 0, 0, 0], &matrices[n, 0], H, W, C, HO, WO,
+                        order, fill_mode, cval)

@@ -191,7 +191,7 @@ def plot_model(model, to_file="model.png", show_shapes=False, show_dtype=False,
 
 
 # -- image files (pynn.preprocessing.image; Pillow is the optional extra pynn[image]) -----------
-from pynn.preprocessing.image import (  # noqa: E402
+from pynn.preprocessing.image import (  # noqa: F401  (re-exported as Keras's keras.utils)
     array_to_img,
     image_dataset_from_directory,
     img_to_array,

@@ -31,8 +31,9 @@ def random_matrices(rng, n, h, w):
 
 def resample(x, matrices, order, fill_mode, cval):
     out = np.empty_like(x)
-    native_augment.affine_resample(x, np.ascontiguousarray(matrices.reshape(len(x), 6)), out,
-                                   order, native_augment.FILL_MODES[fill_mode], cval)
+    source = np.arange(len(x), dtype=np.intp)
+    native_augment.affine_resample(x, source, np.ascontiguousarray(matrices.reshape(len(x), 6)),
+                                   out, order, native_augment.FILL_MODES[fill_mode], cval)
     return out
 
 
@@ -67,17 +68,33 @@ def test_affine_resample_identity_and_integer_shift_are_exact():
     assert np.all(got[:, :, -2:] == -5.0)
 
 
+def test_affine_resample_reads_the_batch_from_a_pool_of_images():
+    rng = np.random.default_rng(6)
+    pool = rng.normal(size=(6, 7, 5, 3))
+    source = np.array([4, 0, 4], dtype=np.intp)
+    matrices = random_matrices(rng, 3, 7, 5)
+    out = np.empty((3, 7, 5, 3))
+    native_augment.affine_resample(pool, source, matrices.reshape(3, 6), out, 1,
+                                   native_augment.FILL_MODES["reflect"], 0.0)
+    np.testing.assert_array_equal(out, resample(pool[source], matrices, 1, "reflect", 0.0))
+
+
 def test_affine_resample_rejects_bad_operands():
     x = np.ones((2, 5, 5, 3), np.float32)
     out = np.empty_like(x)
+    two = np.arange(2, dtype=np.intp)
     with pytest.raises(ValueError, match=r"expected matrices of shape \(2, 6\), got \(1, 6\)"):
-        native_augment.affine_resample(x, np.zeros((1, 6)), out, 1, 0, 0.0)
+        native_augment.affine_resample(x, two, np.zeros((1, 6)), out, 1, 0, 0.0)
     with pytest.raises(ValueError, match=r"expected out of shape \(2, HO, WO, 3\)"):
-        native_augment.affine_resample(x, np.zeros((2, 6)), out[:, :, :, :2].copy(), 1, 0, 0.0)
+        native_augment.affine_resample(x, two, np.zeros((2, 6)), out[:, :, :, :2].copy(), 1, 0,
+                                       0.0)
     with pytest.raises(ValueError, match="order must be 0 or 1, got 3"):
-        native_augment.affine_resample(x, np.zeros((2, 6)), out, 3, 0, 0.0)
+        native_augment.affine_resample(x, two, np.zeros((2, 6)), out, 3, 0, 0.0)
     with pytest.raises(ValueError, match="unknown fill_mode 7"):
-        native_augment.affine_resample(x, np.zeros((2, 6)), out, 1, 7, 0.0)
+        native_augment.affine_resample(x, two, np.zeros((2, 6)), out, 1, 7, 0.0)
+    with pytest.raises(ValueError, match=r"source\[1\] = 2 is not an image of x \(it holds 2\)"):
+        native_augment.affine_resample(x, np.array([0, 2], np.intp), np.zeros((2, 6)), out, 1,
+                                       0, 0.0)
 
 
 # -- the composed matrices -------------------------------------------------------------------------
@@ -308,7 +325,7 @@ def test_flow_shapes_order_and_epochs():
     only_x = ImageDataGenerator().flow(x, batch_size=5, shuffle=False)
     assert isinstance(only_x[0], np.ndarray) and only_x[0].shape == (5, 3, 5, 1)
     misc = ImageDataGenerator().flow((x, y[:, None] * 1.0), y, batch_size=5, shuffle=False)
-    (images, extra), labels = misc[1]
+    (_, extra), _ = misc[1]
     np.testing.assert_array_equal(extra[:, 0], y[5:10])
 
 
@@ -359,13 +376,13 @@ def test_standardize_warns_before_fit():
 # -- bad arguments -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, message", [
     (dict(fill_mode="mirror"), r"ImageDataGenerator: fill_mode must be one of .*got 'mirror'"),
-    (dict(interpolation_order=3), r"interpolation_order must be 0 \(nearest\) or 1 "
-                                  r"\(bilinear\), got 3"),
+    (dict(interpolation_order=3),
+     r"interpolation_order must be 0 \(nearest\) or 1 \(bilinear\), got 3"),
     (dict(zoom_range=[0.5, 1, 2]), r"zoom_range must be a float or a list of two floats, got "),
-    (dict(brightness_range=0.5), "brightness_range must be a tuple or list of two floats, got "
-                                 "0.5"),
-    (dict(width_shift_range="wide"), "width_shift_range must be a float, an int or a list of "
-                                     "numbers, got 'wide'"),
+    (dict(brightness_range=0.5),
+     "brightness_range must be a tuple or list of two floats, got 0.5"),
+    (dict(width_shift_range="wide"),
+     "width_shift_range must be a float, an int or a list of numbers, got 'wide'"),
     (dict(validation_split=1.5), "validation_split must be strictly between 0 and 1, got 1.5"),
     (dict(data_format="channels_first"), "channels_last .*got data_format='channels_first'"),
     (dict(dtype="int32"), "dtype must be float32 or float64, got 'int32'"),

@@ -423,7 +423,7 @@ class NumpyArrayIterator(Iterator):
 
     def _get_batches_of_transformed_samples(self, index_array, rng):
         gen = self.image_data_generator
-        batch_x = gen.standardize(gen._transform_batch(self.x[index_array], rng))
+        batch_x = gen.standardize(gen._transform_batch(self.x, rng, index_array))
         if self.save_to_dir:
             self._save_batch(batch_x, index_array, rng)
         misc = [m[index_array] for m in self.x_misc]
@@ -443,7 +443,7 @@ class DirectoryIterator(Iterator):
     label and ``samples`` their count, all as Keras.
     """
 
-    allowed_class_modes = {"categorical", "binary", "sparse", "input", None}
+    allowed_class_modes = frozenset({"categorical", "binary", "sparse", "input", None})
 
     def __init__(self, directory, image_data_generator, target_size=(256, 256),
                  color_mode="rgb", classes=None, class_mode="categorical", batch_size=32,
@@ -734,22 +734,27 @@ class ImageDataGenerator:
                 for key, value in params.items()}
 
     # -- applying them --
-    def _transform_batch(self, x, rng):
-        return self._apply_batch(x, self._draw_parameters(rng, len(x), x.shape[1:]))
+    def _transform_batch(self, x, rng, source=None):
+        """The images ``x[source]`` (all of x by default) randomly transformed."""
+        n = len(x) if source is None else len(source)
+        return self._apply_batch(x, self._draw_parameters(rng, n, x.shape[1:]), source)
 
-    def _apply_batch(self, x, params):
-        """Transform the batch ``x`` (N, H, W, C) by per-image parameter arrays."""
-        n, h, w, _ = x.shape
+    def _apply_batch(self, x, params, source=None):
+        """Transform the images ``x[source]`` (x: (M, H, W, C)) by per-image parameter arrays;
+        the kernel reads them from ``x`` directly, so a batch is never gathered first."""
+        source = np.arange(len(x), dtype=np.intp) if source is None \
+            else np.ascontiguousarray(source, dtype=np.intp)
+        n, (h, w) = len(source), x.shape[1:3]
         matrices = affine_matrices(params, n, h, w)
         if np.array_equal(matrices, np.broadcast_to(_IDENTITY, matrices.shape)):
-            out = np.array(x, dtype=self.dtype)
+            out = np.asarray(x[source], dtype=self.dtype)
         else:
             x = np.ascontiguousarray(x, dtype=self.dtype)
-            out = np.empty_like(x)
+            out = np.empty((n,) + x.shape[1:], self.dtype)
             _config.apply_to_this_thread()
-            _augment.affine_resample(x, np.ascontiguousarray(matrices.reshape(n, 6)), out,
-                                     self.interpolation_order, _augment.FILL_MODES[self.fill_mode],
-                                     float(self.cval))
+            _augment.affine_resample(x, source, np.ascontiguousarray(matrices.reshape(n, 6)),
+                                     out, self.interpolation_order,
+                                     _augment.FILL_MODES[self.fill_mode], float(self.cval))
         if params.get("channel_shift_intensity") is not None:
             out = _channel_shift(out, np.asarray(params["channel_shift_intensity"], float))
         if params.get("brightness") is not None:
