@@ -413,3 +413,29 @@ def test_flow_rejects_bad_inputs():
         gen.apply_transform(x, {})
     with pytest.warns(UserWarning, match="expected 1, 3 or 4 channels"):
         gen.flow(np.ones((2, 3, 3, 5)))
+
+
+def test_batches_from_worker_threads_equal_the_serial_ones():
+    """A fit that prepares batches in threads calls __getitem__ concurrently and out of order;
+    each batch depends on its seed and position only."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = (np.random.default_rng(2).random((40, 11, 13, 3)) * 255).astype(np.float32)
+    it = ImageDataGenerator(**AUGMENT).flow(x, np.arange(40), batch_size=4, seed=9)
+    serial = batches(it)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        threaded = list(pool.map(it.__getitem__, reversed(range(len(it)))))[::-1]
+    for (xa, ya), (xb, yb) in zip(serial, threaded):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
+def test_save_to_dir_writes_the_augmented_batch(tmp_path):
+    pytest.importorskip("PIL")
+    x = (np.random.default_rng(0).random((5, 6, 7, 3)) * 255).astype(np.float32)
+    it = ImageDataGenerator(rotation_range=10).flow(x, batch_size=5, shuffle=False, seed=1,
+                                                    save_to_dir=str(tmp_path),
+                                                    save_prefix="aug", save_format="png")
+    it[0]
+    names = sorted(os.listdir(tmp_path))
+    assert len(names) == 5 and all(n.startswith("aug_") and n.endswith(".png") for n in names)
