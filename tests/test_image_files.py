@@ -233,6 +233,7 @@ def test_image_dataset_split_matches_keras(folder, keras_modules):
 
 
 # -- bad folders and files ------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:.*has one class folder")   # checked once, by pytest.warns
 def test_bad_folders(tmp_path):
     gen = ImageDataGenerator()
     with pytest.raises(FileNotFoundError, match="flow_from_directory: .*missing is not a "

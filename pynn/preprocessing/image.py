@@ -31,13 +31,25 @@ import warnings
 import numpy as np
 
 from pynn import _config
-from pynn._native import augment as _augment
 
 _PIL_HINT = "install Pillow, pynn's optional extra: pip install 'pynn[image]'"
 # Keras's legacy iterators read these extensions; image_dataset_from_directory its own list.
 WHITE_LIST_FORMATS = ("png", "jpg", "jpeg", "bmp", "ppm", "tif", "tiff")
 DATASET_FORMATS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 _COLOR_CHANNELS = {"grayscale": 1, "rgb": 3, "rgba": 4}
+FILL_MODES = ("constant", "nearest", "reflect", "wrap")
+
+
+def _resample(x, source, matrices, order, fill_mode, cval):
+    """The native pass; imported here so that ``import pynn`` (whose utils re-export this
+    module) never needs the kernel, only augmenting does."""
+    from pynn._native import augment
+
+    _config.apply_to_this_thread()
+    out = np.empty((len(source),) + x.shape[1:], x.dtype)
+    augment.affine_resample(x, source, matrices, out, order, augment.FILL_MODES[fill_mode],
+                            float(cval))
+    return out
 
 
 def _pil_image():
@@ -573,9 +585,9 @@ class ImageDataGenerator:
                  data_format=None, validation_split=0.0, interpolation_order=1, dtype=None):
         where = "ImageDataGenerator"
         _check_data_format(where, data_format)
-        if fill_mode not in _augment.FILL_MODES:
-            raise ValueError(f"{where}: fill_mode must be one of {sorted(_augment.FILL_MODES)}, "
-                             f"got {fill_mode!r}")
+        if fill_mode not in FILL_MODES:
+            raise ValueError(f"{where}: fill_mode must be one of {FILL_MODES}, got "
+                             f"{fill_mode!r}")
         if interpolation_order not in (0, 1):
             raise ValueError(f"{where}: interpolation_order must be 0 (nearest) or 1 "
                              f"(bilinear), got {interpolation_order!r}")
@@ -749,12 +761,9 @@ class ImageDataGenerator:
         if np.array_equal(matrices, np.broadcast_to(_IDENTITY, matrices.shape)):
             out = np.asarray(x[source], dtype=self.dtype)
         else:
-            x = np.ascontiguousarray(x, dtype=self.dtype)
-            out = np.empty((n,) + x.shape[1:], self.dtype)
-            _config.apply_to_this_thread()
-            _augment.affine_resample(x, source, np.ascontiguousarray(matrices.reshape(n, 6)),
-                                     out, self.interpolation_order,
-                                     _augment.FILL_MODES[self.fill_mode], float(self.cval))
+            out = _resample(np.ascontiguousarray(x, dtype=self.dtype), source,
+                            np.ascontiguousarray(matrices.reshape(n, 6)),
+                            self.interpolation_order, self.fill_mode, self.cval)
         if params.get("channel_shift_intensity") is not None:
             out = _channel_shift(out, np.asarray(params["channel_shift_intensity"], float))
         if params.get("brightness") is not None:
