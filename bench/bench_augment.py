@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_cpu import _cpu_slug, _cpuinfo  # noqa: E402  (one naming of the machine)
+from bench_cpu import _cpu_slug, _cpuinfo  # one naming of the machine
 
 AUGMENT = dict(rotation_range=20, width_shift_range=0.2, height_shift_range=0.2,
                horizontal_flip=True, zoom_range=0.2, shear_range=10)

@@ -13,7 +13,8 @@ Design:
   fill_mode straight to scipy, so these are Keras's semantics too):
     constant  a coordinate outside [0, len-1] (either axis) takes cval; no blending with cval.
     nearest   the coordinate is clamped to [0, len-1].
-    reflect   half-sample symmetric extension (d c b a | a b c d | d c b a) of the pixel grid.
+    reflect   half-sample symmetric extension (d c b a | a b c d | d c b a) of the pixel grid,
+              the coordinate folded as scipy folds it (so order-0 ties round as scipy's do).
     wrap      scipy's 'wrap': the coordinate is folded into [0, len-1] with period len - 1
               (the first and last pixels overlap), then interpolated inside the image.
 - order 0 rounds half up (floor(x + 0.5)), as scipy; order 1 is bilinear. Coordinates,
@@ -22,13 +23,14 @@ Design:
   pixel are found once, then one loop runs over C. A bilinear pixel whose four sources lie
   inside the image (most of them) skips the fill-mode code; the general path gives the same
   numbers there.
+- Output image n reads input image source[n]: a batch is resampled straight out of the whole
+  data set, with no gathered copy of the batch first.
 - prange over the images of the batch (schedule static); each output pixel is written by one
   thread from its own image, so any thread count gives bit-identical results.
+- Matrices must be finite (checked before the parallel loop): a NaN coordinate has no pixel.
 """
-import numpy as np
-
 from cython.parallel cimport prange
-from libc.math cimport floor
+from libc.math cimport floor, isfinite
 
 ctypedef fused floating:
     float
@@ -180,6 +182,7 @@ def affine_resample(const floating[:, :, :, ::1] x,      # IN  (M, H, W, C) imag
     cdef Py_ssize_t M = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t N = source.shape[0], HO = out.shape[1], WO = out.shape[2]
     cdef Py_ssize_t n
+    cdef int k
     for n in range(N):
         if source[n] < 0 or source[n] >= M:
             raise ValueError(f"affine_resample: source[{n}] = {source[n]} is not an image "
@@ -190,6 +193,11 @@ def affine_resample(const floating[:, :, :, ::1] x,      # IN  (M, H, W, C) imag
     if out.shape[0] != N or out.shape[3] != C:
         raise ValueError(f"affine_resample: expected out of shape ({N}, HO, WO, {C}), got "
                          f"({out.shape[0]}, {out.shape[1]}, {out.shape[2]}, {out.shape[3]})")
+    for n in range(N):
+        for k in range(6):
+            if not isfinite(matrices[n, k]):
+                raise ValueError(f"affine_resample: matrix {n} is not finite: "
+                                 f"{[matrices[n, j] for j in range(6)]}")
     if order not in (0, 1):
         raise ValueError(f"affine_resample: order must be 0 or 1, got {order}")
     if fill_mode not in (FILL_CONSTANT, FILL_NEAREST, FILL_REFLECT, FILL_WRAP):
@@ -199,5 +207,5 @@ def affine_resample(const floating[:, :, :, ::1] x,      # IN  (M, H, W, C) imag
     if H == 0 or W == 0:
         raise ValueError("affine_resample: the input images are empty")
     for n in prange(N, schedule="static", nogil=True):
-        _resample_image(&x[source[n], 0, 0, 0], &out[n, 0, 0, 0], &matrices[n, 0], H, W, C, HO, WO,
-                        order, fill_mode, cval)
+        _resample_image(&x[source[n], 0, 0, 0], &out[n, 0, 0, 0], &matrices[n, 0], H, W, C,
+                        HO, WO, order, fill_mode, cval)

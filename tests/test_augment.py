@@ -92,6 +92,13 @@ def test_affine_resample_rejects_bad_operands():
         native_augment.affine_resample(x, two, np.zeros((2, 6)), out, 3, 0, 0.0)
     with pytest.raises(ValueError, match="unknown fill_mode 7"):
         native_augment.affine_resample(x, two, np.zeros((2, 6)), out, 1, 7, 0.0)
+    bad = np.zeros((2, 6))
+    bad[1, 4] = np.nan
+    with pytest.raises(ValueError, match=r"matrix 1 is not finite: \[0.0, 0.0, 0.0, 0.0, nan"):
+        native_augment.affine_resample(x, two, bad, out, 1, 0, 0.0)
+    with pytest.raises(ValueError, match=r"apply_transform: transform parameters must be finite, "
+                                         r"got \{'theta': inf\}"):
+        ImageDataGenerator().apply_transform(x[0], {"theta": np.inf})
     with pytest.raises(ValueError, match=r"source\[1\] = 2 is not an image of x \(it holds 2\)"):
         native_augment.affine_resample(x, np.array([0, 2], np.intp), np.zeros((2, 6)), out, 1,
                                        0, 0.0)

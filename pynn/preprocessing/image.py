@@ -785,6 +785,11 @@ class ImageDataGenerator:
         for key in ("channel_shift_intensity", "brightness"):
             value = transform_parameters.get(key)
             params[key] = None if value is None else np.atleast_1d(float(value))
+        bad = {k: float(v[0]) for k, v in params.items()
+               if v is not None and not np.isfinite(v).all()}
+        if bad:
+            raise ValueError(f"ImageDataGenerator.apply_transform: transform parameters must be "
+                             f"finite, got {bad}")
         return self._apply_batch(x[None], params)[0]
 
     def random_transform(self, x, seed=None):
