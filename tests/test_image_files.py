@@ -109,15 +109,21 @@ def test_missing_pillow_names_the_extra(monkeypatch, folder):
     monkeypatch.setitem(sys.modules, "PIL", None)
     with pytest.raises(ImportError, match=r"pip install 'pynn\[image\]'"):
         pynn.utils.load_img(os.path.join(folder, "cats", "c1.png"))
+    # augmenting arrays needs no Pillow
+    x = np.random.default_rng(0).random((3, 5, 5, 3)).astype(np.float32) * 255
+    assert ImageDataGenerator(rotation_range=10).flow(x, batch_size=3, seed=0)[0].shape == x.shape
 
 
 # -- flow_from_directory ----------------------------------------------------------------------------
 @pytest.mark.parametrize("class_mode", ["categorical", "sparse", "input", None])
-@pytest.mark.parametrize("color_mode", ["rgb", "grayscale"])
-def test_flow_from_directory_matches_keras(folder, keras_modules, class_mode, color_mode):
+@pytest.mark.parametrize("color_mode, keep_aspect_ratio",
+                         [("rgb", False), ("grayscale", False), ("rgba", True)])
+def test_flow_from_directory_matches_keras(folder, keras_modules, class_mode, color_mode,
+                                           keep_aspect_ratio):
     legacy, _, _ = keras_modules
     kwargs = dict(target_size=(6, 8), color_mode=color_mode, class_mode=class_mode,
-                  batch_size=5, shuffle=False, interpolation="bilinear")
+                  batch_size=5, shuffle=False, interpolation="bilinear",
+                  keep_aspect_ratio=keep_aspect_ratio)
     ours = quiet(ImageDataGenerator(rescale=1 / 255).flow_from_directory, folder, **kwargs)
     theirs = legacy.ImageDataGenerator(rescale=1 / 255).flow_from_directory(folder, **kwargs)
     assert ours.class_indices == theirs.class_indices == {c: i for i, c in enumerate(CLASSES)}
