@@ -190,8 +190,8 @@ def plot_model(model, to_file="model.png", show_shapes=False, show_dtype=False,
     return to_file
 
 
-# -- image files (pynn.preprocessing.image; Pillow is the optional extra pynn[image]) -----------
-from pynn.preprocessing.image import (  # noqa: F401  (re-exported as Keras's keras.utils)
+# -- image files (pynn.preprocessing.image_files; Pillow is the optional extra pynn[image]) -----
+from pynn.preprocessing.image_files import (  # noqa: F401  (re-exported as Keras's keras.utils)
     array_to_img,
     image_dataset_from_directory,
     img_to_array,

@@ -1,4 +1,4 @@
-"""Image files: load_img/img_to_array/array_to_img/save_img, flow_from_directory and
+"""Image files (pynn/preprocessing/image_files.py): load_img/img_to_array/array_to_img/save_img, flow_from_directory and
 image_dataset_from_directory against Keras on a generated folder of images, and bad folders
 and files (empty, one class, non-image files, symlink loops, corrupt images)."""
 
