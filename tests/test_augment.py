@@ -149,7 +149,7 @@ def test_matrices_are_batched_per_image():
         np.testing.assert_allclose(got[i], keras_matrix_ref(h, w, **one), atol=1e-12)
 
 
-# -- random parameters -------------------------------------------------------------------------------
+# -- random parameters -----------------------------------------------------------------------------
 def test_random_parameters_follow_keras_ranges():
     gen = ImageDataGenerator(rotation_range=15, width_shift_range=0.25, height_shift_range=[2, 5],
                              shear_range=7, zoom_range=[0.5, 0.75], channel_shift_range=9,
@@ -180,7 +180,7 @@ def test_get_random_transform_is_seeded_and_keras_shaped():
     assert a["channel_shift_intensity"] is None and a["brightness"] is None
 
 
-# -- Keras parity -------------------------------------------------------------------------------------
+# -- Keras parity ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def keras_image():
     os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -268,7 +268,7 @@ def test_flow_batches_match_keras_without_augmentation(keras_image):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-# -- iterators ---------------------------------------------------------------------------------------
+# -- iterators -------------------------------------------------------------------------------------
 # Brightness goes through 8-bit values as in Keras, so images are given in [0, 255].
 AUGMENT = dict(rotation_range=25, width_shift_range=0.2, height_shift_range=0.2, shear_range=10,
                zoom_range=0.2, horizontal_flip=True, channel_shift_range=5,
@@ -380,7 +380,7 @@ def test_standardize_warns_before_fit():
         gen.standardize(np.ones((1, 2, 2, 3), np.float32))
 
 
-# -- bad arguments -----------------------------------------------------------------------------------
+# -- bad arguments ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, message", [
     (dict(fill_mode="mirror"), r"ImageDataGenerator: fill_mode must be one of .*got 'mirror'"),
     (dict(interpolation_order=3),

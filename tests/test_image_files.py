@@ -1,6 +1,7 @@
-"""Image files (pynn/preprocessing/image_files.py): load_img/img_to_array/array_to_img/save_img, flow_from_directory and
-image_dataset_from_directory against Keras on a generated folder of images, and bad folders
-and files (empty, one class, non-image files, symlink loops, corrupt images)."""
+"""Image files (pynn/preprocessing/image_files.py): load_img/img_to_array/array_to_img/
+save_img, flow_from_directory and image_dataset_from_directory against Keras on a generated
+folder of images, and bad folders and files (empty, one class, non-image files, symlink loops,
+corrupt images)."""
 
 import os
 import sys
@@ -66,7 +67,7 @@ def quiet(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-# -- single files -----------------------------------------------------------------------------------
+# -- single files ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("color_mode", ["rgb", "grayscale", "rgba"])
 @pytest.mark.parametrize("target_size, interpolation, keep",
                          [(None, "nearest", False), ((6, 11), "bilinear", False),
@@ -114,7 +115,7 @@ def test_missing_pillow_names_the_extra(monkeypatch, folder):
     assert ImageDataGenerator(rotation_range=10).flow(x, batch_size=3, seed=0)[0].shape == x.shape
 
 
-# -- flow_from_directory ----------------------------------------------------------------------------
+# -- flow_from_directory ---------------------------------------------------------------------------
 @pytest.mark.parametrize("class_mode", ["categorical", "sparse", "input", None])
 @pytest.mark.parametrize("color_mode, keep_aspect_ratio",
                          [("rgb", False), ("grayscale", False), ("rgba", True)])
@@ -189,7 +190,7 @@ def test_flow_from_directory_labels_follow_their_files(folder):
     assert sorted(seen) == list(range(12))
 
 
-# -- image_dataset_from_directory ---------------------------------------------------------------------
+# -- image_dataset_from_directory ------------------------------------------------------------------
 @pytest.mark.parametrize("label_mode", ["int", "categorical", None])
 def test_image_dataset_from_directory_matches_keras_index(folder, keras_modules, label_mode):
     _, _, dataset_utils = keras_modules
@@ -238,7 +239,7 @@ def test_image_dataset_split_matches_keras(folder, keras_modules):
         pynn.utils.image_dataset_from_directory(folder, label_mode="binary", verbose=False)
 
 
-# -- bad folders and files ------------------------------------------------------------------------------
+# -- bad folders and files -------------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore:.*has one class folder")   # checked once, by pytest.warns
 def test_bad_folders(tmp_path):
     gen = ImageDataGenerator()
