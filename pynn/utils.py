@@ -191,3 +191,12 @@ def plot_model(model, to_file="model.png", show_shapes=False, show_dtype=False,
     plt.close(fig)
     return to_file
 
+
+# -- image files (pynn.preprocessing.image_files; Pillow is the optional extra pynn[image]) -----
+from pynn.preprocessing.image_files import (  # noqa: F401  (re-exported as Keras's keras.utils)
+    array_to_img,
+    image_dataset_from_directory,
+    img_to_array,
+    load_img,
+    save_img,
+)
