@@ -191,3 +191,29 @@ def test_dataset_argument_errors():
     unbuilt.compile("sgd", "mse")
     with pytest.raises(ValueError, match="is not built"):
         unbuilt.fit(Arrays(x, y, BATCH), verbose=0)
+
+
+def test_fit_on_image_data_generator_flows():
+    from pynn.preprocessing.image import ImageDataGenerator
+
+    rng = np.random.default_rng(2)
+    x = rng.random((24, 6, 6, 1)).astype(np.float32)
+    y = rng.integers(0, 3, 24)
+
+    def cnn():
+        pynn.utils.set_random_seed(4)
+        m = pynn.Sequential([layers.Input((6, 6, 1)), layers.Conv2D(4, 3, activation="relu"),
+                             layers.Flatten(), layers.Dense(3, activation="softmax")])
+        m.compile("adam", "sparse_categorical_crossentropy")
+        return m
+
+    ref = cnn()
+    ref.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    plain = cnn()
+    flow = ImageDataGenerator().flow(x, y, batch_size=8, shuffle=False)
+    plain.fit(flow, epochs=2, verbose=0)  # an endless iterator: fit reads len and indexes
+    assert_same_weights(plain, ref)
+    augmented = cnn()
+    gen = ImageDataGenerator(rotation_range=20, horizontal_flip=True, zoom_range=0.1)
+    h = augmented.fit(gen.flow(x, y, batch_size=8, seed=1), epochs=2, verbose=0)
+    assert len(h.history["loss"]) == 2 and np.isfinite(h.history["loss"]).all()
