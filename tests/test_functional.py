@@ -444,3 +444,47 @@ def test_integer_inputs_pass_as_integers():
         model.predict(np.array([[2**40, 2, 3, 4]]))
     with pytest.raises(ValueError, match="int32 or int64"):
         pynn.Input((4,), dtype="uint8")
+
+
+# -- the inference plan --------------------------------------------------------------------------
+def bn_net(lib=pynn):
+    L = lib.layers
+    x = lib.Input((6, 6, 3))
+    h = L.Conv2D(5, 3, padding="same", use_bias=False, name="c1")(x)
+    h = L.Activation("relu", name="r1")(L.BatchNormalization(name="bn1")(h))
+    h = L.Conv2D(4, 3, strides=2, name="c2")(h)               # bias, no activation after BN
+    h = L.BatchNormalization(center=False, name="bn2")(h)
+    h = L.Flatten()(h)
+    h = L.Dense(7, name="d1")(h)
+    d = L.BatchNormalization(scale=False, name="bn3")(h)
+    return lib.Model(x, [L.Dense(2, activation="softmax", name="out")(d), h])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("opencl", marks=pytest.mark.opencl)])
+def test_batch_norm_folds_into_the_layer_before_it(device, seeded, request):
+    if device == "opencl":
+        request.getfixturevalue("backend_opencl")
+    pynn.set_device(device)
+    try:
+        model = bn_net()
+        randomize(model, seeded)  # moving statistics and gamma/beta far from 1 and 0
+        model.set_weights([np.abs(w) + 0.5 if "moving_variance" in v.path else w
+                           for v, w in zip(model.weights, model.get_weights())])
+        steps = model._plan.inference_steps()
+        kinds = [type(st.layer).__name__ for st in steps]
+        # c1+bn1+r1 and c2+bn2 fold; d1 is read twice (an output too), so bn3 stays
+        assert kinds.count("_FoldedLayer") == 2 and kinds.count("BatchNormalization") == 1
+        x = seeded.standard_normal((5, 6, 6, 3)).astype(np.float32)
+        b = pynn.backend.current()
+        unfolded, _ = model._plan.forward([b.asarray(x)], False)
+        for got, want in zip(model.predict(x), unfolded):
+            np.testing.assert_allclose(got, b.to_numpy(want), rtol=2e-5, atol=2e-6)
+        # training moves the weights and statistics: the folded kernels follow
+        model.compile("adam", ["sparse_categorical_crossentropy", "mse"])
+        model.fit(x, [seeded.integers(0, 2, 5), seeded.standard_normal((5, 7))], epochs=2,
+                  verbose=0)
+        unfolded, _ = model._plan.forward([b.asarray(x)], False)
+        for got, want in zip(model.predict_on_batch(x), unfolded):
+            np.testing.assert_allclose(got, b.to_numpy(want), rtol=2e-5, atol=2e-6)
+    finally:
+        pynn.set_device("cpu")
