@@ -99,6 +99,9 @@ _BY_CLASS = {cls.__name__: cls for cls in (Constraint, *ALIASES.values())}
 def serialize(constraint):
     if constraint is None:
         return None
+    if not isinstance(constraint, Constraint):
+        raise ValueError(f"a constraint given as a plain callable ({constraint!r}) cannot be "
+                         f"saved; subclass pynn.constraints.Constraint with get_config")
     return {"class_name": type(constraint).__name__, "config": constraint.get_config()}
 
 
@@ -117,6 +120,8 @@ def get(identifier):
     """A Constraint from a name ("max_norm", "MaxNorm", ...), a serialized dict, an instance,
     or None (no constraint)."""
     if identifier is None or isinstance(identifier, Constraint):
+        return identifier
+    if callable(identifier):  # a function projecting the weight in place, as Keras allows
         return identifier
     if isinstance(identifier, dict):
         return deserialize(identifier)

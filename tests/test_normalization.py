@@ -600,7 +600,11 @@ def test_constraints_are_passed_to_the_weights():
     layer = layers.BatchNormalization(gamma_constraint=clip, beta_constraint="non_neg")
     layer.build((None, 3))
     assert layer.gamma.constraint is clip
-    assert layer.beta.constraint is None  # a name waits for pynn.constraints
+    assert isinstance(layer.beta.constraint, pynn.constraints.NonNeg)  # by name
+    named = layers.BatchNormalization(beta_constraint="non_neg")
+    assert named.get_config()["beta_constraint"]["class_name"] == "NonNeg"
+    with pytest.raises(ValueError, match="plain callable .* cannot be saved"):
+        layer.get_config()
 
 
 # -- bad input ----------------------------------------------------------------------------

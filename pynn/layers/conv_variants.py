@@ -4,12 +4,11 @@ layouts: Conv2DTranspose (kernel (kh, kw, filters, in)), DepthwiseConv2D (kernel
 (depthwise_kernel as DepthwiseConv2D's, pointwise_kernel (1, 1, in*depth_multiplier,
 filters)). SeparableConv2D is the depthwise op followed by a 1x1 conv2d: no kernel of its own.
 
-Constraints: a callable is applied after each optimizer update (as Keras); pynn has no named
-constraints, so a string is refused rather than ignored. activity_regularizer is not
-supported (only None).
+Constraints (pynn.constraints: names, configs or instances) project a weight after each
+optimizer update, as in Keras; activity_regularizer is every layer's (pynn.layers.base).
 """
 
-from pynn import backend, initializers, regularizers
+from pynn import backend, constraints, initializers, regularizers
 from pynn.backend.operands.common import conv_output_size
 from pynn.backend.operands.conv import conv_transpose_output_size, output_padding_pair
 from pynn.layers.base import (
@@ -30,16 +29,10 @@ def _positive_int(label, name, value):
 
 
 def _constraint(label, name, value):
-    if value is not None and not callable(value):
-        raise ValueError(f"{label}: {name} must be None or a callable (applied to the weight "
-                         f"after each update); pynn has no named constraints, got {value!r}")
-    return value
-
-
-def _no_activity_regularizer(label, value):
-    if value is not None:
-        raise ValueError(f"{label}: activity_regularizer={value!r} is not supported (only "
-                         f"None)")
+    try:
+        return constraints.get(value)
+    except ValueError as exc:
+        raise ValueError(f"{label}: {name}: {exc}") from None
 
 
 def _check_input_shape(layer, input_shape):
@@ -110,7 +103,7 @@ class Conv2DTranspose(_ConvVariant):
             raise ValueError(f"{self._label}: strides > 1 together with dilation_rate > 1 is "
                              f"not supported (as in Keras)")
         self.output_padding = output_padding_pair(self._label, output_padding, self.strides)
-        _no_activity_regularizer(self._label, activity_regularizer)
+        self.activity_regularizer = regularizers.get(activity_regularizer)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
@@ -160,6 +153,8 @@ class Conv2DTranspose(_ConvVariant):
 
     def get_config(self):
         config = self._conv_config()
+        config.update({k: constraints.serialize(v) for k, v in vars(self).items()
+                       if k.endswith("_constraint")})
         config.update(
             filters=self.filters,
             output_padding=None if self.output_padding is None else list(self.output_padding),
@@ -185,7 +180,7 @@ class DepthwiseConv2D(_ConvVariant):
                         use_bias)
         self.depth_multiplier = _positive_int(self._label, "depth_multiplier",
                                               depth_multiplier)
-        _no_activity_regularizer(self._label, activity_regularizer)
+        self.activity_regularizer = regularizers.get(activity_regularizer)
         self.depthwise_initializer = initializers.get(depthwise_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
         self.depthwise_regularizer = regularizers.get(depthwise_regularizer)
@@ -235,6 +230,8 @@ class DepthwiseConv2D(_ConvVariant):
 
     def get_config(self):
         config = self._conv_config()
+        config.update({k: constraints.serialize(v) for k, v in vars(self).items()
+                       if k.endswith("_constraint")})
         config.update(
             depth_multiplier=self.depth_multiplier,
             depthwise_initializer=initializers.serialize(self.depthwise_initializer),
@@ -262,7 +259,7 @@ class SeparableConv2D(_ConvVariant):
         self.filters = _positive_int(self._label, "filters", filters)
         self.depth_multiplier = _positive_int(self._label, "depth_multiplier",
                                               depth_multiplier)
-        _no_activity_regularizer(self._label, activity_regularizer)
+        self.activity_regularizer = regularizers.get(activity_regularizer)
         self.depthwise_initializer = initializers.get(depthwise_initializer)
         self.pointwise_initializer = initializers.get(pointwise_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
@@ -325,6 +322,8 @@ class SeparableConv2D(_ConvVariant):
 
     def get_config(self):
         config = self._conv_config()
+        config.update({k: constraints.serialize(v) for k, v in vars(self).items()
+                       if k.endswith("_constraint")})
         config.update(
             filters=self.filters, depth_multiplier=self.depth_multiplier,
             depthwise_initializer=initializers.serialize(self.depthwise_initializer),

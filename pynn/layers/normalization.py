@@ -10,21 +10,17 @@ import operator
 
 import numpy as np
 
-from pynn import backend, initializers, regularizers
+from pynn import backend, constraints, initializers, regularizers
 from pynn.layers.base import Layer, shape_str
 
 
 def _constraint(value):
-    """A constraint as add_weight takes it: a callable, else none (pynn.constraints, merged
-    later, resolves names)."""
-    return value if callable(value) else None
+    """A constraint as add_weight takes it (pynn.constraints: a name, a config, an instance)."""
+    return constraints.get(value)
 
 
 def _constraint_config(value):
-    if value is None or isinstance(value, (str, dict)):
-        return value
-    get_config = getattr(value, "get_config", None)
-    return {"class_name": type(value).__name__, "config": get_config() if get_config else {}}
+    return constraints.serialize(constraints.get(value))
 
 
 class _Normalization(Layer):
