@@ -157,9 +157,12 @@ cdef inline void softmax_grad_row(const floating* dy, const floating* y, floatin
 
 
 # Below this many elements a kernel runs on the calling thread: waking the OpenMP team costs
-# more than the pass, and a busy machine can stall a region on its slowest thread.
+# more than the pass, and a busy machine can stall a region on its slowest thread. With pynn's
+# passive waiters the team's wake-up measured 70-85 us (Zen 3, 2 threads), while one thread
+# streams relu over 1 Mi float32 in ~100 us: 2 threads first paid at ~1.5 Mi elements (relu:
+# 32 Ki 5.7 vs 90 us, 1 Mi 103 vs 121 us, 2 Mi 263 vs 197 us; bench/README.md).
 cdef enum:
-    ACT_PARALLEL_MIN = 32768
+    ACT_PARALLEL_MIN = 1048576
 
 
 cdef inline void act_forward_vec(const floating* x, floating* y, Py_ssize_t n, int act,

@@ -42,9 +42,11 @@ ctypedef fused floating:
     double
 
 
-# Below this much work a kernel runs on the calling thread: waking the OpenMP team costs more.
+# Below this much work a kernel runs on the calling thread: waking the OpenMP team (~80 us
+# with passive waiters) costs more than a memory-bound pass; 2 threads first paid for a
+# 2-input add at ~1 Mi elements (see ACT_PARALLEL_MIN in _activation.pxd).
 cdef enum:
-    PARALLEL_MIN = 32768
+    PARALLEL_MIN = 1048576
     CHUNK = 4096  # elements per elementwise task: a few pages of each input
 
 cdef enum Mode:

@@ -794,3 +794,19 @@ def test_dense_with_new_activation_matches_keras(name, seeded):
     dense(x)
     dense.set_weights(k_dense.get_weights())
     np.testing.assert_allclose(dense(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_large_arrays_take_the_threaded_path(num_threads):
+    """Above ACT_PARALLEL_MIN (1 Mi elements) the passes run on the OpenMP team: the same
+    numbers as one thread, and as the reference."""
+    x = np.random.default_rng(8).standard_normal(1_300_003).astype(np.float32)
+    dy = np.random.default_rng(9).standard_normal(x.shape).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        num_threads(threads)
+        y = activation_forward(x, "elu", 1.0)
+        results.append((y, activation_backward(dy, x, y, "elu", 1.0)))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    np.testing.assert_allclose(results[1][0], activation_forward_ref(x, "elu", 1.0), rtol=1e-6,
+                               atol=1e-7)

@@ -520,3 +520,20 @@ def test_opencl_ops_refuse_host_arrays(rng):
         ocl.ops.merge_forward([ocl.up(x), x], "add")
     with pytest.raises(TypeError, match=r"dot_forward: 'x2' must be a pyopencl"):
         ocl.ops.dot_forward(ocl.up(x), x, 1, False)
+
+
+def test_large_inputs_take_the_threaded_path(num_threads):
+    """Above the merge kernels' 1 Mi-element threshold the fold runs on the OpenMP team."""
+    from pynn.backend import cpu
+
+    rng = np.random.default_rng(4)
+    xs = [rng.standard_normal((3, 450_001)).astype(np.float32) for _ in range(3)]
+    dy = rng.standard_normal(xs[0].shape).astype(np.float32)
+    out = []
+    for threads in (1, 2):
+        num_threads(threads)
+        out.append((cpu.merge_forward(xs, "maximum"), cpu.merge_backward(dy, xs, "maximum")))
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    for a, b in zip(out[0][1], out[1][1]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(out[1][0], np.maximum(np.maximum(xs[0], xs[1]), xs[2]))
