@@ -488,3 +488,21 @@ def test_batch_norm_folds_into_the_layer_before_it(device, seeded, request):
             np.testing.assert_allclose(got, b.to_numpy(want), rtol=2e-5, atol=2e-6)
     finally:
         pynn.set_device("cpu")
+
+
+def test_activity_regularization_layer_adds_its_penalty(float64, seeded):
+    x_in = pynn.Input((4,))
+    h = layers.Dense(3, activation="tanh")(x_in)
+    model = pynn.Model(x_in, layers.Dense(2)(layers.ActivityRegularization(l1=0.1, l2=0.2)(h)))
+    model.compile("sgd", "mse")
+    x, y = seeded.standard_normal((6, 4)), seeded.standard_normal((6, 2))
+    model._prepare_train()
+    outs, saved = model._plan.forward([x], True)
+    _, _, grads = model._losses_and_grads([y], outs, True)
+    _, penalty = model._plan.backward(grads, saved)
+    hv = np.tanh(x @ model.layers[1].kernel.value + model.layers[1].bias.value)
+    assert penalty == pytest.approx((0.1 * np.abs(hv).sum() + 0.2 * (hv * hv).sum()) / 6)
+    config = model.get_layer(index=2).get_config()
+    assert config["l1"] == 0.1 and config["l2"] == 0.2
+    clone = pynn.Model.from_config(model.get_config())
+    assert clone.get_layer(index=2).activity_regularizer.l2 == 0.2

@@ -4,7 +4,9 @@ classes up in ``LAYERS`` only, never imports by name."""
 from pynn.layers.base import Layer
 from pynn.layers.conv import Conv2D
 from pynn.layers.conv_variants import Conv2DTranspose, DepthwiseConv2D, SeparableConv2D
-from pynn.layers.core import Activation, Dense, Dropout, Flatten, Input, InputLayer, Reshape
+from pynn.layers.core import (
+    Activation, ActivityRegularization, Dense, Dropout, Flatten, Input, InputLayer, Reshape,
+)
 from pynn.layers.recurrent import GRU, LSTM, SimpleRNN
 # -- merge (Keras's merge layers and their functional helpers) --
 from pynn.layers.merge import (
@@ -46,7 +48,7 @@ from pynn.layers.activation import ELU, LeakyReLU, PReLU, ReLU, Softmax
 from pynn.layers.noise import GaussianDropout, GaussianNoise, SpatialDropout2D
 
 LAYERS = {cls.__name__: cls for cls in (
-    InputLayer, Dense, Activation, Dropout, Flatten, Reshape, Conv2D, MaxPooling2D,
+    InputLayer, Dense, Activation, ActivityRegularization, Dropout, Flatten, Reshape, Conv2D, MaxPooling2D,
     AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, SimpleRNN, LSTM, GRU,
     # -- merge --
     Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate, Dot,

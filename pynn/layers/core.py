@@ -265,3 +265,27 @@ class Reshape(Layer):
         config = super().get_config()
         config["target_shape"] = list(self.target_shape)
         return config
+
+
+class ActivityRegularization(Layer):
+    """Keras's ActivityRegularization: the identity, whose output's l1 * sum|y| + l2 * sum(y^2)
+    (divided by the batch size, as every activity_regularizer is) joins the loss."""
+
+    def __init__(self, l1=0.0, l2=0.0, **kwargs):
+        if kwargs.get("activity_regularizer") is not None:
+            raise TypeError("ActivityRegularization: give l1 and l2, not activity_regularizer")
+        kwargs.pop("activity_regularizer", None)
+        super().__init__(activity_regularizer=regularizers.L1L2(l1=l1, l2=l2), **kwargs)
+        self.l1, self.l2 = self.activity_regularizer.l1, self.activity_regularizer.l2
+
+    def call(self, x, training=False):
+        return x
+
+    def backward(self, dy):
+        return dy
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("activity_regularizer", None)
+        config.update(l1=self.l1, l2=self.l2)
+        return config
