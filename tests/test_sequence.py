@@ -286,8 +286,8 @@ def test_bad_arguments(make, error, match):
 
 
 @pytest.mark.parametrize("layer, shape, match", [
-    (lambda: layers.Conv1D(2, 3, name="c"), (2, 5, 5, 3), r"Conv1D 'c': expected input shape "
-                                                           r"\(None, T, C\)"),
+    (lambda: layers.Conv1D(2, 3, name="c"), (2, 5, 5, 3),
+     r"Conv1D 'c': expected input shape \(None, T, C\)"),
     (lambda: layers.Conv1D(2, 6, name="c"), (2, 5, 3), "larger than the input"),
     (lambda: layers.Conv1D(2, 3, groups=2, name="c"), (2, 5, 3), "groups=2 must divide"),
     (lambda: layers.MaxPooling1D(6, name="p"), (2, 5, 3), "pool_size 6 is larger"),

@@ -61,8 +61,7 @@ class Embedding(Layer):
         indices, self._cache = self._cache, None
         self.embeddings.grad = self._named(backend.current().embedding_backward, dy, indices,
                                            self.input_dim)
-        # Indices are not differentiable (Keras gives no gradient either).
-        return None
+        # No input gradient (None): indices are not differentiable, nor are they in Keras.
 
     def compute_mask(self, inputs, mask=None):
         """``indices != 0`` as a host bool array when mask_zero, else None (Keras)."""

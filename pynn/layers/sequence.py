@@ -8,6 +8,8 @@ left zero pad of dilation * (k - 1) steps (pad2d_forward, undone in the backward
 pad2d_backward) followed by a 'valid' conv, as Keras does.
 """
 
+import sys
+
 import numpy as np
 
 from pynn import backend, constraints, initializers, regularizers
@@ -310,9 +312,10 @@ class TimeDistributed(Layer):
 
     def __init__(self, layer, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(layer, Layer):
-            raise ValueError(f"TimeDistributed '{self.name}': layer must be a pynn Layer "
-                             f"instance, got {layer!r}")
+        if not isinstance(layer, Layer):  # Keras raises ValueError here too
+            raise ValueError(  # noqa: TRY004
+                f"TimeDistributed '{self.name}': layer must be a pynn Layer instance, got "
+                f"{layer!r}")
         self.layer = layer
 
     def _inner_shape(self, input_shape):
@@ -363,8 +366,9 @@ class TimeDistributed(Layer):
 
     @classmethod
     def from_config(cls, config):
-        from pynn.layers import LAYERS  # the registry imports this module
-
+        # The registry of pynn.layers, which imports this module (so it is always loaded
+        # first); read from sys.modules rather than imported, which would be a cycle.
+        LAYERS = sys.modules["pynn.layers"].LAYERS
         config = dict(config)
         inner = config.pop("layer")
         name = inner.get("class_name") if isinstance(inner, dict) else None
