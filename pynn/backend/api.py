@@ -294,6 +294,14 @@ OPS = {
     # one of CONSTRAINTS; norms are over ``axis`` (an int or a tuple of adjacent axes) with
     # Keras's epsilon 1e-7: w *= desired / (eps + norm).
     "constraint_inplace": ("w", "kind", "min_value", "max_value", "rate", "axis"),
+    # -- embedding (native/embedding.pyx, opencl/embedding.cl): issue 14, sequence layers --
+    # Keras 3's Embedding. indices: any shape, integers or floats holding whole numbers
+    # (int32, int64 or float32 on OpenCL), each in [0, V); a bad one is a ValueError naming
+    # it, raised before the op returns. table (V, D). Forward -> indices.shape + (D,).
+    # Backward -> dtable (input_dim, D): dy's rows summed by index in index order
+    # (deterministic, no float atomics).
+    "embedding_forward": ("indices", "table"),
+    "embedding_backward": ("dy", "indices", "input_dim"),
 }
 
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.

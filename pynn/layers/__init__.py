@@ -46,6 +46,16 @@ from pynn.layers.spatial import Cropping2D, UpSampling2D, ZeroPadding2D
 # -- issue 12: activation and noise layers
 from pynn.layers.activation import ELU, LeakyReLU, PReLU, ReLU, Softmax
 from pynn.layers.noise import GaussianDropout, GaussianNoise, SpatialDropout2D
+# -- sequence layers (issue 14) --
+from pynn.layers.embedding import Embedding
+from pynn.layers.sequence import (
+    AveragePooling1D,
+    Conv1D,
+    GlobalAveragePooling1D,
+    GlobalMaxPooling1D,
+    MaxPooling1D,
+    TimeDistributed,
+)
 
 LAYERS = {cls.__name__: cls for cls in (
     InputLayer, Dense, Activation, ActivityRegularization, Dropout, Flatten, Reshape, Conv2D, MaxPooling2D,
@@ -63,6 +73,16 @@ LAYERS = {cls.__name__: cls for cls in (
 LAYERS.update({cls.__name__: cls for cls in (
     ReLU, LeakyReLU, PReLU, ELU, Softmax, SpatialDropout2D, GaussianNoise, GaussianDropout,
 )})
+# -- sequence layers (issue 14) --
+LAYERS.update({cls.__name__: cls for cls in (
+    Embedding, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D,
+    GlobalMaxPooling1D, TimeDistributed,
+)})
+MaxPool1D = MaxPooling1D
+AvgPool1D = AveragePooling1D
+GlobalAvgPool1D = GlobalAveragePooling1D
+GlobalMaxPool1D = GlobalMaxPooling1D
+Convolution1D = Conv1D
 
 # Keras aliases.
 MaxPool2D = MaxPooling2D
@@ -79,4 +99,6 @@ __all__ = ["Layer", "LAYERS", "Input", *LAYERS, "MaxPool2D", "AvgPool2D", "Globa
            "add", "subtract", "multiply", "average", "maximum", "minimum", "concatenate",
            "dot",
            # -- convolution variants: Keras aliases --
-           "Convolution2DTranspose", "SeparableConvolution2D"]
+           "Convolution2DTranspose", "SeparableConvolution2D",
+           # -- sequence layers (issue 14): Keras aliases --
+           "MaxPool1D", "AvgPool1D", "GlobalAvgPool1D", "GlobalMaxPool1D", "Convolution1D"]

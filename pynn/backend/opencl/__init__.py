@@ -75,6 +75,8 @@ from pynn.backend.opencl.dropout import (  # noqa: F401
 )
 from pynn.backend.opencl.optim import constraint_inplace  # noqa: F401
 # -- end issue 12
+# -- embedding (issue 14, sequence layers) --
+from pynn.backend.opencl.embedding import embedding_backward, embedding_forward  # noqa: F401
 from pynn.backend.opencl.runtime import (  # noqa: F401
     device_info, devices, empty_cache, select_device,
 )

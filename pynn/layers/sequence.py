@@ -1,0 +1,378 @@
+"""Keras 3's 1-D sequence layers on (N, T, C), channels_last: Conv1D, MaxPooling1D,
+AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, and TimeDistributed.
+
+No kernels of their own: (N, T, C) is viewed as the image (N, 1, T, C) and the kernel
+(k, C/groups, F) as (1, k, C/groups, F), so the conv2d / grouped_conv2d and pool2d ops do the
+work (the math is the same: a 1-D window is a 1 x k window). Conv1D's 'causal' padding is a
+left zero pad of dilation * (k - 1) steps (pad2d_forward, undone in the backward by
+pad2d_backward) followed by a 'valid' conv, as Keras does.
+"""
+
+import sys
+
+import numpy as np
+
+from pynn import backend, constraints, initializers, regularizers
+from pynn.backend.operands.common import conv_output_size
+from pynn.layers.base import (
+    C_INT_MAX,
+    Layer,
+    activation_config,
+    bias_activation_backward,
+    data_format_arg,
+    padding_arg,
+    shape_str,
+)
+
+
+def _one_int(label, name, value):
+    """An int, or a 1-tuple of one (Keras's conv_utils.standardize_tuple)."""
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{label}: {name} must be a positive int (or a tuple of one), got "
+                         f"{value!r}")
+    if value > C_INT_MAX:
+        raise ValueError(f"{label}: {name} must be at most {C_INT_MAX} (a C int), got {value}")
+    return int(value)
+
+
+def _check_3d(layer, input_shape):
+    if len(input_shape) != 3:
+        raise ValueError(f"{type(layer).__name__} '{layer.name}': expected input shape "
+                         f"(None, T, C), got {shape_str(input_shape)}")
+
+
+def _as_image(x):
+    """(N, T, C) -> the (N, 1, T, C) view the 2-D ops take."""
+    return backend.current().reshape(x, (x.shape[0], 1, x.shape[1], x.shape[2]))
+
+
+def _as_sequence(y):
+    return backend.current().reshape(y, (y.shape[0], y.shape[2], y.shape[3]))
+
+
+class Conv1D(Layer):
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", data_format=None,
+                 dilation_rate=1, groups=1, activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, kernel_constraint=None,
+                 bias_constraint=None, **kwargs):
+        super().__init__(**kwargs)
+        label = f"Conv1D '{self.name}'"
+        self.filters = _one_int(label, "filters", filters)
+        self.groups = _one_int(label, "groups", groups)
+        if self.filters % self.groups:
+            raise ValueError(f"{label}: groups must divide filters ({self.filters}), got "
+                             f"{groups!r}")
+        data_format_arg(label, data_format)
+        self.kernel_size = _one_int(label, "kernel_size", kernel_size)
+        self.strides = _one_int(label, "strides", strides)
+        self.dilation_rate = _one_int(label, "dilation_rate", dilation_rate)
+        if str(padding).lower() == "causal":
+            self.padding = "causal"
+        else:
+            try:
+                self.padding = padding_arg(label, padding)
+            except ValueError:
+                raise ValueError(f"{label}: padding must be 'valid', 'same' or 'causal', got "
+                                 f"{padding!r}") from None
+        if self.strides > 1 and self.dilation_rate > 1:
+            raise ValueError(f"{label}: strides > 1 together with dilation_rate > 1 is not "
+                             f"supported (as in Keras)")
+        self.activation, self.alpha = activation_config(activation, self)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.kernel_constraint = constraints.get(kernel_constraint)
+        self.bias_constraint = constraints.get(bias_constraint)
+
+    @property
+    def _causal_pad(self):
+        """pad2d's ((top, bottom), (left, right)) of the causal left pad."""
+        return ((0, 0), (self.dilation_rate * (self.kernel_size - 1), 0))
+
+    @property
+    def _conv_padding(self):
+        return "valid" if self.padding == "causal" else self.padding
+
+    def build(self, input_shape):
+        _check_3d(self, input_shape)
+        channels = input_shape[-1]
+        if channels is None or channels % self.groups:
+            raise ValueError(f"Conv1D '{self.name}': groups={self.groups} must divide the input "
+                             f"channels, got input shape {shape_str(input_shape)}")
+        self.kernel = self.add_weight("kernel",
+                                      (self.kernel_size, channels // self.groups, self.filters),
+                                      self.kernel_initializer, self.kernel_regularizer,
+                                      constraint=self.kernel_constraint)
+        self.bias = (self.add_weight("bias", (self.filters,), self.bias_initializer,
+                                     self.bias_regularizer, constraint=self.bias_constraint)
+                     if self.use_bias else None)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        _check_3d(self, input_shape)
+        n, t, _ = input_shape
+        if t is None:
+            return (n, None, self.filters)
+        if self.padding == "causal":
+            t += self.dilation_rate * (self.kernel_size - 1)
+        _, out = conv_output_size(t, self.kernel_size, self.strides, self.dilation_rate,
+                                  self._conv_padding)
+        if out <= 0:
+            raise ValueError(f"Conv1D '{self.name}': kernel_size {self.kernel_size} with "
+                             f"dilation {self.dilation_rate} is larger than the input "
+                             f"{shape_str(input_shape)} under padding='valid'")
+        return (n, out, self.filters)
+
+    def _kernel4(self):
+        k = self.kernel.value
+        return backend.current().reshape(k, (1,) + tuple(k.shape))
+
+    def call(self, x, training=False):
+        b = backend.current()
+        x4 = _as_image(x)
+        if self.padding == "causal":
+            x4 = b.pad2d_forward(x4, self._causal_pad)
+        bias = self.bias.value if self.use_bias else None
+        strides, dilation = (1, self.strides), (1, self.dilation_rate)
+        if self.groups == 1:
+            y, z = b.conv2d_forward(x4, self._kernel4(), bias, strides, self._conv_padding,
+                                    dilation, self.activation, self.alpha)
+        else:
+            y, z = b.grouped_conv2d_forward(x4, self._kernel4(), bias, strides,
+                                            self._conv_padding, dilation, self.groups,
+                                            self.activation, self.alpha)
+        if training:
+            self._cache = (x4, y, z)
+        return _as_sequence(y)
+
+    def backward(self, dy):
+        b = backend.current()
+        x4, y, z = self._cache
+        self._cache = None
+        dy4 = _as_image(dy)
+        kernel4 = self._kernel4()
+        strides, dilation = (1, self.strides), (1, self.dilation_rate)
+        if self.groups == 1:
+            dx4, dk, db = b.conv2d_backward(dy4, x4, z, y, kernel4, strides,
+                                            self._conv_padding, dilation, self.activation,
+                                            self.alpha, self.use_bias, self.needs_input_grad)
+            if self.use_bias:
+                self.bias.grad = db
+        else:
+            dz = bias_activation_backward(self, dy4, z, y)
+            dk = b.grouped_conv2d_backward_weight(x4, dz, tuple(kernel4.shape), strides,
+                                                  self._conv_padding, dilation, self.groups)
+            dx4 = None
+            if self.needs_input_grad:
+                dx4 = b.grouped_conv2d_backward_input(dz, kernel4, tuple(x4.shape), strides,
+                                                      self._conv_padding, dilation,
+                                                      self.groups)
+        self.kernel.grad = b.reshape(dk, tuple(self.kernel.shape))
+        if dx4 is None:
+            return None
+        if self.padding == "causal":
+            dx4 = b.pad2d_backward(dx4, self._causal_pad)
+        return _as_sequence(dx4)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters, kernel_size=[self.kernel_size], strides=[self.strides],
+            padding=self.padding, dilation_rate=[self.dilation_rate], groups=self.groups,
+            activation=self.activation, use_bias=self.use_bias,
+            kernel_initializer=initializers.serialize(self.kernel_initializer),
+            bias_initializer=initializers.serialize(self.bias_initializer),
+            kernel_regularizer=regularizers.serialize(self.kernel_regularizer),
+            bias_regularizer=regularizers.serialize(self.bias_regularizer),
+            kernel_constraint=constraints.serialize(self.kernel_constraint),
+            bias_constraint=constraints.serialize(self.bias_constraint),
+        )
+        return config
+
+
+class _Pooling1D(Layer):
+    def __init__(self, pool_size=2, strides=None, padding="valid", data_format=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        label = f"{type(self).__name__} '{self.name}'"
+        data_format_arg(label, data_format)
+        self.pool_size = _one_int(label, "pool_size", pool_size)
+        # Keras: strides=None means strides = pool_size.
+        self.strides = _one_int(label, "strides",
+                                strides if strides is not None else self.pool_size)
+        self.padding = padding_arg(label, padding)
+
+    @property
+    def _window(self):
+        return (1, self.pool_size), (1, self.strides)
+
+    def compute_output_shape(self, input_shape):
+        _check_3d(self, input_shape)
+        n, t, c = input_shape
+        if t is None:
+            return (n, None, c)
+        _, out = conv_output_size(t, self.pool_size, self.strides, 1, self.padding)
+        if out <= 0:
+            raise ValueError(f"{type(self).__name__} '{self.name}': pool_size "
+                             f"{self.pool_size} is larger than the input "
+                             f"{shape_str(input_shape)} under padding='valid'")
+        return (n, out, c)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(pool_size=[self.pool_size], strides=[self.strides], padding=self.padding)
+        return config
+
+
+class MaxPooling1D(_Pooling1D):
+    def call(self, x, training=False):
+        x4 = _as_image(x)
+        y, argmax = backend.current().maxpool2d_forward(x4, *self._window, self.padding)
+        if training:
+            self._cache = (argmax, tuple(x4.shape))
+        return _as_sequence(y)
+
+    def backward(self, dy):
+        (argmax, shape), self._cache = self._cache, None
+        return _as_sequence(backend.current().maxpool2d_backward(_as_image(dy), argmax, shape))
+
+
+class AveragePooling1D(_Pooling1D):
+    def call(self, x, training=False):
+        x4 = _as_image(x)
+        if training:
+            self._cache = tuple(x4.shape)
+        return _as_sequence(backend.current().avgpool2d_forward(x4, *self._window,
+                                                                self.padding))
+
+    def backward(self, dy):
+        shape, self._cache = self._cache, None
+        return _as_sequence(backend.current().avgpool2d_backward(
+            _as_image(dy), shape, *self._window, self.padding))
+
+
+class _GlobalPooling1D(Layer):
+    def __init__(self, data_format=None, keepdims=False, **kwargs):
+        super().__init__(**kwargs)
+        data_format_arg(f"{type(self).__name__} '{self.name}'", data_format)
+        self.keepdims = bool(keepdims)
+
+    def compute_output_shape(self, input_shape):
+        _check_3d(self, input_shape)
+        n, _, c = input_shape
+        return (n, 1, c) if self.keepdims else (n, c)
+
+    def _out(self, y):
+        return backend.current().reshape(y, (y.shape[0], 1, y.shape[1])) if self.keepdims else y
+
+    def _dy(self, dy):
+        return backend.current().reshape(dy, (dy.shape[0], dy.shape[-1])) if self.keepdims else dy
+
+    def get_config(self):
+        config = super().get_config()
+        config["keepdims"] = self.keepdims
+        return config
+
+
+class GlobalAveragePooling1D(_GlobalPooling1D):
+    def call(self, x, training=False):
+        x4 = _as_image(x)
+        if training:
+            self._cache = tuple(x4.shape)
+        return self._out(backend.current().global_avgpool2d_forward(x4))
+
+    def backward(self, dy):
+        shape, self._cache = self._cache, None
+        return _as_sequence(backend.current().global_avgpool2d_backward(self._dy(dy), shape))
+
+
+class GlobalMaxPooling1D(_GlobalPooling1D):
+    def call(self, x, training=False):
+        x4 = _as_image(x)
+        y, argmax = backend.current().global_maxpool2d_forward(x4)
+        if training:
+            self._cache = (argmax, tuple(x4.shape))
+        return self._out(y)
+
+    def backward(self, dy):
+        (argmax, shape), self._cache = self._cache, None
+        return _as_sequence(backend.current().global_maxpool2d_backward(self._dy(dy), argmax,
+                                                                        shape))
+
+
+class TimeDistributed(Layer):
+    """Applies ``layer`` to every time step as one batched call: (N, T, ...) is reshaped to
+    (N*T, ...), the inner layer runs once, and the result is reshaped back; the backward
+    likewise. Its weights are the inner layer's, in the inner layer's (Keras's) order."""
+
+    def __init__(self, layer, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(layer, Layer):  # Keras raises ValueError here too
+            raise ValueError(  # noqa: TRY004
+                f"TimeDistributed '{self.name}': layer must be a pynn Layer instance, got "
+                f"{layer!r}")
+        self.layer = layer
+
+    def _inner_shape(self, input_shape):
+        if len(input_shape) < 3:
+            raise ValueError(f"TimeDistributed '{self.name}': expected an input of at least 3 "
+                             f"dimensions (None, T, ...), got {shape_str(input_shape)}")
+        return (None,) + tuple(input_shape[2:])
+
+    def build(self, input_shape):
+        inner = self._inner_shape(input_shape)
+        if not self.layer.built:
+            self.layer.build(inner)
+        # One list: the inner layer's Variables are this layer's weights.
+        self._variables = self.layer._variables
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        out = self.layer.compute_output_shape(self._inner_shape(input_shape))
+        return (input_shape[0], input_shape[1]) + tuple(out[1:])
+
+    def call(self, x, training=False):
+        b = backend.current()
+        n, t = x.shape[0], x.shape[1]
+        flat = b.reshape(x, (n * t,) + tuple(x.shape[2:]))
+        self.layer.check_input(flat)
+        y = self.layer.call(flat, training=training)
+        if training:
+            # The executor saves this layer's _cache only: the inner layer's rides in it.
+            self._cache = (self.layer._cache, tuple(x.shape))
+            self.layer._cache = None
+        return b.reshape(y, (n, t) + tuple(y.shape[1:]))
+
+    def backward(self, dy):
+        b = backend.current()
+        (inner_cache, x_shape), self._cache = self._cache, None
+        n, t = x_shape[0], x_shape[1]
+        self.layer._cache = inner_cache
+        self.layer.needs_input_grad = self.needs_input_grad
+        dx = self.layer.backward(b.reshape(dy, (n * t,) + tuple(dy.shape[2:])))
+        self.layer._cache = None
+        return None if dx is None else b.reshape(dx, x_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config["layer"] = {"class_name": type(self.layer).__name__,
+                           "config": self.layer.get_config()}
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        # The registry of pynn.layers, which imports this module (so it is always loaded
+        # first); read from sys.modules rather than imported, which would be a cycle.
+        LAYERS = sys.modules["pynn.layers"].LAYERS
+        config = dict(config)
+        inner = config.pop("layer")
+        name = inner.get("class_name") if isinstance(inner, dict) else None
+        if name not in LAYERS:
+            raise ValueError(f"TimeDistributed: unknown inner layer class {name!r}; expected "
+                             f"one of pynn.layers.LAYERS")
+        return cls(LAYERS[name].from_config(inner.get("config", {})), **config)
