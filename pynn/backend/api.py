@@ -56,7 +56,11 @@ DEFAULT_ALPHA = {"leaky_relu": 0.2, "elu": 1.0}
 METRIC_MODES = ("binary", "categorical", "sparse")
 
 LOSSES = ("mean_squared_error", "mean_absolute_error", "huber", "binary_crossentropy",
-          "categorical_crossentropy", "sparse_categorical_crossentropy")
+          "categorical_crossentropy", "sparse_categorical_crossentropy",
+          # -- losses of issue 15 (keras.losses' other functions); codes are the index ------
+          "kl_divergence", "hinge", "squared_hinge", "categorical_hinge", "log_cosh",
+          "poisson", "mean_squared_logarithmic_error", "mean_absolute_percentage_error",
+          "cosine_similarity", "binary_focal_crossentropy")
 
 # name -> parameter names, in order. The signature test checks each backend against this.
 OPS = {
@@ -118,9 +122,14 @@ OPS = {
     # -- losses (native/loss.pyx, opencl/loss.cl) ----------------------------------------
     # Mean over the batch (Keras 'sum_over_batch_size'). Returns (loss: float, grad or None):
     # grad = d(loss)/d(y_pred), already divided by the batch size. ``param`` is huber's delta,
-    # ignored by the others. Sparse labels are int32 class ids, validated by the caller.
+    # the label_smoothing of binary/categorical cross-entropy (None: 0), for
+    # binary_focal_crossentropy None or a dict of Keras's apply_class_balancing, alpha, gamma,
+    # label_smoothing (Keras's defaults for those missing); ignored by the others. Sparse labels are int32 class ids, validated by the caller.
+    # sample_weight (None or floats shaped like the per-sample losses, y_pred.shape[:-1], or
+    # a leading part of it) multiplies each per-sample loss; the mean still divides by the
+    # number of losses, not the weights' sum (Keras 3's sum_over_batch_size).
     "loss_forward_backward": ("name", "y_true", "y_pred", "from_logits", "param",
-                              "need_grad"),
+                              "need_grad", "sample_weight"),
     # -- metrics (native/metric.pyx, opencl/metric.cl) ----------------------------------
     # Counts over a batch, summed by the caller. mode: "binary" (threshold), "categorical"
     # (one-hot y_true), "sparse" (int labels). Returns an int.
