@@ -155,6 +155,18 @@ OPS = {
                        "momentum", "epsilon", "grad_scale", "clipvalue", "weight_decay"),
     "adagrad_update": ("w", "g", "accumulator", "lr", "epsilon", "grad_scale", "clipvalue",
                        "weight_decay"),
+    # -- issue 15's optimizers (Keras 3's update_step formulas; t the 1-based step) ------
+    # u_product: Nadam's running product of beta_1 (1 - 0.5 * 0.96^s), s = 1..t.
+    "nadam_update": ("w", "g", "m", "v", "lr", "beta_1", "beta_2", "epsilon", "t",
+                     "u_product", "grad_scale", "clipvalue", "weight_decay"),
+    "adamax_update": ("w", "g", "m", "u", "lr", "beta_1", "beta_2", "epsilon", "t",
+                      "grad_scale", "clipvalue", "weight_decay"),
+    "adadelta_update": ("w", "g", "accumulated_grad", "accumulated_delta_var", "lr", "rho",
+                        "epsilon", "grad_scale", "clipvalue", "weight_decay"),
+    "ftrl_update": ("w", "g", "accumulator", "linear", "lr", "learning_rate_power", "l1",
+                    "l2", "l2_shrinkage", "beta", "grad_scale", "clipvalue", "weight_decay"),
+    "lion_update": ("w", "g", "m", "lr", "beta_1", "beta_2", "grad_scale", "clipvalue",
+                    "weight_decay"),
     # -- recurrent (native/rnn.pyx, opencl/rnn.cl) --------------------------------------
     # Keras 3's SimpleRNN / LSTM (gates i, f, c, o) / GRU (gates z, r, h) over a whole
     # sequence, zero initial state. x (N, T, C), kernel (C, k*U), recurrent_kernel (U, k*U),

@@ -27,8 +27,13 @@ from pynn._native.dropout import dropout_backward, dropout_forward  # noqa: F401
 from pynn._native.loss import loss_forward_backward  # noqa: F401
 from pynn._native.metric import accuracy_count, confusion_counts, top_k_count  # noqa: F401
 from pynn._native.optim import (  # noqa: F401
+    adadelta_update,  # adadelta, adamax, ftrl, lion, nadam: issue 15
     adagrad_update,
     adam_update,
+    adamax_update,
+    ftrl_update,
+    lion_update,
+    nadam_update,
     regularizer_inplace,
     rmsprop_update,
     sgd_update,

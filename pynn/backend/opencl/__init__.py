@@ -26,8 +26,8 @@ from pynn.backend.opencl.metric import (  # noqa: F401
     accuracy_count, confusion_counts, top_k_count,
 )
 from pynn.backend.opencl.optim import (  # noqa: F401
-    adagrad_update, adam_update, regularizer_inplace, rmsprop_update, sgd_update,
-    sum_squares,
+    adadelta_update, adagrad_update, adam_update, adamax_update, ftrl_update, lion_update,
+    nadam_update, regularizer_inplace, rmsprop_update, sgd_update, sum_squares,
 )
 from pynn.backend.opencl.pool import (  # noqa: F401
     avgpool2d_backward, avgpool2d_forward, global_avgpool2d_backward,
