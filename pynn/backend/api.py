@@ -137,6 +137,13 @@ OPS = {
     "top_k_count": ("y_true", "y_pred", "k", "sparse"),
     # Binary confusion counts after thresholding (multi-column y flattens): (tp, fp, fn).
     "confusion_counts": ("y_true", "y_pred", "threshold"),
+    # -- issue 15: F-beta and AUC counts, small host arrays summed by the caller --------
+    # fbeta_counts -> float64 (4, K): per class (tp, fp, fn, support) of 2-D inputs; a
+    # prediction is y_pred > threshold, or (threshold None) y_pred >= its row's max and
+    # |y_pred| > 1e-9 (Keras's FBetaScore). threshold_counts -> int64 (4, T): per threshold
+    # (tp, fp, tn, fn) over every element, label y_true != 0, prediction y_pred > threshold.
+    "fbeta_counts": ("y_true", "y_pred", "threshold"),
+    "threshold_counts": ("y_true", "y_pred", "thresholds"),
     # -- regularizers and clipping (native/optim.pyx, opencl/optim.cl) -------------------
     # grad += l1*sign(w) + 2*l2*w; returns the penalty l1*sum|w| + l2*sum(w^2) as a float.
     "regularizer_inplace": ("w", "grad", "l1", "l2"),

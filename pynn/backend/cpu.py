@@ -25,7 +25,13 @@ from pynn._native.dense import (  # noqa: F401
 )
 from pynn._native.dropout import dropout_backward, dropout_forward  # noqa: F401
 from pynn._native.loss import loss_forward_backward  # noqa: F401
-from pynn._native.metric import accuracy_count, confusion_counts, top_k_count  # noqa: F401
+from pynn._native.metric import (  # noqa: F401
+    accuracy_count,
+    confusion_counts,
+    fbeta_counts,  # fbeta_counts, threshold_counts: issue 15
+    threshold_counts,
+    top_k_count,
+)
 from pynn._native.optim import (  # noqa: F401
     adadelta_update,  # adadelta, adamax, ftrl, lion, nadam: issue 15
     adagrad_update,
