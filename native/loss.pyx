@@ -160,7 +160,8 @@ cdef inline double pointwise_loss(int code, double t, double p, bint from_logits
         grad[0] = 1 - t / (p + lo)
         return p - t * log(p + lo)
     elif code == LOSS_MSLE:
-        a = log(fmax(p, lo) + 1) - log(fmax(t, lo) + 1)
+        # torch.maximum propagates NaN (C's fmax would return eps for a NaN prediction).
+        a = log((p if (p > lo or p != p) else lo) + 1) - log(fmax(t, lo) + 1)
         grad[0] = 2 * a / (p + 1) if p > lo else 0
         return a * a
     elif code == LOSS_MAPE:
@@ -320,14 +321,15 @@ cdef inline double categorical_hinge_row(const floating* t, const floating* p, f
     for j in range(k):
         pos += <double>t[j] * p[j]
         v = (1 - <double>t[j]) * p[j]
-        if v > neg:
+        # torch's max propagates NaN: once NaN, the max stays NaN (and so does the loss).
+        if (v > neg or v != v) and neg == neg:
             neg = v
             arg = j
     loss = neg - pos + 1
     if g != NULL:
         for j in range(k):
             g[j] = <floating>((-t[j] + (1 - t[j]) * (j == arg)) * scale if loss > 0 else 0)
-    return fmax(loss, 0)
+    return loss if (loss > 0 or loss != loss) else 0  # NaN stays NaN, as torch.maximum
 
 
 cdef inline double cosine_row(const floating* t, const floating* p, floating* g,

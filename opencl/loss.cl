@@ -120,7 +120,8 @@ float pointwise_loss(int code, float t, float p, int from_logits, float4 prm, fl
         return p - t * log(p + lo);
     }
     if (code == LOSS_MSLE) {
-        const float a = log(fmax(p, lo) + 1.0f) - log(fmax(t, lo) + 1.0f);
+        /* torch.maximum propagates NaN (fmax would return eps for a NaN prediction). */
+        const float a = log(((p > lo || p != p) ? p : lo) + 1.0f) - log(fmax(t, lo) + 1.0f);
         *grad = p > lo ? 2.0f * a / (p + 1.0f) : 0.0f;
         return a * a;
     }
@@ -295,27 +296,33 @@ void pairwise_rows(__global const float *t, __global const float *p, __global fl
     __global const float *pr = p + base;
     const float wr = (has_w && row < rows) ? w[row / per_weight] : 1.0f;
     const float scale = unweighted_scale * wr;
-    float tt = 0.0f, pp = 0.0f, tp = 0.0f, neg = -INFINITY, first = -INFINITY;
+    float tt = 0.0f, pp = 0.0f, tp = 0.0f, neg = -INFINITY, first = -INFINITY, nans = 0.0f;
     for (int j = lid; j < k; j += LOSS_ROW_WG) {
         tt += tr[j] * tr[j];
         pp += pr[j] * pr[j];
         tp += tr[j] * pr[j];
-        neg = fmax(neg, (1.0f - tr[j]) * pr[j]);
+        const float v = (1.0f - tr[j]) * pr[j];
+        neg = fmax(neg, v);
+        nans += (float)(v != v);
     }
     tt = wg_sum_float(buf, tt);
     pp = wg_sum_float(buf, pp);
     tp = wg_sum_float(buf, tp);
     neg = wg_max_float(buf, neg);
+    /* torch's max propagates NaN; fmax (and the tree's max) skip it. */
+    if (wg_sum_float(buf, nans) > 0.0f)
+        neg = NAN;
     for (int j = lid; j < k; j += LOSS_ROW_WG)
         if ((1.0f - tr[j]) * pr[j] == neg)
             first = fmax(first, -(float)j);
-    const int arg = (int)(-wg_max_float(buf, first));
+    first = wg_max_float(buf, first);
+    const int arg = first == -INFINITY ? -1 : (int)(-first);
     if (row >= rows)
         return;
     if (code == LOSS_CATEGORICAL_HINGE) {
         const float loss = neg - tp + 1.0f;
         if (lid == 0)
-            row_loss[row] = wr * fmax(loss, 0.0f);
+            row_loss[row] = wr * ((loss > 0.0f || loss != loss) ? loss : 0.0f); /* NaN stays */
         if (need_grad)
             for (int j = lid; j < k; j += LOSS_ROW_WG)
                 g[base + j] = loss > 0.0f
