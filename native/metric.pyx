@@ -224,3 +224,29 @@ def threshold_counts(y_true, y_pred, thresholds):
     if p.shape[0]:
         _buckets(t, p, th, hist)
     return operands.counts_from_buckets(hist.sum(axis=0))
+
+
+# confusion_matrix: counts[true, pred] over every element; per-block integer histograms add
+# exactly, so any thread count gives the same matrix.
+cdef enum:
+    LABELS_PER_BLOCK = 65536
+
+
+def _confusion(const int[::1] t, const int[::1] p, long long[:, :, ::1] hist):
+    cdef Py_ssize_t n = t.shape[0], nblk = hist.shape[0], b, i, i1
+    with nogil:
+        for b in prange(nblk, schedule="static"):
+            i1 = min(n, (b + 1) * LABELS_PER_BLOCK)
+            for i in range(b * LABELS_PER_BLOCK, i1):
+                hist[b, t[i], p[i]] += 1
+
+
+def confusion_matrix(y_true, y_pred, num_classes):
+    """-> int64 array (K, K): counts[i, j] of elements with true class i predicted as j
+    (class ids in [0, K), checked)."""
+    t, p, k = operands.confusion_matrix(HOST, y_true, y_pred, num_classes)
+    nblk = max(1, -(-t.shape[0] // LABELS_PER_BLOCK))
+    hist = np.zeros((nblk, k, k), dtype=np.int64)
+    if t.shape[0]:
+        _confusion(t, p, hist)
+    return hist.sum(axis=0)

@@ -164,3 +164,18 @@ __kernel void threshold_buckets(__global const float *t, __global const float *p
     }
     atomic_inc(&hist[2 * lo + (t[i] != 0.0f)]);
 }
+
+/* confusion_matrix: counts[true * K + pred] with integer atomics (exact in any order); a
+ * label outside [0, K) counts in counts[K * K] instead (the host raises). */
+__kernel void confusion_matrix_counts(__global const int *t, __global const int *p,
+                                      __global int *counts, const int n, const int k)
+{
+    const int i = get_global_id(0);
+    if (i >= n)
+        return;
+    const int a = t[i], b = p[i];
+    if (a < 0 || a >= k || b < 0 || b >= k)
+        atomic_inc(&counts[k * k]);
+    else
+        atomic_inc(&counts[a * k + b]);
+}

@@ -282,6 +282,43 @@ class AUC(Metric):
                 "thresholds": self._init_thresholds}
 
 
+class MeanIoU(Metric):
+    """Keras 3's MeanIoU with class-id inputs (sparse_y_true and sparse_y_pred, its
+    defaults): a confusion matrix summed over batches (one ``confusion_matrix`` op each);
+    the result averages tp / (tp + fp + fn) over the classes seen in either."""
+
+    default_name = "mean_io_u"
+
+    def __init__(self, num_classes, name=None, ignore_class=None, sparse_y_true=True,
+                 sparse_y_pred=True, axis=-1):
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"MeanIoU: `num_classes` must be an int >= 1, got {num_classes!r}")
+        if ignore_class is not None or not sparse_y_true or not sparse_y_pred or axis != -1:
+            raise NotImplementedError("MeanIoU: only class-id inputs (sparse_y_true, "
+                                      "sparse_y_pred, axis=-1) without ignore_class are "
+                                      "supported")
+        self.num_classes = num_classes
+        super().__init__(name)
+
+    def reset_state(self):
+        self.total_cm = np.zeros((self.num_classes, self.num_classes), np.int64)
+
+    def update_state(self, y_true, y_pred):
+        b = backend.current()
+        y_true, y_pred = b.asarray(y_true, np.int32), b.asarray(y_pred, np.int32)
+        self.total_cm = self.total_cm + b.confusion_matrix(y_true, y_pred, self.num_classes)
+
+    def result(self):
+        cm = self.total_cm.astype(np.float64)
+        tp = np.diag(cm)
+        denominator = cm.sum(axis=0) + cm.sum(axis=1) - tp
+        valid = np.sum(denominator > 1e-9)
+        return float(np.sum(_divide_no_nan(tp, denominator)) / valid) if valid else 0.0
+
+    def get_config(self):
+        return {"name": self.name, "num_classes": self.num_classes}
+
+
 def _divide_no_nan(a, b):
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(b == 0, 0.0, a / np.where(b == 0, 1.0, b))
@@ -362,6 +399,7 @@ ALIASES = {
     "mean_squared_error": MeanSquaredError, "mse": MeanSquaredError,
     "mean_absolute_error": MeanAbsoluteError, "mae": MeanAbsoluteError,
     "root_mean_squared_error": RootMeanSquaredError,
+    "mean_io_u": MeanIoU,
 }
 _NAMED_BY_STRING = {"fbeta_score", "auc", "mean_squared_error", "mse", "mean_absolute_error",
                     "mae", "root_mean_squared_error"}

@@ -18,6 +18,7 @@ from tests.backend_util import check_op, rand
 from tests.reference.metric_ref import (
     accuracy_count_ref,
     confusion_counts_ref,
+    confusion_matrix_ref,
     fbeta_counts_ref,
     threshold_counts_ref,
     top_k_count_ref,
@@ -411,6 +412,9 @@ def _batches(rng, kind, n_batches=3):
         if kind == "regression":
             out.append((rng.normal(size=(rows, 3)).astype(np.float32),
                         rng.normal(size=(rows, 3)).astype(np.float32)))
+        elif kind == "iou":
+            out.append((rng.integers(0, 4, size=(rows, 3)).astype(np.int32),
+                        rng.integers(0, 4, size=(rows, 3)).astype(np.int32)))
         elif kind == "auc":
             p = rng.uniform(size=(rows, 2)).astype(np.float32)
             out.append(((rng.uniform(size=(rows, 2)) < p).astype(np.float32), p))
@@ -442,6 +446,8 @@ NEW_METRIC_CASES = [
     ("F1Score", {"average": "weighted"}, "fbeta"),
     ("FBetaScore", {"beta": 2.0}, "fbeta"),
     ("FBetaScore", {"beta": 0.5, "average": "weighted", "threshold": 0.3}, "fbeta"),
+    ("MeanIoU", {"num_classes": 4}, "iou"),
+    ("MeanIoU", {"num_classes": 7}, "iou"),
 ]
 
 
@@ -507,3 +513,40 @@ def test_f1_defaults_follow_keras():
 def test_new_metric_bad_arguments(make, match):
     with pytest.raises((ValueError, NotImplementedError), match=match):
         make()
+
+
+@pytest.mark.parametrize("k", [1, 3, 11])
+@pytest.mark.parametrize("shape", [(1,), (7, 3), (4099,)], ids=str)
+def test_confusion_matrix_on_backend(backend, shape, k):
+    rng = np.random.default_rng(k + len(shape))
+    y_true = rng.integers(0, k, size=shape).astype(np.int32)
+    y_pred = rng.integers(0, k, size=shape).astype(np.int32)
+    got = backend.ops.confusion_matrix(backend.ops.asarray(y_true, np.int32),
+                                       backend.ops.asarray(y_pred, np.int32), k)
+    want = confusion_matrix_ref(y_true, y_pred, k)
+    assert isinstance(got, np.ndarray) and got.dtype == np.int64
+    np.testing.assert_array_equal(got, want)
+
+
+def test_confusion_matrix_bad_inputs():
+    from pynn.backend import cpu
+
+    labels = np.array([0, 1, 2])
+    with pytest.raises(ValueError, match=r"confusion_matrix: label 3 out of range: class ids "
+                                         r"must lie in \[0, 3\)"):
+        cpu.confusion_matrix(labels, np.array([0, 3, 1]), 3)
+    with pytest.raises(ValueError, match="confusion_matrix: 'num_classes' must be an int >= 1"):
+        cpu.confusion_matrix(labels, labels, 0)
+    with pytest.raises(ValueError, match="must hold as many labels"):
+        cpu.confusion_matrix(labels, labels[:2], 3)
+    with pytest.raises(ValueError, match="integer class ids, got 0.5"):
+        cpu.confusion_matrix(labels, np.array([0.5, 1.0, 2.0]), 3)
+    with pytest.raises(NotImplementedError, match="MeanIoU: only class-id inputs"):
+        metrics.MeanIoU(3, sparse_y_pred=False)
+
+
+@pytest.mark.opencl
+def test_confusion_matrix_bad_labels_opencl(ocl):
+    labels = ocl.asarray(np.array([0, 1, 2], np.int32), np.int32)
+    with pytest.raises(ValueError, match=r"confusion_matrix: 1 label\(s\) out of range"):
+        ocl.confusion_matrix(labels, ocl.asarray(np.array([0, 5, 1], np.int32), np.int32), 3)

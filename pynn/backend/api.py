@@ -144,6 +144,8 @@ OPS = {
     # (tp, fp, tn, fn) over every element, label y_true != 0, prediction y_pred > threshold.
     "fbeta_counts": ("y_true", "y_pred", "threshold"),
     "threshold_counts": ("y_true", "y_pred", "thresholds"),
+    # confusion_matrix -> int64 (K, K): counts[true, pred] of int class ids (MeanIoU).
+    "confusion_matrix": ("y_true", "y_pred", "num_classes"),
     # -- regularizers and clipping (native/optim.pyx, opencl/optim.cl) -------------------
     # grad += l1*sign(w) + 2*l2*w; returns the penalty l1*sum|w| + l2*sum(w^2) as a float.
     "regularizer_inplace": ("w", "grad", "l1", "l2"),

@@ -28,7 +28,8 @@ from pynn._native.loss import loss_forward_backward  # noqa: F401
 from pynn._native.metric import (  # noqa: F401
     accuracy_count,
     confusion_counts,
-    fbeta_counts,  # fbeta_counts, threshold_counts: issue 15
+    confusion_matrix,  # confusion_matrix, fbeta_counts, threshold_counts: issue 15
+    fbeta_counts,
     threshold_counts,
     top_k_count,
 )

@@ -71,3 +71,12 @@ def threshold_counts_ref(y_true, y_pred, thresholds):
         pred = p > float(dt(th))
         out.append([np.sum(pred & t), np.sum(pred & ~t), np.sum(~pred & ~t), np.sum(~pred & t)])
     return np.array(out, dtype=np.int64).T
+
+
+def confusion_matrix_ref(y_true, y_pred, num_classes):
+    """(K, K) counts[true, pred] of integer class ids."""
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    for a, b in zip(np.asarray(y_true).reshape(-1).astype(np.int64),
+                    np.asarray(y_pred).reshape(-1).astype(np.int64)):
+        cm[a, b] += 1
+    return cm

@@ -23,7 +23,8 @@ from pynn.backend.opencl.dropout import dropout_backward, dropout_forward  # noq
 from pynn.backend.opencl.gemm import gemm_tiles, tune_gemm  # noqa: F401
 from pynn.backend.opencl.loss import loss_forward_backward  # noqa: F401
 from pynn.backend.opencl.metric import (  # noqa: F401
-    accuracy_count, confusion_counts, fbeta_counts, threshold_counts, top_k_count,
+    accuracy_count, confusion_counts, confusion_matrix, fbeta_counts, threshold_counts,
+    top_k_count,
 )
 from pynn.backend.opencl.optim import (  # noqa: F401
     adadelta_update, adagrad_update, adam_update, adamax_update, ftrl_update, lion_update,

@@ -88,3 +88,17 @@ def threshold_counts(y_true, y_pred, thresholds):
         th_dev = rt.to_device(th.astype(np.float32))
         elementwise("metric", "threshold_buckets", p.size, t, p, th_dev, hist, p.size, nt)
     return operands.counts_from_buckets(hist.get().reshape(nt + 1, 2).astype(np.int64))
+
+
+def confusion_matrix(y_true, y_pred, num_classes):
+    """-> int64 numpy (K, K): counts[i, j] of elements with true class i predicted as j."""
+    op = "confusion_matrix"
+    t, p, k = operands.confusion_matrix(DEVICE, y_true, y_pred, num_classes)
+    counts = rt.zeros((k * k + 1,), np.int32, what=f"{op} counts")
+    if t.size:
+        elementwise("metric", "confusion_matrix_counts", t.size, t, p, counts, t.size, k)
+    host = counts.get().astype(np.int64)
+    if host[k * k]:
+        raise ValueError(f"{op}: {host[k * k]} label(s) out of range: class ids must lie in "
+                         f"[0, {k}) for num_classes={k}")
+    return host[:k * k].reshape(k, k)

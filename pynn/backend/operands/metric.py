@@ -118,3 +118,22 @@ def counts_from_buckets(hist):
     tp, fp = above[:, 1], above[:, 0]
     pos, neg = hist[:, 1].sum(), hist[:, 0].sum()
     return np.stack([tp, fp, neg - fp, pos - tp]).astype(np.int64)
+
+
+def confusion_matrix(arrays, y_true, y_pred, num_classes):
+    """-> (true labels flat, predicted labels flat, num_classes): both int class ids of one
+    shape (Keras's MeanIoU with sparse_y_true and sparse_y_pred: y_pred holds class ids)."""
+    op = "confusion_matrix"
+    if isinstance(num_classes, (bool, np.bool_)) or not isinstance(num_classes, (int, np.integer)) \
+            or num_classes < 1:
+        raise ValueError(f"{op}: 'num_classes' must be an int >= 1, got {num_classes!r}")
+    k = int(num_classes)
+    if y_true is None or y_pred is None:
+        raise ValueError(f"{op}: 'y_true' and 'y_pred' are required")
+    t = arrays.label_input(op, "y_true", y_true)
+    p = arrays.label_input(op, "y_pred", y_pred)
+    if t.size != p.size:
+        raise ValueError(f"{op}: 'y_true' and 'y_pred' must hold as many labels, got shapes "
+                         f"{tuple(t.shape)} and {tuple(p.shape)}")
+    return (arrays.check_labels(op, t.reshape(t.size), k),
+            arrays.check_labels(op, p.reshape(p.size), k), k)
