@@ -232,7 +232,7 @@ cdef enum:
     LABELS_PER_BLOCK = 65536
 
 
-def _confusion(const int[::1] t, const int[::1] p, long long[:, :, ::1] hist):
+def _confusion_matrix(const int[::1] t, const int[::1] p, long long[:, :, ::1] hist):
     cdef Py_ssize_t n = t.shape[0], nblk = hist.shape[0], b, i, i1
     with nogil:
         for b in prange(nblk, schedule="static"):
@@ -248,5 +248,5 @@ def confusion_matrix(y_true, y_pred, num_classes):
     nblk = max(1, -(-t.shape[0] // LABELS_PER_BLOCK))
     hist = np.zeros((nblk, k, k), dtype=np.int64)
     if t.shape[0]:
-        _confusion(t, p, hist)
+        _confusion_matrix(t, p, hist)
     return hist.sum(axis=0)
