@@ -17,9 +17,22 @@ Keras details reproduced (keras/src/losses/losses.py, keras/src/backend/torch/nn
 - logits: log-softmax (max-shifted) for the cross-entropies; for binary CE torch's stable
   max(x, 0) - x t + log1p(exp(-|x|)), gradient sigmoid(x) - t.
 - Huber: 0.5 d^2 where |d| <= delta, else delta |d| - 0.5 delta^2, d = y_pred - y_true.
+- label_smoothing: binary targets become t (1 - ls) + ls / 2, categorical t (1 - ls) + ls / K.
+- hinge / squared_hinge: targets all in {0, 1} become 2t - 1 (Keras decides over the whole
+  y_true: the caller checks and passes the answer as params.a).
+- kl_divergence clips t and p to [eps, 1] and sums the last axis (the others average it);
+  poisson, MSLE and MAPE use Keras's eps as keras/src/losses/losses.py does.
+- binary_focal_crossentropy: (1 - p_t)^gamma * bce, times alpha / (1 - alpha) under
+  apply_class_balancing, on sigmoid(p) for logits; bce is the clipped binary CE above.
+- categorical_hinge: max(max_j (1 - t_j) p_j - sum_j t_j p_j + 1, 0); cosine_similarity:
+  -sum_j t_j p_j after l2-normalizing both rows with Keras's normalize (rsqrt of the square
+  sum, capped at 1 / eps).
 - MAE's gradient at d = 0 is 0 (torch's sign).
 - y_true is cast to y_pred's dtype; a rank difference of one with a trailing axis of 1
   is squeezed as Keras's squeeze_or_expand_to_same_rank does.
+- sample_weight multiplies each per-sample loss (a row's) and its gradient; the mean still
+  divides by the number of losses, not by the weights' sum. One weight may cover several
+  consecutive rows (rows_per_weight: (N,) weights for (N, T, K) predictions).
 
 Per-element math runs in double. The loss sum is deterministic for any thread count: the
 pointwise losses sum fixed blocks of BLOCK elements into one double partial each, the
@@ -30,7 +43,8 @@ import math
 import numpy as np
 
 from cython.parallel cimport prange
-from libc.math cimport exp, log, log1p, fabs, fmax
+from libc.math cimport exp, log, log1p, fabs, fmax, fmin, sqrt
+from libc.math cimport tanh as math_tanh
 
 from _activation cimport floating
 
@@ -44,6 +58,16 @@ cdef enum:
     LOSS_BCE = 3
     LOSS_CCE = 4
     LOSS_SCCE = 5
+    LOSS_KLD = 6
+    LOSS_HINGE = 7
+    LOSS_SQUARED_HINGE = 8
+    LOSS_CATEGORICAL_HINGE = 9
+    LOSS_LOG_COSH = 10
+    LOSS_POISSON = 11
+    LOSS_MSLE = 12
+    LOSS_MAPE = 13
+    LOSS_COSINE = 14
+    LOSS_FOCAL = 15
     # Elements per partial sum of the pointwise losses: fixed, so the summation order (and
     # hence the float result) does not depend on how blocks are spread over threads.
     BLOCK = 4096
@@ -52,17 +76,53 @@ cdef enum:
     PARALLEL_MIN = 32768
 
 KERAS_EPSILON = operands.KERAS_EPSILON
+cdef double LOG2 = math.log(2.0)
+
+
+cdef struct Params:
+    # operands.loss_params: huber (delta), cross-entropies (label_smoothing), focal (alpha,
+    # gamma, apply_class_balancing, label_smoothing), hinge (a: targets are {0, 1}).
+    double a, b, c, d
 
 
 cdef inline double sign(double d) noexcept nogil:
     return (d > 0) - (d < 0)
 
 
+cdef inline double sigmoid(double x) noexcept nogil:
+    cdef double e = exp(-fabs(x))
+    return 1 / (1 + e) if x >= 0 else e / (1 + e)
+
+
+cdef inline double focal_loss(double t, double p, bint from_logits, Params prm, double lo,
+                              double hi, double* grad) noexcept nogil:
+    cdef double q, dq = 1, qc, bce, dbce, base, f, df = 0, w = 1
+    cdef double alpha = prm.a, gamma = prm.b
+    if prm.d != 0:
+        t = t * (1 - prm.d) + 0.5 * prm.d
+    if from_logits:
+        q = sigmoid(p)
+        dq = q * (1 - q)
+    else:
+        q = p
+    qc = lo if q < lo else (hi if q > hi else q)
+    bce = -(t * log(qc) + (1 - t) * log(1 - qc))
+    dbce = (qc - t) / (qc * (1 - qc)) if lo <= q <= hi else 0
+    base = 1 - (t * q + (1 - t) * (1 - q))
+    f = base ** gamma
+    if gamma != 0 and base > 0:
+        df = -gamma * base ** (gamma - 1) * (2 * t - 1)
+    if prm.c != 0:
+        w = t * alpha + (1 - t) * (1 - alpha)
+    grad[0] = w * (df * bce + f * dbce) * dq
+    return w * f * bce
+
+
 cdef inline double pointwise_loss(int code, double t, double p, bint from_logits,
-                                  double delta, double lo, double hi,
+                                  Params prm, double lo, double hi,
                                   double* grad) noexcept nogil:
     """Loss of one element; *grad receives its derivative with respect to p."""
-    cdef double d, a, pc
+    cdef double d, a, pc, tc, delta = prm.a
     if code == LOSS_MSE:
         d = p - t
         grad[0] = 2 * d
@@ -79,7 +139,47 @@ cdef inline double pointwise_loss(int code, double t, double p, bint from_logits
             return 0.5 * d * d
         grad[0] = delta * sign(d)
         return delta * a - 0.5 * delta * delta
+    elif code == LOSS_HINGE or code == LOSS_SQUARED_HINGE:
+        if prm.a != 0:
+            t = 2 * t - 1
+        a = 1 - t * p
+        if a <= 0:
+            grad[0] = 0
+            return 0
+        if code == LOSS_HINGE:
+            grad[0] = -t
+            return a
+        grad[0] = -2 * t * a
+        return a * a
+    elif code == LOSS_LOG_COSH:
+        d = p - t
+        grad[0] = math_tanh(d)
+        # x + softplus(-2x) - log 2, softplus in its overflow-free form.
+        return d + fmax(-2 * d, 0) + log1p(exp(-fabs(2 * d))) - LOG2
+    elif code == LOSS_POISSON:
+        grad[0] = 1 - t / (p + lo)
+        return p - t * log(p + lo)
+    elif code == LOSS_MSLE:
+        # torch.maximum propagates NaN (C's fmax would return eps for a NaN prediction).
+        a = log((p if (p > lo or p != p) else lo) + 1) - log(fmax(t, lo) + 1)
+        grad[0] = 2 * a / (p + 1) if p > lo else 0
+        return a * a
+    elif code == LOSS_MAPE:
+        a = 100 / fmax(fabs(t), lo)
+        d = p - t
+        grad[0] = a * sign(d)
+        return a * fabs(d)
+    elif code == LOSS_KLD:
+        # Clipped to [eps, 1], not [eps, 1 - eps]: hi is 1 for this loss.
+        tc = lo if t < lo else (hi if t > hi else t)
+        pc = lo if p < lo else (hi if p > hi else p)
+        grad[0] = -tc / pc if lo <= p <= hi else 0
+        return tc * log(tc / pc)
+    elif code == LOSS_FOCAL:
+        return focal_loss(t, p, from_logits, prm, lo, hi, grad)
     # binary cross-entropy
+    if prm.a != 0:
+        t = t * (1 - prm.a) + 0.5 * prm.a
     if from_logits:
         a = exp(-fabs(p))
         # sigmoid(p) from the same exp(-|p|), without overflow on either side.
@@ -96,15 +196,20 @@ cdef inline double pointwise_loss(int code, double t, double p, bint from_logits
 
 cdef inline double pointwise_block(int code, const floating* t, const floating* p,
                                    floating* g, Py_ssize_t count, bint from_logits,
-                                   double delta, double lo, double hi,
-                                   double scale) noexcept nogil:
-    """Sum of the losses of count elements; g (if not NULL) gets scale * d/dp."""
+                                   Params prm, double lo, double hi,
+                                   double scale, const floating* w, Py_ssize_t first,
+                                   Py_ssize_t elems_per_weight) noexcept nogil:
+    """Sum of the (weighted) losses of count elements starting at element ``first``; g (if
+    not NULL) gets scale * d/dp. w (if not NULL) holds one weight per elems_per_weight."""
     cdef Py_ssize_t i
-    cdef double acc = 0, gi
+    cdef double acc = 0, gi, li, wi = 1
     for i in range(count):
-        acc += pointwise_loss(code, t[i], p[i], from_logits, delta, lo, hi, &gi)
+        li = pointwise_loss(code, t[i], p[i], from_logits, prm, lo, hi, &gi)
+        if w != NULL:
+            wi = w[(first + i) // elems_per_weight]
+        acc += li * wi
         if g != NULL:
-            g[i] = <floating>(gi * scale)
+            g[i] = <floating>(gi * wi * scale)
     return acc
 
 
@@ -112,10 +217,15 @@ cdef inline double clip_to(double q, double lo, double hi) noexcept nogil:
     return lo if q < lo else (hi if q > hi else q)
 
 
+cdef inline double smooth(double t, double ls, Py_ssize_t k) noexcept nogil:
+    return t * (1 - ls) + ls / k if ls != 0 else t
+
+
 cdef inline double categorical_row(const floating* t, const floating* p, floating* g,
                                    Py_ssize_t k, bint from_logits, double lo, double hi,
-                                   double scale) noexcept nogil:
-    """-sum_j t_j log(prob_j) of one row; g (if not NULL) gets scale * d/dp."""
+                                   double scale, double ls) noexcept nogil:
+    """-sum_j t_j log(prob_j) of one row, t label-smoothed by ls; g (if not NULL) gets
+    scale * d/dp."""
     cdef Py_ssize_t j
     cdef double s = 0, m, q, loss = 0, tsum = 0, lse
     if k == 0:
@@ -128,24 +238,24 @@ cdef inline double categorical_row(const floating* t, const floating* p, floatin
             s += exp(p[j] - m)
         lse = m + log(s)
         for j in range(k):
-            loss += t[j] * (lse - p[j])
-            tsum += t[j]
+            loss += smooth(t[j], ls, k) * (lse - p[j])
+            tsum += smooth(t[j], ls, k)
         if g != NULL:
             for j in range(k):
-                g[j] = <floating>((tsum * exp(p[j] - m) / s - t[j]) * scale)
+                g[j] = <floating>((tsum * exp(p[j] - m) / s - smooth(t[j], ls, k)) * scale)
         return loss
     for j in range(k):
         s += p[j]
     for j in range(k):
         # Round q to the input dtype as Keras does, so the clip decisions match its own.
         q = <floating>(p[j] / s)
-        loss -= t[j] * log(clip_to(q, lo, hi))
+        loss -= smooth(t[j], ls, k) * log(clip_to(q, lo, hi))
         if lo <= q <= hi:
-            tsum += t[j]
+            tsum += smooth(t[j], ls, k)
     if g != NULL:
         for j in range(k):
             q = <floating>(p[j] / s)
-            q = -t[j] / q if lo <= q <= hi else 0
+            q = -smooth(t[j], ls, k) / q if lo <= q <= hi else 0
             g[j] = <floating>((q + tsum) / s * scale)
     return loss
 
@@ -183,77 +293,152 @@ cdef inline double sparse_row(int label, const floating* p, floating* g, Py_ssiz
 def _pointwise(int code, const floating[::1] t,    # IN  (n,) y_true
                const floating[::1] p,              # IN  (n,) y_pred
                floating[::1] g,                    # OUT (n,) or empty when no gradient
-               bint from_logits, double delta, double lo, double hi,
-               double scale, double[::1] partial):   # OUT (ceil(n / BLOCK),)
+               bint from_logits, double pa, double pb, double pc, double pd,
+               double lo, double hi,
+               double scale, double[::1] partial,    # OUT (ceil(n / BLOCK),)
+               const floating[::1] w,                # IN  (n / elems_per_weight,) or empty
+               Py_ssize_t elems_per_weight):
     cdef Py_ssize_t b, i0, n = p.shape[0], nblk = partial.shape[0]
     cdef floating* gptr = &g[0] if g.shape[0] > 0 else NULL
+    cdef const floating* wptr = &w[0] if w.shape[0] > 0 else NULL
+    cdef Params prm = Params(pa, pb, pc, pd)
     with nogil:
         for b in prange(nblk, schedule="static", use_threads_if=n >= PARALLEL_MIN):
             i0 = b * BLOCK
             partial[b] = pointwise_block(code, &t[i0], &p[i0],
                                          gptr + i0 if gptr != NULL else NULL,
                                          min(<Py_ssize_t>BLOCK, n - i0), from_logits,
-                                         delta, lo, hi, scale)
+                                         prm, lo, hi, scale, wptr, i0,
+                                         elems_per_weight)
 
 
-def _categorical(const floating[:, ::1] t,     # IN  (N, K) y_true
+cdef inline double categorical_hinge_row(const floating* t, const floating* p, floating* g,
+                                         Py_ssize_t k, double scale) noexcept nogil:
+    """max(max_j (1 - t_j) p_j - sum_j t_j p_j + 1, 0); the max's gradient goes to its first
+    argmax."""
+    cdef Py_ssize_t j, arg = 0
+    cdef double pos = 0, neg = (1 - <double>t[0]) * p[0], v, loss
+    for j in range(k):
+        pos += <double>t[j] * p[j]
+        v = (1 - <double>t[j]) * p[j]
+        # torch's max propagates NaN: once NaN, the max stays NaN (and so does the loss).
+        if (v > neg or v != v) and neg == neg:
+            neg = v
+            arg = j
+    loss = neg - pos + 1
+    if g != NULL:
+        for j in range(k):
+            g[j] = <floating>((-t[j] + (1 - t[j]) * (j == arg)) * scale if loss > 0 else 0)
+    return loss if (loss > 0 or loss != loss) else 0  # NaN stays NaN, as torch.maximum
+
+
+cdef inline double cosine_row(const floating* t, const floating* p, floating* g,
+                              Py_ssize_t k, double eps, double scale) noexcept nogil:
+    """-sum_j t_j p_j / (|t| |p|) with Keras's normalize: 1/|x| = min(rsqrt(sum x^2), 1/eps)
+    (a capped norm is a constant: its gradient is dropped, as torch's minimum does)."""
+    cdef Py_ssize_t j
+    cdef double tt = 0, pp = 0, tp = 0, it, ip, tj, pj
+    for j in range(k):
+        tj = t[j]
+        pj = p[j]
+        tt += tj * tj
+        pp += pj * pj
+        tp += tj * pj
+    it = fmin(1 / sqrt(tt), 1 / eps)
+    ip = fmin(1 / sqrt(pp), 1 / eps)
+    if g != NULL:
+        for j in range(k):
+            # d/dp_j of -it * tp * ip: -it (t_j ip - tp ip^3 p_j) while the norm is uncapped.
+            g[j] = <floating>(-it * (<double>t[j] * ip - (tp * ip * ip * ip * p[j]
+                                                           if ip < 1 / eps else 0)) * scale)
+    return -tp * it * ip
+
+
+def _categorical(int code,
+                 const floating[:, ::1] t,     # IN  (N, K) y_true
                  const floating[:, ::1] p,     # IN  (N, K) y_pred
                  floating[:, ::1] g,           # OUT (N, K) or (0, 0) when no gradient
-                 bint from_logits, double lo, double hi, double scale,
-                 double[::1] row_loss):        # OUT (N,)
+                 bint from_logits, double lo, double hi, double scale, double ls,
+                 double[::1] row_loss,         # OUT (N,)
+                 const floating[::1] w,        # IN  (N / rows_per_weight,) or empty
+                 Py_ssize_t rows_per_weight):
+    """The dense-target row losses: categorical CE, categorical hinge, cosine similarity."""
     cdef Py_ssize_t r, rows = p.shape[0], k = p.shape[1]
-    cdef bint need_grad = g.shape[0] > 0
+    cdef bint need_grad = g.shape[0] > 0, weighted = w.shape[0] > 0
+    cdef double wr
+    cdef floating* gr
     with nogil:
         for r in prange(rows, schedule="static", use_threads_if=rows * k >= PARALLEL_MIN):
-            row_loss[r] = categorical_row(&t[r, 0], &p[r, 0],
-                                          &g[r, 0] if need_grad else NULL,
-                                          k, from_logits, lo, hi, scale)
+            # The weight scales the gradient through `scale`: the row is linear in it.
+            wr = w[r // rows_per_weight] if weighted else 1.0
+            gr = &g[r, 0] if need_grad else NULL
+            if code == LOSS_CATEGORICAL_HINGE:
+                row_loss[r] = wr * categorical_hinge_row(&t[r, 0], &p[r, 0], gr, k,
+                                                         scale * wr)
+            elif code == LOSS_COSINE:
+                row_loss[r] = wr * cosine_row(&t[r, 0], &p[r, 0], gr, k, lo, scale * wr)
+            else:
+                row_loss[r] = wr * categorical_row(&t[r, 0], &p[r, 0], gr, k, from_logits,
+                                                   lo, hi, scale * wr, ls)
 
 
 def _sparse(const int[::1] labels,           # IN  (N,) class ids in [0, K)
             const floating[:, ::1] p,        # IN  (N, K) y_pred
             floating[:, ::1] g,              # OUT (N, K) or (0, 0) when no gradient
             bint from_logits, double lo, double hi, double scale,
-            double[::1] row_loss):           # OUT (N,)
+            double[::1] row_loss,            # OUT (N,)
+            const floating[::1] w,           # IN  (N / rows_per_weight,) or empty
+            Py_ssize_t rows_per_weight):
     cdef Py_ssize_t r, rows = p.shape[0], k = p.shape[1]
-    cdef bint need_grad = g.shape[0] > 0
+    cdef bint need_grad = g.shape[0] > 0, weighted = w.shape[0] > 0
+    cdef double wr
     with nogil:
         for r in prange(rows, schedule="static", use_threads_if=rows * k >= PARALLEL_MIN):
-            row_loss[r] = sparse_row(labels[r], &p[r, 0],
-                                     &g[r, 0] if need_grad else NULL,
-                                     k, from_logits, lo, hi, scale)
+            wr = w[r // rows_per_weight] if weighted else 1.0
+            row_loss[r] = wr * sparse_row(labels[r], &p[r, 0],
+                                          &g[r, 0] if need_grad else NULL,
+                                          k, from_logits, lo, hi, scale * wr)
 
 
 def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
-                          need_grad=True):
+                          need_grad=True, sample_weight=None):
     """-> (loss: float, grad or None). grad = d(mean loss)/d(y_pred), shape and dtype of
-    y_pred. ``param`` is huber's delta (None: 1.0). An empty batch gives (0.0, empty grad)."""
-    code, targets, y_pred, from_logits, delta, need_grad = operands.loss_forward_backward(
-        HOST, name, y_true, y_pred, from_logits, param, need_grad)
+    y_pred. ``param``: see pynn.backend.api (huber's delta, label_smoothing, focal's dict).
+    ``sample_weight`` weighs the per-sample losses (see the design note). An empty batch
+    gives (0.0, empty grad)."""
+    (code, targets, y_pred, from_logits, params, need_grad, weights,
+     rows_per_weight) = operands.loss_forward_backward(
+        HOST, name, y_true, y_pred, from_logits, param, need_grad, sample_weight)
     k = y_pred.shape[y_pred.ndim - 1]
     grad = np.empty_like(y_pred) if need_grad else None
     if y_pred.size == 0:
         return 0.0, grad
     # Keras clips in y_pred's dtype: the bounds are eps and 1 - eps rounded to it.
     lo = float(y_pred.dtype.type(KERAS_EPSILON))
-    hi = float(y_pred.dtype.type(1.0 - KERAS_EPSILON))
-    if code in (LOSS_CCE, LOSS_SCCE):
+    hi = 1.0 if code == LOSS_KLD else float(y_pred.dtype.type(1.0 - KERAS_EPSILON))
+    if code in (LOSS_HINGE, LOSS_SQUARED_HINGE):
+        # Keras converts {0, 1} labels to {-1, 1} only when all of y_true is binary.
+        params = (float(bool(np.all((targets == 0) | (targets == 1)))), 0.0, 0.0, 0.0)
+    w = weights if weights is not None else np.empty(0, y_pred.dtype)
+    if code in operands.ROW_LOSSES:
         rows = y_pred.size // k
         p2 = y_pred.reshape(rows, k)
         g2 = grad.reshape(rows, k) if need_grad else np.empty((0, 0), y_pred.dtype)
         partial = np.empty(rows, dtype=np.float64)
-        if code == LOSS_CCE:
-            _categorical(targets.reshape(rows, k), p2, g2, from_logits, lo, hi, 1.0 / rows,
-                         partial)
+        if code == LOSS_SCCE:
+            _sparse(targets, p2, g2, from_logits, lo, hi, 1.0 / rows, partial, w,
+                    rows_per_weight)
         else:
-            _sparse(targets, p2, g2, from_logits, lo, hi, 1.0 / rows, partial)
+            _categorical(code, targets.reshape(rows, k), p2, g2, from_logits, lo, hi,
+                         1.0 / rows, params[0], partial, w, rows_per_weight)
         denom = rows
     else:
         n = y_pred.size
+        # The per-sample loss averages the last axis, or sums it (kl_divergence).
+        denom = y_pred.size // k if code in operands.SUM_OVER_LAST_AXIS else n
         partial = np.empty(-(-n // BLOCK), dtype=np.float64)
         g1 = grad.reshape(-1) if need_grad else np.empty(0, y_pred.dtype)
-        _pointwise(code, targets.reshape(-1), y_pred.reshape(-1), g1, from_logits, delta, lo,
-                   hi, 1.0 / n, partial)
-        denom = n
+        _pointwise(code, targets.reshape(-1), y_pred.reshape(-1), g1, from_logits, *params,
+                   lo, hi, 1.0 / denom, partial, w, rows_per_weight * k)
     # The partials are bit-identical for any thread count, and so is their sum.
     return float(partial.sum()) / denom, grad

@@ -128,3 +128,125 @@ def confusion_counts(y_true, y_pred, threshold=0.5):
         return 0, 0, 0
     tp, fp, fn = _confusion(y_true.reshape(-1), y_pred.reshape(-1), thr)
     return int(tp), int(fp), int(fn)
+
+
+# -- F-beta and AUC counts (issue 15) ----------------------------------------------------------
+# fbeta_counts: per class j, over rows: tp_j = sum pred * t, fp_j = sum pred * (1 - t),
+#   fn_j = sum (1 - pred) * t, support_j = sum t, pred = y_pred > threshold, or without a
+#   threshold y_pred >= its row's max and |y_pred| > 1e-9 (Keras's FBetaScore). Fixed blocks of
+#   ROWS_PER_BLOCK rows sum into one double partial each, then the partials add in block
+#   order: the same bits for any thread count.
+# threshold_counts: each element falls in bucket b = #(thresholds < p) (it is "above"
+#   thresholds 0..b-1, Keras's y_pred > threshold); per-block integer histograms of
+#   (bucket, label) add exactly; cumulative sums give tp, fp, tn, fn per threshold.
+
+cdef enum:
+    ROWS_PER_BLOCK = 256
+
+
+def _fbeta(const floating[:, ::1] t, const floating[:, ::1] p, bint by_max, double thr,
+           double[:, :, ::1] partial):      # OUT (blocks, 4, K)
+    cdef Py_ssize_t n = p.shape[0], k = p.shape[1], b, r, j, r0, r1
+    cdef Py_ssize_t nblk = partial.shape[0]
+    cdef double m, pred, tj, pv
+    cdef floating cut = <floating>thr
+    with nogil:
+        for b in prange(nblk, schedule="static"):
+            for j in range(k):
+                partial[b, 0, j] = 0
+                partial[b, 1, j] = 0
+                partial[b, 2, j] = 0
+                partial[b, 3, j] = 0
+            r0 = b * ROWS_PER_BLOCK
+            r1 = min(n, r0 + ROWS_PER_BLOCK)
+            for r in range(r0, r1):
+                m = p[r, 0]
+                if by_max:
+                    for j in range(1, k):
+                        if p[r, j] > m:
+                            m = p[r, j]
+                for j in range(k):
+                    pv = p[r, j]
+                    if by_max:
+                        pred = 1.0 if (pv >= m and (pv > 1e-9 or pv < -1e-9)) else 0.0
+                    else:
+                        pred = 1.0 if p[r, j] > cut else 0.0
+                    tj = t[r, j]
+                    partial[b, 0, j] += pred * tj
+                    partial[b, 1, j] += pred * (1 - tj)
+                    partial[b, 2, j] += (1 - pred) * tj
+                    partial[b, 3, j] += tj
+
+
+def fbeta_counts(y_true, y_pred, threshold=None):
+    """-> float64 array (4, K): per class (tp, fp, fn, support) of the batch, Keras's
+    FBetaScore sums (see the note above); y_true may be soft."""
+    t, p, thr = operands.fbeta_counts(HOST, y_true, y_pred, threshold)
+    n, k = p.shape
+    nblk = -(-n // ROWS_PER_BLOCK)
+    partial = np.zeros((max(nblk, 1), 4, k), dtype=np.float64)
+    if n and k:
+        _fbeta(t, p, thr is None, 0.0 if thr is None else thr, partial)
+    return partial.sum(axis=0)
+
+
+def _buckets(const floating[::1] t, const floating[::1] p, const double[::1] th,
+             long long[:, :, ::1] hist):    # OUT (blocks, T + 1, 2)
+    cdef Py_ssize_t n = p.shape[0], nt = th.shape[0], nblk = hist.shape[0]
+    cdef Py_ssize_t b, i, i0, i1, lo, hi, mid
+    cdef double v
+    with nogil:
+        for b in prange(nblk, schedule="static"):
+            i0 = b * ROWS_PER_BLOCK * 16
+            i1 = min(n, i0 + ROWS_PER_BLOCK * 16)
+            for i in range(i0, i1):
+                v = p[i]
+                # Thresholds compare in y_pred's dtype, as Keras's tensors do.
+                lo = 0
+                hi = nt
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if <floating>th[mid] < v:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                hist[b, lo, 1 if t[i] != 0 else 0] += 1
+
+
+def threshold_counts(y_true, y_pred, thresholds):
+    """-> int64 array (4, T): per threshold (tp, fp, tn, fn) over every element, a
+    prediction positive when y_pred > threshold and a label when y_true != 0 (Keras's AUC).
+    A NaN prediction is above no threshold."""
+    t, p, th = operands.threshold_counts(HOST, y_true, y_pred, thresholds)
+    nt = th.shape[0]
+    nblk = max(1, -(-p.shape[0] // (ROWS_PER_BLOCK * 16)))
+    hist = np.zeros((nblk, nt + 1, 2), dtype=np.int64)
+    if p.shape[0]:
+        _buckets(t, p, th, hist)
+    return operands.counts_from_buckets(hist.sum(axis=0))
+
+
+# confusion_matrix: counts[true, pred] over every element; per-block integer histograms add
+# exactly, so any thread count gives the same matrix.
+cdef enum:
+    LABELS_PER_BLOCK = 65536
+
+
+def _confusion_matrix(const int[::1] t, const int[::1] p, long long[:, :, ::1] hist):
+    cdef Py_ssize_t n = t.shape[0], nblk = hist.shape[0], b, i, i1
+    with nogil:
+        for b in prange(nblk, schedule="static"):
+            i1 = min(n, (b + 1) * LABELS_PER_BLOCK)
+            for i in range(b * LABELS_PER_BLOCK, i1):
+                hist[b, t[i], p[i]] += 1
+
+
+def confusion_matrix(y_true, y_pred, num_classes):
+    """-> int64 array (K, K): counts[i, j] of elements with true class i predicted as j
+    (class ids in [0, K), checked)."""
+    t, p, k = operands.confusion_matrix(HOST, y_true, y_pred, num_classes)
+    nblk = max(1, -(-t.shape[0] // LABELS_PER_BLOCK))
+    hist = np.zeros((nblk, k, k), dtype=np.int64)
+    if t.shape[0]:
+        _confusion_matrix(t, p, hist)
+    return hist.sum(axis=0)

@@ -491,3 +491,168 @@ def constraint_inplace(w, kind, min_value=0.0, max_value=1.0, rate=1.0, axis=0):
                                                             max_value, rate, axis)
     if w.size:
         _constraint_lines(w.reshape(lines), code, lo, hi, r)
+# -- Nadam, Adamax, Adadelta, Ftrl, Lion (issue 15) ------------------------------------------
+# Keras 3's update_step formulas in its operation order; scalar coefficients (Nadam's u
+# terms, the bias corrections) are formed on the host in the parameter's dtype, as Keras
+# casts them (pynn.backend.operands.optim).
+
+def _nadam(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1] v,
+           double lr, double one_b1, double one_b2, double epsilon, double c_m, double c_g,
+           double bc2, double grad_scale, double clipvalue, double decay):
+    cdef Py_ssize_t n = w.shape[0], i
+    cdef floating lr_ = <floating>lr, b1c = <floating>one_b1, b2c = <floating>one_b2
+    cdef floating eps = <floating>epsilon, cm = <floating>c_m, cg = <floating>c_g
+    cdef floating bc = <floating>bc2, scale = <floating>grad_scale, clip = <floating>clipvalue
+    cdef floating dec = <floating>decay, gi, wi, mi, vi, mh
+    with nogil:
+        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            gi = clipped_grad(g[i], scale, clip)
+            wi = decayed(w[i], dec)
+            mi = m[i] + (gi - m[i]) * b1c
+            vi = v[i] + (gi * gi - v[i]) * b2c
+            m[i] = mi
+            v[i] = vi
+            mh = cm * mi + cg * gi
+            w[i] = wi - (mh * lr_) / (<floating>sqrt(vi / bc) + eps)
+
+
+def nadam_update(w, g, m, v, lr, beta_1, beta_2, epsilon, t, u_product, grad_scale,
+                 clipvalue, weight_decay):
+    """Nadam step in place (IN/OUT w, m, v; IN g). t is the 1-based step, u_product the
+    optimizer's running product of the momentum schedule u_s = beta_1 (1 - 0.5 * 0.96^s)
+    for s = 1..t (Keras's _u_product after this step's update).
+
+    m += (g-m)(1-beta_1); v += (g*g-v)(1-beta_2);
+    m_hat = u_{t+1} m / (1 - u_product u_{t+1}) + (1 - u_t) g / (1 - u_product);
+    w -= lr m_hat / (sqrt(v / (1 - beta_2^t)) + epsilon)."""
+    w, g, m, v, coef, clip = operands.nadam_update(
+        HOST, w, g, m, v, lr, beta_1, beta_2, epsilon, t, u_product, grad_scale, clipvalue,
+        weight_decay)
+    _nadam(w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), *coef, *_clip(clip))
+
+
+def _adamax(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1] u,
+            double lr, double one_b1, double beta_2, double epsilon, double bc1,
+            double grad_scale, double clipvalue, double decay):
+    cdef Py_ssize_t n = w.shape[0], i
+    cdef floating lr_ = <floating>lr, b1c = <floating>one_b1, b2 = <floating>beta_2
+    cdef floating eps = <floating>epsilon, bc = <floating>bc1
+    cdef floating scale = <floating>grad_scale, clip = <floating>clipvalue
+    cdef floating dec = <floating>decay, gi, wi, mi, ui, ag
+    with nogil:
+        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            gi = clipped_grad(g[i], scale, clip)
+            wi = decayed(w[i], dec)
+            mi = m[i] + (gi - m[i]) * b1c
+            ui = b2 * u[i]
+            ag = gi if gi >= 0 else -gi
+            ui = ag if ag > ui else ui
+            m[i] = mi
+            u[i] = ui
+            w[i] = wi - (lr_ * mi) / (bc * (ui + eps))
+
+
+def adamax_update(w, g, m, u, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
+                  weight_decay):
+    """Adamax step in place (IN/OUT w, m, u; IN g); t is the 1-based step.
+
+    m += (g-m)(1-beta_1); u = max(beta_2 u, |g|); w -= lr m / ((1 - beta_1^t)(u + epsilon))."""
+    w, g, m, u, coef, clip = operands.adamax_update(
+        HOST, w, g, m, u, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue, weight_decay)
+    _adamax(w.reshape(-1), g.reshape(-1), m.reshape(-1), u.reshape(-1), *coef, *_clip(clip))
+
+
+def _adadelta(floating[::1] w, const floating[::1] g, floating[::1] ag, floating[::1] ad,
+              double lr, double rho, double epsilon, double grad_scale, double clipvalue,
+              double decay):
+    cdef Py_ssize_t n = w.shape[0], i
+    cdef floating lr_ = <floating>lr, r = <floating>rho, one_r = <floating>(1.0 - rho)
+    cdef floating eps = <floating>epsilon
+    cdef floating scale = <floating>grad_scale, clip = <floating>clipvalue
+    cdef floating dec = <floating>decay, gi, wi, agi, dv
+    with nogil:
+        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            gi = clipped_grad(g[i], scale, clip)
+            wi = decayed(w[i], dec)
+            agi = r * ag[i] + one_r * (gi * gi)
+            ag[i] = agi
+            dv = -(<floating>sqrt(ad[i] + eps) * gi) / <floating>sqrt(agi + eps)
+            ad[i] = r * ad[i] + one_r * (dv * dv)
+            w[i] = wi + lr_ * dv
+
+
+def adadelta_update(w, g, accumulated_grad, accumulated_delta_var, lr, rho, epsilon,
+                    grad_scale, clipvalue, weight_decay):
+    """Adadelta step in place (IN/OUT w and both accumulators; IN g).
+
+    a_g = rho a_g + (1-rho) g^2; d = -sqrt(a_d + eps) g / sqrt(a_g + eps);
+    a_d = rho a_d + (1-rho) d^2; w += lr d."""
+    w, g, ag, ad, lr, rho, epsilon, clip = operands.adadelta_update(
+        HOST, w, g, accumulated_grad, accumulated_delta_var, lr, rho, epsilon, grad_scale,
+        clipvalue, weight_decay)
+    _adadelta(w.reshape(-1), g.reshape(-1), ag.reshape(-1), ad.reshape(-1), lr, rho, epsilon,
+              *_clip(clip))
+
+
+def _ftrl(floating[::1] w, const floating[::1] g, floating[::1] acc, floating[::1] lin,
+          double lr, double power, double l1, double l2_reg2, double shrink2,
+          double grad_scale, double clipvalue, double decay):
+    cdef Py_ssize_t n = w.shape[0], i
+    cdef floating lr_ = <floating>lr, l1_ = <floating>l1, l2r2 = <floating>l2_reg2
+    cdef floating s2 = <floating>shrink2
+    cdef floating scale = <floating>grad_scale, clip = <floating>clipvalue
+    cdef floating dec = <floating>decay, gi, wi, ai, na, pa, pna, li, lc
+    with nogil:
+        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            gi = clipped_grad(g[i], scale, clip)
+            wi = decayed(w[i], dec)
+            ai = acc[i]
+            na = ai + gi * gi
+            # -learning_rate_power is in [0, inf): accumulator^0 is 1, as in Keras.
+            pna = <floating>(<double>na ** power)
+            pa = <floating>(<double>ai ** power)
+            li = lin[i] + ((gi + s2 * wi) - ((pna - pa) / lr_) * wi)
+            lin[i] = li
+            lc = l1_ if li > l1_ else (-l1_ if li < -l1_ else li)
+            w[i] = (lc - li) / (pna / lr_ + l2r2)
+            acc[i] = na
+
+
+def ftrl_update(w, g, accumulator, linear, lr, learning_rate_power, l1, l2, l2_shrinkage,
+                beta, grad_scale, clipvalue, weight_decay):
+    """FTRL-proximal step in place (IN/OUT w, accumulator, linear; IN g), Keras 3's form.
+
+    n = acc + g^2; linear += g + 2 l2_shrinkage w - (n^-p - acc^-p) / lr * w (p the
+    learning_rate_power); w = (clip(linear, -l1, l1) - linear) / (n^-p / lr + 2 (l2 +
+    beta / (2 lr))); acc = n."""
+    w, g, acc, lin, coef, clip = operands.ftrl_update(
+        HOST, w, g, accumulator, linear, lr, learning_rate_power, l1, l2, l2_shrinkage, beta,
+        grad_scale, clipvalue, weight_decay)
+    _ftrl(w.reshape(-1), g.reshape(-1), acc.reshape(-1), lin.reshape(-1), *coef,
+          *_clip(clip))
+
+
+def _lion(floating[::1] w, const floating[::1] g, floating[::1] m, double lr, double beta_1,
+          double beta_2, double grad_scale, double clipvalue, double decay):
+    cdef Py_ssize_t n = w.shape[0], i
+    cdef floating lr_ = <floating>lr, b1 = <floating>beta_1, b2 = <floating>beta_2
+    cdef floating one_b1 = <floating>(1.0 - <floating>beta_1)
+    cdef floating one_b2 = <floating>(1.0 - <floating>beta_2)
+    cdef floating scale = <floating>grad_scale, clip = <floating>clipvalue
+    cdef floating dec = <floating>decay, gi, wi, c
+    with nogil:
+        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            gi = clipped_grad(g[i], scale, clip)
+            wi = decayed(w[i], dec)
+            c = m[i] * b1 + gi * one_b1
+            w[i] = wi - lr_ * <floating>((c > 0) - (c < 0))
+            m[i] = m[i] * b2 + gi * one_b2
+
+
+def lion_update(w, g, m, lr, beta_1, beta_2, grad_scale, clipvalue, weight_decay):
+    """Lion step in place (IN/OUT w, m; IN g).
+
+    w -= lr sign(beta_1 m + (1-beta_1) g); m = beta_2 m + (1-beta_2) g."""
+    w, g, m, lr, beta_1, beta_2, clip = operands.lion_update(
+        HOST, w, g, m, lr, beta_1, beta_2, grad_scale, clipvalue, weight_decay)
+    _lion(w.reshape(-1), g.reshape(-1), m.reshape(-1), lr, beta_1, beta_2, *_clip(clip))

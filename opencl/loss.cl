@@ -10,6 +10,9 @@
  *   dot products go through the local tree, then row_loss[r] is folded by
  *   sum_partials_float. A sparse row is a categorical row with a virtual one-hot target.
  * Every sum has a fixed order: the same inputs give the same bits on every run.
+ * sample_weight: when has_w, w[i / per_weight] (elements for pointwise_partial, rows for
+ * categorical_rows) multiplies each loss and its gradient; the host still divides by the
+ * number of losses (Keras's sum_over_batch_size).
  */
 #include "common.h"
 #define PYNN_SUM_PARTIALS
@@ -19,6 +22,16 @@
 #define LOSS_MAE 1
 #define LOSS_HUBER 2
 #define LOSS_BCE 3
+#define LOSS_KLD 6
+#define LOSS_HINGE 7
+#define LOSS_SQUARED_HINGE 8
+#define LOSS_CATEGORICAL_HINGE 9
+#define LOSS_LOG_COSH 10
+#define LOSS_POISSON 11
+#define LOSS_MSLE 12
+#define LOSS_MAPE 13
+#define LOSS_COSINE 14
+#define LOSS_FOCAL 15
 
 #ifndef LOSS_ROW_WG
 #define LOSS_ROW_WG 64 /* work-items per cross-entropy row; a power of two */
@@ -37,9 +50,38 @@ inline float clip_to(const float q, const float lo, const float hi)
     return q < lo ? lo : (q > hi ? hi : q);
 }
 
-float pointwise_loss(int code, float t, float p, int from_logits, float delta, float lo,
+float sigmoid_of(float x)
+{
+    const float e = exp(-fabs(x));
+    return x >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
+}
+
+/* params (operands.loss_params): a huber's delta, the cross-entropies' label smoothing, or
+ * hinge's "targets are {0, 1}"; focal reads alpha, gamma, class balancing, smoothing. */
+float focal_loss(float t, float p, int from_logits, float4 prm, float lo, float hi,
+                 float *grad)
+{
+    const float alpha = prm.x, gamma = prm.y;
+    if (prm.w != 0.0f)
+        t = t * (1.0f - prm.w) + 0.5f * prm.w;
+    const float q = from_logits ? sigmoid_of(p) : p;
+    const float dq = from_logits ? q * (1.0f - q) : 1.0f;
+    const float qc = clip_to(q, lo, hi);
+    const float bce = -(t * log(qc) + (1.0f - t) * log(1.0f - qc));
+    const float dbce = (lo <= q && q <= hi) ? (qc - t) / (qc * (1.0f - qc)) : 0.0f;
+    const float base = 1.0f - (t * q + (1.0f - t) * (1.0f - q));
+    const float f = pow(base, gamma);
+    const float df = (gamma != 0.0f && base > 0.0f)
+                         ? -gamma * pow(base, gamma - 1.0f) * (2.0f * t - 1.0f) : 0.0f;
+    const float w = prm.z != 0.0f ? t * alpha + (1.0f - t) * (1.0f - alpha) : 1.0f;
+    *grad = w * (df * bce + f * dbce) * dq;
+    return w * f * bce;
+}
+
+float pointwise_loss(int code, float t, float p, int from_logits, float4 prm, float lo,
                      float hi, float *grad)
 {
+    const float delta = prm.x;
     const float d = p - t;
     if (code == LOSS_MSE) {
         *grad = 2.0f * d;
@@ -58,6 +100,45 @@ float pointwise_loss(int code, float t, float p, int from_logits, float delta, f
         *grad = delta * sign_of(d);
         return delta * a - 0.5f * delta * delta;
     }
+    if (code == LOSS_HINGE || code == LOSS_SQUARED_HINGE) {
+        const float tt = prm.x != 0.0f ? 2.0f * t - 1.0f : t;
+        const float m = 1.0f - tt * p;
+        if (m <= 0.0f) {
+            *grad = 0.0f;
+            return 0.0f;
+        }
+        *grad = code == LOSS_HINGE ? -tt : -2.0f * tt * m;
+        return code == LOSS_HINGE ? m : m * m;
+    }
+    if (code == LOSS_LOG_COSH) {
+        *grad = tanh(d);
+        /* x + softplus(-2x) - log 2, softplus in its overflow-free form. */
+        return d + fmax(-2.0f * d, 0.0f) + log1p(exp(-fabs(2.0f * d))) - M_LN2_F;
+    }
+    if (code == LOSS_POISSON) {
+        *grad = 1.0f - t / (p + lo);
+        return p - t * log(p + lo);
+    }
+    if (code == LOSS_MSLE) {
+        /* torch.maximum propagates NaN (fmax would return eps for a NaN prediction). */
+        const float a = log(((p > lo || p != p) ? p : lo) + 1.0f) - log(fmax(t, lo) + 1.0f);
+        *grad = p > lo ? 2.0f * a / (p + 1.0f) : 0.0f;
+        return a * a;
+    }
+    if (code == LOSS_MAPE) {
+        const float a = 100.0f / fmax(fabs(t), lo);
+        *grad = a * sign_of(d);
+        return a * fabs(d);
+    }
+    if (code == LOSS_KLD) { /* hi is 1 here: Keras clips both to [eps, 1] */
+        const float tc = clip_to(t, lo, hi), pc = clip_to(p, lo, hi);
+        *grad = (lo <= p && p <= hi) ? -tc / pc : 0.0f;
+        return tc * log(tc / pc);
+    }
+    if (code == LOSS_FOCAL)
+        return focal_loss(t, p, from_logits, prm, lo, hi, grad);
+    if (prm.x != 0.0f)
+        t = t * (1.0f - prm.x) + 0.5f * prm.x;
     if (from_logits) {
         /* torch's stable form; sigmoid(p) from the same exp(-|p|), no overflow either side. */
         const float a = exp(-fabs(p));
@@ -73,17 +154,19 @@ float pointwise_loss(int code, float t, float p, int from_logits, float delta, f
 __kernel __attribute__((reqd_work_group_size(WG_SIZE, 1, 1)))
 void pointwise_partial(__global const float *t, __global const float *p, __global float *g,
                        __global float *partial, const int n, const int code,
-                       const int from_logits, const int need_grad, const float delta,
-                       const float lo, const float hi, const float scale)
+                       const int from_logits, const int need_grad, const float4 prm,
+                       const float lo, const float hi, const float scale,
+                       __global const float *w, const int has_w, const int per_weight)
 {
     __local float buf[WG_SIZE];
     const int stride = get_global_size(0);
     float acc = 0.0f;
     float gi;
     for (int i = get_global_id(0); i < n; i += stride) {
-        acc += pointwise_loss(code, t[i], p[i], from_logits, delta, lo, hi, &gi);
+        const float wi = has_w ? w[i / per_weight] : 1.0f;
+        acc += wi * pointwise_loss(code, t[i], p[i], from_logits, prm, lo, hi, &gi);
         if (need_grad)
-            g[i] = gi * scale;
+            g[i] = gi * wi * scale;
     }
     acc = wg_sum_float(buf, acc);
     if (get_local_id(0) == 0)
@@ -101,11 +184,16 @@ void categorical_rows(__global const float *t, __global const int *labels,
                       __global const float *p, __global float *g, __global float *row_loss,
                       __global float *result, const int rows, const int K, const int sparse,
                       const int from_logits, const int need_grad, const float lo,
-                      const float hi, const float scale)
+                      const float hi, const float unweighted_scale,
+                      __global const float *w, const int has_w, const int per_weight,
+                      const float ls)
 {
     __local float buf[LOSS_ROW_WG];
     const int row = get_group_id(0);
     const int lid = get_local_id(0);
+    /* A row is linear in its weight: the weight rides on the loss and the gradient's scale. */
+    const float wr = (has_w && row < rows) ? w[row / per_weight] : 1.0f;
+    const float scale = unweighted_scale * wr;
     int label = -1;
     int valid = row < rows;
     if (valid && sparse) {
@@ -120,7 +208,7 @@ void categorical_rows(__global const float *t, __global const int *labels,
     const size_t base = (size_t)row * K;
     __global const float *pr = p + base;
 
-#define TARGET(j) (sparse ? (float)((j) == label) : t[base + (j)])
+#define TARGET(j) (sparse ? (float)((j) == label) : t[base + (j)] * (1.0f - ls) + ls / K)
 
     /* Three passes, each closed by a reduction every work-item reaches (no barrier sits
      * under a branch): the row max (logits), the normalizer s, then loss and target mass. */
@@ -154,7 +242,7 @@ void categorical_rows(__global const float *t, __global const int *labels,
     loss = wg_sum_float(buf, loss);
     tsum = wg_sum_float(buf, tsum);
     if (lid == 0 && row < rows)
-        row_loss[row] = loss;
+        row_loss[row] = wr * loss;
 
     if (need_grad && row < rows) {
         __global float *gr = g + base;
@@ -173,4 +261,83 @@ void categorical_rows(__global const float *t, __global const int *labels,
         }
     }
 #undef TARGET
+}
+
+/* hinge / squared_hinge: count the targets outside {0, 1}; Keras converts {0, 1} labels to
+ * {-1, 1} only when there are none. One partial count per work-group. */
+__kernel __attribute__((reqd_work_group_size(WG_SIZE, 1, 1)))
+void non_binary_partial(__global const float *t, __global int *partial, const int n)
+{
+    __local int buf[WG_SIZE];
+    int count = 0;
+    for (int i = get_global_id(0); i < n; i += get_global_size(0))
+        count += t[i] != 0.0f && t[i] != 1.0f;
+    count = wg_sum_int(buf, count);
+    if (get_local_id(0) == 0)
+        partial[get_group_id(0)] = count;
+}
+
+/* categorical_hinge and cosine_similarity, one work-group per row (the twin of
+ * categorical_hinge_row / cosine_row in native/loss.pyx). Both losses' reductions run
+ * for either code, so every barrier is met unconditionally. The max's gradient goes to its
+ * first argmax, found as the largest -j among the entries equal to the max. */
+__kernel __attribute__((reqd_work_group_size(LOSS_ROW_WG, 1, 1)))
+void pairwise_rows(__global const float *t, __global const float *p, __global float *g,
+                   __global float *row_loss, const int rows, const int K, const int code,
+                   const int need_grad, const float eps, const float unweighted_scale,
+                   __global const float *w, const int has_w, const int per_weight)
+{
+    __local float buf[LOSS_ROW_WG];
+    const int row = get_group_id(0);
+    const int lid = get_local_id(0);
+    const int k = row < rows ? K : 0;
+    const size_t base = (size_t)row * K;
+    __global const float *tr = t + base;
+    __global const float *pr = p + base;
+    const float wr = (has_w && row < rows) ? w[row / per_weight] : 1.0f;
+    const float scale = unweighted_scale * wr;
+    float tt = 0.0f, pp = 0.0f, tp = 0.0f, neg = -INFINITY, first = -INFINITY, nans = 0.0f;
+    for (int j = lid; j < k; j += LOSS_ROW_WG) {
+        tt += tr[j] * tr[j];
+        pp += pr[j] * pr[j];
+        tp += tr[j] * pr[j];
+        const float v = (1.0f - tr[j]) * pr[j];
+        neg = fmax(neg, v);
+        nans += (float)(v != v);
+    }
+    tt = wg_sum_float(buf, tt);
+    pp = wg_sum_float(buf, pp);
+    tp = wg_sum_float(buf, tp);
+    neg = wg_max_float(buf, neg);
+    /* torch's max propagates NaN; fmax (and the tree's max) skip it. */
+    if (wg_sum_float(buf, nans) > 0.0f)
+        neg = NAN;
+    for (int j = lid; j < k; j += LOSS_ROW_WG)
+        if ((1.0f - tr[j]) * pr[j] == neg)
+            first = fmax(first, -(float)j);
+    first = wg_max_float(buf, first);
+    const int arg = first == -INFINITY ? -1 : (int)(-first);
+    if (row >= rows)
+        return;
+    if (code == LOSS_CATEGORICAL_HINGE) {
+        const float loss = neg - tp + 1.0f;
+        if (lid == 0)
+            row_loss[row] = wr * ((loss > 0.0f || loss != loss) ? loss : 0.0f); /* NaN stays */
+        if (need_grad)
+            for (int j = lid; j < k; j += LOSS_ROW_WG)
+                g[base + j] = loss > 0.0f
+                                  ? (-tr[j] + (1.0f - tr[j]) * (float)(j == arg)) * scale
+                                  : 0.0f;
+        return;
+    }
+    /* Keras's normalize: 1/|x| = min(rsqrt(sum x^2), 1/eps); a capped norm is a constant. */
+    const float it = fmin(rsqrt(tt), 1.0f / eps);
+    const float ip = fmin(rsqrt(pp), 1.0f / eps);
+    const int capped = ip >= 1.0f / eps;
+    if (lid == 0)
+        row_loss[row] = -wr * tp * it * ip;
+    if (need_grad)
+        for (int j = lid; j < k; j += LOSS_ROW_WG)
+            g[base + j] = -it * (tr[j] * ip - (capped ? 0.0f : tp * ip * ip * ip * pr[j]))
+                          * scale;
 }

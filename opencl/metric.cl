@@ -103,3 +103,79 @@ void confusion_partial(__global const float *t, __global const float *p, __globa
     STORE_PARTIAL(1, fp);
     STORE_PARTIAL(2, fn);
 }
+
+/* -- F-beta and AUC counts (issue 15): the twins of native/metric.pyx's ------------------
+ * fbeta_row_max: each row's max (FBetaScore without a threshold); fbeta_columns: one
+ * work-item per class sums its column in row order (tp, fp, fn, support), so the sums are
+ * the same on every run. threshold_buckets: one work-item per element finds its bucket
+ * #(thresholds < p) and counts it in an integer histogram [bucket][label] with atomics
+ * (integer adds: exact in any order). */
+__kernel void fbeta_row_max(__global const float *p, __global float *row_max, const int n,
+                            const int k)
+{
+    const int r = get_global_id(0);
+    if (r >= n)
+        return;
+    float m = p[(size_t)r * k];
+    for (int j = 1; j < k; ++j)
+        m = fmax(m, p[(size_t)r * k + j]);
+    row_max[r] = m;
+}
+
+__kernel void fbeta_columns(__global const float *t, __global const float *p,
+                            __global const float *row_max, __global float *out, const int n,
+                            const int k, const int by_max, const float thr)
+{
+    const int j = get_global_id(0);
+    if (j >= k)
+        return;
+    float tp = 0.0f, fp = 0.0f, fn = 0.0f, support = 0.0f;
+    for (int r = 0; r < n; ++r) {
+        const float pv = p[(size_t)r * k + j];
+        const float tj = t[(size_t)r * k + j];
+        const float pred = by_max ? (float)(pv >= row_max[r] && fabs(pv) > 1e-9f)
+                                  : (float)(pv > thr);
+        tp += pred * tj;
+        fp += pred * (1.0f - tj);
+        fn += (1.0f - pred) * tj;
+        support += tj;
+    }
+    out[j] = tp;
+    out[k + j] = fp;
+    out[2 * k + j] = fn;
+    out[3 * k + j] = support;
+}
+
+__kernel void threshold_buckets(__global const float *t, __global const float *p,
+                                __global const float *th, __global int *hist, const int n,
+                                const int nt)
+{
+    const int i = get_global_id(0);
+    if (i >= n)
+        return;
+    const float v = p[i];
+    int lo = 0, hi = nt;
+    while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (th[mid] < v)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    atomic_inc(&hist[2 * lo + (t[i] != 0.0f)]);
+}
+
+/* confusion_matrix: counts[true * K + pred] with integer atomics (exact in any order); a
+ * label outside [0, K) counts in counts[K * K] instead (the host raises). */
+__kernel void confusion_matrix_counts(__global const int *t, __global const int *p,
+                                      __global int *counts, const int n, const int k)
+{
+    const int i = get_global_id(0);
+    if (i >= n)
+        return;
+    const int a = t[i], b = p[i];
+    if (a < 0 || a >= k || b < 0 || b >= k)
+        atomic_inc(&counts[k * k]);
+    else
+        atomic_inc(&counts[a * k + b]);
+}

@@ -193,4 +193,89 @@ __kernel void constraint_inplace(__global float *w, const int lines, const int k
     const float factor = desired / (CONSTRAINT_EPSILON + norm);
     for (int j = 0; j < k; ++j)
         w[base + (size_t)j * inner] *= factor;
+/* -- Nadam, Adamax, Adadelta, Ftrl, Lion (issue 15): the twins of native/optim.pyx's; the
+ * host forms the scalar coefficients as the CPU does (pynn.backend.operands.optim). */
+__kernel void nadam_update(__global float *w, __global const float *g, __global float *m,
+                           __global float *v, const int n, const float lr, const float one_b1,
+                           const float one_b2, const float eps, const float c_m,
+                           const float c_g, const float bc2, const float scale,
+                           const float clip, const float decay)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    const float gi = clipped_grad(g[i], scale, clip);
+    const float wi = decayed(w[i], decay);
+    const float mi = m[i] + (gi - m[i]) * one_b1;
+    const float vi = v[i] + (gi * gi - v[i]) * one_b2;
+    m[i] = mi;
+    v[i] = vi;
+    const float mh = c_m * mi + c_g * gi;
+    w[i] = wi - (mh * lr) / (sqrt(vi / bc2) + eps);
+}
+
+__kernel void adamax_update(__global float *w, __global const float *g, __global float *m,
+                            __global float *u, const int n, const float lr,
+                            const float one_b1, const float beta_2, const float eps,
+                            const float bc1, const float scale, const float clip,
+                            const float decay)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    const float gi = clipped_grad(g[i], scale, clip);
+    const float wi = decayed(w[i], decay);
+    const float mi = m[i] + (gi - m[i]) * one_b1;
+    const float ui = fmax(beta_2 * u[i], fabs(gi));
+    m[i] = mi;
+    u[i] = ui;
+    w[i] = wi - (lr * mi) / (bc1 * (ui + eps));
+}
+
+__kernel void adadelta_update(__global float *w, __global const float *g, __global float *ag,
+                              __global float *ad, const int n, const float lr,
+                              const float rho, const float one_rho, const float eps,
+                              const float scale, const float clip, const float decay)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    const float gi = clipped_grad(g[i], scale, clip);
+    const float wi = decayed(w[i], decay);
+    const float agi = rho * ag[i] + one_rho * (gi * gi);
+    ag[i] = agi;
+    const float dv = -(sqrt(ad[i] + eps) * gi) / sqrt(agi + eps);
+    ad[i] = rho * ad[i] + one_rho * (dv * dv);
+    w[i] = wi + lr * dv;
+}
+
+__kernel void ftrl_update(__global float *w, __global const float *g, __global float *acc,
+                          __global float *lin, const int n, const float lr, const float power,
+                          const float l1, const float l2_reg2, const float shrink2,
+                          const float scale, const float clip, const float decay)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    const float gi = clipped_grad(g[i], scale, clip);
+    const float wi = decayed(w[i], decay);
+    const float ai = acc[i];
+    const float na = ai + gi * gi;
+    /* pow(x, 0) is 1 for every x, as in Keras (power = -learning_rate_power >= 0). */
+    const float pna = pow(na, power), pa = pow(ai, power);
+    const float li = lin[i] + ((gi + shrink2 * wi) - ((pna - pa) / lr) * wi);
+    lin[i] = li;
+    const float lc = li > l1 ? l1 : (li < -l1 ? -l1 : li);
+    w[i] = (lc - li) / (pna / lr + l2_reg2);
+    acc[i] = na;
+}
+
+__kernel void lion_update(__global float *w, __global const float *g, __global float *m,
+                          const int n, const float lr, const float beta_1,
+                          const float one_b1, const float beta_2, const float one_b2,
+                          const float scale, const float clip, const float decay)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    const float gi = clipped_grad(g[i], scale, clip);
+    const float wi = decayed(w[i], decay);
+    const float c = m[i] * beta_1 + gi * one_b1;
+    w[i] = wi - lr * (float)((c > 0.0f) - (c < 0.0f));
+    m[i] = m[i] * beta_2 + gi * one_b2;
 }

@@ -21,17 +21,24 @@ class Loss:
     def param(self):
         return None
 
-    def forward_backward(self, y_true, y_pred, need_grad=True):
-        """(mean loss as a float, d loss / d y_pred or None) on backend arrays."""
+    def forward_backward(self, y_true, y_pred, need_grad=True, sample_weight=None):
+        """(mean loss as a float, d loss / d y_pred or None) on backend arrays.
+        ``sample_weight`` (None or per-sample weights, a backend array) multiplies each
+        sample's loss; the mean divides by the number of samples (Keras's
+        sum_over_batch_size), not by the weights' sum."""
         return backend.current().loss_forward_backward(
-            self.backend_name, y_true, y_pred, self.from_logits, self.param, need_grad)
+            self.backend_name, y_true, y_pred, self.from_logits, self.param, need_grad,
+            sample_weight)
 
-    def __call__(self, y_true, y_pred):
+    def __call__(self, y_true, y_pred, sample_weight=None):
         b = backend.current()
         y_pred = b.asarray(y_pred, np.float32 if np.asarray(y_pred).dtype != np.float64
                            else np.float64)
         y_true = b.asarray(y_true, np.int32 if self.sparse_labels else y_pred.dtype)
-        return self.forward_backward(y_true, y_pred, need_grad=False)[0]
+        if sample_weight is not None:
+            sample_weight = b.asarray(sample_weight, y_pred.dtype)
+        return self.forward_backward(y_true, y_pred, need_grad=False,
+                                     sample_weight=sample_weight)[0]
 
     def get_config(self):
         return {"name": self.name, "from_logits": self.from_logits}
@@ -72,17 +79,124 @@ class Huber(Loss):
         return {"name": self.name, "delta": self.delta}
 
 
-class BinaryCrossentropy(Loss):
+class _SmoothedCrossentropy(Loss):
+    """Keras's label_smoothing: binary targets move towards 1/2, categorical towards 1/K."""
+
+    def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1, name=None):
+        _last_axis_only(type(self).__name__, axis)
+        if not 0.0 <= float(label_smoothing) <= 1.0:
+            raise ValueError(f"{type(self).__name__}: label_smoothing must be in [0, 1], got "
+                             f"{label_smoothing}")
+        super().__init__(name, from_logits)
+        self.label_smoothing = float(label_smoothing)
+
+    @property
+    def param(self):
+        return self.label_smoothing
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+class BinaryCrossentropy(_SmoothedCrossentropy):
     backend_name = default_name = "binary_crossentropy"
 
 
-class CategoricalCrossentropy(Loss):
+class CategoricalCrossentropy(_SmoothedCrossentropy):
     backend_name = default_name = "categorical_crossentropy"
 
 
 class SparseCategoricalCrossentropy(Loss):
     backend_name = default_name = "sparse_categorical_crossentropy"
     sparse_labels = True
+
+
+def _last_axis_only(owner, axis):
+    # The kernels reduce the last axis (Keras's default); another axis would need a transpose.
+    if axis not in (-1, None):
+        raise ValueError(f"{owner}: only axis=-1 is supported, got axis={axis}")
+
+
+# -- the other keras.losses functions (issue 15); each is a code of loss_forward_backward ---
+
+class _PlainLoss(Loss):
+    """A loss with no options but its name."""
+
+    def __init__(self, name=None):
+        super().__init__(name)
+
+    def get_config(self):
+        return {"name": self.name}
+
+
+class KLDivergence(_PlainLoss):
+    backend_name = default_name = "kl_divergence"
+
+
+class Hinge(_PlainLoss):
+    backend_name = default_name = "hinge"
+
+
+class SquaredHinge(_PlainLoss):
+    backend_name = default_name = "squared_hinge"
+
+
+class CategoricalHinge(_PlainLoss):
+    backend_name = default_name = "categorical_hinge"
+
+
+class LogCosh(_PlainLoss):
+    backend_name = default_name = "log_cosh"
+
+
+class Poisson(_PlainLoss):
+    backend_name = default_name = "poisson"
+
+
+class MeanSquaredLogarithmicError(_PlainLoss):
+    backend_name = default_name = "mean_squared_logarithmic_error"
+
+
+class MeanAbsolutePercentageError(_PlainLoss):
+    backend_name = default_name = "mean_absolute_percentage_error"
+
+
+class CosineSimilarity(_PlainLoss):
+    backend_name = default_name = "cosine_similarity"
+
+    def __init__(self, axis=-1, name=None):
+        _last_axis_only("CosineSimilarity", axis)
+        super().__init__(name)
+        self.axis = -1
+
+    def get_config(self):
+        return {"name": self.name, "axis": self.axis}
+
+
+class BinaryFocalCrossentropy(Loss):
+    backend_name = default_name = "binary_focal_crossentropy"
+
+    def __init__(self, apply_class_balancing=False, alpha=0.25, gamma=2.0, from_logits=False,
+                 label_smoothing=0.0, axis=-1, name=None):
+        _last_axis_only("BinaryFocalCrossentropy", axis)
+        if not 0.0 <= float(label_smoothing) <= 1.0:
+            raise ValueError(f"BinaryFocalCrossentropy: label_smoothing must be in [0, 1], "
+                             f"got {label_smoothing}")
+        if float(gamma) < 0:
+            raise ValueError(f"BinaryFocalCrossentropy: gamma must be >= 0, got {gamma}")
+        super().__init__(name, from_logits)
+        self.apply_class_balancing = bool(apply_class_balancing)
+        self.alpha = float(alpha)
+        self.gamma = float(gamma)
+        self.label_smoothing = float(label_smoothing)
+
+    @property
+    def param(self):
+        return {"apply_class_balancing": self.apply_class_balancing, "alpha": self.alpha,
+                "gamma": self.gamma, "label_smoothing": self.label_smoothing}
+
+    def get_config(self):
+        return {**super().get_config(), **self.param}
 
 
 ALIASES = {
@@ -92,6 +206,18 @@ ALIASES = {
     "binary_crossentropy": BinaryCrossentropy,
     "categorical_crossentropy": CategoricalCrossentropy,
     "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+    # issue 15, with keras.losses' legacy aliases
+    "kl_divergence": KLDivergence, "kld": KLDivergence,
+    "kullback_leibler_divergence": KLDivergence,
+    "hinge": Hinge, "squared_hinge": SquaredHinge, "categorical_hinge": CategoricalHinge,
+    "log_cosh": LogCosh, "logcosh": LogCosh,
+    "poisson": Poisson,
+    "mean_squared_logarithmic_error": MeanSquaredLogarithmicError,
+    "msle": MeanSquaredLogarithmicError,
+    "mean_absolute_percentage_error": MeanAbsolutePercentageError,
+    "mape": MeanAbsolutePercentageError,
+    "cosine_similarity": CosineSimilarity,
+    "binary_focal_crossentropy": BinaryFocalCrossentropy,
 }
 _BY_CLASS = {cls.__name__: cls for cls in ALIASES.values()}
 
@@ -122,13 +248,56 @@ def mean_absolute_error(y_true, y_pred):
     return MeanAbsoluteError()(y_true, y_pred)
 
 
-def binary_crossentropy(y_true, y_pred, from_logits=False):
-    return BinaryCrossentropy(from_logits=from_logits)(y_true, y_pred)
+def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1):
+    return BinaryCrossentropy(from_logits, label_smoothing, axis)(y_true, y_pred)
 
 
-def categorical_crossentropy(y_true, y_pred, from_logits=False):
-    return CategoricalCrossentropy(from_logits=from_logits)(y_true, y_pred)
+def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0,
+                             axis=-1):
+    return CategoricalCrossentropy(from_logits, label_smoothing, axis)(y_true, y_pred)
 
 
 def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False):
     return SparseCategoricalCrossentropy(from_logits=from_logits)(y_true, y_pred)
+
+
+def kl_divergence(y_true, y_pred):
+    return KLDivergence()(y_true, y_pred)
+
+
+def hinge(y_true, y_pred):
+    return Hinge()(y_true, y_pred)
+
+
+def squared_hinge(y_true, y_pred):
+    return SquaredHinge()(y_true, y_pred)
+
+
+def categorical_hinge(y_true, y_pred):
+    return CategoricalHinge()(y_true, y_pred)
+
+
+def log_cosh(y_true, y_pred):
+    return LogCosh()(y_true, y_pred)
+
+
+def poisson(y_true, y_pred):
+    return Poisson()(y_true, y_pred)
+
+
+def mean_squared_logarithmic_error(y_true, y_pred):
+    return MeanSquaredLogarithmicError()(y_true, y_pred)
+
+
+def mean_absolute_percentage_error(y_true, y_pred):
+    return MeanAbsolutePercentageError()(y_true, y_pred)
+
+
+def cosine_similarity(y_true, y_pred, axis=-1):
+    return CosineSimilarity(axis=axis)(y_true, y_pred)
+
+
+def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha=0.25,
+                              gamma=2.0, from_logits=False, label_smoothing=0.0, axis=-1):
+    return BinaryFocalCrossentropy(apply_class_balancing, alpha, gamma, from_logits,
+                                   label_smoothing, axis)(y_true, y_pred)

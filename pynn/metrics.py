@@ -129,20 +129,242 @@ class Recall(_Confusion):
         return self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
 
 
-class F1Score(_Confusion):
-    """Micro-averaged F1 over thresholded predictions (binary or multi-label)."""
+# -- issue 15: F-beta, AUC and the mean-error metrics ---------------------------------------
+
+class FBetaScore(Metric):
+    """Keras 3's FBetaScore: per-class counts over 2-D (N, K) inputs (one ``fbeta_counts`` op
+    per batch); a prediction is y_pred > threshold, or without a threshold (the default) the
+    row's largest score. ``average``: None (one score per class), "micro" (pooled counts),
+    "macro" (mean of the class scores) or "weighted" (weighted by each class's support)."""
+
+    default_name = "fbeta_score"
+    AVERAGES = (None, "micro", "macro", "weighted")
+
+    def __init__(self, average=None, beta=1.0, threshold=None, name=None):
+        owner = type(self).__name__
+        if average not in self.AVERAGES:
+            raise ValueError(f"{owner}: invalid `average` argument value, expected one of "
+                             f"{self.AVERAGES}, got average={average!r}")
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or beta <= 0:
+            raise ValueError(f"{owner}: `beta` must be a float > 0, got beta={beta!r}")
+        if threshold is not None and (isinstance(threshold, bool)
+                                      or not isinstance(threshold, (int, float))
+                                      or not 0.0 < threshold <= 1.0):
+            raise ValueError(f"{owner}: `threshold` must be None or a float in (0, 1], got "
+                             f"threshold={threshold!r}")
+        self.average = average
+        self.beta = float(beta)
+        self.threshold = None if threshold is None else float(threshold)
+        super().__init__(name)
+
+    def reset_state(self):
+        self.counts = None  # (tp, fp, fn, support) per class, float64 (4, K)
+
+    def update_state(self, y_true, y_pred):
+        y_true, y_pred = _backend_arrays(y_true, y_pred)
+        counts = backend.current().fbeta_counts(y_true, y_pred, self.threshold)
+        if self.counts is not None and self.counts.shape != counts.shape:
+            raise ValueError(f"{self.name}: y_pred has {counts.shape[1]} classes, earlier "
+                             f"batches had {self.counts.shape[1]}")
+        self.counts = counts if self.counts is None else self.counts + counts
+
+    def result(self):
+        if self.counts is None:
+            return 0.0
+        eps = 1e-7  # Keras's backend.epsilon()
+        tp, fp, fn, support = self.counts
+        if self.average == "micro":
+            tp, fp, fn = tp.sum(), fp.sum(), fn.sum()
+        precision = tp / (tp + fp + eps)
+        recall = tp / (tp + fn + eps)
+        b2 = self.beta**2
+        score = precision * recall / (b2 * precision + recall + eps) * (1 + b2)
+        if self.average == "weighted":
+            return float(np.sum(score * support / (support.sum() + eps)))
+        if self.average is not None:
+            return float(np.mean(score))
+        return score
+
+    def get_config(self):
+        return {"name": self.name, "average": self.average, "beta": self.beta,
+                "threshold": self.threshold}
+
+
+class F1Score(FBetaScore):
+    """FBetaScore with beta = 1 (Keras 3's F1Score: no threshold by default, so each row's
+    top score is its positive prediction; average None gives one score per class)."""
 
     default_name = "f1_score"
 
-    def __init__(self, threshold=None, name=None):
-        super().__init__(threshold, name)
-
-    def result(self):
-        denom = 2 * self.tp + self.fp + self.fn
-        return 2 * self.tp / denom if denom else 0.0
+    def __init__(self, average=None, threshold=None, name=None):
+        super().__init__(average=average, beta=1.0, threshold=threshold, name=name)
 
     def get_config(self):
-        return {"name": self.name, "threshold": self.thresholds}
+        return {"name": self.name, "average": self.average, "threshold": self.threshold}
+
+
+class AUC(Metric):
+    """Keras 3's AUC (multi_label=False): tp/fp/tn/fn at ``num_thresholds`` thresholds
+    spread over [0, 1] (plus -eps and 1 + eps) from one ``threshold_counts`` op per batch;
+    ROC or PR curve, Riemann sum by interpolation (PR: Davis & Goadrich's), minoring or
+    majoring."""
+
+    default_name = "auc"
+    CURVES = ("ROC", "PR")
+    SUMMATIONS = ("interpolation", "minoring", "majoring")
+
+    def __init__(self, num_thresholds=200, curve="ROC", summation_method="interpolation",
+                 name=None, thresholds=None, multi_label=False, from_logits=False):
+        curve = str(curve).upper()
+        summation_method = str(summation_method).lower()
+        if curve not in self.CURVES:
+            raise ValueError(f"AUC: invalid `curve` argument value {curve!r}, expected one of "
+                             f"{self.CURVES}")
+        if summation_method not in self.SUMMATIONS:
+            raise ValueError(f"AUC: invalid `summation_method` argument value "
+                             f"{summation_method!r}, expected one of {self.SUMMATIONS}")
+        if multi_label or from_logits:
+            raise NotImplementedError("AUC: multi_label and from_logits are not supported; "
+                                      "pass probabilities and one label column")
+        if thresholds is not None:
+            inner = sorted(float(v) for v in thresholds)
+            self.num_thresholds = len(inner) + 2
+        else:
+            if isinstance(num_thresholds, bool) or not isinstance(num_thresholds, int) \
+                    or num_thresholds <= 1:
+                raise ValueError(f"AUC: `num_thresholds` must be an integer > 1, got "
+                                 f"num_thresholds={num_thresholds!r}")
+            self.num_thresholds = num_thresholds
+            inner = [(i + 1) * 1.0 / (num_thresholds - 1) for i in range(num_thresholds - 2)]
+        self._init_thresholds = None if thresholds is None else inner
+        self.thresholds = np.array([0.0 - 1e-7] + inner + [1.0 + 1e-7])
+        self.curve = curve
+        self.summation_method = summation_method
+        super().__init__(name)
+
+    def reset_state(self):
+        self.counts = np.zeros((4, getattr(self, "num_thresholds", 0)), np.int64)
+
+    def update_state(self, y_true, y_pred):
+        y_true, y_pred = _backend_arrays(y_true, y_pred)
+        self.counts = self.counts + backend.current().threshold_counts(y_true, y_pred,
+                                                                       self.thresholds)
+
+    def result(self):
+        tp, fp, tn, fn = (c.astype(np.float64) for c in self.counts)
+        n = self.num_thresholds
+        if self.curve == "PR" and self.summation_method == "interpolation":
+            dtp = tp[:n - 1] - tp[1:]
+            p = tp + fp
+            dp = p[:n - 1] - p[1:]
+            slope = _divide_no_nan(dtp, np.maximum(dp, 0))
+            intercept = tp[1:] - slope * p[1:]
+            ratio = np.where((p[:n - 1] > 0) & (p[1:] > 0),
+                             _divide_no_nan(p[:n - 1], np.maximum(p[1:], 0)), 1.0)
+            return float(np.sum(_divide_no_nan(slope * (dtp + intercept * np.log(ratio)),
+                                               np.maximum(tp[1:] + fn[1:], 0))))
+        recall = _divide_no_nan(tp, tp + fn)
+        if self.curve == "ROC":
+            x, y = _divide_no_nan(fp, fp + tn), recall
+        else:
+            x, y = recall, _divide_no_nan(tp, tp + fp)
+        if self.summation_method == "interpolation":
+            heights = (y[:n - 1] + y[1:]) / 2
+        elif self.summation_method == "minoring":
+            heights = np.minimum(y[:n - 1], y[1:])
+        else:
+            heights = np.maximum(y[:n - 1], y[1:])
+        return float(np.sum((x[:n - 1] - x[1:]) * heights))
+
+    def get_config(self):
+        return {"name": self.name, "num_thresholds": self.num_thresholds, "curve": self.curve,
+                "summation_method": self.summation_method,
+                "thresholds": self._init_thresholds}
+
+
+class MeanIoU(Metric):
+    """Keras 3's MeanIoU with class-id inputs (sparse_y_true and sparse_y_pred, its
+    defaults): a confusion matrix summed over batches (one ``confusion_matrix`` op each);
+    the result averages tp / (tp + fp + fn) over the classes seen in either."""
+
+    default_name = "mean_io_u"
+
+    def __init__(self, num_classes, name=None, ignore_class=None, sparse_y_true=True,
+                 sparse_y_pred=True, axis=-1):
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"MeanIoU: `num_classes` must be an int >= 1, got {num_classes!r}")
+        if ignore_class is not None or not sparse_y_true or not sparse_y_pred or axis != -1:
+            raise NotImplementedError("MeanIoU: only class-id inputs (sparse_y_true, "
+                                      "sparse_y_pred, axis=-1) without ignore_class are "
+                                      "supported")
+        self.num_classes = num_classes
+        super().__init__(name)
+
+    def reset_state(self):
+        self.total_cm = np.zeros((self.num_classes, self.num_classes), np.int64)
+
+    def update_state(self, y_true, y_pred):
+        b = backend.current()
+        y_true, y_pred = b.asarray(y_true, np.int32), b.asarray(y_pred, np.int32)
+        self.total_cm = self.total_cm + b.confusion_matrix(y_true, y_pred, self.num_classes)
+
+    def result(self):
+        cm = self.total_cm.astype(np.float64)
+        tp = np.diag(cm)
+        denominator = cm.sum(axis=0) + cm.sum(axis=1) - tp
+        valid = np.sum(denominator > 1e-9)
+        return float(np.sum(_divide_no_nan(tp, denominator)) / valid) if valid else 0.0
+
+    def get_config(self):
+        return {"name": self.name, "num_classes": self.num_classes}
+
+
+def _divide_no_nan(a, b):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b == 0, 0.0, a / np.where(b == 0, 1.0, b))
+
+
+class _MeanOfLoss(Metric):
+    """The running mean of a loss over every sample seen (Keras's MeanMetricWrapper): each
+    batch reuses the loss op forward only (``loss_forward_backward`` with need_grad False),
+    whose batch mean times the number of per-sample values is the batch's sum."""
+
+    loss_name = None
+
+    def reset_state(self):
+        self.total = 0.0
+        self.count = 0
+
+    def update_state(self, y_true, y_pred):
+        y_true, y_pred = _backend_arrays(y_true, y_pred)
+        k = y_pred.shape[-1] if len(y_pred.shape) else 1
+        n = _size(y_pred) // k if k else 0
+        mean, _ = backend.current().loss_forward_backward(self.loss_name, y_true, y_pred,
+                                                          False, None, False)
+        self.total += mean * n
+        self.count += n
+
+    def result(self):
+        return self.total / self.count if self.count else 0.0
+
+
+class MeanSquaredError(_MeanOfLoss):
+    default_name = loss_name = "mean_squared_error"
+
+
+class MeanAbsoluteError(_MeanOfLoss):
+    default_name = loss_name = "mean_absolute_error"
+
+
+class RootMeanSquaredError(_MeanOfLoss):
+    """sqrt of the mean of every squared error seen (Keras averages the elements, which for
+    equal-length rows is the mean of the per-sample MSEs the loss op returns)."""
+
+    default_name = "root_mean_squared_error"
+    loss_name = "mean_squared_error"
+
+    def result(self):
+        return float(np.sqrt(super().result()))
 
 
 def _backend_arrays(y_true, y_pred, sparse=False):
@@ -171,7 +393,16 @@ ALIASES = {
     "precision": Precision,
     "recall": Recall,
     "f1_score": F1Score,
+    # issue 15 (a metric asked for by one of these strings is named by it, as Keras logs it)
+    "fbeta_score": FBetaScore,
+    "auc": AUC,
+    "mean_squared_error": MeanSquaredError, "mse": MeanSquaredError,
+    "mean_absolute_error": MeanAbsoluteError, "mae": MeanAbsoluteError,
+    "root_mean_squared_error": RootMeanSquaredError,
+    "mean_io_u": MeanIoU,
 }
+_NAMED_BY_STRING = {"fbeta_score", "auc", "mean_squared_error", "mse", "mean_absolute_error",
+                    "mae", "root_mean_squared_error"}
 _BY_CLASS = {cls.__name__: cls for cls in ALIASES.values()}
 
 
@@ -193,6 +424,8 @@ def get(identifier, loss=None, output_shape=None):
             else:
                 cls = CategoricalAccuracy
             return cls(name=identifier)
+        if key in _NAMED_BY_STRING:
+            return ALIASES[key](name=identifier)
         if key in ALIASES:
             return ALIASES[key]()
         if identifier in _BY_CLASS:

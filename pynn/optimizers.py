@@ -18,8 +18,8 @@ from pynn import backend, schedules
 from pynn.variables import bump_version
 from pynn.schedules import LearningRateSchedule
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "schedules", "serialize",
-           "deserialize", "get"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Nadam", "Adamax",
+           "Adadelta", "Ftrl", "Lion", "schedules", "serialize", "deserialize", "get"]
 
 
 def _float_arg(cls_name, name, value, lo=None, hi=None, hi_open=False, allow_none=False):
@@ -391,7 +391,190 @@ class Adagrad(Optimizer):
         return config
 
 
-_CLASSES = {cls.__name__.lower(): cls for cls in (SGD, Adam, AdamW, RMSprop, Adagrad)}
+# -- Nadam, Adamax, Adadelta, Ftrl, Lion (issue 15) ------------------------------------------
+
+class _BaseArgs(Optimizer):
+    """The base arguments every Keras optimizer takes, passed through."""
+
+    def __init__(self, learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm,
+                 name, kwargs):
+        super().__init__(learning_rate=learning_rate, weight_decay=weight_decay,
+                         clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, name=name, **kwargs)
+
+
+class Nadam(_BaseArgs):
+    """Nadam (Keras 3): Adam with Nesterov momentum on the schedule u_s = beta_1 (1 - 0.5 *
+    0.96^s); the running product of the u_s (Keras's ``_u_product``) follows from the step
+    count, so ``set_state`` replays it from ``iterations`` in the same float arithmetic."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                 weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 name=None, **kwargs):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm,
+                         name, kwargs)
+        self.beta_1 = _float_arg("Nadam", "beta_1", beta_1, lo=0.0, hi=1.0, hi_open=True)
+        self.beta_2 = _float_arg("Nadam", "beta_2", beta_2, lo=0.0, hi=1.0, hi_open=True)
+        self.epsilon = _float_arg("Nadam", "epsilon", epsilon, lo=0.0)
+        self._u_product = 1.0
+
+    def _next_u_product(self, u_product, step, dtype):
+        # Keras: u_product * beta_1 * (1 - 0.5 * 0.96^step), in the variables' dtype.
+        dt = np.dtype(dtype).type
+        return float(dt(dt(u_product) * dt(self.beta_1))
+                     * dt(dt(1) - dt(0.5) * dt(float(dt(0.96)) ** step)))
+
+    def apply(self, variables):
+        variables = list(variables)
+        if not variables:
+            return
+        previous = self._u_product
+        self._u_product = self._next_u_product(previous, self.iterations + 1,
+                                               variables[0].value.dtype)
+        try:
+            super().apply(variables)
+        except Exception:
+            self._u_product = previous  # the step did not happen
+            raise
+
+    def set_state(self, state, variables):
+        variables = list(variables)
+        super().set_state(state, variables)
+        dtype = variables[0].value.dtype if variables else np.float32
+        u_product = 1.0
+        for step in range(1, self.iterations + 1):
+            u_product = self._next_u_product(u_product, step, dtype)
+        self._u_product = u_product
+
+    def _slot_specs(self):
+        return [("momentum", 0.0), ("velocity", 0.0)]
+
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay):
+        be.nadam_update(w, g, slots["momentum"], slots["velocity"], lr, self.beta_1,
+                        self.beta_2, self.epsilon, self.iterations + 1, self._u_product,
+                        grad_scale, clipvalue, weight_decay)
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon}
+
+
+class Adamax(_BaseArgs):
+    """Adamax (Keras 3): the infinity norm u = max(beta_2 u, |g|) replaces Adam's velocity."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                 weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 name=None, **kwargs):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm,
+                         name, kwargs)
+        self.beta_1 = _float_arg("Adamax", "beta_1", beta_1, lo=0.0, hi=1.0, hi_open=True)
+        self.beta_2 = _float_arg("Adamax", "beta_2", beta_2, lo=0.0, hi=1.0)
+        self.epsilon = _float_arg("Adamax", "epsilon", epsilon, lo=0.0)
+
+    def _slot_specs(self):
+        return [("momentum", 0.0), ("norm", 0.0)]
+
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay):
+        be.adamax_update(w, g, slots["momentum"], slots["norm"], lr, self.beta_1,
+                         self.beta_2, self.epsilon, self.iterations + 1, grad_scale,
+                         clipvalue, weight_decay)
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon}
+
+
+class Adadelta(_BaseArgs):
+    """Adadelta (Keras 3): the step is lr times the ratio of the two accumulators' RMS."""
+
+    def __init__(self, learning_rate=0.001, rho=0.95, epsilon=1e-7, weight_decay=None,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None, name=None, **kwargs):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm,
+                         name, kwargs)
+        self.rho = _float_arg("Adadelta", "rho", rho, lo=0.0, hi=1.0)
+        self.epsilon = _float_arg("Adadelta", "epsilon", epsilon, lo=0.0)
+
+    def _slot_specs(self):
+        return [("accumulated_grad", 0.0), ("accumulated_delta_var", 0.0)]
+
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay):
+        be.adadelta_update(w, g, slots["accumulated_grad"], slots["accumulated_delta_var"],
+                           lr, self.rho, self.epsilon, grad_scale, clipvalue, weight_decay)
+
+    def get_config(self):
+        return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}
+
+
+class Ftrl(_BaseArgs):
+    """FTRL-proximal (Keras 3's form, with its L1/L2/L2-shrinkage strengths and beta)."""
+
+    def __init__(self, learning_rate=0.001, learning_rate_power=-0.5,
+                 initial_accumulator_value=0.1, l1_regularization_strength=0.0,
+                 l2_regularization_strength=0.0, l2_shrinkage_regularization_strength=0.0,
+                 beta=0.0, weight_decay=None, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None, name=None, **kwargs):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm,
+                         name, kwargs)
+        self.learning_rate_power = _float_arg("Ftrl", "learning_rate_power",
+                                              learning_rate_power, hi=0.0)
+        self.initial_accumulator_value = _float_arg("Ftrl", "initial_accumulator_value",
+                                                    initial_accumulator_value, lo=0.0)
+        self.l1_regularization_strength = _float_arg(
+            "Ftrl", "l1_regularization_strength", l1_regularization_strength, lo=0.0)
+        self.l2_regularization_strength = _float_arg(
+            "Ftrl", "l2_regularization_strength", l2_regularization_strength, lo=0.0)
+        self.l2_shrinkage_regularization_strength = _float_arg(
+            "Ftrl", "l2_shrinkage_regularization_strength",
+            l2_shrinkage_regularization_strength, lo=0.0)
+        self.beta = _float_arg("Ftrl", "beta", beta)
+
+    def _slot_specs(self):
+        return [("accumulator", self.initial_accumulator_value), ("linear", 0.0)]
+
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay):
+        be.ftrl_update(w, g, slots["accumulator"], slots["linear"], lr,
+                       self.learning_rate_power, self.l1_regularization_strength,
+                       self.l2_regularization_strength,
+                       self.l2_shrinkage_regularization_strength, self.beta, grad_scale,
+                       clipvalue, weight_decay)
+
+    def get_config(self):
+        return {**super().get_config(), "learning_rate_power": self.learning_rate_power,
+                "initial_accumulator_value": self.initial_accumulator_value,
+                "l1_regularization_strength": self.l1_regularization_strength,
+                "l2_regularization_strength": self.l2_regularization_strength,
+                "l2_shrinkage_regularization_strength":
+                    self.l2_shrinkage_regularization_strength,
+                "beta": self.beta}
+
+
+class Lion(_BaseArgs):
+    """Lion (Keras 3): a sign step on the interpolation of momentum and gradient."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.99, weight_decay=None,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None, name=None, **kwargs):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm,
+                         name, kwargs)
+        if isinstance(beta_1, (int, float)) and not isinstance(beta_1, bool) and \
+                (beta_1 <= 0 or beta_1 > 1):
+            raise ValueError("Lion: `beta_1` must be in the (0, 1] range. Otherwise, the "
+                             f"optimizer degenerates to SignSGD. Received: beta_1={beta_1}.")
+        self.beta_1 = _float_arg("Lion", "beta_1", beta_1, lo=0.0, hi=1.0)
+        self.beta_2 = _float_arg("Lion", "beta_2", beta_2, lo=0.0, hi=1.0)
+
+    def _slot_specs(self):
+        return [("momentum", 0.0)]
+
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay):
+        be.lion_update(w, g, slots["momentum"], lr, self.beta_1, self.beta_2, grad_scale,
+                       clipvalue, weight_decay)
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2}
+
+
+_CLASSES = {cls.__name__.lower(): cls for cls in (SGD, Adam, AdamW, RMSprop, Adagrad, Nadam,
+                                                  Adamax, Adadelta, Ftrl, Lion)}
 
 
 def serialize(optimizer):

@@ -7,10 +7,12 @@ run one body on each; OpenCL-only checks are marked ``opencl``.
 """
 
 import os
+import re
 
 import numpy as np
 import pytest
 
+from pynn import losses as pynn_losses
 from pynn._native.info import set_num_threads
 from pynn._native.loss import loss_forward_backward
 from pynn.backend.api import LOSSES
@@ -31,8 +33,40 @@ CASES = [
     ("categorical_crossentropy", True, None),
     ("sparse_categorical_crossentropy", False, None),
     ("sparse_categorical_crossentropy", True, None),
+    # issue 15: label smoothing and the other keras.losses functions
+    ("binary_crossentropy", False, 0.2),
+    ("binary_crossentropy", True, 0.1),
+    ("categorical_crossentropy", False, 0.1),
+    ("categorical_crossentropy", True, 0.3),
+    ("kl_divergence", False, None),
+    ("hinge", False, None),
+    ("squared_hinge", False, None),
+    ("categorical_hinge", False, None),
+    ("log_cosh", False, None),
+    ("poisson", False, None),
+    ("mean_squared_logarithmic_error", False, None),
+    ("mean_absolute_percentage_error", False, None),
+    ("cosine_similarity", False, None),
+    ("binary_focal_crossentropy", False, None),
+    ("binary_focal_crossentropy", True, None),
+    ("binary_focal_crossentropy", False,
+     {"apply_class_balancing": True, "alpha": 0.3, "gamma": 1.5, "label_smoothing": 0.1}),
+    ("binary_focal_crossentropy", True, {"apply_class_balancing": True, "gamma": 0.0}),
 ]
-CASE_IDS = [f"{n}-{'logits' if fl else 'probs'}-{p}" for n, fl, p in CASES]
+
+
+def _case_id(name, from_logits, param):
+    if isinstance(param, dict):
+        param = "-".join(f"{k}={v}" for k, v in param.items())
+    return f"{name}-{'logits' if from_logits else 'probs'}-{param}"
+
+
+CASE_IDS = [_case_id(*case) for case in CASES]
+# Keras's per-sample loss averages the last axis (ops.mean, float32-accurate in float64).
+MEAN_OVER_LAST_AXIS = POINTWISE + ("hinge", "squared_hinge", "log_cosh", "poisson",
+                                   "mean_squared_logarithmic_error",
+                                   "mean_absolute_percentage_error",
+                                   "binary_focal_crossentropy")
 SHAPES = [(1, 1), (7, 3), (13, 5), (3, 4, 6), (5,)]
 TOL = {np.float32: dict(rtol=2e-5, atol=1e-7), np.float64: dict(rtol=1e-12, atol=1e-15)}
 
@@ -41,6 +75,8 @@ def make_data(name, from_logits, shape, rng, param=None):
     """Random never-all-zero inputs away from the kinks (|d| = 0, |d| = delta) and clip
     bounds, so finite differences are valid."""
     k = shape[-1]
+    if name in NEW_DATA:
+        return NEW_DATA[name](rng, shape, from_logits)
     if name == "sparse_categorical_crossentropy":
         y_true = rng.integers(0, k, size=shape[:-1])
     elif name == "categorical_crossentropy":
@@ -66,6 +102,59 @@ def make_data(name, from_logits, shape, rng, param=None):
         d = np.where(np.abs(np.abs(d) - delta) < 0.05, d * 1.2, d)
         y_pred = y_true + d
     return y_true, y_pred
+
+
+def _away_from(x, kink, gap=0.05):
+    """x moved off kink by at least gap, so finite differences do not straddle it."""
+    return np.where(np.abs(x - kink) < gap, kink + np.copysign(gap * 2, x - kink), x)
+
+
+def _soft_rows(rng, shape):
+    soft = rng.uniform(0.1, 1.0, size=shape)
+    return soft / soft.sum(axis=-1, keepdims=True)
+
+
+def _binary_data(rng, shape, from_logits):
+    y_true = np.where(rng.uniform(size=shape) < 0.5, rng.integers(0, 2, size=shape),
+                      rng.uniform(size=shape))
+    y_pred = rng.normal(size=shape) * 3 if from_logits else rng.uniform(0.02, 0.98, shape)
+    return y_true, y_pred
+
+
+def _hinge_data(rng, shape, from_logits):
+    y_true = rng.integers(0, 2, size=shape).astype(np.float64)
+    # Margins 1 - t p are off zero: p off +-1.
+    return y_true, _away_from(_away_from(rng.normal(size=shape) * 1.5, 1.0), -1.0)
+
+
+def _categorical_hinge_data(rng, shape, from_logits):
+    y_true = np.eye(shape[-1])[rng.integers(0, shape[-1], size=shape[:-1])]
+    return y_true, rng.normal(size=shape) * 0.5
+
+
+def _positive_data(rng, shape, from_logits):
+    return rng.uniform(0.0, 3.0, size=shape), rng.uniform(0.1, 3.0, size=shape)
+
+
+def _mape_data(rng, shape, from_logits):
+    y_true = _away_from(rng.normal(size=shape), 0.0)
+    return y_true, y_true + _away_from(rng.normal(size=shape), 0.0)
+
+
+NEW_DATA = {
+    "kl_divergence": lambda rng, shape, fl: (_soft_rows(rng, shape),
+                                             rng.uniform(0.05, 0.95, size=shape)),
+    "hinge": _hinge_data,
+    "squared_hinge": _hinge_data,
+    "categorical_hinge": _categorical_hinge_data,
+    "log_cosh": lambda rng, shape, fl: (rng.normal(size=shape), rng.normal(size=shape) * 2),
+    "poisson": _positive_data,
+    "mean_squared_logarithmic_error": _positive_data,
+    "mean_absolute_percentage_error": _mape_data,
+    "cosine_similarity": lambda rng, shape, fl: (rng.normal(size=shape),
+                                                 rng.normal(size=shape)),
+    "binary_focal_crossentropy": _binary_data,
+}
 
 
 def check_loss(target, name, y_true, y_pred, from_logits, param):
@@ -309,7 +398,35 @@ KERAS_CLASSES = {
     "binary_crossentropy": "BinaryCrossentropy",
     "categorical_crossentropy": "CategoricalCrossentropy",
     "sparse_categorical_crossentropy": "SparseCategoricalCrossentropy",
+    "kl_divergence": "KLDivergence",
+    "hinge": "Hinge",
+    "squared_hinge": "SquaredHinge",
+    "categorical_hinge": "CategoricalHinge",
+    "log_cosh": "LogCosh",
+    "poisson": "Poisson",
+    "mean_squared_logarithmic_error": "MeanSquaredLogarithmicError",
+    "mean_absolute_percentage_error": "MeanAbsolutePercentageError",
+    "cosine_similarity": "CosineSimilarity",
+    "binary_focal_crossentropy": "BinaryFocalCrossentropy",
 }
+
+
+KERAS_FLOAT32_INSIDE = ("hinge", "squared_hinge", "categorical_hinge",
+                        "mean_squared_logarithmic_error", "cosine_similarity")
+
+
+def keras_kwargs(name, from_logits, param):
+    """pynn's (from_logits, param) as the Keras loss's keyword arguments."""
+    kwargs = {}
+    if name == "huber":
+        kwargs["delta"] = 1.0 if param is None else param
+    elif name.endswith("crossentropy"):
+        kwargs["from_logits"] = from_logits
+        if isinstance(param, dict):
+            kwargs.update(param)
+        elif param is not None:
+            kwargs["label_smoothing"] = param
+    return kwargs
 
 
 def keras_loss_and_grad(keras_torch, name, y_true, y_pred, from_logits, param, dtype):
@@ -317,11 +434,7 @@ def keras_loss_and_grad(keras_torch, name, y_true, y_pred, from_logits, param, d
     (Keras's whole path); float64 through the loss function and a float64 mean, because
     Keras 3.15's reduction returns float32 even for Loss(dtype="float64")."""
     keras, torch = keras_torch
-    kwargs = {}
-    if name == "huber":
-        kwargs["delta"] = 1.0 if param is None else param
-    elif name.endswith("crossentropy"):
-        kwargs["from_logits"] = from_logits
+    kwargs = keras_kwargs(name, from_logits, param)
     p = torch.tensor(np.asarray(y_pred, dtype=dtype), requires_grad=True)
     t = torch.tensor(np.asarray(y_true))
     if dtype == np.float32:
@@ -329,8 +442,10 @@ def keras_loss_and_grad(keras_torch, name, y_true, y_pred, from_logits, param, d
         loss = fn(t, p)
     else:
         per_sample = getattr(keras.losses, name)(t, p, **kwargs)
-        assert per_sample.dtype == torch.float64
-        loss = torch.mean(per_sample)
+        # Keras 3.15 computes a few losses in float32 even for float64 inputs (its float32
+        # constants win); the caller then compares at float32's accuracy.
+        assert per_sample.dtype == torch.float64 or name in KERAS_FLOAT32_INSIDE
+        loss = torch.mean(per_sample.double())
     loss.backward()
     return float(loss.detach()), p.grad.numpy()
 
@@ -346,9 +461,9 @@ def test_matches_keras(keras_torch, name, from_logits, param, dtype):
         want_loss, want_grad = keras_loss_and_grad(keras_torch, name, y_true, y_pred,
                                                    from_logits, param, dtype)
         loss, grad = loss_forward_backward(name, y_true, y_pred, from_logits, param, True)
-        if dtype == np.float32:
+        if dtype == np.float32 or name in KERAS_FLOAT32_INSIDE:
             tol = dict(rtol=1e-5, atol=1e-7)
-        elif name in POINTWISE:
+        elif name in MEAN_OVER_LAST_AXIS:
             # Keras's torch ops.mean casts float64 through float32 (3.15), so Keras itself
             # is only float32-accurate here; tests/reference holds the tight float64 check.
             tol = dict(rtol=1e-6, atol=1e-9)
@@ -375,14 +490,17 @@ def test_matches_keras_at_the_clip_bounds(keras_torch):
 # Reductions within 1e-4. On OpenCL check_op also compares with the CPU op.
 
 
-def loss_ref32(name, y_true, y_pred, from_logits, param, need_grad):
+def loss_ref32(name, y_true, y_pred, from_logits, param, need_grad, sample_weight=None):
     """The float64 oracle with the float32 kernels' probability clip."""
     return loss_forward_backward_ref(name, y_true, y_pred, from_logits, param, need_grad,
-                                     np.float32)
+                                     sample_weight, dtype=np.float32)
 
 
 def _backend_loss_data(rng, name, shape, from_logits):
     k = shape[-1]
+    if name in NEW_DATA:
+        y_true, y_pred = NEW_DATA[name](rng, shape, from_logits)
+        return y_true.astype(np.float32), y_pred.astype(np.float32)
     probs = name in ("binary_crossentropy", "categorical_crossentropy",
                      "sparse_categorical_crossentropy") and not from_logits
     y_pred = rng.uniform(0.02, 1.0, shape) if probs else rng.standard_normal(shape) * 2
@@ -444,7 +562,7 @@ def test_loss_empty_batch_is_zero_on_backend(backend):
 def test_loss_bad_inputs_opencl(ocl):
     p = ocl.asarray(np.full((3, 4), 0.25, np.float32))
     with pytest.raises(ValueError, match="unknown loss"):
-        ocl.loss_forward_backward("hinge", p, p, False, None, True)
+        ocl.loss_forward_backward("hinge_loss", p, p, False, None, True)
     with pytest.raises(ValueError, match="out of range"):
         labels = ocl.asarray(np.array([0, 4, 1], np.int32), np.int32)
         ocl.loss_forward_backward("sparse_categorical_crossentropy", labels, p, False, None,
@@ -470,3 +588,199 @@ def test_small_work_groups_build_smaller_loss_kernels(small_work_groups):
     labels = rng.integers(0, 131, 5).astype(np.int32)
     check_op(small_work_groups, "loss_forward_backward", "sparse_categorical_crossentropy",
              labels, x, True, None, True, ref=loss_ref32, kind="reduction")
+
+
+# -- sample weights: Keras's sum_over_batch_size divides by the number of losses -----------
+
+# (y_pred shape, sample_weight shape): one weight per sample, per step, per sample of a
+# sequence (broadcast over its steps), and Keras's trailing-1 form.
+WEIGHT_SHAPES = [((7, 3), (7,)), ((4, 5, 3), (4, 5)), ((4, 5, 3), (4,)), ((6, 4), (6, 1)),
+                 ((1, 1), (1,))]
+
+
+def weights_for(rng, shape):
+    """Random positive weights with a zero and a weight above one (both matter)."""
+    w = rng.uniform(0.1, 2.5, size=shape)
+    w.reshape(-1)[0] = 0.0
+    return w
+
+
+@pytest.mark.parametrize("pred_shape,weight_shape", WEIGHT_SHAPES, ids=str)
+@pytest.mark.parametrize("name,from_logits,param", CASES, ids=CASE_IDS)
+def test_sample_weight_matches_reference(target, name, from_logits, param, pred_shape,
+                                         weight_shape):
+    rng = np.random.default_rng(len(pred_shape) * 10 + len(weight_shape))
+    y_true, y_pred = make_data(name, from_logits, pred_shape, rng, param)
+    w = weights_for(rng, weight_shape)
+    dtype = target.dtype.type
+    yp = np.asarray(y_pred, dtype=dtype)
+    yt = y_true if name.startswith("sparse") else np.asarray(y_true, dtype=dtype)
+    tol = target.rtol("reduction") if target.is_opencl else TOL[dtype]
+    if target.is_opencl:
+        yt = yt.astype(np.int32) if name.startswith("sparse") else yt
+    check_op(target, "loss_forward_backward", name, yt, yp, from_logits, param, True,
+             w.astype(dtype),
+             ref=loss_forward_backward_ref(name, yt, yp, from_logits, param, True,
+                                           w.astype(dtype), dtype), rtol=tol)
+
+
+@pytest.mark.parametrize("name,from_logits,param", CASES, ids=CASE_IDS)
+def test_sample_weight_gradient_finite_differences(name, from_logits, param):
+    rng = np.random.default_rng(23)
+    y_true, y_pred = make_data(name, from_logits, (3, 2, 4), rng, param)
+    w = weights_for(rng, (3,))
+    _, grad = loss_forward_backward(name, y_true, y_pred, from_logits, param, True, w)
+
+    def f(p):
+        return loss_forward_backward(name, y_true, p, from_logits, param, False, w)[0]
+
+    np.testing.assert_allclose(grad, numerical_derivative(f, y_pred, 1e-5), rtol=1e-6,
+                               atol=1e-9)
+
+
+def test_sample_weight_divides_by_the_count_not_the_weight_sum():
+    y_true, y_pred = np.zeros((4, 2)), np.ones((4, 2))  # every per-sample MSE is 1
+    w = np.array([1.0, 0.0, 0.0, 0.0])
+    loss, grad = loss_forward_backward("mean_squared_error", y_true, y_pred, False, None, True,
+                                       w)
+    assert loss == 0.25
+    np.testing.assert_array_equal(grad[1:], 0.0)
+    ones = loss_forward_backward("mean_squared_error", y_true, y_pred, False, None, True,
+                                 np.ones(4))
+    plain = loss_forward_backward("mean_squared_error", y_true, y_pred, False, None, True)
+    assert ones[0] == plain[0]
+    np.testing.assert_array_equal(ones[1], plain[1])
+
+
+def test_sample_weight_thread_invariance():
+    rng = np.random.default_rng(5)
+    y_true, y_pred = rng.normal(size=(301, 217)), rng.normal(size=(301, 217))
+    w = weights_for(rng, (301,))
+    results = []
+    for n in (1, 2, 3):
+        set_num_threads(n)
+        try:
+            results.append(loss_forward_backward("huber", y_true, y_pred, False, None, True, w))
+        finally:
+            set_num_threads(os.cpu_count() or 1)
+    for loss, grad in results[1:]:
+        assert loss == results[0][0]
+        np.testing.assert_array_equal(grad, results[0][1])
+
+
+def test_sample_weight_bad_inputs():
+    p = np.full((3, 4), 0.25)
+    op = "loss_forward_backward"
+    for bad in [np.ones(4), np.ones((3, 2)), np.ones((1, 3))]:
+        with pytest.raises(ValueError, match=f"{op}: 'sample_weight' must have shape .*"
+                                             rf"got {re.escape(str(bad.shape))}"):
+            loss_forward_backward("mean_squared_error", p, p, False, None, True, bad)
+    with pytest.raises(ValueError, match="'sample_weight' needs y_pred of rank >= 2"):
+        loss_forward_backward("mean_squared_error", p[0], p[0], False, None, True, np.ones(4))
+    with pytest.raises((TypeError, ValueError), match="sample_weight"):
+        loss_forward_backward("mean_squared_error", p, p, False, None, True,
+                              np.array(["a", "b", "c"]))
+
+
+@pytest.mark.opencl
+def test_sample_weight_must_be_on_the_device_opencl(ocl):
+    p = ocl.asarray(np.full((3, 4), 0.25, np.float32))
+    with pytest.raises(TypeError, match="asarray"):
+        ocl.loss_forward_backward("mean_squared_error", p, p, False, None, True, np.ones(3))
+    with pytest.raises(ValueError, match="'sample_weight' must have shape"):
+        ocl.loss_forward_backward("mean_squared_error", p, p, False, None, True,
+                                  ocl.asarray(np.ones(4, np.float32)))
+
+
+@pytest.mark.parametrize("name,from_logits,param", CASES, ids=CASE_IDS)
+def test_sample_weight_matches_keras(keras_torch, name, from_logits, param):
+    """Keras's Loss(y_true, y_pred, sample_weight=w) and torch autograd's gradient of it."""
+    keras, torch = keras_torch
+    kwargs = keras_kwargs(name, from_logits, param)
+    rng = np.random.default_rng(41)
+    for shape, wshape in [((9, 4), (9,)), ((2, 3, 5), (2, 3)), ((6, 3), (6, 1))]:
+        y_true, y_pred = make_data(name, from_logits, shape, rng, param)
+        y_pred = y_pred.astype(np.float32)
+        w = weights_for(rng, wshape).astype(np.float32)
+        p = torch.tensor(y_pred, requires_grad=True)
+        fn = getattr(keras.losses, KERAS_CLASSES[name])(dtype="float32", **kwargs)
+        want = fn(torch.tensor(np.asarray(y_true)), p, sample_weight=torch.tensor(w))
+        want.backward()
+        loss, grad = loss_forward_backward(name, y_true, y_pred, from_logits, param, True, w)
+        np.testing.assert_allclose(loss, float(want.detach()), rtol=1e-5, atol=1e-7,
+                                   err_msg=f"{name} {shape}")
+        np.testing.assert_allclose(grad, p.grad.numpy(), rtol=1e-5, atol=1e-7,
+                                   err_msg=f"{name} grad {shape}")
+        # The Loss class passes the weights through.
+        mine = getattr(pynn_losses, KERAS_CLASSES[name])(**kwargs)
+        np.testing.assert_allclose(mine(y_true, y_pred, sample_weight=w), float(want.detach()),
+                                   rtol=1e-5, atol=1e-7)
+
+
+# -- pynn.losses: names, aliases, configs --------------------------------------------------
+
+@pytest.mark.parametrize("alias,cls", [
+    ("kld", "KLDivergence"), ("kullback_leibler_divergence", "KLDivergence"),
+    ("KLD", "KLDivergence"), ("mape", "MeanAbsolutePercentageError"),
+    ("msle", "MeanSquaredLogarithmicError"), ("logcosh", "LogCosh"), ("log_cosh", "LogCosh"),
+    ("hinge", "Hinge"), ("squared_hinge", "SquaredHinge"),
+    ("categorical_hinge", "CategoricalHinge"), ("poisson", "Poisson"),
+    ("cosine_similarity", "CosineSimilarity"),
+    ("binary_focal_crossentropy", "BinaryFocalCrossentropy"),
+    ("BinaryFocalCrossentropy", "BinaryFocalCrossentropy"),
+])
+def test_new_losses_by_name(alias, cls):
+    loss = pynn_losses.get(alias)
+    assert type(loss).__name__ == cls
+    assert loss.name == loss.backend_name
+
+
+@pytest.mark.parametrize("loss", [
+    pynn_losses.BinaryCrossentropy(from_logits=True, label_smoothing=0.2),
+    pynn_losses.CategoricalCrossentropy(label_smoothing=0.1, name="smooth"),
+    pynn_losses.BinaryFocalCrossentropy(apply_class_balancing=True, alpha=0.4, gamma=1.0,
+                                        from_logits=True, label_smoothing=0.05),
+    pynn_losses.CosineSimilarity(), pynn_losses.KLDivergence(name="kl"),
+], ids=lambda loss: type(loss).__name__)
+def test_new_loss_configs_round_trip(loss):
+    again = pynn_losses.get(pynn_losses.serialize(loss))
+    assert type(again) is type(loss) and again.get_config() == loss.get_config()
+    rng = np.random.default_rng(3)
+    y_true = rng.uniform(0, 1, (4, 3)).astype(np.float32)
+    y_pred = rng.uniform(0.1, 0.9, (4, 3)).astype(np.float32)
+    assert again(y_true, y_pred) == loss(y_true, y_pred)
+
+
+def test_new_loss_bad_arguments():
+    with pytest.raises(ValueError, match=r"BinaryCrossentropy: label_smoothing must be in "
+                                         r"\[0, 1\], got 1.5"):
+        pynn_losses.BinaryCrossentropy(label_smoothing=1.5)
+    with pytest.raises(ValueError, match="CosineSimilarity: only axis=-1 is supported, got "
+                                         "axis=0"):
+        pynn_losses.CosineSimilarity(axis=0)
+    with pytest.raises(ValueError, match="BinaryFocalCrossentropy: gamma must be >= 0"):
+        pynn_losses.BinaryFocalCrossentropy(gamma=-1)
+    p = np.full((3, 4), 0.25)
+    with pytest.raises(ValueError, match=r"loss_forward_backward: 'label_smoothing' must be "
+                                         r"in \[0.0, 1.0\], got 2.0"):
+        loss_forward_backward("categorical_crossentropy", p, p, False, 2.0, True)
+    with pytest.raises(ValueError, match="binary_focal_crossentropy's param must be None or a "
+                                         "dict"):
+        loss_forward_backward("binary_focal_crossentropy", p, p, False, {"beta": 1}, True)
+    with pytest.raises(ValueError, match="'gamma' must be in"):
+        loss_forward_backward("binary_focal_crossentropy", p, p, False, {"gamma": -2}, True)
+
+
+def test_hinge_converts_labels_only_when_all_are_binary():
+    """Keras: {0, 1} targets become {-1, 1}; one other value anywhere keeps them all."""
+    y_pred = np.array([[0.3, -0.4], [0.8, 0.1]])
+    binary = np.array([[0.0, 1.0], [1.0, 0.0]])
+    mixed = np.array([[0.0, 1.0], [1.0, -1.0]])
+    for name in ("hinge", "squared_hinge"):
+        for t in (binary, mixed):
+            want = loss_forward_ref(name, t, y_pred)
+            assert loss_forward_backward(name, t, y_pred, False, None, False)[0] == \
+                pytest.approx(want, rel=1e-14)
+        # {0, 1} labels are read as the {-1, 1} labels they stand for.
+        assert loss_forward_backward(name, binary, y_pred, False, None, False)[0] == \
+            loss_forward_backward(name, 2 * binary - 1, y_pred, False, None, False)[0]

@@ -5,15 +5,24 @@ The checks that hold on both backends take the ``backend`` fixture (tests/confte
 run one body on each; OpenCL-only checks are marked ``opencl``.
 """
 
+import json
 import os
 
 import numpy as np
 import pytest
 
+from pynn import metrics
 from pynn._native.info import set_num_threads
 from pynn._native.metric import accuracy_count, confusion_counts, top_k_count
 from tests.backend_util import check_op, rand
-from tests.reference.metric_ref import accuracy_count_ref, confusion_counts_ref, top_k_count_ref
+from tests.reference.metric_ref import (
+    accuracy_count_ref,
+    confusion_counts_ref,
+    confusion_matrix_ref,
+    fbeta_counts_ref,
+    threshold_counts_ref,
+    top_k_count_ref,
+)
 
 SHAPES_2D = [(1, 1), (7, 3), (13, 5), (33, 10)]
 
@@ -316,3 +325,228 @@ def test_small_work_groups_build_smaller_metric_kernels(small_work_groups):
     x = rand(rng, (5, 131))
     labels = rng.integers(0, 131, 5).astype(np.int32)
     check_op(small_work_groups, "top_k_count", labels, x, 3, True, ref=top_k_count_ref)
+
+
+# -- issue 15: fbeta_counts, threshold_counts and the metrics built on them -----------------
+
+FBETA_SHAPES = [(1, 1), (7, 3), (33, 5), (300, 4)]
+AUC_THRESHOLDS = [np.array([-1e-7] + [(i + 1) / 199 for i in range(198)] + [1 + 1e-7]),
+                  np.array([-1e-7, 0.3, 0.5, 0.9, 1 + 1e-7])]
+
+
+def _fbeta_data(rng, shape):
+    y_true = (rng.uniform(size=shape) < 0.4).astype(np.float32)
+    y_pred = rng.uniform(size=shape).astype(np.float32)
+    y_pred.reshape(-1)[0] = 0.0  # an all-zero-ish entry: |y_pred| > 1e-9 matters
+    return y_true, y_pred
+
+
+def _check_host_counts(backend, name, want, y_true, y_pred, arg):
+    """These ops return small host arrays on every backend (counts, like the int counts of
+    the other metric ops): exact against the reference and, on OpenCL, the CPU op."""
+    got = getattr(backend.ops, name)(backend.up(y_true), backend.up(y_pred), arg)
+    assert isinstance(got, np.ndarray) and got.shape == want.shape
+    np.testing.assert_array_equal(got, want, err_msg=f"{name} on {backend.name}")
+    if backend.is_opencl:
+        from pynn.backend import cpu
+
+        np.testing.assert_array_equal(got, getattr(cpu, name)(y_true, y_pred, arg))
+
+
+@pytest.mark.parametrize("threshold", [None, 0.5, 0.3])
+@pytest.mark.parametrize("shape", FBETA_SHAPES, ids=str)
+def test_fbeta_counts_on_backend(backend, shape, threshold):
+    rng = np.random.default_rng(shape[0] * 7 + shape[1])
+    y_true, y_pred = _fbeta_data(rng, shape)
+    _check_host_counts(backend, "fbeta_counts", fbeta_counts_ref(y_true, y_pred, threshold),
+                       y_true, y_pred, threshold)
+
+
+@pytest.mark.parametrize("thresholds", AUC_THRESHOLDS, ids=["200", "5"])
+@pytest.mark.parametrize("shape", [(1,), (7, 1), (33, 5), (4099,)], ids=str)
+def test_threshold_counts_on_backend(backend, shape, thresholds):
+    rng = np.random.default_rng(len(shape) + shape[0])
+    y_true = (rng.uniform(size=shape) < 0.5).astype(np.float32)
+    y_pred = rng.uniform(size=shape).astype(np.float32)
+    _check_host_counts(backend, "threshold_counts",
+                       threshold_counts_ref(y_true, y_pred, thresholds), y_true, y_pred,
+                       thresholds)
+
+
+def test_fbeta_and_threshold_counts_bad_inputs():
+    from pynn.backend import cpu
+
+    p = np.full((3, 4), 0.25, np.float32)
+    with pytest.raises(ValueError, match=r"fbeta_counts: 'y_pred' must have rank 2 \(N, K\), "
+                                         r"got shape \(12,\)"):
+        cpu.fbeta_counts(p.reshape(-1), p.reshape(-1), None)
+    with pytest.raises(ValueError, match=r"fbeta_counts: 'y_true' must have the shape of "
+                                         r"'y_pred' \(3, 4\), got \(3, 5\)"):
+        cpu.fbeta_counts(np.ones((3, 5)), p, 0.5)
+    with pytest.raises(ValueError, match="fbeta_counts: 'threshold' must not be NaN"):
+        cpu.fbeta_counts(p, p, float("nan"))
+    with pytest.raises(ValueError, match="threshold_counts: 'thresholds' must be finite and "
+                                         "strictly increasing"):
+        cpu.threshold_counts(p, p, [0.5, 0.2])
+    with pytest.raises(ValueError, match="threshold_counts: 'thresholds' must be a 1-D "
+                                         "sequence of at least 2"):
+        cpu.threshold_counts(p, p, [0.5])
+    with pytest.raises(ValueError, match="threshold_counts: 'y_true' is required"):
+        cpu.threshold_counts(None, p, [0.1, 0.2])
+
+
+@pytest.mark.opencl
+def test_fbeta_and_threshold_counts_need_device_arrays_opencl(ocl):
+    p = ocl.asarray(np.full((3, 4), 0.25, np.float32))
+    with pytest.raises(TypeError, match="asarray"):
+        ocl.fbeta_counts(np.ones((3, 4), np.float32), p, None)
+    with pytest.raises(TypeError, match="asarray"):
+        ocl.threshold_counts(np.ones((3, 4), np.float32), p, [0.1, 0.2])
+
+
+def _batches(rng, kind, n_batches=3):
+    """Several update_state batches of (y_true, y_pred) for a metric family."""
+    out = []
+    for b in range(n_batches):
+        rows = 5 + 4 * b
+        if kind == "regression":
+            out.append((rng.normal(size=(rows, 3)).astype(np.float32),
+                        rng.normal(size=(rows, 3)).astype(np.float32)))
+        elif kind == "iou":
+            out.append((rng.integers(0, 4, size=(rows, 3)).astype(np.int32),
+                        rng.integers(0, 4, size=(rows, 3)).astype(np.int32)))
+        elif kind == "auc":
+            p = rng.uniform(size=(rows, 2)).astype(np.float32)
+            out.append(((rng.uniform(size=(rows, 2)) < p).astype(np.float32), p))
+        else:
+            out.append(_fbeta_data(rng, (rows, 4)))
+    return out
+
+
+def _keras_metrics():
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip("keras runs on another backend")
+    return keras
+
+
+NEW_METRIC_CASES = [
+    ("MeanSquaredError", {}, "regression"),
+    ("MeanAbsoluteError", {}, "regression"),
+    ("RootMeanSquaredError", {}, "regression"),
+    ("AUC", {}, "auc"),
+    ("AUC", {"curve": "PR"}, "auc"),
+    ("AUC", {"curve": "PR", "summation_method": "minoring"}, "auc"),
+    ("AUC", {"summation_method": "majoring", "num_thresholds": 17}, "auc"),
+    ("AUC", {"thresholds": [0.2, 0.5, 0.7]}, "auc"),
+    ("F1Score", {}, "fbeta"),
+    ("F1Score", {"average": "micro"}, "fbeta"),
+    ("F1Score", {"average": "macro", "threshold": 0.5}, "fbeta"),
+    ("F1Score", {"average": "weighted"}, "fbeta"),
+    ("FBetaScore", {"beta": 2.0}, "fbeta"),
+    ("FBetaScore", {"beta": 0.5, "average": "weighted", "threshold": 0.3}, "fbeta"),
+    ("MeanIoU", {"num_classes": 4}, "iou"),
+    ("MeanIoU", {"num_classes": 7}, "iou"),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs,kind", NEW_METRIC_CASES,
+                         ids=[f"{c}-{k}" for c, k, _ in NEW_METRIC_CASES])
+def test_new_metrics_match_keras(backend, monkeypatch, cls, kwargs, kind):
+    import pynn.backend
+
+    keras = _keras_metrics()
+    monkeypatch.setattr(pynn.backend, "current", lambda: backend.ops)
+    rng = np.random.default_rng(len(kwargs) * 13 + len(cls))
+    mine = getattr(metrics, cls)(**kwargs)
+    theirs = getattr(keras.metrics, cls)(**kwargs)
+    for y_true, y_pred in _batches(rng, kind):
+        mine.update_state(backend.up(y_true), backend.up(y_pred))
+        theirs.update_state(y_true, y_pred)
+        np.testing.assert_allclose(mine.result(), keras.ops.convert_to_numpy(theirs.result()),
+                                   rtol=2e-6, atol=1e-7, err_msg=f"{cls} {kwargs}")
+    mine.reset_state()
+    assert np.all(np.asarray(mine.result()) == 0.0)
+
+
+@pytest.mark.parametrize("cls,kwargs,kind", NEW_METRIC_CASES,
+                         ids=[f"{c}-{k}" for c, k, _ in NEW_METRIC_CASES])
+def test_new_metric_configs_round_trip(cls, kwargs, kind):
+    metric = getattr(metrics, cls)(**kwargs)
+    again = metrics.get(json.loads(json.dumps(metrics.serialize(metric))))
+    assert type(again) is type(metric) and again.get_config() == metric.get_config()
+
+
+@pytest.mark.parametrize("identifier,cls", [
+    ("mae", "MeanAbsoluteError"), ("mse", "MeanSquaredError"),
+    ("mean_squared_error", "MeanSquaredError"),
+    ("root_mean_squared_error", "RootMeanSquaredError"), ("auc", "AUC"),
+    ("f1_score", "F1Score"), ("fbeta_score", "FBetaScore"),
+])
+def test_new_metrics_by_name_log_as_keras(identifier, cls):
+    metric = metrics.get(identifier)
+    assert type(metric).__name__ == cls
+    assert metric.name == identifier
+
+
+def test_f1_defaults_follow_keras():
+    """Keras 3's F1Score: no threshold (each row's top score is its prediction), average
+    None (one score per class)."""
+    f1 = metrics.F1Score()
+    assert f1.threshold is None and f1.average is None
+    f1.update_state(np.array([[1, 0, 0], [0, 1, 0]], np.float32),
+                    np.array([[0.6, 0.7, 0.1], [0.2, 0.9, 0.3]], np.float32))
+    np.testing.assert_allclose(f1.result(), [0.0, 2 / 3, 0.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: metrics.F1Score(average="sum"), "F1Score: invalid `average`"),
+    (lambda: metrics.FBetaScore(beta=0), "FBetaScore: `beta` must be a float > 0"),
+    (lambda: metrics.F1Score(threshold=1.5),
+     r"F1Score: `threshold` must be None or a float in \(0, 1\]"),
+    (lambda: metrics.AUC(curve="XY"), "AUC: invalid `curve`"),
+    (lambda: metrics.AUC(summation_method="mean"), "AUC: invalid `summation_method`"),
+    (lambda: metrics.AUC(num_thresholds=1), "AUC: `num_thresholds` must be an integer > 1"),
+    (lambda: metrics.AUC(multi_label=True), "AUC: multi_label and from_logits are not"),
+])
+def test_new_metric_bad_arguments(make, match):
+    with pytest.raises((ValueError, NotImplementedError), match=match):
+        make()
+
+
+@pytest.mark.parametrize("k", [1, 3, 11])
+@pytest.mark.parametrize("shape", [(1,), (7, 3), (4099,)], ids=str)
+def test_confusion_matrix_on_backend(backend, shape, k):
+    rng = np.random.default_rng(k + len(shape))
+    y_true = rng.integers(0, k, size=shape).astype(np.int32)
+    y_pred = rng.integers(0, k, size=shape).astype(np.int32)
+    got = backend.ops.confusion_matrix(backend.ops.asarray(y_true, np.int32),
+                                       backend.ops.asarray(y_pred, np.int32), k)
+    want = confusion_matrix_ref(y_true, y_pred, k)
+    assert isinstance(got, np.ndarray) and got.dtype == np.int64
+    np.testing.assert_array_equal(got, want)
+
+
+def test_confusion_matrix_bad_inputs():
+    from pynn.backend import cpu
+
+    labels = np.array([0, 1, 2])
+    with pytest.raises(ValueError, match=r"confusion_matrix: label 3 out of range: class ids "
+                                         r"must lie in \[0, 3\)"):
+        cpu.confusion_matrix(labels, np.array([0, 3, 1]), 3)
+    with pytest.raises(ValueError, match="confusion_matrix: 'num_classes' must be an int >= 1"):
+        cpu.confusion_matrix(labels, labels, 0)
+    with pytest.raises(ValueError, match="must hold as many labels"):
+        cpu.confusion_matrix(labels, labels[:2], 3)
+    with pytest.raises(ValueError, match="integer class ids, got 0.5"):
+        cpu.confusion_matrix(labels, np.array([0.5, 1.0, 2.0]), 3)
+    with pytest.raises(NotImplementedError, match="MeanIoU: only class-id inputs"):
+        metrics.MeanIoU(3, sparse_y_pred=False)
+
+
+@pytest.mark.opencl
+def test_confusion_matrix_bad_labels_opencl(ocl):
+    labels = ocl.asarray(np.array([0, 1, 2], np.int32), np.int32)
+    with pytest.raises(ValueError, match=r"confusion_matrix: 1 label\(s\) out of range"):
+        ocl.confusion_matrix(labels, ocl.asarray(np.array([0, 5, 1], np.int32), np.int32), 3)

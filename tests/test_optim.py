@@ -664,8 +664,7 @@ def test_small_work_groups_build_smaller_reduction_kernels(small_work_groups):
              kind="reduction")
 
 
-# == issue 12: weight constraints (constraint_inplace, pynn/constraints.py) ================
-# (kind, min_value, max_value, rate): each kind, max_norm both clipping and not.
+# == issue 12: weight constraints (constraint_inplace, pynn/constraints.py) =========# (kind, min_value, max_value, rate): each kind, max_norm both clipping and not.
 CONSTRAINT_CASES = [("max_norm", 0.0, 2.0, 1.0), ("max_norm", 0.0, 0.5, 1.0),
                     ("non_neg", 0.0, 0.0, 1.0), ("unit_norm", 0.0, 1.0, 1.0),
                     ("min_max_norm", 0.5, 1.5, 1.0), ("min_max_norm", 0.8, 1.2, 0.3)]
@@ -760,3 +759,169 @@ def test_kernel_and_bias_constraints_hold_after_training(layer, seeded):
     assert config["bias_constraint"] == {"class_name": "NonNeg", "config": {}}
     clone = type(first).from_config(config)
     assert clone.get_config() == config
+
+# -- Nadam, Adamax, Adadelta, Ftrl, Lion (issue 15) -----------------------------------------
+# Hyper-parameters after the slots in pynn.backend.api order; "t" is the 1-based step and
+# "u" Nadam's running product of beta_1 (1 - 0.5 * 0.96^s) over s = 1..t.
+
+NEW_OPTIM_CASES = [
+    ("nadam_update", ["zeros", "zeros"], (1e-3, 0.9, 0.999, 1e-7, "t", "u", 1.0, 0.0, 0.0)),
+    ("nadam_update", ["zeros", "zeros"], (0.01, 0.8, 0.99, 1e-4, "t", "u", 0.7, 0.5, 0.004)),
+    ("adamax_update", ["zeros", "zeros"], (1e-3, 0.9, 0.999, 1e-7, "t", 1.0, 0.0, 0.0)),
+    ("adamax_update", ["zeros", "zeros"], (0.01, 0.7, 0.9, 1e-4, "t", 0.6, 0.3, 0.01)),
+    ("adadelta_update", ["zeros", "zeros"], (1.0, 0.95, 1e-7, 1.0, 0.0, 0.0)),
+    ("adadelta_update", ["zeros", "zeros"], (0.5, 0.8, 1e-5, 0.8, 0.2, 0.02)),
+    ("ftrl_update", ["accum", "zeros"], (0.05, -0.5, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0)),
+    ("ftrl_update", ["accum", "zeros"], (0.05, -0.7, 0.01, 0.02, 0.03, 0.1, 0.9, 0.4, 0.01)),
+    ("ftrl_update", ["accum", "zeros"], (0.05, 0.0, 0.2, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0)),
+    ("lion_update", ["zeros"], (0.01, 0.9, 0.99, 1.0, 0.0, 0.0)),
+    ("lion_update", ["zeros"], (0.01, 0.8, 0.95, 0.5, 0.3, 0.1)),
+]
+
+
+def _new_hyper(name, hyper, t):
+    """The call's hyper-parameters at step t (markers filled in)."""
+    u = 1.0
+    for s in range(1, t + 1):
+        u *= hyper[1] * (1 - 0.5 * 0.96**s)
+    return tuple(t if v == "t" else (u if v == "u" else v) for v in hyper)
+
+
+def _new_case_id(i):
+    return f"{NEW_OPTIM_CASES[i][0]}-{i}"
+
+
+def _run_new_case(case, ops, up, down, shape, dtype, seed, steps=3):
+    """(w, slots) after ``steps`` steps on ops, and the float64 oracle's."""
+    name, slot_kinds, hyper = NEW_OPTIM_CASES[case]
+    rng = np.random.default_rng(seed)
+    w = random_param(rng, shape, dtype)
+    slots = [np.full(shape, 0.1 if k == "accum" else 0.0, dtype) for k in slot_kinds]
+    grads = [(rng.standard_normal(shape) * 0.8).astype(dtype) for _ in range(steps)]
+    w_dev, slots_dev = up(w.copy()), [up(s.copy()) for s in slots]
+    w_ref, slots_ref = ref.f64(w), [ref.f64(s) for s in slots]
+    for t, g in enumerate(grads, start=1):
+        h = _new_hyper(name, hyper, t)
+        g_before = g.copy()
+        assert getattr(ops, name)(w_dev, up(g), *slots_dev, *h) is None
+        np.testing.assert_array_equal(g, g_before)
+        w_ref, *slots_ref = getattr(ref, name + "_ref")(w_ref, g, *slots_ref, *h)
+    return (down(w_dev), [down(s) for s in slots_dev]), (w_ref, slots_ref)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("case", range(len(NEW_OPTIM_CASES)), ids=_new_case_id)
+def test_new_updates_match_reference_over_steps(case, size, dtype):
+    (w, slots), (w_ref, slots_ref) = _run_new_case(case, optim, np.asarray, np.asarray,
+                                                   (size,), dtype, seed=case + size)
+    name = NEW_OPTIM_CASES[case][0]
+    tol = TOL[dtype]
+    if name == "ftrl_update" and dtype == np.float32:
+        # linear accumulates g minus a term of the accumulator's scale (~10 here): a small
+        # linear is that difference, good to float32's epsilon times the terms, not itself.
+        tol = dict(rtol=2e-5, atol=1e-5)
+    np.testing.assert_allclose(w, w_ref, err_msg=f"{name} w", **tol)
+    for i, (s, r) in enumerate(zip(slots, slots_ref)):
+        np.testing.assert_allclose(s, r, err_msg=f"{name} slot {i}", **tol)
+
+
+@pytest.mark.parametrize("case", range(len(NEW_OPTIM_CASES)), ids=_new_case_id)
+def test_new_updates_thread_invariance(case, restore_threads):
+    results = []
+    for n in (1, 2, 3):
+        set_num_threads(n)
+        results.append(_run_new_case(case, optim, np.asarray, np.asarray, (BIG,), np.float32,
+                                     seed=5)[0])
+    for w, slots in results[1:]:
+        np.testing.assert_array_equal(w, results[0][0])
+        for a, b in zip(slots, results[0][1]):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("case", range(len(NEW_OPTIM_CASES)), ids=_new_case_id)
+@pytest.mark.parametrize("shape", [(1,), (7, 13), (3, 5, 7)], ids=str)
+def test_new_updates_over_steps_on_backend(backend, case, shape):
+    """Three steps on the backend against the float64 oracle and, on OpenCL, the CPU op."""
+    (w, slots), (w_ref, slots_ref) = _run_new_case(case, backend.ops, backend.up,
+                                                   backend.down, shape, np.float32,
+                                                   seed=case * 10 + len(shape))
+    name = NEW_OPTIM_CASES[case][0]
+    assert_close(w, w_ref, backend.rtol(), f"{name} w")
+    for i, (s, r) in enumerate(zip(slots, slots_ref)):
+        assert_close(s, r, backend.rtol(), f"{name} slot {i}")
+    if backend.is_opencl:
+        from pynn.backend import cpu
+
+        (w_cpu, slots_cpu), _ = _run_new_case(case, cpu, np.asarray, np.asarray, shape,
+                                              np.float32, seed=case * 10 + len(shape))
+        assert_close(w, w_cpu, backend.rtol(), f"{name} w vs CPU")
+        for i, (s, c) in enumerate(zip(slots, slots_cpu)):
+            assert_close(s, c, backend.rtol(), f"{name} slot {i} vs CPU")
+
+
+@pytest.mark.parametrize("case", range(len(NEW_OPTIM_CASES)), ids=_new_case_id)
+def test_new_updates_empty_parameter_on_backend(backend, case):
+    name, slot_kinds, hyper = NEW_OPTIM_CASES[case]
+    ops = backend.ops
+    getattr(ops, name)(ops.zeros((0, 3)), ops.zeros((0, 3)),
+                       *[ops.zeros((0, 3)) for _ in slot_kinds], *_new_hyper(name, hyper, 1))
+
+
+def _new_call(name, **over):
+    """A valid call of ``name`` on (3,) float32 arrays, with arguments overridden by name."""
+    from pynn.backend.api import OPS
+
+    case = next(c for c in NEW_OPTIM_CASES if c[0] == name)
+    params = OPS[name]
+    values = [np.ones(3, np.float32), np.ones(3, np.float32)]
+    values += [np.zeros(3, np.float32) for _ in case[1]]
+    values += list(_new_hyper(name, case[2], 1))
+    args = dict(zip(params, values))
+    args.update(over)
+    return getattr(optim, name)(*[args[p] for p in params])
+
+
+@pytest.mark.parametrize("name,over,exc,match", [
+    ("nadam_update", dict(m=None), ValueError, r"nadam_update: slots 'm' and 'v' are required"),
+    ("nadam_update", dict(t=0), ValueError, r"nadam_update: 't' must be an int >= 1"),
+    ("nadam_update", dict(beta_1=1.0), ValueError, r"nadam_update: 'beta_1' must be in"),
+    ("nadam_update", dict(v=np.zeros(4, np.float32)), ValueError,
+     r"nadam_update: 'v' must have the shape of 'w' \(3,\), got \(4,\)"),
+    ("adamax_update", dict(u=np.zeros(3, np.float64)), TypeError,
+     r"adamax_update: 'u' must have the dtype of 'w' \(float32\)"),
+    ("adamax_update", dict(t=1.5), ValueError, r"adamax_update: 't' must be an int >= 1"),
+    ("adadelta_update", dict(rho=1.5), ValueError, r"adadelta_update: 'rho' must be in"),
+    ("adadelta_update", dict(accumulated_delta_var=None), ValueError,
+     "adadelta_update: slots 'accumulated_grad' and 'accumulated_delta_var' are required"),
+    ("ftrl_update", dict(learning_rate_power=0.5), ValueError,
+     r"ftrl_update: 'learning_rate_power' must be in \[-inf, 0.0\]"),
+    ("ftrl_update", dict(l1=-1.0), ValueError, r"ftrl_update: 'l1' must be in"),
+    ("ftrl_update", dict(lr=0.0), ValueError, r"ftrl_update: 'lr' must not be 0"),
+    ("lion_update", dict(beta_1=0.0), ValueError, r"lion_update: 'beta_1' must be in \(0.0"),
+    ("lion_update", dict(m=None), ValueError, "lion_update: slot 'm' is required"),
+    ("lion_update", dict(g=np.ones(4, np.float32)), ValueError,
+     r"lion_update: 'g' must have the shape of 'w' \(3,\), got \(4,\)"),
+])
+def test_new_updates_bad_inputs(name, over, exc, match):
+    with pytest.raises(exc, match=match):
+        _new_call(name, **over)
+
+
+def test_new_updates_reject_slot_aliasing():
+    m = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="must not"):
+        _new_call("adamax_update", m=m, u=m)
+
+
+@pytest.mark.opencl
+def test_new_updates_bad_inputs_opencl(ocl):
+    w = ocl.asarray(np.ones((3, 4), np.float32))
+    g = ocl.asarray(np.ones((3, 4), np.float32))
+    with pytest.raises(TypeError, match="asarray"):
+        ocl.lion_update(w, g, np.zeros((3, 4), np.float32), 0.01, 0.9, 0.99, 1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="slots 'm' and 'v' are required"):
+        ocl.nadam_update(w, g, None, None, 1e-3, 0.9, 0.999, 1e-7, 1, 0.5, 1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="'learning_rate_power' must be in"):
+        ocl.ftrl_update(w, g, ocl.zeros((3, 4)), ocl.zeros((3, 4)), 0.05, 1.0, 0.0, 0.0, 0.0,
+                        0.0, 1.0, 0.0, 0.0)

@@ -32,7 +32,8 @@ def _optim_only_backend():
         full=lambda shape, value, dtype=np.float32: np.full(shape, value, dtype=dtype),
     )
     for name in ("sum_squares", "regularizer_inplace", "sgd_update", "adam_update",
-                 "rmsprop_update", "adagrad_update"):
+                 "rmsprop_update", "adagrad_update", "nadam_update", "adamax_update",
+                 "adadelta_update", "ftrl_update", "lion_update"):
         setattr(ns, name, getattr(optim, name))
     return ns
 
@@ -277,11 +278,11 @@ def test_get():
     assert isinstance(got, optimizers.Adam) and got.current_learning_rate() == 0.5
     assert optimizers.get(None) is None
     with pytest.raises(ValueError, match="Could not interpret"):
-        optimizers.get("adamax")
+        optimizers.get("adabelief")
     with pytest.raises(ValueError, match="Could not interpret"):
         optimizers.get(3)
     with pytest.raises(ValueError, match="Unknown optimizer"):
-        optimizers.get({"class_name": "Lion", "config": {}})
+        optimizers.get({"class_name": "Lamb", "config": {}})
 
 
 def test_module_exposes_schedules():
@@ -419,3 +420,167 @@ def test_golden_schedules_vs_keras(kind, cfg):
     want = run_keras(kind, cfg, weights, grads)
     got, _ = run_pynn(PYNN_CLASSES[kind](**cfg), weights, grads)
     assert_close_to_keras(got, want, f"{kind} with schedule")
+
+
+# -- Nadam, Adamax, Adadelta, Ftrl, Lion (issue 15) -----------------------------------------
+
+NEW_CONFIGS = [
+    ("nadam", dict(learning_rate=0.01)),
+    ("nadam", dict(learning_rate=0.01, beta_1=0.8, beta_2=0.99, epsilon=1e-5, clipnorm=0.4)),
+    ("nadam", dict(learning_rate=0.01, weight_decay=0.05, global_clipnorm=0.5)),
+    ("adamax", dict(learning_rate=0.01)),
+    ("adamax", dict(learning_rate=0.01, beta_1=0.7, beta_2=0.9, epsilon=1e-4, clipvalue=0.3)),
+    ("adamax", dict(learning_rate=0.01, weight_decay=0.02, global_clipnorm=0.6)),
+    ("adadelta", dict(learning_rate=1.0)),
+    ("adadelta", dict(learning_rate=0.5, rho=0.8, epsilon=1e-5, clipnorm=0.5)),
+    ("adadelta", dict(learning_rate=1.0, weight_decay=0.01, clipvalue=0.2)),
+    ("ftrl", dict(learning_rate=0.05)),
+    ("ftrl", dict(learning_rate=0.05, learning_rate_power=-0.7, initial_accumulator_value=0.3,
+                  l1_regularization_strength=0.01, l2_regularization_strength=0.02,
+                  l2_shrinkage_regularization_strength=0.03, beta=0.1)),
+    ("ftrl", dict(learning_rate=0.05, learning_rate_power=0.0, l1_regularization_strength=0.2,
+                  global_clipnorm=0.8)),
+    ("lion", dict(learning_rate=0.01)),
+    ("lion", dict(learning_rate=0.01, beta_1=0.8, beta_2=0.95, weight_decay=0.1)),
+    ("lion", dict(learning_rate=0.01, beta_1=1.0, clipvalue=0.1)),
+]
+NEW_CLASSES = {"nadam": optimizers.Nadam, "adamax": optimizers.Adamax,
+               "adadelta": optimizers.Adadelta, "ftrl": optimizers.Ftrl,
+               "lion": optimizers.Lion}
+KERAS_SLOTS = {"nadam": ["momentum", "velocity"], "adamax": ["momentum", "norm"],
+               "adadelta": ["accumulated_grad", "accumulated_delta_var"],
+               "ftrl": ["accumulator", "linear"], "lion": ["momentum"]}
+
+
+def run_keras_new(kind, cfg, weights, grads_per_step):
+    keras = keras_module()
+    opt = getattr(keras.optimizers, NEW_CLASSES[kind].__name__)(**cfg)
+    kvars = [keras.Variable(w.copy(), dtype="float32") for w in weights]
+    for grads in grads_per_step:
+        opt.apply_gradients([(keras.ops.convert_to_tensor(g), v) for g, v in zip(grads, kvars)])
+    return [keras.ops.convert_to_numpy(v.value) for v in kvars]
+
+
+@pytest.mark.parametrize("n_steps", [1, 6])
+@pytest.mark.parametrize("case", NEW_CONFIGS, ids=config_id)
+def test_new_optimizers_match_keras(case, n_steps):
+    kind, cfg = case
+    weights, grads = make_problem(seed=31 + n_steps, n_steps=n_steps)
+    want = run_keras_new(kind, cfg, weights, grads)
+    got, _ = run_pynn(NEW_CLASSES[kind](**cfg), weights, grads)
+    assert_close_to_keras(got, want, f"{kind} {cfg} {n_steps} steps")
+
+
+def run_new_reference(kind, cfg, weights, grads_per_step):
+    """The float64 oracles of tests/reference/optim_ref.py stepped as Keras steps (per-tensor
+    clipnorm, global_clipnorm or clipvalue; weight decay inside each *_update_ref)."""
+    opt = NEW_CLASSES[kind](**cfg)
+    lr = opt.learning_rate
+    ws = [w.astype(np.float64) for w in weights]
+    init = 0.0 if kind != "ftrl" else opt.initial_accumulator_value
+    slots = [[np.full(w.shape, init if i == 0 else 0.0) for i in range(len(KERAS_SLOTS[kind]))]
+             for w in ws]
+    u_product = 1.0
+    for t, grads in enumerate(grads_per_step, start=1):
+        grads = [g.astype(np.float64) for g in grads]
+        if opt.clipnorm:
+            scales = [min(1.0, opt.clipnorm / max(np.sqrt(np.sum(g * g)), 1e-300)) for g in grads]
+        elif opt.global_clipnorm:
+            norm = np.sqrt(sum(np.sum(g * g) for g in grads))
+            scales = [opt.global_clipnorm / max(norm, opt.global_clipnorm)] * len(grads)
+        else:
+            scales = [1.0] * len(grads)
+        clip = (opt.clipvalue or 0.0, opt.weight_decay or 0.0)
+        if kind == "nadam":
+            u_product *= opt.beta_1 * (1 - 0.5 * 0.96**t)
+        for i, g in enumerate(grads):
+            if kind == "nadam":
+                out = ref.nadam_update_ref(ws[i], g, *slots[i], lr, opt.beta_1, opt.beta_2,
+                                           opt.epsilon, t, u_product, scales[i], *clip)
+            elif kind == "adamax":
+                out = ref.adamax_update_ref(ws[i], g, *slots[i], lr, opt.beta_1, opt.beta_2,
+                                            opt.epsilon, t, scales[i], *clip)
+            elif kind == "adadelta":
+                out = ref.adadelta_update_ref(ws[i], g, *slots[i], lr, opt.rho, opt.epsilon,
+                                              scales[i], *clip)
+            elif kind == "ftrl":
+                out = ref.ftrl_update_ref(ws[i], g, *slots[i], lr, opt.learning_rate_power,
+                                          opt.l1_regularization_strength,
+                                          opt.l2_regularization_strength,
+                                          opt.l2_shrinkage_regularization_strength, opt.beta,
+                                          scales[i], *clip)
+            else:
+                out = ref.lion_update_ref(ws[i], g, *slots[i], lr, opt.beta_1, opt.beta_2,
+                                          scales[i], *clip)
+            ws[i], slots[i] = out[0], list(out[1:])
+    return ws
+
+
+@pytest.mark.parametrize("case", NEW_CONFIGS, ids=config_id)
+def test_new_optimizers_match_reference_in_float64(case):
+    kind, cfg = case
+    weights, grads = make_problem(seed=41, dtype=np.float64, n_steps=4)
+    want = run_new_reference(kind, cfg, weights, grads)
+    got, _ = run_pynn(NEW_CLASSES[kind](**cfg), weights, grads)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=f"{kind} {cfg}")
+
+
+@pytest.mark.parametrize("case", NEW_CONFIGS, ids=config_id)
+def test_new_optimizers_resume_bit_identically(case):
+    kind, cfg = case
+    weights, grads = make_problem(seed=43, n_steps=6)
+    straight, _ = run_pynn(NEW_CLASSES[kind](**cfg), weights, grads)
+    first = NEW_CLASSES[kind](**cfg)
+    _, variables = run_pynn(first, weights, grads[:3])
+    state = json.loads(json.dumps({"iterations": first.get_state()["iterations"]}))
+    state["slots"] = first.get_state()["slots"]
+    assert sorted(state["slots"]) == sorted(f"layer_{i}/kernel/{s}" for i in range(len(SHAPES))
+                                            for s in KERAS_SLOTS[kind])
+    second = optimizers.deserialize(json.loads(json.dumps(optimizers.serialize(first))))
+    second.set_state(state, variables)
+    for step in grads[3:]:
+        for v, g in zip(variables, step):
+            v.grad = g
+        second.apply(variables)
+    for a, b in zip([v.value for v in variables], straight):
+        np.testing.assert_array_equal(a, b, err_msg=kind)
+
+
+@pytest.mark.parametrize("case", NEW_CONFIGS, ids=config_id)
+def test_new_optimizer_configs_round_trip(case):
+    kind, cfg = case
+    opt = NEW_CLASSES[kind](**cfg)
+    again = optimizers.get(json.loads(json.dumps(optimizers.serialize(opt))))
+    assert type(again) is type(opt) and again.get_config() == opt.get_config()
+    assert type(optimizers.get(kind)) is type(opt)
+    assert type(optimizers.get(type(opt).__name__)) is type(opt)
+
+
+def test_new_optimizer_defaults_match_keras():
+    keras = keras_module()
+    for cls in NEW_CLASSES.values():
+        mine = cls().get_config()
+        theirs = getattr(keras.optimizers, cls.__name__)().get_config()
+        for key, value in mine.items():
+            if key != "name" and key in theirs:
+                assert theirs[key] == pytest.approx(value) if isinstance(value, float) \
+                    else theirs[key] == value, (cls.__name__, key)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: optimizers.Nadam(beta_1=1.0), r"Nadam: `beta_1` must be in \[0.0, 1.0\)"),
+    (lambda: optimizers.Adamax(epsilon=-1), "Adamax: `epsilon` must be in"),
+    (lambda: optimizers.Adadelta(rho=1.5), "Adadelta: `rho` must be in"),
+    (lambda: optimizers.Ftrl(learning_rate_power=0.5), "Ftrl: `learning_rate_power` must be"),
+    (lambda: optimizers.Ftrl(initial_accumulator_value=-0.1),
+     "Ftrl: `initial_accumulator_value` must be in"),
+    (lambda: optimizers.Ftrl(l1_regularization_strength=-1),
+     "Ftrl: `l1_regularization_strength` must be in"),
+    (lambda: optimizers.Lion(beta_1=0.0), "Lion: `beta_1` must be in the \\(0, 1\\] range"),
+    (lambda: optimizers.Lion(beta_1=1.5), "Lion: `beta_1` must be in the \\(0, 1\\] range"),
+    (lambda: optimizers.Nadam(unknown=1), "unknown"),
+])
+def test_new_optimizer_bad_arguments(make, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        make()

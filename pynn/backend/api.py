@@ -69,7 +69,11 @@ METRIC_MODES = ("binary", "categorical", "sparse")
 MERGE_MODES = ("add", "subtract", "multiply", "average", "maximum", "minimum")
 
 LOSSES = ("mean_squared_error", "mean_absolute_error", "huber", "binary_crossentropy",
-          "categorical_crossentropy", "sparse_categorical_crossentropy")
+          "categorical_crossentropy", "sparse_categorical_crossentropy",
+          # -- losses of issue 15 (keras.losses' other functions); codes are the index ------
+          "kl_divergence", "hinge", "squared_hinge", "categorical_hinge", "log_cosh",
+          "poisson", "mean_squared_logarithmic_error", "mean_absolute_percentage_error",
+          "cosine_similarity", "binary_focal_crossentropy")
 
 # name -> parameter names, in order. The signature test checks each backend against this.
 OPS = {
@@ -160,9 +164,14 @@ OPS = {
     # -- losses (native/loss.pyx, opencl/loss.cl) ----------------------------------------
     # Mean over the batch (Keras 'sum_over_batch_size'). Returns (loss: float, grad or None):
     # grad = d(loss)/d(y_pred), already divided by the batch size. ``param`` is huber's delta,
-    # ignored by the others. Sparse labels are int32 class ids, validated by the caller.
+    # the label_smoothing of binary/categorical cross-entropy (None: 0), for
+    # binary_focal_crossentropy None or a dict of Keras's apply_class_balancing, alpha, gamma,
+    # label_smoothing (Keras's defaults for those missing); ignored by the others. Sparse labels are int32 class ids, validated by the caller.
+    # sample_weight (None or floats shaped like the per-sample losses, y_pred.shape[:-1], or
+    # a leading part of it) multiplies each per-sample loss; the mean still divides by the
+    # number of losses, not the weights' sum (Keras 3's sum_over_batch_size).
     "loss_forward_backward": ("name", "y_true", "y_pred", "from_logits", "param",
-                              "need_grad"),
+                              "need_grad", "sample_weight"),
     # -- metrics (native/metric.pyx, opencl/metric.cl) ----------------------------------
     # Counts over a batch, summed by the caller. mode: "binary" (threshold), "categorical"
     # (one-hot y_true), "sparse" (int labels). Returns an int.
@@ -170,6 +179,15 @@ OPS = {
     "top_k_count": ("y_true", "y_pred", "k", "sparse"),
     # Binary confusion counts after thresholding (multi-column y flattens): (tp, fp, fn).
     "confusion_counts": ("y_true", "y_pred", "threshold"),
+    # -- issue 15: F-beta and AUC counts, small host arrays summed by the caller --------
+    # fbeta_counts -> float64 (4, K): per class (tp, fp, fn, support) of 2-D inputs; a
+    # prediction is y_pred > threshold, or (threshold None) y_pred >= its row's max and
+    # |y_pred| > 1e-9 (Keras's FBetaScore). threshold_counts -> int64 (4, T): per threshold
+    # (tp, fp, tn, fn) over every element, label y_true != 0, prediction y_pred > threshold.
+    "fbeta_counts": ("y_true", "y_pred", "threshold"),
+    "threshold_counts": ("y_true", "y_pred", "thresholds"),
+    # confusion_matrix -> int64 (K, K): counts[true, pred] of int class ids (MeanIoU).
+    "confusion_matrix": ("y_true", "y_pred", "num_classes"),
     # -- regularizers and clipping (native/optim.pyx, opencl/optim.cl) -------------------
     # grad += l1*sign(w) + 2*l2*w; returns the penalty l1*sum|w| + l2*sum(w^2) as a float.
     "regularizer_inplace": ("w", "grad", "l1", "l2"),
@@ -188,6 +206,18 @@ OPS = {
                        "momentum", "epsilon", "grad_scale", "clipvalue", "weight_decay"),
     "adagrad_update": ("w", "g", "accumulator", "lr", "epsilon", "grad_scale", "clipvalue",
                        "weight_decay"),
+    # -- issue 15's optimizers (Keras 3's update_step formulas; t the 1-based step) ------
+    # u_product: Nadam's running product of beta_1 (1 - 0.5 * 0.96^s), s = 1..t.
+    "nadam_update": ("w", "g", "m", "v", "lr", "beta_1", "beta_2", "epsilon", "t",
+                     "u_product", "grad_scale", "clipvalue", "weight_decay"),
+    "adamax_update": ("w", "g", "m", "u", "lr", "beta_1", "beta_2", "epsilon", "t",
+                      "grad_scale", "clipvalue", "weight_decay"),
+    "adadelta_update": ("w", "g", "accumulated_grad", "accumulated_delta_var", "lr", "rho",
+                        "epsilon", "grad_scale", "clipvalue", "weight_decay"),
+    "ftrl_update": ("w", "g", "accumulator", "linear", "lr", "learning_rate_power", "l1",
+                    "l2", "l2_shrinkage", "beta", "grad_scale", "clipvalue", "weight_decay"),
+    "lion_update": ("w", "g", "m", "lr", "beta_1", "beta_2", "grad_scale", "clipvalue",
+                    "weight_decay"),
     # -- recurrent (native/rnn.pyx, opencl/rnn.cl) --------------------------------------
     # Keras 3's SimpleRNN / LSTM (gates i, f, c, o) / GRU (gates z, r, h) over a whole
     # sequence, zero initial state. x (N, T, C), kernel (C, k*U), recurrent_kernel (U, k*U),

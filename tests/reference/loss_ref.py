@@ -17,8 +17,22 @@ def _clip_bounds(dtype):
     return float(dt(EPSILON)), float(dt(1.0 - EPSILON))
 
 
-def loss_forward_ref(name, y_true, y_pred, from_logits=False, param=None, dtype=np.float64):
-    """Mean over the batch of the per-sample loss (Keras 'sum_over_batch_size')."""
+def per_sample_weights_ref(sample_weight, y_pred):
+    """Weights broadcast to the per-sample losses' shape y_pred.shape[:-1] (a leading part of
+    it, or it plus a trailing 1); None stays None."""
+    if sample_weight is None:
+        return None
+    lead = np.shape(y_pred)[:-1]
+    w = np.asarray(sample_weight, dtype=np.float64)
+    if w.shape == lead + (1,):
+        return w.reshape(lead)
+    return np.broadcast_to(w.reshape(w.shape + (1,) * (len(lead) - w.ndim)), lead)
+
+
+def loss_forward_ref(name, y_true, y_pred, from_logits=False, param=None, dtype=np.float64,
+                     sample_weight=None):
+    """Mean over the batch of the (weighted) per-sample loss (Keras 'sum_over_batch_size':
+    the sum of weight * loss over the number of losses, not over the weights' sum)."""
     p = np.asarray(y_pred, dtype=np.float64)
     lo, hi = _clip_bounds(dtype)
     if name == "sparse_categorical_crossentropy":
@@ -29,6 +43,11 @@ def loss_forward_ref(name, y_true, y_pred, from_logits=False, param=None, dtype=
         t = np.asarray(y_true, dtype=np.float64).reshape(p.shape)
     if p.size == 0:
         return 0.0
+    if name in NEW_LOSSES:
+        per_sample = _new_loss_ref(name, t, p, from_logits, param, dtype)[0]
+        w = per_sample_weights_ref(sample_weight, p)
+        return float(np.mean(per_sample if w is None else per_sample * w))
+    t = _smoothed(name, t, param)
     if name == "mean_squared_error":
         per_sample = np.mean((t - p) ** 2, axis=-1)
     elif name == "mean_absolute_error":
@@ -53,12 +72,21 @@ def loss_forward_ref(name, y_true, y_pred, from_logits=False, param=None, dtype=
             q = p / np.sum(p, axis=-1, keepdims=True)
             logp = np.log(np.clip(q, lo, hi))
         per_sample = -np.sum(t * logp, axis=-1)
-    return float(np.mean(per_sample))
+    w = per_sample_weights_ref(sample_weight, p)
+    return float(np.mean(per_sample if w is None else per_sample * w))
 
 
-def loss_backward_ref(name, y_true, y_pred, from_logits=False, param=None, dtype=np.float64):
+def loss_backward_ref(name, y_true, y_pred, from_logits=False, param=None, dtype=np.float64,
+                      sample_weight=None):
     """Analytic d(mean loss)/d(y_pred), including the clip's zero gradient outside
-    [lo, hi] (torch's clamp: bounds included) and the row renormalization's Jacobian."""
+    [lo, hi] (torch's clamp: bounds included) and the row renormalization's Jacobian. Each
+    per-sample loss depends on its own row only, so a weight scales that row's gradient."""
+    grad = _unweighted_backward_ref(name, y_true, y_pred, from_logits, param, dtype)
+    w = per_sample_weights_ref(sample_weight, grad)
+    return grad if w is None else grad * w[..., None]
+
+
+def _unweighted_backward_ref(name, y_true, y_pred, from_logits, param, dtype):
     p = np.asarray(y_pred, dtype=np.float64)
     lo, hi = _clip_bounds(dtype)
     if name == "sparse_categorical_crossentropy":
@@ -69,6 +97,9 @@ def loss_backward_ref(name, y_true, y_pred, from_logits=False, param=None, dtype
         t = np.asarray(y_true, dtype=np.float64).reshape(p.shape)
     if p.size == 0:
         return np.zeros_like(p)
+    if name in NEW_LOSSES:
+        return _new_loss_ref(name, t, p, from_logits, param, dtype)[1]
+    t = _smoothed(name, t, param)
     d = p - t
     if name == "mean_squared_error":
         return 2 * d / p.size
@@ -96,13 +127,90 @@ def loss_backward_ref(name, y_true, y_pred, from_logits=False, param=None, dtype
     return (dq - np.sum(dq * q, axis=-1, keepdims=True)) / s / rows
 
 
-# -- metrics ------------------------------------------------------------------------------
-
 def loss_forward_backward_ref(name, y_true, y_pred, from_logits=False, param=None,
-                              need_grad=True, dtype=np.float64):
+                              need_grad=True, sample_weight=None, dtype=np.float64):
     """(loss, grad or None): the op's two results from the two oracles above (``dtype``: the
     kernel's, which sets the probability clip)."""
-    loss = loss_forward_ref(name, y_true, y_pred, from_logits, param, dtype)
-    grad = loss_backward_ref(name, y_true, y_pred, from_logits, param, dtype) if need_grad \
-        else None
+    loss = loss_forward_ref(name, y_true, y_pred, from_logits, param, dtype, sample_weight)
+    grad = loss_backward_ref(name, y_true, y_pred, from_logits, param, dtype,
+                             sample_weight) if need_grad else None
     return loss, grad
+
+
+# -- the losses of issue 15 ---------------------------------------------------------------
+
+NEW_LOSSES = ("kl_divergence", "hinge", "squared_hinge", "categorical_hinge", "log_cosh",
+              "poisson", "mean_squared_logarithmic_error", "mean_absolute_percentage_error",
+              "cosine_similarity", "binary_focal_crossentropy")
+FOCAL_DEFAULTS = {"apply_class_balancing": False, "alpha": 0.25, "gamma": 2.0,
+                  "label_smoothing": 0.0}
+
+
+def _smoothed(name, t, param):
+    """Keras's label_smoothing of the binary (towards 1/2) and categorical (towards 1/K)
+    cross-entropies."""
+    ls = float(param or 0.0)
+    if name == "binary_crossentropy":
+        return t * (1 - ls) + 0.5 * ls
+    if name == "categorical_crossentropy":
+        return t * (1 - ls) + ls / t.shape[-1]
+    return t
+
+
+def _new_loss_ref(name, t, p, from_logits, param, dtype):
+    """(per-sample losses, d(mean of them)/dp) straight from keras/src/losses/losses.py;
+    the gradients are the analytic ones (torch's at the clips: 1 inside, bounds included)."""
+    eps = float(np.dtype(dtype).type(EPSILON))
+    rows = p.size // p.shape[-1]
+    n = p.size
+    if name in ("hinge", "squared_hinge"):
+        tt = 2 * t - 1 if np.all((t == 0) | (t == 1)) else t
+        m = np.maximum(1 - tt * p, 0)
+        if name == "hinge":
+            return np.mean(m, axis=-1), np.where(m > 0, -tt, 0) / n
+        return np.mean(m**2, axis=-1), -2 * tt * m / n
+    if name == "log_cosh":
+        d = p - t
+        return np.mean(np.log(np.cosh(d)), axis=-1), np.tanh(d) / n
+    if name == "poisson":
+        return np.mean(p - t * np.log(p + eps), axis=-1), (1 - t / (p + eps)) / n
+    if name == "mean_squared_logarithmic_error":
+        a = np.log(np.maximum(p, eps) + 1) - np.log(np.maximum(t, eps) + 1)
+        return np.mean(a**2, axis=-1), np.where(p > eps, 2 * a / (p + 1), 0) / n
+    if name == "mean_absolute_percentage_error":
+        scale = 100 / np.maximum(np.abs(t), eps)
+        return np.mean(scale * np.abs(t - p), axis=-1), scale * np.sign(p - t) / n
+    if name == "kl_divergence":
+        tc, pc = np.clip(t, eps, 1), np.clip(p, eps, 1)
+        inside = (p >= eps) & (p <= 1)
+        return np.sum(tc * np.log(tc / pc), axis=-1), np.where(inside, -tc / pc, 0) / rows
+    if name == "categorical_hinge":
+        pos = np.sum(t * p, axis=-1)
+        negs = (1 - t) * p
+        loss = np.maximum(np.max(negs, axis=-1) - pos + 1, 0)
+        onehot = np.zeros_like(p)
+        np.put_along_axis(onehot, np.argmax(negs, axis=-1)[..., None], 1.0, axis=-1)
+        grad = np.where(loss[..., None] > 0, -t + (1 - t) * onehot, 0)
+        return loss, grad / rows
+    if name == "cosine_similarity":
+        it = np.minimum(1 / np.sqrt(np.sum(t * t, axis=-1, keepdims=True)), 1 / EPSILON)
+        ip = np.minimum(1 / np.sqrt(np.sum(p * p, axis=-1, keepdims=True)), 1 / EPSILON)
+        tp = np.sum(t * p, axis=-1, keepdims=True)
+        capped = ip >= 1 / EPSILON
+        grad = -it * (t * ip - np.where(capped, 0, tp * ip**3 * p))
+        return -(tp * it * ip)[..., 0], grad / rows
+    # binary focal cross-entropy
+    cfg = {**FOCAL_DEFAULTS, **(param or {})}
+    alpha, gamma, ls = cfg["alpha"], cfg["gamma"], cfg["label_smoothing"]
+    t = t * (1 - ls) + 0.5 * ls
+    q = 1 / (1 + np.exp(-p)) if from_logits else p
+    dq = q * (1 - q) if from_logits else 1.0
+    lo, hi = _clip_bounds(dtype)
+    qc = np.clip(q, lo, hi)
+    bce = -(t * np.log(qc) + (1 - t) * np.log(1 - qc))
+    dbce = np.where((q >= lo) & (q <= hi), (qc - t) / (qc * (1 - qc)), 0)
+    base = 1 - (t * q + (1 - t) * (1 - q))
+    f = base**gamma
+    df = -gamma * base ** (gamma - 1) * (2 * t - 1) if gamma != 0 else 0 * base
+    w = t * alpha + (1 - t) * (1 - alpha) if cfg["apply_class_balancing"] else 1.0
+    return np.mean(w * f * bce, axis=-1), w * (df * bce + f * dbce) * dq / n

@@ -43,3 +43,40 @@ def confusion_counts_ref(y_true, y_pred, threshold=0.5):
                                                                                 threshold)
     t = np.asarray(y_true, dtype=np.float64).reshape(-1) != 0
     return int(np.sum(t & p)), int(np.sum(~t & p)), int(np.sum(t & ~p))
+
+
+# -- F-beta and AUC counts (issue 15), from keras/src/metrics/{f_score,confusion}_metrics.py --
+
+def fbeta_counts_ref(y_true, y_pred, threshold=None):
+    """(4, K): per class (tp, fp, fn, support); Keras's FBetaScore predictions."""
+    p = np.asarray(y_pred, dtype=np.float64)
+    t = np.asarray(y_true, dtype=np.float64)
+    if threshold is None:
+        pred = (p >= p.max(axis=-1, keepdims=True)) & (np.abs(p) > 1e-9)
+    else:
+        pred = p > _threshold_in_dtype(y_pred, threshold)
+    pred = pred.astype(np.float64)
+    return np.stack([np.sum(pred * t, axis=0), np.sum(pred * (1 - t), axis=0),
+                     np.sum((1 - pred) * t, axis=0), np.sum(t, axis=0)])
+
+
+def threshold_counts_ref(y_true, y_pred, thresholds):
+    """(4, T): per threshold (tp, fp, tn, fn) over every element, y_pred > threshold (the
+    threshold rounded to y_pred's dtype), label y_true != 0."""
+    dt = np.asarray(y_pred).dtype.type
+    p = np.asarray(y_pred, dtype=np.float64).reshape(-1)
+    t = np.asarray(y_true, dtype=np.float64).reshape(-1) != 0
+    out = []
+    for th in thresholds:
+        pred = p > float(dt(th))
+        out.append([np.sum(pred & t), np.sum(pred & ~t), np.sum(~pred & ~t), np.sum(~pred & t)])
+    return np.array(out, dtype=np.int64).T
+
+
+def confusion_matrix_ref(y_true, y_pred, num_classes):
+    """(K, K) counts[true, pred] of integer class ids."""
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    for a, b in zip(np.asarray(y_true).reshape(-1).astype(np.int64),
+                    np.asarray(y_pred).reshape(-1).astype(np.int64)):
+        cm[a, b] += 1
+    return cm

@@ -239,3 +239,65 @@ def constraint_inplace_ref(w, kind, min_value=0.0, max_value=1.0, rate=1.0, axis
     else:
         desired = rate * np.clip(norms, min_value, max_value) + (1 - rate) * norms
     return w * (desired / (1e-7 + norms))
+# -- Nadam, Adamax, Adadelta, Ftrl, Lion (issue 15): keras/src/optimizers/{nadam,adamax,
+# adadelta,ftrl,lion}.py in float64 ------------------------------------------------------------
+
+def nadam_update_ref(w, g, m, v, lr, beta_1, beta_2, epsilon, t, u_product, grad_scale,
+                     clipvalue, weight_decay):
+    """-> (w, m, v). u_product is Keras's _u_product after this step's update."""
+    g = prepare_grad_ref(g, grad_scale, clipvalue)
+    w = weight_decay_ref(w, lr, weight_decay)
+    u_t = beta_1 * (1.0 - 0.5 * 0.96**t)
+    u_t_1 = beta_1 * (1.0 - 0.5 * 0.96 ** (t + 1))
+    u_product_t_1 = u_product * u_t_1
+    m = f64(m) + (g - f64(m)) * (1 - beta_1)
+    v = f64(v) + (g * g - f64(v)) * (1 - beta_2)
+    m_hat = u_t_1 * m / (1 - u_product_t_1) + (1 - u_t) * g / (1 - u_product)
+    v_hat = v / (1 - beta_2**t)
+    return w - m_hat * lr / (np.sqrt(v_hat) + epsilon), m, v
+
+
+def adamax_update_ref(w, g, m, u, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
+                      weight_decay):
+    """-> (w, m, u)."""
+    g = prepare_grad_ref(g, grad_scale, clipvalue)
+    w = weight_decay_ref(w, lr, weight_decay)
+    m = f64(m) + (g - f64(m)) * (1 - beta_1)
+    u = np.maximum(beta_2 * f64(u), np.abs(g))
+    return w - lr * m / ((1 - beta_1**t) * (u + epsilon)), m, u
+
+
+def adadelta_update_ref(w, g, accumulated_grad, accumulated_delta_var, lr, rho, epsilon,
+                        grad_scale, clipvalue, weight_decay):
+    """-> (w, accumulated_grad, accumulated_delta_var)."""
+    g = prepare_grad_ref(g, grad_scale, clipvalue)
+    w = weight_decay_ref(w, lr, weight_decay)
+    ag = rho * f64(accumulated_grad) + (1 - rho) * g * g
+    ad = f64(accumulated_delta_var)
+    delta = -np.sqrt(ad + epsilon) * g / np.sqrt(ag + epsilon)
+    ad = rho * ad + (1 - rho) * delta * delta
+    return w + lr * delta, ag, ad
+
+
+def ftrl_update_ref(w, g, accumulator, linear, lr, learning_rate_power, l1, l2, l2_shrinkage,
+                    beta, grad_scale, clipvalue, weight_decay):
+    """-> (w, accumulator, linear)."""
+    g = prepare_grad_ref(g, grad_scale, clipvalue)
+    w = weight_decay_ref(w, lr, weight_decay)
+    acc = f64(accumulator)
+    l2_reg = l2 + beta / (2.0 * lr)
+    new_acc = acc + g * g
+    linear = f64(linear) + (g + 2 * l2_shrinkage * w) - (
+        (new_acc ** -learning_rate_power - acc ** -learning_rate_power) / lr) * w
+    quadratic = new_acc ** -learning_rate_power / lr + 2 * l2_reg
+    w = (np.clip(linear, -l1, l1) - linear) / quadratic
+    return w, new_acc, linear
+
+
+def lion_update_ref(w, g, m, lr, beta_1, beta_2, grad_scale, clipvalue, weight_decay):
+    """-> (w, m)."""
+    g = prepare_grad_ref(g, grad_scale, clipvalue)
+    w = weight_decay_ref(w, lr, weight_decay)
+    m = f64(m)
+    w = w - lr * np.sign(m * beta_1 + g * (1 - beta_1))
+    return w, m * beta_2 + g * (1 - beta_2)

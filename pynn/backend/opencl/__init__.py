@@ -28,7 +28,8 @@ from pynn.backend.opencl.merge import (  # noqa: F401
     merge_forward,
 )
 from pynn.backend.opencl.metric import (  # noqa: F401
-    accuracy_count, confusion_counts, top_k_count,
+    accuracy_count, confusion_counts, confusion_matrix, fbeta_counts, threshold_counts,
+    top_k_count,
 )
 
 # -- normalization --
@@ -36,8 +37,8 @@ from pynn.backend.opencl.normalization import (  # noqa: F401
     batch_norm_backward, batch_norm_forward, group_norm_backward, group_norm_forward,
 )
 from pynn.backend.opencl.optim import (  # noqa: F401
-    adagrad_update, adam_update, regularizer_inplace, rmsprop_update, sgd_update,
-    sum_squares,
+    adadelta_update, adagrad_update, adam_update, adamax_update, ftrl_update, lion_update,
+    nadam_update, regularizer_inplace, rmsprop_update, sgd_update, sum_squares,
 )
 from pynn.backend.opencl.pool import (  # noqa: F401
     avgpool2d_backward, avgpool2d_forward, global_avgpool2d_backward,

@@ -7,6 +7,7 @@ and raises the CPU's ValueError.
 """
 
 import numpy as np
+from pyopencl.cltypes import float4 as cl_float4
 
 from pynn.backend.opencl import runtime as rt
 from pynn.backend.opencl.arrays import DEVICE
@@ -15,21 +16,26 @@ from pynn.backend.operands import loss as operands
 
 
 def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
-                          need_grad=True):
+                          need_grad=True, sample_weight=None):
     """-> (mean loss: float, grad or None); grad = d(mean loss)/d(y_pred) shaped like y_pred.
-    ``param`` is huber's delta (None: 1.0)."""
+    ``param``: see pynn.backend.api; ``sample_weight`` weighs the per-sample losses."""
     op = "loss_forward_backward"
-    code, targets, y_pred, from_logits, delta, need_grad = operands.loss_forward_backward(
-        DEVICE, name, y_true, y_pred, from_logits, param, need_grad)
+    (code, targets, y_pred, from_logits, params, need_grad, weights,
+     rows_per_weight) = operands.loss_forward_backward(
+        DEVICE, name, y_true, y_pred, from_logits, param, need_grad, sample_weight)
     grad = rt.empty(y_pred.shape, what=f"{op} gradient") if need_grad else None
     if y_pred.size == 0:
         return 0.0, grad
-    # Keras clips in y_pred's dtype: eps and 1 - eps rounded to float32.
+    # Keras clips in y_pred's dtype: eps and 1 - eps rounded to float32 (kl_divergence: 1).
     lo = np.float32(operands.KERAS_EPSILON)
-    hi = np.float32(1.0 - operands.KERAS_EPSILON)
+    hi = np.float32(1.0 if code == operands.LOSS_KLD else 1.0 - operands.KERAS_EPSILON)
+    # Without weights the kernels never read w: y_pred stands in for the buffer argument.
+    has_w = weights is not None
+    w = weights if has_w else y_pred
+    k = y_pred.shape[-1]
+    rows = y_pred.size // k
+    n = y_pred.size
     if code in (operands.LOSS_CCE, operands.LOSS_SCCE):
-        k = y_pred.shape[-1]
-        rows = y_pred.size // k
         sparse = code == operands.LOSS_SCCE
         row_loss = rt.empty((rows,), what=f"{op} row losses")
         result = rt.zeros((2,), what=f"{op} result")  # [loss sum, bad-label flag]
@@ -37,15 +43,28 @@ def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
         rt.launch(kernel("loss", "categorical_rows"), (rows * row_wg,), (row_wg,),
                   y_pred if sparse else targets, targets if sparse else result, y_pred,
                   grad if need_grad else row_loss, row_loss, result, rows, k, sparse,
-                  from_logits, need_grad, lo, hi, np.float32(1.0 / rows))
+                  from_logits, need_grad, lo, hi, np.float32(1.0 / rows), w, has_w,
+                  rows_per_weight, np.float32(params[0]))
         fold("loss", row_loss, out=result)
         total, bad = (float(v) for v in result.get())
         if bad:
             raise ValueError(f"{op}: a label is out of range: class ids must lie in [0, {k}) "
                              f"for y_pred with K={k} classes")
         return total / rows, grad
-    n = y_pred.size
+    if code in operands.ROW_LOSSES:
+        row_loss = rt.empty((rows,), what=f"{op} row losses")
+        row_wg = sizes()[1]
+        rt.launch(kernel("loss", "pairwise_rows"), (rows * row_wg,), (row_wg,), targets,
+                  y_pred, grad if need_grad else row_loss, row_loss, rows, k, code, need_grad,
+                  lo, np.float32(1.0 / rows), w, has_w, rows_per_weight)
+        return float(fold("loss", row_loss).get()[0]) / rows, grad
+    if code in (operands.LOSS_HINGE, operands.LOSS_SQUARED_HINGE):
+        # Keras converts {0, 1} labels to {-1, 1} only when all of y_true is binary.
+        others = reduce("loss", "non_binary_partial", n, (targets, PARTIAL, n), dtype=np.int32)
+        params = (float(int(others.get()[0]) == 0), 0.0, 0.0, 0.0)
+    denom = rows if code in operands.SUM_OVER_LAST_AXIS else n
     out = reduce("loss", "pointwise_partial", n,
                  (targets, y_pred, grad if need_grad else y_pred, PARTIAL, n, code,
-                  from_logits, need_grad, np.float32(delta), lo, hi, np.float32(1.0 / n)))
-    return float(out.get()[0]) / n, grad
+                  from_logits, need_grad, np.array(params, np.float32).view(cl_float4)[0],
+                  lo, hi, np.float32(1.0 / denom), w, has_w, rows_per_weight * k))
+    return float(out.get()[0]) / denom, grad

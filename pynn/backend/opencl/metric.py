@@ -6,8 +6,9 @@ Same names, signatures and semantics as ``native/metric.pyx``; operands are chec
 
 import numpy as np
 
+from pynn.backend.opencl import runtime as rt
 from pynn.backend.opencl.arrays import DEVICE
-from pynn.backend.opencl.launch import PARTIAL, reduce
+from pynn.backend.opencl.launch import PARTIAL, elementwise, reduce
 from pynn.backend.operands import metric as operands
 
 
@@ -58,3 +59,46 @@ def confusion_counts(y_true, y_pred, threshold=0.5):
                  dtype=np.int32)
     tp, fp, fn = (int(v) for v in out.get())
     return tp, fp, fn
+
+
+# -- F-beta and AUC counts (issue 15) ----------------------------------------------------------
+
+def fbeta_counts(y_true, y_pred, threshold=None):
+    """-> float64 numpy (4, K): per class (tp, fp, fn, support), native/metric.pyx's
+    semantics (no threshold: each row's max is the positive prediction)."""
+    t, p, thr = operands.fbeta_counts(DEVICE, y_true, y_pred, threshold)
+    n, k = p.shape
+    out = rt.zeros((4 * max(k, 1),), what="fbeta_counts result")
+    if n and k:
+        row_max = rt.empty((n,), what="fbeta_counts row maxima")
+        if thr is None:
+            elementwise("metric", "fbeta_row_max", n, p, row_max, n, k)
+        elementwise("metric", "fbeta_columns", k, t, p, row_max, out, n, k, thr is None,
+                    np.float32(0.0 if thr is None else thr))
+    return out.get()[:4 * k].reshape(4, k).astype(np.float64)
+
+
+def threshold_counts(y_true, y_pred, thresholds):
+    """-> int64 numpy (4, T): per threshold (tp, fp, tn, fn) over every element."""
+    t, p, th = operands.threshold_counts(DEVICE, y_true, y_pred, thresholds)
+    nt = th.shape[0]
+    hist = rt.zeros((2 * (nt + 1),), np.int32, what="threshold_counts histogram")
+    if p.size:
+        # The thresholds are the op's own constants, not an operand: uploaded here, tiny.
+        th_dev = rt.to_device(th.astype(np.float32))
+        elementwise("metric", "threshold_buckets", p.size, t, p, th_dev, hist, p.size, nt)
+    return operands.counts_from_buckets(hist.get().reshape(nt + 1, 2).astype(np.int64))
+
+
+def confusion_matrix(y_true, y_pred, num_classes):
+    """-> int64 numpy (K, K): counts[i, j] of elements with true class i predicted as j."""
+    op = "confusion_matrix"
+    t, p, k = operands.confusion_matrix(DEVICE, y_true, y_pred, num_classes)
+    counts = rt.zeros((k * k + 1,), np.int32, what=f"{op} counts")
+    if t.size:
+        elementwise("metric", "confusion_matrix_counts", t.size, t, p, counts, t.size, k)
+    host = counts.get().astype(np.int64)
+    if host[k * k]:
+        raise ValueError(f"{op}: {host[k * k]} label(s) out of range: class ids must lie in "
+                         f"[0, {k}) for num_classes={k}")
+    return host[:k * k].reshape(k, k)

@@ -5,6 +5,8 @@ pass per parameter); operands are checked by ``pynn.backend.operands.optim``. No
 penalties come back as Python floats: the only read-back of an update.
 """
 
+import numpy as np
+
 from pynn.backend.opencl.arrays import DEVICE
 from pynn.backend.opencl.launch import PARTIAL, elementwise, reduce
 from pynn.backend.operands import optim as operands
@@ -76,3 +78,50 @@ def constraint_inplace(w, kind, min_value=0.0, max_value=1.0, rate=1.0, axis=0):
         DEVICE, w, kind, min_value, max_value, rate, axis)
     elementwise("optim", "constraint_inplace", outer * inner, w, outer * inner, k, inner,
                 code, lo, hi, r)
+# -- Nadam, Adamax, Adadelta, Ftrl, Lion (issue 15) ------------------------------------------
+
+def nadam_update(w, g, m, v, lr, beta_1, beta_2, epsilon, t, u_product, grad_scale,
+                 clipvalue, weight_decay):
+    """Nadam step in place; u_product is Keras's running momentum-schedule product."""
+    w, g, m, v, coef, clip = operands.nadam_update(
+        DEVICE, w, g, m, v, lr, beta_1, beta_2, epsilon, t, u_product, grad_scale, clipvalue,
+        weight_decay)
+    elementwise("optim", "nadam_update", w.size, w, g, m, v, w.size, *coef, *clip)
+
+
+def adamax_update(w, g, m, u, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
+                  weight_decay):
+    """Adamax step in place: u = max(beta_2 u, |g|)."""
+    w, g, m, u, coef, clip = operands.adamax_update(
+        DEVICE, w, g, m, u, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
+        weight_decay)
+    elementwise("optim", "adamax_update", w.size, w, g, m, u, w.size, *coef, *clip)
+
+
+def adadelta_update(w, g, accumulated_grad, accumulated_delta_var, lr, rho, epsilon,
+                    grad_scale, clipvalue, weight_decay):
+    """Adadelta step in place."""
+    w, g, ag, ad, lr, rho, epsilon, clip = operands.adadelta_update(
+        DEVICE, w, g, accumulated_grad, accumulated_delta_var, lr, rho, epsilon, grad_scale,
+        clipvalue, weight_decay)
+    elementwise("optim", "adadelta_update", w.size, w, g, ag, ad, w.size, lr, rho, 1.0 - rho,
+                epsilon, *clip)
+
+
+def ftrl_update(w, g, accumulator, linear, lr, learning_rate_power, l1, l2, l2_shrinkage,
+                beta, grad_scale, clipvalue, weight_decay):
+    """FTRL-proximal step in place (Keras 3's form)."""
+    w, g, acc, lin, coef, clip = operands.ftrl_update(
+        DEVICE, w, g, accumulator, linear, lr, learning_rate_power, l1, l2, l2_shrinkage,
+        beta, grad_scale, clipvalue, weight_decay)
+    elementwise("optim", "ftrl_update", w.size, w, g, acc, lin, w.size, *coef, *clip)
+
+
+def lion_update(w, g, m, lr, beta_1, beta_2, grad_scale, clipvalue, weight_decay):
+    """Lion step in place: w -= lr sign(beta_1 m + (1-beta_1) g)."""
+    w, g, m, lr, beta_1, beta_2, clip = operands.lion_update(
+        DEVICE, w, g, m, lr, beta_1, beta_2, grad_scale, clipvalue, weight_decay)
+    b1, b2 = np.float32(beta_1), np.float32(beta_2)
+    # 1 - beta in float32 from the float32 beta, as the CPU kernel and Keras form it.
+    elementwise("optim", "lion_update", w.size, w, g, m, w.size, lr, b1, np.float32(1) - b1,
+                b2, np.float32(1) - b2, *clip)

@@ -2,12 +2,52 @@
 pynn/backend/opencl/loss.py and metric.py)."""
 
 from pynn.backend.api import LOSSES
-from pynn.backend.operands.common import huber_delta
+from pynn.backend.operands.common import huber_delta, number
 
 KERAS_EPSILON = 1e-7  # Keras's backend.epsilon(): probabilities are clipped to [eps, 1-eps]
 LOSS_HUBER = LOSSES.index("huber")
 LOSS_CCE = LOSSES.index("categorical_crossentropy")
 LOSS_SCCE = LOSSES.index("sparse_categorical_crossentropy")
+LOSS_BCE = LOSSES.index("binary_crossentropy")
+LOSS_KLD = LOSSES.index("kl_divergence")
+LOSS_HINGE = LOSSES.index("hinge")
+LOSS_SQUARED_HINGE = LOSSES.index("squared_hinge")
+LOSS_CATEGORICAL_HINGE = LOSSES.index("categorical_hinge")
+LOSS_COSINE = LOSSES.index("cosine_similarity")
+LOSS_FOCAL = LOSSES.index("binary_focal_crossentropy")
+# Losses of a whole row (the last axis): one kernel call per row, not per element.
+ROW_LOSSES = (LOSS_CCE, LOSS_SCCE, LOSS_CATEGORICAL_HINGE, LOSS_COSINE)
+# Pointwise losses whose per-sample loss sums the last axis (Keras's kl_divergence) instead
+# of averaging it.
+SUM_OVER_LAST_AXIS = (LOSS_KLD,)
+FOCAL_DEFAULTS = {"apply_class_balancing": False, "alpha": 0.25, "gamma": 2.0,
+                  "label_smoothing": 0.0}
+
+
+def label_smoothing(op, value):
+    if value is None:
+        return 0.0
+    return number(op, "label_smoothing", value, lo=0.0, hi=1.0)
+
+
+def loss_params(op, code, param):
+    """-> 4 floats the kernels read: huber (delta), cross-entropies (label_smoothing),
+    focal (alpha, gamma, apply_class_balancing, label_smoothing); zeros otherwise."""
+    if code == LOSS_HUBER:
+        return (huber_delta(op, param), 0.0, 0.0, 0.0)
+    if code in (LOSS_BCE, LOSS_CCE):
+        return (label_smoothing(op, param), 0.0, 0.0, 0.0)
+    if code == LOSS_FOCAL:
+        given = {} if param is None else param
+        if not isinstance(given, dict) or set(given) - set(FOCAL_DEFAULTS):
+            raise ValueError(f"{op}: binary_focal_crossentropy's param must be None or a "
+                             f"dict with keys among {sorted(FOCAL_DEFAULTS)}, got {param!r}")
+        cfg = {**FOCAL_DEFAULTS, **given}
+        return (number(op, "alpha", cfg["alpha"]),
+                number(op, "gamma", cfg["gamma"], lo=0.0),
+                float(bool(cfg["apply_class_balancing"])),
+                label_smoothing(op, cfg["label_smoothing"]))
+    return (0.0, 0.0, 0.0, 0.0)
 
 
 def match_target_shape(op, y_true, y_pred):
@@ -44,14 +84,38 @@ def sparse_labels(arrays, op, y_true, lead_shape, k):
     return arrays.check_labels(op, labels.reshape(labels.size), k)
 
 
-def loss_forward_backward(arrays, name, y_true, y_pred, from_logits, param, need_grad):
-    """-> (code, targets, y_pred, from_logits, delta, need_grad): targets are flat int32
-    labels for the sparse loss, else y_true shaped like y_pred; delta is huber's (else 0)."""
+def sample_weights(arrays, op, sample_weight, y_pred):
+    """-> (weights or None, rows per weight). Keras weighs the per-sample losses, whose shape
+    is y_pred's without the last axis: the weights have that shape or a leading part of it
+    ((N,) for (N, T, K) predictions weighs every step of a sample alike), or that shape plus
+    a trailing 1 (squeezed as Keras's squeeze_or_expand_to_same_rank does)."""
+    if sample_weight is None:
+        return None, 1
+    lead = tuple(y_pred.shape[:-1])
+    if not lead:
+        raise ValueError(f"{op}: 'sample_weight' needs y_pred of rank >= 2 (one loss per "
+                         f"sample), got y_pred of shape {tuple(y_pred.shape)}")
+    weights = arrays.float_input(op, "sample_weight", sample_weight, like=y_pred)
+    ws = tuple(weights.shape)
+    if not (1 <= len(ws) <= len(lead) and ws == lead[:len(ws)]) and ws != lead + (1,):
+        raise ValueError(f"{op}: 'sample_weight' must have shape {lead[:1]} or {lead} (the "
+                         f"per-sample losses of y_pred {tuple(y_pred.shape)}), got {ws}")
+    rows = 1
+    for d in lead:
+        rows *= d
+    return weights.reshape(weights.size), rows // max(weights.size, 1)
+
+
+def loss_forward_backward(arrays, name, y_true, y_pred, from_logits, param, need_grad,
+                          sample_weight=None):
+    """-> (code, targets, y_pred, from_logits, params, need_grad, weights, rows_per_weight):
+    targets are flat int32 labels for the sparse loss, else y_true shaped like y_pred; params
+    the 4 floats of loss_params; weights flat per-sample weights or None (sample_weights)."""
     op = "loss_forward_backward"
     if not isinstance(name, str) or name not in LOSSES:
         raise ValueError(f"{op}: unknown loss {name!r}; expected one of {LOSSES}")
     code = LOSSES.index(name)
-    delta = huber_delta(op, param) if code == LOSS_HUBER else 0.0
+    params = loss_params(op, code, param)
     if y_true is None:
         raise ValueError(f"{op}: 'y_true' is required, got None")
     y_pred = arrays.float_input(op, "y_pred", y_pred)
@@ -62,4 +126,6 @@ def loss_forward_backward(arrays, name, y_true, y_pred, from_logits, param, need
         targets = sparse_labels(arrays, op, y_true, y_pred.shape[:-1], k)
     else:
         targets = dense_targets(arrays, op, y_true, y_pred)
-    return code, targets, y_pred, bool(from_logits), delta, bool(need_grad)
+    weights, rows_per_weight = sample_weights(arrays, op, sample_weight, y_pred)
+    return (code, targets, y_pred, bool(from_logits), params, bool(need_grad), weights,
+            rows_per_weight)

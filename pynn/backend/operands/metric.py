@@ -72,3 +72,68 @@ def confusion_counts(arrays, y_true, y_pred, threshold):
         raise ValueError(f"{op}: 'y_true' is required, got None")
     y_pred = arrays.float_input(op, "y_pred", y_pred)
     return dense_targets(arrays, op, y_true, y_pred), y_pred, thr
+
+
+# -- F-beta and AUC counts (issue 15) ----------------------------------------------------------
+
+def fbeta_counts(arrays, y_true, y_pred, threshold):
+    """-> (y_true (N, K), y_pred (N, K), threshold or None): Keras's FBetaScore takes 2-D
+    inputs only; None thresholds at each row's max (keras/src/metrics/f_score_metrics.py)."""
+    op = "fbeta_counts"
+    thr = None if threshold is None else checked_threshold(op, threshold)
+    if y_true is None:
+        raise ValueError(f"{op}: 'y_true' is required, got None")
+    y_pred = arrays.float_input(op, "y_pred", y_pred)
+    if y_pred.ndim != 2:
+        raise ValueError(f"{op}: 'y_pred' must have rank 2 (N, K), got shape {y_pred.shape}")
+    t = arrays.float_input(op, "y_true", y_true, like=y_pred)
+    if t.shape != y_pred.shape:
+        raise ValueError(f"{op}: 'y_true' must have the shape of 'y_pred' {y_pred.shape}, got "
+                         f"{t.shape}")
+    return t, y_pred, thr
+
+
+def threshold_counts(arrays, y_true, y_pred, thresholds):
+    """-> (y_true flat, y_pred flat, thresholds as a sorted float64 host array): every element
+    counts (Keras's AUC with multi_label=False); a label is positive when y_true != 0."""
+    op = "threshold_counts"
+    th = np.asarray(thresholds, dtype=np.float64)
+    if th.ndim != 1 or th.size < 2:
+        raise ValueError(f"{op}: 'thresholds' must be a 1-D sequence of at least 2 numbers, "
+                         f"got shape {th.shape}")
+    if not np.all(np.isfinite(th)) or np.any(np.diff(th) <= 0):
+        raise ValueError(f"{op}: 'thresholds' must be finite and strictly increasing")
+    if y_true is None:
+        raise ValueError(f"{op}: 'y_true' is required, got None")
+    y_pred = arrays.float_input(op, "y_pred", y_pred)
+    t = dense_targets(arrays, op, y_true, y_pred)
+    return t.reshape(t.size), y_pred.reshape(y_pred.size), th
+
+
+def counts_from_buckets(hist):
+    """(T + 1, 2) bucket histogram [negatives, positives] -> (4, T) tp, fp, tn, fn: both
+    backends' last step of threshold_counts, host arithmetic on T numbers. Bucket b holds the
+    elements above thresholds 0..b-1."""
+    above = np.cumsum(hist[::-1], axis=0)[::-1][1:]  # elements in buckets > i
+    tp, fp = above[:, 1], above[:, 0]
+    pos, neg = hist[:, 1].sum(), hist[:, 0].sum()
+    return np.stack([tp, fp, neg - fp, pos - tp]).astype(np.int64)
+
+
+def confusion_matrix(arrays, y_true, y_pred, num_classes):
+    """-> (true labels flat, predicted labels flat, num_classes): both int class ids of one
+    shape (Keras's MeanIoU with sparse_y_true and sparse_y_pred: y_pred holds class ids)."""
+    op = "confusion_matrix"
+    if isinstance(num_classes, (bool, np.bool_)) or not isinstance(num_classes, (int, np.integer)) \
+            or num_classes < 1:
+        raise ValueError(f"{op}: 'num_classes' must be an int >= 1, got {num_classes!r}")
+    k = int(num_classes)
+    if y_true is None or y_pred is None:
+        raise ValueError(f"{op}: 'y_true' and 'y_pred' are required")
+    t = arrays.label_input(op, "y_true", y_true)
+    p = arrays.label_input(op, "y_pred", y_pred)
+    if t.size != p.size:
+        raise ValueError(f"{op}: 'y_true' and 'y_pred' must hold as many labels, got shapes "
+                         f"{tuple(t.shape)} and {tuple(p.shape)}")
+    return (arrays.check_labels(op, t.reshape(t.size), k),
+            arrays.check_labels(op, p.reshape(p.size), k), k)

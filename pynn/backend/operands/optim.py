@@ -200,3 +200,102 @@ def constraint_inplace(arrays, w, kind, min_value, max_value, rate, axis):
     w = arrays.inplace(op, "w", w)
     return (w, CONSTRAINTS.index(kind), min_value, max_value, rate,
             constraint_axes(op, w.shape, axis))
+# -- Nadam, Adamax, Adadelta, Ftrl, Lion (issue 15) ------------------------------------------
+
+def _step(op, t):
+    if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)) or t < 1:
+        raise ValueError(f"{op}: 't' must be an int >= 1 (the 1-based step), got {t!r}")
+    return int(t)
+
+
+def _two_slots(arrays, op, w, **slots):
+    _required(op, **slots)
+    checked = [slot(arrays, op, name, a, w) for name, a in slots.items()]
+    distinct(arrays, op, **dict(zip(slots, checked)))
+    return checked
+
+
+def _beta(op, name, value):
+    return number(op, name, value, lo=0.0, hi=1.0, hi_open=True)
+
+
+def nadam_momentum_schedule(dtype, beta_1, step):
+    """Keras's u_step = beta_1 (1 - 0.5 * 0.96^step), in the parameter's dtype."""
+    dt = np.dtype(dtype).type
+    return dt(dt(beta_1) * (dt(1) - dt(0.5) * dt(float(dt(0.96)) ** step)))
+
+
+def nadam_update(arrays, w, g, m, v, lr, beta_1, beta_2, epsilon, t, u_product, grad_scale,
+                 clipvalue, weight_decay):
+    """-> (w, g, m, v, (lr, 1-beta_1, 1-beta_2, epsilon, c_m, c_g, 1-beta_2^t), clip):
+    m_hat = c_m m + c_g g with Keras's u terms folded into c_m, c_g in the dtype of w."""
+    op = "nadam_update"
+    w, g, lr, clip = _update(arrays, op, w, g, lr, grad_scale, clipvalue, weight_decay)
+    m, v = _two_slots(arrays, op, w, m=m, v=v)
+    beta_1, beta_2 = _beta(op, "beta_1", beta_1), _beta(op, "beta_2", beta_2)
+    epsilon = number(op, "epsilon", epsilon, lo=0.0)
+    t = _step(op, t)
+    u_product = number(op, "u_product", u_product)
+    dt = np.dtype(w.dtype).type
+    one = dt(1)
+    u_t = nadam_momentum_schedule(w.dtype, beta_1, t)
+    u_next = nadam_momentum_schedule(w.dtype, beta_1, t + 1)
+    u_prod = dt(u_product)
+    c_m = dt(u_next / (one - u_prod * u_next))
+    c_g = dt((one - u_t) / (one - u_prod))
+    bc2 = dt(one - dt(float(dt(beta_2)) ** t))
+    return w, g, m, v, (lr, 1.0 - beta_1, 1.0 - beta_2, epsilon, float(c_m), float(c_g),
+                        float(bc2)), clip
+
+
+def adamax_update(arrays, w, g, m, u, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
+                  weight_decay):
+    """-> (w, g, m, u, (lr, 1-beta_1, beta_2, epsilon, 1-beta_1^t), clip)."""
+    op = "adamax_update"
+    w, g, lr, clip = _update(arrays, op, w, g, lr, grad_scale, clipvalue, weight_decay)
+    m, u = _two_slots(arrays, op, w, m=m, u=u)
+    beta_1, beta_2 = _beta(op, "beta_1", beta_1), _beta(op, "beta_2", beta_2)
+    epsilon = number(op, "epsilon", epsilon, lo=0.0)
+    dt = np.dtype(w.dtype).type
+    bc1 = dt(dt(1) - dt(float(dt(beta_1)) ** _step(op, t)))
+    return w, g, m, u, (lr, 1.0 - beta_1, beta_2, epsilon, float(bc1)), clip
+
+
+def adadelta_update(arrays, w, g, accumulated_grad, accumulated_delta_var, lr, rho, epsilon,
+                    grad_scale, clipvalue, weight_decay):
+    """-> (w, g, accumulated_grad, accumulated_delta_var, lr, rho, epsilon, clip)."""
+    op = "adadelta_update"
+    w, g, lr, clip = _update(arrays, op, w, g, lr, grad_scale, clipvalue, weight_decay)
+    ag, ad = _two_slots(arrays, op, w, accumulated_grad=accumulated_grad,
+                        accumulated_delta_var=accumulated_delta_var)
+    rho = number(op, "rho", rho, lo=0.0, hi=1.0)
+    epsilon = number(op, "epsilon", epsilon, lo=0.0)
+    return w, g, ag, ad, lr, rho, epsilon, clip
+
+
+def ftrl_update(arrays, w, g, accumulator, linear, lr, learning_rate_power, l1, l2,
+                l2_shrinkage, beta, grad_scale, clipvalue, weight_decay):
+    """-> (w, g, accumulator, linear, (lr, -learning_rate_power, l1,
+    2 (l2 + beta / (2 lr)), 2 l2_shrinkage), clip)."""
+    op = "ftrl_update"
+    w, g, lr, clip = _update(arrays, op, w, g, lr, grad_scale, clipvalue, weight_decay)
+    acc, lin = _two_slots(arrays, op, w, accumulator=accumulator, linear=linear)
+    power = number(op, "learning_rate_power", learning_rate_power, hi=0.0)
+    l1 = number(op, "l1", l1, lo=0.0)
+    l2 = number(op, "l2", l2, lo=0.0)
+    shrink = number(op, "l2_shrinkage", l2_shrinkage, lo=0.0)
+    beta = number(op, "beta", beta)
+    if lr == 0.0:
+        raise ValueError(f"{op}: 'lr' must not be 0 (FTRL divides by it)")
+    return w, g, acc, lin, (lr, -power, l1, 2.0 * (l2 + beta / (2.0 * lr)), 2.0 * shrink), clip
+
+
+def lion_update(arrays, w, g, m, lr, beta_1, beta_2, grad_scale, clipvalue, weight_decay):
+    """-> (w, g, m, lr, beta_1, beta_2, clip)."""
+    op = "lion_update"
+    w, g, lr, clip = _update(arrays, op, w, g, lr, grad_scale, clipvalue, weight_decay)
+    _required(op, m=m)
+    m = slot(arrays, op, "m", m, w)
+    beta_1 = number(op, "beta_1", beta_1, lo=0.0, hi=1.0, lo_open=True)
+    beta_2 = number(op, "beta_2", beta_2, lo=0.0, hi=1.0)
+    return w, g, m, lr, beta_1, beta_2, clip
