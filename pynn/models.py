@@ -576,7 +576,7 @@ class Model(Layer):
         loss_keys, metric_keys = self._log_keys()
         for keys, ms in zip(metric_keys, self._output_metrics):
             for key, m in zip(keys, ms):
-                logs[prefix + key] = float(m.result())
+                logs[prefix + key] = _log_value(m.result())
         for key, s in zip(loss_keys, output_sums):
             if key is not None:
                 logs[prefix + key] = s / count
@@ -1416,6 +1416,13 @@ def _active_distribution():
     up without importing pynn.distributed: a model that never uses it never loads MPI."""
     module = sys.modules.get("pynn.distributed")
     return None if module is None else module.current()
+
+
+def _log_value(result):
+    """A metric's result for the logs: a float, or (per-class metrics such as F1Score with
+    average=None, as Keras logs them) a NumPy array."""
+    arr = np.asarray(result, dtype=np.float64)
+    return float(arr) if arr.ndim == 0 else arr
 
 
 def _upload(b, arrays):

@@ -506,3 +506,49 @@ def test_activity_regularization_layer_adds_its_penalty(float64, seeded):
     assert config["l1"] == 0.1 and config["l2"] == 0.2
     clone = pynn.Model.from_config(model.get_config())
     assert clone.get_layer(index=2).activity_regularizer.l2 == 0.2
+
+
+# -- sample and class weights ---------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_sample_weight_and_class_weight_match_keras(seeded):
+    keras = _keras()
+    x = seeded.standard_normal((40, 5)).astype(np.float32)
+    y = seeded.integers(0, 3, 40)
+    sw = seeded.random(40).astype(np.float32)
+
+    def build(lib):
+        return lib.Sequential([lib.layers.Input((5,)), lib.layers.Dense(4, activation="tanh"),
+                               lib.layers.Dense(3, activation="softmax")])
+
+    k_model, p_model = build(keras), build(pynn)
+    p_model.set_weights(k_model.get_weights())
+    for m, lib in ((k_model, keras), (p_model, pynn)):
+        m.compile(lib.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+        m.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, sample_weight=sw)
+        m.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0,
+              class_weight={0: 1.0, 1: 2.0, 2: 0.5})
+    for got, want in zip(p_model.get_weights(), k_model.get_weights()):
+        assert _rel(got, want) <= 1e-4
+    assert p_model.evaluate(x, y, sample_weight=sw, verbose=0) == pytest.approx(
+        k_model.evaluate(x, y, sample_weight=sw, verbose=0), rel=1e-5)
+
+
+def test_weight_arguments_are_checked(seeded):
+    model = pynn.Sequential([layers.Input((3,)), layers.Dense(2, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    x, y = seeded.standard_normal((6, 3)), seeded.integers(0, 2, 6)
+    with pytest.raises(ValueError, match=r"sample_weight must be real numbers of shape \(6,\)"):
+        model.fit(x, y, sample_weight=np.ones(5), verbose=0)
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        model.fit(x, y, sample_weight=-np.ones(6), verbose=0)
+    with pytest.raises(ValueError, match="class_weight must be a non-empty dict"):
+        model.fit(x, y, class_weight=[1, 2], verbose=0)
+
+
+def test_per_class_metrics_log_arrays(seeded):
+    x = seeded.standard_normal((20, 5)).astype(np.float32)
+    y = pynn.utils.to_categorical(seeded.integers(0, 3, 20), 3)
+    model = pynn.Sequential([layers.Input((5,)), layers.Dense(3, activation="softmax")])
+    model.compile("adam", "categorical_crossentropy", metrics=[pynn.metrics.F1Score()])
+    h = model.fit(x, y, epochs=1, verbose=0)
+    assert h.history["f1_score"][0].shape == (3,)
