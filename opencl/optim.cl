@@ -193,6 +193,8 @@ __kernel void constraint_inplace(__global float *w, const int lines, const int k
     const float factor = desired / (CONSTRAINT_EPSILON + norm);
     for (int j = 0; j < k; ++j)
         w[base + (size_t)j * inner] *= factor;
+}
+
 /* -- Nadam, Adamax, Adadelta, Ftrl, Lion (issue 15): the twins of native/optim.pyx's; the
  * host forms the scalar coefficients as the CPU does (pynn.backend.operands.optim). */
 __kernel void nadam_update(__global float *w, __global const float *g, __global float *m,

@@ -664,7 +664,8 @@ def test_small_work_groups_build_smaller_reduction_kernels(small_work_groups):
              kind="reduction")
 
 
-# == issue 12: weight constraints (constraint_inplace, pynn/constraints.py) =========# (kind, min_value, max_value, rate): each kind, max_norm both clipping and not.
+# == issue 12: weight constraints (constraint_inplace, pynn/constraints.py) ================
+# (kind, min_value, max_value, rate): each kind, max_norm both clipping and not.
 CONSTRAINT_CASES = [("max_norm", 0.0, 2.0, 1.0), ("max_norm", 0.0, 0.5, 1.0),
                     ("non_neg", 0.0, 0.0, 1.0), ("unit_norm", 0.0, 1.0, 1.0),
                     ("min_max_norm", 0.5, 1.5, 1.0), ("min_max_norm", 0.8, 1.2, 0.3)]
