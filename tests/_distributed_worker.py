@@ -27,7 +27,9 @@ def data():
 
 def main(mode, out, workdir=None):
     x, y = data()
-    kwargs = {"deterministic": mode == "deterministic"}
+    kwargs = {"deterministic": mode == "deterministic",
+              "compression": "fp16" if mode == "fp16" else None}
+
     callbacks = []
     if mode == "horovod":
         model = build(1 + dist.rank())
@@ -43,6 +45,8 @@ def main(mode, out, workdir=None):
         history = model.fit(x, y, batch_size=5, epochs=3, shuffle=True, verbose=0)
     else:
         strategy = dist.DataParallel(**kwargs)
+        if mode == "raise" and dist.rank() == 1:
+            raise RuntimeError("rank 1 fails on purpose")
         with strategy.scope():
             model = build(1 + dist.rank())  # different initial weights on each rank
             model.compile(pynn.optimizers.Adam(0.01), "mse")

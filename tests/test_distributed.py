@@ -86,3 +86,22 @@ def test_horovod_style_api(tmp_path):
     ranks = _run("horovod", tmp_path)
     assert _max_diff(ranks[0], ranks[1]) == 0.0
     assert ranks[0]["history"] == ranks[1]["history"]
+
+
+@needs_mpi
+def test_fp16_compression_stays_close(tmp_path):
+    ranks = _run("fp16", tmp_path)
+    single = _run("single", tmp_path, ranks=0)[0]
+    assert _max_diff(ranks[0], ranks[1]) == 0.0
+    assert _max_diff(ranks[0], single) < 1e-2
+
+
+@needs_mpi
+def test_a_rank_that_raises_stops_the_job(tmp_path):
+    # Rank 0 would wait forever in the first collective; MPI_Abort ends it instead.
+    env = dict(os.environ, PYTHONPATH=ROOT, PYNN_NUM_THREADS="1")
+    proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, WORKER, "raise",
+                           str(tmp_path / "raise")], check=False, env=env, cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "rank 1 fails on purpose" in proc.stderr + proc.stdout
