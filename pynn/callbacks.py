@@ -13,6 +13,13 @@ import warnings
 import numpy as np
 
 
+def _is_primary():
+    """False on MPI ranks other than 0 under pynn.distributed, so only one rank writes
+    files; found through sys.modules so that callbacks never load MPI themselves."""
+    module = sys.modules.get("pynn.distributed")
+    return module is None or module.is_primary()
+
+
 class Callback:
     def __init__(self):
         self.model = None
@@ -249,6 +256,8 @@ class ModelCheckpoint(Callback):
         self.best = initial_value_threshold
 
     def on_epoch_end(self, epoch, logs=None):
+        if not _is_primary():
+            return
         logs = logs or {}
         path = self.filepath.format(epoch=epoch + 1, **logs)
         if self.save_best_only:
@@ -613,6 +622,8 @@ class BackupAndRestore(Callback):
 
     def _save(self, epoch, batch):
         """The model, then the metadata naming the epoch to resume at (Keras's format)."""
+        if not _is_primary():
+            return
         try:
             os.makedirs(self.backup_dir, exist_ok=True)
             self.model.save(self._model_path)
@@ -627,5 +638,5 @@ class BackupAndRestore(Callback):
                              f"{self.backup_dir!r} ({exc})") from None
 
     def on_train_end(self, logs=None):
-        if self.delete_checkpoint and os.path.isdir(self.backup_dir):
+        if self.delete_checkpoint and _is_primary() and os.path.isdir(self.backup_dir):
             shutil.rmtree(self.backup_dir)

@@ -1,0 +1,323 @@
+"""Data-parallel training over MPI (mpi4py; ``pip install pynn[distributed]`` brings MPICH).
+
+Launch with ``mpiexec -n 4 python train.py``; build and compile the model inside
+``with DataParallel().scope():`` and ``fit``/``evaluate`` run unchanged: rank 0's weights,
+optimizer state and shuffle order are broadcast at the start, each global batch is split
+across ranks (``batch_size`` stays the global batch, as Keras's distribution API does),
+gradients are averaged with non-blocking allreduce over buckets, the logs are averaged
+weighted by sample counts, and only rank 0 prints or writes checkpoints.
+
+Nothing here imports mpi4py until a rank, a collective or a strategy is asked for; without
+mpi4py every function answers as a single process (rank 0 of 1). ``import pynn`` never loads
+this module: pynn.models finds the active strategy through ``sys.modules``.
+
+Gradients on the OpenCL backend are downloaded to the host, reduced and uploaded again (no
+device-aware MPI yet). The buckets are reduced after the whole backward pass: packing a bucket
+overlaps the reduction of the previous ones, but not the backward pass itself (that needs a
+per-layer hook in the model's executor).
+"""
+
+import contextlib
+import os
+import sys
+import traceback
+
+import numpy as np
+
+_comm = None
+_mpi = None
+_active = []
+
+
+def _world():
+    """COMM_WORLD, or None without mpi4py. Importing mpi4py initialises MPI once."""
+    global _comm, _mpi
+    if _comm is None:
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            return None
+        _mpi, _comm = MPI, MPI.COMM_WORLD
+    return _comm
+
+
+def rank():
+    comm = _world()
+    return 0 if comm is None else comm.Get_rank()
+
+
+def size():
+    comm = _world()
+    return 1 if comm is None else comm.Get_size()
+
+
+def local_rank():
+    """This rank's index among the ranks of its node (MPICH's and Open MPI's launchers say
+    it in the environment; a single process is 0)."""
+    for key in ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
+
+
+def local_size():
+    for key in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "PMI_LOCAL_SIZE"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 1
+
+
+def is_primary():
+    return rank() == 0
+
+
+def current():
+    """The strategy whose scope() is active, or None (read by pynn.models at compile)."""
+    return _active[-1] if _active else None
+
+
+def _abort_on_uncaught_exception():
+    """A rank that raises would leave the others waiting forever in a collective: print its
+    traceback and MPI_Abort the whole job instead."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        traceback.print_exception(kind, value, tb)
+        sys.stderr.write(f"pynn.distributed: rank {rank()} raised; aborting all ranks\n")
+        sys.stderr.flush()
+        _comm.Abort(1)
+        previous(kind, value, tb)
+
+    sys.excepthook = hook
+
+
+class _Reducer:
+    """Averages gradients across ranks: packed into buckets of ``bucket_bytes`` per dtype,
+    each reduced with Iallreduce as soon as it is packed. ``compression='fp16'`` sends half
+    precision; ``deterministic`` gathers every rank's bucket and sums in rank order, so the
+    result never depends on the MPI library's reduction tree or timing."""
+
+    def __init__(self, bucket_bytes=4 << 20, compression=None, deterministic=False):
+        if compression not in (None, "fp16"):
+            raise ValueError(f"compression must be None or 'fp16', got {compression!r}")
+        self.bucket_bytes = int(bucket_bytes)
+        self.compression = compression
+        self.deterministic = bool(deterministic)
+        self.seconds = 0.0  # time spent reducing, for benchmarks
+        self._fp16_sum = None
+
+    def _op(self):
+        if self.compression != "fp16":
+            return _mpi.SUM
+        if self._fp16_sum is None:
+            # MPI has no half-precision SUM; a user op adds the buffers with NumPy.
+            def add(a, b, datatype):
+                x = np.frombuffer(a, np.float16)
+                y = np.frombuffer(b, np.float16)
+                np.add(x, y, out=y)
+            self._fp16_sum = _mpi.Op.Create(add, commute=True)
+        return self._fp16_sum
+
+    def reduce(self, variables, scale):
+        """Each v.grad becomes sum over ranks of scale_r * grad_r (in place)."""
+        import time
+
+        from pynn import backend
+        comm = _world()
+        if comm.Get_size() == 1:
+            return  # one rank's gradient is already the global batch's
+        b = backend.current()
+        start = time.perf_counter()
+        # Every rank must reduce the same variables: a grad missing on one rank is zeros.
+        have = np.array([v.grad is not None for v in variables], np.int8)
+        everyone = np.empty_like(have)
+        comm.Allreduce(have, everyone, op=_mpi.MAX)
+        for v, need in zip(variables, everyone):
+            if need and v.grad is None:
+                v.grad = b.zeros(tuple(v.value.shape), dtype=v.value.dtype)
+        active = [v for v, need in zip(variables, everyone) if need]
+        buckets, current, nbytes = [], [], 0
+        for v in active:
+            current.append(v)
+            nbytes += int(np.prod(v.value.shape)) * np.dtype(v.value.dtype).itemsize
+            if nbytes >= self.bucket_bytes:
+                buckets.append(current)
+                current, nbytes = [], 0
+        if current:
+            buckets.append(current)
+        pending = [self._start(b, bucket, scale) for bucket in buckets]
+        for bucket, (request, send, recv) in zip(buckets, pending):
+            self._finish(b, bucket, request, send, recv)
+        self.seconds += time.perf_counter() - start
+
+    def _start(self, b, bucket, scale):
+        host = [np.asarray(b.to_numpy(v.grad)).ravel() for v in bucket]
+        dtype = np.float16 if self.compression == "fp16" else np.result_type(*host)
+        send = (np.concatenate(host) * scale).astype(dtype)
+        comm = _world()
+        if self.deterministic:
+            recv = np.empty((comm.Get_size(), send.size), dtype)
+            return comm.Iallgather(send, recv), send, recv
+        recv = np.empty_like(send)
+        return comm.Iallreduce(send, recv, op=self._op()), send, recv
+
+    def _finish(self, b, bucket, request, send, recv):
+        request.Wait()
+        if self.deterministic:
+            total = recv[0].astype(np.float64)
+            for row in recv[1:]:  # fixed rank order
+                total = total + row
+            recv = total
+        offset = 0
+        for v in bucket:
+            n = int(np.prod(v.value.shape))
+            part = recv[offset:offset + n].reshape(v.value.shape).astype(v.value.dtype)
+            offset += n
+            if isinstance(v.grad, np.ndarray):
+                np.copyto(v.grad, part)
+            else:
+                v.grad = b.asarray(part, v.value.dtype)
+
+
+class DataParallel:
+    """Synchronous data parallelism over all MPI ranks; see the module docstring."""
+
+    def __init__(self, bucket_bytes=4 << 20, compression=None, deterministic=False,
+                 threads="auto"):
+        comm = _world()
+        if comm is None:
+            raise ImportError("DataParallel needs mpi4py: pip install 'pynn[distributed]'")
+        self._reducer = _Reducer(bucket_bytes, compression, deterministic)
+        self._local_count = 0
+        self._global_count = 0
+        if comm.Get_size() > 1:
+            _abort_on_uncaught_exception()
+            if threads == "auto":
+                # Ranks of one node share its cores rather than each taking them all.
+                from pynn import _config
+                _config.set_num_threads(max(1, _config.usable_cores() // local_size()))
+
+    @property
+    def is_primary(self):
+        return is_primary()
+
+    @property
+    def allreduce_seconds(self):
+        return self._reducer.seconds
+
+    @contextlib.contextmanager
+    def scope(self):
+        _active.append(self)
+        try:
+            yield self
+        finally:
+            _active.remove(self)
+
+    def on_fit_begin(self, model):
+        _check_same_model(model)
+        broadcast_variables(model, root=0)
+
+    def shard(self, xs, ys, sws):
+        n = xs[0].shape[0]
+        p, r = size(), rank()
+        lo, hi = n * r // p, n * (r + 1) // p
+        self._local_count, self._global_count = hi - lo, n
+
+        def cut(arrays):
+            return [None if a is None else a[lo:hi] for a in arrays]
+        return cut(xs), cut(ys), cut(sws)
+
+    def reduce_gradients(self, variables):
+        # Each rank's loss is a mean over its own samples: weighting by the local count
+        # over the global count gives the global batch's mean, even for uneven splits.
+        scale = self._local_count / max(self._global_count, 1)
+        self._reducer.reduce(variables, scale)
+
+    def reduce_logs(self, logs, count):
+        return average_logs(logs, count)
+
+
+def average_logs(logs, count=1):
+    """The logs averaged over ranks, weighted by each rank's ``count``; same on every rank."""
+    comm = _world()
+    keys = sorted(logs)
+    values = np.array([float(logs[k]) * count for k in keys] + [float(count)], np.float64)
+    total = np.empty_like(values)
+    comm.Allreduce(values, total, op=_mpi.SUM)
+    denominator = total[-1] if total[-1] > 0 else 1.0
+    return {k: float(v / denominator) for k, v in zip(keys, total[:-1])}
+
+
+def _check_same_model(model):
+    layout = [(v.path, tuple(v.value.shape)) for v in model.weights]
+    everyone = _world().allgather(layout)
+    for r, other in enumerate(everyone):
+        if other != everyone[0]:
+            raise ValueError(f"pynn.distributed: rank {r}'s model differs from rank 0's "
+                             f"({len(other)} vs {len(everyone[0])} variables, or other "
+                             f"shapes); every rank must build the same model")
+
+
+def broadcast_variables(model, root=0):
+    """Weights, optimizer state and shuffle order of rank ``root`` on every rank."""
+    comm = _world()
+    mine = root == rank()
+    payload = None
+    if mine:
+        # The shuffle generator is created here so every rank draws the same permutations.
+        model._shuffle_generator()
+        payload = {"weights": model.get_weights(), "rng": model.rng_state()}
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is not None:
+            payload["optimizer"] = optimizer.get_state()
+    payload = comm.bcast(payload, root=root)
+    if mine:
+        return
+    model.set_weights(payload["weights"])
+    model.set_rng_state(payload["rng"])
+    if "optimizer" in payload:
+        model.optimizer.set_state(payload["optimizer"], model.trainable_weights)
+
+
+def DistributedOptimizer(optimizer, compression=None, deterministic=False):
+    """Horovod's wrapper: the optimizer averages gradients over ranks before each step (each
+    rank feeds its own data at its own batch size). Same class name and config as the
+    wrapped optimizer, so saved models load without pynn.distributed."""
+    reducer = _Reducer(compression=compression, deterministic=deterministic)
+    base = optimizer.__class__
+
+    def apply(self, variables):
+        variables = list(variables)
+        reducer.reduce([v for v in variables if v.trainable], 1.0 / size())
+        return base.apply(self, variables)
+
+    cls = type(base.__name__, (base,), {"apply": apply, "__module__": base.__module__})
+    wrapped = cls.__new__(cls)
+    wrapped.__dict__.update(optimizer.__dict__)
+    return wrapped
+
+
+try:
+    from pynn.callbacks import Callback as _Callback
+except ImportError:  # pragma: no cover
+    _Callback = object
+
+
+class BroadcastGlobalVariablesCallback(_Callback):
+    """Horovod's callback: rank ``root_rank``'s weights and optimizer state on every rank
+    when training begins."""
+
+    def __init__(self, root_rank=0):
+        super().__init__()
+        self.root_rank = int(root_rank)
+
+    def on_train_begin(self, logs=None):
+        broadcast_variables(self.model, self.root_rank)
+
+
+class MetricAverageCallback(_Callback):
+    """Horovod's callback: the epoch logs averaged over ranks (in place)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs:
+            logs.update(average_logs(logs))
