@@ -1167,47 +1167,11 @@ class Sequential(Model):
     def output_shape(self, value):
         pass
 
-    @property
-    def weights(self):
-        return [v for layer in self._stack for v in layer.weights]
-
-    @property
-    def trainable_weights(self):
-        if not self.trainable:
-            return []
-        return [v for layer in self._stack for v in layer.trainable_weights]
-
-    def set_weights(self, weights):
-        weights = list(weights)
-        expected = sum(len(layer.weights) for layer in self._stack)
-        if len(weights) != expected:
-            raise ValueError(f"Sequential '{self.name}': expected {expected} weight arrays, got "
-                             f"{len(weights)}")
-        i = 0
-        for layer in self._stack:
-            k = len(layer.weights)
-            layer.set_weights(weights[i:i + k])
-            i += k
-
-    def count_params(self):
-        if not self.built:
-            raise ValueError(f"Sequential '{self.name}' is not built yet; give it an Input or "
-                             f"call build(input_shape) first")
-        return sum(layer.count_params() for layer in self._stack)
-
-    def regularization_penalty(self):
-        total, self._activity_penalty = self._activity_penalty, 0.0
-        return total + sum(layer.regularization_penalty() for layer in self._stack)
-
     def _summary_rows(self):
         rows = super()._summary_rows() if self._graph is not None else [
             (f"{layer.name} ({type(layer).__name__})", "?", "0 (unbuilt)", "")
             for layer in self._stack]
         return rows
-
-    def runtime_state(self):
-        return {layer.name: layer.runtime_state() for layer in self._stack
-                if layer.runtime_state()}
 
     def get_config(self):
         layers = []
