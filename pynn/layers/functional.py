@@ -286,38 +286,21 @@ class Plan:
 
     def predict(self, inputs):
         """Inference-mode outputs through the folded steps."""
-        vals = [None] * self.nslots
-        for s, x in zip(self.input_slots, inputs):
-            vals[s] = x
-        step = None
-        try:
-            for step in self.inference_steps():
-                if step.several:
-                    y = step.layer.call([vals[s] for s in step.ins], training=False)
-                else:
-                    y = step.layer.call(vals[step.ins[0]], training=False)
-                if step.multi_out:
-                    for s, v in zip(step.outs, y):
-                        vals[s] = v
-                else:
-                    vals[step.outs[0]] = y
-                for s in step.free_after:
-                    vals[s] = None
-        except MemoryError as exc:
-            raise MemoryError(f"Layer '{step.layer.name}' ({type(step.layer).__name__}): out "
-                              f"of memory in predict ({exc})") from None
-        return [vals[s] for s in self.output_slots]
+        return self._run(self.inference_steps(), inputs, False)[0]
 
     # -- running ------------------------------------------------------------------------
     def forward(self, inputs, training):
         """Output values (a list) and, when training, the per-step state backward needs."""
+        return self._run(self.steps, inputs, training)
+
+    def _run(self, steps, inputs, training):
         vals = [None] * self.nslots
         for s, x in zip(self.input_slots, inputs):
             vals[s] = x
-        saved = [None] * len(self.steps) if training else None
+        saved = [None] * len(steps) if training else None
         step = None
         try:
-            for j, step in enumerate(self.steps):
+            for j, step in enumerate(steps):
                 layer = step.layer
                 if step.several:
                     y = layer.call([vals[s] for s in step.ins], training=training)
