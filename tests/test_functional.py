@@ -552,3 +552,26 @@ def test_per_class_metrics_log_arrays(seeded):
     model.compile("adam", "categorical_crossentropy", metrics=[pynn.metrics.F1Score()])
     h = model.fit(x, y, epochs=1, verbose=0)
     assert h.history["f1_score"][0].shape == (3,)
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_keras_parity_activity_regularization(seeded):
+    keras = _keras()
+
+    def build(lib):
+        L = lib.layers
+        return lib.Sequential([L.Input((5,)), L.Dense(4, activation="tanh"),
+                               L.ActivityRegularization(l1=0.05, l2=0.1),
+                               L.Dense(3, activity_regularizer=lib.regularizers.L2(0.02))])
+
+    k_model, p_model = build(keras), build(pynn)
+    p_model.set_weights(k_model.get_weights())
+    x = seeded.standard_normal((32, 5)).astype(np.float32)
+    y = seeded.standard_normal((32, 3)).astype(np.float32)
+    for m, lib in ((k_model, keras), (p_model, pynn)):
+        m.compile(optimizer=lib.optimizers.SGD(0.1), loss="mse")
+    k_hist = k_model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0).history
+    p_hist = p_model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0).history
+    for got, want in zip(p_model.get_weights(), k_model.get_weights()):
+        assert _rel(got, want) <= 1e-4
+    assert p_hist["loss"] == pytest.approx(k_hist["loss"], rel=1e-4)
