@@ -5,6 +5,7 @@ from inside an OpenMP parallel region, so both pools may use all ``n`` threads w
 oversubscribing the cores: they take turns.
 """
 
+import contextlib
 import os
 import threading
 import warnings
@@ -92,6 +93,26 @@ def get_num_threads():
     if _num_threads is None:
         set_num_threads(_default_threads())
     return _num_threads
+
+
+@contextlib.contextmanager
+def threads(n):
+    """Run a block with ``n`` threads for pynn's kernels and its BLAS together, then restore
+    the previous count (also when the block raises). Like ``set_num_threads`` the setting is
+    process-wide: BLAS libraries keep one thread count per process, so a block cannot bound
+    them for its own Python thread alone. Blocks nest.
+
+        with pynn.threads(1):
+            y = model.predict(x)   # one core, e.g. beside other work
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"threads: expected a positive int, got {n!r}")
+    previous = get_num_threads()
+    set_num_threads(n)
+    try:
+        yield n
+    finally:
+        set_num_threads(previous)
 
 
 def floatx():

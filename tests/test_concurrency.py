@@ -108,3 +108,36 @@ def test_thread_count_holds_in_every_python_thread():
         assert seen["again"] == 2 and seen["again call"] == 2
     finally:
         pynn.set_num_threads(previous)
+
+
+def test_threads_block_bounds_kernels_and_blas_then_restores():
+    from threadpoolctl import threadpool_info
+
+    import pynn
+    from pynn._native import info
+
+    def blas_threads():
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    previous = pynn.get_num_threads()
+    outer = 2 if previous == 1 else previous
+    try:
+        pynn.set_num_threads(outer)
+        with pynn.threads(1) as n:
+            assert n == 1 and pynn.get_num_threads() == 1
+            assert info.get_max_threads() == 1 and blas_threads() == {1}
+            with pynn.threads(3):  # nested blocks restore their own outer count
+                assert pynn.get_num_threads() == 3
+            assert pynn.get_num_threads() == 1
+        assert pynn.get_num_threads() == outer and blas_threads() == {outer}
+        with pytest.raises(RuntimeError, match="inside"):
+            with pynn.threads(1):
+                raise RuntimeError("inside")
+        assert pynn.get_num_threads() == outer  # restored after an exception too
+        for bad in (0, -1, 1.5, True, "2"):
+            with pytest.raises(ValueError, match="threads: expected a positive int"):
+                with pynn.threads(bad):
+                    pass
+        assert pynn.get_num_threads() == outer
+    finally:
+        pynn.set_num_threads(previous)

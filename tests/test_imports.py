@@ -151,3 +151,18 @@ def test_every_package_ships():
     found = {".".join(("pynn",) + p.parent.relative_to(root).parts)
              for p in root.rglob("__init__.py")}
     assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"
+
+
+def test_import_pulls_in_no_optional_or_heavy_package():
+    """`import pynn` stays light for applications that embed a model (issue 16): the OpenCL
+    runtime, SciPy, the file-format and plotting extras and the reference frameworks load only
+    when something uses them. Run in a fresh interpreter, since this one has imported them."""
+    import subprocess
+
+    heavy = ["pyopencl", "scipy", "keras", "torch", "h5py", "onnx", "onnxruntime", "PIL",
+             "matplotlib", "mpi4py", "sklearn"]
+    code = ("import sys, pynn; print(' '.join(m for m in %r if m in sys.modules))" % heavy)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == []
