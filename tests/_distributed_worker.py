@@ -25,8 +25,100 @@ def data():
             rng.standard_normal((23, 3)).astype(np.float32))
 
 
+OPTIMIZERS = {
+    "sgd_momentum": lambda: pynn.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+    "adam": lambda: pynn.optimizers.Adam(0.01),
+    "adamw": lambda: pynn.optimizers.AdamW(0.01, weight_decay=0.05),
+    "rmsprop": lambda: pynn.optimizers.RMSprop(0.01, momentum=0.5),
+    "adagrad": lambda: pynn.optimizers.Adagrad(0.05),
+    "nadam": lambda: pynn.optimizers.Nadam(0.01),
+    "adamax": lambda: pynn.optimizers.Adamax(0.01),
+    "adadelta": lambda: pynn.optimizers.Adadelta(1.0),
+    "ftrl": lambda: pynn.optimizers.Ftrl(0.05),
+    "lion": lambda: pynn.optimizers.Lion(0.003),
+}
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _StopAtEpoch(pynn.callbacks.Callback):
+    """Ends fit as a crash would, after the backup of ``epoch`` was written."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise _Interrupt()
+
+
+class _KillSelf(pynn.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 1 and dist.rank() == 1:
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def optimizers_run(distributed):
+    """Every optimizer trains the same model; rank 0's final weights per optimizer."""
+    x, y = data()
+    weights = {}
+    for name, make in OPTIMIZERS.items():
+        if distributed:
+            strategy = dist.DataParallel()
+            with strategy.scope():
+                model = build(1 + dist.rank())
+                model.compile(make(), "mse")
+        else:
+            model = build(1)
+            model.compile(make(), "mse")
+        model.fit(x, y, batch_size=5, epochs=2, shuffle=True, verbose=0)
+        weights[name] = [w.tolist() for w in model.get_weights()]
+    return weights
+
+
+def resume_run(phase, workdir):
+    """phase 'first': 4 epochs interrupted after the backup of epoch 2; 'resume': the same
+    fit started again (here, possibly on another number of ranks) finishes epochs 3-4."""
+    x, y = data()
+    backup = pynn.callbacks.BackupAndRestore(os.path.join(workdir, "backup"))
+    callbacks = [backup] + ([_StopAtEpoch(2)] if phase == "first" else [])
+    if dist.size() > 1 or phase != "whole":
+        strategy = dist.DataParallel()
+        scope = strategy.scope()
+    else:
+        import contextlib
+        scope = contextlib.nullcontext()
+    with scope:
+        model = build(1 + dist.rank())
+        model.compile(pynn.optimizers.Adam(0.01), "mse")
+    if phase == "whole":
+        callbacks = []
+    try:
+        history = model.fit(x, y, batch_size=5, epochs=4, shuffle=True, verbose=0,
+                            callbacks=callbacks)
+    except _Interrupt:
+        return model, {}
+    return model, history.history
+
+
 def main(mode, out, workdir=None):
     x, y = data()
+    if mode in ("optimizers", "optimizers_single"):
+        weights = optimizers_run(mode == "optimizers")
+        with open(f"{out}.{dist.rank()}", "w") as f:
+            json.dump({"weights": weights, "size": dist.size()}, f)
+        return
+    if mode.startswith("resume_"):
+        model, history = resume_run(mode[len("resume_"):], workdir)
+        result = {"weights": [w.tolist() for w in model.get_weights()], "history": history,
+                  "size": dist.size()}
+        with open(f"{out}.{dist.rank()}", "w") as f:
+            json.dump(result, f)
+        return
     kwargs = {"deterministic": mode == "deterministic",
               "compression": "fp16" if mode == "fp16" else None}
 
@@ -50,6 +142,8 @@ def main(mode, out, workdir=None):
         with strategy.scope():
             model = build(1 + dist.rank())  # different initial weights on each rank
             model.compile(pynn.optimizers.Adam(0.01), "mse")
+        if mode == "kill":
+            callbacks = [_KillSelf()]
         if workdir:
             callbacks = [pynn.callbacks.ModelCheckpoint(
                 os.path.join(workdir, f"ckpt{dist.rank()}-{{epoch}}.weights.h5"),
