@@ -11,15 +11,22 @@ Nothing here imports mpi4py until a rank, a collective or a strategy is asked fo
 mpi4py every function answers as a single process (rank 0 of 1). ``import pynn`` never loads
 this module: pynn.models finds the active strategy through ``sys.modules``.
 
-Gradients on the OpenCL backend are downloaded to the host, reduced and uploaded again (no
-device-aware MPI yet). The buckets are reduced after the whole backward pass: packing a bucket
-overlaps the reduction of the previous ones, but not the backward pass itself (that needs a
-per-layer hook in the model's executor).
+Gradients overlap the backward pass as PyTorch DDP's do: the trainable variables are cut
+into buckets in reverse layer order, and a bucket's non-blocking allreduce starts the moment
+the model's executor reports the last of its layers' grads complete, while the earlier layers
+still back-propagate. MPICH progresses a reduction only inside MPI calls, so each report
+also tests the reductions in flight. Gradients on the OpenCL backend are downloaded to the
+host, reduced and uploaded again (no device-aware MPI yet).
+
+A rank that raises calls MPI_Abort; a rank killed outright (SIGKILL, out of memory) is seen by
+the launcher (MPICH's hydra), which ends the whole job with an error instead of leaving the
+others blocked in a collective.
 """
 
 import contextlib
 import os
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -104,7 +111,10 @@ class _Reducer:
         self.compression = compression
         self.deterministic = bool(deterministic)
         self.seconds = 0.0  # time spent reducing, for benchmarks
+        self.exposed_seconds = 0.0  # of which the backward pass could not hide (overlapped)
         self._fp16_sum = None
+        self._layout_key = None
+        self._step = None
 
     def _op(self):
         if self.compression != "fp16":
@@ -118,10 +128,72 @@ class _Reducer:
             self._fp16_sum = _mpi.Op.Create(add, commute=True)
         return self._fp16_sum
 
+    # -- overlapped with the backward pass ---------------------------------------------------
+    def _layout(self, variables):
+        key = tuple(id(v) for v in variables)
+        if key == self._layout_key:
+            return
+        # The last layers' grads complete first, so buckets fill in reverse layer order.
+        buckets = self._buckets_of(list(reversed(variables)))
+        self._buckets = buckets
+        self._bucket_of = {id(v): i for i, bucket in enumerate(buckets) for v in bucket}
+        self._layout_key = key
+
+    def begin(self, variables, scale):
+        """Start a training step: returns the hook the executor calls per finished layer."""
+        self._layout(variables)
+        self._step = {"scale": scale, "ready": [0] * len(self._buckets), "seen": set(),
+                      "pending": [None] * len(self._buckets)}
+        return self._layer_ready
+
+    def _layer_ready(self, layer):
+        from pynn import backend
+        start = time.perf_counter()
+        step, b = self._step, backend.current()
+        for v in layer.trainable_weights:
+            i = self._bucket_of.get(id(v))
+            if i is None or id(v) in step["seen"]:
+                continue
+            step["seen"].add(id(v))
+            step["ready"][i] += 1
+            if step["ready"][i] == len(self._buckets[i]):
+                step["pending"][i] = self._start(b, self._buckets[i], step["scale"])
+        for pending in step["pending"]:
+            if pending is not None:
+                pending[0].Test()
+        self.seconds += time.perf_counter() - start
+
+    def finish(self):
+        """End the step: buckets no layer completed (no loss reached them: zeros on every
+        rank alike) start now; then every reduction is waited for and unpacked."""
+        from pynn import backend
+        start = time.perf_counter()
+        step, b = self._step, backend.current()
+        self._step = None
+        for i, bucket in enumerate(self._buckets):
+            if step["pending"][i] is None:
+                step["pending"][i] = self._start(b, bucket, step["scale"])
+        for bucket, (request, send, recv) in zip(self._buckets, step["pending"]):
+            self._finish(b, bucket, request, send, recv)
+        elapsed = time.perf_counter() - start
+        self.seconds += elapsed
+        self.exposed_seconds += elapsed
+
+    def _buckets_of(self, variables):
+        buckets, current, nbytes = [], [], 0
+        for v in variables:
+            current.append(v)
+            nbytes += int(np.prod(v.value.shape)) * np.dtype(v.value.dtype).itemsize
+            if nbytes >= self.bucket_bytes:
+                buckets.append(current)
+                current, nbytes = [], 0
+        if current:
+            buckets.append(current)
+        return buckets
+
+    # -- after the backward pass (DistributedOptimizer) ---------------------------------------
     def reduce(self, variables, scale):
         """Each v.grad becomes sum over ranks of scale_r * grad_r (in place)."""
-        import time
-
         from pynn import backend
         comm = _world()
         if comm.Get_size() == 1:
@@ -135,23 +207,16 @@ class _Reducer:
         for v, need in zip(variables, everyone):
             if need and v.grad is None:
                 v.grad = b.zeros(tuple(v.value.shape), dtype=v.value.dtype)
-        active = [v for v, need in zip(variables, everyone) if need]
-        buckets, current, nbytes = [], [], 0
-        for v in active:
-            current.append(v)
-            nbytes += int(np.prod(v.value.shape)) * np.dtype(v.value.dtype).itemsize
-            if nbytes >= self.bucket_bytes:
-                buckets.append(current)
-                current, nbytes = [], 0
-        if current:
-            buckets.append(current)
+        buckets = self._buckets_of([v for v, need in zip(variables, everyone) if need])
         pending = [self._start(b, bucket, scale) for bucket in buckets]
         for bucket, (request, send, recv) in zip(buckets, pending):
             self._finish(b, bucket, request, send, recv)
         self.seconds += time.perf_counter() - start
+        self.exposed_seconds += time.perf_counter() - start
 
     def _start(self, b, bucket, scale):
-        host = [np.asarray(b.to_numpy(v.grad)).ravel() for v in bucket]
+        host = [np.zeros(int(np.prod(v.value.shape)), v.value.dtype) if v.grad is None
+                else np.asarray(b.to_numpy(v.grad)).ravel() for v in bucket]
         dtype = np.float16 if self.compression == "fp16" else np.result_type(*host)
         send = (np.concatenate(host) * scale).astype(dtype)
         comm = _world()
@@ -173,7 +238,7 @@ class _Reducer:
             n = int(np.prod(v.value.shape))
             part = recv[offset:offset + n].reshape(v.value.shape).astype(v.value.dtype)
             offset += n
-            if isinstance(v.grad, np.ndarray):
+            if isinstance(v.grad, np.ndarray) and v.grad.shape == part.shape:
                 np.copyto(v.grad, part)
             else:
                 v.grad = b.asarray(part, v.value.dtype)
@@ -183,11 +248,12 @@ class DataParallel:
     """Synchronous data parallelism over all MPI ranks; see the module docstring."""
 
     def __init__(self, bucket_bytes=4 << 20, compression=None, deterministic=False,
-                 threads="auto"):
+                 threads="auto", overlap=True):
         comm = _world()
         if comm is None:
             raise ImportError("DataParallel needs mpi4py: pip install 'pynn[distributed]'")
         self._reducer = _Reducer(bucket_bytes, compression, deterministic)
+        self.overlap = bool(overlap)
         self._local_count = 0
         self._global_count = 0
         if comm.Get_size() > 1:
@@ -203,7 +269,13 @@ class DataParallel:
 
     @property
     def allreduce_seconds(self):
+        """Time spent packing, reducing and unpacking gradients."""
         return self._reducer.seconds
+
+    @property
+    def exposed_allreduce_seconds(self):
+        """Of that, the time the step waited after its backward pass (not overlapped)."""
+        return self._reducer.exposed_seconds
 
     @contextlib.contextmanager
     def scope(self):
@@ -227,11 +299,24 @@ class DataParallel:
             return [None if a is None else a[lo:hi] for a in arrays]
         return cut(xs), cut(ys), cut(sws)
 
-    def reduce_gradients(self, variables):
+    def _scale(self):
         # Each rank's loss is a mean over its own samples: weighting by the local count
         # over the global count gives the global batch's mean, even for uneven splits.
-        scale = self._local_count / max(self._global_count, 1)
-        self._reducer.reduce(variables, scale)
+        return self._local_count / max(self._global_count, 1)
+
+    def grads_final_hook(self, variables):
+        """Called by the model before each backward pass; None on a single rank."""
+        if size() == 1 or not self.overlap:
+            return None
+        return self._reducer.begin(list(variables), self._scale())
+
+    def reduce_gradients(self, variables):
+        if size() == 1:
+            return
+        if self.overlap and self._reducer._step is not None:
+            self._reducer.finish()
+        else:
+            self._reducer.reduce(variables, self._scale())
 
     def reduce_logs(self, logs, count):
         return average_logs(logs, count)

@@ -533,7 +533,8 @@ class Model(Layer):
             v.grad = None
         outs, saved = self._plan.forward(xb, True)
         total, per_output, grads = self._losses_and_grads(yb, outs, True, swb)
-        _, activity = self._plan.backward(grads, saved)
+        hook = None if self._distribution is None else self._distribution.grads_final_hook(self._trainable)
+        _, activity = self._plan.backward(grads, saved, hook)
         if self._distribution is not None:
             self._distribution.reduce_gradients(self._trainable)
         penalty = activity + self.regularization_penalty()

@@ -121,6 +121,10 @@ def main(mode, out, workdir=None):
         return
     kwargs = {"deterministic": mode == "deterministic",
               "compression": "fp16" if mode == "fp16" else None}
+    if mode == "buckets":  # a bucket per variable or two: reductions start mid-backward
+        kwargs["bucket_bytes"] = 64
+    if mode == "nooverlap":
+        kwargs["overlap"] = False
 
     callbacks = []
     if mode == "horovod":

@@ -150,3 +150,36 @@ def test_backup_from_two_ranks_resumes_on_another_count(tmp_path, resume_ranks):
     assert _max_diff(resumed[0], whole) < 1e-5
     np.testing.assert_allclose(resumed[0]["history"]["loss"], whole["history"]["loss"][2:],
                                rtol=1e-5)
+
+
+@needs_mpi
+@pytest.mark.parametrize("mode", ["buckets", "nooverlap"])
+def test_small_buckets_and_no_overlap_give_the_same_training(tmp_path, mode):
+    ranks = _run(mode, tmp_path)
+    single = _run("single", tmp_path, ranks=0)[0]
+    assert _max_diff(ranks[0], ranks[1]) == 0.0
+    assert _max_diff(ranks[0], single) < 1e-5
+
+
+def test_executor_reports_each_layer_once_when_its_grads_are_complete():
+    """The hook data-parallel training overlaps with: called per trainable layer, last
+    layers first, a shared layer once, after its calls' grads are summed."""
+    import pynn
+    from pynn import layers as L
+
+    inp = L.Input((4,))
+    shared = L.Dense(4, name="shared")
+    h = shared(L.Dense(4, name="first")(inp))
+    h = shared(h)  # called twice: complete only after both calls back-propagate
+    out = L.Dense(2, name="last")(L.Activation("relu", name="act")(h))
+    model = pynn.Model(inp, out)
+    model.compile("sgd", "mse")
+    model._prepare_train()
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    outs, saved = model._plan.forward([x], True)
+    seen = []
+
+    def hook(layer):
+        seen.append((layer.name, all(v.grad is not None for v in layer.trainable_weights)))
+    model._plan.backward([np.ones_like(outs[0])], saved, hook)
+    assert seen == [("last", True), ("shared", True), ("first", True)]

@@ -122,7 +122,7 @@ class Step:
     """One node, as the plan runs it: ``ins``/``outs`` are slot numbers."""
 
     __slots__ = ("layer", "ins", "outs", "several", "multi_out", "shared", "free_after",
-                 "needs_input_grad", "input_grad_slots", "backprop", "activity")
+                 "needs_input_grad", "input_grad_slots", "backprop", "activity", "grads_final")
 
     def __init__(self, layer, ins, outs, several, multi_out):
         self.layer = layer
@@ -136,6 +136,7 @@ class Step:
         self.input_grad_slots = ()
         self.backprop = True
         self.activity = None
+        self.grads_final = False
 
 
 class Plan:
@@ -213,6 +214,14 @@ class Plan:
             st.activity = getattr(st.layer, "activity_regularizer", None)
             for s in st.outs:
                 upstream[s] = st.backprop
+        # Backward visits steps last to first, so a layer's first backprop step is where its
+        # grads are complete (summed over every call of a shared layer).
+        seen = set()
+        for st in self.steps:
+            st.grads_final = st.backprop and bool(st.layer.trainable_weights) \
+                and id(st.layer) not in seen
+            if st.backprop:
+                seen.add(id(st.layer))
         self._prepared_for = key
 
     # -- inference ------------------------------------------------------------------------
@@ -322,11 +331,13 @@ class Plan:
                               f"of memory for input shape {shape} ({exc})") from None
         return [vals[s] for s in self.output_slots], saved
 
-    def backward(self, output_grads, saved):
+    def backward(self, output_grads, saved, on_grads_final=None):
         """Back-propagate ``output_grads`` (one per output; None where no loss reaches it);
         fills every trainable variable's grad (summed over a shared layer's calls) and
         returns the input gradients (None where not needed). Also returns the activity
-        regularization penalty met on the way."""
+        regularization penalty met on the way. ``on_grads_final(layer)`` is called as soon as
+        a layer's grads are complete, while earlier layers still back-propagate (data-parallel
+        training starts reducing them there)."""
         b = backend.current()
         grads = [None] * self.nslots
         owned = set()
@@ -364,6 +375,8 @@ class Plan:
                     grads[s] = None
                 if step.shared:
                     _sum_shared(b, layer, shared_sums)
+                if on_grads_final is not None and step.grads_final:
+                    on_grads_final(layer)
                 if not step.needs_input_grad:
                     continue
                 if step.several:
