@@ -248,10 +248,11 @@ class DataParallel:
     """Synchronous data parallelism over all MPI ranks; see the module docstring."""
 
     def __init__(self, bucket_bytes=4 << 20, compression=None, deterministic=False,
-                 threads="auto", overlap=True):
+                 threads="auto", overlap=True, device="auto"):
         comm = _world()
         if comm is None:
             raise ImportError("DataParallel needs mpi4py: pip install 'pynn[distributed]'")
+        _select_rank_device(device)
         self._reducer = _Reducer(bucket_bytes, compression, deterministic)
         self.overlap = bool(overlap)
         self._local_count = 0
@@ -320,6 +321,27 @@ class DataParallel:
 
     def reduce_logs(self, logs, count):
         return average_logs(logs, count)
+
+
+def _select_rank_device(device):
+    """``device='auto'``: on the OpenCL backend each rank of a node takes the next device of
+    the selected platform (local_rank modulo their count), as one GPU per rank wants; on the
+    CPU nothing changes. A string ('cpu', 'opencl', 'opencl:P:D') selects that device on
+    this rank; None leaves the selection alone."""
+    from pynn import backend
+    if device is None:
+        return
+    if device != "auto":
+        backend.set_device(device)
+        return
+    current = backend.device()
+    if not current.startswith("opencl"):
+        return
+    from pynn.backend.opencl import runtime
+    platform = runtime.device_info()["index"].split(":")[1]
+    same = [d["index"] for d in runtime.devices() if d["index"].split(":")[1] == platform]
+    if same:
+        backend.set_device(same[local_rank() % len(same)])
 
 
 def average_logs(logs, count=1):

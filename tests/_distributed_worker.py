@@ -140,6 +140,8 @@ def main(mode, out, workdir=None):
         model.compile(pynn.optimizers.Adam(0.01), "mse")
         history = model.fit(x, y, batch_size=5, epochs=3, shuffle=True, verbose=0)
     else:
+        if mode == "opencl":
+            pynn.set_device("opencl")
         strategy = dist.DataParallel(**kwargs)
         if mode == "raise" and dist.rank() == 1:
             raise RuntimeError("rank 1 fails on purpose")

@@ -183,3 +183,40 @@ def test_executor_reports_each_layer_once_when_its_grads_are_complete():
         seen.append((layer.name, all(v.grad is not None for v in layer.trainable_weights)))
     model._plan.backward([np.ones_like(outs[0])], saved, hook)
     assert seen == [("last", True), ("shared", True), ("first", True)]
+
+
+@needs_mpi
+@pytest.mark.opencl
+def test_opencl_ranks_each_take_a_device_and_match_one_cpu_process(tmp_path):
+    pytest.importorskip("pyopencl")
+    import pynn
+    if not pynn.devices():
+        pytest.skip("no OpenCL device")
+    ranks = _run("opencl", tmp_path)
+    single = _run("single", tmp_path, ranks=0)[0]
+    assert _max_diff(ranks[0], ranks[1]) == 0.0
+    assert _max_diff(ranks[0], single) < 1e-4
+
+
+def test_each_local_rank_takes_the_next_device_of_the_platform(monkeypatch):
+    pytest.importorskip("pyopencl")
+    import pynn.distributed as dist
+    from pynn import backend
+    from pynn.backend.opencl import runtime
+
+    listed = [{"index": i} for i in ("opencl:0:0", "opencl:1:0", "opencl:1:1", "opencl:1:2")]
+    monkeypatch.setattr(runtime, "devices", lambda: listed)
+    monkeypatch.setattr(runtime, "device_info", lambda: {"index": "opencl:1:0"})
+    monkeypatch.setattr(backend, "device", lambda: "opencl:1:0")
+    chosen = []
+    monkeypatch.setattr(backend, "set_device", chosen.append)
+    for local in range(4):
+        monkeypatch.setenv("MPI_LOCALRANKID", str(local))
+        dist._select_rank_device("auto")
+    assert chosen == ["opencl:1:0", "opencl:1:1", "opencl:1:2", "opencl:1:0"]
+    dist._select_rank_device("opencl:0:0")
+    dist._select_rank_device(None)
+    assert chosen[-1] == "opencl:0:0" and len(chosen) == 5
+    monkeypatch.setattr(backend, "device", lambda: "cpu")
+    dist._select_rank_device("auto")  # the CPU backend: nothing to choose
+    assert len(chosen) == 5
