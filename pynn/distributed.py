@@ -355,6 +355,14 @@ def average_logs(logs, count=1):
     return {k: float(v / denominator) for k, v in zip(keys, total[:-1])}
 
 
+def allreduce_sum(values):
+    """The float64 sum over ranks of ``values`` (a small host array), on every rank."""
+    values = np.ascontiguousarray(values, np.float64)
+    total = np.empty_like(values)
+    _world().Allreduce(values, total, op=_mpi.SUM)
+    return total
+
+
 def _check_same_model(model):
     layout = [(v.path, tuple(v.value.shape)) for v in model.weights]
     everyone = _world().allgather(layout)

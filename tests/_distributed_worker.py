@@ -12,10 +12,13 @@ import pynn.distributed as dist
 from pynn import layers
 
 
-def build(seed):
+def build(seed, batch_norm=None):
     pynn.utils.set_random_seed(seed)
-    model = pynn.Sequential([layers.Input((5,)), layers.Dense(7, activation="tanh"),
-                             layers.Dense(3)])
+    middle = []
+    if batch_norm is not None:  # normalizing over the global batch, or over each rank's
+        middle = [layers.BatchNormalization(momentum=0.8, synchronized=batch_norm)]
+    model = pynn.Sequential([layers.Input((5,)), layers.Dense(7, activation="tanh")] + middle
+                            + [layers.Dense(3)])
     return model
 
 
@@ -135,18 +138,20 @@ def main(mode, out, workdir=None):
         x, y = x[r::p], y[r::p]
         history = model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0,
                             callbacks=callbacks)
-    elif mode == "single":  # the reference: one process, no pynn.distributed strategy
-        model = build(1)
+    elif mode in ("single", "single_bn"):  # the reference: one process, no strategy
+        model = build(1, False if mode == "single_bn" else None)
         model.compile(pynn.optimizers.Adam(0.01), "mse")
         history = model.fit(x, y, batch_size=5, epochs=3, shuffle=True, verbose=0)
     else:
-        if mode == "opencl":
+        if mode.startswith("opencl"):
             pynn.set_device("opencl")
         strategy = dist.DataParallel(**kwargs)
         if mode == "raise" and dist.rank() == 1:
             raise RuntimeError("rank 1 fails on purpose")
         with strategy.scope():
-            model = build(1 + dist.rank())  # different initial weights on each rank
+            # different initial weights on each rank
+            model = build(1 + dist.rank(), True if "syncbn" in mode
+                          else False if "localbn" in mode else None)
             model.compile(pynn.optimizers.Adam(0.01), "mse")
         if mode == "kill":
             callbacks = [_KillSelf()]

@@ -187,13 +187,14 @@ def test_executor_reports_each_layer_once_when_its_grads_are_complete():
 
 @needs_mpi
 @pytest.mark.opencl
-def test_opencl_ranks_each_take_a_device_and_match_one_cpu_process(tmp_path):
+@pytest.mark.parametrize("mode", ["opencl", "opencl_syncbn"])
+def test_opencl_ranks_each_take_a_device_and_match_one_cpu_process(tmp_path, mode):
     pytest.importorskip("pyopencl")
     import pynn
     if not pynn.devices():
         pytest.skip("no OpenCL device")
-    ranks = _run("opencl", tmp_path)
-    single = _run("single", tmp_path, ranks=0)[0]
+    ranks = _run(mode, tmp_path)
+    single = _run("single_bn" if "syncbn" in mode else "single", tmp_path, ranks=0)[0]
     assert _max_diff(ranks[0], ranks[1]) == 0.0
     assert _max_diff(ranks[0], single) < 1e-4
 
@@ -220,3 +221,43 @@ def test_each_local_rank_takes_the_next_device_of_the_platform(monkeypatch):
     monkeypatch.setattr(backend, "device", lambda: "cpu")
     dist._select_rank_device("auto")  # the CPU backend: nothing to choose
     assert len(chosen) == 5
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_synchronized_batch_normalization_equals_one_process(tmp_path, n):
+    # 23 samples in global batches of 5 split over n ranks (one rank may hold one sample):
+    # synchronized statistics and their gradients make the ranks train as one process with
+    # plain BatchNormalization does; the moving statistics are compared too.
+    ranks = _run("syncbn", tmp_path, ranks=n)
+    single = _run("single_bn", tmp_path, ranks=0)[0]
+    for other in ranks[1:]:
+        assert _max_diff(ranks[0], other) == 0.0
+    assert len(single["weights"]) == 8
+    assert _max_diff(ranks[0], single) < 2e-5
+    np.testing.assert_allclose(ranks[0]["history"]["loss"], single["history"]["loss"],
+                               rtol=1e-5)
+    if n == 2:  # the control: per-rank statistics train differently
+        local = _run("localbn", tmp_path, ranks=n)
+        assert _max_diff(local[0], single) > 1e-3
+
+
+def test_synchronized_batch_normalization_alone_is_batch_normalization():
+    from pynn import layers as L
+
+    x = np.random.default_rng(3).standard_normal((6, 3, 5)).astype(np.float32)
+    outs = []
+    for synchronized in (False, True):
+        layer = L.BatchNormalization(synchronized=synchronized)
+        layer.build(x.shape)
+        y = layer(x, training=True)
+        layer.needs_input_grad = True
+        dx = layer.backward(np.cos(x))
+        outs.append((y, dx, layer.moving_variance.value.copy()))
+        assert layer.get_config()["synchronized"] is synchronized
+        clone = L.BatchNormalization.from_config(layer.get_config())
+        assert clone.synchronized is synchronized
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(TypeError, match="synchronized must be a bool"):
+        L.BatchNormalization(synchronized="yes")

@@ -6,6 +6,7 @@ group norm with one group over the input reshaped to (rows, normalized features)
 """
 
 import math
+import sys
 import operator
 
 import numpy as np
@@ -123,13 +124,17 @@ class BatchNormalization(_Normalization):
                  beta_initializer="zeros", gamma_initializer="ones",
                  moving_mean_initializer="zeros", moving_variance_initializer="ones",
                  beta_regularizer=None, gamma_regularizer=None, beta_constraint=None,
-                 gamma_constraint=None, **kwargs):
+                 gamma_constraint=None, synchronized=False, **kwargs):
         super().__init__(epsilon=epsilon, center=center, scale=scale,
                          beta_initializer=beta_initializer, gamma_initializer=gamma_initializer,
                          beta_regularizer=beta_regularizer, gamma_regularizer=gamma_regularizer,
                          beta_constraint=beta_constraint, gamma_constraint=gamma_constraint,
                          **kwargs)
         self.axis = _int_axis(self._label(), axis)
+        if not isinstance(synchronized, bool):
+            raise TypeError(f"{self._label()}: synchronized must be a bool, got "
+                            f"{synchronized!r}")
+        self.synchronized = synchronized
         try:
             self.momentum = float(momentum)
         except (TypeError, ValueError):
@@ -161,28 +166,106 @@ class BatchNormalization(_Normalization):
             # statistics are updated in the kernel's (x's) dtype.
             x = backend.current().asarray(x, self.dtype)
         batch_stats = bool(training) and self.trainable
-        y, mean, inv_std = backend.current().batch_norm_forward(
-            x, self._value(self.gamma), self._value(self.beta), self.moving_mean.value,
-            self.moving_variance.value, self._axis, self.momentum, self.epsilon, batch_stats)
+        world = self._sync_world() if batch_stats else None
+        if world is not None:
+            y, mean, inv_std, sync = self._synchronized_forward(world, x)
+        else:
+            sync = None
+            y, mean, inv_std = backend.current().batch_norm_forward(
+                x, self._value(self.gamma), self._value(self.beta), self.moving_mean.value,
+                self.moving_variance.value, self._axis, self.momentum, self.epsilon,
+                batch_stats)
         if training:
-            self._cache = (x, mean, inv_std, batch_stats)
+            self._cache = (x, mean, inv_std, batch_stats, sync)
         return y
+
+    # -- synchronized: the statistics of the global batch over every data-parallel rank --------
+    def _sync_world(self):
+        """pynn.distributed when this layer synchronizes and more than one rank trains (found
+        through sys.modules: a model never imports MPI itself)."""
+        if not self.synchronized:
+            return None
+        world = sys.modules.get("pynn.distributed")
+        return world if world is not None and world.size() > 1 else None
+
+    def _synchronized_forward(self, world, x):
+        """Each rank's per-channel count, sum and sum of squares, reduced, give the global
+        batch's mean and biased variance; x is then normalized with them by the inference
+        form of the same kernel. One allreduce of 2C + 1 numbers."""
+        b = backend.current()
+        gamma, beta = self._value(self.gamma), self._value(self.beta)
+        # The local statistics, without moving the moving ones (scratch copies take it).
+        _, local_mean, local_inv = b.batch_norm_forward(
+            x, gamma, beta, b.copy(self.moving_mean.value), b.copy(self.moving_variance.value),
+            self._axis, self.momentum, self.epsilon, True)
+        channels = x.shape[self._axis]
+        count = float(np.prod(x.shape)) / channels if channels else 0.0
+        mean = np.asarray(b.to_numpy(local_mean), np.float64)
+        inv = np.asarray(b.to_numpy(local_inv), np.float64)
+        var = 1.0 / (inv * inv) - self.epsilon if count else np.zeros_like(mean)
+        total = world.allreduce_sum(np.concatenate([count * mean, count * (var + mean * mean),
+                                                    [count]]))
+        n = total[-1]
+        if n == 0:
+            raise ValueError(f"{self._label()}: every rank's batch is empty")
+        mean = total[:channels] / n
+        var = np.maximum(total[channels:2 * channels] / n - mean * mean, 0.0)
+        dtype = x.dtype
+        y, mean_d, inv_d = b.batch_norm_forward(x, gamma, beta, b.asarray(mean, dtype),
+                                                b.asarray(var, dtype), self._axis,
+                                                self.momentum, self.epsilon, False)
+        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, var)):
+            old = np.asarray(b.to_numpy(moving.value), np.float64)
+            b.add_inplace(moving.value, b.asarray((batch - old) * (1.0 - self.momentum),
+                                                  moving.value.dtype))
+        return y, mean_d, inv_d, (world, count, n, mean, 1.0 / np.sqrt(var + self.epsilon))
+
+    def _synchronized_backward(self, dy, x, mean_d, inv_d, sync):
+        """The local backward sums (dbeta = sum dy, dgamma = sum dy * xhat) weighted as the
+        data-parallel loss weights this rank (count / n), reduced; dx then gets the per-channel
+        affine correction from the local sums to the global ones, applied by the inference form
+        of the forward kernel (gamma' x + beta')."""
+        world, count, n, mean, inv = sync
+        b = backend.current()
+        gamma = self._value(self.gamma)
+        dx, dgamma, dbeta = b.batch_norm_backward(dy, x, gamma, mean_d, inv_d, self._axis,
+                                                  True, self.needs_input_grad)
+        s1 = np.asarray(b.to_numpy(dbeta), np.float64)
+        s2 = np.asarray(b.to_numpy(dgamma), np.float64)
+        total = world.allreduce_sum(np.concatenate([s1, s2]) * (count / n))
+        if dx is not None and count:
+            channels = s1.size
+            g = (np.ones(channels) if gamma is None
+                 else np.asarray(b.to_numpy(gamma), np.float64))
+            slope = g * inv * inv * (s2 - total[channels:]) / count
+            offset = g * inv * (s1 - total[:channels]) / count - slope * mean
+            dtype = x.dtype
+            correction, _, _ = b.batch_norm_forward(
+                x, b.asarray(slope, dtype), b.asarray(offset, dtype),
+                b.zeros((channels,), dtype), b.asarray(np.full(channels, 1.0 - self.epsilon),
+                                                       dtype),
+                self._axis, self.momentum, self.epsilon, False)
+            b.add_inplace(dx, correction)
+        return dx, dgamma, dbeta
 
     def backward(self, dy):
         if self._cache is None:
             raise RuntimeError(f"{self._label()}: backward() needs a preceding "
                                f"call(x, training=True)")
-        (x, mean, inv_std, batch_stats), self._cache = self._cache, None
-        dx, dgamma, dbeta = backend.current().batch_norm_backward(
-            dy, x, self._value(self.gamma), mean, inv_std, self._axis, batch_stats,
-            self.needs_input_grad)
+        (x, mean, inv_std, batch_stats, sync), self._cache = self._cache, None
+        if sync is not None:
+            dx, dgamma, dbeta = self._synchronized_backward(dy, x, mean, inv_std, sync)
+        else:
+            dx, dgamma, dbeta = backend.current().batch_norm_backward(
+                dy, x, self._value(self.gamma), mean, inv_std, self._axis, batch_stats,
+                self.needs_input_grad)
         self._set_grads(dgamma, dbeta)
         return dx
 
     def get_config(self):
         config = super().get_config()
         config.update(
-            axis=self.axis, momentum=self.momentum,
+            axis=self.axis, momentum=self.momentum, synchronized=self.synchronized,
             moving_mean_initializer=initializers.serialize(self.moving_mean_initializer),
             moving_variance_initializer=initializers.serialize(
                 self.moving_variance_initializer),
