@@ -261,3 +261,21 @@ def test_synchronized_batch_normalization_alone_is_batch_normalization():
         np.testing.assert_array_equal(a, b)
     with pytest.raises(TypeError, match="synchronized must be a bool"):
         L.BatchNormalization(synchronized="yes")
+
+
+def test_ring_cost_model_recovers_its_parameters_and_projects_monotonically():
+    from bench.bench_distributed import fit_ring_model, project
+
+    alpha, beta = 20e-6, 0.5e-9
+    samples = [(p, b, 2 * (p - 1) * alpha + 2 * (p - 1) / p * b * beta)
+               for p in (2, 3, 4) for b in (1024, 1 << 16, 1 << 22)]
+    got_alpha, got_beta = fit_ring_model(samples)
+    assert abs(got_alpha - alpha) < 1e-9 and abs(got_beta - beta) < 1e-14
+    rows = project({"m": {"params": 1_000_000, "compute_s": 0.01}}, alpha, overlap=0.5)
+    for link in (25, 100):
+        eff = [r["efficiency"] for r in rows if r["link_gbit"] == link]
+        assert all(0 < e <= 1 for e in eff)
+        assert eff == sorted(eff, reverse=True)  # more ranks never scale better
+    fast = {r["ranks"]: r["efficiency"] for r in rows if r["link_gbit"] == 100}
+    slow = {r["ranks"]: r["efficiency"] for r in rows if r["link_gbit"] == 25}
+    assert all(fast[p] >= slow[p] for p in fast) and slow[256] < 1
