@@ -286,8 +286,10 @@ class DataParallel:
         finally:
             _active.remove(self)
 
-    def on_fit_begin(self, model):
+    def on_fit_begin(self, model, source=None):
         _check_same_model(model)
+        if source is not None:
+            _check_same_data(source)
         broadcast_variables(model, root=0)
 
     def shard(self, xs, ys, sws):
@@ -371,6 +373,23 @@ def _check_same_model(model):
             raise ValueError(f"pynn.distributed: rank {r}'s model differs from rank 0's "
                              f"({len(other)} vs {len(everyone[0])} variables, or other "
                              f"shapes); every rank must build the same model")
+
+
+def _check_same_data(source):
+    """Every rank must pass the same training data (each takes its share of each global
+    batch): ranks stepping through different numbers of batches would wait on each other's
+    collectives forever."""
+    mine = (getattr(source, "n", None), source.steps)
+    everyone = _world().allgather(mine)
+    for r, other in enumerate(everyone):
+        if other != everyone[0]:
+            def say(d):
+                return (f"{d[0] if d[0] is not None else 'unknown'} samples, "
+                        f"{d[1] if d[1] is not None else 'unknown'} steps")
+            raise ValueError(f"pynn.distributed: rank {r} trains on {say(other)} per epoch, "
+                             f"rank 0 on {say(everyone[0])}; with DataParallel every rank "
+                             f"passes the same data to fit (each takes its share of every "
+                             f"global batch)")
 
 
 def broadcast_variables(model, root=0):

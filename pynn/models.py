@@ -636,7 +636,7 @@ class Model(Layer):
         self.history = callbacks_module.History()
         if self._distribution is not None:
             verbose = verbose if self._distribution.is_primary else 0
-            self._distribution.on_fit_begin(self)
+            self._distribution.on_fit_begin(self, source)
         params = {"verbose": verbose, "epochs": epochs, "steps": source.steps}
         cbs = callbacks_module.CallbackList(list(callbacks or []) + [self.history], self, params)
         self.stop_training = False

@@ -279,3 +279,14 @@ def test_ring_cost_model_recovers_its_parameters_and_projects_monotonically():
     fast = {r["ranks"]: r["efficiency"] for r in rows if r["link_gbit"] == 100}
     slow = {r["ranks"]: r["efficiency"] for r in rows if r["link_gbit"] == 25}
     assert all(fast[p] >= slow[p] for p in fast) and slow[256] < 1
+
+
+@needs_mpi
+def test_ranks_with_different_data_stop_at_the_start_with_a_clear_error(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT, PYNN_NUM_THREADS="1")
+    proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, WORKER, "mismatch",
+                           str(tmp_path / "mismatch")], check=False, env=env,
+                          cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "rank 1 trains on 17 samples, 4 steps per epoch, rank 0 on 23 samples, 5 steps" \
+        in proc.stderr + proc.stdout
