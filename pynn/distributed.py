@@ -292,7 +292,25 @@ class DataParallel:
             _check_same_data(source)
         broadcast_variables(model, root=0)
 
-    def shard(self, xs, ys, sws):
+    def shard_dataset(self, data):
+        """An indexed dataset (PyDataset) as this rank's view: batches rank, rank + p, ...
+        so no rank reads another's; each global step is the p ranks' batches together.
+        Iterators and generators are read whole on every rank and each batch is split."""
+        from pynn.data import _is_indexed_dataset
+        p = size()
+        if p == 1 or not _is_indexed_dataset(data):
+            return data
+        if len(data) < p:
+            raise ValueError(f"pynn.distributed: the dataset has {len(data)} batches, fewer "
+                             f"than the {p} ranks that each need one per step")
+        return _RankShard(data, rank(), p)
+
+    def shard(self, xs, ys, sws, source=None):
+        if getattr(source, "rank_local", False):
+            # This rank's batch is its share already; the global count is everyone's.
+            self._local_count = xs[0].shape[0]
+            self._global_count = int(allreduce_sum([self._local_count])[0])
+            return xs, ys, sws
         n = xs[0].shape[0]
         p, r = size(), rank()
         lo, hi = n * r // p, n * (r + 1) // p
@@ -344,6 +362,42 @@ def _select_rank_device(device):
     same = [d["index"] for d in runtime.devices() if d["index"].split(":")[1] == platform]
     if same:
         backend.set_device(same[local_rank() % len(same)])
+
+
+class _RankShard:
+    """Rank r of p's view of an indexed dataset: its batch i is the dataset's batch i*p + r;
+    len(dataset) // p batches, so every rank steps through the same number (the last
+    len % p batches are left out of the epoch)."""
+
+    rank_local = True
+
+    def __init__(self, data, r, p):
+        self.data, self.r, self.p = data, r, p
+
+    def __len__(self):
+        return len(self.data) // self.p
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        return self.data[index * self.p + self.r]
+
+    def on_epoch_end(self):
+        hook = getattr(self.data, "on_epoch_end", None)
+        if hook is not None:
+            hook()
+
+    @property
+    def workers(self):
+        return getattr(self.data, "workers", 1)
+
+    @property
+    def use_multiprocessing(self):
+        return getattr(self.data, "use_multiprocessing", False)
+
+    @property
+    def max_queue_size(self):
+        return getattr(self.data, "max_queue_size", 10)
 
 
 def average_logs(logs, count=1):

@@ -609,8 +609,8 @@ class Model(Layer):
             _refuse_with_dataset("fit", y=y, sample_weight=sample_weight,
                                  validation_split=validation_split or None)
             self._check_built_for_dataset("fit")
-            source = _DatasetSource(self, Batches(x, steps_per_epoch, "fit"), "fit",
-                                    class_weight)
+            source = _DatasetSource(self, Batches(self._rank_data(x), steps_per_epoch, "fit"),
+                                    "fit", class_weight)
         else:
             xs = self._prepare_inputs(x, "fit")
             self._resolve_metrics()
@@ -651,10 +651,15 @@ class Model(Layer):
                              f"call build(input_shape)) before passing a dataset or generator")
         self._resolve_metrics()
 
+    def _rank_data(self, data):
+        """Under data parallelism each rank reads only its own batches of an indexed dataset."""
+        return data if self._distribution is None else self._distribution.shard_dataset(data)
+
     def _validation_source(self, data, steps, batch_size):
         what = "fit (validation_data)"
         if is_dataset(data):
-            return _DatasetSource(self, Batches(data, steps, what), what, None)
+            return _DatasetSource(self, Batches(self._rank_data(data), steps, what), what,
+                                  None)
         if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
             raise ValueError("fit: validation_data must be (x_val, y_val), (x_val, y_val, "
                              "sample_weight) or a dataset")
@@ -684,7 +689,7 @@ class Model(Layer):
             with source.epoch() as batches:
                 for step, (xb, yb, swb) in enumerate(batches):
                     if self._distribution is not None:  # this rank's share of the batch
-                        xb, yb, swb = self._distribution.shard(xb, yb, swb)
+                        xb, yb, swb = self._distribution.shard(xb, yb, swb, source)
                     cbs.on_train_batch_begin(step)
                     count = xb[0].shape[0]
                     loss, per_output = self._train_step(
@@ -732,7 +737,7 @@ class Model(Layer):
         with source.epoch() as batches:
             for step, (xb, yb, swb) in enumerate(batches):
                 if self._distribution is not None:
-                    xb, yb, swb = self._distribution.shard(xb, yb, swb)
+                    xb, yb, swb = self._distribution.shard(xb, yb, swb, source)
                 count = xb[0].shape[0]
                 loss, per_output = self._test_step([b.asarray(a, a.dtype) for a in xb],
                                                    _upload(b, yb), _upload(b, swb))
@@ -764,7 +769,8 @@ class Model(Layer):
         if is_dataset(x):
             _refuse_with_dataset("evaluate", y=y, sample_weight=sample_weight)
             self._check_built_for_dataset("evaluate")
-            source = _DatasetSource(self, Batches(x, steps, "evaluate"), "evaluate", None)
+            source = _DatasetSource(self, Batches(self._rank_data(x), steps, "evaluate"),
+                                    "evaluate", None)
         else:
             xs = self._prepare_inputs(x, "evaluate")
             n = xs[0].shape[0]
@@ -1361,6 +1367,8 @@ class _DatasetSource:
         self.model, self.batches, self.what = model, batches, what
         self.class_weight = class_weight
         self.steps = batches.steps
+        # batches of this rank alone (pynn.distributed's per-rank view of a dataset)
+        self.rank_local = getattr(batches.data, "rank_local", False)
 
     @contextlib.contextmanager
     def epoch(self):

@@ -65,6 +65,41 @@ class _KillSelf(pynn.callbacks.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class _Batches(pynn.utils.PyDataset):
+    """``per_item`` samples per batch of data(); records which batches this process read."""
+
+    def __init__(self, per_item):
+        super().__init__()
+        self.x, self.y = data()
+        self.per_item = per_item
+        self.read = []
+
+    def __len__(self):
+        return len(self.x) // self.per_item
+
+    def __getitem__(self, i):
+        self.read.append(i)
+        part = slice(i * self.per_item, (i + 1) * self.per_item)
+        return self.x[part], self.y[part]
+
+
+def dataset_run(distributed):
+    """23 samples in 7 batches of 3: 2 ranks read batches (0, 2, 4) and (1, 3, 5) as three
+    global steps of 6 samples; one process reads the same as 3 batches of 6."""
+    if distributed:
+        strategy = dist.DataParallel()
+        with strategy.scope():
+            model = build(1 + dist.rank())
+            model.compile(pynn.optimizers.Adam(0.01), "mse")
+        source = _Batches(3)
+    else:
+        model = build(1)
+        model.compile(pynn.optimizers.Adam(0.01), "mse")
+        source = _Batches(6)
+    history = model.fit(source, epochs=2, verbose=0)
+    return model, history.history, sorted(set(source.read))
+
+
 def optimizers_run(distributed):
     """Every optimizer trains the same model; rank 0's final weights per optimizer."""
     x, y = data()
@@ -114,6 +149,12 @@ def main(mode, out, workdir=None):
         weights = optimizers_run(mode == "optimizers")
         with open(f"{out}.{dist.rank()}", "w") as f:
             json.dump({"weights": weights, "size": dist.size()}, f)
+        return
+    if mode in ("dataset", "dataset_single"):
+        model, history, read = dataset_run(mode == "dataset")
+        with open(f"{out}.{dist.rank()}", "w") as f:
+            json.dump({"weights": [w.tolist() for w in model.get_weights()],
+                       "history": history, "read": read}, f)
         return
     if mode.startswith("resume_"):
         model, history = resume_run(mode[len("resume_"):], workdir)

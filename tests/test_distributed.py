@@ -290,3 +290,14 @@ def test_ranks_with_different_data_stop_at_the_start_with_a_clear_error(tmp_path
     assert proc.returncode != 0
     assert "rank 1 trains on 17 samples, 4 steps per epoch, rank 0 on 23 samples, 5 steps" \
         in proc.stderr + proc.stdout
+
+
+@needs_mpi
+def test_each_rank_reads_only_its_own_batches_of_a_dataset(tmp_path):
+    ranks = _run("dataset", tmp_path)
+    single = _run("dataset_single", tmp_path, ranks=0)[0]
+    assert ranks[0]["read"] == [0, 2, 4] and ranks[1]["read"] == [1, 3, 5]
+    assert _max_diff(ranks[0], ranks[1]) == 0.0
+    assert _max_diff(ranks[0], single) < 1e-5
+    np.testing.assert_allclose(ranks[0]["history"]["loss"], single["history"]["loss"],
+                               rtol=1e-5)
