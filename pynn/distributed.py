@@ -25,7 +25,9 @@ others blocked in a collective.
 
 import contextlib
 import os
+import queue
 import sys
+import threading
 import time
 import traceback
 
@@ -98,23 +100,74 @@ def _abort_on_uncaught_exception():
     sys.excepthook = hook
 
 
+class _Job:
+    """A reduction handed to the communication thread; Wait/Test as an MPI request's."""
+
+    __slots__ = ("run", "done", "error", "seconds")
+
+    def __init__(self, run):
+        self.run, self.done, self.error, self.seconds = run, threading.Event(), None, 0.0
+
+    def Test(self):
+        return self.done.is_set()
+
+    def Wait(self):
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+
+
+class _CommThread:
+    """Runs the overlapped reductions on a thread of their own, over a duplicate of the
+    world communicator. MPICH moves a non-blocking collective only while the process is
+    inside an MPI call, so Iallreduce alone does not overlap the backward pass; a blocking
+    Allreduce on this thread (mpi4py releases the GIL, as the native kernels do) runs beside
+    it. Needs MPI_THREAD_MULTIPLE, which mpi4py requests by default."""
+
+    def __init__(self, comm):
+        self.comm = comm.Dup()
+        self.jobs = queue.SimpleQueue()
+        self.busy_seconds = 0.0
+        threading.Thread(target=self._serve, name="pynn-allreduce", daemon=True).start()
+
+    def submit(self, run):
+        job = _Job(run)
+        self.jobs.put(job)
+        return job
+
+    def _serve(self):
+        while True:
+            job = self.jobs.get()
+            start = time.perf_counter()
+            try:
+                job.run(self.comm)
+            except BaseException as exc:  # handed to the waiting step, which raises it
+                job.error = exc
+            job.seconds = time.perf_counter() - start
+            self.busy_seconds += job.seconds
+            job.done.set()
+
+
 class _Reducer:
-    """Averages gradients across ranks: packed into buckets of ``bucket_bytes`` per dtype,
-    each reduced with Iallreduce as soon as it is packed. ``compression='fp16'`` sends half
+    """Averages gradients across ranks: packed into buckets of ``bucket_bytes`` each (1 MiB
+    by default, as PyTorch DDP's first bucket: small enough that the first reduction starts
+    early in the backward pass), reduced as soon as a bucket's grads are complete. ``compression='fp16'`` sends half
     precision; ``deterministic`` gathers every rank's bucket and sums in rank order, so the
     result never depends on the MPI library's reduction tree or timing."""
 
-    def __init__(self, bucket_bytes=4 << 20, compression=None, deterministic=False):
+    def __init__(self, bucket_bytes=1 << 20, compression=None, deterministic=False):
         if compression not in (None, "fp16"):
             raise ValueError(f"compression must be None or 'fp16', got {compression!r}")
         self.bucket_bytes = int(bucket_bytes)
         self.compression = compression
         self.deterministic = bool(deterministic)
-        self.seconds = 0.0  # time spent reducing, for benchmarks
-        self.exposed_seconds = 0.0  # of which the backward pass could not hide (overlapped)
+        self.seconds = 0.0  # reducing: on the communication thread, or waited for
+        self.exposed_seconds = 0.0  # the training thread's time in here (pack, wait, unpack)
+        self.wait_seconds = 0.0  # of which waiting for reductions still running
         self._fp16_sum = None
         self._layout_key = None
         self._step = None
+        self._thread = None
 
     def _op(self):
         if self.compression != "fp16":
@@ -128,6 +181,11 @@ class _Reducer:
             self._fp16_sum = _mpi.Op.Create(add, commute=True)
         return self._fp16_sum
 
+    def _comm_thread(self):
+        if self._thread is None and _mpi.Query_thread() == _mpi.THREAD_MULTIPLE:
+            self._thread = _CommThread(_world())
+        return self._thread
+
     # -- overlapped with the backward pass ---------------------------------------------------
     def _layout(self, variables):
         key = tuple(id(v) for v in variables)
@@ -137,6 +195,7 @@ class _Reducer:
         buckets = self._buckets_of(list(reversed(variables)))
         self._buckets = buckets
         self._bucket_of = {id(v): i for i, bucket in enumerate(buckets) for v in bucket}
+        self._buffers = [self._buffers_for(bucket) for bucket in buckets]
         self._layout_key = key
 
     def begin(self, variables, scale):
@@ -157,11 +216,13 @@ class _Reducer:
             step["seen"].add(id(v))
             step["ready"][i] += 1
             if step["ready"][i] == len(self._buckets[i]):
-                step["pending"][i] = self._start(b, self._buckets[i], step["scale"])
-        for pending in step["pending"]:
-            if pending is not None:
-                pending[0].Test()
-        self.seconds += time.perf_counter() - start
+                step["pending"][i] = self._start(b, self._buckets[i], step["scale"],
+                                                 self._buffers[i], self._comm_thread())
+        if self._thread is None:  # non-blocking requests move only inside MPI calls
+            for pending in step["pending"]:
+                if pending is not None:
+                    pending[0].Test()
+        self.exposed_seconds += time.perf_counter() - start
 
     def finish(self):
         """End the step: buckets no layer completed (no loss reached them: zeros on every
@@ -170,14 +231,16 @@ class _Reducer:
         start = time.perf_counter()
         step, b = self._step, backend.current()
         self._step = None
+        thread = self._comm_thread()
         for i, bucket in enumerate(self._buckets):
             if step["pending"][i] is None:
-                step["pending"][i] = self._start(b, bucket, step["scale"])
+                step["pending"][i] = self._start(b, bucket, step["scale"], self._buffers[i],
+                                                 thread)
         for bucket, (request, send, recv) in zip(self._buckets, step["pending"]):
             self._finish(b, bucket, request, send, recv)
-        elapsed = time.perf_counter() - start
-        self.seconds += elapsed
-        self.exposed_seconds += elapsed
+            if isinstance(request, _Job):
+                self.seconds += request.seconds
+        self.exposed_seconds += time.perf_counter() - start
 
     def _buckets_of(self, variables):
         buckets, current, nbytes = [], [], 0
@@ -190,6 +253,16 @@ class _Reducer:
         if current:
             buckets.append(current)
         return buckets
+
+    def _buffers_for(self, bucket):
+        """A bucket's send and receive buffers, kept across steps."""
+        dtype = (np.float16 if self.compression == "fp16"
+                 else np.result_type(*[v.value.dtype for v in bucket]))
+        n = sum(int(np.prod(v.value.shape)) for v in bucket)
+        send = np.empty(n, dtype)
+        recv = (np.empty((_world().Get_size(), n), dtype) if self.deterministic
+                else np.empty(n, dtype))
+        return send, recv
 
     # -- after the backward pass (DistributedOptimizer) ---------------------------------------
     def reduce(self, variables, scale):
@@ -208,46 +281,60 @@ class _Reducer:
             if need and v.grad is None:
                 v.grad = b.zeros(tuple(v.value.shape), dtype=v.value.dtype)
         buckets = self._buckets_of([v for v, need in zip(variables, everyone) if need])
-        pending = [self._start(b, bucket, scale) for bucket in buckets]
+        pending = [self._start(b, bucket, scale, self._buffers_for(bucket), None)
+                   for bucket in buckets]
         for bucket, (request, send, recv) in zip(buckets, pending):
             self._finish(b, bucket, request, send, recv)
-        self.seconds += time.perf_counter() - start
         self.exposed_seconds += time.perf_counter() - start
 
-    def _start(self, b, bucket, scale):
-        host = [np.zeros(int(np.prod(v.value.shape)), v.value.dtype) if v.grad is None
-                else np.asarray(b.to_numpy(v.grad)).ravel() for v in bucket]
-        dtype = np.float16 if self.compression == "fp16" else np.result_type(*host)
-        send = (np.concatenate(host) * scale).astype(dtype)
+    def _start(self, b, bucket, scale, buffers, thread):
+        send, recv = buffers
+        offset = 0
+        for v in bucket:  # pack and scale in one pass per variable
+            n = int(np.prod(v.value.shape))
+            if v.grad is None:
+                send[offset:offset + n] = 0
+            else:
+                np.multiply(np.asarray(b.to_numpy(v.grad)).reshape(-1), scale,
+                            out=send[offset:offset + n], casting="same_kind")
+            offset += n
+        deterministic, op = self.deterministic, self._op()
+        if thread is not None:
+            if deterministic:
+                return thread.submit(lambda comm: comm.Allgather(send, recv)), send, recv
+            return thread.submit(lambda comm: comm.Allreduce(send, recv, op=op)), send, recv
         comm = _world()
-        if self.deterministic:
-            recv = np.empty((comm.Get_size(), send.size), dtype)
+        if deterministic:
             return comm.Iallgather(send, recv), send, recv
-        recv = np.empty_like(send)
-        return comm.Iallreduce(send, recv, op=self._op()), send, recv
+        return comm.Iallreduce(send, recv, op=op), send, recv
 
     def _finish(self, b, bucket, request, send, recv):
+        start = time.perf_counter()
         request.Wait()
+        waited = time.perf_counter() - start
+        self.wait_seconds += waited
+        if not isinstance(request, _Job):
+            self.seconds += waited
         if self.deterministic:
             total = recv[0].astype(np.float64)
             for row in recv[1:]:  # fixed rank order
-                total = total + row
+                total += row
             recv = total
         offset = 0
         for v in bucket:
             n = int(np.prod(v.value.shape))
-            part = recv[offset:offset + n].reshape(v.value.shape).astype(v.value.dtype)
+            part = recv[offset:offset + n].reshape(v.value.shape)
             offset += n
             if isinstance(v.grad, np.ndarray) and v.grad.shape == part.shape:
-                np.copyto(v.grad, part)
+                np.copyto(v.grad, part, casting="unsafe")
             else:
-                v.grad = b.asarray(part, v.value.dtype)
+                v.grad = b.asarray(np.ascontiguousarray(part, v.value.dtype), v.value.dtype)
 
 
 class DataParallel:
     """Synchronous data parallelism over all MPI ranks; see the module docstring."""
 
-    def __init__(self, bucket_bytes=4 << 20, compression=None, deterministic=False,
+    def __init__(self, bucket_bytes=1 << 20, compression=None, deterministic=False,
                  threads="auto", overlap=True, device="auto"):
         comm = _world()
         if comm is None:
@@ -275,8 +362,14 @@ class DataParallel:
 
     @property
     def exposed_allreduce_seconds(self):
-        """Of that, the time the step waited after its backward pass (not overlapped)."""
+        """The training thread's time in gradient reduction: packing, unpacking and waiting
+        for reductions the backward pass did not hide."""
         return self._reducer.exposed_seconds
+
+    @property
+    def allreduce_wait_seconds(self):
+        """Of that, waiting for reductions still running when the backward pass ended."""
+        return self._reducer.wait_seconds
 
     @contextlib.contextmanager
     def scope(self):
