@@ -43,6 +43,7 @@ from pynn.backend import set_device  # noqa: E402
 from pynn.layers import Input  # noqa: E402
 from pynn.models import Model, Sequential  # noqa: E402
 from pynn.saving import load_model  # noqa: E402
+from pynn import onnx  # noqa: E402  (the module only; the onnx package loads on export)
 
 
 def devices():
