@@ -34,6 +34,7 @@ from pynn import (  # noqa: E402
     layers,
     losses,
     metrics,
+    onnx,  # noqa: F401 (pynn.onnx only; the onnx package itself loads on export)
     optimizers,
     regularizers,
     utils,
@@ -43,7 +44,6 @@ from pynn.backend import set_device  # noqa: E402
 from pynn.layers import Input  # noqa: E402
 from pynn.models import Model, Sequential  # noqa: E402
 from pynn.saving import load_model  # noqa: E402
-from pynn import onnx  # noqa: E402  (the module only; the onnx package loads on export)
 
 
 def devices():

@@ -60,7 +60,7 @@ class _Tensor:
     ``transpose(pynn_tensor, perm)``; ``shape`` is pynn's (batch None); ``key`` names the
     logical tensor, shared by its copies in other layouts."""
 
-    __slots__ = ("name", "shape", "perm", "key", "dtype")
+    __slots__ = ("dtype", "key", "name", "perm", "shape")
 
     def __init__(self, name, shape, perm, key, dtype="float32"):
         self.name, self.shape, self.perm, self.key, self.dtype = name, tuple(shape), perm, key, dtype
@@ -419,7 +419,7 @@ def _conv2d_transpose(g, layer, x, out_shape):
 def _pool(g, layer, x, out_shape, kernel, strides, padding):
     pads = _window_pads(layer, x, kernel, strides, (1,) * len(kernel), padding)
     x = g.nchw(x)
-    attrs = dict(kernel_shape=list(kernel), strides=list(strides), pads=pads)
+    attrs = {"kernel_shape": list(kernel), "strides": list(strides), "pads": pads}
     if "Max" in type(layer).__name__:
         y = g.op("MaxPool", [x.name], layer.name, **attrs)
     else:  # Keras 'same' averages over the in-bounds pixels only

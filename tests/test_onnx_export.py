@@ -12,9 +12,9 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-import pynn  # noqa: E402
-import pynn.onnx  # noqa: E402
-from pynn import layers as L  # noqa: E402
+import pynn
+import pynn.onnx
+from pynn import layers as L
 
 TOL = 1e-5
 
