@@ -424,3 +424,86 @@ def test_import_pynn_does_not_import_onnx():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=str(__import__("pathlib").Path(pynn.__file__).parents[1]))
     assert out.stdout.strip() == "False"
+
+
+def test_unknown_time_steps_stay_dynamic():
+    model = seq((None, 3), L.Conv1D(4, 3, padding="causal"), L.LSTM(5, return_sequences=True),
+                L.GlobalAveragePooling1D(), L.Dense(2))
+    randomize(model)
+    proto = pynn.onnx.export(model)
+    for steps in (4, 9):
+        x = rand((2, steps, 3), seed=steps)
+        np.testing.assert_allclose(run_onnx(proto, [x])[0], model.predict(x, verbose=0),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_float64_model_exports_float32_graph():
+    pynn.set_floatx("float64")
+    try:
+        model = seq((6,), L.Dense(4, activation="tanh"), L.Dense(3))
+    finally:
+        pynn.set_floatx("float32")
+    randomize(model)
+    proto = pynn.onnx.export(model)
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    x = rand((3, 6))
+    np.testing.assert_allclose(run_onnx(proto, [x])[0], model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-5)
+
+
+def keras_parity_models(keras):
+    """(keras model, pynn model) pairs of the same architecture, Keras's weight layouts."""
+    kl = keras.layers
+    yield (keras.Sequential([keras.Input((9, 8, 3)), kl.Conv2D(4, 3, padding="same",
+                                                               activation="relu"),
+                             kl.BatchNormalization(), kl.MaxPooling2D(),
+                             kl.DepthwiseConv2D(3, padding="same", depth_multiplier=2),
+                             kl.GlobalAveragePooling2D(), kl.Dense(3, activation="softmax")]),
+           seq((9, 8, 3), L.Conv2D(4, 3, padding="same", activation="relu"),
+               L.BatchNormalization(), L.MaxPooling2D(),
+               L.DepthwiseConv2D(3, padding="same", depth_multiplier=2),
+               L.GlobalAveragePooling2D(), L.Dense(3, activation="softmax")),
+           (2, 9, 8, 3))
+    yield (keras.Sequential([keras.Input((7, 3)), kl.LSTM(5, return_sequences=True),
+                             kl.GRU(4, return_sequences=True), kl.GRU(3, reset_after=False),
+                             kl.Dense(2)]),
+           seq((7, 3), L.LSTM(5, return_sequences=True), L.GRU(4, return_sequences=True),
+               L.GRU(3, reset_after=False), L.Dense(2)),
+           (2, 7, 3))
+
+
+def test_keras_weights_exported_give_keras_outputs():
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    rng = np.random.default_rng(3)
+    for keras_model, model, shape in keras_parity_models(keras):
+        weights = [rng.uniform(-0.5, 0.5, w.shape).astype(np.float32)
+                   for w in keras_model.get_weights()]
+        # BatchNormalization's moving variance (the 4th of its weights) must be positive.
+        weights = [np.abs(w) + 0.3 if "moving_variance" in v.path else w
+                   for v, w in zip(keras_model.weights, weights)]
+        keras_model.set_weights(weights)
+        model.set_weights(weights)
+        x = rand(shape, seed=4)
+        want = np.asarray(keras_model.predict(x, verbose=0), dtype=np.float64)
+        got = run_onnx(pynn.onnx.export(model), [x])[0]
+        err = float(np.max(np.abs(got - want))) / max(1.0, float(np.max(np.abs(want))))
+        assert err <= TOL, f"{model.layers}: max |onnx - keras| = {err:.3g}"
+
+
+@pytest.mark.opencl
+def test_export_of_a_model_on_opencl():
+    previous = pynn.get_device()
+    pynn.set_device("opencl")
+    try:
+        model = seq((9, 8, 3), L.Conv2D(4, 3, padding="same", activation="relu"),
+                    L.MaxPooling2D(), L.Flatten(), L.Dense(3))
+        randomize(model)
+        x = rand((2, 9, 8, 3))
+        want = model.predict(x, verbose=0)
+        got = run_onnx(pynn.onnx.export(model), [x])[0]
+    finally:
+        pynn.set_device(previous)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
