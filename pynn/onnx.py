@@ -21,6 +21,7 @@ layouts is transposed once (never back and forth).
 A layer ONNX cannot express (or this exporter does not know) is a ValueError naming it.
 """
 
+import hashlib
 import math
 
 import numpy as np
@@ -84,6 +85,7 @@ class _Builder:
         self._names = set()
         self._layouts = {}  # key -> {perm: _Tensor}
         self._keys = 0
+        self._constants = {}  # (dtype, shape, digest) -> initializer name
 
     def fresh(self, hint):
         hint = "".join(c if c.isalnum() or c in "_./-" else "_" for c in str(hint)) or "t"
@@ -105,10 +107,15 @@ class _Builder:
                            t.perm if perm is None else perm, dtype or t.dtype)
 
     def const(self, value, hint, dtype=np.float32):
-        name = self.fresh(hint)
-        self.initializers.append(self.onnx.numpy_helper.from_array(
-            np.ascontiguousarray(np.asarray(value, dtype=dtype)), name))
-        return name
+        """An initializer; equal arrays are stored once (a shared layer's weights, called
+        twice, and the many small constants)."""
+        value = np.ascontiguousarray(np.asarray(value, dtype=dtype))
+        key = (value.dtype.str, value.shape, hashlib.sha1(value.tobytes()).digest())
+        if key not in self._constants:
+            name = self.fresh(hint)
+            self.initializers.append(self.onnx.numpy_helper.from_array(value, name))
+            self._constants[key] = name
+        return self._constants[key]
 
     def ints(self, values, hint):
         return self.const(np.asarray(values, dtype=np.int64), hint, np.int64)
@@ -576,8 +583,11 @@ def _dot(g, layer, xs, out_shape):
     r1, r2 = len(x1.shape), len(x2.shape)
     order1 = [0] + [i for i in range(1, r1) if i != a1] + [a1]
     order2 = [0, a2] + [i for i in range(1, r2) if i not in (a2,)]
-    left = g.op("Transpose", [names[0]], f"{hint}_left", perm=order1)
-    right = g.op("Transpose", [names[1]], f"{hint}_right", perm=order2)
+    left, right = names
+    if order1 != sorted(order1):
+        left = g.op("Transpose", [left], f"{hint}_left", perm=order1)
+    if order2 != sorted(order2):
+        right = g.op("Transpose", [right], f"{hint}_right", perm=order2)
     d = x1.shape[a1]
     left = g.op("Reshape", [left, g.ints([0, -1, d], f"{hint}_lshape")], f"{hint}_l3")
     right = g.op("Reshape", [right, g.ints([0, d, -1], f"{hint}_rshape")], f"{hint}_r3")

@@ -321,7 +321,7 @@ def test_functional_several_inputs_and_outputs(tmp_path):
     a = L.GlobalAveragePooling2D()(a)
     b = L.Dense(4, activation="tanh")(meta)
     joined = L.Concatenate()([a, b])
-    shared = L.Dense(3)  # called twice: two nodes, one set of weights
+    shared = L.Dense(3, name="shared")  # called twice: two nodes, one set of weights
     out1 = L.Softmax(name="probabilities")(shared(joined))
     out2 = L.Add(name="score")([shared(L.Dense(8)(meta)), L.Dense(3)(a)])
     model = pynn.Model([image, meta], [out1, out2])
@@ -329,6 +329,8 @@ def test_functional_several_inputs_and_outputs(tmp_path):
     proto = check_export(model, xs)
     assert [i.name for i in proto.graph.input] == ["image", "meta"]
     assert [o.name for o in proto.graph.output] == ["probabilities", "score"]
+    assert sorted(i.name for i in proto.graph.initializer
+                  if i.name.startswith("shared")) == ["shared_bias", "shared_kernel"]
     # Written to a file: the same graph, any batch size.
     path = tmp_path / "model.onnx"
     pynn.onnx.export(model, path)
