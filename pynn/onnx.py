@@ -70,10 +70,6 @@ class _Tensor:
         """Where pynn axis ``a`` (negative counts from the end) sits in the ONNX tensor."""
         return self.perm.index(a % len(self.shape))
 
-    @property
-    def onnx_shape(self):
-        return tuple(self.shape[p] for p in self.perm)
-
 
 class _Builder:
     """The graph being written: nodes, initializers, fresh names, and the layout cache."""
