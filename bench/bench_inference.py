@@ -7,7 +7,8 @@ pynn's ``predict_on_batch`` and onnxruntime's ``InferenceSession.run``, one thre
 (pynn.set_num_threads(1); intra_op and inter_op threads 1), calls alternating so both see the
 same machine load. Reported: p50 and p99 latency per call, and samples/s at the p50.
 
-    .venv/bin/python bench/bench_inference.py [--repeat 400] [--batch 1,64] [--json PATH]
+    .venv/bin/python bench/bench_inference.py [--repeat 400] [--warmup 20] [--batch 1,64]
+        [--json PATH]
 """
 
 import argparse
@@ -77,7 +78,7 @@ def percentiles_us(times):
     return float(np.percentile(t, 50)), float(np.percentile(t, 99))
 
 
-def bench_model(name, make, batches, repeat, rng):
+def bench_model(name, make, batches, repeat, warmup, rng):
     model = make()
     randomize(model, rng)
     sess = session(pynn.onnx.export(model))
@@ -93,7 +94,7 @@ def bench_model(name, make, batches, repeat, rng):
         calls = {"pynn": lambda x=x: model.predict_on_batch(x),
                  "onnxruntime": lambda x=x: sess.run(None, {feed: x})}
         for fn in calls.values():  # warm-up: plans, buffers, caches
-            for _ in range(20):
+            for _ in range(warmup):
                 fn()
         times = {k: [] for k in calls}
         for _ in range(repeat):
@@ -112,6 +113,7 @@ def bench_model(name, make, batches, repeat, rng):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=400)
+    parser.add_argument("--warmup", type=int, default=20, help="untimed calls first")
     parser.add_argument("--batch", default="1,64", help="comma-separated batch sizes")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
@@ -120,7 +122,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     rows = []
     for name, make in MODELS.items():
-        rows += bench_model(name, make, batches, args.repeat, rng)
+        rows += bench_model(name, make, batches, args.repeat, args.warmup, rng)
     print(f"# {cpu_name()}, 1 thread each, "
           f"{args.repeat} alternating calls")
     print(f"{'model':<20} {'batch':>5} {'runtime':<12} {'p50 us':>9} {'p99 us':>9} "

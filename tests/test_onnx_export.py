@@ -509,3 +509,21 @@ def test_export_of_a_model_on_opencl():
     finally:
         pynn.set_device(previous)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bench_inference_runs(tmp_path, capsys):
+    """bench/bench_inference.py at toy repeat counts: it checks onnxruntime against pynn
+    before timing, so this is also an export test of its two models."""
+    import json
+
+    from bench import bench_inference
+
+    path = tmp_path / "rows.json"
+    assert bench_inference.main(["--repeat", "2", "--warmup", "1", "--batch", "1,3",
+                                 "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())
+    assert {(r["model"], r["batch"], r["runtime"]) for r in rows} == {
+        (m, b, rt) for m in bench_inference.MODELS for b in (1, 3)
+        for rt in ("pynn", "onnxruntime")}
+    assert all(r["p50_us"] > 0 for r in rows)
+    assert "pynn / onnxruntime p50" in capsys.readouterr().out
