@@ -34,6 +34,7 @@ from pynn import (  # noqa: E402
     layers,
     losses,
     metrics,
+    onnx,  # noqa: F401 (pynn.onnx only; the onnx package itself loads on export)
     optimizers,
     regularizers,
     utils,

@@ -1,0 +1,880 @@
+"""Export of pynn models (Sequential and functional) to ONNX: ``pynn.onnx.export``.
+
+    import pynn.onnx
+    pynn.onnx.export(model, "m.onnx")            # batch axis dynamic, opset DEFAULT_OPSET
+    # onnxruntime.InferenceSession("m.onnx").run(None, {"input_layer": x}) == model.predict(x)
+
+The ``onnx`` package is an optional extra (``pip install pynn[onnx]``), imported only when
+``export`` runs. The graph is float32, takes the model's own inputs (NHWC images, (N, T, C)
+sequences, int token ids) and gives its outputs, named after the Input layers and the
+output layers.
+
+Layout. pynn is channels-last; ONNX's Conv, ConvTranspose, pooling and the RNN ops want the
+channels (or the time axis) elsewhere. Every exported tensor therefore carries a
+permutation: the ONNX tensor is ``transpose(pynn_tensor, perm)``. Layers that need a layout
+ask for it and a Transpose is emitted only when the tensor is not already in it; elementwise
+layers, padding, cropping, normalization by a constant, pooling and Permute work in
+whatever layout their input has. A chain conv-pool-conv-pool therefore stays NCHW from its
+first Transpose to the Flatten, and a transposed tensor is remembered, so a value read in two
+layouts is transposed once (never back and forth).
+
+A layer ONNX cannot express (or this exporter does not know) is a ValueError naming it.
+"""
+
+import hashlib
+import math
+
+import numpy as np
+
+DEFAULT_OPSET = 17
+# Opset 13 made Softmax act on one axis and Squeeze/Unsqueeze/ReduceSum take their axes as
+# inputs: older opsets would need a second code path for each.
+MIN_OPSET = 13
+_INT64_MAX = np.iinfo(np.int64).max
+_INT64_MIN = np.iinfo(np.int64).min
+
+# torch's (and so Keras 3's torch backend's) SELU constants, as float32 rounds them.
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_GAMMA = 1.0507009873554804934193349852946
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("pynn.onnx.export needs the 'onnx' package: install the optional "
+                          "extra with `pip install pynn[onnx]` (or `pip install onnx`)") from None
+    return onnx
+
+
+def _identity(rank):
+    return tuple(range(rank))
+
+
+def _channels_first(rank):
+    """NHWC -> NCHW (and (N, T, C) -> (N, C, T)): the layout of ONNX's Conv and pooling."""
+    return (0, rank - 1) + tuple(range(1, rank - 1))
+
+
+class _Tensor:
+    """One pynn tensor as it exists in the ONNX graph: ``name`` holds
+    ``transpose(pynn_tensor, perm)``; ``shape`` is pynn's (batch None); ``key`` names the
+    logical tensor, shared by its copies in other layouts."""
+
+    __slots__ = ("dtype", "key", "name", "perm", "shape")
+
+    def __init__(self, name, shape, perm, key, dtype="float32"):
+        self.name, self.shape, self.perm, self.key, self.dtype = name, tuple(shape), perm, key, dtype
+
+    def axis(self, a):
+        """Where pynn axis ``a`` (negative counts from the end) sits in the ONNX tensor."""
+        return self.perm.index(a % len(self.shape))
+
+
+class _Builder:
+    """The graph being written: nodes, initializers, fresh names, and the layout cache."""
+
+    def __init__(self, onnx, opset):
+        self.onnx, self.opset = onnx, opset
+        self.helper = onnx.helper
+        self.nodes, self.initializers = [], []
+        self._names = set()
+        self._layouts = {}  # key -> {perm: _Tensor}
+        self._keys = 0
+        self._constants = {}  # (dtype, shape, digest) -> initializer name
+
+    def fresh(self, hint):
+        hint = "".join(c if c.isalnum() or c in "_./-" else "_" for c in str(hint)) or "t"
+        name, k = hint, 1
+        while name in self._names:
+            name, k = f"{hint}_{k}", k + 1
+        self._names.add(name)
+        return name
+
+    def tensor(self, name, shape, perm=None, dtype="float32"):
+        self._keys += 1
+        t = _Tensor(name, shape, perm or _identity(len(shape)), self._keys, dtype)
+        self._layouts[t.key] = {t.perm: t}
+        return t
+
+    def derived(self, t, name, shape=None, perm=None, dtype=None):
+        """A new logical tensor computed from ``t`` (default: same shape and layout)."""
+        return self.tensor(name, t.shape if shape is None else shape,
+                           t.perm if perm is None else perm, dtype or t.dtype)
+
+    def const(self, value, hint, dtype=np.float32):
+        """An initializer; equal arrays are stored once (a shared layer's weights, called
+        twice, and the many small constants)."""
+        value = np.ascontiguousarray(np.asarray(value, dtype=dtype))
+        key = (value.dtype.str, value.shape, hashlib.sha1(value.tobytes()).digest())
+        if key not in self._constants:
+            name = self.fresh(hint)
+            self.initializers.append(self.onnx.numpy_helper.from_array(value, name))
+            self._constants[key] = name
+        return self._constants[key]
+
+    def ints(self, values, hint):
+        return self.const(np.asarray(values, dtype=np.int64), hint, np.int64)
+
+    def op(self, op_type, inputs, hint, outputs=1, **attrs):
+        names = [self.fresh(f"{hint}_{i}" if outputs > 1 else hint) for i in range(outputs)]
+        self.nodes.append(self.helper.make_node(op_type, list(inputs), names,
+                                                name=self.fresh(f"{hint}/{op_type}"), **attrs))
+        return names if outputs > 1 else names[0]
+
+    def layout(self, t, perm):
+        """``t`` in layout ``perm``: the copy made before, or one Transpose."""
+        perm = tuple(perm)
+        copies = self._layouts[t.key]
+        if perm not in copies:
+            # out[i] = pynn axis perm[i], which sits at t.perm.index(perm[i]) in t.
+            order = [t.perm.index(p) for p in perm]
+            name = self.op("Transpose", [t.name], f"{t.name}_T", perm=order)
+            copies[perm] = _Tensor(name, t.shape, perm, t.key, t.dtype)
+        return copies[perm]
+
+    def nhwc(self, t):
+        return self.layout(t, _identity(len(t.shape)))
+
+    def nchw(self, t):
+        return self.layout(t, _channels_first(len(t.shape)))
+
+    # -- ops whose form changed between opsets --------------------------------------------
+    def reduce(self, op_type, x, axes, hint, keepdims=True):
+        """Reduce* over ``axes`` (ONNX positions): axes became an input in opset 13 for
+        ReduceSum and in opset 18 for the others."""
+        axes = [int(a) for a in axes]
+        if op_type == "ReduceSum" or self.opset >= 18:
+            return self.op(op_type, [x, self.ints(axes, f"{hint}_axes")], hint,
+                           keepdims=int(keepdims))
+        return self.op(op_type, [x], hint, axes=axes, keepdims=int(keepdims))
+
+    def squeeze(self, x, axes, hint):
+        return self.op("Squeeze", [x, self.ints(axes, f"{hint}_axes")], hint)
+
+    def unsqueeze(self, x, axes, hint):
+        return self.op("Unsqueeze", [x, self.ints(axes, f"{hint}_axes")], hint)
+
+
+def _label(layer):
+    return f"{type(layer).__name__} '{layer.name}'"
+
+
+def _unsupported(layer, why):
+    return ValueError(f"pynn.onnx.export: {_label(layer)} cannot be exported: {why}")
+
+
+def _host(var):
+    v = var.value if hasattr(var, "value") else var
+    v = v.get() if hasattr(v, "get") else v
+    return np.asarray(v, dtype=np.float64)
+
+
+# -- activations -------------------------------------------------------------------------
+def _activation(g, x, name, alpha, hint, axis=-1):
+    """ONNX nodes of pynn's activation ``name`` on tensor name ``x`` (softmax along ONNX axis
+    ``axis``); the definitions are those of tests/reference/activation_ref.py."""
+    if name == "linear":
+        return x
+    simple = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "softplus": "Softplus",
+              "softsign": "Softsign", "exponential": "Exp"}
+    if name in simple:
+        return g.op(simple[name], [x], hint)
+    if name == "softmax":
+        return g.op("Softmax", [x], hint, axis=axis)
+    if name == "leaky_relu":
+        return g.op("LeakyRelu", [x], hint, alpha=float(alpha))
+    if name == "elu":
+        return g.op("Elu", [x], hint, alpha=float(alpha))
+    if name == "selu":
+        return g.op("Selu", [x], hint, alpha=_SELU_ALPHA, gamma=_SELU_GAMMA)
+    if name == "relu6":
+        return g.op("Clip", [x, g.const(0.0, f"{hint}_min"), g.const(6.0, f"{hint}_max")], hint)
+    if name == "hard_sigmoid":  # Keras 3 / torch: relu6(x + 3) / 6
+        return g.op("HardSigmoid", [x], hint, alpha=1.0 / 6.0, beta=0.5)
+    if name == "silu":
+        return g.op("Mul", [x, g.op("Sigmoid", [x], f"{hint}_sigmoid")], hint)
+    if name == "hard_silu":
+        gate = g.op("HardSigmoid", [x], f"{hint}_gate", alpha=1.0 / 6.0, beta=0.5)
+        return g.op("Mul", [x, gate], hint)
+    if name == "mish":
+        soft = g.op("Softplus", [x], f"{hint}_softplus")
+        return g.op("Mul", [x, g.op("Tanh", [soft], f"{hint}_tanh")], hint)
+    if name == "gelu":  # the exact erf form, as pynn's kernels
+        scaled = g.op("Div", [x, g.const(math.sqrt(2.0), f"{hint}_sqrt2")], f"{hint}_scaled")
+        erf1 = g.op("Add", [g.op("Erf", [scaled], f"{hint}_erf"), g.const(1.0, f"{hint}_one")],
+                    f"{hint}_erf1")
+        half_x = g.op("Mul", [x, g.const(0.5, f"{hint}_half")], f"{hint}_halfx")
+        return g.op("Mul", [half_x, erf1], hint)
+    raise ValueError(f"activation {name!r}")
+
+
+def _apply_activation(g, layer, t, name, alpha, hint):
+    """``t`` through an activation, in ``t``'s layout (softmax follows the last pynn axis)."""
+    try:
+        out = _activation(g, t.name, name, alpha, hint, axis=t.axis(-1))
+    except ValueError:
+        raise _unsupported(layer, f"activation {name!r} has no ONNX form here") from None
+    return t if out == t.name else g.derived(t, out)
+
+
+# -- layer converters: (builder, layer, inputs, output shape) -> _Tensor ----------------
+_CONVERTERS = {}
+
+
+def _converts(*class_names):
+    def register(fn):
+        for n in class_names:
+            _CONVERTERS[n] = fn
+        return fn
+    return register
+
+
+@_converts("Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "Identity",
+           "ActivityRegularization")
+def _identity_layer(g, layer, x, out_shape):
+    return x  # inference: the noise layers are the identity (Keras)
+
+
+@_converts("Activation")
+def _activation_layer(g, layer, x, out_shape):
+    return _apply_activation(g, layer, x, layer.activation, layer.alpha, layer.name)
+
+
+@_converts("LeakyReLU", "ELU")
+def _parametric_activation(g, layer, x, out_shape):
+    return _apply_activation(g, layer, x, layer.activation, layer._alpha(), layer.name)
+
+
+@_converts("ReLU")
+def _relu(g, layer, x, out_shape):
+    mv, slope, th = layer.max_value, layer.negative_slope, layer.threshold
+    hint = layer.name
+    if slope == 0.0 and th == 0.0:
+        if mv is None:
+            return g.derived(x, g.op("Relu", [x.name], hint))
+        return g.derived(x, g.op("Clip", [x.name, g.const(0.0, f"{hint}_min"),
+                                          g.const(mv, f"{hint}_max")], hint))
+    # relu_forward_ref, term by term: where(x > th, x, 0) clipped to max_value, minus the
+    # negative part below the threshold.
+    zero = g.const(0.0, f"{hint}_zero")
+    above = g.op("Greater", [x.name, g.const(th, f"{hint}_th")], f"{hint}_above")
+    pos = g.op("Where", [above, x.name, zero], f"{hint}_pos")
+    if mv is not None:
+        pos = g.op("Clip", [pos, zero, g.const(mv, f"{hint}_max")], f"{hint}_clip")
+    if slope != 0.0:
+        below = g.op("Relu", [g.op("Sub", [g.const(th, f"{hint}_th2"), x.name], f"{hint}_d")],
+                     f"{hint}_below")
+        neg = g.op("Mul", [below, g.const(slope, f"{hint}_slope")], f"{hint}_neg")
+        pos = g.op("Sub", [pos, neg], hint)
+    return g.derived(x, pos)
+
+
+@_converts("PReLU")
+def _prelu(g, layer, x, out_shape):
+    alpha = np.transpose(_host(layer.alpha)[None], x.perm)  # alpha in x's layout
+    return g.derived(x, g.op("PRelu", [x.name, g.const(alpha, f"{layer.name}_alpha")],
+                             layer.name))
+
+
+@_converts("Softmax")
+def _softmax(g, layer, x, out_shape):
+    return g.derived(x, g.op("Softmax", [x.name], layer.name, axis=x.axis(layer.axis)))
+
+
+@_converts("Dense")
+def _dense(g, layer, x, out_shape):
+    x = g.nhwc(x)
+    hint = layer.name
+    kernel = g.const(_host(layer.kernel), f"{hint}_kernel")
+    if len(x.shape) == 2:
+        inputs = [x.name, kernel] + ([g.const(_host(layer.bias), f"{hint}_bias")]
+                                     if layer.use_bias else [])
+        y = g.op("Gemm", inputs, f"{hint}_gemm")
+    else:
+        y = g.op("MatMul", [x.name, kernel], f"{hint}_matmul")
+        if layer.use_bias:
+            y = g.op("Add", [y, g.const(_host(layer.bias), f"{hint}_bias")], f"{hint}_add")
+    t = g.tensor(y, out_shape)
+    return _apply_activation(g, layer, t, layer.activation, layer.alpha, hint)
+
+
+def _same_pads(sizes, kernel, strides, dilation):
+    """Keras's 'same' pads per axis (begin, end): the odd pixel after."""
+    begins, ends = [], []
+    for n, k, s, d in zip(sizes, kernel, strides, dilation):
+        k_eff = (k - 1) * d + 1
+        out = -(-n // s)
+        total = max((out - 1) * s + k_eff - n, 0)
+        begins.append(total // 2)
+        ends.append(total - total // 2)
+    return begins + ends
+
+
+def _window_pads(layer, x, kernel, strides, dilation, padding):
+    if padding == "valid":
+        return [0] * (2 * len(kernel))
+    sizes = x.shape[1:-1]
+    if any(s is None for s in sizes):
+        raise _unsupported(layer, f"padding='same' needs the spatial size, which is unknown "
+                                  f"in input shape {x.shape}")
+    return _same_pads(sizes, kernel, strides, dilation)
+
+
+def _conv(g, layer, x, out_shape, w, bias, kernel, strides, dilation, pads, group, hint,
+          activation=None, alpha=0.0):
+    """One ONNX Conv on x (channels-first), then bias and activation in that layout."""
+    x = g.nchw(x)
+    inputs = [x.name, g.const(w, f"{hint}_W")]
+    if bias is not None:
+        inputs.append(g.const(bias, f"{hint}_B"))
+    y = g.op("Conv", inputs, hint, kernel_shape=list(kernel), strides=list(strides),
+             dilations=list(dilation), pads=list(pads), group=int(group))
+    t = g.tensor(y, out_shape, _channels_first(len(out_shape)))
+    if activation is None:
+        return t
+    return _apply_activation(g, layer, t, activation, alpha, f"{hint}_act")
+
+
+def _bias(layer):
+    return _host(layer.bias) if layer.use_bias else None
+
+
+@_converts("Conv2D")
+def _conv2d(g, layer, x, out_shape):
+    # Keras (kh, kw, C/g, F) -> ONNX (F, C/g, kh, kw); grouped convs split F the same way.
+    w = _host(layer.kernel).transpose(3, 2, 0, 1)
+    pads = _window_pads(layer, x, layer.kernel_size, layer.strides, layer.dilation_rate,
+                        layer.padding)
+    return _conv(g, layer, x, out_shape, w, _bias(layer), layer.kernel_size, layer.strides,
+                 layer.dilation_rate, pads, layer.groups, layer.name, layer.activation,
+                 layer.alpha)
+
+
+@_converts("Conv1D")
+def _conv1d(g, layer, x, out_shape):
+    w = _host(layer.kernel).transpose(2, 1, 0)  # (k, C/g, F) -> (F, C/g, k)
+    k, s, d = (layer.kernel_size,), (layer.strides,), (layer.dilation_rate,)
+    if layer.padding == "causal":
+        pads = [layer.dilation_rate * (layer.kernel_size - 1), 0]
+    else:
+        pads = _window_pads(layer, x, k, s, d, layer.padding)
+    return _conv(g, layer, x, out_shape, w, _bias(layer), k, s, d, pads, layer.groups,
+                 layer.name, layer.activation, layer.alpha)
+
+
+@_converts("DepthwiseConv2D")
+def _depthwise(g, layer, x, out_shape):
+    kernel = _host(layer.kernel)  # (kh, kw, C, m): output channel c*m + j, as ONNX's groups
+    kh, kw, c, m = kernel.shape
+    w = kernel.reshape(kh, kw, c * m).transpose(2, 0, 1)[:, None]
+    pads = _window_pads(layer, x, layer.kernel_size, layer.strides, layer.dilation_rate,
+                        layer.padding)
+    return _conv(g, layer, x, out_shape, w, _bias(layer), layer.kernel_size, layer.strides,
+                 layer.dilation_rate, pads, c, layer.name, layer.activation, layer.alpha)
+
+
+@_converts("SeparableConv2D")
+def _separable(g, layer, x, out_shape):
+    kernel = _host(layer.depthwise_kernel)
+    kh, kw, c, m = kernel.shape
+    w = kernel.reshape(kh, kw, c * m).transpose(2, 0, 1)[:, None]
+    pads = _window_pads(layer, x, layer.kernel_size, layer.strides, layer.dilation_rate,
+                        layer.padding)
+    mid_shape = out_shape[:-1] + (c * m,)
+    t = _conv(g, layer, x, mid_shape, w, None, layer.kernel_size, layer.strides,
+              layer.dilation_rate, pads, c, f"{layer.name}_depthwise")
+    pw = _host(layer.pointwise_kernel).transpose(3, 2, 0, 1)
+    return _conv(g, layer, t, out_shape, pw, _bias(layer), (1, 1), (1, 1), (1, 1),
+                 [0, 0, 0, 0], 1, layer.name, layer.activation, layer.alpha)
+
+
+@_converts("Conv2DTranspose")
+def _conv2d_transpose(g, layer, x, out_shape):
+    from pynn.backend.operands.conv import conv_transpose_output_size
+
+    if any(s is None for s in x.shape[1:3]):
+        raise _unsupported(layer, f"the spatial size is unknown in input shape {x.shape}")
+    begins, ends, extra = [], [], []
+    ops = layer.output_padding or (None, None)
+    for n, k, s, d, p in zip(x.shape[1:3], layer.kernel_size, layer.strides,
+                             layer.dilation_rate, ops):
+        crop, full, out = conv_transpose_output_size(n, k, s, d, layer.padding, p)
+        # Output row o is the full transposed conv's row o + crop; rows past the full
+        # output (an output_padding) hold the bias only: ONNX's output_padding rows.
+        kept = full - crop
+        begins.append(crop)
+        ends.append(max(kept - out, 0))
+        extra.append(max(out - kept, 0))
+    w = _host(layer.kernel).transpose(3, 2, 0, 1)  # (kh, kw, F, C) -> (C, F, kh, kw)
+    x = g.nchw(x)
+    hint = layer.name
+    inputs = [x.name, g.const(w, f"{hint}_W")]
+    if layer.use_bias:
+        inputs.append(g.const(_host(layer.bias), f"{hint}_B"))
+    y = g.op("ConvTranspose", inputs, hint, kernel_shape=list(layer.kernel_size),
+             strides=list(layer.strides), dilations=list(layer.dilation_rate),
+             pads=begins + ends, output_padding=extra)
+    t = g.tensor(y, out_shape, _channels_first(4))
+    return _apply_activation(g, layer, t, layer.activation, layer.alpha, f"{hint}_act")
+
+
+def _pool(g, layer, x, out_shape, kernel, strides, padding):
+    pads = _window_pads(layer, x, kernel, strides, (1,) * len(kernel), padding)
+    x = g.nchw(x)
+    attrs = {"kernel_shape": list(kernel), "strides": list(strides), "pads": pads}
+    if "Max" in type(layer).__name__:
+        y = g.op("MaxPool", [x.name], layer.name, **attrs)
+    else:  # Keras 'same' averages over the in-bounds pixels only
+        y = g.op("AveragePool", [x.name], layer.name, count_include_pad=0, **attrs)
+    return g.tensor(y, out_shape, x.perm)
+
+
+@_converts("MaxPooling2D", "AveragePooling2D")
+def _pool2d(g, layer, x, out_shape):
+    return _pool(g, layer, x, out_shape, layer.pool_size, layer.strides, layer.padding)
+
+
+@_converts("MaxPooling1D", "AveragePooling1D")
+def _pool1d(g, layer, x, out_shape):
+    return _pool(g, layer, x, out_shape, (layer.pool_size,), (layer.strides,), layer.padding)
+
+
+@_converts("GlobalAveragePooling2D", "GlobalMaxPooling2D", "GlobalAveragePooling1D",
+           "GlobalMaxPooling1D")
+def _global_pool(g, layer, x, out_shape):
+    op_type = "ReduceMax" if "Max" in type(layer).__name__ else "ReduceMean"
+    spatial = [x.axis(a) for a in range(1, len(x.shape) - 1)]
+    if layer.keepdims:
+        return g.derived(x, g.reduce(op_type, x.name, spatial, layer.name), out_shape)
+    # (N, C) whatever x's layout was: batch and channels keep their order.
+    return g.tensor(g.reduce(op_type, x.name, spatial, layer.name, keepdims=False), out_shape)
+
+
+def _channel_vector(x, v, axis=-1):
+    """A per-channel vector shaped to broadcast along pynn axis ``axis`` of ``x``'s layout."""
+    shape = [1] * len(x.shape)
+    shape[x.axis(axis)] = -1
+    return np.asarray(v, dtype=np.float64).reshape(shape)
+
+
+@_converts("BatchNormalization")
+def _batch_norm(g, layer, x, out_shape):
+    # Inference: one scale and one shift per channel, computed here in float64.
+    mean, var = _host(layer.moving_mean), _host(layer.moving_variance)
+    gamma = _host(layer.gamma) if layer.gamma is not None else np.ones_like(mean)
+    beta = _host(layer.beta) if layer.beta is not None else np.zeros_like(mean)
+    scale = gamma / np.sqrt(var + layer.epsilon)
+    shift = beta - mean * scale
+    hint = layer.name
+    y = g.op("Mul", [x.name, g.const(_channel_vector(x, scale, layer._axis), f"{hint}_scale")],
+             f"{hint}_mul")
+    y = g.op("Add", [y, g.const(_channel_vector(x, shift, layer._axis), f"{hint}_shift")],
+             hint)
+    return g.derived(x, y)
+
+
+def _normalize(g, x_name, axes, epsilon, rms, hint):
+    """(x - mean) / sqrt(var + eps) over ONNX ``axes`` (x / sqrt(var + eps) when ``rms``:
+    pynn's rms_scaling keeps the centered variance but scales the raw input)."""
+    mean = g.reduce("ReduceMean", x_name, axes, f"{hint}_mean")
+    centered = g.op("Sub", [x_name, mean], f"{hint}_centered")
+    var = g.reduce("ReduceMean", g.op("Mul", [centered, centered], f"{hint}_sq"), axes,
+                   f"{hint}_var")
+    std = g.op("Sqrt", [g.op("Add", [var, g.const(epsilon, f"{hint}_eps")], f"{hint}_vareps")],
+               f"{hint}_std")
+    return g.op("Div", [x_name if rms else centered, std], f"{hint}_normed")
+
+
+def _scale_offset(g, y, gamma, beta, hint):
+    if gamma is not None:
+        y = g.op("Mul", [y, g.const(gamma, f"{hint}_gamma")], f"{hint}_scaled")
+    if beta is not None:
+        y = g.op("Add", [y, g.const(beta, f"{hint}_beta")], f"{hint}_shifted")
+    return y
+
+
+@_converts("LayerNormalization")
+def _layer_norm(g, layer, x, out_shape):
+    x = g.nhwc(x)
+    rank = len(x.shape)
+    first = rank - len(layer._shape)
+    gamma = _host(layer.gamma) if layer.gamma is not None else None
+    beta = _host(layer.beta) if layer.beta is not None else None
+    hint = layer.name
+    if g.opset >= 17 and not layer.rms_scaling:
+        scale = gamma if gamma is not None else np.ones(layer._shape)
+        inputs = [x.name, g.const(scale, f"{hint}_gamma")]
+        if beta is not None:
+            inputs.append(g.const(beta, f"{hint}_beta"))
+        y = g.op("LayerNormalization", inputs, hint, axis=first, epsilon=layer.epsilon)
+        return g.derived(x, y)
+    y = _normalize(g, x.name, range(first, rank), layer.epsilon, layer.rms_scaling, hint)
+    return g.derived(x, _scale_offset(g, y, gamma, beta, hint))
+
+
+@_converts("GroupNormalization")
+def _group_norm(g, layer, x, out_shape):
+    x = g.nhwc(x)
+    c, groups = x.shape[-1], layer._groups
+    hint = layer.name
+    # (N, ..., C) -> (N, S, G, C/G), as tests/reference/normalization_ref.py groups it.
+    grouped = g.op("Reshape", [x.name, g.ints([0, -1, groups, c // groups], f"{hint}_gshape")],
+                   f"{hint}_grouped")
+    y = _normalize(g, grouped, (1, 3), layer.epsilon, False, hint)
+    y = g.op("Reshape", [y, g.op("Shape", [x.name], f"{hint}_shape")], f"{hint}_ungrouped")
+    gamma = _host(layer.gamma) if layer.gamma is not None else None
+    beta = _host(layer.beta) if layer.beta is not None else None
+    return g.derived(x, _scale_offset(g, y, gamma, beta, hint))
+
+
+_MERGE_OPS = {"Add": "Sum", "Maximum": "Max", "Minimum": "Min", "Average": "Mean"}
+
+
+@_converts("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
+def _merge(g, layer, xs, out_shape):
+    perms = {x.perm for x in xs}
+    ranks = {len(x.shape) for x in xs}
+    if len(perms) > 1 or len(ranks) > 1:
+        # Mixed layouts or ranks broadcast as pynn's shapes do only in pynn's layout.
+        xs = [g.nhwc(x) for x in xs]
+    names = [x.name for x in xs]
+    kind = type(layer).__name__
+    if kind == "Subtract":
+        y = g.op("Sub", names, layer.name)
+    elif kind == "Multiply":
+        y = names[0]
+        for k, n in enumerate(names[1:]):
+            y = g.op("Mul", [y, n], f"{layer.name}_{k}" if k < len(names) - 2 else layer.name)
+    else:
+        y = g.op(_MERGE_OPS[kind], names, layer.name)
+    return g.tensor(y, out_shape, xs[0].perm)
+
+
+@_converts("Concatenate")
+def _concatenate(g, layer, xs, out_shape):
+    if len({x.perm for x in xs}) > 1:
+        xs = [g.nhwc(x) for x in xs]
+    y = g.op("Concat", [x.name for x in xs], layer.name, axis=xs[0].axis(layer.axis))
+    return g.tensor(y, out_shape, xs[0].perm)
+
+
+@_converts("Dot")
+def _dot(g, layer, xs, out_shape):
+    x1, x2 = (g.nhwc(x) for x in xs)
+    a1, a2 = layer._resolved_axes([x1.shape, x2.shape])
+    hint = layer.name
+    names = []
+    for x, a, tag in ((x1, a1, "l"), (x2, a2, "r")):
+        n = x.name
+        if layer.normalize:  # x / max(||x||, epsilon), merge_ref.normalize_ref
+            ss = g.reduce("ReduceSum", g.op("Mul", [n, n], f"{hint}_{tag}_sq"), [a],
+                          f"{hint}_{tag}_ss")
+            norm = g.op("Max", [g.op("Sqrt", [ss], f"{hint}_{tag}_norm"),
+                                g.const(1e-7, f"{hint}_{tag}_eps")], f"{hint}_{tag}_cap")
+            n = g.op("Div", [n, norm], f"{hint}_{tag}_normalized")
+        names.append(n)
+    # batch_dot as merge_ref writes it: x1's summed axis last, x2's second, one batched
+    # MatMul of (N, A, D) by (N, D, B).
+    r1, r2 = len(x1.shape), len(x2.shape)
+    order1 = [0] + [i for i in range(1, r1) if i != a1] + [a1]
+    order2 = [0, a2] + [i for i in range(1, r2) if i not in (a2,)]
+    left, right = names
+    if order1 != sorted(order1):
+        left = g.op("Transpose", [left], f"{hint}_left", perm=order1)
+    if order2 != sorted(order2):
+        right = g.op("Transpose", [right], f"{hint}_right", perm=order2)
+    d = x1.shape[a1]
+    left = g.op("Reshape", [left, g.ints([0, -1, d], f"{hint}_lshape")], f"{hint}_l3")
+    right = g.op("Reshape", [right, g.ints([0, d, -1], f"{hint}_rshape")], f"{hint}_r3")
+    y = g.op("MatMul", [left, right], f"{hint}_matmul")
+    if any(s is None for s in out_shape[1:]):
+        raise _unsupported(layer, f"its output shape {out_shape} has unknown axes")
+    y = g.op("Reshape", [y, g.ints([-1] + list(out_shape[1:]), f"{hint}_shape")], hint)
+    return g.tensor(y, out_shape)
+
+
+@_converts("Flatten")
+def _flatten(g, layer, x, out_shape):
+    x = g.nhwc(x)  # pynn flattens in channels-last order
+    return g.tensor(g.op("Flatten", [x.name], layer.name, axis=1), out_shape)
+
+
+@_converts("Reshape")
+def _reshape(g, layer, x, out_shape):
+    x = g.nhwc(x)
+    shape = g.ints([0] + list(layer.target_shape), f"{layer.name}_shape")
+    return g.tensor(g.op("Reshape", [x.name, shape], layer.name), out_shape)
+
+
+@_converts("Permute")
+def _permute(g, layer, x, out_shape):
+    # y = transpose(x, q) needs no node: the ONNX tensor of x is y in layout q^-1 . x.perm.
+    q = (0,) + tuple(layer.dims)
+    q_inverse = [q.index(i) for i in range(len(q))]
+    return g.tensor(x.name, out_shape, tuple(q_inverse[p] for p in x.perm))
+
+
+@_converts("RepeatVector")
+def _repeat_vector(g, layer, x, out_shape):
+    x = g.nhwc(x)
+    hint = layer.name
+    y = g.unsqueeze(x.name, [1], f"{hint}_unsqueeze")
+    return g.tensor(g.op("Tile", [y, g.ints([1, layer.n, 1], f"{hint}_repeats")], hint),
+                    out_shape)
+
+
+@_converts("UpSampling2D")
+def _upsampling(g, layer, x, out_shape):
+    x = g.nchw(x)
+    scales = [1.0] * 4
+    scales[x.axis(1)], scales[x.axis(2)] = map(float, layer.size)
+    hint = layer.name
+    inputs = [x.name, "", g.const(scales, f"{hint}_scales")]
+    if layer.interpolation == "nearest":  # Keras's repeat
+        y = g.op("Resize", inputs, hint, mode="nearest",
+                 coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    elif layer.interpolation == "bilinear":  # torch's interpolate, align_corners=False
+        y = g.op("Resize", inputs, hint, mode="linear",
+                 coordinate_transformation_mode="half_pixel")
+    else:
+        raise _unsupported(layer, f"interpolation={layer.interpolation!r}")
+    return g.tensor(y, out_shape, x.perm)
+
+
+def _spatial_pads(x, pairs):
+    """ONNX (begins..., ends...) of ((top, bottom), (left, right)) in x's layout."""
+    begins, ends = [0] * 4, [0] * 4
+    for a, (before, after) in zip((1, 2), pairs):
+        begins[x.axis(a)], ends[x.axis(a)] = before, after
+    return begins + ends
+
+
+@_converts("ZeroPadding2D")
+def _zero_padding(g, layer, x, out_shape):
+    pads = g.ints(_spatial_pads(x, layer.padding), f"{layer.name}_pads")
+    return g.derived(x, g.op("Pad", [x.name, pads], layer.name), out_shape)
+
+
+@_converts("Cropping2D")
+def _cropping(g, layer, x, out_shape):
+    hint = layer.name
+    axes = [x.axis(1), x.axis(2)]
+    starts = [p[0] for p in layer.cropping]
+    ends = [-p[1] if p[1] else _INT64_MAX for p in layer.cropping]
+    y = g.op("Slice", [x.name, g.ints(starts, f"{hint}_starts"), g.ints(ends, f"{hint}_ends"),
+                       g.ints(axes, f"{hint}_axes")], hint)
+    return g.derived(x, y, out_shape)
+
+
+@_converts("Embedding")
+def _embedding(g, layer, x, out_shape):
+    x = g.nhwc(x)
+    ids = x.name
+    if x.dtype not in ("int32", "int64"):
+        ids = g.op("Cast", [ids], f"{layer.name}_ids", to=g.onnx.TensorProto.INT64)
+    table = g.const(_host(layer.embeddings), f"{layer.name}_embeddings")
+    return g.tensor(g.op("Gather", [table, ids], layer.name, axis=0), out_shape)
+
+
+# ONNX's RNN activation names and their (alpha, beta), for pynn's RNN_ACTIVATIONS; selu and
+# relu6 have none (onnxruntime implements only these).
+_RNN_ACTIVATIONS = {
+    "sigmoid": ("Sigmoid", None, None), "tanh": ("Tanh", None, None),
+    "relu": ("Relu", None, None), "softplus": ("Softplus", None, None),
+    "softsign": ("Softsign", None, None), "linear": ("Affine", 1.0, 0.0),
+    "leaky_relu": ("LeakyRelu", 0.2, None), "elu": ("Elu", 1.0, None),
+    "hard_sigmoid": ("HardSigmoid", 1.0 / 6.0, 0.5),
+}
+
+
+def _rnn_activations(layer, names):
+    attrs = {"activations": [], "activation_alpha": [], "activation_beta": []}
+    for n in names:
+        if n not in _RNN_ACTIVATIONS:
+            raise _unsupported(layer, f"activation {n!r} is not one of ONNX's recurrent "
+                                      f"activations {sorted(_RNN_ACTIVATIONS)}")
+        onnx_name, alpha, beta = _RNN_ACTIVATIONS[n]
+        attrs["activations"].append(onnx_name)
+        if alpha is not None:
+            attrs["activation_alpha"].append(alpha)
+        if beta is not None:
+            attrs["activation_beta"].append(beta)
+    return {k: v for k, v in attrs.items() if v}
+
+
+def _gates(a, order, units):
+    """Rows of a (gates*units, ...) array regrouped from Keras's gate order to ONNX's."""
+    return np.concatenate([a[k * units:(k + 1) * units] for k in order], axis=0)
+
+
+@_converts("SimpleRNN", "LSTM", "GRU")
+def _recurrent(g, layer, x, out_shape):
+    kind, u = type(layer).__name__, layer.units
+    hint = layer.name
+    # ONNX's time-major layout (T, N, C) is x in layout (1, 0, 2).
+    x = g.layout(x, (1, 0, 2))
+    xs = x.name
+    if layer.go_backwards:  # Keras: read from the end, outputs in that order
+        xs = g.op("Slice", [xs, g.ints([-1], f"{hint}_rs"), g.ints([_INT64_MIN], f"{hint}_re"),
+                            g.ints([0], f"{hint}_ra"), g.ints([-1], f"{hint}_rstep")],
+                  f"{hint}_reversed")
+    kernel, recurrent = _host(layer.kernel).T, _host(layer.recurrent_kernel).T
+    gates = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3}[kind]
+    bias = _host(layer.bias) if layer.use_bias else np.zeros((gates * u,))
+    recurrent_bias = np.zeros((gates * u,))
+    attrs = {}
+    if kind == "LSTM":  # Keras i, f, c, o -> ONNX i, o, f, c
+        order = (0, 3, 1, 2)
+        kernel, recurrent = _gates(kernel, order, u), _gates(recurrent, order, u)
+        bias = _gates(bias, order, u)
+        attrs = _rnn_activations(layer, [layer.recurrent_activation, layer.activation,
+                                         layer.activation])
+    elif kind == "GRU":  # the same z, r, h order
+        if layer.reset_after:
+            bias, recurrent_bias = (bias[0], bias[1]) if layer.use_bias else (bias, bias)
+        attrs = _rnn_activations(layer, [layer.recurrent_activation, layer.activation])
+        attrs["linear_before_reset"] = int(layer.reset_after)
+    else:
+        attrs = _rnn_activations(layer, [layer.activation])
+    inputs = [xs, g.const(kernel[None], f"{hint}_W"), g.const(recurrent[None], f"{hint}_R"),
+              g.const(np.concatenate([bias, recurrent_bias])[None], f"{hint}_B")]
+    outs = 3 if kind == "LSTM" else 2
+    y_seq, y_last = g.op({"SimpleRNN": "RNN"}.get(kind, kind), inputs, hint, outputs=outs,
+                         hidden_size=u, **attrs)[:2]
+    if layer.return_sequences:
+        # Y (T, 1, N, U): without the direction axis it is the output in layout (1, 0, 2).
+        return g.tensor(g.squeeze(y_seq, [1], f"{hint}_seq"), out_shape, (1, 0, 2))
+    return g.tensor(g.squeeze(y_last, [0], f"{hint}_last"), out_shape)
+
+
+@_converts("TimeDistributed")
+def _time_distributed(g, layer, x, out_shape):
+    inner = layer.layer
+    if type(inner).__name__ == "Dense":  # Dense already maps the last axis of any rank
+        return _dense(g, inner, x, out_shape)
+    x = g.nhwc(x)
+    hint = layer.name
+    if any(s is None for s in x.shape[2:] + out_shape[1:]):
+        raise _unsupported(layer, f"the shapes {x.shape} -> {out_shape} have unknown axes")
+    flat = g.op("Reshape", [x.name, g.ints([-1] + list(x.shape[2:]), f"{hint}_in")],
+                f"{hint}_flat")
+    inner_in = g.tensor(flat, (None,) + x.shape[2:])
+    inner_out = _convert(g, inner, inner_in, (None,) + out_shape[2:])
+    y = g.op("Reshape", [g.nhwc(inner_out).name,
+                         g.ints([-1] + list(out_shape[1:]), f"{hint}_out")], hint)
+    return g.tensor(y, out_shape)
+
+
+def _convert(g, layer, x, out_shape):
+    fn = _CONVERTERS.get(type(layer).__name__)
+    if fn is None:
+        raise _unsupported(layer, f"ONNX export knows {sorted(_CONVERTERS)}")
+    return fn(g, layer, x, out_shape)
+
+
+# -- the model --------------------------------------------------------------------------
+def _built_graph(model, input_signature):
+    graph = getattr(model, "_graph", None)
+    if graph is None and input_signature is not None:
+        shapes = [tuple(s) for s in input_signature]
+        model.build(shapes[0] if len(shapes) == 1 else shapes)
+        graph = model._graph
+    if graph is None:
+        raise ValueError(f"pynn.onnx.export: model '{model.name}' is not built; give it an "
+                         f"Input, call build(input_shape) or pass input_signature")
+    if input_signature is not None:
+        given = [tuple(s) for s in input_signature]
+        have = [tuple(t.shape) for t in graph.inputs]
+        if len(given) != len(have) or any(
+                len(a) != len(b) or any(x is not None and y is not None and x != y
+                                        for x, y in zip(a[1:], b[1:]))
+                for a, b in zip(given, have)):
+            raise ValueError(f"pynn.onnx.export: input_signature {given} does not match the "
+                             f"model's inputs {have}")
+    return graph
+
+
+def _walk(g, graph, values):
+    """Convert ``graph``'s nodes; ``values`` maps id(KerasTensor) -> _Tensor."""
+    for node in graph.nodes:
+        if node.is_input:
+            continue
+        layer = node.layer
+        ins = [values[id(t)] for t in node.inputs]
+        sub = getattr(layer, "_graph", None)
+        if sub is not None:  # a model used as a layer: inlined
+            inner = {id(t): x for t, x in zip(sub.inputs, ins)}
+            _walk(g, sub, inner)
+            outs = [inner[id(t)] for t in sub.outputs]
+        else:
+            out_shape = ([t.shape for t in node.outputs] if len(node.outputs) > 1
+                         else node.outputs[0].shape)
+            y = _convert(g, layer, ins if node.several else ins[0], out_shape)
+            outs = y if isinstance(y, list) else [y]
+        for t, y in zip(node.outputs, outs):
+            values[id(t)] = y
+
+
+def export(model, path=None, opset=None, input_signature=None, batch_size=None):
+    """Write ``model`` (a built pynn Sequential or functional Model) to ONNX file ``path``
+    and return the ``onnx.ModelProto`` (``path=None``: only returned).
+
+    ``opset``: the ONNX opset (default DEFAULT_OPSET, at least MIN_OPSET).
+    ``input_signature``: the input shapes, batch axis included (e.g. ``[(None, 28, 28, 1)]``),
+    to build an unbuilt model; checked against a built one.
+    ``batch_size``: None (default) leaves the batch axis dynamic; an int fixes it.
+
+    The graph takes the model's inputs in pynn's layout (channels-last) and runs inference:
+    Dropout and the noise layers are the identity, BatchNormalization uses its moving
+    statistics. A layer with no ONNX form raises ValueError naming it.
+    """
+    onnx = _onnx()
+    opset = DEFAULT_OPSET if opset is None else opset
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ValueError(f"pynn.onnx.export: opset must be an int in [{MIN_OPSET}, {newest}] "
+                         f"(the installed onnx {onnx.__version__} knows up to {newest}), got "
+                         f"{opset!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
+            batch_size, int) or batch_size < 1):
+        raise ValueError(f"pynn.onnx.export: batch_size must be a positive int or None, got "
+                         f"{batch_size!r}")
+    graph = _built_graph(model, input_signature)
+    g = _Builder(onnx, opset)
+    elem = {"float32": onnx.TensorProto.FLOAT, "int32": onnx.TensorProto.INT32,
+            "int64": onnx.TensorProto.INT64}
+
+    def value_info(name, shape, dtype):
+        dims = ["batch" if batch_size is None else batch_size]
+        dims += [d if d is not None else f"{name}_dim{k}" for k, d in enumerate(shape[1:], 1)]
+        return onnx.helper.make_tensor_value_info(name, elem[dtype], dims)
+
+    values, graph_inputs = {}, []
+    for t in graph.inputs:
+        dtype = str(t.dtype) if str(t.dtype) in ("int32", "int64") else "float32"
+        name = g.fresh(t.node.layer.name)
+        graph_inputs.append(value_info(name, t.shape, dtype))
+        values[id(t)] = g.tensor(name, t.shape, dtype=dtype)
+    # The outputs are named after their layers: those names are taken before any other.
+    out_names = [g.fresh(t.node.layer.name if t.node is not None else t.name)
+                 for t in graph.outputs]
+    _walk(g, graph, values)
+
+    graph_outputs = []
+    for t, out_name in zip(graph.outputs, out_names):
+        y = g.nhwc(values[id(t)])
+        g.nodes.append(onnx.helper.make_node("Identity", [y.name], [out_name],
+                                             name=g.fresh(f"{out_name}/Identity")))
+        graph_outputs.append(value_info(out_name, t.shape, y.dtype))
+    onnx_graph = onnx.helper.make_graph(g.nodes, model.name, graph_inputs, graph_outputs,
+                                        g.initializers)
+    proto = onnx.helper.make_model(onnx_graph, producer_name="pynn",
+                                   opset_imports=[onnx.helper.make_opsetid("", opset)])
+    # The oldest IR version that carries this opset: runtimes refuse IR versions newer than
+    # they know even when they know the opset.
+    proto.ir_version = onnx.helper.find_min_ir_version_for(proto.opset_import)
+    onnx.checker.check_model(proto, full_check=True)
+    if path is not None:
+        onnx.save(proto, str(path))
+    return proto

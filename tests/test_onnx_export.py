@@ -1,0 +1,529 @@
+"""pynn.onnx.export: each exportable layer in a tiny model with random weights and odd sizes,
+exported, checked by onnx.checker and run by onnxruntime, equals pynn's predict
+(max |ort - pynn| <= 1e-5 * max(1, max |pynn|)); the demo CNN, functional models with
+several inputs and outputs, opsets, and the errors.
+
+Skipped when onnx or onnxruntime is missing (the ``onnx`` extra; onnxruntime is a test
+extra)."""
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import pynn
+import pynn.onnx
+from pynn import layers as L
+
+TOL = 1e-5
+
+
+def randomize(model, seed=0):
+    """Random weights everywhere (biases and moving statistics too: zeros would hide a
+    misplaced bias); variances positive."""
+    rng = np.random.default_rng(seed)
+    weights = []
+    for v, w in zip(model.weights, model.get_weights()):
+        r = rng.uniform(-0.6, 0.6, w.shape)
+        if "variance" in v.path:
+            r = np.abs(r) + 0.3
+        weights.append(r.astype(w.dtype))
+    model.set_weights(weights)
+    return model
+
+
+def run_onnx(proto, xs):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(proto.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    feeds = {i.name: x for i, x in zip(session.get_inputs(), xs)}
+    return session.run(None, feeds)
+
+
+def check_export(model, xs, opset=None, seed=0):
+    """Export with random weights, run with onnxruntime, compare to predict; -> proto."""
+    xs = xs if isinstance(xs, list) else [xs]
+    randomize(model, seed)
+    proto = pynn.onnx.export(model, opset=opset)
+    onnx.checker.check_model(proto, full_check=True)
+    want = model.predict(xs if len(xs) > 1 else xs[0], verbose=0)
+    want = want if isinstance(want, list) else [want]
+    got = run_onnx(proto, xs)
+    assert len(got) == len(want)
+    for k, (a, b) in enumerate(zip(got, want)):
+        assert a.shape == b.shape, f"output {k}: onnx shape {a.shape}, pynn {b.shape}"
+        err = float(np.max(np.abs(a.astype(np.float64) - b)))
+        bound = TOL * max(1.0, float(np.max(np.abs(b))))
+        assert err <= bound, f"output {k}: max |onnx - pynn| = {err:.3g} > {bound:.3g}"
+    return proto
+
+
+def rand(shape, seed=1):
+    return np.random.default_rng(seed).uniform(-2, 2, shape).astype(np.float32)
+
+
+def seq(input_shape, *layers):
+    return pynn.Sequential([L.Input(input_shape), *layers])
+
+
+def op_types(proto):
+    return [n.op_type for n in proto.graph.node]
+
+
+ACTIVATIONS = ["linear", "relu", "sigmoid", "tanh", "softmax", "leaky_relu", "elu", "selu",
+               "gelu", "softplus", "relu6", "hard_sigmoid", "silu", "swish", "hard_silu",
+               "mish", "exponential", "softsign"]
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_dense_activations(activation):
+    check_export(seq((7,), L.Dense(5, activation=activation)), rand((3, 7)))
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "softmax"])
+def test_activation_layer_on_images_after_conv(activation):
+    # The activation runs in the conv's NCHW layout; softmax must follow the channels.
+    check_export(seq((5, 6, 3), L.Conv2D(4, 3), L.Activation(activation)), rand((2, 5, 6, 3)))
+
+
+ACTIVATION_LAYERS = {
+    "relu": lambda: L.ReLU(),
+    "relu_capped": lambda: L.ReLU(max_value=1.2),
+    "relu_general": lambda: L.ReLU(max_value=1.5, negative_slope=0.3, threshold=0.2),
+    "relu_slope": lambda: L.ReLU(negative_slope=0.1),
+    "leaky_relu": lambda: L.LeakyReLU(0.15),
+    "elu": lambda: L.ELU(0.7),
+    "prelu": lambda: L.PReLU(),
+    "prelu_shared": lambda: L.PReLU(shared_axes=[1, 2]),
+    "softmax_axis1": lambda: L.Softmax(axis=1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATION_LAYERS))
+def test_activation_layers(name):
+    model = seq((5, 3, 4), L.Conv2D(4, 1), ACTIVATION_LAYERS[name]())
+    check_export(model, rand((2, 5, 3, 4)))
+
+
+CONVS = {
+    "conv2d_valid": ((9, 7, 3), lambda: L.Conv2D(4, (3, 2), activation="tanh")),
+    "conv2d_same_stride": ((9, 7, 3), lambda: L.Conv2D(5, 3, strides=2, padding="same")),
+    "conv2d_same_dilated": ((9, 8, 3), lambda: L.Conv2D(3, 3, padding="same",
+                                                        dilation_rate=2)),
+    "conv2d_grouped": ((7, 7, 6), lambda: L.Conv2D(4, 3, groups=2, padding="same",
+                                                   use_bias=False)),
+    "conv2d_transpose_valid": ((5, 4, 3), lambda: L.Conv2DTranspose(4, 3, strides=2)),
+    "conv2d_transpose_same": ((5, 4, 3), lambda: L.Conv2DTranspose(3, 3, strides=2,
+                                                                   padding="same")),
+    "conv2d_transpose_stride_over_kernel": ((4, 3, 2), lambda: L.Conv2DTranspose(
+        3, 2, strides=3, activation="relu")),
+    "conv2d_transpose_output_padding": ((4, 5, 2), lambda: L.Conv2DTranspose(
+        3, 3, strides=2, padding="same", output_padding=1)),
+    "conv2d_transpose_dilated": ((5, 4, 2), lambda: L.Conv2DTranspose(
+        2, 3, padding="same", dilation_rate=2)),
+    "depthwise": ((7, 9, 3), lambda: L.DepthwiseConv2D(3, strides=2, padding="same",
+                                                       depth_multiplier=2)),
+    "separable": ((7, 9, 3), lambda: L.SeparableConv2D(5, 3, padding="same",
+                                                       depth_multiplier=2,
+                                                       activation="relu")),
+    "conv1d_valid": ((11, 3), lambda: L.Conv1D(4, 3, strides=2)),
+    "conv1d_same": ((11, 3), lambda: L.Conv1D(4, 4, padding="same", activation="elu")),
+    "conv1d_causal_dilated": ((11, 3), lambda: L.Conv1D(5, 3, padding="causal",
+                                                        dilation_rate=2)),
+    "conv1d_grouped": ((9, 4), lambda: L.Conv1D(6, 3, groups=2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONVS))
+def test_convolutions(name):
+    shape, make = CONVS[name]
+    check_export(seq(shape, make()), rand((2,) + shape))
+
+
+POOLS = {
+    "max2d_valid": ((9, 7, 3), lambda: L.MaxPooling2D((2, 3))),
+    "max2d_same": ((9, 7, 3), lambda: L.MaxPooling2D(3, strides=2, padding="same")),
+    "avg2d_valid": ((9, 7, 3), lambda: L.AveragePooling2D(2, strides=1)),
+    "avg2d_same": ((9, 7, 3), lambda: L.AveragePooling2D(3, strides=2, padding="same")),
+    "global_avg2d": ((5, 7, 3), lambda: L.GlobalAveragePooling2D()),
+    "global_max2d_keepdims": ((5, 7, 3), lambda: L.GlobalMaxPooling2D(keepdims=True)),
+    "max1d_same": ((11, 3), lambda: L.MaxPooling1D(3, strides=2, padding="same")),
+    "avg1d_same": ((11, 3), lambda: L.AveragePooling1D(2, padding="same")),
+    "global_avg1d_keepdims": ((11, 3), lambda: L.GlobalAveragePooling1D(keepdims=True)),
+    "global_max1d": ((11, 3), lambda: L.GlobalMaxPooling1D()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(POOLS))
+def test_pooling(name):
+    shape, make = POOLS[name]
+    check_export(seq(shape, make()), rand((2,) + shape))
+
+
+@pytest.mark.parametrize("name", ["max2d_same", "avg2d_same", "global_avg2d"])
+def test_pooling_after_conv(name):
+    # The pool reads the conv's NCHW output: no Transpose between them (none after a global
+    # pool, whose (N, C) output has one layout).
+    shape, make = POOLS[name]
+    proto = check_export(seq(shape, L.Conv2D(4, 3, padding="same"), make()),
+                         rand((2,) + shape))
+    assert op_types(proto).count("Transpose") == (1 if name.startswith("global") else 2)
+
+
+NORMS = {
+    "batch_norm_dense": ((7,), lambda: [L.Dense(5), L.BatchNormalization()]),
+    "batch_norm_conv": ((6, 5, 3), lambda: [L.Conv2D(4, 3),
+                                            L.BatchNormalization(epsilon=0.01)]),
+    "batch_norm_axis1": ((4, 5), lambda: [L.BatchNormalization(axis=1, center=False)]),
+    "layer_norm": ((4, 7), lambda: [L.LayerNormalization()]),
+    "layer_norm_two_axes": ((4, 7), lambda: [L.LayerNormalization(axis=[-2, -1],
+                                                                  scale=False)]),
+    "layer_norm_rms": ((4, 7), lambda: [L.LayerNormalization(rms_scaling=True)]),
+    "group_norm": ((3, 5, 6), lambda: [L.GroupNormalization(groups=3)]),
+    "group_norm_after_conv": ((5, 5, 2), lambda: [L.Conv2D(6, 3),
+                                                  L.GroupNormalization(groups=2)]),
+}
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+@pytest.mark.parametrize("name", sorted(NORMS))
+def test_normalization(name, opset):
+    shape, make = NORMS[name]
+    check_export(seq(shape, *make()), rand((3,) + shape), opset=opset)
+
+
+SHAPES = {
+    "flatten_after_conv": ((5, 4, 3), lambda: [L.Conv2D(2, 3), L.Flatten(), L.Dense(3)]),
+    "reshape": ((12,), lambda: [L.Reshape((3, -1)), L.Dense(2)]),
+    "permute": ((3, 5, 2), lambda: [L.Permute((2, 3, 1)), L.Dense(3)]),
+    "permute_after_conv": ((5, 4, 3), lambda: [L.Conv2D(2, 3, padding="same"),
+                                               L.Permute((3, 1, 2)), L.Flatten()]),
+    "repeat_vector": ((5,), lambda: [L.RepeatVector(3)]),
+    "upsampling_nearest": ((3, 4, 2), lambda: [L.UpSampling2D((2, 3))]),
+    "upsampling_bilinear": ((3, 4, 2), lambda: [L.UpSampling2D(2, interpolation="bilinear")]),
+    "zero_padding": ((3, 4, 2), lambda: [L.ZeroPadding2D(((1, 2), (0, 3)))]),
+    "cropping": ((7, 6, 2), lambda: [L.Conv2D(3, 1), L.Cropping2D(((1, 2), (0, 1)))]),
+    "cropping_one_side": ((7, 6, 2), lambda: [L.Cropping2D(((0, 2), (1, 0)))]),
+    "dropout_and_noise": ((5, 6, 3), lambda: [L.Dropout(0.4), L.SpatialDropout2D(0.3),
+                                              L.GaussianNoise(0.5), L.GaussianDropout(0.2),
+                                              L.Identity(), L.Flatten()]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_shape_and_identity_layers(name):
+    shape, make = SHAPES[name]
+    check_export(seq(shape, *make()), rand((2,) + shape))
+
+
+def test_embedding():
+    model = seq((6,), L.Embedding(11, 4), L.Flatten(), L.Dense(3))
+    model = pynn.Sequential([L.Input((6,), dtype="int32"), L.Embedding(11, 4), L.Flatten(),
+                             L.Dense(3)])
+    ids = np.random.default_rng(2).integers(0, 11, (3, 6)).astype(np.int32)
+    check_export(model, ids)
+
+
+RNNS = {
+    "simple_rnn": lambda: L.SimpleRNN(5),
+    "simple_rnn_seq_relu": lambda: L.SimpleRNN(5, activation="relu", return_sequences=True),
+    "lstm": lambda: L.LSTM(5),
+    "lstm_seq": lambda: L.LSTM(4, return_sequences=True),
+    "lstm_backwards_hard_sigmoid": lambda: L.LSTM(3, recurrent_activation="hard_sigmoid",
+                                                  go_backwards=True, return_sequences=True),
+    "gru": lambda: L.GRU(5),
+    "gru_seq_backwards": lambda: L.GRU(4, return_sequences=True, go_backwards=True),
+    "gru_reset_before": lambda: L.GRU(5, reset_after=False),
+    "gru_linear_no_bias": lambda: L.GRU(3, activation="linear", use_bias=False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RNNS))
+def test_recurrent(name):
+    check_export(seq((7, 3), RNNS[name]()), rand((2, 7, 3)))
+
+
+def test_stacked_recurrent_stays_time_major():
+    model = seq((7, 3), L.LSTM(4, return_sequences=True), L.GRU(3, return_sequences=True),
+                L.SimpleRNN(2))
+    proto = check_export(model, rand((2, 7, 3)))
+    # One Transpose into time-major order; the sequences pass between the cells as they are.
+    assert op_types(proto).count("Transpose") == 1
+
+
+@pytest.mark.parametrize("inner", ["dense", "conv2d"])
+def test_time_distributed(inner):
+    if inner == "dense":
+        model = seq((5, 4), L.TimeDistributed(L.Dense(3, activation="relu")))
+        x = rand((2, 5, 4))
+    else:
+        model = seq((3, 5, 4, 2), L.TimeDistributed(L.Conv2D(3, 3, padding="same")))
+        x = rand((2, 3, 5, 4, 2))
+    check_export(model, x)
+
+
+def merge_model(layer, shapes):
+    inputs = [pynn.Input(s) for s in shapes]
+    return pynn.Model(inputs, layer(inputs)), [rand((3,) + s, seed=k) for k, s in
+                                               enumerate(shapes)]
+
+
+MERGES = {
+    "add3": (lambda: L.Add(), [(4, 5), (4, 5), (4, 5)]),
+    "add_broadcast": (lambda: L.Add(), [(4, 5), (1, 5)]),
+    "subtract": (lambda: L.Subtract(), [(6,), (6,)]),
+    "multiply3": (lambda: L.Multiply(), [(6,), (6,), (6,)]),
+    "average": (lambda: L.Average(), [(6,), (6,)]),
+    "maximum": (lambda: L.Maximum(), [(6,), (6,)]),
+    "minimum": (lambda: L.Minimum(), [(2, 6), (2, 6)]),
+    "concatenate": (lambda: L.Concatenate(), [(4, 5), (4, 3)]),
+    "concatenate_axis1": (lambda: L.Concatenate(axis=1), [(4, 5), (2, 5)]),
+    "dot": (lambda: L.Dot(axes=1), [(6,), (6,)]),
+    "dot_normalize": (lambda: L.Dot(axes=-1, normalize=True), [(6,), (6,)]),
+    "dot_3d": (lambda: L.Dot(axes=(2, 2)), [(3, 5), (4, 5)]),
+    "dot_3d_mixed": (lambda: L.Dot(axes=(1, 2)), [(4, 3), (2, 4)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MERGES))
+def test_merge(name):
+    make, shapes = MERGES[name]
+    model, xs = merge_model(make(), shapes)
+    check_export(model, xs)
+
+
+def test_merge_of_conv_branches_stays_nchw():
+    x = pynn.Input((7, 6, 3))
+    a = L.Conv2D(4, 3, padding="same")(x)
+    b = L.Conv2D(4, 1)(x)
+    y = L.Concatenate()([L.Add()([a, b]), L.Maximum()([a, b])])
+    y = L.MaxPooling2D()(L.Conv2D(2, 3)(y))
+    proto = check_export(pynn.Model(x, y), rand((2, 7, 6, 3)))
+    assert op_types(proto).count("Transpose") == 2
+
+
+def test_demo_cnn():
+    from pynn.demo import build_model
+
+    model = build_model()
+    proto = check_export(model, rand((4,) + tuple(model.input_shape[1:])))
+    # In at the first Conv2D, out before Flatten: the conv/pool run is NCHW throughout.
+    assert op_types(proto).count("Transpose") == 2
+
+
+def test_functional_several_inputs_and_outputs(tmp_path):
+    image = pynn.Input((9, 8, 3), name="image")
+    meta = pynn.Input((5,), name="meta")
+    a = L.Conv2D(4, 3, strides=2, padding="same", activation="relu")(image)
+    a = L.BatchNormalization()(a)
+    a = L.GlobalAveragePooling2D()(a)
+    b = L.Dense(4, activation="tanh")(meta)
+    joined = L.Concatenate()([a, b])
+    shared = L.Dense(3, name="shared")  # called twice: two nodes, one set of weights
+    out1 = L.Softmax(name="probabilities")(shared(joined))
+    out2 = L.Add(name="score")([shared(L.Dense(8)(meta)), L.Dense(3)(a)])
+    model = pynn.Model([image, meta], [out1, out2])
+    xs = [rand((3, 9, 8, 3)), rand((3, 5), seed=2)]
+    proto = check_export(model, xs)
+    assert [i.name for i in proto.graph.input] == ["image", "meta"]
+    assert [o.name for o in proto.graph.output] == ["probabilities", "score"]
+    assert sorted(i.name for i in proto.graph.initializer
+                  if i.name.startswith("shared")) == ["shared_bias", "shared_kernel"]
+    # Written to a file: the same graph, any batch size.
+    path = tmp_path / "model.onnx"
+    pynn.onnx.export(model, path)
+    loaded = onnx.load(str(path))
+    onnx.checker.check_model(loaded, full_check=True)
+    xs7 = [rand((7, 9, 8, 3), seed=3), rand((7, 5), seed=4)]
+    for got, want in zip(run_onnx(loaded, xs7), model.predict(xs7, verbose=0)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_nested_model_is_inlined():
+    inner = pynn.Sequential([L.Input((6,)), L.Dense(4, activation="relu"), L.Dense(3)])
+    x = pynn.Input((6,))
+    model = pynn.Model(x, L.Dense(2)(inner(x)))
+    check_export(model, rand((3, 6)))
+
+
+@pytest.mark.parametrize("opset", [13, 15, 17, 18, 20])
+def test_opsets(opset):
+    model = seq((6, 5, 3), L.Conv2D(4, 3, padding="same", activation="gelu"),
+                L.GlobalMaxPooling2D(), L.RepeatVector(3), L.LayerNormalization(),
+                L.GRU(4), L.Dense(2, activation="softmax"))
+    proto = check_export(model, rand((2, 6, 5, 3)), opset=opset)
+    assert proto.opset_import[0].version == opset
+
+
+def test_batch_axis_dynamic_by_default_or_fixed():
+    model = randomize(seq((4,), L.Dense(3)))
+    dynamic = pynn.onnx.export(model)
+    dim = dynamic.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_param == "batch"
+    fixed = pynn.onnx.export(model, batch_size=5)
+    assert fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 5
+    x = rand((5, 4))
+    np.testing.assert_allclose(run_onnx(fixed, [x])[0], model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_unbuilt_model_with_input_signature():
+    model = pynn.Sequential([L.Dense(4, activation="relu"), L.Dense(2)])
+    with pytest.raises(ValueError, match="not built.*input_signature"):
+        pynn.onnx.export(model)
+    proto = pynn.onnx.export(model, input_signature=[(None, 5)])
+    assert proto.graph.input[0].type.tensor_type.shape.dim[1].dim_value == 5
+    with pytest.raises(ValueError, match=r"input_signature \[\(None, 6\)\] does not match"):
+        pynn.onnx.export(model, input_signature=[(None, 6)])
+
+
+class Doubler(pynn.layers.Layer):
+    def call(self, x, training=False):
+        return x * 2
+
+
+def test_unexportable_layer_is_named():
+    model = seq((4,), L.Dense(3), Doubler(name="doubler"))
+    with pytest.raises(ValueError, match="Doubler 'doubler' cannot be exported"):
+        pynn.onnx.export(model)
+
+
+@pytest.mark.parametrize("activation", ["selu", "relu6"])
+def test_recurrent_activation_without_onnx_form_is_named(activation):
+    model = seq((4, 3), L.SimpleRNN(2, activation=activation, name="cell"))
+    with pytest.raises(ValueError, match=f"SimpleRNN 'cell'.*activation '{activation}'"):
+        pynn.onnx.export(model)
+
+
+@pytest.mark.parametrize("opset", [12, 0, "17", 10_000, True])
+def test_bad_opset(opset):
+    model = seq((4,), L.Dense(3))
+    with pytest.raises(ValueError, match="opset must be an int in"):
+        pynn.onnx.export(model, opset=opset)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.0, True])
+def test_bad_batch_size(batch_size):
+    with pytest.raises(ValueError, match="batch_size must be a positive int or None"):
+        pynn.onnx.export(seq((4,), L.Dense(3)), batch_size=batch_size)
+
+
+def test_missing_onnx_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now fails
+    with pytest.raises(ImportError, match=r"pip install pynn\[onnx\]"):
+        pynn.onnx.export(seq((4,), L.Dense(3)))
+
+
+def test_import_pynn_does_not_import_onnx():
+    import subprocess
+    import sys
+
+    code = "import sys, pynn; pynn.onnx; print('onnx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=str(__import__("pathlib").Path(pynn.__file__).parents[1]))
+    assert out.stdout.strip() == "False"
+
+
+def test_unknown_time_steps_stay_dynamic():
+    model = seq((None, 3), L.Conv1D(4, 3, padding="causal"), L.LSTM(5, return_sequences=True),
+                L.GlobalAveragePooling1D(), L.Dense(2))
+    randomize(model)
+    proto = pynn.onnx.export(model)
+    for steps in (4, 9):
+        x = rand((2, steps, 3), seed=steps)
+        np.testing.assert_allclose(run_onnx(proto, [x])[0], model.predict(x, verbose=0),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_float64_model_exports_float32_graph():
+    pynn.set_floatx("float64")
+    try:
+        model = seq((6,), L.Dense(4, activation="tanh"), L.Dense(3))
+    finally:
+        pynn.set_floatx("float32")
+    randomize(model)
+    proto = pynn.onnx.export(model)
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    x = rand((3, 6))
+    np.testing.assert_allclose(run_onnx(proto, [x])[0], model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-5)
+
+
+def keras_parity_models(keras):
+    """(keras model, pynn model) pairs of the same architecture, Keras's weight layouts."""
+    kl = keras.layers
+    yield (keras.Sequential([keras.Input((9, 8, 3)), kl.Conv2D(4, 3, padding="same",
+                                                               activation="relu"),
+                             kl.BatchNormalization(), kl.MaxPooling2D(),
+                             kl.DepthwiseConv2D(3, padding="same", depth_multiplier=2),
+                             kl.GlobalAveragePooling2D(), kl.Dense(3, activation="softmax")]),
+           seq((9, 8, 3), L.Conv2D(4, 3, padding="same", activation="relu"),
+               L.BatchNormalization(), L.MaxPooling2D(),
+               L.DepthwiseConv2D(3, padding="same", depth_multiplier=2),
+               L.GlobalAveragePooling2D(), L.Dense(3, activation="softmax")),
+           (2, 9, 8, 3))
+    yield (keras.Sequential([keras.Input((7, 3)), kl.LSTM(5, return_sequences=True),
+                             kl.GRU(4, return_sequences=True), kl.GRU(3, reset_after=False),
+                             kl.Dense(2)]),
+           seq((7, 3), L.LSTM(5, return_sequences=True), L.GRU(4, return_sequences=True),
+               L.GRU(3, reset_after=False), L.Dense(2)),
+           (2, 7, 3))
+
+
+def test_keras_weights_exported_give_keras_outputs():
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    rng = np.random.default_rng(3)
+    for keras_model, model, shape in keras_parity_models(keras):
+        weights = [rng.uniform(-0.5, 0.5, w.shape).astype(np.float32)
+                   for w in keras_model.get_weights()]
+        # BatchNormalization's moving variance (the 4th of its weights) must be positive.
+        weights = [np.abs(w) + 0.3 if "moving_variance" in v.path else w
+                   for v, w in zip(keras_model.weights, weights)]
+        keras_model.set_weights(weights)
+        model.set_weights(weights)
+        x = rand(shape, seed=4)
+        want = np.asarray(keras_model.predict(x, verbose=0), dtype=np.float64)
+        got = run_onnx(pynn.onnx.export(model), [x])[0]
+        err = float(np.max(np.abs(got - want))) / max(1.0, float(np.max(np.abs(want))))
+        assert err <= TOL, f"{model.layers}: max |onnx - keras| = {err:.3g}"
+
+
+@pytest.mark.opencl
+def test_export_of_a_model_on_opencl():
+    previous = pynn.get_device()
+    pynn.set_device("opencl")
+    try:
+        model = seq((9, 8, 3), L.Conv2D(4, 3, padding="same", activation="relu"),
+                    L.MaxPooling2D(), L.Flatten(), L.Dense(3))
+        randomize(model)
+        x = rand((2, 9, 8, 3))
+        want = model.predict(x, verbose=0)
+        got = run_onnx(pynn.onnx.export(model), [x])[0]
+    finally:
+        pynn.set_device(previous)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bench_inference_runs(tmp_path, capsys):
+    """bench/bench_inference.py at toy repeat counts: it checks onnxruntime against pynn
+    before timing, so this is also an export test of its two models."""
+    import json
+
+    from bench import bench_inference
+
+    path = tmp_path / "rows.json"
+    assert bench_inference.main(["--repeat", "2", "--warmup", "1", "--batch", "1,3",
+                                 "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())
+    assert {(r["model"], r["batch"], r["runtime"]) for r in rows} == {
+        (m, b, rt) for m in bench_inference.MODELS for b in (1, 3)
+        for rt in ("pynn", "onnxruntime")}
+    assert all(r["p50_us"] > 0 for r in rows)
+    assert "pynn / onnxruntime p50" in capsys.readouterr().out
