@@ -199,6 +199,7 @@ def test_opencl_ranks_each_take_a_device_and_match_one_cpu_process(tmp_path, mod
     assert _max_diff(ranks[0], single) < 1e-4
 
 
+@pytest.mark.opencl
 def test_each_local_rank_takes_the_next_device_of_the_platform(monkeypatch):
     pytest.importorskip("pyopencl")
     import pynn.distributed as dist
