@@ -574,7 +574,6 @@ class _RandomColor(_RandomLayer):
         if self.needs_input_grad:
             raise NotImplementedError(f"{_name(self)}: no input gradient (put it at the "
                                       f"model's input)")
-        return None
 
     def call(self, x, training=False):
         if not training:

@@ -64,7 +64,7 @@ def image_affine_forward_ref(x, matrices, output_size, interpolation="bilinear",
 def image_affine_backward_ref(dy, matrices, input_shape, interpolation="bilinear",
                               fill_mode="constant"):
     dy = np.asarray(dy, np.float64)
-    n, ho, wo, c = dy.shape
+    n, ho, wo, _ = dy.shape
     dx = np.zeros(input_shape)
     for i in range(n):
         rows, cols = _coords(matrices[i], ho, wo)
