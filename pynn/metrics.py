@@ -204,17 +204,20 @@ class F1Score(FBetaScore):
 
 
 class AUC(Metric):
-    """Keras 3's AUC (multi_label=False): tp/fp/tn/fn at ``num_thresholds`` thresholds
-    spread over [0, 1] (plus -eps and 1 + eps) from one ``threshold_counts`` op per batch;
-    ROC or PR curve, Riemann sum by interpolation (PR: Davis & Goadrich's), minoring or
-    majoring."""
+    """Keras 3's AUC: tp/fp/tn/fn at ``num_thresholds`` thresholds spread over [0, 1] (plus
+    -eps and 1 + eps) from one ``threshold_counts`` op per batch (per label with
+    ``multi_label``); ROC or PR curve, Riemann sum by interpolation (PR: Davis & Goadrich's),
+    minoring or majoring. ``multi_label`` keeps one curve per column of (N, L) inputs and
+    averages their areas (Keras's label_weights None); ``from_logits`` applies the sigmoid
+    first (a backend activation op, so the scores stay on the device)."""
 
     default_name = "auc"
     CURVES = ("ROC", "PR")
     SUMMATIONS = ("interpolation", "minoring", "majoring")
 
     def __init__(self, num_thresholds=200, curve="ROC", summation_method="interpolation",
-                 name=None, thresholds=None, multi_label=False, from_logits=False):
+                 name=None, thresholds=None, multi_label=False, num_labels=None,
+                 label_weights=None, from_logits=False):
         curve = str(curve).upper()
         summation_method = str(summation_method).lower()
         if curve not in self.CURVES:
@@ -223,9 +226,12 @@ class AUC(Metric):
         if summation_method not in self.SUMMATIONS:
             raise ValueError(f"AUC: invalid `summation_method` argument value "
                              f"{summation_method!r}, expected one of {self.SUMMATIONS}")
-        if multi_label or from_logits:
-            raise NotImplementedError("AUC: multi_label and from_logits are not supported; "
-                                      "pass probabilities and one label column")
+        if label_weights is not None:
+            raise NotImplementedError("AUC: label_weights is not supported (the mean over "
+                                      "labels is Keras's label_weights=None)")
+        if num_labels is not None and (isinstance(num_labels, bool)
+                                       or not isinstance(num_labels, int) or num_labels < 1):
+            raise ValueError(f"AUC: `num_labels` must be an int >= 1, got {num_labels!r}")
         if thresholds is not None:
             inner = sorted(float(v) for v in thresholds)
             self.num_thresholds = len(inner) + 2
@@ -240,18 +246,54 @@ class AUC(Metric):
         self.thresholds = np.array([0.0 - 1e-7] + inner + [1.0 + 1e-7])
         self.curve = curve
         self.summation_method = summation_method
+        self.multi_label = bool(multi_label)
+        self.num_labels = num_labels
+        self.from_logits = bool(from_logits)
         super().__init__(name)
 
     def reset_state(self):
-        self.counts = np.zeros((4, getattr(self, "num_thresholds", 0)), np.int64)
+        # (4, T) counts, or with multi_label (L, 4, T) once the labels are known.
+        t = getattr(self, "num_thresholds", 0)
+        labels = getattr(self, "num_labels", None)
+        if getattr(self, "multi_label", False):
+            self.counts = None if labels is None else np.zeros((labels, 4, t), np.int64)
+        else:
+            self.counts = np.zeros((4, t), np.int64)
 
     def update_state(self, y_true, y_pred):
         y_true, y_pred = _backend_arrays(y_true, y_pred)
-        self.counts = self.counts + backend.current().threshold_counts(y_true, y_pred,
-                                                                       self.thresholds)
+        b = backend.current()
+        if self.from_logits:
+            y_pred = b.activation_forward(y_pred, "sigmoid", 0.0)
+        if not self.multi_label:
+            self.counts = self.counts + b.threshold_counts(y_true, y_pred, self.thresholds)
+            return
+        if len(y_pred.shape) != 2 or tuple(y_true.shape) != tuple(y_pred.shape):
+            raise ValueError(f"{self.name}: multi_label wants y_true and y_pred of one shape "
+                             f"(N, num_labels), got {tuple(y_true.shape)} and "
+                             f"{tuple(y_pred.shape)}")
+        labels = y_pred.shape[1]
+        if self.counts is None:
+            self.counts = np.zeros((labels, 4, self.num_thresholds), np.int64)
+        if self.counts.shape[0] != labels:
+            raise ValueError(f"{self.name}: y_pred has {labels} labels, expected "
+                             f"{self.counts.shape[0]}")
+        # Labels as rows: each is then a contiguous (N,) view for the count op.
+        true_rows = b.transpose_forward(y_true, (1, 0))
+        pred_rows = b.transpose_forward(y_pred, (1, 0))
+        self.counts = self.counts + np.stack([
+            b.threshold_counts(true_rows[j], pred_rows[j], self.thresholds)
+            for j in range(labels)])
 
     def result(self):
-        tp, fp, tn, fn = (c.astype(np.float64) for c in self.counts)
+        if self.counts is None:
+            return 0.0
+        if self.multi_label:
+            return float(np.mean([self._area(c) for c in self.counts]))
+        return self._area(self.counts)
+
+    def _area(self, counts):
+        tp, fp, tn, fn = (c.astype(np.float64) for c in counts)
         n = self.num_thresholds
         if self.curve == "PR" and self.summation_method == "interpolation":
             dtp = tp[:n - 1] - tp[1:]
@@ -279,7 +321,8 @@ class AUC(Metric):
     def get_config(self):
         return {"name": self.name, "num_thresholds": self.num_thresholds, "curve": self.curve,
                 "summation_method": self.summation_method,
-                "thresholds": self._init_thresholds}
+                "thresholds": self._init_thresholds, "multi_label": self.multi_label,
+                "num_labels": self.num_labels, "from_logits": self.from_logits}
 
 
 class MeanIoU(Metric):
