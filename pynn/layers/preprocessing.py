@@ -306,7 +306,20 @@ class Normalization(Layer):
         self.set_weights([mean.reshape(shape), variance.reshape(shape), np.array(total)])
 
     def _vectors(self, dtype):
+        """(scale, offset) on the backend, rebuilt only when the weights change (set_weights
+        and adapt replace the arrays), so a training step downloads nothing."""
         b = backend.current()
+        values = (None, None) if self.input_mean is not None else (self.mean.value,
+                                                                   self.variance.value)
+        cached = getattr(self, "_vector_cache", None)
+        if cached is not None and cached[0] is b and cached[1] == dtype \
+                and all(a is c for a, c in zip(cached[2], values)):
+            return cached[3]
+        vectors = self._build_vectors(b, dtype)
+        self._vector_cache = (b, dtype, values, vectors)
+        return vectors
+
+    def _build_vectors(self, b, dtype):
         if self.input_mean is not None:
             k = math.prod(self._kept(self.input_shape)) if self.axis is not None else 1
             mean = np.broadcast_to(np.asarray(self.input_mean, np.float64), (k,))
