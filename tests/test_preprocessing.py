@@ -256,20 +256,26 @@ def test_random_flip_and_rotation_transform_the_image(rng):
     np.testing.assert_array_equal(layer(square, training=True), np.rot90(square, 1, (1, 2)))
 
 
-def test_preprocessing_model_trains(rng):
-    """A model that augments inside itself fits and predicts (augmentation off there)."""
+def test_preprocessing_model_trains(backend, rng):
+    """A model that augments inside itself fits and predicts (augmentation off there), on
+    each backend: on OpenCL the whole pipeline runs on the device."""
     import pynn
 
-    model = pynn.Sequential([
-        layers.Input((8, 8, 1)), layers.Rescaling(1 / 255.0), layers.RandomFlip(seed=1),
-        layers.RandomRotation(0.05, seed=2), layers.Conv2D(2, 3), layers.Flatten(),
-        layers.Dense(2, activation="softmax")])
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    x = rng.uniform(0, 255, (16, 8, 8, 1)).astype(np.float32)
-    y = rng.integers(0, 2, 16)
-    history = model.fit(x, y, epochs=2, batch_size=8, verbose=0)
-    assert np.all(np.isfinite(history.history["loss"]))
-    np.testing.assert_array_equal(model.predict(x, verbose=0), model.predict(x, verbose=0))
+    previous = pynn.backend.device()
+    try:
+        pynn.set_device(backend.name)
+        model = pynn.Sequential([
+            layers.Input((8, 8, 1)), layers.Rescaling(1 / 255.0), layers.RandomFlip(seed=1),
+            layers.RandomRotation(0.05, seed=2), layers.RandomContrast(0.2, (0, 1), seed=3),
+            layers.Conv2D(2, 3), layers.Flatten(), layers.Dense(2, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        x = rng.uniform(0, 255, (16, 8, 8, 1)).astype(np.float32)
+        y = rng.integers(0, 2, 16)
+        history = model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+        assert np.all(np.isfinite(history.history["loss"]))
+        np.testing.assert_array_equal(model.predict(x, verbose=0), model.predict(x, verbose=0))
+    finally:
+        pynn.set_device(previous)
 
 
 # -- configs and bad inputs -----------------------------------------------------------------
