@@ -369,3 +369,49 @@ def test_model_with_preprocessing_layers_saves_and_loads(tmp_path, rng):
                                rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(again(data, training=True), model(data, training=True),
                                rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_random_layers_build_keras_matrices_and_images(rng):
+    """Given the same drawn parameters, RandomRotation / RandomZoom / RandomTranslation /
+    RandomFlip build Keras's matrices and, through Keras's own transform_images, the same
+    images as pynn's op."""
+    keras = _keras()
+    from pynn.backend import cpu
+
+    n, h, w = 3, 9, 11
+    x = rand(rng, (n, h, w, 2))
+    deg = rng.uniform(-30, 30, n).astype(np.float32)
+    zoom = rng.uniform(0.8, 1.3, (n, 2)).astype(np.float32)  # (width, height), Keras's order
+    shift = rng.uniform(-3, 3, (n, 2)).astype(np.float32)    # (dx, dy) pixels
+    flips = np.array([True, False, True])
+
+    def np_(t):
+        return np.asarray(keras.ops.convert_to_numpy(t))
+
+    tensor = keras.ops.convert_to_tensor
+    zeros = tensor(np.zeros(n, np.float32))
+    k_rot = np_(keras.layers.RandomRotation(0.1)._compute_affine_matrix(
+        center_x=0.5, center_y=0.5, angle=tensor(deg), translate_x=zeros, translate_y=zeros,
+        scale=tensor(np.ones(n, np.float32)), shear_x=zeros, shear_y=zeros, height=h,
+        width=w))
+    k_zoom = np_(keras.layers.RandomZoom(0.2)._get_zoom_matrix(
+        tensor(zoom), h, w))
+    k_shift = np_(keras.layers.RandomTranslation(0.1, 0.1)._get_translation_matrix(
+        tensor(shift)))
+    cases = [(k_rot, pp.rotation_matrices(deg, h, w)),
+             (k_zoom, pp.zoom_matrices(zoom[:, 0], zoom[:, 1], h, w)),
+             (k_shift, pp.translation_matrices(shift[:, 0], shift[:, 1]))]
+    for keras_m, ours in cases:
+        np.testing.assert_allclose(ours, keras_m[:, :6], rtol=1e-5, atol=1e-5)
+        want = np_(keras.ops.image.affine_transform(x, keras_m, fill_mode="reflect"))
+        got = cpu.image_affine_forward(x, ours.astype(np.float32), (h, w), "bilinear",
+                                       "reflect", 0.0)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    flip = keras.layers.RandomFlip("horizontal")
+    want = np_(flip.transform_images(
+        x, {"flips": tensor(flips[:, None, None, None]),
+            "input_shape": x.shape}))
+    got = cpu.image_affine_forward(x, pp.flip_matrices(flips, np.zeros(n, bool), h, w), (h, w),
+                                   "nearest", "constant", 0.0)
+    np.testing.assert_array_equal(got, want)
