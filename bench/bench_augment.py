@@ -18,8 +18,17 @@ pynn.set_num_threads (its kernel runs OpenMP over the images of a batch), torch 
 torch.set_num_threads; Keras's generator resamples one image at a time through SciPy, which has
 no threads to give. The JSON goes to bench/results/augment-<cpu>-<threads>t.json.
 
+Then the cost of augmenting on the fly while training: one small CNN (two strided 3x3
+convolutions, global pooling, softmax) fit one epoch on the same images, from pre-made arrays
+(``fit(x, y)``) and from ``ImageDataGenerator(**AUGMENT).flow(x, y)`` (its batches prepared
+in a background thread while the native step runs), in alternated rounds; the overhead is
+1 - (images/s with augmentation) / (images/s from arrays), target <= 10%.
+
+torchvision is in the ``test`` extra (0.28 for torch 2.13); where it is not installed its
+column is skipped with a note.
+
     .venv/bin/python bench/bench_augment.py [--threads 2] [--rounds 5] [--images 256]
-        [--keras-images 64] [--json PATH]
+        [--keras-images 64] [--training-rounds 3] [--json PATH]
 """
 
 import argparse
@@ -81,6 +90,40 @@ def torchvision_runner(threads):
     return run
 
 
+def training_cnn(pynn, seed):
+    from pynn import layers
+
+    pynn.utils.set_random_seed(seed)
+    model = pynn.Sequential([
+        layers.Input(SHAPE),
+        layers.Conv2D(16, 3, strides=2, activation="relu"),
+        layers.Conv2D(32, 3, strides=2, activation="relu"),
+        layers.GlobalAveragePooling2D(),
+        layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return model
+
+
+def training_overhead(pynn, generator_class, x, rounds):
+    """Median images/s of one training epoch from arrays and from the augmenting flow."""
+    y = np.arange(len(x)) % 10
+    speeds = {"arrays": [], "augmented": []}
+    for r in range(rounds):
+        for kind in speeds:
+            model = training_cnn(pynn, r)
+            data = (generator_class(**AUGMENT).flow(x, y, batch_size=BATCH, seed=r)
+                    if kind == "augmented" else None)
+            model.fit(x[:BATCH], y[:BATCH], batch_size=BATCH, epochs=1, verbose=0)  # warm-up
+            t = time.perf_counter()
+            if data is None:
+                model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+            else:
+                model.fit(data, epochs=1, verbose=0)
+            speeds[kind].append(len(x) / (time.perf_counter() - t))
+    median = {k: statistics.median(v) for k, v in speeds.items()}
+    return speeds, median, 1.0 - median["augmented"] / median["arrays"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -88,6 +131,8 @@ def main():
     parser.add_argument("--images", type=int, default=256, help="images per pynn round")
     parser.add_argument("--keras-images", type=int, default=64,
                         help="images per Keras round (it is far slower)")
+    parser.add_argument("--training-rounds", type=int, default=3,
+                        help="rounds of the training-overhead measurement (0: skip it)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -118,7 +163,9 @@ def main():
             sys.exit(1)
     tv = torchvision_runner(args.threads)
     if tv is None:
-        print("torchvision not installed: its column is skipped")
+        print("torchvision not installed (pip install torchvision==0.28.0, the test extra): "
+              "its column is skipped")
+        result["torchvision"] = "not installed: skipped"
     rounds = {"pynn": [], "keras": [], "torchvision": []}
     for r in range(args.rounds):
         rounds["pynn"].append(run_flow(ours, x, seed=r))
@@ -140,6 +187,17 @@ def main():
         print(f"  pynn / keras = {result['pynn_over_keras']:.1f}x (target >= 5x)")
     if "torchvision" in speed:
         result["pynn_over_torchvision"] = speed["pynn"] / speed["torchvision"]
+    if args.training_rounds > 0:
+        rounds_t, median_t, overhead = training_overhead(pynn, ImageDataGenerator, x,
+                                                         args.training_rounds)
+        result["training_images_per_s_rounds"] = rounds_t
+        result["training_images_per_s"] = median_t
+        result["augmentation_training_overhead"] = overhead
+        print(f"\ntraining a small CNN, {len(x)} images per epoch, median of "
+              f"{args.training_rounds} alternated rounds:")
+        print(f"  from arrays        {median_t['arrays']:10.1f} images/s")
+        print(f"  augmented on fly   {median_t['augmented']:10.1f} images/s")
+        print(f"  overhead {100 * overhead:.1f}% (target <= 10%)")
     path = args.json or (Path(__file__).resolve().parent / "results" /
                          f"augment-{_cpu_slug(result['machine'].get('cpu_model'))}-"
                          f"{args.threads}t.json")

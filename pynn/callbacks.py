@@ -6,6 +6,8 @@ import json
 import math
 import os
 import shutil
+import socket
+import struct
 import sys
 import time
 import warnings
@@ -640,3 +642,248 @@ class BackupAndRestore(Callback):
     def on_train_end(self, logs=None):
         if self.delete_checkpoint and _is_primary() and os.path.isdir(self.backup_dir):
             shutil.rmtree(self.backup_dir)
+
+
+# -- TensorBoard: scalar event files, written without TensorFlow or tensorboard -------------
+# An event file is a sequence of TFRecords (u64 length, masked CRC32C of the length, the
+# bytes, masked CRC32C of the bytes), each an Event protobuf; the fields used here are
+# encoded by hand: Event{wall_time=1 double, step=2 int64, file_version=3 string,
+# summary=5 Summary}, Summary{value=1 repeated Value}, Value{tag=1 string, simple_value=2
+# float}. TensorBoard's scalar dashboard reads simple_value summaries.
+
+def _crc32c_table():
+    table = []
+    for i in range(256):
+        crc = i
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data):
+    """CRC-32C (Castagnoli), TFRecord's checksum."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _masked_crc(data):
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _varint(n):
+    out = bytearray()
+    n &= (1 << 64) - 1  # int64 as protobuf's two's-complement varint
+    while True:
+        low = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _field(number, wire, payload):
+    key = _varint(number << 3 | wire)
+    if wire == 2:
+        return key + _varint(len(payload)) + payload
+    return key + payload
+
+
+def _event(wall_time, step=None, file_version=None, scalars=None):
+    out = _field(1, 1, struct.pack("<d", wall_time))
+    if step is not None:
+        out += _field(2, 0, _varint(int(step)))
+    if file_version is not None:
+        out += _field(3, 2, file_version.encode())
+    if scalars:
+        summary = b"".join(
+            _field(1, 2, _field(1, 2, tag.encode()) + _field(2, 5, struct.pack("<f", value)))
+            for tag, value in scalars)
+        out += _field(5, 2, summary)
+    return out
+
+
+def _record(data):
+    length = struct.pack("<Q", len(data))
+    return (length + struct.pack("<I", _masked_crc(length)) + data
+            + struct.pack("<I", _masked_crc(data)))
+
+
+class EventFileWriter:
+    """Appends scalar summaries to a new ``events.out.tfevents.*`` file in ``log_dir``."""
+
+    _count = 0
+
+    def __init__(self, log_dir):
+        os.makedirs(log_dir, exist_ok=True)
+        EventFileWriter._count += 1
+        name = (f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}."
+                f"{os.getpid()}.{EventFileWriter._count}.v2")
+        self.path = os.path.join(log_dir, name)
+        self._file = open(self.path, "wb")
+        self._file.write(_record(_event(time.time(), file_version="brain.Event:2")))
+        self._file.flush()
+
+    def scalars(self, step, values):
+        """One event holding every (tag, float) pair at ``step``."""
+        self._file.write(_record(_event(time.time(), step=step, scalars=list(values))))
+
+    def flush(self):
+        self._file.flush()
+
+    def close(self):
+        if not self._file.closed:
+            self._file.close()
+
+
+def read_scalar_events(path):
+    """[(step, tag, value)] of an event file's simple_value summaries, every record's CRCs
+    checked: the small reader the tests use, and a way to read logs without TensorBoard."""
+    def fields(buf):
+        i = 0
+        while i < len(buf):
+            key, i = _read_varint(buf, i)
+            number, wire = key >> 3, key & 7
+            if wire == 0:
+                value, i = _read_varint(buf, i)
+            elif wire == 1:
+                value, i = buf[i:i + 8], i + 8
+            elif wire == 5:
+                value, i = buf[i:i + 4], i + 4
+            elif wire == 2:
+                size, i = _read_varint(buf, i)
+                value, i = buf[i:i + size], i + size
+            else:
+                raise ValueError(f"{path}: unsupported protobuf wire type {wire}")
+            yield number, value
+
+    out = []
+    with open(path, "rb") as f:
+        data = f.read()
+    pos = 0
+    while pos < len(data):
+        header = data[pos:pos + 8]
+        (length,) = struct.unpack("<Q", header)
+        (crc,) = struct.unpack("<I", data[pos + 8:pos + 12])
+        if crc != _masked_crc(header):
+            raise ValueError(f"{path}: bad length CRC at byte {pos}")
+        body = data[pos + 12:pos + 12 + length]
+        (crc,) = struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])
+        if crc != _masked_crc(body):
+            raise ValueError(f"{path}: bad data CRC at byte {pos}")
+        pos += 16 + length
+        step = 0
+        values = []
+        for number, value in fields(body):
+            if number == 2:
+                step = value - (1 << 64) if value >= 1 << 63 else value
+            elif number == 5:
+                for _, v in fields(value):
+                    tag, scalar = None, None
+                    for n, item in fields(v):
+                        if n == 1:
+                            tag = item.decode()
+                        elif n == 2:
+                            (scalar,) = struct.unpack("<f", item)
+                    values.append((tag, scalar))
+        out.extend((step, tag, value) for tag, value in values)
+    return out
+
+
+def _read_varint(buf, i):
+    shift = result = 0
+    while True:
+        byte = buf[i]
+        i += 1
+        result |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return result, i
+
+
+class TensorBoard(Callback):
+    """Keras 3's TensorBoard, scalars only: ``log_dir/train`` gets ``epoch_<metric>`` each
+    epoch (and ``batch_<metric>`` every ``update_freq`` batches when that is 'batch' or an
+    int), ``log_dir/validation`` the ``val_`` logs as ``epoch_<metric>``. Histograms, graphs,
+    images and profiling are not written (their arguments must keep Keras's defaults)."""
+
+    def __init__(self, log_dir="logs", histogram_freq=0, write_graph=True, write_images=False,
+                 write_steps_per_second=False, update_freq="epoch", profile_batch=0,
+                 embeddings_freq=0, embeddings_metadata=None):
+        super().__init__()
+        if histogram_freq or write_images or profile_batch or embeddings_freq \
+                or embeddings_metadata:
+            raise NotImplementedError("TensorBoard: only scalars are written (histogram_freq, "
+                                      "write_images, profile_batch, embeddings_* must stay "
+                                      "off)")
+        if update_freq == "batch":
+            update_freq = 1
+        if update_freq != "epoch" and (isinstance(update_freq, bool)
+                                       or not isinstance(update_freq, int) or update_freq < 1):
+            raise ValueError(f"TensorBoard: update_freq must be 'epoch', 'batch' or an int >= "
+                             f"1, got {update_freq!r}")
+        self.log_dir = os.fspath(log_dir)
+        self.update_freq = update_freq
+        self.write_graph = write_graph
+        self.write_steps_per_second = bool(write_steps_per_second)
+        self._writers = {}
+        self._train_step = 0
+        self._epoch_start = None
+
+    def _writer(self, which):
+        if which not in self._writers:
+            self._writers[which] = EventFileWriter(os.path.join(self.log_dir, which))
+        return self._writers[which]
+
+    def on_train_begin(self, logs=None):
+        self._train_step = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+        self._epoch_steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._train_step += 1
+        self._epoch_steps = getattr(self, "_epoch_steps", 0) + 1
+        if self.update_freq == "epoch" or not _is_primary():
+            return
+        if self._train_step % self.update_freq == 0:
+            self._writer("train").scalars(self._train_step, (
+                (f"batch_{k}", float(v)) for k, v in (logs or {}).items()
+                if isinstance(v, (int, float, np.floating))))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not _is_primary():
+            return
+        logs = logs or {}
+        train, val = [], []
+        for k, v in logs.items():
+            if not isinstance(v, (int, float, np.floating)):
+                continue
+            if k.startswith("val_"):
+                val.append((f"epoch_{k[4:]}", float(v)))
+            else:
+                train.append((f"epoch_{k}", float(v)))
+        if self.write_steps_per_second and self._epoch_start is not None:
+            elapsed = time.perf_counter() - self._epoch_start
+            train.append(("epoch_steps_per_second",
+                          self._epoch_steps / elapsed if elapsed > 0 else 0.0))
+        if train:
+            self._writer("train").scalars(epoch, train)
+        if val:
+            self._writer("validation").scalars(epoch, val)
+        for w in self._writers.values():
+            w.flush()
+
+    def on_train_end(self, logs=None):
+        for w in self._writers.values():
+            w.close()
+        self._writers = {}

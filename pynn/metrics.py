@@ -33,7 +33,13 @@ class BinaryAccuracy(Metric):
         self.threshold = float(threshold)
         super().__init__(name)
 
-    def update_state(self, y_true, y_pred):
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            t, p, w = _weighted_inputs(self, y_true, y_pred, sample_weight)
+            match = t.reshape(p.shape) == (p > _in_dtype(p, self.threshold))
+            self.correct += float(np.sum(w[..., None] * match))
+            self.total += float(np.sum(w)) * p.shape[-1]
+            return
         y_true, y_pred = _backend_arrays(y_true, y_pred)
         self.correct += backend.current().accuracy_count(y_true, y_pred, "binary", self.threshold)
         self.total += _size(y_pred)
@@ -60,7 +66,13 @@ class CategoricalAccuracy(Metric):
     default_name = "categorical_accuracy"
     mode = "categorical"
 
-    def update_state(self, y_true, y_pred):
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            t, p, w = _weighted_inputs(self, y_true, y_pred, sample_weight)
+            true = _target_ids(t, p, self.mode == "sparse")
+            self.correct += float(np.sum(w * (true == np.argmax(p, axis=-1))))
+            self.total += float(np.sum(w))
+            return
         y_true, y_pred = _rows(*_backend_arrays(y_true, y_pred, self.mode == "sparse"),
                                self.mode == "sparse")
         self.correct += backend.current().accuracy_count(y_true, y_pred, self.mode, 0.5)
@@ -82,7 +94,15 @@ class TopKCategoricalAccuracy(Metric):
         self.k = int(k)
         super().__init__(name)
 
-    def update_state(self, y_true, y_pred):
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            t, p, w = _weighted_inputs(self, y_true, y_pred, sample_weight)
+            true = _target_ids(t, p, self.sparse)
+            score = np.take_along_axis(p, true[..., None], axis=-1)
+            kth = -np.sort(-p, axis=-1)[..., min(self.k, p.shape[-1]) - 1:][..., :1]
+            self.correct += float(np.sum(w * (score >= kth)[..., 0]))
+            self.total += float(np.sum(w))
+            return
         y_true, y_pred = _rows(*_backend_arrays(y_true, y_pred, self.sparse), self.sparse)
         self.correct += backend.current().top_k_count(y_true, y_pred, self.k, self.sparse)
         self.total += y_pred.shape[0]
@@ -104,7 +124,15 @@ class _Confusion(Metric):
     def reset_state(self):
         self.tp = self.fp = self.fn = 0
 
-    def update_state(self, y_true, y_pred):
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            t, p, w = _weighted_inputs(self, y_true, y_pred, sample_weight)
+            w = np.broadcast_to(w.reshape(w.shape + (1,) * (p.ndim - w.ndim)), p.shape)
+            true, pred = t.reshape(p.shape) != 0, p > _in_dtype(p, self.thresholds)
+            self.tp += float(np.sum(w * (true & pred)))
+            self.fp += float(np.sum(w * (~true & pred)))
+            self.fn += float(np.sum(w * (true & ~pred)))
+            return
         y_true, y_pred = _backend_arrays(y_true, y_pred)
         tp, fp, fn = backend.current().confusion_counts(y_true, y_pred, self.thresholds)
         self.tp += tp
@@ -160,7 +188,8 @@ class FBetaScore(Metric):
     def reset_state(self):
         self.counts = None  # (tp, fp, fn, support) per class, float64 (4, K)
 
-    def update_state(self, y_true, y_pred):
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        _unweighted_only(self, sample_weight)
         y_true, y_pred = _backend_arrays(y_true, y_pred)
         counts = backend.current().fbeta_counts(y_true, y_pred, self.threshold)
         if self.counts is not None and self.counts.shape != counts.shape:
@@ -204,17 +233,20 @@ class F1Score(FBetaScore):
 
 
 class AUC(Metric):
-    """Keras 3's AUC (multi_label=False): tp/fp/tn/fn at ``num_thresholds`` thresholds
-    spread over [0, 1] (plus -eps and 1 + eps) from one ``threshold_counts`` op per batch;
-    ROC or PR curve, Riemann sum by interpolation (PR: Davis & Goadrich's), minoring or
-    majoring."""
+    """Keras 3's AUC: tp/fp/tn/fn at ``num_thresholds`` thresholds spread over [0, 1] (plus
+    -eps and 1 + eps) from one ``threshold_counts`` op per batch (per label with
+    ``multi_label``); ROC or PR curve, Riemann sum by interpolation (PR: Davis & Goadrich's),
+    minoring or majoring. ``multi_label`` keeps one curve per column of (N, L) inputs and
+    averages their areas (Keras's label_weights None); ``from_logits`` applies the sigmoid
+    first (a backend activation op, so the scores stay on the device)."""
 
     default_name = "auc"
     CURVES = ("ROC", "PR")
     SUMMATIONS = ("interpolation", "minoring", "majoring")
 
     def __init__(self, num_thresholds=200, curve="ROC", summation_method="interpolation",
-                 name=None, thresholds=None, multi_label=False, from_logits=False):
+                 name=None, thresholds=None, multi_label=False, num_labels=None,
+                 label_weights=None, from_logits=False):
         curve = str(curve).upper()
         summation_method = str(summation_method).lower()
         if curve not in self.CURVES:
@@ -223,9 +255,12 @@ class AUC(Metric):
         if summation_method not in self.SUMMATIONS:
             raise ValueError(f"AUC: invalid `summation_method` argument value "
                              f"{summation_method!r}, expected one of {self.SUMMATIONS}")
-        if multi_label or from_logits:
-            raise NotImplementedError("AUC: multi_label and from_logits are not supported; "
-                                      "pass probabilities and one label column")
+        if label_weights is not None:
+            raise NotImplementedError("AUC: label_weights is not supported (the mean over "
+                                      "labels is Keras's label_weights=None)")
+        if num_labels is not None and (isinstance(num_labels, bool)
+                                       or not isinstance(num_labels, int) or num_labels < 1):
+            raise ValueError(f"AUC: `num_labels` must be an int >= 1, got {num_labels!r}")
         if thresholds is not None:
             inner = sorted(float(v) for v in thresholds)
             self.num_thresholds = len(inner) + 2
@@ -240,18 +275,77 @@ class AUC(Metric):
         self.thresholds = np.array([0.0 - 1e-7] + inner + [1.0 + 1e-7])
         self.curve = curve
         self.summation_method = summation_method
+        self.multi_label = bool(multi_label)
+        self.num_labels = num_labels
+        self.from_logits = bool(from_logits)
         super().__init__(name)
 
     def reset_state(self):
-        self.counts = np.zeros((4, getattr(self, "num_thresholds", 0)), np.int64)
+        # (4, T) counts, or with multi_label (L, 4, T) once the labels are known.
+        t = getattr(self, "num_thresholds", 0)
+        labels = getattr(self, "num_labels", None)
+        if getattr(self, "multi_label", False):
+            self.counts = None if labels is None else np.zeros((labels, 4, t), np.int64)
+        else:
+            self.counts = np.zeros((4, t), np.int64)
 
-    def update_state(self, y_true, y_pred):
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            self._update_weighted(*_weighted_inputs(self, y_true, y_pred, sample_weight))
+            return
         y_true, y_pred = _backend_arrays(y_true, y_pred)
-        self.counts = self.counts + backend.current().threshold_counts(y_true, y_pred,
-                                                                       self.thresholds)
+        b = backend.current()
+        if self.from_logits:
+            y_pred = b.activation_forward(y_pred, "sigmoid", 0.0)
+        if not self.multi_label:
+            self.counts = self.counts + b.threshold_counts(y_true, y_pred, self.thresholds)
+            return
+        if len(y_pred.shape) != 2 or tuple(y_true.shape) != tuple(y_pred.shape):
+            raise ValueError(f"{self.name}: multi_label wants y_true and y_pred of one shape "
+                             f"(N, num_labels), got {tuple(y_true.shape)} and "
+                             f"{tuple(y_pred.shape)}")
+        labels = y_pred.shape[1]
+        if self.counts is None:
+            self.counts = np.zeros((labels, 4, self.num_thresholds), np.int64)
+        if self.counts.shape[0] != labels:
+            raise ValueError(f"{self.name}: y_pred has {labels} labels, expected "
+                             f"{self.counts.shape[0]}")
+        # Labels as rows: each is then a contiguous (N,) view for the count op.
+        true_rows = b.transpose_forward(y_true, (1, 0))
+        pred_rows = b.transpose_forward(y_pred, (1, 0))
+        self.counts = self.counts + np.stack([
+            b.threshold_counts(true_rows[j], pred_rows[j], self.thresholds)
+            for j in range(labels)])
+
+    def _update_weighted(self, t, p, w):
+        """Weighted tp/fp/tn/fn (floats), as Keras's update_confusion_variables."""
+        if self.from_logits:
+            p = 1.0 / (1.0 + np.exp(-p))
+        w = np.broadcast_to(w.reshape(w.shape + (1,) * (p.ndim - w.ndim)), p.shape)
+        t = t.reshape(p.shape) != 0
+        if self.multi_label:
+            p, t, w = (a.reshape(-1, a.shape[-1]).T for a in (p, t, w))
+            if self.counts is None:
+                self.counts = np.zeros((p.shape[0], 4, self.num_thresholds))
+        else:
+            p, t, w = p.reshape(1, -1), t.reshape(1, -1), w.reshape(1, -1)
+        above = p[:, None, :] > self.thresholds[None, :, None]  # (labels, T, elements)
+        pos, neg = w * t, w * ~t
+        tp = np.einsum("lte,le->lt", above, pos)
+        fp = np.einsum("lte,le->lt", above, neg)
+        counts = np.stack([tp, fp, neg.sum(axis=1)[:, None] - fp,
+                           pos.sum(axis=1)[:, None] - tp], axis=1)
+        self.counts = self.counts + (counts if self.multi_label else counts[0])
 
     def result(self):
-        tp, fp, tn, fn = (c.astype(np.float64) for c in self.counts)
+        if self.counts is None:
+            return 0.0
+        if self.multi_label:
+            return float(np.mean([self._area(c) for c in self.counts]))
+        return self._area(self.counts)
+
+    def _area(self, counts):
+        tp, fp, tn, fn = (c.astype(np.float64) for c in counts)
         n = self.num_thresholds
         if self.curve == "PR" and self.summation_method == "interpolation":
             dtp = tp[:n - 1] - tp[1:]
@@ -279,7 +373,8 @@ class AUC(Metric):
     def get_config(self):
         return {"name": self.name, "num_thresholds": self.num_thresholds, "curve": self.curve,
                 "summation_method": self.summation_method,
-                "thresholds": self._init_thresholds}
+                "thresholds": self._init_thresholds, "multi_label": self.multi_label,
+                "num_labels": self.num_labels, "from_logits": self.from_logits}
 
 
 class MeanIoU(Metric):
@@ -303,7 +398,8 @@ class MeanIoU(Metric):
     def reset_state(self):
         self.total_cm = np.zeros((self.num_classes, self.num_classes), np.int64)
 
-    def update_state(self, y_true, y_pred):
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        _unweighted_only(self, sample_weight)
         b = backend.current()
         y_true, y_pred = b.asarray(y_true, np.int32), b.asarray(y_pred, np.int32)
         self.total_cm = self.total_cm + b.confusion_matrix(y_true, y_pred, self.num_classes)
@@ -335,7 +431,15 @@ class _MeanOfLoss(Metric):
         self.total = 0.0
         self.count = 0
 
-    def update_state(self, y_true, y_pred):
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            t, p, w = _weighted_inputs(self, y_true, y_pred, sample_weight)
+            err = p - t.reshape(p.shape)
+            per_sample = np.mean(err * err if self.loss_name == "mean_squared_error"
+                                 else np.abs(err), axis=-1)
+            self.total += float(np.sum(w * per_sample))
+            self.count += float(np.sum(w))
+            return
         y_true, y_pred = _backend_arrays(y_true, y_pred)
         k = y_pred.shape[-1] if len(y_pred.shape) else 1
         n = _size(y_pred) // k if k else 0
@@ -375,6 +479,54 @@ def _backend_arrays(y_true, y_pred, sparse=False):
     y_pred = b.asarray(y_pred, np.float64 if getattr(y_pred, "dtype", None) == np.float64
                        else np.float32)
     return b.asarray(y_true, np.int32 if sparse else y_pred.dtype), y_pred
+
+
+# -- sample_weight: Keras's weighted updates, computed on the host --------------------------
+# The count ops count; a weighted count needs each sample's own outcome, so a weighted update
+# reads the batch back and counts in NumPy (float64). Unweighted updates, what fit runs for
+# compile(metrics=...) (Keras weights only weighted_metrics), stay on the device.
+
+def _host(a):
+    b = backend.current()
+    return np.asarray(b.to_numpy(a) if hasattr(a, "get") else a)
+
+
+def _weighted_inputs(metric, y_true, y_pred, sample_weight):
+    """(y_true, y_pred as float64, weights of y_pred.shape[:-1] as float64): a weight per
+    sample broadcasts over the other leading axes (Keras's rule for (N,) weights)."""
+    t = _host(y_true).astype(np.float64)
+    p = _host(y_pred).astype(np.float64)
+    if p.ndim == 1:
+        p = p[:, None]
+    w = _host(sample_weight).astype(np.float64)
+    lead = p.shape[:-1]
+    if w.ndim > len(lead) or w.shape != lead[:w.ndim]:
+        if w.shape == p.shape and p.shape[-1] == 1:
+            w = w[..., 0]
+        else:
+            raise ValueError(f"{metric.name}: sample_weight of shape {w.shape} does not fit "
+                             f"predictions of shape {p.shape}: expected {lead[:1]} or {lead}")
+    w = np.broadcast_to(w.reshape(w.shape + (1,) * (len(lead) - w.ndim)), lead)
+    if not np.all(np.isfinite(w)):
+        raise ValueError(f"{metric.name}: sample_weight must be finite")
+    return t, p, w
+
+
+def _target_ids(t, p, sparse):
+    if sparse:
+        return t.reshape(p.shape[:-1]).astype(np.int64)
+    return np.argmax(t.reshape(p.shape), axis=-1)
+
+
+def _in_dtype(p, threshold):
+    """Keras compares with the threshold in the prediction's dtype (float32 in fit)."""
+    return float(np.float32(threshold))
+
+
+def _unweighted_only(metric, sample_weight):
+    if sample_weight is not None:
+        raise NotImplementedError(f"{metric.name}: sample_weight is not supported by "
+                                  f"{type(metric).__name__}")
 
 
 def _size(a):

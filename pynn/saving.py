@@ -91,7 +91,8 @@ def register_model_class(cls):
 
 def _npy_bytes(array):
     buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    # ascontiguousarray makes a 0-d weight (Normalization's count) 1-d: keep the shape.
+    np.save(buf, np.ascontiguousarray(array).reshape(np.shape(array)), allow_pickle=False)
     return buf.getvalue()
 
 

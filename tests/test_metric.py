@@ -508,7 +508,7 @@ def test_f1_defaults_follow_keras():
     (lambda: metrics.AUC(curve="XY"), "AUC: invalid `curve`"),
     (lambda: metrics.AUC(summation_method="mean"), "AUC: invalid `summation_method`"),
     (lambda: metrics.AUC(num_thresholds=1), "AUC: `num_thresholds` must be an integer > 1"),
-    (lambda: metrics.AUC(multi_label=True), "AUC: multi_label and from_logits are not"),
+    (lambda: metrics.AUC(label_weights=[1, 2]), "AUC: label_weights is not supported"),
 ])
 def test_new_metric_bad_arguments(make, match):
     with pytest.raises((ValueError, NotImplementedError), match=match):

@@ -5,7 +5,8 @@ match this table.
 Where an op lives: one name, five places
 ----------------------------------------
 An op of family F (dense, conv, pool, activation, loss, metric, dropout, optim, rnn,
-merge, spatial, shape, normalization, depthwise) named ``<op>`` is, under that same name:
+merge, spatial, shape, normalization, depthwise,
+preprocessing) named ``<op>`` is, under that same name:
 - ``native/F.pyx``: the CPU kernel, exported as ``pynn._native.F.<op>``;
 - ``opencl/F.cl``: its OpenCL kernels, driven by ``pynn/backend/opencl/F.py``;
 - ``pynn/backend/operands/F.py``: the checks of its arguments, which both backends call
@@ -332,6 +333,21 @@ OPS = {
     # (deterministic, no float atomics).
     "embedding_forward": ("indices", "table"),
     "embedding_backward": ("dy", "indices", "input_dim"),
+    # -- preprocessing (native/preprocessing.pyx, opencl/preprocessing.cl): issue 15, Keras
+    # 3's preprocessing layers. matrices (N, 6): Keras's affine transform per image
+    # [a0, a1, a2, b0, b1, b2], output pixel (r, c) reads column a0*c + a1*r + a2, row
+    # b0*c + b1*r + b2, by keras.ops.image.map_coordinates' rules (fill_mode constant,
+    # nearest, wrap, mirror, reflect; interpolation nearest (half to even) or bilinear).
+    # (N,H,W,C) -> (N, *output_size, C); the backward scatters dy through the same taps.
+    "image_affine_forward": ("x", "matrices", "output_size", "interpolation", "fill_mode",
+                             "fill_value"),
+    "image_affine_backward": ("dy", "matrices", "input_shape", "interpolation", "fill_mode"),
+    # y = x * scale + offset, scale/offset (K,) over x's trailing K values (Rescaling,
+    # Normalization); offset None gives y = x * scale, also their input gradient.
+    "channel_affine_forward": ("x", "scale", "offset"),
+    # Per image n of (N,H,W,C): clip((x - mean) * contrast[n] + mean + delta[n], *value_range),
+    # mean per channel over H, W; contrast None skips the mean, delta None adds 0.
+    "image_adjust_forward": ("x", "contrast", "delta", "value_range"),
 }
 
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.

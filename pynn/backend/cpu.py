@@ -118,6 +118,13 @@ from pynn._native.optim import constraint_inplace  # noqa: F401
 # -- end issue 12
 # -- embedding (issue 14, sequence layers) --
 from pynn._native.embedding import embedding_backward, embedding_forward  # noqa: F401
+# -- preprocessing (issue 15, Keras 3's preprocessing layers) --
+from pynn._native.preprocessing import (  # noqa: F401
+    channel_affine_forward,
+    image_adjust_forward,
+    image_affine_backward,
+    image_affine_forward,
+)
 from pynn.backend.operands.common import host_array
 
 NAME = "cpu"

@@ -78,6 +78,15 @@ LAYERS.update({cls.__name__: cls for cls in (
     Embedding, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D,
     GlobalMaxPooling1D, TimeDistributed,
 )})
+# -- preprocessing layers (issue 15) --
+from pynn.layers.preprocessing import (  # noqa: E402
+    CenterCrop, Normalization, RandomBrightness, RandomContrast, RandomCrop, RandomFlip,
+    RandomRotation, RandomTranslation, RandomZoom, Rescaling, Resizing,
+)
+LAYERS.update({cls.__name__: cls for cls in (
+    Rescaling, Normalization, Resizing, CenterCrop, RandomCrop, RandomFlip, RandomRotation,
+    RandomZoom, RandomTranslation, RandomContrast, RandomBrightness,
+)})
 MaxPool1D = MaxPooling1D
 AvgPool1D = AveragePooling1D
 GlobalAvgPool1D = GlobalAveragePooling1D

@@ -78,6 +78,10 @@ from pynn.backend.opencl.optim import constraint_inplace  # noqa: F401
 # -- end issue 12
 # -- embedding (issue 14, sequence layers) --
 from pynn.backend.opencl.embedding import embedding_backward, embedding_forward  # noqa: F401
+# -- preprocessing (issue 15, Keras 3's preprocessing layers) --
+from pynn.backend.opencl.preprocessing import (  # noqa: F401
+    channel_affine_forward, image_adjust_forward, image_affine_backward, image_affine_forward,
+)
 from pynn.backend.opencl.runtime import (  # noqa: F401
     device_info, devices, empty_cache, select_device,
 )

@@ -1,0 +1,325 @@
+"""Kernels of Keras 3's preprocessing layers (pynn/layers/preprocessing.py), NHWC.
+
+Legend: N batch, H/W input spatial, HO/WO output spatial, C channels, K features of a
+channel-wise affine map (the product of the trailing axes it covers).
+
+Design:
+- One resampling op serves every geometric layer (Resizing, CenterCrop, RandomCrop,
+  RandomFlip, RandomRotation, RandomZoom, RandomTranslation): the layer builds Keras 3's
+  affine matrix per image in NumPy and image_affine_forward resamples. Output pixel (r, c)
+  reads the input at column a0*c + a1*r + a2, row b0*c + b1*r + b2 (keras.ops.image's
+  affine_transform, its 8-vector without the projective pair).
+- The boundary rules are keras.ops.image.map_coordinates' (torch backend), not scipy's: each
+  of an output pixel's neighbours is fixed on its own (constant: a neighbour outside the image
+  reads fill_value and is blended with the inside ones; nearest: clamp; wrap: i mod n;
+  mirror: d c b | a b c d | c b a; reflect: d c b a | a b c d | d c b a), and 'nearest'
+  interpolation rounds half to even (rint, torch.round). That is why native/augment.pyx's
+  scipy-exact resampler (one whole-coordinate test for constant, scipy's folds) is not reused.
+- The op is linear in x, so image_affine_backward scatters dy through the same neighbours and
+  weights (fill_value's share goes nowhere). Each thread owns whole images of dx (prange over
+  N), so the scatter needs no atomics and any thread count gives the same bits.
+- Coordinates and weights are double for both dtypes; sums are rounded once to x's dtype.
+- channel_affine_forward (Rescaling, Normalization, and their backward with offset None) and
+  image_adjust_forward (RandomContrast, RandomBrightness) are one pass over x, prange over
+  rows / images. Random draws stay in NumPy (the layers), so the same seed gives the same
+  batch at any thread count.
+"""
+from cython.parallel cimport prange
+from libc.math cimport floor, rint, isfinite
+from libc.string cimport memset
+
+from pynn.backend.operands import preprocessing as operands
+from pynn.backend.operands.common import HOST
+
+import numpy as np
+
+ctypedef fused floating:
+    float
+    double
+
+# Codes of operands.FILL_MODES / INTERPOLATIONS, in that order.
+cdef enum:
+    FILL_CONSTANT = 0
+    FILL_NEAREST = 1
+    FILL_WRAP = 2
+    FILL_MIRROR = 3
+    FILL_REFLECT = 4
+
+cdef enum:
+    INTERP_NEAREST = 0
+    INTERP_BILINEAR = 1
+
+# Below this many output elements a kernel runs on the calling thread.
+cdef enum:
+    PARALLEL_MIN = 32768
+
+
+cdef inline Py_ssize_t _mod(Py_ssize_t a, Py_ssize_t n) noexcept nogil:
+    """Python's a % n (the sign of n), as torch's % on the index tensors."""
+    cdef Py_ssize_t r = a % n
+    return r + n if r < 0 else r
+
+
+cdef inline Py_ssize_t _mirror(Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t s = n - 1
+    if s == 0:
+        return 0
+    i = _mod(i + s, 2 * s) - s
+    return -i if i < 0 else i
+
+
+cdef inline Py_ssize_t _fix(Py_ssize_t i, Py_ssize_t n, int mode) noexcept nogil:
+    """A neighbour index mapped into [0, n) by Keras's index fixer of ``mode``."""
+    cdef Py_ssize_t m
+    if mode == FILL_WRAP:
+        return _mod(i, n)
+    if mode == FILL_MIRROR:
+        return _mirror(i, n)
+    if mode == FILL_REFLECT:
+        m = _mirror(2 * i + 1, 2 * n + 1) - 1
+        return m // 2 if m >= 0 else -((-m + 1) // 2)
+    return 0 if i < 0 else (n - 1 if i > n - 1 else i)
+
+
+cdef struct Taps:
+    # Up to two neighbours per axis: fixed indices, weights, and whether each lies inside.
+    Py_ssize_t i0, i1
+    double w0, w1
+    bint in0, in1
+
+
+cdef inline Taps _taps(double x, Py_ssize_t n, int order, int mode) noexcept nogil:
+    cdef Taps t
+    cdef double f
+    cdef Py_ssize_t lo
+    if order == INTERP_NEAREST:
+        lo = <Py_ssize_t>rint(x)
+        t.w0, t.w1 = 1.0, 0.0
+        t.i1, t.in1 = 0, False
+    else:
+        f = floor(x)
+        lo = <Py_ssize_t>f
+        t.w1 = x - f
+        t.w0 = 1.0 - t.w1
+        t.in1 = mode != FILL_CONSTANT or (lo + 1 >= 0 and lo + 1 < n)
+        t.i1 = _fix(lo + 1, n, mode)
+    t.in0 = mode != FILL_CONSTANT or (lo >= 0 and lo < n)
+    t.i0 = _fix(lo, n, mode)
+    return t
+
+
+cdef void _affine_image(const floating* x, floating* y, const floating* m, Py_ssize_t H,
+                        Py_ssize_t W, Py_ssize_t C, Py_ssize_t HO, Py_ssize_t WO, int order,
+                        int mode, double fill) noexcept nogil:
+    """One image: y (HO, WO, C) resampled from x (H, W, C) through m."""
+    cdef Py_ssize_t r, c, ch, k
+    cdef Taps tr, tc
+    cdef double a0 = m[0], a1 = m[1], a2 = m[2], b0 = m[3], b1 = m[4], b2 = m[5]
+    cdef double wgt[4]
+    cdef bint inside[4]
+    cdef const floating* src[4]
+    cdef double acc
+    cdef floating* o
+    for r in range(HO):
+        for c in range(WO):
+            tc = _taps(a0 * c + a1 * r + a2, W, order, mode)
+            tr = _taps(b0 * c + b1 * r + b2, H, order, mode)
+            wgt[0] = tr.w0 * tc.w0
+            wgt[1] = tr.w0 * tc.w1
+            wgt[2] = tr.w1 * tc.w0
+            wgt[3] = tr.w1 * tc.w1
+            inside[0] = tr.in0 and tc.in0
+            inside[1] = tr.in0 and tc.in1
+            inside[2] = tr.in1 and tc.in0
+            inside[3] = tr.in1 and tc.in1
+            src[0] = x + (tr.i0 * W + tc.i0) * C
+            src[1] = x + (tr.i0 * W + tc.i1) * C
+            src[2] = x + (tr.i1 * W + tc.i0) * C
+            src[3] = x + (tr.i1 * W + tc.i1) * C
+            o = y + (r * WO + c) * C
+            for ch in range(C):
+                acc = 0.0
+                for k in range(4):
+                    if wgt[k] != 0.0:
+                        acc = acc + wgt[k] * (src[k][ch] if inside[k] else fill)
+                o[ch] = <floating>acc
+
+
+cdef void _affine_image_backward(const floating* dy, floating* dx, const floating* m,
+                                 Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t HO,
+                                 Py_ssize_t WO, int order, int mode) noexcept nogil:
+    """One image: dx (H, W, C) = the adjoint of _affine_image applied to dy (HO, WO, C)."""
+    cdef Py_ssize_t r, c, ch, k
+    cdef Taps tr, tc
+    cdef double a0 = m[0], a1 = m[1], a2 = m[2], b0 = m[3], b1 = m[4], b2 = m[5]
+    cdef double wgt[4]
+    cdef floating* dst[4]
+    cdef const floating* g
+    memset(dx, 0, H * W * C * sizeof(floating))
+    for r in range(HO):
+        for c in range(WO):
+            tc = _taps(a0 * c + a1 * r + a2, W, order, mode)
+            tr = _taps(b0 * c + b1 * r + b2, H, order, mode)
+            wgt[0] = tr.w0 * tc.w0 if tr.in0 and tc.in0 else 0.0
+            wgt[1] = tr.w0 * tc.w1 if tr.in0 and tc.in1 else 0.0
+            wgt[2] = tr.w1 * tc.w0 if tr.in1 and tc.in0 else 0.0
+            wgt[3] = tr.w1 * tc.w1 if tr.in1 and tc.in1 else 0.0
+            dst[0] = dx + (tr.i0 * W + tc.i0) * C
+            dst[1] = dx + (tr.i0 * W + tc.i1) * C
+            dst[2] = dx + (tr.i1 * W + tc.i0) * C
+            dst[3] = dx + (tr.i1 * W + tc.i1) * C
+            g = dy + (r * WO + c) * C
+            for k in range(4):
+                if wgt[k] != 0.0:
+                    for ch in range(C):
+                        dst[k][ch] = <floating>(dst[k][ch] + wgt[k] * g[ch])
+
+
+def _check_finite(m):
+    if not np.isfinite(m).all():
+        bad = int(np.argmin(np.isfinite(m).all(axis=1)))
+        raise ValueError(f"image_affine: matrix {bad} is not finite: {m[bad].tolist()}")
+
+
+def _affine_forward(const floating[:, :, :, ::1] x, const floating[:, ::1] m,
+                    floating[:, :, :, ::1] y, int order, int mode, double fill):
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t HO = y.shape[1], WO = y.shape[2], n
+    if N == 0 or C == 0:
+        return
+    if N * HO * WO * C < PARALLEL_MIN:
+        with nogil:
+            for n in range(N):
+                _affine_image(&x[n, 0, 0, 0], &y[n, 0, 0, 0], &m[n, 0], H, W, C, HO, WO,
+                              order, mode, fill)
+        return
+    for n in prange(N, schedule="static", nogil=True):
+        _affine_image(&x[n, 0, 0, 0], &y[n, 0, 0, 0], &m[n, 0], H, W, C, HO, WO, order,
+                      mode, fill)
+
+
+def _affine_backward(const floating[:, :, :, ::1] dy, const floating[:, ::1] m,
+                     floating[:, :, :, ::1] dx, int order, int mode):
+    cdef Py_ssize_t N = dx.shape[0], H = dx.shape[1], W = dx.shape[2], C = dx.shape[3]
+    cdef Py_ssize_t HO = dy.shape[1], WO = dy.shape[2], n
+    if N == 0 or C == 0:
+        return
+    if N * HO * WO * C < PARALLEL_MIN:
+        with nogil:
+            for n in range(N):
+                _affine_image_backward(&dy[n, 0, 0, 0], &dx[n, 0, 0, 0], &m[n, 0], H, W, C,
+                                       HO, WO, order, mode)
+        return
+    for n in prange(N, schedule="static", nogil=True):
+        _affine_image_backward(&dy[n, 0, 0, 0], &dx[n, 0, 0, 0], &m[n, 0], H, W, C, HO, WO,
+                               order, mode)
+
+
+def image_affine_forward(x, matrices, output_size, interpolation="bilinear",
+                         fill_mode="constant", fill_value=0.0):
+    """Resample each image x[n] (N, H, W, C) through Keras's affine matrices[n] (N, 6) into
+    (N, HO, WO, C), output_size = (HO, WO); keras.ops.image.affine_transform's rules."""
+    x, m, out, order, mode, fill = operands.image_affine_forward(
+        HOST, x, matrices, output_size, interpolation, fill_mode, fill_value)
+    _check_finite(m)
+    y = np.empty(out, x.dtype)
+    _affine_forward(x, m, y, order, mode, fill)
+    return y
+
+
+def image_affine_backward(dy, matrices, input_shape, interpolation="bilinear",
+                          fill_mode="constant"):
+    """dx (input_shape) of image_affine_forward: dy scattered through the same neighbours
+    and weights; neighbours that read fill_value contribute nothing."""
+    dy, m, shape, order, mode = operands.image_affine_backward(
+        HOST, dy, matrices, input_shape, interpolation, fill_mode)
+    _check_finite(m)
+    dx = np.empty(shape, dy.dtype)
+    if dx.size:
+        _affine_backward(dy, m, dx, order, mode)
+    return dx
+
+
+def _channel_affine(const floating[:, ::1] x, const floating[::1] scale,
+                    const floating[::1] offset, floating[:, ::1] y, bint has_offset):
+    cdef Py_ssize_t R = x.shape[0], K = x.shape[1], r, k
+    if R * K < PARALLEL_MIN:
+        with nogil:
+            for r in range(R):
+                for k in range(K):
+                    y[r, k] = x[r, k] * scale[k] + (offset[k] if has_offset else 0)
+        return
+    for r in prange(R, schedule="static", nogil=True):
+        for k in range(K):
+            if has_offset:
+                y[r, k] = x[r, k] * scale[k] + offset[k]
+            else:
+                y[r, k] = x[r, k] * scale[k]
+
+
+def channel_affine_forward(x, scale, offset=None):
+    """y = x * scale + offset, scale and offset (K,) broadcast over x's trailing K values
+    (Rescaling, Normalization); offset None is y = x * scale, their input gradient."""
+    x, scale, offset, k = operands.channel_affine_forward(HOST, x, scale, offset)
+    y = np.empty(x.shape, x.dtype)
+    if x.size:
+        _channel_affine(x.reshape(-1, k), scale, scale if offset is None else offset,
+                        y.reshape(-1, k), offset is not None)
+    return y
+
+
+cdef void _adjust_image(const floating* x, floating* y, double* mean, Py_ssize_t P,
+                        Py_ssize_t C, double factor, double delta, bint contrast, double lo,
+                        double hi) noexcept nogil:
+    """One image of P pixels: y = clip((x - mean) * factor + mean + delta, lo, hi), the mean
+    (per channel over the pixels, into ``mean``) when ``contrast``, else y = clip(x + delta, lo, hi)."""
+    cdef Py_ssize_t p, ch
+    cdef double v
+    if contrast:
+        for ch in range(C):
+            mean[ch] = 0.0
+        for p in range(P):
+            for ch in range(C):
+                mean[ch] += x[p * C + ch]
+        for ch in range(C):
+            mean[ch] /= P
+    for p in range(P):
+        for ch in range(C):
+            v = x[p * C + ch]
+            if contrast:
+                v = (v - mean[ch]) * factor + mean[ch]
+            v = v + delta
+            y[p * C + ch] = <floating>(lo if v < lo else (hi if v > hi else v))
+
+
+def _adjust(const floating[:, :, ::1] x, const floating[::1] factor,
+            const floating[::1] delta, floating[:, :, ::1] y, double[:, ::1] means,
+            bint contrast, bint shift, double lo, double hi):
+    cdef Py_ssize_t N = x.shape[0], P = x.shape[1], C = x.shape[2], n
+    if N * P * C < PARALLEL_MIN:
+        with nogil:
+            for n in range(N):
+                _adjust_image(&x[n, 0, 0], &y[n, 0, 0], &means[n, 0], P, C,
+                              factor[n] if contrast else 1.0, delta[n] if shift else 0.0,
+                              contrast, lo, hi)
+        return
+    for n in prange(N, schedule="static", nogil=True):
+        _adjust_image(&x[n, 0, 0], &y[n, 0, 0], &means[n, 0], P, C,
+                      factor[n] if contrast else 1.0, delta[n] if shift else 0.0, contrast,
+                      lo, hi)
+
+
+def image_adjust_forward(x, contrast, delta, value_range):
+    """RandomContrast / RandomBrightness on (N, H, W, C): per image n,
+    y = clip((x - mean) * contrast[n] + mean + delta[n], *value_range), mean per channel over
+    H and W; contrast None skips the mean (factor 1), delta None adds 0."""
+    x, contrast, delta, (lo, hi) = operands.image_adjust_forward(HOST, x, contrast, delta,
+                                                                 value_range)
+    n, h, w, c = x.shape
+    y = np.empty(x.shape, x.dtype)
+    if x.size:
+        dummy = np.zeros(n, x.dtype)
+        _adjust(x.reshape(n, h * w, c), dummy if contrast is None else contrast,
+                dummy if delta is None else delta, y.reshape(n, h * w, c),
+                np.empty((n, c), np.float64), contrast is not None, delta is not None, lo, hi)
+    return y

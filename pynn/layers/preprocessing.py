@@ -1,0 +1,627 @@
+"""Keras 3's preprocessing layers: Rescaling, Normalization, Resizing, CenterCrop, RandomCrop,
+RandomFlip, RandomRotation, RandomZoom, RandomTranslation, RandomContrast, RandomBrightness.
+
+Every geometric layer is one or two ``image_affine_forward`` passes: the layer builds Keras
+3's affine matrix per image (keras.ops.image.affine_transform's convention) in NumPy and the
+backend resamples, so a device model augments on the device and the backward is the same
+op's adjoint. Crops are integer shifts (exact under any interpolation); resizes are torch's
+interpolate(align_corners=False) written as a matrix. The random layers draw their
+parameters in NumPy from (seed, call count): the same seed gives the same batches at any
+thread count, on any backend, and a resumed fit continues the stream (runtime_state). Like
+Keras's, they act only in training; outside it they pass the input through (RandomCrop
+center-crops and resizes, as Keras documents).
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+from pynn import backend, utils
+from pynn.layers.base import Layer, shape_str
+
+# Keras's backend.epsilon(): Normalization's floor on the standard deviation.
+EPSILON = 1e-7
+FILL_MODES = ("reflect", "wrap", "constant", "nearest")
+INTERPOLATIONS = ("nearest", "bilinear")
+# torch's 'nearest-exact' (Keras 3's 'nearest' resize) reads floor((o + 0.5) * scale); the
+# affine op's nearest rounds half to even, so the coordinate is nudged below the half-way
+# point by less than any fraction k / size can come near (sizes below 2**16).
+_NEAREST_BIAS = 2.0 ** -16
+
+
+def _name(layer):
+    return f"{type(layer).__name__} '{layer.name}'"
+
+
+def _choice(layer, what, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{_name(layer)}: {what} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def _factor(layer, what, factor, bounds=(-1.0, 1.0)):
+    """Keras's factor: a number f gives (max(-|f|, low), |f|), a pair is sorted."""
+    if isinstance(factor, (tuple, list)) and len(factor) == 2 and all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in factor):
+        lower, upper = sorted(float(v) for v in factor)
+    elif isinstance(factor, numbers.Real) and not isinstance(factor, bool):
+        f = abs(float(factor))
+        lower, upper = max(-f, bounds[0]), f
+    else:
+        raise ValueError(f"{_name(layer)}: {what} must be a number or a pair of numbers in "
+                         f"[{bounds[0]}, {bounds[1]}], got {factor!r}")
+    if lower < bounds[0] or upper > bounds[1]:
+        raise ValueError(f"{_name(layer)}: {what} must lie in [{bounds[0]}, {bounds[1]}], got "
+                         f"{factor!r}")
+    return lower, upper
+
+
+def _value_range(layer, value_range):
+    if not (isinstance(value_range, (tuple, list)) and len(value_range) == 2):
+        raise ValueError(f"{_name(layer)}: value_range must be (low, high), got "
+                         f"{value_range!r}")
+    return tuple(sorted(float(v) for v in value_range))
+
+
+def _data_format(layer, data_format):
+    if data_format not in (None, "channels_last"):
+        raise ValueError(f"{_name(layer)}: only data_format='channels_last' is supported, got "
+                         f"{data_format!r}")
+
+
+# -- affine matrices in Keras's [a0, a1, a2, b0, b1, b2] order ------------------------------
+
+def shift_matrices(n, top, left):
+    """Output (r, c) reads input (r + top, c + left): a crop."""
+    m = np.zeros((n, 6))
+    m[:, 0] = m[:, 4] = 1.0
+    m[:, 2], m[:, 5] = left, top
+    return m
+
+
+def resize_matrices(n, in_size, out_size, interpolation):
+    """torch's interpolate(align_corners=False): input = (o + 0.5) * in / out - 0.5, read with
+    fill_mode 'nearest' (torch clamps at the edges)."""
+    sy, sx = in_size[0] / out_size[0], in_size[1] / out_size[1]
+    bias = _NEAREST_BIAS if interpolation == "nearest" else 0.0
+    m = np.zeros((n, 6))
+    m[:, 0], m[:, 2] = sx, 0.5 * sx - 0.5 + bias
+    m[:, 4], m[:, 5] = sy, 0.5 * sy - 0.5 + bias
+    return m
+
+
+def rotation_matrices(degrees, height, width):
+    """Keras's _compute_affine_matrix with angle only, about the image centre."""
+    theta = np.deg2rad(np.asarray(degrees, np.float64))
+    cos, sin = np.cos(theta), np.sin(theta)
+    cx, cy = 0.5 * (width - 1), 0.5 * (height - 1)
+    return np.stack([cos, -sin, cx - cx * cos + cy * sin,
+                     sin, cos, cy - cx * sin - cy * cos], axis=1)
+
+
+def zoom_matrices(width_zoom, height_zoom, height, width):
+    """Keras's RandomZoom._get_zoom_matrix."""
+    zx, zy = np.asarray(width_zoom, np.float64), np.asarray(height_zoom, np.float64)
+    zero = np.zeros_like(zx)
+    return np.stack([zx, zero, (width - 1) / 2 * (1 - zx), zero, zy,
+                     (height - 1) / 2 * (1 - zy)], axis=1)
+
+
+def translation_matrices(dx, dy):
+    """Keras's RandomTranslation._get_translation_matrix (dx, dy in pixels)."""
+    dx, dy = np.asarray(dx, np.float64), np.asarray(dy, np.float64)
+    one, zero = np.ones_like(dx), np.zeros_like(dx)
+    return np.stack([one, zero, -dx, zero, one, -dy], axis=1)
+
+
+def flip_matrices(horizontal, vertical, height, width):
+    """Per image: mirror the columns where ``horizontal``, the rows where ``vertical``."""
+    h = np.asarray(horizontal, bool)
+    v = np.asarray(vertical, bool)
+    m = shift_matrices(len(h), 0, 0)
+    m[h, 0], m[h, 2] = -1.0, width - 1
+    m[v, 4], m[v, 5] = -1.0, height - 1
+    return m
+
+
+def aspect_box(height, width, target_height, target_width):
+    """The largest centred window of the target aspect ratio (Keras's crop_to_aspect_ratio
+    and smart_resize): (top, left, crop_height, crop_width)."""
+    crop_h = max(min(height, int(float(width * target_height) / target_width)), 1)
+    crop_w = max(min(width, int(float(height * target_width) / target_height)), 1)
+    return (int(float(height - crop_h) / 2), int(float(width - crop_w) / 2), crop_h, crop_w)
+
+
+# -- the shared machinery -----------------------------------------------------------------
+
+class _ImageLayer(Layer):
+    """Images (N, H, W, C) resampled through a list of stages, each (matrices, output size,
+    interpolation, fill_mode, fill_value); backward runs the stages' adjoints in reverse."""
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(f"{_name(self)}: expected images of shape (None, height, width, "
+                             f"channels), got {shape_str(input_shape)}")
+        super().build(input_shape)
+
+    def _resample(self, x, stages, training):
+        b = backend.current()
+        saved = []
+        for matrices, size, interpolation, fill_mode, fill_value in stages:
+            m = b.asarray(np.ascontiguousarray(matrices), x.dtype)
+            saved.append((m, tuple(x.shape), interpolation, fill_mode))
+            x = b.image_affine_forward(x, m, size, interpolation, fill_mode, fill_value)
+        if training:
+            self._cache = saved
+        return x
+
+    def backward(self, dy):
+        saved, self._cache = self._cache, None
+        if not self.needs_input_grad:
+            return None
+        if saved is None:  # an identity call (inactive outside training, or a no-op)
+            return dy
+        b = backend.current()
+        for m, shape, interpolation, fill_mode in reversed(saved):
+            dy = b.image_affine_backward(dy, m, shape, interpolation, fill_mode)
+        return dy
+
+
+class _RandomLayer(_ImageLayer):
+    """A seed and a call count: the draws of call k come from NumPy's generator keyed by
+    (seed, k), never from the kernels."""
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = int(seed) if seed is not None else utils.new_seed()
+        self._calls = 0
+
+    def _rng(self):
+        rng = np.random.default_rng([self.seed & (2**63 - 1), self._calls])
+        self._calls += 1
+        return rng
+
+    def runtime_state(self):
+        return {"calls": self._calls}
+
+    def set_runtime_state(self, state):
+        calls = state.get("calls", 0)
+        if isinstance(calls, bool) or not isinstance(calls, int) or calls < 0:
+            raise ValueError(f"{_name(self)}: calls must be a non-negative int, got {calls!r}")
+        self._calls = calls
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+# -- deterministic layers -----------------------------------------------------------------
+
+class Rescaling(Layer):
+    """y = x * scale + offset (scale and offset numbers or per-channel lists)."""
+
+    def __init__(self, scale, offset=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.scale, self.offset = scale, offset
+        for what, v in (("scale", scale), ("offset", offset)):
+            a = np.asarray(v, np.float64)
+            if a.ndim > 1 or a.size == 0 or not np.all(np.isfinite(a)):
+                raise ValueError(f"{_name(self)}: {what} must be a finite number or a list of "
+                                 f"per-channel numbers, got {v!r}")
+
+    def build(self, input_shape):
+        k = max(np.size(self.scale), np.size(self.offset))
+        if k > 1 and input_shape[-1] != k:
+            raise ValueError(f"{_name(self)}: {k} per-channel values for input shape "
+                             f"{shape_str(input_shape)}")
+        super().build(input_shape)
+
+    def _vectors(self, dtype):
+        k = max(np.size(self.scale), np.size(self.offset))
+        b = backend.current()
+        return [b.asarray(np.broadcast_to(np.asarray(v, np.float64), (k,)).copy(), dtype)
+                for v in (self.scale, self.offset)]
+
+    def call(self, x, training=False):
+        scale, offset = self._vectors(x.dtype)
+        if training:
+            self._cache = scale
+        return backend.current().channel_affine_forward(x, scale, offset)
+
+    def backward(self, dy):
+        scale, self._cache = self._cache, None
+        if not self.needs_input_grad:
+            return None
+        # dy/dx is the scale alone: the same op without the offset.
+        return backend.current().channel_affine_forward(dy, scale, None)
+
+    def get_config(self):
+        def plain(v):
+            return np.asarray(v, np.float64).tolist()
+        return {**super().get_config(), "scale": plain(self.scale), "offset": plain(self.offset)}
+
+
+class Normalization(Layer):
+    """Keras 3's Normalization: y = (x - mean) / max(sqrt(variance), 1e-7) over the kept
+    ``axis`` (or its inverse); mean, variance and count are Keras's non-trainable weights
+    unless given. The kept axes must be the trailing ones (or axis=None: one mean)."""
+
+    def __init__(self, axis=-1, mean=None, variance=None, invert=False, **kwargs):
+        super().__init__(**kwargs)
+        if (mean is None) != (variance is None):
+            raise ValueError(f"{_name(self)}: pass both mean and variance, or neither")
+        self.axis = (axis,) if isinstance(axis, int) else (None if axis is None
+                                                          else tuple(axis))
+        self.input_mean, self.input_variance = mean, variance
+        self.invert = bool(invert)
+
+    def _kept(self, input_shape):
+        rank = len(input_shape)
+        if self.axis is None:
+            return ()
+        kept = sorted(a % rank for a in self.axis)
+        if 0 in kept or kept != list(range(rank - len(kept), rank)):
+            raise ValueError(f"{_name(self)}: axis {self.axis} must name trailing axes of input "
+                             f"shape {shape_str(input_shape)} (not the batch axis)")
+        return tuple(input_shape[a] for a in kept)
+
+    def build(self, input_shape):
+        shape = self._kept(input_shape)
+        if any(d is None for d in shape):
+            raise ValueError(f"{_name(self)}: the normalized axes need known sizes, got "
+                             f"{shape_str(input_shape)}")
+        if self.input_mean is None:
+            self.mean = self.add_weight("mean", shape, "zeros", trainable=False)
+            self.variance = self.add_weight("variance", shape, "ones", trainable=False)
+            self.count = self.add_weight("count", (), "zeros", trainable=False)
+        super().build(input_shape)
+
+    def adapt(self, data, batch_size=None, steps=None):
+        """Mean and (biased) variance of ``data`` over every axis but the kept ones: an array,
+        or an iterable of batches (x or (x, ...)), ``steps`` of them at most."""
+        if isinstance(data, np.ndarray) or np.isscalar(data):
+            data = [np.asarray(data)]
+        total, s1, s2 = 0, None, None
+        for i, batch in enumerate(data):
+            if steps is not None and i >= steps:
+                break
+            if isinstance(batch, (tuple, list)):
+                batch = batch[0]
+            batch = np.asarray(batch, np.float64)
+            if not self.built:
+                self.build((None,) + batch.shape[1:])
+            k = math.prod(self._kept(batch.shape)) if self.axis is not None else 1
+            rows = batch.reshape(-1, k)
+            total += rows.shape[0]
+            part1, part2 = rows.sum(axis=0), (rows * rows).sum(axis=0)
+            s1 = part1 if s1 is None else s1 + part1
+            s2 = part2 if s2 is None else s2 + part2
+        if not total:
+            raise ValueError(f"{_name(self)}: adapt() got no data")
+        if self.input_mean is not None:
+            raise ValueError(f"{_name(self)}: adapt() with a fixed mean and variance")
+        mean = s1 / total
+        variance = np.maximum(s2 / total - mean * mean, 0.0)
+        shape = self.mean.shape
+        self.set_weights([mean.reshape(shape), variance.reshape(shape), np.array(total)])
+
+    def _vectors(self, dtype):
+        """(scale, offset) on the backend, rebuilt only when the weights change (set_weights
+        and adapt replace the arrays), so a training step downloads nothing."""
+        b = backend.current()
+        values = (None, None) if self.input_mean is not None else (self.mean.value,
+                                                                   self.variance.value)
+        cached = getattr(self, "_vector_cache", None)
+        if cached is not None and cached[0] is b and cached[1] == dtype \
+                and all(a is c for a, c in zip(cached[2], values)):
+            return cached[3]
+        vectors = self._build_vectors(b, dtype)
+        self._vector_cache = (b, dtype, values, vectors)
+        return vectors
+
+    def _build_vectors(self, b, dtype):
+        if self.input_mean is not None:
+            k = math.prod(self._kept(self.input_shape)) if self.axis is not None else 1
+            mean = np.broadcast_to(np.asarray(self.input_mean, np.float64), (k,))
+            variance = np.broadcast_to(np.asarray(self.input_variance, np.float64), (k,))
+        else:
+            mean = np.asarray(b.to_numpy(self.mean.value), np.float64).reshape(-1)
+            variance = np.asarray(b.to_numpy(self.variance.value), np.float64).reshape(-1)
+        std = np.maximum(np.sqrt(variance), EPSILON)
+        if self.invert:
+            scale, offset = std, mean
+        else:
+            scale, offset = 1.0 / std, -mean / std
+        return b.asarray(np.ascontiguousarray(scale), dtype), b.asarray(
+            np.ascontiguousarray(offset), dtype)
+
+    def call(self, x, training=False):
+        scale, offset = self._vectors(x.dtype)
+        if training:
+            self._cache = scale
+        return backend.current().channel_affine_forward(x, scale, offset)
+
+    def backward(self, dy):
+        scale, self._cache = self._cache, None
+        if not self.needs_input_grad:
+            return None
+        return backend.current().channel_affine_forward(dy, scale, None)
+
+    def get_config(self):
+        def plain(v):
+            return None if v is None else np.asarray(v, np.float64).tolist()
+        axis = None if self.axis is None else (self.axis[0] if len(self.axis) == 1
+                                               else list(self.axis))
+        return {**super().get_config(), "axis": axis, "mean": plain(self.input_mean),
+                "variance": plain(self.input_variance), "invert": self.invert}
+
+
+class Resizing(_ImageLayer):
+    """Keras 3's Resizing (torch backend): bilinear or nearest ('nearest-exact') resize,
+    optionally after the centred crop to the target aspect ratio."""
+
+    def __init__(self, height, width, interpolation="bilinear", crop_to_aspect_ratio=False,
+                 pad_to_aspect_ratio=False, fill_mode="constant", fill_value=0.0,
+                 antialias=False, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        _data_format(self, data_format)
+        self.height, self.width = int(height), int(width)
+        if self.height < 1 or self.width < 1:
+            raise ValueError(f"{_name(self)}: height and width must be >= 1, got "
+                             f"({height}, {width})")
+        self.interpolation = _choice(self, "interpolation", interpolation, INTERPOLATIONS)
+        self.crop_to_aspect_ratio = bool(crop_to_aspect_ratio)
+        if pad_to_aspect_ratio or antialias:
+            raise NotImplementedError(f"{_name(self)}: pad_to_aspect_ratio and antialias are "
+                                      f"not supported")
+        self.fill_mode, self.fill_value = fill_mode, fill_value
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.height, self.width, input_shape[3])
+
+    def stages(self, n, h, w):
+        top, left, ch, cw = 0, 0, h, w
+        stages = []
+        if self.crop_to_aspect_ratio:
+            top, left, ch, cw = aspect_box(h, w, self.height, self.width)
+            stages.append((shift_matrices(n, top, left), (ch, cw), "nearest", "constant", 0.0))
+        stages.append((resize_matrices(n, (ch, cw), (self.height, self.width),
+                                       self.interpolation), (self.height, self.width),
+                       self.interpolation, "nearest", 0.0))
+        return stages
+
+    def call(self, x, training=False):
+        n, h, w, _ = x.shape
+        return self._resample(x, self.stages(n, h, w), training)
+
+    def get_config(self):
+        return {**super().get_config(), "height": self.height, "width": self.width,
+                "interpolation": self.interpolation,
+                "crop_to_aspect_ratio": self.crop_to_aspect_ratio}
+
+
+def _crop_or_resize(n, h, w, height, width, top=None, left=None):
+    """A (height, width) crop at (top, left) (centred when None) when it fits, else Keras's
+    smart_resize: the centred aspect-ratio window resized bilinearly."""
+    if h >= height and w >= width:
+        top = (h - height) // 2 if top is None else top
+        left = (w - width) // 2 if left is None else left
+        return [(shift_matrices(n, top, left), (height, width), "nearest", "constant", 0.0)]
+    top, left, ch, cw = aspect_box(h, w, height, width)
+    return [(shift_matrices(n, top, left), (ch, cw), "nearest", "constant", 0.0),
+            (resize_matrices(n, (ch, cw), (height, width), "bilinear"), (height, width),
+             "bilinear", "nearest", 0.0)]
+
+
+class CenterCrop(_ImageLayer):
+    """The centred (height, width) window; an image smaller than it is smart-resized."""
+
+    def __init__(self, height, width, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        _data_format(self, data_format)
+        self.height, self.width = int(height), int(width)
+        if self.height < 1 or self.width < 1:
+            raise ValueError(f"{_name(self)}: height and width must be >= 1, got "
+                             f"({height}, {width})")
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.height, self.width, input_shape[3])
+
+    def call(self, x, training=False):
+        n, h, w, _ = x.shape
+        return self._resample(x, _crop_or_resize(n, h, w, self.height, self.width), training)
+
+    def get_config(self):
+        return {**super().get_config(), "height": self.height, "width": self.width}
+
+
+# -- random layers ------------------------------------------------------------------------
+
+class RandomCrop(_RandomLayer):
+    """Training: one random (height, width) window for the batch (Keras draws one offset);
+    otherwise, or when the image is not larger, the centred aspect window resized."""
+
+    def __init__(self, height, width, seed=None, data_format=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        _data_format(self, data_format)
+        self.height, self.width = int(height), int(width)
+        if self.height < 1 or self.width < 1:
+            raise ValueError(f"{_name(self)}: height and width must be >= 1, got "
+                             f"({height}, {width})")
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.height, self.width, input_shape[3])
+
+    def call(self, x, training=False):
+        n, h, w, _ = x.shape
+        if training and h > self.height and w > self.width:
+            rng = self._rng()
+            top = int(rng.uniform(0, h - self.height + 1))
+            left = int(rng.uniform(0, w - self.width + 1))
+            stages = [(shift_matrices(n, top, left), (self.height, self.width), "nearest",
+                       "constant", 0.0)]
+        else:
+            top, left, ch, cw = aspect_box(h, w, self.height, self.width)
+            stages = [(shift_matrices(n, top, left), (ch, cw), "nearest", "constant", 0.0)]
+            if (ch, cw) != (self.height, self.width):
+                stages.append((resize_matrices(n, (ch, cw), (self.height, self.width),
+                                               "bilinear"), (self.height, self.width),
+                               "bilinear", "nearest", 0.0))
+        return self._resample(x, stages, training)
+
+    def get_config(self):
+        return {**super().get_config(), "height": self.height, "width": self.width}
+
+
+class RandomFlip(_RandomLayer):
+    """Each image flipped with probability 1/2 along the mode's axes."""
+
+    MODES = ("horizontal", "vertical", "horizontal_and_vertical")
+
+    def __init__(self, mode="horizontal_and_vertical", seed=None, data_format=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        _data_format(self, data_format)
+        self.mode = _choice(self, "mode", mode, self.MODES)
+
+    def call(self, x, training=False):
+        if not training:
+            return x
+        n, h, w, _ = x.shape
+        flips = self._rng().uniform(size=n) <= 0.5
+        horizontal = flips if "horizontal" in self.mode else np.zeros(n, bool)
+        vertical = flips if "vertical" in self.mode else np.zeros(n, bool)
+        return self._resample(x, [(flip_matrices(horizontal, vertical, h, w), (h, w),
+                                   "nearest", "constant", 0.0)], training)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+class _RandomAffine(_RandomLayer):
+    """fill_mode, interpolation and fill_value of the rotation, zoom and translation."""
+
+    def __init__(self, fill_mode="reflect", interpolation="bilinear", seed=None,
+                 fill_value=0.0, data_format=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        _data_format(self, data_format)
+        self.fill_mode = _choice(self, "fill_mode", fill_mode, FILL_MODES)
+        self.interpolation = _choice(self, "interpolation", interpolation, INTERPOLATIONS)
+        self.fill_value = float(fill_value)
+
+    def call(self, x, training=False):
+        if not training:
+            return x
+        n, h, w, _ = x.shape
+        m = self.matrices(self._rng(), n, h, w)
+        return self._resample(x, [(m, (h, w), self.interpolation, self.fill_mode,
+                                   self.fill_value)], training)
+
+    def get_config(self):
+        return {**super().get_config(), "fill_mode": self.fill_mode,
+                "interpolation": self.interpolation, "fill_value": self.fill_value}
+
+
+class RandomRotation(_RandomAffine):
+    """factor: a fraction of a full turn (a number f is [-f, f])."""
+
+    def __init__(self, factor, fill_mode="reflect", interpolation="bilinear", seed=None,
+                 fill_value=0.0, data_format=None, **kwargs):
+        super().__init__(fill_mode, interpolation, seed, fill_value, data_format, **kwargs)
+        self.factor = _factor(self, "factor", factor)
+
+    def matrices(self, rng, n, h, w):
+        degrees = rng.uniform(self.factor[0] * 360.0, self.factor[1] * 360.0, size=n)
+        return rotation_matrices(degrees, h, w)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": list(self.factor)}
+
+
+class RandomZoom(_RandomAffine):
+    """Zoom 1 + uniform(height_factor) per image; width_factor None keeps the aspect."""
+
+    def __init__(self, height_factor, width_factor=None, fill_mode="reflect",
+                 interpolation="bilinear", seed=None, fill_value=0.0, data_format=None,
+                 **kwargs):
+        super().__init__(fill_mode, interpolation, seed, fill_value, data_format, **kwargs)
+        self.height_factor = _factor(self, "height_factor", height_factor)
+        self.width_factor = (None if width_factor is None
+                             else _factor(self, "width_factor", width_factor))
+
+    def matrices(self, rng, n, h, w):
+        hz = 1.0 + rng.uniform(*self.height_factor, size=n)
+        wz = hz if self.width_factor is None else 1.0 + rng.uniform(*self.width_factor, size=n)
+        return zoom_matrices(wz, hz, h, w)
+
+    def get_config(self):
+        return {**super().get_config(), "height_factor": list(self.height_factor),
+                "width_factor": None if self.width_factor is None else list(self.width_factor)}
+
+
+class RandomTranslation(_RandomAffine):
+    """Shifts of uniform(factor) times the height / width per image."""
+
+    def __init__(self, height_factor, width_factor, fill_mode="reflect",
+                 interpolation="bilinear", seed=None, fill_value=0.0, data_format=None,
+                 **kwargs):
+        super().__init__(fill_mode, interpolation, seed, fill_value, data_format, **kwargs)
+        self.height_factor = _factor(self, "height_factor", height_factor)
+        self.width_factor = _factor(self, "width_factor", width_factor)
+
+    def matrices(self, rng, n, h, w):
+        dy = rng.uniform(*self.height_factor, size=n) * h
+        dx = rng.uniform(*self.width_factor, size=n) * w
+        return translation_matrices(dx, dy)
+
+    def get_config(self):
+        return {**super().get_config(), "height_factor": list(self.height_factor),
+                "width_factor": list(self.width_factor)}
+
+
+class _RandomColor(_RandomLayer):
+    """The value_range clip of RandomContrast and RandomBrightness. Their input gradient is
+    not offered: they sit at a model's input, where none is needed."""
+
+    def backward(self, dy):
+        self._cache = None
+        if self.needs_input_grad:
+            raise NotImplementedError(f"{_name(self)}: no input gradient (put it at the "
+                                      f"model's input)")
+
+    def call(self, x, training=False):
+        if not training:
+            return x
+        contrast, delta = self.draw(self._rng(), x.shape[0])
+        b = backend.current()
+        return b.image_adjust_forward(
+            x, None if contrast is None else b.asarray(contrast, x.dtype),
+            None if delta is None else b.asarray(delta, x.dtype), self.value_range)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": list(self.factor),
+                "value_range": list(self.value_range)}
+
+
+class RandomContrast(_RandomColor):
+    """(x - mean) * uniform(1 - lower, 1 + upper) + mean per image, clipped to value_range."""
+
+    def __init__(self, factor, value_range=(0, 255), seed=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self.factor = _factor(self, "factor", factor, bounds=(0.0, 1.0))
+        self.value_range = _value_range(self, value_range)
+
+    def draw(self, rng, n):
+        return rng.uniform(1.0 - self.factor[0], 1.0 + self.factor[1], size=n), None
+
+
+class RandomBrightness(_RandomColor):
+    """x + uniform(factor) * (value_range width) per image, clipped to value_range."""
+
+    def __init__(self, factor, value_range=(0, 255), seed=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self.factor = _factor(self, "factor", factor)
+        self.value_range = _value_range(self, value_range)
+
+    def draw(self, rng, n):
+        lo, hi = self.value_range
+        return None, rng.uniform(*self.factor, size=n) * (hi - lo)
