@@ -179,7 +179,32 @@ def _model_entries(model, include_optimizer=True):
     return [("pynn.json", json.dumps(doc, indent=1).encode())] + entries
 
 
+# -- file formats by suffix (Keras files: pynn.interop.keras_files) --
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def _keras_format(filepath, verb):
+    """The Keras suffix of ``filepath`` (None for a .pynn file); any other suffix is an error,
+    so a name never silently gets a format it does not say."""
+    name = os.fspath(filepath).lower()
+    if name.endswith(".pynn"):
+        return None
+    for suffix in KERAS_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    raise ValueError(f"{verb}: {os.fspath(filepath)!r}: the suffix decides the format: '.pynn' "
+                     f"(pynn's own, with the optimizer state), '.keras' (Keras 3) or '.h5' "
+                     f"(Keras weights, and Keras 2 models to load)")
+
+
 def save_model(model, filepath, include_optimizer=True):
+    suffix = _keras_format(filepath, "save")
+    if suffix is not None:
+        from pynn.interop import keras_files
+        if suffix != ".keras":
+            raise ValueError(f"save: pynn writes Keras models as '.keras' (Keras 3); the "
+                             f"legacy '{suffix}' model format is read only: {filepath!r}")
+        return keras_files.save_keras(model, filepath)
     if not model.built:
         raise ValueError(f"save: model '{model.name}' is not built yet; train it or give it an "
                          f"Input first")
@@ -187,6 +212,13 @@ def save_model(model, filepath, include_optimizer=True):
 
 
 def save_weights(model, filepath):
+    suffix = _keras_format(filepath, "save_weights")
+    if suffix is not None:
+        from pynn.interop import keras_files
+        if suffix == ".keras":
+            raise ValueError(f"save_weights: Keras weights files end in '.weights.h5', got "
+                             f"{filepath!r}")
+        return keras_files.save_weights(model, filepath)
     save_model(model, filepath, include_optimizer=False)
 
 
@@ -524,6 +556,11 @@ def load_model(filepath, compile=True, max_compression_ratio=None):
     may inflate compared with the bytes they take in the file; raise it only for a file you
     trust that was re-zipped with compression and holds mostly zeros.
     """
+    suffix = _keras_format(filepath, "load_model")
+    if suffix is not None:
+        from pynn.interop import keras_files
+        load = keras_files.load_keras if suffix == ".keras" else keras_files.load_h5
+        return load(filepath, max_compression_ratio)
     archive = _Archive(filepath, "load_model", max_compression_ratio)
     try:
         model = _build_model(archive)
@@ -541,6 +578,9 @@ def load_model(filepath, compile=True, max_compression_ratio=None):
 def load_weights(model, filepath, max_compression_ratio=None):
     """Load the weights of a file written by ``save`` or ``save_weights`` into ``model``, by
     position (as Keras: layer names may differ)."""
+    if _keras_format(filepath, "load_weights") is not None:
+        from pynn.interop import keras_files
+        return keras_files.load_weights(model, filepath, max_compression_ratio)
     archive = _Archive(filepath, "load_weights", max_compression_ratio)
     try:
         if not model.built:
