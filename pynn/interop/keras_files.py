@@ -382,6 +382,11 @@ def _functional_config(config, where):
                          CONFIG_NAME)
     inputs, input_keys = _endpoints(config.get("input_layers"), where)
     outputs, output_keys = _endpoints(config.get("output_layers"), where)
+    # Keras 2 always lists the endpoints and unpacks a list of one; Keras 3 keeps the structure
+    # the model was built with (its entries carry "module").
+    if not any("module" in e for e in entries if isinstance(e, dict)):
+        input_keys = None if len(inputs) == 1 else input_keys
+        output_keys = None if len(outputs) == 1 else output_keys
     return {"name": config.get("name"), "trainable": config.get("trainable", True),
             "layers": layers, "nodes": nodes, "inputs": inputs, "outputs": outputs,
             "input_keys": input_keys, "output_keys": output_keys}
