@@ -179,8 +179,11 @@ def _model_entries(model, include_optimizer=True):
     return [("pynn.json", json.dumps(doc, indent=1).encode())] + entries
 
 
-# -- file formats by suffix (Keras files: pynn.interop.keras_files) --
+# -- file formats by suffix --
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+# Keras files' readers and writers, registered by pynn.interop.keras_files (which pynn's
+# __init__ imports): that module builds models, so saving must not import it.
+KERAS_IO = {}
 
 
 def _keras_format(filepath, verb):
@@ -200,11 +203,10 @@ def _keras_format(filepath, verb):
 def save_model(model, filepath, include_optimizer=True):
     suffix = _keras_format(filepath, "save")
     if suffix is not None:
-        from pynn.interop import keras_files
         if suffix != ".keras":
             raise ValueError(f"save: pynn writes Keras models as '.keras' (Keras 3); the "
                              f"legacy '{suffix}' model format is read only: {filepath!r}")
-        return keras_files.save_keras(model, filepath)
+        return KERAS_IO["save"](model, filepath)
     if not model.built:
         raise ValueError(f"save: model '{model.name}' is not built yet; train it or give it an "
                          f"Input first")
@@ -214,11 +216,10 @@ def save_model(model, filepath, include_optimizer=True):
 def save_weights(model, filepath):
     suffix = _keras_format(filepath, "save_weights")
     if suffix is not None:
-        from pynn.interop import keras_files
         if suffix == ".keras":
             raise ValueError(f"save_weights: Keras weights files end in '.weights.h5', got "
                              f"{filepath!r}")
-        return keras_files.save_weights(model, filepath)
+        return KERAS_IO["save_weights"](model, filepath)
     save_model(model, filepath, include_optimizer=False)
 
 
@@ -558,8 +559,7 @@ def load_model(filepath, compile=True, max_compression_ratio=None):
     """
     suffix = _keras_format(filepath, "load_model")
     if suffix is not None:
-        from pynn.interop import keras_files
-        load = keras_files.load_keras if suffix == ".keras" else keras_files.load_h5
+        load = KERAS_IO["load_keras" if suffix == ".keras" else "load_h5"]
         return load(filepath, max_compression_ratio)
     archive = _Archive(filepath, "load_model", max_compression_ratio)
     try:
@@ -579,8 +579,7 @@ def load_weights(model, filepath, max_compression_ratio=None):
     """Load the weights of a file written by ``save`` or ``save_weights`` into ``model``, by
     position (as Keras: layer names may differ)."""
     if _keras_format(filepath, "load_weights") is not None:
-        from pynn.interop import keras_files
-        return keras_files.load_weights(model, filepath, max_compression_ratio)
+        return KERAS_IO["load_weights"](model, filepath, max_compression_ratio)
     archive = _Archive(filepath, "load_weights", max_compression_ratio)
     try:
         if not model.built:

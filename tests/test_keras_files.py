@@ -18,11 +18,11 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 try:
     import h5py
     import keras
-except Exception as exc:  # keras or h5py missing, or its backend cannot load
+except Exception as exc:  # noqa: BLE001 (keras or h5py missing, or its backend fails)
     pytest.skip(f"keras (torch backend) and h5py are not available: {exc}",
                 allow_module_level=True)
 
-import pynn  # noqa: E402
+import pynn
 
 K = keras.layers
 TOL = 1e-5
@@ -84,8 +84,43 @@ def conv_variants():
         K.Reshape((3, 1)), K.Permute((2, 1)), K.Flatten(), K.ELU(), K.Softmax()])
 
 
+def pooling_1d():
+    return keras.Sequential([
+        keras.Input((12, 3)), K.MaxPooling1D(2), K.AveragePooling1D(2, padding="same"),
+        K.GRU(4, reset_after=False, return_sequences=True), K.Flatten(), K.Dense(2)])
+
+
+def noise_and_shapes():
+    inner = keras.Sequential([keras.Input((6,)), K.Dense(4, activation="relu")], name="inner")
+    x = keras.Input((7, 5, 2))
+    h = K.SpatialDropout2D(0.3)(x)
+    h = K.GaussianDropout(0.2)(h)
+    h = K.GaussianNoise(0.1)(h)
+    h = K.MaxPooling2D(2)(K.Identity()(h))
+    h = K.GlobalMaxPooling2D()(h)
+    h = K.Activation("sigmoid")(K.ReLU()(K.ActivityRegularization(l2=0.01)(h)))
+    h = K.Flatten()(K.RepeatVector(3)(h))
+    return keras.Model(x, inner(h))  # a nested Sequential: its weights under layers/sequential
+
+
 ARCHITECTURES = {"mlp": mlp, "cnn": cnn, "merge": merge, "sequence": sequence,
-                 "conv_variants": conv_variants}
+                 "conv_variants": conv_variants, "pooling_1d": pooling_1d,
+                 "noise_and_shapes": noise_and_shapes}
+
+
+def test_architectures_cover_every_pynn_layer():
+    seen = set()
+
+    def walk(layer):
+        seen.add(type(layer).__name__)
+        for child in getattr(layer, "layers", []):
+            walk(child)
+        if isinstance(layer, K.TimeDistributed):
+            walk(layer.layer)
+    for build in ARCHITECTURES.values():
+        walk(build())
+    seen.add("InputLayer")
+    assert set(pynn.layers.LAYERS) - seen == set()
 
 
 def _inputs(model, rng):

@@ -39,9 +39,10 @@ import zipfile
 
 import numpy as np
 
-from pynn import backend
+from pynn import backend, saving
 from pynn.layers import LAYERS
 from pynn.layers.base import Layer, _snake, zero_init
+from pynn.models import Model, Sequential, layer_from_config
 from pynn.variables import bump_version
 
 # The Keras version a written .keras file declares: the file holds only what Keras 3 reads
@@ -92,7 +93,6 @@ class _Where:
 
 # -- reading the zip --------------------------------------------------------------------------
 def _ratio(max_compression_ratio, where):
-    from pynn import saving
     ratio = saving.MAX_COMPRESSION_RATIO if max_compression_ratio is None \
         else max_compression_ratio
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio >= 1:
@@ -107,7 +107,6 @@ def _unsafe_member_name(name):
 
 
 def _parse_json(data, where, member):
-    from pynn import saving
     containers = data.count(b"[") + data.count(b"{")
     if containers > saving.MAX_JSON_CONTAINERS:
         raise where.fail(f"holds {containers} lists and objects, over the limit of "
@@ -128,7 +127,6 @@ class _KerasZip:
     members Keras writes, and a bounded compression ratio."""
 
     def __init__(self, where, ratio):
-        from pynn import saving
         self.where = where
         if not os.path.isfile(where.path):
             raise FileNotFoundError(f"{where.verb}: no such file: {where.path}")
@@ -413,8 +411,6 @@ def _model_spec(entry, where):
 
 def _build(spec, where):
     """The pynn model of a converted spec, with shape-only placeholder weights."""
-    from pynn.models import layer_from_config
-    from pynn.saving import _CONFIG_ERRORS
     try:
         with zero_init():
             model = layer_from_config(spec)
@@ -422,7 +418,7 @@ def _build(spec, where):
                 model.build()
     except KerasFileError:
         raise
-    except _CONFIG_ERRORS as exc:
+    except saving._CONFIG_ERRORS as exc:
         raise where.fail(f"invalid model config ({exc})", CONFIG_NAME) from None
     except MemoryError as exc:
         raise where.fail(f"the model config asks for more memory than there is ({exc})",
@@ -439,7 +435,6 @@ def model_from_keras_config(doc, where):
 
 # -- weights ----------------------------------------------------------------------------------
 def _keras_class(layer):
-    from pynn.models import Model, Sequential
     if isinstance(layer, Sequential):
         return "Sequential"
     return "Functional" if isinstance(layer, Model) else type(layer).__name__
@@ -457,7 +452,6 @@ def _child_paths(layers, parent):
 
 def _var_groups(layer, path):
     """(group path, name, variables) of ``layer``'s Keras 3 weight groups, in file order."""
-    from pynn.models import Model
     if isinstance(layer, Model):
         groups = [(f"{path}/vars" if path else "vars", layer.name, [])]
         for child, child_path in _child_paths(layer.layers, f"{path}/layers" if path
@@ -476,7 +470,6 @@ def _var_groups(layer, path):
 def _check_budget(model, stored_bytes, ratio, where, member):
     """The weights the config declares must fit the bytes the file holds (at most ``ratio``
     times inflated), so a tiny file cannot make pynn allocate gigabytes it does not back."""
-    from pynn import saving
     values = sum(math.prod(v.shape) for v in model.weights)
     if values > max(ratio * stored_bytes, saving.RATIO_FREE_BYTES):
         raise where.fail(f"the model config declares {values} weight values but the file "
@@ -498,7 +491,6 @@ def _check_links(h5py, h5, path, where, member):
 
 
 def _read_array(h5py, h5, path, var, owner, ratio, where, member):
-    from pynn import saving
     if not _check_links(h5py, h5, path, where, member):
         raise where.fail(f"missing the weights of {owner} (no '{path}')", member)
     ds = h5[path]
@@ -640,7 +632,6 @@ def load_keras(filepath, max_compression_ratio=None, verb="load_model"):
     ratio = _ratio(max_compression_ratio, where)
     archive = _KerasZip(where, ratio)
     try:
-        from pynn import saving
         if METADATA_NAME in archive.infos:
             _parse_json(archive.read(METADATA_NAME, saving.MAX_JSON_BYTES), where,
                         METADATA_NAME)
@@ -658,7 +649,6 @@ def load_keras(filepath, max_compression_ratio=None, verb="load_model"):
 
 def load_h5(filepath, max_compression_ratio=None, verb="load_model"):
     """A pynn model from a Keras 2 / tf.keras (or Keras 3 legacy) ``.h5`` file."""
-    from pynn import saving
     h5py = _h5py(verb)
     where = _Where(verb, filepath)
     ratio = _ratio(max_compression_ratio, where)
@@ -709,6 +699,11 @@ _OBJECT_MODULES = (("_initializer", "keras.initializers"), ("_regularizer", "ker
                    ("_constraint", "keras.constraints"))
 
 
+# Keys of pynn's get_config() that Keras's constructor refuses (Keras's SpatialDropout2D
+# takes no ``trainable``).
+_NOT_IN_KERAS = {"SpatialDropout2D": ("trainable",)}
+
+
 def _keras_object(value, module):
     if not isinstance(value, dict):
         return value
@@ -741,7 +736,9 @@ def _keras_seeds(value):
 def _keras_layer_config(layer):
     """Keras's ``get_config()`` of a pynn layer (pynn's keys are Keras's)."""
     config = _keras_seeds(layer.get_config())
-    config.pop("input_shape", None)  # a Keras 3 model states its input with an InputLayer
+    config.pop("input_shape", None)
+    for key in _NOT_IN_KERAS.get(type(layer).__name__, ()):
+        config.pop(key, None)  # a Keras 3 model states its input with an InputLayer
     out = {}
     for key, value in config.items():
         module = next((m for suffix, m in _OBJECT_MODULES if key.endswith(suffix)), None)
@@ -756,7 +753,6 @@ def _keras_layer_config(layer):
 
 
 def _keras_layer_spec(layer):
-    from pynn.models import Model
     if isinstance(layer, Model):
         return keras_model_spec(layer)
     cls = type(layer).__name__
@@ -789,7 +785,6 @@ def _structure(keys, refs):
 
 def keras_model_spec(model):
     """Keras 3's serialized form of a pynn Sequential or functional model."""
-    from pynn.models import Sequential
     if not model.built:
         raise ValueError(f"save: model '{model.name}' is not built yet; train it or give it an "
                          f"Input first")
@@ -852,7 +847,6 @@ def _weights_h5_bytes(h5py, model):
 
 def save_keras(model, filepath):
     """``model`` as a Keras 3 ``.keras`` file (its architecture and weights; no optimizer)."""
-    from pynn import saving
     h5py = _h5py("save")
     spec = keras_model_spec(model)
     metadata = {"keras_version": KERAS_VERSION,
@@ -874,3 +868,7 @@ def save_weights(model, filepath):
     with open(tmp, "wb") as fh:
         fh.write(data)
     os.replace(tmp, filepath)
+
+
+saving.KERAS_IO.update(save=save_keras, save_weights=save_weights, load_keras=load_keras,
+                       load_h5=load_h5, load_weights=load_weights)
