@@ -29,12 +29,12 @@ before anything is read; every array's shape and dtype are checked against the m
 is read, and HDF5 links or storage that point outside the file are refused.
 """
 
-import datetime
 import inspect
 import io
 import json
 import math
 import os
+import time
 import zipfile
 
 import numpy as np
@@ -850,7 +850,7 @@ def save_keras(model, filepath):
     h5py = _h5py("save")
     spec = keras_model_spec(model)
     metadata = {"keras_version": KERAS_VERSION,
-                "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")}
+                "date_saved": time.strftime("%Y-%m-%d@%H:%M:%S")}
     saving._atomic_write_zip(filepath, [
         (METADATA_NAME, json.dumps(metadata).encode()),
         (CONFIG_NAME, json.dumps(spec).encode()),
