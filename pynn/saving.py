@@ -203,10 +203,7 @@ def _keras_format(filepath, verb):
 def save_model(model, filepath, include_optimizer=True):
     suffix = _keras_format(filepath, "save")
     if suffix is not None:
-        if suffix != ".keras":
-            raise ValueError(f"save: pynn writes Keras models as '.keras' (Keras 3); the "
-                             f"legacy '{suffix}' model format is read only: {filepath!r}")
-        return KERAS_IO["save"](model, filepath)
+        return KERAS_IO["save" if suffix == ".keras" else "save_h5"](model, filepath)
     if not model.built:
         raise ValueError(f"save: model '{model.name}' is not built yet; train it or give it an "
                          f"Input first")

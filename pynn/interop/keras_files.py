@@ -857,18 +857,64 @@ def save_keras(model, filepath):
         (WEIGHTS_NAME, _weights_h5_bytes(h5py, model))])
 
 
+def _write_legacy_weights(h5py, group, model):
+    """Keras 2's layout, which Keras 3 still reads from ``.h5`` names: ``layer_names``, and per
+    layer its ``weight_names`` naming datasets below the layer's group."""
+    b = backend.current()
+    group.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
+    group.attrs["backend"] = "pynn"
+    group.attrs["keras_version"] = KERAS_VERSION
+    for layer in model.layers:
+        sub = group.create_group(layer.name)
+        sub.attrs["weight_names"] = [v.path.encode() for v in layer.weights]
+        for v in layer.weights:
+            sub.create_dataset(v.path, data=np.asarray(b.to_numpy(v.value)))
+    group.create_group("top_level_model_weights").attrs["weight_names"] = np.array([], "S1")
+
+
+def _legacy_h5_bytes(h5py, model, with_config):
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as h5:
+        if with_config:
+            h5.attrs["model_config"] = json.dumps(keras_model_spec(model))
+            h5.attrs["keras_version"] = KERAS_VERSION
+            h5.attrs["backend"] = "pynn"
+            _write_legacy_weights(h5py, h5.create_group("model_weights"), model)
+        else:
+            _write_legacy_weights(h5py, h5, model)
+    return buf.getvalue()
+
+
+def _atomic_write(filepath, data):
+    filepath = os.fspath(filepath)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(filepath)),
+                       f".{os.path.basename(filepath)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, filepath)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_h5(model, filepath):
+    """``model`` as a legacy (Keras 2 layout) ``.h5`` model file, which Keras 3 also loads."""
+    _atomic_write(filepath, _legacy_h5_bytes(_h5py("save"), model, with_config=True))
+
+
 def save_weights(model, filepath):
-    """``model``'s weights in Keras 3's ``.weights.h5`` layout."""
+    """``model``'s weights: Keras 3's layout for ``.weights.h5`` names, Keras 2's for other
+    ``.h5`` names (as Keras 3 reads them)."""
     h5py = _h5py("save_weights")
     if not model.built:
         raise ValueError(f"save_weights: model '{model.name}' is not built yet")
-    data = _weights_h5_bytes(h5py, model)
-    filepath = os.fspath(filepath)
-    tmp = f"{filepath}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, filepath)
+    if os.fspath(filepath).lower().endswith(".weights.h5"):
+        data = _weights_h5_bytes(h5py, model)
+    else:
+        data = _legacy_h5_bytes(h5py, model, with_config=False)
+    _atomic_write(filepath, data)
 
-
-saving.KERAS_IO.update(save=save_keras, save_weights=save_weights, load_keras=load_keras,
-                       load_h5=load_h5, load_weights=load_weights)
+saving.KERAS_IO.update(save=save_keras, save_h5=save_h5, save_weights=save_weights,
+                       load_keras=load_keras, load_h5=load_h5, load_weights=load_weights)
