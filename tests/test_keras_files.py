@@ -1,6 +1,7 @@
 """Keras files in and out (pynn.interop.keras_files): Keras 3 ``.keras`` and ``.weights.h5``
 both ways, Keras 2 ``.h5`` models and weights both ways, and hostile files refused before
 anything runs.
+
 Each architecture is built in Keras with random weights, saved by Keras, loaded by pynn and
 saved again by pynn for Keras to load: the four predictions must agree (float32, <= 1e-5).
 """
@@ -232,6 +233,17 @@ def test_keras2_functional_h5(tmp_path):
     model = pynn.load_model(tmp_path / "m.h5")
     x = rng.standard_normal((5, 4)).astype("float32")
     expected = np.maximum(x @ k1 + b1, 0) @ k2 + b2
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-5, atol=1e-5)
+
+    # A Keras 2 Sequential states its input on the first layer (batch_input_shape).
+    first, second = config["config"]["layers"][1:]
+    first["config"]["batch_input_shape"] = [None, 4]
+    sequential = {"class_name": "Sequential",
+                  "config": {"name": "sequential", "layers": [first, second]}}
+    _keras2_h5(tmp_path / "s.h5", sequential, {"dense": [("kernel", k1), ("bias", b1)],
+                                               "dense_1": [("kernel", k2), ("bias", b2)]})
+    model = pynn.load_model(tmp_path / "s.h5")
+    assert isinstance(model, pynn.Sequential)
     np.testing.assert_allclose(model.predict(x), expected, rtol=1e-5, atol=1e-5)
 
 
