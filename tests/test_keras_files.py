@@ -438,3 +438,24 @@ def test_weights_of_another_model_change_nothing(tmp_path):
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
 
+
+
+@pytest.mark.opencl
+@pytest.mark.parametrize("arch", ["cnn", "sequence"])
+def test_keras_files_on_opencl(arch, tmp_path):
+    """Loading places the weights on the current device; saving reads them back from it."""
+    keras_model = ARCHITECTURES[arch]()
+    _randomize(keras_model, seed=5)
+    x = _inputs(keras_model, np.random.default_rng(6))
+    expected = keras_model.predict(x, verbose=0)
+    keras_model.save(tmp_path / "k.keras")
+    previous = pynn.get_device()
+    pynn.set_device("opencl")
+    try:
+        model = pynn.load_model(tmp_path / "k.keras")
+        np.testing.assert_allclose(model.predict(x), expected, rtol=1e-4, atol=1e-4)
+        model.save(tmp_path / "p.keras")
+    finally:
+        pynn.set_device(previous)
+    back = keras.saving.load_model(tmp_path / "p.keras")
+    _close(back.predict(x, verbose=0), expected)
