@@ -349,6 +349,27 @@ def test_unsupported_argument_is_named(saved_mlp, tmp_path):
         pynn.load_model(_rewrite(path, tmp_path / "q.keras", config))
 
 
+def test_malformed_input_layer(saved_mlp, tmp_path):
+    path, config = saved_mlp
+    config = json.loads(json.dumps(config))
+    config["config"]["layers"][0]["config"]["batch_shape"] = "huge"
+    with pytest.raises(ValueError, match=r"layer '.*' \(InputLayer\) needs a batch_shape list, "
+                                         r"got 'huge'"):
+        pynn.load_model(_rewrite(path, tmp_path / "i.keras", config))
+
+
+def test_deep_or_wrongly_typed_config(saved_mlp, tmp_path):
+    path, config = saved_mlp
+    deep = json.loads(json.dumps(config))
+    _dense_config(deep)["units"] = json.loads("[" * 100 + "]" * 100)
+    with pytest.raises(ValueError, match="'config.json': nested deeper than 64 levels"):
+        pynn.load_model(_rewrite(path, tmp_path / "d.keras", deep))
+    typed = json.loads(json.dumps(config))
+    _dense_config(typed)["units"] = "many"
+    with pytest.raises(ValueError, match="'config.json': invalid model config"):
+        pynn.load_model(_rewrite(path, tmp_path / "t.keras", typed))
+
+
 def test_absurd_shape_is_refused_before_allocating(saved_mlp, tmp_path):
     path, config = saved_mlp
     config = json.loads(json.dumps(config))

@@ -216,12 +216,12 @@ def _plain(value, what, where):
     return {k: _plain(v, what, where) for k, v in value.items()}
 
 
-def _input_layer_config(config):
+def _input_layer_config(config, label, where):
     shape = config.get("batch_shape", config.get("batch_input_shape"))
-    if shape is None and "shape" in config:
-        shape = [config.get("batch_size")] + list(config["shape"])
+    if shape is None and isinstance(config.get("shape"), list):
+        shape = [config.get("batch_size")] + config["shape"]
     if not isinstance(shape, list) or not shape:
-        raise ValueError(f"InputLayer needs batch_shape, got {shape!r}")
+        raise where.fail(f"{label} needs a batch_shape list, got {shape!r}", CONFIG_NAME)
     return {"name": config.get("name"), "shape": shape[1:], "batch_size": shape[0],
             "dtype": config.get("dtype")}, {k: config[k] for k in ("sparse", "ragged", "optional")
                                             if k in config}
@@ -245,7 +245,7 @@ def _layer_spec(entry, where):
                          f"implemented); pynn's layers: {', '.join(sorted(LAYERS))}", CONFIG_NAME)
     cls = LAYERS[class_name]
     if class_name == "InputLayer":
-        pynn_config, extra = _input_layer_config(_plain(config, label, where))
+        pynn_config, extra = _input_layer_config(_plain(config, label, where), label, where)
     else:
         pynn_config, extra = {}, {}
         for key, value in config.items():
