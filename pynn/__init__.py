@@ -47,6 +47,8 @@ from pynn._config import (  # noqa: E402
     threads,
 )
 from pynn.backend import set_device  # noqa: E402
+# Registers the .keras and .h5 formats with pynn.saving (h5py itself loads on first use).
+from pynn.interop import keras_files as _keras_files  # noqa: E402, F401
 from pynn.layers import Input  # noqa: E402
 from pynn.models import Model, Sequential  # noqa: E402
 from pynn.saving import load_model  # noqa: E402

@@ -180,7 +180,31 @@ def _model_entries(model, include_optimizer=True):
     return [("pynn.json", json.dumps(doc, indent=1).encode())] + entries
 
 
+# -- file formats by suffix --
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+# Keras files' readers and writers, registered by pynn.interop.keras_files (which pynn's
+# __init__ imports): that module builds models, so saving must not import it.
+KERAS_IO = {}
+
+
+def _keras_format(filepath, verb):
+    """The Keras suffix of ``filepath`` (None for a .pynn file); any other suffix is an error,
+    so a name never silently gets a format it does not say."""
+    name = os.fspath(filepath).lower()
+    if name.endswith(".pynn"):
+        return None
+    for suffix in KERAS_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    raise ValueError(f"{verb}: {os.fspath(filepath)!r}: the suffix decides the format: '.pynn' "
+                     f"(pynn's own, with the optimizer state), '.keras' (Keras 3) or '.h5' "
+                     f"(Keras weights, and Keras 2 models to load)")
+
+
 def save_model(model, filepath, include_optimizer=True):
+    suffix = _keras_format(filepath, "save")
+    if suffix is not None:
+        return KERAS_IO["save" if suffix == ".keras" else "save_h5"](model, filepath)
     if not model.built:
         raise ValueError(f"save: model '{model.name}' is not built yet; train it or give it an "
                          f"Input first")
@@ -188,6 +212,12 @@ def save_model(model, filepath, include_optimizer=True):
 
 
 def save_weights(model, filepath):
+    suffix = _keras_format(filepath, "save_weights")
+    if suffix is not None:
+        if suffix == ".keras":
+            raise ValueError(f"save_weights: Keras weights files end in '.weights.h5', got "
+                             f"{filepath!r}")
+        return KERAS_IO["save_weights"](model, filepath)
     save_model(model, filepath, include_optimizer=False)
 
 
@@ -525,6 +555,10 @@ def load_model(filepath, compile=True, max_compression_ratio=None):
     may inflate compared with the bytes they take in the file; raise it only for a file you
     trust that was re-zipped with compression and holds mostly zeros.
     """
+    suffix = _keras_format(filepath, "load_model")
+    if suffix is not None:
+        load = KERAS_IO["load_keras" if suffix == ".keras" else "load_h5"]
+        return load(filepath, max_compression_ratio)
     archive = _Archive(filepath, "load_model", max_compression_ratio)
     try:
         model = _build_model(archive)
@@ -542,6 +576,8 @@ def load_model(filepath, compile=True, max_compression_ratio=None):
 def load_weights(model, filepath, max_compression_ratio=None):
     """Load the weights of a file written by ``save`` or ``save_weights`` into ``model``, by
     position (as Keras: layer names may differ)."""
+    if _keras_format(filepath, "load_weights") is not None:
+        return KERAS_IO["load_weights"](model, filepath, max_compression_ratio)
     archive = _Archive(filepath, "load_weights", max_compression_ratio)
     try:
         if not model.built:

@@ -1,0 +1,920 @@
+"""Keras files in and out, with h5py (the optional extra ``pynn[keras]``).
+
+Read: Keras 3 ``.keras`` (a zip of ``config.json``, ``metadata.json``, ``model.weights.h5``),
+Keras 2 / tf.keras ``.h5`` (the ``model_config`` attribute and the ``model_weights`` group),
+Keras 3 ``.weights.h5`` and Keras 2 weights-only ``.h5`` files. Write: ``.keras`` and
+``.weights.h5`` in Keras 3's layout, which ``keras.saving.load_model`` and
+``keras.Model.load_weights`` open.
+
+pynn's layers take Keras's names, arguments and weight layouts, so a Keras config maps to
+pynn's almost key for key. The rest is here:
+
+- Keras's serialized objects (``{"module", "class_name", "config", "registered_name"}``) become
+  pynn's ``{"class_name", "config"}``; a DTypePolicy becomes its dtype's name.
+- A Keras argument pynn's layer lacks is dropped when it turns a feature off (None, False, 0,
+  ``channels_last``) or cannot change the numbers (``unroll``, ``seed``...); any other value is
+  an error naming the layer and the argument, never silently ignored.
+- Weights: Keras 3 stores each layer's variables as ``layers/<snake_case class>[_n]/vars/<i>``
+  (recurrent layers under ``cell/vars``, wrappers under ``layer/...``) in ``model.layers``
+  order, which pynn's functional graph reproduces; Keras 2 lists them by layer name
+  (``layer_names``, ``weight_names`` attributes). Either way a variable's order is
+  ``get_weights()``'s, which pynn shares with Keras.
+
+Safety follows Keras's ``safe_mode`` and pynn's own loader: classes come from
+``pynn.layers.LAYERS`` only, nothing named in the file is imported or executed (a Lambda or
+any serialized function is refused), the zip may only hold plain member names (no absolute
+paths, no ``..``) and may not inflate past ``MAX_COMPRESSION_RATIO``, the model is built with
+shape-only placeholders, and the weights it declares are compared with the bytes the file holds
+before anything is read; every array's shape and dtype are checked against the model before it
+is read, and HDF5 links or storage that point outside the file are refused.
+"""
+
+import inspect
+import io
+import json
+import math
+import os
+import time
+import zipfile
+
+import numpy as np
+
+from pynn import backend, saving
+from pynn.layers import LAYERS
+from pynn.layers.base import Layer, _snake, zero_init
+from pynn.models import Model, Sequential, layer_from_config
+from pynn.variables import bump_version
+
+# The Keras version a written .keras file declares: the file holds only what Keras 3 reads
+# since 3.0 (checked against the installed Keras in tests/test_keras_files.py).
+KERAS_VERSION = "3.6.0"
+CONFIG_NAME, METADATA_NAME, WEIGHTS_NAME = "config.json", "metadata.json", "model.weights.h5"
+# One weights member larger than this is refused (pynn's own arrays have the same limit).
+MAX_H5_BYTES = 8 << 30
+# layer_names / weight_names attributes of a legacy .h5: far more than any model has.
+MAX_NAMES = 1 << 16
+# Keras's recurrent layers keep their variables in a ``cell`` sublayer.
+_RNN_CLASSES = ("SimpleRNN", "LSTM", "GRU")
+_MODEL_CLASSES = ("Sequential", "Functional", "Model")
+_MERGE_CLASSES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
+                  "Dot")
+_SERIALIZED_FUNCTIONS = ("__lambda__", "function", "__function__")
+# Keras arguments pynn's layers lack whose every value gives the same numbers at inference and
+# in training (an implementation choice, a seed, a mask detail, a length check).
+_ANY_VALUE = {"unroll", "implementation", "zero_output_for_mask", "renorm_momentum",
+              "input_length", "use_cudnn", "seed", "lora_alpha"}
+# Values of an absent feature, for Keras arguments pynn's layers lack.
+_OFF_VALUES = (None, False, 0, "channels_last")
+
+
+class KerasFileError(ValueError):
+    """A Keras file pynn will not load: damaged, hostile, or using what pynn lacks."""
+
+
+def _h5py(verb):
+    try:
+        import h5py
+    except ImportError:
+        raise ImportError(f"{verb}: Keras files (.keras, .h5) need h5py, the optional extra "
+                          f"'keras': pip install 'pynn[keras]'") from None
+    return h5py
+
+
+class _Where:
+    """Names the file (and member) every message is about."""
+
+    def __init__(self, verb, path):
+        self.verb, self.path = verb, os.fspath(path)
+
+    def fail(self, what, member=None):
+        at = f"'{member}': " if member else ""
+        return KerasFileError(f"{self.verb}: {self.path}: {at}{what}")
+
+
+# -- reading the zip --------------------------------------------------------------------------
+def _ratio(max_compression_ratio, where):
+    ratio = saving.MAX_COMPRESSION_RATIO if max_compression_ratio is None \
+        else max_compression_ratio
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio >= 1:
+        raise ValueError(f"{where.verb}: max_compression_ratio must be a number >= 1, got "
+                         f"{max_compression_ratio!r}")
+    return ratio
+
+
+def _unsafe_member_name(name):
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0] or "\x00" in name
+
+
+def _parse_json(data, where, member):
+    containers = data.count(b"[") + data.count(b"{")
+    if containers > saving.MAX_JSON_CONTAINERS:
+        raise where.fail(f"holds {containers} lists and objects, over the limit of "
+                         f"{saving.MAX_JSON_CONTAINERS}", member)
+    try:
+        doc = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise where.fail(f"not valid JSON ({exc})", member) from None
+    except RecursionError:
+        raise where.fail(f"nested deeper than {saving.MAX_JSON_DEPTH} levels", member) from None
+    if saving._json_depth(doc) > saving.MAX_JSON_DEPTH:
+        raise where.fail(f"nested deeper than {saving.MAX_JSON_DEPTH} levels", member)
+    return doc
+
+
+class _KerasZip:
+    """A .keras archive, checked before anything is inflated: plain member names, the three
+    members Keras writes, and a bounded compression ratio."""
+
+    def __init__(self, where, ratio):
+        self.where = where
+        if not os.path.isfile(where.path):
+            raise FileNotFoundError(f"{where.verb}: no such file: {where.path}")
+        try:
+            self.zf = zipfile.ZipFile(where.path, "r")
+            infos = self.zf.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+            raise where.fail(f"not a Keras .keras file (not a valid zip archive: {exc})") \
+                from None
+        try:
+            for info in infos:
+                if _unsafe_member_name(info.filename):
+                    raise where.fail("unsafe member name (an absolute path or '..'): refused; "
+                                     "pynn extracts nothing to disk", info.filename)
+            self.infos = {info.filename: info for info in infos}
+            inflated = sum(info.file_size for info in infos)
+            stored = sum(info.compress_size for info in infos)
+            if inflated > max(ratio * stored, saving.RATIO_FREE_BYTES):
+                raise where.fail(f"the members declare {inflated} bytes compressed into {stored} "
+                                 f"(ratio {inflated / max(stored, 1):.0f}), over the limit of "
+                                 f"{ratio}: not a real model (a zip bomb?). A file you trust "
+                                 f"loads with max_compression_ratio=<higher>")
+        except BaseException:
+            self.zf.close()
+            raise
+
+    def read(self, name, limit):
+        info = self.infos.get(name)
+        if info is None:
+            raise self.where.fail(f"missing: a .keras file holds {CONFIG_NAME} and "
+                                  f"{WEIGHTS_NAME}", name)
+        if info.file_size > limit:
+            raise self.where.fail(f"declares {info.file_size} bytes, over the limit of {limit}",
+                                  name)
+        try:
+            with self.zf.open(info) as fh:
+                data = fh.read(limit + 1)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError,
+                NotImplementedError) as exc:
+            raise self.where.fail(f"damaged, cannot be read ({exc})", name) from None
+        if len(data) != info.file_size:
+            raise self.where.fail("damaged: its data does not have the size it declares", name)
+        return data
+
+    def close(self):
+        self.zf.close()
+
+
+# -- Keras config -> pynn config --------------------------------------------------------------
+def _accepted_arguments(cls):
+    """The keyword arguments ``cls(...)`` takes, up its __init__ chain (Layer's included)."""
+    names = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names.update(p.name for p in params
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        if klass is Layer or not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    names.discard("self")
+    return names
+
+
+def _plain(value, what, where):
+    """A Keras config value as pynn's: serialized objects lose module and registered_name,
+    dtype policies become dtype names; serialized functions are refused."""
+    if isinstance(value, list):
+        return [_plain(v, what, where) for v in value]
+    if not isinstance(value, dict):
+        return value
+    class_name = value.get("class_name")
+    if class_name in _SERIALIZED_FUNCTIONS or value.get("module") == "builtins":
+        raise where.fail(f"{what} holds a serialized Python function ({class_name!r}); pynn "
+                         f"loads no code from files (Keras's safe_mode refuses it too)",
+                         CONFIG_NAME)
+    if class_name in ("DTypePolicy", "FloatDTypePolicy", "Policy"):
+        return _plain((value.get("config") or {}).get("name"), what, where)
+    if class_name == "__tuple__":
+        return _plain((value.get("config") or {}).get("value"), what, where)
+    if isinstance(class_name, str) and "config" in value:
+        if value.get("registered_name") not in (None, class_name):
+            raise where.fail(f"{what} uses the custom object {value['registered_name']!r}, "
+                             f"which pynn does not have", CONFIG_NAME)
+        return {"class_name": class_name, "config": _plain(value["config"], what, where)}
+    return {k: _plain(v, what, where) for k, v in value.items()}
+
+
+def _input_layer_config(config, label, where):
+    shape = config.get("batch_shape", config.get("batch_input_shape"))
+    if shape is None and isinstance(config.get("shape"), list):
+        shape = [config.get("batch_size")] + config["shape"]
+    if not isinstance(shape, list) or not shape:
+        raise where.fail(f"{label} needs a batch_shape list, got {shape!r}", CONFIG_NAME)
+    return {"name": config.get("name"), "shape": shape[1:], "batch_size": shape[0],
+            "dtype": config.get("dtype")}, {k: config[k] for k in ("sparse", "ragged", "optional")
+                                            if k in config}
+
+
+def _layer_spec(entry, where):
+    """``{"class_name", "config"}`` for pynn from one Keras layer entry."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+        raise where.fail("each layer must be an object with a 'config' object", CONFIG_NAME)
+    class_name = entry.get("class_name")
+    config = entry["config"]
+    label = f"layer '{config.get('name', entry.get('name'))}' ({class_name})"
+    if class_name in ("Lambda", "TFOpLambda", "SlicingOpLambda"):
+        raise where.fail(f"{label}: a Lambda layer holds Python code, which pynn never loads "
+                         f"from a file (Keras's safe_mode refuses it too); rebuild the model "
+                         f"with pynn layers", CONFIG_NAME)
+    if class_name in _MODEL_CLASSES:
+        return _model_spec(entry, where)
+    if class_name not in LAYERS or entry.get("registered_name") not in (None, class_name):
+        raise where.fail(f"{label}: pynn has no layer {class_name!r} (custom or not yet "
+                         f"implemented); pynn's layers: {', '.join(sorted(LAYERS))}", CONFIG_NAME)
+    cls = LAYERS[class_name]
+    if class_name == "InputLayer":
+        pynn_config, extra = _input_layer_config(_plain(config, label, where), label, where)
+    else:
+        pynn_config, extra = {}, {}
+        for key, value in config.items():
+            if key == "layer" and class_name == "TimeDistributed":
+                pynn_config[key] = _layer_spec(value, where)
+            elif key == "batch_input_shape":  # Keras 2: the first layer of a Sequential
+                pynn_config["input_shape"] = value[1:] if isinstance(value, list) else value
+            else:
+                pynn_config[key] = _plain(value, f"{label} argument '{key}'", where)
+        for key, value in pynn_config.items():
+            if isinstance(value, dict) and key.endswith(tuple(_OBJECT_REGISTRIES)):
+                pynn_config[key] = _object_spec(key, value, label, where)
+    _drop_unsupported(_accepted_arguments(cls), pynn_config, extra,
+                      f"{label} sets", f"pynn's {class_name}", where)
+    if isinstance(pynn_config.get("axis"), list) and len(pynn_config["axis"]) == 1:
+        pynn_config["axis"] = pynn_config["axis"][0]  # tf.keras 2 BatchNormalization
+    return {"class_name": class_name, "config": pynn_config}
+
+
+def _drop_unsupported(accepted, config, extra, who, what, where):
+    """Drop from ``config`` (and ``extra``) the arguments outside ``accepted`` that leave a
+    feature off; any other is an error."""
+    for key in [k for k in config if k not in accepted] + list(extra):
+        value = config.pop(key, extra.get(key))
+        if key in _ANY_VALUE or (not isinstance(value, (list, dict)) and any(
+                value is off or value == off for off in _OFF_VALUES)):
+            continue
+        raise where.fail(f"{who} {key}={value!r}, which {what} does not support", CONFIG_NAME)
+
+
+def _registry(suffix):
+    from pynn import constraints, initializers, regularizers
+    if suffix == "_initializer":
+        return lambda name: initializers._BY_CLASS.get(name)
+    if suffix == "_regularizer":
+        return lambda name: regularizers._BY_NAME.get(str(name).lower())
+    return lambda name: constraints._BY_CLASS.get(name)
+
+
+_OBJECT_REGISTRIES = ("_initializer", "_regularizer", "_constraint")
+
+
+def _object_spec(key, spec, label, where):
+    """An initializer, regularizer or constraint of a layer config, its Keras-only arguments
+    dropped (or refused) as a layer's are."""
+    suffix = next(s for s in _OBJECT_REGISTRIES if key.endswith(s))
+    name = spec.get("class_name")
+    cls = _registry(suffix)(name)
+    if cls is None:
+        raise where.fail(f"{label} argument '{key}' is {name!r}, which pynn does not have",
+                         CONFIG_NAME)
+    config = dict(spec.get("config") or {})
+    _drop_unsupported(_accepted_arguments(cls), config, {}, f"{label} argument '{key}' sets",
+                      f"pynn's {name}", where)
+    return {"class_name": name, "config": config}
+
+
+def _ref(value, where):
+    """[layer, node, tensor] from Keras 3's tensor dict or Keras 2's list."""
+    if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
+        value = (value.get("config") or {}).get("keras_history")
+    if (isinstance(value, list) and len(value) >= 3 and isinstance(value[0], str)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value[1:3])):
+        return [value[0], value[1], value[2]]
+    raise where.fail(f"a tensor reference must be [layer, node, index], got {value!r}",
+                     CONFIG_NAME)
+
+
+def _calls(entry, where):
+    """(refs, several) for each call of a functional layer entry, in node order."""
+    calls = []
+    for node in entry.get("inbound_nodes") or []:
+        if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
+            args, kwargs = node.get("args") or [], node.get("kwargs") or {}
+            if len(args) != 1 or any(v is not None for k, v in kwargs.items()
+                                     if k not in ("training",)):
+                raise where.fail(f"layer '{entry.get('name')}' is called with arguments pynn "
+                                 f"does not take ({len(args)} positional, keyword "
+                                 f"{sorted(kwargs)})", CONFIG_NAME)
+            several = isinstance(args[0], list)
+            refs = [_ref(t, where) for t in (args[0] if several else [args[0]])]
+        elif isinstance(node, list):  # Keras 2: [[layer, node, tensor, kwargs], ...]
+            refs = [_ref(t, where) for t in node]
+            several = len(refs) > 1 or entry.get("class_name") in _MERGE_CLASSES
+        else:
+            raise where.fail(f"malformed inbound node {node!r}", CONFIG_NAME)
+        calls.append((refs, several))
+    return calls
+
+
+def _endpoints(value, where):
+    """(refs, keys) of Keras's input_layers / output_layers: one ref, a list or a dict."""
+    if isinstance(value, list) and value and isinstance(value[0], str):
+        return [_ref(value, where)], None
+    if isinstance(value, dict):
+        return [_ref(v, where) for v in value.values()], list(value)
+    if isinstance(value, list) and value:
+        return [_ref(v, where) for v in value], list(range(len(value)))
+    raise where.fail(f"the model names no inputs or outputs ({value!r})", CONFIG_NAME)
+
+
+def _functional_config(config, where):
+    entries = config.get("layers")
+    if not isinstance(entries, list):
+        raise where.fail("the model config has no 'layers' list", CONFIG_NAME)
+    names = [e.get("name", (e.get("config") or {}).get("name")) if isinstance(e, dict) else None
+             for e in entries]
+    layers = [_layer_spec(e, where) for e in entries]
+    for name, spec in zip(names, layers):
+        if name is not None:
+            spec["config"]["name"] = name
+    pending = {name: _calls(e, where) for name, e in zip(names, entries)}
+    made = {(name, 0) for name, spec in zip(names, layers) if spec["class_name"] == "InputLayer"}
+    done = dict.fromkeys(names, 0)
+    nodes = []
+    # Keras lists layers, not calls: a shared layer's later call may read a tensor made by a
+    # layer listed after it, so calls run as soon as what they read exists, in node order.
+    progress = True
+    while progress:
+        progress = False
+        for name in names:
+            calls = pending[name]
+            while calls and all((r[0], r[1]) in made for r in calls[0][0]):
+                refs, several = calls.pop(0)
+                made.add((name, done[name]))
+                done[name] += 1
+                nodes.append({"layer": name, "inputs": refs, "several": several})
+                progress = True
+    stuck = [name for name in names if pending[name]]
+    if stuck:
+        raise where.fail(f"layers {stuck} read tensors that no layer of the model makes",
+                         CONFIG_NAME)
+    inputs, input_keys = _endpoints(config.get("input_layers"), where)
+    outputs, output_keys = _endpoints(config.get("output_layers"), where)
+    # Keras 2 always lists the endpoints and unpacks a list of one; Keras 3 keeps the structure
+    # the model was built with (its entries carry "module").
+    if not any("module" in e for e in entries if isinstance(e, dict)):
+        input_keys = None if len(inputs) == 1 else input_keys
+        output_keys = None if len(outputs) == 1 else output_keys
+    return {"name": config.get("name"), "trainable": config.get("trainable", True),
+            "layers": layers, "nodes": nodes, "inputs": inputs, "outputs": outputs,
+            "input_keys": input_keys, "output_keys": output_keys}
+
+
+def _model_spec(entry, where):
+    config = entry.get("config")
+    if not isinstance(config, dict):
+        raise where.fail("the model config must be an object", CONFIG_NAME)
+    if entry.get("class_name") == "Sequential":
+        layers = [_layer_spec(e, where) for e in config.get("layers") or []]
+        shape = config.get("build_input_shape") or (entry.get("build_config") or {}).get(
+            "input_shape")
+        if (isinstance(shape, list) and shape and (not layers
+                                                   or layers[0]["class_name"] != "InputLayer")
+                and "input_shape" not in (layers[0]["config"] if layers else {})):
+            layers.insert(0, {"class_name": "InputLayer",
+                              "config": {"shape": shape[1:], "batch_size": shape[0]}})
+        return {"class_name": "Sequential",
+                "config": {"name": config.get("name"), "trainable": config.get("trainable", True),
+                           "layers": layers}}
+    return {"class_name": "Model", "config": _functional_config(config, where)}
+
+
+def _build(spec, where):
+    """The pynn model of a converted spec, with shape-only placeholder weights."""
+    try:
+        with zero_init():
+            model = layer_from_config(spec)
+            if not model.built:
+                model.build()
+    except KerasFileError:
+        raise
+    except saving._CONFIG_ERRORS as exc:
+        raise where.fail(f"invalid model config ({exc})", CONFIG_NAME) from None
+    except MemoryError as exc:
+        raise where.fail(f"the model config asks for more memory than there is ({exc})",
+                         CONFIG_NAME) from None
+    return model
+
+
+def model_from_keras_config(doc, where):
+    if not isinstance(doc, dict) or doc.get("class_name") not in _MODEL_CLASSES:
+        raise where.fail(f"not a Keras model config (class {doc.get('class_name') if isinstance(doc, dict) else None!r}; "
+                         f"pynn reads Sequential and functional models)", CONFIG_NAME)
+    return _build(_model_spec(doc, where), where)
+
+
+# -- weights ----------------------------------------------------------------------------------
+def _keras_class(layer):
+    if isinstance(layer, Sequential):
+        return "Sequential"
+    return "Functional" if isinstance(layer, Model) else type(layer).__name__
+
+
+def _child_paths(layers, parent):
+    """Keras's group name for each layer: its snake_case class, numbered per class in
+    ``model.layers`` order (Keras never addresses weights by layer name)."""
+    used = {}
+    for layer in layers:
+        name = _snake(_keras_class(layer))
+        used[name] = used.get(name, -1) + 1
+        yield layer, f"{parent}/{name}" if used[name] == 0 else f"{parent}/{name}_{used[name]}"
+
+
+def _var_groups(layer, path):
+    """(group path, name, variables) of ``layer``'s Keras 3 weight groups, in file order."""
+    if isinstance(layer, Model):
+        groups = [(f"{path}/vars" if path else "vars", layer.name, [])]
+        for child, child_path in _child_paths(layer.layers, f"{path}/layers" if path
+                                              else "layers"):
+            groups += _var_groups(child, child_path)
+        return groups
+    cls = type(layer).__name__
+    if cls in _RNN_CLASSES:
+        return [(f"{path}/vars", layer.name, []),
+                (f"{path}/cell/vars", f"{_snake(cls)}_cell", layer.weights)]
+    if cls == "TimeDistributed":
+        return [(f"{path}/vars", layer.name, [])] + _var_groups(layer.layer, f"{path}/layer")
+    return [(f"{path}/vars", layer.name, layer.weights)]
+
+
+def _check_budget(model, stored_bytes, ratio, where, member):
+    """The weights the config declares must fit the bytes the file holds (at most ``ratio``
+    times inflated), so a tiny file cannot make pynn allocate gigabytes it does not back."""
+    values = sum(math.prod(v.shape) for v in model.weights)
+    if values > max(ratio * stored_bytes, saving.RATIO_FREE_BYTES):
+        raise where.fail(f"the model config declares {values} weight values but the file "
+                         f"stores only {stored_bytes} bytes of weights", member)
+
+
+def _check_links(h5py, h5, path, where, member):
+    """Every component of ``path`` must be a link inside this file: an external link would
+    make h5py open another file."""
+    parts = path.split("/")
+    for i in range(1, len(parts) + 1):
+        sub = "/".join(parts[:i])
+        link = h5.get(sub, getlink=True)
+        if link is None:
+            return False
+        if isinstance(link, h5py.ExternalLink):
+            raise where.fail(f"'{sub}' links to another file; refused", member)
+    return True
+
+
+def _read_array(h5py, h5, path, var, owner, ratio, where, member):
+    if not _check_links(h5py, h5, path, where, member):
+        raise where.fail(f"missing the weights of {owner} (no '{path}')", member)
+    ds = h5[path]
+    if not isinstance(ds, h5py.Dataset):
+        raise where.fail(f"'{path}' ({owner}) is not an array", member)
+    if tuple(ds.shape or ()) != tuple(var.shape):
+        raise where.fail(f"'{path}' ({owner}) has shape {tuple(ds.shape or ())}, the model "
+                         f"expects {tuple(var.shape)}", member)
+    dtype = ds.dtype
+    if dtype.kind != "f" or dtype.itemsize > 8 or dtype.names is not None:
+        raise where.fail(f"'{path}' ({owner}) must hold floats, got dtype {dtype}", member)
+    if ds.external or ds.is_virtual:
+        raise where.fail(f"'{path}' ({owner}) keeps its data outside the file; refused", member)
+    nbytes = math.prod(var.shape) * dtype.itemsize
+    storage = ds.id.get_storage_size()
+    if nbytes > max(ratio * storage, saving.RATIO_FREE_BYTES):
+        raise where.fail(f"'{path}' ({owner}) inflates {storage} stored bytes to {nbytes} "
+                         f"(over the ratio limit of {ratio}: a compression bomb?)", member)
+    out = np.empty(tuple(var.shape), dtype)
+    if out.size:
+        try:
+            ds.read_direct(out)
+        except (OSError, ValueError, TypeError) as exc:
+            raise where.fail(f"'{path}' ({owner}) cannot be read ({exc})", member) from None
+    return out
+
+
+def _assign(pairs):
+    b = backend.current()
+    for layer, var, arr in pairs:
+        var.value = b.asarray(np.ascontiguousarray(arr), layer.dtype)
+    bump_version()
+
+
+def _owner_of(model):
+    """The layer that owns each variable (for its dtype and messages)."""
+    owners = {}
+
+    def walk(layer):
+        for child in getattr(layer, "layers", None) or []:
+            walk(child)
+        inner = getattr(layer, "layer", None)
+        if isinstance(inner, Layer):
+            walk(inner)
+        for v in layer.weights:
+            owners.setdefault(id(v), layer)
+    walk(model)
+    return owners
+
+
+def _read_keras3_weights(h5py, h5, model, ratio, where, member):
+    """Every weight of ``model`` from a Keras 3 weights file, read before any is assigned."""
+    owners = _owner_of(model)
+    pairs = []
+    for path, _, variables in _var_groups(model, ""):
+        if not variables:
+            continue
+        if not _check_links(h5py, h5, path, where, member):
+            raise where.fail(f"missing the weights of layer '{owners[id(variables[0])].name}' "
+                             f"(no group '{path}')", member)
+        group = h5[path]
+        stored = len(group) if isinstance(group, h5py.Group) else 0
+        if stored != len(variables):
+            layer = owners[id(variables[0])]
+            raise where.fail(f"'{path}' holds {stored} arrays; layer '{layer.name}' "
+                             f"({type(layer).__name__}) has {len(variables)} weights", member)
+        for i, var in enumerate(variables):
+            layer = owners[id(var)]
+            arr = _read_array(h5py, h5, f"{path}/{i}", var,
+                              f"layer '{layer.name}' weight '{var.path}'", ratio, where, member)
+            pairs.append((layer, var, arr))
+    return pairs
+
+
+def _names_attr(attrs, key, where, member):
+    names = attrs.get(key)
+    if names is None:
+        return None
+    names = np.asarray(names).ravel()
+    if names.size > MAX_NAMES:
+        raise where.fail(f"attribute '{key}' lists {names.size} names, over {MAX_NAMES}", member)
+    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+
+
+def _read_legacy_weights(h5py, group, model, ratio, where, member):
+    """Keras 2's layout: ``layer_names`` and per layer ``weight_names``; matched, as Keras 2
+    matches them, by position among the layers that have weights."""
+    layer_names = _names_attr(group.attrs, "layer_names", where, member)
+    if layer_names is None:
+        raise where.fail("neither a Keras 3 weights file nor a Keras 2 one (no 'layers' group, "
+                         "no 'layer_names' attribute)", member)
+    saved = []
+    for name in layer_names:
+        if not _check_links(h5py, group, name, where, member):
+            raise where.fail(f"'layer_names' lists '{name}', which the file lacks", member)
+        names = _names_attr(group[name].attrs, "weight_names", where, member) or []
+        if names:
+            saved.append((name, names))
+    ours = [layer for layer in model.layers if layer.weights]
+    if len(saved) != len(ours):
+        raise where.fail(f"holds weights for {len(saved)} layers ({[s[0] for s in saved][:8]}); "
+                         f"model '{model.name}' has {len(ours)} layers with weights "
+                         f"({[layer.name for layer in ours][:8]})", member)
+    owners = _owner_of(model)
+    pairs = []
+    for layer, (name, names) in zip(ours, saved):
+        variables = layer.weights
+        if len(names) != len(variables):
+            raise where.fail(f"layer '{name}' holds {len(names)} weights; layer '{layer.name}' "
+                             f"({type(layer).__name__}) has {len(variables)}", member)
+        for weight_name, var in zip(names, variables):
+            owner = owners.get(id(var), layer)
+            arr = _read_array(h5py, group, f"{name}/{weight_name}", var,
+                              f"layer '{layer.name}' weight '{var.path}'", ratio, where, member)
+            pairs.append((owner, var, arr))
+    return pairs
+
+
+def _read_weights_file(h5py, h5, model, ratio, where, member):
+    if "layers" in h5 or "vars" in h5:
+        return _read_keras3_weights(h5py, h5, model, ratio, where, member)
+    if "model_weights" in h5:
+        return _read_legacy_weights(h5py, h5["model_weights"], model, ratio, where, member)
+    return _read_legacy_weights(h5py, h5, model, ratio, where, member)
+
+
+def _open_h5(h5py, source, where, member):
+    try:
+        return h5py.File(source, "r")
+    except (OSError, ValueError) as exc:
+        raise where.fail(f"not a valid HDF5 file ({exc})", member) from None
+
+
+# -- public entry points ----------------------------------------------------------------------
+def load_keras(filepath, max_compression_ratio=None, verb="load_model"):
+    """A pynn model from a Keras 3 ``.keras`` file."""
+    h5py = _h5py(verb)
+    where = _Where(verb, filepath)
+    ratio = _ratio(max_compression_ratio, where)
+    archive = _KerasZip(where, ratio)
+    try:
+        if METADATA_NAME in archive.infos:
+            _parse_json(archive.read(METADATA_NAME, saving.MAX_JSON_BYTES), where,
+                        METADATA_NAME)
+        doc = _parse_json(archive.read(CONFIG_NAME, saving.MAX_JSON_BYTES), where, CONFIG_NAME)
+        model = model_from_keras_config(doc, where)
+        info = archive.infos.get(WEIGHTS_NAME)
+        _check_budget(model, info.file_size if info else 0, ratio, where, WEIGHTS_NAME)
+        data = archive.read(WEIGHTS_NAME, MAX_H5_BYTES)
+    finally:
+        archive.close()
+    with _open_h5(h5py, io.BytesIO(data), where, WEIGHTS_NAME) as h5:
+        _assign(_read_keras3_weights(h5py, h5, model, ratio, where, WEIGHTS_NAME))
+    return model
+
+
+def load_h5(filepath, max_compression_ratio=None, verb="load_model"):
+    """A pynn model from a Keras 2 / tf.keras (or Keras 3 legacy) ``.h5`` file."""
+    h5py = _h5py(verb)
+    where = _Where(verb, filepath)
+    ratio = _ratio(max_compression_ratio, where)
+    if not os.path.isfile(where.path):
+        raise FileNotFoundError(f"{verb}: no such file: {where.path}")
+    with _open_h5(h5py, where.path, where, None) as h5:
+        raw = h5.attrs.get("model_config")
+        if raw is None:
+            raise where.fail("holds no 'model_config' attribute: a weights-only file loads "
+                             "with model.load_weights")
+        raw = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+        if len(raw) > saving.MAX_JSON_BYTES:
+            raise where.fail(f"'model_config' holds {len(raw)} bytes, over the limit of "
+                             f"{saving.MAX_JSON_BYTES}")
+        model = model_from_keras_config(_parse_json(raw, where, "model_config"), where)
+        _check_budget(model, os.path.getsize(where.path), ratio, where, None)
+        _assign(_read_weights_file(h5py, h5, model, ratio, where, None))
+    return model
+
+
+def load_weights(model, filepath, max_compression_ratio=None):
+    """Keras weights (``.weights.h5`` of Keras 3, ``.h5`` of Keras 2, or a ``.keras`` file's)
+    into the built ``model``; nothing is assigned unless every array fits."""
+    verb = "load_weights"
+    h5py = _h5py(verb)
+    where = _Where(verb, filepath)
+    ratio = _ratio(max_compression_ratio, where)
+    if not model.built:
+        raise ValueError(f"{verb}: model '{model.name}' is not built; Keras weight files hold "
+                         f"no input shape: build it (or give it an Input) first")
+    if where.path.lower().endswith(".keras"):
+        archive = _KerasZip(where, ratio)
+        try:
+            data = archive.read(WEIGHTS_NAME, MAX_H5_BYTES)
+        finally:
+            archive.close()
+        source, member = io.BytesIO(data), WEIGHTS_NAME
+    else:
+        if not os.path.isfile(where.path):
+            raise FileNotFoundError(f"{verb}: no such file: {where.path}")
+        source, member = where.path, None
+    with _open_h5(h5py, source, where, member) as h5:
+        _assign(_read_weights_file(h5py, h5, model, ratio, where, member))
+
+
+# -- pynn -> Keras ----------------------------------------------------------------------------
+_OBJECT_MODULES = (("_initializer", "keras.initializers"), ("_regularizer", "keras.regularizers"),
+                   ("_constraint", "keras.constraints"))
+
+
+# Keys of pynn's get_config() that Keras's constructor refuses (Keras's SpatialDropout2D
+# takes no ``trainable``).
+_NOT_IN_KERAS = {"SpatialDropout2D": ("trainable",)}
+
+
+def _keras_object(value, module):
+    if not isinstance(value, dict):
+        return value
+    return {"module": module, "class_name": value["class_name"],
+            "config": value.get("config", {}), "registered_name": None}
+
+
+def _json_shape(shape):
+    if isinstance(shape, (list, tuple)):
+        return [_json_shape(s) for s in shape]
+    return None if shape is None else int(shape)
+
+
+def _dtype_policy(name):
+    return {"module": "keras", "class_name": "DTypePolicy", "config": {"name": name},
+            "registered_name": None}
+
+
+def _keras_seeds(value):
+    """Keras (torch and TensorFlow backends) takes int32 seeds; pynn draws 63-bit ones. A seed
+    only picks random draws, so the written file keeps its low 31 bits."""
+    if isinstance(value, dict):
+        return {k: (v % 2**31 if k == "seed" and isinstance(v, int) and not isinstance(v, bool)
+                    else _keras_seeds(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_keras_seeds(v) for v in value]
+    return value
+
+
+def _keras_layer_config(layer):
+    """Keras's ``get_config()`` of a pynn layer (pynn's keys are Keras's)."""
+    config = _keras_seeds(layer.get_config())
+    config.pop("input_shape", None)
+    for key in _NOT_IN_KERAS.get(type(layer).__name__, ()):
+        config.pop(key, None)  # a Keras 3 model states its input with an InputLayer
+    out = {}
+    for key, value in config.items():
+        module = next((m for suffix, m in _OBJECT_MODULES if key.endswith(suffix)), None)
+        if key == "dtype":
+            value = _dtype_policy(value)
+        elif key == "layer" and isinstance(layer.__dict__.get("layer"), Layer):
+            value = _keras_layer_spec(layer.layer)
+        elif module is not None:
+            value = _keras_object(value, module)
+        out[key] = value
+    return out
+
+
+def _keras_layer_spec(layer):
+    if isinstance(layer, Model):
+        return keras_model_spec(layer)
+    cls = type(layer).__name__
+    if cls == "InputLayer":
+        config = layer.get_config()
+        return {"module": "keras.layers", "class_name": "InputLayer",
+                "config": {"batch_shape": [config.get("batch_size")] + list(config["shape"]),
+                           "dtype": config.get("dtype"), "sparse": False, "name": layer.name},
+                "registered_name": None}
+    spec = {"module": "keras.layers", "class_name": cls, "config": _keras_layer_config(layer),
+            "registered_name": None}
+    if layer.built:
+        spec["build_config"] = {"input_shape": _json_shape(layer.input_shape)}
+    return spec
+
+
+def _tensor(t, node_index):
+    return {"class_name": "__keras_tensor__",
+            "config": {"shape": _json_shape(t.shape), "dtype": t.dtype,
+                       "keras_history": [t.node.layer.name, node_index[id(t.node)], t.index]}}
+
+
+def _structure(keys, refs):
+    if keys is None:
+        return refs[0]
+    if all(isinstance(k, int) for k in keys):
+        return list(refs)
+    return dict(zip(keys, refs))
+
+
+def keras_model_spec(model):
+    """Keras 3's serialized form of a pynn Sequential or functional model."""
+    if not model.built:
+        raise ValueError(f"save: model '{model.name}' is not built yet; train it or give it an "
+                         f"Input first")
+    build_config = {"input_shape": _json_shape(model.input_shape)}
+    if isinstance(model, Sequential):
+        input_spec = {"module": "keras.layers", "class_name": "InputLayer",
+                      "config": {"batch_shape": _json_shape(model.input_shape),
+                                 "dtype": model.layers[0].dtype if model.layers else "float32",
+                                 "sparse": False, "name": f"{model.name}_input"},
+                      "registered_name": None}
+        return {"module": "keras", "class_name": "Sequential",
+                "config": {"name": model.name, "trainable": model.trainable,
+                           "dtype": _dtype_policy(model.layers[0].dtype if model.layers
+                                                  else "float32"),
+                           "layers": [input_spec] + [_keras_layer_spec(layer)
+                                                     for layer in model.layers],
+                           "build_input_shape": build_config["input_shape"]},
+                "registered_name": None, "build_config": build_config}
+    graph = model._graph
+    node_index, counts, calls = {}, {}, {}
+    for node in graph.nodes:
+        node_index[id(node)] = counts.get(id(node.layer), 0)
+        counts[id(node.layer)] = node_index[id(node)] + 1
+        calls.setdefault(id(node.layer), []).append(node)
+    for t in graph.inputs:
+        node_index.setdefault(id(t.node), 0)
+    layers = []
+    for layer in model.layers:
+        spec = _keras_layer_spec(layer)
+        spec["name"] = layer.name
+        spec["inbound_nodes"] = [
+            {"args": [[_tensor(t, node_index) for t in node.inputs] if node.several
+                      else _tensor(node.inputs[0], node_index)], "kwargs": {}}
+            for node in calls.get(id(layer), []) if not node.is_input]
+        layers.append(spec)
+
+    def ref(t):
+        return [t.node.layer.name, node_index[id(t.node)], t.index]
+    return {"module": "keras.src.models.functional", "class_name": "Functional",
+            "config": {"name": model.name, "trainable": model.trainable, "layers": layers,
+                       "input_layers": _structure(model._input_keys,
+                                                  [ref(t) for t in graph.inputs]),
+                       "output_layers": _structure(model._output_keys,
+                                                   [ref(t) for t in graph.outputs])},
+            "registered_name": "Functional", "build_config": build_config}
+
+
+def _weights_h5_bytes(h5py, model):
+    b = backend.current()
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as h5:
+        h5.create_group("layers")
+        for path, name, variables in _var_groups(model, ""):
+            group = h5.require_group(path)
+            group.attrs["name"] = name
+            for i, var in enumerate(variables):
+                group.create_dataset(str(i), data=np.asarray(b.to_numpy(var.value)))
+    return buf.getvalue()
+
+
+def save_keras(model, filepath):
+    """``model`` as a Keras 3 ``.keras`` file (its architecture and weights; no optimizer)."""
+    h5py = _h5py("save")
+    spec = keras_model_spec(model)
+    metadata = {"keras_version": KERAS_VERSION,
+                "date_saved": time.strftime("%Y-%m-%d@%H:%M:%S")}
+    saving._atomic_write_zip(filepath, [
+        (METADATA_NAME, json.dumps(metadata).encode()),
+        (CONFIG_NAME, json.dumps(spec).encode()),
+        (WEIGHTS_NAME, _weights_h5_bytes(h5py, model))])
+
+
+def _write_legacy_weights(h5py, group, model):
+    """Keras 2's layout, which Keras 3 still reads from ``.h5`` names: ``layer_names``, and per
+    layer its ``weight_names`` naming datasets below the layer's group."""
+    b = backend.current()
+    group.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
+    group.attrs["backend"] = "pynn"
+    group.attrs["keras_version"] = KERAS_VERSION
+    for layer in model.layers:
+        sub = group.create_group(layer.name)
+        sub.attrs["weight_names"] = [v.path.encode() for v in layer.weights]
+        for v in layer.weights:
+            sub.create_dataset(v.path, data=np.asarray(b.to_numpy(v.value)))
+    group.create_group("top_level_model_weights").attrs["weight_names"] = np.array([], "S1")
+
+
+def _legacy_h5_bytes(h5py, model, with_config):
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as h5:
+        if with_config:
+            h5.attrs["model_config"] = json.dumps(keras_model_spec(model))
+            h5.attrs["keras_version"] = KERAS_VERSION
+            h5.attrs["backend"] = "pynn"
+            _write_legacy_weights(h5py, h5.create_group("model_weights"), model)
+        else:
+            _write_legacy_weights(h5py, h5, model)
+    return buf.getvalue()
+
+
+def _atomic_write(filepath, data):
+    filepath = os.fspath(filepath)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(filepath)),
+                       f".{os.path.basename(filepath)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, filepath)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_h5(model, filepath):
+    """``model`` as a legacy (Keras 2 layout) ``.h5`` model file, which Keras 3 also loads."""
+    _atomic_write(filepath, _legacy_h5_bytes(_h5py("save"), model, with_config=True))
+
+
+def save_weights(model, filepath):
+    """``model``'s weights: Keras 3's layout for ``.weights.h5`` names, Keras 2's for other
+    ``.h5`` names (as Keras 3 reads them)."""
+    h5py = _h5py("save_weights")
+    if not model.built:
+        raise ValueError(f"save_weights: model '{model.name}' is not built yet")
+    if os.fspath(filepath).lower().endswith(".weights.h5"):
+        data = _weights_h5_bytes(h5py, model)
+    else:
+        data = _legacy_h5_bytes(h5py, model, with_config=False)
+    _atomic_write(filepath, data)
+
+saving.KERAS_IO.update(save=save_keras, save_h5=save_h5, save_weights=save_weights,
+                       load_keras=load_keras, load_h5=load_h5, load_weights=load_weights)

@@ -1,0 +1,482 @@
+"""Keras files in and out (pynn.interop.keras_files): Keras 3 ``.keras`` and ``.weights.h5``
+both ways, Keras 2 ``.h5`` models and weights both ways, and hostile files refused before
+anything runs.
+
+Each architecture is built in Keras with random weights, saved by Keras, loaded by pynn and
+saved again by pynn for Keras to load: the four predictions must agree (float32, <= 1e-5).
+"""
+
+import io
+import json
+import os
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+try:
+    import h5py
+    import keras
+except Exception as exc:  # noqa: BLE001 (keras or h5py missing, or its backend fails)
+    pytest.skip(f"keras (torch backend) and h5py are not available: {exc}",
+                allow_module_level=True)
+
+import pynn
+
+K = keras.layers
+TOL = 1e-5
+
+
+def _randomize(model, seed=0):
+    rng = np.random.default_rng(seed)
+    weights = []
+    for v in model.weights:
+        w = rng.standard_normal(v.shape).astype("float32") * 0.4
+        if "variance" in v.path:
+            w = np.abs(w) + 0.5
+        weights.append(w)
+    model.set_weights(weights)
+
+
+def mlp():
+    return keras.Sequential([keras.Input((13,)), K.Dense(17, activation="relu"),
+                             K.Dropout(0.3), K.Dense(5, activation="softmax")])
+
+
+def cnn():
+    return keras.Sequential([
+        keras.Input((11, 11, 3)), K.Conv2D(4, 3, padding="same", activation="relu"),
+        K.BatchNormalization(), K.MaxPooling2D(), K.Dropout(0.2),
+        K.Conv2D(5, 3, strides=2, use_bias=False), K.AveragePooling2D(1), K.Flatten(),
+        K.Dense(3)])
+
+
+def merge():
+    a, b = keras.Input((6,), name="a"), keras.Input((6,), name="b")
+    shared = K.Dense(6, activation="tanh", name="shared")
+    ha, hb = shared(a), shared(b)  # one layer, two calls: node indices 0 and 1
+    merged = [K.Add()([ha, hb]), K.Subtract()([ha, hb]), K.Multiply()([ha, hb]),
+              K.Average()([ha, b]), K.Maximum()([a, hb]), K.Minimum()([ha, hb])]
+    x = K.Concatenate()(merged)
+    d = K.Dot(axes=1)([ha, hb])
+    return keras.Model([a, b], [K.Dense(3)(x), d])
+
+
+def sequence():
+    x = keras.Input((9,), dtype="int32")
+    h = K.Embedding(20, 4)(x)
+    h = K.LSTM(5, return_sequences=True)(h)
+    h = K.GRU(4, return_sequences=True)(h)
+    h2 = K.SimpleRNN(3, return_sequences=True)(h)
+    h2 = K.TimeDistributed(K.Dense(2))(h2)
+    h2 = K.Conv1D(3, 2, padding="causal")(h2)
+    out = K.Concatenate()([K.GlobalMaxPooling1D()(h2), K.GlobalAveragePooling1D()(h)])
+    return keras.Model(x, K.Dense(2)(out))
+
+
+def conv_variants():
+    return keras.Sequential([
+        keras.Input((9, 8, 4)), K.ZeroPadding2D(1), K.SeparableConv2D(6, 3, activation="relu"),
+        K.DepthwiseConv2D(3, depth_multiplier=2), K.GroupNormalization(3),
+        K.Conv2DTranspose(3, 3, strides=2), K.Cropping2D(1), K.LayerNormalization(),
+        K.UpSampling2D(1), K.PReLU(), K.LeakyReLU(0.1), K.GlobalAveragePooling2D(),
+        K.Reshape((3, 1)), K.Permute((2, 1)), K.Flatten(), K.ELU(), K.Softmax()])
+
+
+def pooling_1d():
+    return keras.Sequential([
+        keras.Input((12, 3)), K.MaxPooling1D(2), K.AveragePooling1D(2, padding="same"),
+        K.GRU(4, reset_after=False, return_sequences=True), K.Flatten(), K.Dense(2)])
+
+
+def noise_and_shapes():
+    inner = keras.Sequential([keras.Input((6,)), K.Dense(4, activation="relu")], name="inner")
+    x = keras.Input((7, 5, 2))
+    h = K.SpatialDropout2D(0.3)(x)
+    h = K.GaussianDropout(0.2)(h)
+    h = K.GaussianNoise(0.1)(h)
+    h = K.MaxPooling2D(2)(K.Identity()(h))
+    h = K.GlobalMaxPooling2D()(h)
+    h = K.Activation("sigmoid")(K.ReLU()(K.ActivityRegularization(l2=0.01)(h)))
+    h = K.Flatten()(K.RepeatVector(3)(h))
+    return keras.Model(x, inner(h))  # a nested Sequential: its weights under layers/sequential
+
+
+ARCHITECTURES = {"mlp": mlp, "cnn": cnn, "merge": merge, "sequence": sequence,
+                 "conv_variants": conv_variants, "pooling_1d": pooling_1d,
+                 "noise_and_shapes": noise_and_shapes}
+
+
+def test_architectures_cover_every_pynn_layer():
+    seen = set()
+
+    def walk(layer):
+        seen.add(type(layer).__name__)
+        for child in getattr(layer, "layers", []):
+            walk(child)
+        if isinstance(layer, K.TimeDistributed):
+            walk(layer.layer)
+    for build in ARCHITECTURES.values():
+        walk(build())
+    seen.add("InputLayer")
+    assert set(pynn.layers.LAYERS) - seen == set()
+
+
+def _inputs(model, rng):
+    out = []
+    for t in model.inputs:
+        shape = (3,) + tuple(t.shape[1:])
+        if "int" in str(t.dtype):
+            out.append(rng.integers(0, 20, shape).astype("int32"))
+        else:
+            out.append(rng.standard_normal(shape).astype("float32"))
+    return out if len(out) > 1 else out[0]
+
+
+def _close(a, b):
+    a = a if isinstance(a, list) else [a]
+    b = b if isinstance(b, list) else [b]
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_keras_round_trip_both_ways(arch, tmp_path):
+    keras_model = ARCHITECTURES[arch]()
+    _randomize(keras_model)
+    x = _inputs(keras_model, np.random.default_rng(1))
+    expected = keras_model.predict(x, verbose=0)
+
+    keras_model.save(tmp_path / "k.keras")
+    model = pynn.load_model(tmp_path / "k.keras")
+    assert len(model.get_weights()) == len(keras_model.get_weights())
+    _close(model.predict(x), expected)
+
+    model.save(tmp_path / "p.keras")
+    back = keras.saving.load_model(tmp_path / "p.keras")
+    _close(back.predict(x, verbose=0), expected)
+
+    # Weights files both ways, into models that have other weights.
+    keras_model.save_weights(tmp_path / "k.weights.h5")
+    fresh = pynn.load_model(tmp_path / "p.keras")
+    fresh.set_weights([w + 1 for w in fresh.get_weights()])
+    fresh.load_weights(tmp_path / "k.weights.h5")
+    _close(fresh.predict(x), expected)
+    model.save_weights(tmp_path / "p.weights.h5")
+    back.set_weights([w + 1 for w in back.get_weights()])
+    back.load_weights(tmp_path / "p.weights.h5")
+    _close(back.predict(x, verbose=0), expected)
+
+
+@pytest.mark.parametrize("arch", ["cnn", "merge"])
+def test_legacy_h5_from_keras(arch, tmp_path):
+    keras_model = ARCHITECTURES[arch]()
+    _randomize(keras_model, seed=3)
+    x = _inputs(keras_model, np.random.default_rng(2))
+    keras_model.save(tmp_path / "k.h5")  # Keras 3's legacy writer: Keras 2's layout
+    model = pynn.load_model(tmp_path / "k.h5")
+    _close(model.predict(x), keras_model.predict(x, verbose=0))
+    model.set_weights([w * 0 + 1 for w in model.get_weights()])
+    model.load_weights(tmp_path / "k.h5")
+    expected = keras_model.predict(x, verbose=0)
+    _close(model.predict(x), expected)
+
+    model.save(tmp_path / "p.h5")  # and back: Keras 3 reads Keras 2's layout from .h5 names
+    _close(keras.saving.load_model(tmp_path / "p.h5").predict(x, verbose=0), expected)
+    model.save_weights(tmp_path / "pw.h5")
+    keras_model.set_weights([w + 1 for w in keras_model.get_weights()])
+    keras_model.load_weights(tmp_path / "pw.h5")
+    _close(keras_model.predict(x, verbose=0), expected)
+
+
+def _keras2_h5(path, config, weights_by_layer):
+    """A file as tf.keras 2 writes it: model_config JSON, model_weights/<layer>/<weight>."""
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = json.dumps(config)
+        f.attrs["keras_version"] = "2.15.0"
+        group = f.create_group("model_weights")
+        group.attrs["layer_names"] = [name.encode() for name in weights_by_layer]
+        for name, weights in weights_by_layer.items():
+            layer = group.create_group(name)
+            layer.attrs["weight_names"] = [f"{name}/{w}:0".encode() for w, _ in weights]
+            for w, value in weights:
+                layer.create_dataset(f"{name}/{w}:0", data=value)
+
+
+def test_keras2_functional_h5(tmp_path):
+    rng = np.random.default_rng(4)
+    k1, b1 = rng.standard_normal((4, 3)).astype("float32"), rng.standard_normal(3)
+    k2, b2 = rng.standard_normal((3, 2)).astype("float32"), rng.standard_normal(2)
+
+    def dense(name, units, activation, inbound):
+        return {"class_name": "Dense", "name": name, "inbound_nodes": [[[inbound, 0, 0, {}]]],
+                "config": {"name": name, "trainable": True, "dtype": "float32", "units": units,
+                           "activation": activation, "use_bias": True,
+                           "kernel_initializer": {"class_name": "GlorotUniform",
+                                                  "config": {"seed": None}},
+                           "bias_initializer": {"class_name": "Zeros", "config": {}},
+                           "kernel_regularizer": None, "bias_regularizer": None,
+                           "activity_regularizer": None, "kernel_constraint": None,
+                           "bias_constraint": None}}
+    config = {"class_name": "Functional", "config": {
+        "name": "model", "layers": [
+            {"class_name": "InputLayer", "name": "input_1", "inbound_nodes": [],
+             "config": {"batch_input_shape": [None, 4], "dtype": "float32", "sparse": False,
+                        "ragged": False, "name": "input_1"}},
+            dense("dense", 3, "relu", "input_1"), dense("dense_1", 2, "linear", "dense")],
+        "input_layers": [["input_1", 0, 0]], "output_layers": [["dense_1", 0, 0]]}}
+    _keras2_h5(tmp_path / "m.h5", config, {"input_1": [], "dense": [("kernel", k1), ("bias", b1)],
+                                           "dense_1": [("kernel", k2), ("bias", b2)]})
+    model = pynn.load_model(tmp_path / "m.h5")
+    x = rng.standard_normal((5, 4)).astype("float32")
+    expected = np.maximum(x @ k1 + b1, 0) @ k2 + b2
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-5, atol=1e-5)
+
+    # A Keras 2 Sequential states its input on the first layer (batch_input_shape).
+    first, second = config["config"]["layers"][1:]
+    first["config"]["batch_input_shape"] = [None, 4]
+    sequential = {"class_name": "Sequential",
+                  "config": {"name": "sequential", "layers": [first, second]}}
+    _keras2_h5(tmp_path / "s.h5", sequential, {"dense": [("kernel", k1), ("bias", b1)],
+                                               "dense_1": [("kernel", k2), ("bias", b2)]})
+    model = pynn.load_model(tmp_path / "s.h5")
+    assert isinstance(model, pynn.Sequential)
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-5, atol=1e-5)
+
+
+# -- suffixes ---------------------------------------------------------------------------------
+def _small_pynn():
+    return pynn.Sequential([pynn.layers.Input((3,)), pynn.layers.Dense(2)])
+
+
+def test_suffix_decides_the_format(tmp_path):
+    model = _small_pynn()
+    for bad in ("m.zip", "m", "m.json"):
+        with pytest.raises(ValueError, match="suffix decides the format"):
+            model.save(tmp_path / bad)
+        with pytest.raises(ValueError, match="suffix decides the format"):
+            pynn.load_model(tmp_path / bad)
+    with pytest.raises(ValueError, match="end in '.weights.h5'"):
+        model.save_weights(tmp_path / "m.keras")
+    model.save(tmp_path / "m.keras")
+    with zipfile.ZipFile(tmp_path / "m.keras") as zf:
+        assert sorted(zf.namelist()) == ["config.json", "metadata.json", "model.weights.h5"]
+    model.save(tmp_path / "m.pynn")
+    with zipfile.ZipFile(tmp_path / "m.pynn") as zf:
+        assert "pynn.json" in zf.namelist()
+
+
+def test_missing_h5py_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    with pytest.raises(ImportError, match=r"pynn\[keras\]"):
+        pynn.load_model(tmp_path / "m.keras")
+    with pytest.raises(ImportError, match=r"pynn\[keras\]"):
+        _small_pynn().save(tmp_path / "m.keras")
+
+
+# -- hostile and unsupported files ------------------------------------------------------------
+def _rewrite(src, dst, config=None, h5_edit=None, extra=()):
+    """A copy of the .keras file ``src`` with its config replaced and its weights edited."""
+    with zipfile.ZipFile(src) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    if config is not None:
+        members["config.json"] = json.dumps(config).encode()
+    if h5_edit is not None:
+        buf = io.BytesIO(members["model.weights.h5"])
+        with h5py.File(buf, "a") as h5:
+            h5_edit(h5)
+        members["model.weights.h5"] = buf.getvalue()
+    with zipfile.ZipFile(dst, "w") as zf:
+        for name, data in list(members.items()) + list(extra):
+            zf.writestr(name, data)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def saved_mlp(tmp_path_factory):
+    path = tmp_path_factory.mktemp("keras") / "mlp.keras"
+    model = keras.Sequential([keras.Input((13,)), K.Dense(17, name="dense"),
+                              K.Dense(5, name="dense_1")])
+    _randomize(model)
+    model.save(path)
+    with zipfile.ZipFile(path) as zf:
+        config = json.loads(zf.read("config.json"))
+    return path, config
+
+
+def _dense_config(config, index=1):
+    return config["config"]["layers"][index]["config"]
+
+
+def test_lambda_is_refused_and_never_run(tmp_path):
+    sentinel = str(tmp_path / "ran")
+    x = keras.Input((3,))
+    y = K.Lambda(lambda t: t * 2 + (open(sentinel, "w").close() or 0))(x)
+    os.remove(sentinel)  # Keras ran the function once to infer the shape
+    keras.Model(x, y).save(tmp_path / "lambda.keras")
+    with pytest.raises(ValueError, match="Lambda layer holds Python code"):
+        pynn.load_model(tmp_path / "lambda.keras")
+    assert not os.path.exists(sentinel)
+
+
+def test_serialized_function_is_refused(saved_mlp, tmp_path):
+    path, config = saved_mlp
+    config = json.loads(json.dumps(config))
+    _dense_config(config)["activation"] = {
+        "module": "builtins", "class_name": "function", "config": "evil",
+        "registered_name": "function"}
+    with pytest.raises(ValueError, match="serialized Python function"):
+        pynn.load_model(_rewrite(path, tmp_path / "f.keras", config))
+
+
+def test_unknown_layer_is_named(saved_mlp, tmp_path):
+    path, config = saved_mlp
+    config = json.loads(json.dumps(config))
+    config["config"]["layers"][1]["class_name"] = "Bidirectional"
+    with pytest.raises(ValueError, match=r"layer 'dense' \(Bidirectional\): pynn has no layer "
+                                         r"'Bidirectional'"):
+        pynn.load_model(_rewrite(path, tmp_path / "u.keras", config))
+
+
+def test_unsupported_argument_is_named(saved_mlp, tmp_path):
+    path, config = saved_mlp
+    config = json.loads(json.dumps(config))
+    _dense_config(config)["quantization_config"] = {"mode": "int8"}
+    with pytest.raises(ValueError, match=r"layer 'dense' \(Dense\) sets quantization_config="):
+        pynn.load_model(_rewrite(path, tmp_path / "q.keras", config))
+
+
+def test_malformed_input_layer(saved_mlp, tmp_path):
+    path, config = saved_mlp
+    config = json.loads(json.dumps(config))
+    config["config"]["layers"][0]["config"]["batch_shape"] = "huge"
+    with pytest.raises(ValueError, match=r"layer '.*' \(InputLayer\) needs a batch_shape list, "
+                                         r"got 'huge'"):
+        pynn.load_model(_rewrite(path, tmp_path / "i.keras", config))
+
+
+def test_deep_or_wrongly_typed_config(saved_mlp, tmp_path):
+    path, config = saved_mlp
+    deep = json.loads(json.dumps(config))
+    _dense_config(deep)["units"] = json.loads("[" * 100 + "]" * 100)
+    with pytest.raises(ValueError, match="'config.json': nested deeper than 64 levels"):
+        pynn.load_model(_rewrite(path, tmp_path / "d.keras", deep))
+    typed = json.loads(json.dumps(config))
+    _dense_config(typed)["units"] = "many"
+    with pytest.raises(ValueError, match="'config.json': invalid model config"):
+        pynn.load_model(_rewrite(path, tmp_path / "t.keras", typed))
+
+
+def test_absurd_shape_is_refused_before_allocating(saved_mlp, tmp_path):
+    path, config = saved_mlp
+    config = json.loads(json.dumps(config))
+    _dense_config(config)["units"] = 10**12
+    with pytest.raises(ValueError, match="declares .* weight values but the file stores only"):
+        pynn.load_model(_rewrite(path, tmp_path / "big.keras", config))
+
+
+def test_missing_weights(saved_mlp, tmp_path):
+    path, _ = saved_mlp
+
+    def drop(h5):
+        del h5["layers/dense_1/vars/1"]
+    with pytest.raises(ValueError, match=r"'layers/dense_1/vars' holds 1 arrays; layer "
+                                         r"'dense_1' \(Dense\) has 2 weights"):
+        pynn.load_model(_rewrite(path, tmp_path / "m.keras", h5_edit=drop))
+
+    def drop_layer(h5):
+        del h5["layers/dense"]
+    with pytest.raises(ValueError, match="missing the weights of layer 'dense'"):
+        pynn.load_model(_rewrite(path, tmp_path / "m2.keras", h5_edit=drop_layer))
+
+
+@pytest.mark.parametrize("bad", ["int64", "string", "shape"])
+def test_wrong_arrays(saved_mlp, tmp_path, bad):
+    path, _ = saved_mlp
+
+    def edit(h5):
+        old = h5["layers/dense/vars/0"]
+        shape = old.shape
+        del h5["layers/dense/vars/0"]
+        if bad == "int64":
+            h5["layers/dense/vars/0"] = np.ones(shape, np.int64)
+        elif bad == "string":
+            h5["layers/dense/vars/0"] = np.full(shape, b"x", dtype="S1")
+        else:
+            h5["layers/dense/vars/0"] = np.ones((shape[0], shape[1] + 1), np.float32)
+    message = "has shape" if bad == "shape" else "must hold floats"
+    with pytest.raises(ValueError, match=rf"layers/dense/vars/0' \(layer 'dense' .*{message}"):
+        pynn.load_model(_rewrite(path, tmp_path / "w.keras", h5_edit=edit))
+
+
+def test_external_link_is_refused(saved_mlp, tmp_path):
+    path, _ = saved_mlp
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["w"] = np.zeros((13, 17), np.float32)
+
+    def link(h5):
+        del h5["layers/dense/vars/0"]
+        h5["layers/dense/vars/0"] = h5py.ExternalLink(str(tmp_path / "other.h5"), "w")
+    with pytest.raises(ValueError, match="links to another file"):
+        pynn.load_model(_rewrite(path, tmp_path / "x.keras", h5_edit=link))
+
+
+def test_path_traversal_member_is_refused(saved_mlp, tmp_path):
+    path, _ = saved_mlp
+    bad = _rewrite(path, tmp_path / "t.keras", extra=[("../../evil.py", b"print('x')")])
+    with pytest.raises(ValueError, match=r"'../../evil.py': unsafe member name"):
+        pynn.load_model(bad)
+    assert not (tmp_path.parent / "evil.py").exists()
+
+
+def test_zip_bomb_is_refused(tmp_path):
+    with zipfile.ZipFile(tmp_path / "bomb.keras", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("config.json", "{}")
+        zf.writestr("model.weights.h5", bytes(24 << 20))
+    with pytest.raises(ValueError, match="zip bomb"):
+        pynn.load_model(tmp_path / "bomb.keras")
+
+
+def test_not_a_zip_and_not_hdf5(tmp_path):
+    (tmp_path / "junk.keras").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a valid zip archive"):
+        pynn.load_model(tmp_path / "junk.keras")
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match="not a valid HDF5 file"):
+        pynn.load_model(tmp_path / "junk.h5")
+
+
+def test_weights_of_another_model_change_nothing(tmp_path):
+    model = _small_pynn()
+    other = pynn.Sequential([pynn.layers.Input((3,)), pynn.layers.Dense(4)])
+    other.save_weights(tmp_path / "o.weights.h5")
+    before = model.get_weights()
+    with pytest.raises(ValueError, match=r"has shape \(3, 4\), the model expects \(3, 2\)"):
+        model.load_weights(tmp_path / "o.weights.h5")
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+
+@pytest.mark.opencl
+@pytest.mark.parametrize("arch", ["cnn", "sequence"])
+def test_keras_files_on_opencl(arch, tmp_path):
+    """Loading places the weights on the current device; saving reads them back from it."""
+    keras_model = ARCHITECTURES[arch]()
+    _randomize(keras_model, seed=5)
+    x = _inputs(keras_model, np.random.default_rng(6))
+    expected = keras_model.predict(x, verbose=0)
+    keras_model.save(tmp_path / "k.keras")
+    previous = pynn.get_device()
+    pynn.set_device("opencl")
+    try:
+        model = pynn.load_model(tmp_path / "k.keras")
+        np.testing.assert_allclose(model.predict(x), expected, rtol=1e-4, atol=1e-4)
+        model.save(tmp_path / "p.keras")
+    finally:
+        pynn.set_device(previous)
+    back = keras.saving.load_model(tmp_path / "p.keras")
+    _close(back.predict(x, verbose=0), expected)
