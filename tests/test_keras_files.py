@@ -104,7 +104,17 @@ def noise_and_shapes():
     return keras.Model(x, inner(h))  # a nested Sequential: its weights under layers/sequential
 
 
-ARCHITECTURES = {"mlp": mlp, "cnn": cnn, "merge": merge, "sequence": sequence,
+def preprocessing():
+    # RandomCrop to the input's own size: Keras 3.15 returns its input unchanged at inference
+    # where its documentation (and pynn) centre-crop; at full size both are the identity.
+    return keras.Sequential([
+        keras.Input((10, 12, 3)), K.Rescaling(0.5, offset=0.1), K.Normalization(),
+        K.Resizing(9, 8), K.CenterCrop(7, 6), K.RandomFlip(), K.RandomRotation(0.1),
+        K.RandomZoom(0.1), K.RandomTranslation(0.1, 0.1), K.RandomContrast(0.2),
+        K.RandomBrightness(0.2), K.RandomCrop(7, 6), K.Flatten(), K.Dense(2)])
+
+
+ARCHITECTURES = {"preprocessing": preprocessing, "mlp": mlp, "cnn": cnn, "merge": merge, "sequence": sequence,
                  "conv_variants": conv_variants, "pooling_1d": pooling_1d,
                  "noise_and_shapes": noise_and_shapes}
 

@@ -490,6 +490,9 @@ def _check_links(h5py, h5, path, where, member):
     return True
 
 
+INTEGER_WEIGHTS = frozenset({"count"})
+
+
 def _read_array(h5py, h5, path, var, owner, ratio, where, member):
     if not _check_links(h5py, h5, path, where, member):
         raise where.fail(f"missing the weights of {owner} (no '{path}')", member)
@@ -500,7 +503,10 @@ def _read_array(h5py, h5, path, var, owner, ratio, where, member):
         raise where.fail(f"'{path}' ({owner}) has shape {tuple(ds.shape or ())}, the model "
                          f"expects {tuple(var.shape)}", member)
     dtype = ds.dtype
-    if dtype.kind != "f" or dtype.itemsize > 8 or dtype.names is not None:
+    # Keras keeps a few counters as integers (Normalization's count); pynn holds them as
+    # floats, exact to 2**24.
+    counter = var.path.rsplit("/", 1)[-1] in INTEGER_WEIGHTS and dtype.kind in "iu"
+    if (dtype.kind != "f" and not counter) or dtype.itemsize > 8 or dtype.names is not None:
         raise where.fail(f"'{path}' ({owner}) must hold floats, got dtype {dtype}", member)
     if ds.external or ds.is_virtual:
         raise where.fail(f"'{path}' ({owner}) keeps its data outside the file; refused", member)
@@ -515,13 +521,13 @@ def _read_array(h5py, h5, path, var, owner, ratio, where, member):
             ds.read_direct(out)
         except (OSError, ValueError, TypeError) as exc:
             raise where.fail(f"'{path}' ({owner}) cannot be read ({exc})", member) from None
-    return out
+    return out.astype(np.float64) if counter else out
 
 
 def _assign(pairs):
     b = backend.current()
     for layer, var, arr in pairs:
-        var.value = b.asarray(np.ascontiguousarray(arr), layer.dtype)
+        var.value = b.asarray(np.asarray(arr, order="C"), layer.dtype)  # keeps 0-d
     bump_version()
 
 
