@@ -5,7 +5,7 @@ match this table.
 Where an op lives: one name, five places
 ----------------------------------------
 An op of family F (dense, conv, pool, activation, loss, metric, dropout, optim, rnn,
-merge, spatial, shape, normalization, depthwise) named ``<op>`` is, under that same name:
+merge, spatial, shape, normalization, depthwise, sparse) named ``<op>`` is, under that same name:
 - ``native/F.pyx``: the CPU kernel, exported as ``pynn._native.F.<op>``;
 - ``opencl/F.cl``: its OpenCL kernels, driven by ``pynn/backend/opencl/F.py``;
 - ``pynn/backend/operands/F.py``: the checks of its arguments, which both backends call
@@ -333,6 +333,23 @@ OPS = {
     "embedding_forward": ("indices", "table"),
     "embedding_backward": ("dy", "indices", "input_dim"),
 }
+
+# -- compression (issue 18; native/optim.pyx, opencl/optim.cl, native/sparse.pyx,
+# opencl/sparse.cl) ----------------------------------------------------------------------------
+# Every optimizer update takes a last, optional ``mask`` (uint8 shaped like w, or None): where
+# it is 0 the update stores exact zeros into w and every slot in the same pass (pruning).
+UPDATE_OPS = ("sgd_update", "adam_update", "rmsprop_update", "adagrad_update", "nadam_update",
+              "adamax_update", "adadelta_update", "ftrl_update", "lion_update")
+for _op in UPDATE_OPS:
+    OPS[_op] = OPS[_op] + ("mask",)
+del _op
+OPS.update({
+    # A Dense kernel's nonzeros by output unit (CSC of the (C_in, U) kernel, api's "sparse
+    # kernel"): indptr int32 (U+1,), indices int32 (nnz,) input rows, values (nnz,) floats.
+    # y = act(x @ kernel + bias) as dense_forward, reading only the nonzeros -> y (N, U).
+    "sparse_dense_forward": ("x", "indptr", "indices", "values", "bias", "activation",
+                             "alpha"),
+})
 
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.
 CONSTRAINTS = ("max_norm", "non_neg", "unit_norm", "min_max_norm")

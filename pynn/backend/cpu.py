@@ -118,6 +118,8 @@ from pynn._native.optim import constraint_inplace  # noqa: F401
 # -- end issue 12
 # -- embedding (issue 14, sequence layers) --
 from pynn._native.embedding import embedding_backward, embedding_forward  # noqa: F401
+# -- compression (issue 18): sparse inference of pruned layers --
+from pynn._native.sparse import sparse_dense_forward  # noqa: F401
 from pynn.backend.operands.common import host_array
 
 NAME = "cpu"

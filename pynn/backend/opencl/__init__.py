@@ -83,3 +83,5 @@ from pynn.backend.opencl.runtime import (  # noqa: F401
 )
 
 NAME = "opencl"
+# -- compression (issue 18): sparse inference of pruned layers --
+from pynn.backend.opencl.sparse import sparse_dense_forward  # noqa: F401
