@@ -23,7 +23,9 @@ Pruning masks (issue 18): every ``*_update`` takes an optional uint8 ``mask`` sh
 Where it is 0 the element's new weight AND every slot are written as exact zeros in the same
 pass, so a pruned weight stays zero and no optimizer state (momentum, Adam's moments, weight
 decay) can move it back. The mask is a second fused type: ``NoMask`` (a 1-element int8 stand-in)
-compiles the selects away, so unmasked updates run the loops they ran before. Every array is checked (type, dtype, shape,
+compiles the selects away, so unmasked updates run the loops they ran before.
+
+Every array is checked (type, dtype, shape,
 contiguity, writability, no aliasing with ``w``) before the GIL is released; a wrong call is a
 ValueError/TypeError, never an out-of-bounds access.
 """
@@ -572,7 +574,8 @@ def constraint_inplace(w, kind, min_value=0.0, max_value=1.0, rate=1.0, axis=0):
 # casts them (pynn.backend.operands.optim).
 
 def _nadam(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1] v,
-           const mask_t[::1] mask, double lr, double one_b1, double one_b2, double epsilon, double c_m, double c_g,
+           const mask_t[::1] mask, double lr, double one_b1, double one_b2, double epsilon,
+           double c_m, double c_g,
            double bc2, double grad_scale, double clipvalue, double decay):
     cdef Py_ssize_t n = w.shape[0], i
     cdef floating lr_ = <floating>lr, b1c = <floating>one_b1, b2c = <floating>one_b2
@@ -612,7 +615,8 @@ def nadam_update(w, g, m, v, lr, beta_1, beta_2, epsilon, t, u_product, grad_sca
 
 
 def _adamax(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1] u,
-            const mask_t[::1] mask, double lr, double one_b1, double beta_2, double epsilon, double bc1,
+            const mask_t[::1] mask, double lr, double one_b1, double beta_2, double epsilon,
+            double bc1,
             double grad_scale, double clipvalue, double decay):
     cdef Py_ssize_t n = w.shape[0], i
     cdef floating lr_ = <floating>lr, b1c = <floating>one_b1, b2 = <floating>beta_2
@@ -648,7 +652,8 @@ def adamax_update(w, g, m, u, lr, beta_1, beta_2, epsilon, t, grad_scale, clipva
 
 
 def _adadelta(floating[::1] w, const floating[::1] g, floating[::1] ag, floating[::1] ad,
-              const mask_t[::1] mask, double lr, double rho, double epsilon, double grad_scale, double clipvalue,
+              const mask_t[::1] mask, double lr, double rho, double epsilon, double grad_scale,
+              double clipvalue,
               double decay):
     cdef Py_ssize_t n = w.shape[0], i
     cdef floating lr_ = <floating>lr, r = <floating>rho, one_r = <floating>(1.0 - rho)
@@ -684,7 +689,8 @@ def adadelta_update(w, g, accumulated_grad, accumulated_delta_var, lr, rho, epsi
 
 
 def _ftrl(floating[::1] w, const floating[::1] g, floating[::1] acc, floating[::1] lin,
-          const mask_t[::1] mask, double lr, double power, double l1, double l2_reg2, double shrink2,
+          const mask_t[::1] mask, double lr, double power, double l1, double l2_reg2,
+          double shrink2,
           double grad_scale, double clipvalue, double decay):
     cdef Py_ssize_t n = w.shape[0], i
     cdef floating lr_ = <floating>lr, l1_ = <floating>l1, l2r2 = <floating>l2_reg2

@@ -78,6 +78,10 @@ LAYERS.update({cls.__name__: cls for cls in (
     Embedding, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D,
     GlobalMaxPooling1D, TimeDistributed,
 )})
+# -- compression (issue 18): the pruning wrapper (pynn.compression.pruning) --
+from pynn.layers.pruning import PruneLowMagnitude  # noqa: E402
+
+LAYERS["PruneLowMagnitude"] = PruneLowMagnitude
 MaxPool1D = MaxPooling1D
 AvgPool1D = AveragePooling1D
 GlobalAvgPool1D = GlobalAveragePooling1D

@@ -44,7 +44,8 @@ def sgd_update(w, g, momentum_buf, lr, momentum, nesterov, grad_scale, clipvalue
         weight_decay)
     mask = operands.update_mask(DEVICE, "sgd_update", w, mask)
     elementwise("optim", "sgd_update", w.size, w, g, w if buf is None else buf, w.size,
-                buf is not None, nesterov, lr, momentum, *clip, *_mask_args(w, mask))
+                buf is not None, nesterov, lr, momentum,
+                *clip, *_mask_args(w, mask))
 
 
 def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
@@ -55,7 +56,8 @@ def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale, cl
         weight_decay)
     mask = operands.update_mask(DEVICE, "adam_update", w, mask)
     elementwise("optim", "adam_update", w.size, w, g, m, v, w if vhat is None else vhat,
-                w.size, vhat is not None, alpha, 1.0 - beta_1, 1.0 - beta_2, epsilon, *clip, *_mask_args(w, mask))
+                w.size, vhat is not None, alpha, 1.0 - beta_1, 1.0 - beta_2, epsilon,
+                *clip, *_mask_args(w, mask))
 
 
 def rmsprop_update(w, g, velocity, momentum_buf, average_grad, lr, rho, momentum, epsilon,
@@ -68,7 +70,8 @@ def rmsprop_update(w, g, velocity, momentum_buf, average_grad, lr, rho, momentum
     mask = operands.update_mask(DEVICE, "rmsprop_update", w, mask)
     elementwise("optim", "rmsprop_update", w.size, w, g, velocity, w if mom is None else mom,
                 w if avg is None else avg, w.size, mom is not None, avg is not None, lr, rho,
-                1.0 - rho, momentum, epsilon, *clip, *_mask_args(w, mask))
+                1.0 - rho, momentum, epsilon,
+                *clip, *_mask_args(w, mask))
 
 
 def adagrad_update(w, g, accumulator, lr, epsilon, grad_scale, clipvalue, weight_decay, mask=None):
@@ -96,7 +99,8 @@ def nadam_update(w, g, m, v, lr, beta_1, beta_2, epsilon, t, u_product, grad_sca
         DEVICE, w, g, m, v, lr, beta_1, beta_2, epsilon, t, u_product, grad_scale, clipvalue,
         weight_decay)
     mask = operands.update_mask(DEVICE, "nadam_update", w, mask)
-    elementwise("optim", "nadam_update", w.size, w, g, m, v, w.size, *coef, *clip, *_mask_args(w, mask))
+    elementwise("optim", "nadam_update", w.size, w, g, m, v, w.size, *coef,
+                *clip, *_mask_args(w, mask))
 
 
 def adamax_update(w, g, m, u, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
@@ -106,7 +110,8 @@ def adamax_update(w, g, m, u, lr, beta_1, beta_2, epsilon, t, grad_scale, clipva
         DEVICE, w, g, m, u, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
         weight_decay)
     mask = operands.update_mask(DEVICE, "adamax_update", w, mask)
-    elementwise("optim", "adamax_update", w.size, w, g, m, u, w.size, *coef, *clip, *_mask_args(w, mask))
+    elementwise("optim", "adamax_update", w.size, w, g, m, u, w.size, *coef,
+                *clip, *_mask_args(w, mask))
 
 
 def adadelta_update(w, g, accumulated_grad, accumulated_delta_var, lr, rho, epsilon,
@@ -117,7 +122,8 @@ def adadelta_update(w, g, accumulated_grad, accumulated_delta_var, lr, rho, epsi
         clipvalue, weight_decay)
     mask = operands.update_mask(DEVICE, "adadelta_update", w, mask)
     elementwise("optim", "adadelta_update", w.size, w, g, ag, ad, w.size, lr, rho, 1.0 - rho,
-                epsilon, *clip, *_mask_args(w, mask))
+                epsilon,
+                *clip, *_mask_args(w, mask))
 
 
 def ftrl_update(w, g, accumulator, linear, lr, learning_rate_power, l1, l2, l2_shrinkage,
@@ -127,7 +133,8 @@ def ftrl_update(w, g, accumulator, linear, lr, learning_rate_power, l1, l2, l2_s
         DEVICE, w, g, accumulator, linear, lr, learning_rate_power, l1, l2, l2_shrinkage,
         beta, grad_scale, clipvalue, weight_decay)
     mask = operands.update_mask(DEVICE, "ftrl_update", w, mask)
-    elementwise("optim", "ftrl_update", w.size, w, g, acc, lin, w.size, *coef, *clip, *_mask_args(w, mask))
+    elementwise("optim", "ftrl_update", w.size, w, g, acc, lin, w.size, *coef,
+                *clip, *_mask_args(w, mask))
 
 
 def lion_update(w, g, m, lr, beta_1, beta_2, grad_scale, clipvalue, weight_decay, mask=None):
@@ -138,4 +145,5 @@ def lion_update(w, g, m, lr, beta_1, beta_2, grad_scale, clipvalue, weight_decay
     # 1 - beta in float32 from the float32 beta, as the CPU kernel and Keras form it.
     mask = operands.update_mask(DEVICE, "lion_update", w, mask)
     elementwise("optim", "lion_update", w.size, w, g, m, w.size, lr, b1, np.float32(1) - b1,
-                b2, np.float32(1) - b2, *clip, *_mask_args(w, mask))
+                b2, np.float32(1) - b2,
+                *clip, *_mask_args(w, mask))
