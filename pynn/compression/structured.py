@@ -2,7 +2,8 @@
 L1 or L2 norm of their kernel slice, giving a genuinely smaller Sequential model.
 
 Each prunable layer but the last one of that kind (the model's output width stays) loses the
-``fraction`` of its units/filters with the smallest norms. The removal follows the channel axis
+``fraction`` of its units/filters with the smallest norms, measured after its own inputs
+shrank (the norms of what is left of each unit's kernel). The removal follows the channel axis
 down the chain: a BatchNormalization after it keeps the statistics of the kept channels, layers
 that act per channel (activations, dropout, pooling, padding) pass it through, a Flatten maps
 the kept channels to the kept flattened features (channels fastest, NHWC), and the next
