@@ -35,8 +35,8 @@ class Distiller(Model):
             raise ValueError(f"Distiller: the student's output shape "
                              f"{tuple(student.outputs[0].shape)} differs from the teacher's "
                              f"{tuple(teacher.outputs[0].shape)}")
-        super().__init__(inputs=student.inputs, outputs=student.outputs,
-                         name=name or "distiller")
+        inputs = student.inputs if len(student.inputs) > 1 else student.inputs[0]
+        super().__init__(inputs=inputs, outputs=student.outputs[0], name=name or "distiller")
         self.student = student
         self.teacher = teacher
         self.alpha = 0.1
@@ -74,8 +74,8 @@ class Distiller(Model):
         respect to the student's logits (backend array) or None)."""
         b = backend.current()
         t = self.temperature
-        p = b.activation_forward(_scaled(b, teacher_logits, 1.0 / t), "softmax", 0.0)[0]
-        q = b.activation_forward(_scaled(b, student_logits, 1.0 / t), "softmax", 0.0)[0]
+        p = b.activation_forward(_scaled(b, teacher_logits, 1.0 / t), "softmax", 0.0)
+        q = b.activation_forward(_scaled(b, student_logits, 1.0 / t), "softmax", 0.0)
         value, dq = self.distillation_loss_fn.forward_backward(p, q, need_grad=need_grad)
         if not need_grad:
             return value * t * t, None
