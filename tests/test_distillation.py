@@ -116,8 +116,8 @@ def test_distillation_pulls_the_student_towards_the_teacher(rng):
 @pytest.mark.parametrize("make,message", [
     (lambda s, t: Distiller(s, pynn.Sequential([layers.Input((6,)), layers.Dense(4)])),
      r"student's output shape \(None, 5\) differs from the teacher's \(None, 4\)"),
-    (lambda s, t: Distiller(s, "teacher"), r"the teacher must be a built pynn Model, got "
-                                           r"'teacher'"),
+    (lambda s, t: Distiller(s, "teacher"), (r"the teacher must be a built pynn Model, got "
+                                           r"'teacher'")),
     (lambda s, t: Distiller(s, t).compile("sgd"), r"student_loss_fn is required"),
     (lambda s, t: Distiller(s, t).compile("sgd", student_loss_fn="mse", alpha=1.5),
      r"alpha must be a float in \[0, 1\], got 1.5"),

@@ -87,8 +87,8 @@ def test_masked_update_zeroes_pruned_and_matches_unmasked(target, rng, op, nslot
 
 
 @pytest.mark.parametrize("bad,message", [
-    (np.ones((3, 4), np.uint8), r"adam_update: 'mask' must have the shape of 'w' \(3, 5\), "
-                                r"got \(3, 4\)"),
+    (np.ones((3, 4), np.uint8), (r"adam_update: 'mask' must have the shape of 'w' \(3, 5\), "
+                                r"got \(3, 4\)")),
     (np.ones((3, 5), np.float32), r"adam_update: 'mask' must (be uint8|have dtype uint8)"),
 ])
 def test_mask_bad_input_names_op_expected_and_got(backend, bad, message):
@@ -120,12 +120,12 @@ def test_polynomial_decay_follows_tf_mot_formula():
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda: ConstantSparsity(1.0, 0), r"ConstantSparsity: `target_sparsity` must be a float "
-                                       r"in \[0, 1\), got 1.0"),
+    (lambda: ConstantSparsity(1.0, 0), (r"ConstantSparsity: `target_sparsity` must be a float "
+                                       r"in \[0, 1\), got 1.0")),
     (lambda: ConstantSparsity(0.5, -1), r"`begin_step` must be >= 0, got -1"),
     (lambda: ConstantSparsity(0.5, 0, frequency=0), r"`frequency` must be >= 1, got 0"),
-    (lambda: PolynomialDecay(0.1, 0.9, 10, 5), r"`end_step` must be -1 or >= begin_step 10, "
-                                               r"got 5"),
+    (lambda: PolynomialDecay(0.1, 0.9, 10, 5), (r"`end_step` must be -1 or >= begin_step 10, "
+                                               r"got 5")),
     (lambda: PolynomialDecay(0.1, 0.9, 0, -1), r"PolynomialDecay: `end_step` must be set"),
 ])
 def test_schedule_bad_arguments(make, message):

@@ -59,7 +59,8 @@ def prune_low_magnitude(to_prune, pruning_schedule=None, block_size=(1, 1)):
             if not isinstance(layer, PruneLowMagnitude) and layer.built
             and _has_prunable(layer) else None))
     if isinstance(to_prune, PruneLowMagnitude):
-        raise ValueError(f"prune_low_magnitude: layer '{to_prune.name}' is already pruned")
+        raise ValueError(  # noqa: TRY004 -- TF-MOT raises ValueError
+            f"prune_low_magnitude: layer '{to_prune.name}' is already pruned")
     if isinstance(to_prune, Layer):
         return PruneLowMagnitude(to_prune, schedule, block_size)
     raise ValueError(f"prune_low_magnitude: expected a pynn Layer or Model, got "
@@ -71,7 +72,8 @@ def strip_pruning(model):
     their zeros) copied: what is saved and deployed."""
     model_cls, _ = _model_types()
     if not isinstance(model, model_cls):
-        raise ValueError(f"strip_pruning: expected a pynn Model, got {type(model).__name__}")
+        raise ValueError(  # noqa: TRY004 -- TF-MOT raises ValueError
+            f"strip_pruning: expected a pynn Model, got {type(model).__name__}")
     return _rewrap(model, lambda layer: (
         {"class_name": type(layer.layer).__name__,
          "config": {**layer.layer.get_config(), "name": layer.name}}

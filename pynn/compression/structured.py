@@ -43,7 +43,7 @@ def kept_units(kernel, fraction, norm="l1"):
     """Sorted indices of the units kept: all but the round(fraction * U) smallest norms
     (ties: lower index removed first), at least one."""
     norms = unit_norms(kernel, norm)
-    remove = min(int(round(fraction * norms.size)), norms.size - 1)
+    remove = min(round(fraction * norms.size), norms.size - 1)
     order = np.argsort(norms, kind="stable")
     return np.sort(order[remove:])
 
@@ -55,7 +55,8 @@ def prune_structured(model, fraction=0.5, norm="l1"):
     from pynn.models import Sequential
 
     if not isinstance(model, Sequential):
-        raise ValueError(f"prune_structured: expected a Sequential model (a chain), got "
+        raise ValueError(  # noqa: TRY004 -- as prune_low_magnitude
+                         f"prune_structured: expected a Sequential model (a chain), got "
                          f"{type(model).__name__} '{model.name}'")
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or \
             not 0.0 <= fraction < 1.0:

@@ -41,7 +41,8 @@ class PruningSchedule:
         for name, value in (("begin_step", begin_step), ("end_step", end_step),
                             ("frequency", frequency)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"{type(self).__name__}: `{name}` must be an int, got "
+                raise ValueError(  # noqa: TRY004 -- TF-MOT raises ValueError
+                    f"{type(self).__name__}: `{name}` must be an int, got "
                                  f"{value!r}")
         if begin_step < 0:
             raise ValueError(f"{type(self).__name__}: `begin_step` must be >= 0, got "
@@ -162,7 +163,7 @@ def magnitude_mask(weights, sparsity, block_size=(1, 1)):
         full = np.repeat(np.repeat(block_mask, bh, axis=0), bw, axis=1)
         return np.ascontiguousarray(full[:rows, :cols]).reshape(w.shape)
     flat = w.reshape(-1)
-    prune = int(round(sparsity * flat.size))
+    prune = round(sparsity * flat.size)
     mask = np.ones(flat.size, np.uint8)
     if prune:
         mask[np.argsort(flat, kind="stable")[:prune]] = 0
