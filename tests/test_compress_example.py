@@ -13,8 +13,8 @@ def test_compress_example_fast_table(capsys):
     rows = compress.main(["--fast"])
     text = capsys.readouterr().out
     names = [r[0] for r in rows]
-    assert names == ["float32", "pruned 80% unstructured", "structured 50% filters",
-                     "student alone", "distilled student (1/17)"]
+    assert names == ["float32", "pruned 80% unstructured", "pruned 95% (sparse Dense)",
+                     "structured 50% filters", "student alone", "distilled student (1/17)"]
     for name in names:
         assert name in text
     table = {r[0]: r for r in rows}
@@ -24,6 +24,7 @@ def test_compress_example_fast_table(capsys):
     assert table["pruned 80% unstructured"][1] == params
     assert table["pruned 80% unstructured"][2] == pytest.approx(0.8, abs=0.01)
     assert table["pruned 80% unstructured"][4] < 0.35 * size
+    assert table["pruned 95% (sparse Dense)"][2] == pytest.approx(0.95, abs=0.01)
     # Structured: a genuinely smaller model; the student: at most 1/8 of the parameters.
     assert table["structured 50% filters"][1] < 0.5 * params
     assert table["distilled student (1/17)"][1] <= params / 8
