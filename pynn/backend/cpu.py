@@ -120,6 +120,11 @@ from pynn._native.optim import constraint_inplace  # noqa: F401
 from pynn._native.embedding import embedding_backward, embedding_forward  # noqa: F401
 # -- compression (issue 18): sparse inference of pruned layers --
 from pynn._native.sparse import sparse_dense_forward  # noqa: F401
+from pynn._native.quant import (  # noqa: F401
+    dequantize_forward,
+    int8_dense_forward,
+    quantize_forward,
+)
 from pynn.backend.operands.common import host_array
 
 NAME = "cpu"
