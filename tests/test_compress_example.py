@@ -13,7 +13,8 @@ def test_compress_example_fast_table(capsys):
     rows = compress.main(["--fast"])
     text = capsys.readouterr().out
     names = [r[0] for r in rows]
-    assert names == ["float32", "pruned 80% unstructured", "pruned 95% (sparse Dense)",
+    assert names == ["float32", "pruned 80% unstructured", "int8 Dense (post-training)",
+                     "pruned 95% (sparse Dense)",
                      "structured 50% filters", "student alone", "distilled student (1/17)"]
     for name in names:
         assert name in text
