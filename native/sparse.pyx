@@ -7,13 +7,13 @@ transpose): ``indptr`` (U+1,) int32, ``indices`` (nnz,) int32 input rows, ``valu
 Below BATCH_COLUMNS_MIN rows, output (n, u) is a gather-dot over unit u's nonzeros (prange
 over the flattened (N, U) outputs); from there on x is transposed once and unit u's output
 column is an axpy over the batch per nonzero (prange over units), which vectorizes. Each output
-is written by one thread in a fixed order, so results do not depend on the thread count. The bias and the
-activation then run through the dense layers' shared epilogue (``_activation.pxd``).
+is written by one thread in a fixed order, so results do not depend on the thread count. The
+bias and the activation then run through the dense layers' shared epilogue (_activation.pxd).
 
 Why by unit, not CSR of the kernel: at batch 1 a CSR-by-input product would scatter into y
 (atomics or per-thread copies); by unit every output is an independent dot product of
 length nnz/U, which at 80-95% sparsity is short enough that the gather costs less than the
-dense GEMM's multiply by zeros (the crossover is measured in bench and pynn.compression).
+dense GEMM's multiply by zeros (the crossover, measured: pynn/compression/sparse.py).
 """
 import numpy as np
 

@@ -89,8 +89,15 @@ def sparse_inference_layer(layer):
 
     inner = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
     if type(inner) is Dense and inner.built:
-        return SparseDense(inner)
+        return _STAND_INS[type(layer).__name__](inner)
     return layer
+
+
+# The stand-in's class carries the name of the layer it stands in for (Dense, or
+# PruneLowMagnitude), so the plan's messages ("Layer 'hidden' (Dense): out of memory") name
+# the user's layer, not this module's helper.
+_STAND_INS = {name: type(name, (SparseDense,), {"__module__": __name__})
+              for name in ("Dense", "PruneLowMagnitude")}
 
 
 def compressed_size(model, filepath):
