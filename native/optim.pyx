@@ -17,7 +17,15 @@ Reductions (``sum_squares``, the penalty of ``regularizer_inplace``) accumulate 
 fixed blocks of ``BLOCK`` elements; the per-block partials are combined serially in block
 order, so the result is bit-identical for any thread count.
 
-Slots an option does not use are None. Every array is checked (type, dtype, shape,
+Slots an option does not use are None.
+
+Pruning masks (issue 18): every ``*_update`` takes an optional uint8 ``mask`` shaped like ``w``.
+Where it is 0 the element's new weight AND every slot are written as exact zeros in the same
+pass, so a pruned weight stays zero and no optimizer state (momentum, Adam's moments, weight
+decay) can move it back. The mask is a second fused type: ``NoMask`` (a 1-element int8 stand-in)
+compiles the selects away, so unmasked updates run the loops they ran before.
+
+Every array is checked (type, dtype, shape,
 contiguity, writability, no aliasing with ``w``) before the GIL is released; a wrong call is a
 ValueError/TypeError, never an out-of-bounds access.
 """
@@ -80,11 +88,60 @@ cdef extern from *:
     }
     PYNN_FLUSH(pynn_flush_f, float, int32_t, fabsf)
     PYNN_FLUSH(pynn_flush_d, double, int64_t, fabs)
+    /* x where keep is nonzero, else +0, as a bit mask (a select gcc vectorizes; keep a
+     * constant 1 folds it away). */
+    #define PYNN_KEEP(NAME, T, I)                                                      \
+    static inline T NAME(T x, unsigned char keep) {                                    \
+        I bits;                                                                        \
+        memcpy(&bits, &x, sizeof bits);                                                \
+        bits &= -(I)(keep != 0);                                                       \
+        memcpy(&x, &bits, sizeof x);                                                   \
+        return x;                                                                      \
+    }
+    PYNN_KEEP(pynn_keep_f, float, int32_t)
+    PYNN_KEEP(pynn_keep_d, double, int64_t)
     """
     float pynn_clip_f(float g, float lim) noexcept nogil
     double pynn_clip_d(double g, double lim) noexcept nogil
     float pynn_flush_f(float x, float tiny) noexcept nogil
     double pynn_flush_d(double x, double tiny) noexcept nogil
+    float pynn_keep_f(float x, unsigned char keep) noexcept nogil
+    double pynn_keep_d(double x, unsigned char keep) noexcept nogil
+
+
+# -- pruning masks (issue 18) ---------------------------------------------------------------
+# MaskBit: a real uint8 mask. NoMask: no mask, chosen at compile time through the fused type,
+# so the unmasked specialization of every loop has no mask load and no select.
+ctypedef unsigned char MaskBit
+ctypedef signed char NoMask
+
+ctypedef fused mask_t:
+    MaskBit
+    NoMask
+
+# The NoMask stand-in: never read, but a valid pointer.
+_NO_MASK = np.ones(1, dtype=np.int8)
+
+
+cdef inline unsigned char keep_of(const mask_t* mask, Py_ssize_t i) noexcept nogil:
+    if mask_t is MaskBit:
+        return mask[i]
+    else:
+        return 1
+
+
+cdef inline floating kept(floating x, unsigned char keep) noexcept nogil:
+    """x, or an exact 0 where the mask prunes the element."""
+    if floating is float:
+        return pynn_keep_f(x, keep)
+    else:
+        return pynn_keep_d(x, keep)
+
+
+def _mask_arg(mask):
+    """The mask as the kernels take it: the checked uint8 mask flattened, or the NoMask
+    stand-in."""
+    return _NO_MASK if mask is None else mask.reshape(-1)
 
 
 cdef inline floating clipped_grad(floating g, floating scale, floating lim) noexcept nogil:
@@ -230,9 +287,11 @@ def regularizer_inplace(w, grad, l1, l2):
 # -- SGD ------------------------------------------------------------------------------------
 
 def _sgd(floating[::1] w, const floating[::1] g, floating[::1] buf, bint use_buf,
-         double lr, double momentum, bint nesterov, double grad_scale, double clipvalue,
-         double decay):
+         const mask_t[::1] mask, double lr, double momentum, bint nesterov, double grad_scale,
+         double clipvalue, double decay):
     cdef Py_ssize_t n = w.shape[0], i
+    cdef const mask_t* mk = &mask[0]
+    cdef unsigned char k
     cdef floating lr_ = <floating>lr, mu = <floating>momentum
     cdef floating scale = <floating>grad_scale, clip = <floating>clipvalue
     cdef floating dec = <floating>decay
@@ -242,39 +301,44 @@ def _sgd(floating[::1] w, const floating[::1] g, floating[::1] buf, bint use_buf
         return
     with nogil:
         for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            k = keep_of(mk, i)
             gi = clipped_grad(g[i], scale, clip)
             wi = decayed(w[i], dec)
             if use_buf:
                 mi = flushed(fmadd(buf[i], mu, -(gi * lr_)), tiny)
-                buf[i] = mi
+                buf[i] = kept(mi, k)
                 if nesterov:
                     wi = wi + fmadd(mi, mu, -(gi * lr_))
                 else:
                     wi = wi + mi
             else:
                 wi = wi - gi * lr_
-            w[i] = wi
+            w[i] = kept(wi, k)
 
 
 def sgd_update(w, g, momentum_buf, lr, momentum, nesterov, grad_scale, clipvalue,
-               weight_decay):
+               weight_decay, mask=None):
     """SGD step in place (IN/OUT w, momentum_buf; IN g).
 
     momentum_buf None: w -= lr*g. Else m = momentum*m - lr*g, then w += m, or with nesterov
     w += momentum*m - lr*g (Keras 3)."""
     w, g, buf, lr, momentum, nesterov, clip = operands.sgd_update(
         HOST, w, g, momentum_buf, lr, momentum, nesterov, grad_scale, clipvalue, weight_decay)
+    mask = operands.update_mask(HOST, "sgd_update", w, mask)
     flat_w = w.reshape(-1)
     _sgd(flat_w, g.reshape(-1), flat_w if buf is None else buf.reshape(-1), buf is not None,
-         lr, momentum, nesterov, *_clip(clip))
+         _mask_arg(mask), lr, momentum, nesterov, *_clip(clip))
 
 
 # -- Adam / AdamW ---------------------------------------------------------------------------
 
 def _adam(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1] v,
-          floating[::1] vhat, bint amsgrad, double alpha, double beta_1, double beta_2,
-          double epsilon, double grad_scale, double clipvalue, double decay):
+          floating[::1] vhat, bint amsgrad, const mask_t[::1] mask, double alpha,
+          double beta_1, double beta_2, double epsilon, double grad_scale, double clipvalue,
+          double decay):
     cdef Py_ssize_t n = w.shape[0], i
+    cdef const mask_t* mk = &mask[0]
+    cdef unsigned char k
     cdef floating alpha_ = <floating>alpha, eps = <floating>epsilon
     cdef floating one_b1 = <floating>(1.0 - beta_1), one_b2 = <floating>(1.0 - beta_2)
     cdef floating scale = <floating>grad_scale, clip = <floating>clipvalue
@@ -288,30 +352,32 @@ def _adam(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1]
     with nogil:
         if amsgrad:
             for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+                k = keep_of(mk, i)
                 gi = clipped_grad(g[i], scale, clip)
                 wi = decayed(w[i], dec)
                 mi = flushed(m[i] + (gi - m[i]) * one_b1, tiny)
                 vi = flushed(v[i] + (gi * gi - v[i]) * one_b2, tiny)
-                m[i] = mi
-                v[i] = vi
+                m[i] = kept(mi, k)
+                v[i] = kept(vi, k)
                 vh = flushed(vhat[i], tiny)
                 vi = vh if vh > vi else vi
-                vhat[i] = vi
-                w[i] = wi - (mi * alpha_) / (<floating>sqrt(vi) + eps)
+                vhat[i] = kept(vi, k)
+                w[i] = kept(wi - (mi * alpha_) / (<floating>sqrt(vi) + eps), k)
         else:
             for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+                k = keep_of(mk, i)
                 gi = clipped_grad(g[i], scale, clip)
                 wi = decayed(w[i], dec)
                 mi = flushed(m[i] + (gi - m[i]) * one_b1, tiny)
                 vi = flushed(v[i] + (gi * gi - v[i]) * one_b2, tiny)
-                m[i] = mi
-                v[i] = vi
+                m[i] = kept(mi, k)
+                v[i] = kept(vi, k)
                 # epsilon goes on the uncorrected sqrt(v): alpha carries both bias corrections.
-                w[i] = wi - (mi * alpha_) / (<floating>sqrt(vi) + eps)
+                w[i] = kept(wi - (mi * alpha_) / (<floating>sqrt(vi) + eps), k)
 
 
 def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale,
-                clipvalue, weight_decay):
+                clipvalue, weight_decay, mask=None):
     """Adam (AdamW with weight_decay) step in place (IN/OUT w, m, v, vhat; IN g).
 
     alpha = lr*sqrt(1-beta_2**t)/(1-beta_1**t); m += (g-m)(1-beta_1); v += (g*g-v)(1-beta_2);
@@ -320,10 +386,11 @@ def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale,
     w, g, m, v, vhat, alpha, beta_1, beta_2, epsilon, clip = operands.adam_update(
         HOST, w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
         weight_decay)
+    mask = operands.update_mask(HOST, "adam_update", w, mask)
     flat_w = w.reshape(-1)
     _adam(flat_w, g.reshape(-1), m.reshape(-1), v.reshape(-1),
-          flat_w if vhat is None else vhat.reshape(-1), vhat is not None, alpha, beta_1,
-          beta_2, epsilon, *_clip(clip))
+          flat_w if vhat is None else vhat.reshape(-1), vhat is not None, _mask_arg(mask),
+          alpha, beta_1, beta_2, epsilon, *_clip(clip))
 
 
 # -- RMSprop --------------------------------------------------------------------------------
@@ -333,8 +400,8 @@ cdef struct RMSpropCoef:
 
 
 cdef inline void _rmsprop_element(floating* w, const floating* g, floating* vel,
-                                  floating* mom, floating* avg, Py_ssize_t i,
-                                  RMSpropCoef k, bint centered,
+                                  floating* mom, floating* avg, const mask_t* mask,
+                                  Py_ssize_t i, RMSpropCoef k, bint centered,
                                   bint use_mom) noexcept nogil:
     """One element of the RMSprop step. Called with literal flags, so each inlined copy is
     straight-line code that gcc vectorizes: branches on the flags inside the loop kept it
@@ -344,10 +411,11 @@ cdef inline void _rmsprop_element(floating* w, const floating* g, floating* vel,
     cdef floating wi = decayed(w[i], <floating>k.decay)
     cdef floating vi = flushed(fmadd(rho, vel[i], one_rho * (gi * gi)), tiny)
     cdef floating ai, den, inc
-    vel[i] = vi
+    cdef unsigned char keep = keep_of(mask, i)
+    vel[i] = kept(vi, keep)
     if centered:
         ai = flushed(fmadd(rho, avg[i], one_rho * gi), tiny)
-        avg[i] = ai
+        avg[i] = kept(ai, keep)
         den = fmadd(-ai, ai, vi) + <floating>k.eps
     else:
         den = vi + <floating>k.eps
@@ -355,12 +423,13 @@ cdef inline void _rmsprop_element(floating* w, const floating* g, floating* vel,
     inc = (<floating>k.lr * gi) / <floating>sqrt(den)
     if use_mom:
         inc = flushed(fmadd(<floating>k.mu, mom[i], inc), tiny)
-        mom[i] = inc
-    w[i] = wi - inc
+        mom[i] = kept(inc, keep)
+    w[i] = kept(wi - inc, keep)
 
 
 def _rmsprop(floating[::1] w, const floating[::1] g, floating[::1] vel, floating[::1] mom,
-             bint use_mom, floating[::1] avg, bint centered, double lr, double rho,
+             bint use_mom, floating[::1] avg, bint centered, const mask_t[::1] mask,
+             double lr, double rho,
              double momentum, double epsilon, double grad_scale, double clipvalue,
              double decay):
     cdef Py_ssize_t n = w.shape[0], i
@@ -374,23 +443,24 @@ def _rmsprop(floating[::1] w, const floating[::1] g, floating[::1] vel, floating
     cdef floating* vp = &vel[0]
     cdef floating* mp = &mom[0]
     cdef floating* ap = &avg[0]
+    cdef const mask_t* mk = &mask[0]
     with nogil:
         if centered and use_mom:
             for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-                _rmsprop_element(wp, gp, vp, mp, ap, i, k, True, True)
+                _rmsprop_element(wp, gp, vp, mp, ap, mk, i, k, True, True)
         elif centered:
             for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-                _rmsprop_element(wp, gp, vp, mp, ap, i, k, True, False)
+                _rmsprop_element(wp, gp, vp, mp, ap, mk, i, k, True, False)
         elif use_mom:
             for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-                _rmsprop_element(wp, gp, vp, mp, ap, i, k, False, True)
+                _rmsprop_element(wp, gp, vp, mp, ap, mk, i, k, False, True)
         else:
             for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-                _rmsprop_element(wp, gp, vp, mp, ap, i, k, False, False)
+                _rmsprop_element(wp, gp, vp, mp, ap, mk, i, k, False, False)
 
 
 def rmsprop_update(w, g, velocity, momentum_buf, average_grad, lr, rho, momentum, epsilon,
-                   grad_scale, clipvalue, weight_decay):
+                   grad_scale, clipvalue, weight_decay, mask=None):
     """RMSprop step in place (IN/OUT w, velocity, momentum_buf, average_grad; IN g).
 
     v = rho*v + (1-rho)*g*g; centered (average_grad given): a = rho*a + (1-rho)*g and
@@ -399,18 +469,22 @@ def rmsprop_update(w, g, velocity, momentum_buf, average_grad, lr, rho, momentum
     w, g, vel, mom, avg, lr, rho, momentum, epsilon, clip = operands.rmsprop_update(
         HOST, w, g, velocity, momentum_buf, average_grad, lr, rho, momentum, epsilon,
         grad_scale, clipvalue, weight_decay)
+    mask = operands.update_mask(HOST, "rmsprop_update", w, mask)
     flat_w = w.reshape(-1)
     _rmsprop(flat_w, g.reshape(-1), vel.reshape(-1),
              flat_w if mom is None else mom.reshape(-1), mom is not None,
-             flat_w if avg is None else avg.reshape(-1), avg is not None, lr, rho, momentum,
-             epsilon, *_clip(clip))
+             flat_w if avg is None else avg.reshape(-1), avg is not None, _mask_arg(mask), lr,
+             rho, momentum, epsilon, *_clip(clip))
 
 
 # -- Adagrad --------------------------------------------------------------------------------
 
-def _adagrad(floating[::1] w, const floating[::1] g, floating[::1] acc, double lr,
-             double epsilon, double grad_scale, double clipvalue, double decay):
+def _adagrad(floating[::1] w, const floating[::1] g, floating[::1] acc,
+             const mask_t[::1] mask, double lr, double epsilon, double grad_scale,
+             double clipvalue, double decay):
     cdef Py_ssize_t n = w.shape[0], i
+    cdef const mask_t* mk = &mask[0]
+    cdef unsigned char k
     cdef floating lr_ = <floating>lr, eps = <floating>epsilon
     cdef floating scale = <floating>grad_scale, clip = <floating>clipvalue
     cdef floating dec = <floating>decay
@@ -419,22 +493,25 @@ def _adagrad(floating[::1] w, const floating[::1] g, floating[::1] acc, double l
         return
     with nogil:
         for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            k = keep_of(mk, i)
             gi = clipped_grad(g[i], scale, clip)
             wi = decayed(w[i], dec)
             ai = acc[i] + gi * gi
-            acc[i] = ai
-            w[i] = wi - (lr_ * gi) / <floating>sqrt(ai + eps)
+            acc[i] = kept(ai, k)
+            w[i] = kept(wi - (lr_ * gi) / <floating>sqrt(ai + eps), k)
 
 
 def adagrad_update(w, g, accumulator, lr, epsilon, grad_scale, clipvalue,
-                   weight_decay):
+                   weight_decay, mask=None):
     """Adagrad step in place (IN/OUT w, accumulator; IN g).
 
     acc += g*g; w -= lr*g/sqrt(acc + epsilon). The accumulator starts at Keras's
     initial_accumulator_value (the caller fills it)."""
     w, g, acc, lr, epsilon, clip = operands.adagrad_update(
         HOST, w, g, accumulator, lr, epsilon, grad_scale, clipvalue, weight_decay)
-    _adagrad(w.reshape(-1), g.reshape(-1), acc.reshape(-1), lr, epsilon, *_clip(clip))
+    mask = operands.update_mask(HOST, "adagrad_update", w, mask)
+    _adagrad(w.reshape(-1), g.reshape(-1), acc.reshape(-1), _mask_arg(mask), lr, epsilon,
+             *_clip(clip))
 
 
 # -- issue 12: weight constraints (Keras 3's keras/src/constraints/constraints.py) ---------
@@ -497,27 +574,31 @@ def constraint_inplace(w, kind, min_value=0.0, max_value=1.0, rate=1.0, axis=0):
 # casts them (pynn.backend.operands.optim).
 
 def _nadam(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1] v,
-           double lr, double one_b1, double one_b2, double epsilon, double c_m, double c_g,
+           const mask_t[::1] mask, double lr, double one_b1, double one_b2, double epsilon,
+           double c_m, double c_g,
            double bc2, double grad_scale, double clipvalue, double decay):
     cdef Py_ssize_t n = w.shape[0], i
     cdef floating lr_ = <floating>lr, b1c = <floating>one_b1, b2c = <floating>one_b2
     cdef floating eps = <floating>epsilon, cm = <floating>c_m, cg = <floating>c_g
     cdef floating bc = <floating>bc2, scale = <floating>grad_scale, clip = <floating>clipvalue
     cdef floating dec = <floating>decay, gi, wi, mi, vi, mh
+    cdef const mask_t* mk = &mask[0]
+    cdef unsigned char k
     with nogil:
         for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            k = keep_of(mk, i)
             gi = clipped_grad(g[i], scale, clip)
             wi = decayed(w[i], dec)
             mi = m[i] + (gi - m[i]) * b1c
             vi = v[i] + (gi * gi - v[i]) * b2c
-            m[i] = mi
-            v[i] = vi
+            m[i] = kept(mi, k)
+            v[i] = kept(vi, k)
             mh = cm * mi + cg * gi
-            w[i] = wi - (mh * lr_) / (<floating>sqrt(vi / bc) + eps)
+            w[i] = kept(wi - (mh * lr_) / (<floating>sqrt(vi / bc) + eps), k)
 
 
 def nadam_update(w, g, m, v, lr, beta_1, beta_2, epsilon, t, u_product, grad_scale,
-                 clipvalue, weight_decay):
+                 clipvalue, weight_decay, mask=None):
     """Nadam step in place (IN/OUT w, m, v; IN g). t is the 1-based step, u_product the
     optimizer's running product of the momentum schedule u_s = beta_1 (1 - 0.5 * 0.96^s)
     for s = 1..t (Keras's _u_product after this step's update).
@@ -528,61 +609,73 @@ def nadam_update(w, g, m, v, lr, beta_1, beta_2, epsilon, t, u_product, grad_sca
     w, g, m, v, coef, clip = operands.nadam_update(
         HOST, w, g, m, v, lr, beta_1, beta_2, epsilon, t, u_product, grad_scale, clipvalue,
         weight_decay)
-    _nadam(w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), *coef, *_clip(clip))
+    mask = operands.update_mask(HOST, "nadam_update", w, mask)
+    _nadam(w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), _mask_arg(mask), *coef,
+           *_clip(clip))
 
 
 def _adamax(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1] u,
-            double lr, double one_b1, double beta_2, double epsilon, double bc1,
+            const mask_t[::1] mask, double lr, double one_b1, double beta_2, double epsilon,
+            double bc1,
             double grad_scale, double clipvalue, double decay):
     cdef Py_ssize_t n = w.shape[0], i
     cdef floating lr_ = <floating>lr, b1c = <floating>one_b1, b2 = <floating>beta_2
     cdef floating eps = <floating>epsilon, bc = <floating>bc1
     cdef floating scale = <floating>grad_scale, clip = <floating>clipvalue
     cdef floating dec = <floating>decay, gi, wi, mi, ui, ag
+    cdef const mask_t* mk = &mask[0]
+    cdef unsigned char k
     with nogil:
         for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            k = keep_of(mk, i)
             gi = clipped_grad(g[i], scale, clip)
             wi = decayed(w[i], dec)
             mi = m[i] + (gi - m[i]) * b1c
             ui = b2 * u[i]
             ag = gi if gi >= 0 else -gi
             ui = ag if ag > ui else ui
-            m[i] = mi
-            u[i] = ui
-            w[i] = wi - (lr_ * mi) / (bc * (ui + eps))
+            m[i] = kept(mi, k)
+            u[i] = kept(ui, k)
+            w[i] = kept(wi - (lr_ * mi) / (bc * (ui + eps)), k)
 
 
 def adamax_update(w, g, m, u, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
-                  weight_decay):
+                  weight_decay, mask=None):
     """Adamax step in place (IN/OUT w, m, u; IN g); t is the 1-based step.
 
     m += (g-m)(1-beta_1); u = max(beta_2 u, |g|); w -= lr m / ((1 - beta_1^t)(u + epsilon))."""
     w, g, m, u, coef, clip = operands.adamax_update(
         HOST, w, g, m, u, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue, weight_decay)
-    _adamax(w.reshape(-1), g.reshape(-1), m.reshape(-1), u.reshape(-1), *coef, *_clip(clip))
+    mask = operands.update_mask(HOST, "adamax_update", w, mask)
+    _adamax(w.reshape(-1), g.reshape(-1), m.reshape(-1), u.reshape(-1), _mask_arg(mask), *coef,
+            *_clip(clip))
 
 
 def _adadelta(floating[::1] w, const floating[::1] g, floating[::1] ag, floating[::1] ad,
-              double lr, double rho, double epsilon, double grad_scale, double clipvalue,
+              const mask_t[::1] mask, double lr, double rho, double epsilon, double grad_scale,
+              double clipvalue,
               double decay):
     cdef Py_ssize_t n = w.shape[0], i
     cdef floating lr_ = <floating>lr, r = <floating>rho, one_r = <floating>(1.0 - rho)
     cdef floating eps = <floating>epsilon
     cdef floating scale = <floating>grad_scale, clip = <floating>clipvalue
     cdef floating dec = <floating>decay, gi, wi, agi, dv
+    cdef const mask_t* mk = &mask[0]
+    cdef unsigned char k
     with nogil:
         for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            k = keep_of(mk, i)
             gi = clipped_grad(g[i], scale, clip)
             wi = decayed(w[i], dec)
             agi = r * ag[i] + one_r * (gi * gi)
-            ag[i] = agi
+            ag[i] = kept(agi, k)
             dv = -(<floating>sqrt(ad[i] + eps) * gi) / <floating>sqrt(agi + eps)
-            ad[i] = r * ad[i] + one_r * (dv * dv)
-            w[i] = wi + lr_ * dv
+            ad[i] = kept(r * ad[i] + one_r * (dv * dv), k)
+            w[i] = kept(wi + lr_ * dv, k)
 
 
 def adadelta_update(w, g, accumulated_grad, accumulated_delta_var, lr, rho, epsilon,
-                    grad_scale, clipvalue, weight_decay):
+                    grad_scale, clipvalue, weight_decay, mask=None):
     """Adadelta step in place (IN/OUT w and both accumulators; IN g).
 
     a_g = rho a_g + (1-rho) g^2; d = -sqrt(a_d + eps) g / sqrt(a_g + eps);
@@ -590,20 +683,25 @@ def adadelta_update(w, g, accumulated_grad, accumulated_delta_var, lr, rho, epsi
     w, g, ag, ad, lr, rho, epsilon, clip = operands.adadelta_update(
         HOST, w, g, accumulated_grad, accumulated_delta_var, lr, rho, epsilon, grad_scale,
         clipvalue, weight_decay)
-    _adadelta(w.reshape(-1), g.reshape(-1), ag.reshape(-1), ad.reshape(-1), lr, rho, epsilon,
-              *_clip(clip))
+    mask = operands.update_mask(HOST, "adadelta_update", w, mask)
+    _adadelta(w.reshape(-1), g.reshape(-1), ag.reshape(-1), ad.reshape(-1), _mask_arg(mask), lr,
+              rho, epsilon, *_clip(clip))
 
 
 def _ftrl(floating[::1] w, const floating[::1] g, floating[::1] acc, floating[::1] lin,
-          double lr, double power, double l1, double l2_reg2, double shrink2,
+          const mask_t[::1] mask, double lr, double power, double l1, double l2_reg2,
+          double shrink2,
           double grad_scale, double clipvalue, double decay):
     cdef Py_ssize_t n = w.shape[0], i
     cdef floating lr_ = <floating>lr, l1_ = <floating>l1, l2r2 = <floating>l2_reg2
     cdef floating s2 = <floating>shrink2
     cdef floating scale = <floating>grad_scale, clip = <floating>clipvalue
     cdef floating dec = <floating>decay, gi, wi, ai, na, pa, pna, li, lc
+    cdef const mask_t* mk = &mask[0]
+    cdef unsigned char k
     with nogil:
         for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            k = keep_of(mk, i)
             gi = clipped_grad(g[i], scale, clip)
             wi = decayed(w[i], dec)
             ai = acc[i]
@@ -612,14 +710,16 @@ def _ftrl(floating[::1] w, const floating[::1] g, floating[::1] acc, floating[::
             pna = <floating>(<double>na ** power)
             pa = <floating>(<double>ai ** power)
             li = lin[i] + ((gi + s2 * wi) - ((pna - pa) / lr_) * wi)
-            lin[i] = li
+            lin[i] = kept(li, k)
             lc = l1_ if li > l1_ else (-l1_ if li < -l1_ else li)
-            w[i] = (lc - li) / (pna / lr_ + l2r2)
-            acc[i] = na
+            w[i] = kept((lc - li) / (pna / lr_ + l2r2), k)
+            # A pruned element's accumulator stays where it was: FTRL's starts at
+            # initial_accumulator_value, and 0 would make 0**power infinite.
+            acc[i] = na if k else ai
 
 
 def ftrl_update(w, g, accumulator, linear, lr, learning_rate_power, l1, l2, l2_shrinkage,
-                beta, grad_scale, clipvalue, weight_decay):
+                beta, grad_scale, clipvalue, weight_decay, mask=None):
     """FTRL-proximal step in place (IN/OUT w, accumulator, linear; IN g), Keras 3's form.
 
     n = acc + g^2; linear += g + 2 l2_shrinkage w - (n^-p - acc^-p) / lr * w (p the
@@ -628,13 +728,17 @@ def ftrl_update(w, g, accumulator, linear, lr, learning_rate_power, l1, l2, l2_s
     w, g, acc, lin, coef, clip = operands.ftrl_update(
         HOST, w, g, accumulator, linear, lr, learning_rate_power, l1, l2, l2_shrinkage, beta,
         grad_scale, clipvalue, weight_decay)
-    _ftrl(w.reshape(-1), g.reshape(-1), acc.reshape(-1), lin.reshape(-1), *coef,
-          *_clip(clip))
+    mask = operands.update_mask(HOST, "ftrl_update", w, mask)
+    _ftrl(w.reshape(-1), g.reshape(-1), acc.reshape(-1), lin.reshape(-1), _mask_arg(mask),
+          *coef, *_clip(clip))
 
 
-def _lion(floating[::1] w, const floating[::1] g, floating[::1] m, double lr, double beta_1,
-          double beta_2, double grad_scale, double clipvalue, double decay):
+def _lion(floating[::1] w, const floating[::1] g, floating[::1] m, const mask_t[::1] mask,
+          double lr, double beta_1, double beta_2, double grad_scale, double clipvalue,
+          double decay):
     cdef Py_ssize_t n = w.shape[0], i
+    cdef const mask_t* mk = &mask[0]
+    cdef unsigned char k
     cdef floating lr_ = <floating>lr, b1 = <floating>beta_1, b2 = <floating>beta_2
     cdef floating one_b1 = <floating>(1.0 - <floating>beta_1)
     cdef floating one_b2 = <floating>(1.0 - <floating>beta_2)
@@ -642,17 +746,21 @@ def _lion(floating[::1] w, const floating[::1] g, floating[::1] m, double lr, do
     cdef floating dec = <floating>decay, gi, wi, c
     with nogil:
         for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            k = keep_of(mk, i)
             gi = clipped_grad(g[i], scale, clip)
             wi = decayed(w[i], dec)
             c = m[i] * b1 + gi * one_b1
-            w[i] = wi - lr_ * <floating>((c > 0) - (c < 0))
-            m[i] = m[i] * b2 + gi * one_b2
+            w[i] = kept(wi - lr_ * <floating>((c > 0) - (c < 0)), k)
+            m[i] = kept(m[i] * b2 + gi * one_b2, k)
 
 
-def lion_update(w, g, m, lr, beta_1, beta_2, grad_scale, clipvalue, weight_decay):
+def lion_update(w, g, m, lr, beta_1, beta_2, grad_scale, clipvalue, weight_decay,
+                mask=None):
     """Lion step in place (IN/OUT w, m; IN g).
 
     w -= lr sign(beta_1 m + (1-beta_1) g); m = beta_2 m + (1-beta_2) g."""
     w, g, m, lr, beta_1, beta_2, clip = operands.lion_update(
         HOST, w, g, m, lr, beta_1, beta_2, grad_scale, clipvalue, weight_decay)
-    _lion(w.reshape(-1), g.reshape(-1), m.reshape(-1), lr, beta_1, beta_2, *_clip(clip))
+    mask = operands.update_mask(HOST, "lion_update", w, mask)
+    _lion(w.reshape(-1), g.reshape(-1), m.reshape(-1), _mask_arg(mask), lr, beta_1, beta_2,
+          *_clip(clip))

@@ -9,6 +9,10 @@
  * rounded once to float, as on the CPU.
  * Slots an option does not use are flagged off; the host then passes w in their place and the
  * kernel never touches them.
+ * Pruning masks (issue 18): every *_update takes a uchar mask shaped like w (use_mask 0: none,
+ * the host passes w's buffer and it is never read); where it is 0 the new weight and every slot
+ * are stored as exact zeros in the same pass (KEPT), so pruned weights stay zero and no
+ * optimizer state moves them.
  * Reductions (sum_squares, the penalty of regularizer_inplace) are two-stage: a grid-stride
  * pass writes one partial per work-group, sum_partials_float folds them (wg_reduce.h).
  */
@@ -28,6 +32,10 @@ float clipped_grad(float g, float scale, float clip)
     return g;
 }
 
+#define MASK_ARGS __global const uchar *mask, const int use_mask
+#define KEEP_OF(i) (!use_mask || mask[i])
+#define KEPT(x) (keep ? (x) : 0.0f)
+
 float decayed(float w, float decay)
 {
     return decay != 0.0f ? w - w * decay : w;
@@ -36,20 +44,22 @@ float decayed(float w, float decay)
 __kernel void sgd_update(__global float *w, __global const float *g, __global float *buf,
                          const int n, const int use_buf, const int nesterov, const float lr,
                          const float momentum, const float scale, const float clip,
-                         const float decay)
+                         const float decay,
+                         MASK_ARGS)
 {
     const int i = get_global_id(0);
     GUARD(i, n);
+    const int keep = KEEP_OF(i);
     const float gi = clipped_grad(g[i], scale, clip);
     float wi = decayed(w[i], decay);
     if (use_buf) {
         const float mi = buf[i] * momentum - gi * lr;
-        buf[i] = mi;
+        buf[i] = KEPT(mi);
         wi = nesterov ? wi + (mi * momentum - gi * lr) : wi + mi;
     } else {
         wi = wi - gi * lr;
     }
-    w[i] = wi;
+    w[i] = KEPT(wi);
 }
 
 /* alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t); epsilon on the uncorrected sqrt(v). */
@@ -57,22 +67,24 @@ __kernel void adam_update(__global float *w, __global const float *g, __global f
                           __global float *v, __global float *vhat, const int n,
                           const int amsgrad, const float alpha, const float one_b1,
                           const float one_b2, const float eps, const float scale,
-                          const float clip, const float decay)
+                          const float clip, const float decay,
+                         MASK_ARGS)
 {
     const int i = get_global_id(0);
     GUARD(i, n);
+    const int keep = KEEP_OF(i);
     const float gi = clipped_grad(g[i], scale, clip);
     const float wi = decayed(w[i], decay);
     const float mi = m[i] + (gi - m[i]) * one_b1;
     float vi = v[i] + (gi * gi - v[i]) * one_b2;
-    m[i] = mi;
-    v[i] = vi;
+    m[i] = KEPT(mi);
+    v[i] = KEPT(vi);
     if (amsgrad) {
         if (vhat[i] > vi)
             vi = vhat[i];
-        vhat[i] = vi;
+        vhat[i] = KEPT(vi);
     }
-    w[i] = wi - (mi * alpha) / (sqrt(vi) + eps);
+    w[i] = KEPT(wi - (mi * alpha) / (sqrt(vi) + eps));
 }
 
 /* epsilon inside the square root (Keras, unlike PyTorch). */
@@ -81,18 +93,20 @@ __kernel void rmsprop_update(__global float *w, __global const float *g, __globa
                              const int use_mom, const int centered, const float lr,
                              const float rho, const float one_rho, const float momentum,
                              const float eps, const float scale, const float clip,
-                             const float decay)
+                             const float decay,
+                         MASK_ARGS)
 {
     const int i = get_global_id(0);
     GUARD(i, n);
+    const int keep = KEEP_OF(i);
     const float gi = clipped_grad(g[i], scale, clip);
     const float wi = decayed(w[i], decay);
     const float vi = rho * vel[i] + one_rho * (gi * gi);
-    vel[i] = vi;
+    vel[i] = KEPT(vi);
     float den;
     if (centered) {
         const float ai = rho * avg[i] + one_rho * gi;
-        avg[i] = ai;
+        avg[i] = KEPT(ai);
         den = vi - ai * ai + eps;
     } else {
         den = vi + eps;
@@ -100,22 +114,24 @@ __kernel void rmsprop_update(__global float *w, __global const float *g, __globa
     float inc = (lr * gi) / sqrt(den);
     if (use_mom) {
         inc = momentum * mom[i] + inc;
-        mom[i] = inc;
+        mom[i] = KEPT(inc);
     }
-    w[i] = wi - inc;
+    w[i] = KEPT(wi - inc);
 }
 
 __kernel void adagrad_update(__global float *w, __global const float *g, __global float *acc,
                              const int n, const float lr, const float eps, const float scale,
-                             const float clip, const float decay)
+                             const float clip, const float decay,
+                         MASK_ARGS)
 {
     const int i = get_global_id(0);
     GUARD(i, n);
+    const int keep = KEEP_OF(i);
     const float gi = clipped_grad(g[i], scale, clip);
     const float wi = decayed(w[i], decay);
     const float ai = acc[i] + gi * gi;
-    acc[i] = ai;
-    w[i] = wi - (lr * gi) / sqrt(ai + eps);
+    acc[i] = KEPT(ai);
+    w[i] = KEPT(wi - (lr * gi) / sqrt(ai + eps));
 }
 
 /* Stage 1 of sum(a^2): partial[group] over a grid-stride slice. */
@@ -201,60 +217,68 @@ __kernel void nadam_update(__global float *w, __global const float *g, __global 
                            __global float *v, const int n, const float lr, const float one_b1,
                            const float one_b2, const float eps, const float c_m,
                            const float c_g, const float bc2, const float scale,
-                           const float clip, const float decay)
+                           const float clip, const float decay,
+                         MASK_ARGS)
 {
     const int i = get_global_id(0);
     GUARD(i, n);
+    const int keep = KEEP_OF(i);
     const float gi = clipped_grad(g[i], scale, clip);
     const float wi = decayed(w[i], decay);
     const float mi = m[i] + (gi - m[i]) * one_b1;
     const float vi = v[i] + (gi * gi - v[i]) * one_b2;
-    m[i] = mi;
-    v[i] = vi;
+    m[i] = KEPT(mi);
+    v[i] = KEPT(vi);
     const float mh = c_m * mi + c_g * gi;
-    w[i] = wi - (mh * lr) / (sqrt(vi / bc2) + eps);
+    w[i] = KEPT(wi - (mh * lr) / (sqrt(vi / bc2) + eps));
 }
 
 __kernel void adamax_update(__global float *w, __global const float *g, __global float *m,
                             __global float *u, const int n, const float lr,
                             const float one_b1, const float beta_2, const float eps,
                             const float bc1, const float scale, const float clip,
-                            const float decay)
+                            const float decay,
+                         MASK_ARGS)
 {
     const int i = get_global_id(0);
     GUARD(i, n);
+    const int keep = KEEP_OF(i);
     const float gi = clipped_grad(g[i], scale, clip);
     const float wi = decayed(w[i], decay);
     const float mi = m[i] + (gi - m[i]) * one_b1;
     const float ui = fmax(beta_2 * u[i], fabs(gi));
-    m[i] = mi;
-    u[i] = ui;
-    w[i] = wi - (lr * mi) / (bc1 * (ui + eps));
+    m[i] = KEPT(mi);
+    u[i] = KEPT(ui);
+    w[i] = KEPT(wi - (lr * mi) / (bc1 * (ui + eps)));
 }
 
 __kernel void adadelta_update(__global float *w, __global const float *g, __global float *ag,
                               __global float *ad, const int n, const float lr,
                               const float rho, const float one_rho, const float eps,
-                              const float scale, const float clip, const float decay)
+                              const float scale, const float clip, const float decay,
+                         MASK_ARGS)
 {
     const int i = get_global_id(0);
     GUARD(i, n);
+    const int keep = KEEP_OF(i);
     const float gi = clipped_grad(g[i], scale, clip);
     const float wi = decayed(w[i], decay);
     const float agi = rho * ag[i] + one_rho * (gi * gi);
-    ag[i] = agi;
+    ag[i] = KEPT(agi);
     const float dv = -(sqrt(ad[i] + eps) * gi) / sqrt(agi + eps);
-    ad[i] = rho * ad[i] + one_rho * (dv * dv);
-    w[i] = wi + lr * dv;
+    ad[i] = KEPT(rho * ad[i] + one_rho * (dv * dv));
+    w[i] = KEPT(wi + lr * dv);
 }
 
 __kernel void ftrl_update(__global float *w, __global const float *g, __global float *acc,
                           __global float *lin, const int n, const float lr, const float power,
                           const float l1, const float l2_reg2, const float shrink2,
-                          const float scale, const float clip, const float decay)
+                          const float scale, const float clip, const float decay,
+                         MASK_ARGS)
 {
     const int i = get_global_id(0);
     GUARD(i, n);
+    const int keep = KEEP_OF(i);
     const float gi = clipped_grad(g[i], scale, clip);
     const float wi = decayed(w[i], decay);
     const float ai = acc[i];
@@ -262,22 +286,24 @@ __kernel void ftrl_update(__global float *w, __global const float *g, __global f
     /* pow(x, 0) is 1 for every x, as in Keras (power = -learning_rate_power >= 0). */
     const float pna = pow(na, power), pa = pow(ai, power);
     const float li = lin[i] + ((gi + shrink2 * wi) - ((pna - pa) / lr) * wi);
-    lin[i] = li;
+    lin[i] = KEPT(li);
     const float lc = li > l1 ? l1 : (li < -l1 ? -l1 : li);
-    w[i] = (lc - li) / (pna / lr + l2_reg2);
-    acc[i] = na;
+    w[i] = KEPT((lc - li) / (pna / lr + l2_reg2));
+    acc[i] = keep ? na : ai;  /* FTRL's accumulator must stay > 0 */
 }
 
 __kernel void lion_update(__global float *w, __global const float *g, __global float *m,
                           const int n, const float lr, const float beta_1,
                           const float one_b1, const float beta_2, const float one_b2,
-                          const float scale, const float clip, const float decay)
+                          const float scale, const float clip, const float decay,
+                         MASK_ARGS)
 {
     const int i = get_global_id(0);
     GUARD(i, n);
+    const int keep = KEEP_OF(i);
     const float gi = clipped_grad(g[i], scale, clip);
     const float wi = decayed(w[i], decay);
     const float c = m[i] * beta_1 + gi * one_b1;
-    w[i] = wi - lr * (float)((c > 0.0f) - (c < 0.0f));
-    m[i] = m[i] * beta_2 + gi * one_b2;
+    w[i] = KEPT(wi - lr * (float)((c > 0.0f) - (c < 0.0f)));
+    m[i] = KEPT(m[i] * beta_2 + gi * one_b2);
 }

@@ -4,7 +4,9 @@ A training step calls ``opt.apply(variables)``: for every trainable variable wit
 the optimizer (1) works out the clipping factor (``clipnorm`` per tensor or
 ``global_clipnorm`` over all gradients, from ``sum_squares``), then (2) calls ONE fused
 backend op per variable that clips, applies decoupled weight decay and the update rule in
-place, and finally (3) counts the step. Slots (momentum, velocity, ...) live on the backend,
+place, and finally (3) counts the step. A pruned variable's ``mask`` (pynn.compression) rides
+along into that same op, which keeps its pruned weights and their slots at zero. Slots
+(momentum, velocity, ...) live on the backend,
 are created on first use and are keyed by ``variable.path``, which is also how
 ``get_state``/``set_state`` name them.
 """
@@ -113,7 +115,7 @@ class Optimizer:
         """[(slot name, initial value), ...] for each variable."""
         return []
 
-    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay):
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay, mask=None):
         raise NotImplementedError(f"{self.__class__.__name__} must implement _update")
 
     def _slots_for(self, be, variable):
@@ -174,7 +176,8 @@ class Optimizer:
         weight_decay = self.weight_decay or 0.0
         for v, scale in zip(active, scales):
             slots = self._slots_for(be, v)
-            self._update(be, v.value, v.grad, slots, lr, scale, clipvalue, weight_decay)
+            self._update(be, v.value, v.grad, slots, lr, scale, clipvalue, weight_decay,
+                         mask=v.mask)
             if v.constraint is not None:
                 v.constraint(v.value)
         self.iterations += 1
@@ -269,9 +272,9 @@ class SGD(Optimizer):
     def _slot_specs(self):
         return [("momentum", 0.0)] if self.momentum != 0 else []
 
-    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay):
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay, mask=None):
         be.sgd_update(w, g, slots.get("momentum"), lr, self.momentum, self.nesterov,
-                      grad_scale, clipvalue, weight_decay)
+                      grad_scale, clipvalue, weight_decay, mask=mask)
 
     def get_config(self):
         config = super().get_config()
@@ -301,10 +304,10 @@ class Adam(Optimizer):
             specs.append(("velocity_hat", 0.0))
         return specs
 
-    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay):
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay, mask=None):
         be.adam_update(w, g, slots["momentum"], slots["velocity"], slots.get("velocity_hat"),
                        lr, self.beta_1, self.beta_2, self.epsilon, self.iterations + 1,
-                       grad_scale, clipvalue, weight_decay)
+                       grad_scale, clipvalue, weight_decay, mask=mask)
 
     def get_config(self):
         config = super().get_config()
@@ -351,10 +354,10 @@ class RMSprop(Optimizer):
             specs.append(("average_gradient", 0.0))
         return specs
 
-    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay):
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay, mask=None):
         be.rmsprop_update(w, g, slots["velocity"], slots.get("momentum"),
                           slots.get("average_gradient"), lr, self.rho, self.momentum,
-                          self.epsilon, grad_scale, clipvalue, weight_decay)
+                          self.epsilon, grad_scale, clipvalue, weight_decay, mask=mask)
 
     def get_config(self):
         config = super().get_config()
@@ -380,9 +383,9 @@ class Adagrad(Optimizer):
     def _slot_specs(self):
         return [("accumulator", self.initial_accumulator_value)]
 
-    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay):
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay, mask=None):
         be.adagrad_update(w, g, slots["accumulator"], lr, self.epsilon, grad_scale,
-                          clipvalue, weight_decay)
+                          clipvalue, weight_decay, mask=mask)
 
     def get_config(self):
         config = super().get_config()
@@ -449,10 +452,10 @@ class Nadam(_BaseArgs):
     def _slot_specs(self):
         return [("momentum", 0.0), ("velocity", 0.0)]
 
-    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay):
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay, mask=None):
         be.nadam_update(w, g, slots["momentum"], slots["velocity"], lr, self.beta_1,
                         self.beta_2, self.epsilon, self.iterations + 1, self._u_product,
-                        grad_scale, clipvalue, weight_decay)
+                        grad_scale, clipvalue, weight_decay, mask=mask)
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
@@ -474,10 +477,10 @@ class Adamax(_BaseArgs):
     def _slot_specs(self):
         return [("momentum", 0.0), ("norm", 0.0)]
 
-    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay):
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay, mask=None):
         be.adamax_update(w, g, slots["momentum"], slots["norm"], lr, self.beta_1,
                          self.beta_2, self.epsilon, self.iterations + 1, grad_scale,
-                         clipvalue, weight_decay)
+                         clipvalue, weight_decay, mask=mask)
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
@@ -497,9 +500,10 @@ class Adadelta(_BaseArgs):
     def _slot_specs(self):
         return [("accumulated_grad", 0.0), ("accumulated_delta_var", 0.0)]
 
-    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay):
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay, mask=None):
         be.adadelta_update(w, g, slots["accumulated_grad"], slots["accumulated_delta_var"],
-                           lr, self.rho, self.epsilon, grad_scale, clipvalue, weight_decay)
+                           lr, self.rho, self.epsilon, grad_scale, clipvalue, weight_decay,
+                           mask=mask)
 
     def get_config(self):
         return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}
@@ -531,12 +535,12 @@ class Ftrl(_BaseArgs):
     def _slot_specs(self):
         return [("accumulator", self.initial_accumulator_value), ("linear", 0.0)]
 
-    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay):
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay, mask=None):
         be.ftrl_update(w, g, slots["accumulator"], slots["linear"], lr,
                        self.learning_rate_power, self.l1_regularization_strength,
                        self.l2_regularization_strength,
                        self.l2_shrinkage_regularization_strength, self.beta, grad_scale,
-                       clipvalue, weight_decay)
+                       clipvalue, weight_decay, mask=mask)
 
     def get_config(self):
         return {**super().get_config(), "learning_rate_power": self.learning_rate_power,
@@ -565,9 +569,9 @@ class Lion(_BaseArgs):
     def _slot_specs(self):
         return [("momentum", 0.0)]
 
-    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay):
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay, mask=None):
         be.lion_update(w, g, slots["momentum"], lr, self.beta_1, self.beta_2, grad_scale,
-                       clipvalue, weight_decay)
+                       clipvalue, weight_decay, mask=mask)
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2}

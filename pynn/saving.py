@@ -135,6 +135,13 @@ def _remove_stale_temps(directory):
             pass  # raced with another cleaner or not ours to delete
 
 
+# -- compression (issue 18): a member that is mostly zero bytes (a pruned kernel) is stored
+# deflated, so the file holds little more than its nonzeros; the rest stay stored, as before.
+# The loader reads either, and its inflation limit (MAX_COMPRESSION_RATIO) still applies.
+def _member_compression(data):
+    return zipfile.ZIP_DEFLATED if data.count(0) > len(data) // 2 else zipfile.ZIP_STORED
+
+
 def _atomic_write_zip(filepath, entries):
     filepath = os.fspath(filepath)
     directory = os.path.dirname(os.path.abspath(filepath))
@@ -147,7 +154,7 @@ def _atomic_write_zip(filepath, entries):
         with os.fdopen(fd, "wb") as fh:
             with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
                 for name, data in entries:
-                    zf.writestr(name, data)
+                    zf.writestr(name, data, compress_type=_member_compression(data))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, filepath)

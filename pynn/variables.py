@@ -21,7 +21,7 @@ class Variable:
     and in optimizer state.
     """
 
-    __slots__ = ("value", "grad", "path", "trainable", "regularizer", "constraint")
+    __slots__ = ("value", "grad", "path", "trainable", "regularizer", "constraint", "mask")
 
     def __init__(self, value, path, trainable=True, regularizer=None, constraint=None):
         self.value = value
@@ -32,6 +32,9 @@ class Variable:
         # Called as constraint(value) after each optimizer update, projecting the backend
         # array in place (Keras applies constraints at the same point).
         self.constraint = constraint
+        # Pruning (pynn.compression): None, or a backend uint8 array shaped like value whose
+        # zeros the optimizer's fused update keeps at exactly zero.
+        self.mask = None
 
     @property
     def shape(self):

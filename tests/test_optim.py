@@ -878,7 +878,7 @@ def _new_call(name, **over):
     values = [np.ones(3, np.float32), np.ones(3, np.float32)]
     values += [np.zeros(3, np.float32) for _ in case[1]]
     values += list(_new_hyper(name, case[2], 1))
-    args = dict(zip(params, values))
+    args = dict(zip(params, values), mask=None)  # issue 18: every update takes a mask last
     args.update(over)
     return getattr(optim, name)(*[args[p] for p in params])
 

@@ -6,7 +6,7 @@ Where an op lives: one name, five places
 ----------------------------------------
 An op of family F (dense, conv, pool, activation, loss, metric, dropout, optim, rnn,
 merge, spatial, shape, normalization, depthwise,
-preprocessing) named ``<op>`` is, under that same name:
+preprocessing, sparse, quant) named ``<op>`` is, under that same name:
 - ``native/F.pyx``: the CPU kernel, exported as ``pynn._native.F.<op>``;
 - ``opencl/F.cl``: its OpenCL kernels, driven by ``pynn/backend/opencl/F.py``;
 - ``pynn/backend/operands/F.py``: the checks of its arguments, which both backends call
@@ -349,6 +349,33 @@ OPS = {
     # mean per channel over H, W; contrast None skips the mean, delta None adds 0.
     "image_adjust_forward": ("x", "contrast", "delta", "value_range"),
 }
+
+# -- compression (issue 18; native/optim.pyx, opencl/optim.cl, native/sparse.pyx,
+# opencl/sparse.cl) ----------------------------------------------------------------------------
+# Every optimizer update takes a last, optional ``mask`` (uint8 shaped like w, or None): where
+# it is 0 the update stores exact zeros into w and every slot in the same pass (pruning).
+UPDATE_OPS = ("sgd_update", "adam_update", "rmsprop_update", "adagrad_update", "nadam_update",
+              "adamax_update", "adadelta_update", "ftrl_update", "lion_update")
+for _op in UPDATE_OPS:
+    OPS[_op] = OPS[_op] + ("mask",)
+del _op
+OPS.update({
+    # A Dense kernel's nonzeros by output unit (CSC of the (C_in, U) kernel, api's "sparse
+    # kernel"): indptr int32 (U+1,), indices int32 (nnz,) input rows, values (nnz,) floats.
+    # y = act(x @ kernel + bias) as dense_forward, reading only the nonzeros -> y (N, U).
+    "sparse_dense_forward": ("x", "indptr", "indices", "values", "bias", "activation",
+                             "alpha"),
+    # Post-training int8 (native/quant.pyx, opencl/quant.cl), bit-identical on both backends:
+    # quantize_forward float32 -> uint8 clamp(rint(x / scale) + zero_point, 0, 255);
+    # dequantize_forward uint8 -> float32 (q - zero_point) * scale (per-tensor, any shape).
+    "quantize_forward": ("x", "scale", "zero_point"),
+    "dequantize_forward": ("q", "scale", "zero_point"),
+    # xq uint8 (N, K), wq int8 (U, K) by unit (symmetric per channel), bias int32 (U,) or
+    # None -> uint8 (N, U): acc = sat_int32(sum (xq - x_zero_point) wq + bias), then
+    # clamp(rint(float32(acc) * multiplier[u]) + y_zero_point, relu ? y_zero_point : 0, 255).
+    "int8_dense_forward": ("xq", "wq", "bias", "x_zero_point", "multiplier", "y_zero_point",
+                           "relu"),
+})
 
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.
 CONSTRAINTS = ("max_norm", "non_neg", "unit_norm", "min_max_norm")

@@ -125,6 +125,13 @@ from pynn._native.preprocessing import (  # noqa: F401
     image_affine_backward,
     image_affine_forward,
 )
+# -- compression (issue 18): sparse inference of pruned layers --
+from pynn._native.sparse import sparse_dense_forward  # noqa: F401
+from pynn._native.quant import (  # noqa: F401
+    dequantize_forward,
+    int8_dense_forward,
+    quantize_forward,
+)
 from pynn.backend.operands.common import host_array
 
 NAME = "cpu"

@@ -87,6 +87,10 @@ LAYERS.update({cls.__name__: cls for cls in (
     Rescaling, Normalization, Resizing, CenterCrop, RandomCrop, RandomFlip, RandomRotation,
     RandomZoom, RandomTranslation, RandomContrast, RandomBrightness,
 )})
+# -- compression (issue 18): the pruning wrapper (pynn.compression.pruning) --
+from pynn.layers.pruning import PruneLowMagnitude  # noqa: E402
+
+LAYERS["PruneLowMagnitude"] = PruneLowMagnitude
 MaxPool1D = MaxPooling1D
 AvgPool1D = AveragePooling1D
 GlobalAvgPool1D = GlobalAveragePooling1D

@@ -290,6 +290,12 @@ class Plan:
             st.free_after = tuple(f)
             st.activity = None
             steps.append(st)
+        # -- compression (issue 18): a Dense whose kernel is mostly zeros (pruned) predicts
+        # through the sparse kernel; pynn.compression.sparse decides, per weight version.
+        from pynn.compression.sparse import sparse_inference_layer
+
+        for st in steps:
+            st.layer = sparse_inference_layer(st.layer)
         self._inference_steps = steps
         return steps
 

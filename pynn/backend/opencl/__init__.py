@@ -87,3 +87,8 @@ from pynn.backend.opencl.runtime import (  # noqa: F401
 )
 
 NAME = "opencl"
+# -- compression (issue 18): sparse inference of pruned layers --
+from pynn.backend.opencl.sparse import sparse_dense_forward  # noqa: F401
+from pynn.backend.opencl.quant import (  # noqa: F401
+    dequantize_forward, int8_dense_forward, quantize_forward,
+)

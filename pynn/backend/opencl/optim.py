@@ -12,6 +12,11 @@ from pynn.backend.opencl.launch import PARTIAL, elementwise, reduce
 from pynn.backend.operands import optim as operands
 
 
+def _mask_args(w, mask):
+    """The kernels' (mask, use_mask): without a mask w's buffer stands in, never read."""
+    return (w, 0) if mask is None else (mask, 1)
+
+
 def sum_squares(a):
     """sum(a**2) over every element as a Python float (deterministic tree, float32)."""
     a = operands.sum_squares(DEVICE, a)
@@ -31,44 +36,51 @@ def regularizer_inplace(w, grad, l1, l2):
 
 
 def sgd_update(w, g, momentum_buf, lr, momentum, nesterov, grad_scale, clipvalue,
-               weight_decay):
+               weight_decay, mask=None):
     """SGD step in place (Keras 3): m = momentum*m - lr*g; w += m (nesterov:
     w += momentum*m - lr*g); without momentum_buf w -= lr*g."""
     w, g, buf, lr, momentum, nesterov, clip = operands.sgd_update(
         DEVICE, w, g, momentum_buf, lr, momentum, nesterov, grad_scale, clipvalue,
         weight_decay)
+    mask = operands.update_mask(DEVICE, "sgd_update", w, mask)
     elementwise("optim", "sgd_update", w.size, w, g, w if buf is None else buf, w.size,
-                buf is not None, nesterov, lr, momentum, *clip)
+                buf is not None, nesterov, lr, momentum,
+                *clip, *_mask_args(w, mask))
 
 
 def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
-                weight_decay):
+                weight_decay, mask=None):
     """Adam/AdamW step in place; vhat given means amsgrad. t is the 1-based step."""
     w, g, m, v, vhat, alpha, beta_1, beta_2, epsilon, clip = operands.adam_update(
         DEVICE, w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
         weight_decay)
+    mask = operands.update_mask(DEVICE, "adam_update", w, mask)
     elementwise("optim", "adam_update", w.size, w, g, m, v, w if vhat is None else vhat,
-                w.size, vhat is not None, alpha, 1.0 - beta_1, 1.0 - beta_2, epsilon, *clip)
+                w.size, vhat is not None, alpha, 1.0 - beta_1, 1.0 - beta_2, epsilon,
+                *clip, *_mask_args(w, mask))
 
 
 def rmsprop_update(w, g, velocity, momentum_buf, average_grad, lr, rho, momentum, epsilon,
-                   grad_scale, clipvalue, weight_decay):
+                   grad_scale, clipvalue, weight_decay, mask=None):
     """RMSprop step in place (Keras 3, epsilon inside the square root); average_grad given
     means centered, momentum_buf given means momentum."""
     w, g, velocity, mom, avg, lr, rho, momentum, epsilon, clip = operands.rmsprop_update(
         DEVICE, w, g, velocity, momentum_buf, average_grad, lr, rho, momentum, epsilon,
         grad_scale, clipvalue, weight_decay)
+    mask = operands.update_mask(DEVICE, "rmsprop_update", w, mask)
     elementwise("optim", "rmsprop_update", w.size, w, g, velocity, w if mom is None else mom,
                 w if avg is None else avg, w.size, mom is not None, avg is not None, lr, rho,
-                1.0 - rho, momentum, epsilon, *clip)
+                1.0 - rho, momentum, epsilon,
+                *clip, *_mask_args(w, mask))
 
 
-def adagrad_update(w, g, accumulator, lr, epsilon, grad_scale, clipvalue, weight_decay):
+def adagrad_update(w, g, accumulator, lr, epsilon, grad_scale, clipvalue, weight_decay, mask=None):
     """Adagrad step in place: acc += g*g; w -= lr*g/sqrt(acc + epsilon)."""
     w, g, accumulator, lr, epsilon, clip = operands.adagrad_update(
         DEVICE, w, g, accumulator, lr, epsilon, grad_scale, clipvalue, weight_decay)
+    mask = operands.update_mask(DEVICE, "adagrad_update", w, mask)
     elementwise("optim", "adagrad_update", w.size, w, g, accumulator, w.size, lr, epsilon,
-                *clip)
+                *clip, *_mask_args(w, mask))
 
 
 # -- issue 12: weight constraints (opencl/optim.cl) ----------------------------------------
@@ -81,47 +93,57 @@ def constraint_inplace(w, kind, min_value=0.0, max_value=1.0, rate=1.0, axis=0):
 # -- Nadam, Adamax, Adadelta, Ftrl, Lion (issue 15) ------------------------------------------
 
 def nadam_update(w, g, m, v, lr, beta_1, beta_2, epsilon, t, u_product, grad_scale,
-                 clipvalue, weight_decay):
+                 clipvalue, weight_decay, mask=None):
     """Nadam step in place; u_product is Keras's running momentum-schedule product."""
     w, g, m, v, coef, clip = operands.nadam_update(
         DEVICE, w, g, m, v, lr, beta_1, beta_2, epsilon, t, u_product, grad_scale, clipvalue,
         weight_decay)
-    elementwise("optim", "nadam_update", w.size, w, g, m, v, w.size, *coef, *clip)
+    mask = operands.update_mask(DEVICE, "nadam_update", w, mask)
+    elementwise("optim", "nadam_update", w.size, w, g, m, v, w.size, *coef,
+                *clip, *_mask_args(w, mask))
 
 
 def adamax_update(w, g, m, u, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
-                  weight_decay):
+                  weight_decay, mask=None):
     """Adamax step in place: u = max(beta_2 u, |g|)."""
     w, g, m, u, coef, clip = operands.adamax_update(
         DEVICE, w, g, m, u, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
         weight_decay)
-    elementwise("optim", "adamax_update", w.size, w, g, m, u, w.size, *coef, *clip)
+    mask = operands.update_mask(DEVICE, "adamax_update", w, mask)
+    elementwise("optim", "adamax_update", w.size, w, g, m, u, w.size, *coef,
+                *clip, *_mask_args(w, mask))
 
 
 def adadelta_update(w, g, accumulated_grad, accumulated_delta_var, lr, rho, epsilon,
-                    grad_scale, clipvalue, weight_decay):
+                    grad_scale, clipvalue, weight_decay, mask=None):
     """Adadelta step in place."""
     w, g, ag, ad, lr, rho, epsilon, clip = operands.adadelta_update(
         DEVICE, w, g, accumulated_grad, accumulated_delta_var, lr, rho, epsilon, grad_scale,
         clipvalue, weight_decay)
+    mask = operands.update_mask(DEVICE, "adadelta_update", w, mask)
     elementwise("optim", "adadelta_update", w.size, w, g, ag, ad, w.size, lr, rho, 1.0 - rho,
-                epsilon, *clip)
+                epsilon,
+                *clip, *_mask_args(w, mask))
 
 
 def ftrl_update(w, g, accumulator, linear, lr, learning_rate_power, l1, l2, l2_shrinkage,
-                beta, grad_scale, clipvalue, weight_decay):
+                beta, grad_scale, clipvalue, weight_decay, mask=None):
     """FTRL-proximal step in place (Keras 3's form)."""
     w, g, acc, lin, coef, clip = operands.ftrl_update(
         DEVICE, w, g, accumulator, linear, lr, learning_rate_power, l1, l2, l2_shrinkage,
         beta, grad_scale, clipvalue, weight_decay)
-    elementwise("optim", "ftrl_update", w.size, w, g, acc, lin, w.size, *coef, *clip)
+    mask = operands.update_mask(DEVICE, "ftrl_update", w, mask)
+    elementwise("optim", "ftrl_update", w.size, w, g, acc, lin, w.size, *coef,
+                *clip, *_mask_args(w, mask))
 
 
-def lion_update(w, g, m, lr, beta_1, beta_2, grad_scale, clipvalue, weight_decay):
+def lion_update(w, g, m, lr, beta_1, beta_2, grad_scale, clipvalue, weight_decay, mask=None):
     """Lion step in place: w -= lr sign(beta_1 m + (1-beta_1) g)."""
     w, g, m, lr, beta_1, beta_2, clip = operands.lion_update(
         DEVICE, w, g, m, lr, beta_1, beta_2, grad_scale, clipvalue, weight_decay)
     b1, b2 = np.float32(beta_1), np.float32(beta_2)
     # 1 - beta in float32 from the float32 beta, as the CPU kernel and Keras form it.
+    mask = operands.update_mask(DEVICE, "lion_update", w, mask)
     elementwise("optim", "lion_update", w.size, w, g, m, w.size, lr, b1, np.float32(1) - b1,
-                b2, np.float32(1) - b2, *clip)
+                b2, np.float32(1) - b2,
+                *clip, *_mask_args(w, mask))

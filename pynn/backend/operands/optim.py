@@ -299,3 +299,16 @@ def lion_update(arrays, w, g, m, lr, beta_1, beta_2, grad_scale, clipvalue, weig
     beta_1 = number(op, "beta_1", beta_1, lo=0.0, hi=1.0, lo_open=True)
     beta_2 = number(op, "beta_2", beta_2, lo=0.0, hi=1.0)
     return w, g, m, lr, beta_1, beta_2, clip
+
+
+# -- pruning masks of the updates (issue 18) -------------------------------------------------
+def update_mask(arrays, op, w, mask):
+    """None, or the uint8 mask (bool accepted) shaped like ``w``: 0 pins an element of ``w``
+    and of every slot at exactly zero through the update."""
+    if mask is None:
+        return None
+    mask = arrays.mask_input(op, "mask", mask)
+    if tuple(mask.shape) != tuple(w.shape):
+        raise ValueError(f"{op}: 'mask' must have the shape of 'w' {tuple(w.shape)}, got "
+                         f"{tuple(mask.shape)}")
+    return mask

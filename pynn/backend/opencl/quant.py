@@ -1,0 +1,46 @@
+"""OpenCL int8 ops (issue 18): the host side of ``opencl/quant.cl``.
+
+Same names, signatures and semantics as ``native/quant.pyx`` (bit-identical results);
+operands are checked by ``pynn.backend.operands.quant``.
+"""
+
+import numpy as np
+
+from pynn.backend.opencl import runtime as rt
+from pynn.backend.opencl.arrays import DEVICE
+from pynn.backend.opencl.launch import elementwise
+from pynn.backend.operands import quant as operands
+
+
+def quantize_forward(x, scale, zero_point):
+    """uint8 clamp(rint(x / scale) + zero_point, 0, 255), any shape."""
+    x, scale, zero_point = operands.quantize_forward(DEVICE, x, scale, zero_point)
+    q = rt.empty(x.shape, np.uint8, "quantize_forward output")
+    if x.size:
+        elementwise("quant", "quantize_forward", x.size, x, q, x.size, np.float32(scale),
+                    np.float32(zero_point))
+    return q
+
+
+def dequantize_forward(q, scale, zero_point):
+    """float32 (q - zero_point) * scale, any shape."""
+    q, scale, zero_point = operands.dequantize_forward(DEVICE, q, scale, zero_point)
+    y = rt.empty(q.shape, np.float32, "dequantize_forward output")
+    if q.size:
+        elementwise("quant", "dequantize_forward", q.size, q, y, q.size, np.float32(scale),
+                    np.float32(zero_point))
+    return y
+
+
+def int8_dense_forward(xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu):
+    """uint8 (N, U) from uint8 xq (N, K) and int8 wq (U, K) (native/quant.pyx's contract)."""
+    xq, wq, bias, x_zp, multiplier, y_zp, relu = operands.int8_dense_forward(
+        DEVICE, xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu)
+    n, k, units = xq.shape[0], xq.shape[1], wq.shape[0]
+    yq = rt.empty((n, units), np.uint8, "int8_dense_forward output")
+    if n * units:
+        elementwise("quant", "int8_dense_forward", n * units, xq, wq,
+                    multiplier if bias is None else bias, multiplier, yq, n, k, units,
+                    bias is not None, x_zp, np.float32(y_zp),
+                    np.float32(y_zp if relu else 0.0))
+    return yq

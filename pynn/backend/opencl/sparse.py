@@ -1,0 +1,32 @@
+"""OpenCL sparse inference ops (issue 18): the host side of ``opencl/sparse.cl``.
+
+Same names, signatures and semantics as ``native/sparse.pyx``; operands are checked by
+``pynn.backend.operands.sparse``.
+"""
+
+import numpy as np
+
+from pynn.backend.api import ACTIVATIONS
+from pynn.backend.opencl import runtime as rt
+from pynn.backend.opencl.activation import activation_forward
+from pynn.backend.opencl.arrays import DEVICE
+from pynn.backend.opencl.launch import elementwise
+from pynn.backend.operands import sparse as operands
+
+
+def sparse_dense_forward(x, indptr, indices, values, bias, activation="linear", alpha=0.0):
+    """y = act(x @ kernel + bias) (N, U) from the kernel's nonzeros by unit."""
+    op = "sparse_dense_forward"
+    name, alpha, x, indptr, indices, values, bias = operands.sparse_dense_forward(
+        DEVICE, x, indptr, indices, values, bias, activation, alpha)
+    n, c, units = x.shape[0], x.shape[1], indptr.shape[0] - 1
+    y = rt.empty((n, units), np.float32, f"{op} output")
+    # softmax needs the whole row: a linear epilogue, then the row op (as dense_forward).
+    code = ACTIVATIONS.index("linear" if name == "softmax" else name)
+    if n * units:
+        elementwise("sparse", op, n * units, x, indptr, indices, values,
+                    y if bias is None else bias, y, n, c, units, indices.shape[0], bias is not None, code,
+                    np.float32(alpha))
+    if name == "softmax":
+        return activation_forward(y, "softmax", alpha)
+    return y

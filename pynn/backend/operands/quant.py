@@ -1,0 +1,71 @@
+"""Operands of the int8 ops (native/quant.pyx, pynn/backend/opencl/quant.py)."""
+
+import numpy as np
+
+from pynn.backend.operands.common import check_count, check_shape, number
+
+# k * 255 * 128 < 2**31 keeps the int32 dot products exact (native/_qgemm.h).
+MAX_K = 65536
+
+
+def _zero_point(op, name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or \
+            not 0 <= value <= 255:
+        raise ValueError(f"{op}: '{name}' must be an int in [0, 255], got {value!r}")
+    return int(value)
+
+
+def _scale(op, name, value):
+    value = number(op, name, value)
+    if not value > 0 or not np.isfinite(value):
+        raise ValueError(f"{op}: '{name}' must be a positive finite float, got {value!r}")
+    return float(np.float32(value))
+
+
+def quantize_forward(arrays, x, scale, zero_point):
+    op = "quantize_forward"
+    x = arrays.float_input(op, "x", x)
+    if x.dtype != np.float32:
+        raise TypeError(f"{op}: 'x' must be float32, got {x.dtype}")
+    return x, _scale(op, "scale", scale), float(_zero_point(op, "zero_point", zero_point))
+
+
+def dequantize_forward(arrays, q, scale, zero_point):
+    op = "dequantize_forward"
+    q = arrays.mask_input(op, "q", q)  # uint8
+    return q, _scale(op, "scale", scale), float(_zero_point(op, "zero_point", zero_point))
+
+
+def int8_dense_forward(arrays, xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu):
+    """-> (xq uint8 (N, K), wq int8 (U, K), bias int32 (U,) or None, x_zero_point int,
+    multiplier float32 (U,), y_zero_point float, relu bool)."""
+    op = "int8_dense_forward"
+    xq = arrays.mask_input(op, "xq", xq)
+    if xq.ndim != 2:
+        raise ValueError(f"{op}: 'xq' must have 2 dimensions (N, K), got shape {xq.shape}")
+    wq = _int8(arrays, op, "wq", wq)
+    if wq.ndim != 2 or wq.shape[1] != xq.shape[1]:
+        raise ValueError(f"{op}: 'wq' must be (U, K) = (U, {xq.shape[1]}) int8 weights by "
+                         f"unit, got shape {tuple(wq.shape)}")
+    if xq.shape[1] > MAX_K:
+        raise ValueError(f"{op}: K = {xq.shape[1]} input features exceed {MAX_K}, past which "
+                         f"int32 dot products could overflow")
+    if bias is not None:
+        bias = arrays.int_input(op, "bias", bias, ndim=1)
+        check_shape(op, "bias", bias, (wq.shape[0],))
+    multiplier = arrays.float_input(op, "multiplier", multiplier, ndim=1)
+    if multiplier.dtype != np.float32:
+        multiplier = multiplier.astype(np.float32)
+    check_shape(op, "multiplier", multiplier, (wq.shape[0],))
+    check_count(arrays, op, "output", xq.shape[0] * wq.shape[0])
+    return (xq, wq, bias, _zero_point(op, "x_zero_point", x_zero_point), multiplier,
+            float(_zero_point(op, "y_zero_point", y_zero_point)), bool(relu))
+
+
+def _int8(arrays, op, name, a):
+    if arrays.name != "cpu":  # a device array of the current context, int8
+        return arrays._device(op, name, a, np.int8)
+    arr = np.asarray(a)
+    if arr.dtype != np.int8:
+        raise TypeError(f"{op}: '{name}' must be int8, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr)

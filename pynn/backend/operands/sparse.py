@@ -1,0 +1,27 @@
+"""Operands of the sparse inference ops (native/sparse.pyx, pynn/backend/opencl/sparse.py)."""
+
+from pynn.backend.operands.activation import activation_pair
+from pynn.backend.operands.common import check_count, check_shape
+
+
+def sparse_dense_forward(arrays, x, indptr, indices, values, bias, activation, alpha):
+    """-> (name, alpha, x (N, C), indptr (U+1,), indices (nnz,), values (nnz,), bias (U,) or
+    None). The index values are not read here: both kernels skip an index outside x's
+    features and clamp offsets to the nonzeros, so a bad one costs its term, never a read
+    past an array (and batch-1 inference pays no O(nnz) check per call)."""
+    op = "sparse_dense_forward"
+    name, a = activation_pair(op, activation, alpha)
+    x = arrays.float_input(op, "x", x, ndim=2)
+    indptr = arrays.int_input(op, "indptr", indptr, ndim=1)
+    indices = arrays.int_input(op, "indices", indices, ndim=1)
+    values = arrays.float_input(op, "values", values, ndim=1, like=x)
+    if indptr.shape[0] < 1:
+        raise ValueError(f"{op}: 'indptr' must hold units + 1 >= 1 offsets, got shape "
+                         f"{tuple(indptr.shape)}")
+    check_shape(op, "values", values, tuple(indices.shape))
+    units = indptr.shape[0] - 1
+    if bias is not None:
+        bias = arrays.float_input(op, "bias", bias, ndim=1, like=x)
+        check_shape(op, "bias", bias, (units,))
+    check_count(arrays, op, "output", x.shape[0] * units)
+    return name, a, x, indptr, indices, values, bias

@@ -1,0 +1,138 @@
+"""int8 ops (native/quant.pyx, opencl/quant.cl) bit-exact against the integer NumPy
+reference (tests/reference/quant_ref.py), saturation at the int32 and uint8 limits, odd sizes,
+bad inputs; QuantizedDense within the quantization error bound of the float Dense; quantize()
+of a model."""
+
+import numpy as np
+import pytest
+
+import pynn
+from pynn import layers
+from pynn._native import quant as native_quant
+from pynn.compression.quantization import QuantizedDense, activation_params, quantize
+from tests.backend_util import check_op, rand
+from tests.reference import quant_ref as ref
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1821)
+
+
+# (N, K, U): odd sizes, K across the 64- and 16-byte SIMD blocks and their tails.
+SHAPES = [(1, 1, 1), (3, 7, 5), (2, 63, 9), (5, 64, 33), (7, 65, 17), (4, 200, 3),
+          (1, 1000, 65), (0, 5, 3)]
+
+
+def run_int8_dense(backend, xq, wq, bias, *rest):
+    """The op on ``backend`` (int8 weights uploaded as int8, which backend.up would widen),
+    downloaded; compared bit for bit with the integer reference, and on OpenCL with the
+    CPU."""
+    wq_dev = backend.ops.asarray(wq, np.int8) if backend.is_opencl else wq
+    x_zp, mult, *tail = rest
+    got = backend.down(backend.op("int8_dense_forward")(backend.up(xq), wq_dev,
+                                                         backend.up(bias), x_zp,
+                                                         backend.up(mult), *tail))
+    want = ref.int8_dense_forward_ref(xq, wq, bias, *rest)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, want, err_msg=f"int8_dense_forward on {backend.name}")
+    if backend.is_opencl:
+        np.testing.assert_array_equal(got, native_quant.int8_dense_forward(xq, wq, bias, *rest))
+    return got
+
+
+@pytest.mark.parametrize("n,k,u", SHAPES, ids=[f"{n}x{k}x{u}" for n, k, u in SHAPES])
+@pytest.mark.parametrize("relu", [False, True])
+def test_int8_dense_forward_is_bit_exact(backend, rng, n, k, u, relu):
+    xq = rng.integers(0, 256, (n, k)).astype(np.uint8)
+    wq = rng.integers(-128, 128, (u, k)).astype(np.int8)
+    bias = rng.integers(-10**6, 10**6, u).astype(np.int32)
+    mult = (rng.random(u) * 4e-4 + 1e-5).astype(np.float32)
+    for b in (bias, None):
+        run_int8_dense(backend, xq, wq, b, 17, mult, 100, relu)
+
+
+def test_int8_saturates_at_int32_and_uint8(backend):
+    """Extreme products and biases: the int32 accumulator and the uint8 output clamp, the
+    same on both backends as in the reference."""
+    k = 1000
+    xq = np.full((3, k), 255, np.uint8)
+    xq[1] = 0
+    wq = np.stack([np.full(k, 127, np.int8), np.full(k, -128, np.int8),
+                   np.full(k, 1, np.int8)])
+    bias = np.array([2**31 - 1, -2**31, 0], np.int32)
+    outputs = [run_int8_dense(backend, xq, wq, bias, 0, mult, 128, False)
+               for mult in (np.float32([1e-9, 1e-9, 1e-9]), np.float32([1.0, 1.0, 1.0]))]
+    assert outputs[1].min() == 0 and outputs[1].max() == 255
+    # Saturated at +-2^31 (not wrapped): +-2.147 after the multiplier, rounded, around 128.
+    np.testing.assert_array_equal(outputs[0], np.tile([130, 126, 128], (3, 1)))
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 33), (2, 5, 65)])
+def test_quantize_and_dequantize_are_bit_exact(backend, rng, shape):
+    x = rand(rng, shape) * 4
+    x.flat[-1] = 1e6  # saturates at 255
+    _, q = check_op(backend, "quantize_forward", x, 0.03, 120, ref=ref.quantize_forward_ref,
+                    rtol=0.0, dtype=np.uint8)
+    check_op(backend, "dequantize_forward", q, 0.03, 120, ref=ref.dequantize_forward_ref,
+             rtol=0.0)
+    assert q.max() == 255
+
+
+@pytest.mark.parametrize("case,message", [
+    ("narrow_w", (r"int8_dense_forward: 'wq' must be \(U, K\) = \(U, 5\) int8 weights by "
+                 r"unit, got shape \(4, 3\)")),
+    ("zero_point", r"int8_dense_forward: 'x_zero_point' must be an int in \[0, 255\], got 256"),
+    ("scale", r"quantize_forward: 'scale' must be a positive finite float, got 0.0"),
+])
+def test_int8_bad_input(backend, case, message):
+    up8 = (lambda a: backend.ops.asarray(a, np.int8)) if backend.is_opencl else (lambda a: a)
+    x = backend.up(np.ones((2, 5), np.uint8))
+    mult = backend.up(np.ones(4, np.float32))
+    with pytest.raises((ValueError, TypeError), match=message):
+        if case == "narrow_w":
+            backend.op("int8_dense_forward")(x, up8(np.ones((4, 3), np.int8)), None, 0, mult,
+                                             0, False)
+        elif case == "zero_point":
+            backend.op("int8_dense_forward")(x, up8(np.ones((4, 5), np.int8)), None, 256,
+                                             mult, 0, False)
+        else:
+            backend.op("quantize_forward")(backend.up(np.ones(3, np.float32)), 0.0, 0)
+
+
+def test_kernel_isa_is_reported():
+    assert native_quant.ISA in ("avx512_vnni", "avx2", "scalar")
+
+
+def test_quantized_dense_within_quantization_error(rng):
+    dense = layers.Dense(13, activation="relu")
+    x = rand(rng, (50, 29))
+    y = np.asarray(dense(x))
+    xp, yp = activation_params(x), activation_params(y)
+    q = QuantizedDense(dense, xp, yp)
+    got = np.asarray(q(x))
+    # Bound: half an output step, plus the input and weight rounding carried through the
+    # kernel (|W| sum over inputs x half an input step, |x| sum x half a weight step).
+    kernel = np.asarray(dense.kernel.value, np.float64)
+    w_step = np.abs(kernel).max(axis=0) / 127
+    bound = (yp[0] / 2 + np.abs(kernel).sum(axis=0) * xp[0] / 2
+             + np.abs(x).sum(axis=1, keepdims=True) * w_step / 2 + yp[0])
+    assert np.all(np.abs(got - y) <= bound)
+    assert np.abs(got - y).max() < 0.05 * np.abs(y).max()
+
+
+def test_quantize_a_model_keeps_its_predictions(rng):
+    model = pynn.Sequential([layers.Input((12,)), layers.Dense(32, activation="relu"),
+                             layers.Dropout(0.2), layers.Dense(5)])
+    x = rand(rng, (200, 12))
+    for method in ("minmax", "percentile"):
+        q = quantize(model, x[:100], method)
+        assert [type(layer).__name__ for layer in q.layers] == [
+            "QuantizedDense", "Dropout", "QuantizedDense"]
+        want, got = model.predict(x, verbose=0), q.predict(x, verbose=0)
+        assert np.mean(np.argmax(got, 1) == np.argmax(want, 1)) > 0.9
+        # Inside the calibrated range the error is the rounding's; outside it, clipping's.
+        inside = np.abs(got[:100] - want[:100]).max()
+        assert inside < 0.05 * np.abs(want[:100]).max()
+    with pytest.raises(ValueError, match=r"method must be one of \('minmax', 'percentile'\)"):
+        quantize(model, x, "mse")
