@@ -34,10 +34,13 @@ from pynn import (  # noqa: E402
     layers,
     losses,
     metrics,
+    ops,
     optimizers,
     regularizers,
+    saving,
     utils,
 )
+from pynn.autodiff import GradientTape, Tensor  # noqa: E402
 from pynn._config import floatx, get_num_threads, set_floatx, set_num_threads  # noqa: E402
 from pynn.backend import set_device  # noqa: E402
 from pynn.layers import Input  # noqa: E402
@@ -61,6 +64,6 @@ def get_device():
     return backend.device()
 
 
-__all__ = ["Model", "Sequential", "Input", "load_model", "layers", "losses", "metrics", "optimizers",
+__all__ = ["ops", "GradientTape", "Tensor", "saving", "Model", "Sequential", "Input", "load_model", "layers", "losses", "metrics", "optimizers",
            "initializers", "regularizers", "callbacks", "utils", "backend", "set_device",
            "get_device", "devices", "set_num_threads", "get_num_threads", "floatx", "set_floatx"]

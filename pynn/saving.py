@@ -89,6 +89,102 @@ def register_model_class(cls):
     return cls
 
 
+# -- custom objects (issue 13): classes and functions a file may name -------------------------
+# A file names a custom layer, model, loss, metric or function by the key it was registered
+# under; loading looks that key up here or in ``custom_objects``, so it only ever runs code the
+# program itself defined. Nothing of the object's code is stored.
+_REGISTERED = {}
+_custom_scopes = []
+
+
+def register_serializable(package="Custom", name=None):
+    """Keras's decorator: ``@pynn.saving.register_serializable(package, name)`` lets saved
+    files name a custom class or function as ``"package>name"``."""
+    if not isinstance(package, str) or ">" in package:
+        raise ValueError(f"register_serializable: package must be a string without '>', got "
+                         f"{package!r}")
+
+    def decorator(obj):
+        key = f"{package}>{name or obj.__name__}"
+        previous = _REGISTERED.get(key)
+        if previous is not None and previous is not obj and getattr(
+                previous, "__qualname__", None) != getattr(obj, "__qualname__", None):
+            raise ValueError(f"register_serializable: {key!r} is already registered to "
+                             f"{previous!r}")
+        _REGISTERED[key] = obj
+        obj._pynn_serializable_name = key
+        return obj
+
+    return decorator
+
+
+def get_registered_name(obj):
+    return getattr(obj, "_pynn_serializable_name", None) or getattr(obj, "__name__", None)
+
+
+class custom_object_scope:
+    """``with custom_object_scope({"MyLayer": MyLayer}): load_model(path)``: names a file
+    may use besides the registered ones, as ``custom_objects=`` does for one call."""
+
+    def __init__(self, objects):
+        self.objects = dict(objects or {})
+
+    def __enter__(self):
+        _custom_scopes.append(self.objects)
+        return self
+
+    def __exit__(self, *exc):
+        _custom_scopes.remove(self.objects)
+
+
+def serializable_name(obj, what):
+    """The name a file stores for ``obj`` (a custom class or function); an error saying how
+    to make it saveable when it was never registered."""
+    key = getattr(obj, "_pynn_serializable_name", None)
+    if key is not None and _REGISTERED.get(key) is obj:
+        return key
+    for scope in reversed(_custom_scopes):
+        for k, v in scope.items():
+            if v is obj:
+                return k
+    label = getattr(obj, "__qualname__", repr(obj))
+    raise ValueError(f"save: cannot save the {what} {label!r}: pynn files never hold Python "
+                     f"code, so it must be registered by name; decorate it with "
+                     f"@pynn.saving.register_serializable(package='...') and load with it "
+                     f"defined (or pass custom_objects={{{label.split('.')[-1]!r}: ...}})")
+
+
+def lookup_serializable(name, what):
+    """The registered (or ``custom_objects``) class or function a file names; never an
+    import, never code read from the file."""
+    if isinstance(name, str):
+        for scope in reversed(_custom_scopes):
+            if name in scope:
+                return scope[name]
+            short = name.split(">")[-1]
+            if short in scope:
+                return scope[short]
+        if name in _REGISTERED:
+            return _REGISTERED[name]
+    raise ValueError(f"unknown {what} {name!r}: register it with "
+                     f"@pynn.saving.register_serializable or pass custom_objects= to the "
+                     f"loader (known: {sorted(_REGISTERED)})")
+
+
+def lookup_custom(identifier, base):
+    """A string naming a registered/custom subclass of ``base`` (an instance of it) or a
+    function; None when it names nothing known."""
+    if not isinstance(identifier, str):
+        return None
+    try:
+        obj = lookup_serializable(identifier, "object")
+    except ValueError:
+        return None
+    if isinstance(obj, type) and issubclass(obj, base):
+        return obj()
+    return obj if isinstance(obj, base) else None
+
+
 def _npy_bytes(array):
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
@@ -161,7 +257,10 @@ def _atomic_write_zip(filepath, entries):
 def _model_entries(model, include_optimizer=True):
     weights = model.get_weights()
     names = [v.path for v in model.weights]
-    doc = {"format": FORMAT, "version": VERSION, "model_class": type(model).__name__,
+    model_class = type(model).__name__
+    if model_class not in MODEL_CLASSES or MODEL_CLASSES[model_class] is not type(model):
+        model_class = serializable_name(type(model), "model class")
+    doc = {"format": FORMAT, "version": VERSION, "model_class": model_class,
            "model": model.get_config(),
            "built_input_shape": list(model.input_shape) if model.built else None,
            "weights": names,
@@ -373,6 +472,13 @@ class _Archive:
 
 def _model_class(archive):
     name = archive.doc.get("model_class", "Sequential")
+    if isinstance(name, str) and name not in MODEL_CLASSES and ">" in name:
+        try:  # a registered subclassed model (issue 13)
+            cls = lookup_serializable(name, "model class")
+        except ValueError as exc:
+            raise archive.fail("pynn.json", str(exc)) from None
+        if isinstance(cls, type) and any(c.__name__ == "Model" for c in cls.__mro__):
+            return cls
     if not isinstance(name, str) or name not in MODEL_CLASSES:
         raise archive.fail("pynn.json", f"unknown model class {name!r}; pynn knows "
                                         f"{sorted(MODEL_CLASSES)}")
@@ -516,7 +622,7 @@ def _load_optimizer_state(model, archive, weight_for):
         raise archive.fail("pynn.json", f"invalid 'optimizer_state' ({exc})") from None
 
 
-def load_model(filepath, compile=True, max_compression_ratio=None):
+def load_model(filepath, custom_objects=None, compile=True, max_compression_ratio=None):
     """Rebuild a model saved by ``model.save``; with its optimizer state when compiled, so
     ``fit`` resumes where it stopped.
 
@@ -526,16 +632,21 @@ def load_model(filepath, compile=True, max_compression_ratio=None):
     """
     archive = _Archive(filepath, "load_model", max_compression_ratio)
     try:
-        model = _build_model(archive)
-        _load_weights_into(model, archive, atomic=False)
-        _load_layer_state(model, archive)
-        _load_rng_state(model, archive)
-        spec = archive.doc.get("compile")
-        if compile and spec is not None:
-            _compile_from(model, archive, spec)
-        return model
+        with custom_object_scope(custom_objects):
+            return _load_model_from(archive, compile)
     finally:
         archive.close()
+
+
+def _load_model_from(archive, compile):
+    model = _build_model(archive)
+    _load_weights_into(model, archive, atomic=False)
+    _load_layer_state(model, archive)
+    _load_rng_state(model, archive)
+    spec = archive.doc.get("compile")
+    if compile and spec is not None:
+        _compile_from(model, archive, spec)
+    return model
 
 
 def load_weights(model, filepath, max_compression_ratio=None):
