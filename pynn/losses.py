@@ -145,12 +145,12 @@ class LossFunctionWrapper(Loss):
         return self.fn(y_true, y_pred)
 
     def get_config(self):
-        from pynn import saving
+        from pynn import _registry as saving
         return {"name": self.name, "fn": saving.serializable_name(self.fn, "loss function")}
 
     @classmethod
     def from_config(cls, config):
-        from pynn import saving
+        from pynn import _registry as saving
         return cls(saving.lookup_serializable(config["fn"], "loss function"),
                    name=config.get("name"))
 
@@ -348,7 +348,7 @@ def get(identifier):
         return _BY_CLASS[identifier["class_name"]].from_config(identifier.get("config", {}))
     if isinstance(identifier, dict) and identifier.get("class_name") == "LossFunctionWrapper":
         return LossFunctionWrapper.from_config(identifier.get("config", {}))
-    from pynn import saving
+    from pynn import _registry as saving
     if isinstance(identifier, dict) and isinstance(identifier.get("class_name"), str):
         cls = saving.lookup_serializable(identifier["class_name"], "loss class")
         if isinstance(cls, type) and issubclass(cls, Loss):
@@ -364,7 +364,7 @@ def serialize(loss):
     cls = type(loss)
     name = cls.__name__
     if _BY_CLASS.get(name) is not cls and cls is not LossFunctionWrapper:
-        from pynn import saving
+        from pynn import _registry as saving
         name = saving.serializable_name(cls, "loss class")
     return {"class_name": name, "config": loss.get_config()}
 

@@ -385,6 +385,16 @@ def activation_config(activation, layer=None):
     where = f"{type(layer).__name__} '{layer.name}': " if layer is not None else ""
     if activation is None:
         return "linear", 0.0
+    if callable(activation) and not isinstance(activation, str):
+        # pynn.ops.relu, keras-style functions named like an activation: the fused kernel.
+        # Another callable has no fused kernel: apply it after the layer (a Lambda).
+        named = getattr(activation, "__name__", "")
+        named = ACTIVATION_ALIASES.get(named, named)
+        if named in ACTIVATIONS:
+            return named, DEFAULT_ALPHA.get(named, 0.0)
+        raise ValueError(f"{where}activation {activation!r} is a callable pynn has no fused "
+                         f"kernel for; give a name from {ACTIVATIONS}, or apply it with "
+                         f"pynn.layers.Lambda after a linear layer")
     if not isinstance(activation, str):
         raise ValueError(f"{where}activation must be one of {ACTIVATIONS} or None, got "
                          f"{activation!r}")

@@ -126,12 +126,13 @@ class OpLayer(Layer):
 
     def compute_output_shape(self, input_shape):
         # The op itself decides (broadcasting, reductions): run it on a one-sample stand-in.
-        shapes = input_shape if isinstance(input_shape, list) else [input_shape]
+        several = bool(input_shape) and isinstance(input_shape[0], (tuple, list))
+        shapes = list(input_shape) if several else [input_shape]
         b = backend.current()
         probes = [b.asarray(np.ones([1 if d is None else d for d in s], self.dtype), self.dtype)
                   for s in shapes]
         with np.errstate(all="ignore"):
-            args, kwargs = self._fill(probes if len(probes) > 1 else probes[0])
+            args, kwargs = self._fill(probes if several else probes[0])
             out = OPS[self.op](*args, **kwargs)
         outs = out if isinstance(out, (list, tuple)) else [out]
         result = [(None,) + tuple(o.shape[1:]) if o.ndim else () for o in outs]
@@ -160,3 +161,13 @@ def _jsonable(v):
 
 
 __all__ = ["OPS", "Tensor", "cpu_only", "op", "record", "shape_of", "unbroadcast", "value"]
+
+
+def _register_op_layer():
+    # Saved functional models name their op nodes "OpLayer": loading finds it in LAYERS like
+    # any layer (pynn.layers does not import pynn.ops; pynn's __init__ imports both).
+    from pynn.layers import LAYERS
+    LAYERS["OpLayer"] = OpLayer
+
+
+_register_op_layer()
