@@ -165,11 +165,14 @@ def _atomic_write_zip(filepath, entries):
         raise
 
 
-def _model_entries(model, include_optimizer=True):
+def _model_entries(model, include_optimizer=True, weights_only=False):
     weights = model.get_weights()
     names = [v.path for v in model.weights]
     model_class = type(model).__name__
-    if model_class not in MODEL_CLASSES or MODEL_CLASSES[model_class] is not type(model):
+    if not weights_only and (model_class not in MODEL_CLASSES
+                             or MODEL_CLASSES[model_class] is not type(model)):
+        # A subclassed model is rebuilt by its registered class (a weights file is loaded
+        # into a model the caller built, so it needs none).
         model_class = serializable_name(type(model), "model class")
     doc = {"format": FORMAT, "version": VERSION, "model_class": model_class,
            "model": model.get_config(),
@@ -197,7 +200,10 @@ def save_model(model, filepath, include_optimizer=True):
 
 
 def save_weights(model, filepath):
-    save_model(model, filepath, include_optimizer=False)
+    if not model.built:
+        raise ValueError(f"save_weights: model '{model.name}' is not built yet")
+    _atomic_write_zip(filepath, _model_entries(model, include_optimizer=False,
+                                               weights_only=True))
 
 
 # -- loading ----------------------------------------------------------------------------------

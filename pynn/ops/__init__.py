@@ -46,6 +46,8 @@ def _install_operators(cls):
 
 for _cls in (Tensor, Variable, KerasTensor):
     _install_operators(_cls)
+# As for Tensor: array * variable must reach Variable.__rmul__, not an object array.
+Variable.__array_ufunc__ = None
 # The module-level names that shadow builtins (sum, max, abs, ...) are exported on purpose.
 globals().update({name: getattr(_numpy_ops, name, None) or getattr(_nn, name)
                   for name in OPS})
