@@ -16,6 +16,7 @@ Gradients are backend arrays (NumPy on the CPU, device arrays on OpenCL); the ta
 them as Tensors.
 """
 
+import inspect
 import threading
 
 import numpy as np
@@ -360,7 +361,9 @@ def _run_user_call(user_call, layer, inputs, training, kwargs):
     previous = getattr(_local, "training", None)
     _local.training = bool(training)
     try:
-        return user_call(layer, inputs, training=training, **kwargs)
+        if user_call._pynn_takes_training:
+            return user_call(layer, inputs, training=training, **kwargs)
+        return user_call(layer, inputs, **kwargs)  # Keras passes training only if asked
     finally:
         _local.training = previous
 
@@ -369,6 +372,9 @@ def traced_call(user_call):
     """Wrap the ``call`` of a layer that has no ``backward`` of its own (a custom layer, a
     subclassed model) so that the model executor can train it: in training its ops are
     recorded on a private recorder whose nodes ``replay`` walks back in ``backward``."""
+    params = inspect.signature(user_call).parameters
+    user_call._pynn_takes_training = "training" in params or any(
+        p.kind is p.VAR_KEYWORD for p in params.values())
 
     def call(self, inputs, training=None, **kwargs):
         if training is None:

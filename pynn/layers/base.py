@@ -99,6 +99,9 @@ class Layer:
             cls.call = autodiff.traced_call(call)
         if "__setattr__" not in cls.__dict__:
             cls.__setattr__ = _track_sublayers
+        build = cls.__dict__.get("build")
+        if build is not None and not getattr(build, "_pynn_completes", False):
+            cls.build = _completing_build(build)
 
     def _own_and_sublayer(self, attr):
         """``attr`` (weights, trainable_weights...) of this layer's variables and of the
@@ -146,9 +149,22 @@ class Layer:
         self._inbound_nodes = []
 
     # -- weights --------------------------------------------------------------------------
-    def add_weight(self, name, shape, initializer, regularizer=None, trainable=True,
-                   constraint=None):
-        init = initializers.get(initializer)
+    def add_weight(self, name=None, shape=None, initializer=None, regularizer=None,
+                   trainable=True, constraint=None, dtype=None):
+        """pynn's ``add_weight(name, shape, initializer)``, or Keras 3's keyword form
+        ``add_weight(shape=..., initializer=..., name=...)`` (a shape given first is taken
+        as Keras's positional order). The initializer defaults to glorot_uniform (Keras's
+        for floats)."""
+        if name is not None and not isinstance(name, str):  # Keras: add_weight(shape, init)
+            name, shape, initializer = None, name, shape if initializer is None else initializer
+        if shape is None:
+            raise TypeError(f"Layer '{self.name}': add_weight needs a shape")
+        if name is None:
+            name = f"variable_{len(self._variables)}" if self._variables else "variable"
+        if dtype is not None and str(np.dtype(dtype)) != self.dtype:
+            raise ValueError(f"Layer '{self.name}': weight '{name}' dtype {dtype} differs from "
+                             f"the layer's {self.dtype}")
+        init = initializers.get("glorot_uniform" if initializer is None else initializer)
         shape = tuple(int(d) for d in shape)
         if _zero_init:
             value = np.broadcast_to(np.zeros((), self.dtype), shape)
@@ -349,6 +365,21 @@ class Layer:
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name}>"
+
+
+def _completing_build(user_build):
+    """Keras lets a custom ``build`` skip ``super().build()``: finish it for the user, so the
+    layer is built once (and knows its shapes) either way."""
+
+    def build(self, input_shape):
+        user_build(self, input_shape)
+        if not self.built:
+            Layer.build(self, input_shape)
+
+    build._pynn_completes = True
+    build.__wrapped__ = user_build
+    build.__doc__ = user_build.__doc__
+    return build
 
 
 def _track_sublayers(self, name, value):
