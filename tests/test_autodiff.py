@@ -93,9 +93,8 @@ def test_nothing_is_recorded_outside_a_tape():
     v = _var([1.0])
     y = v * 2
     assert y.node is None
-    with pynn.GradientTape() as tape:
-        with tape.stop_recording():
-            z = v * 2
+    with pynn.GradientTape() as tape, tape.stop_recording():
+        z = v * 2
     assert z.node is None
 
 

@@ -11,13 +11,13 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 try:
     import keras
     import torch
-except Exception as exc:  # keras missing or its backend cannot load
+except Exception as exc:  # noqa: BLE001 (keras missing or its backend cannot load)
     pytest.skip(f"keras (torch backend) is not available: {exc}", allow_module_level=True)
 if keras.backend.backend() != "torch":
     pytest.skip(f"keras runs on {keras.backend.backend()}, these tests want torch",
                 allow_module_level=True)
 
-import pynn  # noqa: E402
+import pynn
 
 torch.set_num_threads(2)
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

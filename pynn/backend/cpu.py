@@ -118,6 +118,10 @@ from pynn._native.optim import constraint_inplace  # noqa: F401
 # -- end issue 12
 # -- embedding (issue 14, sequence layers) --
 from pynn._native.embedding import embedding_backward, embedding_forward  # noqa: F401
+# -- elementwise (issue 13: pynn.ops on the device) --
+from pynn._native.elementwise import (  # noqa: F401
+    elementwise_binary, elementwise_unary, reduce_axes,
+)
 from pynn.backend.operands.common import host_array
 
 NAME = "cpu"

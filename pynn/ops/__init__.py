@@ -17,7 +17,7 @@ from pynn.ops.numpy_ops import *
 from pynn.ops.numpy_ops import convert_to_tensor
 from pynn.variables import Variable
 
-__all__ = sorted(OPS) + ["convert_to_tensor", "Tensor"]
+__all__ = [*sorted(OPS), "Tensor", "convert_to_tensor"]  # noqa: PLE0604
 
 
 def _install_operators(cls):

@@ -19,7 +19,7 @@ def value(x):
     t = type(x)
     if t is Tensor or t is Variable:
         return x.value
-    if t in (int, float, bool) or isinstance(x, np.ndarray) or isinstance(x, np.generic):
+    if t in (int, float, bool) or isinstance(x, (np.ndarray, np.generic)):
         return x
     if isinstance(x, (list, tuple)):
         a = np.asarray(x)

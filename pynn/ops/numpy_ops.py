@@ -9,13 +9,19 @@ ops, so it runs on OpenCL too; the others raise there (``cpu_only``).
 """
 
 import builtins
+import itertools
 import math
 
 import numpy as np
 
 from pynn import backend
 from pynn.autodiff import Tensor
+from pynn.ops import device
 from pynn.ops._core import cpu_only, op, record, shape_of, unbroadcast, value
+
+
+def _on_device():
+    return backend.current().NAME != "cpu"
 
 
 def convert_to_tensor(x, dtype=None):
@@ -38,7 +44,8 @@ def _unary(name, forward, grad):
     """An elementwise op: y = forward(x); dx = grad(dy, x, y) (None: no gradient)."""
 
     def fn(x):
-        cpu_only(name)
+        if _on_device():
+            return device.unary(name, x)
         xv = value(x)
         y = forward(np.asarray(xv))
         if grad is None:
@@ -89,7 +96,8 @@ def _binary(name, forward, grad1, grad2):
     summed back to its operand's shape (None: no gradient)."""
 
     def fn(x1, x2):
-        cpu_only(name)
+        if _on_device():
+            return device.binary(name, x1, x2)
         a, b = value(x1), value(x2)
         y = forward(a, b)
         if grad1 is None:
@@ -228,7 +236,8 @@ def _expand(g, shape, axes, keepdims):
 
 @op
 def sum(x, axis=None, keepdims=False):
-    cpu_only("sum")
+    if _on_device():
+        return device.reduction("sum", x, axis, keepdims)
     xv = np.asarray(value(x))
     axes = _axes(axis, xv.ndim)
     y = np.asarray(np.sum(xv, axis=axes, keepdims=keepdims))
@@ -237,7 +246,8 @@ def sum(x, axis=None, keepdims=False):
 
 @op
 def mean(x, axis=None, keepdims=False):
-    cpu_only("mean")
+    if _on_device():
+        return device.reduction("mean", x, axis, keepdims)
     xv = np.asarray(value(x))
     axes = _axes(axis, xv.ndim)
     y = np.asarray(np.mean(xv, axis=axes, keepdims=keepdims))
@@ -248,6 +258,9 @@ def mean(x, axis=None, keepdims=False):
 
 def _extremum(name, reduce):
     def fn(x, axis=None, keepdims=False, initial=None):
+        if _on_device() and initial is None:
+            return device.reduction({"amax": "max", "amin": "min"}.get(name, name), x, axis,
+                                    keepdims)
         cpu_only(name)
         xv = np.asarray(value(x))
         axes = _axes(axis, xv.ndim)
@@ -573,7 +586,7 @@ def split(x, indices_or_sections, axis=0):
         bounds = [0] + [int(i) for i in indices_or_sections] + [n]
     axis = axis % xv.ndim
     out = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in itertools.pairwise(bounds):
         key = (builtins.slice(None),) * axis + (builtins.slice(lo, hi),)
         out.append(getitem(x, key))
     return out
