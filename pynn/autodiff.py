@@ -422,8 +422,8 @@ def replay(layer, dy):
     trainable variable's grad (None where the output does not depend on it) and return the
     input gradient(s) (None when ``needs_input_grad`` is False)."""
     trace, layer._cache = layer._cache, None
-    if not isinstance(trace, _Trace):  # a state error, not an argument's type
-        raise RuntimeError(  # noqa: TRY004f"Layer '{layer.name}' ({type(layer).__name__}): backward without "
+    if trace is None or type(trace) is not _Trace:  # a state error, not an argument's type
+        raise RuntimeError(f"Layer '{layer.name}' ({type(layer).__name__}): backward without "
                            f"a training call before it")
     dys = list(dy) if isinstance(dy, (list, tuple)) else [dy]
     grads = backprop(trace.outputs, dys)
