@@ -507,7 +507,12 @@ def _compile_from(model, archive, spec):
         model._compile_from_config(spec)
     except _CONFIG_ERRORS as exc:
         raise archive.fail("pynn.json", f"invalid compile config ({exc})") from None
-    _load_optimizer_state(model, archive, {v.path: v for v in model.weights})
+    if getattr(model, "_traced", False) and isinstance(archive.doc.get("weights"), list):
+        # A subclassed model's constructor names its layers afresh: match by position.
+        weight_for = dict(zip(archive.doc["weights"], model.weights))
+    else:
+        weight_for = {v.path: v for v in model.weights}
+    _load_optimizer_state(model, archive, weight_for)
 
 
 def _load_optimizer_state(model, archive, weight_for):

@@ -372,3 +372,20 @@ def test_bad_inputs_name_the_layer():
         layers.Lambda(3)
     with pytest.raises(ValueError, match="apply: got 1 gradients for 2 variables"):
         pynn.optimizers.SGD().apply([None], layer.weights)
+
+
+def test_registered_subclassed_model_saves_and_loads(tmp_path):
+    @pynn.saving.register_serializable("test_custom")
+    class Saved(TwoLayer):
+        pass
+
+    x, y = _data(seed=11)
+    model = Saved(name="saved")
+    _train(model, x, y, epochs=1)
+    model.save(tmp_path / "s.pynn")
+    loaded = pynn.load_model(tmp_path / "s.pynn")
+    assert type(loaded) is Saved and loaded.name == "saved"
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="cannot save the model class 'TwoLayer'"):
+        TwoLayer().build((None, 7)).save(tmp_path / "t.pynn")
