@@ -27,7 +27,7 @@ def _input(rng, shape, dtype, op):
         x = np.abs(x) + 1.5
     if op in ("round", "floor", "ceil"):
         x = x * 3 + 0.1  # away from .5 ties
-    return x.astype(dtype)
+    return np.asarray(x, dtype=dtype)  # 0-d stays an array (np.abs gives a scalar)
 
 
 def _tol(target):
