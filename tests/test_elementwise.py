@@ -96,6 +96,11 @@ OPENCL_CASES = {
     "reductions": (lambda a: ops.sum(a, axis=1, keepdims=True) * ops.mean(a, axis=0)
                    + ops.max(a, axis=-1, keepdims=True) - ops.min(a), [(4, 6)]),
     "custom_dense": (lambda x, k, b: ops.relu(ops.matmul(x, k) + b), [(5, 4), (4, 3), (3,)]),
+    "shapes": (lambda a, b: ops.concatenate([ops.transpose(a, (1, 0)), ops.clip(b, -0.5, 0.5)],
+                                            axis=0) * 2.0, [(3, 4), (2, 3)]),
+    "log_softmax": (lambda a: ops.log_softmax(a) + ops.logsumexp(a, axis=0), [(3, 5)]),
+    "normalization": (lambda a: ops.batch_normalization(a, *ops.moments(a, axes=(0,)),
+                                                        axis=-1), [(6, 4)]),
 }
 
 

@@ -80,6 +80,9 @@ def unbroadcast(b, g, shape):
 
 
 def unary(name, x):
+    if name == "rsqrt":
+        from pynn.ops import numpy_ops
+        return numpy_ops.reciprocal(numpy_ops.sqrt(x))
     if name not in UNARY_GRADS:
         unsupported(name)
     b = backend.current()

@@ -69,6 +69,7 @@ log2 = _unary("log2", np.log2, lambda dy, x, y: dy / (x * math.log(2.0)))
 log10 = _unary("log10", np.log10, lambda dy, x, y: dy / (x * math.log(10.0)))
 sqrt = _unary("sqrt", np.sqrt, lambda dy, x, y: dy * 0.5 / y)
 rsqrt = _unary("rsqrt", lambda x: 1 / np.sqrt(x), lambda dy, x, y: dy * -0.5 * y / x)
+# On a device rsqrt is reciprocal(sqrt(x)) (pynn.ops.device has no kernel of its own for it).
 square = _unary("square", np.square, lambda dy, x, y: dy * 2 * x)
 reciprocal = _unary("reciprocal", np.reciprocal, lambda dy, x, y: -dy * y * y)
 sin = _unary("sin", np.sin, lambda dy, x, y: dy * np.cos(x))
@@ -155,7 +156,8 @@ logical_or = _binary("logical_or", np.logical_or, None, None)
 @op
 def clip(x, x_min, x_max):
     """keras.ops.clip; the gradient passes where x lies inside [x_min, x_max]."""
-    cpu_only("clip")
+    if _on_device():
+        return minimum(maximum(x, x_min), x_max)
     xv = np.asarray(value(x))
     y = np.clip(xv, x_min, x_max)
     return record(y, (x,), lambda dy, need: (_select((xv >= x_min) & (xv <= x_max), dy),),
@@ -329,7 +331,10 @@ def std(x, axis=None, keepdims=False):
 
 @op
 def logsumexp(x, axis=None, keepdims=False):
-    cpu_only("logsumexp")
+    if _on_device():  # composed: the peak is a constant shift (its gradient cancels)
+        peak = stop_gradient(max(x, axis=axis, keepdims=True))
+        out = add(log(sum(exp(subtract(x, peak)), axis=axis, keepdims=True)), peak)
+        return out if keepdims else squeeze(out, axis if axis is not None else None)
     xv = np.asarray(value(x))
     axes = _axes(axis, xv.ndim)
     peak = np.max(xv, axis=axes, keepdims=True)
@@ -490,9 +495,12 @@ def _reshape(xv, newshape):
 
 
 def _transpose(xv, axes=None):
-    cpu_only("transpose")
-    perm = tuple(reversed(range(xv.ndim))) if axes is None else tuple(int(a) for a in axes)
-    inverse = tuple(np.argsort(perm))
+    perm = tuple(reversed(range(xv.ndim))) if axes is None else tuple(
+        int(a) % xv.ndim for a in axes)
+    inverse = tuple(int(i) for i in np.argsort(perm))
+    if _on_device():  # the Permute layer's kernel
+        b = backend.current()
+        return b.transpose_forward(xv, perm), lambda dy: b.transpose_forward(dy, inverse)
     return np.transpose(xv, perm), lambda dy: np.transpose(dy, inverse)
 
 
@@ -555,7 +563,14 @@ def slice(x, start_indices, shape):
 
 @op
 def concatenate(xs, axis=0):
-    cpu_only("concatenate")
+    if _on_device():  # the Concatenate layer's kernels
+        b = backend.current()
+        vals = [device._device(b, value(x)) for x in xs]
+        axis = axis % len(vals[0].shape)
+        sizes = [int(v.shape[axis]) for v in vals]
+        y = b.concatenate_forward(vals, axis)
+        return record(y, tuple(xs), lambda dy, need: tuple(
+            b.concatenate_backward(dy, sizes, axis)), "concatenate")
     vals = [np.asarray(value(x)) for x in xs]
     y = np.concatenate(vals, axis=axis)
     bounds = np.cumsum([v.shape[axis] for v in vals])[:-1]
