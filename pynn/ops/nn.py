@@ -14,7 +14,7 @@ import numpy as np
 from pynn import backend
 from pynn.backend import api
 from pynn.ops import numpy_ops as npo
-from pynn.ops._core import cpu_only, op, record, value
+from pynn.ops._core import op, record, value
 
 
 def _activation(name, keras_alpha=None):
