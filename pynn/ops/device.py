@@ -35,6 +35,8 @@ UNARY_GRADS = {
     "cosh": lambda b, dy, x, y: _mul(b, dy, b.elementwise_unary(x, "sinh")),
     "arctan": lambda b, dy, x, y: b.elementwise_binary(
         dy, _add(b, b.elementwise_unary(x, "square"), 1.0), "divide"),
+    "rsqrt": lambda b, dy, x, y: b.elementwise_binary(_mul(b, _mul(b, dy, y), -0.5), x,
+                                                      "divide"),
     "sign": None, "floor": None, "ceil": None, "round": None,
 }
 
@@ -80,15 +82,14 @@ def unbroadcast(b, g, shape):
 
 
 def unary(name, x):
-    if name == "rsqrt":
-        from pynn.ops import numpy_ops
-        return numpy_ops.reciprocal(numpy_ops.sqrt(x))
     if name not in UNARY_GRADS:
         unsupported(name)
     b = backend.current()
     xv = _device(b, value(x))
-    code_name = "abs" if name == "absolute" else name
-    y = b.elementwise_unary(xv, code_name)
+    if name == "rsqrt":  # no kernel code of its own: 1 / sqrt(x)
+        y = b.elementwise_unary(b.elementwise_unary(xv, "sqrt"), "reciprocal")
+    else:
+        y = b.elementwise_unary(xv, "abs" if name == "absolute" else name)
     grad = UNARY_GRADS[name]
     if grad is None:
         return record(y, (), None, name)

@@ -69,7 +69,6 @@ log2 = _unary("log2", np.log2, lambda dy, x, y: dy / (x * math.log(2.0)))
 log10 = _unary("log10", np.log10, lambda dy, x, y: dy / (x * math.log(10.0)))
 sqrt = _unary("sqrt", np.sqrt, lambda dy, x, y: dy * 0.5 / y)
 rsqrt = _unary("rsqrt", lambda x: 1 / np.sqrt(x), lambda dy, x, y: dy * -0.5 * y / x)
-# On a device rsqrt is reciprocal(sqrt(x)) (pynn.ops.device has no kernel of its own for it).
 square = _unary("square", np.square, lambda dy, x, y: dy * 2 * x)
 reciprocal = _unary("reciprocal", np.reciprocal, lambda dy, x, y: -dy * y * y)
 sin = _unary("sin", np.sin, lambda dy, x, y: dy * np.cos(x))
