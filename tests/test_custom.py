@@ -389,3 +389,29 @@ def test_registered_subclassed_model_saves_and_loads(tmp_path):
                                rtol=1e-6)
     with pytest.raises(ValueError, match="cannot save the model class 'TwoLayer'"):
         TwoLayer().build((None, 7)).save(tmp_path / "t.pynn")
+
+
+@pytest.mark.opencl
+def test_custom_dense_trains_on_opencl_as_on_the_cpu():
+    """The custom layer's ops (matmul, bias add with its broadcast gradient, relu) all run on
+    the device (tests/test_elementwise.py covers the kernels) and train to the CPU's weights."""
+    from tests.opencl_util import skip_without_opencl
+
+    skip_without_opencl()
+    x, y = _data(seed=12)
+
+    def trained():
+        model = pynn.Sequential([layers.Input((7,)), MyDense(5), layers.Dense(3)])
+        model.set_weights(start)
+        _train(model, x, y, epochs=2)
+        return model.get_weights()
+
+    start = pynn.Sequential([layers.Input((7,)), MyDense(5), layers.Dense(3)]).get_weights()
+    on_cpu = trained()
+    previous = pynn.get_device()
+    pynn.set_device("opencl")
+    try:
+        on_device = trained()
+    finally:
+        pynn.set_device(previous)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(on_cpu, on_device)) <= 1e-5
