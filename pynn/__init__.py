@@ -35,10 +35,13 @@ from pynn import (  # noqa: E402
     losses,
     metrics,
     onnx,  # noqa: F401 (pynn.onnx only; the onnx package itself loads on export)
+    ops,
     optimizers,
     regularizers,
+    saving,
     utils,
 )
+from pynn.autodiff import GradientTape, Tensor  # noqa: E402
 from pynn._config import (  # noqa: E402
     floatx,
     get_num_threads,
@@ -70,6 +73,6 @@ def get_device():
     return backend.device()
 
 
-__all__ = ["Model", "Sequential", "Input", "load_model", "threads", "layers", "losses", "metrics", "optimizers",
+__all__ = ["ops", "GradientTape", "Tensor", "saving", "Model", "Sequential", "Input", "load_model", "threads", "layers", "losses", "metrics", "optimizers",
            "initializers", "regularizers", "callbacks", "utils", "backend", "set_device",
            "get_device", "devices", "set_num_threads", "get_num_threads", "floatx", "set_floatx"]

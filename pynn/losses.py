@@ -6,31 +6,54 @@ the predictions, so a training step makes a single pass over the output for both
 
 import numpy as np
 
-from pynn import backend
+from pynn import autodiff, backend
 
 
 class Loss:
+    """A built-in loss is one fused backend op (``backend_name``). A user's subclass instead
+    overrides ``call(y_true, y_pred) -> per-sample losses`` written with ``pynn.ops``; its
+    gradient comes from recording that call (pynn.autodiff)."""
+
     backend_name = None
     sparse_labels = False
 
-    def __init__(self, name=None, from_logits=False):
-        self.name = name or self.default_name
+    def __init__(self, name=None, from_logits=False, reduction="sum_over_batch_size",
+                 dtype=None):
+        if reduction not in ("sum_over_batch_size", "auto", None):
+            raise ValueError(f"{type(self).__name__}: only reduction='sum_over_batch_size' is "
+                             f"supported, got {reduction!r}")
+        self.name = name or getattr(self, "default_name", None) or _snake(type(self).__name__)
         self.from_logits = bool(from_logits)
 
     @property
     def param(self):
         return None
 
+    def call(self, y_true, y_pred):
+        raise NotImplementedError(f"{type(self).__name__}: a Loss subclass overrides "
+                                  f"call(y_true, y_pred) -> per-sample losses")
+
     def forward_backward(self, y_true, y_pred, need_grad=True, sample_weight=None):
         """(mean loss as a float, d loss / d y_pred or None) on backend arrays.
         ``sample_weight`` (None or per-sample weights, a backend array) multiplies each
         sample's loss; the mean divides by the number of samples (Keras's
         sum_over_batch_size), not by the weights' sum."""
+        if self.backend_name is None:
+            return _recorded_forward_backward(self.call, y_true, y_pred, need_grad,
+                                              sample_weight)
         return backend.current().loss_forward_backward(
             self.backend_name, y_true, y_pred, self.from_logits, self.param, need_grad,
             sample_weight)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
+        """The batch loss: a float on arrays; a Tensor, differentiable, when ``y_pred`` is a
+        Tensor or a GradientTape records (Keras's ``loss_fn(y, y_pred)`` in a train step)."""
+        if autodiff.recording() or type(y_pred) is autodiff.Tensor:
+            return self._recorded_call(y_true, y_pred, sample_weight)
+        if self.backend_name is None:
+            from pynn import ops
+            return float(self._recorded_call(y_true, ops.convert_to_tensor(y_pred),
+                                              sample_weight).numpy())
         b = backend.current()
         y_pred = b.asarray(y_pred, np.float32 if np.asarray(y_pred).dtype != np.float64
                            else np.float64)
@@ -40,12 +63,96 @@ class Loss:
         return self.forward_backward(y_true, y_pred, need_grad=False,
                                      sample_weight=sample_weight)[0]
 
+    def _recorded_call(self, y_true, y_pred, sample_weight):
+        from pynn import ops
+        if self.backend_name is None:
+            return _weighted_mean(self.call(y_true, y_pred), sample_weight)
+        b = backend.current()
+        yp = autodiff._unwrap(y_pred)
+        yt = autodiff._unwrap(y_true)
+        if not hasattr(yp, "dtype"):
+            yp = ops.convert_to_tensor(yp).value
+        yt = b.asarray(np.asarray(yt) if b.NAME == "cpu" else yt,
+                       np.int32 if self.sparse_labels else yp.dtype) \
+            if isinstance(yt, (np.ndarray, list)) or b.NAME == "cpu" else yt
+        sw = autodiff._unwrap(sample_weight)
+        if sw is not None and b.NAME == "cpu":
+            sw = np.asarray(sw, yp.dtype)
+        value, grad = self.forward_backward(yt, yp, need_grad=True, sample_weight=sw)
+
+        def backward(dy, need):
+            # The fused op already gave d(mean)/d(y_pred); the tape scales it by dy.
+            g = b.copy(grad)
+            b.scale_inplace(g, float(np.asarray(b.to_numpy(dy))))
+            return (g,)
+
+        return autodiff.record(b.full((), value, yp.dtype), (y_pred,), backward, self.name)
+
     def get_config(self):
         return {"name": self.name, "from_logits": self.from_logits}
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _snake(name):
+    from pynn.layers.base import _snake as snake
+    return snake(name)
+
+
+def _weighted_mean(per_sample, sample_weight):
+    """Keras's sum_over_batch_size: the mean of the (weighted) per-sample losses."""
+    from pynn import ops
+    per_sample = ops.convert_to_tensor(per_sample) if type(per_sample) not in (
+        autodiff.Tensor,) else per_sample
+    if sample_weight is not None:
+        sw = autodiff._unwrap(sample_weight)
+        sw = np.asarray(sw, per_sample.dtype)
+        sw = sw.reshape(sw.shape + (1,) * (per_sample.ndim - sw.ndim))
+        per_sample = ops.multiply(per_sample, sw)
+    return ops.mean(per_sample)
+
+
+def _recorded_forward_backward(fn, y_true, y_pred, need_grad, sample_weight):
+    """A loss written with pynn.ops, as the fused losses are called by fit: (mean as a
+    float, d mean / d y_pred or None), by recording ``fn`` on a private recorder."""
+    b = backend.current()
+    yp = autodiff.Tensor(y_pred)
+    with autodiff._Recorder(watch_variables=False) as rec:
+        if need_grad:
+            rec.watch(yp)
+        total = _weighted_mean(fn(autodiff.Tensor(y_true), yp), sample_weight)
+    value = float(np.asarray(b.to_numpy(total.value)))
+    if not need_grad:
+        return value, None
+    grads = autodiff.backprop([total], [b.full((), 1.0, total.dtype)])
+    grad = grads.get(id(yp))
+    if grad is None:
+        grad = b.zeros(tuple(y_pred.shape), y_pred.dtype)
+    return value, grad
+
+
+class LossFunctionWrapper(Loss):
+    """A function ``(y_true, y_pred) -> per-sample losses`` as a Loss (Keras's wrapper)."""
+
+    def __init__(self, fn, name=None, **kwargs):
+        super().__init__(name=name or getattr(fn, "__name__", "loss"), **kwargs)
+        self.fn = fn
+        self.kwargs = {}
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)
+
+    def get_config(self):
+        from pynn import _registry as saving
+        return {"name": self.name, "fn": saving.serializable_name(self.fn, "loss function")}
+
+    @classmethod
+    def from_config(cls, config):
+        from pynn import _registry as saving
+        return cls(saving.lookup_serializable(config["fn"], "loss function"),
+                   name=config.get("name"))
 
 
 class MeanSquaredError(Loss):
@@ -225,6 +332,13 @@ _BY_CLASS = {cls.__name__: cls for cls in ALIASES.values()}
 def get(identifier):
     if isinstance(identifier, Loss):
         return identifier
+    if isinstance(identifier, type) and issubclass(identifier, Loss):
+        return identifier()
+    if callable(identifier) and not isinstance(identifier, (str, dict)):
+        builtin = _FUNCTIONS.get(getattr(identifier, "__name__", None))
+        if builtin is identifier:  # pynn.losses.mse and friends: the fused op
+            return ALIASES[identifier.__name__]()
+        return LossFunctionWrapper(identifier)
     if isinstance(identifier, str):
         if identifier.lower() in ALIASES:
             return ALIASES[identifier.lower()]()
@@ -232,12 +346,27 @@ def get(identifier):
             return _BY_CLASS[identifier]()
     if isinstance(identifier, dict) and identifier.get("class_name") in _BY_CLASS:
         return _BY_CLASS[identifier["class_name"]].from_config(identifier.get("config", {}))
+    if isinstance(identifier, dict) and identifier.get("class_name") == "LossFunctionWrapper":
+        return LossFunctionWrapper.from_config(identifier.get("config", {}))
+    from pynn import _registry as saving
+    if isinstance(identifier, dict) and isinstance(identifier.get("class_name"), str):
+        cls = saving.lookup_serializable(identifier["class_name"], "loss class")
+        if isinstance(cls, type) and issubclass(cls, Loss):
+            return cls.from_config(identifier.get("config", {}))
+    custom = saving.lookup_custom(identifier, Loss)
+    if custom is not None:
+        return custom
     raise ValueError(f"Unknown loss {identifier!r}; expected one of {sorted(ALIASES)} or a "
                      f"pynn.losses.Loss")
 
 
 def serialize(loss):
-    return {"class_name": type(loss).__name__, "config": loss.get_config()}
+    cls = type(loss)
+    name = cls.__name__
+    if _BY_CLASS.get(name) is not cls and cls is not LossFunctionWrapper:
+        from pynn import _registry as saving
+        name = saving.serializable_name(cls, "loss class")
+    return {"class_name": name, "config": loss.get_config()}
 
 
 def mean_squared_error(y_true, y_pred):
@@ -301,3 +430,8 @@ def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha
                               gamma=2.0, from_logits=False, label_smoothing=0.0, axis=-1):
     return BinaryFocalCrossentropy(apply_class_balancing, alpha, gamma, from_logits,
                                    label_smoothing, axis)(y_true, y_pred)
+
+
+# The module's own loss functions: passed as callables they resolve to their fused op.
+_FUNCTIONS = {name: fn for name, fn in globals().items()
+              if callable(fn) and name in ALIASES and not isinstance(fn, type)}

@@ -7,8 +7,11 @@ from pynn import backend
 
 
 class Metric:
-    def __init__(self, name=None):
-        self.name = name or self.default_name
+    """Keras's contract: ``update_state(y_true, y_pred)``, ``result()``, ``reset_state()``.
+    A user's subclass overrides those three (pynn passes backend arrays)."""
+
+    def __init__(self, name=None, dtype=None):
+        self.name = name or getattr(self, "default_name", None) or _snake(type(self).__name__)
         self.reset_state()
 
     def reset_state(self):
@@ -558,11 +561,52 @@ _NAMED_BY_STRING = {"fbeta_score", "auc", "mean_squared_error", "mse", "mean_abs
 _BY_CLASS = {cls.__name__: cls for cls in ALIASES.values()}
 
 
+def _snake(name):
+    from pynn.layers.base import _snake as snake
+    return snake(name)
+
+
+class MeanMetricWrapper(Metric):
+    """A function ``(y_true, y_pred) -> per-sample values`` (written with pynn.ops) as a
+    metric: the running mean of its values over every sample seen."""
+
+    def __init__(self, fn, name=None, dtype=None):
+        self.fn = fn
+        super().__init__(name=name or getattr(fn, "__name__", "metric"))
+
+    def reset_state(self):
+        self.total = 0.0
+        self.count = 0
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        values = np.asarray(self.fn(y_true, y_pred), dtype=np.float64)
+        self.total += float(values.sum())
+        self.count += int(values.size)
+
+    def result(self):
+        return self.total / self.count if self.count else 0.0
+
+    def get_config(self):
+        from pynn import _registry
+        return {"name": self.name, "fn": _registry.serializable_name(self.fn, "metric function")}
+
+    @classmethod
+    def from_config(cls, config):
+        from pynn import _registry
+        return cls(_registry.lookup_serializable(config["fn"], "metric function"),
+                   name=config.get("name"))
+
+
 def get(identifier, loss=None, output_shape=None):
     """Resolve a metric; "accuracy"/"acc" picks binary, categorical or sparse accuracy from the
-    loss and the output shape, as Keras does."""
+    loss and the output shape, as Keras does. A function ``(y_true, y_pred) -> per-sample
+    values`` becomes a MeanMetricWrapper; a Metric subclass is instantiated."""
     if isinstance(identifier, Metric):
         return identifier
+    if isinstance(identifier, type) and issubclass(identifier, Metric):
+        return identifier()
+    if callable(identifier) and not isinstance(identifier, (str, dict, type)):
+        return MeanMetricWrapper(identifier)
     if isinstance(identifier, str):
         key = identifier.lower()
         if key in ("accuracy", "acc"):
@@ -584,9 +628,24 @@ def get(identifier, loss=None, output_shape=None):
             return _BY_CLASS[identifier]()
     if isinstance(identifier, dict) and identifier.get("class_name") in _BY_CLASS:
         return _BY_CLASS[identifier["class_name"]].from_config(identifier.get("config", {}))
+    if isinstance(identifier, dict) and identifier.get("class_name") == "MeanMetricWrapper":
+        return MeanMetricWrapper.from_config(identifier.get("config", {}))
+    from pynn import _registry
+    if isinstance(identifier, dict) and isinstance(identifier.get("class_name"), str):
+        cls = _registry.lookup_serializable(identifier["class_name"], "metric class")
+        if isinstance(cls, type) and issubclass(cls, Metric):
+            return cls.from_config(identifier.get("config", {}))
+    custom = _registry.lookup_custom(identifier, Metric)
+    if custom is not None:
+        return custom
     raise ValueError(f"Unknown metric {identifier!r}; expected 'accuracy' or one of "
                      f"{sorted(ALIASES)}")
 
 
 def serialize(metric):
-    return {"class_name": type(metric).__name__, "config": metric.get_config()}
+    cls = type(metric)
+    name = cls.__name__
+    if _BY_CLASS.get(name) is not cls and cls is not MeanMetricWrapper:
+        from pynn import _registry
+        name = _registry.serializable_name(cls, "metric class")
+    return {"class_name": name, "config": metric.get_config()}

@@ -18,7 +18,11 @@ from pynn import _config, backend, callbacks as callbacks_module, losses, metric
 from pynn import optimizers, saving, utils
 from pynn.data import Batches, is_dataset, split_batch
 from pynn.layers import LAYERS, InputLayer
-from pynn.layers.base import KerasTensor, Layer, _unique_name, is_complex, shape_str
+from pynn import autodiff
+from pynn.layers.base import (
+    KerasTensor, Layer, _base_backward, _base_call, _snake, _unique_name, is_complex,
+    shape_str,
+)
 from pynn.layers.functional import Graph, Plan
 
 
@@ -27,11 +31,14 @@ class Model(Layer):
     outputs computed from them. ``inputs``/``outputs`` are a tensor, a list or a dict; data
     for ``fit``/``evaluate``/``predict`` takes the same form (a dict by input/output name)."""
 
-    def __init__(self, inputs=None, outputs=None, name=None, trainable=True):
+    def __init__(self, inputs=None, outputs=None, name=None, trainable=True, **kwargs):
+        if kwargs and not self._traced:
+            raise TypeError(f"{type(self).__name__}: unexpected arguments {sorted(kwargs)}")
         _config.get_num_threads()  # applies the thread settings before the first kernel runs
         if name is not None and not isinstance(name, str):
             raise ValueError(f"{type(self).__name__}: name must be a string, got {name!r}")
-        super().__init__(name=name or _unique_name(self._default_name()), trainable=trainable)
+        default = (_snake(type(self).__name__) if self._traced else self._default_name())
+        super().__init__(name=name or _unique_name(default), trainable=trainable)
         self._init_training_state()
         if type(self) is Model or inputs is not None or outputs is not None:
             if inputs is None or outputs is None:
@@ -86,15 +93,21 @@ class Model(Layer):
 
     @property
     def layers(self):
-        return list(self._graph.layers) if self._graph is not None else []
+        if self._graph is None:  # a subclassed model: the layers set as its attributes
+            return list(self.__dict__.get("_sublayers", ()))
+        return list(self._graph.layers)
 
     @property
     def inputs(self):
-        return list(self._graph.inputs) if self._graph is not None else []
+        if self._graph is None:
+            return list(self.__dict__.get("_eager_inputs", ()))
+        return list(self._graph.inputs)
 
     @property
     def outputs(self):
-        return list(self._graph.outputs) if self._graph is not None else []
+        if self._graph is None:
+            return list(self.__dict__.get("_eager_outputs", ()))
+        return list(self._graph.outputs)
 
     @property
     def input(self):
@@ -108,7 +121,7 @@ class Model(Layer):
 
     @property
     def input_names(self):
-        return [t.node.layer.name for t in self.inputs]
+        return [t.node.layer.name if t.node is not None else t.name for t in self.inputs]
 
     @property
     def output_names(self):
@@ -132,10 +145,46 @@ class Model(Layer):
                          f"{[layer.name for layer in layers]}")
 
     def build(self, input_shape=None):
+        """A subclassed model builds by calling itself once on a zero sample of
+        ``input_shape`` (inference, nothing recorded): its layers make their weights and
+        the output shapes become known, as Keras builds on the first call."""
+        if not self._traced or self.built:
+            return self
+        if input_shape is None:
+            raise ValueError(f"{type(self).__name__} '{self.name}': build needs an input shape")
+        several = isinstance(input_shape, list)
+        shapes = input_shape if several else [input_shape]
+        self.built = True  # the call below must not build again
+        try:
+            b = backend.current()
+            xs = [b.asarray(np.zeros((1,) + tuple(s[1:]), self.dtype), self.dtype)
+                  for s in shapes]
+            out = self.call(xs if several else xs[0], training=False)
+        except BaseException:
+            self.built = False
+            raise
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        outs = [autodiff._unwrap(o) for o in outs]
+        self._eager_inputs = [KerasTensor((None,) + tuple(s[1:]), self.dtype,
+                                          f"input_{k}" if several else "input")
+                              for k, s in enumerate(shapes)]
+        self._eager_outputs = [KerasTensor((None,) + tuple(o.shape[1:]), str(o.dtype),
+                                           f"output_{k}" if len(outs) > 1 else "output")
+                               for k, o in enumerate(outs)]
+        self._input_keys = list(range(len(shapes))) if several else None
+        self._output_keys = list(range(len(outs))) if isinstance(out, (list, tuple)) else None
+        self._plan = _EagerPlan(self)
+        self.input_shape = [t.shape for t in self._eager_inputs] if several else \
+            self._eager_inputs[0].shape
+        self.output_shape = ([t.shape for t in self._eager_outputs] if self._output_keys
+                             is not None else self._eager_outputs[0].shape)
+        if self.compiled and not self._output_losses:
+            self._resolve_compile()
         return self
 
     def _ensure_built(self, shapes):
-        pass
+        if self._traced and not self.built:
+            self.build((None,) + tuple(shapes[1:]))
 
     def compute_output_shape(self, input_shape):
         shapes = self.output_shape
@@ -147,6 +196,9 @@ class Model(Layer):
     @property
     def weights(self):
         seen, out = set(), []
+        for v in self._variables:  # a subclassed model's own add_weight
+            seen.add(id(v))
+            out.append(v)
         for layer in self.layers:
             for v in layer.weights:
                 if id(v) not in seen:
@@ -159,6 +211,10 @@ class Model(Layer):
         if not self.trainable:
             return []
         seen, out = set(), []
+        for v in self._variables:
+            if v.trainable:
+                seen.add(id(v))
+                out.append(v)
         for layer in self.layers:
             for v in layer.trainable_weights:
                 if id(v) not in seen:
@@ -183,6 +239,9 @@ class Model(Layer):
                              f"arrays, got {len(weights)}")
         # Per layer, so each layer's own checks (shape, dtype) name it.
         i = 0
+        if self._variables:
+            i = len(self._variables)
+            Layer.set_weights(self, weights[:i])
         for layer in self.layers:
             k = len(layer.weights)
             layer.set_weights(weights[i:i + k])
@@ -199,11 +258,15 @@ class Model(Layer):
         return total + sum(layer.regularization_penalty() for layer in self.layers)
 
     # -- as a layer of another model ----------------------------------------------------------
-    def __call__(self, inputs, training=False, **kwargs):
+    def __call__(self, inputs, training=None, **kwargs):
         from pynn.layers.symbolic import is_symbolic, record
 
         if is_symbolic(inputs):
             return record(self, inputs, kwargs)
+        if self._traced or autodiff.recording() or autodiff._has_tensor(inputs):
+            # A subclassed model, or any model under a tape: as a layer (one recorded node
+            # for a functional model; its own ops for a subclassed one).
+            return Layer.__call__(self, inputs, training=training, **kwargs)
         if kwargs:
             raise TypeError(f"call: unexpected arguments {sorted(kwargs)}")
         _config.apply_to_this_thread()
@@ -218,9 +281,10 @@ class Model(Layer):
             self._check_input_shapes(xs, "call")
         else:
             xs = [b.asarray(x, x.dtype) for x in self._prepare_inputs(inputs, "call")]
-        outs = self.call(xs if len(xs) > 1 else xs[0], training=training)
+        outs = self.call(xs if len(xs) > 1 else xs[0], training=bool(training))
         return outs
 
+    @_base_call
     def call(self, inputs, training=False):
         xs = inputs if isinstance(inputs, list) else [inputs]
         if not training:
@@ -231,7 +295,10 @@ class Model(Layer):
             self._cache = saved
         return outs[0] if len(outs) == 1 else outs
 
+    @_base_backward
     def backward(self, dy):
+        if self._traced:
+            return autodiff.replay(self, dy)
         dys = dy if isinstance(dy, list) else [dy]
         self._plan.prepare_backward(self.needs_input_grad)
         saved, self._cache = self._cache, None
@@ -528,7 +595,49 @@ class Model(Layer):
             grads.append(grad)
         return total, per_output, grads
 
+    # -- Keras's overridable steps ----------------------------------------------------------
+    def train_step(self, data):
+        """Keras's hook: override it (with a GradientTape, ``self.compute_loss`` and
+        ``self.optimizer.apply``) and ``fit`` calls it once per batch with ``(x, y)`` or
+        ``(x, y, sample_weight)`` as Tensors; return a dict of logs holding ``loss``."""
+        raise NotImplementedError("Model.train_step: fit runs its fused step unless a "
+                                  "subclass overrides train_step")
+
+    def test_step(self, data):
+        """Keras's hook for ``evaluate``, as ``train_step``."""
+        raise NotImplementedError("Model.test_step: evaluate runs its fused step unless a "
+                                  "subclass overrides test_step")
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The compiled loss(es) of ``y_pred`` against ``y`` plus the regularization
+        penalties, as a Tensor that a GradientTape differentiates."""
+        ys = y if isinstance(y, (list, tuple)) and len(self._output_losses) > 1 else [y]
+        preds = (y_pred if isinstance(y_pred, (list, tuple)) and len(self._output_losses) > 1
+                 else [y_pred])
+        total = None
+        for loss, weight, yk, pk in zip(self._output_losses, self._loss_weights, ys, preds):
+            if loss is None:
+                continue
+            term = loss(yk, pk, sample_weight=sample_weight)
+            term = term if weight == 1.0 else term * weight
+            total = term if total is None else total + term
+        from pynn import ops
+        for v in self.trainable_weights:
+            if v.regularizer is not None:
+                total = total + v.regularizer.as_op(v) if hasattr(v.regularizer, "as_op") \
+                    else total
+        return ops.convert_to_tensor(0.0) if total is None else total
+
+    def _custom_step(self, step, xb, yb, swb):
+        data = (_tensors(xb), _tensors(yb)) + ((_tensors(swb),) if swb and any(
+            w is not None for w in swb) else ())
+        logs = step(data) or {}
+        loss = logs.get("loss", float("nan"))
+        return _log_value(loss), [None] * len(self._output_losses)
+
     def _train_step(self, xb, yb, swb=None):
+        if type(self).train_step is not Model.train_step:
+            return self._custom_step(self.train_step, xb, yb, swb)
         for v in self._trainable:  # a layer no loss reaches this step must not reuse old grads
             v.grad = None
         outs, saved = self._plan.forward(xb, True)
@@ -543,6 +652,8 @@ class Model(Layer):
         return total + penalty, per_output
 
     def _test_step(self, xb, yb, swb=None):
+        if type(self).test_step is not Model.test_step:
+            return self._custom_step(self.test_step, xb, yb, swb)
         outs, _ = self._plan.forward(xb, False)
         total, per_output, _ = self._losses_and_grads(yb, outs, False, swb)
         self._update_metrics(yb, outs)
@@ -929,6 +1040,11 @@ class Model(Layer):
 
     # -- description ------------------------------------------------------------------------
     def _summary_rows(self):
+        if self._graph is None:  # a subclassed model: its attribute layers, unconnected
+            return [(f"{layer.name} ({type(layer).__name__})",
+                     shape_str(layer.output_shape) if layer.output_shape else "?",
+                     f"{layer.count_params():,}" if layer.built else "0 (unbuilt)", "-")
+                    for layer in self.layers]
         graph_nodes = {}
         for node in self._graph.nodes:
             graph_nodes.setdefault(id(node.layer), []).append(node)
@@ -991,7 +1107,10 @@ class Model(Layer):
 
     def get_config(self):
         """The layers, and the calls between them in execution order: enough to rebuild any
-        topology (shared layers, nested models) with ``from_config``."""
+        topology (shared layers, nested models) with ``from_config``. A subclassed model
+        saves its name only (override to add its constructor's arguments, as in Keras)."""
+        if self._graph is None:
+            return {"name": self.name, "trainable": self.trainable, "layers": []}
         node_index = {}
         counts = {}
         for node in self._graph.nodes:
@@ -1014,6 +1133,9 @@ class Model(Layer):
 
     @classmethod
     def from_config(cls, config):
+        if cls._traced:  # a subclassed model: its constructor rebuilds the layers
+            config = {k: v for k, v in config.items() if k != "layers"}
+            return cls(**config)
         layers = {}
         for spec in config.get("layers", []):
             layer = layer_from_config(spec)
@@ -1064,6 +1186,33 @@ class Model(Layer):
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name}>"
+
+
+class _EagerPlan:
+    """A subclassed model's stand-in for the functional ``Plan``: its traced call forward,
+    the replay of what that call recorded backward (pynn.autodiff)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def prepare_backward(self, input_grads_needed):
+        self.model.needs_input_grad = input_grads_needed
+
+    def forward(self, inputs, training):
+        model = self.model
+        out = model.call(inputs if len(inputs) > 1 else inputs[0], training=training)
+        saved, model._cache = model._cache, None
+        return (list(out) if isinstance(out, (list, tuple)) else [out]), saved
+
+    def predict(self, inputs):
+        return self.forward(inputs, False)[0]
+
+    def backward(self, output_grads, saved):
+        model = self.model
+        model._cache = saved
+        dx = model.backward(output_grads if len(output_grads) > 1 else output_grads[0])
+        dxs = dx if isinstance(dx, list) else [dx]
+        return dxs, 0.0
 
 
 class Sequential(Model):
@@ -1197,7 +1346,11 @@ class Sequential(Model):
 
 
 def _class_name(layer):
-    return type(layer).__name__
+    cls = type(layer)
+    if LAYERS.get(cls.__name__) is cls or MODEL_CLASSES.get(cls.__name__) is cls:
+        return cls.__name__
+    # A custom layer or model is saved by the name it was registered under (issue 13).
+    return saving.serializable_name(cls, "layer class")
 
 
 MODEL_CLASSES = {"Model": Model, "Functional": Model, "Sequential": Sequential}
@@ -1214,8 +1367,16 @@ def layer_from_config(spec):
         return LAYERS[class_name].from_config(config)
     if class_name in MODEL_CLASSES:
         return MODEL_CLASSES[class_name].from_config(config)
+    try:  # a custom layer registered by name or given in custom_objects (issue 13)
+        cls = saving.lookup_serializable(class_name, "layer class")
+    except ValueError:
+        cls = None
+    if isinstance(cls, type) and issubclass(cls, Layer):
+        return cls.from_config(config)
     raise ValueError(f"Unknown layer class {class_name!r}; pynn knows "
-                     f"{sorted(LAYERS) + sorted(MODEL_CLASSES)}")
+                     f"{sorted(LAYERS) + sorted(MODEL_CLASSES)} (a custom layer must be "
+                     f"registered with @pynn.saving.register_serializable or passed in "
+                     f"custom_objects=)")
 
 
 saving.register_model_class(Model)
@@ -1396,6 +1557,12 @@ def _log_value(result):
     average=None, as Keras logs them) a NumPy array."""
     arr = np.asarray(result, dtype=np.float64)
     return float(arr) if arr.ndim == 0 else arr
+
+
+def _tensors(arrays):
+    """A batch's arrays as Tensors, one or a list as the model takes them."""
+    ts = [None if a is None else autodiff.Tensor(a) for a in arrays]
+    return ts[0] if len(ts) == 1 else ts
 
 
 def _upload(b, arrays):

@@ -48,6 +48,18 @@ def _snake(name):
     return "".join(out)
 
 
+def _set_grads(grads, variables):
+    """Keras's apply(grads, variables): each gradient (a Tensor, an array or None) becomes
+    its variable's ``grad``."""
+    variables = list(variables)
+    grads = list(grads)
+    if len(grads) != len(variables):
+        raise ValueError(f"apply: got {len(grads)} gradients for {len(variables)} variables")
+    for g, v in zip(grads, variables):
+        v.grad = None if g is None else getattr(g, "value", g)
+    return variables
+
+
 class Optimizer:
     """Base class. Subclasses list their slots in ``_slot_specs`` and run one backend op in
     ``_update``."""
@@ -158,9 +170,17 @@ class Optimizer:
             return math.nan
         return clip / max(norm, clip)
 
-    def apply(self, variables):
+    def apply_gradients(self, grads_and_vars):
+        """Keras's ``apply_gradients(zip(grads, variables))``."""
+        pairs = list(grads_and_vars)
+        self.apply([g for g, _ in pairs], [v for _, v in pairs])
+
+    def apply(self, variables, trainable_variables=None):
         """One optimizer step over ``variables`` (``pynn.variables.Variable``); frozen ones
-        and ones without a gradient are skipped. ``iterations`` grows by one."""
+        and ones without a gradient are skipped. ``iterations`` grows by one. Keras's form
+        ``apply(grads, variables)`` (a GradientTape's gradients) is taken too."""
+        if trainable_variables is not None:
+            variables = _set_grads(variables, trainable_variables)
         variables = list(variables)
         if not variables:
             return
@@ -427,7 +447,9 @@ class Nadam(_BaseArgs):
         return float(dt(dt(u_product) * dt(self.beta_1))
                      * dt(dt(1) - dt(0.5) * dt(float(dt(0.96)) ** step)))
 
-    def apply(self, variables):
+    def apply(self, variables, trainable_variables=None):
+        if trainable_variables is not None:
+            variables = _set_grads(variables, trainable_variables)
         variables = list(variables)
         if not variables:
             return

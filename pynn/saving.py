@@ -89,6 +89,13 @@ def register_model_class(cls):
     return cls
 
 
+# -- custom objects (issue 13): the registry lives in pynn._registry (layers import it) -----
+from pynn._registry import (  # noqa: E402,F401
+    _REGISTERED, _custom_scopes, custom_object_scope, get_registered_name, lookup_custom,
+    lookup_serializable, register_serializable, serializable_name,
+)
+
+
 def _npy_bytes(array):
     buf = io.BytesIO()
     # ascontiguousarray makes a 0-d weight (Normalization's count) 1-d: keep the shape.
@@ -166,10 +173,16 @@ def _atomic_write_zip(filepath, entries):
         raise
 
 
-def _model_entries(model, include_optimizer=True):
+def _model_entries(model, include_optimizer=True, weights_only=False):
     weights = model.get_weights()
     names = [v.path for v in model.weights]
-    doc = {"format": FORMAT, "version": VERSION, "model_class": type(model).__name__,
+    model_class = type(model).__name__
+    if not weights_only and (model_class not in MODEL_CLASSES
+                             or MODEL_CLASSES[model_class] is not type(model)):
+        # A subclassed model is rebuilt by its registered class (a weights file is loaded
+        # into a model the caller built, so it needs none).
+        model_class = serializable_name(type(model), "model class")
+    doc = {"format": FORMAT, "version": VERSION, "model_class": model_class,
            "model": model.get_config(),
            "built_input_shape": list(model.input_shape) if model.built else None,
            "weights": names,
@@ -225,7 +238,10 @@ def save_weights(model, filepath):
             raise ValueError(f"save_weights: Keras weights files end in '.weights.h5', got "
                              f"{filepath!r}")
         return KERAS_IO["save_weights"](model, filepath)
-    save_model(model, filepath, include_optimizer=False)
+    if not model.built:
+        raise ValueError(f"save_weights: model '{model.name}' is not built yet")
+    _atomic_write_zip(filepath, _model_entries(model, include_optimizer=False,
+                                               weights_only=True))
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -411,6 +427,13 @@ class _Archive:
 
 def _model_class(archive):
     name = archive.doc.get("model_class", "Sequential")
+    if isinstance(name, str) and name not in MODEL_CLASSES and ">" in name:
+        try:  # a registered subclassed model (issue 13)
+            cls = lookup_serializable(name, "model class")
+        except ValueError as exc:
+            raise archive.fail("pynn.json", str(exc)) from None
+        if isinstance(cls, type) and any(c.__name__ == "Model" for c in cls.__mro__):
+            return cls
     if not isinstance(name, str) or name not in MODEL_CLASSES:
         raise archive.fail("pynn.json", f"unknown model class {name!r}; pynn knows "
                                         f"{sorted(MODEL_CLASSES)}")
@@ -522,7 +545,12 @@ def _compile_from(model, archive, spec):
         model._compile_from_config(spec)
     except _CONFIG_ERRORS as exc:
         raise archive.fail("pynn.json", f"invalid compile config ({exc})") from None
-    _load_optimizer_state(model, archive, {v.path: v for v in model.weights})
+    if getattr(model, "_traced", False) and isinstance(archive.doc.get("weights"), list):
+        # A subclassed model's constructor names its layers afresh: match by position.
+        weight_for = dict(zip(archive.doc["weights"], model.weights))
+    else:
+        weight_for = {v.path: v for v in model.weights}
+    _load_optimizer_state(model, archive, weight_for)
 
 
 def _load_optimizer_state(model, archive, weight_for):
@@ -554,7 +582,7 @@ def _load_optimizer_state(model, archive, weight_for):
         raise archive.fail("pynn.json", f"invalid 'optimizer_state' ({exc})") from None
 
 
-def load_model(filepath, compile=True, max_compression_ratio=None):
+def load_model(filepath, custom_objects=None, compile=True, max_compression_ratio=None):
     """Rebuild a model saved by ``model.save``; with its optimizer state when compiled, so
     ``fit`` resumes where it stopped.
 
@@ -568,16 +596,21 @@ def load_model(filepath, compile=True, max_compression_ratio=None):
         return load(filepath, max_compression_ratio)
     archive = _Archive(filepath, "load_model", max_compression_ratio)
     try:
-        model = _build_model(archive)
-        _load_weights_into(model, archive, atomic=False)
-        _load_layer_state(model, archive)
-        _load_rng_state(model, archive)
-        spec = archive.doc.get("compile")
-        if compile and spec is not None:
-            _compile_from(model, archive, spec)
-        return model
+        with custom_object_scope(custom_objects):
+            return _load_model_from(archive, compile)
     finally:
         archive.close()
+
+
+def _load_model_from(archive, compile):
+    model = _build_model(archive)
+    _load_weights_into(model, archive, atomic=False)
+    _load_layer_state(model, archive)
+    _load_rng_state(model, archive)
+    spec = archive.doc.get("compile")
+    if compile and spec is not None:
+        _compile_from(model, archive, spec)
+    return model
 
 
 def load_weights(model, filepath, max_compression_ratio=None):

@@ -258,7 +258,7 @@ def test_missing_entries(trained, tmp_path):
             pynn.load_model(bad)
 
 
-@pytest.mark.parametrize("class_name", ["Lambda", "os.system", "__import__", "Functional_", ""])
+@pytest.mark.parametrize("class_name", ["Lambda_", "os.system", "__import__", "Functional_", ""])
 def test_unknown_layer_class(trained, tmp_path, class_name):
     _, path, _, _ = trained
     doc = _doc(path)

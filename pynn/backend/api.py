@@ -6,7 +6,7 @@ Where an op lives: one name, five places
 ----------------------------------------
 An op of family F (dense, conv, pool, activation, loss, metric, dropout, optim, rnn,
 merge, spatial, shape, normalization, depthwise,
-preprocessing, sparse, quant) named ``<op>`` is, under that same name:
+preprocessing, sparse, quant, elementwise) named ``<op>`` is, under that same name:
 - ``native/F.pyx``: the CPU kernel, exported as ``pynn._native.F.<op>``;
 - ``opencl/F.cl``: its OpenCL kernels, driven by ``pynn/backend/opencl/F.py``;
 - ``pynn/backend/operands/F.py``: the checks of its arguments, which both backends call
@@ -65,6 +65,16 @@ DEFAULT_ALPHA = {"leaky_relu": 0.2, "elu": 1.0}
 
 METRIC_MODES = ("binary", "categorical", "sparse")
 
+# -- elementwise (issue 13): pynn.ops' functions on the device; each op's code is its index --
+ELEMENTWISE_UNARY = ("negative", "abs", "sign", "exp", "expm1", "log", "log1p", "sqrt",
+                     "square", "reciprocal", "sin", "cos", "tan", "arcsin", "arccos", "arctan",
+                     "sinh", "cosh", "tanh", "arcsinh", "arccosh", "arctanh", "floor", "ceil",
+                     "round")
+# Comparisons give 1.0 / 0.0 in the operands' float dtype (masks for gradients).
+ELEMENTWISE_BINARY = ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power",
+                      "arctan2", "equal", "greater", "greater_equal", "less", "less_equal")
+REDUCTIONS = ("sum", "max", "min", "prod")
+
 # -- merge: the elementwise modes of merge_forward / merge_backward (Keras's Add, Subtract,
 # Multiply, Average, Maximum, Minimum layers).
 MERGE_MODES = ("add", "subtract", "multiply", "average", "maximum", "minimum")
@@ -78,6 +88,13 @@ LOSSES = ("mean_squared_error", "mean_absolute_error", "huber", "binary_crossent
 
 # name -> parameter names, in order. The signature test checks each backend against this.
 OPS = {
+    # -- elementwise (issue 13; native/elementwise.pyx, opencl/elementwise.cl) -------------
+    # y = op(x) elementwise, x's shape and dtype.
+    "elementwise_unary": ("x", "op"),
+    # y = op(a, b) with NumPy's broadcasting (at most 6 axes), the operands' dtype.
+    "elementwise_binary": ("a", "b", "op"),
+    # op over ``axes`` (None: all), in the operand's dtype, accumulated in order per output.
+    "reduce_axes": ("x", "axes", "op", "keepdims"),
     # -- arrays ---------------------------------------------------------------------------
     "asarray": ("x", "dtype"),                 # host data -> backend array (copy/upload)
     "to_numpy": ("a",),                        # backend array -> numpy.ndarray (download)

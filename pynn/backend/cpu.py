@@ -132,6 +132,10 @@ from pynn._native.quant import (  # noqa: F401
     int8_dense_forward,
     quantize_forward,
 )
+# -- elementwise (issue 13: pynn.ops on the device) --
+from pynn._native.elementwise import (  # noqa: F401
+    elementwise_binary, elementwise_unary, reduce_axes,
+)
 from pynn.backend.operands.common import host_array
 
 NAME = "cpu"

@@ -91,6 +91,9 @@ LAYERS.update({cls.__name__: cls for cls in (
 from pynn.layers.pruning import PruneLowMagnitude  # noqa: E402
 
 LAYERS["PruneLowMagnitude"] = PruneLowMagnitude
+# -- custom layers and ops (issue 13): Lambda, and the functional graph's op nodes --
+from pynn.layers.core import Lambda  # noqa: E402
+LAYERS.update({cls.__name__: cls for cls in (Lambda,)})
 MaxPool1D = MaxPooling1D
 AvgPool1D = AveragePooling1D
 GlobalAvgPool1D = GlobalAveragePooling1D

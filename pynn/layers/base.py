@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from pynn import _config, backend, initializers, regularizers
+from pynn import _config, autodiff, backend, initializers, regularizers
 from pynn.backend import api
 from pynn.layers.symbolic import KerasTensor, is_symbolic, record, shape_str  # noqa: F401
 from pynn.variables import Variable, bump_version
@@ -58,7 +58,62 @@ def _physical_memory():
         return sys.maxsize
 
 
+def _base_backward(fn):
+    """Marks the base classes' ``backward``: a subclass that inherits only these has no
+    backward of its own, so its ``call`` is traced (pynn.autodiff.traced_call)."""
+    fn._pynn_base_backward = True
+    return fn
+
+
+def _base_call(fn):
+    """Marks a base class's own ``call`` (Model's graph executor), which is never traced."""
+    fn._pynn_base_call = True
+    return fn
+
+
+def _has_own_backward(cls):
+    for klass in cls.__mro__:
+        fn = klass.__dict__.get("backward")
+        if fn is not None:
+            return not getattr(fn, "_pynn_base_backward", False)
+    return False
+
+
 class Layer:
+    # True for layers whose call is recorded by pynn.ops and differentiated by replaying
+    # that record (custom layers); False for those with a fused backward.
+    _traced = False
+
+    def __init_subclass__(cls, **kwargs):
+        """A subclass that writes ``call`` with pynn.ops and no ``backward`` gets its
+        gradients from the recording: its call is wrapped once, here."""
+        super().__init_subclass__(**kwargs)
+        call = cls.__dict__.get("call")
+        if getattr(call, "_pynn_base_call", False) or _has_own_backward(cls):
+            cls._traced = False
+            return
+        if call is None:  # inherits its parent's call, traced or not
+            return
+        cls._traced = True
+        if not getattr(call, "_pynn_traced", False):
+            cls.call = autodiff.traced_call(call)
+        if "__setattr__" not in cls.__dict__:
+            cls.__setattr__ = _track_sublayers
+        build = cls.__dict__.get("build")
+        if build is not None and not getattr(build, "_pynn_completes", False):
+            cls.build = _completing_build(build)
+
+    def _own_and_sublayer(self, attr):
+        """``attr`` (weights, trainable_weights...) of this layer's variables and of the
+        layers set as its attributes (a custom layer's or subclassed model's parts)."""
+        seen, out = set(), []
+        for layer in self.__dict__.get("_sublayers", ()):
+            for v in getattr(layer, attr):
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    out.append(v)
+        return out
+
     def __init__(self, name=None, trainable=True, dtype=None, input_shape=None, input_dim=None,
                  activity_regularizer=None, **kwargs):
         if kwargs:
@@ -94,9 +149,22 @@ class Layer:
         self._inbound_nodes = []
 
     # -- weights --------------------------------------------------------------------------
-    def add_weight(self, name, shape, initializer, regularizer=None, trainable=True,
-                   constraint=None):
-        init = initializers.get(initializer)
+    def add_weight(self, name=None, shape=None, initializer=None, regularizer=None,
+                   trainable=True, constraint=None, dtype=None):
+        """pynn's ``add_weight(name, shape, initializer)``, or Keras 3's keyword form
+        ``add_weight(shape=..., initializer=..., name=...)`` (a shape given first is taken
+        as Keras's positional order). The initializer defaults to glorot_uniform (Keras's
+        for floats)."""
+        if name is not None and not isinstance(name, str):  # Keras: add_weight(shape, init)
+            name, shape, initializer = None, name, shape if initializer is None else initializer
+        if shape is None:
+            raise TypeError(f"Layer '{self.name}': add_weight needs a shape")
+        if name is None:
+            name = f"variable_{len(self._variables)}" if self._variables else "variable"
+        if dtype is not None and str(np.dtype(dtype)) != self.dtype:
+            raise ValueError(f"Layer '{self.name}': weight '{name}' dtype {dtype} differs from "
+                             f"the layer's {self.dtype}")
+        init = initializers.get("glorot_uniform" if initializer is None else initializer)
         shape = tuple(int(d) for d in shape)
         if _zero_init:
             value = np.broadcast_to(np.zeros((), self.dtype), shape)
@@ -126,27 +194,37 @@ class Layer:
 
     @property
     def weights(self):
-        return list(self._variables)
+        if "_sublayers" not in self.__dict__:
+            return list(self._variables)
+        own = list(self._variables)
+        return own + [v for v in self._own_and_sublayer("weights") if v not in own]
 
     @property
     def trainable_weights(self):
-        return [v for v in self._variables if v.trainable and self.trainable]
+        own = [v for v in self._variables if v.trainable and self.trainable]
+        if "_sublayers" not in self.__dict__:
+            return own
+        if not self.trainable:
+            return []
+        return own + [v for v in self._own_and_sublayer("trainable_weights") if v not in own]
 
     @property
     def non_trainable_weights(self):
-        return [v for v in self._variables if not (v.trainable and self.trainable)]
+        trainable = {id(v) for v in self.trainable_weights}
+        return [v for v in self.weights if id(v) not in trainable]
 
     def get_weights(self):
         b = backend.current()
-        return [np.array(b.to_numpy(v.value)) for v in self._variables]
+        return [np.array(b.to_numpy(v.value)) for v in self.weights]
 
     def set_weights(self, weights):
         weights = list(weights)
-        if len(weights) != len(self._variables):
-            raise ValueError(f"Layer '{self.name}': expected {len(self._variables)} weight "
+        variables = self.weights
+        if len(weights) != len(variables):
+            raise ValueError(f"Layer '{self.name}': expected {len(variables)} weight "
                              f"arrays, got {len(weights)}")
         b = backend.current()
-        for var, w in zip(self._variables, weights):
+        for var, w in zip(variables, weights):
             w = np.asarray(w)
             if tuple(w.shape) != var.shape:
                 raise ValueError(f"Layer '{self.name}': weight '{var.name}' expects shape "
@@ -160,7 +238,7 @@ class Layer:
         bump_version()
 
     def count_params(self):
-        return int(sum(math.prod(v.shape) for v in self._variables))
+        return int(sum(math.prod(v.shape) for v in self.weights))
 
     def regularization_penalty(self):
         """Adds each regularizer's gradient into its variable's grad; returns the penalty."""
@@ -195,7 +273,7 @@ class Layer:
             raise ValueError(f"Layer '{self.name}' ({type(self).__name__}){what} "
                              f"{shape_str(expected)}, got {shape_str((None,) + shape[1:])}")
 
-    def __call__(self, inputs, training=False, **kwargs):
+    def __call__(self, inputs, training=None, **kwargs):
         """Eager on arrays; on the symbolic tensors of ``pynn.Input`` it records a node of a
         functional graph instead and returns symbolic outputs.
 
@@ -204,7 +282,7 @@ class Layer:
         gradients (None where ``needs_input_grad`` is False)."""
         if is_symbolic(inputs):
             return record(self, inputs, kwargs)
-        if kwargs:
+        if kwargs and not self._traced:
             raise TypeError(f"Layer '{self.name}' ({type(self).__name__}): unexpected call "
                             f"arguments {sorted(kwargs)}")
         several = isinstance(inputs, (list, tuple))
@@ -219,12 +297,25 @@ class Layer:
             else:
                 self.build((None,) + tuple(inputs.shape[1:]))
         self.check_input(inputs)
-        return self.call(list(inputs) if several else inputs, training=training)
+        inputs = list(inputs) if several else inputs
+        if training is None:  # inside a custom layer's call: its flag (Keras's call context)
+            training = bool(autodiff.training_context())
+        if self._traced:
+            return self.call(inputs, training=training, **kwargs)
+        if autodiff.recording() or autodiff._has_tensor(inputs):
+            # Under a tape, or fed by recorded ops: the fused layer is one recorded node.
+            return autodiff.call_builtin(self, inputs, training)
+        return self.call(inputs, training=training)
 
     def call(self, x, training=False):
         raise NotImplementedError(f"{type(self).__name__}.call")
 
+    @_base_backward
     def backward(self, dy):
+        """A layer without its own backward (a custom layer written with pynn.ops) replays
+        what its training call recorded."""
+        if self._traced:
+            return autodiff.replay(self, dy)
         raise NotImplementedError(f"{type(self).__name__}.backward")
 
     # -- state that is neither config nor weights ---------------------------------------
@@ -276,6 +367,37 @@ class Layer:
         return f"<{type(self).__name__} name={self.name}>"
 
 
+def _completing_build(user_build):
+    """Keras lets a custom ``build`` skip ``super().build()``: finish it for the user, so the
+    layer is built once (and knows its shapes) either way."""
+
+    def build(self, input_shape):
+        user_build(self, input_shape)
+        if not self.built:
+            Layer.build(self, input_shape)
+
+    build._pynn_completes = True
+    build.__wrapped__ = user_build
+    build.__doc__ = user_build.__doc__
+    return build
+
+
+def _track_sublayers(self, name, value):
+    """__setattr__ of traced layers and subclassed models: layers (or lists of layers) set as
+    attributes become parts whose weights are this layer's (Keras's attribute tracking)."""
+    object.__setattr__(self, name, value)
+    if name.startswith("_"):
+        return
+    items = value if isinstance(value, (list, tuple)) else [value]
+    found = [v for v in items if isinstance(v, Layer) and v is not self]
+    if found:
+        subs = self.__dict__.get("_sublayers")
+        if subs is None:
+            subs = []
+            object.__setattr__(self, "_sublayers", subs)
+        subs.extend(v for v in found if all(v is not s for s in subs))
+
+
 def is_complex(x):
     """Whether ``x`` has a complex dtype (NumPy's, a device array's, or a tensor's), which a
     cast to float would silently drop the imaginary part of."""
@@ -294,6 +416,16 @@ def activation_config(activation, layer=None):
     where = f"{type(layer).__name__} '{layer.name}': " if layer is not None else ""
     if activation is None:
         return "linear", 0.0
+    if callable(activation) and not isinstance(activation, str):
+        # pynn.ops.relu, keras-style functions named like an activation: the fused kernel.
+        # Another callable has no fused kernel: apply it after the layer (a Lambda).
+        named = getattr(activation, "__name__", "")
+        named = ACTIVATION_ALIASES.get(named, named)
+        if named in ACTIVATIONS:
+            return named, DEFAULT_ALPHA.get(named, 0.0)
+        raise ValueError(f"{where}activation {activation!r} is a callable pynn has no fused "
+                         f"kernel for; give a name from {ACTIVATIONS}, or apply it with "
+                         f"pynn.layers.Lambda after a linear layer")
     if not isinstance(activation, str):
         raise ValueError(f"{where}activation must be one of {ACTIVATIONS} or None, got "
                          f"{activation!r}")

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from pynn import backend, constraints, initializers, regularizers, utils
+from pynn import _registry, backend, constraints, initializers, regularizers, utils
 from pynn.layers.symbolic import Node
 from pynn.layers.base import (
     KerasTensor, Layer, _unique_name, activation_config, bias_activation_backward, shape_str,
@@ -289,3 +289,64 @@ class ActivityRegularization(Layer):
         config.pop("activity_regularizer", None)
         config.update(l1=self.l1, l2=self.l2)
         return config
+
+
+class Lambda(Layer):
+    """Keras's Lambda: ``function(x, **arguments)`` written with pynn.ops (its gradient comes
+    from the recording). ``output_shape`` (a shape without the batch axis, or a function of the
+    input shape) is inferred by a one-sample call when not given. Saved by the name its
+    function was registered under (pynn.saving.register_serializable); a file never holds
+    the code, so an unregistered function (a lambda) cannot be saved."""
+
+    def __init__(self, function, output_shape=None, mask=None, arguments=None, **kwargs):
+        super().__init__(**kwargs)
+        if not callable(function):
+            raise TypeError(f"Lambda '{self.name}': function must be callable, got "
+                            f"{function!r}")
+        if mask is not None:
+            raise ValueError(f"Lambda '{self.name}': mask is not supported")
+        self.function = function
+        self._output_shape = output_shape
+        self.arguments = dict(arguments or {})
+
+    def compute_output_shape(self, input_shape):
+        spec = self._output_shape
+        if callable(spec):
+            return tuple(spec(input_shape))
+        if spec is not None:
+            return (input_shape[0],) + tuple(spec)
+        several = bool(input_shape) and isinstance(input_shape[0], (tuple, list))
+        shapes = list(input_shape) if several else [input_shape]
+        b = backend.current()
+        probes = [b.asarray(np.ones([1 if d is None else d for d in s], self.dtype), self.dtype)
+                  for s in shapes]
+        with np.errstate(all="ignore"):
+            out = self.function(probes if several else probes[0], **self.arguments)
+        return (None,) + tuple(out.shape[1:])
+
+    def call(self, x, training=False):
+        return self.function(x, **self.arguments)
+
+    def get_config(self):
+        config = super().get_config()
+        try:
+            name = _registry.serializable_name(self.function, "Lambda function")
+        except ValueError as exc:
+            raise ValueError(f"Lambda '{self.name}': {exc}") from None
+        spec = self._output_shape
+        if callable(spec):
+            spec = {"function": _registry.serializable_name(spec, "output_shape function")}
+        config.update(function=name, output_shape=None if spec is None else (
+            spec if isinstance(spec, dict) else list(spec)), arguments=self.arguments)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["function"] = _registry.lookup_serializable(config.get("function"),
+                                                           "Lambda function")
+        spec = config.get("output_shape")
+        if isinstance(spec, dict):
+            config["output_shape"] = _registry.lookup_serializable(spec.get("function"),
+                                                                   "output_shape function")
+        return cls(**config)

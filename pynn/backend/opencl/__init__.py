@@ -49,6 +49,10 @@ from pynn.backend.opencl.rnn import (  # noqa: F401
     gru_backward, gru_forward, lstm_backward, lstm_forward, simple_rnn_backward,
     simple_rnn_forward,
 )
+# -- elementwise (issue 13: pynn.ops on the device) --
+from pynn.backend.opencl.elementwise import (  # noqa: F401
+    elementwise_binary, elementwise_unary, reduce_axes,
+)
 # -- spatial and shape families --
 from pynn.backend.opencl.shape import (  # noqa: F401
     repeat_vector_backward, repeat_vector_forward, transpose_backward, transpose_forward,

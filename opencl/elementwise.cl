@@ -1,0 +1,108 @@
+/* Elementwise kernels of pynn.ops (issue 13): unary functions, broadcasting binary ones and
+ * reductions over contiguous runs. The twin of native/elementwise.pyx; op codes are the
+ * indices of api.ELEMENTWISE_UNARY / ELEMENTWISE_BINARY / REDUCTIONS.
+ *
+ * One work-item per output element. binary: the output's shape d0..d5 (padded in front with
+ * 1s) and each operand's stride along every output axis (0 where it broadcasts).
+ * reduce_rows: the host moved the reduced axes last (the shape family's transpose), so each
+ * output folds its contiguous run of `inner` values in order: deterministic, no atomics.
+ */
+#include "common.h"
+
+inline float unary_op(const float v, const int code)
+{
+    switch (code) {
+    case 0: return -v;
+    case 1: return fabs(v);
+    case 2: return (float)((v > 0.0f) - (v < 0.0f));
+    case 3: return exp(v);
+    case 4: return expm1(v);
+    case 5: return log(v);
+    case 6: return log1p(v);
+    case 7: return sqrt(v);
+    case 8: return v * v;
+    case 9: return 1.0f / v;
+    case 10: return sin(v);
+    case 11: return cos(v);
+    case 12: return tan(v);
+    case 13: return asin(v);
+    case 14: return acos(v);
+    case 15: return atan(v);
+    case 16: return sinh(v);
+    case 17: return cosh(v);
+    case 18: return tanh(v);
+    case 19: return asinh(v);
+    case 20: return acosh(v);
+    case 21: return atanh(v);
+    case 22: return floor(v);
+    case 23: return ceil(v);
+    default: return rint(v); /* round: half to even, as NumPy */
+    }
+}
+
+inline float binary_op(const float a, const float b, const int code)
+{
+    switch (code) {
+    case 0: return a + b;
+    case 1: return a - b;
+    case 2: return a * b;
+    case 3: return a / b;
+    case 4: return (a >= b || isnan(a)) ? a : b; /* NaN propagates, as np.maximum */
+    case 5: return (a <= b || isnan(a)) ? a : b;
+    case 6: return pow(a, b);
+    case 7: return atan2(a, b);
+    case 8: return (float)(a == b);
+    case 9: return (float)(a > b);
+    case 10: return (float)(a >= b);
+    case 11: return (float)(a < b);
+    default: return (float)(a <= b);
+    }
+}
+
+__kernel void elementwise_unary(__global const float *x, __global float *y, const int n,
+                                const int code)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, n);
+    y[gid] = unary_op(x[gid], code);
+}
+
+__kernel void elementwise_binary(__global const float *a, __global const float *b,
+                                 __global float *y, const int n, const int code,
+                                 const int d0, const int d1, const int d2, const int d3,
+                                 const int d4, const int d5, const int a0, const int a1,
+                                 const int a2, const int a3, const int a4, const int a5,
+                                 const int b0, const int b1, const int b2, const int b3,
+                                 const int b4, const int b5)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, n);
+    int t = gid, i;
+    size_t oa = 0, ob = 0;
+    i = t % d5; oa += (size_t)i * a5; ob += (size_t)i * b5; t /= d5;
+    i = t % d4; oa += (size_t)i * a4; ob += (size_t)i * b4; t /= d4;
+    i = t % d3; oa += (size_t)i * a3; ob += (size_t)i * b3; t /= d3;
+    i = t % d2; oa += (size_t)i * a2; ob += (size_t)i * b2; t /= d2;
+    i = t % d1; oa += (size_t)i * a1; ob += (size_t)i * b1; t /= d1;
+    oa += (size_t)t * a0;
+    ob += (size_t)t * b0;
+    (void)d0;
+    y[gid] = binary_op(a[oa], b[ob], code);
+}
+
+__kernel void reduce_rows(__global const float *x, __global float *y, const int outer,
+                          const int inner, const int code)
+{
+    const int o = get_global_id(0);
+    GUARD(o, outer);
+    __global const float *row = x + (size_t)o * inner;
+    float acc = code == 0 ? 0.0f : (code == 3 ? 1.0f : row[0]);
+    for (int i = 0; i < inner; ++i) {
+        const float v = row[i];
+        if (code == 0) acc += v;
+        else if (code == 1) acc = (v > acc || isnan(v)) ? v : acc;
+        else if (code == 2) acc = (v < acc || isnan(v)) ? v : acc;
+        else acc *= v;
+    }
+    y[o] = acc;
+}

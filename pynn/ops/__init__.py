@@ -1,0 +1,53 @@
+"""``pynn.ops``: Keras 3's ``keras.ops`` names and semantics, each op with its gradient.
+
+Ops take Tensors, Variables, NumPy arrays and scalars and return ``pynn.Tensor``; under a
+``pynn.GradientTape`` (or inside a custom layer's training call) they record what
+``tape.gradient`` needs. On the symbolic tensors of ``pynn.Input`` they add an op node to the
+functional graph instead. ``numpy_ops`` holds the NumPy-like ops, ``nn`` the
+neural-network ones (which reuse the layers' native and OpenCL kernels).
+"""
+
+from pynn.autodiff import Tensor
+from pynn.layers.symbolic import KerasTensor
+from pynn.ops import nn as _nn
+from pynn.ops import numpy_ops as _numpy_ops
+from pynn.ops._core import OPS
+from pynn.ops.nn import *
+from pynn.ops.numpy_ops import *
+from pynn.ops.numpy_ops import convert_to_tensor
+from pynn.variables import Variable
+
+__all__ = [*sorted(OPS), "Tensor", "convert_to_tensor"]  # noqa: PLE0604
+
+
+def _install_operators(cls):
+    """Python's operators on ``cls`` (Tensor, Variable, KerasTensor) as these ops; on
+    KerasTensors they record op nodes of the functional graph."""
+
+    def binary(fn, reflected=False):
+        if reflected:
+            return lambda self, other: fn(other, self)
+        return lambda self, other: fn(self, other)
+
+    for dunder, fn in (("add", _numpy_ops.add), ("sub", _numpy_ops.subtract),
+                       ("mul", _numpy_ops.multiply), ("truediv", _numpy_ops.divide),
+                       ("matmul", _numpy_ops.matmul), ("pow", _numpy_ops.power),
+                       ("floordiv", _numpy_ops.floor_divide), ("mod", _numpy_ops.mod)):
+        setattr(cls, f"__{dunder}__", binary(fn))
+        setattr(cls, f"__r{dunder}__", binary(fn, reflected=True))
+    for dunder, fn in (("lt", _numpy_ops.less), ("le", _numpy_ops.less_equal),
+                       ("gt", _numpy_ops.greater), ("ge", _numpy_ops.greater_equal)):
+        setattr(cls, f"__{dunder}__", binary(fn))
+    cls.__neg__ = lambda self: _numpy_ops.negative(self)
+    cls.__abs__ = lambda self: _numpy_ops.abs(self)
+    cls.__pos__ = lambda self: self
+    cls.__getitem__ = lambda self, key: _numpy_ops.getitem(self, key)
+
+
+for _cls in (Tensor, Variable, KerasTensor):
+    _install_operators(_cls)
+# As for Tensor: array * variable must reach Variable.__rmul__, not an object array.
+Variable.__array_ufunc__ = None
+# The module-level names that shadow builtins (sum, max, abs, ...) are exported on purpose.
+globals().update({name: getattr(_numpy_ops, name, None) or getattr(_nn, name)
+                  for name in OPS})

@@ -1,0 +1,30 @@
+"""Float64 NumPy oracles of the elementwise family (native/elementwise.pyx,
+opencl/elementwise.cl): pynn.ops' functions on backend arrays (issue 13)."""
+
+import numpy as np
+
+UNARY = {"negative": np.negative, "abs": np.abs, "sign": np.sign, "exp": np.exp,
+         "expm1": np.expm1, "log": np.log, "log1p": np.log1p, "sqrt": np.sqrt,
+         "square": np.square, "reciprocal": lambda x: 1.0 / x, "sin": np.sin, "cos": np.cos,
+         "tan": np.tan, "arcsin": np.arcsin, "arccos": np.arccos, "arctan": np.arctan,
+         "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh, "arcsinh": np.arcsinh,
+         "arccosh": np.arccosh, "arctanh": np.arctanh, "floor": np.floor, "ceil": np.ceil,
+         "round": np.round}
+BINARY = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply,
+          "divide": np.true_divide, "maximum": np.maximum, "minimum": np.minimum,
+          "power": np.power, "arctan2": np.arctan2, "equal": np.equal, "greater": np.greater,
+          "greater_equal": np.greater_equal, "less": np.less, "less_equal": np.less_equal}
+REDUCE = {"sum": np.sum, "max": np.max, "min": np.min, "prod": np.prod}
+
+
+def elementwise_unary_ref(x, op):
+    return UNARY[op](np.asarray(x, np.float64))
+
+
+def elementwise_binary_ref(a, b, op):
+    return BINARY[op](np.asarray(a, np.float64), np.asarray(b, np.float64)).astype(np.float64)
+
+
+def reduce_axes_ref(x, axes, op, keepdims=False):
+    axes = tuple(axes) if isinstance(axes, (list, tuple)) else axes
+    return np.asarray(REDUCE[op](np.asarray(x, np.float64), axis=axes, keepdims=keepdims))

@@ -1,0 +1,123 @@
+"""The elementwise family (native/elementwise.pyx, opencl/elementwise.cl) against the float64
+oracles of tests/reference/elementwise_ref.py over both backends (OpenCL also against the
+CPU), and pynn.ops running on OpenCL through it with gradients matching the CPU's."""
+
+import numpy as np
+import pytest
+
+import pynn
+from pynn import ops
+from pynn.backend.api import ELEMENTWISE_BINARY, ELEMENTWISE_UNARY, REDUCTIONS
+from tests.backend_util import check_op, rand
+from tests.reference import elementwise_ref as ref
+
+DOMAIN = {"log": "positive", "log1p": "positive", "sqrt": "positive",
+          "reciprocal": "positive", "arcsin": "unit", "arccos": "unit", "arctanh": "unit",
+          "arccosh": "above_one", "power": "positive"}
+
+
+def _input(rng, shape, dtype, op):
+    x = rand(rng, shape, np.float64)
+    kind = DOMAIN.get(op)
+    if kind == "positive":
+        x = np.abs(x) + 0.5
+    elif kind == "unit":
+        x = np.tanh(x) * 0.9
+    elif kind == "above_one":
+        x = np.abs(x) + 1.5
+    if op in ("round", "floor", "ceil"):
+        x = x * 3 + 0.1  # away from .5 ties
+    return np.asarray(x, dtype=dtype)  # 0-d stays an array (np.abs gives a scalar)
+
+
+def _tol(target):
+    return target.rtol() if target.is_opencl else (2e-6 if target.dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("op", ELEMENTWISE_UNARY)
+@pytest.mark.parametrize("shape", [(7,), (3, 33), (2, 0, 5)])
+def test_elementwise_unary(target, op, shape):
+    x = _input(np.random.default_rng(1), shape, target.dtype, op)
+    check_op(target, "elementwise_unary", x, op, ref=ref.elementwise_unary_ref,
+             rtol={"rtol": _tol(target), "atol": _tol(target)})
+
+
+@pytest.mark.parametrize("op", ELEMENTWISE_BINARY)
+@pytest.mark.parametrize("shapes", [((5, 7), (5, 7)), ((2, 3, 1, 5), (4, 1)), ((31,), ()),
+                                    ((1, 6), (65, 1))])
+def test_elementwise_binary_broadcasts(target, op, shapes):
+    rng = np.random.default_rng(2)
+    a, b = (_input(rng, s, target.dtype, op) for s in shapes)
+    check_op(target, "elementwise_binary", a, b, op, ref=ref.elementwise_binary_ref,
+             rtol={"rtol": _tol(target), "atol": _tol(target)})
+
+
+@pytest.mark.parametrize("op", REDUCTIONS)
+@pytest.mark.parametrize("axes,keepdims", [(None, False), (1, True), ((0, 2), False),
+                                           ((-1,), False)])
+def test_reduce_axes(target, op, axes, keepdims):
+    x = _input(np.random.default_rng(3), (3, 7, 5), target.dtype, op)
+    if op == "prod":
+        x = (x * 0.3 + 1).astype(target.dtype)
+    check_op(target, "reduce_axes", x, axes, op, keepdims, ref=ref.reduce_axes_ref,
+             rtol={"rtol": 10 * _tol(target), "atol": 10 * _tol(target)})
+
+
+def test_bad_operands_name_the_op():
+    from pynn.backend import cpu
+
+    with pytest.raises(ValueError, match=r"elementwise_binary: shapes \(2, 3\) and \(4,\) do "
+                                         r"not broadcast"):
+        cpu.elementwise_binary(np.ones((2, 3)), np.ones(4), "add")
+    with pytest.raises(ValueError, match="elementwise_unary: unknown unary op 'cube'"):
+        cpu.elementwise_unary(np.ones(2), "cube")
+    with pytest.raises(ValueError, match=r"reduce_axes: axes \(3,\) out of range"):
+        cpu.reduce_axes(np.ones((2, 3)), 3, "sum", False)
+    with pytest.raises(ValueError, match="at most 6 dimensions"):
+        cpu.elementwise_binary(np.ones((1,) * 7), np.ones(1), "add")
+
+
+def _tape_grads(fn, xs):
+    ts = [ops.convert_to_tensor(x) for x in xs]
+    with pynn.GradientTape() as tape:
+        for t in ts:
+            tape.watch(t)
+        y = fn(*ts)
+        loss = ops.sum(y * ops.convert_to_tensor(np.linspace(-1, 1, np.prod(y.shape))
+                                                 .reshape(y.shape).astype(np.float32)))
+    return y.numpy(), [g.numpy() for g in tape.gradient(loss, ts)]
+
+
+OPENCL_CASES = {
+    "arithmetic": (lambda a, b: (a * b - a / (ops.abs(b) + 1.0)) ** 2 + ops.maximum(a, b),
+                   [(4, 5), (5,)]),
+    "math": (lambda a: ops.exp(ops.tanh(a)) + ops.sqrt(ops.square(a) + 1.0)
+             - ops.log1p(ops.abs(a)) * ops.sin(a), [(3, 7)]),
+    "reductions": (lambda a: ops.sum(a, axis=1, keepdims=True) * ops.mean(a, axis=0)
+                   + ops.max(a, axis=-1, keepdims=True) - ops.min(a), [(4, 6)]),
+    "custom_dense": (lambda x, k, b: ops.relu(ops.matmul(x, k) + b), [(5, 4), (4, 3), (3,)]),
+    "shapes": (lambda a, b: ops.concatenate([ops.transpose(a, (1, 0)), ops.clip(b, -0.5, 0.5)],
+                                            axis=0) * 2.0, [(3, 4), (2, 3)]),
+    "log_softmax": (lambda a: ops.log_softmax(a) + ops.logsumexp(a, axis=0), [(3, 5)]),
+    "normalization": (lambda a: ops.batch_normalization(a, *ops.moments(a, axes=(0,)),
+                                                        axis=-1), [(6, 4)]),
+}
+
+
+@pytest.mark.opencl
+@pytest.mark.parametrize("case", sorted(OPENCL_CASES))
+def test_ops_and_gradients_on_opencl_match_cpu(case, backend_opencl):
+    fn, shapes = OPENCL_CASES[case]
+    rng = np.random.default_rng(4)
+    xs = [rand(rng, s, np.float32) for s in shapes]
+    want_y, want_g = _tape_grads(fn, xs)
+    previous = pynn.get_device()
+    pynn.set_device("opencl")
+    try:
+        b = pynn.backend.current()
+        got_y, got_g = _tape_grads(fn, [b.asarray(x, np.float32) for x in xs])
+    finally:
+        pynn.set_device(previous)
+    np.testing.assert_allclose(got_y, want_y, rtol=1e-4, atol=1e-5)
+    for k, (g, w) in enumerate(zip(got_g, want_g)):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=f"d/dx{k}")
