@@ -642,7 +642,8 @@ class Model(Layer):
             v.grad = None
         outs, saved = self._plan.forward(xb, True)
         total, per_output, grads = self._losses_and_grads(yb, outs, True, swb)
-        hook = None if self._distribution is None else self._distribution.grads_final_hook(self._trainable)
+        hook = (None if self._distribution is None
+                else self._distribution.grads_final_hook(self._trainable))
         _, activity = self._plan.backward(grads, saved, hook)
         if self._distribution is not None:
             self._distribution.reduce_gradients(self._trainable)
@@ -1207,7 +1208,9 @@ class _EagerPlan:
     def predict(self, inputs):
         return self.forward(inputs, False)[0]
 
-    def backward(self, output_grads, saved):
+    def backward(self, output_grads, saved, on_grads_final=None):
+        # on_grads_final (data-parallel overlap) is not reported: the replay has no per-layer
+        # boundary, so the reductions all start after it.
         model = self.model
         model._cache = saved
         dx = model.backward(output_grads if len(output_grads) > 1 else output_grads[0])

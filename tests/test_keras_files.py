@@ -131,7 +131,65 @@ def test_architectures_cover_every_pynn_layer():
     for build in ARCHITECTURES.values():
         walk(build())
     seen.add("InputLayer")
-    assert set(pynn.layers.LAYERS) - seen == set()
+    assert set(pynn.layers.LAYERS) - seen == set(NOT_KERAS)
+
+
+def _op_model():
+    inp = pynn.Input((4,))
+    x = pynn.layers.Dense(3)(inp)
+    return pynn.Model(inp, x * 2 + pynn.ops.relu(x))
+
+
+def _pruned_model():
+    from pynn.compression import pruning
+    return pruning.prune_low_magnitude(
+        pynn.Sequential([pynn.Input((4,)), pynn.layers.Dense(3)]),
+        pruning.ConstantSparsity(0.5, 0))
+
+
+def _lambda_model():
+    return pynn.Sequential([pynn.Input((4,)), pynn.layers.Lambda(lambda t: t * 2)])
+
+
+class _Doubler(pynn.layers.Layer):
+    def call(self, x):
+        return x * 2
+
+
+class _Subclassed(pynn.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = pynn.layers.Dense(2)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def _custom_layer_model():
+    return pynn.Sequential([pynn.Input((4,)), _Doubler()])
+
+
+def _subclassed_model():
+    model = _Subclassed()
+    model(np.ones((1, 4), np.float32))
+    return model
+
+
+# pynn layers and models a Keras file cannot hold, each refused by name when saved.
+NOT_KERAS = {"OpLayer": (_op_model, "no Keras layer form"),
+             "PruneLowMagnitude": (_pruned_model, "strip_pruning"),
+             "Lambda": (_lambda_model, "Python code|register")}
+
+
+@pytest.mark.parametrize("build, message", list(NOT_KERAS.values()) + [
+    (_custom_layer_model, "custom layer"), (_subclassed_model, "subclass of Model")],
+    ids=list(NOT_KERAS) + ["custom_layer", "subclassed_model"])
+def test_models_keras_cannot_hold_are_refused_by_name(tmp_path, build, message):
+    model = build()
+    for name in ("m.keras", "m.h5"):
+        with pytest.raises(ValueError, match=message):
+            model.save(tmp_path / name)
+        assert not (tmp_path / name).exists()
 
 
 def _inputs(model, rng):

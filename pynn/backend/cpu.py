@@ -35,12 +35,9 @@ from pynn._native.normalization import (  # noqa: F401
     group_norm_forward,
 )
 from pynn._native.metric import (  # noqa: F401
-    accuracy_count,
-    confusion_counts,
     confusion_matrix,  # confusion_matrix, fbeta_counts, threshold_counts: issue 15
     fbeta_counts,
     threshold_counts,
-    top_k_count,
 )
 from pynn._native.optim import (  # noqa: F401
     adadelta_update,  # adadelta, adamax, ftrl, lion, nadam: issue 15

@@ -758,10 +758,25 @@ def _keras_layer_config(layer):
     return out
 
 
+# pynn layers with no Keras 3 class of the same meaning: a Keras file cannot hold them.
+_NOT_KERAS_LAYERS = {
+    "OpLayer": "an op applied to symbolic tensors (x * 2, pynn.ops.relu(x), ...) has no Keras "
+               "layer form here",
+    "PruneLowMagnitude": "Keras has no pruning wrapper; call "
+                         "pynn.compression.pruning.strip_pruning(model) first",
+    "Lambda": "Keras files from pynn never hold Python code",
+}
+
+
 def _keras_layer_spec(layer):
+    cls = type(layer).__name__
     if isinstance(layer, Model):
         return keras_model_spec(layer)
-    cls = type(layer).__name__
+    if cls in _NOT_KERAS_LAYERS or LAYERS.get(cls) is not type(layer):
+        why = _NOT_KERAS_LAYERS.get(cls, "it is a custom layer, which Keras could open only "
+                                         "with its Python class")
+        raise ValueError(f"save: layer '{layer.name}' ({cls}) cannot be written to a Keras "
+                         f"file: {why}. Save the model as .pynn instead")
     if cls == "InputLayer":
         config = layer.get_config()
         return {"module": "keras.layers", "class_name": "InputLayer",
@@ -791,6 +806,10 @@ def _structure(keys, refs):
 
 def keras_model_spec(model):
     """Keras 3's serialized form of a pynn Sequential or functional model."""
+    if type(model) not in (Model, Sequential):
+        raise ValueError(f"save: model '{model.name}' is a subclass of Model "
+                         f"({type(model).__name__}); a Keras file can hold only Sequential and "
+                         f"functional models. Save it as .pynn, or its weights as .weights.h5")
     if not model.built:
         raise ValueError(f"save: model '{model.name}' is not built yet; train it or give it an "
                          f"Input first")
