@@ -1,0 +1,381 @@
+"""General recurrence kernels: the mask, the initial state, recurrent dropout and the final
+state that Keras's recurrent layers offer, for the SimpleRNN, LSTM and GRU cells.
+
+Legend: N batch, T time steps, U units, k gates (1 SimpleRNN, 4 LSTM i f c o, 3 GRU z r h),
+G = k*U gate columns. xw (N, T, G) is the input projection x @ kernel + input bias, made
+by the layer with one dense op over all N*T rows (the input side has no recurrence).
+
+Why a second family beside native/rnn.pyx: the rnn ops are the tuned fast path of the plain
+case (zero initial state, no mask, no dropout) and their cell loops are being optimized on
+their own; everything else runs here, on one short loop per row, so neither disturbs the
+other. The layers pick the fast path whenever it computes the same thing.
+
+Keras's rules (keras/src/backend/*/rnn.py): at a masked step the states keep their previous
+values and the output repeats the previous output (zeros before the first unmasked step);
+with zero_output_for_mask (Bidirectional with return_sequences) a masked step outputs zeros.
+Recurrent dropout multiplies h_{t-1} by a per-gate mask fixed over time (Keras's
+implementation 1): column block g of the recurrent product reads h_{t-1} * rdrop[:, g].
+
+Parallel axis: the batch (prange over rows); each row runs its whole sequence on one thread,
+since a row's steps depend on each other and different rows never do. Every sum runs in a
+fixed order on one thread, so results do not depend on the thread count. The weight
+gradients are sums over all rows: they come after the loop from one product per gate block
+(NumPy's BLAS on the stored operands).
+"""
+import numpy as np
+
+from cython.parallel cimport prange
+from libc.string cimport memcpy, memset
+from _activation cimport act_value, act_grad, floating
+
+from pynn.backend.operands import rnn_mask as operands
+from pynn.backend.operands.common import HOST
+
+cdef enum:
+    SIMPLE_RNN = 0
+    LSTM = 1
+    GRU_AFTER = 2
+    GRU_BEFORE = 3
+
+
+cdef struct Rec:
+    int cell, act, ract, ret_seq, back, zero_out
+    double alpha, ralpha
+    Py_ssize_t t, u, g
+    void* xw        # IN  (N, T, G)        forward
+    void* rk        # IN  (U, G)
+    void* rb        # IN  (G,) or NULL
+    void* hs        # OUT (N, T+1, U)      forward; IN backward
+    void* cs        # OUT (N, T+1, U)      LSTM
+    void* gates     # OUT (N, T, G)
+    void* aux       # OUT (N, T, U)        gru: h @ R_h + b_rh
+    void* mask      # IN  (N, T)
+    void* rdrop     # IN  (N, G)
+    void* y         # OUT (N, T, U) or (N, U)
+    void* dy        # IN  backward
+    void* dh        # IN/OUT (N, U): dh_last in, dh0 out
+    void* dc        # IN/OUT (N, U)
+    void* dxw       # OUT (N, T, G), at the input's time index
+    void* dzr       # OUT (N, T, G), the recurrent side, processing order
+    void* tmp       # scratch (N, U)
+
+
+cdef inline Py_ssize_t _tx(Py_ssize_t s, Py_ssize_t t, int back) noexcept nogil:
+    return t - 1 - s if back else s
+
+
+cdef void _row_forward(const Rec* p, Py_ssize_t n, floating* dummy) noexcept nogil:
+    cdef Py_ssize_t t = p.t, u = p.u, g = p.g, s, tx, j, kk, gate, k = g // u
+    cdef int cell = p.cell, act = p.act, ract = p.ract, seen = 0, live
+    cdef floating alpha = p.alpha, ralpha = p.ralpha, a, i_, f_, cc, o_, zz, r_, hh, m
+    cdef const floating* xw = <const floating*>p.xw + n * t * g
+    cdef const floating* rk = <const floating*>p.rk
+    cdef const floating* rb = <const floating*>p.rb
+    cdef const floating* mask = <const floating*>p.mask + n * t
+    cdef const floating* rd = <const floating*>p.rdrop + n * g
+    cdef floating* hs = <floating*>p.hs + n * (t + 1) * u
+    cdef floating* cs = <floating*>p.cs + n * (t + 1) * u
+    cdef floating* gt = <floating*>p.gates + n * t * g
+    cdef floating* aux = <floating*>p.aux + n * t * u
+    cdef floating* y = <floating*>p.y + n * (t * u if p.ret_seq else u)
+    cdef floating* z
+    cdef floating* rh
+    cdef floating* hp
+    cdef floating* hn
+    cdef floating* target
+    cdef const floating* row
+    for s in range(t):
+        tx = _tx(s, t, p.back)
+        hp = hs + s * u
+        hn = hp + u
+        z = gt + s * g
+        rh = aux + s * u
+        m = mask[tx]
+        for j in range(g):
+            z[j] = xw[tx * g + j]
+            if rb != NULL and (cell != GRU_AFTER or j < 2 * u):
+                z[j] = z[j] + rb[j]
+        if cell == GRU_AFTER:
+            for j in range(u):
+                rh[j] = rb[2 * u + j] if rb != NULL else 0
+        # The recurrent product, gate block by gate block (each reads its own dropped h).
+        for gate in range(k):
+            if cell == GRU_BEFORE and gate == 2:
+                continue  # waits for r (below)
+            target = rh if (cell == GRU_AFTER and gate == 2) else z + gate * u
+            for kk in range(u):
+                a = hp[kk] * rd[gate * u + kk]
+                row = rk + kk * g + gate * u
+                for j in range(u):
+                    target[j] = target[j] + a * row[j]
+        if cell == SIMPLE_RNN:
+            for j in range(u):
+                z[j] = act_value(z[j], act, alpha)
+                hn[j] = z[j]
+        elif cell == LSTM:
+            for j in range(u):
+                i_ = act_value(z[j], ract, ralpha)
+                f_ = act_value(z[u + j], ract, ralpha)
+                cc = act_value(z[2 * u + j], act, alpha)
+                o_ = act_value(z[3 * u + j], ract, ralpha)
+                z[j], z[u + j], z[2 * u + j], z[3 * u + j] = i_, f_, cc, o_
+                cs[(s + 1) * u + j] = f_ * cs[s * u + j] + i_ * cc
+                hn[j] = o_ * act_value(cs[(s + 1) * u + j], act, alpha)
+        else:
+            for j in range(2 * u):
+                z[j] = act_value(z[j], ract, ralpha)
+            if cell == GRU_BEFORE:
+                for kk in range(u):
+                    a = z[u + kk] * hp[kk] * rd[2 * u + kk]
+                    row = rk + kk * g + 2 * u
+                    for j in range(u):
+                        z[2 * u + j] = z[2 * u + j] + a * row[j]
+            for j in range(u):
+                if cell == GRU_AFTER:
+                    hh = act_value(z[2 * u + j] + z[u + j] * rh[j], act, alpha)
+                else:
+                    hh = act_value(z[2 * u + j], act, alpha)
+                z[2 * u + j] = hh
+                hn[j] = z[j] * hp[j] + (1 - z[j]) * hh
+        if m == 0:  # Keras: a masked step keeps every state
+            memcpy(hn, hp, u * sizeof(floating))
+            if cell == LSTM:
+                memcpy(cs + (s + 1) * u, cs + s * u, u * sizeof(floating))
+        else:
+            seen = 1
+        live = (m != 0) if p.zero_out else seen
+        if p.ret_seq or s == t - 1:
+            target = y + s * u if p.ret_seq else y
+            for j in range(u):
+                target[j] = hn[j] if live else 0
+
+
+cdef void _row_backward(const Rec* p, Py_ssize_t n, floating* dummy) noexcept nogil:
+    cdef Py_ssize_t t = p.t, u = p.u, g = p.g, s, tx, j, kk, gate, k = g // u, first = t
+    cdef int cell = p.cell, act = p.act, ract = p.ract, live
+    cdef floating alpha = p.alpha, ralpha = p.ralpha, a, yc, dcn, hh, zz, r_, dhh
+    cdef const floating* rk = <const floating*>p.rk
+    cdef const floating* mask = <const floating*>p.mask + n * t
+    cdef const floating* rd = <const floating*>p.rdrop + n * g
+    cdef const floating* hs = <const floating*>p.hs + n * (t + 1) * u
+    cdef const floating* cs = <const floating*>p.cs + n * (t + 1) * u
+    cdef const floating* gt = <const floating*>p.gates + n * t * g
+    cdef const floating* aux = <const floating*>p.aux + n * t * u
+    cdef const floating* dy = <const floating*>p.dy + n * (t * u if p.ret_seq else u)
+    cdef floating* dh = <floating*>p.dh + n * u
+    cdef floating* dc = <floating*>p.dc + n * u
+    cdef floating* q = <floating*>p.tmp + n * u
+    cdef floating* dxw = <floating*>p.dxw + n * t * g
+    cdef floating* dzr
+    cdef floating* dx
+    cdef const floating* z
+    cdef const floating* hp
+    cdef const floating* row
+    for s in range(t):
+        if mask[_tx(s, t, p.back)] != 0:
+            first = s
+            break
+    for s in range(t - 1, -1, -1):
+        tx = _tx(s, t, p.back)
+        live = (mask[tx] != 0) if p.zero_out else s >= first
+        if live and (p.ret_seq or s == t - 1):
+            for j in range(u):
+                dh[j] = dh[j] + (dy[s * u + j] if p.ret_seq else dy[j])
+        dzr = <floating*>p.dzr + (n * t + s) * g
+        dx = dxw + tx * g
+        if mask[tx] == 0:  # the states passed through: so does their gradient
+            memset(dzr, 0, g * sizeof(floating))
+            memset(dx, 0, g * sizeof(floating))
+            continue
+        z = gt + s * g
+        hp = hs + s * u
+        if cell == SIMPLE_RNN:
+            for j in range(u):
+                dzr[j] = act_grad(dh[j], z[j], z[j], act, alpha)
+                dh[j] = 0
+        elif cell == LSTM:
+            for j in range(u):
+                yc = act_value(cs[(s + 1) * u + j], act, alpha)
+                dcn = dc[j] + act_grad(dh[j] * z[3 * u + j], cs[(s + 1) * u + j], yc, act,
+                                       alpha)
+                dzr[3 * u + j] = act_grad(dh[j] * yc, 0, z[3 * u + j], ract, ralpha)
+                dzr[j] = act_grad(dcn * z[2 * u + j], 0, z[j], ract, ralpha)
+                dzr[u + j] = act_grad(dcn * cs[s * u + j], 0, z[u + j], ract, ralpha)
+                dzr[2 * u + j] = act_grad(dcn * z[j], 0, z[2 * u + j], act, alpha)
+                dc[j] = dcn * z[u + j]
+                dh[j] = 0
+        else:
+            for j in range(u):
+                zz = z[j]
+                hh = z[2 * u + j]
+                dhh = act_grad(dh[j] * (1 - zz), 0, hh, act, alpha)
+                dzr[j] = act_grad(dh[j] * (hp[j] - hh), 0, zz, ract, ralpha)
+                dx[2 * u + j] = dhh
+                if cell == GRU_AFTER:
+                    dzr[u + j] = act_grad(dhh * aux[s * u + j], 0, z[u + j], ract, ralpha)
+                    dzr[2 * u + j] = dhh * z[u + j]
+                else:
+                    dzr[2 * u + j] = dhh
+                dh[j] = dh[j] * zz
+            if cell == GRU_BEFORE:
+                # hh = act(x_h + (r * h_{t-1} * rdrop_h) @ R_h): r's gradient needs dhh @ R_h^T.
+                for kk in range(u):
+                    a = 0
+                    row = rk + kk * g + 2 * u
+                    for j in range(u):
+                        a = a + dzr[2 * u + j] * row[j]
+                    q[kk] = a
+                for kk in range(u):
+                    dzr[u + kk] = act_grad(q[kk] * hp[kk] * rd[2 * u + kk], 0, z[u + kk], ract,
+                                           ralpha)
+                    dh[kk] = dh[kk] + q[kk] * z[u + kk] * rd[2 * u + kk]
+        # dh_{t-1} += sum over gate blocks of (dZ_g @ R_g^T) * rdrop_g
+        for gate in range(k):
+            if cell == GRU_BEFORE and gate == 2:
+                continue
+            for kk in range(u):
+                a = 0
+                row = rk + kk * g + gate * u
+                for j in range(u):
+                    a = a + dzr[gate * u + j] * row[j]
+                dh[kk] = dh[kk] + a * rd[gate * u + kk]
+        for j in range(g):
+            if not (cell >= GRU_AFTER and j >= 2 * u):
+                dx[j] = dzr[j]
+
+
+cdef void _run(const Rec* p, Py_ssize_t rows, bint grad, floating* dummy) noexcept nogil:
+    cdef Py_ssize_t n
+    for n in prange(rows, schedule="dynamic", nogil=True):
+        if grad:
+            _row_backward(p, n, dummy)
+        else:
+            _row_forward(p, n, dummy)
+
+
+cdef inline void* _ptr(a):
+    """The data pointer of a C-contiguous NumPy array (None -> NULL)."""
+    if a is None or a.size == 0:
+        return NULL
+    return <void*><size_t>a.ctypes.data
+
+
+cdef Rec _rec(c, flags, t, rk, rb, mask, rdrop):
+    cdef Rec r
+    memset(&r, 0, sizeof(Rec))
+    r.cell, r.act, r.ract = c.code, c.act, c.ract
+    r.alpha, r.ralpha = c.alpha, c.ralpha
+    r.ret_seq, r.back = flags.return_sequences, flags.go_backwards
+    r.zero_out = flags.zero_output_for_mask
+    r.t, r.u, r.g = t, c.units, c.gates * c.units
+    r.rk, r.rb, r.mask, r.rdrop = _ptr(rk), _ptr(rb), _ptr(mask), _ptr(rdrop)
+    return r
+
+
+cdef void _dispatch(Rec* r, Py_ssize_t rows, bint grad, bint single):
+    cdef float f
+    cdef double d
+    if rows == 0 or r.u == 0:
+        return
+    if single:
+        with nogil:
+            _run(r, rows, grad, &f)
+    else:
+        with nogil:
+            _run(r, rows, grad, &d)
+
+
+def recurrence_forward(xw, recurrent_kernel, recurrent_bias, h0, c0=None, mask=None,
+                       recurrent_dropout=None, cell="lstm", activation="tanh",
+                       recurrent_activation="sigmoid", return_sequences=False,
+                       go_backwards=False, zero_output_for_mask=False):
+    """One cell over the sequence from the state (h0, c0) -> (y, h_last, c_last or None,
+    cache); y (N, T, U) in processing order with return_sequences, else the last output
+    (N, U). mask (N, T) holds 1 (step taken) or 0 (skipped), None for all ones;
+    recurrent_dropout (N, G) the fixed multipliers of h_{t-1}, None for ones."""
+    c, xw, rk, rb, h0, c0, mask, rdrop, flags = operands.recurrence_forward(
+        HOST, xw, recurrent_kernel, recurrent_bias, h0, c0, mask, recurrent_dropout, cell,
+        activation, recurrent_activation, return_sequences, go_backwards,
+        zero_output_for_mask)
+    n, t, g = xw.shape
+    u = c.units
+    dt = xw.dtype
+    mask = np.ones((n, t), dt) if mask is None else mask
+    rdrop = np.ones((n, g), dt) if rdrop is None else rdrop
+    hs = np.empty((n, t + 1, u), dt)
+    hs[:, 0] = h0
+    cs = hs
+    if c0 is not None:
+        cs = np.empty((n, t + 1, u), dt)
+        cs[:, 0] = c0
+    gates = np.empty((n, t, g), dt)
+    aux = np.empty((n, t, u), dt) if cell == "gru" else gates
+    y = np.empty((n, t, u) if flags.return_sequences else (n, u), dt)
+    cdef Rec r = _rec(c, flags, t, rk, rb, mask, rdrop)
+    r.xw, r.hs, r.cs, r.gates, r.aux, r.y = (_ptr(xw), _ptr(hs), _ptr(cs), _ptr(gates),
+                                             _ptr(aux), _ptr(y))
+    _dispatch(&r, n, False, dt == np.float32)
+    return (y, hs[:, t].copy(), cs[:, t].copy() if c0 is not None else None,
+            (hs, cs, gates, aux, mask, rdrop))
+
+
+def recurrence_backward(dy, dh_last, dc_last, recurrent_kernel, cache, cell="lstm",
+                        activation="tanh", recurrent_activation="sigmoid",
+                        return_sequences=False, go_backwards=False,
+                        zero_output_for_mask=False):
+    """-> (dxw (N, T, G) at the input's time index, drecurrent_kernel (U, G),
+    drecurrent_bias (G,), dh0 (N, U), dc0 (N, U) or None). dy shaped like y; dh_last,
+    dc_last the gradients of the final states (None: zero)."""
+    c, dy, dh_last, dc_last, rk, cache, flags = operands.recurrence_backward(
+        HOST, dy, dh_last, dc_last, recurrent_kernel, cache, cell, activation,
+        recurrent_activation, return_sequences, go_backwards, zero_output_for_mask)
+    hs, cs, gates, aux, mask, rdrop = cache
+    n, t, g = gates.shape
+    u = c.units
+    dt = hs.dtype
+    dh = np.zeros((n, u), dt) if dh_last is None else np.array(dh_last, dtype=dt)
+    dc = np.zeros((n, u), dt) if dc_last is None else np.array(dc_last, dtype=dt)
+    dxw = np.empty((n, t, g), dt)
+    dzr = np.empty((n, t, g), dt)
+    tmp = np.empty((n, u), dt)
+    cdef Rec r = _rec(c, flags, t, rk, None, mask, rdrop)
+    r.hs, r.cs, r.gates, r.aux = _ptr(hs), _ptr(cs), _ptr(gates), _ptr(aux)
+    r.dy, r.dh, r.dc, r.dxw, r.dzr, r.tmp = (_ptr(dy), _ptr(dh), _ptr(dc), _ptr(dxw),
+                                             _ptr(dzr), _ptr(tmp))
+    _dispatch(&r, n, True, dt == np.float32)
+    # Weight gradients: sums over every row and step (masked steps have dzr = 0), one
+    # product per gate block whose operand h_{t-1} * rdrop_g (* r for GRU's h gate without
+    # reset_after) differs; one product in all when the operands agree.
+    h_prev = hs[:, :t].reshape(n * t, u)
+    dz2 = dzr.reshape(n * t, g)
+    plain = bool(np.all(rdrop == 1)) and cell != "gru_reset_before"
+    if plain:
+        drk = h_prev.T @ dz2
+    else:
+        drk = np.empty((u, g), dt)
+        for gate in range(c.gates):
+            operand = hs[:, :t] * rdrop[:, None, gate * u:(gate + 1) * u]
+            if cell == "gru_reset_before" and gate == 2:
+                operand = operand * gates[:, :, u:2 * u]
+            drk[:, gate * u:(gate + 1) * u] = (operand.reshape(n * t, u).T
+                                              @ dz2[:, gate * u:(gate + 1) * u])
+    return dxw, drk, dz2.sum(axis=0), dh, dc if cell == "lstm" else None
+
+
+def sequence_scale(x, scale):
+    """x (N, T, C) * scale (N, C) at every step -> y: RNN input dropout with its mask fixed
+    over time (Keras); also its own backward (dx = sequence_scale(dy, scale))."""
+    x, scale = operands.sequence_scale(HOST, x, scale)
+    return _scale(x, scale)
+
+
+def _scale(const floating[:, :, ::1] x,  # IN  (N, T, C)
+           const floating[:, ::1] scale):  # IN  (N, C)
+    out = np.empty_like(np.asarray(x))
+    cdef floating[:, :, ::1] y = out
+    cdef Py_ssize_t n, s, j
+    for n in prange(x.shape[0], schedule="static", nogil=True):
+        for s in range(x.shape[1]):
+            for j in range(x.shape[2]):
+                y[n, s, j] = x[n, s, j] * scale[n, j]
+    return out
