@@ -379,3 +379,21 @@ def _scale(const floating[:, :, ::1] x,  # IN  (N, T, C)
             for j in range(x.shape[2]):
                 y[n, s, j] = x[n, s, j] * scale[n, j]
     return out
+
+
+def sequence_reverse(x):
+    """x (N, T, F) with its time axis reversed -> y: Bidirectional's backward direction back
+    in input order; also its own backward."""
+    x = operands.sequence_reverse(HOST, x)
+    return _reverse(x)
+
+
+def _reverse(const floating[:, :, ::1] x):  # IN  (N, T, F)
+    out = np.empty_like(np.asarray(x))
+    cdef floating[:, :, ::1] y = out
+    cdef Py_ssize_t n, s, j, t = x.shape[1]
+    for n in prange(x.shape[0], schedule="static", nogil=True):
+        for s in range(t):
+            for j in range(x.shape[2]):
+                y[n, s, j] = x[n, t - 1 - s, j]
+    return out

@@ -273,3 +273,13 @@ __kernel void sequence_scale(__global const float *x, __global const float *scal
     const int c = gid % C, n = gid / (T * C);
     y[gid] = x[gid] * scale[n * C + c];
 }
+
+/* y[n, s] = x[n, T-1-s]: Bidirectional's backward direction back in input order. */
+__kernel void sequence_reverse(__global const float *x, __global float *y, const int N,
+                               const int T, const int F)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * T * F);
+    const int f = gid % F, s = (gid / F) % T, n = gid / (T * F);
+    y[gid] = x[((size_t)n * T + (T - 1 - s)) * F + f];
+}

@@ -263,6 +263,8 @@ OPS = {
     # x (N, T, C) * scale (N, C) at every step: input dropout fixed over time; its own
     # backward.
     "sequence_scale": ("x", "scale"),
+    # x (N, T, F) reversed along time (Bidirectional's backward direction); its own backward.
+    "sequence_reverse": ("x",),
     # -- merge (native/merge.pyx, opencl/merge.cl) ------------------------------------
     # Keras 3's merge layers. ``inputs`` is a list of arrays of one dtype. merge_forward
     # folds them left to right by ``mode`` (MERGE_MODES; one shape for all, subtract takes

@@ -161,5 +161,6 @@ def scale_inplace(a, factor):
 from pynn._native.rnn_mask import (  # noqa: F401
     recurrence_backward,
     recurrence_forward,
+    sequence_reverse,
     sequence_scale,
 )

@@ -8,6 +8,9 @@ from pynn.layers.core import (
     Activation, ActivityRegularization, Dense, Dropout, Flatten, Input, InputLayer, Reshape,
 )
 from pynn.layers.recurrent import GRU, LSTM, SimpleRNN
+# -- masks and recurrent wrappers (issue 14, recurrent half) --
+from pynn.layers.masking import Masking
+from pynn.layers.recurrent import Bidirectional
 # -- merge (Keras's merge layers and their functional helpers) --
 from pynn.layers.merge import (
     Add,
@@ -78,6 +81,8 @@ LAYERS.update({cls.__name__: cls for cls in (
     Embedding, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D,
     GlobalMaxPooling1D, TimeDistributed,
 )})
+# -- masks and recurrent wrappers (issue 14, recurrent half) --
+LAYERS.update({cls.__name__: cls for cls in (Masking, Bidirectional)})
 MaxPool1D = MaxPooling1D
 AvgPool1D = AveragePooling1D
 GlobalAvgPool1D = GlobalAveragePooling1D

@@ -91,3 +91,12 @@ def sequence_scale(x, scale):
     n, t, ch = x.shape
     elementwise("rnn_mask", "sequence_scale", n * t * ch, x, scale, y, n, t, ch)
     return y
+
+
+def sequence_reverse(x):
+    """See native/rnn_mask.pyx: x (N, T, F) reversed along time."""
+    x = operands.sequence_reverse(DEVICE, x)
+    y = rt.empty(x.shape, what="sequence_reverse output")
+    n, t, f = x.shape
+    elementwise("rnn_mask", "sequence_reverse", n * t * f, x, y, n, t, f)
+    return y

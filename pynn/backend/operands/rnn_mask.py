@@ -129,3 +129,7 @@ def sequence_scale(arrays, x, scale):
     scale = arrays.float_input(op, "scale", scale, ndim=2, like=x)
     check_shape(op, "scale", scale, (x.shape[0], x.shape[2]))
     return x, scale
+
+
+def sequence_reverse(arrays, x):
+    return arrays.float_input("sequence_reverse", "x", x, ndim=3)
