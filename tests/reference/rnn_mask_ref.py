@@ -87,3 +87,7 @@ def recurrence_backward_ref(dy, dh_last, dc_last, xw, recurrent_kernel, recurren
 
 def sequence_scale_ref(x, scale):
     return np.asarray(x, np.float64) * np.asarray(scale, np.float64)[:, None, :]
+
+
+def sequence_reverse_ref(x):
+    return np.asarray(x, np.float64)[:, ::-1]
