@@ -10,13 +10,13 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "torch")
 try:
     import keras
-except Exception as exc:  # pragma: no cover - depends on the environment
+except ImportError as exc:  # pragma: no cover - depends on the environment
     pytest.skip(f"keras (torch backend) is not available: {exc}", allow_module_level=True)
 if keras.backend.backend() != "torch":  # pragma: no cover
     pytest.skip("these tests want keras on torch", allow_module_level=True)
 
-import pynn  # noqa: E402
-from pynn import layers as L  # noqa: E402
+import pynn
+from pynn import layers as L
 
 
 def _padded(rng, n, t, c, lengths):

@@ -455,7 +455,7 @@ class Bidirectional(Layer):
         super().__init__(**kwargs)
         label = f"Bidirectional '{self.name}'"
         if not isinstance(layer, _RNN):
-            raise ValueError(f"{label}: layer must be a SimpleRNN, LSTM or GRU layer, got "
+            raise TypeError(f"{label}: layer must be a SimpleRNN, LSTM or GRU layer, got "
                              f"{type(layer).__name__}")
         if merge_mode not in MERGE_MODES:
             raise ValueError(f"{label}: merge_mode must be one of {MERGE_MODES}, got "
@@ -471,7 +471,7 @@ class Bidirectional(Layer):
                  "go_backwards": not layer.go_backwards})
         else:
             if not isinstance(backward_layer, _RNN):
-                raise ValueError(f"{label}: backward_layer must be a SimpleRNN, LSTM or GRU "
+                raise TypeError(f"{label}: backward_layer must be a SimpleRNN, LSTM or GRU "
                                  f"layer, got {type(backward_layer).__name__}")
             if backward_layer.go_backwards == layer.go_backwards:
                 raise ValueError(f"{label}: backward_layer must have go_backwards="

@@ -20,7 +20,9 @@ def recurrence_forward_ref(xw, recurrent_kernel, recurrent_bias, h0, c0=None, ma
                            recurrent_activation="sigmoid", return_sequences=False,
                            go_backwards=False, zero_output_for_mask=False):
     """-> (y, h_last, c_last or None)."""
-    f64 = lambda a: None if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
+    def f64(a):
+        return None if a is None else np.asarray(a, dtype=np.float64)
+
     xw, rk, rb, h, c = f64(xw), f64(recurrent_kernel), f64(recurrent_bias), f64(h0), f64(c0)
     n, t, g = xw.shape
     u = rk.shape[0]
@@ -34,7 +36,7 @@ def recurrence_forward_ref(xw, recurrent_kernel, recurrent_bias, h0, c0=None, ma
         x = xw[:, tx]
         hd = [h * rd[:, k * u:(k + 1) * u] for k in range(GATES[cell])]
 
-        def rec(k):
+        def rec(k, hd=hd):
             return hd[k] @ rk[:, k * u:(k + 1) * u] + rb[k * u:(k + 1) * u]
 
         c_new = None

@@ -85,5 +85,8 @@ from pynn.backend.opencl.runtime import (  # noqa: F401
 NAME = "opencl"
 # -- rnn_mask: general recurrence (issue 14, recurrent half) --
 from pynn.backend.opencl.rnn_mask import (  # noqa: F401
-    recurrence_backward, recurrence_forward, sequence_reverse, sequence_scale,
+    recurrence_backward,
+    recurrence_forward,
+    sequence_reverse,
+    sequence_scale,
 )
