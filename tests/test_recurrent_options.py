@@ -125,3 +125,57 @@ def test_configs_round_trip():
                   L.Masking(mask_value=-1.0)):
         clone = type(layer).from_config(layer.get_config())
         assert clone.get_config() == layer.get_config()
+
+
+def _cells(lib, which):
+    m = keras.layers if lib is keras else L
+    return {"lstm": lambda: m.LSTMCell(5),
+            "list": lambda: [m.GRUCell(3), m.SimpleRNNCell(4)],
+            "stacked": lambda: m.StackedRNNCells([m.LSTMCell(3),
+                                                  m.GRUCell(2, reset_after=False)])}[which]()
+
+
+@pytest.mark.parametrize("which", ["lstm", "list", "stacked"])
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_rnn_of_cells_matches_keras_with_a_mask(which, go_backwards):
+    x = np.random.default_rng(5).standard_normal((3, 6, 4)).astype(np.float32)
+    x[1, 3:] = 0
+    x[2] = 0
+
+    def build(lib):
+        m = keras.layers if lib is keras else L
+        inp = (keras if lib is keras else pynn).Input((6, 4))
+        out = m.RNN(_cells(lib, which), go_backwards=go_backwards,
+                    return_sequences=True)(m.Masking()(inp))
+        return (keras.Model if lib is keras else pynn.Model)(inp, out)
+    km, pm = build(keras), build(pynn)
+    pm.set_weights(km.get_weights())
+    np.testing.assert_allclose(pm.predict(x, verbose=0), km.predict(x, verbose=0), atol=1e-5)
+
+
+def test_rnn_of_stacked_cells_trains_like_keras():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((6, 5, 4)).astype(np.float32)
+    y = rng.standard_normal((6, 2)).astype(np.float32)
+
+    def build(lib):
+        inp = (keras if lib is keras else pynn).Input((5, 4))
+        out = (keras.layers if lib is keras else L).RNN(_cells(lib, "stacked"))(inp)
+        return (keras.Model if lib is keras else pynn.Model)(inp, out)
+    km, pm = build(keras), build(pynn)
+    pm.set_weights(km.get_weights())
+    km.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    pm.compile(optimizer=pynn.optimizers.SGD(0.1), loss="mse")
+    km.fit(x, y, batch_size=3, epochs=1, shuffle=False, verbose=0)
+    pm.fit(x, y, batch_size=3, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(pm.get_weights(), km.get_weights()):
+        np.testing.assert_allclose(a, np.asarray(b), atol=1e-3)
+
+
+def test_rnn_config_round_trips_and_rejects_user_cells():
+    for layer in (L.RNN(L.LSTMCell(3, dropout=0.1), return_state=True),
+                  L.RNN([L.GRUCell(2), L.SimpleRNNCell(3)], go_backwards=True)):
+        clone = L.RNN.from_config(layer.get_config())
+        assert clone.get_config()["cell"] == layer.get_config()["cell"]
+    with pytest.raises(TypeError, match="cell must be"):
+        L.RNN(L.Dense(3))

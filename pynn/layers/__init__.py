@@ -10,7 +10,14 @@ from pynn.layers.core import (
 from pynn.layers.recurrent import GRU, LSTM, SimpleRNN
 # -- masks and recurrent wrappers (issue 14, recurrent half) --
 from pynn.layers.masking import Masking
-from pynn.layers.recurrent import Bidirectional
+from pynn.layers.recurrent import (
+    RNN,
+    Bidirectional,
+    GRUCell,
+    LSTMCell,
+    SimpleRNNCell,
+    StackedRNNCells,
+)
 # -- merge (Keras's merge layers and their functional helpers) --
 from pynn.layers.merge import (
     Add,
@@ -82,7 +89,9 @@ LAYERS.update({cls.__name__: cls for cls in (
     GlobalMaxPooling1D, TimeDistributed,
 )})
 # -- masks and recurrent wrappers (issue 14, recurrent half) --
-LAYERS.update({cls.__name__: cls for cls in (Masking, Bidirectional)})
+LAYERS.update({cls.__name__: cls for cls in (
+    Masking, Bidirectional, RNN, SimpleRNNCell, LSTMCell, GRUCell, StackedRNNCells,
+)})
 MaxPool1D = MaxPooling1D
 AvgPool1D = AveragePooling1D
 GlobalAvgPool1D = GlobalAveragePooling1D

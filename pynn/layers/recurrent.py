@@ -35,6 +35,32 @@ def _activation_arg(label, what, value):
     return name.lower()
 
 
+def _call_with_states(layer, n_states, inputs, training, mask, initial_state, kwargs):
+    """A recurrent layer's __call__: ``initial_state`` joins the inputs (a list), so the
+    functional API records the states as the node's other inputs and backward returns their
+    gradients; ``mask`` goes to call."""
+    label = f"{type(layer).__name__} '{layer.name}'"
+    if initial_state is not None:
+        states = (list(initial_state) if isinstance(initial_state, (list, tuple))
+                  else [initial_state])
+        if len(states) != n_states:
+            raise ValueError(f"{label}: initial_state expects {n_states} state tensors "
+                             f"(batch, units), got {len(states)}")
+        inputs = [inputs] + states
+    if is_symbolic(inputs):
+        if mask is not None:
+            kwargs["mask"] = mask
+        return Layer.__call__(layer, inputs, training=training, **kwargs)
+    if kwargs:
+        raise TypeError(f"{label}: unexpected call arguments {sorted(kwargs)}")
+    several = isinstance(inputs, list)
+    if not layer.built:
+        layer.build([(None,) + tuple(x.shape[1:]) for x in inputs] if several
+                    else (None,) + tuple(inputs.shape[1:]))
+    layer.check_input(inputs)
+    return layer.call(inputs, training=training, mask=mask)
+
+
 class _ForgetBiasOnes(initializers.Initializer):
     """Keras's ``unit_forget_bias``: the LSTM bias from ``base``, its f slice set to ones."""
 
@@ -156,27 +182,8 @@ class _RNN(Layer):
     def __call__(self, inputs, training=False, mask=None, initial_state=None, **kwargs):
         """Keras's call arguments: ``mask`` (N, T) of booleans, ``initial_state`` a list of
         (N, U) states (h, plus c for LSTM); in the functional API they become inputs."""
-        if initial_state is not None:
-            states = list(initial_state) if isinstance(initial_state, (list, tuple)) \
-                else [initial_state]
-            if len(states) != self._n_states:
-                raise ValueError(f"{type(self).__name__} '{self.name}': initial_state expects "
-                                 f"{self._n_states} state tensors (N, {self.units}), got "
-                                 f"{len(states)}")
-            inputs = [inputs] + states
-        if is_symbolic(inputs):
-            if mask is not None:
-                kwargs["mask"] = mask
-            return super().__call__(inputs, training=training, **kwargs)
-        if kwargs:
-            raise TypeError(f"{type(self).__name__} '{self.name}': unexpected call arguments "
-                            f"{sorted(kwargs)}")
-        several = isinstance(inputs, list)
-        if not self.built:
-            self.build([(None,) + tuple(x.shape[1:]) for x in inputs] if several
-                       else (None,) + tuple(inputs.shape[1:]))
-        self.check_input(inputs)
-        return self.call(inputs, training=training, mask=mask)
+        return _call_with_states(self, self._n_states, inputs, training, mask, initial_state,
+                                 kwargs)
 
     def reset_states(self, states=None):
         """Stateful layers: back to zero states, or to ``states`` (a list of (N, U) arrays)."""
@@ -603,3 +610,207 @@ class Bidirectional(Layer):
         layer = make(config.pop("layer"))
         backward = config.pop("backward_layer", None)
         return cls(layer, backward_layer=make(backward) if backward else None, **config)
+
+
+# -- generic RNN(cell) -----------------------------------------------------------------------
+# Keras's cells hold a step's weights and options; RNN runs them over the sequence. Here a
+# built-in cell is the configuration of the matching layer (SimpleRNN, LSTM, GRU), so
+# RNN(cell) runs the same native sequence ops as that layer and has its weight layout.
+# StackedRNNCells is the layers chained: cell i+1 at step t reads cell i's output at t, and a
+# masked step keeps every cell's state, so running whole sequences layer after layer gives
+# Keras's numbers.
+
+_SEQUENCE_OPTIONS = ("return_sequences", "return_state", "go_backwards", "stateful", "unroll")
+
+
+class _Cell(Layer):
+    LAYER = None
+
+    def __init__(self, units, **kwargs):
+        base = {k: kwargs.pop(k) for k in ("name", "trainable", "dtype") if k in kwargs}
+        super().__init__(**base)
+        for key in _SEQUENCE_OPTIONS:
+            if key in kwargs:
+                raise TypeError(f"{type(self).__name__}: unexpected argument {key!r} (an RNN "
+                                f"layer's option, not a cell's)")
+        # Validates every option with the layer's own checks and messages.
+        self._probe = self.LAYER(units, dtype=self.dtype, **kwargs)
+        self.units = self._probe.units
+
+    @property
+    def state_size(self):
+        return [self.units] * self._probe._n_states if self._probe._n_states > 1 else self.units
+
+    def layer_options(self):
+        config = self._probe.get_config()
+        for key in _SEQUENCE_OPTIONS + ("name", "trainable", "dtype"):
+            config.pop(key, None)
+        return config
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self.layer_options())
+        return config
+
+
+class SimpleRNNCell(_Cell):
+    LAYER = SimpleRNN
+
+
+class LSTMCell(_Cell):
+    LAYER = LSTM
+
+
+class GRUCell(_Cell):
+    LAYER = GRU
+
+
+_CELLS = {"SimpleRNNCell": SimpleRNNCell, "LSTMCell": LSTMCell, "GRUCell": GRUCell}
+
+
+def _cell_from_spec(spec):
+    name = spec.get("class_name") if isinstance(spec, dict) else None
+    if name not in _CELLS:
+        raise ValueError(f"RNN: unknown cell class {name!r}; expected one of {sorted(_CELLS)}")
+    return _CELLS[name].from_config(spec.get("config", {}))
+
+
+class StackedRNNCells(Layer):
+    """Cells run one after the other at each step (Keras's StackedRNNCells)."""
+
+    def __init__(self, cells, **kwargs):
+        super().__init__(**kwargs)
+        cells = list(cells)
+        if not cells or not all(isinstance(c, _Cell) for c in cells):
+            raise TypeError(f"StackedRNNCells '{self.name}': cells must be a non-empty list of "
+                            f"SimpleRNNCell, LSTMCell or GRUCell, got {cells!r}")
+        self.cells = cells
+
+    def get_config(self):
+        config = super().get_config()
+        config["cells"] = [{"class_name": type(c).__name__, "config": c.get_config()}
+                           for c in self.cells]
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls([_cell_from_spec(c) for c in config.pop("cells")], **config)
+
+
+class RNN(Layer):
+    """Keras's RNN(cell): a SimpleRNNCell, LSTMCell, GRUCell, a list of them or a
+    StackedRNNCells, over the sequence. Weights: each cell's, in order. initial_state and
+    return_state take one cell's states (a stack of several cells refuses them)."""
+
+    supports_masking = True
+
+    def __init__(self, cell, return_sequences=False, return_state=False, go_backwards=False,
+                 stateful=False, unroll=False, zero_output_for_mask=False, **kwargs):
+        super().__init__(**kwargs)
+        label = f"RNN '{self.name}'"
+        if isinstance(cell, (list, tuple)):
+            cell = StackedRNNCells(cell)
+        if not isinstance(cell, (_Cell, StackedRNNCells)):
+            raise TypeError(f"{label}: cell must be a SimpleRNNCell, LSTMCell, GRUCell, a list "
+                            f"of them or a StackedRNNCells, got {type(cell).__name__} (cells "
+                            f"written by the user are not supported)")
+        self.cell = cell
+        cells = cell.cells if isinstance(cell, StackedRNNCells) else [cell]
+        if len(cells) > 1 and return_state:
+            raise ValueError(f"{label}: return_state with stacked cells is not supported")
+        self.return_sequences = bool(return_sequences)
+        self.return_state = bool(return_state)
+        self.go_backwards = bool(go_backwards)
+        self.stateful = bool(stateful)
+        self.unroll = bool(unroll)
+        self.zero_output_for_mask = bool(zero_output_for_mask)
+        last = len(cells) - 1
+        self._layers = []
+        for i, c in enumerate(cells):
+            inner = c.LAYER(**c.layer_options(), name=f"{self.name}_{c.name}", dtype=self.dtype,
+                            return_sequences=self.return_sequences if i == last else True,
+                            return_state=self.return_state,
+                            go_backwards=self.go_backwards and i == 0, stateful=self.stateful)
+            inner.zero_output_for_mask = self.zero_output_for_mask and i == last
+            self._layers.append(inner)
+
+    @property
+    def _n_states(self):
+        return self._layers[0]._n_states
+
+    def __call__(self, inputs, training=False, mask=None, initial_state=None, **kwargs):
+        if initial_state is not None and len(self._layers) > 1:
+            raise ValueError(f"RNN '{self.name}': initial_state with stacked cells is not "
+                             f"supported")
+        return _call_with_states(self, self._n_states, inputs, training, mask, initial_state,
+                                 kwargs)
+
+    def build(self, input_shape):
+        shape = input_shape
+        for inner in self._layers:
+            inner.build(shape)
+            shape = inner.compute_output_shape(shape)
+            if isinstance(shape, list):
+                shape = shape[0]
+        self._variables = [v for inner in self._layers for v in inner._variables]
+        super().build(input_shape)
+        self.input_shape = self._layers[0].input_shape
+
+    def compute_output_shape(self, input_shape):
+        shape = input_shape
+        for inner in self._layers:
+            shape = inner.compute_output_shape(shape)
+            if isinstance(shape, list) and inner is not self._layers[-1]:
+                shape = shape[0]
+        return shape
+
+    def compute_mask(self, inputs, mask=None):
+        return self._layers[-1].compute_mask(inputs, mask)
+
+    def call(self, x, training=False, mask=None):
+        caches = []
+        for i, inner in enumerate(self._layers):
+            if i > 0 and self.go_backwards and mask is not None:
+                # The first cell's outputs come in processing order: so must the mask.
+                m = mask[0] if isinstance(mask, (list, tuple)) else mask
+                mask = np.ascontiguousarray(np.asarray(backend.current().to_numpy(m))[:, ::-1])
+            x = inner.call(x, training=training, mask=mask)
+            caches.append(inner._cache)
+            inner._cache = None
+        if training:
+            self._cache = caches
+        return x
+
+    def backward(self, dy):
+        caches, self._cache = self._cache, None
+        for i in range(len(self._layers) - 1, -1, -1):
+            inner = self._layers[i]
+            inner._cache = caches[i]
+            inner.needs_input_grad = self.needs_input_grad or i > 0
+            dy = inner.backward(dy)
+            inner._cache = None
+        return dy
+
+    def reset_states(self, states=None):
+        for inner in self._layers:
+            inner.reset_states(states if len(self._layers) == 1 else None)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(cell={"class_name": type(self.cell).__name__,
+                            "config": self.cell.get_config()},
+                      return_sequences=self.return_sequences, return_state=self.return_state,
+                      go_backwards=self.go_backwards, stateful=self.stateful,
+                      unroll=self.unroll, zero_output_for_mask=self.zero_output_for_mask)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        spec = config.pop("cell")
+        if isinstance(spec, dict) and spec.get("class_name") == "StackedRNNCells":
+            cell = StackedRNNCells.from_config(spec.get("config", {}))
+        else:
+            cell = _cell_from_spec(spec)
+        return cls(cell, **config)
