@@ -102,3 +102,41 @@ def test_embedding_mask_zero_feeds_the_mask():
     pm.set_weights(km.get_weights())
     np.testing.assert_allclose(pm.predict(idx, verbose=0),
                                np.asarray(km.predict(idx, verbose=0)), atol=1e-5)
+
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_mask_passes_dropout_and_dense_and_pools_over_time(return_sequences):
+    rng = np.random.default_rng(7)
+    idx = rng.integers(1, 15, size=(5, 7))
+    idx[1, 4:] = 0
+    idx[3, 1:] = 0
+
+    def build(lib):
+        m = keras.layers if lib is keras else L
+        inp = (keras if lib is keras else pynn).Input((7,), dtype="int32")
+        h = m.Dropout(0.3)(m.Embedding(15, 4, mask_zero=True)(inp))
+        h = m.LSTM(3, return_sequences=True)(h)
+        h = m.TimeDistributed(m.Dense(2))(h)
+        if not return_sequences:
+            h = m.GlobalAveragePooling1D()(h)
+        return (keras.Model if lib is keras else pynn.Model)(inp, h)
+    km, pm = build(keras), build(pynn)
+    pm.set_weights(km.get_weights())
+    np.testing.assert_allclose(pm.predict(idx, verbose=0),
+                               np.asarray(km.predict(idx, verbose=0)), atol=1e-5)
+
+
+def test_masked_average_pooling_gradient_matches_finite_differences():
+    from tests.reference.gradcheck import numerical_grad
+
+    rng = np.random.default_rng(8)
+    layer = L.GlobalAveragePooling1D(dtype="float64")
+    x = rng.standard_normal((3, 5, 2))
+    mask = np.array([[1, 1, 0, 1, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]], bool)
+    r = rng.standard_normal((3, 2))
+    layer(x)
+    y = layer.call(x, training=True, mask=mask)
+    np.testing.assert_allclose(y[0], x[0, [0, 1, 3]].mean(axis=0))
+    dx = layer.backward(r)
+    np.testing.assert_allclose(
+        dx, numerical_grad(lambda: float(np.sum(layer.call(x, mask=mask) * r)), x), atol=1e-8)

@@ -289,3 +289,10 @@ class ActivityRegularization(Layer):
         config.pop("activity_regularizer", None)
         config.update(l1=self.l1, l2=self.l2)
         return config
+
+
+# -- masks (issue 14, recurrent half): as in Keras 3, these pass their input's mask on, so
+# Embedding(mask_zero=True) -> Dropout -> LSTM and LSTM(return_sequences) -> Dense keep it.
+for _cls in (Dense, Activation, Dropout):
+    _cls.supports_masking = True
+del _cls
