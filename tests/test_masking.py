@@ -140,3 +140,39 @@ def test_masked_average_pooling_gradient_matches_finite_differences():
     dx = layer.backward(r)
     np.testing.assert_allclose(
         dx, numerical_grad(lambda: float(np.sum(layer.call(x, mask=mask) * r)), x), atol=1e-8)
+
+
+def test_masked_sequence_loss_and_one_epoch_match_keras():
+    rng = np.random.default_rng(9)
+    idx = rng.integers(1, 12, size=(6, 5))
+    idx[0, 3:] = 0
+    idx[2, 1:] = 0
+    y = rng.standard_normal((6, 5, 2)).astype(np.float32)
+
+    def build(lib):
+        m = keras.layers if lib is keras else L
+        inp = (keras if lib is keras else pynn).Input((5,), dtype="int32")
+        h = m.GRU(3, return_sequences=True)(m.Embedding(12, 4, mask_zero=True)(inp))
+        return (keras.Model if lib is keras else pynn.Model)(inp, m.Dense(2)(h))
+    km, pm = build(keras), build(pynn)
+    pm.set_weights(km.get_weights())
+    km.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    pm.compile(optimizer=pynn.optimizers.SGD(0.1), loss="mse")
+    want = km.evaluate(idx, y, batch_size=6, verbose=0)
+    got = pm.evaluate(idx, y, batch_size=6, verbose=0)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    km.fit(idx, y, batch_size=3, epochs=1, shuffle=False, verbose=0)
+    pm.fit(idx, y, batch_size=3, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(pm.get_weights(), km.get_weights()):
+        np.testing.assert_allclose(a, np.asarray(b), atol=1e-3)
+
+
+def test_masked_sample_weight_is_kerass_apply_mask():
+    from pynn.losses import masked_sample_weight
+
+    mask = np.array([[1, 1, 0], [0, 0, 0]], bool)
+    y_pred = np.zeros((2, 3, 4), np.float32)
+    w = masked_sample_weight(mask, np.array([2.0, 5.0], np.float32), y_pred)
+    # total 6 entries, 2 valid: weight 6/2 on each valid entry, times its sample's weight
+    np.testing.assert_allclose(w, [[6, 6, 0], [0, 0, 0]])
+    assert masked_sample_weight(np.ones((2, 4), bool), None, y_pred) is None

@@ -193,6 +193,7 @@ class Plan:
         self.steps = steps
         self._prepared_for = None
         self._inference_steps = None
+        self.output_masks = [None] * len(self.output_slots)
 
     def prepare_backward(self, input_grads_needed):
         key = (input_grads_needed,
@@ -333,6 +334,8 @@ class Plan:
             shape = _value_shapes(vals, step.ins) if step is not None else "?"
             raise MemoryError(f"Layer '{step.layer.name}' ({type(step.layer).__name__}): out "
                               f"of memory for input shape {shape} ({exc})") from None
+        # The outputs' masks (issue 14): the model's losses skip masked entries, as Keras's.
+        self.output_masks = [masks[s] for s in self.output_slots]
         return [vals[s] for s in self.output_slots], saved
 
     def backward(self, output_grads, saved):
