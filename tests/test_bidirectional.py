@@ -121,3 +121,20 @@ def test_opencl_training_matches_cpu(backend_opencl):
     for a, b in zip(w_ocl, w_cpu):
         np.testing.assert_allclose(a, b, atol=1e-4)
     np.testing.assert_allclose(p_ocl, p_cpu, atol=1e-4)
+
+
+def test_saved_model_with_recurrent_wrappers_round_trips(tmp_path):
+    from pynn.saving import load_model
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 5, 2)).astype(np.float32)
+    x[1, 2:] = 0
+    inp = pynn.Input((5, 2))
+    h = L.Bidirectional(L.GRU(3, return_sequences=True), merge_mode="ave")(L.Masking()(inp))
+    h = L.RNN([L.LSTMCell(2), L.SimpleRNNCell(3)], go_backwards=True)(h)
+    model = pynn.Model(inp, h)
+    path = str(tmp_path / "m.pynn")
+    model.save(path)
+    again = load_model(path, compile=False)
+    np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-6)
