@@ -16,8 +16,9 @@ with zero_output_for_mask (Bidirectional with return_sequences) a masked step ou
 Recurrent dropout multiplies h_{t-1} by a per-gate mask fixed over time (Keras's
 implementation 1): column block g of the recurrent product reads h_{t-1} * rdrop[:, g].
 
-Parallel axis: the batch (prange over rows); each row runs its whole sequence on one thread,
-since a row's steps depend on each other and different rows never do. Every sum runs in a
+Parallel axis: the batch (prange over blocks of BLOCK rows); a block runs its whole sequence
+on one thread, since a row's steps depend on each other and different rows never do. Per
+step the block's recurrent product reads each recurrent-kernel row once for all its rows. Every sum runs in a
 fixed order on one thread, so results do not depend on the thread count. The weight
 gradients are sums over all rows: they come after the loop from one product per gate block
 (NumPy's BLAS on the stored operands).
@@ -32,6 +33,9 @@ from pynn.backend.operands import rnn_mask as operands
 from pynn.backend.operands.common import HOST
 
 cdef enum:
+    # Rows that step through time together on one thread: each recurrent-kernel row loaded
+    # per step serves all of them from L1 (the per-row loop read the whole kernel per row).
+    BLOCK = 8
     SIMPLE_RNN = 0
     LSTM = 1
     GRU_AFTER = 2
@@ -44,6 +48,7 @@ cdef struct Rec:
     Py_ssize_t t, u, g
     void* xw        # IN  (N, T, G)        forward
     void* rk        # IN  (U, G)
+    void* rk_t      # IN  (G, U) its transpose (backward)
     void* rb        # IN  (G,) or NULL
     void* hs        # OUT (N, T+1, U)      forward; IN backward
     void* cs        # OUT (N, T+1, U)      LSTM
@@ -64,193 +69,243 @@ cdef inline Py_ssize_t _tx(Py_ssize_t s, Py_ssize_t t, int back) noexcept nogil:
     return t - 1 - s if back else s
 
 
-cdef void _row_forward(const Rec* p, Py_ssize_t n, floating* dummy) noexcept nogil:
-    cdef Py_ssize_t t = p.t, u = p.u, g = p.g, s, tx, j, kk, gate, k = g // u
-    cdef int cell = p.cell, act = p.act, ract = p.ract, seen = 0, live
-    cdef floating alpha = p.alpha, ralpha = p.ralpha, a, i_, f_, cc, o_, zz, r_, hh, m
-    cdef const floating* xw = <const floating*>p.xw + n * t * g
+cdef void _block_forward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
+                         floating* dummy) noexcept nogil:
+    """Rows r0 .. r0+nb-1 through the whole sequence, step by step together: each row of the
+    recurrent kernel is loaded once per step for all of them (an nb-row GEMM in axpy form,
+    whose inner loop vectorizes), then each row's cell runs on its own."""
+    cdef Py_ssize_t t = p.t, u = p.u, g = p.g, s, tx, j, kk, gate, r, n, k = g // u
+    cdef int cell = p.cell, act = p.act, ract = p.ract, live
+    cdef int seen[BLOCK]
+    cdef floating alpha = p.alpha, ralpha = p.ralpha, a, i_, f_, cc, o_, hh, m
+    cdef const floating* xw = <const floating*>p.xw
     cdef const floating* rk = <const floating*>p.rk
     cdef const floating* rb = <const floating*>p.rb
-    cdef const floating* mask = <const floating*>p.mask + n * t
-    cdef const floating* rd = <const floating*>p.rdrop + n * g
-    cdef floating* hs = <floating*>p.hs + n * (t + 1) * u
-    cdef floating* cs = <floating*>p.cs + n * (t + 1) * u
-    cdef floating* gt = <floating*>p.gates + n * t * g
-    cdef floating* aux = <floating*>p.aux + n * t * u
-    cdef floating* y = <floating*>p.y + n * (t * u if p.ret_seq else u)
+    cdef const floating* mask = <const floating*>p.mask
+    cdef const floating* rd = <const floating*>p.rdrop
+    cdef floating* hs = <floating*>p.hs
+    cdef floating* cs = <floating*>p.cs
+    cdef floating* gt = <floating*>p.gates
+    cdef floating* aux = <floating*>p.aux
+    cdef floating* y = <floating*>p.y
     cdef floating* z
     cdef floating* rh
     cdef floating* hp
     cdef floating* hn
     cdef floating* target
     cdef const floating* row
+    for r in range(nb):
+        seen[r] = 0
     for s in range(t):
         tx = _tx(s, t, p.back)
-        hp = hs + s * u
-        hn = hp + u
-        z = gt + s * g
-        rh = aux + s * u
-        m = mask[tx]
-        for j in range(g):
-            z[j] = xw[tx * g + j]
-            if rb != NULL and (cell != GRU_AFTER or j < 2 * u):
-                z[j] = z[j] + rb[j]
-        if cell == GRU_AFTER:
-            for j in range(u):
-                rh[j] = rb[2 * u + j] if rb != NULL else 0
+        for r in range(nb):
+            n = r0 + r
+            z = gt + (n * t + s) * g
+            for j in range(g):
+                z[j] = xw[(n * t + tx) * g + j]
+                if rb != NULL and (cell != GRU_AFTER or j < 2 * u):
+                    z[j] = z[j] + rb[j]
+            if cell == GRU_AFTER:
+                rh = aux + (n * t + s) * u
+                for j in range(u):
+                    rh[j] = rb[2 * u + j] if rb != NULL else 0
         # The recurrent product, gate block by gate block (each reads its own dropped h).
         for gate in range(k):
             if cell == GRU_BEFORE and gate == 2:
                 continue  # waits for r (below)
-            target = rh if (cell == GRU_AFTER and gate == 2) else z + gate * u
             for kk in range(u):
-                a = hp[kk] * rd[gate * u + kk]
                 row = rk + kk * g + gate * u
-                for j in range(u):
-                    target[j] = target[j] + a * row[j]
-        if cell == SIMPLE_RNN:
-            for j in range(u):
-                z[j] = act_value(z[j], act, alpha)
-                hn[j] = z[j]
-        elif cell == LSTM:
-            for j in range(u):
-                i_ = act_value(z[j], ract, ralpha)
-                f_ = act_value(z[u + j], ract, ralpha)
-                cc = act_value(z[2 * u + j], act, alpha)
-                o_ = act_value(z[3 * u + j], ract, ralpha)
-                z[j], z[u + j], z[2 * u + j], z[3 * u + j] = i_, f_, cc, o_
-                cs[(s + 1) * u + j] = f_ * cs[s * u + j] + i_ * cc
-                hn[j] = o_ * act_value(cs[(s + 1) * u + j], act, alpha)
-        else:
-            for j in range(2 * u):
-                z[j] = act_value(z[j], ract, ralpha)
-            if cell == GRU_BEFORE:
-                for kk in range(u):
-                    a = z[u + kk] * hp[kk] * rd[2 * u + kk]
-                    row = rk + kk * g + 2 * u
+                for r in range(nb):
+                    n = r0 + r
+                    a = hs[(n * (t + 1) + s) * u + kk] * rd[n * g + gate * u + kk]
+                    if cell == GRU_AFTER and gate == 2:
+                        target = aux + (n * t + s) * u
+                    else:
+                        target = gt + (n * t + s) * g + gate * u
                     for j in range(u):
-                        z[2 * u + j] = z[2 * u + j] + a * row[j]
-            for j in range(u):
-                if cell == GRU_AFTER:
-                    hh = act_value(z[2 * u + j] + z[u + j] * rh[j], act, alpha)
-                else:
-                    hh = act_value(z[2 * u + j], act, alpha)
-                z[2 * u + j] = hh
-                hn[j] = z[j] * hp[j] + (1 - z[j]) * hh
-        if m == 0:  # Keras: a masked step keeps every state
-            memcpy(hn, hp, u * sizeof(floating))
-            if cell == LSTM:
-                memcpy(cs + (s + 1) * u, cs + s * u, u * sizeof(floating))
-        else:
-            seen = 1
-        live = (m != 0) if p.zero_out else seen
-        if p.ret_seq or s == t - 1:
-            target = y + s * u if p.ret_seq else y
-            for j in range(u):
-                target[j] = hn[j] if live else 0
+                        target[j] = target[j] + a * row[j]
+        for r in range(nb):
+            n = r0 + r
+            z = gt + (n * t + s) * g
+            hp = hs + (n * (t + 1) + s) * u
+            hn = hp + u
+            rh = aux + (n * t + s) * u
+            if cell == SIMPLE_RNN:
+                for j in range(u):
+                    z[j] = act_value(z[j], act, alpha)
+                    hn[j] = z[j]
+            elif cell == LSTM:
+                for j in range(u):
+                    i_ = act_value(z[j], ract, ralpha)
+                    f_ = act_value(z[u + j], ract, ralpha)
+                    cc = act_value(z[2 * u + j], act, alpha)
+                    o_ = act_value(z[3 * u + j], ract, ralpha)
+                    z[j], z[u + j], z[2 * u + j], z[3 * u + j] = i_, f_, cc, o_
+                    cs[(n * (t + 1) + s + 1) * u + j] = (f_ * cs[(n * (t + 1) + s) * u + j]
+                                                         + i_ * cc)
+                    hn[j] = o_ * act_value(cs[(n * (t + 1) + s + 1) * u + j], act, alpha)
+            else:
+                for j in range(2 * u):
+                    z[j] = act_value(z[j], ract, ralpha)
+                if cell == GRU_BEFORE:
+                    for kk in range(u):
+                        a = z[u + kk] * hp[kk] * rd[n * g + 2 * u + kk]
+                        row = rk + kk * g + 2 * u
+                        for j in range(u):
+                            z[2 * u + j] = z[2 * u + j] + a * row[j]
+                for j in range(u):
+                    if cell == GRU_AFTER:
+                        hh = act_value(z[2 * u + j] + z[u + j] * rh[j], act, alpha)
+                    else:
+                        hh = act_value(z[2 * u + j], act, alpha)
+                    z[2 * u + j] = hh
+                    hn[j] = z[j] * hp[j] + (1 - z[j]) * hh
+            m = mask[n * t + tx]
+            if m == 0:  # Keras: a masked step keeps every state
+                memcpy(hn, hp, u * sizeof(floating))
+                if cell == LSTM:
+                    memcpy(cs + (n * (t + 1) + s + 1) * u, cs + (n * (t + 1) + s) * u,
+                           u * sizeof(floating))
+            else:
+                seen[r] = 1
+            live = (m != 0) if p.zero_out else seen[r]
+            if p.ret_seq or s == t - 1:
+                target = y + (n * t + s) * u if p.ret_seq else y + n * u
+                for j in range(u):
+                    target[j] = hn[j] if live else 0
 
 
-cdef void _row_backward(const Rec* p, Py_ssize_t n, floating* dummy) noexcept nogil:
-    cdef Py_ssize_t t = p.t, u = p.u, g = p.g, s, tx, j, kk, gate, k = g // u, first = t
+cdef void _block_backward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
+                          floating* dummy) noexcept nogil:
+    """The forward's rows, back through time together: each row's cell gradient, then
+    dh_{t-1} += (dZ_g @ R_g^T) * rdrop_g for all of them, reading each row of the transposed
+    recurrent kernel once per step (axpy form)."""
+    cdef Py_ssize_t t = p.t, u = p.u, g = p.g, s, tx, j, kk, gate, r, n, k = g // u
     cdef int cell = p.cell, act = p.act, ract = p.ract, live
-    cdef floating alpha = p.alpha, ralpha = p.ralpha, a, yc, dcn, hh, zz, r_, dhh
-    cdef const floating* rk = <const floating*>p.rk
-    cdef const floating* mask = <const floating*>p.mask + n * t
-    cdef const floating* rd = <const floating*>p.rdrop + n * g
-    cdef const floating* hs = <const floating*>p.hs + n * (t + 1) * u
-    cdef const floating* cs = <const floating*>p.cs + n * (t + 1) * u
-    cdef const floating* gt = <const floating*>p.gates + n * t * g
-    cdef const floating* aux = <const floating*>p.aux + n * t * u
-    cdef const floating* dy = <const floating*>p.dy + n * (t * u if p.ret_seq else u)
-    cdef floating* dh = <floating*>p.dh + n * u
-    cdef floating* dc = <floating*>p.dc + n * u
-    cdef floating* q = <floating*>p.tmp + n * u
-    cdef floating* dxw = <floating*>p.dxw + n * t * g
+    cdef Py_ssize_t first[BLOCK]
+    cdef floating alpha = p.alpha, ralpha = p.ralpha, a, yc, dcn, hh, zz, dhh
+    cdef const floating* rt = <const floating*>p.rk_t
+    cdef const floating* mask = <const floating*>p.mask
+    cdef const floating* rd = <const floating*>p.rdrop
+    cdef const floating* hs = <const floating*>p.hs
+    cdef const floating* cs = <const floating*>p.cs
+    cdef const floating* gt = <const floating*>p.gates
+    cdef const floating* aux = <const floating*>p.aux
+    cdef const floating* dy = <const floating*>p.dy
+    cdef floating* dh
+    cdef floating* dc
+    cdef floating* q
     cdef floating* dzr
     cdef floating* dx
     cdef const floating* z
     cdef const floating* hp
     cdef const floating* row
-    for s in range(t):
-        if mask[_tx(s, t, p.back)] != 0:
-            first = s
-            break
+    for r in range(nb):
+        n = r0 + r
+        first[r] = t
+        for s in range(t):
+            if mask[n * t + _tx(s, t, p.back)] != 0:
+                first[r] = s
+                break
     for s in range(t - 1, -1, -1):
         tx = _tx(s, t, p.back)
-        live = (mask[tx] != 0) if p.zero_out else s >= first
-        if live and (p.ret_seq or s == t - 1):
-            for j in range(u):
-                dh[j] = dh[j] + (dy[s * u + j] if p.ret_seq else dy[j])
-        dzr = <floating*>p.dzr + (n * t + s) * g
-        dx = dxw + tx * g
-        if mask[tx] == 0:  # the states passed through: so does their gradient
-            memset(dzr, 0, g * sizeof(floating))
-            memset(dx, 0, g * sizeof(floating))
-            continue
-        z = gt + s * g
-        hp = hs + s * u
-        if cell == SIMPLE_RNN:
-            for j in range(u):
-                dzr[j] = act_grad(dh[j], z[j], z[j], act, alpha)
-                dh[j] = 0
-        elif cell == LSTM:
-            for j in range(u):
-                yc = act_value(cs[(s + 1) * u + j], act, alpha)
-                dcn = dc[j] + act_grad(dh[j] * z[3 * u + j], cs[(s + 1) * u + j], yc, act,
-                                       alpha)
-                dzr[3 * u + j] = act_grad(dh[j] * yc, 0, z[3 * u + j], ract, ralpha)
-                dzr[j] = act_grad(dcn * z[2 * u + j], 0, z[j], ract, ralpha)
-                dzr[u + j] = act_grad(dcn * cs[s * u + j], 0, z[u + j], ract, ralpha)
-                dzr[2 * u + j] = act_grad(dcn * z[j], 0, z[2 * u + j], act, alpha)
-                dc[j] = dcn * z[u + j]
-                dh[j] = 0
-        else:
-            for j in range(u):
-                zz = z[j]
-                hh = z[2 * u + j]
-                dhh = act_grad(dh[j] * (1 - zz), 0, hh, act, alpha)
-                dzr[j] = act_grad(dh[j] * (hp[j] - hh), 0, zz, ract, ralpha)
-                dx[2 * u + j] = dhh
-                if cell == GRU_AFTER:
-                    dzr[u + j] = act_grad(dhh * aux[s * u + j], 0, z[u + j], ract, ralpha)
-                    dzr[2 * u + j] = dhh * z[u + j]
-                else:
-                    dzr[2 * u + j] = dhh
-                dh[j] = dh[j] * zz
-            if cell == GRU_BEFORE:
-                # hh = act(x_h + (r * h_{t-1} * rdrop_h) @ R_h): r's gradient needs dhh @ R_h^T.
-                for kk in range(u):
-                    a = 0
-                    row = rk + kk * g + 2 * u
+        for r in range(nb):
+            n = r0 + r
+            dh = <floating*>p.dh + n * u
+            dc = <floating*>p.dc + n * u
+            q = <floating*>p.tmp + n * u
+            live = (mask[n * t + tx] != 0) if p.zero_out else s >= first[r]
+            if live and (p.ret_seq or s == t - 1):
+                for j in range(u):
+                    dh[j] = dh[j] + (dy[(n * t + s) * u + j] if p.ret_seq else dy[n * u + j])
+            dzr = <floating*>p.dzr + (n * t + s) * g
+            dx = <floating*>p.dxw + (n * t + tx) * g
+            if mask[n * t + tx] == 0:  # the states passed through: so does their gradient
+                memset(dzr, 0, g * sizeof(floating))
+                memset(dx, 0, g * sizeof(floating))
+                continue
+            z = gt + (n * t + s) * g
+            hp = hs + (n * (t + 1) + s) * u
+            if cell == SIMPLE_RNN:
+                for j in range(u):
+                    dzr[j] = act_grad(dh[j], z[j], z[j], act, alpha)
+                    dh[j] = 0
+            elif cell == LSTM:
+                for j in range(u):
+                    yc = act_value(cs[(n * (t + 1) + s + 1) * u + j], act, alpha)
+                    dcn = dc[j] + act_grad(dh[j] * z[3 * u + j],
+                                           cs[(n * (t + 1) + s + 1) * u + j], yc, act, alpha)
+                    dzr[3 * u + j] = act_grad(dh[j] * yc, 0, z[3 * u + j], ract, ralpha)
+                    dzr[j] = act_grad(dcn * z[2 * u + j], 0, z[j], ract, ralpha)
+                    dzr[u + j] = act_grad(dcn * cs[(n * (t + 1) + s) * u + j], 0, z[u + j],
+                                          ract, ralpha)
+                    dzr[2 * u + j] = act_grad(dcn * z[j], 0, z[2 * u + j], act, alpha)
+                    dc[j] = dcn * z[u + j]
+                    dh[j] = 0
+            else:
+                for j in range(u):
+                    zz = z[j]
+                    hh = z[2 * u + j]
+                    dhh = act_grad(dh[j] * (1 - zz), 0, hh, act, alpha)
+                    dzr[j] = act_grad(dh[j] * (hp[j] - hh), 0, zz, ract, ralpha)
+                    dx[2 * u + j] = dhh
+                    if cell == GRU_AFTER:
+                        dzr[u + j] = act_grad(dhh * aux[(n * t + s) * u + j], 0, z[u + j], ract,
+                                              ralpha)
+                        dzr[2 * u + j] = dhh * z[u + j]
+                    else:
+                        dzr[2 * u + j] = dhh
+                    dh[j] = dh[j] * zz
+                if cell == GRU_BEFORE:
+                    # hh = act(x_h + (r * h_{t-1} * rdrop_h) @ R_h): r's gradient needs
+                    # dhh @ R_h^T.
+                    for kk in range(u):
+                        q[kk] = 0
                     for j in range(u):
-                        a = a + dzr[2 * u + j] * row[j]
-                    q[kk] = a
-                for kk in range(u):
-                    dzr[u + kk] = act_grad(q[kk] * hp[kk] * rd[2 * u + kk], 0, z[u + kk], ract,
-                                           ralpha)
-                    dh[kk] = dh[kk] + q[kk] * z[u + kk] * rd[2 * u + kk]
+                        a = dzr[2 * u + j]
+                        row = rt + (2 * u + j) * u
+                        for kk in range(u):
+                            q[kk] = q[kk] + a * row[kk]
+                    for kk in range(u):
+                        dzr[u + kk] = act_grad(q[kk] * hp[kk] * rd[n * g + 2 * u + kk], 0,
+                                               z[u + kk], ract, ralpha)
+                        dh[kk] = dh[kk] + q[kk] * z[u + kk] * rd[n * g + 2 * u + kk]
+            for j in range(g):
+                if not (cell >= GRU_AFTER and j >= 2 * u):
+                    dx[j] = dzr[j]
         # dh_{t-1} += sum over gate blocks of (dZ_g @ R_g^T) * rdrop_g
         for gate in range(k):
             if cell == GRU_BEFORE and gate == 2:
                 continue
-            for kk in range(u):
-                a = 0
-                row = rk + kk * g + gate * u
-                for j in range(u):
-                    a = a + dzr[gate * u + j] * row[j]
-                dh[kk] = dh[kk] + a * rd[gate * u + kk]
-        for j in range(g):
-            if not (cell >= GRU_AFTER and j >= 2 * u):
-                dx[j] = dzr[j]
+            for r in range(nb):
+                q = <floating*>p.tmp + (r0 + r) * u
+                for kk in range(u):
+                    q[kk] = 0
+            for j in range(gate * u, (gate + 1) * u):
+                row = rt + j * u
+                for r in range(nb):
+                    n = r0 + r
+                    a = (<floating*>p.dzr)[(n * t + s) * g + j]
+                    if a == 0:  # a masked row, or a zero gradient: nothing to add
+                        continue
+                    q = <floating*>p.tmp + n * u
+                    for kk in range(u):
+                        q[kk] = q[kk] + a * row[kk]
+            for r in range(nb):
+                n = r0 + r
+                q = <floating*>p.tmp + n * u
+                dh = <floating*>p.dh + n * u
+                for kk in range(u):
+                    dh[kk] = dh[kk] + q[kk] * rd[n * g + gate * u + kk]
 
 
 cdef void _run(const Rec* p, Py_ssize_t rows, bint grad, floating* dummy) noexcept nogil:
-    cdef Py_ssize_t n
-    for n in prange(rows, schedule="dynamic", nogil=True):
+    cdef Py_ssize_t b, nblocks = (rows + BLOCK - 1) // BLOCK
+    for b in prange(nblocks, schedule="dynamic", nogil=True):
         if grad:
-            _row_backward(p, n, dummy)
+            _block_backward(p, b * BLOCK, min(BLOCK, rows - b * BLOCK), dummy)
         else:
-            _row_forward(p, n, dummy)
+            _block_forward(p, b * BLOCK, min(BLOCK, rows - b * BLOCK), dummy)
 
 
 cdef inline void* _ptr(a):
@@ -338,7 +393,9 @@ def recurrence_backward(dy, dh_last, dc_last, recurrent_kernel, cache, cell="lst
     dxw = np.empty((n, t, g), dt)
     dzr = np.empty((n, t, g), dt)
     tmp = np.empty((n, u), dt)
+    rk_t = np.ascontiguousarray(rk.T)
     cdef Rec r = _rec(c, flags, t, rk, None, mask, rdrop)
+    r.rk_t = _ptr(rk_t)
     r.hs, r.cs, r.gates, r.aux = _ptr(hs), _ptr(cs), _ptr(gates), _ptr(aux)
     r.dy, r.dh, r.dc, r.dxw, r.dzr, r.tmp = (_ptr(dy), _ptr(dh), _ptr(dc), _ptr(dxw),
                                              _ptr(dzr), _ptr(tmp))

@@ -62,7 +62,7 @@ def test_recurrence_gradients_match_finite_differences(cell, t, return_sequences
 @pytest.mark.parametrize("cell", CELLS)
 def test_recurrence_forward_and_backward_on_each_backend(backend, cell):
     rng = np.random.default_rng(11)
-    n, t, u = 5, 33, 7
+    n, t, u = 13, 33, 7  # 13: more rows than a block (8), the last block partial
     args = _operands(rng, cell, n, t, u, np.float32)
     opts = (cell, "tanh", "sigmoid", True, False, False)
     y, h, c, cache = backend.op("recurrence_forward")(*[backend.up(a) for a in args], *opts)
