@@ -229,6 +229,8 @@ class _RNN(Layer):
                                  f"{self._states[0].shape[0]}, got a batch of {x.shape[0]}; "
                                  f"call reset_states() first")
             states = self._states
+        if mask is not None and isinstance(mask, np.ndarray) and mask.all():
+            mask = None  # nothing masked: the plain ops compute the same, faster
         dropping = training and (self.dropout > 0 or self.recurrent_dropout > 0)
         if (mask is None and states is None and not dropping and not self.return_state
                 and not self.stateful):
