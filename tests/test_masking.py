@@ -176,3 +176,15 @@ def test_masked_sample_weight_is_kerass_apply_mask():
     # total 6 entries, 2 valid: weight 6/2 on each valid entry, times its sample's weight
     np.testing.assert_allclose(w, [[6, 6, 0], [0, 0, 0]])
     assert masked_sample_weight(np.ones((2, 4), bool), None, y_pred) is None
+
+
+def test_sequential_chain_carries_the_mask():
+    idx = np.random.default_rng(10).integers(1, 10, size=(4, 6))
+    idx[1, 2:] = 0
+    idx[3, :] = 0
+    km = keras.Sequential([keras.Input((6,)), keras.layers.Embedding(10, 3, mask_zero=True),
+                           keras.layers.LSTM(4)])
+    pm = pynn.Sequential([L.Input((6,)), L.Embedding(10, 3, mask_zero=True), L.LSTM(4)])
+    pm.set_weights(km.get_weights())
+    np.testing.assert_allclose(pm.predict(idx, verbose=0),
+                               np.asarray(km.predict(idx, verbose=0)), atol=1e-5)
