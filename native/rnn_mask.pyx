@@ -27,7 +27,7 @@ import numpy as np
 
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
-from _activation cimport act_value, act_grad, floating
+from _activation cimport act_value, act_grad, floating, ACT_SIGMOID, ACT_TANH
 
 from pynn.backend.operands import rnn_mask as operands
 from pynn.backend.operands.common import HOST
@@ -43,7 +43,7 @@ cdef enum:
 
 
 cdef struct Rec:
-    int cell, act, ract, ret_seq, back, zero_out
+    int cell, act, ract, ret_seq, back, zero_out, has_rd
     double alpha, ralpha
     Py_ssize_t t, u, g
     void* xw        # IN  (N, T, G)        forward
@@ -65,8 +65,62 @@ cdef struct Rec:
     void* tmp       # scratch (N, U)
 
 
+# The register-blocked microkernel of native/_microkernel.h (shared with conv and rnn):
+# c[i, :n] (+)= sum_k a[i*sai + k*sak] * b[k*ldb + :n], for n <= NC columns per call.
+cdef extern from "_microkernel.h":
+    int PYNN_NC_F
+    int PYNN_NC_D
+    void pynn_rows_gemm_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
+                          Py_ssize_t sai, Py_ssize_t sak, const float* b, Py_ssize_t ldb,
+                          float* c, Py_ssize_t ldc, int accum) noexcept nogil
+    void pynn_rows_gemm_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double* a,
+                          Py_ssize_t sai, Py_ssize_t sak, const double* b, Py_ssize_t ldb,
+                          double* c, Py_ssize_t ldc, int accum) noexcept nogil
+
+
+# float32 sigmoid and tanh without libm calls, so the cell loops vectorize (Keras's default
+# activations; native/_gate_act.h).
+cdef extern from "_gate_act.h":
+    float pynn_gate_sigmoidf(float x) noexcept nogil
+    float pynn_gate_tanhf(float x) noexcept nogil
+
+
+cdef void _rows_mm(Py_ssize_t rows, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                   Py_ssize_t sai, const floating* b, Py_ssize_t ldb, floating* c,
+                   Py_ssize_t ldc, int accum) noexcept nogil:
+    """c[i, :n] (+)= a[i*sai : i*sai + k] @ b (k rows of stride ldb), panel by panel: each
+    k x NC slab of b stays in L1 while every row passes over it."""
+    cdef Py_ssize_t nc = PYNN_NC_F if floating is float else PYNN_NC_D, p0 = 0, w
+    while p0 < n:
+        w = min(nc, n - p0)
+        if floating is float:
+            pynn_rows_gemm_f(rows, w, k, a, sai, 1, b + p0, ldb, c + p0, ldc, accum)
+        else:
+            pynn_rows_gemm_d(rows, w, k, a, sai, 1, b + p0, ldb, c + p0, ldc, accum)
+        p0 = p0 + nc
+
+
 cdef inline Py_ssize_t _tx(Py_ssize_t s, Py_ssize_t t, int back) noexcept nogil:
     return t - 1 - s if back else s
+
+
+cdef void _lstm_cell_f32(float* z, float* c, float* h, Py_ssize_t u) noexcept nogil:
+    """Keras's LSTM cell (tanh, sigmoid) for one row: z holds the gate pre-activations and
+    leaves holding the gates; c[u:2u] = f*c[:u] + i*tanh(z_c), h = o*tanh(c[u:2u])."""
+    cdef Py_ssize_t j
+    cdef float i_, f_, cc, o_, cn
+    for j in range(u):
+        i_ = pynn_gate_sigmoidf(z[j])
+        f_ = pynn_gate_sigmoidf(z[u + j])
+        cc = pynn_gate_tanhf(z[2 * u + j])
+        o_ = pynn_gate_sigmoidf(z[3 * u + j])
+        z[j] = i_
+        z[u + j] = f_
+        z[2 * u + j] = cc
+        z[3 * u + j] = o_
+        cn = f_ * c[j] + i_ * cc
+        c[u + j] = cn
+        h[j] = o_ * pynn_gate_tanhf(cn)
 
 
 cdef void _block_forward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
@@ -75,7 +129,7 @@ cdef void _block_forward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
     recurrent kernel is loaded once per step for all of them (an nb-row GEMM in axpy form,
     whose inner loop vectorizes), then each row's cell runs on its own."""
     cdef Py_ssize_t t = p.t, u = p.u, g = p.g, s, tx, j, kk, gate, r, n, k = g // u
-    cdef int cell = p.cell, act = p.act, ract = p.ract, live
+    cdef int cell = p.cell, act = p.act, ract = p.ract, live, fused
     cdef int seen[BLOCK]
     cdef floating alpha = p.alpha, ralpha = p.ralpha, a, i_, f_, cc, o_, hh, m
     cdef const floating* xw = <const floating*>p.xw
@@ -93,6 +147,9 @@ cdef void _block_forward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
     cdef floating* hp
     cdef floating* hn
     cdef floating* target
+    cdef floating* tmp = <floating*>p.tmp
+    cdef const floating* hd
+    cdef Py_ssize_t hd_ld, width
     cdef const floating* row
     for r in range(nb):
         seen[r] = 0
@@ -109,21 +166,29 @@ cdef void _block_forward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
                 rh = aux + (n * t + s) * u
                 for j in range(u):
                     rh[j] = rb[2 * u + j] if rb != NULL else 0
-        # The recurrent product, gate block by gate block (each reads its own dropped h).
+        # The recurrent product for the block's rows at once: h_{t-1} @ R, or gate block by
+        # gate block (h_{t-1} * rdrop_g) @ R_g with recurrent dropout.
         for gate in range(k):
             if cell == GRU_BEFORE and gate == 2:
                 continue  # waits for r (below)
-            for kk in range(u):
-                row = rk + kk * g + gate * u
+            if not p.has_rd and gate > 0 and not (cell == GRU_AFTER and gate == 2):
+                continue  # done with gate 0, below
+            if p.has_rd:
                 for r in range(nb):
                     n = r0 + r
-                    a = hs[(n * (t + 1) + s) * u + kk] * rd[n * g + gate * u + kk]
-                    if cell == GRU_AFTER and gate == 2:
-                        target = aux + (n * t + s) * u
-                    else:
-                        target = gt + (n * t + s) * g + gate * u
-                    for j in range(u):
-                        target[j] = target[j] + a * row[j]
+                    for kk in range(u):
+                        tmp[n * u + kk] = (hs[(n * (t + 1) + s) * u + kk]
+                                           * rd[n * g + gate * u + kk])
+                hd, hd_ld, width = tmp + r0 * u, u, u
+            else:
+                hd, hd_ld = hs + (r0 * (t + 1) + s) * u, (t + 1) * u
+                width = u if (cell == GRU_AFTER and gate == 2) else (
+                    2 * u if cell >= GRU_AFTER else g)
+            if cell == GRU_AFTER and gate == 2:
+                _rows_mm(nb, u, u, hd, hd_ld, rk + 2 * u, g, aux + (r0 * t + s) * u, t * u, 1)
+            else:
+                _rows_mm(nb, width, u, hd, hd_ld, rk + gate * u, g,
+                         gt + (r0 * t + s) * g + gate * u, t * g, 1)
         for r in range(nb):
             n = r0 + r
             z = gt + (n * t + s) * g
@@ -135,7 +200,12 @@ cdef void _block_forward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
                     z[j] = act_value(z[j], act, alpha)
                     hn[j] = z[j]
             elif cell == LSTM:
-                for j in range(u):
+                fused = 0
+                if floating is float:
+                    if act == ACT_TANH and ract == ACT_SIGMOID:
+                        _lstm_cell_f32(z, cs + (n * (t + 1) + s) * u, hn, u)
+                        fused = 1
+                for j in range(u if not fused else 0):
                     i_ = act_value(z[j], ract, ralpha)
                     f_ = act_value(z[u + j], ract, ralpha)
                     cc = act_value(z[2 * u + j], act, alpha)
@@ -232,7 +302,10 @@ cdef void _block_backward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
                     dh[j] = 0
             elif cell == LSTM:
                 for j in range(u):
-                    yc = act_value(cs[(n * (t + 1) + s + 1) * u + j], act, alpha)
+                    if floating is float and act == ACT_TANH:
+                        yc = pynn_gate_tanhf(cs[(n * (t + 1) + s + 1) * u + j])
+                    else:
+                        yc = act_value(cs[(n * (t + 1) + s + 1) * u + j], act, alpha)
                     dcn = dc[j] + act_grad(dh[j] * z[3 * u + j],
                                            cs[(n * (t + 1) + s + 1) * u + j], yc, act, alpha)
                     dzr[3 * u + j] = act_grad(dh[j] * yc, 0, z[3 * u + j], ract, ralpha)
@@ -273,24 +346,17 @@ cdef void _block_backward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
             for j in range(g):
                 if not (cell >= GRU_AFTER and j >= 2 * u):
                     dx[j] = dzr[j]
-        # dh_{t-1} += sum over gate blocks of (dZ_g @ R_g^T) * rdrop_g
+        # dh_{t-1} += sum over gate blocks of (dZ_g @ R_g^T) * rdrop_g, for the block's rows
+        # at once (masked rows have dZ = 0); without dropout one product over all blocks.
+        if not p.has_rd:
+            _rows_mm(nb, u, (2 * u if cell == GRU_BEFORE else g), <floating*>p.dzr
+                     + (r0 * t + s) * g, t * g, rt, u, <floating*>p.dh + r0 * u, u, 1)
+            continue
         for gate in range(k):
             if cell == GRU_BEFORE and gate == 2:
                 continue
-            for r in range(nb):
-                q = <floating*>p.tmp + (r0 + r) * u
-                for kk in range(u):
-                    q[kk] = 0
-            for j in range(gate * u, (gate + 1) * u):
-                row = rt + j * u
-                for r in range(nb):
-                    n = r0 + r
-                    a = (<floating*>p.dzr)[(n * t + s) * g + j]
-                    if a == 0:  # a masked row, or a zero gradient: nothing to add
-                        continue
-                    q = <floating*>p.tmp + n * u
-                    for kk in range(u):
-                        q[kk] = q[kk] + a * row[kk]
+            _rows_mm(nb, u, u, <floating*>p.dzr + (r0 * t + s) * g + gate * u, t * g,
+                     rt + gate * u * u, u, <floating*>p.tmp + r0 * u, u, 0)
             for r in range(nb):
                 n = r0 + r
                 q = <floating*>p.tmp + n * u
@@ -324,6 +390,7 @@ cdef Rec _rec(c, flags, t, rk, rb, mask, rdrop):
     r.zero_out = flags.zero_output_for_mask
     r.t, r.u, r.g = t, c.units, c.gates * c.units
     r.rk, r.rb, r.mask, r.rdrop = _ptr(rk), _ptr(rb), _ptr(mask), _ptr(rdrop)
+    r.has_rd = not bool(np.all(rdrop == 1))
     return r
 
 
@@ -366,7 +433,9 @@ def recurrence_forward(xw, recurrent_kernel, recurrent_bias, h0, c0=None, mask=N
     gates = np.empty((n, t, g), dt)
     aux = np.empty((n, t, u), dt) if cell == "gru" else gates
     y = np.empty((n, t, u) if flags.return_sequences else (n, u), dt)
+    tmp = np.empty((n, u), dt)
     cdef Rec r = _rec(c, flags, t, rk, rb, mask, rdrop)
+    r.tmp = _ptr(tmp)
     r.xw, r.hs, r.cs, r.gates, r.aux, r.y = (_ptr(xw), _ptr(hs), _ptr(cs), _ptr(gates),
                                              _ptr(aux), _ptr(y))
     _dispatch(&r, n, False, dt == np.float32)
