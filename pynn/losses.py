@@ -435,3 +435,24 @@ def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha
 # The module's own loss functions: passed as callables they resolve to their fused op.
 _FUNCTIONS = {name: fn for name, fn in globals().items()
               if callable(fn) and name in ALIASES and not isinstance(fn, type)}
+# -- masks (issue 14, recurrent half) -----------------------------------------------------
+
+
+def masked_sample_weight(mask, sample_weight, y_pred):
+    """Keras's ``apply_mask`` for reduction sum_over_batch_size: the per-entry weights
+    ``mask * total / valid`` (so the batch mean runs over the unmasked entries only), times
+    ``sample_weight`` (per sample) where given. ``mask`` is a host bool array shaped like the
+    per-entry losses, ``y_pred.shape[:-1]``; returns a backend array, or ``sample_weight``
+    unchanged when the mask does not fit the output (a mask for another shape)."""
+    b = backend.current()
+    m = np.asarray(b.to_numpy(mask) if not isinstance(mask, np.ndarray) else mask)
+    if m.shape != tuple(y_pred.shape[:-1]):
+        return sample_weight
+    weights = m.astype(np.float64)
+    valid = weights.sum()
+    if valid:
+        weights *= weights.size / valid
+    if sample_weight is not None:
+        sw = np.asarray(b.to_numpy(sample_weight), dtype=np.float64)
+        weights *= sw.reshape(sw.shape + (1,) * (weights.ndim - sw.ndim))
+    return b.asarray(weights.astype(y_pred.dtype), y_pred.dtype)

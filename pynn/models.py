@@ -577,12 +577,14 @@ class Model(Layer):
         b = backend.current()
         total, per_output, grads = 0.0, [], []
         sws = sws or [None] * len(outs)
-        for loss, weight, yk, out, sw in zip(self._output_losses, self._loss_weights, ys, outs,
-                                             sws):
+        for loss, weight, yk, out, sw, mask in zip(self._output_losses, self._loss_weights, ys,
+                                                   outs, sws, self._plan.output_masks):
             if loss is None:
                 per_output.append(None)
                 grads.append(None)
                 continue
+            if mask is not None:  # issue 14: masked entries do not count (Keras)
+                sw = losses.masked_sample_weight(mask, sw, out)
             if sw is None:
                 value, grad = loss.forward_backward(yk, out, need_grad=need_grad)
             else:

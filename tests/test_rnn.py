@@ -565,10 +565,8 @@ def test_layer_backward_and_regularizer(cpu_backend):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"dropout": 0.1}, "dropout=0.1 is not supported"),
-    ({"recurrent_dropout": 0.2}, "recurrent_dropout"),
-    ({"stateful": True}, "stateful"),
-    ({"return_state": True}, "return_state"),
+    ({"dropout": 1.5}, "dropout must be a float in"),
+    ({"recurrent_dropout": -0.2}, "recurrent_dropout must be a float in"),
     ({"activation": "softmax"}, "activation must be one of"),
     ({"units": 0}, "units must be a positive int"),
 ])

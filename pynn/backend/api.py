@@ -6,7 +6,8 @@ Where an op lives: one name, five places
 ----------------------------------------
 An op of family F (dense, conv, pool, activation, loss, metric, dropout, optim, rnn,
 merge, spatial, shape, normalization, depthwise,
-preprocessing, sparse, quant, elementwise) named ``<op>`` is, under that same name:
+preprocessing, sparse, quant, elementwise, rnn_mask) named ``<op>`` is, under that same
+name:
 - ``native/F.pyx``: the CPU kernel, exported as ``pynn._native.F.<op>``;
 - ``opencl/F.cl``: its OpenCL kernels, driven by ``pynn/backend/opencl/F.py``;
 - ``pynn/backend/operands/F.py``: the checks of its arguments, which both backends call
@@ -260,6 +261,29 @@ OPS = {
     "gru_backward": ("dy", "x", "kernel", "recurrent_kernel", "cache", "activation",
                      "recurrent_activation", "reset_after", "return_sequences", "go_backwards",
                      "need_input_grad"),
+    # -- rnn_mask: general recurrence (issue 14, recurrent half; native/rnn_mask.pyx,
+    # opencl/rnn_mask.cl) -----------------------------------------------------------------
+    # What the whole-sequence ops above do not: Keras's mask, an initial state, recurrent
+    # dropout and the final state. xw (N, T, G) = x @ kernel + input bias (the layer's dense
+    # op); cell in ("simple_rnn", "lstm", "gru" (reset_after), "gru_reset_before");
+    # recurrent_bias (G,) for "gru" or None; h0 (N, U), c0 (N, U) for "lstm" only; mask
+    # (N, T) of 1/0 or None (all steps); recurrent_dropout (N, G) multipliers of h_{t-1} per
+    # gate block, fixed over time, or None. A masked step keeps the states and repeats the
+    # previous output (zeros before the first unmasked step), or outputs zeros with
+    # zero_output_for_mask. Forward -> (y, h_last, c_last or None, cache), y in processing
+    # order; backward -> (dxw at the input's time index, drecurrent_kernel, drecurrent_bias,
+    # dh0, dc0 or None), dh_last / dc_last the final states' gradients or None.
+    "recurrence_forward": ("xw", "recurrent_kernel", "recurrent_bias", "h0", "c0", "mask",
+                           "recurrent_dropout", "cell", "activation", "recurrent_activation",
+                           "return_sequences", "go_backwards", "zero_output_for_mask"),
+    "recurrence_backward": ("dy", "dh_last", "dc_last", "recurrent_kernel", "cache", "cell",
+                            "activation", "recurrent_activation", "return_sequences",
+                            "go_backwards", "zero_output_for_mask"),
+    # x (N, T, C) * scale (N, C) at every step: input dropout fixed over time; its own
+    # backward.
+    "sequence_scale": ("x", "scale"),
+    # x (N, T, F) reversed along time (Bidirectional's backward direction); its own backward.
+    "sequence_reverse": ("x",),
     # -- merge (native/merge.pyx, opencl/merge.cl) ------------------------------------
     # Keras 3's merge layers. ``inputs`` is a list of arrays of one dtype. merge_forward
     # folds them left to right by ``mode`` (MERGE_MODES; one shape for all, subtract takes

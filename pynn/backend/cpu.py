@@ -172,3 +172,10 @@ def add_inplace(a, b):
 
 def scale_inplace(a, factor):
     np.multiply(a, a.dtype.type(factor), out=a)
+# -- rnn_mask: general recurrence (issue 14, recurrent half) --
+from pynn._native.rnn_mask import (  # noqa: F401
+    recurrence_backward,
+    recurrence_forward,
+    sequence_reverse,
+    sequence_scale,
+)

@@ -8,6 +8,16 @@ from pynn.layers.core import (
     Activation, ActivityRegularization, Dense, Dropout, Flatten, Input, InputLayer, Reshape,
 )
 from pynn.layers.recurrent import GRU, LSTM, SimpleRNN
+# -- masks and recurrent wrappers (issue 14, recurrent half) --
+from pynn.layers.masking import Masking
+from pynn.layers.recurrent import (
+    RNN,
+    Bidirectional,
+    GRUCell,
+    LSTMCell,
+    SimpleRNNCell,
+    StackedRNNCells,
+)
 # -- merge (Keras's merge layers and their functional helpers) --
 from pynn.layers.merge import (
     Add,
@@ -94,6 +104,10 @@ LAYERS["PruneLowMagnitude"] = PruneLowMagnitude
 # -- custom layers and ops (issue 13): Lambda, and the functional graph's op nodes --
 from pynn.layers.core import Lambda  # noqa: E402
 LAYERS.update({cls.__name__: cls for cls in (Lambda,)})
+# -- masks and recurrent wrappers (issue 14, recurrent half) --
+LAYERS.update({cls.__name__: cls for cls in (
+    Masking, Bidirectional, RNN, SimpleRNNCell, LSTMCell, GRUCell, StackedRNNCells,
+)})
 MaxPool1D = MaxPooling1D
 AvgPool1D = AveragePooling1D
 GlobalAvgPool1D = GlobalAveragePooling1D

@@ -307,6 +307,14 @@ class Layer:
             return autodiff.call_builtin(self, inputs, training)
         return self.call(inputs, training=training)
 
+    # -- masks (issue 14): Keras 3's rule. A layer that supports masking passes its input's
+    # mask on (or makes its own in compute_mask); any other drops it. A layer whose call
+    # takes ``mask=`` is given its input's mask by the model.
+    supports_masking = False
+
+    def compute_mask(self, inputs, mask=None):
+        return mask if self.supports_masking else None
+
     def call(self, x, training=False):
         raise NotImplementedError(f"{type(self).__name__}.call")
 

@@ -350,3 +350,8 @@ class Lambda(Layer):
             config["output_shape"] = _registry.lookup_serializable(spec.get("function"),
                                                                    "output_shape function")
         return cls(**config)
+# -- masks (issue 14, recurrent half): as in Keras 3, these pass their input's mask on, so
+# Embedding(mask_zero=True) -> Dropout -> LSTM and LSTM(return_sequences) -> Dense keep it.
+for _cls in (Dense, Activation, Dropout):
+    _cls.supports_masking = True
+del _cls

@@ -194,6 +194,7 @@ class Plan:
         self.steps = steps
         self._prepared_for = None
         self._inference_steps = None
+        self.output_masks = [None] * len(self.output_slots)
 
     def prepare_backward(self, input_grads_needed):
         key = (input_grads_needed,
@@ -313,14 +314,26 @@ class Plan:
         for s, x in zip(self.input_slots, inputs):
             vals[s] = x
         saved = [None] * len(steps) if training else None
+        masks = [None] * self.nslots  # Keras's masks, one per slot (issue 14)
         step = None
         try:
             for j, step in enumerate(steps):
                 layer = step.layer
-                if step.several:
-                    y = layer.call([vals[s] for s in step.ins], training=training)
+                x = [vals[s] for s in step.ins] if step.several else vals[step.ins[0]]
+                mask = ([masks[s] for s in step.ins] if step.several
+                        else masks[step.ins[0]])
+                masked = any(m is not None for m in mask) if step.several else mask is not None
+                if masked and _takes_mask(layer):
+                    y = layer.call(x, training=training, mask=mask)
                 else:
-                    y = layer.call(vals[step.ins[0]], training=training)
+                    y = layer.call(x, training=training)
+                if masked or _makes_mask(layer):
+                    compute = getattr(layer, "compute_mask", None)  # a folded step has none
+                    out_mask = compute(x, mask) if compute is not None else None
+                    if not isinstance(out_mask, list):
+                        out_mask = [out_mask] * len(step.outs)
+                    for s, m in zip(step.outs, out_mask):
+                        masks[s] = m
                 if step.multi_out:
                     for s, v in zip(step.outs, y):
                         vals[s] = v
@@ -331,10 +344,13 @@ class Plan:
                     layer._cache = None
                 for s in step.free_after:
                     vals[s] = None
+                    masks[s] = None
         except MemoryError as exc:
             shape = _value_shapes(vals, step.ins) if step is not None else "?"
             raise MemoryError(f"Layer '{step.layer.name}' ({type(step.layer).__name__}): out "
                               f"of memory for input shape {shape} ({exc})") from None
+        # The outputs' masks (issue 14): the model's losses skip masked entries, as Keras's.
+        self.output_masks = [masks[s] for s in self.output_slots]
         return [vals[s] for s in self.output_slots], saved
 
     def backward(self, output_grads, saved, on_grads_final=None):
@@ -397,6 +413,29 @@ class Plan:
             raise MemoryError(f"Layer '{step.layer.name}' ({type(step.layer).__name__}): out "
                               f"of memory in backward ({exc})") from None
         return [grads[s] for s in self.input_slots], penalty
+
+
+# -- masks (issue 14, Keras 3's rule): the plan hands a slot's mask to a layer whose call
+# takes ``mask=`` and asks every layer that met a mask, or makes its own (compute_mask
+# overridden, as Embedding's mask_zero), for its output's mask.
+_TAKES_MASK = {}
+
+
+def _takes_mask(layer):
+    kind = type(layer)
+    found = _TAKES_MASK.get(kind)
+    if found is None:
+        import inspect
+
+        found = _TAKES_MASK[kind] = "mask" in inspect.signature(layer.call).parameters
+    return found
+
+
+def _makes_mask(layer):
+    from pynn.layers.base import Layer
+
+    own = getattr(type(layer), "compute_mask", None)
+    return own is not None and own is not Layer.compute_mask
 
 
 class _FoldedLayer:

@@ -280,15 +280,35 @@ class _GlobalPooling1D(Layer):
 
 
 class GlobalAveragePooling1D(_GlobalPooling1D):
-    def call(self, x, training=False):
+    # -- masks (issue 14, recurrent half): Keras averages over the unmasked steps only,
+    # sum_t(m x) / sum_t(m): the weights m / sum_t(m) batch-dotted with x (the Dot layer's
+    # op, the same math); a fully masked row is 0/0 = NaN, as in Keras.
+    supports_masking = True
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def call(self, x, training=False, mask=None):
+        if mask is not None:
+            b = backend.current()
+            m = np.asarray(b.to_numpy(mask) if not isinstance(mask, np.ndarray) else mask,
+                           dtype=np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                w = b.asarray((m / m.sum(axis=1, keepdims=True)).astype(self.dtype), self.dtype)
+            if training:
+                self._cache = ("masked", w, x)
+            return self._out(b.dot_forward(w, x, (1, 1), False))
         x4 = _as_image(x)
         if training:
             self._cache = tuple(x4.shape)
         return self._out(backend.current().global_avgpool2d_forward(x4))
 
     def backward(self, dy):
-        shape, self._cache = self._cache, None
-        return _as_sequence(backend.current().global_avgpool2d_backward(self._dy(dy), shape))
+        cache, self._cache = self._cache, None
+        if cache[0] == "masked":
+            _, w, x = cache
+            return backend.current().dot_backward(self._dy(dy), w, x, (1, 1), False)[1]
+        return _as_sequence(backend.current().global_avgpool2d_backward(self._dy(dy), cache))
 
 
 class GlobalMaxPooling1D(_GlobalPooling1D):
@@ -309,6 +329,8 @@ class TimeDistributed(Layer):
     """Applies ``layer`` to every time step as one batched call: (N, T, ...) is reshaped to
     (N*T, ...), the inner layer runs once, and the result is reshaped back; the backward
     likewise. Its weights are the inner layer's, in the inner layer's (Keras's) order."""
+
+    supports_masking = True  # issue 14: the input's mask passes on (Keras)
 
     def __init__(self, layer, **kwargs):
         super().__init__(**kwargs)

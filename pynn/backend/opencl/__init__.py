@@ -96,3 +96,10 @@ from pynn.backend.opencl.sparse import sparse_dense_forward  # noqa: F401
 from pynn.backend.opencl.quant import (  # noqa: F401
     dequantize_forward, int8_dense_forward, quantize_forward,
 )
+# -- rnn_mask: general recurrence (issue 14, recurrent half) --
+from pynn.backend.opencl.rnn_mask import (  # noqa: F401
+    recurrence_backward,
+    recurrence_forward,
+    sequence_reverse,
+    sequence_scale,
+)

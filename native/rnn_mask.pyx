@@ -1,0 +1,525 @@
+"""General recurrence kernels: the mask, the initial state, recurrent dropout and the final
+state that Keras's recurrent layers offer, for the SimpleRNN, LSTM and GRU cells.
+
+Legend: N batch, T time steps, U units, k gates (1 SimpleRNN, 4 LSTM i f c o, 3 GRU z r h),
+G = k*U gate columns. xw (N, T, G) is the input projection x @ kernel + input bias, made
+by the layer with one dense op over all N*T rows (the input side has no recurrence).
+
+Why a second family beside native/rnn.pyx: the rnn ops are the tuned fast path of the plain
+case (zero initial state, no mask, no dropout) and their cell loops are being optimized on
+their own; everything else runs here, on one short loop per row, so neither disturbs the
+other. The layers pick the fast path whenever it computes the same thing.
+
+Keras's rules (keras/src/backend/*/rnn.py): at a masked step the states keep their previous
+values and the output repeats the previous output (zeros before the first unmasked step);
+with zero_output_for_mask (Bidirectional with return_sequences) a masked step outputs zeros.
+Recurrent dropout multiplies h_{t-1} by a per-gate mask fixed over time (Keras's
+implementation 1): column block g of the recurrent product reads h_{t-1} * rdrop[:, g].
+
+Parallel axis: the batch (prange over blocks of BLOCK rows); a block runs its whole sequence
+on one thread, since a row's steps depend on each other and different rows never do. Per
+step the block's recurrent product reads each recurrent-kernel row once for all its rows. Every sum runs in a
+fixed order on one thread, so results do not depend on the thread count. The weight
+gradients are sums over all rows: they come after the loop from one product per gate block
+(NumPy's BLAS on the stored operands).
+"""
+import numpy as np
+
+from cython.parallel cimport prange
+from libc.string cimport memcpy, memset
+from _activation cimport act_value, act_grad, floating, ACT_SIGMOID, ACT_TANH
+
+from pynn.backend.operands import rnn_mask as operands
+from pynn.backend.operands.common import HOST
+
+cdef enum:
+    # Rows that step through time together on one thread: each recurrent-kernel row loaded
+    # per step serves all of them from L1 (the per-row loop read the whole kernel per row).
+    BLOCK = 8
+    SIMPLE_RNN = 0
+    LSTM = 1
+    GRU_AFTER = 2
+    GRU_BEFORE = 3
+
+
+cdef struct Rec:
+    int cell, act, ract, ret_seq, back, zero_out, has_rd
+    double alpha, ralpha
+    Py_ssize_t t, u, g
+    void* xw        # IN  (N, T, G)        forward
+    void* rk        # IN  (U, G)
+    void* rk_t      # IN  (G, U) its transpose (backward)
+    void* rb        # IN  (G,) or NULL
+    void* hs        # OUT (N, T+1, U)      forward; IN backward
+    void* cs        # OUT (N, T+1, U)      LSTM
+    void* gates     # OUT (N, T, G)
+    void* aux       # OUT (N, T, U)        gru: h @ R_h + b_rh
+    void* mask      # IN  (N, T)
+    void* rdrop     # IN  (N, G)
+    void* y         # OUT (N, T, U) or (N, U)
+    void* dy        # IN  backward
+    void* dh        # IN/OUT (N, U): dh_last in, dh0 out
+    void* dc        # IN/OUT (N, U)
+    void* dxw       # OUT (N, T, G), at the input's time index
+    void* dzr       # OUT (N, T, G), the recurrent side, processing order
+    void* tmp       # scratch (N, U)
+
+
+# The register-blocked microkernel of native/_microkernel.h (shared with conv and rnn):
+# c[i, :n] (+)= sum_k a[i*sai + k*sak] * b[k*ldb + :n], for n <= NC columns per call.
+cdef extern from "_microkernel.h":
+    int PYNN_NC_F
+    int PYNN_NC_D
+    void pynn_rows_gemm_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
+                          Py_ssize_t sai, Py_ssize_t sak, const float* b, Py_ssize_t ldb,
+                          float* c, Py_ssize_t ldc, int accum) noexcept nogil
+    void pynn_rows_gemm_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double* a,
+                          Py_ssize_t sai, Py_ssize_t sak, const double* b, Py_ssize_t ldb,
+                          double* c, Py_ssize_t ldc, int accum) noexcept nogil
+
+
+# float32 sigmoid and tanh without libm calls, so the cell loops vectorize (Keras's default
+# activations; native/_gate_act.h).
+cdef extern from "_gate_act.h":
+    float pynn_gate_sigmoidf(float x) noexcept nogil
+    float pynn_gate_tanhf(float x) noexcept nogil
+
+
+cdef void _rows_mm(Py_ssize_t rows, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                   Py_ssize_t sai, const floating* b, Py_ssize_t ldb, floating* c,
+                   Py_ssize_t ldc, int accum) noexcept nogil:
+    """c[i, :n] (+)= a[i*sai : i*sai + k] @ b (k rows of stride ldb), panel by panel: each
+    k x NC slab of b stays in L1 while every row passes over it."""
+    cdef Py_ssize_t nc = PYNN_NC_F if floating is float else PYNN_NC_D, p0 = 0, w
+    while p0 < n:
+        w = min(nc, n - p0)
+        if floating is float:
+            pynn_rows_gemm_f(rows, w, k, a, sai, 1, b + p0, ldb, c + p0, ldc, accum)
+        else:
+            pynn_rows_gemm_d(rows, w, k, a, sai, 1, b + p0, ldb, c + p0, ldc, accum)
+        p0 = p0 + nc
+
+
+cdef inline Py_ssize_t _tx(Py_ssize_t s, Py_ssize_t t, int back) noexcept nogil:
+    return t - 1 - s if back else s
+
+
+cdef void _lstm_cell_f32(float* z, float* c, float* h, Py_ssize_t u) noexcept nogil:
+    """Keras's LSTM cell (tanh, sigmoid) for one row: z holds the gate pre-activations and
+    leaves holding the gates; c[u:2u] = f*c[:u] + i*tanh(z_c), h = o*tanh(c[u:2u])."""
+    cdef Py_ssize_t j
+    cdef float i_, f_, cc, o_, cn
+    for j in range(u):
+        i_ = pynn_gate_sigmoidf(z[j])
+        f_ = pynn_gate_sigmoidf(z[u + j])
+        cc = pynn_gate_tanhf(z[2 * u + j])
+        o_ = pynn_gate_sigmoidf(z[3 * u + j])
+        z[j] = i_
+        z[u + j] = f_
+        z[2 * u + j] = cc
+        z[3 * u + j] = o_
+        cn = f_ * c[j] + i_ * cc
+        c[u + j] = cn
+        h[j] = o_ * pynn_gate_tanhf(cn)
+
+
+cdef void _block_forward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
+                         floating* dummy) noexcept nogil:
+    """Rows r0 .. r0+nb-1 through the whole sequence, step by step together: each row of the
+    recurrent kernel is loaded once per step for all of them (an nb-row GEMM in axpy form,
+    whose inner loop vectorizes), then each row's cell runs on its own."""
+    cdef Py_ssize_t t = p.t, u = p.u, g = p.g, s, tx, j, kk, gate, r, n, k = g // u
+    cdef int cell = p.cell, act = p.act, ract = p.ract, live, fused
+    cdef int seen[BLOCK]
+    cdef floating alpha = p.alpha, ralpha = p.ralpha, a, i_, f_, cc, o_, hh, m
+    cdef const floating* xw = <const floating*>p.xw
+    cdef const floating* rk = <const floating*>p.rk
+    cdef const floating* rb = <const floating*>p.rb
+    cdef const floating* mask = <const floating*>p.mask
+    cdef const floating* rd = <const floating*>p.rdrop
+    cdef floating* hs = <floating*>p.hs
+    cdef floating* cs = <floating*>p.cs
+    cdef floating* gt = <floating*>p.gates
+    cdef floating* aux = <floating*>p.aux
+    cdef floating* y = <floating*>p.y
+    cdef floating* z
+    cdef floating* rh
+    cdef floating* hp
+    cdef floating* hn
+    cdef floating* target
+    cdef floating* tmp = <floating*>p.tmp
+    cdef const floating* hd
+    cdef Py_ssize_t hd_ld, width
+    cdef const floating* row
+    for r in range(nb):
+        seen[r] = 0
+    for s in range(t):
+        tx = _tx(s, t, p.back)
+        for r in range(nb):
+            n = r0 + r
+            z = gt + (n * t + s) * g
+            for j in range(g):
+                z[j] = xw[(n * t + tx) * g + j]
+                if rb != NULL and (cell != GRU_AFTER or j < 2 * u):
+                    z[j] = z[j] + rb[j]
+            if cell == GRU_AFTER:
+                rh = aux + (n * t + s) * u
+                for j in range(u):
+                    rh[j] = rb[2 * u + j] if rb != NULL else 0
+        # The recurrent product for the block's rows at once: h_{t-1} @ R, or gate block by
+        # gate block (h_{t-1} * rdrop_g) @ R_g with recurrent dropout.
+        for gate in range(k):
+            if cell == GRU_BEFORE and gate == 2:
+                continue  # waits for r (below)
+            if not p.has_rd and gate > 0 and not (cell == GRU_AFTER and gate == 2):
+                continue  # done with gate 0, below
+            if p.has_rd:
+                for r in range(nb):
+                    n = r0 + r
+                    for kk in range(u):
+                        tmp[n * u + kk] = (hs[(n * (t + 1) + s) * u + kk]
+                                           * rd[n * g + gate * u + kk])
+                hd, hd_ld, width = tmp + r0 * u, u, u
+            else:
+                hd, hd_ld = hs + (r0 * (t + 1) + s) * u, (t + 1) * u
+                width = u if (cell == GRU_AFTER and gate == 2) else (
+                    2 * u if cell >= GRU_AFTER else g)
+            if cell == GRU_AFTER and gate == 2:
+                _rows_mm(nb, u, u, hd, hd_ld, rk + 2 * u, g, aux + (r0 * t + s) * u, t * u, 1)
+            else:
+                _rows_mm(nb, width, u, hd, hd_ld, rk + gate * u, g,
+                         gt + (r0 * t + s) * g + gate * u, t * g, 1)
+        for r in range(nb):
+            n = r0 + r
+            z = gt + (n * t + s) * g
+            hp = hs + (n * (t + 1) + s) * u
+            hn = hp + u
+            rh = aux + (n * t + s) * u
+            if cell == SIMPLE_RNN:
+                for j in range(u):
+                    z[j] = act_value(z[j], act, alpha)
+                    hn[j] = z[j]
+            elif cell == LSTM:
+                fused = 0
+                if floating is float:
+                    if act == ACT_TANH and ract == ACT_SIGMOID:
+                        _lstm_cell_f32(z, cs + (n * (t + 1) + s) * u, hn, u)
+                        fused = 1
+                for j in range(u if not fused else 0):
+                    i_ = act_value(z[j], ract, ralpha)
+                    f_ = act_value(z[u + j], ract, ralpha)
+                    cc = act_value(z[2 * u + j], act, alpha)
+                    o_ = act_value(z[3 * u + j], ract, ralpha)
+                    z[j], z[u + j], z[2 * u + j], z[3 * u + j] = i_, f_, cc, o_
+                    cs[(n * (t + 1) + s + 1) * u + j] = (f_ * cs[(n * (t + 1) + s) * u + j]
+                                                         + i_ * cc)
+                    hn[j] = o_ * act_value(cs[(n * (t + 1) + s + 1) * u + j], act, alpha)
+            else:
+                for j in range(2 * u):
+                    z[j] = act_value(z[j], ract, ralpha)
+                if cell == GRU_BEFORE:
+                    for kk in range(u):
+                        a = z[u + kk] * hp[kk] * rd[n * g + 2 * u + kk]
+                        row = rk + kk * g + 2 * u
+                        for j in range(u):
+                            z[2 * u + j] = z[2 * u + j] + a * row[j]
+                for j in range(u):
+                    if cell == GRU_AFTER:
+                        hh = act_value(z[2 * u + j] + z[u + j] * rh[j], act, alpha)
+                    else:
+                        hh = act_value(z[2 * u + j], act, alpha)
+                    z[2 * u + j] = hh
+                    hn[j] = z[j] * hp[j] + (1 - z[j]) * hh
+            m = mask[n * t + tx]
+            if m == 0:  # Keras: a masked step keeps every state
+                memcpy(hn, hp, u * sizeof(floating))
+                if cell == LSTM:
+                    memcpy(cs + (n * (t + 1) + s + 1) * u, cs + (n * (t + 1) + s) * u,
+                           u * sizeof(floating))
+            else:
+                seen[r] = 1
+            live = (m != 0) if p.zero_out else seen[r]
+            if p.ret_seq or s == t - 1:
+                target = y + (n * t + s) * u if p.ret_seq else y + n * u
+                for j in range(u):
+                    target[j] = hn[j] if live else 0
+
+
+cdef void _block_backward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
+                          floating* dummy) noexcept nogil:
+    """The forward's rows, back through time together: each row's cell gradient, then
+    dh_{t-1} += (dZ_g @ R_g^T) * rdrop_g for all of them, reading each row of the transposed
+    recurrent kernel once per step (axpy form)."""
+    cdef Py_ssize_t t = p.t, u = p.u, g = p.g, s, tx, j, kk, gate, r, n, k = g // u
+    cdef int cell = p.cell, act = p.act, ract = p.ract, live
+    cdef Py_ssize_t first[BLOCK]
+    cdef floating alpha = p.alpha, ralpha = p.ralpha, a, yc, dcn, hh, zz, dhh
+    cdef const floating* rt = <const floating*>p.rk_t
+    cdef const floating* mask = <const floating*>p.mask
+    cdef const floating* rd = <const floating*>p.rdrop
+    cdef const floating* hs = <const floating*>p.hs
+    cdef const floating* cs = <const floating*>p.cs
+    cdef const floating* gt = <const floating*>p.gates
+    cdef const floating* aux = <const floating*>p.aux
+    cdef const floating* dy = <const floating*>p.dy
+    cdef floating* dh
+    cdef floating* dc
+    cdef floating* q
+    cdef floating* dzr
+    cdef floating* dx
+    cdef const floating* z
+    cdef const floating* hp
+    cdef const floating* row
+    for r in range(nb):
+        n = r0 + r
+        first[r] = t
+        for s in range(t):
+            if mask[n * t + _tx(s, t, p.back)] != 0:
+                first[r] = s
+                break
+    for s in range(t - 1, -1, -1):
+        tx = _tx(s, t, p.back)
+        for r in range(nb):
+            n = r0 + r
+            dh = <floating*>p.dh + n * u
+            dc = <floating*>p.dc + n * u
+            q = <floating*>p.tmp + n * u
+            live = (mask[n * t + tx] != 0) if p.zero_out else s >= first[r]
+            if live and (p.ret_seq or s == t - 1):
+                for j in range(u):
+                    dh[j] = dh[j] + (dy[(n * t + s) * u + j] if p.ret_seq else dy[n * u + j])
+            dzr = <floating*>p.dzr + (n * t + s) * g
+            dx = <floating*>p.dxw + (n * t + tx) * g
+            if mask[n * t + tx] == 0:  # the states passed through: so does their gradient
+                memset(dzr, 0, g * sizeof(floating))
+                memset(dx, 0, g * sizeof(floating))
+                continue
+            z = gt + (n * t + s) * g
+            hp = hs + (n * (t + 1) + s) * u
+            if cell == SIMPLE_RNN:
+                for j in range(u):
+                    dzr[j] = act_grad(dh[j], z[j], z[j], act, alpha)
+                    dh[j] = 0
+            elif cell == LSTM:
+                for j in range(u):
+                    if floating is float and act == ACT_TANH:
+                        yc = pynn_gate_tanhf(cs[(n * (t + 1) + s + 1) * u + j])
+                    else:
+                        yc = act_value(cs[(n * (t + 1) + s + 1) * u + j], act, alpha)
+                    dcn = dc[j] + act_grad(dh[j] * z[3 * u + j],
+                                           cs[(n * (t + 1) + s + 1) * u + j], yc, act, alpha)
+                    dzr[3 * u + j] = act_grad(dh[j] * yc, 0, z[3 * u + j], ract, ralpha)
+                    dzr[j] = act_grad(dcn * z[2 * u + j], 0, z[j], ract, ralpha)
+                    dzr[u + j] = act_grad(dcn * cs[(n * (t + 1) + s) * u + j], 0, z[u + j],
+                                          ract, ralpha)
+                    dzr[2 * u + j] = act_grad(dcn * z[j], 0, z[2 * u + j], act, alpha)
+                    dc[j] = dcn * z[u + j]
+                    dh[j] = 0
+            else:
+                for j in range(u):
+                    zz = z[j]
+                    hh = z[2 * u + j]
+                    dhh = act_grad(dh[j] * (1 - zz), 0, hh, act, alpha)
+                    dzr[j] = act_grad(dh[j] * (hp[j] - hh), 0, zz, ract, ralpha)
+                    dx[2 * u + j] = dhh
+                    if cell == GRU_AFTER:
+                        dzr[u + j] = act_grad(dhh * aux[(n * t + s) * u + j], 0, z[u + j], ract,
+                                              ralpha)
+                        dzr[2 * u + j] = dhh * z[u + j]
+                    else:
+                        dzr[2 * u + j] = dhh
+                    dh[j] = dh[j] * zz
+                if cell == GRU_BEFORE:
+                    # hh = act(x_h + (r * h_{t-1} * rdrop_h) @ R_h): r's gradient needs
+                    # dhh @ R_h^T.
+                    for kk in range(u):
+                        q[kk] = 0
+                    for j in range(u):
+                        a = dzr[2 * u + j]
+                        row = rt + (2 * u + j) * u
+                        for kk in range(u):
+                            q[kk] = q[kk] + a * row[kk]
+                    for kk in range(u):
+                        dzr[u + kk] = act_grad(q[kk] * hp[kk] * rd[n * g + 2 * u + kk], 0,
+                                               z[u + kk], ract, ralpha)
+                        dh[kk] = dh[kk] + q[kk] * z[u + kk] * rd[n * g + 2 * u + kk]
+            for j in range(g):
+                if not (cell >= GRU_AFTER and j >= 2 * u):
+                    dx[j] = dzr[j]
+        # dh_{t-1} += sum over gate blocks of (dZ_g @ R_g^T) * rdrop_g, for the block's rows
+        # at once (masked rows have dZ = 0); without dropout one product over all blocks.
+        if not p.has_rd:
+            _rows_mm(nb, u, (2 * u if cell == GRU_BEFORE else g), <floating*>p.dzr
+                     + (r0 * t + s) * g, t * g, rt, u, <floating*>p.dh + r0 * u, u, 1)
+            continue
+        for gate in range(k):
+            if cell == GRU_BEFORE and gate == 2:
+                continue
+            _rows_mm(nb, u, u, <floating*>p.dzr + (r0 * t + s) * g + gate * u, t * g,
+                     rt + gate * u * u, u, <floating*>p.tmp + r0 * u, u, 0)
+            for r in range(nb):
+                n = r0 + r
+                q = <floating*>p.tmp + n * u
+                dh = <floating*>p.dh + n * u
+                for kk in range(u):
+                    dh[kk] = dh[kk] + q[kk] * rd[n * g + gate * u + kk]
+
+
+cdef void _run(const Rec* p, Py_ssize_t rows, bint grad, floating* dummy) noexcept nogil:
+    cdef Py_ssize_t b, nblocks = (rows + BLOCK - 1) // BLOCK
+    for b in prange(nblocks, schedule="dynamic", nogil=True):
+        if grad:
+            _block_backward(p, b * BLOCK, min(BLOCK, rows - b * BLOCK), dummy)
+        else:
+            _block_forward(p, b * BLOCK, min(BLOCK, rows - b * BLOCK), dummy)
+
+
+cdef inline void* _ptr(a):
+    """The data pointer of a C-contiguous NumPy array (None -> NULL)."""
+    if a is None or a.size == 0:
+        return NULL
+    return <void*><size_t>a.ctypes.data
+
+
+cdef Rec _rec(c, flags, t, rk, rb, mask, rdrop):
+    cdef Rec r
+    memset(&r, 0, sizeof(Rec))
+    r.cell, r.act, r.ract = c.code, c.act, c.ract
+    r.alpha, r.ralpha = c.alpha, c.ralpha
+    r.ret_seq, r.back = flags.return_sequences, flags.go_backwards
+    r.zero_out = flags.zero_output_for_mask
+    r.t, r.u, r.g = t, c.units, c.gates * c.units
+    r.rk, r.rb, r.mask, r.rdrop = _ptr(rk), _ptr(rb), _ptr(mask), _ptr(rdrop)
+    r.has_rd = not bool(np.all(rdrop == 1))
+    return r
+
+
+cdef void _dispatch(Rec* r, Py_ssize_t rows, bint grad, bint single):
+    cdef float f
+    cdef double d
+    if rows == 0 or r.u == 0:
+        return
+    if single:
+        with nogil:
+            _run(r, rows, grad, &f)
+    else:
+        with nogil:
+            _run(r, rows, grad, &d)
+
+
+def recurrence_forward(xw, recurrent_kernel, recurrent_bias, h0, c0=None, mask=None,
+                       recurrent_dropout=None, cell="lstm", activation="tanh",
+                       recurrent_activation="sigmoid", return_sequences=False,
+                       go_backwards=False, zero_output_for_mask=False):
+    """One cell over the sequence from the state (h0, c0) -> (y, h_last, c_last or None,
+    cache); y (N, T, U) in processing order with return_sequences, else the last output
+    (N, U). mask (N, T) holds 1 (step taken) or 0 (skipped), None for all ones;
+    recurrent_dropout (N, G) the fixed multipliers of h_{t-1}, None for ones."""
+    c, xw, rk, rb, h0, c0, mask, rdrop, flags = operands.recurrence_forward(
+        HOST, xw, recurrent_kernel, recurrent_bias, h0, c0, mask, recurrent_dropout, cell,
+        activation, recurrent_activation, return_sequences, go_backwards,
+        zero_output_for_mask)
+    n, t, g = xw.shape
+    u = c.units
+    dt = xw.dtype
+    mask = np.ones((n, t), dt) if mask is None else mask
+    rdrop = np.ones((n, g), dt) if rdrop is None else rdrop
+    hs = np.empty((n, t + 1, u), dt)
+    hs[:, 0] = h0
+    cs = hs
+    if c0 is not None:
+        cs = np.empty((n, t + 1, u), dt)
+        cs[:, 0] = c0
+    gates = np.empty((n, t, g), dt)
+    aux = np.empty((n, t, u), dt) if cell == "gru" else gates
+    y = np.empty((n, t, u) if flags.return_sequences else (n, u), dt)
+    tmp = np.empty((n, u), dt)
+    cdef Rec r = _rec(c, flags, t, rk, rb, mask, rdrop)
+    r.tmp = _ptr(tmp)
+    r.xw, r.hs, r.cs, r.gates, r.aux, r.y = (_ptr(xw), _ptr(hs), _ptr(cs), _ptr(gates),
+                                             _ptr(aux), _ptr(y))
+    _dispatch(&r, n, False, dt == np.float32)
+    return (y, hs[:, t].copy(), cs[:, t].copy() if c0 is not None else None,
+            (hs, cs, gates, aux, mask, rdrop))
+
+
+def recurrence_backward(dy, dh_last, dc_last, recurrent_kernel, cache, cell="lstm",
+                        activation="tanh", recurrent_activation="sigmoid",
+                        return_sequences=False, go_backwards=False,
+                        zero_output_for_mask=False):
+    """-> (dxw (N, T, G) at the input's time index, drecurrent_kernel (U, G),
+    drecurrent_bias (G,), dh0 (N, U), dc0 (N, U) or None). dy shaped like y; dh_last,
+    dc_last the gradients of the final states (None: zero)."""
+    c, dy, dh_last, dc_last, rk, cache, flags = operands.recurrence_backward(
+        HOST, dy, dh_last, dc_last, recurrent_kernel, cache, cell, activation,
+        recurrent_activation, return_sequences, go_backwards, zero_output_for_mask)
+    hs, cs, gates, aux, mask, rdrop = cache
+    n, t, g = gates.shape
+    u = c.units
+    dt = hs.dtype
+    dh = np.zeros((n, u), dt) if dh_last is None else np.array(dh_last, dtype=dt)
+    dc = np.zeros((n, u), dt) if dc_last is None else np.array(dc_last, dtype=dt)
+    dxw = np.empty((n, t, g), dt)
+    dzr = np.empty((n, t, g), dt)
+    tmp = np.empty((n, u), dt)
+    rk_t = np.ascontiguousarray(rk.T)
+    cdef Rec r = _rec(c, flags, t, rk, None, mask, rdrop)
+    r.rk_t = _ptr(rk_t)
+    r.hs, r.cs, r.gates, r.aux = _ptr(hs), _ptr(cs), _ptr(gates), _ptr(aux)
+    r.dy, r.dh, r.dc, r.dxw, r.dzr, r.tmp = (_ptr(dy), _ptr(dh), _ptr(dc), _ptr(dxw),
+                                             _ptr(dzr), _ptr(tmp))
+    _dispatch(&r, n, True, dt == np.float32)
+    # Weight gradients: sums over every row and step (masked steps have dzr = 0), one
+    # product per gate block whose operand h_{t-1} * rdrop_g (* r for GRU's h gate without
+    # reset_after) differs; one product in all when the operands agree.
+    h_prev = hs[:, :t].reshape(n * t, u)
+    dz2 = dzr.reshape(n * t, g)
+    plain = bool(np.all(rdrop == 1)) and cell != "gru_reset_before"
+    if plain:
+        drk = h_prev.T @ dz2
+    else:
+        drk = np.empty((u, g), dt)
+        for gate in range(c.gates):
+            operand = hs[:, :t] * rdrop[:, None, gate * u:(gate + 1) * u]
+            if cell == "gru_reset_before" and gate == 2:
+                operand = operand * gates[:, :, u:2 * u]
+            drk[:, gate * u:(gate + 1) * u] = (operand.reshape(n * t, u).T
+                                              @ dz2[:, gate * u:(gate + 1) * u])
+    return dxw, drk, dz2.sum(axis=0), dh, dc if cell == "lstm" else None
+
+
+def sequence_scale(x, scale):
+    """x (N, T, C) * scale (N, C) at every step -> y: RNN input dropout with its mask fixed
+    over time (Keras); also its own backward (dx = sequence_scale(dy, scale))."""
+    x, scale = operands.sequence_scale(HOST, x, scale)
+    return _scale(x, scale)
+
+
+def _scale(const floating[:, :, ::1] x,  # IN  (N, T, C)
+           const floating[:, ::1] scale):  # IN  (N, C)
+    out = np.empty_like(np.asarray(x))
+    cdef floating[:, :, ::1] y = out
+    cdef Py_ssize_t n, s, j
+    for n in prange(x.shape[0], schedule="static", nogil=True):
+        for s in range(x.shape[1]):
+            for j in range(x.shape[2]):
+                y[n, s, j] = x[n, s, j] * scale[n, j]
+    return out
+
+
+def sequence_reverse(x):
+    """x (N, T, F) with its time axis reversed -> y: Bidirectional's backward direction back
+    in input order; also its own backward."""
+    x = operands.sequence_reverse(HOST, x)
+    return _reverse(x)
+
+
+def _reverse(const floating[:, :, ::1] x):  # IN  (N, T, F)
+    out = np.empty_like(np.asarray(x))
+    cdef floating[:, :, ::1] y = out
+    cdef Py_ssize_t n, s, j, t = x.shape[1]
+    for n in prange(x.shape[0], schedule="static", nogil=True):
+        for s in range(t):
+            for j in range(x.shape[2]):
+                y[n, s, j] = x[n, t - 1 - s, j]
+    return out

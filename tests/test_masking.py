@@ -1,0 +1,190 @@
+"""Masks end to end (issue 14, recurrent half): Masking and Embedding(mask_zero) feeding
+SimpleRNN / LSTM / GRU and Bidirectional, against Keras 3 (torch backend) from the same
+weights: predictions and the weights after one epoch of SGD."""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+try:
+    import keras
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    pytest.skip(f"keras (torch backend) is not available: {exc}", allow_module_level=True)
+if keras.backend.backend() != "torch":  # pragma: no cover
+    pytest.skip("these tests want keras on torch", allow_module_level=True)
+
+import pynn
+from pynn import layers as L
+
+
+def _padded(rng, n, t, c, lengths):
+    x = rng.standard_normal((n, t, c)).astype(np.float32)
+    for i, length in enumerate(lengths):
+        x[i, length:] = 0.0  # padded after (Masking masks these steps)
+    return x
+
+
+def _rnn(lib, kind, units, **kw):
+    return getattr(lib.layers if lib is keras else L, kind)(units, **kw)
+
+
+CASES = [("SimpleRNN", {}), ("LSTM", {}), ("GRU", {}), ("GRU", {"reset_after": False}),
+         ("LSTM", {"go_backwards": True}), ("GRU", {"return_sequences": True})]
+
+
+def _models(kind, kw, t, c, bidirectional=False, merge_mode="concat"):
+    def build(lib):
+        inp = (keras if lib is keras else pynn).Input((t, c))
+        masking = (keras.layers.Masking if lib is keras else L.Masking)(0.0)
+        rnn = _rnn(lib, kind, 5, **kw)
+        if bidirectional:
+            wrap = keras.layers.Bidirectional if lib is keras else L.Bidirectional
+            rnn = wrap(rnn, merge_mode=merge_mode)
+        h = rnn(masking(inp))
+        if lib is keras:
+            return keras.Model(inp, h)
+        return pynn.Model(inp, h)
+    km, pm = build(keras), build(pynn)
+    pm.set_weights(km.get_weights())
+    return km, pm
+
+
+@pytest.mark.parametrize("kind,kw", CASES)
+def test_masked_recurrent_prediction_matches_keras(kind, kw):
+    rng = np.random.default_rng(3)
+    # rows: unmasked, partly masked, fully masked, length 1, length 2
+    x = _padded(rng, 5, 7, 3, [7, 4, 0, 1, 2])
+    km, pm = _models(kind, kw, 7, 3)
+    want = np.asarray(km.predict(x, verbose=0))
+    got = pm.predict(x, verbose=0)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave"])
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_masked_bidirectional_prediction_matches_keras(merge_mode, return_sequences):
+    rng = np.random.default_rng(4)
+    x = _padded(rng, 3, 6, 4, [6, 3, 1])
+    km, pm = _models("LSTM", {"return_sequences": return_sequences}, 6, 4,
+                     bidirectional=True, merge_mode=merge_mode)
+    np.testing.assert_allclose(pm.predict(x, verbose=0), np.asarray(km.predict(x, verbose=0)),
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,kw", [("LSTM", {}), ("GRU", {}), ("SimpleRNN", {})])
+def test_masked_one_epoch_weights_match_keras(kind, kw):
+    rng = np.random.default_rng(5)
+    x = _padded(rng, 9, 7, 3, [7, 5, 3, 1, 0, 6, 2, 7, 4])
+    y = rng.standard_normal((9, 5)).astype(np.float32)
+    km, pm = _models(kind, kw, 7, 3)
+    km.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    pm.compile(optimizer=pynn.optimizers.SGD(0.1), loss="mse")
+    km.fit(x, y, batch_size=3, epochs=1, shuffle=False, verbose=0)
+    pm.fit(x, y, batch_size=3, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(pm.get_weights(), km.get_weights()):
+        np.testing.assert_allclose(a, np.asarray(b), atol=1e-3)
+
+
+def test_embedding_mask_zero_feeds_the_mask():
+    rng = np.random.default_rng(6)
+    idx = rng.integers(1, 20, size=(4, 6))
+    idx[1, 3:] = 0
+    idx[2, :] = 0
+
+    def build(lib):
+        inp = (keras if lib is keras else pynn).Input((6,), dtype="int32")
+        emb = (keras.layers.Embedding if lib is keras else L.Embedding)(20, 3, mask_zero=True)
+        return (keras.Model if lib is keras else pynn.Model)(inp, _rnn(lib, "GRU", 4)(emb(inp)))
+    km, pm = build(keras), build(pynn)
+    pm.set_weights(km.get_weights())
+    np.testing.assert_allclose(pm.predict(idx, verbose=0),
+                               np.asarray(km.predict(idx, verbose=0)), atol=1e-5)
+
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_mask_passes_dropout_and_dense_and_pools_over_time(return_sequences):
+    rng = np.random.default_rng(7)
+    idx = rng.integers(1, 15, size=(5, 7))
+    idx[1, 4:] = 0
+    idx[3, 1:] = 0
+
+    def build(lib):
+        m = keras.layers if lib is keras else L
+        inp = (keras if lib is keras else pynn).Input((7,), dtype="int32")
+        h = m.Dropout(0.3)(m.Embedding(15, 4, mask_zero=True)(inp))
+        h = m.LSTM(3, return_sequences=True)(h)
+        h = m.TimeDistributed(m.Dense(2))(h)
+        if not return_sequences:
+            h = m.GlobalAveragePooling1D()(h)
+        return (keras.Model if lib is keras else pynn.Model)(inp, h)
+    km, pm = build(keras), build(pynn)
+    pm.set_weights(km.get_weights())
+    np.testing.assert_allclose(pm.predict(idx, verbose=0),
+                               np.asarray(km.predict(idx, verbose=0)), atol=1e-5)
+
+
+def test_masked_average_pooling_gradient_matches_finite_differences():
+    from tests.reference.gradcheck import numerical_grad
+
+    rng = np.random.default_rng(8)
+    layer = L.GlobalAveragePooling1D(dtype="float64")
+    x = rng.standard_normal((3, 5, 2))
+    mask = np.array([[1, 1, 0, 1, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]], bool)
+    r = rng.standard_normal((3, 2))
+    layer(x)
+    y = layer.call(x, training=True, mask=mask)
+    np.testing.assert_allclose(y[0], x[0, [0, 1, 3]].mean(axis=0))
+    dx = layer.backward(r)
+    np.testing.assert_allclose(
+        dx, numerical_grad(lambda: float(np.sum(layer.call(x, mask=mask) * r)), x), atol=1e-8)
+
+
+def test_masked_sequence_loss_and_one_epoch_match_keras():
+    rng = np.random.default_rng(9)
+    idx = rng.integers(1, 12, size=(6, 5))
+    idx[0, 3:] = 0
+    idx[2, 1:] = 0
+    y = rng.standard_normal((6, 5, 2)).astype(np.float32)
+
+    def build(lib):
+        m = keras.layers if lib is keras else L
+        inp = (keras if lib is keras else pynn).Input((5,), dtype="int32")
+        h = m.GRU(3, return_sequences=True)(m.Embedding(12, 4, mask_zero=True)(inp))
+        return (keras.Model if lib is keras else pynn.Model)(inp, m.Dense(2)(h))
+    km, pm = build(keras), build(pynn)
+    pm.set_weights(km.get_weights())
+    km.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    pm.compile(optimizer=pynn.optimizers.SGD(0.1), loss="mse")
+    want = km.evaluate(idx, y, batch_size=6, verbose=0)
+    got = pm.evaluate(idx, y, batch_size=6, verbose=0)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    km.fit(idx, y, batch_size=3, epochs=1, shuffle=False, verbose=0)
+    pm.fit(idx, y, batch_size=3, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(pm.get_weights(), km.get_weights()):
+        np.testing.assert_allclose(a, np.asarray(b), atol=1e-3)
+
+
+def test_masked_sample_weight_is_kerass_apply_mask():
+    from pynn.losses import masked_sample_weight
+
+    mask = np.array([[1, 1, 0], [0, 0, 0]], bool)
+    y_pred = np.zeros((2, 3, 4), np.float32)
+    w = masked_sample_weight(mask, np.array([2.0, 5.0], np.float32), y_pred)
+    # total 6 entries, 2 valid: weight 6/2 on each valid entry, times its sample's weight
+    np.testing.assert_allclose(w, [[6, 6, 0], [0, 0, 0]])
+    assert masked_sample_weight(np.ones((2, 4), bool), None, y_pred) is None
+
+
+def test_sequential_chain_carries_the_mask():
+    idx = np.random.default_rng(10).integers(1, 10, size=(4, 6))
+    idx[1, 2:] = 0
+    idx[3, :] = 0
+    km = keras.Sequential([keras.Input((6,)), keras.layers.Embedding(10, 3, mask_zero=True),
+                           keras.layers.LSTM(4)])
+    pm = pynn.Sequential([L.Input((6,)), L.Embedding(10, 3, mask_zero=True), L.LSTM(4)])
+    pm.set_weights(km.get_weights())
+    np.testing.assert_allclose(pm.predict(idx, verbose=0),
+                               np.asarray(km.predict(idx, verbose=0)), atol=1e-5)

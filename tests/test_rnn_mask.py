@@ -1,0 +1,119 @@
+"""The general recurrence ops (native/rnn_mask.pyx, opencl/rnn_mask.cl) against their float64
+oracles (tests/reference/rnn_mask_ref.py): every cell, masks with rows fully, partly and not
+masked, initial states, recurrent dropout, go_backwards, return_sequences and
+zero_output_for_mask; lengths 1, 2, 7, 33, odd batches; OpenCL against the CPU; bad operands."""
+
+import numpy as np
+import pytest
+
+from tests.backend_util import check_op, rand
+from tests.reference.rnn_mask_ref import (
+    GATES,
+    recurrence_backward_ref,
+    recurrence_forward_ref,
+    sequence_reverse_ref,
+    sequence_scale_ref,
+)
+
+CELLS = ["simple_rnn", "lstm", "gru", "gru_reset_before"]
+
+
+def _operands(rng, cell, n, t, u, dtype=np.float64):
+    g = GATES[cell] * u
+    xw = rand(rng, (n, t, g), dtype)
+    rk = (0.5 * rand(rng, (u, g), dtype)).astype(dtype)
+    rb = rand(rng, (g,), dtype) if cell == "gru" else None
+    h0 = rand(rng, (n, u), dtype)
+    c0 = rand(rng, (n, u), dtype) if cell == "lstm" else None
+    mask = (rng.random((n, t)) > 0.4).astype(dtype)
+    mask[0] = 0  # fully masked
+    if n > 1:
+        mask[1] = 1  # unmasked
+    rdrop = ((rng.random((n, g)) > 0.3) * 1.4).astype(dtype)
+    return [xw, rk, rb, h0, c0, mask, rdrop]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("t", [1, 2, 7])
+@pytest.mark.parametrize("return_sequences,go_backwards,zero_out",
+                         [(True, False, False), (False, True, False), (True, True, True)])
+def test_recurrence_gradients_match_finite_differences(cell, t, return_sequences,
+                                                       go_backwards, zero_out):
+    from pynn.backend import cpu
+
+    rng = np.random.default_rng(t)
+    args = _operands(rng, cell, 3, t, 3)
+    opts = {"cell": cell, "return_sequences": return_sequences, "go_backwards": go_backwards,
+            "zero_output_for_mask": zero_out}
+    y, h, _, cache = cpu.recurrence_forward(*args, **opts)
+    want_y, want_h, _ = recurrence_forward_ref(*args, **opts)
+    np.testing.assert_allclose(y, want_y, atol=1e-12)
+    np.testing.assert_allclose(h, want_h, atol=1e-12)
+    dy, dh = rand(rng, y.shape), rand(rng, h.shape, np.float64)
+    dc = rand(rng, h.shape, np.float64) if cell == "lstm" else None
+    got = cpu.recurrence_backward(dy, dh, dc, args[1], cache, **opts)
+    want = recurrence_backward_ref(dy, dh, dc, *args, **opts)
+    for name, a, b in zip(("dxw", "drecurrent_kernel", "drecurrent_bias", "dh0", "dc0"),
+                          got, want):
+        if b is not None:
+            np.testing.assert_allclose(a, b, atol=1e-6, err_msg=f"{cell} {name}")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_recurrence_forward_and_backward_on_each_backend(backend, cell):
+    rng = np.random.default_rng(11)
+    n, t, u = 13, 33, 7  # 13: more rows than a block (8), the last block partial
+    args = _operands(rng, cell, n, t, u, np.float32)
+    opts = (cell, "tanh", "sigmoid", True, False, False)
+    y, h, c, cache = backend.op("recurrence_forward")(*[backend.up(a) for a in args], *opts)
+    want_y, want_h, want_c = recurrence_forward_ref(*args, cell=cell, return_sequences=True)
+    np.testing.assert_allclose(backend.down(y), want_y, atol=2e-5)
+    np.testing.assert_allclose(backend.down(h), want_h, atol=2e-5)
+    if cell == "lstm":
+        np.testing.assert_allclose(backend.down(c), want_c, atol=2e-5)
+    dy = rand(rng, (n, t, u))
+    got = backend.op("recurrence_backward")(backend.up(dy), None, None, backend.up(args[1]),
+                                            cache, *opts)
+    from pynn.backend import cpu
+
+    _, _, _, cpu_cache = cpu.recurrence_forward(*args, *opts)
+    want = cpu.recurrence_backward(dy, None, None, args[1], cpu_cache, *opts)
+    for a, b in zip(got, want):
+        if b is not None:
+            np.testing.assert_allclose(backend.down(a), b, atol=1e-4)
+
+
+def test_recurrence_float32_matches_float64_reference_with_length_33():
+    from pynn.backend import cpu
+
+    rng = np.random.default_rng(2)
+    args = _operands(rng, "lstm", 3, 33, 6, np.float32)
+    y, _, _, _ = cpu.recurrence_forward(*args, "lstm", return_sequences=True)
+    want = recurrence_forward_ref(*args, cell="lstm", return_sequences=True)
+    np.testing.assert_allclose(y, want[0], atol=2e-5)
+
+
+def test_sequence_scale_and_reverse(backend):
+    rng = np.random.default_rng(1)
+    x, s = rand(rng, (3, 5, 7)), rand(rng, (3, 7))
+    check_op(backend, "sequence_scale", x, s, ref=sequence_scale_ref)
+    check_op(backend, "sequence_reverse", x, ref=sequence_reverse_ref)
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"cell": "rnn"}, "cell must be one of"),
+    ({"h0": None}, "h0 .* is required"),
+    ({"c0": None}, "c0 .* is required for the lstm cell"),
+    ({"mask": np.ones((2, 5), np.float32)}, "mask"),
+    ({"recurrent_bias": np.zeros(12, np.float32)}, "only the 'gru' cell"),
+])
+def test_recurrence_forward_rejects_bad_operands(change, match):
+    from pynn.backend import cpu
+
+    rng = np.random.default_rng(0)
+    xw, rk, _, h0, c0, mask, rd = _operands(rng, "lstm", 3, 4, 3, np.float32)
+    kw = {"xw": xw, "recurrent_kernel": rk, "recurrent_bias": None, "h0": h0, "c0": c0,
+          "mask": mask, "recurrent_dropout": rd, "cell": "lstm"}
+    kw.update(change)
+    with pytest.raises(ValueError, match=match):
+        cpu.recurrence_forward(**kw)
