@@ -15,7 +15,8 @@ a short OPENBLAS_THREAD_TIMEOUT (as in bench_conv_kernels.py; NumPy's BLAS serve
 checks) unless --default-env is given; torch keeps the caller's environment.
 
     .venv/bin/python bench/bench_rnn.py [--threads 2] [--repeat 10] [--rounds 5]
-        [--shape 64,50,32,128] [--cells lstm,gru,gru_before,simple_rnn]
+        [--shape 64,100,32,128] [--latency-shape 1,50,32,128]
+        [--cells lstm,gru,gru_before,simple_rnn]
         [--dtype float32|float64] [--default-env] [--no-torch]
 """
 
@@ -57,17 +58,25 @@ def make_data(cell, shape, dtype, seed=1):
 
 # -- torch (separate process) ----------------------------------------------------------------
 
-def torch_step(cell, shape, threads):
-    """A torch fwd+bwd closure on the same data; torch's gate order and bias split differ
-    from Keras's but the arithmetic per step is the same."""
+def torch_step(cell, shape, threads, mode="train"):
+    """A torch fwd+bwd closure on the same data (mode "infer": forward alone, no_grad);
+    torch's gate order and bias split differ from Keras's but the arithmetic per step is
+    the same."""
     import torch
 
     torch.set_num_threads(threads)
     x, w, r, b, dy = make_data(cell, shape, "float32")
     n, t, c, u = shape
     mod = getattr(torch.nn, CELLS[cell][3])(c, u, batch_first=True)
-    xt = torch.from_numpy(x).requires_grad_(True)
+    xt = torch.from_numpy(x).requires_grad_(mode == "train")
     gt = torch.from_numpy(dy)
+
+    def infer():
+        with torch.no_grad():
+            mod(xt)
+
+    if mode == "infer":
+        return infer
 
     def step():
         mod.zero_grad(set_to_none=True)
@@ -79,15 +88,15 @@ def torch_step(cell, shape, threads):
 
 
 def torch_server(threads, repeat):
-    """Answer one line per request 'cell shape' with the best time, so rounds can alternate
-    with pynn while torch stays loaded (and warm) in its own process."""
+    """Answer one line per request 'cell shape mode repeat' with the best time, so rounds
+    can alternate with pynn while torch stays loaded (and warm) in its own process."""
     steps = {}
     for line in sys.stdin:
-        cell, shape = line.split()
+        cell, shape, mode, calls = line.split()
         shape = tuple(int(v) for v in shape.split(","))
-        if (cell, shape) not in steps:
-            steps[cell, shape] = torch_step(cell, shape, threads)
-        print(json.dumps(best_time(steps[cell, shape], repeat)), flush=True)
+        if (cell, shape, mode) not in steps:
+            steps[cell, shape, mode] = torch_step(cell, shape, threads, mode)
+        print(json.dumps(best_time(steps[cell, shape, mode], int(calls))), flush=True)
 
 
 # -- pynn ------------------------------------------------------------------------------------
@@ -103,6 +112,14 @@ def pynn_step(rnn, cell, shape, dtype):
         bwd(dy, x, w, r, cache, *opts, True, False, True)
 
     return step
+
+
+def pynn_infer(rnn, cell, shape, dtype):
+    """One inference call: forward alone, the last output only."""
+    stem, _, opts, _ = CELLS[cell]
+    x, w, r, b, _ = make_data(cell, shape, dtype)
+    fwd = getattr(rnn, stem + "_forward")
+    return lambda: fwd(x, w, r, b, *opts, False, False)
 
 
 def check(rnn):
@@ -142,7 +159,11 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=10, help="calls per round (best kept)")
     ap.add_argument("--rounds", type=int, default=5, help="alternated pynn/torch rounds")
-    ap.add_argument("--shape", default="64,50,32,128", help="N,T,C,units")
+    ap.add_argument("--shape", default="64,100,32,128", help="N,T,C,units")
+    ap.add_argument("--latency-shape", default="1,50,32,128",
+                    help="N,T,C,units of the inference latency table")
+    ap.add_argument("--latency-repeat", type=int, default=50,
+                    help="calls per round of the latency table (best kept)")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--cells", default=",".join(CELLS))
     ap.add_argument("--default-env", action="store_true",
@@ -154,6 +175,7 @@ def main():
         torch_server(args.threads, args.repeat)
         return
     shape = tuple(int(v) for v in args.shape.split(","))
+    latency_shape = tuple(int(v) for v in args.latency_shape.split(","))
     cells = args.cells.split(",")
     server = None
     if not args.no_torch:
@@ -176,32 +198,38 @@ def main():
     info.set_num_threads(args.threads)
     check(rnn)
 
-    def torch_time(cell):
+    def torch_time(cell, shape, mode, calls):
         if server is None or CELLS[cell][3] is None or args.dtype != "float32":
             return None
-        server.stdin.write(f"{cell} {','.join(map(str, shape))}\n")
+        server.stdin.write(f"{cell} {','.join(map(str, shape))} {mode} {calls}\n")
         server.stdin.flush()
         return json.loads(server.stdout.readline())
 
-    print(f"shape (N, T, C, units) = {shape}, {args.dtype}, {args.threads} threads; "
-          f"fwd+bwd ms, median (best) of {args.rounds} rounds x best of {args.repeat}")
-    print(f"{'cell':12s} {'pynn':>16s} {'torch':>16s} {'torch/pynn':>10s}")
-    try:
+    def table(title, make_step, shape, mode, calls, unit, scale):
+        print(f"{title}: shape (N, T, C, units) = {shape}, {args.dtype}, {args.threads} "
+              f"threads; {unit}, median (best) of {args.rounds} rounds x best of {calls}")
+        print(f"{'cell':12s} {'pynn':>16s} {'torch':>16s} {'torch/pynn':>10s}")
         for cell in cells:
-            step = pynn_step(rnn, cell, shape, args.dtype)
+            step = make_step(rnn, cell, shape, args.dtype)
             mine, theirs = [], []
             for _ in range(args.rounds):
-                mine.append(best_time(step, args.repeat))
-                tt = torch_time(cell)
+                mine.append(best_time(step, calls))
+                tt = torch_time(cell, shape, mode, calls)
                 if tt is not None:
                     theirs.append(tt)
-            line = (f"{cell:12s} {1e3 * statistics.median(mine):8.2f} "
-                    f"({1e3 * min(mine):5.2f})")
+            line = (f"{cell:12s} {scale * statistics.median(mine):8.2f} "
+                    f"({scale * min(mine):5.2f})")
             if theirs:
                 ratio = statistics.median(theirs) / statistics.median(mine)
-                line += (f" {1e3 * statistics.median(theirs):8.2f} ({1e3 * min(theirs):5.2f})"
-                         f" {ratio:10.2f}")
+                line += (f" {scale * statistics.median(theirs):8.2f} "
+                         f"({scale * min(theirs):5.2f}) {ratio:10.2f}")
             print(line, flush=True)
+
+    try:
+        table("training (forward + backward)", pynn_step, shape, "train", args.repeat,
+              "ms", 1e3)
+        table("inference latency (forward)", pynn_infer, latency_shape, "infer",
+              args.latency_repeat, "us", 1e6)
     finally:
         if server is not None:
             server.stdin.close()
