@@ -64,6 +64,7 @@ from pynn.layers.sequence import (
     UpSampling1D,
     ZeroPadding1D,
 )
+from pynn.layers.text import TextVectorization
 
 LAYERS = {cls.__name__: cls for cls in (
     InputLayer, Dense, Activation, ActivityRegularization, Dropout, Flatten, Reshape, Conv2D, MaxPooling2D,
@@ -94,6 +95,7 @@ Convolution1D = Conv1D
 # -- sequence layers, 1-D twins and text (issue 14, branch seq) --
 LAYERS.update({cls.__name__: cls for cls in (
     UpSampling1D, ZeroPadding1D, Cropping1D, Conv1DTranspose, SeparableConv1D,
+    TextVectorization,
 )})
 Convolution1DTranspose = Conv1DTranspose
 SeparableConvolution1D = SeparableConv1D
