@@ -16,7 +16,7 @@ checks) unless --default-env is given; torch keeps the caller's environment.
 
     .venv/bin/python bench/bench_rnn.py [--threads 2] [--repeat 10] [--rounds 5]
         [--shape 64,100,32,128] [--latency-shape 1,50,32,128]
-        [--cells lstm,gru,gru_before,simple_rnn]
+        [--text-shape 64,100,10000,128] [--cells lstm,gru,gru_before,simple_rnn]
         [--dtype float32|float64] [--default-env] [--no-torch]
 """
 
@@ -58,6 +58,38 @@ def make_data(cell, shape, dtype, seed=1):
 
 # -- torch (separate process) ----------------------------------------------------------------
 
+def text_data(shape, seed=2):
+    """Token ids (N, T) in [1, V) and binary labels (N, 1) for the text-model table."""
+    import numpy as np
+
+    n, t, vocab, _ = shape
+    rng = np.random.default_rng(seed)
+    return (rng.integers(1, vocab, size=(n, t)).astype(np.int32),
+            rng.integers(0, 2, size=(n, 1)).astype(np.float32))
+
+
+def torch_text_step(shape, threads):
+    import torch
+
+    torch.set_num_threads(threads)
+    _, _, vocab, units = shape
+    x, y = (torch.from_numpy(a) for a in text_data(shape))
+    x = x.long()
+    embed, lstm = torch.nn.Embedding(vocab, 32), torch.nn.LSTM(32, units, batch_first=True)
+    head = torch.nn.Linear(units, 1)
+    params = [*embed.parameters(), *lstm.parameters(), *head.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-3, eps=1e-7)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        _, (h, _) = lstm(embed(x))
+        loss_fn(head(h[-1]), y).backward()
+        opt.step()
+
+    return step
+
+
 def torch_step(cell, shape, threads, mode="train"):
     """A torch fwd+bwd closure on the same data (mode "infer": forward alone, no_grad);
     torch's gate order and bias split differ from Keras's but the arithmetic per step is
@@ -95,7 +127,8 @@ def torch_server(threads, repeat):
         cell, shape, mode, calls = line.split()
         shape = tuple(int(v) for v in shape.split(","))
         if (cell, shape, mode) not in steps:
-            steps[cell, shape, mode] = torch_step(cell, shape, threads, mode)
+            steps[cell, shape, mode] = (torch_text_step(shape, threads) if mode == "text"
+                                        else torch_step(cell, shape, threads, mode))
         print(json.dumps(best_time(steps[cell, shape, mode], int(calls))), flush=True)
 
 
@@ -120,6 +153,19 @@ def pynn_infer(rnn, cell, shape, dtype):
     x, w, r, b, _ = make_data(cell, shape, dtype)
     fwd = getattr(rnn, stem + "_forward")
     return lambda: fwd(x, w, r, b, *opts, False, False)
+
+
+def pynn_text(rnn, cell, shape, dtype):
+    """One train_on_batch of the text model (the op module and cell are unused)."""
+    import pynn
+    from pynn import layers
+
+    _, t, vocab, units = shape
+    x, y = text_data(shape)
+    model = pynn.Sequential([layers.Input((t,), dtype="int32"), layers.Embedding(vocab, 32),
+                             layers.LSTM(units), layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=pynn.optimizers.Adam(1e-3), loss="binary_crossentropy")
+    return lambda: model.train_on_batch(x, y)
 
 
 def check(rnn):
@@ -164,6 +210,8 @@ def main():
                     help="N,T,C,units of the inference latency table")
     ap.add_argument("--latency-repeat", type=int, default=50,
                     help="calls per round of the latency table (best kept)")
+    ap.add_argument("--text-shape", default="64,100,10000,128",
+                    help="N,T,vocabulary,units of the text-model table")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--cells", default=",".join(CELLS))
     ap.add_argument("--default-env", action="store_true",
@@ -176,6 +224,7 @@ def main():
         return
     shape = tuple(int(v) for v in args.shape.split(","))
     latency_shape = tuple(int(v) for v in args.latency_shape.split(","))
+    text_shape = tuple(int(v) for v in args.text_shape.split(","))
     cells = args.cells.split(",")
     server = None
     if not args.no_torch:
@@ -205,8 +254,9 @@ def main():
         server.stdin.flush()
         return json.loads(server.stdout.readline())
 
-    def table(title, make_step, shape, mode, calls, unit, scale):
-        print(f"{title}: shape (N, T, C, units) = {shape}, {args.dtype}, {args.threads} "
+    def table(title, make_step, shape, mode, calls, unit, scale, cells=cells,
+              axes="N, T, C, units"):
+        print(f"{title}: shape ({axes}) = {shape}, {args.dtype}, {args.threads} "
               f"threads; {unit}, median (best) of {args.rounds} rounds x best of {calls}")
         print(f"{'cell':12s} {'pynn':>16s} {'torch':>16s} {'torch/pynn':>10s}")
         for cell in cells:
@@ -230,6 +280,9 @@ def main():
               "ms", 1e3)
         table("inference latency (forward)", pynn_infer, latency_shape, "infer",
               args.latency_repeat, "us", 1e6)
+        if "lstm" in cells and args.dtype == "float32":
+            table("text model train_on_batch", pynn_text, text_shape, "text", args.repeat,
+                  "ms", 1e3, cells=["lstm"], axes="N, T, vocabulary, units")
     finally:
         if server is not None:
             server.stdin.close()
