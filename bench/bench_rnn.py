@@ -10,6 +10,19 @@ alternate in rounds so both see the same machine load; each round reports the be
 Keras's GRU (reset_after=True) and torch.nn.GRU compute the same cell, so the comparison is
 like for like; pynn's GRU with reset_after=False is timed too (no torch twin).
 
+--cpu-time (with --threads 1) times on the thread's CPU clock: on a shared machine it leaves
+out the time other processes hold the core, so its ratios hold under load where wall-clock
+ones do not.
+
+Where the LSTM stands (AMD EPYC Zen 4, 2 cores shared with other jobs, Dec 2026): pynn's
+LSTM training step runs at 80 GFLOP/s (U=128) and 91 GFLOP/s (U=256) on one core, about the
+single-core OpenBLAS sgemm rate on the same product shapes (80 and 88 GFLOP/s; 99 on a large
+square sgemm), and its GRU at 74 and 88. torch's LSTM reaches 52 and 68 GFLOP/s and its GRU,
+with 3/4 of the LSTM's FLOPs, takes as long as its LSTM: that, not pynn's LSTM cell, is why
+the GRU ratio is higher. 2x torch's LSTM would need 104 / 136 GFLOP/s, above this core's
+sgemm peak; with 2 threads pynn's split (no synchronization per step) scales by ~2x and
+torch's by ~1.6x, which is where the wall-clock ratios gain.
+
 pynn's recurrent ops use OpenMP only (no BLAS). pynn runs with OMP_WAIT_POLICY=PASSIVE and
 a short OPENBLAS_THREAD_TIMEOUT (as in bench_conv_kernels.py; NumPy's BLAS serves the
 checks) unless --default-env is given; torch keeps the caller's environment.
@@ -17,7 +30,7 @@ checks) unless --default-env is given; torch keeps the caller's environment.
     .venv/bin/python bench/bench_rnn.py [--threads 2] [--repeat 10] [--rounds 5]
         [--shape 64,100,32,128] [--latency-shape 1,50,32,128]
         [--text-shape 64,100,10000,128] [--cells lstm,gru,gru_before,simple_rnn]
-        [--dtype float32|float64] [--default-env] [--no-torch]
+        [--dtype float32|float64] [--default-env] [--no-torch] [--cpu-time]
 """
 
 import argparse
@@ -30,6 +43,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_conv_kernels import QUIET_ENV, best_time  # noqa: E402  (same timing rules)
+
+
+def best_cpu_time(fn, repeat):
+    """best_time on the calling thread's CPU clock: with one thread every op runs on it, and
+    time spent waiting for a core another process holds is not counted (--cpu-time)."""
+    import time
+
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.thread_time()
+        fn()
+        times.append(time.thread_time() - t)
+    return min(times)
 
 ROOT = Path(__file__).resolve().parents[1]
 # name -> (pynn op stem, gate count, extra op options, torch module name)
@@ -119,7 +146,7 @@ def torch_step(cell, shape, threads, mode="train"):
     return step
 
 
-def torch_server(threads, repeat):
+def torch_server(threads, repeat, timer=best_time):
     """Answer one line per request 'cell shape mode repeat' with the best time, so rounds
     can alternate with pynn while torch stays loaded (and warm) in its own process."""
     steps = {}
@@ -129,7 +156,7 @@ def torch_server(threads, repeat):
         if (cell, shape, mode) not in steps:
             steps[cell, shape, mode] = (torch_text_step(shape, threads) if mode == "text"
                                         else torch_step(cell, shape, threads, mode))
-        print(json.dumps(best_time(steps[cell, shape, mode], int(calls))), flush=True)
+        print(json.dumps(timer(steps[cell, shape, mode], int(calls))), flush=True)
 
 
 # -- pynn ------------------------------------------------------------------------------------
@@ -217,10 +244,16 @@ def main():
     ap.add_argument("--default-env", action="store_true",
                     help="keep libgomp/OpenBLAS spin-waiting defaults for pynn")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time on the thread's CPU clock (needs --threads 1): on a shared "
+                         "machine it leaves out the time other processes hold the core")
     ap.add_argument("--torch-server", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.cpu_time and args.threads != 1:
+        ap.error("--cpu-time measures one thread: use it with --threads 1")
+    timer = best_cpu_time if args.cpu_time else best_time
     if args.torch_server:
-        torch_server(args.threads, args.repeat)
+        torch_server(args.threads, args.repeat, timer)
         return
     shape = tuple(int(v) for v in args.shape.split(","))
     latency_shape = tuple(int(v) for v in args.latency_shape.split(","))
@@ -234,7 +267,8 @@ def main():
             if importlib.util.find_spec("torch") is not None:
                 server = subprocess.Popen(
                     [sys.executable, __file__, "--torch-server", "--threads",
-                     str(args.threads), "--repeat", str(args.repeat)],
+                     str(args.threads), "--repeat", str(args.repeat)]
+                    + (["--cpu-time"] if args.cpu_time else []),
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         except OSError:
             server = None
@@ -242,9 +276,12 @@ def main():
         for key, value in QUIET_ENV.items():
             os.environ.setdefault(key, value)   # before libgomp / OpenBLAS load
     sys.path.insert(0, str(ROOT))
-    from pynn._native import info, rnn
+    import pynn
+    from pynn._native import rnn
 
-    info.set_num_threads(args.threads)
+    # pynn's own setting: the OpenMP count alone would be reset to the default the first time
+    # a layer reads pynn's (the text model).
+    pynn.set_num_threads(args.threads)
     check(rnn)
 
     def torch_time(cell, shape, mode, calls):
@@ -256,14 +293,16 @@ def main():
 
     def table(title, make_step, shape, mode, calls, unit, scale, cells=cells,
               axes="N, T, C, units"):
+        clock = "CPU time" if args.cpu_time else "wall"
         print(f"{title}: shape ({axes}) = {shape}, {args.dtype}, {args.threads} "
-              f"threads; {unit}, median (best) of {args.rounds} rounds x best of {calls}")
+              f"threads; {unit} ({clock}), median (best) of {args.rounds} rounds x best of "
+              f"{calls}")
         print(f"{'cell':12s} {'pynn':>16s} {'torch':>16s} {'torch/pynn':>10s}")
         for cell in cells:
             step = make_step(rnn, cell, shape, args.dtype)
             mine, theirs = [], []
             for _ in range(args.rounds):
-                mine.append(best_time(step, calls))
+                mine.append(timer(step, calls))
                 tt = torch_time(cell, shape, mode, calls)
                 if tt is not None:
                     theirs.append(tt)
