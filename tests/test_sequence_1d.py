@@ -233,3 +233,29 @@ def test_bad_input_shapes(make, shape, what):
         layer.build(shape) if layer.compute_output_shape(shape) else None
     message = str(info.value)
     assert what in message and str(shape[1]) in message, message
+
+
+def test_model_of_the_new_layers_trains_saves_and_loads(tmp_path, seeded):
+    """Every new layer in one model: fit runs their backward, a saved model names them from
+    LAYERS and gives the same predictions after loading."""
+    model = pynn.Sequential([
+        layers.Input((9, 3)),
+        layers.SeparableConv1D(4, 3, padding="same", depth_multiplier=2, activation="relu"),
+        layers.UpSampling1D(2),
+        layers.ZeroPadding1D((1, 2)),
+        layers.Cropping1D((2, 1)),
+        layers.Conv1DTranspose(2, 3, strides=2, padding="same"),
+    ])
+    assert model.output_shape == (None, 36, 2)
+    x = seeded.standard_normal((5, 9, 3)).astype(np.float32)
+    y = seeded.standard_normal((5, 36, 2)).astype(np.float32)
+    model.compile(optimizer="adam", loss="mse")
+    before = [w.copy() for w in model.get_weights()]
+    model.fit(x, y, epochs=1, batch_size=5, verbose=0)
+    assert all(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    path = tmp_path / "seq1d.pynn"
+    model.save(path)
+    loaded = pynn.load_model(path)
+    assert [type(layer).__name__ for layer in loaded.layers] == [
+        type(layer).__name__ for layer in model.layers]
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
