@@ -10,13 +10,27 @@ alternate in rounds so both see the same machine load; each round reports the be
 Keras's GRU (reset_after=True) and torch.nn.GRU compute the same cell, so the comparison is
 like for like; pynn's GRU with reset_after=False is timed too (no torch twin).
 
+--cpu-time (with --threads 1) times on the thread's CPU clock: on a shared machine it leaves
+out the time other processes hold the core, so its ratios hold under load where wall-clock
+ones do not.
+
+Where the LSTM stands (AMD EPYC Zen 4, 2 cores shared with other jobs, Dec 2026): pynn's
+LSTM training step runs at 80 GFLOP/s (U=128) and 91 GFLOP/s (U=256) on one core, about the
+single-core OpenBLAS sgemm rate on the same product shapes (80 and 88 GFLOP/s; 99 on a large
+square sgemm), and its GRU at 74 and 88. torch's LSTM reaches 52 and 68 GFLOP/s and its GRU,
+with 3/4 of the LSTM's FLOPs, takes as long as its LSTM: that, not pynn's LSTM cell, is why
+the GRU ratio is higher. 2x torch's LSTM would need 104 / 136 GFLOP/s, above this core's
+sgemm peak; with 2 threads pynn's split (no synchronization per step) scales by ~2x and
+torch's by ~1.6x, which is where the wall-clock ratios gain.
+
 pynn's recurrent ops use OpenMP only (no BLAS). pynn runs with OMP_WAIT_POLICY=PASSIVE and
 a short OPENBLAS_THREAD_TIMEOUT (as in bench_conv_kernels.py; NumPy's BLAS serves the
 checks) unless --default-env is given; torch keeps the caller's environment.
 
     .venv/bin/python bench/bench_rnn.py [--threads 2] [--repeat 10] [--rounds 5]
-        [--shape 64,50,32,128] [--cells lstm,gru,gru_before,simple_rnn]
-        [--dtype float32|float64] [--default-env] [--no-torch]
+        [--shape 64,100,32,128] [--latency-shape 1,50,32,128]
+        [--text-shape 64,100,10000,128] [--cells lstm,gru,gru_before,simple_rnn]
+        [--dtype float32|float64] [--default-env] [--no-torch] [--cpu-time]
 """
 
 import argparse
@@ -29,6 +43,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_conv_kernels import QUIET_ENV, best_time  # noqa: E402  (same timing rules)
+
+
+def best_cpu_time(fn, repeat):
+    """best_time on the calling thread's CPU clock: with one thread every op runs on it, and
+    time spent waiting for a core another process holds is not counted (--cpu-time)."""
+    import time
+
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.thread_time()
+        fn()
+        times.append(time.thread_time() - t)
+    return min(times)
 
 ROOT = Path(__file__).resolve().parents[1]
 # name -> (pynn op stem, gate count, extra op options, torch module name)
@@ -57,17 +85,57 @@ def make_data(cell, shape, dtype, seed=1):
 
 # -- torch (separate process) ----------------------------------------------------------------
 
-def torch_step(cell, shape, threads):
-    """A torch fwd+bwd closure on the same data; torch's gate order and bias split differ
-    from Keras's but the arithmetic per step is the same."""
+def text_data(shape, seed=2):
+    """Token ids (N, T) in [1, V) and binary labels (N, 1) for the text-model table."""
+    import numpy as np
+
+    n, t, vocab, _ = shape
+    rng = np.random.default_rng(seed)
+    return (rng.integers(1, vocab, size=(n, t)).astype(np.int32),
+            rng.integers(0, 2, size=(n, 1)).astype(np.float32))
+
+
+def torch_text_step(shape, threads):
+    import torch
+
+    torch.set_num_threads(threads)
+    _, _, vocab, units = shape
+    x, y = (torch.from_numpy(a) for a in text_data(shape))
+    x = x.long()
+    embed, lstm = torch.nn.Embedding(vocab, 32), torch.nn.LSTM(32, units, batch_first=True)
+    head = torch.nn.Linear(units, 1)
+    params = [*embed.parameters(), *lstm.parameters(), *head.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-3, eps=1e-7)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        _, (h, _) = lstm(embed(x))
+        loss_fn(head(h[-1]), y).backward()
+        opt.step()
+
+    return step
+
+
+def torch_step(cell, shape, threads, mode="train"):
+    """A torch fwd+bwd closure on the same data (mode "infer": forward alone, no_grad);
+    torch's gate order and bias split differ from Keras's but the arithmetic per step is
+    the same."""
     import torch
 
     torch.set_num_threads(threads)
     x, w, r, b, dy = make_data(cell, shape, "float32")
     n, t, c, u = shape
     mod = getattr(torch.nn, CELLS[cell][3])(c, u, batch_first=True)
-    xt = torch.from_numpy(x).requires_grad_(True)
+    xt = torch.from_numpy(x).requires_grad_(mode == "train")
     gt = torch.from_numpy(dy)
+
+    def infer():
+        with torch.no_grad():
+            mod(xt)
+
+    if mode == "infer":
+        return infer
 
     def step():
         mod.zero_grad(set_to_none=True)
@@ -78,16 +146,17 @@ def torch_step(cell, shape, threads):
     return step
 
 
-def torch_server(threads, repeat):
-    """Answer one line per request 'cell shape' with the best time, so rounds can alternate
-    with pynn while torch stays loaded (and warm) in its own process."""
+def torch_server(threads, repeat, timer=best_time):
+    """Answer one line per request 'cell shape mode repeat' with the best time, so rounds
+    can alternate with pynn while torch stays loaded (and warm) in its own process."""
     steps = {}
     for line in sys.stdin:
-        cell, shape = line.split()
+        cell, shape, mode, calls = line.split()
         shape = tuple(int(v) for v in shape.split(","))
-        if (cell, shape) not in steps:
-            steps[cell, shape] = torch_step(cell, shape, threads)
-        print(json.dumps(best_time(steps[cell, shape], repeat)), flush=True)
+        if (cell, shape, mode) not in steps:
+            steps[cell, shape, mode] = (torch_text_step(shape, threads) if mode == "text"
+                                        else torch_step(cell, shape, threads, mode))
+        print(json.dumps(timer(steps[cell, shape, mode], int(calls))), flush=True)
 
 
 # -- pynn ------------------------------------------------------------------------------------
@@ -103,6 +172,27 @@ def pynn_step(rnn, cell, shape, dtype):
         bwd(dy, x, w, r, cache, *opts, True, False, True)
 
     return step
+
+
+def pynn_infer(rnn, cell, shape, dtype):
+    """One inference call: forward alone, the last output only."""
+    stem, _, opts, _ = CELLS[cell]
+    x, w, r, b, _ = make_data(cell, shape, dtype)
+    fwd = getattr(rnn, stem + "_forward")
+    return lambda: fwd(x, w, r, b, *opts, False, False)
+
+
+def pynn_text(rnn, cell, shape, dtype):
+    """One train_on_batch of the text model (the op module and cell are unused)."""
+    import pynn
+    from pynn import layers
+
+    _, t, vocab, units = shape
+    x, y = text_data(shape)
+    model = pynn.Sequential([layers.Input((t,), dtype="int32"), layers.Embedding(vocab, 32),
+                             layers.LSTM(units), layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=pynn.optimizers.Adam(1e-3), loss="binary_crossentropy")
+    return lambda: model.train_on_batch(x, y)
 
 
 def check(rnn):
@@ -142,18 +232,32 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=10, help="calls per round (best kept)")
     ap.add_argument("--rounds", type=int, default=5, help="alternated pynn/torch rounds")
-    ap.add_argument("--shape", default="64,50,32,128", help="N,T,C,units")
+    ap.add_argument("--shape", default="64,100,32,128", help="N,T,C,units")
+    ap.add_argument("--latency-shape", default="1,50,32,128",
+                    help="N,T,C,units of the inference latency table")
+    ap.add_argument("--latency-repeat", type=int, default=50,
+                    help="calls per round of the latency table (best kept)")
+    ap.add_argument("--text-shape", default="64,100,10000,128",
+                    help="N,T,vocabulary,units of the text-model table")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--cells", default=",".join(CELLS))
     ap.add_argument("--default-env", action="store_true",
                     help="keep libgomp/OpenBLAS spin-waiting defaults for pynn")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time on the thread's CPU clock (needs --threads 1): on a shared "
+                         "machine it leaves out the time other processes hold the core")
     ap.add_argument("--torch-server", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.cpu_time and args.threads != 1:
+        ap.error("--cpu-time measures one thread: use it with --threads 1")
+    timer = best_cpu_time if args.cpu_time else best_time
     if args.torch_server:
-        torch_server(args.threads, args.repeat)
+        torch_server(args.threads, args.repeat, timer)
         return
     shape = tuple(int(v) for v in args.shape.split(","))
+    latency_shape = tuple(int(v) for v in args.latency_shape.split(","))
+    text_shape = tuple(int(v) for v in args.text_shape.split(","))
     cells = args.cells.split(",")
     server = None
     if not args.no_torch:
@@ -163,7 +267,8 @@ def main():
             if importlib.util.find_spec("torch") is not None:
                 server = subprocess.Popen(
                     [sys.executable, __file__, "--torch-server", "--threads",
-                     str(args.threads), "--repeat", str(args.repeat)],
+                     str(args.threads), "--repeat", str(args.repeat)]
+                    + (["--cpu-time"] if args.cpu_time else []),
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         except OSError:
             server = None
@@ -171,37 +276,52 @@ def main():
         for key, value in QUIET_ENV.items():
             os.environ.setdefault(key, value)   # before libgomp / OpenBLAS load
     sys.path.insert(0, str(ROOT))
-    from pynn._native import info, rnn
+    import pynn
+    from pynn._native import rnn
 
-    info.set_num_threads(args.threads)
+    # pynn's own setting: the OpenMP count alone would be reset to the default the first time
+    # a layer reads pynn's (the text model).
+    pynn.set_num_threads(args.threads)
     check(rnn)
 
-    def torch_time(cell):
+    def torch_time(cell, shape, mode, calls):
         if server is None or CELLS[cell][3] is None or args.dtype != "float32":
             return None
-        server.stdin.write(f"{cell} {','.join(map(str, shape))}\n")
+        server.stdin.write(f"{cell} {','.join(map(str, shape))} {mode} {calls}\n")
         server.stdin.flush()
         return json.loads(server.stdout.readline())
 
-    print(f"shape (N, T, C, units) = {shape}, {args.dtype}, {args.threads} threads; "
-          f"fwd+bwd ms, median (best) of {args.rounds} rounds x best of {args.repeat}")
-    print(f"{'cell':12s} {'pynn':>16s} {'torch':>16s} {'torch/pynn':>10s}")
-    try:
+    def table(title, make_step, shape, mode, calls, unit, scale, cells=cells,
+              axes="N, T, C, units"):
+        clock = "CPU time" if args.cpu_time else "wall"
+        print(f"{title}: shape ({axes}) = {shape}, {args.dtype}, {args.threads} "
+              f"threads; {unit} ({clock}), median (best) of {args.rounds} rounds x best of "
+              f"{calls}")
+        print(f"{'cell':12s} {'pynn':>16s} {'torch':>16s} {'torch/pynn':>10s}")
         for cell in cells:
-            step = pynn_step(rnn, cell, shape, args.dtype)
+            step = make_step(rnn, cell, shape, args.dtype)
             mine, theirs = [], []
             for _ in range(args.rounds):
-                mine.append(best_time(step, args.repeat))
-                tt = torch_time(cell)
+                mine.append(timer(step, calls))
+                tt = torch_time(cell, shape, mode, calls)
                 if tt is not None:
                     theirs.append(tt)
-            line = (f"{cell:12s} {1e3 * statistics.median(mine):8.2f} "
-                    f"({1e3 * min(mine):5.2f})")
+            line = (f"{cell:12s} {scale * statistics.median(mine):8.2f} "
+                    f"({scale * min(mine):5.2f})")
             if theirs:
                 ratio = statistics.median(theirs) / statistics.median(mine)
-                line += (f" {1e3 * statistics.median(theirs):8.2f} ({1e3 * min(theirs):5.2f})"
-                         f" {ratio:10.2f}")
+                line += (f" {scale * statistics.median(theirs):8.2f} "
+                         f"({scale * min(theirs):5.2f}) {ratio:10.2f}")
             print(line, flush=True)
+
+    try:
+        table("training (forward + backward)", pynn_step, shape, "train", args.repeat,
+              "ms", 1e3)
+        table("inference latency (forward)", pynn_infer, latency_shape, "infer",
+              args.latency_repeat, "us", 1e6)
+        if "lstm" in cells and args.dtype == "float32":
+            table("text model train_on_batch", pynn_text, text_shape, "text", args.repeat,
+                  "ms", 1e3, cells=["lstm"], axes="N, T, vocabulary, units")
     finally:
         if server is not None:
             server.stdin.close()

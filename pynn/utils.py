@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pynn.data import PyDataset  # noqa: F401  (keras.utils.PyDataset)
+from pynn.data import PyDataset  # keras.utils.PyDataset, re-exported
 
 _rng = np.random.default_rng()
 
@@ -200,3 +200,143 @@ from pynn.preprocessing.image_files import (  # noqa: F401  (re-exported as Kera
     load_img,
     save_img,
 )
+
+
+# -- sequences and time series (issue 14, branch seq) ----------------------------------------
+def pad_sequences(sequences, maxlen=None, dtype="int32", padding="pre", truncating="pre",
+                  value=0.0):
+    """Keras's ``keras.utils.pad_sequences``: a list of N sequences (each of length L_i, items
+    of one shape S) -> an (N, maxlen) + S array of ``dtype`` filled with ``value``.
+
+    ``maxlen`` None: the longest sequence. ``truncating`` 'pre' keeps the last ``maxlen``
+    items of a longer sequence, 'post' the first; ``padding`` 'pre' puts the values before the
+    sequence, 'post' after. Empty sequences are all ``value``. A string ``value`` needs
+    ``dtype=object`` or a string dtype (Keras's rule). All sequences are placed by one
+    scatter over their concatenation, not sample by sample.
+    """
+    if not hasattr(sequences, "__len__") or isinstance(sequences, (str, bytes)):
+        raise ValueError(f"pad_sequences: sequences must be a list of sequences, got "
+                         f"{type(sequences).__name__}")
+    if padding not in ("pre", "post"):
+        raise ValueError(f"pad_sequences: padding must be 'pre' or 'post', got {padding!r}")
+    if truncating not in ("pre", "post"):
+        raise ValueError(f"pad_sequences: truncating must be 'pre' or 'post', got "
+                         f"{truncating!r}")
+    lengths = []
+    for i, s in enumerate(sequences):
+        try:
+            lengths.append(len(s))
+        except TypeError:
+            raise ValueError(f"pad_sequences: sequences must be a list of sequences; item {i} "
+                             f"is {s!r}") from None
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if maxlen is None:
+        maxlen = int(lengths.max()) if lengths.size else 0
+    elif isinstance(maxlen, bool) or not isinstance(maxlen, (int, np.integer)) or maxlen < 0:
+        raise ValueError(f"pad_sequences: maxlen must be None or a non-negative int, got "
+                         f"{maxlen!r}")
+    maxlen = int(maxlen)
+    is_text = np.issubdtype(np.dtype(dtype), np.str_) or np.issubdtype(np.dtype(dtype),
+                                                                        np.bytes_)
+    if isinstance(value, str) and np.dtype(dtype) != object and not is_text:
+        raise ValueError(f"pad_sequences: dtype {dtype} cannot hold the string value "
+                         f"{value!r}; use dtype=object for variable-length strings")
+    filled = [np.asarray(s, dtype=dtype) for s in sequences if len(s)]
+    shapes = {a.shape[1:] for a in filled}
+    if len(shapes) > 1:
+        raise ValueError(f"pad_sequences: every item must have the same shape, got item "
+                         f"shapes {sorted(shapes)}")
+    item_shape = shapes.pop() if shapes else ()
+    out = np.full((len(lengths), maxlen) + item_shape, value, dtype=dtype)
+    if not filled or maxlen == 0:
+        return out
+    flat = np.concatenate(filled)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    # Position of each item inside its own sequence.
+    pos = np.arange(flat.shape[0]) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    seq_len = np.repeat(lengths, lengths)
+    kept = np.minimum(seq_len, maxlen)
+    first = seq_len - kept if truncating == "pre" else np.zeros_like(seq_len)
+    keep = (pos >= first) & (pos < first + kept)
+    col = pos - first + (maxlen - kept if padding == "pre" else 0)
+    out[rows[keep], col[keep]] = flat[keep]
+    return out
+
+
+class TimeseriesDataset(PyDataset):
+    """The batches of ``timeseries_dataset_from_array``: a PyDataset (``fit`` takes it) that
+    also iterates like Keras's tf.data dataset. Batch i is (x, y), or x without targets;
+    x gathers data[start + p + k * sampling_rate] for k < sequence_length at its start
+    positions p, with one fancy index per batch."""
+
+    def __init__(self, data, targets, starts, sequence_length, sampling_rate, batch_size):
+        super().__init__()
+        self.data, self.targets, self.starts = data, targets, starts
+        self.offsets = np.arange(sequence_length) * sampling_rate
+        self.batch_size = batch_size
+
+    def __len__(self):
+        if self.batch_size is None:
+            return len(self.starts)
+        return (len(self.starts) + self.batch_size - 1) // self.batch_size
+
+    def __getitem__(self, index):
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"TimeseriesDataset: batch {index} out of range ({len(self)})")
+        index %= len(self)
+        if self.batch_size is None:
+            starts = self.starts[index]
+        else:
+            starts = self.starts[index * self.batch_size:(index + 1) * self.batch_size]
+        x = self.data[np.asarray(starts)[..., None] + self.offsets]
+        return x if self.targets is None else (x, self.targets[starts])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+def timeseries_dataset_from_array(data, targets, sequence_length, sequence_stride=1,
+                                  sampling_rate=1, batch_size=128, shuffle=False, seed=None,
+                                  start_index=None, end_index=None):
+    """Keras's ``keras.utils.timeseries_dataset_from_array``: sliding windows over ``data``
+    (T, ...) as batches of (batch, sequence_length, ...) inputs.
+
+    Window i starts at step start_index + i * sequence_stride and takes every
+    ``sampling_rate``-th step; its target is ``targets[start_index + i * sequence_stride]``
+    (so ``targets = data[sequence_length:]`` pairs a window with the step after it). Windows
+    end before ``end_index`` (default len(data)); there are at most len(targets) of them.
+    ``shuffle`` permutes the window starts with ``np.random.RandomState(seed)`` as Keras does
+    first (Keras's tf.data pipeline then also shuffles within a buffer of 8 batches, which
+    is not reproduced). ``batch_size`` None yields single windows. Returns a
+    TimeseriesDataset (a PyDataset: ``fit`` takes it, and it iterates like tf.data)."""
+    data = np.asarray(data)
+    length = len(data)
+
+    def check_int(name, v, low, high=None):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low or (
+                high is not None and v >= high):
+            bound = f" and lower than the length of the data ({length})" if high else ""
+            raise ValueError(f"timeseries_dataset_from_array: {name} must be an int of at "
+                             f"least {low}{bound}, got {v!r}")
+        return int(v)
+
+    sequence_length = check_int("sequence_length", sequence_length, 1)
+    sampling_rate = check_int("sampling_rate", sampling_rate, 1, length)
+    sequence_stride = check_int("sequence_stride", sequence_stride, 1, length)
+    start = 0 if start_index is None else check_int("start_index", start_index, 0, length)
+    end = length if end_index is None else check_int("end_index", end_index, 1, length)
+    if end <= start:
+        raise ValueError(f"timeseries_dataset_from_array: end_index ({end}) must be higher "
+                         f"than start_index ({start})")
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size, 1)
+    count = end - start - (sequence_length - 1) * sampling_rate
+    if targets is not None:
+        targets = np.asarray(targets)
+        count = min(count, len(targets))
+    starts = np.arange(0, max(count, 0), sequence_stride, dtype=np.int64)
+    if shuffle:
+        np.random.RandomState(np.random.randint(1e6) if seed is None else seed).shuffle(starts)
+    window = data[start:end]
+    return TimeseriesDataset(window, None if targets is None else targets[start:end], starts,
+                             sequence_length, sampling_rate, batch_size)

@@ -66,6 +66,15 @@ from pynn.layers.sequence import (
     MaxPooling1D,
     TimeDistributed,
 )
+# -- sequence layers, 1-D twins and text (issue 14, branch seq) --
+from pynn.layers.sequence import (
+    Conv1DTranspose,
+    Cropping1D,
+    SeparableConv1D,
+    UpSampling1D,
+    ZeroPadding1D,
+)
+from pynn.layers.text import TextVectorization
 
 LAYERS = {cls.__name__: cls for cls in (
     InputLayer, Dense, Activation, ActivityRegularization, Dropout, Flatten, Reshape, Conv2D, MaxPooling2D,
@@ -113,6 +122,13 @@ AvgPool1D = AveragePooling1D
 GlobalAvgPool1D = GlobalAveragePooling1D
 GlobalMaxPool1D = GlobalMaxPooling1D
 Convolution1D = Conv1D
+# -- sequence layers, 1-D twins and text (issue 14, branch seq) --
+LAYERS.update({cls.__name__: cls for cls in (
+    UpSampling1D, ZeroPadding1D, Cropping1D, Conv1DTranspose, SeparableConv1D,
+    TextVectorization,
+)})
+Convolution1DTranspose = Conv1DTranspose
+SeparableConvolution1D = SeparableConv1D
 
 # Keras aliases.
 MaxPool2D = MaxPooling2D
@@ -131,4 +147,6 @@ __all__ = ["Layer", "LAYERS", "Input", *LAYERS, "MaxPool2D", "AvgPool2D", "Globa
            # -- convolution variants: Keras aliases --
            "Convolution2DTranspose", "SeparableConvolution2D",
            # -- sequence layers (issue 14): Keras aliases --
-           "MaxPool1D", "AvgPool1D", "GlobalAvgPool1D", "GlobalMaxPool1D", "Convolution1D"]
+           "MaxPool1D", "AvgPool1D", "GlobalAvgPool1D", "GlobalMaxPool1D", "Convolution1D",
+           # -- sequence layers, 1-D twins and text (issue 14, branch seq): Keras aliases --
+           "Convolution1DTranspose", "SeparableConvolution1D"]
