@@ -227,6 +227,11 @@ def _input_layer_config(config, label, where):
                                             if k in config}
 
 
+# Wrapper arguments that hold a whole layer config (read and written as layers are).
+_NESTED_LAYER_KEYS = {"TimeDistributed": ("layer",), "Bidirectional": ("layer", "backward_layer"),
+                      "RNN": ("cell",)}
+
+
 def _layer_spec(entry, where):
     """``{"class_name", "config"}`` for pynn from one Keras layer entry."""
     if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
@@ -249,8 +254,10 @@ def _layer_spec(entry, where):
     else:
         pynn_config, extra = {}, {}
         for key, value in config.items():
-            if key == "layer" and class_name == "TimeDistributed":
+            if key in _NESTED_LAYER_KEYS.get(class_name, ()) and isinstance(value, dict):
                 pynn_config[key] = _layer_spec(value, where)
+            elif key == "cells" and class_name == "StackedRNNCells" and isinstance(value, list):
+                pynn_config[key] = [_layer_spec(cell, where) for cell in value]
             elif key == "batch_input_shape":  # Keras 2: the first layer of a Sequential
                 pynn_config["input_shape"] = value[1:] if isinstance(value, list) else value
             else:
@@ -464,6 +471,10 @@ def _var_groups(layer, path):
                 (f"{path}/cell/vars", f"{_snake(cls)}_cell", layer.weights)]
     if cls == "TimeDistributed":
         return [(f"{path}/vars", layer.name, [])] + _var_groups(layer.layer, f"{path}/layer")
+    if cls == "Bidirectional":
+        return ([(f"{path}/vars", layer.name, [])]
+                + _var_groups(layer.forward_layer, f"{path}/forward_layer")
+                + _var_groups(layer.backward_layer, f"{path}/backward_layer"))
     return [(f"{path}/vars", layer.name, layer.weights)]
 
 
@@ -750,8 +761,11 @@ def _keras_layer_config(layer):
         module = next((m for suffix, m in _OBJECT_MODULES if key.endswith(suffix)), None)
         if key == "dtype":
             value = _dtype_policy(value)
-        elif key == "layer" and isinstance(layer.__dict__.get("layer"), Layer):
-            value = _keras_layer_spec(layer.layer)
+        elif key in _NESTED_LAYER_KEYS.get(type(layer).__name__, ()) and isinstance(
+                value, dict):
+            value = _keras_nested_spec(value)
+        elif key == "cells" and isinstance(value, list):
+            value = [_keras_nested_spec(cell) for cell in value]
         elif module is not None:
             value = _keras_object(value, module)
         out[key] = value
@@ -766,9 +780,25 @@ _NOT_KERAS_LAYERS = {
                          "pynn.compression.pruning.strip_pruning(model) first",
     "Lambda": "Keras files from pynn never hold Python code",
 }
+# Keras's RNN(cell) configs carry every cell argument, pynn's cells only units: not written
+# (or read) until the cells take Keras's full argument lists.
+_NOT_KERAS_LAYERS.update({name: "RNN(cell) and its cells are not in Keras files yet; use "
+                                "SimpleRNN, LSTM or GRU, which hold the same weights"
+                          for name in ("RNN", "SimpleRNNCell", "LSTMCell", "GRUCell",
+                                       "StackedRNNCells")})
 
 
-def _keras_layer_spec(layer):
+def _keras_nested_spec(spec):
+    """A wrapped layer's ``{"class_name", "config"}`` from pynn's get_config, as Keras
+    serializes it."""
+    cls = LAYERS.get(spec.get("class_name"))
+    if cls is None:
+        raise ValueError(f"save: a wrapped layer of class {spec.get('class_name')!r} cannot be "
+                         f"written to a Keras file")
+    return _keras_layer_spec(cls.from_config(dict(spec["config"])), with_build=False)
+
+
+def _keras_layer_spec(layer, with_build=True):
     cls = type(layer).__name__
     if isinstance(layer, Model):
         return keras_model_spec(layer)
@@ -785,7 +815,7 @@ def _keras_layer_spec(layer):
                 "registered_name": None}
     spec = {"module": "keras.layers", "class_name": cls, "config": _keras_layer_config(layer),
             "registered_name": None}
-    if layer.built:
+    if layer.built and with_build:
         spec["build_config"] = {"input_shape": _json_shape(layer.input_shape)}
     return spec
 

@@ -84,7 +84,8 @@ class _RNN(Layer):
                  bias_regularizer=None, activity_regularizer=None, kernel_constraint=None,
                  recurrent_constraint=None, bias_constraint=None, dropout=0.0,
                  recurrent_dropout=0.0, return_sequences=False, return_state=False,
-                 go_backwards=False, stateful=False, unroll=False, seed=None, **kwargs):
+                 go_backwards=False, stateful=False, unroll=False, seed=None,
+                 zero_output_for_mask=False, **kwargs):
         super().__init__(**kwargs)
         label = f"{type(self).__name__} '{self.name}'"
         if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
@@ -125,7 +126,7 @@ class _RNN(Layer):
         self._offset = 0
         # Keras's RNN argument (Bidirectional sets it when returning sequences): masked steps
         # output zeros instead of repeating the previous output.
-        self.zero_output_for_mask = False
+        self.zero_output_for_mask = bool(zero_output_for_mask)
         self._states = None  # stateful: the final states of the last batch
         self._n_inputs = 1   # 1 + the initial state tensors the layer was built with
 
@@ -364,6 +365,7 @@ class _RNN(Layer):
             return_sequences=self.return_sequences, return_state=self.return_state,
             go_backwards=self.go_backwards, stateful=self.stateful, unroll=self.unroll,
             dropout=self.dropout, recurrent_dropout=self.recurrent_dropout, seed=self.seed,
+            zero_output_for_mask=self.zero_output_for_mask,
         )
         return config
 
