@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -480,7 +481,7 @@ def run(args):
 
     res = {"schema": SCHEMA, "size": args.size, "quick": args.size != "full",
            "repeats": args.repeats, "devices": specs,
-           "command": "python -m pynn.bench " + " ".join(args.argv),
+           "command": "python -m pynn.bench " + shlex.join(args.argv),
            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(f"machine: measuring peaks ({', '.join(specs)})", flush=True)
     res["machine"] = machine_block(threads, specs, args.size, args.repeats)

@@ -22,7 +22,17 @@ def test_both_entry_points_run_the_suite_from_a_checkout():
     for args in (["-m", "bench", "--help"], ["-m", "pynn.bench", "--help"]):
         out = _run(args, ROOT)
         assert out.returncode == 0, out.stderr
-        assert "python -m bench" in out.stdout and "--torch-omp-wait-policy" in out.stdout
+        assert "python -m pynn.bench" in out.stdout
+        for flag in ("--quick", "--only", "--threads", "--device", "--json", "--compare",
+                     "--profile"):
+            assert flag in out.stdout, flag
+
+
+def test_bad_flags_are_clear_errors():
+    out = _run(["-m", "pynn.bench", "--only", "(", "--size", "tiny"], ROOT)
+    assert out.returncode == 2 and "--only" in out.stderr
+    out = _run(["-m", "pynn.bench", "--device", "gpu", "--size", "tiny"], ROOT)
+    assert out.returncode != 0 and "--device" in out.stderr
 
 
 def test_pynn_bench_outside_a_checkout_says_how_to_get_one(tmp_path):
