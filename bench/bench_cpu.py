@@ -958,7 +958,7 @@ def reference_frameworks(device=None):
         return ["torch"] + (["onnxruntime"] if _available("onnxruntime") else [])
     probe = subprocess.run([sys.executable, "-c",
                             "import torch; print(torch.cuda.is_available())"],
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=300, check=False)
     return ["torch_cuda"] if probe.stdout.strip() == "True" else []
 
 

@@ -257,7 +257,7 @@ def rnn_cases(size, rng):
 
         def step(be, a, cell=cell, opts=opts, forward=forward):
             y, cache = forward(be, a)
-            dx, dw, dr, db = getattr(be, cell + "_backward")(a["dy"], a["x"], a["w"], a["r"],
+            dx, _, _, _ = getattr(be, cell + "_backward")(a["dy"], a["x"], a["w"], a["r"],
                                                               cache, *opts, True, False, True)
             return y, dx
 

@@ -44,7 +44,7 @@ def models_table(res):
         ratio = r.get("ratio", {})
         torch_ref = "torch_cuda" if "torch_cuda" in ratio else "torch"
 
-        def get(fw, metric):
+        def get(fw, metric, ratio=ratio):
             return ratio_text(ratio.get(fw, {}).get(metric))
 
         mem = r.get("memory", {})

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(args, cwd):
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, check=False,
                           timeout=120)
 
 
@@ -50,5 +50,5 @@ def test_runtime_package_has_no_benchmark_code():
     assert not [p for p in setuptools_cfg["packages"] if p.split(".")[0] == "bench"]
     for path in (ROOT / "pynn").rglob("*.py"):
         if path != ROOT / "pynn" / "bench.py":
-            assert not re.search(r"^\s*(from|import) bench\b", path.read_text(), re.M), path
+            assert not re.search(r"^\s*(from|import) bench\b", path.read_text(), re.MULTILINE), path
     assert len((ROOT / "pynn" / "bench.py").read_text().splitlines()) < 40

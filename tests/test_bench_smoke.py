@@ -132,7 +132,7 @@ def test_loss_is_shown_as_a_loss():
 
 
 def test_readme_section_names_the_command(tiny_run):
-    _, res, path = tiny_run
+    _, res, _ = tiny_run
     text = readme.section(res, "bench/results/x.json")
     assert res["command"] in text and "python -m bench.readme bench/results/x.json" in text
     assert "| mlp | cpu |" in text
