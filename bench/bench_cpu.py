@@ -1,6 +1,8 @@
-"""``python -m bench`` (from the repository root): pynn's CPU benchmark suite.
+"""The suite's CPU layer steps and models (``bench/suite.py`` runs them; its model workers
+run this file): the yardstick GEMM, Dense and Conv2D training steps, and the models in pynn,
+PyTorch and onnxruntime, each framework in its own worker process.
 
-What it measures, in order (every benchmark first checks its result, then times):
+What it measures (every benchmark first checks its result, then times):
 
 1. sgemm peak: NumPy's BLAS, float32, one large square matmul, median of several runs. The
    Dense and Conv2D steps below are timed alternately with this same matmul, and their % of

@@ -34,9 +34,10 @@ def kernel_summary(res):
 
 
 def models_table(res):
-    lines = ["| model | device | batch | pynn /s | training vs PyTorch | predict batch-1 vs "
-             "PyTorch / onnxruntime | predict batch-64 vs PyTorch / onnxruntime | peak MiB "
-             "pynn / PyTorch |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    header = ("| model | device | batch | pynn /s | training vs PyTorch | predict batch-1 vs "
+              "PyTorch / onnxruntime | predict batch-64 vs PyTorch / onnxruntime | peak MiB "
+              "pynn / PyTorch |")
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in res.get("models", []):
         if not r["check"]["passed"]:
             lines.append(f"| {r['model']} | {r['device']} | - | check failed | | | | |")
@@ -61,26 +62,26 @@ def models_table(res):
 def section(res, path):
     m = res["machine"]
     devices = ", ".join(d.get("name", d["index"]) for d in m.get("opencl_devices", []))
-    out = ["## Performance", "",
-           f"Measured by pynn's benchmark suite on {m.get('cpu_model')} "
-           f"({m.get('physical_cores')} cores, {m['threads']} threads"
-           f"{'; OpenCL: ' + devices if devices else ''}), {res['date_utc'][:10]}, "
-           f"{res['size']} sizes. Every number was checked "
-           f"against a float64 reference before it was timed. Ratios are pynn's speed over the "
-           f"reference's at the same thread count, rounds alternated in one run: above 1 pynn "
-           f"is faster, below 1 it is a loss and says so.", ""]
+    intro = (f"Measured by pynn's benchmark suite on {m.get('cpu_model')} "
+             f"({m.get('physical_cores')} cores, {m['threads']} threads"
+             f"{'; OpenCL: ' + devices if devices else ''}), {res['date_utc'][:10]}, "
+             f"{res['size']} sizes. Every number was checked "
+             f"against a float64 reference before it was timed. Ratios are pynn's speed over the "
+             f"reference's at the same thread count, rounds alternated in one run: above 1 pynn "
+             f"is faster, below 1 it is a loss and says so.")
+    out = ["## Performance", "", intro, ""]
     out += models_table(res)
-    out += ["", f"Kernels against the machine's peaks (NumPy sgemm "
-            f"{m['sgemm_peak_gflops']:.0f} GFLOP/s, copy {m['copy_bandwidth_gbs']:.1f} GB/s):",
-            ""]
+    out += ["", (f"Kernels against the machine's peaks (NumPy sgemm "
+                 f"{m['sgemm_peak_gflops']:.0f} GFLOP/s, copy {m['copy_bandwidth_gbs']:.1f} "
+                 f"GB/s):"), ""]
     out += kernel_summary(res)
     if res.get("busy_warning"):
-        out += ["", "The machine was shared while this ran: single timings are noisy, the "
-                "alternated ratios are the numbers to trust."]
+        out += ["", ("The machine was shared while this ran: single timings are noisy, the "
+                     "alternated ratios are the numbers to trust.")]
     out += ["", "Reproduce (from a checkout, after `make build`):", "", "```",
             res["command"], "```", "",
-            f"Results: `{path}`; every kernel and model, the machine block and the charts are "
-            f"there. `python -m bench.readme {path}` regenerates this section."]
+            (f"Results: `{path}`; every kernel and model, the machine block and the charts "
+             f"are there. `python -m bench.readme {path}` regenerates this section.")]
     return "\n".join(out)
 
 

@@ -358,10 +358,11 @@ def _kernel_cell(row):
 
 def markdown(res, compare_rows=True):
     m = res["machine"]
-    lines = [f"pynn {m.get('pynn')} on {m.get('cpu_model')}: {m.get('physical_cores')} "
-             f"cores / {m.get('logical_cpus')} logical CPUs, {m['threads']} threads; "
-             f"sgemm peak {m['sgemm_peak_gflops']:.1f} GFLOP/s (NumPy BLAS), copy "
-             f"{m['copy_bandwidth_gbs']:.1f} GB/s; size {res['size']}.", ""]
+    head = (f"pynn {m.get('pynn')} on {m.get('cpu_model')}: {m.get('physical_cores')} "
+            f"cores / {m.get('logical_cpus')} logical CPUs, {m['threads']} threads; "
+            f"sgemm peak {m['sgemm_peak_gflops']:.1f} GFLOP/s (NumPy BLAS), copy "
+            f"{m['copy_bandwidth_gbs']:.1f} GB/s; size {res['size']}.")
+    lines = [head, ""]
     for d in m.get("opencl_devices", []):
         if "error" in d:
             lines.append(f"- {d['index']}: {d['error']}")
@@ -391,11 +392,11 @@ def markdown(res, compare_rows=True):
                              f"{_fmt(r.get('gflops'), '.1f')} | "
                              f"{_fmt(r.get('pct_of_peak'), '.0f')} |")
     if res.get("models"):
-        lines += ["", "Models: training images (sequences)/s, predict latency in ms; ratio = "
-                  "pynn / reference speed (above 1: pynn faster).", "",
-                  "| model | device | batch | check | pynn /s | ref | ref /s | train ratio "
-                  "| b1 ms pynn / ref | b1 ratio | b64 ms pynn / ref | b64 ratio | MiB pynn / "
-                  "ref |", "|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", ("Models: training images (sequences)/s, predict latency in ms; ratio = "
+                       "pynn / reference speed (above 1: pynn faster)."), "",
+                  ("| model | device | batch | check | pynn /s | ref | ref /s | train ratio "
+                   "| b1 ms pynn / ref | b1 ratio | b64 ms pynn / ref | b64 ratio | MiB pynn / "
+                   "ref |"), "|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in res["models"]:
             ok = "ok" if r["check"]["passed"] else "**FAIL**"
             p = r.get("pynn", {})
@@ -422,15 +423,17 @@ def markdown(res, compare_rows=True):
     cmp = res.get("comparison")
     if cmp and compare_rows:
         changed = [r for r in cmp["rows"] if r["verdict"] != "same"]
-        lines += ["", f"Compared with {cmp['old']}: {cmp['faster']} faster, {cmp['slower']} "
-                  f"slower, {len(cmp['rows']) - len(changed)} within the run-to-run spread."]
+        lines += ["", (f"Compared with {cmp['old']}: {cmp['faster']} faster, {cmp['slower']} "
+                       f"slower, {len(cmp['rows']) - len(changed)} within the run-to-run "
+                       f"spread.")]
         if changed:
             lines += ["", "| measurement | old | new | change | spread | verdict |",
                       "|---|---:|---:|---:|---:|---|"]
             for r in changed:
+                verdict = f"**{r['verdict']}**" if r["verdict"] == "slower" else r["verdict"]
                 lines.append(f"| {r['what']} | {r['old']:.4g} | {r['new']:.4g} | "
                              f"{100 * (r['change'] - 1):+.0f}% | {100 * r['noise']:.0f}% | "
-                             f"{'**' + r['verdict'] + '**' if r['verdict'] == 'slower' else r['verdict']} |")
+                             f"{verdict} |")
     if res.get("busy_warning"):
         lines += ["", f"WARNING: {res['busy_warning']}"]
     return "\n".join(lines)

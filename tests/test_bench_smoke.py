@@ -170,3 +170,23 @@ def test_default_path_names_device_cpu_and_size():
                                     "threads": 2}, "quick", ["cpu"])
     assert path.name == "suite-cpu-amd-epyc-7b13-64-core-2t-quick.json"
     assert path.parent == ROOT / "bench" / "results"
+
+
+@pytest.mark.opencl
+def test_opencl_device_rows(tmp_path):
+    """--device opencl: the device block (name, driver, measured peaks) and kernel rows
+    checked on the device and rated against that device's peaks, not the CPU's."""
+    path = tmp_path / "ocl.json"
+    code = suite.main(["--size", "tiny", "--repeats", "1", "--threads", "1", "--device",
+                       "opencl", "--only", "kernel (gemm|pooling|optimizer)", "--no-charts",
+                       "--json", str(path)])
+    res = json.loads(path.read_text())
+    assert code == 0 and res["all_checks_passed"]
+    (dev,) = res["machine"]["opencl_devices"]
+    assert dev["name"] and dev["driver_version"]
+    assert dev["gemm_peak_gflops"] > 0 and dev["copy_bandwidth_gbs"] > 0
+    assert res["devices"] == [dev["index"]] and "layer_steps" not in res
+    for r in res["kernels"]:
+        assert r["device"] == dev["index"] and r["check"]["passed"]
+        peak = dev["gemm_peak_gflops"] if r["bound"] == "compute" else dev["copy_bandwidth_gbs"]
+        assert math.isclose(r["pct_of_peak"], 100 * r["rate"] / peak)
