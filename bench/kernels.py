@@ -58,11 +58,13 @@ class Case:
     in the same order; ``work`` FLOPs or bytes, ``bound`` 'compute' or 'memory'."""
 
     def __init__(self, name, family, bound, work, inputs, call, reference, rtol=1e-4,
-                 shape=None, head=None):
+                 shape=None, head=None, cuda_ref=None):
         self.name, self.family, self.bound, self.work = name, family, bound, work
         self.inputs, self.call, self.reference, self.rtol = inputs, call, reference, rtol
         # head: compare only the first elements of each flattened output (slow oracles).
         self.shape, self.head = shape, head
+        # (kind, shape, op) of the PyTorch CUDA twin (bench_opencl.TorchCuda) or None.
+        self.cuda_ref = cuda_ref
 
 
 def _nbytes(*arrays):
@@ -84,7 +86,8 @@ def gemm_cases(size, rng):
         out.append(Case(
             f"gemm {n}^3", "gemm", "compute", 2.0 * n ** 3, {"x": x, "k": k},
             lambda be, a: (be.dense_forward(a["x"], a["k"], None, "linear", 0.0)[0],),
-            lambda x=x, k=k: (ref.dense_forward_ref(x, k, None)[0],), shape=[n, n, n]))
+            lambda x=x, k=k: (ref.dense_forward_ref(x, k, None)[0],), shape=[n, n, n],
+            cuda_ref=("gemm", (n, n, n), "dense_forward")))
     return out
 
 
@@ -101,23 +104,26 @@ def conv_cases(size, rng):
         geo = (s, pad, (1, 1))
         inputs = {"x": x, "k": k, "b": b, "dz": dz}
         shape = [n, h, w, c, kh, kw, f, s[0], pad]
+        twin = (n, h, w, c, kh, kw, f, s, pad)
         out += [
             Case(f"conv2d_forward {label}", "conv2d", "compute", flop, inputs,
                  lambda be, a, geo=geo: (be.conv2d_forward(a["x"], a["k"], a["b"], *geo,
                                                            "relu", 0.0)[0],),
                  lambda x=x, k=k, b=b, geo=geo: (ref.conv2d_forward_ref(x, k, b, *geo,
                                                                          "relu")[0],),
-                 rtol=1e-4, shape=shape),
+                 rtol=1e-4, shape=shape, cuda_ref=("conv", twin, "conv2d_forward")),
             Case(f"conv2d_backward_input {label}", "conv2d", "compute", flop, inputs,
                  lambda be, a, geo=geo, xs=x.shape: (
                      be.conv2d_backward_input(a["dz"], a["k"], xs, *geo),),
                  lambda dz=dz, k=k, geo=geo, xs=x.shape: (
-                     ref.conv2d_backward_input_ref(dz, k, xs, *geo),), shape=shape),
+                     ref.conv2d_backward_input_ref(dz, k, xs, *geo),), shape=shape,
+                 cuda_ref=("conv", twin, "conv2d_backward_input")),
             Case(f"conv2d_backward_weight {label}", "conv2d", "compute", flop, inputs,
                  lambda be, a, geo=geo, ks=k.shape: (
                      be.conv2d_backward_weight(a["x"], a["dz"], ks, *geo),),
                  lambda x=x, dz=dz, geo=geo, ks=k.shape: (
-                     ref.conv2d_backward_weight_ref(x, dz, ks, *geo),), shape=shape),
+                     ref.conv2d_backward_weight_ref(x, dz, ks, *geo),), shape=shape,
+                 cuda_ref=("conv", twin, "conv2d_backward_weight")),
         ]
     # MobileNet's depthwise 3x3: memory-bound (9 multiply-adds per element read).
     ref_dw = _ref("depthwise")

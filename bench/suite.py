@@ -131,14 +131,16 @@ def copy_bandwidth(nbytes, repeats):
 
 
 def versions():
+    """Installed versions, read from the package metadata (importing pyopencl or torch here
+    would load an OpenCL ICD or a second OpenMP runtime into the parent)."""
+    from importlib import metadata
+
     out = {}
-    for mod in ("torch", "onnxruntime", "onnx", "pyopencl", "matplotlib", "scipy"):
+    for dist in ("torch", "onnxruntime", "onnx", "pyopencl", "matplotlib", "scipy"):
         try:
-            out[mod] = __import__(mod).__version__
-        except ImportError:
-            out[mod] = None
-        except Exception as exc:  # noqa: BLE001
-            out[mod] = f"unusable ({type(exc).__name__})"
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
     return out
 
 
@@ -239,9 +241,20 @@ def run_kernels(args, specs, machine, wanted):
                          "check": {"passed": False, "error": f"{type(exc).__name__}: {exc}"}})
             continue
         peaks = peaks_for(spec, machine)
+        cuda = None
+        if spec != "cpu":
+            from bench import bench_opencl
+
+            cuda = bench_opencl.TorchCuda(args.repeats)
+            machine.setdefault("torch_cuda", cuda.info)
         for case in kernels.all_cases(args.size, wanted):
             row = kernels.run_case(case, be, sync, args.repeats, MIN_TIMED_S[args.size], peaks)
             row["device"] = spec
+            if cuda is not None and cuda.torch is not None and case.cuda_ref and "rate" in row:
+                kind, shape, op = case.cuda_ref
+                ref = cuda.gemm(*shape) if kind == "gemm" else cuda.conv(shape)
+                row["torch_cuda_rate"] = ref[op]
+                row["ratio_to_torch_cuda"] = row["rate"] / ref[op]
             rows.append(row)
             print(f"  kernel {spec} {case.name}: {_kernel_cell(row)}", flush=True)
     return rows
@@ -372,14 +385,17 @@ def markdown(res, compare_rows=True):
                          f"GFLOP/s (pynn, n={d['gemm_peak_n']}), copy "
                          f"{d['copy_bandwidth_gbs']:.1f} GB/s")
     if res.get("kernels"):
-        lines += ["", "| kernel | device | check | ms | rate | % of peak |",
-                  "|---|---|---|---:|---:|---:|"]
+        cuda = any("ratio_to_torch_cuda" in r for r in res["kernels"])
+        lines += ["", "| kernel | device | check | ms | rate | % of peak |"
+                  + (" vs PyTorch CUDA |" if cuda else ""),
+                  "|---|---|---|---:|---:|---:|" + ("---:|" if cuda else "")]
         for r in res["kernels"]:
             ok = "ok" if r["check"]["passed"] else "**FAIL**"
             lines.append(f"| {r['name']} | {r['device']} | {ok} | "
                          f"{_fmt(r.get('median_s') and 1e3 * r['median_s'], '.3f')} | "
                          f"{_fmt(r.get('rate'), '.1f')} {r.get('unit', '')} | "
-                         f"{_fmt(r.get('pct_of_peak'), '.0f')} |")
+                         f"{_fmt(r.get('pct_of_peak'), '.0f')} |"
+                         + (f" {ratio_text(r.get('ratio_to_torch_cuda'))} |" if cuda else ""))
     steps = res.get("layer_steps", {})
     if steps.get("dense") or steps.get("conv2d"):
         lines += ["", "| layer training step (CPU) | check | GFLOP/s | % of peak (paired) |",

@@ -172,10 +172,25 @@ def test_default_path_names_device_cpu_and_size():
     assert path.parent == ROOT / "bench" / "results"
 
 
+class FakeTorchCuda:
+    """bench_opencl.TorchCuda as on a machine with a GPU: 100 GFLOP/s for every GEMM."""
+
+    def __init__(self, repeat):
+        self.torch, self.info = True, {"available": True, "device": "fake"}
+
+    def gemm(self, m, n, k):
+        return dict.fromkeys(("dense_forward", "dense_backward_input",
+                              "dense_backward_weight"), 100.0)
+
+
 @pytest.mark.opencl
-def test_opencl_device_rows(tmp_path):
+def test_opencl_device_rows(tmp_path, monkeypatch):
     """--device opencl: the device block (name, driver, measured peaks) and kernel rows
-    checked on the device and rated against that device's peaks, not the CPU's."""
+    checked on the device and rated against that device's peaks, not the CPU's; GEMMs beside
+    PyTorch CUDA where PyTorch sees a GPU (faked here)."""
+    from bench import bench_opencl
+
+    monkeypatch.setattr(bench_opencl, "TorchCuda", FakeTorchCuda)
     path = tmp_path / "ocl.json"
     code = suite.main(["--size", "tiny", "--repeats", "1", "--threads", "1", "--device",
                        "opencl", "--only", "kernel (gemm|pooling|optimizer)", "--no-charts",
@@ -190,3 +205,7 @@ def test_opencl_device_rows(tmp_path):
         assert r["device"] == dev["index"] and r["check"]["passed"]
         peak = dev["gemm_peak_gflops"] if r["bound"] == "compute" else dev["copy_bandwidth_gbs"]
         assert math.isclose(r["pct_of_peak"], 100 * r["rate"] / peak)
+        if r["family"] == "gemm":
+            assert math.isclose(r["ratio_to_torch_cuda"], r["rate"] / 100.0)
+    assert res["machine"]["torch_cuda"]["device"] == "fake"
+    assert "vs PyTorch CUDA" in suite.markdown(res)
