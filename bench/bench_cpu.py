@@ -700,7 +700,7 @@ class TorchRunner:
             self.net.eval()
             with torch.inference_mode():
                 out = self.net(xt).softmax(-1)
-                if self.device:
+                if str(self.device).startswith("cuda"):
                     torch.cuda.synchronize()
             self.net.train()
             return out

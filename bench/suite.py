@@ -6,7 +6,8 @@ failed check is reported and never timed):
 
 1. machine: the CPU (model, cores, SIMD, threads), versions and build flags; the CPU's
    compute peak (``sgemm_peak_gflops``: NumPy's BLAS, one large float32 matmul) and copy
-   bandwidth (NumPy copy of a buffer far larger than the caches); per OpenCL device its name,
+   bandwidth (a threaded NumPy copy of a buffer the size of the elementwise kernels'
+   operands), each the best run, measured at the start and the end; per OpenCL device its name,
    driver and measured peaks (pynn's own GEMM, the fastest GEMM that device has here, and a
    device-to-device buffer copy).
 2. kernels (bench/kernels.py): GEMM, Conv2D forward / backward-input / backward-weight over
@@ -48,7 +49,9 @@ SCHEMA = 3
 # Default timed repeats per size, and each kernel timing's minimum length in seconds.
 REPEATS = {"full": 7, "quick": 5, "tiny": 2}
 MIN_TIMED_S = {"full": 0.05, "quick": 0.02, "tiny": 0.0}
-COPY_BYTES = {"full": 256 << 20, "quick": 128 << 20, "tiny": 1 << 20}
+# The copy that sets the bandwidth peak moves as many bytes as one operand of the elementwise
+# kernels (kernels.MAPS): the same level of the memory hierarchy as the kernels it rates.
+COPY_BYTES = {size: 4 * int(np.prod(shape)) for size, shape in kernels.MAPS.items()}
 OPENCL_PEAK_N = {"full": 2048, "quick": 1024, "tiny": 64}
 # A change smaller than this is never called a speed-up or a regression, whatever the spread.
 MIN_CHANGE = 0.03
@@ -121,7 +124,7 @@ def device_specs(arg):
 
 # -- machine --------------------------------------------------------------------------------
 def copy_bandwidth(nbytes, repeats, threads):
-    """GB/s (bytes read + written) of a copy of a buffer far larger than the caches, split
+    """GB/s (bytes read + written) of a copy of an ``nbytes`` buffer, split
     over ``threads`` threads as pynn's kernels split their work (NumPy's copy releases the
     GIL): STREAM's copy, in NumPy."""
     from concurrent.futures import ThreadPoolExecutor
