@@ -27,6 +27,10 @@ def kernel_summary(res):
         lines.append(f"| {device} | {family} | {len(rows)} | {statistics.median(pct):.0f} "
                      f"({min(pct):.0f}-{max(pct):.0f}) | "
                      f"{'GEMM peak' if bound == 'compute' else 'copy bandwidth'} |")
+    if any(r.get("pct_of_peak", 0) > 100 for r in res.get("kernels", [])):
+        lines.append("\nAbove 100%: the peak runs caught a busier moment than the kernel's "
+                     "runs (each peak is the best of its runs at the start and the end); on a "
+                     "shared machine the peaks themselves are noisy.")
     failed = [r["name"] for r in res.get("kernels", []) if not r["check"]["passed"]]
     if failed:
         lines.append(f"\nFailed their check (not timed): {', '.join(failed)}.")
