@@ -31,6 +31,7 @@ into the README's performance section.
 """
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -132,7 +133,7 @@ def copy_bandwidth(nbytes, repeats, threads):
     src = np.ones(nbytes // 4, np.float32)
     dst = np.empty_like(src)
     bounds = np.linspace(0, src.size, threads + 1).astype(int)
-    parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    parts = [slice(a, b) for a, b in itertools.pairwise(bounds)]
     with ThreadPoolExecutor(threads) as pool:
         def copy():
             list(pool.map(lambda s: np.copyto(dst[s], src[s]), parts))
