@@ -132,13 +132,29 @@ def conv_cases(size, rng):
     k = (rng.standard_normal((3, 3, c, 1)) / 3.0).astype(np.float32)
     b = np.zeros(c, np.float32)
     geo = ((1, 1), "same", (1, 1))
-    out.append(Case(
-        f"depthwise_conv2d_forward 3x3 C={c}", "conv2d", "memory", 2 * _nbytes(x),
-        {"x": x, "k": k, "b": b},
-        lambda be, a: (be.depthwise_conv2d_forward(a["x"], a["k"], a["b"], *geo, "linear",
-                                                    0.0)[0],),
-        lambda: (ref_dw.depthwise_conv2d_forward_ref(x, k, b, *geo)[0],),
-        shape=[n, h, w, c]))
+    dz = rng.standard_normal(x.shape, dtype=np.float32)
+    inputs = {"x": x, "k": k, "b": b, "dz": dz}
+    out += [
+        Case(f"depthwise_conv2d_forward 3x3 C={c}", "conv2d", "memory", 2 * _nbytes(x),
+             inputs,
+             lambda be, a: (be.depthwise_conv2d_forward(a["x"], a["k"], a["b"], *geo,
+                                                        "linear", 0.0)[0],),
+             lambda: (ref_dw.depthwise_conv2d_forward_ref(x, k, b, *geo)[0],),
+             shape=[n, h, w, c]),
+        Case(f"depthwise_conv2d_backward_input 3x3 C={c}", "conv2d", "memory",
+             2 * _nbytes(x), inputs,
+             lambda be, a: (be.depthwise_conv2d_backward_input(a["dz"], a["k"], x.shape,
+                                                               *geo),),
+             lambda: (ref_dw.depthwise_conv2d_backward_input_ref(dz, k, x.shape, *geo),),
+             shape=[n, h, w, c]),
+        # Reads x and dz, writes a 3x3xC kernel gradient.
+        Case(f"depthwise_conv2d_backward_weight 3x3 C={c}", "conv2d", "memory",
+             2 * _nbytes(x), inputs,
+             lambda be, a: (be.depthwise_conv2d_backward_weight(a["x"], a["dz"], k.shape,
+                                                                *geo),),
+             lambda: (ref_dw.depthwise_conv2d_backward_weight_ref(x, dz, k.shape, *geo),),
+             rtol=1e-3, shape=[n, h, w, c]),
+    ]
     return out
 
 

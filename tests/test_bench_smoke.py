@@ -55,7 +55,8 @@ def test_kernels_cover_the_issue_list(tiny_run):
     names = [r["name"] for r in res["kernels"]]
     assert {r["family"] for r in res["kernels"]} == set(kernels.FAMILIES)
     for op in ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
-               "depthwise_conv2d_forward", "maxpool2d_forward", "softmax_cross_entropy",
+               "depthwise_conv2d_forward", "depthwise_conv2d_backward_input",
+               "depthwise_conv2d_backward_weight", "maxpool2d_forward", "softmax_cross_entropy",
                "batch_norm_forward", "lstm sequence", "gru sequence", "dropout_forward"):
         assert any(n.startswith(op) for n in names), op
     for opt in kernels.OPTIMIZERS:
