@@ -518,6 +518,19 @@ def remeasure_cpu_peaks(res, threads, args):
             row["pct_of_peak"] = 100.0 * row["rate"] / peaks[row["bound"]]
 
 
+def reproducing(argv):
+    """The command line less --compare (what to compare with is not what was measured)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--compare":
+            skip = True
+        elif not arg.startswith("--compare="):
+            out.append(arg)
+    return out
+
+
 def run(args):
     threads = args.threads or len(os.sched_getaffinity(0))
     specs = device_specs(args.device)
@@ -534,7 +547,7 @@ def run(args):
 
     res = {"schema": SCHEMA, "size": args.size, "quick": args.size != "full",
            "repeats": args.repeats, "devices": specs,
-           "command": "python -m pynn.bench " + shlex.join(args.argv),
+           "command": "python -m pynn.bench " + shlex.join(reproducing(args.argv)),
            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(f"machine: measuring peaks ({', '.join(specs)})", flush=True)
     res["machine"] = machine_block(threads, specs, args.size, args.repeats)

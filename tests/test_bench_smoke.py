@@ -127,6 +127,11 @@ def test_compare_flags_only_changes_beyond_the_spread(tiny_run):
     assert suite.compare(res, res)["slower"] == 0
 
 
+def test_recorded_command_leaves_out_compare():
+    assert suite.reproducing(["--quick", "--compare", "old.json", "--threads", "2",
+                              "--compare=x.json"]) == ["--quick", "--threads", "2"]
+
+
 def test_loss_is_shown_as_a_loss():
     assert suite.ratio_text(0.5) == "0.50x (loss)"
     assert suite.ratio_text(1.25) == "1.25x"
