@@ -1,4 +1,4 @@
-"""``python -m bench``: pynn's CPU benchmark suite (``bench_cpu.py``), also its pynn worker."""
+"""``python -m bench``: pynn's benchmark suite (bench/suite.py), also its model workers."""
 
 import sys
 
@@ -7,6 +7,6 @@ import sys
 # cycles after every matmul and slow the pynn kernels timed next (bench/README.md).
 import pynn  # noqa: F401
 
-from bench.bench_cpu import main
+from bench.suite import main
 
 sys.exit(main())

@@ -1,6 +1,8 @@
-"""``python -m bench`` (from the repository root): pynn's CPU benchmark suite.
+"""The suite's CPU layer steps and models (``bench/suite.py`` runs them; its model workers
+run this file): the yardstick GEMM, Dense and Conv2D training steps, and the models in pynn,
+PyTorch and onnxruntime, each framework in its own worker process.
 
-What it measures, in order (every benchmark first checks its result, then times):
+What it measures (every benchmark first checks its result, then times):
 
 1. sgemm peak: NumPy's BLAS, float32, one large square matmul, median of several runs. The
    Dense and Conv2D steps below are timed alternately with this same matmul, and their % of
@@ -59,7 +61,18 @@ SIZES = {
         "mlp_batch": 128, "mlp_steps": 150,
         "check_steps": 3, "memory_steps": 5,
     },
+    # The unified suite's --quick: real layer sizes, smaller batches and fewer steps (a few
+    # minutes on 2 cores; the ratios still mean something).
     "quick": {
+        "peak_n": 1024,
+        "dense": [(256, 512, 512)],
+        "conv": [(8, 32, 32, 32, 3, 3, 64, "same")],
+        "cnn_batch": 32, "cnn_steps": 4, "resnet_steps": 2,
+        "mlp_batch": 64, "mlp_steps": 20,
+        "check_steps": 2, "memory_steps": 3,
+    },
+    # Toy sizes through every code path: the smoke test's (says nothing about speed).
+    "tiny": {
         "peak_n": 256,
         "dense": [(32, 48, 40)],
         "conv": [(2, 9, 7, 5, 3, 3, 6, "same")],
@@ -68,6 +81,10 @@ SIZES = {
         "check_steps": 2, "memory_steps": 2,
     },
 }
+# The sequence models' batch and steps per round (bench/models_seq.py).
+SIZES["full"].update(rnn_batch=64, rnn_steps=10, predict_s=0.5)
+SIZES["quick"].update(rnn_batch=32, rnn_steps=3, predict_s=0.2)
+SIZES["tiny"].update(rnn_batch=4, rnn_steps=2, predict_s=0.01)
 
 CHECK_RTOL = {"dense": 1e-4, "conv": 1e-3, "training": 2e-3}
 
@@ -373,6 +390,21 @@ MODELS = {
     "func30": {"input": (256,), "classes": 10, "batch": "mlp_batch", "steps": "mlp_steps",
                "torch_ref_img_s": 8000},
 }
+
+
+def _load_sibling(stem):
+    """bench/<stem>.py by path: the torch worker runs this file outside the bench package."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{stem}",
+                                                  Path(__file__).with_name(stem + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SEQ = _load_sibling("models_seq")
+MODELS.update(SEQ.MODELS)
 RESNET_BLOCKS = ((32, 1), (32, 1), (64, 2), (64, 1))  # (filters, stride) per residual block
 FUNC30_WIDTH, FUNC30_BLOCKS = 256, 10
 
@@ -424,6 +456,8 @@ def pynn_model(name):
     import pynn
     from pynn import layers
 
+    if name in SEQ.MODELS:
+        return SEQ.pynn_model(name)
     if name in ("resnet", "func30"):
         model = pynn_resnet() if name == "resnet" else pynn_func30()
         loss = ("sparse_categorical_crossentropy" if name == "resnet" else
@@ -455,8 +489,9 @@ def torch_model(name):
     import torch
     from torch import nn
 
-    if name in ("resnet", "func30"):
-        net = _TorchResNet() if name == "resnet" else _TorchFunc30()
+    if name in SEQ.MODELS or name in ("resnet", "func30"):
+        net = (SEQ.torch_net(name) if name in SEQ.MODELS else
+               _TorchResNet() if name == "resnet" else _TorchFunc30())
         opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-7)
         return net, opt, nn.CrossEntropyLoss()
     if name == "cnn":
@@ -571,6 +606,8 @@ def copy_weights_to_torch(model, net):
     torch's (C,H,W) flatten order."""
     import torch
 
+    if hasattr(net, "copy_from_pynn"):
+        return net.copy_from_pynn(model)
     if hasattr(net, "by_name"):
         return _copy_by_name(model, net)
     torch_layers = [m for m in net if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
@@ -599,7 +636,10 @@ def copy_weights_to_torch(model, net):
 def make_data(name, batch, n_batches, seed=3):
     rng = np.random.default_rng(seed)
     spec = MODELS[name]
-    x = rng.random((n_batches, batch) + spec["input"], dtype=np.float32)
+    if "vocab" in spec:  # token ids
+        x = rng.integers(0, spec["vocab"], (n_batches, batch) + spec["input"], dtype=np.int32)
+    else:
+        x = rng.random((n_batches, batch) + spec["input"], dtype=np.float32)
     y = rng.integers(0, spec["classes"], (n_batches, batch)).astype(np.int32)
     return x, y
 
@@ -609,12 +649,14 @@ def to_torch_batches(x, y):
 
     if x.ndim == 5:  # (B, N, H, W, C) -> (B, N, C, H, W)
         x = x.transpose(0, 1, 4, 2, 3)
+    if x.dtype.kind in "iu":  # token ids: torch's Embedding takes int64
+        x = x.astype(np.int64)
     return ([torch.from_numpy(np.ascontiguousarray(xb)) for xb in x],
             [torch.from_numpy(yb.astype(np.int64)) for yb in y])
 
 
 class PynnRunner:
-    def __init__(self, name, x, y):
+    def __init__(self, name, x, y, device=None):
         self.model = pynn_model(name)
         self.x, self.y = x, y
 
@@ -622,11 +664,22 @@ class PynnRunner:
         i %= len(self.x)
         return float(self.model.train_on_batch(self.x[i], self.y[i]))
 
+    def predictor(self, x):
+        return lambda: self.model.predict_on_batch(x)
+
 
 class TorchRunner:
-    def __init__(self, name, x, y):
+    """device: None (the CPU) or 'cuda' (PyTorch beside an OpenCL GPU)."""
+
+    def __init__(self, name, x, y, device=None):
         self.net, self.opt, self.loss_fn = torch_model(name)
         self.x, self.y = to_torch_batches(x, y)
+        self.device = device
+        if device:
+            self.net.to(device)
+            self.opt = type(self.opt)(self.net.parameters(), **self.opt.defaults)
+            self.x = [v.to(device) for v in self.x]
+            self.y = [v.to(device) for v in self.y]
 
     def step(self, i):
         i %= len(self.x)
@@ -636,18 +689,93 @@ class TorchRunner:
         self.opt.step()
         return float(loss.detach())
 
+    def predictor(self, x):
+        import torch
 
-def check_training(name, sizes):
-    """Same weights, same batches: pynn's and torch's losses agree step after step."""
+        xt = to_torch_batches(x[None], np.zeros((1, len(x)), np.int32))[0][0]
+        if self.device:
+            xt = xt.to(self.device)
+
+        def predict():
+            self.net.eval()
+            with torch.inference_mode():
+                out = self.net(xt).softmax(-1)
+                if str(self.device).startswith("cuda"):
+                    torch.cuda.synchronize()
+            self.net.train()
+            return out
+
+        return predict
+
+
+class OnnxRunner:
+    """onnxruntime inference of the torch twin, exported with torch.onnx (offline, the
+    TorchScript exporter), on the CPU execution provider with the suite's thread count."""
+
+    def __init__(self, name, x, y, device=None, threads=1):
+        import io
+        import warnings
+
+        import onnxruntime as ort
+        import torch
+
+        net = torch_model(name)[0].eval()
+        example = to_torch_batches(x[:1], y[:1])[0][0]
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (example,), buf, dynamo=False, input_names=["x"],
+                              output_names=["logits"], dynamic_axes={"x": {0: "n"}})
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(buf.getvalue(), opts,
+                                            providers=["CPUExecutionProvider"])
+        self.version = ort.__version__
+
+    def step(self, i):
+        raise RuntimeError("onnxruntime is an inference reference: no training rounds")
+
+    def predictor(self, x):
+        # The torch twin's layout (NCHW, int64 token ids).
+        feed = {"x": to_torch_batches(x[None], np.zeros((1, len(x)), np.int32))[0][0].numpy()}
+        return lambda: self.session.run(None, feed)
+
+
+def latency_ms(fn, min_s):
+    """Median milliseconds of single calls, after two warm-up calls, over about min_s."""
+    fn()
+    fn()
+    times, start = [], time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - start < min_s:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+        if len(times) >= 2000:
+            break
+    return 1e3 * statistics.median(times)
+
+
+def check_training(name, sizes, device=None):
+    """Same weights, same batches: pynn's (on ``device``, an OpenCL spec, or the CPU) and
+    torch CPU's losses agree step after step."""
     import pynn
+    from pynn import backend
 
     pynn.utils.set_random_seed(0)
     batch = sizes[MODELS[name]["batch"]]
     steps = sizes["check_steps"]
     x, y = make_data(name, batch, steps, seed=4)
-    p, t = PynnRunner(name, x, y), TorchRunner(name, x, y)
-    copy_weights_to_torch(p.model, t.net)
-    lp = [p.step(i) for i in range(steps)]
+    before = backend.device()
+    try:
+        if device:
+            pynn.set_device(device)
+        p = PynnRunner(name, x, y)
+        t = TorchRunner(name, x, y)
+        copy_weights_to_torch(p.model, t.net)
+        lp = [p.step(i) for i in range(steps)]
+    finally:
+        pynn.set_device(before)
     lt = [t.step(i) for i in range(steps)]
     errors = {f"loss_step_{i + 1}": abs(a - b) / max(abs(b), 1e-30)
               for i, (a, b) in enumerate(zip(lp, lt))}
@@ -677,37 +805,49 @@ def _reset_peak_rss():
         return False
 
 
-def worker(name, framework, threads, quick):
+RUNNERS = {"pynn": "PynnRunner", "torch": "TorchRunner", "torch_cuda": "TorchRunner",
+           "onnxruntime": "OnnxRunner"}
+
+
+def worker(name, framework, threads, size, device=None):
     """One framework, one model, in its own process (``--worker``): the parent alternates
-    rounds between the pynn and the torch worker through stdin/stdout, one JSON line each.
+    rounds between the workers through stdin/stdout, one JSON line each.
 
     Own processes keep each framework's OpenMP runtime in its default state (pynn sets
     OMP_WAIT_POLICY=PASSIVE when imported, which would slow torch by ~20% if they shared a
     process), and give each a clean memory high-water mark: the baseline is taken after imports
     and data, so the peak counts the model, optimizer state, activations and workspaces.
-    Commands: ``round`` -> images/s, ``memory`` -> RSS numbers, ``profile``, ``quit``.
+    framework: pynn (on ``device``, an OpenCL spec, or the CPU), torch, torch_cuda or
+    onnxruntime (inference only). Commands: ``round`` -> images/s, ``predict`` -> batch-1 and
+    batch-64 latency, ``memory`` -> RSS numbers, ``profile``, ``quit``.
     """
-    sizes = SIZES["quick" if quick else "full"]
-    if framework == "torch":
+    sizes = SIZES[size]
+    if framework.startswith("torch") or framework == "onnxruntime":
         import torch
 
         torch.set_num_threads(threads)
-        runner_cls = TorchRunner
     else:
         import pynn
 
         pynn.set_num_threads(threads)
-        runner_cls = PynnRunner
+        if device:
+            pynn.set_device(device)
+    runner_cls = globals()[RUNNERS[framework]]
+    extra = {"threads": threads} if framework == "onnxruntime" else {}
+    torch_device = "cuda" if framework == "torch_cuda" else None
     batch, steps = sizes[MODELS[name]["batch"]], sizes[MODELS[name]["steps"]]
     x, y = make_data(name, batch, 4)
+    px, _ = make_data(name, 64, 1, seed=5)
     import gc
 
     gc.collect()
     base = _proc_status_kib("VmRSS")
     reset = _reset_peak_rss()
-    runner = runner_cls(name, x, y)
-    for i in range(3):  # the first steps allocate optimizer slots and workspaces
-        runner.step(i)
+    runner = runner_cls(name, x, y, torch_device, **extra)
+    trains = framework != "onnxruntime"
+    if trains:
+        for i in range(3):  # the first steps allocate optimizer slots and workspaces
+            runner.step(i)
 
     def reply(obj):
         sys.stdout.write(json.dumps(obj) + "\n")
@@ -722,6 +862,9 @@ def worker(name, framework, threads, quick):
             for i in range(steps):
                 runner.step(i)
             reply({"images_per_s": steps * batch / (time.perf_counter() - t)})
+        elif cmd == "predict":
+            reply({f"batch{b}_ms": latency_ms(runner.predictor(px[0][:b]), sizes["predict_s"])
+                   for b in (1, 64)})
         elif cmd == "memory":
             hwm = _proc_status_kib("VmHWM")
             reply({"baseline_rss_mib": base / 1024, "peak_rss_mib": hwm / 1024,
@@ -729,7 +872,7 @@ def worker(name, framework, threads, quick):
         elif cmd == "profile":
             # A fresh model: the per-op times should not depend on how long the rounds ran
             # (Adam's moments of dead units decay into denormals after ~700 steps).
-            runner = runner_cls(name, x, y)
+            runner = runner_cls(name, x, y, torch_device, **extra)
             for i in range(3):
                 runner.step(i)
             prof = profile_pynn if framework == "pynn" else profile_torch
@@ -743,7 +886,8 @@ def worker(name, framework, threads, quick):
 class Worker:
     """The parent's handle on a ``worker`` subprocess."""
 
-    def __init__(self, name, framework, threads, quick, torch_omp_wait_policy=None):
+    def __init__(self, name, framework, threads, size, torch_omp_wait_policy=None,
+                 device=None):
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[1])
         if framework == "pynn":
@@ -757,8 +901,8 @@ class Worker:
                 env.pop("OMP_WAIT_POLICY", None)
             else:
                 env["OMP_WAIT_POLICY"] = torch_omp_wait_policy
-        cmd += ["--worker", name, framework, "--threads", str(threads)]
-        cmd += ["--quick"] if quick else []
+        cmd += ["--worker", name, framework, "--threads", str(threads), "--size", size]
+        cmd += ["--device", device] if device else []
         # stderr to a file: a chatty worker (torch's profiler) must not fill a pipe and block.
         self.stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -800,40 +944,90 @@ _STANDALONE = ("import importlib.util, sys; "
                "sys.exit(m.main(sys.argv[2:]))")
 
 
-def bench_training(name, sizes, repeats, threads, quick, profile=False,
-                   torch_omp_wait_policy=None):
+def _available(module):
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def reference_frameworks(device=None):
+    """The references beside pynn: PyTorch CPU and onnxruntime beside the CPU; PyTorch CUDA
+    beside an OpenCL device when PyTorch sees a GPU (checked in a subprocess: importing torch
+    here would fix the parent's OpenMP runtime)."""
+    if not _available("torch"):
+        return []
+    if device is None:
+        return ["torch"] + (["onnxruntime"] if _available("onnxruntime") else [])
+    probe = subprocess.run([sys.executable, "-c",
+                            "import torch; print(torch.cuda.is_available())"],
+                           capture_output=True, text=True, timeout=300, check=False)
+    return ["torch_cuda"] if probe.stdout.strip() == "True" else []
+
+
+def bench_training(name, sizes, repeats, threads, size, profile=False,
+                   torch_omp_wait_policy=None, device=None, predict=True):
+    """Training images/s of pynn (on the CPU or the OpenCL ``device``) beside its references,
+    alternated round by round in one run, then batch-1 / batch-64 predict latency the same
+    way, then each worker's memory. ``ratio`` is pynn / reference: images/s for training
+    (above 1: pynn faster), and reference / pynn for latency (above 1: pynn faster too)."""
     batch = sizes[MODELS[name]["batch"]]
     steps = sizes[MODELS[name]["steps"]]
     result = {"model": name, "batch": batch, "steps_per_round": steps, "rounds": repeats,
+              "device": device or "cpu",
               "torch_reference_images_per_s": MODELS[name]["torch_ref_img_s"]}
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    refs = reference_frameworks(device)
+    if "torch" not in refs and device is None:
         result["check"] = {"passed": False, "error": "torch is not installed"}
         return result, {}, None
-    result["check"] = check_training(name, sizes)
+    result["check"] = check_training(name, sizes, device)
     if not result["check"]["passed"]:
         return result, {}, None
+    frameworks = ["pynn"] + refs
+    trainers = [fw for fw in frameworks if fw != "onnxruntime"]
     workers = {}
     try:
-        for fw in ("pynn", "torch"):
-            workers[fw] = Worker(name, fw, threads, quick, torch_omp_wait_policy)
-        for w in workers.values():  # both start (import, warm up) at once, then take turns
+        for fw in frameworks:
+            workers[fw] = Worker(name, fw, threads, size, torch_omp_wait_policy,
+                                 device if fw == "pynn" else None)
+        for w in workers.values():  # all start (import, warm up) at once, then take turns
             w.wait_ready()
-        rates = {fw: [] for fw in workers}
+        rates = {fw: [] for fw in trainers}
         for _ in range(repeats):
-            for fw, w in workers.items():  # alternated: pynn, torch, pynn, torch, ...
-                rates[fw].append(w.ask("round")["images_per_s"])
+            for fw in trainers:  # alternated: pynn, torch, pynn, torch, ...
+                rates[fw].append(workers[fw].ask("round")["images_per_s"])
+        latency = {fw: [] for fw in frameworks}
+        for _ in range(repeats if predict else 0):
+            for fw in frameworks:
+                latency[fw].append(workers[fw].ask("predict"))
         memory = {fw: w.ask("memory") for fw, w in workers.items()}
-        prof = {fw: w.ask("profile") for fw, w in workers.items()} if profile else None
+        prof = ({fw: workers[fw].ask("profile") for fw in ("pynn", "torch") if fw in workers}
+                if profile and device is None else None)
     finally:
         for w in workers.values():
             w.close()
-    for fw, rs in rates.items():
-        result[fw] = {"images_per_s": statistics.median(rs), "rounds_images_per_s": rs,
-                      "ms_per_step": 1e3 * batch / statistics.median(rs),
-                      "omp_wait_policy": workers[fw].info.get("omp_wait_policy")}
-    result["speedup_vs_torch"] = result["pynn"]["images_per_s"] / result["torch"]["images_per_s"]
+    for fw in frameworks:
+        entry = {"omp_wait_policy": workers[fw].info.get("omp_wait_policy")}
+        if fw in rates:
+            rs = rates[fw]
+            entry.update(images_per_s=statistics.median(rs), rounds_images_per_s=rs,
+                         ms_per_step=1e3 * batch / statistics.median(rs))
+        for b in (1, 64):
+            runs = [r[f"batch{b}_ms"] for r in latency[fw]]
+            if runs:
+                entry[f"predict_batch{b}_ms"] = statistics.median(runs)
+                entry[f"rounds_predict_batch{b}_ms"] = runs
+        result[fw] = entry
+    for fw in refs:
+        ratio = {}
+        if fw in rates:
+            ratio["training"] = result["pynn"]["images_per_s"] / result[fw]["images_per_s"]
+        for b in (1, 64):
+            if f"predict_batch{b}_ms" in result[fw]:
+                ratio[f"predict_batch{b}"] = (result[fw][f"predict_batch{b}_ms"]
+                                              / result["pynn"][f"predict_batch{b}_ms"])
+        result.setdefault("ratio", {})[fw] = ratio
+    if "torch" in result:
+        result["speedup_vs_torch"] = result["ratio"]["torch"]["training"]
     return result, memory, prof
 
 
@@ -921,67 +1115,6 @@ def targets(results):
     return out
 
 
-def _fmt(v, spec):
-    return "-" if v is None else format(v, spec)
-
-
-def print_report(results):
-    peak = results["sgemm_peak"]
-    m = results["machine"]
-    print(f"\npynn {m['pynn']} CPU benchmark: {m.get('cpu_model')}, {m['threads']} threads, "
-          f"numpy {m['numpy']}, torch {m.get('torch')}")
-    print(f"sgemm peak (NumPy BLAS, n={peak['n']}): {peak['gflops']:.1f} GFLOP/s median "
-          f"({peak['gflops_best']:.1f} best)\n")
-    print(f"{'kernel (fwd+bwd)':44s} {'check':>6s} {'fwd':>7s} {'bwd_w':>7s} {'bwd_in':>7s} "
-          f"{'step':>7s} {'peak':>7s} {'%peak':>6s}   (GFLOP/s; peak: the GEMMs run "
-          f"between steps)")
-    for kind in ("dense", "conv2d"):
-        for r in results[kind]:
-            shape = ",".join(f"{k}={v}" for k, v in r["shape"].items()
-                             if k not in ("strides",))
-            og = r.get("op_gflops", {})
-            print(f"{kind + ' ' + shape:44s} {'ok' if r['check']['passed'] else 'FAIL':>6s} "
-                  f"{_fmt(og.get('forward'), '7.1f')} {_fmt(og.get('backward_weight'), '7.1f')} "
-                  f"{_fmt(og.get('backward_input'), '7.1f')} {_fmt(r.get('gflops'), '7.1f')} "
-                  f"{_fmt(r.get('paired_peak_gflops'), '7.1f')} "
-                  f"{_fmt(r.get('pct_of_peak'), '6.1f')}")
-    print(f"\n{'training':24s} {'check':>6s} {'pynn img/s':>11s} {'torch img/s':>12s} "
-          f"{'speedup':>8s} {'pynn MiB':>9s} {'torch MiB':>10s}")
-    for name, r in results["training"].items():
-        mem = results["memory"].get(name, {})
-        print(f"{name + ' (batch ' + str(r['batch']) + ')':24s} "
-              f"{'ok' if r['check']['passed'] else 'FAIL':>6s} "
-              f"{_fmt(r.get('pynn', {}).get('images_per_s'), '11.0f')} "
-              f"{_fmt(r.get('torch', {}).get('images_per_s'), '12.0f')} "
-              f"{_fmt(r.get('speedup_vs_torch'), '7.2f')}x "
-              f"{_fmt(mem.get('pynn', {}).get('training_peak_mib'), '9.1f')} "
-              f"{_fmt(mem.get('torch', {}).get('training_peak_mib'), '10.1f')}")
-    print("(MiB: resident-memory growth while building and training the model, fresh process)")
-    load = results.get("loadavg_1min", {})
-    busy = [v for v in load.values() if v is not None and v > 0.5 + m["threads"]]
-    if busy:
-        print(f"\nWARNING: the machine was busy (1-min load average {max(busy):.1f} with "
-              f"{m['threads']} benchmark threads): other processes competed for the cores, "
-              f"the timings are not trustworthy.")
-    print("\ntargets:")
-    for t in results["targets"]:
-        v = t["value"]
-        print(f"  [{'met' if t['met'] else 'NOT MET':>7s}] {t['name']}: "
-              f"{_fmt(v, '.2f')} (target {t['target']})")
-    if "profile" in results:
-        for name, prof in results["profile"].items():
-            p, t = prof["pynn"], prof["torch"]
-            print(f"\nprofile {name}: pynn {p['ms_per_step']:.2f} ms/step "
-                  f"({p['outside_ops_ms']:.2f} outside ops), torch {t['ms_per_step']:.2f} "
-                  f"ms/step")
-            print("  pynn op (first array shape)                                  ms/step")
-            for k, v in p["ops_ms"].items():
-                print(f"    {k:58s} {v:7.3f}")
-            print("  torch op (self time, under the profiler)                    ms/step")
-            for k, v in list(t["ops_self_ms"].items())[:15]:
-                print(f"    {k:58s} {v:7.3f}")
-
-
 def _loadavg():
     try:
         return os.getloadavg()[0]
@@ -989,92 +1122,24 @@ def _loadavg():
         return None
 
 
-def default_json_path(machine, quick):
-    label = f"{_cpu_slug(machine.get('cpu_model'))}-{machine['threads']}t"
-    root = Path(__file__).resolve().parents[1]
-    return root / "bench" / "results" / f"cpu-{label}{'-quick' if quick else ''}.json"
-
-
-def run(args):
-    sizes = SIZES["quick" if args.quick else "full"]
-    threads = args.threads or len(os.sched_getaffinity(0))
-    try:
-        import torch  # noqa: F401  (before pynn limits BLAS pools, so the limits reach it too)
-    except ImportError:
-        pass
-    set_threads(threads)
-    t0 = time.perf_counter()
-    load_start = _loadavg()
-    results = {"schema": 1, "quick": bool(args.quick), "repeats": args.repeats,
-               "command": "python -m bench " + " ".join(sys.argv[1:]),
-               "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "machine": machine_info(threads)}
-    peak = bench_peak(sizes["peak_n"], args.repeats)
-    results["sgemm_peak"] = peak
-    yardstick = peak_gemm(sizes["peak_n"])
-    only = re.compile(args.only) if args.only else None
-
-    def wanted(name):
-        return only is None or only.search(name) is not None
-
-    results["dense"] = [bench_dense(s, args.repeats, yardstick) for s in sizes["dense"]
-                        if wanted("dense")]
-    results["conv2d"] = [bench_conv(s, args.repeats, yardstick) for s in sizes["conv"]
-                         if wanted("conv2d")]
-    results["training"], results["memory"] = {}, {}
-    for name in filter(wanted, MODELS):
-        train, memory, prof = bench_training(name, sizes, args.repeats, threads, args.quick,
-                                             args.profile, args.torch_omp_wait_policy)
-        results["training"][name] = train
-        if memory:
-            results["memory"][name] = memory
-        if prof:
-            results.setdefault("profile", {})[name] = prof
-    results["targets"] = targets(results)
-    checks = [r["check"]["passed"] for r in results["dense"] + results["conv2d"]]
-    checks += [r["check"]["passed"] for r in results["training"].values()]
-    results["all_checks_passed"] = all(checks)
-    results["all_targets_met"] = all(t["met"] for t in results["targets"])
-    results["wall_s"] = time.perf_counter() - t0
-    results["loadavg_1min"] = {"start": load_start, "end": _loadavg()}
-    print_report(results)
-    path = Path(args.json) if args.json else default_json_path(results["machine"], args.quick)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"\nwrote {path} ({results['wall_s']:.0f} s)")
-    return results
-
-
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=None,
-                    help="threads for pynn, BLAS and torch (default: all usable cores)")
-    ap.add_argument("--quick", action="store_true", help="toy sizes (a smoke test, not numbers)")
-    ap.add_argument("--repeats", type=int, default=7,
-                    help="timed runs per kernel and alternated rounds per model (default 7)")
-    ap.add_argument("--json", default=None, help="where to write the results (default "
-                    "bench/results/cpu-<cpu>-<threads>t.json)")
-    ap.add_argument("--only", default=None, metavar="REGEX",
-                    help="run only the sections (dense, conv2d) and models (cnn, mlp, resnet, "
-                         "func30) whose name matches")
-    ap.add_argument("--profile", action="store_true",
-                    help="also time every op of a training step in both frameworks")
-    ap.add_argument("--torch-omp-wait-policy", default=None, choices=("ACTIVE", "PASSIVE"),
-                    help="OMP_WAIT_POLICY for the torch worker (default: unset, torch's own "
-                    "default; pynn's worker uses pynn's, PASSIVE unless set in the environment)")
-    ap.add_argument("--worker", nargs=2, metavar=("MODEL", "FRAMEWORK"), help=argparse.SUPPRESS)
+    """A model worker (``--worker MODEL FRAMEWORK``); anything else is the unified suite,
+    ``bench/suite.py`` (this file's old entry point)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--worker" not in argv:
+        from bench import suite
+
+        return suite.main(argv)
+    ap = argparse.ArgumentParser(prog="bench_cpu worker")
+    ap.add_argument("--worker", nargs=2, metavar=("MODEL", "FRAMEWORK"), required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--size", choices=tuple(SIZES), default="full")
+    ap.add_argument("--device", default=None)
     args = ap.parse_args(argv)
-    if args.threads is not None and args.threads < 1:
-        ap.error("--threads must be >= 1")
-    if args.repeats < 1:
-        ap.error("--repeats must be >= 1")
-    if args.worker:
-        worker(*args.worker, args.threads or 1, args.quick)
-        return 0
-    results = run(args)
-    return 0 if results["all_checks_passed"] else 1
+    worker(*args.worker, args.threads, args.size, args.device)
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit("run the suite as `python -m bench` from the repository root (it imports pynn "
-             "before NumPy)")
+    sys.exit("run the suite as `python -m pynn.bench` (or `python -m bench`) from the "
+             "repository root (it imports pynn before NumPy)")

@@ -1,4 +1,4 @@
-"""``python -m pynn.bench``: runs ``python -m bench``, the CPU benchmark suite of a checkout.
+"""``python -m pynn.bench``: pynn's benchmark suite (``bench/suite.py`` of a checkout).
 
 The benchmarks live in the repository's ``bench/`` folder, beside this package, and are not
 installed with it. From a checkout this puts the repository root on ``sys.path`` and runs the
@@ -16,13 +16,13 @@ NO_CHECKOUT = (
 
 def main(argv=None):
     root = Path(__file__).resolve().parents[1]
-    if not (root / "bench" / "bench_cpu.py").is_file():
+    if not (root / "bench" / "suite.py").is_file():
         print(NO_CHECKOUT, file=sys.stderr)
         return 2
     sys.path.insert(0, str(root))
-    from bench.bench_cpu import main as bench_main
+    from bench.suite import main as suite_main
 
-    return bench_main(argv)
+    return suite_main(argv)
 
 
 if __name__ == "__main__":

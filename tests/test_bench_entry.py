@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(args, cwd):
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, check=False,
                           timeout=120)
 
 
@@ -22,7 +22,17 @@ def test_both_entry_points_run_the_suite_from_a_checkout():
     for args in (["-m", "bench", "--help"], ["-m", "pynn.bench", "--help"]):
         out = _run(args, ROOT)
         assert out.returncode == 0, out.stderr
-        assert "python -m bench" in out.stdout and "--torch-omp-wait-policy" in out.stdout
+        assert "python -m pynn.bench" in out.stdout
+        for flag in ("--quick", "--only", "--threads", "--device", "--json", "--compare",
+                     "--profile"):
+            assert flag in out.stdout, flag
+
+
+def test_bad_flags_are_clear_errors():
+    out = _run(["-m", "pynn.bench", "--only", "(", "--size", "tiny"], ROOT)
+    assert out.returncode == 2 and "--only" in out.stderr
+    out = _run(["-m", "pynn.bench", "--device", "gpu", "--size", "tiny"], ROOT)
+    assert out.returncode != 0 and "--device" in out.stderr
 
 
 def test_pynn_bench_outside_a_checkout_says_how_to_get_one(tmp_path):
@@ -40,5 +50,5 @@ def test_runtime_package_has_no_benchmark_code():
     assert not [p for p in setuptools_cfg["packages"] if p.split(".")[0] == "bench"]
     for path in (ROOT / "pynn").rglob("*.py"):
         if path != ROOT / "pynn" / "bench.py":
-            assert not re.search(r"^\s*(from|import) bench\b", path.read_text(), re.M), path
+            assert not re.search(r"^\s*(from|import) bench\b", path.read_text(), re.MULTILINE), path
     assert len((ROOT / "pynn" / "bench.py").read_text().splitlines()) < 40

@@ -13,10 +13,14 @@ one overall budget (``--budget``, 450 s), each going on when an earlier one fail
   devices  lists the OpenCL devices and picks the NVIDIA GPU (``--pocl``: the PoCL CPU device)
   tests    PYNN_CL_DEVICE=opencl:P:D python -m pytest -m opencl on that device
   bench    bench/bench_opencl.py on that device beside PyTorch CUDA, JSON into OUT_DIR
+  suite    the unified suite's OpenCL part (``python -m bench --device opencl:P:D``): every
+           kernel family checked and timed against the device's peaks, CNN and LSTM training
+           beside PyTorch CUDA, JSON and charts into OUT_DIR
   summary  SGEMM 4096^3 % of cuBLAS, CNN / LSTM training ratio to PyTorch, warm start
 
-OUT_DIR receives ``run.log`` (everything printed) and ``opencl-<device>.json`` (the bench
-JSON plus a ``gpu_run`` record of the steps and the summary): two files.
+OUT_DIR receives ``run.log`` (everything printed), ``opencl-<device>.json`` (the bench
+JSON plus a ``gpu_run`` record of the steps and the summary) and ``suite-<device>.json`` with
+its charts (the unified suite's results).
 ``--pocl`` runs the same steps on PoCL's CPU device (the smoke test and a dry run here);
 ``--skip`` leaves steps out, ``--bench-args`` replaces the bench's size options.
 """
@@ -37,10 +41,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-STEPS = ("machine", "wheels", "icd", "build", "devices", "tests", "bench", "summary")
+STEPS = ("machine", "wheels", "icd", "build", "devices", "tests", "bench", "suite",
+         "summary")
 # (most seconds, fewest seconds kept for it while earlier steps run)
 LIMITS = {"machine": (30, 5), "wheels": (60, 10), "icd": (40, 5), "devices": (45, 10),
-          "build": (150, 60), "tests": (150, 45), "bench": (300, 150), "summary": (10, 2)}
+          "build": (150, 60), "tests": (150, 45), "bench": (300, 150), "suite": (150, 40),
+          "summary": (10, 2)}
 NVIDIA_OPENCL = "libnvidia-opencl.so.1"
 LIBRARY_DIRS = ("/usr/local/nvidia/lib64", "/usr/local/nvidia/lib", "/usr/lib/x86_64-linux-gnu",
                 "/usr/lib64", "/usr/lib", "/lib/x86_64-linux-gnu", "/lib64",
@@ -50,6 +56,10 @@ FIND_ROOTS = ("/usr", "/opt", "/lib", "/lib64")
 # The bench on a GPU: GEMM up to 4096^3, the tuner at 2048^3, 50 timed training steps.
 GPU_BENCH_ARGS = "--tune --tune-size 2048 --tune-budget 45 --train-steps 50 --repeat 5"
 POCL_BENCH_ARGS = "--quick --tune --tune-budget 20 --train-steps 2 --repeat 2"
+# The unified suite on the device: every kernel family, then the CNN and LSTM training.
+SUITE_ARGS = "--quick --repeats 3 --only 'kernel|model (cnn|lstm)'"
+# The PoCL dry run checks the driver; it runs the suite only when given --suite-args.
+POCL_SUITE_ARGS = None
 TARGETS = {"sgemm_pct_of_cublas": 70.0, "cnn_ratio": 0.7, "lstm_ratio": 0.7}
 
 
@@ -354,6 +364,36 @@ def step_bench(run, py, spec, json_path, bench_args, limit):
     return "failed", f"bench exited {code} (what it measured is in the JSON)"
 
 
+def step_suite(run, py, spec, json_path, suite_args, limit):
+    if not spec:
+        return "skipped", "no OpenCL device"
+    if suite_args is None:
+        return "skipped", "--pocl: the dry run runs the suite only with --suite-args"
+    argv = [py, "-m", "bench", "--device", spec, "--json", str(json_path),
+            *shlex.split(suite_args)]
+    code, _ = run.command(argv, limit)
+    if code == 0:
+        return "ok", ""
+    return "failed", f"suite exited {code} (what it measured is in the JSON)"
+
+
+def suite_lines(path):
+    """The suite's headline: its checks, GEMM % of the device peak, model ratios."""
+    if not Path(path).is_file():
+        return ["suite: no results"]
+    doc = json.loads(Path(path).read_text())
+    kernels = doc.get("kernels", [])
+    failed = [k["name"] for k in kernels if not k["check"]["passed"]]
+    lines = [f"suite: {len(kernels)} kernels, {len(failed)} failed their check"
+             + (f" ({', '.join(failed[:5])})" if failed else "")]
+    for r in doc.get("models", []):
+        ratio = (r.get("ratio") or {}).get("torch_cuda", {}).get("training")
+        lines.append(f"suite {r['model']} on {r['device']}: "
+                     f"{(r.get('pynn') or {}).get('images_per_s', 0):.0f} images/s"
+                     + (f", {ratio:.2f}x PyTorch CUDA" if ratio else ""))
+    return lines
+
+
 def summarize(doc):
     """The headline numbers of a bench JSON, each None where it was not measured."""
     out = {"sgemm_4096_pct_of_cublas": None, "sgemm_4096_gflops": None,
@@ -423,6 +463,7 @@ def step_summary(run, json_path, state, limit):
                                            f"{s['cold_start_builds']} cold)"),
         "GEMM tuner: " + (f"{s['tuned_tiles']} at {s['tuned_gflops']:.0f} GFLOP/s"
                           if s["tuned_tiles"] else "not run"),
+        *suite_lines(state.get("suite_json", "")),
         "steps: " + ", ".join(f"{k} {v['status']} {v['seconds']:.0f}s"
                               for k, v in run.steps.items()),
     ]
@@ -456,6 +497,7 @@ def main(argv=None):
                         help="scratch folder: installed wheels, vendor files, program cache")
     parser.add_argument("--bench-args", default=None, help="the bench's size options")
     parser.add_argument("--pytest-args", default="", help="extra pytest arguments")
+    parser.add_argument("--suite-args", default=None, help="the unified suite's options")
     opts = parser.parse_args(argv)
     skip = {s for s in opts.skip.split(",") if s}
     py = sys.executable
@@ -501,6 +543,12 @@ def main(argv=None):
         POCL_BENCH_ARGS if opts.pocl else GPU_BENCH_ARGS)
     do("bench", f"bench/bench_opencl.py {bench_args} -> {json_path.name}",
        lambda t: step_bench(run, py, spec, json_path, bench_args, t))
+    suite_json = run.out / f"suite-{device_slug(state)}.json"
+    state["suite_json"] = str(suite_json)
+    suite_args = opts.suite_args if opts.suite_args is not None else (
+        POCL_SUITE_ARGS if opts.pocl else SUITE_ARGS)
+    do("suite", f"python -m bench --device {spec} {suite_args or ''} -> {suite_json.name}",
+       lambda t: step_suite(run, py, spec, suite_json, suite_args, t))
     run.step("summary", "headline numbers", lambda t: step_summary(run, json_path, state, t))
     total = time.monotonic() - run.started
     failed = [k for k, v in run.steps.items() if v["status"] == "failed"]

@@ -2,9 +2,10 @@
 # The GPU run of pynn in one command: bench/gpu/run.sh OUT_DIR [--pocl] [gpu_run.py options]
 #
 # Installs pyopencl and what it needs from bench/gpu/wheels (or .whl), registers NVIDIA's
-# OpenCL library for the ICD loader, builds pynn in place, runs the OpenCL tests and
-# bench/bench_opencl.py on the GPU beside PyTorch CUDA, and writes run.log and
-# opencl-<device>.json into OUT_DIR. Each step prints what it does and how long it took, and a
+# OpenCL library for the ICD loader, builds pynn in place, runs the OpenCL tests,
+# bench/bench_opencl.py and the unified suite's OpenCL part (python -m bench --device
+# opencl:P:D) on the GPU beside PyTorch CUDA, and writes run.log, opencl-<device>.json and
+# suite-<device>.json (with its charts) into OUT_DIR. Each step prints what it does and how long it took, and a
 # failed step does not stop the later ones. PYTHON picks the interpreter (default python3).
 # bench/gpu/README.md has the details; bench/gpu/gpu_run.py does the work.
 set -u
