@@ -59,6 +59,38 @@ class CallbackList:
         return call_all
 
 
+class ProgbarLogger(Callback):
+    """Keras's ProgbarLogger: the progress bar of ``fit``. ``fit`` draws one itself when
+    ``verbose``; passing a ProgbarLogger makes it the one that draws (never a second bar),
+    with ``fit``'s ``verbose`` (1: a bar, 2: one line per epoch)."""
+
+    def __init__(self):
+        super().__init__()
+        self._bar = None
+        self._steps = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        verbose = self.params.get("verbose", 1)
+        if verbose:
+            print(f"Epoch {epoch + 1}/{self.params.get('epochs', '?')}")
+        self._bar = Progbar(self.params.get("steps"), verbose)
+        self._steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps = batch + 1
+        if self._bar is not None:
+            self._bar.update(batch + 1, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        verbose = self.params.get("verbose", 1)
+        if self._bar is None:
+            return
+        if verbose == 1:
+            self._bar.update(self._steps, logs, finalize=True)
+        elif verbose == 2:
+            self._bar.summary_line(self._steps, logs)
+
+
 class History(Callback):
     def __init__(self):
         super().__init__()

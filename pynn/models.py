@@ -321,7 +321,7 @@ class Model(Layer):
 
     # -- compile ------------------------------------------------------------------------------
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None,
-                **kwargs):
+                weighted_metrics=None, **kwargs):
         unsupported = {k for k, v in kwargs.items() if v not in (None, False, "auto", 1)}
         if unsupported:
             raise ValueError(f"compile: unsupported arguments {sorted(unsupported)}")
@@ -330,6 +330,8 @@ class Model(Layer):
         self.optimizer = optimizers.get(optimizer)
         self._loss_spec = loss
         self._metric_specs = metrics if metrics is not None else []
+        # Keras's weighted_metrics: updated with the batch's sample (and class) weights.
+        self._weighted_metric_specs = weighted_metrics
         self._loss_weights_spec = loss_weights
         self.loss = losses.get(loss) if not isinstance(loss, (list, tuple, dict)) else None
         self.metrics = []
@@ -359,22 +361,36 @@ class Model(Layer):
             self._loss_weights = [1.0 if w is None else float(w)
                                   for w in _per_output(weights, names, "loss_weights",
                                                        broadcast=False)]
-        specs = self._metric_specs
+        self._output_metrics = self._metric_objects(self._metric_specs, "metrics")
+        weighted = self._metric_objects(getattr(self, "_weighted_metric_specs", None),
+                                        "weighted_metrics")
+        self._weighted_ids = {id(m) for ms in weighted for m in ms}
+        # A weighted metric logs after the plain ones of its output, as Keras orders them.
+        self._output_metrics = [plain + extra
+                                for plain, extra in zip(self._output_metrics, weighted)]
+        self.metrics = [m for ms in self._output_metrics for m in ms]
+
+    def _metric_objects(self, specs, what):
+        """Per output, the metric objects of a compile argument (None, a flat list for every
+        output, a list per output, or a dict by output name)."""
+        names = self.output_names
+        n = len(names)
+        if specs is None:
+            return [[] for _ in names]
         if n == 1 or isinstance(specs, dict) or (
                 isinstance(specs, (list, tuple)) and specs and all(
                     isinstance(s, (list, tuple)) or s is None for s in specs)):
-            per_output = _per_output(specs, names, "metrics", broadcast=False) if n > 1 or \
+            per_output = _per_output(specs, names, what, broadcast=False) if n > 1 or \
                 isinstance(specs, dict) else [specs]
         else:
             per_output = [specs] * n  # a flat list applies to every output
-        self._output_metrics = []
+        out = []
         for k, spec in enumerate(per_output):
             spec = [] if spec is None else (list(spec) if isinstance(spec, (list, tuple))
                                             else [spec])
             shape = self.outputs[k].shape
-            self._output_metrics.append([
-                metrics_module.get(m, self._output_losses[k], shape) for m in spec])
-        self.metrics = [m for ms in self._output_metrics for m in ms]
+            out.append([metrics_module.get(m, self._output_losses[k], shape) for m in spec])
+        return out
 
     def _resolve_metrics(self):
         if not self._output_losses and self.built:
@@ -406,6 +422,8 @@ class Model(Layer):
         config = {"optimizer": optimizers.serialize(self.optimizer),
                   "loss": loss_spec(self._loss_spec),
                   "metrics": metric_spec(self._metric_specs)}
+        if getattr(self, "_weighted_metric_specs", None) is not None:
+            config["weighted_metrics"] = metric_spec(self._weighted_metric_specs)
         if self._loss_weights_spec is not None:
             config["loss_weights"] = self._loss_weights_spec
         return config
@@ -428,7 +446,8 @@ class Model(Layer):
         self.compile(optimizer=optimizers.get(config["optimizer"]),
                      loss=loss_spec(config["loss"]),
                      metrics=metric_spec(config.get("metrics", [])),
-                     loss_weights=config.get("loss_weights"))
+                     loss_weights=config.get("loss_weights"),
+                     weighted_metrics=metric_spec(config.get("weighted_metrics")))
 
     # -- data -----------------------------------------------------------------------------------
     def _order_inputs(self, x, what):
@@ -651,7 +670,7 @@ class Model(Layer):
             self._distribution.reduce_gradients(self._trainable)
         penalty = activity + self.regularization_penalty()
         self.optimizer.apply(self._trainable)
-        self._update_metrics(yb, outs)
+        self._update_metrics(yb, outs, swb)
         return total + penalty, per_output
 
     def _test_step(self, xb, yb, swb=None):
@@ -659,13 +678,18 @@ class Model(Layer):
             return self._custom_step(self.test_step, xb, yb, swb)
         outs, _ = self._plan.forward(xb, False)
         total, per_output, _ = self._losses_and_grads(yb, outs, False, swb)
-        self._update_metrics(yb, outs)
+        self._update_metrics(yb, outs, swb)
         return total + self._penalty_value(), per_output
 
-    def _update_metrics(self, ys, outs):
-        for ms, yk, out in zip(self._output_metrics, ys, outs):
+    def _update_metrics(self, ys, outs, sws=None):
+        weighted = getattr(self, "_weighted_ids", ())
+        sws = sws or [None] * len(outs)
+        for ms, yk, out, sw in zip(self._output_metrics, ys, outs, sws):
             for m in ms:
-                m.update_state(yk, out)
+                if sw is not None and id(m) in weighted:
+                    m.update_state(yk, out, sample_weight=sw)
+                else:
+                    m.update_state(yk, out)
 
     def _penalty_value(self):
         total = 0.0
@@ -677,12 +701,23 @@ class Model(Layer):
 
     def _log_keys(self):
         names = self.output_names
+        weighted = getattr(self, "_weighted_ids", ())
+
+        def keys(prefix, ms):
+            # Keras: a weighted metric whose name a plain one already took logs as weighted_X
+            taken, out = set(), []
+            for m in ms:
+                key = prefix + m.name
+                if id(m) in weighted and key in taken:
+                    key = prefix + "weighted_" + m.name
+                taken.add(key)
+                out.append(key)
+            return out
         if len(names) == 1:
-            return [None], [[m.name for m in self._output_metrics[0]]]
+            return [None], [keys("", self._output_metrics[0])]
         loss_keys = [None if loss is None else f"{name}_loss"
                      for name, loss in zip(names, self._output_losses)]
-        metric_keys = [[f"{name}_{m.name}" for m in ms]
-                       for name, ms in zip(names, self._output_metrics)]
+        metric_keys = [keys(f"{name}_", ms) for name, ms in zip(names, self._output_metrics)]
         return loss_keys, metric_keys
 
     def _logs(self, loss_sum, output_sums, count, prefix=""):
@@ -752,7 +787,10 @@ class Model(Layer):
             verbose = verbose if self._distribution.is_primary else 0
             self._distribution.on_fit_begin(self, source)
         params = {"verbose": verbose, "epochs": epochs, "steps": source.steps}
-        cbs = callbacks_module.CallbackList(list(callbacks or []) + [self.history], self, params)
+        callbacks = list(callbacks or [])
+        if any(isinstance(cb, callbacks_module.ProgbarLogger) for cb in callbacks):
+            verbose = 0  # the user's ProgbarLogger draws the bar (params keep the verbosity)
+        cbs = callbacks_module.CallbackList(callbacks + [self.history], self, params)
         self.stop_training = False
         self._initial_epoch = None  # a callback (BackupAndRestore) may move the start
         with backend.host_memory_loop(trim=True):
@@ -819,7 +857,7 @@ class Model(Layer):
                             sums[k] += v * count
                     seen += count
                     logs = self._logs(loss_sum, sums, seen)
-                    cbs.on_train_batch_end(step, {"loss": loss})
+                    cbs.on_train_batch_end(step, logs)  # running means, as Keras 3's
                     bar.update(step + 1, logs)
                     if self.stop_training:
                         break
@@ -1197,6 +1235,7 @@ class _EagerPlan:
 
     def __init__(self, model):
         self.model = model
+        self.output_masks = []  # a subclassed model's call carries no Keras masks
 
     def prepare_backward(self, input_grads_needed):
         self.model.needs_input_grad = input_grads_needed
@@ -1205,7 +1244,9 @@ class _EagerPlan:
         model = self.model
         out = model.call(inputs if len(inputs) > 1 else inputs[0], training=training)
         saved, model._cache = model._cache, None
-        return (list(out) if isinstance(out, (list, tuple)) else [out]), saved
+        outs = list(out) if isinstance(out, (list, tuple)) else [out]
+        self.output_masks = [None] * len(outs)
+        return outs, saved
 
     def predict(self, inputs):
         return self.forward(inputs, False)[0]

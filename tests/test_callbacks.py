@@ -183,7 +183,7 @@ def test_callback_hook_order_and_history(seeded):
                       "epoch_end 1 ['accuracy', 'loss']", "train_end"]
 
 
-def test_history_loss_is_the_sample_weighted_mean_of_batch_losses(seeded):
+def test_batch_logs_hold_the_running_mean_and_the_last_is_the_epoch_loss(seeded):
     model, x, y = model_and_data()
     batch_losses = []
 
@@ -194,8 +194,9 @@ def test_history_loss_is_the_sample_weighted_mean_of_batch_losses(seeded):
     history = model.fit(x, y, batch_size=10, epochs=1, shuffle=False, verbose=0,
                         callbacks=[Batches()])
     assert len(batch_losses) == 3  # 10, 10 and a partial 4
-    expected = (10 * batch_losses[0] + 10 * batch_losses[1] + 4 * batch_losses[2]) / 24
-    assert history.history["loss"][0] == pytest.approx(expected, rel=1e-12)
+    # Batch logs hold the running sample-weighted mean (Keras 3): the last one is the epoch's.
+    assert history.history["loss"][0] == pytest.approx(batch_losses[-1], rel=1e-12)
+    assert batch_losses[0] != batch_losses[1]
 
 
 # -- ReduceLROnPlateau, CSVLogger, LambdaCallback, BackupAndRestore ------------------------
@@ -368,7 +369,9 @@ def test_lambda_callback_signatures():
         on_train_batch_end=lambda batch, logs: calls.append(("be", batch, sorted(logs))))
     model, x, y = model_and_data()
     model.fit(x, y, epochs=2, batch_size=12, verbose=0, callbacks=[cb])
-    epoch = [("bb", 0), ("be", 0, ["loss"]), ("bb", 1), ("be", 1, ["loss"])]
+    # batch logs: the running loss and metrics, as Keras 3 gives them
+    epoch = [("bb", 0), ("be", 0, ["accuracy", "loss"]), ("bb", 1),
+             ("be", 1, ["accuracy", "loss"])]
     assert calls == ([("tb",), ("eb", 0)] + epoch + [("ee", 0, ["accuracy", "loss"]),
                      ("eb", 1)] + epoch + [("ee", 1, ["accuracy", "loss"]),
                      ("te", ["accuracy", "loss"])])
@@ -485,3 +488,20 @@ def test_backup_and_restore_every_n_batches_resumes_at_the_backup_epoch(tmp_path
     for got, want in zip(model.get_weights(), ref.get_weights()):
         np.testing.assert_array_equal(got, want)
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("verbose", [1, 2])
+def test_progbar_logger_draws_the_one_bar(capsys, verbose):
+    model, x, y = model_and_data()
+    model.fit(x, y, epochs=2, batch_size=12, verbose=verbose)
+    own = capsys.readouterr().out
+    model.fit(x, y, epochs=2, batch_size=12, verbose=verbose,
+              callbacks=[callbacks.ProgbarLogger()])
+    logged = capsys.readouterr().out
+
+    def shape(text):  # the lines without their timings and values
+        return [line.split(" ")[0] for line in text.splitlines()]
+    assert shape(logged) == shape(own)
+    assert logged.count("Epoch 2/2") == 1 and "loss:" in logged and "accuracy:" in logged
+    model.fit(x, y, epochs=1, batch_size=12, verbose=0, callbacks=[callbacks.ProgbarLogger()])
+    assert capsys.readouterr().out == ""

@@ -533,6 +533,40 @@ def test_sample_weight_and_class_weight_match_keras(seeded):
         k_model.evaluate(x, y, sample_weight=sw, verbose=0), rel=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_weighted_metrics_match_keras(seeded):
+    """compile(weighted_metrics=...): sample and class weights reach those metrics only; a
+    name a plain metric already took logs as weighted_<name>, as Keras names it."""
+    keras = _keras()
+    x = seeded.standard_normal((40, 5)).astype(np.float32)
+    y = seeded.integers(0, 3, 40)
+    sw = seeded.random(40).astype(np.float32)
+
+    def build(lib):
+        return lib.Sequential([lib.layers.Input((5,)), lib.layers.Dense(4, activation="tanh"),
+                               lib.layers.Dense(3, activation="softmax")])
+
+    k_model, p_model = build(keras), build(pynn)
+    p_model.set_weights(k_model.get_weights())
+    histories = []
+    for m, lib in ((k_model, keras), (p_model, pynn)):
+        m.compile(lib.optimizers.Adam(0.01), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"], weighted_metrics=["accuracy"])
+        first = m.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
+                      sample_weight=sw).history
+        second = m.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0,
+                       class_weight={0: 1.0, 1: 2.0, 2: 0.5}).history
+        histories.append((first, second))
+    for (k_hist, p_hist) in zip(histories[0], histories[1]):
+        assert sorted(p_hist) == sorted(k_hist) == ["accuracy", "loss", "weighted_accuracy"]
+        for key in k_hist:
+            np.testing.assert_allclose(p_hist[key], k_hist[key], rtol=1e-4, atol=1e-6)
+    assert histories[1][0]["weighted_accuracy"] != histories[1][0]["accuracy"]
+    restored = pynn.Sequential.from_config(p_model.get_config())
+    restored._compile_from_config(p_model._compile_config())
+    assert restored._compile_config()["weighted_metrics"] == ["accuracy"]
+
+
 def test_weight_arguments_are_checked(seeded):
     model = pynn.Sequential([layers.Input((3,)), layers.Dense(2, activation="softmax")])
     model.compile("sgd", "sparse_categorical_crossentropy")
