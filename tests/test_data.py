@@ -217,3 +217,33 @@ def test_fit_on_image_data_generator_flows():
     gen = ImageDataGenerator(rotation_range=20, horizontal_flip=True, zoom_range=0.1)
     h = augmented.fit(gen.flow(x, y, batch_size=8, seed=1), epochs=2, verbose=0)
     assert len(h.history["loss"]) == 2 and np.isfinite(h.history["loss"]).all()
+
+
+@pytest.mark.parametrize("kind", ["processes", "threads", "generator"])
+def test_ctrl_c_in_fit_stops_cleanly_and_leaves_no_worker(kind):
+    """A KeyboardInterrupt in the training thread (Ctrl-C) leaves fit at once: it propagates,
+    the worker processes or threads are gone, and the model trains again afterwards."""
+    import multiprocessing
+
+    x, y = arrays()
+    m = model()
+
+    class CtrlC(pynn.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                raise KeyboardInterrupt
+
+    if kind == "generator":
+        data = looping(x, y, BATCH)
+        kwargs = {"steps_per_epoch": 4}
+    else:
+        data = Arrays(x, y, BATCH, workers=2, use_multiprocessing=kind == "processes")
+        kwargs = {}
+    before = {t.ident for t in threading.enumerate()}
+    with pytest.raises(KeyboardInterrupt):
+        m.fit(data, epochs=2, verbose=0, callbacks=[CtrlC()], **kwargs)
+    assert multiprocessing.active_children() == []
+    left = [t for t in threading.enumerate()
+            if t.ident not in before and t.name.startswith("pynn-data") and t.is_alive()]
+    assert left == []
+    m.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)  # nothing was left half-done
