@@ -24,7 +24,8 @@ def load_digits_split(test_fraction=0.2, seed=0):
     return (x[train], y[train]), (x[test], y[test])
 
 
-def build_model():
+def build_model(output_activation="softmax", name="digits_cnn"):
+    """The demo CNN; ``output_activation=None`` ends it in logits (distillation wants them)."""
     return pynn.Sequential([
         layers.Input(shape=(8, 8, 1)),
         layers.Conv2D(32, 3, padding="same", activation="relu"),
@@ -35,8 +36,8 @@ def build_model():
         layers.Flatten(),
         layers.Dense(128, activation="relu"),
         layers.Dropout(0.3),
-        layers.Dense(10, activation="softmax"),
-    ], name="digits_cnn")
+        layers.Dense(10, activation=output_activation),
+    ], name=name)
 
 
 def main(argv=None):

@@ -31,23 +31,12 @@ from pynn.compression import (
     sparsity,
     strip_pruning,
 )
-from pynn.demo import load_digits_split
+from pynn.demo import build_model, load_digits_split
 
 
 def build_teacher():
-    """The demo CNN (pynn.demo.build_model) ending in logits, as distillation needs."""
-    return pynn.Sequential([
-        layers.Input(shape=(8, 8, 1)),
-        layers.Conv2D(32, 3, padding="same", activation="relu"),
-        layers.Conv2D(32, 3, padding="same", activation="relu"),
-        layers.MaxPooling2D(2),
-        layers.Conv2D(64, 3, padding="same", activation="relu"),
-        layers.MaxPooling2D(2),
-        layers.Flatten(),
-        layers.Dense(128, activation="relu"),
-        layers.Dropout(0.3),
-        layers.Dense(10),
-    ], name="teacher")
+    """The demo CNN ending in logits, as distillation needs."""
+    return build_model(output_activation=None, name="teacher")
 
 
 def build_student():
