@@ -114,9 +114,20 @@ def preprocessing():
         K.RandomBrightness(0.2), K.RandomCrop(7, 6), K.Flatten(), K.Dense(2)])
 
 
+def masked_functional():
+    # A functional Keras 3 model records each mask's ops (NotEqual, Any, LogicalOr, ...) as
+    # nodes feeding the layers' mask= arguments; pynn drops them and propagates the masks
+    # itself, through merges as Keras does.
+    ids_a, ids_b = keras.Input((7,), dtype="int32"), keras.Input((7,), dtype="int32")
+    embed = K.Embedding(20, 4, mask_zero=True)
+    joined = K.Concatenate()([embed(ids_a), embed(ids_b)])
+    summed = K.Add()([embed(ids_a), K.Embedding(20, 4, mask_zero=True)(ids_b)])
+    x = K.Bidirectional(K.LSTM(3, return_sequences=True))(joined)
+    x = K.GlobalAveragePooling1D()(K.Concatenate(axis=1)([x, K.Dense(6)(summed)]))
+    return keras.Model([ids_a, ids_b], K.Dense(2)(K.concatenate([x, K.GRU(2)(summed)])))
+
+
 def recurrent_wrappers():
-    # Sequential: a functional Keras 3 model records the mask's ops (NotEqual, Any) as nodes
-    # of their own, which pynn's reader does not take.
     return keras.Sequential([
         keras.Input((7, 3)), K.Masking(0.0),
         K.Bidirectional(K.LSTM(4, return_sequences=True), merge_mode="sum"),
@@ -131,7 +142,8 @@ def sequence_1d():
         K.GlobalAveragePooling1D(), K.Dense(2)])
 
 
-ARCHITECTURES = {"recurrent_wrappers": recurrent_wrappers, "sequence_1d": sequence_1d,
+ARCHITECTURES = {"recurrent_wrappers": recurrent_wrappers,
+                 "masked_functional": masked_functional, "sequence_1d": sequence_1d,
                  "preprocessing": preprocessing, "mlp": mlp, "cnn": cnn, "merge": merge, "sequence": sequence,
                  "conv_variants": conv_variants, "pooling_1d": pooling_1d,
                  "noise_and_shapes": noise_and_shapes}
@@ -226,10 +238,12 @@ def test_models_keras_cannot_hold_are_refused_by_name(tmp_path, build, message):
 
 def _inputs(model, rng):
     out = []
-    for t in model.inputs:
+    for i, t in enumerate(model.inputs):
         shape = (3,) + tuple(t.shape[1:])
         if "int" in str(t.dtype):
-            out.append(rng.integers(0, 20, shape).astype("int32"))
+            ids = rng.integers(1, 20, shape).astype("int32")
+            ids[:, shape[1] - 2 - i:] = 0  # padded ends, a different length per input
+            out.append(ids)
         else:
             out.append(rng.standard_normal(shape).astype("float32"))
     return out if len(out) > 1 else out[0]
@@ -580,3 +594,35 @@ def test_keras_files_on_opencl(arch, tmp_path):
         pynn.set_device(previous)
     back = keras.saving.load_model(tmp_path / "p.keras")
     _close(back.predict(x, verbose=0), expected)
+
+
+def test_masking_functional_model_from_keras(tmp_path):
+    inputs = keras.Input((7, 3))
+    x = K.Bidirectional(K.LSTM(4, return_sequences=True))(K.Masking(0.5)(inputs))
+    keras_model = keras.Model(inputs, K.Dense(2)(K.GlobalAveragePooling1D()(x)))
+    _randomize(keras_model)
+    x = np.random.default_rng(2).random((4, 7, 3)).astype("float32")
+    x[:, 5:] = 0.5
+    x[0] = 0.5  # fully masked: Keras's masked average is 0/0, and pynn's too
+    keras_model.save(tmp_path / "k.keras")
+    got, expected = pynn.load_model(tmp_path / "k.keras").predict(x), keras_model.predict(x)
+    assert np.isnan(got[0]).all() and np.isnan(expected[0]).all()
+    _close(got[1:], expected[1:])
+
+
+def test_explicit_mask_tensor_is_refused(tmp_path):
+    values, keep = keras.Input((7, 3)), keras.Input((7,), dtype="bool")
+    keras.Model([values, keep], K.LSTM(2)(values, mask=keep)).save(tmp_path / "k.keras")
+    with pytest.raises(pynn.interop.keras_files.KerasFileError, match="explicit mask tensor"):
+        pynn.load_model(tmp_path / "k.keras")
+
+
+@pytest.mark.parametrize("layer", ["Add", "Concatenate"])
+def test_merge_masks_match_keras(layer):
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((3, 5, 4)).astype("float32") for _ in range(3)]
+    masks = [rng.random((3, 5)) > 0.3, None, rng.random((3, 5)) > 0.5]
+    expected = getattr(K, layer)().compute_mask(xs, masks)
+    got = getattr(pynn.layers, layer)().compute_mask(xs, masks)
+    np.testing.assert_array_equal(got, keras.ops.convert_to_numpy(expected))
+    assert getattr(pynn.layers, layer)().compute_mask(xs, [None] * 3) is None

@@ -188,3 +188,30 @@ def test_sequential_chain_carries_the_mask():
     pm.set_weights(km.get_weights())
     np.testing.assert_allclose(pm.predict(idx, verbose=0),
                                np.asarray(km.predict(idx, verbose=0)), atol=1e-5)
+
+
+@pytest.mark.parametrize("merge", ["Add", "Average", "Concatenate"])
+def test_mask_crosses_merges_and_the_inference_plans_stand_ins(merge):
+    # predict runs Dense through the sparse stand-in and Dense + BatchNormalization as one
+    # folded step: both must pass the mask on, as the training path's layers do.
+    rng = np.random.default_rng(11)
+    a, b = rng.integers(1, 15, size=(2, 5, 7))
+    a[0, 3:], b[0, 5:], a[2, 2:], b[3, :] = 0, 0, 0, 0
+
+    def build(lib):
+        m = keras.layers if lib is keras else L
+        ia = (keras if lib is keras else pynn).Input((7,), dtype="int32")
+        ib = (keras if lib is keras else pynn).Input((7,), dtype="int32")
+        h = getattr(m, merge)()([m.Embedding(15, 4, mask_zero=True)(ia),
+                                 m.Embedding(15, 4, mask_zero=True)(ib)])
+        h = m.BatchNormalization()(m.Dense(3)(h))
+        h = m.GlobalAveragePooling1D()(m.Dense(2)(h))
+        return (keras.Model if lib is keras else pynn.Model)([ia, ib], h)
+    km, pm = build(keras), build(pynn)
+    for w in km.weights:
+        w.assign(rng.standard_normal(w.shape).astype("float32") * 0.5
+                 + (1.5 if "variance" in w.path else 0.0))
+    pm.set_weights(km.get_weights())
+    expected = np.asarray(km.predict([a, b], verbose=0))
+    np.testing.assert_allclose(pm.predict([a, b], verbose=0), expected, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(pm([a, b])), expected, atol=1e-5)

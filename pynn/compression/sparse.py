@@ -68,6 +68,9 @@ class SparseDense:
             self._key = key
         return self._packed
 
+    def compute_mask(self, inputs, mask=None):
+        return self.layer.compute_mask(inputs, mask)
+
     def call(self, x, training=False):
         packed = None if training else self.packed()
         if packed is None:

@@ -244,7 +244,11 @@ def _layer_spec(entry, where):
                          f"from a file (Keras's safe_mode refuses it too); rebuild the model "
                          f"with pynn layers", CONFIG_NAME)
     if class_name in _MODEL_CLASSES:
-        return _model_spec(entry, where)
+        spec = _model_spec(entry, where)
+        # A nested model's masks are dropped and propagated alike; only the outer model is
+        # probed (_check_masks runs on the built top-level model).
+        spec.pop("masked_calls", None)
+        return spec
     if class_name not in LAYERS or entry.get("registered_name") not in (None, class_name):
         raise where.fail(f"{label}: pynn has no layer {class_name!r} (custom or not yet "
                          f"implemented); pynn's layers: {', '.join(sorted(LAYERS))}", CONFIG_NAME)
@@ -354,10 +358,127 @@ def _endpoints(value, where):
     raise where.fail(f"the model names no inputs or outputs ({value!r})", CONFIG_NAME)
 
 
+def _tensor_refs(value):
+    """The tensor references inside a call argument (a tensor, a list of them, None, ...)."""
+    if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
+        history = (value.get("config") or {}).get("keras_history")
+        return [history[0]] if isinstance(history, list) and history else []
+    if isinstance(value, list):
+        return [name for v in value for name in _tensor_refs(v)]
+    return []
+
+
+def _drop_mask_ops(entries, where):
+    """Keras 3 traces each layer's compute_mask into the functional config: op nodes
+    (module keras.src.ops.*: NotEqual, Any, LogicalOr, ...) whose results reach layers only
+    as their ``mask=`` argument. pynn propagates the same masks itself (compute_mask, issue
+    14), so those nodes and arguments are dropped; returns the remaining entries and the
+    (layer, call) pairs that Keras gave a mask, which the caller checks pynn masks too. An op
+    node whose value is used for anything but a mask stays, and is refused as any unknown
+    layer is."""
+    def is_op(e):
+        return isinstance(e, dict) and str(e.get("module", "")).startswith("keras.src.ops")
+
+    def name_of(e):
+        return e.get("name", (e.get("config") or {}).get("name"))
+
+    ops = {name_of(e) for e in entries if is_op(e)}
+    changed = True
+    while changed:  # keep only ops whose every reader is a mask op or a mask= argument
+        changed = False
+        for e in entries:
+            if not isinstance(e, dict):
+                continue
+            for node in e.get("inbound_nodes") or []:
+                if not isinstance(node, dict):
+                    continue
+                used = _tensor_refs(node.get("args")) + [
+                    r for k, v in (node.get("kwargs") or {}).items() if k != "mask"
+                    for r in _tensor_refs(v)]
+                if name_of(e) in ops:
+                    continue
+                for name in used:
+                    if name in ops:
+                        ops.discard(name)
+                        changed = True
+        for e in entries:  # an op read by a refused op is refused too
+            if is_op(e) and name_of(e) not in ops:
+                for node in e.get("inbound_nodes") or []:
+                    for name in _tensor_refs(node.get("args") if isinstance(node, dict)
+                                             else None):
+                        if name in ops:
+                            ops.discard(name)
+                            changed = True
+    kept, masked = [], []
+    for e in entries:
+        if isinstance(e, dict) and name_of(e) in ops:
+            continue
+        if isinstance(e, dict) and any(isinstance(n, dict) and "mask" in (n.get("kwargs") or {})
+                                       for n in e.get("inbound_nodes") or []):
+            e = dict(e, inbound_nodes=[dict(n) for n in e["inbound_nodes"]])
+            for index, node in enumerate(e["inbound_nodes"]):
+                kwargs = dict(node.get("kwargs") or {})
+                refs = _tensor_refs(kwargs.pop("mask", None))
+                if any(r not in ops for r in refs):
+                    raise where.fail(f"layer '{name_of(e)}' is given an explicit mask tensor "
+                                     f"({refs}); pynn derives masks from Embedding(mask_zero) "
+                                     f"and Masking only", CONFIG_NAME)
+                if refs:
+                    masked.append((name_of(e), index))
+                node["kwargs"] = kwargs
+        kept.append(e)
+    return kept, masked
+
+
+def _check_masks(model, masked, where):
+    """Every layer call that Keras gave a mask gets one from pynn's propagation too: probed
+    with one zero sample through the model's plan (ids: 0 is Embedding's mask value, so the
+    masks exist whatever their values)."""
+    from pynn.layers.functional import _takes_mask
+
+    if not masked:
+        return
+    by_name = {layer.name: layer for layer in model.layers}
+    seen = {}
+    originals = {}
+    for name, _ in masked:
+        layer = by_name.get(name)
+        if layer is None or not _takes_mask(layer):
+            raise where.fail(f"layer '{name}' takes a mask in Keras that pynn's "
+                             f"{type(layer).__name__} does not take", CONFIG_NAME)
+        if name in originals:
+            continue
+        originals[name] = layer.__dict__.get("call")
+        call = layer.call
+
+        def probe(x, training=None, mask=None, _name=name, _call=call):
+            seen.setdefault(_name, []).append(mask is not None)
+            return _call(x, training=training, mask=mask)
+        layer.call = probe
+    try:
+        xs = [np.zeros((1,) + tuple(t.shape[1:]), dtype=t.dtype or "float32")
+              for t in model.inputs]
+        model._plan.forward(xs, False)
+    finally:
+        for name, original in originals.items():
+            layer = by_name[name]
+            if original is None:
+                del layer.call
+            else:
+                layer.call = original
+    for name, index in masked:
+        calls = seen.get(name, [])
+        if index >= len(calls) or not calls[index]:
+            raise where.fail(f"layer '{name}' (call {index}) receives a mask in Keras that "
+                             f"pynn's mask propagation does not deliver; pynn cannot "
+                             f"reproduce this model's masking", CONFIG_NAME)
+
+
 def _functional_config(config, where):
     entries = config.get("layers")
     if not isinstance(entries, list):
         raise where.fail("the model config has no 'layers' list", CONFIG_NAME)
+    entries, masked = _drop_mask_ops(entries, where)
     names = [e.get("name", (e.get("config") or {}).get("name")) if isinstance(e, dict) else None
              for e in entries]
     layers = [_layer_spec(e, where) for e in entries]
@@ -394,7 +515,7 @@ def _functional_config(config, where):
         output_keys = None if len(outputs) == 1 else output_keys
     return {"name": config.get("name"), "trainable": config.get("trainable", True),
             "layers": layers, "nodes": nodes, "inputs": inputs, "outputs": outputs,
-            "input_keys": input_keys, "output_keys": output_keys}
+            "input_keys": input_keys, "output_keys": output_keys}, masked
 
 
 def _model_spec(entry, where):
@@ -413,11 +534,16 @@ def _model_spec(entry, where):
         return {"class_name": "Sequential",
                 "config": {"name": config.get("name"), "trainable": config.get("trainable", True),
                            "layers": layers}}
-    return {"class_name": "Model", "config": _functional_config(config, where)}
+    functional, masked = _functional_config(config, where)
+    spec = {"class_name": "Model", "config": functional}
+    if masked:
+        spec["masked_calls"] = masked  # checked once the model is built (_build)
+    return spec
 
 
 def _build(spec, where):
     """The pynn model of a converted spec, with shape-only placeholder weights."""
+    masked = spec.pop("masked_calls", None)
     try:
         with zero_init():
             model = layer_from_config(spec)
@@ -430,6 +556,7 @@ def _build(spec, where):
     except MemoryError as exc:
         raise where.fail(f"the model config asks for more memory than there is ({exc})",
                          CONFIG_NAME) from None
+    _check_masks(model, masked, where)
     return model
 
 

@@ -328,7 +328,7 @@ class Plan:
                 else:
                     y = layer.call(x, training=training)
                 if masked or _makes_mask(layer):
-                    compute = getattr(layer, "compute_mask", None)  # a folded step has none
+                    compute = getattr(layer, "compute_mask", None)
                     out_mask = compute(x, mask) if compute is not None else None
                     if not isinstance(out_mask, list):
                         out_mask = [out_mask] * len(step.outs)
@@ -476,6 +476,9 @@ class _FoldedLayer:
                             b.asarray(folded_bias.astype(dtype), dtype))
             self._key = key
         return self._folded
+
+    def compute_mask(self, inputs, mask=None):
+        return mask  # Dense, Conv2D, BatchNormalization and Activation all pass it on (Keras)
 
     def call(self, x, training=False):
         b = backend.current()

@@ -9,6 +9,8 @@ and a broadcast input's gradient is summed back to its shape.
 
 import operator
 
+import numpy as np
+
 from pynn import backend
 from pynn.layers.base import Layer, shape_str
 
@@ -77,6 +79,16 @@ def _broadcast_dims(label, shape1, shape2, shapes):
 
 class _ElementwiseMerge(_MergeLayer):
     mode = None  # a name of api.MERGE_MODES
+    # Keras 3's Merge.compute_mask: the OR of the inputs' masks, None when any input has
+    # none. Add, Subtract and Average leave the values alone; Keras's Multiply, Maximum and
+    # Minimum also rewrite masked values (1 or the other input in, 0 out), which pynn does
+    # not, so those three drop the mask (a Keras file relying on it is refused on load).
+    supports_masking = True
+
+    def compute_mask(self, inputs, mask=None):
+        if not self.supports_masking or not mask or any(m is None for m in mask):
+            return None
+        return np.logical_or.reduce([np.asarray(m, dtype=bool) for m in mask])
 
     def compute_output_shape(self, input_shape):
         shapes = self._input_shapes(input_shape)
@@ -109,6 +121,7 @@ class Subtract(_ElementwiseMerge):
 
 
 class Multiply(_ElementwiseMerge):
+    supports_masking = False  # see _ElementwiseMerge
     mode = "multiply"
 
 
@@ -119,10 +132,12 @@ class Average(_ElementwiseMerge):
 class Maximum(_ElementwiseMerge):
     """The gradient follows torch.maximum's (Keras 3 on torch): a tie splits it in half."""
 
+    supports_masking = False  # see _ElementwiseMerge
     mode = "maximum"
 
 
 class Minimum(_ElementwiseMerge):
+    supports_masking = False  # see _ElementwiseMerge
     mode = "minimum"
 
 
@@ -151,6 +166,25 @@ class Concatenate(_MergeLayer):
         out = list(shapes[0])
         out[axis] = None if None in sizes else sum(sizes)
         return tuple(out)
+
+    supports_masking = True
+
+    def compute_mask(self, inputs, mask=None):
+        """Keras's Concatenate.compute_mask: each input's mask (all-true where it has none)
+        spread over the input's shape, concatenated like the values, then reduced by `any`
+        over the last axis."""
+        if mask is None or all(m is None for m in mask):
+            return None
+        spread = []
+        for x, m in zip(inputs, mask):
+            if m is None:
+                spread.append(np.ones(x.shape, dtype=bool))
+                continue
+            m = np.asarray(m, dtype=bool)
+            while m.ndim < len(x.shape):
+                m = m[..., None]
+            spread.append(np.broadcast_to(m, x.shape))
+        return np.concatenate(spread, axis=self.axis).any(axis=-1)
 
     def call(self, inputs, training=False):
         y = backend.current().concatenate_forward(inputs, self.axis)
