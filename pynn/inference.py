@@ -1,0 +1,417 @@
+"""Prepared inference plans (issue 16): batch-1 predict without per-layer Python overhead.
+
+A model answering requests calls ``model(x)`` or ``predict_on_batch`` with the same input
+shape again and again, often from many threads. The general path (``Plan.predict`` in
+pynn.layers.functional) re-validates every operand of every op and allocates every
+intermediate on each call: for the 784-256-128-10 MLP at batch 1 that Python work cost more
+than its three GEMMs. Here a model gets one ``InferencePlan`` per input signature (the shapes
+of its inputs), made on the first call with that signature:
+
+- the steps are the model's inference steps (BatchNormalization already folded into the
+  Conv2D or Dense before it, a following Activation fused into that op's epilogue:
+  ``Plan.inference_steps``), validated once by running the public ops on the first call;
+- Dense, Conv2D, MaxPooling2D and Flatten then call the native kernels' buffer-taking entry
+  points directly (no operand checks, no geometry, no allocation), each into an output
+  buffer owned by the calling Python thread (``threading.local``), so threads sharing one
+  model never share a buffer; any other layer runs its own ``call`` as before;
+- the arrays returned are the caller's: a model output is written into a fresh array (or
+  copied out when a layer returned a view of a plan buffer), never into a buffer a later
+  call overwrites (onnxruntime's rule);
+- a plan whose arithmetic is too small for a second thread to pay runs on one OpenMP
+  thread (``SERIAL_MAX_MACS``, measured in bench/bench_inference.py);
+- it is rebuilt when weights may have changed (``pynn.variables.version``: set_weights, an
+  optimizer step, a load) or the shapes change (a new signature, at most ``MAX_SIGNATURES``
+  kept per model).
+
+The CPU backend only: on OpenCL (and for subclassed models, masks, integer inputs or other
+input types) ``outputs`` returns None and the model takes its general path. Every
+kernel used releases the GIL for its arithmetic; only the glue between them holds it.
+"""
+
+import threading
+
+import numpy as np
+
+from pynn import _config, backend, variables
+
+# Signatures (input shapes) kept per model; predict's last, shorter batch is a second one.
+MAX_SIGNATURES = 8
+# Per-thread buffers are kept only for plans whose intermediates fit in this many bytes; a
+# larger batch allocates per call (its arithmetic dwarfs the allocation).
+BUFFER_CAP_BYTES = 64 << 20
+# Below this many multiply-adds per call a second OpenMP thread costs more (region start,
+# cache traffic) than it saves. Measured with bench/bench_inference.py --serial-threshold on
+# an AMD EPYC (2 cores shared by other work): the MLP at batch 1 (0.23 M) and the CNN at
+# batch 1 (5.6 M) ran faster on one thread; the CNN at batch 8 (45 M) on two.
+SERIAL_MAX_MACS = 8_000_000
+
+_NO_PLAN = object()  # a model the plan cannot serve (cached, so the check runs once)
+
+
+class _NotDirect(Exception):
+    """A step the direct kernel call does not cover (mixed dtypes, an unusual layout)."""
+
+
+def outputs(model, x):
+    """The model's outputs for ``x`` (an array, or a list or dict of them by input) as a list,
+    one array per output, through its prepared plan; or None when the plan does not apply
+    and the caller must take the general path. Errors in ``x`` are left to that path, which
+    words them."""
+    b = backend.current()
+    if b.NAME != "cpu":
+        return None
+    state = model.__dict__.get("_inference")
+    if state is _NO_PLAN:
+        return None
+    xs = _inputs(model, x)
+    if xs is None:
+        return None
+    if state is None:
+        if not _servable(model):
+            model._inference = _NO_PLAN
+            return None
+        state = model._inference = {}
+    signature = tuple(a.shape for a in xs)
+    plan = state.get(signature)
+    if plan is None or plan.version != variables.version():
+        if len(state) >= MAX_SIGNATURES:
+            state.clear()
+        plan = InferencePlan(model, xs)
+        state[signature] = plan
+    return plan.run(xs)
+
+
+def _inputs(model, x):
+    """x as a list of C-contiguous arrays of the model's input dtypes and shapes, or None."""
+    inputs = model.inputs
+    if type(x) is np.ndarray:
+        if len(inputs) != 1:
+            return None
+        xs = [x]
+    elif isinstance(x, (list, tuple)) and len(x) == len(inputs) and len(x) > 1:
+        xs = list(x)
+    elif isinstance(x, dict) and len(x) == len(inputs):
+        try:
+            xs = [x[name] for name in model.input_names]
+        except KeyError:
+            return None
+    else:
+        return None
+    out, n = [], None
+    for t, a in zip(inputs, xs):
+        if type(a) is not np.ndarray or a.dtype.kind not in "fiub" or a.ndim != len(t.shape):
+            return None
+        dtype = np.dtype(t.dtype)
+        if dtype.kind != "f" or a.shape[0] == 0 or (n is not None and a.shape[0] != n):
+            return None
+        if any(e is not None and e != s for e, s in zip(t.shape[1:], a.shape[1:])):
+            return None
+        n = a.shape[0]
+        if a.dtype != dtype or not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a, dtype=dtype)
+        out.append(a)
+    return out
+
+
+def _servable(model):
+    from pynn.layers.functional import Plan, _makes_mask
+
+    if model._traced or not isinstance(model._plan, Plan):
+        return False
+    # Masks (issue 14) travel beside the values in the general path; a model that makes one
+    # keeps that path.
+    return not any(_makes_mask(layer) for layer in model.layers)
+
+
+class InferencePlan:
+    """One model, one input signature, one weight version: the steps with their kernels'
+    arguments resolved. ``run`` is safe from any number of threads at once."""
+
+    def __init__(self, model, xs):
+        self.version = variables.version()
+        graph_plan = model._plan
+        self.input_slots = list(graph_plan.input_slots)
+        self.output_slots = list(graph_plan.output_slots)
+        self.nslots = graph_plan.nslots
+        self._local = threading.local()
+        steps = graph_plan.inference_steps()
+        # Validation: the public ops on real inputs, once. Their errors surface here with
+        # their usual wording, and the shapes they produce size the buffers.
+        vals = [None] * self.nslots
+        for s, x in zip(self.input_slots, xs):
+            vals[s] = x
+        self.steps, self.macs, nbytes = [], 0, 0
+        for st in steps:
+            x = [vals[s] for s in st.ins] if st.several else vals[st.ins[0]]
+            y = st.layer.call(x, training=False)
+            runner = _runner(st, x, y)
+            self.macs += runner.macs
+            nbytes += runner.nbytes
+            self.steps.append(runner)
+            if st.multi_out:
+                for s, v in zip(st.outs, y):
+                    vals[s] = v
+            else:
+                vals[st.outs[0]] = y
+        outputs = set(self.output_slots)
+        for r in self.steps:
+            r.to_caller = [s in outputs for s in r.outs]
+        self.keep_buffers = nbytes <= BUFFER_CAP_BYTES
+        self.serial = self.macs < SERIAL_MAX_MACS
+
+    def _buffers(self):
+        local = self._local
+        bufs = getattr(local, "bufs", None)
+        if bufs is None:
+            bufs = [r.allocate() for r in self.steps]
+            if self.keep_buffers:
+                local.bufs = bufs
+        return bufs
+
+    def run(self, xs):
+        """The outputs for xs (validated by the caller against this plan's signature)."""
+        _config.apply_to_this_thread()
+        threads = _config._omp_threads
+        if self.serial and threads > 1:
+            from pynn._native import info
+
+            info.set_num_threads(1)
+            try:
+                return self._run(xs)
+            finally:
+                info.set_num_threads(threads)
+        return self._run(xs)
+
+    def _run(self, xs):
+        vals = [None] * self.nslots
+        # Whether a slot's value is (or views) memory a later call of this thread reuses.
+        owned = [False] * self.nslots
+        for s, x in zip(self.input_slots, xs):
+            vals[s] = x
+        bufs = self._buffers()
+        for r, buf in zip(self.steps, bufs):
+            if r.several:
+                x = [vals[s] for s in r.ins]
+                inherited = any(owned[s] for s in r.ins)
+            else:
+                x = vals[r.ins[0]]
+                inherited = owned[r.ins[0]]
+            y, into_buffer = r.run(x, buf)
+            if r.multi_out:
+                for s, v in zip(r.outs, y):
+                    vals[s], owned[s] = v, inherited
+            else:
+                s = r.outs[0]
+                vals[s], owned[s] = y, into_buffer or inherited
+        return [np.array(vals[s]) if owned[s] else vals[s] for s in self.output_slots]
+
+
+# -- runners: one per step, its kernel's arguments resolved ------------------------------------
+class _Generic:
+    """A layer's own ``call`` (the general path's op for this step): checked per call,
+    output fresh (or a view of its input)."""
+
+    macs = 0
+    nbytes = 0
+
+    def __init__(self, step):
+        self.layer = step.layer
+        self.ins, self.outs = step.ins, step.outs
+        self.several, self.multi_out = step.several, step.multi_out
+
+    def allocate(self):
+        return None
+
+    def run(self, x, buf):
+        return self.layer.call(x, training=False), False
+
+
+class _Buffered(_Generic):
+    """A step writing its one output into a buffer of the calling thread, or into a fresh
+    array when the output goes to the caller."""
+
+    def __init__(self, step, y):
+        super().__init__(step)
+        self.shape, self.dtype = tuple(y.shape), y.dtype
+        self.nbytes = y.nbytes
+
+    def output(self, buf):
+        if self.to_caller[0]:
+            return np.empty(self.shape, self.dtype), False
+        return buf, True
+
+
+class _Dense(_Buffered):
+    """Dense (or a Dense with BatchNormalization folded in): one GEMM with its bias and
+    activation epilogue (native/dense.pyx's one-region product, else GEMM then epilogue)."""
+
+    def __init__(self, step, x, y, kernel, bias, activation, alpha):
+        from pynn._native import dense
+        from pynn.backend.api import ACTIVATIONS
+
+        super().__init__(step, y)
+        _same_dtype(x, kernel, bias)
+        self.kernel, self.bias = kernel, bias
+        self.act, self.alpha = ACTIVATIONS.index(activation), float(alpha)
+        self.rows, self.k = int(np.prod(x.shape[:-1])), int(x.shape[-1])
+        self.macs = self.rows * self.k * kernel.shape[1]
+        self._one_region, self._gemm, self._bias_act = (
+            dense._gemm_one_region, dense._gemm, dense._bias_act)
+
+    def allocate(self):
+        return np.empty(self.shape, self.dtype)
+
+    def run(self, x, buf):
+        y, into_buffer = self.output(buf)
+        x2 = x.reshape(self.rows, self.k)
+        y2 = y.reshape(self.rows, self.shape[-1])
+        if not self._one_region(False, False, x2, self.kernel, y2, self.k, self.bias, y2,
+                                self.act, self.alpha):
+            self._gemm(False, False, x2, self.kernel, y2, self.k)
+            self._bias_act(y2, y2, self.bias, self.act, self.alpha)
+        return y, into_buffer
+
+
+class _Conv2D(_Buffered):
+    """Conv2D (or one with BatchNormalization folded in) on native/conv.pyx's direct path:
+    the zero-padded copy goes to a buffer of the calling thread, the geometry is the one the
+    first call checked."""
+
+    def __init__(self, step, x, y, kernel, bias, strides, padding, dilation, activation,
+                 alpha):
+        from pynn._native import conv
+        from pynn.backend.api import ACTIVATIONS
+        from pynn.backend.operands import conv as operands
+        from pynn.backend.operands.common import HOST
+
+        super().__init__(step, y)
+        _same_dtype(x, kernel, bias)
+        _, _, _, _, _, g = operands.conv2d_forward(HOST, x, kernel, bias, strides, padding,
+                                                   dilation, activation, alpha)
+        self.g = conv._planned(g)
+        self.kernel, self.bias = kernel, bias
+        self.act, self.alpha = ACTIVATIONS.index(activation), float(alpha)
+        self.pad_shape = conv._pad_shape(x.shape, g["HP"], g["WP"], g["PT"], g["PL"])
+        self.macs = int(np.prod(self.shape)) * g["K"]
+        self.nbytes += int(np.prod(self.pad_shape)) * x.dtype.itemsize
+        self._padded, self._forward = conv._padded, conv._forward_direct_into
+
+    def allocate(self):
+        return (np.empty(self.shape, self.dtype), np.zeros(self.pad_shape, self.dtype))
+
+    def run(self, x, buf):
+        y, into_buffer = self.output(buf[0])
+        g = self.g
+        xp = self._padded(x, buf[1], g["PT"], g["PL"])
+        # y is also the pre-activation buffer: inference keeps no z (the activations that
+        # need z for backward read it only there).
+        self._forward(xp, self.kernel, self.bias, y, y, g, self.act, self.alpha)
+        return y, into_buffer
+
+
+class _MaxPool2D(_Buffered):
+    def __init__(self, step, x, y):
+        from pynn._native import pool
+        from pynn.backend.operands import pool as operands
+        from pynn.backend.operands.common import HOST
+
+        super().__init__(step, y)
+        layer = step.layer
+        _, self.g = operands.maxpool2d_forward(HOST, x, layer.pool_size, layer.strides,
+                                               layer.padding)
+        self.nbytes += y.size * 4
+        self._forward = pool._maxpool_forward
+
+    def allocate(self):
+        return (np.empty(self.shape, self.dtype), np.empty(self.shape, np.int32))
+
+    def run(self, x, buf):
+        y, into_buffer = self.output(buf[0])
+        self._forward(x, y, buf[1], self.g)
+        return y, into_buffer
+
+
+class _Flatten(_Generic):
+    def __init__(self, step, y):
+        super().__init__(step)
+        self.shape = tuple(y.shape)
+
+    def run(self, x, buf):
+        return x.reshape(self.shape), False
+
+
+def _runner(step, x, y):
+    """The fastest runner that gives this step's numbers: a direct kernel call when the
+    step is one the kernels' buffer-taking entry points cover (the first call's output y
+    tells its shape), else the layer's own call."""
+    from pynn.compression.sparse import SparseDense
+    from pynn.layers.core import Dense, Flatten
+    from pynn.layers.conv import Conv2D
+    from pynn.layers.functional import _FoldedLayer
+    from pynn.layers.pooling import MaxPooling2D
+
+    layer = step.layer
+    if step.several or step.multi_out or type(x) is not np.ndarray or \
+            type(y) is not np.ndarray or not x.flags.c_contiguous or x.dtype != y.dtype:
+        return _Generic(step)
+    try:
+        if isinstance(layer, SparseDense):
+            if layer.packed() is not None:  # pruned: the sparse op (issue 18)
+                return _Generic(step)
+            layer = layer.layer
+            if type(layer) is Dense:
+                return _dense(step, x, y, layer, layer.activation, layer.alpha)
+        if type(layer) is _FoldedLayer:
+            kernel, bias = layer._weights()
+            inner = layer.layer
+            if type(inner).__name__ == "Dense":
+                return _Dense(step, x, y, kernel, bias, layer.activation, layer.alpha)
+            if type(inner) is Conv2D:
+                return _conv(step, x, y, inner, kernel, bias, layer.activation, layer.alpha)
+        if type(layer) is Dense:
+            return _dense(step, x, y, layer, layer.activation, layer.alpha)
+        if type(layer) is Conv2D and layer.groups == 1:
+            return _conv(step, x, y, layer, layer.kernel.value,
+                         layer.bias.value if layer.use_bias else None, layer.activation,
+                         layer.alpha)
+        if type(layer) is MaxPooling2D and y.size:
+            return _MaxPool2D(step, x, y)
+        if type(layer) is Flatten:
+            return _Flatten(step, y)
+    except (AttributeError, _NotDirect):
+        # A kernel module without the entry point this plan calls (its internals moved), or
+        # operands it does not take as they are: the layer's own call gives the numbers.
+        pass
+    return _Generic(step)
+
+
+def _same_dtype(x, kernel, bias):
+    """The buffer-taking entry points take C-contiguous operands of one dtype, as the public
+    ops hand them after their checks; a layer given other arrays keeps its own call."""
+    for a in (kernel, bias):
+        if a is not None and (type(a) is not np.ndarray or a.dtype != x.dtype
+                              or not a.flags.c_contiguous):
+            raise _NotDirect
+
+
+def _dense(step, x, y, layer, activation, alpha):
+    return _Dense(step, x, y, layer.kernel.value,
+                  layer.bias.value if layer.use_bias else None, activation, alpha)
+
+
+def _conv(step, x, y, layer, kernel, bias, activation, alpha):
+    from pynn._native import conv
+
+    _, _, _, _, _, g = _conv_geometry(x, kernel, bias, layer, activation, alpha)
+    if not y.size or not conv._use_direct(conv._planned(g), "conv2d_forward"):
+        return _Generic(step)  # the im2col path keeps its own workspace plan
+    return _Conv2D(step, x, y, kernel, bias, layer.strides, layer.padding,
+                   layer.dilation_rate, activation, alpha)
+
+
+def _conv_geometry(x, kernel, bias, layer, activation, alpha):
+    from pynn.backend.operands import conv as operands
+    from pynn.backend.operands.common import HOST
+
+    return operands.conv2d_forward(HOST, x, kernel, bias, layer.strides, layer.padding,
+                                   layer.dilation_rate, activation, alpha)
