@@ -57,73 +57,90 @@ def outputs(model, x):
     one array per output, through its prepared plan; or None when the plan does not apply
     and the caller must take the general path. Errors in ``x`` are left to that path, which
     words them."""
-    b = backend.current()
-    if b.NAME != "cpu":
+    if backend.current().NAME != "cpu":
         return None
     state = model.__dict__.get("_inference")
+    if state is None or (state is not _NO_PLAN and state.graph_plan is not model._plan):
+        state = model._inference = _State.of(model)
     if state is _NO_PLAN:
         return None
-    xs = _inputs(model, x)
-    if xs is None:
-        return None
-    if state is None:
-        if not _servable(model):
-            model._inference = _NO_PLAN
+    # The common case first, in a few attribute reads: one C-contiguous array of the
+    # model's dtype and feature shape.
+    if (type(x) is np.ndarray and state.single and x.dtype == state.dtypes[0]
+            and x.flags.c_contiguous and x.shape[1:] == state.features[0] and len(x)):
+        xs, signature = [x], x.shape
+    else:
+        xs = state.inputs(x)
+        if xs is None:
             return None
-        state = model._inference = {}
-    signature = tuple(a.shape for a in xs)
-    plan = state.get(signature)
+        signature = tuple(a.shape for a in xs) if len(xs) > 1 else xs[0].shape
+    plan = state.plans.get(signature)
     if plan is None or plan.version != variables.version():
-        if len(state) >= MAX_SIGNATURES:
-            state.clear()
+        if len(state.plans) >= MAX_SIGNATURES:
+            state.plans.clear()
         plan = InferencePlan(model, xs)
-        state[signature] = plan
+        state.plans[signature] = plan
         # The validating run through the public ops computed this call's outputs already.
         outs, plan.first_outputs = plan.first_outputs, None
         return outs
     return plan.run(xs)
 
 
-def _inputs(model, x):
-    """x as a list of C-contiguous arrays of the model's input dtypes and shapes, or None."""
-    inputs = model.inputs
-    if type(x) is np.ndarray:
-        if len(inputs) != 1:
-            return None
-        xs = [x]
-    elif isinstance(x, (list, tuple)) and len(x) == len(inputs) and len(x) > 1:
-        xs = list(x)
-    elif isinstance(x, dict) and len(x) == len(inputs):
-        try:
-            xs = [x[name] for name in model.input_names]
-        except KeyError:
-            return None
-    else:
-        return None
-    out, n = [], None
-    for t, a in zip(inputs, xs):
-        if type(a) is not np.ndarray or a.dtype.kind not in "fiub" or a.ndim != len(t.shape):
-            return None
-        dtype = np.dtype(t.dtype)
-        if dtype.kind != "f" or a.shape[0] == 0 or (n is not None and a.shape[0] != n):
-            return None
-        if any(e is not None and e != s for e, s in zip(t.shape[1:], a.shape[1:])):
-            return None
-        n = a.shape[0]
-        if a.dtype != dtype or not a.flags.c_contiguous:
-            a = np.ascontiguousarray(a, dtype=dtype)
-        out.append(a)
-    return out
+class _State:
+    """What a model's calls check their inputs against, and its plans by input signature."""
 
+    @classmethod
+    def of(cls, model):
+        from pynn.layers.functional import Plan, _makes_mask
 
-def _servable(model):
-    from pynn.layers.functional import Plan, _makes_mask
+        if model._traced or not isinstance(model._plan, Plan):
+            return _NO_PLAN
+        # Masks (issue 14) travel beside the values in the general path; a model that makes
+        # one keeps that path.
+        if any(_makes_mask(layer) for layer in model.layers):
+            return _NO_PLAN
+        inputs = model.inputs
+        dtypes = [np.dtype(t.dtype) for t in inputs]
+        if any(d.kind != "f" for d in dtypes):  # integer inputs: the general path's checks
+            return _NO_PLAN
+        return cls(model, dtypes, [tuple(t.shape[1:]) for t in inputs])
 
-    if model._traced or not isinstance(model._plan, Plan):
-        return False
-    # Masks (issue 14) travel beside the values in the general path; a model that makes one
-    # keeps that path.
-    return not any(_makes_mask(layer) for layer in model.layers)
+    def __init__(self, model, dtypes, features):
+        self.graph_plan = model._plan
+        self.names = model.input_names
+        self.dtypes, self.features = dtypes, features
+        self.single = len(dtypes) == 1
+        self.plans = {}
+
+    def inputs(self, x):
+        """x as a list of C-contiguous arrays of the model's input dtypes and shapes, or
+        None for anything else (the general path converts or words the error)."""
+        if type(x) is np.ndarray:
+            if not self.single:
+                return None
+            xs = [x]
+        elif isinstance(x, (list, tuple)) and len(x) == len(self.dtypes) and len(x) > 1:
+            xs = list(x)
+        elif isinstance(x, dict) and len(x) == len(self.dtypes):
+            try:
+                xs = [x[name] for name in self.names]
+            except KeyError:
+                return None
+        else:
+            return None
+        out, n = [], None
+        for dtype, features, a in zip(self.dtypes, self.features, xs):
+            if (type(a) is not np.ndarray or a.dtype.kind not in "fiub"
+                    or a.ndim != len(features) + 1 or a.shape[0] == 0
+                    or (n is not None and a.shape[0] != n)):
+                return None
+            if any(e is not None and e != s for e, s in zip(features, a.shape[1:])):
+                return None
+            n = a.shape[0]
+            if a.dtype != dtype or not a.flags.c_contiguous:
+                a = np.ascontiguousarray(a, dtype=dtype)
+            out.append(a)
+        return out
 
 
 class InferencePlan:
@@ -160,6 +177,14 @@ class InferencePlan:
         outputs = set(self.output_slots)
         for r in self.steps:
             r.to_caller = [s in outputs for s in r.outs]
+        # A chain (a Sequential's usual form): each step reads the one before it, the last
+        # makes the one output; run without slot bookkeeping.
+        slot = self.input_slots[0]
+        self.chain = len(self.input_slots) == 1 and len(self.output_slots) == 1
+        for r in self.steps:
+            self.chain = self.chain and not (r.several or r.multi_out) and r.ins[0] == slot
+            slot = r.outs[0]
+        self.chain = self.chain and slot == self.output_slots[0]
         self.keep_buffers = nbytes <= BUFFER_CAP_BYTES
         self.serial = self.macs < SERIAL_MAX_MACS
 
@@ -187,6 +212,12 @@ class InferencePlan:
         return self._run(xs)
 
     def _run(self, xs):
+        if self.chain:
+            y, owned = xs[0], False
+            for r, buf in zip(self.steps, self._buffers()):
+                y, into_buffer = r.run(y, buf)
+                owned = owned or into_buffer
+            return [np.array(y) if owned else y]
         vals = [None] * self.nslots
         # Whether a slot's value is (or views) memory a later call of this thread reuses.
         owned = [False] * self.nslots
@@ -258,6 +289,7 @@ class _Dense(_Buffered):
         self.kernel, self.bias = kernel, bias
         self.act, self.alpha = ACTIVATIONS.index(activation), float(alpha)
         self.rows, self.k = int(np.prod(x.shape[:-1])), int(x.shape[-1])
+        self.flat = x.ndim == 2
         self.macs = self.rows * self.k * kernel.shape[1]
         self._one_region, self._gemm, self._bias_act = (
             dense._gemm_one_region, dense._gemm, dense._bias_act)
@@ -266,9 +298,14 @@ class _Dense(_Buffered):
         return np.empty(self.shape, self.dtype)
 
     def run(self, x, buf):
-        y, into_buffer = self.output(buf)
-        x2 = x.reshape(self.rows, self.k)
-        y2 = y.reshape(self.rows, self.shape[-1])
+        if self.to_caller[0]:
+            y, into_buffer = np.empty(self.shape, self.dtype), False
+        else:
+            y, into_buffer = buf, True
+        if self.flat:
+            x2, y2 = x, y
+        else:
+            x2, y2 = x.reshape(self.rows, self.k), y.reshape(self.rows, self.shape[-1])
         if not self._one_region(False, False, x2, self.kernel, y2, self.k, self.bias, y2,
                                 self.act, self.alpha):
             self._gemm(False, False, x2, self.kernel, y2, self.k)
