@@ -234,11 +234,12 @@ def bench_threads(rounds, seconds, counts, rng):
         want = model.predict_on_batch(x)
         # Every thread's answers equal the one-thread answer (checked once, untimed).
         seen = []
-        _requests_per_s(lambda: seen.append(model.predict_on_batch(x)), max(counts), 0.2)
+        _requests_per_s(lambda m=model, x=x, s=seen: s.append(m.predict_on_batch(x)),
+                        max(counts), 0.2)
         if not all(np.array_equal(y, want) for y in seen):
             raise SystemExit(f"{name}: a thread's prediction differs from one thread's")
-        calls = {"pynn": lambda: model.predict_on_batch(x),
-                 "onnxruntime": lambda: sess.run(None, {feed: x})}
+        calls = {"pynn": lambda m=model, x=x: m.predict_on_batch(x),
+                 "onnxruntime": lambda s=sess, f=feed, x=x: s.run(None, {f: x})}
         rates = {(k, n): [] for k in calls for n in counts}
         for _ in range(rounds):
             for n in counts:

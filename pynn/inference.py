@@ -187,6 +187,8 @@ class InferencePlan:
         self.chain = self.chain and slot == self.output_slots[0]
         self.keep_buffers = nbytes <= BUFFER_CAP_BYTES
         self.serial = self.macs < SERIAL_MAX_MACS
+        if self.chain and self.serial:
+            self.steps = _chained(self.steps)
 
     def _buffers(self):
         local = self._local
@@ -313,6 +315,60 @@ class _Dense(_Buffered):
         return y, into_buffer
 
 
+class _DenseChainRunner(_Generic):
+    """Consecutive float32 Dense steps of a one-thread chain plan as one native call
+    (native/infer.pyx: no Python and no GIL between the layers)."""
+
+    def __init__(self, denses):
+        from pynn._native.infer import DenseChain
+
+        first, last = denses[0], denses[-1]
+        self.ins, self.outs = first.ins, last.outs
+        self.several = self.multi_out = False
+        self.to_caller = last.to_caller
+        self.shape, self.dtype = last.shape, last.dtype
+        self.macs = sum(d.macs for d in denses)
+        self.nbytes = sum(d.nbytes for d in denses)
+        self.layer = first.layer
+        self.chain = DenseChain(first.rows, [d.kernel for d in denses],
+                                [d.bias for d in denses], [d.act for d in denses],
+                                [d.alpha for d in denses])
+
+    def allocate(self):
+        return self.chain.scratch(), np.empty(self.shape, self.dtype)
+
+    def run(self, x, buf):
+        if self.to_caller[0]:
+            y, into_buffer = np.empty(self.shape, self.dtype), False
+        else:
+            y, into_buffer = buf[1], True
+        self.chain.run(x, buf[0], y)
+        return y, into_buffer
+
+
+def _chained(runners):
+    """runners with each run of two or more float32 2-D Dense steps made one chain call."""
+    try:
+        from pynn._native import infer  # noqa: F401  (a build without it keeps the steps)
+    except ImportError:
+        return runners
+    out, run = [], []
+
+    def flush():
+        out.extend([_DenseChainRunner(run)] if len(run) > 1 else run)
+        run.clear()
+
+    for r in runners:
+        if type(r) is _Dense and r.flat and r.dtype == np.float32 and not (
+                run and run[-1].to_caller[0]):
+            run.append(r)
+        else:
+            flush()
+            out.append(r)
+    flush()
+    return out
+
+
 class _Conv2D(_Buffered):
     """Conv2D (or one with BatchNormalization folded in) on native/conv.pyx's direct path:
     the zero-padded copy goes to a buffer of the calling thread, the geometry is the one the
@@ -386,8 +442,8 @@ def _runner(step, x, y):
     step is one the kernels' buffer-taking entry points cover (the first call's output y
     tells its shape), else the layer's own call."""
     from pynn.compression.sparse import SparseDense
-    from pynn.layers.core import Dense, Flatten
     from pynn.layers.conv import Conv2D
+    from pynn.layers.core import Dense, Flatten
     from pynn.layers.functional import _FoldedLayer
     from pynn.layers.pooling import MaxPooling2D
 

@@ -7,13 +7,15 @@ BatchNormalization folded into the op before it the arithmetic differs: the refe
 then the unfolded eager forward (``model._plan.forward(xs, False)``).
 """
 
+import itertools
 import threading
 
 import numpy as np
 import pytest
 
 import pynn
-from pynn import inference, layers as L
+from pynn import inference
+from pynn import layers as L
 from tests.backend_util import assert_close, rand
 
 
@@ -68,8 +70,12 @@ def test_sequential_mlp_equals_general_path(dtype, batch, monkeypatch):
     want = general(model, [x])[0]
     for got in (model.predict_on_batch(x), model(x), model.predict(x, verbose=0)):
         assert got.dtype == np.dtype(dtype)
-        np.testing.assert_array_equal(got, want)
-    assert runners(model, [x]) == ["_Dense"] * 3
+        if dtype == "float64":
+            np.testing.assert_array_equal(got, want)
+        else:  # one native chain call: BLAS without dense_forward's bands, float32 rounding
+            assert_close(got, want, 1e-6, "MLP through the plan")
+    assert runners(model, [x]) == (["_Dense"] * 3 if dtype == "float64"
+                                   else ["_DenseChainRunner"])
 
 
 def test_cnn_equals_general_path():
@@ -77,9 +83,9 @@ def test_cnn_equals_general_path():
     model = cnn()
     randomize(model, rng)
     x = rand(rng, (3, 11, 9, 3))
-    np.testing.assert_array_equal(model.predict_on_batch(x), general(model, [x])[0])
+    assert_close(model.predict_on_batch(x), general(model, [x])[0], 1e-6, "CNN plan")
     assert runners(model, [x]) == ["_Conv2D", "_MaxPool2D", "_Conv2D", "_MaxPool2D",
-                                   "_Flatten", "_Dense", "_Dense"]
+                                   "_Flatten", "_DenseChainRunner"]
 
 
 def test_cnn_float64_equals_general_path(float64):
@@ -125,8 +131,9 @@ def test_batchnorm_folded_into_dense(center, scale):
     before = model.get_weights()
     x = rand(rng, (4, 9))
     got = model.predict_on_batch(x)
-    assert_close(got, unfolded(model, [x])[0], 1e-5, "dense+bn+relu folded")
-    assert runners(model, [x]) == ["_Dense", "_Dense"]  # BN and relu inside the first
+    assert_close(got, unfolded(model, [x])[0], 1e-6, "dense+bn+relu folded")
+    # BN and relu inside the first Dense, both Dense one chain call.
+    assert runners(model, [x]) == ["_DenseChainRunner"]
     for w, w0 in zip(model.get_weights(), before):
         np.testing.assert_array_equal(w, w0)  # the training weights stay as they were
 
@@ -232,6 +239,41 @@ def test_inputs_the_plan_does_not_take_use_the_general_path():
     np.testing.assert_array_equal(model.predict_on_batch(x.tolist()), want)
     with pytest.raises(ValueError, match="expects input shape"):
         model.predict_on_batch(x[:, :5])
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_dense_chain_against_float64_reference(rows):
+    from pynn._native.infer import DenseChain
+
+    from pynn.backend.api import ACTIVATIONS
+    from tests.reference.dense_ref import dense_forward_ref
+
+    rng = np.random.default_rng(12)
+    sizes = [33, 17, 31, 7]
+    kernels = [rand(rng, (c, u)) * 0.3 for c, u in itertools.pairwise(sizes)]
+    biases = [rand(rng, (17,)), None, rand(rng, (7,))]
+    acts = [("leaky_relu", 0.2), ("tanh", 0.0), ("softmax", 0.0)]
+    chain = DenseChain(rows, kernels, biases, [ACTIVATIONS.index(a) for a, _ in acts],
+                       [alpha for _, alpha in acts])
+    x = rand(rng, (rows, 33))
+    want = x.astype(np.float64)
+    for k, b, (act, alpha) in zip(kernels, biases, acts):
+        want, _ = dense_forward_ref(want, k.astype(np.float64),
+                                    None if b is None else b.astype(np.float64), act, alpha)
+    out = np.empty((rows, 7), np.float32)
+    chain.run(x, chain.scratch(), out)
+    assert_close(out, want, 1e-5, "DenseChain")
+
+
+def test_dense_chain_bad_shapes_name_what_was_expected():
+    from pynn._native.infer import DenseChain
+
+    rng = np.random.default_rng(13)
+    with pytest.raises(ValueError, match=r"kernel of shape \(5, 3\) does not follow 4"):
+        DenseChain(1, [rand(rng, (6, 4)), rand(rng, (5, 3))], [None, None], [0, 0], [0, 0])
+    chain = DenseChain(2, [rand(rng, (6, 4))], [None], [0], [0.0])
+    with pytest.raises(ValueError, match=r"x \(1, 6\) .* do not fit the chain \(2, 6\)"):
+        chain.run(rand(rng, (1, 6)), chain.scratch(), np.empty((2, 4), np.float32))
 
 
 @pytest.mark.opencl
