@@ -225,6 +225,18 @@ def _requests_per_s(fn, n_threads, seconds):
 
 def bench_threads(rounds, seconds, counts, rng):
     rows = []
+    # The machine's own ceiling: a GIL-free NumPy product (BLAS at one thread) from N
+    # threads. On a machine shared with other work this is what N threads can reach at all.
+    a = rng.standard_normal((192, 192)).astype(np.float32)
+    control = {(n): [] for n in counts}
+    for _ in range(rounds):
+        for n in counts:
+            control[n].append(_requests_per_s(lambda: a @ a, n, seconds))
+    one = float(np.median(control[1]))
+    for n, rs in control.items():
+        rows.append({"model": "numpy_matmul_192", "runtime": "numpy (ceiling)",
+                     "python_threads": n, "requests_per_s": round(float(np.median(rs)), 1),
+                     "vs_one_thread": round(float(np.median(rs)) / one, 2)})
     for name, make in MODELS.items():
         model = make()
         randomize(model, rng)
@@ -368,7 +380,7 @@ def main(argv=None):
             args.scaling_rounds, args.scaling_seconds, [1, 2, 4, 8], rng)
         print("# N Python threads on one shared model, batch 1, one OpenMP thread per call")
         for r in rows:
-            print(f"{r['model']:<20} {r['runtime']:<12} {r['python_threads']} threads "
+            print(f"{r['model']:<20} {r['runtime']:<16} {r['python_threads']} threads "
                   f"{r['requests_per_s']:>10.1f} req/s  x{r['vs_one_thread']:.2f}")
     if args.footprint:
         result["footprint"] = fp = bench_footprint(5)

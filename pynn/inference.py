@@ -39,11 +39,13 @@ MAX_SIGNATURES = 8
 # Per-thread buffers are kept only for plans whose intermediates fit in this many bytes; a
 # larger batch allocates per call (its arithmetic dwarfs the allocation).
 BUFFER_CAP_BYTES = 64 << 20
-# Below this many multiply-adds per call a second OpenMP thread costs more (region start,
-# cache traffic) than it saves. Measured with bench/bench_inference.py --serial-threshold on
-# an AMD EPYC (2 cores shared by other work): the MLP at batch 1 (0.23 M) and the CNN at
-# batch 1 (5.6 M) ran faster on one thread; the CNN at batch 8 (45 M) on two.
-SERIAL_MAX_MACS = 8_000_000
+# Below this many multiply-adds per call a second OpenMP thread costs more (waking it, the
+# barrier, the cache traffic) than it saves. bench/bench_inference.py --serial-threshold, AMD
+# EPYC, 2 cores shared with other work, median us per call on one thread / two: MLP batch 1
+# (0.23 M) 27 / 200, batch 8 (1.9 M) 50 / 251, batch 64 (15 M) 387 / 449; CNN batch 1
+# (6.1 M) 295 / 727, batch 8 (49 M) 1491 / 1279, batch 64 (392 M) 10461 / 6027. On a busy
+# machine the second thread's wake-up is what costs; a quiet one crosses over lower.
+SERIAL_MAX_MACS = 25_000_000
 
 _NO_PLAN = object()  # a model the plan cannot serve (cached, so the check runs once)
 
