@@ -88,6 +88,19 @@ def test_cnn_equals_general_path():
                                    "_Flatten", "_DenseChainRunner"]
 
 
+@pytest.mark.parametrize("activation", ["gelu", "sigmoid", "linear"])
+def test_conv_over_several_kernel_sweeps_keeps_the_activation(activation):
+    # K = 3 * 3 * 40 = 360 rows: the direct forward makes two sweeps through its output
+    # buffer before the activation, which the plan gives it as y and pre-activation at once.
+    rng = np.random.default_rng(14)
+    model = pynn.Sequential([L.Input((5, 6, 40)),
+                             L.Conv2D(9, 3, padding="same", activation=activation)])
+    randomize(model, rng)
+    x = rand(rng, (2, 5, 6, 40))
+    np.testing.assert_array_equal(model.predict_on_batch(x), general(model, [x])[0])
+    assert runners(model, [x]) == ["_Conv2D"]
+
+
 def test_cnn_float64_equals_general_path(float64):
     rng = np.random.default_rng(2)
     model = cnn()
