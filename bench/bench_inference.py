@@ -19,9 +19,10 @@ convolutions) give pynn's predictions to 1e-5 of the output scale. Then:
   after ``import pynn`` and after loading the saved demo model (pynn.demo) and predicting.
 - --serial-threshold: the plan forced onto one OpenMP thread against two, per model and
   batch, to place pynn.inference.SERIAL_MAX_MACS.
+- --breakdown: where the MLP's batch-1 time goes, from the general path down to BLAS alone.
 
     .venv/bin/python bench/bench_inference.py [--repeat 400] [--warmup 20] [--batch 1,64]
-        [--threads-scaling] [--footprint] [--serial-threshold] [--json PATH]
+        [--threads-scaling] [--footprint] [--serial-threshold] [--breakdown] [--json PATH]
 """
 
 import argparse
@@ -330,6 +331,73 @@ def bench_serial(repeat, rng):
     return rows
 
 
+# -- where batch-1 time goes ----------------------------------------------------------------
+def bench_breakdown(repeat, rng):
+    """The MLP at batch 1, layer by layer stripped down, alternated: the old predict_on_batch
+    (the general path behind its input checks), the graph plan alone, the public dense op
+    per layer, its one-region kernel into preallocated arrays, BLAS's GEMMs alone, the
+    chain call, and predict_on_batch through the plan."""
+    from unittest import mock
+
+    from pynn._native.infer import DenseChain
+
+    from pynn._native import dense
+    from pynn.backend import cpu
+    from pynn.backend.api import ACTIVATIONS
+
+    model = mlp()
+    randomize(model, rng)
+    x = rng.standard_normal((1, 784)).astype(np.float32)
+    layers = model.layers
+    ks = [layer.kernel.value for layer in layers]
+    bs = [layer.bias.value for layer in layers]
+    acts = [ACTIVATIONS.index(layer.activation) for layer in layers]
+    outs = [np.empty((1, k.shape[1]), np.float32) for k in ks]
+    chain = DenseChain(1, ks, bs, acts, [0.0] * 3)
+    scratch = chain.scratch()
+
+    def general():
+        with mock.patch.object(inference, "outputs", lambda m, x: None):
+            return model.predict_on_batch(x)
+
+    def public_ops():
+        h = x
+        for k, b, layer in zip(ks, bs, layers):
+            h, _ = cpu.dense_forward(h, k, b, layer.activation)
+        return h
+
+    def one_region():
+        h = x
+        for k, b, a, o in zip(ks, bs, acts, outs):
+            dense._gemm_one_region(False, False, h, k, o, h.shape[1], b, o, a, 0.0)
+            h = o
+
+    def gemms():
+        h = x
+        for k, o in zip(ks, outs):
+            dense._gemm(False, False, h, k, o, h.shape[1])
+            h = o
+
+    calls = {"predict_on_batch, general path (before)": general,
+             "graph plan alone (Plan.predict)": lambda: model._plan.predict([x]),
+             "public dense_forward x3": public_ops,
+             "one-region kernel x3, preallocated": one_region,
+             "BLAS GEMMs alone x3": gemms,
+             "DenseChain.run (one native call)": lambda: chain.run(x, scratch, outs[-1]),
+             "predict_on_batch, inference plan": lambda: model.predict_on_batch(x)}
+    times = {k: [] for k in calls}
+    for fn in calls.values():
+        for _ in range(50):
+            fn()
+    for _ in range(repeat):
+        for k, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - start)
+    return [{"what": k, "p50_us": round(float(np.median(ts)) * 1e6, 1)}
+            for k, ts in times.items()]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=400)
@@ -341,6 +409,8 @@ def main(argv=None):
     parser.add_argument("--footprint", action="store_true")
     parser.add_argument("--serial-threshold", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="where the MLP's batch-1 predict time goes")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batch.split(",")]
@@ -356,6 +426,11 @@ def main(argv=None):
                   f"1 thread {r['one_thread_us']:9.1f}  2 threads {r['two_threads_us']:9.1f}"
                   f"  2/1 {r['two_over_one']:.2f}")
     pynn.set_num_threads(1)
+    if args.breakdown:
+        result["breakdown_mlp_batch1"] = rows = bench_breakdown(args.repeat * 5, rng)
+        print("# MLP 784-256-128-10 at batch 1, one thread: median us per call")
+        for r in rows:
+            print(f"{r['what']:<44} {r['p50_us']:8.1f}")
     if not args.skip_latency:
         rows = []
         for name, make in MODELS.items():
