@@ -165,7 +165,10 @@ class InferencePlan:
         self.steps, self.macs, nbytes = [], 0, 0
         for st in steps:
             x = [vals[s] for s in st.ins] if st.several else vals[st.ins[0]]
-            y = st.layer.call(x, training=False)
+            try:
+                y = st.layer.call(x, training=False)
+            except MemoryError as exc:
+                raise _out_of_memory(st.layer, x, exc) from None
             runner = _runner(st, x, y)
             self.macs += runner.macs
             nbytes += runner.nbytes
@@ -216,33 +219,44 @@ class InferencePlan:
         return self._run(xs)
 
     def _run(self, xs):
-        if self.chain:
-            y, owned = xs[0], False
+        r, x = self.steps[0] if self.steps else None, xs[0]
+        try:
+            if self.chain:
+                y, owned = xs[0], False
+                for r, buf in zip(self.steps, self._buffers()):
+                    x = y
+                    y, into_buffer = r.run(x, buf)
+                    owned = owned or into_buffer
+                return [np.array(y) if owned else y]
+            vals = [None] * self.nslots
+            # Whether a slot's value is (or views) memory a later call of this thread reuses.
+            owned = [False] * self.nslots
+            for s, v in zip(self.input_slots, xs):
+                vals[s] = v
             for r, buf in zip(self.steps, self._buffers()):
-                y, into_buffer = r.run(y, buf)
-                owned = owned or into_buffer
-            return [np.array(y) if owned else y]
-        vals = [None] * self.nslots
-        # Whether a slot's value is (or views) memory a later call of this thread reuses.
-        owned = [False] * self.nslots
-        for s, x in zip(self.input_slots, xs):
-            vals[s] = x
-        bufs = self._buffers()
-        for r, buf in zip(self.steps, bufs):
-            if r.several:
-                x = [vals[s] for s in r.ins]
-                inherited = any(owned[s] for s in r.ins)
-            else:
-                x = vals[r.ins[0]]
-                inherited = owned[r.ins[0]]
-            y, into_buffer = r.run(x, buf)
-            if r.multi_out:
-                for s, v in zip(r.outs, y):
-                    vals[s], owned[s] = v, inherited
-            else:
-                s = r.outs[0]
-                vals[s], owned[s] = y, into_buffer or inherited
-        return [np.array(vals[s]) if owned[s] else vals[s] for s in self.output_slots]
+                if r.several:
+                    x = [vals[s] for s in r.ins]
+                    inherited = any(owned[s] for s in r.ins)
+                else:
+                    x = vals[r.ins[0]]
+                    inherited = owned[r.ins[0]]
+                y, into_buffer = r.run(x, buf)
+                if r.multi_out:
+                    for s, v in zip(r.outs, y):
+                        vals[s], owned[s] = v, inherited
+                else:
+                    s = r.outs[0]
+                    vals[s], owned[s] = y, into_buffer or inherited
+            return [np.array(vals[s]) if owned[s] else vals[s] for s in self.output_slots]
+        except MemoryError as exc:  # the per-call buffers of a plan too large to keep them
+            raise _out_of_memory(r.layer, x, exc) from None
+
+
+def _out_of_memory(layer, x, exc):
+    """The general path's wording (pynn.layers.functional.Plan._run)."""
+    shape = [tuple(a.shape) for a in x] if isinstance(x, list) else tuple(x.shape)
+    return MemoryError(f"Layer '{layer.name}' ({type(layer).__name__}): out of memory for "
+                       f"input shape {shape} ({exc})")
 
 
 # -- runners: one per step, its kernel's arguments resolved ------------------------------------

@@ -309,3 +309,19 @@ def test_opencl_models_keep_the_general_path():
         assert_close(cl_model.predict(x, verbose=0), want, 1e-5, "OpenCL predict")
     finally:
         pynn.set_device(previous)
+
+
+def test_out_of_memory_in_a_prepared_plan_names_the_layer(monkeypatch):
+    rng = np.random.default_rng(15)
+    model = cnn()
+    x = rand(rng, (1, 11, 9, 3))
+    model.predict_on_batch(x)
+    runner = plan_of(model, [x]).steps[2]
+
+    def exhausted(*args):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(runner, "run", exhausted)
+    with pytest.raises(MemoryError, match=r"Layer 'conv2d_\d+' \(Conv2D\): out of memory for "
+                                          r"input shape \(1, 5, 4, 7\) \(no room\)"):
+        model.predict_on_batch(x)
