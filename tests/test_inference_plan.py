@@ -331,3 +331,25 @@ def test_out_of_memory_in_a_prepared_plan_names_the_layer(monkeypatch):
     with pytest.raises(MemoryError, match=r"Layer 'conv2d_\d+' \(Conv2D\): out of memory for "
                                           r"input shape \(1, 5, 4, 7\) \(no room\)"):
         model.predict_on_batch(x)
+
+
+@pytest.mark.parametrize("broken", ["raises", "wrong"])
+def test_a_kernel_entry_point_that_changed_costs_speed_not_correctness(broken, monkeypatch):
+    """The plan checks each direct kernel call against the public op on the first call: an
+    entry point that now fails, or computes something else, leaves that step on the
+    layer's own call."""
+    rng = np.random.default_rng(16)
+    model = cnn()
+    randomize(model, rng)
+    x = rand(rng, (2, 11, 9, 3))
+    want = general(model, [x])[0]
+
+    def changed(self, x, buf):  # a direct call whose kernel now wants other arguments...
+        if broken == "raises":
+            raise TypeError("_run_forward_direct() takes 16 positional arguments")
+        return np.zeros(self.shape, self.dtype), False  # ...or computes something else
+
+    monkeypatch.setattr(inference._Conv2D, "run", changed)
+    model.predict_on_batch(x)
+    np.testing.assert_array_equal(model.predict_on_batch(x), want)
+    assert runners(model, [x])[:3] == ["_Generic", "_MaxPool2D", "_Generic"]
