@@ -398,6 +398,13 @@ def bench_breakdown(repeat, rng):
             for k, ts in times.items()]
 
 
+def _load_average():
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=400)
@@ -416,7 +423,8 @@ def main(argv=None):
     batches = [int(b) for b in args.batch.split(",")]
     rng = np.random.default_rng(0)
     result = {"cpu": cpu_name(), "cores": os.cpu_count(),
-              "note": "machine shared with other work; calls alternated, medians"}
+              "note": "machine shared with other work; calls alternated, medians",
+              "load_average_at_start": _load_average()}
     if args.serial_threshold:
         pynn.set_num_threads(2)
         result["serial_threshold"] = rows = bench_serial(args.repeat, rng)
