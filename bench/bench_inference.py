@@ -14,7 +14,9 @@ convolutions) give pynn's predictions to 1e-5 of the output scale. Then:
   a NumPy array.
 - --threads-scaling: N Python threads (1, 2, 4, 8) calling one shared model at batch 1, each
   kernel on one OpenMP thread: requests/s of all threads together over a fixed time,
-  rounds of N alternating, medians; onnxruntime's shared session beside it.
+  rounds of N alternating, medians; onnxruntime's shared session beside it, and a GIL-free
+  NumPy product as the ceiling the machine allows at the time. Also the share of a call
+  spent inside native kernels (GIL released) and the Amdahl bound it sets for two threads.
 - --footprint: ``import pynn`` time (fresh interpreters, median) and the resident memory
   after ``import pynn`` and after loading the saved demo model (pynn.demo) and predicting.
 - --serial-threshold: the plan forced onto one OpenMP thread against two, per model and
@@ -251,6 +253,9 @@ def bench_threads(rounds, seconds, counts, rng):
                         max(counts), 0.2)
         if not all(np.array_equal(y, want) for y in seen):
             raise SystemExit(f"{name}: a thread's prediction differs from one thread's")
+        f = native_fraction(model, x, 2000 if name.startswith("mlp") else 300)
+        rows.append({"model": name, "runtime": "pynn", "native_share_of_call": round(f, 3),
+                     "amdahl_bound_2_threads": round(1 / ((1 - f) + f / 2), 2)})
         calls = {"pynn": lambda m=model, x=x: m.predict_on_batch(x),
                  "onnxruntime": lambda s=sess, f=feed, x=x: s.run(None, {f: x})}
         rates = {(k, n): [] for k in calls for n in counts}
@@ -264,6 +269,54 @@ def bench_threads(rounds, seconds, counts, rng):
                          "requests_per_s": round(float(np.median(rs)), 1),
                          "vs_one_thread": round(float(np.median(rs)) / one, 2)})
     return rows
+
+
+def native_fraction(model, x, calls):
+    """The share of a plan call's time spent inside its native kernel calls (which release
+    the GIL for their arithmetic; the Python around them holds it), by timing those calls
+    from wrappers. An upper bound on the GIL-free share (the wrapped calls also convert
+    their arguments with the GIL held), so 1 / ((1 - f) + f / 2) bounds what two threads
+    can gain on two idle cores (Amdahl)."""
+    model.predict_on_batch(x)
+    plan = model._inference.plans[x.shape]
+    inside = [0.0]
+
+    def timed(fn):
+        def call(*args):
+            start = time.perf_counter()
+            out = fn(*args)
+            inside[0] += time.perf_counter() - start
+            return out
+        return call
+
+    class Chain:
+        def __init__(self, chain):
+            self.chain, self.run = chain, timed(chain.run)
+
+        def scratch(self):
+            return self.chain.scratch()
+
+    saved = []
+    for r in plan.steps:
+        for attr in ("_forward", "_padded", "_one_region"):
+            if attr in r.__dict__:
+                saved.append((r, attr, r.__dict__[attr]))
+                setattr(r, attr, timed(r.__dict__[attr]))
+        if "chain" in r.__dict__:
+            saved.append((r, "chain", r.chain))
+            r.chain = Chain(r.chain)
+    try:
+        for _ in range(20):
+            model.predict_on_batch(x)
+        inside[0] = 0.0
+        start = time.perf_counter()
+        for _ in range(calls):
+            model.predict_on_batch(x)
+        total = time.perf_counter() - start
+    finally:
+        for r, attr, value in saved:
+            setattr(r, attr, value)
+    return inside[0] / total
 
 
 # -- footprint -------------------------------------------------------------------------------
@@ -463,6 +516,11 @@ def main(argv=None):
             args.scaling_rounds, args.scaling_seconds, [1, 2, 4, 8], rng)
         print("# N Python threads on one shared model, batch 1, one OpenMP thread per call")
         for r in rows:
+            if "native_share_of_call" in r:
+                print(f"{r['model']:<20} {r['runtime']:<16} share of a call inside native "
+                      f"kernels {r['native_share_of_call']:.0%}: two threads gain at most "
+                      f"x{r['amdahl_bound_2_threads']:.2f}")
+                continue
             print(f"{r['model']:<20} {r['runtime']:<16} {r['python_threads']} threads "
                   f"{r['requests_per_s']:>10.1f} req/s  x{r['vs_one_thread']:.2f}")
     if args.footprint:
