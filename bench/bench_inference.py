@@ -1,20 +1,40 @@
-"""pynn's predict beside onnxruntime running the same model exported by pynn.onnx.export.
+"""pynn's predict beside PyTorch eager and onnxruntime on the same models (issue 16).
 
-Two models (issue 16): the MLP 784-256-128-10 and the small CNN conv32-pool-conv64-pool-
-dense128-dense10 on 32x32x3, random weights. Each is first exported and checked (onnxruntime's
-output equals pynn's predict to 1e-5 of the output scale), then timed at batch 1 and batch 64:
-pynn's ``predict_on_batch`` and onnxruntime's ``InferenceSession.run``, one thread each
-(pynn.set_num_threads(1); intra_op and inter_op threads 1), calls alternating so both see the
-same machine load. Reported: p50 and p99 latency per call, and samples/s at the p50.
+Two models: the MLP 784-256-128-10 and the small CNN conv32-pool-conv64-pool-dense128-dense10
+on 32x32x3, random weights. Each is first checked: onnxruntime (running the model exported by
+pynn.onnx.export) and PyTorch (the same weights in torch.nn, channels moved for its NCHW
+convolutions) give pynn's predictions to 1e-5 of the output scale. Then:
+
+- latency: batch-1 and batch-64 calls, one thread each (pynn.set_num_threads(1),
+  torch.set_num_threads(1), onnxruntime intra/inter-op threads 1), the runtimes' calls
+  alternating so all see the same machine load: p50 and p99 per call, samples/s at the p50.
+  pynn's call is ``predict_on_batch`` (its prepared inference plan, pynn/inference.py); the
+  general path (``model._plan.predict``, every op checked) is timed beside it as
+  ``pynn-general``. PyTorch's call includes torch.from_numpy and .numpy(), as pynn's returns
+  a NumPy array.
+- --threads-scaling: N Python threads (1, 2, 4, 8) calling one shared model at batch 1, each
+  kernel on one OpenMP thread: requests/s of all threads together over a fixed time,
+  rounds of N alternating, medians; onnxruntime's shared session beside it, and a GIL-free
+  NumPy product as the ceiling the machine allows at the time. Also the share of a call
+  spent inside native kernels (GIL released) and the Amdahl bound it sets for two threads.
+- --footprint: ``import pynn`` time (fresh interpreters, median) and the resident memory
+  after ``import pynn`` and after loading the saved demo model (pynn.demo) and predicting.
+- --serial-threshold: the plan forced onto one OpenMP thread against two, per model and
+  batch, to place pynn.inference.SERIAL_MAX_MACS.
+- --breakdown: where the MLP's batch-1 time goes, from the general path down to BLAS alone.
 
     .venv/bin/python bench/bench_inference.py [--repeat 400] [--warmup 20] [--batch 1,64]
-        [--json PATH]
+        [--threads-scaling] [--footprint] [--serial-threshold] [--breakdown] [--json PATH]
 """
 
 import argparse
 import json
+import os
 import platform
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +48,7 @@ import pynn.onnx
 # isort: split
 import numpy as np
 
+from pynn import inference
 from pynn import layers as L
 
 
@@ -63,6 +84,61 @@ def session(proto):
                                 providers=["CPUExecutionProvider"])
 
 
+def torch_model(model):
+    """The same layers and weights in torch.nn (eager): Dense -> Linear (kernel transposed),
+    Conv2D -> Conv2d (kernel HWIO -> OIHW) on NCHW; before Flatten the activations go back
+    to NHWC so the Dense after it reads pynn's order. None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    mods = []
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "Dense":
+            lin = torch.nn.Linear(layer.kernel.shape[0], layer.units)
+            lin.weight.data = torch.from_numpy(np.ascontiguousarray(layer.kernel.value.T))
+            lin.bias.data = torch.from_numpy(np.array(layer.bias.value))
+            mods.append(lin)
+        elif kind == "Conv2D":
+            k = layer.kernel.value
+            conv = torch.nn.Conv2d(k.shape[2], k.shape[3], k.shape[:2], padding="same")
+            conv.weight.data = torch.from_numpy(np.ascontiguousarray(k.transpose(3, 2, 0, 1)))
+            conv.bias.data = torch.from_numpy(np.array(layer.bias.value))
+            mods.append(conv)
+        elif kind == "MaxPooling2D":
+            mods.append(torch.nn.MaxPool2d(2))
+            continue
+        elif kind == "Flatten":
+            mods += [_NHWC(), torch.nn.Flatten()]
+            continue
+        else:
+            raise SystemExit(f"torch_model: no mapping for {kind}")
+        act = layer.activation
+        mods.append(torch.nn.ReLU() if act == "relu" else torch.nn.Softmax(dim=1))
+    net = torch.nn.Sequential(*mods).eval()
+    nchw = len(model.input_shape) == 4
+
+    def run(x):
+        with torch.inference_mode():
+            t = torch.from_numpy(x)
+            if nchw:
+                t = t.permute(0, 3, 1, 2)
+            return net(t).numpy()
+
+    return run
+
+
+def _NHWC():
+    import torch
+
+    class NHWC(torch.nn.Module):
+        def forward(self, x):
+            return x.permute(0, 2, 3, 1)
+
+    return NHWC()
+
+
 def cpu_name():
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -78,36 +154,308 @@ def percentiles_us(times):
     return float(np.percentile(t, 50)), float(np.percentile(t, 99))
 
 
+def check(name, batch, what, got, want):
+    err = float(np.abs(got - want).max()) / max(1.0, float(np.abs(want).max()))
+    if err > 1e-5:
+        raise SystemExit(f"{name} batch {batch}: {what} differs from pynn by {err:.2e}")
+
+
 def bench_model(name, make, batches, repeat, warmup, rng):
+    import torch
+
+    torch.set_num_threads(1)
     model = make()
     randomize(model, rng)
     sess = session(pynn.onnx.export(model))
     feed = sess.get_inputs()[0].name
+    torch_run = torch_model(model)
     rows = []
     for batch in batches:
         x = rng.standard_normal((batch,) + tuple(model.input_shape[1:])).astype(np.float32)
-        want = model.predict_on_batch(x)
-        got = sess.run(None, {feed: x})[0]
-        err = float(np.abs(got - want).max()) / max(1.0, float(np.abs(want).max()))
-        if err > 1e-5:
-            raise SystemExit(f"{name} batch {batch}: onnxruntime differs from pynn by {err:.2e}")
+        want = model._plan.predict([x])[0]
+        check(name, batch, "the inference plan", model.predict_on_batch(x), want)
+        check(name, batch, "onnxruntime", sess.run(None, {feed: x})[0], want)
         calls = {"pynn": lambda x=x: model.predict_on_batch(x),
+                 "pynn-general": lambda x=x: model._plan.predict([x]),
                  "onnxruntime": lambda x=x: sess.run(None, {feed: x})}
+        if torch_run is not None:
+            check(name, batch, "PyTorch", torch_run(x), want)
+            calls["pytorch-eager"] = lambda x=x: torch_run(x)
         for fn in calls.values():  # warm-up: plans, buffers, caches
             for _ in range(warmup):
                 fn()
         times = {k: [] for k in calls}
-        for _ in range(repeat):
+        n = repeat if batch < 16 else max(repeat // 8, 20)
+        for _ in range(n):
             for k, fn in calls.items():
                 start = time.perf_counter()
                 fn()
                 times[k].append(time.perf_counter() - start)
         for k, ts in times.items():
             p50, p99 = percentiles_us(ts)
-            rows.append({"model": name, "batch": batch, "runtime": k, "p50_us": round(p50, 1),
-                         "p99_us": round(p99, 1),
+            rows.append({"model": name, "batch": batch, "runtime": k, "threads": 1,
+                         "p50_us": round(p50, 1), "p99_us": round(p99, 1),
                          "samples_per_s": round(batch / (p50 * 1e-6), 1)})
     return rows
+
+
+# -- thread scaling ------------------------------------------------------------------------
+def _requests_per_s(fn, n_threads, seconds):
+    """Calls of fn per second from n_threads Python threads together, over `seconds`."""
+    counts = [0] * n_threads
+    stop = threading.Event()
+    start = threading.Barrier(n_threads + 1)
+
+    def worker(k):
+        start.wait()
+        c = 0
+        while not stop.is_set():
+            fn()
+            c += 1
+        counts[k] = c
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(n_threads)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+def bench_threads(rounds, seconds, counts, rng):
+    rows = []
+    # The machine's own ceiling: a GIL-free NumPy product (BLAS at one thread) from N
+    # threads. On a machine shared with other work this is what N threads can reach at all.
+    a = rng.standard_normal((192, 192)).astype(np.float32)
+    control = {(n): [] for n in counts}
+    for _ in range(rounds):
+        for n in counts:
+            control[n].append(_requests_per_s(lambda: a @ a, n, seconds))
+    one = float(np.median(control[1]))
+    for n, rs in control.items():
+        rows.append({"model": "numpy_matmul_192", "runtime": "numpy (ceiling)",
+                     "python_threads": n, "requests_per_s": round(float(np.median(rs)), 1),
+                     "vs_one_thread": round(float(np.median(rs)) / one, 2)})
+    for name, make in MODELS.items():
+        model = make()
+        randomize(model, rng)
+        sess = session(pynn.onnx.export(model))
+        feed = sess.get_inputs()[0].name
+        x = rng.standard_normal((1,) + tuple(model.input_shape[1:])).astype(np.float32)
+        want = model.predict_on_batch(x)
+        # Every thread's answers equal the one-thread answer (checked once, untimed).
+        seen = []
+        _requests_per_s(lambda m=model, x=x, s=seen: s.append(m.predict_on_batch(x)),
+                        max(counts), 0.2)
+        if not all(np.array_equal(y, want) for y in seen):
+            raise SystemExit(f"{name}: a thread's prediction differs from one thread's")
+        f = native_fraction(model, x, 2000 if name.startswith("mlp") else 300)
+        rows.append({"model": name, "runtime": "pynn", "native_share_of_call": round(f, 3),
+                     "amdahl_bound_2_threads": round(1 / ((1 - f) + f / 2), 2)})
+        calls = {"pynn": lambda m=model, x=x: m.predict_on_batch(x),
+                 "onnxruntime": lambda s=sess, f=feed, x=x: s.run(None, {f: x})}
+        rates = {(k, n): [] for k in calls for n in counts}
+        for _ in range(rounds):
+            for n in counts:
+                for k, fn in calls.items():
+                    rates[(k, n)].append(_requests_per_s(fn, n, seconds))
+        for (k, n), rs in rates.items():
+            one = float(np.median(rates[(k, 1)]))
+            rows.append({"model": name, "runtime": k, "python_threads": n,
+                         "requests_per_s": round(float(np.median(rs)), 1),
+                         "vs_one_thread": round(float(np.median(rs)) / one, 2)})
+    return rows
+
+
+def native_fraction(model, x, calls):
+    """The share of a plan call's time spent inside its native kernel calls (which release
+    the GIL for their arithmetic; the Python around them holds it), by timing those calls
+    from wrappers. An upper bound on the GIL-free share (the wrapped calls also convert
+    their arguments with the GIL held), so 1 / ((1 - f) + f / 2) bounds what two threads
+    can gain on two idle cores (Amdahl)."""
+    model.predict_on_batch(x)
+    plan = model._inference.plans[x.shape]
+    inside = [0.0]
+
+    def timed(fn):
+        def call(*args):
+            start = time.perf_counter()
+            out = fn(*args)
+            inside[0] += time.perf_counter() - start
+            return out
+        return call
+
+    class Chain:
+        def __init__(self, chain):
+            self.chain, self.run = chain, timed(chain.run)
+
+        def scratch(self):
+            return self.chain.scratch()
+
+    saved = []
+    for r in plan.steps:
+        for attr in ("_forward", "_padded", "_one_region"):
+            if attr in r.__dict__:
+                saved.append((r, attr, r.__dict__[attr]))
+                setattr(r, attr, timed(r.__dict__[attr]))
+        if "chain" in r.__dict__:
+            saved.append((r, "chain", r.chain))
+            r.chain = Chain(r.chain)
+    try:
+        for _ in range(20):
+            model.predict_on_batch(x)
+        inside[0] = 0.0
+        start = time.perf_counter()
+        for _ in range(calls):
+            model.predict_on_batch(x)
+        total = time.perf_counter() - start
+    finally:
+        for r, attr, value in saved:
+            setattr(r, attr, value)
+    return inside[0] / total
+
+
+# -- footprint -------------------------------------------------------------------------------
+def _fresh(code):
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=str(ROOT), check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+_RSS = ("def rss():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmRSS:'):\n"
+        "            return int(line.split()[1]) / 1024\n")
+
+
+def bench_footprint(runs):
+    times = [_fresh("import time, json\nt = time.perf_counter()\nimport pynn\n"
+                    "print(json.dumps(time.perf_counter() - t))") for _ in range(runs)]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "demo.pynn")
+        _fresh(f"import json, pynn.demo\npynn.demo.build_model().save({path!r})\n"
+               f"print(json.dumps(0))")
+        mem = _fresh(_RSS + "import json, sys\nbase = rss()\nimport pynn\nafter = rss()\n"
+                     "import numpy as np\n"
+                     f"m = pynn.load_model({path!r})\n"
+                     "m.predict_on_batch(np.zeros((1, 8, 8, 1), np.float32))\n"
+                     "mods = [k for k in ('pyopencl', 'scipy', 'keras', 'torch') "
+                     "if k in sys.modules]\n"
+                     "print(json.dumps([base, after, rss(), mods]))")
+    return {"import_ms_median": round(float(np.median(times)) * 1e3, 1),
+            "rss_mb_python": round(mem[0], 1), "rss_mb_after_import_pynn": round(mem[1], 1),
+            "rss_mb_after_demo_model_predict": round(mem[2], 1),
+            "heavy_modules_after_predict": mem[3]}
+
+
+# -- where one thread stops paying --------------------------------------------------------------
+def bench_serial(repeat, rng):
+    rows = []
+    saved = inference.SERIAL_MAX_MACS
+    try:
+        for name, make in MODELS.items():
+            model = make()
+            randomize(model, rng)
+            for batch in (1, 8, 64):
+                x = rng.standard_normal((batch,) + tuple(model.input_shape[1:])).astype(
+                    np.float32)
+                times = {"serial": [], "parallel": []}
+                n = repeat if batch == 1 else max(repeat // 8, 20)
+                inference.SERIAL_MAX_MACS = 0
+                model.__dict__.pop("_inference", None)
+                model.predict_on_batch(x)
+                plan = model._inference.plans[x.shape]
+                for _ in range(n):
+                    for label in ("serial", "parallel"):
+                        plan.serial = label == "serial"
+                        start = time.perf_counter()
+                        model.predict_on_batch(x)
+                        times[label].append(time.perf_counter() - start)
+                s, p = (float(np.median(times[k])) * 1e6 for k in ("serial", "parallel"))
+                rows.append({"model": name, "batch": batch, "macs": plan.macs,
+                             "one_thread_us": round(s, 1), "two_threads_us": round(p, 1),
+                             "two_over_one": round(p / s, 2)})
+    finally:
+        inference.SERIAL_MAX_MACS = saved
+    return rows
+
+
+# -- where batch-1 time goes ----------------------------------------------------------------
+def bench_breakdown(repeat, rng):
+    """The MLP at batch 1, layer by layer stripped down, alternated: the old predict_on_batch
+    (the general path behind its input checks), the graph plan alone, the public dense op
+    per layer, its one-region kernel into preallocated arrays, BLAS's GEMMs alone, the
+    chain call, and predict_on_batch through the plan."""
+    from unittest import mock
+
+    from pynn._native.infer import DenseChain
+
+    from pynn._native import dense
+    from pynn.backend import cpu
+    from pynn.backend.api import ACTIVATIONS
+
+    model = mlp()
+    randomize(model, rng)
+    x = rng.standard_normal((1, 784)).astype(np.float32)
+    layers = model.layers
+    ks = [layer.kernel.value for layer in layers]
+    bs = [layer.bias.value for layer in layers]
+    acts = [ACTIVATIONS.index(layer.activation) for layer in layers]
+    outs = [np.empty((1, k.shape[1]), np.float32) for k in ks]
+    chain = DenseChain(1, ks, bs, acts, [0.0] * 3)
+    scratch = chain.scratch()
+
+    def general():
+        with mock.patch.object(inference, "outputs", lambda m, x: None):
+            return model.predict_on_batch(x)
+
+    def public_ops():
+        h = x
+        for k, b, layer in zip(ks, bs, layers):
+            h, _ = cpu.dense_forward(h, k, b, layer.activation)
+        return h
+
+    def one_region():
+        h = x
+        for k, b, a, o in zip(ks, bs, acts, outs):
+            dense._gemm_one_region(False, False, h, k, o, h.shape[1], b, o, a, 0.0)
+            h = o
+
+    def gemms():
+        h = x
+        for k, o in zip(ks, outs):
+            dense._gemm(False, False, h, k, o, h.shape[1])
+            h = o
+
+    calls = {"predict_on_batch, general path (before)": general,
+             "graph plan alone (Plan.predict)": lambda: model._plan.predict([x]),
+             "public dense_forward x3": public_ops,
+             "one-region kernel x3, preallocated": one_region,
+             "BLAS GEMMs alone x3": gemms,
+             "DenseChain.run (one native call)": lambda: chain.run(x, scratch, outs[-1]),
+             "predict_on_batch, inference plan": lambda: model.predict_on_batch(x)}
+    times = {k: [] for k in calls}
+    for fn in calls.values():
+        for _ in range(50):
+            fn()
+    for _ in range(repeat):
+        for k, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - start)
+    return [{"what": k, "p50_us": round(float(np.median(ts)) * 1e6, 1)}
+            for k, ts in times.items()]
+
+
+def _load_average():
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
 
 
 def main(argv=None):
@@ -115,29 +463,71 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=400)
     parser.add_argument("--warmup", type=int, default=20, help="untimed calls first")
     parser.add_argument("--batch", default="1,64", help="comma-separated batch sizes")
-    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--threads-scaling", action="store_true")
+    parser.add_argument("--scaling-rounds", type=int, default=5)
+    parser.add_argument("--scaling-seconds", type=float, default=1.0)
+    parser.add_argument("--footprint", action="store_true")
+    parser.add_argument("--serial-threshold", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="where the MLP's batch-1 predict time goes")
+    parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batch.split(",")]
-    pynn.set_num_threads(1)
     rng = np.random.default_rng(0)
-    rows = []
-    for name, make in MODELS.items():
-        rows += bench_model(name, make, batches, args.repeat, args.warmup, rng)
-    print(f"# {cpu_name()}, 1 thread each, "
-          f"{args.repeat} alternating calls")
-    print(f"{'model':<20} {'batch':>5} {'runtime':<12} {'p50 us':>9} {'p99 us':>9} "
-          f"{'samples/s':>10}")
-    for r in rows:
-        print(f"{r['model']:<20} {r['batch']:>5} {r['runtime']:<12} {r['p50_us']:>9.1f} "
-              f"{r['p99_us']:>9.1f} {r['samples_per_s']:>10.1f}")
-    for name in MODELS:
-        for batch in batches:
-            p = {r["runtime"]: r["p50_us"] for r in rows
-                 if r["model"] == name and r["batch"] == batch}
-            print(f"{name} batch {batch}: pynn / onnxruntime p50 = "
-                  f"{p['pynn'] / p['onnxruntime']:.2f}")
+    result = {"cpu": cpu_name(), "cores": os.cpu_count(),
+              "note": "machine shared with other work; calls alternated, medians",
+              "load_average_at_start": _load_average()}
+    if args.serial_threshold:
+        pynn.set_num_threads(2)
+        result["serial_threshold"] = rows = bench_serial(args.repeat, rng)
+        print("# one OpenMP thread vs two for the inference plan (median us per call)")
+        for r in rows:
+            print(f"{r['model']:<20} batch {r['batch']:>3} {r['macs'] / 1e6:8.2f} M MACs  "
+                  f"1 thread {r['one_thread_us']:9.1f}  2 threads {r['two_threads_us']:9.1f}"
+                  f"  2/1 {r['two_over_one']:.2f}")
+    pynn.set_num_threads(1)
+    if args.breakdown:
+        result["breakdown_mlp_batch1"] = rows = bench_breakdown(args.repeat * 5, rng)
+        print("# MLP 784-256-128-10 at batch 1, one thread: median us per call")
+        for r in rows:
+            print(f"{r['what']:<44} {r['p50_us']:8.1f}")
+    if not args.skip_latency:
+        rows = []
+        for name, make in MODELS.items():
+            rows += bench_model(name, make, batches, args.repeat, args.warmup, rng)
+        result["latency"] = rows
+        print(f"# {cpu_name()}, 1 thread each, {args.repeat} alternating calls")
+        print(f"{'model':<20} {'batch':>5} {'runtime':<14} {'p50 us':>9} {'p99 us':>9} "
+              f"{'samples/s':>10}")
+        for r in rows:
+            print(f"{r['model']:<20} {r['batch']:>5} {r['runtime']:<14} {r['p50_us']:>9.1f} "
+                  f"{r['p99_us']:>9.1f} {r['samples_per_s']:>10.1f}")
+        for name in MODELS:
+            for batch in batches:
+                p = {r["runtime"]: r["p50_us"] for r in rows
+                     if r["model"] == name and r["batch"] == batch}
+                print(f"{name} batch {batch}: pynn / onnxruntime p50 = "
+                      f"{p['pynn'] / p['onnxruntime']:.2f}" + (
+                          f", pynn / PyTorch = {p['pynn'] / p['pytorch-eager']:.2f}"
+                          if "pytorch-eager" in p else ""))
+    if args.threads_scaling:
+        result["threads_scaling"] = rows = bench_threads(
+            args.scaling_rounds, args.scaling_seconds, [1, 2, 4, 8], rng)
+        print("# N Python threads on one shared model, batch 1, one OpenMP thread per call")
+        for r in rows:
+            if "native_share_of_call" in r:
+                print(f"{r['model']:<20} {r['runtime']:<16} share of a call inside native "
+                      f"kernels {r['native_share_of_call']:.0%}: two threads gain at most "
+                      f"x{r['amdahl_bound_2_threads']:.2f}")
+                continue
+            print(f"{r['model']:<20} {r['runtime']:<16} {r['python_threads']} threads "
+                  f"{r['requests_per_s']:>10.1f} req/s  x{r['vs_one_thread']:.2f}")
+    if args.footprint:
+        result["footprint"] = fp = bench_footprint(5)
+        print("# footprint: " + ", ".join(f"{k} {v}" for k, v in fp.items()))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from pynn import _config, backend, callbacks as callbacks_module, losses, metrics as metrics_module
-from pynn import optimizers, saving, utils
+from pynn import inference, optimizers, saving, utils
 from pynn.data import Batches, is_dataset, split_batch
 from pynn.layers import LAYERS, InputLayer
 from pynn import autodiff
@@ -270,6 +270,10 @@ class Model(Layer):
         if kwargs:
             raise TypeError(f"call: unexpected arguments {sorted(kwargs)}")
         _config.apply_to_this_thread()
+        if not training:  # the prepared inference plan (issue 16), None where it does not apply
+            outs = inference.outputs(self, inputs)
+            if outs is not None:
+                return outs[0] if len(outs) == 1 else outs
         b = backend.current()
         xs = inputs if isinstance(inputs, (list, tuple, dict)) else [inputs]
         values = xs.values() if isinstance(xs, dict) else xs
@@ -969,7 +973,9 @@ class Model(Layer):
         with backend.host_memory_loop(trim=True):
             for lo in range(0, n, batch_size):
                 hi = min(n, lo + batch_size)
-                ys = self._plan.predict([b.asarray(a[lo:hi], a.dtype) for a in xs])
+                part = [a[lo:hi] for a in xs]
+                ys = (inference.outputs(self, part if len(part) > 1 else part[0])
+                      or self._plan.predict([b.asarray(a, a.dtype) for a in part]))
                 for out, yk in zip(outs, ys):
                     out[lo:hi] = b.to_numpy(yk)
         return self._structure_outputs(outs)
@@ -1072,6 +1078,9 @@ class Model(Layer):
         return self._result(logs, return_dict)
 
     def predict_on_batch(self, x):
+        outs = inference.outputs(self, x)  # the prepared plan (issue 16), None: general path
+        if outs is not None:
+            return self._structure_outputs(outs)
         xs = self._prepare_inputs(x, "predict_on_batch")
         b = backend.current()
         with backend.host_memory_loop():

@@ -1,0 +1,101 @@
+"""A run of Dense layers of an inference plan (pynn/inference.py, issue 16) as one native call.
+
+Legend: N batch (rows), C input features, U units; x (N, C0), each kernel (C, U) as in Keras.
+
+At batch 1 the MLP's three GEMMs take about as long as the Python between them: argument
+checks, typed-memoryview acquisition of four arrays per op and one OpenMP region per op. Here
+the chain's kernels, biases, sizes and activations are resolved once (``DenseChain``), and
+``run`` does every layer inside one ``with nogil`` block: the GEMM through _blas.pxd's
+gemm_rowmajor (BLAS, as dense_forward's product), then _activation.pxd's bias_activation_rows
+(dense_forward's epilogue), the intermediates ping-ponging in a caller's scratch buffer.
+So the GIL is held only to enter and leave, and threads sharing a model overlap.
+
+Used for small float32 products only (the plan's one-thread case): dense_forward splits
+larger products into bands over the cores, whose tile edges round differently, so this
+chain's results equal dense_forward's to float32 rounding, not bit for bit.
+"""
+
+import numpy as np
+
+from _blas cimport gemm_rowmajor
+from _activation cimport bias_activation_rows
+
+
+cdef class DenseChain:
+    """Dense layers applied in order: y = act_L(... act_1(x @ K_1 + b_1) ... @ K_L + b_L).
+    The arrays given stay referenced (and unchanged: the plan is rebuilt when weights
+    change) for the chain's life."""
+
+    cdef object _arrays
+    cdef const Py_ssize_t[::1] _kernels
+    cdef const Py_ssize_t[::1] _biases
+    cdef const int[::1] _dims
+    cdef const int[::1] _acts
+    cdef const float[::1] _alphas
+    cdef readonly int rows, layers, width
+
+    def __init__(self, int rows, kernels, biases, acts, alphas):
+        """kernels: float32 (C_l, U_l) C-contiguous, C_{l+1} = U_l; biases: (U_l,) or None;
+        acts: activation codes (pynn.backend.api.ACTIVATIONS), none of them softmax but the
+        last layer's may be."""
+        if not kernels or rows < 1:
+            raise ValueError("DenseChain: needs at least one layer and one row")
+        arrays = []
+        dims = [kernels[0].shape[0]]
+        kptr, bptr = [], []
+        for k, b in zip(kernels, biases):
+            k = np.ascontiguousarray(k, dtype=np.float32)
+            if k.ndim != 2 or k.shape[0] != dims[len(dims) - 1] or k.shape[0] < 1 or k.shape[1] < 1:
+                raise ValueError(f"DenseChain: kernel of shape {k.shape} does not follow "
+                                 f"{dims[len(dims) - 1]} features")
+            dims.append(k.shape[1])
+            arrays.append(k)
+            kptr.append(k.ctypes.data)
+            if b is None:
+                bptr.append(0)
+            else:
+                b = np.ascontiguousarray(b, dtype=np.float32)
+                if b.shape != (k.shape[1],):
+                    raise ValueError(f"DenseChain: bias of shape {b.shape} for {k.shape[1]} "
+                                     f"units")
+                arrays.append(b)
+                bptr.append(b.ctypes.data)
+        self._arrays = arrays
+        self._kernels = np.array(kptr, dtype=np.intp)
+        self._biases = np.array(bptr, dtype=np.intp)
+        self._dims = np.array(dims, dtype=np.intc)
+        self._acts = np.array(acts, dtype=np.intc)
+        self._alphas = np.array(alphas, dtype=np.float32)
+        self.rows = rows
+        self.layers = len(kernels)
+        self.width = max(dims[1:])
+
+    def scratch(self):
+        """A buffer for one thread's intermediates (two of the widest layer's outputs)."""
+        return np.empty(2 * self.rows * self.width, dtype=np.float32)
+
+    def run(self, const float[:, ::1] x, float[::1] scratch, float[:, ::1] out):
+        """out (N, U_last) = the chain on x (N, C0); scratch from ``scratch()``."""
+        cdef int n = self.rows, i, c, u
+        cdef const float* src
+        cdef float* dst
+        cdef const float* bias
+        if (x.shape[0] != n or x.shape[1] != self._dims[0] or out.shape[0] != n
+                or out.shape[1] != self._dims[self.layers]
+                or scratch.shape[0] < 2 * n * self.width):
+            raise ValueError(f"DenseChain.run: x {(x.shape[0], x.shape[1])} and out "
+                             f"{(out.shape[0], out.shape[1])} do not fit the chain "
+                             f"({n}, {self._dims[0]}) -> ({n}, {self._dims[self.layers]})")
+        with nogil:
+            src = &x[0, 0]
+            for i in range(self.layers):
+                c, u = self._dims[i], self._dims[i + 1]
+                if i == self.layers - 1:
+                    dst = &out[0, 0]
+                else:
+                    dst = &scratch[(i % 2) * n * self.width]
+                gemm_rowmajor(False, False, n, u, c, <float>1, src, c,
+                              <const float*>self._kernels[i], u, <float>0, dst, u)
+                bias = <const float*>self._biases[i]
+                bias_activation_rows(dst, dst, bias, n, u, self._acts[i], self._alphas[i])
+                src = dst

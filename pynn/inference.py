@@ -1,0 +1,593 @@
+"""Prepared inference plans (issue 16): batch-1 predict without per-layer Python overhead.
+
+A model answering requests calls ``model(x)`` or ``predict_on_batch`` with the same input
+shape again and again, often from many threads. The general path (``Plan.predict`` in
+pynn.layers.functional) re-validates every operand of every op and allocates every
+intermediate on each call: for the 784-256-128-10 MLP at batch 1 that Python work cost more
+than its three GEMMs. Here a model gets one ``InferencePlan`` per input signature (the shapes
+of its inputs), made on the first call with that signature:
+
+- the steps are the model's inference steps (BatchNormalization already folded into the
+  Conv2D or Dense before it, a following Activation fused into that op's epilogue:
+  ``Plan.inference_steps``), validated once by running the public ops on the first call;
+- Dense, Conv2D, MaxPooling2D and Flatten then call the native kernels' buffer-taking entry
+  points directly (no operand checks, no geometry, no allocation), each into an output
+  buffer owned by the calling Python thread (``threading.local``), so threads sharing one
+  model never share a buffer; any other layer runs its own ``call`` as before. Each direct
+  call is checked once against the public op's bits on the first input: a kernel module
+  whose private entry points changed costs speed, never a wrong answer;
+- on one thread a run of float32 Dense layers is one native call (native/infer.pyx), with
+  no Python and no GIL between the layers;
+- the arrays returned are the caller's: a model output is written into a fresh array (or
+  copied out when a layer returned a view of a plan buffer), never into a buffer a later
+  call overwrites (onnxruntime's rule);
+- a plan whose arithmetic is too small for a second thread to pay runs on one OpenMP
+  thread (``SERIAL_MAX_MACS``, measured in bench/bench_inference.py);
+- it is rebuilt when weights may have changed (``pynn.variables.version``: set_weights, an
+  optimizer step, a load) or the shapes change (a new signature, at most ``MAX_SIGNATURES``
+  kept per model).
+
+The CPU backend only: on OpenCL (and for subclassed models, masks, integer inputs or other
+input types) ``outputs`` returns None and the model takes its general path. Every
+kernel used releases the GIL for its arithmetic; only the glue between them holds it.
+"""
+
+import threading
+
+import numpy as np
+
+from pynn import _config, backend, variables
+
+# Signatures (input shapes) kept per model; predict's last, shorter batch is a second one.
+MAX_SIGNATURES = 8
+# Per-thread buffers are kept only for plans whose intermediates fit in this many bytes; a
+# larger batch allocates per call (its arithmetic dwarfs the allocation).
+BUFFER_CAP_BYTES = 64 << 20
+# Below this many multiply-adds per call a second OpenMP thread costs more (waking it, the
+# barrier, the cache traffic) than it saves. bench/bench_inference.py --serial-threshold, AMD
+# EPYC, 2 cores shared with other work, median us per call on one thread / two: MLP batch 1
+# (0.23 M) 27 / 200, batch 8 (1.9 M) 50 / 251, batch 64 (15 M) 387 / 449; CNN batch 1
+# (6.1 M) 295 / 727, batch 8 (49 M) 1491 / 1279, batch 64 (392 M) 10461 / 6027. On a busy
+# machine the second thread's wake-up is what costs; a quiet one crosses over lower.
+SERIAL_MAX_MACS = 25_000_000
+
+_NO_PLAN = object()  # a model the plan cannot serve (cached, so the check runs once)
+
+
+class _NotDirect(Exception):
+    """A step the direct kernel call does not cover (mixed dtypes, an unusual layout)."""
+
+
+def outputs(model, x):
+    """The model's outputs for ``x`` (an array, or a list or dict of them by input) as a list,
+    one array per output, through its prepared plan; or None when the plan does not apply
+    and the caller must take the general path. Errors in ``x`` are left to that path, which
+    words them."""
+    if backend.current().NAME != "cpu":
+        return None
+    state = model.__dict__.get("_inference")
+    if state is None or (state is not _NO_PLAN and state.graph_plan is not model._plan):
+        state = model._inference = _State.of(model)
+    if state is _NO_PLAN:
+        return None
+    # The common case first, in a few attribute reads: one C-contiguous array of the
+    # model's dtype and feature shape.
+    if (type(x) is np.ndarray and state.single and x.dtype == state.dtypes[0]
+            and x.flags.c_contiguous and x.shape[1:] == state.features[0] and len(x)):
+        xs, signature = [x], x.shape
+    else:
+        xs = state.inputs(x)
+        if xs is None:
+            return None
+        signature = tuple(a.shape for a in xs) if len(xs) > 1 else xs[0].shape
+    plan = state.plans.get(signature)
+    if plan is None or plan.version != variables.version():
+        if len(state.plans) >= MAX_SIGNATURES:
+            state.plans.clear()
+        plan = InferencePlan(model, xs)
+        state.plans[signature] = plan
+        # The validating run through the public ops computed this call's outputs already.
+        outs, plan.first_outputs = plan.first_outputs, None
+        return outs
+    return plan.run(xs)
+
+
+class _State:
+    """What a model's calls check their inputs against, and its plans by input signature."""
+
+    @classmethod
+    def of(cls, model):
+        from pynn.layers.functional import Plan, _makes_mask
+
+        if model._traced or not isinstance(model._plan, Plan):
+            return _NO_PLAN
+        # Masks (issue 14) travel beside the values in the general path; a model that makes
+        # one keeps that path.
+        if any(_makes_mask(layer) for layer in model.layers):
+            return _NO_PLAN
+        inputs = model.inputs
+        dtypes = [np.dtype(t.dtype) for t in inputs]
+        if any(d.kind != "f" for d in dtypes):  # integer inputs: the general path's checks
+            return _NO_PLAN
+        return cls(model, dtypes, [tuple(t.shape[1:]) for t in inputs])
+
+    def __init__(self, model, dtypes, features):
+        self.graph_plan = model._plan
+        self.names = model.input_names
+        self.dtypes, self.features = dtypes, features
+        self.single = len(dtypes) == 1
+        self.plans = {}
+
+    def inputs(self, x):
+        """x as a list of C-contiguous arrays of the model's input dtypes and shapes, or
+        None for anything else (the general path converts or words the error)."""
+        if type(x) is np.ndarray:
+            if not self.single:
+                return None
+            xs = [x]
+        elif isinstance(x, (list, tuple)) and len(x) == len(self.dtypes) and len(x) > 1:
+            xs = list(x)
+        elif isinstance(x, dict) and len(x) == len(self.dtypes):
+            try:
+                xs = [x[name] for name in self.names]
+            except KeyError:
+                return None
+        else:
+            return None
+        out, n = [], None
+        for dtype, features, a in zip(self.dtypes, self.features, xs):
+            if (type(a) is not np.ndarray or a.dtype.kind not in "fiub"
+                    or a.ndim != len(features) + 1 or a.shape[0] == 0
+                    or (n is not None and a.shape[0] != n)):
+                return None
+            if any(e is not None and e != s for e, s in zip(features, a.shape[1:])):
+                return None
+            n = a.shape[0]
+            if a.dtype != dtype or not a.flags.c_contiguous:
+                a = np.ascontiguousarray(a, dtype=dtype)
+            out.append(a)
+        return out
+
+
+class InferencePlan:
+    """One model, one input signature, one weight version: the steps with their kernels'
+    arguments resolved. ``run`` is safe from any number of threads at once."""
+
+    def __init__(self, model, xs):
+        self.version = variables.version()
+        graph_plan = model._plan
+        self.input_slots = list(graph_plan.input_slots)
+        self.output_slots = list(graph_plan.output_slots)
+        self.nslots = graph_plan.nslots
+        self._local = threading.local()
+        steps = graph_plan.inference_steps()
+        # Validation: the public ops on real inputs, once. Their errors surface here with
+        # their usual wording, and the shapes they produce size the buffers.
+        vals = [None] * self.nslots
+        for s, x in zip(self.input_slots, xs):
+            vals[s] = x
+        self.steps, self.macs, nbytes = [], 0, 0
+        for st in steps:
+            x = [vals[s] for s in st.ins] if st.several else vals[st.ins[0]]
+            try:
+                y = st.layer.call(x, training=False)
+            except MemoryError as exc:
+                raise _out_of_memory(st.layer, x, exc) from None
+            runner = _checked(_runner(st, x, y), st, x, y)
+            self.macs += runner.macs
+            nbytes += runner.nbytes
+            self.steps.append(runner)
+            if st.multi_out:
+                for s, v in zip(st.outs, y):
+                    vals[s] = v
+            else:
+                vals[st.outs[0]] = y
+        self.first_outputs = [vals[s] for s in self.output_slots]
+        outputs = set(self.output_slots)
+        for r in self.steps:
+            r.to_caller = [s in outputs for s in r.outs]
+        # A chain (a Sequential's usual form): each step reads the one before it, the last
+        # makes the one output; run without slot bookkeeping.
+        slot = self.input_slots[0]
+        self.chain = len(self.input_slots) == 1 and len(self.output_slots) == 1
+        for r in self.steps:
+            self.chain = self.chain and not (r.several or r.multi_out) and r.ins[0] == slot
+            slot = r.outs[0]
+        self.chain = self.chain and slot == self.output_slots[0]
+        self.keep_buffers = nbytes <= BUFFER_CAP_BYTES
+        self.serial = self.macs < SERIAL_MAX_MACS
+        if self.chain and self.serial:
+            self.steps = _chained(self.steps)
+        for r in self.steps:
+            r.sample = None  # the validation arrays, no longer needed
+
+    def _buffers(self):
+        local = self._local
+        bufs = getattr(local, "bufs", None)
+        if bufs is None:
+            bufs = [r.allocate() for r in self.steps]
+            if self.keep_buffers:
+                local.bufs = bufs
+        return bufs
+
+    def run(self, xs):
+        """The outputs for xs (validated by the caller against this plan's signature)."""
+        _config.apply_to_this_thread()
+        threads = _config._omp_threads
+        if self.serial and threads > 1:
+            from pynn._native import info
+
+            info.set_num_threads(1)
+            try:
+                return self._run(xs)
+            finally:
+                info.set_num_threads(threads)
+        return self._run(xs)
+
+    def _run(self, xs):
+        r, x = self.steps[0] if self.steps else None, xs[0]
+        try:
+            if self.chain:
+                y, owned = xs[0], False
+                for r, buf in zip(self.steps, self._buffers()):
+                    x = y
+                    y, into_buffer = r.run(x, buf)
+                    owned = owned or into_buffer
+                return [np.array(y) if owned else y]
+            vals = [None] * self.nslots
+            # Whether a slot's value is (or views) memory a later call of this thread reuses.
+            owned = [False] * self.nslots
+            for s, v in zip(self.input_slots, xs):
+                vals[s] = v
+            for r, buf in zip(self.steps, self._buffers()):
+                if r.several:
+                    x = [vals[s] for s in r.ins]
+                    inherited = any(owned[s] for s in r.ins)
+                else:
+                    x = vals[r.ins[0]]
+                    inherited = owned[r.ins[0]]
+                y, into_buffer = r.run(x, buf)
+                if r.multi_out:
+                    for s, v in zip(r.outs, y):
+                        vals[s], owned[s] = v, inherited
+                else:
+                    s = r.outs[0]
+                    vals[s], owned[s] = y, into_buffer or inherited
+            return [np.array(vals[s]) if owned[s] else vals[s] for s in self.output_slots]
+        except MemoryError as exc:  # the per-call buffers of a plan too large to keep them
+            raise _out_of_memory(r.layer, x, exc) from None
+
+
+def _out_of_memory(layer, x, exc):
+    """The general path's wording (pynn.layers.functional.Plan._run)."""
+    shape = [tuple(a.shape) for a in x] if isinstance(x, list) else tuple(x.shape)
+    return MemoryError(f"Layer '{layer.name}' ({type(layer).__name__}): out of memory for "
+                       f"input shape {shape} ({exc})")
+
+
+# -- runners: one per step, its kernel's arguments resolved ------------------------------------
+class _Generic:
+    """A layer's own ``call`` (the general path's op for this step): checked per call,
+    output fresh (or a view of its input)."""
+
+    macs = 0
+    nbytes = 0
+
+    def __init__(self, step):
+        self.layer = step.layer
+        self.ins, self.outs = step.ins, step.outs
+        self.several, self.multi_out = step.several, step.multi_out
+
+    def allocate(self):
+        return None
+
+    def run(self, x, buf):
+        return self.layer.call(x, training=False), False
+
+
+class _Buffered(_Generic):
+    """A step writing its one output into a buffer of the calling thread, or into a fresh
+    array when the output goes to the caller."""
+
+    def __init__(self, step, y):
+        super().__init__(step)
+        self.shape, self.dtype = tuple(y.shape), y.dtype
+        self.nbytes = y.nbytes
+
+    def output(self, buf):
+        if self.to_caller[0]:
+            return np.empty(self.shape, self.dtype), False
+        return buf, True
+
+
+class _Dense(_Buffered):
+    """Dense (or a Dense with BatchNormalization folded in): one GEMM with its bias and
+    activation epilogue (native/dense.pyx's one-region product, else GEMM then epilogue)."""
+
+    def __init__(self, step, x, y, kernel, bias, activation, alpha):
+        from pynn._native import dense
+        from pynn.backend.api import ACTIVATIONS
+
+        super().__init__(step, y)
+        _same_dtype(x, kernel, bias)
+        self.kernel, self.bias = kernel, bias
+        self.act, self.alpha = ACTIVATIONS.index(activation), float(alpha)
+        self.rows, self.k = int(np.prod(x.shape[:-1])), int(x.shape[-1])
+        self.flat = x.ndim == 2
+        self.macs = self.rows * self.k * kernel.shape[1]
+        self._one_region, self._gemm, self._bias_act = (
+            dense._gemm_one_region, dense._gemm, dense._bias_act)
+
+    def allocate(self):
+        return np.empty(self.shape, self.dtype)
+
+    def run(self, x, buf):
+        if self.to_caller[0]:
+            y, into_buffer = np.empty(self.shape, self.dtype), False
+        else:
+            y, into_buffer = buf, True
+        if self.flat:
+            x2, y2 = x, y
+        else:
+            x2, y2 = x.reshape(self.rows, self.k), y.reshape(self.rows, self.shape[-1])
+        if not self._one_region(False, False, x2, self.kernel, y2, self.k, self.bias, y2,
+                                self.act, self.alpha):
+            self._gemm(False, False, x2, self.kernel, y2, self.k)
+            self._bias_act(y2, y2, self.bias, self.act, self.alpha)
+        return y, into_buffer
+
+
+class _DenseChainRunner(_Generic):
+    """Consecutive float32 Dense steps of a one-thread chain plan as one native call
+    (native/infer.pyx: no Python and no GIL between the layers)."""
+
+    def __init__(self, denses):
+        from pynn._native.infer import DenseChain
+
+        first, last = denses[0], denses[-1]
+        self.ins, self.outs = first.ins, last.outs
+        self.several = self.multi_out = False
+        self.to_caller = last.to_caller
+        self.shape, self.dtype = last.shape, last.dtype
+        self.macs = sum(d.macs for d in denses)
+        self.nbytes = sum(d.nbytes for d in denses)
+        self.layer = first.layer
+        self.chain = DenseChain(first.rows, [d.kernel for d in denses],
+                                [d.bias for d in denses], [d.act for d in denses],
+                                [d.alpha for d in denses])
+
+    def allocate(self):
+        return self.chain.scratch(), np.empty(self.shape, self.dtype)
+
+    def run(self, x, buf):
+        if self.to_caller[0]:
+            y, into_buffer = np.empty(self.shape, self.dtype), False
+        else:
+            y, into_buffer = buf[1], True
+        self.chain.run(x, buf[0], y)
+        return y, into_buffer
+
+
+def _chained(runners):
+    """runners with each run of two or more float32 2-D Dense steps made one chain call."""
+    try:
+        from pynn._native import infer  # noqa: F401  (a build without it keeps the steps)
+    except ImportError:
+        return runners
+    out, run = [], []
+
+    def flush():
+        chain = _DenseChainRunner(run) if len(run) > 1 else None
+        if chain is not None:
+            # The chain's own answer on the validation input, against the ops it replaces
+            # (float32 rounding apart: it skips dense_forward's bands).
+            x, want = run[0].sample[0], run[-1].sample[1]
+            try:
+                got, _ = chain.run(x, chain.allocate())
+                ok = float(np.abs(got - want).max(initial=0.0)) <= 1e-5 * max(
+                    1.0, float(np.abs(want).max(initial=0.0)))
+            except Exception:  # noqa: BLE001  (any failure: keep the checked steps)
+                ok = False
+            if ok:
+                out.append(chain)
+                run.clear()
+                return
+        out.extend(run)
+        run.clear()
+
+    for r in runners:
+        if type(r) is _Dense and r.flat and r.dtype == np.float32 and not (
+                run and run[-1].to_caller[0]):
+            run.append(r)
+        else:
+            flush()
+            out.append(r)
+    flush()
+    return out
+
+
+class _Conv2D(_Buffered):
+    """Conv2D (or one with BatchNormalization folded in) on native/conv.pyx's direct path:
+    the geometry, the microkernel's segment tables and every buffer (the zero-padded input,
+    the packed kernel panels, the pixel offsets) are made once; conv2d_forward made them
+    per call (about 18 us per layer at batch 1)."""
+
+    def __init__(self, step, x, y, kernel, bias, strides, padding, dilation, activation,
+                 alpha):
+        import os
+
+        from pynn._native import conv
+        from pynn.backend.api import ACTIVATIONS
+        from pynn.backend.operands import conv as operands
+        from pynn.backend.operands.common import HOST
+
+        super().__init__(step, y)
+        _same_dtype(x, kernel, bias)
+        _, _, _, _, _, g = operands.conv2d_forward(HOST, x, kernel, bias, strides, padding,
+                                                   dilation, activation, alpha)
+        self.g = g = conv._planned(g)
+        if g["K"] == 0:
+            raise _NotDirect  # nothing to read: conv2d_forward's stand-ins handle it
+        self.kernel, self.bias = kernel, bias
+        self.act, self.alpha = ACTIVATIONS.index(activation), float(alpha)
+        self.pad_shape = conv._pad_shape(x.shape, g["HP"], g["WP"], g["PT"], g["PL"])
+        self.macs = int(np.prod(self.shape)) * g["K"]
+        # The tables _forward_direct_into derives per call (see there).
+        aseg, bseg, self.tn = conv._kernel_segments(g)
+        nc = conv._panel_columns(kernel.dtype)
+        rows = bseg // g["F"]
+        self.aseg, self.bseg = aseg, rows * nc
+        self.bseg_last = rows * (g["F"] - (g["F"] - 1) // nc * nc)
+        self.chunk = conv._FORWARD_PIXELS
+        self.offsets = max(os.cpu_count() or 1, _config._omp_threads or 1) * self.chunk
+        self.nbytes += (int(np.prod(self.pad_shape)) + g["K"] * g["F"]) * x.dtype.itemsize
+        self._padded, self._forward = conv._padded, conv._run_forward_direct
+        self._forward_into = conv._forward_direct_into
+
+    def allocate(self):
+        return (np.empty(self.shape, self.dtype), np.zeros(self.pad_shape, self.dtype),
+                np.empty(self.g["K"] * self.g["F"], self.dtype),
+                np.empty(self.offsets, np.intp))
+
+    def run(self, x, buf):
+        if self.to_caller[0]:
+            y, into_buffer = np.empty(self.shape, self.dtype), False
+        else:
+            y, into_buffer = buf[0], True
+        g = self.g
+        xp = self._padded(x, buf[1], g["PT"], g["PL"])
+        # y is also the pre-activation buffer: inference keeps no z (the activations that
+        # need z for backward read it only there).
+        if _config._omp_threads * self.chunk > self.offsets:  # more threads than planned for
+            self._forward_into(xp, self.kernel, self.bias, y, y, g, self.act, self.alpha)
+        else:
+            self._forward(xp, self.kernel, self.bias, y, y, buf[2], g, buf[3], self.chunk,
+                          self.aseg, self.bseg, self.bseg_last, self.tn, self.act, self.alpha)
+        return y, into_buffer
+
+
+class _MaxPool2D(_Buffered):
+    def __init__(self, step, x, y):
+        from pynn._native import pool
+        from pynn.backend.operands import pool as operands
+        from pynn.backend.operands.common import HOST
+
+        super().__init__(step, y)
+        layer = step.layer
+        _, self.g = operands.maxpool2d_forward(HOST, x, layer.pool_size, layer.strides,
+                                               layer.padding)
+        self.nbytes += y.size * 4
+        self._forward = pool._maxpool_forward
+
+    def allocate(self):
+        return (np.empty(self.shape, self.dtype), np.empty(self.shape, np.int32))
+
+    def run(self, x, buf):
+        y, into_buffer = self.output(buf[0])
+        self._forward(x, y, buf[1], self.g)
+        return y, into_buffer
+
+
+class _Flatten(_Generic):
+    def __init__(self, step, y):
+        super().__init__(step)
+        self.shape = tuple(y.shape)
+
+    def run(self, x, buf):
+        return x.reshape(self.shape), False
+
+
+def _runner(step, x, y):
+    """The fastest runner that gives this step's numbers: a direct kernel call when the
+    step is one the kernels' buffer-taking entry points cover (the first call's output y
+    tells its shape), else the layer's own call."""
+    from pynn.compression.sparse import SparseDense
+    from pynn.layers.conv import Conv2D
+    from pynn.layers.core import Dense, Flatten
+    from pynn.layers.functional import _FoldedLayer
+    from pynn.layers.pooling import MaxPooling2D
+
+    layer = step.layer
+    if step.several or step.multi_out or type(x) is not np.ndarray or \
+            type(y) is not np.ndarray or not x.flags.c_contiguous or x.dtype != y.dtype:
+        return _Generic(step)
+    try:
+        if isinstance(layer, SparseDense):
+            if layer.packed() is not None:  # pruned: the sparse op (issue 18)
+                return _Generic(step)
+            layer = layer.layer
+            if type(layer) is Dense:
+                return _dense(step, x, y, layer, layer.activation, layer.alpha)
+        if type(layer) is _FoldedLayer:
+            kernel, bias = layer._weights()
+            inner = layer.layer
+            if type(inner).__name__ == "Dense":
+                return _Dense(step, x, y, kernel, bias, layer.activation, layer.alpha)
+            if type(inner) is Conv2D:
+                return _conv(step, x, y, inner, kernel, bias, layer.activation, layer.alpha)
+        if type(layer) is Dense:
+            return _dense(step, x, y, layer, layer.activation, layer.alpha)
+        if type(layer) is Conv2D and layer.groups == 1:
+            return _conv(step, x, y, layer, layer.kernel.value,
+                         layer.bias.value if layer.use_bias else None, layer.activation,
+                         layer.alpha)
+        if type(layer) is MaxPooling2D and y.size:
+            return _MaxPool2D(step, x, y)
+        if type(layer) is Flatten:
+            return _Flatten(step, y)
+    except (AttributeError, _NotDirect):
+        # A kernel module without the entry point this plan calls (its internals moved), or
+        # operands it does not take as they are: the layer's own call gives the numbers.
+        pass
+    return _Generic(step)
+
+
+def _checked(runner, step, x, y):
+    """runner, if its direct kernel call gives the public op's bits y on the validation input
+    x; else the layer's own call. A kernel module whose internals changed (an entry point
+    renamed or given other arguments) thus costs speed, never a wrong answer."""
+    runner.sample = (x, y)
+    if type(runner) in (_Generic, _Flatten):
+        return runner
+    runner.to_caller = [False]
+    try:
+        got, _ = runner.run(x, runner.allocate())
+    except Exception:  # noqa: BLE001  (any failure: the layer's own call)
+        got = None
+    if got is not None and np.array_equal(got, y, equal_nan=True):
+        return runner
+    fallback = _Generic(step)
+    fallback.sample = (x, y)
+    return fallback
+
+
+def _same_dtype(x, kernel, bias):
+    """The buffer-taking entry points take C-contiguous operands of one dtype, as the public
+    ops hand them after their checks; a layer given other arrays keeps its own call."""
+    for a in (kernel, bias):
+        if a is not None and (type(a) is not np.ndarray or a.dtype != x.dtype
+                              or not a.flags.c_contiguous):
+            raise _NotDirect
+
+
+def _dense(step, x, y, layer, activation, alpha):
+    return _Dense(step, x, y, layer.kernel.value,
+                  layer.bias.value if layer.use_bias else None, activation, alpha)
+
+
+def _conv(step, x, y, layer, kernel, bias, activation, alpha):
+    from pynn._native import conv
+
+    _, _, _, _, _, g = _conv_geometry(x, kernel, bias, layer, activation, alpha)
+    if not y.size or not conv._use_direct(conv._planned(g), "conv2d_forward"):
+        return _Generic(step)  # the im2col path keeps its own workspace plan
+    return _Conv2D(step, x, y, kernel, bias, layer.strides, layer.padding,
+                   layer.dilation_rate, activation, alpha)
+
+
+def _conv_geometry(x, kernel, bias, layer, activation, alpha):
+    from pynn.backend.operands import conv as operands
+    from pynn.backend.operands.common import HOST
+
+    return operands.conv2d_forward(HOST, x, kernel, bias, layer.strides, layer.padding,
+                                   layer.dilation_rate, activation, alpha)

@@ -1,0 +1,355 @@
+"""The prepared inference plan (pynn/inference.py, issue 16) against the general path.
+
+The general path is the model's graph plan run step by step through the public ops
+(``model._plan.predict``: checked operands, fresh arrays); the plan calls the same kernels'
+buffer-taking entry points, so without BatchNormalization it gives the same bits. With a
+BatchNormalization folded into the op before it the arithmetic differs: the reference is
+then the unfolded eager forward (``model._plan.forward(xs, False)``).
+"""
+
+import itertools
+import threading
+
+import numpy as np
+import pytest
+
+import pynn
+from pynn import inference
+from pynn import layers as L
+from tests.backend_util import assert_close, rand
+
+
+def general(model, xs):
+    """The general path's outputs (a list), BatchNormalization folded as the plan does."""
+    return model._plan.predict(list(xs))
+
+
+def unfolded(model, xs):
+    """The eager inference forward, every layer separately (no folding, no fusion)."""
+    return model._plan.forward(list(xs), False)[0]
+
+
+def plan_of(model, xs):
+    """The plan serving ``xs`` (so a test can see that it ran, and through which runners)."""
+    state = model.__dict__.get("_inference")
+    assert isinstance(state, inference._State), "the model took the general path"
+    return state.plans[tuple(np.shape(x) for x in xs) if len(xs) > 1 else np.shape(xs[0])]
+
+
+def runners(model, xs):
+    return [type(r).__name__ for r in plan_of(model, xs).steps]
+
+
+def randomize(model, rng):
+    model.set_weights([rng.uniform(-0.3, 0.3, w.shape).astype(w.dtype)
+                       for w in model.get_weights()])
+
+
+def mlp(dtype="float32"):
+    return pynn.Sequential([L.Input((37,), dtype=dtype), L.Dense(29, activation="relu"),
+                            L.Dense(13, activation="tanh"), L.Dense(5, activation="softmax")])
+
+
+def cnn():
+    return pynn.Sequential([
+        L.Input((11, 9, 3)),
+        L.Conv2D(7, 3, padding="same", activation="relu"), L.MaxPooling2D(),
+        L.Conv2D(5, (2, 3), strides=(1, 2), activation="elu"), L.MaxPooling2D(padding="same"),
+        L.Flatten(), L.Dense(6, activation="relu"), L.Dense(3, activation="softmax"),
+    ])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("batch", [1, 7])
+def test_sequential_mlp_equals_general_path(dtype, batch, monkeypatch):
+    monkeypatch.setattr(pynn._config, "_floatx", dtype)
+    rng = np.random.default_rng(0)
+    model = mlp(dtype)
+    randomize(model, rng)
+    x = rand(rng, (batch, 37), dtype)
+    want = general(model, [x])[0]
+    for got in (model.predict_on_batch(x), model(x), model.predict(x, verbose=0)):
+        assert got.dtype == np.dtype(dtype)
+        if dtype == "float64":
+            np.testing.assert_array_equal(got, want)
+        else:  # one native chain call: BLAS without dense_forward's bands, float32 rounding
+            assert_close(got, want, 1e-6, "MLP through the plan")
+    assert runners(model, [x]) == (["_Dense"] * 3 if dtype == "float64"
+                                   else ["_DenseChainRunner"])
+
+
+def test_cnn_equals_general_path():
+    rng = np.random.default_rng(1)
+    model = cnn()
+    randomize(model, rng)
+    x = rand(rng, (3, 11, 9, 3))
+    assert_close(model.predict_on_batch(x), general(model, [x])[0], 1e-6, "CNN plan")
+    assert runners(model, [x]) == ["_Conv2D", "_MaxPool2D", "_Conv2D", "_MaxPool2D",
+                                   "_Flatten", "_DenseChainRunner"]
+
+
+@pytest.mark.parametrize("activation", ["gelu", "sigmoid", "linear"])
+def test_conv_over_several_kernel_sweeps_keeps_the_activation(activation):
+    # K = 3 * 3 * 40 = 360 rows: the direct forward makes two sweeps through its output
+    # buffer before the activation, which the plan gives it as y and pre-activation at once.
+    rng = np.random.default_rng(14)
+    model = pynn.Sequential([L.Input((5, 6, 40)),
+                             L.Conv2D(9, 3, padding="same", activation=activation)])
+    randomize(model, rng)
+    x = rand(rng, (2, 5, 6, 40))
+    np.testing.assert_array_equal(model.predict_on_batch(x), general(model, [x])[0])
+    assert runners(model, [x]) == ["_Conv2D"]
+
+
+def test_cnn_float64_equals_general_path(float64):
+    rng = np.random.default_rng(2)
+    model = cnn()
+    randomize(model, rng)
+    x = rand(rng, (2, 11, 9, 3), np.float64)
+    np.testing.assert_array_equal(model(x), general(model, [x])[0])
+
+
+def test_functional_two_inputs_two_outputs_shared_and_nested():
+    rng = np.random.default_rng(3)
+    inner_in = L.Input((6,))
+    inner = pynn.Model(inner_in, L.Dense(4, activation="relu")(L.Dense(5)(inner_in)),
+                       name="inner")
+    a, b = L.Input((6,), name="a"), L.Input((6,), name="b")
+    shared = L.Dense(6, activation="tanh", name="shared")
+    ha, hb = shared(a), shared(b)
+    merged = L.Concatenate()([inner(ha), shared(hb)])
+    out1 = L.Dense(3, activation="softmax", name="p")(merged)
+    out2 = L.Dense(2, name="q")(L.Add()([ha, hb]))
+    model = pynn.Model([a, b], [out1, out2])
+    randomize(model, rng)
+    xa, xb = rand(rng, (5, 6)), rand(rng, (5, 6))
+    want = general(model, [xa, xb])
+    for got in (model.predict_on_batch([xa, xb]), model([xa, xb]),
+                model.predict({"a": xa, "b": xb}, verbose=0)):
+        assert len(got) == 2
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+    kinds = runners(model, [xa, xb])
+    assert kinds.count("_Dense") == 5 and "_Generic" in kinds  # the nested model, the merges
+
+
+@pytest.mark.parametrize("center,scale", [(True, True), (False, False), (True, False)])
+def test_batchnorm_folded_into_dense(center, scale):
+    rng = np.random.default_rng(4)
+    model = pynn.Sequential([L.Input((9,)), L.Dense(8), L.BatchNormalization(
+        center=center, scale=scale), L.Activation("relu"), L.Dense(3)])
+    randomize(model, rng)
+    bn = model.layers[1]
+    bn.moving_variance.value[...] = rng.uniform(0.5, 2.0, 8).astype(np.float32)
+    before = model.get_weights()
+    x = rand(rng, (4, 9))
+    got = model.predict_on_batch(x)
+    assert_close(got, unfolded(model, [x])[0], 1e-6, "dense+bn+relu folded")
+    # BN and relu inside the first Dense, both Dense one chain call.
+    assert runners(model, [x]) == ["_DenseChainRunner"]
+    for w, w0 in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(w, w0)  # the training weights stay as they were
+
+
+def test_batchnorm_folded_into_conv_float64(float64):
+    rng = np.random.default_rng(5)
+    model = pynn.Sequential([L.Input((7, 8, 3)), L.Conv2D(4, 3, padding="same"),
+                             L.BatchNormalization(), L.Flatten(), L.Dense(2)])
+    randomize(model, rng)
+    model.layers[1].moving_variance.value[...] = rng.uniform(0.5, 2.0, 4)
+    x = rand(rng, (2, 7, 8, 3), np.float64)
+    np.testing.assert_allclose(model(x), unfolded(model, [x])[0], rtol=1e-12, atol=1e-12)
+    assert runners(model, [x])[0] == "_Conv2D"
+
+
+def test_rebuilt_after_set_weights_fit_and_new_shape():
+    rng = np.random.default_rng(6)
+    model = mlp()
+    x = rand(rng, (2, 37))
+    first = model.predict_on_batch(x)
+    plan = plan_of(model, [x])
+    model.set_weights([w * 0.5 for w in model.get_weights()])
+    second = model.predict_on_batch(x)
+    assert plan_of(model, [x]) is not plan
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(second, general(model, [x])[0])
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(x, np.full((2, 5), 0.2, np.float32), epochs=1, verbose=0)
+    third = model.predict_on_batch(x)
+    assert not np.array_equal(second, third)
+    np.testing.assert_array_equal(third, general(model, [x])[0])
+    x3 = rand(rng, (3, 37))
+    np.testing.assert_array_equal(model.predict_on_batch(x3), general(model, [x3])[0])
+    assert set(model._inference.plans) == {(2, 37), (3, 37)}
+
+
+def test_returned_array_is_the_callers():
+    rng = np.random.default_rng(7)
+    model = cnn()
+    x1, x2 = rand(rng, (1, 11, 9, 3)), rand(rng, (1, 11, 9, 3))
+    model.predict_on_batch(x2)  # the first call builds the plan; the next ones run it
+    y1 = model.predict_on_batch(x1)
+    kept = y1.copy()
+    y2 = model(x2)
+    np.testing.assert_array_equal(y1, kept)
+    assert not np.shares_memory(y1, y2)
+    # An output that is a view of a plan buffer (a Flatten or Reshape after a Dense on 3-D
+    # input) is copied out.
+    for last in (L.Flatten(), L.Reshape((12,))):
+        flat = pynn.Sequential([L.Input((4, 5)), L.Dense(3, activation="relu"), last])
+        x1 = rand(rng, (2, 4, 5))
+        flat.predict_on_batch(x1)
+        z1 = flat.predict_on_batch(x1)
+        np.testing.assert_array_equal(z1, general(flat, [x1])[0])
+        kept = z1.copy()
+        flat.predict_on_batch(rand(rng, (2, 4, 5)))
+        np.testing.assert_array_equal(z1, kept)
+
+
+def test_eight_threads_equal_one():
+    rng = np.random.default_rng(8)
+    model = cnn()
+    randomize(model, rng)
+    xs = [rand(rng, (1, 11, 9, 3)) for _ in range(8)]
+    want = [model.predict_on_batch(x) for x in xs]
+    got = [[] for _ in xs]
+    errors = []
+    start = threading.Barrier(8)
+
+    def worker(k):
+        try:
+            start.wait()
+            for _ in range(25):
+                got[k].append(model.predict_on_batch(xs[k]))
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    with pynn.threads(1):
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    for k in range(8):
+        assert len(got[k]) == 25
+        for y in got[k]:
+            np.testing.assert_array_equal(y, want[k])
+
+
+def test_small_plans_run_serial():
+    rng = np.random.default_rng(9)
+    model = mlp()
+    x = rand(rng, (1, 37))
+    model.predict_on_batch(x)
+    assert plan_of(model, [x]).serial
+    assert plan_of(model, [x]).macs == 37 * 29 + 29 * 13 + 13 * 5
+
+
+def test_inputs_the_plan_does_not_take_use_the_general_path():
+    rng = np.random.default_rng(10)
+    model = mlp()
+    x = rand(rng, (3, 37))
+    want = model.predict_on_batch(x)
+    # float64 and Fortran-ordered inputs are converted; both give the plan's numbers.
+    np.testing.assert_array_equal(model.predict_on_batch(x.astype(np.float64)), want)
+    np.testing.assert_array_equal(model.predict_on_batch(np.asfortranarray(x)), want)
+    assert inference.outputs(model, x.tolist()) is None  # a list of lists: general path
+    np.testing.assert_array_equal(model.predict_on_batch(x.tolist()), want)
+    with pytest.raises(ValueError, match="expects input shape"):
+        model.predict_on_batch(x[:, :5])
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_dense_chain_against_float64_reference(rows):
+    from pynn._native.infer import DenseChain
+
+    from pynn.backend.api import ACTIVATIONS
+    from tests.reference.dense_ref import dense_forward_ref
+
+    rng = np.random.default_rng(12)
+    sizes = [33, 17, 31, 7]
+    kernels = [rand(rng, (c, u)) * 0.3 for c, u in itertools.pairwise(sizes)]
+    biases = [rand(rng, (17,)), None, rand(rng, (7,))]
+    acts = [("leaky_relu", 0.2), ("tanh", 0.0), ("softmax", 0.0)]
+    chain = DenseChain(rows, kernels, biases, [ACTIVATIONS.index(a) for a, _ in acts],
+                       [alpha for _, alpha in acts])
+    x = rand(rng, (rows, 33))
+    want = x.astype(np.float64)
+    for k, b, (act, alpha) in zip(kernels, biases, acts):
+        want, _ = dense_forward_ref(want, k.astype(np.float64),
+                                    None if b is None else b.astype(np.float64), act, alpha)
+    out = np.empty((rows, 7), np.float32)
+    chain.run(x, chain.scratch(), out)
+    assert_close(out, want, 1e-5, "DenseChain")
+
+
+def test_dense_chain_bad_shapes_name_what_was_expected():
+    from pynn._native.infer import DenseChain
+
+    rng = np.random.default_rng(13)
+    with pytest.raises(ValueError, match=r"kernel of shape \(5, 3\) does not follow 4"):
+        DenseChain(1, [rand(rng, (6, 4)), rand(rng, (5, 3))], [None, None], [0, 0], [0, 0])
+    chain = DenseChain(2, [rand(rng, (6, 4))], [None], [0], [0.0])
+    with pytest.raises(ValueError, match=r"x \(1, 6\) .* do not fit the chain \(2, 6\)"):
+        chain.run(rand(rng, (1, 6)), chain.scratch(), np.empty((2, 4), np.float32))
+
+
+@pytest.mark.opencl
+def test_opencl_models_keep_the_general_path():
+    from tests.opencl_util import skip_without_opencl
+
+    skip_without_opencl()
+    rng = np.random.default_rng(11)
+    previous = pynn.backend.device()
+    model = mlp()
+    randomize(model, rng)
+    x = rand(rng, (2, 37))
+    want = model.predict_on_batch(x)
+    try:
+        pynn.set_device("opencl")
+        cl_model = mlp()
+        cl_model.set_weights(model.get_weights())
+        assert inference.outputs(cl_model, x) is None
+        assert_close(cl_model.predict_on_batch(x), want, 1e-5, "OpenCL predict")
+        assert_close(cl_model.predict(x, verbose=0), want, 1e-5, "OpenCL predict")
+    finally:
+        pynn.set_device(previous)
+
+
+def test_out_of_memory_in_a_prepared_plan_names_the_layer(monkeypatch):
+    rng = np.random.default_rng(15)
+    model = cnn()
+    x = rand(rng, (1, 11, 9, 3))
+    model.predict_on_batch(x)
+    runner = plan_of(model, [x]).steps[2]
+
+    def exhausted(*args):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(runner, "run", exhausted)
+    with pytest.raises(MemoryError, match=r"Layer 'conv2d_\d+' \(Conv2D\): out of memory for "
+                                          r"input shape \(1, 5, 4, 7\) \(no room\)"):
+        model.predict_on_batch(x)
+
+
+@pytest.mark.parametrize("broken", ["raises", "wrong"])
+def test_a_kernel_entry_point_that_changed_costs_speed_not_correctness(broken, monkeypatch):
+    """The plan checks each direct kernel call against the public op on the first call: an
+    entry point that now fails, or computes something else, leaves that step on the
+    layer's own call."""
+    rng = np.random.default_rng(16)
+    model = cnn()
+    randomize(model, rng)
+    x = rand(rng, (2, 11, 9, 3))
+    want = general(model, [x])[0]
+
+    def changed(self, x, buf):  # a direct call whose kernel now wants other arguments...
+        if broken == "raises":
+            raise TypeError("_run_forward_direct() takes 16 positional arguments")
+        return np.zeros(self.shape, self.dtype), False  # ...or computes something else
+
+    monkeypatch.setattr(inference._Conv2D, "run", changed)
+    model.predict_on_batch(x)
+    np.testing.assert_array_equal(model.predict_on_batch(x), want)
+    assert runners(model, [x])[:3] == ["_Generic", "_MaxPool2D", "_Generic"]
