@@ -432,10 +432,13 @@ def _takes_mask(layer):
 
 
 def _makes_mask(layer):
+    """Whether ``layer`` may produce a mask from unmasked inputs (Embedding, Masking, ...);
+    layers that only pass masks on (the merges) say so with ``_mask_from_inputs_only``."""
     from pynn.layers.base import Layer
 
     own = getattr(type(layer), "compute_mask", None)
-    return own is not None and own is not Layer.compute_mask
+    return (own is not None and own is not Layer.compute_mask
+            and not getattr(layer, "_mask_from_inputs_only", False))
 
 
 class _FoldedLayer:

@@ -22,6 +22,8 @@ def _shapes_str(shapes):
 class _MergeLayer(Layer):
     """Shape checks shared by the merge layers: a list of shapes, a count, one batch size."""
 
+    _mask_from_inputs_only = True  # compute_mask is None without input masks
+
     exact_inputs = None  # Subtract and Dot: 2
 
     def _label(self):
