@@ -5,7 +5,9 @@ of the rounding; the others bound the kernels' float32 accumulation error."""
 import numpy as np
 
 from tests.reference.conv_ref import (
-    conv2d_backward_input_ref, conv2d_backward_weight_ref, conv2d_forward_ref,
+    conv2d_backward_input_ref,
+    conv2d_backward_weight_ref,
+    conv2d_forward_ref,
 )
 from tests.reference.dense_ref import dense_forward_ref
 
