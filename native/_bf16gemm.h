@@ -1,12 +1,10 @@
 /* bfloat16 GEMM for mixed precision (issue 17): C (m, n) = A (m, k) @ B (k, n) with A and B
  * rounded to bfloat16 (round to nearest, ties to even) and every sum accumulated in float32.
  *
- * Packed layouts (both built by the pack functions below, which also round):
- *   A: panels of MR rows; panel p holds kp = ceil(k / 2) words per row, word (p, q, r) the
- *      bf16 pair (A[row, 2q], A[row, 2q + 1]) of row p * MR + r, low half the even element.
- *   B: panels of NR columns; word (p, q, j) the pair (B[2q, col], B[2q + 1, col]).
- * An odd k is padded with a zero element, rows and columns past the edge with zeros, so the
- * microkernel never branches on k.
+ * Operands are bf16 pairs along the reduction axis (the "rows" and "pairs" formats below,
+ * built by the conversions that round), kp = ceil(k / 2) pairs; an odd k is padded with a zero
+ * element so the microkernel never branches on k. A is read by broadcasts from its own
+ * layout (no panel copy), B 32 columns at a time.
  *
  * Two microkernels share the layout: vdpbf16ps (AVX512_BF16, compiled through target
  * attributes so any build has it, chosen at run time by __builtin_cpu_supports) and a portable
@@ -55,49 +53,89 @@ static inline float pynn_bf16_round_f32(float f) {
     return pynn_bf16_widen(pynn_bf16_round(f));
 }
 
-/* A panel: rows [0, rows) of a (row stride sm, column stride sk), k columns -> MR x kp words.
- * Rows past `rows` are zero. */
-static void pynn_bf16_pack_a(const float* a, long sm, long sk, int rows, int k, uint16_t* out) {
-    int kp = (k + 1) / 2, r, q;
-    memset(out, 0, (size_t)kp * PYNN_BF16_MR * 2 * sizeof(uint16_t));
+static inline uint32_t pynn_bf16_pair(float lo, float hi) {
+    return (uint32_t)pynn_bf16_round(lo) | ((uint32_t)pynn_bf16_round(hi) << 16);
+}
+
+/* -- the two operand formats (uint32 words, each a bf16 pair, low half the even element) --
+ * rows:  R (m, kp), word (r, q) = (A[r, 2q], A[r, 2q + 1]): a row-major float matrix rounded
+ *        in place order (its k padded to even with a zero); the A operand, read by
+ *        broadcasts.
+ * pairs: P (kp, ld), word (q, j) = (B[2q, j], B[2q + 1, j]): two consecutive rows
+ *        interleaved; the B operand (ld a multiple of NR, columns past n zero), read 32
+ *        columns at a time. A pairs matrix also serves as a transposed A operand (row j,
+ *        pair q at j + q * ld): the kernel gradients' x.T and im2col.T. */
+
+/* `rows` rows of k floats (row stride lds) -> rows format, row stride ldd words. */
+static void pynn_bf16_to_rows(const float* src, long lds, int rows, int k, uint32_t* dst,
+                              long ldd) {
+    int r, q, kp = (k + 1) / 2;
     for (r = 0; r < rows; r++) {
-        const float* row = a + r * sm;
-        for (q = 0; q < k; q++)
-            out[((q >> 1) * PYNN_BF16_MR + r) * 2 + (q & 1)] = pynn_bf16_round(row[q * sk]);
+        const float* s = src + r * lds;
+        uint32_t* d = dst + r * ldd;
+        for (q = 0; q < k / 2; q++)
+            d[q] = pynn_bf16_pair(s[2 * q], s[2 * q + 1]);
+        if (k & 1)
+            d[kp - 1] = pynn_bf16_round(s[k - 1]);
     }
 }
 
-/* A B panel: columns [0, cols) of b (row stride sk, column stride sn), k rows -> kp x NR. */
-static void pynn_bf16_pack_b(const float* b, long sk, long sn, int cols, int k, uint16_t* out) {
-    int kp = (k + 1) / 2, j, q;
-    memset(out, 0, (size_t)kp * PYNN_BF16_NR * 2 * sizeof(uint16_t));
-    for (q = 0; q < k; q++) {
-        const float* row = b + q * sk;
-        uint16_t* dst = out + (q >> 1) * PYNN_BF16_NR * 2 + (q & 1);
-        for (j = 0; j < cols; j++)
-            dst[2 * j] = pynn_bf16_round(row[j * sn]);
+/* k rows of n floats (row stride lds) -> pairs format (kp, ldd), columns [n, ldd) zero. */
+static void pynn_bf16_to_pairs(const float* src, long lds, int k, int n, uint32_t* dst,
+                               long ldd) {
+    int q, j;
+    for (q = 0; q < (k + 1) / 2; q++) {
+        const float* r0 = src + 2 * q * lds;
+        uint32_t* d = dst + q * ldd;
+        if (2 * q + 1 < k) {
+            const float* r1 = r0 + lds;
+            for (j = 0; j < n; j++)
+                d[j] = pynn_bf16_pair(r0[j], r1[j]);
+        } else {
+            for (j = 0; j < n; j++)
+                d[j] = pynn_bf16_round(r0[j]);
+        }
+        for (j = n; j < ldd; j++)
+            d[j] = 0;
     }
 }
 
-/* c[r, j] (+)= sum over kp pairs, for r < mr, j < nr. */
-typedef void (*pynn_bf16_tile_fn)(int kp, const uint32_t* a, const uint32_t* b, float* c,
-                                  long ldc, int mr, int nr, int accumulate);
+/* dst (cols, ldd) = src (rows, cols).T in words, columns [rows, ldd) zero: a rows-format
+ * weight turned into the pairs format of its transpose. */
+static void pynn_bf16_transpose(const uint32_t* src, long lds, int rows, int cols,
+                                uint32_t* dst, long ldd) {
+    int r, c;
+    for (c = 0; c < cols; c++) {
+        uint32_t* d = dst + c * ldd;
+        for (r = 0; r < rows; r++)
+            d[r] = src[r * lds + c];
+        for (r = rows; r < ldd; r++)
+            d[r] = 0;
+    }
+}
 
-static void pynn_bf16_tile_portable(int kp, const uint32_t* a, const uint32_t* b, float* c,
-                                    long ldc, int mr, int nr, int accumulate) {
+/* c[r, j] (+)= sum over q < kp of a(r, q) . b(q, j), for r < mr, j < nr; a(r, q) at
+ * a[r * a_rs + q * a_qs], b(q, j) at b[q * ldb + j] (32 readable words per q). */
+typedef void (*pynn_bf16_tile_fn)(int kp, const uint32_t* a, long a_rs, long a_qs,
+                                  const uint32_t* b, long ldb, float* c, long ldc, int mr,
+                                  int nr, int accumulate);
+
+static void pynn_bf16_tile_portable(int kp, const uint32_t* a, long a_rs, long a_qs,
+                                    const uint32_t* b, long ldb, float* c, long ldc, int mr,
+                                    int nr, int accumulate) {
     float acc[PYNN_BF16_MR][PYNN_BF16_NR];
     int q, r, j;
     memset(acc, 0, sizeof(acc));
     for (q = 0; q < kp; q++) {
-        const uint32_t* aq = a + q * PYNN_BF16_MR;
-        const uint32_t* bq = b + q * PYNN_BF16_NR;
+        const uint32_t* bq = b + q * ldb;
         float b_lo[PYNN_BF16_NR], b_hi[PYNN_BF16_NR];
         for (j = 0; j < PYNN_BF16_NR; j++) {
             b_lo[j] = pynn_bf16_widen(bq[j] & 0xffffu);
             b_hi[j] = pynn_bf16_widen(bq[j] >> 16);
         }
-        for (r = 0; r < PYNN_BF16_MR; r++) {
-            float a_lo = pynn_bf16_widen(aq[r] & 0xffffu), a_hi = pynn_bf16_widen(aq[r] >> 16);
+        for (r = 0; r < mr; r++) {
+            uint32_t w = a[r * a_rs + q * a_qs];
+            float a_lo = pynn_bf16_widen(w & 0xffffu), a_hi = pynn_bf16_widen(w >> 16);
             for (j = 0; j < PYNN_BF16_NR; j++) {
                 float t = acc[r][j] + a_hi * b_hi[j];
                 acc[r][j] = t + a_lo * b_lo[j];
@@ -111,32 +149,41 @@ static void pynn_bf16_tile_portable(int kp, const uint32_t* a, const uint32_t* b
 
 #if PYNN_BF16_X86
 __attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
-pynn_bf16_tile_avx512(int kp, const uint32_t* a, const uint32_t* b, float* c, long ldc, int mr,
-                      int nr, int accumulate) {
+pynn_bf16_tile_avx512(int kp, const uint32_t* a, long a_rs, long a_qs, const uint32_t* b,
+                      long ldb, float* c, long ldc, int mr, int nr, int accumulate) {
     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00;
     __m512 c61 = c00, c70 = c00, c71 = c00;
     __mmask16 m0, m1;
     int q, r;
-    for (q = 0; q < kp; q++) {
+    /* Rows past mr repeat the last one: computed, never stored, no reads out of bounds. */
+    const uint32_t* a0 = a;
+    const uint32_t* a1 = a + (mr > 1 ? 1 : 0) * a_rs;
+    const uint32_t* a2 = a + (mr > 2 ? 2 : mr - 1) * a_rs;
+    const uint32_t* a3 = a + (mr > 3 ? 3 : mr - 1) * a_rs;
+    const uint32_t* a4 = a + (mr > 4 ? 4 : mr - 1) * a_rs;
+    const uint32_t* a5 = a + (mr > 5 ? 5 : mr - 1) * a_rs;
+    const uint32_t* a6 = a + (mr > 6 ? 6 : mr - 1) * a_rs;
+    const uint32_t* a7 = a + (mr > 7 ? 7 : mr - 1) * a_rs;
+    long off = 0;
+    for (q = 0; q < kp; q++, off += a_qs) {
         __m512bh b0 = (__m512bh)_mm512_loadu_si512(b);
         __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + 16);
         __m512bh av;
-#define PYNN_BF16_ROW(R, C0, C1)                              \
-        av = (__m512bh)_mm512_set1_epi32((int)a[R]);         \
-        C0 = _mm512_dpbf16_ps(C0, av, b0);                   \
+#define PYNN_BF16_ROW(A, C0, C1)                                \
+        av = (__m512bh)_mm512_set1_epi32((int)(A)[off]);       \
+        C0 = _mm512_dpbf16_ps(C0, av, b0);                     \
         C1 = _mm512_dpbf16_ps(C1, av, b1);
-        PYNN_BF16_ROW(0, c00, c01)
-        PYNN_BF16_ROW(1, c10, c11)
-        PYNN_BF16_ROW(2, c20, c21)
-        PYNN_BF16_ROW(3, c30, c31)
-        PYNN_BF16_ROW(4, c40, c41)
-        PYNN_BF16_ROW(5, c50, c51)
-        PYNN_BF16_ROW(6, c60, c61)
-        PYNN_BF16_ROW(7, c70, c71)
+        PYNN_BF16_ROW(a0, c00, c01)
+        PYNN_BF16_ROW(a1, c10, c11)
+        PYNN_BF16_ROW(a2, c20, c21)
+        PYNN_BF16_ROW(a3, c30, c31)
+        PYNN_BF16_ROW(a4, c40, c41)
+        PYNN_BF16_ROW(a5, c50, c51)
+        PYNN_BF16_ROW(a6, c60, c61)
+        PYNN_BF16_ROW(a7, c70, c71)
 #undef PYNN_BF16_ROW
-        a += PYNN_BF16_MR;
-        b += PYNN_BF16_NR;
+        b += ldb;
     }
     m0 = nr >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
     m1 = nr >= 32 ? (__mmask16)0xffff : nr <= 16 ? 0 : (__mmask16)((1u << (nr - 16)) - 1);
@@ -173,74 +220,84 @@ static const char* pynn_bf16_select(int portable) {
     return "portable";
 }
 
-/* Tiles of C for panels ip (rows) and jp (columns), over all kp pairs. */
-static inline void pynn_bf16_gemm_tile(int m, int n, int kp, const uint32_t* ap,
-                                       const uint32_t* bp, float* c, long ldc, int ip, int jp,
-                                       int accumulate) {
-    int i0 = ip * PYNN_BF16_MR, j0 = jp * PYNN_BF16_NR;
+/* Tile t of C (m, n): row panels inner, so consecutive tiles share a B panel. */
+static inline void pynn_bf16_gemm_tile(int m, int n, int kp, const uint32_t* a, long a_rs,
+                                       long a_qs, const uint32_t* b, long ldb, float* c,
+                                       long ldc, int t, int accumulate) {
+    int mp = (m + PYNN_BF16_MR - 1) / PYNN_BF16_MR;
+    int i0 = (t % mp) * PYNN_BF16_MR, j0 = (t / mp) * PYNN_BF16_NR;
     int mr = m - i0 < PYNN_BF16_MR ? m - i0 : PYNN_BF16_MR;
     int nr = n - j0 < PYNN_BF16_NR ? n - j0 : PYNN_BF16_NR;
-    pynn_bf16_tile(kp, ap + (size_t)ip * kp * PYNN_BF16_MR, bp + (size_t)jp * kp * PYNN_BF16_NR,
-                   c + i0 * ldc + j0, ldc, mr, nr, accumulate);
+    pynn_bf16_tile(kp, a + i0 * a_rs, a_rs, a_qs, b + j0, ldb, c + i0 * ldc + j0, ldc, mr, nr,
+                   accumulate);
 }
 
-/* Every tile of C, row panels inner so a B panel stays in cache (one thread). */
-static void pynn_bf16_gemm_serial(int m, int n, int kp, const uint32_t* ap, const uint32_t* bp,
-                                  float* c, long ldc, int accumulate) {
-    int ip, jp, mp = (m + PYNN_BF16_MR - 1) / PYNN_BF16_MR, np_ = (n + PYNN_BF16_NR - 1) / PYNN_BF16_NR;
-    for (jp = 0; jp < np_; jp++)
-        for (ip = 0; ip < mp; ip++)
-            pynn_bf16_gemm_tile(m, n, kp, ap, bp, c, ldc, ip, jp, accumulate);
+static inline int pynn_bf16_tiles(int m, int n) {
+    return ((m + PYNN_BF16_MR - 1) / PYNN_BF16_MR) * ((n + PYNN_BF16_NR - 1) / PYNN_BF16_NR);
 }
 
-/* -- convolution, NHWC, kernel (KH, KW, C, F): im2col straight into the packed A layout -- */
+static void pynn_bf16_gemm_serial(int m, int n, int kp, const uint32_t* a, long a_rs,
+                                  long a_qs, const uint32_t* b, long ldb, float* c, long ldc,
+                                  int accumulate) {
+    int t, tiles = pynn_bf16_tiles(m, n);
+    for (t = 0; t < tiles; t++)
+        pynn_bf16_gemm_tile(m, n, kp, a, a_rs, a_qs, b, ldb, c, ldc, t, accumulate);
+}
+
+/* -- convolution, NHWC, kernel (KH, KW, C, F) -- */
 typedef struct {
     int h, w, c, kh, kw, sh, sw, dh, dw, pad_top, pad_left, oh, ow;
 } pynn_bf16_conv_geom;
 
-/* Rows [m0, m0 + rows) of one sample's im2col matrix (OH*OW, KH*KW*C), columns (kh, kw, c). */
-static void pynn_bf16_pack_a_conv(const float* x, const pynn_bf16_conv_geom* g, int m0, int rows,
-                                  uint16_t* out) {
-    int k = g->kh * g->kw * g->c, kp = (k + 1) / 2, r, i, j, ch, q;
-    memset(out, 0, (size_t)kp * PYNN_BF16_MR * 2 * sizeof(uint16_t));
-    for (r = 0; r < rows; r++) {
-        int m = m0 + r, oh = m / g->ow, ow = m % g->ow;
-        q = 0;
-        for (i = 0; i < g->kh; i++) {
-            int ih = oh * g->sh - g->pad_top + i * g->dh;
-            for (j = 0; j < g->kw; j++) {
-                int iw = ow * g->sw - g->pad_left + j * g->dw;
-                if (ih < 0 || ih >= g->h || iw < 0 || iw >= g->w) {
-                    q += g->c; /* already zero */
-                    continue;
-                }
-                const float* px = x + ((long)ih * g->w + iw) * g->c;
-                for (ch = 0; ch < g->c; ch++, q++)
-                    out[((q >> 1) * PYNN_BF16_MR + r) * 2 + (q & 1)] = pynn_bf16_round(px[ch]);
+/* Row m of one sample's im2col matrix (OH*OW, KH*KW*C), columns (kh, kw, c), as bf16
+ * (KH*KW*C values, then a zero when that count is odd). */
+static void pynn_bf16_im2col_row(const float* x, const pynn_bf16_conv_geom* g, int m,
+                                 uint16_t* out) {
+    int oh = m / g->ow, ow = m % g->ow, i, j, ch, k = g->kh * g->kw * g->c;
+    uint16_t* o = out;
+    for (i = 0; i < g->kh; i++) {
+        int ih = oh * g->sh - g->pad_top + i * g->dh;
+        for (j = 0; j < g->kw; j++, o += g->c) {
+            int iw = ow * g->sw - g->pad_left + j * g->dw;
+            if (ih < 0 || ih >= g->h || iw < 0 || iw >= g->w) {
+                memset(o, 0, g->c * sizeof(uint16_t));
+                continue;
             }
+            const float* px = x + ((long)ih * g->w + iw) * g->c;
+            for (ch = 0; ch < g->c; ch++)
+                o[ch] = pynn_bf16_round(px[ch]);
         }
     }
+    if (k & 1)
+        out[k] = 0;
 }
 
-/* Rows [i0, i0 + rows) of the transposed im2col matrix (KH*KW*C, OH*OW) of one sample. */
-static void pynn_bf16_pack_a_conv_t(const float* x, const pynn_bf16_conv_geom* g, int i0,
-                                    int rows, uint16_t* out) {
-    int k = g->oh * g->ow, kp = (k + 1) / 2, r, oh, ow;
-    memset(out, 0, (size_t)kp * PYNN_BF16_MR * 2 * sizeof(uint16_t));
-    for (r = 0; r < rows; r++) {
-        int row = i0 + r, ch = row % g->c, j = (row / g->c) % g->kw, i = row / (g->c * g->kw);
-        for (oh = 0; oh < g->oh; oh++) {
-            int ih = oh * g->sh - g->pad_top + i * g->dh;
-            if (ih < 0 || ih >= g->h)
-                continue;
-            for (ow = 0; ow < g->ow; ow++) {
-                int iw = ow * g->sw - g->pad_left + j * g->dw, q = oh * g->ow + ow;
-                if (iw < 0 || iw >= g->w)
-                    continue;
-                out[((q >> 1) * PYNN_BF16_MR + r) * 2 + (q & 1)] =
-                    pynn_bf16_round(x[((long)ih * g->w + iw) * g->c + ch]);
-            }
-        }
+/* Rows [m0, m0 + rows) of im2col in the rows format (row stride kp words). */
+static void pynn_bf16_im2col_rows(const float* x, const pynn_bf16_conv_geom* g, int m0,
+                                  int rows, uint32_t* dst, long kp) {
+    int r;
+    for (r = 0; r < rows; r++)
+        pynn_bf16_im2col_row(x, g, m0 + r, (uint16_t*)(dst + r * kp));
+}
+
+/* Rows [m0, m0 + rows) of im2col (rows even, or the last rows of the matrix) in the pairs
+ * format (rows / 2 pair rows of ldd words); `tmp` holds two bf16 rows of k + 1 values. */
+static void pynn_bf16_im2col_pairs(const float* x, const pynn_bf16_conv_geom* g, int m0,
+                                   int rows, uint32_t* dst, long ldd, uint16_t* tmp) {
+    int k = g->kh * g->kw * g->c, q, j;
+    uint16_t* r0 = tmp;
+    uint16_t* r1 = tmp + k + 1;
+    for (q = 0; q < (rows + 1) / 2; q++) {
+        uint32_t* d = dst + q * ldd;
+        pynn_bf16_im2col_row(x, g, m0 + 2 * q, r0);
+        if (2 * q + 1 < rows)
+            pynn_bf16_im2col_row(x, g, m0 + 2 * q + 1, r1);
+        else
+            memset(r1, 0, k * sizeof(uint16_t));
+        for (j = 0; j < k; j++)
+            d[j] = (uint32_t)r0[j] | ((uint32_t)r1[j] << 16);
+        for (j = k; j < ldd; j++)
+            d[j] = 0;
     }
 }
 

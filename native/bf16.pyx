@@ -7,8 +7,8 @@ the GEMM operands rounded to bfloat16 (round to nearest, ties to even; ``bf16_ro
 every product summed in float32; bias, activation and outputs stay float32. That is the
 whole numeric definition the tests check ("float32 accumulation of bf16-rounded operands").
 
-The products run on ``_bf16gemm.h``: operands packed as bf16 pairs along the reduction axis
-(padded to even with zeros) and a vdpbf16ps microkernel where the CPU has AVX512_BF16, chosen
+The products run on ``_bf16gemm.h``: operands converted to bf16 pairs along the reduction
+axis (padded to even with zeros) and a vdpbf16ps microkernel where the CPU has AVX512_BF16, chosen
 at import by __builtin_cpu_supports; elsewhere a portable C microkernel of the same numerics
 (same bits for normal numbers), slower than float32. ``PYNN_BF16_KERNEL=portable`` or
 ``_select_kernel(portable=True)`` forces it (tests).
@@ -41,16 +41,21 @@ cdef extern from "_bf16gemm.h" nogil:
     ctypedef struct pynn_bf16_conv_geom:
         int h, w, c, kh, kw, sh, sw, dh, dw, pad_top, pad_left, oh, ow
     float pynn_bf16_round_f32(float f)
-    void pynn_bf16_pack_a(const float* a, long sm, long sk, int rows, int k, uint16_t* out)
-    void pynn_bf16_pack_b(const float* b, long sk, long sn, int cols, int k, uint16_t* out)
-    void pynn_bf16_gemm_tile(int m, int n, int kp, const uint32_t* ap, const uint32_t* bp,
-                             float* c, long ldc, int ip, int jp, int accumulate)
-    void pynn_bf16_gemm_serial(int m, int n, int kp, const uint32_t* ap, const uint32_t* bp,
-                               float* c, long ldc, int accumulate)
-    void pynn_bf16_pack_a_conv(const float* x, const pynn_bf16_conv_geom* g, int m0, int rows,
-                               uint16_t* out)
-    void pynn_bf16_pack_a_conv_t(const float* x, const pynn_bf16_conv_geom* g, int i0,
-                                 int rows, uint16_t* out)
+    void pynn_bf16_to_rows(const float* src, long lds, int rows, int k, uint32_t* dst,
+                           long ldd)
+    void pynn_bf16_to_pairs(const float* src, long lds, int k, int n, uint32_t* dst, long ldd)
+    void pynn_bf16_transpose(const uint32_t* src, long lds, int rows, int cols, uint32_t* dst,
+                             long ldd)
+    int pynn_bf16_tiles(int m, int n)
+    void pynn_bf16_gemm_tile(int m, int n, int kp, const uint32_t* a, long a_rs, long a_qs,
+                             const uint32_t* b, long ldb, float* c, long ldc, int t,
+                             int accumulate)
+    void pynn_bf16_gemm_serial(int m, int n, int kp, const uint32_t* a, long a_rs, long a_qs,
+                               const uint32_t* b, long ldb, float* c, long ldc, int accumulate)
+    void pynn_bf16_im2col_rows(const float* x, const pynn_bf16_conv_geom* g, int m0, int rows,
+                               uint32_t* dst, long kp)
+    void pynn_bf16_im2col_pairs(const float* x, const pynn_bf16_conv_geom* g, int m0, int rows,
+                                uint32_t* dst, long ldd, uint16_t* tmp)
     void pynn_bf16_col2im(const float* dcols, const pynn_bf16_conv_geom* g, int m0, int rows,
                           float* dx)
     const char* pynn_bf16_select(int portable)
@@ -58,12 +63,12 @@ cdef extern from "_bf16gemm.h" nogil:
 cdef enum:
     # Elements below which an op stays on one thread (the wake-up costs more than the work).
     PARALLEL_MIN = 32768
-    # Rows of one conv im2col chunk: bounds the packed buffer to CHUNK_ROWS * K bf16 values
-    # per thread whatever the image size; a multiple of PYNN_BF16_MR.
+    # Rows of one conv im2col chunk: bounds the per-thread buffers to CHUNK_ROWS * K bf16
+    # values whatever the image size; even, so pairs never straddle two chunks.
     CHUNK_ROWS = 256
+    # Rows (or pair rows) per task of the parallel conversions.
+    CONVERT_BLOCK = 16
 
-# Sample groups of the conv kernel gradient: fixed by the machine, so the sum's order (and
-# its bits) does not change with the thread count.
 MR, NR = PYNN_BF16_MR, PYNN_BF16_NR  # the microkernel's tile (tests)
 cdef int _GROUPS = min(16, usable_cores())
 
@@ -85,6 +90,11 @@ cdef inline int _panels(int n, int width) noexcept nogil:
     return (n + width - 1) // width
 
 
+cdef inline long _width(int n) noexcept nogil:
+    """Row stride (words) of a pairs-format operand of n columns: whole 32-column panels."""
+    return <long>_panels(n, PYNN_BF16_NR) * PYNN_BF16_NR
+
+
 def _round(const float[::1] x, float[::1] y):
     cdef Py_ssize_t n = x.shape[0], i
     with nogil:
@@ -102,42 +112,81 @@ def bf16_round(x):
     return y
 
 
-cdef void _gemm(const float* a, long sam, long sak, const float* b, long sbk, long sbn, int m,
-                int n, int k, float* c, uint16_t* ap, uint16_t* bp) noexcept nogil:
-    """c (m, n) = a (m, k) @ b (k, n), strided operands, packed into ap / bp first."""
-    cdef int kp = (k + 1) // 2, mp = _panels(m, PYNN_BF16_MR), np_ = _panels(n, PYNN_BF16_NR), p, t
-    cdef bint threads = <long>m * n * k >= PARALLEL_MIN * 8
-    for p in prange(mp, schedule="static", use_threads_if=threads):
-        pynn_bf16_pack_a(a + p * PYNN_BF16_MR * sam, sam, sak, min(PYNN_BF16_MR, m - p * PYNN_BF16_MR), k,
-                         ap + <long>p * kp * PYNN_BF16_MR * 2)
-    for p in prange(np_, schedule="static", use_threads_if=threads):
-        pynn_bf16_pack_b(b + p * PYNN_BF16_NR * sbn, sbk, sbn, min(PYNN_BF16_NR, n - p * PYNN_BF16_NR), k,
-                         bp + <long>p * kp * PYNN_BF16_NR * 2)
-    # Row panels inner: consecutive tiles of one thread share a B panel.
-    for t in prange(mp * np_, schedule="static", use_threads_if=threads):
-        pynn_bf16_gemm_tile(m, n, kp, <uint32_t*>ap, <uint32_t*>bp, c, n, t % mp, t // mp, 0)
-
-
-def _matmul(a, b, bint trans_a, bint trans_b):
-    """op(a) @ op(b) on the bf16 kernel; a, b C-contiguous 2-D float32."""
+def _rows(a):
+    """A C-contiguous (m, k) float32 array in the rows format: uint32 (m, ceil(k / 2))."""
     cdef const float[:, ::1] av = a
+    cdef int m = a.shape[0], k = a.shape[1], kp = (k + 1) // 2, blk
+    out = np.empty((m, kp), np.uint32)
+    cdef uint32_t[:, ::1] ov = out
+    if m == 0 or k == 0:
+        return out
+    with nogil:
+        for blk in prange(_panels(m, CONVERT_BLOCK), schedule="static",
+                          use_threads_if=<long>m * k >= PARALLEL_MIN):
+            pynn_bf16_to_rows(&av[blk * CONVERT_BLOCK, 0], k,
+                              min(CONVERT_BLOCK, m - blk * CONVERT_BLOCK), k,
+                              &ov[blk * CONVERT_BLOCK, 0], kp)
+    return out
+
+
+def _pairs(b):
+    """A C-contiguous (k, n) float32 array in the pairs format: uint32 (ceil(k / 2),
+    _width(n))."""
     cdef const float[:, ::1] bv = b
-    cdef int m = a.shape[1] if trans_a else a.shape[0]
-    cdef int k = a.shape[0] if trans_a else a.shape[1]
-    cdef int n = b.shape[0] if trans_b else b.shape[1]
-    cdef long lda = a.shape[1], ldb = b.shape[1]
+    cdef int k = b.shape[0], n = b.shape[1], kp = (k + 1) // 2, blk, q0
+    cdef long ld = _width(n)
+    out = np.empty((kp, ld), np.uint32)
+    cdef uint32_t[:, ::1] ov = out
+    if k == 0 or n == 0:
+        return out
+    with nogil:
+        for blk in prange(_panels(kp, CONVERT_BLOCK), schedule="static",
+                          use_threads_if=<long>n * k >= PARALLEL_MIN):
+            q0 = blk * CONVERT_BLOCK
+            pynn_bf16_to_pairs(&bv[2 * q0, 0], n, min(2 * CONVERT_BLOCK, k - 2 * q0), n,
+                               &ov[q0, 0], ld)
+    return out
+
+
+def _transposed_pairs(w):
+    """The pairs format of w.T for a C-contiguous (r, c) float32 w: uint32 (ceil(c / 2),
+    _width(r)), from w's rows format."""
+    rows = _rows(w)
+    cdef const uint32_t[:, ::1] rv = rows
+    cdef int r = w.shape[0], cp = rows.shape[1], blk
+    cdef long ld = _width(r)
+    out = np.empty((cp, ld), np.uint32)
+    cdef uint32_t[:, ::1] ov = out
+    if r == 0 or cp == 0:
+        return out
+    with nogil:
+        for blk in prange(_panels(cp, CONVERT_BLOCK), schedule="static",
+                          use_threads_if=<long>r * cp >= PARALLEL_MIN):
+            pynn_bf16_transpose(&rv[0, blk * CONVERT_BLOCK], cp, r,
+                                min(CONVERT_BLOCK, cp - blk * CONVERT_BLOCK),
+                                &ov[blk * CONVERT_BLOCK, 0], ld)
+    return out
+
+
+def _gemm(a, long a_rs, long a_qs, int m, b, int n):
+    """c (m, n) float32 of a bf16 A operand (words a, a(r, q) at r * a_rs + q * a_qs) and a
+    pairs-format B (b, kp rows): one microkernel call per tile, tiles split over threads."""
+    cdef int kp = b.shape[0], t, tiles = pynn_bf16_tiles(m, n)
+    cdef long ldb = b.shape[1]
     c = np.empty((m, n), np.float32)
-    cdef float[:, ::1] cv = c
     if m == 0 or n == 0:
         return c
-    ap = np.empty(_panels(m, PYNN_BF16_MR) * ((k + 1) // 2) * PYNN_BF16_MR * 2 + 1, np.uint16)
-    bp = np.empty(_panels(n, PYNN_BF16_NR) * ((k + 1) // 2) * PYNN_BF16_NR * 2 + 1, np.uint16)
-    cdef uint16_t[::1] apv = ap
-    cdef uint16_t[::1] bpv = bp
+    if kp == 0:
+        c[...] = 0
+        return c
+    cdef const uint32_t[:, ::1] av = a
+    cdef const uint32_t[:, ::1] bv = b
+    cdef float[:, ::1] cv = c
     with nogil:
-        _gemm(&av[0, 0], 1 if trans_a else lda, lda if trans_a else 1,
-              &bv[0, 0], 1 if trans_b else ldb, ldb if trans_b else 1,
-              m, n, k, &cv[0, 0], &apv[0], &bpv[0])
+        for t in prange(tiles, schedule="static",
+                        use_threads_if=<long>m * n * kp >= PARALLEL_MIN * 4):
+            pynn_bf16_gemm_tile(m, n, kp, &av[0, 0], a_rs, a_qs, &bv[0, 0], ldb, &cv[0, 0], n,
+                                t, 0)
     return c
 
 
@@ -164,19 +213,24 @@ def bf16_dense_forward(x, kernel, bias, activation="linear", alpha=0.0):
     """y = act(bf16(x) @ bf16(kernel) + bias) -> (y, z) as dense_forward."""
     act_name, alpha, x, kernel, bias = operands.bf16_dense_forward(HOST, x, kernel, bias,
                                                                    activation, alpha)
-    return _bias_act(_matmul(x, kernel, False, False), bias, act_name, alpha)
+    a = _rows(x)
+    z = _gemm(a, a.shape[1], 1, x.shape[0], _pairs(kernel), kernel.shape[1])
+    return _bias_act(z, bias, act_name, alpha)
 
 
 def bf16_dense_backward_input(dz, kernel):
     """dx = bf16(dz) @ bf16(kernel).T, shape (N, C)."""
     dz, kernel = operands.bf16_dense_backward_input(HOST, dz, kernel)
-    return _matmul(dz, kernel, False, True)
+    a = _rows(dz)
+    return _gemm(a, a.shape[1], 1, dz.shape[0], _transposed_pairs(kernel), kernel.shape[0])
 
 
 def bf16_dense_backward_weight(x, dz):
-    """dkernel = bf16(x).T @ bf16(dz), shape (C, U)."""
+    """dkernel = bf16(x).T @ bf16(dz), shape (C, U): x's pairs format read as the
+    transposed A operand."""
     x, dz = operands.bf16_dense_backward_weight(HOST, x, dz)
-    return _matmul(x, dz, True, False)
+    a = _pairs(x)
+    return _gemm(a, 1, a.shape[1], x.shape[1], _pairs(dz), dz.shape[1])
 
 
 cdef pynn_bf16_conv_geom _geom(g):
@@ -187,23 +241,6 @@ cdef pynn_bf16_conv_geom _geom(g):
     return c
 
 
-def _packed_b(b, bint trans_b):
-    """op(b) (k, n) of a 2-D float32 array packed as the B operand, for all calls of an op."""
-    cdef const float[:, ::1] bv = b
-    cdef int k = b.shape[1] if trans_b else b.shape[0]
-    cdef int n = b.shape[0] if trans_b else b.shape[1]
-    cdef long ldb = b.shape[1]
-    cdef int kp = (k + 1) // 2, p, np_ = _panels(n, PYNN_BF16_NR)
-    bp = np.empty(np_ * kp * PYNN_BF16_NR * 2 + 1, np.uint16)
-    cdef uint16_t[::1] bpv = bp
-    with nogil:
-        for p in prange(np_, schedule="static"):
-            pynn_bf16_pack_b(&bv[0, 0] + p * PYNN_BF16_NR * (1 if not trans_b else ldb),
-                             1 if trans_b else ldb, ldb if trans_b else 1,
-                             min(PYNN_BF16_NR, n - p * PYNN_BF16_NR), k, &bpv[0] + <long>p * kp * PYNN_BF16_NR * 2)
-    return bp
-
-
 def bf16_conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid",
                         dilation_rate=(1, 1), activation="linear", alpha=0.0):
     """(y, z) as conv2d_forward, the product on bf16-rounded x and kernel."""
@@ -212,28 +249,30 @@ def bf16_conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid",
     cdef pynn_bf16_conv_geom geom = _geom(g)
     cdef int n = g["N"], f = g["F"], m = g["HO"] * g["WO"]
     cdef int k = g["KH"] * g["KW"] * g["C"], kp = (k + 1) // 2
-    cdef long a_step = CHUNK_ROWS * kp * 2
+    cdef long a_step = <long>CHUNK_ROWS * kp
     z = np.empty((n, g["HO"], g["WO"], f), np.float32)
     if z.size == 0:
         return z, (z if act_name in ACTIVATIONS_NEEDING_INPUT else None)
-    bp = _packed_b(kernel.reshape(k, f), False)
-    ap = np.empty(omp_get_max_threads() * a_step + 1, np.uint16)
+    if k == 0:
+        z[...] = 0
+        return _bias_act(z.reshape(-1, f), bias, act_name, alpha)
+    b = _pairs(kernel.reshape(k, f))
+    ap = np.empty(omp_get_max_threads() * a_step, np.uint32)
     cdef const float[:, :, :, ::1] xv = x
     cdef float[:, :, :, ::1] zv = z
-    cdef uint16_t[::1] apv = ap
-    cdef uint16_t[::1] bpv = bp
-    cdef int s, m0, rows, p, ci
-    cdef uint16_t* abuf
+    cdef uint32_t[::1] apv = ap
+    cdef const uint32_t[:, ::1] bv = b
+    cdef long ldb = b.shape[1]
+    cdef int s, m0, rows, ci
+    cdef uint32_t* abuf
     with nogil:
         for s in prange(n, schedule="static", use_threads_if=n > 1):
             abuf = &apv[0] + omp_get_thread_num() * a_step
             for ci in range(_panels(m, CHUNK_ROWS)):
                 m0 = ci * CHUNK_ROWS
                 rows = min(CHUNK_ROWS, m - m0)
-                for p in range(_panels(rows, PYNN_BF16_MR)):
-                    pynn_bf16_pack_a_conv(&xv[s, 0, 0, 0], &geom, m0 + p * PYNN_BF16_MR,
-                                          min(PYNN_BF16_MR, rows - p * PYNN_BF16_MR), abuf + p * kp * PYNN_BF16_MR * 2)
-                pynn_bf16_gemm_serial(rows, f, kp, <uint32_t*>abuf, <uint32_t*>&bpv[0],
+                pynn_bf16_im2col_rows(&xv[s, 0, 0, 0], &geom, m0, rows, abuf, kp)
+                pynn_bf16_gemm_serial(rows, f, kp, abuf, kp, 1, &bv[0, 0], ldb,
                                       &zv[s, 0, 0, 0] + <long>m0 * f, f, 0)
     y, z2 = _bias_act(z.reshape(-1, f), bias, act_name, alpha)
     return y.reshape(z.shape), (None if z2 is None else z2.reshape(z.shape))
@@ -241,90 +280,85 @@ def bf16_conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid",
 
 def bf16_conv2d_backward_input(dz, kernel, input_shape, strides=(1, 1), padding="valid",
                                dilation_rate=(1, 1)):
-    """dx (N, H, W, C) as conv2d_backward_input, from bf16-rounded dz and kernel."""
+    """dx (N, H, W, C) as conv2d_backward_input, from bf16-rounded dz and kernel:
+    dcols = dz @ kernel.T by chunks of rows, each scattered back at once (col2im)."""
     dz, kernel, input_shape, g = operands.bf16_conv2d_backward_input(
         HOST, dz, kernel, input_shape, strides, padding, dilation_rate)
     cdef pynn_bf16_conv_geom geom = _geom(g)
     cdef int n = g["N"], f = g["F"], m = g["HO"] * g["WO"]
     cdef int k = g["KH"] * g["KW"] * g["C"], fp = (f + 1) // 2
-    cdef long a_step = CHUNK_ROWS * fp * 2 + 1, c_step = <long>CHUNK_ROWS * k
+    cdef long a_step = <long>CHUNK_ROWS * fp, c_step = <long>CHUNK_ROWS * k
     cdef long x_step = <long>g["H"] * g["W"] * g["C"]
     dx = np.zeros(input_shape, np.float32)
     if dx.size == 0 or dz.size == 0:
         return dx
-    # B = kernel.T (F, KH*KW*C): dcols = dz @ kernel.T, then col2im.
-    bp = _packed_b(kernel.reshape(k, f), True)
+    b = _transposed_pairs(kernel.reshape(k, f))
     threads = omp_get_max_threads()
-    ap = np.empty(threads * a_step, np.uint16)
+    ap = np.empty(threads * a_step, np.uint32)
     cols = np.empty(threads * c_step, np.float32)
     cdef const float[:, :, :, ::1] dzv = dz
     cdef float[::1] dxv = dx.reshape(-1)
-    cdef uint16_t[::1] apv = ap
-    cdef uint16_t[::1] bpv = bp
+    cdef uint32_t[::1] apv = ap
+    cdef const uint32_t[:, ::1] bv = b
+    cdef long ldb = b.shape[1]
     cdef float[::1] colv = cols
-    cdef int s, m0, rows, p, tid, ci
-    cdef uint16_t* abuf
+    cdef int s, m0, rows, tid, ci
+    cdef uint32_t* abuf
     cdef float* cbuf
-    cdef const float* dzs
     with nogil:
         for s in prange(n, schedule="static", use_threads_if=n > 1):
             tid = omp_get_thread_num()
             abuf = &apv[0] + tid * a_step
             cbuf = &colv[0] + tid * c_step
-            dzs = &dzv[s, 0, 0, 0]
             for ci in range(_panels(m, CHUNK_ROWS)):
                 m0 = ci * CHUNK_ROWS
                 rows = min(CHUNK_ROWS, m - m0)
-                for p in range(_panels(rows, PYNN_BF16_MR)):
-                    pynn_bf16_pack_a(dzs + <long>(m0 + p * PYNN_BF16_MR) * f, f, 1,
-                                     min(PYNN_BF16_MR, rows - p * PYNN_BF16_MR), f, abuf + p * fp * PYNN_BF16_MR * 2)
-                pynn_bf16_gemm_serial(rows, k, fp, <uint32_t*>abuf, <uint32_t*>&bpv[0], cbuf,
-                                      k, 0)
+                pynn_bf16_to_rows(&dzv[s, 0, 0, 0] + <long>m0 * f, f, rows, f, abuf, fp)
+                pynn_bf16_gemm_serial(rows, k, fp, abuf, fp, 1, &bv[0, 0], ldb, cbuf, k, 0)
                 pynn_bf16_col2im(cbuf, &geom, m0, rows, &dxv[0] + s * x_step)
     return dx
 
 
 def bf16_conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
                                 dilation_rate=(1, 1)):
-    """dkernel (KH, KW, C, F) as conv2d_backward_weight, from bf16-rounded x and dz."""
+    """dkernel (KH, KW, C, F) as conv2d_backward_weight, from bf16-rounded x and dz:
+    im2col.T @ dz per sample, by chunks of rows in the pairs format."""
     x, dz, kernel_shape, g = operands.bf16_conv2d_backward_weight(
         HOST, x, dz, kernel_shape, strides, padding, dilation_rate)
     cdef pynn_bf16_conv_geom geom = _geom(g)
     cdef int n = g["N"], f = g["F"], m = g["HO"] * g["WO"]
-    cdef int k = g["KH"] * g["KW"] * g["C"], mp2 = (m + 1) // 2
+    cdef int k = g["KH"] * g["KW"] * g["C"]
     cdef int groups = max(1, min(n, _GROUPS))
-    cdef long a_step = CHUNK_ROWS * mp2 * 2 + 1
-    cdef long b_step = <long>_panels(f, PYNN_BF16_NR) * mp2 * PYNN_BF16_NR * 2 + 1, w_step = <long>k * f
+    cdef long lda = _width(k), ldb = _width(f)
+    cdef long a_step = CHUNK_ROWS // 2 * lda, b_step = CHUNK_ROWS // 2 * ldb
+    cdef long t_step = 2 * (k + 1)
     if n == 0 or m == 0 or k == 0 or f == 0:
         return np.zeros(kernel_shape, np.float32)
-    ap = np.empty(groups * a_step, np.uint16)
-    bp = np.empty(groups * b_step, np.uint16)
+    ap = np.empty(groups * a_step, np.uint32)
+    bp = np.empty(groups * b_step, np.uint32)
+    tmp = np.empty(groups * t_step, np.uint16)
     partial = np.zeros((groups, k, f), np.float32)
     cdef const float[:, :, :, ::1] xv = x
     cdef const float[:, :, :, ::1] dzv = dz
-    cdef uint16_t[::1] apv = ap
-    cdef uint16_t[::1] bpv = bp
+    cdef uint32_t[::1] apv = ap
+    cdef uint32_t[::1] bpv = bp
+    cdef uint16_t[::1] tv = tmp
     cdef float[:, :, ::1] wv = partial
-    cdef int grp, s, i0, rows, p, ci
-    cdef uint16_t* abuf
-    cdef uint16_t* bbuf
+    cdef int grp, s, m0, rows, ci
+    cdef uint32_t* abuf
+    cdef uint32_t* bbuf
     with nogil:
         for grp in prange(groups, schedule="static"):
             abuf = &apv[0] + grp * a_step
             bbuf = &bpv[0] + grp * b_step
             for s in range(grp * n // groups, (grp + 1) * n // groups):
-                # B = dz of sample s (HO*WO, F), A = its im2col transposed (KH*KW*C, HO*WO).
-                for p in range(_panels(f, PYNN_BF16_NR)):
-                    pynn_bf16_pack_b(&dzv[s, 0, 0, 0] + p * PYNN_BF16_NR, f, 1, min(PYNN_BF16_NR, f - p * PYNN_BF16_NR), m,
-                                     bbuf + <long>p * mp2 * PYNN_BF16_NR * 2)
-                for ci in range(_panels(k, CHUNK_ROWS)):
-                    i0 = ci * CHUNK_ROWS
-                    rows = min(CHUNK_ROWS, k - i0)
-                    for p in range(_panels(rows, PYNN_BF16_MR)):
-                        pynn_bf16_pack_a_conv_t(&xv[s, 0, 0, 0], &geom, i0 + p * PYNN_BF16_MR,
-                                                min(PYNN_BF16_MR, rows - p * PYNN_BF16_MR),
-                                                abuf + p * mp2 * PYNN_BF16_MR * 2)
-                    pynn_bf16_gemm_serial(rows, f, mp2, <uint32_t*>abuf, <uint32_t*>bbuf,
-                                          &wv[grp, i0, 0], f, 1)
+                for ci in range(_panels(m, CHUNK_ROWS)):
+                    m0 = ci * CHUNK_ROWS
+                    rows = min(CHUNK_ROWS, m - m0)
+                    pynn_bf16_im2col_pairs(&xv[s, 0, 0, 0], &geom, m0, rows, abuf, lda,
+                                           &tv[0] + grp * t_step)
+                    pynn_bf16_to_pairs(&dzv[s, 0, 0, 0] + <long>m0 * f, f, rows, f, bbuf, ldb)
+                    pynn_bf16_gemm_serial(k, f, (rows + 1) // 2, abuf, 1, lda, bbuf, ldb,
+                                          &wv[grp, 0, 0], f, 1)
     return partial.sum(axis=0).reshape(kernel_shape) if groups > 1 else \
         partial[0].reshape(kernel_shape)
