@@ -30,6 +30,7 @@ from _activation cimport bias_activation_rows
 from _openmp cimport omp_get_max_threads, omp_get_thread_num
 
 from pynn._config import usable_cores
+from pynn._native import conv as float32_conv
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
 from pynn.backend.operands import bf16 as operands
 from pynn.backend.operands.common import HOST
@@ -68,6 +69,11 @@ cdef enum:
     CHUNK_ROWS = 256
     # Rows (or pair rows) per task of the parallel conversions.
     CONVERT_BLOCK = 16
+    # Input channels below which a conv's im2col rows are too short for the bf16 path to pay
+    # (a first layer's 3: 3-4x slower than float32 on Zen 4): such convs round their operands
+    # (bf16_round) and run the float32 kernels, the same numerics (float32 sums of bf16
+    # values) in another order.
+    NARROW_CHANNELS = 8
 
 MR, NR = PYNN_BF16_MR, PYNN_BF16_NR  # the microkernel's tile (tests)
 cdef int _GROUPS = min(16, usable_cores())
@@ -246,6 +252,9 @@ def bf16_conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid",
     """(y, z) as conv2d_forward, the product on bf16-rounded x and kernel."""
     act_name, alpha, x, kernel, bias, g = operands.bf16_conv2d_forward(
         HOST, x, kernel, bias, strides, padding, dilation_rate, activation, alpha)
+    if g["C"] < NARROW_CHANNELS:
+        return float32_conv.conv2d_forward(bf16_round(x), bf16_round(kernel), bias, strides,
+                                           padding, dilation_rate, act_name, alpha)
     cdef pynn_bf16_conv_geom geom = _geom(g)
     cdef int n = g["N"], f = g["F"], m = g["HO"] * g["WO"]
     cdef int k = g["KH"] * g["KW"] * g["C"], kp = (k + 1) // 2
@@ -284,6 +293,9 @@ def bf16_conv2d_backward_input(dz, kernel, input_shape, strides=(1, 1), padding=
     dcols = dz @ kernel.T by chunks of rows, each scattered back at once (col2im)."""
     dz, kernel, input_shape, g = operands.bf16_conv2d_backward_input(
         HOST, dz, kernel, input_shape, strides, padding, dilation_rate)
+    if g["C"] < NARROW_CHANNELS:
+        return float32_conv.conv2d_backward_input(bf16_round(dz), bf16_round(kernel),
+                                                  input_shape, strides, padding, dilation_rate)
     cdef pynn_bf16_conv_geom geom = _geom(g)
     cdef int n = g["N"], f = g["F"], m = g["HO"] * g["WO"]
     cdef int k = g["KH"] * g["KW"] * g["C"], fp = (f + 1) // 2
@@ -325,6 +337,9 @@ def bf16_conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="va
     im2col.T @ dz per sample, by chunks of rows in the pairs format."""
     x, dz, kernel_shape, g = operands.bf16_conv2d_backward_weight(
         HOST, x, dz, kernel_shape, strides, padding, dilation_rate)
+    if g["C"] < NARROW_CHANNELS:
+        return float32_conv.conv2d_backward_weight(bf16_round(x), bf16_round(dz), kernel_shape,
+                                                   strides, padding, dilation_rate)
     cdef pynn_bf16_conv_geom geom = _geom(g)
     cdef int n = g["N"], f = g["F"], m = g["HO"] * g["WO"]
     cdef int k = g["KH"] * g["KW"] * g["C"]

@@ -129,13 +129,15 @@ def test_bf16_dense_rounds_its_operands(rng):
     assert np.abs(got - rounded).max() < 1e-3 * np.abs(got - unrounded).max()
 
 
-# (input shape, kernel shape, strides, padding, dilation)
+# (input shape, kernel shape, strides, padding, dilation): 8 channels or more run the bf16
+# kernels; fewer (the first case) round and run the float32 ones (NARROW_CHANNELS).
 CONV_CASES = [
     ((2, 7, 9, 3), (3, 3, 3, 5), (1, 1), "valid", (1, 1)),
-    ((3, 8, 6, 4), (3, 2, 4, 33), (2, 1), "same", (1, 1)),
-    ((1, 9, 9, 1), (3, 3, 1, 7), (1, 1), "same", (2, 2)),
-    ((2, 5, 5, 6), (1, 1, 6, 9), (1, 1), "valid", (1, 1)),
-    ((2, 20, 17, 2), (5, 5, 2, 3), (1, 1), "same", (1, 1)),  # > 256 rows: several chunks
+    ((2, 7, 9, 9), (3, 3, 9, 5), (1, 1), "valid", (1, 1)),
+    ((3, 8, 6, 8), (3, 2, 8, 33), (2, 1), "same", (1, 1)),
+    ((1, 9, 9, 11), (3, 3, 11, 7), (1, 1), "same", (2, 2)),
+    ((2, 5, 5, 16), (1, 1, 16, 9), (1, 1), "valid", (1, 1)),
+    ((2, 20, 17, 8), (5, 5, 8, 3), (1, 1), "same", (1, 1)),  # > 256 rows: several chunks
 ]
 
 
@@ -169,7 +171,7 @@ def test_bf16_conv2d_ops(backend, rng, x_shape, k_shape, strides, padding, dilat
 
 
 def test_bf16_conv2d_forward_activation(backend, rng):
-    x, kernel, bias = rand(rng, (2, 6, 5, 3)), rand(rng, (3, 3, 3, 4)), rand(rng, (4,))
+    x, kernel, bias = rand(rng, (2, 6, 5, 8)), rand(rng, (3, 3, 8, 4)), rand(rng, (4,))
     y, z = backend.op("bf16_conv2d_forward")(backend.up(x), backend.up(kernel),
                                               backend.up(bias), (1, 1), "same", (1, 1),
                                               "gelu", 0.0)
@@ -181,7 +183,7 @@ def test_bf16_conv2d_forward_activation(backend, rng):
 
 def _all_ops(rng):
     x, kernel, dz = rand(rng, (13, 37)), rand(rng, (37, 45)), rand(rng, (13, 45))
-    xi, ki = rand(rng, (3, 9, 7, 5)), rand(rng, (3, 3, 5, 6))
+    xi, ki = rand(rng, (3, 9, 7, 9)), rand(rng, (3, 3, 9, 6))
     dzi = rand(rng, (3, 9, 7, 6))
     geo = ((1, 1), "same", (1, 1))
     return [native_bf16.bf16_dense_forward(x, kernel, None)[0],

@@ -156,10 +156,10 @@ def test_dense_under_mixed_bfloat16(backend, rng):
 
 
 def test_conv2d_under_mixed_bfloat16(backend, rng):
-    x = rand(rng, (2, 7, 6, 3))
+    x = rand(rng, (2, 7, 6, 9))
     layer = layers.Conv2D(5, 3, padding="same", activation="relu", dtype="mixed_bfloat16",
                           bias_initializer="glorot_uniform")
-    layer.build((None, 7, 6, 3))
+    layer.build((None, 7, 6, 9))
     layer.needs_input_grad = True
     kernel, bias = layer.get_weights()
     dy = rand(rng, (2, 7, 6, 5))
@@ -192,13 +192,14 @@ def test_training_without_avx512_bf16(rng):
     portable kernel) to the same weights, bit for bit."""
     def train():
         pynn.utils.set_random_seed(4)
-        model = pynn.Sequential([layers.Input((6, 6, 1)),
-                                 layers.Conv2D(4, 3, activation="relu",
+        model = pynn.Sequential([layers.Input((6, 6, 9)),
+                                 layers.Conv2D(8, 3, activation="relu",
                                                dtype="mixed_bfloat16"),
+                                 layers.Conv2D(5, 3, padding="same", dtype="mixed_bfloat16"),
                                  layers.Flatten(), layers.Dense(3, dtype="mixed_bfloat16")])
         model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
         data = np.random.default_rng(0)
-        model.fit(data.random((32, 6, 6, 1), np.float32), data.integers(0, 3, 32),
+        model.fit(data.random((32, 6, 6, 9), np.float32), data.integers(0, 3, 32),
                   epochs=1, batch_size=16, verbose=0, shuffle=False)
         return model.get_weights()
 
