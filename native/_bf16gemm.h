@@ -66,17 +66,69 @@ static inline uint32_t pynn_bf16_pair(float lo, float hi) {
  *        columns at a time. A pairs matrix also serves as a transposed A operand (row j,
  *        pair q at j + q * ld): the kernel gradients' x.T and im2col.T. */
 
+/* n floats -> n bf16 values; and two rows of n floats -> n interleaved pairs. The AVX512_BF16
+ * versions (vcvtne2ps2bf16) round the same way but read subnormal inputs as zeros. */
+typedef void (*pynn_bf16_convert_fn)(const float* src, uint16_t* dst, int n);
+typedef void (*pynn_bf16_interleave_fn)(const float* r0, const float* r1, uint32_t* dst, int n);
+
+static void pynn_bf16_convert_portable(const float* src, uint16_t* dst, int n) {
+    int j;
+    for (j = 0; j < n; j++)
+        dst[j] = pynn_bf16_round(src[j]);
+}
+
+static void pynn_bf16_interleave_portable(const float* r0, const float* r1, uint32_t* dst,
+                                          int n) {
+    int j;
+    for (j = 0; j < n; j++)
+        dst[j] = pynn_bf16_pair(r0[j], r1[j]);
+}
+
+#if PYNN_BF16_X86
+__attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
+pynn_bf16_convert_avx512(const float* src, uint16_t* dst, int n) {
+    int j = 0;
+    for (; j + 32 <= n; j += 32) {
+        __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + j + 16), _mm512_loadu_ps(src + j));
+        _mm512_storeu_si512(dst + j, (__m512i)v);
+    }
+    for (; j < n; j += 16) {
+        int left = n - j < 16 ? n - j : 16;
+        __mmask16 m = (__mmask16)((1u << left) - 1);
+        __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + j));
+        _mm256_mask_storeu_epi16(dst + j, m, (__m256i)v);
+    }
+}
+
+__attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
+pynn_bf16_interleave_avx512(const float* r0, const float* r1, uint32_t* dst, int n) {
+    /* word j = (r0[j], r1[j]): lanes j and 16 + j of the packed conversion */
+    const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25,
+                                           9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2,
+                                           17, 1, 16, 0);
+    int j;
+    for (j = 0; j < n; j += 16) {
+        int left = n - j < 16 ? n - j : 16;
+        __mmask16 m = (__mmask16)((1u << left) - 1);
+        __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m, r1 + j),
+                                         _mm512_maskz_loadu_ps(m, r0 + j));
+        _mm512_mask_storeu_epi32(dst + j, m, _mm512_permutexvar_epi16(order, (__m512i)v));
+    }
+}
+#endif
+
+static pynn_bf16_convert_fn pynn_bf16_convert = pynn_bf16_convert_portable;
+static pynn_bf16_interleave_fn pynn_bf16_interleave = pynn_bf16_interleave_portable;
+
 /* `rows` rows of k floats (row stride lds) -> rows format, row stride ldd words. */
 static void pynn_bf16_to_rows(const float* src, long lds, int rows, int k, uint32_t* dst,
                               long ldd) {
-    int r, q, kp = (k + 1) / 2;
+    int r;
     for (r = 0; r < rows; r++) {
-        const float* s = src + r * lds;
         uint32_t* d = dst + r * ldd;
-        for (q = 0; q < k / 2; q++)
-            d[q] = pynn_bf16_pair(s[2 * q], s[2 * q + 1]);
+        pynn_bf16_convert(src + r * lds, (uint16_t*)d, k);
         if (k & 1)
-            d[kp - 1] = pynn_bf16_round(s[k - 1]);
+            ((uint16_t*)d)[k] = 0;
     }
 }
 
@@ -88,9 +140,7 @@ static void pynn_bf16_to_pairs(const float* src, long lds, int k, int n, uint32_
         const float* r0 = src + 2 * q * lds;
         uint32_t* d = dst + q * ldd;
         if (2 * q + 1 < k) {
-            const float* r1 = r0 + lds;
-            for (j = 0; j < n; j++)
-                d[j] = pynn_bf16_pair(r0[j], r1[j]);
+            pynn_bf16_interleave(r0, r0 + lds, d, n);
         } else {
             for (j = 0; j < n; j++)
                 d[j] = pynn_bf16_round(r0[j]);
@@ -213,10 +263,14 @@ static const char* pynn_bf16_select(int portable) {
     __builtin_cpu_init();
     if (!portable && __builtin_cpu_supports("avx512bf16")) {
         pynn_bf16_tile = pynn_bf16_tile_avx512;
+        pynn_bf16_convert = pynn_bf16_convert_avx512;
+        pynn_bf16_interleave = pynn_bf16_interleave_avx512;
         return "avx512_bf16";
     }
 #endif
     pynn_bf16_tile = pynn_bf16_tile_portable;
+    pynn_bf16_convert = pynn_bf16_convert_portable;
+    pynn_bf16_interleave = pynn_bf16_interleave_portable;
     return "portable";
 }
 
@@ -253,7 +307,7 @@ typedef struct {
  * (KH*KW*C values, then a zero when that count is odd). */
 static void pynn_bf16_im2col_row(const float* x, const pynn_bf16_conv_geom* g, int m,
                                  uint16_t* out) {
-    int oh = m / g->ow, ow = m % g->ow, i, j, ch, k = g->kh * g->kw * g->c;
+    int oh = m / g->ow, ow = m % g->ow, i, j, k = g->kh * g->kw * g->c;
     uint16_t* o = out;
     for (i = 0; i < g->kh; i++) {
         int ih = oh * g->sh - g->pad_top + i * g->dh;
@@ -263,9 +317,7 @@ static void pynn_bf16_im2col_row(const float* x, const pynn_bf16_conv_geom* g, i
                 memset(o, 0, g->c * sizeof(uint16_t));
                 continue;
             }
-            const float* px = x + ((long)ih * g->w + iw) * g->c;
-            for (ch = 0; ch < g->c; ch++)
-                o[ch] = pynn_bf16_round(px[ch]);
+            pynn_bf16_convert(x + ((long)ih * g->w + iw) * g->c, o, g->c);
         }
     }
     if (k & 1)
