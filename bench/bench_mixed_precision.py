@@ -95,7 +95,7 @@ def torch_step(net, opt, loss_fn, x, y, autocast):
         loss = loss_fn(net(x), y)
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def check(name, data):
@@ -147,7 +147,7 @@ def run(args):
         xt = torch.from_numpy(x if x.ndim == 2 else x.transpose(0, 3, 1, 2).copy())
         yt = torch.from_numpy(y.astype(np.int64))
 
-        def step(variant):
+        def step(variant, models=models, nets=nets, x=x, y=y, xt=xt, yt=yt):
             if variant.startswith("pynn"):
                 models[variant].train_on_batch(x, y)
             else:

@@ -101,7 +101,7 @@ def test_config_matches_keras():
     os.environ.setdefault("KERAS_BACKEND", "torch")
     try:
         import keras
-    except Exception as exc:  # keras missing or its backend cannot load
+    except Exception as exc:  # noqa: BLE001 -- keras missing or its backend cannot load
         pytest.skip(f"keras is not available: {exc}")
     want = keras.layers.Dense(3, dtype="mixed_bfloat16").get_config()["dtype"]
     assert layers.Dense(3, dtype="mixed_bfloat16").get_config()["dtype"] == want
