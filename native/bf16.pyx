@@ -8,16 +8,22 @@ every product summed in float32; bias, activation and outputs stay float32. That
 whole numeric definition the tests check ("float32 accumulation of bf16-rounded operands").
 
 The products run on ``_bf16gemm.h``: operands converted to bf16 pairs along the reduction
-axis (padded to even with zeros) and a vdpbf16ps microkernel where the CPU has AVX512_BF16, chosen
-at import by __builtin_cpu_supports; elsewhere a portable C microkernel of the same numerics
-(same bits for normal numbers), slower than float32. ``PYNN_BF16_KERNEL=portable`` or
-``_select_kernel(portable=True)`` forces it (tests).
+axis (padded to even with zeros; vcvtne2ps2bf16 where the CPU has AVX512_BF16) and a
+vdpbf16ps microkernel, both chosen at import by __builtin_cpu_supports; elsewhere a portable C
+microkernel of the same numerics (the same bits for normal numbers; the instructions read
+subnormals as zeros). ``PYNN_BF16_KERNEL=portable`` or ``_select_kernel(portable=True)``
+forces it (tests). Measured on Zen 4 (2 threads), the 128 x 784 x 512 forward GEMM took
+0.60 ms on vdpbf16ps, 1.17 ms on the portable kernel (gcc vectorizes it for AVX-512 there)
+and 1.67 ms in float32 sgemm; a CPU without AVX-512 runs the portable kernel slower than its
+float32 GEMM. No AMX path: no machine pynn is tested on has AMX.
 
-Parallel axes: Dense packs and multiplies by tiles of the output (prange over tiles, each
-tile one microkernel call over the whole reduction, so the bits never depend on the thread
-count). Conv2D runs one sample per thread (im2col straight into the packed layout, in chunks
-of rows); its kernel gradient sums per-group partials over a fixed number of sample groups
-(the machine's cores, not the thread count), then adds the groups in order.
+Parallel axes: Dense converts by blocks of rows and multiplies by tiles of the output
+(prange over tiles, each tile one microkernel call over the whole reduction, so the bits
+never depend on the thread count). Conv2D runs one sample per thread (im2col straight into
+the bf16 rows, in chunks of rows); its kernel gradient sums per-group partials over a fixed
+number of sample groups (the machine's cores, not the thread count), then adds the groups in
+order. Convs of fewer than NARROW_CHANNELS input channels round and run conv.pyx's float32
+kernels instead.
 """
 import os
 
@@ -25,7 +31,6 @@ import numpy as np
 
 from cython.parallel cimport prange
 from libc.stdint cimport uint16_t, uint32_t
-from libc.string cimport memset
 from _activation cimport bias_activation_rows
 from _openmp cimport omp_get_max_threads, omp_get_thread_num
 

@@ -100,7 +100,11 @@ def _parse(name):
 
 def set_global_policy(policy):
     """The policy of layers created from now on without ``dtype=``: a DTypePolicy or its name
-    ('mixed_bfloat16', 'float32', 'float64'). Keras 3 also calls it ``set_dtype_policy``."""
+    ('mixed_bfloat16', 'float32', 'float64'). Keras 3 also calls it ``set_dtype_policy``.
+
+    A plain float policy is pynn's floatx (``pynn.set_floatx``): setting
+    one sets floatx, and until a mixed policy is set the global policy follows floatx, so the
+    two never disagree."""
     global _global
     if not isinstance(policy, DTypePolicy):
         if not isinstance(policy, str):  # Keras raises ValueError here
@@ -108,7 +112,11 @@ def set_global_policy(policy):
                 f"set_global_policy: expected the name of a policy (such as 'mixed_bfloat16') "
                 f"or a DTypePolicy, got {policy!r} (of type {type(policy).__name__})")
         policy = DTypePolicy(policy)
-    _global = policy
+    if policy.is_mixed:
+        _global = policy
+    else:
+        _global = None
+        _config.set_floatx(policy.variable_dtype)
 
 
 def global_policy():

@@ -43,6 +43,23 @@ def test_policy_names_and_dtypes():
     assert mp.dtype_policy().name == "float32"
 
 
+def test_plain_float_policies_are_floatx():
+    """A float policy and floatx never disagree: set_floatx moves the global policy, and a
+    float policy sets floatx (a mixed one keeps floatx float32 for the variables)."""
+    mp.set_global_policy("float32")
+    pynn.set_floatx("float64")
+    try:
+        assert mp.global_policy().name == "float64" and layers.Dense(2).dtype == "float64"
+    finally:
+        pynn.set_floatx("float32")
+    mp.set_global_policy("float64")
+    assert pynn.floatx() == "float64"
+    mp.set_global_policy("mixed_bfloat16")
+    assert mp.global_policy().name == "mixed_bfloat16"
+    mp.set_global_policy("float32")
+    assert pynn.floatx() == "float32" and mp.global_policy().name == "float32"
+
+
 def test_policy_errors():
     with pytest.raises(ValueError, match="Cannot convert 'float8' to a mixed precision"):
         mp.DTypePolicy("float8")
