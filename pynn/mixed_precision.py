@@ -5,11 +5,13 @@ variables in float32 and compute in bfloat16; ``dtype=`` of a layer (a policy or
 overrides the global policy for that layer, as in Keras.
 
 What bfloat16 compute means in pynn: the GEMM-heavy ops (Dense forward, input and kernel
-gradients; Conv2D's three, and Conv1D through Conv2D) round their operands to bfloat16
-(round to nearest, ties to even) and accumulate in float32 (``backend.bf16_*`` ops). Every
-other op, and the activations passed between layers, stay float32 -- at least as accurate as
-Keras, whose layers hand bfloat16 tensors to each other. Variables, gradients and optimizer
-slots are float32.
+gradients; Conv2D's three, groups=1) round their operands to bfloat16 (round to nearest, ties
+to even) and accumulate in float32 (``backend.bf16_*`` ops). Every other op, and the
+activations passed between layers, stay float32 -- at least as accurate as Keras, whose
+layers hand bfloat16 tensors to each other. Variables, gradients and optimizer slots are
+float32. Layers without a bf16 route yet compute in float32 under the policy: Conv1D,
+grouped, depthwise and transposed convs, the recurrent layers, and the BatchNormalization-
+folded convs of ``predict``.
 
 No loss scaling: bfloat16 has float32's exponent range, so gradients do not underflow the
 way float16's do (Keras applies LossScaleOptimizer for mixed_float16 only). pynn has no

@@ -125,6 +125,27 @@ def test_config_matches_keras():
     assert type(layers.Dense(3, dtype=want).dtype_policy) is mp.DTypePolicy
 
 
+def test_keras_parity_under_mixed_bfloat16(rng):
+    """Keras's Dense and Conv2D under mixed_bfloat16, given pynn's weights: the same outputs
+    within bf16's rounding (Keras also rounds its bf16 outputs; pynn keeps them float32)."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    try:
+        import keras
+    except Exception as exc:  # noqa: BLE001 -- keras missing or its backend cannot load
+        pytest.skip(f"keras is not available: {exc}")
+    cases = [(layers.Dense(17, activation="relu", dtype="mixed_bfloat16"),
+              keras.layers.Dense(17, activation="relu", dtype="mixed_bfloat16"), (6, 33)),
+             (layers.Conv2D(9, 3, padding="same", dtype="mixed_bfloat16"),
+              keras.layers.Conv2D(9, 3, padding="same", dtype="mixed_bfloat16"), (2, 7, 6, 10))]
+    for ours, theirs, shape in cases:
+        x = rand(rng, shape)
+        y = ours(x)
+        theirs.build(shape)
+        theirs.set_weights(ours.get_weights())
+        want = keras.ops.convert_to_numpy(keras.ops.cast(theirs(x), "float32"))
+        assert np.abs(y - want).max() <= 2.0**-6 * np.abs(want).max(), type(ours).__name__
+
+
 @pytest.mark.parametrize("ext", ["pynn", "keras"])
 def test_saved_model_keeps_the_policy(tmp_path, ext):
     model = pynn.Sequential([layers.Input((6, 6, 2)),
