@@ -6,7 +6,7 @@ Where an op lives: one name, five places
 ----------------------------------------
 An op of family F (dense, conv, pool, activation, loss, metric, dropout, optim, rnn,
 merge, spatial, shape, normalization, depthwise,
-preprocessing, sparse, quant, elementwise, rnn_mask) named ``<op>`` is, under that same
+preprocessing, sparse, quant, elementwise, rnn_mask, bf16) named ``<op>`` is, under that same
 name:
 - ``native/F.pyx``: the CPU kernel, exported as ``pynn._native.F.<op>``;
 - ``opencl/F.cl``: its OpenCL kernels, driven by ``pynn/backend/opencl/F.py``;
@@ -416,6 +416,23 @@ OPS.update({
     # clamp(rint(float32(acc) * multiplier[u]) + y_zero_point, relu ? y_zero_point : 0, 255).
     "int8_dense_forward": ("xq", "wq", "bias", "x_zero_point", "multiplier", "y_zero_point",
                            "relu"),
+})
+
+# -- bf16: mixed precision (issue 17; native/bf16.pyx, opencl/bf16.cl) ---------------------
+# Each bf16_<op> is <op>'s contract (float32 in and out) with the GEMM operands rounded to
+# bfloat16 (nearest, ties to even) and the products summed in float32: what Dense and Conv2D
+# run under the "mixed_bfloat16" policy (pynn.mixed_precision).
+OPS.update({
+    "bf16_round": ("x",),      # float32 -> float32 values of the nearest bfloat16
+    "bf16_dense_forward": ("x", "kernel", "bias", "activation", "alpha"),
+    "bf16_dense_backward_input": ("dz", "kernel"),
+    "bf16_dense_backward_weight": ("x", "dz"),
+    "bf16_conv2d_forward": ("x", "kernel", "bias", "strides", "padding", "dilation_rate",
+                            "activation", "alpha"),
+    "bf16_conv2d_backward_input": ("dz", "kernel", "input_shape", "strides", "padding",
+                                   "dilation_rate"),
+    "bf16_conv2d_backward_weight": ("x", "dz", "kernel_shape", "strides", "padding",
+                                    "dilation_rate"),
 })
 
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.

@@ -179,3 +179,13 @@ from pynn._native.rnn_mask import (  # noqa: F401
     sequence_reverse,
     sequence_scale,
 )
+# -- bf16: mixed precision (issue 17) --
+from pynn._native.bf16 import (  # noqa: F401
+    bf16_conv2d_backward_input,
+    bf16_conv2d_backward_weight,
+    bf16_conv2d_forward,
+    bf16_dense_backward_input,
+    bf16_dense_backward_weight,
+    bf16_dense_forward,
+    bf16_round,
+)

@@ -862,6 +862,8 @@ def _json_shape(shape):
 
 
 def _dtype_policy(name):
+    if isinstance(name, dict):  # a mixed policy, already in Keras's form (pynn.mixed_precision)
+        return name
     return {"module": "keras", "class_name": "DTypePolicy", "config": {"name": name},
             "registered_name": None}
 

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from pynn import _config, autodiff, backend, initializers, regularizers
+from pynn import autodiff, backend, initializers, mixed_precision, regularizers
 from pynn.backend import api
 from pynn.layers.symbolic import KerasTensor, is_symbolic, record, shape_str  # noqa: F401
 from pynn.variables import Variable, bump_version
@@ -122,10 +122,10 @@ class Layer:
             raise ValueError(f"{type(self).__name__}: name must be a string, got {name!r}")
         self.name = name or _unique_name(_snake(type(self).__name__))
         self.trainable = trainable
-        self.dtype = str(np.dtype(dtype)) if dtype is not None else _config.floatx()
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"{type(self).__name__} '{self.name}': dtype must be 'float32' or "
-                             f"'float64', got {dtype!r}")
+        # -- mixed precision (issue 17): ``dtype`` is a policy, its name or a float dtype, as
+        # in Keras 3; the layer's dtype is its variables' (float32 under mixed_bfloat16).
+        self.dtype_policy = mixed_precision.get(dtype, f"{type(self).__name__} '{self.name}'")
+        self.dtype = self.dtype_policy.variable_dtype
         self.built = False
         self.input_shape = None
         self.output_shape = None
@@ -326,6 +326,32 @@ class Layer:
             return autodiff.replay(self, dy)
         raise NotImplementedError(f"{type(self).__name__}.backward")
 
+    # -- mixed precision (issue 17): Keras 3's layer attributes -----------------------------
+    @property
+    def compute_dtype(self):
+        policy = self.__dict__.get("dtype_policy")
+        # An integer InputLayer's dtype is its own, not its policy's.
+        if policy is None or policy.variable_dtype != self.dtype:
+            return self.dtype
+        return policy.compute_dtype
+
+    @property
+    def variable_dtype(self):
+        return self.dtype
+
+    @property
+    def _bf16_compute(self):
+        """Whether the layer's GEMMs run on the bf16 ops (its policy is mixed_bfloat16)."""
+        policy = self.__dict__.get("dtype_policy")
+        return policy is not None and policy.compute_dtype == "bfloat16"
+
+    def _dtype_config(self):
+        """Keras 3's serialized policy for a mixed one; a plain float dtype stays its name."""
+        policy = self.__dict__.get("dtype_policy")
+        if policy is not None and policy.is_mixed:
+            return mixed_precision.serialize(policy)
+        return self.dtype
+
     # -- state that is neither config nor weights ---------------------------------------
     def runtime_state(self):
         """JSON-able state a resumed ``fit`` needs besides the weights (Dropout's position in
@@ -339,7 +365,7 @@ class Layer:
 
     # -- config ---------------------------------------------------------------------------
     def get_config(self):
-        config = {"name": self.name, "trainable": self.trainable, "dtype": self.dtype}
+        config = {"name": self.name, "trainable": self.trainable, "dtype": self._dtype_config()}
         if self._declared_input_shape is not None:
             config["input_shape"] = list(self._declared_input_shape[1:])
         if self.activity_regularizer is not None:

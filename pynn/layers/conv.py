@@ -84,8 +84,10 @@ class Conv2D(Layer):
         b = backend.current()
         bias = self.bias.value if self.use_bias else None
         if self.groups == 1:
-            y, z = b.conv2d_forward(x, self.kernel.value, bias, self.strides, self.padding,
-                                    self.dilation_rate, self.activation, self.alpha)
+            # mixed_bfloat16 (issue 17): the same contract on bf16-rounded operands.
+            forward = b.bf16_conv2d_forward if self._bf16_compute else b.conv2d_forward
+            y, z = forward(x, self.kernel.value, bias, self.strides, self.padding,
+                           self.dilation_rate, self.activation, self.alpha)
         else:
             y, z = b.grouped_conv2d_forward(x, self.kernel.value, bias, self.strides,
                                             self.padding, self.dilation_rate, self.groups,
@@ -98,7 +100,7 @@ class Conv2D(Layer):
         b = backend.current()
         x, y, z = self._cache
         self._cache = None
-        if self.groups > 1:
+        if self.groups > 1 or self._bf16_compute:
             return self._grouped_backward(b, dy, x, y, z)
         dx, self.kernel.grad, db = b.conv2d_backward(
             dy, x, z, y, self.kernel.value, self.strides, self.padding, self.dilation_rate,
@@ -110,6 +112,13 @@ class Conv2D(Layer):
     def _grouped_backward(self, b, dy, x, y, z):
         dz = bias_activation_backward(self, dy, z, y)
         kernel = self.kernel.value
+        if self.groups == 1:  # mixed_bfloat16: the bf16 twins of conv2d_backward's two GEMMs
+            self.kernel.grad = b.bf16_conv2d_backward_weight(
+                x, dz, tuple(kernel.shape), self.strides, self.padding, self.dilation_rate)
+            if not self.needs_input_grad:
+                return None
+            return b.bf16_conv2d_backward_input(dz, kernel, tuple(x.shape), self.strides,
+                                                self.padding, self.dilation_rate)
         self.kernel.grad = b.grouped_conv2d_backward_weight(
             x, dz, tuple(kernel.shape), self.strides, self.padding, self.dilation_rate,
             self.groups)

@@ -101,9 +101,10 @@ class Dense(Layer):
         b = backend.current()
         lead = tuple(x.shape[:-1])
         x2 = x if x.ndim == 2 else b.reshape(x, (-1, x.shape[-1]))
-        y, z = b.dense_forward(x2, self.kernel.value,
-                               self.bias.value if self.use_bias else None,
-                               self.activation, self.alpha)
+        # mixed_bfloat16 (issue 17): the same contract on bf16-rounded operands.
+        forward = b.bf16_dense_forward if self._bf16_compute else b.dense_forward
+        y, z = forward(x2, self.kernel.value, self.bias.value if self.use_bias else None,
+                       self.activation, self.alpha)
         if training:
             self._cache = (x2, y, z, lead)
         return y if x.ndim == 2 else b.reshape(y, lead + (self.units,))
@@ -114,10 +115,13 @@ class Dense(Layer):
         self._cache = None
         dy2 = dy if dy.ndim == 2 else b.reshape(dy, (-1, self.units))
         dz = bias_activation_backward(self, dy2, z, y)
-        self.kernel.grad = b.dense_backward_weight(x2, dz)
+        bf16 = self._bf16_compute
+        self.kernel.grad = (b.bf16_dense_backward_weight if bf16 else b.dense_backward_weight)(
+            x2, dz)
         if not self.needs_input_grad:
             return None
-        dx = b.dense_backward_input(dz, self.kernel.value)
+        dx = (b.bf16_dense_backward_input if bf16 else b.dense_backward_input)(
+            dz, self.kernel.value)
         return dx if len(lead) == 1 else b.reshape(dx, lead + (x2.shape[1],))
 
     def get_config(self):

@@ -1,0 +1,74 @@
+"""OpenCL bfloat16 mixed-precision ops (issue 17): the host side of ``opencl/bf16.cl``.
+
+Same names, signatures and numerics as ``native/bf16.pyx``: the GEMM operands are rounded
+to bfloat16 on the device (``bf16_round``), then the float32 dense and conv kernels multiply
+them and sum in float32. The float32 twins are reused because the math after the rounding is
+theirs; the rounding costs one pass over each operand. Operands are checked by
+``pynn.backend.operands.bf16``.
+"""
+
+import numpy as np
+
+from pynn.backend.opencl import conv, dense
+from pynn.backend.opencl import runtime as rt
+from pynn.backend.opencl.arrays import DEVICE
+from pynn.backend.opencl.launch import elementwise
+from pynn.backend.operands import bf16 as operands
+
+
+def _rounded(x):
+    y = rt.empty(x.shape, np.float32, "bf16_round output")
+    if x.size:
+        elementwise("bf16", "bf16_round", x.size, x, y, x.size)
+    return y
+
+
+def bf16_round(x):
+    """float32 x with every value rounded to the nearest bfloat16 (ties to even)."""
+    return _rounded(operands.bf16_round(DEVICE, x))
+
+
+def bf16_dense_forward(x, kernel, bias, activation="linear", alpha=0.0):
+    """y = act(bf16(x) @ bf16(kernel) + bias) -> (y, z) as dense_forward."""
+    name, alpha, x, kernel, bias = operands.bf16_dense_forward(DEVICE, x, kernel, bias,
+                                                               activation, alpha)
+    return dense.dense_forward(_rounded(x), _rounded(kernel), bias, name, alpha)
+
+
+def bf16_dense_backward_input(dz, kernel):
+    """dx = bf16(dz) @ bf16(kernel).T, shape (N, C)."""
+    dz, kernel = operands.bf16_dense_backward_input(DEVICE, dz, kernel)
+    return dense.dense_backward_input(_rounded(dz), _rounded(kernel))
+
+
+def bf16_dense_backward_weight(x, dz):
+    """dkernel = bf16(x).T @ bf16(dz), shape (C, U)."""
+    x, dz = operands.bf16_dense_backward_weight(DEVICE, x, dz)
+    return dense.dense_backward_weight(_rounded(x), _rounded(dz))
+
+
+def bf16_conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid",
+                        dilation_rate=(1, 1), activation="linear", alpha=0.0):
+    """(y, z) as conv2d_forward, the product on bf16-rounded x and kernel."""
+    name, alpha, x, kernel, bias, _ = operands.bf16_conv2d_forward(
+        DEVICE, x, kernel, bias, strides, padding, dilation_rate, activation, alpha)
+    return conv.conv2d_forward(_rounded(x), _rounded(kernel), bias, strides, padding,
+                               dilation_rate, name, alpha)
+
+
+def bf16_conv2d_backward_input(dz, kernel, input_shape, strides=(1, 1), padding="valid",
+                               dilation_rate=(1, 1)):
+    """dx (N, H, W, C) as conv2d_backward_input, from bf16-rounded dz and kernel."""
+    dz, kernel, input_shape, _ = operands.bf16_conv2d_backward_input(
+        DEVICE, dz, kernel, input_shape, strides, padding, dilation_rate)
+    return conv.conv2d_backward_input(_rounded(dz), _rounded(kernel), input_shape, strides,
+                                      padding, dilation_rate)
+
+
+def bf16_conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
+                                dilation_rate=(1, 1)):
+    """dkernel (KH, KW, C, F) as conv2d_backward_weight, from bf16-rounded x and dz."""
+    x, dz, kernel_shape, _ = operands.bf16_conv2d_backward_weight(
+        DEVICE, x, dz, kernel_shape, strides, padding, dilation_rate)
+    return conv.conv2d_backward_weight(_rounded(x), _rounded(dz), kernel_shape, strides,
+                                       padding, dilation_rate)

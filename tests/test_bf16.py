@@ -1,0 +1,257 @@
+"""bfloat16 ops (native/bf16.pyx, opencl/bf16.cl): the rounding bit for bit against NumPy
+(ties, NaN, infinities, overflow), the GEMM-shaped ops against float64 products of
+bf16-rounded operands within float32 accumulation error, on odd shapes (M, N, K = 1, odd K,
+non-multiples of the 8 x 32 tile); OpenCL against the CPU; both CPU microkernels (vdpbf16ps
+and the portable one) giving the same bits; thread-count invariance; bad operands."""
+
+import numpy as np
+import pytest
+
+import pynn
+from pynn._native import bf16 as native_bf16
+from tests.backend_util import rand
+from tests.reference import bf16_ref as ref
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1717)
+
+
+@pytest.fixture
+def portable_kernel():
+    """The test hook that pretends the CPU has no AVX512_BF16; restores the chosen kernel."""
+    before = native_bf16.KERNEL
+    yield native_bf16._select_kernel(portable=True)
+    native_bf16._select_kernel(portable=before == "portable")
+
+
+def _bits(a):
+    return np.ascontiguousarray(a, np.float32).view(np.uint32)
+
+
+def _special_values():
+    """Ties both ways, halfway-plus-one, NaN payloads that only the low half carries
+    (rounding must not turn them into infinities), infinities, the largest floats (which
+    round to infinity), subnormals, signed zeros."""
+    hi = np.arange(0, 0x10000, 97, dtype=np.uint32) << 16
+    ties = np.concatenate([hi | 0x8000, hi | 0x7FFF, hi | 0x8001, hi | 0x0001])
+    specials = np.array([0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001, 0xFF800001,
+                         0x7FBFFFFF, 0x7F7FFFFF, 0xFF7FFFFF, 0x7F7F8000, 0x7F7F7FFF,
+                         0x00000001, 0x00008000, 0x80018000, 0x00000000, 0x80000000,
+                         0x3F808000, 0x3F818000], np.uint32)
+    return np.concatenate([ties, specials]).view(np.float32)
+
+
+def test_bf16_round_ref_known_values():
+    """The reference itself, on values whose bf16 is known by hand."""
+    x = np.array([1.0, 1.00390625, 1.01171875, 1.0 + 2**-8 + 2**-20, np.inf, 3.4e38],
+                 np.float32)
+    want = np.array([1.0, 1.0, 1.015625, 1.0078125, np.inf, np.inf], np.float32)
+    np.testing.assert_array_equal(ref.bf16_round_ref(x), want)
+    nan = ref.bf16_round_ref(np.array([0x7F800001], np.uint32).view(np.float32))
+    assert np.isnan(nan[0]) and _bits(nan)[0] == 0x7FC00000
+
+
+def test_bf16_round(backend, rng):
+    x = np.concatenate([_special_values(), rand(rng, (1001,)) * 1e3])
+    got = backend.down(backend.op("bf16_round")(backend.up(x)))
+    assert got.dtype == np.float32 and got.shape == x.shape
+    np.testing.assert_array_equal(_bits(got), _bits(ref.bf16_round_ref(x)),
+                                  err_msg=f"bf16_round on {backend.name}")
+    assert np.all(_bits(got) & 0xFFFF == 0)
+    shaped = rand(rng, (3, 5, 7))
+    np.testing.assert_array_equal(backend.down(backend.op("bf16_round")(backend.up(shaped))),
+                                  ref.bf16_round_ref(shaped))
+
+
+def _within_bf16_gemm_error(got, want, bound, k, what):
+    """float32 sums of k exact bf16 products: each element within k roundings of its size
+    ``bound`` (the same product on absolute values)."""
+    got = np.asarray(got, np.float64)
+    tol = (k + 2) * 2.0**-24 * bound + 1e-30
+    err = np.abs(got - want)
+    assert got.shape == want.shape, f"{what}: shape {got.shape}, expected {want.shape}"
+    assert np.all(err <= tol), (f"{what}: max error {err.max():.3g}, allowed "
+                                f"{tol.flat[np.argmax(err - tol)]:.3g}")
+
+
+# (N, C, U): M, N, K = 1, odd K (padded pair), non-multiples of the 8-row x 32-column tile.
+DENSE_SHAPES = [(1, 1, 1), (7, 33, 65), (9, 2, 31), (17, 1, 3), (33, 129, 40), (8, 64, 32),
+                (3, 300, 97)]
+
+
+@pytest.mark.parametrize("n,c,u", DENSE_SHAPES)
+def test_bf16_dense_ops(backend, rng, n, c, u):
+    x, kernel, bias = rand(rng, (n, c)), rand(rng, (c, u)), rand(rng, (u,))
+    dz = rand(rng, (n, u))
+    up = backend.up
+    y, z = backend.op("bf16_dense_forward")(up(x), up(kernel), up(bias), "linear", 0.0)
+    assert z is None
+    want = ref.bf16_dense_forward_ref(x, kernel, bias)[1]
+    bound = ref.bf16_dense_forward_ref(np.abs(x), np.abs(kernel), np.abs(bias))[1]
+    _within_bf16_gemm_error(backend.down(y), want, bound, c, "bf16_dense_forward")
+    dx = backend.down(backend.op("bf16_dense_backward_input")(up(dz), up(kernel)))
+    _within_bf16_gemm_error(dx, ref.bf16_dense_backward_input_ref(dz, kernel),
+                            ref.bf16_dense_backward_input_ref(np.abs(dz), np.abs(kernel)), u,
+                            "bf16_dense_backward_input")
+    dw = backend.down(backend.op("bf16_dense_backward_weight")(up(x), up(dz)))
+    _within_bf16_gemm_error(dw, ref.bf16_dense_backward_weight_ref(x, dz),
+                            ref.bf16_dense_backward_weight_ref(np.abs(x), np.abs(dz)), n,
+                            "bf16_dense_backward_weight")
+    if backend.is_opencl:  # the CPU's numerics, not its summation order
+        cpu_dw = native_bf16.bf16_dense_backward_weight(x, dz)
+        np.testing.assert_allclose(dw, cpu_dw, rtol=1e-5, atol=1e-5 * np.abs(cpu_dw).max())
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "softmax"])
+def test_bf16_dense_forward_activation(backend, rng, activation):
+    """The float32 epilogue after the bf16 product: y = act(z), z kept where backward needs
+    it (gelu), as dense_forward."""
+    x, kernel, bias = rand(rng, (5, 19)), rand(rng, (19, 11)), rand(rng, (11,))
+    y, z = backend.op("bf16_dense_forward")(backend.up(x), backend.up(kernel),
+                                             backend.up(bias), activation, 0.0)
+    want_y, want_z = ref.bf16_dense_forward_ref(x, kernel, bias, activation)
+    np.testing.assert_allclose(backend.down(y), want_y, rtol=1e-5, atol=1e-5)
+    if activation == "gelu":
+        np.testing.assert_allclose(backend.down(z), want_z, rtol=1e-5, atol=1e-5)
+    else:
+        assert z is None
+
+
+def test_bf16_dense_rounds_its_operands(rng):
+    """The result is the product of the rounded operands, not of the float32 ones: the two
+    differ by far more than the accumulation error."""
+    x, kernel = rand(rng, (16, 64)), rand(rng, (64, 16))
+    got = native_bf16.bf16_dense_forward(x, kernel, None)[0].astype(np.float64)
+    rounded = ref.bf16_dense_forward_ref(x, kernel, None)[1]
+    unrounded = x.astype(np.float64) @ kernel
+    assert np.abs(got - rounded).max() < 1e-3 * np.abs(got - unrounded).max()
+
+
+# (input shape, kernel shape, strides, padding, dilation): 8 channels or more run the bf16
+# kernels; fewer (the first case) round and run the float32 ones (NARROW_CHANNELS).
+CONV_CASES = [
+    ((2, 7, 9, 3), (3, 3, 3, 5), (1, 1), "valid", (1, 1)),
+    ((2, 7, 9, 9), (3, 3, 9, 5), (1, 1), "valid", (1, 1)),
+    ((3, 8, 6, 8), (3, 2, 8, 33), (2, 1), "same", (1, 1)),
+    ((1, 9, 9, 11), (3, 3, 11, 7), (1, 1), "same", (2, 2)),
+    ((2, 5, 5, 16), (1, 1, 16, 9), (1, 1), "valid", (1, 1)),
+    ((2, 20, 17, 8), (5, 5, 8, 3), (1, 1), "same", (1, 1)),  # > 256 rows: several chunks
+]
+
+
+@pytest.mark.parametrize("x_shape,k_shape,strides,padding,dilation", CONV_CASES)
+def test_bf16_conv2d_ops(backend, rng, x_shape, k_shape, strides, padding, dilation):
+    x, kernel, bias = rand(rng, x_shape), rand(rng, k_shape), rand(rng, (k_shape[3],))
+    geo = (strides, padding, dilation)
+    up = backend.up
+    y, _ = backend.op("bf16_conv2d_forward")(up(x), up(kernel), up(bias), *geo, "linear", 0.0)
+    y = backend.down(y)
+    reduction = k_shape[0] * k_shape[1] * k_shape[2]
+    _within_bf16_gemm_error(y, ref.bf16_conv2d_forward_ref(x, kernel, bias, *geo)[1],
+                            ref.bf16_conv2d_forward_ref(np.abs(x), np.abs(kernel),
+                                                        np.abs(bias), *geo)[1],
+                            reduction, "bf16_conv2d_forward")
+    dz = rand(rng, y.shape)
+    dx = backend.down(backend.op("bf16_conv2d_backward_input")(up(dz), up(kernel), x_shape,
+                                                               *geo))
+    _within_bf16_gemm_error(dx, ref.bf16_conv2d_backward_input_ref(dz, kernel, x_shape, *geo),
+                            ref.bf16_conv2d_backward_input_ref(np.abs(dz), np.abs(kernel),
+                                                               x_shape, *geo),
+                            k_shape[0] * k_shape[1] * k_shape[3], "bf16_conv2d_backward_input")
+    dw = backend.down(backend.op("bf16_conv2d_backward_weight")(up(x), up(dz), k_shape, *geo))
+    _within_bf16_gemm_error(dw, ref.bf16_conv2d_backward_weight_ref(x, dz, k_shape, *geo),
+                            ref.bf16_conv2d_backward_weight_ref(np.abs(x), np.abs(dz), k_shape,
+                                                                *geo),
+                            x_shape[0] * y.shape[1] * y.shape[2], "bf16_conv2d_backward_weight")
+    if backend.is_opencl:
+        cpu_y = native_bf16.bf16_conv2d_forward(x, kernel, bias, *geo)[0]
+        np.testing.assert_allclose(y, cpu_y, rtol=1e-5, atol=1e-5 * np.abs(cpu_y).max())
+
+
+def test_bf16_conv2d_forward_activation(backend, rng):
+    # gelu keeps z; on OpenCL relu, whose conv program the other tests have built (PoCL
+    # takes ~45 s to build the gelu one).
+    activation = "relu" if backend.is_opencl else "gelu"
+    x, kernel, bias = rand(rng, (2, 6, 5, 8)), rand(rng, (3, 3, 8, 4)), rand(rng, (4,))
+    y, z = backend.op("bf16_conv2d_forward")(backend.up(x), backend.up(kernel),
+                                              backend.up(bias), (1, 1), "same", (1, 1),
+                                              activation, 0.0)
+    want_y, want_z = ref.bf16_conv2d_forward_ref(x, kernel, bias, (1, 1), "same", (1, 1),
+                                                 activation)
+    np.testing.assert_allclose(backend.down(y), want_y, rtol=1e-5, atol=1e-5)
+    if activation == "gelu":
+        np.testing.assert_allclose(backend.down(z), want_z, rtol=1e-5, atol=1e-5)
+    else:
+        assert z is None
+
+
+def _all_ops(rng):
+    x, kernel, dz = rand(rng, (13, 37)), rand(rng, (37, 45)), rand(rng, (13, 45))
+    xi, ki = rand(rng, (3, 9, 7, 9)), rand(rng, (3, 3, 9, 6))
+    dzi = rand(rng, (3, 9, 7, 6))
+    geo = ((1, 1), "same", (1, 1))
+    return [native_bf16.bf16_dense_forward(x, kernel, None)[0],
+            native_bf16.bf16_dense_backward_input(dz, kernel),
+            native_bf16.bf16_dense_backward_weight(x, dz),
+            native_bf16.bf16_conv2d_forward(xi, ki, None, *geo)[0],
+            native_bf16.bf16_conv2d_backward_input(dzi, ki, xi.shape, *geo),
+            native_bf16.bf16_conv2d_backward_weight(xi, dzi, ki.shape, *geo)]
+
+
+def test_portable_kernel_gives_the_same_bits(rng):
+    """Where the CPU has AVX512_BF16, vdpbf16ps and the portable kernel (what a CPU without
+    it runs) agree bit for bit on normal numbers: one numeric definition on every CPU."""
+    if native_bf16.KERNEL != "avx512_bf16":
+        pytest.skip("this CPU has no AVX512_BF16: only the portable kernel runs")
+    fast = _all_ops(np.random.default_rng(5))
+    try:
+        assert native_bf16._select_kernel(portable=True) == "portable"
+        slow = _all_ops(np.random.default_rng(5))
+    finally:
+        native_bf16._select_kernel()
+    for a, b in zip(fast, slow):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    results = []
+    for threads in (1, 2, 3):
+        with pynn.threads(threads):
+            results.append(_all_ops(np.random.default_rng(9)))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_bad_operands_name_the_op(backend, rng):
+    up = backend.up
+    x, kernel = rand(rng, (4, 5)), rand(rng, (6, 3))
+    with pytest.raises(ValueError, match=r"bf16_dense_forward: .*kernel"):
+        backend.op("bf16_dense_forward")(up(x), up(kernel), None, "linear", 0.0)
+    with pytest.raises(ValueError, match=r"bf16_conv2d_forward: kernel has 2 input channels "
+                                         r"but the input has 3"):
+        backend.op("bf16_conv2d_forward")(up(rand(rng, (1, 5, 5, 3))),
+                                          up(rand(rng, (3, 3, 2, 4))), None, (1, 1), "valid",
+                                          (1, 1), "linear", 0.0)
+    with pytest.raises(ValueError, match=r"bf16_dense_backward_weight: .*dz"):
+        backend.op("bf16_dense_backward_weight")(up(x), up(rand(rng, (3, 2))))
+
+
+def test_float64_is_refused_on_the_cpu(rng):
+    x = rand(rng, (4, 5)).astype(np.float64)
+    with pytest.raises(TypeError, match=r"bf16_dense_forward: 'x' must be float32.*float64"):
+        native_bf16.bf16_dense_forward(x, x.T.copy(), None)
+    with pytest.raises(TypeError, match=r"bf16_round: 'x' must be float32"):
+        native_bf16.bf16_round(x)
+
+
+def test_portable_hook(portable_kernel, rng):
+    """The hook that pretends AVX512_BF16 is missing: the portable kernel runs and is right."""
+    assert portable_kernel == "portable" == pynn.mixed_precision.bf16_kernel()
+    x, kernel = rand(rng, (9, 33)), rand(rng, (33, 35))
+    got = native_bf16.bf16_dense_forward(x, kernel, None)[0]
+    _within_bf16_gemm_error(got, ref.bf16_dense_forward_ref(x, kernel, None)[1],
+                            ref.bf16_dense_forward_ref(np.abs(x), np.abs(kernel), None)[1], 33,
+                            "bf16_dense_forward (portable)")
