@@ -90,6 +90,8 @@ cdef enum:
 # otherwise where MR tops out at 6 so 16 registers hold the block). Each output sums k in
 # ascending order onto its initial value (the stored c or 0) whatever the row group, panel
 # or thread it falls in, so results do not depend on the thread count.
+include "_microkernel.pxi"   # pynn._config.set_kernel reaches this module too
+
 cdef extern from "_microkernel.h":
     int PYNN_NC_F
     int PYNN_NC_D
