@@ -151,13 +151,13 @@ cdef void _gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize
                   b, <int>ldb, beta, c, <int>ldc)
 
 
+include "_microkernel.pxi"   # pynn._config.set_kernel reaches this module too
+
 # -- register-blocked microkernel (direct paths, no BLAS; native/_microkernel.h) ----------
 # Forward: rows = output pixels, roff[i] = wo*SW*C; one segment per kernel row kh, whose
 # KW*C inputs are contiguous in the padded row, so t walks them with sat = 1.
 # backward_weight: rows = kernel entries (kh, kw, c) at roff[i] in the padded image; one
 # segment per output row of a slab, t walks its pixels with sat = SW*C, b = dz.
-include "_microkernel.pxi"   # pynn._config.set_kernel reaches this module too
-
 cdef extern from "_microkernel.h":
     void pynn_seg_gemm_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,
                          const float* a, const Py_ssize_t* roff, const Py_ssize_t* aseg,

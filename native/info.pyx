@@ -61,6 +61,8 @@ cdef extern from *:
     #define PYNN_ISA "avx2+fma"
     #elif defined(__AVX__)
     #define PYNN_ISA "avx"
+    #elif defined(__SSE4_2__) && defined(__POPCNT__)
+    #define PYNN_ISA "x86-64-v2"
     #else
     #define PYNN_ISA "baseline"
     #endif

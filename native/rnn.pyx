@@ -79,6 +79,8 @@ cdef enum:
     KC_NC_MAX = 32
 
 
+include "_microkernel.pxi"   # pynn._config.set_kernel reaches this module too
+
 # -- the microkernel and the products built on it -------------------------------------------
 # The per-step operands (kernel, recurrent_kernel, their transposes) are repacked once per
 # call into column panels of NC = 2 vectors (32 floats / 16 doubles with AVX-512, half that
@@ -90,8 +92,6 @@ cdef enum:
 # otherwise where MR tops out at 6 so 16 registers hold the block). Each output sums k in
 # ascending order onto its initial value (the stored c or 0) whatever the row group, panel
 # or thread it falls in, so results do not depend on the thread count.
-include "_microkernel.pxi"   # pynn._config.set_kernel reaches this module too
-
 cdef extern from "_microkernel.h":
     int PYNN_NC_F
     int PYNN_NC_D

@@ -65,10 +65,10 @@ cdef struct Rec:
     void* tmp       # scratch (N, U)
 
 
-# The register-blocked microkernel of native/_microkernel.h (shared with conv and rnn):
-# c[i, :n] (+)= sum_k a[i*sai + k*sak] * b[k*ldb + :n], for n <= NC columns per call.
 include "_microkernel.pxi"   # pynn._config.set_kernel reaches this module too
 
+# The register-blocked microkernel of native/_microkernel.h (shared with conv and rnn):
+# c[i, :n] (+)= sum_k a[i*sai + k*sak] * b[k*ldb + :n], for n <= NC columns per call.
 cdef extern from "_microkernel.h":
     int PYNN_NC_F
     int PYNN_NC_D
