@@ -252,6 +252,11 @@ static void pynn_rows_gemm_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const dou
 #define PYNN_MR_MAX (pynn_mk.mr_max)
 #define PYNN_NC_F (pynn_mk.nc_f)
 #define PYNN_NC_D (pynn_mk.nc_d)
+/* Compile-time bounds of those for every level, for fixed-size buffers. */
+#define PYNN_VBYTES_LIMIT 64
+#define PYNN_MR_LIMIT 8
+#define PYNN_NC_F_LIMIT 32
+#define PYNN_NC_D_LIMIT 16
 
 /* b (k rows x n columns, row stride ldb) packed into column panels of nc columns: panel p
  * holds columns [p*nc, p*nc + w) of every row (w = nc but in the last panel), contiguous
