@@ -4,7 +4,12 @@ Every ``native/<name>.pyx`` becomes the extension module ``pynn._native.<name>``
 OpenMP is probed by compiling *and running* a tiny program, because a compiler that accepts
 ``-fopenmp`` may still lack the runtime library; without it the build goes on single-threaded
 and says so. ``-march=native`` is the default because pynn builds where it runs;
-``PYNN_PORTABLE=1`` drops it. ``PYNN_DEBUG_CYTHON=1`` turns bounds and wraparound checks back on.
+``PYNN_PORTABLE=1`` builds for ``-march=x86-64-v2`` instead (SSE4.2 and POPCNT: every
+x86-64 CPU since 2009 and the baseline of current enterprise distributions; over plain x86-64
+it gives the elementwise loops SSE4.1's rounding and blends, and no CPU still in use lacks
+it). The register-blocked microkernel does not depend on either: native/_microkernel.h
+compiles its AVX-512, AVX2+FMA and generic copies in every build and picks one at run time
+(native/_isa.h; ``PYNN_KERNEL=avx512|avx2|generic`` forces one). ``PYNN_DEBUG_CYTHON=1`` turns bounds and wraparound checks back on.
 ``PYNN_SANITIZE=1`` builds with AddressSanitizer and UndefinedBehaviorSanitizer (-O1, frame
 pointers, any UB aborts) for ``make check-native``, which builds a copy of the tree so the
 normal in-place build is never replaced; a Python host needs libasan in LD_PRELOAD.
@@ -81,7 +86,10 @@ def probe_flag(flag):
 HAVE_OPENMP = probe_openmp()
 compile_args = ["-O3", "-ffp-contract=fast", "-Wno-unused-function", "-Wno-unreachable-code"]
 link_args = []
-if not PORTABLE and probe_flag("-march=native"):
+if PORTABLE:
+    if probe_flag("-march=x86-64-v2"):
+        compile_args.append("-march=x86-64-v2")
+elif probe_flag("-march=native"):
     compile_args.append("-march=native")
 if SANITIZE:
     compile_args = ["-O1" if a == "-O3" else a for a in compile_args] + SANITIZE_FLAGS
@@ -131,6 +139,8 @@ directives = {
 
 # PYNN_ONLY=conv,pool builds just those modules (for quick rebuilds while developing).
 only = {name for name in os.environ.get("PYNN_ONLY", "").split(",") if name}
+# C headers the modules include: a change to one rebuilds them (setuptools compares times).
+headers = [str(h.relative_to(ROOT)) for h in sorted((ROOT / "native").glob("*.h"))]
 extensions = [
     Extension(
         f"pynn._native.{pyx.stem}",
@@ -139,6 +149,7 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
+        depends=headers,
     )
     for pyx in sorted((ROOT / "native").glob("*.pyx"))
     if not only or pyx.stem in only

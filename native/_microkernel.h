@@ -1,5 +1,5 @@
 /* Register-blocked microkernel shared by the direct Conv2D paths (native/conv.pyx) and the
- * recurrent layers (native/rnn.pyx).
+ * recurrent layers (native/rnn.pyx, native/rnn_mask.pyx).
  *
  * c[i, j] (i < MR, j < n) = start + sum over segments s, t < tn of
  *     a[aseg[s] + roff[i] + t*sat] * b[bseg[s] + t*ldb + j]
@@ -7,53 +7,59 @@
  * Segments let one routine read a convolution straight from a zero-padded input (one
  * segment per kernel row, or per output row for the kernel gradient); the recurrent layers
  * use one segment and rows at a fixed stride (pynn_rows_gemm_*).
- * MR rows x NV vectors of accumulators stay in registers (GCC vector extensions: zmm with
- * AVX-512, ymm otherwise, where MR tops out at 6 so 16 registers hold the block); the "wide"
+ * MR rows x NV vectors of accumulators stay in registers (GCC vector extensions); the "wide"
  * 6-row variant takes four vectors per block first where 32 registers allow it.
  * Each output element is summed in a fixed (s, t) order whatever the row block, so results
- * do not depend on how callers split rows between threads. */
+ * do not depend on how callers split rows between threads.
+ *
+ * Run-time dispatch (native/_isa.h): three copies of every kernel are compiled in every
+ * build, each with its own target attribute whatever -march the build used --
+ *   avx512   zmm, MR up to 8 (6 rows x 4 vectors when wide), 32 registers
+ *   avx2     ymm + FMA, MR up to 6 so 16 registers hold the block
+ *   generic  16-byte SSE vectors, no FMA, MR up to 6 (12 accumulators of 16 registers)
+ * -- and the entry points (pynn_seg_gemm_f/_d, pynn_rows_gemm_f/_d) call the copy in this
+ * module's table pynn_mk. The table is filled when the module is loaded (the best level of
+ * the CPU, or PYNN_KERNEL's) and changed by pynn_mk_select, which the Python setter of each
+ * module calls (native/_microkernel.pxi; pynn/_config.py set_kernel calls them all): every
+ * extension module that includes this header has its own static copy of the table.
+ * PYNN_VBYTES, PYNN_MR_MAX and the panel widths PYNN_NC_F/_D are the chosen copy's, read at
+ * run time: a caller that packs panels reads them once per call, and set_kernel must not
+ * run while kernels do. */
 #ifndef PYNN_MICROKERNEL_H
 #define PYNN_MICROKERNEL_H
 
 #include <Python.h>
-
-#if defined(__AVX512F__)
-#define PYNN_VBYTES 64
-#define PYNN_MR_MAX 8
-#else
-#define PYNN_VBYTES 32
-#define PYNN_MR_MAX 6
+#include "_isa.h"
+#if PYNN_ISA_X86
+#include <immintrin.h>
 #endif
-typedef float pynn_vf __attribute__((vector_size(PYNN_VBYTES), aligned(4), may_alias));
-typedef double pynn_vd __attribute__((vector_size(PYNN_VBYTES), aligned(8), may_alias));
+
+typedef float pynn_vf16 __attribute__((vector_size(16), aligned(4), may_alias));
+typedef double pynn_vd16 __attribute__((vector_size(16), aligned(8), may_alias));
+typedef float pynn_vf32 __attribute__((vector_size(32), aligned(4), may_alias));
+typedef double pynn_vd32 __attribute__((vector_size(32), aligned(8), may_alias));
+typedef float pynn_vf64 __attribute__((vector_size(64), aligned(4), may_alias));
+typedef double pynn_vd64 __attribute__((vector_size(64), aligned(8), may_alias));
 
 /* Explicit fused multiply-adds. With -ffp-contract=fast GCC fuses `acc += a * b` in some
  * inlined copies of a block and not in others (it depends on the call site), so one output
  * element came out differently from a 1-row and a 3-row block: results then depended on how
- * rows were split between threads. Spelling the FMA out makes every copy round the same. */
-#if defined(__FMA__) || defined(__AVX512F__)
-#include <immintrin.h>
-#if PYNN_VBYTES == 64
-#define PYNN_VFMA_F(s, b, c) ((pynn_vf)_mm512_fmadd_ps(_mm512_set1_ps(s), (__m512)(b), (__m512)(c)))
-#define PYNN_VFMA_D(s, b, c) \
-    ((pynn_vd)_mm512_fmadd_pd(_mm512_set1_pd(s), (__m512d)(b), (__m512d)(c)))
-#else
-#define PYNN_VFMA_F(s, b, c) ((pynn_vf)_mm256_fmadd_ps(_mm256_set1_ps(s), (__m256)(b), (__m256)(c)))
-#define PYNN_VFMA_D(s, b, c) \
-    ((pynn_vd)_mm256_fmadd_pd(_mm256_set1_pd(s), (__m256d)(b), (__m256d)(c)))
-#endif
+ * rows were split between threads. Spelling the FMA out makes every copy round the same.
+ * The generic copy is compiled without FMA (PYNN_TARGET_GENERIC): nothing to contract, so
+ * a*b + c rounds twice everywhere alike. */
+#define PYNN_VFMA512_F(s, b, c) \
+    ((pynn_vf64)_mm512_fmadd_ps(_mm512_set1_ps(s), (__m512)(b), (__m512)(c)))
+#define PYNN_VFMA512_D(s, b, c) \
+    ((pynn_vd64)_mm512_fmadd_pd(_mm512_set1_pd(s), (__m512d)(b), (__m512d)(c)))
+#define PYNN_VFMA256_F(s, b, c) \
+    ((pynn_vf32)_mm256_fmadd_ps(_mm256_set1_ps(s), (__m256)(b), (__m256)(c)))
+#define PYNN_VFMA256_D(s, b, c) \
+    ((pynn_vd32)_mm256_fmadd_pd(_mm256_set1_pd(s), (__m256d)(b), (__m256d)(c)))
 #define PYNN_SFMA_F(a, b, c) __builtin_fmaf((a), (b), (c))
 #define PYNN_SFMA_D(a, b, c) __builtin_fma((a), (b), (c))
-#else
-/* No FMA instruction: the compiler has nothing to contract, so a*b + c rounds twice
- * everywhere alike. */
-#define PYNN_VFMA_F(s, b, c) ((s) * (b) + (c))
-#define PYNN_VFMA_D(s, b, c) ((s) * (b) + (c))
-#define PYNN_SFMA_F(a, b, c) ((a) * (b) + (c))
-#define PYNN_SFMA_D(a, b, c) ((a) * (b) + (c))
-#endif
+#define PYNN_MULADD(a, b, c) ((a) * (b) + (c))
 
-#define PYNN_SK_BLOCK(T, V, NV, MR, VFMA)                                              \
+#define PYNN_SK_BLOCK(T, V, VL, NV, MR, VFMA)                                          \
     {                                                                                  \
         V acc[MR][NV]; const T* ap[MR]; int i, v; Py_ssize_t s, t;                     \
         for (i = 0; i < MR; i++) for (v = 0; v < NV; v++) {                            \
@@ -77,16 +83,17 @@ typedef double pynn_vd __attribute__((vector_size(PYNN_VBYTES), aligned(8), may_
             *(V*)(c + i * ldc + j + v * VL) = acc[i][v];                               \
     }
 
-#define PYNN_SK(NAME, T, V, MR, WIDE, VFMA, SFMA)                                      \
-static inline void NAME(Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn, const T* a,      \
-                        const Py_ssize_t* roff, const Py_ssize_t* aseg, Py_ssize_t sat, \
-                        const T* b, const Py_ssize_t* bseg, Py_ssize_t ldb, T* c,      \
-                        Py_ssize_t ldc, const T* init, int accum) {                    \
-    enum { VL = PYNN_VBYTES / sizeof(T) };                                             \
+#define PYNN_SK(NAME, TARGET, T, V, VBYTES, MR, WIDE, VFMA, SFMA)                      \
+static inline TARGET void NAME(Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,           \
+                               const T* a, const Py_ssize_t* roff,                     \
+                               const Py_ssize_t* aseg, Py_ssize_t sat, const T* b,     \
+                               const Py_ssize_t* bseg, Py_ssize_t ldb, T* c,           \
+                               Py_ssize_t ldc, const T* init, int accum) {             \
+    enum { VL = VBYTES / sizeof(T) };                                                  \
     Py_ssize_t j = 0, s, t; int i;                                                     \
-    if (WIDE) for (; j + 4 * VL <= n; j += 4 * VL) PYNN_SK_BLOCK(T, V, 4, MR, VFMA)    \
-    for (; j + 2 * VL <= n; j += 2 * VL) PYNN_SK_BLOCK(T, V, 2, MR, VFMA)              \
-    for (; j + VL <= n; j += VL) PYNN_SK_BLOCK(T, V, 1, MR, VFMA)                      \
+    if (WIDE) for (; j + 4 * VL <= n; j += 4 * VL) PYNN_SK_BLOCK(T, V, VL, 4, MR, VFMA) \
+    for (; j + 2 * VL <= n; j += 2 * VL) PYNN_SK_BLOCK(T, V, VL, 2, MR, VFMA)          \
+    for (; j + VL <= n; j += VL) PYNN_SK_BLOCK(T, V, VL, 1, MR, VFMA)                  \
     for (; j < n; j++) for (i = 0; i < MR; i++) {                                      \
         T sum = accum ? c[i * ldc + j] : (init ? init[j] : (T)0);                      \
         for (s = 0; s < nseg; s++) for (t = 0; t < tn; t++)                            \
@@ -95,49 +102,37 @@ static inline void NAME(Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn, const T* a
     }                                                                                  \
 }
 
-/* Every row-block size for one dtype: pynn_sk{8,6,6w,4,3,2,1}_SFX. */
-#define PYNN_SK_ALL(SFX, T, V, VFMA, SFMA)                                             \
-    PYNN_SK(pynn_sk8_##SFX, T, V, 8, 0, VFMA, SFMA)                                    \
-    PYNN_SK(pynn_sk6_##SFX, T, V, 6, 0, VFMA, SFMA)                                    \
-    PYNN_SK(pynn_sk6w_##SFX, T, V, 6, PYNN_VBYTES == 64, VFMA, SFMA)                   \
-    PYNN_SK(pynn_sk4_##SFX, T, V, 4, 0, VFMA, SFMA)                                    \
-    PYNN_SK(pynn_sk3_##SFX, T, V, 3, 0, VFMA, SFMA)                                    \
-    PYNN_SK(pynn_sk2_##SFX, T, V, 2, 0, VFMA, SFMA)                                    \
-    PYNN_SK(pynn_sk1_##SFX, T, V, 1, 0, VFMA, SFMA)
-PYNN_SK_ALL(f, float, pynn_vf, PYNN_VFMA_F, PYNN_SFMA_F)
-PYNN_SK_ALL(d, double, pynn_vd, PYNN_VFMA_D, PYNN_SFMA_D)
-
-/* All m rows, in blocks of PYNN_MR_MAX rows, then the largest smaller block that fits
+/* All m rows, in blocks of MRMAX rows, then the largest smaller block that fits
    (6, 4, 3, 2, 1). wide: 6-row blocks of four vectors (24 accumulators) instead of
-   8-row blocks of two, where there are 32 vector registers. */
+   8-row blocks of two, where there are 32 vector registers (avx512; elsewhere wide is the
+   plain 6-row block). */
 #define PYNN_SK_RUN(K, R)                                                              \
     { K(n, nseg, tn, a, roff + i, aseg, sat, b, bseg, ldb, c + i * ldc, ldc, init,     \
         accum); i += R; }
-#define PYNN_SEG_GEMM(NAME, T, SFX)                                                    \
-static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,           \
-                 const T* a, const Py_ssize_t* roff, const Py_ssize_t* aseg,           \
-                 Py_ssize_t sat, const T* b, const Py_ssize_t* bseg, Py_ssize_t ldb,   \
-                 T* c, Py_ssize_t ldc, const T* init, int accum, int wide) {           \
+#define PYNN_SEG_GEMM(NAME, TARGET, T, P, MRMAX)                                       \
+static TARGET void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,    \
+                        const T* a, const Py_ssize_t* roff, const Py_ssize_t* aseg,    \
+                        Py_ssize_t sat, const T* b, const Py_ssize_t* bseg,            \
+                        Py_ssize_t ldb, T* c, Py_ssize_t ldc, const T* init,           \
+                        int accum, int wide) {                                         \
     Py_ssize_t i = 0;                                                                  \
     while (i < m) {                                                                    \
         Py_ssize_t left = m - i;                                                       \
-        if (left >= 8 && PYNN_MR_MAX >= 8 && !wide) PYNN_SK_RUN(pynn_sk8_##SFX, 8)     \
-        else if (left >= 6 && wide) PYNN_SK_RUN(pynn_sk6w_##SFX, 6)                    \
-        else if (left >= 6) PYNN_SK_RUN(pynn_sk6_##SFX, 6)                             \
-        else if (left >= 4) PYNN_SK_RUN(pynn_sk4_##SFX, 4)                             \
-        else if (left == 3) PYNN_SK_RUN(pynn_sk3_##SFX, 3)                             \
-        else if (left == 2) PYNN_SK_RUN(pynn_sk2_##SFX, 2)                             \
-        else PYNN_SK_RUN(pynn_sk1_##SFX, 1)                                            \
+        if (left >= 8 && MRMAX >= 8 && !wide) PYNN_SK_RUN(P##8, 8)                     \
+        else if (left >= 6 && wide) PYNN_SK_RUN(P##6w, 6)                              \
+        else if (left >= 6) PYNN_SK_RUN(P##6, 6)                                       \
+        else if (left >= 4) PYNN_SK_RUN(P##4, 4)                                       \
+        else if (left == 3) PYNN_SK_RUN(P##3, 3)                                       \
+        else if (left == 2) PYNN_SK_RUN(P##2, 2)                                       \
+        else PYNN_SK_RUN(P##1, 1)                                                      \
     }                                                                                  \
 }
-PYNN_SEG_GEMM(pynn_seg_gemm_f, float, f)
-PYNN_SEG_GEMM(pynn_seg_gemm_d, double, d)
 
 /* Rows at a fixed stride (row i at a + i*sai, t at + t*sak), one segment, no bias row. */
-#define PYNN_ROWS_GEMM(NAME, T, SEG)                                                   \
-static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const T* a, Py_ssize_t sai, \
-                 Py_ssize_t sak, const T* b, Py_ssize_t ldb, T* c, Py_ssize_t ldc,     \
-                 int accum) {                                                          \
+#define PYNN_ROWS_GEMM(NAME, TARGET, T, SEG)                                           \
+static TARGET void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const T* a,          \
+                        Py_ssize_t sai, Py_ssize_t sak, const T* b, Py_ssize_t ldb,    \
+                        T* c, Py_ssize_t ldc, int accum) {                             \
     Py_ssize_t roff[64], zero = 0, i0, i, rows;                                        \
     for (i0 = 0; i0 < m; i0 += 64) {                                                   \
         rows = m - i0 < 64 ? m - i0 : 64;                                              \
@@ -146,18 +141,128 @@ static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const T* a, Py_ssize_
             ldc, (const T*)0, accum, 0);                                               \
     }                                                                                  \
 }
-PYNN_ROWS_GEMM(pynn_rows_gemm_f, float, pynn_seg_gemm_f)
-PYNN_ROWS_GEMM(pynn_rows_gemm_d, double, pynn_seg_gemm_d)
 
-/* Columns per packed panel (conv forward, recurrent layers): the two vectors of one block. */
-#define PYNN_NC_F (2 * PYNN_VBYTES / 4)
-#define PYNN_NC_D (2 * PYNN_VBYTES / 8)
+/* One level's copy for one dtype: pynn_<isa>_<sfx>_sk{8,6,6w,4,3,2,1}, then
+   pynn_<isa>_seg_gemm_<sfx> and pynn_<isa>_rows_gemm_<sfx>. */
+#define PYNN_MK_LEVEL(ISA, TARGET, SFX, T, V, VBYTES, MRMAX, WIDE, VFMA, SFMA)          \
+    PYNN_SK(pynn_##ISA##_##SFX##_sk8, TARGET, T, V, VBYTES, 8, 0, VFMA, SFMA)          \
+    PYNN_SK(pynn_##ISA##_##SFX##_sk6, TARGET, T, V, VBYTES, 6, 0, VFMA, SFMA)          \
+    PYNN_SK(pynn_##ISA##_##SFX##_sk6w, TARGET, T, V, VBYTES, 6, WIDE, VFMA, SFMA)      \
+    PYNN_SK(pynn_##ISA##_##SFX##_sk4, TARGET, T, V, VBYTES, 4, 0, VFMA, SFMA)          \
+    PYNN_SK(pynn_##ISA##_##SFX##_sk3, TARGET, T, V, VBYTES, 3, 0, VFMA, SFMA)          \
+    PYNN_SK(pynn_##ISA##_##SFX##_sk2, TARGET, T, V, VBYTES, 2, 0, VFMA, SFMA)          \
+    PYNN_SK(pynn_##ISA##_##SFX##_sk1, TARGET, T, V, VBYTES, 1, 0, VFMA, SFMA)          \
+    PYNN_SEG_GEMM(pynn_##ISA##_seg_gemm_##SFX, TARGET, T, pynn_##ISA##_##SFX##_sk, MRMAX) \
+    PYNN_ROWS_GEMM(pynn_##ISA##_rows_gemm_##SFX, TARGET, T, pynn_##ISA##_seg_gemm_##SFX)
+
+/* The generic copy uses vector_size(16) types: SSE2 on every x86-64, and GCC lowers them to
+   scalars elsewhere. */
+PYNN_MK_LEVEL(generic, PYNN_TARGET_GENERIC, f, float, pynn_vf16, 16, 6, 0, PYNN_MULADD,
+              PYNN_MULADD)
+PYNN_MK_LEVEL(generic, PYNN_TARGET_GENERIC, d, double, pynn_vd16, 16, 6, 0, PYNN_MULADD,
+              PYNN_MULADD)
+#if PYNN_ISA_X86
+PYNN_MK_LEVEL(avx2, PYNN_TARGET_AVX2, f, float, pynn_vf32, 32, 6, 0, PYNN_VFMA256_F,
+              PYNN_SFMA_F)
+PYNN_MK_LEVEL(avx2, PYNN_TARGET_AVX2, d, double, pynn_vd32, 32, 6, 0, PYNN_VFMA256_D,
+              PYNN_SFMA_D)
+PYNN_MK_LEVEL(avx512, PYNN_TARGET_AVX512, f, float, pynn_vf64, 64, 8, 1, PYNN_VFMA512_F,
+              PYNN_SFMA_F)
+PYNN_MK_LEVEL(avx512, PYNN_TARGET_AVX512, d, double, pynn_vd64, 64, 8, 1, PYNN_VFMA512_D,
+              PYNN_SFMA_D)
+#endif
+
+/* This module's choice (see the top of the file). */
+typedef struct {
+    int level, vbytes, mr_max, nc_f, nc_d;
+    void (*seg_gemm_f)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const float*,
+                       const Py_ssize_t*, const Py_ssize_t*, Py_ssize_t, const float*,
+                       const Py_ssize_t*, Py_ssize_t, float*, Py_ssize_t, const float*,
+                       int, int);
+    void (*seg_gemm_d)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*,
+                       const Py_ssize_t*, const Py_ssize_t*, Py_ssize_t, const double*,
+                       const Py_ssize_t*, Py_ssize_t, double*, Py_ssize_t, const double*,
+                       int, int);
+    void (*rows_gemm_f)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t,
+                        Py_ssize_t, const float*, Py_ssize_t, float*, Py_ssize_t, int);
+    void (*rows_gemm_d)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t,
+                        Py_ssize_t, const double*, Py_ssize_t, double*, Py_ssize_t, int);
+} pynn_mk_table;
+static pynn_mk_table pynn_mk;
+
+#define PYNN_MK_SET(ISA, LEVEL, VBYTES, MRMAX)                                         \
+    { pynn_mk_table t = {LEVEL, VBYTES, MRMAX, 2 * VBYTES / 4, 2 * VBYTES / 8,         \
+                         pynn_##ISA##_seg_gemm_f, pynn_##ISA##_seg_gemm_d,             \
+                         pynn_##ISA##_rows_gemm_f, pynn_##ISA##_rows_gemm_d};          \
+      pynn_mk = t; }
+
+/* 0, or -1 when this CPU cannot run the level (the table is then unchanged). */
+static int pynn_mk_select(int level) {
+    if (!pynn_isa_available(level)) return -1;
+    switch (level) {
+#if PYNN_ISA_X86
+    case PYNN_ISA_AVX512: PYNN_MK_SET(avx512, PYNN_ISA_AVX512, 64, 8) break;
+    case PYNN_ISA_AVX2: PYNN_MK_SET(avx2, PYNN_ISA_AVX2, 32, 6) break;
+#endif
+    default: PYNN_MK_SET(generic, PYNN_ISA_GENERIC, 16, 6) break;
+    }
+    return 0;
+}
+
+static inline int pynn_mk_level(void) { return pynn_mk.level; }
+
+/* At load: PYNN_KERNEL's level when this CPU has it, else the best one. (An unknown or
+   unavailable PYNN_KERNEL is reported by pynn/_config.py, which raises at import.) */
+__attribute__((constructor)) static void pynn_mk_init(void) {
+    int want = pynn_isa_requested();
+    if (want < 0 || pynn_mk_select(want) != 0) pynn_mk_select(pynn_isa_best());
+}
+
+/* The entry points of every caller: same names and signatures in every build. */
+static void pynn_seg_gemm_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,
+                            const float* a, const Py_ssize_t* roff, const Py_ssize_t* aseg,
+                            Py_ssize_t sat, const float* b, const Py_ssize_t* bseg,
+                            Py_ssize_t ldb, float* c, Py_ssize_t ldc, const float* init,
+                            int accum, int wide) {
+    pynn_mk.seg_gemm_f(m, n, nseg, tn, a, roff, aseg, sat, b, bseg, ldb, c, ldc, init,
+                       accum, wide);
+}
+static void pynn_seg_gemm_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,
+                            const double* a, const Py_ssize_t* roff, const Py_ssize_t* aseg,
+                            Py_ssize_t sat, const double* b, const Py_ssize_t* bseg,
+                            Py_ssize_t ldb, double* c, Py_ssize_t ldc, const double* init,
+                            int accum, int wide) {
+    pynn_mk.seg_gemm_d(m, n, nseg, tn, a, roff, aseg, sat, b, bseg, ldb, c, ldc, init,
+                       accum, wide);
+}
+static void pynn_rows_gemm_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
+                             Py_ssize_t sai, Py_ssize_t sak, const float* b, Py_ssize_t ldb,
+                             float* c, Py_ssize_t ldc, int accum) {
+    pynn_mk.rows_gemm_f(m, n, k, a, sai, sak, b, ldb, c, ldc, accum);
+}
+static void pynn_rows_gemm_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double* a,
+                             Py_ssize_t sai, Py_ssize_t sak, const double* b, Py_ssize_t ldb,
+                             double* c, Py_ssize_t ldc, int accum) {
+    pynn_mk.rows_gemm_d(m, n, k, a, sai, sak, b, ldb, c, ldc, accum);
+}
+
+/* The chosen level's vector width in bytes, most rows per block, and columns per packed
+   panel (conv forward, recurrent layers: the two vectors of one block). */
+#define PYNN_VBYTES (pynn_mk.vbytes)
+#define PYNN_MR_MAX (pynn_mk.mr_max)
+#define PYNN_NC_F (pynn_mk.nc_f)
+#define PYNN_NC_D (pynn_mk.nc_d)
+/* Compile-time bounds of those for every level, for fixed-size buffers. */
+#define PYNN_VBYTES_LIMIT 64
+#define PYNN_MR_LIMIT 8
+#define PYNN_NC_F_LIMIT 32
+#define PYNN_NC_D_LIMIT 16
 
 /* b (k rows x n columns, row stride ldb) packed into column panels of nc columns: panel p
  * holds columns [p*nc, p*nc + w) of every row (w = nc but in the last panel), contiguous
  * with row stride w, at out + p*nc*k. The microkernel then reads one sequential stream per
  * block; reading the rows of b in place (one cache line per row, 4*ldb bytes apart) cost
- * the conv forward ~13% on Zen 3. */
+ * the conv forward ~13% on Zen 3. A plain copy: one build of it serves every level. */
 #define PYNN_PACK_PANELS(NAME, T)                                                      \
 static void NAME(const T* b, Py_ssize_t ldb, Py_ssize_t k, Py_ssize_t n, Py_ssize_t nc, \
                  T* out) {                                                             \

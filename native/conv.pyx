@@ -151,6 +151,8 @@ cdef void _gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize
                   b, <int>ldb, beta, c, <int>ldc)
 
 
+include "_microkernel.pxi"   # pynn._config.set_kernel reaches this module too
+
 # -- register-blocked microkernel (direct paths, no BLAS; native/_microkernel.h) ----------
 # Forward: rows = output pixels, roff[i] = wo*SW*C; one segment per kernel row kh, whose
 # KW*C inputs are contiguous in the padded row, so t walks them with sat = 1.

@@ -13,9 +13,45 @@ the pause is harmless there. Results do not change: no kernel splits work by thr
 """
 from _openmp cimport PYNN_HAVE_OPENMP, omp_get_max_threads, omp_set_num_threads
 
+import numpy as np
+
+include "_microkernel.pxi"
+
 cdef extern from "_microkernel.h":
     int PYNN_VBYTES
     int PYNN_MR_MAX
+    int PYNN_NC_F
+    int PYNN_NC_D
+    void pynn_seg_gemm_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,
+                         const float* a, const Py_ssize_t* roff, const Py_ssize_t* aseg,
+                         Py_ssize_t sat, const float* b, const Py_ssize_t* bseg,
+                         Py_ssize_t ldb, float* c, Py_ssize_t ldc, const float* init,
+                         int accum, int wide) noexcept nogil
+    void pynn_seg_gemm_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,
+                         const double* a, const Py_ssize_t* roff, const Py_ssize_t* aseg,
+                         Py_ssize_t sat, const double* b, const Py_ssize_t* bseg,
+                         Py_ssize_t ldb, double* c, Py_ssize_t ldc, const double* init,
+                         int accum, int wide) noexcept nogil
+    void pynn_rows_gemm_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
+                          Py_ssize_t sai, Py_ssize_t sak, const float* b, Py_ssize_t ldb,
+                          float* c, Py_ssize_t ldc, int accum) noexcept nogil
+    void pynn_rows_gemm_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double* a,
+                          Py_ssize_t sai, Py_ssize_t sak, const double* b, Py_ssize_t ldb,
+                          double* c, Py_ssize_t ldc, int accum) noexcept nogil
+    void pynn_pack_panels_f(const float* b, Py_ssize_t ldb, Py_ssize_t k, Py_ssize_t n,
+                            Py_ssize_t nc, float* out) noexcept nogil
+    void pynn_pack_panels_d(const double* b, Py_ssize_t ldb, Py_ssize_t k, Py_ssize_t n,
+                            Py_ssize_t nc, double* out) noexcept nogil
+
+cdef extern from "_isa.h":
+    int pynn_has_avx2() noexcept nogil
+    int pynn_has_avx512() noexcept nogil
+    int pynn_has_avx512vnni() noexcept nogil
+    int pynn_has_avx512bf16() noexcept nogil
+    int pynn_isa_available(int level) noexcept nogil
+    int pynn_isa_best() noexcept nogil
+    int pynn_isa_requested() noexcept nogil
+    const char* pynn_isa_name(int level) noexcept nogil
 
 cdef extern from *:
     """
@@ -25,6 +61,8 @@ cdef extern from *:
     #define PYNN_ISA "avx2+fma"
     #elif defined(__AVX__)
     #define PYNN_ISA "avx"
+    #elif defined(__SSE4_2__) && defined(__POPCNT__)
+    #define PYNN_ISA "x86-64-v2"
     #else
     #define PYNN_ISA "baseline"
     #endif
@@ -113,6 +151,111 @@ def set_num_threads(int n):
 
 
 def microkernel():
-    """The instruction set the kernels were compiled for, the vector width in bytes and the
-    most rows of the register-blocked microkernel (native/_microkernel.h)."""
-    return {"isa": PYNN_ISA.decode(), "vector_bytes": PYNN_VBYTES, "rows": PYNN_MR_MAX}
+    """The register-blocked microkernel (native/_microkernel.h) this module calls now: its
+    level ("kernel": avx512, avx2 or generic), vector width in bytes, most rows per block and
+    float32 panel columns; "build_isa": what the rest of the build was compiled for
+    (-march), which the microkernel does not depend on."""
+    return {"kernel": pynn_isa_name(pynn_mk_level()).decode(), "vector_bytes": PYNN_VBYTES,
+            "rows": PYNN_MR_MAX, "panel_columns": PYNN_NC_F, "build_isa": PYNN_ISA.decode()}
+
+
+def cpu_features():
+    """The features run-time dispatch reads (native/_isa.h): each also needs the OS to save
+    the registers it uses."""
+    return {"avx2": bool(pynn_has_avx2()), "avx512": bool(pynn_has_avx512()),
+            "avx512vnni": bool(pynn_has_avx512vnni()),
+            "avx512bf16": bool(pynn_has_avx512bf16())}
+
+
+def kernel_levels():
+    """(name, level, this CPU runs it) for every microkernel level, lowest first; the best
+    level this CPU runs; the level PYNN_KERNEL names (-1 unset, -2 another value)."""
+    levels = [(pynn_isa_name(i).decode(), i, bool(pynn_isa_available(i))) for i in range(3)]
+    return levels, pynn_isa_best(), pynn_isa_requested()
+
+
+# -- test hooks: the microkernel entry points on NumPy arrays, no shape checks beyond
+#    what keeps them in bounds (tests/test_isa.py checks them against float64) ---------------
+def _seg_gemm(a, Py_ssize_t[::1] roff, Py_ssize_t[::1] aseg, Py_ssize_t sat, b,
+              Py_ssize_t[::1] bseg, Py_ssize_t ldb, Py_ssize_t tn, c, init=None,
+              bint accum=False, bint wide=False):
+    """c[i, j] = start + sum_{s, t < tn} a[aseg[s] + roff[i] + t*sat] * b[bseg[s] + t*ldb + j]
+    over c's rows and columns (a, b flat; c 2-D C-contiguous, written in place)."""
+    cdef Py_ssize_t m = c.shape[0], n = c.shape[1], nseg = aseg.shape[0], s, i
+    if roff.shape[0] < m or bseg.shape[0] != nseg or c.strides[1] != c.itemsize:
+        raise ValueError("_seg_gemm: roff shorter than c's rows, bseg and aseg differ, or "
+                         "c's rows are not contiguous")
+    if init is not None and init.shape[0] < n:
+        raise ValueError("_seg_gemm: init shorter than c's columns")
+    for s in range(nseg):
+        for i in range(m):
+            if tn > 0 and not (0 <= aseg[s] + roff[i] < a.shape[0]
+                               and 0 <= aseg[s] + roff[i] + (tn - 1) * sat < a.shape[0]):
+                raise ValueError("_seg_gemm: a read out of bounds")
+        if tn > 0 and n > 0 and not (0 <= bseg[s] and bseg[s] + (tn - 1) * ldb + n
+                                     <= b.shape[0]):
+            raise ValueError("_seg_gemm: b read out of bounds")
+    if c.dtype == np.float32:
+        _seg_gemm_t[float](a, roff, aseg, sat, b, bseg, ldb, tn, c, init, accum, wide)
+    else:
+        _seg_gemm_t[double](a, roff, aseg, sat, b, bseg, ldb, tn, c, init, accum, wide)
+
+
+ctypedef fused real:
+    float
+    double
+
+
+cdef _seg_gemm_t(const real[::1] a, Py_ssize_t[::1] roff, Py_ssize_t[::1] aseg,
+                 Py_ssize_t sat, const real[::1] b, Py_ssize_t[::1] bseg, Py_ssize_t ldb,
+                 Py_ssize_t tn, real[:, ::1] c, init, bint accum, bint wide):
+    cdef const real[::1] init_v
+    cdef const real* ip = NULL
+    if init is not None:
+        init_v = init
+        ip = &init_v[0]
+    with nogil:
+        if real is float:
+            pynn_seg_gemm_f(c.shape[0], c.shape[1], aseg.shape[0], tn, &a[0], &roff[0],
+                            &aseg[0], sat, &b[0], &bseg[0], ldb, &c[0, 0], c.shape[1], ip,
+                            accum, wide)
+        else:
+            pynn_seg_gemm_d(c.shape[0], c.shape[1], aseg.shape[0], tn, &a[0], &roff[0],
+                            &aseg[0], sat, &b[0], &bseg[0], ldb, &c[0, 0], c.shape[1], ip,
+                            accum, wide)
+
+
+def _rows_gemm(const real[:, ::1] a, const real[:, ::1] b, real[:, ::1] c,
+               bint accum=False, bint transpose_a=False):
+    """c (+)= a @ b, or a.T @ b with transpose_a (rows of the product at a stride of 1, k at
+    a's row stride): the recurrent layers' product."""
+    cdef Py_ssize_t m = c.shape[0], n = c.shape[1]
+    cdef Py_ssize_t k = a.shape[0] if transpose_a else a.shape[1]
+    cdef Py_ssize_t sai = 1 if transpose_a else a.shape[1]
+    cdef Py_ssize_t sak = a.shape[1] if transpose_a else 1
+    if (a.shape[1] if transpose_a else a.shape[0]) != m or b.shape[0] != k or b.shape[1] != n:
+        raise ValueError(f"_rows_gemm: shapes ({a.shape[0]}, {a.shape[1]}) "
+                         f"({b.shape[0]}, {b.shape[1]}) -> ({m}, {n})")
+    if m == 0 or n == 0:
+        return
+    with nogil:
+        if real is float:
+            pynn_rows_gemm_f(m, n, k, &a[0, 0] if k > 0 else NULL, sai, sak,
+                             &b[0, 0] if k > 0 else NULL, n, &c[0, 0], n, accum)
+        else:
+            pynn_rows_gemm_d(m, n, k, &a[0, 0] if k > 0 else NULL, sai, sak,
+                             &b[0, 0] if k > 0 else NULL, n, &c[0, 0], n, accum)
+
+
+def _pack_panels(const real[:, ::1] b, real[::1] out):
+    """b (k, n) into column panels of the chosen level's width (PYNN_NC_F / PYNN_NC_D)."""
+    cdef Py_ssize_t k = b.shape[0], n = b.shape[1]
+    if out.shape[0] < k * n:
+        raise ValueError("_pack_panels: out too small")
+    if k * n == 0:
+        return
+    with nogil:
+        if real is float:
+            pynn_pack_panels_f(&b[0, 0], n, k, n, PYNN_NC_F, &out[0])
+        else:
+            pynn_pack_panels_d(&b[0, 0], n, k, n, PYNN_NC_D, &out[0])

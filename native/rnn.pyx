@@ -79,6 +79,8 @@ cdef enum:
     KC_NC_MAX = 32
 
 
+include "_microkernel.pxi"   # pynn._config.set_kernel reaches this module too
+
 # -- the microkernel and the products built on it -------------------------------------------
 # The per-step operands (kernel, recurrent_kernel, their transposes) are repacked once per
 # call into column panels of NC = 2 vectors (32 floats / 16 doubles with AVX-512, half that

@@ -65,6 +65,8 @@ cdef struct Rec:
     void* tmp       # scratch (N, U)
 
 
+include "_microkernel.pxi"   # pynn._config.set_kernel reaches this module too
+
 # The register-blocked microkernel of native/_microkernel.h (shared with conv and rnn):
 # c[i, :n] (+)= sum_k a[i*sai + k*sak] * b[k*ldb + :n], for n <= NC columns per call.
 cdef extern from "_microkernel.h":

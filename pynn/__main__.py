@@ -18,7 +18,8 @@ def _cpu():
                     flags = set(value.split())
     except OSError:
         pass
-    simd = [f for f in ("avx2", "fma", "avx512f") if f in flags]
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+            if f in flags]
     return f"{model or 'unknown cpu'}" + (f" ({', '.join(simd)})" if simd else "")
 
 
@@ -43,11 +44,17 @@ def info():
     if flags is not None:
         lines += [
             f"build: compiler {flags.COMPILER}, flags {' '.join(flags.COMPILE_ARGS)}",
-            f"portable build: {flags.PORTABLE}, cython checks: {flags.DEBUG_CYTHON}, "
-            f"sanitizers: {getattr(flags, 'SANITIZE', False)}",
+            (f"portable build: {flags.PORTABLE}, cython checks: {flags.DEBUG_CYTHON}, "
+             f"sanitizers: {getattr(flags, 'SANITIZE', False)}"),
         ]
-    lines.append(f"kernels: {kernel['isa']}, {kernel['vector_bytes']}-byte vectors, "
-                 f"microkernel up to {kernel['rows']} rows")
+    levels, best, requested = native_info.kernel_levels()
+    runs = [name for name, _, ok in reversed(levels) if ok]
+    why = "PYNN_KERNEL" if requested >= 0 and kernel["kernel"] == levels[requested][0] else (
+        "the CPU's best" if kernel["kernel"] == levels[best][0] else "set_kernel")
+    lines.append(f"microkernel: {kernel['kernel']} ({why}; this CPU runs "
+                 f"{', '.join(runs)}), {kernel['vector_bytes']}-byte vectors, up to "
+                 f"{kernel['rows']} rows, {kernel['panel_columns']}-column float32 panels")
+    lines.append(f"other kernels: compiled for {kernel['build_isa']} (-march of the build)")
     omp = native_info.openmp_enabled()
     lines.append(f"openmp: {'ON' if omp else 'OFF (single-threaded kernels)'}, "
                  f"threads: {n_threads} (omp max threads {native_info.get_max_threads()})")

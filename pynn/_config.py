@@ -1,4 +1,4 @@
-"""Process-wide settings: thread count and the default float type.
+"""Process-wide settings: thread count, the default float type and the microkernel level.
 
 OpenMP (pynn's own kernels) and BLAS (the GEMMs) share one thread budget. pynn never calls BLAS
 from inside an OpenMP parallel region, so both pools may use all ``n`` threads without
@@ -6,7 +6,9 @@ oversubscribing the cores: they take turns.
 """
 
 import contextlib
+import importlib
 import os
+import pkgutil
 import threading
 import warnings
 
@@ -124,3 +126,85 @@ def set_floatx(dtype):
     if str(dtype) not in ("float32", "float64"):
         raise ValueError(f"set_floatx: expected 'float32' or 'float64', got {dtype!r}")
     _floatx = str(dtype)
+
+
+# -- microkernel level (native/_isa.h, native/_microkernel.h) -------------------------------
+# Every build holds the AVX-512, AVX2+FMA and generic copies of the register-blocked
+# microkernel; each extension module that includes the header keeps its own copy of the
+# choice, made when it loads (PYNN_KERNEL, else the best level of the CPU). set_kernel
+# changes it in every such module (they expose _microkernel_select, native/_microkernel.pxi).
+KERNELS = ("avx512", "avx2", "generic")
+
+
+def _kernel_levels():
+    levels, best, requested = _info.kernel_levels()
+    return {name: (level, runs) for name, level, runs in levels}, best, requested
+
+
+def available_kernels():
+    """The microkernel levels this CPU (and its OS) can run, fastest first."""
+    levels, _, _ = _kernel_levels()
+    return [name for name in KERNELS if levels[name][1]]
+
+
+def get_kernel():
+    """The microkernel level in use: 'avx512', 'avx2' or 'generic'."""
+    return _info.microkernel()["kernel"]
+
+
+def _check_kernel(name, where):
+    levels, _, _ = _kernel_levels()
+    if name not in levels:
+        raise ValueError(f"{where}: expected one of {', '.join(KERNELS)}, got {name!r}")
+    level, runs = levels[name]
+    if not runs:
+        have = [f for f, on in _info.cpu_features().items() if on]
+        need = ("AVX-512 F, VL, BW and DQ" if name == "avx512" else "AVX2 and FMA")
+        raise RuntimeError(f"{where}: the {name!r} kernels need {need} enabled by the OS; "
+                           f"this CPU has {', '.join(have) or 'neither AVX2 nor AVX-512'} "
+                           f"(it can run: {', '.join(available_kernels())})")
+    return level
+
+
+def _microkernel_modules():
+    """Every pynn._native module with a microkernel table (importing them all: a module
+    loaded later would otherwise start from PYNN_KERNEL or the CPU's best level)."""
+    import pynn._native as native
+
+    mods = []
+    for entry in pkgutil.iter_modules(native.__path__):
+        mod = importlib.import_module(f"pynn._native.{entry.name}")
+        if hasattr(mod, "_microkernel_select"):
+            mods.append(mod)
+    return mods
+
+
+def set_kernel(name):
+    """Use the microkernel level ``name`` ('avx512', 'avx2', 'generic') in every native
+    module, e.g. to compare levels or test one; raises RuntimeError when this CPU cannot run
+    it. Process-wide and not thread-safe: do not call it while kernels run. Child processes
+    follow PYNN_KERNEL, not this setting."""
+    level = _check_kernel(name, "set_kernel")
+    for mod in _microkernel_modules():
+        if not mod._microkernel_select(level):
+            raise RuntimeError(f"set_kernel: {mod.__name__} refused level {name!r}")
+
+
+@contextlib.contextmanager
+def kernel(name):
+    """Run a block on the microkernel level ``name``, then restore the previous one."""
+    previous = get_kernel()
+    set_kernel(name)
+    try:
+        yield name
+    finally:
+        set_kernel(previous)
+
+
+def _check_kernel_env():
+    value = os.environ.get("PYNN_KERNEL", "")
+    if value:
+        _check_kernel(value, "PYNN_KERNEL")
+
+
+_check_kernel_env()
