@@ -722,6 +722,29 @@ def _pointwise(g):
     return g["KH"] == 1 and g["KW"] == 1 and g["SH"] == 1 and g["SW"] == 1
 
 
+# A 1x1 kernel with strides and no padding (a residual network's projection shortcut) reads
+# only every SH-th row and SW-th column: it is the stride-1 pointwise conv of that subsample
+# (one strided copy of 1/(SH*SW) of x), and its input gradient that conv's, scattered back
+# into zeros. The strided geometry itself went through a padded copy of all of x and, for
+# the input gradient, im2col + BLAS + col2im (32x32x32 -> 16x16x64, batch 32, 2 threads:
+# CPU time per call, forward 0.31-0.45 -> 0.28 ms, backward 1.2-1.4 -> 0.65 ms).
+def _strided_pointwise(g):
+    return (g["KH"] == 1 and g["KW"] == 1 and (g["SH"], g["SW"]) != (1, 1)
+            and g["PT"] == 0 and g["PL"] == 0)
+
+
+def _subsampled(x, g):
+    """x at the pixels a strided 1x1 conv reads, (N, HO, WO, C), contiguous."""
+    return np.ascontiguousarray(x[:, :g["HO"] * g["SH"]:g["SH"], :g["WO"] * g["SW"]:g["SW"]])
+
+
+def _scattered(dxs, input_shape, g):
+    """The input gradient of a strided 1x1 conv from that of its subsample: zero elsewhere."""
+    dx = np.zeros(input_shape, dtype=dxs.dtype)
+    dx[:, :g["HO"] * g["SH"]:g["SH"], :g["WO"] * g["SW"]:g["SW"]] = dxs
+    return dx
+
+
 # The direct paths read a zero-padded copy of their input; im2col + BLAS needs none (an
 # out-of-range tap is a memset in a workspace bounded by _workspace_bytes). A copy that would
 # be mostly padding goes that way instead: 'same' with a dilation large against the input
@@ -810,6 +833,9 @@ def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid", dilation_ra
     act_name, alpha, x, kernel, bias, g = operands.conv2d_forward(
         HOST, x, kernel, bias, strides, padding, dilation_rate, activation, alpha)
     g = _planned(g)
+    if _strided_pointwise(g) and x.size:
+        return conv2d_forward(_subsampled(x, g), kernel, bias, (1, 1), "valid", (1, 1),
+                              act_name, alpha)
     keep_z = act_name in ACTIVATIONS_NEEDING_INPUT
     z = np.empty((g["N"], g["HO"], g["WO"], g["F"]), dtype=x.dtype)
     y = np.empty_like(z) if keep_z else z
@@ -835,6 +861,9 @@ def conv2d_backward_input(dz, kernel, input_shape, strides=(1, 1), padding="vali
     g = _planned(g)
     if not (dz.size and 0 not in input_shape):
         return np.zeros(input_shape, dtype=dz.dtype)
+    if _strided_pointwise(g):
+        shape = (g["N"], g["HO"], g["WO"], g["C"])
+        return _scattered(conv2d_backward_input(dz, kernel, shape), input_shape, g)
     if _use_direct(g, op):
         # Stride 1: dx is the forward conv of dz, zero-padded to a "full" convolution.
         gt, top, left = _input_grad_geometry(g, input_shape)
@@ -881,6 +910,8 @@ def conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
     x, dz, kernel_shape, g = operands.conv2d_backward_weight(
         HOST, x, dz, kernel_shape, strides, padding, dilation_rate)
     g = _planned(g)
+    if _strided_pointwise(g) and dz.size:
+        return conv2d_backward_weight(_subsampled(x, g), dz, kernel_shape)
     dw = np.zeros(kernel_shape, dtype=x.dtype)
     if dz.size and dw.size:
         if _use_direct(g, op):
@@ -928,6 +959,10 @@ def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
     name, a, dy, x, z, y, kernel, g = operands.conv2d_backward(
         HOST, dy, x, z, y, kernel, strides, padding, dilation_rate, activation, alpha)
     g = _planned(g)
+    if _strided_pointwise(g) and dy.size:
+        dxs, dw, db = conv2d_backward(dy, _subsampled(x, g), z, y, kernel, (1, 1), "valid",
+                                      (1, 1), name, a, use_bias, need_input_grad)
+        return (None if dxs is None else _scattered(dxs, x.shape, g)), dw, db
     direct_input = need_input_grad and _use_direct(g, "conv2d_backward_input")
     if direct_input:
         gt, top, left = _input_grad_geometry(g, x.shape)

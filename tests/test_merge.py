@@ -537,3 +537,33 @@ def test_large_inputs_take_the_threaded_path(num_threads):
     for a, b in zip(out[0][1], out[1][1]):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(out[1][0], np.maximum(np.maximum(xs[0], xs[1]), xs[2]))
+
+
+# -- resnet branch: Add hands dy on uncopied ---------------------------------------------------
+
+def test_add_hands_dy_on_and_the_graph_never_writes_into_it(float64, seeded):
+    """Add's input gradients are dy itself (no copy per input); the executor must then sum a
+    shortcut's gradients into a fresh array, leaving the dy it was given as it was."""
+    import pynn
+
+    layer = Add()
+    xs = [seeded.standard_normal((3, 4)) for _ in range(2)]
+    layer(xs, training=True)
+    dy = seeded.standard_normal((3, 4))
+    assert all(g is dy for g in layer.backward(dy))
+
+    inp = pynn.Input((4,))
+    h = pynn.layers.Dense(4, name="h")(inp)
+    # h reaches the output twice through the Add and once through a Dense: its gradient is
+    # dy + dy + (dy @ kernel^T), summed by the executor.
+    out = Add()([h, h, pynn.layers.Dense(4, name="g")(h)])
+    model = pynn.Model(inp, out)
+    x = seeded.standard_normal((5, 4))
+    outs, saved = model._plan.forward([x], True)
+    dy = seeded.standard_normal(outs[0].shape)
+    before = dy.copy()
+    model._plan.backward([dy], saved)
+    g = model.get_layer("g").kernel.value
+    np.testing.assert_allclose(model.get_layer("h").kernel.grad, x.T @ (2 * dy + dy @ g.T),
+                               rtol=1e-10)
+    np.testing.assert_array_equal(dy, before)

@@ -515,9 +515,11 @@ def _accumulate(b, grads, owned, fan_in, s, g):
         grads[s] = g
         return
     if s not in owned:
-        current = b.copy(current)
+        # A fresh sum in one pass (read both, write one) rather than a copy then an add:
+        # the gradient of a residual shortcut meets here every step. (resnet branch)
         owned.add(s)
-        grads[s] = current
+        grads[s] = b.merge_forward([current, g], "add")
+        return
     b.add_inplace(current, g)
 
 

@@ -116,6 +116,17 @@ class _ElementwiseMerge(_MergeLayer):
 class Add(_ElementwiseMerge):
     mode = "add"
 
+    def backward(self, dy):
+        inputs = self._cache
+        if self.needs_input_grad and all(tuple(x.shape) == tuple(dy.shape) for x in inputs):
+            # Each input's gradient is dy itself: hand it on instead of copying it once per
+            # input (a residual block's shortcut paid a full pass per step for those copies).
+            # Safe because the executor copies a gradient it did not create before adding
+            # into it, and no layer writes into the dy it is given.
+            self._cache = None
+            return [dy] * len(inputs)
+        return super().backward(dy)
+
 
 class Subtract(_ElementwiseMerge):
     mode = "subtract"
