@@ -1,0 +1,78 @@
+"""Masks beyond the recurrent kernels (issue 14): the mask reaching a model's output weighs
+its metrics (masked steps do not count, as in Keras), and TimeDistributed hands the mask to
+an inner layer that takes one."""
+
+import os
+
+import numpy as np
+import pytest
+
+import pynn
+
+V, T, UNITS, K = 13, 7, 5, 4
+
+
+def padded_tokens(n, seed=0):
+    """Token ids (n, T) in [1, V) padded with zeros after a random length (one row fully
+    padded, one unpadded), and per-step class targets."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(1, V, size=(n, T))
+    lengths = rng.integers(1, T + 1, size=n)
+    lengths[0], lengths[1] = 0, T
+    x[np.arange(T)[None, :] >= lengths[:, None]] = 0
+    y = rng.integers(0, K, size=(n, T))
+    return x.astype(np.int32), y.astype(np.int32)
+
+
+def tagger(lib, masking=True):
+    return lib.Sequential([
+        lib.layers.Input((T,), dtype="int32"),
+        lib.layers.Embedding(V, 6, mask_zero=masking),
+        lib.layers.LSTM(UNITS, return_sequences=True),
+        lib.layers.Dense(K, activation="softmax"),
+    ])
+
+
+def test_metrics_skip_masked_steps():
+    x, y = padded_tokens(9)
+    model = tagger(pynn)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy",
+                  metrics=["sparse_categorical_accuracy"])
+    logs = model.evaluate(x, y, batch_size=4, verbose=0, return_dict=True)
+    pred = model.predict(x, verbose=0).argmax(-1)
+    valid = x != 0
+    want = float(np.sum((pred == y) & valid) / valid.sum())
+    assert logs["sparse_categorical_accuracy"] == pytest.approx(want, abs=1e-6)
+    everything = float(np.mean(pred == y))
+    assert want != pytest.approx(everything, abs=1e-6)  # the data makes the mask matter
+
+
+def test_weighted_metrics_multiply_mask_and_sample_weight():
+    x, y = padded_tokens(8, seed=3)
+    sw = np.linspace(0.5, 2.0, len(x))
+    model = tagger(pynn)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy",
+                  weighted_metrics=["sparse_categorical_accuracy"])
+    logs = model.evaluate(x, y, sample_weight=sw, batch_size=8, verbose=0, return_dict=True)
+    pred = model.predict(x, verbose=0).argmax(-1)
+    w = (x != 0) * sw[:, None]
+    want = float(np.sum(w * (pred == y)) / w.sum())
+    assert logs["sparse_categorical_accuracy"] == pytest.approx(want, abs=1e-6)
+
+
+def test_metric_masking_matches_keras():
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip("these parity tests want keras on torch")
+    x, y = padded_tokens(12, seed=5)
+    theirs = tagger(keras)
+    ours = tagger(pynn)
+    ours.set_weights(theirs.get_weights())
+    for model in (theirs, ours):
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy",
+                      metrics=["sparse_categorical_accuracy"])
+    want = theirs.evaluate(x, y, batch_size=5, verbose=0, return_dict=True)
+    got = ours.evaluate(x, y, batch_size=5, verbose=0, return_dict=True)
+    for key in ("loss", "sparse_categorical_accuracy"):
+        assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), key
