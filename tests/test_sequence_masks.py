@@ -76,3 +76,79 @@ def test_metric_masking_matches_keras():
     got = ours.evaluate(x, y, batch_size=5, verbose=0, return_dict=True)
     for key in ("loss", "sparse_categorical_accuracy"):
         assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), key
+
+
+# -- TimeDistributed hands the mask on ----------------------------------------------------
+T2 = 5
+
+
+def nested_tokens(n, seed=7):
+    """Ids (n, T, T2): each inner sequence padded with zeros after its own length (some
+    inner sequences fully padded, some full)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(1, V, size=(n, T, T2))
+    lengths = rng.integers(0, T2 + 1, size=(n, T))
+    x[np.arange(T2)[None, None, :] >= lengths[..., None]] = 0
+    return x.astype(np.int32)
+
+
+def nested_model(lib):
+    return lib.Sequential([
+        lib.layers.Input((T, T2), dtype="int32"),
+        lib.layers.Embedding(V, 6, mask_zero=True),
+        lib.layers.TimeDistributed(lib.layers.LSTM(UNITS)),
+    ])
+
+
+def test_time_distributed_passes_the_mask_to_its_inner_layer():
+    x = nested_tokens(4)
+    model = nested_model(pynn)
+    got = model.predict(x, verbose=0)
+    embed, td = model.layers[0], model.layers[1]
+    emb = embed.call(x.reshape(-1, T2))
+    want = td.layer.call(emb, mask=x.reshape(-1, T2) != 0).reshape(got.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    unmasked = td.layer.call(emb).reshape(got.shape)
+    assert np.abs(unmasked - got).max() > 1e-3  # the mask changed the result
+
+
+def test_time_distributed_mask_backward_matches_finite_differences():
+    rng = np.random.default_rng(11)
+    n = 3
+    x = rng.standard_normal((n, T, T2, 2))
+    mask = rng.random((n, T, T2)) > 0.3
+    layer = pynn.layers.TimeDistributed(pynn.layers.LSTM(3, dtype="float64"), dtype="float64")
+    layer.build(x.shape)
+    dy = rng.standard_normal((n, T, 3))
+    layer.call(x, training=True, mask=mask)
+    dx = layer.backward(dy)
+
+    def loss(xv):
+        return float(np.sum(layer.call(xv, mask=mask) * dy))
+
+    eps, idx = 1e-6, [(0, 0, 0, 0), (1, 3, 2, 1), (2, 6, 4, 0), (1, 2, 1, 1)]
+    for i in idx:
+        xp, xm = x.copy(), x.copy()
+        xp[i] += eps
+        xm[i] -= eps
+        assert dx[i] == pytest.approx((loss(xp) - loss(xm)) / (2 * eps), rel=1e-6, abs=1e-9)
+
+
+def test_time_distributed_rejects_a_mask_of_another_shape():
+    layer = pynn.layers.TimeDistributed(pynn.layers.LSTM(3))
+    x = np.ones((2, T, T2, 2), np.float32)
+    layer.build(x.shape)
+    with pytest.raises(ValueError, match=r"TimeDistributed .*mask.*\(2, 7\).*got shape \(2, 6"):
+        layer.call(x, mask=np.ones((2, 6, T2), bool))
+
+
+def test_time_distributed_mask_matches_keras():
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip("these parity tests want keras on torch")
+    x = nested_tokens(6, seed=9)
+    theirs, ours = nested_model(keras), nested_model(pynn)
+    ours.set_weights(theirs.get_weights())
+    want = np.asarray(theirs.predict(x, verbose=0))
+    np.testing.assert_allclose(ours.predict(x, verbose=0), want, rtol=1e-5, atol=1e-6)
