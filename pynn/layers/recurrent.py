@@ -23,7 +23,7 @@ import contextlib
 
 import numpy as np
 
-from pynn import backend, initializers, regularizers, utils
+from pynn import autodiff, backend, initializers, regularizers, utils
 from pynn.backend.api import RNN_ACTIVATIONS
 from pynn.layers.base import Layer, shape_str
 from pynn.layers.symbolic import is_symbolic
@@ -842,11 +842,12 @@ class RNN(Layer):
 
     def _call_user_cell(self, x, training, mask):
         """Keras's rnn loop over the user cell's call: a masked step keeps the states and
-        repeats the previous output (zeros with zero_output_for_mask)."""
-        from pynn import autodiff, ops
-
+        repeats the previous output (zeros with zero_output_for_mask). Each step's input is
+        a leaf Tensor of its own and each step's output a target of its own, so the loop
+        needs only the cell's ops and Tensor arithmetic (layers do not import pynn.ops)."""
         b = backend.current()
         n, t = x.shape[0], x.shape[1]
+        host = np.asarray(b.to_numpy(x))
         m = None
         if mask is not None:
             m = np.asarray(mask if isinstance(mask, np.ndarray) else b.to_numpy(mask), bool)
@@ -857,52 +858,64 @@ class RNN(Layer):
                 m = None
         user_call = getattr(type(self.cell).call, "__wrapped__", type(self.cell).call)
         takes_training = getattr(user_call, "_pynn_takes_training", False)
+        kwargs = {"training": training} if takes_training else {}
         recorder = autodiff._Recorder() if training else contextlib.nullcontext()
-        xt = autodiff.Tensor(x)
+        steps, outputs = [], []
         with recorder:
-            if training and self.needs_input_grad:
-                recorder.watch(xt)
-            states = [ops.zeros((n, size), self.dtype) for size in self._state_sizes]
-            outputs, last = [], None
+            states = [b.zeros((n, size), self.dtype) for size in self._state_sizes]
+            last = None
             for s in range(t):
                 tx = t - 1 - s if self.go_backwards else s
-                kwargs = {"training": training} if takes_training else {}
-                out, new = user_call(self.cell, xt[:, tx], states, **kwargs)
+                xs = autodiff.Tensor(b.asarray(np.ascontiguousarray(host[:, tx]), self.dtype))
+                if training and self.needs_input_grad:
+                    recorder.watch(xs)
+                steps.append((tx, xs))
+                out, new = user_call(self.cell, xs, states, **kwargs)
                 new = list(new) if isinstance(new, (list, tuple)) else [new]
                 if m is not None:
-                    keep = m[:, tx:tx + 1]
-                    new = [ops.where(keep, a, old) for a, old in zip(new, states)]
-                    if self.zero_output_for_mask:
-                        out = ops.where(keep, out, ops.zeros_like(out))
+                    keep = m[:, tx:tx + 1].astype(self.dtype)
+                    new = [a * keep + old * (1 - keep) for a, old in zip(new, states)]
+                    if self.zero_output_for_mask or last is None:
+                        out = out * keep
                     else:
-                        out = ops.where(keep, out, ops.zeros_like(out) if last is None else last)
+                        out = out * keep + last * (1 - keep)
                 states, last = new, out
-                if self.return_sequences:
-                    outputs.append(out)
-            y = ops.stack(outputs, axis=1) if self.return_sequences else last
-        results = [y] + states if self.return_state else [y]
-        results = [r if type(r) is autodiff.Tensor else autodiff.Tensor(autodiff._unwrap(r))
-                   for r in results]
+                outputs.append(out)
+        if not self.return_sequences:
+            outputs = outputs[-1:]
+        values = [np.asarray(b.to_numpy(autodiff._unwrap(o))) for o in outputs]
+        y = np.stack(values, axis=1) if self.return_sequences else values[0]
+        y = b.asarray(np.ascontiguousarray(y), self.dtype)
         if training:
-            self._cache = ("user_cell", xt, results)
-        values = [r.value for r in results]
-        return values if self.return_state else values[0]
+            self._cache = ("user_cell", steps, outputs, states, tuple(x.shape))
+        if self.return_state:
+            return [y] + [autodiff._unwrap(v) for v in states]
+        return y
 
     def _backward_user_cell(self, dy):
-        from pynn import autodiff
-
-        _, xt, results = self._cache
+        _, steps, outputs, states, x_shape = self._cache
         self._cache = None
         b = backend.current()
         dys = list(dy) if self.return_state else [dy]
-        grads = autodiff.backprop(results, dys)
+        dy_host = np.asarray(b.to_numpy(dys[0]))
+        if self.return_sequences:
+            seeds = [b.asarray(np.ascontiguousarray(dy_host[:, s]), self.dtype)
+                     for s in range(len(outputs))]
+        else:
+            seeds = [dys[0]]
+        state_seeds = (dys[1:] + [None] * len(states))[:len(states)]
+        grads = autodiff.backprop(list(outputs) + list(states), seeds + state_seeds)
         for v in self._variables:
             g = grads.get(id(v))
             v.grad = g if g is not None else b.zeros(tuple(v.shape), v.dtype)
         if not self.needs_input_grad:
             return None
-        dx = grads.get(id(xt))
-        return b.zeros(tuple(xt.shape), xt.dtype) if dx is None else dx
+        dx = np.zeros(x_shape, self.dtype)
+        for tx, xs in steps:
+            g = grads.get(id(xs))
+            if g is not None:
+                dx[:, tx] = np.asarray(b.to_numpy(g))
+        return b.asarray(dx, self.dtype)
 
     def call(self, x, training=False, mask=None):
         if self._user_cell:
