@@ -23,6 +23,16 @@ the GRU ratio is higher. 2x torch's LSTM would need 104 / 136 GFLOP/s, above thi
 sgemm peak; with 2 threads pynn's split (no synchronization per step) scales by ~2x and
 torch's by ~1.6x, which is where the wall-clock ratios gain.
 
+Dec 4 2026, one thread on its CPU clock (bench/results/rnn-amd-epyc-1t-cputime.json; the
+machine shared by 8 sessions at load ~10): LSTM(128) 1.50x torch, LSTM(256) 1.28x, GRU 1.75x,
+Bidirectional(LSTM(128)) 1.50x and 1.04x the cost of two LSTM(128) steps. Phases of the
+LSTM(128) step on one thread: forward 13.3 ms (1.05 GFLOP, its fused cell pass 2.2 ms of
+it), backward recurrence 13.2 ms (1.05 GFLOP), weight gradients 12.0 ms (1.05 GFLOP, 88
+GFLOP/s): every phase is within ~15% of the core's sgemm rate, so the 2x target can only come
+from the 2-thread split (pynn's scales ~2x, torch's ~1.6x), not measurable here that night.
+The masked layer step (general recurrence ops) costs 1.42x (LSTM(128)), 1.14x (LSTM(256))
+and 1.17x (GRU) the plain one, from 2.4x / 2.3x before its cells became vectorized C.
+
 pynn's recurrent ops use OpenMP only (no BLAS). pynn runs with OMP_WAIT_POLICY=PASSIVE and
 a short OPENBLAS_THREAD_TIMEOUT (as in bench_conv_kernels.py; NumPy's BLAS serves the
 checks) unless --default-env is given; torch keeps the caller's environment.
