@@ -106,3 +106,48 @@ def test_user_cell_options_that_are_refused():
         layers.RNN(NoSize())
     with pytest.raises(TypeError, match=r"cell must be .*state_size.*got int"):
         layers.RNN(3)
+
+
+class OpsSimpleCell(layers.Layer):
+    """A SimpleRNN cell in the pynn.ops that have OpenCL kernels (ops.split, read by the LSTM
+    cell above, is host-only there for now: pynn.ops raises on OpenCL)."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.state_size = units
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), name="kernel")
+        self.recurrent_kernel = self.add_weight(shape=(self.units, self.units),
+                                                name="recurrent_kernel")
+
+    def call(self, inputs, states):
+        h = ops.tanh(ops.matmul(inputs, self.kernel)
+                     + ops.matmul(states[0], self.recurrent_kernel))
+        return h, [h]
+
+
+@pytest.mark.opencl
+def test_user_cell_on_opencl_matches_cpu(backend_opencl):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((6, 5, 3)).astype(np.float32)
+    y = rng.standard_normal((6, 5, 2)).astype(np.float32)
+
+    def run(device):
+        pynn.set_device(device)
+        try:
+            pynn.utils.set_random_seed(2)
+            inputs = layers.Input((5, 3))
+            h = layers.RNN(OpsSimpleCell(4), return_sequences=True, go_backwards=True)(inputs)
+            model = pynn.Model(inputs, layers.Dense(2)(h))
+            model.compile(optimizer=pynn.optimizers.SGD(0.1), loss="mse")
+            model.fit(x, y, batch_size=3, epochs=2, shuffle=False, verbose=0)
+            return model.get_weights(), model.predict(x, verbose=0)
+        finally:
+            pynn.set_device("cpu")
+
+    (w_cpu, p_cpu), (w_ocl, p_ocl) = run("cpu"), run("opencl")
+    for a, b in zip(w_ocl, w_cpu, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    np.testing.assert_allclose(p_ocl, p_cpu, atol=1e-4)

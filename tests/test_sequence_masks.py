@@ -152,3 +152,27 @@ def test_time_distributed_mask_matches_keras():
     ours.set_weights(theirs.get_weights())
     want = np.asarray(theirs.predict(x, verbose=0))
     np.testing.assert_allclose(ours.predict(x, verbose=0), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.opencl
+def test_masked_metrics_and_time_distributed_on_opencl_match_cpu(backend_opencl):
+    x = nested_tokens(6, seed=4)
+    tokens, y = padded_tokens(6, seed=4)
+
+    def run(device):
+        pynn.set_device(device)
+        try:
+            pynn.utils.set_random_seed(1)
+            nested = nested_model(pynn).predict(x, verbose=0)
+            model = tagger(pynn)
+            model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy",
+                          metrics=["sparse_categorical_accuracy"])
+            logs = model.evaluate(tokens, y, batch_size=4, verbose=0, return_dict=True)
+            return nested, logs
+        finally:
+            pynn.set_device("cpu")
+
+    (n_cpu, l_cpu), (n_ocl, l_ocl) = run("cpu"), run("opencl")
+    np.testing.assert_allclose(n_ocl, n_cpu, atol=1e-5)
+    for key in l_cpu:
+        assert l_ocl[key] == pytest.approx(l_cpu[key], abs=1e-5), key
