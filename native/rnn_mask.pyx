@@ -133,9 +133,9 @@ cdef inline Py_ssize_t _tx(Py_ssize_t s, Py_ssize_t t, int back) noexcept nogil:
 
 cdef void _block_forward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
                          floating* dummy) noexcept nogil:
-    """Rows r0 .. r0+nb-1 through the whole sequence, step by step together: each row of the
-    recurrent kernel is loaded once per step for all of them (an nb-row GEMM in axpy form,
-    whose inner loop vectorizes), then each row's cell runs on its own."""
+    """Rows r0 .. r0+nb-1 through the whole sequence, step by step together: each packed
+    panel of the recurrent kernel is loaded once per step for all of them (_gate_mm, the
+    microkernel), then each row's cell runs on its own."""
     cdef Py_ssize_t t = p.t, u = p.u, g = p.g, s, tx, j, kk, gate, r, n, k = g // u
     cdef int cell = p.cell, act = p.act, ract = p.ract, live
     # float32 with tanh / sigmoid: the whole-row C cells of _gate_act.h (they vectorize).
@@ -258,8 +258,8 @@ cdef void _block_forward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
 cdef void _block_backward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
                           floating* dummy) noexcept nogil:
     """The forward's rows, back through time together: each row's cell gradient, then
-    dh_{t-1} += (dZ_g @ R_g^T) * rdrop_g for all of them, reading each row of the transposed
-    recurrent kernel once per step (axpy form)."""
+    dh_{t-1} += (dZ_g @ R_g^T) * rdrop_g for all of them, each packed panel of the
+    transposed gate blocks read once per step."""
     cdef Py_ssize_t t = p.t, u = p.u, g = p.g, s, tx, j, kk, gate, r, n, k = g // u
     cdef int cell = p.cell, act = p.act, ract = p.ract, live
     cdef bint fast = floating is float and act == ACT_TANH and ract == ACT_SIGMOID
