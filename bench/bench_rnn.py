@@ -23,6 +23,16 @@ the GRU ratio is higher. 2x torch's LSTM would need 104 / 136 GFLOP/s, above thi
 sgemm peak; with 2 threads pynn's split (no synchronization per step) scales by ~2x and
 torch's by ~1.6x, which is where the wall-clock ratios gain.
 
+Dec 4 2026, one thread on its CPU clock (bench/results/rnn-amd-epyc-1t-cputime.json; the
+machine shared by 8 sessions at load ~10): LSTM(128) 1.50x torch, LSTM(256) 1.28x, GRU 1.75x,
+Bidirectional(LSTM(128)) 1.50x and 1.04x the cost of two LSTM(128) steps. Phases of the
+LSTM(128) step on one thread: forward 13.3 ms (1.05 GFLOP, its fused cell pass 2.2 ms of
+it), backward recurrence 13.2 ms (1.05 GFLOP), weight gradients 12.0 ms (1.05 GFLOP, 88
+GFLOP/s): every phase is within ~15% of the core's sgemm rate, so the 2x target can only come
+from the 2-thread split (pynn's scales ~2x, torch's ~1.6x), not measurable here that night.
+The masked layer step (general recurrence ops) costs 1.42x (LSTM(128)), 1.14x (LSTM(256))
+and 1.17x (GRU) the plain one, from 2.4x / 2.3x before its cells became vectorized C.
+
 pynn's recurrent ops use OpenMP only (no BLAS). pynn runs with OMP_WAIT_POLICY=PASSIVE and
 a short OPENBLAS_THREAD_TIMEOUT (as in bench_conv_kernels.py; NumPy's BLAS serves the
 checks) unless --default-env is given; torch keeps the caller's environment.
@@ -30,7 +40,11 @@ checks) unless --default-env is given; torch keeps the caller's environment.
     .venv/bin/python bench/bench_rnn.py [--threads 2] [--repeat 10] [--rounds 5]
         [--shape 64,100,32,128] [--latency-shape 1,50,32,128]
         [--text-shape 64,100,10000,128] [--cells lstm,gru,gru_before,simple_rnn]
-        [--dtype float32|float64] [--default-env] [--no-torch] [--cpu-time]
+        [--dtype float32|float64] [--default-env] [--no-torch] [--cpu-time] [--json PATH]
+
+Also timed: Bidirectional(LSTM) beside torch's bidirectional LSTM, and the LSTM / GRU layers'
+training step with a padding mask (a quarter of the steps masked) beside the same step
+unmasked, both pynn (the general recurrence ops against the fast whole-sequence ones).
 """
 
 import argparse
@@ -117,6 +131,27 @@ def torch_text_step(shape, threads):
     return step
 
 
+def torch_bidir_step(shape, threads):
+    """torch's bidirectional LSTM, forward + backward of the concatenated sequence."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    x, _, _, _, dy = make_data("lstm", shape, "float32")
+    _, _, c, u = shape
+    mod = torch.nn.LSTM(c, u, batch_first=True, bidirectional=True)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    gt = torch.from_numpy(np.concatenate([dy, dy], axis=-1))
+
+    def step():
+        mod.zero_grad(set_to_none=True)
+        xt.grad = None
+        y, _ = mod(xt)
+        y.backward(gt)
+
+    return step
+
+
 def torch_step(cell, shape, threads, mode="train"):
     """A torch fwd+bwd closure on the same data (mode "infer": forward alone, no_grad);
     torch's gate order and bias split differ from Keras's but the arithmetic per step is
@@ -154,8 +189,12 @@ def torch_server(threads, repeat, timer=best_time):
         cell, shape, mode, calls = line.split()
         shape = tuple(int(v) for v in shape.split(","))
         if (cell, shape, mode) not in steps:
-            steps[cell, shape, mode] = (torch_text_step(shape, threads) if mode == "text"
-                                        else torch_step(cell, shape, threads, mode))
+            if mode == "text":
+                steps[cell, shape, mode] = torch_text_step(shape, threads)
+            elif mode == "bidir":
+                steps[cell, shape, mode] = torch_bidir_step(shape, threads)
+            else:
+                steps[cell, shape, mode] = torch_step(cell, shape, threads, mode)
         print(json.dumps(timer(steps[cell, shape, mode], int(calls))), flush=True)
 
 
@@ -180,6 +219,57 @@ def pynn_infer(rnn, cell, shape, dtype):
     x, w, r, b, _ = make_data(cell, shape, dtype)
     fwd = getattr(rnn, stem + "_forward")
     return lambda: fwd(x, w, r, b, *opts, False, False)
+
+
+def _layer_step(layer, shape, dtype, mask=None, dy_width=1):
+    """One training call + backward of a built recurrent layer on make_data's inputs."""
+    import numpy as np
+
+    x, _, _, _, dy = make_data("lstm", shape, dtype)
+    layer.build(x.shape)
+    dy = np.concatenate([dy] * dy_width, axis=-1)
+
+    def step():
+        layer.call(x, training=True, mask=mask)
+        layer.backward(dy)
+
+    return step
+
+
+def step_mask(shape, seed=4):
+    """A padding mask (N, T): each row keeps a random length in [T/2, T] (about a quarter
+    of the steps masked)."""
+    import numpy as np
+
+    n, t = shape[0], shape[1]
+    rng = np.random.default_rng(seed)
+    return np.arange(t)[None, :] < rng.integers(t // 2, t + 1, size=n)[:, None]
+
+
+def pynn_layer_plain(rnn, cell, shape, dtype):
+    """The layer's training step without a mask (the fast whole-sequence ops)."""
+    from pynn import layers
+
+    return _layer_step(getattr(layers, CELLS[cell][3])(shape[3], return_sequences=True,
+                                                       dtype=dtype), shape, dtype)
+
+
+def pynn_layer_masked(rnn, cell, shape, dtype):
+    """The same step with step_mask's padding mask (the general recurrence ops)."""
+    from pynn import layers
+
+    return _layer_step(getattr(layers, CELLS[cell][3])(shape[3], return_sequences=True,
+                                                       dtype=dtype), shape, dtype,
+                       mask=step_mask(shape))
+
+
+def pynn_bidir(rnn, cell, shape, dtype):
+    """Bidirectional(LSTM) with return_sequences, merge 'concat'."""
+    from pynn import layers
+
+    layer = layers.Bidirectional(layers.LSTM(shape[3], return_sequences=True, dtype=dtype),
+                                 dtype=dtype)
+    return _layer_step(layer, shape, dtype, dy_width=2)
 
 
 def pynn_text(rnn, cell, shape, dtype):
@@ -227,6 +317,20 @@ def check(rnn):
                                        err_msg=f"{cell} {name}")
 
 
+def platform_line():
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores visible"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -247,6 +351,7 @@ def main():
     ap.add_argument("--cpu-time", action="store_true",
                     help="time on the thread's CPU clock (needs --threads 1): on a shared "
                          "machine it leaves out the time other processes hold the core")
+    ap.add_argument("--json", help="also write the tables' medians to this JSON file")
     ap.add_argument("--torch-server", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.cpu_time and args.threads != 1:
@@ -291,27 +396,39 @@ def main():
         server.stdin.flush()
         return json.loads(server.stdout.readline())
 
+    results = {"machine": platform_line(), "threads": args.threads, "dtype": args.dtype,
+               "clock": "thread CPU time" if args.cpu_time else "wall",
+               "rounds": args.rounds, "tables": {}}
+
     def table(title, make_step, shape, mode, calls, unit, scale, cells=cells,
-              axes="N, T, C, units"):
+              axes="N, T, C, units", reference=None):
         clock = "CPU time" if args.cpu_time else "wall"
         print(f"{title}: shape ({axes}) = {shape}, {args.dtype}, {args.threads} "
               f"threads; {unit} ({clock}), median (best) of {args.rounds} rounds x best of "
               f"{calls}")
-        print(f"{'cell':12s} {'pynn':>16s} {'torch':>16s} {'torch/pynn':>10s}")
+        other = "torch" if reference is None else reference[0]
+        print(f"{'cell':12s} {'pynn':>16s} {other:>16s} {other + '/pynn':>10s}")
+        rows = results["tables"].setdefault(title, {"shape": list(shape), "unit": unit})
         for cell in cells:
             step = make_step(rnn, cell, shape, args.dtype)
+            ref_step = None if reference is None else reference[1](rnn, cell, shape, args.dtype)
             mine, theirs = [], []
             for _ in range(args.rounds):
                 mine.append(timer(step, calls))
-                tt = torch_time(cell, shape, mode, calls)
+                tt = (torch_time(cell, shape, mode, calls) if ref_step is None
+                      else timer(ref_step, calls))
                 if tt is not None:
                     theirs.append(tt)
             line = (f"{cell:12s} {scale * statistics.median(mine):8.2f} "
                     f"({scale * min(mine):5.2f})")
+            row = {"pynn": scale * statistics.median(mine), "pynn_best": scale * min(mine)}
             if theirs:
                 ratio = statistics.median(theirs) / statistics.median(mine)
                 line += (f" {scale * statistics.median(theirs):8.2f} "
                          f"({scale * min(theirs):5.2f}) {ratio:10.2f}")
+                row.update({other: scale * statistics.median(theirs),
+                            other + "_best": scale * min(theirs), other + "/pynn": ratio})
+            rows[cell] = row
             print(line, flush=True)
 
     try:
@@ -322,6 +439,17 @@ def main():
         if "lstm" in cells and args.dtype == "float32":
             table("text model train_on_batch", pynn_text, text_shape, "text", args.repeat,
                   "ms", 1e3, cells=["lstm"], axes="N, T, vocabulary, units")
+            table("Bidirectional(LSTM) training, concat", pynn_bidir, shape, "bidir",
+                  args.repeat, "ms", 1e3, cells=["lstm"])
+        layer_cells = [c for c in cells if c in ("lstm", "gru")]
+        if layer_cells:
+            # Both columns are pynn: the masked layer step over the plain one (the issue's
+            # masked path within ~1.3x; a quarter of the steps masked).
+            table("layer training, plain vs a padding mask (masked/pynn: the mask's cost)",
+                  pynn_layer_plain, shape, "train", args.repeat, "ms", 1e3,
+                  cells=layer_cells, reference=("masked", pynn_layer_masked))
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     finally:
         if server is not None:
             server.stdin.close()

@@ -16,10 +16,15 @@ with zero_output_for_mask (Bidirectional with return_sequences) a masked step ou
 Recurrent dropout multiplies h_{t-1} by a per-gate mask fixed over time (Keras's
 implementation 1): column block g of the recurrent product reads h_{t-1} * rdrop[:, g].
 
-Parallel axis: the batch (prange over blocks of BLOCK rows); a block runs its whole sequence
-on one thread, since a row's steps depend on each other and different rows never do. Per
-step the block's recurrent product reads each recurrent-kernel row once for all its rows. Every sum runs in a
-fixed order on one thread, so results do not depend on the thread count. The weight
+Parallel axis: the batch (prange over blocks of up to BLOCK rows, sized so every thread gets
+one); a block runs its whole sequence on one thread, since a row's steps depend on each other
+and different rows never do. The recurrent kernel (and its transpose, for backward) is
+packed once per call into column panels per gate block, the layout native/rnn.pyx's fast
+path uses (its _pack_panels is reused): per step each panel (at most U x NC values) stays in
+L1 while all the block's rows pass over it. Unpacked, its rows sit a power of two apart and
+share a few L1 sets, and 8-row blocks re-streamed the whole kernel from L2 per 8 rows: that
+made the masked path ~3x slower than the plain one. Every sum runs in a fixed order on one
+thread, so results do not depend on the thread count. The weight
 gradients are sums over all rows: they come after the loop from one product per gate block
 (NumPy's BLAS on the stored operands).
 """
@@ -28,14 +33,20 @@ import numpy as np
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 from _activation cimport act_value, act_grad, floating, ACT_SIGMOID, ACT_TANH
+from _openmp cimport omp_get_max_threads
 
 from pynn.backend.operands import rnn_mask as operands
 from pynn.backend.operands.common import HOST
+from pynn.backend._scratch import give as _give_scratch, take as _take_scratch
+# The fast path's packing (native/rnn.pyx): the same panel layout serves both families.
+from pynn._native.rnn import _pack_panels
 
 cdef enum:
-    # Rows that step through time together on one thread: each recurrent-kernel row loaded
-    # per step serves all of them from L1 (the per-row loop read the whole kernel per row).
-    BLOCK = 8
+    # At most this many rows step through time together on one thread: each packed panel
+    # loaded per step serves all of them from L1 (native/rnn.pyx's CHUNK).
+    BLOCK = 32
+    # Rows of B per L1 block in the panel products (native/rnn.pyx's KC).
+    KC = 256
     SIMPLE_RNN = 0
     LSTM = 1
     GRU_AFTER = 2
@@ -47,8 +58,10 @@ cdef struct Rec:
     double alpha, ralpha
     Py_ssize_t t, u, g
     void* xw        # IN  (N, T, G)        forward
-    void* rk        # IN  (U, G)
-    void* rk_t      # IN  (G, U) its transpose (backward)
+    void* rk        # IN  (U, G) (GRU_BEFORE's h-gate product reads it unpacked)
+    void* rkp       # IN  k gate blocks R[:, g*U:(g+1)*U] packed (forward) or transposed
+                    #     (backward) by rnn._pack_panels, U*U values each
+    void* rk_t      # IN  (G, U) the transpose (backward, GRU_BEFORE)
     void* rb        # IN  (G,) or NULL
     void* hs        # OUT (N, T+1, U)      forward; IN backward
     void* cs        # OUT (N, T+1, U)      LSTM
@@ -83,59 +96,57 @@ cdef extern from "_microkernel.h":
 # float32 sigmoid and tanh without libm calls, so the cell loops vectorize (Keras's default
 # activations; native/_gate_act.h).
 cdef extern from "_gate_act.h":
-    float pynn_gate_sigmoidf(float x) noexcept nogil
     float pynn_gate_tanhf(float x) noexcept nogil
+    void pynn_gate_lstm_fwd_f(float* z, const float* cp, float* cn, float* h,
+                              Py_ssize_t u) noexcept nogil
+    void pynn_gate_lstm_bwd_f(const float* z, const float* cp, const float* cn, float* dh,
+                              float* dc, float* dz, float* dx, Py_ssize_t u) noexcept nogil
+    void pynn_gate_gru_fwd_f(float* z, const float* rh, const float* hp, float* h,
+                             Py_ssize_t u) noexcept nogil
+    void pynn_gate_gru_bwd_f(const float* z, const float* rh, const float* hp, float* dh,
+                             float* dz, float* dx, Py_ssize_t u) noexcept nogil
+    void pynn_gate_tanh_row_f(float* v, Py_ssize_t u) noexcept nogil
 
 
-cdef void _rows_mm(Py_ssize_t rows, Py_ssize_t n, Py_ssize_t k, const floating* a,
-                   Py_ssize_t sai, const floating* b, Py_ssize_t ldb, floating* c,
-                   Py_ssize_t ldc, int accum) noexcept nogil:
-    """c[i, :n] (+)= a[i*sai : i*sai + k] @ b (k rows of stride ldb), panel by panel: each
-    k x NC slab of b stays in L1 while every row passes over it."""
-    cdef Py_ssize_t nc = PYNN_NC_F if floating is float else PYNN_NC_D, p0 = 0, w
-    while p0 < n:
-        w = min(nc, n - p0)
-        if floating is float:
-            pynn_rows_gemm_f(rows, w, k, a, sai, 1, b + p0, ldb, c + p0, ldc, accum)
-        else:
-            pynn_rows_gemm_d(rows, w, k, a, sai, 1, b + p0, ldb, c + p0, ldc, accum)
-        p0 = p0 + nc
+cdef void _gate_mm(Py_ssize_t rows, Py_ssize_t u, const floating* a, Py_ssize_t lda,
+                   const floating* panels, floating* c, Py_ssize_t ldc,
+                   int accum) noexcept nogil:
+    """c[i, :u] (+)= a[i*lda : i*lda + u] @ B for one gate block B (u x u), packed by
+    rnn._pack_panels: panel by panel, in blocks of KC rows of B (native/rnn.pyx's _rec_mm)."""
+    cdef Py_ssize_t nc = PYNN_NC_F if floating is float else PYNN_NC_D, p0, k0 = 0, kn, w
+    while k0 < u:
+        kn = min(KC, u - k0)
+        p0 = 0
+        while p0 < u:
+            w = min(nc, u - p0)
+            if floating is float:
+                pynn_rows_gemm_f(rows, w, kn, a + k0, lda, 1, panels + p0 * u + k0 * w, w,
+                                 c + p0, ldc, accum or k0 > 0)
+            else:
+                pynn_rows_gemm_d(rows, w, kn, a + k0, lda, 1, panels + p0 * u + k0 * w, w,
+                                 c + p0, ldc, accum or k0 > 0)
+            p0 = p0 + nc
+        k0 = k0 + kn
 
 
 cdef inline Py_ssize_t _tx(Py_ssize_t s, Py_ssize_t t, int back) noexcept nogil:
     return t - 1 - s if back else s
 
 
-cdef void _lstm_cell_f32(float* z, float* c, float* h, Py_ssize_t u) noexcept nogil:
-    """Keras's LSTM cell (tanh, sigmoid) for one row: z holds the gate pre-activations and
-    leaves holding the gates; c[u:2u] = f*c[:u] + i*tanh(z_c), h = o*tanh(c[u:2u])."""
-    cdef Py_ssize_t j
-    cdef float i_, f_, cc, o_, cn
-    for j in range(u):
-        i_ = pynn_gate_sigmoidf(z[j])
-        f_ = pynn_gate_sigmoidf(z[u + j])
-        cc = pynn_gate_tanhf(z[2 * u + j])
-        o_ = pynn_gate_sigmoidf(z[3 * u + j])
-        z[j] = i_
-        z[u + j] = f_
-        z[2 * u + j] = cc
-        z[3 * u + j] = o_
-        cn = f_ * c[j] + i_ * cc
-        c[u + j] = cn
-        h[j] = o_ * pynn_gate_tanhf(cn)
-
-
 cdef void _block_forward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
                          floating* dummy) noexcept nogil:
-    """Rows r0 .. r0+nb-1 through the whole sequence, step by step together: each row of the
-    recurrent kernel is loaded once per step for all of them (an nb-row GEMM in axpy form,
-    whose inner loop vectorizes), then each row's cell runs on its own."""
+    """Rows r0 .. r0+nb-1 through the whole sequence, step by step together: each packed
+    panel of the recurrent kernel is loaded once per step for all of them (_gate_mm, the
+    microkernel), then each row's cell runs on its own."""
     cdef Py_ssize_t t = p.t, u = p.u, g = p.g, s, tx, j, kk, gate, r, n, k = g // u
-    cdef int cell = p.cell, act = p.act, ract = p.ract, live, fused
+    cdef int cell = p.cell, act = p.act, ract = p.ract, live
+    # float32 with tanh / sigmoid: the whole-row C cells of _gate_act.h (they vectorize).
+    cdef bint fast = floating is float and act == ACT_TANH and ract == ACT_SIGMOID
     cdef int seen[BLOCK]
     cdef floating alpha = p.alpha, ralpha = p.ralpha, a, i_, f_, cc, o_, hh, m
     cdef const floating* xw = <const floating*>p.xw
     cdef const floating* rk = <const floating*>p.rk
+    cdef const floating* rkp = <const floating*>p.rkp
     cdef const floating* rb = <const floating*>p.rb
     cdef const floating* mask = <const floating*>p.mask
     cdef const floating* rd = <const floating*>p.rdrop
@@ -151,7 +162,7 @@ cdef void _block_forward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
     cdef floating* target
     cdef floating* tmp = <floating*>p.tmp
     cdef const floating* hd
-    cdef Py_ssize_t hd_ld, width
+    cdef Py_ssize_t hd_ld
     cdef const floating* row
     for r in range(nb):
         seen[r] = 0
@@ -168,28 +179,24 @@ cdef void _block_forward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
                 rh = aux + (n * t + s) * u
                 for j in range(u):
                     rh[j] = rb[2 * u + j] if rb != NULL else 0
-        # The recurrent product for the block's rows at once: h_{t-1} @ R, or gate block by
-        # gate block (h_{t-1} * rdrop_g) @ R_g with recurrent dropout.
+        # The recurrent product for the block's rows at once, gate block by gate block:
+        # h_{t-1} @ R_g, or (h_{t-1} * rdrop_g) @ R_g with recurrent dropout.
         for gate in range(k):
             if cell == GRU_BEFORE and gate == 2:
                 continue  # waits for r (below)
-            if not p.has_rd and gate > 0 and not (cell == GRU_AFTER and gate == 2):
-                continue  # done with gate 0, below
             if p.has_rd:
                 for r in range(nb):
                     n = r0 + r
                     for kk in range(u):
                         tmp[n * u + kk] = (hs[(n * (t + 1) + s) * u + kk]
                                            * rd[n * g + gate * u + kk])
-                hd, hd_ld, width = tmp + r0 * u, u, u
+                hd, hd_ld = tmp + r0 * u, u
             else:
                 hd, hd_ld = hs + (r0 * (t + 1) + s) * u, (t + 1) * u
-                width = u if (cell == GRU_AFTER and gate == 2) else (
-                    2 * u if cell >= GRU_AFTER else g)
             if cell == GRU_AFTER and gate == 2:
-                _rows_mm(nb, u, u, hd, hd_ld, rk + 2 * u, g, aux + (r0 * t + s) * u, t * u, 1)
+                _gate_mm(nb, u, hd, hd_ld, rkp + 2 * u * u, aux + (r0 * t + s) * u, t * u, 1)
             else:
-                _rows_mm(nb, width, u, hd, hd_ld, rk + gate * u, g,
+                _gate_mm(nb, u, hd, hd_ld, rkp + gate * u * u,
                          gt + (r0 * t + s) * g + gate * u, t * g, 1)
         for r in range(nb):
             n = r0 + r
@@ -198,16 +205,19 @@ cdef void _block_forward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
             hn = hp + u
             rh = aux + (n * t + s) * u
             if cell == SIMPLE_RNN:
-                for j in range(u):
-                    z[j] = act_value(z[j], act, alpha)
-                    hn[j] = z[j]
+                if floating is float and act == ACT_TANH:
+                    pynn_gate_tanh_row_f(z, u)
+                else:
+                    for j in range(u):
+                        z[j] = act_value(z[j], act, alpha)
+                memcpy(hn, z, u * sizeof(floating))
+            elif cell == LSTM and fast:
+                pynn_gate_lstm_fwd_f(<float*>z, <float*>cs + (n * (t + 1) + s) * u,
+                                     <float*>cs + (n * (t + 1) + s + 1) * u, <float*>hn, u)
+            elif cell == GRU_AFTER and fast:
+                pynn_gate_gru_fwd_f(<float*>z, <float*>rh, <float*>hp, <float*>hn, u)
             elif cell == LSTM:
-                fused = 0
-                if floating is float:
-                    if act == ACT_TANH and ract == ACT_SIGMOID:
-                        _lstm_cell_f32(z, cs + (n * (t + 1) + s) * u, hn, u)
-                        fused = 1
-                for j in range(u if not fused else 0):
+                for j in range(u):
                     i_ = act_value(z[j], ract, ralpha)
                     f_ = act_value(z[u + j], ract, ralpha)
                     cc = act_value(z[2 * u + j], act, alpha)
@@ -250,13 +260,15 @@ cdef void _block_forward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
 cdef void _block_backward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
                           floating* dummy) noexcept nogil:
     """The forward's rows, back through time together: each row's cell gradient, then
-    dh_{t-1} += (dZ_g @ R_g^T) * rdrop_g for all of them, reading each row of the transposed
-    recurrent kernel once per step (axpy form)."""
+    dh_{t-1} += (dZ_g @ R_g^T) * rdrop_g for all of them, each packed panel of the
+    transposed gate blocks read once per step."""
     cdef Py_ssize_t t = p.t, u = p.u, g = p.g, s, tx, j, kk, gate, r, n, k = g // u
     cdef int cell = p.cell, act = p.act, ract = p.ract, live
+    cdef bint fast = floating is float and act == ACT_TANH and ract == ACT_SIGMOID
     cdef Py_ssize_t first[BLOCK]
     cdef floating alpha = p.alpha, ralpha = p.ralpha, a, yc, dcn, hh, zz, dhh
     cdef const floating* rt = <const floating*>p.rk_t
+    cdef const floating* rkp = <const floating*>p.rkp
     cdef const floating* mask = <const floating*>p.mask
     cdef const floating* rd = <const floating*>p.rdrop
     cdef const floating* hs = <const floating*>p.hs
@@ -298,6 +310,16 @@ cdef void _block_backward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
                 continue
             z = gt + (n * t + s) * g
             hp = hs + (n * (t + 1) + s) * u
+            if fast and cell == LSTM:
+                pynn_gate_lstm_bwd_f(<float*>z, <float*>cs + (n * (t + 1) + s) * u,
+                                     <float*>cs + (n * (t + 1) + s + 1) * u, <float*>dh,
+                                     <float*>dc, <float*>dzr, <float*>dx if dx != dzr else NULL,
+                                     u)
+                continue
+            if fast and cell == GRU_AFTER:
+                pynn_gate_gru_bwd_f(<float*>z, <float*>aux + (n * t + s) * u, <float*>hp,
+                                    <float*>dh, <float*>dzr, <float*>dx, u)
+                continue
             if cell == SIMPLE_RNN:
                 for j in range(u):
                     dzr[j] = act_grad(dh[j], z[j], z[j], act, alpha)
@@ -349,16 +371,16 @@ cdef void _block_backward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
                 if not (cell >= GRU_AFTER and j >= 2 * u):
                     dx[j] = dzr[j]
         # dh_{t-1} += sum over gate blocks of (dZ_g @ R_g^T) * rdrop_g, for the block's rows
-        # at once (masked rows have dZ = 0); without dropout one product over all blocks.
-        if not p.has_rd:
-            _rows_mm(nb, u, (2 * u if cell == GRU_BEFORE else g), <floating*>p.dzr
-                     + (r0 * t + s) * g, t * g, rt, u, <floating*>p.dh + r0 * u, u, 1)
-            continue
+        # at once (masked rows have dZ = 0); without dropout the products add up in dh.
         for gate in range(k):
             if cell == GRU_BEFORE and gate == 2:
                 continue
-            _rows_mm(nb, u, u, <floating*>p.dzr + (r0 * t + s) * g + gate * u, t * g,
-                     rt + gate * u * u, u, <floating*>p.tmp + r0 * u, u, 0)
+            if not p.has_rd:
+                _gate_mm(nb, u, <floating*>p.dzr + (r0 * t + s) * g + gate * u, t * g,
+                         rkp + gate * u * u, <floating*>p.dh + r0 * u, u, 1)
+                continue
+            _gate_mm(nb, u, <floating*>p.dzr + (r0 * t + s) * g + gate * u, t * g,
+                     rkp + gate * u * u, <floating*>p.tmp + r0 * u, u, 0)
             for r in range(nb):
                 n = r0 + r
                 q = <floating*>p.tmp + n * u
@@ -368,12 +390,16 @@ cdef void _block_backward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
 
 
 cdef void _run(const Rec* p, Py_ssize_t rows, bint grad, floating* dummy) noexcept nogil:
-    cdef Py_ssize_t b, nblocks = (rows + BLOCK - 1) // BLOCK
+    """Blocks of up to BLOCK rows, no more than the rows per thread, so every thread has
+    one (64 rows on 2 threads: 2 blocks of 32)."""
+    cdef Py_ssize_t b, nth = max(1, <Py_ssize_t>omp_get_max_threads())
+    cdef Py_ssize_t size = min(<Py_ssize_t>BLOCK, (rows + nth - 1) // nth)
+    cdef Py_ssize_t nblocks = (rows + size - 1) // size
     for b in prange(nblocks, schedule="dynamic", nogil=True):
         if grad:
-            _block_backward(p, b * BLOCK, min(BLOCK, rows - b * BLOCK), dummy)
+            _block_backward(p, b * size, min(size, rows - b * size), dummy)
         else:
-            _block_forward(p, b * BLOCK, min(BLOCK, rows - b * BLOCK), dummy)
+            _block_forward(p, b * size, min(size, rows - b * size), dummy)
 
 
 cdef inline void* _ptr(a):
@@ -381,6 +407,14 @@ cdef inline void* _ptr(a):
     if a is None or a.size == 0:
         return NULL
     return <void*><size_t>a.ctypes.data
+
+
+def _packed_gates(rk, Py_ssize_t k, bint trans):
+    """The k gate blocks of rk (U, k*U), each packed by _pack_panels (transposed for
+    backward), one after the other."""
+    u = rk.shape[0]
+    return np.concatenate([_pack_panels(rk, trans, gate * u, (gate + 1) * u)
+                           for gate in range(k)])
 
 
 cdef Rec _rec(c, flags, t, rk, rb, mask, rdrop):
@@ -436,7 +470,9 @@ def recurrence_forward(xw, recurrent_kernel, recurrent_bias, h0, c0=None, mask=N
     aux = np.empty((n, t, u), dt) if cell == "gru" else gates
     y = np.empty((n, t, u) if flags.return_sequences else (n, u), dt)
     tmp = np.empty((n, u), dt)
+    rkp = _packed_gates(rk, c.gates, False)
     cdef Rec r = _rec(c, flags, t, rk, rb, mask, rdrop)
+    r.rkp = _ptr(rkp)
     r.tmp = _ptr(tmp)
     r.xw, r.hs, r.cs, r.gates, r.aux, r.y = (_ptr(xw), _ptr(hs), _ptr(cs), _ptr(gates),
                                              _ptr(aux), _ptr(y))
@@ -461,33 +497,48 @@ def recurrence_backward(dy, dh_last, dc_last, recurrent_kernel, cache, cell="lst
     dt = hs.dtype
     dh = np.zeros((n, u), dt) if dh_last is None else np.array(dh_last, dtype=dt)
     dc = np.zeros((n, u), dt) if dc_last is None else np.array(dc_last, dtype=dt)
+    # The loop writes dxw row by row, rows of a sample a whole sequence apart: first touches
+    # there fault page by page (about 10 ms of a 64 x 100 LSTM(128) backward here), where
+    # one sequential fill first costs about 0.5 ms. The recurrent side's gradient dzr is
+    # dxw itself where the two agree (LSTM, SimpleRNN; dzr runs in processing order, so not
+    # with go_backwards), else scratch kept between calls.
     dxw = np.empty((n, t, g), dt)
-    dzr = np.empty((n, t, g), dt)
+    dxw.fill(0)
+    if cell in ("lstm", "simple_rnn") and not flags.go_backwards:
+        buf, dzr = None, dxw
+    else:
+        buf, (dzr,) = _take_scratch(dt, (n, t, g))
     tmp = np.empty((n, u), dt)
     rk_t = np.ascontiguousarray(rk.T)
+    rkp = _packed_gates(rk, c.gates, True)
     cdef Rec r = _rec(c, flags, t, rk, None, mask, rdrop)
-    r.rk_t = _ptr(rk_t)
+    r.rk_t, r.rkp = _ptr(rk_t), _ptr(rkp)
     r.hs, r.cs, r.gates, r.aux = _ptr(hs), _ptr(cs), _ptr(gates), _ptr(aux)
     r.dy, r.dh, r.dc, r.dxw, r.dzr, r.tmp = (_ptr(dy), _ptr(dh), _ptr(dc), _ptr(dxw),
                                              _ptr(dzr), _ptr(tmp))
-    _dispatch(&r, n, True, dt == np.float32)
-    # Weight gradients: sums over every row and step (masked steps have dzr = 0), one
-    # product per gate block whose operand h_{t-1} * rdrop_g (* r for GRU's h gate without
-    # reset_after) differs; one product in all when the operands agree.
-    h_prev = hs[:, :t].reshape(n * t, u)
-    dz2 = dzr.reshape(n * t, g)
-    plain = bool(np.all(rdrop == 1)) and cell != "gru_reset_before"
-    if plain:
-        drk = h_prev.T @ dz2
-    else:
-        drk = np.empty((u, g), dt)
-        for gate in range(c.gates):
-            operand = hs[:, :t] * rdrop[:, None, gate * u:(gate + 1) * u]
-            if cell == "gru_reset_before" and gate == 2:
-                operand = operand * gates[:, :, u:2 * u]
-            drk[:, gate * u:(gate + 1) * u] = (operand.reshape(n * t, u).T
-                                              @ dz2[:, gate * u:(gate + 1) * u])
-    return dxw, drk, dz2.sum(axis=0), dh, dc if cell == "lstm" else None
+    try:
+        _dispatch(&r, n, True, dt == np.float32)
+        # Weight gradients: sums over every row and step (masked steps have dzr = 0), one
+        # product per gate block whose operand h_{t-1} * rdrop_g (* r for GRU's h gate
+        # without reset_after) differs; one product in all when the operands agree.
+        h_prev = hs[:, :t].reshape(n * t, u)
+        dz2 = dzr.reshape(n * t, g)
+        plain = bool(np.all(rdrop == 1)) and cell != "gru_reset_before"
+        if plain:
+            drk = h_prev.T @ dz2
+        else:
+            drk = np.empty((u, g), dt)
+            for gate in range(c.gates):
+                operand = hs[:, :t] * rdrop[:, None, gate * u:(gate + 1) * u]
+                if cell == "gru_reset_before" and gate == 2:
+                    operand = operand * gates[:, :, u:2 * u]
+                drk[:, gate * u:(gate + 1) * u] = (operand.reshape(n * t, u).T
+                                                  @ dz2[:, gate * u:(gate + 1) * u])
+        drb = dz2.sum(axis=0)
+    finally:
+        if buf is not None:
+            _give_scratch(buf)
+    return dxw, drk, drb, dh, dc if cell == "lstm" else None
 
 
 def sequence_scale(x, scale):

@@ -26,6 +26,27 @@ from pynn.layers.base import (
 from pynn.layers.functional import Graph, Plan
 
 
+
+# -- issue 14: output masks in the metrics (used by Model._update_metrics only) -------------
+def _metric_mask_weight(mask, out):
+    """The output's Keras mask as float64 host weights of out.shape[:-1] (1 step taken, 0
+    masked), or None: no mask, nothing masked, or a mask of another shape."""
+    if mask is None:
+        return None
+    b = backend.current()
+    m = np.asarray(b.to_numpy(mask) if not isinstance(mask, np.ndarray) else mask)
+    if m.shape != tuple(out.shape[:-1]) or m.all():
+        return None
+    return m.astype(np.float64)
+
+
+def _per_sample(sample_weight, ndim):
+    """A sample weight as float64 host values broadcastable against ndim-D mask weights."""
+    b = backend.current()
+    w = np.asarray(sample_weight if isinstance(sample_weight, np.ndarray)
+                   else b.to_numpy(sample_weight), dtype=np.float64)
+    return w.reshape(w.shape + (1,) * max(ndim - w.ndim, 0))
+
 class Model(Layer):
     """``Model(inputs, outputs, name)``: the layers between ``pynn.Input`` tensors and the
     outputs computed from them. ``inputs``/``outputs`` are a tensor, a list or a dict; data
@@ -688,10 +709,18 @@ class Model(Layer):
     def _update_metrics(self, ys, outs, sws=None):
         weighted = getattr(self, "_weighted_ids", ())
         sws = sws or [None] * len(outs)
-        for ms, yk, out, sw in zip(self._output_metrics, ys, outs, sws):
+        masks = list(getattr(self._plan, "output_masks", None) or []) or [None] * len(outs)
+        for ms, yk, out, sw, mask in zip(self._output_metrics, ys, outs, sws, masks):
+            # issue 14: masked steps do not count in the metrics either. Keras multiplies the
+            # mask reaching the output into every metric's sample weight (the weight itself
+            # only into weighted_metrics); a weighted mean then runs over the unmasked steps.
+            mask_w = _metric_mask_weight(mask, out)
             for m in ms:
-                if sw is not None and id(m) in weighted:
-                    m.update_state(yk, out, sample_weight=sw)
+                w = sw if (sw is not None and id(m) in weighted) else None
+                if mask_w is not None:
+                    w = mask_w if w is None else mask_w * _per_sample(w, mask_w.ndim)
+                if w is not None:
+                    m.update_state(yk, out, sample_weight=w)
                 else:
                     m.update_state(yk, out)
 

@@ -19,9 +19,11 @@ Keras switches to whenever recurrent_dropout is set). Not supported (a ValueErro
 constraints, activity regularizers.
 """
 
+import contextlib
+
 import numpy as np
 
-from pynn import backend, initializers, regularizers, utils
+from pynn import autodiff, backend, initializers, regularizers, utils
 from pynn.backend.api import RNN_ACTIVATIONS
 from pynn.layers.base import Layer, shape_str
 from pynn.layers.symbolic import is_symbolic
@@ -702,10 +704,26 @@ class StackedRNNCells(Layer):
         return cls([_cell_from_spec(c) for c in config.pop("cells")], **config)
 
 
+def _is_user_cell(cell):
+    """A cell the user wrote (Keras's custom cell): a Layer with ``state_size`` whose
+    ``call(inputs, states)`` returns ``(output, new_states)`` with pynn.ops."""
+    return (isinstance(cell, Layer) and not isinstance(cell, (_Cell, StackedRNNCells))
+            and hasattr(cell, "state_size"))
+
+
 class RNN(Layer):
     """Keras's RNN(cell): a SimpleRNNCell, LSTMCell, GRUCell, a list of them or a
     StackedRNNCells, over the sequence. Weights: each cell's, in order. initial_state and
-    return_state take one cell's states (a stack of several cells refuses them)."""
+    return_state take one cell's states (a stack of several cells refuses them).
+
+    A cell written by the user (a Layer with ``state_size`` and ``call(inputs, states)``
+    returning ``(output, new_states)`` with pynn.ops, as in Keras) runs step by step: a
+    Python loop over the time steps, the one place pynn has one, since such a cell has no
+    fused kernel. Its ops are recorded in training and the backward replays them (the
+    autodiff of custom layers). Built-in cells keep their whole-sequence kernels. A user cell
+    takes masks, go_backwards, return_sequences and return_state; not stateful or
+    initial_state.
+    """
 
     supports_masking = True
 
@@ -715,10 +733,15 @@ class RNN(Layer):
         label = f"RNN '{self.name}'"
         if isinstance(cell, (list, tuple)):
             cell = StackedRNNCells(cell)
+        self._user_cell = _is_user_cell(cell)
+        if self._user_cell:
+            self._init_user_cell(cell, return_sequences, return_state, go_backwards, stateful,
+                                 unroll, zero_output_for_mask)
+            return
         if not isinstance(cell, (_Cell, StackedRNNCells)):
             raise TypeError(f"{label}: cell must be a SimpleRNNCell, LSTMCell, GRUCell, a list "
-                            f"of them or a StackedRNNCells, got {type(cell).__name__} (cells "
-                            f"written by the user are not supported)")
+                            f"of them, a StackedRNNCells or a Layer with state_size and "
+                            f"call(inputs, states), got {type(cell).__name__}")
         self.cell = cell
         cells = cell.cells if isinstance(cell, StackedRNNCells) else [cell]
         if len(cells) > 1 and return_state:
@@ -741,9 +764,14 @@ class RNN(Layer):
 
     @property
     def _n_states(self):
+        if self._user_cell:
+            return len(self._state_sizes)
         return self._layers[0]._n_states
 
     def __call__(self, inputs, training=False, mask=None, initial_state=None, **kwargs):
+        if self._user_cell and initial_state is not None:
+            raise ValueError(f"RNN '{self.name}': initial_state with a user cell is not "
+                             f"supported")
         if initial_state is not None and len(self._layers) > 1:
             raise ValueError(f"RNN '{self.name}': initial_state with stacked cells is not "
                              f"supported")
@@ -751,6 +779,12 @@ class RNN(Layer):
                                  kwargs)
 
     def build(self, input_shape):
+        if self._user_cell:
+            if not self.cell.built:
+                self.cell.build((input_shape[0],) + tuple(input_shape[2:]))
+            self._variables = list(self.cell.weights)
+            super().build(input_shape)
+            return
         shape = input_shape
         for inner in self._layers:
             inner.build(shape)
@@ -762,6 +796,13 @@ class RNN(Layer):
         self.input_shape = self._layers[0].input_shape
 
     def compute_output_shape(self, input_shape):
+        if self._user_cell:
+            n, t = input_shape[0], input_shape[1]
+            units = getattr(self.cell, "output_size", None) or self._state_sizes[0]
+            out = (n, t, units) if self.return_sequences else (n, units)
+            if self.return_state:
+                return [out] + [(n, size) for size in self._state_sizes]
+            return out
         shape = input_shape
         for inner in self._layers:
             shape = inner.compute_output_shape(shape)
@@ -770,9 +811,117 @@ class RNN(Layer):
         return shape
 
     def compute_mask(self, inputs, mask=None):
+        if self._user_cell:
+            if isinstance(mask, list):
+                mask = mask[0]
+            out = mask if self.return_sequences else None
+            return [out] + [None] * self._n_states if self.return_state else out
         return self._layers[-1].compute_mask(inputs, mask)
 
+    # -- a user cell (issue 14): a Python loop over the steps, differentiated by autodiff ---
+    def _init_user_cell(self, cell, return_sequences, return_state, go_backwards, stateful,
+                        unroll, zero_output_for_mask):
+        label = f"RNN '{self.name}'"
+        if stateful:
+            raise ValueError(f"{label}: stateful=True with a user cell is not supported")
+        sizes = cell.state_size
+        sizes = list(sizes) if isinstance(sizes, (list, tuple)) else [sizes]
+        if not sizes or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                and v > 0 for v in sizes):
+            raise ValueError(f"{label}: the cell's state_size must be a positive int or a "
+                             f"list of them, got {cell.state_size!r}")
+        self.cell = cell
+        self._state_sizes = [int(v) for v in sizes]
+        self._layers = []
+        self.return_sequences = bool(return_sequences)
+        self.return_state = bool(return_state)
+        self.go_backwards = bool(go_backwards)
+        self.stateful = False
+        self.unroll = bool(unroll)
+        self.zero_output_for_mask = bool(zero_output_for_mask)
+
+    def _call_user_cell(self, x, training, mask):
+        """Keras's rnn loop over the user cell's call: a masked step keeps the states and
+        repeats the previous output (zeros with zero_output_for_mask). Each step's input is
+        a leaf Tensor of its own and each step's output a target of its own, so the loop
+        needs only the cell's ops and Tensor arithmetic (layers do not import pynn.ops)."""
+        b = backend.current()
+        n, t = x.shape[0], x.shape[1]
+        host = np.asarray(b.to_numpy(x))
+        m = None
+        if mask is not None:
+            m = np.asarray(mask if isinstance(mask, np.ndarray) else b.to_numpy(mask), bool)
+            if m.shape != (n, t):
+                raise ValueError(f"RNN '{self.name}': mask must have shape (batch, timesteps) "
+                                 f"= {(n, t)}, got {m.shape}")
+            if m.all():
+                m = None
+        user_call = getattr(type(self.cell).call, "__wrapped__", type(self.cell).call)
+        takes_training = getattr(user_call, "_pynn_takes_training", False)
+        kwargs = {"training": training} if takes_training else {}
+        recorder = autodiff._Recorder() if training else contextlib.nullcontext()
+        steps, outputs = [], []
+        with recorder:
+            states = [b.zeros((n, size), self.dtype) for size in self._state_sizes]
+            last = None
+            for s in range(t):
+                tx = t - 1 - s if self.go_backwards else s
+                xs = autodiff.Tensor(b.asarray(np.ascontiguousarray(host[:, tx]), self.dtype))
+                if training and self.needs_input_grad:
+                    recorder.watch(xs)
+                steps.append((tx, xs))
+                out, new = user_call(self.cell, xs, states, **kwargs)
+                new = list(new) if isinstance(new, (list, tuple)) else [new]
+                if m is not None:
+                    keep = m[:, tx:tx + 1].astype(self.dtype)
+                    new = [a * keep + old * (1 - keep) for a, old in zip(new, states)]
+                    if self.zero_output_for_mask or last is None:
+                        out = out * keep
+                    else:
+                        out = out * keep + last * (1 - keep)
+                states, last = new, out
+                outputs.append(out)
+        if not self.return_sequences:
+            outputs = outputs[-1:]
+        values = [np.asarray(b.to_numpy(autodiff._unwrap(o))) for o in outputs]
+        y = np.stack(values, axis=1) if self.return_sequences else values[0]
+        y = b.asarray(np.ascontiguousarray(y), self.dtype)
+        if training:
+            self._cache = ("user_cell", steps, outputs, states, tuple(x.shape))
+        if self.return_state:
+            return [y] + [autodiff._unwrap(v) for v in states]
+        return y
+
+    def _backward_user_cell(self, dy):
+        _, steps, outputs, states, x_shape = self._cache
+        self._cache = None
+        b = backend.current()
+        dys = list(dy) if self.return_state else [dy]
+        dy_host = np.asarray(b.to_numpy(dys[0]))
+        if self.return_sequences:
+            seeds = [b.asarray(np.ascontiguousarray(dy_host[:, s]), self.dtype)
+                     for s in range(len(outputs))]
+        else:
+            seeds = [dys[0]]
+        state_seeds = (dys[1:] + [None] * len(states))[:len(states)]
+        grads = autodiff.backprop(list(outputs) + list(states), seeds + state_seeds)
+        for v in self._variables:
+            g = grads.get(id(v))
+            v.grad = g if g is not None else b.zeros(tuple(v.shape), v.dtype)
+        if not self.needs_input_grad:
+            return None
+        dx = np.zeros(x_shape, self.dtype)
+        for tx, xs in steps:
+            g = grads.get(id(xs))
+            if g is not None:
+                dx[:, tx] = np.asarray(b.to_numpy(g))
+        return b.asarray(dx, self.dtype)
+
     def call(self, x, training=False, mask=None):
+        if self._user_cell:
+            if isinstance(mask, (list, tuple)):
+                mask = mask[0]
+            return self._call_user_cell(x, training, mask)
         caches = []
         for i, inner in enumerate(self._layers):
             if i > 0 and self.go_backwards and mask is not None:
@@ -787,6 +936,8 @@ class RNN(Layer):
         return x
 
     def backward(self, dy):
+        if self._user_cell:
+            return self._backward_user_cell(dy)
         caches, self._cache = self._cache, None
         for i in range(len(self._layers) - 1, -1, -1):
             inner = self._layers[i]
@@ -797,6 +948,8 @@ class RNN(Layer):
         return dy
 
     def reset_states(self, states=None):
+        if self._user_cell:
+            raise AttributeError(f"RNN '{self.name}': reset_states() needs stateful=True")
         for inner in self._layers:
             inner.reset_states(states if len(self._layers) == 1 else None)
 

@@ -10,6 +10,7 @@ left zero pad of dilation * (k - 1) steps (pad2d_forward, undone in the backward
 pad2d_backward) followed by a 'valid' conv, as Keras does.
 """
 
+import inspect
 import operator
 import sys
 
@@ -362,17 +363,36 @@ class TimeDistributed(Layer):
         out = self.layer.compute_output_shape(self._inner_shape(input_shape))
         return (input_shape[0], input_shape[1]) + tuple(out[1:])
 
-    def call(self, x, training=False):
+    def call(self, x, training=False, mask=None):
+        """``mask`` (N, T, ...): Keras hands the inner layer each step's slice (N, ...) when
+        its call takes a mask; here all steps go at once, as (N*T, ...)."""
         b = backend.current()
         n, t = x.shape[0], x.shape[1]
         flat = b.reshape(x, (n * t,) + tuple(x.shape[2:]))
         self.layer.check_input(flat)
-        y = self.layer.call(flat, training=training)
+        inner_mask = self._inner_mask(mask, x)
+        if inner_mask is not None:
+            y = self.layer.call(flat, training=training, mask=inner_mask)
+        else:
+            y = self.layer.call(flat, training=training)
         if training:
             # The executor saves this layer's _cache only: the inner layer's rides in it.
             self._cache = (self.layer._cache, tuple(x.shape))
             self.layer._cache = None
         return b.reshape(y, (n, t) + tuple(y.shape[1:]))
+
+    def _inner_mask(self, mask, x):
+        """The mask as the inner layer's (N*T, ...) one, or None: no mask, or an inner layer
+        whose call takes none (the mask then only passes on, compute_mask)."""
+        if mask is None or "mask" not in inspect.signature(self.layer.call).parameters:
+            return None
+        m = mask if isinstance(mask, np.ndarray) else backend.current().to_numpy(mask)
+        m = np.asarray(m)
+        if m.ndim < 2 or m.shape[:2] != tuple(x.shape[:2]):
+            raise ValueError(f"TimeDistributed '{self.name}': the mask must be at least 2-D "
+                             f"with the input's (batch, timesteps) = {tuple(x.shape[:2])} "
+                             f"first, got shape {m.shape}")
+        return m.reshape((m.shape[0] * m.shape[1],) + m.shape[2:])
 
     def backward(self, dy):
         b = backend.current()
