@@ -204,8 +204,9 @@ def _model_entries(model, include_optimizer=True, weights_only=False):
 
 # -- file formats by suffix --
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
-# Keras files' readers and writers, registered by pynn.interop.keras_files (which pynn's
-# __init__ imports): that module builds models, so saving must not import it.
+# Keras files' readers and writers, registered by pynn.interop.keras_files (pynn's __init__
+# puts stand-ins here that import it on first use): it builds models, so saving must not
+# import it.
 KERAS_IO = {}
 
 
