@@ -27,34 +27,65 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # SciPy's OpenBLAS, the one pynn's kernels call, reads this when pynn first loads it.
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")
 
-from pynn import (  # noqa: E402
+# What building, fitting and predicting with a model needs loads here; everything else (the
+# subpackages below) loads on first attribute access (PEP 562), so applications that embed a
+# model do not pay for ONNX export, Keras files, compression or the examples.
+from pynn import (
     backend,
     callbacks,
     initializers,
     layers,
     losses,
     metrics,
-    onnx,  # noqa: F401 (pynn.onnx only; the onnx package itself loads on export)
-    ops,
+    ops,  # gives symbolic tensors and Tensors their operators (x * 2) when it loads
     optimizers,
     regularizers,
     saving,
     utils,
 )
-from pynn.autodiff import GradientTape, Tensor  # noqa: E402
-from pynn._config import (  # noqa: E402
+from pynn._config import (
     floatx,
     get_num_threads,
     set_floatx,
     set_num_threads,
     threads,
 )
-from pynn.backend import set_device  # noqa: E402
-# Registers the .keras and .h5 formats with pynn.saving (h5py itself loads on first use).
-from pynn.interop import keras_files as _keras_files  # noqa: E402, F401
-from pynn.layers import Input  # noqa: E402
-from pynn.models import Model, Sequential  # noqa: E402
-from pynn.saving import load_model  # noqa: E402
+from pynn.autodiff import GradientTape, Tensor
+from pynn.backend import set_device
+from pynn.layers import Input
+from pynn.models import Model, Sequential
+from pynn.saving import load_model
+
+# Submodules that load on first use of ``pynn.<name>``; `import pynn.<name>` works as always.
+_LAZY_SUBMODULES = ("onnx", "interop", "compression", "preprocessing", "distributed",
+                    "examples", "bench", "data", "schedules", "constraints", "inference", "demo")
+
+
+def _deferred_keras_io(key):
+    """pynn.saving picks Keras readers and writers from saving.KERAS_IO, which
+    pynn.interop.keras_files fills when it loads; these stand-ins load it on the first .keras or
+    .h5 file instead of at `import pynn`, then hand over to the real function."""
+    def load_keras_files_then_call(*args, **kwargs):
+        from pynn.interop import keras_files  # noqa: F401 (replaces the stand-ins in KERAS_IO)
+        return saving.KERAS_IO[key](*args, **kwargs)
+    return load_keras_files_then_call
+
+
+for _key in ("save", "save_h5", "save_weights", "load_keras", "load_h5", "load_weights"):
+    saving.KERAS_IO.setdefault(_key, _deferred_keras_io(_key))
+del _key
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"pynn.{name}")  # also binds it as pynn.<name>
+    raise AttributeError(f"module 'pynn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
 
 
 def devices():
@@ -73,6 +104,30 @@ def get_device():
     return backend.device()
 
 
-__all__ = ["ops", "GradientTape", "Tensor", "saving", "Model", "Sequential", "Input", "load_model", "threads", "layers", "losses", "metrics", "optimizers",
-           "initializers", "regularizers", "callbacks", "utils", "backend", "set_device",
-           "get_device", "devices", "set_num_threads", "get_num_threads", "floatx", "set_floatx"]
+__all__ = [
+    "GradientTape",
+    "Input",
+    "Model",
+    "Sequential",
+    "Tensor",
+    "backend",
+    "callbacks",
+    "devices",
+    "floatx",
+    "get_device",
+    "get_num_threads",
+    "initializers",
+    "layers",
+    "load_model",
+    "losses",
+    "metrics",
+    "ops",
+    "optimizers",
+    "regularizers",
+    "saving",
+    "set_device",
+    "set_floatx",
+    "set_num_threads",
+    "threads",
+    "utils",
+]

@@ -1,12 +1,9 @@
 """Training callbacks with Keras 3's names and arguments, plus the progress bar and History."""
 
 import collections.abc
-import csv
 import json
 import math
 import os
-import shutil
-import socket
 import struct
 import sys
 import time
@@ -524,6 +521,8 @@ class CSVLogger(Callback):
             if self.keys and not any(k.startswith("val_") for k in self.keys):
                 self.keys += ["val_" + k for k in self.keys]
         if self.writer is None:
+            import csv
+
             dialect = type("PynnCSVDialect", (csv.excel,), {"delimiter": self.sep})
             self.writer = csv.DictWriter(self.csv_file, fieldnames=["epoch"] + self.keys,
                                          dialect=dialect)
@@ -673,6 +672,8 @@ class BackupAndRestore(Callback):
 
     def on_train_end(self, logs=None):
         if self.delete_checkpoint and _is_primary() and os.path.isdir(self.backup_dir):
+            import shutil
+
             shutil.rmtree(self.backup_dir)
 
 
@@ -755,6 +756,8 @@ class EventFileWriter:
     _count = 0
 
     def __init__(self, log_dir):
+        import socket
+
         os.makedirs(log_dir, exist_ok=True)
         EventFileWriter._count += 1
         name = (f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}."

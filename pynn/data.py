@@ -10,7 +10,6 @@ the workers, so no thread or process outlives ``fit``.
 """
 
 import collections
-import concurrent.futures
 import queue
 import threading
 
@@ -138,6 +137,8 @@ class _IndexedEpoch:
         self.pool = None
 
     def __enter__(self):
+        import concurrent.futures  # its logging import is a few ms of `import pynn`
+
         b = self.b
         if b.processes:
             self.pool = concurrent.futures.ProcessPoolExecutor(b.workers)

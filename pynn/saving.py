@@ -35,8 +35,6 @@ import json
 import math
 import os
 import re
-import secrets
-import socket
 import time
 import zipfile
 import zlib
@@ -105,6 +103,8 @@ def _npy_bytes(array):
 
 # -- saving -----------------------------------------------------------------------------------
 def _host():
+    import socket
+
     return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64] or "host"
 
 
@@ -154,6 +154,8 @@ def _atomic_write_zip(filepath, entries):
     directory = os.path.dirname(os.path.abspath(filepath))
     os.makedirs(directory, exist_ok=True)
     _remove_stale_temps(directory)
+    import secrets
+
     tmp = os.path.join(directory, f".pynn-save.{os.getpid()}.{_host()}.{secrets.token_hex(6)}.tmp")
     # O_EXCL: never reuse a name; mode 0o666 gives the model file the usual umask-based mode.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
@@ -202,8 +204,9 @@ def _model_entries(model, include_optimizer=True, weights_only=False):
 
 # -- file formats by suffix --
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
-# Keras files' readers and writers, registered by pynn.interop.keras_files (which pynn's
-# __init__ imports): that module builds models, so saving must not import it.
+# Keras files' readers and writers, registered by pynn.interop.keras_files (pynn's __init__
+# puts stand-ins here that import it on first use): it builds models, so saving must not
+# import it.
 KERAS_IO = {}
 
 

@@ -166,3 +166,79 @@ def test_import_pulls_in_no_optional_or_heavy_package():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == []
+
+
+# -- what `import pynn` loads (issue 16's footprint) ------------------------------------------
+# Loaded on first use only: pynn's rarely used subpackages, the CPU and OpenCL kernel tables (and
+# with them every Cython extension but pynn._native.info), and the standard-library and NumPy
+# modules pynn itself would otherwise pull in at import.
+LAZY_PYNN_MODULES = ["pynn.onnx", "pynn.interop", "pynn.interop.keras_files",
+                     "pynn.compression", "pynn.distributed", "pynn.examples", "pynn.bench",
+                     "pynn.demo", "pynn.preprocessing.image", "pynn.backend.cpu",
+                     "pynn.backend.opencl"]
+LAZY_OTHER_MODULES = ["numpy.random", "concurrent.futures", "socket", "secrets", "csv"]
+
+
+def _fresh_python(code):
+    import os
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=str(_pynn_root().parent), env=os.environ.copy(),
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_every_public_name_resolves():
+    missing = [name for name in pynn.__all__ if getattr(pynn, name, None) is None]
+    assert not missing, f"pynn.__all__ names that do not resolve: {missing}"
+    listed = dir(pynn)
+    assert set(pynn.__all__) <= set(listed)
+    for name in pynn._LAZY_SUBMODULES:
+        assert name in listed
+        assert getattr(pynn, name) is sys.modules[f"pynn.{name}"]
+    assert callable(pynn.onnx.export) and callable(pynn.compression.prune_low_magnitude)
+    assert callable(pynn.preprocessing.image.ImageDataGenerator)
+    with __import__("pytest").raises(AttributeError, match="no attribute 'not_a_module'"):
+        pynn.not_a_module  # noqa: B018
+
+
+def test_import_leaves_rarely_used_modules_unloaded():
+    """Run in a fresh interpreter: this one has imported everything. NumPy is imported first so
+    that only what pynn itself adds counts."""
+    code = ("import sys, numpy\nbefore = set(sys.modules)\nimport pynn\n"
+            "print(' '.join(sorted(set(sys.modules) - before)))")
+    added = set(_fresh_python(code).split())
+    assert "pynn.models" in added  # the probe saw pynn load
+    early = sorted(added & set(LAZY_PYNN_MODULES + LAZY_OTHER_MODULES))
+    assert not early, f"`import pynn` loaded {early}"
+    natives = sorted(m for m in added if m.startswith("pynn._native.") and m != "pynn._native.info")
+    assert not natives, f"`import pynn` loaded Cython kernels {natives}"
+
+
+def test_deferred_submodules_load_on_first_use():
+    code = ("import sys, pynn\n"
+            "print(pynn.onnx.__name__, 'pynn.onnx' in sys.modules, 'pynn.distributed' in sys.modules)\n"
+            "import pynn.compression\nprint(pynn.compression.Distiller.__name__)\n"
+            "print(pynn.interop.keras_files.KerasFileError.__name__)\n"
+            "names = set(pynn.__all__)\nfrom pynn import *\n"
+            "print(sorted(names - set(globals())) or 'all-star-imported')")
+    assert _fresh_python(code).split() == ["pynn.onnx", "True", "False", "Distiller",
+                                           "KerasFileError", "all-star-imported"]
+
+
+def test_keras_files_load_on_first_keras_file(tmp_path):
+    """pynn.interop.keras_files is not imported by `import pynn`: saving's Keras entries stand in
+    for it and load it on the first .keras file, which then saves and loads as before."""
+    __import__("pytest").importorskip("h5py")
+    path = tmp_path / "m.keras"
+    code = ("import sys, numpy as np, pynn\n"
+            "assert 'pynn.interop.keras_files' not in sys.modules\n"
+            "m = pynn.Sequential([pynn.layers.Input((5,)), pynn.layers.Dense(3)])\n"
+            f"m.save({str(path)!r})\n"
+            "assert 'pynn.interop.keras_files' in sys.modules\n"
+            f"back = pynn.load_model({str(path)!r})\n"
+            "x = np.arange(10, dtype='float32').reshape(2, 5) / 7\n"
+            "print(float(abs(m.predict(x, verbose=0) - back.predict(x, verbose=0)).max()))")
+    assert float(_fresh_python(code)) == 0.0
