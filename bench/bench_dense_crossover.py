@@ -72,9 +72,9 @@ def measure(m, c, u, rounds, rng):
         }
     dense._set_gemm_path("auto")
     row["rule_takes_micro"] = {
-        "forward": bool(dense._micro_rule(np.float32, m, u, c)),
-        "backward_input": bool(dense._micro_rule(np.float32, m, c, u)),
-        "backward_weight": bool(dense._micro_rule(np.float32, c, u, m)),
+        "forward": bool(dense._micro_rule("forward", np.float32, m, u, c)),
+        "backward_input": bool(dense._micro_rule("backward_input", np.float32, m, c, u)),
+        "backward_weight": bool(dense._micro_rule("backward_weight", np.float32, c, u, m)),
     }
     return row
 

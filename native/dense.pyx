@@ -26,7 +26,7 @@ from _activation cimport (
 )
 
 from pynn._config import usable_cores
-from pynn.backend._scratch import scratch
+from pynn.backend._scratch import give, take
 from pynn.backend.operands import dense as operands
 from pynn.backend.operands.common import HOST
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
@@ -456,16 +456,33 @@ def _set_gemm_path(path):
     return old
 
 
-def _micro_wins(dtype, m, n, k):
-    """Whether the microkernel beats the BLAS path for c (m, n) = a (m, k) @ b (k, n)."""
+def _micro_wins(op, dtype, m, n, k):
+    """Whether `op` computing c (m, n) = a (m, k) @ b (k, n) takes the microkernel."""
     if _gemm_path != "auto":
         return _gemm_path == "micro"
-    return _micro_rule(dtype, m, n, k)
+    return _micro_rule(op, dtype, m, n, k)
 
 
-def _micro_rule(dtype, m, n, k):
-    # placeholder until measured
-    return dtype == np.float32 and n >= 64
+def _micro_rule(op, dtype, m, n, k):
+    """The crossover measured by bench/bench_dense_crossover.py (AMD EPYC Zen 4, 2 threads,
+    shared machine, GFLOP/s microkernel / BLAS, min of 15 alternated runs; the whole table is
+    in bench/results/dense-amd-epyc-2t.json):
+      forward  784->512: M=8 37.8/31.2, 32 74.9/66.0, 64 88.2/81.4, 128 96.7/90.8
+               512->256: M=32 44.8/66.3, 64 73.8/75.0, 128 88.0/86.8, 256 97.3/90.6
+               1024->1024: M=8 36.7/23.6, 128 87.0/76.5;  64->64, M=256: 30.2/54.9
+      backward_weight 784x512: M=64 92.3/91.9, 128 99.5/97.5; 512x256: M=64 76.6/82.7,
+               128 90.8/89.2; 1024x1024: M=8 46.6/32.5, 64 89.3/82.7
+      backward_input 784<-512: M=128 58.1/92.4, 1024<-1024: M=128 31.8/45.9
+    Below ~8M multiply-adds the fixed cost of a call (the pack of b, two parallel regions)
+    loses to BLAS; a narrow reduction (k = 10: 23 against 35) or output (n = 10, padded
+    to a vector: 10 against 24) too. backward_input packs kernel.T, a transposing pass over
+    the weights that BLAS does not need, and loses at every size measured: it stays on
+    BLAS. float64 stays on BLAS (the training paths are float32)."""
+    if dtype != np.float32 or op == "backward_input":
+        return False
+    if op == "forward":
+        return k >= 256 and n >= 256 and m * n * k >= 1 << 23
+    return k >= 64 and n >= 256 and m * n * k >= 1 << 24
 
 
 def _micro_gemm(a, Py_ssize_t row_stride, Py_ssize_t sat, b, bint b_transposed,
@@ -489,13 +506,15 @@ def _micro_gemm(a, Py_ssize_t row_stride, Py_ssize_t sat, b, bint b_transposed,
     cdef floating[::1] tail, tail_bias
     cdef Py_ssize_t nc = _panel(<floating*>NULL)
     cdef Py_ssize_t panels = (n + nc - 1) // nc
-    with scratch(np.float32 if floating is float else np.float64, (k * panels * nc,),
-                 (m * nc,), (nc,)) as (pk, tl, tb):
-        packed, tail, tail_bias = pk, tl, tb
+    buf, (packed, tail, tail_bias) = take(np.float32 if floating is float else np.float64,
+                                          (k * panels * nc,), (m * nc,), (nc,))
+    try:
         with nogil:
             _micro_region(&av[0], row_stride, sat, &bv[0], ldb, b_transposed, &c[0, 0], m, n,
                           k, &packed[0], &tail[0], &tail_bias[0], bptr, yptr, act,
                           <floating>alpha)
+    finally:
+        give(buf)
 
 
 def dense_forward(x, kernel, bias, activation="linear", alpha=0.0):
@@ -508,7 +527,7 @@ def dense_forward(x, kernel, bias, activation="linear", alpha=0.0):
     act = ACTIVATIONS.index(act_name)
     keep_z = act_name in ACTIVATIONS_NEEDING_INPUT
     y = np.empty_like(z) if keep_z else z
-    if n and units and x.shape[1] and _micro_wins(x.dtype, n, units, x.shape[1]):
+    if n and units and x.shape[1] and _micro_wins("forward", x.dtype, n, units, x.shape[1]):
         _micro_gemm(x, x.shape[1], 1, kernel, False, z, x.shape[1], bias, y, act, float(alpha))
         return y, (z if keep_z else None)
     if _gemm_one_region(False, False, x, kernel, z, x.shape[1], bias, y, act, float(alpha)):
@@ -522,7 +541,8 @@ def dense_backward_input(dz, kernel):
     """dx = dz @ kernel.T, shape (N, C)."""
     dz, kernel = operands.dense_backward_input(HOST, dz, kernel)
     dx = np.empty((dz.shape[0], kernel.shape[0]), dtype=dz.dtype)
-    if dx.size and dz.shape[1] and _micro_wins(dz.dtype, dx.shape[0], dx.shape[1], dz.shape[1]):
+    if dx.size and dz.shape[1] and _micro_wins("backward_input", dz.dtype, dx.shape[0],
+                                               dx.shape[1], dz.shape[1]):
         _micro_gemm(dz, dz.shape[1], 1, kernel, True, dx, dz.shape[1], None, None, 0, 0.0)
         return dx
     if _gemm_one_region(False, True, dz, kernel, dx, dz.shape[1], None, None, 0, 0.0):
@@ -535,7 +555,8 @@ def dense_backward_weight(x, dz):
     """dkernel = x.T @ dz, shape (C, U)."""
     x, dz = operands.dense_backward_weight(HOST, x, dz)
     dw = np.empty((x.shape[1], dz.shape[1]), dtype=x.dtype)
-    if dw.size and x.shape[0] and _micro_wins(x.dtype, dw.shape[0], dw.shape[1], x.shape[0]):
+    if dw.size and x.shape[0] and _micro_wins("backward_weight", x.dtype, dw.shape[0],
+                                              dw.shape[1], x.shape[0]):
         _micro_gemm(x, 1, x.shape[1], dz, False, dw, x.shape[0], None, None, 0, 0.0)
         return dw
     if _gemm_one_region(True, False, x, dz, dw, x.shape[0], None, None, 0, 0.0):
