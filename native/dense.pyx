@@ -26,7 +26,7 @@ from _activation cimport (
 )
 
 from pynn._config import usable_cores
-from pynn.backend._scratch import give, take
+from pynn.backend._scratch import give, scratch, take
 from pynn.backend.operands import dense as operands
 from pynn.backend.operands.common import HOST
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
@@ -301,35 +301,17 @@ cdef enum:
     _TILE_ROWS = 96
 
 # Columns per panel: two of the microkernel's two-vector blocks, so that with 32 vector
-# registers the 6-row "wide" block (4 vectors, 24 accumulators) runs; with AVX2 the same
-# panel is two 6x2-vector blocks.
-cdef int _panel_mult = 2
-cdef int _wide = 1
-cdef Py_ssize_t _k_block = 256
-
-
-def _set_blocking(int mult, int wide, Py_ssize_t kc):
-    global _panel_mult, _wide, _k_block
-    _panel_mult = mult
-    _wide = wide
-    _k_block = kc
-
-
+# registers its 6-row "wide" block (4 vectors, 24 accumulators) runs; with AVX2 the same
+# panel is two 6-row blocks of 2 vectors. Zen 4, one thread, GFLOP/s of forward /
+# backward_weight at 128 x 784 -> 512 (min of 25 alternated runs; BLAS 83 / 97): 64-column
+# wide panels 102 / 105, 32-column 8-row panels 95 / 87. Cutting the reduction into slices
+# of 96-256 steps that stay in L1 (BLIS's kc) measured 2-5% slower: the whole panel (784 x
+# 64 floats) streams from L2 fast enough, so the tile makes one pass.
 cdef inline Py_ssize_t _panel(const floating* dummy) noexcept nogil:
     if floating is float:
-        return _panel_mult * PYNN_NC_F
+        return 2 * PYNN_NC_F
     else:
-        return _panel_mult * PYNN_NC_D
-
-
-cdef inline void _seg_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
-                           const Py_ssize_t* roff, Py_ssize_t sat, const floating* b,
-                           floating* c, Py_ssize_t ldc, const floating* init) noexcept nogil:
-    cdef Py_ssize_t zero = 0
-    if floating is float:
-        pynn_seg_gemm_f(m, n, 1, k, a, roff, &zero, sat, b, &zero, n, c, ldc, init, 0, _wide)
-    else:
-        pynn_seg_gemm_d(m, n, 1, k, a, roff, &zero, sat, b, &zero, n, c, ldc, init, 0, _wide)
+        return 2 * PYNN_NC_D
 
 
 cdef inline void _pack(bint transposed, const floating* b, Py_ssize_t ldb, Py_ssize_t k,
@@ -347,25 +329,18 @@ cdef inline void _pack(bint transposed, const floating* b, Py_ssize_t ldb, Py_ss
         pynn_dense_pack_d(b, ldb, transposed, k, p0, w, ws, out)
 
 
-cdef void _micro_tile(const floating* a, Py_ssize_t row_stride, Py_ssize_t sat,
-                      const floating* panel, floating* c, Py_ssize_t ldc, Py_ssize_t rows,
-                      Py_ssize_t w, Py_ssize_t k, const Py_ssize_t* roff,
-                      const floating* bias) noexcept nogil:
-    """c (rows, w) = a @ panel (k, w) [+ bias], _k_block reduction steps at a time: each
-    slice of the panel (_k_block x w) stays in L1 while every row block of the tile reads
-    it. Later slices add onto c (accum): the same chain of FMAs as one pass, so the same
-    bits."""
-    cdef Py_ssize_t zero = 0, k0 = 0, kb
-    cdef Py_ssize_t kc = _k_block
-    while k0 < k:
-        kb = _imin(kc, k - k0)
-        if floating is float:
-            pynn_seg_gemm_f(rows, w, 1, kb, a + k0 * sat, roff, &zero, sat, panel + k0 * w,
-                            &zero, w, c, ldc, bias if k0 == 0 else NULL, k0 > 0, _wide)
-        else:
-            pynn_seg_gemm_d(rows, w, 1, kb, a + k0 * sat, roff, &zero, sat, panel + k0 * w,
-                            &zero, w, c, ldc, bias if k0 == 0 else NULL, k0 > 0, _wide)
-        k0 += kb
+cdef inline void _micro_tile(const floating* a, Py_ssize_t row_stride, Py_ssize_t sat,
+                             const floating* panel, floating* c, Py_ssize_t ldc,
+                             Py_ssize_t rows, Py_ssize_t w, Py_ssize_t k,
+                             const Py_ssize_t* roff, const floating* bias) noexcept nogil:
+    """c (rows, w) = a @ panel (k, w) [+ bias as the start row]."""
+    cdef Py_ssize_t zero = 0
+    if floating is float:
+        pynn_seg_gemm_f(rows, w, 1, k, a, roff, &zero, sat, panel, &zero, w, c, ldc, bias, 0,
+                        1)
+    else:
+        pynn_seg_gemm_d(rows, w, 1, k, a, roff, &zero, sat, panel, &zero, w, c, ldc, bias, 0,
+                        1)
 
 
 cdef inline void _micro_panel_tile(const floating* a, Py_ssize_t row_stride, Py_ssize_t sat,
@@ -378,13 +353,18 @@ cdef inline void _micro_panel_tile(const floating* a, Py_ssize_t row_stride, Py_
     """Rows [i0, i0 + rows) x the panel at column p0 of c (through tail when padded)."""
     cdef Py_ssize_t w = _imin(nc, n - p0), r, j
     cdef floating* t
+    cdef const floating* start = NULL
     if p0 + nc < n or last_ws == w:
+        if bias != NULL:
+            start = bias + p0
         _micro_tile(a + i0 * row_stride, row_stride, sat, packed + p0 * k, c + i0 * n + p0,
-                    n, rows, w, k, roff, NULL if bias == NULL else bias + p0)
+                    n, rows, w, k, roff, start)
         return
+    if bias != NULL:
+        start = tail_bias
     t = tail + i0 * last_ws
     _micro_tile(a + i0 * row_stride, row_stride, sat, packed + p0 * k, t, last_ws, rows,
-                last_ws, k, roff, NULL if bias == NULL else tail_bias)
+                last_ws, k, roff, start)
     for r in range(rows):
         for j in range(w):
             c[(i0 + r) * n + p0 + j] = t[r * last_ws + j]
@@ -394,14 +374,15 @@ cdef void _micro_region(const floating* a, Py_ssize_t row_stride, Py_ssize_t sat
                         const floating* b, Py_ssize_t ldb, bint b_transposed,
                         floating* c, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                         floating* packed, floating* tail, floating* tail_bias,
-                        const floating* bias, floating* y, int act,
-                        floating alpha) noexcept nogil:
+                        const floating* bias, floating* y, int act, floating alpha,
+                        floating* out_t) noexcept nogil:
     """c (m, n) = a @ b [+ bias, y = act(c)], row i of a at a + i*row_stride, its t-th
     element at + t*sat; b (k, n) or, b_transposed, b.T given as (n, k). packed: k *
     panels * nc elements; tail (m x nc) and tail_bias (nc): where the last panel is padded
-    to whole vectors, its tiles are computed there and their real columns copied to c."""
+    to whole vectors, its tiles are computed there and their real columns copied to c.
+    out_t (n, m) or NULL: each tile is also stored transposed there while in cache."""
     cdef Py_ssize_t nc = _panel(a)
-    cdef Py_ssize_t vl = nc // (2 * _panel_mult)
+    cdef Py_ssize_t vl = nc // 4   # floats (doubles) per vector register
     cdef Py_ssize_t panels = (n + nc - 1) // nc
     cdef Py_ssize_t last = (panels - 1) * nc
     cdef Py_ssize_t last_w = n - last
@@ -440,6 +421,19 @@ cdef void _micro_region(const floating* a, Py_ssize_t row_stride, Py_ssize_t sat
                 _block_epilogue(c, y, <const floating*>NULL, <int>i0, <int>(i0 + rows),
                                 <int>(p * nc), <int>_imin(p * nc + nc, n), <int>n, act,
                                 alpha)
+            if out_t != NULL:
+                _store_transposed(c, n, out_t, m, i0, rows, p * nc, _imin(nc, n - p * nc))
+
+
+cdef inline void _store_transposed(const floating* c, Py_ssize_t ldc, floating* out,
+                                   Py_ssize_t ldo, Py_ssize_t i0, Py_ssize_t rows,
+                                   Py_ssize_t j0, Py_ssize_t w) noexcept nogil:
+    """out[j, i] = c[i, j] over rows [i0, i0 + rows) x columns [j0, j0 + w): contiguous
+    writes, the tile's reads still in cache."""
+    cdef Py_ssize_t r, j
+    for j in range(j0, j0 + w):
+        for r in range(i0, i0 + rows):
+            out[j * ldo + r] = c[r * ldc + j]
 
 
 # Which ops take the microkernel: "auto" (the measured rule in _micro_wins), "micro" or
@@ -472,12 +466,13 @@ def _micro_rule(op, dtype, m, n, k):
                1024->1024: M=8 36.7/23.6, 128 87.0/76.5;  64->64, M=256: 30.2/54.9
       backward_weight 784x512: M=64 92.3/91.9, 128 99.5/97.5; 512x256: M=64 76.6/82.7,
                128 90.8/89.2; 1024x1024: M=8 46.6/32.5, 64 89.3/82.7
-      backward_input 784<-512: M=128 58.1/92.4, 1024<-1024: M=128 31.8/45.9
+      backward_input (as dx.T = kernel @ dz.T) 784<-512: M=64 85/81, M=128 87/90;
+               512<-256: M=128 80/88; 1024<-1024: M=256 90/91
     Below ~8M multiply-adds the fixed cost of a call (the pack of b, two parallel regions)
     loses to BLAS; a narrow reduction (k = 10: 23 against 35) or output (n = 10, padded
-    to a vector: 10 against 24) too. backward_input packs kernel.T, a transposing pass over
-    the weights that BLAS does not need, and loses at every size measured: it stays on
-    BLAS. float64 stays on BLAS (the training paths are float32)."""
+    to a vector: 10 against 24) too. backward_input at best ties BLAS (the transposed store
+    of its result costs what the microkernel gains): it stays on BLAS. float64 stays on
+    BLAS (the training paths are float32)."""
     if dtype != np.float32 or op == "backward_input":
         return False
     if op == "forward":
@@ -487,7 +482,7 @@ def _micro_rule(op, dtype, m, n, k):
 
 def _micro_gemm(a, Py_ssize_t row_stride, Py_ssize_t sat, b, bint b_transposed,
                 floating[:, ::1] c, Py_ssize_t k, bias, floating[:, ::1] y, int act,
-                double alpha):
+                double alpha, floating[:, ::1] out_t=None):
     """c = a @ b through _micro_region; a, b any arrays of c's dtype whose strides the
     caller described (see _micro_region)."""
     cdef Py_ssize_t m = c.shape[0], n = c.shape[1]
@@ -497,14 +492,17 @@ def _micro_gemm(a, Py_ssize_t row_stride, Py_ssize_t sat, b, bint b_transposed,
     cdef floating[::1] packed
     cdef const floating* bptr = NULL
     cdef floating* yptr = NULL
+    cdef floating* out_t_ptr = NULL
     cdef Py_ssize_t ldb = b.shape[1]
+    cdef floating[::1] tail, tail_bias
+    cdef Py_ssize_t nc = _panel(<floating*>NULL)
     if bias is not None:
         biasv = bias
         bptr = &biasv[0]
     if y is not None:
         yptr = &y[0, 0]
-    cdef floating[::1] tail, tail_bias
-    cdef Py_ssize_t nc = _panel(<floating*>NULL)
+    if out_t is not None:
+        out_t_ptr = &out_t[0, 0]
     cdef Py_ssize_t panels = (n + nc - 1) // nc
     buf, (packed, tail, tail_bias) = take(np.float32 if floating is float else np.float64,
                                           (k * panels * nc,), (m * nc,), (nc,))
@@ -512,7 +510,7 @@ def _micro_gemm(a, Py_ssize_t row_stride, Py_ssize_t sat, b, bint b_transposed,
         with nogil:
             _micro_region(&av[0], row_stride, sat, &bv[0], ldb, b_transposed, &c[0, 0], m, n,
                           k, &packed[0], &tail[0], &tail_bias[0], bptr, yptr, act,
-                          <floating>alpha)
+                          <floating>alpha, out_t_ptr)
     finally:
         give(buf)
 
@@ -543,7 +541,12 @@ def dense_backward_input(dz, kernel):
     dx = np.empty((dz.shape[0], kernel.shape[0]), dtype=dz.dtype)
     if dx.size and dz.shape[1] and _micro_wins("backward_input", dz.dtype, dx.shape[0],
                                                dx.shape[1], dz.shape[1]):
-        _micro_gemm(dz, dz.shape[1], 1, kernel, True, dx, dz.shape[1], None, None, 0, 0.0)
+        # dx.T = kernel @ dz.T: the kernel is read in place and only dz is packed (dz @
+        # kernel.T would pack kernel.T, a transposing pass over the weights: 39 against 85
+        # GFLOP/s at 64 x 784 <- 512); each tile of dx.T goes to dx while in cache.
+        with scratch(dx.dtype, (dx.shape[1], dx.shape[0])) as (dx_t,):
+            _micro_gemm(kernel, kernel.shape[1], 1, dz, True, dx_t, dz.shape[1], None, None, 0,
+                        0.0, dx)
         return dx
     if _gemm_one_region(False, True, dz, kernel, dx, dz.shape[1], None, None, 0, 0.0):
         return dx
