@@ -1,10 +1,13 @@
 """Dense (fully connected) layer kernels.
 
 Legend: N batch, C input features, U units. x (N, C), kernel (C, U) as in Keras.
-The product goes to BLAS sgemm/dgemm without the GIL (row-major through swapped operands,
-see _blas.pxd). Gradients do not accumulate: each op returns a fresh array.
+Two ways to the product, chosen per op and shape by _micro_rule (measured crossover):
+pynn's register-blocked microkernel (native/_microkernel.h, as Conv2D's direct paths; see
+"register-blocked microkernel path" below) for the wide float32 products of training, and
+BLAS sgemm/dgemm without the GIL (row-major through swapped operands, see _blas.pxd) for
+the rest. Gradients do not accumulate: each op returns a fresh array.
 
-Threads: with an OpenBLAS whose thread count pynn can set, each op is ONE OpenMP region over
+BLAS threads: with an OpenBLAS whose thread count pynn can set, each op is ONE OpenMP region over
 a fixed set of bands of the result (bands of 16-column panels, or of 8 rows when the result
 is taller than wide or softmax needs whole rows; one band per core of the machine). Each
 band is one single-threaded GEMM, followed at once by its bias and activation while it is
@@ -304,14 +307,15 @@ cdef enum:
 # registers its 6-row "wide" block (4 vectors, 24 accumulators) runs; with AVX2 the same
 # panel is two 6-row blocks of 2 vectors. Zen 4, one thread, GFLOP/s of forward /
 # backward_weight at 128 x 784 -> 512 (min of 25 alternated runs; BLAS 83 / 97): 64-column
-# wide panels 102 / 105, 32-column 8-row panels 95 / 87. Cutting the reduction into slices
-# of 96-256 steps that stay in L1 (BLIS's kc) measured 2-5% slower: the whole panel (784 x
-# 64 floats) streams from L2 fast enough, so the tile makes one pass.
+# wide panels 102 / 105, 32-column 8-row panels 95 / 87.
+cdef int _panel_vectors = 4
+
+
 cdef inline Py_ssize_t _panel(const floating* dummy) noexcept nogil:
     if floating is float:
-        return 2 * PYNN_NC_F
+        return _panel_vectors * PYNN_NC_F // 2
     else:
-        return 2 * PYNN_NC_D
+        return _panel_vectors * PYNN_NC_D // 2
 
 
 cdef inline void _pack(bint transposed, const floating* b, Py_ssize_t ldb, Py_ssize_t k,
@@ -329,18 +333,32 @@ cdef inline void _pack(bint transposed, const floating* b, Py_ssize_t ldb, Py_ss
         pynn_dense_pack_d(b, ldb, transposed, k, p0, w, ws, out)
 
 
-cdef inline void _micro_tile(const floating* a, Py_ssize_t row_stride, Py_ssize_t sat,
-                             const floating* panel, floating* c, Py_ssize_t ldc,
-                             Py_ssize_t rows, Py_ssize_t w, Py_ssize_t k,
-                             const Py_ssize_t* roff, const floating* bias) noexcept nogil:
-    """c (rows, w) = a @ panel (k, w) [+ bias as the start row]."""
-    cdef Py_ssize_t zero = 0
-    if floating is float:
-        pynn_seg_gemm_f(rows, w, 1, k, a, roff, &zero, sat, panel, &zero, w, c, ldc, bias, 0,
-                        1)
-    else:
-        pynn_seg_gemm_d(rows, w, 1, k, a, roff, &zero, sat, panel, &zero, w, c, ldc, bias, 0,
-                        1)
+# Reduction steps per microkernel call and its wide-block flag, module variables on
+# purpose: with the call's accum/wide/bias arguments constant (one call per tile) GCC
+# specialized the inlined microkernel into code that ran at half speed (forward 128 x 784
+# -> 512: 47 against 92 GFLOP per CPU-s). Slices of 256 steps (BLIS's kc: the panel slice
+# stays in L1 across the tile's row blocks) and one whole pass measured alike (88 / 84-92).
+cdef int _wide = 1
+cdef Py_ssize_t _k_block = 256
+
+
+cdef void _micro_tile(const floating* a, Py_ssize_t row_stride, Py_ssize_t sat,
+                      const floating* panel, floating* c, Py_ssize_t ldc, Py_ssize_t rows,
+                      Py_ssize_t w, Py_ssize_t k, const Py_ssize_t* roff,
+                      const floating* bias) noexcept nogil:
+    """c (rows, w) = a @ panel (k, w) [+ bias as the start row], _k_block steps a call; the
+    later calls add onto c (accum): the same chain of FMAs as one pass, so the same bits."""
+    cdef Py_ssize_t zero = 0, k0 = 0, kb
+    cdef Py_ssize_t kc = _k_block
+    while k0 < k:
+        kb = _imin(kc, k - k0)
+        if floating is float:
+            pynn_seg_gemm_f(rows, w, 1, kb, a + k0 * sat, roff, &zero, sat, panel + k0 * w,
+                            &zero, w, c, ldc, bias if k0 == 0 else NULL, k0 > 0, _wide)
+        else:
+            pynn_seg_gemm_d(rows, w, 1, kb, a + k0 * sat, roff, &zero, sat, panel + k0 * w,
+                            &zero, w, c, ldc, bias if k0 == 0 else NULL, k0 > 0, _wide)
+        k0 += kb
 
 
 cdef inline void _micro_panel_tile(const floating* a, Py_ssize_t row_stride, Py_ssize_t sat,
@@ -382,7 +400,7 @@ cdef void _micro_region(const floating* a, Py_ssize_t row_stride, Py_ssize_t sat
     to whole vectors, its tiles are computed there and their real columns copied to c.
     out_t (n, m) or NULL: each tile is also stored transposed there while in cache."""
     cdef Py_ssize_t nc = _panel(a)
-    cdef Py_ssize_t vl = nc // 4   # floats (doubles) per vector register
+    cdef Py_ssize_t vl = nc // _panel_vectors   # floats (doubles) per vector register
     cdef Py_ssize_t panels = (n + nc - 1) // nc
     cdef Py_ssize_t last = (panels - 1) * nc
     cdef Py_ssize_t last_w = n - last
