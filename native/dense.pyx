@@ -477,24 +477,26 @@ def _micro_wins(op, dtype, m, n, k):
 
 def _micro_rule(op, dtype, m, n, k):
     """The crossover measured by bench/bench_dense_crossover.py (AMD EPYC Zen 4, 2 threads,
-    shared machine, GFLOP/s microkernel / BLAS, min of 15 alternated runs; the whole table is
-    in bench/results/dense-amd-epyc-2t.json):
-      forward  784->512: M=8 37.8/31.2, 32 74.9/66.0, 64 88.2/81.4, 128 96.7/90.8
-               512->256: M=32 44.8/66.3, 64 73.8/75.0, 128 88.0/86.8, 256 97.3/90.6
-               1024->1024: M=8 36.7/23.6, 128 87.0/76.5;  64->64, M=256: 30.2/54.9
-      backward_weight 784x512: M=64 92.3/91.9, 128 99.5/97.5; 512x256: M=64 76.6/82.7,
-               128 90.8/89.2; 1024x1024: M=8 46.6/32.5, 64 89.3/82.7
-      backward_input (as dx.T = kernel @ dz.T) 784<-512: M=64 85/81, M=128 87/90;
-               512<-256: M=128 80/88; 1024<-1024: M=256 90/91
+    machine shared by 8 sessions; microkernel / BLAS speed in CPU time, min of 9 alternated
+    runs; the whole table is in bench/results/dense-amd-epyc-2t.json):
+      forward  784->512: M=8 1.21, 32 1.15, 64 0.98, 128 0.99, 256 1.04
+               512->256: M=8 0.41, 32 0.93, 64 0.98, 128 1.00, 256 1.07
+               1024->1024: M=8 1.36, 32 1.18, 128 1.20;  64->64, M=256: 0.55
+      backward_weight 784x512: M=64 1.00, 128 1.01, 256 1.03; 512x256: M=128 0.94,
+               256 1.07; 1024x1024: M=8 1.11, 32 1.15
+      backward_input 784<-512: M=128 0.90; 512<-256: M=128 0.82; 1024<-1024: M=8 2.13,
+               32 1.80, 128 1.10, 256 0.96; 4096<-4096: M=8 2.34
     Below ~8M multiply-adds the fixed cost of a call (the pack of b, two parallel regions)
-    loses to BLAS; a narrow reduction (k = 10: 23 against 35) or output (n = 10, padded
-    to a vector: 10 against 24) too. backward_input at best ties BLAS (the transposed store
-    of its result costs what the microkernel gains): it stays on BLAS. float64 stays on
-    BLAS (the training paths are float32)."""
-    if dtype != np.float32 or op == "backward_input":
+    loses to BLAS; a narrow reduction (k = 10: 0.5) or output (n = 10, padded to a vector:
+    0.4) too. At the MLP's widths the two are level; the microkernel pulls ahead from
+    1024 wide, where OpenBLAS's small-M kernels (backward_input above all) fall behind.
+    float64 stays on BLAS (the training paths are float32)."""
+    if dtype != np.float32:
         return False
     if op == "forward":
         return k >= 256 and n >= 256 and m * n * k >= 1 << 23
+    if op == "backward_input":
+        return 8 <= m <= 128 and n >= 1024 and k >= 1024
     return k >= 64 and n >= 256 and m * n * k >= 1 << 24
 
 

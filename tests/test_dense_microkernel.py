@@ -40,6 +40,7 @@ def test_rule_takes_the_microkernel_for_the_mlp_and_blas_elsewhere():
     assert not dense._micro_rule("forward", f32, 8, 64, 64)
     assert not dense._micro_rule("backward_weight", f32, 256, 10, 128)
     assert not dense._micro_rule("backward_input", f32, 128, 784, 512)
+    assert dense._micro_rule("backward_input", f32, 32, 1024, 1024)
     assert not dense._micro_rule("forward", np.float64, 128, 512, 784)
 
 
