@@ -230,21 +230,23 @@ def _bias_act(floating[:, ::1] z, floating[:, ::1] y, bias, int act, double alph
 
 
 # -- register-blocked microkernel path (native/_microkernel.h, as Conv2D's direct paths) ---
-# Each op is one OpenMP region over tiles of the result: _TILE_ROWS rows x one panel of
-# columns. The B operand is packed into panels (one sequential stream per microkernel block)
-# by the threads first, then every tile runs pynn_seg_gemm_* with one segment; the forward's
+# Each op is two OpenMP loops over the result: the B operand packed into panels (one
+# sequential stream per microkernel block, the last panel zero-padded to whole vectors),
+# then tiles of _TILE_ROWS rows x one panel, each running pynn_seg_gemm_*; the forward's
 # bias is the microkernel's start row and its activation runs on the tile while it is still
 # in cache. The microkernel sums each element in a fixed order whatever the row block, so
 # the result does not depend on the tiles or the thread count.
-#   forward          z = x @ kernel:   a = x rows,   b = kernel packed (pynn_pack_panels_*)
-#   backward_input   dx = dz @ kernel.T: a = dz rows, b = kernel.T packed (_pack_t below)
-#   backward_weight  dk = x.T @ dz:    a = x.T (x read in place: row c of x.T is column c,
-#                    sat = C), b = dz packed
-# The weights are packed by every forward and backward_input: within a training step they
-# are the same array, but the optimizer rewrites them in place after every step, so a pack
-# kept across calls would have to trust a version counter that a caller's own in-place
-# write (a finite-difference check, `kernel.value[...] = w`) never bumps. The packs cost
-# one pass over the weights per op against N/MR passes by the GEMM itself.
+#   forward          z = x @ kernel:     a = x rows, b = kernel packed
+#   backward_input   dx.T = kernel @ dz.T: a = kernel rows read in place, b = dz.T packed
+#                    (PYNN_DENSE_PACK transposing), each tile stored transposed into dx
+#   backward_weight  dk = x.T @ dz:      a = x.T (x read in place: row c of x.T is column
+#                    c, sat = C), b = dz packed
+# Only the forward packs the weights, every call: the optimizer rewrites them in place
+# after every step, so a pack kept across calls would have to trust a version counter
+# (pynn.variables.version) that a caller's own in-place write (a finite-difference check,
+# `kernel.value[...] = w`) never bumps; and a training step reads them in two layouts
+# (kernel for forward, kernel.T for backward_input), so one pack could not serve both.
+# The pack costs one pass over the weights against N/MR passes by the GEMM itself.
 cdef extern from "_microkernel.h":
     int PYNN_NC_F
     int PYNN_NC_D
@@ -303,9 +305,9 @@ cdef extern from *:
 cdef enum:
     _TILE_ROWS = 96
 
-# Columns per panel: two of the microkernel's two-vector blocks, so that with 32 vector
-# registers its 6-row "wide" block (4 vectors, 24 accumulators) runs; with AVX2 the same
-# panel is two 6-row blocks of 2 vectors. Zen 4, one thread, GFLOP/s of forward /
+# Columns per panel: four vectors (a module variable for the reason given at _k_block), so
+# that with 32 vector registers the microkernel's 6-row "wide" block (4 vectors, 24
+# accumulators) runs; with AVX2 the same panel is two 6-row blocks of 2 vectors. Zen 4, one thread, GFLOP/s of forward /
 # backward_weight at 128 x 784 -> 512 (min of 25 alternated runs; BLAS 83 / 97): 64-column
 # wide panels 102 / 105, 32-column 8-row panels 95 / 87.
 cdef int _panel_vectors = 4
