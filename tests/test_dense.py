@@ -10,8 +10,6 @@ import os
 
 import numpy as np
 import pytest
-
-from pynn._native import dense
 from pynn._native.activation import activation_backward
 from pynn._native.dense import (
     bias_backward,
@@ -19,8 +17,10 @@ from pynn._native.dense import (
     dense_backward_weight,
     dense_forward,
 )
-from pynn._config import set_num_threads as set_pynn_threads
 from pynn._native.info import set_num_threads
+
+from pynn._config import set_num_threads as set_pynn_threads
+from pynn._native import dense
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
 from tests.backend_util import check_op, rand
 from tests.reference.activation_ref import numerical_derivative
@@ -32,15 +32,23 @@ from tests.reference.dense_ref import (
 )
 
 ALPHA = {"leaky_relu": 0.3, "elu": 0.7}
-# (N, C_in, U): awkward sizes, including ones that are not multiples of any BLAS tile.
-SHAPES = [(1, 1, 1), (7, 3, 5), (13, 31, 7), (3, 33, 65), (37, 19, 70), (70, 19, 37)]
-TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-11, atol=1e-12)}
+# (N, C_in, U): awkward sizes, including ones that are not multiples of any BLAS tile; the
+# last two cross the microkernel's blocking (tiles of 96 rows, panels of 64 columns
+# computed in 6- and 8-row blocks of 16-lane vectors, a zero-padded last panel).
+SHAPES = [(1, 1, 1), (7, 3, 5), (13, 31, 7), (3, 33, 65), (37, 19, 70), (70, 19, 37),
+          (97, 129, 130), (193, 17, 67)]
+TOL = {np.float32: {"rtol": 1e-4, "atol": 1e-5}, np.float64: {"rtol": 1e-11, "atol": 1e-12}}
 
 
-@pytest.fixture(params=["one_region", "blas_threads"])
+@pytest.fixture(params=["micro", "one_region", "blas_threads"])
 def gemm_path(request, monkeypatch):
-    """Both ways an op can run: one OpenMP region of per-band single-threaded GEMMs with the
-    epilogue fused, or BLAS's own threads followed by a separate epilogue pass."""
+    """Every way an op can run: pynn's register-blocked microkernel (forced on either side of
+    the crossover rule), or BLAS as one OpenMP region of per-band single-threaded GEMMs with
+    the epilogue fused, or BLAS's own threads followed by a separate epilogue pass."""
+    old = dense._set_gemm_path("micro" if request.param == "micro" else "blas")
+    request.addfinalizer(lambda: dense._set_gemm_path(old))
+    if request.param == "micro":
+        return request.param
     if request.param == "blas_threads":
         monkeypatch.setattr(dense, "_HAVE_BLAS_THREADS", False)
     elif not dense._one_region_mode():
@@ -90,7 +98,7 @@ def test_backward_ops_match_reference(shape, dtype, gemm_path):
 
 
 @pytest.mark.parametrize("name", ["linear", "tanh", "softmax", "gelu", "elu"])
-def test_layer_gradients_finite_differences(name):
+def test_layer_gradients_finite_differences(name, gemm_path):
     """d/d(x, kernel, bias) of sum(dy * dense(x)) through activation_backward and the three
     backward ops, against 4th-order central differences in float64."""
     rng = np.random.default_rng(5)
@@ -151,7 +159,7 @@ def test_mixed_dtypes_follow_x():
     assert y32.dtype == np.float32
 
 
-def test_thread_invariance():
+def test_thread_invariance(gemm_path):
     rng = np.random.default_rng(9)
     x, kernel, bias = make(rng, 257, 33, 130, np.float32)
     dz = rng.normal(size=(257, 130)).astype(np.float32)
@@ -189,7 +197,7 @@ def test_blas_thread_count_is_restored_after_each_op():
         set_pynn_threads(os.cpu_count() or 1)
 
 
-def test_non_contiguous_inputs_give_the_same_result():
+def test_non_contiguous_inputs_give_the_same_result(gemm_path):
     rng = np.random.default_rng(10)
     x, kernel, bias = make(rng, 6, 5, 4, np.float64)
     want = dense_forward(x, kernel, bias, "tanh")[0]
@@ -201,7 +209,7 @@ def test_non_contiguous_inputs_give_the_same_result():
     np.testing.assert_array_equal(bias_backward(np.asfortranarray(x)), bias_backward(x))
 
 
-def test_read_only_inputs():
+def test_read_only_inputs(gemm_path):
     rng = np.random.default_rng(11)
     x, kernel, bias = make(rng, 4, 3, 2, np.float64)
     for a in (x, kernel, bias):
