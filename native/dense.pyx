@@ -247,6 +247,8 @@ def _bias_act(floating[:, ::1] z, floating[:, ::1] y, bias, int act, double alph
 # `kernel.value[...] = w`) never bumps; and a training step reads them in two layouts
 # (kernel for forward, kernel.T for backward_input), so one pack could not serve both.
 # The pack costs one pass over the weights against N/MR passes by the GEMM itself.
+include "_microkernel.pxi"   # pynn._config.set_kernel reaches this module too
+
 cdef extern from "_microkernel.h":
     int PYNN_NC_F
     int PYNN_NC_D
