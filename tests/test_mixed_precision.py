@@ -214,6 +214,31 @@ def test_conv2d_under_mixed_bfloat16(backend, rng):
     np.testing.assert_allclose(db, dz.sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
 
 
+def test_conv1d_under_mixed_bfloat16(backend, rng):
+    # Conv1D runs through Conv2D's ops on a (N, 1, T, C) view: the same bf16 twins.
+    x = rand(rng, (3, 11, 6))
+    layer = layers.Conv1D(4, 3, padding="causal", activation="relu", dtype="mixed_bfloat16",
+                          bias_initializer="glorot_uniform")
+    layer.build((None, 11, 6))
+    layer.needs_input_grad = True
+    kernel, bias = layer.get_weights()
+    dy = rand(rng, (3, 11, 4))
+    y, dx, (dk, db) = _run_layer(backend, layer, x, dy)
+    x4 = np.pad(x, ((0, 0), (2, 0), (0, 0)))[:, None]
+    geo = ((1, 1), "valid", (1, 1))
+    want_y, z = ref.bf16_conv2d_forward_ref(x4, kernel[None], bias, *geo, "relu")
+    np.testing.assert_allclose(y, want_y[:, 0], rtol=1e-5, atol=1e-5)
+    dz = dy[:, None] * (z > 0)
+    _bound(dk, ref.bf16_conv2d_backward_weight_ref(x4, dz, (1,) + kernel.shape, *geo)[0],
+           ref.bf16_conv2d_backward_weight_ref(np.abs(x4), np.abs(dz), (1,) + kernel.shape,
+                                               *geo)[0], 84)
+    dx4 = ref.bf16_conv2d_backward_input_ref(dz, kernel[None], x4.shape, *geo)[:, 0, 2:]
+    _bound(dx, dx4, ref.bf16_conv2d_backward_input_ref(
+        np.abs(dz), np.abs(kernel[None]), x4.shape, *geo)[:, 0, 2:], 45)
+    np.testing.assert_allclose(db, dz.sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
+    assert layer.compute_dtype == "bfloat16" and kernel.dtype == np.float32
+
+
 def test_float32_path_is_unchanged(rng):
     """A float32 layer still runs the float32 ops: its output is dense_forward's, bit for
     bit, and not the bf16 op's."""

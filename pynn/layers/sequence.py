@@ -145,8 +145,10 @@ class Conv1D(Layer):
         bias = self.bias.value if self.use_bias else None
         strides, dilation = (1, self.strides), (1, self.dilation_rate)
         if self.groups == 1:
-            y, z = b.conv2d_forward(x4, self._kernel4(), bias, strides, self._conv_padding,
-                                    dilation, self.activation, self.alpha)
+            # mixed_bfloat16 (issue 17): Conv2D's bf16 twins, as Conv1D runs through Conv2D.
+            forward = b.bf16_conv2d_forward if self._bf16_compute else b.conv2d_forward
+            y, z = forward(x4, self._kernel4(), bias, strides, self._conv_padding, dilation,
+                           self.activation, self.alpha)
         else:
             y, z = b.grouped_conv2d_forward(x4, self._kernel4(), bias, strides,
                                             self._conv_padding, dilation, self.groups,
@@ -162,12 +164,20 @@ class Conv1D(Layer):
         dy4 = _as_image(dy)
         kernel4 = self._kernel4()
         strides, dilation = (1, self.strides), (1, self.dilation_rate)
-        if self.groups == 1:
+        if self.groups == 1 and not self._bf16_compute:
             dx4, dk, db = b.conv2d_backward(dy4, x4, z, y, kernel4, strides,
                                             self._conv_padding, dilation, self.activation,
                                             self.alpha, self.use_bias, self.needs_input_grad)
             if self.use_bias:
                 self.bias.grad = db
+        elif self.groups == 1:  # mixed_bfloat16: the bf16 twins of conv2d_backward's GEMMs
+            dz = bias_activation_backward(self, dy4, z, y)
+            dk = b.bf16_conv2d_backward_weight(x4, dz, tuple(kernel4.shape), strides,
+                                               self._conv_padding, dilation)
+            dx4 = None
+            if self.needs_input_grad:
+                dx4 = b.bf16_conv2d_backward_input(dz, kernel4, tuple(x4.shape), strides,
+                                                   self._conv_padding, dilation)
         else:
             dz = bias_activation_backward(self, dy4, z, y)
             dk = b.grouped_conv2d_backward_weight(x4, dz, tuple(kernel4.shape), strides,
