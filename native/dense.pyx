@@ -249,25 +249,6 @@ def _bias_act(floating[:, ::1] z, floating[:, ::1] y, bias, int act, double alph
 # The pack costs one pass over the weights against N/MR passes by the GEMM itself.
 include "_microkernel.pxi"   # pynn._config.set_kernel reaches this module too
 
-cdef extern from "_microkernel.h":
-    int PYNN_NC_F
-    int PYNN_NC_D
-    int PYNN_MR_MAX
-    void pynn_seg_gemm_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,
-                         const float* a, const Py_ssize_t* roff, const Py_ssize_t* aseg,
-                         Py_ssize_t sat, const float* b, const Py_ssize_t* bseg,
-                         Py_ssize_t ldb, float* c, Py_ssize_t ldc, const float* init,
-                         int accum, int wide) noexcept nogil
-    void pynn_seg_gemm_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,
-                         const double* a, const Py_ssize_t* roff, const Py_ssize_t* aseg,
-                         Py_ssize_t sat, const double* b, const Py_ssize_t* bseg,
-                         Py_ssize_t ldb, double* c, Py_ssize_t ldc, const double* init,
-                         int accum, int wide) noexcept nogil
-    void pynn_pack_panels_f(const float* b, Py_ssize_t ldb, Py_ssize_t k, Py_ssize_t n,
-                            Py_ssize_t nc, float* out) noexcept nogil
-    void pynn_pack_panels_d(const double* b, Py_ssize_t ldb, Py_ssize_t k, Py_ssize_t n,
-                            Py_ssize_t nc, double* out) noexcept nogil
-
 
 cdef extern from *:
     """

@@ -92,15 +92,6 @@ include "_microkernel.pxi"   # pynn._config.set_kernel reaches this module too
 # otherwise where MR tops out at 6 so 16 registers hold the block). Each output sums k in
 # ascending order onto its initial value (the stored c or 0) whatever the row group, panel
 # or thread it falls in, so results do not depend on the thread count.
-cdef extern from "_microkernel.h":
-    int PYNN_NC_F
-    int PYNN_NC_D
-    void pynn_rows_gemm_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
-                          Py_ssize_t sai, Py_ssize_t sak, const float* b, Py_ssize_t ldb,
-                          float* c, Py_ssize_t ldc, int accum) noexcept nogil
-    void pynn_rows_gemm_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double* a,
-                          Py_ssize_t sai, Py_ssize_t sak, const double* b, Py_ssize_t ldb,
-                          double* c, Py_ssize_t ldc, int accum) noexcept nogil
 
 
 cdef inline Py_ssize_t _panel_width(floating* dummy) noexcept nogil:

@@ -82,15 +82,6 @@ include "_microkernel.pxi"   # pynn._config.set_kernel reaches this module too
 
 # The register-blocked microkernel of native/_microkernel.h (shared with conv and rnn):
 # c[i, :n] (+)= sum_k a[i*sai + k*sak] * b[k*ldb + :n], for n <= NC columns per call.
-cdef extern from "_microkernel.h":
-    int PYNN_NC_F
-    int PYNN_NC_D
-    void pynn_rows_gemm_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
-                          Py_ssize_t sai, Py_ssize_t sak, const float* b, Py_ssize_t ldb,
-                          float* c, Py_ssize_t ldc, int accum) noexcept nogil
-    void pynn_rows_gemm_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double* a,
-                          Py_ssize_t sai, Py_ssize_t sak, const double* b, Py_ssize_t ldb,
-                          double* c, Py_ssize_t ldc, int accum) noexcept nogil
 
 
 # float32 sigmoid and tanh without libm calls, so the cell loops vectorize (Keras's default
