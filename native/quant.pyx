@@ -28,12 +28,53 @@ from pynn.backend.operands import quant as operands
 from pynn.backend.operands.common import HOST
 
 cdef extern from "_qgemm.h" nogil:
-    int32_t pynn_dot_u8s8(const uint8_t* x, const int8_t* w, Py_ssize_t k)
-    const char* PYNN_QGEMM_ISA
-    int QGEMM_MAX_K
+    ctypedef struct pynn_qgemm_args:
+        const uint8_t* x
+        Py_ssize_t ldx
+        const int8_t* packed
+        Py_ssize_t k4, n, units
+        const int64_t* correction
+        const float* multiplier
+        float y_zero_point, lo
+        uint8_t* y
+    int QGEMM_MAX_K, QGEMM_NB, QGEMM_SCALAR, QGEMM_AVX2, QGEMM_AVX512_VNNI
+    int pynn_qgemm_isa()
+    int pynn_qgemm_best_isa()
+    int pynn_qgemm_force(int isa)
+    void pynn_qgemm_pack(const int8_t* w, Py_ssize_t units, Py_ssize_t k, int8_t* packed,
+                         Py_ssize_t ub)
+    Py_ssize_t pynn_qgemm_blocks_per_tile(int isa)
+    void pynn_qgemm_tile(const pynn_qgemm_args* a, int isa, Py_ssize_t r0, Py_ssize_t r1,
+                         Py_ssize_t ub)
 
-ISA = PYNN_QGEMM_ISA.decode()
 MAX_K = QGEMM_MAX_K
+ISAS = {"scalar": QGEMM_SCALAR, "avx2": QGEMM_AVX2, "avx512_vnni": QGEMM_AVX512_VNNI}
+_ISA_NAMES = {v: k for k, v in ISAS.items()}
+
+
+def available_isas():
+    """The int8 GEMM paths this CPU can run, slowest first."""
+    best = pynn_qgemm_best_isa()
+    return [name for name, code in ISAS.items() if code <= best]
+
+
+def kernel_isa():
+    """The path int8_dense_forward takes now (detected at run time unless forced)."""
+    return _ISA_NAMES[pynn_qgemm_isa()]
+
+
+def force_isa(name):
+    """Test hook: pin the int8 GEMM to ``name`` (one of available_isas()), or None to go
+    back to run-time detection."""
+    if name is None:
+        pynn_qgemm_force(-1)
+        return
+    if name not in ISAS or pynn_qgemm_force(ISAS[name]) != 0:
+        raise ValueError(f"force_isa: {name!r} is not one of this CPU's int8 paths "
+                         f"{available_isas()}")
+
+
+ISA = kernel_isa()  # the detected path, as pynn info reports it
 
 cdef enum:
     PARALLEL_MIN = 32768
@@ -83,32 +124,51 @@ def dequantize_forward(q, scale, zero_point):
     return y
 
 
-def _int8_dense(const uint8_t[:, ::1] xq,      # IN (N, K)
+cdef enum:
+    ROWS_PER_TILE = 64  # rows of a tile: its weight panel stays in cache across them
+
+
+def _int8_dense(const uint8_t[:, ::1] xq,      # IN (N, ldx), rows zero-padded to 4 * K4
                 const int8_t[:, ::1] wq,       # IN (U, K)
                 const int32_t[::1] bias,       # IN (U,) (zeros when the layer has none)
                 const float[::1] multiplier,   # IN (U,)
                 uint8_t[:, ::1] yq,            # OUT (N, U)
                 int x_zero_point, float y_zero_point, float lo):
-    cdef Py_ssize_t n = xq.shape[0], k = xq.shape[1], units = wq.shape[0], t, r, u, j
-    cdef int64_t[::1] wsum = np.empty(units, np.int64)
-    cdef int64_t acc, s
+    cdef Py_ssize_t n = xq.shape[0], k = wq.shape[1], units = wq.shape[0], t, u, j
+    cdef Py_ssize_t k4 = (k + 3) // 4, nblocks = (units + QGEMM_NB - 1) // QGEMM_NB
+    cdef int isa = pynn_qgemm_isa()
+    cdef Py_ssize_t bpt = pynn_qgemm_blocks_per_tile(isa)
+    cdef Py_ssize_t col_tiles = (nblocks + bpt - 1) // bpt
+    cdef Py_ssize_t row_tiles = (n + ROWS_PER_TILE - 1) // ROWS_PER_TILE, r0, r1, ub
+    cdef int8_t[::1] packed = np.empty(max(nblocks * k4 * 64, 1), np.int8)
+    cdef int64_t[::1] correction = np.empty(units, np.int64)
+    cdef int64_t s
+    cdef pynn_qgemm_args a
+    cdef bint parallel = n * units * k >= PARALLEL_MIN
     with nogil:
-        for u in prange(units, schedule="static", use_threads_if=units * k >= PARALLEL_MIN):
+        for ub in prange(nblocks, schedule="static", use_threads_if=parallel):
+            pynn_qgemm_pack(&wq[0, 0], units, k, &packed[0], ub)
+        for u in prange(units, schedule="static", use_threads_if=parallel):
             s = 0
             for j in range(k):
                 s = s + wq[u, j]
-            wsum[u] = s
-        for t in prange(n * units, schedule="static",
-                        use_threads_if=n * units * k >= PARALLEL_MIN):
-            r = t // units
-            u = t % units
-            acc = <int64_t>pynn_dot_u8s8(&xq[r, 0], &wq[u, 0], k) \
-                - <int64_t>x_zero_point * wsum[u] + bias[u]
-            if acc < INT32_LO:
-                acc = INT32_LO
-            if acc > INT32_HI:
-                acc = INT32_HI
-            yq[r, u] = requantize(<float>(<int32_t>acc) * multiplier[u], y_zero_point, lo)
+            correction[u] = bias[u] - <int64_t>x_zero_point * s
+        a.x = &xq[0, 0]
+        a.ldx = xq.shape[1]
+        a.packed = &packed[0]
+        a.k4 = k4
+        a.n = n
+        a.units = units
+        a.correction = &correction[0]
+        a.multiplier = &multiplier[0]
+        a.y_zero_point = y_zero_point
+        a.lo = lo
+        a.y = &yq[0, 0]
+        # column tiles outermost: a static schedule hands each thread whole weight panels
+        for t in prange(col_tiles * row_tiles, schedule="static", use_threads_if=parallel):
+            r0 = (t % row_tiles) * ROWS_PER_TILE
+            r1 = min(r0 + ROWS_PER_TILE, n)
+            pynn_qgemm_tile(&a, isa, r0, r1, (t // row_tiles) * bpt)
 
 
 def int8_dense_forward(xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu):
@@ -119,9 +179,14 @@ def int8_dense_forward(xq, wq, bias, x_zero_point, multiplier, y_zero_point, rel
     if bias is None:
         bias = np.zeros(wq.shape[0], np.int32)
     if yq.size:
-        if xq.shape[1] == 0:  # no products: the loops below read no row
-            xq = np.zeros((xq.shape[0], 1), np.uint8)
+        k = xq.shape[1]
+        if k == 0:  # no products: the loops below read no row
+            xq = np.zeros((xq.shape[0], 4), np.uint8)
             wq = np.zeros((wq.shape[0], 1), np.int8)
+        elif k % 4:  # the GEMM reads activations 4 bytes at a time
+            padded = np.zeros((xq.shape[0], k + 4 - k % 4), np.uint8)
+            padded[:, :k] = xq
+            xq = padded
         _int8_dense(xq, wq, bias, multiplier, yq, x_zero_point, y_zero_point,
                     y_zero_point if relu else 0.0)
     return yq

@@ -102,6 +102,46 @@ def test_int8_bad_input(backend, case, message):
 
 def test_kernel_isa_is_reported():
     assert native_quant.ISA in ("avx512_vnni", "avx2", "scalar")
+    assert native_quant.available_isas()[-1] == native_quant.ISA
+    with pytest.raises(ValueError, match=r"force_isa: 'sse9' is not one of this CPU's int8 "):
+        native_quant.force_isa("sse9")
+
+
+# Tiles (4 rows x 32 units on VNNI, 2 x 16 on AVX2, 64-row tiles) and their remainders.
+ISA_SHAPES = [(1, 1, 1), (5, 3, 17), (9, 67, 33), (65, 130, 47), (130, 29, 96), (3, 7, 2)]
+
+
+@pytest.mark.parametrize("isa", native_quant.available_isas())
+def test_int8_gemm_every_isa_path_is_bit_exact(rng, isa):
+    """Each SIMD path this CPU can run, forced by the test hook, against the integer
+    reference, including sums at the int32 limit and outputs clamped at 0 and 255."""
+    try:
+        native_quant.force_isa(isa)
+        assert native_quant.kernel_isa() == isa
+        for n, k, u in ISA_SHAPES:
+            xq = rng.integers(0, 256, (n, k)).astype(np.uint8)
+            wq = rng.integers(-128, 128, (u, k)).astype(np.int8)
+            bias = rng.integers(-10**6, 10**6, u).astype(np.int32)
+            mult = (rng.random(u) * 4e-4 + 1e-5).astype(np.float32)
+            for relu in (False, True):
+                np.testing.assert_array_equal(
+                    native_quant.int8_dense_forward(xq, wq, bias, 13, mult, 90, relu),
+                    ref.int8_dense_forward_ref(xq, wq, bias, 13, mult, 90, relu),
+                    err_msg=f"{isa} {n}x{k}x{u} relu={relu}")
+        # The largest exact sums: K = MAX_K products of 255 * -128 = -2^31 exactly, and
+        # 255 * 127 with a bias pushing past 2^31 - 1 (saturated, not wrapped).
+        k = native_quant.MAX_K
+        xq = np.full((2, k), 255, np.uint8)
+        wq = np.stack([np.full(k, -128, np.int8), np.full(k, 127, np.int8)])
+        bias = np.array([0, 2**31 - 1], np.int32)
+        mult = np.float32([1e-7, 1e-7])
+        got = native_quant.int8_dense_forward(xq, wq, bias, 0, mult, 128, False)
+        np.testing.assert_array_equal(
+            got, ref.int8_dense_forward_ref(xq, wq, bias, 0, mult, 128, False))
+        # -2139095040e-7 -> 0; saturated 2^31 - 1 -> 255 (a wrapped sum would give 127)
+        np.testing.assert_array_equal(got, [[0, 255], [0, 255]])
+    finally:
+        native_quant.force_isa(None)
 
 
 def test_quantized_dense_within_quantization_error(rng):
