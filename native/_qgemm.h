@@ -80,6 +80,21 @@ static inline void pynn_qgemm_pack(const int8_t *w, ptrdiff_t units, ptrdiff_t k
     }
 }
 
+/* sum_k W[u][k] of block ub's units, from the pack (the zero-point correction): the lanes
+ * summed in int32 over k groups (exact: |sum| <= 128 * 4 * K4), folded by 4. */
+static inline void pynn_qgemm_wsum(const int8_t *packed, ptrdiff_t k4, ptrdiff_t units,
+                                   ptrdiff_t ub, int64_t *wsum)
+{
+    int32_t lanes[64] = {0};
+    const int8_t *src = packed + ub * k4 * 64;
+    for (ptrdiff_t g = 0; g < k4; ++g)
+        for (int i = 0; i < 64; ++i)
+            lanes[i] += src[g * 64 + i];
+    for (int lane = 0; lane < QGEMM_NB && ub * QGEMM_NB + lane < units; ++lane)
+        wsum[ub * QGEMM_NB + lane] = (int64_t)lanes[4 * lane] + lanes[4 * lane + 1]
+                                     + lanes[4 * lane + 2] + lanes[4 * lane + 3];
+}
+
 /* The epilogue of one output: exact int64 correction + bias, int32 saturation, float32
  * requantization (rint half to even), clamp to [lo, 255]. */
 static inline uint8_t pynn_qgemm_out(int32_t dot, int64_t correction, float multiplier,

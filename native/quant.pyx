@@ -41,6 +41,8 @@ cdef extern from "_qgemm.h" nogil:
     int pynn_qgemm_isa()
     int pynn_qgemm_best_isa()
     int pynn_qgemm_force(int isa)
+    void pynn_qgemm_wsum(const int8_t* packed, Py_ssize_t k4, Py_ssize_t units,
+                         Py_ssize_t ub, int64_t* wsum)
     void pynn_qgemm_pack(const int8_t* w, Py_ssize_t units, Py_ssize_t k, int8_t* packed,
                          Py_ssize_t ub)
     Py_ssize_t pynn_qgemm_blocks_per_tile(int isa)
@@ -128,34 +130,51 @@ cdef enum:
     ROWS_PER_TILE = 64  # rows of a tile: its weight panel stays in cache across them
 
 
-def _int8_dense(const uint8_t[:, ::1] xq,      # IN (N, ldx), rows zero-padded to 4 * K4
-                const int8_t[:, ::1] wq,       # IN (U, K)
-                const int32_t[::1] bias,       # IN (U,) (zeros when the layer has none)
-                const float[::1] multiplier,   # IN (U,)
-                uint8_t[:, ::1] yq,            # OUT (N, U)
+def _pack(const int8_t[:, ::1] wq,      # IN (U, K)
+          int8_t[:, :, ::1] packed):    # OUT (ceil(U / 16), ceil(K / 4), 64)
+    cdef Py_ssize_t units = wq.shape[0], k = wq.shape[1], ub
+    with nogil:
+        for ub in prange(packed.shape[0], schedule="static",
+                         use_threads_if=units * k >= PARALLEL_MIN):
+            pynn_qgemm_pack(&wq[0, 0], units, k, &packed[0, 0, 0], ub)
+
+
+def int8_pack_weights(wq):
+    """int8 weights by unit (U, K) -> the GEMM's VNNI pack (ceil(U / 16), ceil(K / 4), 64):
+    packed[b, g, 4 l + i] = wq[16 b + l, 4 g + i], zeros past U and K (K4 >= 1). Layers pack once and
+    pass the pack to int8_dense_forward."""
+    wq = operands.int8_pack_weights(HOST, wq)
+    units, k = wq.shape
+    packed = np.zeros(((units + QGEMM_NB - 1) // QGEMM_NB, max((k + 3) // 4, 1), 64), np.int8)
+    if packed.size:
+        _pack(wq, packed)
+    return packed
+
+
+def _int8_dense(const uint8_t[:, ::1] xq,          # IN (N, 4 * K4), rows zero-padded
+                const int8_t[:, :, ::1] packed,    # IN (ceil(U / 16), K4, 64)
+                const int32_t[::1] bias,           # IN (U,) (zeros when the layer has none)
+                const float[::1] multiplier,       # IN (U,)
+                uint8_t[:, ::1] yq,                # OUT (N, U)
                 int x_zero_point, float y_zero_point, float lo):
-    cdef Py_ssize_t n = xq.shape[0], k = wq.shape[1], units = wq.shape[0], t, u, j
-    cdef Py_ssize_t k4 = (k + 3) // 4, nblocks = (units + QGEMM_NB - 1) // QGEMM_NB
+    cdef Py_ssize_t n = xq.shape[0], units = yq.shape[1], k4 = packed.shape[1], t, u
+    cdef Py_ssize_t nblocks = packed.shape[0]
     cdef int isa = pynn_qgemm_isa()
     cdef Py_ssize_t bpt = pynn_qgemm_blocks_per_tile(isa)
     cdef Py_ssize_t col_tiles = (nblocks + bpt - 1) // bpt
     cdef Py_ssize_t row_tiles = (n + ROWS_PER_TILE - 1) // ROWS_PER_TILE, r0, r1, ub
-    cdef int8_t[::1] packed = np.empty(max(nblocks * k4 * 64, 1), np.int8)
     cdef int64_t[::1] correction = np.empty(units, np.int64)
-    cdef int64_t s
     cdef pynn_qgemm_args a
-    cdef bint parallel = n * units * k >= PARALLEL_MIN
+    cdef bint parallel = n * units * k4 * 4 >= PARALLEL_MIN
     with nogil:
-        for ub in prange(nblocks, schedule="static", use_threads_if=parallel):
-            pynn_qgemm_pack(&wq[0, 0], units, k, &packed[0], ub)
-        for u in prange(units, schedule="static", use_threads_if=parallel):
-            s = 0
-            for j in range(k):
-                s = s + wq[u, j]
-            correction[u] = bias[u] - <int64_t>x_zero_point * s
+        for ub in prange(nblocks, schedule="static",
+                         use_threads_if=units * k4 * 4 >= PARALLEL_MIN):
+            pynn_qgemm_wsum(&packed[0, 0, 0], k4, units, ub, &correction[0])
+        for u in range(units):
+            correction[u] = bias[u] - <int64_t>x_zero_point * correction[u]
         a.x = &xq[0, 0]
         a.ldx = xq.shape[1]
-        a.packed = &packed[0]
+        a.packed = &packed[0, 0, 0]
         a.k4 = k4
         a.n = n
         a.units = units
@@ -172,21 +191,26 @@ def _int8_dense(const uint8_t[:, ::1] xq,      # IN (N, ldx), rows zero-padded t
 
 
 def int8_dense_forward(xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu):
-    """uint8 (N, U) from uint8 xq (N, K) and int8 wq (U, K); see the module docstring."""
+    """uint8 (N, U) from uint8 xq (N, K) and int8 weights: by unit (U, K), or packed by
+    int8_pack_weights (what layers pass); see the module docstring."""
     xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu = operands.int8_dense_forward(
         HOST, xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu)
-    yq = np.empty((xq.shape[0], wq.shape[0]), np.uint8)
+    units = multiplier.shape[0]
+    yq = np.empty((xq.shape[0], units), np.uint8)
+    if not yq.size:
+        return yq
+    if wq.ndim == 2:
+        wq = int8_pack_weights(wq)
     if bias is None:
-        bias = np.zeros(wq.shape[0], np.int32)
-    if yq.size:
-        k = xq.shape[1]
-        if k == 0:  # no products: the loops below read no row
-            xq = np.zeros((xq.shape[0], 4), np.uint8)
-            wq = np.zeros((wq.shape[0], 1), np.int8)
-        elif k % 4:  # the GEMM reads activations 4 bytes at a time
-            padded = np.zeros((xq.shape[0], k + 4 - k % 4), np.uint8)
-            padded[:, :k] = xq
-            xq = padded
-        _int8_dense(xq, wq, bias, multiplier, yq, x_zero_point, y_zero_point,
-                    y_zero_point if relu else 0.0)
+        bias = np.zeros(units, np.int32)
+    k = xq.shape[1]
+    if k == 0:  # no products: the loops below read no row
+        xq = np.zeros((xq.shape[0], 4), np.uint8)
+        wq = np.zeros((wq.shape[0], 1, 64), np.int8)
+    elif k % 4:  # the GEMM reads activations 4 bytes at a time
+        padded = np.zeros((xq.shape[0], k + 4 - k % 4), np.uint8)
+        padded[:, :k] = xq
+        xq = padded
+    _int8_dense(xq, wq, bias, multiplier, yq, x_zero_point, y_zero_point,
+                y_zero_point if relu else 0.0)
     return yq

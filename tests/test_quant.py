@@ -38,6 +38,12 @@ def run_int8_dense(backend, xq, wq, bias, *rest):
     np.testing.assert_array_equal(got, want, err_msg=f"int8_dense_forward on {backend.name}")
     if backend.is_opencl:
         np.testing.assert_array_equal(got, native_quant.int8_dense_forward(xq, wq, bias, *rest))
+    # The pack layers hand the op: the same layout as the reference's, the same outputs.
+    packed = backend.op("int8_pack_weights")(wq_dev)
+    np.testing.assert_array_equal(backend.down(packed), ref.int8_pack_weights_ref(wq))
+    np.testing.assert_array_equal(
+        backend.down(backend.op("int8_dense_forward")(backend.up(xq), packed, backend.up(bias),
+                                                      x_zp, backend.up(mult), *tail)), want)
     return got
 
 
@@ -82,6 +88,8 @@ def test_quantize_and_dequantize_are_bit_exact(backend, rng, shape):
 @pytest.mark.parametrize("case,message", [
     ("narrow_w", (r"int8_dense_forward: 'wq' must be \(U, K\) = \(U, 5\) int8 weights by "
                  r"unit, got shape \(4, 3\)")),
+    ("packed", (r"int8_dense_forward: packed 'wq' of 4 units and K = 5 must have shape "
+                r"\(1, 2, 64\) \(int8_pack_weights\), got \(1, 1, 64\)")),
     ("zero_point", r"int8_dense_forward: 'x_zero_point' must be an int in \[0, 255\], got 256"),
     ("scale", r"quantize_forward: 'scale' must be a positive finite float, got 0.0"),
 ])
@@ -93,6 +101,9 @@ def test_int8_bad_input(backend, case, message):
         if case == "narrow_w":
             backend.op("int8_dense_forward")(x, up8(np.ones((4, 3), np.int8)), None, 0, mult,
                                              0, False)
+        elif case == "packed":
+            backend.op("int8_dense_forward")(x, up8(np.ones((1, 1, 64), np.int8)), None, 0,
+                                             mult, 0, False)
         elif case == "zero_point":
             backend.op("int8_dense_forward")(x, up8(np.ones((4, 5), np.int8)), None, 256,
                                              mult, 0, False)

@@ -65,7 +65,8 @@ class QuantizedDense(Layer):
         self.y_scale, self.y_zero_point = y_params
         wq, w_scales = weight_params(kernel)
         self.in_features = kernel.shape[0]
-        self.wq = b.asarray(wq, np.int8)
+        # packed once for the GEMM (int8_pack_weights), not on every call
+        self.wq = b.int8_pack_weights(b.asarray(wq, np.int8))
         self.bias_q = None
         if dense.use_bias:
             bias = np.asarray(b.to_numpy(dense.bias.value), np.float64)

@@ -26,3 +26,14 @@ def int8_dense_forward_ref(xq, wq, bias, x_zero_point, multiplier, y_zero_point,
     v = acc.astype(np.float32) * np.asarray(multiplier, np.float32)
     y = np.rint(v) + np.float32(y_zero_point)
     return np.clip(y, y_zero_point if relu else 0, 255).astype(np.uint8)
+
+
+def int8_pack_weights_ref(wq):
+    wq = np.asarray(wq, np.int8)
+    units, k = wq.shape
+    blocks, k4 = -(-units // 16), max(-(-k // 4), 1)
+    padded = np.zeros((blocks * 16, k4 * 4), np.int8)
+    padded[:units, :k] = wq
+    # [b, l, g, i] -> [b, g, l, i]
+    return np.ascontiguousarray(
+        padded.reshape(blocks, 16, k4, 4).transpose(0, 2, 1, 3).reshape(blocks, k4, 64))

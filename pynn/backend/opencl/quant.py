@@ -32,15 +32,30 @@ def dequantize_forward(q, scale, zero_point):
     return y
 
 
+def int8_pack_weights(wq):
+    """int8 (U, K) -> the GEMM's pack (ceil(U / 16), max(ceil(K / 4), 1), 64)."""
+    wq = operands.int8_pack_weights(DEVICE, wq)
+    units, k = wq.shape
+    k4 = max(-(-k // 4), 1)
+    packed = rt.empty((-(-units // 16), k4, 64), np.int8, "int8_pack_weights output")
+    if packed.size:
+        elementwise("quant", "int8_pack_weights", packed.size, wq if wq.size else packed,
+                    packed, packed.size, units, k, k4)
+    return packed
+
+
 def int8_dense_forward(xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu):
-    """uint8 (N, U) from uint8 xq (N, K) and int8 wq (U, K) (native/quant.pyx's contract)."""
+    """uint8 (N, U) from uint8 xq (N, K) and int8 weights by unit (U, K) or packed
+    (native/quant.pyx's contract)."""
     xq, wq, bias, x_zp, multiplier, y_zp, relu = operands.int8_dense_forward(
         DEVICE, xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu)
-    n, k, units = xq.shape[0], xq.shape[1], wq.shape[0]
+    n, k, units = xq.shape[0], xq.shape[1], multiplier.shape[0]
     yq = rt.empty((n, units), np.uint8, "int8_dense_forward output")
     if n * units:
-        elementwise("quant", "int8_dense_forward", n * units, xq, wq,
-                    multiplier if bias is None else bias, multiplier, yq, n, k, units,
-                    bias is not None, x_zp, np.float32(y_zp),
+        if wq.ndim == 2:
+            wq = int8_pack_weights(wq)
+        elementwise("quant", "int8_dense_forward", n * units, xq if xq.size else yq, wq,
+                    multiplier if bias is None else bias, multiplier, yq, n, k, wq.shape[1],
+                    units, bias is not None, x_zp, np.float32(y_zp),
                     np.float32(y_zp if relu else 0.0))
     return yq
