@@ -23,6 +23,7 @@ import numpy as np
 from cython.parallel cimport prange
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
 from libc.math cimport nearbyintf
+from libc.string cimport memcpy, memset
 
 from pynn.backend.operands import quant as operands
 from pynn.backend.operands.common import HOST
@@ -214,3 +215,42 @@ def int8_dense_forward(xq, wq, bias, x_zero_point, multiplier, y_zero_point, rel
     _int8_dense(xq, wq, bias, multiplier, yq, x_zero_point, y_zero_point,
                 y_zero_point if relu else 0.0)
     return yq
+
+
+def _im2col(const uint8_t[:, :, :, ::1] xq,   # IN (N, H, W, C)
+            uint8_t[:, ::1] cols,             # OUT (N * HO * WO, KH * KW * C)
+            int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl, int ho, int wo,
+            uint8_t pad_value):
+    cdef Py_ssize_t n = xq.shape[0], h = xq.shape[1], w = xq.shape[2], c = xq.shape[3]
+    cdef Py_ssize_t t, b, oy, ox, i, j, iy, ix
+    cdef uint8_t* dst
+    with nogil:
+        # one (sample, output row) per iteration; each patch row is a memcpy of C channels
+        for t in prange(n * ho, schedule="static",
+                        use_threads_if=cols.shape[0] * cols.shape[1] >= PARALLEL_MIN):
+            b = t // ho
+            oy = t % ho
+            for ox in range(wo):
+                dst = &cols[t * wo + ox, 0]
+                for i in range(kh):
+                    iy = oy * sh - pt + i * dh
+                    for j in range(kw):
+                        ix = ox * sw - pl + j * dw
+                        if 0 <= iy < h and 0 <= ix < w:
+                            memcpy(dst, &xq[b, iy, ix, 0], c)
+                        else:
+                            memset(dst, pad_value, c)
+                        dst = dst + c
+
+
+def int8_im2col(xq, kernel_size, strides, padding, dilation_rate, pad_value):
+    """uint8 patches (N * HO * WO, KH * KW * C) of uint8 xq (N, H, W, C), in Conv2D's kernel
+    order (kh, kw, c), so int8_dense_forward over them with the (F, KH * KW * C) weights is
+    the int8 Conv2D. Padding reads ``pad_value`` (the input zero point: the real 0)."""
+    xq, g, pad_value = operands.int8_im2col(HOST, xq, kernel_size, strides, padding,
+                                            dilation_rate, pad_value)
+    cols = np.empty((g["N"] * g["HO"] * g["WO"], g["KH"] * g["KW"] * g["C"]), np.uint8)
+    if cols.size:
+        _im2col(xq, cols, g["KH"], g["KW"], g["SH"], g["SW"], g["DH"], g["DW"], g["PT"],
+                g["PL"], g["HO"], g["WO"], pad_value)
+    return cols

@@ -91,3 +91,19 @@ __kernel void int8_dense_forward(__global const uchar *xq, __global const char *
     acc = acc < (long)INT_MIN ? (long)INT_MIN : (acc > (long)INT_MAX ? (long)INT_MAX : acc);
     yq[t] = requantize((float)(int)acc * mult[u], y_zero_point, lo);
 }
+
+/* int8_im2col: one work-item per patch byte of cols (N * HO * WO, KH * KW * C). */
+__kernel void int8_im2col(__global const uchar *xq, __global uchar *cols, const int total,
+                          const int h, const int w, const int c, const int kh, const int kw,
+                          const int sh, const int sw, const int dh, const int dw, const int pt,
+                          const int pl, const int ho, const int wo, const uchar pad_value)
+{
+    const int t = get_global_id(0);
+    GUARD(t, total);
+    const int width = kh * kw * c, row = t / width, col = t % width;
+    const int ch = col % c, j = (col / c) % kw, i = col / (c * kw);
+    const int ox = row % wo, oy = (row / wo) % ho, b = row / (wo * ho);
+    const int iy = oy * sh - pt + i * dh, ix = ox * sw - pl + j * dw;
+    cols[t] = (iy >= 0 && iy < h && ix >= 0 && ix < w)
+        ? xq[(((size_t)b * h + iy) * w + ix) * c + ch] : pad_value;
+}

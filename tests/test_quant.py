@@ -74,6 +74,34 @@ def test_int8_saturates_at_int32_and_uint8(backend):
     np.testing.assert_array_equal(outputs[0], np.tile([130, 126, 128], (3, 1)))
 
 
+IM2COL_CASES = [((2, 7, 5, 3), (3, 3), (1, 1), "same", (1, 1)),
+                ((1, 9, 8, 5), (3, 2), (2, 3), "same", (1, 1)),
+                ((3, 6, 7, 2), (2, 3), (1, 2), "valid", (1, 1)),
+                ((1, 11, 10, 1), (3, 3), (1, 1), "same", (2, 2)),
+                ((2, 5, 5, 4), (1, 1), (2, 2), "valid", (1, 1))]
+
+
+@pytest.mark.parametrize("shape,kernel_size,strides,padding,dilation", IM2COL_CASES)
+def test_int8_im2col_is_exact_and_makes_the_int8_conv(backend, rng, shape, kernel_size,
+                                                      strides, padding, dilation):
+    """Patches equal the reference's byte for byte (padding reads the zero point), and the
+    int8 GEMM over them equals the integer convolution: (xq - zp) * wq summed over taps."""
+    xq = rng.integers(0, 256, shape).astype(np.uint8)
+    _, cols = check_op(backend, "int8_im2col", xq, kernel_size, strides, padding, dilation, 37,
+                       ref=ref.int8_im2col_ref, rtol=0.0, dtype=np.uint8)
+    f = 6
+    wq = rng.integers(-127, 128, (f, cols.shape[1])).astype(np.int8)
+    acc = (cols.astype(np.int64) - 37) @ wq.T.astype(np.int64)
+    # the same integers as scipy's correlation of (x - zp) with the taps
+    from scipy.signal import correlate
+    if strides == (1, 1) and dilation == (1, 1) and padding == "valid":
+        kernel = wq.reshape(f, *kernel_size, shape[3])
+        want = correlate(xq[0].astype(np.int64) - 37, kernel[0].astype(np.int64), "valid")
+        np.testing.assert_array_equal(acc[:want.size, 0], want.reshape(-1))
+    mult = np.full(f, 1e-5, np.float32)
+    run_int8_dense(backend, cols, wq, None, 37, mult, 128, False)
+
+
 @pytest.mark.parametrize("shape", [(7,), (3, 33), (2, 5, 65)])
 def test_quantize_and_dequantize_are_bit_exact(backend, rng, shape):
     x = rand(rng, shape) * 4

@@ -420,6 +420,10 @@ OPS.update({
     # clamp(rint(float32(acc) * multiplier[u]) + y_zero_point, relu ? y_zero_point : 0, 255).
     "int8_dense_forward": ("xq", "wq", "bias", "x_zero_point", "multiplier", "y_zero_point",
                            "relu"),
+    # uint8 (N, H, W, C) -> patches (N*HO*WO, KH*KW*C) in the (KH, KW, C) order of Conv2D
+    # kernels, padding read as pad_value (the input zero point): the int8 Conv2D is this then
+    # int8_dense_forward (the same GEMM, so the same exactness and speed).
+    "int8_im2col": ("xq", "kernel_size", "strides", "padding", "dilation_rate", "pad_value"),
 })
 
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.

@@ -59,3 +59,16 @@ def int8_dense_forward(xq, wq, bias, x_zero_point, multiplier, y_zero_point, rel
                     units, bias is not None, x_zp, np.float32(y_zp),
                     np.float32(y_zp if relu else 0.0))
     return yq
+
+
+def int8_im2col(xq, kernel_size, strides, padding, dilation_rate, pad_value):
+    """uint8 patches (N * HO * WO, KH * KW * C) (native/quant.pyx's contract)."""
+    xq, g, pad_value = operands.int8_im2col(DEVICE, xq, kernel_size, strides, padding,
+                                            dilation_rate, pad_value)
+    cols = rt.empty((g["N"] * g["HO"] * g["WO"], g["KH"] * g["KW"] * g["C"]), np.uint8,
+                    "int8_im2col output")
+    if cols.size:
+        elementwise("quant", "int8_im2col", cols.size, xq, cols, cols.size, g["H"], g["W"],
+                    g["C"], g["KH"], g["KW"], g["SH"], g["SW"], g["DH"], g["DW"], g["PT"],
+                    g["PL"], g["HO"], g["WO"], np.uint8(pad_value))
+    return cols

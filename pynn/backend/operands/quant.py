@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pynn.backend.operands.common import check_count, check_shape, number
+from pynn.backend.operands.common import check_count, check_shape, conv_geometry, number
 
 # k * 255 * 128 < 2**31 keeps the int32 dot products exact (native/_qgemm.h).
 MAX_K = 65536
@@ -91,3 +91,21 @@ def _int8(arrays, op, name, a):
     if arr.dtype != np.int8:
         raise TypeError(f"{op}: '{name}' must be int8, got dtype {arr.dtype}")
     return np.ascontiguousarray(arr)
+
+
+def int8_im2col(arrays, xq, kernel_size, strides, padding, dilation_rate, pad_value):
+    """-> (xq uint8 (N, H, W, C), geometry dict of conv_geometry, pad_value int)."""
+    op = "int8_im2col"
+    xq = arrays.mask_input(op, "xq", xq)
+    if xq.ndim != 4:
+        raise ValueError(f"{op}: 'xq' must be uint8 (N, H, W, C), got shape {xq.shape}")
+    try:
+        kh, kw = (int(v) for v in kernel_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}: 'kernel_size' must be two ints, got {kernel_size!r}") from None
+    g = conv_geometry(op, xq.shape, (kh, kw, xq.shape[3], 1), strides, padding, dilation_rate)
+    if kh * kw * xq.shape[3] > MAX_K:
+        raise ValueError(f"{op}: KH * KW * C = {kh * kw * xq.shape[3]} exceeds {MAX_K}, past "
+                         f"which int32 dot products could overflow")
+    check_count(arrays, op, "output", g["N"] * g["HO"] * g["WO"] * kh * kw * xq.shape[3])
+    return xq, g, _zero_point(op, "pad_value", pad_value)
