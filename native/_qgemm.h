@@ -119,12 +119,25 @@ typedef struct {
     const int64_t *correction; /* (U,) bias - x_zero_point * sum_k w */
     const float *multiplier;   /* (U,) */
     float y_zero_point, lo;
-    uint8_t *y;            /* (N, U) */
+    uint8_t *y;            /* (N, U), or NULL: float output */
+    float *yf;             /* (N, U) float32 sat_int32(acc) * multiplier (dynamic quantization),
+                              max(., 0) when relu; used when y is NULL */
+    int relu;
 } pynn_qgemm_args;
 
 static inline void pynn_qgemm_store(const pynn_qgemm_args *a, ptrdiff_t row, ptrdiff_t u0,
                                     const int32_t *dots, ptrdiff_t count)
 {
+    if (!a->y) {
+        float *yr = a->yf + row * a->units;
+        for (ptrdiff_t i = 0; i < count && u0 + i < a->units; ++i) {
+            int64_t acc = (int64_t)dots[i] + a->correction[u0 + i];
+            acc = acc < INT32_MIN ? INT32_MIN : (acc > INT32_MAX ? INT32_MAX : acc);
+            float v = (float)(int32_t)acc * a->multiplier[u0 + i];
+            yr[u0 + i] = a->relu && v < 0.0f ? 0.0f : v;
+        }
+        return;
+    }
     uint8_t *yr = a->y + row * a->units;
     for (ptrdiff_t i = 0; i < count && u0 + i < a->units; ++i)
         yr[u0 + i] = pynn_qgemm_out(dots[i], a->correction[u0 + i], a->multiplier[u0 + i],

@@ -38,6 +38,8 @@ cdef extern from "_qgemm.h" nogil:
         const float* multiplier
         float y_zero_point, lo
         uint8_t* y
+        float* yf
+        int relu
     int QGEMM_MAX_K, QGEMM_NB, QGEMM_SCALAR, QGEMM_AVX2, QGEMM_AVX512_VNNI
     int pynn_qgemm_isa()
     int pynn_qgemm_best_isa()
@@ -156,9 +158,10 @@ def _int8_dense(const uint8_t[:, ::1] xq,          # IN (N, 4 * K4), rows zero-p
                 const int8_t[:, :, ::1] packed,    # IN (ceil(U / 16), K4, 64)
                 const int32_t[::1] bias,           # IN (U,) (zeros when the layer has none)
                 const float[::1] multiplier,       # IN (U,)
-                uint8_t[:, ::1] yq,                # OUT (N, U)
-                int x_zero_point, float y_zero_point, float lo):
-    cdef Py_ssize_t n = xq.shape[0], units = yq.shape[1], k4 = packed.shape[1], t, u
+                uint8_t[:, ::1] yq,                # OUT (N, U), or None:
+                float[:, ::1] yf,                  # OUT (N, U) float output
+                int x_zero_point, float y_zero_point, float lo, bint relu):
+    cdef Py_ssize_t n = xq.shape[0], units = multiplier.shape[0], k4 = packed.shape[1], t, u
     cdef Py_ssize_t nblocks = packed.shape[0]
     cdef int isa = pynn_qgemm_isa()
     cdef Py_ssize_t bpt = pynn_qgemm_blocks_per_tile(isa)
@@ -183,7 +186,9 @@ def _int8_dense(const uint8_t[:, ::1] xq,          # IN (N, 4 * K4), rows zero-p
         a.multiplier = &multiplier[0]
         a.y_zero_point = y_zero_point
         a.lo = lo
-        a.y = &yq[0, 0]
+        a.y = &yq[0, 0] if yq is not None else NULL
+        a.yf = &yf[0, 0] if yf is not None else NULL
+        a.relu = relu
         # column tiles outermost: a static schedule hands each thread whole weight panels
         for t in prange(col_tiles * row_tiles, schedule="static", use_threads_if=parallel):
             r0 = (t % row_tiles) * ROWS_PER_TILE
@@ -193,11 +198,14 @@ def _int8_dense(const uint8_t[:, ::1] xq,          # IN (N, 4 * K4), rows zero-p
 
 def int8_dense_forward(xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu):
     """uint8 (N, U) from uint8 xq (N, K) and int8 weights: by unit (U, K), or packed by
-    int8_pack_weights (what layers pass); see the module docstring."""
+    int8_pack_weights (what layers pass); see the module docstring. ``y_zero_point`` None:
+    float32 (N, U) = sat_int32(acc) * multiplier[u] (relu: max(., 0)), dynamic quantization's
+    output."""
     xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu = operands.int8_dense_forward(
         HOST, xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu)
     units = multiplier.shape[0]
-    yq = np.empty((xq.shape[0], units), np.uint8)
+    float_out = y_zero_point is None
+    yq = np.empty((xq.shape[0], units), np.float32 if float_out else np.uint8)
     if not yq.size:
         return yq
     if wq.ndim == 2:
@@ -212,8 +220,11 @@ def int8_dense_forward(xq, wq, bias, x_zero_point, multiplier, y_zero_point, rel
         padded = np.zeros((xq.shape[0], k + 4 - k % 4), np.uint8)
         padded[:, :k] = xq
         xq = padded
-    _int8_dense(xq, wq, bias, multiplier, yq, x_zero_point, y_zero_point,
-                y_zero_point if relu else 0.0)
+    if float_out:
+        _int8_dense(xq, wq, bias, multiplier, None, yq, x_zero_point, 0.0, 0.0, relu)
+    else:
+        _int8_dense(xq, wq, bias, multiplier, yq, None, x_zero_point, y_zero_point,
+                    y_zero_point if relu else 0.0, relu)
     return yq
 
 

@@ -65,7 +65,8 @@ inline int dot4_us(uchar4 x, char4 w)
 
 __kernel void int8_dense_forward(__global const uchar *xq, __global const char *packed,
                                  __global const int *bias, __global const float *mult,
-                                 __global uchar *yq, const int n, const int k, const int k4,
+                                 __global uchar *yq, __global float *yf, const int float_out,
+                                 const int n, const int k, const int k4,
                                  const int units, const int use_bias, const int x_zero_point,
                                  const float y_zero_point, const float lo)
 {
@@ -89,7 +90,11 @@ __kernel void int8_dense_forward(__global const uchar *xq, __global const char *
     long acc = (long)acc_dot - (long)x_zero_point * (long)wsum
                + (use_bias ? (long)bias[u] : 0L);
     acc = acc < (long)INT_MIN ? (long)INT_MIN : (acc > (long)INT_MAX ? (long)INT_MAX : acc);
-    yq[t] = requantize((float)(int)acc * mult[u], y_zero_point, lo);
+    const float v = (float)(int)acc * mult[u];
+    if (float_out)  /* dynamic quantization: float32, relu when lo > 0 is not the flag */
+        yf[t] = (lo > 0.5f && v < 0.0f) ? 0.0f : v;
+    else
+        yq[t] = requantize(v, y_zero_point, lo);
 }
 
 /* int8_im2col: one work-item per patch byte of cols (N * HO * WO, KH * KW * C). */

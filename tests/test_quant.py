@@ -34,7 +34,7 @@ def run_int8_dense(backend, xq, wq, bias, *rest):
                                                          backend.up(bias), x_zp,
                                                          backend.up(mult), *tail))
     want = ref.int8_dense_forward_ref(xq, wq, bias, *rest)
-    assert got.dtype == np.uint8
+    assert got.dtype == (np.float32 if rest[2] is None else np.uint8)
     np.testing.assert_array_equal(got, want, err_msg=f"int8_dense_forward on {backend.name}")
     if backend.is_opencl:
         np.testing.assert_array_equal(got, native_quant.int8_dense_forward(xq, wq, bias, *rest))
@@ -56,6 +56,8 @@ def test_int8_dense_forward_is_bit_exact(backend, rng, n, k, u, relu):
     mult = (rng.random(u) * 4e-4 + 1e-5).astype(np.float32)
     for b in (bias, None):
         run_int8_dense(backend, xq, wq, b, 17, mult, 100, relu)
+    # y_zero_point None: the float32 output of dynamic quantization, bit-exact too
+    run_int8_dense(backend, xq, wq, bias, 17, mult, None, relu)
 
 
 def test_int8_saturates_at_int32_and_uint8(backend):
@@ -162,11 +164,11 @@ def test_int8_gemm_every_isa_path_is_bit_exact(rng, isa):
             wq = rng.integers(-128, 128, (u, k)).astype(np.int8)
             bias = rng.integers(-10**6, 10**6, u).astype(np.int32)
             mult = (rng.random(u) * 4e-4 + 1e-5).astype(np.float32)
-            for relu in (False, True):
+            for relu, y_zp in ((False, 90), (True, 90), (True, None)):
                 np.testing.assert_array_equal(
-                    native_quant.int8_dense_forward(xq, wq, bias, 13, mult, 90, relu),
-                    ref.int8_dense_forward_ref(xq, wq, bias, 13, mult, 90, relu),
-                    err_msg=f"{isa} {n}x{k}x{u} relu={relu}")
+                    native_quant.int8_dense_forward(xq, wq, bias, 13, mult, y_zp, relu),
+                    ref.int8_dense_forward_ref(xq, wq, bias, 13, mult, y_zp, relu),
+                    err_msg=f"{isa} {n}x{k}x{u} relu={relu} y_zero_point={y_zp}")
         # The largest exact sums: K = MAX_K products of 255 * -128 = -2^31 exactly, and
         # 255 * 127 with a bias pushing past 2^31 - 1 (saturated, not wrapped).
         k = native_quant.MAX_K

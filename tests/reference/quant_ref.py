@@ -24,6 +24,8 @@ def int8_dense_forward_ref(xq, wq, bias, x_zero_point, multiplier, y_zero_point,
         acc = acc + np.asarray(bias).astype(np.int64)
     acc = np.clip(acc, -2**31, 2**31 - 1)
     v = acc.astype(np.float32) * np.asarray(multiplier, np.float32)
+    if y_zero_point is None:  # float output (dynamic quantization)
+        return np.maximum(v, np.float32(0)) if relu else v
     y = np.rint(v) + np.float32(y_zero_point)
     return np.clip(y, y_zero_point if relu else 0, 255).astype(np.uint8)
 

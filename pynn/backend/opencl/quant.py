@@ -50,14 +50,18 @@ def int8_dense_forward(xq, wq, bias, x_zero_point, multiplier, y_zero_point, rel
     xq, wq, bias, x_zp, multiplier, y_zp, relu = operands.int8_dense_forward(
         DEVICE, xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu)
     n, k, units = xq.shape[0], xq.shape[1], multiplier.shape[0]
-    yq = rt.empty((n, units), np.uint8, "int8_dense_forward output")
+    float_out = y_zp is None
+    yq = rt.empty((n, units), np.float32 if float_out else np.uint8,
+                  "int8_dense_forward output")
     if n * units:
         if wq.ndim == 2:
             wq = int8_pack_weights(wq)
+        # float output: lo carries relu (1.0) since no zero point clamps it
+        lo = float(relu) if float_out else (y_zp if relu else 0.0)
         elementwise("quant", "int8_dense_forward", n * units, xq if xq.size else yq, wq,
-                    multiplier if bias is None else bias, multiplier, yq, n, k, wq.shape[1],
-                    units, bias is not None, x_zp, np.float32(y_zp),
-                    np.float32(y_zp if relu else 0.0))
+                    multiplier if bias is None else bias, multiplier, yq, yq,
+                    np.int32(float_out), n, k, wq.shape[1], units, bias is not None, x_zp,
+                    np.float32(0.0 if float_out else y_zp), np.float32(lo))
     return yq
 
 

@@ -67,8 +67,10 @@ def int8_dense_forward(arrays, xq, wq, bias, x_zero_point, multiplier, y_zero_po
         bias = arrays.int_input(op, "bias", bias, ndim=1)
         check_shape(op, "bias", bias, (units,))
     check_count(arrays, op, "output", xq.shape[0] * units)
+    if y_zero_point is not None:  # None: float output
+        y_zero_point = float(_zero_point(op, "y_zero_point", y_zero_point))
     return (xq, wq, bias, _zero_point(op, "x_zero_point", x_zero_point), multiplier,
-            float(_zero_point(op, "y_zero_point", y_zero_point)), bool(relu))
+            y_zero_point, bool(relu))
 
 
 def int8_pack_weights(arrays, wq):
