@@ -3,14 +3,21 @@ reference (tests/reference/quant_ref.py), saturation at the int32 and uint8 limi
 bad inputs; QuantizedDense within the quantization error bound of the float Dense; quantize()
 of a model."""
 
+import os
+
 import numpy as np
 import pytest
 
 import pynn
 from pynn import layers
 from pynn._native import quant as native_quant
-from pynn.compression.quantization import QuantizedDense, activation_params, quantize
-from tests.backend_util import check_op, rand
+from pynn.compression.quantization import (
+    QuantizedConv2D,
+    QuantizedDense,
+    activation_params,
+    quantize,
+)
+from tests.backend_util import check_op, make_backend, rand
 from tests.reference import quant_ref as ref
 
 
@@ -190,7 +197,7 @@ def test_quantized_dense_within_quantization_error(rng):
     x = rand(rng, (50, 29))
     y = np.asarray(dense(x))
     xp, yp = activation_params(x), activation_params(y)
-    q = QuantizedDense(dense, xp, yp)
+    q = QuantizedDense.from_dense(dense, xp, yp)
     got = np.asarray(q(x))
     # Bound: half an output step, plus the input and weight rounding carried through the
     # kernel (|W| sum over inputs x half an input step, |x| sum x half a weight step).
@@ -217,3 +224,91 @@ def test_quantize_a_model_keeps_its_predictions(rng):
         assert inside < 0.05 * np.abs(want[:100]).max()
     with pytest.raises(ValueError, match=r"method must be one of \('minmax', 'percentile'\)"):
         quantize(model, x, "mse")
+
+
+def _cnn():
+    return pynn.Sequential([layers.Input((9, 8, 3)),
+                            layers.Conv2D(6, 3, padding="same", activation="relu"),
+                            layers.Conv2D(5, (2, 3), strides=2, activation="relu"),
+                            layers.Flatten(), layers.Dense(7, activation="relu"),
+                            layers.Dense(4)])
+
+
+def test_quantized_conv2d_within_quantization_error(rng):
+    """Static and dynamic int8 Conv2D against the float layer: the error of rounding the
+    input (half a step times the taps' |w| sum), the weights (half a step per channel times
+    the patch's |x| sum) and, static, the output (half a step)."""
+    conv = layers.Conv2D(7, 3, strides=(1, 2), padding="same", activation="relu")
+    x = rand(rng, (3, 9, 11, 5))
+    y = np.asarray(conv(x))
+    kernel = np.asarray(conv.kernel.value, np.float64)
+    taps = np.abs(kernel).reshape(-1, 7).sum(axis=0)
+    w_step = np.abs(kernel).reshape(-1, 7).max(axis=0) / 127
+    patch_abs = np.abs(x).sum() / 3  # a sample's whole |x|: bounds any patch's
+    xp, yp = activation_params(x), activation_params(y)
+    for params, out_step in (((xp, yp), yp[0]), ((None, None), 0.0)):
+        q = QuantizedConv2D.from_conv(conv, *params)
+        got = np.asarray(q(x))
+        assert got.shape == y.shape
+        bound = taps * xp[0] / 2 + patch_abs * w_step / 2 + out_step
+        assert np.all(np.abs(got - y) <= bound)
+        assert np.abs(got - y).max() < 0.05 * np.abs(y).max()
+
+
+def test_model_quantize_int8_in_place_saves_small_and_loads_identically(rng, tmp_path):
+    """Keras 3's model.quantize("int8") (dynamic): Dense and Conv2D swapped in place, the
+    predictions close to the float model's; the loaded model predicts bit-identically; the
+    config round-trips."""
+    model = _cnn()
+    x = rand(rng, (40, 9, 8, 3))
+    want = model.predict(x, verbose=0)
+    assert model.quantize("int8") is model
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "QuantizedConv2D", "QuantizedConv2D", "Flatten", "QuantizedDense", "QuantizedDense"]
+    got = model.predict(x, verbose=0)
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    model.save(tmp_path / "int8.pynn")  # (a file this small is mostly zip headers)
+    loaded = pynn.load_model(tmp_path / "int8.pynn")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), got)
+    assert loaded.layers[0].kernel.value.dtype == np.int8
+    for layer in model.layers:
+        again = type(layer).from_config(layer.get_config())
+        assert again.get_config() == layer.get_config()
+    with pytest.raises(ValueError, match=r"quantize: mode must be 'int8', got 'int4'"):
+        _cnn().quantize("int4")
+
+
+def test_static_int8_model_file_is_under_a_third_of_the_float_file(rng, tmp_path):
+    model = pynn.Sequential([layers.Input((64,)), layers.Dense(256, activation="relu"),
+                             layers.Dense(128, activation="relu"), layers.Dense(10)])
+    x = rand(rng, (64, 64))
+    q = quantize(model, x, "percentile")
+    model.save(tmp_path / "float.pynn")
+    q.save(tmp_path / "int8.pynn")
+    ratio = (tmp_path / "int8.pynn").stat().st_size / (tmp_path / "float.pynn").stat().st_size
+    assert ratio <= 0.3
+    loaded = pynn.load_model(tmp_path / "int8.pynn")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), q.predict(x, verbose=0))
+
+
+@pytest.mark.opencl
+def test_quantized_cnn_on_opencl_matches_the_cpu(rng, tmp_path):
+    """Static and dynamic int8 models saved on the CPU give the same bits on OpenCL."""
+    model = _cnn()
+    x = rand(rng, (10, 9, 8, 3))
+    static = quantize(model, x, "minmax")
+    dynamic = _cnn()
+    dynamic.set_weights(model.get_weights())
+    dynamic.quantize("int8")
+    want = [static.predict(x, verbose=0), dynamic.predict(x, verbose=0)]
+    static.save(tmp_path / "static.pynn")
+    dynamic.save(tmp_path / "dynamic.pynn")
+    make_backend("opencl")  # selects the test device
+    try:
+        pynn.set_device(os.environ.get("PYNN_CL_DEVICE", "opencl"))
+        got = [pynn.load_model(tmp_path / f"{k}.pynn").predict(x, verbose=0)
+               for k in ("static", "dynamic")]
+    finally:
+        pynn.set_device("cpu")
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
