@@ -189,9 +189,7 @@ class QuantizedDense(_Int8Layer):
     def from_dense(cls, dense, x_params=None, y_params=None):
         """The int8 twin of a built Dense; (scale, zero_point) of its input and output for
         static quantization, None for dynamic."""
-        static = {} if x_params is None else dict(
-            input_scale=x_params[0], input_zero_point=x_params[1],
-            output_scale=y_params[0], output_zero_point=y_params[1])
+        static = _static_config(x_params, y_params)
         layer = cls(dense.units, dense.activation, dense.use_bias, name=dense.name, **static)
         layer.build(dense.input_shape)
         b = backend.current()
@@ -234,9 +232,7 @@ class QuantizedConv2D(_Int8Layer):
 
     @classmethod
     def from_conv(cls, conv, x_params=None, y_params=None):
-        static = {} if x_params is None else dict(
-            input_scale=x_params[0], input_zero_point=x_params[1],
-            output_scale=y_params[0], output_zero_point=y_params[1])
+        static = _static_config(x_params, y_params)
         layer = cls(conv.filters, conv.kernel_size, conv.strides, conv.padding,
                     conv.dilation_rate, conv.activation, conv.use_bias, name=conv.name,
                     **static)
@@ -264,7 +260,7 @@ class QuantizedConv2D(_Int8Layer):
 
     def call(self, x, training=False):
         b = backend.current()
-        n, h, w, c = x.shape
+        n, h, w, _ = x.shape
         ho, wo = self._out_hw(h, w)
 
         def patches(xq, x_zp):  # the zero point pads: it is the real 0
@@ -280,6 +276,13 @@ class QuantizedConv2D(_Int8Layer):
                       strides=self.strides, padding=self.padding,
                       dilation_rate=self.dilation_rate)
         return config
+
+
+def _static_config(x_params, y_params):
+    if x_params is None:
+        return {}
+    return {"input_scale": x_params[0], "input_zero_point": x_params[1],
+            "output_scale": y_params[0], "output_zero_point": y_params[1]}
 
 
 def _int8_twin(layer, x_params=None, y_params=None):
