@@ -312,3 +312,55 @@ def test_quantized_cnn_on_opencl_matches_the_cpu(rng, tmp_path):
         pynn.set_device("cpu")
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
+
+
+def test_fake_quant_rounds_like_the_int8_model_and_its_gradient_is_the_ste(rng):
+    """FakeQuant's forward is quantize then dequantize on the tracked range; its gradient is
+    dy inside the representable range and exactly 0 outside (the straight-through
+    estimator), checked against the float64 reference of the rule."""
+    from pynn.compression.qat import FakeQuant
+
+    fq = FakeQuant(momentum=0.0)
+    x = rand(rng, (6, 11)) * 2
+    fq.build(x.shape)
+    y = np.asarray(fq(x, training=True))  # momentum 0: the range is this batch's
+    scale, zp = activation_params(x)
+    np.testing.assert_array_equal(y, ref.dequantize_forward_ref(
+        ref.quantize_forward_ref(x, scale, zp), scale, zp))
+    assert np.abs(y - x).max() <= scale / 2 + 1e-6
+    # A batch partly outside the tracked range: the gradient is cut there.
+    fq.momentum = 0.999999
+    x2 = x * 1.5
+    fq(x2, training=True)
+    dy = rand(rng, x2.shape)
+    dx = np.asarray(fq.backward(dy))
+    s2, zp2 = fq.quant_params()
+    inside = (x2 >= (0 - zp2) * s2) & (x2 <= (255 - zp2) * s2)
+    assert inside.any() and not inside.all()
+    np.testing.assert_array_equal(dx, np.where(inside, dy, 0.0))
+
+
+def test_quantize_aware_trains_and_converts_to_int8(rng, tmp_path):
+    from pynn.compression.qat import FakeQuant, convert, quantize_aware
+
+    x = rand(rng, (256, 12))
+    w = rng.standard_normal((12, 3))
+    y = np.argmax(x @ w, axis=1)
+    model = pynn.Sequential([layers.Input((12,)), layers.Dense(24, activation="relu"),
+                             layers.Dense(3)])
+    qat = quantize_aware(model)
+    assert [type(layer).__name__ for layer in qat.layers] == [
+        "FakeQuant", "Dense", "FakeQuant", "Dense", "FakeQuant"]
+    qat.compile("adam", pynn.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = qat.fit(x, y, epochs=8, batch_size=32, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    int8 = convert(qat)
+    assert [type(layer).__name__ for layer in int8.layers] == [
+        "QuantizedDense", "QuantizedDense"]
+    want, got = qat.predict(x, verbose=0), int8.predict(x, verbose=0)
+    assert np.mean(np.argmax(got, 1) == np.argmax(want, 1)) > 0.95
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
+    qat.save(tmp_path / "qat.pynn")  # FakeQuant is a saveable layer, its range a weight
+    again = pynn.load_model(tmp_path / "qat.pynn")
+    assert isinstance(again.layers[0], FakeQuant)
+    np.testing.assert_array_equal(again.predict(x, verbose=0), want)
