@@ -25,9 +25,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import pynn  # noqa: E402
-from pynn import layers  # noqa: E402
-from pynn.compression.quantization import quantize  # noqa: E402
+import pynn
+from pynn import layers
+from pynn.compression.quantization import quantize
 
 
 def networks():
@@ -48,8 +48,12 @@ def onnx_int8(model, calib, workdir, name, threads):
     """onnxruntime session of quantize_static's int8 model, or None without onnxruntime."""
     try:
         import onnxruntime as ort
-        from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                              quantize_static)
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
     except ImportError:
         return None
     import pynn.onnx
