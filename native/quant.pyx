@@ -10,13 +10,17 @@ per-tensor zero point times int8 weights stored by unit (U, K), symmetric per ch
     yq[n, u]  = clamp(rint(float32(acc) * multiplier[u]) + y_zero_point, lo, 255)
 
 with lo = y_zero_point under relu (the fused activation), else 0; multiplier[u] =
-x_scale * w_scale[u] / y_scale, formed by the caller. The dot products run on
-``_qgemm.h`` (AVX-512 VNNI vpdpbusd / AVX2 vpmaddwd / scalar, chosen at build time), exact in
-int32; the correction and bias add in int64, saturated to int32. ``dequantize_forward``:
-(q - zero_point) * scale as float32.
+x_scale * w_scale[u] / y_scale, formed by the caller; y_zero_point None gives float32
+sat_int32(acc) * multiplier[u] instead (dynamic quantization). The products run on
+``_qgemm.h``'s register-blocked GEMM over weights packed once in the VNNI layout
+(``int8_pack_weights``): AVX-512 VNNI vpdpbusd (4 x 32 tiles) / AVX2 vpmaddwd after widening
+(2 x 16) / scalar, chosen at RUN time (``force_isa`` pins one for the tests), exact in int32;
+the zero-point correction and bias add in int64, saturated to int32, in the fused epilogue.
+``int8_im2col``: the uint8 patches that make Conv2D this same GEMM.
 
-Every output element is one thread's (prange over the flattened (N, U) outputs, static), so
-results are bit-identical for any thread count and equal the integer NumPy reference.
+Tiles are (64 rows x 16 or 32 units), column tiles outermost under a static prange; every
+output is written by one tile from exact integer sums, so results are bit-identical for any
+thread count and ISA path and equal the integer NumPy reference.
 """
 import numpy as np
 

@@ -1,18 +1,20 @@
-"""Post-training int8 quantization (issue 18), for inference.
+"""int8 quantization (issue 18), for inference.
 
-``quantize(model, calibration_x, method="minmax" | "percentile")`` returns a copy of a
-Sequential model whose Dense layers (linear or relu) run on the int8 kernel
-(``int8_dense_forward``, native/quant.pyx: AVX-512 VNNI / AVX2, bit-identical on OpenCL):
+- ``quantize(model, calibration_x, method="minmax" | "percentile")``: static post-training
+  int8, a copy of a Sequential model whose Dense and Conv2D layers (linear or relu) run on the
+  int8 GEMM (native/quant.pyx: AVX-512 VNNI / AVX2 chosen at run time, bit-identical on
+  OpenCL), activations uint8 per tensor calibrated on ``calibration_x`` (min-max, or the
+  [100 - p, p] percentiles to ignore outliers), requantization and relu fused;
+- ``model.quantize("int8")`` (Keras 3's API, ``quantize_model``): in place, dynamic: the
+  input's scale from each batch's range, float32 out of the int32 accumulators;
+- weights: symmetric per output channel, w_scale[u] = max |W[..., u]| / 127, int8 in
+  [-127, 127], kept in Keras's layout (``kernel`` int8, ``kernel_scale``) and packed once for
+  the GEMM; bias float, rint(b / (x_scale * w_scale[u])) in int32 at run time;
+- saving: int8 weights stay int8 in .pynn (about 1/4 of the float file), and a loaded model
+  predicts bit-identically;
+- quantization-aware training: ``pynn.compression.qat``.
 
-- weights: symmetric per output unit, w_scale[u] = max |W[:, u]| / 127, int8 in [-127, 127];
-- activations: per tensor, asymmetric uint8, scale and zero point from the float model's
-  values on ``calibration_x`` (min-max, or the [100 - p, p] percentiles to ignore outliers);
-- bias: int32, rint(b / (x_scale * w_scale[u])); requantization and relu fused in the kernel.
-
-Each QuantizedDense takes float input and gives float output (quantize -> int8 GEMM ->
-dequantize), so it drops into any float model. Not done yet: Conv2D/Conv1D/recurrent int8
-kernels, dynamic quantization, quantization-aware training, saving a quantized model (its
-``get_config`` refuses).
+Not done: Conv1D / depthwise / recurrent int8 kernels, float16 weight storage, ONNX QDQ export.
 """
 
 import numpy as np
