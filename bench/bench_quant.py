@@ -64,6 +64,9 @@ def onnx_int8(model, calib, workdir, name, threads):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # Threads that spin after a run would steal the 2 cores from the next candidate's call
+    # in the alternated loop; pynn's OpenMP threads sleep (OMP_WAIT_POLICY=passive).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     input_name = ort.InferenceSession(f32, opts).get_inputs()[0].name
 
     class Reader(CalibrationDataReader):

@@ -1112,8 +1112,8 @@ class Model(Layer):
     def quantize(self, mode="int8"):
         """Keras 3's ``model.quantize("int8")``: Dense and Conv2D layers to int8 in place
         (weights per-channel symmetric, activations per batch); see
-        pynn.compression.quantization.quantize_model."""
-        from pynn.compression.quantization import quantize_model
+        pynn.layers.quantized.quantize_model."""
+        from pynn.layers.quantized import quantize_model
 
         return quantize_model(self, mode)
 

@@ -15,66 +15,8 @@ not fake-quantized here: per-channel symmetric int8 weights round by at most 1/2
 channel's largest weight, well below the activations' per-tensor step.
 """
 
-import numpy as np
-
-from pynn import backend
-from pynn.compression.quantization import _int8_twin, activation_params
-from pynn.layers.base import Layer
-
-
-class FakeQuant(Layer):
-    """uint8 fake quantization of activations with a tracked range; STE gradient."""
-
-    def __init__(self, momentum=0.99, **kwargs):
-        super().__init__(**kwargs)
-        if not 0.0 <= float(momentum) < 1.0:
-            raise ValueError(f"FakeQuant '{self.name}': momentum must be in [0, 1), got "
-                             f"{momentum!r}")
-        self.momentum = float(momentum)
-
-    def build(self, input_shape):
-        # [min, max, batches seen]: state, not trained (as BatchNormalization's moving stats)
-        self.range = self.add_weight("range", (3,), "zeros", trainable=False)
-        super().build(input_shape)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
-
-    def quant_params(self):
-        """(scale, zero_point) of the tracked range."""
-        lo, hi, _ = np.asarray(backend.current().to_numpy(self.range.value), np.float64)
-        return activation_params(np.array([lo, hi]))
-
-    def call(self, x, training=False):
-        b = backend.current()
-        if training:
-            lo = float(np.asarray(b.to_numpy(b.reduce_axes(x, None, "min", False))))
-            hi = float(np.asarray(b.to_numpy(b.reduce_axes(x, None, "max", False))))
-            old_lo, old_hi, seen = np.asarray(b.to_numpy(self.range.value), np.float64)
-            if seen:
-                m = self.momentum
-                lo, hi = m * old_lo + (1 - m) * lo, m * old_hi + (1 - m) * hi
-            self.range.value = b.asarray(np.array([lo, hi, seen + 1], np.float64), self.dtype)
-        scale, zero_point = self.quant_params()
-        y = b.dequantize_forward(b.quantize_forward(x, scale, zero_point), scale, zero_point)
-        if training:
-            # the STE's pass-through region: the grid's ends, (0 - zp) s and (255 - zp) s
-            ends = [b.asarray(np.array([v], np.float32), np.float32)
-                    for v in ((0 - zero_point) * scale, (255 - zero_point) * scale)]
-            self._cache = b.elementwise_binary(b.elementwise_binary(x, ends[0], "greater_equal"),
-                                               b.elementwise_binary(x, ends[1], "less_equal"),
-                                               "multiply")
-        return y
-
-    def backward(self, dy):
-        if not self.needs_input_grad:
-            return None
-        return backend.current().elementwise_binary(dy, self._cache, "multiply")
-
-    def get_config(self):
-        config = super().get_config()
-        config["momentum"] = self.momentum
-        return config
+from pynn.compression.quantization import _int8_twin
+from pynn.layers.quantized import FakeQuant
 
 
 def quantize_aware(model, momentum=0.99):
