@@ -96,7 +96,9 @@ static inline void pynn_qgemm_wsum(const int8_t *packed, ptrdiff_t k4, ptrdiff_t
 }
 
 /* The epilogue of one output: exact int64 correction + bias, int32 saturation, float32
- * requantization (rint half to even), clamp to [lo, 255]. */
+ * requantization (rint half to even), clamp to [lo, 255]. rintf, not nearbyintf: the same
+ * rounding, but glibc's nearbyintf saves and restores the FP environment on every call
+ * (~40 ns), where rintf is one vroundss. */
 static inline uint8_t pynn_qgemm_out(int32_t dot, int64_t correction, float multiplier,
                                      float zero_point, float lo)
 {
@@ -105,10 +107,8 @@ static inline uint8_t pynn_qgemm_out(int32_t dot, int64_t correction, float mult
         acc = INT32_MIN;
     if (acc > INT32_MAX)
         acc = INT32_MAX;
-    float r = nearbyintf((float)(int32_t)acc * multiplier) + zero_point;
-    r = r < lo ? lo : r;
-    r = r > 255.0f ? 255.0f : r;
-    return (uint8_t)r;
+    return (uint8_t)fminf(fmaxf(rintf((float)(int32_t)acc * multiplier) + zero_point, lo),
+                          255.0f);
 }
 
 typedef struct {

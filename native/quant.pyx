@@ -26,7 +26,7 @@ import numpy as np
 
 from cython.parallel cimport prange
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
-from libc.math cimport nearbyintf
+from libc.math cimport fmaxf, fminf, rintf
 from libc.string cimport memcpy, memset
 
 from pynn.backend.operands import quant as operands
@@ -93,12 +93,8 @@ cdef int64_t INT32_HI = 2147483647
 
 
 cdef inline uint8_t requantize(float v, float zero_point, float lo) noexcept nogil:
-    cdef float r = nearbyintf(v) + zero_point
-    if r < lo:
-        r = lo
-    if r > 255:
-        r = 255
-    return <uint8_t>r
+    # branch-free min/max so the loops vectorize (rintf is one vroundps)
+    return <uint8_t>fminf(fmaxf(rintf(v) + zero_point, lo), 255.0)
 
 
 def _quantize(const float[::1] x, uint8_t[::1] q, float scale, float zero_point):
