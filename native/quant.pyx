@@ -87,6 +87,9 @@ ISA = kernel_isa()  # the detected path, as pynn info reports it
 
 cdef enum:
     PARALLEL_MIN = 32768
+    # Elementwise passes and the weight sums are memory-bound and vectorized: waking the
+    # OpenMP team (passive wait) costs more than it saves below ~1M elements.
+    STREAM_PARALLEL_MIN = 1 << 20
 
 cdef int64_t INT32_LO = -2147483648
 cdef int64_t INT32_HI = 2147483647
@@ -100,7 +103,7 @@ cdef inline uint8_t requantize(float v, float zero_point, float lo) noexcept nog
 def _quantize(const float[::1] x, uint8_t[::1] q, float scale, float zero_point):
     cdef Py_ssize_t n = x.shape[0], i
     with nogil:
-        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+        for i in prange(n, schedule="static", use_threads_if=n >= STREAM_PARALLEL_MIN):
             q[i] = requantize(x[i] / scale, zero_point, 0)
 
 
@@ -116,7 +119,7 @@ def quantize_forward(x, scale, zero_point):
 def _dequantize(const uint8_t[::1] q, float[::1] y, float scale, float zero_point):
     cdef Py_ssize_t n = q.shape[0], i
     with nogil:
-        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+        for i in prange(n, schedule="static", use_threads_if=n >= STREAM_PARALLEL_MIN):
             y[i] = (<float>q[i] - zero_point) * scale
 
 
@@ -172,7 +175,7 @@ def _int8_dense(const uint8_t[:, ::1] xq,          # IN (N, 4 * K4), rows zero-p
     cdef bint parallel = n * units * k4 * 4 >= PARALLEL_MIN
     with nogil:
         for ub in prange(nblocks, schedule="static",
-                         use_threads_if=units * k4 * 4 >= PARALLEL_MIN):
+                         use_threads_if=units * k4 * 4 >= STREAM_PARALLEL_MIN):
             pynn_qgemm_wsum(&packed[0, 0, 0], k4, units, ub, &correction[0])
         for u in range(units):
             correction[u] = bias[u] - <int64_t>x_zero_point * correction[u]
