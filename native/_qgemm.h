@@ -1,54 +1,295 @@
-/* int8 dot products for native/quant.pyx (issue 18): uint8 activations x int8 weights ->
- * int32, exact (no int16 saturation: AVX2's vpmaddubsw would saturate pairs of products, so the
- * AVX2 path widens to int16 and uses vpmaddwd instead). The instruction set is chosen at build
- * time from the compiler's target (setup.py builds with -march=native):
- *   AVX-512 VNNI: vpdpbusd, 64 products per instruction;
- *   AVX2:         vpmovzxbw / vpmovsxbw + vpmaddwd, 16 per instruction;
- *   otherwise:    the scalar loop (also every path's tail).
- * Lane sums stay exact while k * 255 * 128 < 2^31 (k <= QGEMM_MAX_K, checked by the caller). */
+/* Register-blocked int8 GEMM for native/quant.pyx (issue 18): uint8 activations x int8
+ * weights -> exact int32, then a fused epilogue (zero-point correction, bias, requantization,
+ * relu) writing uint8.
+ *
+ * Weights are packed once per call in the VNNI layout: blocks of 16 units, and inside a block
+ * groups of 4 consecutive k, so one 64-byte row of the pack holds W[u0..u15][k..k+3]
+ *     packed[(ub * K4 + g) * 64 + 4 * lane + i] = W[16 ub + lane][4 g + i]
+ * (zeros past U and past K; K4 = ceil(K / 4)). Activations are read 4 bytes at a time from a
+ * row padded with zeros to 4 * K4 bytes (the caller pads). Both SIMD paths read this one pack.
+ *
+ * Paths, chosen at RUN time (pynn_qgemm_isa(): __builtin_cpu_supports; each path compiled
+ * with its own target attribute, so any build carries all of them):
+ *   avx512_vnni: vpdpbusd, tile 4 rows x 32 units (8 zmm accumulators);
+ *   avx2:        vpmovsxbw + vpmaddwd on the same pack, tile 2 rows x 16 units. vpmaddubsw
+ *                is NOT used: it adds two u8*s8 products in saturating int16, and
+ *                255*127 + 255*127 = 64770 > 32767, so it is not exact for uint8 inputs.
+ *                After widening to int16, vpmaddwd adds two products of |.| <= 32640 into
+ *                int32 exactly;
+ *   scalar:      the reference loop (also what the tests compare the others with).
+ * Lane sums are exact while K * 255 * 128 < 2^31 (K <= QGEMM_MAX_K, checked by the caller).
+ * Every output is written by exactly one tile with the same integer sums, so results are
+ * bit-identical across paths and thread counts. */
 #ifndef PYNN_QGEMM_H
 #define PYNN_QGEMM_H
 #include <stdint.h>
 #include <stddef.h>
-#if defined(__AVX512VNNI__) || defined(__AVX2__)
+#include <string.h>
+#include <math.h>
 #include <immintrin.h>
-#endif
 
 #define QGEMM_MAX_K 65536
+#define QGEMM_NB 16 /* units per packed block */
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-#define PYNN_QGEMM_ISA "avx512_vnni"
-#elif defined(__AVX2__)
-#define PYNN_QGEMM_ISA "avx2"
-#else
-#define PYNN_QGEMM_ISA "scalar"
-#endif
+enum { QGEMM_SCALAR = 0, QGEMM_AVX2 = 1, QGEMM_AVX512_VNNI = 2 };
 
-static inline int32_t pynn_dot_u8s8(const uint8_t *x, const int8_t *w, ptrdiff_t k)
+/* -1: detect; a test hook (pynn_qgemm_force) may pin a path this CPU can run. */
+static int pynn_qgemm_forced = -1;
+
+/* The one place that asks the CPU (easy to switch to a shared native/_isa.h). */
+static inline int pynn_qgemm_best_isa(void)
 {
-    int32_t total = 0;
-    ptrdiff_t j = 0;
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-    __m512i acc = _mm512_setzero_si512();
-    for (; j + 64 <= k; j += 64)
-        acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512((const void *)(x + j)),
-                                  _mm512_loadu_si512((const void *)(w + j)));
-    total = _mm512_reduce_add_epi32(acc);
-#elif defined(__AVX2__)
-    __m256i acc = _mm256_setzero_si256();
-    for (; j + 16 <= k; j += 16) {
-        __m256i xv = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(x + j)));
-        __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + j)));
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(xv, wv));
-    }
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-    total = _mm_cvtsi128_si32(s);
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw"))
+        return QGEMM_AVX512_VNNI;
+    if (__builtin_cpu_supports("avx2"))
+        return QGEMM_AVX2;
 #endif
-    for (; j < k; ++j)
-        total += (int32_t)x[j] * (int32_t)w[j];
-    return total;
+    return QGEMM_SCALAR;
+}
+
+static inline int pynn_qgemm_isa(void)
+{
+    return pynn_qgemm_forced >= 0 ? pynn_qgemm_forced : pynn_qgemm_best_isa();
+}
+
+/* 0 on success, -1 when this CPU cannot run the path. */
+static inline int pynn_qgemm_force(int isa)
+{
+    if (isa > pynn_qgemm_best_isa())
+        return -1;
+    pynn_qgemm_forced = isa;
+    return 0;
+}
+
+static inline void pynn_qgemm_pack(const int8_t *w, ptrdiff_t units, ptrdiff_t k,
+                                   int8_t *packed, ptrdiff_t ub)
+{
+    /* one 16-unit block (the caller parallelizes over blocks) */
+    ptrdiff_t k4 = (k + 3) / 4;
+    int8_t *dst = packed + ub * k4 * 64;
+    memset(dst, 0, (size_t)k4 * 64);
+    for (ptrdiff_t lane = 0; lane < QGEMM_NB; ++lane) {
+        ptrdiff_t u = ub * QGEMM_NB + lane;
+        if (u >= units)
+            break;
+        const int8_t *src = w + u * k;
+        for (ptrdiff_t j = 0; j < k; ++j)
+            dst[(j >> 2) * 64 + 4 * lane + (j & 3)] = src[j];
+    }
+}
+
+/* sum_k W[u][k] of block ub's units, from the pack (the zero-point correction): the lanes
+ * summed in int32 over k groups (exact: |sum| <= 128 * 4 * K4), folded by 4. */
+static inline void pynn_qgemm_wsum(const int8_t *packed, ptrdiff_t k4, ptrdiff_t units,
+                                   ptrdiff_t ub, int64_t *wsum)
+{
+    int32_t lanes[64] = {0};
+    const int8_t *src = packed + ub * k4 * 64;
+    for (ptrdiff_t g = 0; g < k4; ++g)
+        for (int i = 0; i < 64; ++i)
+            lanes[i] += src[g * 64 + i];
+    for (int lane = 0; lane < QGEMM_NB && ub * QGEMM_NB + lane < units; ++lane)
+        wsum[ub * QGEMM_NB + lane] = (int64_t)lanes[4 * lane] + lanes[4 * lane + 1]
+                                     + lanes[4 * lane + 2] + lanes[4 * lane + 3];
+}
+
+/* The epilogue of one output: exact int64 correction + bias, int32 saturation, float32
+ * requantization (rint half to even), clamp to [lo, 255]. rintf, not nearbyintf: the same
+ * rounding, but glibc's nearbyintf saves and restores the FP environment on every call
+ * (~40 ns), where rintf is one vroundss. */
+static inline uint8_t pynn_qgemm_out(int32_t dot, int64_t correction, float multiplier,
+                                     float zero_point, float lo)
+{
+    int64_t acc = (int64_t)dot + correction;
+    if (acc < INT32_MIN)
+        acc = INT32_MIN;
+    if (acc > INT32_MAX)
+        acc = INT32_MAX;
+    return (uint8_t)fminf(fmaxf(rintf((float)(int32_t)acc * multiplier) + zero_point, lo),
+                          255.0f);
+}
+
+typedef struct {
+    const uint8_t *x;      /* (N, ldx) rows padded with zeros to ldx = 4 * K4 */
+    ptrdiff_t ldx;
+    const int8_t *packed;  /* ceil(U / 16) blocks of K4 * 64 bytes */
+    ptrdiff_t k4, n, units;
+    const int64_t *correction; /* (U,) bias - x_zero_point * sum_k w */
+    const float *multiplier;   /* (U,) */
+    float y_zero_point, lo;
+    uint8_t *y;            /* (N, U), or NULL: float output */
+    float *yf;             /* (N, U) float32 sat_int32(acc) * multiplier (dynamic quantization),
+                              max(., 0) when relu; used when y is NULL */
+    int relu;
+} pynn_qgemm_args;
+
+static inline void pynn_qgemm_store(const pynn_qgemm_args *a, ptrdiff_t row, ptrdiff_t u0,
+                                    const int32_t *dots, ptrdiff_t count)
+{
+    if (!a->y) {
+        float *yr = a->yf + row * a->units;
+        for (ptrdiff_t i = 0; i < count && u0 + i < a->units; ++i) {
+            int64_t acc = (int64_t)dots[i] + a->correction[u0 + i];
+            acc = acc < INT32_MIN ? INT32_MIN : (acc > INT32_MAX ? INT32_MAX : acc);
+            float v = (float)(int32_t)acc * a->multiplier[u0 + i];
+            yr[u0 + i] = a->relu && v < 0.0f ? 0.0f : v;
+        }
+        return;
+    }
+    uint8_t *yr = a->y + row * a->units;
+    for (ptrdiff_t i = 0; i < count && u0 + i < a->units; ++i)
+        yr[u0 + i] = pynn_qgemm_out(dots[i], a->correction[u0 + i], a->multiplier[u0 + i],
+                                    a->y_zero_point, a->lo);
+}
+
+/* Rows [r0, r1) x one 16-unit block ub, any path's remainder and the scalar path. */
+static inline void pynn_qgemm_tile_scalar(const pynn_qgemm_args *a, ptrdiff_t r0,
+                                          ptrdiff_t r1, ptrdiff_t ub)
+{
+    const int8_t *wb = a->packed + ub * a->k4 * 64;
+    for (ptrdiff_t r = r0; r < r1; ++r) {
+        int32_t dots[QGEMM_NB] = {0};
+        const uint8_t *xr = a->x + r * a->ldx;
+        for (ptrdiff_t g = 0; g < a->k4; ++g)
+            for (int lane = 0; lane < QGEMM_NB; ++lane)
+                for (int i = 0; i < 4; ++i)
+                    dots[lane] += (int32_t)xr[4 * g + i] * (int32_t)wb[g * 64 + 4 * lane + i];
+        pynn_qgemm_store(a, r, ub * QGEMM_NB, dots, QGEMM_NB);
+    }
+}
+
+static inline int32_t pynn_qgemm_load4(const uint8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* ---------------------------------------------------------------- AVX-512 VNNI */
+#define QGEMM_VNNI_MR 4
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+static void pynn_qgemm_block_vnni(const pynn_qgemm_args *a, ptrdiff_t r0, ptrdiff_t r1,
+                                  ptrdiff_t ub)
+{
+    /* two 16-unit blocks (ub, ub + 1) when both exist, else one */
+    const ptrdiff_t nblocks = (a->units + QGEMM_NB - 1) / QGEMM_NB;
+    const int two = ub + 1 < nblocks;
+    const int8_t *w0 = a->packed + ub * a->k4 * 64;
+    const int8_t *w1 = two ? w0 + a->k4 * 64 : w0;
+    int32_t dots[2 * QGEMM_NB];
+    ptrdiff_t r = r0;
+    for (; r + QGEMM_VNNI_MR <= r1; r += QGEMM_VNNI_MR) {
+        __m512i c00 = _mm512_setzero_si512(), c01 = _mm512_setzero_si512();
+        __m512i c10 = _mm512_setzero_si512(), c11 = _mm512_setzero_si512();
+        __m512i c20 = _mm512_setzero_si512(), c21 = _mm512_setzero_si512();
+        __m512i c30 = _mm512_setzero_si512(), c31 = _mm512_setzero_si512();
+        const uint8_t *x0 = a->x + r * a->ldx;
+        const uint8_t *x1 = x0 + a->ldx, *x2 = x1 + a->ldx, *x3 = x2 + a->ldx;
+        for (ptrdiff_t g = 0; g < a->k4; ++g) {
+            __m512i b0 = _mm512_loadu_si512((const void *)(w0 + g * 64));
+            __m512i b1 = _mm512_loadu_si512((const void *)(w1 + g * 64));
+            __m512i v = _mm512_set1_epi32(pynn_qgemm_load4(x0 + 4 * g));
+            c00 = _mm512_dpbusd_epi32(c00, v, b0);
+            c01 = _mm512_dpbusd_epi32(c01, v, b1);
+            v = _mm512_set1_epi32(pynn_qgemm_load4(x1 + 4 * g));
+            c10 = _mm512_dpbusd_epi32(c10, v, b0);
+            c11 = _mm512_dpbusd_epi32(c11, v, b1);
+            v = _mm512_set1_epi32(pynn_qgemm_load4(x2 + 4 * g));
+            c20 = _mm512_dpbusd_epi32(c20, v, b0);
+            c21 = _mm512_dpbusd_epi32(c21, v, b1);
+            v = _mm512_set1_epi32(pynn_qgemm_load4(x3 + 4 * g));
+            c30 = _mm512_dpbusd_epi32(c30, v, b0);
+            c31 = _mm512_dpbusd_epi32(c31, v, b1);
+        }
+        __m512i c[QGEMM_VNNI_MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}};
+        for (int i = 0; i < QGEMM_VNNI_MR; ++i) {
+            _mm512_storeu_si512((void *)dots, c[i][0]);
+            _mm512_storeu_si512((void *)(dots + QGEMM_NB), c[i][1]);
+            pynn_qgemm_store(a, r + i, ub * QGEMM_NB, dots, two ? 2 * QGEMM_NB : QGEMM_NB);
+        }
+    }
+    for (; r < r1; ++r) {
+        __m512i c0 = _mm512_setzero_si512(), c1 = _mm512_setzero_si512();
+        const uint8_t *xr = a->x + r * a->ldx;
+        for (ptrdiff_t g = 0; g < a->k4; ++g) {
+            __m512i v = _mm512_set1_epi32(pynn_qgemm_load4(xr + 4 * g));
+            c0 = _mm512_dpbusd_epi32(c0, v, _mm512_loadu_si512((const void *)(w0 + g * 64)));
+            c1 = _mm512_dpbusd_epi32(c1, v, _mm512_loadu_si512((const void *)(w1 + g * 64)));
+        }
+        _mm512_storeu_si512((void *)dots, c0);
+        _mm512_storeu_si512((void *)(dots + QGEMM_NB), c1);
+        pynn_qgemm_store(a, r, ub * QGEMM_NB, dots, two ? 2 * QGEMM_NB : QGEMM_NB);
+    }
+}
+
+/* ---------------------------------------------------------------- AVX2 */
+#define QGEMM_AVX2_MR 2
+/* 4 units x 4 k of the pack (16 bytes) -> 16 int16; times x's 4 values repeated -> vpmaddwd
+ * gives int32 pairs [u0: k0k1, u0: k2k3, u1: ..., u3: k2k3]. hadd + permute fold pairs. */
+__attribute__((target("avx2")))
+static inline __m256i pynn_qgemm_fold_avx2(__m256i lo4, __m256i hi4)
+{
+    /* lo4: units 0..3 as pairs, hi4: units 4..7 -> units 0..7 in order */
+    __m256i h = _mm256_hadd_epi32(lo4, hi4); /* [u0 u1 u4 u5 | u2 u3 u6 u7] */
+    return _mm256_permute4x64_epi64(h, 0xD8);
+}
+
+__attribute__((target("avx2")))
+static void pynn_qgemm_block_avx2(const pynn_qgemm_args *a, ptrdiff_t r0, ptrdiff_t r1,
+                                  ptrdiff_t ub)
+{
+    const int8_t *wb = a->packed + ub * a->k4 * 64;
+    int32_t dots[QGEMM_NB];
+    ptrdiff_t r = r0;
+    for (; r < r1; r += QGEMM_AVX2_MR) {
+        const int rows = r + 1 < r1 ? 2 : 1;
+        __m256i c0[4], c1[4];
+        for (int q = 0; q < 4; ++q)
+            c0[q] = c1[q] = _mm256_setzero_si256();
+        const uint8_t *x0 = a->x + r * a->ldx;
+        const uint8_t *x1 = rows == 2 ? x0 + a->ldx : x0;
+        for (ptrdiff_t g = 0; g < a->k4; ++g) {
+            /* x0..x3 widened to int16 and repeated over the 4 units of a chunk */
+            __m256i v0 = _mm256_set1_epi64x((long long)_mm_cvtsi128_si64(_mm_cvtepu8_epi16(
+                _mm_cvtsi32_si128(pynn_qgemm_load4(x0 + 4 * g)))));
+            __m256i v1 = _mm256_set1_epi64x((long long)_mm_cvtsi128_si64(_mm_cvtepu8_epi16(
+                _mm_cvtsi32_si128(pynn_qgemm_load4(x1 + 4 * g)))));
+            const int8_t *wg = wb + g * 64;
+            for (int q = 0; q < 4; ++q) {
+                __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(wg + 16 * q)));
+                c0[q] = _mm256_add_epi32(c0[q], _mm256_madd_epi16(w, v0));
+                c1[q] = _mm256_add_epi32(c1[q], _mm256_madd_epi16(w, v1));
+            }
+        }
+        _mm256_storeu_si256((__m256i *)dots, pynn_qgemm_fold_avx2(c0[0], c0[1]));
+        _mm256_storeu_si256((__m256i *)(dots + 8), pynn_qgemm_fold_avx2(c0[2], c0[3]));
+        pynn_qgemm_store(a, r, ub * QGEMM_NB, dots, QGEMM_NB);
+        if (rows == 2) {
+            _mm256_storeu_si256((__m256i *)dots, pynn_qgemm_fold_avx2(c1[0], c1[1]));
+            _mm256_storeu_si256((__m256i *)(dots + 8), pynn_qgemm_fold_avx2(c1[2], c1[3]));
+            pynn_qgemm_store(a, r + 1, ub * QGEMM_NB, dots, QGEMM_NB);
+        }
+    }
+}
+
+/* Rows [r0, r1) times the unit blocks a tile owns: VNNI tiles are 2 blocks wide (ub even),
+ * the others 1. */
+static inline ptrdiff_t pynn_qgemm_blocks_per_tile(int isa)
+{
+    return isa == QGEMM_AVX512_VNNI ? 2 : 1;
+}
+
+static inline void pynn_qgemm_tile(const pynn_qgemm_args *a, int isa, ptrdiff_t r0,
+                                   ptrdiff_t r1, ptrdiff_t ub)
+{
+    if (isa == QGEMM_AVX512_VNNI)
+        pynn_qgemm_block_vnni(a, r0, r1, ub);
+    else if (isa == QGEMM_AVX2)
+        pynn_qgemm_block_avx2(a, r0, r1, ub);
+    else
+        pynn_qgemm_tile_scalar(a, r0, r1, ub);
 }
 
 #endif

@@ -10,51 +10,100 @@ per-tensor zero point times int8 weights stored by unit (U, K), symmetric per ch
     yq[n, u]  = clamp(rint(float32(acc) * multiplier[u]) + y_zero_point, lo, 255)
 
 with lo = y_zero_point under relu (the fused activation), else 0; multiplier[u] =
-x_scale * w_scale[u] / y_scale, formed by the caller. The dot products run on
-``_qgemm.h`` (AVX-512 VNNI vpdpbusd / AVX2 vpmaddwd / scalar, chosen at build time), exact in
-int32; the correction and bias add in int64, saturated to int32. ``dequantize_forward``:
-(q - zero_point) * scale as float32.
+x_scale * w_scale[u] / y_scale, formed by the caller; y_zero_point None gives float32
+sat_int32(acc) * multiplier[u] instead (dynamic quantization). The products run on
+``_qgemm.h``'s register-blocked GEMM over weights packed once in the VNNI layout
+(``int8_pack_weights``): AVX-512 VNNI vpdpbusd (4 x 32 tiles) / AVX2 vpmaddwd after widening
+(2 x 16) / scalar, chosen at RUN time (``force_isa`` pins one for the tests), exact in int32;
+the zero-point correction and bias add in int64, saturated to int32, in the fused epilogue.
+``int8_im2col``: the uint8 patches that make Conv2D this same GEMM.
 
-Every output element is one thread's (prange over the flattened (N, U) outputs, static), so
-results are bit-identical for any thread count and equal the integer NumPy reference.
+Tiles are (64 rows x 16 or 32 units), column tiles outermost under a static prange; every
+output is written by one tile from exact integer sums, so results are bit-identical for any
+thread count and ISA path and equal the integer NumPy reference.
 """
 import numpy as np
 
 from cython.parallel cimport prange
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
-from libc.math cimport nearbyintf
+from libc.math cimport fmaxf, fminf, rintf
+from libc.string cimport memcpy, memset
 
 from pynn.backend.operands import quant as operands
 from pynn.backend.operands.common import HOST
 
 cdef extern from "_qgemm.h" nogil:
-    int32_t pynn_dot_u8s8(const uint8_t* x, const int8_t* w, Py_ssize_t k)
-    const char* PYNN_QGEMM_ISA
-    int QGEMM_MAX_K
+    ctypedef struct pynn_qgemm_args:
+        const uint8_t* x
+        Py_ssize_t ldx
+        const int8_t* packed
+        Py_ssize_t k4, n, units
+        const int64_t* correction
+        const float* multiplier
+        float y_zero_point, lo
+        uint8_t* y
+        float* yf
+        int relu
+    int QGEMM_MAX_K, QGEMM_NB, QGEMM_SCALAR, QGEMM_AVX2, QGEMM_AVX512_VNNI
+    int pynn_qgemm_isa()
+    int pynn_qgemm_best_isa()
+    int pynn_qgemm_force(int isa)
+    void pynn_qgemm_wsum(const int8_t* packed, Py_ssize_t k4, Py_ssize_t units,
+                         Py_ssize_t ub, int64_t* wsum)
+    void pynn_qgemm_pack(const int8_t* w, Py_ssize_t units, Py_ssize_t k, int8_t* packed,
+                         Py_ssize_t ub)
+    Py_ssize_t pynn_qgemm_blocks_per_tile(int isa)
+    void pynn_qgemm_tile(const pynn_qgemm_args* a, int isa, Py_ssize_t r0, Py_ssize_t r1,
+                         Py_ssize_t ub)
 
-ISA = PYNN_QGEMM_ISA.decode()
 MAX_K = QGEMM_MAX_K
+ISAS = {"scalar": QGEMM_SCALAR, "avx2": QGEMM_AVX2, "avx512_vnni": QGEMM_AVX512_VNNI}
+_ISA_NAMES = {v: k for k, v in ISAS.items()}
+
+
+def available_isas():
+    """The int8 GEMM paths this CPU can run, slowest first."""
+    best = pynn_qgemm_best_isa()
+    return [name for name, code in ISAS.items() if code <= best]
+
+
+def kernel_isa():
+    """The path int8_dense_forward takes now (detected at run time unless forced)."""
+    return _ISA_NAMES[pynn_qgemm_isa()]
+
+
+def force_isa(name):
+    """Test hook: pin the int8 GEMM to ``name`` (one of available_isas()), or None to go
+    back to run-time detection."""
+    if name is None:
+        pynn_qgemm_force(-1)
+        return
+    if name not in ISAS or pynn_qgemm_force(ISAS[name]) != 0:
+        raise ValueError(f"force_isa: {name!r} is not one of this CPU's int8 paths "
+                         f"{available_isas()}")
+
+
+ISA = kernel_isa()  # the detected path, as pynn info reports it
 
 cdef enum:
     PARALLEL_MIN = 32768
+    # Elementwise passes and the weight sums are memory-bound and vectorized: waking the
+    # OpenMP team (passive wait) costs more than it saves below ~1M elements.
+    STREAM_PARALLEL_MIN = 1 << 20
 
 cdef int64_t INT32_LO = -2147483648
 cdef int64_t INT32_HI = 2147483647
 
 
 cdef inline uint8_t requantize(float v, float zero_point, float lo) noexcept nogil:
-    cdef float r = nearbyintf(v) + zero_point
-    if r < lo:
-        r = lo
-    if r > 255:
-        r = 255
-    return <uint8_t>r
+    # branch-free min/max so the loops vectorize (rintf is one vroundps)
+    return <uint8_t>fminf(fmaxf(rintf(v) + zero_point, lo), 255.0)
 
 
 def _quantize(const float[::1] x, uint8_t[::1] q, float scale, float zero_point):
     cdef Py_ssize_t n = x.shape[0], i
     with nogil:
-        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+        for i in prange(n, schedule="static", use_threads_if=n >= STREAM_PARALLEL_MIN):
             q[i] = requantize(x[i] / scale, zero_point, 0)
 
 
@@ -70,7 +119,7 @@ def quantize_forward(x, scale, zero_point):
 def _dequantize(const uint8_t[::1] q, float[::1] y, float scale, float zero_point):
     cdef Py_ssize_t n = q.shape[0], i
     with nogil:
-        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+        for i in prange(n, schedule="static", use_threads_if=n >= STREAM_PARALLEL_MIN):
             y[i] = (<float>q[i] - zero_point) * scale
 
 
@@ -83,45 +132,139 @@ def dequantize_forward(q, scale, zero_point):
     return y
 
 
-def _int8_dense(const uint8_t[:, ::1] xq,      # IN (N, K)
-                const int8_t[:, ::1] wq,       # IN (U, K)
-                const int32_t[::1] bias,       # IN (U,) (zeros when the layer has none)
-                const float[::1] multiplier,   # IN (U,)
-                uint8_t[:, ::1] yq,            # OUT (N, U)
-                int x_zero_point, float y_zero_point, float lo):
-    cdef Py_ssize_t n = xq.shape[0], k = xq.shape[1], units = wq.shape[0], t, r, u, j
-    cdef int64_t[::1] wsum = np.empty(units, np.int64)
-    cdef int64_t acc, s
+cdef enum:
+    ROWS_PER_TILE = 64  # rows of a tile: its weight panel stays in cache across them
+
+
+def _pack(const int8_t[:, ::1] wq,      # IN (U, K)
+          int8_t[:, :, ::1] packed):    # OUT (ceil(U / 16), ceil(K / 4), 64)
+    cdef Py_ssize_t units = wq.shape[0], k = wq.shape[1], ub
     with nogil:
-        for u in prange(units, schedule="static", use_threads_if=units * k >= PARALLEL_MIN):
-            s = 0
-            for j in range(k):
-                s = s + wq[u, j]
-            wsum[u] = s
-        for t in prange(n * units, schedule="static",
-                        use_threads_if=n * units * k >= PARALLEL_MIN):
-            r = t // units
-            u = t % units
-            acc = <int64_t>pynn_dot_u8s8(&xq[r, 0], &wq[u, 0], k) \
-                - <int64_t>x_zero_point * wsum[u] + bias[u]
-            if acc < INT32_LO:
-                acc = INT32_LO
-            if acc > INT32_HI:
-                acc = INT32_HI
-            yq[r, u] = requantize(<float>(<int32_t>acc) * multiplier[u], y_zero_point, lo)
+        for ub in prange(packed.shape[0], schedule="static",
+                         use_threads_if=units * k >= PARALLEL_MIN):
+            pynn_qgemm_pack(&wq[0, 0], units, k, &packed[0, 0, 0], ub)
+
+
+def int8_pack_weights(wq):
+    """int8 weights by unit (U, K) -> the GEMM's VNNI pack (ceil(U / 16), ceil(K / 4), 64):
+    packed[b, g, 4 l + i] = wq[16 b + l, 4 g + i], zeros past U and K (K4 >= 1). Layers pack once and
+    pass the pack to int8_dense_forward."""
+    wq = operands.int8_pack_weights(HOST, wq)
+    units, k = wq.shape
+    packed = np.zeros(((units + QGEMM_NB - 1) // QGEMM_NB, max((k + 3) // 4, 1), 64), np.int8)
+    if packed.size:
+        _pack(wq, packed)
+    return packed
+
+
+def _int8_dense(const uint8_t[:, ::1] xq,          # IN (N, 4 * K4), rows zero-padded
+                const int8_t[:, :, ::1] packed,    # IN (ceil(U / 16), K4, 64)
+                const int32_t[::1] bias,           # IN (U,) (zeros when the layer has none)
+                const float[::1] multiplier,       # IN (U,)
+                uint8_t[:, ::1] yq,                # OUT (N, U), or None:
+                float[:, ::1] yf,                  # OUT (N, U) float output
+                int x_zero_point, float y_zero_point, float lo, bint relu):
+    cdef Py_ssize_t n = xq.shape[0], units = multiplier.shape[0], k4 = packed.shape[1], t, u
+    cdef Py_ssize_t nblocks = packed.shape[0]
+    cdef int isa = pynn_qgemm_isa()
+    cdef Py_ssize_t bpt = pynn_qgemm_blocks_per_tile(isa)
+    cdef Py_ssize_t col_tiles = (nblocks + bpt - 1) // bpt
+    cdef Py_ssize_t row_tiles = (n + ROWS_PER_TILE - 1) // ROWS_PER_TILE, r0, r1, ub
+    cdef int64_t[::1] correction = np.empty(units, np.int64)
+    cdef pynn_qgemm_args a
+    cdef bint parallel = n * units * k4 * 4 >= PARALLEL_MIN
+    with nogil:
+        for ub in prange(nblocks, schedule="static",
+                         use_threads_if=units * k4 * 4 >= STREAM_PARALLEL_MIN):
+            pynn_qgemm_wsum(&packed[0, 0, 0], k4, units, ub, &correction[0])
+        for u in range(units):
+            correction[u] = bias[u] - <int64_t>x_zero_point * correction[u]
+        a.x = &xq[0, 0]
+        a.ldx = xq.shape[1]
+        a.packed = &packed[0, 0, 0]
+        a.k4 = k4
+        a.n = n
+        a.units = units
+        a.correction = &correction[0]
+        a.multiplier = &multiplier[0]
+        a.y_zero_point = y_zero_point
+        a.lo = lo
+        a.y = &yq[0, 0] if yq is not None else NULL
+        a.yf = &yf[0, 0] if yf is not None else NULL
+        a.relu = relu
+        # column tiles outermost: a static schedule hands each thread whole weight panels
+        for t in prange(col_tiles * row_tiles, schedule="static", use_threads_if=parallel):
+            r0 = (t % row_tiles) * ROWS_PER_TILE
+            r1 = min(r0 + ROWS_PER_TILE, n)
+            pynn_qgemm_tile(&a, isa, r0, r1, (t // row_tiles) * bpt)
 
 
 def int8_dense_forward(xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu):
-    """uint8 (N, U) from uint8 xq (N, K) and int8 wq (U, K); see the module docstring."""
+    """uint8 (N, U) from uint8 xq (N, K) and int8 weights: by unit (U, K), or packed by
+    int8_pack_weights (what layers pass); see the module docstring. ``y_zero_point`` None:
+    float32 (N, U) = sat_int32(acc) * multiplier[u] (relu: max(., 0)), dynamic quantization's
+    output."""
     xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu = operands.int8_dense_forward(
         HOST, xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu)
-    yq = np.empty((xq.shape[0], wq.shape[0]), np.uint8)
+    units = multiplier.shape[0]
+    float_out = y_zero_point is None
+    yq = np.empty((xq.shape[0], units), np.float32 if float_out else np.uint8)
+    if not yq.size:
+        return yq
+    if wq.ndim == 2:
+        wq = int8_pack_weights(wq)
     if bias is None:
-        bias = np.zeros(wq.shape[0], np.int32)
-    if yq.size:
-        if xq.shape[1] == 0:  # no products: the loops below read no row
-            xq = np.zeros((xq.shape[0], 1), np.uint8)
-            wq = np.zeros((wq.shape[0], 1), np.int8)
-        _int8_dense(xq, wq, bias, multiplier, yq, x_zero_point, y_zero_point,
-                    y_zero_point if relu else 0.0)
+        bias = np.zeros(units, np.int32)
+    k = xq.shape[1]
+    if k == 0:  # no products: the loops below read no row
+        xq = np.zeros((xq.shape[0], 4), np.uint8)
+        wq = np.zeros((wq.shape[0], 1, 64), np.int8)
+    elif k % 4:  # the GEMM reads activations 4 bytes at a time
+        padded = np.zeros((xq.shape[0], k + 4 - k % 4), np.uint8)
+        padded[:, :k] = xq
+        xq = padded
+    if float_out:
+        _int8_dense(xq, wq, bias, multiplier, None, yq, x_zero_point, 0.0, 0.0, relu)
+    else:
+        _int8_dense(xq, wq, bias, multiplier, yq, None, x_zero_point, y_zero_point,
+                    y_zero_point if relu else 0.0, relu)
     return yq
+
+
+def _im2col(const uint8_t[:, :, :, ::1] xq,   # IN (N, H, W, C)
+            uint8_t[:, ::1] cols,             # OUT (N * HO * WO, KH * KW * C)
+            int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl, int ho, int wo,
+            uint8_t pad_value):
+    cdef Py_ssize_t n = xq.shape[0], h = xq.shape[1], w = xq.shape[2], c = xq.shape[3]
+    cdef Py_ssize_t t, b, oy, ox, i, j, iy, ix
+    cdef uint8_t* dst
+    with nogil:
+        # one (sample, output row) per iteration; each patch row is a memcpy of C channels
+        for t in prange(n * ho, schedule="static",
+                        use_threads_if=cols.shape[0] * cols.shape[1] >= PARALLEL_MIN):
+            b = t // ho
+            oy = t % ho
+            for ox in range(wo):
+                dst = &cols[t * wo + ox, 0]
+                for i in range(kh):
+                    iy = oy * sh - pt + i * dh
+                    for j in range(kw):
+                        ix = ox * sw - pl + j * dw
+                        if 0 <= iy < h and 0 <= ix < w:
+                            memcpy(dst, &xq[b, iy, ix, 0], c)
+                        else:
+                            memset(dst, pad_value, c)
+                        dst = dst + c
+
+
+def int8_im2col(xq, kernel_size, strides, padding, dilation_rate, pad_value):
+    """uint8 patches (N * HO * WO, KH * KW * C) of uint8 xq (N, H, W, C), in Conv2D's kernel
+    order (kh, kw, c), so int8_dense_forward over them with the (F, KH * KW * C) weights is
+    the int8 Conv2D. Padding reads ``pad_value`` (the input zero point: the real 0)."""
+    xq, g, pad_value = operands.int8_im2col(HOST, xq, kernel_size, strides, padding,
+                                            dilation_rate, pad_value)
+    cols = np.empty((g["N"] * g["HO"] * g["WO"], g["KH"] * g["KW"] * g["C"]), np.uint8)
+    if cols.size:
+        _im2col(xq, cols, g["KH"], g["KW"], g["SH"], g["SW"], g["DH"], g["DW"], g["PT"],
+                g["PL"], g["HO"], g["WO"], pad_value)
+    return cols

@@ -1147,6 +1147,14 @@ class Model(Layer):
                          ", ".join(connected) or "-"))
         return rows
 
+    def quantize(self, mode="int8"):
+        """Keras 3's ``model.quantize("int8")``: Dense and Conv2D layers to int8 in place
+        (weights per-channel symmetric, activations per batch); see
+        pynn.layers.quantized.quantize_model."""
+        from pynn.layers.quantized import quantize_model
+
+        return quantize_model(self, mode)
+
     def summary(self, print_fn=None):
         """Keras's table: Layer (type), Output Shape, Param # and, for a functional model,
         Connected to; then the trainable and non-trainable counts."""

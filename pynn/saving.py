@@ -511,10 +511,12 @@ def _load_weights_into(model, archive, atomic):
         owner = f"layer '{layer.name}' weight '{var.path}', saved as '{saved}'"
         arr = archive.array(f"weights/{i:05d}.npy", var.shape, owner)
         # archive.array checked shape and dtype: the array is fresh, no copy is needed.
+        # int8 weights (pynn.compression.quantization) keep their integer dtype
+        dtype = var.value.dtype if np.dtype(var.value.dtype).kind in "iu" else layer.dtype
         if atomic:
-            pending.append((var, arr, layer.dtype))
+            pending.append((var, arr, dtype))
         else:
-            var.value = b.asarray(arr, layer.dtype)
+            var.value = b.asarray(arr, dtype)
     for var, arr, dtype in pending:
         var.value = b.asarray(arr, dtype)
     bump_version()

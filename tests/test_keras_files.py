@@ -215,6 +215,18 @@ def _subclassed_model():
     return model
 
 
+def _int8_model():
+    model = pynn.Sequential([pynn.Input((6, 6, 2)), pynn.layers.Conv2D(3, 3),
+                             pynn.layers.Flatten(), pynn.layers.Dense(2)])
+    return model.quantize("int8")
+
+
+def _qat_model():
+    from pynn.compression.qat import quantize_aware
+
+    return quantize_aware(pynn.Sequential([pynn.Input((4,)), pynn.layers.Dense(2)]))
+
+
 # pynn layers and models a Keras file cannot hold, each refused by name when saved
 # (TextVectorization needs TensorFlow in Keras, so no Keras file of it is made here).
 NOT_KERAS = {"OpLayer": (_op_model, "no Keras layer form"),
@@ -222,7 +234,11 @@ NOT_KERAS = {"OpLayer": (_op_model, "no Keras layer form"),
              "Lambda": (_lambda_model, "Python code|register"),
              "RNN": (_cell_model, "RNN\\(cell\\)"), "SimpleRNNCell": (_cell_model, "RNN\\(cell\\)"),
              "LSTMCell": (_cell_model, "RNN\\(cell\\)"), "GRUCell": (_cell_model, "RNN\\(cell\\)"),
-             "StackedRNNCells": (_cell_model, "RNN\\(cell\\)")}
+             "StackedRNNCells": (_cell_model, "RNN\\(cell\\)"),
+             # -- int8 (issue 18, branch quant) --
+             "QuantizedDense": (_int8_model, "int8 layers have no Keras file form"),
+             "QuantizedConv2D": (_int8_model, "int8 layers have no Keras file form"),
+             "FakeQuant": (_qat_model, "int8 layers have no Keras file form")}
 
 
 @pytest.mark.parametrize("build, message", list(NOT_KERAS.values()) + [

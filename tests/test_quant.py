@@ -3,14 +3,21 @@ reference (tests/reference/quant_ref.py), saturation at the int32 and uint8 limi
 bad inputs; QuantizedDense within the quantization error bound of the float Dense; quantize()
 of a model."""
 
+import os
+
 import numpy as np
 import pytest
 
 import pynn
 from pynn import layers
 from pynn._native import quant as native_quant
-from pynn.compression.quantization import QuantizedDense, activation_params, quantize
-from tests.backend_util import check_op, rand
+from pynn.compression.quantization import (
+    QuantizedConv2D,
+    QuantizedDense,
+    activation_params,
+    quantize,
+)
+from tests.backend_util import check_op, make_backend, rand
 from tests.reference import quant_ref as ref
 
 
@@ -34,10 +41,16 @@ def run_int8_dense(backend, xq, wq, bias, *rest):
                                                          backend.up(bias), x_zp,
                                                          backend.up(mult), *tail))
     want = ref.int8_dense_forward_ref(xq, wq, bias, *rest)
-    assert got.dtype == np.uint8
+    assert got.dtype == (np.float32 if rest[2] is None else np.uint8)
     np.testing.assert_array_equal(got, want, err_msg=f"int8_dense_forward on {backend.name}")
     if backend.is_opencl:
         np.testing.assert_array_equal(got, native_quant.int8_dense_forward(xq, wq, bias, *rest))
+    # The pack layers hand the op: the same layout as the reference's, the same outputs.
+    packed = backend.op("int8_pack_weights")(wq_dev)
+    np.testing.assert_array_equal(backend.down(packed), ref.int8_pack_weights_ref(wq))
+    np.testing.assert_array_equal(
+        backend.down(backend.op("int8_dense_forward")(backend.up(xq), packed, backend.up(bias),
+                                                      x_zp, backend.up(mult), *tail)), want)
     return got
 
 
@@ -50,6 +63,8 @@ def test_int8_dense_forward_is_bit_exact(backend, rng, n, k, u, relu):
     mult = (rng.random(u) * 4e-4 + 1e-5).astype(np.float32)
     for b in (bias, None):
         run_int8_dense(backend, xq, wq, b, 17, mult, 100, relu)
+    # y_zero_point None: the float32 output of dynamic quantization, bit-exact too
+    run_int8_dense(backend, xq, wq, bias, 17, mult, None, relu)
 
 
 def test_int8_saturates_at_int32_and_uint8(backend):
@@ -68,6 +83,34 @@ def test_int8_saturates_at_int32_and_uint8(backend):
     np.testing.assert_array_equal(outputs[0], np.tile([130, 126, 128], (3, 1)))
 
 
+IM2COL_CASES = [((2, 7, 5, 3), (3, 3), (1, 1), "same", (1, 1)),
+                ((1, 9, 8, 5), (3, 2), (2, 3), "same", (1, 1)),
+                ((3, 6, 7, 2), (2, 3), (1, 2), "valid", (1, 1)),
+                ((1, 11, 10, 1), (3, 3), (1, 1), "same", (2, 2)),
+                ((2, 5, 5, 4), (1, 1), (2, 2), "valid", (1, 1))]
+
+
+@pytest.mark.parametrize("shape,kernel_size,strides,padding,dilation", IM2COL_CASES)
+def test_int8_im2col_is_exact_and_makes_the_int8_conv(backend, rng, shape, kernel_size,
+                                                      strides, padding, dilation):
+    """Patches equal the reference's byte for byte (padding reads the zero point), and the
+    int8 GEMM over them equals the integer convolution: (xq - zp) * wq summed over taps."""
+    xq = rng.integers(0, 256, shape).astype(np.uint8)
+    _, cols = check_op(backend, "int8_im2col", xq, kernel_size, strides, padding, dilation, 37,
+                       ref=ref.int8_im2col_ref, rtol=0.0, dtype=np.uint8)
+    f = 6
+    wq = rng.integers(-127, 128, (f, cols.shape[1])).astype(np.int8)
+    acc = (cols.astype(np.int64) - 37) @ wq.T.astype(np.int64)
+    # the same integers as scipy's correlation of (x - zp) with the taps
+    from scipy.signal import correlate
+    if strides == (1, 1) and dilation == (1, 1) and padding == "valid":
+        kernel = wq.reshape(f, *kernel_size, shape[3])
+        want = correlate(xq[0].astype(np.int64) - 37, kernel[0].astype(np.int64), "valid")
+        np.testing.assert_array_equal(acc[:want.size, 0], want.reshape(-1))
+    mult = np.full(f, 1e-5, np.float32)
+    run_int8_dense(backend, cols, wq, None, 37, mult, 128, False)
+
+
 @pytest.mark.parametrize("shape", [(7,), (3, 33), (2, 5, 65)])
 def test_quantize_and_dequantize_are_bit_exact(backend, rng, shape):
     x = rand(rng, shape) * 4
@@ -82,6 +125,8 @@ def test_quantize_and_dequantize_are_bit_exact(backend, rng, shape):
 @pytest.mark.parametrize("case,message", [
     ("narrow_w", (r"int8_dense_forward: 'wq' must be \(U, K\) = \(U, 5\) int8 weights by "
                  r"unit, got shape \(4, 3\)")),
+    ("packed", (r"int8_dense_forward: packed 'wq' of 4 units and K = 5 must have shape "
+                r"\(1, 2, 64\) \(int8_pack_weights\), got \(1, 1, 64\)")),
     ("zero_point", r"int8_dense_forward: 'x_zero_point' must be an int in \[0, 255\], got 256"),
     ("scale", r"quantize_forward: 'scale' must be a positive finite float, got 0.0"),
 ])
@@ -93,6 +138,9 @@ def test_int8_bad_input(backend, case, message):
         if case == "narrow_w":
             backend.op("int8_dense_forward")(x, up8(np.ones((4, 3), np.int8)), None, 0, mult,
                                              0, False)
+        elif case == "packed":
+            backend.op("int8_dense_forward")(x, up8(np.ones((1, 1, 64), np.int8)), None, 0,
+                                             mult, 0, False)
         elif case == "zero_point":
             backend.op("int8_dense_forward")(x, up8(np.ones((4, 5), np.int8)), None, 256,
                                              mult, 0, False)
@@ -102,6 +150,46 @@ def test_int8_bad_input(backend, case, message):
 
 def test_kernel_isa_is_reported():
     assert native_quant.ISA in ("avx512_vnni", "avx2", "scalar")
+    assert native_quant.available_isas()[-1] == native_quant.ISA
+    with pytest.raises(ValueError, match=r"force_isa: 'sse9' is not one of this CPU's int8 "):
+        native_quant.force_isa("sse9")
+
+
+# Tiles (4 rows x 32 units on VNNI, 2 x 16 on AVX2, 64-row tiles) and their remainders.
+ISA_SHAPES = [(1, 1, 1), (5, 3, 17), (9, 67, 33), (65, 130, 47), (130, 29, 96), (3, 7, 2)]
+
+
+@pytest.mark.parametrize("isa", native_quant.available_isas())
+def test_int8_gemm_every_isa_path_is_bit_exact(rng, isa):
+    """Each SIMD path this CPU can run, forced by the test hook, against the integer
+    reference, including sums at the int32 limit and outputs clamped at 0 and 255."""
+    try:
+        native_quant.force_isa(isa)
+        assert native_quant.kernel_isa() == isa
+        for n, k, u in ISA_SHAPES:
+            xq = rng.integers(0, 256, (n, k)).astype(np.uint8)
+            wq = rng.integers(-128, 128, (u, k)).astype(np.int8)
+            bias = rng.integers(-10**6, 10**6, u).astype(np.int32)
+            mult = (rng.random(u) * 4e-4 + 1e-5).astype(np.float32)
+            for relu, y_zp in ((False, 90), (True, 90), (True, None)):
+                np.testing.assert_array_equal(
+                    native_quant.int8_dense_forward(xq, wq, bias, 13, mult, y_zp, relu),
+                    ref.int8_dense_forward_ref(xq, wq, bias, 13, mult, y_zp, relu),
+                    err_msg=f"{isa} {n}x{k}x{u} relu={relu} y_zero_point={y_zp}")
+        # The largest exact sums: K = MAX_K products of 255 * -128 = -2^31 exactly, and
+        # 255 * 127 with a bias pushing past 2^31 - 1 (saturated, not wrapped).
+        k = native_quant.MAX_K
+        xq = np.full((2, k), 255, np.uint8)
+        wq = np.stack([np.full(k, -128, np.int8), np.full(k, 127, np.int8)])
+        bias = np.array([0, 2**31 - 1], np.int32)
+        mult = np.float32([1e-7, 1e-7])
+        got = native_quant.int8_dense_forward(xq, wq, bias, 0, mult, 128, False)
+        np.testing.assert_array_equal(
+            got, ref.int8_dense_forward_ref(xq, wq, bias, 0, mult, 128, False))
+        # -2139095040e-7 -> 0; saturated 2^31 - 1 -> 255 (a wrapped sum would give 127)
+        np.testing.assert_array_equal(got, [[0, 255], [0, 255]])
+    finally:
+        native_quant.force_isa(None)
 
 
 def test_quantized_dense_within_quantization_error(rng):
@@ -109,7 +197,7 @@ def test_quantized_dense_within_quantization_error(rng):
     x = rand(rng, (50, 29))
     y = np.asarray(dense(x))
     xp, yp = activation_params(x), activation_params(y)
-    q = QuantizedDense(dense, xp, yp)
+    q = QuantizedDense.from_dense(dense, xp, yp)
     got = np.asarray(q(x))
     # Bound: half an output step, plus the input and weight rounding carried through the
     # kernel (|W| sum over inputs x half an input step, |x| sum x half a weight step).
@@ -136,3 +224,143 @@ def test_quantize_a_model_keeps_its_predictions(rng):
         assert inside < 0.05 * np.abs(want[:100]).max()
     with pytest.raises(ValueError, match=r"method must be one of \('minmax', 'percentile'\)"):
         quantize(model, x, "mse")
+
+
+def _cnn():
+    return pynn.Sequential([layers.Input((9, 8, 3)),
+                            layers.Conv2D(6, 3, padding="same", activation="relu"),
+                            layers.Conv2D(5, (2, 3), strides=2, activation="relu"),
+                            layers.Flatten(), layers.Dense(7, activation="relu"),
+                            layers.Dense(4)])
+
+
+def test_quantized_conv2d_within_quantization_error(rng):
+    """Static and dynamic int8 Conv2D against the float layer: the error of rounding the
+    input (half a step times the taps' |w| sum), the weights (half a step per channel times
+    the patch's |x| sum) and, static, the output (half a step)."""
+    conv = layers.Conv2D(7, 3, strides=(1, 2), padding="same", activation="relu")
+    x = rand(rng, (3, 9, 11, 5))
+    y = np.asarray(conv(x))
+    kernel = np.asarray(conv.kernel.value, np.float64)
+    taps = np.abs(kernel).reshape(-1, 7).sum(axis=0)
+    w_step = np.abs(kernel).reshape(-1, 7).max(axis=0) / 127
+    patch_abs = np.abs(x).sum() / 3  # a sample's whole |x|: bounds any patch's
+    xp, yp = activation_params(x), activation_params(y)
+    for params, out_step in (((xp, yp), yp[0]), ((None, None), 0.0)):
+        q = QuantizedConv2D.from_conv(conv, *params)
+        got = np.asarray(q(x))
+        assert got.shape == y.shape
+        bound = taps * xp[0] / 2 + patch_abs * w_step / 2 + out_step
+        assert np.all(np.abs(got - y) <= bound)
+        assert np.abs(got - y).max() < 0.05 * np.abs(y).max()
+
+
+def test_model_quantize_int8_in_place_saves_small_and_loads_identically(rng, tmp_path):
+    """Keras 3's model.quantize("int8") (dynamic): Dense and Conv2D swapped in place, the
+    predictions close to the float model's; the loaded model predicts bit-identically; the
+    config round-trips."""
+    model = _cnn()
+    x = rand(rng, (40, 9, 8, 3))
+    want = model.predict(x, verbose=0)
+    assert model.quantize("int8") is model
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "QuantizedConv2D", "QuantizedConv2D", "Flatten", "QuantizedDense", "QuantizedDense"]
+    got = model.predict(x, verbose=0)
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    model.save(tmp_path / "int8.pynn")  # (a file this small is mostly zip headers)
+    loaded = pynn.load_model(tmp_path / "int8.pynn")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), got)
+    assert loaded.layers[0].kernel.value.dtype == np.int8
+    for layer in model.layers:
+        again = type(layer).from_config(layer.get_config())
+        assert again.get_config() == layer.get_config()
+    with pytest.raises(ValueError, match=r"quantize: mode must be 'int8', got 'int4'"):
+        _cnn().quantize("int4")
+
+
+def test_static_int8_model_file_is_under_a_third_of_the_float_file(rng, tmp_path):
+    model = pynn.Sequential([layers.Input((64,)), layers.Dense(256, activation="relu"),
+                             layers.Dense(128, activation="relu"), layers.Dense(10)])
+    x = rand(rng, (64, 64))
+    q = quantize(model, x, "percentile")
+    model.save(tmp_path / "float.pynn")
+    q.save(tmp_path / "int8.pynn")
+    ratio = (tmp_path / "int8.pynn").stat().st_size / (tmp_path / "float.pynn").stat().st_size
+    assert ratio <= 0.3
+    loaded = pynn.load_model(tmp_path / "int8.pynn")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), q.predict(x, verbose=0))
+
+
+@pytest.mark.opencl
+def test_quantized_cnn_on_opencl_matches_the_cpu(rng, tmp_path):
+    """Static and dynamic int8 models saved on the CPU give the same bits on OpenCL."""
+    model = _cnn()
+    x = rand(rng, (10, 9, 8, 3))
+    static = quantize(model, x, "minmax")
+    dynamic = _cnn()
+    dynamic.set_weights(model.get_weights())
+    dynamic.quantize("int8")
+    want = [static.predict(x, verbose=0), dynamic.predict(x, verbose=0)]
+    static.save(tmp_path / "static.pynn")
+    dynamic.save(tmp_path / "dynamic.pynn")
+    make_backend("opencl")  # selects the test device
+    try:
+        pynn.set_device(os.environ.get("PYNN_CL_DEVICE", "opencl"))
+        got = [pynn.load_model(tmp_path / f"{k}.pynn").predict(x, verbose=0)
+               for k in ("static", "dynamic")]
+    finally:
+        pynn.set_device("cpu")
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_fake_quant_rounds_like_the_int8_model_and_its_gradient_is_the_ste(rng):
+    """FakeQuant's forward is quantize then dequantize on the tracked range; its gradient is
+    dy inside the representable range and exactly 0 outside (the straight-through
+    estimator), checked against the float64 reference of the rule."""
+    from pynn.compression.qat import FakeQuant
+
+    fq = FakeQuant(momentum=0.0)
+    x = rand(rng, (6, 11)) * 2
+    fq.build(x.shape)
+    y = np.asarray(fq(x, training=True))  # momentum 0: the range is this batch's
+    scale, zp = activation_params(x)
+    np.testing.assert_array_equal(y, ref.dequantize_forward_ref(
+        ref.quantize_forward_ref(x, scale, zp), scale, zp))
+    assert np.abs(y - x).max() <= scale / 2 + 1e-6
+    # A batch partly outside the tracked range: the gradient is cut there.
+    fq.momentum = 0.999999
+    x2 = x * 1.5
+    fq(x2, training=True)
+    dy = rand(rng, x2.shape)
+    dx = np.asarray(fq.backward(dy))
+    s2, zp2 = fq.quant_params()
+    inside = (x2 >= (0 - zp2) * s2) & (x2 <= (255 - zp2) * s2)
+    assert inside.any() and not inside.all()
+    np.testing.assert_array_equal(dx, np.where(inside, dy, 0.0))
+
+
+def test_quantize_aware_trains_and_converts_to_int8(rng, tmp_path):
+    from pynn.compression.qat import FakeQuant, convert, quantize_aware
+
+    x = rand(rng, (256, 12))
+    w = rng.standard_normal((12, 3))
+    y = np.argmax(x @ w, axis=1)
+    model = pynn.Sequential([layers.Input((12,)), layers.Dense(24, activation="relu"),
+                             layers.Dense(3)])
+    qat = quantize_aware(model)
+    assert [type(layer).__name__ for layer in qat.layers] == [
+        "FakeQuant", "Dense", "FakeQuant", "Dense", "FakeQuant"]
+    qat.compile("adam", pynn.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = qat.fit(x, y, epochs=8, batch_size=32, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    int8 = convert(qat)
+    assert [type(layer).__name__ for layer in int8.layers] == [
+        "QuantizedDense", "QuantizedDense"]
+    want, got = qat.predict(x, verbose=0), int8.predict(x, verbose=0)
+    assert np.mean(np.argmax(got, 1) == np.argmax(want, 1)) > 0.95
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
+    qat.save(tmp_path / "qat.pynn")  # FakeQuant is a saveable layer, its range a weight
+    again = pynn.load_model(tmp_path / "qat.pynn")
+    assert isinstance(again.layers[0], FakeQuant)
+    np.testing.assert_array_equal(again.predict(x, verbose=0), want)

@@ -411,11 +411,19 @@ OPS.update({
     # dequantize_forward uint8 -> float32 (q - zero_point) * scale (per-tensor, any shape).
     "quantize_forward": ("x", "scale", "zero_point"),
     "dequantize_forward": ("q", "scale", "zero_point"),
+    # int8 weights by unit (U, K) -> the int8 GEMM's pack (ceil(U/16), max(ceil(K/4), 1), 64),
+    # packed[b, g, 4l + i] = wq[16b + l, 4g + i] (VNNI groups of 4 along K, zeros past U, K);
+    # int8_dense_forward takes either form, layers pack once.
+    "int8_pack_weights": ("wq",),
     # xq uint8 (N, K), wq int8 (U, K) by unit (symmetric per channel), bias int32 (U,) or
     # None -> uint8 (N, U): acc = sat_int32(sum (xq - x_zero_point) wq + bias), then
     # clamp(rint(float32(acc) * multiplier[u]) + y_zero_point, relu ? y_zero_point : 0, 255).
     "int8_dense_forward": ("xq", "wq", "bias", "x_zero_point", "multiplier", "y_zero_point",
                            "relu"),
+    # uint8 (N, H, W, C) -> patches (N*HO*WO, KH*KW*C) in the (KH, KW, C) order of Conv2D
+    # kernels, padding read as pad_value (the input zero point): the int8 Conv2D is this then
+    # int8_dense_forward (the same GEMM, so the same exactness and speed).
+    "int8_im2col": ("xq", "kernel_size", "strides", "padding", "dilation_rate", "pad_value"),
 })
 
 # -- bf16: mixed precision (issue 17; native/bf16.pyx, opencl/bf16.cl) ---------------------

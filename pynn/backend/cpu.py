@@ -127,6 +127,8 @@ from pynn._native.sparse import sparse_dense_forward  # noqa: F401
 from pynn._native.quant import (  # noqa: F401
     dequantize_forward,
     int8_dense_forward,
+    int8_im2col,
+    int8_pack_weights,
     quantize_forward,
 )
 # -- elementwise (issue 13: pynn.ops on the device) --

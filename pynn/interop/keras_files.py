@@ -915,6 +915,10 @@ _NOT_KERAS_LAYERS.update({name: "RNN(cell) and its cells are not in Keras files 
                                 "SimpleRNN, LSTM or GRU, which hold the same weights"
                           for name in ("RNN", "SimpleRNNCell", "LSTMCell", "GRUCell",
                                        "StackedRNNCells")})
+# -- int8 (issue 18, branch quant): pynn's int8 layers and QAT node are not Keras's --
+_NOT_KERAS_LAYERS.update({name: "pynn's int8 layers have no Keras file form; save the int8 "
+                                "model as .pynn, or the float model as .keras"
+                          for name in ("QuantizedDense", "QuantizedConv2D", "FakeQuant")})
 
 
 def _keras_nested_spec(spec):

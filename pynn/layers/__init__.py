@@ -129,6 +129,9 @@ LAYERS.update({cls.__name__: cls for cls in (
 )})
 Convolution1DTranspose = Conv1DTranspose
 SeparableConvolution1D = SeparableConv1D
+# -- int8 quantization (issue 18, branch quant): saved quantized models name these --
+from pynn.layers.quantized import FakeQuant, QuantizedConv2D, QuantizedDense  # noqa: E402
+LAYERS.update({cls.__name__: cls for cls in (QuantizedDense, QuantizedConv2D, FakeQuant)})
 
 # Keras aliases.
 MaxPool2D = MaxPooling2D

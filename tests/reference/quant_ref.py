@@ -24,5 +24,39 @@ def int8_dense_forward_ref(xq, wq, bias, x_zero_point, multiplier, y_zero_point,
         acc = acc + np.asarray(bias).astype(np.int64)
     acc = np.clip(acc, -2**31, 2**31 - 1)
     v = acc.astype(np.float32) * np.asarray(multiplier, np.float32)
+    if y_zero_point is None:  # float output (dynamic quantization)
+        return np.maximum(v, np.float32(0)) if relu else v
     y = np.rint(v) + np.float32(y_zero_point)
     return np.clip(y, y_zero_point if relu else 0, 255).astype(np.uint8)
+
+
+def int8_pack_weights_ref(wq):
+    wq = np.asarray(wq, np.int8)
+    units, k = wq.shape
+    blocks, k4 = -(-units // 16), max(-(-k // 4), 1)
+    padded = np.zeros((blocks * 16, k4 * 4), np.int8)
+    padded[:units, :k] = wq
+    # [b, l, g, i] -> [b, g, l, i]
+    return np.ascontiguousarray(
+        padded.reshape(blocks, 16, k4, 4).transpose(0, 2, 1, 3).reshape(blocks, k4, 64))
+
+
+def int8_im2col_ref(xq, kernel_size, strides, padding, dilation_rate, pad_value):
+    xq = np.asarray(xq, np.uint8)
+    n, h, w, c = xq.shape
+    (kh, kw), (sh, sw), (dh, dw) = kernel_size, strides, dilation_rate
+    sizes = []
+    for size, k, s, d in ((h, kh, sh, dh), (w, kw, sw, dw)):
+        span = (k - 1) * d + 1
+        if padding == "valid":
+            sizes.append((0, 0, (size - span) // s + 1))
+        else:  # Keras 'same': ceil(size / s), the odd pad after
+            out = -(-size // s)
+            total = max((out - 1) * s + span - size, 0)
+            sizes.append((total // 2, total - total // 2, out))
+    (pt, pb, ho), (pl, pr, wo) = sizes
+    padded = np.pad(xq, ((0, 0), (pt, pb + sh), (pl, pr + sw), (0, 0)),
+                    constant_values=pad_value)
+    patches = [padded[:, i * dh:i * dh + sh * ho:sh, j * dw:j * dw + sw * wo:sw, :]
+               for i in range(kh) for j in range(kw)]
+    return np.stack(patches, axis=3).reshape(n * ho * wo, kh * kw * c)

@@ -94,7 +94,8 @@ NAME = "opencl"
 # -- compression (issue 18): sparse inference of pruned layers --
 from pynn.backend.opencl.sparse import sparse_dense_forward  # noqa: F401
 from pynn.backend.opencl.quant import (  # noqa: F401
-    dequantize_forward, int8_dense_forward, quantize_forward,
+    dequantize_forward, int8_dense_forward, int8_im2col, int8_pack_weights,
+    quantize_forward,
 )
 # -- rnn_mask: general recurrence (issue 14, recurrent half) --
 from pynn.backend.opencl.rnn_mask import (  # noqa: F401

@@ -32,15 +32,47 @@ def dequantize_forward(q, scale, zero_point):
     return y
 
 
+def int8_pack_weights(wq):
+    """int8 (U, K) -> the GEMM's pack (ceil(U / 16), max(ceil(K / 4), 1), 64)."""
+    wq = operands.int8_pack_weights(DEVICE, wq)
+    units, k = wq.shape
+    k4 = max(-(-k // 4), 1)
+    packed = rt.empty((-(-units // 16), k4, 64), np.int8, "int8_pack_weights output")
+    if packed.size:
+        elementwise("quant", "int8_pack_weights", packed.size, wq if wq.size else packed,
+                    packed, packed.size, units, k, k4)
+    return packed
+
+
 def int8_dense_forward(xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu):
-    """uint8 (N, U) from uint8 xq (N, K) and int8 wq (U, K) (native/quant.pyx's contract)."""
+    """uint8 (N, U) from uint8 xq (N, K) and int8 weights by unit (U, K) or packed
+    (native/quant.pyx's contract)."""
     xq, wq, bias, x_zp, multiplier, y_zp, relu = operands.int8_dense_forward(
         DEVICE, xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu)
-    n, k, units = xq.shape[0], xq.shape[1], wq.shape[0]
-    yq = rt.empty((n, units), np.uint8, "int8_dense_forward output")
+    n, k, units = xq.shape[0], xq.shape[1], multiplier.shape[0]
+    float_out = y_zp is None
+    yq = rt.empty((n, units), np.float32 if float_out else np.uint8,
+                  "int8_dense_forward output")
     if n * units:
-        elementwise("quant", "int8_dense_forward", n * units, xq, wq,
-                    multiplier if bias is None else bias, multiplier, yq, n, k, units,
-                    bias is not None, x_zp, np.float32(y_zp),
-                    np.float32(y_zp if relu else 0.0))
+        if wq.ndim == 2:
+            wq = int8_pack_weights(wq)
+        # float output: lo carries relu (1.0) since no zero point clamps it
+        lo = float(relu) if float_out else (y_zp if relu else 0.0)
+        elementwise("quant", "int8_dense_forward", n * units, xq if xq.size else yq, wq,
+                    multiplier if bias is None else bias, multiplier, yq, yq,
+                    np.int32(float_out), n, k, wq.shape[1], units, bias is not None, x_zp,
+                    np.float32(0.0 if float_out else y_zp), np.float32(lo))
     return yq
+
+
+def int8_im2col(xq, kernel_size, strides, padding, dilation_rate, pad_value):
+    """uint8 patches (N * HO * WO, KH * KW * C) (native/quant.pyx's contract)."""
+    xq, g, pad_value = operands.int8_im2col(DEVICE, xq, kernel_size, strides, padding,
+                                            dilation_rate, pad_value)
+    cols = rt.empty((g["N"] * g["HO"] * g["WO"], g["KH"] * g["KW"] * g["C"]), np.uint8,
+                    "int8_im2col output")
+    if cols.size:
+        elementwise("quant", "int8_im2col", cols.size, xq, cols, cols.size, g["H"], g["W"],
+                    g["C"], g["KH"], g["KW"], g["SH"], g["SW"], g["DH"], g["DW"], g["PT"],
+                    g["PL"], g["HO"], g["WO"], np.uint8(pad_value))
+    return cols

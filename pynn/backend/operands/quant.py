@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pynn.backend.operands.common import check_count, check_shape, number
+from pynn.backend.operands.common import check_count, check_shape, conv_geometry, number
 
 # k * 255 * 128 < 2**31 keeps the int32 dot products exact (native/_qgemm.h).
 MAX_K = 65536
@@ -44,22 +44,46 @@ def int8_dense_forward(arrays, xq, wq, bias, x_zero_point, multiplier, y_zero_po
     if xq.ndim != 2:
         raise ValueError(f"{op}: 'xq' must have 2 dimensions (N, K), got shape {xq.shape}")
     wq = _int8(arrays, op, "wq", wq)
-    if wq.ndim != 2 or wq.shape[1] != xq.shape[1]:
-        raise ValueError(f"{op}: 'wq' must be (U, K) = (U, {xq.shape[1]}) int8 weights by "
+    k = xq.shape[1]
+    if wq.ndim == 3:  # int8_pack_weights' pack; U is the multiplier's length
+        units = np.shape(multiplier)[0] if np.ndim(multiplier) == 1 else -1
+        want = (-(-units // 16), -(-k // 4) if k else 1, 64)
+        if tuple(wq.shape) != want:
+            raise ValueError(f"{op}: packed 'wq' of {units} units and K = {k} must have shape "
+                             f"{want} (int8_pack_weights), got {tuple(wq.shape)}")
+    elif wq.ndim != 2 or wq.shape[1] != k:
+        raise ValueError(f"{op}: 'wq' must be (U, K) = (U, {k}) int8 weights by "
                          f"unit, got shape {tuple(wq.shape)}")
     if xq.shape[1] > MAX_K:
         raise ValueError(f"{op}: K = {xq.shape[1]} input features exceed {MAX_K}, past which "
                          f"int32 dot products could overflow")
-    if bias is not None:
-        bias = arrays.int_input(op, "bias", bias, ndim=1)
-        check_shape(op, "bias", bias, (wq.shape[0],))
     multiplier = arrays.float_input(op, "multiplier", multiplier, ndim=1)
     if multiplier.dtype != np.float32:
         multiplier = multiplier.astype(np.float32)
-    check_shape(op, "multiplier", multiplier, (wq.shape[0],))
-    check_count(arrays, op, "output", xq.shape[0] * wq.shape[0])
+    if wq.ndim == 2:
+        check_shape(op, "multiplier", multiplier, (wq.shape[0],))
+    units = multiplier.shape[0]
+    if bias is not None:
+        bias = arrays.int_input(op, "bias", bias, ndim=1)
+        check_shape(op, "bias", bias, (units,))
+    check_count(arrays, op, "output", xq.shape[0] * units)
+    if y_zero_point is not None:  # None: float output
+        y_zero_point = float(_zero_point(op, "y_zero_point", y_zero_point))
     return (xq, wq, bias, _zero_point(op, "x_zero_point", x_zero_point), multiplier,
-            float(_zero_point(op, "y_zero_point", y_zero_point)), bool(relu))
+            y_zero_point, bool(relu))
+
+
+def int8_pack_weights(arrays, wq):
+    """-> wq int8 (U, K)."""
+    op = "int8_pack_weights"
+    wq = _int8(arrays, op, "wq", wq)
+    if wq.ndim != 2:
+        raise ValueError(f"{op}: 'wq' must be (U, K) int8 weights by unit, got shape "
+                         f"{tuple(wq.shape)}")
+    if wq.shape[1] > MAX_K:
+        raise ValueError(f"{op}: K = {wq.shape[1]} input features exceed {MAX_K}, past which "
+                         f"int32 dot products could overflow")
+    return wq
 
 
 def _int8(arrays, op, name, a):
@@ -69,3 +93,21 @@ def _int8(arrays, op, name, a):
     if arr.dtype != np.int8:
         raise TypeError(f"{op}: '{name}' must be int8, got dtype {arr.dtype}")
     return np.ascontiguousarray(arr)
+
+
+def int8_im2col(arrays, xq, kernel_size, strides, padding, dilation_rate, pad_value):
+    """-> (xq uint8 (N, H, W, C), geometry dict of conv_geometry, pad_value int)."""
+    op = "int8_im2col"
+    xq = arrays.mask_input(op, "xq", xq)
+    if xq.ndim != 4:
+        raise ValueError(f"{op}: 'xq' must be uint8 (N, H, W, C), got shape {xq.shape}")
+    try:
+        kh, kw = (int(v) for v in kernel_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}: 'kernel_size' must be two ints, got {kernel_size!r}") from None
+    g = conv_geometry(op, xq.shape, (kh, kw, xq.shape[3], 1), strides, padding, dilation_rate)
+    if kh * kw * xq.shape[3] > MAX_K:
+        raise ValueError(f"{op}: KH * KW * C = {kh * kw * xq.shape[3]} exceeds {MAX_K}, past "
+                         f"which int32 dot products could overflow")
+    check_count(arrays, op, "output", g["N"] * g["HO"] * g["WO"] * kh * kw * xq.shape[3])
+    return xq, g, _zero_point(op, "pad_value", pad_value)

@@ -1,0 +1,365 @@
+"""int8 layers (issue 18): what saved quantized and quantization-aware models name (LAYERS).
+
+QuantizedDense / QuantizedConv2D run on the int8 GEMM (native/quant.pyx, opencl/quant.cl);
+FakeQuant is quantization-aware training's node. The user-facing functions (``quantize``,
+``model.quantize("int8")``, ``quantize_aware``, ``convert``) live in
+``pynn.compression.quantization`` and ``pynn.compression.qat``.
+"""
+
+import numpy as np
+
+from pynn import backend
+from pynn.layers.base import Layer
+from pynn.variables import Variable
+
+METHODS = ("minmax", "percentile")
+
+
+def activation_params(values, method="minmax", percentile=99.99):
+    """(scale, zero_point) of uint8 activations covering ``values`` (and 0, which must be
+    exact: zero padding and relu's zeros)."""
+    values = np.asarray(values, np.float64).reshape(-1)
+    if method == "minmax":
+        lo, hi = values.min(initial=0.0), values.max(initial=0.0)
+    elif method == "percentile":
+        lo = min(float(np.percentile(values, 100.0 - percentile)), 0.0)
+        hi = max(float(np.percentile(values, percentile)), 0.0)
+    else:
+        raise ValueError(f"quantize: method must be one of {METHODS}, got {method!r}")
+    scale = (hi - lo) / 255.0 if hi > lo else 1.0
+    zero_point = int(np.clip(np.rint(-lo / scale), 0, 255))
+    return float(np.float32(scale)), zero_point
+
+
+def weight_params(kernel):
+    """(int8 weights by unit (U, K), float64 per-unit scales (U,)) of a (K, U) kernel."""
+    kernel = np.asarray(kernel, np.float64)
+    scales = np.abs(kernel).max(axis=0) / 127.0
+    scales[scales == 0] = 1.0
+    q = np.clip(np.rint(kernel / scales), -127, 127).astype(np.int8)
+    return np.ascontiguousarray(q.T), scales
+
+
+def _static_config(x_params, y_params):
+    if x_params is None:
+        return {}
+    return {"input_scale": x_params[0], "input_zero_point": x_params[1],
+            "output_scale": y_params[0], "output_zero_point": y_params[1]}
+
+
+class _Int8Layer(Layer):
+    """What QuantizedDense and QuantizedConv2D share: int8 weights symmetric per output
+    channel (Keras 3's ``kernel`` int8 in the float layer's layout plus ``kernel_scale``), a
+    float bias, and the activations' quantization: ``input_scale`` / ``output_scale`` from
+    calibration (static: uint8 in, uint8 requantized out, dequantized), or None (dynamic, what
+    ``model.quantize("int8")`` gives: the input's scale and zero point from each batch's
+    min and max, float32 out straight from the int32 accumulators). Inference only."""
+
+    def __init__(self, activation="linear", use_bias=True, input_scale=None,
+                 input_zero_point=0, output_scale=None, output_zero_point=0, **kwargs):
+        super().__init__(**kwargs)
+        if activation not in ("linear", "relu", None):
+            raise ValueError(f"{type(self).__name__} '{self.name}': the int8 kernel fuses relu "
+                             f"or nothing, got activation {activation!r}")
+        if (input_scale is None) != (output_scale is None):
+            raise ValueError(f"{type(self).__name__} '{self.name}': input_scale and "
+                             f"output_scale are both set (static) or both None (dynamic), got "
+                             f"{input_scale!r} and {output_scale!r}")
+        self.activation = activation or "linear"
+        self.use_bias = bool(use_bias)
+        self.input_scale = None if input_scale is None else float(input_scale)
+        self.output_scale = None if output_scale is None else float(output_scale)
+        self.input_zero_point = int(input_zero_point)
+        self.output_zero_point = int(output_zero_point)
+        self._packed = None
+
+    def _int8_weights(self, kernel_shape, units):
+        b = backend.current()
+        # int8 Variables (add_weight makes the layer's float dtype): saved as int8
+        self.kernel = Variable(b.asarray(np.zeros(kernel_shape, np.int8), np.int8),
+                               f"{self.name}/kernel", trainable=False)
+        self.kernel_scale = Variable(b.asarray(np.ones(units, np.float32), np.float32),
+                                     f"{self.name}/kernel_scale", trainable=False)
+        self._variables += [self.kernel, self.kernel_scale]
+        self.bias = None
+        if self.use_bias:
+            self.bias = Variable(b.asarray(np.zeros(units, np.float32), np.float32),
+                                 f"{self.name}/bias", trainable=False)
+            self._variables.append(self.bias)
+
+    def set_from_float(self, kernel, bias):
+        """Quantize a float layer's kernel (its Keras layout, output channels last) and bias
+        into this layer's weights."""
+        kernel = np.asarray(kernel, np.float64)
+        wq, scales = weight_params(kernel.reshape(-1, kernel.shape[-1]))
+        weights = [wq.T.reshape(kernel.shape), scales.astype(np.float32)]
+        if self.use_bias:
+            weights.append(np.asarray(bias, np.float32))
+        self.set_weights(weights)
+
+    def set_weights(self, weights):
+        """As Layer.set_weights, keeping each weight's dtype (int8 kernel, float scales)."""
+        weights = list(weights)
+        if len(weights) != len(self.weights):
+            raise ValueError(f"{type(self).__name__} '{self.name}': expected "
+                             f"{len(self.weights)} weight arrays, got {len(weights)}")
+        b = backend.current()
+        for var, w in zip(self.weights, weights):
+            w = np.asarray(w)
+            if w.shape != var.shape:
+                raise ValueError(f"{type(self).__name__} '{self.name}': weight '{var.path}' "
+                                 f"must have shape {var.shape}, got {w.shape}")
+            var.value = b.asarray(w, var.value.dtype)
+
+    def _gemm_operands(self):
+        """(packed int8 weights, w_scale float64 (U,), bias float64 (U,) or None), packed
+        once per weight value (a load or set_weights replaces the value)."""
+        b = backend.current()
+        key = (id(self.kernel.value), id(self.kernel_scale.value),
+               id(self.bias.value) if self.bias is not None else None)
+        if self._packed is None or self._packed[0] != key:
+            kernel = np.asarray(b.to_numpy(self.kernel.value))
+            by_unit = np.ascontiguousarray(kernel.reshape(-1, kernel.shape[-1]).T)
+            packed = b.int8_pack_weights(b.asarray(by_unit, np.int8))
+            w_scale = np.asarray(b.to_numpy(self.kernel_scale.value), np.float64)
+            bias = (np.asarray(b.to_numpy(self.bias.value), np.float64)
+                    if self.bias is not None else None)
+            static = None
+            if self.input_scale is not None:
+                static = (self._bias_q(bias, self.input_scale, w_scale),
+                          b.asarray((self.input_scale * w_scale / self.output_scale)
+                                    .astype(np.float32), np.float32))
+            self._packed = (key, packed, w_scale, bias, static)
+        return self._packed[1:]
+
+    @staticmethod
+    def _bias_q(bias, x_scale, w_scale):
+        if bias is None:
+            return None
+        q = np.clip(np.rint(bias / (x_scale * w_scale)), -2**31, 2**31 - 1).astype(np.int32)
+        return backend.current().asarray(q, np.int32)
+
+    def _int8_matmul(self, x2, patches=None):
+        """The layer's output (float32, 2-D) from its float input ``x2``; ``patches`` turns the
+        uint8 input into GEMM rows (the conv's im2col)."""
+        b = backend.current()
+        packed, w_scale, bias, static = self._gemm_operands()
+        relu = self.activation == "relu"
+        if static is not None:
+            x_scale, x_zp = self.input_scale, self.input_zero_point
+        else:  # dynamic: this batch's range
+            lo = float(np.asarray(b.to_numpy(b.reduce_axes(x2, None, "min", False))))
+            hi = float(np.asarray(b.to_numpy(b.reduce_axes(x2, None, "max", False))))
+            x_scale, x_zp = activation_params(np.array([lo, hi]))
+        xq = b.quantize_forward(x2, x_scale, x_zp)
+        rows = patches(xq, x_zp) if patches is not None else xq
+        if static is not None:
+            bias_q, multiplier = static
+            yq = b.int8_dense_forward(rows, packed, bias_q, x_zp, multiplier,
+                                      self.output_zero_point, relu)
+            return b.dequantize_forward(yq, self.output_scale, self.output_zero_point)
+        multiplier = b.asarray((x_scale * w_scale).astype(np.float32), np.float32)
+        return b.int8_dense_forward(rows, packed, self._bias_q(bias, x_scale, w_scale), x_zp,
+                                    multiplier, None, relu)
+
+    def backward(self, dy):
+        raise NotImplementedError(f"{type(self).__name__} '{self.name}' is for inference; "
+                                  f"train the float model, or quantize_aware's")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(activation=self.activation, use_bias=self.use_bias,
+                      input_scale=self.input_scale, input_zero_point=self.input_zero_point,
+                      output_scale=self.output_scale,
+                      output_zero_point=self.output_zero_point)
+        return config
+
+
+class QuantizedDense(_Int8Layer):
+    """Dense (linear or relu) on the int8 GEMM; ``kernel`` int8 (K, U) as Keras's."""
+
+    def __init__(self, units, activation="linear", use_bias=True, **kwargs):
+        super().__init__(activation=activation, use_bias=use_bias, **kwargs)
+        self.units = int(units)
+
+    @classmethod
+    def from_dense(cls, dense, x_params=None, y_params=None):
+        """The int8 twin of a built Dense; (scale, zero_point) of its input and output for
+        static quantization, None for dynamic."""
+        static = _static_config(x_params, y_params)
+        layer = cls(dense.units, dense.activation, dense.use_bias, name=dense.name, **static)
+        layer.build(dense.input_shape)
+        b = backend.current()
+        layer.set_from_float(b.to_numpy(dense.kernel.value),
+                             b.to_numpy(dense.bias.value) if dense.use_bias else None)
+        return layer
+
+    def build(self, input_shape):
+        self._int8_weights((int(input_shape[-1]), self.units), self.units)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def call(self, x, training=False):
+        b = backend.current()
+        lead = tuple(x.shape[:-1])
+        x2 = x if x.ndim == 2 else b.reshape(x, (-1, x.shape[-1]))
+        y = self._int8_matmul(x2)
+        return y if x.ndim == 2 else b.reshape(y, lead + (self.units,))
+
+    def get_config(self):
+        config = super().get_config()
+        config["units"] = self.units
+        return config
+
+
+class QuantizedConv2D(_Int8Layer):
+    """Conv2D (groups 1, linear or relu) on int8_im2col + the int8 GEMM; ``kernel`` int8
+    (KH, KW, C, F) as Keras's."""
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid",
+                 dilation_rate=(1, 1), activation="linear", use_bias=True, **kwargs):
+        super().__init__(activation=activation, use_bias=use_bias, **kwargs)
+        self.filters = int(filters)
+        self.kernel_size = tuple(int(v) for v in kernel_size)
+        self.strides = tuple(int(v) for v in strides)
+        self.padding = padding
+        self.dilation_rate = tuple(int(v) for v in dilation_rate)
+
+    @classmethod
+    def from_conv(cls, conv, x_params=None, y_params=None):
+        static = _static_config(x_params, y_params)
+        layer = cls(conv.filters, conv.kernel_size, conv.strides, conv.padding,
+                    conv.dilation_rate, conv.activation, conv.use_bias, name=conv.name,
+                    **static)
+        layer.build(conv.input_shape)
+        b = backend.current()
+        layer.set_from_float(b.to_numpy(conv.kernel.value),
+                             b.to_numpy(conv.bias.value) if conv.use_bias else None)
+        return layer
+
+    def build(self, input_shape):
+        self._int8_weights(self.kernel_size + (int(input_shape[-1]), self.filters),
+                           self.filters)
+        super().build(input_shape)
+
+    def _out_hw(self, h, w):
+        out = []
+        for size, k, s, d in zip((h, w), self.kernel_size, self.strides, self.dilation_rate):
+            span = (k - 1) * d + 1
+            out.append(-(-size // s) if self.padding == "same" else (size - span) // s + 1)
+        return out
+
+    def compute_output_shape(self, input_shape):
+        ho, wo = self._out_hw(input_shape[1], input_shape[2])
+        return (input_shape[0], ho, wo, self.filters)
+
+    def call(self, x, training=False):
+        b = backend.current()
+        n, h, w, _ = x.shape
+        ho, wo = self._out_hw(h, w)
+
+        def patches(xq, x_zp):  # the zero point pads: it is the real 0
+            return b.int8_im2col(xq, self.kernel_size, self.strides, self.padding,
+                                 self.dilation_rate, x_zp)
+
+        y = self._int8_matmul(x, patches)
+        return b.reshape(y, (n, ho, wo, self.filters))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters, kernel_size=self.kernel_size,
+                      strides=self.strides, padding=self.padding,
+                      dilation_rate=self.dilation_rate)
+        return config
+
+
+class FakeQuant(Layer):
+    """uint8 fake quantization of activations with a tracked range; STE gradient."""
+
+    def __init__(self, momentum=0.99, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= float(momentum) < 1.0:
+            raise ValueError(f"FakeQuant '{self.name}': momentum must be in [0, 1), got "
+                             f"{momentum!r}")
+        self.momentum = float(momentum)
+
+    def build(self, input_shape):
+        # [min, max, batches seen]: state, not trained (as BatchNormalization's moving stats)
+        self.range = self.add_weight("range", (3,), "zeros", trainable=False)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def quant_params(self):
+        """(scale, zero_point) of the tracked range."""
+        lo, hi, _ = np.asarray(backend.current().to_numpy(self.range.value), np.float64)
+        return activation_params(np.array([lo, hi]))
+
+    def call(self, x, training=False):
+        b = backend.current()
+        if training:
+            lo = float(np.asarray(b.to_numpy(b.reduce_axes(x, None, "min", False))))
+            hi = float(np.asarray(b.to_numpy(b.reduce_axes(x, None, "max", False))))
+            old_lo, old_hi, seen = np.asarray(b.to_numpy(self.range.value), np.float64)
+            if seen:
+                m = self.momentum
+                lo, hi = m * old_lo + (1 - m) * lo, m * old_hi + (1 - m) * hi
+            self.range.value = b.asarray(np.array([lo, hi, seen + 1], np.float64), self.dtype)
+        scale, zero_point = self.quant_params()
+        y = b.dequantize_forward(b.quantize_forward(x, scale, zero_point), scale, zero_point)
+        if training:
+            # the STE's pass-through region: the grid's ends, (0 - zp) s and (255 - zp) s
+            ends = [b.asarray(np.array([v], np.float32), np.float32)
+                    for v in ((0 - zero_point) * scale, (255 - zero_point) * scale)]
+            self._cache = b.elementwise_binary(b.elementwise_binary(x, ends[0], "greater_equal"),
+                                               b.elementwise_binary(x, ends[1], "less_equal"),
+                                               "multiply")
+        return y
+
+    def backward(self, dy):
+        if not self.needs_input_grad:
+            return None
+        return backend.current().elementwise_binary(dy, self._cache, "multiply")
+
+    def get_config(self):
+        config = super().get_config()
+        config["momentum"] = self.momentum
+        return config
+
+
+def _int8_twin(layer, x_params=None, y_params=None):
+    """The int8 layer replacing ``layer``, or None when it has no int8 kernel."""
+    from pynn.layers.conv import Conv2D
+    from pynn.layers.core import Dense
+
+    if getattr(layer, "activation", None) not in ("linear", "relu"):
+        return None
+    if type(layer) is Dense:
+        return QuantizedDense.from_dense(layer, x_params, y_params)
+    if type(layer) is Conv2D and getattr(layer, "groups", 1) == 1:
+        return QuantizedConv2D.from_conv(layer, x_params, y_params)
+    return None
+
+
+def quantize_model(model, mode="int8"):
+    """Keras 3's ``model.quantize("int8")``: in place, every Dense and Conv2D (linear or relu)
+    of a Sequential model becomes its int8 twin, weights per-channel symmetric, activations
+    quantized per batch (dynamic). Returns the model."""
+    if mode != "int8":
+        raise ValueError(f"quantize: mode must be 'int8', got {mode!r}")
+    if type(model).__name__ != "Sequential":  # (pynn.models imports this module)
+        raise NotImplementedError(  # a graph would need its nodes rewired: not done yet
+            f"quantize: in-place int8 is done for Sequential models, got "
+            f"{type(model).__name__}; use pynn.compression.quantize for a static copy")
+    if not model.built:
+        raise ValueError(f"quantize: model '{model.name}' must be built first")
+    for i, layer in enumerate(model._stack):
+        twin = _int8_twin(layer)
+        if twin is not None:
+            model._stack[i] = twin
+    model._graph = model._plan = None
+    model._build_chain(model._input_layer.input_shape)
+    return model
