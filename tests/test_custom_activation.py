@@ -125,3 +125,40 @@ def test_saving_needs_the_function_registered(tmp_path):
     assert config["activation"] == "test_custom_activation>cubed"
     clone = layers.Dense.from_config(config)
     assert clone._activation_fn is cubed
+
+
+def test_keras_parity_of_a_callable_activation():
+    import os
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    x, _ = _data(4)
+
+    def k_act(t):
+        return keras.ops.tanh(t) * 1.5 + keras.ops.square(t) * 0.1
+
+    theirs = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3, activation=k_act)])
+    ours = pynn.Sequential([layers.Input((5,)), layers.Dense(3, activation=scaled_tanh)])
+    ours.set_weights(theirs.get_weights())
+    np.testing.assert_allclose(ours.predict(x, verbose=0),
+                               np.asarray(theirs.predict(x, verbose=0)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.opencl
+def test_custom_activation_trains_on_opencl_as_on_the_cpu():
+    x, y = _data(5)
+    results = []
+    for device in ("cpu", "opencl"):
+        previous = pynn.get_device()
+        pynn.set_device(device)
+        try:
+            model = pynn.Sequential([layers.Input((5,)), layers.Dense(3, activation=scaled_tanh)])
+            if results:
+                model.set_weights(results[0][0])
+            start = model.get_weights()
+            model.compile(pynn.optimizers.SGD(0.05), "mse")
+            model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
+            results.append((start, model.get_weights()))
+        finally:
+            pynn.set_device(previous)
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
