@@ -156,3 +156,15 @@ def test_unsupported_indexing_raises_on_device(rng):
             x[np.array([True, False, True])]
         with pytest.raises(NotImplementedError, match="getitem with several index arrays"):
             x[np.array([0, 1]), np.array([1, 2])]
+
+
+@pytest.mark.parametrize("name", ["tan", "arcsin", "arccos", "arcsinh", "arccosh", "arctanh"])
+def test_inverse_trig_gradients(rng, name):
+    x = np.tanh(_x(rng, 3, 5)) * 0.8
+    if name == "arccosh":
+        x = np.abs(x) + 1.2
+    check_device(name, getattr(ops, name), x)
+
+
+def test_arctan2_gradient(rng):
+    check_device("arctan2", ops.arctan2, _x(rng, 3, 5), _x(rng, 5))

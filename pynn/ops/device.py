@@ -40,8 +40,25 @@ UNARY_GRADS = {
         dy, _add(b, b.elementwise_unary(x, "square"), 1.0), "divide"),
     "rsqrt": lambda b, dy, x, y: b.elementwise_binary(_mul(b, _mul(b, dy, y), -0.5), x,
                                                       "divide"),
+    "tan": lambda b, dy, x, y: _mul(b, dy, _add(b, b.elementwise_unary(y, "square"), 1.0)),
+    "arcsin": lambda b, dy, x, y: b.elementwise_binary(dy, _one_minus_square_root(b, x),
+                                                       "divide"),
+    "arccos": lambda b, dy, x, y: b.elementwise_unary(b.elementwise_binary(
+        dy, _one_minus_square_root(b, x), "divide"), "negative"),
+    "arcsinh": lambda b, dy, x, y: b.elementwise_binary(dy, b.elementwise_unary(
+        _add(b, b.elementwise_unary(x, "square"), 1.0), "sqrt"), "divide"),
+    "arccosh": lambda b, dy, x, y: b.elementwise_binary(dy, b.elementwise_unary(
+        _add(b, b.elementwise_unary(x, "square"), -1.0), "sqrt"), "divide"),
+    "arctanh": lambda b, dy, x, y: b.elementwise_binary(dy, b.elementwise_binary(
+        _scalar(b, 1.0), b.elementwise_unary(x, "square"), "subtract"), "divide"),
     "sign": None, "floor": None, "ceil": None, "round": None,
 }
+
+
+def _one_minus_square_root(b, x):
+    """sqrt(1 - x^2), the denominator of arcsin's and arccos's derivatives."""
+    return b.elementwise_unary(b.elementwise_binary(
+        _scalar(b, 1.0), b.elementwise_unary(x, "square"), "subtract"), "sqrt")
 
 
 def unsupported(name):
@@ -136,10 +153,20 @@ BINARY_GRADS = {
                   a, _add(b, c, -1.0), "power")),
               lambda b, dy, a, c, y: _mul(b, _mul(b, dy, y), b.elementwise_unary(
                   b.elementwise_binary(a, _scalar(b, 1e-30), "maximum"), "log"))),
+    # d atan2(a, c) = (c da - a dc) / (a^2 + c^2)
+    "arctan2": (lambda b, dy, a, c, y: b.elementwise_binary(_mul(b, dy, c), _norm2(b, a, c),
+                                                            "divide"),
+                lambda b, dy, a, c, y: b.elementwise_unary(b.elementwise_binary(
+                    _mul(b, dy, a), _norm2(b, a, c), "divide"), "negative")),
     "equal": None, "not_equal": None, "less": None, "less_equal": None, "greater": None,
     "greater_equal": None,
 }
 BINARY_GRADS["true_divide"] = BINARY_GRADS["divide"]
+
+
+def _norm2(b, a, c):
+    return b.elementwise_binary(b.elementwise_unary(a, "square"),
+                                b.elementwise_unary(c, "square"), "add")
 
 
 def _axes(axis, ndim):
