@@ -11,6 +11,7 @@ import math
 import os
 import re
 import sys
+import types
 
 import numpy as np
 
@@ -434,6 +435,10 @@ def activation_config(activation, layer=None):
         if layer is None:
             raise ValueError(f"activation {activation!r} is a callable pynn has no fused "
                              f"kernel for; give a name from {ACTIVATIONS}")
+        if isinstance(activation, (types.BuiltinFunctionType, type)):
+            # max, abs, a class: not a function of a tensor built from pynn.ops
+            raise ValueError(f"{where}activation {activation!r} is not an activation: give "  # noqa: TRY004
+                             f"a name from {ACTIVATIONS} or a function written with pynn.ops")
         _attach_callable_activation(layer, activation)
         return "linear", 0.0
     if not isinstance(activation, str):  # ValueError as before (callers catch it)
