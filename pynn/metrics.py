@@ -12,9 +12,28 @@ class Metric:
 
     def __init__(self, name=None, dtype=None):
         self.name = name or getattr(self, "default_name", None) or _snake(type(self).__name__)
-        self.reset_state()
+        self.dtype = dtype or "float32"
+        self._state_variables = []
+        try:
+            self.reset_state()
+        except AttributeError:
+            # A Keras-style subclass creates its state with add_variable after this
+            # __init__, and its reset_state reads it: the variables start reset.
+            if type(self).__module__ == __name__:
+                raise
+
+    def add_variable(self, shape=(), initializer="zeros", dtype=None, name=None):
+        """Keras's ``Metric.add_variable``: a host-side state value updated with ``assign`` /
+        ``assign_add`` (what a subclass's update_state keeps between batches)."""
+        v = MetricVariable(shape, initializer, name)
+        self._state_variables.append(v)
+        return v
 
     def reset_state(self):
+        if getattr(self, "_state_variables", None):
+            for v in self._state_variables:
+                v.reset()
+            return
         self.correct = 0
         self.total = 0
 
@@ -27,6 +46,52 @@ class Metric:
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+class MetricVariable:
+    """A metric's state (Keras's metric variables): float64 on the host, so nothing but the
+    batch's reduced values crosses from the device; reads as an array or a float, and
+    pynn.ops take it as its value."""
+
+    _pynn_host_state = True
+
+    def __init__(self, shape=(), initializer="zeros", name=None):
+        if initializer not in ("zeros", "ones"):
+            raise ValueError(f"Metric.add_variable: initializer must be 'zeros' or 'ones', "
+                             f"got {initializer!r}")
+        self.name = name
+        self._initial = np.full(tuple(shape), 1.0 if initializer == "ones" else 0.0)
+        self.reset()
+
+    def reset(self):
+        self.value = self._initial.copy()
+
+    def assign(self, v):
+        self.value = np.broadcast_to(_host_value(v), self.value.shape).copy()
+
+    def assign_add(self, v):
+        self.value = np.asarray(self.value + _host_value(v))
+
+    def assign_sub(self, v):
+        self.value = np.asarray(self.value - _host_value(v))
+
+    def numpy(self):
+        return self.value
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.value, dtype)
+
+    def __float__(self):
+        return float(self.value)
+
+    def __repr__(self):
+        return f"MetricVariable({self.name!r}, {self.value!r})"
+
+
+def _host_value(v):
+    if hasattr(v, "numpy"):
+        v = v.numpy()
+    return np.asarray(_host(v), np.float64)
 
 
 class BinaryAccuracy(Metric):
@@ -579,9 +644,14 @@ class MeanMetricWrapper(Metric):
         self.count = 0
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        values = np.asarray(self.fn(y_true, y_pred), dtype=np.float64)
+        values = _host_value(self.fn(y_true, y_pred))
+        if sample_weight is None:
+            self.total += float(values.sum())
+            self.count += int(values.size)
+            return
+        values, weights = samplewise_weighted(values, _host_value(sample_weight))
         self.total += float(values.sum())
-        self.count += int(values.size)
+        self.count += float(weights.sum())
 
     def result(self):
         return self.total / self.count if self.count else 0.0
@@ -595,6 +665,30 @@ class MeanMetricWrapper(Metric):
         from pynn import _registry
         return cls(_registry.lookup_serializable(config["fn"], "metric function"),
                    name=config.get("name"))
+
+
+def samplewise_weighted(values, weights):
+    """Keras 3's weighted mean of a metric function's values (reduce_to_samplewise_values):
+    ranks matched by squeezing a trailing 1, values averaged down to the weights' rank, then
+    (values * weights, weights) per sample. Their sums are the running total and count."""
+    if weights.ndim == values.ndim + 1 and weights.shape[-1] == 1:
+        weights = weights[..., 0]
+    elif values.ndim == weights.ndim + 1 and values.shape[-1] == 1:
+        values = values[..., 0]
+    values_ndim, weight_ndim = values.ndim, weights.ndim
+    if values_ndim > weight_ndim:
+        values = values.mean(axis=tuple(range(weight_ndim, values_ndim)))
+    try:
+        weights = np.broadcast_to(weights, values.shape)
+    except ValueError:
+        raise ValueError(f"sample_weight of shape {weights.shape} does not fit metric values "
+                         f"of shape {values.shape}") from None
+    values = values * weights
+    if values_ndim > 1 and weight_ndim > 1:
+        weights = weights.mean(axis=tuple(range(1, weight_ndim)))
+    if values.ndim > 1:
+        values = values.mean(axis=tuple(range(1, values.ndim)))
+    return values, weights
 
 
 def get(identifier, loss=None, output_shape=None):

@@ -11,6 +11,7 @@ import math
 import os
 import re
 import sys
+import types
 
 import numpy as np
 
@@ -457,12 +458,22 @@ def activation_config(activation, layer=None):
         named = ACTIVATION_ALIASES.get(named, named)
         if named in ACTIVATIONS:
             return named, DEFAULT_ALPHA.get(named, 0.0)
-        raise ValueError(f"{where}activation {activation!r} is a callable pynn has no fused "
-                         f"kernel for; give a name from {ACTIVATIONS}, or apply it with "
-                         f"pynn.layers.Lambda after a linear layer")
-    if not isinstance(activation, str):
-        raise ValueError(f"{where}activation must be one of {ACTIVATIONS} or None, got "
+        if layer is None:
+            raise ValueError(f"activation {activation!r} is a callable pynn has no fused "
+                             f"kernel for; give a name from {ACTIVATIONS}")
+        if isinstance(activation, (types.BuiltinFunctionType, type)):
+            # max, abs, a class: not a function of a tensor built from pynn.ops
+            raise ValueError(f"{where}activation {activation!r} is not an activation: give "  # noqa: TRY004
+                             f"a name from {ACTIVATIONS} or a function written with pynn.ops")
+        _attach_callable_activation(layer, activation)
+        return "linear", 0.0
+    if not isinstance(activation, str):  # ValueError as before (callers catch it)
+        raise ValueError(f"{where}activation must be one of {ACTIVATIONS} or None, got "  # noqa: TRY004
                          f"{activation!r}")
+    if ">" in activation and layer is not None:
+        # A saved layer's registered custom activation ("package>name").
+        from pynn._registry import lookup_serializable
+        return activation_config(lookup_serializable(activation, "activation"), layer)
     name = activation.lower()
     name = ACTIVATION_ALIASES.get(name, name)
     if name not in ACTIVATIONS:
@@ -470,6 +481,46 @@ def activation_config(activation, layer=None):
                          f"{ACTIVATIONS}")
     alpha = DEFAULT_ALPHA.get(name, 0.0)
     return name, alpha
+
+
+# -- callable activations (issue 13): activation=fn on a built-in layer --------------------
+# An activation with no fused kernel runs after the layer's linear part as pynn.ops: the
+# layer's call, backward and get_config are wrapped on the instance (no class changes), its
+# training call records fn on a private tape, and backward walks that back to dz before the
+# layer's fused backward. Under a GradientTape the whole layer is one node (call_builtin).
+def _attach_callable_activation(layer, fn):
+    from pynn._registry import serializable_name
+
+    cls = type(layer)
+
+    def call(inputs, training=False):
+        z = cls.call(layer, inputs, training=training)
+        if not training:
+            return autodiff._unwrap(fn(autodiff.Tensor(z)))
+        inner, zt = layer._cache, autodiff.Tensor(z)
+        with autodiff._Recorder() as rec:
+            rec.watch(zt)
+            y = fn(zt)
+        y = y if type(y) is autodiff.Tensor else autodiff.Tensor(autodiff._unwrap(y))
+        layer._cache = (inner, zt, y)
+        return y.value
+
+    def backward(dy):
+        inner, zt, y = layer._cache
+        layer._cache = inner
+        dz = autodiff.backprop([y], [dy]).get(id(zt))
+        if dz is None:  # fn ignores its input: nothing flows back
+            dz = backend.current().zeros(tuple(zt.value.shape), zt.value.dtype)
+        return cls.backward(layer, dz)
+
+    def get_config():
+        config = cls.get_config(layer)
+        config["activation"] = serializable_name(fn, "activation")
+        return config
+
+    for name, method in (("call", call), ("backward", backward), ("get_config", get_config)):
+        object.__setattr__(layer, name, method)
+    object.__setattr__(layer, "_activation_fn", fn)
 
 
 def bias_activation_backward(layer, dy, z, y):

@@ -21,6 +21,8 @@ def value(x):
         return x.value
     if t in (int, float, bool) or isinstance(x, (np.ndarray, np.generic)):
         return x
+    if getattr(x, "_pynn_host_state", False):  # a metric's state (pynn.metrics)
+        return x.value
     if isinstance(x, (list, tuple)):
         a = np.asarray(x)
         return a.astype(_config.floatx()) if a.dtype == np.float64 else a

@@ -5,7 +5,8 @@ Each op computes with NumPy on the host arrays of the CPU backend (already vecto
 Python loop over elements) and records a backward closure that keeps only what the gradient
 needs. The float64 NumPy expressions here are also the tests' reference (tests/test_ops.py
 checks every gradient by finite differences). 2-D ``matmul`` goes through the backend's dense
-ops, so it runs on OpenCL too; the others raise there (``cpu_only``).
+ops; on OpenCL the others run through ``pynn.ops.device`` (the elementwise family and
+opencl/tensor.cl), and the few with no device formula raise (``cpu_only``).
 """
 
 import builtins
@@ -167,6 +168,8 @@ def clip(x, x_min, x_max):
 def where(condition, x1=None, x2=None):
     """keras.ops.where: x1 where condition, else x2 (broadcasting); with one argument, the
     indices where it holds."""
+    if _on_device() and not (x1 is None and x2 is None):
+        return device.where(condition, x1, x2)
     cpu_only("where")
     c = np.asarray(value(condition)).astype(bool)
     if x1 is None and x2 is None:
@@ -191,7 +194,8 @@ def stop_gradient(x):
 @op
 def cast(x, dtype):
     """keras.ops.cast; between float types the gradient is cast back."""
-    cpu_only("cast")
+    if _on_device():
+        return device.cast(x, dtype)
     xv = np.asarray(value(x))
     dtype = np.dtype(dtype)
     y = xv.astype(dtype)
@@ -290,7 +294,8 @@ amin = _extremum("amin", np.min)
 
 @op
 def prod(x, axis=None, keepdims=False):
-    cpu_only("prod")
+    if _on_device():
+        return device.prod(x, axis, keepdims)
     xv = np.asarray(value(x))
     axes = _axes(axis, xv.ndim)
     y = np.asarray(np.prod(xv, axis=axes, keepdims=True))
@@ -350,6 +355,8 @@ def logsumexp(x, axis=None, keepdims=False):
 
 def _arg(name, reduce):
     def fn(x, axis=None, keepdims=False):
+        if name in ("argmax", "argmin") and _on_device():
+            return device.arg_reduce(name, x, axis, keepdims)
         cpu_only(name)
         xv = np.asarray(value(x))
         return Tensor(np.asarray(reduce(xv, axis=axis, keepdims=keepdims)))
@@ -380,7 +387,8 @@ def matmul(x1, x2):
                     be.dense_backward_weight(a, dy) if need[1] else None)
 
         return record(y, (x1, x2), backward2, "matmul")
-    cpu_only("matmul")
+    if _on_device():
+        return device.matmul(x1, x2)
     a, b = np.asarray(a), np.asarray(b)
     y = np.matmul(a, b)
 
@@ -416,8 +424,7 @@ def dot(x1, x2):
 
 @op
 def tensordot(x1, x2, axes=2):
-    cpu_only("tensordot")
-    a, b = np.asarray(value(x1)), np.asarray(value(x2))
+    a, b = value(x1), value(x2)
     if isinstance(axes, (int, np.integer)):
         ax_a, ax_b = list(range(a.ndim - axes, a.ndim)), list(range(axes))
     else:
@@ -436,7 +443,6 @@ def tensordot(x1, x2, axes=2):
 @op
 def einsum(subscripts, *operands):
     """keras.ops.einsum for one or two operands, explicit or implicit output, no ellipsis."""
-    cpu_only("einsum")
     if "." in subscripts:
         raise ValueError(f"pynn.ops.einsum: ellipsis ('...') is not supported, got "
                          f"{subscripts!r}")
@@ -449,6 +455,8 @@ def einsum(subscripts, *operands):
         ins = spec
         letters = ins.replace(",", "")
         out = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    if _on_device():
+        return device.einsum(f"{ins}->{out}", operands)
     terms = ins.split(",")
     vals = [np.asarray(value(x)) for x in operands]
     y = np.asarray(np.einsum(f"{ins}->{out}", *vals))
@@ -518,13 +526,11 @@ def _squeeze(xv, axis=None):
 
 
 def _broadcast_to(xv, shape):
-    cpu_only("broadcast_to")
     own = tuple(xv.shape)
     return np.broadcast_to(xv, tuple(shape)), lambda dy: unbroadcast(dy, own)
 
 
 def _flip(xv, axis=None):
-    cpu_only("flip")
     return np.flip(xv, axis), lambda dy: np.flip(dy, axis)
 
 
@@ -532,15 +538,30 @@ reshape = _reshaping("reshape", _reshape)
 transpose = _reshaping("transpose", _transpose)
 expand_dims = _reshaping("expand_dims", _expand_dims)
 squeeze = _reshaping("squeeze", _squeeze)
-broadcast_to = _reshaping("broadcast_to", _broadcast_to)
-flip = _reshaping("flip", _flip)
+_broadcast_to_cpu = _reshaping("broadcast_to", _broadcast_to)
+_flip_cpu = _reshaping("flip", _flip)
+
+
+@op
+def broadcast_to(x, shape):
+    if _on_device():
+        return device.broadcast_to(x, shape)
+    return _broadcast_to_cpu.raw(x, shape)
+
+
+@op
+def flip(x, axis=None):
+    if _on_device():
+        return device.flip(x, axis)
+    return _flip_cpu.raw(x, axis)
 
 
 @op
 def getitem(x, key):
     """``x[key]`` (basic and integer-array indexing); the gradient scatters back, adding where
     an index repeats."""
-    cpu_only("getitem")
+    if _on_device():
+        return device.getitem(x, key)
     xv = np.asarray(value(x))
     key = tuple(value(k) if type(k) is Tensor else k for k in key) if isinstance(key, tuple) \
         else (value(key) if type(key) is Tensor else key)
@@ -608,7 +629,8 @@ def split(x, indices_or_sections, axis=0):
 
 @op
 def take(x, indices, axis=None):
-    cpu_only("take")
+    if _on_device():
+        return device.take(x, indices, axis)
     xv = np.asarray(value(x))
     idx = np.asarray(value(indices)).astype(np.int64)
     if axis is None:
@@ -620,7 +642,10 @@ def take(x, indices, axis=None):
 
 @op
 def take_along_axis(x, indices, axis=None):
-    cpu_only("take_along_axis")
+    if _on_device():
+        if axis is None:
+            return device.take_along_axis(reshape(x, (-1,)), reshape(indices, (-1,)), 0)
+        return device.take_along_axis(x, indices, axis)
     xv = np.asarray(value(x))
     idx = np.asarray(value(indices)).astype(np.int64)
     if axis is None:
@@ -628,6 +653,7 @@ def take_along_axis(x, indices, axis=None):
     axis = axis % xv.ndim
     idx = np.where(idx < 0, idx + xv.shape[axis], idx)
     y = np.take_along_axis(xv, idx, axis)
+    idx = np.broadcast_to(idx, y.shape)  # broadcast indices scatter once per output
 
     def backward(dy, need):
         g = np.zeros(xv.shape, dy.dtype)
@@ -641,7 +667,8 @@ def take_along_axis(x, indices, axis=None):
 
 @op
 def one_hot(x, num_classes, axis=-1, dtype="float32"):
-    cpu_only("one_hot")
+    if _on_device():
+        return device.one_hot(x, num_classes, axis, dtype)
     idx = np.asarray(value(x)).astype(np.int64)
     y = (idx[..., None] == np.arange(int(num_classes))).astype(dtype)
     if axis not in (-1, idx.ndim):
