@@ -508,6 +508,10 @@ def _runner(step, x, y):
     from pynn.layers.pooling import MaxPooling2D
 
     layer = step.layer
+    inner = getattr(layer, "layer", layer)  # a stand-in's or a folded step's own layer
+    if getattr(layer, "_activation_fn", None) is not None or \
+            getattr(inner, "_activation_fn", None) is not None:
+        return _Generic(step)  # activation= a function: it runs in the layer's own call
     if step.several or step.multi_out or type(x) is not np.ndarray or \
             type(y) is not np.ndarray or not x.flags.c_contiguous or x.dtype != y.dtype:
         return _Generic(step)

@@ -162,3 +162,23 @@ def test_custom_activation_trains_on_opencl_as_on_the_cpu():
             pynn.set_device(previous)
     for a, b in zip(results[0][1], results[1][1]):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_inference_paths_keep_the_custom_activation():
+    # predict's prepared plan calls Dense kernels directly, folds a BatchNormalization into
+    # the Dense before it and runs mostly-zero kernels sparse: none may skip the function.
+    x, _ = _data(3)
+    model = pynn.Sequential([layers.Input((5,)), layers.Dense(7, activation=scaled_tanh),
+                             layers.Dense(4, activation=scaled_tanh),
+                             layers.BatchNormalization(), layers.Dense(3)])
+    weights = model.get_weights()
+    weights[2][np.abs(weights[2]) < np.quantile(np.abs(weights[2]), 0.95)] = 0.0  # sparse
+    model.set_weights(weights)
+    hidden = scaled_tanh(ops.matmul(x, weights[0]) + weights[1])
+    hidden = scaled_tanh(ops.matmul(hidden, weights[2]) + weights[3])
+    gamma, beta, mean, var = weights[4:8]
+    hidden = (np.asarray(hidden) - mean) / np.sqrt(var + 1e-3) * gamma + beta
+    expected = hidden @ weights[8] + weights[9]
+    for got in (model.predict(x, verbose=0), model.predict(x, verbose=0),
+                np.asarray(model(x)), np.asarray(model.predict_on_batch(x))):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)

@@ -1,7 +1,8 @@
 """Model compression (issue 18): pruning (``pynn.compression.pruning``), structured pruning
 (``pynn.compression.structured``), sparse inference (``pynn.compression.sparse``) and
-knowledge distillation (``pynn.compression.distillation``) and post-training int8
-(``pynn.compression.quantization``)."""
+knowledge distillation (``pynn.compression.distillation``), post-training int8
+(``pynn.compression.quantization``) and quantization-aware training
+(``pynn.compression.qat``)."""
 
 from pynn.compression.distillation import Distiller
 from pynn.compression.pruning import (
@@ -13,10 +14,12 @@ from pynn.compression.pruning import (
     sparsity,
     strip_pruning,
 )
-from pynn.compression.quantization import QuantizedDense, quantize
+from pynn.compression.qat import FakeQuant, convert, quantize_aware
+from pynn.compression.quantization import QuantizedConv2D, QuantizedDense, quantize
 from pynn.compression.sparse import SPARSE_MIN_SPARSITY, compressed_size
 from pynn.compression.structured import prune_structured
 
-__all__ = ["SPARSE_MIN_SPARSITY", "ConstantSparsity", "Distiller", "PolynomialDecay",
-           "PruneLowMagnitude", "QuantizedDense", "UpdatePruningStep", "compressed_size",
-           "prune_low_magnitude", "prune_structured", "quantize", "sparsity", "strip_pruning"]
+__all__ = ["SPARSE_MIN_SPARSITY", "ConstantSparsity", "Distiller", "FakeQuant",
+           "PolynomialDecay", "PruneLowMagnitude", "QuantizedConv2D", "QuantizedDense",
+           "UpdatePruningStep", "compressed_size", "convert", "prune_low_magnitude",
+           "prune_structured", "quantize", "quantize_aware", "sparsity", "strip_pruning"]

@@ -91,7 +91,7 @@ def sparse_inference_layer(layer):
     from pynn.layers.pruning import PruneLowMagnitude
 
     inner = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
-    if type(inner) is Dense and inner.built:
+    if type(inner) is Dense and inner.built and getattr(inner, "_activation_fn", None) is None:
         return _STAND_INS[type(layer).__name__](inner)
     return layer
 

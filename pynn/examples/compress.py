@@ -1,6 +1,7 @@
 """Model compression on the bundled 8x8 digits (issue 18): train the demo CNN, then prune it
-(unstructured, magnitude), prune it structurally (whole filters and units), and distill it
-into a student with at most 1/8 of its parameters, and quantize its Dense layers to int8;
+(unstructured, magnitude), prune it structurally (whole filters and units), distill it into
+a student with at most 1/8 of its parameters, and quantize it to int8 (post-training,
+Keras's model.quantize, and quantization-aware training);
 print one table of test accuracy, saved
 file size and batch-1 / batch-64 predict time.
 
@@ -25,9 +26,11 @@ from pynn.compression import (
     Distiller,
     PolynomialDecay,
     UpdatePruningStep,
+    convert,
     prune_low_magnitude,
     prune_structured,
     quantize,
+    quantize_aware,
     sparsity,
     strip_pruning,
 )
@@ -179,17 +182,27 @@ def run_once(args, seed):
                       student_loss_fn=_loss(), alpha=0.5, temperature=4)
     distiller.fit(x_train, y_train, epochs=epochs, **fit)
 
-    # Post-training int8 of the Dense layers (the conv layers stay float: their int8 kernels
-    # are not done); calibrated min-max on 500 training images. Not saved (not done either).
+    # Post-training int8 of the Dense and Conv2D layers, calibrated min-max on 500 training
+    # images; Keras 3's model.quantize("int8") (weights int8, activations quantized per
+    # batch); and quantization-aware training (fake-quant activations, straight-through
+    # gradients) fine-tuned from the teacher, then converted.
     int8 = quantize(teacher, x_train[:500], "minmax")
+    dynamic = build_teacher()
+    dynamic.set_weights(teacher.get_weights())
+    dynamic.quantize("int8")
+    qat = quantize_aware(teacher)
+    qat.compile(optimizers.Adam(1e-4), _loss(), metrics=["accuracy"])
+    qat.fit(x_train, y_train, epochs=tune, **fit)
+    qat_int8 = convert(qat)
 
     ratio = student.count_params() / teacher.count_params()
     with tempfile.TemporaryDirectory() as folder:
         rows = [row("float32", teacher, x_test, y_test, folder, repeats),
                 row(f"pruned {args.sparsity:.0%} unstructured", pruned, x_test, y_test, folder,
                     repeats),
-                row("int8 Dense (post-training)", int8, x_test, y_test, folder, repeats,
-                    save=False),
+                row("int8 post-training", int8, x_test, y_test, folder, repeats),
+                row("int8 model.quantize", dynamic, x_test, y_test, folder, repeats),
+                row("int8 QAT", qat_int8, x_test, y_test, folder, repeats),
                 row(f"pruned {args.sparse_sparsity:.0%} (sparse Dense)", sparse, x_test, y_test,
                     folder, repeats),
                 row(f"structured {args.structured_fraction:.0%} filters", structured, x_test,

@@ -255,6 +255,7 @@ class Plan:
             layer = st.layer
             bn = sole_reader(st.outs[0]) if not st.multi_out else None
             if (type(layer).__name__ in ("Dense", "Conv2D") and layer.activation == "linear"
+                    and getattr(layer, "_activation_fn", None) is None
                     and calls[id(layer)] == 1 and bn is not None
                     and type(bn.layer).__name__ == "BatchNormalization"
                     and calls[id(bn.layer)] == 1
