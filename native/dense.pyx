@@ -461,28 +461,28 @@ def _micro_wins(op, dtype, m, n, k):
 
 
 def _micro_rule(op, dtype, m, n, k):
-    """The crossover measured by bench/bench_dense_crossover.py (AMD EPYC Zen 4, 2 threads,
-    machine shared by 8 sessions; microkernel / BLAS speed in CPU time, min of 9 alternated
-    runs; the whole table is in bench/results/dense-amd-epyc-2t.json):
-      forward  784->512: M=8 1.21, 32 1.15, 64 0.98, 128 0.99, 256 1.04
-               512->256: M=8 0.41, 32 0.93, 64 0.98, 128 1.00, 256 1.07
-               1024->1024: M=8 1.36, 32 1.18, 128 1.20;  64->64, M=256: 0.55
-      backward_weight 784x512: M=64 1.00, 128 1.01, 256 1.03; 512x256: M=128 0.94,
-               256 1.07; 1024x1024: M=8 1.11, 32 1.15
-      backward_input 784<-512: M=128 0.90; 512<-256: M=128 0.82; 1024<-1024: M=8 2.13,
-               32 1.80, 128 1.10, 256 0.96; 4096<-4096: M=8 2.34
-    Below ~8M multiply-adds the fixed cost of a call (the pack of b, two parallel regions)
-    loses to BLAS; a narrow reduction (k = 10: 0.5) or output (n = 10, padded to a vector:
-    0.4) too. At the MLP's widths the two are level; the microkernel pulls ahead from
-    1024 wide, where OpenBLAS's small-M kernels (backward_input above all) fall behind.
-    float64 stays on BLAS (the training paths are float32)."""
+    """Where the microkernel beats OpenBLAS by wall time. Measured on a quiet AMD EPYC (Zen
+    4, 2 threads, medians of 100-200 calls, the two paths alternated; microseconds, BLAS /
+    microkernel):
+      forward          64x784->512 394-524 / 464-512; 128x784->512 655-859 / 748-752;
+                       64x512->256 210 / 267-326; 64x1024->1024 877 / 897;
+                       128x2048->1024 2960-3050 / 2930
+      backward_weight  64x784x512 335-339 / 423-427; 128x512x256 243 / 340;
+                       32x1024x1024 524 / 594-684; 128x1024x1024 1580-1635 / 1576
+      backward_input   64: 784<-512 358 / 528; 128: 512<-256 250 / 384;
+                       32: 1024<-1024 764-770 / 571-616; 128: 1024<-1024 1819 / 2005;
+                       8: 4096<-4096 8000 / 3073
+    So only the input gradient of a small batch through wide layers, where OpenBLAS's
+    small-M kernel falls behind, takes the microkernel. (Timed by CPU seconds on a machine
+    shared by 8 sessions, bench/results/dense-amd-epyc-2t.json, the microkernel looked level
+    or ahead at the MLP's widths; by wall time alone it is not: it pays for packing b and
+    two parallel regions per call.) float64 stays on BLAS (the training paths are float32).
+    PYNN_DENSE_GEMM=micro forces the microkernel everywhere."""
     if dtype != np.float32:
         return False
-    if op == "forward":
-        return k >= 256 and n >= 256 and m * n * k >= 1 << 23
     if op == "backward_input":
-        return 8 <= m <= 128 and n >= 1024 and k >= 1024
-    return k >= 64 and n >= 256 and m * n * k >= 1 << 24
+        return 8 <= m <= 64 and n >= 1024 and k >= 1024
+    return False
 
 
 def _micro_gemm(a, Py_ssize_t row_stride, Py_ssize_t sat, b, bint b_transposed,

@@ -167,7 +167,9 @@ class InferencePlan:
         for s, x in zip(self.input_slots, xs):
             vals[s] = x
         self.steps, self.macs, nbytes = [], 0, 0
-        for st in steps:
+        frees = _frees([(st.ins, st.outs) for st in steps], self.input_slots,
+                       self.output_slots)
+        for st, free in zip(steps, frees):
             x = [vals[s] for s in st.ins] if st.several else vals[st.ins[0]]
             try:
                 y = st.layer.call(x, training=False)
@@ -177,11 +179,19 @@ class InferencePlan:
             self.macs += runner.macs
             nbytes += runner.nbytes
             self.steps.append(runner)
+            if self.macs >= SERIAL_MAX_MACS:
+                # Only a serial plan chains Dense layers (_chained checks a chain against
+                # these samples); a larger one need not hold every step's validation arrays.
+                for r in self.steps:
+                    r.sample = None
             if st.multi_out:
                 for s, v in zip(st.outs, y):
                     vals[s] = v
             else:
                 vals[st.outs[0]] = y
+            x = None
+            for s in free:
+                vals[s] = None
         self.first_outputs = [vals[s] for s in self.output_slots]
         outputs = set(self.output_slots)
         for r in self.steps:
@@ -200,14 +210,21 @@ class InferencePlan:
             self.steps = _chained(self.steps)
         for r in self.steps:
             r.sample = None  # the validation arrays, no longer needed
+        # Each intermediate is dropped after its last reader, as the general path does: a
+        # plan too large to keep its buffers then holds only the live values (the residual
+        # CNN at batch 64 peaked 156 MiB higher holding every layer's output to the end).
+        self.frees = _frees([(r.ins, r.outs) for r in self.steps], self.input_slots,
+                            self.output_slots)
 
     def _buffers(self):
+        """The calling thread's kept buffers, or None: each step then allocates its own
+        when it runs, so only the live intermediates take memory."""
+        if not self.keep_buffers:
+            return None
         local = self._local
         bufs = getattr(local, "bufs", None)
         if bufs is None:
-            bufs = [r.allocate() for r in self.steps]
-            if self.keep_buffers:
-                local.bufs = bufs
+            bufs = local.bufs = [r.allocate() for r in self.steps]
         return bufs
 
     def run(self, xs):
@@ -227,11 +244,12 @@ class InferencePlan:
     def _run(self, xs):
         r, x = self.steps[0] if self.steps else None, xs[0]
         try:
+            bufs = self._buffers()
             if self.chain:
                 y, owned = xs[0], False
-                for r, buf in zip(self.steps, self._buffers()):
+                for j, r in enumerate(self.steps):
                     x = y
-                    y, into_buffer = r.run(x, buf)
+                    y, into_buffer = r.run(x, bufs[j] if bufs is not None else r.allocate())
                     owned = owned or into_buffer
                 return [np.array(y) if owned else y]
             vals = [None] * self.nslots
@@ -239,7 +257,8 @@ class InferencePlan:
             owned = [False] * self.nslots
             for s, v in zip(self.input_slots, xs):
                 vals[s] = v
-            for r, buf in zip(self.steps, self._buffers()):
+            for j, r in enumerate(self.steps):
+                buf = bufs[j] if bufs is not None else r.allocate()
                 if r.several:
                     x = [vals[s] for s in r.ins]
                     inherited = any(owned[s] for s in r.ins)
@@ -253,9 +272,27 @@ class InferencePlan:
                 else:
                     s = r.outs[0]
                     vals[s], owned[s] = y, into_buffer or inherited
+                x = buf = y = None
+                for s in self.frees[j]:
+                    vals[s] = None
             return [np.array(vals[s]) if owned[s] else vals[s] for s in self.output_slots]
         except MemoryError as exc:  # the per-call buffers of a plan too large to keep them
             raise _out_of_memory(r.layer, x, exc) from None
+
+
+def _frees(steps, input_slots, output_slots):
+    """For each (ins, outs) step, the slots whose last reader it is (neither a model input
+    nor an output)."""
+    last = {}
+    for j, (ins, _) in enumerate(steps):
+        for s in ins:
+            last[s] = j
+    keep = set(input_slots) | set(output_slots)
+    frees = [[] for _ in steps]
+    for s, j in last.items():
+        if s not in keep:
+            frees[j].append(s)
+    return [tuple(f) for f in frees]
 
 
 def _out_of_memory(layer, x, exc):
