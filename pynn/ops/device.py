@@ -102,9 +102,13 @@ def unbroadcast(b, g, shape):
 
 
 def unary(name, x):
+    b = backend.current()
+    if name in ("logical_not", "isnan", "isfinite"):
+        return record(_kernels().predicate(_device(b, value(x)), name), (), None, name)
+    if name in LOG_BASES:
+        return _log_base(b, name, x)
     if name not in UNARY_GRADS:
         unsupported(name)
-    b = backend.current()
     xv = _device(b, value(x))
     if name == "rsqrt":  # no kernel code of its own: 1 / sqrt(x)
         y = b.elementwise_unary(b.elementwise_unary(xv, "sqrt"), "reciprocal")
@@ -116,8 +120,30 @@ def unary(name, x):
     return record(y, (x,), lambda dy, need: (grad(b, dy, xv, y),), name)
 
 
+LOG_BASES = {"log2": math.log(2.0), "log10": math.log(10.0)}
+
+
+def _log_base(b, name, x):
+    """log2, log10: the log kernel times 1 / ln(base) (no kernel code of their own)."""
+    ln_base = LOG_BASES[name]
+    xv = _device(b, value(x))
+    y = _mul(b, b.elementwise_unary(xv, "log"), 1.0 / ln_base)
+    return record(y, (x,), lambda dy, need: (b.elementwise_binary(dy, _mul(b, xv, ln_base),
+                                                                  "divide"),), name)
+
+
 def binary(name, x1, x2):
     b = backend.current()
+    if name in ("logical_and", "logical_or", "logical_xor", "not_equal", "floor_divide",
+                "mod"):
+        # No gradient (as on the CPU): floor_divide and mod are piecewise constant in b
+        # and NumPy's mod is not differentiated by keras.ops either.
+        from pynn.backend.operands.elementwise import broadcast_shape
+        a, c = _device(b, value(x1)), _device(b, value(x2))
+        shape = broadcast_shape(f"pynn.ops.{name}", tuple(a.shape), tuple(c.shape))
+        y = _kernels().broadcast_binary(a, c, name, shape, _broadcast_strides(a.shape, shape),
+                                        _broadcast_strides(c.shape, shape))
+        return record(y, (), None, name)
     if name not in BINARY_GRADS:
         unsupported(name)
     a, c = _device(b, value(x1)), _device(b, value(x2))
@@ -183,7 +209,22 @@ def _expand_to(b, g, shape, axes, keepdims):
     return b.elementwise_binary(g, b.full(tuple(shape), 1.0, np.float32), "multiply")
 
 
-def reduction(name, x, axis, keepdims):
+def any_all(name, x, axis, keepdims):
+    """any / all: the max / min of x != 0 (float 0/1, as the comparisons give)."""
+    b = backend.current()
+    xv = _device(b, value(x))
+    shape = tuple(xv.shape)
+    axes = _axes(axis, len(shape))
+    if math.prod(shape[a] for a in axes) == 0:  # NumPy: any of nothing False, all True
+        out = tuple(1 if k in axes else d for k, d in enumerate(shape)) if keepdims else \
+            tuple(d for k, d in enumerate(shape) if k not in axes)
+        return record(b.full(out, 0.0 if name == "any" else 1.0, np.float32), (), None, name)
+    nonzero = _kernels().predicate(xv, "nonzero")
+    y = b.reduce_axes(nonzero, axes, "max" if name == "any" else "min", keepdims)
+    return record(y, (), None, name)
+
+
+def reduction(name, x, axis, keepdims, initial=None):
     b = backend.current()
     if name not in ("sum", "mean", "max", "min"):
         unsupported(name)
@@ -195,6 +236,9 @@ def reduction(name, x, axis, keepdims):
     count = math.prod(shape[a] for a in axes)
     if name == "mean":
         y = _mul(b, y, 1.0 / max(count, 1))
+    if initial is not None:  # NumPy's initial=: one more candidate in every reduction
+        y = b.elementwise_binary(y, _scalar(b, initial), "maximum" if name == "max"
+                                 else "minimum")
 
     def backward(dy, need):
         if name in ("sum", "mean"):
@@ -205,7 +249,10 @@ def reduction(name, x, axis, keepdims):
                                                        for k, d in enumerate(shape)))
         dy_keep = dy if keepdims else b.reshape(dy, tuple(y_keep.shape))
         hit = b.elementwise_binary(xv, y_keep, "equal")
-        share = b.elementwise_binary(dy_keep, b.reduce_axes(hit, axes, "sum", True), "divide")
+        # at least 1: where initial= won, no element is hit and none gets a gradient
+        hits = b.elementwise_binary(b.reduce_axes(hit, axes, "sum", True), _scalar(b, 1.0),
+                                    "maximum")
+        share = b.elementwise_binary(dy_keep, hits, "divide")
         return (b.elementwise_binary(hit, share, "multiply"),)
 
     return record(y, (x,), backward, name)
