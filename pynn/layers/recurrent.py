@@ -55,15 +55,15 @@ def _activation_arg(label, what, value):
     return name.lower()
 
 
+# name -> the pynn.ops function of each RNN_ACTIVATIONS name, filled in by pynn.ops (layers
+# do not import pynn.ops: it imports them), for the ops cell's named activations.
+ACTIVATION_FUNCTIONS = {"linear": lambda t: t}
+
+
 def _ops_activation(activation):
     """The pynn.ops function of an activation name (the fused kernels' math), or the
     callable itself."""
-    from pynn import ops
-    if callable(activation):
-        return activation
-    if activation == "linear":
-        return lambda t: t
-    return getattr(ops, activation)
+    return activation if callable(activation) else ACTIVATION_FUNCTIONS[activation]
 
 
 class _OpsCell:
@@ -76,50 +76,49 @@ class _OpsCell:
         self.layer = layer
 
     def call(self, x, states):
-        from pynn import ops
+        # Python's operators on Tensors and Variables are pynn.ops (installed by pynn.ops).
         layer = self.layer
         u = layer.units
         act = _ops_activation(layer.activation)
         ract = _ops_activation(getattr(layer, "recurrent_activation", "sigmoid"))
         kernel, recurrent = layer.kernel, layer.recurrent_kernel
         bias = layer.bias if layer.use_bias else None
+        states = [v if type(v) is autodiff.Tensor else autodiff.Tensor(v) for v in states]
 
         def gate(z, k):
-            return ops.getitem(z, (slice(None), slice(k * u, (k + 1) * u)))
+            return z[:, k * u:(k + 1) * u]
 
         h = states[0]
         if layer.CELL == "simple_rnn":
-            z = ops.add(ops.matmul(x, kernel), ops.matmul(h, recurrent))
-            h = act(ops.add(z, bias) if bias is not None else z)
+            z = x @ kernel + h @ recurrent
+            h = act(z + bias if bias is not None else z)
             return h, [h]
         if layer.CELL == "lstm":
-            z = ops.add(ops.matmul(x, kernel), ops.matmul(h, recurrent))
-            z = ops.add(z, bias) if bias is not None else z
+            z = x @ kernel + h @ recurrent
+            z = z + bias if bias is not None else z
             i, f = ract(gate(z, 0)), ract(gate(z, 1))
-            c = ops.add(ops.multiply(f, states[1]), ops.multiply(i, act(gate(z, 2))))
-            h = ops.multiply(ract(gate(z, 3)), act(c))
+            c = f * states[1] + i * act(gate(z, 2))
+            h = ract(gate(z, 3)) * act(c)
             return h, [h, c]
         # GRU, gates z, r, h: reset_after applies r to the recurrent product (with its own
         # bias row), reset-before to the state ahead of it.
         reset_after = layer.reset_after
-        xw = ops.matmul(x, kernel)
+        xw = x @ kernel
         if bias is not None:
-            xw = ops.add(xw, ops.getitem(bias, 0) if reset_after else bias)
+            xw = xw + (bias[0] if reset_after else bias)
         if reset_after:
-            hw = ops.matmul(h, recurrent)
+            hw = h @ recurrent
             if bias is not None:
-                hw = ops.add(hw, ops.getitem(bias, 1))
-            zg = ract(ops.add(gate(xw, 0), gate(hw, 0)))
-            r = ract(ops.add(gate(xw, 1), gate(hw, 1)))
-            hh = act(ops.add(gate(xw, 2), ops.multiply(r, gate(hw, 2))))
+                hw = hw + bias[1]
+            zg = ract(gate(xw, 0) + gate(hw, 0))
+            r = ract(gate(xw, 1) + gate(hw, 1))
+            hh = act(gate(xw, 2) + r * gate(hw, 2))
         else:
-            hw = ops.matmul(h, ops.getitem(recurrent, (slice(None), slice(0, 2 * u))))
-            zg = ract(ops.add(gate(xw, 0), gate(hw, 0)))
-            r = ract(ops.add(gate(xw, 1), gate(hw, 1)))
-            rh = ops.matmul(ops.multiply(r, h),
-                            ops.getitem(recurrent, (slice(None), slice(2 * u, 3 * u))))
-            hh = act(ops.add(gate(xw, 2), rh))
-        h = ops.add(ops.multiply(zg, h), ops.multiply(ops.subtract(1.0, zg), hh))
+            hw = h @ recurrent[:, :2 * u]
+            zg = ract(gate(xw, 0) + gate(hw, 0))
+            r = ract(gate(xw, 1) + gate(hw, 1))
+            hh = act(gate(xw, 2) + (r * h) @ recurrent[:, 2 * u:])
+        h = zg * h + (1.0 - zg) * hh
         return h, [h]
 
 
