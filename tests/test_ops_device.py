@@ -1,5 +1,7 @@
 """pynn.ops on OpenCL for the ops of opencl/tensor.cl (indexing, where, cast, one_hot,
-argmax/argmin, prod, var/std, einsum/tensordot/batched matmul): forward values and tape
+argmax/argmin, prod, var/std, einsum/tensordot/batched matmul, host boolean masks) and the
+last elementwise ones (log2/log10, floor_divide/mod, logical ops, any/all, max/min with
+initial=): forward values and tape
 gradients against the same ops on the CPU (NumPy, float32), on odd shapes. Their float64
 finite-difference checks on the CPU are in tests/test_ops.py.
 """
@@ -152,8 +154,9 @@ def test_tensordot_dot_flip_broadcast(rng):
 def test_unsupported_indexing_raises_on_device(rng):
     with _on("opencl") as b:
         x = ops.convert_to_tensor(b.asarray(_x(rng, 3, 4), np.float32))
-        with pytest.raises(NotImplementedError, match="getitem with a boolean mask"):
-            x[np.array([True, False, True])]
+        with pytest.raises(NotImplementedError, match="a boolean mask over some of several"):
+            ops.convert_to_tensor(b.asarray(_x(rng, 3, 4, 2), np.float32))[
+                np.ones((3, 4), bool)]
         with pytest.raises(NotImplementedError, match="getitem with several index arrays"):
             x[np.array([0, 1]), np.array([1, 2])]
 
@@ -234,3 +237,19 @@ def test_max_min_initial(rng, name, initial):
     with _on("opencl"):
         _, (g,) = _run(lambda v: fn(v, axis=1, initial=initial), [x])
     assert np.isfinite(g).all()
+
+
+@pytest.mark.parametrize("key", [
+    (np.array([True, False, True, True]),),
+    (slice(None), np.array([False, True, True, False, True])),
+    (1, np.array([True, False, False, True, True])),
+], ids=["rows", "columns", "int_then_mask"])
+def test_getitem_with_a_host_boolean_mask(rng, key):
+    check_device("getitem mask", lambda v: v[key], _x(rng, 4, 5))
+
+
+def test_getitem_with_a_whole_shape_host_mask(rng):
+    x = _x(rng, 3, 4, 2)
+    check_device("getitem whole mask", lambda v: v[x > 0.2], x)
+    with _on("opencl") as b, pytest.raises(IndexError, match="boolean index did not match"):
+        ops.convert_to_tensor(b.asarray(x, np.float32))[np.array([True, False])]

@@ -485,6 +485,9 @@ def getitem(x, key):
     shape = tuple(xv.shape)
     key = key if isinstance(key, tuple) else (key,)
     key = tuple(value(k) if type(k) is Tensor else k for k in key)
+    key = _host_masks_as_indices(b, x, xv, key)
+    if not isinstance(key, tuple):  # a whole-shape mask: already gathered
+        return key
     arrays = [i for i, k in enumerate(key) if not isinstance(
         k, (int, np.integer, slice, type(None), type(Ellipsis)))]
     if len(arrays) > 1:
@@ -498,7 +501,8 @@ def getitem(x, key):
             unsupported("getitem with an index array apart from integer indices")
         arr = key[at]
         if getattr(arr, "dtype", None) is not None and np.dtype(arr.dtype) == np.bool_:
-            unsupported("getitem with a boolean mask (its size is data-dependent)")
+            unsupported("getitem with a boolean mask on the device (its size is "
+                        "data-dependent; a NumPy mask works)")
         basic = key[:at] + (slice(None),) + key[at + 1:]
         view = getitem(x, basic)
         # The array's axis in the view: the axes before it, less the ones ints removed, plus
@@ -515,6 +519,34 @@ def getitem(x, key):
     y = k.strided_copy(xv, offset, out_shape, strides)
     return record(y, (x,), lambda dy, need: (k.strided_scatter(dy, shape, offset, strides),),
                   "getitem")
+
+
+def _host_masks_as_indices(b, x, xv, key):
+    """A boolean mask held by the host has a size the host knows: a 1-D one becomes the
+    integer indices of its True entries (np.flatnonzero), one of x's whole shape the take of
+    those indices from flat x. Masks on the device stay an error (reading them back to size
+    the result would be the host round trip pynn.ops does not make)."""
+    masks = [i for i, k in enumerate(key) if isinstance(k, np.ndarray) and k.dtype == np.bool_]
+    if not masks:
+        return key
+    shape = tuple(xv.shape)
+    at = masks[0]
+    mask = key[at]
+    if len(key) == 1 and mask.ndim == len(shape) and mask.ndim > 1:
+        if mask.shape != shape:
+            raise IndexError(f"boolean index of shape {mask.shape} does not match the indexed "
+                             f"array of shape {shape}")
+        flat = np.flatnonzero(mask)
+        return take(x, flat.astype(np.int32), None)
+    if mask.ndim != 1:
+        unsupported("getitem with a boolean mask over some of several axes")
+    if Ellipsis not in key[:at]:
+        axis = sum(1 for k in key[:at] if k is not None)
+        if axis < len(shape) and shape[axis] != mask.size:
+            raise IndexError(f"boolean index did not match indexed array along axis {axis}; "
+                             f"size of axis is {shape[axis]} but size of corresponding boolean "
+                             f"axis is {mask.size}")
+    return key[:at] + (np.flatnonzero(mask),) + key[at + 1:]
 
 
 def _basic_view(shape, key):
