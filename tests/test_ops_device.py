@@ -1,9 +1,9 @@
 """pynn.ops on OpenCL for the ops of opencl/tensor.cl (indexing, where, cast, one_hot,
 argmax/argmin, prod, var/std, einsum/tensordot/batched matmul, host boolean masks) and the
 last elementwise ones (log2/log10, floor_divide/mod, logical ops, any/all, max/min with
-initial=): forward values and tape
-gradients against the same ops on the CPU (NumPy, float32), on odd shapes. Their float64
-finite-difference checks on the CPU are in tests/test_ops.py.
+initial=): forward values and tape gradients against the same ops on the CPU (NumPy,
+float32), on odd shapes. Their float64 finite-difference checks on the CPU are in
+tests/test_ops.py.
 """
 
 import contextlib
