@@ -162,6 +162,11 @@ def test_cells_take_callables(float64):
     rnn.set_weights(layer.get_weights())
     np.testing.assert_allclose(np.asarray(rnn(x)), np.asarray(layer(x)), rtol=1e-12)
     assert layers.GRUCell(U, activation=ops.relu).layer_options()["activation"] == "relu"
+    # Bidirectional copies the layer in memory: the function needs no registered name
+    both = layers.Bidirectional(layers.GRU(U, activation=softsign_ish), merge_mode="sum")
+    both.build(x.shape)
+    assert both.forward_layer.activation is softsign_ish
+    assert np.asarray(both(x)).shape == (N, U)
 
 
 def test_saving_needs_the_function_registered(tmp_path):

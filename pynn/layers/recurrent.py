@@ -17,6 +17,13 @@ previous output. Dropout masks are fixed over the time steps (Keras): one input 
 implementation 2 placement) and one recurrent mask per gate block (implementation 1, which
 Keras switches to whenever recurrent_dropout is set). Not supported (a ValueError says so):
 constraints, activity regularizers.
+
+``activation=`` / ``recurrent_activation=`` also take a function (issue 13): one pynn knows
+(pynn.ops.tanh, Keras's names) selects the fused kernels; any other makes the layer run its
+ops cell (``_OpsCell``: the same gate math and weights in pynn.ops, stepped by RNN's
+user-cell loop and differentiated by autodiff), with masks, return_sequences, return_state
+and go_backwards but not stateful, dropout or initial_state. Saving needs the function
+registered (``register_serializable``), as for Dense.
 """
 
 import contextlib
