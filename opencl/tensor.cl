@@ -195,3 +195,69 @@ void batched_matmul(__global const float *a, __global const float *c, __global f
     if (row < M && col < N)
         y[(long)b * M * N + (long)row * N + col] = acc;
 }
+
+/* -- issue 13's last elementwise ops: booleans are float 0/1 on the device, as the
+ * comparisons of elementwise.cl give them (NumPy's bool arrays on the CPU). Their own
+ * kernels rather than op codes of elementwise.cl, whose codes are the CPU table's. */
+
+/* NumPy's npy_divmod for floats: the floor quotient (code 0) or the remainder with the sign
+ * of the divisor (code 1), exact where floor(a / b) would round the quotient first. */
+inline float floor_div_mod(const float a, const float b, const int want_mod)
+{
+    float mod = fmod(a, b);
+    if (b == 0.0f)
+        return want_mod ? mod : a / b;
+    float div = (a - mod) / b;
+    if (mod != 0.0f) {
+        if ((b < 0.0f) != (mod < 0.0f)) {
+            mod += b;
+            div -= 1.0f;
+        }
+    } else {
+        mod = copysign(0.0f, b);
+    }
+    if (want_mod)
+        return mod;
+    if (div == 0.0f)
+        return copysign(0.0f, a / b);
+    float floordiv = floor(div);
+    if (div - floordiv > 0.5f)
+        floordiv += 1.0f;
+    return floordiv;
+}
+
+/* y = a op b broadcast to y's shape: 0 logical_and, 1 logical_or, 2 logical_xor,
+ * 3 not_equal, 4 floor_divide, 5 mod. */
+__kernel void broadcast_binary(__global const float *a, __global const float *b,
+                               __global float *y, const int total, const int code, DIM_ARGS,
+                               STRIDE_ARGS(a), STRIDE_ARGS(b))
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, total);
+    long oa, ob;
+    WALK(gid, a, oa);
+    WALK(gid, b, ob);
+    (void)d0;
+    const float u = a[oa], v = b[ob];
+    float r;
+    switch (code) {
+    case 0: r = (float)(u != 0.0f && v != 0.0f); break;
+    case 1: r = (float)(u != 0.0f || v != 0.0f); break;
+    case 2: r = (float)((u != 0.0f) != (v != 0.0f)); break;
+    case 3: r = (float)(u != v); break;
+    case 4: r = floor_div_mod(u, v, 0); break;
+    default: r = floor_div_mod(u, v, 1); break;
+    }
+    y[gid] = r;
+}
+
+/* y = 0 logical_not, 1 isnan, 2 isfinite, 3 x != 0 (any/all reduce it with max/min). */
+__kernel void predicate(__global const float *x, __global float *y, const int n,
+                        const int code)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, n);
+    const float v = x[gid];
+    y[gid] = (float)(code == 0 ? v == 0.0f : code == 1 ? isnan(v)
+                     : code == 2 ? isfinite(v) : v != 0.0f);
+}

@@ -309,8 +309,9 @@ def test_ops_without_a_device_formula_refuse_opencl_and_kernel_ops_match_cpu():
             np.testing.assert_allclose(t.numpy(), cpu[name], rtol=1e-4, atol=1e-5,
                                        err_msg=name)
         # (einsum, indexing, where, cast, prod, ... run on OpenCL: tests/test_ops_device.py)
-        with pytest.raises(NotImplementedError, match="pynn.ops.log2: no opencl kernel"):
-            ops.log2(xd)
+        # one-argument where (data-dependent size) stays CPU-only: an error, no fallback
+        with pytest.raises(NotImplementedError, match="pynn.ops.where: no opencl kernel"):
+            ops.where(xd)
 
 
 def _device(name):

@@ -1,7 +1,9 @@
 """pynn.ops on OpenCL for the ops of opencl/tensor.cl (indexing, where, cast, one_hot,
-argmax/argmin, prod, var/std, einsum/tensordot/batched matmul): forward values and tape
-gradients against the same ops on the CPU (NumPy, float32), on odd shapes. Their float64
-finite-difference checks on the CPU are in tests/test_ops.py.
+argmax/argmin, prod, var/std, einsum/tensordot/batched matmul, host boolean masks) and the
+last elementwise ones (log2/log10, floor_divide/mod, logical ops, any/all, max/min with
+initial=): forward values and tape gradients against the same ops on the CPU (NumPy,
+float32), on odd shapes. Their float64 finite-difference checks on the CPU are in
+tests/test_ops.py.
 """
 
 import contextlib
@@ -152,8 +154,9 @@ def test_tensordot_dot_flip_broadcast(rng):
 def test_unsupported_indexing_raises_on_device(rng):
     with _on("opencl") as b:
         x = ops.convert_to_tensor(b.asarray(_x(rng, 3, 4), np.float32))
-        with pytest.raises(NotImplementedError, match="getitem with a boolean mask"):
-            x[np.array([True, False, True])]
+        with pytest.raises(NotImplementedError, match="a boolean mask over some of several"):
+            ops.convert_to_tensor(b.asarray(_x(rng, 3, 4, 2), np.float32))[
+                np.ones((3, 4), bool)]
         with pytest.raises(NotImplementedError, match="getitem with several index arrays"):
             x[np.array([0, 1]), np.array([1, 2])]
 
@@ -168,3 +171,85 @@ def test_inverse_trig_gradients(rng, name):
 
 def test_arctan2_gradient(rng):
     check_device("arctan2", ops.arctan2, _x(rng, 3, 5), _x(rng, 5))
+
+
+# -- issue 13's last device ops: log2/log10, floor_divide/mod, logical ops, any/all,
+# max/min with initial= (booleans are float 0/1 on the device, bool arrays on the CPU) ------
+def _values(fn, *xs):
+    """fn(*xs) on the CPU and on OpenCL, both as float64 host arrays."""
+    out = []
+    for device in ("cpu", "opencl"):
+        with _on(device) as b:
+            args = [b.asarray(x, np.float32) if isinstance(x, np.ndarray) else x for x in xs]
+            out.append(np.asarray(fn(*args).numpy(), np.float64))
+    return out
+
+
+@pytest.mark.parametrize("name", ["log2", "log10"])
+def test_log_bases(rng, name):
+    check_device(name, getattr(ops, name), np.abs(_x(rng, 3, 7)) + 0.1)
+
+
+@pytest.mark.parametrize("name", ["floor_divide", "mod"])
+def test_floor_divide_and_mod_match_numpy(rng, name):
+    a = _x(rng, 3, 7) * 5
+    c = _x(rng, 7) * 2
+    c[1], c[2], a[0, 3] = -1.5, 3.0, -4.5  # negative divisors, an exact multiple
+    want, got = _values(getattr(ops, name), a, c)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, np.abs(want).max()))
+    np.testing.assert_array_equal(want, getattr(np, name)(a, c))
+
+
+@pytest.mark.parametrize("name", ["logical_and", "logical_or", "logical_xor", "not_equal"])
+def test_logical_binary(rng, name):
+    a = (rng.integers(0, 3, (4, 1, 5)) - 1).astype(np.float32)
+    c = (rng.integers(0, 2, (3, 5)) * 2.5).astype(np.float32)
+    want, got = _values(getattr(ops, name), a, c)
+    assert got.shape == (4, 3, 5)
+    assert 0 < want.sum() < want.size
+    np.testing.assert_array_equal(got, want)
+
+
+def test_logical_not_isnan_isfinite(rng):
+    x = _x(rng, 5, 3)
+    x[0, 0], x[1, 1], x[2, 2], x[3, 0] = 0.0, np.nan, np.inf, -np.inf
+    for fn in (ops.logical_not, ops.isnan, ops.isfinite):
+        want, got = _values(fn, x)
+        np.testing.assert_array_equal(got, want, err_msg=fn.__name__)
+
+
+@pytest.mark.parametrize("axis, keepdims", [(None, False), (1, True), ((0, 2), False)])
+def test_any_all(rng, axis, keepdims):
+    x = (rng.integers(0, 4, (3, 5, 4)) > 0).astype(np.float32) * _x(rng, 3, 5, 4)
+    x[1] = 1.0  # one all-true slice, so all() is not all False
+    for fn in (ops.any, ops.all):
+        want, got = _values(lambda v, f=fn: f(v, axis=axis, keepdims=keepdims), x)
+        np.testing.assert_array_equal(got, want, err_msg=fn.__name__)
+
+
+@pytest.mark.parametrize("name, initial", [("max", 0.3), ("min", -0.2), ("max", 50.0)])
+def test_max_min_initial(rng, name, initial):
+    fn = getattr(ops, name)
+    x = _x(rng, 4, 6)
+    check_device(f"{name} initial={initial}",
+                 lambda v: fn(v, axis=1, keepdims=False, initial=initial), x)
+    # where initial wins no element receives a gradient, never a NaN
+    with _on("opencl"):
+        _, (g,) = _run(lambda v: fn(v, axis=1, initial=initial), [x])
+    assert np.isfinite(g).all()
+
+
+@pytest.mark.parametrize("key", [
+    (np.array([True, False, True, True]),),
+    (slice(None), np.array([False, True, True, False, True])),
+    (1, np.array([True, False, False, True, True])),
+], ids=["rows", "columns", "int_then_mask"])
+def test_getitem_with_a_host_boolean_mask(rng, key):
+    check_device("getitem mask", lambda v: v[key], _x(rng, 4, 5))
+
+
+def test_getitem_with_a_whole_shape_host_mask(rng):
+    x = _x(rng, 3, 4, 2)
+    check_device("getitem whole mask", lambda v: v[x > 0.2], x)
+    with _on("opencl") as b, pytest.raises(IndexError, match="boolean index did not match"):
+        ops.convert_to_tensor(b.asarray(x, np.float32))[np.array([True, False])]

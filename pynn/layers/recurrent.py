@@ -17,24 +17,116 @@ previous output. Dropout masks are fixed over the time steps (Keras): one input 
 implementation 2 placement) and one recurrent mask per gate block (implementation 1, which
 Keras switches to whenever recurrent_dropout is set). Not supported (a ValueError says so):
 constraints, activity regularizers.
+
+``activation=`` / ``recurrent_activation=`` also take a function (issue 13): one pynn knows
+(pynn.ops.tanh, Keras's names) selects the fused kernels; any other makes the layer run its
+ops cell (``_OpsCell``: the same gate math and weights in pynn.ops, stepped by RNN's
+user-cell loop and differentiated by autodiff), with masks, return_sequences, return_state
+and go_backwards but not stateful, dropout or initial_state. Saving needs the function
+registered (``register_serializable``), as for Dense.
 """
 
 import contextlib
+import types
 
 import numpy as np
 
 from pynn import autodiff, backend, initializers, regularizers, utils
-from pynn.backend.api import RNN_ACTIVATIONS
+from pynn.backend.api import ACTIVATION_ALIASES, RNN_ACTIVATIONS
 from pynn.layers.base import Layer, shape_str
 from pynn.layers.symbolic import is_symbolic
 
 
 def _activation_arg(label, what, value):
+    """A name of RNN_ACTIVATIONS (a fused kernel), or a callable: one named like such an
+    activation (pynn.ops.tanh, keras.activations.sigmoid) becomes that name, as Dense's
+    activation_config does; any other stays a callable and the layer runs its ops cell."""
+    if callable(value) and not isinstance(value, str):
+        named = getattr(value, "__name__", "")
+        named = ACTIVATION_ALIASES.get(named, named)
+        if named in RNN_ACTIVATIONS:
+            return named
+        if isinstance(value, (types.BuiltinFunctionType, type)):
+            # max, abs, a class: not a function of a tensor built from pynn.ops
+            raise ValueError(f"{label}: {what} {value!r} is not an activation: give a name "  # noqa: TRY004
+                             f"from {RNN_ACTIVATIONS} or a function written with pynn.ops")
+        return value
+    if isinstance(value, str) and ">" in value:
+        # A saved layer's registered custom activation ("package>name").
+        from pynn._registry import lookup_serializable
+        return _activation_arg(label, what, lookup_serializable(value, what))
     name = "linear" if value is None else value
     if not isinstance(name, str) or name.lower() not in RNN_ACTIVATIONS:
-        raise ValueError(f"{label}: {what} must be one of {RNN_ACTIVATIONS} or None, got "
-                         f"{value!r}")
+        raise ValueError(f"{label}: {what} must be one of {RNN_ACTIVATIONS}, a function "
+                         f"written with pynn.ops or None, got {value!r}")
     return name.lower()
+
+
+# name -> the pynn.ops function of each RNN_ACTIVATIONS name, filled in by pynn.ops (layers
+# do not import pynn.ops: it imports them), for the ops cell's named activations.
+ACTIVATION_FUNCTIONS = {"linear": lambda t: t}
+
+
+def _ops_activation(activation):
+    """The pynn.ops function of an activation name (the fused kernels' math), or the
+    callable itself."""
+    return activation if callable(activation) else ACTIVATION_FUNCTIONS[activation]
+
+
+class _OpsCell:
+    """SimpleRNN / LSTM / GRU's step written with pynn.ops, for a layer given an activation
+    the fused kernels do not have: the same equations and the layer's own kernel,
+    recurrent_kernel and bias (Keras's layout), so weights, saving and get_weights are the
+    built-in layer's. RNN's user-cell loop runs it and autodiff differentiates it."""
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    def call(self, x, states):
+        # Python's operators on Tensors and Variables are pynn.ops (installed by pynn.ops).
+        layer = self.layer
+        u = layer.units
+        act = _ops_activation(layer.activation)
+        ract = _ops_activation(getattr(layer, "recurrent_activation", "sigmoid"))
+        kernel, recurrent = layer.kernel, layer.recurrent_kernel
+        bias = layer.bias if layer.use_bias else None
+        states = [v if type(v) is autodiff.Tensor else autodiff.Tensor(v) for v in states]
+
+        def gate(z, k):
+            return z[:, k * u:(k + 1) * u]
+
+        h = states[0]
+        if layer.CELL == "simple_rnn":
+            z = x @ kernel + h @ recurrent
+            h = act(z + bias if bias is not None else z)
+            return h, [h]
+        if layer.CELL == "lstm":
+            z = x @ kernel + h @ recurrent
+            z = z + bias if bias is not None else z
+            i, f = ract(gate(z, 0)), ract(gate(z, 1))
+            c = f * states[1] + i * act(gate(z, 2))
+            h = ract(gate(z, 3)) * act(c)
+            return h, [h, c]
+        # GRU, gates z, r, h: reset_after applies r to the recurrent product (with its own
+        # bias row), reset-before to the state ahead of it.
+        reset_after = layer.reset_after
+        xw = x @ kernel
+        if bias is not None:
+            xw = xw + (bias[0] if reset_after else bias)
+        if reset_after:
+            hw = h @ recurrent
+            if bias is not None:
+                hw = hw + bias[1]
+            zg = ract(gate(xw, 0) + gate(hw, 0))
+            r = ract(gate(xw, 1) + gate(hw, 1))
+            hh = act(gate(xw, 2) + r * gate(hw, 2))
+        else:
+            hw = h @ recurrent[:, :2 * u]
+            zg = ract(gate(xw, 0) + gate(hw, 0))
+            r = ract(gate(xw, 1) + gate(hw, 1))
+            hh = act(gate(xw, 2) + (r * h) @ recurrent[:, 2 * u:])
+        h = zg * h + (1.0 - zg) * hh
+        return h, [h]
 
 
 def _call_with_states(layer, n_states, inputs, training, mask, initial_state, kwargs):
@@ -161,6 +253,10 @@ class _RNN(Layer):
                                                 self.recurrent_regularizer)
         self.bias = (self.add_weight("bias", self._bias_shape(), self._bias_init(),
                                      self.bias_regularizer) if self.use_bias else None)
+        if self._callable_activation():
+            self._check_callable_options()
+            self.cell = _OpsCell(self)
+            self._state_sizes = [self.units] * self._n_states
         Layer.build(self, input_shape)
         if self._n_inputs > 1:
             self.input_shape = [tuple(input_shape)] + [(None, self.units)] * (self._n_inputs - 1)
@@ -217,6 +313,28 @@ class _RNN(Layer):
     def _ops(self):
         raise NotImplementedError
 
+    # -- a callable activation with no fused kernel: the ops cell (issue 13) --------------
+    def _callable_activation(self):
+        return callable(self.activation) or callable(getattr(self, "recurrent_activation",
+                                                             None))
+
+    def _check_callable_options(self):
+        label = f"{type(self).__name__} '{self.name}'"
+        for arg, on in (("stateful", self.stateful), ("dropout", self.dropout > 0),
+                        ("recurrent_dropout", self.recurrent_dropout > 0)):
+            if on:
+                raise ValueError(f"{label}: {arg} with an activation function pynn has no "
+                                 f"fused kernel for is not supported (it runs step by step "
+                                 f"through pynn.ops); use a named activation")
+
+    def _call_ops_cell(self, x, states, training, mask):
+        if states is not None:
+            raise ValueError(f"{type(self).__name__} '{self.name}': initial_state with an "
+                             f"activation function pynn has no fused kernel for is not "
+                             f"supported")
+        # RNN's user-cell loop, on this layer's cell and state sizes (set by build).
+        return RNN._call_user_cell(self, x, training, mask)
+
     def call(self, x, training=False, mask=None):
         label = f"{type(self).__name__} '{self.name}'"
         states = None
@@ -224,6 +342,8 @@ class _RNN(Layer):
             x, states = x[0], list(x[1:])
         if isinstance(mask, (list, tuple)):
             mask = mask[0]
+        if self._callable_activation():
+            return self._call_ops_cell(x, states, training, mask)
         if x.shape[1] == 0:
             raise ValueError(f"{label}: the input has 0 time steps, got shape {tuple(x.shape)}")
         if states is None and self.stateful and self._states is not None:
@@ -305,6 +425,8 @@ class _RNN(Layer):
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__} '{self.name}': backward() needs a "
                                f"preceding call(x, training=True)")
+        if self._cache[0] == "user_cell":
+            return RNN._backward_user_cell(self, dy)
         cache, self._cache = self._cache, None
         if cache[0] == "fast":
             _, x, op_cache = cache
@@ -354,10 +476,30 @@ class _RNN(Layer):
         return dx
 
     # -- config ---------------------------------------------------------------------------
+    _raw_activations = False
+
+    def _config_activation(self, activation):
+        """A callable activation is saved by its registered name (the error of an
+        unregistered one says how); raw_config keeps the function (copies in memory)."""
+        if callable(activation) and not self._raw_activations:
+            from pynn._registry import serializable_name
+            return serializable_name(activation, "activation")
+        return activation
+
+    def raw_config(self):
+        """get_config with activation functions kept as they are: to build a copy of the
+        layer in memory (Bidirectional, RNN(cell)), which needs no registered names."""
+        self._raw_activations = True
+        try:
+            return self.get_config()
+        finally:
+            self._raw_activations = False
+
     def get_config(self):
         config = super().get_config()
         config.update(
-            units=self.units, activation=self.activation, use_bias=self.use_bias,
+            units=self.units, activation=self._config_activation(self.activation),
+            use_bias=self.use_bias,
             kernel_initializer=initializers.serialize(self.kernel_initializer),
             recurrent_initializer=initializers.serialize(self.recurrent_initializer),
             bias_initializer=initializers.serialize(self.bias_initializer),
@@ -412,7 +554,7 @@ class LSTM(_RNN):
 
     def get_config(self):
         config = super().get_config()
-        config.update(recurrent_activation=self.recurrent_activation,
+        config.update(recurrent_activation=self._config_activation(self.recurrent_activation),
                       unit_forget_bias=self.unit_forget_bias)
         return config
 
@@ -445,7 +587,7 @@ class GRU(_RNN):
 
     def get_config(self):
         config = super().get_config()
-        config.update(recurrent_activation=self.recurrent_activation,
+        config.update(recurrent_activation=self._config_activation(self.recurrent_activation),
                       reset_after=self.reset_after)
         return config
 
@@ -475,7 +617,7 @@ class Bidirectional(Layer):
                              f"{merge_mode!r}")
         if weights is not None:
             raise ValueError(f"{label}: weights= is not supported; call set_weights()")
-        config = layer.get_config()
+        config = layer.raw_config()
         self.forward_layer = type(layer).from_config(
             {**config, "name": f"forward_{layer.name}"})
         if backward_layer is None:
@@ -647,8 +789,8 @@ class _Cell(Layer):
     def state_size(self):
         return [self.units] * self._probe._n_states if self._probe._n_states > 1 else self.units
 
-    def layer_options(self):
-        config = self._probe.get_config()
+    def layer_options(self, raw=False):
+        config = self._probe.raw_config() if raw else self._probe.get_config()
         for key in _SEQUENCE_OPTIONS + ("name", "trainable", "dtype"):
             config.pop(key, None)
         return config
@@ -755,7 +897,7 @@ class RNN(Layer):
         last = len(cells) - 1
         self._layers = []
         for i, c in enumerate(cells):
-            inner = c.LAYER(**c.layer_options(), name=f"{self.name}_{c.name}", dtype=self.dtype,
+            inner = c.LAYER(**c.layer_options(raw=True), name=f"{self.name}_{c.name}", dtype=self.dtype,
                             return_sequences=self.return_sequences if i == last else True,
                             return_state=self.return_state,
                             go_backwards=self.go_backwards and i == 0, stateful=self.stateful)

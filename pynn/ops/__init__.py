@@ -51,3 +51,15 @@ Variable.__array_ufunc__ = None
 # The module-level names that shadow builtins (sum, max, abs, ...) are exported on purpose.
 globals().update({name: getattr(_numpy_ops, name, None) or getattr(_nn, name)
                   for name in OPS})
+
+
+def _register_recurrent_activations():
+    # The ops cell of SimpleRNN/LSTM/GRU (pynn.layers.recurrent, which does not import
+    # pynn.ops) applies its named activations with these.
+    from pynn.backend.api import RNN_ACTIVATIONS
+    from pynn.layers import recurrent
+    recurrent.ACTIVATION_FUNCTIONS.update({name: OPS[name] for name in RNN_ACTIVATIONS
+                                           if name in OPS})
+
+
+_register_recurrent_activations()

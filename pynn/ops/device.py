@@ -102,9 +102,13 @@ def unbroadcast(b, g, shape):
 
 
 def unary(name, x):
+    b = backend.current()
+    if name in ("logical_not", "isnan", "isfinite"):
+        return record(_kernels().predicate(_device(b, value(x)), name), (), None, name)
+    if name in LOG_BASES:
+        return _log_base(b, name, x)
     if name not in UNARY_GRADS:
         unsupported(name)
-    b = backend.current()
     xv = _device(b, value(x))
     if name == "rsqrt":  # no kernel code of its own: 1 / sqrt(x)
         y = b.elementwise_unary(b.elementwise_unary(xv, "sqrt"), "reciprocal")
@@ -116,8 +120,30 @@ def unary(name, x):
     return record(y, (x,), lambda dy, need: (grad(b, dy, xv, y),), name)
 
 
+LOG_BASES = {"log2": math.log(2.0), "log10": math.log(10.0)}
+
+
+def _log_base(b, name, x):
+    """log2, log10: the log kernel times 1 / ln(base) (no kernel code of their own)."""
+    ln_base = LOG_BASES[name]
+    xv = _device(b, value(x))
+    y = _mul(b, b.elementwise_unary(xv, "log"), 1.0 / ln_base)
+    return record(y, (x,), lambda dy, need: (b.elementwise_binary(dy, _mul(b, xv, ln_base),
+                                                                  "divide"),), name)
+
+
 def binary(name, x1, x2):
     b = backend.current()
+    if name in ("logical_and", "logical_or", "logical_xor", "not_equal", "floor_divide",
+                "mod"):
+        # No gradient (as on the CPU): floor_divide and mod are piecewise constant in b
+        # and NumPy's mod is not differentiated by keras.ops either.
+        from pynn.backend.operands.elementwise import broadcast_shape
+        a, c = _device(b, value(x1)), _device(b, value(x2))
+        shape = broadcast_shape(f"pynn.ops.{name}", tuple(a.shape), tuple(c.shape))
+        y = _kernels().broadcast_binary(a, c, name, shape, _broadcast_strides(a.shape, shape),
+                                        _broadcast_strides(c.shape, shape))
+        return record(y, (), None, name)
     if name not in BINARY_GRADS:
         unsupported(name)
     a, c = _device(b, value(x1)), _device(b, value(x2))
@@ -183,7 +209,22 @@ def _expand_to(b, g, shape, axes, keepdims):
     return b.elementwise_binary(g, b.full(tuple(shape), 1.0, np.float32), "multiply")
 
 
-def reduction(name, x, axis, keepdims):
+def any_all(name, x, axis, keepdims):
+    """any / all: the max / min of x != 0 (float 0/1, as the comparisons give)."""
+    b = backend.current()
+    xv = _device(b, value(x))
+    shape = tuple(xv.shape)
+    axes = _axes(axis, len(shape))
+    if math.prod(shape[a] for a in axes) == 0:  # NumPy: any of nothing False, all True
+        out = tuple(1 if k in axes else d for k, d in enumerate(shape)) if keepdims else \
+            tuple(d for k, d in enumerate(shape) if k not in axes)
+        return record(b.full(out, 0.0 if name == "any" else 1.0, np.float32), (), None, name)
+    nonzero = _kernels().predicate(xv, "nonzero")
+    y = b.reduce_axes(nonzero, axes, "max" if name == "any" else "min", keepdims)
+    return record(y, (), None, name)
+
+
+def reduction(name, x, axis, keepdims, initial=None):
     b = backend.current()
     if name not in ("sum", "mean", "max", "min"):
         unsupported(name)
@@ -195,6 +236,9 @@ def reduction(name, x, axis, keepdims):
     count = math.prod(shape[a] for a in axes)
     if name == "mean":
         y = _mul(b, y, 1.0 / max(count, 1))
+    if initial is not None:  # NumPy's initial=: one more candidate in every reduction
+        y = b.elementwise_binary(y, _scalar(b, initial), "maximum" if name == "max"
+                                 else "minimum")
 
     def backward(dy, need):
         if name in ("sum", "mean"):
@@ -205,7 +249,10 @@ def reduction(name, x, axis, keepdims):
                                                        for k, d in enumerate(shape)))
         dy_keep = dy if keepdims else b.reshape(dy, tuple(y_keep.shape))
         hit = b.elementwise_binary(xv, y_keep, "equal")
-        share = b.elementwise_binary(dy_keep, b.reduce_axes(hit, axes, "sum", True), "divide")
+        # at least 1: where initial= won, no element is hit and none gets a gradient
+        hits = b.elementwise_binary(b.reduce_axes(hit, axes, "sum", True), _scalar(b, 1.0),
+                                    "maximum")
+        share = b.elementwise_binary(dy_keep, hits, "divide")
         return (b.elementwise_binary(hit, share, "multiply"),)
 
     return record(y, (x,), backward, name)
@@ -438,6 +485,9 @@ def getitem(x, key):
     shape = tuple(xv.shape)
     key = key if isinstance(key, tuple) else (key,)
     key = tuple(value(k) if type(k) is Tensor else k for k in key)
+    key = _host_masks_as_indices(b, x, xv, key)
+    if not isinstance(key, tuple):  # a whole-shape mask: already gathered
+        return key
     arrays = [i for i, k in enumerate(key) if not isinstance(
         k, (int, np.integer, slice, type(None), type(Ellipsis)))]
     if len(arrays) > 1:
@@ -451,7 +501,8 @@ def getitem(x, key):
             unsupported("getitem with an index array apart from integer indices")
         arr = key[at]
         if getattr(arr, "dtype", None) is not None and np.dtype(arr.dtype) == np.bool_:
-            unsupported("getitem with a boolean mask (its size is data-dependent)")
+            unsupported("getitem with a boolean mask on the device (its size is "
+                        "data-dependent; a NumPy mask works)")
         basic = key[:at] + (slice(None),) + key[at + 1:]
         view = getitem(x, basic)
         # The array's axis in the view: the axes before it, less the ones ints removed, plus
@@ -468,6 +519,34 @@ def getitem(x, key):
     y = k.strided_copy(xv, offset, out_shape, strides)
     return record(y, (x,), lambda dy, need: (k.strided_scatter(dy, shape, offset, strides),),
                   "getitem")
+
+
+def _host_masks_as_indices(b, x, xv, key):
+    """A boolean mask held by the host has a size the host knows: a 1-D one becomes the
+    integer indices of its True entries (np.flatnonzero), one of x's whole shape the take of
+    those indices from flat x. Masks on the device stay an error (reading them back to size
+    the result would be the host round trip pynn.ops does not make)."""
+    masks = [i for i, k in enumerate(key) if isinstance(k, np.ndarray) and k.dtype == np.bool_]
+    if not masks:
+        return key
+    shape = tuple(xv.shape)
+    at = masks[0]
+    mask = key[at]
+    if len(key) == 1 and mask.ndim == len(shape) and mask.ndim > 1:
+        if mask.shape != shape:
+            raise IndexError(f"boolean index of shape {mask.shape} does not match the indexed "
+                             f"array of shape {shape}")
+        flat = np.flatnonzero(mask)
+        return take(x, flat.astype(np.int32), None)
+    if mask.ndim != 1:
+        unsupported("getitem with a boolean mask over some of several axes")
+    if Ellipsis not in key[:at]:
+        axis = sum(1 for k in key[:at] if k is not None)
+        if axis < len(shape) and shape[axis] != mask.size:
+            raise IndexError(f"boolean index did not match indexed array along axis {axis}; "
+                             f"size of axis is {shape[axis]} but size of corresponding boolean "
+                             f"axis is {mask.size}")
+    return key[:at] + (np.flatnonzero(mask),) + key[at + 1:]
 
 
 def _basic_view(shape, key):

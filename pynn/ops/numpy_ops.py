@@ -151,6 +151,7 @@ greater = _binary("greater", np.greater, None, None)
 greater_equal = _binary("greater_equal", np.greater_equal, None, None)
 logical_and = _binary("logical_and", np.logical_and, None, None)
 logical_or = _binary("logical_or", np.logical_or, None, None)
+logical_xor = _binary("logical_xor", np.logical_xor, None, None)
 
 
 @op
@@ -263,10 +264,9 @@ def mean(x, axis=None, keepdims=False):
 
 def _extremum(name, reduce):
     def fn(x, axis=None, keepdims=False, initial=None):
-        if _on_device() and initial is None:
+        if _on_device():
             return device.reduction({"amax": "max", "amin": "min"}.get(name, name), x, axis,
-                                    keepdims)
-        cpu_only(name)
+                                    keepdims, initial)
         xv = np.asarray(value(x))
         axes = _axes(axis, xv.ndim)
         y = np.asarray(reduce(xv, axis=axes, keepdims=True) if initial is None else
@@ -277,7 +277,7 @@ def _extremum(name, reduce):
             hit = xv == y
             count = np.sum(hit, axis=axes, keepdims=True)
             g = dy if keepdims else (np.expand_dims(dy, axes) if axes else dy)
-            return (np.where(hit, g / count, 0).astype(xv.dtype),)
+            return (np.where(hit, g / np.maximum(count, 1), 0).astype(xv.dtype),)
 
         out = y if keepdims else np.squeeze(y, axis=axes)
         return record(np.asarray(out), (x,), backward, name)
@@ -357,7 +357,8 @@ def _arg(name, reduce):
     def fn(x, axis=None, keepdims=False):
         if name in ("argmax", "argmin") and _on_device():
             return device.arg_reduce(name, x, axis, keepdims)
-        cpu_only(name)
+        if _on_device():
+            return device.any_all(name, x, axis, keepdims)
         xv = np.asarray(value(x))
         return Tensor(np.asarray(reduce(xv, axis=axis, keepdims=keepdims)))
 

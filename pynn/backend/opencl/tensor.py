@@ -114,3 +114,24 @@ def batched_matmul(a, c, batch, m, n, k, a_shared, c_shared):
     rt.launch(rt.kernel("tensor", "batched_matmul"), (n, m, batch), (BMM_TILE, BMM_TILE, 1),
               a, c, y, m, n, k, 0 if a_shared else m * k, 0 if c_shared else k * n)
     return y
+
+
+# -- issue 13's last elementwise ops (booleans as float 0/1, like the comparisons) ---------
+BROADCAST_BINARY = ("logical_and", "logical_or", "logical_xor", "not_equal", "floor_divide",
+                    "mod")
+PREDICATES = ("logical_not", "isnan", "isfinite", "nonzero")
+
+
+def broadcast_binary(a, c, name, shape, a_strides, c_strides):
+    y = rt.empty(tuple(shape), what=f"{name} output")
+    dims, sa = _pad(shape, a_strides)
+    _, sc = _pad(shape, c_strides)
+    elementwise("tensor", "broadcast_binary", y.size, a, c, y, y.size,
+                BROADCAST_BINARY.index(name), *dims, *sa, *sc)
+    return y
+
+
+def predicate(x, name):
+    y = rt.empty(tuple(x.shape), what=f"{name} output")
+    elementwise("tensor", "predicate", y.size, x, y, y.size, PREDICATES.index(name))
+    return y
