@@ -1148,9 +1148,9 @@ class Model(Layer):
         return rows
 
     def quantize(self, mode="int8"):
-        """Keras 3's ``model.quantize("int8")``: Dense and Conv2D layers to int8 in place
-        (weights per-channel symmetric, activations per batch); see
-        pynn.layers.quantized.quantize_model."""
+        """Keras 3's ``model.quantize("int8")``: Dense, convolution and recurrent input
+        projections to int8 in place (weights per-channel symmetric, activations per batch);
+        see pynn.compression.quantization."""
         from pynn.layers.quantized import quantize_model
 
         return quantize_model(self, mode)
@@ -1262,8 +1262,9 @@ class Model(Layer):
                    outputs=_restructure(config.get("output_keys"), outputs),
                    name=config.get("name"), trainable=config.get("trainable", True))
 
-    def save(self, filepath):
-        saving.save_model(self, filepath)
+    def save(self, filepath, weights_dtype=None):
+        """``weights_dtype="float16"``: float weights stored as float16 (loaded as float32)."""
+        saving.save_model(self, filepath, weights_dtype=weights_dtype)
 
     def save_weights(self, filepath):
         saving.save_weights(self, filepath)

@@ -175,8 +175,31 @@ def _atomic_write_zip(filepath, entries):
         raise
 
 
-def _model_entries(model, include_optimizer=True, weights_only=False):
-    weights = model.get_weights()
+# -- float16 weight storage (issue 18, branch qbreadth) --
+WEIGHTS_DTYPES = (None, "float32", "float16")
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def _check_weights_dtype(weights_dtype, verb):
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"{verb}: weights_dtype must be one of {WEIGHTS_DTYPES}, got "
+                         f"{weights_dtype!r}")
+
+
+def _stored_weights(weights, weights_dtype):
+    """The arrays to write: with "float16", float weights halve (loading casts them back to
+    the layer's float32); integer weights (int8 kernels) stay, and so does a float weight
+    with a value past float16's range (a large moving variance would load as inf)."""
+    if weights_dtype != "float16":
+        return weights
+    return [w.astype(np.float16) if w.dtype.kind == "f" and w.dtype.itemsize > 2
+            and (not w.size or float(np.abs(w).max()) <= _FLOAT16_MAX) else w
+            for w in weights]
+# -- end float16 weight storage --
+
+
+def _model_entries(model, include_optimizer=True, weights_only=False, weights_dtype=None):
+    weights = _stored_weights(model.get_weights(), weights_dtype)
     names = [v.path for v in model.weights]
     model_class = type(model).__name__
     if not weights_only and (model_class not in MODEL_CLASSES
@@ -224,14 +247,19 @@ def _keras_format(filepath, verb):
                      f"(Keras weights, and Keras 2 models to load)")
 
 
-def save_model(model, filepath, include_optimizer=True):
+def save_model(model, filepath, include_optimizer=True, weights_dtype=None):
     suffix = _keras_format(filepath, "save")
+    _check_weights_dtype(weights_dtype, "save")
+    if suffix is not None and weights_dtype == "float16":
+        raise ValueError(f"save: weights_dtype='float16' is a .pynn option, got "
+                         f"{os.fspath(filepath)!r}")
     if suffix is not None:
         return KERAS_IO["save" if suffix == ".keras" else "save_h5"](model, filepath)
     if not model.built:
         raise ValueError(f"save: model '{model.name}' is not built yet; train it or give it an "
                          f"Input first")
-    _atomic_write_zip(filepath, _model_entries(model, include_optimizer))
+    _atomic_write_zip(filepath, _model_entries(model, include_optimizer,
+                                               weights_dtype=weights_dtype))
 
 
 def save_weights(model, filepath):

@@ -1,21 +1,32 @@
-"""int8 quantization (issue 18), for inference.
+"""int8 quantization (issue 18), for inference, on Sequential and functional models alike.
 
 - ``quantize(model, calibration_x, method="minmax" | "percentile")``: static post-training
-  int8, a copy of a Sequential model whose Dense and Conv2D layers (linear or relu) run on the
-  int8 GEMM (native/quant.pyx: AVX-512 VNNI / AVX2 chosen at run time, bit-identical on
-  OpenCL), activations uint8 per tensor calibrated on ``calibration_x`` (min-max, or the
-  [100 - p, p] percentiles to ignore outliers), requantization and relu fused;
-- ``model.quantize("int8")`` (Keras 3's API, ``quantize_model``): in place, dynamic: the
-  input's scale from each batch's range, float32 out of the int32 accumulators;
+  int8, a copy of ``model`` whose Dense, Conv1D, Conv2D, DepthwiseConv2D and
+  SeparableConv2D layers (linear or relu) run on the int8 GEMM (native/quant.pyx: AVX-512
+  VNNI / AVX2 chosen at run time, bit-identical on OpenCL), activations uint8 per tensor
+  calibrated on ``calibration_x`` (min-max, or the [100 - p, p] percentiles to ignore
+  outliers), requantization and relu fused; SimpleRNN / LSTM / GRU get their dynamic int8
+  input projection (below);
+- ``quantize_dynamic(model)`` (PyTorch's name): a copy whose Dense layers and SimpleRNN /
+  LSTM / GRU input projections (x @ kernel) take int8 weights per output channel and
+  quantize their input per call from its own range; the recurrent product stays float;
+- ``model.quantize("int8")`` (Keras 3's API): in place, dynamic, every layer ``quantize``
+  knows; a functional model keeps its graph, each node now calling the int8 layer;
 - weights: symmetric per output channel, w_scale[u] = max |W[..., u]| / 127, int8 in
   [-127, 127], kept in Keras's layout (``kernel`` int8, ``kernel_scale``) and packed once for
   the GEMM; bias float, rint(b / (x_scale * w_scale[u])) in int32 at run time;
 - saving: int8 weights stay int8 in .pynn (about 1/4 of the float file), and a loaded model
-  predicts bit-identically;
+  predicts bit-identically; the lighter option keeps float layers and stores their weights
+  as float16, loaded back as float32: ``model.save(path, weights_dtype="float16")`` (TF-Lite's
+  "float16 quantization"; ``float16_size`` returns the file's size);
+- ONNX: ``pynn.onnx.export`` writes a quantized model in QDQ form;
 - quantization-aware training: ``pynn.compression.qat``.
 
-Not done: Conv1D / depthwise / recurrent int8 kernels, float16 weight storage, ONNX QDQ export.
+The layers themselves: pynn.layers.quantized (Dense, Conv2D) and
+pynn.layers.quantized_extra (Conv1D, depthwise, separable, recurrent).
 """
+
+import os
 
 import numpy as np
 
@@ -26,42 +37,193 @@ from pynn.layers.quantized import (  # noqa: F401 -- the layers are this module'
     QuantizedDense,
     _int8_twin,
     activation_params,
-    quantize_model,
     weight_params,
+)
+from pynn.layers.quantized_extra import (  # noqa: F401
+    RECURRENT_TWINS,
+    QuantizedConv1D,
+    QuantizedDepthwiseConv2D,
+    QuantizedGRU,
+    QuantizedLSTM,
+    QuantizedSeparableConv2D,
+    QuantizedSimpleRNN,
 )
 
 
-def quantize(model, calibration_x, method="minmax", percentile=99.99):
-    """An int8 copy of the Sequential ``model`` for inference (see the module docstring);
-    ``calibration_x`` is a sample of inputs (a few hundred are plenty)."""
-    from pynn.models import Sequential, layer_from_config
+def _fused(layer):
+    """Whether the int8 kernels can fuse ``layer``'s activation (relu or nothing)."""
+    return (getattr(layer, "activation", None) in ("linear", "relu")
+            and getattr(layer, "alpha", 0.0) == 0.0
+            and getattr(layer, "_activation_fn", None) is None)
 
-    if not isinstance(model, Sequential):
-        raise ValueError(  # noqa: TRY004 -- as prune_structured
-            f"quantize: expected a Sequential model, got {type(model).__name__}")
+
+def _recurrent_twin_class(layer):
+    cls = RECURRENT_TWINS.get(type(layer))
+    if cls is None or layer._callable_activation():
+        return None
+    return cls
+
+
+def int8_twin(layer, x_params=None, y_params=None, mid_params=None, dynamic_only=False):
+    """The int8 layer replacing ``layer`` (static with the (scale, zero_point) of its input,
+    output and, for SeparableConv2D, intermediate tensor; dynamic without), or None when
+    there is none. ``dynamic_only``: only what ``quantize_dynamic`` converts."""
+    from pynn.layers.conv_variants import DepthwiseConv2D, SeparableConv2D
+    from pynn.layers.sequence import Conv1D
+
+    recurrent = _recurrent_twin_class(layer)
+    if recurrent is not None:
+        return recurrent.from_float(layer)
+    if dynamic_only:
+        return _int8_twin(layer) if type(layer).__name__ == "Dense" and _fused(layer) else None
+    if not _fused(layer):
+        return None
+    if type(layer) is Conv1D and layer.groups == 1:
+        return QuantizedConv1D.from_conv(layer, x_params, y_params)
+    if type(layer) is DepthwiseConv2D:
+        return QuantizedDepthwiseConv2D.from_depthwise(layer, x_params, y_params)
+    if type(layer) is SeparableConv2D:
+        return QuantizedSeparableConv2D.from_separable(
+            layer, x_params, mid_params if x_params is not None else None, y_params)
+    return _int8_twin(layer, x_params, y_params)
+
+
+# -- graphs: calibrate, then rewire ------------------------------------------------------
+def _graph(model, what):
+    from pynn.models import Model
+
+    if not isinstance(model, Model) or getattr(model, "_traced", False):
+        raise ValueError(f"{what}: expected a Sequential or functional pynn Model, got "
+                         f"{type(model).__name__}")
+    if not model.built or model._graph is None:
+        raise ValueError(f"{what}: model '{model.name}' must be built first")
+    return model._graph
+
+
+def _clone(model):
+    """A copy of ``model`` with its own layers and the same weights."""
+    copy = type(model).from_config(model.get_config())
+    if not copy.built:
+        copy.build(model.input_shape)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _rewire(model, twins):
+    """Replace, in place, each layer ``twins`` maps (by id) in ``model``'s graph."""
+    from pynn.layers.functional import Graph, Plan
+
+    if not twins:
+        return model
+    if type(model).__name__ == "Sequential":
+        model._stack = [twins.get(id(layer), layer) for layer in model._stack]
+        model._graph = model._plan = None
+        model._build_chain(model._input_layer.input_shape)
+        return model
+    graph = model._graph
+    for node in graph.nodes:
+        twin = twins.get(id(node.layer))
+        if twin is not None:
+            node.layer = twin
+            twin._inbound_nodes.append(node)
+    model._graph = Graph(graph.inputs, graph.outputs, f"Model '{model.name}'")
+    model._plan = Plan(model._graph)
+    model._plan.prepare_backward(False)
+    return model
+
+
+def _calibrate(model, calibration_x, method, percentile):
+    """{id(layer): (x_params, y_params, mid_params)} of every layer ``int8_twin`` converts
+    statically, from one pass of ``calibration_x`` through the graph (a layer called twice
+    covers the values of both calls)."""
+    from pynn.layers.conv_variants import SeparableConv2D
+
+    b = backend.current()
+    graph = model._graph
+    xs = calibration_x if isinstance(calibration_x, (list, tuple)) else [calibration_x]
+    if len(xs) != len(graph.inputs):
+        raise ValueError(f"quantize: model '{model.name}' has {len(graph.inputs)} inputs, "
+                         f"calibration_x gives {len(xs)}")
+    values = {id(t): b.asarray(np.asarray(x, t.dtype), t.dtype)
+              for t, x in zip(graph.inputs, xs)}
+    seen = {}
+    for node in graph.nodes:
+        if node.is_input:
+            continue
+        layer = node.layer
+        ins = [values[id(t)] for t in node.inputs]
+        out = layer(ins if node.several else ins[0])
+        outs = out if isinstance(out, list) else [out]
+        for t, y in zip(node.outputs, outs):
+            values[id(t)] = y
+        if node.several or not _fused(layer) or _recurrent_twin_class(layer) is not None:
+            continue
+        entry = seen.setdefault(id(layer), ([], [], []))
+        entry[0].append(b.to_numpy(ins[0]).reshape(-1))
+        entry[1].append(b.to_numpy(outs[0]).reshape(-1))
+        if isinstance(layer, SeparableConv2D):
+            mid, _ = b.depthwise_conv2d_forward(ins[0], layer.depthwise_kernel.value, None,
+                                                layer.strides, layer.padding,
+                                                layer.dilation_rate, "linear", 0.0)
+            entry[2].append(b.to_numpy(mid).reshape(-1))
+    return {key: tuple(activation_params(np.concatenate(v), method, percentile) if v else None
+                       for v in entry)
+            for key, entry in seen.items()}
+
+
+def quantize(model, calibration_x, method="minmax", percentile=99.99):
+    """An int8 copy of ``model`` (Sequential or functional) for inference (see the module
+    docstring); ``calibration_x`` is a sample of inputs (a list for several inputs; a few
+    hundred samples are plenty)."""
+    _graph(model, "quantize")
     if method not in METHODS:
         raise ValueError(f"quantize: method must be one of {METHODS}, got {method!r}")
-    b = backend.current()
-    x = b.asarray(np.asarray(calibration_x, np.float32), np.float32)
-    new_layers = []
-    for layer in model.layers:
-        y = layer(x)
-        twin = _int8_twin(layer, activation_params(b.to_numpy(x), method, percentile),
-                          activation_params(b.to_numpy(y), method, percentile))
+    copy = _clone(model)
+    params = _calibrate(copy, calibration_x, method, percentile)
+    twins = {}
+    for layer in copy.layers:
+        x_params, y_params, mid_params = params.get(id(layer), (None, None, None))
+        if x_params is None and _recurrent_twin_class(layer) is None:
+            continue  # not reached by the calibration (or not convertible)
+        twin = int8_twin(layer, x_params, y_params, mid_params)
         if twin is not None:
-            new_layers.append(twin)
-        else:
-            copy = layer_from_config({"class_name": type(layer).__name__,
-                                      "config": layer.get_config()})
-            copy.build(layer.input_shape)
-            copy.set_weights(layer.get_weights())
-            new_layers.append(copy)
-        x = y
-    quantized = Sequential([_input_like(model)] + new_layers, name=f"{model.name}_int8")
-    return quantized
+            twins[id(layer)] = twin
+    _rewire(copy, twins)
+    copy.name = f"{model.name}_int8"
+    return copy
 
 
-def _input_like(model):
-    from pynn.layers import Input
+def quantize_dynamic(model, inplace=False):
+    """PyTorch's ``quantize_dynamic``: Dense layers and the SimpleRNN / LSTM / GRU input
+    projections with int8 weights per output channel, the input quantized per call from its
+    own range, float out; a copy unless ``inplace``."""
+    _graph(model, "quantize_dynamic")
+    target = model if inplace else _clone(model)
+    twins = {}
+    for layer in target.layers:
+        twin = int8_twin(layer, dynamic_only=True)
+        if twin is not None:
+            twins[id(layer)] = twin
+    return _rewire(target, twins)
 
-    return Input(tuple(model.input_shape[1:]))
+
+def quantize_in_place(model, mode="int8"):
+    """Keras 3's ``model.quantize("int8")``: in place, dynamic, every layer ``int8_twin``
+    converts, in Sequential and functional models. Returns the model."""
+    if mode != "int8":
+        raise ValueError(f"quantize: mode must be 'int8', got {mode!r}")
+    _graph(model, "quantize")
+    twins = {}
+    for layer in model.layers:
+        twin = int8_twin(layer)
+        if twin is not None:
+            twins[id(layer)] = twin
+    return _rewire(model, twins)
+
+
+# -- float16 weight storage --------------------------------------------------------------
+def float16_size(model, filepath):
+    """Save ``model`` with float16 weights (``model.save(filepath, weights_dtype="float16")``)
+    and return the file's size in bytes; the file loads as float32."""
+    model.save(filepath, weights_dtype="float16")
+    return os.path.getsize(filepath)

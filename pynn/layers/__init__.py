@@ -132,6 +132,15 @@ SeparableConvolution1D = SeparableConv1D
 # -- int8 quantization (issue 18, branch quant): saved quantized models name these --
 from pynn.layers.quantized import FakeQuant, QuantizedConv2D, QuantizedDense  # noqa: E402
 LAYERS.update({cls.__name__: cls for cls in (QuantizedDense, QuantizedConv2D, FakeQuant)})
+# -- int8 breadth (issue 18, branch qbreadth): Conv1D, depthwise, separable, recurrent --
+from pynn.layers.quantized_extra import (  # noqa: E402
+    QuantizedConv1D, QuantizedDepthwiseConv2D, QuantizedGRU, QuantizedLSTM,
+    QuantizedSeparableConv2D, QuantizedSimpleRNN,
+)
+LAYERS.update({cls.__name__: cls for cls in (
+    QuantizedConv1D, QuantizedDepthwiseConv2D, QuantizedSeparableConv2D, QuantizedSimpleRNN,
+    QuantizedLSTM, QuantizedGRU,
+)})
 
 # Keras aliases.
 MaxPool2D = MaxPooling2D
