@@ -710,7 +710,7 @@ def _gates(a, order, units):
 
 @_converts("SimpleRNN", "LSTM", "GRU")
 def _recurrent(g, layer, x, out_shape):
-    kind, u = type(layer).__name__, layer.units
+    kind, u = type(layer).__name__.removeprefix("Quantized"), layer.units
     hint = layer.name
     # ONNX's time-major layout (T, N, C) is x in layout (1, 0, 2).
     x = g.layout(x, (1, 0, 2))
@@ -719,7 +719,7 @@ def _recurrent(g, layer, x, out_shape):
         xs = g.op("Slice", [xs, g.ints([-1], f"{hint}_rs"), g.ints([_INT64_MIN], f"{hint}_re"),
                             g.ints([0], f"{hint}_ra"), g.ints([-1], f"{hint}_rstep")],
                   f"{hint}_reversed")
-    kernel, recurrent = _host(layer.kernel).T, _host(layer.recurrent_kernel).T
+    kernel, recurrent = _dequantized_kernel(layer).T, _host(layer.recurrent_kernel).T
     gates = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3}[kind]
     bias = _host(layer.bias) if layer.use_bias else np.zeros((gates * u,))
     recurrent_bias = np.zeros((gates * u,))
@@ -764,6 +764,155 @@ def _time_distributed(g, layer, x, out_shape):
     y = g.op("Reshape", [g.nhwc(inner_out).name,
                          g.ints([-1] + list(out_shape[1:]), f"{hint}_out")], hint)
     return g.tensor(y, out_shape)
+
+# -- int8 quantized layers (issue 18, branch qbreadth): QDQ form ---------------------------
+# The int8 layers export as ONNX's QDQ form: QuantizeLinear -> DequantizeLinear around the
+# float op, whose weights are int8 initializers behind a per-channel DequantizeLinear and
+# whose bias (static) is the int32 rint(b / (x_scale * w_scale)) pynn adds, dequantized with
+# x_scale * w_scale. A runtime either runs the float op on the dequantized values or fuses
+# the pattern into QLinearConv / QLinearMatMul; both give pynn's int8 results up to the float
+# rounding of the requantization (one output step at a rounding tie). Dynamic layers
+# quantize their input with DynamicQuantizeLinear (the same range, 0 included, and zero
+# point as pynn's per-batch quantization) and stay float after the op.
+def _dequantized_kernel(layer):
+    """The float kernel a layer's matmul uses: an int8 layer's kernel * kernel_scale."""
+    if getattr(layer, "kernel_scale", None) is None:
+        return _host(layer.kernel)
+    return _host(layer.kernel) * _host(layer.kernel_scale)
+
+
+def _static(layer):
+    return getattr(layer, "input_scale", None) is not None
+
+
+def _qdq(g, x, scale, zero_point, hint):
+    """``x`` (a _Tensor) rounded to the uint8 grid (scale, zero_point), as float."""
+    s = g.const(np.float32(scale), f"{hint}_scale")
+    z = g.const(np.uint8(zero_point), f"{hint}_zp", np.uint8)
+    q = g.op("QuantizeLinear", [x.name, s, z], f"{hint}_q")
+    return g.derived(x, g.op("DequantizeLinear", [q, s, z], f"{hint}_dq"))
+
+
+def _qdq_input(g, layer, x, hint):
+    if _static(layer):
+        return _qdq(g, x, layer.input_scale, layer.input_zero_point, f"{hint}_in")
+    q, s, z = g.op("DynamicQuantizeLinear", [x.name], f"{hint}_in_q", outputs=3)
+    return g.derived(x, g.op("DequantizeLinear", [q, s, z], f"{hint}_in_dq"))
+
+
+def _qdq_output(g, layer, t, hint):
+    """relu (fused in pynn's requantization), then the output's uint8 grid when static."""
+    t = _apply_activation(g, layer, t, layer.activation, 0.0, f"{hint}_act")
+    if not _static(layer):
+        return t
+    return _qdq(g, t, layer.output_scale, layer.output_zero_point, f"{hint}_out")
+
+
+def _int8_weight(g, wq, scales, axis, hint):
+    """The DequantizeLinear of int8 weights ``wq`` with per-channel ``scales`` on ``axis``."""
+    scales = np.asarray(scales, np.float32)
+    return g.op("DequantizeLinear", [g.const(wq, f"{hint}_wq", np.int8),
+                                     g.const(scales, f"{hint}_wscale"),
+                                     g.const(np.zeros(scales.shape, np.int8), f"{hint}_wzp",
+                                             np.int8)],
+                f"{hint}_w", axis=int(axis))
+
+
+def _int8_bias(g, layer, hint):
+    if not layer.use_bias:
+        return None
+    bias = _host(layer.bias)
+    if not _static(layer):
+        return g.const(bias, f"{hint}_bias")
+    combined = np.float64(layer.input_scale) * _host(layer.kernel_scale)
+    bq = np.clip(np.rint(bias / combined), -2**31, 2**31 - 1).astype(np.int32)
+    return g.op("DequantizeLinear", [g.const(bq, f"{hint}_bq", np.int32),
+                                     g.const(combined.astype(np.float32), f"{hint}_bscale")],
+                f"{hint}_b", axis=0)
+
+
+def _int8_weights_of(layer):
+    return np.asarray(_host(layer.kernel), np.int8), _host(layer.kernel_scale)
+
+
+@_converts("QuantizedDense")
+def _quantized_dense(g, layer, x, out_shape):
+    hint = layer.name
+    x = _qdq_input(g, layer, g.nhwc(x), hint)
+    wq, scales = _int8_weights_of(layer)  # (K, U): the channels on axis 1
+    y = g.op("MatMul", [x.name, _int8_weight(g, wq, scales, 1, hint)], f"{hint}_matmul")
+    bias = _int8_bias(g, layer, hint)
+    if bias is not None:
+        y = g.op("Add", [y, bias], f"{hint}_add")
+    return _qdq_output(g, layer, g.tensor(y, out_shape), hint)
+
+
+def _quantized_conv(g, layer, x, out_shape, wq, kernel, strides, dilation, pads, group, hint):
+    """One QDQ Conv; ``wq`` int8 in ONNX's (F, C/g, k...) layout, the channels on axis 0."""
+    x = _qdq_input(g, layer, g.nchw(x), hint)
+    inputs = [x.name, _int8_weight(g, wq, _host(layer.kernel_scale), 0, hint)]
+    bias = _int8_bias(g, layer, hint)
+    if bias is not None:
+        inputs.append(bias)
+    y = g.op("Conv", inputs, hint, kernel_shape=list(kernel), strides=list(strides),
+             dilations=list(dilation), pads=list(pads), group=int(group))
+    return _qdq_output(g, layer, g.tensor(y, out_shape, _channels_first(len(out_shape))), hint)
+
+
+@_converts("QuantizedConv2D")
+def _quantized_conv2d(g, layer, x, out_shape):
+    wq = np.asarray(_host(layer.kernel), np.int8).transpose(3, 2, 0, 1)
+    pads = _window_pads(layer, x, layer.kernel_size, layer.strides, layer.dilation_rate,
+                        layer.padding)
+    return _quantized_conv(g, layer, x, out_shape, wq, layer.kernel_size, layer.strides,
+                           layer.dilation_rate, pads, 1, layer.name)
+
+
+@_converts("QuantizedConv1D")
+def _quantized_conv1d(g, layer, x, out_shape):
+    wq = np.asarray(_host(layer.kernel), np.int8).transpose(2, 1, 0)  # (k, C, F) -> (F, C, k)
+    k, s, d = (layer.kernel_size[1],), (layer.strides[1],), (layer.dilation_rate[1],)
+    if layer.causal:
+        pads = [layer._causal_left, 0]
+    else:
+        pads = _window_pads(layer, x, k, s, d, layer.padding)
+    return _quantized_conv(g, layer, x, out_shape, wq, k, s, d, pads, 1, layer.name)
+
+
+def _quantized_depthwise_conv(g, layer, x, out_shape, hint):
+    kernel = np.asarray(_host(layer.kernel), np.int8)  # (kh, kw, C, m) -> (C*m, 1, kh, kw)
+    kh, kw, c, m = kernel.shape
+    wq = kernel.reshape(kh, kw, c * m).transpose(2, 0, 1)[:, None]
+    pads = _window_pads(layer, x, layer.kernel_size, layer.strides, layer.dilation_rate,
+                        layer.padding)
+    return _quantized_conv(g, layer, x, out_shape, wq, layer.kernel_size, layer.strides,
+                           layer.dilation_rate, pads, c, hint)
+
+
+@_converts("QuantizedDepthwiseConv2D")
+def _quantized_depthwise(g, layer, x, out_shape):
+    return _quantized_depthwise_conv(g, layer, x, out_shape, layer.name)
+
+
+@_converts("QuantizedSeparableConv2D")
+def _quantized_separable(g, layer, x, out_shape):
+    dw, pw = layer._depthwise, layer._pointwise
+    mid_shape = tuple(out_shape[:-1]) + (int(x.shape[-1]) * layer.depth_multiplier,)
+    t = _quantized_depthwise_conv(g, dw, x, mid_shape, f"{layer.name}_depthwise")
+    return _quantized_conv(g, pw, t, out_shape,
+                           np.asarray(_host(pw.kernel), np.int8).transpose(3, 2, 0, 1),
+                           (1, 1), (1, 1), (1, 1), [0, 0, 0, 0], 1, layer.name)
+
+
+@_converts("QuantizedSimpleRNN", "QuantizedLSTM", "QuantizedGRU")
+def _quantized_recurrent(g, layer, x, out_shape):
+    # the input quantized per call, then the float recurrent op on the dequantized kernel
+    # (pynn's int8 projection, up to its int32 bias rounding); the recurrence stays float
+    q, s, z = g.op("DynamicQuantizeLinear", [g.nhwc(x).name], f"{layer.name}_in_q",
+                   outputs=3)
+    x = g.tensor(g.op("DequantizeLinear", [q, s, z], f"{layer.name}_in_dq"), x.shape)
+    return _recurrent(g, layer, x, out_shape)
+# -- end int8 quantized layers --
 
 
 def _convert(g, layer, x, out_shape):
