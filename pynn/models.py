@@ -1151,9 +1151,9 @@ class Model(Layer):
         """Keras 3's ``model.quantize("int8")``: Dense, convolution and recurrent input
         projections to int8 in place (weights per-channel symmetric, activations per batch);
         see pynn.compression.quantization."""
-        from pynn.layers.quantized import quantize_model
+        from pynn.layers.quantized_extra import quantize_in_place
 
-        return quantize_model(self, mode)
+        return quantize_in_place(self, mode)
 
     def summary(self, print_fn=None):
         """Keras's table: Layer (type), Output Shape, Param # and, for a functional model,

@@ -47,89 +47,14 @@ from pynn.layers.quantized_extra import (  # noqa: F401
     QuantizedLSTM,
     QuantizedSeparableConv2D,
     QuantizedSimpleRNN,
+    _clone,
+    _fused,
+    _graph,
+    _recurrent_twin_class,
+    _rewire,
+    int8_twin,
+    quantize_in_place,
 )
-
-
-def _fused(layer):
-    """Whether the int8 kernels can fuse ``layer``'s activation (relu or nothing)."""
-    return (getattr(layer, "activation", None) in ("linear", "relu")
-            and getattr(layer, "alpha", 0.0) == 0.0
-            and getattr(layer, "_activation_fn", None) is None)
-
-
-def _recurrent_twin_class(layer):
-    cls = RECURRENT_TWINS.get(type(layer))
-    if cls is None or layer._callable_activation():
-        return None
-    return cls
-
-
-def int8_twin(layer, x_params=None, y_params=None, mid_params=None, dynamic_only=False):
-    """The int8 layer replacing ``layer`` (static with the (scale, zero_point) of its input,
-    output and, for SeparableConv2D, intermediate tensor; dynamic without), or None when
-    there is none. ``dynamic_only``: only what ``quantize_dynamic`` converts."""
-    from pynn.layers.conv_variants import DepthwiseConv2D, SeparableConv2D
-    from pynn.layers.sequence import Conv1D
-
-    recurrent = _recurrent_twin_class(layer)
-    if recurrent is not None:
-        return recurrent.from_float(layer)
-    if dynamic_only:
-        return _int8_twin(layer) if type(layer).__name__ == "Dense" and _fused(layer) else None
-    if not _fused(layer):
-        return None
-    if type(layer) is Conv1D and layer.groups == 1:
-        return QuantizedConv1D.from_conv(layer, x_params, y_params)
-    if type(layer) is DepthwiseConv2D:
-        return QuantizedDepthwiseConv2D.from_depthwise(layer, x_params, y_params)
-    if type(layer) is SeparableConv2D:
-        return QuantizedSeparableConv2D.from_separable(
-            layer, x_params, mid_params if x_params is not None else None, y_params)
-    return _int8_twin(layer, x_params, y_params)
-
-
-# -- graphs: calibrate, then rewire ------------------------------------------------------
-def _graph(model, what):
-    from pynn.models import Model
-
-    if not isinstance(model, Model) or getattr(model, "_traced", False):
-        raise ValueError(f"{what}: expected a Sequential or functional pynn Model, got "
-                         f"{type(model).__name__}")
-    if not model.built or model._graph is None:
-        raise ValueError(f"{what}: model '{model.name}' must be built first")
-    return model._graph
-
-
-def _clone(model):
-    """A copy of ``model`` with its own layers and the same weights."""
-    copy = type(model).from_config(model.get_config())
-    if not copy.built:
-        copy.build(model.input_shape)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def _rewire(model, twins):
-    """Replace, in place, each layer ``twins`` maps (by id) in ``model``'s graph."""
-    from pynn.layers.functional import Graph, Plan
-
-    if not twins:
-        return model
-    if type(model).__name__ == "Sequential":
-        model._stack = [twins.get(id(layer), layer) for layer in model._stack]
-        model._graph = model._plan = None
-        model._build_chain(model._input_layer.input_shape)
-        return model
-    graph = model._graph
-    for node in graph.nodes:
-        twin = twins.get(id(node.layer))
-        if twin is not None:
-            node.layer = twin
-            twin._inbound_nodes.append(node)
-    model._graph = Graph(graph.inputs, graph.outputs, f"Model '{model.name}'")
-    model._plan = Plan(model._graph)
-    model._plan.prepare_backward(False)
-    return model
 
 
 def _calibrate(model, calibration_x, method, percentile):
@@ -205,20 +130,6 @@ def quantize_dynamic(model, inplace=False):
         if twin is not None:
             twins[id(layer)] = twin
     return _rewire(target, twins)
-
-
-def quantize_in_place(model, mode="int8"):
-    """Keras 3's ``model.quantize("int8")``: in place, dynamic, every layer ``int8_twin``
-    converts, in Sequential and functional models. Returns the model."""
-    if mode != "int8":
-        raise ValueError(f"quantize: mode must be 'int8', got {mode!r}")
-    _graph(model, "quantize")
-    twins = {}
-    for layer in model.layers:
-        twin = int8_twin(layer)
-        if twin is not None:
-            twins[id(layer)] = twin
-    return _rewire(model, twins)
 
 
 # -- float16 weight storage --------------------------------------------------------------
