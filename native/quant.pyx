@@ -268,3 +268,104 @@ def int8_im2col(xq, kernel_size, strides, padding, dilation_rate, pad_value):
         _im2col(xq, cols, g["KH"], g["KW"], g["SH"], g["SW"], g["DH"], g["DW"], g["PT"],
                 g["PL"], g["HO"], g["WO"], pad_value)
     return cols
+
+
+# -- int8 depthwise convolution (issue 18, branch qbreadth) --------------------------------
+# Per-channel int8 dot products: what DepthwiseConv2D and SeparableConv2D's first part run
+# (pynn.layers.quantized_extra), C times fewer products than the GEMM over block-diagonal
+# weights would do.
+from _openmp cimport omp_get_max_threads, omp_get_thread_num
+
+
+cdef extern from "_qdepthwise.h" nogil:
+    void pynn_qdw_row_tap(int32_t* acc, const uint8_t* x, const int8_t* w, Py_ssize_t c,
+                          Py_ssize_t wo, Py_ssize_t w_in, Py_ssize_t sw, Py_ssize_t ix0,
+                          int32_t zero_point)
+    void pynn_qdw_epilogue_u8(const int32_t* acc, const int32_t* bias, const float* mult,
+                              uint8_t* y, Py_ssize_t cm, float zero_point, float lo)
+    void pynn_qdw_epilogue_f32(const int32_t* acc, const int32_t* bias, const float* mult,
+                               float* y, Py_ssize_t cm, int relu)
+
+
+def _int8_depthwise(const uint8_t[:, :, :, ::1] xq,    # IN (N, H, W, C)
+                    const int8_t[:, :, :, ::1] wq,     # IN (KH, KW, C, M)
+                    const int32_t[::1] bias,           # IN (C * M,) (zeros when none)
+                    const float[::1] multiplier,       # IN (C * M,)
+                    int32_t[:, ::1] acc,               # SCRATCH (threads, WO * C * M)
+                    uint8_t[:, ::1] yq,                # OUT (N * HO, WO * C * M), or None:
+                    float[:, ::1] yf,                  # OUT float output
+                    int x_zero_point, float y_zero_point, float lo, bint relu,
+                    int sh, int sw, int dh, int dw, int pt, int pl, int ho, int wo):
+    cdef Py_ssize_t n = xq.shape[0], h = xq.shape[1], w = xq.shape[2], c = xq.shape[3]
+    cdef Py_ssize_t kh = wq.shape[0], kw = wq.shape[1], m = wq.shape[3], cm = c * m
+    cdef Py_ssize_t t, b, oy, ox, i, j, iy, ix, u, o
+    cdef int32_t* a
+    cdef const uint8_t* xr
+    cdef const int8_t* wr
+    with nogil:
+        # one (sample, output row) per iteration, accumulated tap by tap into the thread's
+        # scratch row (small and hot: a whole-output int32 scratch costs its page faults)
+        for t in prange(n * ho, schedule="static",
+                        use_threads_if=n * ho * wo * cm * kh * kw >= PARALLEL_MIN):
+            b = t // ho
+            oy = t % ho
+            a = &acc[omp_get_thread_num(), 0]
+            memset(a, 0, wo * cm * sizeof(int32_t))
+            for i in range(kh):
+                iy = oy * sh - pt + i * dh
+                if iy < 0 or iy >= h:
+                    continue  # padding reads the zero point: (zp - zp) w adds nothing
+                for j in range(kw):
+                    wr = &wq[i, j, 0, 0]
+                    if m == 1:  # the common case: contiguous channels, in C (restrict)
+                        pynn_qdw_row_tap(a, &xq[b, iy, 0, 0], wr, c, wo, w, sw,
+                                         j * dw - pl, x_zero_point)
+                        continue
+                    for ox in range(wo):
+                        ix = ox * sw - pl + j * dw
+                        if ix < 0 or ix >= w:
+                            continue
+                        xr = &xq[b, iy, ix, 0]
+                        for u in range(cm):
+                            a[ox * cm + u] += (<int32_t>xr[u // m] - x_zero_point) * wr[u]
+            for ox in range(wo):  # the epilogue, in C so that it vectorizes
+                o = ox * cm
+                if yq is None:
+                    pynn_qdw_epilogue_f32(a + o, &bias[0], &multiplier[0], &yf[t, o], cm, relu)
+                else:
+                    pynn_qdw_epilogue_u8(a + o, &bias[0], &multiplier[0], &yq[t, o], cm,
+                                         y_zero_point, lo)
+
+
+def int8_depthwise_conv2d_forward(xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu,
+                                  strides, padding, dilation_rate):
+    """uint8 (N, HO, WO, C * M) from uint8 xq (N, H, W, C) and int8 weights (KH, KW, C, M)
+    (Keras's depthwise layout, symmetric per output channel c * M + m):
+
+        acc = sat_int32(sum over the window's taps inside the input of
+                        (xq - x_zero_point) wq[kh, kw, c, m] + bias[c * M + m])
+
+    (padding reads the zero point, the real 0, so it adds nothing), then int8_dense_forward's
+    epilogue: uint8 clamp(rint(float32(acc) * multiplier) + y_zero_point, lo, 255), or with
+    ``y_zero_point`` None float32 acc * multiplier (relu: max(., 0))."""
+    xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu, g = \
+        operands.int8_depthwise_conv2d_forward(HOST, xq, wq, bias, x_zero_point, multiplier,
+                                               y_zero_point, relu, strides, padding,
+                                               dilation_rate)
+    cm = multiplier.shape[0]
+    float_out = y_zero_point is None
+    shape = (g["N"], g["HO"], g["WO"], cm)
+    y = np.empty(shape, np.float32 if float_out else np.uint8)
+    if not y.size:
+        return y
+    if bias is None:
+        bias = np.zeros(cm, np.int32)
+    acc = np.empty((omp_get_max_threads(), g["WO"] * cm), np.int32)
+    flat = y.reshape(g["N"] * g["HO"], g["WO"] * cm)
+    _int8_depthwise(xq, wq, bias, multiplier, acc, None if float_out else flat,
+                    flat if float_out else None, x_zero_point,
+                    0.0 if float_out else y_zero_point,
+                    0.0 if float_out else (y_zero_point if relu else 0.0), relu,
+                    g["SH"], g["SW"], g["DH"], g["DW"], g["PT"], g["PL"], g["HO"], g["WO"])
+    return y
+# -- end int8 depthwise convolution --

@@ -112,3 +112,46 @@ __kernel void int8_im2col(__global const uchar *xq, __global uchar *cols, const 
     cols[t] = (iy >= 0 && iy < h && ix >= 0 && ix < w)
         ? xq[(((size_t)b * h + iy) * w + ix) * c + ch] : pad_value;
 }
+
+/* -- int8 depthwise convolution (issue 18, branch qbreadth) --
+ * int8_depthwise_conv2d_forward: one work-item per output (n, oy, ox, c*M + m): the exact
+ * int sum over the window's taps inside the input of (xq - x_zp) wq[kh, kw, c, m], bias and
+ * int32 saturation in long, then int8_dense_forward's epilogue (bit-identical to the CPU). */
+__kernel void int8_depthwise_conv2d_forward(__global const uchar *xq, __global const char *wq,
+                                            __global const int *bias,
+                                            __global const float *mult, __global uchar *yq,
+                                            __global float *yf, const int float_out,
+                                            const int total, const int h, const int w,
+                                            const int c, const int m, const int kh,
+                                            const int kw, const int sh, const int sw,
+                                            const int dh, const int dw, const int pt,
+                                            const int pl, const int ho, const int wo,
+                                            const int use_bias, const int x_zero_point,
+                                            const float y_zero_point, const float lo)
+{
+    const int t = get_global_id(0);
+    GUARD(t, total);
+    const int cm = c * m, u = t % cm, ch = u / m;
+    const int ox = (t / cm) % wo, oy = (t / (cm * wo)) % ho, b = t / (cm * wo * ho);
+    int sum = 0;
+    for (int i = 0; i < kh; ++i) {
+        const int iy = oy * sh - pt + i * dh;
+        if (iy < 0 || iy >= h)
+            continue;
+        for (int j = 0; j < kw; ++j) {
+            const int ix = ox * sw - pl + j * dw;
+            if (ix < 0 || ix >= w)
+                continue;
+            sum += ((int)xq[(((size_t)b * h + iy) * w + ix) * c + ch] - x_zero_point)
+                   * (int)wq[((size_t)i * kw + j) * cm + u];
+        }
+    }
+    long acc = (long)sum + (use_bias ? (long)bias[u] : 0L);
+    acc = acc < (long)INT_MIN ? (long)INT_MIN : (acc > (long)INT_MAX ? (long)INT_MAX : acc);
+    const float v = (float)(int)acc * mult[u];
+    if (float_out)
+        yf[t] = (lo > 0.5f && v < 0.0f) ? 0.0f : v;
+    else
+        yq[t] = requantize(v, y_zero_point, lo);
+}
+/* -- end int8 depthwise convolution -- */

@@ -364,3 +364,59 @@ def test_quantize_aware_trains_and_converts_to_int8(rng, tmp_path):
     again = pynn.load_model(tmp_path / "qat.pynn")
     assert isinstance(again.layers[0], FakeQuant)
     np.testing.assert_array_equal(again.predict(x, verbose=0), want)
+
+
+# -- int8 depthwise convolution (issue 18, branch qbreadth) --
+DEPTHWISE_CASES = [((2, 7, 5, 3), (3, 3, 3, 1), (1, 1), "same", (1, 1)),
+                   ((1, 9, 8, 5), (3, 2, 5, 2), (2, 3), "same", (1, 1)),
+                   ((3, 6, 7, 2), (2, 3, 2, 3), (1, 2), "valid", (1, 1)),
+                   ((1, 11, 10, 17), (3, 3, 17, 1), (1, 1), "same", (2, 2)),
+                   ((2, 5, 5, 4), (1, 1, 4, 1), (2, 2), "valid", (1, 1)),
+                   ((0, 5, 5, 4), (3, 3, 4, 1), (1, 1), "same", (1, 1))]
+
+
+@pytest.mark.parametrize("shape,kshape,strides,padding,dilation", DEPTHWISE_CASES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_int8_depthwise_conv2d_forward_is_bit_exact(backend, rng, shape, kshape, strides,
+                                                    padding, dilation, relu):
+    """Against the integer reference, bit for bit, uint8 and float32 outputs, with and
+    without bias; OpenCL against the CPU too (odd sizes, M > 1, strides, dilation)."""
+    xq = rng.integers(0, 256, shape).astype(np.uint8)
+    wq = rng.integers(-127, 128, kshape).astype(np.int8)
+    cm = kshape[2] * kshape[3]
+    bias = rng.integers(-10**5, 10**5, cm).astype(np.int32)
+    mult = (rng.random(cm) * 4e-3 + 1e-4).astype(np.float32)
+    wq_dev = backend.ops.asarray(wq, np.int8) if backend.is_opencl else wq
+    op = backend.op("int8_depthwise_conv2d_forward")
+    for b, y_zp in ((bias, 100), (None, 100), (bias, None)):
+        args = (b, 41, mult, y_zp, relu, strides, padding, dilation)
+        got = backend.down(op(backend.up(xq), wq_dev, None if b is None else backend.up(b),
+                              41, backend.up(mult), y_zp, relu, strides, padding, dilation))
+        want = ref.int8_depthwise_conv2d_forward_ref(xq, wq, *args)
+        assert got.dtype == (np.float32 if y_zp is None else np.uint8)
+        np.testing.assert_array_equal(got, want)
+        if backend.is_opencl:
+            np.testing.assert_array_equal(
+                got, native_quant.int8_depthwise_conv2d_forward(xq, wq, *args))
+
+
+def test_int8_depthwise_saturates_and_rejects_bad_input(backend):
+    xq = np.full((1, 3, 3, 2), 255, np.uint8)
+    wq = np.full((3, 3, 2, 1), 127, np.int8)
+    up8 = (lambda a: backend.ops.asarray(a, np.int8)) if backend.is_opencl else (lambda a: a)
+    op = backend.op("int8_depthwise_conv2d_forward")
+    bias = backend.up(np.array([2**31 - 1, -2**31], np.int32))
+    got = backend.down(op(backend.up(xq), up8(wq), bias, 0, backend.up(np.ones(2, np.float32)),
+                          0, False, (1, 1), "valid", (1, 1)))
+    # +2^31 - 1 + 9 * 255 * 127 saturates at int32's top; -2^31 + the same does not
+    np.testing.assert_array_equal(got.reshape(-1), [255, 0])
+    with pytest.raises(ValueError, match=r"int8_depthwise_conv2d_forward: 'wq' must be int8 "
+                                         r"\(KH, KW, C, M\) with C = 2 \(the input's "
+                                         r"channels\), got shape \(3, 3, 3, 1\)"):
+        op(backend.up(xq), up8(np.ones((3, 3, 3, 1), np.int8)), None, 0,
+           backend.up(np.ones(3, np.float32)), 0, False, (1, 1), "valid", (1, 1))
+    with pytest.raises(ValueError, match=r"int8_depthwise_conv2d_forward: 'multiplier' must "
+                                         r"have shape \(2,\)"):
+        op(backend.up(xq), up8(wq), None, 0, backend.up(np.ones(3, np.float32)), 0, False,
+           (1, 1), "valid", (1, 1))
+# -- end int8 depthwise convolution --

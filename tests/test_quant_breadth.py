@@ -1,6 +1,6 @@
 """int8 breadth (issue 18): Conv1D, DepthwiseConv2D, SeparableConv2D and the recurrent input
 projections quantized (static and dynamic) within the quantization error of the float
-layers; the depthwise block-diagonal GEMM bit-exact against an integer reference; static and
+layers; the int8 depthwise layer bit-exact against an integer reference; static and
 in-place quantization of functional models; ``quantize_dynamic``; float16 weight storage;
 save/load round trips; ONNX QDQ export through onnxruntime; OpenCL equal to the CPU."""
 
@@ -74,7 +74,7 @@ def test_quantized_conv1d_within_quantization_error(rng, padding, strides, dilat
     ((3, 2), (1, 1), "same", (2, 1), 3)])
 def test_quantized_depthwise_is_the_integer_reference(rng, kernel_size, strides, padding,
                                                       dilation, multiplier):
-    """The block-diagonal int8 GEMM gives exactly the integer depthwise convolution: acc =
+    """The layer gives exactly the integer depthwise convolution: acc =
     sum (xq - zp) wq + rint(b / (x_s w_s)) per output channel (exact in float64), times the
     float32 multiplier; static requantizes that to uint8 and back."""
     conv = layers.DepthwiseConv2D(kernel_size, strides, padding, multiplier,

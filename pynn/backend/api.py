@@ -425,6 +425,16 @@ OPS.update({
     # int8_dense_forward (the same GEMM, so the same exactness and speed).
     "int8_im2col": ("xq", "kernel_size", "strides", "padding", "dilation_rate", "pad_value"),
 })
+# -- int8 depthwise convolution (issue 18, branch qbreadth; native/quant.pyx, opencl/quant.cl)
+OPS.update({
+    # xq uint8 (N, H, W, C), wq int8 (KH, KW, C, M) (Keras's depthwise layout, symmetric per
+    # output channel c*M + m), bias int32 (C*M,) or None -> uint8 (N, HO, WO, C*M):
+    # acc = sat_int32(sum over the window's taps inside the input (xq - x_zero_point) wq +
+    # bias), then int8_dense_forward's epilogue (y_zero_point None: float32 acc * multiplier).
+    "int8_depthwise_conv2d_forward": ("xq", "wq", "bias", "x_zero_point", "multiplier",
+                                      "y_zero_point", "relu", "strides", "padding",
+                                      "dilation_rate"),
+})
 
 # -- bf16: mixed precision (issue 17; native/bf16.pyx, opencl/bf16.cl) ---------------------
 # Each bf16_<op> is <op>'s contract (float32 in and out) with the GEMM operands rounded to

@@ -1,14 +1,13 @@
 """More int8 layers (issue 18): Conv1D, DepthwiseConv2D, SeparableConv2D and the recurrent
-layers' input projections, on the same int8 ops as QuantizedDense / QuantizedConv2D
-(native/quant.pyx: quantize_forward, int8_im2col, int8_dense_forward; opencl/quant.cl).
+layers' input projections, on the int8 ops of native/quant.pyx and opencl/quant.cl
+(quantize_forward, int8_im2col, int8_dense_forward as QuantizedDense / QuantizedConv2D, and
+int8_depthwise_conv2d_forward).
 
 - QuantizedConv1D: Conv1D is a Conv2D of height 1 (as the float layer runs it); causal
   padding pads the float input with zeros, which quantize exactly to the zero point.
 - QuantizedDepthwiseConv2D: each output channel c*M + m is an int8 dot product over its own
-  input channel's window, run as the int8 GEMM over the im2col patches with a block-diagonal
-  weight matrix (zeros outside channel c). Exact (the zeros add nothing, and the zero point's
-  correction sums only the channel's own weights), but it does C times the necessary
-  products: a dedicated per-channel int8 kernel is the speed follow-up.
+  input channel's window: the int8_depthwise_conv2d_forward op (native/quant.pyx,
+  opencl/quant.cl), exact in int32 with int8_dense_forward's requantization.
 - QuantizedSeparableConv2D: its two parts, a QuantizedDepthwiseConv2D without bias then a
   1x1 QuantizedConv2D with the bias and the activation; static quantization calibrates the
   intermediate tensor's range (``mid_scale``) too.
@@ -95,19 +94,9 @@ class QuantizedConv1D(QuantizedConv2D):
         return config
 
 
-def _block_diagonal(kernel):
-    """int8 (KH, KW, C, M) depthwise kernel -> (C * M, KH * KW * C) weights by unit over the
-    im2col columns (kh, kw, c): unit c*M + m sees only channel c."""
-    kh, kw, c, m = kernel.shape
-    full = np.zeros((c, m, kh * kw, c), np.int8)
-    channels = np.arange(c)
-    full[channels, :, :, channels] = kernel.reshape(kh * kw, c, m).transpose(1, 2, 0)
-    return full.reshape(c * m, kh * kw * c)
-
-
 class QuantizedDepthwiseConv2D(QuantizedConv2D):
-    """DepthwiseConv2D (linear or relu) on int8_im2col + the int8 GEMM (block-diagonal
-    weights: see the module docstring); ``kernel`` int8 (KH, KW, C, M) as Keras's."""
+    """DepthwiseConv2D (linear or relu) on int8_depthwise_conv2d_forward; ``kernel`` int8
+    (KH, KW, C, M) as Keras's. (A QuantizedConv2D for its config, shapes and weights.)"""
 
     def __init__(self, kernel_size, strides=(1, 1), padding="valid", depth_multiplier=1,
                  dilation_rate=(1, 1), activation="linear", use_bias=True, **kwargs):
@@ -146,14 +135,13 @@ class QuantizedDepthwiseConv2D(QuantizedConv2D):
             weights.append(np.asarray(bias, np.float32))
         self.set_weights(weights)
 
-    def _gemm_operands(self):
-        # QuantizedConv2D's, with the block-diagonal weights in place of kernel.reshape.
+    def _depthwise_operands(self):
+        """(w_scale float64, bias float64 or None, static (bias int32, multiplier) or None),
+        formed once per weight value."""
         b = backend.current()
         key = (id(self.kernel.value), id(self.kernel_scale.value),
                id(self.bias.value) if self.bias is not None else None)
         if self._packed is None or self._packed[0] != key:
-            by_unit = _block_diagonal(np.asarray(b.to_numpy(self.kernel.value)))
-            packed = b.int8_pack_weights(b.asarray(by_unit, np.int8))
             w_scale = np.asarray(b.to_numpy(self.kernel_scale.value), np.float64)
             bias = (np.asarray(b.to_numpy(self.bias.value), np.float64)
                     if self.bias is not None else None)
@@ -162,8 +150,28 @@ class QuantizedDepthwiseConv2D(QuantizedConv2D):
                 static = (self._bias_q(bias, self.input_scale, w_scale),
                           b.asarray((self.input_scale * w_scale / self.output_scale)
                                     .astype(np.float32), np.float32))
-            self._packed = (key, packed, w_scale, bias, static)
+            self._packed = (key, w_scale, bias, static)
         return self._packed[1:]
+
+    def call(self, x, training=False):
+        b = backend.current()
+        w_scale, bias, static = self._depthwise_operands()
+        relu = self.activation == "relu"
+        geometry = (self.strides, self.padding, self.dilation_rate)
+        if static is not None:
+            bias_q, multiplier = static
+            xq = b.quantize_forward(x, self.input_scale, self.input_zero_point)
+            yq = b.int8_depthwise_conv2d_forward(xq, self.kernel.value, bias_q,
+                                                 self.input_zero_point, multiplier,
+                                                 self.output_zero_point, relu, *geometry)
+            return b.dequantize_forward(yq, self.output_scale, self.output_zero_point)
+        lo = float(np.asarray(b.to_numpy(b.reduce_axes(x, None, "min", False))))
+        hi = float(np.asarray(b.to_numpy(b.reduce_axes(x, None, "max", False))))
+        x_scale, x_zp = activation_params(np.array([lo, hi]))
+        multiplier = b.asarray((x_scale * w_scale).astype(np.float32), np.float32)
+        return b.int8_depthwise_conv2d_forward(
+            b.quantize_forward(x, x_scale, x_zp), self.kernel.value,
+            self._bias_q(bias, x_scale, w_scale), x_zp, multiplier, None, relu, *geometry)
 
     def get_config(self):
         config = super().get_config()

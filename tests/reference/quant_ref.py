@@ -60,3 +60,38 @@ def int8_im2col_ref(xq, kernel_size, strides, padding, dilation_rate, pad_value)
     patches = [padded[:, i * dh:i * dh + sh * ho:sh, j * dw:j * dw + sw * wo:sw, :]
                for i in range(kh) for j in range(kw)]
     return np.stack(patches, axis=3).reshape(n * ho * wo, kh * kw * c)
+
+
+# -- int8 depthwise convolution (issue 18, branch qbreadth) --
+def int8_depthwise_conv2d_forward_ref(xq, wq, bias, x_zero_point, multiplier, y_zero_point,
+                                      relu, strides, padding, dilation_rate):
+    """Exact int64 sums over the window (padding reads the zero point), int32 saturation,
+    then int8_dense_forward_ref's float32 epilogue."""
+    xq = np.asarray(xq, np.uint8)
+    wq = np.asarray(wq, np.int8)
+    n, _, _, c = xq.shape
+    kh, kw, _, m = wq.shape
+    cols = int8_im2col_ref(xq, (kh, kw), strides, padding, dilation_rate, x_zero_point)
+    taps = cols.reshape(-1, kh * kw, c).astype(np.int64) - x_zero_point  # (P, KH*KW, C)
+    w = wq.reshape(kh * kw, c, m).astype(np.int64)
+    acc = np.einsum("ptc,tcm->pcm", taps, w).reshape(-1, c * m)
+    if bias is not None:
+        acc = acc + np.asarray(bias).astype(np.int64)
+    acc = np.clip(acc, -2**31, 2**31 - 1)
+    v = acc.astype(np.float32) * np.asarray(multiplier, np.float32)
+    if y_zero_point is None:
+        out = np.maximum(v, np.float32(0)) if relu else v
+    else:
+        y = np.rint(v) + np.float32(y_zero_point)
+        out = np.clip(y, y_zero_point if relu else 0, 255).astype(np.uint8)
+    (ho, wo) = _depthwise_out(xq.shape[1:3], (kh, kw), strides, padding, dilation_rate)
+    return out.reshape(n, ho, wo, c * m)
+
+
+def _depthwise_out(sizes, kernel, strides, padding, dilation_rate):
+    out = []
+    for size, k, s, d in zip(sizes, kernel, strides, dilation_rate):
+        span = (k - 1) * d + 1
+        out.append(-(-size // s) if padding == "same" else (size - span) // s + 1)
+    return out
+# -- end int8 depthwise convolution --

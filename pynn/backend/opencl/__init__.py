@@ -97,6 +97,8 @@ from pynn.backend.opencl.quant import (  # noqa: F401
     dequantize_forward, int8_dense_forward, int8_im2col, int8_pack_weights,
     quantize_forward,
 )
+# -- int8 depthwise convolution (issue 18, branch qbreadth) --
+from pynn.backend.opencl.quant import int8_depthwise_conv2d_forward  # noqa: F401
 # -- rnn_mask: general recurrence (issue 14, recurrent half) --
 from pynn.backend.opencl.rnn_mask import (  # noqa: F401
     recurrence_backward,

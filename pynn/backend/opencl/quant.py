@@ -76,3 +76,28 @@ def int8_im2col(xq, kernel_size, strides, padding, dilation_rate, pad_value):
                     g["C"], g["KH"], g["KW"], g["SH"], g["SW"], g["DH"], g["DW"], g["PT"],
                     g["PL"], g["HO"], g["WO"], np.uint8(pad_value))
     return cols
+
+
+# -- int8 depthwise convolution (issue 18, branch qbreadth) --
+def int8_depthwise_conv2d_forward(xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu,
+                                  strides, padding, dilation_rate):
+    """uint8 (N, HO, WO, C * M) (native/quant.pyx's contract)."""
+    xq, wq, bias, x_zp, multiplier, y_zp, relu, g = operands.int8_depthwise_conv2d_forward(
+        DEVICE, xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu, strides, padding,
+        dilation_rate)
+    m = wq.shape[3]
+    cm = g["C"] * m
+    float_out = y_zp is None
+    y = rt.empty((g["N"], g["HO"], g["WO"], cm), np.float32 if float_out else np.uint8,
+                 "int8_depthwise_conv2d_forward output")
+    if y.size:
+        # float output: lo carries relu (1.0) since no zero point clamps it
+        lo = float(relu) if float_out else (y_zp if relu else 0.0)
+        elementwise("quant", "int8_depthwise_conv2d_forward", y.size, xq, wq,
+                    multiplier if bias is None else bias, multiplier, y, y,
+                    np.int32(float_out), y.size, g["H"], g["W"], g["C"], m, g["KH"], g["KW"],
+                    g["SH"], g["SW"], g["DH"], g["DW"], g["PT"], g["PL"], g["HO"], g["WO"],
+                    bias is not None, x_zp, np.float32(0.0 if float_out else y_zp),
+                    np.float32(lo))
+    return y
+# -- end int8 depthwise convolution --

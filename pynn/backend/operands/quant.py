@@ -111,3 +111,37 @@ def int8_im2col(arrays, xq, kernel_size, strides, padding, dilation_rate, pad_va
                          f"which int32 dot products could overflow")
     check_count(arrays, op, "output", g["N"] * g["HO"] * g["WO"] * kh * kw * xq.shape[3])
     return xq, g, _zero_point(op, "pad_value", pad_value)
+
+
+# -- int8 depthwise convolution (issue 18, branch qbreadth) --
+def int8_depthwise_conv2d_forward(arrays, xq, wq, bias, x_zero_point, multiplier,
+                                  y_zero_point, relu, strides, padding, dilation_rate):
+    """-> (xq uint8 (N, H, W, C), wq int8 (KH, KW, C, M), bias int32 (C * M,) or None,
+    x_zero_point int, multiplier float32 (C * M,), y_zero_point float or None, relu bool,
+    geometry dict of conv_geometry)."""
+    op = "int8_depthwise_conv2d_forward"
+    xq = arrays.mask_input(op, "xq", xq)
+    if xq.ndim != 4:
+        raise ValueError(f"{op}: 'xq' must be uint8 (N, H, W, C), got shape {xq.shape}")
+    wq = _int8(arrays, op, "wq", wq)
+    if wq.ndim != 4 or wq.shape[2] != xq.shape[3]:
+        raise ValueError(f"{op}: 'wq' must be int8 (KH, KW, C, M) with C = {xq.shape[3]} "
+                         f"(the input's channels), got shape {tuple(wq.shape)}")
+    kh, kw, c, m = wq.shape
+    g = conv_geometry(op, xq.shape, (kh, kw, c, c * m), strides, padding, dilation_rate)
+    if kh * kw > MAX_K:
+        raise ValueError(f"{op}: KH * KW = {kh * kw} taps exceed {MAX_K}, past which int32 "
+                         f"dot products could overflow")
+    multiplier = arrays.float_input(op, "multiplier", multiplier, ndim=1)
+    if multiplier.dtype != np.float32:
+        multiplier = multiplier.astype(np.float32)
+    check_shape(op, "multiplier", multiplier, (c * m,))
+    if bias is not None:
+        bias = arrays.int_input(op, "bias", bias, ndim=1)
+        check_shape(op, "bias", bias, (c * m,))
+    check_count(arrays, op, "output", g["N"] * g["HO"] * g["WO"] * c * m)
+    if y_zero_point is not None:  # None: float output
+        y_zero_point = float(_zero_point(op, "y_zero_point", y_zero_point))
+    return (xq, wq, bias, _zero_point(op, "x_zero_point", x_zero_point), multiplier,
+            y_zero_point, bool(relu), g)
+# -- end int8 depthwise convolution --
