@@ -342,3 +342,22 @@ def test_new_int8_layers_on_opencl_match_the_cpu(rng, tmp_path):
             np.testing.assert_allclose(got, w, atol=steps[key, kind], err_msg=f"{key} {kind}")
     finally:
         pynn.set_device("cpu")
+
+
+def test_quantize_aware_covers_conv1d_and_depthwise(rng):
+    from pynn.compression.qat import convert, quantize_aware
+
+    model = pynn.Sequential([layers.Input((8, 7, 3)),
+                             layers.DepthwiseConv2D(3, padding="same", activation="relu"),
+                             layers.Reshape((56, 3)), layers.Conv1D(4, 3, activation="relu"),
+                             layers.Flatten(), layers.Dense(2)])
+    x = rand(rng, (32, 8, 7, 3))
+    qat = quantize_aware(model)
+    assert [type(a).__name__ for a in qat.layers].count("FakeQuant") == 6  # in and out
+    qat.compile("adam", "mse")
+    qat.fit(x, rand(rng, (32, 2)), epochs=1, batch_size=16, verbose=0)
+    int8 = convert(qat)
+    assert [type(a).__name__ for a in int8.layers] == [
+        "QuantizedDepthwiseConv2D", "Reshape", "QuantizedConv1D", "Flatten", "QuantizedDense"]
+    want, got = qat.predict(x, verbose=0), int8.predict(x, verbose=0)
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max()

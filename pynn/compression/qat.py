@@ -1,9 +1,10 @@
 """Quantization-aware training (issue 18): fake-quant nodes with straight-through gradients,
 then conversion to the int8 model.
 
-    qat = quantize_aware(model)          # a copy with FakeQuant around each Dense / Conv2D
+    qat = quantize_aware(model)          # a copy with FakeQuant around each Dense / Conv1D /
+                                         # Conv2D / DepthwiseConv2D
     qat.compile(...); qat.fit(...)       # trains through uint8 rounding of the activations
-    int8 = convert(qat)                  # QuantizedDense / QuantizedConv2D, static
+    int8 = convert(qat)                  # their static int8 twins
 
 ``FakeQuant`` rounds its input to the uint8 grid of a range it tracks (the batch's min and
 max while training, smoothed by ``momentum`` as TF-MOT's moving-average quantizer does; the
@@ -15,13 +16,25 @@ not fake-quantized here: per-channel symmetric int8 weights round by at most 1/2
 channel's largest weight, well below the activations' per-tensor step.
 """
 
-from pynn.compression.quantization import _int8_twin
+from pynn.compression.quantization import int8_twin
 from pynn.layers.quantized import FakeQuant
+
+# The layers whose static int8 twin needs only their input's and output's ranges (what two
+# FakeQuant track): SeparableConv2D would need its intermediate's too, the recurrent layers
+# quantize dynamically.
+_QAT_CLASSES = ("Dense", "Conv1D", "Conv2D", "DepthwiseConv2D")
+
+
+def _int8_twin(layer, x_params=None, y_params=None):
+    if type(layer).__name__ not in _QAT_CLASSES:
+        return None
+    return int8_twin(layer, x_params, y_params)
 
 
 def quantize_aware(model, momentum=0.99):
     """A trainable copy of the Sequential ``model`` with a FakeQuant before and after each
-    Dense / Conv2D (linear or relu) that ``quantize`` would turn to int8."""
+    Dense / Conv1D / Conv2D / DepthwiseConv2D (linear or relu) that ``quantize`` would turn
+    to int8."""
     from pynn.layers import Input
     from pynn.models import Sequential, layer_from_config
 
@@ -45,8 +58,8 @@ def quantize_aware(model, momentum=0.99):
 
 
 def convert(qat_model):
-    """The int8 model of a trained ``quantize_aware`` copy: each Dense / Conv2D between two
-    FakeQuant becomes its static int8 twin with their ranges; the FakeQuant go."""
+    """The int8 model of a trained ``quantize_aware`` copy: each layer between two FakeQuant
+    becomes its static int8 twin with their ranges; the FakeQuant go."""
     from pynn.layers import Input
     from pynn.models import Sequential, layer_from_config
 
