@@ -221,6 +221,18 @@ def _int8_model():
     return model.quantize("int8")
 
 
+def _int8_sequence_model():  # (issue 18, branch qbreadth)
+    return pynn.Sequential([pynn.Input((6, 2)), pynn.layers.Conv1D(3, 2),
+                            pynn.layers.SimpleRNN(3, return_sequences=True),
+                            pynn.layers.LSTM(3, return_sequences=True),
+                            pynn.layers.GRU(2)]).quantize("int8")
+
+
+def _int8_depthwise_model():  # (issue 18, branch qbreadth)
+    return pynn.Sequential([pynn.Input((6, 6, 2)), pynn.layers.DepthwiseConv2D(3),
+                            pynn.layers.SeparableConv2D(3, 2)]).quantize("int8")
+
+
 def _qat_model():
     from pynn.compression.qat import quantize_aware
 
@@ -238,7 +250,15 @@ NOT_KERAS = {"OpLayer": (_op_model, "no Keras layer form"),
              # -- int8 (issue 18, branch quant) --
              "QuantizedDense": (_int8_model, "int8 layers have no Keras file form"),
              "QuantizedConv2D": (_int8_model, "int8 layers have no Keras file form"),
-             "FakeQuant": (_qat_model, "int8 layers have no Keras file form")}
+             "FakeQuant": (_qat_model, "int8 layers have no Keras file form"),
+             # -- int8 breadth (issue 18, branch qbreadth) --
+             **{name: (build, "int8 layers have no Keras file form") for name, build in (
+                 ("QuantizedConv1D", _int8_sequence_model),
+                 ("QuantizedSimpleRNN", _int8_sequence_model),
+                 ("QuantizedLSTM", _int8_sequence_model),
+                 ("QuantizedGRU", _int8_sequence_model),
+                 ("QuantizedDepthwiseConv2D", _int8_depthwise_model),
+                 ("QuantizedSeparableConv2D", _int8_depthwise_model))}}
 
 
 @pytest.mark.parametrize("build, message", list(NOT_KERAS.values()) + [

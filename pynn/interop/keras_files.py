@@ -919,6 +919,11 @@ _NOT_KERAS_LAYERS.update({name: "RNN(cell) and its cells are not in Keras files 
 _NOT_KERAS_LAYERS.update({name: "pynn's int8 layers have no Keras file form; save the int8 "
                                 "model as .pynn, or the float model as .keras"
                           for name in ("QuantizedDense", "QuantizedConv2D", "FakeQuant")})
+# -- int8 breadth (issue 18, branch qbreadth): the same for the other int8 layers --
+_NOT_KERAS_LAYERS.update({name: _NOT_KERAS_LAYERS["QuantizedDense"]
+                          for name in ("QuantizedConv1D", "QuantizedDepthwiseConv2D",
+                                       "QuantizedSeparableConv2D", "QuantizedSimpleRNN",
+                                       "QuantizedLSTM", "QuantizedGRU")})
 
 
 def _keras_nested_spec(spec):
