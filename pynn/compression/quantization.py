@@ -24,6 +24,11 @@
 
 The layers themselves: pynn.layers.quantized (Dense, Conv2D) and
 pynn.layers.quantized_extra (Conv1D, depthwise, separable, recurrent).
+
+Not converted: layers inside wrappers (Bidirectional, TimeDistributed) or nested models,
+grouped convolutions, activations other than relu / linear. The recurrent layers' int8
+projection saves their kernel's storage but not time at T = 50, 128 units (the recurrence
+dominates; bench/bench_quant_breadth.py).
 """
 
 import os
