@@ -1,7 +1,7 @@
 """Direct microkernel vs Winograd F(2x2, 3x3) for the 3x3 stride-1 convs of the quick suite's
 residual CNN and small CNN (bench/bench_cpu.py), per layer, 1 and 2 threads.
 
-    python bench/bench_winograd.py [--rounds 15] [--threads 1 2] [--json PATH]
+    python -m bench.bench_winograd [--rounds 15] [--threads 1 2] [--json PATH]
 
 Each round times the direct and the Winograd call of one op back to back in one process
 (PYNN_CONV_ALGO's knob conv._set_conv_algo), alternating which goes first, so a busy
@@ -16,6 +16,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -78,13 +79,13 @@ def measure(rounds, threads_list):
                             t[algo].append((wall, cpu))
                 med = {a: (statistics.median(v[0] for v in t[a]) * 1e3,
                            statistics.median(v[1] for v in t[a]) * 1e3) for a in t}
-                rows.append(dict(layer=name, shape=[n, h, w, c, f], op=op, threads=threads,
-                                 direct_ms=round(med["direct"][0], 3),
-                                 winograd_ms=round(med["winograd"][0], 3),
-                                 direct_cpu_ms=round(med["direct"][1], 3),
-                                 winograd_cpu_ms=round(med["winograd"][1], 3),
-                                 speedup=round(med["direct"][0] / med["winograd"][0], 2),
-                                 rel_diff=float(f"{err:.2g}")))
+                rows.append({"layer": name, "shape": [n, h, w, c, f], "op": op,
+                             "threads": threads, "direct_ms": round(med["direct"][0], 3),
+                             "winograd_ms": round(med["winograd"][0], 3),
+                             "direct_cpu_ms": round(med["direct"][1], 3),
+                             "winograd_cpu_ms": round(med["winograd"][1], 3),
+                             "speedup": round(med["direct"][0] / med["winograd"][0], 2),
+                             "rel_diff": float(f"{err:.2g}")})
                 print(f"{name:26s} {op:15s} {threads}t  direct {med['direct'][0]:7.2f} ms  "
                       f"winograd {med['winograd'][0]:7.2f} ms  x{rows[-1]['speedup']:.2f}  "
                       f"(cpu {med['direct'][1]:.2f} / {med['winograd'][1]:.2f})", flush=True)
@@ -106,7 +107,8 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"machine": platform.processor() or platform.machine(),
-                       "command": "python bench/bench_winograd.py " + " ".join(argv or []),
+                       "command": "python -m bench.bench_winograd "
+                       + " ".join(sys.argv[1:] if argv is None else argv),
                        "rounds": args.rounds, "rows": rows}, fh, indent=1)
     return rows
 

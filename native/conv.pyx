@@ -922,9 +922,24 @@ def _set_conv_algo(algo=None):
     return old
 
 
+# Where F(2x2, 3x3) beats the direct microkernel: python -m bench.bench_winograd, AMD EPYC
+# (Zen 4, AVX-512), batch 32, 'same', medians of 9 alternated rounds, 1 thread, shared machine
+# (bench/results/winograd-amd-epyc-2t.json), direct / Winograd wall time:
+#   channels  map    forward  backward_input
+#   16 -> 16  32x32  0.85     0.86          (the transforms outweigh the GEMMs' savings)
+#   32 -> 32  32x32  1.27     1.22
+#   32 -> 64  16x16  1.44     1.60
+#   64 -> 64  16x16  1.69     1.68
+#  128 -> 128  8x8   ~1.7     1.71
+# (8 -> 8 forward: 2.3x, only because direct runs its scalar column tail below one vector
+# of filters; its backward_input goes to BLAS and beats Winograd 3x.) So both channel
+# counts of the conv Winograd runs (for backward_input: F in, C out) must reach 32.
+_WINOGRAD_MIN_CHANNELS = 32
+
+
 def _winograd_pays(g):
-    """Where F(2x2, 3x3) beats the direct microkernel (bench/bench_winograd.py)."""
-    return g["C"] >= 16 and g["F"] >= 16
+    """Where F(2x2, 3x3) beats the direct microkernel (see the table above)."""
+    return min(g["C"], g["F"]) >= _WINOGRAD_MIN_CHANNELS
 
 
 def _use_winograd(g, dtype):

@@ -173,6 +173,7 @@ def test_selection_rule_and_knob(algo):
 
     assert g((2, 32, 32, 32), 32) and g((2, 16, 16, 64), 64)
     assert not g((2, 32, 32, 3), 32)                         # the RGB stem: direct
+    assert not g((2, 32, 32, 16), 16) and not g((2, 32, 32, 64), 16)
     assert not g((2, 32, 32, 32), 32, np.float64)            # float64: direct
     assert not g((2, 32, 32, 32), 32, strides=(2, 2))
     assert not g((2, 32, 32, 32), 32, dilation=(2, 1))
