@@ -171,6 +171,7 @@ def test_selection_rule_and_knob(algo):
             None, strides, "same", dilation, "linear", 0.0)[-1])
         return conv._use_winograd(geom, dtype)
 
+    algo(None)   # the default rules, whatever PYNN_CONV_ALGO says
     assert g((2, 32, 32, 32), 32) and g((2, 16, 16, 64), 64)
     assert not g((2, 32, 32, 3), 32)                         # the RGB stem: direct
     assert not g((2, 32, 32, 16), 16) and not g((2, 32, 32, 64), 16)
