@@ -1,0 +1,158 @@
+/* Winograd F(2x2, 3x3) for a 3x3, stride-1, dilation-1 float32 convolution (native/conv.pyx).
+ *
+ * Legend: C input channels, F filters, HP/WP the zero-padded input the conv reads (an output
+ * pixel (h, w) reads rows h..h+2, columns w..w+2 of it), HO = HP - 2, WO = WP - 2, TH/TW
+ * tiles down/across (ceil(HO/2), ceil(WO/2)), T tiles per block, t a tile's index in
+ * (n, th, tw) order.
+ *
+ * A tile is 2x2 output pixels, read from the 4x4 input patch at (2*th, 2*tw). With
+ *     B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]      (input transform, d -> B^T d B)
+ *     G   = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]           (kernel transform, g -> G g G^T)
+ *     A^T = [1 1 1 0; 0 1 -1 -1]                          (output transform, m -> A^T m A)
+ * the conv of the patch is A^T [(G g G^T) .* (B^T d B)] A, and summed over channels the
+ * element-wise product is, for each of the 16 positions k, one GEMM
+ *     M[k] (T x F) = V[k] (T x C) @ U[k] (C x F)
+ * 16 GEMMs of C multiply-adds per tile and filter instead of 4 pixels x 9 taps = 36: 2.25x
+ * fewer. Every constant is 0, +-1 or +-1/2 (the 1/2 lives in U, made in double by
+ * pynn_wino_kernel_f and rounded once), so the transforms add at most 4 (input) and 9
+ * (output) terms in float32: the rounding stays within a few ulps of the sum of |terms|
+ * (see tests/test_conv_winograd.py; measured there below 1.2e-7 of it, direct below 2.4e-7:
+ * each GEMM sums C products, not direct's 9*C).
+ *
+ * One block of T consecutive tiles per call (the caller's prange hands blocks out): V and M
+ * are the calling thread's buffers of 16*T*C and 16*T*F floats, sized by the caller to stay
+ * in L2 together; element (k, i, c) of V at k*ks + i*rs (M likewise), the caller's layout.
+ * The transforms loop over channels innermost (contiguous in NHWC), which GCC vectorizes;
+ * the GEMMs run on the register-blocked microkernel (_microkernel.h) with U packed into its
+ * column panels. */
+#ifndef PYNN_WINOGRAD_H
+#define PYNN_WINOGRAD_H
+
+#include "_microkernel.h"
+
+/* V[k][i][c] (k = 4*r + s, i < nt) = (B^T d B)[r][s] of channel c of tile t0 + i; positions
+   of a patch beyond the padded input read `zeros` (C floats of 0). */
+static void pynn_wino_input_f(const float* xp, Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t C,
+                              Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t t0, Py_ssize_t nt,
+                              Py_ssize_t ks, Py_ssize_t rs, const float* zeros,
+                              float* restrict V) {
+    Py_ssize_t i, c, r, s, TT = TH * TW;
+    for (i = 0; i < nt; i++) {
+        const float* p[4][4];
+        Py_ssize_t t = t0 + i, n = t / TT, th = (t % TT) / TW, tw = t % TW;
+        for (r = 0; r < 4; r++) for (s = 0; s < 4; s++) {
+            Py_ssize_t h = 2 * th + r, w = 2 * tw + s;
+            p[r][s] = (h < HP && w < WP) ? xp + ((n * HP + h) * WP + w) * C : zeros;
+        }
+        float* restrict v = V + i * rs;
+#pragma GCC ivdep
+        for (c = 0; c < C; c++) {
+            float d[4][4], e[4][4];
+            for (r = 0; r < 4; r++) for (s = 0; s < 4; s++) d[r][s] = p[r][s][c];
+            for (s = 0; s < 4; s++) {   /* B^T d */
+                e[0][s] = d[0][s] - d[2][s];
+                e[1][s] = d[1][s] + d[2][s];
+                e[2][s] = d[2][s] - d[1][s];
+                e[3][s] = d[1][s] - d[3][s];
+            }
+            for (r = 0; r < 4; r++) {   /* (B^T d) B */
+                v[(4 * r + 0) * ks + c] = e[r][0] - e[r][2];
+                v[(4 * r + 1) * ks + c] = e[r][1] + e[r][2];
+                v[(4 * r + 2) * ks + c] = e[r][2] - e[r][1];
+                v[(4 * r + 3) * ks + c] = e[r][1] - e[r][3];
+            }
+        }
+    }
+}
+
+/* z[pixel] = (A^T M A) + bias for the 2x2 pixels of tiles t0 .. t0+nt-1 that lie inside
+   (HO, WO): M[k][i][f] as pynn_wino_gemm_f leaves it. bias is never NULL (the caller
+   passes zeros): with `bias ? bias[f] : 0` GCC made a masked load from the NULL address,
+   whose fault suppression took a microcode assist on every vector on Zen 4 (a third of
+   the whole forward of a 32 -> 32 channel layer). */
+static void pynn_wino_output_f(const float* M, Py_ssize_t ks, Py_ssize_t rs, Py_ssize_t F,
+                               const float* bias, Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t HO,
+                               Py_ssize_t WO, Py_ssize_t t0, Py_ssize_t nt,
+                               float* restrict z) {
+    Py_ssize_t i, f, TT = TH * TW;
+    for (i = 0; i < nt; i++) {
+        Py_ssize_t t = t0 + i, n = t / TT, th = (t % TT) / TW, tw = t % TW;
+        Py_ssize_t h = 2 * th, w = 2 * tw;
+        int down = h + 1 < HO, right = w + 1 < WO;
+        const float* m = M + i * rs;
+        float* z00 = z + ((n * HO + h) * WO + w) * F;
+        float* z01 = z00 + F;
+        float* z10 = z00 + WO * F;
+        float* z11 = z10 + F;
+        float y[2][2][64];   /* one stretch of up to 64 filters at a time */
+        Py_ssize_t f0, fn, r;
+        for (f0 = 0; f0 < F; f0 += 64) {
+            fn = F - f0 < 64 ? F - f0 : 64;
+#pragma GCC ivdep
+            for (f = 0; f < fn; f++) {
+                float a[4][4], q[2][4];
+                Py_ssize_t k;
+                for (k = 0; k < 16; k++) a[k / 4][k % 4] = m[k * ks + f0 + f];
+                for (k = 0; k < 4; k++) {   /* A^T m */
+                    q[0][k] = a[0][k] + a[1][k] + a[2][k];
+                    q[1][k] = a[1][k] - a[2][k] - a[3][k];
+                }
+                float b = bias[f0 + f];
+                for (r = 0; r < 2; r++) {   /* (A^T m) A */
+                    y[r][0][f] = q[r][0] + q[r][1] + q[r][2] + b;
+                    y[r][1][f] = q[r][1] - q[r][2] - q[r][3] + b;
+                }
+            }
+            for (f = 0; f < fn; f++) z00[f0 + f] = y[0][0][f];
+            if (right) for (f = 0; f < fn; f++) z01[f0 + f] = y[0][1][f];
+            if (down) for (f = 0; f < fn; f++) z10[f0 + f] = y[1][0][f];
+            if (down && right) for (f = 0; f < fn; f++) z11[f0 + f] = y[1][1][f];
+        }
+    }
+}
+
+/* U[k][c][f] (k = 4*r + s) = (G g G^T)[r][s] of the 3x3 slice g = kernel[:, :, c, f]
+   (kernel (3, 3, C, F) row-major), in double and rounded once; G's 1/2 makes no error. */
+static void pynn_wino_kernel_f(const float* kernel, Py_ssize_t C, Py_ssize_t F,
+                               float* restrict U) {
+    Py_ssize_t cf, CF = C * F;
+    int i, j;
+#pragma GCC ivdep
+    for (cf = 0; cf < CF; cf++) {
+        double g[3][3], t[4][3];
+        for (i = 0; i < 3; i++)
+            for (j = 0; j < 3; j++) g[i][j] = kernel[(3 * i + j) * CF + cf];
+        for (j = 0; j < 3; j++) {   /* G g */
+            t[0][j] = g[0][j];
+            t[1][j] = 0.5 * (g[0][j] + g[1][j] + g[2][j]);
+            t[2][j] = 0.5 * (g[0][j] - g[1][j] + g[2][j]);
+            t[3][j] = g[2][j];
+        }
+        for (i = 0; i < 4; i++) {   /* (G g) G^T */
+            U[(4 * i + 0) * CF + cf] = (float)t[i][0];
+            U[(4 * i + 1) * CF + cf] = (float)(0.5 * (t[i][0] + t[i][1] + t[i][2]));
+            U[(4 * i + 2) * CF + cf] = (float)(0.5 * (t[i][0] - t[i][1] + t[i][2]));
+            U[(4 * i + 3) * CF + cf] = (float)t[i][2];
+        }
+    }
+}
+
+/* M[k] (nt x F) = V[k] (nt x C) @ U[k] for the 16 k: element (k, i, c) of V at
+   V + k*ksv + i*rsv (roff[i] = i*rsv for i < nt), (k, i, f) of M at M + k*ksm + i*rsm; U
+   packed per k into the microkernel's column panels of nc (pynn_pack_panels_f on each
+   (C, F) slice, slice k at Up + k*C*F). */
+static void pynn_wino_gemm_f(const float* V, Py_ssize_t ksv, const float* Up, float* M,
+                             Py_ssize_t ksm, Py_ssize_t rsm, Py_ssize_t nt, Py_ssize_t C,
+                             Py_ssize_t F, Py_ssize_t nc, const Py_ssize_t* roff) {
+    Py_ssize_t k, q0, zero = 0;
+    for (k = 0; k < 16; k++) {
+        for (q0 = 0; q0 < F; q0 += nc) {
+            Py_ssize_t wd = F - q0 < nc ? F - q0 : nc;
+            pynn_seg_gemm_f(nt, wd, 1, C, V + k * ksv, roff, &zero, 1,
+                            Up + k * C * F + q0 * C, &zero, wd, M + k * ksm + q0, rsm,
+                            (const float*)0, 0, 0);
+        }
+    }
+}
+
+#endif

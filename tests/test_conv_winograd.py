@@ -1,0 +1,218 @@
+"""Winograd F(2x2, 3x3) inside the CPU conv ops (native/conv.pyx, native/_winograd.h):
+forward, backward_input and the fused conv2d_backward forced onto it, against the float64
+oracle in tests/reference/conv_ref.py, thread counts, the selection rule, and a Conv2D
+layer's float32 gradients against float64 direct ones.
+
+Error bound. Each output sums 9*C products; direct float32 summation errs by about
+sqrt(9*C)*eps times the sum of |products| (eps = 6e-8). Winograd first transforms the patch
+(sums of up to 4 inputs) and the kernel (G has entries 1/2, made in float64), multiplies in
+16 positions and transforms back (sums of up to 9 products): every intermediate is a sum of
+a bounded number of terms whose magnitudes are at most a few times the original ones, so the
+error is a small constant times direct's. Measured on CASES: max |error| / max of
+conv(|x|, |k|) stays below 1.2e-7 (direct: below 2.4e-7, its sums being 9x longer); the
+tests assert 2e-5 of that scale (the bound issue 12's Winograd task states, ~170x the
+measured error, so a broken transform, which errs by O(1), cannot pass), with the scale
+computed by the oracle itself.
+"""
+
+import numpy as np
+import pytest
+
+from pynn._native import conv, info
+from pynn.backend.api import ACTIVATIONS
+from tests.reference import conv_ref as ref
+from tests.reference.activation_ref import activation_backward_ref, activation_forward_ref
+
+REL = 2e-5
+
+# (x shape (N, H, W, C), F, padding): H, W odd and even, 1x1 and 2x2 images with 'same',
+# batch 1 and odd, C and F of 1 and not multiples of 8/16 lanes or the 8-row blocks.
+CASES = [
+    ((1, 1, 1, 5), 3, "same"),
+    ((3, 2, 2, 7), 9, "same"),
+    ((1, 3, 3, 1), 1, "valid"),
+    ((3, 7, 5, 17), 19, "same"),
+    ((1, 9, 8, 33), 17, "valid"),
+    ((2, 10, 11, 16), 33, "same"),
+    ((1, 5, 6, 3), 1, "valid"),
+    ((5, 13, 13, 32), 64, "valid"),     # the small CNN's second layer, smaller batch
+    ((2, 16, 16, 64), 64, "same"),      # a residual block's conv at 16x16
+]
+IDS = [f"{x}->{f}-{p}" for x, f, p in CASES]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(2024)
+
+
+@pytest.fixture
+def algo():
+    """Sets the conv algorithm for one test and restores it."""
+    olds = []
+
+    def set_algo(name):
+        olds.append(conv._set_conv_algo(name))
+    yield set_algo
+    if olds:
+        conv._set_conv_algo(olds[0])
+
+
+@pytest.fixture
+def restore_threads():
+    n = info.get_max_threads()
+    yield
+    info.set_num_threads(n)
+
+
+def data(rng, case):
+    x_shape, f, padding = case
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    k = rng.standard_normal((3, 3, x_shape[3], f)).astype(np.float32)
+    b = rng.standard_normal(f).astype(np.float32)
+    _, z = ref.conv2d_forward_ref(x, k, None, (1, 1), padding, (1, 1))
+    dz = rng.standard_normal(z.shape).astype(np.float32)
+    return x, k, b, dz
+
+
+def assert_close(op, got, want, scale):
+    """|got - want| <= REL * max(scale): scale is the conv of the absolute values, the sum of
+    |products| that bounds any float32 summation's error."""
+    assert got.shape == want.shape, f"{op}: shape {got.shape}, expected {want.shape}"
+    assert got.dtype == np.float32, f"{op}: dtype {got.dtype}, expected float32"
+    if want.size == 0:
+        return
+    err = np.max(np.abs(got.astype(np.float64) - want))
+    bound = REL * max(float(np.max(scale)), 1e-30)
+    assert err <= bound, f"{op}: max error {err:.3g} > {bound:.3g} ({REL} of the term scale)"
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_forward_and_input_grad_match_reference(rng, case, bias, algo):
+    algo("winograd")
+    x, k, b, dz = data(rng, case)
+    padding = case[2]
+    b = b if bias else None
+    y, z = conv.conv2d_forward(x, k, b, (1, 1), padding, (1, 1), "linear", 0.0)
+    assert z is None
+    want = ref.conv2d_forward_ref(x, k, b, (1, 1), padding, (1, 1))[0]
+    scale = ref.conv2d_forward_ref(np.abs(x), np.abs(k), None if b is None else np.abs(b),
+                                   (1, 1), padding, (1, 1))[0]
+    assert_close("conv2d_forward", y, want, scale)
+    dx = conv.conv2d_backward_input(dz, k, x.shape, (1, 1), padding, (1, 1))
+    want = ref.conv2d_backward_input_ref(dz, k, x.shape, (1, 1), padding, (1, 1))
+    scale = ref.conv2d_backward_input_ref(np.abs(dz), np.abs(k), x.shape, (1, 1), padding,
+                                          (1, 1))
+    assert_close("conv2d_backward_input", dx, want, scale)
+
+
+@pytest.mark.parametrize("act", [a for a in ACTIVATIONS if a != "linear"])
+def test_every_fused_activation(rng, act, algo):
+    """The activation runs on each block of tiles in cache, over runs of pixels that span
+    tile rows: odd H and W leave half-empty tiles at both edges."""
+    algo("winograd")
+    case = ((3, 7, 9, 17), 21, "same")
+    x, k, b, _ = data(rng, case)
+    y, z = conv.conv2d_forward(x, k, b, (1, 1), "same", (1, 1), act, 0.3)
+    z_ref = ref.conv2d_forward_ref(x, k, b, (1, 1), "same", (1, 1))[1]
+    y_ref = activation_forward_ref(z_ref, act, 0.3)
+    scale = ref.conv2d_forward_ref(np.abs(x), np.abs(k), np.abs(b), (1, 1), "same",
+                                   (1, 1))[0]
+    # An error e in z moves y by up to |act'(z)| e (softmax: 1 per row, summed over F): the
+    # pre-activation bound times the largest slope.
+    slope = np.abs(activation_backward_ref(np.ones_like(z_ref), z_ref, act, 0.3))
+    slope = max(float(np.max(slope)), 1.0) * (k.shape[3] if act == "softmax" else 1)
+    assert_close(f"conv2d_forward[{act}]", y, y_ref, scale * slope)
+    if z is not None:
+        assert_close(f"conv2d_forward[{act}] z", z, z_ref, scale)
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu", "linear", "softmax"])
+@pytest.mark.parametrize("case", CASES[3:6], ids=IDS[3:6])
+def test_fused_backward_matches_direct_and_reference(rng, case, act, algo):
+    """conv2d_backward (a layer's whole backward) with Winograd's input gradient."""
+    x, k, b, _ = data(rng, case)
+    padding = case[2]
+    y, z = conv.conv2d_forward(x, k, b, (1, 1), padding, (1, 1), act, 0.0)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    algo("winograd")
+    dx, dk, db = conv.conv2d_backward(dy, x, z, y, k, (1, 1), padding, (1, 1), act, 0.0)
+    want = ref.conv2d_backward_ref(dy, x, k, b, (1, 1), padding, (1, 1), act, 0.0)
+    algo("direct")
+    direct = conv.conv2d_backward(dy, x, z, y, k, (1, 1), padding, (1, 1), act, 0.0)
+    # dk and db do not go through Winograd: the same bits as the direct path.
+    np.testing.assert_array_equal(dk, direct[1])
+    np.testing.assert_array_equal(db, direct[2])
+    # The input gradient is the conv of dz (the activation's backward of dy); bound by the
+    # float32 dz the op made, of the same size as dy's (derivatives <= ~1.1).
+    scale = 1.5 * ref.conv2d_backward_input_ref(np.abs(dy), np.abs(k), x.shape, (1, 1),
+                                                padding, (1, 1))
+    assert_close("conv2d_backward dx", dx, want[0], scale)
+
+
+def test_thread_count_invariance(rng, algo, restore_threads):
+    """A tile's result does not depend on the block or the thread that made it."""
+    algo("winograd")
+    x, k, b, dz = data(rng, ((3, 11, 9, 17), 20, "same"))
+    results = []
+    for n in (1, 2, 3):
+        info.set_num_threads(n)
+        results.append((conv.conv2d_forward(x, k, b, (1, 1), "same", (1, 1), "gelu", 0.0),
+                        conv.conv2d_backward_input(dz, k, x.shape, (1, 1), "same", (1, 1))))
+    for (y, z), dx in results[1:]:
+        np.testing.assert_array_equal(y, results[0][0][0])
+        np.testing.assert_array_equal(z, results[0][0][1])
+        np.testing.assert_array_equal(dx, results[0][1])
+
+
+def test_selection_rule_and_knob(algo):
+    def g(x_shape, f, dtype=np.float32, strides=(1, 1), dilation=(1, 1), kernel=(3, 3)):
+        geom = conv._planned(conv.operands.conv2d_forward(
+            conv.HOST, np.zeros(x_shape, dtype), np.zeros(kernel + (x_shape[3], f), dtype),
+            None, strides, "same", dilation, "linear", 0.0)[-1])
+        return conv._use_winograd(geom, dtype)
+
+    algo(None)   # the default rules, whatever PYNN_CONV_ALGO says
+    assert g((2, 32, 32, 32), 32) and g((2, 16, 16, 64), 64)
+    assert not g((2, 32, 32, 3), 32)                         # the RGB stem: direct
+    assert not g((2, 32, 32, 16), 16) and not g((2, 32, 32, 64), 16)
+    assert not g((2, 32, 32, 32), 32, np.float64)            # float64: direct
+    assert not g((2, 32, 32, 32), 32, strides=(2, 2))
+    assert not g((2, 32, 32, 32), 32, dilation=(2, 1))
+    assert not g((2, 32, 32, 32), 32, kernel=(3, 5))
+    algo("direct")
+    assert not g((2, 32, 32, 32), 32)
+    algo("winograd")
+    assert g((2, 8, 8, 1), 1)
+    with pytest.raises(ValueError, match="expected one of .*got 'fast'"):
+        conv._set_conv_algo("fast")
+
+
+def test_conv2d_layer_float32_gradients_match_float64_direct(rng, algo):
+    """A Conv2D layer's backward with Winograd forced, in float32, against the same layer in
+    float64 (which goes direct, and whose backward the conv tests check by finite
+    differences): the float32 gradients carry only rounding."""
+    from pynn import layers
+
+    x64 = rng.standard_normal((3, 9, 7, 16))
+    dy64 = None
+    grads = {}
+    for dtype, name in ((np.float64, "direct"), (np.float32, "winograd")):
+        algo(name)
+        layer = layers.Conv2D(18, 3, padding="same", activation="relu", dtype=dtype.__name__)
+        layer.build(x64.shape)
+        if dtype == np.float64:
+            weights = [rng.standard_normal(w.shape) * 0.3 for w in layer.get_weights()]
+        layer.set_weights([w.astype(dtype) for w in weights])
+        y = layer(x64.astype(dtype), training=True)
+        if dy64 is None:
+            dy64 = rng.standard_normal(y.shape)
+        dx = layer.backward(dy64.astype(dtype))
+        grads[name] = (np.asarray(dx), [np.asarray(v.grad) for v in layer.weights])
+    dx32, (dk32, db32) = grads["winograd"]
+    dx64, (dk64, db64) = grads["direct"]
+    assert dx32.dtype == np.float32 and dx64.dtype == np.float64
+    for got, want, label in ((dx32, dx64, "dx"), (dk32, dk64, "dkernel"), (db32, db64, "db")):
+        tol = 1e-4 * float(np.max(np.abs(want)))
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol, err_msg=label)
