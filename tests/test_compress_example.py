@@ -13,7 +13,8 @@ def test_compress_example_fast_table(capsys):
     rows = compress.main(["--fast"])
     text = capsys.readouterr().out
     names = [r[0] for r in rows]
-    assert names == ["float32", "pruned 80% unstructured", "int8 post-training",
+    assert names == ["float32", "pruned 80% unstructured", "float16 storage",
+                     "int8 post-training",
                      "int8 model.quantize", "int8 QAT",
                      "pruned 95% (sparse Dense)",
                      "structured 50% filters", "student alone", "distilled student (1/8)"]
@@ -27,6 +28,10 @@ def test_compress_example_fast_table(capsys):
     assert table["pruned 80% unstructured"][2] == pytest.approx(0.8, abs=0.01)
     assert table["pruned 80% unstructured"][4] < 0.35 * size
     assert table["pruned 95% (sparse Dense)"][2] == pytest.approx(0.95, abs=0.01)
+    # float16 storage: the float model's numbers from a file of half the size.
+    assert table["float16 storage"][1] == params
+    assert table["float16 storage"][3] == pytest.approx(acc, abs=0.01)
+    assert table["float16 storage"][4] < 0.55 * size
     # int8: the same parameter count, files of int8 weights plus per-channel scales.
     for name in ("int8 post-training", "int8 model.quantize", "int8 QAT"):
         assert table[name][4] < 0.35 * size, name

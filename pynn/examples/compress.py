@@ -1,7 +1,7 @@
 """Model compression on the bundled 8x8 digits (issue 18): train the demo CNN, then prune it
 (unstructured, magnitude), prune it structurally (whole filters and units), distill it into
 a student with at most 1/8 of its parameters, and quantize it to int8 (post-training,
-Keras's model.quantize, and quantization-aware training);
+Keras's model.quantize, and quantization-aware training) and store it as float16;
 print one table of test accuracy, saved
 file size and batch-1 / batch-64 predict time.
 
@@ -84,11 +84,14 @@ def predict_ms(model, x, batch, repeats):
     return 1e3 * statistics.median(times)
 
 
-def row(name, model, x, y, folder, repeats, save=True):
+def row(name, model, x, y, folder, repeats, save=True, weights_dtype=None):
     path = os.path.join(folder, f"{name.split()[0]}.pynn")
     # Weights and config only: the deployable file, without the optimizer's slots.
     if save:
-        saving.save_model(model, path, include_optimizer=False)
+        saving.save_model(model, path, include_optimizer=False, weights_dtype=weights_dtype)
+    if weights_dtype is not None:
+        # The row is what the smaller file gives back, not the model it was written from.
+        model = saving.load_model(path)
     zeros = sparsity(model)
     mean_zeros = sum(zeros.values()) / max(len(zeros), 1)
     params = sum(layer.count_params() for layer in model.layers)  # QuantizedDense counts its own
@@ -200,6 +203,10 @@ def run_once(args, seed):
         rows = [row("float32", teacher, x_test, y_test, folder, repeats),
                 row(f"pruned {args.sparsity:.0%} unstructured", pruned, x_test, y_test, folder,
                     repeats),
+                # The same weights stored as float16 (TF-Lite's "float16 quantization"):
+                # half the file, loaded and run as float32.
+                row("float16 storage", teacher, x_test, y_test, folder, repeats,
+                    weights_dtype="float16"),
                 row("int8 post-training", int8, x_test, y_test, folder, repeats),
                 row("int8 model.quantize", dynamic, x_test, y_test, folder, repeats),
                 row("int8 QAT", qat_int8, x_test, y_test, folder, repeats),
