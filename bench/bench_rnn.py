@@ -33,6 +33,16 @@ from the 2-thread split (pynn's scales ~2x, torch's ~1.6x), not measurable here 
 The masked layer step (general recurrence ops) costs 1.42x (LSTM(128)), 1.14x (LSTM(256))
 and 1.17x (GRU) the plain one, from 2.4x / 2.3x before its cells became vectorized C.
 
+Dec 5 2026, --phases (one thread, CPU time, shared machine;
+bench/results/rnn-lstm-bound-amd-epyc-1t-cputime-shared.json): LSTM(128) 39.4 ms vs torch
+57.2 (1.45x), LSTM(256) 127.2 vs 157.9 (1.24x); single-core sgemm peak (2048^3, OpenBLAS)
+103 GFLOP/s. 2x torch needs 110 GFLOP/s (LSTM(128), 1.07x that peak) and 144 (LSTM(256),
+1.39x) on one core; with 2 threads on the quiet numbers, 189 and 260 GFLOP/s against a
+166-175 sgemm peak (1.14x, 1.57x). Every phase already runs at 73-104 GFLOP/s; the fused
+cell passes take ~5 ms of the LSTM(128) step. Tried and reverted (no measurable change):
+one [x | h_{s-1}] @ [W; R] product per forward step instead of two (forward 14.1 ms either
+way), and heap reuse for the forward's caches (page faults are ~10 huge pages a step).
+
 pynn's recurrent ops use OpenMP only (no BLAS). pynn runs with OMP_WAIT_POLICY=PASSIVE and
 a short OPENBLAS_THREAD_TIMEOUT (as in bench_conv_kernels.py; NumPy's BLAS serves the
 checks) unless --default-env is given; torch keeps the caller's environment.
@@ -41,6 +51,7 @@ checks) unless --default-env is given; torch keeps the caller's environment.
         [--shape 64,100,32,128] [--latency-shape 1,50,32,128]
         [--text-shape 64,100,10000,128] [--cells lstm,gru,gru_before,simple_rnn]
         [--dtype float32|float64] [--default-env] [--no-torch] [--cpu-time] [--json PATH]
+        [--phases]
 
 Also timed: Bidirectional(LSTM) beside torch's bidirectional LSTM, and the LSTM / GRU layers'
 training step with a padding mask (a quarter of the steps masked) beside the same step
@@ -317,6 +328,48 @@ def check(rnn):
                                        err_msg=f"{cell} {name}")
 
 
+def lstm_phases(rnn, shape, timer, repeat):
+    """The LSTM training step cut into its phases, each timed alone with its FLOPs (2 per
+    multiply-add of the products; the cell passes are not counted): forward (x and h
+    products + the fused cell), backward without dx (the recurrence + the weight
+    gradients), the weight gradients alone (one [x | 1 | h_prev]^T @ dZ product over all
+    N*T rows) and the input gradient's extra cost. What is left for the backward recurrence
+    is the difference. --phases prints it; the bound in the report comes from these."""
+    import numpy as np
+
+    n, t, c, u = shape
+    x, w, r, b, dy = make_data("lstm", shape, "float32")
+    opts = CELLS["lstm"][2]
+    _, cache = rnn.lstm_forward(x, w, r, b, *opts, True, False)
+    dz = np.random.default_rng(3).standard_normal((n, t, 4 * u)).astype(np.float32)
+    stacked = np.empty((c + 1 + u, n * t), np.float32)
+    runs = {
+        "forward": lambda: rnn.lstm_forward(x, w, r, b, *opts, True, False),
+        "backward, no dx": lambda: rnn.lstm_backward(dy, x, w, r, cache, *opts, True, False,
+                                                     False),
+        "backward, with dx": lambda: rnn.lstm_backward(dy, x, w, r, cache, *opts, True,
+                                                       False, True),
+        "weight gradients": lambda: rnn._weight_grads(x, cache[0], dz, stacked, False),
+    }
+    ms = {name: 1e3 * statistics.median(timer(fn, repeat) for _ in range(5))
+          for name, fn in runs.items()}
+    mac = n * t * 4 * u      # multiply-adds per unit of K, over all rows and steps
+    gflop = {"forward": 2 * mac * (c + u) / 1e9,
+             "weight gradients": 2 * mac * (c + 1 + u) / 1e9,
+             "backward recurrence": 2 * mac * u / 1e9,
+             "input gradient": 2 * mac * c / 1e9}
+    ms["backward recurrence"] = ms["backward, no dx"] - ms["weight gradients"]
+    ms["input gradient"] = ms["backward, with dx"] - ms["backward, no dx"]
+    out = {}
+    for name in ("forward", "backward recurrence", "weight gradients", "input gradient"):
+        out[name] = {"ms": ms[name], "gflop": gflop[name],
+                     "gflops": gflop[name] / ms[name] * 1e3 if ms[name] > 0 else None}
+    total_ms = ms["forward"] + ms["backward, with dx"]
+    total = sum(gflop.values())
+    out["step"] = {"ms": total_ms, "gflop": total, "gflops": total / total_ms * 1e3}
+    return out
+
+
 def platform_line():
     import platform
 
@@ -352,6 +405,9 @@ def main():
                     help="time on the thread's CPU clock (needs --threads 1): on a shared "
                          "machine it leaves out the time other processes hold the core")
     ap.add_argument("--json", help="also write the tables' medians to this JSON file")
+    ap.add_argument("--phases", action="store_true",
+                    help="first time the LSTM step's phases alone (forward, backward "
+                         "recurrence, weight gradients, input gradient) with their GFLOP/s")
     ap.add_argument("--torch-server", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.cpu_time and args.threads != 1:
@@ -431,6 +487,15 @@ def main():
             rows[cell] = row
             print(line, flush=True)
 
+    if args.phases and args.dtype == "float32":
+        phases = lstm_phases(rnn, shape, timer, args.repeat)
+        results["lstm phases"] = {"shape": list(shape), **phases}
+        clock = "CPU time" if args.cpu_time else "wall"
+        print(f"LSTM step phases: shape (N, T, C, units) = {shape}, {args.threads} threads, "
+              f"{clock}, median of 5 x best of {args.repeat}")
+        for name, row in phases.items():
+            rate = f"{row['gflops']:7.1f} GFLOP/s" if row["gflops"] else ""
+            print(f"  {name:22s} {row['ms']:8.2f} ms {row['gflop']:7.3f} GFLOP {rate}")
     try:
         table("training (forward + backward)", pynn_step, shape, "train", args.repeat,
               "ms", 1e3)
