@@ -15,10 +15,26 @@ larger products into bands over the cores, whose tile edges round differently, s
 chain's results equal dense_forward's to float32 rounding, not bit for bit.
 """
 
+from libc.stdlib cimport free, malloc
+
 import numpy as np
 
+cimport numpy as cnp
+
 from _blas cimport gemm_rowmajor
-from _activation cimport bias_activation_rows
+from _activation cimport ACT_RELU, ACT_SOFTMAX, act_forward_vec, bias_activation_rows, softmax_row
+
+cdef extern from "_gemv.h":
+    void pynn_gemv_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
+                     Py_ssize_t ldk, float* y) noexcept nogil
+
+include "_microkernel.pxi"   # pynn._config.set_kernel reaches the GEMV's level too
+
+cnp.import_array()
+
+# One sample's intermediates up to this many floats live on the calling thread's stack, so
+# threads sharing a chain share no scratch (and need no per-thread lookup).
+DEF STACK_SCRATCH = 4096
 
 
 cdef class DenseChain:
@@ -76,10 +92,7 @@ cdef class DenseChain:
 
     def run(self, const float[:, ::1] x, float[::1] scratch, float[:, ::1] out):
         """out (N, U_last) = the chain on x (N, C0); scratch from ``scratch()``."""
-        cdef int n = self.rows, i, c, u
-        cdef const float* src
-        cdef float* dst
-        cdef const float* bias
+        cdef int n = self.rows
         if (x.shape[0] != n or x.shape[1] != self._dims[0] or out.shape[0] != n
                 or out.shape[1] != self._dims[self.layers]
                 or scratch.shape[0] < 2 * n * self.width):
@@ -87,15 +100,83 @@ cdef class DenseChain:
                              f"{(out.shape[0], out.shape[1])} do not fit the chain "
                              f"({n}, {self._dims[0]}) -> ({n}, {self._dims[self.layers]})")
         with nogil:
-            src = &x[0, 0]
-            for i in range(self.layers):
-                c, u = self._dims[i], self._dims[i + 1]
-                if i == self.layers - 1:
-                    dst = &out[0, 0]
-                else:
-                    dst = &scratch[(i % 2) * n * self.width]
+            self._forward(&x[0, 0], &scratch[0], &out[0, 0], n)
+
+    def predict_one(self, x):
+        """The chain on one sample: a fresh (1, U_last) float32 array for x, a C-contiguous,
+        aligned, native-order float32 ndarray of shape (1, C0); None for anything else (the
+        caller then takes its checked route). The whole batch-1 call of an MLP plan: no
+        memoryview, no buffer lookup, no OpenMP region, the GIL released for the arithmetic."""
+        cdef cnp.ndarray a, out
+        cdef cnp.npy_intp dims[2]
+        cdef float stack[STACK_SCRATCH]
+        cdef float* scratch
+        cdef const float* src
+        cdef float* dst
+        if type(x) is not np.ndarray or self.rows != 1:
+            return None
+        a = <cnp.ndarray>x
+        if (cnp.PyArray_NDIM(a) != 2 or cnp.PyArray_DIM(a, 0) != 1
+                or cnp.PyArray_DIM(a, 1) != self._dims[0]
+                or cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32
+                or not cnp.PyArray_ISCARRAY_RO(a) or not cnp.PyArray_ISNOTSWAPPED(a)):
+            return None
+        dims[0], dims[1] = 1, self._dims[self.layers]
+        out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
+        src, dst = <const float*>cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(out)
+        if 2 * self.width <= STACK_SCRATCH:
+            with nogil:
+                self._forward(src, stack, dst, 1)
+            return out
+        scratch = <float*>malloc(2 * self.width * sizeof(float))
+        if scratch == NULL:
+            raise MemoryError("DenseChain: no memory for one sample's intermediates")
+        try:
+            with nogil:
+                self._forward(src, scratch, dst, 1)
+        finally:
+            free(scratch)
+        return out
+
+    cdef void _forward(self, const float* src, float* scratch, float* out,
+                       int n) noexcept nogil:
+        cdef int i, c, u
+        cdef float* dst
+        cdef const float* bias
+        for i in range(self.layers):
+            c, u = self._dims[i], self._dims[i + 1]
+            if i == self.layers - 1:
+                dst = out
+            else:
+                dst = &scratch[(i % 2) * n * self.width]
+            if n == 1:  # _gemv.h: BLAS would pack the whole kernel first
+                pynn_gemv_f(c, u, src, <const float*>self._kernels[i], u, dst)
+            else:
                 gemm_rowmajor(False, False, n, u, c, <float>1, src, c,
                               <const float*>self._kernels[i], u, <float>0, dst, u)
-                bias = <const float*>self._biases[i]
+            bias = <const float*>self._biases[i]
+            if n == 1:
+                bias_activation_row(dst, bias, u, self._acts[i], self._alphas[i])
+            else:
                 bias_activation_rows(dst, dst, bias, n, u, self._acts[i], self._alphas[i])
-                src = dst
+            src = dst
+
+
+cdef inline void bias_activation_row(float* z, const float* bias, Py_ssize_t cols, int act,
+                                     float alpha) noexcept nogil:
+    """bias_activation_rows's arithmetic on one row, in place, outside any OpenMP region:
+    its `parallel if (false)` still forms a team of one, about 0.5 us a layer at batch 1."""
+    cdef Py_ssize_t j
+    cdef float v
+    if bias != NULL and act == ACT_RELU:
+        for j in range(cols):
+            v = z[j] + bias[j]
+            z[j] = 0 if v < 0 else v
+        return
+    if bias != NULL:
+        for j in range(cols):
+            z[j] = z[j] + bias[j]
+    if act == ACT_SOFTMAX:
+        softmax_row(z, z, cols)
+    else:
+        act_forward_vec(z, z, cols, act, alpha)
