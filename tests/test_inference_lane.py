@@ -1,0 +1,158 @@
+"""The batch-1 fast route of prepared plans (pynn/inference.py, native/infer.pyx, issue 16):
+the one-row GEMV (native/_gemv.h) against a float64 reference at every microkernel level,
+and the MLP lane (one native call per request) against the layer-by-layer path."""
+
+import itertools
+import threading
+
+import numpy as np
+import pytest
+
+import pynn
+from pynn import inference
+from pynn import layers as L
+from tests.backend_util import assert_close, rand
+from tests.reference.dense_ref import dense_forward_ref
+
+
+def chain_of(sizes, rng, acts=None):
+    from pynn._native.infer import DenseChain
+
+    from pynn.backend.api import ACTIVATIONS
+
+    kernels = [rand(rng, (c, u)) / np.sqrt(c) for c, u in itertools.pairwise(sizes)]
+    biases = [rand(rng, (u,)) if j % 2 == 0 else None for j, u in enumerate(sizes[1:])]
+    acts = acts or [("relu", 0.0)] * (len(kernels) - 1) + [("linear", 0.0)]
+    chain = DenseChain(1, kernels, biases, [ACTIVATIONS.index(a) for a, _ in acts],
+                       [alpha for _, alpha in acts])
+    return chain, kernels, biases, acts
+
+
+def reference(x, kernels, biases, acts):
+    want = x.astype(np.float64)
+    for k, b, (act, alpha) in zip(kernels, biases, acts):
+        want, _ = dense_forward_ref(want, k.astype(np.float64),
+                                    None if b is None else b.astype(np.float64), act, alpha)
+    return want
+
+
+# Widths on both sides of every block edge: 16/256 floats (avx512), 8/96 (avx2), 64 (generic).
+SIZES = [[1, 1], [7, 17, 5], [33, 95, 97, 15], [19, 255, 257, 16], [5, 300, 65, 9]]
+
+
+@pytest.mark.parametrize("kernel", pynn._config.available_kernels())
+@pytest.mark.parametrize("sizes", SIZES, ids=lambda s: "-".join(map(str, s)))
+def test_gemv_chain_against_float64_reference(kernel, sizes):
+    rng = np.random.default_rng(len(sizes) * 100 + sizes[1])
+    chain, kernels, biases, acts = chain_of(sizes, rng)
+    x = rand(rng, (1, sizes[0]))
+    with pynn._config.kernel(kernel):
+        got = chain.predict_one(x)
+        out = np.empty_like(got)
+        chain.run(x, chain.scratch(), out)
+    assert_close(got, reference(x, kernels, biases, acts), 1e-5, f"GEMV chain ({kernel})")
+    np.testing.assert_array_equal(out, got)  # run and predict_one share the arithmetic
+
+
+def test_gemv_fma_levels_give_the_same_bits():
+    """avx512 and avx2 sum each output in the same order with one FMA per term."""
+    levels = [k for k in ("avx512", "avx2") if k in pynn._config.available_kernels()]
+    if len(levels) < 2:
+        pytest.skip("needs a CPU with both AVX-512 and AVX2")
+    rng = np.random.default_rng(3)
+    chain, *_ = chain_of([129, 300, 41], rng)
+    x = rand(rng, (1, 129))
+    got = []
+    for level in levels:
+        with pynn._config.kernel(level):
+            got.append(chain.predict_one(x))
+    np.testing.assert_array_equal(got[0], got[1])
+
+
+def test_predict_one_refuses_what_it_does_not_take():
+    rng = np.random.default_rng(4)
+    chain, *_ = chain_of([6, 4, 3], rng)
+    x = rand(rng, (1, 6))
+    assert chain.predict_one(x).shape == (1, 3)
+    for bad in (x.astype(np.float64), x.tolist(), rand(rng, (2, 6)), rand(rng, (1, 5)),
+                x.reshape(1, 1, 6), np.asfortranarray(rand(rng, (1, 6)))[:, ::2],
+                x.astype(">f4"), rand(rng, (6,))):
+        assert chain.predict_one(bad) is None, bad
+
+
+def mlp(units=(29, 13, 5)):
+    return pynn.Sequential([L.Input((37,)), L.Dense(units[0], activation="relu"),
+                            L.Dense(units[1], activation="tanh"),
+                            L.Dense(units[2], activation="softmax")])
+
+
+def randomize(model, rng):
+    model.set_weights([rng.uniform(-0.3, 0.3, w.shape).astype(w.dtype)
+                       for w in model.get_weights()])
+
+
+def test_mlp_lane_equals_layer_by_layer_and_follows_set_weights():
+    rng = np.random.default_rng(5)
+    model = mlp()
+    randomize(model, rng)
+    x = rand(rng, (1, 37))
+    first = model.predict_on_batch(x)
+    state = model._inference
+    assert state.lane is not None, "a batch-1 MLP plan gets the lane"
+    for got in (model.predict_on_batch(x), model(x), model.predict(x, verbose=0)):
+        assert_close(got, model._plan.forward([x], False)[0][0], 1e-6, "MLP lane")
+        np.testing.assert_array_equal(got, first)
+    y = model.predict_on_batch(x)
+    assert y is not model.predict_on_batch(x)  # each call's array is the caller's
+    randomize(model, rng)  # new weights: the lane must not answer with the old ones
+    assert_close(model.predict_on_batch(x), model._plan.forward([x], False)[0][0], 1e-6,
+                 "MLP lane after set_weights")
+    assert not np.array_equal(model.predict_on_batch(x), first)
+    # Another batch size takes its own plan; the batch-1 lane keeps answering after it.
+    x7 = rand(rng, (7, 37))
+    assert_close(model.predict_on_batch(x7), model._plan.forward([x7], False)[0][0], 1e-6,
+                 "MLP batch 7")
+    np.testing.assert_array_equal(model.predict_on_batch(x), model(x))
+
+
+def test_mlp_lane_eight_threads_equal_one():
+    rng = np.random.default_rng(6)
+    model = mlp((300, 65, 9))
+    randomize(model, rng)
+    xs = [rand(rng, (1, 37)) for _ in range(8)]
+    want = [model.predict_on_batch(x) for x in xs]
+    assert model._inference.lane is not None
+    got, errors = [[] for _ in xs], []
+    start = threading.Barrier(8)
+
+    def worker(k):
+        try:
+            start.wait()
+            for _ in range(200):
+                got[k].append(model.predict_on_batch(xs[k]))
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for k in range(8):
+        assert len(got[k]) == 200
+        for y in got[k]:
+            np.testing.assert_array_equal(y, want[k])
+
+
+def test_lane_steps_aside_for_other_backends_and_graphs(monkeypatch):
+    rng = np.random.default_rng(7)
+    model = mlp()
+    x = rand(rng, (1, 37))
+    model.predict_on_batch(x)
+    calls = []
+    monkeypatch.setattr(model._inference, "lane", lambda x: calls.append(x))
+    monkeypatch.setattr(model._inference, "cpu", object())  # as if another backend ran
+    assert model.predict_on_batch(x).shape == (1, 5)
+    assert not calls
+    assert inference.outputs(model, x.astype(np.float64))[0].shape == (1, 5)
