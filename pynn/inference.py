@@ -222,6 +222,8 @@ class InferencePlan:
         self.serial = self.macs < SERIAL_MAX_MACS
         if self.chain and self.serial:
             self.steps = _chained(self.steps)
+        if self.serial:
+            self.steps = [_serial_pool(r) for r in self.steps]
         for r in self.steps:
             r.sample = None  # the validation arrays, no longer needed
         # A batch-1 plan that is one Dense chain runs no OpenMP and no BLAS (_gemv.h): its
@@ -425,6 +427,21 @@ class _DenseChainRunner(_Generic):
         return y, into_buffer
 
 
+def _serial_pool(r):
+    """r, or its values-only twin when r is a float32 max pooling the twin reproduces on
+    the validation input (a one-thread plan: the twin runs no OpenMP)."""
+    if type(r) is not _MaxPool2D or r.values_only is None or r.sample is None:
+        return r
+    twin = _MaxPool2DValues.__new__(_MaxPool2DValues)
+    twin.__dict__.update(r.__dict__)
+    x, want = r.sample
+    try:
+        got, _ = twin.run(x, twin.allocate())
+    except Exception:  # noqa: BLE001  (any failure: keep the checked kernel)
+        return r
+    return twin if np.array_equal(got, want, equal_nan=True) else r
+
+
 def _chained(runners):
     """runners with each run of two or more float32 2-D Dense steps made one chain call."""
     try:
@@ -535,6 +552,14 @@ class _MaxPool2D(_Buffered):
                                                layer.padding)
         self.nbytes += y.size * 4
         self._forward = pool._maxpool_forward
+        self.values_only = None
+        if y.dtype == np.float32:
+            try:
+                from pynn._native.infer import MaxPool2D
+
+                self.values_only = MaxPool2D(self.g)
+            except (ImportError, KeyError, ValueError):  # pool.pyx's kernel then
+                pass
 
     def allocate(self):
         return (np.empty(self.shape, self.dtype), np.empty(self.shape, np.int32))
@@ -542,6 +567,19 @@ class _MaxPool2D(_Buffered):
     def run(self, x, buf):
         y, into_buffer = self.output(buf[0])
         self._forward(x, y, buf[1], self.g)
+        return y, into_buffer
+
+
+class _MaxPool2DValues(_MaxPool2D):
+    """A one-thread plan's float32 max pooling: native/infer.pyx's kernel, no argmax (the
+    same values bit for bit, _checked on the first input)."""
+
+    def allocate(self):
+        return (np.empty(self.shape, self.dtype),)
+
+    def run(self, x, buf):
+        y, into_buffer = self.output(buf[0])
+        self.values_only.run(x, y)
         return y, into_buffer
 
 

@@ -156,3 +156,38 @@ def test_lane_steps_aside_for_other_backends_and_graphs(monkeypatch):
     assert model.predict_on_batch(x).shape == (1, 5)
     assert not calls
     assert inference.outputs(model, x.astype(np.float64))[0].shape == (1, 5)
+
+
+@pytest.mark.parametrize("shape,pool,strides,padding", [
+    ((2, 9, 7, 37), (2, 2), (2, 2), "valid"),
+    ((1, 11, 9, 8), (3, 2), (2, 1), "same"),
+    ((3, 5, 6, 3), (2, 3), (1, 2), "same"),
+    ((1, 32, 32, 33), (2, 2), (2, 2), "valid"),
+])
+def test_values_only_max_pooling_gives_the_pool_kernels_bits(shape, pool, strides, padding):
+    """NaNs (the first one wins), -0.0 against 0.0 (the earlier pixel wins) and infinities
+    (their sum is NaN: the exact rule's fallback) as maxpool2d_forward has them."""
+    from pynn._native.infer import MaxPool2D
+
+    from pynn.backend import cpu
+    from pynn.backend.operands import pool as operands
+    from pynn.backend.operands.common import HOST
+
+    rng = np.random.default_rng(sum(shape))
+    x = rand(rng, shape)
+    flat = x.reshape(-1)
+    picks = rng.choice(flat.size, size=(4, max(flat.size // 50, 1)), replace=False)
+    flat[picks[0]] = np.nan
+    flat[picks[1]] = -0.0
+    flat[picks[2]] = 0.0
+    flat[picks[3][: len(picks[3]) // 2]] = np.inf
+    flat[picks[3][len(picks[3]) // 2:]] = -np.inf
+    nan_payload = np.float32(np.nan).view(np.uint32) | np.uint32(1)
+    flat[picks[0][::2]] = nan_payload.view(np.float32)  # two NaNs: the first one's bits
+    want, _ = cpu.maxpool2d_forward(x, pool, strides, padding)
+    _, g = operands.maxpool2d_forward(HOST, x, pool, strides, padding)
+    got = np.empty_like(want)
+    MaxPool2D(g).run(x, got)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    with pytest.raises(ValueError, match=r"MaxPool2D.run: x \[.*\] and y .* do not fit"):
+        MaxPool2D(g).run(x[:, 1:].copy(), got)
