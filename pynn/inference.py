@@ -33,6 +33,7 @@ kernel used releases the GIL for its arithmetic; only the glue between them hold
 """
 
 import threading
+import time
 
 import numpy as np
 
@@ -189,7 +190,7 @@ class InferencePlan:
                 y = st.layer.call(x, training=False)
             except MemoryError as exc:
                 raise _out_of_memory(st.layer, x, exc) from None
-            runner = _checked(_runner(st, x, y), st, x, y)
+            runner = _tuned(_checked(_runner(st, x, y), st, x, y), st, x, y)
             self.macs += runner.macs
             nbytes += runner.nbytes
             self.steps.append(runner)
@@ -658,6 +659,41 @@ def _checked(runner, step, x, y):
     fallback = _Generic(step)
     fallback.sample = (x, y)
     return fallback
+
+
+# Convolutions up to this many multiply-adds are timed at plan time (each candidate a few
+# times: below a millisecond per signature at this size); larger ones keep the direct path.
+TUNE_MAX_MACS = 8_000_000
+TUNE_ROUNDS = 5
+
+
+def _tuned(runner, step, x, y):
+    """For a Conv2D: the faster of the direct runner and the public op (which may choose
+    another algorithm, such as Winograd, whose float32 rounding differs), timed on the
+    validation input; the public op only when it gives the direct path's numbers to float32
+    rounding. Other steps as they are."""
+    if type(runner) is not _Conv2D or runner.macs > TUNE_MAX_MACS:
+        return runner
+    generic = _Generic(step)
+    generic.sample = runner.sample
+    buf = runner.allocate()
+    runner.to_caller = [False]
+    try:
+        got = generic.run(x, None)[0]
+    except Exception:  # noqa: BLE001  (the checked direct runner stays)
+        return runner
+    scale = max(1.0, float(np.abs(y).max(initial=0.0)))
+    if type(got) is not np.ndarray or got.shape != y.shape or not (
+            float(np.abs(got - y).max(initial=0.0)) <= 1e-5 * scale):
+        return runner
+    best = {}
+    for _ in range(TUNE_ROUNDS):
+        for label, cand in (("direct", runner), ("public", generic)):
+            start = time.perf_counter()
+            cand.run(x, buf)
+            elapsed = time.perf_counter() - start
+            best[label] = min(best.get(label, elapsed), elapsed)
+    return generic if best["public"] < best["direct"] else runner
 
 
 def _same_dtype(x, kernel, bias):

@@ -191,3 +191,59 @@ def test_values_only_max_pooling_gives_the_pool_kernels_bits(shape, pool, stride
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
     with pytest.raises(ValueError, match=r"MaxPool2D.run: x \[.*\] and y .* do not fit"):
         MaxPool2D(g).run(x[:, 1:].copy(), got)
+
+
+def small_cnn():
+    return pynn.Sequential([L.Input((11, 9, 3)),
+                            L.Conv2D(7, 3, padding="same", activation="relu"),
+                            L.MaxPooling2D(), L.Flatten(), L.Dense(3)])
+
+
+@pytest.mark.parametrize("slower", ["direct", "public"])
+def test_conv_plans_keep_the_faster_of_direct_and_public(slower, monkeypatch):
+    """Timed at plan time: a direct runner slower than the public op (say, one that moved
+    to Winograd) gives way to it; the answers agree either way."""
+    import time
+
+    rng = np.random.default_rng(9)
+    model = small_cnn()
+    randomize(model, rng)
+    x = rand(rng, (1, 11, 9, 3))
+    want = model._plan.forward([x], False)[0][0]
+    if slower == "direct":
+        run = inference._Conv2D.run
+
+        def slow(self, x, buf):
+            time.sleep(0.002)
+            return run(self, x, buf)
+
+        monkeypatch.setattr(inference._Conv2D, "run", slow)
+    else:
+        call = inference._Generic.run
+
+        def slow(self, x, buf):
+            time.sleep(0.002)
+            return call(self, x, buf)
+
+        monkeypatch.setattr(inference._Generic, "run", slow)
+    assert_close(model.predict_on_batch(x), want, 1e-6, "tuned CNN")
+    kinds = [type(r).__name__ for r in model._inference.plans[x.shape].steps]
+    assert kinds[0] == ("_Generic" if slower == "direct" else "_Conv2D"), kinds
+    assert_close(model.predict_on_batch(x), want, 1e-6, "tuned CNN, second call")
+
+
+def test_a_public_op_that_disagrees_is_never_chosen(monkeypatch):
+    rng = np.random.default_rng(10)
+    model = small_cnn()
+    randomize(model, rng)
+    x = rand(rng, (1, 11, 9, 3))
+    want = model._plan.forward([x], False)[0][0]
+    # The public op's answer as the tuner sees it (the validation run is the layer's own).
+    monkeypatch.setattr(inference._Generic, "run",
+                        lambda self, x, buf: (np.zeros((1, 11, 9, 7), np.float32), False))
+    monkeypatch.setattr(inference, "TUNE_ROUNDS", 1)
+    model.predict_on_batch(x)
+    kinds = [type(r).__name__ for r in model._inference.plans[x.shape].steps]
+    assert kinds[0] == "_Conv2D", kinds
+    monkeypatch.undo()
+    assert_close(model.predict_on_batch(x), want, 1e-6, "CNN after a disagreeing candidate")
