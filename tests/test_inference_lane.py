@@ -145,6 +145,30 @@ def test_mlp_lane_eight_threads_equal_one():
             np.testing.assert_array_equal(y, want[k])
 
 
+def test_model_call_lane_steps_aside_under_a_tape(monkeypatch):
+    """model(x) takes the lane first, but never under a tape (gradients need the recorded
+    ops): there the general path answers as it does without the lane."""
+    rng = np.random.default_rng(11)
+    model = mlp()
+    randomize(model, rng)
+    x = rand(rng, (1, 37))
+    want = model(x)
+    assert model._inference.lane is not None
+    with pynn.GradientTape() as tape:
+        y = model(x, training=True)  # (no dropout here: the same function as inference)
+        loss = pynn.ops.sum(y * y)
+    grads = tape.gradient(loss, model.trainable_weights)
+    assert len(grads) == 6 and all(g is not None for g in grads)
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-6, atol=1e-7)
+    monkeypatch.setattr(model._inference, "lane",
+                        lambda x: pytest.fail("the lane ran under a tape"))
+    with pynn.GradientTape():
+        try:
+            model(x)
+        except RuntimeError:  # the general path's own answer to inference under a tape
+            pass
+
+
 def test_lane_steps_aside_for_other_backends_and_graphs(monkeypatch):
     rng = np.random.default_rng(7)
     model = mlp()
