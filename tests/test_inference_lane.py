@@ -271,3 +271,28 @@ def test_a_public_op_that_disagrees_is_never_chosen(monkeypatch):
     assert kinds[0] == "_Conv2D", kinds
     monkeypatch.undo()
     assert_close(model.predict_on_batch(x), want, 1e-6, "CNN after a disagreeing candidate")
+
+
+@pytest.mark.parametrize("kernel", pynn._config.available_kernels())
+def test_a_samples_answer_does_not_depend_on_its_batch(kernel):
+    """At the FMA levels one row (the GEMV) and many (the rows microkernel) sum each output
+    in the same order with one FMA per term: a sample alone or in a batch gives the same
+    bits. (The generic level's compiler-made vectors group the sums differently.)"""
+    rng = np.random.default_rng(12)
+    sizes = [37, 300, 65, 9]
+    chain1, kernels, biases, acts = chain_of(sizes, rng)
+    from pynn._native.infer import DenseChain
+
+    from pynn.backend.api import ACTIVATIONS
+
+    chain7 = DenseChain(7, kernels, biases, [ACTIVATIONS.index(a) for a, _ in acts],
+                        [alpha for _, alpha in acts])
+    x = rand(rng, (7, 37))
+    out = np.empty((7, 9), np.float32)
+    with pynn._config.kernel(kernel):
+        chain7.run(x, chain7.scratch(), out)
+        alone = np.concatenate([chain1.predict_one(x[i:i + 1]) for i in range(7)])
+    if kernel != "generic":
+        np.testing.assert_array_equal(alone, out)
+    assert_close(alone, reference(x, kernels, biases, acts), 1e-5, f"GEMV ({kernel})")
+    assert_close(out, reference(x, kernels, biases, acts), 1e-5, f"rows GEMM ({kernel})")
