@@ -284,3 +284,148 @@ cdef class MaxPool2D:
                 w1 = min(wo * self.SW - self.PL + self.PW, self.W)
                 pynn_infer_max_f(x + ((n * self.H + h0) * self.W + w0) * C, self.W * C,
                                  h1 - h0, w1 - w0, y + (r * self.WO + wo) * C, C)
+
+
+# -- direct convolution of a one-thread plan --------------------------------------------------
+from libc.string cimport memcpy
+
+
+cdef class Conv2DDirect:
+    """conv.pyx's direct Conv2D forward (_forward_direct: the microkernel reads the
+    zero-padded input through per-pixel offsets, panel by panel of the packed kernel) for
+    one plan signature on one thread, with everything that does not depend on x made once:
+    the packed kernel panels (packed per call there), every output pixel's window offset
+    (two integer divisions per pixel per call there: a quarter of the small CNN's first
+    layer at batch 1) and the padded buffer's zero margins (written per call there).
+    The same microkernel calls in the same order: conv.pyx's bits (the plan checks).
+
+    Legend: N batch, H/W input, HP/WP padded input, C channels, F filters, K = KH*KW*C."""
+
+    cdef object _arrays
+    cdef float* _panels
+    cdef const float* _bias
+    cdef const Py_ssize_t* _roff
+    cdef const Py_ssize_t* _aseg
+    cdef Py_ssize_t* _bseg_full
+    cdef Py_ssize_t* _bseg_last
+    cdef const Py_ssize_t* _bseg
+    cdef const float* _kernel
+    cdef Py_ssize_t N, H, W, C, HP, WP, PT, PL, F, K, M, nseg, tn, chunk, nc
+    cdef int act, level
+    cdef float alpha
+    cdef readonly bint padded
+
+    def __init__(self, kernel, bias, g, aseg, bseg, Py_ssize_t tn, Py_ssize_t chunk,
+                 int act, float alpha):
+        """kernel (KH, KW, C, F) and bias (F,) or None: float32, C-contiguous; g: conv.pyx's
+        planned geometry; aseg, bseg, tn: conv._kernel_segments(g); act: linear or relu."""
+        if act not in (0, ACT_RELU):
+            raise ValueError("Conv2DDirect: linear or relu only (other epilogues stay in "
+                             "conv.pyx)")
+        self.N, self.H, self.W, self.C = g["N"], g["H"], g["W"], g["C"]
+        self.HP, self.WP, self.PT, self.PL = g["HP"], g["WP"], g["PT"], g["PL"]
+        self.F, self.K = g["F"], g["K"]
+        if self.K < 1 or self.F < 1 or chunk < 1 or tn < 1:
+            raise ValueError("Conv2DDirect: empty geometry")
+        ho, wo = np.arange(g["HO"], dtype=np.intp), np.arange(g["WO"], dtype=np.intp)
+        n = np.arange(self.N, dtype=np.intp)
+        roff = ((((n[:, None, None] * self.HP + ho[None, :, None] * g["SH"]) * self.WP
+                  + wo[None, None, :] * g["SW"]) * self.C).ravel())
+        self.M = roff.shape[0]
+        kernel = np.ascontiguousarray(kernel, dtype=np.float32)
+        aseg = np.ascontiguousarray(aseg, dtype=np.intp)
+        bseg = np.ascontiguousarray(bseg, dtype=np.intp)
+        panels = np.empty(self.K * self.F, dtype=np.float32)
+        bseg_full = np.empty(len(bseg), dtype=np.intp)
+        bseg_last = np.empty(len(bseg), dtype=np.intp)
+        arrays = [kernel, roff, aseg, bseg, panels, bseg_full, bseg_last]
+        if bias is not None:
+            bias = np.ascontiguousarray(bias, dtype=np.float32)
+            arrays.append(bias)
+            self._bias = <const float*><Py_ssize_t>bias.ctypes.data
+        else:
+            self._bias = NULL
+        self._arrays = arrays
+        self._kernel = <const float*><Py_ssize_t>kernel.ctypes.data
+        self._roff = <const Py_ssize_t*><Py_ssize_t>roff.ctypes.data
+        self._aseg = <const Py_ssize_t*><Py_ssize_t>aseg.ctypes.data
+        self._bseg = <const Py_ssize_t*><Py_ssize_t>bseg.ctypes.data
+        self._panels = <float*><Py_ssize_t>panels.ctypes.data
+        self._bseg_full = <Py_ssize_t*><Py_ssize_t>bseg_full.ctypes.data
+        self._bseg_last = <Py_ssize_t*><Py_ssize_t>bseg_last.ctypes.data
+        self.nseg, self.tn, self.chunk = len(aseg), tn, chunk
+        self.act, self.alpha = act, alpha
+        self.padded = not (self.HP == self.H and self.WP == self.W and self.PT == 0
+                           and self.PL == 0)
+        self.level = -1
+        self._pack()
+
+    cdef void _pack(self) noexcept:
+        """Panels of the microkernel level in use (set_kernel may change it between calls)."""
+        cdef Py_ssize_t s, rows
+        self.level = pynn_mk_level()
+        self.nc = PYNN_NC_F
+        pynn_pack_panels_f(self._kernel, self.F, self.K, self.F, self.nc, self._panels)
+        for s in range(self.nseg):
+            rows = self._bseg[s] // self.F
+            self._bseg_full[s] = rows * self.nc
+            self._bseg_last[s] = rows * (self.F - (self.F - 1) // self.nc * self.nc)
+
+    def pad_shape(self):
+        """The padded buffer run takes (zeros: run writes only its interior), or None."""
+        return (self.N, self.HP, self.WP, self.C) if self.padded else None
+
+    def run(self, const float[:, :, :, ::1] x, float[::1] xp, float[:, :, :, ::1] y):
+        """y (N, HO, WO, F) = act(conv(x) + bias); xp: a zeroed buffer of pad_shape() (its
+        margins stay zero), unused (may be empty) when nothing is padded."""
+        cdef const float* src
+        cdef Py_ssize_t r, n, h, rows = self.H - max(self.H + self.PT - self.HP, 0)
+        cdef Py_ssize_t cols = min(self.W, self.WP - self.PL)
+        if (x.shape[0] != self.N or x.shape[1] != self.H or x.shape[2] != self.W
+                or x.shape[3] != self.C or y.shape[0] * y.shape[1] * y.shape[2] != self.M
+                or y.shape[3] != self.F
+                or (self.padded and xp.shape[0] != self.N * self.HP * self.WP * self.C)):
+            raise ValueError(f"Conv2DDirect.run: x {[x.shape[i] for i in range(4)]}, y "
+                             f"{[y.shape[i] for i in range(4)]} do not fit ({self.N}, "
+                             f"{self.H}, {self.W}, {self.C}) -> {self.M} pixels x {self.F}")
+        if self.level != pynn_mk_level():
+            self._pack()
+        with nogil:
+            if self.padded and cols > 0:
+                for r in range(self.N * rows):
+                    n, h = r // rows, r % rows
+                    memcpy(&xp[((n * self.HP + h + self.PT) * self.WP + self.PL) * self.C],
+                           &x[n, h, 0, 0], cols * self.C * sizeof(float))
+                src = &xp[0]
+            else:
+                src = &x[0, 0, 0, 0]
+            self._forward(src, &y[0, 0, 0, 0])
+
+    cdef void _forward(self, const float* xp, float* y) noexcept nogil:
+        cdef Py_ssize_t p0, rows, q0, wd, s0, ns, j, F = self.F, nc = self.nc
+        cdef Py_ssize_t group = max(256 // self.tn, 1)  # conv.pyx's _FORWARD_PANEL_ROWS
+        cdef float v
+        cdef float* z
+        p0 = 0
+        while p0 < self.M:
+            rows = min(self.chunk, self.M - p0)
+            q0 = 0
+            while q0 < F:
+                wd = min(nc, F - q0)
+                s0 = 0
+                while s0 < self.nseg:
+                    ns = min(group, self.nseg - s0)
+                    pynn_seg_gemm_f(rows, wd, ns, self.tn, xp, self._roff + p0,
+                                    self._aseg + s0, 1, self._panels + q0 * self.K,
+                                    (self._bseg_full if wd == nc else self._bseg_last) + s0,
+                                    wd, y + p0 * F + q0, F,
+                                    self._bias + q0 if self._bias != NULL and s0 == 0
+                                    else NULL, s0 > 0, False)
+                    s0 = s0 + ns
+                q0 = q0 + nc
+            if self.act == ACT_RELU:  # conv.pyx's _relu_row: NaN and -0.0 pass through
+                z = y + p0 * F
+                for j in range(rows * F):
+                    v = z[j]
+                    z[j] = 0 if v < 0 else v
+            p0 = p0 + rows

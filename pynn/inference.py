@@ -238,7 +238,7 @@ class InferencePlan:
         if self.chain and self.serial:
             self.steps = _chained(self.steps)
         if self.serial:
-            self.steps = [_serial_pool(r) for r in self.steps]
+            self.steps = [_serial_twin(r) for r in self.steps]
         for r in self.steps:
             r.sample = None  # the validation arrays, no longer needed
         # A batch-1 plan that is one Dense chain runs no OpenMP and no BLAS (_gemv.h): its
@@ -442,13 +442,22 @@ class _DenseChainRunner(_Generic):
         return y, into_buffer
 
 
-def _serial_pool(r):
-    """r, or its values-only twin when r is a float32 max pooling the twin reproduces on
-    the validation input (a one-thread plan: the twin runs no OpenMP)."""
-    if type(r) is not _MaxPool2D or r.values_only is None or r.sample is None:
+def _serial_twin(r):
+    """r, or its one-thread twin (native/infer.pyx: no OpenMP, nothing per call that could
+    be made once) where the twin reproduces r's bits on the validation input: a float32 max
+    pooling without argmax, a float32 linear or relu Conv2D on the direct path."""
+    if getattr(r, "sample", None) is None:
         return r
-    twin = _MaxPool2DValues.__new__(_MaxPool2DValues)
-    twin.__dict__.update(r.__dict__)
+    if type(r) is _MaxPool2D and r.values_only is not None:
+        twin = _MaxPool2DValues.__new__(_MaxPool2DValues)
+        twin.__dict__.update(r.__dict__)
+    elif type(r) is _Conv2D and r.dtype == np.float32 and r.act in (0, 1):
+        try:
+            twin = _Conv2DSerial(r)
+        except (ImportError, ValueError):
+            return r
+    else:
+        return r
     x, want = r.sample
     try:
         got, _ = twin.run(x, twin.allocate())
@@ -522,7 +531,7 @@ class _Conv2D(_Buffered):
         self.pad_shape = conv._pad_shape(x.shape, g["HP"], g["WP"], g["PT"], g["PL"])
         self.macs = int(np.prod(self.shape)) * g["K"]
         # The tables _forward_direct_into derives per call (see there).
-        aseg, bseg, self.tn = conv._kernel_segments(g)
+        aseg, bseg, self.tn = self._segments = conv._kernel_segments(g)
         nc = conv._panel_columns(kernel.dtype)
         rows = bseg // g["F"]
         self.aseg, self.bseg = aseg, rows * nc
@@ -552,6 +561,33 @@ class _Conv2D(_Buffered):
         else:
             self._forward(xp, self.kernel, self.bias, y, y, buf[2], g, buf[3], self.chunk,
                           self.aseg, self.bseg, self.bseg_last, self.tn, self.act, self.alpha)
+        return y, into_buffer
+
+
+class _Conv2DSerial(_Conv2D):
+    """A one-thread plan's float32 Conv2D (linear or relu) through native/infer.pyx's
+    Conv2DDirect: conv.pyx's direct forward with its per-call packing, offsets and margins
+    made once."""
+
+    def __init__(self, r):
+        from pynn._native.infer import Conv2DDirect
+
+        self.__dict__.update(r.__dict__)
+        aseg, bseg, tn = self._segments
+        self.direct = Conv2DDirect(self.kernel, self.bias, self.g, aseg, bseg, tn,
+                                   self.chunk, self.act, self.alpha)
+        shape = self.direct.pad_shape()
+        self.pad_size = int(np.prod(shape)) if shape is not None else 0
+
+    def allocate(self):
+        return (np.empty(self.shape, self.dtype), np.zeros(self.pad_size, self.dtype))
+
+    def run(self, x, buf):
+        if self.to_caller[0]:
+            y, into_buffer = np.empty(self.shape, self.dtype), False
+        else:
+            y, into_buffer = buf[0], True
+        self.direct.run(x, buf[1], y)
         return y, into_buffer
 
 

@@ -252,7 +252,7 @@ def test_conv_plans_keep_the_faster_of_direct_and_public(slower, monkeypatch):
         monkeypatch.setattr(inference._Generic, "run", slow)
     assert_close(model.predict_on_batch(x), want, 1e-6, "tuned CNN")
     kinds = [type(r).__name__ for r in model._inference.plans[x.shape].steps]
-    assert kinds[0] == ("_Generic" if slower == "direct" else "_Conv2D"), kinds
+    assert kinds[0] == ("_Generic" if slower == "direct" else "_Conv2DSerial"), kinds
     assert_close(model.predict_on_batch(x), want, 1e-6, "tuned CNN, second call")
 
 
@@ -268,7 +268,7 @@ def test_a_public_op_that_disagrees_is_never_chosen(monkeypatch):
     monkeypatch.setattr(inference, "TUNE_ROUNDS", 1)
     model.predict_on_batch(x)
     kinds = [type(r).__name__ for r in model._inference.plans[x.shape].steps]
-    assert kinds[0] == "_Conv2D", kinds
+    assert kinds[0] == "_Conv2DSerial", kinds  # the direct path (one thread's twin)
     monkeypatch.undo()
     assert_close(model.predict_on_batch(x), want, 1e-6, "CNN after a disagreeing candidate")
 
@@ -296,3 +296,64 @@ def test_a_samples_answer_does_not_depend_on_its_batch(kernel):
         np.testing.assert_array_equal(alone, out)
     assert_close(alone, reference(x, kernels, biases, acts), 1e-5, f"GEMV ({kernel})")
     assert_close(out, reference(x, kernels, biases, acts), 1e-5, f"rows GEMM ({kernel})")
+
+
+@pytest.mark.parametrize("shape,kernel,strides,padding,act,bias", [
+    ((1, 32, 32, 3), (3, 3, 3, 32), (1, 1), "same", 1, True),
+    ((2, 11, 9, 5), (3, 2, 5, 7), (1, 2), "same", 0, False),
+    ((1, 13, 7, 33), (2, 3, 33, 65), (2, 1), "valid", 1, True),
+    ((3, 6, 5, 40), (3, 3, 40, 9), (1, 1), "same", 0, True),
+])
+def test_conv2d_direct_gives_conv_pyx_bits_and_the_reference(shape, kernel, strides,
+                                                             padding, act, bias):
+    from pynn._native.infer import Conv2DDirect
+
+    from pynn._native import conv
+    from pynn.backend import cpu
+    from pynn.backend.operands import conv as operands
+    from pynn.backend.operands.common import HOST
+    from tests.reference.conv_ref import conv2d_forward_ref
+
+    rng = np.random.default_rng(sum(shape) + sum(kernel))
+    x = rand(rng, shape)
+    k = rand(rng, kernel) / np.sqrt(np.prod(kernel[:3]))
+    b = rand(rng, (kernel[3],)) if bias else None
+    name = "relu" if act else "linear"
+    want, _ = cpu.conv2d_forward(x, k, b, strides, padding, (1, 1), name)
+    g = conv._planned(operands.conv2d_forward(HOST, x, k, b, strides, padding, (1, 1), name,
+                                              0.0)[5])
+    aseg, bseg, tn = conv._kernel_segments(g)
+    direct = Conv2DDirect(k, b, g, aseg, bseg, tn, 48, act, 0.0)
+    pad = direct.pad_shape()
+    xp = np.zeros(int(np.prod(pad)) if pad else 0, np.float32)
+    got = np.empty_like(want)
+    for _ in range(2):  # the margins stay zero from one call to the next
+        direct.run(x, xp, got)
+        np.testing.assert_array_equal(got, want)
+    ref, _ = conv2d_forward_ref(x, k, None if b is None else b.astype(np.float64), strides,
+                                padding, (1, 1), name)
+    assert_close(got, ref, 1e-5, "Conv2DDirect")
+    with pytest.raises(ValueError, match=r"Conv2DDirect.run: x \[.*\], y .* do not fit"):
+        direct.run(x[:, 1:].copy(), xp, got)
+
+
+def test_conv2d_direct_repacks_when_the_kernel_level_changes():
+    from pynn._native.infer import Conv2DDirect
+
+    from pynn._native import conv
+    from pynn.backend import cpu
+    from pynn.backend.operands import conv as operands
+    from pynn.backend.operands.common import HOST
+
+    rng = np.random.default_rng(13)
+    x, k, b = rand(rng, (1, 9, 8, 6)), rand(rng, (3, 3, 6, 37)) * 0.2, rand(rng, (37,))
+    g = conv._planned(operands.conv2d_forward(HOST, x, k, b, (1, 1), "same", (1, 1), "relu",
+                                              0.0)[5])
+    direct = Conv2DDirect(k, b, g, *conv._kernel_segments(g), 48, 1, 0.0)
+    xp = np.zeros(int(np.prod(direct.pad_shape())), np.float32)
+    got = np.empty((1, 9, 8, 37), np.float32)
+    for level in pynn._config.available_kernels():  # panel widths differ between levels
+        with pynn._config.kernel(level):
+            want, _ = cpu.conv2d_forward(x, k, b, (1, 1), "same", (1, 1), "relu")
+            direct.run(x, xp, got)
+        np.testing.assert_array_equal(got, want, err_msg=level)
