@@ -204,7 +204,7 @@ class InferencePlan:
                 y = st.layer.call(x, training=False)
             except MemoryError as exc:
                 raise _out_of_memory(st.layer, x, exc) from None
-            runner = _tuned(_checked(_runner(st, x, y), st, x, y), st, x, y)
+            runner = _checked(_runner(st, x, y), st, x, y)
             self.macs += runner.macs
             nbytes += runner.nbytes
             self.steps.append(runner)
@@ -239,6 +239,7 @@ class InferencePlan:
             self.steps = _chained(self.steps)
         if self.serial:
             self.steps = [_serial_twin(r) for r in self.steps]
+        self.steps = [_tuned(r) for r in self.steps]
         for r in self.steps:
             r.sample = None  # the validation arrays, no longer needed
         # A batch-1 plan that is one Dense chain runs no OpenMP and no BLAS (_gemv.h): its
@@ -717,17 +718,20 @@ TUNE_MAX_MACS = 8_000_000
 TUNE_ROUNDS = 5
 
 
-def _tuned(runner, step, x, y):
-    """For a Conv2D: the faster of the direct runner and the public op (which may choose
-    another algorithm, such as Winograd, whose float32 rounding differs), timed on the
-    validation input; the public op only when it gives the direct path's numbers to float32
-    rounding. Other steps as they are."""
-    if type(runner) is not _Conv2D or runner.macs > TUNE_MAX_MACS:
+def _tuned(runner):
+    """For a Conv2D: the faster of the direct runner (or its one-thread twin) and the public
+    op (which may choose another algorithm, such as Winograd, whose float32 rounding
+    differs), timed on the validation input; the public op only when it gives the direct
+    path's numbers to float32 rounding. Other steps as they are."""
+    if type(runner) not in (_Conv2D, _Conv2DSerial) or runner.macs > TUNE_MAX_MACS or \
+            getattr(runner, "sample", None) is None:
         return runner
-    generic = _Generic(step)
+    x, y = runner.sample
+    generic = _Generic.__new__(_Generic)
+    generic.__dict__.update({k: getattr(runner, k) for k in (
+        "layer", "ins", "outs", "several", "multi_out", "to_caller")})
     generic.sample = runner.sample
     buf = runner.allocate()
-    runner.to_caller = [False]
     try:
         got = generic.run(x, None)[0]
     except Exception:  # noqa: BLE001  (the checked direct runner stays)
@@ -737,12 +741,16 @@ def _tuned(runner, step, x, y):
             float(np.abs(got - y).max(initial=0.0)) <= 1e-5 * scale):
         return runner
     best = {}
-    for _ in range(TUNE_ROUNDS):
-        for label, cand in (("direct", runner), ("public", generic)):
-            start = time.perf_counter()
-            cand.run(x, buf)
-            elapsed = time.perf_counter() - start
-            best[label] = min(best.get(label, elapsed), elapsed)
+    to_caller, runner.to_caller = runner.to_caller, [False]  # into buf, not a fresh array
+    try:
+        for _ in range(TUNE_ROUNDS):
+            for label, cand in (("direct", runner), ("public", generic)):
+                start = time.perf_counter()
+                cand.run(x, buf)
+                elapsed = time.perf_counter() - start
+                best[label] = min(best.get(label, elapsed), elapsed)
+    finally:
+        runner.to_caller = to_caller
     return generic if best["public"] < best["direct"] else runner
 
 

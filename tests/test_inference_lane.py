@@ -235,13 +235,12 @@ def test_conv_plans_keep_the_faster_of_direct_and_public(slower, monkeypatch):
     x = rand(rng, (1, 11, 9, 3))
     want = model._plan.forward([x], False)[0][0]
     if slower == "direct":
-        run = inference._Conv2D.run
+        for runner in (inference._Conv2D, inference._Conv2DSerial):
+            def slow(self, x, buf, run=runner.run):
+                time.sleep(0.002)
+                return run(self, x, buf)
 
-        def slow(self, x, buf):
-            time.sleep(0.002)
-            return run(self, x, buf)
-
-        monkeypatch.setattr(inference._Conv2D, "run", slow)
+            monkeypatch.setattr(runner, "run", slow)
     else:
         call = inference._Generic.run
 
