@@ -409,7 +409,8 @@ def bench_breakdown(repeat, rng):
     """The MLP at batch 1, layer by layer stripped down, alternated: the old predict_on_batch
     (the general path behind its input checks), the graph plan alone, the public dense op
     per layer, its one-region kernel into preallocated arrays, BLAS's GEMMs alone, the
-    chain call, and predict_on_batch through the plan."""
+    chain call (native/_gemv.h's GEMV per layer), the chain's whole batch-1 entry point
+    (the lane), and model(x) and predict_on_batch through the plan."""
     from unittest import mock
 
     from pynn._native.infer import DenseChain
@@ -457,6 +458,8 @@ def bench_breakdown(repeat, rng):
              "one-region kernel x3, preallocated": one_region,
              "BLAS GEMMs alone x3": gemms,
              "DenseChain.run (one native call)": lambda: chain.run(x, scratch, outs[-1]),
+             "DenseChain.predict_one (the batch-1 lane)": lambda: chain.predict_one(x),
+             "model(x), inference plan": lambda: model(x),
              "predict_on_batch, inference plan": lambda: model.predict_on_batch(x)}
     times = {k: [] for k in calls}
     for fn in calls.values():
@@ -513,7 +516,7 @@ def main(argv=None):
         result["breakdown_mlp_batch1"] = rows = bench_breakdown(args.repeat * 5, rng)
         print("# MLP 784-256-128-10 at batch 1, one thread: median us per call")
         for r in rows:
-            print(f"{r['what']:<44} {r['p50_us']:8.1f}")
+            print(f"{r['what']:<46} {r['p50_us']:8.1f}")
     if not args.skip_latency:
         rows = []
         for name, make in MODELS.items():
