@@ -315,9 +315,11 @@ def native_fraction(model, x, calls):
         saved.append((state, "lane", state.lane))
         state.lane = timed(state.lane)
     for r in plan.steps:
-        if r.__dict__.get("values_only") is not None and "run" in type(r).__dict__:
-            saved.append((r, "values_only", r.values_only))
-            r.values_only = Runs(r.values_only)
+        # The one-thread twins' native objects (pynn/inference.py _serial_twin).
+        for attr in ("values_only", "direct"):
+            if r.__dict__.get(attr) is not None:
+                saved.append((r, attr, r.__dict__[attr]))
+                setattr(r, attr, Runs(r.__dict__[attr]))
         for attr in ("_forward", "_padded", "_one_region"):
             if attr in r.__dict__:
                 saved.append((r, attr, r.__dict__[attr]))

@@ -1,6 +1,11 @@
-"""A run of Dense layers of an inference plan (pynn/inference.py, issue 16) as one native call.
+"""Native steps of one-thread inference plans (pynn/inference.py, issue 16): a run of Dense
+layers as one native call (DenseChain, with predict_one as a batch-1 MLP's whole call), max
+pooling without argmax (MaxPool2D) and conv.pyx's direct Conv2D forward with everything that
+does not depend on x made once (Conv2DDirect). Their one-sample paths enter no OpenMP
+region (even a `parallel if (false)` forms a team of one: about 0.5 us a layer).
 
-Legend: N batch (rows), C input features, U units; x (N, C0), each kernel (C, U) as in Keras.
+Legend: N batch (rows), C input features (channels), U units; x (N, C0), each Dense kernel
+(C, U) as in Keras; images NHWC, H/W spatial, F filters.
 
 At batch 1 the MLP's three GEMMs take about as long as the Python between them: argument
 checks, typed-memoryview acquisition of four arrays per op and one OpenMP region per op. Here
@@ -19,6 +24,7 @@ not bit for bit.
 """
 
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 
 import numpy as np
 
@@ -287,8 +293,6 @@ cdef class MaxPool2D:
 
 
 # -- direct convolution of a one-thread plan --------------------------------------------------
-from libc.string cimport memcpy
-
 
 cdef class Conv2DDirect:
     """conv.pyx's direct Conv2D forward (_forward_direct: the microkernel reads the

@@ -17,7 +17,15 @@ of its inputs), made on the first call with that signature:
   call is checked once against the public op's bits on the first input: a kernel module
   whose private entry points changed costs speed, never a wrong answer;
 - on one thread a run of float32 Dense layers is one native call (native/infer.pyx), with
-  no Python and no GIL between the layers;
+  no Python and no GIL between the layers (one row: a streaming GEMV, native/_gemv.h);
+  a batch-1 plan that is only such a chain (an MLP) is the model's *lane*: ``model(x)``
+  and ``predict_on_batch`` hand x straight to the chain's ``predict_one``, which checks
+  it, allocates the output and runs the chain without the GIL, in one call;
+- on one thread, float32 max pooling and linear/relu Conv2D run native/infer.pyx's twins
+  of the pool.pyx/conv.pyx kernels (no argmax; packed panels, pixel offsets and zero pad
+  margins made once), each accepted only if it gives the kernel's bits on the first input;
+- a small Conv2D step keeps the faster of its direct runner and the public op (which may
+  pick another algorithm), timed once when the plan is made (``TUNE_MAX_MACS``);
 - the arrays returned are the caller's: a model output is written into a fresh array (or
   copied out when a layer returned a view of a plan buffer), never into a buffer a later
   call overwrites (onnxruntime's rule);
