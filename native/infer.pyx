@@ -382,9 +382,6 @@ cdef class Conv2DDirect:
     def run(self, const float[:, :, :, ::1] x, float[::1] xp, float[:, :, :, ::1] y):
         """y (N, HO, WO, F) = act(conv(x) + bias); xp: a zeroed buffer of pad_shape() (its
         margins stay zero), unused (may be empty) when nothing is padded."""
-        cdef const float* src
-        cdef Py_ssize_t r, n, h, rows = self.H - max(self.H + self.PT - self.HP, 0)
-        cdef Py_ssize_t cols = min(self.W, self.WP - self.PL)
         if (x.shape[0] != self.N or x.shape[1] != self.H or x.shape[2] != self.W
                 or x.shape[3] != self.C or y.shape[0] * y.shape[1] * y.shape[2] != self.M
                 or y.shape[3] != self.F
@@ -395,15 +392,21 @@ cdef class Conv2DDirect:
         if self.level != pynn_mk_level():
             self._pack()
         with nogil:
-            if self.padded and cols > 0:
-                for r in range(self.N * rows):
-                    n, h = r // rows, r % rows
-                    memcpy(&xp[((n * self.HP + h + self.PT) * self.WP + self.PL) * self.C],
-                           &x[n, h, 0, 0], cols * self.C * sizeof(float))
-                src = &xp[0]
-            else:
-                src = &x[0, 0, 0, 0]
-            self._forward(src, &y[0, 0, 0, 0])
+            self._run(&x[0, 0, 0, 0], &xp[0] if self.padded else NULL, &y[0, 0, 0, 0])
+
+    cdef void _run(self, const float* x, float* xp, float* y) noexcept nogil:
+        """x placed in xp's interior (when padded), then the forward into y."""
+        cdef Py_ssize_t r, n, h, rows = self.H - max(self.H + self.PT - self.HP, 0)
+        cdef Py_ssize_t cols = min(self.W, self.WP - self.PL)
+        if not self.padded:
+            self._forward(x, y)
+            return
+        if cols > 0:
+            for r in range(self.N * rows):
+                n, h = r // rows, r % rows
+                memcpy(xp + ((n * self.HP + h + self.PT) * self.WP + self.PL) * self.C,
+                       x + (n * self.H + h) * self.W * self.C, cols * self.C * sizeof(float))
+        self._forward(xp, y)
 
     cdef void _forward(self, const float* xp, float* y) noexcept nogil:
         cdef Py_ssize_t p0, rows, q0, wd, s0, ns, j, F = self.F, nc = self.nc
@@ -433,3 +436,110 @@ cdef class Conv2DDirect:
                     v = z[j]
                     z[j] = 0 if v < 0 else v
             p0 = p0 + rows
+
+
+
+# -- a whole one-thread chain plan ------------------------------------------------------------
+cdef enum:
+    STEP_CONV = 0
+    STEP_POOL = 1
+    STEP_FLAT = 2
+    STEP_DENSE = 3
+
+
+cdef class Program:
+    """A one-thread chain plan whose steps are all native here (Conv2DDirect, MaxPool2D,
+    a reshape, a one-row DenseChain last): the small CNN's whole batch-1 call as one native
+    call: no Python between the steps (the GIL is released for each kernel and retaken
+    only to step on), intermediates in the calling thread's workspace (one zeroed array per
+    thread: each padded input keeps its zero margins between calls). Per step through
+    Python it cost a method call and three typed memoryviews."""
+
+    cdef list _steps
+    cdef const int[::1] _kinds
+    cdef const Py_ssize_t[::1] _pads
+    cdef const Py_ssize_t[::1] _outs
+    cdef Py_ssize_t _work
+    cdef object _in_shape, _out_shape, _local
+
+    def __init__(self, steps, in_shape, out_shape):
+        """steps: (kind, native object or None, output size in floats) in order, kind one of
+        'conv', 'pool', 'flatten', 'dense' (a DenseChain of one row, the last step)."""
+        import threading
+
+        kinds, pads, outs, objs = [], [], [], []
+        work = 0
+        codes = {"conv": STEP_CONV, "pool": STEP_POOL, "flatten": STEP_FLAT,
+                 "dense": STEP_DENSE}
+        for j, (kind, obj, size) in enumerate(steps):
+            code = codes[kind]
+            if code == STEP_CONV and not isinstance(obj, Conv2DDirect) or \
+                    code == STEP_POOL and not isinstance(obj, MaxPool2D) or \
+                    code == STEP_DENSE and not (isinstance(obj, DenseChain) and obj.rows == 1
+                                                and j == len(steps) - 1):
+                raise ValueError(f"Program: step {j} ({kind}) is not a native step here")
+            pad = 0
+            if code == STEP_CONV and obj.padded:
+                shape = obj.pad_shape()
+                pad = shape[0] * shape[1] * shape[2] * shape[3]
+            elif code == STEP_DENSE:
+                pad = 2 * obj.width  # the chain's scratch
+            kinds.append(code)
+            pads.append(pad)
+            outs.append(int(size) if j < len(steps) - 1 and code != STEP_FLAT else 0)
+            objs.append(obj)
+            work += pad + outs[len(outs) - 1]
+        if not steps or kinds[len(kinds) - 1] == STEP_FLAT:
+            raise ValueError("Program: needs steps, the last one computing")
+        self._steps = objs
+        self._kinds = np.array(kinds, dtype=np.intc)
+        self._pads = np.array(pads, dtype=np.intp)
+        self._outs = np.array(outs, dtype=np.intp)
+        self._work = work
+        self._in_shape, self._out_shape = tuple(in_shape), tuple(out_shape)
+        self._local = threading.local()
+
+    def predict_one(self, x):
+        """A fresh output for x (a C-contiguous, aligned, native float32 ndarray of the
+        plan's input shape), or None for anything else."""
+        cdef cnp.ndarray a, out, work
+        cdef float* w
+        cdef const float* src
+        cdef float* dst
+        cdef float* y
+        cdef Py_ssize_t j, nsteps = len(self._steps)
+        cdef int kind
+        cdef object obj
+        if type(x) is not np.ndarray:
+            return None
+        a = <cnp.ndarray>x
+        if (cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or not cnp.PyArray_ISCARRAY_RO(a)
+                or not cnp.PyArray_ISNOTSWAPPED(a) or x.shape != self._in_shape):
+            return None
+        work = getattr(self._local, "work", None)
+        if work is None:
+            work = self._local.work = np.zeros(max(self._work, 1), dtype=np.float32)
+        for j in range(nsteps):  # set_kernel between calls: repack before the GIL goes
+            obj = self._steps[j]
+            if self._kinds[j] == STEP_CONV and (<Conv2DDirect>obj).level != pynn_mk_level():
+                (<Conv2DDirect>obj)._pack()
+        out = np.empty(self._out_shape, dtype=np.float32)
+        src = <const float*>cnp.PyArray_DATA(a)
+        y = <float*>cnp.PyArray_DATA(out)
+        w = <float*>cnp.PyArray_DATA(work)
+        for j in range(nsteps):
+            kind = self._kinds[j]
+            obj = self._steps[j]
+            dst = y if j == nsteps - 1 else w + self._pads[j]
+            with nogil:
+                if kind == STEP_CONV:
+                    (<Conv2DDirect>obj)._run(src, w if self._pads[j] else NULL, dst)
+                elif kind == STEP_POOL:
+                    (<MaxPool2D>obj)._forward(src, dst)
+                elif kind == STEP_DENSE:
+                    (<DenseChain>obj)._forward(src, w, dst, 1)
+            if kind == STEP_FLAT:  # NHWC is already the flat order: nothing moves
+                continue
+            src = dst
+            w = w + self._pads[j] + self._outs[j]
+        return out

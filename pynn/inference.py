@@ -261,6 +261,8 @@ class InferencePlan:
         # CNN at batch 64 peaked 156 MiB higher holding every layer's output to the end).
         self.frees = _frees([(r.ins, r.outs) for r in self.steps], self.input_slots,
                             self.output_slots)
+        if self.lane is None and self.chain and self.serial and self.keep_buffers:
+            self.lane = _program(self, xs[0])
 
     def _buffers(self):
         """The calling thread's kept buffers, or None: each step then allocates its own
@@ -473,6 +475,32 @@ def _serial_twin(r):
     except Exception:  # noqa: BLE001  (any failure: keep the checked kernel)
         return r
     return twin if np.array_equal(got, want, equal_nan=True) else r
+
+
+def _program(plan, x):
+    """A chain plan whose steps all have native twins as one native call
+    (native/infer.pyx Program: the small CNN's batch-1 lane), or None. Taken only when it
+    gives the steps' own bits on x."""
+    kinds = {_Conv2DSerial: "conv", _MaxPool2DValues: "pool", _Flatten: "flatten",
+             _DenseChainRunner: "dense"}
+    steps = []
+    for r in plan.steps:
+        kind = kinds.get(type(r))
+        if kind is None or (kind == "dense" and r.chain.rows != 1):
+            return None
+        native = {"conv": "direct", "pool": "values_only", "dense": "chain"}.get(kind)
+        steps.append((kind, getattr(r, native) if native else None,
+                       int(np.prod(r.shape))))
+    try:
+        from pynn._native.infer import Program
+
+        program = Program(steps, x.shape, plan.steps[-1].shape)
+        got = program.predict_one(x)
+    except (ImportError, ValueError):
+        return None
+    want = plan._run([x])[0]
+    return program.predict_one if got is not None and np.array_equal(
+        got, want, equal_nan=True) else None
 
 
 def _chained(runners):

@@ -356,3 +356,61 @@ def test_conv2d_direct_repacks_when_the_kernel_level_changes():
             want, _ = cpu.conv2d_forward(x, k, b, (1, 1), "same", (1, 1), "relu")
             direct.run(x, xp, got)
         np.testing.assert_array_equal(got, want, err_msg=level)
+
+
+def test_cnn_lane_is_one_native_call_with_the_steps_bits():
+    """A one-thread chain whose steps all have native twins (conv, pool, flatten, a Dense
+    chain last) answers batch 1 through native/infer.pyx's Program: the plan's own bits,
+    after set_weights too, and from 8 threads."""
+    rng = np.random.default_rng(14)
+    model = pynn.Sequential([
+        L.Input((13, 11, 3)),
+        L.Conv2D(9, 3, padding="same", activation="relu"), L.MaxPooling2D(),
+        L.Conv2D(17, (2, 3), activation="relu"), L.MaxPooling2D(padding="same"),
+        L.Flatten(), L.Dense(19, activation="relu"), L.Dense(5, activation="softmax")])
+    randomize(model, rng)
+    x = rand(rng, (1, 13, 11, 3))
+    for _ in range(2):  # the weights, then new ones: the lane is rebuilt with the plan
+        model.predict_on_batch(x)
+        state = model._inference
+        plan = state.plans[x.shape]
+        assert state.lane is not None and type(state.lane.__self__).__name__ == "Program"
+        want = plan._run([x])[0]
+        for got in (model.predict_on_batch(x), model(x)):
+            np.testing.assert_array_equal(got, want)
+        assert_close(want, model._plan.forward([x], False)[0][0], 1e-6, "CNN lane")
+        assert state.lane(x[:, :, :5].copy()) is None  # another shape: the checked route
+        randomize(model, rng)
+    xs = [rand(rng, (1, 13, 11, 3)) for _ in range(8)]
+    wants = [model.predict_on_batch(xk) for xk in xs]
+    got, errors = [[] for _ in xs], []
+    start = threading.Barrier(8)
+
+    def worker(k):
+        try:
+            start.wait()
+            for _ in range(30):
+                got[k].append(model.predict_on_batch(xs[k]))
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for k in range(8):
+        assert len(got[k]) == 30
+        for y in got[k]:
+            np.testing.assert_array_equal(y, wants[k])
+
+
+def test_program_refuses_steps_it_cannot_run():
+    from pynn._native.infer import DenseChain, Program
+
+    chain = DenseChain(2, [np.ones((4, 3), np.float32)], [None], [0], [0.0])
+    with pytest.raises(ValueError, match=r"step 0 \(dense\) is not a native step here"):
+        Program([("dense", chain, 6)], (2, 4), (2, 3))
+    with pytest.raises(ValueError, match="needs steps, the last one computing"):
+        Program([("flatten", None, 12)], (1, 3, 4), (1, 12))
