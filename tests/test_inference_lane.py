@@ -414,3 +414,37 @@ def test_program_refuses_steps_it_cannot_run():
         Program([("dense", chain, 6)], (2, 4), (2, 3))
     with pytest.raises(ValueError, match="needs steps, the last one computing"):
         Program([("flatten", None, 12)], (1, 3, 4), (1, 12))
+
+
+@pytest.mark.parametrize("slower", ["direct", "public"])
+def test_a_public_conv_that_rounds_otherwise_is_timed_against_the_direct_path(
+        slower, monkeypatch):
+    """A public Conv2D that takes another algorithm (a Winograd stand-in: the same numbers
+    to float32 rounding) leaves the direct runner a candidate; the faster one is kept."""
+    import time
+
+    rng = np.random.default_rng(15)
+    model = small_cnn()
+    randomize(model, rng)
+    x = rand(rng, (1, 11, 9, 3))
+    conv = model.layers[0]
+    own = type(conv).call
+
+    def other_algorithm(x, training=False):
+        if slower == "public":
+            time.sleep(0.002)
+        return own(conv, x, training) * np.float32(1 + 2 ** -22)
+
+    monkeypatch.setattr(conv, "call", other_algorithm)
+    if slower == "direct":
+        for runner in (inference._Conv2D, inference._Conv2DSerial):
+            def slow(self, x, buf, run=runner.run):
+                time.sleep(0.002)
+                return run(self, x, buf)
+
+            monkeypatch.setattr(runner, "run", slow)
+    model.predict_on_batch(x)
+    kinds = [type(r).__name__ for r in model._inference.plans[x.shape].steps]
+    assert kinds[0] == ("_Generic" if slower == "direct" else "_Conv2DSerial"), kinds
+    assert_close(model.predict_on_batch(x), model._plan.forward([x], False)[0][0], 1e-6,
+                 "CNN after tuning")
