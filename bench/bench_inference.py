@@ -12,7 +12,7 @@ convolutions) give pynn's predictions to 1e-5 of the output scale. Then:
   general path (``model._plan.predict``, every op checked) is timed beside it as
   ``pynn-general``. PyTorch's call includes torch.from_numpy and .numpy(), as pynn's returns
   a NumPy array.
-- --threads-scaling: N Python threads (1, 2, 4, 8) calling one shared model at batch 1, each
+- --threads-scaling: N Python threads (--scaling-threads, default 1 and 2) calling one shared model at batch 1, each
   kernel on one OpenMP thread: requests/s of all threads together over a fixed time,
   rounds of N alternating, medians; onnxruntime's shared session beside it, and a GIL-free
   NumPy product as the ceiling the machine allows at the time. Also the share of a call
@@ -228,18 +228,23 @@ def _requests_per_s(fn, n_threads, seconds):
 
 def bench_threads(rounds, seconds, counts, rng):
     rows = []
-    # The machine's own ceiling: a GIL-free NumPy product (BLAS at one thread) from N
-    # threads. On a machine shared with other work this is what N threads can reach at all.
+    # What N threads can reach on the machine at the time: GIL-free NumPy work from N
+    # threads, each into its own output, timed in the same rounds as the runtimes. A
+    # product (BLAS at one thread) and a ufunc pass (no BLAS: some BLAS builds serialize
+    # concurrent calls behind a lock). On a machine shared with other work this is the
+    # ceiling the scaling of the runtimes beside it must be read against.
     a = rng.standard_normal((192, 192)).astype(np.float32)
-    control = {(n): [] for n in counts}
-    for _ in range(rounds):
-        for n in counts:
-            control[n].append(_requests_per_s(lambda: a @ a, n, seconds))
-    one = float(np.median(control[1]))
-    for n, rs in control.items():
-        rows.append({"model": "numpy_matmul_192", "runtime": "numpy (ceiling)",
-                     "python_threads": n, "requests_per_s": round(float(np.median(rs)), 1),
-                     "vs_one_thread": round(float(np.median(rs)) / one, 2)})
+    v = rng.uniform(1.0, 2.0, 1 << 15).astype(np.float32)
+    local = threading.local()
+
+    def ufunc():
+        out = getattr(local, "out", None)
+        if out is None:
+            out = local.out = np.empty_like(v)
+        np.sqrt(v, out=out)
+
+    controls = {"numpy-matmul-192 (ceiling)": lambda: a @ a,
+                "numpy-sqrt-32k (ceiling)": ufunc}
     for name, make in MODELS.items():
         model = make()
         randomize(model, rng)
@@ -257,17 +262,19 @@ def bench_threads(rounds, seconds, counts, rng):
         rows.append({"model": name, "runtime": "pynn", "native_share_of_call": round(f, 3),
                      "amdahl_bound_2_threads": round(1 / ((1 - f) + f / 2), 2)})
         calls = {"pynn": lambda m=model, x=x: m.predict_on_batch(x),
-                 "onnxruntime": lambda s=sess, f=feed, x=x: s.run(None, {f: x})}
+                 "onnxruntime": lambda s=sess, f=feed, x=x: s.run(None, {f: x}), **controls}
         rates = {(k, n): [] for k in calls for n in counts}
         for _ in range(rounds):
             for n in counts:
                 for k, fn in calls.items():
                     rates[(k, n)].append(_requests_per_s(fn, n, seconds))
         for (k, n), rs in rates.items():
-            one = float(np.median(rates[(k, 1)]))
+            # Each round's N-thread rate over the same round's one-thread rate: the load
+            # others put on a shared machine changes between rounds more than within one.
+            gain = np.median(np.asarray(rs) / np.asarray(rates[(k, counts[0])]))
             rows.append({"model": name, "runtime": k, "python_threads": n,
                          "requests_per_s": round(float(np.median(rs)), 1),
-                         "vs_one_thread": round(float(np.median(rs)) / one, 2)})
+                         "vs_one_thread": round(float(gain), 2)})
     return rows
 
 
@@ -296,8 +303,23 @@ def native_fraction(model, x, calls):
         def scratch(self):
             return self.chain.scratch()
 
+    class Runs:  # a native object whose run method is the kernel call
+        def __init__(self, kernel):
+            self.run = timed(kernel.run)
+
+    state = model._inference
     saved = []
+    if state.lane is not None and x.shape == (1,) + tuple(model.input_shape[1:]):
+        # The batch-1 lane: the whole call is one native entry point (its argument checks
+        # and output allocation hold the GIL, so this share too is an upper bound).
+        saved.append((state, "lane", state.lane))
+        state.lane = timed(state.lane)
     for r in plan.steps:
+        # The one-thread twins' native objects (pynn/inference.py _serial_twin).
+        for attr in ("values_only", "direct"):
+            if r.__dict__.get(attr) is not None:
+                saved.append((r, attr, r.__dict__[attr]))
+                setattr(r, attr, Runs(r.__dict__[attr]))
         for attr in ("_forward", "_padded", "_one_region"):
             if attr in r.__dict__:
                 saved.append((r, attr, r.__dict__[attr]))
@@ -389,7 +411,8 @@ def bench_breakdown(repeat, rng):
     """The MLP at batch 1, layer by layer stripped down, alternated: the old predict_on_batch
     (the general path behind its input checks), the graph plan alone, the public dense op
     per layer, its one-region kernel into preallocated arrays, BLAS's GEMMs alone, the
-    chain call, and predict_on_batch through the plan."""
+    chain call (native/_gemv.h's GEMV per layer), the chain's whole batch-1 entry point
+    (the lane), and model(x) and predict_on_batch through the plan."""
     from unittest import mock
 
     from pynn._native.infer import DenseChain
@@ -437,6 +460,8 @@ def bench_breakdown(repeat, rng):
              "one-region kernel x3, preallocated": one_region,
              "BLAS GEMMs alone x3": gemms,
              "DenseChain.run (one native call)": lambda: chain.run(x, scratch, outs[-1]),
+             "DenseChain.predict_one (the batch-1 lane)": lambda: chain.predict_one(x),
+             "model(x), inference plan": lambda: model(x),
              "predict_on_batch, inference plan": lambda: model.predict_on_batch(x)}
     times = {k: [] for k in calls}
     for fn in calls.values():
@@ -466,6 +491,8 @@ def main(argv=None):
     parser.add_argument("--threads-scaling", action="store_true")
     parser.add_argument("--scaling-rounds", type=int, default=5)
     parser.add_argument("--scaling-seconds", type=float, default=1.0)
+    parser.add_argument("--scaling-threads", default="1,2",
+                        help="comma-separated Python thread counts for --threads-scaling")
     parser.add_argument("--footprint", action="store_true")
     parser.add_argument("--serial-threshold", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
@@ -491,7 +518,7 @@ def main(argv=None):
         result["breakdown_mlp_batch1"] = rows = bench_breakdown(args.repeat * 5, rng)
         print("# MLP 784-256-128-10 at batch 1, one thread: median us per call")
         for r in rows:
-            print(f"{r['what']:<44} {r['p50_us']:8.1f}")
+            print(f"{r['what']:<46} {r['p50_us']:8.1f}")
     if not args.skip_latency:
         rows = []
         for name, make in MODELS.items():
@@ -513,7 +540,8 @@ def main(argv=None):
                           if "pytorch-eager" in p else ""))
     if args.threads_scaling:
         result["threads_scaling"] = rows = bench_threads(
-            args.scaling_rounds, args.scaling_seconds, [1, 2, 4, 8], rng)
+            args.scaling_rounds, args.scaling_seconds,
+            [int(n) for n in args.scaling_threads.split(",")], rng)
         print("# N Python threads on one shared model, batch 1, one OpenMP thread per call")
         for r in rows:
             if "native_share_of_call" in r:

@@ -1,24 +1,48 @@
-"""A run of Dense layers of an inference plan (pynn/inference.py, issue 16) as one native call.
+"""Native steps of one-thread inference plans (pynn/inference.py, issue 16): a run of Dense
+layers as one native call (DenseChain, with predict_one as a batch-1 MLP's whole call), max
+pooling without argmax (MaxPool2D) and conv.pyx's direct Conv2D forward with everything that
+does not depend on x made once (Conv2DDirect). Their one-sample paths enter no OpenMP
+region (even a `parallel if (false)` forms a team of one: about 0.5 us a layer).
 
-Legend: N batch (rows), C input features, U units; x (N, C0), each kernel (C, U) as in Keras.
+Legend: N batch (rows), C input features (channels), U units; x (N, C0), each Dense kernel
+(C, U) as in Keras; images NHWC, H/W spatial, F filters.
 
 At batch 1 the MLP's three GEMMs take about as long as the Python between them: argument
 checks, typed-memoryview acquisition of four arrays per op and one OpenMP region per op. Here
 the chain's kernels, biases, sizes and activations are resolved once (``DenseChain``), and
-``run`` does every layer inside one ``with nogil`` block: the GEMM through _blas.pxd's
-gemm_rowmajor (BLAS, as dense_forward's product), then _activation.pxd's bias_activation_rows
-(dense_forward's epilogue), the intermediates ping-ponging in a caller's scratch buffer.
-So the GIL is held only to enter and leave, and threads sharing a model overlap.
+``run`` does every layer inside one ``with nogil`` block: the product (one row: _gemv.h's
+streaming GEMV, as BLAS would first pack the whole kernel; several rows: _microkernel.h's
+register-blocked rows GEMM, which beat BLAS's sgemm at these sizes on one thread), then
+_activation.pxd's epilogue (dense_forward's), the intermediates ping-ponging in a scratch
+buffer. So the GIL is held only to enter and leave, and threads sharing a model overlap.
+Both products sum each output over the inputs in order with one FMA per term (the FMA
+levels), so a sample's answer does not depend on the batch it came in.
 
-Used for small float32 products only (the plan's one-thread case): dense_forward splits
-larger products into bands over the cores, whose tile edges round differently, so this
-chain's results equal dense_forward's to float32 rounding, not bit for bit.
+Used for small float32 products only (the plan's one-thread case). dense_forward's BLAS
+sums in another order, so this chain's results equal dense_forward's to float32 rounding,
+not bit for bit.
 """
+
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 
 import numpy as np
 
-from _blas cimport gemm_rowmajor
-from _activation cimport bias_activation_rows
+cimport numpy as cnp
+
+from _activation cimport ACT_RELU, ACT_SOFTMAX, act_forward_vec, bias_activation_rows, softmax_row
+
+cdef extern from "_gemv.h":
+    void pynn_gemv_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
+                     Py_ssize_t ldk, float* y) noexcept nogil
+
+include "_microkernel.pxi"   # pynn._config.set_kernel reaches the GEMV's level too
+
+cnp.import_array()
+
+# One sample's intermediates up to this many floats live on the calling thread's stack, so
+# threads sharing a chain share no scratch (and need no per-thread lookup).
+DEF STACK_SCRATCH = 4096
 
 
 cdef class DenseChain:
@@ -76,10 +100,7 @@ cdef class DenseChain:
 
     def run(self, const float[:, ::1] x, float[::1] scratch, float[:, ::1] out):
         """out (N, U_last) = the chain on x (N, C0); scratch from ``scratch()``."""
-        cdef int n = self.rows, i, c, u
-        cdef const float* src
-        cdef float* dst
-        cdef const float* bias
+        cdef int n = self.rows
         if (x.shape[0] != n or x.shape[1] != self._dims[0] or out.shape[0] != n
                 or out.shape[1] != self._dims[self.layers]
                 or scratch.shape[0] < 2 * n * self.width):
@@ -87,15 +108,438 @@ cdef class DenseChain:
                              f"{(out.shape[0], out.shape[1])} do not fit the chain "
                              f"({n}, {self._dims[0]}) -> ({n}, {self._dims[self.layers]})")
         with nogil:
-            src = &x[0, 0]
-            for i in range(self.layers):
-                c, u = self._dims[i], self._dims[i + 1]
-                if i == self.layers - 1:
-                    dst = &out[0, 0]
-                else:
-                    dst = &scratch[(i % 2) * n * self.width]
-                gemm_rowmajor(False, False, n, u, c, <float>1, src, c,
-                              <const float*>self._kernels[i], u, <float>0, dst, u)
-                bias = <const float*>self._biases[i]
+            self._forward(&x[0, 0], &scratch[0], &out[0, 0], n)
+
+    def predict_one(self, x):
+        """The chain on one sample: a fresh (1, U_last) float32 array for x, a C-contiguous,
+        aligned, native-order float32 ndarray of shape (1, C0); None for anything else (the
+        caller then takes its checked route). The whole batch-1 call of an MLP plan: no
+        memoryview, no buffer lookup, no OpenMP region, the GIL released for the arithmetic."""
+        cdef cnp.ndarray a, out
+        cdef cnp.npy_intp dims[2]
+        cdef float stack[STACK_SCRATCH]
+        cdef float* scratch
+        cdef const float* src
+        cdef float* dst
+        if type(x) is not np.ndarray or self.rows != 1:
+            return None
+        a = <cnp.ndarray>x
+        if (cnp.PyArray_NDIM(a) != 2 or cnp.PyArray_DIM(a, 0) != 1
+                or cnp.PyArray_DIM(a, 1) != self._dims[0]
+                or cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32
+                or not cnp.PyArray_ISCARRAY_RO(a) or not cnp.PyArray_ISNOTSWAPPED(a)):
+            return None
+        dims[0], dims[1] = 1, self._dims[self.layers]
+        out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
+        src, dst = <const float*>cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(out)
+        if 2 * self.width <= STACK_SCRATCH:
+            with nogil:
+                self._forward(src, stack, dst, 1)
+            return out
+        scratch = <float*>malloc(2 * self.width * sizeof(float))
+        if scratch == NULL:
+            raise MemoryError("DenseChain: no memory for one sample's intermediates")
+        try:
+            with nogil:
+                self._forward(src, scratch, dst, 1)
+        finally:
+            free(scratch)
+        return out
+
+    cdef void _forward(self, const float* src, float* scratch, float* out,
+                       int n) noexcept nogil:
+        cdef int i, c, u
+        cdef float* dst
+        cdef const float* bias
+        for i in range(self.layers):
+            c, u = self._dims[i], self._dims[i + 1]
+            if i == self.layers - 1:
+                dst = out
+            else:
+                dst = &scratch[(i % 2) * n * self.width]
+            if n == 1:  # _gemv.h: BLAS would pack the whole kernel first
+                pynn_gemv_f(c, u, src, <const float*>self._kernels[i], u, dst)
+            else:  # the register-blocked microkernel: 98 -> 45 us at 8 rows, 356 -> 333 at 64
+                pynn_rows_gemm_f(n, u, c, src, c, 1, <const float*>self._kernels[i], u,
+                                 dst, u, 0)
+            bias = <const float*>self._biases[i]
+            if n == 1:
+                bias_activation_row(dst, bias, u, self._acts[i], self._alphas[i])
+            else:
                 bias_activation_rows(dst, dst, bias, n, u, self._acts[i], self._alphas[i])
-                src = dst
+            src = dst
+
+
+cdef inline void bias_activation_row(float* z, const float* bias, Py_ssize_t cols, int act,
+                                     float alpha) noexcept nogil:
+    """bias_activation_rows's arithmetic on one row, in place, outside any OpenMP region:
+    its `parallel if (false)` still forms a team of one, about 0.5 us a layer at batch 1."""
+    cdef Py_ssize_t j
+    cdef float v
+    if bias != NULL and act == ACT_RELU:
+        for j in range(cols):
+            v = z[j] + bias[j]
+            z[j] = 0 if v < 0 else v
+        return
+    if bias != NULL:
+        for j in range(cols):
+            z[j] = z[j] + bias[j]
+    if act == ACT_SOFTMAX:
+        softmax_row(z, z, cols)
+    else:
+        act_forward_vec(z, z, cols, act, alpha)
+
+
+# -- max pooling without argmax -----------------------------------------------------------------
+cdef extern from *:
+    """
+    /* native/pool.pyx's PYNN_MAX_UPDATE without the argmax (inference needs no backward):
+     * take a pixel where it is strictly greater, or the first NaN, so y has pool.pyx's bits
+     * (ties between -0.0 and 0.0 keep the first, as there). */
+    #if defined(__AVX__)
+    #include <immintrin.h>
+    #endif
+
+    /* pool.pyx's rule, one channel: v replaces the winner b where strictly greater, or
+       where v is the first NaN. */
+    static inline float pynn_infer_sel(float v, float b) {
+        return ((v > b) | ((v != v) & (b == b))) ? v : b;
+    }
+
+    /* The exact rule over one window's channels [c0, c1). */
+    static void pynn_infer_max_exact(const float* x, Py_ssize_t wc, Py_ssize_t hn,
+                                     Py_ssize_t wn, float* y, Py_ssize_t C, Py_ssize_t c0,
+                                     Py_ssize_t c1) {
+        Py_ssize_t c, h, w;
+        for (c = c0; c < c1; c++) {
+            float b = x[c];
+            for (h = 0; h < hn; h++)
+                for (w = 0; w < wn; w++) b = pynn_infer_sel(x[h * wc + w * C + c], b);
+            y[c] = b;
+        }
+    }
+
+    /* y[c] = the window's max, windows of hn x wn pixels at x (rows wc floats apart),
+     * pixels in row-major order. Without NaNs the rule is exactly vmaxps(v, b) (v where
+     * v > b, else b: ties keep the earlier pixel, -0.0 and 0.0 included), one instruction
+     * against five for the rule's compares and selects; a sum of the window's pixels
+     * turns NaN when any is (or, harmlessly, on inf - inf), and that 8-channel block is
+     * redone by the exact rule. Four blocks at a time keep four chains in flight. (The
+     * rule's compares per pixel: 7.7 us for the small CNN's first pooling at batch 1.) */
+    static inline void pynn_infer_max_f(const float* restrict x, Py_ssize_t wc,
+                                        Py_ssize_t hn, Py_ssize_t wn, float* restrict y,
+                                        Py_ssize_t C) {
+        Py_ssize_t c = 0, h, w;
+    #if defined(__AVX__)
+        for (; c + 8 <= C; c += 8) {
+            __m256 b = _mm256_loadu_ps(x + c), s = _mm256_setzero_ps();
+            for (h = 0; h < hn; h++)
+                for (w = 0; w < wn; w++) {
+                    const __m256 v = _mm256_loadu_ps(x + h * wc + w * C + c);
+                    b = _mm256_max_ps(v, b);
+                    s = _mm256_add_ps(s, v);
+                }
+            _mm256_storeu_ps(y + c, b);
+            if (_mm256_movemask_ps(_mm256_cmp_ps(s, s, _CMP_UNORD_Q)))
+                pynn_infer_max_exact(x, wc, hn, wn, y, C, c, c + 8);
+        }
+    #endif
+        pynn_infer_max_exact(x, wc, hn, wn, y, C, c, C);
+    }
+    """
+    void pynn_infer_max_f(const float* x, Py_ssize_t wc, Py_ssize_t hn, Py_ssize_t wn,
+                          float* y, Py_ssize_t C) noexcept nogil
+
+
+cdef class MaxPool2D:
+    """MaxPooling2D's forward for one plan signature: NHWC float32 x (N, H, W, C) -> y
+    (N, HO, WO, C), windows clipped to the input (padding is never read), the geometry
+    resolved once. maxpool2d_forward also writes the argmax for backward and reads its
+    geometry from a dict per call: at batch 1 on the small CNN's 32x32x32 that was 10 us
+    of a 2 us pass. One thread: inference plans that use it are the serial ones."""
+
+    cdef readonly Py_ssize_t N, H, W, C, PH, PW, SH, SW, PT, PL, HO, WO
+
+    def __init__(self, g):
+        """g: the geometry pynn.backend.operands.pool.maxpool2d_forward returns."""
+        self.N, self.H, self.W, self.C = g["N"], g["H"], g["W"], g["C"]
+        self.PH, self.PW, self.SH, self.SW = g["PH"], g["PW"], g["SH"], g["SW"]
+        self.PT, self.PL, self.HO, self.WO = g["PT"], g["PL"], g["HO"], g["WO"]
+        if min(self.N, self.H, self.W, self.C, self.HO, self.WO) < 1:
+            raise ValueError("MaxPool2D: empty geometry (the plan keeps the public op)")
+
+    def run(self, const float[:, :, :, ::1] x, float[:, :, :, ::1] y):
+        if (x.shape[0] != self.N or x.shape[1] != self.H or x.shape[2] != self.W
+                or x.shape[3] != self.C or y.shape[0] != self.N or y.shape[1] != self.HO
+                or y.shape[2] != self.WO or y.shape[3] != self.C):
+            raise ValueError(f"MaxPool2D.run: x {[x.shape[i] for i in range(4)]} and y "
+                             f"{[y.shape[i] for i in range(4)]} do not fit ({self.N}, {self.H}, "
+                             f"{self.W}, {self.C}) -> ({self.N}, {self.HO}, {self.WO}, "
+                             f"{self.C})")
+        with nogil:
+            self._forward(&x[0, 0, 0, 0], &y[0, 0, 0, 0])
+
+    cdef void _forward(self, const float* x, float* y) noexcept nogil:
+        cdef Py_ssize_t r, n, ho, wo, h0, h1, w0, w1, C = self.C
+        for r in range(self.N * self.HO):
+            n, ho = r // self.HO, r % self.HO
+            h0 = max(ho * self.SH - self.PT, 0)
+            h1 = min(ho * self.SH - self.PT + self.PH, self.H)
+            for wo in range(self.WO):
+                w0 = max(wo * self.SW - self.PL, 0)
+                w1 = min(wo * self.SW - self.PL + self.PW, self.W)
+                pynn_infer_max_f(x + ((n * self.H + h0) * self.W + w0) * C, self.W * C,
+                                 h1 - h0, w1 - w0, y + (r * self.WO + wo) * C, C)
+
+
+# -- direct convolution of a one-thread plan --------------------------------------------------
+
+cdef class Conv2DDirect:
+    """conv.pyx's direct Conv2D forward (_forward_direct: the microkernel reads the
+    zero-padded input through per-pixel offsets, panel by panel of the packed kernel) for
+    one plan signature on one thread, with everything that does not depend on x made once:
+    the packed kernel panels (packed per call there), every output pixel's window offset
+    (two integer divisions per pixel per call there: a quarter of the small CNN's first
+    layer at batch 1) and the padded buffer's zero margins (written per call there).
+    The same microkernel calls in the same order: conv.pyx's bits (the plan checks).
+
+    Legend: N batch, H/W input, HP/WP padded input, C channels, F filters, K = KH*KW*C."""
+
+    cdef object _arrays
+    cdef float* _panels
+    cdef const float* _bias
+    cdef const Py_ssize_t* _roff
+    cdef const Py_ssize_t* _aseg
+    cdef Py_ssize_t* _bseg_full
+    cdef Py_ssize_t* _bseg_last
+    cdef const Py_ssize_t* _bseg
+    cdef const float* _kernel
+    cdef Py_ssize_t N, H, W, C, HP, WP, PT, PL, F, K, M, nseg, tn, chunk, nc
+    cdef int act, level
+    cdef float alpha
+    cdef readonly bint padded
+
+    def __init__(self, kernel, bias, g, aseg, bseg, Py_ssize_t tn, Py_ssize_t chunk,
+                 int act, float alpha):
+        """kernel (KH, KW, C, F) and bias (F,) or None: float32, C-contiguous; g: conv.pyx's
+        planned geometry; aseg, bseg, tn: conv._kernel_segments(g); act: linear or relu."""
+        if act not in (0, ACT_RELU):
+            raise ValueError("Conv2DDirect: linear or relu only (other epilogues stay in "
+                             "conv.pyx)")
+        self.N, self.H, self.W, self.C = g["N"], g["H"], g["W"], g["C"]
+        self.HP, self.WP, self.PT, self.PL = g["HP"], g["WP"], g["PT"], g["PL"]
+        self.F, self.K = g["F"], g["K"]
+        if self.K < 1 or self.F < 1 or chunk < 1 or tn < 1:
+            raise ValueError("Conv2DDirect: empty geometry")
+        ho, wo = np.arange(g["HO"], dtype=np.intp), np.arange(g["WO"], dtype=np.intp)
+        n = np.arange(self.N, dtype=np.intp)
+        roff = ((((n[:, None, None] * self.HP + ho[None, :, None] * g["SH"]) * self.WP
+                  + wo[None, None, :] * g["SW"]) * self.C).ravel())
+        self.M = roff.shape[0]
+        kernel = np.ascontiguousarray(kernel, dtype=np.float32)
+        aseg = np.ascontiguousarray(aseg, dtype=np.intp)
+        bseg = np.ascontiguousarray(bseg, dtype=np.intp)
+        panels = np.empty(self.K * self.F, dtype=np.float32)
+        bseg_full = np.empty(len(bseg), dtype=np.intp)
+        bseg_last = np.empty(len(bseg), dtype=np.intp)
+        arrays = [kernel, roff, aseg, bseg, panels, bseg_full, bseg_last]
+        if bias is not None:
+            bias = np.ascontiguousarray(bias, dtype=np.float32)
+            arrays.append(bias)
+            self._bias = <const float*><Py_ssize_t>bias.ctypes.data
+        else:
+            self._bias = NULL
+        self._arrays = arrays
+        self._kernel = <const float*><Py_ssize_t>kernel.ctypes.data
+        self._roff = <const Py_ssize_t*><Py_ssize_t>roff.ctypes.data
+        self._aseg = <const Py_ssize_t*><Py_ssize_t>aseg.ctypes.data
+        self._bseg = <const Py_ssize_t*><Py_ssize_t>bseg.ctypes.data
+        self._panels = <float*><Py_ssize_t>panels.ctypes.data
+        self._bseg_full = <Py_ssize_t*><Py_ssize_t>bseg_full.ctypes.data
+        self._bseg_last = <Py_ssize_t*><Py_ssize_t>bseg_last.ctypes.data
+        self.nseg, self.tn, self.chunk = len(aseg), tn, chunk
+        self.act, self.alpha = act, alpha
+        self.padded = not (self.HP == self.H and self.WP == self.W and self.PT == 0
+                           and self.PL == 0)
+        self.level = -1
+        self._pack()
+
+    cdef void _pack(self) noexcept:
+        """Panels of the microkernel level in use (set_kernel may change it between calls)."""
+        cdef Py_ssize_t s, rows
+        self.level = pynn_mk_level()
+        self.nc = PYNN_NC_F
+        pynn_pack_panels_f(self._kernel, self.F, self.K, self.F, self.nc, self._panels)
+        for s in range(self.nseg):
+            rows = self._bseg[s] // self.F
+            self._bseg_full[s] = rows * self.nc
+            self._bseg_last[s] = rows * (self.F - (self.F - 1) // self.nc * self.nc)
+
+    def pad_shape(self):
+        """The padded buffer run takes (zeros: run writes only its interior), or None."""
+        return (self.N, self.HP, self.WP, self.C) if self.padded else None
+
+    def run(self, const float[:, :, :, ::1] x, float[::1] xp, float[:, :, :, ::1] y):
+        """y (N, HO, WO, F) = act(conv(x) + bias); xp: a zeroed buffer of pad_shape() (its
+        margins stay zero), unused (may be empty) when nothing is padded."""
+        if (x.shape[0] != self.N or x.shape[1] != self.H or x.shape[2] != self.W
+                or x.shape[3] != self.C or y.shape[0] * y.shape[1] * y.shape[2] != self.M
+                or y.shape[3] != self.F
+                or (self.padded and xp.shape[0] != self.N * self.HP * self.WP * self.C)):
+            raise ValueError(f"Conv2DDirect.run: x {[x.shape[i] for i in range(4)]}, y "
+                             f"{[y.shape[i] for i in range(4)]} do not fit ({self.N}, "
+                             f"{self.H}, {self.W}, {self.C}) -> {self.M} pixels x {self.F}")
+        if self.level != pynn_mk_level():
+            self._pack()
+        with nogil:
+            self._run(&x[0, 0, 0, 0], &xp[0] if self.padded else NULL, &y[0, 0, 0, 0])
+
+    cdef void _run(self, const float* x, float* xp, float* y) noexcept nogil:
+        """x placed in xp's interior (when padded), then the forward into y."""
+        cdef Py_ssize_t r, n, h, rows = self.H - max(self.H + self.PT - self.HP, 0)
+        cdef Py_ssize_t cols = min(self.W, self.WP - self.PL)
+        if not self.padded:
+            self._forward(x, y)
+            return
+        if cols > 0:
+            for r in range(self.N * rows):
+                n, h = r // rows, r % rows
+                memcpy(xp + ((n * self.HP + h + self.PT) * self.WP + self.PL) * self.C,
+                       x + (n * self.H + h) * self.W * self.C, cols * self.C * sizeof(float))
+        self._forward(xp, y)
+
+    cdef void _forward(self, const float* xp, float* y) noexcept nogil:
+        cdef Py_ssize_t p0, rows, q0, wd, s0, ns, j, F = self.F, nc = self.nc
+        cdef Py_ssize_t group = max(256 // self.tn, 1)  # conv.pyx's _FORWARD_PANEL_ROWS
+        cdef float v
+        cdef float* z
+        p0 = 0
+        while p0 < self.M:
+            rows = min(self.chunk, self.M - p0)
+            q0 = 0
+            while q0 < F:
+                wd = min(nc, F - q0)
+                s0 = 0
+                while s0 < self.nseg:
+                    ns = min(group, self.nseg - s0)
+                    pynn_seg_gemm_f(rows, wd, ns, self.tn, xp, self._roff + p0,
+                                    self._aseg + s0, 1, self._panels + q0 * self.K,
+                                    (self._bseg_full if wd == nc else self._bseg_last) + s0,
+                                    wd, y + p0 * F + q0, F,
+                                    self._bias + q0 if self._bias != NULL and s0 == 0
+                                    else NULL, s0 > 0, False)
+                    s0 = s0 + ns
+                q0 = q0 + nc
+            if self.act == ACT_RELU:  # conv.pyx's _relu_row: NaN and -0.0 pass through
+                z = y + p0 * F
+                for j in range(rows * F):
+                    v = z[j]
+                    z[j] = 0 if v < 0 else v
+            p0 = p0 + rows
+
+
+
+# -- a whole one-thread chain plan ------------------------------------------------------------
+cdef enum:
+    STEP_CONV = 0
+    STEP_POOL = 1
+    STEP_FLAT = 2
+    STEP_DENSE = 3
+
+
+cdef class Program:
+    """A one-thread chain plan whose steps are all native here (Conv2DDirect, MaxPool2D,
+    a reshape, a one-row DenseChain last): the small CNN's whole batch-1 call as one native
+    call: no Python between the steps (the GIL is released for each kernel and retaken
+    only to step on), intermediates in the calling thread's workspace (one zeroed array per
+    thread: each padded input keeps its zero margins between calls). Per step through
+    Python it cost a method call and three typed memoryviews."""
+
+    cdef list _steps
+    cdef const int[::1] _kinds
+    cdef const Py_ssize_t[::1] _pads
+    cdef const Py_ssize_t[::1] _outs
+    cdef Py_ssize_t _work
+    cdef object _in_shape, _out_shape, _local
+
+    def __init__(self, steps, in_shape, out_shape):
+        """steps: (kind, native object or None, output size in floats) in order, kind one of
+        'conv', 'pool', 'flatten', 'dense' (a DenseChain of one row, the last step)."""
+        import threading
+
+        kinds, pads, outs, objs = [], [], [], []
+        work = 0
+        codes = {"conv": STEP_CONV, "pool": STEP_POOL, "flatten": STEP_FLAT,
+                 "dense": STEP_DENSE}
+        for j, (kind, obj, size) in enumerate(steps):
+            code = codes[kind]
+            if code == STEP_CONV and not isinstance(obj, Conv2DDirect) or \
+                    code == STEP_POOL and not isinstance(obj, MaxPool2D) or \
+                    code == STEP_DENSE and not (isinstance(obj, DenseChain) and obj.rows == 1
+                                                and j == len(steps) - 1):
+                raise ValueError(f"Program: step {j} ({kind}) is not a native step here")
+            pad = 0
+            if code == STEP_CONV and obj.padded:
+                shape = obj.pad_shape()
+                pad = shape[0] * shape[1] * shape[2] * shape[3]
+            elif code == STEP_DENSE:
+                pad = 2 * obj.width  # the chain's scratch
+            kinds.append(code)
+            pads.append(pad)
+            outs.append(int(size) if j < len(steps) - 1 and code != STEP_FLAT else 0)
+            objs.append(obj)
+            work += pad + outs[len(outs) - 1]
+        if not steps or kinds[len(kinds) - 1] == STEP_FLAT:
+            raise ValueError("Program: needs steps, the last one computing")
+        self._steps = objs
+        self._kinds = np.array(kinds, dtype=np.intc)
+        self._pads = np.array(pads, dtype=np.intp)
+        self._outs = np.array(outs, dtype=np.intp)
+        self._work = work
+        self._in_shape, self._out_shape = tuple(in_shape), tuple(out_shape)
+        self._local = threading.local()
+
+    def predict_one(self, x):
+        """A fresh output for x (a C-contiguous, aligned, native float32 ndarray of the
+        plan's input shape), or None for anything else."""
+        cdef cnp.ndarray a, out, work
+        cdef float* w
+        cdef const float* src
+        cdef float* dst
+        cdef float* y
+        cdef Py_ssize_t j, nsteps = len(self._steps)
+        cdef int kind
+        cdef object obj
+        if type(x) is not np.ndarray:
+            return None
+        a = <cnp.ndarray>x
+        if (cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or not cnp.PyArray_ISCARRAY_RO(a)
+                or not cnp.PyArray_ISNOTSWAPPED(a) or x.shape != self._in_shape):
+            return None
+        work = getattr(self._local, "work", None)
+        if work is None:
+            work = self._local.work = np.zeros(max(self._work, 1), dtype=np.float32)
+        for j in range(nsteps):  # set_kernel between calls: repack before the GIL goes
+            obj = self._steps[j]
+            if self._kinds[j] == STEP_CONV and (<Conv2DDirect>obj).level != pynn_mk_level():
+                (<Conv2DDirect>obj)._pack()
+        out = np.empty(self._out_shape, dtype=np.float32)
+        src = <const float*>cnp.PyArray_DATA(a)
+        y = <float*>cnp.PyArray_DATA(out)
+        w = <float*>cnp.PyArray_DATA(work)
+        for j in range(nsteps):
+            kind = self._kinds[j]
+            obj = self._steps[j]
+            dst = y if j == nsteps - 1 else w + self._pads[j]
+            with nogil:
+                if kind == STEP_CONV:
+                    (<Conv2DDirect>obj)._run(src, w if self._pads[j] else NULL, dst)
+                elif kind == STEP_POOL:
+                    (<MaxPool2D>obj)._forward(src, dst)
+                elif kind == STEP_DENSE:
+                    (<DenseChain>obj)._forward(src, w, dst, 1)
+            if kind == STEP_FLAT:  # NHWC is already the flat order: nothing moves
+                continue
+            src = dst
+            w = w + self._pads[j] + self._outs[j]
+        return out

@@ -17,7 +17,15 @@ of its inputs), made on the first call with that signature:
   call is checked once against the public op's bits on the first input: a kernel module
   whose private entry points changed costs speed, never a wrong answer;
 - on one thread a run of float32 Dense layers is one native call (native/infer.pyx), with
-  no Python and no GIL between the layers;
+  no Python and no GIL between the layers (one row: a streaming GEMV, native/_gemv.h);
+  a batch-1 plan that is only such a chain (an MLP) is the model's *lane*: ``model(x)``
+  and ``predict_on_batch`` hand x straight to the chain's ``predict_one``, which checks
+  it, allocates the output and runs the chain without the GIL, in one call;
+- on one thread, float32 max pooling and linear/relu Conv2D run native/infer.pyx's twins
+  of the pool.pyx/conv.pyx kernels (no argmax; packed panels, pixel offsets and zero pad
+  margins made once), each accepted only if it gives the kernel's bits on the first input;
+- a small Conv2D step keeps the faster of its direct runner and the public op (which may
+  pick another algorithm), timed once when the plan is made (``TUNE_MAX_MACS``);
 - the arrays returned are the caller's: a model output is written into a fresh array (or
   copied out when a layer returned a view of a plan buffer), never into a buffer a later
   call overwrites (onnxruntime's rule);
@@ -33,10 +41,14 @@ kernel used releases the GIL for its arithmetic; only the glue between them hold
 """
 
 import threading
+import time
 
 import numpy as np
 
 from pynn import _config, backend, variables
+
+# variables.version()'s cell, read directly on the batch-1 lane (a call costs ~60 ns there).
+_weights_version = variables._version
 
 # Signatures (input shapes) kept per model; predict's last, shorter batch is a second one.
 MAX_SIGNATURES = 8
@@ -63,9 +75,30 @@ def outputs(model, x):
     one array per output, through its prepared plan; or None when the plan does not apply
     and the caller must take the general path. Errors in ``x`` are left to that path, which
     words them."""
+    state = model.__dict__.get("_inference")
+    # The batch-1 lane (an MLP answering one request): one native call checks x and returns
+    # the fresh output, or None for any other x. Valid while nothing it depends on changed.
+    if type(state) is _State and state.lane_version == _weights_version[0] and \
+            state.graph_plan is model._plan and backend._current is state.cpu:
+        y = state.lane(x)
+        if y is not None:
+            return [y]
+    return _outputs(model, state, x)
+
+
+def lane_output(model, x):
+    """The model's one output for x through its batch-1 lane, or None (then ``outputs``):
+    Model.__call__'s first try, before its own checks."""
+    state = model.__dict__.get("_inference")
+    if type(state) is _State and state.lane_version == _weights_version[0] and \
+            state.graph_plan is model._plan and backend._current is state.cpu:
+        return state.lane(x)
+    return None
+
+
+def _outputs(model, state, x):
     if backend.current().NAME != "cpu":
         return None
-    state = model.__dict__.get("_inference")
     if state is None or (state is not _NO_PLAN and state.graph_plan is not model._plan):
         state = model._inference = _State.of(model)
     if state is _NO_PLAN:
@@ -86,6 +119,8 @@ def outputs(model, x):
             state.plans.clear()
         plan = InferencePlan(model, xs)
         state.plans[signature] = plan
+        if plan.lane is not None:
+            state.lane, state.lane_version = plan.lane, plan.version
         # The validating run through the public ops computed this call's outputs already.
         outs, plan.first_outputs = plan.first_outputs, None
         return outs
@@ -117,6 +152,8 @@ class _State:
         self.dtypes, self.features = dtypes, features
         self.single = len(dtypes) == 1
         self.plans = {}
+        self.cpu = backend.current()
+        self.lane, self.lane_version = None, None
 
     def inputs(self, x):
         """x as a list of C-contiguous arrays of the model's input dtypes and shapes, or
@@ -208,13 +245,24 @@ class InferencePlan:
         self.serial = self.macs < SERIAL_MAX_MACS
         if self.chain and self.serial:
             self.steps = _chained(self.steps)
+        if self.serial:
+            self.steps = [_serial_twin(r) for r in self.steps]
+        self.steps = [_tuned(r) for r in self.steps]
         for r in self.steps:
-            r.sample = None  # the validation arrays, no longer needed
+            r.sample = r.own = None  # the validation arrays, no longer needed
+        # A batch-1 plan that is one Dense chain runs no OpenMP and no BLAS (_gemv.h): its
+        # chain's own entry point is the whole call, thread settings and buffers included.
+        self.lane = None
+        if self.chain and len(self.steps) == 1 and type(self.steps[0]) is _DenseChainRunner \
+                and self.steps[0].chain.rows == 1:
+            self.lane = self.steps[0].chain.predict_one
         # Each intermediate is dropped after its last reader, as the general path does: a
         # plan too large to keep its buffers then holds only the live values (the residual
         # CNN at batch 64 peaked 156 MiB higher holding every layer's output to the end).
         self.frees = _frees([(r.ins, r.outs) for r in self.steps], self.input_slots,
                             self.output_slots)
+        if self.lane is None and self.chain and self.serial and self.keep_buffers:
+            self.lane = _program(self, xs[0])
 
     def _buffers(self):
         """The calling thread's kept buffers, or None: each step then allocates its own
@@ -405,6 +453,57 @@ class _DenseChainRunner(_Generic):
         return y, into_buffer
 
 
+def _serial_twin(r):
+    """r, or its one-thread twin (native/infer.pyx: no OpenMP, nothing per call that could
+    be made once) where the twin reproduces r's bits on the validation input: a float32 max
+    pooling without argmax, a float32 linear or relu Conv2D on the direct path."""
+    if getattr(r, "sample", None) is None:
+        return r
+    if type(r) is _MaxPool2D and r.values_only is not None:
+        twin = _MaxPool2DValues.__new__(_MaxPool2DValues)
+        twin.__dict__.update(r.__dict__)
+    elif type(r) is _Conv2D and r.dtype == np.float32 and r.act in (0, 1):
+        try:
+            twin = _Conv2DSerial(r)
+        except (ImportError, ValueError):
+            return r
+    else:
+        return r
+    x, want = r.sample
+    want = r.__dict__.get("own", want)  # the runner's own bits where the public op's differ
+    try:
+        got, _ = twin.run(x, twin.allocate())
+    except Exception:  # noqa: BLE001  (any failure: keep the checked kernel)
+        return r
+    return twin if np.array_equal(got, want, equal_nan=True) else r
+
+
+def _program(plan, x):
+    """A chain plan whose steps all have native twins as one native call
+    (native/infer.pyx Program: the small CNN's batch-1 lane), or None. Taken only when it
+    gives the steps' own bits on x."""
+    kinds = {_Conv2DSerial: "conv", _MaxPool2DValues: "pool", _Flatten: "flatten",
+             _DenseChainRunner: "dense"}
+    steps = []
+    for r in plan.steps:
+        kind = kinds.get(type(r))
+        if kind is None or (kind == "dense" and r.chain.rows != 1):
+            return None
+        native = {"conv": "direct", "pool": "values_only", "dense": "chain"}.get(kind)
+        steps.append((kind, getattr(r, native) if native else None,
+                       int(np.prod(r.shape))))
+    try:
+        from pynn._native.infer import Program
+
+        program = Program(steps, x.shape, plan.steps[-1].shape)
+        got = program.predict_one(x)
+    except (ImportError, ValueError):
+        return None
+    want = plan._run([x])[0]
+    return program.predict_one if got is not None and np.array_equal(
+        got, want, equal_nan=True) else None
+
+
 def _chained(runners):
     """runners with each run of two or more float32 2-D Dense steps made one chain call."""
     try:
@@ -470,7 +569,7 @@ class _Conv2D(_Buffered):
         self.pad_shape = conv._pad_shape(x.shape, g["HP"], g["WP"], g["PT"], g["PL"])
         self.macs = int(np.prod(self.shape)) * g["K"]
         # The tables _forward_direct_into derives per call (see there).
-        aseg, bseg, self.tn = conv._kernel_segments(g)
+        aseg, bseg, self.tn = self._segments = conv._kernel_segments(g)
         nc = conv._panel_columns(kernel.dtype)
         rows = bseg // g["F"]
         self.aseg, self.bseg = aseg, rows * nc
@@ -503,6 +602,33 @@ class _Conv2D(_Buffered):
         return y, into_buffer
 
 
+class _Conv2DSerial(_Conv2D):
+    """A one-thread plan's float32 Conv2D (linear or relu) through native/infer.pyx's
+    Conv2DDirect: conv.pyx's direct forward with its per-call packing, offsets and margins
+    made once."""
+
+    def __init__(self, r):
+        from pynn._native.infer import Conv2DDirect
+
+        self.__dict__.update(r.__dict__)
+        aseg, bseg, tn = self._segments
+        self.direct = Conv2DDirect(self.kernel, self.bias, self.g, aseg, bseg, tn,
+                                   self.chunk, self.act, self.alpha)
+        shape = self.direct.pad_shape()
+        self.pad_size = int(np.prod(shape)) if shape is not None else 0
+
+    def allocate(self):
+        return (np.empty(self.shape, self.dtype), np.zeros(self.pad_size, self.dtype))
+
+    def run(self, x, buf):
+        if self.to_caller[0]:
+            y, into_buffer = np.empty(self.shape, self.dtype), False
+        else:
+            y, into_buffer = buf[0], True
+        self.direct.run(x, buf[1], y)
+        return y, into_buffer
+
+
 class _MaxPool2D(_Buffered):
     def __init__(self, step, x, y):
         from pynn._native import pool
@@ -515,6 +641,14 @@ class _MaxPool2D(_Buffered):
                                                layer.padding)
         self.nbytes += y.size * 4
         self._forward = pool._maxpool_forward
+        self.values_only = None
+        if y.dtype == np.float32:
+            try:
+                from pynn._native.infer import MaxPool2D
+
+                self.values_only = MaxPool2D(self.g)
+            except (ImportError, KeyError, ValueError):  # pool.pyx's kernel then
+                pass
 
     def allocate(self):
         return (np.empty(self.shape, self.dtype), np.empty(self.shape, np.int32))
@@ -522,6 +656,19 @@ class _MaxPool2D(_Buffered):
     def run(self, x, buf):
         y, into_buffer = self.output(buf[0])
         self._forward(x, y, buf[1], self.g)
+        return y, into_buffer
+
+
+class _MaxPool2DValues(_MaxPool2D):
+    """A one-thread plan's float32 max pooling: native/infer.pyx's kernel, no argmax (the
+    same values bit for bit, _checked on the first input)."""
+
+    def allocate(self):
+        return (np.empty(self.shape, self.dtype),)
+
+    def run(self, x, buf):
+        y, into_buffer = self.output(buf[0])
+        self.values_only.run(x, y)
         return y, into_buffer
 
 
@@ -585,8 +732,10 @@ def _runner(step, x, y):
 
 def _checked(runner, step, x, y):
     """runner, if its direct kernel call gives the public op's bits y on the validation input
-    x; else the layer's own call. A kernel module whose internals changed (an entry point
-    renamed or given other arguments) thus costs speed, never a wrong answer."""
+    x (a Conv2D: its numbers to float32 rounding, as the public op may have taken another
+    algorithm; _tuned then picks the faster); else the layer's own call. A kernel module
+    whose internals changed (an entry point renamed or given other arguments) thus costs
+    speed, never a wrong answer."""
     runner.sample = (x, y)
     if type(runner) in (_Generic, _Flatten):
         return runner
@@ -597,9 +746,58 @@ def _checked(runner, step, x, y):
         got = None
     if got is not None and np.array_equal(got, y, equal_nan=True):
         return runner
+    if type(runner) is _Conv2D and got is not None and got.shape == y.shape and \
+            float(np.abs(got - y).max(initial=0.0)) <= 1e-5 * max(
+                1.0, float(np.abs(y).max(initial=0.0))):
+        # The public op took another algorithm (Winograd, im2col) that rounds otherwise:
+        # the direct runner stays a candidate, and _tuned times the two.
+        runner.own = got
+        return runner
     fallback = _Generic(step)
     fallback.sample = (x, y)
     return fallback
+
+
+# Convolutions up to this many multiply-adds are timed at plan time (each candidate a few
+# times: below a millisecond per signature at this size); larger ones keep the direct path.
+TUNE_MAX_MACS = 8_000_000
+TUNE_ROUNDS = 5
+
+
+def _tuned(runner):
+    """For a Conv2D: the faster of the direct runner (or its one-thread twin) and the public
+    op (which may choose another algorithm, such as Winograd, whose float32 rounding
+    differs), timed on the validation input; the public op only when it gives the direct
+    path's numbers to float32 rounding. Other steps as they are."""
+    if type(runner) not in (_Conv2D, _Conv2DSerial) or runner.macs > TUNE_MAX_MACS or \
+            getattr(runner, "sample", None) is None:
+        return runner
+    x, y = runner.sample
+    generic = _Generic.__new__(_Generic)
+    generic.__dict__.update({k: getattr(runner, k) for k in (
+        "layer", "ins", "outs", "several", "multi_out", "to_caller")})
+    generic.sample = runner.sample
+    buf = runner.allocate()
+    try:
+        got = generic.run(x, None)[0]
+    except Exception:  # noqa: BLE001  (the checked direct runner stays)
+        return runner
+    scale = max(1.0, float(np.abs(y).max(initial=0.0)))
+    if type(got) is not np.ndarray or got.shape != y.shape or not (
+            float(np.abs(got - y).max(initial=0.0)) <= 1e-5 * scale):
+        return runner
+    best = {}
+    to_caller, runner.to_caller = runner.to_caller, [False]  # into buf, not a fresh array
+    try:
+        for _ in range(TUNE_ROUNDS):
+            for label, cand in (("direct", runner), ("public", generic)):
+                start = time.perf_counter()
+                cand.run(x, buf)
+                elapsed = time.perf_counter() - start
+                best[label] = min(best.get(label, elapsed), elapsed)
+    finally:
+        runner.to_caller = to_caller
+    return generic if best["public"] < best["direct"] else runner
 
 
 def _same_dtype(x, kernel, bias):

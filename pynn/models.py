@@ -280,6 +280,13 @@ class Model(Layer):
 
     # -- as a layer of another model ----------------------------------------------------------
     def __call__(self, inputs, training=None, **kwargs):
+        # The batch-1 lane of the inference plan (issue 16): a NumPy array, inference, no tape
+        # listening, a model whose lane is ready: one native call, before the checks below.
+        if type(inputs) is np.ndarray and not training and not kwargs and not self._traced \
+                and not autodiff.recording():
+            y = inference.lane_output(self, inputs)
+            if y is not None:
+                return y
         from pynn.layers.symbolic import is_symbolic, record
 
         if is_symbolic(inputs):

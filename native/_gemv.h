@@ -1,0 +1,147 @@
+/* One-row matrix products for batch-1 inference (native/infer.pyx, issue 16).
+ *
+ * Legend: C input features, U units; x (C,), k (C, U) row-major as Keras stores a Dense
+ * kernel (leading dimension ldk >= U), y (U,).
+ *
+ *   pynn_gemv_f(c, u, x, k, ldk, y):  y[j] = sum over i < c of x[i] * k[i*ldk + j]
+ *
+ * Why not BLAS: sgemm with M = 1 packs its B panel (the whole kernel: read and written once
+ * more per call) before multiplying, so the 4096x128 Dense of the small CNN spent 40 us of a
+ * 42 us call moving 2 MiB twice. Here Keras's layout is already the streaming one: a block of
+ * up to 256 units lives in 16 zmm accumulators while the kernel's rows go by once, in memory
+ * order (one sequential stream when the block is the whole row), each x[i] broadcast once.
+ * No packing, no workspace, nothing to prepare.
+ *
+ * Each y[j] is summed over i in order with one fused multiply-add per term in every copy,
+ * so the result does not depend on the block it fell in (nor on U). The level follows the
+ * microkernel's (native/_microkernel.h: PYNN_KERNEL, pynn.set_kernel): avx512 (16-float
+ * vectors, 16 accumulators), avx2 (8-float vectors, 12 accumulators: 16 ymm registers),
+ * generic (plain C that GCC vectorizes, separate multiply and add).
+ */
+#ifndef PYNN_GEMV_H
+#define PYNN_GEMV_H
+
+#include "_microkernel.h"
+
+#if PYNN_ISA_X86
+/* One block of nv (compile-time constant after inlining) vectors; the last one masked to
+   `tail` lanes so any U needs no scalar loop. */
+static inline __attribute__((always_inline)) PYNN_TARGET_AVX512 void
+pynn_gemv_block_avx512(Py_ssize_t c, const float* x, const float* k, Py_ssize_t ldk,
+                       float* y, const int nv, __mmask16 tail) {
+    __m512 acc[16];
+    Py_ssize_t i;
+    int v;
+    for (v = 0; v < nv; v++) acc[v] = _mm512_setzero_ps();
+    for (i = 0; i < c; i++) {
+        const float* row = k + i * ldk;
+        __m512 xi = _mm512_set1_ps(x[i]);
+        for (v = 0; v < nv - 1; v++)
+            acc[v] = _mm512_fmadd_ps(xi, _mm512_loadu_ps(row + 16 * v), acc[v]);
+        acc[nv - 1] = _mm512_fmadd_ps(
+            xi, _mm512_maskz_loadu_ps(tail, row + 16 * (nv - 1)), acc[nv - 1]);
+    }
+    for (v = 0; v < nv - 1; v++) _mm512_storeu_ps(y + 16 * v, acc[v]);
+    _mm512_mask_storeu_ps(y + 16 * (nv - 1), tail, acc[nv - 1]);
+}
+
+static PYNN_TARGET_AVX512 void
+pynn_gemv_avx512_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
+                   Py_ssize_t ldk, float* y) {
+    Py_ssize_t j0;
+    for (j0 = 0; j0 < u; j0 += 256) {
+        Py_ssize_t w = u - j0 < 256 ? u - j0 : 256;
+        int nv = (int)((w + 15) / 16);
+        int rem = (int)(w - 16 * (nv - 1));
+        __mmask16 tail = (__mmask16)(rem == 16 ? 0xFFFF : (1u << rem) - 1);
+        const float* kb = k + j0;
+        float* yb = y + j0;
+        switch (nv) {
+#define PYNN_GEMV_CASE(N) case N: pynn_gemv_block_avx512(c, x, kb, ldk, yb, N, tail); break;
+        PYNN_GEMV_CASE(1) PYNN_GEMV_CASE(2) PYNN_GEMV_CASE(3) PYNN_GEMV_CASE(4)
+        PYNN_GEMV_CASE(5) PYNN_GEMV_CASE(6) PYNN_GEMV_CASE(7) PYNN_GEMV_CASE(8)
+        PYNN_GEMV_CASE(9) PYNN_GEMV_CASE(10) PYNN_GEMV_CASE(11) PYNN_GEMV_CASE(12)
+        PYNN_GEMV_CASE(13) PYNN_GEMV_CASE(14) PYNN_GEMV_CASE(15) PYNN_GEMV_CASE(16)
+#undef PYNN_GEMV_CASE
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) PYNN_TARGET_AVX2 void
+pynn_gemv_block_avx2(Py_ssize_t c, const float* x, const float* k, Py_ssize_t ldk,
+                     float* y, const int nv, __m256i tail) {
+    __m256 acc[12];
+    Py_ssize_t i;
+    int v;
+    for (v = 0; v < nv; v++) acc[v] = _mm256_setzero_ps();
+    for (i = 0; i < c; i++) {
+        const float* row = k + i * ldk;
+        __m256 xi = _mm256_set1_ps(x[i]);
+        for (v = 0; v < nv - 1; v++)
+            acc[v] = _mm256_fmadd_ps(xi, _mm256_loadu_ps(row + 8 * v), acc[v]);
+        acc[nv - 1] = _mm256_fmadd_ps(
+            xi, _mm256_maskload_ps(row + 8 * (nv - 1), tail), acc[nv - 1]);
+    }
+    for (v = 0; v < nv - 1; v++) _mm256_storeu_ps(y + 8 * v, acc[v]);
+    _mm256_maskstore_ps(y + 8 * (nv - 1), tail, acc[nv - 1]);
+}
+
+static PYNN_TARGET_AVX2 void
+pynn_gemv_avx2_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
+                 Py_ssize_t ldk, float* y) {
+    Py_ssize_t j0;
+    for (j0 = 0; j0 < u; j0 += 96) {
+        Py_ssize_t w = u - j0 < 96 ? u - j0 : 96;
+        int nv = (int)((w + 7) / 8);
+        int rem = (int)(w - 8 * (nv - 1)), l;
+        int lanes[8];
+        for (l = 0; l < 8; l++) lanes[l] = l < rem ? -1 : 0;
+        __m256i tail = _mm256_loadu_si256((const __m256i*)lanes);
+        const float* kb = k + j0;
+        float* yb = y + j0;
+        switch (nv) {
+#define PYNN_GEMV_CASE(N) case N: pynn_gemv_block_avx2(c, x, kb, ldk, yb, N, tail); break;
+        PYNN_GEMV_CASE(1) PYNN_GEMV_CASE(2) PYNN_GEMV_CASE(3) PYNN_GEMV_CASE(4)
+        PYNN_GEMV_CASE(5) PYNN_GEMV_CASE(6) PYNN_GEMV_CASE(7) PYNN_GEMV_CASE(8)
+        PYNN_GEMV_CASE(9) PYNN_GEMV_CASE(10) PYNN_GEMV_CASE(11) PYNN_GEMV_CASE(12)
+#undef PYNN_GEMV_CASE
+        }
+    }
+}
+#endif
+
+/* 64 units per block: 16 SSE registers of accumulators, the rest streamed. */
+static PYNN_TARGET_GENERIC void
+pynn_gemv_generic_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
+                    Py_ssize_t ldk, float* y) {
+    Py_ssize_t j0, i, j;
+    for (j0 = 0; j0 < u; j0 += 64) {
+        Py_ssize_t w = u - j0 < 64 ? u - j0 : 64;
+        float acc[64];
+        for (j = 0; j < w; j++) acc[j] = 0.0f;
+        for (i = 0; i < c; i++) {
+            const float* row = k + i * ldk + j0;
+            float xi = x[i];
+            for (j = 0; j < w; j++) acc[j] = PYNN_MULADD(xi, row[j], acc[j]);
+        }
+        for (j = 0; j < w; j++) y[j0 + j] = acc[j];
+    }
+}
+
+static void pynn_gemv_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
+                        Py_ssize_t ldk, float* y) {
+    if (c <= 0) {
+        Py_ssize_t j;
+        for (j = 0; j < u; j++) y[j] = 0.0f;
+        return;
+    }
+    switch (pynn_mk.level) {
+#if PYNN_ISA_X86
+    case PYNN_ISA_AVX512: pynn_gemv_avx512_f(c, u, x, k, ldk, y); return;
+    case PYNN_ISA_AVX2: pynn_gemv_avx2_f(c, u, x, k, ldk, y); return;
+#endif
+    default: pynn_gemv_generic_f(c, u, x, k, ldk, y); return;
+    }
+}
+
+#endif

@@ -1,0 +1,450 @@
+"""The batch-1 fast route of prepared plans (pynn/inference.py, native/infer.pyx, issue 16):
+the one-row GEMV (native/_gemv.h) against a float64 reference at every microkernel level,
+and the MLP lane (one native call per request) against the layer-by-layer path."""
+
+import itertools
+import threading
+
+import numpy as np
+import pytest
+
+import pynn
+from pynn import inference
+from pynn import layers as L
+from tests.backend_util import assert_close, rand
+from tests.reference.dense_ref import dense_forward_ref
+
+
+def chain_of(sizes, rng, acts=None):
+    from pynn._native.infer import DenseChain
+
+    from pynn.backend.api import ACTIVATIONS
+
+    kernels = [rand(rng, (c, u)) / np.sqrt(c) for c, u in itertools.pairwise(sizes)]
+    biases = [rand(rng, (u,)) if j % 2 == 0 else None for j, u in enumerate(sizes[1:])]
+    acts = acts or [("relu", 0.0)] * (len(kernels) - 1) + [("linear", 0.0)]
+    chain = DenseChain(1, kernels, biases, [ACTIVATIONS.index(a) for a, _ in acts],
+                       [alpha for _, alpha in acts])
+    return chain, kernels, biases, acts
+
+
+def reference(x, kernels, biases, acts):
+    want = x.astype(np.float64)
+    for k, b, (act, alpha) in zip(kernels, biases, acts):
+        want, _ = dense_forward_ref(want, k.astype(np.float64),
+                                    None if b is None else b.astype(np.float64), act, alpha)
+    return want
+
+
+# Widths on both sides of every block edge: 16/256 floats (avx512), 8/96 (avx2), 64 (generic).
+SIZES = [[1, 1], [7, 17, 5], [33, 95, 97, 15], [19, 255, 257, 16], [5, 300, 65, 9]]
+
+
+@pytest.mark.parametrize("kernel", pynn._config.available_kernels())
+@pytest.mark.parametrize("sizes", SIZES, ids=lambda s: "-".join(map(str, s)))
+def test_gemv_chain_against_float64_reference(kernel, sizes):
+    rng = np.random.default_rng(len(sizes) * 100 + sizes[1])
+    chain, kernels, biases, acts = chain_of(sizes, rng)
+    x = rand(rng, (1, sizes[0]))
+    with pynn._config.kernel(kernel):
+        got = chain.predict_one(x)
+        out = np.empty_like(got)
+        chain.run(x, chain.scratch(), out)
+    assert_close(got, reference(x, kernels, biases, acts), 1e-5, f"GEMV chain ({kernel})")
+    np.testing.assert_array_equal(out, got)  # run and predict_one share the arithmetic
+
+
+def test_gemv_fma_levels_give_the_same_bits():
+    """avx512 and avx2 sum each output in the same order with one FMA per term."""
+    levels = [k for k in ("avx512", "avx2") if k in pynn._config.available_kernels()]
+    if len(levels) < 2:
+        pytest.skip("needs a CPU with both AVX-512 and AVX2")
+    rng = np.random.default_rng(3)
+    chain, *_ = chain_of([129, 300, 41], rng)
+    x = rand(rng, (1, 129))
+    got = []
+    for level in levels:
+        with pynn._config.kernel(level):
+            got.append(chain.predict_one(x))
+    np.testing.assert_array_equal(got[0], got[1])
+
+
+def test_predict_one_refuses_what_it_does_not_take():
+    rng = np.random.default_rng(4)
+    chain, *_ = chain_of([6, 4, 3], rng)
+    x = rand(rng, (1, 6))
+    assert chain.predict_one(x).shape == (1, 3)
+    for bad in (x.astype(np.float64), x.tolist(), rand(rng, (2, 6)), rand(rng, (1, 5)),
+                x.reshape(1, 1, 6), np.asfortranarray(rand(rng, (1, 6)))[:, ::2],
+                x.astype(">f4"), rand(rng, (6,))):
+        assert chain.predict_one(bad) is None, bad
+
+
+def mlp(units=(29, 13, 5)):
+    return pynn.Sequential([L.Input((37,)), L.Dense(units[0], activation="relu"),
+                            L.Dense(units[1], activation="tanh"),
+                            L.Dense(units[2], activation="softmax")])
+
+
+def randomize(model, rng):
+    model.set_weights([rng.uniform(-0.3, 0.3, w.shape).astype(w.dtype)
+                       for w in model.get_weights()])
+
+
+def test_mlp_lane_equals_layer_by_layer_and_follows_set_weights():
+    rng = np.random.default_rng(5)
+    model = mlp()
+    randomize(model, rng)
+    x = rand(rng, (1, 37))
+    first = model.predict_on_batch(x)
+    state = model._inference
+    assert state.lane is not None, "a batch-1 MLP plan gets the lane"
+    for got in (model.predict_on_batch(x), model(x), model.predict(x, verbose=0)):
+        assert_close(got, model._plan.forward([x], False)[0][0], 1e-6, "MLP lane")
+        np.testing.assert_array_equal(got, first)
+    y = model.predict_on_batch(x)
+    assert y is not model.predict_on_batch(x)  # each call's array is the caller's
+    randomize(model, rng)  # new weights: the lane must not answer with the old ones
+    assert_close(model.predict_on_batch(x), model._plan.forward([x], False)[0][0], 1e-6,
+                 "MLP lane after set_weights")
+    assert not np.array_equal(model.predict_on_batch(x), first)
+    # Another batch size takes its own plan; the batch-1 lane keeps answering after it.
+    x7 = rand(rng, (7, 37))
+    assert_close(model.predict_on_batch(x7), model._plan.forward([x7], False)[0][0], 1e-6,
+                 "MLP batch 7")
+    np.testing.assert_array_equal(model.predict_on_batch(x), model(x))
+
+
+def test_mlp_lane_eight_threads_equal_one():
+    rng = np.random.default_rng(6)
+    model = mlp((300, 65, 9))
+    randomize(model, rng)
+    xs = [rand(rng, (1, 37)) for _ in range(8)]
+    want = [model.predict_on_batch(x) for x in xs]
+    assert model._inference.lane is not None
+    got, errors = [[] for _ in xs], []
+    start = threading.Barrier(8)
+
+    def worker(k):
+        try:
+            start.wait()
+            for _ in range(200):
+                got[k].append(model.predict_on_batch(xs[k]))
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for k in range(8):
+        assert len(got[k]) == 200
+        for y in got[k]:
+            np.testing.assert_array_equal(y, want[k])
+
+
+def test_model_call_lane_steps_aside_under_a_tape(monkeypatch):
+    """model(x) takes the lane first, but never under a tape (gradients need the recorded
+    ops): there the general path answers as it does without the lane."""
+    rng = np.random.default_rng(11)
+    model = mlp()
+    randomize(model, rng)
+    x = rand(rng, (1, 37))
+    want = model(x)
+    assert model._inference.lane is not None
+    with pynn.GradientTape() as tape:
+        y = model(x, training=True)  # (no dropout here: the same function as inference)
+        loss = pynn.ops.sum(y * y)
+    grads = tape.gradient(loss, model.trainable_weights)
+    assert len(grads) == 6 and all(g is not None for g in grads)
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-6, atol=1e-7)
+    monkeypatch.setattr(model._inference, "lane",
+                        lambda x: pytest.fail("the lane ran under a tape"))
+    with pynn.GradientTape():
+        try:
+            model(x)
+        except RuntimeError:  # the general path's own answer to inference under a tape
+            pass
+
+
+def test_lane_steps_aside_for_other_backends_and_graphs(monkeypatch):
+    rng = np.random.default_rng(7)
+    model = mlp()
+    x = rand(rng, (1, 37))
+    model.predict_on_batch(x)
+    calls = []
+    monkeypatch.setattr(model._inference, "lane", lambda x: calls.append(x))
+    monkeypatch.setattr(model._inference, "cpu", object())  # as if another backend ran
+    assert model.predict_on_batch(x).shape == (1, 5)
+    assert not calls
+    assert inference.outputs(model, x.astype(np.float64))[0].shape == (1, 5)
+
+
+@pytest.mark.parametrize("shape,pool,strides,padding", [
+    ((2, 9, 7, 37), (2, 2), (2, 2), "valid"),
+    ((1, 11, 9, 8), (3, 2), (2, 1), "same"),
+    ((3, 5, 6, 3), (2, 3), (1, 2), "same"),
+    ((1, 32, 32, 33), (2, 2), (2, 2), "valid"),
+])
+def test_values_only_max_pooling_gives_the_pool_kernels_bits(shape, pool, strides, padding):
+    """NaNs (the first one wins), -0.0 against 0.0 (the earlier pixel wins) and infinities
+    (their sum is NaN: the exact rule's fallback) as maxpool2d_forward has them."""
+    from pynn._native.infer import MaxPool2D
+
+    from pynn.backend import cpu
+    from pynn.backend.operands import pool as operands
+    from pynn.backend.operands.common import HOST
+
+    rng = np.random.default_rng(sum(shape))
+    x = rand(rng, shape)
+    flat = x.reshape(-1)
+    picks = rng.choice(flat.size, size=(4, max(flat.size // 50, 1)), replace=False)
+    flat[picks[0]] = np.nan
+    flat[picks[1]] = -0.0
+    flat[picks[2]] = 0.0
+    flat[picks[3][: len(picks[3]) // 2]] = np.inf
+    flat[picks[3][len(picks[3]) // 2:]] = -np.inf
+    nan_payload = np.float32(np.nan).view(np.uint32) | np.uint32(1)
+    flat[picks[0][::2]] = nan_payload.view(np.float32)  # two NaNs: the first one's bits
+    want, _ = cpu.maxpool2d_forward(x, pool, strides, padding)
+    _, g = operands.maxpool2d_forward(HOST, x, pool, strides, padding)
+    got = np.empty_like(want)
+    MaxPool2D(g).run(x, got)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    with pytest.raises(ValueError, match=r"MaxPool2D.run: x \[.*\] and y .* do not fit"):
+        MaxPool2D(g).run(x[:, 1:].copy(), got)
+
+
+def small_cnn():
+    return pynn.Sequential([L.Input((11, 9, 3)),
+                            L.Conv2D(7, 3, padding="same", activation="relu"),
+                            L.MaxPooling2D(), L.Flatten(), L.Dense(3)])
+
+
+@pytest.mark.parametrize("slower", ["direct", "public"])
+def test_conv_plans_keep_the_faster_of_direct_and_public(slower, monkeypatch):
+    """Timed at plan time: a direct runner slower than the public op (say, one that moved
+    to Winograd) gives way to it; the answers agree either way."""
+    import time
+
+    rng = np.random.default_rng(9)
+    model = small_cnn()
+    randomize(model, rng)
+    x = rand(rng, (1, 11, 9, 3))
+    want = model._plan.forward([x], False)[0][0]
+    if slower == "direct":
+        for runner in (inference._Conv2D, inference._Conv2DSerial):
+            def slow(self, x, buf, run=runner.run):
+                time.sleep(0.002)
+                return run(self, x, buf)
+
+            monkeypatch.setattr(runner, "run", slow)
+    else:
+        call = inference._Generic.run
+
+        def slow(self, x, buf):
+            time.sleep(0.002)
+            return call(self, x, buf)
+
+        monkeypatch.setattr(inference._Generic, "run", slow)
+    assert_close(model.predict_on_batch(x), want, 1e-6, "tuned CNN")
+    kinds = [type(r).__name__ for r in model._inference.plans[x.shape].steps]
+    assert kinds[0] == ("_Generic" if slower == "direct" else "_Conv2DSerial"), kinds
+    assert_close(model.predict_on_batch(x), want, 1e-6, "tuned CNN, second call")
+
+
+def test_a_public_op_that_disagrees_is_never_chosen(monkeypatch):
+    rng = np.random.default_rng(10)
+    model = small_cnn()
+    randomize(model, rng)
+    x = rand(rng, (1, 11, 9, 3))
+    want = model._plan.forward([x], False)[0][0]
+    # The public op's answer as the tuner sees it (the validation run is the layer's own).
+    monkeypatch.setattr(inference._Generic, "run",
+                        lambda self, x, buf: (np.zeros((1, 11, 9, 7), np.float32), False))
+    monkeypatch.setattr(inference, "TUNE_ROUNDS", 1)
+    model.predict_on_batch(x)
+    kinds = [type(r).__name__ for r in model._inference.plans[x.shape].steps]
+    assert kinds[0] == "_Conv2DSerial", kinds  # the direct path (one thread's twin)
+    monkeypatch.undo()
+    assert_close(model.predict_on_batch(x), want, 1e-6, "CNN after a disagreeing candidate")
+
+
+@pytest.mark.parametrize("kernel", pynn._config.available_kernels())
+def test_a_samples_answer_does_not_depend_on_its_batch(kernel):
+    """At the FMA levels one row (the GEMV) and many (the rows microkernel) sum each output
+    in the same order with one FMA per term: a sample alone or in a batch gives the same
+    bits. (The generic level's compiler-made vectors group the sums differently.)"""
+    rng = np.random.default_rng(12)
+    sizes = [37, 300, 65, 9]
+    chain1, kernels, biases, acts = chain_of(sizes, rng)
+    from pynn._native.infer import DenseChain
+
+    from pynn.backend.api import ACTIVATIONS
+
+    chain7 = DenseChain(7, kernels, biases, [ACTIVATIONS.index(a) for a, _ in acts],
+                        [alpha for _, alpha in acts])
+    x = rand(rng, (7, 37))
+    out = np.empty((7, 9), np.float32)
+    with pynn._config.kernel(kernel):
+        chain7.run(x, chain7.scratch(), out)
+        alone = np.concatenate([chain1.predict_one(x[i:i + 1]) for i in range(7)])
+    if kernel != "generic":
+        np.testing.assert_array_equal(alone, out)
+    assert_close(alone, reference(x, kernels, biases, acts), 1e-5, f"GEMV ({kernel})")
+    assert_close(out, reference(x, kernels, biases, acts), 1e-5, f"rows GEMM ({kernel})")
+
+
+@pytest.mark.parametrize("shape,kernel,strides,padding,act,bias", [
+    ((1, 32, 32, 3), (3, 3, 3, 32), (1, 1), "same", 1, True),
+    ((2, 11, 9, 5), (3, 2, 5, 7), (1, 2), "same", 0, False),
+    ((1, 13, 7, 33), (2, 3, 33, 65), (2, 1), "valid", 1, True),
+    ((3, 6, 5, 40), (3, 3, 40, 9), (1, 1), "same", 0, True),
+])
+def test_conv2d_direct_gives_conv_pyx_bits_and_the_reference(shape, kernel, strides,
+                                                             padding, act, bias):
+    from pynn._native.infer import Conv2DDirect
+
+    from pynn._native import conv
+    from pynn.backend import cpu
+    from pynn.backend.operands import conv as operands
+    from pynn.backend.operands.common import HOST
+    from tests.reference.conv_ref import conv2d_forward_ref
+
+    rng = np.random.default_rng(sum(shape) + sum(kernel))
+    x = rand(rng, shape)
+    k = rand(rng, kernel) / np.sqrt(np.prod(kernel[:3]))
+    b = rand(rng, (kernel[3],)) if bias else None
+    name = "relu" if act else "linear"
+    want, _ = cpu.conv2d_forward(x, k, b, strides, padding, (1, 1), name)
+    g = conv._planned(operands.conv2d_forward(HOST, x, k, b, strides, padding, (1, 1), name,
+                                              0.0)[5])
+    aseg, bseg, tn = conv._kernel_segments(g)
+    direct = Conv2DDirect(k, b, g, aseg, bseg, tn, 48, act, 0.0)
+    pad = direct.pad_shape()
+    xp = np.zeros(int(np.prod(pad)) if pad else 0, np.float32)
+    got = np.empty_like(want)
+    for _ in range(2):  # the margins stay zero from one call to the next
+        direct.run(x, xp, got)
+        np.testing.assert_array_equal(got, want)
+    ref, _ = conv2d_forward_ref(x, k, None if b is None else b.astype(np.float64), strides,
+                                padding, (1, 1), name)
+    assert_close(got, ref, 1e-5, "Conv2DDirect")
+    with pytest.raises(ValueError, match=r"Conv2DDirect.run: x \[.*\], y .* do not fit"):
+        direct.run(x[:, 1:].copy(), xp, got)
+
+
+def test_conv2d_direct_repacks_when_the_kernel_level_changes():
+    from pynn._native.infer import Conv2DDirect
+
+    from pynn._native import conv
+    from pynn.backend import cpu
+    from pynn.backend.operands import conv as operands
+    from pynn.backend.operands.common import HOST
+
+    rng = np.random.default_rng(13)
+    x, k, b = rand(rng, (1, 9, 8, 6)), rand(rng, (3, 3, 6, 37)) * 0.2, rand(rng, (37,))
+    g = conv._planned(operands.conv2d_forward(HOST, x, k, b, (1, 1), "same", (1, 1), "relu",
+                                              0.0)[5])
+    direct = Conv2DDirect(k, b, g, *conv._kernel_segments(g), 48, 1, 0.0)
+    xp = np.zeros(int(np.prod(direct.pad_shape())), np.float32)
+    got = np.empty((1, 9, 8, 37), np.float32)
+    for level in pynn._config.available_kernels():  # panel widths differ between levels
+        with pynn._config.kernel(level):
+            want, _ = cpu.conv2d_forward(x, k, b, (1, 1), "same", (1, 1), "relu")
+            direct.run(x, xp, got)
+        np.testing.assert_array_equal(got, want, err_msg=level)
+
+
+def test_cnn_lane_is_one_native_call_with_the_steps_bits():
+    """A one-thread chain whose steps all have native twins (conv, pool, flatten, a Dense
+    chain last) answers batch 1 through native/infer.pyx's Program: the plan's own bits,
+    after set_weights too, and from 8 threads."""
+    rng = np.random.default_rng(14)
+    model = pynn.Sequential([
+        L.Input((13, 11, 3)),
+        L.Conv2D(9, 3, padding="same", activation="relu"), L.MaxPooling2D(),
+        L.Conv2D(17, (2, 3), activation="relu"), L.MaxPooling2D(padding="same"),
+        L.Flatten(), L.Dense(19, activation="relu"), L.Dense(5, activation="softmax")])
+    randomize(model, rng)
+    x = rand(rng, (1, 13, 11, 3))
+    for _ in range(2):  # the weights, then new ones: the lane is rebuilt with the plan
+        model.predict_on_batch(x)
+        state = model._inference
+        plan = state.plans[x.shape]
+        assert state.lane is not None and type(state.lane.__self__).__name__ == "Program"
+        want = plan._run([x])[0]
+        for got in (model.predict_on_batch(x), model(x)):
+            np.testing.assert_array_equal(got, want)
+        assert_close(want, model._plan.forward([x], False)[0][0], 1e-6, "CNN lane")
+        assert state.lane(x[:, :, :5].copy()) is None  # another shape: the checked route
+        randomize(model, rng)
+    xs = [rand(rng, (1, 13, 11, 3)) for _ in range(8)]
+    wants = [model.predict_on_batch(xk) for xk in xs]
+    got, errors = [[] for _ in xs], []
+    start = threading.Barrier(8)
+
+    def worker(k):
+        try:
+            start.wait()
+            for _ in range(30):
+                got[k].append(model.predict_on_batch(xs[k]))
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for k in range(8):
+        assert len(got[k]) == 30
+        for y in got[k]:
+            np.testing.assert_array_equal(y, wants[k])
+
+
+def test_program_refuses_steps_it_cannot_run():
+    from pynn._native.infer import DenseChain, Program
+
+    chain = DenseChain(2, [np.ones((4, 3), np.float32)], [None], [0], [0.0])
+    with pytest.raises(ValueError, match=r"step 0 \(dense\) is not a native step here"):
+        Program([("dense", chain, 6)], (2, 4), (2, 3))
+    with pytest.raises(ValueError, match="needs steps, the last one computing"):
+        Program([("flatten", None, 12)], (1, 3, 4), (1, 12))
+
+
+@pytest.mark.parametrize("slower", ["direct", "public"])
+def test_a_public_conv_that_rounds_otherwise_is_timed_against_the_direct_path(
+        slower, monkeypatch):
+    """A public Conv2D that takes another algorithm (a Winograd stand-in: the same numbers
+    to float32 rounding) leaves the direct runner a candidate; the faster one is kept."""
+    import time
+
+    rng = np.random.default_rng(15)
+    model = small_cnn()
+    randomize(model, rng)
+    x = rand(rng, (1, 11, 9, 3))
+    conv = model.layers[0]
+    own = type(conv).call
+
+    def other_algorithm(x, training=False):
+        if slower == "public":
+            time.sleep(0.002)
+        return own(conv, x, training) * np.float32(1 + 2 ** -22)
+
+    monkeypatch.setattr(conv, "call", other_algorithm)
+    if slower == "direct":
+        for runner in (inference._Conv2D, inference._Conv2DSerial):
+            def slow(self, x, buf, run=runner.run):
+                time.sleep(0.002)
+                return run(self, x, buf)
+
+            monkeypatch.setattr(runner, "run", slow)
+    model.predict_on_batch(x)
+    kinds = [type(r).__name__ for r in model._inference.plans[x.shape].steps]
+    assert kinds[0] == ("_Generic" if slower == "direct" else "_Conv2DSerial"), kinds
+    assert_close(model.predict_on_batch(x), model._plan.forward([x], False)[0][0], 1e-6,
+                 "CNN after tuning")
