@@ -628,6 +628,13 @@ def _run_forward_winograd(const float[:, :, :, ::1] xp, const float[:, :, :, ::1
                           &vbuf[0], &mbuf[0], &roff[0], &zeros[0], T, act, <float>alpha)
 
 
+cdef enum:
+    # Floats between consecutive tiles' rows of V and W beyond their 16*C (16*F): with
+    # C = 32 a bare row is 2 KiB, so the GEMMs' column walk down T tiles would hit 2 of
+    # the L1's 64 sets.
+    _WINO_ROW_PAD = 16
+
+
 cdef void _backward_weight_winograd(const float* xp, const float* dz, Py_ssize_t sn,
                                     Py_ssize_t sh, float* dw, float* part, float* vbuf,
                                     float* wbuf, const Py_ssize_t* roff, const float* zeros,
@@ -639,13 +646,14 @@ cdef void _backward_weight_winograd(const float* xp, const float* dz, Py_ssize_t
     Same bits for any number of threads."""
     cdef Py_ssize_t TH = (g.HO + 1) // 2, TW = (g.WO + 1) // 2
     cdef Py_ssize_t ntiles = g.N * TH * TW, nc = PYNN_NC_F, CF = g.C * g.F
+    cdef Py_ssize_t rsv = 16 * g.C + _WINO_ROW_PAD, rsw = 16 * g.F + _WINO_ROW_PAD
     cdef Py_ssize_t s, t, t1, t0, nt, tid, c
     cdef float* V
     cdef float* W
     for s in prange(S, schedule="dynamic"):
         tid = omp_get_thread_num()
-        V = vbuf + tid * 16 * T * g.C
-        W = wbuf + tid * 16 * T * g.F
+        V = vbuf + tid * T * rsv
+        W = wbuf + tid * T * rsw
         t0 = s * ntiles // S
         t1 = (s + 1) * ntiles // S
         if t1 <= t0:
@@ -653,11 +661,10 @@ cdef void _backward_weight_winograd(const float* xp, const float* dz, Py_ssize_t
         t = t0
         while t < t1:
             nt = _imin(T, t1 - t)
-            pynn_wino_input_f(xp, g.HP, g.WP, g.C, TH, TW, t, nt, g.C, 16 * g.C, zeros, V)
-            pynn_wino_dout_f(dz, sn, sh, g.HO, g.WO, g.F, TH, TW, t, nt, g.F, 16 * g.F,
-                             zeros, W)
-            pynn_wino_wgrad_gemm_f(V, g.C, 16 * g.C, W, g.F, 16 * g.F, part + s * 16 * CF,
-                                   nt, g.C, g.F, nc, roff, t > t0)
+            pynn_wino_input_f(xp, g.HP, g.WP, g.C, TH, TW, t, nt, g.C, rsv, zeros, V)
+            pynn_wino_dout_f(dz, sn, sh, g.HO, g.WO, g.F, TH, TW, t, nt, g.F, rsw, zeros, W)
+            pynn_wino_wgrad_gemm_f(V, g.C, rsv, W, g.F, rsw, part + s * 16 * CF, nt, g.C, g.F,
+                                   nc, roff, t > t0)
             t = t + T
     for c in prange(g.C, schedule="static"):
         pynn_wino_kernel_grad_f(part, S, g.C, g.F, c, c + 1, dw)
@@ -675,8 +682,8 @@ def _run_backward_weight_winograd(const float[:, :, :, ::1] xp, const float[::1]
             or xp.shape[3] != g.C or g.HP != g.HO + 2 or g.WP != g.WO + 2
             or dw.shape[0] != 3 or dw.shape[1] != 3 or dw.shape[2] != g.C
             or dw.shape[3] != g.F or T < 1 or S < 1 or part.shape[0] < S * 16 * CF
-            or vbuf.shape[0] < threads * 16 * T * g.C
-            or wbuf.shape[0] < threads * 16 * T * g.F or zeros.shape[0] < max(g.C, g.F)
+            or vbuf.shape[0] < threads * T * (16 * g.C + _WINO_ROW_PAD)
+            or wbuf.shape[0] < threads * T * (16 * g.F + _WINO_ROW_PAD) or zeros.shape[0] < max(g.C, g.F)
             or dz0 < 0 or sh < g.WO * g.F or sn < g.HO * sh or g.N < 1 or g.HO < 1
             or g.WO < 1 or dz0 + (g.N - 1) * sn + (g.HO - 1) * sh + g.WO * g.F > dz.shape[0]):
         raise ValueError("conv2d_backward_weight (winograd): a table or buffer does not fit "
@@ -1075,8 +1082,8 @@ def _backward_weight_winograd_into(xp, dz, dz0, sn, sh, dw, g):
     ntiles = g["N"] * ((g["HO"] + 1) // 2) * ((g["WO"] + 1) // 2)
     slabs = max(min(ntiles, _SLABS, _SLAB_ELEMENTS // (16 * C * F)), 1)
     threads = omp_get_max_threads()
-    with scratch(np.float32, (slabs * 16 * C * F,), (threads * 16 * T * C,),
-                 (threads * 16 * T * F,)) as (part, vbuf, wbuf):
+    with scratch(np.float32, (slabs * 16 * C * F,), (threads * T * (16 * C + _WINO_ROW_PAD),),
+                 (threads * T * (16 * F + _WINO_ROW_PAD),)) as (part, vbuf, wbuf):
         _run_backward_weight_winograd(xp, dz, dz0, sn, sh, dw, part, vbuf, wbuf,
                                       np.zeros(max(C, F), dtype=np.float32), g, T, slabs)
 
