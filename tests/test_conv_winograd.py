@@ -131,7 +131,9 @@ def test_every_fused_activation(rng, act, algo):
 @pytest.mark.parametrize("act", ["relu", "gelu", "linear", "softmax"])
 @pytest.mark.parametrize("case", CASES[3:6], ids=IDS[3:6])
 def test_fused_backward_matches_direct_and_reference(rng, case, act, algo):
-    """conv2d_backward (a layer's whole backward) with Winograd's input gradient."""
+    """conv2d_backward (a layer's whole backward) with Winograd's input and kernel
+    gradients; without the input gradient too (dz then is not written into a padded
+    buffer)."""
     x, k, b, _ = data(rng, case)
     padding = case[2]
     y, z = conv.conv2d_forward(x, k, b, (1, 1), padding, (1, 1), act, 0.0)
