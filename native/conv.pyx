@@ -43,8 +43,13 @@ Design (chosen by measurement, see bench/bench_conv_kernels.py):
   two channel counts reach 32 (_winograd_pays) run the direct paths' forward conv on the
   padded input -- the forward, and backward_input as the forward of padded dz -- as 16 GEMMs
   on the same microkernel, 2.25x fewer multiply-adds (32 -> 32 channels 1.2-1.3x, 64 -> 64
-  1.7x per op on 1 thread); backward_weight stays direct. PYNN_CONV_ALGO=direct|winograd
-  forces either wherever Winograd applies.
+  1.7x per op on 1 thread). backward_weight of the same convs (also inside conv2d_backward,
+  whose pass over dy then makes only dz and the bias gradient) transforms input tiles as the
+  forward does and output-gradient tiles by A dY A^T, runs 16 GEMMs reducing over tiles in
+  slabs fixed by the shape (partials added in slab order: the same bits for any thread
+  count) and maps the 4x4 sums back to 3x3 by G^T (.) G (32 -> 32 1.5x, 64 -> 64 1.5x per op
+  on 1 thread; table at _WINOGRAD_MIN_CHANNELS). PYNN_CONV_ALGO=direct|winograd forces
+  either wherever Winograd applies.
 - The epilogue is this file's own: a branch-free relu vectorizes, act_value's branch on random
   signs did not (it cost more than the first layer's whole GEMM).
 Outputs are fresh arrays; nothing accumulates into caller memory. Temporaries (padded copies,
@@ -1023,6 +1028,16 @@ def _set_conv_algo(algo=None):
 # (8 -> 8 forward: 2.3x, only because direct runs its scalar column tail below one vector
 # of filters; its backward_input goes to BLAS and beats Winograd 3x.) So both channel
 # counts of the conv Winograd runs (for backward_input: F in, C out) must reach 32.
+# backward_weight follows the forward's rule (same machine and command, --ops
+# backward_weight, medians of 7-9 alternated rounds, 1 thread, CPU time):
+#   32 -> 32  32x32  1.58    64 -> 64  16x16  1.48    32 -> 64  16x16  1.43
+#  128 -> 128 16x16  1.46   128 -> 128  8x8   0.92    32 -> 32   8x8   1.07
+#   16 -> 16  32x32  1.32     8 -> 8   32x32  1.6 (direct's scalar tail again)
+# It would pay below 32 channels too, but there the forward and backward_input stay direct
+# and one rule keeps the three ops of a layer together. 128 -> 128 at 8x8 loses (each
+# block's 16*C*F partial is read and written for few tiles), yet that layer's whole
+# backward still gains 1.19x from backward_input. A block of tiles as large as 1-2 MiB
+# (T up to 512) measured the same as the forward's 0.5 MiB.
 _WINOGRAD_MIN_CHANNELS = 32
 
 
@@ -1232,7 +1247,10 @@ def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
     bias gradient (column sums in double, per slab, added in slab order) and dkernel, and
     writes dz straight into the zero-padded buffer that backward_input's forward conv
     reads: the standalone ops would write dz, read it back for dkernel and once more to pad
-    it. Otherwise the ops run one after the other (api.conv2d_backward_composed)."""
+    it. Where the kernel gradient runs by Winograd, that pass makes dz and the bias gradient
+    only and the Winograd kernel gradient reads dz back from the padded buffer (its tiles
+    need dz's 2x2 blocks, not the direct path's packed rows). Otherwise the ops run one
+    after the other (api.conv2d_backward_composed)."""
     name, a, dy, x, z, y, kernel, g = operands.conv2d_backward(
         HOST, dy, x, z, y, kernel, strides, padding, dilation_rate, activation, alpha)
     g = _planned(g)
