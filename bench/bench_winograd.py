@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from pynn import _config
 from pynn._native import conv, info
 
 # (name, N, H, W, C, F, activation): stride 1, 'same', the quick suite's batch 32.
@@ -112,7 +113,10 @@ def measure_models(rounds, threads, batch=32):
     from bench import bench_cpu
 
     rng = np.random.default_rng(1)
-    info.set_num_threads(threads)
+    # pynn's setting, not only OpenMP's: every model entry point re-applies it
+    # (_config.apply_to_this_thread), so info.set_num_threads alone ran the models' steps on
+    # the default thread count whatever --threads said.
+    _config.set_num_threads(threads)
     rows = []
     for name in ("resnet", "cnn"):
         model = bench_cpu.pynn_model(name)
@@ -153,12 +157,14 @@ def main(argv=None):
     parser.add_argument("--json", help="write the table here")
     args = parser.parse_args(argv)
     threads0 = info.get_max_threads()
+    config_threads0 = _config.get_num_threads()
     try:
         rows = measure(args.rounds, args.threads, args.layers, args.ops)
         models = [] if args.model_rounds < 1 else [
             row for threads in args.threads
             for row in measure_models(args.model_rounds, threads)]
     finally:
+        _config.set_num_threads(config_threads0)
         info.set_num_threads(threads0)
     if args.json:
         with open(args.json, "w") as fh:
