@@ -1095,7 +1095,8 @@ def _backward_weight_winograd_into(xp, dz, dz0, sn, sh, dw, g):
     C, F = g["C"], g["F"]
     T = _wino_block_tiles(g)
     ntiles = g["N"] * ((g["HO"] + 1) // 2) * ((g["WO"] + 1) // 2)
-    slabs = max(min(ntiles, _SLABS, _SLAB_ELEMENTS // (16 * C * F)), 1)
+    # As the direct path: at least 4 slabs (both cores busy) unless there are fewer tiles.
+    slabs = max(min(ntiles, _SLABS, max(_SLAB_ELEMENTS // (16 * C * F), 4)), 1)
     threads = omp_get_max_threads()
     with scratch(np.float32, (slabs * 16 * C * F,), (threads * T * (16 * C + _WINO_ROW_PAD),),
                  (threads * T * (16 * F + _WINO_ROW_PAD),)) as (part, vbuf, wbuf):
