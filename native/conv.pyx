@@ -829,8 +829,8 @@ def _run_backward_weight_direct(const floating[::1] xp, const floating[::1] dz,
     weight_grad=False: only dz (and dbpart) from dy; dw and part are not touched."""
     cdef Py_ssize_t G = g.N * g.HO, out = G * g.WO * g.F
     if (seg.shape[0] < chunk or koff.shape[0] != g.K or row_x.shape[0] != G
-            or row_dz.shape[0] != G or part.shape[0] < slabs * g.K * g.F
-            or dzp.shape[0] < omp_get_max_threads() * chunk * g.WO * g.F
+            or (weight_grad and (part.shape[0] < slabs * g.K * g.F or dzp.shape[0]
+                                 < omp_get_max_threads() * chunk * g.WO * g.F))
             or xp.shape[0] < g.N * g.HP * g.WP * g.C
             or (G and (np.max(row_dz) + g.WO * g.F > dz.shape[0] or np.min(row_dz) < 0))
             or (not weight_grad and dy is None)
@@ -1178,8 +1178,11 @@ def _weight_grad_tables(g):
     return koff, row_x, slabs, chunk, seg
 
 
-def _weight_grad_scratch(x, g, slabs, chunk):
-    """Scratch shapes of the direct backward_weight: x padded, slab partials, panels."""
+def _weight_grad_scratch(x, g, slabs, chunk, weight_grad=True):
+    """Scratch shapes of the direct backward_weight: x padded, slab partials, panels (the
+    last two unused, one element, when the pass makes only dz)."""
+    if not weight_grad:
+        return _pad_shape(x.shape, g["HP"], g["WP"], g["PT"], g["PL"]), (1,), (1,)
     return (_pad_shape(x.shape, g["HP"], g["WP"], g["PT"], g["PL"]),
             (slabs * g["K"] * g["F"],),
             (omp_get_max_threads() * chunk * g["WO"] * g["F"],))
@@ -1284,7 +1287,8 @@ def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
     dw = np.empty(kernel.shape, dtype=dy.dtype)
     dbpart = np.empty(slabs * g["F"], dtype=np.float64) if use_bias else None
     dx = None
-    with scratch(dy.dtype, dz_shape, *_weight_grad_scratch(x, g, slabs, chunk)) as (
+    with scratch(dy.dtype, dz_shape,
+                 *_weight_grad_scratch(x, g, slabs, chunk, not winograd_weight)) as (
             dzb, xp, part, panels):
         if direct_input:
             _run_zero_margins(dzb, g["HO"], g["WO"], top, left)
