@@ -2,14 +2,14 @@
 residual CNN and small CNN (bench/bench_cpu.py), per layer, 1 and 2 threads.
 
     python -m bench.bench_winograd [--rounds 15] [--threads 1 2] [--model-rounds 15]
-                                   [--json PATH]
+                                   [--layers REGEX] [--ops REGEX] [--json PATH]
 
 Each round times the direct and the Winograd call of one op back to back in one process
 (PYNN_CONV_ALGO's knob conv._set_conv_algo), alternating which goes first, so a busy
 machine slows both alike; the table quotes medians of wall time and of the process's CPU
 time, and the ratio direct / Winograd of the medians. Ops: forward (the layer's
-activation fused), backward_input, and conv2d_backward (a layer's whole backward: the fused
-activation backward + kernel gradient, which stays direct, + input gradient). Every Winograd
+activation fused), backward_input, backward_weight, and conv2d_backward (a layer's whole
+backward: the fused activation backward + kernel gradient + input gradient). Every Winograd
 result is first checked against the direct one (relative 1e-4 of the output's scale).
 Then whole training steps of the two models (train_on_batch, batch 32), the default rules
 against PYNN_CONV_ALGO=direct, alternated the same way.
@@ -19,12 +19,14 @@ import argparse
 import functools
 import json
 import platform
+import re
 import statistics
 import sys
 import time
 
 import numpy as np
 
+from pynn import _config
 from pynn._native import conv, info
 
 # (name, N, H, W, C, F, activation): stride 1, 'same', the quick suite's batch 32.
@@ -35,6 +37,8 @@ LAYERS = [
     ("16 -> 16 at 32x32", 32, 32, 32, 16, 16, "linear"),
     ("8 -> 8 at 32x32", 32, 32, 32, 8, 8, "linear"),
     ("128 -> 128 at 8x8", 32, 8, 8, 128, 128, "linear"),
+    ("128 -> 128 at 16x16", 32, 16, 16, 128, 128, "linear"),
+    ("32 -> 32 at 8x8", 32, 8, 8, 32, 32, "linear"),
 ]
 
 
@@ -48,6 +52,8 @@ def ops(n, h, w, c, f, act, rng):
         "forward": lambda: conv.conv2d_forward(x, k, b, (1, 1), "same", (1, 1), act, 0.0)[0],
         "backward_input": lambda: conv.conv2d_backward_input(dy, k, x.shape, (1, 1), "same",
                                                              (1, 1)),
+        "backward_weight": lambda: conv.conv2d_backward_weight(x, dy, k.shape, (1, 1), "same",
+                                                               (1, 1)),
         "backward": lambda: conv.conv2d_backward(dy, x, z, y, k, (1, 1), "same", (1, 1),
                                                  act, 0.0)[0],
     }
@@ -59,12 +65,16 @@ def timed(fn):
     return time.perf_counter() - w0, time.process_time() - c0
 
 
-def measure(rounds, threads_list):
+def measure(rounds, threads_list, layers=".", ops_regex="."):
     rng = np.random.default_rng(0)
     rows = []
     for name, n, h, w, c, f, act in LAYERS:
+        if not re.search(layers, name):
+            continue
         table = ops(n, h, w, c, f, act, rng)
         for op, fn in table.items():
+            if not re.search(ops_regex, op):
+                continue
             conv._set_conv_algo("direct")
             want = fn()
             conv._set_conv_algo("winograd")
@@ -103,7 +113,10 @@ def measure_models(rounds, threads, batch=32):
     from bench import bench_cpu
 
     rng = np.random.default_rng(1)
-    info.set_num_threads(threads)
+    # pynn's setting, not only OpenMP's: every model entry point re-applies it
+    # (_config.apply_to_this_thread), so info.set_num_threads alone ran the models' steps on
+    # the default thread count whatever --threads said.
+    _config.set_num_threads(threads)
     rows = []
     for name in ("resnet", "cnn"):
         model = bench_cpu.pynn_model(name)
@@ -139,15 +152,19 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--model-rounds", type=int, default=15,
                         help="alternated training steps of each model (0: skip the models)")
+    parser.add_argument("--layers", default=".", help="only the layers whose name matches")
+    parser.add_argument("--ops", default=".", help="only the ops whose name matches")
     parser.add_argument("--json", help="write the table here")
     args = parser.parse_args(argv)
     threads0 = info.get_max_threads()
+    config_threads0 = _config.get_num_threads()
     try:
-        rows = measure(args.rounds, args.threads)
+        rows = measure(args.rounds, args.threads, args.layers, args.ops)
         models = [] if args.model_rounds < 1 else [
             row for threads in args.threads
             for row in measure_models(args.model_rounds, threads)]
     finally:
+        _config.set_num_threads(config_threads0)
         info.set_num_threads(threads0)
     if args.json:
         with open(args.json, "w") as fh:

@@ -155,4 +155,92 @@ static void pynn_wino_gemm_f(const float* V, Py_ssize_t ksv, const float* Up, fl
     }
 }
 
+/* Kernel gradient. With Y = A^T [U .* V] A per tile and U = G g G^T,
+ *     dL/dU[k] (C x F) = sum over tiles t of V[t][k]^T (C) x W[t][k] (F),  W = A dY A^T,
+ *     dL/dg = G^T dL/dU G,
+ * dY being a tile's 2x2 output gradient (zero past HO, WO) and V the forward's input
+ * transform (pynn_wino_input_f). The same 16 GEMMs, now reducing over tiles. */
+
+/* W[k][i][f] (k = 4*r + s) = (A dY A^T)[r][s] of filter f of tile t0 + i, where dY pixel
+   (n, h, w) sits at dz + n*sn + h*sh + w*F (so dz may live inside a padded buffer); pixels
+   past (HO, WO) read `zeros` (F floats of 0). A = [1 0; 1 1; 1 -1; 0 -1]. */
+static void pynn_wino_dout_f(const float* dz, Py_ssize_t sn, Py_ssize_t sh, Py_ssize_t HO,
+                             Py_ssize_t WO, Py_ssize_t F, Py_ssize_t TH, Py_ssize_t TW,
+                             Py_ssize_t t0, Py_ssize_t nt, Py_ssize_t ks, Py_ssize_t rs,
+                             const float* zeros, float* restrict W) {
+    Py_ssize_t i, f, r, s, TT = TH * TW;
+    for (i = 0; i < nt; i++) {
+        const float* p[2][2];
+        Py_ssize_t t = t0 + i, n = t / TT, th = (t % TT) / TW, tw = t % TW;
+        for (r = 0; r < 2; r++) for (s = 0; s < 2; s++) {
+            Py_ssize_t h = 2 * th + r, w = 2 * tw + s;
+            p[r][s] = (h < HO && w < WO) ? dz + n * sn + h * sh + w * F : zeros;
+        }
+        float* restrict o = W + i * rs;
+#pragma GCC ivdep
+        for (f = 0; f < F; f++) {
+            float e[4][2];
+            for (s = 0; s < 2; s++) {   /* A dY */
+                float y0 = p[0][s][f], y1 = p[1][s][f];
+                e[0][s] = y0;
+                e[1][s] = y0 + y1;
+                e[2][s] = y0 - y1;
+                e[3][s] = -y1;
+            }
+            for (r = 0; r < 4; r++) {   /* (A dY) A^T */
+                o[(4 * r + 0) * ks + f] = e[r][0];
+                o[(4 * r + 1) * ks + f] = e[r][0] + e[r][1];
+                o[(4 * r + 2) * ks + f] = e[r][0] - e[r][1];
+                o[(4 * r + 3) * ks + f] = -e[r][1];
+            }
+        }
+    }
+}
+
+/* dU[k] (C x F, row-major, slice k at dU + k*C*F) (+)= V[k]^T @ W[k] over nt tiles for the
+   16 k: V element (k, i, c) at V + k*ksv + i*rsv, W's (k, i, f) at W + k*ksw + i*rsw;
+   roff[c] = c (C entries). accum: add to dU, else overwrite it. Each dU element sums its
+   tiles in tile order (the microkernel's fixed order), whatever the row blocking. */
+static void pynn_wino_wgrad_gemm_f(const float* V, Py_ssize_t ksv, Py_ssize_t rsv,
+                                   const float* W, Py_ssize_t ksw, Py_ssize_t rsw,
+                                   float* dU, Py_ssize_t nt, Py_ssize_t C, Py_ssize_t F,
+                                   Py_ssize_t nc, const Py_ssize_t* roff, int accum) {
+    Py_ssize_t k, q0, zero = 0;
+    for (k = 0; k < 16; k++) {
+        for (q0 = 0; q0 < F; q0 += nc) {
+            Py_ssize_t wd = F - q0 < nc ? F - q0 : nc;
+            pynn_seg_gemm_f(C, wd, 1, nt, V + k * ksv, roff, &zero, rsv, W + k * ksw + q0,
+                            &zero, rsw, dU + k * C * F + q0, F, (const float*)0, accum, 0);
+        }
+    }
+}
+
+/* dkernel[:, :, c, f] (kernel layout (3, 3, C, F)) = G^T (sum of the S partials dU_s) G for
+   the channels c0 <= c < c1: partial s at part + s*16*C*F, added in slab order and
+   transformed in double, rounded once. G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1]. */
+static void pynn_wino_kernel_grad_f(const float* part, Py_ssize_t S, Py_ssize_t C,
+                                    Py_ssize_t F, Py_ssize_t c0, Py_ssize_t c1,
+                                    float* restrict dkernel) {
+    Py_ssize_t cf, s, CF = C * F;
+    int k, i;
+    for (cf = c0 * F; cf < c1 * F; cf++) {
+        double u[4][4], t[3][4];
+        for (k = 0; k < 16; k++) {
+            double sum = part[k * CF + cf];
+            for (s = 1; s < S; s++) sum += part[s * 16 * CF + k * CF + cf];
+            u[k / 4][k % 4] = sum;
+        }
+        for (k = 0; k < 4; k++) {   /* G^T dU */
+            t[0][k] = u[0][k] + 0.5 * (u[1][k] + u[2][k]);
+            t[1][k] = 0.5 * (u[1][k] - u[2][k]);
+            t[2][k] = 0.5 * (u[1][k] + u[2][k]) + u[3][k];
+        }
+        for (i = 0; i < 3; i++) {   /* (G^T dU) G */
+            dkernel[(3 * i + 0) * CF + cf] = (float)(t[i][0] + 0.5 * (t[i][1] + t[i][2]));
+            dkernel[(3 * i + 1) * CF + cf] = (float)(0.5 * (t[i][1] - t[i][2]));
+            dkernel[(3 * i + 2) * CF + cf] = (float)(0.5 * (t[i][1] + t[i][2]) + t[i][3]);
+        }
+    }
+}
+
 #endif

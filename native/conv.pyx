@@ -43,8 +43,13 @@ Design (chosen by measurement, see bench/bench_conv_kernels.py):
   two channel counts reach 32 (_winograd_pays) run the direct paths' forward conv on the
   padded input -- the forward, and backward_input as the forward of padded dz -- as 16 GEMMs
   on the same microkernel, 2.25x fewer multiply-adds (32 -> 32 channels 1.2-1.3x, 64 -> 64
-  1.7x per op on 1 thread); backward_weight stays direct. PYNN_CONV_ALGO=direct|winograd
-  forces either wherever Winograd applies.
+  1.7x per op on 1 thread). backward_weight of the same convs (also inside conv2d_backward,
+  whose pass over dy then makes only dz and the bias gradient) transforms input tiles as the
+  forward does and output-gradient tiles by A dY A^T, runs 16 GEMMs reducing over tiles in
+  slabs fixed by the shape (partials added in slab order: the same bits for any thread
+  count) and maps the 4x4 sums back to 3x3 by G^T (.) G (32 -> 32 1.5x, 64 -> 64 1.5x per op
+  on 1 thread; table at _WINOGRAD_MIN_CHANNELS). PYNN_CONV_ALGO=direct|winograd forces
+  either wherever Winograd applies.
 - The epilogue is this file's own: a branch-free relu vectorizes, act_value's branch on random
   signs did not (it cost more than the first layer's whole GEMM).
 Outputs are fresh arrays; nothing accumulates into caller memory. Temporaries (padded copies,
@@ -448,7 +453,8 @@ cdef void _backward_weight_direct(const floating* xp, floating* dz, floating* dw
                                   const Py_ssize_t* row_dz, const Py_ssize_t* seg,
                                   Py_ssize_t S, Py_ssize_t chunk, const floating* dy,
                                   const floating* zpre, const floating* y, int act,
-                                  floating alpha, double* dbpart) noexcept nogil:
+                                  floating alpha, double* dbpart,
+                                  bint weight_grad) noexcept nogil:
     """The output rows are cut into S slabs fixed by the shape (not by the thread count);
     each slab sums into its own (K, F) partial, then the partials are added in slab order.
     Same bits for any number of threads, and both cores busy even when K*F is tiny (27 x 32
@@ -461,7 +467,9 @@ cdef void _backward_weight_direct(const floating* xp, floating* dz, floating* dw
     With dy (conv2d_backward), each dz row is first made here from dy and y (zpre: gelu's
     pre-activation), just before its pack reads it back from L1, and its column sums go to
     the slab's row of dbpart (when not NULL): the activation's backward, the bias gradient
-    and the dz that backward_input reads come out of this one pass over dy."""
+    and the dz that backward_input reads come out of this one pass over dy. Without
+    weight_grad (dw unused) the pass makes only dz and the bias gradient, for the Winograd
+    kernel gradient to read."""
     cdef Py_ssize_t s, k, j, q, r, r0, r1, rows, p0, wd, off, G = g.N * g.HO
     cdef Py_ssize_t nc = _panel_width(dz), px = chunk * g.WO, row_len = g.WO * g.F
     cdef floating* buf
@@ -470,7 +478,7 @@ cdef void _backward_weight_direct(const floating* xp, floating* dz, floating* dw
         buf = dzp + omp_get_thread_num() * px * g.F
         r0 = s * G // S
         r1 = (s + 1) * G // S
-        if r1 <= r0:
+        if r1 <= r0 and weight_grad:
             memset(part + s * g.K * g.F, 0, g.K * g.F * sizeof(floating))
         if dbpart != NULL:
             memset(dbpart + s * g.F, 0, g.F * sizeof(double))
@@ -490,8 +498,9 @@ cdef void _backward_weight_direct(const floating* xp, floating* dz, floating* dw
                                          alpha)
                     if dbpart != NULL:
                         add_rows_double(d, dbpart + s * g.F, g.WO, g.F, g.F)
-                _pack_panels(d, g.F, g.WO, g.F, buf + j * row_len)
-            p0 = 0
+                if weight_grad:
+                    _pack_panels(d, g.F, g.WO, g.F, buf + j * row_len)
+            p0 = 0 if weight_grad else g.F
             while p0 < g.F:
                 wd = _imin(nc, g.F - p0)
                 _seg_gemm(g.K, wd, rows, g.WO, xp, koff, row_x + r, g.SW * g.C,
@@ -499,8 +508,9 @@ cdef void _backward_weight_direct(const floating* xp, floating* dz, floating* dw
                           <const floating*>NULL, r > r0, False)
                 p0 = p0 + nc
             r = r + chunk
-    for k in prange(g.K, schedule="static"):
-        _sum_slabs_row(part, dw, k, S, g.K * g.F, g.F)
+    if weight_grad:
+        for k in prange(g.K, schedule="static"):
+            _sum_slabs_row(part, dw, k, S, g.K * g.F, g.F)
 
 
 cdef void _zero_margins(floating* xp, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
@@ -536,6 +546,16 @@ cdef extern from "_winograd.h":
     void pynn_wino_gemm_f(const float* V, Py_ssize_t ksv, const float* Up, float* M,
                           Py_ssize_t ksm, Py_ssize_t rsm, Py_ssize_t nt, Py_ssize_t C,
                           Py_ssize_t F, Py_ssize_t nc, const Py_ssize_t* roff) noexcept nogil
+    void pynn_wino_dout_f(const float* dz, Py_ssize_t sn, Py_ssize_t sh, Py_ssize_t HO,
+                          Py_ssize_t WO, Py_ssize_t F, Py_ssize_t TH, Py_ssize_t TW,
+                          Py_ssize_t t0, Py_ssize_t nt, Py_ssize_t ks, Py_ssize_t rs,
+                          const float* zeros, float* W) noexcept nogil
+    void pynn_wino_wgrad_gemm_f(const float* V, Py_ssize_t ksv, Py_ssize_t rsv,
+                                const float* W, Py_ssize_t ksw, Py_ssize_t rsw, float* dU,
+                                Py_ssize_t nt, Py_ssize_t C, Py_ssize_t F, Py_ssize_t nc,
+                                const Py_ssize_t* roff, int accum) noexcept nogil
+    void pynn_wino_kernel_grad_f(const float* part, Py_ssize_t S, Py_ssize_t C, Py_ssize_t F,
+                                 Py_ssize_t c0, Py_ssize_t c1, float* dkernel) noexcept nogil
 
 
 cdef void _wino_epilogue(float* z, float* y, const Geom* g, Py_ssize_t TH, Py_ssize_t TW,
@@ -611,6 +631,71 @@ def _run_forward_winograd(const float[:, :, :, ::1] xp, const float[:, :, :, ::1
             pynn_pack_panels_f(&u[k * CF], g.F, g.C, g.F, PYNN_NC_F, &up[k * CF])
         _forward_winograd(&xp[0, 0, 0, 0], &up[0], bptr, &z[0, 0, 0, 0], &y[0, 0, 0, 0], &g,
                           &vbuf[0], &mbuf[0], &roff[0], &zeros[0], T, act, <float>alpha)
+
+
+cdef enum:
+    # Floats between consecutive tiles' rows of V and W beyond their 16*C (16*F): with
+    # C = 32 a bare row is 2 KiB, so the GEMMs' column walk down T tiles would hit 2 of
+    # the L1's 64 sets.
+    _WINO_ROW_PAD = 16
+
+
+cdef void _backward_weight_winograd(const float* xp, const float* dz, Py_ssize_t sn,
+                                    Py_ssize_t sh, float* dw, float* part, float* vbuf,
+                                    float* wbuf, const Py_ssize_t* roff, const float* zeros,
+                                    const Geom* g, Py_ssize_t T, Py_ssize_t S) noexcept nogil:
+    """The tiles (n, th, tw order) are cut into S slabs fixed by the shape, as in
+    _backward_weight_direct: each slab sums its 16 (C, F) products into its own partial,
+    T tiles at a time (input transform V, output-gradient transform W = A dY A^T, 16 GEMMs
+    accumulating), then the partials are added in slab order and transformed back to 3x3.
+    Same bits for any number of threads."""
+    cdef Py_ssize_t TH = (g.HO + 1) // 2, TW = (g.WO + 1) // 2
+    cdef Py_ssize_t ntiles = g.N * TH * TW, nc = PYNN_NC_F, CF = g.C * g.F
+    cdef Py_ssize_t rsv = 16 * g.C + _WINO_ROW_PAD, rsw = 16 * g.F + _WINO_ROW_PAD
+    cdef Py_ssize_t s, t, t1, t0, nt, tid, c
+    cdef float* V
+    cdef float* W
+    for s in prange(S, schedule="dynamic"):
+        tid = omp_get_thread_num()
+        V = vbuf + tid * T * rsv
+        W = wbuf + tid * T * rsw
+        t0 = s * ntiles // S
+        t1 = (s + 1) * ntiles // S
+        if t1 <= t0:
+            memset(part + s * 16 * CF, 0, 16 * CF * sizeof(float))
+        t = t0
+        while t < t1:
+            nt = _imin(T, t1 - t)
+            pynn_wino_input_f(xp, g.HP, g.WP, g.C, TH, TW, t, nt, g.C, rsv, zeros, V)
+            pynn_wino_dout_f(dz, sn, sh, g.HO, g.WO, g.F, TH, TW, t, nt, g.F, rsw, zeros, W)
+            pynn_wino_wgrad_gemm_f(V, g.C, rsv, W, g.F, rsw, part + s * 16 * CF, nt, g.C, g.F,
+                                   nc, roff, t > t0)
+            t = t + T
+    for c in prange(g.C, schedule="static"):
+        pynn_wino_kernel_grad_f(part, S, g.C, g.F, c, c + 1, dw)
+
+
+def _run_backward_weight_winograd(const float[:, :, :, ::1] xp, const float[::1] dz,
+                                  Py_ssize_t dz0, Py_ssize_t sn, Py_ssize_t sh,
+                                  float[:, :, :, ::1] dw, float[::1] part, float[::1] vbuf,
+                                  float[::1] wbuf, const float[::1] zeros, Geom g,
+                                  Py_ssize_t T, Py_ssize_t S):
+    """dz pixel (n, h, w) at dz[dz0 + n*sn + h*sh + w*F:][:F] (dz may be a padded buffer)."""
+    cdef Py_ssize_t threads = omp_get_max_threads(), CF = g.C * g.F
+    cdef Py_ssize_t[::1] roff = np.arange(max(g.C, 1), dtype=np.intp)
+    if (xp.shape[0] != g.N or xp.shape[1] != g.HP or xp.shape[2] != g.WP
+            or xp.shape[3] != g.C or g.HP != g.HO + 2 or g.WP != g.WO + 2
+            or dw.shape[0] != 3 or dw.shape[1] != 3 or dw.shape[2] != g.C
+            or dw.shape[3] != g.F or T < 1 or S < 1 or part.shape[0] < S * 16 * CF
+            or vbuf.shape[0] < threads * T * (16 * g.C + _WINO_ROW_PAD)
+            or wbuf.shape[0] < threads * T * (16 * g.F + _WINO_ROW_PAD) or zeros.shape[0] < max(g.C, g.F)
+            or dz0 < 0 or sh < g.WO * g.F or sn < g.HO * sh or g.N < 1 or g.HO < 1
+            or g.WO < 1 or dz0 + (g.N - 1) * sn + (g.HO - 1) * sh + g.WO * g.F > dz.shape[0]):
+        raise ValueError("conv2d_backward_weight (winograd): a table or buffer does not fit "
+                         "the geometry")
+    with nogil:
+        _backward_weight_winograd(&xp[0, 0, 0, 0], &dz[dz0], sn, sh, &dw[0, 0, 0, 0],
+                                  &part[0], &vbuf[0], &wbuf[0], &roff[0], &zeros[0], &g, T, S)
 
 
 # -- the three ops, pointer level ----------------------------------------------------------
@@ -738,14 +823,17 @@ def _run_backward_weight_direct(const floating[::1] xp, const floating[::1] dz,
                                 const Py_ssize_t[::1] seg, Py_ssize_t slabs, Py_ssize_t chunk,
                                 const floating[::1] dy=None, const floating[::1] zpre=None,
                                 const floating[::1] y=None, int act=ACT_LINEAR,
-                                double alpha=0.0, double[::1] dbpart=None):
-    """dz is read, or (with dy) written: then it is a scratch buffer of the caller's."""
+                                double alpha=0.0, double[::1] dbpart=None,
+                                bint weight_grad=True):
+    """dz is read, or (with dy) written: then it is a scratch buffer of the caller's.
+    weight_grad=False: only dz (and dbpart) from dy; dw and part are not touched."""
     cdef Py_ssize_t G = g.N * g.HO, out = G * g.WO * g.F
     if (seg.shape[0] < chunk or koff.shape[0] != g.K or row_x.shape[0] != G
-            or row_dz.shape[0] != G or part.shape[0] < slabs * g.K * g.F
-            or dzp.shape[0] < omp_get_max_threads() * chunk * g.WO * g.F
+            or (weight_grad and (part.shape[0] < slabs * g.K * g.F or dzp.shape[0]
+                                 < omp_get_max_threads() * chunk * g.WO * g.F))
             or xp.shape[0] < g.N * g.HP * g.WP * g.C
             or (G and (np.max(row_dz) + g.WO * g.F > dz.shape[0] or np.min(row_dz) < 0))
+            or (not weight_grad and dy is None)
             or (dy is not None and (dy.shape[0] != out or y is None or y.shape[0] != out
                                     or zpre is None or zpre.shape[0] != out))
             or (dbpart is not None and dbpart.shape[0] < slabs * g.F)):
@@ -756,7 +844,7 @@ def _run_backward_weight_direct(const floating[::1] xp, const floating[::1] dz,
                                 slabs, chunk, &dy[0] if dy is not None else NULL,
                                 &zpre[0] if dy is not None else NULL,
                                 &y[0] if dy is not None else NULL, act, <floating>alpha,
-                                &dbpart[0] if dbpart is not None else NULL)
+                                &dbpart[0] if dbpart is not None else NULL, weight_grad)
 
 
 def _run_backward_input(const floating[:, :, :, ::1] dz, const floating[:, :, :, ::1] w,
@@ -940,6 +1028,18 @@ def _set_conv_algo(algo=None):
 # (8 -> 8 forward: 2.3x, only because direct runs its scalar column tail below one vector
 # of filters; its backward_input goes to BLAS and beats Winograd 3x.) So both channel
 # counts of the conv Winograd runs (for backward_input: F in, C out) must reach 32.
+# backward_weight follows the forward's rule (same machine and command, --ops
+# backward_weight, medians of 7-9 alternated rounds, 1 thread, CPU time):
+#   32 -> 32  32x32  1.58    64 -> 64  16x16  1.48    32 -> 64  16x16  1.43
+#  128 -> 128 16x16  1.46   128 -> 128  8x8   0.92    32 -> 32   8x8   1.07
+#   16 -> 16  32x32  1.32     8 -> 8   32x32  1.6 (direct's scalar tail again)
+# It would pay below 32 channels too, but there the forward and backward_input stay direct
+# and one rule keeps the three ops of a layer together. 128 -> 128 at 8x8 loses (each
+# block's 16*C*F partial is read and written for few tiles), yet that layer's whole
+# backward still gains 1.19x from backward_input. Tried and dropped: blocks of tiles of 1-2
+# MiB (T up to 512; the same as the forward's 0.5 MiB), tiles' rows stored k-major (16
+# slices of T rows, as the GEMMs read them: 32 -> 32 5.3 ms against 4.6), the microkernel's
+# wide 6 x 4-vector blocks over all F filters (64 -> 64 4.30 ms against 4.13-4.28).
 _WINOGRAD_MIN_CHANNELS = 32
 
 
@@ -967,8 +1067,7 @@ def _forward_winograd_into(xp, kernel, bias, z, y, g, act, alpha):
     transposed), so a training step makes each once (64 -> 64 channels: ~20 us, against
     ~2 ms for the conv)."""
     C, F = g["C"], g["F"]
-    T = _WINO_BLOCK_BYTES // (16 * 4 * (C + F))
-    T = min(max(T // 8 * 8, 8), 256)
+    T = _wino_block_tiles(g)
     threads = omp_get_max_threads()
     with scratch(np.float32, (16 * C * F,), (16 * C * F,), (threads * 16 * T * C,),
                  (threads * 16 * T * F,)) as (u, up, vbuf, mbuf):
@@ -983,6 +1082,28 @@ def _forward_padded(xp, kernel, bias, z, y, g, act, alpha):
         _forward_winograd_into(xp, kernel, bias, z, y, g, act, alpha)
     else:
         _forward_direct_into(xp, kernel, bias, z, y, g, act, alpha)
+
+
+def _wino_block_tiles(g):
+    """Tiles per Winograd block: one thread's V and M (or W) blocks within _WINO_BLOCK_BYTES."""
+    T = _WINO_BLOCK_BYTES // (16 * 4 * (g["C"] + g["F"]))
+    return min(max(T // 8 * 8, 8), 256)
+
+
+def _backward_weight_winograd_into(xp, dz, dz0, sn, sh, dw, g):
+    """The Winograd kernel gradient into dw (3, 3, C, F) from the padded input xp and dz
+    (flat; pixel (n, h, w) at dz0 + n*sn + h*sh + w*F). Slabs of tiles as in the direct
+    path, fixed by the shape: results do not depend on the thread count."""
+    C, F = g["C"], g["F"]
+    T = _wino_block_tiles(g)
+    ntiles = g["N"] * ((g["HO"] + 1) // 2) * ((g["WO"] + 1) // 2)
+    # As the direct path: at least 4 slabs (both cores busy) unless there are fewer tiles.
+    slabs = max(min(ntiles, _SLABS, max(_SLAB_ELEMENTS // (16 * C * F), 4)), 1)
+    threads = omp_get_max_threads()
+    with scratch(np.float32, (slabs * 16 * C * F,), (threads * T * (16 * C + _WINO_ROW_PAD),),
+                 (threads * T * (16 * F + _WINO_ROW_PAD),)) as (part, vbuf, wbuf):
+        _run_backward_weight_winograd(xp, dz, dz0, sn, sh, dw, part, vbuf, wbuf,
+                                      np.zeros(max(C, F), dtype=np.float32), g, T, slabs)
 
 
 def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid", dilation_rate=(1, 1),
@@ -1059,8 +1180,11 @@ def _weight_grad_tables(g):
     return koff, row_x, slabs, chunk, seg
 
 
-def _weight_grad_scratch(x, g, slabs, chunk):
-    """Scratch shapes of the direct backward_weight: x padded, slab partials, panels."""
+def _weight_grad_scratch(x, g, slabs, chunk, weight_grad=True):
+    """Scratch shapes of the direct backward_weight: x padded, slab partials, panels (the
+    last two unused, one element, when the pass makes only dz)."""
+    if not weight_grad:
+        return _pad_shape(x.shape, g["HP"], g["WP"], g["PT"], g["PL"]), (1,), (1,)
     return (_pad_shape(x.shape, g["HP"], g["WP"], g["PT"], g["PL"]),
             (slabs * g["K"] * g["F"],),
             (omp_get_max_threads() * chunk * g["WO"] * g["F"],))
@@ -1077,7 +1201,12 @@ def conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
         return conv2d_backward_weight(_subsampled(x, g), dz, kernel_shape)
     dw = np.zeros(kernel_shape, dtype=x.dtype)
     if dz.size and dw.size:
-        if _use_direct(g, op):
+        if _use_winograd(g, x.dtype):
+            with scratch(x.dtype, _pad_shape(x.shape, g["HP"], g["WP"], g["PT"], g["PL"])) as (xp,):
+                xp = _padded(x, xp, g["PT"], g["PL"])
+                _backward_weight_winograd_into(xp, dz.reshape(-1), 0, g["HO"] * g["WO"] * g["F"],
+                                               g["WO"] * g["F"], dw, g)
+        elif _use_direct(g, op):
             koff, row_x, slabs, chunk, seg = _weight_grad_tables(g)
             row_dz = np.arange(g["N"] * g["HO"], dtype=np.intp) * (g["WO"] * g["F"])
             with scratch(x.dtype, *_weight_grad_scratch(x, g, slabs, chunk)) as (xp, part, dzp):
@@ -1124,7 +1253,10 @@ def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
     bias gradient (column sums in double, per slab, added in slab order) and dkernel, and
     writes dz straight into the zero-padded buffer that backward_input's forward conv
     reads: the standalone ops would write dz, read it back for dkernel and once more to pad
-    it. Otherwise the ops run one after the other (api.conv2d_backward_composed)."""
+    it. Where the kernel gradient runs by Winograd, that pass makes dz and the bias gradient
+    only and the Winograd kernel gradient reads dz back from the padded buffer (its tiles
+    need dz's 2x2 blocks, not the direct path's packed rows). Otherwise the ops run one
+    after the other (api.conv2d_backward_composed)."""
     name, a, dy, x, z, y, kernel, g = operands.conv2d_backward(
         HOST, dy, x, z, y, kernel, strides, padding, dilation_rate, activation, alpha)
     g = _planned(g)
@@ -1143,7 +1275,9 @@ def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
         top = left = 0
         dz_shape = dy.shape
         fits = True
-    if not (dy.size and kernel.size and fits and _use_direct(g, "conv2d_backward_weight")):
+    winograd_weight = _use_winograd(g, dy.dtype)
+    if not (dy.size and kernel.size and fits
+            and (winograd_weight or _use_direct(g, "conv2d_backward_weight"))):
         return conv2d_backward_composed(_COMPOSED, dy, x, z, y, kernel, strides, padding,
                                         dilation_rate, name, a, use_bias, need_input_grad)
     # act_grad reads z only for gelu and y only for the others: the unused one may alias.
@@ -1155,14 +1289,20 @@ def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
     dw = np.empty(kernel.shape, dtype=dy.dtype)
     dbpart = np.empty(slabs * g["F"], dtype=np.float64) if use_bias else None
     dx = None
-    with scratch(dy.dtype, dz_shape, *_weight_grad_scratch(x, g, slabs, chunk)) as (
+    with scratch(dy.dtype, dz_shape,
+                 *_weight_grad_scratch(x, g, slabs, chunk, not winograd_weight)) as (
             dzb, xp, part, panels):
         if direct_input:
             _run_zero_margins(dzb, g["HO"], g["WO"], top, left)
         xp = _padded(x, xp, g["PT"], g["PL"])
         _run_backward_weight_direct(xp.reshape(-1), dzb.reshape(-1), dw, part, panels, g,
                                     koff, row_x, row_dz, seg, slabs, chunk, dy.reshape(-1),
-                                    z_flat, y_flat, ACTIVATIONS.index(name), a, dbpart)
+                                    z_flat, y_flat, ACTIVATIONS.index(name), a, dbpart,
+                                    not winograd_weight)
+        if winograd_weight:   # that pass made only dz and the bias gradient
+            _backward_weight_winograd_into(xp, dzb.reshape(-1), int(row_dz[0]),
+                                           dz_shape[1] * dz_shape[2] * g["F"],
+                                           dz_shape[2] * g["F"], dw, g)
         if direct_input:
             dx = np.empty(x.shape, dtype=dy.dtype)
             _forward_padded(dzb, _flipped(kernel), None, dx, dx, gt,

@@ -1,5 +1,5 @@
 """Winograd F(2x2, 3x3) inside the CPU conv ops (native/conv.pyx, native/_winograd.h):
-forward, backward_input and the fused conv2d_backward forced onto it, against the float64
+forward, backward_input, backward_weight and the fused conv2d_backward forced onto it, against the float64
 oracle in tests/reference/conv_ref.py, thread counts, the selection rule, and a Conv2D
 layer's float32 gradients against float64 direct ones.
 
@@ -131,7 +131,9 @@ def test_every_fused_activation(rng, act, algo):
 @pytest.mark.parametrize("act", ["relu", "gelu", "linear", "softmax"])
 @pytest.mark.parametrize("case", CASES[3:6], ids=IDS[3:6])
 def test_fused_backward_matches_direct_and_reference(rng, case, act, algo):
-    """conv2d_backward (a layer's whole backward) with Winograd's input gradient."""
+    """conv2d_backward (a layer's whole backward) with Winograd's input and kernel
+    gradients; without the input gradient too (dz then is not written into a padded
+    buffer)."""
     x, k, b, _ = data(rng, case)
     padding = case[2]
     y, z = conv.conv2d_forward(x, k, b, (1, 1), padding, (1, 1), act, 0.0)
@@ -141,9 +143,18 @@ def test_fused_backward_matches_direct_and_reference(rng, case, act, algo):
     want = ref.conv2d_backward_ref(dy, x, k, b, (1, 1), padding, (1, 1), act, 0.0)
     algo("direct")
     direct = conv.conv2d_backward(dy, x, z, y, k, (1, 1), padding, (1, 1), act, 0.0)
-    # dk and db do not go through Winograd: the same bits as the direct path.
-    np.testing.assert_array_equal(dk, direct[1])
+    # db comes from the same fused pass over dy either way: the same bits.
     np.testing.assert_array_equal(db, direct[2])
+    # dk sums over pixels the products of x and dz, the float32 dz the op made (act' <= ~1.1).
+    dk_scale = 1.5 * ref.conv2d_backward_weight_ref(np.abs(x), np.abs(dy), k.shape, (1, 1),
+                                                    padding, (1, 1))
+    assert_close("conv2d_backward dkernel", dk, want[1], dk_scale)
+    assert_close("conv2d_backward dkernel (direct)", direct[1], want[1], dk_scale)
+    algo("winograd")   # without the input gradient dz stays unpadded
+    _, dk_alone, db_alone = conv.conv2d_backward(dy, x, z, y, k, (1, 1), padding, (1, 1), act,
+                                                 0.0, need_input_grad=False)
+    np.testing.assert_array_equal(dk_alone, dk)
+    np.testing.assert_array_equal(db_alone, db)
     # The input gradient is the conv of dz (the activation's backward of dy); bound by the
     # float32 dz the op made, of the same size as dy's (derivatives <= ~1.1).
     scale = 1.5 * ref.conv2d_backward_input_ref(np.abs(dy), np.abs(k), x.shape, (1, 1),
@@ -151,19 +162,55 @@ def test_fused_backward_matches_direct_and_reference(rng, case, act, algo):
     assert_close("conv2d_backward dx", dx, want[0], scale)
 
 
+@pytest.mark.parametrize("winograd", [True, False], ids=["winograd", "direct"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_weight_grad_matches_reference(rng, case, winograd, algo):
+    """The kernel gradient: output-gradient tiles transformed (A dY A^T, zero past the
+    edge), 16 GEMMs reducing over tiles, G^T (.) G back to 3x3."""
+    algo("winograd" if winograd else "direct")
+    x, k, _, dz = data(rng, case)
+    padding = case[2]
+    dk = conv.conv2d_backward_weight(x, dz, k.shape, (1, 1), padding, (1, 1))
+    want = ref.conv2d_backward_weight_ref(x, dz, k.shape, (1, 1), padding, (1, 1))
+    scale = ref.conv2d_backward_weight_ref(np.abs(x), np.abs(dz), k.shape, (1, 1), padding,
+                                           (1, 1))
+    assert_close("conv2d_backward_weight", dk, want, scale)
+
+
+def test_weight_grad_many_tiles(rng, algo):
+    """Enough tiles for several blocks per slab (blocks of T tiles accumulate into one
+    partial; slab boundaries fall inside tile rows and images)."""
+    algo("winograd")
+    case = ((7, 23, 21, 40), 36, "same")
+    x, k, _, dz = data(rng, case)
+    dk = conv.conv2d_backward_weight(x, dz, k.shape, (1, 1), "same", (1, 1))
+    want = ref.conv2d_backward_weight_ref(x, dz, k.shape, (1, 1), "same", (1, 1))
+    scale = ref.conv2d_backward_weight_ref(np.abs(x), np.abs(dz), k.shape, (1, 1), "same",
+                                           (1, 1))
+    assert_close("conv2d_backward_weight", dk, want, scale)
+
+
 def test_thread_count_invariance(rng, algo, restore_threads):
-    """A tile's result does not depend on the block or the thread that made it."""
+    """A tile's result does not depend on the block or the thread that made it, and the
+    kernel gradient's slabs are fixed by the shape and added in slab order."""
     algo("winograd")
     x, k, b, dz = data(rng, ((3, 11, 9, 17), 20, "same"))
+    y0 = conv.conv2d_forward(x, k, b, (1, 1), "same", (1, 1), "relu", 0.0)[0]
     results = []
     for n in (1, 2, 3):
         info.set_num_threads(n)
         results.append((conv.conv2d_forward(x, k, b, (1, 1), "same", (1, 1), "gelu", 0.0),
-                        conv.conv2d_backward_input(dz, k, x.shape, (1, 1), "same", (1, 1))))
-    for (y, z), dx in results[1:]:
+                        conv.conv2d_backward_input(dz, k, x.shape, (1, 1), "same", (1, 1)),
+                        conv.conv2d_backward_weight(x, dz, k.shape, (1, 1), "same", (1, 1)),
+                        conv.conv2d_backward(dz, x, None, y0, k, (1, 1), "same", (1, 1),
+                                             "relu", 0.0)))
+    for (y, z), dx, dk, fused in results[1:]:
         np.testing.assert_array_equal(y, results[0][0][0])
         np.testing.assert_array_equal(z, results[0][0][1])
         np.testing.assert_array_equal(dx, results[0][1])
+        np.testing.assert_array_equal(dk, results[0][2])
+        for got, want in zip(fused, results[0][3]):
+            np.testing.assert_array_equal(got, want)
 
 
 def test_selection_rule_and_knob(algo):
@@ -187,6 +234,44 @@ def test_selection_rule_and_knob(algo):
     assert g((2, 8, 8, 1), 1)
     with pytest.raises(ValueError, match="expected one of .*got 'fast'"):
         conv._set_conv_algo("fast")
+
+
+def test_conv2d_layer_kernel_grad_finite_differences(rng, algo):
+    """Central differences of a Conv2D layer's loss sum(y * w) in float64 (direct) against
+    its float32 kernel gradient by Winograd: the analytic gradient is what the loss does."""
+    from pynn import layers
+
+    x = rng.standard_normal((2, 5, 6, 32))
+    w_out = rng.standard_normal((2, 5, 6, 32))
+    kernel = rng.standard_normal((3, 3, 32, 32)) * 0.2
+    bias = rng.standard_normal(32) * 0.1
+
+    def make(dtype):
+        layer = layers.Conv2D(32, 3, padding="same", activation="tanh", dtype=dtype)
+        layer.build(x.shape)
+        layer.set_weights([kernel.astype(dtype), bias.astype(dtype)])
+        return layer
+
+    algo("winograd")
+    layer = make("float32")
+    layer(x.astype(np.float32), training=True)
+    layer.backward(w_out.astype(np.float32))
+    dk = np.asarray(layer.weights[0].grad, dtype=np.float64)
+    algo("direct")
+    probe = make("float64")
+    eps = 1e-5
+    picks = [tuple(int(v) for v in rng.integers(0, [3, 3, 32, 32])) for _ in range(12)]
+    for idx in picks:
+        for sign, store in ((1, "plus"), (-1, "minus")):
+            kk = kernel.copy()
+            kk[idx] += sign * eps
+            probe.set_weights([kk, bias])
+            value = float(np.sum(np.asarray(probe(x, training=False)) * w_out))
+            if store == "plus":
+                plus = value
+        numeric = (plus - value) / (2 * eps)
+        assert abs(dk[idx] - numeric) <= 1e-3 * max(1.0, abs(numeric)), (
+            f"dkernel{idx}: Winograd {dk[idx]:.6g}, finite differences {numeric:.6g}")
 
 
 def test_conv2d_layer_float32_gradients_match_float64_direct(rng, algo):
