@@ -1041,11 +1041,18 @@ def _set_conv_algo(algo=None):
 # slices of T rows, as the GEMMs read them: 32 -> 32 5.3 ms against 4.6), the microkernel's
 # wide 6 x 4-vector blocks over all F filters (64 -> 64 4.30 ms against 4.13-4.28).
 _WINOGRAD_MIN_CHANNELS = 32
+# Calls of fewer output tiles stay direct: the batch-1 inference lane (native/infer.pyx)
+# runs direct convolutions, and a model served from several threads, some on the lane and
+# some on the plan's public ops, must give every caller the same bits (a thread-scaling run
+# of the small CNN at batch 1 found them differing). 512 tiles is a 32x32 map at batch 2;
+# the table above was measured at batch 32.
+_WINOGRAD_MIN_TILES = 512
 
 
 def _winograd_pays(g):
     """Where F(2x2, 3x3) beats the direct microkernel (see the table above)."""
-    return min(g["C"], g["F"]) >= _WINOGRAD_MIN_CHANNELS
+    tiles = g["N"] * ((g["HO"] + 1) // 2) * ((g["WO"] + 1) // 2)
+    return min(g["C"], g["F"]) >= _WINOGRAD_MIN_CHANNELS and tiles >= _WINOGRAD_MIN_TILES
 
 
 def _use_winograd(g, dtype):

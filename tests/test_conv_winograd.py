@@ -221,7 +221,9 @@ def test_selection_rule_and_knob(algo):
         return conv._use_winograd(geom, dtype)
 
     algo(None)   # the default rules, whatever PYNN_CONV_ALGO says
-    assert g((2, 32, 32, 32), 32) and g((2, 16, 16, 64), 64)
+    assert g((2, 32, 32, 32), 32) and g((8, 16, 16, 64), 64)
+    # Few tiles (a batch-1 call the inference lane would run direct): direct.
+    assert not g((1, 32, 32, 32), 32) and not g((1, 15, 15, 32), 64)
     assert not g((2, 32, 32, 3), 32)                         # the RGB stem: direct
     assert not g((2, 32, 32, 16), 16) and not g((2, 32, 32, 64), 16)
     assert not g((2, 32, 32, 32), 32, np.float64)            # float64: direct
