@@ -343,23 +343,3 @@ def _int8_twin(layer, x_params=None, y_params=None):
         return QuantizedConv2D.from_conv(layer, x_params, y_params)
     return None
 
-
-def quantize_model(model, mode="int8"):
-    """Keras 3's ``model.quantize("int8")``: in place, every Dense and Conv2D (linear or relu)
-    of a Sequential model becomes its int8 twin, weights per-channel symmetric, activations
-    quantized per batch (dynamic). Returns the model."""
-    if mode != "int8":
-        raise ValueError(f"quantize: mode must be 'int8', got {mode!r}")
-    if type(model).__name__ != "Sequential":  # (pynn.models imports this module)
-        raise NotImplementedError(  # a graph would need its nodes rewired: not done yet
-            f"quantize: in-place int8 is done for Sequential models, got "
-            f"{type(model).__name__}; use pynn.compression.quantize for a static copy")
-    if not model.built:
-        raise ValueError(f"quantize: model '{model.name}' must be built first")
-    for i, layer in enumerate(model._stack):
-        twin = _int8_twin(layer)
-        if twin is not None:
-            model._stack[i] = twin
-    model._graph = model._plan = None
-    model._build_chain(model._input_layer.input_shape)
-    return model
