@@ -1,6 +1,6 @@
-/* Branch-free float32 gate activations for the recurrence kernels (native/rnn_mask.pyx):
- * the same Cephes-style functions native/rnn.pyx defines inline for its cells, kept in a
- * header of their own so the two kernel files can change independently. */
+/* Branch-free float32 gate activations for the recurrence kernels (native/rnn.pyx's
+ * fused cells and native/rnn_mask.pyx's whole-row cells): one copy, so both kernels
+ * round alike. */
 #ifndef PYNN_GATE_ACT_H
 #define PYNN_GATE_ACT_H
 #include <math.h>

@@ -160,61 +160,10 @@ def _pack_panels(const floating[:, ::1] m, bint trans, Py_ssize_t lo, Py_ssize_t
     return out
 
 
-cdef extern from *:
-    """
-    #include <stdint.h>
-    #include <string.h>
-    /* float32 exp for the gate activations: Cephes' expf (Cody-Waite reduction by ln 2,
-     * degree-5 polynomial, exponent set through the bits); sigmoid and tanh built on it are
-     * within 2.5 ulp of the float64 values on [-30, 30] (inputs clamped to [-87, 88]).
-     * Branch-free, so the row loops calling it vectorize, which libm's expf/tanhf do not
-     * without -ffast-math. */
-    /* c ? a : b through the bits: GCC turns a plain ?: here into a branch around the
-     * arithmetic feeding it, which only AVX-512's masked instructions let it vectorize. */
-    static inline float pynn_rnn_self(int c, float a, float b) {
-        int32_t ia, ib, r;
-        const int32_t m = -(int32_t)(c != 0);
-        float out;
-        memcpy(&ia, &a, sizeof ia);
-        memcpy(&ib, &b, sizeof ib);
-        r = (ia & m) | (ib & ~m);
-        memcpy(&out, &r, sizeof out);
-        return out;
-    }
-    static inline float pynn_rnn_expf(float x) {
-        x = pynn_rnn_self(x < 88.0f, x, 88.0f);
-        x = pynn_rnn_self(x > -87.0f, x, -87.0f);
-        /* Round to nearest by adding and removing 1.5 * 2^23 (exact for |t| < 2^22):
-         * floorf() would stop GCC from vectorizing the loop. */
-        const float fx = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-        const float r = x - fx * 0.693359375f + fx * 2.12194440e-4f;
-        float p = 1.9875691500e-4f;
-        p = p * r + 1.3981999507e-3f;
-        p = p * r + 8.3334519073e-3f;
-        p = p * r + 4.1665795894e-2f;
-        p = p * r + 1.6666665459e-1f;
-        p = p * r + 5.0000001201e-1f;
-        p = p * (r * r) + r + 1.0f;
-        const int32_t bits = ((int32_t)fx + 127) << 23;
-        float scale;
-        memcpy(&scale, &bits, sizeof scale);
-        return p * scale;
-    }
-    static inline float pynn_rnn_sigmoidf(float x) {
-        return 1.0f / (1.0f + pynn_rnn_expf(-x));
-    }
-    /* Cephes' tanhf: an odd polynomial below |x| = 0.625, 1 - 2/(exp(2|x|) + 1) above. */
-    static inline float pynn_rnn_tanhf(float x) {
-        const float ax = fabsf(x), z = x * x;
-        const float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z
-                               - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z
-                             - 3.33332819422e-1f) * z * x + x;
-        const float big = copysignf(1.0f - 2.0f / (pynn_rnn_expf(2.0f * ax) + 1.0f), x);
-        return pynn_rnn_self(ax < 0.625f, small, big);
-    }
-    """
-    float pynn_rnn_sigmoidf(float x) noexcept nogil
-    float pynn_rnn_tanhf(float x) noexcept nogil
+# Cephes-style branch-free float32 sigmoid and tanh, shared with native/rnn_mask.pyx.
+cdef extern from "_gate_act.h":
+    float pynn_gate_sigmoidf(float x) noexcept nogil
+    float pynn_gate_tanhf(float x) noexcept nogil
 
 
 # Fused LSTM cell passes for float32 with Keras's default activations (tanh, sigmoid): one
@@ -228,14 +177,14 @@ cdef extern from *:
      * h = o * tanh(c). */
     #define PYNN_RNN_LSTM_FWD(CP_TERM)                                                     \\
         for (j = 0; j < u; j++) {                                                          \\
-            const float i = pynn_rnn_sigmoidf(g[j] + b[j]);                                \\
-            const float f = pynn_rnn_sigmoidf(g[u + j] + b[u + j]);                        \\
-            const float cc = pynn_rnn_tanhf(g[2 * u + j] + b[2 * u + j]);                  \\
-            const float o = pynn_rnn_sigmoidf(g[3 * u + j] + b[3 * u + j]);                \\
+            const float i = pynn_gate_sigmoidf(g[j] + b[j]);                                \\
+            const float f = pynn_gate_sigmoidf(g[u + j] + b[u + j]);                        \\
+            const float cc = pynn_gate_tanhf(g[2 * u + j] + b[2 * u + j]);                  \\
+            const float o = pynn_gate_sigmoidf(g[3 * u + j] + b[3 * u + j]);                \\
             const float cn = CP_TERM i * cc;                                               \\
             g[j] = i; g[u + j] = f; g[2 * u + j] = cc; g[3 * u + j] = o;                   \\
             c[j] = cn;                                                                     \\
-            h[j] = o * pynn_rnn_tanhf(cn);                                                 \\
+            h[j] = o * pynn_gate_tanhf(cn);                                                 \\
         }
     static inline void pynn_rnn_lstm_fwd_f(float* restrict g, const float* restrict b,
                                            const float* restrict cp, float* restrict c,
@@ -250,7 +199,7 @@ cdef extern from *:
     #define PYNN_RNN_LSTM_BWD(CPV)                                                         \\
         for (j = 0; j < u; j++) {                                                          \\
             const float i = g[j], f = g[u + j], cc = g[2 * u + j], o = g[3 * u + j];       \\
-            const float tc = pynn_rnn_tanhf(c[j]);                                         \\
+            const float tc = pynn_gate_tanhf(c[j]);                                         \\
             const float dcj = dc[j] + dh[j] * o * (1 - tc * tc);                           \\
             z[j] = dcj * cc * i * (1 - i);                                                 \\
             z[u + j] = dcj * (CPV) * f * (1 - f);                                          \\
@@ -280,10 +229,10 @@ cdef extern from *:
      * rh = s_h + b_rh; h = z * h_{t-1} + (1 - z) * hh. */
     #define PYNN_RNN_GRU_FWD(S, HP)                                                        \\
         for (j = 0; j < u; j++) {                                                          \\
-            const float z = pynn_rnn_sigmoidf(g[j] + bi[j] + (S(j)) + br[j]);              \\
-            const float r = pynn_rnn_sigmoidf(g[u + j] + bi[u + j] + (S(u + j)) + br[u + j]);\\
+            const float z = pynn_gate_sigmoidf(g[j] + bi[j] + (S(j)) + br[j]);              \\
+            const float r = pynn_gate_sigmoidf(g[u + j] + bi[u + j] + (S(u + j)) + br[u + j]);\\
             const float rec = (S(2 * u + j)) + br[2 * u + j];                              \\
-            const float hh = pynn_rnn_tanhf(g[2 * u + j] + bi[2 * u + j] + r * rec);       \\
+            const float hh = pynn_gate_tanhf(g[2 * u + j] + bi[2 * u + j] + r * rec);       \\
             g[j] = z; g[u + j] = r; g[2 * u + j] = hh;                                     \\
             rh[j] = rec;                                                                   \\
             h[j] = z * (HP(j)) + (1 - z) * hh;                                             \\
@@ -336,11 +285,11 @@ cdef inline void _act_vec(floating* v, Py_ssize_t n, int act, floating alpha) no
     if floating is float:
         if act == ACT_SIGMOID:
             for j in range(n):
-                v[j] = pynn_rnn_sigmoidf(v[j])
+                v[j] = pynn_gate_sigmoidf(v[j])
             return
         if act == ACT_TANH:
             for j in range(n):
-                v[j] = pynn_rnn_tanhf(v[j])
+                v[j] = pynn_gate_tanhf(v[j])
             return
     for j in range(n):
         v[j] = act_value(v[j], act, alpha)
