@@ -95,3 +95,31 @@ def lookup_custom(identifier, base):
     if isinstance(obj, type) and issubclass(obj, base):
         return obj()
     return obj if isinstance(obj, base) else None
+
+
+def from_saved_config(identifier, builtins, wrapper, base, what):
+    """What every ``get()`` does with a saved ``{"class_name", "config"}`` dict or a
+    registered name: a built-in class (``builtins`` maps class names to classes), the
+    function ``wrapper``, or a registered/custom subclass of ``base``; None when nothing
+    matches (the caller raises with its own list of names)."""
+    if isinstance(identifier, dict):
+        name, config = identifier.get("class_name"), identifier.get("config", {})
+        if name in builtins:
+            return builtins[name].from_config(config)
+        if name == wrapper.__name__:
+            return wrapper.from_config(config)
+        if isinstance(name, str):
+            cls = lookup_serializable(name, what)
+            if isinstance(cls, type) and issubclass(cls, base):
+                return cls.from_config(config)
+    return lookup_custom(identifier, base)
+
+
+def to_saved_config(obj, builtins, wrapper, what):
+    """``{"class_name", "config"}`` for a built-in object, the function ``wrapper``, or a
+    registered custom class (an error saying how to register one otherwise)."""
+    cls = type(obj)
+    name = cls.__name__
+    if builtins.get(name) is not cls and cls is not wrapper:
+        name = serializable_name(cls, what)
+    return {"class_name": name, "config": obj.get_config()}

@@ -6,7 +6,7 @@ the predictions, so a training step makes a single pass over the output for both
 
 import numpy as np
 
-from pynn import autodiff, backend
+from pynn import _registry, autodiff, backend
 
 
 class Loss:
@@ -145,13 +145,11 @@ class LossFunctionWrapper(Loss):
         return self.fn(y_true, y_pred)
 
     def get_config(self):
-        from pynn import _registry as saving
-        return {"name": self.name, "fn": saving.serializable_name(self.fn, "loss function")}
+        return {"name": self.name, "fn": _registry.serializable_name(self.fn, "loss function")}
 
     @classmethod
     def from_config(cls, config):
-        from pynn import _registry as saving
-        return cls(saving.lookup_serializable(config["fn"], "loss function"),
+        return cls(_registry.lookup_serializable(config["fn"], "loss function"),
                    name=config.get("name"))
 
 
@@ -344,29 +342,16 @@ def get(identifier):
             return ALIASES[identifier.lower()]()
         if identifier in _BY_CLASS:
             return _BY_CLASS[identifier]()
-    if isinstance(identifier, dict) and identifier.get("class_name") in _BY_CLASS:
-        return _BY_CLASS[identifier["class_name"]].from_config(identifier.get("config", {}))
-    if isinstance(identifier, dict) and identifier.get("class_name") == "LossFunctionWrapper":
-        return LossFunctionWrapper.from_config(identifier.get("config", {}))
-    from pynn import _registry as saving
-    if isinstance(identifier, dict) and isinstance(identifier.get("class_name"), str):
-        cls = saving.lookup_serializable(identifier["class_name"], "loss class")
-        if isinstance(cls, type) and issubclass(cls, Loss):
-            return cls.from_config(identifier.get("config", {}))
-    custom = saving.lookup_custom(identifier, Loss)
-    if custom is not None:
-        return custom
+    loss = _registry.from_saved_config(identifier, _BY_CLASS, LossFunctionWrapper, Loss,
+                                       "loss class")
+    if loss is not None:
+        return loss
     raise ValueError(f"Unknown loss {identifier!r}; expected one of {sorted(ALIASES)} or a "
                      f"pynn.losses.Loss")
 
 
 def serialize(loss):
-    cls = type(loss)
-    name = cls.__name__
-    if _BY_CLASS.get(name) is not cls and cls is not LossFunctionWrapper:
-        from pynn import _registry as saving
-        name = saving.serializable_name(cls, "loss class")
-    return {"class_name": name, "config": loss.get_config()}
+    return _registry.to_saved_config(loss, _BY_CLASS, LossFunctionWrapper, "loss class")
 
 
 def mean_squared_error(y_true, y_pred):

@@ -3,7 +3,7 @@ few Python integers, so nothing but scalars leaves the device."""
 
 import numpy as np
 
-from pynn import backend
+from pynn import _registry, backend
 
 
 class Metric:
@@ -657,12 +657,10 @@ class MeanMetricWrapper(Metric):
         return self.total / self.count if self.count else 0.0
 
     def get_config(self):
-        from pynn import _registry
         return {"name": self.name, "fn": _registry.serializable_name(self.fn, "metric function")}
 
     @classmethod
     def from_config(cls, config):
-        from pynn import _registry
         return cls(_registry.lookup_serializable(config["fn"], "metric function"),
                    name=config.get("name"))
 
@@ -720,26 +718,13 @@ def get(identifier, loss=None, output_shape=None):
             return ALIASES[key]()
         if identifier in _BY_CLASS:
             return _BY_CLASS[identifier]()
-    if isinstance(identifier, dict) and identifier.get("class_name") in _BY_CLASS:
-        return _BY_CLASS[identifier["class_name"]].from_config(identifier.get("config", {}))
-    if isinstance(identifier, dict) and identifier.get("class_name") == "MeanMetricWrapper":
-        return MeanMetricWrapper.from_config(identifier.get("config", {}))
-    from pynn import _registry
-    if isinstance(identifier, dict) and isinstance(identifier.get("class_name"), str):
-        cls = _registry.lookup_serializable(identifier["class_name"], "metric class")
-        if isinstance(cls, type) and issubclass(cls, Metric):
-            return cls.from_config(identifier.get("config", {}))
-    custom = _registry.lookup_custom(identifier, Metric)
-    if custom is not None:
-        return custom
+    metric = _registry.from_saved_config(identifier, _BY_CLASS, MeanMetricWrapper, Metric,
+                                         "metric class")
+    if metric is not None:
+        return metric
     raise ValueError(f"Unknown metric {identifier!r}; expected 'accuracy' or one of "
                      f"{sorted(ALIASES)}")
 
 
 def serialize(metric):
-    cls = type(metric)
-    name = cls.__name__
-    if _BY_CLASS.get(name) is not cls and cls is not MeanMetricWrapper:
-        from pynn import _registry
-        name = _registry.serializable_name(cls, "metric class")
-    return {"class_name": name, "config": metric.get_config()}
+    return _registry.to_saved_config(metric, _BY_CLASS, MeanMetricWrapper, "metric class")
