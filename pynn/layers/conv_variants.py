@@ -72,12 +72,26 @@ class _ConvVariant(Layer):
         self.dilation_rate = pair("dilation_rate", self._label, dilation_rate)
         self.activation, self.alpha = activation_config(activation, self)
         self.use_bias = bool(use_bias)
+        self._weight_kinds = ()
+
+    def _weight_args(self, weight, initializer, regularizer, constraint):
+        """Stores ``<weight>_initializer``, ``_regularizer`` and ``_constraint`` as Keras
+        names them, and remembers the weight so _conv_config saves all three."""
+        setattr(self, f"{weight}_initializer", initializers.get(initializer))
+        setattr(self, f"{weight}_regularizer", regularizers.get(regularizer))
+        setattr(self, f"{weight}_constraint",
+                _constraint(self._label, f"{weight}_constraint", constraint))
+        self._weight_kinds += (weight,)
 
     def _conv_config(self):
         config = super().get_config()
         config.update(kernel_size=list(self.kernel_size), strides=list(self.strides),
                       padding=self.padding, dilation_rate=list(self.dilation_rate),
                       activation=self.activation, use_bias=self.use_bias)
+        for w in self._weight_kinds:
+            config[f"{w}_initializer"] = initializers.serialize(getattr(self, f"{w}_initializer"))
+            config[f"{w}_regularizer"] = regularizers.serialize(getattr(self, f"{w}_regularizer"))
+            config[f"{w}_constraint"] = constraints.serialize(getattr(self, f"{w}_constraint"))
         return config
 
     def _bias(self):
@@ -104,13 +118,8 @@ class Conv2DTranspose(_ConvVariant):
                              f"not supported (as in Keras)")
         self.output_padding = output_padding_pair(self._label, output_padding, self.strides)
         self.activity_regularizer = regularizers.get(activity_regularizer)
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
-        self.kernel_constraint = _constraint(self._label, "kernel_constraint",
-                                             kernel_constraint)
-        self.bias_constraint = _constraint(self._label, "bias_constraint", bias_constraint)
+        self._weight_args("kernel", kernel_initializer, kernel_regularizer, kernel_constraint)
+        self._weight_args("bias", bias_initializer, bias_regularizer, bias_constraint)
 
     def build(self, input_shape):
         _check_input_shape(self, input_shape)
@@ -153,16 +162,8 @@ class Conv2DTranspose(_ConvVariant):
 
     def get_config(self):
         config = self._conv_config()
-        config.update({k: constraints.serialize(v) for k, v in vars(self).items()
-                       if k.endswith("_constraint")})
-        config.update(
-            filters=self.filters,
-            output_padding=None if self.output_padding is None else list(self.output_padding),
-            kernel_initializer=initializers.serialize(self.kernel_initializer),
-            bias_initializer=initializers.serialize(self.bias_initializer),
-            kernel_regularizer=regularizers.serialize(self.kernel_regularizer),
-            bias_regularizer=regularizers.serialize(self.bias_regularizer),
-        )
+        config.update(filters=self.filters, output_padding=(
+            None if self.output_padding is None else list(self.output_padding)))
         return config
 
 
@@ -181,13 +182,9 @@ class DepthwiseConv2D(_ConvVariant):
         self.depth_multiplier = _positive_int(self._label, "depth_multiplier",
                                               depth_multiplier)
         self.activity_regularizer = regularizers.get(activity_regularizer)
-        self.depthwise_initializer = initializers.get(depthwise_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.depthwise_regularizer = regularizers.get(depthwise_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
-        self.depthwise_constraint = _constraint(self._label, "depthwise_constraint",
-                                                depthwise_constraint)
-        self.bias_constraint = _constraint(self._label, "bias_constraint", bias_constraint)
+        self._weight_args("depthwise", depthwise_initializer, depthwise_regularizer,
+                          depthwise_constraint)
+        self._weight_args("bias", bias_initializer, bias_regularizer, bias_constraint)
 
     def build(self, input_shape):
         _check_input_shape(self, input_shape)
@@ -230,15 +227,7 @@ class DepthwiseConv2D(_ConvVariant):
 
     def get_config(self):
         config = self._conv_config()
-        config.update({k: constraints.serialize(v) for k, v in vars(self).items()
-                       if k.endswith("_constraint")})
-        config.update(
-            depth_multiplier=self.depth_multiplier,
-            depthwise_initializer=initializers.serialize(self.depthwise_initializer),
-            bias_initializer=initializers.serialize(self.bias_initializer),
-            depthwise_regularizer=regularizers.serialize(self.depthwise_regularizer),
-            bias_regularizer=regularizers.serialize(self.bias_regularizer),
-        )
+        config.update(depth_multiplier=self.depth_multiplier)
         return config
 
 
@@ -260,17 +249,11 @@ class SeparableConv2D(_ConvVariant):
         self.depth_multiplier = _positive_int(self._label, "depth_multiplier",
                                               depth_multiplier)
         self.activity_regularizer = regularizers.get(activity_regularizer)
-        self.depthwise_initializer = initializers.get(depthwise_initializer)
-        self.pointwise_initializer = initializers.get(pointwise_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.depthwise_regularizer = regularizers.get(depthwise_regularizer)
-        self.pointwise_regularizer = regularizers.get(pointwise_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
-        self.depthwise_constraint = _constraint(self._label, "depthwise_constraint",
-                                                depthwise_constraint)
-        self.pointwise_constraint = _constraint(self._label, "pointwise_constraint",
-                                                pointwise_constraint)
-        self.bias_constraint = _constraint(self._label, "bias_constraint", bias_constraint)
+        self._weight_args("depthwise", depthwise_initializer, depthwise_regularizer,
+                          depthwise_constraint)
+        self._weight_args("pointwise", pointwise_initializer, pointwise_regularizer,
+                          pointwise_constraint)
+        self._weight_args("bias", bias_initializer, bias_regularizer, bias_constraint)
 
     def build(self, input_shape):
         _check_input_shape(self, input_shape)
@@ -322,15 +305,5 @@ class SeparableConv2D(_ConvVariant):
 
     def get_config(self):
         config = self._conv_config()
-        config.update({k: constraints.serialize(v) for k, v in vars(self).items()
-                       if k.endswith("_constraint")})
-        config.update(
-            filters=self.filters, depth_multiplier=self.depth_multiplier,
-            depthwise_initializer=initializers.serialize(self.depthwise_initializer),
-            pointwise_initializer=initializers.serialize(self.pointwise_initializer),
-            bias_initializer=initializers.serialize(self.bias_initializer),
-            depthwise_regularizer=regularizers.serialize(self.depthwise_regularizer),
-            pointwise_regularizer=regularizers.serialize(self.pointwise_regularizer),
-            bias_regularizer=regularizers.serialize(self.bias_regularizer),
-        )
+        config.update(filters=self.filters, depth_multiplier=self.depth_multiplier)
         return config
