@@ -15,7 +15,7 @@ import types
 
 import numpy as np
 
-from pynn import autodiff, backend, initializers, mixed_precision, regularizers
+from pynn import autodiff, backend, constraints, initializers, mixed_precision, regularizers
 from pynn.backend import api
 from pynn.layers.symbolic import KerasTensor, is_symbolic, record, shape_str  # noqa: F401
 from pynn.variables import Variable, bump_version
@@ -176,6 +176,40 @@ class Layer:
                        regularizer=regularizers.get(regularizer), constraint=constraint)
         self._variables.append(var)
         return var
+
+    def _weight_args(self, weight, initializer, regularizer, constraint):
+        """Keras's ``<weight>_initializer``, ``_regularizer`` and ``_constraint`` arguments,
+        checked (an error names the layer and the argument) and stored under Keras's names;
+        ``_weight_args_config()`` saves all three for every weight declared here."""
+        label = f"{type(self).__name__} '{self.name}'"
+        for kind, registry, value in (("initializer", initializers, initializer),
+                                      ("regularizer", regularizers, regularizer),
+                                      ("constraint", constraints, constraint)):
+            try:
+                setattr(self, f"{weight}_{kind}", registry.get(value))
+            except ValueError as exc:
+                raise ValueError(f"{label}: {weight}_{kind}: {exc}") from None
+        self._weight_kinds = getattr(self, "_weight_kinds", ()) + (weight,)
+
+    def _weight_args_config(self):
+        config = {}
+        for weight in getattr(self, "_weight_kinds", ()):
+            config[f"{weight}_initializer"] = initializers.serialize(
+                getattr(self, f"{weight}_initializer"))
+            config[f"{weight}_regularizer"] = regularizers.serialize(
+                getattr(self, f"{weight}_regularizer"))
+            config[f"{weight}_constraint"] = constraints.serialize(
+                getattr(self, f"{weight}_constraint"))
+        return config
+
+    def _add_kernel_and_bias(self, kernel_shape, units):
+        """``kernel`` of ``kernel_shape`` and, with ``use_bias``, ``bias`` of ``(units,)``,
+        from the options ``_weight_args`` stored (Keras's order: kernel first)."""
+        self.kernel = self.add_weight("kernel", kernel_shape, self.kernel_initializer,
+                                      self.kernel_regularizer, constraint=self.kernel_constraint)
+        self.bias = (self.add_weight("bias", (units,), self.bias_initializer,
+                                     self.bias_regularizer, constraint=self.bias_constraint)
+                     if self.use_bias else None)
 
     def _initial_value(self, name, shape, init):
         nbytes = math.prod(shape) * np.dtype(self.dtype).itemsize
@@ -371,6 +405,7 @@ class Layer:
             config["input_shape"] = list(self._declared_input_shape[1:])
         if self.activity_regularizer is not None:
             config["activity_regularizer"] = regularizers.serialize(self.activity_regularizer)
+        config.update(self._weight_args_config())
         return config
 
     # -- the functional API -------------------------------------------------------------

@@ -2,7 +2,7 @@
 GEMM conv2d_* ops; groups > 1 the direct grouped_conv2d_* ops (native/depthwise.pyx), whose
 per-group reductions are short."""
 
-from pynn import backend, constraints, initializers, regularizers
+from pynn import backend
 from pynn.backend.operands.common import conv_output_size
 from pynn.layers.base import (
     Layer,
@@ -41,12 +41,8 @@ class Conv2D(Layer):
                              f"supported (as in Keras)")
         self.activation, self.alpha = activation_config(activation, self)
         self.use_bias = bool(use_bias)
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
-        self.kernel_constraint = constraints.get(kernel_constraint)
-        self.bias_constraint = constraints.get(bias_constraint)
+        self._weight_args("kernel", kernel_initializer, kernel_regularizer, kernel_constraint)
+        self._weight_args("bias", bias_initializer, bias_regularizer, bias_constraint)
 
     def build(self, input_shape):
         if len(input_shape) != 4 or input_shape[-1] is None:
@@ -56,13 +52,8 @@ class Conv2D(Layer):
             raise ValueError(f"Conv2D '{self.name}': groups={self.groups} must divide the input "
                              f"channels, got input shape {shape_str(input_shape)}")
         kh, kw = self.kernel_size
-        self.kernel = self.add_weight("kernel",
-                                      (kh, kw, input_shape[-1] // self.groups, self.filters),
-                                      self.kernel_initializer, self.kernel_regularizer,
-                                      constraint=self.kernel_constraint)
-        self.bias = (self.add_weight("bias", (self.filters,), self.bias_initializer,
-                                     self.bias_regularizer, constraint=self.bias_constraint)
-                     if self.use_bias else None)
+        self._add_kernel_and_bias((kh, kw, input_shape[-1] // self.groups, self.filters),
+                                  self.filters)
         super().build(input_shape)
 
     def compute_output_shape(self, input_shape):
@@ -134,11 +125,5 @@ class Conv2D(Layer):
             groups=self.groups,
             padding=self.padding, dilation_rate=list(self.dilation_rate),
             activation=self.activation, use_bias=self.use_bias,
-            kernel_initializer=initializers.serialize(self.kernel_initializer),
-            bias_initializer=initializers.serialize(self.bias_initializer),
-            kernel_regularizer=regularizers.serialize(self.kernel_regularizer),
-            bias_regularizer=regularizers.serialize(self.bias_regularizer),
-            kernel_constraint=constraints.serialize(self.kernel_constraint),
-            bias_constraint=constraints.serialize(self.bias_constraint),
         )
         return config

@@ -8,7 +8,7 @@ Constraints (pynn.constraints: names, configs or instances) project a weight aft
 optimizer update, as in Keras; activity_regularizer is every layer's (pynn.layers.base).
 """
 
-from pynn import backend, constraints, initializers, regularizers
+from pynn import backend, constraints, regularizers
 from pynn.backend.operands.common import conv_output_size
 from pynn.backend.operands.conv import conv_transpose_output_size, output_padding_pair
 from pynn.layers.base import (
@@ -72,26 +72,12 @@ class _ConvVariant(Layer):
         self.dilation_rate = pair("dilation_rate", self._label, dilation_rate)
         self.activation, self.alpha = activation_config(activation, self)
         self.use_bias = bool(use_bias)
-        self._weight_kinds = ()
-
-    def _weight_args(self, weight, initializer, regularizer, constraint):
-        """Stores ``<weight>_initializer``, ``_regularizer`` and ``_constraint`` as Keras
-        names them, and remembers the weight so _conv_config saves all three."""
-        setattr(self, f"{weight}_initializer", initializers.get(initializer))
-        setattr(self, f"{weight}_regularizer", regularizers.get(regularizer))
-        setattr(self, f"{weight}_constraint",
-                _constraint(self._label, f"{weight}_constraint", constraint))
-        self._weight_kinds += (weight,)
 
     def _conv_config(self):
         config = super().get_config()
         config.update(kernel_size=list(self.kernel_size), strides=list(self.strides),
                       padding=self.padding, dilation_rate=list(self.dilation_rate),
                       activation=self.activation, use_bias=self.use_bias)
-        for w in self._weight_kinds:
-            config[f"{w}_initializer"] = initializers.serialize(getattr(self, f"{w}_initializer"))
-            config[f"{w}_regularizer"] = regularizers.serialize(getattr(self, f"{w}_regularizer"))
-            config[f"{w}_constraint"] = constraints.serialize(getattr(self, f"{w}_constraint"))
         return config
 
     def _bias(self):

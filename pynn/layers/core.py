@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from pynn import _registry, backend, constraints, initializers, regularizers, utils
+from pynn import _registry, backend, regularizers, utils
 from pynn.layers.symbolic import Node
 from pynn.layers.base import (
     KerasTensor, Layer, _unique_name, activation_config, bias_activation_backward, shape_str,
@@ -74,24 +74,15 @@ class Dense(Layer):
         self.units = int(units)
         self.activation, self.alpha = activation_config(activation, self)
         self.use_bias = bool(use_bias)
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
-        self.kernel_constraint = constraints.get(kernel_constraint)
-        self.bias_constraint = constraints.get(bias_constraint)
+        self._weight_args("kernel", kernel_initializer, kernel_regularizer, kernel_constraint)
+        self._weight_args("bias", bias_initializer, bias_regularizer, bias_constraint)
 
     def build(self, input_shape):
         if len(input_shape) < 2 or input_shape[-1] is None:
             raise ValueError(f"Dense '{self.name}': expected input shape (None, ..., features), "
                              f"got {shape_str(input_shape)}")
         in_features = input_shape[-1]
-        self.kernel = self.add_weight("kernel", (in_features, self.units),
-                                      self.kernel_initializer, self.kernel_regularizer,
-                                      constraint=self.kernel_constraint)
-        self.bias = (self.add_weight("bias", (self.units,), self.bias_initializer,
-                                     self.bias_regularizer, constraint=self.bias_constraint)
-                     if self.use_bias else None)
+        self._add_kernel_and_bias((in_features, self.units), self.units)
         super().build(input_shape)
 
     def compute_output_shape(self, input_shape):
@@ -128,12 +119,6 @@ class Dense(Layer):
         config = super().get_config()
         config.update(
             units=self.units, activation=self.activation, use_bias=self.use_bias,
-            kernel_initializer=initializers.serialize(self.kernel_initializer),
-            bias_initializer=initializers.serialize(self.bias_initializer),
-            kernel_regularizer=regularizers.serialize(self.kernel_regularizer),
-            bias_regularizer=regularizers.serialize(self.bias_regularizer),
-            kernel_constraint=constraints.serialize(self.kernel_constraint),
-            bias_constraint=constraints.serialize(self.bias_constraint),
         )
         return config
 

@@ -87,12 +87,8 @@ class Conv1D(Layer):
                              f"supported (as in Keras)")
         self.activation, self.alpha = activation_config(activation, self)
         self.use_bias = bool(use_bias)
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
-        self.kernel_constraint = constraints.get(kernel_constraint)
-        self.bias_constraint = constraints.get(bias_constraint)
+        self._weight_args("kernel", kernel_initializer, kernel_regularizer, kernel_constraint)
+        self._weight_args("bias", bias_initializer, bias_regularizer, bias_constraint)
 
     @property
     def _causal_pad(self):
@@ -109,13 +105,8 @@ class Conv1D(Layer):
         if channels is None or channels % self.groups:
             raise ValueError(f"Conv1D '{self.name}': groups={self.groups} must divide the input "
                              f"channels, got input shape {shape_str(input_shape)}")
-        self.kernel = self.add_weight("kernel",
-                                      (self.kernel_size, channels // self.groups, self.filters),
-                                      self.kernel_initializer, self.kernel_regularizer,
-                                      constraint=self.kernel_constraint)
-        self.bias = (self.add_weight("bias", (self.filters,), self.bias_initializer,
-                                     self.bias_regularizer, constraint=self.bias_constraint)
-                     if self.use_bias else None)
+        self._add_kernel_and_bias((self.kernel_size, channels // self.groups, self.filters),
+                                  self.filters)
         super().build(input_shape)
 
     def compute_output_shape(self, input_shape):
@@ -200,12 +191,6 @@ class Conv1D(Layer):
             filters=self.filters, kernel_size=[self.kernel_size], strides=[self.strides],
             padding=self.padding, dilation_rate=[self.dilation_rate], groups=self.groups,
             activation=self.activation, use_bias=self.use_bias,
-            kernel_initializer=initializers.serialize(self.kernel_initializer),
-            bias_initializer=initializers.serialize(self.bias_initializer),
-            kernel_regularizer=regularizers.serialize(self.kernel_regularizer),
-            bias_regularizer=regularizers.serialize(self.bias_regularizer),
-            kernel_constraint=constraints.serialize(self.kernel_constraint),
-            bias_constraint=constraints.serialize(self.bias_constraint),
         )
         return config
 
