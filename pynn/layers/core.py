@@ -4,11 +4,12 @@ import math
 
 import numpy as np
 
-from pynn import _registry, backend, regularizers, utils
+from pynn import _registry, backend, regularizers
 from pynn.layers.symbolic import Node
 from pynn.layers.base import (
     KerasTensor, Layer, _unique_name, activation_config, bias_activation_backward, shape_str,
 )
+from pynn.layers.noise import SeededLayer, drop_rate
 
 
 class InputLayer(Layer):
@@ -146,7 +147,7 @@ class Activation(Layer):
         return config
 
 
-class Dropout(Layer):
+class Dropout(SeededLayer):
     """Inverted dropout: survivors are scaled by 1/(1-rate); the identity outside training.
 
     The mask comes from a counter-based generator keyed by ``seed`` and advanced by the number of
@@ -154,19 +155,10 @@ class Dropout(Layer):
     """
 
     def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
-        super().__init__(**kwargs)
-        try:
-            valid = not isinstance(rate, bool) and 0.0 <= float(rate) < 1.0
-        except (TypeError, ValueError):
-            valid = False
-        if not valid:
-            raise ValueError(f"Dropout '{self.name}': rate must be a number in [0, 1), got "
-                             f"{rate!r}")
+        super().__init__(seed=seed, **kwargs)
+        self.rate = drop_rate(self, rate)
         if noise_shape is not None:
             raise ValueError(f"Dropout '{self.name}': noise_shape is not supported")
-        self.rate = float(rate)
-        self.seed = int(seed) if seed is not None else utils.new_seed()
-        self._offset = 0
 
     def call(self, x, training=False):
         if not training or self.rate == 0.0:
@@ -182,19 +174,9 @@ class Dropout(Layer):
         mask, self._cache = self._cache, None
         return backend.current().dropout_backward(dy, mask, self.rate)
 
-    def runtime_state(self):
-        return {"offset": self._offset}
-
-    def set_runtime_state(self, state):
-        offset = state.get("offset", 0)
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise ValueError(f"Dropout '{self.name}': offset must be a non-negative int, got "
-                             f"{offset!r}")
-        self._offset = offset
-
     def get_config(self):
         config = super().get_config()
-        config.update(rate=self.rate, seed=self.seed)
+        config["rate"] = self.rate
         return config
 
 

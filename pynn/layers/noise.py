@@ -12,8 +12,8 @@ from pynn import backend, utils
 from pynn.layers.base import Layer, shape_str
 
 
-def _rate(layer, rate):
-    """A drop rate in [0, 1), as Dropout takes it."""
+def drop_rate(layer, rate):
+    """A drop rate in [0, 1), checked as Keras checks Dropout's."""
     try:
         valid = not isinstance(rate, bool) and 0.0 <= float(rate) < 1.0
     except (TypeError, ValueError):
@@ -24,8 +24,8 @@ def _rate(layer, rate):
     return float(rate)
 
 
-class _Noise(Layer):
-    """The seed and stream position every noise layer keeps."""
+class SeededLayer(Layer):
+    """The seed and stream position Dropout and every noise layer keep."""
 
     def __init__(self, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -48,13 +48,13 @@ class _Noise(Layer):
         return config
 
 
-class SpatialDropout2D(_Noise):
+class SpatialDropout2D(SeededLayer):
     """Drops whole channels: one keep/drop draw per (sample, channel) of (N, H, W, C),
     survivors scaled by 1/(1-rate)."""
 
     def __init__(self, rate, data_format=None, seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
-        self.rate = _rate(self, rate)
+        self.rate = drop_rate(self, rate)
         if data_format not in (None, "channels_last"):
             raise ValueError(f"SpatialDropout2D '{self.name}': only data_format="
                              f"'channels_last' is supported, got {data_format!r}")
@@ -86,7 +86,7 @@ class SpatialDropout2D(_Noise):
         return config
 
 
-class GaussianNoise(_Noise):
+class GaussianNoise(SeededLayer):
     """y = x + N(0, stddev) in training (additive: the gradient passes unchanged)."""
 
     def __init__(self, stddev, seed=None, **kwargs):
@@ -116,12 +116,12 @@ class GaussianNoise(_Noise):
         return config
 
 
-class GaussianDropout(_Noise):
+class GaussianDropout(SeededLayer):
     """y = x * N(1, sqrt(rate / (1 - rate))) in training."""
 
     def __init__(self, rate, seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
-        self.rate = _rate(self, rate)
+        self.rate = drop_rate(self, rate)
 
     def call(self, x, training=False):
         if not training or self.rate == 0.0:
