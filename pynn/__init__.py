@@ -13,13 +13,20 @@ __version__ = "0.1.0"
 
 import os as _os
 
-# OpenMP worker threads spin-wait after each parallel region by default. pynn alternates its
-# OpenMP kernels with BLAS calls whose own threads also spin, so on a machine with as many
-# cores as threads the two pools starve each other: a small CNN's training step measured
-# 4 ms with one thread and 140 ms with two. Sleeping waiters cost a few microseconds per
-# region instead. This must be set before libgomp loads (the first pynn._native import);
-# an explicit OMP_WAIT_POLICY from the user wins.
+# OpenMP worker threads spin-wait after each parallel region by default (libgomp: ~300,000
+# spins, about 3 ms). pynn alternated its OpenMP kernels with multi-threaded BLAS calls whose
+# own threads also spin, so the two pools starved each other (a small CNN's step measured 4 ms
+# with one thread and 140 ms with two): waiters were made to sleep (PASSIVE). Sleeping costs
+# a futex wake-up per parallel region instead, and since every BLAS call inside pynn runs on
+# one thread within pynn's own region there is nothing left to starve: a short spin before
+# sleeping (30,000 spins, ~0.3 ms) measured 1.1-2x faster training steps than pure sleeping
+# (MLP 2.1 -> 1.45 ms, func30 13.8 -> 8.4 ms, LSTM 9.2 -> 7.0 ms, small CNN 19.7 -> 16.2 ms
+# on 2 AMD EPYC cores shared with other work; 10,000 and 100,000 were no better; see
+# bench/README.md). libgomp falls back to its 1,000-spin throttle by itself when more
+# threads than cores wait. Both must be set before libgomp loads (the first pynn._native
+# import); the user's own settings win.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+_os.environ.setdefault("GOMP_SPINCOUNT", "30000")
 # OpenBLAS's own workers likewise spin after each GEMM (2^28 cycles by default) and then take
 # the cores from the OpenMP im2col/epilogue passes that follow: a Conv2D training step measured
 # 123 ms by default and 77-87 ms with a short spin. Too short a spin costs the MLP its hot BLAS

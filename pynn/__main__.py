@@ -1,6 +1,7 @@
 """``python -m pynn info``: what this pynn was built with and what it can run on."""
 
 import argparse
+import os
 import platform
 import sys
 
@@ -57,7 +58,9 @@ def info():
     lines.append(f"other kernels: compiled for {kernel['build_isa']} (-march of the build)")
     omp = native_info.openmp_enabled()
     lines.append(f"openmp: {'ON' if omp else 'OFF (single-threaded kernels)'}, "
-                 f"threads: {n_threads} (omp max threads {native_info.get_max_threads()})")
+                 f"threads: {n_threads} (omp max threads {native_info.get_max_threads()}), "
+                 f"waiters spin {os.environ.get('GOMP_SPINCOUNT', 'default')} then sleep "
+                 f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})")
     if omp:
         lines.append("fork: " + ("the OpenMP team is released first, a child starts its own"
                                  if native_info.fork_release() else
