@@ -854,7 +854,8 @@ def worker(name, framework, threads, size, device=None):
         sys.stdout.flush()
 
     reply({"ready": True, "pid": os.getpid(),
-           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")})
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+           "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")})
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "round":
@@ -887,7 +888,7 @@ class Worker:
     """The parent's handle on a ``worker`` subprocess."""
 
     def __init__(self, name, framework, threads, size, torch_omp_wait_policy=None,
-                 device=None):
+                 device=None, torch_omp_spincount=None):
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[1])
         if framework == "pynn":
@@ -901,6 +902,12 @@ class Worker:
                 env.pop("OMP_WAIT_POLICY", None)
             else:
                 env["OMP_WAIT_POLICY"] = torch_omp_wait_policy
+            # pynn's import (in this parent) set its own spin count; PyTorch keeps libgomp's
+            # default unless asked for another.
+            if torch_omp_spincount is None:
+                env.pop("GOMP_SPINCOUNT", None)
+            else:
+                env["GOMP_SPINCOUNT"] = str(torch_omp_spincount)
         cmd += ["--worker", name, framework, "--threads", str(threads), "--size", size]
         cmd += ["--device", device] if device else []
         # stderr to a file: a chatty worker (torch's profiler) must not fill a pipe and block.
@@ -965,7 +972,8 @@ def reference_frameworks(device=None):
 
 
 def bench_training(name, sizes, repeats, threads, size, profile=False,
-                   torch_omp_wait_policy=None, device=None, predict=True):
+                   torch_omp_wait_policy=None, device=None, predict=True,
+                   torch_omp_spincount=None):
     """Training images/s of pynn (on the CPU or the OpenCL ``device``) beside its references,
     alternated round by round in one run, then batch-1 / batch-64 predict latency the same
     way, then each worker's memory. ``ratio`` is pynn / reference: images/s for training
@@ -988,7 +996,7 @@ def bench_training(name, sizes, repeats, threads, size, profile=False,
     try:
         for fw in frameworks:
             workers[fw] = Worker(name, fw, threads, size, torch_omp_wait_policy,
-                                 device if fw == "pynn" else None)
+                                 device if fw == "pynn" else None, torch_omp_spincount)
         for w in workers.values():  # all start (import, warm up) at once, then take turns
             w.wait_ready()
         rates = {fw: [] for fw in trainers}
@@ -1006,7 +1014,8 @@ def bench_training(name, sizes, repeats, threads, size, profile=False,
         for w in workers.values():
             w.close()
     for fw in frameworks:
-        entry = {"omp_wait_policy": workers[fw].info.get("omp_wait_policy")}
+        entry = {"omp_wait_policy": workers[fw].info.get("omp_wait_policy"),
+                 "gomp_spincount": workers[fw].info.get("gomp_spincount")}
         if fw in rates:
             rs = rates[fw]
             entry.update(images_per_s=statistics.median(rs), rounds_images_per_s=rs,

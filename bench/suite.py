@@ -86,6 +86,9 @@ def parse_args(argv):
     ap.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
     ap.add_argument("--torch-omp-wait-policy", default=None, choices=("ACTIVE", "PASSIVE"),
                     help="OMP_WAIT_POLICY of the PyTorch worker (default: PyTorch's own)")
+    ap.add_argument("--torch-omp-spincount", type=int, default=None,
+                    help="GOMP_SPINCOUNT of the PyTorch worker (default: libgomp's own; pynn "
+                         "sets 30000 for itself)")
     args = ap.parse_args(argv)
     args.size = args.size or ("quick" if args.quick else "full")
     args.repeats = args.repeats or REPEATS[args.size]
@@ -305,7 +308,8 @@ def run_models(args, specs, threads, wanted):
             try:
                 row, memory, prof = bench_cpu.bench_training(
                     name, sizes, args.repeats, threads, args.size, args.profile,
-                    args.torch_omp_wait_policy, device)
+                    args.torch_omp_wait_policy, device,
+                    torch_omp_spincount=args.torch_omp_spincount)
             except Exception as exc:  # a worker that died: report, go on  # noqa: BLE001
                 row, memory, prof = ({"model": name, "device": spec, "check": {
                     "passed": False, "error": f"{type(exc).__name__}: {exc}"}}, {}, None)
