@@ -392,3 +392,48 @@ def int8_depthwise_conv2d_forward(xq, wq, bias, x_zero_point, multiplier, y_zero
                     g["SH"], g["SW"], g["DH"], g["DW"], g["PT"], g["PL"], g["HO"], g["WO"])
     return y
 # -- end int8 depthwise convolution --
+
+
+
+# -- int8 chained inference (issue 18, branch q8) ------------------------------------------
+def _int8_max_pool(const uint8_t[:, :, :, ::1] xq,   # IN (N, H, W, C)
+                   uint8_t[:, :, :, ::1] y,          # OUT (N, HO, WO, C)
+                   int ph, int pw, int sh, int sw, int pt, int pl):
+    cdef Py_ssize_t n = xq.shape[0], h = xq.shape[1], w = xq.shape[2], c = xq.shape[3]
+    cdef Py_ssize_t ho = y.shape[1], wo = y.shape[2], t, b, oy, ox, i, j, iy, ix, ch
+    cdef uint8_t* dst
+    cdef const uint8_t* src
+    with nogil:
+        # one (sample, output row) per iteration; the channel loop is innermost (NHWC), so
+        # it vectorizes as byte maxima. uint8 0 is the floor: every window holds a tap.
+        for t in prange(n * ho, schedule="static",
+                        use_threads_if=n * ho * wo * c * ph * pw >= STREAM_PARALLEL_MIN):
+            b = t // ho
+            oy = t % ho
+            for ox in range(wo):
+                dst = &y[b, oy, ox, 0]
+                memset(dst, 0, c)
+                for i in range(ph):
+                    iy = oy * sh - pt + i
+                    if iy < 0 or iy >= h:
+                        continue
+                    for j in range(pw):
+                        ix = ox * sw - pl + j
+                        if ix < 0 or ix >= w:
+                            continue
+                        src = &xq[b, iy, ix, 0]
+                        for ch in range(c):
+                            if src[ch] > dst[ch]:
+                                dst[ch] = src[ch]
+
+
+def int8_max_pool2d(xq, pool_size, strides, padding):
+    """uint8 (N, HO, WO, C): the max over each window's taps inside uint8 xq (N, H, W, C),
+    MaxPooling2D's geometry (strides None: pool_size). Max commutes with requantization (a
+    monotone map), so this pools the values the codes stand for."""
+    xq, g = operands.int8_max_pool2d(HOST, xq, pool_size, strides, padding)
+    y = np.empty((g["N"], g["HO"], g["WO"], g["C"]), np.uint8)
+    if y.size:
+        _int8_max_pool(xq, y, g["KH"], g["KW"], g["SH"], g["SW"], g["PT"], g["PL"])
+    return y
+# -- end int8 chained inference --

@@ -435,6 +435,14 @@ OPS.update({
                                       "y_zero_point", "relu", "strides", "padding",
                                       "dilation_rate"),
 })
+# -- int8 chained inference (issue 18, branch q8; native/quant.pyx, opencl/quant.cl)
+OPS.update({
+    # uint8 (N, H, W, C) -> uint8 (N, HO, WO, C): max over each window's taps inside the input
+    # (MaxPooling2D's geometry: Keras's 'valid' / 'same', strides default pool_size). Max
+    # commutes with the monotone requantization, so pooling the uint8 codes is exactly pooling
+    # the values; static int8 models pool between int8 layers without leaving uint8.
+    "int8_max_pool2d": ("xq", "pool_size", "strides", "padding"),
+})
 
 # -- bf16: mixed precision (issue 17; native/bf16.pyx, opencl/bf16.cl) ---------------------
 # Each bf16_<op> is <op>'s contract (float32 in and out) with the GEMM operands rounded to

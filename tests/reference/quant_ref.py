@@ -95,3 +95,25 @@ def _depthwise_out(sizes, kernel, strides, padding, dilation_rate):
         out.append(-(-size // s) if padding == "same" else (size - span) // s + 1)
     return out
 # -- end int8 depthwise convolution --
+
+
+# -- int8 chained inference (issue 18, branch q8) --
+def int8_max_pool2d_ref(xq, pool_size, strides, padding):
+    """Window maxima over the taps inside the input: int8_im2col with 0 (uint8's floor,
+    never above a real tap) as padding, then the max over the taps."""
+    xq = np.asarray(xq, np.uint8)
+    n, _, _, c = xq.shape
+    strides = tuple(pool_size) if strides is None else tuple(strides)
+    cols = int8_im2col_ref(xq, tuple(pool_size), strides, padding, (1, 1), 0)
+    taps = pool_size[0] * pool_size[1]
+    y = cols.reshape(cols.shape[0], taps, c).max(axis=1, initial=0)
+    return y.reshape((n,) + _out_hw(xq.shape, pool_size, strides, padding)
+                                       + (c,))
+
+
+def _out_hw(shape, pool_size, strides, padding):
+    out = []
+    for size, k, s in zip(shape[1:3], pool_size, strides):
+        out.append(-(-size // s) if padding == "same" else (size - k) // s + 1)
+    return tuple(out)
+# -- end int8 chained inference --

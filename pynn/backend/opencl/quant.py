@@ -101,3 +101,15 @@ def int8_depthwise_conv2d_forward(xq, wq, bias, x_zero_point, multiplier, y_zero
                     np.float32(lo))
     return y
 # -- end int8 depthwise convolution --
+
+
+# -- int8 chained inference (issue 18, branch q8) --
+def int8_max_pool2d(xq, pool_size, strides, padding):
+    """uint8 (N, HO, WO, C): window maxima of uint8 xq (native/quant.pyx's contract)."""
+    xq, g = operands.int8_max_pool2d(DEVICE, xq, pool_size, strides, padding)
+    y = rt.empty((g["N"], g["HO"], g["WO"], g["C"]), np.uint8, "int8_max_pool2d output")
+    if y.size:
+        elementwise("quant", "int8_max_pool2d", y.size, xq, y, y.size, g["H"], g["W"], g["C"],
+                    g["KH"], g["KW"], g["SH"], g["SW"], g["PT"], g["PL"], g["HO"], g["WO"])
+    return y
+# -- end int8 chained inference --

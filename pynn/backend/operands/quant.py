@@ -145,3 +145,22 @@ def int8_depthwise_conv2d_forward(arrays, xq, wq, bias, x_zero_point, multiplier
     return (xq, wq, bias, _zero_point(op, "x_zero_point", x_zero_point), multiplier,
             y_zero_point, bool(relu), g)
 # -- end int8 depthwise convolution --
+
+
+# -- int8 chained inference (issue 18, branch q8) --
+def int8_max_pool2d(arrays, xq, pool_size, strides, padding):
+    """-> (xq uint8 (N, H, W, C), geometry dict of conv_geometry)."""
+    op = "int8_max_pool2d"
+    xq = arrays.mask_input(op, "xq", xq)
+    if xq.ndim != 4:
+        raise ValueError(f"{op}: 'xq' must be uint8 (N, H, W, C), got shape {xq.shape}")
+    try:
+        ph, pw = (int(v) for v in pool_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}: 'pool_size' must be two ints, got {pool_size!r}") from None
+    c = xq.shape[3]
+    g = conv_geometry(op, xq.shape, (ph, pw, c, c), (ph, pw) if strides is None else strides,
+                      padding, (1, 1))
+    check_count(arrays, op, "output", g["N"] * g["HO"] * g["WO"] * c)
+    return xq, g
+# -- end int8 chained inference --
