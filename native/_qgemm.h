@@ -333,4 +333,45 @@ static inline void pynn_qgemm_tile(const pynn_qgemm_args *a, int isa, ptrdiff_t 
         pynn_qgemm_tile_scalar(a, r0, r1, ub);
 }
 
+/* int8_im2col's patch rows of one (sample b, output row oy): row ox of `cols` (ldc bytes
+ * apart) holds the KH x KW taps of C channels each, padding taps `pad`. In C with restrict
+ * and fixed-size copies: Cython's loop (or a memcpy call) per tap cost 2.5-5 ns a tap, the
+ * im2col then costing more than the GEMM in the digits CNN (C = 1 and 32). */
+static inline void pynn_qim2col_copy(uint8_t *restrict dst, const uint8_t *restrict src,
+                                     ptrdiff_t c)
+{
+    ptrdiff_t ch = 0;
+    for (; ch + 16 <= c; ch += 16)
+        memcpy(dst + ch, src + ch, 16);
+    for (; ch < c; ++ch)
+        dst[ch] = src[ch];
+}
+
+static inline void pynn_qim2col_row(const uint8_t *restrict x, uint8_t *restrict cols,
+                                    ptrdiff_t ldc, ptrdiff_t b, ptrdiff_t oy, ptrdiff_t h,
+                                    ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw,
+                                    ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t dh, ptrdiff_t dw,
+                                    ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t wo, uint8_t pad)
+{
+    for (ptrdiff_t ox = 0; ox < wo; ++ox) {
+        uint8_t *restrict dst = cols + ox * ldc;
+        for (ptrdiff_t i = 0; i < kh; ++i) {
+            const ptrdiff_t iy = oy * sh - pt + i * dh;
+            const int row_in = iy >= 0 && iy < h;
+            const uint8_t *xrow = x + ((b * h + (row_in ? iy : 0)) * w) * c;
+            for (ptrdiff_t j = 0; j < kw; ++j, dst += c) {
+                const ptrdiff_t ix = ox * sw - pl + j * dw;
+                if (row_in && ix >= 0 && ix < w) {
+                    if (c == 1)
+                        dst[0] = xrow[ix];
+                    else
+                        pynn_qim2col_copy(dst, xrow + ix * c, c);
+                } else {
+                    memset(dst, pad, (size_t)c);
+                }
+            }
+        }
+    }
+}
+
 #endif

@@ -55,6 +55,11 @@ cdef extern from "_qgemm.h" nogil:
     Py_ssize_t pynn_qgemm_blocks_per_tile(int isa)
     void pynn_qgemm_tile(const pynn_qgemm_args* a, int isa, Py_ssize_t r0, Py_ssize_t r1,
                          Py_ssize_t ub)
+    void pynn_qim2col_row(const uint8_t* x, uint8_t* cols, Py_ssize_t ldc, Py_ssize_t b,
+                          Py_ssize_t oy, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
+                          Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                          Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pt, Py_ssize_t pl,
+                          Py_ssize_t wo, uint8_t pad)
 
 MAX_K = QGEMM_MAX_K
 ISAS = {"scalar": QGEMM_SCALAR, "avx2": QGEMM_AVX2, "avx512_vnni": QGEMM_AVX512_VNNI}
@@ -90,6 +95,13 @@ cdef enum:
     # Elementwise passes and the weight sums are memory-bound and vectorized: waking the
     # OpenMP team (passive wait) costs more than it saves below ~1M elements.
     STREAM_PARALLEL_MIN = 1 << 20
+
+cdef enum:
+    # Multiply-adds below which the int8 GEMM runs on one thread: waking the passive OpenMP
+    # team costs 30-100 us on the shared machine, what ~10M VNNI multiply-adds take
+    # (the digits CNN: every layer at batch 1 and its dense layers at batch 64 run faster
+    # alone; /tmp-free measure: bench/bench_quant.py).
+    GEMM_PARALLEL_MIN = 8 << 20
 
 cdef int64_t INT32_LO = -2147483648
 cdef int64_t INT32_HI = 2147483647
@@ -195,7 +207,7 @@ def _int8_dense(const uint8_t[:, ::1] xq,          # IN (N, 4 * K4), rows zero-p
     cdef Py_ssize_t row_tiles = (n + ROWS_PER_TILE - 1) // ROWS_PER_TILE, r0, r1, ub
     cdef int64_t[::1] correction = np.empty(units, np.int64)
     cdef pynn_qgemm_args a
-    cdef bint parallel = n * units * k4 * 4 >= PARALLEL_MIN
+    cdef bint parallel = n * units * k4 * 4 >= GEMM_PARALLEL_MIN
     with nogil:
         for ub in prange(nblocks, schedule="static",
                          use_threads_if=units * k4 * 4 >= STREAM_PARALLEL_MIN):
@@ -259,25 +271,13 @@ def _im2col(const uint8_t[:, :, :, ::1] xq,   # IN (N, H, W, C)
             int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl, int ho, int wo,
             uint8_t pad_value):
     cdef Py_ssize_t n = xq.shape[0], h = xq.shape[1], w = xq.shape[2], c = xq.shape[3]
-    cdef Py_ssize_t t, b, oy, ox, i, j, iy, ix
-    cdef uint8_t* dst
+    cdef Py_ssize_t t
     with nogil:
-        # one (sample, output row) per iteration; each patch row is a memcpy of C channels
+        # one (sample, output row) per iteration
         for t in prange(n * ho, schedule="static",
-                        use_threads_if=cols.shape[0] * cols.shape[1] >= PARALLEL_MIN):
-            b = t // ho
-            oy = t % ho
-            for ox in range(wo):
-                dst = &cols[t * wo + ox, 0]
-                for i in range(kh):
-                    iy = oy * sh - pt + i * dh
-                    for j in range(kw):
-                        ix = ox * sw - pl + j * dw
-                        if 0 <= iy < h and 0 <= ix < w:
-                            memcpy(dst, &xq[b, iy, ix, 0], c)
-                        else:
-                            memset(dst, pad_value, c)
-                        dst = dst + c
+                        use_threads_if=cols.shape[0] * cols.shape[1] >= STREAM_PARALLEL_MIN):
+            pynn_qim2col_row(&xq[0, 0, 0, 0], &cols[t * wo, 0], cols.shape[1], t // ho, t % ho,
+                             h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, wo, pad_value)
 
 
 def int8_im2col(xq, kernel_size, strides, padding, dilation_rate, pad_value):
