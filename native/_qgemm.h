@@ -351,9 +351,11 @@ static inline void pynn_qim2col_row(const uint8_t *restrict x, uint8_t *restrict
                                     ptrdiff_t ldc, ptrdiff_t b, ptrdiff_t oy, ptrdiff_t h,
                                     ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw,
                                     ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t dh, ptrdiff_t dw,
-                                    ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t wo, uint8_t pad)
+                                    ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t wo, ptrdiff_t ox0,
+                                    uint8_t pad)
 {
-    for (ptrdiff_t ox = 0; ox < wo; ++ox) {
+    /* output pixels ox0 .. wo - 1 of the row (row ox at cols + ox * ldc) */
+    for (ptrdiff_t ox = ox0; ox < wo; ++ox) {
         uint8_t *restrict dst = cols + ox * ldc;
         for (ptrdiff_t i = 0; i < kh; ++i) {
             const ptrdiff_t iy = oy * sh - pt + i * dh;
@@ -372,6 +374,44 @@ static inline void pynn_qim2col_row(const uint8_t *restrict x, uint8_t *restrict
             }
         }
     }
+}
+
+/* The int8 Conv2D without the whole im2col matrix (MBs at batch 64: page faults and
+ * memory traffic cost more than the products): output pixels [p0, p1) (at most one row
+ * tile) gathered into `buf` (rows ldx = 4 * K4 bytes, zero past K, which im2col never
+ * writes), then every column tile of the GEMM over them. The same integer sums and epilogue
+ * as int8_im2col + int8_dense_forward, so the same bits. */
+typedef struct {
+    const uint8_t *x; /* (N, H, W, C) */
+    ptrdiff_t h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo;
+    uint8_t pad;
+} pynn_qconv_geom;
+
+static inline void pynn_qconv_tile(const pynn_qgemm_args *a, const pynn_qconv_geom *g,
+                                   int isa, uint8_t *buf, ptrdiff_t p0, ptrdiff_t p1)
+{
+    ptrdiff_t p = p0;
+    while (p < p1) { /* runs of pixels along one output row */
+        const ptrdiff_t ox = p % g->wo, row = p / g->wo;
+        ptrdiff_t count = g->wo - ox;
+        if (count > p1 - p)
+            count = p1 - p;
+        pynn_qim2col_row(g->x, buf + (p - p0) * a->ldx - ox * a->ldx, a->ldx, row / g->ho,
+                         row % g->ho, g->h, g->w, g->c, g->kh, g->kw, g->sh, g->sw, g->dh,
+                         g->dw, g->pt, g->pl, ox + count, ox, g->pad);
+        p += count;
+    }
+    pynn_qgemm_args t = *a;
+    t.x = buf;
+    t.n = p1 - p0;
+    if (t.y)
+        t.y += p0 * a->units;
+    else
+        t.yf += p0 * a->units;
+    const ptrdiff_t nblocks = (a->units + QGEMM_NB - 1) / QGEMM_NB;
+    const ptrdiff_t bpt = pynn_qgemm_blocks_per_tile(isa);
+    for (ptrdiff_t ub = 0; ub < nblocks; ub += bpt)
+        pynn_qgemm_tile(&t, isa, 0, p1 - p0, ub);
 }
 
 #endif

@@ -59,7 +59,13 @@ cdef extern from "_qgemm.h" nogil:
                           Py_ssize_t oy, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
                           Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                           Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pt, Py_ssize_t pl,
-                          Py_ssize_t wo, uint8_t pad)
+                          Py_ssize_t wo, Py_ssize_t ox0, uint8_t pad)
+    ctypedef struct pynn_qconv_geom:
+        const uint8_t* x
+        Py_ssize_t h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo
+        uint8_t pad
+    void pynn_qconv_tile(const pynn_qgemm_args* a, const pynn_qconv_geom* g, int isa,
+                         uint8_t* buf, Py_ssize_t p0, Py_ssize_t p1)
 
 MAX_K = QGEMM_MAX_K
 ISAS = {"scalar": QGEMM_SCALAR, "avx2": QGEMM_AVX2, "avx512_vnni": QGEMM_AVX512_VNNI}
@@ -277,7 +283,7 @@ def _im2col(const uint8_t[:, :, :, ::1] xq,   # IN (N, H, W, C)
         for t in prange(n * ho, schedule="static",
                         use_threads_if=cols.shape[0] * cols.shape[1] >= STREAM_PARALLEL_MIN):
             pynn_qim2col_row(&xq[0, 0, 0, 0], &cols[t * wo, 0], cols.shape[1], t // ho, t % ho,
-                             h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, wo, pad_value)
+                             h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, wo, 0, pad_value)
 
 
 def int8_im2col(xq, kernel_size, strides, padding, dilation_rate, pad_value):
@@ -435,5 +441,83 @@ def int8_max_pool2d(xq, pool_size, strides, padding):
     y = np.empty((g["N"], g["HO"], g["WO"], g["C"]), np.uint8)
     if y.size:
         _int8_max_pool(xq, y, g["KH"], g["KW"], g["SH"], g["SW"], g["PT"], g["PL"])
+    return y
+
+
+def _int8_conv(const uint8_t[:, :, :, ::1] xq,     # IN (N, H, W, C)
+               const int8_t[:, :, ::1] packed,     # IN (ceil(F / 16), K4, 64)
+               const int32_t[::1] bias,            # IN (F,) (zeros when the layer has none)
+               const float[::1] multiplier,        # IN (F,)
+               uint8_t[:, ::1] bufs,               # SCRATCH (threads, ROWS_PER_TILE * 4 K4),
+                                                   # zeros
+               uint8_t[:, ::1] yq,                 # OUT (N * HO * WO, F), or None:
+               float[:, ::1] yf,                   # OUT float output
+               int x_zero_point, float y_zero_point, float lo, bint relu,
+               int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl, int ho, int wo):
+    cdef Py_ssize_t units = multiplier.shape[0], k4 = packed.shape[1], t, u
+    cdef Py_ssize_t rows = xq.shape[0] * ho * wo
+    cdef Py_ssize_t tiles = (rows + ROWS_PER_TILE - 1) // ROWS_PER_TILE
+    cdef int isa = pynn_qgemm_isa()
+    cdef int64_t[::1] correction = np.empty(units, np.int64)
+    cdef pynn_qgemm_args a
+    cdef pynn_qconv_geom g
+    cdef bint parallel = rows * units * k4 * 4 >= GEMM_PARALLEL_MIN
+    with nogil:
+        for u in range(packed.shape[0]):
+            pynn_qgemm_wsum(&packed[0, 0, 0], k4, units, u, &correction[0])
+        for u in range(units):
+            correction[u] = bias[u] - <int64_t>x_zero_point * correction[u]
+        a.x = NULL
+        a.ldx = 4 * k4
+        a.packed = &packed[0, 0, 0]
+        a.k4 = k4
+        a.n = rows
+        a.units = units
+        a.correction = &correction[0]
+        a.multiplier = &multiplier[0]
+        a.y_zero_point = y_zero_point
+        a.lo = lo
+        a.y = &yq[0, 0] if yq is not None else NULL
+        a.yf = &yf[0, 0] if yf is not None else NULL
+        a.relu = relu
+        g.x = &xq[0, 0, 0, 0]
+        g.h, g.w, g.c = xq.shape[1], xq.shape[2], xq.shape[3]
+        g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.ho, g.wo = \
+            kh, kw, sh, sw, dh, dw, pt, pl, ho, wo
+        g.pad = x_zero_point
+        # row tiles: each thread gathers its tile's patches into its own scratch (cache
+        # resident) and runs every column tile over them
+        for t in prange(tiles, schedule="static", use_threads_if=parallel):
+            pynn_qconv_tile(&a, &g, isa, &bufs[omp_get_thread_num(), 0], t * ROWS_PER_TILE,
+                            min(t * ROWS_PER_TILE + ROWS_PER_TILE, rows))
+
+
+def int8_conv2d_forward(xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu,
+                        kernel_size, strides, padding, dilation_rate):
+    """The int8 Conv2D: uint8 (N, HO, WO, F) (float32 with ``y_zero_point`` None) equal to
+    int8_dense_forward(int8_im2col(xq, kernel_size, strides, padding, dilation_rate,
+    x_zero_point), wq, ...), without the patch matrix: weights (F, KH * KW * C) by unit or
+    packed by int8_pack_weights (what layers pass)."""
+    xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu, g = \
+        operands.int8_conv2d_forward(HOST, xq, wq, bias, x_zero_point, multiplier,
+                                     y_zero_point, relu, kernel_size, strides, padding,
+                                     dilation_rate)
+    units = multiplier.shape[0]
+    float_out = y_zero_point is None
+    y = np.empty((g["N"], g["HO"], g["WO"], units), np.float32 if float_out else np.uint8)
+    if not y.size:
+        return y
+    if wq.ndim == 2:
+        wq = int8_pack_weights(wq)
+    if bias is None:
+        bias = np.zeros(units, np.int32)
+    bufs = np.zeros((omp_get_max_threads(), ROWS_PER_TILE * 4 * wq.shape[1]), np.uint8)
+    flat = y.reshape(-1, units)
+    _int8_conv(xq, wq, bias, multiplier, bufs, None if float_out else flat,
+               flat if float_out else None, x_zero_point,
+               0.0 if float_out else y_zero_point,
+               0.0 if float_out else (y_zero_point if relu else 0.0), relu,
+               g["KH"], g["KW"], g["SH"], g["SW"], g["DH"], g["DW"], g["PT"], g["PL"], g["HO"],
+               g["WO"])
     return y
 # -- end int8 chained inference --

@@ -544,3 +544,69 @@ def test_chained_int8_model_on_opencl_matches_the_cpu(rng, tmp_path):
     finally:
         pynn.set_device("cpu")
     np.testing.assert_array_equal(got, want)
+
+
+CONV_CASES = [((2, 7, 5, 3), (3, 3), (1, 1), "same", (1, 1), 5),
+              ((1, 9, 8, 5), (3, 2), (2, 3), "same", (1, 1), 17),
+              ((3, 6, 7, 2), (2, 3), (1, 2), "valid", (1, 1), 33),
+              ((1, 11, 10, 1), (3, 3), (1, 1), "same", (2, 2), 3),
+              ((0, 5, 5, 4), (1, 1), (1, 1), "valid", (1, 1), 2),
+              # past the one-thread limit: row tiles over the threads, tails of 64 rows
+              ((4, 33, 31, 20), (3, 3), (1, 1), "same", (1, 1), 40)]
+
+
+@pytest.mark.parametrize("shape,kernel_size,strides,padding,dilation,filters", CONV_CASES)
+def test_int8_conv2d_forward_is_the_dense_op_over_the_patches(backend, rng, shape, kernel_size,
+                                                               strides, padding, dilation,
+                                                               filters):
+    """Bit for bit the integer reference (int8_im2col then int8_dense_forward), by-filter and
+    packed weights, uint8 and float outputs, with and without relu and bias."""
+    xq = rng.integers(0, 256, shape).astype(np.uint8)
+    k = kernel_size[0] * kernel_size[1] * shape[3]
+    wq = rng.integers(-128, 128, (filters, k)).astype(np.int8)
+    bias = rng.integers(-10**5, 10**5, filters).astype(np.int32)
+    mult = (rng.random(filters) * 2e-4 + 1e-5).astype(np.float32)
+    up8 = (lambda a: backend.ops.asarray(a, np.int8)) if backend.is_opencl else (lambda a: a)
+    packed = backend.op("int8_pack_weights")(up8(wq))
+    geometry = (kernel_size, strides, padding, dilation)
+    for weights in (up8(wq), packed):
+        for b, y_zp, relu in ((bias, 77, True), (None, 77, False), (bias, None, True)):
+            got = backend.down(backend.op("int8_conv2d_forward")(
+                backend.up(xq), weights, None if b is None else backend.up(b), 29,
+                backend.up(mult), y_zp, relu, *geometry))
+            want = ref.int8_conv2d_forward_ref(xq, wq, b, 29, mult, y_zp, relu, *geometry)
+            assert got.dtype == want.dtype and got.shape == want.shape
+            np.testing.assert_array_equal(got, want, err_msg=f"{backend.name} relu={relu} "
+                                          f"y_zero_point={y_zp} bias={b is not None}")
+
+
+@pytest.mark.parametrize("isa", native_quant.available_isas())
+def test_int8_conv2d_forward_every_isa_path_is_bit_exact(rng, isa):
+    xq = rng.integers(0, 256, (3, 13, 11, 6)).astype(np.uint8)
+    wq = rng.integers(-128, 128, (37, 54)).astype(np.int8)
+    mult = (rng.random(37) * 2e-4 + 1e-5).astype(np.float32)
+    try:
+        native_quant.force_isa(isa)
+        np.testing.assert_array_equal(
+            native_quant.int8_conv2d_forward(xq, wq, None, 3, mult, 128, True, (3, 3), (1, 1),
+                                             "same", (1, 1)),
+            ref.int8_conv2d_forward_ref(xq, wq, None, 3, mult, 128, True, (3, 3), (1, 1),
+                                        "same", (1, 1)))
+    finally:
+        native_quant.force_isa(None)
+
+
+def test_int8_conv2d_forward_bad_input(backend):
+    up8 = (lambda a: backend.ops.asarray(a, np.int8)) if backend.is_opencl else (lambda a: a)
+    x = backend.up(np.ones((1, 5, 5, 2), np.uint8))
+    mult = backend.up(np.ones(4, np.float32))
+    with pytest.raises(ValueError, match=r"int8_conv2d_forward: 'wq' must be \(F, KH \* KW \* "
+                                         r"C\) = \(4, 18\) int8 weights by filter, got shape "
+                                         r"\(4, 9\)"):
+        backend.op("int8_conv2d_forward")(x, up8(np.ones((4, 9), np.int8)), None, 0, mult, 0,
+                                          False, (3, 3), (1, 1), "same", (1, 1))
+    with pytest.raises(ValueError, match=r"int8_conv2d_forward: 'xq' must be uint8 \(N, H, W, "
+                                         r"C\), got shape \(5, 5, 2\)"):
+        backend.op("int8_conv2d_forward")(backend.up(np.ones((5, 5, 2), np.uint8)),
+                                          up8(np.ones((4, 18), np.int8)), None, 0, mult, 0,
+                                          False, (3, 3), (1, 1), "same", (1, 1))
