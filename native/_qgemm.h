@@ -121,6 +121,8 @@ typedef struct {
     const int8_t *packed;  /* ceil(U / 16) blocks of K4 * 64 bytes */
     ptrdiff_t k4, n, units;
     const int64_t *correction; /* (U,) bias - x_zero_point * sum_k w */
+    const int32_t *correction32; /* the same in int32 when no sum can leave int32 (|dot| <=
+                                    255 * 128 * 4 K4 plus |correction| < 2^31), else NULL */
     const float *multiplier;   /* (U,) */
     float y_zero_point, lo;
     uint8_t *y;            /* (N, U), or NULL: float output */
@@ -186,14 +188,19 @@ static inline void pynn_qgemm_store16_avx512(const pynn_qgemm_args *a, ptrdiff_t
     if (count <= 0)
         return;
     __mmask16 m = count >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << count) - 1u);
-    __mmask8 mlo = (__mmask8)(m & 0xFF), mhi = (__mmask8)(m >> 8);
-    __m512i c0 = _mm512_maskz_loadu_epi64(mlo, a->correction + u0);
-    __m512i c1 = _mm512_maskz_loadu_epi64(mhi, a->correction + u0 + 8);
-    __m512i s0 = _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(dots)), c0);
-    __m512i s1 = _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(dots, 1)),
-                                  c1);
-    __m512i acc = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtsepi64_epi32(s0)),
-                                     _mm512_cvtsepi64_epi32(s1), 1);
+    __m512i acc;
+    if (a->correction32) { /* no saturation possible: int32 sums are the int64 ones */
+        acc = _mm512_add_epi32(dots, _mm512_maskz_loadu_epi32(m, a->correction32 + u0));
+    } else {
+        __mmask8 mlo = (__mmask8)(m & 0xFF), mhi = (__mmask8)(m >> 8);
+        __m512i c0 = _mm512_maskz_loadu_epi64(mlo, a->correction + u0);
+        __m512i c1 = _mm512_maskz_loadu_epi64(mhi, a->correction + u0 + 8);
+        __m512i s0 = _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(dots)), c0);
+        __m512i s1 = _mm512_add_epi64(
+            _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(dots, 1)), c1);
+        acc = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtsepi64_epi32(s0)),
+                                 _mm512_cvtsepi64_epi32(s1), 1);
+    }
     __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc),
                              _mm512_maskz_loadu_ps(m, a->multiplier + u0));
     if (!a->y) {
@@ -338,13 +345,23 @@ static inline void pynn_qgemm_tile(const pynn_qgemm_args *a, int isa, ptrdiff_t 
  * and fixed-size copies: Cython's loop (or a memcpy call) per tap cost 2.5-5 ns a tap, the
  * im2col then costing more than the GEMM in the digits CNN (C = 1 and 32). */
 static inline void pynn_qim2col_copy(uint8_t *restrict dst, const uint8_t *restrict src,
-                                     ptrdiff_t c)
+                                     ptrdiff_t n)
 {
-    ptrdiff_t ch = 0;
-    for (; ch + 16 <= c; ch += 16)
-        memcpy(dst + ch, src + ch, 16);
-    for (; ch < c; ++ch)
-        dst[ch] = src[ch];
+    /* fixed-size moves, the last one overlapping the one before (same bytes) */
+    if (n >= 16) {
+        for (ptrdiff_t i = 0; i + 16 < n; i += 16)
+            memcpy(dst + i, src + i, 16);
+        memcpy(dst + n - 16, src + n - 16, 16);
+    } else if (n >= 8) {
+        memcpy(dst, src, 8);
+        memcpy(dst + n - 8, src + n - 8, 8);
+    } else if (n >= 4) {
+        memcpy(dst, src, 4);
+        memcpy(dst + n - 4, src + n - 4, 4);
+    } else {
+        for (ptrdiff_t i = 0; i < n; ++i)
+            dst[i] = src[i];
+    }
 }
 
 static inline void pynn_qim2col_row(const uint8_t *restrict x, uint8_t *restrict cols,
@@ -361,13 +378,17 @@ static inline void pynn_qim2col_row(const uint8_t *restrict x, uint8_t *restrict
             const ptrdiff_t iy = oy * sh - pt + i * dh;
             const int row_in = iy >= 0 && iy < h;
             const uint8_t *xrow = x + ((b * h + (row_in ? iy : 0)) * w) * c;
+            const ptrdiff_t ix0 = ox * sw - pl;
+            if (row_in && dw == 1 && ix0 >= 0 && ix0 + kw <= w) {
+                /* the window's row inside the input: KW taps of C channels are contiguous */
+                pynn_qim2col_copy(dst, xrow + ix0 * c, kw * c);
+                dst += kw * c;
+                continue;
+            }
             for (ptrdiff_t j = 0; j < kw; ++j, dst += c) {
                 const ptrdiff_t ix = ox * sw - pl + j * dw;
                 if (row_in && ix >= 0 && ix < w) {
-                    if (c == 1)
-                        dst[0] = xrow[ix];
-                    else
-                        pynn_qim2col_copy(dst, xrow + ix * c, c);
+                    pynn_qim2col_copy(dst, xrow + ix * c, c);
                 } else {
                     memset(dst, pad, (size_t)c);
                 }

@@ -39,6 +39,7 @@ cdef extern from "_qgemm.h" nogil:
         const int8_t* packed
         Py_ssize_t k4, n, units
         const int64_t* correction
+        const int32_t* correction32
         const float* multiplier
         float y_zero_point, lo
         uint8_t* y
@@ -212,6 +213,8 @@ def _int8_dense(const uint8_t[:, ::1] xq,          # IN (N, 4 * K4), rows zero-p
     cdef Py_ssize_t col_tiles = (nblocks + bpt - 1) // bpt
     cdef Py_ssize_t row_tiles = (n + ROWS_PER_TILE - 1) // ROWS_PER_TILE, r0, r1, ub
     cdef int64_t[::1] correction = np.empty(units, np.int64)
+    cdef int32_t[::1] correction32 = np.empty(units, np.int32)
+    cdef int64_t bound = 255 * 128 * 4 * k4, worst = 0
     cdef pynn_qgemm_args a
     cdef bint parallel = n * units * k4 * 4 >= GEMM_PARALLEL_MIN
     with nogil:
@@ -220,6 +223,8 @@ def _int8_dense(const uint8_t[:, ::1] xq,          # IN (N, 4 * K4), rows zero-p
             pynn_qgemm_wsum(&packed[0, 0, 0], k4, units, ub, &correction[0])
         for u in range(units):
             correction[u] = bias[u] - <int64_t>x_zero_point * correction[u]
+            worst = max(worst, correction[u] if correction[u] >= 0 else -correction[u])
+            correction32[u] = <int32_t>correction[u]  # used only when it fits (below)
         a.x = &xq[0, 0]
         a.ldx = xq.shape[1]
         a.packed = &packed[0, 0, 0]
@@ -227,6 +232,7 @@ def _int8_dense(const uint8_t[:, ::1] xq,          # IN (N, 4 * K4), rows zero-p
         a.n = n
         a.units = units
         a.correction = &correction[0]
+        a.correction32 = &correction32[0] if bound + worst < INT32_HI else NULL
         a.multiplier = &multiplier[0]
         a.y_zero_point = y_zero_point
         a.lo = lo
@@ -459,6 +465,8 @@ def _int8_conv(const uint8_t[:, :, :, ::1] xq,     # IN (N, H, W, C)
     cdef Py_ssize_t tiles = (rows + ROWS_PER_TILE - 1) // ROWS_PER_TILE
     cdef int isa = pynn_qgemm_isa()
     cdef int64_t[::1] correction = np.empty(units, np.int64)
+    cdef int32_t[::1] correction32 = np.empty(units, np.int32)
+    cdef int64_t bound = 255 * 128 * 4 * k4, worst = 0
     cdef pynn_qgemm_args a
     cdef pynn_qconv_geom g
     cdef bint parallel = rows * units * k4 * 4 >= GEMM_PARALLEL_MIN
@@ -467,6 +475,8 @@ def _int8_conv(const uint8_t[:, :, :, ::1] xq,     # IN (N, H, W, C)
             pynn_qgemm_wsum(&packed[0, 0, 0], k4, units, u, &correction[0])
         for u in range(units):
             correction[u] = bias[u] - <int64_t>x_zero_point * correction[u]
+            worst = max(worst, correction[u] if correction[u] >= 0 else -correction[u])
+            correction32[u] = <int32_t>correction[u]  # used only when it fits (below)
         a.x = NULL
         a.ldx = 4 * k4
         a.packed = &packed[0, 0, 0]
@@ -474,6 +484,7 @@ def _int8_conv(const uint8_t[:, :, :, ::1] xq,     # IN (N, H, W, C)
         a.n = rows
         a.units = units
         a.correction = &correction[0]
+        a.correction32 = &correction32[0] if bound + worst < INT32_HI else NULL
         a.multiplier = &multiplier[0]
         a.y_zero_point = y_zero_point
         a.lo = lo
