@@ -610,3 +610,21 @@ def test_int8_conv2d_forward_bad_input(backend):
         backend.op("int8_conv2d_forward")(backend.up(np.ones((5, 5, 2), np.uint8)),
                                           up8(np.ones((4, 18), np.int8)), None, 0, mult, 0,
                                           False, (3, 3), (1, 1), "same", (1, 1))
+
+
+def test_int8_layers_state_their_arithmetic_for_the_inference_plan(rng):
+    """pynn.inference gives a plan two threads only past SERIAL_MAX_MACS multiply-adds; the
+    int8 layers run their own call, so they state theirs (else a plan of them ran on one)."""
+    from pynn import inference
+
+    model = _cnn()
+    x = rand(rng, (64, 9, 8, 3))
+    static = quantize(model, x)
+    conv, conv2, dense = static.layers[0], static.layers[1], static.layers[3]
+    assert conv.inference_macs(x) == 64 * 9 * 8 * (3 * 3 * 3) * 6
+    assert conv2.inference_macs(np.zeros((64, 9, 8, 6))) == 64 * 4 * 3 * (2 * 3 * 6) * 5
+    assert dense.inference_macs(np.zeros((64, 60))) == 64 * 60 * 7
+    plan = inference.InferencePlan(static, [x])
+    assert plan.macs == sum(layer.inference_macs(v) for layer, v in (
+        (conv, x), (conv2, np.zeros((64, 9, 8, 6))), (dense, np.zeros((64, 60))),
+        (static.layers[4], np.zeros((64, 7)))))

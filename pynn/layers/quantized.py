@@ -187,6 +187,14 @@ class _Int8Layer(Layer):
         raise NotImplementedError(f"{type(self).__name__} '{self.name}' is for inference; "
                                   f"train the float model, or quantize_aware's")
 
+    def inference_macs(self, x):
+        """Multiply-adds of a call on ``x`` (pynn.inference sizes its plans' threads by
+        them)."""
+        # rows of outputs times the kernel's products per row (Dense: K x U; Conv2D:
+        # KH KW C x F; the Conv1D twin likewise)
+        rows = int(np.prod(self.compute_output_shape(tuple(x.shape))[:-1]))
+        return rows * int(np.prod(self.kernel.shape))
+
     def get_config(self):
         config = super().get_config()
         config.update(activation=self.activation, use_bias=self.use_bias,
