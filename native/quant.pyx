@@ -16,7 +16,11 @@ sat_int32(acc) * multiplier[u] instead (dynamic quantization). The products run 
 (``int8_pack_weights``): AVX-512 VNNI vpdpbusd (4 x 32 tiles) / AVX2 vpmaddwd after widening
 (2 x 16) / scalar, chosen at RUN time (``force_isa`` pins one for the tests), exact in int32;
 the zero-point correction and bias add in int64, saturated to int32, in the fused epilogue.
-``int8_im2col``: the uint8 patches that make Conv2D this same GEMM.
+``int8_im2col``: the uint8 patches that make Conv2D this same GEMM; ``int8_conv2d_forward``
+(branch q8): that Conv2D without the patch matrix, each thread gathering a 64-row tile of
+patches into its cache-resident scratch and running the GEMM over it (the same bits);
+``int8_max_pool2d``: max pooling of uint8 codes, which static int8 models run between int8
+layers (max commutes with the monotone requantization).
 
 Tiles are (64 rows x 16 or 32 units), column tiles outermost under a static prange; every
 output is written by one tile from exact integer sums, so results are bit-identical for any

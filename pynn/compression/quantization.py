@@ -6,7 +6,11 @@
   VNNI / AVX2 chosen at run time, bit-identical on OpenCL), activations uint8 per tensor
   calibrated on ``calibration_x`` (min-max, or the [100 - p, p] percentiles to ignore
   outliers), requantization and relu fused; SimpleRNN / LSTM / GRU get their dynamic int8
-  input projection (below);
+  input projection (below). Consecutive Dense / Conv2D int8 layers (through Flatten, Dropout
+  and MaxPooling2D, which becomes QuantizedMaxPooling2D) pass uint8 codes: the producer's
+  requantizing epilogue writes the consumer's input, dequantized only at the model's float
+  boundary (``chain_uint8``; bit-identical to the same layers dequantizing and requantizing
+  in between);
 - ``quantize_dynamic(model)`` (PyTorch's name): a copy whose Dense layers and SimpleRNN /
   LSTM / GRU input projections (x @ kernel) take int8 weights per output channel and
   quantize their input per call from its own range; the recurrent product stays float;
