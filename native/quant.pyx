@@ -110,8 +110,8 @@ cdef enum:
 cdef enum:
     # Multiply-adds below which the int8 GEMM runs on one thread: waking the passive OpenMP
     # team costs 30-100 us on the shared machine, what ~10M VNNI multiply-adds take
-    # (the digits CNN: every layer at batch 1 and its dense layers at batch 64 run faster
-    # alone; /tmp-free measure: bench/bench_quant.py).
+    # (the digits CNN's layers, timed one by one on 1 and 2 threads: every layer at batch 1
+    # and its Dense layers at batch 64 ran faster alone).
     GEMM_PARALLEL_MIN = 8 << 20
 
 cdef int64_t INT32_LO = -2147483648
