@@ -41,7 +41,8 @@ static inline int pynn_qgemm_best_isa(void)
 {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw"))
+    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vl"))
         return QGEMM_AVX512_VNNI;
     if (__builtin_cpu_supports("avx2"))
         return QGEMM_AVX2;
@@ -107,8 +108,11 @@ static inline uint8_t pynn_qgemm_out(int32_t dot, int64_t correction, float mult
         acc = INT32_MIN;
     if (acc > INT32_MAX)
         acc = INT32_MAX;
-    return (uint8_t)fminf(fmaxf(rintf((float)(int32_t)acc * multiplier) + zero_point, lo),
-                          255.0f);
+    /* compares, not fminf/fmaxf: without -ffinite-math-only GCC keeps those as libm calls
+     * (their NaN rules), ~3 ns an output; the values are finite, so the result is the same */
+    float r = rintf((float)(int32_t)acc * multiplier) + zero_point;
+    r = r < lo ? lo : r;
+    return (uint8_t)(r > 255.0f ? 255.0f : r);
 }
 
 typedef struct {
@@ -117,6 +121,8 @@ typedef struct {
     const int8_t *packed;  /* ceil(U / 16) blocks of K4 * 64 bytes */
     ptrdiff_t k4, n, units;
     const int64_t *correction; /* (U,) bias - x_zero_point * sum_k w */
+    const int32_t *correction32; /* the same in int32 when no sum can leave int32 (|dot| <=
+                                    255 * 128 * 4 K4 plus |correction| < 2^31), else NULL */
     const float *multiplier;   /* (U,) */
     float y_zero_point, lo;
     uint8_t *y;            /* (N, U), or NULL: float output */
@@ -169,7 +175,50 @@ static inline int32_t pynn_qgemm_load4(const uint8_t *p)
 
 /* ---------------------------------------------------------------- AVX-512 VNNI */
 #define QGEMM_VNNI_MR 4
-__attribute__((target("avx512f,avx512bw,avx512vnni")))
+
+/* pynn_qgemm_store for 16 units [u0, u0 + 16) in vector registers: the same float32
+ * operations in the same order (int64 add, int32 saturation by vpmovsqd, float32 product,
+ * rint half to even by vrndscaleps, + zero point, clamp), so bit-identical to the scalar
+ * epilogue; the scalar one cost ~3 ns an output, more than the products of a small conv. */
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static inline void pynn_qgemm_store16_avx512(const pynn_qgemm_args *a, ptrdiff_t row,
+                                             ptrdiff_t u0, __m512i dots)
+{
+    ptrdiff_t count = a->units - u0;
+    if (count <= 0)
+        return;
+    __mmask16 m = count >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << count) - 1u);
+    __m512i acc;
+    if (a->correction32) { /* no saturation possible: int32 sums are the int64 ones */
+        acc = _mm512_add_epi32(dots, _mm512_maskz_loadu_epi32(m, a->correction32 + u0));
+    } else {
+        __mmask8 mlo = (__mmask8)(m & 0xFF), mhi = (__mmask8)(m >> 8);
+        __m512i c0 = _mm512_maskz_loadu_epi64(mlo, a->correction + u0);
+        __m512i c1 = _mm512_maskz_loadu_epi64(mhi, a->correction + u0 + 8);
+        __m512i s0 = _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(dots)), c0);
+        __m512i s1 = _mm512_add_epi64(
+            _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(dots, 1)), c1);
+        acc = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtsepi64_epi32(s0)),
+                                 _mm512_cvtsepi64_epi32(s1), 1);
+    }
+    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc),
+                             _mm512_maskz_loadu_ps(m, a->multiplier + u0));
+    if (!a->y) {
+        if (a->relu) /* v < 0 -> 0, as the scalar (keeps -0.0, which max_ps might not) */
+            v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ),
+                                   _mm512_setzero_ps());
+        _mm512_mask_storeu_ps(a->yf + row * a->units + u0, m, v);
+        return;
+    }
+    __m512 r = _mm512_add_ps(_mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT |
+                                                     _MM_FROUND_NO_EXC),
+                             _mm512_set1_ps(a->y_zero_point));
+    r = _mm512_max_ps(r, _mm512_set1_ps(a->lo));
+    r = _mm512_min_ps(r, _mm512_set1_ps(255.0f));
+    _mm_mask_storeu_epi8(a->y + row * a->units + u0, m,
+                         _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(r)));
+}
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 static void pynn_qgemm_block_vnni(const pynn_qgemm_args *a, ptrdiff_t r0, ptrdiff_t r1,
                                   ptrdiff_t ub)
 {
@@ -178,7 +227,6 @@ static void pynn_qgemm_block_vnni(const pynn_qgemm_args *a, ptrdiff_t r0, ptrdif
     const int two = ub + 1 < nblocks;
     const int8_t *w0 = a->packed + ub * a->k4 * 64;
     const int8_t *w1 = two ? w0 + a->k4 * 64 : w0;
-    int32_t dots[2 * QGEMM_NB];
     ptrdiff_t r = r0;
     for (; r + QGEMM_VNNI_MR <= r1; r += QGEMM_VNNI_MR) {
         __m512i c00 = _mm512_setzero_si512(), c01 = _mm512_setzero_si512();
@@ -205,9 +253,9 @@ static void pynn_qgemm_block_vnni(const pynn_qgemm_args *a, ptrdiff_t r0, ptrdif
         }
         __m512i c[QGEMM_VNNI_MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}};
         for (int i = 0; i < QGEMM_VNNI_MR; ++i) {
-            _mm512_storeu_si512((void *)dots, c[i][0]);
-            _mm512_storeu_si512((void *)(dots + QGEMM_NB), c[i][1]);
-            pynn_qgemm_store(a, r + i, ub * QGEMM_NB, dots, two ? 2 * QGEMM_NB : QGEMM_NB);
+            pynn_qgemm_store16_avx512(a, r + i, ub * QGEMM_NB, c[i][0]);
+            if (two)
+                pynn_qgemm_store16_avx512(a, r + i, (ub + 1) * QGEMM_NB, c[i][1]);
         }
     }
     for (; r < r1; ++r) {
@@ -218,9 +266,9 @@ static void pynn_qgemm_block_vnni(const pynn_qgemm_args *a, ptrdiff_t r0, ptrdif
             c0 = _mm512_dpbusd_epi32(c0, v, _mm512_loadu_si512((const void *)(w0 + g * 64)));
             c1 = _mm512_dpbusd_epi32(c1, v, _mm512_loadu_si512((const void *)(w1 + g * 64)));
         }
-        _mm512_storeu_si512((void *)dots, c0);
-        _mm512_storeu_si512((void *)(dots + QGEMM_NB), c1);
-        pynn_qgemm_store(a, r, ub * QGEMM_NB, dots, two ? 2 * QGEMM_NB : QGEMM_NB);
+        pynn_qgemm_store16_avx512(a, r, ub * QGEMM_NB, c0);
+        if (two)
+            pynn_qgemm_store16_avx512(a, r, (ub + 1) * QGEMM_NB, c1);
     }
 }
 
@@ -290,6 +338,115 @@ static inline void pynn_qgemm_tile(const pynn_qgemm_args *a, int isa, ptrdiff_t 
         pynn_qgemm_block_avx2(a, r0, r1, ub);
     else
         pynn_qgemm_tile_scalar(a, r0, r1, ub);
+}
+
+/* int8_im2col's patch rows of one (sample b, output row oy): row ox of `cols` (ldc bytes
+ * apart) holds the KH x KW taps of C channels each, padding taps `pad`. In C with restrict
+ * and fixed-size copies: Cython's loop (or a memcpy call) per tap cost 2.5-5 ns a tap, the
+ * im2col then costing more than the GEMM in the digits CNN (C = 1 and 32). */
+static inline void pynn_qim2col_copy(uint8_t *restrict dst, const uint8_t *restrict src,
+                                     ptrdiff_t n)
+{
+    /* fixed-size moves, the last one overlapping the one before (same bytes) */
+    if (n >= 16) {
+        for (ptrdiff_t i = 0; i + 16 < n; i += 16)
+            memcpy(dst + i, src + i, 16);
+        memcpy(dst + n - 16, src + n - 16, 16);
+    } else if (n >= 8) {
+        memcpy(dst, src, 8);
+        memcpy(dst + n - 8, src + n - 8, 8);
+    } else if (n >= 4) {
+        memcpy(dst, src, 4);
+        memcpy(dst + n - 4, src + n - 4, 4);
+    } else { /* spelled out: GCC's loop for a runtime n < 4 cost ~20 cycles */
+        if (n > 0)
+            dst[0] = src[0];
+        if (n > 1)
+            dst[1] = src[1];
+        if (n > 2)
+            dst[2] = src[2];
+    }
+}
+
+static inline void pynn_qim2col_fill(uint8_t *dst, uint8_t pad, ptrdiff_t n)
+{
+    if (n > 8) {
+        memset(dst, pad, (size_t)n);
+        return;
+    }
+    for (ptrdiff_t i = 0; i < n; ++i)
+        dst[i] = pad;
+}
+
+static inline void pynn_qim2col_row(const uint8_t *restrict x, uint8_t *restrict cols,
+                                    ptrdiff_t ldc, ptrdiff_t b, ptrdiff_t oy, ptrdiff_t h,
+                                    ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw,
+                                    ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t dh, ptrdiff_t dw,
+                                    ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t wo, ptrdiff_t ox0,
+                                    uint8_t pad)
+{
+    /* output pixels ox0 .. wo - 1 of the row (row ox at cols + ox * ldc) */
+    for (ptrdiff_t ox = ox0; ox < wo; ++ox) {
+        uint8_t *restrict dst = cols + ox * ldc;
+        for (ptrdiff_t i = 0; i < kh; ++i) {
+            const ptrdiff_t iy = oy * sh - pt + i * dh;
+            const int row_in = iy >= 0 && iy < h;
+            const uint8_t *xrow = x + ((b * h + (row_in ? iy : 0)) * w) * c;
+            const ptrdiff_t ix0 = ox * sw - pl;
+            if (row_in && dw == 1 && ix0 >= 0 && ix0 + kw <= w) {
+                /* the window's row inside the input: KW taps of C channels are contiguous */
+                pynn_qim2col_copy(dst, xrow + ix0 * c, kw * c);
+                dst += kw * c;
+                continue;
+            }
+            for (ptrdiff_t j = 0; j < kw; ++j, dst += c) {
+                const ptrdiff_t ix = ox * sw - pl + j * dw;
+                if (row_in && ix >= 0 && ix < w) {
+                    pynn_qim2col_copy(dst, xrow + ix * c, c);
+                } else {
+                    pynn_qim2col_fill(dst, pad, c);
+                }
+            }
+        }
+    }
+}
+
+/* The int8 Conv2D without the whole im2col matrix (MBs at batch 64: page faults and
+ * memory traffic cost more than the products): output pixels [p0, p1) (at most one row
+ * tile) gathered into `buf` (rows ldx = 4 * K4 bytes, zero past K, which im2col never
+ * writes), then every column tile of the GEMM over them. The same integer sums and epilogue
+ * as int8_im2col + int8_dense_forward, so the same bits. */
+typedef struct {
+    const uint8_t *x; /* (N, H, W, C) */
+    ptrdiff_t h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo;
+    uint8_t pad;
+} pynn_qconv_geom;
+
+static inline void pynn_qconv_tile(const pynn_qgemm_args *a, const pynn_qconv_geom *g,
+                                   int isa, uint8_t *buf, ptrdiff_t p0, ptrdiff_t p1)
+{
+    ptrdiff_t p = p0;
+    while (p < p1) { /* runs of pixels along one output row */
+        const ptrdiff_t ox = p % g->wo, row = p / g->wo;
+        ptrdiff_t count = g->wo - ox;
+        if (count > p1 - p)
+            count = p1 - p;
+        pynn_qim2col_row(g->x, buf + (p - p0) * a->ldx - ox * a->ldx, a->ldx, row / g->ho,
+                         row % g->ho, g->h, g->w, g->c, g->kh, g->kw, g->sh, g->sw, g->dh,
+                         g->dw, g->pt, g->pl, ox + count, ox, g->pad);
+        p += count;
+    }
+    pynn_qgemm_args t = *a;
+    t.x = buf;
+    t.n = p1 - p0;
+    if (t.y)
+        t.y += p0 * a->units;
+    else
+        t.yf += p0 * a->units;
+    const ptrdiff_t nblocks = (a->units + QGEMM_NB - 1) / QGEMM_NB;
+    const ptrdiff_t bpt = pynn_qgemm_blocks_per_tile(isa);
+    for (ptrdiff_t ub = 0; ub < nblocks; ub += bpt)
+        pynn_qgemm_tile(&t, isa, 0, p1 - p0, ub);
 }
 
 #endif

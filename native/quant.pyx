@@ -16,7 +16,11 @@ sat_int32(acc) * multiplier[u] instead (dynamic quantization). The products run 
 (``int8_pack_weights``): AVX-512 VNNI vpdpbusd (4 x 32 tiles) / AVX2 vpmaddwd after widening
 (2 x 16) / scalar, chosen at RUN time (``force_isa`` pins one for the tests), exact in int32;
 the zero-point correction and bias add in int64, saturated to int32, in the fused epilogue.
-``int8_im2col``: the uint8 patches that make Conv2D this same GEMM.
+``int8_im2col``: the uint8 patches that make Conv2D this same GEMM; ``int8_conv2d_forward``
+(branch q8): that Conv2D without the patch matrix, each thread gathering a 64-row tile of
+patches into its cache-resident scratch and running the GEMM over it (the same bits);
+``int8_max_pool2d``: max pooling of uint8 codes, which static int8 models run between int8
+layers (max commutes with the monotone requantization).
 
 Tiles are (64 rows x 16 or 32 units), column tiles outermost under a static prange; every
 output is written by one tile from exact integer sums, so results are bit-identical for any
@@ -39,6 +43,7 @@ cdef extern from "_qgemm.h" nogil:
         const int8_t* packed
         Py_ssize_t k4, n, units
         const int64_t* correction
+        const int32_t* correction32
         const float* multiplier
         float y_zero_point, lo
         uint8_t* y
@@ -55,6 +60,17 @@ cdef extern from "_qgemm.h" nogil:
     Py_ssize_t pynn_qgemm_blocks_per_tile(int isa)
     void pynn_qgemm_tile(const pynn_qgemm_args* a, int isa, Py_ssize_t r0, Py_ssize_t r1,
                          Py_ssize_t ub)
+    void pynn_qim2col_row(const uint8_t* x, uint8_t* cols, Py_ssize_t ldc, Py_ssize_t b,
+                          Py_ssize_t oy, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
+                          Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                          Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pt, Py_ssize_t pl,
+                          Py_ssize_t wo, Py_ssize_t ox0, uint8_t pad)
+    ctypedef struct pynn_qconv_geom:
+        const uint8_t* x
+        Py_ssize_t h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo
+        uint8_t pad
+    void pynn_qconv_tile(const pynn_qgemm_args* a, const pynn_qconv_geom* g, int isa,
+                         uint8_t* buf, Py_ssize_t p0, Py_ssize_t p1)
 
 MAX_K = QGEMM_MAX_K
 ISAS = {"scalar": QGEMM_SCALAR, "avx2": QGEMM_AVX2, "avx512_vnni": QGEMM_AVX512_VNNI}
@@ -90,6 +106,13 @@ cdef enum:
     # Elementwise passes and the weight sums are memory-bound and vectorized: waking the
     # OpenMP team (passive wait) costs more than it saves below ~1M elements.
     STREAM_PARALLEL_MIN = 1 << 20
+
+cdef enum:
+    # Multiply-adds below which the int8 GEMM runs on one thread: waking the passive OpenMP
+    # team costs 30-100 us on the shared machine, what ~10M VNNI multiply-adds take
+    # (the digits CNN's layers, timed one by one on 1 and 2 threads: every layer at batch 1
+    # and its Dense layers at batch 64 ran faster alone).
+    GEMM_PARALLEL_MIN = 8 << 20
 
 cdef int64_t INT32_LO = -2147483648
 cdef int64_t INT32_HI = 2147483647
@@ -194,14 +217,18 @@ def _int8_dense(const uint8_t[:, ::1] xq,          # IN (N, 4 * K4), rows zero-p
     cdef Py_ssize_t col_tiles = (nblocks + bpt - 1) // bpt
     cdef Py_ssize_t row_tiles = (n + ROWS_PER_TILE - 1) // ROWS_PER_TILE, r0, r1, ub
     cdef int64_t[::1] correction = np.empty(units, np.int64)
+    cdef int32_t[::1] correction32 = np.empty(units, np.int32)
+    cdef int64_t bound = 255 * 128 * 4 * k4, worst = 0
     cdef pynn_qgemm_args a
-    cdef bint parallel = n * units * k4 * 4 >= PARALLEL_MIN
+    cdef bint parallel = n * units * k4 * 4 >= GEMM_PARALLEL_MIN
     with nogil:
         for ub in prange(nblocks, schedule="static",
                          use_threads_if=units * k4 * 4 >= STREAM_PARALLEL_MIN):
             pynn_qgemm_wsum(&packed[0, 0, 0], k4, units, ub, &correction[0])
         for u in range(units):
             correction[u] = bias[u] - <int64_t>x_zero_point * correction[u]
+            worst = max(worst, correction[u] if correction[u] >= 0 else -correction[u])
+            correction32[u] = <int32_t>correction[u]  # used only when it fits (below)
         a.x = &xq[0, 0]
         a.ldx = xq.shape[1]
         a.packed = &packed[0, 0, 0]
@@ -209,6 +236,7 @@ def _int8_dense(const uint8_t[:, ::1] xq,          # IN (N, 4 * K4), rows zero-p
         a.n = n
         a.units = units
         a.correction = &correction[0]
+        a.correction32 = &correction32[0] if bound + worst < INT32_HI else NULL
         a.multiplier = &multiplier[0]
         a.y_zero_point = y_zero_point
         a.lo = lo
@@ -259,25 +287,13 @@ def _im2col(const uint8_t[:, :, :, ::1] xq,   # IN (N, H, W, C)
             int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl, int ho, int wo,
             uint8_t pad_value):
     cdef Py_ssize_t n = xq.shape[0], h = xq.shape[1], w = xq.shape[2], c = xq.shape[3]
-    cdef Py_ssize_t t, b, oy, ox, i, j, iy, ix
-    cdef uint8_t* dst
+    cdef Py_ssize_t t
     with nogil:
-        # one (sample, output row) per iteration; each patch row is a memcpy of C channels
+        # one (sample, output row) per iteration
         for t in prange(n * ho, schedule="static",
-                        use_threads_if=cols.shape[0] * cols.shape[1] >= PARALLEL_MIN):
-            b = t // ho
-            oy = t % ho
-            for ox in range(wo):
-                dst = &cols[t * wo + ox, 0]
-                for i in range(kh):
-                    iy = oy * sh - pt + i * dh
-                    for j in range(kw):
-                        ix = ox * sw - pl + j * dw
-                        if 0 <= iy < h and 0 <= ix < w:
-                            memcpy(dst, &xq[b, iy, ix, 0], c)
-                        else:
-                            memset(dst, pad_value, c)
-                        dst = dst + c
+                        use_threads_if=cols.shape[0] * cols.shape[1] >= STREAM_PARALLEL_MIN):
+            pynn_qim2col_row(&xq[0, 0, 0, 0], &cols[t * wo, 0], cols.shape[1], t // ho, t % ho,
+                             h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, wo, 0, pad_value)
 
 
 def int8_im2col(xq, kernel_size, strides, padding, dilation_rate, pad_value):
@@ -392,3 +408,131 @@ def int8_depthwise_conv2d_forward(xq, wq, bias, x_zero_point, multiplier, y_zero
                     g["SH"], g["SW"], g["DH"], g["DW"], g["PT"], g["PL"], g["HO"], g["WO"])
     return y
 # -- end int8 depthwise convolution --
+
+
+
+# -- int8 chained inference (issue 18, branch q8) ------------------------------------------
+def _int8_max_pool(const uint8_t[:, :, :, ::1] xq,   # IN (N, H, W, C)
+                   uint8_t[:, :, :, ::1] y,          # OUT (N, HO, WO, C)
+                   int ph, int pw, int sh, int sw, int pt, int pl):
+    cdef Py_ssize_t n = xq.shape[0], h = xq.shape[1], w = xq.shape[2], c = xq.shape[3]
+    cdef Py_ssize_t ho = y.shape[1], wo = y.shape[2], t, b, oy, ox, i, j, iy, ix, ch
+    cdef uint8_t* dst
+    cdef const uint8_t* src
+    with nogil:
+        # one (sample, output row) per iteration; the channel loop is innermost (NHWC), so
+        # it vectorizes as byte maxima. uint8 0 is the floor: every window holds a tap.
+        for t in prange(n * ho, schedule="static",
+                        use_threads_if=n * ho * wo * c * ph * pw >= STREAM_PARALLEL_MIN):
+            b = t // ho
+            oy = t % ho
+            for ox in range(wo):
+                dst = &y[b, oy, ox, 0]
+                memset(dst, 0, c)
+                for i in range(ph):
+                    iy = oy * sh - pt + i
+                    if iy < 0 or iy >= h:
+                        continue
+                    for j in range(pw):
+                        ix = ox * sw - pl + j
+                        if ix < 0 or ix >= w:
+                            continue
+                        src = &xq[b, iy, ix, 0]
+                        for ch in range(c):
+                            if src[ch] > dst[ch]:
+                                dst[ch] = src[ch]
+
+
+def int8_max_pool2d(xq, pool_size, strides, padding):
+    """uint8 (N, HO, WO, C): the max over each window's taps inside uint8 xq (N, H, W, C),
+    MaxPooling2D's geometry (strides None: pool_size). Max commutes with requantization (a
+    monotone map), so this pools the values the codes stand for."""
+    xq, g = operands.int8_max_pool2d(HOST, xq, pool_size, strides, padding)
+    y = np.empty((g["N"], g["HO"], g["WO"], g["C"]), np.uint8)
+    if y.size:
+        _int8_max_pool(xq, y, g["KH"], g["KW"], g["SH"], g["SW"], g["PT"], g["PL"])
+    return y
+
+
+def _int8_conv(const uint8_t[:, :, :, ::1] xq,     # IN (N, H, W, C)
+               const int8_t[:, :, ::1] packed,     # IN (ceil(F / 16), K4, 64)
+               const int32_t[::1] bias,            # IN (F,) (zeros when the layer has none)
+               const float[::1] multiplier,        # IN (F,)
+               uint8_t[:, ::1] bufs,               # SCRATCH (threads, ROWS_PER_TILE * 4 K4),
+                                                   # zeros
+               uint8_t[:, ::1] yq,                 # OUT (N * HO * WO, F), or None:
+               float[:, ::1] yf,                   # OUT float output
+               int x_zero_point, float y_zero_point, float lo, bint relu,
+               int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl, int ho, int wo):
+    cdef Py_ssize_t units = multiplier.shape[0], k4 = packed.shape[1], t, u
+    cdef Py_ssize_t rows = xq.shape[0] * ho * wo
+    cdef Py_ssize_t tiles = (rows + ROWS_PER_TILE - 1) // ROWS_PER_TILE
+    cdef int isa = pynn_qgemm_isa()
+    cdef int64_t[::1] correction = np.empty(units, np.int64)
+    cdef int32_t[::1] correction32 = np.empty(units, np.int32)
+    cdef int64_t bound = 255 * 128 * 4 * k4, worst = 0
+    cdef pynn_qgemm_args a
+    cdef pynn_qconv_geom g
+    cdef bint parallel = rows * units * k4 * 4 >= GEMM_PARALLEL_MIN
+    with nogil:
+        for u in range(packed.shape[0]):
+            pynn_qgemm_wsum(&packed[0, 0, 0], k4, units, u, &correction[0])
+        for u in range(units):
+            correction[u] = bias[u] - <int64_t>x_zero_point * correction[u]
+            worst = max(worst, correction[u] if correction[u] >= 0 else -correction[u])
+            correction32[u] = <int32_t>correction[u]  # used only when it fits (below)
+        a.x = NULL
+        a.ldx = 4 * k4
+        a.packed = &packed[0, 0, 0]
+        a.k4 = k4
+        a.n = rows
+        a.units = units
+        a.correction = &correction[0]
+        a.correction32 = &correction32[0] if bound + worst < INT32_HI else NULL
+        a.multiplier = &multiplier[0]
+        a.y_zero_point = y_zero_point
+        a.lo = lo
+        a.y = &yq[0, 0] if yq is not None else NULL
+        a.yf = &yf[0, 0] if yf is not None else NULL
+        a.relu = relu
+        g.x = &xq[0, 0, 0, 0]
+        g.h, g.w, g.c = xq.shape[1], xq.shape[2], xq.shape[3]
+        g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.ho, g.wo = \
+            kh, kw, sh, sw, dh, dw, pt, pl, ho, wo
+        g.pad = x_zero_point
+        # row tiles: each thread gathers its tile's patches into its own scratch (cache
+        # resident) and runs every column tile over them
+        for t in prange(tiles, schedule="static", use_threads_if=parallel):
+            pynn_qconv_tile(&a, &g, isa, &bufs[omp_get_thread_num(), 0], t * ROWS_PER_TILE,
+                            min(t * ROWS_PER_TILE + ROWS_PER_TILE, rows))
+
+
+def int8_conv2d_forward(xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu,
+                        kernel_size, strides, padding, dilation_rate):
+    """The int8 Conv2D: uint8 (N, HO, WO, F) (float32 with ``y_zero_point`` None) equal to
+    int8_dense_forward(int8_im2col(xq, kernel_size, strides, padding, dilation_rate,
+    x_zero_point), wq, ...), without the patch matrix: weights (F, KH * KW * C) by unit or
+    packed by int8_pack_weights (what layers pass)."""
+    xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu, g = \
+        operands.int8_conv2d_forward(HOST, xq, wq, bias, x_zero_point, multiplier,
+                                     y_zero_point, relu, kernel_size, strides, padding,
+                                     dilation_rate)
+    units = multiplier.shape[0]
+    float_out = y_zero_point is None
+    y = np.empty((g["N"], g["HO"], g["WO"], units), np.float32 if float_out else np.uint8)
+    if not y.size:
+        return y
+    if wq.ndim == 2:
+        wq = int8_pack_weights(wq)
+    if bias is None:
+        bias = np.zeros(units, np.int32)
+    bufs = np.zeros((omp_get_max_threads(), ROWS_PER_TILE * 4 * wq.shape[1]), np.uint8)
+    flat = y.reshape(-1, units)
+    _int8_conv(xq, wq, bias, multiplier, bufs, None if float_out else flat,
+               flat if float_out else None, x_zero_point,
+               0.0 if float_out else y_zero_point,
+               0.0 if float_out else (y_zero_point if relu else 0.0), relu,
+               g["KH"], g["KW"], g["SH"], g["SW"], g["DH"], g["DW"], g["PT"], g["PL"], g["HO"],
+               g["WO"])
+    return y
+# -- end int8 chained inference --

@@ -155,3 +155,29 @@ __kernel void int8_depthwise_conv2d_forward(__global const uchar *xq, __global c
         yq[t] = requantize(v, y_zero_point, lo);
 }
 /* -- end int8 depthwise convolution -- */
+
+/* -- int8 chained inference (issue 18, branch q8) --
+ * int8_max_pool2d: one work-item per output (n, oy, ox, c), the max over the window's taps
+ * inside the input (a 'same' window always holds one). */
+__kernel void int8_max_pool2d(__global const uchar *xq, __global uchar *y, const int total,
+                              const int h, const int w, const int c, const int ph,
+                              const int pw, const int sh, const int sw, const int pt,
+                              const int pl, const int ho, const int wo)
+{
+    const int t = get_global_id(0);
+    GUARD(t, total);
+    const int ch = t % c, ox = (t / c) % wo, oy = (t / (c * wo)) % ho, b = t / (c * wo * ho);
+    uchar best = 0;
+    for (int i = 0; i < ph; ++i) {
+        const int iy = oy * sh - pt + i;
+        if (iy < 0 || iy >= h)
+            continue;
+        for (int j = 0; j < pw; ++j) {
+            const int ix = ox * sw - pl + j;
+            if (ix >= 0 && ix < w)
+                best = max(best, xq[(((size_t)b * h + iy) * w + ix) * c + ch]);
+        }
+    }
+    y[t] = best;
+}
+/* -- end int8 chained inference -- */

@@ -213,6 +213,10 @@ class InferencePlan:
             except MemoryError as exc:
                 raise _out_of_memory(st.layer, x, exc) from None
             runner = _checked(_runner(st, x, y), st, x, y)
+            if not runner.macs and hasattr(st.layer, "inference_macs"):
+                # (q8) a layer running its own call that states its arithmetic (the int8
+                # layers): a plan of them is not taken for one too small for two threads
+                runner.macs = int(st.layer.inference_macs(x))
             self.macs += runner.macs
             nbytes += runner.nbytes
             self.steps.append(runner)

@@ -233,6 +233,16 @@ def _int8_depthwise_model():  # (issue 18, branch qbreadth)
                             pynn.layers.SeparableConv2D(3, 2)]).quantize("int8")
 
 
+def _int8_chain_model():  # (issue 18, branch q8): uint8 codes through a max pooling
+    from pynn.compression.quantization import quantize
+
+    model = pynn.Sequential([pynn.Input((4, 4, 1)), pynn.layers.Conv2D(2, 3),
+                             pynn.layers.MaxPooling2D(2), pynn.layers.Flatten(),
+                             pynn.layers.Dense(2)])
+    return quantize(model, np.random.default_rng(0).standard_normal((8, 4, 4, 1))
+                    .astype("float32"))
+
+
 def _qat_model():
     from pynn.compression.qat import quantize_aware
 
@@ -258,7 +268,9 @@ NOT_KERAS = {"OpLayer": (_op_model, "no Keras layer form"),
                  ("QuantizedLSTM", _int8_sequence_model),
                  ("QuantizedGRU", _int8_sequence_model),
                  ("QuantizedDepthwiseConv2D", _int8_depthwise_model),
-                 ("QuantizedSeparableConv2D", _int8_depthwise_model))}}
+                 ("QuantizedSeparableConv2D", _int8_depthwise_model))},
+             # -- int8 chains (issue 18, branch q8) --
+             "QuantizedMaxPooling2D": (_int8_chain_model, "int8 layers have no Keras file form")}
 
 
 @pytest.mark.parametrize("build, message", list(NOT_KERAS.values()) + [

@@ -420,3 +420,211 @@ def test_int8_depthwise_saturates_and_rejects_bad_input(backend):
         op(backend.up(xq), up8(wq), None, 0, backend.up(np.ones(3, np.float32)), 0, False,
            (1, 1), "valid", (1, 1))
 # -- end int8 depthwise convolution --
+
+
+# -- int8 chains (issue 18, branch q8): uint8 between int8 layers --------------------------
+POOL_CASES = [((2, 7, 5, 3), (2, 2), None, "valid"), ((3, 7, 5, 33), (2, 2), None, "same"),
+              ((1, 9, 8, 5), (3, 2), (2, 1), "same"), ((2, 6, 6, 1), (3, 3), (1, 1), "valid"),
+              ((0, 4, 4, 2), (2, 2), None, "valid")]
+
+
+@pytest.mark.parametrize("shape,pool_size,strides,padding", POOL_CASES)
+def test_int8_max_pool2d_is_exact(backend, rng, shape, pool_size, strides, padding):
+    xq = rng.integers(0, 256, shape).astype(np.uint8)
+    if xq.size:
+        xq.flat[0] = 255  # the top code survives; 'same' windows hang over the edge
+    _, got = check_op(backend, "int8_max_pool2d", xq, pool_size, strides, padding,
+                      ref=ref.int8_max_pool2d_ref, rtol=0.0, dtype=np.uint8)
+    assert got.dtype == np.uint8
+    # the float pool of the codes' values, requantized: the same codes (max is monotone)
+    scale, zp = 0.05, 17
+    pooled, _ = pynn.backend.cpu.maxpool2d_forward(
+        ((xq.astype(np.float32) - zp) * np.float32(scale)), pool_size,
+        pool_size if strides is None else strides, padding)
+    np.testing.assert_array_equal(got, native_quant.quantize_forward(pooled, scale, zp))
+
+
+@pytest.mark.parametrize("xq,pool_size,message", [
+    (np.ones((2, 4, 4), np.uint8), (2, 2),
+     r"int8_max_pool2d: 'xq' must be uint8 \(N, H, W, C\), got shape \(2, 4, 4\)"),
+    (np.ones((1, 4, 4, 2), np.uint8), (2,),
+     r"int8_max_pool2d: 'pool_size' must be two ints, got \(2,\)"),
+])
+def test_int8_max_pool2d_bad_input(backend, xq, pool_size, message):
+    with pytest.raises(ValueError, match=message):
+        backend.op("int8_max_pool2d")(backend.up(xq), pool_size, None, "valid")
+
+
+def _chain_cnn():
+    return pynn.Sequential([layers.Input((9, 7, 2)),
+                            layers.Conv2D(6, 3, padding="same", activation="relu"),
+                            layers.Conv2D(5, (2, 3), activation="relu"),
+                            layers.MaxPooling2D(2, padding="same"),
+                            layers.Conv2D(9, 3, padding="same"),
+                            layers.MaxPooling2D((2, 1)), layers.Flatten(),
+                            layers.Dense(7, activation="relu"), layers.Dropout(0.5),
+                            layers.Dense(4)])
+
+
+def _unchained(model):
+    """``model`` (quantize's chained output) with every layer taking and giving floats: each
+    boundary dequantized and requantized with the same scale and zero point, the pools on
+    floats."""
+    config = model.get_config()
+    for entry in config["layers"]:
+        if entry["class_name"] == "QuantizedMaxPooling2D":
+            entry["class_name"] = "MaxPooling2D"
+        entry["config"].pop("input_uint8", None)
+        entry["config"].pop("output_uint8", None)
+    plain = pynn.Sequential.from_config(config)
+    plain.set_weights(model.get_weights())
+    return plain
+
+
+def test_chained_int8_model_is_bit_exact_with_the_unchained_one(rng, tmp_path):
+    """quantize's uint8 chain (conv -> conv -> pool -> conv -> pool -> flatten -> dense ->
+    dropout -> dense) gives the bits of the same layers dequantizing and requantizing
+    between them, saves and loads bit-identically, and stays within the float model's
+    quantization error."""
+    model = _chain_cnn()
+    x = rand(rng, (37, 9, 7, 2))
+    chained = quantize(model, x)
+    kinds = [(type(layer).__name__, getattr(layer, "input_uint8", None),
+              getattr(layer, "output_uint8", None)) for layer in chained.layers]
+    assert kinds == [("QuantizedConv2D", False, True), ("QuantizedConv2D", True, True),
+                     ("QuantizedMaxPooling2D", None, None), ("QuantizedConv2D", True, True),
+                     ("QuantizedMaxPooling2D", None, None), ("Flatten", None, None),
+                     ("QuantizedDense", True, True), ("Dropout", None, None),
+                     ("QuantizedDense", True, False)]
+    got = chained.predict(x, verbose=0)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, _unchained(chained).predict(x, verbose=0))
+    for batch in (1, 5):  # the inference plans of other batch sizes, the same rows
+        np.testing.assert_array_equal(chained.predict_on_batch(x[:batch]), got[:batch])
+    chained.save(tmp_path / "chained.pynn")
+    np.testing.assert_array_equal(pynn.load_model(tmp_path / "chained.pynn")
+                                  .predict(x, verbose=0), got)
+    want = model.predict(x, verbose=0)
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
+    unchained = quantize(model, x, chain=False)
+    assert not any(getattr(layer, "output_uint8", False) for layer in unchained.layers)
+    np.testing.assert_allclose(unchained.predict(x, verbose=0), got,
+                               atol=0.05 * np.abs(want).max())
+
+
+def test_uint8_chain_stops_at_outputs_float_layers_and_dynamic_layers(rng):
+    """A chain needs static int8 layers on both sides: an output, a float consumer (here
+    an AveragePooling2D) or a dynamic model keeps float boundaries; the flags need static
+    quantization."""
+    model = pynn.Sequential([layers.Input((6, 6, 2)),
+                             layers.Conv2D(4, 3, padding="same", activation="relu"),
+                             layers.AveragePooling2D(2), layers.Flatten(), layers.Dense(3)])
+    x = rand(rng, (8, 6, 6, 2))
+    static = quantize(model, x)
+    assert not any(getattr(layer, "output_uint8", False) or getattr(layer, "input_uint8", False)
+                   for layer in static.layers)
+    np.testing.assert_allclose(static.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=0.05 * np.abs(model.predict(x, verbose=0)).max())
+    with pytest.raises(ValueError, match=r"QuantizedDense 'd': input_uint8 and output_uint8 "
+                                         r"need static quantization"):
+        QuantizedDense(3, output_uint8=True, name="d")
+
+
+@pytest.mark.opencl
+def test_chained_int8_model_on_opencl_matches_the_cpu(rng, tmp_path):
+    model = _chain_cnn()
+    x = rand(rng, (11, 9, 7, 2))
+    chained = quantize(model, x)
+    want = chained.predict(x, verbose=0)
+    chained.save(tmp_path / "chained.pynn")
+    make_backend("opencl")
+    try:
+        pynn.set_device(os.environ.get("PYNN_CL_DEVICE", "opencl"))
+        got = pynn.load_model(tmp_path / "chained.pynn").predict(x, verbose=0)
+    finally:
+        pynn.set_device("cpu")
+    np.testing.assert_array_equal(got, want)
+
+
+CONV_CASES = [((2, 7, 5, 3), (3, 3), (1, 1), "same", (1, 1), 5),
+              ((1, 9, 8, 5), (3, 2), (2, 3), "same", (1, 1), 17),
+              ((3, 6, 7, 2), (2, 3), (1, 2), "valid", (1, 1), 33),
+              ((1, 11, 10, 1), (3, 3), (1, 1), "same", (2, 2), 3),
+              ((0, 5, 5, 4), (1, 1), (1, 1), "valid", (1, 1), 2),
+              # past the one-thread limit: row tiles over the threads, tails of 64 rows
+              ((4, 33, 31, 20), (3, 3), (1, 1), "same", (1, 1), 40)]
+
+
+@pytest.mark.parametrize("shape,kernel_size,strides,padding,dilation,filters", CONV_CASES)
+def test_int8_conv2d_forward_is_the_dense_op_over_the_patches(backend, rng, shape, kernel_size,
+                                                               strides, padding, dilation,
+                                                               filters):
+    """Bit for bit the integer reference (int8_im2col then int8_dense_forward), by-filter and
+    packed weights, uint8 and float outputs, with and without relu and bias."""
+    xq = rng.integers(0, 256, shape).astype(np.uint8)
+    k = kernel_size[0] * kernel_size[1] * shape[3]
+    wq = rng.integers(-128, 128, (filters, k)).astype(np.int8)
+    bias = rng.integers(-10**5, 10**5, filters).astype(np.int32)
+    mult = (rng.random(filters) * 2e-4 + 1e-5).astype(np.float32)
+    up8 = (lambda a: backend.ops.asarray(a, np.int8)) if backend.is_opencl else (lambda a: a)
+    packed = backend.op("int8_pack_weights")(up8(wq))
+    geometry = (kernel_size, strides, padding, dilation)
+    for weights in (up8(wq), packed):
+        for b, y_zp, relu in ((bias, 77, True), (None, 77, False), (bias, None, True)):
+            got = backend.down(backend.op("int8_conv2d_forward")(
+                backend.up(xq), weights, None if b is None else backend.up(b), 29,
+                backend.up(mult), y_zp, relu, *geometry))
+            want = ref.int8_conv2d_forward_ref(xq, wq, b, 29, mult, y_zp, relu, *geometry)
+            assert got.dtype == want.dtype and got.shape == want.shape
+            np.testing.assert_array_equal(got, want, err_msg=f"{backend.name} relu={relu} "
+                                          f"y_zero_point={y_zp} bias={b is not None}")
+
+
+@pytest.mark.parametrize("isa", native_quant.available_isas())
+def test_int8_conv2d_forward_every_isa_path_is_bit_exact(rng, isa):
+    xq = rng.integers(0, 256, (3, 13, 11, 6)).astype(np.uint8)
+    wq = rng.integers(-128, 128, (37, 54)).astype(np.int8)
+    mult = (rng.random(37) * 2e-4 + 1e-5).astype(np.float32)
+    try:
+        native_quant.force_isa(isa)
+        np.testing.assert_array_equal(
+            native_quant.int8_conv2d_forward(xq, wq, None, 3, mult, 128, True, (3, 3), (1, 1),
+                                             "same", (1, 1)),
+            ref.int8_conv2d_forward_ref(xq, wq, None, 3, mult, 128, True, (3, 3), (1, 1),
+                                        "same", (1, 1)))
+    finally:
+        native_quant.force_isa(None)
+
+
+def test_int8_conv2d_forward_bad_input(backend):
+    up8 = (lambda a: backend.ops.asarray(a, np.int8)) if backend.is_opencl else (lambda a: a)
+    x = backend.up(np.ones((1, 5, 5, 2), np.uint8))
+    mult = backend.up(np.ones(4, np.float32))
+    with pytest.raises(ValueError, match=r"int8_conv2d_forward: 'wq' must be \(F, KH \* KW \* "
+                                         r"C\) = \(4, 18\) int8 weights by filter, got shape "
+                                         r"\(4, 9\)"):
+        backend.op("int8_conv2d_forward")(x, up8(np.ones((4, 9), np.int8)), None, 0, mult, 0,
+                                          False, (3, 3), (1, 1), "same", (1, 1))
+    with pytest.raises(ValueError, match=r"int8_conv2d_forward: 'xq' must be uint8 \(N, H, W, "
+                                         r"C\), got shape \(5, 5, 2\)"):
+        backend.op("int8_conv2d_forward")(backend.up(np.ones((5, 5, 2), np.uint8)),
+                                          up8(np.ones((4, 18), np.int8)), None, 0, mult, 0,
+                                          False, (3, 3), (1, 1), "same", (1, 1))
+
+
+def test_int8_layers_state_their_arithmetic_for_the_inference_plan(rng):
+    """pynn.inference gives a plan two threads only past SERIAL_MAX_MACS multiply-adds; the
+    int8 layers run their own call, so they state theirs (else a plan of them ran on one)."""
+    from pynn import inference
+
+    model = _cnn()
+    x = rand(rng, (64, 9, 8, 3))
+    static = quantize(model, x)
+    conv, conv2, dense = static.layers[0], static.layers[1], static.layers[3]
+    assert conv.inference_macs(x) == 64 * 9 * 8 * (3 * 3 * 3) * 6
+    assert conv2.inference_macs(np.zeros((64, 9, 8, 6))) == 64 * 4 * 3 * (2 * 3 * 6) * 5
+    assert dense.inference_macs(np.zeros((64, 60))) == 64 * 60 * 7
+    plan = inference.InferencePlan(static, [x])
+    assert plan.macs == sum(layer.inference_macs(v) for layer, v in (
+        (conv, x), (conv2, np.zeros((64, 9, 8, 6))), (dense, np.zeros((64, 60))),
+        (static.layers[4], np.zeros((64, 7)))))

@@ -435,6 +435,20 @@ OPS.update({
                                       "y_zero_point", "relu", "strides", "padding",
                                       "dilation_rate"),
 })
+# -- int8 chained inference (issue 18, branch q8; native/quant.pyx, opencl/quant.cl)
+OPS.update({
+    # uint8 (N, H, W, C) -> uint8 (N, HO, WO, C): max over each window's taps inside the input
+    # (MaxPooling2D's geometry: Keras's 'valid' / 'same', strides default pool_size). Max
+    # commutes with the monotone requantization, so pooling the uint8 codes is exactly pooling
+    # the values; static int8 models pool between int8 layers without leaving uint8.
+    "int8_max_pool2d": ("xq", "pool_size", "strides", "padding"),
+    # The int8 Conv2D: int8_dense_forward over int8_im2col(xq, ..., pad_value=x_zero_point)'s
+    # patches with wq (F, KH*KW*C) by filter or packed -> uint8 (N, HO, WO, F) (float32 with
+    # y_zero_point None), the same bits, without the patch matrix (gathered a row tile at a
+    # time into cache on the CPU).
+    "int8_conv2d_forward": ("xq", "wq", "bias", "x_zero_point", "multiplier", "y_zero_point",
+                            "relu", "kernel_size", "strides", "padding", "dilation_rate"),
+})
 
 # -- bf16: mixed precision (issue 17; native/bf16.pyx, opencl/bf16.cl) ---------------------
 # Each bf16_<op> is <op>'s contract (float32 in and out) with the GEMM operands rounded to

@@ -133,6 +133,8 @@ from pynn._native.quant import (  # noqa: F401
 )
 # -- int8 depthwise convolution (issue 18, branch qbreadth) --
 from pynn._native.quant import int8_depthwise_conv2d_forward  # noqa: F401
+# -- int8 chained inference (issue 18, branch q8) --
+from pynn._native.quant import int8_conv2d_forward, int8_max_pool2d  # noqa: F401
 # -- elementwise (issue 13: pynn.ops on the device) --
 from pynn._native.elementwise import (  # noqa: F401
     elementwise_binary, elementwise_unary, reduce_axes,

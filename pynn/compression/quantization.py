@@ -6,7 +6,11 @@
   VNNI / AVX2 chosen at run time, bit-identical on OpenCL), activations uint8 per tensor
   calibrated on ``calibration_x`` (min-max, or the [100 - p, p] percentiles to ignore
   outliers), requantization and relu fused; SimpleRNN / LSTM / GRU get their dynamic int8
-  input projection (below);
+  input projection (below). Consecutive Dense / Conv2D int8 layers (through Flatten, Dropout
+  and MaxPooling2D, which becomes QuantizedMaxPooling2D) pass uint8 codes: the producer's
+  requantizing epilogue writes the consumer's input, dequantized only at the model's float
+  boundary (``chain_uint8``; bit-identical to the same layers dequantizing and requantizing
+  in between);
 - ``quantize_dynamic(model)`` (PyTorch's name): a copy whose Dense layers and SimpleRNN /
   LSTM / GRU input projections (x @ kernel) take int8 weights per output channel and
   quantize their input per call from its own range; the recurrent product stays float;
@@ -40,8 +44,10 @@ from pynn.layers.quantized import (  # noqa: F401 -- the layers are this module'
     METHODS,
     QuantizedConv2D,
     QuantizedDense,
+    QuantizedMaxPooling2D,
     _int8_twin,
     activation_params,
+    chain_uint8,
     weight_params,
 )
 from pynn.layers.quantized_extra import (  # noqa: F401
@@ -101,10 +107,11 @@ def _calibrate(model, calibration_x, method, percentile):
             for key, entry in seen.items()}
 
 
-def quantize(model, calibration_x, method="minmax", percentile=99.99):
+def quantize(model, calibration_x, method="minmax", percentile=99.99, chain=True):
     """An int8 copy of ``model`` (Sequential or functional) for inference (see the module
     docstring); ``calibration_x`` is a sample of inputs (a list for several inputs; a few
-    hundred samples are plenty)."""
+    hundred samples are plenty). ``chain``: consecutive Dense / Conv2D int8 layers (through
+    Flatten, Dropout and MaxPooling2D) pass uint8 codes, not floats (``chain_uint8``)."""
     _graph(model, "quantize")
     if method not in METHODS:
         raise ValueError(f"quantize: method must be one of {METHODS}, got {method!r}")
@@ -118,6 +125,8 @@ def quantize(model, calibration_x, method="minmax", percentile=99.99):
         twin = int8_twin(layer, x_params, y_params, mid_params)
         if twin is not None:
             twins[id(layer)] = twin
+    if chain:
+        chain_uint8(copy._graph, twins)
     _rewire(copy, twins)
     copy.name = f"{model.name}_int8"
     return copy

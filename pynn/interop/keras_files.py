@@ -924,6 +924,8 @@ _NOT_KERAS_LAYERS.update({name: _NOT_KERAS_LAYERS["QuantizedDense"]
                           for name in ("QuantizedConv1D", "QuantizedDepthwiseConv2D",
                                        "QuantizedSeparableConv2D", "QuantizedSimpleRNN",
                                        "QuantizedLSTM", "QuantizedGRU")})
+# -- int8 chains (issue 18, branch q8): the uint8 max pooling between int8 layers --
+_NOT_KERAS_LAYERS["QuantizedMaxPooling2D"] = _NOT_KERAS_LAYERS["QuantizedDense"]
 
 
 def _keras_nested_spec(spec):

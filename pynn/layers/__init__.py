@@ -141,6 +141,9 @@ LAYERS.update({cls.__name__: cls for cls in (
     QuantizedConv1D, QuantizedDepthwiseConv2D, QuantizedSeparableConv2D, QuantizedSimpleRNN,
     QuantizedLSTM, QuantizedGRU,
 )})
+# -- int8 chains (issue 18, branch q8): the uint8 max pooling between int8 layers --
+from pynn.layers.quantized import QuantizedMaxPooling2D  # noqa: E402
+LAYERS["QuantizedMaxPooling2D"] = QuantizedMaxPooling2D
 
 # Keras aliases.
 MaxPool2D = MaxPooling2D

@@ -10,6 +10,7 @@ import numpy as np
 
 from pynn import backend
 from pynn.layers.base import Layer
+from pynn.layers.pooling import MaxPooling2D
 from pynn.variables import Variable
 
 METHODS = ("minmax", "percentile")
@@ -56,7 +57,8 @@ class _Int8Layer(Layer):
     min and max, float32 out straight from the int32 accumulators). Inference only."""
 
     def __init__(self, activation="linear", use_bias=True, input_scale=None,
-                 input_zero_point=0, output_scale=None, output_zero_point=0, **kwargs):
+                 input_zero_point=0, output_scale=None, output_zero_point=0,
+                 input_uint8=False, output_uint8=False, **kwargs):
         super().__init__(**kwargs)
         if activation not in ("linear", "relu", None):
             raise ValueError(f"{type(self).__name__} '{self.name}': the int8 kernel fuses relu "
@@ -71,6 +73,16 @@ class _Int8Layer(Layer):
         self.output_scale = None if output_scale is None else float(output_scale)
         self.input_zero_point = int(input_zero_point)
         self.output_zero_point = int(output_zero_point)
+        # (q8) Static layers of a chain (``quantize`` sets these where every consumer is an
+        # int8 layer with this output's scale and zero point): the uint8 codes travel
+        # between them, with no dequantize / quantize round trip; the float values exist
+        # only at the model's float boundary.
+        if (input_uint8 or output_uint8) and self.input_scale is None:
+            raise ValueError(f"{type(self).__name__} '{self.name}': input_uint8 and "
+                             f"output_uint8 need static quantization (input_scale and "
+                             f"output_scale), got a dynamic layer")
+        self.input_uint8 = bool(input_uint8)
+        self.output_uint8 = bool(output_uint8)
         self._packed = None
 
     def _int8_weights(self, kernel_shape, units):
@@ -139,9 +151,11 @@ class _Int8Layer(Layer):
         q = np.clip(np.rint(bias / (x_scale * w_scale)), -2**31, 2**31 - 1).astype(np.int32)
         return backend.current().asarray(q, np.int32)
 
-    def _int8_matmul(self, x2, patches=None):
-        """The layer's output (float32, 2-D) from its float input ``x2``; ``patches`` turns the
-        uint8 input into GEMM rows (the conv's im2col)."""
+    def _int8_matmul(self, x2, patches=None, conv=None):
+        """The layer's output (float32, 2-D; uint8 codes when ``output_uint8``) from its
+        input ``x2`` (float, or uint8 codes when ``input_uint8``); ``patches`` turns the uint8
+        input into GEMM rows (an im2col), or ``conv`` (int8_conv2d_forward's geometry
+        arguments) runs the int8 Conv2D op on it instead."""
         b = backend.current()
         packed, w_scale, bias, static = self._gemm_operands()
         relu = self.activation == "relu"
@@ -151,27 +165,43 @@ class _Int8Layer(Layer):
             lo = float(np.asarray(b.to_numpy(b.reduce_axes(x2, None, "min", False))))
             hi = float(np.asarray(b.to_numpy(b.reduce_axes(x2, None, "max", False))))
             x_scale, x_zp = activation_params(np.array([lo, hi]))
-        xq = b.quantize_forward(x2, x_scale, x_zp)
-        rows = patches(xq, x_zp) if patches is not None else xq
+        xq = x2 if self.input_uint8 else b.quantize_forward(x2, x_scale, x_zp)
+        if conv is not None:
+            def gemm(*args):
+                return b.int8_conv2d_forward(xq, *args, *conv)
+        else:
+            rows = patches(xq, x_zp) if patches is not None else xq
+
+            def gemm(*args):
+                return b.int8_dense_forward(rows, *args)
         if static is not None:
             bias_q, multiplier = static
-            yq = b.int8_dense_forward(rows, packed, bias_q, x_zp, multiplier,
-                                      self.output_zero_point, relu)
+            yq = gemm(packed, bias_q, x_zp, multiplier, self.output_zero_point, relu)
+            if self.output_uint8:
+                return yq
             return b.dequantize_forward(yq, self.output_scale, self.output_zero_point)
         multiplier = b.asarray((x_scale * w_scale).astype(np.float32), np.float32)
-        return b.int8_dense_forward(rows, packed, self._bias_q(bias, x_scale, w_scale), x_zp,
-                                    multiplier, None, relu)
+        return gemm(packed, self._bias_q(bias, x_scale, w_scale), x_zp, multiplier, None, relu)
 
     def backward(self, dy):
         raise NotImplementedError(f"{type(self).__name__} '{self.name}' is for inference; "
                                   f"train the float model, or quantize_aware's")
+
+    def inference_macs(self, x):
+        """Multiply-adds of a call on ``x`` (pynn.inference sizes its plans' threads by
+        them)."""
+        # rows of outputs times the kernel's products per row (Dense: K x U; Conv2D:
+        # KH KW C x F; the Conv1D twin likewise)
+        rows = int(np.prod(self.compute_output_shape(tuple(x.shape))[:-1]))
+        return rows * int(np.prod(self.kernel.shape))
 
     def get_config(self):
         config = super().get_config()
         config.update(activation=self.activation, use_bias=self.use_bias,
                       input_scale=self.input_scale, input_zero_point=self.input_zero_point,
                       output_scale=self.output_scale,
-                      output_zero_point=self.output_zero_point)
+                      output_zero_point=self.output_zero_point, input_uint8=self.input_uint8,
+                      output_uint8=self.output_uint8)
         return config
 
 
@@ -259,12 +289,10 @@ class QuantizedConv2D(_Int8Layer):
         b = backend.current()
         n, h, w, _ = x.shape
         ho, wo = self._out_hw(h, w)
-
-        def patches(xq, x_zp):  # the zero point pads: it is the real 0
-            return b.int8_im2col(xq, self.kernel_size, self.strides, self.padding,
-                                 self.dilation_rate, x_zp)
-
-        y = self._int8_matmul(x, patches)
+        # (q8) the conv op, not int8_im2col + int8_dense_forward: the same bits without the
+        # patch matrix (19 MB at batch 64 of 32x32x32 inputs, most of the layer's time)
+        y = self._int8_matmul(x, conv=(self.kernel_size, self.strides, self.padding,
+                                       self.dilation_rate))
         return b.reshape(y, (n, ho, wo, self.filters))
 
     def get_config(self):
@@ -273,6 +301,20 @@ class QuantizedConv2D(_Int8Layer):
                       strides=self.strides, padding=self.padding,
                       dilation_rate=self.dilation_rate)
         return config
+
+
+class QuantizedMaxPooling2D(MaxPooling2D):
+    """MaxPooling2D between two int8 layers of a static chain: uint8 codes in and out
+    (``int8_max_pool2d``; max commutes with the monotone requantization, so the codes of the
+    pooled values are the pooled codes). ``quantize`` makes it; inference only."""
+
+    def call(self, x, training=False):
+        return backend.current().int8_max_pool2d(x, self.pool_size, self.strides,
+                                                 self.padding)
+
+    def backward(self, dy):
+        raise NotImplementedError(f"QuantizedMaxPooling2D '{self.name}' is for inference; "
+                                  f"train the float model, or quantize_aware's")
 
 
 class FakeQuant(Layer):
@@ -343,3 +385,71 @@ def _int8_twin(layer, x_params=None, y_params=None):
         return QuantizedConv2D.from_conv(layer, x_params, y_params)
     return None
 
+
+
+# -- int8 chains (issue 18, branch q8) -----------------------------------------------------
+def _passes_uint8(layer):
+    """Layers the uint8 codes may cross between two int8 layers: reshapes and inference's
+    identity (their values are the input's), and max pooling (its int8 twin)."""
+    from pynn.layers.core import Dropout, Flatten
+
+    return type(layer) in (Flatten, Dropout, MaxPooling2D)
+
+
+def chain_uint8(graph, twins):
+    """Mark, in ``twins`` ({id(float layer): its int8 twin}, ``quantize``'s), the static
+    QuantizedDense / QuantizedConv2D whose output reaches only such layers (through Flatten,
+    Dropout and MaxPooling2D, the last made QuantizedMaxPooling2D and added to ``twins``):
+    the producer emits uint8 and each consumer takes it with the producer's output scale and
+    zero point (after a pool calibration saw a narrower range; the producer's covers it)."""
+    consumers, calls = {}, {}
+    for node in graph.nodes:
+        if node.is_input:
+            continue
+        calls[id(node.layer)] = calls.get(id(node.layer), 0) + 1
+        for t in node.inputs:
+            consumers.setdefault(id(t), []).append(node)
+    outputs = {id(t) for t in graph.outputs}
+
+    def static(layer):
+        twin = twins.get(id(layer))
+        return (type(twin) in (QuantizedDense, QuantizedConv2D) and
+                twin.input_scale is not None and calls[id(layer)] == 1)
+
+    for node in graph.nodes:
+        if node.is_input or not static(node.layer) or node.several:
+            continue
+        sinks, pools, frontier, ok = [], [], [node.outputs[0]], True
+        while frontier and ok:
+            t = frontier.pop()
+            users = consumers.get(id(t), [])
+            if id(t) in outputs or not users:
+                ok = False
+                break
+            for user in users:
+                layer = user.layer
+                if user.several or calls[id(layer)] != 1:
+                    ok = False
+                elif static(layer):
+                    sinks.append(layer)
+                elif _passes_uint8(layer) and id(layer) not in twins:
+                    if type(layer) is MaxPooling2D:
+                        pools.append(layer)
+                    frontier.append(user.outputs[0])
+                else:
+                    ok = False
+        if not ok or not sinks:
+            continue
+        producer = twins[id(node.layer)]
+        producer.output_uint8 = True
+        for layer in sinks:
+            consumer = twins[id(layer)]
+            consumer.input_uint8 = True
+            consumer.input_scale = producer.output_scale
+            consumer.input_zero_point = producer.output_zero_point
+            consumer._packed = None  # its multiplier follows the input scale
+        for pool in pools:
+            twin = QuantizedMaxPooling2D.from_config(pool.get_config())
+            twin.build(pool.input_shape)
+            twins[id(pool)] = twin
+# -- end int8 chains --

@@ -95,3 +95,44 @@ def _depthwise_out(sizes, kernel, strides, padding, dilation_rate):
         out.append(-(-size // s) if padding == "same" else (size - span) // s + 1)
     return out
 # -- end int8 depthwise convolution --
+
+
+# -- int8 chained inference (issue 18, branch q8) --
+def int8_max_pool2d_ref(xq, pool_size, strides, padding):
+    """Window maxima over the taps inside the input: int8_im2col with 0 (uint8's floor,
+    never above a real tap) as padding, then the max over the taps."""
+    xq = np.asarray(xq, np.uint8)
+    n, _, _, c = xq.shape
+    strides = tuple(pool_size) if strides is None else tuple(strides)
+    cols = int8_im2col_ref(xq, tuple(pool_size), strides, padding, (1, 1), 0)
+    taps = pool_size[0] * pool_size[1]
+    y = cols.reshape(cols.shape[0], taps, c).max(axis=1, initial=0)
+    return y.reshape((n,) + _out_hw(xq.shape, pool_size, strides, padding)
+                                       + (c,))
+
+
+def _out_hw(shape, pool_size, strides, padding):
+    out = []
+    for size, k, s in zip(shape[1:3], pool_size, strides):
+        out.append(-(-size // s) if padding == "same" else (size - k) // s + 1)
+    return tuple(out)
+
+
+def int8_conv2d_forward_ref(xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu,
+                            kernel_size, strides, padding, dilation_rate):
+    """The op's definition: the dense op over the patches (pad value: the zero point)."""
+    xq = np.asarray(xq, np.uint8)
+    cols = int8_im2col_ref(xq, tuple(kernel_size), tuple(strides), padding,
+                           tuple(dilation_rate), x_zero_point)
+    y = int8_dense_forward_ref(cols, wq, bias, x_zero_point, multiplier, y_zero_point, relu)
+    return y.reshape((xq.shape[0],) + _conv_hw(xq.shape, kernel_size, strides, padding,
+                                               dilation_rate) + (y.shape[-1],))
+
+
+def _conv_hw(shape, kernel_size, strides, padding, dilation_rate):
+    out = []
+    for size, k, s, d in zip(shape[1:3], kernel_size, strides, dilation_rate):
+        span = (k - 1) * d + 1
+        out.append(-(-size // s) if padding == "same" else (size - span) // s + 1)
+    return tuple(out)
+# -- end int8 chained inference --

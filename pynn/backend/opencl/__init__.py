@@ -99,6 +99,8 @@ from pynn.backend.opencl.quant import (  # noqa: F401
 )
 # -- int8 depthwise convolution (issue 18, branch qbreadth) --
 from pynn.backend.opencl.quant import int8_depthwise_conv2d_forward  # noqa: F401
+# -- int8 chained inference (issue 18, branch q8) --
+from pynn.backend.opencl.quant import int8_conv2d_forward, int8_max_pool2d  # noqa: F401
 # -- rnn_mask: general recurrence (issue 14, recurrent half) --
 from pynn.backend.opencl.rnn_mask import (  # noqa: F401
     recurrence_backward,

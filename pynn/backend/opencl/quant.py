@@ -101,3 +101,30 @@ def int8_depthwise_conv2d_forward(xq, wq, bias, x_zero_point, multiplier, y_zero
                     np.float32(lo))
     return y
 # -- end int8 depthwise convolution --
+
+
+# -- int8 chained inference (issue 18, branch q8) --
+def int8_max_pool2d(xq, pool_size, strides, padding):
+    """uint8 (N, HO, WO, C): window maxima of uint8 xq (native/quant.pyx's contract)."""
+    xq, g = operands.int8_max_pool2d(DEVICE, xq, pool_size, strides, padding)
+    y = rt.empty((g["N"], g["HO"], g["WO"], g["C"]), np.uint8, "int8_max_pool2d output")
+    if y.size:
+        elementwise("quant", "int8_max_pool2d", y.size, xq, y, y.size, g["H"], g["W"], g["C"],
+                    g["KH"], g["KW"], g["SH"], g["SW"], g["PT"], g["PL"], g["HO"], g["WO"])
+    return y
+
+
+def int8_conv2d_forward(xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu,
+                        kernel_size, strides, padding, dilation_rate):
+    """uint8 (N, HO, WO, F) (native/quant.pyx's contract): here the device's int8_im2col
+    and int8_dense_forward kernels in turn, which is the contract's definition, so the bits
+    are the CPU's (a GPU gains less from skipping the patch matrix than a CPU cache does)."""
+    xq, wq, bias, x_zp, multiplier, y_zp, relu, g = operands.int8_conv2d_forward(
+        DEVICE, xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu, kernel_size,
+        strides, padding, dilation_rate)
+    cols = int8_im2col(xq, (g["KH"], g["KW"]), (g["SH"], g["SW"]), padding,
+                       (g["DH"], g["DW"]), x_zp)
+    y = int8_dense_forward(cols, wq, bias, x_zp, multiplier,
+                           None if y_zp is None else int(y_zp), relu)
+    return y.reshape((g["N"], g["HO"], g["WO"], multiplier.shape[0]))
+# -- end int8 chained inference --

@@ -145,3 +145,64 @@ def int8_depthwise_conv2d_forward(arrays, xq, wq, bias, x_zero_point, multiplier
     return (xq, wq, bias, _zero_point(op, "x_zero_point", x_zero_point), multiplier,
             y_zero_point, bool(relu), g)
 # -- end int8 depthwise convolution --
+
+
+# -- int8 chained inference (issue 18, branch q8) --
+def int8_max_pool2d(arrays, xq, pool_size, strides, padding):
+    """-> (xq uint8 (N, H, W, C), geometry dict of conv_geometry)."""
+    op = "int8_max_pool2d"
+    xq = arrays.mask_input(op, "xq", xq)
+    if xq.ndim != 4:
+        raise ValueError(f"{op}: 'xq' must be uint8 (N, H, W, C), got shape {xq.shape}")
+    try:
+        ph, pw = (int(v) for v in pool_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}: 'pool_size' must be two ints, got {pool_size!r}") from None
+    c = xq.shape[3]
+    g = conv_geometry(op, xq.shape, (ph, pw, c, c), (ph, pw) if strides is None else strides,
+                      padding, (1, 1))
+    check_count(arrays, op, "output", g["N"] * g["HO"] * g["WO"] * c)
+    return xq, g
+
+
+def int8_conv2d_forward(arrays, xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu,
+                        kernel_size, strides, padding, dilation_rate):
+    """-> (xq uint8 (N, H, W, C), wq int8 (F, K) or packed, bias int32 (F,) or None,
+    x_zero_point int, multiplier float32 (F,), y_zero_point float or None, relu bool,
+    geometry dict of conv_geometry); K = KH * KW * C."""
+    op = "int8_conv2d_forward"
+    xq = arrays.mask_input(op, "xq", xq)
+    if xq.ndim != 4:
+        raise ValueError(f"{op}: 'xq' must be uint8 (N, H, W, C), got shape {xq.shape}")
+    try:
+        kh, kw = (int(v) for v in kernel_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}: 'kernel_size' must be two ints, got {kernel_size!r}") from None
+    c = xq.shape[3]
+    g = conv_geometry(op, xq.shape, (kh, kw, c, 1), strides, padding, dilation_rate)
+    k = kh * kw * c
+    if k > MAX_K:
+        raise ValueError(f"{op}: KH * KW * C = {k} exceeds {MAX_K}, past which int32 dot "
+                         f"products could overflow")
+    wq = _int8(arrays, op, "wq", wq)
+    multiplier = arrays.float_input(op, "multiplier", multiplier, ndim=1)
+    if multiplier.dtype != np.float32:
+        multiplier = multiplier.astype(np.float32)
+    units = multiplier.shape[0]
+    if wq.ndim == 3:
+        want = (-(-units // 16), -(-k // 4), 64)
+        if tuple(wq.shape) != want:
+            raise ValueError(f"{op}: packed 'wq' of {units} filters and K = {k} must have "
+                             f"shape {want} (int8_pack_weights), got {tuple(wq.shape)}")
+    elif wq.ndim != 2 or wq.shape != (units, k):
+        raise ValueError(f"{op}: 'wq' must be (F, KH * KW * C) = ({units}, {k}) int8 "
+                         f"weights by filter, got shape {tuple(wq.shape)}")
+    if bias is not None:
+        bias = arrays.int_input(op, "bias", bias, ndim=1)
+        check_shape(op, "bias", bias, (units,))
+    check_count(arrays, op, "output", g["N"] * g["HO"] * g["WO"] * units)
+    if y_zero_point is not None:  # None: float output
+        y_zero_point = float(_zero_point(op, "y_zero_point", y_zero_point))
+    return (xq, wq, bias, _zero_point(op, "x_zero_point", x_zero_point), multiplier,
+            y_zero_point, bool(relu), g)
+# -- end int8 chained inference --
