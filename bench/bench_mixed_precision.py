@@ -130,7 +130,7 @@ def run(args):
     results = {"machine": {"cpu": platform.processor() or platform.machine(),
                            "threads": args.threads, "bf16_kernel":
                            pynn.mixed_precision.bf16_kernel(),
-                           "note": "2 cores shared by 8 sessions: wall-clock medians of "
+                           "note": "2 cores shared with other sessions: wall-clock medians of "
                                    "alternated rounds"},
                "versions": {"pynn": pynn.__version__, "torch": torch.__version__},
                "models": {}}
