@@ -9,6 +9,9 @@ round timing ``--steps`` training steps per variant (images/s); the table shows 
 over rounds and the ratios of the medians.
 
     .venv/bin/python bench/bench_mixed_precision.py [--threads 2] [--rounds 7] [--json PATH]
+
+``--profile`` instead times each backend op of both pynn policies (bench_cpu.profile_pynn's
+wrapping), side by side per op, to show where bf16 gains or loses.
 """
 
 import argparse
@@ -127,7 +130,7 @@ def run(args):
     results = {"machine": {"cpu": platform.processor() or platform.machine(),
                            "threads": args.threads, "bf16_kernel":
                            pynn.mixed_precision.bf16_kernel(),
-                           "note": "2 cores shared by 8 sessions: wall-clock medians of "
+                           "note": "2 cores shared with other sessions: wall-clock medians of "
                                    "alternated rounds"},
                "versions": {"pynn": pynn.__version__, "torch": torch.__version__},
                "models": {}}
@@ -181,6 +184,45 @@ def run(args):
     return results
 
 
+def profile(args):
+    """ms per step of each op (summed over its shapes) under float32 and mixed_bfloat16; the
+    bf16_ prefix is dropped so an op's two lanes share a row."""
+    from bench_cpu import profile_pynn
+
+    import pynn
+
+    pynn.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    out = {}
+    for name in args.models:
+        spec = MODELS[name]
+        x = rng.random((spec["batch"],) + spec["input"], dtype=np.float32)
+        y = rng.integers(0, 10, spec["batch"]).astype(np.int32)
+        rows = {}
+        for policy in ("float32", "mixed_bfloat16"):
+            model = pynn_model(name, policy)
+
+            class Runner:
+                def step(self, i, model=model, x=x, y=y):
+                    model.train_on_batch(x, y)
+
+            for _ in range(3):
+                Runner().step(0)
+            prof = profile_pynn(Runner(), args.steps * args.rounds)
+            for key, ms in prof["ops_ms"].items():
+                op = key.split(" ")[0].removeprefix("bf16_")
+                rows.setdefault(op, {}).setdefault(policy, 0.0)
+                rows[op][policy] += ms
+            rows.setdefault("(outside ops)", {})[policy] = prof["outside_ops_ms"]
+            rows.setdefault("(step, unprofiled)", {})[policy] = prof["ms_per_step"]
+        out[name] = rows
+        print(f"{name}: ms per step   float32   mixed_bfloat16", flush=True)
+        for op, r in sorted(rows.items(), key=lambda kv: -kv[1].get("float32", 0.0)):
+            print(f"  {op:32s} {r.get('float32', 0.0):8.3f} {r.get('mixed_bfloat16', 0.0):8.3f}",
+                  flush=True)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -188,9 +230,10 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--profile", action="store_true", help="per-op times of both pynn policies")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    results = run(args)
+    results = profile(args) if args.profile else run(args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0

@@ -27,6 +27,11 @@ import numpy as np
 
 from pynn import _config
 
+# Input channels below which native/bf16.pyx's convs round their operands and run the float32
+# kernels (its NARROW_CHANNELS, the same value): Conv2D's backward then takes the fused float32
+# conv2d_backward on rounded x and kernel instead of a separate activation pass and two ops.
+NARROW_CHANNELS = 8
+
 _MIXED = {"mixed_bfloat16": ("bfloat16", "float32")}
 _FLOATS = ("float32", "float64")
 _global = None

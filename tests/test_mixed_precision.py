@@ -14,6 +14,7 @@ from pynn import mixed_precision as mp
 from pynn._native import bf16 as native_bf16
 from tests.backend_util import rand
 from tests.reference import bf16_ref as ref
+from tests.reference.conv_ref import conv2d_backward_input_ref, conv2d_backward_weight_ref
 
 
 @pytest.fixture(autouse=True)
@@ -211,6 +212,31 @@ def test_conv2d_under_mixed_bfloat16(backend, rng):
            45)
     _bound(dk, ref.bf16_conv2d_backward_weight_ref(x, dz, kernel.shape, *geo),
            ref.bf16_conv2d_backward_weight_ref(np.abs(x), np.abs(dz), kernel.shape, *geo), 84)
+    np.testing.assert_allclose(db, dz.sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
+
+
+def test_narrow_conv2d_under_mixed_bfloat16(backend, rng):
+    """Under NARROW_CHANNELS input channels (a first layer's 3) the backward is float32's fused
+    conv2d_backward on bf16-rounded x and kernel: dz = activation'(z) * dy stays float32
+    (closer to float64 than the wide layers' rounded dz), float32 accumulation otherwise."""
+    c = mp.NARROW_CHANNELS - 1
+    x = rand(rng, (3, 9, 7, c))
+    layer = layers.Conv2D(6, 3, padding="same", activation="relu", dtype="mixed_bfloat16",
+                          bias_initializer="glorot_uniform")
+    layer.build((None, 9, 7, c))
+    layer.needs_input_grad = True
+    kernel, bias = layer.get_weights()
+    dy = rand(rng, (3, 9, 7, 6))
+    y, dx, (dk, db) = _run_layer(backend, layer, x, dy)
+    geo = ((1, 1), "same", (1, 1))
+    want_y, z = ref.bf16_conv2d_forward_ref(x, kernel, bias, *geo, "relu")
+    np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
+    dz = dy * (z > 0)
+    xr, kr = ref.bf16_round_ref(x), ref.bf16_round_ref(kernel)
+    _bound(dx, conv2d_backward_input_ref(dz, kr, x.shape, *geo),
+           conv2d_backward_input_ref(np.abs(dz), np.abs(kr), x.shape, *geo), 60)
+    _bound(dk, conv2d_backward_weight_ref(xr, dz, kernel.shape, *geo),
+           conv2d_backward_weight_ref(np.abs(xr), np.abs(dz), kernel.shape, *geo), 200)
     np.testing.assert_allclose(db, dz.sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
 
 

@@ -13,6 +13,7 @@ from pynn.layers.base import (
     pair,
     shape_str,
 )
+from pynn.mixed_precision import NARROW_CHANNELS
 
 
 class Conv2D(Layer):
@@ -91,10 +92,14 @@ class Conv2D(Layer):
         b = backend.current()
         x, y, z = self._cache
         self._cache = None
-        if self.groups > 1 or self._bf16_compute:
+        kernel = self.kernel.value
+        if self._bf16_compute and self.groups == 1 and x.shape[-1] < NARROW_CHANNELS:
+            # bf16's narrow convs run float32 anyway: one fused pass, dz left unrounded
+            x, kernel = b.bf16_round(x), b.bf16_round(kernel)
+        elif self.groups > 1 or self._bf16_compute:
             return self._grouped_backward(b, dy, x, y, z)
         dx, self.kernel.grad, db = b.conv2d_backward(
-            dy, x, z, y, self.kernel.value, self.strides, self.padding, self.dilation_rate,
+            dy, x, z, y, kernel, self.strides, self.padding, self.dilation_rate,
             self.activation, self.alpha, self.use_bias, self.needs_input_grad)
         if self.use_bias:
             self.bias.grad = db
