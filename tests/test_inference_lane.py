@@ -15,6 +15,22 @@ from tests.backend_util import assert_close, rand
 from tests.reference.dense_ref import dense_forward_ref
 
 
+class _Clock:
+    """The plan's timer, made deterministic: a candidate costs what `lag` adds, never what
+    the machine happens to be doing (under `pytest -n 2` a two-thread conv can wait a whole
+    scheduler slice for its second core, outrunning any sleep a test could afford)."""
+
+    def __init__(self, monkeypatch):
+        self.now = 0.0
+        monkeypatch.setattr(inference, "time", self)
+
+    def perf_counter(self):
+        return self.now
+
+    def lag(self):
+        self.now += 1.0
+
+
 def chain_of(sizes, rng, acts=None):
     from pynn._native.infer import DenseChain
 
@@ -227,17 +243,16 @@ def small_cnn():
 def test_conv_plans_keep_the_faster_of_direct_and_public(slower, monkeypatch):
     """Timed at plan time: a direct runner slower than the public op (say, one that moved
     to Winograd) gives way to it; the answers agree either way."""
-    import time
-
     rng = np.random.default_rng(9)
     model = small_cnn()
     randomize(model, rng)
     x = rand(rng, (1, 11, 9, 3))
     want = model._plan.forward([x], False)[0][0]
+    clock = _Clock(monkeypatch)
     if slower == "direct":
         for runner in (inference._Conv2D, inference._Conv2DSerial):
             def slow(self, x, buf, run=runner.run):
-                time.sleep(0.002)
+                clock.lag()
                 return run(self, x, buf)
 
             monkeypatch.setattr(runner, "run", slow)
@@ -245,7 +260,7 @@ def test_conv_plans_keep_the_faster_of_direct_and_public(slower, monkeypatch):
         call = inference._Generic.run
 
         def slow(self, x, buf):
-            time.sleep(0.002)
+            clock.lag()
             return call(self, x, buf)
 
         monkeypatch.setattr(inference._Generic, "run", slow)
@@ -421,25 +436,24 @@ def test_a_public_conv_that_rounds_otherwise_is_timed_against_the_direct_path(
         slower, monkeypatch):
     """A public Conv2D that takes another algorithm (a Winograd stand-in: the same numbers
     to float32 rounding) leaves the direct runner a candidate; the faster one is kept."""
-    import time
-
     rng = np.random.default_rng(15)
     model = small_cnn()
     randomize(model, rng)
     x = rand(rng, (1, 11, 9, 3))
     conv = model.layers[0]
     own = type(conv).call
+    clock = _Clock(monkeypatch)
 
     def other_algorithm(x, training=False):
         if slower == "public":
-            time.sleep(0.002)
+            clock.lag()
         return own(conv, x, training) * np.float32(1 + 2 ** -22)
 
     monkeypatch.setattr(conv, "call", other_algorithm)
     if slower == "direct":
         for runner in (inference._Conv2D, inference._Conv2DSerial):
             def slow(self, x, buf, run=runner.run):
-                time.sleep(0.002)
+                clock.lag()
                 return run(self, x, buf)
 
             monkeypatch.setattr(runner, "run", slow)
