@@ -88,7 +88,7 @@ def parse_args(argv):
                     help="OMP_WAIT_POLICY of the PyTorch worker (default: PyTorch's own)")
     ap.add_argument("--torch-omp-spincount", type=int, default=None,
                     help="GOMP_SPINCOUNT of the PyTorch worker (default: libgomp's own; pynn "
-                         "sets 30000 for itself)")
+                         "sets 1000 for itself)")
     args = ap.parse_args(argv)
     args.size = args.size or ("quick" if args.quick else "full")
     args.repeats = args.repeats or REPEATS[args.size]

@@ -18,15 +18,18 @@ import os as _os
 # own threads also spin, so the two pools starved each other (a small CNN's step measured 4 ms
 # with one thread and 140 ms with two): waiters were made to sleep (PASSIVE). Sleeping costs
 # a futex wake-up per parallel region instead, and since every BLAS call inside pynn runs on
-# one thread within pynn's own region there is nothing left to starve: a short spin before
-# sleeping (30,000 spins, ~0.3 ms) measured 1.1-2x faster training steps than pure sleeping
-# (MLP 2.1 -> 1.45 ms, func30 13.8 -> 8.4 ms, LSTM 9.2 -> 7.0 ms, small CNN 19.7 -> 16.2 ms
-# on 2 AMD EPYC cores shared with other work; 10,000 and 100,000 were no better; see
-# bench/README.md). libgomp falls back to its 1,000-spin throttle by itself when more
-# threads than cores wait. Both must be set before libgomp loads (the first pynn._native
-# import); the user's own settings win.
+# one thread within pynn's own region there is nothing left to starve inside one process: a
+# short spin before sleeping pays (alone on 2 AMD EPYC cores, MLP step 2.9 -> 1.75 ms at
+# 1,000 spins, 1.5 ms at 30,000). Across processes it does not: libgomp's throttle counts only
+# its own process's threads, so two 2-thread pynn processes on 2 cores spin while the thread
+# they wait for is off its core, and 30,000 spins made that 7x slower (MLP 3.8 -> 27 ms, CNN
+# 14 -> 61 ms; the digits demo 4.5 -> 72 s), 1,000 spins 1.2x (bench/bench_spin.py,
+# bench/results/spin-amd-epyc-2t.json). 1,000 keeps most of the gain where pynn is alone
+# and bounds the loss where it is not; a dedicated machine may set GOMP_SPINCOUNT=30000.
+# Both must be set before libgomp loads (the first pynn._native import); the user's own
+# settings win.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-_os.environ.setdefault("GOMP_SPINCOUNT", "30000")
+_os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 # OpenBLAS's own workers likewise spin after each GEMM (2^28 cycles by default) and then take
 # the cores from the OpenMP im2col/epilogue passes that follow: a Conv2D training step measured
 # 123 ms by default and 77-87 ms with a short spin. Too short a spin costs the MLP its hot BLAS
