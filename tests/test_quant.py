@@ -628,3 +628,35 @@ def test_int8_layers_state_their_arithmetic_for_the_inference_plan(rng):
     assert plan.macs == sum(layer.inference_macs(v) for layer, v in (
         (conv, x), (conv2, np.zeros((64, 9, 8, 6))), (dense, np.zeros((64, 60))),
         (static.layers[4], np.zeros((64, 7)))))
+
+
+def test_converted_qat_model_chains_uint8_like_quantize(rng, tmp_path):
+    """convert() of a quantize_aware CNN passes uint8 between its int8 layers as quantize()
+    does: the same bits as its unchained twin, within quantization error of the QAT model."""
+    from pynn.compression.qat import convert, quantize_aware
+
+    pynn.utils.set_random_seed(5)
+    model = _chain_cnn()
+    x = rand(rng, (29, 9, 7, 2))
+    qat = quantize_aware(model)
+    qat.compile("adam", "mse")
+    qat.fit(x, rand(rng, (29, 4)), epochs=2, batch_size=8, verbose=0)
+    chained = convert(qat)
+    kinds = [(type(layer).__name__, getattr(layer, "input_uint8", None),
+              getattr(layer, "output_uint8", None)) for layer in chained.layers]
+    assert ("QuantizedConv2D", True, True) in kinds and ("QuantizedDense", True, False) \
+        in kinds and ("QuantizedMaxPooling2D", None, None) in kinds, kinds
+    got = chained.predict(x, verbose=0)
+    np.testing.assert_array_equal(got, _unchained(chained).predict(x, verbose=0))
+    chained.save(tmp_path / "qat_int8.pynn")
+    np.testing.assert_array_equal(pynn.load_model(tmp_path / "qat_int8.pynn")
+                                  .predict(x, verbose=0), got)
+    unchained = convert(qat, chain=False)
+    assert not any(getattr(layer, "output_uint8", False) for layer in unchained.layers)
+    want = qat.predict(x, verbose=0)
+    scale = np.ptp(want)
+    assert scale > 0.1  # a live network, so the bound below means something
+    # The chain quantizes a pool's output on its producer's range, not the FakeQuant's
+    # after the pool: a few steps of either range, well inside the QAT model's own error.
+    assert np.abs(unchained.predict(x, verbose=0) - want).max() <= 0.1 * scale
+    assert np.abs(got - want).max() <= 0.1 * scale

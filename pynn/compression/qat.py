@@ -57,10 +57,13 @@ def quantize_aware(model, momentum=0.99):
                       name=f"{model.name}_qat")
 
 
-def convert(qat_model):
+def convert(qat_model, chain=True):
     """The int8 model of a trained ``quantize_aware`` copy: each layer between two FakeQuant
-    becomes its static int8 twin with their ranges; the FakeQuant go."""
+    becomes its static int8 twin with their ranges; the FakeQuant go. ``chain``: as in
+    ``quantize``, consecutive int8 layers (through Flatten, Dropout and MaxPooling2D) pass
+    uint8 codes, each consumer taking its producer's output range (``chain_uint8``)."""
     from pynn.layers import Input
+    from pynn.layers.quantized import chain_uint8
     from pynn.models import Sequential, layer_from_config
 
     stack = qat_model.layers
@@ -81,5 +84,12 @@ def convert(qat_model):
             twin.set_weights(layer.get_weights())
         new_layers.append(twin)
     name = qat_model.name.removesuffix("_qat")
-    return Sequential([Input(tuple(qat_model.input_shape[1:]))] + new_layers,
-                      name=f"{name}_int8")
+    inputs = tuple(qat_model.input_shape[1:])
+    if chain:
+        # chain_uint8 reads a graph of the layers and marks their int8 twins: here each int8
+        # layer is its own twin, and a chained MaxPooling2D gets one to stand in for it.
+        twins = {id(layer): layer for layer in new_layers
+                 if getattr(layer, "input_scale", None) is not None}
+        chain_uint8(Sequential([Input(inputs)] + new_layers)._graph, twins)
+        new_layers = [twins.get(id(layer), layer) for layer in new_layers]
+    return Sequential([Input(inputs)] + new_layers, name=f"{name}_int8")
