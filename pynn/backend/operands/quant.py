@@ -148,16 +148,22 @@ def int8_depthwise_conv2d_forward(arrays, xq, wq, bias, x_zero_point, multiplier
 
 
 # -- int8 chained inference (issue 18, branch q8) --
-def int8_max_pool2d(arrays, xq, pool_size, strides, padding):
-    """-> (xq uint8 (N, H, W, C), geometry dict of conv_geometry)."""
-    op = "int8_max_pool2d"
+def _uint8_nhwc_and_window(arrays, op, xq, window, window_name):
+    """-> (xq uint8 (N, H, W, C), the window's two ints)."""
     xq = arrays.mask_input(op, "xq", xq)
     if xq.ndim != 4:
         raise ValueError(f"{op}: 'xq' must be uint8 (N, H, W, C), got shape {xq.shape}")
     try:
-        ph, pw = (int(v) for v in pool_size)
+        wh, ww = (int(v) for v in window)
     except (TypeError, ValueError):
-        raise ValueError(f"{op}: 'pool_size' must be two ints, got {pool_size!r}") from None
+        raise ValueError(f"{op}: '{window_name}' must be two ints, got {window!r}") from None
+    return xq, wh, ww
+
+
+def int8_max_pool2d(arrays, xq, pool_size, strides, padding):
+    """-> (xq uint8 (N, H, W, C), geometry dict of conv_geometry)."""
+    op = "int8_max_pool2d"
+    xq, ph, pw = _uint8_nhwc_and_window(arrays, op, xq, pool_size, "pool_size")
     c = xq.shape[3]
     g = conv_geometry(op, xq.shape, (ph, pw, c, c), (ph, pw) if strides is None else strides,
                       padding, (1, 1))
@@ -171,13 +177,7 @@ def int8_conv2d_forward(arrays, xq, wq, bias, x_zero_point, multiplier, y_zero_p
     x_zero_point int, multiplier float32 (F,), y_zero_point float or None, relu bool,
     geometry dict of conv_geometry); K = KH * KW * C."""
     op = "int8_conv2d_forward"
-    xq = arrays.mask_input(op, "xq", xq)
-    if xq.ndim != 4:
-        raise ValueError(f"{op}: 'xq' must be uint8 (N, H, W, C), got shape {xq.shape}")
-    try:
-        kh, kw = (int(v) for v in kernel_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"{op}: 'kernel_size' must be two ints, got {kernel_size!r}") from None
+    xq, kh, kw = _uint8_nhwc_and_window(arrays, op, xq, kernel_size, "kernel_size")
     c = xq.shape[3]
     g = conv_geometry(op, xq.shape, (kh, kw, c, 1), strides, padding, dilation_rate)
     k = kh * kw * c
