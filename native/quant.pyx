@@ -203,6 +203,34 @@ def int8_pack_weights(wq):
     return packed
 
 
+cdef void _fill_epilogue(pynn_qgemm_args* a, const int8_t[:, :, ::1] packed,
+                        const int32_t[::1] bias, const float[::1] multiplier,
+                        int64_t[::1] correction, int32_t[::1] correction32,
+                        uint8_t[:, ::1] yq, float[:, ::1] yf, int x_zero_point,
+                        float y_zero_point, float lo, bint relu) noexcept nogil:
+    """Everything of ``a`` but its input rows: the weight sums in ``correction`` folded with
+    the bias and the input zero point (their int32 copy used only when no dot product plus
+    correction can leave int32), the requantization and the output."""
+    cdef Py_ssize_t units = multiplier.shape[0], k4 = packed.shape[1], u
+    cdef int64_t worst = 0
+    for u in range(units):
+        correction[u] = bias[u] - <int64_t>x_zero_point * correction[u]
+        worst = max(worst, correction[u] if correction[u] >= 0 else -correction[u])
+        correction32[u] = <int32_t>correction[u]
+    a.packed = &packed[0, 0, 0]
+    a.k4 = k4
+    a.units = units
+    a.correction = &correction[0]
+    # |dot| <= 255 * 128 per product, 4 * k4 products
+    a.correction32 = &correction32[0] if 255 * 128 * 4 * k4 + worst < INT32_HI else NULL
+    a.multiplier = &multiplier[0]
+    a.y_zero_point = y_zero_point
+    a.lo = lo
+    a.y = &yq[0, 0] if yq is not None else NULL
+    a.yf = &yf[0, 0] if yf is not None else NULL
+    a.relu = relu
+
+
 def _int8_dense(const uint8_t[:, ::1] xq,          # IN (N, 4 * K4), rows zero-padded
                 const int8_t[:, :, ::1] packed,    # IN (ceil(U / 16), K4, 64)
                 const int32_t[::1] bias,           # IN (U,) (zeros when the layer has none)
@@ -218,31 +246,17 @@ def _int8_dense(const uint8_t[:, ::1] xq,          # IN (N, 4 * K4), rows zero-p
     cdef Py_ssize_t row_tiles = (n + ROWS_PER_TILE - 1) // ROWS_PER_TILE, r0, r1, ub
     cdef int64_t[::1] correction = np.empty(units, np.int64)
     cdef int32_t[::1] correction32 = np.empty(units, np.int32)
-    cdef int64_t bound = 255 * 128 * 4 * k4, worst = 0
     cdef pynn_qgemm_args a
     cdef bint parallel = n * units * k4 * 4 >= GEMM_PARALLEL_MIN
     with nogil:
         for ub in prange(nblocks, schedule="static",
                          use_threads_if=units * k4 * 4 >= STREAM_PARALLEL_MIN):
             pynn_qgemm_wsum(&packed[0, 0, 0], k4, units, ub, &correction[0])
-        for u in range(units):
-            correction[u] = bias[u] - <int64_t>x_zero_point * correction[u]
-            worst = max(worst, correction[u] if correction[u] >= 0 else -correction[u])
-            correction32[u] = <int32_t>correction[u]  # used only when it fits (below)
+        _fill_epilogue(&a, packed, bias, multiplier, correction, correction32, yq, yf,
+                       x_zero_point, y_zero_point, lo, relu)
         a.x = &xq[0, 0]
         a.ldx = xq.shape[1]
-        a.packed = &packed[0, 0, 0]
-        a.k4 = k4
         a.n = n
-        a.units = units
-        a.correction = &correction[0]
-        a.correction32 = &correction32[0] if bound + worst < INT32_HI else NULL
-        a.multiplier = &multiplier[0]
-        a.y_zero_point = y_zero_point
-        a.lo = lo
-        a.y = &yq[0, 0] if yq is not None else NULL
-        a.yf = &yf[0, 0] if yf is not None else NULL
-        a.relu = relu
         # column tiles outermost: a static schedule hands each thread whole weight panels
         for t in prange(col_tiles * row_tiles, schedule="static", use_threads_if=parallel):
             r0 = (t % row_tiles) * ROWS_PER_TILE
@@ -470,31 +484,17 @@ def _int8_conv(const uint8_t[:, :, :, ::1] xq,     # IN (N, H, W, C)
     cdef int isa = pynn_qgemm_isa()
     cdef int64_t[::1] correction = np.empty(units, np.int64)
     cdef int32_t[::1] correction32 = np.empty(units, np.int32)
-    cdef int64_t bound = 255 * 128 * 4 * k4, worst = 0
     cdef pynn_qgemm_args a
     cdef pynn_qconv_geom g
     cdef bint parallel = rows * units * k4 * 4 >= GEMM_PARALLEL_MIN
     with nogil:
         for u in range(packed.shape[0]):
             pynn_qgemm_wsum(&packed[0, 0, 0], k4, units, u, &correction[0])
-        for u in range(units):
-            correction[u] = bias[u] - <int64_t>x_zero_point * correction[u]
-            worst = max(worst, correction[u] if correction[u] >= 0 else -correction[u])
-            correction32[u] = <int32_t>correction[u]  # used only when it fits (below)
+        _fill_epilogue(&a, packed, bias, multiplier, correction, correction32, yq, yf,
+                       x_zero_point, y_zero_point, lo, relu)
         a.x = NULL
         a.ldx = 4 * k4
-        a.packed = &packed[0, 0, 0]
-        a.k4 = k4
         a.n = rows
-        a.units = units
-        a.correction = &correction[0]
-        a.correction32 = &correction32[0] if bound + worst < INT32_HI else NULL
-        a.multiplier = &multiplier[0]
-        a.y_zero_point = y_zero_point
-        a.lo = lo
-        a.y = &yq[0, 0] if yq is not None else NULL
-        a.yf = &yf[0, 0] if yf is not None else NULL
-        a.relu = relu
         g.x = &xq[0, 0, 0, 0]
         g.h, g.w, g.c = xq.shape[1], xq.shape[2], xq.shape[3]
         g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.ho, g.wo = \
