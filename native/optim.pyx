@@ -33,6 +33,8 @@ import math
 
 import numpy as np
 
+cimport numpy as cnp
+
 from cython.parallel cimport prange
 from libc.math cimport sqrt, fabs, fma, fmaf
 from libc.float cimport FLT_MIN, DBL_MIN
@@ -50,6 +52,9 @@ ctypedef fused floating:
 cdef enum:
     BLOCK = 4096
     PARALLEL_MIN = 32768
+    # The unit of work of the unmasked Adam step, one parameter or many (_adam_span). A
+    # multiple of every vector width, so only a parameter's last span has a scalar tail.
+    SPAN = 16384
 
 
 def _clip(clip):
@@ -121,6 +126,7 @@ ctypedef fused mask_t:
 
 # The NoMask stand-in: never read, but a valid pointer.
 _NO_MASK = np.ones(1, dtype=np.int8)
+cdef const signed char[::1] _NO_MASK_VIEW = _NO_MASK
 
 
 cdef inline unsigned char keep_of(const mask_t* mask, Py_ssize_t i) noexcept nogil:
@@ -332,12 +338,36 @@ def sgd_update(w, g, momentum_buf, lr, momentum, nesterov, grad_scale, clipvalue
 
 # -- Adam / AdamW ---------------------------------------------------------------------------
 
+cdef inline void _adam_span(floating* w, const floating* g, floating* m, floating* v,
+                            const mask_t* mk, Py_ssize_t n, floating alpha_, floating one_b1,
+                            floating one_b2, floating eps, floating scale, floating clip,
+                            floating dec, floating tiny) noexcept nogil:
+    """Adam without amsgrad over n elements (the mask already offset, or NoMask). Every
+    unmasked Adam step runs this on spans of SPAN elements cut from the start of its
+    parameter, one parameter (_adam) or many (_adam_many): the vector body and scalar tail
+    fall on the same elements either way, so both give the same bits."""
+    cdef Py_ssize_t i
+    cdef unsigned char k
+    cdef floating gi, wi, mi, vi
+    for i in range(n):
+        k = keep_of(mk, i)
+        gi = clipped_grad(g[i], scale, clip)
+        wi = decayed(w[i], dec)
+        mi = flushed(m[i] + (gi - m[i]) * one_b1, tiny)
+        vi = flushed(v[i] + (gi * gi - v[i]) * one_b2, tiny)
+        m[i] = kept(mi, k)
+        v[i] = kept(vi, k)
+        # epsilon goes on the uncorrected sqrt(v): alpha carries both bias corrections.
+        w[i] = kept(wi - (mi * alpha_) / (<floating>sqrt(vi) + eps), k)
+
+
 def _adam(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1] v,
           floating[::1] vhat, bint amsgrad, const mask_t[::1] mask, double alpha,
           double beta_1, double beta_2, double epsilon, double grad_scale, double clipvalue,
           double decay):
-    cdef Py_ssize_t n = w.shape[0], i
+    cdef Py_ssize_t n = w.shape[0], i, span, s
     cdef const mask_t* mk = &mask[0]
+    cdef Py_ssize_t mstride = 1 if mask_t is MaskBit else 0
     cdef unsigned char k
     cdef floating alpha_ = <floating>alpha, eps = <floating>epsilon
     cdef floating one_b1 = <floating>(1.0 - beta_1), one_b2 = <floating>(1.0 - beta_2)
@@ -364,16 +394,53 @@ def _adam(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1]
                 vhat[i] = kept(vi, k)
                 w[i] = kept(wi - (mi * alpha_) / (<floating>sqrt(vi) + eps), k)
         else:
-            for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-                k = keep_of(mk, i)
-                gi = clipped_grad(g[i], scale, clip)
-                wi = decayed(w[i], dec)
-                mi = flushed(m[i] + (gi - m[i]) * one_b1, tiny)
-                vi = flushed(v[i] + (gi * gi - v[i]) * one_b2, tiny)
-                m[i] = kept(mi, k)
-                v[i] = kept(vi, k)
-                # epsilon goes on the uncorrected sqrt(v): alpha carries both bias corrections.
-                w[i] = kept(wi - (mi * alpha_) / (<floating>sqrt(vi) + eps), k)
+            for span in prange((n + SPAN - 1) // SPAN, schedule="static",
+                               use_threads_if=n >= PARALLEL_MIN):
+                s = span * SPAN
+                _adam_span(&w[s], &g[s], &m[s], &v[s], mk + s * mstride,
+                           SPAN if n - s > SPAN else n - s, alpha_, one_b1, one_b2, eps,
+                           scale, clip, dec, tiny)
+
+
+def _adam_many(floating[::1] like, const Py_ssize_t[:, ::1] params, const double[::1] scales,
+               double alpha, double beta_1, double beta_2, double epsilon, double clipvalue,
+               double decay):
+    """_adam (unmasked, no amsgrad) over many parameters in one OpenMP region: row j of
+    ``params`` is (w, g, m, v) addresses and the element count of parameter j, all of
+    ``like``'s dtype, checked by the caller; ``scales[j]`` its grad_scale. The work is cut
+    into _adam's spans, so parameter j gets the bits _adam would give it."""
+    cdef Py_ssize_t nparams = params.shape[0], j, c, lo, hi, mid, total = 0, nspans = 0, s
+    cdef Py_ssize_t[::1] first = np.empty(nparams + 1, dtype=np.intp)
+    cdef floating alpha_ = <floating>alpha, eps = <floating>epsilon
+    cdef floating one_b1 = <floating>(1.0 - beta_1), one_b2 = <floating>(1.0 - beta_2)
+    cdef floating clip = <floating>clipvalue, dec = <floating>decay
+    cdef floating tiny = FLT_MIN if floating is float else DBL_MIN
+    cdef const NoMask* nomask = <const NoMask*><void*>&_NO_MASK_VIEW[0]
+    for j in range(nparams):
+        first[j] = nspans
+        nspans += (params[j, 4] + SPAN - 1) // SPAN
+        total += params[j, 4]
+    first[nparams] = nspans
+    if nspans == 0:
+        return
+    with nogil:
+        for c in prange(nspans, schedule="static", use_threads_if=total >= PARALLEL_MIN):
+            # the parameter holding span c: the last j with first[j] <= c
+            lo = 0
+            hi = nparams
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if first[mid] <= c:
+                    lo = mid
+                else:
+                    hi = mid
+            j = lo
+            s = (c - first[j]) * SPAN
+            _adam_span(<floating*><void*>params[j, 0] + s,
+                       <const floating*><void*>params[j, 1] + s,
+                       <floating*><void*>params[j, 2] + s, <floating*><void*>params[j, 3] + s,
+                       nomask, SPAN if params[j, 4] - s > SPAN else params[j, 4] - s, alpha_,
+                       one_b1, one_b2, eps, <floating>scales[j], clip, dec, tiny)
 
 
 def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale,
@@ -392,6 +459,78 @@ def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale,
           flat_w if vhat is None else vhat.reshape(-1), vhat is not None, _mask_arg(mask),
           alpha, beta_1, beta_2, epsilon, *_clip(clip))
 
+
+
+cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b) noexcept:
+    cdef char* pa = <char*>cnp.PyArray_DATA(a)
+    cdef char* pb = <char*>cnp.PyArray_DATA(b)
+    cdef Py_ssize_t n = cnp.PyArray_NBYTES(a)
+    return n > 0 and pa < pb + n and pb < pa + n
+
+
+cdef inline bint _plain(object a, int type_num, object shape) noexcept:
+    """a is a C-contiguous, aligned, writable, native-order ndarray of type_num and shape."""
+    return (type(a) is np.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>a) == type_num
+            and cnp.PyArray_ISCARRAY(<cnp.ndarray>a)
+            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a) and a.shape == shape)
+
+
+def _many_params(list ws, list gs, list ms, list vs):
+    """(params, like, -1) for _adam_many when every (w, g, m, v) is plain (one float dtype,
+    w's shape, C-contiguous and writable, w, m and v apart), else (None, None, j) for the
+    first parameter j that is not; the caller words its error. A pass of C checks, as the
+    point of the op is to skip the per-parameter Python of adam_update."""
+    cdef Py_ssize_t n = len(ws), j
+    cdef Py_ssize_t[:, ::1] params = np.empty((n, 5), dtype=np.intp)
+    cdef int type_num
+    if n == 0:
+        return params, np.empty(0, np.float32), -1
+    if type(ws[0]) is not np.ndarray or ws[0].dtype not in (np.float32, np.float64):
+        return None, None, 0
+    type_num = cnp.PyArray_TYPE(<cnp.ndarray>ws[0])
+    for j in range(n):
+        w, g, m, v = ws[j], gs[j], ms[j], vs[j]
+        if type(w) is not np.ndarray:
+            return None, None, j
+        shape = w.shape
+        if not (_plain(w, type_num, shape) and _plain(g, type_num, shape)
+                and _plain(m, type_num, shape) and _plain(v, type_num, shape)):
+            return None, None, j
+        if _overlap(w, m) or _overlap(w, v) or _overlap(m, v):
+            return None, None, j
+        params[j, 0] = <Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>w)
+        params[j, 1] = <Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>g)
+        params[j, 2] = <Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>m)
+        params[j, 3] = <Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>v)
+        params[j, 4] = cnp.PyArray_SIZE(<cnp.ndarray>w)
+    return params, ws[0].reshape(-1)[:1], -1
+
+
+def adam_update_many(ws, gs, ms, vs, lr, beta_1, beta_2, epsilon, t, grad_scales, clipvalue,
+                     weight_decay):
+    """adam_update (no amsgrad, no mask) on every (ws[j], gs[j], ms[j], vs[j]) with grad_scale
+    grad_scales[j], as one op: one OpenMP region for the whole step instead of one per
+    parameter (and no per-parameter Python), with the bits adam_update gives each."""
+    ws, gs, ms, vs, scales, beta_1, beta_2, epsilon, t, clip = operands.adam_update_many(
+        HOST, ws, gs, ms, vs, lr, beta_1, beta_2, epsilon, t, grad_scales, clipvalue,
+        weight_decay)
+    params, like, bad = _many_params(ws, gs, ms, vs)
+    if bad >= 0:
+        # Something adam_update would convert (a strided or other-typed gradient) or refuse:
+        # its checks, on every parameter before any is touched, word the refusal; what they
+        # accept takes adam_update one parameter at a time, which gives the same bits.
+        for j in range(len(ws)):
+            operands.adam_update(HOST, ws[j], gs[j], ms[j], vs[j], None, lr, beta_1, beta_2,
+                                 epsilon, t, float(scales[j]), clipvalue, weight_decay)
+        for j in range(len(ws)):
+            adam_update(ws[j], gs[j], ms[j], vs[j], None, lr, beta_1, beta_2, epsilon, t,
+                        float(scales[j]), clipvalue, weight_decay)
+        return
+    if len(ws) == 0:
+        return
+    alpha = operands.adam_step_size(like.dtype, lr, beta_1, beta_2, t)
+    _, clipv, decay = _clip(clip)
+    _adam_many(like, params, scales, alpha, beta_1, beta_2, epsilon, clipv, decay)
 
 # -- RMSprop --------------------------------------------------------------------------------
 

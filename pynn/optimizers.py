@@ -130,6 +130,11 @@ class Optimizer:
     def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay, mask=None):
         raise NotImplementedError(f"{self.__class__.__name__} must implement _update")
 
+    def _update_together(self, be, variables, scales, lr, clipvalue, weight_decay):
+        """Update what one op can update at once; return the (variables, scales) left for
+        _update, one op each. A rule with a many-parameter op overrides this."""
+        return variables, scales
+
     def _slots_for(self, be, variable):
         slots = self._slots.get(variable.path)
         shape, dtype = tuple(variable.value.shape), variable.value.dtype
@@ -194,10 +199,13 @@ class Optimizer:
         scales = self._grad_scales(be, active)
         clipvalue = self.clipvalue if self.clipvalue is not None and self.clipvalue > 0 else 0.0
         weight_decay = self.weight_decay or 0.0
-        for v, scale in zip(active, scales):
+        rest, rest_scales = self._update_together(be, active, scales, lr, clipvalue,
+                                                  weight_decay)
+        for v, scale in zip(rest, rest_scales):
             slots = self._slots_for(be, v)
             self._update(be, v.value, v.grad, slots, lr, scale, clipvalue, weight_decay,
                          mask=v.mask)
+        for v in active:
             if v.constraint is not None:
                 v.constraint(v.value)
         self.iterations += 1
@@ -323,6 +331,36 @@ class Adam(Optimizer):
         if self.amsgrad:
             specs.append(("velocity_hat", 0.0))
         return specs
+
+    def _update_together(self, be, variables, scales, lr, clipvalue, weight_decay):
+        # One adam_update_many for every unmasked variable of the first one's dtype: one
+        # OpenMP region and no per-variable Python for the step (the 30-layer functional
+        # model's step spent 0.37 ms of 0.77 in the per-variable calls). amsgrad, pruning
+        # masks and a second dtype keep adam_update, which gives the same bits.
+        many = getattr(be, "adam_update_many", None)
+        if self.amsgrad or many is None or len(variables) < 2:
+            return variables, scales
+        dtype = variables[0].value.dtype
+        together, rest, rest_scales = [], [], []
+        for v, scale in zip(variables, scales):
+            if v.mask is None and v.value.dtype == dtype:
+                together.append((v, scale))
+            else:
+                rest.append(v)
+                rest_scales.append(scale)
+        if len(together) < 2:
+            return variables, scales
+        ws, gs, ms, vs, sc = [], [], [], [], []
+        for v, scale in together:
+            slots = self._slots_for(be, v)
+            ws.append(v.value)
+            gs.append(v.grad)
+            ms.append(slots["momentum"])
+            vs.append(slots["velocity"])
+            sc.append(scale)
+        many(ws, gs, ms, vs, lr, self.beta_1, self.beta_2, self.epsilon, self.iterations + 1,
+             sc, clipvalue, weight_decay)
+        return rest, rest_scales
 
     def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay, mask=None):
         be.adam_update(w, g, slots["momentum"], slots["velocity"], slots.get("velocity_hat"),

@@ -926,3 +926,189 @@ def test_new_updates_bad_inputs_opencl(ocl):
     with pytest.raises(ValueError, match="'learning_rate_power' must be in"):
         ocl.ftrl_update(w, g, ocl.zeros((3, 4)), ocl.zeros((3, 4)), 0.05, 1.0, 0.0, 0.0, 0.0,
                         0.0, 1.0, 0.0, 0.0)
+
+
+# -- adam_update_many: the whole step's Adam in one op ---------------------------------------
+# Sizes around the op's span (16384 elements) and below/above the parallel threshold, odd.
+MANY_SHAPES = [(1,), (0,), (3, 5, 7), (16383,), (16384,), (16385,), (70001,), (129, 301)]
+
+
+def _many_problem(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    params = []
+    for shape in MANY_SHAPES:
+        w = random_param(rng, shape, dtype)
+        m = (random_param(rng, shape, dtype) * 0.1).astype(dtype)
+        v = np.abs(random_param(rng, shape, dtype))
+        params.append([w, m, v])
+    grads = [[random_param(rng, shape, dtype) for shape in MANY_SHAPES] for _ in range(3)]
+    return params, grads
+
+
+MANY_HYPER = [dict(clipvalue=0.0, weight_decay=0.0),
+              dict(clipvalue=0.5, weight_decay=0.004)]
+
+
+@pytest.mark.parametrize("hyper", MANY_HYPER, ids=["plain", "clip-decay"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_update_many_gives_adam_updates_bits_and_the_reference(dtype, hyper):
+    """Three steps of the one op equal adam_update per parameter bit for bit (spans cut
+    from each parameter's start, whatever its size) and the float64 oracle."""
+    params, grads = _many_problem(dtype)
+    single = [[a.copy() for a in p] for p in params]
+    oracle = [[ref.f64(a) for a in p] for p in params]
+    scales = [0.5, 1.0, 0.7, 1.0, 2.0, 0.25, 1.0, 0.9]
+    for t, gs in enumerate(grads, start=1):
+        optim.adam_update_many([p[0] for p in params], gs, [p[1] for p in params],
+                               [p[2] for p in params], 0.01, 0.9, 0.999, 1e-7, t, scales,
+                               hyper["clipvalue"], hyper["weight_decay"])
+        for (w, m, v), g, s in zip(single, gs, scales):
+            optim.adam_update(w, g, m, v, None, 0.01, 0.9, 0.999, 1e-7, t, s,
+                              hyper["clipvalue"], hyper["weight_decay"])
+        for o, g, s in zip(oracle, gs, scales):
+            o[0], o[1], o[2], _ = ref.adam_update_ref(
+                o[0], g, o[1], o[2], None, 0.01, 0.9, 0.999, 1e-7, t, s, hyper["clipvalue"],
+                hyper["weight_decay"])
+    for p, q, o in zip(params, single, oracle):
+        for a, b, c in zip(p, q, o):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_allclose(a, c, **TOL[dtype])
+
+
+def test_adam_update_many_thread_invariance(restore_threads):
+    results = []
+    for n_threads in (1, 2, 3):
+        set_num_threads(n_threads)
+        params, grads = _many_problem(np.float32, seed=5)
+        for t, gs in enumerate(grads[:2], start=1):
+            optim.adam_update_many([p[0] for p in params], gs, [p[1] for p in params],
+                                   [p[2] for p in params], 1e-3, 0.9, 0.999, 1e-7, t,
+                                   [1.0] * len(params), 0.0, 0.0)
+        results.append([a for p in params for a in p])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_adam_update_many_converts_what_adam_update_converts():
+    """A strided or float64 gradient of a float32 parameter leaves the one-region path for
+    adam_update's, with its bits; an empty list is a no-op."""
+    rng = np.random.default_rng(8)
+    w = [random_param(rng, (7, 9), np.float32) for _ in range(2)]
+    m = [np.zeros((7, 9), np.float32) for _ in range(2)]
+    v = [np.zeros((7, 9), np.float32) for _ in range(2)]
+    g = [random_param(rng, (9, 7), np.float32).T, random_param(rng, (7, 9), np.float64)]
+    w2, m2, v2 = ([a.copy() for a in x] for x in (w, m, v))
+    optim.adam_update_many(w, g, m, v, 1e-2, 0.9, 0.999, 1e-7, 1, [1.0, 1.0], 0.0, 0.0)
+    for j in range(2):
+        optim.adam_update(w2[j], g[j], m2[j], v2[j], None, 1e-2, 0.9, 0.999, 1e-7, 1, 1.0,
+                          0.0, 0.0)
+        np.testing.assert_array_equal(w[j], w2[j])
+        np.testing.assert_array_equal(v[j], v2[j])
+    optim.adam_update_many([], [], [], [], 1e-2, 0.9, 0.999, 1e-7, 1, [], 0.0, 0.0)
+
+
+def _many_args(**over):
+    rng = np.random.default_rng(9)
+    w = [random_param(rng, (5,), np.float32), random_param(rng, (3, 4), np.float32)]
+    args = dict(ws=w, gs=[np.ones_like(a) for a in w], ms=[np.zeros_like(a) for a in w],
+                vs=[np.zeros_like(a) for a in w], lr=1e-3, beta_1=0.9, beta_2=0.999,
+                epsilon=1e-7, t=1, grad_scales=[1.0, 1.0], clipvalue=0.0, weight_decay=0.0)
+    args.update(over)
+    return args
+
+
+@pytest.mark.parametrize("over,exc,match", [
+    (dict(gs=[np.ones(5, np.float32)]), ValueError, "must be as long"),
+    (dict(ws=np.zeros(3)), TypeError, "'ws' must be a list"),
+    (dict(grad_scales=[1.0]), ValueError, "one number per parameter"),
+    (dict(grad_scales=[1.0, -1.0]), ValueError, "finite and >= 0"),
+    (dict(grad_scales=["a", 1.0]), TypeError, "'grad_scales' must be numbers"),
+    (dict(t=0), ValueError, "'t' must be an int >= 1"),
+    (dict(beta_2=1.0), ValueError, "'beta_2' must be in"),
+    (dict(ms=[np.zeros(5, np.float32), np.zeros(4, np.float32)]), ValueError,
+     "'m' must have the shape"),
+    (dict(vs=[np.zeros(5, np.float64), np.zeros((3, 4), np.float32)]), TypeError,
+     "'v' must have the dtype"),
+])
+def test_adam_update_many_bad_inputs_touch_nothing(over, exc, match):
+    args = _many_args(**over)
+    before = [np.array(a, copy=True) for a in args["ws"]]
+    with pytest.raises(exc, match=match):
+        optim.adam_update_many(**args)
+    for a, b in zip(args["ws"], before):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_adam_update_many_rejects_aliased_slots():
+    args = _many_args()
+    args["vs"][1] = args["ms"][1]
+    with pytest.raises(ValueError, match="share memory"):
+        optim.adam_update_many(**args)
+
+
+@pytest.mark.parametrize("shape", [(1,), (7, 13), (70001,)], ids=str)
+def test_adam_update_many_on_backend(backend, shape):
+    """Three steps on the backend against the float64 oracle (and, on OpenCL, the CPU op)."""
+    ops, up, down = backend.ops, backend.up, backend.down
+    rng = np.random.default_rng(len(shape))
+    shapes = [shape, (3, 5)]
+    ws = [rand(rng, s) for s in shapes]
+    dev = [[up(w.copy()), up(np.zeros_like(w)), up(np.zeros_like(w))] for w in ws]
+    cpu_state = [[w.copy(), np.zeros_like(w), np.zeros_like(w)] for w in ws]
+    oracle = [[ref.f64(w), ref.f64(np.zeros_like(w)), ref.f64(np.zeros_like(w))] for w in ws]
+    for t in range(1, 4):
+        gs = [rand(rng, s) for s in shapes]
+        assert ops.adam_update_many([d[0] for d in dev], [up(g) for g in gs],
+                                    [d[1] for d in dev], [d[2] for d in dev], 0.01, 0.8, 0.99,
+                                    1e-4, t, [0.7, 1.0], 0.5, 0.004) is None
+        new = ref.adam_update_many_ref([o[0] for o in oracle], gs, [o[1] for o in oracle],
+                                       [o[2] for o in oracle], 0.01, 0.8, 0.99, 1e-4, t,
+                                       [0.7, 1.0], 0.5, 0.004)
+        for k, o in enumerate(oracle):
+            o[0], o[1], o[2] = new[0][k], new[1][k], new[2][k]
+        if backend.is_opencl:
+            from pynn.backend import cpu
+
+            cpu.adam_update_many([c[0] for c in cpu_state], gs, [c[1] for c in cpu_state],
+                                 [c[2] for c in cpu_state], 0.01, 0.8, 0.99, 1e-4, t,
+                                 [0.7, 1.0], 0.5, 0.004)
+    for d, o, c in zip(dev, oracle, cpu_state):
+        for k in range(3):
+            assert_close(down(d[k]), o[k], backend.rtol(), f"adam_update_many array {k}")
+            if backend.is_opencl:
+                assert_close(down(d[k]), c[k], backend.rtol(), f"array {k} vs CPU")
+
+
+def test_optimizers_update_together_as_one_at_a_time():
+    """Adam's and AdamW's apply (adam_update_many for the unmasked variables of one dtype)
+    leaves every variable and slot with the bits of the per-variable path, beside a masked
+    variable and a constrained one."""
+    from pynn import optimizers
+    from pynn.backend import cpu
+    from pynn.variables import Variable
+
+    def run(together):
+        rng = np.random.default_rng(12)
+        vs = [Variable(random_param(rng, s, np.float32), f"v{k}/kernel")
+              for k, s in enumerate([(17, 5), (70001,), (5,), (3, 3)])]
+        vs[2].mask = np.array([1, 0, 1, 1, 0], np.uint8)
+        vs[3].constraint = constraints.NonNeg()
+        opt = optimizers.AdamW(learning_rate=0.01, weight_decay=0.01, clipnorm=1.0)
+        for _ in range(3):
+            for v in vs:
+                v.grad = random_param(rng, v.value.shape, np.float32)
+            if not together:
+                saved = cpu.adam_update_many
+                del cpu.adam_update_many
+            try:
+                opt.apply(vs)
+            finally:
+                if not together:
+                    cpu.adam_update_many = saved
+        return [v.value for v in vs] + [opt._slots[path][name] for path in sorted(opt._slots)
+                                        for name in ("momentum", "velocity")]
+
+    for a, b in zip(run(True), run(False)):
+        np.testing.assert_array_equal(a, b)
+    assert run(True)[2][1] == 0.0

@@ -221,6 +221,11 @@ OPS = {
     # t is the 1-based step used for bias correction; vhat is the amsgrad slot or None.
     "adam_update": ("w", "g", "m", "v", "vhat", "lr", "beta_1", "beta_2", "epsilon", "t",
                     "grad_scale", "clipvalue", "weight_decay"),
+    # adam_update (no vhat, no mask) on every (ws[j], gs[j], ms[j], vs[j]) with grad_scales[j],
+    # as one op: one pass over the whole step (one OpenMP region on the CPU), each parameter
+    # getting the bits adam_update gives it.
+    "adam_update_many": ("ws", "gs", "ms", "vs", "lr", "beta_1", "beta_2", "epsilon", "t",
+                         "grad_scales", "clipvalue", "weight_decay"),
     "rmsprop_update": ("w", "g", "velocity", "momentum_buf", "average_grad", "lr", "rho",
                        "momentum", "epsilon", "grad_scale", "clipvalue", "weight_decay"),
     "adagrad_update": ("w", "g", "accumulator", "lr", "epsilon", "grad_scale", "clipvalue",

@@ -43,6 +43,7 @@ from pynn._native.optim import (  # noqa: F401
     adadelta_update,  # adadelta, adamax, ftrl, lion, nadam: issue 15
     adagrad_update,
     adam_update,
+    adam_update_many,
     adamax_update,
     ftrl_update,
     lion_update,

@@ -71,6 +71,14 @@ def adam_update_ref(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale
     return w, m, v, vhat
 
 
+
+def adam_update_many_ref(ws, gs, ms, vs, lr, beta_1, beta_2, epsilon, t, grad_scales,
+                         clipvalue, weight_decay):
+    """-> (ws, ms, vs): adam_update_ref on each parameter with its grad_scale."""
+    out = [adam_update_ref(w, g, m, v, None, lr, beta_1, beta_2, epsilon, t, s, clipvalue,
+                           weight_decay) for w, g, m, v, s in zip(ws, gs, ms, vs, grad_scales)]
+    return [o[0] for o in out], [o[1] for o in out], [o[2] for o in out]
+
 def rmsprop_update_ref(w, g, velocity, momentum_buf, average_grad, lr, rho, momentum, epsilon,
                        grad_scale, clipvalue, weight_decay):
     """-> (w, velocity, momentum_buf, average_grad)."""

@@ -60,6 +60,19 @@ def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale, cl
                 *clip, *_mask_args(w, mask))
 
 
+def adam_update_many(ws, gs, ms, vs, lr, beta_1, beta_2, epsilon, t, grad_scales, clipvalue,
+                     weight_decay):
+    """adam_update on every parameter. Each is its own launch, queued without waiting (a
+    launch costs the host microseconds and the device keeps every array), so one op buys
+    no more here; it exists so the optimizer asks both backends the same thing."""
+    ws, gs, ms, vs, scales, _, _, _, _, _ = operands.adam_update_many(
+        DEVICE, ws, gs, ms, vs, lr, beta_1, beta_2, epsilon, t, grad_scales, clipvalue,
+        weight_decay)
+    for j in range(len(ws)):
+        adam_update(ws[j], gs[j], ms[j], vs[j], None, lr, beta_1, beta_2, epsilon, t,
+                    float(scales[j]), clipvalue, weight_decay)
+
+
 def rmsprop_update(w, g, velocity, momentum_buf, average_grad, lr, rho, momentum, epsilon,
                    grad_scale, clipvalue, weight_decay, mask=None):
     """RMSprop step in place (Keras 3, epsilon inside the square root); average_grad given

@@ -111,6 +111,39 @@ def adam_update(arrays, w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_s
     return w, g, m, v, vhat, alpha, beta_1, beta_2, epsilon, clip
 
 
+
+def adam_update_many(arrays, ws, gs, ms, vs, lr, beta_1, beta_2, epsilon, t, grad_scales,
+                     clipvalue, weight_decay):
+    """The shared operands of adam_update_many -> (ws, gs, ms, vs as lists, grad_scales as
+    float64, beta_1, beta_2, epsilon, t, clip with a unit grad_scale). Each parameter's
+    arrays are the backend's to check (adam_update's checks word its errors)."""
+    op = "adam_update_many"
+    lists = []
+    for name, seq in (("ws", ws), ("gs", gs), ("ms", ms), ("vs", vs)):
+        if not isinstance(seq, (list, tuple)):
+            raise TypeError(f"{op}: '{name}' must be a list of arrays, got {type(seq).__name__}")
+        lists.append(list(seq))
+    ws, gs, ms, vs = lists
+    if not (len(ws) == len(gs) == len(ms) == len(vs)):
+        raise ValueError(f"{op}: ws, gs, ms and vs must be as long, got {len(ws)}, {len(gs)}, "
+                         f"{len(ms)} and {len(vs)}")
+    try:
+        scales = np.asarray(grad_scales, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: 'grad_scales' must be numbers, one per parameter, got "
+                        f"{grad_scales!r}") from None
+    if scales.shape != (len(ws),):
+        raise ValueError(f"{op}: 'grad_scales' must hold one number per parameter "
+                         f"({len(ws)}), got shape {scales.shape}")
+    # NaN passes (a non-finite global norm poisons the step, as in Keras); negatives do not.
+    if np.any(scales < 0) or np.any(np.isinf(scales)):
+        raise ValueError(f"{op}: 'grad_scales' must be finite and >= 0, got {scales}")
+    _, clip = _cached(_scalars, op, lr, 1.0, clipvalue, weight_decay)
+    beta_1, beta_2, epsilon = _cached(_adam_scalars, op, beta_1, beta_2, epsilon)
+    if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)) or t < 1:
+        raise ValueError(f"{op}: 't' must be an int >= 1 (the 1-based step), got {t!r}")
+    return ws, gs, ms, vs, np.ascontiguousarray(scales), beta_1, beta_2, epsilon, int(t), clip
+
 def rmsprop_update(arrays, w, g, velocity, momentum_buf, average_grad, lr, rho, momentum,
                    epsilon, grad_scale, clipvalue, weight_decay):
     """-> (w, g, velocity, momentum_buf or None, average_grad or None, lr, rho, momentum,
