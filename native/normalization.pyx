@@ -28,7 +28,12 @@ import numpy as np
 
 from cython.parallel cimport prange
 from libc.math cimport sqrt
+from libc.stdlib cimport free, malloc
 
+from _activation cimport ACT_LINEAR, act_backward_vec, act_forward_vec
+
+from pynn._native.activation import activation_backward, activation_forward
+from pynn.backend.api import ACTIVATIONS
 from pynn.backend.operands import normalization as operands
 from pynn.backend.operands.common import HOST
 
@@ -314,44 +319,105 @@ def _bn_statistics(const floating[::1] x, floating[::1] mean, floating[::1] inv_
                                             + var * (1.0 - momentum))
 
 
+cdef inline void _bn_run(const floating* x, floating* y, floating mu, floating sc,
+                         floating sh, Py_ssize_t n) noexcept nogil:
+    """One channel's contiguous run (B > 1): y = (x - mu) * sc + sh."""
+    cdef Py_ssize_t b
+    for b in range(n):
+        y[b] = (x[b] - mu) * sc + sh
+
+
 def _bn_normalize(const floating[::1] x, floating[::1] y, const floating[::1] mean,
                   const floating[::1] inv_std, const floating[::1] gamma,
-                  const floating[::1] beta, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B):
-    """y = (x - mean) * inv_std * gamma + beta, per channel."""
+                  const floating[::1] beta, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B,
+                  int act=ACT_LINEAR, double alpha=0.0):
+    """y = act((x - mean) * inv_std * gamma + beta), per channel; the activation runs on
+    each row (channels_last) or channel run while it is still in L1."""
     cdef floating[::1] scale = np.empty(C, dtype=np.asarray(mean).dtype)
-    cdef Py_ssize_t a, c, b, base
-    cdef floating mu, sc, sh
+    cdef Py_ssize_t a, c, base
     for c in range(C):
         scale[c] = inv_std[c] * gamma[c]
     for a in prange(A, schedule="static", nogil=True, use_threads_if=A * C * B >= PARALLEL_MIN):
         if B == 1:
             _affine(&x[a * C], &y[a * C], &mean[0], &scale[0], &beta[0], C)
+            if act != ACT_LINEAR:
+                act_forward_vec(&y[a * C], &y[a * C], C, act, <floating>alpha)
         else:
             for c in range(C):
-                mu = mean[c]
-                sc = scale[c]
-                sh = beta[c]
                 base = (a * C + c) * B
-                for b in range(B):
-                    y[base + b] = (x[base + b] - mu) * sc + sh
+                _bn_run(&x[base], &y[base], mean[c], scale[c], beta[c], B)
+                if act != ACT_LINEAR:
+                    act_forward_vec(&y[base], &y[base], B, act, <floating>alpha)
+
+
+cdef inline void _bn_act_grad_row(const floating* dy, const floating* x, const floating* mean,
+                                  const floating* scale, const floating* beta, floating* z,
+                                  floating* y, floating* dz, Py_ssize_t C, int act,
+                                  floating alpha) noexcept nogil:
+    """dz = dL/d(pre-activation) of one channels_last row, into scratch: the forward's
+    pre-activation z and output y recomputed by the same loops (_affine, act_forward_vec),
+    so the derivative sees the forward's bits without either being kept."""
+    _affine(x, z, mean, scale, beta, C)
+    act_forward_vec(z, y, C, act, alpha)
+    act_backward_vec(dy, z, y, dz, C, act, alpha)
+
+
+cdef void _bn_act_backward_rows(const floating* dy, const floating* x, const floating* mean,
+                                const floating* scale, const floating* beta, int act,
+                                floating alpha, double[:, ::1] part, const floating* kdy,
+                                const floating* kx, const floating* k0, floating* dx,
+                                Py_ssize_t A, Py_ssize_t C, bint sums) noexcept nogil:
+    """Batch norm backward through a fused activation, channels_last: sums (into part's
+    block rows, as _bn_sums) of dz and dz * (x - mean), or dx = kdy*dz + kx*(x - mean) + k0,
+    with dz recomputed per row in a block's own scratch. The same two passes over dy and x
+    as without an activation: the activation's backward pass over memory is gone."""
+    cdef Py_ssize_t nb = _blocks(A), i, a
+    cdef floating* scratch
+    for i in prange(nb, schedule="static", use_threads_if=A * C >= PARALLEL_MIN):
+        scratch = <floating*>malloc(3 * C * sizeof(floating))
+        if scratch != NULL:
+            for a in range(A * i // nb, A * (i + 1) // nb):
+                _bn_act_grad_row(dy + a * C, x + a * C, mean, scale, beta, scratch,
+                                 scratch + C, scratch + 2 * C, C, act, alpha)
+                if sums:
+                    _col_sums(scratch + 2 * C, x + a * C, <const floating*>NULL, mean, C,
+                              &part[2 * (i + 1), 0], &part[2 * (i + 1) + 1, 0])
+                else:
+                    _bn_dx(scratch + 2 * C, x + a * C, mean, kdy, kx, k0, dx + a * C, C)
+            free(scratch)
 
 
 def _bn_backward(const floating[::1] dy, const floating[::1] x, const floating[::1] gamma,
                  const floating[::1] mean, const floating[::1] inv_std, floating[::1] dx,
                  floating[::1] dgamma, floating[::1] dbeta, Py_ssize_t A, Py_ssize_t C,
-                 Py_ssize_t B, bint batch_stats, bint need_input_grad):
+                 Py_ssize_t B, bint batch_stats, bint need_input_grad,
+                 const floating[::1] beta=None, int act=ACT_LINEAR, double alpha=0.0):
     """dgamma = sum(dy * xhat), dbeta = sum(dy) (OUT); dx (OUT, when need_input_grad) is
     gamma*inv_std*dy, less the statistics' share when they came from this batch:
-    gamma*inv_std*(dy - dbeta/M - xhat*dgamma/M)."""
+    gamma*inv_std*(dy - dbeta/M - xhat*dgamma/M). With an activation (channels_last, B = 1;
+    ``beta`` then given), dy is the activation's output gradient, taken back through it row
+    by row inside both passes."""
     cdef double[:, ::1] part = np.zeros((2 * (_blocks(A) + 1), C))
     cdef double m = <double>A * B
     cdef floating[::1] k_dy = np.empty(C, dtype=np.asarray(dgamma).dtype)
     cdef floating[::1] k_x = np.empty_like(k_dy)
     cdef floating[::1] k_0 = np.empty_like(k_dy)
-    cdef Py_ssize_t a, c, b, base
+    cdef floating[::1] scale = np.empty_like(k_dy)
+    cdef Py_ssize_t a, c, b, base, nb = _blocks(A), i
     cdef double inv, g
+    cdef bint fused = act != ACT_LINEAR
+    if fused:
+        for c in range(C):
+            scale[c] = inv_std[c] * gamma[c]  # the forward's factor, rounded as it rounds
     with nogil:
-        if m > 0:
+        if m > 0 and fused:
+            _bn_act_backward_rows(&dy[0], &x[0], &mean[0], &scale[0], &beta[0], act,
+                                  <floating>alpha, part, NULL, NULL, NULL, NULL, A, C, True)
+            for i in range(nb):
+                for c in range(C):
+                    part[0, c] += part[2 * (i + 1), c]
+                    part[1, c] += part[2 * (i + 1) + 1, c]
+        elif m > 0:
             _bn_sums(&dy[0], &x[0], <const floating*>NULL, &mean[0], part, A, C, B)
         for c in range(C):
             inv = inv_std[c]
@@ -367,6 +433,12 @@ def _bn_backward(const floating[::1] dy, const floating[::1] x, const floating[:
                 k_x[c] = 0
                 k_0[c] = 0
     if not need_input_grad or m == 0:
+        return
+    if fused:
+        with nogil:
+            _bn_act_backward_rows(&dy[0], &x[0], &mean[0], &scale[0], &beta[0], act,
+                                  <floating>alpha, part, &k_dy[0], &k_x[0], &k_0[0], &dx[0], A,
+                                  C, False)
         return
     for a in prange(A, schedule="static", nogil=True, use_threads_if=A * C * B >= PARALLEL_MIN):
         if B == 1:
@@ -384,14 +456,16 @@ def _ones_or(v, c, dtype, fill):
 
 
 def batch_norm_forward(x, gamma, beta, moving_mean, moving_variance, axis=-1, momentum=0.99,
-                       epsilon=1e-3, training=False):
+                       epsilon=1e-3, training=False, activation="linear", alpha=0.0):
     """Batch normalization over every axis but ``axis`` -> (y, mean, inv_std), mean and
     inv_std (C,) the statistics y was normalized with (the batch's when training, else the
     moving ones), for batch_norm_backward. Training also updates moving_mean and
-    moving_variance in place; an empty batch leaves them alone."""
+    moving_variance in place; an empty batch leaves them alone. ``activation`` (any
+    elementwise one) is applied to the normalized values in the same pass."""
     (x, gamma, beta, moving_mean, moving_variance, (A, C, B), momentum, epsilon,
-     training) = operands.batch_norm_forward(HOST, x, gamma, beta, moving_mean,
-                                             moving_variance, axis, momentum, epsilon, training)
+     training, (act_name, act_alpha)) = operands.batch_norm_forward(
+        HOST, x, gamma, beta, moving_mean, moving_variance, axis, momentum, epsilon, training,
+        activation, alpha)
     dtype = x.dtype
     gamma = _ones_or(gamma, C, dtype, 1)
     beta = _ones_or(beta, C, dtype, 0)
@@ -405,27 +479,41 @@ def batch_norm_forward(x, gamma, beta, moving_mean, moving_variance, axis=-1, mo
         mean[:] = moving_mean
         inv_std[:] = 1.0 / np.sqrt(moving_variance.astype(np.float64) + epsilon)
     if x.size:
-        _bn_normalize(x.reshape(-1), y.reshape(-1), mean, inv_std, gamma, beta, A, C, B)
+        _bn_normalize(x.reshape(-1), y.reshape(-1), mean, inv_std, gamma, beta, A, C, B,
+                      ACTIVATIONS.index(act_name), act_alpha)
     return y, mean, inv_std
 
 
 def batch_norm_backward(dy, x, gamma, mean, inv_std, axis=-1, batch_stats=True,
-                        need_input_grad=True):
+                        need_input_grad=True, beta=None, activation="linear", alpha=0.0):
     """-> (dx or None, dgamma, dbeta) of y = batch_norm_forward(x, ...)[0] with its returned
     mean and inv_std; ``batch_stats``: they were the batch's (training), so dx carries their
-    dependence on x; otherwise they were constants (inference, trainable=False)."""
-    (dy, x, gamma, mean, inv_std, (A, C, B), batch_stats,
-     need_input_grad) = operands.batch_norm_backward(HOST, dy, x, gamma, mean, inv_std, axis,
-                                                     batch_stats, need_input_grad)
+    dependence on x; otherwise they were constants (inference, trainable=False). With the
+    forward's ``activation`` (and its ``beta``), dy is the gradient of the activated output;
+    the pre-activation is rebuilt from x, never stored."""
+    (dy, x, gamma, mean, inv_std, (A, C, B), batch_stats, need_input_grad, beta,
+     (act_name, act_alpha)) = operands.batch_norm_backward(
+        HOST, dy, x, gamma, mean, inv_std, axis, batch_stats, need_input_grad, beta,
+        activation, alpha)
     dtype = x.dtype
     gamma = _ones_or(gamma, C, dtype, 1)
+    beta = _ones_or(beta, C, dtype, 0)
+    act = ACTIVATIONS.index(act_name)
+    if act != ACT_LINEAR and B > 1 and x.size:
+        # channels_first: the activation's gradient as its own pass (rows are not runs of
+        # channels here), then the plain backward.
+        z = np.empty_like(x)
+        _bn_normalize(x.reshape(-1), z.reshape(-1), mean, inv_std, gamma, beta, A, C, B)
+        dy = activation_backward(dy, z, activation_forward(z, act_name, act_alpha), act_name,
+                                 act_alpha)
+        act = ACT_LINEAR
     dx = np.empty_like(x) if need_input_grad else None
     dgamma = np.empty(C, dtype=dtype)
     dbeta = np.empty(C, dtype=dtype)
     flat = x.reshape(-1)
     _bn_backward(dy.reshape(-1), flat, gamma, mean, inv_std,
                  dx.reshape(-1) if dx is not None else np.empty(1, dtype), dgamma, dbeta, A, C, B,
-                 batch_stats, need_input_grad)
+                 batch_stats, need_input_grad, beta, act, act_alpha)
     return dx, dgamma, dbeta
 
 

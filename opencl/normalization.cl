@@ -16,24 +16,40 @@
  * variance does not cancel when |mean| >> std); variances are biased (Keras 3).
  * Elementwise passes: one work-item per element. A missing gamma (scale=False) is one and a
  * missing beta (center=False) zero: the has_gamma / has_beta flags, the buffer then unread.
+ * Batch norm may end in an elementwise activation (act, alpha as activation.h): the forward
+ * applies it to the normalized value, the backward takes dy back through it with the
+ * pre-activation rebuilt from x (BN_PRE), never stored.
  */
 #include "common.h"
 #include "wg_reduce.h"
+#include "activation.h"
 
 #define GAMMA(c) (has_gamma ? gamma[c] : 1.0f)
 #define BETA(c) (has_beta ? beta[c] : 0.0f)
+/* The normalized value of element i in channel c, one expression for forward and backward. */
+#define BN_PRE(i, c) ((x[i] - mean[c]) * (inv_std[c] * GAMMA(c)) + BETA(c))
+
+/* dy of the activated output taken back to the pre-activation z. */
+float bn_act_grad(float dy, float z, int act, float alpha)
+{
+    return act == ACT_LINEAR ? dy : act_grad(dy, z, act_value(z, act, alpha), act, alpha);
+}
 
 /* -- batch norm ------------------------------------------------------------------------- */
 
 /* Stage 1 of a per-channel reduction: work-item (p, c) folds rows p, p + P, p + 2P, ... of
  * channel c, so neighbouring work-items read neighbouring channels of a row (coalesced for
- * channels_last). Statistics (backward = 0): u = v = x, shifted by the channel's first value;
- * backward: u = dy, v = x centered on the mean. part1/part2 (P, C) receive
- * sum(u - ku) and sum((u - ku) * (v - kv)). */
-__kernel void batch_norm_partials(__global const float *u, __global const float *v,
+ * channels_last). Statistics (backward = 0): u = x, shifted by the channel's first value;
+ * backward: u = dy (through the activation), x centered on the mean. part1/part2 (P, C)
+ * receive sum(u - ku) and sum((u - ku) * (x - kv)); inv_std .. alpha are read only by a
+ * backward with an activation. */
+__kernel void batch_norm_partials(__global const float *u, __global const float *x,
                                   __global const float *mean, __global float *part1,
                                   __global float *part2, const int A, const int C, const int B,
-                                  const int P, const int backward)
+                                  const int P, const int backward,
+                                  __global const float *inv_std, __global const float *gamma,
+                                  __global const float *beta, const int has_gamma,
+                                  const int has_beta, const int act, const float alpha)
 {
     const int gid = get_global_id(0);
     GUARD(gid, P * C);
@@ -44,9 +60,10 @@ __kernel void batch_norm_partials(__global const float *u, __global const float 
     float s1 = 0.0f, s2 = 0.0f;
     for (int m = p; m < M; m += P) {
         const size_t i = ((size_t)(m / B) * C + c) * B + m % B;
-        const float d = u[i] - ku;
+        const float d = (backward && act != ACT_LINEAR
+                         ? bn_act_grad(u[i], BN_PRE(i, c), act, alpha) : u[i]) - ku;
         s1 += d;
-        s2 += d * (v[i] - kv);
+        s2 += d * (x[i] - kv);
     }
     part1[gid] = s1;
     part2[gid] = s2;
@@ -94,12 +111,12 @@ __kernel void batch_norm_normalize(__global const float *x, __global float *y,
                                    __global const float *mean, __global const float *inv_std,
                                    __global const float *gamma, __global const float *beta,
                                    const int has_gamma, const int has_beta, const int A,
-                                   const int C, const int B)
+                                   const int C, const int B, const int act, const float alpha)
 {
     const int i = get_global_id(0);
     GUARD(i, A * C * B);
     const int c = (i / B) % C;
-    y[i] = (x[i] - mean[c]) * (inv_std[c] * GAMMA(c)) + BETA(c);
+    y[i] = act_value(BN_PRE(i, c), act, alpha);
 }
 
 /* Stage 2, backward: dbeta = sum(dy), dgamma = sum(dy * (x - mean)) * inv_std (scale NULL:
@@ -129,13 +146,14 @@ __kernel void batch_norm_backward_input(__global const float *dy, __global const
                                         __global const float *dgamma,
                                         __global const float *dbeta, __global float *dx,
                                         const int A, const int C, const int B,
-                                        const int batch_stats)
+                                        const int batch_stats, __global const float *beta,
+                                        const int has_beta, const int act, const float alpha)
 {
     const int i = get_global_id(0);
     GUARD(i, A * C * B);
     const int c = (i / B) % C;
     const float inv = inv_std[c];
-    float d = dy[i];
+    float d = act == ACT_LINEAR ? dy[i] : bn_act_grad(dy[i], BN_PRE(i, c), act, alpha);
     if (batch_stats) {
         const float M = (float)A * B;
         d -= dbeta[c] / M + (x[i] - mean[c]) * inv * dgamma[c] / M;

@@ -119,6 +119,116 @@ def test_batch_norm_backward_without_gamma_is_gamma_one(target, rng):
              rtol=tol(target))
 
 
+
+# Activations the batch norm ops fuse: relu (what the training plan fuses), one with a
+# parameter and one whose derivative reads the pre-activation.
+BN_ACTIVATIONS = [("relu", 0.0), ("leaky_relu", 0.3), ("gelu", 0.0), ("sigmoid", 0.0)]
+
+
+@pytest.mark.parametrize("shape,axis", [((7, 5), -1), ((3, 4, 5, 6), -1), ((3, 4, 5, 6), 1),
+                                        ((300, 3), -1), ((1, 1), -1)], ids=str)
+@pytest.mark.parametrize("activation,alpha", BN_ACTIVATIONS, ids=[a for a, _ in BN_ACTIVATIONS])
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+def test_batch_norm_with_activation_matches_reference(target, rng, shape, axis, activation,
+                                                      alpha, training):
+    """Forward: the activation of the normalized values; backward: dy of the activated
+    output taken back through the activation at the rebuilt pre-activation, then through
+    the normalization (channels_last fused row by row, channels_first as its own pass)."""
+    x = shifted(rng, shape, target.dtype)
+    gamma, beta, mm, mv = channel_vectors(rng, shape[axis], target.dtype)
+    dev_mm, dev_mv = target.up(mm.copy()), target.up(mv.copy())
+    y, mean, inv_std = target.ops.batch_norm_forward(
+        target.up(x), target.up(gamma), target.up(beta), dev_mm, dev_mv, axis, 0.9, 1e-3,
+        training, activation, alpha)
+    want = ref.batch_norm_forward_ref(x, gamma, beta, mm, mv, axis, 0.9, 1e-3, training,
+                                      activation, alpha)
+    np.testing.assert_allclose(target.down(y), want[0], err_msg="y", **tol(target))
+    mean_h, inv_h = target.down(mean), target.down(inv_std)
+    dy = rand(rng, shape, target.dtype)
+    for need_input_grad in (True, False):
+        got = target.ops.batch_norm_backward(target.up(dy), target.up(x), target.up(gamma),
+                                             mean, inv_std, axis, training, need_input_grad,
+                                             target.up(beta), activation, alpha)
+        want = ref.batch_norm_backward_ref(dy, x, gamma, mean_h, inv_h, axis, training,
+                                           need_input_grad, beta, activation, alpha)
+        for name, g, w in zip(("dx", "dgamma", "dbeta"), got, want):
+            if w is None:
+                assert g is None
+                continue
+            np.testing.assert_allclose(target.down(g), w, err_msg=f"{activation} {name}",
+                                       **tol(target))
+        if target.is_opencl:
+            from pynn.backend import cpu
+
+            cpu_got = cpu.batch_norm_backward(dy, x, gamma, mean_h, inv_h, axis, training,
+                                              need_input_grad, beta, activation, alpha)
+            for g, w in zip(got, cpu_got):
+                if w is not None:
+                    np.testing.assert_allclose(target.down(g), w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_batch_norm_relu_equals_batch_norm_then_relu(rng, center):
+    """The fused op gives the bits of batch norm then the relu op, forward and backward
+    (the training plan's fusion must not change a number)."""
+    from pynn.backend import cpu
+
+    x = shifted(rng, (33, 5, 7, 19), np.float32)
+    gamma, beta, mm, mv = channel_vectors(rng, 19, np.float32)
+    beta = beta if center else None
+    dy = rand(rng, x.shape, np.float32)
+    y, mean, inv = cpu.batch_norm_forward(x, gamma, beta, mm.copy(), mv.copy(), -1, 0.9, 1e-3,
+                                          True, "relu")
+    z, mean2, inv2 = cpu.batch_norm_forward(x, gamma, beta, mm.copy(), mv.copy(), -1, 0.9,
+                                            1e-3, True)
+    y2 = cpu.activation_forward(z, "relu")
+    np.testing.assert_array_equal(y, y2)
+    got = cpu.batch_norm_backward(dy, x, gamma, mean, inv, -1, True, True, beta, "relu")
+    want = cpu.batch_norm_backward(cpu.activation_backward(dy, z, y2, "relu"), x, gamma, mean,
+                                   inv, -1, True, True)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_batch_norm_activation_thread_invariance(rng):
+    from pynn.backend import cpu
+
+    x = shifted(rng, (97, 13, 40), np.float32)
+    dy = rand(rng, x.shape, np.float32)
+    gamma, beta, mm, mv = channel_vectors(rng, 40, np.float32)
+    before = info.get_max_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            info.set_num_threads(n)
+            y, mean, inv = cpu.batch_norm_forward(x, gamma, beta, mm.copy(), mv.copy(), -1, 0.9,
+                                                  1e-3, True, "relu")
+            grads = cpu.batch_norm_backward(dy, x, gamma, mean, inv, -1, True, True, beta,
+                                            "relu")
+            results.append((y, *grads))
+    finally:
+        info.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_batch_norm_activation_bad_operands(backend, rng):
+    x = backend.up(rand(rng, (4, 6), np.float32))
+    vec = backend.up(np.ones(6, np.float32))
+    ops = backend.ops
+    with pytest.raises(ValueError, match=r"batch_norm_forward: activation 'softmax' cannot be "
+                                         r"fused"):
+        ops.batch_norm_forward(x, vec, vec, backend.up(np.zeros(6, np.float32)),
+                               backend.up(np.ones(6, np.float32)), -1, 0.9, 1e-3, False,
+                               "softmax")
+    with pytest.raises(ValueError, match=r"batch_norm_backward: unknown activation 'relu7'"):
+        ops.batch_norm_backward(x, x, vec, vec, vec, -1, True, True, vec, "relu7")
+    with pytest.raises(ValueError, match=r"batch_norm_backward: 'beta' must have shape \(6,\)"):
+        ops.batch_norm_backward(x, x, vec, vec, vec, -1, True, True,
+                                backend.up(np.ones(5, np.float32)), "relu")
+
+
 @pytest.mark.parametrize("shape,groups", GN_CASES, ids=str)
 @pytest.mark.parametrize("rms_scaling", [False, True], ids=["centered", "rms"])
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
@@ -465,6 +575,86 @@ def test_model_training_on_opencl_matches_cpu(restore_device, seeded):
         assert_close(g, w, 1e-3, f"weight {i} after training on OpenCL vs CPU")
     assert_close(cl_y, cpu_y, 1e-3, "predictions on OpenCL vs CPU")
 
+
+
+def _bn_relu_model(center=True):
+    inputs = pynn.Input((6, 5, 4))
+    x = layers.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
+    x = layers.BatchNormalization(momentum=0.8, center=center)(x)
+    x = layers.Activation("relu")(x)
+    y = layers.BatchNormalization()(x)  # read twice below: stays unfused
+    x = layers.Add()([layers.Activation("relu")(y), layers.Activation("tanh")(y)])
+    x = layers.GlobalAveragePooling2D()(x)
+    return pynn.Model(inputs, layers.Dense(3)(x))
+
+
+def _unfused(model):
+    for st in model._plan.steps:
+        st.fused, st.passthrough = None, False
+    return model
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_plan_fuses_batch_norm_relu_with_the_same_numbers(seeded, center):
+    """The plan fuses the BatchNormalization -> Activation('relu') pair only where the relu
+    alone reads the normalization; training and evaluating with the fusion give the bits
+    of the unfused plan (weights, moving statistics, losses)."""
+    x = shifted(seeded, (10, 6, 5, 4), np.float32)
+    y = rand(seeded, (10, 3), np.float32)
+    fused = _bn_relu_model(center)
+    kinds = [(type(st.layer).__name__, st.fused, st.passthrough) for st in fused._plan.steps]
+    assert kinds.count(("BatchNormalization", ("relu", 0.0), False)) == 1
+    assert kinds.count(("Activation", None, True)) == 1
+    plain = _unfused(_bn_relu_model(center))
+    plain.set_weights(fused.get_weights())
+    results = []
+    for model in (fused, plain):
+        model.compile(optimizer="adam", loss="mse")
+        history = model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        results.append((model.get_weights(), history.history["loss"],
+                        model.evaluate(x, y, verbose=0), model.predict(x, verbose=0)))
+    (w1, l1, e1, p1), (w2, l2, e2, p2) = results
+    for a, b in zip(w1, w2):
+        np.testing.assert_array_equal(a, b)
+    assert l1 == l2 and e1 == e2
+    np.testing.assert_array_equal(p1, p2)
+
+
+def test_fused_batch_norm_relu_gradients(float64, seeded):
+    """The model's input gradient through the fused pair against finite differences."""
+    model = pynn.Sequential([layers.Input((4, 3, 5)), layers.BatchNormalization(),
+                             layers.Activation("relu"), layers.Flatten(), layers.Dense(2)])
+    assert [st.passthrough for st in model._plan.steps][1]
+    x = shifted(seeded, (6, 4, 3, 5), np.float64)
+    dy = seeded.standard_normal((6, 2))
+    model._plan.prepare_backward(True)
+
+    def loss():
+        outs, _ = model._plan.forward([x], True)
+        return float(np.sum(outs[0] * dy))
+
+    outs, saved = model._plan.forward([x], True)
+    dx = model._plan.backward([dy], saved)[0][0]
+    assert_grad_close("fused batch norm + relu dx", dx, numerical_grad(loss, x))
+
+
+@pytest.mark.opencl
+def test_fused_batch_norm_relu_on_opencl_matches_cpu(restore_device, seeded):
+    x = shifted(seeded, (10, 6, 5, 4), np.float32)
+    y = rand(seeded, (10, 3), np.float32)
+    pynn.set_device("cpu")
+    initial = _bn_relu_model().get_weights()
+    trained = {}
+    for device in ("cpu", "opencl"):
+        pynn.set_device(device)
+        model = _bn_relu_model()
+        assert any(st.passthrough for st in model._plan.steps)
+        model.set_weights(initial)
+        model.compile(optimizer="adam", loss="mse")
+        model.fit(x, y, batch_size=5, epochs=2, shuffle=False, verbose=0)
+        trained[device] = model.get_weights()
+    for i, (g, w) in enumerate(zip(trained["opencl"], trained["cpu"])):
+        assert_close(g, w, 1e-3, f"weight {i} after training on OpenCL vs CPU")
 
 # -- Keras 3 parity -----------------------------------------------------------------------
 

@@ -329,12 +329,14 @@ OPS = {
     # normalized with, the batch's (biased variance) when training, else the moving ones.
     # Training also updates moving_mean and moving_variance in place (the one forward op
     # that mutates): moving = moving*momentum + batch*(1 - momentum), Keras 3.
+    # An elementwise ``activation`` (alpha its parameter) may follow in the same pass.
     "batch_norm_forward": ("x", "gamma", "beta", "moving_mean", "moving_variance", "axis",
-                           "momentum", "epsilon", "training"),
+                           "momentum", "epsilon", "training", "activation", "alpha"),
     # -> (dx or None, dgamma, dbeta); batch_stats: mean/inv_std came from this batch, so dx
-    # carries their dependence on x (training), else they were constants.
+    # carries their dependence on x (training), else they were constants. With the forward's
+    # activation, dy is the activated output's gradient and beta rebuilds the pre-activation.
     "batch_norm_backward": ("dy", "x", "gamma", "mean", "inv_std", "axis", "batch_stats",
-                            "need_input_grad"),
+                            "need_input_grad", "beta", "activation", "alpha"),
     # Group norm of x (N, ..., C): per sample and group of C/groups consecutive channels, over
     # those channels and every axis between the first and the last; gamma, beta (C,) or None.
     # Layer norm is groups=1 on x reshaped to (rows, features). rms_scaling is Keras's

@@ -122,7 +122,8 @@ class Step:
     """One node, as the plan runs it: ``ins``/``outs`` are slot numbers."""
 
     __slots__ = ("layer", "ins", "outs", "several", "multi_out", "shared", "free_after",
-                 "needs_input_grad", "input_grad_slots", "backprop", "activity", "grads_final")
+                 "needs_input_grad", "input_grad_slots", "backprop", "activity", "grads_final",
+                 "fused", "passthrough")
 
     def __init__(self, layer, ins, outs, several, multi_out):
         self.layer = layer
@@ -137,6 +138,10 @@ class Step:
         self.backprop = True
         self.activity = None
         self.grads_final = False
+        # (activation, alpha) a BatchNormalization applies for the Activation after it, whose
+        # own step is then a passthrough (Plan._fuse_activations).
+        self.fused = None
+        self.passthrough = False
 
 
 class Plan:
@@ -192,6 +197,7 @@ class Plan:
         self.fan_in = {s for s, n in readers.items() if n > 1}
         self.readers = readers
         self.steps = steps
+        _fuse_activations(steps, readers, calls, set(self.output_slots))
         self._prepared_for = None
         self._inference_steps = None
         self.output_masks = [None] * len(self.output_slots)
@@ -324,7 +330,11 @@ class Plan:
                 mask = ([masks[s] for s in step.ins] if step.several
                         else masks[step.ins[0]])
                 masked = any(m is not None for m in mask) if step.several else mask is not None
-                if masked and _takes_mask(layer):
+                if step.passthrough:
+                    y = x
+                elif step.fused is not None:
+                    y = layer.call_activated(x, training, *step.fused)
+                elif masked and _takes_mask(layer):
                     y = layer.call(x, training=training, mask=mask)
                 else:
                     y = layer.call(x, training=training)
@@ -390,10 +400,13 @@ class Plan:
                 if step.activity is not None:
                     dy, extra = _add_activity_grad(b, dy, activity_y, step.activity)
                     penalty += extra
-                layer._cache = cache
-                layer.needs_input_grad = step.needs_input_grad
-                dx = layer.backward(dy)
-                layer._cache = None
+                if step.passthrough:
+                    dx = dy  # the fused producer takes dy through the activation
+                else:
+                    layer._cache = cache
+                    layer.needs_input_grad = step.needs_input_grad
+                    dx = layer.backward(dy)
+                    layer._cache = None
                 for s in step.outs:
                     grads[s] = None
                 if step.shared:
@@ -414,6 +427,39 @@ class Plan:
             raise MemoryError(f"Layer '{step.layer.name}' ({type(step.layer).__name__}): out "
                               f"of memory in backward ({exc})") from None
         return [grads[s] for s in self.input_slots], penalty
+
+
+def _fuse_activations(steps, readers, calls, outputs):
+    """A BatchNormalization whose output only an Activation('relu') reads runs the relu in
+    its own passes, forward and backward (batch_norm_forward/backward's activation), and the
+    Activation's step passes values and gradients through: the relu's two passes over
+    memory (one forward, one backward) and its saved output are gone, with the same bits
+    (tests/test_normalization.py). Only exact types, each called once, with no activity
+    regularizer, synchronization or dtype change between them."""
+    from pynn.layers.core import Activation
+    from pynn.layers.normalization import BatchNormalization
+
+    reader_of = {}
+    for st in steps:
+        for slot in st.ins:
+            reader_of[slot] = st
+    for st in steps:
+        layer = st.layer
+        if (type(layer) is not BatchNormalization or st.several or st.multi_out
+                or calls[id(layer)] != 1 or layer.synchronized
+                or layer.activity_regularizer is not None):
+            continue
+        out = st.outs[0]
+        act = reader_of.get(out)
+        if out in outputs or readers.get(out) != 1 or act is None:
+            continue
+        a = act.layer
+        if (type(a) is not Activation or a.activation != "relu" or calls[id(a)] != 1
+                or act.several or a.activity_regularizer is not None
+                or a.compute_dtype != layer.compute_dtype):
+            continue
+        st.fused = (a.activation, a.alpha)
+        act.passthrough = True
 
 
 # -- masks (issue 14, Keras 3's rule): the plan hands a slot's mask to a layer whose call

@@ -161,6 +161,12 @@ class BatchNormalization(_Normalization):
         return tuple(input_shape)
 
     def call(self, x, training=False):
+        return self.call_activated(x, training)
+
+    def call_activated(self, x, training=False, activation="linear", alpha=0.0):
+        """call, then ``activation`` on the normalized values in the same pass (a model's
+        plan fuses an Activation that alone reads this layer's output; see
+        pynn.layers.functional.Plan); backward takes dy through it the same way."""
         if x.dtype != self.dtype:
             # Keras casts the input to the layer's dtype; here it must, as the moving
             # statistics are updated in the kernel's (x's) dtype.
@@ -168,15 +174,18 @@ class BatchNormalization(_Normalization):
         batch_stats = bool(training) and self.trainable
         world = self._sync_world() if batch_stats else None
         if world is not None:
+            if activation != "linear":
+                raise ValueError(f"{self._label()}: a synchronized batch norm takes no fused "
+                                 "activation")
             y, mean, inv_std, sync = self._synchronized_forward(world, x)
         else:
             sync = None
             y, mean, inv_std = backend.current().batch_norm_forward(
                 x, self._value(self.gamma), self._value(self.beta), self.moving_mean.value,
                 self.moving_variance.value, self._axis, self.momentum, self.epsilon,
-                batch_stats)
+                batch_stats, activation, alpha)
         if training:
-            self._cache = (x, mean, inv_std, batch_stats, sync)
+            self._cache = (x, mean, inv_std, batch_stats, sync, activation, alpha)
         return y
 
     # -- synchronized: the statistics of the global batch over every data-parallel rank --------
@@ -252,13 +261,13 @@ class BatchNormalization(_Normalization):
         if self._cache is None:
             raise RuntimeError(f"{self._label()}: backward() needs a preceding "
                                f"call(x, training=True)")
-        (x, mean, inv_std, batch_stats, sync), self._cache = self._cache, None
+        (x, mean, inv_std, batch_stats, sync, activation, alpha), self._cache = self._cache, None
         if sync is not None:
             dx, dgamma, dbeta = self._synchronized_backward(dy, x, mean, inv_std, sync)
         else:
             dx, dgamma, dbeta = backend.current().batch_norm_backward(
                 dy, x, self._value(self.gamma), mean, inv_std, self._axis, batch_stats,
-                self.needs_input_grad)
+                self.needs_input_grad, self._value(self.beta), activation, alpha)
         self._set_grads(dgamma, dbeta)
         return dx
 

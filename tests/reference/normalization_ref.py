@@ -3,6 +3,8 @@ textbook formulas, written for clarity (two-pass variance, explicit broadcasting
 
 import numpy as np
 
+from tests.reference.activation_ref import activation_backward_ref, activation_forward_ref
+
 
 def _f64(a):
     return None if a is None else np.asarray(a, dtype=np.float64)
@@ -15,8 +17,10 @@ def _channel_shape(ndim, axis):
 
 
 def batch_norm_forward_ref(x, gamma, beta, moving_mean, moving_variance, axis=-1,
-                           momentum=0.99, epsilon=1e-3, training=False):
-    """-> (y, mean, inv_std, new_moving_mean, new_moving_variance)."""
+                           momentum=0.99, epsilon=1e-3, training=False, activation="linear",
+                           alpha=0.0):
+    """-> (y, mean, inv_std, new_moving_mean, new_moving_variance); y = activation of the
+    normalized values."""
     x = _f64(x)
     axis = axis % x.ndim
     others = tuple(a for a in range(x.ndim) if a != axis)
@@ -34,12 +38,13 @@ def batch_norm_forward_ref(x, gamma, beta, moving_mean, moving_variance, axis=-1
     inv_std = 1.0 / np.sqrt(var + epsilon)
     b = _channel_shape(x.ndim, axis)
     y = (x - mean.reshape(b)) * (inv_std * gamma).reshape(b) + beta.reshape(b)
-    return y, mean, inv_std, mm, mv
+    return activation_forward_ref(y, activation, alpha), mean, inv_std, mm, mv
 
 
 def batch_norm_backward_ref(dy, x, gamma, mean, inv_std, axis=-1, batch_stats=True,
-                            need_input_grad=True):
-    """-> (dx or None, dgamma, dbeta)."""
+                            need_input_grad=True, beta=None, activation="linear", alpha=0.0):
+    """-> (dx or None, dgamma, dbeta); with an activation, dy is the gradient of its output
+    and is first taken back through it at the pre-activation."""
     dy, x = _f64(dy), _f64(x)
     axis = axis % x.ndim
     others = tuple(a for a in range(x.ndim) if a != axis)
@@ -47,6 +52,10 @@ def batch_norm_backward_ref(dy, x, gamma, mean, inv_std, axis=-1, batch_stats=Tr
     gamma = np.ones(c) if gamma is None else _f64(gamma)
     b = _channel_shape(x.ndim, axis)
     xhat = (x - _f64(mean).reshape(b)) * _f64(inv_std).reshape(b)
+    if activation != "linear":
+        beta = np.zeros(c) if beta is None else _f64(beta)
+        dy = activation_backward_ref(dy, xhat * gamma.reshape(b) + beta.reshape(b), activation,
+                                     alpha)
     dbeta = dy.sum(axis=others)
     dgamma = (dy * xhat).sum(axis=others)
     if not need_input_grad:

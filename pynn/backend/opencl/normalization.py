@@ -9,6 +9,7 @@ by the statistics kernel. Statistics accumulate in float32 (the CPU's in double)
 
 import numpy as np
 
+from pynn.backend.api import ACTIVATIONS
 from pynn.backend.opencl import runtime as rt
 from pynn.backend.opencl.arrays import DEVICE
 from pynn.backend.opencl.launch import elementwise, kernel, sizes
@@ -45,19 +46,22 @@ def _optional(a, stand_in):
 
 
 def batch_norm_forward(x, gamma, beta, moving_mean, moving_variance, axis=-1, momentum=0.99,
-                       epsilon=1e-3, training=False):
-    """-> (y, mean, inv_std); training updates moving_mean / moving_variance in place."""
+                       epsilon=1e-3, training=False, activation="linear", alpha=0.0):
+    """-> (y, mean, inv_std); training updates moving_mean / moving_variance in place;
+    ``activation`` applied to the normalized values in the same launch."""
     op = "batch_norm_forward"
     (x, gamma, beta, moving_mean, moving_variance, (a, c, b), momentum, epsilon,
-     training) = operands.batch_norm_forward(DEVICE, x, gamma, beta, moving_mean,
-                                             moving_variance, axis, momentum, epsilon, training)
+     training, (act_name, act_alpha)) = operands.batch_norm_forward(
+        DEVICE, x, gamma, beta, moving_mean, moving_variance, axis, momentum, epsilon,
+        training, activation, alpha)
     y = rt.empty(x.shape, what=f"{op} output")
     mean = rt.empty((c,), what=f"{op} mean")
     inv_std = rt.empty((c,), what=f"{op} inv_std")
     if training and a * b > 0:
         p = _partials(a * b)
         part1, part2 = _column_buffers(p * c, op)
-        elementwise(STEM, "batch_norm_partials", p * c, x, x, x, part1, part2, a, c, b, p, 0)
+        elementwise(STEM, "batch_norm_partials", p * c, x, x, x, part1, part2, a, c, b, p, 0,
+                    x, x, x, 0, 0, 0, np.float32(0))
         elementwise(STEM, "batch_norm_statistics", c, part1, part2, x, mean, inv_std,
                     moving_mean, moving_variance, a, c, b, p, np.float32(momentum),
                     np.float32(epsilon))
@@ -67,31 +71,37 @@ def batch_norm_forward(x, gamma, beta, moving_mean, moving_variance, axis=-1, mo
     gamma_buf, has_gamma = _optional(gamma, x)
     beta_buf, has_beta = _optional(beta, x)
     elementwise(STEM, "batch_norm_normalize", x.size, x, y, mean, inv_std, gamma_buf, beta_buf,
-                has_gamma, has_beta, a, c, b)
+                has_gamma, has_beta, a, c, b, ACTIVATIONS.index(act_name),
+                np.float32(act_alpha))
     return y, mean, inv_std
 
 
 def batch_norm_backward(dy, x, gamma, mean, inv_std, axis=-1, batch_stats=True,
-                        need_input_grad=True):
-    """-> (dx or None, dgamma, dbeta)."""
+                        need_input_grad=True, beta=None, activation="linear", alpha=0.0):
+    """-> (dx or None, dgamma, dbeta); with the forward's activation (and beta), dy is the
+    activated output's gradient."""
     op = "batch_norm_backward"
-    (dy, x, gamma, mean, inv_std, (a, c, b), batch_stats,
-     need_input_grad) = operands.batch_norm_backward(DEVICE, dy, x, gamma, mean, inv_std, axis,
-                                                     batch_stats, need_input_grad)
+    (dy, x, gamma, mean, inv_std, (a, c, b), batch_stats, need_input_grad, beta,
+     (act_name, act_alpha)) = operands.batch_norm_backward(
+        DEVICE, dy, x, gamma, mean, inv_std, axis, batch_stats, need_input_grad, beta,
+        activation, alpha)
+    act = (ACTIVATIONS.index(act_name), np.float32(act_alpha))
+    gamma_buf, has_gamma = _optional(gamma, x)
+    beta_buf, has_beta = _optional(beta, x)
     dgamma = rt.zeros((c,), what=f"{op} dgamma")
     dbeta = rt.zeros((c,), what=f"{op} dbeta")
     if a * b > 0:
         p = _partials(a * b)
         part1, part2 = _column_buffers(p * c, op)
-        elementwise(STEM, "batch_norm_partials", p * c, dy, x, mean, part1, part2, a, c, b, p, 1)
+        elementwise(STEM, "batch_norm_partials", p * c, dy, x, mean, part1, part2, a, c, b, p, 1,
+                    inv_std, gamma_buf, beta_buf, has_gamma, has_beta, *act)
         elementwise(STEM, "channel_partials_fold", c, part1, part2, inv_std, 1, dgamma, dbeta,
                     c, p)
     if not need_input_grad:
         return None, dgamma, dbeta
     dx = rt.empty(x.shape, what=f"{op} dx")
-    gamma_buf, has_gamma = _optional(gamma, x)
     elementwise(STEM, "batch_norm_backward_input", x.size, dy, x, gamma_buf, has_gamma, mean,
-                inv_std, dgamma, dbeta, dx, a, c, b, int(batch_stats))
+                inv_std, dgamma, dbeta, dx, a, c, b, int(batch_stats), beta_buf, has_beta, *act)
     return dx, dgamma, dbeta
 
 

@@ -12,6 +12,7 @@ per (n, group) over S*CG values. Layer norm is group norm with one group over x 
 import math
 import operator
 
+from pynn.backend.operands.activation import activation_pair
 from pynn.backend.operands.common import check_shape, flag, number
 
 
@@ -45,12 +46,23 @@ def _epsilon(op, epsilon):
     return number(op, "epsilon", epsilon, lo=0.0)
 
 
+def _fused_activation(op, activation, alpha):
+    """(name, alpha) of the activation a batch norm op applies after normalizing: any
+    elementwise one (softmax mixes channels, so it stays a separate op)."""
+    name, alpha = activation_pair(op, activation, alpha)
+    if name == "softmax":
+        raise ValueError(f"{op}: activation 'softmax' cannot be fused (it normalizes across "
+                         "channels); apply it as its own op")
+    return name, alpha
+
+
 def batch_norm_forward(arrays, x, gamma, beta, moving_mean, moving_variance, axis, momentum,
-                       epsilon, training):
+                       epsilon, training, activation="linear", alpha=0.0):
     """-> (x, gamma, beta, moving_mean, moving_variance, (A, C, B), momentum, epsilon,
-    training). The moving statistics are updated in place when training, so they must then
-    be writable whole buffers, distinct from each other."""
+    training, (activation, alpha)). The moving statistics are updated in place when
+    training, so they must then be writable whole buffers, distinct from each other."""
     op = "batch_norm_forward"
+    act = _fused_activation(op, activation, alpha)
     x = arrays.float_input(op, "x", x)
     if x.ndim < 1:
         raise ValueError(f"{op}: 'x' must have at least 1 dimension, got shape {x.shape}")
@@ -66,7 +78,7 @@ def batch_norm_forward(arrays, x, gamma, beta, moving_mean, moving_variance, axi
         raise ValueError(f"{op}: 'moving_mean' and 'moving_variance' must not share memory")
     momentum = number(op, "momentum", momentum, lo=0.0, hi=1.0)
     return (x, gamma, beta, moving_mean, moving_variance, dims, momentum,
-            _epsilon(op, epsilon), training)
+            _epsilon(op, epsilon), training, act)
 
 
 def _split(op, x, axis):
@@ -75,9 +87,12 @@ def _split(op, x, axis):
 
 
 def batch_norm_backward(arrays, dy, x, gamma, mean, inv_std, axis, batch_stats,
-                        need_input_grad):
-    """-> (dy, x, gamma, mean, inv_std, (A, C, B), batch_stats, need_input_grad)."""
+                        need_input_grad, beta=None, activation="linear", alpha=0.0):
+    """-> (dy, x, gamma, mean, inv_std, (A, C, B), batch_stats, need_input_grad, beta,
+    (activation, alpha)). With an activation dy is its output's gradient, and beta (None:
+    center=False) rebuilds the pre-activation the forward made."""
     op = "batch_norm_backward"
+    act = _fused_activation(op, activation, alpha)
     x = arrays.float_input(op, "x", x)
     if x.ndim < 1:
         raise ValueError(f"{op}: 'x' must have at least 1 dimension, got shape {x.shape}")
@@ -88,8 +103,9 @@ def batch_norm_backward(arrays, dy, x, gamma, mean, inv_std, axis, batch_stats,
     gamma = _vector(arrays, op, "gamma", gamma, c, x, optional=True)
     mean = _vector(arrays, op, "mean", mean, c, x)
     inv_std = _vector(arrays, op, "inv_std", inv_std, c, x)
+    beta = _vector(arrays, op, "beta", beta, c, x, optional=True)
     return (dy, x, gamma, mean, inv_std, dims, flag(op, "batch_stats", batch_stats),
-            flag(op, "need_input_grad", need_input_grad))
+            flag(op, "need_input_grad", need_input_grad), beta, act)
 
 
 def _groups(op, groups, x):
