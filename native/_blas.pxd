@@ -1,11 +1,34 @@
 # Row-major GEMM on top of Fortran BLAS: C = alpha * op(A) @ op(B) + beta * C for C-contiguous
 # arrays is the column-major product C^T = op(B)^T @ op(A)^T, so A and B swap places and no
-# data is transposed. Callable without the GIL.
-from scipy.linalg.cython_blas cimport sgemm, dgemm
+# data is transposed. Callable without the GIL. The BLAS is found among the libraries already
+# loaded (native/_blas.h): a module cimporting this calls blas_init() once at import.
+
+cdef extern from "_blas.h":
+    int pynn_blas_find() noexcept nogil
+    void* pynn_blas_sgemm_address() noexcept nogil
+    int pynn_blas_ilp64
+    void pynn_sgemm(const char* ta, const char* tb, int m, int n, int k, float alpha,
+                    const float* a, int lda, const float* b, int ldb, float beta, float* c,
+                    int ldc) noexcept nogil
+    void pynn_dgemm(const char* ta, const char* tb, int m, int n, int k, double alpha,
+                    const double* a, int lda, const double* b, int ldb, double beta,
+                    double* c, int ldc) noexcept nogil
 
 ctypedef fused floating:
     float
     double
+
+
+cdef inline int blas_init() except -1:
+    """Point this module's GEMM at the process's BLAS: NumPy's (loaded with NumPy), else SciPy's
+    (imported only then)."""
+    if pynn_blas_find():
+        return 0
+    import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's OpenBLAS)
+    if pynn_blas_find():
+        return 0
+    raise ImportError("pynn: no BLAS (sgemm/dgemm) found among the loaded libraries, nor "
+                      "through SciPy")
 
 
 cdef inline void gemm_rowmajor(bint trans_a, bint trans_b, int m, int n, int k,
@@ -18,6 +41,6 @@ cdef inline void gemm_rowmajor(bint trans_a, bint trans_b, int m, int n, int k,
     if m <= 0 or n <= 0:
         return
     if floating is float:
-        sgemm(&tb, &ta, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
+        pynn_sgemm(&tb, &ta, n, m, k, alpha, <float*>b, ldb, <float*>a, lda, beta, c, ldc)
     else:
-        dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
+        pynn_dgemm(&tb, &ta, n, m, k, alpha, <double*>b, ldb, <double*>a, lda, beta, c, ldc)

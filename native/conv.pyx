@@ -62,7 +62,7 @@ import numpy as np
 
 from libc.string cimport memcpy, memset
 from cython.parallel cimport prange
-from _blas cimport gemm_rowmajor, floating
+from _blas cimport blas_init, gemm_rowmajor, floating
 from _activation cimport (
     ACT_LINEAR, ACT_RELU, ACT_SOFTMAX, act_backward_vec, act_value, add_rows_double,
     bias_activation_rows, softmax_grad_row, softmax_row,
@@ -81,6 +81,8 @@ from pynn.backend.api import (
     ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT, conv2d_backward_composed,
     conv2d_transpose_backward_composed,
 )
+
+blas_init()
 
 # Bound on one tile's working set (im2col rows + their output rows): big enough that each
 # GEMM has hundreds of rows and the per-tile thread wake-ups are amortized, small enough to

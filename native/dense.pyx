@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from cython.parallel cimport prange
-from _blas cimport gemm_rowmajor, floating
+from _blas cimport blas_init, gemm_rowmajor, floating, pynn_blas_sgemm_address
 from _activation cimport (
     ACT_LINEAR, ACT_PARALLEL_MIN, ACT_SOFTMAX, act_forward_vec, bias_activation_rows,
     softmax_row,
@@ -33,6 +33,8 @@ from pynn.backend._scratch import give, scratch, take
 from pynn.backend.operands import dense as operands
 from pynn.backend.operands.common import HOST
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
+
+blas_init()
 
 
 def _gemm(bint trans_a, bint trans_b, const floating[:, ::1] a, const floating[:, ::1] b,
@@ -56,22 +58,29 @@ cdef extern from *:
     typedef int (*pynn_blas_get_threads_fn)(void);
     static pynn_blas_threads_fn pynn_blas_set_threads = NULL;
     static pynn_blas_get_threads_fn pynn_blas_get_threads = NULL;
-    /* The thread setter of the OpenBLAS behind `fn` (SciPy's sgemm): dlsym on the library
-       fn lives in also searches the libraries it depends on. SciPy's wheel prefixes the
-       names with scipy_; a system OpenBLAS does not. */
+    /* The thread setter of the OpenBLAS behind `fn` (the sgemm native/_blas.h found): dlsym
+       on the library fn lives in also searches the libraries it depends on. The wheels'
+       OpenBLAS prefix the names with scipy_ (NumPy's, ILP64, also suffix them 64_); a
+       system OpenBLAS does neither. */
+    static const char* const pynn_blas_thread_names[][2] = {
+        {"scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"},
+        {"scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"},
+        {"openblas_set_num_threads64_", "openblas_get_num_threads64_"},
+        {"openblas_set_num_threads", "openblas_get_num_threads"},
+    };
     static int pynn_find_blas_threads(void* fn) {
         Dl_info info;
         void* lib;
-        if (!dladdr(fn, &info) || info.dli_fname == NULL) return 0;
+        int k;
+        if (fn == NULL || !dladdr(fn, &info) || info.dli_fname == NULL) return 0;
         lib = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD);
         if (lib == NULL) return 0;
-        pynn_blas_set_threads = (pynn_blas_threads_fn)dlsym(lib, "scipy_openblas_set_num_threads");
-        pynn_blas_get_threads = (pynn_blas_get_threads_fn)dlsym(lib, "scipy_openblas_get_num_threads");
-        if (pynn_blas_set_threads == NULL || pynn_blas_get_threads == NULL) {
-            pynn_blas_set_threads = (pynn_blas_threads_fn)dlsym(lib, "openblas_set_num_threads");
-            pynn_blas_get_threads = (pynn_blas_get_threads_fn)dlsym(lib, "openblas_get_num_threads");
+        for (k = 0; k < 4; k++) {
+            pynn_blas_set_threads = (pynn_blas_threads_fn)dlsym(lib, pynn_blas_thread_names[k][0]);
+            pynn_blas_get_threads = (pynn_blas_get_threads_fn)dlsym(lib, pynn_blas_thread_names[k][1]);
+            if (pynn_blas_set_threads != NULL && pynn_blas_get_threads != NULL) break;
         }
-        dlclose(lib);   /* a NOLOAD handle: SciPy keeps the library loaded */
+        dlclose(lib);   /* a NOLOAD handle: its loader keeps the library loaded */
         if (pynn_blas_set_threads == NULL || pynn_blas_get_threads == NULL) {
             pynn_blas_set_threads = NULL;
             pynn_blas_get_threads = NULL;
@@ -86,12 +95,10 @@ cdef extern from *:
     pynn_blas_get_threads_fn pynn_blas_get_threads
     int pynn_find_blas_threads(void* fn)
 
-from scipy.linalg.cython_blas cimport sgemm as _scipy_sgemm
-
 # PYNN_DENSE_ONE_REGION=0 keeps BLAS's own threading: an earlier per-thread split measured
 # slower on an Intel AVX-512 box (MLP step 2.4 -> 3.1 ms), faster here on Zen 3.
 _HAVE_BLAS_THREADS = (os.environ.get("PYNN_DENSE_ONE_REGION", "1") != "0"
-                      and bool(pynn_find_blas_threads(<void*>_scipy_sgemm)))
+                      and bool(pynn_find_blas_threads(pynn_blas_sgemm_address())))
 # Open one-thread regions (any Python thread) and the BLAS thread count to restore after the
 # last. Both change only with the GIL held, so concurrent ops cannot restore too early.
 cdef int _solo_depth = 0

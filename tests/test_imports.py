@@ -168,6 +168,29 @@ def test_import_pulls_in_no_optional_or_heavy_package():
     assert out.stdout.split() == []
 
 
+def test_training_and_predicting_load_no_scipy_and_one_blas():
+    """The kernels' GEMM is NumPy's own BLAS (native/_blas.h): building, training and
+    predicting a Dense + Conv2D model imports no SciPy (whose scipy.linalg cost 190 ms and
+    27 MiB) and loads no second OpenBLAS beside NumPy's."""
+    import subprocess
+
+    code = ("import sys, numpy as np, pynn\n"
+            "from pynn import layers\n"
+            "m = pynn.Sequential([layers.Input((6, 6, 3)), layers.Conv2D(4, 3),\n"
+            "                     layers.Flatten(), layers.Dense(2)])\n"
+            "m.compile('adam', 'mse')\n"
+            "x = np.random.default_rng(0).standard_normal((8, 6, 6, 3)).astype('float32')\n"
+            "m.fit(x, np.ones((8, 2), 'float32'), verbose=0)\n"
+            "m.predict(x, verbose=0)\n"
+            "from threadpoolctl import threadpool_info\n"
+            "blas = [i['filepath'] for i in threadpool_info() if i['user_api'] == 'blas']\n"
+            "print('scipy' in sys.modules, len(blas))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "1"], out.stdout
+
+
 # -- what `import pynn` loads (issue 16's footprint) ------------------------------------------
 # Loaded on first use only: pynn's rarely used subpackages, the CPU and OpenCL kernel tables (and
 # with them every Cython extension but pynn._native.info), and the standard-library and NumPy
