@@ -1,15 +1,18 @@
-/* BLAS sgemm/dgemm without importing SciPy: the OpenBLAS that NumPy's wheel already loaded
- * (scipy-openblas64: ILP64, names scipy_?gemm_64_), else any loaded library exporting the
- * plain Fortran names (a NumPy built against a system BLAS: LP64 ?gemm_), else the caller
- * imports SciPy's cython_blas and asks again (SciPy's wheel: LP64 scipy_?gemm_).
+/* BLAS sgemm/dgemm without importing SciPy's Python modules. In order (native/_blas.pxd's
+ * blas_init): SciPy's wheel OpenBLAS loaded straight from its file (pynn_blas_load; LP64,
+ * names scipy_?gemm_), the library pynn's kernels have always called; else an OpenBLAS
+ * already in the process (NumPy's wheel: ILP64, scipy_?gemm_64_); else any loaded library
+ * exporting the plain Fortran names (a NumPy built on a system BLAS); else scipy.linalg is
+ * imported and the search runs again.
  *
- * Importing scipy.linalg for its BLAS cost a process 190 ms and 27 MiB before its first
- * prediction (AMD EPYC, no bytecode cache; bench/bench_inference.py --footprint), and loaded
- * a second OpenBLAS with its own thread pool beside NumPy's.
+ * SciPy's OpenBLAS stays first because pynn sets OPENBLAS_THREAD_TIMEOUT (pynn/__init__.py)
+ * before loading it, while NumPy's may have been loaded (and read it) before pynn was
+ * imported; the im2col convolutions call BLAS with its own threads. Importing scipy.linalg
+ * only to reach that library cost a process 190 ms and 27 MiB before its first prediction
+ * (AMD EPYC, no bytecode cache; bench/bench_inference.py --footprint).
  *
  * Each extension module that includes this header holds its own copy of the pointers and
- * fills it once at import (pynn_blas_find); the search walks the loaded objects, so every
- * module finds the same library. */
+ * fills it once at import; every module resolves to the same library. */
 #ifndef PYNN_BLAS_H
 #define PYNN_BLAS_H
 
@@ -72,6 +75,27 @@ static int pynn_blas_visit(struct dl_phdr_info* info, size_t size, void* want) {
     (void)size;
     if (name == NULL || name[0] == '\0' || strstr(name, (const char*)want) == NULL) return 0;
     return pynn_blas_try(name);
+}
+
+/* 1 when the library at path (loaded here, kept loaded) exports a BLAS. */
+static int pynn_blas_load(const char* path) {
+    void* lib;
+    int k;
+    if (pynn_sgemm_ptr != NULL) return 1;
+    lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (lib == NULL) return 0;
+    for (k = 0; k < 4; k++) {
+        void* s = dlsym(lib, pynn_blas_names[k][0]);
+        void* d = dlsym(lib, pynn_blas_names[k][1]);
+        if (s != NULL && d != NULL) {
+            pynn_sgemm_ptr = s;
+            pynn_dgemm_ptr = d;
+            pynn_blas_ilp64 = pynn_blas_is_ilp64[k];
+            return 1;
+        }
+    }
+    dlclose(lib);
+    return 0;
 }
 
 /* 1 when a BLAS was found among the loaded objects: an OpenBLAS first, then any library. */

@@ -5,6 +5,7 @@
 
 cdef extern from "_blas.h":
     int pynn_blas_find() noexcept nogil
+    int pynn_blas_load(const char* path) noexcept nogil
     void* pynn_blas_sgemm_address() noexcept nogil
     int pynn_blas_ilp64
     void pynn_sgemm(const char* ta, const char* tb, int m, int n, int k, float alpha,
@@ -20,8 +21,19 @@ ctypedef fused floating:
 
 
 cdef inline int blas_init() except -1:
-    """Point this module's GEMM at the process's BLAS: NumPy's (loaded with NumPy), else SciPy's
-    (imported only then)."""
+    """Point this module's GEMM at a BLAS (the order and why: native/_blas.h): SciPy's wheel
+    OpenBLAS loaded from its file, without importing SciPy; else one already loaded (NumPy's);
+    else through an import of scipy.linalg."""
+    import glob
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("scipy")
+    if spec is not None and spec.submodule_search_locations:
+        here = os.path.dirname(list(spec.submodule_search_locations)[0])
+        for path in sorted(glob.glob(os.path.join(here, "scipy.libs", "libscipy_openblas*.so*"))):
+            if pynn_blas_load(os.fsencode(path)):
+                return 0
     if pynn_blas_find():
         return 0
     import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's OpenBLAS)

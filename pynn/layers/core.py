@@ -5,6 +5,7 @@ import math
 import numpy as np
 
 from pynn import _registry, backend, regularizers
+from pynn.backend.api import ACTIVATIONS_NEEDING_INPUT
 from pynn.layers.symbolic import Node
 from pynn.layers.base import (
     KerasTensor, Layer, _unique_name, activation_config, bias_activation_backward, shape_str,
@@ -133,7 +134,10 @@ class Activation(Layer):
         b = backend.current()
         y = b.activation_forward(x, self.activation, self.alpha)
         if training:
-            self._cache = (x, y)
+            # Keep only what the derivative reads: holding x too kept the residual CNN's
+            # block sums alive until backward (4 MiB each at batch 32).
+            self._cache = ((x, None) if self.activation in ACTIVATIONS_NEEDING_INPUT
+                           else (None, y))
         return y
 
     def backward(self, dy):
