@@ -33,7 +33,9 @@ import numpy as np
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.string cimport memcpy
+from _activation cimport ACT_LINEAR, act_forward_vec
 
+from pynn.backend.api import ACTIVATIONS
 from pynn.backend.operands import merge as operands
 from pynn.backend.operands.common import HOST
 
@@ -169,13 +171,19 @@ cdef void _unfold_chunk(const floating* dy, const Py_ssize_t* xs, const Py_ssize
                 d0[e] = d0[e] * _share(a, v, a > v)
 
 
-def _merge_forward(const Py_ssize_t[::1] xs, floating[::1] y, int mode):
-    cdef Py_ssize_t E = y.shape[0], n = xs.shape[0], t
+def _merge_forward(const Py_ssize_t[::1] xs, floating[::1] y, int mode, int act=ACT_LINEAR,
+                   double alpha=0.0):
+    """y = act(fold of the inputs), each chunk's activation while it is in cache."""
+    cdef Py_ssize_t E = y.shape[0], n = xs.shape[0], t, lo, hi
     cdef Py_ssize_t tasks = (E + CHUNK - 1) // CHUNK
     cdef const Py_ssize_t* xp = &xs[0]
     cdef floating* yp = &y[0]
     for t in prange(tasks, schedule="static", nogil=True, use_threads_if=E * n >= PARALLEL_MIN):
-        _fold_chunk(xp, yp, n, mode, t * CHUNK, min(t * CHUNK + CHUNK, E))
+        lo = t * CHUNK
+        hi = min(lo + CHUNK, E)
+        _fold_chunk(xp, yp, n, mode, lo, hi)
+        if act != ACT_LINEAR:
+            act_forward_vec(yp + lo, yp + lo, hi - lo, act, <floating>alpha)
 
 
 def _merge_backward(const floating[::1] dy, const Py_ssize_t[::1] xs,
@@ -273,14 +281,16 @@ def _pointers(arrays):
     return np.array([a.ctypes.data for a in arrays], dtype=np.intp)
 
 
-def merge_forward(inputs, mode):
+def merge_forward(inputs, mode, activation="linear", alpha=0.0):
     """The inputs folded left to right by ``mode`` (Keras's merge layers), broadcast by
-    Keras's merge rule where their shapes differ."""
-    xs, mode, out_shape = operands.merge_forward(HOST, inputs, mode)
+    Keras's merge rule where their shapes differ, then ``activation`` in the same pass."""
+    xs, mode, out_shape, (act_name, act_alpha) = operands.merge_forward(HOST, inputs, mode,
+                                                                        activation, alpha)
     xs = [_expanded(x, out_shape) for x in xs]
     y = np.empty(out_shape, dtype=xs[0].dtype)
     if y.size:
-        _merge_forward(_pointers(xs), y.reshape(-1), MODE_CODES[mode])
+        _merge_forward(_pointers(xs), y.reshape(-1), MODE_CODES[mode],
+                       ACTIVATIONS.index(act_name), act_alpha)
     return y
 
 

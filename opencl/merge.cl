@@ -11,6 +11,7 @@
  * one address, no atomics.
  */
 #include "common.h"
+#include "activation.h"
 
 /* MERGE_MODES of pynn/backend/api.py, in order (native/merge.pyx's Mode). */
 #define MODE_ADD 0
@@ -26,8 +27,11 @@
 
 /* y = step(a, x) / divisor; y may be a (in place). divisor is n at average's last step, else 1
  * (a division by 1 is exact). */
+/* One fold step y = a (mode) x, divided (average's last step), then the activation (act,
+ * alpha as activation.h; linear but on merge_forward's last step). */
 __kernel void merge_fold(__global const float *a, __global const float *x, __global float *y,
-                         const int E, const int mode, const float divisor)
+                         const int E, const int mode, const float divisor, const int act,
+                         const float alpha)
 {
     const int e = get_global_id(0);
     GUARD(e, E);
@@ -40,7 +44,7 @@ __kernel void merge_fold(__global const float *a, __global const float *x, __glo
     case MODE_MINIMUM: r = MINIMUM(u, v); break;
     default: r = u + v; break; /* add, average */
     }
-    y[e] = r / divisor;
+    y[e] = act_value(r / divisor, act, alpha);
 }
 
 /* dx = sign * dy / divisor: add (1, 1), subtract's second input (-1, 1), average (1, n). */

@@ -33,7 +33,7 @@ from pynn.layers import (
     multiply,
     subtract,
 )
-from tests.backend_util import assert_same, rand
+from tests.backend_util import assert_close, assert_same, rand
 from tests.reference import gradcheck
 from tests.reference import merge_ref as ref
 
@@ -95,6 +95,48 @@ def test_merge_matches_reference(target, rng, mode, count, shape):
     dy = rand(rng, y.shape, target.dtype)
     check_merge(target, "merge_backward", dy, xs, mode, ref_fn=ref.merge_backward_ref,
                 rtol=tol(target))
+
+
+MERGE_ACTIVATIONS = [("relu", 0.0), ("leaky_relu", 0.2), ("tanh", 0.0)]
+
+
+@pytest.mark.parametrize("mode,count", [("add", 1), ("add", 2), ("add", 3), ("average", 3),
+                                        ("maximum", 2)], ids=str)
+@pytest.mark.parametrize("activation,alpha", MERGE_ACTIVATIONS,
+                         ids=[a for a, _ in MERGE_ACTIVATIONS])
+def test_merge_with_activation_matches_reference(target, rng, mode, count, activation, alpha):
+    """merge_forward's activation: the fold, then the activation, in one pass (OpenCL on its
+    last fold), against the float64 oracle and, on OpenCL, the CPU op; broadcast too."""
+    for shapes in ([(3, 37, 5)] * count, [(3, 1, 5), (3, 37, 5)][:max(count, 2)]):
+        xs = [rand(rng, sh, target.dtype) for sh in shapes]
+        y = target.ops.merge_forward([target.up(x) for x in xs], mode, activation, alpha)
+        want = ref.merge_forward_ref(xs, mode, activation, alpha)
+        rtol = tol(target)
+        assert_close(target.down(y), want, rtol["rtol"] if isinstance(rtol, dict) else rtol,
+                     f"{mode} {activation}")
+        if target.is_opencl:
+            from pynn.backend import cpu
+
+            np.testing.assert_allclose(target.down(y),
+                                       cpu.merge_forward(xs, mode, activation, alpha),
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_merge_relu_equals_merge_then_relu(rng):
+    """The fused op gives the bits of the merge then the relu op."""
+    from pynn.backend import cpu
+
+    xs = [rand(rng, (33, 7, 19), np.float32) for _ in range(2)]
+    np.testing.assert_array_equal(cpu.merge_forward(xs, "add", "relu"),
+                                  cpu.activation_forward(cpu.merge_forward(xs, "add"), "relu"))
+
+
+def test_merge_activation_bad_operands(backend, rng):
+    xs = [backend.up(rand(rng, (4, 6), np.float32)) for _ in range(2)]
+    with pytest.raises(ValueError, match=r"merge_forward: activation 'softmax' cannot be fused"):
+        backend.ops.merge_forward(xs, "add", "softmax")
+    with pytest.raises(ValueError, match=r"merge_forward: unknown activation 'relu9'"):
+        backend.ops.merge_forward(xs, "add", "relu9")
 
 
 BROADCAST_CASES = [

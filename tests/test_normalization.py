@@ -638,16 +638,67 @@ def test_fused_batch_norm_relu_gradients(float64, seeded):
     assert_grad_close("fused batch norm + relu dx", dx, numerical_grad(loss, x))
 
 
+def _residual_model():
+    """A residual block closing in Add -> relu (fused), a shortcut read twice, and an Add read
+    by two activations (not fused)."""
+    inputs = pynn.Input((5, 4, 6))
+    y = layers.Conv2D(6, 3, padding="same")(inputs)
+    y = layers.Activation("relu")(layers.BatchNormalization()(y))
+    x = layers.Activation("relu")(layers.Add()([inputs, y]))
+    z = layers.Add()([x, layers.Conv2D(6, 1)(x)])
+    x = layers.Concatenate()([layers.Activation("relu")(z), layers.Activation("sigmoid")(z)])
+    return pynn.Model(inputs, layers.Dense(2)(layers.GlobalAveragePooling2D()(x)))
+
+
+def test_plan_fuses_add_relu_with_the_same_numbers(seeded):
+    x = shifted(seeded, (9, 5, 4, 6), np.float32)
+    y = rand(seeded, (9, 2), np.float32)
+    fused = _residual_model()
+    kinds = [(type(st.layer).__name__, st.fused) for st in fused._plan.steps]
+    assert kinds.count(("Add", ("relu", 0.0))) == 1
+    assert kinds.count(("BatchNormalization", ("relu", 0.0))) == 1
+    assert sum(st.passthrough for st in fused._plan.steps) == 2
+    plain = _unfused(_residual_model())
+    plain.set_weights(fused.get_weights())
+    results = []
+    for model in (fused, plain):
+        model.compile(optimizer="adam", loss="mse")
+        history = model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        results.append((model.get_weights(), history.history["loss"]))
+    for a, b in zip(results[0][0], results[1][0]):
+        np.testing.assert_array_equal(a, b)
+    assert results[0][1] == results[1][1]
+
+
+def test_fused_add_relu_gradients(float64, seeded):
+    """Input gradient through the fused Add -> relu (and batch norm -> relu) of a residual
+    block against finite differences."""
+    model = _residual_model()
+    x = shifted(seeded, (3, 5, 4, 6), np.float64)
+    dy = seeded.standard_normal((3, 2))
+    model._plan.prepare_backward(True)
+
+    def loss():
+        outs, _ = model._plan.forward([x], True)
+        return float(np.sum(outs[0] * dy))
+
+    outs, saved = model._plan.forward([x], True)
+    dx = model._plan.backward([dy], saved)[0][0]
+    assert_grad_close("fused add + relu dx", dx, numerical_grad(loss, x))
+
+
 @pytest.mark.opencl
-def test_fused_batch_norm_relu_on_opencl_matches_cpu(restore_device, seeded):
-    x = shifted(seeded, (10, 6, 5, 4), np.float32)
-    y = rand(seeded, (10, 3), np.float32)
+@pytest.mark.parametrize("build,shape,outputs", [("bn", (6, 5, 4), 3), ("residual", (5, 4, 6), 2)])
+def test_fused_activations_on_opencl_match_cpu(restore_device, seeded, build, shape, outputs):
+    build = _bn_relu_model if build == "bn" else _residual_model
+    x = shifted(seeded, (10,) + shape, np.float32)
+    y = rand(seeded, (10, outputs), np.float32)
     pynn.set_device("cpu")
-    initial = _bn_relu_model().get_weights()
+    initial = build().get_weights()
     trained = {}
     for device in ("cpu", "opencl"):
         pynn.set_device(device)
-        model = _bn_relu_model()
+        model = build()
         assert any(st.passthrough for st in model._plan.steps)
         model.set_weights(initial)
         model.compile(optimizer="adam", loss="mse")

@@ -294,8 +294,9 @@ OPS = {
     # folds them left to right by ``mode`` (MERGE_MODES; one shape for all, subtract takes
     # exactly 2, average divides the sum by their count); merge_backward returns a tuple of
     # input gradients, maximum/minimum with torch's rule at each fold step (a tie splits the
-    # gradient in half, a NaN passes it to both).
-    "merge_forward": ("inputs", "mode"),
+    # gradient in half, a NaN passes it to both). merge_forward may end in an elementwise
+    # ``activation`` (alpha its parameter) in the same pass.
+    "merge_forward": ("inputs", "mode", "activation", "alpha"),
     "merge_backward": ("dy", "inputs", "mode"),
     # Along ``axis`` (negative counts from the end); the backward gives back a tuple of
     # slices of dy, ``sizes`` long along the axis.

@@ -430,13 +430,16 @@ class Plan:
 
 
 def _fuse_activations(steps, readers, calls, outputs):
-    """A BatchNormalization whose output only an Activation('relu') reads runs the relu in
-    its own passes, forward and backward (batch_norm_forward/backward's activation), and the
-    Activation's step passes values and gradients through: the relu's two passes over
-    memory (one forward, one backward) and its saved output are gone, with the same bits
-    (tests/test_normalization.py). Only exact types, each called once, with no activity
-    regularizer, synchronization or dtype change between them."""
+    """A BatchNormalization or Add whose output only an Activation('relu') reads runs the
+    relu in its own pass, and the Activation's step passes values and gradients through,
+    with the same bits (tests/test_normalization.py, tests/test_merge.py). BatchNormalization
+    also takes dy back through the relu inside its backward passes (batch_norm_backward's
+    activation): the relu's forward pass, its backward pass and its saved output are gone.
+    Add (a residual block's closing relu) saves the relu's output and runs its backward
+    itself: the forward pass and the saved sum are gone. Only exact types, each called once,
+    with no activity regularizer, synchronization or dtype change between them."""
     from pynn.layers.core import Activation
+    from pynn.layers.merge import Add
     from pynn.layers.normalization import BatchNormalization
 
     reader_of = {}
@@ -445,9 +448,12 @@ def _fuse_activations(steps, readers, calls, outputs):
             reader_of[slot] = st
     for st in steps:
         layer = st.layer
-        if (type(layer) is not BatchNormalization or st.several or st.multi_out
-                or calls[id(layer)] != 1 or layer.synchronized
-                or layer.activity_regularizer is not None):
+        if type(layer) is BatchNormalization:
+            if st.several or layer.synchronized:
+                continue
+        elif type(layer) is not Add:
+            continue
+        if st.multi_out or calls[id(layer)] != 1 or layer.activity_regularizer is not None:
             continue
         out = st.outs[0]
         act = reader_of.get(out)

@@ -117,16 +117,29 @@ class Add(_ElementwiseMerge):
     mode = "add"
 
     def call(self, inputs, training=False):
-        y = backend.current().merge_forward(inputs, self.mode)
+        return self.call_activated(inputs, training)
+
+    def call_activated(self, inputs, training=False, activation="linear", alpha=0.0):
+        """call, then ``activation`` on the sum in the same pass (a model's plan fuses an
+        Activation that alone reads this layer's output, as a residual block's closing
+        relu; pynn.layers.functional.Plan); backward first takes dy back through it."""
+        b = backend.current()
+        y = b.merge_forward(inputs, self.mode, activation, alpha)
         if training:
             shape = tuple(y.shape)
             # Inputs of the output's shape need nothing but their count for backward: keeping
             # them held a residual block's branch output (4 MiB at batch 32) until then.
-            self._cache = (len(inputs) if all(tuple(x.shape) == shape for x in inputs)
-                           else list(inputs))
+            kept = (len(inputs) if all(tuple(x.shape) == shape for x in inputs)
+                    else list(inputs))
+            self._cache = kept if activation == "linear" else (kept, y, activation, alpha)
         return y
 
     def backward(self, dy):
+        if isinstance(self._cache, tuple):
+            kept, y, activation, alpha = self._cache
+            if self.needs_input_grad:
+                dy = backend.current().activation_backward(dy, None, y, activation, alpha)
+            self._cache = kept
         if isinstance(self._cache, int):
             count, self._cache = self._cache, None
             if not self.needs_input_grad:

@@ -7,6 +7,8 @@ half). Dot follows keras.src.layers.merging.dot.batch_dot with transposes and ei
 
 import numpy as np
 
+from tests.reference.activation_ref import activation_forward_ref
+
 EPSILON = 1e-7  # Keras's backend.epsilon(), the cap of keras.ops.normalize
 
 
@@ -37,12 +39,12 @@ def _sum_back(grad, shape):
     return np.sum(grad, axis=axes, keepdims=True).reshape(shape)
 
 
-def merge_forward_ref(inputs, mode):
+def merge_forward_ref(inputs, mode, activation="linear", alpha=0.0):
     xs = _keras_broadcast(_f64(inputs))
     y = xs[0]
     for x in xs[1:]:
         y = _step(mode, y, x)
-    return y / len(xs) if mode == "average" else y
+    return activation_forward_ref(y / len(xs) if mode == "average" else y, activation, alpha)
 
 
 def _extreme_shares(mode, a, x):

@@ -8,7 +8,8 @@ Broadcast geometry (a few ints per input) goes up as a small int32 array.
 
 import numpy as np
 
-from pynn.backend.api import MERGE_MODES
+from pynn.backend.api import ACTIVATIONS, MERGE_MODES
+from pynn.backend.opencl.activation import activation_forward
 from pynn.backend.opencl import runtime as rt
 from pynn.backend.opencl.arrays import DEVICE, copy
 from pynn.backend.opencl.launch import elementwise
@@ -50,21 +51,25 @@ def _summed_to(full, shape):
     return small
 
 
-def merge_forward(inputs, mode):
+def merge_forward(inputs, mode, activation="linear", alpha=0.0):
     """The inputs folded left to right by ``mode`` (Keras's merge layers), broadcast by
-    Keras's merge rule where their shapes differ."""
+    Keras's merge rule where their shapes differ, the last fold applying ``activation``."""
     op = "merge_forward"
-    xs, mode, out_shape = operands.merge_forward(DEVICE, inputs, mode)
+    xs, mode, out_shape, (act_name, act_alpha) = operands.merge_forward(
+        DEVICE, inputs, mode, activation, alpha)
     xs = [_expanded(x, out_shape) for x in xs]
     n = len(xs)
+    act = ACTIVATIONS.index(act_name)
     if n == 1:
-        return copy(xs[0])
+        return copy(xs[0]) if act_name == "linear" else activation_forward(xs[0], act_name,
+                                                                           act_alpha)
     y = rt.empty(tuple(out_shape), what=f"{op} output")
     acc = xs[0]
     for k in range(1, n):
-        divisor = n if mode == "average" and k == n - 1 else 1
+        last = k == n - 1
+        divisor = n if mode == "average" and last else 1
         elementwise("merge", "merge_fold", y.size, acc, xs[k], y, y.size, _MODE[mode],
-                    np.float32(divisor))
+                    np.float32(divisor), act if last else 0, np.float32(act_alpha))
         acc = y
     return y
 
@@ -91,7 +96,7 @@ def merge_backward(dy, inputs, mode):
                         np.float32(1), np.float32(1))
         else:
             elementwise("merge", "merge_fold", size, dxs[k - 1], xs[k - 1], dxs[k], size,
-                        _MODE[mode], np.float32(1))
+                        _MODE[mode], np.float32(1), 0, np.float32(0))
     # Back sweep from the last input, dx_0 carrying the upstream gradient.
     elementwise("merge", "merge_scaled_copy", size, dy, dxs[0], size, np.float32(1),
                 np.float32(1))

@@ -99,10 +99,18 @@ def _elementwise(arrays, op, inputs, mode):
     return xs, mode, out_shape
 
 
-def merge_forward(arrays, inputs, mode):
-    """-> (inputs, mode, out_shape): one dtype; shapes that broadcast by Keras's merge rule
-    (broadcast_shape); subtract takes exactly 2."""
-    return _elementwise(arrays, "merge_forward", inputs, mode)
+def merge_forward(arrays, inputs, mode, activation="linear", alpha=0.0):
+    """-> (inputs, mode, out_shape, (activation, alpha)): one dtype; shapes that broadcast by
+    Keras's merge rule (broadcast_shape); subtract takes exactly 2; any elementwise
+    activation (softmax mixes the last axis: its own op)."""
+    from pynn.backend.operands.activation import activation_pair
+
+    op = "merge_forward"
+    act = activation_pair(op, activation, alpha)
+    if act[0] == "softmax":
+        raise ValueError(f"{op}: activation 'softmax' cannot be fused (it normalizes along "
+                         "an axis); apply it as its own op")
+    return (*_elementwise(arrays, op, inputs, mode), act)
 
 
 def merge_backward(arrays, dy, inputs, mode):
