@@ -13,6 +13,8 @@ import ast
 import pathlib
 import sys
 
+import numpy as np
+
 import pynn
 
 # Cycles tolerated for now, each one strongly connected set of module names: none.
@@ -190,6 +192,38 @@ def test_training_and_predicting_import_no_scipy():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "True"], out.stdout
+
+
+def test_kernels_on_the_loaded_blas_give_the_same_numbers(tmp_path):
+    """PYNN_BLAS=loaded: the kernels call the BLAS NumPy loaded (its wheel's ILP64 OpenBLAS,
+    64-bit integer arguments) instead of SciPy's; a Dense + Conv2D model trains and predicts
+    to the same numbers within float32 rounding."""
+    import os
+    import subprocess
+
+    code = ("import sys, numpy as np, pynn\n"
+            "from pynn import layers\n"
+            "pynn.utils.set_random_seed(3)\n"
+            "m = pynn.Sequential([layers.Input((7, 7, 3)), layers.Conv2D(4, 3),\n"
+            "                     layers.Flatten(), layers.Dense(300), layers.Dense(2)])\n"
+            "m.compile('sgd', 'mse')\n"
+            "x = np.random.default_rng(0).standard_normal((9, 7, 7, 3)).astype('float32')\n"
+            "m.fit(x, np.ones((9, 2), 'float32'), verbose=0, shuffle=False)\n"
+            "from threadpoolctl import threadpool_info\n"
+            "libs = ' '.join(i['filepath'] for i in threadpool_info())\n"
+            "np.save(sys.argv[1], m.predict(x, verbose=0))\n"
+            "print('scipy.libs' in libs)")
+    outs = {}
+    for mode in ("default", "loaded"):
+        env = dict(os.environ, PYNN_BLAS=mode)
+        path = tmp_path / f"{mode}.npy"
+        out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                             text=True, timeout=120, env=env)
+        assert out.returncode == 0, out.stderr
+        outs[mode] = (out.stdout.split(), np.load(path))
+    assert outs["default"][0] == ["True"]   # SciPy's OpenBLAS file, loaded by pynn
+    assert outs["loaded"][0] == ["False"]   # NumPy's alone
+    np.testing.assert_allclose(outs["loaded"][1], outs["default"][1], rtol=1e-5, atol=1e-6)
 
 
 # -- what `import pynn` loads (issue 16's footprint) ------------------------------------------
