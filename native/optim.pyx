@@ -292,34 +292,91 @@ def regularizer_inplace(w, grad, l1, l2):
 
 # -- SGD ------------------------------------------------------------------------------------
 
+cdef inline void _sgd_span(floating* w, const floating* g, floating* buf, bint use_buf,
+                           bint nesterov, const mask_t* mk, Py_ssize_t n, floating lr_,
+                           floating mu, floating scale, floating clip, floating dec,
+                           floating tiny) noexcept nogil:
+    """SGD over n elements (the mask already offset, or NoMask), in spans of SPAN as Adam's
+    (_adam_span): one parameter (_sgd) or many (_sgd_many) give the same bits."""
+    cdef Py_ssize_t i
+    cdef unsigned char k
+    cdef floating gi, wi, mi
+    for i in range(n):
+        k = keep_of(mk, i)
+        gi = clipped_grad(g[i], scale, clip)
+        wi = decayed(w[i], dec)
+        if use_buf:
+            mi = flushed(fmadd(buf[i], mu, -(gi * lr_)), tiny)
+            buf[i] = kept(mi, k)
+            if nesterov:
+                wi = wi + fmadd(mi, mu, -(gi * lr_))
+            else:
+                wi = wi + mi
+        else:
+            wi = wi - gi * lr_
+        w[i] = kept(wi, k)
+
+
 def _sgd(floating[::1] w, const floating[::1] g, floating[::1] buf, bint use_buf,
          const mask_t[::1] mask, double lr, double momentum, bint nesterov, double grad_scale,
          double clipvalue, double decay):
-    cdef Py_ssize_t n = w.shape[0], i
+    cdef Py_ssize_t n = w.shape[0], span, s
     cdef const mask_t* mk = &mask[0]
-    cdef unsigned char k
+    cdef Py_ssize_t mstride = 1 if mask_t is MaskBit else 0
     cdef floating lr_ = <floating>lr, mu = <floating>momentum
     cdef floating scale = <floating>grad_scale, clip = <floating>clipvalue
     cdef floating dec = <floating>decay
-    cdef floating gi, wi, mi
     cdef floating tiny = FLT_MIN if floating is float else DBL_MIN
     if n == 0:
         return
     with nogil:
-        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-            k = keep_of(mk, i)
-            gi = clipped_grad(g[i], scale, clip)
-            wi = decayed(w[i], dec)
-            if use_buf:
-                mi = flushed(fmadd(buf[i], mu, -(gi * lr_)), tiny)
-                buf[i] = kept(mi, k)
-                if nesterov:
-                    wi = wi + fmadd(mi, mu, -(gi * lr_))
-                else:
-                    wi = wi + mi
-            else:
-                wi = wi - gi * lr_
-            w[i] = kept(wi, k)
+        for span in prange((n + SPAN - 1) // SPAN, schedule="static",
+                           use_threads_if=n >= PARALLEL_MIN):
+            s = span * SPAN
+            _sgd_span(&w[s], &g[s], &buf[s], use_buf, nesterov, mk + s * mstride,
+                      SPAN if n - s > SPAN else n - s, lr_, mu, scale, clip, dec, tiny)
+
+
+def _sgd_many(floating[::1] like, const Py_ssize_t[:, ::1] params, const double[::1] scales,
+              double lr, double momentum, bint use_buf, bint nesterov, double clipvalue,
+              double decay):
+    """_sgd (unmasked) over many parameters in one OpenMP region, rows of ``params`` as
+    _adam_many's (column 2 the momentum buffer when use_buf)."""
+    cdef Py_ssize_t nparams = params.shape[0], j, c, total = 0, nspans = 0, s
+    cdef Py_ssize_t[::1] first = np.empty(nparams + 1, dtype=np.intp)
+    cdef floating lr_ = <floating>lr, mu = <floating>momentum
+    cdef floating clip = <floating>clipvalue, dec = <floating>decay
+    cdef floating tiny = FLT_MIN if floating is float else DBL_MIN
+    cdef const NoMask* nomask = <const NoMask*><void*>&_NO_MASK_VIEW[0]
+    for j in range(nparams):
+        first[j] = nspans
+        nspans += (params[j, 4] + SPAN - 1) // SPAN
+        total += params[j, 4]
+    first[nparams] = nspans
+    if nspans == 0:
+        return
+    with nogil:
+        for c in prange(nspans, schedule="static", use_threads_if=total >= PARALLEL_MIN):
+            j = _span_owner(&first[0], nparams, c)
+            s = (c - first[j]) * SPAN
+            _sgd_span(<floating*><void*>params[j, 0] + s,
+                      <const floating*><void*>params[j, 1] + s,
+                      <floating*><void*>params[j, 2] + s, use_buf, nesterov, nomask,
+                      SPAN if params[j, 4] - s > SPAN else params[j, 4] - s, lr_, mu,
+                      <floating>scales[j], clip, dec, tiny)
+
+
+cdef inline Py_ssize_t _span_owner(const Py_ssize_t* first, Py_ssize_t nparams,
+                                   Py_ssize_t c) noexcept nogil:
+    """The parameter holding span c of a many-parameter op: the last j with first[j] <= c."""
+    cdef Py_ssize_t lo = 0, hi = nparams, mid
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if first[mid] <= c:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def sgd_update(w, g, momentum_buf, lr, momentum, nesterov, grad_scale, clipvalue,
@@ -335,6 +392,31 @@ def sgd_update(w, g, momentum_buf, lr, momentum, nesterov, grad_scale, clipvalue
     _sgd(flat_w, g.reshape(-1), flat_w if buf is None else buf.reshape(-1), buf is not None,
          _mask_arg(mask), lr, momentum, nesterov, *_clip(clip))
 
+
+
+def sgd_update_many(ws, gs, momentum_bufs, lr, momentum, nesterov, grad_scales, clipvalue,
+                    weight_decay):
+    """sgd_update (no mask) on every (ws[j], gs[j], momentum_bufs[j]) with grad_scale
+    grad_scales[j] as one op (momentum_bufs None: plain SGD), with the bits sgd_update gives
+    each: one OpenMP region for the step and no per-parameter Python."""
+    ws, gs, bufs, scales, lr, momentum, nesterov, clip = operands.sgd_update_many(
+        HOST, ws, gs, momentum_bufs, lr, momentum, nesterov, grad_scales, clipvalue,
+        weight_decay)
+    params, like, bad = _many_params(ws, gs, [] if bufs is None else [bufs])
+    if bad >= 0:
+        # As adam_update_many: every parameter checked before any is touched, then
+        # sgd_update one at a time for what the checks accept.
+        for j in range(len(ws)):
+            operands.sgd_update(HOST, ws[j], gs[j], None if bufs is None else bufs[j], lr,
+                                momentum, nesterov, float(scales[j]), clipvalue, weight_decay)
+        for j in range(len(ws)):
+            sgd_update(ws[j], gs[j], None if bufs is None else bufs[j], lr, momentum,
+                       nesterov, float(scales[j]), clipvalue, weight_decay)
+        return
+    if len(ws) == 0:
+        return
+    _, clipv, decay = _clip(clip)
+    _sgd_many(like, params, scales, lr, momentum, bufs is not None, nesterov, clipv, decay)
 
 # -- Adam / AdamW ---------------------------------------------------------------------------
 
@@ -409,7 +491,7 @@ def _adam_many(floating[::1] like, const Py_ssize_t[:, ::1] params, const double
     ``params`` is (w, g, m, v) addresses and the element count of parameter j, all of
     ``like``'s dtype, checked by the caller; ``scales[j]`` its grad_scale. The work is cut
     into _adam's spans, so parameter j gets the bits _adam would give it."""
-    cdef Py_ssize_t nparams = params.shape[0], j, c, lo, hi, mid, total = 0, nspans = 0, s
+    cdef Py_ssize_t nparams = params.shape[0], j, c, total = 0, nspans = 0, s
     cdef Py_ssize_t[::1] first = np.empty(nparams + 1, dtype=np.intp)
     cdef floating alpha_ = <floating>alpha, eps = <floating>epsilon
     cdef floating one_b1 = <floating>(1.0 - beta_1), one_b2 = <floating>(1.0 - beta_2)
@@ -425,16 +507,7 @@ def _adam_many(floating[::1] like, const Py_ssize_t[:, ::1] params, const double
         return
     with nogil:
         for c in prange(nspans, schedule="static", use_threads_if=total >= PARALLEL_MIN):
-            # the parameter holding span c: the last j with first[j] <= c
-            lo = 0
-            hi = nparams
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if first[mid] <= c:
-                    lo = mid
-                else:
-                    hi = mid
-            j = lo
+            j = _span_owner(&first[0], nparams, c)
             s = (c - first[j]) * SPAN
             _adam_span(<floating*><void*>params[j, 0] + s,
                        <const floating*><void*>params[j, 1] + s,
@@ -475,33 +548,39 @@ cdef inline bint _plain(object a, int type_num, object shape) noexcept:
             and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a) and a.shape == shape)
 
 
-def _many_params(list ws, list gs, list ms, list vs):
-    """(params, like, -1) for _adam_many when every (w, g, m, v) is plain (one float dtype,
-    w's shape, C-contiguous and writable, w, m and v apart), else (None, None, j) for the
-    first parameter j that is not; the caller words its error. A pass of C checks, as the
-    point of the op is to skip the per-parameter Python of adam_update."""
-    cdef Py_ssize_t n = len(ws), j
+def _many_params(list ws, list gs, list slots):
+    """(params, like, -1) for the many-parameter ops when every w, its g and its slots (the
+    lists in ``slots``, one per kind: Adam's m and v, SGD's momentum buffer) are plain: one
+    float dtype, w's shape, C-contiguous and writable, w and the slots apart. Else (None,
+    None, j) for the first parameter j that is not; the caller words its error. Row j of
+    params: w, g, the slots (w's address where a kind is absent), the element count. A pass
+    of C checks: the point of these ops is to skip the per-parameter Python."""
+    cdef Py_ssize_t n = len(ws), j, k
     cdef Py_ssize_t[:, ::1] params = np.empty((n, 5), dtype=np.intp)
     cdef int type_num
+    cdef list kinds = [list(kind) for kind in slots]
     if n == 0:
         return params, np.empty(0, np.float32), -1
     if type(ws[0]) is not np.ndarray or ws[0].dtype not in (np.float32, np.float64):
         return None, None, 0
     type_num = cnp.PyArray_TYPE(<cnp.ndarray>ws[0])
     for j in range(n):
-        w, g, m, v = ws[j], gs[j], ms[j], vs[j]
+        w, g = ws[j], gs[j]
         if type(w) is not np.ndarray:
             return None, None, j
         shape = w.shape
-        if not (_plain(w, type_num, shape) and _plain(g, type_num, shape)
-                and _plain(m, type_num, shape) and _plain(v, type_num, shape)):
-            return None, None, j
-        if _overlap(w, m) or _overlap(w, v) or _overlap(m, v):
+        if not (_plain(w, type_num, shape) and _plain(g, type_num, shape)):
             return None, None, j
         params[j, 0] = <Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>w)
         params[j, 1] = <Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>g)
-        params[j, 2] = <Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>m)
-        params[j, 3] = <Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>v)
+        params[j, 2] = params[j, 3] = params[j, 0]
+        for k in range(len(kinds)):
+            m = kinds[k][j]
+            if not _plain(m, type_num, shape) or _overlap(w, m):
+                return None, None, j
+            if k == 1 and _overlap(kinds[0][j], m):
+                return None, None, j
+            params[j, 2 + k] = <Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>m)
         params[j, 4] = cnp.PyArray_SIZE(<cnp.ndarray>w)
     return params, ws[0].reshape(-1)[:1], -1
 
@@ -514,7 +593,7 @@ def adam_update_many(ws, gs, ms, vs, lr, beta_1, beta_2, epsilon, t, grad_scales
     ws, gs, ms, vs, scales, beta_1, beta_2, epsilon, t, clip = operands.adam_update_many(
         HOST, ws, gs, ms, vs, lr, beta_1, beta_2, epsilon, t, grad_scales, clipvalue,
         weight_decay)
-    params, like, bad = _many_params(ws, gs, ms, vs)
+    params, like, bad = _many_params(ws, gs, [ms, vs])
     if bad >= 0:
         # Something adam_update would convert (a strided or other-typed gradient) or refuse:
         # its checks, on every parameter before any is touched, word the refusal; what they

@@ -1112,3 +1112,134 @@ def test_optimizers_update_together_as_one_at_a_time():
     for a, b in zip(run(True), run(False)):
         np.testing.assert_array_equal(a, b)
     assert run(True)[2][1] == 0.0
+
+
+
+# -- sgd_update_many -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.5, True)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sgd_update_many_gives_sgd_updates_bits_and_the_reference(dtype, momentum, nesterov):
+    params, grads = _many_problem(dtype, seed=3)
+    single = [[a.copy() for a in p] for p in params]
+    oracle = [[ref.f64(a) for a in p] for p in params]
+    scales = [0.5, 1.0, 0.7, 1.0, 2.0, 0.25, 1.0, 0.9]
+    use = momentum != 0.0
+    for gs in grads:
+        optim.sgd_update_many([p[0] for p in params], gs, [p[1] for p in params] if use else None,
+                              0.05, momentum, nesterov, scales, 0.6, 0.01)
+        for (w, m, _), g, s in zip(single, gs, scales):
+            optim.sgd_update(w, g, m if use else None, 0.05, momentum, nesterov, s, 0.6, 0.01)
+        new_w, new_m = ref.sgd_update_many_ref(
+            [o[0] for o in oracle], gs, [o[1] for o in oracle] if use else None, 0.05,
+            momentum, nesterov, scales, 0.6, 0.01)
+        for k, o in enumerate(oracle):
+            o[0] = new_w[k]
+            if use:
+                o[1] = new_m[k]
+    for p, q, o in zip(params, single, oracle):
+        np.testing.assert_array_equal(p[0], q[0])
+        np.testing.assert_array_equal(p[1], q[1])
+        np.testing.assert_allclose(p[0], o[0], **TOL[dtype])
+        if use:
+            np.testing.assert_allclose(p[1], o[1], **TOL[dtype])
+
+
+def test_sgd_update_many_thread_invariance(restore_threads):
+    results = []
+    for n_threads in (1, 2, 3):
+        set_num_threads(n_threads)
+        params, grads = _many_problem(np.float32, seed=6)
+        for gs in grads[:2]:
+            optim.sgd_update_many([p[0] for p in params], gs, [p[1] for p in params], 1e-2,
+                                  0.9, True, [1.0] * len(params), 0.0, 0.0)
+        results.append([a for p in params for a in p[:2]])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("over,exc,match", [
+    (dict(momentum_bufs=None), ValueError, "needs 'momentum_bufs'"),
+    (dict(gs=[np.ones(5, np.float32)]), ValueError, "must be as long"),
+    (dict(grad_scales=[1.0]), ValueError, "one number per parameter"),
+    (dict(momentum=-0.5), ValueError, "'momentum' must be in"),
+    (dict(momentum_bufs=[np.zeros(5, np.float32), np.zeros(4, np.float32)]), ValueError,
+     "'momentum_buf' must have the shape"),
+])
+def test_sgd_update_many_bad_inputs_touch_nothing(over, exc, match):
+    args = _many_args()
+    args = dict(ws=args["ws"], gs=args["gs"], momentum_bufs=args["ms"], lr=0.1, momentum=0.9,
+                nesterov=False, grad_scales=[1.0, 1.0], clipvalue=0.0, weight_decay=0.0)
+    args.update(over)
+    before = [np.array(a, copy=True) for a in args["ws"]]
+    with pytest.raises(exc, match=match):
+        optim.sgd_update_many(**args)
+    for a, b in zip(args["ws"], before):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_update_many_on_backend(backend, momentum):
+    ops, up, down = backend.ops, backend.up, backend.down
+    rng = np.random.default_rng(21)
+    shapes = [(70001,), (3, 5)]
+    ws = [rand(rng, s) for s in shapes]
+    dev = [[up(w.copy()), up(np.zeros_like(w))] for w in ws]
+    cpu_state = [[w.copy(), np.zeros_like(w)] for w in ws]
+    oracle = [[ref.f64(w), ref.f64(np.zeros_like(w))] for w in ws]
+    use = momentum != 0.0
+    for _ in range(3):
+        gs = [rand(rng, s) for s in shapes]
+        assert ops.sgd_update_many([d[0] for d in dev], [up(g) for g in gs],
+                                   [d[1] for d in dev] if use else None, 0.05, momentum, True,
+                                   [0.7, 1.0], 0.5, 0.004) is None
+        new_w, new_m = ref.sgd_update_many_ref([o[0] for o in oracle], gs,
+                                               [o[1] for o in oracle] if use else None, 0.05,
+                                               momentum, True, [0.7, 1.0], 0.5, 0.004)
+        for k, o in enumerate(oracle):
+            o[0] = new_w[k]
+            if use:
+                o[1] = new_m[k]
+        if backend.is_opencl:
+            from pynn.backend import cpu
+
+            cpu.sgd_update_many([c[0] for c in cpu_state], gs,
+                                [c[1] for c in cpu_state] if use else None, 0.05, momentum,
+                                True, [0.7, 1.0], 0.5, 0.004)
+    for d, o, c in zip(dev, oracle, cpu_state):
+        for k in range(2 if use else 1):
+            assert_close(down(d[k]), o[k], backend.rtol(), f"sgd_update_many array {k}")
+            if backend.is_opencl:
+                assert_close(down(d[k]), c[k], backend.rtol(), f"array {k} vs CPU")
+
+
+@pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, True)])
+def test_sgd_updates_together_as_one_at_a_time(momentum, nesterov):
+    from pynn import optimizers
+    from pynn.backend import cpu
+    from pynn.variables import Variable
+
+    def run(together):
+        rng = np.random.default_rng(13)
+        vs = [Variable(random_param(rng, s, np.float32), f"v{k}/kernel")
+              for k, s in enumerate([(17, 5), (70001,), (5,), (3, 3)])]
+        vs[2].mask = np.array([1, 0, 1, 1, 0], np.uint8)
+        opt = optimizers.SGD(learning_rate=0.05, momentum=momentum, nesterov=nesterov,
+                             weight_decay=0.01, global_clipnorm=2.0)
+        for _ in range(3):
+            for v in vs:
+                v.grad = random_param(rng, v.value.shape, np.float32)
+            if not together:
+                saved = cpu.sgd_update_many
+                del cpu.sgd_update_many
+            try:
+                opt.apply(vs)
+            finally:
+                if not together:
+                    cpu.sgd_update_many = saved
+        slots = [opt._slots[p]["momentum"] for p in sorted(opt._slots) if opt._slots[p]]
+        return [v.value for v in vs] + slots
+
+    for a, b in zip(run(True), run(False)):
+        np.testing.assert_array_equal(a, b)

@@ -221,6 +221,10 @@ OPS = {
     # t is the 1-based step used for bias correction; vhat is the amsgrad slot or None.
     "adam_update": ("w", "g", "m", "v", "vhat", "lr", "beta_1", "beta_2", "epsilon", "t",
                     "grad_scale", "clipvalue", "weight_decay"),
+    # sgd_update (no mask) on every (ws[j], gs[j], momentum_bufs[j]) with grad_scales[j] as
+    # one op (momentum_bufs None: plain SGD), each parameter getting sgd_update's bits.
+    "sgd_update_many": ("ws", "gs", "momentum_bufs", "lr", "momentum", "nesterov",
+                        "grad_scales", "clipvalue", "weight_decay"),
     # adam_update (no vhat, no mask) on every (ws[j], gs[j], ms[j], vs[j]) with grad_scales[j],
     # as one op: one pass over the whole step (one OpenMP region on the CPU), each parameter
     # getting the bits adam_update gives it.

@@ -51,6 +51,7 @@ from pynn._native.optim import (  # noqa: F401
     regularizer_inplace,
     rmsprop_update,
     sgd_update,
+    sgd_update_many,
     sum_squares,
 )
 from pynn._native.rnn import (  # noqa: F401

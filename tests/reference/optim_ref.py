@@ -72,6 +72,15 @@ def adam_update_ref(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale
 
 
 
+
+def sgd_update_many_ref(ws, gs, momentum_bufs, lr, momentum, nesterov, grad_scales, clipvalue,
+                        weight_decay):
+    """-> (ws, momentum_bufs or None): sgd_update_ref on each parameter with its grad_scale."""
+    bufs = momentum_bufs if momentum_bufs is not None else [None] * len(ws)
+    out = [sgd_update_ref(w, g, b, lr, momentum, nesterov, s, clipvalue, weight_decay)
+           for w, g, b, s in zip(ws, gs, bufs, grad_scales)]
+    return [o[0] for o in out], (None if momentum_bufs is None else [o[1] for o in out])
+
 def adam_update_many_ref(ws, gs, ms, vs, lr, beta_1, beta_2, epsilon, t, grad_scales,
                          clipvalue, weight_decay):
     """-> (ws, ms, vs): adam_update_ref on each parameter with its grad_scale."""

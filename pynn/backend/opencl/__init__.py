@@ -38,7 +38,8 @@ from pynn.backend.opencl.normalization import (  # noqa: F401
 )
 from pynn.backend.opencl.optim import (  # noqa: F401
     adadelta_update, adagrad_update, adam_update, adam_update_many, adamax_update, ftrl_update,
-    lion_update, nadam_update, regularizer_inplace, rmsprop_update, sgd_update, sum_squares,
+    lion_update, nadam_update, regularizer_inplace, rmsprop_update, sgd_update,
+    sgd_update_many, sum_squares,
 )
 from pynn.backend.opencl.pool import (  # noqa: F401
     avgpool2d_backward, avgpool2d_forward, global_avgpool2d_backward,

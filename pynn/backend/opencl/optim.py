@@ -60,6 +60,17 @@ def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale, cl
                 *clip, *_mask_args(w, mask))
 
 
+def sgd_update_many(ws, gs, momentum_bufs, lr, momentum, nesterov, grad_scales, clipvalue,
+                    weight_decay):
+    """sgd_update on every parameter, one queued launch each (as adam_update_many)."""
+    ws, gs, bufs, scales, _, _, _, _ = operands.sgd_update_many(
+        DEVICE, ws, gs, momentum_bufs, lr, momentum, nesterov, grad_scales, clipvalue,
+        weight_decay)
+    for j in range(len(ws)):
+        sgd_update(ws[j], gs[j], None if bufs is None else bufs[j], lr, momentum, nesterov,
+                   float(scales[j]), clipvalue, weight_decay)
+
+
 def adam_update_many(ws, gs, ms, vs, lr, beta_1, beta_2, epsilon, t, grad_scales, clipvalue,
                      weight_decay):
     """adam_update on every parameter. Each is its own launch, queued without waiting (a

@@ -112,37 +112,66 @@ def adam_update(arrays, w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_s
 
 
 
+def _many_lists(op, **named):
+    """The named sequences as lists, checked to be lists of one length."""
+    lists = []
+    for name, seq in named.items():
+        if not isinstance(seq, (list, tuple)):
+            raise TypeError(f"{op}: '{name}' must be a list of arrays, got {type(seq).__name__}")
+        lists.append(list(seq))
+    if len({len(x) for x in lists}) > 1:
+        names = ", ".join(named)
+        raise ValueError(f"{op}: {names} must be as long, got "
+                         f"{', '.join(str(len(x)) for x in lists)}")
+    return lists
+
+
+def _many_scales(op, grad_scales, count):
+    try:
+        scales = np.asarray(grad_scales, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: 'grad_scales' must be numbers, one per parameter, got "
+                        f"{grad_scales!r}") from None
+    if scales.shape != (count,):
+        raise ValueError(f"{op}: 'grad_scales' must hold one number per parameter "
+                         f"({count}), got shape {scales.shape}")
+    # NaN passes (a non-finite global norm poisons the step, as in Keras); negatives do not.
+    if np.any(scales < 0) or np.any(np.isinf(scales)):
+        raise ValueError(f"{op}: 'grad_scales' must be finite and >= 0, got {scales}")
+    return np.ascontiguousarray(scales)
+
+
+def sgd_update_many(arrays, ws, gs, momentum_bufs, lr, momentum, nesterov, grad_scales,
+                    clipvalue, weight_decay):
+    """The shared operands of sgd_update_many -> (ws, gs, momentum_bufs as lists or None,
+    grad_scales as float64, lr, momentum, nesterov, clip with a unit grad_scale)."""
+    op = "sgd_update_many"
+    if momentum_bufs is None:
+        ws, gs = _many_lists(op, ws=ws, gs=gs)
+        bufs = None
+    else:
+        ws, gs, bufs = _many_lists(op, ws=ws, gs=gs, momentum_bufs=momentum_bufs)
+    scales = _many_scales(op, grad_scales, len(ws))
+    lr, clip = _cached(_scalars, op, lr, 1.0, clipvalue, weight_decay)
+    momentum = number(op, "momentum", momentum, lo=0.0)
+    if momentum != 0.0 and bufs is None:
+        raise ValueError(f"{op}: momentum={momentum} needs 'momentum_bufs', got None")
+    return ws, gs, bufs, scales, lr, momentum, bool(nesterov), clip
+
+
 def adam_update_many(arrays, ws, gs, ms, vs, lr, beta_1, beta_2, epsilon, t, grad_scales,
                      clipvalue, weight_decay):
     """The shared operands of adam_update_many -> (ws, gs, ms, vs as lists, grad_scales as
     float64, beta_1, beta_2, epsilon, t, clip with a unit grad_scale). Each parameter's
     arrays are the backend's to check (adam_update's checks word its errors)."""
     op = "adam_update_many"
-    lists = []
-    for name, seq in (("ws", ws), ("gs", gs), ("ms", ms), ("vs", vs)):
-        if not isinstance(seq, (list, tuple)):
-            raise TypeError(f"{op}: '{name}' must be a list of arrays, got {type(seq).__name__}")
-        lists.append(list(seq))
-    ws, gs, ms, vs = lists
-    if not (len(ws) == len(gs) == len(ms) == len(vs)):
-        raise ValueError(f"{op}: ws, gs, ms and vs must be as long, got {len(ws)}, {len(gs)}, "
-                         f"{len(ms)} and {len(vs)}")
-    try:
-        scales = np.asarray(grad_scales, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"{op}: 'grad_scales' must be numbers, one per parameter, got "
-                        f"{grad_scales!r}") from None
-    if scales.shape != (len(ws),):
-        raise ValueError(f"{op}: 'grad_scales' must hold one number per parameter "
-                         f"({len(ws)}), got shape {scales.shape}")
-    # NaN passes (a non-finite global norm poisons the step, as in Keras); negatives do not.
-    if np.any(scales < 0) or np.any(np.isinf(scales)):
-        raise ValueError(f"{op}: 'grad_scales' must be finite and >= 0, got {scales}")
+    ws, gs, ms, vs = _many_lists(op, ws=ws, gs=gs, ms=ms, vs=vs)
+    scales = _many_scales(op, grad_scales, len(ws))
     _, clip = _cached(_scalars, op, lr, 1.0, clipvalue, weight_decay)
     beta_1, beta_2, epsilon = _cached(_adam_scalars, op, beta_1, beta_2, epsilon)
     if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)) or t < 1:
         raise ValueError(f"{op}: 't' must be an int >= 1 (the 1-based step), got {t!r}")
-    return ws, gs, ms, vs, np.ascontiguousarray(scales), beta_1, beta_2, epsilon, int(t), clip
+    return ws, gs, ms, vs, scales, beta_1, beta_2, epsilon, int(t), clip
 
 def rmsprop_update(arrays, w, g, velocity, momentum_buf, average_grad, lr, rho, momentum,
                    epsilon, grad_scale, clipvalue, weight_decay):
