@@ -22,7 +22,9 @@ import os
 import numpy as np
 
 from cython.parallel cimport prange
-from _blas cimport blas_init, gemm_rowmajor, floating, pynn_blas_sgemm_address
+from _blas cimport (
+    blas_init, floating, gemm_rowmajor, pynn_blas_ilp64, pynn_blas_sgemm_address,
+)
 from _activation cimport (
     ACT_LINEAR, ACT_PARALLEL_MIN, ACT_SOFTMAX, act_forward_vec, bias_activation_rows,
     softmax_row,
@@ -88,7 +90,14 @@ cdef extern from *:
         }
         return 1;
     }
+    /* The file of the library fn lives in ("" if none). */
+    static const char* pynn_blas_path(void* fn) {
+        Dl_info info;
+        if (fn != NULL && dladdr(fn, &info) && info.dli_fname != NULL) return info.dli_fname;
+        return "";
+    }
     """
+    const char* pynn_blas_path(void* fn)
     ctypedef void (*pynn_blas_threads_fn)(int) noexcept nogil
     ctypedef int (*pynn_blas_get_threads_fn)() noexcept nogil
     pynn_blas_threads_fn pynn_blas_set_threads
@@ -130,6 +139,12 @@ def _after_fork_in_child():
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _blas_library():
+    """(file, "ILP64" or "LP64") of the BLAS the kernels call (native/_blas.h)."""
+    return (pynn_blas_path(pynn_blas_sgemm_address()).decode(),
+            "ILP64" if pynn_blas_ilp64 else "LP64")
 
 
 def _one_region_mode():

@@ -72,6 +72,8 @@ def info():
                          f"{lib.get('filepath')}")
     from pynn._native import dense, memory
 
+    path, ints = dense._blas_library()
+    lines.append(f"kernels' blas: {path} ({ints}; PYNN_BLAS=loaded takes NumPy's)")
     lines.append("dense: " + ("one OpenMP region per op, OpenBLAS held at 1 thread inside"
                               if dense._one_region_mode() else
                               "BLAS threads the product, a second pass the epilogue"))

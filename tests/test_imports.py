@@ -212,7 +212,8 @@ def test_kernels_on_the_loaded_blas_give_the_same_numbers(tmp_path):
             "from threadpoolctl import threadpool_info\n"
             "libs = ' '.join(i['filepath'] for i in threadpool_info())\n"
             "np.save(sys.argv[1], m.predict(x, verbose=0))\n"
-            "print('scipy.libs' in libs)")
+            "from pynn._native import dense\n"
+            "print('scipy.libs' in libs, dense._blas_library()[1])")
     outs = {}
     for mode in ("default", "loaded"):
         env = dict(os.environ, PYNN_BLAS=mode)
@@ -221,8 +222,8 @@ def test_kernels_on_the_loaded_blas_give_the_same_numbers(tmp_path):
                              text=True, timeout=120, env=env)
         assert out.returncode == 0, out.stderr
         outs[mode] = (out.stdout.split(), np.load(path))
-    assert outs["default"][0] == ["True"]   # SciPy's OpenBLAS file, loaded by pynn
-    assert outs["loaded"][0] == ["False"]   # NumPy's alone
+    assert outs["default"][0] == ["True", "LP64"]    # SciPy's OpenBLAS file, loaded by pynn
+    assert outs["loaded"][0] == ["False", "ILP64"]   # NumPy's alone
     np.testing.assert_allclose(outs["loaded"][1], outs["default"][1], rtol=1e-5, atol=1e-6)
 
 
