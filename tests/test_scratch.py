@@ -35,7 +35,7 @@ def test_a_given_back_buffer_is_reused_and_the_largest_is_kept():
     buf, _ = _scratch.take(np.float64, (100,))
     _scratch.give(buf)
     again, (v,) = _scratch.take(np.float64, (50,))
-    assert again is buf and np.shares_memory(v, buf)
+    assert again is buf and np.shares_memory(v, buf[0])
     small, _ = _scratch.take(np.float64, (10,))     # the pool is empty: a fresh one
     assert small is not buf
     _scratch.give(again)
@@ -46,7 +46,7 @@ def test_a_given_back_buffer_is_reused_and_the_largest_is_kept():
 def test_concurrent_takes_never_share_and_dtypes_have_their_own_buffers():
     first, _ = _scratch.take(np.float32, (64,))
     second, _ = _scratch.take(np.float32, (64,))
-    assert not np.shares_memory(first, second)
+    assert not np.shares_memory(first[0], second[0])
     _scratch.give(first)
     assert _scratch.take(np.float64, (8,))[0] is not first
 
@@ -63,4 +63,4 @@ def test_the_context_manager_gives_back_even_on_error():
         with _scratch.scratch(np.float32, (4, 4)) as (view,):
             kept = view.base
             raise RuntimeError("kernel failed")
-    assert _scratch.take(np.float32, (16,))[0] is kept
+    assert _scratch.take(np.float32, (16,))[0][0] is kept
