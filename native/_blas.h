@@ -52,10 +52,9 @@ static const char* const pynn_blas_names[][2] = {
 };
 static const int pynn_blas_is_ilp64[] = {1, 1, 0, 0};
 
-static int pynn_blas_try(const char* path) {
-    void* lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+/* 1 (the pointers set) when the library behind handle lib exports one of the name sets. */
+static int pynn_blas_pick(void* lib) {
     int k;
-    if (lib == NULL) return 0;
     for (k = 0; k < 4; k++) {
         void* s = dlsym(lib, pynn_blas_names[k][0]);
         void* d = dlsym(lib, pynn_blas_names[k][1]);
@@ -63,11 +62,19 @@ static int pynn_blas_try(const char* path) {
             pynn_sgemm_ptr = s;
             pynn_dgemm_ptr = d;
             pynn_blas_ilp64 = pynn_blas_is_ilp64[k];
-            break;
+            return 1;
         }
     }
+    return 0;
+}
+
+static int pynn_blas_try(const char* path) {
+    void* lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+    int found;
+    if (lib == NULL) return 0;
+    found = pynn_blas_pick(lib);
     dlclose(lib); /* a NOLOAD handle: whoever loaded the library keeps it */
-    return pynn_sgemm_ptr != NULL;
+    return found;
 }
 
 static int pynn_blas_visit(struct dl_phdr_info* info, size_t size, void* want) {
@@ -80,20 +87,10 @@ static int pynn_blas_visit(struct dl_phdr_info* info, size_t size, void* want) {
 /* 1 when the library at path (loaded here, kept loaded) exports a BLAS. */
 static int pynn_blas_load(const char* path) {
     void* lib;
-    int k;
     if (pynn_sgemm_ptr != NULL) return 1;
     lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (lib == NULL) return 0;
-    for (k = 0; k < 4; k++) {
-        void* s = dlsym(lib, pynn_blas_names[k][0]);
-        void* d = dlsym(lib, pynn_blas_names[k][1]);
-        if (s != NULL && d != NULL) {
-            pynn_sgemm_ptr = s;
-            pynn_dgemm_ptr = d;
-            pynn_blas_ilp64 = pynn_blas_is_ilp64[k];
-            return 1;
-        }
-    }
+    if (pynn_blas_pick(lib)) return 1; /* kept open: the kernels call into it */
     dlclose(lib);
     return 0;
 }

@@ -342,17 +342,13 @@ def _sgd_many(floating[::1] like, const Py_ssize_t[:, ::1] params, const double[
               double decay):
     """_sgd (unmasked) over many parameters in one OpenMP region, rows of ``params`` as
     _adam_many's (column 2 the momentum buffer when use_buf)."""
-    cdef Py_ssize_t nparams = params.shape[0], j, c, total = 0, nspans = 0, s
+    cdef Py_ssize_t nparams = params.shape[0], j, c, total = 0, nspans, s
     cdef Py_ssize_t[::1] first = np.empty(nparams + 1, dtype=np.intp)
     cdef floating lr_ = <floating>lr, mu = <floating>momentum
     cdef floating clip = <floating>clipvalue, dec = <floating>decay
     cdef floating tiny = FLT_MIN if floating is float else DBL_MIN
     cdef const NoMask* nomask = <const NoMask*><void*>&_NO_MASK_VIEW[0]
-    for j in range(nparams):
-        first[j] = nspans
-        nspans += (params[j, 4] + SPAN - 1) // SPAN
-        total += params[j, 4]
-    first[nparams] = nspans
+    nspans = _span_table(params, first, &total)
     if nspans == 0:
         return
     with nogil:
@@ -364,6 +360,20 @@ def _sgd_many(floating[::1] like, const Py_ssize_t[:, ::1] params, const double[
                       <floating*><void*>params[j, 2] + s, use_buf, nesterov, nomask,
                       SPAN if params[j, 4] - s > SPAN else params[j, 4] - s, lr_, mu,
                       <floating>scales[j], clip, dec, tiny)
+
+
+cdef Py_ssize_t _span_table(const Py_ssize_t[:, ::1] params, Py_ssize_t[::1] first,
+                            Py_ssize_t* total) noexcept:
+    """first[j] = the first span of parameter j (first[nparams]: their count, returned) for
+    the many-parameter ops; *total = their elements."""
+    cdef Py_ssize_t nparams = params.shape[0], j, nspans = 0
+    total[0] = 0
+    for j in range(nparams):
+        first[j] = nspans
+        nspans += (params[j, 4] + SPAN - 1) // SPAN
+        total[0] += params[j, 4]
+    first[nparams] = nspans
+    return nspans
 
 
 cdef inline Py_ssize_t _span_owner(const Py_ssize_t* first, Py_ssize_t nparams,
@@ -491,18 +501,14 @@ def _adam_many(floating[::1] like, const Py_ssize_t[:, ::1] params, const double
     ``params`` is (w, g, m, v) addresses and the element count of parameter j, all of
     ``like``'s dtype, checked by the caller; ``scales[j]`` its grad_scale. The work is cut
     into _adam's spans, so parameter j gets the bits _adam would give it."""
-    cdef Py_ssize_t nparams = params.shape[0], j, c, total = 0, nspans = 0, s
+    cdef Py_ssize_t nparams = params.shape[0], j, c, total = 0, nspans, s
     cdef Py_ssize_t[::1] first = np.empty(nparams + 1, dtype=np.intp)
     cdef floating alpha_ = <floating>alpha, eps = <floating>epsilon
     cdef floating one_b1 = <floating>(1.0 - beta_1), one_b2 = <floating>(1.0 - beta_2)
     cdef floating clip = <floating>clipvalue, dec = <floating>decay
     cdef floating tiny = FLT_MIN if floating is float else DBL_MIN
     cdef const NoMask* nomask = <const NoMask*><void*>&_NO_MASK_VIEW[0]
-    for j in range(nparams):
-        first[j] = nspans
-        nspans += (params[j, 4] + SPAN - 1) // SPAN
-        total += params[j, 4]
-    first[nparams] = nspans
+    nspans = _span_table(params, first, &total)
     if nspans == 0:
         return
     with nogil:
