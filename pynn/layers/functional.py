@@ -138,8 +138,8 @@ class Step:
         self.backprop = True
         self.activity = None
         self.grads_final = False
-        # (activation, alpha) a BatchNormalization applies for the Activation after it, whose
-        # own step is then a passthrough (Plan._fuse_activations).
+        # (activation, alpha) a BatchNormalization or Add applies for the Activation after
+        # it, whose own step is then a passthrough (_fuse_activations).
         self.fused = None
         self.passthrough = False
 
@@ -432,7 +432,7 @@ class Plan:
 def _fuse_activations(steps, readers, calls, outputs):
     """A BatchNormalization or Add whose output only an Activation('relu') reads runs the
     relu in its own pass, and the Activation's step passes values and gradients through,
-    with the same bits (tests/test_normalization.py, tests/test_merge.py). BatchNormalization
+    with the same bits (tests/test_normalization.py). BatchNormalization
     also takes dy back through the relu inside its backward passes (batch_norm_backward's
     activation): the relu's forward pass, its backward pass and its saved output are gone.
     Add (a residual block's closing relu) saves the relu's output and runs its backward
