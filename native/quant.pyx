@@ -181,6 +181,8 @@ def dequantize_forward(q, scale, zero_point):
 cdef enum:
     ROWS_PER_TILE = 64  # rows of a tile: its weight panel stays in cache across them
 
+TILE_ROWS = ROWS_PER_TILE  # _int8_conv's per-thread scratch holds this many patch rows
+
 
 def _pack(const int8_t[:, ::1] wq,      # IN (U, K)
           int8_t[:, :, ::1] packed):    # OUT (ceil(U / 16), ceil(K / 4), 64)
@@ -203,26 +205,47 @@ def int8_pack_weights(wq):
     return packed
 
 
-cdef void _fill_epilogue(pynn_qgemm_args* a, const int8_t[:, :, ::1] packed,
-                        const int32_t[::1] bias, const float[::1] multiplier,
-                        int64_t[::1] correction, int32_t[::1] correction32,
-                        uint8_t[:, ::1] yq, float[:, ::1] yf, int x_zero_point,
-                        float y_zero_point, float lo, bint relu) noexcept nogil:
-    """Everything of ``a`` but its input rows: the weight sums in ``correction`` folded with
-    the bias and the input zero point (their int32 copy used only when no dot product plus
-    correction can leave int32), the requantization and the output."""
-    cdef Py_ssize_t units = multiplier.shape[0], k4 = packed.shape[1], u
+def _weight_sums(const int8_t[:, :, ::1] packed,   # IN (ceil(U / 16), K4, 64)
+                 int64_t[::1] wsum):                 # OUT (U,) sum_k w[u, k]
+    cdef Py_ssize_t units = wsum.shape[0], k4 = packed.shape[1], ub
+    with nogil:
+        for ub in prange(packed.shape[0], schedule="static",
+                         use_threads_if=units * k4 * 4 >= STREAM_PARALLEL_MIN):
+            pynn_qgemm_wsum(&packed[0, 0, 0], k4, units, ub, &wsum[0])
+
+
+def _corrections(const int8_t[:, :, ::1] packed,  # IN (ceil(U / 16), K4, 64)
+                 const int32_t[::1] bias,         # IN (U,), or None
+                 int x_zero_point,
+                 int64_t[::1] correction,         # OUT (U,) bias - x_zero_point sum_k w
+                 int32_t[::1] correction32):      # OUT (U,) its int32 copy
+    """The epilogue's per-unit term. True when no dot product plus correction can leave
+    int32 (|dot| <= 255 * 128 per product, 4 K4 products), so the kernels may add the int32
+    copy instead of saturating int64 sums. A layer makes these once per weight value; the
+    public ops make them per call."""
+    cdef Py_ssize_t units = correction.shape[0], k4 = packed.shape[1], u
     cdef int64_t worst = 0
-    for u in range(units):
-        correction[u] = bias[u] - <int64_t>x_zero_point * correction[u]
-        worst = max(worst, correction[u] if correction[u] >= 0 else -correction[u])
-        correction32[u] = <int32_t>correction[u]
+    _weight_sums(packed, correction)
+    with nogil:
+        for u in range(units):
+            correction[u] = (bias[u] if bias is not None else 0) - \
+                <int64_t>x_zero_point * correction[u]
+            worst = max(worst, correction[u] if correction[u] >= 0 else -correction[u])
+            correction32[u] = <int32_t>correction[u]
+    return 255 * 128 * 4 * k4 + worst < INT32_HI
+
+
+cdef void _fill_epilogue(pynn_qgemm_args* a, const int8_t[:, :, ::1] packed,
+                        const int64_t[::1] correction, const int32_t[::1] correction32,
+                        const float[::1] multiplier, uint8_t[:, ::1] yq, float[:, ::1] yf,
+                        float y_zero_point, float lo, bint relu) noexcept nogil:
+    """Everything of ``a`` but its input rows: the weights, the corrections (the int32 copy
+    None where a sum could leave int32), the requantization and the output."""
     a.packed = &packed[0, 0, 0]
-    a.k4 = k4
-    a.units = units
+    a.k4 = packed.shape[1]
+    a.units = multiplier.shape[0]
     a.correction = &correction[0]
-    # |dot| <= 255 * 128 per product, 4 * k4 products
-    a.correction32 = &correction32[0] if 255 * 128 * 4 * k4 + worst < INT32_HI else NULL
+    a.correction32 = &correction32[0] if correction32 is not None else NULL
     a.multiplier = &multiplier[0]
     a.y_zero_point = y_zero_point
     a.lo = lo
@@ -233,27 +256,23 @@ cdef void _fill_epilogue(pynn_qgemm_args* a, const int8_t[:, :, ::1] packed,
 
 def _int8_dense(const uint8_t[:, ::1] xq,          # IN (N, 4 * K4), rows zero-padded
                 const int8_t[:, :, ::1] packed,    # IN (ceil(U / 16), K4, 64)
-                const int32_t[::1] bias,           # IN (U,) (zeros when the layer has none)
+                const int64_t[::1] correction,     # IN (U,) (_corrections)
+                const int32_t[::1] correction32,   # IN (U,) or None (_corrections)
                 const float[::1] multiplier,       # IN (U,)
                 uint8_t[:, ::1] yq,                # OUT (N, U), or None:
                 float[:, ::1] yf,                  # OUT (N, U) float output
-                int x_zero_point, float y_zero_point, float lo, bint relu):
-    cdef Py_ssize_t n = xq.shape[0], units = multiplier.shape[0], k4 = packed.shape[1], t, u
+                float y_zero_point, float lo, bint relu):
+    cdef Py_ssize_t n = xq.shape[0], units = multiplier.shape[0], k4 = packed.shape[1], t
     cdef Py_ssize_t nblocks = packed.shape[0]
     cdef int isa = pynn_qgemm_isa()
     cdef Py_ssize_t bpt = pynn_qgemm_blocks_per_tile(isa)
     cdef Py_ssize_t col_tiles = (nblocks + bpt - 1) // bpt
-    cdef Py_ssize_t row_tiles = (n + ROWS_PER_TILE - 1) // ROWS_PER_TILE, r0, r1, ub
-    cdef int64_t[::1] correction = np.empty(units, np.int64)
-    cdef int32_t[::1] correction32 = np.empty(units, np.int32)
+    cdef Py_ssize_t row_tiles = (n + ROWS_PER_TILE - 1) // ROWS_PER_TILE, r0, r1
     cdef pynn_qgemm_args a
     cdef bint parallel = n * units * k4 * 4 >= GEMM_PARALLEL_MIN
     with nogil:
-        for ub in prange(nblocks, schedule="static",
-                         use_threads_if=units * k4 * 4 >= STREAM_PARALLEL_MIN):
-            pynn_qgemm_wsum(&packed[0, 0, 0], k4, units, ub, &correction[0])
-        _fill_epilogue(&a, packed, bias, multiplier, correction, correction32, yq, yf,
-                       x_zero_point, y_zero_point, lo, relu)
+        _fill_epilogue(&a, packed, correction, correction32, multiplier, yq, yf,
+                       y_zero_point, lo, relu)
         a.x = &xq[0, 0]
         a.ldx = xq.shape[1]
         a.n = n
@@ -262,6 +281,14 @@ def _int8_dense(const uint8_t[:, ::1] xq,          # IN (N, 4 * K4), rows zero-p
             r0 = (t % row_tiles) * ROWS_PER_TILE
             r1 = min(r0 + ROWS_PER_TILE, n)
             pynn_qgemm_tile(&a, isa, r0, r1, (t // row_tiles) * bpt)
+
+
+def _call_corrections(packed, bias, x_zero_point, units):
+    correction = np.empty(units, np.int64)
+    correction32 = np.empty(units, np.int32)
+    if not _corrections(packed, bias, x_zero_point, correction, correction32):
+        correction32 = None
+    return correction, correction32
 
 
 def int8_dense_forward(xq, wq, bias, x_zero_point, multiplier, y_zero_point, relu):
@@ -278,8 +305,6 @@ def int8_dense_forward(xq, wq, bias, x_zero_point, multiplier, y_zero_point, rel
         return yq
     if wq.ndim == 2:
         wq = int8_pack_weights(wq)
-    if bias is None:
-        bias = np.zeros(units, np.int32)
     k = xq.shape[1]
     if k == 0:  # no products: the loops below read no row
         xq = np.zeros((xq.shape[0], 4), np.uint8)
@@ -288,10 +313,11 @@ def int8_dense_forward(xq, wq, bias, x_zero_point, multiplier, y_zero_point, rel
         padded = np.zeros((xq.shape[0], k + 4 - k % 4), np.uint8)
         padded[:, :k] = xq
         xq = padded
+    correction, correction32 = _call_corrections(wq, bias, x_zero_point, units)
     if float_out:
-        _int8_dense(xq, wq, bias, multiplier, None, yq, x_zero_point, 0.0, 0.0, relu)
+        _int8_dense(xq, wq, correction, correction32, multiplier, None, yq, 0.0, 0.0, relu)
     else:
-        _int8_dense(xq, wq, bias, multiplier, yq, None, x_zero_point, y_zero_point,
+        _int8_dense(xq, wq, correction, correction32, multiplier, yq, None, y_zero_point,
                     y_zero_point if relu else 0.0, relu)
     return yq
 
@@ -426,35 +452,24 @@ def int8_depthwise_conv2d_forward(xq, wq, bias, x_zero_point, multiplier, y_zero
 
 
 # -- int8 chained inference (issue 18, branch q8) ------------------------------------------
+cdef extern from "_qpool.h" nogil:
+    void pynn_qmaxpool_row(const uint8_t* x, uint8_t* y, Py_ssize_t b, Py_ssize_t oy,
+                           Py_ssize_t h, Py_ssize_t w, Py_ssize_t c, Py_ssize_t ph,
+                           Py_ssize_t pw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                           Py_ssize_t pl, Py_ssize_t wo)
+
+
 def _int8_max_pool(const uint8_t[:, :, :, ::1] xq,   # IN (N, H, W, C)
                    uint8_t[:, :, :, ::1] y,          # OUT (N, HO, WO, C)
                    int ph, int pw, int sh, int sw, int pt, int pl):
     cdef Py_ssize_t n = xq.shape[0], h = xq.shape[1], w = xq.shape[2], c = xq.shape[3]
-    cdef Py_ssize_t ho = y.shape[1], wo = y.shape[2], t, b, oy, ox, i, j, iy, ix, ch
-    cdef uint8_t* dst
-    cdef const uint8_t* src
+    cdef Py_ssize_t ho = y.shape[1], wo = y.shape[2], t
     with nogil:
-        # one (sample, output row) per iteration; the channel loop is innermost (NHWC), so
-        # it vectorizes as byte maxima. uint8 0 is the floor: every window holds a tap.
+        # one (sample, output row) per iteration
         for t in prange(n * ho, schedule="static",
                         use_threads_if=n * ho * wo * c * ph * pw >= STREAM_PARALLEL_MIN):
-            b = t // ho
-            oy = t % ho
-            for ox in range(wo):
-                dst = &y[b, oy, ox, 0]
-                memset(dst, 0, c)
-                for i in range(ph):
-                    iy = oy * sh - pt + i
-                    if iy < 0 or iy >= h:
-                        continue
-                    for j in range(pw):
-                        ix = ox * sw - pl + j
-                        if ix < 0 or ix >= w:
-                            continue
-                        src = &xq[b, iy, ix, 0]
-                        for ch in range(c):
-                            if src[ch] > dst[ch]:
-                                dst[ch] = src[ch]
+            pynn_qmaxpool_row(&xq[0, 0, 0, 0], &y[t // ho, t % ho, 0, 0], t // ho, t % ho,
+                              h, w, c, ph, pw, sh, sw, pt, pl, wo)
 
 
 def int8_max_pool2d(xq, pool_size, strides, padding):
@@ -470,28 +485,25 @@ def int8_max_pool2d(xq, pool_size, strides, padding):
 
 def _int8_conv(const uint8_t[:, :, :, ::1] xq,     # IN (N, H, W, C)
                const int8_t[:, :, ::1] packed,     # IN (ceil(F / 16), K4, 64)
-               const int32_t[::1] bias,            # IN (F,) (zeros when the layer has none)
+               const int64_t[::1] correction,      # IN (F,) (_corrections)
+               const int32_t[::1] correction32,    # IN (F,) or None (_corrections)
                const float[::1] multiplier,        # IN (F,)
                uint8_t[:, ::1] bufs,               # SCRATCH (threads, ROWS_PER_TILE * 4 K4),
                                                    # zeros
                uint8_t[:, ::1] yq,                 # OUT (N * HO * WO, F), or None:
                float[:, ::1] yf,                   # OUT float output
-               int x_zero_point, float y_zero_point, float lo, bint relu,
+               uint8_t pad, float y_zero_point, float lo, bint relu,
                int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl, int ho, int wo):
-    cdef Py_ssize_t units = multiplier.shape[0], k4 = packed.shape[1], t, u
+    cdef Py_ssize_t units = multiplier.shape[0], k4 = packed.shape[1], t
     cdef Py_ssize_t rows = xq.shape[0] * ho * wo
     cdef Py_ssize_t tiles = (rows + ROWS_PER_TILE - 1) // ROWS_PER_TILE
     cdef int isa = pynn_qgemm_isa()
-    cdef int64_t[::1] correction = np.empty(units, np.int64)
-    cdef int32_t[::1] correction32 = np.empty(units, np.int32)
     cdef pynn_qgemm_args a
     cdef pynn_qconv_geom g
     cdef bint parallel = rows * units * k4 * 4 >= GEMM_PARALLEL_MIN
     with nogil:
-        for u in range(packed.shape[0]):
-            pynn_qgemm_wsum(&packed[0, 0, 0], k4, units, u, &correction[0])
-        _fill_epilogue(&a, packed, bias, multiplier, correction, correction32, yq, yf,
-                       x_zero_point, y_zero_point, lo, relu)
+        _fill_epilogue(&a, packed, correction, correction32, multiplier, yq, yf,
+                       y_zero_point, lo, relu)
         a.x = NULL
         a.ldx = 4 * k4
         a.n = rows
@@ -499,7 +511,7 @@ def _int8_conv(const uint8_t[:, :, :, ::1] xq,     # IN (N, H, W, C)
         g.h, g.w, g.c = xq.shape[1], xq.shape[2], xq.shape[3]
         g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.ho, g.wo = \
             kh, kw, sh, sw, dh, dw, pt, pl, ho, wo
-        g.pad = x_zero_point
+        g.pad = pad
         # row tiles: each thread gathers its tile's patches into its own scratch (cache
         # resident) and runs every column tile over them
         for t in prange(tiles, schedule="static", use_threads_if=parallel):
@@ -524,11 +536,10 @@ def int8_conv2d_forward(xq, wq, bias, x_zero_point, multiplier, y_zero_point, re
         return y
     if wq.ndim == 2:
         wq = int8_pack_weights(wq)
-    if bias is None:
-        bias = np.zeros(units, np.int32)
+    correction, correction32 = _call_corrections(wq, bias, x_zero_point, units)
     bufs = np.zeros((omp_get_max_threads(), ROWS_PER_TILE * 4 * wq.shape[1]), np.uint8)
     flat = y.reshape(-1, units)
-    _int8_conv(xq, wq, bias, multiplier, bufs, None if float_out else flat,
+    _int8_conv(xq, wq, correction, correction32, multiplier, bufs, None if float_out else flat,
                flat if float_out else None, x_zero_point,
                0.0 if float_out else y_zero_point,
                0.0 if float_out else (y_zero_point if relu else 0.0), relu,

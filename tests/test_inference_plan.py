@@ -363,3 +363,35 @@ def test_a_kernel_entry_point_that_changed_costs_speed_not_correctness(broken, m
     model.predict_on_batch(x)
     np.testing.assert_array_equal(model.predict_on_batch(x), want)
     assert runners(model, [x])[:3] == ["_Generic", "_MaxPool2DValues", "_Generic"]
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_static_int8_models_run_direct_and_equal_the_general_path(batch):
+    """A calibrated int8 model (pynn.compression.quantization.quantize) runs its int8 layers
+    through the plan's direct runners (weight sums and buffers made once), with the general
+    path's very bits: a CNN whose codes stay uint8 between layers, and an MLP whose K = 37
+    leaves its rows to be padded to whole groups of 4."""
+    from pynn.compression.quantization import quantize
+
+    rng = np.random.default_rng(17)
+    float_cnn = pynn.Sequential([
+        L.Input((11, 9, 3)),
+        L.Conv2D(7, 3, padding="same", activation="relu"), L.MaxPooling2D(),
+        L.Conv2D(5, (2, 3), strides=(1, 2)), L.Flatten(),
+        L.Dense(6, activation="relu"), L.Dense(3)])
+    float_mlp = pynn.Sequential([L.Input((37,)), L.Dense(29, activation="relu"), L.Dense(5)])
+    for model, shape, want_runners in (
+            (float_cnn, (11, 9, 3), ["_Int8Gemm", "_Int8MaxPool2D", "_Int8Gemm", "_Flatten",
+                                     "_Int8Gemm", "_Int8Gemm"]),
+            (float_mlp, (37,), ["_Int8Gemm", "_Int8Gemm"])):
+        randomize(model, rng)
+        int8 = quantize(model, rand(rng, (64,) + shape), "minmax")
+        x = rand(rng, (batch,) + shape)
+        want = general(int8, [x])[0]
+        for _ in range(2):  # the first call validates; the second runs the prepared steps
+            got = int8.predict_on_batch(x)
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got, want)
+        assert runners(int8, [x]) == want_runners
+        # and the int8 model still answers like the float one, to quantization error
+        assert_close(got, model.predict_on_batch(x), 0.1, "int8 against float")

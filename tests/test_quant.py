@@ -156,7 +156,9 @@ def test_kernel_isa_is_reported():
 
 
 # Tiles (4 rows x 32 units on VNNI, 2 x 16 on AVX2, 64-row tiles) and their remainders.
-ISA_SHAPES = [(1, 1, 1), (5, 3, 17), (9, 67, 33), (65, 130, 47), (130, 29, 96), (3, 7, 2)]
+# rows cover the VNNI path's 8-, 4- and 1-row register tiles inside one 64-row tile (13, 77)
+ISA_SHAPES = [(1, 1, 1), (5, 3, 17), (9, 67, 33), (65, 130, 47), (130, 29, 96), (3, 7, 2),
+              (13, 45, 50), (77, 20, 64)]
 
 
 @pytest.mark.parametrize("isa", native_quant.available_isas())
