@@ -214,25 +214,32 @@ def _weight_sums(const int8_t[:, :, ::1] packed,   # IN (ceil(U / 16), K4, 64)
             pynn_qgemm_wsum(&packed[0, 0, 0], k4, units, ub, &wsum[0])
 
 
-def _corrections(const int8_t[:, :, ::1] packed,  # IN (ceil(U / 16), K4, 64)
-                 const int32_t[::1] bias,         # IN (U,), or None
-                 int x_zero_point,
-                 int64_t[::1] correction,         # OUT (U,) bias - x_zero_point sum_k w
-                 int32_t[::1] correction32):      # OUT (U,) its int32 copy
+def _fold_corrections(const int64_t[::1] wsum,    # IN (U,) sum_k w[u, k] (_weight_sums)
+                      const int32_t[::1] bias,    # IN (U,), or None
+                      int x_zero_point, Py_ssize_t k4,
+                      int64_t[::1] correction,    # OUT (U,) bias - x_zero_point wsum
+                      int32_t[::1] correction32): # OUT (U,) its int32 copy
     """The epilogue's per-unit term. True when no dot product plus correction can leave
     int32 (|dot| <= 255 * 128 per product, 4 K4 products), so the kernels may add the int32
-    copy instead of saturating int64 sums. A layer makes these once per weight value; the
-    public ops make them per call."""
-    cdef Py_ssize_t units = correction.shape[0], k4 = packed.shape[1], u
+    copy instead of saturating int64 sums."""
+    cdef Py_ssize_t units = correction.shape[0], u
     cdef int64_t worst = 0
-    _weight_sums(packed, correction)
     with nogil:
         for u in range(units):
             correction[u] = (bias[u] if bias is not None else 0) - \
-                <int64_t>x_zero_point * correction[u]
+                <int64_t>x_zero_point * wsum[u]
             worst = max(worst, correction[u] if correction[u] >= 0 else -correction[u])
             correction32[u] = <int32_t>correction[u]
     return 255 * 128 * 4 * k4 + worst < INT32_HI
+
+
+def _corrections(const int8_t[:, :, ::1] packed, bias, int x_zero_point,
+                 int64_t[::1] correction, int32_t[::1] correction32):
+    """_fold_corrections from the pack's weight sums. A static layer makes these once per
+    weight value; the public ops make them per call."""
+    _weight_sums(packed, correction)
+    return _fold_corrections(correction, bias, x_zero_point, packed.shape[1], correction,
+                             correction32)
 
 
 cdef void _fill_epilogue(pynn_qgemm_args* a, const int8_t[:, :, ::1] packed,

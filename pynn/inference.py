@@ -64,6 +64,7 @@ BUFFER_CAP_BYTES = 64 << 20
 # machine the second thread's wake-up is what costs; a quiet one crosses over lower.
 SERIAL_MAX_MACS = 25_000_000
 
+_INF = float("inf")
 _NO_PLAN = object()  # a model the plan cannot serve (cached, so the check runs once)
 
 
@@ -687,45 +688,57 @@ class _Flatten(_Generic):
 
 
 class _Int8Gemm(_Buffered):
-    """A static int8 Dense or Conv2D (pynn.layers.quantized): native/quant.pyx's GEMM or
-    conv entry point with the layer's weight pack, its per-unit corrections (bias minus the
-    input zero point times the weight sums, which the public ops make per call: 16 of the
-    24 us of a batch-1 784 x 512 layer) and every buffer made once. The float input is
-    quantized into a buffer, the float output dequantized from one, as the layer's call does."""
+    """An int8 Dense or Conv2D (pynn.layers.quantized): native/quant.pyx's GEMM or conv entry
+    point with the layer's weight pack, its weight sums (which the public ops make per call:
+    16 of the 24 us of a batch-1 784 x 512 layer) and every buffer made once. Static: the
+    per-unit corrections made once too, the float input quantized into a buffer and the
+    float output dequantized from one, as the layer's call does. Dynamic
+    (``model.quantize("int8")``): the batch's range, scale and corrections per call, in
+    Python floats and (U,) vectors, float32 straight out of the epilogue."""
 
     def __init__(self, step, x, y, layer, geometry):
         from pynn._native import quant
+        from pynn.layers.quantized import minmax_params
 
         super().__init__(step, y)
-        packed, _, _, static = layer._gemm_operands()
-        if static is None or type(packed) is not np.ndarray:
-            raise _NotDirect  # dynamic quantization: each batch's own scale
-        bias_q, self.multiplier = static
+        self._params = minmax_params
+        packed, w_scale, bias, static = layer._gemm_operands()
+        if type(packed) is not np.ndarray:
+            raise _NotDirect
         self.packed = packed
-        units = self.multiplier.shape[0]
+        self.k4 = packed.shape[1]
+        units = int(layer.kernel.shape[-1])
         self.correction = np.empty(units, np.int64)
         self.correction32 = np.empty(units, np.int32)
-        if not quant._corrections(packed, bias_q, layer.input_zero_point, self.correction,
-                                  self.correction32):
-            self.correction32 = None
-        relu = layer.activation == "relu"
-        self.relu = relu
-        self.y_zp = float(layer.output_zero_point)
-        self.lo = self.y_zp if relu else 0.0
-        self.x_zp = layer.input_zero_point
-        # (scale, zero point) of a float input to quantize / a float output to dequantize
-        self.quantize_in = None if layer.input_uint8 else (
-            np.float32(layer.input_scale), np.float32(layer.input_zero_point))
-        self.dequantize_out = None if layer.output_uint8 else (
-            np.float32(layer.output_scale), np.float32(layer.output_zero_point))
+        self.relu = layer.activation == "relu"
+        self.dynamic = static is None
+        if self.dynamic:
+            self.wsum = np.empty(units, np.int64)
+            quant._weight_sums(packed, self.wsum)
+            self.w_scale, self.bias = w_scale, bias
+            self.y_zp = self.lo = 0.0
+            self.quantize_in, self.dequantize_out = True, None
+        else:
+            bias_q, self.multiplier = static
+            if not quant._corrections(packed, bias_q, layer.input_zero_point,
+                                      self.correction, self.correction32):
+                self.correction32 = None
+            self.y_zp = float(layer.output_zero_point)
+            self.lo = self.y_zp if self.relu else 0.0
+            self.x_zp = layer.input_zero_point
+            # (scale, zero point) of a float input to quantize / a float output to dequantize
+            self.quantize_in = None if layer.input_uint8 else (
+                np.float32(layer.input_scale), np.float32(layer.input_zero_point))
+            self.dequantize_out = None if layer.output_uint8 else (
+                np.float32(layer.output_scale), np.float32(layer.output_zero_point))
         self.x_shape = tuple(x.shape)
         self.codes_shape = (int(np.prod(self.shape[:-1])), units)
         self.g = geometry
-        self.k4 = packed.shape[1]
         self.macs = self.codes_shape[0] * int(np.prod(layer.kernel.shape))
         self.nbytes += x.size + self.codes_shape[0] * units
         self._quantize, self._dequantize = quant._quantize, quant._dequantize
         self._dense, self._conv = quant._int8_dense, quant._int8_conv
+        self._fold = quant._fold_corrections
         self.tile_bytes = quant.TILE_ROWS * 4 * self.k4
         # The conv's per-thread patch tiles: as many as this machine may run threads.
         self.threads = max(os.cpu_count() or 1, _config._omp_threads or 1)
@@ -741,29 +754,59 @@ class _Int8Gemm(_Buffered):
         tiles = np.zeros((self.threads, self.tile_bytes), np.uint8) if self.g else None
         return np.empty(self.shape, self.dtype), codes, xq, rows, tiles
 
+    def _dynamic_operands(self, x, xq):
+        """This batch's quantization of x into xq, and its (multiplier, corrections, zero
+        point), as QuantizedDense._int8_matmul computes them; None for a NaN or an infinity
+        in x (the layer's call words the error)."""
+        lo, hi = float(x.min()), float(x.max())
+        if not (-_INF < lo <= hi < _INF):
+            return None
+        x_scale, x_zp = self._params(lo, hi)
+        self._quantize(x.reshape(-1), xq.reshape(-1), x_scale, x_zp)
+        per_unit = x_scale * self.w_scale
+        bias_q = None if self.bias is None else np.clip(
+            np.rint(self.bias / per_unit), -2**31, 2**31 - 1).astype(np.int32)
+        correction, correction32 = np.empty_like(self.correction), np.empty_like(
+            self.correction32)
+        if not self._fold(self.wsum, bias_q, x_zp, self.k4, correction, correction32):
+            correction32 = None
+        return per_unit.astype(np.float32), correction, correction32, x_zp
+
     def run(self, x, buf):
         y, into_buffer = self.output(buf[0])
-        if self.quantize_in is not None:
+        if self.dynamic:
             xq = buf[2]
-            self._quantize(x.reshape(-1), xq.reshape(-1), *self.quantize_in)
+            operands = self._dynamic_operands(x, xq)
+            if operands is None:
+                return self.layer.call(x, training=False), False
+            multiplier, correction, correction32, x_zp = operands
+            codes, out = None, y.reshape(self.codes_shape)
         else:
-            xq = x
-        codes = buf[1] if self.dequantize_out is not None else y.reshape(self.codes_shape)
+            multiplier, correction, correction32 = (self.multiplier, self.correction,
+                                                    self.correction32)
+            x_zp = self.x_zp
+            if self.quantize_in is not None:
+                xq = buf[2]
+                self._quantize(x.reshape(-1), xq.reshape(-1), *self.quantize_in)
+            else:
+                xq = x
+            codes = buf[1] if self.dequantize_out is not None else \
+                y.reshape(self.codes_shape)
+            out = None
         g = self.g
         if g is not None:
             if _config._omp_threads > self.threads:  # more threads than tiles made
                 return self.layer.call(x, training=False), False
-            self._conv(xq, self.packed, self.correction, self.correction32, self.multiplier,
-                       buf[4], codes, None, self.x_zp, self.y_zp, self.lo, self.relu,
-                       g["KH"], g["KW"], g["SH"], g["SW"], g["DH"], g["DW"], g["PT"],
-                       g["PL"], g["HO"], g["WO"])
+            self._conv(xq, self.packed, correction, correction32, multiplier, buf[4], codes,
+                       out, x_zp, self.y_zp, self.lo, self.relu, g["KH"], g["KW"], g["SH"],
+                       g["SW"], g["DH"], g["DW"], g["PT"], g["PL"], g["HO"], g["WO"])
         else:
             rows = xq.reshape(self.codes_shape[0], -1)
             if self.rows_shape is not None:
-                rows, pad = buf[3], rows
-                rows[:, :pad.shape[1]] = pad
-            self._dense(rows, self.packed, self.correction, self.correction32,
-                        self.multiplier, codes, None, self.y_zp, self.lo, self.relu)
+                rows, given = buf[3], rows
+                rows[:, :given.shape[1]] = given
+            self._dense(rows, self.packed, correction, correction32, multiplier, codes, out,
+                        self.y_zp, self.lo, self.relu)
         if self.dequantize_out is not None:
             self._dequantize(codes.reshape(-1), y.reshape(-1), *self.dequantize_out)
         return y, into_buffer

@@ -395,3 +395,41 @@ def test_static_int8_models_run_direct_and_equal_the_general_path(batch):
         assert runners(int8, [x]) == want_runners
         # and the int8 model still answers like the float one, to quantization error
         assert_close(got, model.predict_on_batch(x), 0.1, "int8 against float")
+
+
+@pytest.mark.parametrize("batch", [1, 6])
+def test_dynamic_int8_models_run_direct_and_equal_the_general_path(batch):
+    """model.quantize("int8") (each batch quantized by its own range): the plan's direct
+    runners make the scale, zero point and corrections per call as the layers do, bit for
+    bit; a batch holding a NaN or an infinity is a clear error on both paths."""
+    rng = np.random.default_rng(18)
+    model = pynn.Sequential([
+        L.Input((10, 7, 2)), L.Conv2D(6, 3, padding="same", activation="relu"),
+        L.Conv2D(5, 2, strides=2), L.Flatten(), L.Dense(9, activation="relu"), L.Dense(4)])
+    randomize(model, rng)
+    model.quantize("int8")
+    for _ in range(3):
+        x = rand(rng, (batch, 10, 7, 2)) * rng.uniform(0.5, 3.0)  # a new range each call
+        np.testing.assert_array_equal(model.predict_on_batch(x), general(model, [x])[0])
+    assert runners(model, [x]) == ["_Int8Gemm", "_Int8Gemm", "_Flatten", "_Int8Gemm",
+                                   "_Int8Gemm"]
+    for bad in (np.nan, np.inf):
+        x[0, 1, 2, 1] = bad
+        for path in (model.predict_on_batch, lambda x: general(model, [x])):
+            with pytest.raises(ValueError, match=r"QuantizedConv2D 'conv2d_\d+': dynamic int8 "
+                                                 r"quantization needs finite inputs, got a "
+                                                 r"batch ranging from"):
+                path(x)
+
+
+def test_minmax_params_is_activation_params():
+    """The dynamic runner's scalar twin of activation_params, on ranges with either sign, on
+    one side of zero only, empty, and at rounding ties."""
+    from pynn.layers.quantized import activation_params, minmax_params
+
+    rng = np.random.default_rng(19)
+    pairs = [(0.0, 0.0), (1.0, 2.0), (-2.0, -1.0), (-1.0, 254.0), (-0.5, 0.5), (-1.5, 1.0)]
+    pairs += [tuple(sorted(rng.normal(0, 10, 2))) for _ in range(200)]
+    pairs += [tuple(sorted(np.float32(rng.normal(0, 1e-3, 2)))) for _ in range(50)]
+    for lo, hi in pairs:
+        assert minmax_params(lo, hi) == activation_params(np.array([lo, hi])), (lo, hi)

@@ -32,6 +32,15 @@ def activation_params(values, method="minmax", percentile=99.99):
     return float(np.float32(scale)), zero_point
 
 
+def minmax_params(lo, hi):
+    """activation_params([lo, hi]) (min-max) in Python floats, without its arrays: what a
+    dynamic int8 layer computes per batch from the batch's minimum and maximum (Python's
+    round is np.rint's half to even)."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    scale = (hi - lo) / 255.0 if hi > lo else 1.0
+    return float(np.float32(scale)), min(max(int(round(-lo / scale)), 0), 255)
+
+
 def weight_params(kernel):
     """(int8 weights by unit (U, K), float64 per-unit scales (U,)) of a (K, U) kernel."""
     kernel = np.asarray(kernel, np.float64)
@@ -164,6 +173,10 @@ class _Int8Layer(Layer):
         else:  # dynamic: this batch's range
             lo = float(np.asarray(b.to_numpy(b.reduce_axes(x2, None, "min", False))))
             hi = float(np.asarray(b.to_numpy(b.reduce_axes(x2, None, "max", False))))
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                raise ValueError(f"{type(self).__name__} '{self.name}': dynamic int8 "
+                                 f"quantization needs finite inputs, got a batch ranging "
+                                 f"from {lo} to {hi}")
             x_scale, x_zp = activation_params(np.array([lo, hi]))
         xq = x2 if self.input_uint8 else b.quantize_forward(x2, x_scale, x_zp)
         if conv is not None:
