@@ -871,7 +871,7 @@ def _runner(step, x, y):
     """The fastest runner that gives this step's numbers: a direct kernel call when the
     step is one the kernels' buffer-taking entry points cover (the first call's output y
     tells its shape), else the layer's own call."""
-    from pynn.compression.sparse import SparseDense
+    from pynn.compression.sparse import SparseStandIn
     from pynn.layers.conv import Conv2D
     from pynn.layers.core import Dense, Flatten
     from pynn.layers.functional import _FoldedLayer
@@ -889,12 +889,10 @@ def _runner(step, x, y):
             type(y) is not np.ndarray or not x.flags.c_contiguous or x.dtype != y.dtype:
         return _Generic(step)
     try:
-        if isinstance(layer, SparseDense):
+        if isinstance(layer, SparseStandIn):
             if layer.packed() is not None:  # pruned: the sparse op (issue 18)
                 return _Generic(step)
-            layer = layer.layer
-            if type(layer) is Dense:
-                return _dense(step, x, y, layer, layer.activation, layer.alpha)
+            layer = layer.layer  # too dense: the layer's own runner
         if type(layer) is _FoldedLayer:
             kernel, bias = layer._weights()
             inner = layer.layer

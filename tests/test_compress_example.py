@@ -16,7 +16,7 @@ def test_compress_example_fast_table(capsys):
     assert names == ["float32", "pruned 80% unstructured", "float16 storage",
                      "int8 post-training",
                      "int8 model.quantize", "int8 QAT",
-                     "pruned 95% (sparse Dense)",
+                     "pruned 95% (sparse kernels)",
                      "structured 50% filters", "student alone", "distilled student (1/8)"]
     for name in names:
         assert name in text
@@ -27,7 +27,7 @@ def test_compress_example_fast_table(capsys):
     assert table["pruned 80% unstructured"][1] == params
     assert table["pruned 80% unstructured"][2] == pytest.approx(0.8, abs=0.01)
     assert table["pruned 80% unstructured"][4] < 0.35 * size
-    assert table["pruned 95% (sparse Dense)"][2] == pytest.approx(0.95, abs=0.01)
+    assert table["pruned 95% (sparse kernels)"][2] == pytest.approx(0.95, abs=0.01)
     # float16 storage: the float model's numbers from a file of half the size.
     assert table["float16 storage"][1] == params
     assert table["float16 storage"][3] == pytest.approx(acc, abs=0.01)

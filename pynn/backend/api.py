@@ -418,6 +418,11 @@ OPS.update({
     # y = act(x @ kernel + bias) as dense_forward, reading only the nonzeros -> y (N, U).
     "sparse_dense_forward": ("x", "indptr", "indices", "values", "bias", "activation",
                              "alpha"),
+    # A Conv2D kernel (KH, KW, C, F) the same way, reshaped to (KH*KW*C, F): indices are taps
+    # (kh*KW + kw)*C + c. y = act(conv2d(x, kernel) + bias) as conv2d_forward's geometry
+    # (strides, 'same'/'valid', dilation), reading only the nonzeros -> y (N, HO, WO, F).
+    "sparse_conv2d_forward": ("x", "indptr", "indices", "values", "bias", "kernel_size",
+                              "strides", "padding", "dilation_rate", "activation", "alpha"),
     # Post-training int8 (native/quant.pyx, opencl/quant.cl), bit-identical on both backends:
     # quantize_forward float32 -> uint8 clamp(rint(x / scale) + zero_point, 0, 255);
     # dequantize_forward uint8 -> float32 (q - zero_point) * scale (per-tensor, any shape).

@@ -125,7 +125,7 @@ from pynn._native.preprocessing import (  # noqa: F401
     image_affine_forward,
 )
 # -- compression (issue 18): sparse inference of pruned layers --
-from pynn._native.sparse import sparse_dense_forward  # noqa: F401
+from pynn._native.sparse import sparse_conv2d_forward, sparse_dense_forward  # noqa: F401
 from pynn._native.quant import (  # noqa: F401
     dequantize_forward,
     int8_dense_forward,

@@ -162,8 +162,9 @@ def run_once(args, seed):
     pruned.fit(x_train, y_train, epochs=tune, callbacks=[UpdatePruningStep()], **fit)
     pruned = strip_pruning(pruned)
 
-    # Past the sparse kernel's crossover (pynn.compression.SPARSE_MIN_SPARSITY): the Dense
-    # layers predict through sparse_dense_forward.
+    # Past the sparse kernels' crossover (pynn.compression.SPARSE_MIN_SPARSITY): the Dense
+    # layers predict through sparse_dense_forward, the Conv2D layers past the first (whose 9
+    # taps per filter are too few to gain) through sparse_conv2d_forward.
     sparse = prune_low_magnitude(teacher, PolynomialDecay(
         0.0, args.sparse_sparsity, begin_step=0, end_step=max(1, steps * tune // 4),
         frequency=max(1, steps // 4)))
@@ -210,7 +211,7 @@ def run_once(args, seed):
                 row("int8 post-training", int8, x_test, y_test, folder, repeats),
                 row("int8 model.quantize", dynamic, x_test, y_test, folder, repeats),
                 row("int8 QAT", qat_int8, x_test, y_test, folder, repeats),
-                row(f"pruned {args.sparse_sparsity:.0%} (sparse Dense)", sparse, x_test, y_test,
+                row(f"pruned {args.sparse_sparsity:.0%} (sparse kernels)", sparse, x_test, y_test,
                     folder, repeats),
                 row(f"structured {args.structured_fraction:.0%} filters", structured, x_test,
                     y_test, folder, repeats),

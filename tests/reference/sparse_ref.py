@@ -3,6 +3,7 @@
 import numpy as np
 
 from tests.reference.activation_ref import activation_forward_ref
+from tests.reference.conv_ref import conv2d_forward_ref
 
 
 def dense_kernel_by_unit_ref(kernel):
@@ -31,3 +32,21 @@ def sparse_dense_forward_ref(x, indptr, indices, values, bias, activation="linea
     if bias is not None:
         z = z + np.asarray(bias, np.float64)
     return activation_forward_ref(z, activation, alpha)
+
+
+def sparse_conv2d_forward_ref(x, indptr, indices, values, bias, kernel_size, strides,
+                              padding, dilation_rate, activation="linear", alpha=0.0):
+    """The (KH, KW, C, F) kernel rebuilt from its nonzeros by filter (tap indices into the
+    kernel reshaped to (KH KW C, F); one outside it adds nothing), then the float64 Conv2D."""
+    x = np.asarray(x, np.float64)
+    kh, kw = kernel_size
+    taps = kh * kw * x.shape[3]
+    filters = len(indptr) - 1
+    kernel = np.zeros((taps, filters))
+    for u in range(filters):
+        for k in range(indptr[u], indptr[u + 1]):
+            if 0 <= indices[k] < taps:
+                kernel[indices[k], u] += values[k]
+    kernel = kernel.reshape(kh, kw, x.shape[3], filters)
+    return conv2d_forward_ref(x, kernel, bias, strides, padding, dilation_rate, activation,
+                              alpha)[0]

@@ -93,7 +93,7 @@ from pynn.backend.opencl.runtime import (  # noqa: F401
 
 NAME = "opencl"
 # -- compression (issue 18): sparse inference of pruned layers --
-from pynn.backend.opencl.sparse import sparse_dense_forward  # noqa: F401
+from pynn.backend.opencl.sparse import sparse_conv2d_forward, sparse_dense_forward  # noqa: F401
 from pynn.backend.opencl.quant import (  # noqa: F401
     dequantize_forward, int8_dense_forward, int8_im2col, int8_pack_weights,
     quantize_forward,

@@ -25,8 +25,31 @@ def sparse_dense_forward(x, indptr, indices, values, bias, activation="linear", 
     code = ACTIVATIONS.index("linear" if name == "softmax" else name)
     if n * units:
         elementwise("sparse", op, n * units, x, indptr, indices, values,
-                    y if bias is None else bias, y, n, c, units, indices.shape[0], bias is not None, code,
-                    np.float32(alpha))
+                    y if bias is None else bias, y, n, c, units, indices.shape[0],
+                    bias is not None, code, np.float32(alpha))
+    if name == "softmax":
+        return activation_forward(y, "softmax", alpha)
+    return y
+
+
+def sparse_conv2d_forward(x, indptr, indices, values, bias, kernel_size, strides=(1, 1),
+                          padding="valid", dilation_rate=(1, 1), activation="linear",
+                          alpha=0.0):
+    """y = act(conv2d(x, kernel) + bias) (N, HO, WO, F) from the kernel's nonzeros by
+    filter (native/sparse.pyx's contract)."""
+    op = "sparse_conv2d_forward"
+    name, alpha, x, indptr, indices, values, bias, g = operands.sparse_conv2d_forward(
+        DEVICE, x, indptr, indices, values, bias, kernel_size, strides, padding,
+        dilation_rate, activation, alpha)
+    filters = indptr.shape[0] - 1
+    y = rt.empty((g["N"], g["HO"], g["WO"], filters), np.float32, f"{op} output")
+    code = ACTIVATIONS.index("linear" if name == "softmax" else name)
+    if y.size:
+        elementwise("sparse", op, y.size, x, indptr, indices if indices.size else indptr,
+                    values if values.size else y, y if bias is None else bias, y, y.size,
+                    g["H"], g["W"], g["C"], g["KH"], g["KW"], g["SH"], g["SW"], g["DH"],
+                    g["DW"], g["PT"], g["PL"], g["HO"], g["WO"], filters, indices.shape[0],
+                    bias is not None, code, np.float32(alpha))
     if name == "softmax":
         return activation_forward(y, "softmax", alpha)
     return y

@@ -1,7 +1,7 @@
 """Operands of the sparse inference ops (native/sparse.pyx, pynn/backend/opencl/sparse.py)."""
 
 from pynn.backend.operands.activation import activation_pair
-from pynn.backend.operands.common import check_count, check_shape
+from pynn.backend.operands.common import check_count, check_shape, conv_geometry, pair
 
 
 def sparse_dense_forward(arrays, x, indptr, indices, values, bias, activation, alpha):
@@ -25,3 +25,29 @@ def sparse_dense_forward(arrays, x, indptr, indices, values, bias, activation, a
         check_shape(op, "bias", bias, (units,))
     check_count(arrays, op, "output", x.shape[0] * units)
     return name, a, x, indptr, indices, values, bias
+
+
+def sparse_conv2d_forward(arrays, x, indptr, indices, values, bias, kernel_size, strides,
+                          padding, dilation_rate, activation, alpha):
+    """-> (name, alpha, x (N, H, W, C), indptr (F+1,), indices (nnz,), values (nnz,), bias
+    (F,) or None, geometry dict of conv_geometry). As sparse_dense_forward, the indices are
+    not read here (both kernels skip one outside the kernel's KH KW C taps)."""
+    op = "sparse_conv2d_forward"
+    name, a = activation_pair(op, activation, alpha)
+    x = arrays.float_input(op, "x", x, ndim=4)
+    indptr = arrays.int_input(op, "indptr", indptr, ndim=1)
+    indices = arrays.int_input(op, "indices", indices, ndim=1)
+    values = arrays.float_input(op, "values", values, ndim=1, like=x)
+    if indptr.shape[0] < 1:
+        raise ValueError(f"{op}: 'indptr' must hold filters + 1 >= 1 offsets, got shape "
+                         f"{tuple(indptr.shape)}")
+    check_shape(op, "values", values, tuple(indices.shape))
+    filters = indptr.shape[0] - 1
+    kh, kw = pair(op, "kernel_size", kernel_size)
+    g = conv_geometry(op, x.shape, (kh, kw, x.shape[3], filters), strides, padding,
+                      dilation_rate)
+    if bias is not None:
+        bias = arrays.float_input(op, "bias", bias, ndim=1, like=x)
+        check_shape(op, "bias", bias, (filters,))
+    check_count(arrays, op, "output", g["N"] * g["HO"] * g["WO"] * filters)
+    return name, a, x, indptr, indices, values, bias, g
