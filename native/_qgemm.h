@@ -417,9 +417,15 @@ static inline void pynn_qim2col_row(const uint8_t *restrict x, uint8_t *restrict
                                     ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw,
                                     ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t dh, ptrdiff_t dw,
                                     ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t wo, ptrdiff_t ox0,
-                                    uint8_t pad)
+                                    uint8_t pad, ptrdiff_t n, int spill)
 {
-    /* output pixels ox0 .. wo - 1 of the row (row ox at cols + ox * ldc) */
+    /* output pixels ox0 .. wo - 1 of the row (row ox at cols + ox * ldc). `spill`: the
+     * caller lets each window row be written as one 16-byte move when it is at most 16
+     * bytes, the surplus landing on bytes written next (the pixel's next window row, the
+     * next pixel's row) or past K (whose weights are zero, so any byte there adds 0); the
+     * move is taken only where 16 bytes of the input (n samples) can be read. For C = 1
+     * and 3 the per-size copies cost most of a first layer's time. */
+    const uint8_t *x_end = x + n * h * w * c;
     for (ptrdiff_t ox = ox0; ox < wo; ++ox) {
         uint8_t *restrict dst = cols + ox * ldc;
         for (ptrdiff_t i = 0; i < kh; ++i) {
@@ -429,7 +435,10 @@ static inline void pynn_qim2col_row(const uint8_t *restrict x, uint8_t *restrict
             const ptrdiff_t ix0 = ox * sw - pl;
             if (row_in && dw == 1 && ix0 >= 0 && ix0 + kw <= w) {
                 /* the window's row inside the input: KW taps of C channels are contiguous */
-                pynn_qim2col_copy(dst, xrow + ix0 * c, kw * c);
+                if (spill && kw * c <= 16 && xrow + ix0 * c + 16 <= x_end)
+                    memcpy(dst, xrow + ix0 * c, 16);
+                else
+                    pynn_qim2col_copy(dst, xrow + ix0 * c, kw * c);
                 dst += kw * c;
                 continue;
             }
@@ -448,11 +457,12 @@ static inline void pynn_qim2col_row(const uint8_t *restrict x, uint8_t *restrict
 /* The int8 Conv2D without the whole im2col matrix (MBs at batch 64: page faults and
  * memory traffic cost more than the products): output pixels [p0, p1) (at most one row
  * tile) gathered into `buf` (rows ldx = 4 * K4 bytes, zero past K, which im2col never
- * writes), then every column tile of the GEMM over them. The same integer sums and epilogue
+ * writes; the gather's 16-byte moves may leave bytes there, which meet zero weights), then
+ * every column tile of the GEMM over them. `buf` holds 16 bytes past its last row. The same integer sums and epilogue
  * as int8_im2col + int8_dense_forward, so the same bits. */
 typedef struct {
     const uint8_t *x; /* (N, H, W, C) */
-    ptrdiff_t h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo;
+    ptrdiff_t n, h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo;
     uint8_t pad;
 } pynn_qconv_geom;
 
@@ -467,7 +477,7 @@ static inline void pynn_qconv_tile(const pynn_qgemm_args *a, const pynn_qconv_ge
             count = p1 - p;
         pynn_qim2col_row(g->x, buf + (p - p0) * a->ldx - ox * a->ldx, a->ldx, row / g->ho,
                          row % g->ho, g->h, g->w, g->c, g->kh, g->kw, g->sh, g->sw, g->dh,
-                         g->dw, g->pt, g->pl, ox + count, ox, g->pad);
+                         g->dw, g->pt, g->pl, ox + count, ox, g->pad, g->n, 1);
         p += count;
     }
     pynn_qgemm_args t = *a;

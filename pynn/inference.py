@@ -739,7 +739,7 @@ class _Int8Gemm(_Buffered):
         self._quantize, self._dequantize = quant._quantize, quant._dequantize
         self._dense, self._conv = quant._int8_dense, quant._int8_conv
         self._fold = quant._fold_corrections
-        self.tile_bytes = quant.TILE_ROWS * 4 * self.k4
+        self.tile_bytes = quant.TILE_BYTES(self.k4)
         # The conv's per-thread patch tiles: as many as this machine may run threads.
         self.threads = max(os.cpu_count() or 1, _config._omp_threads or 1)
         if geometry is None and x.shape[-1] != 4 * self.k4:

@@ -582,18 +582,32 @@ def test_int8_conv2d_forward_is_the_dense_op_over_the_patches(backend, rng, shap
                                           f"y_zero_point={y_zp} bias={b is not None}")
 
 
+# (input shape, kernel size, strides, padding, dilation): C = 6 gathers tap by tap; C = 1,
+# 2 and 3 with window rows of at most 16 bytes take the zero-point padded input and 16-byte
+# moves (strides, dilated rows, 'valid' without padding, a window wider than the input).
+CONV_GEOMETRIES = [((3, 13, 11, 6), (3, 3), (1, 1), "same", (1, 1)),
+                   ((2, 8, 8, 1), (3, 3), (1, 1), "same", (1, 1)),
+                   ((2, 11, 9, 3), (3, 5), (2, 2), "same", (2, 1)),
+                   ((3, 7, 10, 2), (5, 3), (1, 2), "same", (1, 1)),
+                   ((2, 9, 7, 3), (3, 3), (2, 1), "valid", (1, 1)),
+                   ((1, 4, 3, 1), (3, 7), (1, 1), "same", (1, 1))]
+
+
 @pytest.mark.parametrize("isa", native_quant.available_isas())
 def test_int8_conv2d_forward_every_isa_path_is_bit_exact(rng, isa):
-    xq = rng.integers(0, 256, (3, 13, 11, 6)).astype(np.uint8)
-    wq = rng.integers(-128, 128, (37, 54)).astype(np.int8)
-    mult = (rng.random(37) * 2e-4 + 1e-5).astype(np.float32)
     try:
         native_quant.force_isa(isa)
-        np.testing.assert_array_equal(
-            native_quant.int8_conv2d_forward(xq, wq, None, 3, mult, 128, True, (3, 3), (1, 1),
-                                             "same", (1, 1)),
-            ref.int8_conv2d_forward_ref(xq, wq, None, 3, mult, 128, True, (3, 3), (1, 1),
-                                        "same", (1, 1)))
+        for shape, ksize, strides, padding, dilation in CONV_GEOMETRIES:
+            xq = rng.integers(0, 256, shape).astype(np.uint8)
+            k = ksize[0] * ksize[1] * shape[3]
+            wq = rng.integers(-128, 128, (37, k)).astype(np.int8)
+            mult = (rng.random(37) * 2e-4 + 1e-5).astype(np.float32)
+            np.testing.assert_array_equal(
+                native_quant.int8_conv2d_forward(xq, wq, None, 3, mult, 128, True, ksize,
+                                                 strides, padding, dilation),
+                ref.int8_conv2d_forward_ref(xq, wq, None, 3, mult, 128, True, ksize, strides,
+                                            padding, dilation),
+                err_msg=f"{isa} {shape} {ksize} {strides} {padding} {dilation}")
     finally:
         native_quant.force_isa(None)
 
