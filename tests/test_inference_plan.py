@@ -433,3 +433,22 @@ def test_minmax_params_is_activation_params():
     pairs += [tuple(sorted(np.float32(rng.normal(0, 1e-3, 2)))) for _ in range(50)]
     for lo, hi in pairs:
         assert minmax_params(lo, hi) == activation_params(np.array([lo, hi])), (lo, hi)
+
+
+def test_multi_thread_plan_pools_without_argmax(num_threads):
+    """A plan too large for one thread also pools through native/infer.pyx's kernel (no
+    argmax; output rows split over the threads), with the public op's values."""
+    rng = np.random.default_rng(20)
+    model = pynn.Sequential([
+        L.Input((41, 39, 8)), L.Conv2D(16, 3, padding="same", activation="relu"),
+        L.MaxPooling2D(3, strides=2, padding="same"), L.Flatten(), L.Dense(5)])
+    randomize(model, rng)
+    x = rand(rng, (17, 41, 39, 8))
+    want = general(model, [x])[0]
+    for threads in (2, 3):
+        num_threads(threads)
+        model._inference = None  # a plan made under this thread count
+        np.testing.assert_array_equal(model.predict_on_batch(x), want)
+        np.testing.assert_array_equal(model.predict_on_batch(x), want)
+        assert not plan_of(model, [x]).serial
+        assert runners(model, [x])[1] == "_MaxPool2DValues"
