@@ -452,3 +452,71 @@ def test_multi_thread_plan_pools_without_argmax(num_threads):
         np.testing.assert_array_equal(model.predict_on_batch(x), want)
         assert not plan_of(model, [x]).serial
         assert runners(model, [x])[1] == "_MaxPool2DValues"
+
+
+def chunky_cnn():
+    return pynn.Sequential([
+        L.Input((19, 17, 3)), L.Conv2D(16, 3, padding="same", activation="relu"),
+        L.MaxPooling2D(), L.Conv2D(48, 3, padding="same"), L.MaxPooling2D(padding="same"),
+        L.Flatten(), L.Dense(9, activation="relu"), L.Dense(4, activation="softmax")])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_batch_runs_its_conv_prefix_in_chunks(threads, num_threads, monkeypatch):
+    """A batch whose intermediates outgrow CHUNK_BYTES runs the convolutional prefix a chunk
+    of samples at a time (the chunk plan's runners and buffers), the Dense suffix on the
+    whole batch: the same answer as the general path to float32 rounding, bit for bit the
+    same on every call (the first included) and from every Python thread."""
+    monkeypatch.setattr(inference, "CHUNK_BYTES", 64 << 10)
+    monkeypatch.setattr(inference, "SERIAL_MAX_MACS", 0)
+    num_threads(threads)
+    rng = np.random.default_rng(21)
+    model = chunky_cnn()
+    randomize(model, rng)
+    x = rand(rng, (24, 19, 17, 3))
+    first = model.predict_on_batch(x)
+    plan = plan_of(model, [x])
+    assert plan.chunked is not None
+    sub, prefix, suffix, chunk = plan.chunked
+    assert chunk == 3 * threads  # 64 KiB per thread over the 20 KiB of conv2d's output
+    assert [type(r.layer).__name__ for r in prefix] == ["Conv2D", "MaxPooling2D", "Conv2D",
+                                                        "MaxPooling2D"]
+    assert_close(first, general(model, [x])[0], 1e-5, "chunked plan")
+    np.testing.assert_array_equal(model.predict_on_batch(x), first)
+    np.testing.assert_array_equal(model.predict(x, batch_size=24, verbose=0), first)
+    # each chunk's samples as the chunk plan alone answers them
+    for start in range(0, 24, chunk):
+        assert_close(first[start:start + chunk], model.predict_on_batch(x[start:start + chunk]),
+                     1e-6, f"chunk at {start}")
+    got, errors = [None] * 4, []
+
+    def worker(k):
+        try:
+            got[k] = [model.predict_on_batch(x) for _ in range(5)]
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    workers = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert not errors, errors
+    for results in got:
+        for y in results:
+            np.testing.assert_array_equal(y, first)
+
+
+def test_batches_that_do_not_chunk(num_threads, monkeypatch):
+    """No chunking where it would not pay or would mix kernels within a batch: the
+    intermediates fit, a batch under two chunks, a prime batch (no chunk size divides it)."""
+    monkeypatch.setattr(inference, "CHUNK_BYTES", 64 << 10)
+    monkeypatch.setattr(inference, "SERIAL_MAX_MACS", 0)
+    num_threads(1)
+    rng = np.random.default_rng(22)
+    model = chunky_cnn()
+    randomize(model, rng)
+    for n in (3, 5, 23):
+        x = rand(rng, (n, 19, 17, 3))
+        assert_close(model.predict_on_batch(x), general(model, [x])[0], 1e-5, f"batch {n}")
+        assert plan_of(model, [x]).chunked is None, n
