@@ -31,6 +31,11 @@ of its inputs), made on the first call with that signature:
   call overwrites (onnxruntime's rule);
 - a plan whose arithmetic is too small for a second thread to pay runs on one OpenMP
   thread (``SERIAL_MAX_MACS``, measured in bench/bench_inference.py);
+- a larger batch whose intermediates outgrow the cache runs its convolutional prefix a
+  chunk of samples at a time through a plan made for the chunk, then its Dense suffix on
+  the whole batch (``CHUNK_BYTES``): each chunk's activations stay in L2;
+- static and dynamic int8 layers (pynn.layers.quantized) call native/quant.pyx's GEMM and
+  conv entry points with their weight sums and buffers made once;
 - it is rebuilt when weights may have changed (``pynn.variables.version``: set_weights, an
   optimizer step, a load) or the shapes change (a new signature, at most ``MAX_SIGNATURES``
   kept per model).
