@@ -9,9 +9,13 @@ interpreters, alternated in rounds (a shared machine's load falls on both alike)
   region, no per-variable Python); off: the backend's ``adam_update_many`` removed, so the
   optimizer calls ``adam_update`` per variable (same bits). Measured on the suite's 30-layer
   functional model (func30, batch 64: 42 variables) and its MLP 784-512-256-10 (6).
+- ``recompute``: a fused BatchNormalization -> relu's output, which the next Conv2D keeps
+  for its kernel gradient, is rebuilt in backward from what the normalization keeps
+  (pynn/layers/functional.py, RECOMPUTE_FUSED); off: kept from forward to backward (same
+  bits). The residual CNN: the memory it saves against the pass it costs.
 
 Reported: ``train_on_batch`` milliseconds, each round's median step, the median over
-rounds; and the resident-memory peak of the round (ru_maxrss, MiB) for ``activation``.
+rounds; and the resident-memory peak of the round (ru_maxrss, MiB).
 
     python bench/bench_fusion.py [--rounds 5] [--steps 20] [--cases adam_many:mlp,...]
         [--json PATH]
@@ -47,6 +51,9 @@ if fusion == "activation" and not on:
         st.fused, st.passthrough = None, False
 if fusion == "adam_many" and not on:
     del cpu.adam_update_many
+if fusion == "recompute" and not on:
+    import pynn.layers.functional as functional
+    functional.RECOMPUTE_FUSED = False
 for _ in range(3):
     model.train_on_batch(x, y)
 times = []
@@ -58,7 +65,8 @@ times.sort()
 print(times[len(times) // 2], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
-CASES = [("activation", "resnet"), ("adam_many", "func30"), ("adam_many", "mlp")]
+CASES = [("activation", "resnet"), ("recompute", "resnet"), ("adam_many", "func30"),
+         ("adam_many", "mlp")]
 
 
 def run(model, fusion, on, steps):

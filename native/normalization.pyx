@@ -484,6 +484,23 @@ def batch_norm_forward(x, gamma, beta, moving_mean, moving_variance, axis=-1, mo
     return y, mean, inv_std
 
 
+def batch_norm_apply(x, gamma, beta, mean, inv_std, axis=-1, activation="linear", alpha=0.0):
+    """y = act((x - mean) * inv_std * gamma + beta) with given statistics: batch_norm_forward's
+    own normalizing pass, so y has the bits the forward gave with those statistics (a
+    training plan rebuilds a fused BatchNormalization's output with it in backward instead
+    of keeping it)."""
+    x, gamma, beta, mean, inv_std, (A, C, B), (act_name, act_alpha) = \
+        operands.batch_norm_apply(HOST, x, gamma, beta, mean, inv_std, axis, activation,
+                                  alpha)
+    dtype = x.dtype
+    y = np.empty_like(x)
+    if x.size:
+        _bn_normalize(x.reshape(-1), y.reshape(-1), mean, inv_std,
+                      _ones_or(gamma, C, dtype, 1), _ones_or(beta, C, dtype, 0), A, C, B,
+                      ACTIVATIONS.index(act_name), act_alpha)
+    return y
+
+
 def batch_norm_backward(dy, x, gamma, mean, inv_std, axis=-1, batch_stats=True,
                         need_input_grad=True, beta=None, activation="linear", alpha=0.0):
     """-> (dx or None, dgamma, dbeta) of y = batch_norm_forward(x, ...)[0] with its returned

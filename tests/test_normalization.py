@@ -5,6 +5,7 @@ CPU, Keras 3 parity, config round trips, bad input and fold_batch_norm.
 """
 
 import os
+import weakref
 
 import numpy as np
 import pytest
@@ -227,6 +228,48 @@ def test_batch_norm_activation_bad_operands(backend, rng):
     with pytest.raises(ValueError, match=r"batch_norm_backward: 'beta' must have shape \(6,\)"):
         ops.batch_norm_backward(x, x, vec, vec, vec, -1, True, True,
                                 backend.up(np.ones(5, np.float32)), "relu")
+
+
+@pytest.mark.parametrize("shape,axis", BN_CASES, ids=str)
+@pytest.mark.parametrize("activation", ["linear", "relu", "elu"])
+def test_batch_norm_apply_is_the_forward_pass_with_given_statistics(target, rng, shape, axis,
+                                                                   activation):
+    """Against the float64 reference, and bit for bit the y batch_norm_forward made with the
+    same statistics (a training plan rebuilds a fused output with it)."""
+    x = shifted(rng, shape, target.dtype)
+    gamma, beta, mm, mv = channel_vectors(rng, shape[axis], target.dtype)
+    for g, b in ((gamma, beta), (None, None)):
+        y, mean, inv_std = target.ops.batch_norm_forward(
+            target.up(x), target.up(g), target.up(b), target.up(mm.copy()),
+            target.up(mv.copy()), axis, 0.9, 1e-3, True, activation, 1.0)
+        got = target.ops.batch_norm_apply(target.up(x), target.up(g), target.up(b), mean,
+                                          inv_std, axis, activation, 1.0)
+        np.testing.assert_array_equal(target.down(got), target.down(y))
+        np.testing.assert_allclose(
+            target.down(got), ref.batch_norm_apply_ref(x, g, b, target.down(mean),
+                                                       target.down(inv_std), axis, activation,
+                                                       1.0), **tol(target))
+        if target.is_opencl:
+            from pynn.backend import cpu
+
+            np.testing.assert_allclose(
+                target.down(got), cpu.batch_norm_apply(x, g, b, target.down(mean),
+                                                       target.down(inv_std), axis,
+                                                       activation, 1.0),
+                rtol=1e-4, atol=1e-5, err_msg="batch_norm_apply vs CPU")
+
+
+def test_batch_norm_apply_bad_operands(backend, rng):
+    x = backend.up(rand(rng, (4, 6), np.float32))
+    vec = backend.up(np.ones(6, np.float32))
+    ops = backend.ops
+    with pytest.raises(ValueError, match=r"batch_norm_apply: 'mean' must have shape \(6,\)"):
+        ops.batch_norm_apply(x, vec, vec, backend.up(np.ones(5, np.float32)), vec)
+    with pytest.raises(ValueError, match=r"batch_norm_apply: activation 'softmax' cannot be "
+                                         r"fused"):
+        ops.batch_norm_apply(x, vec, vec, vec, vec, -1, "softmax")
+    with pytest.raises((ValueError, TypeError), match=r"batch_norm_apply: 'x' must "):
+        ops.batch_norm_apply(backend.up(np.array(1.0, np.float32)), None, None, vec, vec)
 
 
 @pytest.mark.parametrize("shape,groups", GN_CASES, ids=str)
@@ -618,6 +661,63 @@ def test_plan_fuses_batch_norm_relu_with_the_same_numbers(seeded, center):
         np.testing.assert_array_equal(a, b)
     assert l1 == l2 and e1 == e2
     np.testing.assert_array_equal(p1, p2)
+
+
+def _chained_bn_relu_model(frozen=False):
+    """Conv -> BN -> relu -> Conv -> BN -> relu -> BN -> relu (a normalization whose input
+    is itself a rebuilt output) -> Conv: every fused output is read by a step that keeps it."""
+    inputs = pynn.Input((7, 6, 3))
+    x = layers.Conv2D(5, 3, padding="same", use_bias=False)(inputs)
+    x = layers.Activation("relu")(layers.BatchNormalization()(x))
+    x = layers.Conv2D(6, 3, padding="same")(x)
+    x = layers.Activation("relu")(layers.BatchNormalization(scale=False)(x))
+    bn = layers.BatchNormalization(center=False)
+    bn.trainable = not frozen
+    x = layers.Activation("relu")(bn(x))
+    x = layers.Conv2D(4, 2)(x)
+    return pynn.Model(inputs, layers.Dense(3)(layers.Flatten()(x)))
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["trainable", "frozen"])
+def test_fused_outputs_are_rebuilt_in_backward_with_the_same_bits(seeded, frozen,
+                                                                 monkeypatch):
+    """Training keeps no fused BatchNormalization -> relu output from forward to backward:
+    the steps that read one keep a rebuild of it (batch_norm_apply from the normalization's
+    own saved input and statistics), and training gives the bits of keeping the arrays
+    (weights, moving statistics, losses), a frozen normalization included."""
+    from pynn.layers import functional
+
+    x = shifted(seeded, (9, 7, 6, 3), np.float32)
+    y = rand(seeded, (9, 3), np.float32)
+    model = _chained_bn_relu_model(frozen)
+    initial = model.get_weights()
+    made = []
+    call = layers.BatchNormalization.call_activated
+
+    def recording(self, *args, **kwargs):
+        y = call(self, *args, **kwargs)
+        made.append(weakref.ref(y))
+        return y
+
+    monkeypatch.setattr(layers.BatchNormalization, "call_activated", recording)
+    outs, saved = model._plan.forward([x], True)
+    monkeypatch.setattr(layers.BatchNormalization, "call_activated", call)
+    rebuilds = [e.j for cache, _ in saved if type(cache) is tuple for e in cache
+                if type(e) is functional._Rebuild]
+    assert len(rebuilds) == 3  # the second conv, the third normalization and the last conv
+    assert len(made) == 3 and all(ref() is None for ref in made)  # none outlives forward
+    results = []
+    for rebuild in (True, False):
+        monkeypatch.setattr(functional, "RECOMPUTE_FUSED", rebuild)
+        model = _chained_bn_relu_model(frozen)
+        model.set_weights(initial)
+        model.compile(optimizer="adam", loss="mse")
+        history = model.fit(x, y, batch_size=3, epochs=2, shuffle=False, verbose=0)
+        results.append((model.get_weights(), history.history["loss"]))
+    (w1, l1), (w2, l2) = results
+    for a, b in zip(w1, w2):
+        np.testing.assert_array_equal(a, b)
+    assert l1 == l2
 
 
 def test_fused_batch_norm_relu_gradients(float64, seeded):

@@ -342,6 +342,10 @@ OPS = {
     # activation, dy is the activated output's gradient and beta rebuilds the pre-activation.
     "batch_norm_backward": ("dy", "x", "gamma", "mean", "inv_std", "axis", "batch_stats",
                             "need_input_grad", "beta", "activation", "alpha"),
+    # The forward's normalizing pass alone, with given statistics (C,): y = act((x - mean) *
+    # inv_std * gamma + beta), the bits batch_norm_forward gave with them.
+    "batch_norm_apply": ("x", "gamma", "beta", "mean", "inv_std", "axis", "activation",
+                         "alpha"),
     # Group norm of x (N, ..., C): per sample and group of C/groups consecutive channels, over
     # those channels and every axis between the first and the last; gamma, beta (C,) or None.
     # Layer norm is groups=1 on x reshaped to (rows, features). rms_scaling is Keras's

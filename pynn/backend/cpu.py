@@ -29,6 +29,7 @@ from pynn._native.metric import accuracy_count, confusion_counts, top_k_count  #
 
 # -- normalization --
 from pynn._native.normalization import (  # noqa: F401
+    batch_norm_apply,
     batch_norm_backward,
     batch_norm_forward,
     group_norm_backward,

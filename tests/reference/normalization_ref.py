@@ -115,3 +115,15 @@ def group_norm_backward_ref(dy, x, gamma, mean, inv_std, groups, rms_scaling=Fal
     if not rms_scaling:
         dx = dx - (g * inv).sum(axis=(1, 3), keepdims=True) / m
     return dx.reshape(x.shape), dgamma, dbeta
+
+
+def batch_norm_apply_ref(x, gamma, beta, mean, inv_std, axis=-1, activation="linear",
+                         alpha=0.0):
+    """act((x - mean) * inv_std * gamma + beta) per channel of ``axis``, in float64."""
+    x = _f64(x)
+    c = x.shape[axis]
+    gamma = np.ones(c) if gamma is None else _f64(gamma)
+    beta = np.zeros(c) if beta is None else _f64(beta)
+    b = _channel_shape(x.ndim, axis % x.ndim)
+    y = (x - _f64(mean).reshape(b)) * (_f64(inv_std) * gamma).reshape(b) + beta.reshape(b)
+    return activation_forward_ref(y, activation, alpha)

@@ -76,6 +76,23 @@ def batch_norm_forward(x, gamma, beta, moving_mean, moving_variance, axis=-1, mo
     return y, mean, inv_std
 
 
+def batch_norm_apply(x, gamma, beta, mean, inv_std, axis=-1, activation="linear", alpha=0.0):
+    """y = act((x - mean) * inv_std * gamma + beta): batch_norm_forward's normalize launch
+    with the given statistics (the same bits)."""
+    op = "batch_norm_apply"
+    x, gamma, beta, mean, inv_std, (a, c, b), (act_name, act_alpha) = \
+        operands.batch_norm_apply(DEVICE, x, gamma, beta, mean, inv_std, axis, activation,
+                                  alpha)
+    y = rt.empty(x.shape, what=f"{op} output")
+    if x.size:
+        gamma_buf, has_gamma = _optional(gamma, x)
+        beta_buf, has_beta = _optional(beta, x)
+        elementwise(STEM, "batch_norm_normalize", x.size, x, y, mean, inv_std, gamma_buf,
+                    beta_buf, has_gamma, has_beta, a, c, b, ACTIVATIONS.index(act_name),
+                    np.float32(act_alpha))
+    return y
+
+
 def batch_norm_backward(dy, x, gamma, mean, inv_std, axis=-1, batch_stats=True,
                         need_input_grad=True, beta=None, activation="linear", alpha=0.0):
     """-> (dx or None, dgamma, dbeta); with the forward's activation (and beta), dy is the

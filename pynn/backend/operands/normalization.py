@@ -108,6 +108,23 @@ def batch_norm_backward(arrays, dy, x, gamma, mean, inv_std, axis, batch_stats,
             flag(op, "need_input_grad", need_input_grad), beta, act)
 
 
+def batch_norm_apply(arrays, x, gamma, beta, mean, inv_std, axis, activation="linear",
+                     alpha=0.0):
+    """-> (x, gamma, beta, mean, inv_std, (A, C, B), (activation, alpha))."""
+    op = "batch_norm_apply"
+    act = _fused_activation(op, activation, alpha)
+    x = arrays.float_input(op, "x", x)
+    if x.ndim < 1:
+        raise ValueError(f"{op}: 'x' must have at least 1 dimension, got shape {x.shape}")
+    dims = _split(op, x, axis)
+    c = dims[1]
+    gamma = _vector(arrays, op, "gamma", gamma, c, x, optional=True)
+    beta = _vector(arrays, op, "beta", beta, c, x, optional=True)
+    mean = _vector(arrays, op, "mean", mean, c, x)
+    inv_std = _vector(arrays, op, "inv_std", inv_std, c, x)
+    return x, gamma, beta, mean, inv_std, dims, act
+
+
 def _groups(op, groups, x):
     if isinstance(groups, bool):
         raise TypeError(f"{op}: 'groups' must be an int, got {groups!r}")
