@@ -300,11 +300,14 @@ class InferencePlan:
             if mid is None:
                 mid = np.empty((n,) + y.shape[1:], y.dtype)
             mid[start:start + chunk] = y
-        bufs = self._buffers()
-        first = len(self.steps) - len(suffix)
+        bufs = None
+        if self.keep_buffers:  # the suffix's alone: the prefix runs in the chunk plan's
+            bufs = getattr(self._local, "suffix_bufs", None)
+            if bufs is None:
+                bufs = self._local.suffix_bufs = [r.allocate() for r in suffix]
         y, owned = mid, False
         for j, r in enumerate(suffix):
-            y, into_buffer = r.run(y, bufs[first + j] if bufs is not None else r.allocate())
+            y, into_buffer = r.run(y, bufs[j] if bufs is not None else r.allocate())
             owned = owned or into_buffer
         return [np.array(y) if owned else y]
 

@@ -484,6 +484,9 @@ def test_large_batch_runs_its_conv_prefix_in_chunks(threads, num_threads, monkey
     assert_close(first, general(model, [x])[0], 1e-5, "chunked plan")
     np.testing.assert_array_equal(model.predict_on_batch(x), first)
     np.testing.assert_array_equal(model.predict(x, batch_size=24, verbose=0), first)
+    # this thread holds the chunk plan's buffers and the suffix's, not the whole batch's
+    assert getattr(plan._local, "bufs", None) is None
+    assert len(plan._local.suffix_bufs) == len(suffix)
     # each chunk's samples as the chunk plan alone answers them
     for start in range(0, 24, chunk):
         assert_close(first[start:start + chunk], model.predict_on_batch(x[start:start + chunk]),
