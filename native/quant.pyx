@@ -30,7 +30,7 @@ import numpy as np
 
 from cython.parallel cimport prange
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
-from libc.math cimport fmaxf, fminf, rintf
+from libc.math cimport fmaxf, fminf, isfinite, rint, rintf
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -244,6 +244,57 @@ def _corrections(const int8_t[:, :, ::1] packed, bias, int x_zero_point,
     _weight_sums(packed, correction)
     return _fold_corrections(correction, bias, x_zero_point, packed.shape[1], correction,
                              correction32)
+
+
+def _dynamic_operands(const float[::1] x,          # IN (n,) the batch, flat
+                      uint8_t[::1] xq,               # OUT (n,) its codes
+                      const double[::1] w_scale,     # IN (U,) per-unit weight scales
+                      const double[::1] bias,        # IN (U,) float bias, or None
+                      const int64_t[::1] wsum,       # IN (U,) _weight_sums
+                      Py_ssize_t k4,
+                      float[::1] multiplier,         # OUT (U,) x_scale * w_scale
+                      int64_t[::1] correction,       # OUT (U,) (_fold_corrections)
+                      int32_t[::1] correction32):    # OUT (U,)
+    """A dynamic int8 layer's per-batch operands in one call, with the bits of
+    QuantizedDense._int8_matmul's NumPy (activation_params' min-max scale and zero point,
+    the quantized batch, the multiplier, the rounded bias and its corrections): ->
+    (x_zero_point, whether the int32 corrections may be used), or None for a batch holding
+    NaN or inf (the layer's call words that error)."""
+    cdef Py_ssize_t n = x.shape[0], units = w_scale.shape[0], i, u
+    cdef float lo = 0, hi = 0, v
+    cdef bint finite = True
+    cdef double dlo, dhi, scale, per_unit, q
+    cdef int zp
+    cdef int64_t worst = 0, bq
+    with nogil:
+        for i in range(n):
+            v = x[i]
+            finite = finite and isfinite(v)
+            lo = v if v < lo else lo
+            hi = v if v > hi else hi
+    if not finite:
+        return None
+    # activation_params: the range with 0 in it, float64; the scale rounded to float32
+    dlo, dhi = lo, hi
+    scale = (dhi - dlo) / 255.0 if dhi > dlo else 1.0
+    zp = <int>min(max(rint(-dlo / scale), 0.0), 255.0)
+    scale = <float>scale
+    if n:
+        _quantize(x, xq, <float>scale, <float>zp)
+    with nogil:
+        for u in range(units):
+            per_unit = scale * w_scale[u]
+            multiplier[u] = <float>per_unit
+            bq = 0
+            if bias is not None:
+                q = rint(bias[u] / per_unit)
+                q = -2147483648.0 if q < -2147483648.0 else (2147483647.0 if q > 2147483647.0
+                                                             else q)
+                bq = <int32_t>q
+            correction[u] = bq - <int64_t>zp * wsum[u]
+            worst = max(worst, correction[u] if correction[u] >= 0 else -correction[u])
+            correction32[u] = <int32_t>correction[u]
+    return zp, 255 * 128 * 4 * k4 + worst < INT32_HI
 
 
 cdef void _fill_epilogue(pynn_qgemm_args* a, const int8_t[:, :, ::1] packed,

@@ -69,7 +69,6 @@ BUFFER_CAP_BYTES = 64 << 20
 # machine the second thread's wake-up is what costs; a quiet one crosses over lower.
 SERIAL_MAX_MACS = 25_000_000
 
-_INF = float("inf")
 _NO_PLAN = object()  # a model the plan cannot serve (cached, so the check runs once)
 
 
@@ -785,10 +784,8 @@ class _Int8Gemm(_Buffered):
 
     def __init__(self, step, x, y, layer, geometry):
         from pynn._native import quant
-        from pynn.layers.quantized import minmax_params
 
         super().__init__(step, y)
-        self._params = minmax_params
         packed, w_scale, bias, static = layer._gemm_operands()
         if type(packed) is not np.ndarray:
             raise _NotDirect
@@ -802,7 +799,8 @@ class _Int8Gemm(_Buffered):
         if self.dynamic:
             self.wsum = np.empty(units, np.int64)
             quant._weight_sums(packed, self.wsum)
-            self.w_scale, self.bias = w_scale, bias
+            self.w_scale = np.ascontiguousarray(w_scale, np.float64)
+            self.bias = None if bias is None else np.ascontiguousarray(bias, np.float64)
             self.y_zp = self.lo = 0.0
             self.quantize_in, self.dequantize_out = True, None
         else:
@@ -825,7 +823,7 @@ class _Int8Gemm(_Buffered):
         self.nbytes += x.size + self.codes_shape[0] * units
         self._quantize, self._dequantize = quant._quantize, quant._dequantize
         self._dense, self._conv = quant._int8_dense, quant._int8_conv
-        self._fold = quant._fold_corrections
+        self._operands = quant._dynamic_operands
         self.tile_bytes = quant.TILE_BYTES(self.k4)
         # The conv's per-thread patch tiles: as many as this machine may run threads.
         self.threads = max(os.cpu_count() or 1, _config._omp_threads or 1)
@@ -843,21 +841,18 @@ class _Int8Gemm(_Buffered):
 
     def _dynamic_operands(self, x, xq):
         """This batch's quantization of x into xq, and its (multiplier, corrections, zero
-        point), as QuantizedDense._int8_matmul computes them; None for a NaN or an infinity
-        in x (the layer's call words the error)."""
-        lo, hi = float(x.min()), float(x.max())
-        if not (-_INF < lo <= hi < _INF):
-            return None
-        x_scale, x_zp = self._params(lo, hi)
-        self._quantize(x.reshape(-1), xq.reshape(-1), x_scale, x_zp)
-        per_unit = x_scale * self.w_scale
-        bias_q = None if self.bias is None else np.clip(
-            np.rint(self.bias / per_unit), -2**31, 2**31 - 1).astype(np.int32)
+        point), as QuantizedDense._int8_matmul computes them (native/quant.pyx's
+        _dynamic_operands, one call); None for a NaN or an infinity in x (the layer's call
+        words the error)."""
+        multiplier = np.empty(self.correction.shape[0], np.float32)
         correction, correction32 = np.empty_like(self.correction), np.empty_like(
             self.correction32)
-        if not self._fold(self.wsum, bias_q, x_zp, self.k4, correction, correction32):
-            correction32 = None
-        return per_unit.astype(np.float32), correction, correction32, x_zp
+        got = self._operands(x.reshape(-1), xq.reshape(-1), self.w_scale, self.bias,
+                             self.wsum, self.k4, multiplier, correction, correction32)
+        if got is None:
+            return None
+        x_zp, fits = got
+        return multiplier, correction, correction32 if fits else None, x_zp
 
     def run(self, x, buf):
         y, into_buffer = self.output(buf[0])

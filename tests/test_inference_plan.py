@@ -422,17 +422,51 @@ def test_dynamic_int8_models_run_direct_and_equal_the_general_path(batch):
                 path(x)
 
 
-def test_minmax_params_is_activation_params():
-    """The dynamic runner's scalar twin of activation_params, on ranges with either sign, on
-    one side of zero only, empty, and at rounding ties."""
-    from pynn.layers.quantized import activation_params, minmax_params
+def test_dynamic_operands_are_the_layers_numpy():
+    """native/quant.pyx's _dynamic_operands (the dynamic runner's one call) against
+    QuantizedDense._int8_matmul's NumPy on batches of either sign, on one side of zero only,
+    all zeros, tiny ranges and rounding ties: the same zero point, codes, multiplier and
+    corrections; None for NaN or inf."""
+    from pynn._native import quant
+    from pynn.layers.quantized import activation_params
 
     rng = np.random.default_rng(19)
-    pairs = [(0.0, 0.0), (1.0, 2.0), (-2.0, -1.0), (-1.0, 254.0), (-0.5, 0.5), (-1.5, 1.0)]
-    pairs += [tuple(sorted(rng.normal(0, 10, 2))) for _ in range(200)]
-    pairs += [tuple(sorted(np.float32(rng.normal(0, 1e-3, 2)))) for _ in range(50)]
-    for lo, hi in pairs:
-        assert minmax_params(lo, hi) == activation_params(np.array([lo, hi])), (lo, hi)
+    units, k = 13, 10
+    wq = rng.integers(-127, 128, (units, k)).astype(np.int8)
+    packed = quant.int8_pack_weights(wq)
+    wsum = np.empty(units, np.int64)
+    quant._weight_sums(packed, wsum)
+    w_scale = rng.uniform(1e-3, 1e-2, units)
+    bias = rng.normal(0, 1, units)
+    batches = [np.zeros(k), np.array([1.0, 2.0] * 5), np.array([-2.0, -1.0] * 5),
+               np.array([-1.0, 254.0] * 5), np.array([-0.5, 0.5] * 5),
+               np.array([-1.5, 1.0] * 5)]
+    batches += [rng.normal(0, s, k) for s in (10.0, 1e-3, 1.0) for _ in range(30)]
+    for x in batches:
+        x = x.astype(np.float32)
+        for b in (bias, None):
+            x_scale, x_zp = activation_params(np.array([x.min(), x.max()]))
+            per_unit = x_scale * w_scale
+            bias_q = None if b is None else np.clip(np.rint(b / per_unit), -2**31,
+                                                    2**31 - 1).astype(np.int32)
+            want = np.empty(units, np.int64), np.empty(units, np.int32)
+            quant._fold_corrections(wsum, bias_q, x_zp, packed.shape[1], *want)
+            xq = np.empty(k, np.uint8)
+            mult = np.empty(units, np.float32)
+            got = np.empty(units, np.int64), np.empty(units, np.int32)
+            zp, _ = quant._dynamic_operands(x, xq, w_scale, b, wsum, packed.shape[1], mult,
+                                            *got)
+            assert zp == x_zp
+            np.testing.assert_array_equal(xq, quant.quantize_forward(x, x_scale, x_zp))
+            np.testing.assert_array_equal(mult, per_unit.astype(np.float32))
+            np.testing.assert_array_equal(got[0], want[0])
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.ones(k, np.float32)
+        x[3] = bad
+        assert quant._dynamic_operands(x, np.empty(k, np.uint8), w_scale, bias, wsum,
+                                       packed.shape[1], np.empty(units, np.float32),
+                                       np.empty(units, np.int64),
+                                       np.empty(units, np.int32)) is None
 
 
 def test_multi_thread_plan_pools_without_argmax(num_threads):

@@ -32,15 +32,6 @@ def activation_params(values, method="minmax", percentile=99.99):
     return float(np.float32(scale)), zero_point
 
 
-def minmax_params(lo, hi):
-    """activation_params([lo, hi]) (min-max) in Python floats, without its arrays: what a
-    dynamic int8 layer computes per batch from the batch's minimum and maximum (Python's
-    round is np.rint's half to even)."""
-    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-    scale = (hi - lo) / 255.0 if hi > lo else 1.0
-    return float(np.float32(scale)), min(max(int(round(-lo / scale)), 0), 255)
-
-
 def weight_params(kernel):
     """(int8 weights by unit (U, K), float64 per-unit scales (U,)) of a (K, U) kernel."""
     kernel = np.asarray(kernel, np.float64)
