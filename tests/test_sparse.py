@@ -241,10 +241,9 @@ def test_predict_runs_the_sparse_kernel_above_the_crossover(rng, monkeypatch):
     assert SPARSE_MIN_SPARSITY == 0.9
 
 
-@pytest.mark.opencl
-def test_predict_sparse_on_opencl_matches_cpu(rng):
-    model = _model(rng)
-    x = rand(rng, (5, 40))
+def _opencl_matches_cpu(model, x, stand_in):
+    """model's predictions on OpenCL (a fresh twin from its config and weights) against the
+    CPU's, with a ``stand_in`` step running its sparse op there."""
     want = model.predict(x, verbose=0)
     config, weights = model.get_config(), model.get_weights()
     pynn.set_device("opencl")
@@ -252,11 +251,16 @@ def test_predict_sparse_on_opencl_matches_cpu(rng):
         ocl_model = pynn.Sequential.from_config(config)
         ocl_model.set_weights(weights)
         got = ocl_model.predict(x, verbose=0)
-        assert any(isinstance(st.layer, SparseDense) and st.layer.packed() is not None
+        assert any(isinstance(st.layer, stand_in) and st.layer.packed() is not None
                    for st in ocl_model._plan.inference_steps())
     finally:
         pynn.set_device("cpu")
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.opencl
+def test_predict_sparse_on_opencl_matches_cpu(rng):
+    _opencl_matches_cpu(_model(rng), rand(rng, (5, 40)), SparseDense)
 
 
 def _conv_model(rng):
@@ -329,17 +333,4 @@ def test_pruned_conv_wrapper_predicts_through_the_sparse_kernel(rng, monkeypatch
 def test_predict_sparse_conv_on_opencl_matches_cpu(rng):
     from pynn.compression.sparse import SparseConv2D
 
-    model = _conv_model(rng)
-    x = rand(rng, (3, 9, 8, 3))
-    want = model.predict(x, verbose=0)
-    config, weights = model.get_config(), model.get_weights()
-    pynn.set_device("opencl")
-    try:
-        ocl_model = pynn.Sequential.from_config(config)
-        ocl_model.set_weights(weights)
-        got = ocl_model.predict(x, verbose=0)
-        assert any(isinstance(st.layer, SparseConv2D) and st.layer.packed() is not None
-                   for st in ocl_model._plan.inference_steps())
-    finally:
-        pynn.set_device("cpu")
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    _opencl_matches_cpu(_conv_model(rng), rand(rng, (3, 9, 8, 3)), SparseConv2D)

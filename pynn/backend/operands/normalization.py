@@ -63,9 +63,7 @@ def batch_norm_forward(arrays, x, gamma, beta, moving_mean, moving_variance, axi
     training, so they must then be writable whole buffers, distinct from each other."""
     op = "batch_norm_forward"
     act = _fused_activation(op, activation, alpha)
-    x = arrays.float_input(op, "x", x)
-    if x.ndim < 1:
-        raise ValueError(f"{op}: 'x' must have at least 1 dimension, got shape {x.shape}")
+    x = _input(arrays, op, x)
     dims = _split(op, x, axis)
     c = dims[1]
     training = flag(op, "training", training)
@@ -81,6 +79,13 @@ def batch_norm_forward(arrays, x, gamma, beta, moving_mean, moving_variance, axi
             _epsilon(op, epsilon), training, act)
 
 
+def _input(arrays, op, x):
+    x = arrays.float_input(op, "x", x)
+    if x.ndim < 1:
+        raise ValueError(f"{op}: 'x' must have at least 1 dimension, got shape {x.shape}")
+    return x
+
+
 def _split(op, x, axis):
     a = _axis(op, axis, x.ndim, x.shape)
     return (math.prod(x.shape[:a]), x.shape[a], math.prod(x.shape[a + 1:]))
@@ -93,9 +98,7 @@ def batch_norm_backward(arrays, dy, x, gamma, mean, inv_std, axis, batch_stats,
     center=False) rebuilds the pre-activation the forward made."""
     op = "batch_norm_backward"
     act = _fused_activation(op, activation, alpha)
-    x = arrays.float_input(op, "x", x)
-    if x.ndim < 1:
-        raise ValueError(f"{op}: 'x' must have at least 1 dimension, got shape {x.shape}")
+    x = _input(arrays, op, x)
     dy = arrays.float_input(op, "dy", dy, like=x)
     check_shape(op, "dy", dy, x.shape)
     dims = _split(op, x, axis)
@@ -113,9 +116,7 @@ def batch_norm_apply(arrays, x, gamma, beta, mean, inv_std, axis, activation="li
     """-> (x, gamma, beta, mean, inv_std, (A, C, B), (activation, alpha))."""
     op = "batch_norm_apply"
     act = _fused_activation(op, activation, alpha)
-    x = arrays.float_input(op, "x", x)
-    if x.ndim < 1:
-        raise ValueError(f"{op}: 'x' must have at least 1 dimension, got shape {x.shape}")
+    x = _input(arrays, op, x)
     dims = _split(op, x, axis)
     c = dims[1]
     gamma = _vector(arrays, op, "gamma", gamma, c, x, optional=True)
