@@ -386,10 +386,10 @@ CHUNK_BYTES = 2 << 20
 
 
 def _chunked_plan(model, plan, x, sample_bytes):
-    """(chunk plan, its prefix runners, this plan's suffix runners, chunk, split slot) for
-    a chunked run of ``plan`` on inputs like x, or None where it would not pay: the
-    intermediates fit the cache, the batch is under two chunks, or the split falls inside a
-    merged step."""
+    """(chunk plan, its prefix runners, this plan's suffix runners, chunk) for a chunked run
+    of ``plan`` on inputs like x, or None where it would not pay or apply: the
+    intermediates fit the cache, the batch is under two chunks or has no fitting divisor,
+    or the split falls inside a merged step."""
     n = x.shape[0]
     largest = max([b for _, b in sample_bytes] + [x.nbytes // max(n, 1)])
     threads = max(_config._omp_threads or 1, 1)
