@@ -12,7 +12,7 @@
  * as the instruction (odd element first, see the SDM's VDPBF16PS pseudocode). Products of two
  * bf16 values are exact in float32, so both give the same bits for normal numbers; the
  * instruction flushes subnormal inputs and outputs to zero, the portable kernel does not.
- * AMX tiles are not implemented: no machine pynn is tested on has them.
+ * AMX tiles run the same products in other formats: _bf16amx.h.
  */
 #ifndef PYNN_BF16GEMM_H
 #define PYNN_BF16GEMM_H

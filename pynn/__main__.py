@@ -6,6 +6,9 @@ import platform
 import sys
 
 
+_BF16_KERNELS = {"amx_bf16": "AMX tiles, TDPBF16PS", "avx512_bf16": "AVX-512 vdpbf16ps",
+                 "portable": "a C kernel of vdpbf16ps's numerics, slower than float32"}
+
 def _cpu():
     """'model name' and the SIMD flags the kernels care about, from /proc/cpuinfo."""
     model, flags = platform.processor(), set()
@@ -56,6 +59,10 @@ def info():
                  f"{', '.join(runs)}), {kernel['vector_bytes']}-byte vectors, up to "
                  f"{kernel['rows']} rows, {kernel['panel_columns']}-column float32 panels")
     lines.append(f"other kernels: compiled for {kernel['build_isa']} (-march of the build)")
+    from pynn._native import bf16
+
+    lines.append(f"bf16 (mixed_bfloat16): {bf16.KERNEL} "
+                 f"({_BF16_KERNELS.get(bf16.KERNEL, '')}; PYNN_BF16_KERNEL chooses another)")
     omp = native_info.openmp_enabled()
     lines.append(f"openmp: {'ON' if omp else 'OFF (single-threaded kernels)'}, "
                  f"threads: {n_threads} (omp max threads {native_info.get_max_threads()}), "

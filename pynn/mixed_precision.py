@@ -17,10 +17,13 @@ No loss scaling: bfloat16 has float32's exponent range, so gradients do not unde
 way float16's do (Keras applies LossScaleOptimizer for mixed_float16 only). pynn has no
 float16 kernels: ``mixed_float16`` and ``LossScaleOptimizer`` raise NotImplementedError.
 
-Hardware: on the CPU the bf16 products run on vdpbf16ps where the CPU has AVX512_BF16; on any
-other x86 CPU on a portable kernel of the same numerics (same bits), which is correct but
-slower than float32 -- ``bf16_kernel()`` says which. AMX is not used. On OpenCL the operands
-are rounded on the device and the float32 GEMM/conv kernels accumulate, the same numerics.
+Hardware: on the CPU the bf16 products run on AMX tiles (TDPBF16PS) where the CPU has AMX-BF16
+and the OS grants it, else on vdpbf16ps where the CPU has AVX512_BF16, else on a portable
+kernel of vdpbf16ps's numerics (same bits), which is correct but slower than float32 --
+``bf16_kernel()`` says which, ``PYNN_BF16_KERNEL`` forces one. AMX's float32 sums add each
+pair of products in the tile's own order: within the same error bound, other bits. On OpenCL
+the operands are rounded on the device and the float32 GEMM/conv kernels accumulate, the same
+numerics.
 """
 
 import numpy as np
@@ -177,8 +180,10 @@ class LossScaleOptimizer:
 
 
 def bf16_kernel():
-    """The CPU microkernel of the bf16 ops: 'avx512_bf16' (vdpbf16ps) or 'portable' (a C
-    kernel of the same numerics, slower than float32, where the CPU lacks AVX512_BF16)."""
+    """The CPU microkernel of the bf16 ops: 'amx_bf16' (AMX tiles), 'avx512_bf16'
+    (vdpbf16ps) or 'portable' (a C kernel of vdpbf16ps's numerics, slower than float32, where
+    the CPU lacks AVX512_BF16). ``PYNN_BF16_KERNEL`` (one of these names) picks another that
+    the CPU runs."""
     from pynn._native import bf16
 
     return bf16.KERNEL

@@ -1,8 +1,9 @@
 """bfloat16 ops (native/bf16.pyx, opencl/bf16.cl): the rounding bit for bit against NumPy
 (ties, NaN, infinities, overflow), the GEMM-shaped ops against float64 products of
 bf16-rounded operands within float32 accumulation error, on odd shapes (M, N, K = 1, odd K,
-non-multiples of the 8 x 32 tile); OpenCL against the CPU; both CPU microkernels (vdpbf16ps
-and the portable one) giving the same bits; thread-count invariance; bad operands."""
+non-multiples of the 8 x 32 tile); OpenCL against the CPU; vdpbf16ps and the portable kernel
+giving the same bits, every microkernel the CPU runs (AMX tiles too) within the error bound on
+shapes past each blocking edge; thread-count invariance; bad operands."""
 
 import numpy as np
 import pytest
@@ -21,9 +22,34 @@ def rng():
 @pytest.fixture
 def portable_kernel():
     """The test hook that pretends the CPU has no AVX512_BF16; restores the chosen kernel."""
-    before = native_bf16.KERNEL
     yield native_bf16._select_kernel(portable=True)
-    native_bf16._select_kernel(portable=before == "portable")
+    native_bf16._kernel_from_env()
+
+
+def _cpu_kernels():
+    """Every bf16 microkernel this CPU runs (AMX tiles, vdpbf16ps, portable C)."""
+    found = []
+    try:
+        for portable, amx in ((False, True), (False, False), (True, False)):
+            name = native_bf16._select_kernel(portable=portable, amx=amx)
+            if name not in found:
+                found.append(name)
+    finally:
+        native_bf16._kernel_from_env()
+    return found
+
+
+CPU_KERNELS = _cpu_kernels()
+
+
+@pytest.fixture(params=CPU_KERNELS)
+def cpu_kernel(request):
+    """Each bf16 microkernel of this CPU in turn, the chosen one restored after."""
+    name = request.param
+    assert native_bf16._select_kernel(portable=name == "portable",
+                                      amx=name == "amx_bf16") == name
+    yield name
+    native_bf16._kernel_from_env()
 
 
 def _bits(a):
@@ -202,17 +228,83 @@ def _all_ops(rng):
 
 def test_portable_kernel_gives_the_same_bits(rng):
     """Where the CPU has AVX512_BF16, vdpbf16ps and the portable kernel (what a CPU without
-    it runs) agree bit for bit on normal numbers: one numeric definition on every CPU."""
-    if native_bf16.KERNEL != "avx512_bf16":
+    it runs) agree bit for bit on normal numbers: one numeric definition on every CPU
+    without AMX (whose tiles sum each pair of products in their own order)."""
+    if "avx512_bf16" not in CPU_KERNELS:
         pytest.skip("this CPU has no AVX512_BF16: only the portable kernel runs")
-    fast = _all_ops(np.random.default_rng(5))
     try:
+        assert native_bf16._select_kernel(amx=False) == "avx512_bf16"
+        fast = _all_ops(np.random.default_rng(5))
         assert native_bf16._select_kernel(portable=True) == "portable"
         slow = _all_ops(np.random.default_rng(5))
     finally:
-        native_bf16._select_kernel()
+        native_bf16._kernel_from_env()
     for a, b in zip(fast, slow):
         np.testing.assert_array_equal(a, b)
+
+
+# Products that cross every AMX blocking edge: rows past one and several 32-row panels,
+# columns past one 256-column group, reductions past one 128-pair chunk, odd K.
+AMX_DENSE_SHAPES = [(37, 300, 290), (65, 513, 33), (1, 257, 1)]
+
+
+@pytest.mark.parametrize("n,c,u", DENSE_SHAPES + AMX_DENSE_SHAPES)
+def test_every_cpu_kernel_within_bf16_error(cpu_kernel, rng, n, c, u):
+    """The dense ops on each microkernel this CPU runs (test_bf16_dense_ops runs the chosen
+    one), within float32 accumulation error of the float64 product of rounded operands."""
+    x, kernel, dz = rand(rng, (n, c)), rand(rng, (c, u)), rand(rng, (n, u))
+    got = native_bf16.bf16_dense_forward(x, kernel, None)[0]
+    _within_bf16_gemm_error(got, ref.bf16_dense_forward_ref(x, kernel, None)[1],
+                            ref.bf16_dense_forward_ref(np.abs(x), np.abs(kernel), None)[1], c,
+                            f"bf16_dense_forward ({cpu_kernel})")
+    _within_bf16_gemm_error(native_bf16.bf16_dense_backward_input(dz, kernel),
+                            ref.bf16_dense_backward_input_ref(dz, kernel),
+                            ref.bf16_dense_backward_input_ref(np.abs(dz), np.abs(kernel)), u,
+                            f"bf16_dense_backward_input ({cpu_kernel})")
+    _within_bf16_gemm_error(native_bf16.bf16_dense_backward_weight(x, dz),
+                            ref.bf16_dense_backward_weight_ref(x, dz),
+                            ref.bf16_dense_backward_weight_ref(np.abs(x), np.abs(dz)), n,
+                            f"bf16_dense_backward_weight ({cpu_kernel})")
+
+
+# Convs with more than one chunk of rows (an odd last chunk), F past one 32-column panel and
+# K = KH*KW*C past one 128-pair chunk.
+AMX_CONV_CASES = [((2, 17, 19, 40), (3, 3, 40, 37), (1, 1), "same", (1, 1)),
+                  ((3, 9, 10, 8), (2, 2, 8, 70), (2, 2), "valid", (1, 1))]
+
+
+@pytest.mark.parametrize("x_shape,k_shape,strides,padding,dilation",
+                         CONV_CASES + AMX_CONV_CASES)
+def test_every_cpu_kernel_conv_within_bf16_error(cpu_kernel, rng, x_shape, k_shape, strides,
+                                                 padding, dilation):
+    x, kernel = rand(rng, x_shape), rand(rng, k_shape)
+    geo = (strides, padding, dilation)
+    y = native_bf16.bf16_conv2d_forward(x, kernel, None, *geo)[0]
+    _within_bf16_gemm_error(y, ref.bf16_conv2d_forward_ref(x, kernel, None, *geo)[1],
+                            ref.bf16_conv2d_forward_ref(np.abs(x), np.abs(kernel), None,
+                                                        *geo)[1],
+                            k_shape[0] * k_shape[1] * k_shape[2],
+                            f"bf16_conv2d_forward ({cpu_kernel})")
+    dz = rand(rng, y.shape)
+    _within_bf16_gemm_error(
+        native_bf16.bf16_conv2d_backward_input(dz, kernel, x_shape, *geo),
+        ref.bf16_conv2d_backward_input_ref(dz, kernel, x_shape, *geo),
+        ref.bf16_conv2d_backward_input_ref(np.abs(dz), np.abs(kernel), x_shape, *geo),
+        k_shape[0] * k_shape[1] * k_shape[3], f"bf16_conv2d_backward_input ({cpu_kernel})")
+    _within_bf16_gemm_error(
+        native_bf16.bf16_conv2d_backward_weight(x, dz, k_shape, *geo),
+        ref.bf16_conv2d_backward_weight_ref(x, dz, k_shape, *geo),
+        ref.bf16_conv2d_backward_weight_ref(np.abs(x), np.abs(dz), k_shape, *geo),
+        x_shape[0] * y.shape[1] * y.shape[2], f"bf16_conv2d_backward_weight ({cpu_kernel})")
+
+
+def test_kernel_env_names_are_checked(monkeypatch):
+    monkeypatch.setenv("PYNN_BF16_KERNEL", "tiles")
+    with pytest.raises(ValueError, match=r"PYNN_BF16_KERNEL: expected one of amx_bf16, "
+                                         r"avx512_bf16, portable, got 'tiles'"):
+        native_bf16._kernel_from_env()
+    monkeypatch.delenv("PYNN_BF16_KERNEL")
+    assert native_bf16._kernel_from_env() == CPU_KERNELS[0]
 
 
 def test_results_do_not_depend_on_the_thread_count():

@@ -1,0 +1,405 @@
+/* bfloat16 GEMM on AMX tiles (Intel AMX-BF16) for mixed precision (native/bf16.pyx): the
+ * products of _bf16gemm.h -- bf16 operands, float32 sums -- where the CPU has tiles.
+ *
+ * One TDPBF16PS multiplies a 16 x 16-pair tile of A by a 16-pair x 16 tile of B into a
+ * 16 x 16 float32 tile: 8,192 multiply-adds in 16 cycles, 16x vdpbf16ps's rate. What limits
+ * it is feeding the tiles: loaded straight from the row-major "rows" / "pairs" formats (a
+ * tile row every lda words) a 128 x 784 x 512 product ran at 530 GFLOP/s on one Sapphire
+ * Rapids-class core; from tile-contiguous panels (each tile 1 KiB in a row) 1,000 GFLOP/s.
+ * So the operands are converted from float32 straight into these panel formats (rounding
+ * as _bf16gemm.h does: the same bf16 values), never into the row-major ones first:
+ *
+ * A panels ("amx a"), of an (m, kp) pairs matrix, word (r, q) = (A[r, 2q], A[r, 2q + 1]):
+ *     panel r / 32 at r/32 * 32 * kp16 words; in it tile (q/16) * 2 + (r/16) % 2 of 256
+ *     words, row r % 16, column q % 16. m is padded to 32 rows, kp to kp16 (a multiple of 16)
+ *     with zero pairs.
+ * B panels ("amx b"), of a (kp, n) pairs matrix, word (q, j) = (B[2q, j], B[2q + 1, j]):
+ *     panel j / 32 at j/32 * 32 * kp16; tile (q/16) * 2 + (j/16) % 2, row q % 16, column
+ *     j % 16. n padded to 32 columns, kp to kp16.
+ *
+ * An operand that is the transpose of a row-major array (x.T of a kernel gradient, dz.T of
+ * an input gradient) is converted by 16 x 16 word blocks through an AVX-512 transpose. The
+ * weight operand is always the untransposed one: a layer's input gradient is computed as
+ * dx.T = kernel @ dz.T and the result transposed on the way out, so only batch-sized
+ * operands are ever transposed.
+ *
+ * Work units: 32 rows x up to PYNN_AMX_GROUP column panels of C, summed over K in chunks of
+ * PYNN_AMX_KC pairs (the A chunk, 16 KiB, stays in L1 while the group's B panels stream
+ * past it) into a float32 block, then written out (optionally transposed, optionally added
+ * to C). Each C element is one unit's, summed in K order: the bits do not depend on the
+ * thread count. TDPBF16PS adds each pair's two products in its own order and flushes
+ * subnormals, so the bits are AMX's own, within the same float32 accumulation error of the
+ * float64 product (tests/test_bf16.py) but not equal to vdpbf16ps's.
+ *
+ * Linux hands out the tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM); a kernel
+ * that refuses leaves pynn on vdpbf16ps. Every unit loads its tile configuration and
+ * releases the tiles at its end (the configuration is per thread, and released tiles keep
+ * context switches cheap). */
+#ifndef PYNN_BF16AMX_H
+#define PYNN_BF16AMX_H
+
+#include "_bf16gemm.h"
+
+#define PYNN_AMX_PANEL 32 /* rows of an A panel, columns of a B panel: two tiles */
+#define PYNN_AMX_GROUP 8  /* column panels per work unit: 256 columns */
+#define PYNN_AMX_KC 128   /* pairs per K chunk: 32 x 128 words of A = 16 KiB */
+
+#if PYNN_BF16_X86 && defined(__linux__) && defined(__x86_64__)
+#define PYNN_AMX 1
+#include <sys/syscall.h>
+#include <unistd.h>
+#else
+#define PYNN_AMX 0
+#endif
+
+static inline long pynn_amx_kp16(long kp) { return (kp + 15) / 16 * 16; }
+
+static inline long pynn_amx_panels(long n) { return (n + PYNN_AMX_PANEL - 1) / PYNN_AMX_PANEL; }
+
+/* Words of an A (B) panel operand of m rows (n columns) and kp pairs. */
+static inline long pynn_amx_words(long rows_or_cols, long kp) {
+    return pynn_amx_panels(rows_or_cols) * PYNN_AMX_PANEL * pynn_amx_kp16(kp);
+}
+
+/* Work units of an (m, n) product (row panels x column groups). */
+static inline long pynn_amx_units(long m, long n) {
+    long groups = (pynn_amx_panels(n) + PYNN_AMX_GROUP - 1) / PYNN_AMX_GROUP;
+    return pynn_amx_panels(m) * groups;
+}
+
+/* Whether this CPU and OS run AMX-BF16 tiles for this process (asks Linux for them). */
+static int pynn_amx_available(void) {
+#if PYNN_AMX
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("amx-bf16") || !__builtin_cpu_supports("amx-tile") ||
+        !__builtin_cpu_supports("avx512bf16"))
+        return 0;
+    /* ARCH_REQ_XCOMP_PERM (0x1023) for XFEATURE_XTILEDATA (18) */
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#else
+    return 0;
+#endif
+}
+
+#if PYNN_AMX
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} pynn_amx_config;
+
+/* The "memory" clobbers: GCC's own tile intrinsics are asm statements that do not tell the
+   compiler they read or write memory, so stores into a panel could sink past the load. */
+#define PYNN_AMX_LOAD(t, base, stride) \
+    __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"(base), "r"((long)(stride)) : "memory")
+#define PYNN_AMX_STORE(t, base, stride) \
+    __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"(base), "r"((long)(stride)) : "memory")
+#define PYNN_AMX_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::)
+#define PYNN_AMX_DP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+
+/* Tiles 0-3: the 2 x 2 float32 C tiles; 4, 5: A's two row halves; 6, 7: B's column halves. */
+static inline void pynn_amx_begin(void) {
+    pynn_amx_config cfg;
+    int t;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.palette = 1;
+    for (t = 0; t < 8; t++) {
+        cfg.rows[t] = 16;
+        cfg.colsb[t] = 64;
+    }
+    __asm__ volatile("ldtilecfg %0" ::"m"(cfg));
+}
+
+static inline void pynn_amx_end(void) { __asm__ volatile("tilerelease" ::); }
+
+/* r[i] (16 words each) <- the transpose of the 16 x 16 block r. */
+__attribute__((target("avx512f"))) static inline void pynn_amx_transpose16(__m512i* r) {
+    __m512i t[16];
+    int i, j;
+    for (i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (i = 0; i < 4; i++) {
+        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (i = 0; i < 2; i++)
+        for (j = 0; j < 4; j++) {
+            t[8 * i + j] = _mm512_shuffle_i32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
+            t[8 * i + 4 + j] = _mm512_shuffle_i32x4(r[8 * i + j], r[8 * i + 4 + j], 0xdd);
+        }
+    for (j = 0; j < 8; j++) {
+        r[j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0x88);
+        r[8 + j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0xdd);
+    }
+}
+
+static inline __mmask16 pynn_amx_mask(long left) {
+    return left >= 16 ? (__mmask16)0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+}
+
+/* Rows [r0, r1) of a float32 (m, k) matrix (row r at src + r * lds; rows >= m are zero pairs)
+   into A panels of kp16 pairs. `row` holds 2 * kp16 bf16 values. */
+__attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
+pynn_amx_a_rows(const float* src, long lds, long m, long k, long r0, long r1, long kp16,
+                uint16_t* row, uint32_t* At) {
+    long r, s;
+    for (r = r0; r < r1; r++) {
+        uint32_t* dst = At + r / 32 * 32 * kp16 + ((r / 16) % 2) * 256 + (r % 16) * 16;
+        if (r < m) {
+            pynn_bf16_convert(src + r * lds, row, (int)k);
+            memset(row + k, 0, (2 * kp16 - k) * sizeof(uint16_t));
+        } else {
+            memset(row, 0, 2 * kp16 * sizeof(uint16_t));
+        }
+        for (s = 0; s < kp16 / 16; s++)
+            memcpy(dst + s * 512, row + 32 * s, 64);
+    }
+}
+
+/* Pair rows [q0, q1) (q1 <= kp16) of the pairs matrix of a float32 (k, n) matrix (row i at
+   src + i * lds) into B panels; pair rows >= ceil(k / 2) and columns >= n are zeros. `row`
+   holds pynn_amx_panels(n) * 32 words. */
+__attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
+pynn_amx_b_pairs(const float* src, long lds, long k, long n, long q0, long q1, long kp16,
+                 uint32_t* row, uint32_t* Bt) {
+    long q, t, j, width = pynn_amx_panels(n) * 32;
+    for (q = q0; q < q1; q++) {
+        if (2 * q + 1 < k) {
+            pynn_bf16_interleave(src + 2 * q * lds, src + (2 * q + 1) * lds, row, (int)n);
+        } else if (2 * q < k) {
+            for (j = 0; j < n; j++)
+                row[j] = pynn_bf16_round(src[2 * q * lds + j]);
+        } else {
+            memset(row, 0, n * sizeof(uint32_t));
+        }
+        memset(row + n, 0, (width - n) * sizeof(uint32_t));
+        for (t = 0; t < width / 16; t++)
+            memcpy(Bt + t / 2 * 32 * kp16 + ((q / 16) * 2 + t % 2) * 256 + (q % 16) * 16,
+                   row + 16 * t, 64);
+    }
+}
+
+/* 16 words of pairs (y[2q, c], y[2q + 1, c]) for c in [c0, c0 + 16): zeros past `cols` or
+   past the R rows of y. */
+__attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static inline __m512i
+pynn_amx_pair_words(const float* y, long ldy, long R, long cols, long q, long c0) {
+    __mmask16 m = pynn_amx_mask(cols - c0);
+    __m512 lo = 2 * q < R ? _mm512_maskz_loadu_ps(m, y + 2 * q * ldy + c0) : _mm512_setzero_ps();
+    __m512 hi = 2 * q + 1 < R ? _mm512_maskz_loadu_ps(m, y + (2 * q + 1) * ldy + c0)
+                              : _mm512_setzero_ps();
+    const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25,
+                                           9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2,
+                                           17, 1, 16, 0);
+    return _mm512_permutexvar_epi16(order, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+}
+
+/* The A panels of y.T (cols rows, ceil(R / 2) pairs along y's rows) for the 16-pair blocks
+   [qb0, qb1) of a float32 (R, cols) matrix y (row i at y + i * ldy). */
+__attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
+pynn_amx_a_transposed(const float* y, long ldy, long R, long cols, long qb0, long qb1,
+                      long kp16, uint32_t* At) {
+    long qb, cb, i, cblocks = pynn_amx_panels(cols) * 2;
+    __m512i r[16];
+    for (qb = qb0; qb < qb1; qb++)
+        for (cb = 0; cb < cblocks; cb++) {
+            uint32_t* dst = At + cb / 2 * 32 * kp16 + (qb * 2 + cb % 2) * 256;
+            for (i = 0; i < 16; i++)
+                r[i] = pynn_amx_pair_words(y, ldy, R, cols, qb * 16 + i, cb * 16);
+            pynn_amx_transpose16(r);
+            for (i = 0; i < 16; i++)
+                _mm512_storeu_si512(dst + i * 16, r[i]);
+        }
+}
+
+/* The B panels of z.T (ceil(K / 2) pairs along z's columns, R columns) for the 16-pair blocks
+   [qb0, qb1) of a float32 (R, K) matrix z (row j at z + j * ldz): word (q, j) =
+   (z[j, 2q], z[j, 2q + 1]). */
+__attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
+pynn_amx_b_transposed(const float* z, long ldz, long R, long K, long qb0, long qb1, long kp16,
+                      uint32_t* Bt) {
+    long qb, jb, i, jblocks = pynn_amx_panels(R) * 2;
+    __m512i r[16];
+    for (qb = qb0; qb < qb1; qb++) {
+        __mmask16 m0 = pynn_amx_mask(K - 32 * qb), m1 = pynn_amx_mask(K - 32 * qb - 16);
+        for (jb = 0; jb < jblocks; jb++) {
+            uint32_t* dst = Bt + jb / 2 * 32 * kp16 + (qb * 2 + jb % 2) * 256;
+            for (i = 0; i < 16; i++) {
+                long j = jb * 16 + i;
+                if (j < R) {
+                    const float* zr = z + j * ldz + 32 * qb;
+                    r[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, zr + 16),
+                                                        _mm512_maskz_loadu_ps(m0, zr));
+                } else {
+                    r[i] = _mm512_setzero_si512();
+                }
+            }
+            pynn_amx_transpose16(r);
+            for (i = 0; i < 16; i++)
+                _mm512_storeu_si512(dst + i * 16, r[i]);
+        }
+    }
+}
+
+/* C block rows [i0, i0 + 32) (clipped to m), columns [j0, j1) (clipped to n) <- the float32
+   block blk (row stride ldb): c[i, j] (or c[j, i] when transposed) = or += blk. */
+__attribute__((target("avx512f"))) static void
+pynn_amx_write(const float* blk, long ldb, long m, long n, long i0, long j0, long j1, float* c,
+               long ldc, int transposed, int accumulate) {
+    long rows = m - i0 < 32 ? m - i0 : 32, cend = j1 < n ? j1 : n, i, j, h;
+    if (!transposed) {
+        for (i = 0; i < rows; i++) {
+            float* d = c + (i0 + i) * ldc;
+            const float* s = blk + i * ldb - j0;
+            for (j = j0; j < cend; j += 16) {
+                __mmask16 m16 = pynn_amx_mask(cend - j);
+                __m512 v = _mm512_maskz_loadu_ps(m16, s + j);
+                if (accumulate)
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m16, d + j));
+                _mm512_mask_storeu_ps(d + j, m16, v);
+            }
+        }
+        return;
+    }
+    for (h = 0; h < rows; h += 16) {   /* 16 x 16 blocks, transposed through registers */
+        __mmask16 mrows = pynn_amx_mask(rows - h);
+        for (j = j0; j < cend; j += 16) {
+            __m512i r[16];
+            long cols = cend - j < 16 ? cend - j : 16;
+            for (i = 0; i < 16; i++)
+                r[i] = _mm512_loadu_si512(blk + (h + i) * ldb + (j - j0));
+            pynn_amx_transpose16(r);
+            for (i = 0; i < cols; i++) {
+                float* d = c + (j + i) * ldc + i0 + h;
+                __m512 v = _mm512_castsi512_ps(r[i]);
+                if (accumulate)
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mrows, d));
+                _mm512_mask_storeu_ps(d, mrows, v);
+            }
+        }
+    }
+}
+
+/* Work units [u0, u1) of C (m, n) = A (m, kp16 pairs) @ B (kp16 pairs, n) from A and B
+   panels; unit u is row panel u % row_panels of column group u / row_panels (consecutive
+   units share B's panels). blk: 32 x 256 floats of this thread's. */
+__attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
+pynn_amx_gemm(long m, long n, long kp16, const uint32_t* At, const uint32_t* Bt, float* c,
+              long ldc, int transposed, int accumulate, long u0, long u1, float* blk) {
+    const long ldb = PYNN_AMX_GROUP * 32, rp = pynn_amx_panels(m), cp = pynn_amx_panels(n);
+    long u;
+    pynn_amx_begin();
+    for (u = u0; u < u1; u++) {
+        long ip = u % rp, g = u / rp, jp0 = g * PYNN_AMX_GROUP;
+        long jp1 = jp0 + PYNN_AMX_GROUP < cp ? jp0 + PYNN_AMX_GROUP : cp;
+        const uint32_t* ap = At + ip * 32 * kp16;
+        long q0, q, jp;
+        for (q0 = 0; q0 < kp16; q0 += PYNN_AMX_KC) {
+            long q1 = q0 + PYNN_AMX_KC < kp16 ? q0 + PYNN_AMX_KC : kp16;
+            for (jp = jp0; jp < jp1; jp++) {
+                float* cb = blk + (jp - jp0) * 32;
+                const uint32_t* bp = Bt + jp * 32 * kp16;
+                if (q0 == 0) {
+                    PYNN_AMX_ZERO(0);
+                    PYNN_AMX_ZERO(1);
+                    PYNN_AMX_ZERO(2);
+                    PYNN_AMX_ZERO(3);
+                } else {
+                    PYNN_AMX_LOAD(0, cb, ldb * 4);
+                    PYNN_AMX_LOAD(1, cb + 16, ldb * 4);
+                    PYNN_AMX_LOAD(2, cb + 16 * ldb, ldb * 4);
+                    PYNN_AMX_LOAD(3, cb + 16 * ldb + 16, ldb * 4);
+                }
+                for (q = q0; q < q1; q += 16) {
+                    const uint32_t* a = ap + q * 32;
+                    const uint32_t* b = bp + q * 32;
+                    /* loads interleaved with the products that wait for them */
+                    PYNN_AMX_LOAD(4, a, 64);
+                    PYNN_AMX_LOAD(6, b, 64);
+                    PYNN_AMX_DP(0, 4, 6);
+                    PYNN_AMX_LOAD(7, b + 256, 64);
+                    PYNN_AMX_DP(1, 4, 7);
+                    PYNN_AMX_LOAD(5, a + 256, 64);
+                    PYNN_AMX_DP(2, 5, 6);
+                    PYNN_AMX_DP(3, 5, 7);
+                }
+                PYNN_AMX_STORE(0, cb, ldb * 4);
+                PYNN_AMX_STORE(1, cb + 16, ldb * 4);
+                PYNN_AMX_STORE(2, cb + 16 * ldb, ldb * 4);
+                PYNN_AMX_STORE(3, cb + 16 * ldb + 16, ldb * 4);
+            }
+        }
+        pynn_amx_write(blk, ldb, m, n, ip * 32, jp0 * 32, jp1 * 32, c, ldc, transposed,
+                       accumulate);
+    }
+    pynn_amx_end();
+}
+
+/* Rows [m0, m0 + rows) of one sample's im2col matrix (_bf16gemm.h's rows) into A panels of
+   kp16 pairs, padded with zero rows to a whole panel. `row` holds 2 * kp16 bf16 values. */
+static void pynn_amx_im2col_a(const float* x, const pynn_bf16_conv_geom* g, int m0, int rows,
+                              long kp16, uint16_t* row, uint32_t* At) {
+    long r, s, k = (long)g->kh * g->kw * g->c, padded = pynn_amx_panels(rows) * 32;
+    for (r = 0; r < padded; r++) {
+        uint32_t* dst = At + r / 32 * 32 * kp16 + ((r / 16) % 2) * 256 + (r % 16) * 16;
+        if (r < rows) {
+            pynn_bf16_im2col_row(x, g, m0 + (int)r, row);
+            memset(row + k, 0, (2 * kp16 - k) * sizeof(uint16_t));
+        } else {
+            memset(row, 0, 2 * kp16 * sizeof(uint16_t));
+        }
+        for (s = 0; s < kp16 / 16; s++)
+            memcpy(dst + s * 512, row + 32 * s, 64);
+    }
+}
+
+/* The same rows as B panels of k columns with the pairs along the pixels (pair q = rows
+   m0 + 2q, m0 + 2q + 1; kp16 pair rows, those past the rows zero): the B operand of a kernel
+   gradient. `tmp` holds two bf16 rows of k + 1 values, `words` pynn_amx_panels(k) * 32. */
+static void pynn_amx_im2col_b(const float* x, const pynn_bf16_conv_geom* g, int m0, int rows,
+                              long kp16, uint16_t* tmp, uint32_t* words, uint32_t* Bt) {
+    long k = (long)g->kh * g->kw * g->c, width = pynn_amx_panels(k) * 32, q, j, t;
+    uint16_t* r0 = tmp;
+    uint16_t* r1 = tmp + k + 1;
+    for (q = 0; q < kp16; q++) {
+        if (2 * q < rows) {
+            pynn_bf16_im2col_row(x, g, m0 + 2 * (int)q, r0);
+            if (2 * q + 1 < rows)
+                pynn_bf16_im2col_row(x, g, m0 + 2 * (int)q + 1, r1);
+            else
+                memset(r1, 0, k * sizeof(uint16_t));
+            for (j = 0; j < k; j++)
+                words[j] = (uint32_t)r0[j] | ((uint32_t)r1[j] << 16);
+        } else {
+            memset(words, 0, k * sizeof(uint32_t));
+        }
+        memset(words + k, 0, (width - k) * sizeof(uint32_t));
+        for (t = 0; t < width / 16; t++)
+            memcpy(Bt + t / 2 * 32 * kp16 + ((q / 16) * 2 + t % 2) * 256 + (q % 16) * 16,
+                   words + 16 * t, 64);
+    }
+}
+
+#else /* no AMX: the entry points exist and are never chosen */
+
+static void pynn_amx_a_rows(const float* src, long lds, long m, long k, long r0, long r1,
+                            long kp16, uint16_t* row, uint32_t* At) {}
+static void pynn_amx_b_pairs(const float* src, long lds, long k, long n, long q0, long q1,
+                             long kp16, uint32_t* row, uint32_t* Bt) {}
+static void pynn_amx_a_transposed(const float* y, long ldy, long R, long cols, long qb0,
+                                  long qb1, long kp16, uint32_t* At) {}
+static void pynn_amx_b_transposed(const float* z, long ldz, long R, long K, long qb0, long qb1,
+                                  long kp16, uint32_t* Bt) {}
+static void pynn_amx_gemm(long m, long n, long kp16, const uint32_t* At, const uint32_t* Bt,
+                          float* c, long ldc, int transposed, int accumulate, long u0, long u1,
+                          float* blk) {}
+static void pynn_amx_im2col_a(const float* x, const pynn_bf16_conv_geom* g, int m0, int rows,
+                              long kp16, uint16_t* row, uint32_t* At) {}
+static void pynn_amx_im2col_b(const float* x, const pynn_bf16_conv_geom* g, int m0, int rows,
+                              long kp16, uint16_t* tmp, uint32_t* words, uint32_t* Bt) {}
+#endif
+
+#endif
