@@ -270,7 +270,11 @@ def test_every_cpu_kernel_within_bf16_error(cpu_kernel, rng, n, c, u):
 # Convs with more than one chunk of rows (an odd last chunk), F past one 32-column panel and
 # K = KH*KW*C past one 128-pair chunk.
 AMX_CONV_CASES = [((2, 17, 19, 40), (3, 3, 40, 37), (1, 1), "same", (1, 1)),
-                  ((3, 9, 10, 8), (2, 2, 8, 70), (2, 2), "valid", (1, 1))]
+                  ((3, 9, 10, 8), (2, 2, 8, 70), (2, 2), "valid", (1, 1)),
+                  # channels a multiple of 32 (16): whole tile columns per tap
+                  ((2, 9, 11, 32), (3, 3, 32, 64), (1, 1), "same", (1, 1)),
+                  ((2, 10, 9, 64), (3, 2, 64, 32), (1, 1), "valid", (2, 1)),
+                  ((2, 8, 8, 16), (3, 3, 16, 48), (2, 2), "same", (1, 1))]
 
 
 @pytest.mark.parametrize("x_shape,k_shape,strides,padding,dilation",
