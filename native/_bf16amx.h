@@ -448,6 +448,105 @@ pynn_amx_im2col_b(const float* x, const pynn_bf16_conv_geom* g, int m0, int rows
     }
 }
 
+/* -- stride-1 convolution straight from a padded bf16 image (C a multiple of 32) --------
+ * The input is converted once into a zero-padded bf16 image (per sample HP x WP pixels of
+ * C / 2 pair words). Output pixel (oh, ow) is "position" p = oh * WP + ow of the padded
+ * width, and tap (i, j) reads position p + i * DH * WP + j * DW: 16 consecutive positions are
+ * one A tile loaded in place (row stride C / 2 words), one K step is one tap and 32 channels
+ * -- the B panels of the (KH * KW * C, F) kernel, whose 16-pair blocks are exactly those. No
+ * im2col matrix is written; positions with ow >= WO are computed and dropped
+ * ((WP - WO) / WP of the work: 2 of 18 columns for a 3x3 'same' conv on 16x16). */
+
+/* Rows [h0, h1) of sample n's padded image (HP x WP pixels, x's pixel (h, w) at (h + PT,
+   w + PL)), from a float32 (H, W, C) sample. */
+__attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
+pynn_amx_pad_image(const float* x, long H, long W, long C, long WP, long PT, long PL, long h0,
+                   long h1, uint32_t* xb) {
+    long cw = C / 2, h, w, b;
+    for (h = h0; h < h1; h++) {
+        uint32_t* row = xb + h * WP * cw;
+        long ih = h - PT;
+        if (ih < 0 || ih >= H) {
+            memset(row, 0, WP * cw * sizeof(uint32_t));
+            continue;
+        }
+        memset(row, 0, PL * cw * sizeof(uint32_t));
+        for (w = 0; w < W; w++) {
+            const float* src = x + (ih * W + w) * C;
+            uint32_t* dst = row + (PL + w) * cw;
+            for (b = 0; b < C / 32; b++)
+                _mm512_storeu_si512(dst + 16 * b, (__m512i)_mm512_cvtne2ps_pbh(
+                                                      _mm512_loadu_ps(src + 32 * b + 16),
+                                                      _mm512_loadu_ps(src + 32 * b)));
+        }
+        memset(row + (PL + W) * cw, 0, (WP - PL - W) * cw * sizeof(uint32_t));
+    }
+}
+
+typedef struct {
+    long HO, WO, WP, C, F, KH, KW, DH, DW, kp16, pblocks, fgroups, sample_words;
+} pynn_amx_conv_plan;
+
+/* Units [u0, u1) of a direct conv: unit u = (sample, block of 32 positions, group of filter
+   panels), in that order of nesting. xb: the padded images (sample n at n * sample_words);
+   Bt: the kernel's B panels; z (N, HO, WO, F). */
+__attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
+pynn_amx_conv_units(const pynn_amx_conv_plan* pl, const uint32_t* xb, const uint32_t* Bt,
+                    float* z, long u0, long u1, float* blk) {
+    const long ldb = PYNN_AMX_GROUP * 32, cw = pl->C / 2, cblocks = pl->C / 32;
+    const long fp = pynn_amx_panels(pl->F), positions = pl->HO * pl->WP;
+    long u;
+    pynn_amx_begin();
+    for (u = u0; u < u1; u++) {
+        long g = u % pl->fgroups, pb = (u / pl->fgroups) % pl->pblocks;
+        long n = u / (pl->fgroups * pl->pblocks), p0 = pb * 32;
+        long jp0 = g * PYNN_AMX_GROUP, jp1 = jp0 + PYNN_AMX_GROUP < fp ? jp0 + PYNN_AMX_GROUP : fp;
+        const uint32_t* xs = xb + n * pl->sample_words + p0 * cw;
+        long jp, i, j, cb, r;
+        for (jp = jp0; jp < jp1; jp++) {
+            const uint32_t* b = Bt + jp * 32 * pl->kp16;
+            float* cbk = blk + (jp - jp0) * 32;
+            PYNN_AMX_ZERO(0);
+            PYNN_AMX_ZERO(1);
+            PYNN_AMX_ZERO(2);
+            PYNN_AMX_ZERO(3);
+            for (i = 0; i < pl->KH; i++)
+                for (j = 0; j < pl->KW; j++) {
+                    const uint32_t* a = xs + (i * pl->DH * pl->WP + j * pl->DW) * cw;
+                    for (cb = 0; cb < cblocks; cb++, a += 16, b += 512) {
+                        PYNN_AMX_LOAD(4, a, cw * 4);
+                        PYNN_AMX_LOAD(6, b, 64);
+                        PYNN_AMX_DP(0, 4, 6);
+                        PYNN_AMX_LOAD(7, b + 256, 64);
+                        PYNN_AMX_DP(1, 4, 7);
+                        PYNN_AMX_LOAD(5, a + 16 * cw, cw * 4);
+                        PYNN_AMX_DP(2, 5, 6);
+                        PYNN_AMX_DP(3, 5, 7);
+                    }
+                }
+            PYNN_AMX_STORE(0, cbk, ldb * 4);
+            PYNN_AMX_STORE(1, cbk + 16, ldb * 4);
+            PYNN_AMX_STORE(2, cbk + 16 * ldb, ldb * 4);
+            PYNN_AMX_STORE(3, cbk + 16 * ldb + 16, ldb * 4);
+        }
+        /* the block's valid positions into z */
+        for (r = 0; r < 32 && p0 + r < positions; r++) {
+            long p = p0 + r, oh = p / pl->WP, ow = p % pl->WP, c0, cend;
+            float* d;
+            const float* src = blk + r * ldb - jp0 * 32;
+            if (ow >= pl->WO)
+                continue;
+            d = z + ((n * pl->HO + oh) * pl->WO + ow) * pl->F;
+            cend = jp1 * 32 < pl->F ? jp1 * 32 : pl->F;
+            for (c0 = jp0 * 32; c0 < cend; c0 += 16) {
+                __mmask16 m16 = pynn_amx_mask(cend - c0);
+                _mm512_mask_storeu_ps(d + c0, m16, _mm512_maskz_loadu_ps(m16, src + c0));
+            }
+        }
+    }
+    pynn_amx_end();
+}
+
 #else /* no AMX: the entry points exist and are never chosen */
 
 static void pynn_amx_a_rows(const float* src, long lds, long m, long k, long r0, long r1,
@@ -465,6 +564,13 @@ static void pynn_amx_im2col_a(const float* x, const pynn_bf16_conv_geom* g, int 
                               long kp16, uint16_t* row, uint32_t* At) {}
 static void pynn_amx_im2col_b(const float* x, const pynn_bf16_conv_geom* g, int m0, int rows,
                               long kp16, uint16_t* tmp, uint32_t* words, uint32_t* Bt) {}
+typedef struct {
+    long HO, WO, WP, C, F, KH, KW, DH, DW, kp16, pblocks, fgroups, sample_words;
+} pynn_amx_conv_plan;
+static void pynn_amx_pad_image(const float* x, long H, long W, long C, long WP, long PT,
+                               long PL, long h0, long h1, uint32_t* xb) {}
+static void pynn_amx_conv_units(const pynn_amx_conv_plan* pl, const uint32_t* xb,
+                                const uint32_t* Bt, float* z, long u0, long u1, float* blk) {}
 #endif
 
 #endif

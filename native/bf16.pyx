@@ -93,6 +93,12 @@ cdef extern from "_bf16amx.h" nogil:
                            long kp16, uint16_t* row, uint32_t* At)
     void pynn_amx_im2col_b(const float* x, const pynn_bf16_conv_geom* g, int m0, int rows,
                            long kp16, uint16_t* tmp, uint32_t* words, uint32_t* Bt)
+    ctypedef struct pynn_amx_conv_plan:
+        long HO, WO, WP, C, F, KH, KW, DH, DW, kp16, pblocks, fgroups, sample_words
+    void pynn_amx_pad_image(const float* x, long H, long W, long C, long WP, long PT, long PL,
+                            long h0, long h1, uint32_t* xb)
+    void pynn_amx_conv_units(const pynn_amx_conv_plan* pl, const uint32_t* xb,
+                             const uint32_t* Bt, float* z, long u0, long u1, float* blk)
     enum:
         PYNN_AMX_GROUP
 
@@ -545,9 +551,47 @@ def bf16_conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="va
 
 # -- Conv2D on AMX: the same chunks of im2col rows as above, converted into tile panels ------
 
+def _amx_conv_direct(x, kernel2d, z, g):
+    """z (N, HO, WO, F) = the stride-1 conv of x (C a multiple of 32) from its padded bf16
+    image (_bf16amx.h): the units split over the threads in contiguous runs."""
+    cdef pynn_amx_conv_plan pl
+    cdef long N = g["N"], H = g["H"], W = g["W"], PT = g["PT"], PL = g["PL"]
+    pl.HO, pl.WO, pl.C, pl.F = g["HO"], g["WO"], g["C"], g["F"]
+    pl.KH, pl.KW, pl.DH, pl.DW = g["KH"], g["KW"], g["DH"], g["DW"]
+    cdef long HP = pl.HO + (pl.KH - 1) * pl.DH
+    pl.WP = pl.WO + (pl.KW - 1) * pl.DW
+    pl.sample_words = HP * pl.WP * (pl.C // 2)
+    pl.pblocks = (pl.HO * pl.WP + 31) // 32
+    pl.fgroups = (pynn_amx_panels(pl.F) + PYNN_AMX_GROUP - 1) // PYNN_AMX_GROUP
+    bt, kp16 = _amx_b_pairs(kernel2d)
+    pl.kp16 = kp16
+    # The last block's taps read up to 31 + (KW - 1) * DW positions past the last image.
+    cdef long slack = (32 + (pl.KW - 1) * pl.DW) * (pl.C // 2)
+    xb = np.empty(N * pl.sample_words + slack, np.uint32)
+    xb[N * pl.sample_words:] = 0
+    cdef long units = N * pl.pblocks * pl.fgroups
+    cdef long chunks = max(1, min(omp_get_max_threads(), units)), t, s
+    blk = np.empty(chunks * _AMX_BLOCK, np.float32)
+    cdef const float[:, :, :, ::1] xv = x
+    cdef float[:, :, :, ::1] zv = z
+    cdef uint32_t[::1] xbv = xb
+    cdef const uint32_t[::1] btv = bt
+    cdef float[::1] bkv = blk
+    with nogil:
+        for s in prange(N, schedule="static", use_threads_if=N > 1):
+            pynn_amx_pad_image(&xv[s, 0, 0, 0], H, W, pl.C, pl.WP, PT, PL, 0, HP,
+                               &xbv[0] + s * pl.sample_words)
+        for t in prange(chunks, schedule="static", use_threads_if=chunks > 1):
+            pynn_amx_conv_units(&pl, &xbv[0], &btv[0], &zv[0, 0, 0, 0], t * units // chunks,
+                                (t + 1) * units // chunks, &bkv[0] + t * _AMX_BLOCK)
+
+
 def _amx_conv_forward(x, kernel2d, z, g):
     """z (N, HO, WO, F) = im2col(x) @ kernel2d, one sample per thread, CHUNK_ROWS rows at a
-    time (CHUNK_ROWS is a whole number of 32-row panels)."""
+    time (CHUNK_ROWS is a whole number of 32-row panels); stride-1 convs of channels in
+    whole tiles run _amx_conv_direct instead."""
+    if g["SH"] == 1 and g["SW"] == 1 and g["C"] % 32 == 0:
+        return _amx_conv_direct(x, kernel2d, z, g)
     cdef pynn_bf16_conv_geom geom = _geom(g)
     cdef int n = g["N"], f = g["F"], m = g["HO"] * g["WO"]
     cdef long k = kernel2d.shape[0]
