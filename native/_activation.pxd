@@ -276,3 +276,22 @@ cdef inline void add_rows_double(const floating* a, double* acc, Py_ssize_t rows
         for j in range(w):
             acc[j] += d[j]
         i += 1
+
+
+cdef inline void block_epilogue(floating* z, floating* y, const floating* bias, int r0, int r1,
+                                int j0, int j1, int ld, int act, floating alpha) noexcept nogil:
+    """Rows [r0, r1) x columns [j0, j1) of z (row stride ld): + bias, then y = act(z)
+    (softmax: whole rows, j0 = 0 and j1 = ld), on the calling thread: the epilogue of one
+    block of a GEMM while it is in cache. The same expressions as bias_activation_rows, so the
+    result does not depend on the path."""
+    cdef int r, j
+    cdef floating* zr
+    for r in range(r0, r1):
+        zr = z + r * ld
+        if bias != NULL:
+            for j in range(j0, j1):
+                zr[j] = zr[j] + bias[j]
+        if act == ACT_SOFTMAX:
+            softmax_row(zr, y + r * ld, ld)
+        elif act != ACT_LINEAR or y != z:
+            act_forward_vec(zr + j0, y + r * ld + j0, j1 - j0, act, alpha)

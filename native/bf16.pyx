@@ -35,10 +35,10 @@ import os
 
 import numpy as np
 
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.stdint cimport uint16_t, uint32_t
-from _activation cimport bias_activation_rows
-from _openmp cimport omp_get_max_threads, omp_get_thread_num
+from _activation cimport ACT_SOFTMAX, bias_activation_rows, block_epilogue
+from _openmp cimport omp_get_max_threads, omp_get_num_threads, omp_get_thread_num
 
 from pynn._config import usable_cores
 from pynn._native import conv as float32_conv
@@ -79,13 +79,13 @@ cdef extern from "_bf16amx.h" nogil:
     long pynn_amx_units(long m, long n)
     int pynn_amx_available()
     void pynn_amx_a_rows(const float* src, long lds, long m, long k, long r0, long r1,
-                         long kp16, uint16_t* row, uint32_t* At)
-    void pynn_amx_b_pairs(const float* src, long lds, long k, long n, long q0, long q1,
-                          long kp16, uint32_t* row, uint32_t* Bt)
+                         long kp16, uint32_t* At)
+    void pynn_amx_b_pairs(const float* src, long lds, long k, long n, long q0, long q1, long t0,
+                          long t1, long kp16, uint32_t* Bt)
     void pynn_amx_a_transposed(const float* y, long ldy, long R, long cols, long qb0, long qb1,
-                               long kp16, uint32_t* At)
+                               long cb0, long cb1, long kp16, uint32_t* At)
     void pynn_amx_b_transposed(const float* z, long ldz, long R, long K, long qb0, long qb1,
-                               long kp16, uint32_t* Bt)
+                               long jb0, long jb1, long kp16, uint32_t* Bt)
     void pynn_amx_gemm(long m, long n, long kp16, const uint32_t* At, const uint32_t* Bt,
                        float* c, long ldc, int transposed, int accumulate, long u0, long u1,
                        float* blk)
@@ -115,6 +115,10 @@ cdef enum:
     # (bf16_round) and run the float32 kernels, the same numerics (float32 sums of bf16
     # values) in another order.
     NARROW_CHANNELS = 8
+    # Multiply-adds below which an AMX product runs on the calling thread: ~30 us of tile
+    # work at ~1 TFLOP/s, about what waking the passive OpenMP team costs (an MLP's
+    # 128 x 256 x 10 layer took 119 us on two threads).
+    AMX_PARALLEL_MACS = 1 << 24
 
 MR, NR = PYNN_BF16_MR, PYNN_BF16_NR  # the microkernel's tile (tests)
 cdef int _GROUPS = min(16, usable_cores())
@@ -234,78 +238,131 @@ def _transposed_pairs(w):
 
 
 # -- AMX (native/_bf16amx.h): operands converted straight into tile panels -----------------
-# Each builder returns (panels, kp16); m, k (rows, columns) must be non-zero.
 
 def _amx_a_rows(a):
-    """A panels of a C-contiguous float32 (m, k) array, the pairs along k."""
+    """(A panels, kp16) of a C-contiguous float32 (m, k) array (pairs along k; m, k > 0)."""
     cdef const float[:, ::1] av = a
     cdef long m = a.shape[0], k = a.shape[1], kp16 = pynn_amx_kp16((k + 1) // 2), p
     out = np.empty(pynn_amx_words(m, (k + 1) // 2), np.uint32)
-    rows = np.empty((omp_get_max_threads(), 2 * kp16), np.uint16)
     cdef uint32_t[::1] ov = out
-    cdef uint16_t[:, ::1] rv = rows
     with nogil:
         for p in prange(pynn_amx_panels(m), schedule="static",
                         use_threads_if=m * k >= PARALLEL_MIN):
-            pynn_amx_a_rows(&av[0, 0], k, m, k, p * 32, p * 32 + 32, kp16,
-                            &rv[omp_get_thread_num(), 0], &ov[0])
+            pynn_amx_a_rows(&av[0, 0], k, m, k, p * 32, p * 32 + 32, kp16, &ov[0])
     return out, kp16
 
 
 def _amx_b_pairs(b):
-    """B panels of a C-contiguous float32 (k, n) array, the pairs along k."""
+    """(B panels, kp16) of a C-contiguous float32 (k, n) array (pairs along k; k, n > 0)."""
     cdef const float[:, ::1] bv = b
     cdef long k = b.shape[0], n = b.shape[1], kp16 = pynn_amx_kp16((k + 1) // 2), qb
     out = np.empty(pynn_amx_words(n, (k + 1) // 2), np.uint32)
-    rows = np.empty((omp_get_max_threads(), pynn_amx_panels(n) * 32), np.uint32)
     cdef uint32_t[::1] ov = out
-    cdef uint32_t[:, ::1] rv = rows
     with nogil:
         for qb in prange(kp16 // 16, schedule="static", use_threads_if=n * k >= PARALLEL_MIN):
-            pynn_amx_b_pairs(&bv[0, 0], n, k, n, qb * 16, qb * 16 + 16, kp16,
-                             &rv[omp_get_thread_num(), 0], &ov[0])
+            pynn_amx_b_pairs(&bv[0, 0], n, k, n, qb * 16, qb * 16 + 16, 0,
+                             pynn_amx_panels(n) * 2, kp16, &ov[0])
     return out, kp16
 
 
-def _amx_a_transposed(y):
-    """A panels of y.T for a C-contiguous float32 (R, c) array y: c rows, pairs along R."""
-    cdef const float[:, ::1] yv = y
-    cdef long R = y.shape[0], c = y.shape[1], kp16 = pynn_amx_kp16((R + 1) // 2), qb
-    out = np.empty(pynn_amx_words(c, (R + 1) // 2), np.uint32)
-    cdef uint32_t[::1] ov = out
-    with nogil:
-        for qb in prange(kp16 // 16, schedule="static", use_threads_if=R * c >= PARALLEL_MIN):
-            pynn_amx_a_transposed(&yv[0, 0], c, R, c, qb, qb + 1, kp16, &ov[0])
-    return out, kp16
+cdef enum:
+    # How an AMX product's operand is made (_amx_product): from a row-major float32 array
+    # (A: pairs along its rows' elements; B: pairs of consecutive rows), or from the array
+    # transposed (A of y.T, B of z.T).
+    AMX_PLAIN = 0
+    AMX_TRANSPOSED = 1
 
 
-def _amx_b_transposed(z):
-    """B panels of z.T for a C-contiguous float32 (R, K) array z: pairs along K, R columns."""
-    cdef const float[:, ::1] zv = z
-    cdef long R = z.shape[0], K = z.shape[1], kp16 = pynn_amx_kp16((K + 1) // 2), qb
-    out = np.empty(pynn_amx_words(R, (K + 1) // 2), np.uint32)
-    cdef uint32_t[::1] ov = out
-    with nogil:
-        for qb in prange(kp16 // 16, schedule="static", use_threads_if=R * K >= PARALLEL_MIN):
-            pynn_amx_b_transposed(&zv[0, 0], K, R, K, qb, qb + 1, kp16, &ov[0])
-    return out, kp16
+def _amx_product(a, int a_kind, b, int b_kind, float[:, ::1] c, bint transposed, bias=None,
+                 float[:, ::1] y=None, int act=0, double alpha=0.0):
+    """c (m, n) = A @ B, or c (n, m) = (A @ B).T, on AMX tiles, in ONE OpenMP region with no
+    barrier: each thread takes a share of the larger operand's panels (rows of A, or column
+    groups of B), converts that share, converts the whole smaller operand into its own
+    buffer, and runs its units (each unit's bias and activation into y right after it).
+    Under pynn's passive OpenMP waiters a region start or a barrier wakes sleeping threads:
+    three work-shared loops in one region made the 784 -> 512 forward 171 -> 250 us, and
+    three regions cost the MLP's bf16 step more than its products. A from a (m, k) or,
+    transposed, from a (k, m); B from b (k, n) or, transposed, from b (n, k); m, n, k > 0.
+    Each unit's sums do not depend on which thread runs it."""
+    cdef const float[:, ::1] av = a
+    cdef const float[:, ::1] bv = b
+    cdef long m = a.shape[1] if a_kind == AMX_TRANSPOSED else a.shape[0]
+    cdef long k = a.shape[0] if a_kind == AMX_TRANSPOSED else a.shape[1]
+    cdef long n = b.shape[0] if b_kind == AMX_TRANSPOSED else b.shape[1]
+    cdef long kp = (k + 1) // 2, kp16 = pynn_amx_kp16(kp)
+    cdef long rp = pynn_amx_panels(m), cp = pynn_amx_panels(n)
+    cdef long groups = (cp + PYNN_AMX_GROUP - 1) // PYNN_AMX_GROUP
+    cdef long threads = omp_get_max_threads(), ldc = c.shape[1]
+    cdef long a_words = pynn_amx_words(m, kp), b_words = pynn_amx_words(n, kp)
+    # Split the rows when A is the larger operand (its panels are converted once, shared
+    # out), else the column groups; the other operand is converted whole by every thread.
+    cdef bint by_rows = a_words >= b_words and rp > 1 or groups == 1
+    cdef long parts = rp if by_rows else groups
+    cdef int nthreads = min(threads, parts) if m * n * k >= AMX_PARALLEL_MACS else 1
+    cdef long tid, nt, s0, s1, ip, g, u, r0, r1, j0, j1
+    cdef const float[::1] biasv
+    cdef const float* bptr = NULL
+    cdef float* yptr = NULL
+    cdef uint32_t* ap
+    cdef uint32_t* bp
+    at = np.empty(a_words * (1 if by_rows else nthreads), np.uint32)
+    bt = np.empty(b_words * (nthreads if by_rows else 1), np.uint32)
+    blk = np.empty(nthreads * _AMX_BLOCK, np.float32)
+    cdef uint32_t[::1] atv = at
+    cdef uint32_t[::1] btv = bt
+    cdef float[::1] bkv = blk
+    if bias is not None:
+        biasv = bias
+        bptr = &biasv[0]
+    if y is not None:
+        yptr = &y[0, 0]
+    with nogil, parallel(num_threads=nthreads):
+        tid = omp_get_thread_num()
+        nt = omp_get_num_threads()
+        s0 = tid * parts // nt
+        s1 = (tid + 1) * parts // nt
+        ap = &atv[0] + (0 if by_rows else tid * a_words)
+        bp = &btv[0] + (tid * b_words if by_rows else 0)
+        if by_rows:   # A: this thread's row panels; B: whole
+            _amx_convert_a(av, a_kind, m, k, kp16, s0, s1, ap)
+            _amx_convert_b(bv, b_kind, n, k, kp16, 0, cp, bp)
+        else:         # A: whole; B: this thread's column groups
+            _amx_convert_a(av, a_kind, m, k, kp16, 0, rp, ap)
+            _amx_convert_b(bv, b_kind, n, k, kp16, s0 * PYNN_AMX_GROUP,
+                           min(cp, s1 * PYNN_AMX_GROUP), bp)
+        for ip in range(s0 if by_rows else 0, s1 if by_rows else rp):
+            for g in range(0 if by_rows else s0, groups if by_rows else s1):
+                u = g * rp + ip
+                pynn_amx_gemm(m, n, kp16, ap, bp, &c[0, 0], ldc, transposed, 0, u, u + 1,
+                              &bkv[0] + tid * _AMX_BLOCK)
+                if bptr != NULL or yptr != NULL:
+                    r0 = ip * 32
+                    r1 = min(m, r0 + 32)
+                    j0 = g * 32 * PYNN_AMX_GROUP
+                    j1 = min(n, j0 + 32 * PYNN_AMX_GROUP)
+                    if act == ACT_SOFTMAX:   # whole rows: n fits one group (the caller's check)
+                        j0, j1 = 0, n
+                    block_epilogue(&c[0, 0], yptr, bptr, <int>r0, <int>r1, <int>j0, <int>j1,
+                                   <int>ldc, act, <float>alpha)
 
 
-def _amx_matmul(const uint32_t[::1] at, const uint32_t[::1] bt, long m, long n, long kp16,
-                float[:, ::1] c, bint transposed):
-    """c (m, n) = A @ B from panels, or c (n, m) = (A @ B).T: the work units split over the
-    threads in contiguous runs (each unit's sums do not depend on which thread runs it)."""
-    cdef long units = pynn_amx_units(m, n), t
-    cdef long chunks = max(1, min(omp_get_max_threads(), units))
-    blk = np.empty(chunks * _AMX_BLOCK, np.float32)
-    cdef float[::1] bv = blk
-    cdef long ldc = c.shape[1]
-    with nogil:
-        for t in prange(chunks, schedule="static",
-                        use_threads_if=chunks > 1 and m * n * kp16 >= PARALLEL_MIN * 4):
-            pynn_amx_gemm(m, n, kp16, &at[0], &bt[0], &c[0, 0], ldc, transposed, 0,
-                          t * units // chunks, (t + 1) * units // chunks,
-                          &bv[0] + t * _AMX_BLOCK)
+cdef void _amx_convert_a(const float[:, ::1] av, int kind, long m, long k, long kp16, long p0,
+                         long p1, uint32_t* At) noexcept nogil:
+    """Row panels [p0, p1) of A (m, k) into At."""
+    if kind == AMX_TRANSPOSED:
+        pynn_amx_a_transposed(&av[0, 0], m, k, m, 0, kp16 // 16, 2 * p0, 2 * p1, kp16, At)
+    else:
+        pynn_amx_a_rows(&av[0, 0], k, m, k, p0 * 32, min(p1 * 32, pynn_amx_panels(m) * 32),
+                        kp16, At)
+
+
+cdef void _amx_convert_b(const float[:, ::1] bv, int kind, long n, long k, long kp16, long p0,
+                         long p1, uint32_t* Bt) noexcept nogil:
+    """Column panels [p0, p1) of B (k, n) into Bt."""
+    if kind == AMX_TRANSPOSED:
+        pynn_amx_b_transposed(&bv[0, 0], k, n, k, 0, kp16 // 16, 2 * p0, 2 * p1, kp16, Bt)
+    else:
+        pynn_amx_b_pairs(&bv[0, 0], n, k, n, 0, kp16, 2 * p0, 2 * p1, kp16, Bt)
 
 
 def _gemm(a, long a_rs, long a_qs, int m, b, int n):
@@ -354,10 +411,15 @@ def bf16_dense_forward(x, kernel, bias, activation="linear", alpha=0.0):
     act_name, alpha, x, kernel, bias = operands.bf16_dense_forward(HOST, x, kernel, bias,
                                                                    activation, alpha)
     if _amx and x.size and kernel.size:
-        at, kp16 = _amx_a_rows(x)
         z = np.empty((x.shape[0], kernel.shape[1]), np.float32)
-        _amx_matmul(at, _amx_b_pairs(kernel)[0], x.shape[0], kernel.shape[1], kp16, z, False)
-        return _bias_act(z, bias, act_name, alpha)
+        if act_name == "softmax" and kernel.shape[1] > 32 * PYNN_AMX_GROUP:
+            _amx_product(x, AMX_PLAIN, kernel, AMX_PLAIN, z, False)
+            return _bias_act(z, bias, act_name, alpha)
+        keep_z = act_name in ACTIVATIONS_NEEDING_INPUT
+        y = np.empty_like(z) if keep_z else z
+        _amx_product(x, AMX_PLAIN, kernel, AMX_PLAIN, z, False, bias, y,
+                     ACTIVATIONS.index(act_name), alpha)
+        return y, (z if keep_z else None)
     a = _rows(x)
     z = _gemm(a, a.shape[1], 1, x.shape[0], _pairs(kernel), kernel.shape[1])
     return _bias_act(z, bias, act_name, alpha)
@@ -368,9 +430,8 @@ def bf16_dense_backward_input(dz, kernel):
     dz, kernel = operands.bf16_dense_backward_input(HOST, dz, kernel)
     if _amx and dz.size and kernel.size:
         # dx.T = kernel @ dz.T: the weight untransposed, only the batch-sized dz transposed
-        at, kp16 = _amx_a_rows(kernel)
         dx = np.empty((dz.shape[0], kernel.shape[0]), np.float32)
-        _amx_matmul(at, _amx_b_transposed(dz)[0], kernel.shape[0], dz.shape[0], kp16, dx, True)
+        _amx_product(kernel, AMX_PLAIN, dz, AMX_TRANSPOSED, dx, True)
         return dx
     a = _rows(dz)
     return _gemm(a, a.shape[1], 1, dz.shape[0], _transposed_pairs(kernel), kernel.shape[0])
@@ -381,9 +442,8 @@ def bf16_dense_backward_weight(x, dz):
     transposed A operand."""
     x, dz = operands.bf16_dense_backward_weight(HOST, x, dz)
     if _amx and x.size and dz.size:
-        at, kp16 = _amx_a_transposed(x)
         dw = np.empty((x.shape[1], dz.shape[1]), np.float32)
-        _amx_matmul(at, _amx_b_pairs(dz)[0], x.shape[1], dz.shape[1], kp16, dw, False)
+        _amx_product(x, AMX_TRANSPOSED, dz, AMX_PLAIN, dw, False)
         return dw
     a = _pairs(x)
     return _gemm(a, 1, a.shape[1], x.shape[1], _pairs(dz), dz.shape[1])
@@ -648,7 +708,8 @@ def _amx_conv_backward_input(dz, kernel2d, dx, g):
                 m0 = ci * CHUNK_ROWS
                 rows = min(CHUNK_ROWS, m - m0)
                 pynn_amx_b_transposed(&dzv[s, 0, 0, 0] + <long>m0 * f, f, rows, f, 0,
-                                      kp16 // 16, kp16, &bpv[0] + tid * b_step)
+                                      kp16 // 16, 0, pynn_amx_panels(rows) * 2, kp16,
+                                      &bpv[0] + tid * b_step)
                 pynn_amx_gemm(k, rows, kp16, &atv[0], &bpv[0] + tid * b_step,
                               &colv[0] + tid * c_step, k, 1, 0, 0, pynn_amx_units(k, rows),
                               &bkv[0] + tid * _AMX_BLOCK)
@@ -689,7 +750,8 @@ def _amx_conv_backward_weight(x, dz, partial, g):
                     rows = min(CHUNK_ROWS, m - m0)
                     kp16 = pynn_amx_kp16((rows + 1) // 2)
                     pynn_amx_a_transposed(&dzv[s, 0, 0, 0] + <long>m0 * f, f, rows, f, 0,
-                                          kp16 // 16, kp16, &apv[0] + grp * a_step)
+                                          kp16 // 16, 0, pynn_amx_panels(f) * 2, kp16,
+                                          &apv[0] + grp * a_step)
                     pynn_amx_im2col_b(&xv[s, 0, 0, 0], &geom, m0, rows, kp16,
                                       &tv[0] + grp * t_step, &wdv[0] + grp * w_step,
                                       &bpv[0] + grp * b_step)

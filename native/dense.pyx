@@ -27,7 +27,7 @@ from _blas cimport (
 )
 from _activation cimport (
     ACT_LINEAR, ACT_PARALLEL_MIN, ACT_SOFTMAX, act_forward_vec, bias_activation_rows,
-    softmax_row,
+    block_epilogue, softmax_row,
 )
 
 from pynn._config import usable_cores
@@ -158,24 +158,6 @@ def _one_region_mode():
 cdef int _BANDS = min(16, usable_cores())
 
 
-cdef inline void _block_epilogue(floating* z, floating* y, const floating* bias, int r0, int r1,
-                                 int j0, int j1, int ld, int act, floating alpha) noexcept nogil:
-    """Rows [r0, r1) x columns [j0, j1) of z: + bias, then y = act(z) (softmax: whole rows,
-    j0 = 0 and j1 = ld). The same expressions as bias_activation_rows, so the result does not
-    depend on the path."""
-    cdef int r, j
-    cdef floating* zr
-    for r in range(r0, r1):
-        zr = z + r * ld
-        if bias != NULL:
-            for j in range(j0, j1):
-                zr[j] = zr[j] + bias[j]
-        if act == ACT_SOFTMAX:
-            softmax_row(zr, y + r * ld, ld)
-        elif act != ACT_LINEAR or y != z:
-            act_forward_vec(zr + j0, y + r * ld + j0, j1 - j0, act, alpha)
-
-
 cdef void _gemm_bands(bint ta, bint tb, int m, int n, int k, const floating* a, int lda,
                       const floating* b, int ldb, floating* c, int ldc, const floating* bias,
                       floating* y, int act, floating alpha, int bands) noexcept nogil:
@@ -202,7 +184,7 @@ cdef void _gemm_bands(bint ta, bint tb, int m, int n, int k, const floating* a, 
                           b + (j0 * ldb if tb else j0), ldb, <floating>0,
                           c + i0 * ldc + j0, ldc)
             if bias != NULL or y != NULL:
-                _block_epilogue(c, y, bias, i0, i1, j0, j1, ldc, act, alpha)
+                block_epilogue(c, y, bias, i0, i1, j0, j1, ldc, act, alpha)
 
 
 cdef inline int _imin(int a, int b) noexcept nogil:
@@ -432,7 +414,7 @@ cdef void _micro_region(const floating* a, Py_ssize_t row_stride, Py_ssize_t sat
             for q in range(panels):
                 _micro_panel_tile(a, row_stride, sat, packed, c, m, n, k, roff, bias, tail,
                                   tail_bias, i0, rows, q * nc, nc, last_ws)
-            _block_epilogue(c, y, <const floating*>NULL, <int>i0, <int>(i0 + rows), 0,
+            block_epilogue(c, y, <const floating*>NULL, <int>i0, <int>(i0 + rows), 0,
                             <int>n, <int>n, act, alpha)
     else:
         # row blocks inner: consecutive tiles of a thread share a packed panel
@@ -443,7 +425,7 @@ cdef void _micro_region(const floating* a, Py_ssize_t row_stride, Py_ssize_t sat
             _micro_panel_tile(a, row_stride, sat, packed, c, m, n, k, roff, bias, tail,
                               tail_bias, i0, rows, p * nc, nc, last_ws)
             if y != NULL:
-                _block_epilogue(c, y, <const floating*>NULL, <int>i0, <int>(i0 + rows),
+                block_epilogue(c, y, <const floating*>NULL, <int>i0, <int>(i0 + rows),
                                 <int>(p * nc), <int>_imin(p * nc + nc, n), <int>n, act,
                                 alpha)
             if out_t != NULL:
