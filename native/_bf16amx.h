@@ -558,6 +558,116 @@ pynn_amx_conv_units(const pynn_amx_conv_plan* pl, const uint32_t* xb, const uint
     pynn_amx_end();
 }
 
+/* -- stride-1 kernel gradient from the padded image (C a multiple of 32) -------------------
+ * In positions (as above), dW[tap] (C x F) = sum over positions p of x[p + shift]^T dz[p]
+ * with shift = i * DH * WP + j * DW. It is computed transposed, dW^T[tap] (F x C) += A @ B:
+ * A = dz^T (F rows, pairs of consecutive positions, zero where ow >= WO), converted once per
+ * sample; B = the image's pairs of consecutive positions starting at the shift, one of two
+ * interleaved copies of the padded image (pairs starting at even positions, and at odd
+ * ones), so every tap's B tiles load in place (row stride C words). The reduction runs over
+ * all of a sample's positions with the accumulators in tiles, no im2col and no drain per 16
+ * pairs. */
+
+/* Pair rows [0, npairs) of the two interleaved copies of sample x's padded image (HP x WP
+   positions, x's pixel (h, w) at (h + PT, w + PL), zero past the image): even[q][c] =
+   (v(2q, c), v(2q + 1, c)), odd[q][c] = (v(2q + 1, c), v(2q + 2, c)), C words per row. */
+__attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
+pynn_amx_pair_image(const float* x, long H, long W, long C, long HP, long WP, long PT, long PL,
+                    long npairs, uint32_t* even, uint32_t* odd) {
+    const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25,
+                                           9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2,
+                                           17, 1, 16, 0);
+    long q, b, t;
+    for (q = 0; q < npairs; q++) {
+        const float* v[3];
+        for (t = 0; t < 3; t++) {
+            long p = 2 * q + t, h = p / WP - PT, w = p % WP - PL;
+            v[t] = p < HP * WP && h >= 0 && h < H && w >= 0 && w < W ? x + (h * W + w) * C
+                                                                     : (const float*)0;
+        }
+        for (b = 0; b < C / 16; b++) {
+            __m512 a0 = v[0] ? _mm512_loadu_ps(v[0] + 16 * b) : _mm512_setzero_ps();
+            __m512 a1 = v[1] ? _mm512_loadu_ps(v[1] + 16 * b) : _mm512_setzero_ps();
+            __m512 a2 = v[2] ? _mm512_loadu_ps(v[2] + 16 * b) : _mm512_setzero_ps();
+            _mm512_storeu_si512(even + q * C + 16 * b, _mm512_permutexvar_epi16(
+                                    order, (__m512i)_mm512_cvtne2ps_pbh(a1, a0)));
+            _mm512_storeu_si512(odd + q * C + 16 * b, _mm512_permutexvar_epi16(
+                                    order, (__m512i)_mm512_cvtne2ps_pbh(a2, a1)));
+        }
+    }
+}
+
+/* A panels of dz^T over positions (F rows, kp16 pairs of positions p = oh * WP + ow; zero
+   where ow >= WO or oh >= HO) for one sample's dz (HO, WO, F). */
+__attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
+pynn_amx_dz_positions(const float* dz, long HO, long WO, long WP, long F, long kp16,
+                      uint32_t* At) {
+    const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25,
+                                           9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2,
+                                           17, 1, 16, 0);
+    long qb, cb, i, t, cblocks = pynn_amx_panels(F) * 2;
+    __m512i r[16];
+    for (qb = 0; qb < kp16 / 16; qb++)
+        for (cb = 0; cb < cblocks; cb++) {
+            __mmask16 m = pynn_amx_mask(F - 16 * cb);
+            uint32_t* dst = At + cb / 2 * 32 * kp16 + (qb * 2 + cb % 2) * 256;
+            for (i = 0; i < 16; i++) {
+                __m512 v[2];
+                for (t = 0; t < 2; t++) {
+                    long p = 2 * (qb * 16 + i) + t, oh = p / WP, ow = p % WP;
+                    v[t] = oh < HO && ow < WO
+                               ? _mm512_maskz_loadu_ps(m, dz + (oh * WO + ow) * F + 16 * cb)
+                               : _mm512_setzero_ps();
+                }
+                r[i] = _mm512_permutexvar_epi16(order, (__m512i)_mm512_cvtne2ps_pbh(v[1], v[0]));
+            }
+            pynn_amx_transpose16(r);
+            for (i = 0; i < 16; i++)
+                _mm512_storeu_si512(dst + i * 16, r[i]);
+        }
+}
+
+/* acc (taps, Fp, C) floats (Fp = F padded to 32) += one sample's dW^T per tap, from its A
+   panels (pynn_amx_dz_positions) and pair images. */
+__attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
+pynn_amx_conv_wgrad(const uint32_t* At, const uint32_t* even, const uint32_t* odd, long C,
+                    long F, long KH, long KW, long DH, long DW, long WP, long kp16, float* acc) {
+    const long fp = pynn_amx_panels(F), Fp = fp * 32, ld = C * 4;
+    long i, j, fb, cb, qb;
+    pynn_amx_begin();
+    for (i = 0; i < KH; i++)
+        for (j = 0; j < KW; j++) {
+            long shift = i * DH * WP + j * DW;
+            const uint32_t* base = (shift % 2 ? odd : even) + shift / 2 * C;
+            float* tap = acc + (i * KW + j) * Fp * C;
+            for (fb = 0; fb < fp; fb++)
+                for (cb = 0; cb < C / 32; cb++) {
+                    float* c = tap + fb * 32 * C + cb * 32;
+                    const uint32_t* a = At + fb * 32 * kp16;
+                    const uint32_t* b = base + cb * 32;
+                    PYNN_AMX_LOAD(0, c, ld);
+                    PYNN_AMX_LOAD(1, c + 16, ld);
+                    PYNN_AMX_LOAD(2, c + 16 * C, ld);
+                    PYNN_AMX_LOAD(3, c + 16 * C + 16, ld);
+                    for (qb = 0; qb < kp16 / 16; qb++, a += 512, b += 16 * C) {
+                        PYNN_AMX_LOAD(4, a, 64);
+                        PYNN_AMX_LOAD(6, b, ld);
+                        PYNN_AMX_DP(0, 4, 6);
+                        PYNN_AMX_LOAD(7, b + 16, ld);
+                        PYNN_AMX_DP(1, 4, 7);
+                        PYNN_AMX_LOAD(5, a + 256, 64);
+                        PYNN_AMX_DP(2, 5, 6);
+                        PYNN_AMX_DP(3, 5, 7);
+                    }
+                    PYNN_AMX_STORE(0, c, ld);
+                    PYNN_AMX_STORE(1, c + 16, ld);
+                    PYNN_AMX_STORE(2, c + 16 * C, ld);
+                    PYNN_AMX_STORE(3, c + 16 * C + 16, ld);
+                }
+        }
+    pynn_amx_end();
+}
+
 #else /* no AMX: the entry points exist and are never chosen */
 
 static void pynn_amx_a_rows(const float* src, long lds, long m, long k, long r0, long r1,
@@ -582,6 +692,13 @@ static void pynn_amx_pad_image(const float* x, long H, long W, long C, long WP, 
                                long PL, long h0, long h1, uint32_t* xb) {}
 static void pynn_amx_conv_units(const pynn_amx_conv_plan* pl, const uint32_t* xb,
                                 const uint32_t* Bt, float* z, long u0, long u1, float* blk) {}
+static void pynn_amx_pair_image(const float* x, long H, long W, long C, long HP, long WP,
+                                long PT, long PL, long npairs, uint32_t* even, uint32_t* odd) {}
+static void pynn_amx_dz_positions(const float* dz, long HO, long WO, long WP, long F,
+                                  long kp16, uint32_t* At) {}
+static void pynn_amx_conv_wgrad(const uint32_t* At, const uint32_t* even, const uint32_t* odd,
+                                long C, long F, long KH, long KW, long DH, long DW, long WP,
+                                long kp16, float* acc) {}
 #endif
 
 #endif

@@ -99,6 +99,13 @@ cdef extern from "_bf16amx.h" nogil:
                             long h0, long h1, uint32_t* xb)
     void pynn_amx_conv_units(const pynn_amx_conv_plan* pl, const uint32_t* xb,
                              const uint32_t* Bt, float* z, long u0, long u1, float* blk)
+    void pynn_amx_pair_image(const float* x, long H, long W, long C, long HP, long WP, long PT,
+                             long PL, long npairs, uint32_t* even, uint32_t* odd)
+    void pynn_amx_dz_positions(const float* dz, long HO, long WO, long WP, long F, long kp16,
+                               uint32_t* At)
+    void pynn_amx_conv_wgrad(const uint32_t* At, const uint32_t* even, const uint32_t* odd,
+                             long C, long F, long KH, long KW, long DH, long DW, long WP,
+                             long kp16, float* acc)
     enum:
         PYNN_AMX_GROUP
 
@@ -575,6 +582,8 @@ def bf16_conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="va
     cdef long t_step = 2 * (k + 1)
     if n == 0 or m == 0 or k == 0 or f == 0:
         return np.zeros(kernel_shape, np.float32)
+    if _amx and g["SH"] == 1 and g["SW"] == 1 and g["C"] % 32 == 0:
+        return _amx_conv_wgrad_direct(x, dz, g, groups)
     partial = np.zeros((groups, k, f), np.float32)
     if _amx:
         _amx_conv_backward_weight(x, dz, partial, g)
@@ -715,6 +724,47 @@ def _amx_conv_backward_input(dz, kernel2d, dx, g):
                               &bkv[0] + tid * _AMX_BLOCK)
                 pynn_bf16_col2im(&colv[0] + tid * c_step, &geom, m0, rows,
                                  &dxv[0] + s * x_step)
+
+
+def _amx_conv_wgrad_direct(x, dz, g, long groups):
+    """The (KH, KW, C, F) kernel gradient of a stride-1 conv with C a multiple of 32 from the
+    padded image's pair copies (_bf16amx.h): each of `groups` fixed sample groups sums its
+    samples in order into its own (taps, F, C) accumulator, the groups then added in order:
+    the same bits for any thread count."""
+    cdef long N = g["N"], H = g["H"], W = g["W"], C = g["C"], F = g["F"]
+    cdef long HO = g["HO"], WO = g["WO"], KH = g["KH"], KW = g["KW"], DH = g["DH"]
+    cdef long DW = g["DW"], PT = g["PT"], PL = g["PL"]
+    cdef long HP = HO + (KH - 1) * DH, WP = WO + (KW - 1) * DW
+    cdef long kp16 = pynn_amx_kp16((HO * WP + 1) // 2)
+    cdef long shift_max = (KH - 1) * DH * WP + (KW - 1) * DW
+    cdef long npairs = kp16 + shift_max // 2 + 1
+    cdef long Fp = pynn_amx_panels(F) * 32
+    cdef long a_step = pynn_amx_words(F, kp16), i_step = npairs * C
+    acc = np.zeros((groups, KH * KW, Fp, C), np.float32)
+    at = np.empty(groups * a_step, np.uint32)
+    ev = np.empty(groups * i_step, np.uint32)
+    od = np.empty(groups * i_step, np.uint32)
+    cdef const float[:, :, :, ::1] xv = x
+    cdef const float[:, :, :, ::1] dzv = dz
+    cdef float[:, :, :, ::1] accv = acc
+    cdef uint32_t[::1] atv = at
+    cdef uint32_t[::1] evv = ev
+    cdef uint32_t[::1] odv = od
+    cdef long grp, s
+    with nogil:
+        for grp in prange(groups, schedule="static"):
+            for s in range(grp * N // groups, (grp + 1) * N // groups):
+                pynn_amx_dz_positions(&dzv[s, 0, 0, 0], HO, WO, WP, F, kp16,
+                                      &atv[0] + grp * a_step)
+                pynn_amx_pair_image(&xv[s, 0, 0, 0], H, W, C, HP, WP, PT, PL, npairs,
+                                    &evv[0] + grp * i_step, &odv[0] + grp * i_step)
+                pynn_amx_conv_wgrad(&atv[0] + grp * a_step, &evv[0] + grp * i_step,
+                                    &odv[0] + grp * i_step, C, F, KH, KW, DH, DW, WP, kp16,
+                                    &accv[grp, 0, 0, 0])
+    total = acc[0]
+    for grp in range(1, groups):
+        total = total + acc[grp]
+    return np.ascontiguousarray(total[:, :F, :].transpose(0, 2, 1)).reshape(KH, KW, C, F)
 
 
 def _amx_conv_backward_weight(x, dz, partial, g):
