@@ -500,10 +500,11 @@ typedef struct {
 
 /* Units [u0, u1) of a direct conv: unit u = (sample, block of 32 positions, group of filter
    panels), in that order of nesting. xb: the padded images (sample n at n * sample_words);
-   Bt: the kernel's B panels; z (N, HO, WO, F). */
+   Bt: the kernel's B panels; z (N, HO, WO, F) gets the sums + bias (when not NULL), through
+   relu when `relu`: the layer's epilogue while the block is in cache. */
 __attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
 pynn_amx_conv_units(const pynn_amx_conv_plan* pl, const uint32_t* xb, const uint32_t* Bt,
-                    float* z, long u0, long u1, float* blk) {
+                    const float* bias, int relu, float* z, long u0, long u1, float* blk) {
     const long ldb = PYNN_AMX_GROUP * 32, cw = pl->C / 2, cblocks = pl->C / 32;
     const long fp = pynn_amx_panels(pl->F), positions = pl->HO * pl->WP;
     long u;
@@ -551,7 +552,14 @@ pynn_amx_conv_units(const pynn_amx_conv_plan* pl, const uint32_t* xb, const uint
             cend = jp1 * 32 < pl->F ? jp1 * 32 : pl->F;
             for (c0 = jp0 * 32; c0 < cend; c0 += 16) {
                 __mmask16 m16 = pynn_amx_mask(cend - c0);
-                _mm512_mask_storeu_ps(d + c0, m16, _mm512_maskz_loadu_ps(m16, src + c0));
+                __m512 v = _mm512_maskz_loadu_ps(m16, src + c0);
+                if (bias)
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m16, bias + c0));
+                if (relu)   /* v < 0 ? 0 : v, as the activation kernels write it */
+                    v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(),
+                                                                _CMP_LT_OQ),
+                                             v, _mm512_setzero_ps());
+                _mm512_mask_storeu_ps(d + c0, m16, v);
             }
         }
     }
@@ -691,7 +699,8 @@ typedef struct {
 static void pynn_amx_pad_image(const float* x, long H, long W, long C, long WP, long PT,
                                long PL, long h0, long h1, uint32_t* xb) {}
 static void pynn_amx_conv_units(const pynn_amx_conv_plan* pl, const uint32_t* xb,
-                                const uint32_t* Bt, float* z, long u0, long u1, float* blk) {}
+                                const uint32_t* Bt, const float* bias, int relu, float* z,
+                                long u0, long u1, float* blk) {}
 static void pynn_amx_pair_image(const float* x, long H, long W, long C, long HP, long WP,
                                 long PT, long PL, long npairs, uint32_t* even, uint32_t* odd) {}
 static void pynn_amx_dz_positions(const float* dz, long HO, long WO, long WP, long F,

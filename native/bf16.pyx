@@ -98,7 +98,8 @@ cdef extern from "_bf16amx.h" nogil:
     void pynn_amx_pad_image(const float* x, long H, long W, long C, long WP, long PT, long PL,
                             long h0, long h1, uint32_t* xb)
     void pynn_amx_conv_units(const pynn_amx_conv_plan* pl, const uint32_t* xb,
-                             const uint32_t* Bt, float* z, long u0, long u1, float* blk)
+                             const uint32_t* Bt, const float* bias, int relu, float* z,
+                             long u0, long u1, float* blk)
     void pynn_amx_pair_image(const float* x, long H, long W, long C, long HP, long WP, long PT,
                              long PL, long npairs, uint32_t* even, uint32_t* odd)
     void pynn_amx_dz_positions(const float* dz, long HO, long WO, long WP, long F, long kp16,
@@ -482,6 +483,11 @@ def bf16_conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid",
     if k == 0:
         z[...] = 0
         return _bias_act(z.reshape(-1, f), bias, act_name, alpha)
+    if _amx and g["SH"] == 1 and g["SW"] == 1 and g["C"] % 32 == 0 and \
+            act_name in ("linear", "relu"):
+        # bias and relu in the conv's own write pass (y = z where nothing needs z)
+        _amx_conv_direct(x, kernel.reshape(k, f), z, g, bias, act_name == "relu")
+        return z, None
     if _amx:
         _amx_conv_forward(x, kernel.reshape(k, f), z, g)
         y, z2 = _bias_act(z.reshape(-1, f), bias, act_name, alpha)
@@ -620,10 +626,16 @@ def bf16_conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="va
 
 # -- Conv2D on AMX: the same chunks of im2col rows as above, converted into tile panels ------
 
-def _amx_conv_direct(x, kernel2d, z, g):
+def _amx_conv_direct(x, kernel2d, z, g, bias=None, bint relu=False):
     """z (N, HO, WO, F) = the stride-1 conv of x (C a multiple of 32) from its padded bf16
-    image (_bf16amx.h): the units split over the threads in contiguous runs."""
+    image (_bf16amx.h) [+ bias] [through relu]: the units split over the threads in
+    contiguous runs."""
     cdef pynn_amx_conv_plan pl
+    cdef const float[::1] biasv
+    cdef const float* bptr = NULL
+    if bias is not None:
+        biasv = bias
+        bptr = &biasv[0]
     cdef long N = g["N"], H = g["H"], W = g["W"], PT = g["PT"], PL = g["PL"]
     pl.HO, pl.WO, pl.C, pl.F = g["HO"], g["WO"], g["C"], g["F"]
     pl.KH, pl.KW, pl.DH, pl.DW = g["KH"], g["KW"], g["DH"], g["DW"]
@@ -651,8 +663,9 @@ def _amx_conv_direct(x, kernel2d, z, g):
             pynn_amx_pad_image(&xv[s, 0, 0, 0], H, W, pl.C, pl.WP, PT, PL, 0, HP,
                                &xbv[0] + s * pl.sample_words)
         for t in prange(chunks, schedule="static", use_threads_if=chunks > 1):
-            pynn_amx_conv_units(&pl, &xbv[0], &btv[0], &zv[0, 0, 0, 0], t * units // chunks,
-                                (t + 1) * units // chunks, &bkv[0] + t * _AMX_BLOCK)
+            pynn_amx_conv_units(&pl, &xbv[0], &btv[0], bptr, relu, &zv[0, 0, 0, 0],
+                                t * units // chunks, (t + 1) * units // chunks,
+                                &bkv[0] + t * _AMX_BLOCK)
 
 
 def _amx_conv_forward(x, kernel2d, z, g):

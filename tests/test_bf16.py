@@ -302,6 +302,23 @@ def test_every_cpu_kernel_conv_within_bf16_error(cpu_kernel, rng, x_shape, k_sha
         x_shape[0] * y.shape[1] * y.shape[2], f"bf16_conv2d_backward_weight ({cpu_kernel})")
 
 
+@pytest.mark.parametrize("activation", ["linear", "relu", "gelu"])
+def test_every_cpu_kernel_conv_epilogue(cpu_kernel, rng, activation):
+    """Bias and activation after the product, on each microkernel (AMX's stride-1 convs of
+    whole-tile channels apply bias and relu in their own write pass)."""
+    x, kernel, bias = rand(rng, (2, 9, 11, 32)), rand(rng, (3, 3, 32, 40)), rand(rng, (40,))
+    geo = ((1, 1), "same", (1, 1))
+    y, z = native_bf16.bf16_conv2d_forward(x, kernel, bias, *geo, activation)
+    want_y, want_z = ref.bf16_conv2d_forward_ref(x, kernel, bias, *geo, activation)
+    bound = ref.bf16_conv2d_forward_ref(np.abs(x), np.abs(kernel), np.abs(bias), *geo)[1]
+    if activation == "gelu":
+        _within_bf16_gemm_error(z, want_z, bound, 9 * 32, f"conv z ({cpu_kernel})")
+        np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
+    else:  # linear and relu move no value further than the sum's own error
+        assert z is None
+        _within_bf16_gemm_error(y, want_y, bound, 9 * 32, f"conv {activation} ({cpu_kernel})")
+
+
 def test_kernel_env_names_are_checked(monkeypatch):
     monkeypatch.setenv("PYNN_BF16_KERNEL", "tiles")
     with pytest.raises(ValueError, match=r"PYNN_BF16_KERNEL: expected one of amx_bf16, "
