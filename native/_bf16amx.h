@@ -308,6 +308,10 @@ pynn_amx_gemm(long m, long n, long kp16, const uint32_t* At, const uint32_t* Bt,
         long jp1 = jp0 + PYNN_AMX_GROUP < cp ? jp0 + PYNN_AMX_GROUP : cp;
         const uint32_t* ap = At + ip * 32 * kp16;
         long q0, q, jp;
+        /* Blocks of 32 whole rows of an untransposed, overwritten C take the tiles straight
+           (4 tile stores): through the block buffer and a copy, a first-layer conv's 8 MB
+           output cost 3.5x a plain copy's time. */
+        int direct = !transposed && !accumulate && ip * 32 + 32 <= m;
         for (q0 = 0; q0 < kp16; q0 += PYNN_AMX_KC) {
             long q1 = q0 + PYNN_AMX_KC < kp16 ? q0 + PYNN_AMX_KC : kp16;
             for (jp = jp0; jp < jp1; jp++) {
@@ -337,14 +341,28 @@ pynn_amx_gemm(long m, long n, long kp16, const uint32_t* At, const uint32_t* Bt,
                     PYNN_AMX_DP(2, 5, 6);
                     PYNN_AMX_DP(3, 5, 7);
                 }
+                if (direct && jp * 32 + 32 <= n && q1 == kp16) {
+                    /* the whole sum of a block inside C: straight into C */
+                    float* d = c + ip * 32 * ldc + jp * 32;
+                    PYNN_AMX_STORE(0, d, ldc * 4);
+                    PYNN_AMX_STORE(1, d + 16, ldc * 4);
+                    PYNN_AMX_STORE(2, d + 16 * ldc, ldc * 4);
+                    PYNN_AMX_STORE(3, d + 16 * ldc + 16, ldc * 4);
+                    continue;
+                }
                 PYNN_AMX_STORE(0, cb, ldb * 4);
                 PYNN_AMX_STORE(1, cb + 16, ldb * 4);
                 PYNN_AMX_STORE(2, cb + 16 * ldb, ldb * 4);
                 PYNN_AMX_STORE(3, cb + 16 * ldb + 16, ldb * 4);
             }
         }
-        pynn_amx_write(blk, ldb, m, n, ip * 32, jp0 * 32, jp1 * 32, c, ldc, transposed,
-                       accumulate);
+        if (!direct) {
+            pynn_amx_write(blk, ldb, m, n, ip * 32, jp0 * 32, jp1 * 32, c, ldc, transposed,
+                           accumulate);
+        } else if (jp1 * 32 > n) {   /* the last panel sticks out of C */
+            pynn_amx_write(blk + (jp1 - 1 - jp0) * 32, ldb, m, n, ip * 32, (jp1 - 1) * 32,
+                           jp1 * 32, c, ldc, 0, 0);
+        }
     }
     pynn_amx_end();
 }
