@@ -31,26 +31,16 @@
  * subnormals, so the bits are AMX's own, within the same float32 accumulation error of the
  * float64 product (tests/test_bf16.py) but not equal to vdpbf16ps's.
  *
- * Linux hands out the tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM); a kernel
- * that refuses leaves pynn on vdpbf16ps. Every unit loads its tile configuration and
- * releases the tiles at its end (the configuration is per thread, and released tiles keep
- * context switches cheap). */
+ * The tile plumbing (the OS permission, the configuration, the instructions) is _amx.h's. */
 #ifndef PYNN_BF16AMX_H
 #define PYNN_BF16AMX_H
 
+#include "_amx.h"
 #include "_bf16gemm.h"
 
 #define PYNN_AMX_PANEL 32 /* rows of an A panel, columns of a B panel: two tiles */
 #define PYNN_AMX_GROUP 8  /* column panels per work unit: 256 columns */
 #define PYNN_AMX_KC 128   /* pairs per K chunk: 32 x 128 words of A = 16 KiB */
-
-#if PYNN_BF16_X86 && defined(__linux__) && defined(__x86_64__)
-#define PYNN_AMX 1
-#include <sys/syscall.h>
-#include <unistd.h>
-#else
-#define PYNN_AMX 0
-#endif
 
 static inline long pynn_amx_kp16(long kp) { return (kp + 15) / 16 * 16; }
 
@@ -67,51 +57,7 @@ static inline long pynn_amx_units(long m, long n) {
     return pynn_amx_panels(m) * groups;
 }
 
-/* Whether this CPU and OS run AMX-BF16 tiles for this process (asks Linux for them). */
-static int pynn_amx_available(void) {
-#if PYNN_AMX
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("amx-bf16") || !__builtin_cpu_supports("amx-tile") ||
-        !__builtin_cpu_supports("avx512bf16"))
-        return 0;
-    /* ARCH_REQ_XCOMP_PERM (0x1023) for XFEATURE_XTILEDATA (18) */
-    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-#else
-    return 0;
-#endif
-}
-
-#if PYNN_AMX
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} pynn_amx_config;
-
-/* The "memory" clobbers: GCC's own tile intrinsics are asm statements that do not tell the
-   compiler they read or write memory, so stores into a panel could sink past the load. */
-#define PYNN_AMX_LOAD(t, base, stride) \
-    __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"(base), "r"((long)(stride)) : "memory")
-#define PYNN_AMX_STORE(t, base, stride) \
-    __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"(base), "r"((long)(stride)) : "memory")
-#define PYNN_AMX_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::)
-#define PYNN_AMX_DP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
-
-/* Tiles 0-3: the 2 x 2 float32 C tiles; 4, 5: A's two row halves; 6, 7: B's column halves. */
-static inline void pynn_amx_begin(void) {
-    pynn_amx_config cfg;
-    int t;
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.palette = 1;
-    for (t = 0; t < 8; t++) {
-        cfg.rows[t] = 16;
-        cfg.colsb[t] = 64;
-    }
-    __asm__ volatile("ldtilecfg %0" ::"m"(cfg));
-}
-
-static inline void pynn_amx_end(void) { __asm__ volatile("tilerelease" ::); }
-
+#if PYNN_AMX && PYNN_BF16_X86
 /* r[i] (16 words each) <- the transpose of the 16 x 16 block r. */
 __attribute__((target("avx512f"))) static inline void pynn_amx_transpose16(__m512i* r) {
     __m512i t[16];

@@ -77,7 +77,9 @@ cdef extern from "_bf16amx.h" nogil:
     long pynn_amx_words(long rows_or_cols, long kp)
     long pynn_amx_panels(long n)
     long pynn_amx_units(long m, long n)
-    int pynn_amx_available()
+    int pynn_amx_available(int kind)
+    enum:
+        PYNN_AMX_BF16
     void pynn_amx_a_rows(const float* src, long lds, long m, long k, long r0, long r1,
                          long kp16, uint32_t* At)
     void pynn_amx_b_pairs(const float* src, long lds, long k, long n, long q0, long q1, long t0,
@@ -135,7 +137,7 @@ KERNEL = None
 # Floats of one thread's AMX output block (32 rows x PYNN_AMX_GROUP panels of 32 columns).
 cdef long _AMX_BLOCK = 32 * 32 * PYNN_AMX_GROUP
 # Whether this process may use AMX tiles (asked of the OS once, at import).
-_AMX_AVAILABLE = bool(pynn_amx_available())
+_AMX_AVAILABLE = bool(pynn_amx_available(PYNN_AMX_BF16))
 cdef bint _amx = False
 KERNELS = ("amx_bf16", "avx512_bf16", "portable")
 

@@ -13,7 +13,8 @@ with lo = y_zero_point under relu (the fused activation), else 0; multiplier[u] 
 x_scale * w_scale[u] / y_scale, formed by the caller; y_zero_point None gives float32
 sat_int32(acc) * multiplier[u] instead (dynamic quantization). The products run on
 ``_qgemm.h``'s register-blocked GEMM over weights packed once in the VNNI layout
-(``int8_pack_weights``): AVX-512 VNNI vpdpbusd (4 x 32 tiles) / AVX2 vpmaddwd after widening
+(``int8_pack_weights``): AMX tiles (TDPBUSD, 32 x 32 per pass, where the CPU has AMX-INT8
+and Linux grants it) / AVX-512 VNNI vpdpbusd (8 x 32 tiles) / AVX2 vpmaddwd after widening
 (2 x 16) / scalar, chosen at RUN time (``force_isa`` pins one for the tests), exact in int32;
 the zero-point correction and bias add in int64, saturated to int32, in the fused epilogue.
 ``int8_im2col``: the uint8 patches that make Conv2D this same GEMM; ``int8_conv2d_forward``
@@ -50,7 +51,7 @@ cdef extern from "_qgemm.h" nogil:
         uint8_t* y
         float* yf
         int relu
-    int QGEMM_MAX_K, QGEMM_NB, QGEMM_SCALAR, QGEMM_AVX2, QGEMM_AVX512_VNNI
+    int QGEMM_MAX_K, QGEMM_NB, QGEMM_SCALAR, QGEMM_AVX2, QGEMM_AVX512_VNNI, QGEMM_AMX
     int pynn_qgemm_isa()
     int pynn_qgemm_best_isa()
     int pynn_qgemm_force(int isa)
@@ -74,7 +75,8 @@ cdef extern from "_qgemm.h" nogil:
                          uint8_t* buf, Py_ssize_t p0, Py_ssize_t p1)
 
 MAX_K = QGEMM_MAX_K
-ISAS = {"scalar": QGEMM_SCALAR, "avx2": QGEMM_AVX2, "avx512_vnni": QGEMM_AVX512_VNNI}
+ISAS = {"scalar": QGEMM_SCALAR, "avx2": QGEMM_AVX2, "avx512_vnni": QGEMM_AVX512_VNNI,
+        "amx_int8": QGEMM_AMX}
 _ISA_NAMES = {v: k for k, v in ISAS.items()}
 
 

@@ -63,6 +63,10 @@ def info():
 
     lines.append(f"bf16 (mixed_bfloat16): {bf16.KERNEL} "
                  f"({_BF16_KERNELS.get(bf16.KERNEL, '')}; PYNN_BF16_KERNEL chooses another)")
+    from pynn._native import quant
+
+    lines.append(f"int8 (quantized layers): {quant.ISA} (of {', '.join(quant.available_isas())}; "
+                 f"exact integer sums, the same bits on each)")
     omp = native_info.openmp_enabled()
     lines.append(f"openmp: {'ON' if omp else 'OFF (single-threaded kernels)'}, "
                  f"threads: {n_threads} (omp max threads {native_info.get_max_threads()}), "

@@ -149,7 +149,7 @@ def test_int8_bad_input(backend, case, message):
 
 
 def test_kernel_isa_is_reported():
-    assert native_quant.ISA in ("avx512_vnni", "avx2", "scalar")
+    assert native_quant.ISA in ("amx_int8", "avx512_vnni", "avx2", "scalar")
     assert native_quant.available_isas()[-1] == native_quant.ISA
     with pytest.raises(ValueError, match=r"force_isa: 'sse9' is not one of this CPU's int8 "):
         native_quant.force_isa("sse9")
@@ -158,7 +158,10 @@ def test_kernel_isa_is_reported():
 # Tiles (4 rows x 32 units on VNNI, 2 x 16 on AVX2, 64-row tiles) and their remainders.
 # rows cover the VNNI path's 8-, 4- and 1-row register tiles inside one 64-row tile (13, 77)
 ISA_SHAPES = [(1, 1, 1), (5, 3, 17), (9, 67, 33), (65, 130, 47), (130, 29, 96), (3, 7, 2),
-              (13, 45, 50), (77, 20, 64)]
+              (13, 45, 50), (77, 20, 64),
+              # AMX (32 rows a pass, 16 at least): a short second pass of 8 and of 18 rows,
+              # a first pass of 20; K in whole 64-byte steps and with a short last step
+              (40, 67, 33), (20, 130, 47), (50, 64, 40), (16, 256, 16)]
 
 
 @pytest.mark.parametrize("isa", native_quant.available_isas())
