@@ -218,12 +218,21 @@ def _all_ops(rng):
     xi, ki = rand(rng, (3, 9, 7, 9)), rand(rng, (3, 3, 9, 6))
     dzi = rand(rng, (3, 9, 7, 6))
     geo = ((1, 1), "same", (1, 1))
-    return [native_bf16.bf16_dense_forward(x, kernel, None)[0],
+    # and channels in whole AMX tiles (32): the direct stride-1 paths there; a product past
+    # AMX's serial threshold (16 M multiply-adds), split over the threads there
+    xw, kw, dzw = rand(rng, (5, 9, 8, 32)), rand(rng, (3, 3, 32, 32)), rand(rng, (5, 9, 8, 32))
+    xb, kb = rand(rng, (256, 257)), rand(rng, (257, 260))
+    return [native_bf16.bf16_dense_forward(xb, kb, None)[0],
+            native_bf16.bf16_dense_backward_input(rand(rng, (256, 260)), kb),
+            native_bf16.bf16_dense_forward(x, kernel, None)[0],
             native_bf16.bf16_dense_backward_input(dz, kernel),
             native_bf16.bf16_dense_backward_weight(x, dz),
             native_bf16.bf16_conv2d_forward(xi, ki, None, *geo)[0],
             native_bf16.bf16_conv2d_backward_input(dzi, ki, xi.shape, *geo),
-            native_bf16.bf16_conv2d_backward_weight(xi, dzi, ki.shape, *geo)]
+            native_bf16.bf16_conv2d_backward_weight(xi, dzi, ki.shape, *geo),
+            native_bf16.bf16_conv2d_forward(xw, kw, None, *geo)[0],
+            native_bf16.bf16_conv2d_backward_input(dzw, kw, xw.shape, *geo),
+            native_bf16.bf16_conv2d_backward_weight(xw, dzw, kw.shape, *geo)]
 
 
 def test_portable_kernel_gives_the_same_bits(rng):
