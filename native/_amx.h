@@ -57,8 +57,9 @@ typedef struct {
    compiler they read or write memory, so stores into a panel could sink past the load. */
 #define PYNN_AMX_LOAD(t, base, stride) \
     __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"(base), "r"((long)(stride)) : "memory")
-#define PYNN_AMX_STORE(t, base, stride) \
-    __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"(base), "r"((long)(stride)) : "memory")
+#define PYNN_AMX_STORE(t, base, stride)                                                  \
+    __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"(base), "r"((long)(stride)) \
+                     : "memory")
 #define PYNN_AMX_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::)
 /* c += a . b: bf16 pairs into float32, and uint8 x int8 quads into int32 */
 #define PYNN_AMX_DP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)

@@ -240,75 +240,101 @@ pynn_amx_write(const float* blk, long ldb, long m, long n, long i0, long j0, lon
     }
 }
 
-/* Work units [u0, u1) of C (m, n) = A (m, kp16 pairs) @ B (kp16 pairs, n) from A and B
-   panels; unit u is row panel u % row_panels of column group u / row_panels (consecutive
-   units share B's panels). blk: 32 x 256 floats of this thread's. */
+/* C rows [32 ip, 32 ip + 32) x column panels [jp0, jp1) (at most PYNN_AMX_GROUP) of
+   C (m, n) = A (m, kp16 pairs) @ B (kp16 pairs, n) from A and B panels, inside a
+   pynn_amx_begin / pynn_amx_end. blk: 32 x 256 floats of this thread's. */
+__attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
+pynn_amx_block(long m, long n, long kp16, const uint32_t* At, const uint32_t* Bt, float* c,
+               long ldc, int transposed, int accumulate, long ip, long jp0, long jp1,
+               float* blk) {
+    const long ldb = PYNN_AMX_GROUP * 32;
+    const uint32_t* ap = At + ip * 32 * kp16;
+    long q0, q, jp;
+    /* Blocks of 32 whole rows of an untransposed, overwritten C take the tiles straight
+       (4 tile stores): through the block buffer and a copy, a first-layer conv's 8 MB
+       output cost 3.5x a plain copy's time. */
+    int direct = !transposed && !accumulate && ip * 32 + 32 <= m;
+    for (q0 = 0; q0 < kp16; q0 += PYNN_AMX_KC) {
+        long q1 = q0 + PYNN_AMX_KC < kp16 ? q0 + PYNN_AMX_KC : kp16;
+        for (jp = jp0; jp < jp1; jp++) {
+            float* cb = blk + (jp - jp0) * 32;
+            const uint32_t* bp = Bt + jp * 32 * kp16;
+            if (q0 == 0) {
+                PYNN_AMX_ZERO(0);
+                PYNN_AMX_ZERO(1);
+                PYNN_AMX_ZERO(2);
+                PYNN_AMX_ZERO(3);
+            } else {
+                PYNN_AMX_LOAD(0, cb, ldb * 4);
+                PYNN_AMX_LOAD(1, cb + 16, ldb * 4);
+                PYNN_AMX_LOAD(2, cb + 16 * ldb, ldb * 4);
+                PYNN_AMX_LOAD(3, cb + 16 * ldb + 16, ldb * 4);
+            }
+            for (q = q0; q < q1; q += 16) {
+                const uint32_t* a = ap + q * 32;
+                const uint32_t* b = bp + q * 32;
+                /* loads interleaved with the products that wait for them */
+                PYNN_AMX_LOAD(4, a, 64);
+                PYNN_AMX_LOAD(6, b, 64);
+                PYNN_AMX_DP(0, 4, 6);
+                PYNN_AMX_LOAD(7, b + 256, 64);
+                PYNN_AMX_DP(1, 4, 7);
+                PYNN_AMX_LOAD(5, a + 256, 64);
+                PYNN_AMX_DP(2, 5, 6);
+                PYNN_AMX_DP(3, 5, 7);
+            }
+            if (direct && jp * 32 + 32 <= n && q1 == kp16) {
+                /* the whole sum of a block inside C: straight into C */
+                float* d = c + ip * 32 * ldc + jp * 32;
+                PYNN_AMX_STORE(0, d, ldc * 4);
+                PYNN_AMX_STORE(1, d + 16, ldc * 4);
+                PYNN_AMX_STORE(2, d + 16 * ldc, ldc * 4);
+                PYNN_AMX_STORE(3, d + 16 * ldc + 16, ldc * 4);
+                continue;
+            }
+            PYNN_AMX_STORE(0, cb, ldb * 4);
+            PYNN_AMX_STORE(1, cb + 16, ldb * 4);
+            PYNN_AMX_STORE(2, cb + 16 * ldb, ldb * 4);
+            PYNN_AMX_STORE(3, cb + 16 * ldb + 16, ldb * 4);
+        }
+    }
+    if (!direct) {
+        pynn_amx_write(blk, ldb, m, n, ip * 32, jp0 * 32, jp1 * 32, c, ldc, transposed,
+                       accumulate);
+    } else if (jp1 * 32 > n) {   /* the last panel sticks out of C */
+        pynn_amx_write(blk + (jp1 - 1 - jp0) * 32, ldb, m, n, ip * 32, (jp1 - 1) * 32,
+                       jp1 * 32, c, ldc, 0, 0);
+    }
+}
+
+/* Row panels [ip0, ip1) x column panels [jp0, jp1) of C, PYNN_AMX_GROUP column panels at a
+   time. Each element's sum runs over K in the same order whatever the range: the bits do
+   not depend on how a product is split. */
+__attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
+pynn_amx_gemm_range(long m, long n, long kp16, const uint32_t* At, const uint32_t* Bt,
+                    float* c, long ldc, int transposed, int accumulate, long ip0, long ip1,
+                    long jp0, long jp1, float* blk) {
+    long ip, jp;
+    pynn_amx_begin();
+    for (ip = ip0; ip < ip1; ip++)
+        for (jp = jp0; jp < jp1; jp += PYNN_AMX_GROUP)
+            pynn_amx_block(m, n, kp16, At, Bt, c, ldc, transposed, accumulate, ip, jp,
+                           jp + PYNN_AMX_GROUP < jp1 ? jp + PYNN_AMX_GROUP : jp1, blk);
+    pynn_amx_end();
+}
+
+/* Work units [u0, u1) of C: unit u is row panel u % row_panels of column group
+   u / row_panels (consecutive units share B's panels). */
 __attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
 pynn_amx_gemm(long m, long n, long kp16, const uint32_t* At, const uint32_t* Bt, float* c,
               long ldc, int transposed, int accumulate, long u0, long u1, float* blk) {
-    const long ldb = PYNN_AMX_GROUP * 32, rp = pynn_amx_panels(m), cp = pynn_amx_panels(n);
+    const long rp = pynn_amx_panels(m), cp = pynn_amx_panels(n);
     long u;
     pynn_amx_begin();
     for (u = u0; u < u1; u++) {
-        long ip = u % rp, g = u / rp, jp0 = g * PYNN_AMX_GROUP;
-        long jp1 = jp0 + PYNN_AMX_GROUP < cp ? jp0 + PYNN_AMX_GROUP : cp;
-        const uint32_t* ap = At + ip * 32 * kp16;
-        long q0, q, jp;
-        /* Blocks of 32 whole rows of an untransposed, overwritten C take the tiles straight
-           (4 tile stores): through the block buffer and a copy, a first-layer conv's 8 MB
-           output cost 3.5x a plain copy's time. */
-        int direct = !transposed && !accumulate && ip * 32 + 32 <= m;
-        for (q0 = 0; q0 < kp16; q0 += PYNN_AMX_KC) {
-            long q1 = q0 + PYNN_AMX_KC < kp16 ? q0 + PYNN_AMX_KC : kp16;
-            for (jp = jp0; jp < jp1; jp++) {
-                float* cb = blk + (jp - jp0) * 32;
-                const uint32_t* bp = Bt + jp * 32 * kp16;
-                if (q0 == 0) {
-                    PYNN_AMX_ZERO(0);
-                    PYNN_AMX_ZERO(1);
-                    PYNN_AMX_ZERO(2);
-                    PYNN_AMX_ZERO(3);
-                } else {
-                    PYNN_AMX_LOAD(0, cb, ldb * 4);
-                    PYNN_AMX_LOAD(1, cb + 16, ldb * 4);
-                    PYNN_AMX_LOAD(2, cb + 16 * ldb, ldb * 4);
-                    PYNN_AMX_LOAD(3, cb + 16 * ldb + 16, ldb * 4);
-                }
-                for (q = q0; q < q1; q += 16) {
-                    const uint32_t* a = ap + q * 32;
-                    const uint32_t* b = bp + q * 32;
-                    /* loads interleaved with the products that wait for them */
-                    PYNN_AMX_LOAD(4, a, 64);
-                    PYNN_AMX_LOAD(6, b, 64);
-                    PYNN_AMX_DP(0, 4, 6);
-                    PYNN_AMX_LOAD(7, b + 256, 64);
-                    PYNN_AMX_DP(1, 4, 7);
-                    PYNN_AMX_LOAD(5, a + 256, 64);
-                    PYNN_AMX_DP(2, 5, 6);
-                    PYNN_AMX_DP(3, 5, 7);
-                }
-                if (direct && jp * 32 + 32 <= n && q1 == kp16) {
-                    /* the whole sum of a block inside C: straight into C */
-                    float* d = c + ip * 32 * ldc + jp * 32;
-                    PYNN_AMX_STORE(0, d, ldc * 4);
-                    PYNN_AMX_STORE(1, d + 16, ldc * 4);
-                    PYNN_AMX_STORE(2, d + 16 * ldc, ldc * 4);
-                    PYNN_AMX_STORE(3, d + 16 * ldc + 16, ldc * 4);
-                    continue;
-                }
-                PYNN_AMX_STORE(0, cb, ldb * 4);
-                PYNN_AMX_STORE(1, cb + 16, ldb * 4);
-                PYNN_AMX_STORE(2, cb + 16 * ldb, ldb * 4);
-                PYNN_AMX_STORE(3, cb + 16 * ldb + 16, ldb * 4);
-            }
-        }
-        if (!direct) {
-            pynn_amx_write(blk, ldb, m, n, ip * 32, jp0 * 32, jp1 * 32, c, ldc, transposed,
-                           accumulate);
-        } else if (jp1 * 32 > n) {   /* the last panel sticks out of C */
-            pynn_amx_write(blk + (jp1 - 1 - jp0) * 32, ldb, m, n, ip * 32, (jp1 - 1) * 32,
-                           jp1 * 32, c, ldc, 0, 0);
-        }
+        long ip = u % rp, jp0 = u / rp * PYNN_AMX_GROUP;
+        pynn_amx_block(m, n, kp16, At, Bt, c, ldc, transposed, accumulate, ip, jp0,
+                       jp0 + PYNN_AMX_GROUP < cp ? jp0 + PYNN_AMX_GROUP : cp, blk);
     }
     pynn_amx_end();
 }
@@ -653,6 +679,10 @@ static void pynn_amx_b_transposed(const float* z, long ldz, long R, long K, long
 static void pynn_amx_gemm(long m, long n, long kp16, const uint32_t* At, const uint32_t* Bt,
                           float* c, long ldc, int transposed, int accumulate, long u0, long u1,
                           float* blk) {}
+static void pynn_amx_gemm_range(long m, long n, long kp16, const uint32_t* At,
+                                const uint32_t* Bt, float* c, long ldc, int transposed,
+                                int accumulate, long ip0, long ip1, long jp0, long jp1,
+                                float* blk) {}
 static void pynn_amx_im2col_a(const float* x, const pynn_bf16_conv_geom* g, int m0, int rows,
                               long kp16, uint16_t* row, uint32_t* At) {}
 static void pynn_amx_im2col_b(const float* x, const pynn_bf16_conv_geom* g, int m0, int rows,

@@ -91,6 +91,9 @@ cdef extern from "_bf16amx.h" nogil:
     void pynn_amx_gemm(long m, long n, long kp16, const uint32_t* At, const uint32_t* Bt,
                        float* c, long ldc, int transposed, int accumulate, long u0, long u1,
                        float* blk)
+    void pynn_amx_gemm_range(long m, long n, long kp16, const uint32_t* At, const uint32_t* Bt,
+                             float* c, long ldc, int transposed, int accumulate, long ip0,
+                             long ip1, long jp0, long jp1, float* blk)
     void pynn_amx_im2col_a(const float* x, const pynn_bf16_conv_geom* g, int m0, int rows,
                            long kp16, uint16_t* row, uint32_t* At)
     void pynn_amx_im2col_b(const float* x, const pynn_bf16_conv_geom* g, int m0, int rows,
@@ -286,14 +289,17 @@ cdef enum:
 def _amx_product(a, int a_kind, b, int b_kind, float[:, ::1] c, bint transposed, bias=None,
                  float[:, ::1] y=None, int act=0, double alpha=0.0):
     """c (m, n) = A @ B, or c (n, m) = (A @ B).T, on AMX tiles, in ONE OpenMP region with no
-    barrier: each thread takes a share of the larger operand's panels (rows of A, or column
-    groups of B), converts that share, converts the whole smaller operand into its own
-    buffer, and runs its units (each unit's bias and activation into y right after it).
-    Under pynn's passive OpenMP waiters a region start or a barrier wakes sleeping threads:
-    three work-shared loops in one region made the 784 -> 512 forward 171 -> 250 us, and
-    three regions cost the MLP's bf16 step more than its products. A from a (m, k) or,
+    barrier: each thread takes a share of the larger operand's 32-row / 32-column panels,
+    converts that share, converts the whole smaller operand into its own buffer, multiplies
+    its share, then applies bias and activation to it into y. Under pynn's passive OpenMP
+    waiters a region start or a barrier wakes sleeping threads: three work-shared loops in
+    one region made the 784 -> 512 forward 171 -> 250 us, and three regions cost the MLP's
+    bf16 step more than its products. Splitting by columns when B is the larger operand (a
+    4096 -> 128 Dense, whose weight both threads converted whole before): the small CNN's
+    bf16 step 11.3-11.6 -> 10.3 ms, float32's 15.2-16.8 beside it. A from a (m, k) or,
     transposed, from a (k, m); B from b (k, n) or, transposed, from b (n, k); m, n, k > 0.
-    Each unit's sums do not depend on which thread runs it."""
+    Each element's sum runs over K in one order however the product is split: the same bits
+    for any thread count."""
     cdef const float[:, ::1] av = a
     cdef const float[:, ::1] bv = b
     cdef long m = a.shape[1] if a_kind == AMX_TRANSPOSED else a.shape[0]
@@ -301,31 +307,35 @@ def _amx_product(a, int a_kind, b, int b_kind, float[:, ::1] c, bint transposed,
     cdef long n = b.shape[0] if b_kind == AMX_TRANSPOSED else b.shape[1]
     cdef long kp = (k + 1) // 2, kp16 = pynn_amx_kp16(kp)
     cdef long rp = pynn_amx_panels(m), cp = pynn_amx_panels(n)
-    cdef long groups = (cp + PYNN_AMX_GROUP - 1) // PYNN_AMX_GROUP
     cdef long threads = omp_get_max_threads(), ldc = c.shape[1]
     cdef long a_words = pynn_amx_words(m, kp), b_words = pynn_amx_words(n, kp)
-    # Split the rows when A is the larger operand (its panels are converted once, shared
-    # out), else the column groups; the other operand is converted whole by every thread.
-    cdef bint by_rows = a_words >= b_words and rp > 1 or groups == 1
-    cdef long parts = rp if by_rows else groups
+    # softmax needs whole rows in one thread: split the rows then
+    cdef bint by_rows = (a_words >= b_words and rp > 1) or cp == 1 or act == ACT_SOFTMAX
+    cdef long parts = rp if by_rows else cp
     cdef int nthreads = min(threads, parts) if m * n * k >= AMX_PARALLEL_MACS else 1
-    cdef long tid, nt, s0, s1, ip, g, u, r0, r1, j0, j1
+    cdef long tid, nt, s0, s1, ip0, ip1, jp0, jp1
     cdef const float[::1] biasv
     cdef const float* bptr = NULL
     cdef float* yptr = NULL
     cdef uint32_t* ap
     cdef uint32_t* bp
-    at = np.empty(a_words * (1 if by_rows else nthreads), np.uint32)
-    bt = np.empty(b_words * (nthreads if by_rows else 1), np.uint32)
-    blk = np.empty(nthreads * _AMX_BLOCK, np.float32)
-    cdef uint32_t[::1] atv = at
-    cdef uint32_t[::1] btv = bt
-    cdef float[::1] bkv = blk
+    cdef uint32_t[::1] atv
+    cdef uint32_t[::1] btv
+    cdef float[::1] bkv
     if bias is not None:
         biasv = bias
         bptr = &biasv[0]
     if y is not None:
         yptr = &y[0, 0]
+    # Fresh arrays: a training step's come back from pynn's host memory pool; the scratch
+    # pool (one buffer per dtype, shared by every op) made the MLP's bf16 step 7% slower.
+    # Outside a training loop, MBs of them come back page by page from the OS.
+    at = np.empty(a_words * (1 if by_rows else nthreads), np.uint32)
+    bt = np.empty(b_words * (nthreads if by_rows else 1), np.uint32)
+    blk = np.empty(nthreads * _AMX_BLOCK, np.float32)
+    atv = at
+    btv = bt
+    bkv = blk
     with nogil, parallel(num_threads=nthreads):
         tid = omp_get_thread_num()
         nt = omp_get_num_threads()
@@ -334,26 +344,20 @@ def _amx_product(a, int a_kind, b, int b_kind, float[:, ::1] c, bint transposed,
         ap = &atv[0] + (0 if by_rows else tid * a_words)
         bp = &btv[0] + (tid * b_words if by_rows else 0)
         if by_rows:   # A: this thread's row panels; B: whole
+            ip0, ip1, jp0, jp1 = s0, s1, 0, cp
             _amx_convert_a(av, a_kind, m, k, kp16, s0, s1, ap)
             _amx_convert_b(bv, b_kind, n, k, kp16, 0, cp, bp)
-        else:         # A: whole; B: this thread's column groups
+        else:         # A: whole; B: this thread's column panels
+            ip0, ip1, jp0, jp1 = 0, rp, s0, s1
             _amx_convert_a(av, a_kind, m, k, kp16, 0, rp, ap)
-            _amx_convert_b(bv, b_kind, n, k, kp16, s0 * PYNN_AMX_GROUP,
-                           min(cp, s1 * PYNN_AMX_GROUP), bp)
-        for ip in range(s0 if by_rows else 0, s1 if by_rows else rp):
-            for g in range(0 if by_rows else s0, groups if by_rows else s1):
-                u = g * rp + ip
-                pynn_amx_gemm(m, n, kp16, ap, bp, &c[0, 0], ldc, transposed, 0, u, u + 1,
-                              &bkv[0] + tid * _AMX_BLOCK)
-                if bptr != NULL or yptr != NULL:
-                    r0 = ip * 32
-                    r1 = min(m, r0 + 32)
-                    j0 = g * 32 * PYNN_AMX_GROUP
-                    j1 = min(n, j0 + 32 * PYNN_AMX_GROUP)
-                    if act == ACT_SOFTMAX:   # whole rows: n fits one group (the caller's check)
-                        j0, j1 = 0, n
-                    block_epilogue(&c[0, 0], yptr, bptr, <int>r0, <int>r1, <int>j0, <int>j1,
-                                   <int>ldc, act, <float>alpha)
+            _amx_convert_b(bv, b_kind, n, k, kp16, s0, s1, bp)
+        if s1 > s0:
+            pynn_amx_gemm_range(m, n, kp16, ap, bp, &c[0, 0], ldc, transposed, 0, ip0,
+                                ip1, jp0, jp1, &bkv[0] + tid * _AMX_BLOCK)
+            if bptr != NULL or yptr != NULL:
+                block_epilogue(&c[0, 0], yptr, bptr, <int>(ip0 * 32),
+                               <int>min(m, ip1 * 32), <int>(jp0 * 32),
+                               <int>min(n, jp1 * 32), <int>ldc, act, <float>alpha)
 
 
 cdef void _amx_convert_a(const float[:, ::1] av, int kind, long m, long k, long kp16, long p0,
@@ -422,9 +426,6 @@ def bf16_dense_forward(x, kernel, bias, activation="linear", alpha=0.0):
                                                                    activation, alpha)
     if _amx and x.size and kernel.size:
         z = np.empty((x.shape[0], kernel.shape[1]), np.float32)
-        if act_name == "softmax" and kernel.shape[1] > 32 * PYNN_AMX_GROUP:
-            _amx_product(x, AMX_PLAIN, kernel, AMX_PLAIN, z, False)
-            return _bias_act(z, bias, act_name, alpha)
         keep_z = act_name in ACTIVATIONS_NEEDING_INPUT
         y = np.empty_like(z) if keep_z else z
         _amx_product(x, AMX_PLAIN, kernel, AMX_PLAIN, z, False, bias, y,

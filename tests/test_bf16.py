@@ -145,6 +145,21 @@ def test_bf16_dense_forward_activation(backend, rng, activation):
         assert z is None
 
 
+@pytest.mark.parametrize("activation", ["relu", "softmax"])
+def test_every_cpu_kernel_dense_epilogue_past_one_group(cpu_kernel, rng, activation):
+    """Bias and activation after a product wider than one AMX column group (256) and past
+    its serial threshold, split over the threads: softmax's rows stay whole."""
+    x, kernel, bias = rand(rng, (160, 330)), rand(rng, (330, 300)), rand(rng, (300,))
+    y, _ = native_bf16.bf16_dense_forward(x, kernel, bias, activation)
+    want_y, want_z = ref.bf16_dense_forward_ref(x, kernel, bias, activation)
+    if activation == "relu":
+        bound = ref.bf16_dense_forward_ref(np.abs(x), np.abs(kernel), np.abs(bias))[1]
+        _within_bf16_gemm_error(y, want_y, bound, 330, f"relu ({cpu_kernel})")
+    else:
+        np.testing.assert_allclose(y, want_y, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-5)
+
+
 def test_bf16_dense_rounds_its_operands(rng):
     """The result is the product of the rounded operands, not of the float32 ones: the two
     differ by far more than the accumulation error."""
