@@ -11,7 +11,9 @@ over rounds and the ratios of the medians.
     .venv/bin/python bench/bench_mixed_precision.py [--threads 2] [--rounds 7] [--json PATH]
 
 ``--profile`` instead times each backend op of both pynn policies (bench_cpu.profile_pynn's
-wrapping), side by side per op, to show where bf16 gains or loses.
+wrapping), side by side per op, to show where bf16 gains or loses. ``--pynn-only`` times the
+two pynn policies alone in the process under pynn's own OpenMP defaults (the default run sets
+``OMP_WAIT_POLICY=PASSIVE`` for both frameworks), alternated, e.g. ``--rounds 9 --steps 20``.
 """
 
 import argparse
@@ -184,6 +186,41 @@ def run(args):
     return results
 
 
+def pynn_only(args):
+    """Both pynn policies alone in the process, under pynn's own OpenMP defaults (no torch
+    imported, no OMP_WAIT_POLICY set here): ms per train_on_batch step, the policies
+    alternated every round (warm-up steps first), medians and their ratio."""
+    import pynn
+
+    pynn.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    out = {"mode": "pynn only, pynn's OpenMP defaults", "threads": args.threads,
+           "bf16_kernel": pynn.mixed_precision.bf16_kernel(), "models": {}}
+    for name in args.models:
+        spec = MODELS[name]
+        x = rng.random((spec["batch"],) + spec["input"], dtype=np.float32)
+        y = rng.integers(0, 10, spec["batch"]).astype(np.int32)
+        models = {p: pynn_model(name, p) for p in ("float32", "mixed_bfloat16")}
+        ms = {p: [] for p in models}
+        for _ in range(args.rounds):
+            for p, model in models.items():
+                for _ in range(3):
+                    model.train_on_batch(x, y)
+                t = time.perf_counter()
+                for _ in range(args.steps):
+                    model.train_on_batch(x, y)
+                ms[p].append(1e3 * (time.perf_counter() - t) / args.steps)
+        med = {p: statistics.median(v) for p, v in ms.items()}
+        out["models"][name] = {"ms_per_step": {p: round(v, 3) for p, v in med.items()},
+                               "rounds_ms": {p: [round(t, 3) for t in v] for p, v in ms.items()},
+                               "bf16_vs_pynn_float32": round(med["float32"]
+                                                             / med["mixed_bfloat16"], 3)}
+        print(f"{name}: float32 {med['float32']:.3f} ms, mixed_bfloat16 "
+              f"{med['mixed_bfloat16']:.3f} ms per step: "
+              f"{med['float32'] / med['mixed_bfloat16']:.2f}x", flush=True)
+    return out
+
+
 def profile(args):
     """ms per step of each op (summed over its shapes) under float32 and mixed_bfloat16; the
     bf16_ prefix is dropped so an op's two lanes share a row."""
@@ -231,9 +268,14 @@ def main(argv=None):
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--profile", action="store_true", help="per-op times of both pynn policies")
+    ap.add_argument("--pynn-only", action="store_true",
+                    help="both pynn policies alone, under pynn's own OpenMP defaults")
     args = ap.parse_args(argv)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    results = profile(args) if args.profile else run(args)
+    if args.pynn_only:
+        results = pynn_only(args)
+    else:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        results = profile(args) if args.profile else run(args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0
