@@ -651,16 +651,38 @@ def _amx_conv_direct(x, kernel2d, z, g, bias=None, bint relu=False):
     pl.kp16 = kp16
     # The last block's taps read up to 31 + (KW - 1) * DW positions past the last image.
     cdef long slack = (32 + (pl.KW - 1) * pl.DW) * (pl.C // 2)
-    xb = np.empty(N * pl.sample_words + slack, np.uint32)
-    xb[N * pl.sample_words:] = 0
-    cdef long units = N * pl.pblocks * pl.fgroups
-    cdef long chunks = max(1, min(omp_get_max_threads(), units)), t, s
-    blk = np.empty(chunks * _AMX_BLOCK, np.float32)
+    cdef long per_sample = pl.pblocks * pl.fgroups, threads = omp_get_max_threads()
+    cdef long units = N * per_sample, own = pl.sample_words + slack, tid
+    cdef long chunks = max(1, min(threads, units)), t, s
     cdef const float[:, :, :, ::1] xv = x
     cdef float[:, :, :, ::1] zv = z
-    cdef uint32_t[::1] xbv = xb
+    cdef uint32_t[::1] xbv
     cdef const uint32_t[::1] btv = bt
-    cdef float[::1] bkv = blk
+    cdef float[::1] bkv
+    if N >= 2 * threads:
+        # One region, no barrier: each thread pads a sample into its own image and runs that
+        # sample's units (two regions, all images padded first, cost a second wake-up of
+        # the passive team per call).
+        xb = np.empty(threads * own, np.uint32)
+        blk = np.empty(threads * _AMX_BLOCK, np.float32)
+        for t in range(threads):
+            xb[t * own + pl.sample_words:(t + 1) * own] = 0
+        xbv = xb
+        bkv = blk
+        with nogil:
+            for s in prange(N, schedule="static"):
+                tid = omp_get_thread_num()
+                pynn_amx_pad_image(&xv[s, 0, 0, 0], H, W, pl.C, pl.WP, PT, PL, 0, HP,
+                                   &xbv[0] + tid * own)
+                pynn_amx_conv_units(&pl, &xbv[0] + tid * own, &btv[0], bptr, relu,
+                                    &zv[s, 0, 0, 0], 0, per_sample,
+                                    &bkv[0] + tid * _AMX_BLOCK)
+        return
+    xb = np.empty(N * pl.sample_words + slack, np.uint32)
+    xb[N * pl.sample_words:] = 0
+    blk = np.empty(chunks * _AMX_BLOCK, np.float32)
+    xbv = xb
+    bkv = blk
     with nogil:
         for s in prange(N, schedule="static", use_threads_if=N > 1):
             pynn_amx_pad_image(&xv[s, 0, 0, 0], H, W, pl.C, pl.WP, PT, PL, 0, HP,

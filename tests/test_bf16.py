@@ -298,7 +298,9 @@ AMX_CONV_CASES = [((2, 17, 19, 40), (3, 3, 40, 37), (1, 1), "same", (1, 1)),
                   # channels a multiple of 32 (16): whole tile columns per tap
                   ((2, 9, 11, 32), (3, 3, 32, 64), (1, 1), "same", (1, 1)),
                   ((2, 10, 9, 64), (3, 2, 64, 32), (1, 1), "valid", (2, 1)),
-                  ((2, 8, 8, 16), (3, 3, 16, 48), (2, 2), "same", (1, 1))]
+                  ((2, 8, 8, 16), (3, 3, 16, 48), (2, 2), "same", (1, 1)),
+                  # a batch of several samples per thread: one sample's image at a time
+                  ((9, 7, 6, 32), (3, 3, 32, 33), (1, 1), "same", (1, 1))]
 
 
 @pytest.mark.parametrize("x_shape,k_shape,strides,padding,dilation",
