@@ -15,7 +15,9 @@ still in cache; OpenBLAS is held at one thread during the region (_blas_solo_ent
 each GEMM to OpenBLAS's own thread pool and the epilogue to OpenMP's made the two pools wake
 and wait for each other several times per layer: the 784-512-256-10 MLP training step ran
 6-8% slower that way (Zen 3, 2 threads, in-process A/B), a 512 -> 256 forward up to 25%.
-Without such a BLAS the product goes to BLAS's own threading, the epilogue to a second pass.
+Products under _SERIAL_MACS multiply-adds are one GEMM on the calling thread instead: a
+region's wake-up costs more than the second core gives them. Without such a BLAS the product
+goes to BLAS's own threading, the epilogue to a second pass.
 """
 import os
 
@@ -157,6 +159,28 @@ def _one_region_mode():
 # packed each operand twice as often: the MLP step gained 3-5% instead of 6-8%.
 cdef int _BANDS = min(16, usable_cores())
 
+# Products under this many multiply-adds run as one GEMM on the calling thread, no region.
+# Waking a sleeping OpenMP worker costs 60-100 us on the VMs pynn is measured on (an empty
+# 2-thread region after a 20 us gap: 59 us, after 0-10 us: 1.5 us; 1,000 spins last ~11 us
+# on the Intel kind), and a training step's ops are separated by more than that spin, so a
+# banded op pays the wake and its early band waits for the late one. Intel Xeon, 2 threads,
+# each call after 50 us of other work, microseconds banded / serial (forward, input
+# gradient, kernel gradient):
+#   64x256x256    4.2M  112/82   101/76   96/74
+#   64x512x256    8.4M  211/157  164/144  146/140   (32x512x512: 194/211, 169/191, 146/165)
+#   128x512x256  16.8M  232/284  208/262  194/254
+# The rule is the shape's alone, so the bits never depend on the thread count.
+cdef double _SERIAL_MACS = 1e7
+
+
+def _set_serial_macs(macs=None):
+    """Test hook: the serial threshold in multiply-adds (0: always banded; None: the
+    default). Returns the old value."""
+    global _SERIAL_MACS
+    old = _SERIAL_MACS
+    _SERIAL_MACS = 1e7 if macs is None else float(macs)
+    return old
+
 
 cdef void _gemm_bands(bint ta, bint tb, int m, int n, int k, const floating* a, int lda,
                       const floating* b, int ldb, floating* c, int ldc, const floating* bias,
@@ -205,6 +229,8 @@ def _gemm_one_region(bint trans_a, bint trans_b, const floating[:, ::1] a,
     if m == 0 or n == 0 or k == 0 or not _HAVE_BLAS_THREADS:
         return False
     bands = min(_BANDS, (n + 15) // 16 if n > m and act != ACT_SOFTMAX else (m + 7) // 8)
+    if <double>m * n * k < _SERIAL_MACS:
+        bands = 0   # one GEMM on this thread (see _SERIAL_MACS)
     if bias is not None:
         bv = bias
         bptr = &bv[0]
@@ -213,8 +239,14 @@ def _gemm_one_region(bint trans_a, bint trans_b, const floating[:, ::1] a,
     _blas_solo_enter()
     try:
         with nogil:
-            _gemm_bands(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0],
-                        b.shape[1], &c[0, 0], n, bptr, yptr, act, <floating>alpha, bands)
+            if bands == 0:
+                gemm_rowmajor(trans_a, trans_b, m, n, k, <floating>1, &a[0, 0], a.shape[1],
+                              &b[0, 0], b.shape[1], <floating>0, &c[0, 0], n)
+                if bptr != NULL or yptr != NULL:
+                    block_epilogue(&c[0, 0], yptr, bptr, 0, m, 0, n, n, act, <floating>alpha)
+            else:
+                _gemm_bands(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0],
+                            b.shape[1], &c[0, 0], n, bptr, yptr, act, <floating>alpha, bands)
     finally:
         _blas_solo_exit()
     return True

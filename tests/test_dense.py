@@ -40,13 +40,16 @@ SHAPES = [(1, 1, 1), (7, 3, 5), (13, 31, 7), (3, 33, 65), (37, 19, 70), (70, 19,
 TOL = {np.float32: {"rtol": 1e-4, "atol": 1e-5}, np.float64: {"rtol": 1e-11, "atol": 1e-12}}
 
 
-@pytest.fixture(params=["micro", "one_region", "blas_threads"])
+@pytest.fixture(params=["micro", "one_region", "serial", "blas_threads"])
 def gemm_path(request, monkeypatch):
     """Every way an op can run: pynn's register-blocked microkernel (forced on either side of
     the crossover rule), or BLAS as one OpenMP region of per-band single-threaded GEMMs with
-    the epilogue fused, or BLAS's own threads followed by a separate epilogue pass."""
+    the epilogue fused, or (a small product) one such GEMM on the calling thread, or BLAS's
+    own threads followed by a separate epilogue pass."""
     old = dense._set_gemm_path("micro" if request.param == "micro" else "blas")
     request.addfinalizer(lambda: dense._set_gemm_path(old))
+    old_serial = dense._set_serial_macs(float("inf") if request.param == "serial" else 0)
+    request.addfinalizer(lambda: dense._set_serial_macs(old_serial))
     if request.param == "micro":
         return request.param
     if request.param == "blas_threads":
