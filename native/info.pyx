@@ -11,6 +11,7 @@ that call, the child handler sets the child to one OpenMP thread instead (PyTorc
 the same libgomp limit), and ``forked_single()`` says so. LLVM's libomp has its own handler;
 the pause is harmless there. Results do not change: no kernel splits work by thread count.
 """
+from cython.parallel cimport prange
 from _openmp cimport PYNN_HAVE_OPENMP, omp_get_max_threads, omp_set_num_threads
 
 import numpy as np
@@ -123,6 +124,52 @@ def set_num_threads(int n):
     if n < 1:
         raise ValueError(f"set_num_threads: expected n >= 1, got {n}")
     omp_set_num_threads(n)
+
+
+cdef extern from *:
+    """
+    #include <time.h>
+    static double pynn_now_us(void) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return t.tv_sec * 1e6 + t.tv_nsec * 1e-3;
+    }
+    """
+    double pynn_now_us() noexcept nogil
+
+
+cdef double _timed_region(double idle_us, int threads) noexcept nogil:
+    """Microseconds one empty `threads`-thread region takes after `idle_us` of busy work on
+    the calling thread alone (the Python between two ops of a training step)."""
+    cdef double t0 = pynn_now_us(), t
+    cdef int i
+    cdef volatile int sink = 0
+    while pynn_now_us() - t0 < idle_us:
+        pass
+    t = pynn_now_us()
+    for i in prange(threads, schedule="static", num_threads=threads):
+        sink = i
+    return pynn_now_us() - t
+
+
+def region_wakeup_us(double idle_us=50.0, int repeats=201):
+    """(after idle_us, back to back): median microseconds of an empty parallel region on every
+    thread, after idle_us of work on the calling thread alone, and in a run of regions back to
+    back. The first is what each op of a training step pays to wake its sleeping
+    workers when they stopped spinning (GOMP_SPINCOUNT) before it began; on the VMs pynn is
+    measured on it is 60-100 us against 1-2 us back to back. (0.0, 0.0) with one thread."""
+    cdef int threads = omp_get_max_threads(), r
+    if threads < 2 or repeats < 1:
+        return 0.0, 0.0
+    cdef double[::1] idle = np.empty(repeats), hot = np.empty(repeats)
+    with nogil:
+        for r in range(repeats):
+            idle[r] = _timed_region(idle_us, threads)
+        for r in range(repeats):    # the team woken by the first few stays awake
+            _timed_region(0.0, threads)
+        for r in range(repeats):
+            hot[r] = _timed_region(0.0, threads)
+    return float(np.median(idle)), float(np.median(hot))
 
 
 def microkernel():

@@ -72,6 +72,12 @@ def info():
                  f"threads: {n_threads} (omp max threads {native_info.get_max_threads()}), "
                  f"waiters spin {os.environ.get('GOMP_SPINCOUNT', 'default')} then sleep "
                  f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})")
+    if omp and native_info.get_max_threads() > 1:
+        idle, hot = native_info.region_wakeup_us()
+        lines.append(f"openmp wake-up: {idle:.1f} us for a region after 50 us alone, {hot:.1f} us "
+                     f"back to back (each op of a training step pays the first once its "
+                     f"workers stop spinning; GOMP_SPINCOUNT=30000 keeps them awake where "
+                     f"pynn has the cores to itself)")
     if omp:
         lines.append("fork: " + ("the OpenMP team is released first, a child starts its own"
                                  if native_info.fork_release() else

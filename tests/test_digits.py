@@ -47,3 +47,27 @@ def test_info_command():
     for key in ("openmp:", "threads:", "device: cpu", "blas:", "kernels:", "dense:",
                 "host memory pool:"):
         assert key in result.stdout, result.stdout
+    from pynn._native import info
+
+    if info.openmp_enabled() and info.get_max_threads() > 1:
+        assert "openmp wake-up:" in result.stdout, result.stdout
+
+
+def test_region_wakeup_measures_both_cases():
+    from pynn._native import info
+
+    idle, hot = info.region_wakeup_us(idle_us=20.0, repeats=9)
+    if not info.openmp_enabled() or info.get_max_threads() < 2:
+        assert (idle, hot) == (0.0, 0.0)
+        return
+    # A region can never take negative time; back to back it cannot take a whole idle gap
+    # of the longest spin libgomp would do before sleeping (GOMP_SPINCOUNT=30000: ~0.3 ms
+    # on the slowest PAUSE measured) unless the machine itself stalls, hence a loose bound.
+    assert idle > 0.0 and hot > 0.0
+    assert hot < 5000.0, (idle, hot)
+    previous = info.get_max_threads()
+    try:
+        info.set_num_threads(1)
+        assert info.region_wakeup_us() == (0.0, 0.0)
+    finally:
+        info.set_num_threads(previous)
