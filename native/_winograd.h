@@ -1,4 +1,5 @@
-/* Winograd F(2x2, 3x3) for a 3x3, stride-1, dilation-1 float32 convolution (native/conv.pyx).
+/* Winograd F(2x2, 3x3) and F(4x4, 3x3) (at the end) for a 3x3, stride-1, dilation-1 float32
+ * convolution (native/conv.pyx).
  *
  * Legend: C input channels, F filters, HP/WP the zero-padded input the conv reads (an output
  * pixel (h, w) reads rows h..h+2, columns w..w+2 of it), HO = HP - 2, WO = WP - 2, TH/TW
@@ -137,15 +138,15 @@ static void pynn_wino_kernel_f(const float* kernel, Py_ssize_t C, Py_ssize_t F,
     }
 }
 
-/* M[k] (nt x F) = V[k] (nt x C) @ U[k] for the 16 k: element (k, i, c) of V at
+/* M[k] (nt x F) = V[k] (nt x C) @ U[k] for the nk k (16 for F(2x2, 3x3), 36 for F(4x4, 3x3)): element (k, i, c) of V at
    V + k*ksv + i*rsv (roff[i] = i*rsv for i < nt), (k, i, f) of M at M + k*ksm + i*rsm; U
    packed per k into the microkernel's column panels of nc (pynn_pack_panels_f on each
    (C, F) slice, slice k at Up + k*C*F). */
 static void pynn_wino_gemm_f(const float* V, Py_ssize_t ksv, const float* Up, float* M,
                              Py_ssize_t ksm, Py_ssize_t rsm, Py_ssize_t nt, Py_ssize_t C,
-                             Py_ssize_t F, Py_ssize_t nc, const Py_ssize_t* roff) {
+                             Py_ssize_t F, Py_ssize_t nc, const Py_ssize_t* roff, int nk) {
     Py_ssize_t k, q0, zero = 0;
-    for (k = 0; k < 16; k++) {
+    for (k = 0; k < nk; k++) {
         for (q0 = 0; q0 < F; q0 += nc) {
             Py_ssize_t wd = F - q0 < nc ? F - q0 : nc;
             pynn_seg_gemm_f(nt, wd, 1, C, V + k * ksv, roff, &zero, 1,
@@ -198,15 +199,16 @@ static void pynn_wino_dout_f(const float* dz, Py_ssize_t sn, Py_ssize_t sh, Py_s
 }
 
 /* dU[k] (C x F, row-major, slice k at dU + k*C*F) (+)= V[k]^T @ W[k] over nt tiles for the
-   16 k: V element (k, i, c) at V + k*ksv + i*rsv, W's (k, i, f) at W + k*ksw + i*rsw;
+   nk k: V element (k, i, c) at V + k*ksv + i*rsv, W's (k, i, f) at W + k*ksw + i*rsw;
    roff[c] = c (C entries). accum: add to dU, else overwrite it. Each dU element sums its
    tiles in tile order (the microkernel's fixed order), whatever the row blocking. */
 static void pynn_wino_wgrad_gemm_f(const float* V, Py_ssize_t ksv, Py_ssize_t rsv,
                                    const float* W, Py_ssize_t ksw, Py_ssize_t rsw,
                                    float* dU, Py_ssize_t nt, Py_ssize_t C, Py_ssize_t F,
-                                   Py_ssize_t nc, const Py_ssize_t* roff, int accum) {
+                                   Py_ssize_t nc, const Py_ssize_t* roff, int accum,
+                                   int nk) {
     Py_ssize_t k, q0, zero = 0;
-    for (k = 0; k < 16; k++) {
+    for (k = 0; k < nk; k++) {
         for (q0 = 0; q0 < F; q0 += nc) {
             Py_ssize_t wd = F - q0 < nc ? F - q0 : nc;
             pynn_seg_gemm_f(C, wd, 1, nt, V + k * ksv, roff, &zero, rsv, W + k * ksw + q0,
@@ -239,6 +241,266 @@ static void pynn_wino_kernel_grad_f(const float* part, Py_ssize_t S, Py_ssize_t 
             dkernel[(3 * i + 0) * CF + cf] = (float)(t[i][0] + 0.5 * (t[i][1] + t[i][2]));
             dkernel[(3 * i + 1) * CF + cf] = (float)(0.5 * (t[i][1] - t[i][2]));
             dkernel[(3 * i + 2) * CF + cf] = (float)(0.5 * (t[i][1] + t[i][2]) + t[i][3]);
+        }
+    }
+}
+
+/* -- F(4x4, 3x3) ------------------------------------------------------------------------
+ * A tile is 4x4 output pixels from the 6x6 input patch at (4*th, 4*tw); 36 GEMMs of C
+ * multiply-adds per tile and filter instead of 16 pixels x 9 taps = 144: 4x fewer (F(2x2,
+ * 3x3): 2.25x), and 36 transformed values per 16 pixels (F(2x2, 3x3): 16 per 4). Toom-Cook
+ * on the points 0, 1, -1, 2, -1/2 and infinity (the set with the smallest float32 error of
+ * those tried; -2 in place of -1/2 errs 2.3x more):
+ *   B^T = [1 3/2 -2 -3/2 1 0; 0 -1 -5/2 -1/2 1 0; 0 1 1/2 -5/2 1 0;
+ *          0 -1/2 -1 1/2 1 0; 0 2 -1 -2 1 0; 0 1 3/2 -2 -3/2 1]
+ *   G   = [1 0 0; -1/3 -1/3 -1/3; 1/3 -1/3 1/3; 1/15 2/15 4/15; -16/15 8/15 -4/15; 0 0 1]
+ *   A^T = [1 1 1 1 1 0; 0 1 -1 2 -1/2 0; 0 1 1 4 1/4 0; 0 1 -1 8 -1/8 1]
+ * B^T's and A^T's entries are exact in float32, G's thirds and fifteenths live in U (made in
+ * double, rounded once). Measured against float64 on 32 and 64 channels: max |error| 5.3e-7
+ * of max conv(|x|, |k|), 4.5x F(2x2, 3x3)'s (tests/test_conv_winograd.py). */
+
+/* The 1-D transforms as statements on named scalars (GCC unrolls no 6x6 loop nest inside
+   the channel loop it vectorizes: with loops and small arrays the transforms ran scalar, 5x
+   slower than F(2x2, 3x3)'s). */
+#define PYNN_W4_BT(o0, o1, o2, o3, o4, o5, i0, i1, i2, i3, i4, i5) \
+    o0 = i0 + 1.5f * i1 - 2.0f * i2 - 1.5f * i3 + i4;                \
+    o1 = -i1 - 2.5f * i2 - 0.5f * i3 + i4;                           \
+    o2 = i1 + 0.5f * i2 - 2.5f * i3 + i4;                            \
+    o3 = -0.5f * i1 - i2 + 0.5f * i3 + i4;                           \
+    o4 = 2.0f * i1 - i2 - 2.0f * i3 + i4;                            \
+    o5 = i1 + 1.5f * i2 - 2.0f * i3 - 1.5f * i4 + i5;
+#define PYNN_W4_AT(o0, o1, o2, o3, i0, i1, i2, i3, i4, i5) \
+    o0 = i0 + i1 + i2 + i3 + i4;                          \
+    o1 = i1 - i2 + 2.0f * i3 - 0.5f * i4;                 \
+    o2 = i1 + i2 + 4.0f * i3 + 0.25f * i4;                \
+    o3 = i1 - i2 + 8.0f * i3 - 0.125f * i4 + i5;
+#define PYNN_W4_A(o0, o1, o2, o3, o4, o5, i0, i1, i2, i3) \
+    o0 = i0;                                             \
+    o1 = i0 + i1 + i2 + i3;                              \
+    o2 = i0 - i1 + i2 - i3;                              \
+    o3 = i0 + 2.0f * i1 + 4.0f * i2 + 8.0f * i3;         \
+    o4 = i0 - 0.5f * i1 + 0.25f * i2 - 0.125f * i3;      \
+    o5 = i3;
+
+/* V[k][i][c] (k = 6*r + s, i < nt) = (B^T d B)[r][s] of channel c of tile t0 + i; patch
+   positions beyond the padded input read `zeros` (C floats of 0). */
+static void pynn_wino4_input_f(const float* xp, Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t C,
+                               Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t t0, Py_ssize_t nt,
+                               Py_ssize_t ks, Py_ssize_t rs, const float* zeros,
+                               float* restrict V) {
+    Py_ssize_t i, c, r, s, TT = TH * TW;
+    for (i = 0; i < nt; i++) {
+        const float* p[36];
+        Py_ssize_t t = t0 + i, n = t / TT, th = (t % TT) / TW, tw = t % TW;
+        for (r = 0; r < 6; r++) for (s = 0; s < 6; s++) {
+            Py_ssize_t h = 4 * th + r, w = 4 * tw + s;
+            p[6 * r + s] = (h < HP && w < WP) ? xp + ((n * HP + h) * WP + w) * C : zeros;
+        }
+        float* restrict v = V + i * rs;
+        /* B^T d: column s of the patch into V's rows k = 6*r + s, finished in place by the
+           row pass below. */
+        for (s = 0; s < 6; s++) {
+            const float *a0 = p[s], *a1 = p[6 + s], *a2 = p[12 + s], *a3 = p[18 + s],
+                        *a4 = p[24 + s], *a5 = p[30 + s];
+#pragma GCC ivdep
+            for (c = 0; c < C; c++) {
+                float x0, x1, x2, x3, x4, x5;
+                PYNN_W4_BT(x0, x1, x2, x3, x4, x5, a0[c], a1[c], a2[c], a3[c], a4[c], a5[c])
+                v[s * ks + c] = x0;
+                v[(6 + s) * ks + c] = x1;
+                v[(12 + s) * ks + c] = x2;
+                v[(18 + s) * ks + c] = x3;
+                v[(24 + s) * ks + c] = x4;
+                v[(30 + s) * ks + c] = x5;
+            }
+        }
+        /* (B^T d) B: each row r of e in place. */
+        for (r = 0; r < 6; r++) {
+            float* restrict q = v + 6 * r * ks;
+#pragma GCC ivdep
+            for (c = 0; c < C; c++) {
+                float y0, y1, y2, y3, y4, y5;
+                PYNN_W4_BT(y0, y1, y2, y3, y4, y5, q[c], q[ks + c], q[2 * ks + c],
+                           q[3 * ks + c], q[4 * ks + c], q[5 * ks + c])
+                q[c] = y0;
+                q[ks + c] = y1;
+                q[2 * ks + c] = y2;
+                q[3 * ks + c] = y3;
+                q[4 * ks + c] = y4;
+                q[5 * ks + c] = y5;
+            }
+        }
+    }
+}
+
+/* z[pixel] = (A^T M A) + bias for the 4x4 pixels of tiles t0 .. t0+nt-1 that lie inside
+   (HO, WO), M[k][i][f] as pynn_wino_gemm_f leaves it; bias never NULL (see
+   pynn_wino_output_f). M's block is the thread's own scratch: the column pass writes its
+   4 x 6 intermediate into M's first 24 rows. */
+static void pynn_wino4_output_f(float* M, Py_ssize_t ks, Py_ssize_t rs, Py_ssize_t F,
+                                const float* bias, Py_ssize_t TH, Py_ssize_t TW,
+                                Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t t0, Py_ssize_t nt,
+                                float* restrict z) {
+    Py_ssize_t i, f, s, TT = TH * TW;
+    for (i = 0; i < nt; i++) {
+        Py_ssize_t t = t0 + i, n = t / TT, th = (t % TT) / TW, tw = t % TW;
+        Py_ssize_t h = 4 * th, w = 4 * tw, r, q;
+        Py_ssize_t rows = HO - h < 4 ? HO - h : 4, cols = WO - w < 4 ? WO - w : 4;
+        float* restrict m = M + i * rs;
+        float* z0 = z + ((n * HO + h) * WO + w) * F;
+        /* A^T m, column by column, into rows 6*r + s of m (r < 4): row k of m is read
+           before any row at or above it is written. */
+        for (s = 0; s < 6; s++) {
+#pragma GCC ivdep
+            for (f = 0; f < F; f++) {
+                float o0, o1, o2, o3;
+                PYNN_W4_AT(o0, o1, o2, o3, m[s * ks + f], m[(6 + s) * ks + f],
+                           m[(12 + s) * ks + f], m[(18 + s) * ks + f], m[(24 + s) * ks + f],
+                           m[(30 + s) * ks + f])
+                m[s * ks + f] = o0;
+                m[(6 + s) * ks + f] = o1;
+                m[(12 + s) * ks + f] = o2;
+                m[(18 + s) * ks + f] = o3;
+            }
+        }
+        /* (A^T m) A + bias, row by row, straight into the pixels inside the output. */
+        for (r = 0; r < rows; r++) {
+            const float* e = m + 6 * r * ks;
+            float* zr = z0 + r * WO * F;
+            if (cols == 4) {
+#pragma GCC ivdep
+                for (f = 0; f < F; f++) {
+                    float o0, o1, o2, o3, b = bias[f];
+                    PYNN_W4_AT(o0, o1, o2, o3, e[f], e[ks + f], e[2 * ks + f], e[3 * ks + f],
+                               e[4 * ks + f], e[5 * ks + f])
+                    zr[f] = o0 + b;
+                    zr[F + f] = o1 + b;
+                    zr[2 * F + f] = o2 + b;
+                    zr[3 * F + f] = o3 + b;
+                }
+            } else {
+                for (f = 0; f < F; f++) {
+                    float o[4], b = bias[f];
+                    PYNN_W4_AT(o[0], o[1], o[2], o[3], e[f], e[ks + f], e[2 * ks + f],
+                               e[3 * ks + f], e[4 * ks + f], e[5 * ks + f])
+                    for (q = 0; q < cols; q++) zr[q * F + f] = o[q] + b;
+                }
+            }
+        }
+    }
+}
+
+/* U[k][c][f] (k = 6*r + s) = (G g G^T)[r][s] of the 3x3 slice g = kernel[:, :, c, f], in
+   double and rounded once. */
+static void pynn_wino4_kernel_f(const float* kernel, Py_ssize_t C, Py_ssize_t F,
+                                float* restrict U) {
+    Py_ssize_t cf, CF = C * F;
+    int i, j;
+#pragma GCC ivdep
+    for (cf = 0; cf < CF; cf++) {
+        double g[3][3], t[6][3];
+        for (i = 0; i < 3; i++)
+            for (j = 0; j < 3; j++) g[i][j] = kernel[(3 * i + j) * CF + cf];
+        for (j = 0; j < 3; j++) {   /* G g */
+            t[0][j] = g[0][j];
+            t[1][j] = -(g[0][j] + g[1][j] + g[2][j]) / 3.0;
+            t[2][j] = (g[0][j] - g[1][j] + g[2][j]) / 3.0;
+            t[3][j] = (g[0][j] + 2.0 * g[1][j] + 4.0 * g[2][j]) / 15.0;
+            t[4][j] = (-16.0 * g[0][j] + 8.0 * g[1][j] - 4.0 * g[2][j]) / 15.0;
+            t[5][j] = g[2][j];
+        }
+        for (i = 0; i < 6; i++) {   /* (G g) G^T */
+            U[(6 * i + 0) * CF + cf] = (float)t[i][0];
+            U[(6 * i + 1) * CF + cf] = (float)(-(t[i][0] + t[i][1] + t[i][2]) / 3.0);
+            U[(6 * i + 2) * CF + cf] = (float)((t[i][0] - t[i][1] + t[i][2]) / 3.0);
+            U[(6 * i + 3) * CF + cf] = (float)((t[i][0] + 2.0 * t[i][1] + 4.0 * t[i][2]) / 15.0);
+            U[(6 * i + 4) * CF + cf] = (float)((-16.0 * t[i][0] + 8.0 * t[i][1]
+                                                - 4.0 * t[i][2]) / 15.0);
+            U[(6 * i + 5) * CF + cf] = (float)t[i][2];
+        }
+    }
+}
+
+/* W[k][i][f] (k = 6*r + s) = (A dY A^T)[r][s] of filter f of tile t0 + i (A = (A^T)^T),
+   dY pixel (n, h, w) at dz + n*sn + h*sh + w*F; pixels past (HO, WO) read `zeros`. */
+static void pynn_wino4_dout_f(const float* dz, Py_ssize_t sn, Py_ssize_t sh, Py_ssize_t HO,
+                              Py_ssize_t WO, Py_ssize_t F, Py_ssize_t TH, Py_ssize_t TW,
+                              Py_ssize_t t0, Py_ssize_t nt, Py_ssize_t ks, Py_ssize_t rs,
+                              const float* zeros, float* restrict W) {
+    Py_ssize_t i, f, r, s, TT = TH * TW;
+    for (i = 0; i < nt; i++) {
+        const float* p[16];
+        Py_ssize_t t = t0 + i, n = t / TT, th = (t % TT) / TW, tw = t % TW;
+        for (r = 0; r < 4; r++) for (s = 0; s < 4; s++) {
+            Py_ssize_t h = 4 * th + r, w = 4 * tw + s;
+            p[4 * r + s] = (h < HO && w < WO) ? dz + n * sn + h * sh + w * F : zeros;
+        }
+        float* restrict o = W + i * rs;
+        /* A dY, column s of the 4x4 gradient into rows 6*r + s of o. */
+        for (s = 0; s < 4; s++) {
+            const float *y0 = p[s], *y1 = p[4 + s], *y2 = p[8 + s], *y3 = p[12 + s];
+#pragma GCC ivdep
+            for (f = 0; f < F; f++) {
+                float e0, e1, e2, e3, e4, e5;
+                PYNN_W4_A(e0, e1, e2, e3, e4, e5, y0[f], y1[f], y2[f], y3[f])
+                o[s * ks + f] = e0;
+                o[(6 + s) * ks + f] = e1;
+                o[(12 + s) * ks + f] = e2;
+                o[(18 + s) * ks + f] = e3;
+                o[(24 + s) * ks + f] = e4;
+                o[(30 + s) * ks + f] = e5;
+            }
+        }
+        /* (A dY) A^T, each row r in place (its columns 4 and 5 are written last). */
+        for (r = 0; r < 6; r++) {
+            float* restrict q = o + 6 * r * ks;
+#pragma GCC ivdep
+            for (f = 0; f < F; f++) {
+                float w0, w1, w2, w3, w4, w5;
+                PYNN_W4_A(w0, w1, w2, w3, w4, w5, q[f], q[ks + f], q[2 * ks + f],
+                          q[3 * ks + f])
+                q[f] = w0;
+                q[ks + f] = w1;
+                q[2 * ks + f] = w2;
+                q[3 * ks + f] = w3;
+                q[4 * ks + f] = w4;
+                q[5 * ks + f] = w5;
+            }
+        }
+    }
+}
+
+/* dkernel[:, :, c, f] = G^T (sum of the S partials dU_s) G for channels c0 <= c < c1:
+   partial s at part + s*36*C*F, added in slab order, transformed in double, rounded once. */
+static void pynn_wino4_kernel_grad_f(const float* part, Py_ssize_t S, Py_ssize_t C,
+                                     Py_ssize_t F, Py_ssize_t c0, Py_ssize_t c1,
+                                     float* restrict dkernel) {
+    Py_ssize_t cf, s, CF = C * F;
+    int k, i;
+    for (cf = c0 * F; cf < c1 * F; cf++) {
+        double u[6][6], t[3][6];
+        for (k = 0; k < 36; k++) {
+            double sum = part[k * CF + cf];
+            for (s = 1; s < S; s++) sum += part[s * 36 * CF + k * CF + cf];
+            u[k / 6][k % 6] = sum;
+        }
+        for (k = 0; k < 6; k++) {   /* G^T dU */
+            t[0][k] = u[0][k] - u[1][k] / 3.0 + u[2][k] / 3.0 + u[3][k] / 15.0
+                      - 16.0 * u[4][k] / 15.0;
+            t[1][k] = -u[1][k] / 3.0 - u[2][k] / 3.0 + 2.0 * u[3][k] / 15.0
+                      + 8.0 * u[4][k] / 15.0;
+            t[2][k] = -u[1][k] / 3.0 + u[2][k] / 3.0 + 4.0 * u[3][k] / 15.0
+                      - 4.0 * u[4][k] / 15.0 + u[5][k];
+        }
+        for (i = 0; i < 3; i++) {   /* (G^T dU) G */
+            dkernel[(3 * i + 0) * CF + cf] = (float)(t[i][0] - t[i][1] / 3.0 + t[i][2] / 3.0
+                                                     + t[i][3] / 15.0 - 16.0 * t[i][4] / 15.0);
+            dkernel[(3 * i + 1) * CF + cf] = (float)(-t[i][1] / 3.0 - t[i][2] / 3.0
+                                                     + 2.0 * t[i][3] / 15.0
+                                                     + 8.0 * t[i][4] / 15.0);
+            dkernel[(3 * i + 2) * CF + cf] = (float)(-t[i][1] / 3.0 + t[i][2] / 3.0
+                                                     + 4.0 * t[i][3] / 15.0
+                                                     - 4.0 * t[i][4] / 15.0 + t[i][5]);
         }
     }
 }

@@ -48,8 +48,10 @@ Design (chosen by measurement, see bench/bench_conv_kernels.py):
   forward does and output-gradient tiles by A dY A^T, runs 16 GEMMs reducing over tiles in
   slabs fixed by the shape (partials added in slab order: the same bits for any thread
   count) and maps the 4x4 sums back to 3x3 by G^T (.) G (32 -> 32 1.5x, 64 -> 64 1.5x per op
-  on 1 thread; table at _WINOGRAD_MIN_CHANNELS). PYNN_CONV_ALGO=direct|winograd forces
-  either wherever Winograd applies.
+  on 1 thread; table at _WINOGRAD_MIN_CHANNELS). Where the tiles are many and the map a
+  multiple of 4, F(4x4, 3x3) takes over (36 GEMMs for 16 pixels: 4x fewer multiply-adds than
+  direct; 1.1-1.4x F(2x2, 3x3) per op, table at _WINO4_MIN_TILES). PYNN_CONV_ALGO=
+  direct|winograd|winograd4 forces one wherever Winograd applies.
 - The epilogue is this file's own: a branch-free relu vectorizes, act_value's branch on random
   signs did not (it cost more than the first layer's whole GEMM).
 Outputs are fresh arrays; nothing accumulates into caller memory. Temporaries (padded copies,
@@ -547,7 +549,8 @@ cdef extern from "_winograd.h":
                             float* U) noexcept nogil
     void pynn_wino_gemm_f(const float* V, Py_ssize_t ksv, const float* Up, float* M,
                           Py_ssize_t ksm, Py_ssize_t rsm, Py_ssize_t nt, Py_ssize_t C,
-                          Py_ssize_t F, Py_ssize_t nc, const Py_ssize_t* roff) noexcept nogil
+                          Py_ssize_t F, Py_ssize_t nc, const Py_ssize_t* roff,
+                          int nk) noexcept nogil
     void pynn_wino_dout_f(const float* dz, Py_ssize_t sn, Py_ssize_t sh, Py_ssize_t HO,
                           Py_ssize_t WO, Py_ssize_t F, Py_ssize_t TH, Py_ssize_t TW,
                           Py_ssize_t t0, Py_ssize_t nt, Py_ssize_t ks, Py_ssize_t rs,
@@ -555,15 +558,33 @@ cdef extern from "_winograd.h":
     void pynn_wino_wgrad_gemm_f(const float* V, Py_ssize_t ksv, Py_ssize_t rsv,
                                 const float* W, Py_ssize_t ksw, Py_ssize_t rsw, float* dU,
                                 Py_ssize_t nt, Py_ssize_t C, Py_ssize_t F, Py_ssize_t nc,
-                                const Py_ssize_t* roff, int accum) noexcept nogil
+                                const Py_ssize_t* roff, int accum, int nk) noexcept nogil
     void pynn_wino_kernel_grad_f(const float* part, Py_ssize_t S, Py_ssize_t C, Py_ssize_t F,
                                  Py_ssize_t c0, Py_ssize_t c1, float* dkernel) noexcept nogil
+    void pynn_wino4_input_f(const float* xp, Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t C,
+                            Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t t0, Py_ssize_t nt,
+                            Py_ssize_t ks, Py_ssize_t rs, const float* zeros,
+                            float* V) noexcept nogil
+    void pynn_wino4_output_f(float* M, Py_ssize_t ks, Py_ssize_t rs, Py_ssize_t F,
+                             const float* bias,
+                             Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t HO, Py_ssize_t WO,
+                             Py_ssize_t t0, Py_ssize_t nt, float* z) noexcept nogil
+    void pynn_wino4_kernel_f(const float* kernel, Py_ssize_t C, Py_ssize_t F,
+                             float* U) noexcept nogil
+    void pynn_wino4_dout_f(const float* dz, Py_ssize_t sn, Py_ssize_t sh, Py_ssize_t HO,
+                           Py_ssize_t WO, Py_ssize_t F, Py_ssize_t TH, Py_ssize_t TW,
+                           Py_ssize_t t0, Py_ssize_t nt, Py_ssize_t ks, Py_ssize_t rs,
+                           const float* zeros, float* W) noexcept nogil
+    void pynn_wino4_kernel_grad_f(const float* part, Py_ssize_t S, Py_ssize_t C, Py_ssize_t F,
+                                  Py_ssize_t c0, Py_ssize_t c1, float* dkernel) noexcept nogil
 
 
 cdef void _wino_epilogue(float* z, float* y, const Geom* g, Py_ssize_t TH, Py_ssize_t TW,
-                         Py_ssize_t t0, Py_ssize_t nt, int act, float alpha) noexcept nogil:
+                         Py_ssize_t t0, Py_ssize_t nt, int act, float alpha,
+                         Py_ssize_t m) noexcept nogil:
     """The activation over a block's pixels while they are in cache: each run of the block's
-    tiles along one tile row covers two stretches of contiguous output pixels."""
+    tiles (m x m pixels each) along one tile row covers m stretches of contiguous output
+    pixels."""
     cdef Py_ssize_t t = t0, TT = TH * TW, n, th, tw, run, w0, w1, h, off
     if act == ACT_LINEAR and y == z:
         return
@@ -572,9 +593,9 @@ cdef void _wino_epilogue(float* z, float* y, const Geom* g, Py_ssize_t TH, Py_ss
         th = (t % TT) // TW
         tw = t % TW
         run = _imin(TW - tw, t0 + nt - t)
-        w0 = 2 * tw
-        w1 = _imin(2 * (tw + run), g.WO)
-        for h in range(2 * th, _imin(2 * th + 2, g.HO)):
+        w0 = m * tw
+        w1 = _imin(m * (tw + run), g.WO)
+        for h in range(m * th, _imin(m * th + m, g.HO)):
             off = ((n * g.HO + h) * g.WO + w0) * g.F
             _epilogue_rows(z + off, y + off, <const float*>NULL, w1 - w0, g.F, act, alpha)
         t = t + run
@@ -583,8 +604,8 @@ cdef void _wino_epilogue(float* z, float* y, const Geom* g, Py_ssize_t TH, Py_ss
 cdef void _forward_winograd(const float* xp, const float* up, const float* bias, float* z,
                             float* y, const Geom* g, float* vbuf, float* mbuf,
                             const Py_ssize_t* roff, const float* zeros, Py_ssize_t T,
-                            int act, float alpha) noexcept nogil:
-    """Blocks of T tiles (2x2 output pixels each, in (n, th, tw) order, so a block may span
+                            int act, float alpha, Py_ssize_t m) noexcept nogil:
+    """Blocks of T tiles (m x m output pixels each: F(2x2, 3x3) or F(4x4, 3x3), in (n, th, tw) order, so a block may span
     tile rows and images and the GEMMs keep T rows on small maps) handed out dynamically, as
     in _forward_direct: input transform, 16 GEMMs, output transform + bias, activation, all
     in this thread's V and M blocks. A tile's 16 transformed rows sit together (V element
@@ -592,47 +613,60 @@ cdef void _forward_winograd(const float* xp, const float* up, const float* bias,
     16 slices of T rows each (k*T*C + i*C) made the transforms juggle 16 streams (1 thread,
     32 -> 32 channels on 32x32, batch 32: input transform 1.05-1.38 ms -> 0.77-1.09, the
     GEMMs the same within noise). No tile's result depends on the block or thread."""
-    cdef Py_ssize_t ksv = g.C, rsv = 16 * g.C, ksm = g.F, rsm = 16 * g.F
-    cdef Py_ssize_t TH = (g.HO + 1) // 2, TW = (g.WO + 1) // 2
+    cdef Py_ssize_t nk = (m + 2) * (m + 2)
+    cdef Py_ssize_t ksv = g.C, rsv = nk * g.C, ksm = g.F, rsm = nk * g.F
+    cdef Py_ssize_t TH = (g.HO + m - 1) // m, TW = (g.WO + m - 1) // m
     cdef Py_ssize_t ntiles = g.N * TH * TW, nc = PYNN_NC_F
     cdef Py_ssize_t blk, t0, nt, tid
     cdef float* V
     cdef float* M
     for blk in prange((ntiles + T - 1) // T, schedule="dynamic"):
         tid = omp_get_thread_num()
-        V = vbuf + tid * 16 * T * g.C
-        M = mbuf + tid * 16 * T * g.F
+        V = vbuf + tid * nk * T * g.C
+        M = mbuf + tid * nk * T * g.F
         t0 = blk * T
         nt = _imin(T, ntiles - t0)
-        pynn_wino_input_f(xp, g.HP, g.WP, g.C, TH, TW, t0, nt, ksv, rsv, zeros, V)
-        pynn_wino_gemm_f(V, ksv, up, M, ksm, rsm, nt, g.C, g.F, nc, roff)
-        pynn_wino_output_f(M, ksm, rsm, g.F, bias, TH, TW, g.HO, g.WO, t0, nt, z)
-        _wino_epilogue(z, y, g, TH, TW, t0, nt, act, alpha)
+        if m == 4:
+            pynn_wino4_input_f(xp, g.HP, g.WP, g.C, TH, TW, t0, nt, ksv, rsv, zeros, V)
+        else:
+            pynn_wino_input_f(xp, g.HP, g.WP, g.C, TH, TW, t0, nt, ksv, rsv, zeros, V)
+        pynn_wino_gemm_f(V, ksv, up, M, ksm, rsm, nt, g.C, g.F, nc, roff, <int>nk)
+        if m == 4:
+            pynn_wino4_output_f(M, ksm, rsm, g.F, bias, TH, TW, g.HO, g.WO, t0, nt, z)
+        else:
+            pynn_wino_output_f(M, ksm, rsm, g.F, bias, TH, TW, g.HO, g.WO, t0, nt, z)
+        _wino_epilogue(z, y, g, TH, TW, t0, nt, act, alpha, m)
 
 
 def _run_forward_winograd(const float[:, :, :, ::1] xp, const float[:, :, :, ::1] kernel,
                           const float[::1] bias, float[:, :, :, ::1] z, float[:, :, :, ::1] y,
                           float[::1] u, float[::1] up, float[::1] vbuf, float[::1] mbuf,
                           const float[::1] zeros, Geom g, Py_ssize_t T, int act,
-                          double alpha):
+                          double alpha, Py_ssize_t m=2):
     cdef const float* bptr = _bias_ptr(bias)
     cdef Py_ssize_t k, CF = g.C * g.F, threads = omp_get_max_threads()
-    cdef Py_ssize_t[::1] roff = np.arange(T, dtype=np.intp) * (16 * g.C)
+    cdef Py_ssize_t nk = (m + 2) * (m + 2)
+    cdef Py_ssize_t[::1] roff = np.arange(T, dtype=np.intp) * (nk * g.C)
+    if m != 2 and m != 4:
+        raise ValueError(f"conv2d (winograd): tile must be 2 or 4, got {m}")
     if bptr == NULL:
         bptr = &zeros[0]   # (zeros holds max(C, F) floats)
     if (xp.shape[1] != g.HP or xp.shape[2] != g.WP or xp.shape[3] != g.C
             or kernel.shape[0] != 3 or kernel.shape[1] != 3 or kernel.shape[2] != g.C
-            or kernel.shape[3] != g.F or u.shape[0] < 16 * CF or up.shape[0] < 16 * CF
-            or vbuf.shape[0] < threads * 16 * T * g.C
-            or mbuf.shape[0] < threads * 16 * T * g.F
+            or kernel.shape[3] != g.F or u.shape[0] < nk * CF or up.shape[0] < nk * CF
+            or vbuf.shape[0] < threads * nk * T * g.C
+            or mbuf.shape[0] < threads * nk * T * g.F
             or zeros.shape[0] < max(g.C, g.F) or g.HP != g.HO + 2 or g.WP != g.WO + 2):
         raise ValueError("conv2d (winograd): a table or buffer does not fit the geometry")
     with nogil:
-        pynn_wino_kernel_f(&kernel[0, 0, 0, 0], g.C, g.F, &u[0])
-        for k in range(16):
+        if m == 4:
+            pynn_wino4_kernel_f(&kernel[0, 0, 0, 0], g.C, g.F, &u[0])
+        else:
+            pynn_wino_kernel_f(&kernel[0, 0, 0, 0], g.C, g.F, &u[0])
+        for k in range(nk):
             pynn_pack_panels_f(&u[k * CF], g.F, g.C, g.F, PYNN_NC_F, &up[k * CF])
         _forward_winograd(&xp[0, 0, 0, 0], &up[0], bptr, &z[0, 0, 0, 0], &y[0, 0, 0, 0], &g,
-                          &vbuf[0], &mbuf[0], &roff[0], &zeros[0], T, act, <float>alpha)
+                          &vbuf[0], &mbuf[0], &roff[0], &zeros[0], T, act, <float>alpha, m)
 
 
 cdef enum:
@@ -645,15 +679,17 @@ cdef enum:
 cdef void _backward_weight_winograd(const float* xp, const float* dz, Py_ssize_t sn,
                                     Py_ssize_t sh, float* dw, float* part, float* vbuf,
                                     float* wbuf, const Py_ssize_t* roff, const float* zeros,
-                                    const Geom* g, Py_ssize_t T, Py_ssize_t S) noexcept nogil:
+                                    const Geom* g, Py_ssize_t T, Py_ssize_t S,
+                                    Py_ssize_t m) noexcept nogil:
     """The tiles (n, th, tw order) are cut into S slabs fixed by the shape, as in
     _backward_weight_direct: each slab sums its 16 (C, F) products into its own partial,
     T tiles at a time (input transform V, output-gradient transform W = A dY A^T, 16 GEMMs
     accumulating), then the partials are added in slab order and transformed back to 3x3.
     Same bits for any number of threads."""
-    cdef Py_ssize_t TH = (g.HO + 1) // 2, TW = (g.WO + 1) // 2
+    cdef Py_ssize_t nk = (m + 2) * (m + 2)
+    cdef Py_ssize_t TH = (g.HO + m - 1) // m, TW = (g.WO + m - 1) // m
     cdef Py_ssize_t ntiles = g.N * TH * TW, nc = PYNN_NC_F, CF = g.C * g.F
-    cdef Py_ssize_t rsv = 16 * g.C + _WINO_ROW_PAD, rsw = 16 * g.F + _WINO_ROW_PAD
+    cdef Py_ssize_t rsv = nk * g.C + _WINO_ROW_PAD, rsw = nk * g.F + _WINO_ROW_PAD
     cdef Py_ssize_t s, t, t1, t0, nt, tid, c
     cdef float* V
     cdef float* W
@@ -664,40 +700,55 @@ cdef void _backward_weight_winograd(const float* xp, const float* dz, Py_ssize_t
         t0 = s * ntiles // S
         t1 = (s + 1) * ntiles // S
         if t1 <= t0:
-            memset(part + s * 16 * CF, 0, 16 * CF * sizeof(float))
+            memset(part + s * nk * CF, 0, nk * CF * sizeof(float))
         t = t0
         while t < t1:
             nt = _imin(T, t1 - t)
-            pynn_wino_input_f(xp, g.HP, g.WP, g.C, TH, TW, t, nt, g.C, rsv, zeros, V)
-            pynn_wino_dout_f(dz, sn, sh, g.HO, g.WO, g.F, TH, TW, t, nt, g.F, rsw, zeros, W)
-            pynn_wino_wgrad_gemm_f(V, g.C, rsv, W, g.F, rsw, part + s * 16 * CF, nt, g.C, g.F,
-                                   nc, roff, t > t0)
+            if m == 4:
+                pynn_wino4_input_f(xp, g.HP, g.WP, g.C, TH, TW, t, nt, g.C, rsv, zeros, V)
+                pynn_wino4_dout_f(dz, sn, sh, g.HO, g.WO, g.F, TH, TW, t, nt, g.F, rsw, zeros,
+                                  W)
+            else:
+                pynn_wino_input_f(xp, g.HP, g.WP, g.C, TH, TW, t, nt, g.C, rsv, zeros, V)
+                pynn_wino_dout_f(dz, sn, sh, g.HO, g.WO, g.F, TH, TW, t, nt, g.F, rsw, zeros,
+                                 W)
+            pynn_wino_wgrad_gemm_f(V, g.C, rsv, W, g.F, rsw, part + s * nk * CF, nt, g.C, g.F,
+                                   nc, roff, t > t0, <int>nk)
             t = t + T
     for c in prange(g.C, schedule="static"):
-        pynn_wino_kernel_grad_f(part, S, g.C, g.F, c, c + 1, dw)
+        if m == 4:
+            pynn_wino4_kernel_grad_f(part, S, g.C, g.F, c, c + 1, dw)
+        else:
+            pynn_wino_kernel_grad_f(part, S, g.C, g.F, c, c + 1, dw)
 
 
 def _run_backward_weight_winograd(const float[:, :, :, ::1] xp, const float[::1] dz,
                                   Py_ssize_t dz0, Py_ssize_t sn, Py_ssize_t sh,
                                   float[:, :, :, ::1] dw, float[::1] part, float[::1] vbuf,
                                   float[::1] wbuf, const float[::1] zeros, Geom g,
-                                  Py_ssize_t T, Py_ssize_t S):
-    """dz pixel (n, h, w) at dz[dz0 + n*sn + h*sh + w*F:][:F] (dz may be a padded buffer)."""
+                                  Py_ssize_t T, Py_ssize_t S, Py_ssize_t m=2):
+    """dz pixel (n, h, w) at dz[dz0 + n*sn + h*sh + w*F:][:F] (dz may be a padded buffer);
+    m x m output pixels per tile (2 or 4)."""
     cdef Py_ssize_t threads = omp_get_max_threads(), CF = g.C * g.F
+    cdef Py_ssize_t nk = (m + 2) * (m + 2)
+    if m != 2 and m != 4:
+        raise ValueError(f"conv2d_backward_weight (winograd): tile must be 2 or 4, got {m}")
     cdef Py_ssize_t[::1] roff = np.arange(max(g.C, 1), dtype=np.intp)
     if (xp.shape[0] != g.N or xp.shape[1] != g.HP or xp.shape[2] != g.WP
             or xp.shape[3] != g.C or g.HP != g.HO + 2 or g.WP != g.WO + 2
             or dw.shape[0] != 3 or dw.shape[1] != 3 or dw.shape[2] != g.C
-            or dw.shape[3] != g.F or T < 1 or S < 1 or part.shape[0] < S * 16 * CF
-            or vbuf.shape[0] < threads * T * (16 * g.C + _WINO_ROW_PAD)
-            or wbuf.shape[0] < threads * T * (16 * g.F + _WINO_ROW_PAD) or zeros.shape[0] < max(g.C, g.F)
+            or dw.shape[3] != g.F or T < 1 or S < 1 or part.shape[0] < S * nk * CF
+            or vbuf.shape[0] < threads * T * (nk * g.C + _WINO_ROW_PAD)
+            or wbuf.shape[0] < threads * T * (nk * g.F + _WINO_ROW_PAD)
+            or zeros.shape[0] < max(g.C, g.F)
             or dz0 < 0 or sh < g.WO * g.F or sn < g.HO * sh or g.N < 1 or g.HO < 1
             or g.WO < 1 or dz0 + (g.N - 1) * sn + (g.HO - 1) * sh + g.WO * g.F > dz.shape[0]):
         raise ValueError("conv2d_backward_weight (winograd): a table or buffer does not fit "
                          "the geometry")
     with nogil:
         _backward_weight_winograd(&xp[0, 0, 0, 0], &dz[dz0], sn, sh, &dw[0, 0, 0, 0],
-                                  &part[0], &vbuf[0], &wbuf[0], &roff[0], &zeros[0], &g, T, S)
+                                  &part[0], &vbuf[0], &wbuf[0], &roff[0], &zeros[0], &g, T, S,
+                                  m)
 
 
 # -- the three ops, pointer level ----------------------------------------------------------
@@ -994,20 +1045,23 @@ def _forward_direct_into(xp, kernel, bias, z, y, g, act, alpha):
 
 
 # -- Winograd selection (3x3, stride 1, dilation 1, float32) --------------------------------
-# PYNN_CONV_ALGO=direct|winograd forces one algorithm wherever Winograd applies (tests,
-# benchmarks); "auto" (the default) follows _winograd_pays.
-_CONV_ALGOS = ("auto", "direct", "winograd")
+# PYNN_CONV_ALGO=direct|winograd|winograd4 forces one algorithm wherever Winograd applies
+# (tests, benchmarks; winograd is F(2x2, 3x3), winograd4 F(4x4, 3x3)); "auto" (the default)
+# follows _winograd_pays, then _wino_tile.
+_CONV_ALGOS = ("auto", "direct", "winograd", "winograd4")
 _conv_algo = os.environ.get("PYNN_CONV_ALGO", "auto")
 if _conv_algo not in _CONV_ALGOS:
     raise ValueError(f"PYNN_CONV_ALGO: expected one of {_CONV_ALGOS}, got {_conv_algo!r}")
 
-# Bytes of one thread's V and M blocks (16*T*(C + F) floats): half of a Zen 4 core's 1 MiB
-# L2, so the packed kernel slice streamed past them does not evict them.
+# Bytes of one thread's V and M blocks ((m+2)^2*T*(C + F) floats): half of a Zen 4 core's
+# 1 MiB L2, so the packed kernel slice streamed past them does not evict them. F(4x4, 3x3)
+# on Intel (2 MiB L2) measured the same at 0.5 and 1 MiB and slower at 0.25 and 2.
 _WINO_BLOCK_BYTES = 1 << 19
 
 
 def _set_conv_algo(algo=None):
-    """Algorithm knob for tests and benchmarks ("auto", "direct", "winograd"; None = "auto").
+    """Algorithm knob for tests and benchmarks ("auto", "direct", "winograd", "winograd4";
+    None = "auto").
     Returns the old value."""
     global _conv_algo
     old = _conv_algo
@@ -1065,7 +1119,38 @@ def _use_winograd(g, dtype):
             or g["C"] == 0 or g["F"] == 0 or g["N"] * g["HO"] * g["WO"] == 0
             or _conv_algo == "direct"):
         return False
-    return _conv_algo == "winograd" or _winograd_pays(g)
+    return _conv_algo in ("winograd", "winograd4") or _winograd_pays(g)
+
+
+# F(4x4, 3x3) against F(2x2, 3x3), where Winograd runs at all (bench/bench_winograd.py
+# --tiles, Intel Xeon, 2 threads, batch 32 unless noted, medians of 3 alternated rounds),
+# forward / kernel gradient speed-up:
+#    32 -> 32  32x32  1.40 / 1.26   (batch 8: 1.18 / 1.07; batch 2: 0.83 / 0.77)
+#    32 -> 32  28x28  1.43 / 1.21    64 -> 64 16x16  1.24 / 1.13   (batch 4: 0.75 / 0.60)
+#    64 -> 64  14x14  1.03 / 0.93    64 -> 64  8x8   0.91 / 0.80   128 -> 128 8x8 0.89 / 0.56
+#   128 -> 128 28x28  1.15 / 0.87 (batch 16)          256 -> 256 14x14  0.70 / 0.37 (batch 8)
+# It needs enough tiles of 16 pixels to fill the blocks, maps that 4x4 tiles cover without
+# waste (14x14 computes 16x16), and for the kernel gradient, whose slabs each keep a 36*C*F
+# partial, few enough channel pairs.
+_WINO4_MIN_TILES = 512
+_WINO4_MAX_WASTE = 1.1
+_WINO4_MAX_WGRAD_CF = 64 * 64
+
+
+def _wino_tile(g, op="forward"):
+    """Output pixels per Winograd tile side for `op` ("forward", which backward_input also
+    runs, or "backward_weight"): 4 (F(4x4, 3x3)) or 2 (F(2x2, 3x3)); PYNN_CONV_ALGO=
+    winograd / winograd4 force one."""
+    if _conv_algo == "winograd4":
+        return 4
+    if _conv_algo == "winograd":
+        return 2
+    th, tw = (g["HO"] + 3) // 4, (g["WO"] + 3) // 4
+    if (g["N"] * th * tw >= _WINO4_MIN_TILES
+            and 16 * th * tw <= _WINO4_MAX_WASTE * g["HO"] * g["WO"]
+            and (op == "forward" or g["C"] * g["F"] <= _WINO4_MAX_WGRAD_CF)):
+        return 4
+    return 2
 
 
 def _forward_winograd_into(xp, kernel, bias, z, y, g, act, alpha):
@@ -1076,12 +1161,14 @@ def _forward_winograd_into(xp, kernel, bias, z, y, g, act, alpha):
     transposed), so a training step makes each once (64 -> 64 channels: ~20 us, against
     ~2 ms for the conv)."""
     C, F = g["C"], g["F"]
-    T = _wino_block_tiles(g)
+    m = _wino_tile(g)
+    nk = (m + 2) ** 2
+    T = _wino_block_tiles(g, m)
     threads = omp_get_max_threads()
-    with scratch(np.float32, (16 * C * F,), (16 * C * F,), (threads * 16 * T * C,),
-                 (threads * 16 * T * F,)) as (u, up, vbuf, mbuf):
+    with scratch(np.float32, (nk * C * F,), (nk * C * F,), (threads * nk * T * C,),
+                 (threads * nk * T * F,)) as (u, up, vbuf, mbuf):
         _run_forward_winograd(xp, kernel, bias, z, y, u, up, vbuf, mbuf,
-                              np.zeros(max(C, F), dtype=np.float32), g, T, act, alpha)
+                              np.zeros(max(C, F), dtype=np.float32), g, T, act, alpha, m)
 
 
 def _forward_padded(xp, kernel, bias, z, y, g, act, alpha):
@@ -1093,9 +1180,9 @@ def _forward_padded(xp, kernel, bias, z, y, g, act, alpha):
         _forward_direct_into(xp, kernel, bias, z, y, g, act, alpha)
 
 
-def _wino_block_tiles(g):
+def _wino_block_tiles(g, m=2):
     """Tiles per Winograd block: one thread's V and M (or W) blocks within _WINO_BLOCK_BYTES."""
-    T = _WINO_BLOCK_BYTES // (16 * 4 * (g["C"] + g["F"]))
+    T = _WINO_BLOCK_BYTES // ((m + 2) ** 2 * 4 * (g["C"] + g["F"]))
     return min(max(T // 8 * 8, 8), 256)
 
 
@@ -1104,15 +1191,17 @@ def _backward_weight_winograd_into(xp, dz, dz0, sn, sh, dw, g):
     (flat; pixel (n, h, w) at dz0 + n*sn + h*sh + w*F). Slabs of tiles as in the direct
     path, fixed by the shape: results do not depend on the thread count."""
     C, F = g["C"], g["F"]
-    T = _wino_block_tiles(g)
-    ntiles = g["N"] * ((g["HO"] + 1) // 2) * ((g["WO"] + 1) // 2)
+    m = _wino_tile(g, "backward_weight")
+    nk = (m + 2) ** 2
+    T = _wino_block_tiles(g, m)
+    ntiles = g["N"] * ((g["HO"] + m - 1) // m) * ((g["WO"] + m - 1) // m)
     # As the direct path: at least 4 slabs (both cores busy) unless there are fewer tiles.
-    slabs = max(min(ntiles, _SLABS, max(_SLAB_ELEMENTS // (16 * C * F), 4)), 1)
+    slabs = max(min(ntiles, _SLABS, max(_SLAB_ELEMENTS // (nk * C * F), 4)), 1)
     threads = omp_get_max_threads()
-    with scratch(np.float32, (slabs * 16 * C * F,), (threads * T * (16 * C + _WINO_ROW_PAD),),
-                 (threads * T * (16 * F + _WINO_ROW_PAD),)) as (part, vbuf, wbuf):
+    with scratch(np.float32, (slabs * nk * C * F,), (threads * T * (nk * C + _WINO_ROW_PAD),),
+                 (threads * T * (nk * F + _WINO_ROW_PAD),)) as (part, vbuf, wbuf):
         _run_backward_weight_winograd(xp, dz, dz0, sn, sh, dw, part, vbuf, wbuf,
-                                      np.zeros(max(C, F), dtype=np.float32), g, T, slabs)
+                                      np.zeros(max(C, F), dtype=np.float32), g, T, slabs, m)
 
 
 def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid", dilation_rate=(1, 1),
