@@ -471,36 +471,54 @@ static void pynn_wino4_dout_f(const float* dz, Py_ssize_t sn, Py_ssize_t sh, Py_
 }
 
 /* dkernel[:, :, c, f] = G^T (sum of the S partials dU_s) G for channels c0 <= c < c1:
-   partial s at part + s*36*C*F, added in slab order, transformed in double, rounded once. */
+   partial s at part + s*36*C*F, added in slab order, transformed in double, rounded once.
+   A stretch of up to 64 (c, f) pairs at a time: the slab sums into acc, then the transform
+   on named scalars, which GCC vectorizes across the stretch (with loops over the 6x6 sums
+   it ran scalar: a fifth of a 64 -> 64 channel kernel gradient). */
+#define PYNN_W4_GT(o0, o1, o2, i0, i1, i2, i3, i4, i5)                         \
+    o0 = i0 - third * i1 + third * i2 + fifteenth * i3 - 16.0 * fifteenth * i4; \
+    o1 = -third * i1 - third * i2 + 2.0 * fifteenth * i3 + 8.0 * fifteenth * i4; \
+    o2 = -third * i1 + third * i2 + 4.0 * fifteenth * i3 - 4.0 * fifteenth * i4 + i5;
+#define PYNN_W4_GT_COL(b)                                                              \
+    PYNN_W4_GT(t0##b, t1##b, t2##b, acc[b][j], acc[6 + b][j], acc[12 + b][j],          \
+               acc[18 + b][j], acc[24 + b][j], acc[30 + b][j])
+
 static void pynn_wino4_kernel_grad_f(const float* part, Py_ssize_t S, Py_ssize_t C,
                                      Py_ssize_t F, Py_ssize_t c0, Py_ssize_t c1,
                                      float* restrict dkernel) {
-    Py_ssize_t cf, s, CF = C * F;
-    int k, i;
-    for (cf = c0 * F; cf < c1 * F; cf++) {
-        double u[6][6], t[3][6];
+    const double third = 1.0 / 3.0, fifteenth = 1.0 / 15.0;
+    Py_ssize_t cf0, s, j, n, CF = C * F, end = c1 * F;
+    int k;
+    double acc[36][64];
+    for (cf0 = c0 * F; cf0 < end; cf0 += 64) {
+        n = end - cf0 < 64 ? end - cf0 : 64;
         for (k = 0; k < 36; k++) {
-            double sum = part[k * CF + cf];
-            for (s = 1; s < S; s++) sum += part[s * 36 * CF + k * CF + cf];
-            u[k / 6][k % 6] = sum;
+            const float* p0 = part + k * CF + cf0;
+            for (j = 0; j < n; j++) acc[k][j] = p0[j];
+            for (s = 1; s < S; s++) {
+                const float* ps = part + s * 36 * CF + k * CF + cf0;
+                for (j = 0; j < n; j++) acc[k][j] += ps[j];
+            }
         }
-        for (k = 0; k < 6; k++) {   /* G^T dU */
-            t[0][k] = u[0][k] - u[1][k] / 3.0 + u[2][k] / 3.0 + u[3][k] / 15.0
-                      - 16.0 * u[4][k] / 15.0;
-            t[1][k] = -u[1][k] / 3.0 - u[2][k] / 3.0 + 2.0 * u[3][k] / 15.0
-                      + 8.0 * u[4][k] / 15.0;
-            t[2][k] = -u[1][k] / 3.0 + u[2][k] / 3.0 + 4.0 * u[3][k] / 15.0
-                      - 4.0 * u[4][k] / 15.0 + u[5][k];
-        }
-        for (i = 0; i < 3; i++) {   /* (G^T dU) G */
-            dkernel[(3 * i + 0) * CF + cf] = (float)(t[i][0] - t[i][1] / 3.0 + t[i][2] / 3.0
-                                                     + t[i][3] / 15.0 - 16.0 * t[i][4] / 15.0);
-            dkernel[(3 * i + 1) * CF + cf] = (float)(-t[i][1] / 3.0 - t[i][2] / 3.0
-                                                     + 2.0 * t[i][3] / 15.0
-                                                     + 8.0 * t[i][4] / 15.0);
-            dkernel[(3 * i + 2) * CF + cf] = (float)(-t[i][1] / 3.0 + t[i][2] / 3.0
-                                                     + 4.0 * t[i][3] / 15.0
-                                                     - 4.0 * t[i][4] / 15.0 + t[i][5]);
+        float* restrict d = dkernel + cf0;
+#pragma GCC ivdep
+        for (j = 0; j < n; j++) {
+            double t00, t10, t20, t01, t11, t21, t02, t12, t22, t03, t13, t23, t04, t14, t24,
+                   t05, t15, t25, o0, o1, o2;
+            PYNN_W4_GT_COL(0) PYNN_W4_GT_COL(1) PYNN_W4_GT_COL(2)    /* G^T dU */
+            PYNN_W4_GT_COL(3) PYNN_W4_GT_COL(4) PYNN_W4_GT_COL(5)
+            PYNN_W4_GT(o0, o1, o2, t00, t01, t02, t03, t04, t05)     /* (G^T dU) G */
+            d[j] = (float)o0;
+            d[CF + j] = (float)o1;
+            d[2 * CF + j] = (float)o2;
+            PYNN_W4_GT(o0, o1, o2, t10, t11, t12, t13, t14, t15)
+            d[3 * CF + j] = (float)o0;
+            d[4 * CF + j] = (float)o1;
+            d[5 * CF + j] = (float)o2;
+            PYNN_W4_GT(o0, o1, o2, t20, t21, t22, t23, t24, t25)
+            d[6 * CF + j] = (float)o0;
+            d[7 * CF + j] = (float)o1;
+            d[8 * CF + j] = (float)o2;
         }
     }
 }

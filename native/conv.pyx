@@ -1122,19 +1122,21 @@ def _use_winograd(g, dtype):
     return _conv_algo in ("winograd", "winograd4") or _winograd_pays(g)
 
 
-# F(4x4, 3x3) against F(2x2, 3x3), where Winograd runs at all (bench/bench_winograd.py
-# --tiles, Intel Xeon, 2 threads, batch 32 unless noted, medians of 3 alternated rounds),
-# forward / kernel gradient speed-up:
-#    32 -> 32  32x32  1.40 / 1.26   (batch 8: 1.18 / 1.07; batch 2: 0.83 / 0.77)
-#    32 -> 32  28x28  1.43 / 1.21    64 -> 64 16x16  1.24 / 1.13   (batch 4: 0.75 / 0.60)
-#    64 -> 64  14x14  1.03 / 0.93    64 -> 64  8x8   0.91 / 0.80   128 -> 128 8x8 0.89 / 0.56
-#   128 -> 128 28x28  1.15 / 0.87 (batch 16)          256 -> 256 14x14  0.70 / 0.37 (batch 8)
+# F(4x4, 3x3) against F(2x2, 3x3), where Winograd runs at all (Intel Xeon, 2 threads,
+# batch 32 unless noted, medians of 3 alternated rounds of 5 calls), forward / kernel
+# gradient speed-up:
+#    32 -> 32   32x32  1.29 / 1.32   (batch 8: 1.17 / 1.19; batch 2: 0.78 / 1.19)
+#    32 -> 32   28x28  1.30 / 1.18    64 -> 64  16x16  1.20 / 1.30   (batch 4: 0.79 / 0.90)
+#    64 -> 128  16x16  1.24 / 1.27   128 -> 128 16x16  1.15 / 0.94
+#   128 -> 128  28x28  1.13 / 0.85 (batch 16)
+#    64 -> 64   14x14  1.02 / 1.07    64 -> 64   8x8   0.92 / 1.01   128 -> 128 8x8 0.87 / 0.92
+#   128 -> 128   7x7   0.90 / 0.87   256 -> 256 14x14  0.69 / 0.43 (batch 8)
 # It needs enough tiles of 16 pixels to fill the blocks, maps that 4x4 tiles cover without
 # waste (14x14 computes 16x16), and for the kernel gradient, whose slabs each keep a 36*C*F
 # partial, few enough channel pairs.
 _WINO4_MIN_TILES = 512
 _WINO4_MAX_WASTE = 1.1
-_WINO4_MAX_WGRAD_CF = 64 * 64
+_WINO4_MAX_WGRAD_CF = 64 * 128
 
 
 def _wino_tile(g, op="forward"):

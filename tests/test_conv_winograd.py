@@ -250,7 +250,7 @@ def test_selection_rule_and_knob(algo):
 
 def test_tile_rule_and_knob(algo):
     """F(4x4, 3x3) where its tiles are many and cover the map without waste, and for the
-    kernel gradient only up to 64 x 64 channels (see _WINO4_MIN_TILES)."""
+    kernel gradient only up to 64 x 128 channels (see _WINO4_MIN_TILES)."""
     def tile(x_shape, f, op="forward"):
         geom = conv._planned(conv.operands.conv2d_forward(
             conv.HOST, np.zeros(x_shape, np.float32),
@@ -266,6 +266,7 @@ def test_tile_rule_and_knob(algo):
     assert tile((32, 8, 8, 64), 64) == 2                      # 128 tiles
     assert tile((16, 28, 28, 128), 128) == 4
     assert tile((16, 28, 28, 128), 128, "backward_weight") == 2   # 36*C*F partials
+    assert tile((32, 16, 16, 64), 128, "backward_weight") == 4
     algo("winograd")
     assert tile((32, 32, 32, 32), 32) == 2
     algo("winograd4")
