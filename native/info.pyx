@@ -96,6 +96,47 @@ if pynn_omp_fork_init() != 0:
     raise RuntimeError("pynn._native.info: pthread_atfork failed")
 
 
+cdef extern from "_warm.h":
+    int pynn_warm_touch(int threads, double hold_s) noexcept nogil
+    void pynn_warm_release() noexcept nogil
+    void pynn_warm_after_fork_child() noexcept nogil
+    int pynn_warm_started
+    int pynn_warm_sleeping
+    int pynn_warm_refused
+    int PYNN_WARM_MAX
+
+cdef extern from *:
+    """
+    static int pynn_warm_fork_init(void) {
+        return pthread_atfork(NULL, NULL, pynn_warm_after_fork_child);
+    }
+    """
+    int pynn_warm_fork_init()
+
+
+if pynn_warm_fork_init() != 0:
+    raise RuntimeError("pynn._native.info: pthread_atfork failed")
+
+
+def warm_touch(int threads, double hold_s=0.1):
+    """Keep `threads` idle-priority spinners (native/_warm.h) spinning for hold_s seconds
+    from now, starting the missing ones; returns how many this process has."""
+    if threads < 0 or not hold_s >= 0.0:
+        raise ValueError(f"warm_touch: expected threads >= 0 and hold_s >= 0, got {threads}, "
+                         f"{hold_s}")
+    return pynn_warm_touch(threads, hold_s)
+
+
+def warm_release():
+    """Stop the spinners now: they block until the next warm_touch."""
+    pynn_warm_release()
+
+
+def warm_state():
+    """(started, blocked, refused SCHED_IDLE) spinner threads of this process."""
+    return pynn_warm_started, pynn_warm_sleeping, pynn_warm_refused
+
+
 def fork_release():
     """Whether a fork now gives the child a fresh OpenMP team (False: one thread)."""
     return pynn_omp_pause != NULL and pynn_omp_release != 0

@@ -78,6 +78,12 @@ def info():
                      f"back to back (each op of a training step pays the first once its "
                      f"workers stop spinning; GOMP_SPINCOUNT=30000 keeps them awake where "
                      f"pynn has the cores to itself)")
+    from pynn import _config
+
+    warm = _config.warm_threads()
+    lines.append("keep-warm: " + (f"idle-priority spinners: {warm}, keeping the workers' cores "
+                                  f"awake while a loop's batches run (PYNN_KEEP_WARM=0: off)"
+                                  if warm else "off (PYNN_KEEP_WARM=0, one thread, or no OpenMP)"))
     if omp:
         lines.append("fork: " + ("the OpenMP team is released first, a child starts its own"
                                  if native_info.fork_release() else

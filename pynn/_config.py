@@ -21,6 +21,12 @@ _blas_limiter = None
 # OpenMP keeps its thread count per calling thread (an ICV of that thread): the count a Python
 # thread last gave it.
 _per_thread = threading.local()
+# Keep-warm spinners (native/_warm.h): idle-priority threads that keep the cores of pynn's
+# sleeping OpenMP workers from halting while a loop's batches run, so each op's wake-up is a
+# reschedule rather than a hypervisor's wake of a halted core. PYNN_KEEP_WARM=0 turns them off.
+_KEEP_WARM = os.environ.get("PYNN_KEEP_WARM", "1") != "0"
+_warm_threads = 0   # spinners to keep: pynn's OpenMP threads within the cores, less the caller's
+_WARM_HOLD_S = 0.1  # spin this long after each batch; then block, costing nothing
 
 
 def _default_threads():
@@ -61,9 +67,11 @@ def set_num_threads(n):
                       "start workers with the 'spawn' or 'forkserver' method to use threads",
                       RuntimeWarning, stacklevel=2)
         omp_threads = 1
-    global _omp_threads
+    global _omp_threads, _warm_threads
     _info.set_num_threads(omp_threads)
     _per_thread.omp_threads = _omp_threads = omp_threads
+    _warm_threads = (max(min(omp_threads, usable_cores()) - 1, 0)
+                     if _KEEP_WARM and _info.openmp_enabled() else 0)
     _blas_limiter = threadpool_limits(limits=n, user_api="blas")
     _num_threads = n
 
@@ -81,11 +89,27 @@ def apply_to_this_thread():
         _per_thread.omp_threads = _omp_threads
 
 
+def keep_warm():
+    """Once per batch of a training, evaluation or prediction loop on the CPU: the idle cores
+    of pynn's OpenMP workers stay awake for the next 0.1 s (see _KEEP_WARM)."""
+    if _warm_threads:
+        _info.warm_touch(_warm_threads, _WARM_HOLD_S)
+
+
+def warm_threads():
+    """How many keep-warm spinners a loop keeps (0: off, one thread, or no OpenMP)."""
+    if _num_threads is None:
+        get_num_threads()
+    return _warm_threads
+
+
 def _after_fork_in_child():
     global _num_threads, _omp_threads
     if _info.forked_single():
         _num_threads = _omp_threads = 1   # the native child handler set OpenMP to one thread
         _per_thread.omp_threads = 1
+        global _warm_threads
+        _warm_threads = 0
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

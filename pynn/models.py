@@ -689,6 +689,8 @@ class Model(Layer):
         return _log_value(loss), [None] * len(self._output_losses)
 
     def _train_step(self, xb, yb, swb=None):
+        if backend.device() == "cpu":
+            _config.keep_warm()
         if type(self).train_step is not Model.train_step:
             return self._custom_step(self.train_step, xb, yb, swb)
         for v in self._trainable:  # a layer no loss reaches this step must not reuse old grads
@@ -706,6 +708,8 @@ class Model(Layer):
         return total + penalty, per_output
 
     def _test_step(self, xb, yb, swb=None):
+        if backend.device() == "cpu":
+            _config.keep_warm()
         if type(self).test_step is not Model.test_step:
             return self._custom_step(self.test_step, xb, yb, swb)
         outs, _ = self._plan.forward(xb, False)
@@ -987,6 +991,7 @@ class Model(Layer):
     def predict(self, x, batch_size=None, verbose="auto", steps=None):
         batch_size = _batch_size_arg(batch_size, "predict")
         b = backend.current()
+        cpu = backend.device() == "cpu"
         if is_dataset(x):
             self._check_built_for_dataset("predict")
             parts = [[] for _ in self.outputs]
@@ -995,6 +1000,8 @@ class Model(Layer):
                 for batch in stream:
                     xb, _, _ = split_batch(batch, "predict", need_y=False)
                     xs = self._prepare_inputs(xb, "predict")
+                    if cpu:
+                        _config.keep_warm()
                     ys = self._plan.predict([b.asarray(a, a.dtype) for a in xs])
                     for part, yk in zip(parts, ys):
                         part.append(np.array(b.to_numpy(yk)))
@@ -1010,6 +1017,8 @@ class Model(Layer):
             for lo in range(0, n, batch_size):
                 hi = min(n, lo + batch_size)
                 part = [a[lo:hi] for a in xs]
+                if cpu and hi - lo > 1:   # batch 1 runs on the one-thread inference lane
+                    _config.keep_warm()
                 ys = (inference.outputs(self, part if len(part) > 1 else part[0])
                       or self._plan.predict([b.asarray(a, a.dtype) for a in part]))
                 for out, yk in zip(outs, ys):
