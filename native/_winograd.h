@@ -31,9 +31,23 @@
 
 #include "_microkernel.h"
 
-/* V[k][i][c] (k = 4*r + s, i < nt) = (B^T d B)[r][s] of channel c of tile t0 + i; positions
-   of a patch beyond the padded input read `zeros` (C floats of 0). */
-static void pynn_wino_input_f(const float* xp, Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t C,
+/* Pixel (h, w) of the zero-padded input the conv reads (HP x WP, the source x of H x W at
+   (top, left) in it) for image n: a pointer into x, or `zeros` where the padded input holds
+   zeros or the patch runs past it. The transforms read x in place, so no padded copy is
+   made (a copy of a 32x32x32 batch of 32 was a pass over 8 MiB and a region of its own). */
+static inline const float* pynn_wino_pixel(const float* x, Py_ssize_t H, Py_ssize_t W,
+                                           Py_ssize_t top, Py_ssize_t left, Py_ssize_t HP,
+                                           Py_ssize_t WP, Py_ssize_t C, Py_ssize_t n,
+                                           Py_ssize_t h, Py_ssize_t w, const float* zeros) {
+    Py_ssize_t hx = h - top, wx = w - left;
+    if (h >= HP || w >= WP || hx < 0 || hx >= H || wx < 0 || wx >= W) return zeros;
+    return x + ((n * H + hx) * W + wx) * C;
+}
+
+/* V[k][i][c] (k = 4*r + s, i < nt) = (B^T d B)[r][s] of channel c of tile t0 + i, d the
+   tile's 4x4 patch of the padded input (see pynn_wino_pixel). */
+static void pynn_wino_input_f(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top,
+                              Py_ssize_t left, Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t C,
                               Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t t0, Py_ssize_t nt,
                               Py_ssize_t ks, Py_ssize_t rs, const float* zeros,
                               float* restrict V) {
@@ -41,10 +55,9 @@ static void pynn_wino_input_f(const float* xp, Py_ssize_t HP, Py_ssize_t WP, Py_
     for (i = 0; i < nt; i++) {
         const float* p[4][4];
         Py_ssize_t t = t0 + i, n = t / TT, th = (t % TT) / TW, tw = t % TW;
-        for (r = 0; r < 4; r++) for (s = 0; s < 4; s++) {
-            Py_ssize_t h = 2 * th + r, w = 2 * tw + s;
-            p[r][s] = (h < HP && w < WP) ? xp + ((n * HP + h) * WP + w) * C : zeros;
-        }
+        for (r = 0; r < 4; r++) for (s = 0; s < 4; s++)
+            p[r][s] = pynn_wino_pixel(x, H, W, top, left, HP, WP, C, n, 2 * th + r, 2 * tw + s,
+                                      zeros);
         float* restrict v = V + i * rs;
 #pragma GCC ivdep
         for (c = 0; c < C; c++) {
@@ -282,9 +295,10 @@ static void pynn_wino_kernel_grad_f(const float* part, Py_ssize_t S, Py_ssize_t 
     o4 = i0 - 0.5f * i1 + 0.25f * i2 - 0.125f * i3;      \
     o5 = i3;
 
-/* V[k][i][c] (k = 6*r + s, i < nt) = (B^T d B)[r][s] of channel c of tile t0 + i; patch
-   positions beyond the padded input read `zeros` (C floats of 0). */
-static void pynn_wino4_input_f(const float* xp, Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t C,
+/* V[k][i][c] (k = 6*r + s, i < nt) = (B^T d B)[r][s] of channel c of tile t0 + i, d the
+   tile's 6x6 patch of the padded input (see pynn_wino_pixel). */
+static void pynn_wino4_input_f(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top,
+                               Py_ssize_t left, Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t C,
                                Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t t0, Py_ssize_t nt,
                                Py_ssize_t ks, Py_ssize_t rs, const float* zeros,
                                float* restrict V) {
@@ -292,10 +306,9 @@ static void pynn_wino4_input_f(const float* xp, Py_ssize_t HP, Py_ssize_t WP, Py
     for (i = 0; i < nt; i++) {
         const float* p[36];
         Py_ssize_t t = t0 + i, n = t / TT, th = (t % TT) / TW, tw = t % TW;
-        for (r = 0; r < 6; r++) for (s = 0; s < 6; s++) {
-            Py_ssize_t h = 4 * th + r, w = 4 * tw + s;
-            p[6 * r + s] = (h < HP && w < WP) ? xp + ((n * HP + h) * WP + w) * C : zeros;
-        }
+        for (r = 0; r < 6; r++) for (s = 0; s < 6; s++)
+            p[6 * r + s] = pynn_wino_pixel(x, H, W, top, left, HP, WP, C, n, 4 * th + r,
+                                           4 * tw + s, zeros);
         float* restrict v = V + i * rs;
         /* B^T d: column s of the patch into V's rows k = 6*r + s, finished in place by the
            row pass below. */

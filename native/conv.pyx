@@ -537,7 +537,8 @@ cdef void _zero_margins(floating* xp, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, 
 # -- Winograd F(2x2, 3x3) (native/_winograd.h) ----------------------------------------------
 
 cdef extern from "_winograd.h":
-    void pynn_wino_input_f(const float* xp, Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t C,
+    void pynn_wino_input_f(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top,
+                           Py_ssize_t left, Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t C,
                            Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t t0, Py_ssize_t nt,
                            Py_ssize_t ks, Py_ssize_t rs, const float* zeros,
                            float* V) noexcept nogil
@@ -561,7 +562,8 @@ cdef extern from "_winograd.h":
                                 const Py_ssize_t* roff, int accum, int nk) noexcept nogil
     void pynn_wino_kernel_grad_f(const float* part, Py_ssize_t S, Py_ssize_t C, Py_ssize_t F,
                                  Py_ssize_t c0, Py_ssize_t c1, float* dkernel) noexcept nogil
-    void pynn_wino4_input_f(const float* xp, Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t C,
+    void pynn_wino4_input_f(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top,
+                            Py_ssize_t left, Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t C,
                             Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t t0, Py_ssize_t nt,
                             Py_ssize_t ks, Py_ssize_t rs, const float* zeros,
                             float* V) noexcept nogil
@@ -601,7 +603,8 @@ cdef void _wino_epilogue(float* z, float* y, const Geom* g, Py_ssize_t TH, Py_ss
         t = t + run
 
 
-cdef void _forward_winograd(const float* xp, const float* up, const float* bias, float* z,
+cdef void _forward_winograd(const float* x, Py_ssize_t XH, Py_ssize_t XW, Py_ssize_t top,
+                            Py_ssize_t left, const float* up, const float* bias, float* z,
                             float* y, const Geom* g, float* vbuf, float* mbuf,
                             const Py_ssize_t* roff, const float* zeros, Py_ssize_t T,
                             int act, float alpha, Py_ssize_t m) noexcept nogil:
@@ -627,9 +630,11 @@ cdef void _forward_winograd(const float* xp, const float* up, const float* bias,
         t0 = blk * T
         nt = _imin(T, ntiles - t0)
         if m == 4:
-            pynn_wino4_input_f(xp, g.HP, g.WP, g.C, TH, TW, t0, nt, ksv, rsv, zeros, V)
+            pynn_wino4_input_f(x, XH, XW, top, left, g.HP, g.WP, g.C, TH, TW, t0, nt, ksv, rsv,
+                               zeros, V)
         else:
-            pynn_wino_input_f(xp, g.HP, g.WP, g.C, TH, TW, t0, nt, ksv, rsv, zeros, V)
+            pynn_wino_input_f(x, XH, XW, top, left, g.HP, g.WP, g.C, TH, TW, t0, nt, ksv, rsv,
+                              zeros, V)
         pynn_wino_gemm_f(V, ksv, up, M, ksm, rsm, nt, g.C, g.F, nc, roff, <int>nk)
         if m == 4:
             pynn_wino4_output_f(M, ksm, rsm, g.F, bias, TH, TW, g.HO, g.WO, t0, nt, z)
@@ -638,11 +643,13 @@ cdef void _forward_winograd(const float* xp, const float* up, const float* bias,
         _wino_epilogue(z, y, g, TH, TW, t0, nt, act, alpha, m)
 
 
-def _run_forward_winograd(const float[:, :, :, ::1] xp, const float[:, :, :, ::1] kernel,
+def _run_forward_winograd(const float[:, :, :, ::1] x, const float[:, :, :, ::1] kernel,
                           const float[::1] bias, float[:, :, :, ::1] z, float[:, :, :, ::1] y,
                           float[::1] u, float[::1] up, float[::1] vbuf, float[::1] mbuf,
                           const float[::1] zeros, Geom g, Py_ssize_t T, int act,
-                          double alpha, Py_ssize_t m=2):
+                          double alpha, Py_ssize_t m=2, Py_ssize_t top=0, Py_ssize_t left=0):
+    """x is the conv's input, the padded input of geometry g holding it at (top, left) (x
+    itself when top = left = 0 and it has g's HP x WP)."""
     cdef const float* bptr = _bias_ptr(bias)
     cdef Py_ssize_t k, CF = g.C * g.F, threads = omp_get_max_threads()
     cdef Py_ssize_t nk = (m + 2) * (m + 2)
@@ -651,7 +658,7 @@ def _run_forward_winograd(const float[:, :, :, ::1] xp, const float[:, :, :, ::1
         raise ValueError(f"conv2d (winograd): tile must be 2 or 4, got {m}")
     if bptr == NULL:
         bptr = &zeros[0]   # (zeros holds max(C, F) floats)
-    if (xp.shape[1] != g.HP or xp.shape[2] != g.WP or xp.shape[3] != g.C
+    if (x.shape[0] != g.N or x.shape[3] != g.C
             or kernel.shape[0] != 3 or kernel.shape[1] != 3 or kernel.shape[2] != g.C
             or kernel.shape[3] != g.F or u.shape[0] < nk * CF or up.shape[0] < nk * CF
             or vbuf.shape[0] < threads * nk * T * g.C
@@ -665,7 +672,8 @@ def _run_forward_winograd(const float[:, :, :, ::1] xp, const float[:, :, :, ::1
             pynn_wino_kernel_f(&kernel[0, 0, 0, 0], g.C, g.F, &u[0])
         for k in range(nk):
             pynn_pack_panels_f(&u[k * CF], g.F, g.C, g.F, PYNN_NC_F, &up[k * CF])
-        _forward_winograd(&xp[0, 0, 0, 0], &up[0], bptr, &z[0, 0, 0, 0], &y[0, 0, 0, 0], &g,
+        _forward_winograd(&x[0, 0, 0, 0], x.shape[1], x.shape[2], top, left, &up[0], bptr,
+                          &z[0, 0, 0, 0], &y[0, 0, 0, 0], &g,
                           &vbuf[0], &mbuf[0], &roff[0], &zeros[0], T, act, <float>alpha, m)
 
 
@@ -676,7 +684,9 @@ cdef enum:
     _WINO_ROW_PAD = 16
 
 
-cdef void _backward_weight_winograd(const float* xp, const float* dz, Py_ssize_t sn,
+cdef void _backward_weight_winograd(const float* x, Py_ssize_t XH, Py_ssize_t XW,
+                                    Py_ssize_t top, Py_ssize_t left, const float* dz,
+                                    Py_ssize_t sn,
                                     Py_ssize_t sh, float* dw, float* part, float* vbuf,
                                     float* wbuf, const Py_ssize_t* roff, const float* zeros,
                                     const Geom* g, Py_ssize_t T, Py_ssize_t S,
@@ -705,11 +715,13 @@ cdef void _backward_weight_winograd(const float* xp, const float* dz, Py_ssize_t
         while t < t1:
             nt = _imin(T, t1 - t)
             if m == 4:
-                pynn_wino4_input_f(xp, g.HP, g.WP, g.C, TH, TW, t, nt, g.C, rsv, zeros, V)
+                pynn_wino4_input_f(x, XH, XW, top, left, g.HP, g.WP, g.C, TH, TW, t, nt, g.C,
+                                   rsv, zeros, V)
                 pynn_wino4_dout_f(dz, sn, sh, g.HO, g.WO, g.F, TH, TW, t, nt, g.F, rsw, zeros,
                                   W)
             else:
-                pynn_wino_input_f(xp, g.HP, g.WP, g.C, TH, TW, t, nt, g.C, rsv, zeros, V)
+                pynn_wino_input_f(x, XH, XW, top, left, g.HP, g.WP, g.C, TH, TW, t, nt, g.C, rsv,
+                                  zeros, V)
                 pynn_wino_dout_f(dz, sn, sh, g.HO, g.WO, g.F, TH, TW, t, nt, g.F, rsw, zeros,
                                  W)
             pynn_wino_wgrad_gemm_f(V, g.C, rsv, W, g.F, rsw, part + s * nk * CF, nt, g.C, g.F,
@@ -722,20 +734,21 @@ cdef void _backward_weight_winograd(const float* xp, const float* dz, Py_ssize_t
             pynn_wino_kernel_grad_f(part, S, g.C, g.F, c, c + 1, dw)
 
 
-def _run_backward_weight_winograd(const float[:, :, :, ::1] xp, const float[::1] dz,
+def _run_backward_weight_winograd(const float[:, :, :, ::1] x, const float[::1] dz,
                                   Py_ssize_t dz0, Py_ssize_t sn, Py_ssize_t sh,
                                   float[:, :, :, ::1] dw, float[::1] part, float[::1] vbuf,
                                   float[::1] wbuf, const float[::1] zeros, Geom g,
-                                  Py_ssize_t T, Py_ssize_t S, Py_ssize_t m=2):
+                                  Py_ssize_t T, Py_ssize_t S, Py_ssize_t m=2,
+                                  Py_ssize_t top=0, Py_ssize_t left=0):
     """dz pixel (n, h, w) at dz[dz0 + n*sn + h*sh + w*F:][:F] (dz may be a padded buffer);
-    m x m output pixels per tile (2 or 4)."""
+    m x m output pixels per tile (2 or 4); x the conv's input at (top, left) of the padded
+    input of geometry g (x itself when that is padded already)."""
     cdef Py_ssize_t threads = omp_get_max_threads(), CF = g.C * g.F
     cdef Py_ssize_t nk = (m + 2) * (m + 2)
     if m != 2 and m != 4:
         raise ValueError(f"conv2d_backward_weight (winograd): tile must be 2 or 4, got {m}")
     cdef Py_ssize_t[::1] roff = np.arange(max(g.C, 1), dtype=np.intp)
-    if (xp.shape[0] != g.N or xp.shape[1] != g.HP or xp.shape[2] != g.WP
-            or xp.shape[3] != g.C or g.HP != g.HO + 2 or g.WP != g.WO + 2
+    if (x.shape[0] != g.N or x.shape[3] != g.C or g.HP != g.HO + 2 or g.WP != g.WO + 2
             or dw.shape[0] != 3 or dw.shape[1] != 3 or dw.shape[2] != g.C
             or dw.shape[3] != g.F or T < 1 or S < 1 or part.shape[0] < S * nk * CF
             or vbuf.shape[0] < threads * T * (nk * g.C + _WINO_ROW_PAD)
@@ -746,7 +759,8 @@ def _run_backward_weight_winograd(const float[:, :, :, ::1] xp, const float[::1]
         raise ValueError("conv2d_backward_weight (winograd): a table or buffer does not fit "
                          "the geometry")
     with nogil:
-        _backward_weight_winograd(&xp[0, 0, 0, 0], &dz[dz0], sn, sh, &dw[0, 0, 0, 0],
+        _backward_weight_winograd(&x[0, 0, 0, 0], x.shape[1], x.shape[2], top, left,
+                                  &dz[dz0], sn, sh, &dw[0, 0, 0, 0],
                                   &part[0], &vbuf[0], &wbuf[0], &roff[0], &zeros[0], &g, T, S,
                                   m)
 
@@ -884,7 +898,7 @@ def _run_backward_weight_direct(const floating[::1] xp, const floating[::1] dz,
     if (seg.shape[0] < chunk or koff.shape[0] != g.K or row_x.shape[0] != G
             or (weight_grad and (part.shape[0] < slabs * g.K * g.F or dzp.shape[0]
                                  < omp_get_max_threads() * chunk * g.WO * g.F))
-            or xp.shape[0] < g.N * g.HP * g.WP * g.C
+            or (weight_grad and xp.shape[0] < g.N * g.HP * g.WP * g.C)
             or (G and (np.max(row_dz) + g.WO * g.F > dz.shape[0] or np.min(row_dz) < 0))
             or (not weight_grad and dy is None)
             or (dy is not None and (dy.shape[0] != out or y is None or y.shape[0] != out
@@ -1155,7 +1169,7 @@ def _wino_tile(g, op="forward"):
     return 2
 
 
-def _forward_winograd_into(xp, kernel, bias, z, y, g, act, alpha):
+def _forward_winograd_into(xp, kernel, bias, z, y, g, act, alpha, top=0, left=0):
     """The Winograd forward on a padded input xp (g["HP"], g["WP"]) into z and y. The
     kernel is transformed on every call, like dense.pyx's packed weights: the optimizer
     rewrites it in place after each step and a caller's own in-place write bumps no version;
@@ -1170,7 +1184,8 @@ def _forward_winograd_into(xp, kernel, bias, z, y, g, act, alpha):
     with scratch(np.float32, (nk * C * F,), (nk * C * F,), (threads * nk * T * C,),
                  (threads * nk * T * F,)) as (u, up, vbuf, mbuf):
         _run_forward_winograd(xp, kernel, bias, z, y, u, up, vbuf, mbuf,
-                              np.zeros(max(C, F), dtype=np.float32), g, T, act, alpha, m)
+                              np.zeros(max(C, F), dtype=np.float32), g, T, act, alpha, m, top,
+                              left)
 
 
 def _forward_padded(xp, kernel, bias, z, y, g, act, alpha):
@@ -1188,7 +1203,7 @@ def _wino_block_tiles(g, m=2):
     return min(max(T // 8 * 8, 8), 256)
 
 
-def _backward_weight_winograd_into(xp, dz, dz0, sn, sh, dw, g):
+def _backward_weight_winograd_into(xp, dz, dz0, sn, sh, dw, g, top=0, left=0):
     """The Winograd kernel gradient into dw (3, 3, C, F) from the padded input xp and dz
     (flat; pixel (n, h, w) at dz0 + n*sn + h*sh + w*F). Slabs of tiles as in the direct
     path, fixed by the shape: results do not depend on the thread count."""
@@ -1203,7 +1218,8 @@ def _backward_weight_winograd_into(xp, dz, dz0, sn, sh, dw, g):
     with scratch(np.float32, (slabs * nk * C * F,), (threads * T * (nk * C + _WINO_ROW_PAD),),
                  (threads * T * (nk * F + _WINO_ROW_PAD),)) as (part, vbuf, wbuf):
         _run_backward_weight_winograd(xp, dz, dz0, sn, sh, dw, part, vbuf, wbuf,
-                                      np.zeros(max(C, F), dtype=np.float32), g, T, slabs, m)
+                                      np.zeros(max(C, F), dtype=np.float32), g, T, slabs, m,
+                                      top, left)
 
 
 def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid", dilation_rate=(1, 1),
@@ -1225,10 +1241,12 @@ def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid", dilation_ra
     y = np.empty_like(z) if keep_z else z
     if z.size:
         act = ACTIVATIONS.index(act_name)
-        if _use_winograd(g, x.dtype) or _use_direct(g, op):
+        if _use_winograd(g, x.dtype):   # reads x in place: no padded copy
+            _forward_winograd_into(x, kernel, bias, z, y, g, act, float(alpha), g["PT"], g["PL"])
+        elif _use_direct(g, op):
             with scratch(x.dtype, _pad_shape(x.shape, g["HP"], g["WP"], g["PT"], g["PL"])) as (xp,):
                 xp = _padded(x, xp, g["PT"], g["PL"])
-                _forward_padded(xp, kernel, bias, z, y, g, act, float(alpha))
+                _forward_direct_into(xp, kernel, bias, z, y, g, act, float(alpha))
         else:
             tile, col_shape = _plan(g, x.dtype)
             with scratch(x.dtype, col_shape) as (col,):
@@ -1252,6 +1270,10 @@ def conv2d_backward_input(dz, kernel, input_shape, strides=(1, 1), padding="vali
         # Stride 1: dx is the forward conv of dz, zero-padded to a "full" convolution.
         gt, top, left = _input_grad_geometry(g, input_shape)
         dx = np.empty(input_shape, dtype=dz.dtype)
+        if _use_winograd(gt, dz.dtype):   # reads dz in place: no padded copy
+            _forward_winograd_into(dz, _flipped(kernel), None, dx, dx, gt,
+                                   ACTIVATIONS.index("linear"), 0.0, top, left)
+            return dx
         with scratch(dz.dtype, _pad_shape(dz.shape, gt["HP"], gt["WP"], top, left)) as (dzp,):
             dzp = _padded(dz, dzp, top, left)
             _forward_padded(dzp, _flipped(kernel), None, dx, dx, gt,
@@ -1283,8 +1305,8 @@ def _weight_grad_tables(g):
 def _weight_grad_scratch(x, g, slabs, chunk, weight_grad=True):
     """Scratch shapes of the direct backward_weight: x padded, slab partials, panels (the
     last two unused, one element, when the pass makes only dz)."""
-    if not weight_grad:
-        return _pad_shape(x.shape, g["HP"], g["WP"], g["PT"], g["PL"]), (1,), (1,)
+    if not weight_grad:   # the Winograd kernel gradient reads x in place
+        return (1,), (1,), (1,)
     return (_pad_shape(x.shape, g["HP"], g["WP"], g["PT"], g["PL"]),
             (slabs * g["K"] * g["F"],),
             (omp_get_max_threads() * chunk * g["WO"] * g["F"],))
@@ -1301,11 +1323,9 @@ def conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="valid",
         return conv2d_backward_weight(_subsampled(x, g), dz, kernel_shape)
     dw = np.zeros(kernel_shape, dtype=x.dtype)
     if dz.size and dw.size:
-        if _use_winograd(g, x.dtype):
-            with scratch(x.dtype, _pad_shape(x.shape, g["HP"], g["WP"], g["PT"], g["PL"])) as (xp,):
-                xp = _padded(x, xp, g["PT"], g["PL"])
-                _backward_weight_winograd_into(xp, dz.reshape(-1), 0, g["HO"] * g["WO"] * g["F"],
-                                               g["WO"] * g["F"], dw, g)
+        if _use_winograd(g, x.dtype):   # reads x in place: no padded copy
+            _backward_weight_winograd_into(x, dz.reshape(-1), 0, g["HO"] * g["WO"] * g["F"],
+                                           g["WO"] * g["F"], dw, g, g["PT"], g["PL"])
         elif _use_direct(g, op):
             koff, row_x, slabs, chunk, seg = _weight_grad_tables(g)
             row_dz = np.arange(g["N"] * g["HO"], dtype=np.intp) * (g["WO"] * g["F"])
@@ -1394,15 +1414,16 @@ def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
             dzb, xp, part, panels):
         if direct_input:
             _run_zero_margins(dzb, g["HO"], g["WO"], top, left)
-        xp = _padded(x, xp, g["PT"], g["PL"])
+        if not winograd_weight:
+            xp = _padded(x, xp, g["PT"], g["PL"])
         _run_backward_weight_direct(xp.reshape(-1), dzb.reshape(-1), dw, part, panels, g,
                                     koff, row_x, row_dz, seg, slabs, chunk, dy.reshape(-1),
                                     z_flat, y_flat, ACTIVATIONS.index(name), a, dbpart,
                                     not winograd_weight)
         if winograd_weight:   # that pass made only dz and the bias gradient
-            _backward_weight_winograd_into(xp, dzb.reshape(-1), int(row_dz[0]),
+            _backward_weight_winograd_into(x, dzb.reshape(-1), int(row_dz[0]),
                                            dz_shape[1] * dz_shape[2] * g["F"],
-                                           dz_shape[2] * g["F"], dw, g)
+                                           dz_shape[2] * g["F"], dw, g, g["PT"], g["PL"])
         if direct_input:
             dx = np.empty(x.shape, dtype=dy.dtype)
             _forward_padded(dzb, _flipped(kernel), None, dx, dx, gt,
