@@ -162,15 +162,17 @@ cdef int _BANDS = min(16, usable_cores())
 # Products under this many multiply-adds run as one GEMM on the calling thread, no region.
 # Waking a sleeping OpenMP worker costs 60-100 us on the VMs pynn is measured on (an empty
 # 2-thread region after a 20 us gap: 59 us, after 0-10 us: 1.5 us; 1,000 spins last ~11 us
-# on the Intel kind), and a training step's ops are separated by more than that spin, so a
-# banded op pays the wake and its early band waits for the late one. Intel Xeon, 2 threads,
-# each call after 50 us of other work, microseconds banded / serial (forward, input
-# gradient, kernel gradient):
-#   64x256x256    4.2M  112/82   101/76   96/74
-#   64x512x256    8.4M  211/157  164/144  146/140   (32x512x512: 194/211, 169/191, 146/165)
-#   128x512x256  16.8M  232/284  208/262  194/254
+# on the Intel kind), 20-30 us while the keep-warm spinners run (native/_warm.h: training,
+# evaluation and prediction loops), and a step's ops are separated by more than the spin, so
+# a banded op pays the wake and its early band waits for the late one. Intel Xeon, 2
+# threads, each call after 50 us of other work, microseconds banded / serial (forward,
+# input gradient, kernel gradient), keep-warm on (off):
+#   64x256x256    4.2M   89/82    82/76    73/74    (off: 112/82  101/76  96/74)
+#   128x256x256   8.4M  130/138  113/132  109/131   (off: 197/146 166/133 157/132)
+#   64x512x256    8.4M  139/153  121/140  107/139   (off: 211/157 164/144 146/140)
+#   128x512x256  16.8M  202/268  181/252  170/251   (off: 232/284 208/262 194/254)
 # The rule is the shape's alone, so the bits never depend on the thread count.
-cdef double _SERIAL_MACS = 1e7
+cdef double _SERIAL_MACS = 6e6
 
 
 def _set_serial_macs(macs=None):
@@ -178,7 +180,7 @@ def _set_serial_macs(macs=None):
     default). Returns the old value."""
     global _SERIAL_MACS
     old = _SERIAL_MACS
-    _SERIAL_MACS = 1e7 if macs is None else float(macs)
+    _SERIAL_MACS = 6e6 if macs is None else float(macs)
     return old
 
 
