@@ -123,7 +123,7 @@ class Step:
 
     __slots__ = ("layer", "ins", "outs", "several", "multi_out", "shared", "free_after",
                  "needs_input_grad", "input_grad_slots", "backprop", "activity", "grads_final",
-                 "fused", "passthrough")
+                 "fused", "passthrough", "makes_mask")
 
     def __init__(self, layer, ins, outs, several, multi_out):
         self.layer = layer
@@ -142,6 +142,9 @@ class Step:
         # it, whose own step is then a passthrough (_fuse_activations).
         self.fused = None
         self.passthrough = False
+        # Whether the layer may make a mask from unmasked inputs, once rather than per call
+        # (set again wherever a step's layer is replaced).
+        self.makes_mask = _makes_mask(layer)
 
 
 class Plan:
@@ -304,6 +307,7 @@ class Plan:
 
         for st in steps:
             st.layer = sparse_inference_layer(st.layer)
+            st.makes_mask = _makes_mask(st.layer)
         self._inference_steps = steps
         return steps
 
@@ -341,7 +345,7 @@ class Plan:
                     y = layer.call(x, training=training, mask=mask)
                 else:
                     y = layer.call(x, training=training)
-                if masked or _makes_mask(layer):
+                if masked or step.makes_mask:
                     compute = getattr(layer, "compute_mask", None)
                     out_mask = compute(x, mask) if compute is not None else None
                     if not isinstance(out_mask, list):

@@ -8,8 +8,11 @@ shapes and dtypes are checked here, before any kernel, and every message names a
 import math
 import operator
 
+import numpy as np
+
 from pynn.backend.api import MERGE_MODES
-from pynn.backend.operands.common import check_count, check_shape, same_dtype
+from pynn.backend.operands.activation import activation_pair
+from pynn.backend.operands.common import FLOAT_DTYPES, check_count, check_shape, same_dtype
 
 # Dot(normalize=True) scales by min(rsqrt(sum x^2), 1 / NORMALIZE_EPSILON): keras.ops.normalize
 # with Keras's backend.epsilon().
@@ -99,14 +102,32 @@ def _elementwise(arrays, op, inputs, mode):
     return xs, mode, out_shape
 
 
+def _same_float_arrays(inputs):
+    """The shape of `inputs` when they are C-contiguous float32 or float64 ndarrays of one
+    shape and dtype (what the layers and the training executor pass every step), else None:
+    then nothing else needs checking or converting."""
+    if type(inputs) is not list and type(inputs) is not tuple or not inputs:
+        return None
+    first = inputs[0]
+    if type(first) is not np.ndarray or first.dtype not in FLOAT_DTYPES \
+            or not first.flags.c_contiguous:
+        return None
+    for x in inputs[1:]:
+        if type(x) is not np.ndarray or x.dtype != first.dtype or x.shape != first.shape \
+                or not x.flags.c_contiguous:
+            return None
+    return first.shape
+
+
 def merge_forward(arrays, inputs, mode, activation="linear", alpha=0.0):
     """-> (inputs, mode, out_shape, (activation, alpha)): one dtype; shapes that broadcast by
     Keras's merge rule (broadcast_shape); subtract takes exactly 2; any elementwise
     activation (softmax mixes the last axis: its own op)."""
-    from pynn.backend.operands.activation import activation_pair
-
     op = "merge_forward"
     act = activation_pair(op, activation, alpha)
+    shape = _same_float_arrays(inputs) if arrays.name == "cpu" else None
+    if shape is not None and (mode == "add" or mode == "multiply") and act[0] != "softmax":
+        return list(inputs), mode, shape, act
     if act[0] == "softmax":
         raise ValueError(f"{op}: activation 'softmax' cannot be fused (it normalizes along "
                          "an axis); apply it as its own op")
