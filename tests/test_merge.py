@@ -139,6 +139,31 @@ def test_merge_activation_bad_operands(backend, rng):
         backend.ops.merge_forward(xs, "add", "relu9")
 
 
+@pytest.mark.parametrize("mode", ["add", "multiply"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_same_shape_fast_path_equals_the_general_path(rng, mode, dtype):
+    """Same-shaped C-contiguous arrays of one float dtype skip the broadcast checks
+    (pynn/backend/operands/merge.py); a Fortran-ordered copy of the same values takes the
+    general path: the same bits. Anything else still gets the full checks and conversions."""
+    from pynn.backend import cpu
+
+    xs = [rand(rng, (5, 7, 3), dtype) for _ in range(3)]
+    fast = cpu.merge_forward(xs, mode, "relu")
+    general = cpu.merge_forward([np.asfortranarray(x) for x in xs], mode, "relu")
+    np.testing.assert_array_equal(fast, general)
+    np.testing.assert_allclose(fast, np.maximum(ref.merge_forward_ref(xs, mode), 0),
+                               rtol=1e-6 if dtype == np.float32 else 1e-12)
+    # Mixed dtypes go the general way, which converts to the first input's dtype.
+    mixed = cpu.merge_forward([xs[0].astype(np.float32), xs[1].astype(np.float64)], mode)
+    assert mixed.dtype == np.float32
+    np.testing.assert_array_equal(
+        mixed, cpu.merge_forward([xs[0].astype(np.float32), xs[1].astype(np.float32)], mode))
+    with pytest.raises(ValueError, match=r"merge_forward: .*\(5, 7, 3\), \(5, 6, 3\)"):
+        cpu.merge_forward([xs[0], xs[1][:, :6].copy()], mode)
+    with pytest.raises(ValueError, match="merge_forward: unknown mode"):
+        cpu.merge_forward(xs, "and")
+
+
 BROADCAST_CASES = [
     [(2, 5), (2, 3, 5)],            # a lower rank gains axes after the batch axis (Keras)
     [(2, 1, 5), (2, 3, 1), (2, 3, 5)],
