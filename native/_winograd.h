@@ -151,10 +151,10 @@ static void pynn_wino_kernel_f(const float* kernel, Py_ssize_t C, Py_ssize_t F,
     }
 }
 
-/* M[k] (nt x F) = V[k] (nt x C) @ U[k] for the nk k (16 for F(2x2, 3x3), 36 for F(4x4, 3x3)): element (k, i, c) of V at
-   V + k*ksv + i*rsv (roff[i] = i*rsv for i < nt), (k, i, f) of M at M + k*ksm + i*rsm; U
-   packed per k into the microkernel's column panels of nc (pynn_pack_panels_f on each
-   (C, F) slice, slice k at Up + k*C*F). */
+/* M[k] (nt x F) = V[k] (nt x C) @ U[k] for the nk k (16 for F(2x2, 3x3), 36 for F(4x4,
+   3x3)): element (k, i, c) of V at V + k*ksv + i*rsv (roff[i] = i*rsv for i < nt), (k, i, f)
+   of M at M + k*ksm + i*rsm; U packed per k into the microkernel's column panels of nc
+   (pynn_pack_panels_f on each (C, F) slice, slice k at Up + k*C*F). */
 static void pynn_wino_gemm_f(const float* V, Py_ssize_t ksv, const float* Up, float* M,
                              Py_ssize_t ksm, Py_ssize_t rsm, Py_ssize_t nt, Py_ssize_t C,
                              Py_ssize_t F, Py_ssize_t nc, const Py_ssize_t* roff, int nk) {

@@ -608,11 +608,13 @@ cdef void _forward_winograd(const float* x, Py_ssize_t XH, Py_ssize_t XW, Py_ssi
                             float* y, const Geom* g, float* vbuf, float* mbuf,
                             const Py_ssize_t* roff, const float* zeros, Py_ssize_t T,
                             int act, float alpha, Py_ssize_t m) noexcept nogil:
-    """Blocks of T tiles (m x m output pixels each: F(2x2, 3x3) or F(4x4, 3x3), in (n, th, tw) order, so a block may span
-    tile rows and images and the GEMMs keep T rows on small maps) handed out dynamically, as
-    in _forward_direct: input transform, 16 GEMMs, output transform + bias, activation, all
-    in this thread's V and M blocks. A tile's 16 transformed rows sit together (V element
-    (k, i, c) at i*16*C + k*C): each transform then reads or writes one stream per tile;
+    """Blocks of T tiles (m x m output pixels each: F(2x2, 3x3) or F(4x4, 3x3); in (n, th,
+    tw) order, so a block may span tile rows and images and the GEMMs keep T rows on small
+    maps) handed out dynamically, as in _forward_direct: input transform (reading x, the conv's
+    input at (top, left) of its padded geometry, in place), (m+2)^2 GEMMs, output transform +
+    bias, activation, all in this thread's V and M blocks. A tile's (m+2)^2 transformed rows
+    sit together (V element (k, i, c) at i*nk*C + k*C): each transform then reads or writes
+    one stream per tile;
     16 slices of T rows each (k*T*C + i*C) made the transforms juggle 16 streams (1 thread,
     32 -> 32 channels on 32x32, batch 32: input transform 1.05-1.38 ms -> 0.77-1.09, the
     GEMMs the same within noise). No tile's result depends on the block or thread."""
