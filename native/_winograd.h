@@ -317,6 +317,22 @@ static void pynn_wino_kernel_grad_f(const float* part, Py_ssize_t S, Py_ssize_t 
     o3 = i0 + 2.0f * i1 + 4.0f * i2 + 8.0f * i3;         \
     o4 = i0 - 0.5f * i1 + 0.25f * i2 - 0.125f * i3;      \
     o5 = i3;
+/* Six values into column s of a tile's 6x6 rows (k = 6*r + s, row stride ks), or into one
+   row's six consecutive positions, at element i. */
+#define PYNN_W4_STORE_COL(o, ks, s, i, x0, x1, x2, x3, x4, x5) \
+    o[(s) * ks + i] = x0;                                      \
+    o[(6 + (s)) * ks + i] = x1;                                \
+    o[(12 + (s)) * ks + i] = x2;                               \
+    o[(18 + (s)) * ks + i] = x3;                               \
+    o[(24 + (s)) * ks + i] = x4;                               \
+    o[(30 + (s)) * ks + i] = x5;
+#define PYNN_W4_STORE_ROW(q, ks, i, x0, x1, x2, x3, x4, x5) \
+    q[i] = x0;                                              \
+    q[ks + i] = x1;                                         \
+    q[2 * ks + i] = x2;                                     \
+    q[3 * ks + i] = x3;                                     \
+    q[4 * ks + i] = x4;                                     \
+    q[5 * ks + i] = x5;
 
 /* V[k][i][c] (k = 6*r + s, i < nt) = (B^T d B)[r][s] of channel c of tile t0 + i, d the
    tile's 6x6 patch of the padded input (see pynn_wino_pixel). */
@@ -342,12 +358,7 @@ static void pynn_wino4_input_f(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ss
             for (c = 0; c < C; c++) {
                 float x0, x1, x2, x3, x4, x5;
                 PYNN_W4_BT(x0, x1, x2, x3, x4, x5, a0[c], a1[c], a2[c], a3[c], a4[c], a5[c])
-                v[s * ks + c] = x0;
-                v[(6 + s) * ks + c] = x1;
-                v[(12 + s) * ks + c] = x2;
-                v[(18 + s) * ks + c] = x3;
-                v[(24 + s) * ks + c] = x4;
-                v[(30 + s) * ks + c] = x5;
+                PYNN_W4_STORE_COL(v, ks, s, c, x0, x1, x2, x3, x4, x5)
             }
         }
         /* (B^T d) B: each row r of e in place. */
@@ -358,12 +369,7 @@ static void pynn_wino4_input_f(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ss
                 float y0, y1, y2, y3, y4, y5;
                 PYNN_W4_BT(y0, y1, y2, y3, y4, y5, q[c], q[ks + c], q[2 * ks + c],
                            q[3 * ks + c], q[4 * ks + c], q[5 * ks + c])
-                q[c] = y0;
-                q[ks + c] = y1;
-                q[2 * ks + c] = y2;
-                q[3 * ks + c] = y3;
-                q[4 * ks + c] = y4;
-                q[5 * ks + c] = y5;
+                PYNN_W4_STORE_ROW(q, ks, c, y0, y1, y2, y3, y4, y5)
             }
         }
     }
@@ -479,12 +485,7 @@ static void pynn_wino4_dout_f(const float* dz, Py_ssize_t sn, Py_ssize_t sh, Py_
             for (f = 0; f < F; f++) {
                 float e0, e1, e2, e3, e4, e5;
                 PYNN_W4_A(e0, e1, e2, e3, e4, e5, y0[f], y1[f], y2[f], y3[f])
-                o[s * ks + f] = e0;
-                o[(6 + s) * ks + f] = e1;
-                o[(12 + s) * ks + f] = e2;
-                o[(18 + s) * ks + f] = e3;
-                o[(24 + s) * ks + f] = e4;
-                o[(30 + s) * ks + f] = e5;
+                PYNN_W4_STORE_COL(o, ks, s, f, e0, e1, e2, e3, e4, e5)
             }
         }
         /* (A dY) A^T, each row r in place (its columns 4 and 5 are written last). */
@@ -495,12 +496,7 @@ static void pynn_wino4_dout_f(const float* dz, Py_ssize_t sn, Py_ssize_t sh, Py_
                 float w0, w1, w2, w3, w4, w5;
                 PYNN_W4_A(w0, w1, w2, w3, w4, w5, q[f], q[ks + f], q[2 * ks + f],
                           q[3 * ks + f])
-                q[f] = w0;
-                q[ks + f] = w1;
-                q[2 * ks + f] = w2;
-                q[3 * ks + f] = w3;
-                q[4 * ks + f] = w4;
-                q[5 * ks + f] = w5;
+                PYNN_W4_STORE_ROW(q, ks, f, w0, w1, w2, w3, w4, w5)
             }
         }
     }
