@@ -103,7 +103,7 @@ cdef extern from *:
                     k1[c] = (ku && c < cn) ? (double)ku[c0 + c] : 0.0;                      \
                     k2[c] = c < cn ? (double)kv[c0 + c] : 0.0;                              \
                 }                                                                           \
-                if (cn == 16 && PYNN_COL16_##SUF) {                                         \
+                if (cn == 16) {                                                             \
                     pynn_col_sums_16_##SUF(u, v, k1, k2, r0, rn, C, c0, a, b);              \
                 } else {                                                                    \
                     for (r = r0; r < r0 + rn; r++)                                          \
@@ -237,15 +237,18 @@ cdef extern from *:
         memcpy(a, &a0, 64); memcpy(a + 8, &a1, 64);
         memcpy(b, &b0, 64); memcpy(b + 8, &b1, 64);
     }
-    /* double data has no conversion to spare: its scalar loop stays */
-    static inline void pynn_col_sums_16_d(const double* u, const double* v, const double* k1,
-            const double* k2, Py_ssize_t r0, Py_ssize_t rn, Py_ssize_t C, Py_ssize_t c0,
-            double* a, double* b) {
-        (void)u; (void)v; (void)k1; (void)k2; (void)r0; (void)rn; (void)C; (void)c0;
-        (void)a; (void)b;
+    /* double data has no conversion to spare: the plain loop vectorizes as it is */
+    static inline void pynn_col_sums_16_d(const double* restrict u, const double* restrict v,
+            const double* k1, const double* k2, Py_ssize_t r0, Py_ssize_t rn, Py_ssize_t C,
+            Py_ssize_t c0, double* restrict a, double* restrict b) {
+        Py_ssize_t r, c;
+        for (r = r0; r < r0 + rn; r++)
+            for (c = 0; c < 16; c++) {
+                const double d = u[r * C + c0 + c] - k1[c];
+                a[c] += d;
+                b[c] += d * (v[r * C + c0 + c] - k2[c]);
+            }
     }
-    #define PYNN_COL16_f 1
-    #define PYNN_COL16_d 0
     PYNN_NORM_KERNELS(f, float)
     PYNN_NORM_KERNELS(d, double)
     """
