@@ -399,11 +399,10 @@ cdef void _bn_sums_block(const floating* u, const floating* v, const floating* k
         _col_sums_rows(u + a0 * C, v + a0 * C, ku, kv, a1 - a0, C, s1, s2)
         return
     for a in range(a0, a1):
-        if True:
-            for c in range(C):
-                base = (a * C + c) * B
-                _row_sums(u + base, v + base, ku[c] if ku != NULL else 0.0, kv[c], B, &s1[c],
-                          &s2[c])
+        for c in range(C):
+            base = (a * C + c) * B
+            _row_sums(u + base, v + base, ku[c] if ku != NULL else 0.0, kv[c], B, &s1[c],
+                      &s2[c])
 
 
 cdef void _bn_sums(const floating* u, const floating* v, const floating* ku, const floating* kv,
