@@ -477,18 +477,6 @@ def _bn_normalize(const floating[::1] x, floating[::1] y, const floating[::1] me
                     act_forward_vec(&y[base], &y[base], B, act, <floating>alpha)
 
 
-cdef inline void _bn_act_grad_row(const floating* dy, const floating* x, const floating* mean,
-                                  const floating* scale, const floating* beta, floating* z,
-                                  floating* y, floating* dz, Py_ssize_t C, int act,
-                                  floating alpha) noexcept nogil:
-    """dz = dL/d(pre-activation) of one channels_last row, into scratch: the forward's
-    pre-activation z and output y recomputed by the same loops (_affine, act_forward_vec),
-    so the derivative sees the forward's bits without either being kept."""
-    _affine(x, z, mean, scale, beta, C)
-    act_forward_vec(z, y, C, act, alpha)
-    act_backward_vec(dy, z, y, dz, C, act, alpha)
-
-
 cdef void _bn_act_backward_rows(const floating* dy, const floating* x, const floating* mean_t,
                                 const floating* scale_t, const floating* beta_t, int act,
                                 floating alpha, double[:, ::1] part, const floating* kdy_t,
