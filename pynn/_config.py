@@ -104,11 +104,10 @@ def warm_threads():
 
 
 def _after_fork_in_child():
-    global _num_threads, _omp_threads
+    global _num_threads, _omp_threads, _warm_threads
     if _info.forked_single():
         _num_threads = _omp_threads = 1   # the native child handler set OpenMP to one thread
         _per_thread.omp_threads = 1
-        global _warm_threads
         _warm_threads = 0
 
 
