@@ -47,6 +47,8 @@ cnp.import_array()
 # One sample's intermediates up to this many floats live on the calling thread's stack, so
 # threads sharing a chain share no scratch (and need no per-thread lookup).
 DEF STACK_SCRATCH = 4096
+# Columns a narrow layer's kernel is padded to for the rows product (see DenseChain).
+DEF _PAD_COLS = 16
 
 
 cdef class DenseChain:
@@ -60,7 +62,9 @@ cdef class DenseChain:
     cdef const int[::1] _dims
     cdef const int[::1] _acts
     cdef const float[::1] _alphas
-    cdef readonly int rows, layers, width
+    cdef const Py_ssize_t[::1] _padded
+    cdef const int[::1] _pads
+    cdef readonly int rows, layers, width, pad_width
 
     def __init__(self, int rows, kernels, biases, acts, alphas):
         """kernels: float32 (C_l, U_l) C-contiguous, C_{l+1} = U_l; biases: (U_l,) or None;
@@ -70,7 +74,7 @@ cdef class DenseChain:
             raise ValueError("DenseChain: needs at least one layer and one row")
         arrays = []
         dims = [kernels[0].shape[0]]
-        kptr, bptr = [], []
+        kptr, bptr, padded, pads = [], [], [], []
         for k, b in zip(kernels, biases):
             k = np.ascontiguousarray(k, dtype=np.float32)
             if k.ndim != 2 or k.shape[0] != dims[len(dims) - 1] or k.shape[0] < 1 or k.shape[1] < 1:
@@ -79,6 +83,21 @@ cdef class DenseChain:
             dims.append(k.shape[1])
             arrays.append(k)
             kptr.append(k.ctypes.data)
+            # A width that is not whole vectors ends in the microkernel's scalar column
+            # loop, one dependent FMA chain per output (a 128 -> 10 layer at 64 rows: 61 us,
+            # 3 GFLOP/s): its rows product runs on a copy zero-padded to 16 columns (whole
+            # vectors at every level) instead, with the same sums (one FMA per term, in
+            # order, from zero) for the real columns.
+            up = -(-k.shape[1] // _PAD_COLS) * _PAD_COLS
+            if up != k.shape[1] and rows > 1:
+                kp = np.zeros((k.shape[0], up), np.float32)
+                kp[:, :k.shape[1]] = k
+                arrays.append(kp)
+                padded.append(kp.ctypes.data)
+            else:
+                up = k.shape[1]
+                padded.append(k.ctypes.data)
+            pads.append(up)
             if b is None:
                 bptr.append(0)
             else:
@@ -94,20 +113,25 @@ cdef class DenseChain:
         self._dims = np.array(dims, dtype=np.intc)
         self._acts = np.array(acts, dtype=np.intc)
         self._alphas = np.array(alphas, dtype=np.float32)
+        self._padded = np.array(padded, dtype=np.intp)
+        self._pads = np.array(pads, dtype=np.intc)
         self.rows = rows
         self.layers = len(kernels)
         self.width = max(dims[1:])
+        self.pad_width = max([p for p, d in zip(pads, dims[1:]) if p != d], default=0)
 
     def scratch(self):
-        """A buffer for one thread's intermediates (two of the widest layer's outputs)."""
-        return np.empty(2 * self.rows * self.width, dtype=np.float32)
+        """A buffer for one thread's intermediates (two of the widest layer's outputs, and
+        one padded product)."""
+        return np.empty(2 * self.rows * self.width + self.rows * self.pad_width,
+                        dtype=np.float32)
 
     def run(self, const float[:, ::1] x, float[::1] scratch, float[:, ::1] out):
         """out (N, U_last) = the chain on x (N, C0); scratch from ``scratch()``."""
         cdef int n = self.rows
         if (x.shape[0] != n or x.shape[1] != self._dims[0] or out.shape[0] != n
                 or out.shape[1] != self._dims[self.layers]
-                or scratch.shape[0] < 2 * n * self.width):
+                or scratch.shape[0] < 2 * n * self.width + n * self.pad_width):
             raise ValueError(f"DenseChain.run: x {(x.shape[0], x.shape[1])} and out "
                              f"{(out.shape[0], out.shape[1])} do not fit the chain "
                              f"({n}, {self._dims[0]}) -> ({n}, {self._dims[self.layers]})")
@@ -152,8 +176,9 @@ cdef class DenseChain:
 
     cdef void _forward(self, const float* src, float* scratch, float* out,
                        int n) noexcept nogil:
-        cdef int i, c, u
+        cdef int i, c, u, up, r
         cdef float* dst
+        cdef float* wide
         cdef const float* bias
         for i in range(self.layers):
             c, u = self._dims[i], self._dims[i + 1]
@@ -163,9 +188,16 @@ cdef class DenseChain:
                 dst = &scratch[(i % 2) * n * self.width]
             if n == 1:  # _gemv.h: BLAS would pack the whole kernel first
                 pynn_gemv_f(c, u, src, <const float*>self._kernels[i], u, dst)
-            else:  # the register-blocked microkernel: 98 -> 45 us at 8 rows, 356 -> 333 at 64
-                pynn_rows_gemm_f(n, u, c, src, c, 1, <const float*>self._kernels[i], u,
-                                 dst, u, 0)
+            elif self._pads[i] == u:  # the register-blocked microkernel: 98 -> 45 us at
+                pynn_rows_gemm_f(n, u, c, src, c, 1,      # 8 rows, 356 -> 333 at 64
+                                 <const float*>self._kernels[i], u, dst, u, 0)
+            else:
+                up = self._pads[i]
+                wide = &scratch[2 * n * self.width]
+                pynn_rows_gemm_f(n, up, c, src, c, 1, <const float*>self._padded[i], up,
+                                 wide, up, 0)
+                for r in range(n):
+                    memcpy(&dst[r * u], &wide[r * up], u * sizeof(float))
             bias = <const float*>self._biases[i]
             if n == 1:
                 bias_activation_row(dst, bias, u, self._acts[i], self._alphas[i])

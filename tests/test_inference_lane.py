@@ -291,7 +291,8 @@ def test_a_public_op_that_disagrees_is_never_chosen(monkeypatch):
 def test_a_samples_answer_does_not_depend_on_its_batch(kernel):
     """At the FMA levels one row (the GEMV) and many (the rows microkernel) sum each output
     in the same order with one FMA per term: a sample alone or in a batch gives the same
-    bits. (The generic level's compiler-made vectors group the sums differently.)"""
+    bits. (The generic level's compiler-made vectors group the sums differently.) The 300-,
+    65- and 9-unit layers take the rows product on kernels zero-padded to whole vectors."""
     rng = np.random.default_rng(12)
     sizes = [37, 300, 65, 9]
     chain1, kernels, biases, acts = chain_of(sizes, rng)
@@ -301,6 +302,7 @@ def test_a_samples_answer_does_not_depend_on_its_batch(kernel):
 
     chain7 = DenseChain(7, kernels, biases, [ACTIVATIONS.index(a) for a, _ in acts],
                         [alpha for _, alpha in acts])
+    assert chain7.pad_width == 304  # 300 and 65 and 9 units padded
     x = rand(rng, (7, 37))
     out = np.empty((7, 9), np.float32)
     with pynn._config.kernel(kernel):
