@@ -294,7 +294,8 @@ def test_a_samples_answer_does_not_depend_on_its_batch(kernel):
     bits. (The generic level's compiler-made vectors group the sums differently.) The 300-,
     65- and 9-unit layers take the rows product on kernels zero-padded to whole vectors."""
     rng = np.random.default_rng(12)
-    sizes = [37, 300, 65, 9]
+    # 4100 inputs: the rows product reduces over 5 blocks of the kernel's rows
+    sizes = [4100, 300, 65, 9]
     chain1, kernels, biases, acts = chain_of(sizes, rng)
     from pynn._native.infer import DenseChain
 
@@ -303,7 +304,7 @@ def test_a_samples_answer_does_not_depend_on_its_batch(kernel):
     chain7 = DenseChain(7, kernels, biases, [ACTIVATIONS.index(a) for a, _ in acts],
                         [alpha for _, alpha in acts])
     assert chain7.pad_width == 304  # 300 and 65 and 9 units padded
-    x = rand(rng, (7, 37))
+    x = rand(rng, (7, 4100))
     out = np.empty((7, 9), np.float32)
     with pynn._config.kernel(kernel):
         chain7.run(x, chain7.scratch(), out)

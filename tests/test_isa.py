@@ -104,8 +104,10 @@ def test_seg_gemm_matches_float64(level, dtype, start):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_rows_gemm_matches_float64(level, dtype):
     rng = np.random.default_rng(2)
+    # The last two reduce over several blocks of b's rows (PYNN_ROWS_B_BYTES: 256 KiB of b
+    # per block, 1985 rows of 33 floats), one ending short.
     for m, k, n in [(1, 1, 1), (1, 9, 33), (7, 1, 17), (9, 5, 1), (19, 13, 70), (64, 3, 9),
-                    (67, 2, 31), (8, 16, 32)]:
+                    (67, 2, 31), (8, 16, 32), (5, 3001, 33), (66, 2100, 129)]:
         for transpose_a in (False, True):
             a = rng.standard_normal((k, m) if transpose_a else (m, k)).astype(dtype)
             b = rng.standard_normal((k, n)).astype(dtype)
