@@ -3,7 +3,8 @@
 Legend: N batch, C input features, U units. x (N, C), kernel (C, U) as in Keras.
 Two ways to the product, chosen per op and shape by _micro_rule (measured crossover):
 pynn's register-blocked microkernel (native/_microkernel.h, as Conv2D's direct paths; see
-"register-blocked microkernel path" below) for the wide float32 products of training, and
+"register-blocked microkernel path" below) for the float32 products of training where it
+wins on the CPU at hand (the rule differs between Intel and AMD), and
 BLAS sgemm/dgemm without the GIL (row-major through swapped operands, see _blas.pxd) for
 the rest. Gradients do not accumulate: each op returns a fresh array.
 
@@ -498,10 +499,34 @@ def _micro_wins(op, dtype, m, n, k):
     return _micro_rule(op, dtype, m, n, k)
 
 
-def _micro_rule(op, dtype, m, n, k):
-    """Where the microkernel beats OpenBLAS by wall time. Measured on a quiet AMD EPYC (Zen
-    4, 2 threads, medians of 100-200 calls, the two paths alternated; microseconds, BLAS /
-    microkernel):
+cdef extern from *:
+    """
+    static int pynn_dense_cpu_intel(void) {
+    #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+        __builtin_cpu_init();
+        return __builtin_cpu_is("intel");
+    #else
+        return 0;
+    #endif
+    }
+    """
+    int pynn_dense_cpu_intel() noexcept nogil
+
+# The crossover differs between the two CPU kinds pynn is measured on, both at the avx512
+# level: an Intel Xeon's OpenBLAS forward trails the microkernel where an AMD EPYC's leads.
+_INTEL = bool(pynn_dense_cpu_intel())
+# Intel's forward crossover: from the serial threshold (below it BLAS runs on the calling
+# thread, no region) up to this many multiply-adds, above which BLAS's blocking of the
+# larger products wins again.
+_INTEL_FORWARD_MAX_MACS = 100e6
+
+
+def _micro_rule(op, dtype, m, n, k, intel=None):
+    """Where the microkernel beats OpenBLAS by wall time on this machine (intel: the rule
+    of the Intel kind, True, or of the others, False, instead).
+
+    Measured on a quiet AMD EPYC (Zen 4, 2 threads, medians of 100-200 calls, the two paths
+    alternated; microseconds, BLAS / microkernel):
       forward          64x784->512 394-524 / 464-512; 128x784->512 655-859 / 748-752;
                        64x512->256 210 / 267-326; 64x1024->1024 877 / 897;
                        128x2048->1024 2960-3050 / 2930
@@ -510,16 +535,30 @@ def _micro_rule(op, dtype, m, n, k):
       backward_input   64: 784<-512 358 / 528; 128: 512<-256 250 / 384;
                        32: 1024<-1024 764-770 / 571-616; 128: 1024<-1024 1819 / 2005;
                        8: 4096<-4096 8000 / 3073
-    So only the input gradient of a small batch through wide layers, where OpenBLAS's
+    So there only the input gradient of a small batch through wide layers, where OpenBLAS's
     small-M kernel falls behind, takes the microkernel. (Timed by CPU seconds on a machine
     shared by 8 sessions, bench/results/dense-amd-epyc-2t.json, the microkernel looked level
     or ahead at the MLP's widths; by wall time alone it is not: it pays for packing b and
-    two parallel regions per call.) float64 stays on BLAS (the training paths are float32).
-    PYNN_DENSE_GEMM=micro forces the microkernel everywhere."""
+    two parallel regions per call.)
+    On an Intel Xeon (AVX-512, 2 threads, keep-warm spinners on as in training, each call
+    after 50 us of other work, medians of 5 alternated rounds of 41 calls; forward with
+    relu, BLAS / microkernel): 128x784->512 578 / 540; 128x512->256 209 / 178; 64x784->512
+    353 / 301; 64x512->256 129 / 111; 128x256->256 137 / 114; 256x256->256 186 / 175;
+    32x1024->1024 615 / 583; 128x4096->128 802 / 767; 1024x128->64 114 / 108;
+    128x1024->1024 1292 / 1282; 512x784->512 1646 / 1699; 128x2048->1024 2577 / 2713;
+    under _SERIAL_MACS 128x256->10 15 / 48, 256x512->10 60 / 81. The input and kernel
+    gradients tied or lost there (128x784x512: 506 / 541 and 439 / 429). So on Intel the
+    forward between _SERIAL_MACS and _INTEL_FORWARD_MAX_MACS multiply-adds takes it too.
+    float64 stays on BLAS (the training paths are float32). PYNN_DENSE_GEMM=micro forces
+    the microkernel everywhere."""
     if dtype != np.float32:
         return False
+    if intel is None:
+        intel = _INTEL and pynn_mk_level() == 2
     if op == "backward_input":
         return 8 <= m <= 64 and n >= 1024 and k >= 1024
+    if op == "forward" and intel:
+        return _SERIAL_MACS <= <double>m * n * k <= _INTEL_FORWARD_MAX_MACS
     return False
 
 

@@ -496,6 +496,10 @@ class _Dense(_Buffered):
         self.macs = self.rows * self.k * kernel.shape[1]
         self._one_region, self._gemm, self._bias_act = (
             dense._gemm_one_region, dense._gemm, dense._bias_act)
+        # dense_forward's own choice for this shape (the microkernel where it wins on this
+        # CPU), so the runner gives its bits
+        self._micro = dense._micro_gemm if dense._micro_wins(
+            "forward", kernel.dtype, self.rows, kernel.shape[1], self.k) else None
 
     def allocate(self):
         return np.empty(self.shape, self.dtype)
@@ -509,7 +513,10 @@ class _Dense(_Buffered):
             x2, y2 = x, y
         else:
             x2, y2 = x.reshape(self.rows, self.k), y.reshape(self.rows, self.shape[-1])
-        if not self._one_region(False, False, x2, self.kernel, y2, self.k, self.bias, y2,
+        if self._micro is not None:
+            self._micro(x2, self.k, 1, self.kernel, False, y2, self.k, self.bias, y2, self.act,
+                        self.alpha)
+        elif not self._one_region(False, False, x2, self.kernel, y2, self.k, self.bias, y2,
                                 self.act, self.alpha):
             self._gemm(False, False, x2, self.kernel, y2, self.k)
             self._bias_act(y2, y2, self.bias, self.act, self.alpha)

@@ -29,17 +29,37 @@ def path():
 
 def test_rule_takes_the_microkernel_only_where_it_wins_by_wall_time():
     f32 = np.float32
-    # a small batch's input gradient through wide layers (OpenBLAS's small-M kernel lags)
-    assert dense._micro_rule("backward_input", f32, 32, 1024, 1024)
-    assert dense._micro_rule("backward_input", f32, 8, 4096, 4096)
-    # measured to lose or tie: the MLP's widths, larger batches, every forward and kernel
-    # gradient, float64
-    assert not dense._micro_rule("forward", f32, 128, 512, 784)
-    assert not dense._micro_rule("forward", f32, 128, 1024, 2048)
-    assert not dense._micro_rule("backward_weight", f32, 784, 512, 128)
-    assert not dense._micro_rule("backward_input", f32, 128, 784, 512)
-    assert not dense._micro_rule("backward_input", f32, 128, 1024, 1024)
-    assert not dense._micro_rule("backward_input", np.float64, 32, 1024, 1024)
+    for intel in (False, True):
+        # a small batch's input gradient through wide layers (OpenBLAS's small-M kernel lags)
+        assert dense._micro_rule("backward_input", f32, 32, 1024, 1024, intel=intel)
+        assert dense._micro_rule("backward_input", f32, 8, 4096, 4096, intel=intel)
+        # measured to lose or tie on both kinds: larger batches' input gradients, every
+        # kernel gradient, float64
+        assert not dense._micro_rule("backward_weight", f32, 784, 512, 128, intel=intel)
+        assert not dense._micro_rule("backward_input", f32, 128, 784, 512, intel=intel)
+        assert not dense._micro_rule("backward_input", f32, 128, 1024, 1024, intel=intel)
+        assert not dense._micro_rule("backward_input", np.float64, 32, 1024, 1024,
+                                     intel=intel)
+        assert not dense._micro_rule("forward", np.float64, 128, 512, 784, intel=intel)
+        # the largest forwards, and those small enough for one GEMM on the calling thread
+        assert not dense._micro_rule("forward", f32, 128, 1024, 2048, intel=intel)
+        assert not dense._micro_rule("forward", f32, 128, 10, 256, intel=intel)
+    # the MLP's forwards: the microkernel on the Intel kind only
+    assert not dense._micro_rule("forward", f32, 128, 512, 784, intel=False)
+    assert not dense._micro_rule("forward", f32, 64, 256, 512, intel=False)
+    assert dense._micro_rule("forward", f32, 128, 512, 784, intel=True)
+    assert dense._micro_rule("forward", f32, 64, 256, 512, intel=True)
+
+
+def test_rule_follows_the_microkernel_level():
+    """The Intel forward crossover was measured on the avx512 kernels: another level keeps
+    BLAS."""
+    if not dense._INTEL or "avx2" not in pynn._config.available_kernels():
+        pytest.skip("needs an Intel CPU with an avx2 level")
+    with pynn._config.kernel("avx2"):
+        assert not dense._micro_rule("forward", np.float32, 128, 512, 784)
+    with pynn._config.kernel("avx512"):
+        assert dense._micro_rule("forward", np.float32, 128, 512, 784)
 
 
 def test_set_gemm_path_rejects_unknown_names(path):
@@ -60,8 +80,8 @@ def test_auto_path_matches_reference_on_both_sides_of_the_crossover(path, n, c, 
         path(p)
         results[p] = (dense.dense_forward(x, kernel, bias, "relu")[0],
                       dense.dense_backward_input(dz, kernel), dense.dense_backward_weight(x, dz))
-    want = (dense_forward_ref(x, kernel, bias, "relu", 0.0)[0], dense_backward_input_ref(dz, kernel),
-            dense_backward_weight_ref(x, dz))
+    want = (dense_forward_ref(x, kernel, bias, "relu", 0.0)[0],
+            dense_backward_input_ref(dz, kernel), dense_backward_weight_ref(x, dz))
     for p, got in results.items():
         for g, w in zip(got, want):
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=p)

@@ -86,6 +86,24 @@ def test_sequential_mlp_equals_general_path(dtype, batch, monkeypatch):
                                    else ["_DenseChainRunner"])
 
 
+@pytest.mark.parametrize("path", ["micro", "blas"])
+def test_dense_runner_takes_dense_forwards_path(path):
+    """A plan's Dense gives dense_forward's bits on either side of the microkernel rule
+    (which differs between CPU kinds), so _checked keeps the direct runner."""
+    from pynn._native import dense
+
+    old = dense._set_gemm_path(path)
+    try:
+        rng = np.random.default_rng(2)
+        model = pynn.Sequential([L.Input((5, 37)), L.Dense(19, activation="relu")])
+        randomize(model, rng)
+        x = rand(rng, (3, 5, 37))
+        np.testing.assert_array_equal(model.predict_on_batch(x), general(model, [x])[0])
+        assert runners(model, [x]) == ["_Dense"]
+    finally:
+        dense._set_gemm_path(old)
+
+
 def test_cnn_equals_general_path():
     rng = np.random.default_rng(1)
     model = cnn()
