@@ -75,7 +75,7 @@ from types import SimpleNamespace
 
 from pynn._config import usable_cores
 from pynn._native.activation import activation_backward, activation_bias_backward
-from pynn._native.dense import bias_backward
+from pynn._native.dense import _INTEL as _CPU_INTEL, bias_backward
 from pynn.backend._scratch import scratch
 from pynn.backend.operands import conv as operands
 from pynn.backend.operands.common import HOST
@@ -1365,6 +1365,39 @@ def _flipped(kernel):
     return np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))
 
 
+# Where conv2d_backward takes its one pass over dy (below) rather than the separate ops.
+# The pass pays by writing dz into the padded buffer the direct input gradient reads and
+# feeding the direct kernel gradient from it; where the kernel gradient runs by Winograd,
+# or the input gradient is not a stride-1 conv, its copy of dz serves nothing and the
+# separate ops (Winograd reading dy in place) ran faster. On the Intel kind the separate
+# ops won everywhere measured (Xeon, 2 threads, batch 64, 3x3 'same' unless noted; ms per
+# call, fused / separate, medians of 3 alternated rounds of 9): 32x32x32->32 linear no
+# bias 6.5 / 5.5, relu + bias 7.3 / 7.0, relu no bias 6.7 / 6.8; 16x16x64->64 linear 5.1 /
+# 4.6; 32x32x32->64 stride 2 8.5 / 7.8; 32x32x3->32 relu + bias 4.5 / 4.3; 16x16x32->64
+# 3.5 / 3.1; 5x5 8x8x128->128 39.7 / 36.2, 16x16x64->128 56.8 / 54.4. "fused" and
+# "composed" force either (tests, benchmarks; PYNN_CONV_BACKWARD).
+_backward_mode = os.environ.get("PYNN_CONV_BACKWARD", "auto")
+
+
+def _set_backward_mode(mode):
+    """Test and benchmark hook: 'auto', 'fused' or 'composed'. Returns the previous mode."""
+    global _backward_mode
+    if mode not in ("auto", "fused", "composed"):
+        raise ValueError(f"conv backward mode must be 'auto', 'fused' or 'composed', got "
+                         f"{mode!r}")
+    old, _backward_mode = _backward_mode, mode
+    return old
+
+
+def _fused_backward_pays(winograd_weight, direct_input, intel=None):
+    """Whether conv2d_backward's one pass beats the separate ops (see _backward_mode)."""
+    if _backward_mode != "auto":
+        return _backward_mode == "fused"
+    if _CPU_INTEL if intel is None else intel:
+        return False
+    return direct_input and not winograd_weight
+
+
 def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
                     dilation_rate=(1, 1), activation="linear", alpha=0.0, use_bias=True,
                     need_input_grad=True):
@@ -1377,8 +1410,9 @@ def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
     reads: the standalone ops would write dz, read it back for dkernel and once more to pad
     it. Where the kernel gradient runs by Winograd, that pass makes dz and the bias gradient
     only and the Winograd kernel gradient reads dz back from the padded buffer (its tiles
-    need dz's 2x2 blocks, not the direct path's packed rows). Otherwise the ops run one
-    after the other (api.conv2d_backward_composed)."""
+    need dz's 2x2 blocks, not the direct path's packed rows). Otherwise, and where that pass
+    does not pay (_fused_backward_pays), the ops run one after the other
+    (api.conv2d_backward_composed)."""
     name, a, dy, x, z, y, kernel, g = operands.conv2d_backward(
         HOST, dy, x, z, y, kernel, strides, padding, dilation_rate, activation, alpha)
     g = _planned(g)
@@ -1399,7 +1433,8 @@ def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
         fits = True
     winograd_weight = _use_winograd(g, dy.dtype)
     if not (dy.size and kernel.size and fits
-            and (winograd_weight or _use_direct(g, "conv2d_backward_weight"))):
+            and (winograd_weight or _use_direct(g, "conv2d_backward_weight"))
+            and _fused_backward_pays(winograd_weight, direct_input or not need_input_grad)):
         return conv2d_backward_composed(_COMPOSED, dy, x, z, y, kernel, strides, padding,
                                         dilation_rate, name, a, use_bias, need_input_grad)
     # act_grad reads z only for gelu and y only for the others: the unused one may alias.

@@ -42,6 +42,22 @@ def path(request):
     conv._set_direct_max_k(old)
 
 
+@pytest.fixture(params=["auto", "fused"])
+def mode(request):
+    """conv2d_backward's own choice between its one pass and the separate ops (which
+    differs between CPU kinds), and the pass forced wherever it can run."""
+    old = conv._set_backward_mode(request.param)
+    yield request.param
+    conv._set_backward_mode(old)
+
+
+@pytest.fixture
+def fused():
+    old = conv._set_backward_mode("fused")
+    yield
+    conv._set_backward_mode(old)
+
+
 def forward_data(rng, case, dtype, act, alpha=0.2):
     x_shape, k_shape, strides, padding, dilation = case
     x = rng.standard_normal(x_shape).astype(dtype)
@@ -59,7 +75,7 @@ def reference(x, k, b, dy, case, act, alpha):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("case", FUSED_CASES, ids=FUSED_IDS)
-def test_matches_reference(rng, case, act, dtype, path):
+def test_matches_reference(rng, case, act, dtype, path, mode):
     alpha = 0.2
     x, k, b, y, z, dy = forward_data(rng, case, dtype, act, alpha)
     dx, dk, db = cpu.conv2d_backward(dy, x, z, y, k, *case[2:], act, alpha, True, True)
@@ -78,7 +94,8 @@ def test_matches_reference(rng, case, act, dtype, path):
                          [(True, True), (True, False), (False, True), (False, False)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", FUSED_CASES, ids=FUSED_IDS)
-def test_same_bits_as_the_separate_ops(rng, case, dtype, use_bias, need_input_grad, path):
+def test_same_bits_as_the_separate_ops(rng, case, dtype, use_bias, need_input_grad, path,
+                                       fused):
     """dz is made by the same per-element code, and dkernel and dx by the same microkernel
     order: identical bits. The bias gradient is summed in a different grouping (per slab
     instead of per row block), so it only agrees to rounding."""
@@ -106,7 +123,7 @@ def test_same_bits_as_the_separate_ops(rng, case, dtype, use_bias, need_input_gr
     ((2, 6, 5, 2), (2, 2, 2, 3), (1, 1), "valid", (2, 1)),
     ((1, 7, 6, 2), (3, 3, 2, 2), (2, 2), "same", (1, 1)),
 ])
-def test_by_finite_differences(rng, case, act, path):
+def test_by_finite_differences(rng, case, act, path, mode):
     """loss = sum(act(conv(x, k) + b) * g): the op's dx, dkernel and dbias are its gradient."""
     strides, padding, dilation = case[2:]
     x, k, b, y, z, g = forward_data(rng, case, np.float64, act)
@@ -131,7 +148,7 @@ def restore_threads():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_thread_count_invariance(rng, dtype, restore_threads, path):
+def test_thread_count_invariance(rng, dtype, restore_threads, path, mode):
     case = ((5, 11, 9, 17), (3, 3, 17, 13), (1, 1), "same", (1, 1))
     x, k, b, y, z, dy = forward_data(rng, case, dtype, "gelu")
     results = []
@@ -144,7 +161,7 @@ def test_thread_count_invariance(rng, dtype, restore_threads, path):
             np.testing.assert_array_equal(g, w)
 
 
-def test_read_only_and_strided_inputs(rng, path):
+def test_read_only_and_strided_inputs(rng, path, mode):
     case = FUSED_CASES[-3]
     x, k, b, y, z, dy = forward_data(rng, case, np.float64, "relu")
     want = cpu.conv2d_backward(dy, x, z, y, k, *case[2:], "relu", 0.0, True, True)
@@ -242,8 +259,8 @@ def test_kernel_tables_are_checked_before_the_kernel_runs(rng):
 
 
 @pytest.mark.parametrize("case", FUSED_CASES[-3:], ids=FUSED_IDS[-3:])
-def test_fused_pass_runs_where_the_direct_kernels_do(rng, case, monkeypatch):
-    """Under the default rules these shapes never fall back to the separate ops."""
+def test_fused_pass_runs_where_the_direct_kernels_do(rng, case, monkeypatch, fused):
+    """With the pass chosen, these shapes never fall back to the separate ops."""
     def fail(*args, **kwargs):
         raise AssertionError("fell back to the separate ops")
 
@@ -254,6 +271,27 @@ def test_fused_pass_runs_where_the_direct_kernels_do(rng, case, monkeypatch):
     strided = ((2, 9, 9, 17), (3, 3, 17, 5), (2, 2), "same", (1, 1))
     x, k, b, y, z, dy = forward_data(rng, strided, np.float32, "relu")
     cpu.conv2d_backward(dy, x, z, y, k, *strided[2:], "relu", 0.0, True, True)
+
+
+def test_backward_mode_rule():
+    """The one pass where it feeds the direct kernel gradient and a direct (or no) input
+    gradient, off the Intel kind; the separate ops elsewhere (measured)."""
+    old = conv._set_backward_mode("auto")
+    try:
+        assert conv._fused_backward_pays(False, True, intel=False)
+        assert not conv._fused_backward_pays(True, True, intel=False)   # Winograd dkernel
+        assert not conv._fused_backward_pays(False, False, intel=False)  # strided dx
+        for winograd_weight in (False, True):
+            for direct_input in (False, True):
+                assert not conv._fused_backward_pays(winograd_weight, direct_input, intel=True)
+        conv._set_backward_mode("composed")
+        assert not conv._fused_backward_pays(False, True, intel=False)
+        conv._set_backward_mode("fused")
+        assert conv._fused_backward_pays(True, False, intel=True)
+        with pytest.raises(ValueError, match="'auto', 'fused' or 'composed', got 'fast'"):
+            conv._set_backward_mode("fast")
+    finally:
+        conv._set_backward_mode(old)
 
 
 # -- over both backends (the `backend` fixture): the layer's whole backward (dx, dkernel,
