@@ -120,23 +120,47 @@ cdef class DenseChain:
         self.width = max(dims[1:])
         self.pad_width = max([p for p, d in zip(pads, dims[1:]) if p != d], default=0)
 
-    def scratch(self):
-        """A buffer for one thread's intermediates (two of the widest layer's outputs, and
-        one padded product)."""
-        return np.empty(2 * self.rows * self.width + self.rows * self.pad_width,
-                        dtype=np.float32)
+    cdef inline Py_ssize_t _block_rows(self, int blocks) noexcept nogil:
+        return (self.rows + blocks - 1) // blocks
 
-    def run(self, const float[:, ::1] x, float[::1] scratch, float[:, ::1] out):
-        """out (N, U_last) = the chain on x (N, C0); scratch from ``scratch()``."""
-        cdef int n = self.rows
+    cdef inline Py_ssize_t _block_scratch(self, int blocks) noexcept nogil:
+        cdef Py_ssize_t per = self._block_rows(blocks)
+        return 2 * per * self.width + per * self.pad_width
+
+    def scratch(self, int blocks=1):
+        """A buffer for the intermediates of ``run`` with up to `blocks` row blocks (each:
+        two of the widest layer's outputs, and one padded product)."""
+        blocks = max(1, min(blocks, self.rows))
+        return np.empty(blocks * self._block_scratch(blocks), dtype=np.float32)
+
+    def run(self, const float[:, ::1] x, float[::1] scratch, float[:, ::1] out,
+            int blocks=1):
+        """out (N, U_last) = the chain on x (N, C0); scratch from ``scratch(b)``, b >=
+        blocks. blocks > 1: the rows in that many blocks, one OpenMP thread each through
+        every layer (no barrier between the layers: a row needs only its own row before
+        it). Each row's sums do not depend on the other rows, so the bits do not depend on
+        the blocks."""
+        cdef int n = self.rows, b
+        cdef Py_ssize_t per, stride, r0
+        blocks = max(1, min(blocks, n))
         if (x.shape[0] != n or x.shape[1] != self._dims[0] or out.shape[0] != n
                 or out.shape[1] != self._dims[self.layers]
-                or scratch.shape[0] < 2 * n * self.width + n * self.pad_width):
+                or scratch.shape[0] < blocks * self._block_scratch(blocks)):
             raise ValueError(f"DenseChain.run: x {(x.shape[0], x.shape[1])} and out "
                              f"{(out.shape[0], out.shape[1])} do not fit the chain "
-                             f"({n}, {self._dims[0]}) -> ({n}, {self._dims[self.layers]})")
-        with nogil:
-            self._forward(&x[0, 0], &scratch[0], &out[0, 0], n)
+                             f"({n}, {self._dims[0]}) -> ({n}, {self._dims[self.layers]}), "
+                             f"or the scratch is short for {blocks} blocks")
+        if blocks == 1:
+            with nogil:
+                self._forward(&x[0, 0], &scratch[0], &out[0, 0], n, False)
+            return
+        per = self._block_rows(blocks)
+        stride = self._block_scratch(blocks)
+        for b in prange(blocks, schedule="static", nogil=True):
+            r0 = b * per
+            if r0 < n:
+                self._forward(&x[r0, 0], &scratch[b * stride], &out[r0, 0],
+                              <int>(per if n - r0 > per else n - r0), True)
 
     def predict_one(self, x):
         """The chain on one sample: a fresh (1, U_last) float32 array for x, a C-contiguous,
@@ -162,20 +186,22 @@ cdef class DenseChain:
         src, dst = <const float*>cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(out)
         if 2 * self.width <= STACK_SCRATCH:
             with nogil:
-                self._forward(src, stack, dst, 1)
+                self._forward(src, stack, dst, 1, False)
             return out
         scratch = <float*>malloc(2 * self.width * sizeof(float))
         if scratch == NULL:
             raise MemoryError("DenseChain: no memory for one sample's intermediates")
         try:
             with nogil:
-                self._forward(src, scratch, dst, 1)
+                self._forward(src, scratch, dst, 1, False)
         finally:
             free(scratch)
         return out
 
-    cdef void _forward(self, const float* src, float* scratch, float* out,
-                       int n) noexcept nogil:
+    cdef void _forward(self, const float* src, float* scratch, float* out, int n,
+                       bint in_region) noexcept nogil:
+        """n rows (C0 apart) from src through every layer into out; in_region: inside a
+        parallel region already (the epilogue then row by row, no nested team)."""
         cdef int i, c, u, up, r
         cdef float* dst
         cdef float* wide
@@ -201,6 +227,9 @@ cdef class DenseChain:
             bias = <const float*>self._biases[i]
             if n == 1:
                 bias_activation_row(dst, bias, u, self._acts[i], self._alphas[i])
+            elif in_region:
+                for r in range(n):
+                    bias_activation_row(&dst[r * u], bias, u, self._acts[i], self._alphas[i])
             else:
                 bias_activation_rows(dst, dst, bias, n, u, self._acts[i], self._alphas[i])
             src = dst
@@ -581,7 +610,7 @@ cdef class Program:
                 elif kind == STEP_POOL:
                     (<MaxPool2D>obj)._forward(src, dst)
                 elif kind == STEP_DENSE:
-                    (<DenseChain>obj)._forward(src, w, dst, 1)
+                    (<DenseChain>obj)._forward(src, w, dst, 1, False)
             if kind == STEP_FLAT:  # NHWC is already the flat order: nothing moves
                 continue
             src = dst

@@ -315,6 +315,31 @@ def test_a_samples_answer_does_not_depend_on_its_batch(kernel):
     assert_close(out, reference(x, kernels, biases, acts), 1e-5, f"rows GEMM ({kernel})")
 
 
+def test_a_chains_row_blocks_give_the_same_bits():
+    """run in row blocks (one OpenMP thread each, every layer) gives run's bits whatever
+    the blocks, and refuses a scratch made for fewer blocks."""
+    from pynn._native.infer import DenseChain
+
+    from pynn.backend.api import ACTIVATIONS
+
+    rng = np.random.default_rng(13)
+    sizes = [37, 300, 65, 9]
+    _, kernels, biases, acts = chain_of(sizes, rng)
+    chain = DenseChain(23, kernels, biases, [ACTIVATIONS.index(a) for a, _ in acts],
+                       [alpha for _, alpha in acts])
+    x = rand(rng, (23, 37))
+    outs = []
+    for blocks in (1, 2, 3, 23, 40):
+        out = np.empty((23, 9), np.float32)
+        chain.run(x, chain.scratch(blocks), out, blocks)
+        outs.append(out)
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
+    assert_close(outs[0], reference(x, kernels, biases, acts), 1e-5, "row blocks")
+    with pytest.raises(ValueError, match="short for 3 blocks"):
+        chain.run(x, chain.scratch(1), np.empty((23, 9), np.float32), 3)
+
+
 @pytest.mark.parametrize("shape,kernel,strides,padding,act,bias", [
     ((1, 32, 32, 3), (3, 3, 3, 32), (1, 1), "same", 1, True),
     ((2, 11, 9, 5), (3, 2, 5, 7), (1, 2), "same", 0, False),

@@ -104,6 +104,30 @@ def test_dense_runner_takes_dense_forwards_path(path):
         dense._set_gemm_path(old)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_parallel_plans_dense_layers_run_as_one_chain_over_its_threads(threads,
+                                                                          num_threads,
+                                                                          monkeypatch):
+    """A plan too large for one thread still runs its Dense layers as one chain call, its
+    rows in a block per thread: the same bits for every thread count, the general path's
+    numbers to float32 rounding."""
+    monkeypatch.setattr(inference, "SERIAL_MAX_MACS", 0)
+    rng = np.random.default_rng(23)
+    model = mlp()
+    randomize(model, rng)
+    x = rand(rng, (41, 37))
+    num_threads(1)
+    alone = model.predict_on_batch(x)
+    num_threads(threads)
+    model._inference = None  # a fresh plan for this thread count
+    got = model.predict_on_batch(x)
+    plan = plan_of(model, [x])
+    assert not plan.serial and runners(model, [x]) == ["_DenseChainRunner"]
+    assert plan.steps[0].parallel
+    np.testing.assert_array_equal(got, alone)
+    assert_close(got, general(model, [x])[0], 1e-6, "MLP chain over threads")
+
+
 def test_cnn_equals_general_path():
     rng = np.random.default_rng(1)
     model = cnn()

@@ -39,11 +39,17 @@ def test_touch_spins_then_blocks_and_costs_nothing():
     assert _wait_blocked(started), info.warm_state()
     if info.warm_state()[2]:
         pytest.skip("the kernel refused SCHED_IDLE: the spinner exited instead of spinning")
-    before = _cpu_seconds()
-    time.sleep(0.3)
-    idle = _cpu_seconds() - before
-    # Blocked spinners use no CPU (the test's own thread sleeps too).
-    assert idle < 0.05, idle
+    # Blocked spinners use no CPU (the test's own thread sleeps too). The process's time
+    # counts every thread: BLAS workers left spinning by an earlier test in this process
+    # (OpenBLAS spins ~0.1 s before it sleeps) settle first, and the quieter of two windows
+    # is the one checked.
+    time.sleep(0.2)
+    idle = []
+    for _ in range(2):
+        before = _cpu_seconds()
+        time.sleep(0.3)
+        idle.append(_cpu_seconds() - before)
+    assert min(idle) < 0.05, idle
     # Held, it leaves the condition variable and spins (an idle-priority thread may get
     # little CPU on a busy machine, so what is checked is that it is not blocked).
     info.warm_touch(1, 5.0)
