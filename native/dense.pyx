@@ -492,6 +492,22 @@ def _set_gemm_path(path):
     return old
 
 
+def _forward_into(x, kernel, bias, z, y, int act, double alpha):
+    """dense_forward's product and epilogue on checked operands into z (N, U) and y (may
+    be z), by the path the rules pick for the shape (the inference plan's Dense calls it
+    too, so it gets dense_forward's bits)."""
+    n, units, k = x.shape[0], kernel.shape[1], x.shape[1]
+    if not (n and units and k):   # nothing to multiply: zeros (k = 0), then the epilogue
+        _gemm(False, False, x, kernel, z, k)
+        _bias_act(z, y, bias, act, alpha)
+        return
+    if _micro_wins("forward", x.dtype, n, units, k):
+        _micro_gemm(x, k, 1, kernel, False, z, k, bias, y, act, alpha)
+    elif not _gemm_one_region(False, False, x, kernel, z, k, bias, y, act, alpha):
+        _gemm(False, False, x, kernel, z, k)
+        _bias_act(z, y, bias, act, alpha)
+
+
 def _micro_wins(op, dtype, m, n, k):
     """Whether `op` computing c (m, n) = a (m, k) @ b (k, n) takes the microkernel."""
     if _gemm_path != "auto":
@@ -607,13 +623,7 @@ def dense_forward(x, kernel, bias, activation="linear", alpha=0.0):
     act = ACTIVATIONS.index(act_name)
     keep_z = act_name in ACTIVATIONS_NEEDING_INPUT
     y = np.empty_like(z) if keep_z else z
-    if n and units and x.shape[1] and _micro_wins("forward", x.dtype, n, units, x.shape[1]):
-        _micro_gemm(x, x.shape[1], 1, kernel, False, z, x.shape[1], bias, y, act, float(alpha))
-        return y, (z if keep_z else None)
-    if _gemm_one_region(False, False, x, kernel, z, x.shape[1], bias, y, act, float(alpha)):
-        return y, (z if keep_z else None)
-    _gemm(False, False, x, kernel, z, x.shape[1])
-    _bias_act(z, y, bias, act, float(alpha))
+    _forward_into(x, kernel, bias, z, y, act, float(alpha))
     return y, (z if keep_z else None)
 
 

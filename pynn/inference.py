@@ -495,12 +495,9 @@ class _Dense(_Buffered):
         self.rows, self.k = int(np.prod(x.shape[:-1])), int(x.shape[-1])
         self.flat = x.ndim == 2
         self.macs = self.rows * self.k * kernel.shape[1]
-        self._one_region, self._gemm, self._bias_act = (
-            dense._gemm_one_region, dense._gemm, dense._bias_act)
-        # dense_forward's own choice for this shape (the microkernel where it wins on this
-        # CPU), so the runner gives its bits
-        self._micro = dense._micro_gemm if dense._micro_wins(
-            "forward", kernel.dtype, self.rows, kernel.shape[1], self.k) else None
+        # dense_forward's product and epilogue, by the path its rules pick for the shape:
+        # the runner gets its bits
+        self._forward_into = dense._forward_into
 
     def allocate(self):
         return np.empty(self.shape, self.dtype)
@@ -514,13 +511,7 @@ class _Dense(_Buffered):
             x2, y2 = x, y
         else:
             x2, y2 = x.reshape(self.rows, self.k), y.reshape(self.rows, self.shape[-1])
-        if self._micro is not None:
-            self._micro(x2, self.k, 1, self.kernel, False, y2, self.k, self.bias, y2, self.act,
-                        self.alpha)
-        elif not self._one_region(False, False, x2, self.kernel, y2, self.k, self.bias, y2,
-                                self.act, self.alpha):
-            self._gemm(False, False, x2, self.kernel, y2, self.k)
-            self._bias_act(y2, y2, self.bias, self.act, self.alpha)
+        self._forward_into(x2, self.kernel, self.bias, y2, y2, self.act, self.alpha)
         return y, into_buffer
 
 
