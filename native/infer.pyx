@@ -212,7 +212,9 @@ cdef class DenseChain:
                 dst = out
             else:
                 dst = &scratch[(i % 2) * n * self.width]
-            if n == 1:  # _gemv.h: BLAS would pack the whole kernel first
+            if self.rows == 1:  # _gemv.h: BLAS would pack the whole kernel first
+                # (only for a one-row chain: a one-row block of a larger one keeps the rows
+                # product, whose bits equal the GEMV's at the FMA levels only)
                 pynn_gemv_f(c, u, src, <const float*>self._kernels[i], u, dst)
             elif self._pads[i] == u:  # the register-blocked microkernel: 98 -> 45 us at
                 pynn_rows_gemm_f(n, u, c, src, c, 1,      # 8 rows, 356 -> 333 at 64

@@ -315,9 +315,11 @@ def test_a_samples_answer_does_not_depend_on_its_batch(kernel):
     assert_close(out, reference(x, kernels, biases, acts), 1e-5, f"rows GEMM ({kernel})")
 
 
-def test_a_chains_row_blocks_give_the_same_bits():
+@pytest.mark.parametrize("kernel", pynn._config.available_kernels())
+def test_a_chains_row_blocks_give_the_same_bits(kernel):
     """run in row blocks (one OpenMP thread each, every layer) gives run's bits whatever
-    the blocks, and refuses a scratch made for fewer blocks."""
+    the blocks (one-row blocks included, at every level), and refuses a scratch made for
+    fewer blocks."""
     from pynn._native.infer import DenseChain
 
     from pynn.backend.api import ACTIVATIONS
@@ -329,10 +331,11 @@ def test_a_chains_row_blocks_give_the_same_bits():
                        [alpha for _, alpha in acts])
     x = rand(rng, (23, 37))
     outs = []
-    for blocks in (1, 2, 3, 23, 40):
-        out = np.empty((23, 9), np.float32)
-        chain.run(x, chain.scratch(blocks), out, blocks)
-        outs.append(out)
+    with pynn._config.kernel(kernel):
+        for blocks in (1, 2, 3, 23, 40):
+            out = np.empty((23, 9), np.float32)
+            chain.run(x, chain.scratch(blocks), out, blocks)
+            outs.append(out)
     for out in outs[1:]:
         np.testing.assert_array_equal(out, outs[0])
     assert_close(outs[0], reference(x, kernels, biases, acts), 1e-5, "row blocks")
