@@ -13,6 +13,10 @@ interpreters, alternated in rounds (a shared machine's load falls on both alike)
   for its kernel gradient, is rebuilt in backward from what the normalization keeps
   (pynn/layers/functional.py, RECOMPUTE_FUSED); off: kept from forward to backward (same
   bits). The residual CNN: the memory it saves against the pass it costs.
+- ``conv_backward``: each Conv2D's backward as one pass over dy feeding the kernel gradient
+  (native/conv.pyx conv2d_backward, forced with _set_backward_mode("fused")); off: the
+  separate ops (activation/bias backward, input gradient, kernel gradient; "composed"). The
+  default rule picks per shape and CPU kind (_fused_backward_pays). Same bits either way.
 
 Reported: ``train_on_batch`` milliseconds, each round's median step, the median over
 rounds; and the resident-memory peak of the round (ru_maxrss, MiB).
@@ -54,6 +58,9 @@ if fusion == "adam_many" and not on:
 if fusion == "recompute" and not on:
     import pynn.layers.functional as functional
     functional.RECOMPUTE_FUSED = False
+if fusion == "conv_backward":
+    from pynn._native import conv
+    conv._set_backward_mode("fused" if on else "composed")
 for _ in range(3):
     model.train_on_batch(x, y)
 times = []
@@ -66,7 +73,7 @@ print(times[len(times) // 2], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 """
 
 CASES = [("activation", "resnet"), ("recompute", "resnet"), ("adam_many", "func30"),
-         ("adam_many", "mlp")]
+         ("adam_many", "mlp"), ("conv_backward", "resnet")]
 
 
 def run(model, fusion, on, steps):
