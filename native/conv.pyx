@@ -1149,8 +1149,15 @@ def _use_winograd(g, dtype):
 #   128 -> 128   7x7   0.90 / 0.87   256 -> 256 14x14  0.69 / 0.43 (batch 8)
 # It needs enough tiles of 16 pixels to fill the blocks, maps that 4x4 tiles cover without
 # waste (14x14 computes 16x16), and for the kernel gradient, whose slabs each keep a 36*C*F
-# partial, few enough channel pairs.
-_WINO4_MIN_TILES = 512
+# partial, few enough channel pairs. Where the tiles run out (same machine, medians of 3
+# alternated rounds), F(2x2) / F(4x4) time, forward and kernel gradient, 2 threads | 1 thread:
+#   tiles   32 -> 64 16x16   32 -> 32 32x32   64 -> 64 16x16   64 -> 64 8x8   64 -> 128 16x16
+#    128    1.03 0.68 | 1.28 1.20   1.09 0.87 | 1.34 1.22   0.94 0.78 | 1.28 1.13   0.98 0.80 | 1.30 1.13   1.04 - | 1.25 -
+#    256    1.32 1.11 | 1.38 1.30   1.08 0.98 | 1.42 1.23   1.07 1.15 | 1.38 1.31   - 1.09 | - 1.33      1.12 - | 1.39 -
+# so 256 tiles (a 16x16 map at batch 16: the chunk a one-thread inference plan runs, where
+# F(4x4) took the small CNN's batch-64 predict from 6.4 to 5.3 ms) whatever the thread
+# count: the choice must not depend on it, or the bits would.
+_WINO4_MIN_TILES = 256
 _WINO4_MAX_WASTE = 1.1
 _WINO4_MAX_WGRAD_CF = 64 * 128
 

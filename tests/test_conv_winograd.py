@@ -260,8 +260,10 @@ def test_tile_rule_and_knob(algo):
 
     algo(None)
     assert tile((32, 32, 32, 32), 32) == 4 and tile((32, 32, 32, 32), 32, "backward_weight") == 4
-    assert tile((8, 32, 32, 32), 32) == 4                     # 512 tiles of 16 pixels
+    assert tile((4, 32, 32, 32), 32) == 4                     # 256 tiles of 16 pixels
+    assert tile((4, 32, 32, 32), 32, "backward_weight") == 4
     assert tile((2, 32, 32, 32), 32) == 2                     # 128: too few
+    assert tile((15, 16, 16, 32), 64) == 2                    # 240
     assert tile((32, 14, 14, 64), 64) == 2                    # 14x14 computes 16x16
     assert tile((32, 8, 8, 64), 64) == 2                      # 128 tiles
     assert tile((16, 28, 28, 128), 128) == 4
