@@ -47,8 +47,10 @@ cnp.import_array()
 # One sample's intermediates up to this many floats live on the calling thread's stack, so
 # threads sharing a chain share no scratch (and need no per-thread lookup).
 DEF STACK_SCRATCH = 4096
-# Columns a narrow layer's kernel is padded to for the rows product (see DenseChain).
+# Columns a narrow layer's kernel is padded to for the rows product, and columns of each
+# packed panel of a kernel (see DenseChain).
 DEF _PAD_COLS = 16
+DEF _PANEL_COLS = 64
 
 
 cdef class DenseChain:
@@ -62,20 +64,27 @@ cdef class DenseChain:
     cdef const int[::1] _dims
     cdef const int[::1] _acts
     cdef const float[::1] _alphas
-    cdef const Py_ssize_t[::1] _padded
+    cdef const Py_ssize_t[::1] _panels
     cdef const int[::1] _pads
     cdef readonly int rows, layers, width, pad_width
+    cdef readonly list packed
 
-    def __init__(self, int rows, kernels, biases, acts, alphas):
+    def __init__(self, int rows, kernels, biases, acts, alphas, packed=None):
         """kernels: float32 (C_l, U_l) C-contiguous, C_{l+1} = U_l; biases: (U_l,) or None;
         acts: activation codes (pynn.backend.api.ACTIVATIONS), none of them softmax but the
-        last layer's may be."""
+        last layer's may be. packed: per layer, None or the ``packed`` array of another
+        chain (of several rows) made from the same kernel, shared rather than copied."""
         if not kernels or rows < 1:
             raise ValueError("DenseChain: needs at least one layer and one row")
-        arrays = []
+        if packed is None:
+            packed = [None] * len(kernels)
+        elif len(packed) != len(kernels):
+            raise ValueError(f"DenseChain: {len(packed)} packed kernels for {len(kernels)} "
+                             f"layers")
+        arrays, self.packed = [], []
         dims = [kernels[0].shape[0]]
-        kptr, bptr, padded, pads = [], [], [], []
-        for k, b in zip(kernels, biases):
+        kptr, bptr, panels, pads = [], [], [], []
+        for k, b, kp in zip(kernels, biases, packed):
             k = np.ascontiguousarray(k, dtype=np.float32)
             if k.ndim != 2 or k.shape[0] != dims[len(dims) - 1] or k.shape[0] < 1 or k.shape[1] < 1:
                 raise ValueError(f"DenseChain: kernel of shape {k.shape} does not follow "
@@ -83,20 +92,35 @@ cdef class DenseChain:
             dims.append(k.shape[1])
             arrays.append(k)
             kptr.append(k.ctypes.data)
-            # A width that is not whole vectors ends in the microkernel's scalar column
-            # loop, one dependent FMA chain per output (a 128 -> 10 layer at 64 rows: 61 us,
-            # 3 GFLOP/s): its rows product runs on a copy zero-padded to 16 columns (whole
-            # vectors at every level) instead, with the same sums (one FMA per term, in
-            # order, from zero) for the real columns.
+            # Several rows: the rows product reads a copy of the kernel packed in panels of
+            # _PANEL_COLS columns, each panel's rows contiguous. Read in place, every row of
+            # a column block is a cache line 4 * U bytes from the last, which the hardware
+            # prefetcher follows badly once the kernel has left the cache: the MLP
+            # 784-256-128-10 at 64 rows, one thread (Intel Xeon, medians), 244 -> 230 us
+            # with the kernels in cache, 470 -> 400 after a 64 MiB pass evicted them, 330 ->
+            # 290 after a 2 ms sleep. A width that is not whole vectors would end in the
+            # microkernel's scalar column loop, one dependent FMA chain per output (a 128 ->
+            # 10 layer at 64 rows: 61 us, 3 GFLOP/s), so the copy is also zero-padded to 16
+            # columns (whole vectors at every level). Each output keeps its sum (one FMA per
+            # term, in order, from zero), so the bits are the unpacked product's.
             up = -(-k.shape[1] // _PAD_COLS) * _PAD_COLS
-            if up != k.shape[1] and rows > 1:
-                kp = np.zeros((k.shape[0], up), np.float32)
-                kp[:, :k.shape[1]] = k
+            if rows > 1:
+                if kp is None:
+                    kp = np.zeros((k.shape[0], up), np.float32)
+                    kp[:, :k.shape[1]] = k
+                    kp = np.concatenate([kp[:, p0:p0 + _PANEL_COLS].ravel()
+                                         for p0 in range(0, up, _PANEL_COLS)])
+                elif (type(kp) is not np.ndarray or kp.dtype != np.float32 or kp.ndim != 1
+                      or kp.shape[0] != k.shape[0] * up or not kp.flags.c_contiguous):
+                    raise ValueError(f"DenseChain: a packed kernel for {k.shape} must be "
+                                     f"float32 ({k.shape[0] * up},), C-contiguous")
                 arrays.append(kp)
-                padded.append(kp.ctypes.data)
+                panels.append(kp.ctypes.data)
             else:
                 up = k.shape[1]
-                padded.append(k.ctypes.data)
+                panels.append(k.ctypes.data)
+                kp = None
+            self.packed.append(kp)
             pads.append(up)
             if b is None:
                 bptr.append(0)
@@ -113,7 +137,7 @@ cdef class DenseChain:
         self._dims = np.array(dims, dtype=np.intc)
         self._acts = np.array(acts, dtype=np.intc)
         self._alphas = np.array(alphas, dtype=np.float32)
-        self._padded = np.array(padded, dtype=np.intp)
+        self._panels = np.array(panels, dtype=np.intp)
         self._pads = np.array(pads, dtype=np.intc)
         self.rows = rows
         self.layers = len(kernels)
@@ -202,7 +226,7 @@ cdef class DenseChain:
                        bint in_region) noexcept nogil:
         """n rows (C0 apart) from src through every layer into out; in_region: inside a
         parallel region already (the epilogue then row by row, no nested team)."""
-        cdef int i, c, u, up, r
+        cdef int i, c, u, up, r, p0, w
         cdef float* dst
         cdef float* wide
         cdef const float* bias
@@ -216,16 +240,19 @@ cdef class DenseChain:
                 # (only for a one-row chain: a one-row block of a larger one keeps the rows
                 # product, whose bits equal the GEMV's at the FMA levels only)
                 pynn_gemv_f(c, u, src, <const float*>self._kernels[i], u, dst)
-            elif self._pads[i] == u:  # the register-blocked microkernel: 98 -> 45 us at
-                pynn_rows_gemm_f(n, u, c, src, c, 1,      # 8 rows, 356 -> 333 at 64
-                                 <const float*>self._kernels[i], u, dst, u, 0)
             else:
                 up = self._pads[i]
-                wide = &scratch[2 * n * self.width]
-                pynn_rows_gemm_f(n, up, c, src, c, 1, <const float*>self._padded[i], up,
-                                 wide, up, 0)
-                for r in range(n):
-                    memcpy(&dst[r * u], &wide[r * up], u * sizeof(float))
+                wide = dst if up == u else &scratch[2 * n * self.width]
+                p0 = 0
+                while p0 < up:
+                    w = up - p0 if up - p0 < _PANEL_COLS else _PANEL_COLS
+                    pynn_rows_gemm_f(n, w, c, src, c, 1,
+                                     <const float*>self._panels[i] + p0 * c, w,
+                                     wide + p0, up, 0)
+                    p0 += w
+                if up != u:
+                    for r in range(n):
+                        memcpy(&dst[r * u], &wide[r * up], u * sizeof(float))
             bias = <const float*>self._biases[i]
             if n == 1:
                 bias_activation_row(dst, bias, u, self._acts[i], self._alphas[i])

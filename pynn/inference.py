@@ -48,6 +48,7 @@ kernel used releases the GIL for its arithmetic; only the glue between them hold
 import os
 import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -515,6 +516,31 @@ class _Dense(_Buffered):
         return y, into_buffer
 
 
+# The packed copies of Dense kernels (DenseChain.packed), by kernel, for the weights'
+# version they were made at: the plans of every batch size (MAX_SIGNATURES of them) share
+# one copy of a model's weights rather than one each. Weak both ways: a copy lives as long
+# as a plan uses it, and a kernel's id is trusted only while that kernel lives.
+_PACKED = {"version": None, "kernel": weakref.WeakValueDictionary(),
+           "packed": weakref.WeakValueDictionary()}
+
+
+def _packed_kernels(kernels):
+    if _PACKED["version"] != variables.version():
+        return None
+    return [_PACKED["packed"].get(id(k)) if _PACKED["kernel"].get(id(k)) is k else None
+            for k in kernels]
+
+
+def _keep_packed(kernels, packed):
+    version = variables.version()
+    if _PACKED["version"] != version:
+        _PACKED["kernel"].clear()
+        _PACKED["packed"].clear()
+        _PACKED["version"] = version
+    for k, p in zip(kernels, packed):
+        _PACKED["kernel"][id(k)], _PACKED["packed"][id(k)] = k, p
+
+
 class _DenseChainRunner(_Generic):
     """Consecutive float32 Dense steps of a chain plan as one native call (native/infer.pyx:
     no Python and no GIL between the layers). In a plan that runs on several threads the
@@ -534,9 +560,12 @@ class _DenseChainRunner(_Generic):
         self.macs = sum(d.macs for d in denses)
         self.nbytes = sum(d.nbytes for d in denses)
         self.layer = first.layer
-        self.chain = DenseChain(first.rows, [d.kernel for d in denses],
-                                [d.bias for d in denses], [d.act for d in denses],
-                                [d.alpha for d in denses])
+        kernels = [d.kernel for d in denses]
+        self.chain = DenseChain(first.rows, kernels, [d.bias for d in denses],
+                                [d.act for d in denses], [d.alpha for d in denses],
+                                _packed_kernels(kernels) if first.rows > 1 else None)
+        if first.rows > 1:
+            _keep_packed(kernels, self.chain.packed)
         self.parallel = parallel
 
     def allocate(self):

@@ -316,6 +316,27 @@ def test_a_samples_answer_does_not_depend_on_its_batch(kernel):
 
 
 @pytest.mark.parametrize("kernel", pynn._config.available_kernels())
+def test_a_chains_packed_panels_give_the_unpacked_products_bits(kernel):
+    """A several-row chain reads its kernels packed in 64-column panels (the last one
+    narrower, the width zero-padded to 16): each output keeps the unpacked rows product's
+    sum, bit for bit, for widths under, at and across panels."""
+    from pynn._native import info
+    from pynn._native.infer import DenseChain
+
+    rng = np.random.default_rng(14)
+    for rows, c, u in ((5, 37, 130), (9, 200, 64), (2, 7, 3), (64, 129, 200)):
+        k = rand(rng, (c, u))
+        x = rand(rng, (rows, c))
+        chain = DenseChain(rows, [k], [None], [0], [0.0])
+        out, want = np.empty((rows, u), np.float32), np.empty((rows, u), np.float32)
+        with pynn._config.kernel(kernel):
+            chain.run(x, chain.scratch(), out)
+            info._rows_gemm(x, k, want)
+        np.testing.assert_array_equal(out, want)
+        assert_close(out, x.astype(np.float64) @ k.astype(np.float64), 1e-5, "packed panels")
+
+
+@pytest.mark.parametrize("kernel", pynn._config.available_kernels())
 def test_a_chains_row_blocks_give_the_same_bits(kernel):
     """run in row blocks (one OpenMP thread each, every layer) gives run's bits whatever
     the blocks (one-row blocks included, at every level), and refuses a scratch made for

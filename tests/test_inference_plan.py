@@ -312,6 +312,25 @@ def test_inputs_the_plan_does_not_take_use_the_general_path():
         model.predict_on_batch(x[:, :5])
 
 
+def test_plans_of_several_batch_sizes_share_one_packed_copy_of_the_kernels():
+    """The Dense chains of a model's plans for several batch sizes read one packed copy of
+    each kernel; new weights get a new copy with their numbers."""
+    rng = np.random.default_rng(24)
+    model = mlp()
+    randomize(model, rng)
+    x = rand(rng, (41, 37))
+    model.predict_on_batch(x)
+    model.predict_on_batch(x[:9])
+    chains = [plan_of(model, [a]).steps[0].chain for a in (x, x[:9])]
+    assert all(p1 is p2 for p1, p2 in zip(chains[0].packed, chains[1].packed))
+    assert len(chains[0].packed) == 3
+    randomize(model, rng)
+    got = model.predict_on_batch(x[:9])
+    assert not any(p1 is p2 for p1, p2 in zip(
+        chains[0].packed, plan_of(model, [x[:9]]).steps[0].chain.packed))
+    assert_close(got, general(model, [x[:9]])[0], 1e-6, "new weights")
+
+
 @pytest.mark.parametrize("rows", [1, 5])
 def test_dense_chain_against_float64_reference(rows):
     from pynn._native.infer import DenseChain
@@ -345,6 +364,13 @@ def test_dense_chain_bad_shapes_name_what_was_expected():
     chain = DenseChain(2, [rand(rng, (6, 4))], [None], [0], [0.0])
     with pytest.raises(ValueError, match=r"x \(1, 6\) .* do not fit the chain \(2, 6\)"):
         chain.run(rand(rng, (1, 6)), chain.scratch(), np.empty((2, 4), np.float32))
+    with pytest.raises(ValueError, match="1 packed kernels for 2 layers"):
+        DenseChain(2, [rand(rng, (6, 4)), rand(rng, (4, 3))], [None, None], [0, 0], [0, 0],
+                   [None])
+    with pytest.raises(ValueError, match=r"packed kernel for \(6, 4\) must be float32 \(96,\)"):
+        DenseChain(2, [rand(rng, (6, 4))], [None], [0], [0.0], [np.zeros(24, np.float32)])
+    assert chain.packed[0].shape == (96,)  # 4 units padded to 16 columns
+    np.testing.assert_array_equal(chain.packed[0].reshape(6, 16)[:, 4:], 0)
 
 
 @pytest.mark.opencl
