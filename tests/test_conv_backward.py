@@ -284,6 +284,9 @@ def test_backward_mode_rule():
         for winograd_weight in (False, True):
             for direct_input in (False, True):
                 assert not conv._fused_backward_pays(winograd_weight, direct_input, intel=True)
+        # a first layer (no dx) with an activation or a bias: the one pass, unless Winograd
+        assert conv._fused_backward_pays(False, True, intel=True, weight_epilogue=True)
+        assert not conv._fused_backward_pays(True, True, intel=True, weight_epilogue=True)
         conv._set_backward_mode("composed")
         assert not conv._fused_backward_pays(False, True, intel=False)
         conv._set_backward_mode("fused")
