@@ -406,7 +406,7 @@ cdef void _forward_direct(const floating* xp, const floating* wp, const floating
     while, and a static split then waits for it (in-process A/B, 2 threads, Zen 3: forward
     +2.1%, conv2d_backward +1.4%, medians of 24 paired rounds). No block's result depends on
     the thread that runs it."""
-    cdef Py_ssize_t blk, p0, p1, p, rows, n, rem, ho, q0, wd, s0, ns
+    cdef Py_ssize_t blk, p0, p1, p, rows, n, rem, ho, wo, q0, wd, s0, ns, origin
     cdef Py_ssize_t HW = g.HO * g.WO, M = g.N * g.HO * g.WO, nc = _panel_width(wp)
     cdef Py_ssize_t group = nseg   # C = 0: empty segments, the output is the bias
     cdef Py_ssize_t* roff
@@ -417,11 +417,23 @@ cdef void _forward_direct(const floating* xp, const floating* wp, const floating
         p0 = blk * chunk
         p1 = _imin(p0 + chunk, M)
         rows = p1 - p0
-        for p in range(p0, p1):
-            n = p // HW
-            rem = p - n * HW
-            ho = rem // g.WO
-            roff[p - p0] = ((n * g.HP + ho * g.SH) * g.WP + (rem - ho * g.WO) * g.SW) * g.C
+        # The block's first pixel by division, the others by stepping (two divisions per
+        # pixel were 0.85 of the 1.69 ms of a 32x32x3 -> 32 layer at batch 64, one thread).
+        n = p0 // HW
+        rem = p0 - n * HW
+        ho = rem // g.WO
+        wo = rem - ho * g.WO
+        origin = (n * g.HP + ho * g.SH) * g.WP * g.C
+        for p in range(rows):
+            roff[p] = origin + wo * g.SW * g.C
+            wo = wo + 1
+            if wo == g.WO:
+                wo = 0
+                ho = ho + 1
+                if ho == g.HO:
+                    ho = 0
+                    n = n + 1
+                origin = (n * g.HP + ho * g.SH) * g.WP * g.C
         q0 = 0
         while q0 < g.F:
             wd = _imin(nc, g.F - q0)
