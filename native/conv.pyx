@@ -470,7 +470,7 @@ cdef void _backward_weight_direct(const floating* xp, floating* dz, floating* dw
                                   Py_ssize_t S, Py_ssize_t chunk, const floating* dy,
                                   const floating* zpre, const floating* y, int act,
                                   floating alpha, double* dbpart,
-                                  bint weight_grad) noexcept nogil:
+                                  bint weight_grad, bint dz_transient=False) noexcept nogil:
     """The output rows are cut into S slabs fixed by the shape (not by the thread count);
     each slab sums into its own (K, F) partial, then the partials are added in slab order.
     Same bits for any number of threads, and both cores busy even when K*F is tiny (27 x 32
@@ -485,7 +485,10 @@ cdef void _backward_weight_direct(const floating* xp, floating* dz, floating* dw
     the slab's row of dbpart (when not NULL): the activation's backward, the bias gradient
     and the dz that backward_input reads come out of this one pass over dy. Without
     weight_grad (dw unused) the pass makes only dz and the bias gradient, for the Winograd
-    kernel gradient to read."""
+    kernel gradient to read. dz_transient (with dy and weight_grad; no caller reads dz
+    afterwards: a first layer's backward): each dz row is made in this thread's row of dz
+    (one row_len per thread), or straight in its panel where F fits one, and never written
+    out whole (8 of the 16 MiB a 32x32x3 -> 32 layer at batch 64 moved)."""
     cdef Py_ssize_t s, k, j, q, r, r0, r1, rows, p0, wd, off, G = g.N * g.HO
     cdef Py_ssize_t nc = _panel_width(dz), px = chunk * g.WO, row_len = g.WO * g.F
     cdef floating* buf
@@ -502,7 +505,12 @@ cdef void _backward_weight_direct(const floating* xp, floating* dz, floating* dw
         while r < r1:
             rows = _imin(chunk, r1 - r)
             for j in range(rows):
-                d = dz + row_dz[r + j]
+                if not dz_transient:
+                    d = dz + row_dz[r + j]
+                elif g.F <= nc:   # one panel: its layout is the row's own
+                    d = buf + j * row_len
+                else:
+                    d = dz + omp_get_thread_num() * row_len
                 if dy != NULL:
                     off = (r + j) * row_len
                     if act == ACT_SOFTMAX:
@@ -514,7 +522,7 @@ cdef void _backward_weight_direct(const floating* xp, floating* dz, floating* dw
                                          alpha)
                     if dbpart != NULL:
                         add_rows_double(d, dbpart + s * g.F, g.WO, g.F, g.F)
-                if weight_grad:
+                if weight_grad and not (dz_transient and g.F <= nc):
                     _pack_panels(d, g.F, g.WO, g.F, buf + j * row_len)
             p0 = 0 if weight_grad else g.F
             while p0 < g.F:
@@ -905,15 +913,22 @@ def _run_backward_weight_direct(const floating[::1] xp, const floating[::1] dz,
                                 const floating[::1] dy=None, const floating[::1] zpre=None,
                                 const floating[::1] y=None, int act=ACT_LINEAR,
                                 double alpha=0.0, double[::1] dbpart=None,
-                                bint weight_grad=True):
+                                bint weight_grad=True, bint dz_transient=False):
     """dz is read, or (with dy) written: then it is a scratch buffer of the caller's.
-    weight_grad=False: only dz (and dbpart) from dy; dw and part are not touched."""
+    weight_grad=False: only dz (and dbpart) from dy; dw and part are not touched.
+    dz_transient (with dy and weight_grad): dz is one row of WO*F per thread, not kept."""
     cdef Py_ssize_t G = g.N * g.HO, out = G * g.WO * g.F
+    if dz_transient:
+        if (dy is None or not weight_grad
+                or dz.shape[0] < omp_get_max_threads() * g.WO * g.F):
+            raise ValueError("conv2d_backward_weight: a transient dz needs dy, the kernel "
+                             "gradient and a row per thread")
+    elif G and (np.max(row_dz) + g.WO * g.F > dz.shape[0] or np.min(row_dz) < 0):
+        raise ValueError("conv2d_backward_weight: a table or buffer does not fit the geometry")
     if (seg.shape[0] < chunk or koff.shape[0] != g.K or row_x.shape[0] != G
             or (weight_grad and (part.shape[0] < slabs * g.K * g.F or dzp.shape[0]
                                  < omp_get_max_threads() * chunk * g.WO * g.F))
             or (weight_grad and xp.shape[0] < g.N * g.HP * g.WP * g.C)
-            or (G and (np.max(row_dz) + g.WO * g.F > dz.shape[0] or np.min(row_dz) < 0))
             or (not weight_grad and dy is None)
             or (dy is not None and (dy.shape[0] != out or y is None or y.shape[0] != out
                                     or zpre is None or zpre.shape[0] != out))
@@ -925,7 +940,8 @@ def _run_backward_weight_direct(const floating[::1] xp, const floating[::1] dz,
                                 slabs, chunk, &dy[0] if dy is not None else NULL,
                                 &zpre[0] if dy is not None else NULL,
                                 &y[0] if dy is not None else NULL, act, <floating>alpha,
-                                &dbpart[0] if dbpart is not None else NULL, weight_grad)
+                                &dbpart[0] if dbpart is not None else NULL, weight_grad,
+                                dz_transient)
 
 
 def _run_backward_input(const floating[:, :, :, ::1] dz, const floating[:, :, :, ::1] w,
@@ -1473,6 +1489,10 @@ def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
     dw = np.empty(kernel.shape, dtype=dy.dtype)
     dbpart = np.empty(slabs * g["F"], dtype=np.float64) if use_bias else None
     dx = None
+    # No input gradient and no Winograd pass to read it back: dz is made a row at a time.
+    dz_transient = not need_input_grad and not winograd_weight
+    if dz_transient:
+        dz_shape = (omp_get_max_threads(), 1, g["WO"], g["F"])
     with scratch(dy.dtype, dz_shape,
                  *_weight_grad_scratch(x, g, slabs, chunk, not winograd_weight)) as (
             dzb, xp, part, panels):
@@ -1483,7 +1503,7 @@ def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
         _run_backward_weight_direct(xp.reshape(-1), dzb.reshape(-1), dw, part, panels, g,
                                     koff, row_x, row_dz, seg, slabs, chunk, dy.reshape(-1),
                                     z_flat, y_flat, ACTIVATIONS.index(name), a, dbpart,
-                                    not winograd_weight)
+                                    not winograd_weight, dz_transient)
         if winograd_weight:   # that pass made only dz and the bias gradient
             _backward_weight_winograd_into(x, dzb.reshape(-1), int(row_dz[0]),
                                            dz_shape[1] * dz_shape[2] * g["F"],

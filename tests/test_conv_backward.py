@@ -117,6 +117,44 @@ def test_same_bits_as_the_separate_ops(rng, case, dtype, use_bias, need_input_gr
             np.testing.assert_array_equal(g, w, err_msg=name)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("filters", [7, 32, 37, 70])
+def test_first_layers_dz_made_a_row_at_a_time(rng, filters, threads, restore_threads, fused):
+    """Without an input gradient the pass never writes dz out whole: each row is made in
+    its panel (F within one) or in the thread's own row (F across panels, float32's 32
+    columns), with the separate ops' dkernel bits at any thread count."""
+    case = ((3, 9, 11, 3), (3, 3, 3, filters), (1, 1), "same", (1, 1))
+    x, k, b, y, z, dy = forward_data(rng, case, np.float32, "relu")
+    info.set_num_threads(threads)
+    got = cpu.conv2d_backward(dy, x, z, y, k, *case[2:], "relu", 0.0, True, False)
+    want = conv2d_backward_composed(cpu, dy, x, z, y, k, *case[2:], "relu", 0.0, True, False)
+    assert got[0] is None
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-6, atol=1e-5)
+
+
+def test_a_transient_dz_needs_dy_and_a_row_per_thread(rng):
+    from pynn.backend.operands.common import conv_geometry
+
+    x = rng.standard_normal((1, 4, 4, 2)).astype(np.float32)
+    dy = rng.standard_normal((1, 4, 4, 3)).astype(np.float32).reshape(-1)
+    g = conv._planned(conv_geometry("t", x.shape, (3, 3, 2, 3), (1, 1), "same", (1, 1)))
+    koff, row_x, slabs, chunk, seg = conv._weight_grad_tables(g)
+    xp = np.zeros((1, g["HP"], g["WP"], 2), np.float32).reshape(-1)
+    part = np.empty(slabs * g["K"] * g["F"], np.float32)
+    panels = np.empty(64 * chunk * g["WO"] * g["F"], np.float32)
+    dw = np.empty((3, 3, 2, 3), np.float32)
+    row_dz = np.arange(4, dtype=np.intp) * 12
+    with pytest.raises(ValueError, match="transient dz needs dy"):
+        conv._run_backward_weight_direct(xp, np.empty(64 * 12, np.float32), dw, part, panels,
+                                         g, koff, row_x, row_dz, seg, slabs, chunk,
+                                         dz_transient=True)
+    with pytest.raises(ValueError, match="a row per thread"):
+        conv._run_backward_weight_direct(xp, np.empty(11, np.float32), dw, part, panels, g,
+                                         koff, row_x, row_dz, seg, slabs, chunk, dy=dy,
+                                         zpre=dy, y=dy, act=1, dz_transient=True)
+
+
 @pytest.mark.parametrize("act", ["relu", "gelu", "softmax", "sigmoid"])
 @pytest.mark.parametrize("case", [
     ((1, 5, 4, 3), (3, 2, 3, 2), (1, 1), "same", (1, 1)),
