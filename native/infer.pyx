@@ -62,18 +62,28 @@ cdef class DenseChain:
     cdef const Py_ssize_t[::1] _kernels
     cdef const Py_ssize_t[::1] _biases
     cdef const int[::1] _dims
+    cdef const int[::1] _cins
     cdef const int[::1] _acts
     cdef const float[::1] _alphas
     cdef const Py_ssize_t[::1] _panels
     cdef const int[::1] _pads
-    cdef readonly int rows, layers, width, pad_width
+    cdef const int[::1] _src
+    cdef const int[::1] _dst
+    cdef const int[::1] _res
+    cdef readonly int rows, layers, width, pad_width, values
     cdef readonly list packed
 
-    def __init__(self, int rows, kernels, biases, acts, alphas, packed=None):
-        """kernels: float32 (C_l, U_l) C-contiguous, C_{l+1} = U_l; biases: (U_l,) or None;
-        acts: activation codes (pynn.backend.api.ACTIVATIONS), none of them softmax but the
-        last layer's may be. packed: per layer, None or the ``packed`` array of another
-        chain (of several rows) made from the same kernel, shared rather than copied."""
+    def __init__(self, int rows, kernels, biases, acts, alphas, packed=None, program=None):
+        """kernels: float32 (C_l, U_l) C-contiguous; biases: (U_l,) or None; acts:
+        activation codes (pynn.backend.api.ACTIVATIONS), none of them softmax but the last
+        layer's may be. packed: per layer, None or the ``packed`` array of another chain
+        (of several rows) made from the same kernel, shared rather than copied.
+
+        program: None (layer l reads layer l-1's output, C_{l+1} = U_l), or (src, dst, res,
+        values) for a residual network's Dense layers and two-input Adds: layer l reads
+        value src[l], writes value dst[l] and, where res[l] >= -1, then adds value res[l]
+        to it (an Add of the two, after the activation). Values: -1 the input x, -2 the
+        output, 0 .. values-1 buffers of the scratch (one row block's each)."""
         if not kernels or rows < 1:
             raise ValueError("DenseChain: needs at least one layer and one row")
         if packed is None:
@@ -82,14 +92,40 @@ cdef class DenseChain:
             raise ValueError(f"DenseChain: {len(packed)} packed kernels for {len(kernels)} "
                              f"layers")
         arrays, self.packed = [], []
-        dims = [kernels[0].shape[0]]
+        dims = [kernels[0].shape[0]]   # the input's width, then each layer's output's
+        cins = []                      # each layer's input width
         kptr, bptr, panels, pads = [], [], [], []
+        n = len(kernels)
+        if program is None:
+            src = [-1] + [(i - 1) % 2 for i in range(1, n)]
+            dst = [i % 2 for i in range(n - 1)] + [-2]
+            program = (src, dst, [-3] * n, 2)
+        src, dst, res, values = program
+        if not (len(src) == len(dst) == len(res) == n) or values < 0:
+            raise ValueError(f"DenseChain: a program of {len(src)}, {len(dst)}, {len(res)} "
+                             f"steps for {n} layers")
+        # Each value's width, as the program's layers write it: reads and adds must fit it.
+        width_of = {-1: kernels[0].shape[0]}
+        for i in range(n):
+            if not (-1 <= src[i] < values and (-2 if i == n - 1 else 0) <= dst[i] < values
+                    and (res[i] == -3 or -1 <= res[i] < values)
+                    and dst[i] not in (src[i], res[i]) and (dst[i] == -2) == (i == n - 1)):
+                raise ValueError(f"DenseChain: step {i} of the program reads {src[i]}, adds "
+                                 f"{res[i]} or writes {dst[i]} outside its {values} values")
+            k = kernels[i]
+            if src[i] not in width_of or k.ndim != 2 or k.shape[0] != width_of[src[i]]:
+                raise ValueError(f"DenseChain: kernel of shape {k.shape} does not follow "
+                                 f"{width_of.get(src[i])} features")
+            if res[i] != -3 and width_of.get(res[i]) != k.shape[1]:
+                raise ValueError(f"DenseChain: layer {i} adds a value of "
+                                 f"{width_of.get(res[i])} features to its {k.shape[1]}")
+            width_of[dst[i]] = k.shape[1]
         for k, b, kp in zip(kernels, biases, packed):
             k = np.ascontiguousarray(k, dtype=np.float32)
-            if k.ndim != 2 or k.shape[0] != dims[len(dims) - 1] or k.shape[0] < 1 or k.shape[1] < 1:
-                raise ValueError(f"DenseChain: kernel of shape {k.shape} does not follow "
-                                 f"{dims[len(dims) - 1]} features")
+            if k.ndim != 2 or k.shape[0] < 1 or k.shape[1] < 1:
+                raise ValueError(f"DenseChain: kernel of shape {k.shape} is empty")
             dims.append(k.shape[1])
+            cins.append(k.shape[0])
             arrays.append(k)
             kptr.append(k.ctypes.data)
             # Several rows: the rows product reads a copy of the kernel packed in panels of
@@ -135,10 +171,15 @@ cdef class DenseChain:
         self._kernels = np.array(kptr, dtype=np.intp)
         self._biases = np.array(bptr, dtype=np.intp)
         self._dims = np.array(dims, dtype=np.intc)
+        self._cins = np.array(cins, dtype=np.intc)
         self._acts = np.array(acts, dtype=np.intc)
         self._alphas = np.array(alphas, dtype=np.float32)
         self._panels = np.array(panels, dtype=np.intp)
         self._pads = np.array(pads, dtype=np.intc)
+        self._src = np.array(src, dtype=np.intc)
+        self._dst = np.array(dst, dtype=np.intc)
+        self._res = np.array(res, dtype=np.intc)
+        self.values = values
         self.rows = rows
         self.layers = len(kernels)
         self.width = max(dims[1:])
@@ -149,11 +190,12 @@ cdef class DenseChain:
 
     cdef inline Py_ssize_t _block_scratch(self, int blocks) noexcept nogil:
         cdef Py_ssize_t per = self._block_rows(blocks)
-        return 2 * per * self.width + per * self.pad_width
+        return self.values * per * self.width + per * self.pad_width
 
     def scratch(self, int blocks=1):
         """A buffer for the intermediates of ``run`` with up to `blocks` row blocks (each:
-        two of the widest layer's outputs, and one padded product)."""
+        the program's values, each as wide as the widest layer's output, and one padded
+        product)."""
         blocks = max(1, min(blocks, self.rows))
         return np.empty(blocks * self._block_scratch(blocks), dtype=np.float32)
 
@@ -208,11 +250,11 @@ cdef class DenseChain:
         dims[0], dims[1] = 1, self._dims[self.layers]
         out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
         src, dst = <const float*>cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(out)
-        if 2 * self.width <= STACK_SCRATCH:
+        if self.values * self.width <= STACK_SCRATCH:
             with nogil:
                 self._forward(src, stack, dst, 1, False)
             return out
-        scratch = <float*>malloc(2 * self.width * sizeof(float))
+        scratch = <float*>malloc(max(self.values, 1) * self.width * sizeof(float))
         if scratch == NULL:
             raise MemoryError("DenseChain: no memory for one sample's intermediates")
         try:
@@ -226,23 +268,23 @@ cdef class DenseChain:
                        bint in_region) noexcept nogil:
         """n rows (C0 apart) from src through every layer into out; in_region: inside a
         parallel region already (the epilogue then row by row, no nested team)."""
-        cdef int i, c, u, up, r, p0, w
+        cdef int i, c, u, up, r, p0, w, j
+        cdef const float* x = src
         cdef float* dst
         cdef float* wide
         cdef const float* bias
+        cdef const float* add
         for i in range(self.layers):
-            c, u = self._dims[i], self._dims[i + 1]
-            if i == self.layers - 1:
-                dst = out
-            else:
-                dst = &scratch[(i % 2) * n * self.width]
+            c, u = self._cins[i], self._dims[i + 1]
+            src = self._value(self._src[i], x, scratch, out, n)
+            dst = self._value(self._dst[i], x, scratch, out, n)
             if self.rows == 1:  # _gemv.h: BLAS would pack the whole kernel first
                 # (only for a one-row chain: a one-row block of a larger one keeps the rows
                 # product, whose bits equal the GEMV's at the FMA levels only)
                 pynn_gemv_f(c, u, src, <const float*>self._kernels[i], u, dst)
             else:
                 up = self._pads[i]
-                wide = dst if up == u else &scratch[2 * n * self.width]
+                wide = dst if up == u else &scratch[self.values * n * self.width]
                 p0 = 0
                 while p0 < up:
                     w = up - p0 if up - p0 < _PANEL_COLS else _PANEL_COLS
@@ -261,7 +303,19 @@ cdef class DenseChain:
                     bias_activation_row(&dst[r * u], bias, u, self._acts[i], self._alphas[i])
             else:
                 bias_activation_rows(dst, dst, bias, n, u, self._acts[i], self._alphas[i])
-            src = dst
+            if self._res[i] != -3:  # an Add of this layer's output and an earlier value
+                add = self._value(self._res[i], x, scratch, out, n)
+                for j in range(n * u):
+                    dst[j] = dst[j] + add[j]
+
+    cdef inline float* _value(self, int v, const float* x, float* scratch, float* out,
+                              int n) noexcept nogil:
+        """The rows of value v (see __init__) for a block of n rows."""
+        if v == -1:
+            return <float*>x
+        if v == -2:
+            return out
+        return &scratch[v * n * self.width]
 
 
 cdef inline void bias_activation_row(float* z, const float* bias, Py_ssize_t cols, int act,

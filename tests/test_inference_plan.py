@@ -625,3 +625,105 @@ def test_batches_that_do_not_chunk(num_threads, monkeypatch):
         x = rand(rng, (n, 19, 17, 3))
         assert_close(model.predict_on_batch(x), general(model, [x])[0], 1e-5, f"batch {n}")
         assert plan_of(model, [x]).chunked is None, n
+
+
+# -- residual MLPs: Dense layers and two-input Adds as one chain call with a program ------
+
+
+def residual_mlp(blocks=3, width=24, swap=False, second_output=False):
+    x = L.Input((19,))
+    h = L.Dense(width, activation="relu", name="stem")(x)
+    taps = []
+    for i in range(blocks):
+        a = L.Dense(width + 5, activation="tanh", name=f"a{i}")(h)
+        b = L.Dense(width, name=f"b{i}")(a)
+        h = L.Add(name=f"add{i}")([b, h] if swap else [h, b])
+        taps.append(h)
+    out = L.Dense(7, activation="softmax", name="head")(h)
+    return pynn.Model(x, [out, taps[0]] if second_output else out)
+
+
+@pytest.mark.parametrize("swap", [False, True])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_residual_mlp_runs_as_one_chain_call(swap, threads, num_threads, monkeypatch):
+    """Dense layers and the Adds of their outputs with earlier values become one native
+    call (values in rotating buffers, the Adds in the epilogues): the general path's
+    numbers, the same bits at every thread count and row split."""
+    monkeypatch.setattr(inference, "SERIAL_MAX_MACS", 0)
+    rng = np.random.default_rng(31)
+    model = residual_mlp(swap=swap)
+    randomize(model, rng)
+    x = rand(rng, (37, 19))
+    num_threads(1)
+    alone = model.predict_on_batch(x)
+    num_threads(threads)
+    model._inference = None
+    got = model.predict_on_batch(x)
+    assert runners(model, [x]) == ["_DenseChainRunner"]
+    chain = plan_of(model, [x]).steps[0].chain
+    assert chain.layers == 8 and chain.values == 3   # three buffers carry every value
+    np.testing.assert_array_equal(got, alone)
+    assert_close(got, general(model, [x])[0], 1e-6, "residual chain")
+    np.testing.assert_array_equal(model.predict_on_batch(x), got)  # the plan's second call
+
+
+def test_a_value_the_caller_also_gets_ends_the_chain():
+    """An Add's output that is also a model output is not kept inside a chain: the chain
+    stops there and the caller gets both outputs right."""
+    rng = np.random.default_rng(32)
+    model = residual_mlp(second_output=True)
+    randomize(model, rng)
+    x = rand(rng, (5, 19))
+    got = model.predict_on_batch(x)
+    want = general(model, [x])
+    assert "_DenseChainRunner" in runners(model, [x])
+    for g, w in zip(got, want):
+        assert_close(g, w, 1e-6, "two outputs")
+
+
+def test_a_dense_chain_program_against_float64():
+    """DenseChain's program (reads, writes and Adds of values) on a skip over two layers,
+    against NumPy float64, at several row blocks."""
+    from pynn._native.infer import DenseChain
+
+    from pynn.backend.api import ACTIVATIONS
+
+    rng = np.random.default_rng(33)
+    k = [rand(rng, (9, 20)) * 0.3, rand(rng, (20, 13)) * 0.3, rand(rng, (13, 9)) * 0.3,
+         rand(rng, (9, 4)) * 0.3]
+    b = [rand(rng, (20,)), None, rand(rng, (9,)), rand(rng, (4,))]
+    acts = [ACTIVATIONS.index(a) for a in ("relu", "tanh", "linear", "linear")]
+    # v0 = relu(x k0 + b0); v1 = tanh(v0 k1); v2 = v1 k2 + b2 + x; out = v2 k3 + b3
+    program = ([-1, 0, 1, 0], [0, 1, 0, -2], [-3, -3, -1, -3], 2)
+    chain = DenseChain(11, k, b, acts, [0.0] * 4, None, program)
+    x = rand(rng, (11, 9))
+    x64 = x.astype(np.float64)
+    v0 = np.maximum(x64 @ k[0] + b[0], 0)
+    v1 = np.tanh(v0 @ k[1])
+    v2 = v1 @ k[2] + b[2] + x64
+    want = v2 @ k[3] + b[3]
+    outs = []
+    for blocks in (1, 2, 4):
+        out = np.empty((11, 4), np.float32)
+        chain.run(x, chain.scratch(blocks), out, blocks)
+        outs.append(out)
+    assert_close(outs[0], want, 1e-5, "program")
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
+
+
+@pytest.mark.parametrize("program, match", [
+    (([-1, 0], [0, -2], [-3], 1), "a program of 2, 2, 1 steps for 2 layers"),
+    (([-1, 1], [0, -2], [-3, -3], 1), "step 1 of the program reads 1"),
+    (([-1, 0], [0, 0], [-3, -3], 1), "step 1 of the program"),
+    (([-1, 0], [0, -2], [-3, 1], 1), "step 1 of the program"),
+    (([-1, 0], [0, -2], [-3, -1], 1), "layer 1 adds a value of 6 features to its 3"),
+    (([-1, -1], [0, -2], [-3, -3], 1), r"kernel of shape \(5, 3\) does not follow 6"),
+])
+def test_a_dense_chain_program_is_checked(program, match):
+    from pynn._native.infer import DenseChain
+
+    rng = np.random.default_rng(34)
+    with pytest.raises(ValueError, match=match):
+        DenseChain(2, [rand(rng, (6, 5)), rand(rng, (5, 3))], [None, None], [0, 0], [0, 0],
+                   None, program)
