@@ -704,11 +704,14 @@ def _residual_run(runners, i, readers, add_type, parallel):
     while j < len(runners) and dense(runners[j]) and runners[j].ins[0] in width:
         r, k = runners[j], j + 1
         op = (r, None, r.outs[0], r)
-        if k < len(runners) and add(runners[k]) and r.outs[0] in runners[k].ins                 and readers.get(r.outs[0]) == 1 and not r.to_caller[0]:
+        if (k < len(runners) and add(runners[k]) and r.outs[0] in runners[k].ins
+                and readers.get(r.outs[0]) == 1 and not r.to_caller[0]):
             a = runners[k]
             other = a.ins[1] if a.ins[0] == r.outs[0] else a.ins[0]
             y = a.sample[1]
-            if other != r.outs[0] and width.get(other) == r.shape[1] and                     type(y) is np.ndarray and y.dtype == np.float32 and y.shape == r.shape:
+            if (other != r.outs[0] and width.get(other) == r.shape[1]
+                    and type(y) is np.ndarray and y.dtype == np.float32
+                    and y.shape == r.shape):
                 op, k = (r, other, a.outs[0], a), k + 1
         ops.append(op)
         width[op[2]] = r.shape[1]
