@@ -426,13 +426,20 @@ cdef class MaxPool2D:
                              f"{self.W}, {self.C}) -> ({self.N}, {self.HO}, {self.WO}, "
                              f"{self.C})")
         with nogil:
-            self._forward(&x[0, 0, 0, 0], &y[0, 0, 0, 0])
+            self._forward(&x[0, 0, 0, 0], &y[0, 0, 0, 0], True)
 
-    cdef void _forward(self, const float* x, float* y) noexcept nogil:
+    cdef void _forward(self, const float* x, float* y, bint parallel) noexcept nogil:
         # Output rows split over the threads of a multi-thread plan (a serial plan runs with
         # one): at batch 64 of 32x32x32 this pass took 242 us on one thread where
-        # maxpool2d_forward, which also writes the argmax, took 540.
+        # maxpool2d_forward, which also writes the argmax, took 540. Not parallel: no team
+        # at all (Program, the batch-1 lane, which runs outside the plan's one-thread
+        # setting: the small CNN's first pooling, 32768 values, formed a two-thread team
+        # per call, 143 -> 230 us a prediction with two threads set).
         cdef Py_ssize_t r
+        if not parallel:
+            for r in range(self.N * self.HO):
+                self._row(x, y, r)
+            return
         for r in prange(self.N * self.HO, schedule="static",
                         use_threads_if=self.N * self.H * self.W * self.C >= POOL_PARALLEL_MIN):
             self._row(x, y, r)
@@ -691,7 +698,7 @@ cdef class Program:
                 if kind == STEP_CONV:
                     (<Conv2DDirect>obj)._run(src, w if self._pads[j] else NULL, dst)
                 elif kind == STEP_POOL:
-                    (<MaxPool2D>obj)._forward(src, dst)
+                    (<MaxPool2D>obj)._forward(src, dst, False)
                 elif kind == STEP_DENSE:
                     (<DenseChain>obj)._forward(src, w, dst, 1, False)
             if kind == STEP_FLAT:  # NHWC is already the flat order: nothing moves
