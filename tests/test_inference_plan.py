@@ -727,3 +727,26 @@ def test_a_dense_chain_program_is_checked(program, match):
     with pytest.raises(ValueError, match=match):
         DenseChain(2, [rand(rng, (6, 5)), rand(rng, (5, 3))], [None, None], [0, 0], [0, 0],
                    None, program)
+
+
+def test_small_multi_thread_plans_keep_the_workers_awake(num_threads, monkeypatch):
+    """A multi-thread plan under KEEP_WARM_MAX_MACS asks for keep-warm on each call; a
+    serial plan and a large one do not."""
+    calls = []
+    monkeypatch.setattr(pynn._config, "keep_warm", lambda: calls.append(1))
+    rng = np.random.default_rng(35)
+    model = mlp()
+    randomize(model, rng)
+    x = rand(rng, (41, 37))
+    num_threads(2)
+    model.predict_on_batch(x)
+    model.predict_on_batch(x)
+    assert plan_of(model, [x]).serial and not calls
+    monkeypatch.setattr(inference, "SERIAL_MAX_MACS", 0)
+    model._inference = None
+    model.predict_on_batch(x)
+    model.predict_on_batch(x)
+    assert len(calls) == 1  # the second call ran the plan (the first made it)
+    monkeypatch.setattr(inference, "KEEP_WARM_MAX_MACS", 0)
+    model.predict_on_batch(x)
+    assert len(calls) == 1
