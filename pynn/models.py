@@ -1128,6 +1128,9 @@ class Model(Layer):
             return self._structure_outputs(outs)
         xs = self._prepare_inputs(x, "predict_on_batch")
         b = backend.current()
+        if b.NAME == "cpu":
+            # the general path's many small ops each open a region: as a predict loop does
+            _config.keep_warm()
         with backend.host_memory_loop():
             ys = self._plan.predict([b.asarray(a, a.dtype) for a in xs])
             outs = [np.array(b.to_numpy(yk)) for yk in ys]
