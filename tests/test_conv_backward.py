@@ -133,18 +133,26 @@ def test_first_layers_dz_made_a_row_at_a_time(rng, filters, threads, restore_thr
     np.testing.assert_allclose(got[2], want[2], rtol=1e-6, atol=1e-5)
 
 
-def test_a_transient_dz_needs_dy_and_a_row_per_thread(rng):
+def direct_weight_grad_operands(rng):
+    """A 4x4x2 -> 3 'same' conv's tables and buffers for _run_backward_weight_direct:
+    (dz, g, koff, row_x, slabs, chunk, seg, xp, part, panels, dw, row_dz)."""
     from pynn.backend.operands.common import conv_geometry
 
-    x = rng.standard_normal((1, 4, 4, 2)).astype(np.float32)
-    dy = rng.standard_normal((1, 4, 4, 3)).astype(np.float32).reshape(-1)
-    g = conv._planned(conv_geometry("t", x.shape, (3, 3, 2, 3), (1, 1), "same", (1, 1)))
+    dz = rng.standard_normal((1, 4, 4, 3)).astype(np.float32)
+    g = conv._planned(conv_geometry("t", (1, 4, 4, 2), (3, 3, 2, 3), (1, 1), "same", (1, 1)))
     koff, row_x, slabs, chunk, seg = conv._weight_grad_tables(g)
     xp = np.zeros((1, g["HP"], g["WP"], 2), np.float32).reshape(-1)
     part = np.empty(slabs * g["K"] * g["F"], np.float32)
     panels = np.empty(64 * chunk * g["WO"] * g["F"], np.float32)
     dw = np.empty((3, 3, 2, 3), np.float32)
     row_dz = np.arange(4, dtype=np.intp) * 12
+    return dz, g, koff, row_x, slabs, chunk, seg, xp, part, panels, dw, row_dz
+
+
+def test_a_transient_dz_needs_dy_and_a_row_per_thread(rng):
+    dz, g, koff, row_x, slabs, chunk, seg, xp, part, panels, dw, row_dz = \
+        direct_weight_grad_operands(rng)
+    dy = dz.reshape(-1)
     with pytest.raises(ValueError, match="transient dz needs dy"):
         conv._run_backward_weight_direct(xp, np.empty(64 * 12, np.float32), dw, part, panels,
                                          g, koff, row_x, row_dz, seg, slabs, chunk,
@@ -270,17 +278,8 @@ def test_bad_inputs(call, error, match):
 
 def test_kernel_tables_are_checked_before_the_kernel_runs(rng):
     """The shim refuses tables that do not fit the geometry (no out-of-bounds access)."""
-    x = rng.standard_normal((1, 4, 4, 2)).astype(np.float32)
-    dz = rng.standard_normal((1, 4, 4, 3)).astype(np.float32)
-    from pynn.backend.operands.common import conv_geometry
-
-    g = conv._planned(conv_geometry("t", x.shape, (3, 3, 2, 3), (1, 1), "same", (1, 1)))
-    koff, row_x, slabs, chunk, seg = conv._weight_grad_tables(g)
-    xp = np.zeros((1, g["HP"], g["WP"], 2), np.float32).reshape(-1)
-    part = np.empty(slabs * g["K"] * g["F"], np.float32)
-    panels = np.empty(64 * chunk * g["WO"] * g["F"], np.float32)
-    dw = np.empty((3, 3, 2, 3), np.float32)
-    row_dz = np.arange(4, dtype=np.intp) * 12
+    dz, g, koff, row_x, slabs, chunk, seg, xp, part, panels, dw, row_dz = \
+        direct_weight_grad_operands(rng)
     conv._run_backward_weight_direct(xp, dz.reshape(-1), dw, part, panels, g, koff, row_x,
                                      row_dz, seg, slabs, chunk)
     with pytest.raises(ValueError, match="does not fit"):
