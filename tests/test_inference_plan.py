@@ -750,3 +750,31 @@ def test_small_multi_thread_plans_keep_the_workers_awake(num_threads, monkeypatc
     monkeypatch.setattr(inference, "KEEP_WARM_MAX_MACS", 0)
     model.predict_on_batch(x)
     assert len(calls) == 1
+
+
+def text_classifier(mask_zero=False):
+    return pynn.Sequential([L.Input((11,)), L.Embedding(50, 8, mask_zero=mask_zero),
+                            L.GlobalAveragePooling1D(), L.Dense(6, activation="relu"),
+                            L.Dense(3, activation="softmax")])
+
+
+def test_an_embedding_model_takes_the_plan_unless_it_masks():
+    """Integer token ids through Embedding (no mask_zero) and GlobalAveragePooling1D: the
+    prepared plan, with the general path's numbers; mask_zero keeps the general path; a bad
+    id is the Embedding's own error either way."""
+    rng = np.random.default_rng(36)
+    model = text_classifier()
+    randomize(model, rng)
+    x = rng.integers(0, 50, (9, 11)).astype(np.int32)
+    got = model.predict_on_batch(x)
+    assert isinstance(model._inference, inference._State)
+    assert "_DenseChainRunner" in runners(model, [x.astype(np.float32)])
+    np.testing.assert_array_equal(model.predict_on_batch(x), got)
+    assert_close(got, general(model, [x.astype(np.float32)])[0], 1e-6, "embedding plan")
+    bad = x.copy()
+    bad[3, 4] = 50
+    with pytest.raises(ValueError, match="Embedding 'embedding"):
+        model.predict_on_batch(bad)
+    masked = text_classifier(mask_zero=True)
+    masked.predict_on_batch(x)
+    assert masked.__dict__.get("_inference") is inference._NO_PLAN

@@ -551,7 +551,9 @@ def _makes_mask(layer):
 
     own = getattr(type(layer), "compute_mask", None)
     return (own is not None and own is not Layer.compute_mask
-            and not getattr(layer, "_mask_from_inputs_only", False))
+            and not getattr(layer, "_mask_from_inputs_only", False)
+            # an Embedding without mask_zero makes none
+            and getattr(layer, "mask_zero", None) is not False)
 
 
 class _FoldedLayer:

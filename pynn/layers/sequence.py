@@ -284,6 +284,7 @@ class GlobalAveragePooling1D(_GlobalPooling1D):
     # sum_t(m x) / sum_t(m): the weights m / sum_t(m) batch-dotted with x (the Dot layer's
     # op, the same math); a fully masked row is 0/0 = NaN, as in Keras.
     supports_masking = True
+    _mask_from_inputs_only = True  # it consumes a mask and makes none
 
     def compute_mask(self, inputs, mask=None):
         return None
