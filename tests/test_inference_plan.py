@@ -768,7 +768,7 @@ def test_an_embedding_model_takes_the_plan_unless_it_masks():
     x = rng.integers(0, 50, (9, 11)).astype(np.int32)
     got = model.predict_on_batch(x)
     assert isinstance(model._inference, inference._State)
-    assert "_DenseChainRunner" in runners(model, [x.astype(np.float32)])
+    assert runners(model, [x.astype(np.float32)]) == ["_EmbeddingMean", "_DenseChainRunner"]
     np.testing.assert_array_equal(model.predict_on_batch(x), got)
     assert_close(got, general(model, [x.astype(np.float32)])[0], 1e-6, "embedding plan")
     bad = x.copy()
@@ -778,3 +778,39 @@ def test_an_embedding_model_takes_the_plan_unless_it_masks():
     masked = text_classifier(mask_zero=True)
     masked.predict_on_batch(x)
     assert masked.__dict__.get("_inference") is inference._NO_PLAN
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_embedding_mean_against_float64_and_the_two_ops(threads, num_threads):
+    """native/infer.pyx embedding_mean: the mean of the gathered rows (float64 reference),
+    with the Embedding-then-pooling ops' bits at any thread count; a bad index raises."""
+    from pynn._native import infer
+    from pynn.backend import cpu
+
+    rng = np.random.default_rng(37)
+    num_threads(threads)
+    for n, t, v, d in ((7, 13, 29, 5), (70, 31, 97, 33), (1, 1, 3, 1)):
+        ids = rng.integers(0, v, (n, t)).astype(np.int32)
+        table = rand(rng, (v, d))
+        out = np.empty((n, d), np.float32)
+        infer.embedding_mean(ids, table, out)
+        assert_close(out, table.astype(np.float64)[ids].mean(axis=1), 1e-6, "embedding_mean")
+        gathered = cpu.embedding_forward(ids, table)
+        want = cpu.global_avgpool2d_forward(gathered.reshape(n, 1, t, d))
+        np.testing.assert_array_equal(out, want)
+    ids[0, 0] = 3
+    with pytest.raises(ValueError, match=r"1 indices outside \[0, 3\)"):
+        infer.embedding_mean(ids, table, out)
+    with pytest.raises(ValueError, match="do not fit"):
+        infer.embedding_mean(ids, table, np.empty((2, 1), np.float32))
+
+
+def test_an_embedding_mean_keeps_the_poolings_keepdims():
+    rng = np.random.default_rng(38)
+    model = pynn.Sequential([L.Input((9,)), L.Embedding(20, 6),
+                             L.GlobalAveragePooling1D(keepdims=True), L.Flatten(),
+                             L.Dense(4)])
+    x = rng.integers(0, 20, (5, 9)).astype(np.int32)
+    got = model.predict_on_batch(x)
+    assert runners(model, [x.astype(np.float32)])[0] == "_EmbeddingMean"
+    np.testing.assert_array_equal(got, general(model, [x.astype(np.float32)])[0])
