@@ -1178,10 +1178,14 @@ def _use_winograd(g, dtype):
 # It needs enough tiles of 16 pixels to fill the blocks, maps that 4x4 tiles cover without
 # waste (14x14 computes 16x16), and for the kernel gradient, whose slabs each keep a 36*C*F
 # partial, few enough channel pairs. Where the tiles run out (same machine, medians of 3
-# alternated rounds), F(2x2) / F(4x4) time, forward and kernel gradient, 2 threads | 1 thread:
-#   tiles   32 -> 64 16x16   32 -> 32 32x32   64 -> 64 16x16   64 -> 64 8x8   64 -> 128 16x16
-#    128    1.03 0.68 | 1.28 1.20   1.09 0.87 | 1.34 1.22   0.94 0.78 | 1.28 1.13   0.98 0.80 | 1.30 1.13   1.04 - | 1.25 -
-#    256    1.32 1.11 | 1.38 1.30   1.08 0.98 | 1.42 1.23   1.07 1.15 | 1.38 1.31   - 1.09 | - 1.33      1.12 - | 1.39 -
+# alternated rounds), F(2x2) / F(4x4) time at 128 and 256 tiles, forward / kernel gradient
+# (- not measured), on 2 threads and on 1:
+#                        128 tiles: 2 threads   1 thread     256 tiles: 2 threads   1 thread
+#   32 -> 64   16x16           1.03 / 0.68    1.28 / 1.20              1.32 / 1.11    1.38 / 1.30
+#   32 -> 32   32x32           1.09 / 0.87    1.34 / 1.22              1.08 / 0.98    1.42 / 1.23
+#   64 -> 64   16x16           0.94 / 0.78    1.28 / 1.13              1.07 / 1.15    1.38 / 1.31
+#   64 -> 64    8x8            0.98 / 0.80    1.30 / 1.13                 - / 1.09       - / 1.33
+#   64 -> 128  16x16           1.04 / -       1.25 / -                 1.12 / -       1.39 / -
 # so 256 tiles (a 16x16 map at batch 16: the chunk a one-thread inference plan runs, where
 # F(4x4) took the small CNN's batch-64 predict from 6.4 to 5.3 ms) whatever the thread
 # count: the choice must not depend on it, or the bits would.
