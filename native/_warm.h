@@ -31,6 +31,10 @@
 
 #define PYNN_WARM_MAX 16
 
+/* The spinners relay jobs of pynn's worker team (native/_team.h) to its sleeping workers. */
+#define PYNN_TEAM_IMPL
+#include "_team.h"
+
 static pthread_mutex_t pynn_warm_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t pynn_warm_cond = PTHREAD_COND_INITIALIZER;
 static long long pynn_warm_until = 0;  /* CLOCK_MONOTONIC nanoseconds */
@@ -46,6 +50,7 @@ static long long pynn_warm_now(void) {
 
 static void* pynn_warm_main(void* arg) {
     int i;
+    unsigned seen = 0;
     (void)arg;
 #if defined(__linux__) && defined(SCHED_IDLE)
     struct sched_param param;
@@ -67,8 +72,14 @@ static void* pynn_warm_main(void* arg) {
             pynn_warm_sleeping--;
         }
         pthread_mutex_unlock(&pynn_warm_lock);
+        pynn_team_relaying_set(1, &seen);
         while (pynn_warm_now() < __atomic_load_n(&pynn_warm_until, __ATOMIC_RELAXED))
-            for (i = 0; i < 64; i++) PYNN_WARM_RELAX();
+            for (i = 0; i < 8; i++) {   /* a posted team job is seen within ~1 us */
+                int j;
+                for (j = 0; j < 8; j++) PYNN_WARM_RELAX();
+                pynn_team_relay(&seen);
+            }
+        pynn_team_relaying_set(0, &seen);
     }
     return NULL;
 }
@@ -114,6 +125,7 @@ static void pynn_warm_after_fork_child(void) {
     pynn_warm_started = 0;
     pynn_warm_sleeping = 0;
     pynn_warm_refused = 0;
+    pynn_team_after_fork_child();
 }
 
 #endif

@@ -35,7 +35,10 @@ from pynn.backend.operands import activation as operands
 from pynn.backend.operands.common import HOST
 from pynn.backend.api import ACTIVATIONS
 
+include "_team.pxi"
+
 from cython.parallel cimport prange
+from _openmp cimport omp_get_max_threads
 from libc.math cimport exp
 
 
@@ -113,6 +116,37 @@ cdef void _act_bias_tile(const floating* dy, const floating* x, const floating* 
         r += rr
 
 
+ctypedef struct _ActBiasJob:
+    bint is_double
+    const void* dy
+    const void* x
+    const void* y
+    void* dz
+    double* partial
+    Py_ssize_t rows, cols, cbw, ncb, rb_rows
+    int act
+    double alpha
+
+
+cdef void _act_bias_job(void* ctx, long begin, long end) noexcept nogil:
+    cdef _ActBiasJob* j = <_ActBiasJob*>ctx
+    cdef long t
+    cdef Py_ssize_t rb, j0, r0, r1
+    for t in range(begin, end):
+        rb = t // j.ncb
+        j0 = (t % j.ncb) * j.cbw
+        r0 = rb * j.rb_rows
+        r1 = min(j.rows, (rb + 1) * j.rb_rows)
+        if j.is_double:
+            _act_bias_tile(<const double*>j.dy, <const double*>j.x, <const double*>j.y,
+                           <double*>j.dz, j.partial + rb * j.cols + j0, r0, r1, j0,
+                           min(j.cbw, j.cols - j0), j.cols, j.act, j.alpha)
+        else:
+            _act_bias_tile(<const float*>j.dy, <const float*>j.x, <const float*>j.y,
+                           <float*>j.dz, j.partial + rb * j.cols + j0, r0, r1, j0,
+                           min(j.cbw, j.cols - j0), j.cols, j.act, <float>j.alpha)
+
+
 def _act_bias_backward_rows(const floating[:, ::1] dy,   # IN  (rows, K)
                             const floating[:, ::1] x,    # IN  (rows, K) NEEDING_INPUT only
                             const floating[:, ::1] y,    # IN  (rows, K) forward output
@@ -120,10 +154,11 @@ def _act_bias_backward_rows(const floating[:, ::1] dy,   # IN  (rows, K)
                             floating[::1] db,            # OUT (K,)
                             int act, double alpha):
     cdef Py_ssize_t rows = dy.shape[0], cols = dy.shape[1]
-    cdef Py_ssize_t cbw = cols, ncb, nrb, rb_rows, t, rb, cb, j0, j
-    cdef floating a = <floating>alpha
+    cdef Py_ssize_t cbw = cols, ncb, nrb, rb_rows, rb, j
     cdef double s
     cdef double[:, ::1] partial
+    cdef _ActBiasJob job
+    cdef int threads = omp_get_max_threads() if rows * cols >= ACT_PARALLEL_MIN else 1
     if act != ACT_SOFTMAX and cols > FUSED_COL_BLOCK:
         cbw = FUSED_COL_BLOCK
     ncb = (cols + cbw - 1) // cbw
@@ -131,15 +166,15 @@ def _act_bias_backward_rows(const floating[:, ::1] dy,   # IN  (rows, K)
     rb_rows = max((rows + nrb - 1) // nrb, (<Py_ssize_t>FUSED_MIN_TILE + cbw - 1) // cbw)
     nrb = (rows + rb_rows - 1) // rb_rows
     partial = np.empty((nrb, cols), dtype=np.float64)
+    job.is_double = floating is double
+    job.dy, job.x, job.y, job.dz, job.partial = &dy[0, 0], &x[0, 0], &y[0, 0], &dz[0, 0], \
+        &partial[0, 0]
+    job.rows, job.cols, job.cbw, job.ncb, job.rb_rows = rows, cols, cbw, ncb, rb_rows
+    job.act, job.alpha = act, alpha
     with nogil:
-        for t in prange(nrb * ncb, schedule="static",
-                        use_threads_if=rows * cols >= ACT_PARALLEL_MIN):
-            rb = t // ncb
-            cb = t % ncb
-            j0 = cb * cbw
-            _act_bias_tile(&dy[0, 0], &x[0, 0], &y[0, 0], &dz[0, 0], &partial[rb, j0],
-                           rb * rb_rows, min(rows, (rb + 1) * rb_rows), j0,
-                           min(cbw, cols - j0), cols, act, a)
+        # on pynn's worker team (native/_team.h): tiles are fixed by the shape alone
+        pynn_team_for(nrb * ncb, team_grain(nrb * ncb, threads), threads, _act_bias_job,
+                      &job)
         for j in range(cols):
             s = 0
             for rb in range(nrb):

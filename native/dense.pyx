@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from cython.parallel cimport prange
+from _openmp cimport omp_get_max_threads
 from _blas cimport (
     blas_init, floating, gemm_rowmajor, pynn_blas_ilp64, pynn_blas_sgemm_address,
 )
@@ -40,6 +41,8 @@ from pynn.backend.operands.common import HOST
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
 
 blas_init()
+
+include "_team.pxi"
 
 
 def _gemm(bint trans_a, bint trans_b, const floating[:, ::1] a, const floating[:, ::1] b,
@@ -185,6 +188,57 @@ def _set_serial_macs(macs=None):
     return old
 
 
+cdef inline void _gemm_band(bint ta, bint tb, int m, int n, int k, const floating* a,
+                            int lda, const floating* b, int ldb, floating* c, int ldc,
+                            const floating* bias, floating* y, int act, floating alpha,
+                            int band, int bands) noexcept nogil:
+    """Band `band` of `bands` of c (see _gemm_bands): its GEMM, then its epilogue."""
+    cdef int i0, i1, j0, j1, units
+    cdef bint by_cols = n > m and act != ACT_SOFTMAX
+    units = (n + 15) // 16 if by_cols else (m + 7) // 8
+    i0, i1, j0, j1 = 0, m, 0, n
+    if by_cols:
+        j0 = (band * units // bands) * 16
+        j1 = _imin(((band + 1) * units // bands) * 16, n)
+    else:
+        i0 = (band * units // bands) * 8
+        i1 = _imin(((band + 1) * units // bands) * 8, m)
+    if i1 > i0 and j1 > j0:
+        gemm_rowmajor(ta, tb, i1 - i0, j1 - j0, k, <floating>1,
+                      a + (i0 if ta else i0 * lda), lda,
+                      b + (j0 * ldb if tb else j0), ldb, <floating>0,
+                      c + i0 * ldc + j0, ldc)
+        if bias != NULL or y != NULL:
+            block_epilogue(c, y, bias, i0, i1, j0, j1, ldc, act, alpha)
+
+
+ctypedef struct _BandsJob:
+    bint ta, tb, is_double
+    int m, n, k, lda, ldb, ldc, act, bands
+    const void* a
+    const void* b
+    void* c
+    const void* bias
+    void* y
+    double alpha
+
+
+cdef void _bands_items(void* ctx, long begin, long end) noexcept nogil:
+    cdef _BandsJob* j = <_BandsJob*>ctx
+    cdef long band
+    for band in range(begin, end):
+        if j.is_double:
+            _gemm_band(j.ta, j.tb, j.m, j.n, j.k, <const double*>j.a, j.lda,
+                       <const double*>j.b, j.ldb, <double*>j.c, j.ldc,
+                       <const double*>j.bias, <double*>j.y, j.act, j.alpha, <int>band,
+                       j.bands)
+        else:
+            _gemm_band(j.ta, j.tb, j.m, j.n, j.k, <const float*>j.a, j.lda,
+                       <const float*>j.b, j.ldb, <float*>j.c, j.ldc,
+                       <const float*>j.bias, <float*>j.y, j.act, <float>j.alpha, <int>band,
+                       j.bands)
+
+
 cdef void _gemm_bands(bint ta, bint tb, int m, int n, int k, const floating* a, int lda,
                       const floating* b, int ldb, floating* c, int ldc, const floating* bias,
                       floating* y, int act, floating alpha, int bands) noexcept nogil:
@@ -193,25 +247,13 @@ cdef void _gemm_bands(bint ta, bint tb, int m, int n, int k, const floating* a, 
     epilogue (when bias or y is given) right after on the same band. The bands depend on the
     shape and the machine only, never on the thread count: a BLAS kernel sums an element
     differently at a tile edge, so bands cut per thread gave other bits for 2 threads than
-    for 1."""
-    cdef int band, i0, i1, j0, j1, units
-    cdef bint by_cols = n > m and act != ACT_SOFTMAX
-    units = (n + 15) // 16 if by_cols else (m + 7) // 8
-    for band in prange(bands, schedule="static"):
-        i0, i1, j0, j1 = 0, m, 0, n
-        if by_cols:
-            j0 = (band * units // bands) * 16
-            j1 = _imin(((band + 1) * units // bands) * 16, n)
-        else:
-            i0 = (band * units // bands) * 8
-            i1 = _imin(((band + 1) * units // bands) * 8, m)
-        if i1 > i0 and j1 > j0:
-            gemm_rowmajor(ta, tb, i1 - i0, j1 - j0, k, <floating>1,
-                          a + (i0 if ta else i0 * lda), lda,
-                          b + (j0 * ldb if tb else j0), ldb, <floating>0,
-                          c + i0 * ldc + j0, ldc)
-            if bias != NULL or y != NULL:
-                block_epilogue(c, y, bias, i0, i1, j0, j1, ldc, act, alpha)
+    for 1. The bands run on pynn's worker team (native/_team.h)."""
+    cdef _BandsJob job
+    job.ta, job.tb, job.is_double = ta, tb, floating is double
+    job.m, job.n, job.k, job.lda, job.ldb, job.ldc = m, n, k, lda, ldb, ldc
+    job.act, job.bands, job.alpha = act, bands, alpha
+    job.a, job.b, job.c, job.bias, job.y = a, b, c, bias, y
+    pynn_team_for(bands, 1, omp_get_max_threads(), _bands_items, &job)
 
 
 cdef inline int _imin(int a, int b) noexcept nogil:
@@ -412,6 +454,83 @@ cdef inline void _micro_panel_tile(const floating* a, Py_ssize_t row_stride, Py_
             c[(i0 + r) * n + p0 + j] = t[r * last_ws + j]
 
 
+ctypedef struct _MicroJob:
+    bint is_double, b_transposed
+    const void* a
+    const void* b
+    void* c
+    void* packed
+    void* tail
+    const void* tail_bias
+    const void* bias
+    void* y
+    void* out_t
+    Py_ssize_t row_stride, sat, ldb, m, n, k, nc, panels, row_tiles, last_ws
+    const Py_ssize_t* roff
+    int act
+    double alpha
+
+
+cdef inline void _micro_pack_items(const _MicroJob* j, const floating* b, floating* packed,
+                                   long begin, long end) noexcept nogil:
+    cdef long pp
+    for pp in range(begin, end):
+        _pack(j.b_transposed, b, j.ldb, j.k, pp * j.nc, _imin(j.nc, j.n - pp * j.nc),
+              j.last_ws if pp == j.panels - 1 else j.nc, packed)
+
+
+cdef void _micro_pack_job(void* ctx, long begin, long end) noexcept nogil:
+    cdef _MicroJob* j = <_MicroJob*>ctx
+    if j.is_double:
+        _micro_pack_items(j, <const double*>j.b, <double*>j.packed, begin, end)
+    else:
+        _micro_pack_items(j, <const float*>j.b, <float*>j.packed, begin, end)
+
+
+cdef inline void _micro_tile_items(const _MicroJob* j, const floating* a, floating* c,
+                                   const floating* packed, floating* tail,
+                                   const floating* tail_bias, const floating* bias,
+                                   floating* y, floating* out_t, long begin,
+                                   long end) noexcept nogil:
+    cdef Py_ssize_t n = j.n, nc = j.nc, row_tiles = j.row_tiles, panels = j.panels
+    cdef Py_ssize_t tile, p, q, i0, rows
+    cdef floating alpha = <floating>j.alpha
+    for tile in range(begin, end):
+        if j.act == ACT_SOFTMAX:
+            # softmax needs a whole row: a tile is a row block across every panel
+            i0 = tile * _TILE_ROWS
+            rows = _imin(_TILE_ROWS, j.m - i0)
+            for q in range(panels):
+                _micro_panel_tile(a, j.row_stride, j.sat, packed, c, j.m, n, j.k, j.roff,
+                                  bias, tail, tail_bias, i0, rows, q * nc, nc, j.last_ws)
+            block_epilogue(c, y, <const floating*>NULL, <int>i0, <int>(i0 + rows), 0,
+                           <int>n, <int>n, j.act, alpha)
+            continue
+        # row blocks inner: consecutive tiles of a claim share a packed panel
+        p = tile // row_tiles
+        i0 = (tile % row_tiles) * _TILE_ROWS
+        rows = _imin(_TILE_ROWS, j.m - i0)
+        _micro_panel_tile(a, j.row_stride, j.sat, packed, c, j.m, n, j.k, j.roff, bias, tail,
+                          tail_bias, i0, rows, p * nc, nc, j.last_ws)
+        if y != NULL:
+            block_epilogue(c, y, <const floating*>NULL, <int>i0, <int>(i0 + rows),
+                           <int>(p * nc), <int>_imin(p * nc + nc, n), <int>n, j.act, alpha)
+        if out_t != NULL:
+            _store_transposed(c, n, out_t, j.m, i0, rows, p * nc, _imin(nc, n - p * nc))
+
+
+cdef void _micro_tile_job(void* ctx, long begin, long end) noexcept nogil:
+    cdef _MicroJob* j = <_MicroJob*>ctx
+    if j.is_double:
+        _micro_tile_items(j, <const double*>j.a, <double*>j.c, <const double*>j.packed,
+                          <double*>j.tail, <const double*>j.tail_bias,
+                          <const double*>j.bias, <double*>j.y, <double*>j.out_t, begin, end)
+    else:
+        _micro_tile_items(j, <const float*>j.a, <float*>j.c, <const float*>j.packed,
+                          <float*>j.tail, <const float*>j.tail_bias,
+                          <const float*>j.bias, <float*>j.y, <float*>j.out_t, begin, end)
+
+
 cdef void _micro_region(const floating* a, Py_ssize_t row_stride, Py_ssize_t sat,
                         const floating* b, Py_ssize_t ldb, bint b_transposed,
                         floating* c, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
@@ -422,7 +541,8 @@ cdef void _micro_region(const floating* a, Py_ssize_t row_stride, Py_ssize_t sat
     element at + t*sat; b (k, n) or, b_transposed, b.T given as (n, k). packed: k *
     panels * nc elements; tail (m x nc) and tail_bias (nc): where the last panel is padded
     to whole vectors, its tiles are computed there and their real columns copied to c.
-    out_t (n, m) or NULL: each tile is also stored transposed there while in cache."""
+    out_t (n, m) or NULL: each tile is also stored transposed there while in cache.
+    Two jobs on pynn's worker team: every panel is packed before any tile reads it."""
     cdef Py_ssize_t nc = _panel(a)
     cdef Py_ssize_t vl = nc // _panel_vectors   # floats (doubles) per vector register
     cdef Py_ssize_t panels = (n + nc - 1) // nc
@@ -430,41 +550,24 @@ cdef void _micro_region(const floating* a, Py_ssize_t row_stride, Py_ssize_t sat
     cdef Py_ssize_t last_w = n - last
     cdef Py_ssize_t last_ws = (last_w + vl - 1) // vl * vl
     cdef Py_ssize_t row_tiles = (m + _TILE_ROWS - 1) // _TILE_ROWS
-    cdef Py_ssize_t tile, p, pp, q, i0, rows, i
+    cdef Py_ssize_t i, items
     cdef Py_ssize_t roff[_TILE_ROWS]
+    cdef int threads = omp_get_max_threads()
+    cdef _MicroJob job
     for i in range(_TILE_ROWS):
         roff[i] = i * row_stride
     if last_ws != last_w and bias != NULL:
         for i in range(last_ws):
             tail_bias[i] = bias[last + i] if i < last_w else 0
-    # Two regions: every panel is packed before any tile reads it.
-    for pp in prange(panels, schedule="static"):
-        _pack(b_transposed, b, ldb, k, pp * nc, _imin(nc, n - pp * nc),
-              last_ws if pp == panels - 1 else nc, packed)
-    if act == ACT_SOFTMAX:
-        # softmax needs a whole row: a tile is a row block across every panel
-        for tile in prange(row_tiles, schedule="static"):
-            i0 = tile * _TILE_ROWS
-            rows = _imin(_TILE_ROWS, m - i0)
-            for q in range(panels):
-                _micro_panel_tile(a, row_stride, sat, packed, c, m, n, k, roff, bias, tail,
-                                  tail_bias, i0, rows, q * nc, nc, last_ws)
-            block_epilogue(c, y, <const floating*>NULL, <int>i0, <int>(i0 + rows), 0,
-                            <int>n, <int>n, act, alpha)
-    else:
-        # row blocks inner: consecutive tiles of a thread share a packed panel
-        for tile in prange(row_tiles * panels, schedule="static"):
-            p = tile // row_tiles
-            i0 = (tile % row_tiles) * _TILE_ROWS
-            rows = _imin(_TILE_ROWS, m - i0)
-            _micro_panel_tile(a, row_stride, sat, packed, c, m, n, k, roff, bias, tail,
-                              tail_bias, i0, rows, p * nc, nc, last_ws)
-            if y != NULL:
-                block_epilogue(c, y, <const floating*>NULL, <int>i0, <int>(i0 + rows),
-                                <int>(p * nc), <int>_imin(p * nc + nc, n), <int>n, act,
-                                alpha)
-            if out_t != NULL:
-                _store_transposed(c, n, out_t, m, i0, rows, p * nc, _imin(nc, n - p * nc))
+    job.is_double, job.b_transposed = floating is double, b_transposed
+    job.a, job.b, job.c, job.packed, job.tail, job.tail_bias = a, b, c, packed, tail, tail_bias
+    job.bias, job.y, job.out_t, job.roff = bias, y, out_t, roff
+    job.row_stride, job.sat, job.ldb, job.m, job.n, job.k = row_stride, sat, ldb, m, n, k
+    job.nc, job.panels, job.row_tiles, job.last_ws = nc, panels, row_tiles, last_ws
+    job.act, job.alpha = act, alpha
+    pynn_team_for(panels, team_grain(panels, threads), threads, _micro_pack_job, &job)
+    items = row_tiles if act == ACT_SOFTMAX else row_tiles * panels
+    pynn_team_for(items, team_grain(items, threads), threads, _micro_tile_job, &job)
 
 
 cdef inline void _store_transposed(const floating* c, Py_ssize_t ldc, floating* out,

@@ -14,9 +14,27 @@ the pause is harmless there. Results do not change: no kernel splits work by thr
 from cython.parallel cimport prange
 from _openmp cimport PYNN_HAVE_OPENMP, omp_get_max_threads, omp_set_num_threads
 
+from cpython.pycapsule cimport PyCapsule_New
+
 import numpy as np
 
 include "_microkernel.pxi"
+
+
+cdef extern from *:
+    """
+    #include <sys/syscall.h>
+    #include <unistd.h>
+    #include <time.h>
+    static long long pynn_gettid(void) { return (long long)syscall(SYS_gettid); }
+    static double pynn_wall_us(void) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return (double)t.tv_sec * 1e6 + (double)t.tv_nsec * 1e-3;
+    }
+    """
+    long long pynn_gettid() noexcept nogil
+    double pynn_wall_us() noexcept nogil
 
 
 cdef extern from "_isa.h":
@@ -116,6 +134,65 @@ cdef extern from *:
 
 if pynn_warm_fork_init() != 0:
     raise RuntimeError("pynn._native.info: pthread_atfork failed")
+
+
+cdef extern from "_team.h":
+    ctypedef void (*pynn_team_fn)(void* ctx, long begin, long end) noexcept nogil
+    ctypedef struct pynn_team_api:
+        int (*run)(long n, long grain, int threads, pynn_team_fn fn, void* ctx) noexcept nogil
+        void (*counts)(long long* team_jobs, long long* serial_jobs) noexcept nogil
+    pynn_team_api pynn_team_table
+
+
+def _team_capsule():
+    """The worker team's entry points (native/_team.h) for the other modules to bind."""
+    return PyCapsule_New(<void*>&pynn_team_table, b"pynn.team", NULL)
+
+
+def team_counts():
+    """(jobs the worker team ran, jobs that found it busy and ran on their caller's thread)."""
+    cdef long long ran = 0, serial = 0
+    pynn_team_table.counts(&ran, &serial)
+    return int(ran), int(serial)
+
+
+cdef struct _TeamProbe:
+    long* owner
+    long long* tid
+    double work_us
+
+
+cdef void _team_probe_items(void* ctx, long begin, long end) noexcept nogil:
+    cdef _TeamProbe* probe = <_TeamProbe*>ctx
+    cdef long i
+    cdef long long me = pynn_gettid()
+    cdef double t0
+    for i in range(begin, end):
+        probe.owner[i] += 1
+        probe.tid[i] = me
+        t0 = pynn_wall_us()
+        while pynn_wall_us() - t0 < probe.work_us:
+            pass
+
+
+def _team_probe(long n, long grain, int threads, double work_us=0.0):
+    """Test hook: runs a job of n items, each busy for work_us; (times each item ran, thread
+    id that ran it, workers the team had for it)."""
+    if n < 0 or grain < 1 or threads < 1:
+        raise ValueError(f"_team_probe: expected n >= 0, grain >= 1, threads >= 1, got {n}, "
+                         f"{grain}, {threads}")
+    owner = np.zeros(max(n, 1), dtype=np.int64)
+    tid = np.zeros(max(n, 1), dtype=np.int64)
+    cdef long[::1] ov = owner
+    cdef long long[::1] tv = tid
+    cdef _TeamProbe probe
+    probe.owner = &ov[0]
+    probe.tid = &tv[0]
+    probe.work_us = work_us
+    cdef int workers
+    with nogil:
+        workers = pynn_team_table.run(n, grain, threads, _team_probe_items, &probe)
+    return owner[:n], tid[:n], workers
 
 
 def warm_touch(int threads, double hold_s=0.1):

@@ -36,11 +36,14 @@ import numpy as np
 cimport numpy as cnp
 
 from cython.parallel cimport prange
+from _openmp cimport omp_get_max_threads
 from libc.math cimport sqrt, fabs, fma, fmaf
 from libc.float cimport FLT_MIN, DBL_MIN
 
 from pynn.backend.operands import optim as operands
 from pynn.backend.operands.common import HOST
+
+include "_team.pxi"
 
 ctypedef fused floating:
     float
@@ -494,32 +497,65 @@ def _adam(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1]
                            scale, clip, dec, tiny)
 
 
+ctypedef struct _AdamManyJob:
+    bint is_double
+    const Py_ssize_t* params     # (nparams, 5): w, g, m, v addresses and the element count
+    const double* scales
+    const Py_ssize_t* first
+    Py_ssize_t nparams
+    double alpha, one_b1, one_b2, eps, clip, decay
+
+
+cdef inline void _adam_many_spans(const _AdamManyJob* k, floating tiny, long begin,
+                                  long end) noexcept nogil:
+    cdef const NoMask* nomask = <const NoMask*><void*>&_NO_MASK_VIEW[0]
+    cdef long c
+    cdef Py_ssize_t j, s
+    cdef const Py_ssize_t* row
+    for c in range(begin, end):
+        j = _span_owner(k.first, k.nparams, c)
+        row = k.params + 5 * j
+        s = (c - k.first[j]) * SPAN
+        _adam_span(<floating*><void*>row[0] + s, <const floating*><void*>row[1] + s,
+                   <floating*><void*>row[2] + s, <floating*><void*>row[3] + s,
+                   nomask, SPAN if row[4] - s > SPAN else row[4] - s, <floating>k.alpha,
+                   <floating>k.one_b1, <floating>k.one_b2, <floating>k.eps,
+                   <floating>k.scales[j], <floating>k.clip, <floating>k.decay, tiny)
+
+
+cdef void _adam_many_job(void* ctx, long begin, long end) noexcept nogil:
+    cdef _AdamManyJob* k = <_AdamManyJob*>ctx
+    if k.is_double:
+        _adam_many_spans(k, <double>DBL_MIN, begin, end)
+    else:
+        _adam_many_spans(k, <float>FLT_MIN, begin, end)
+
+
 def _adam_many(floating[::1] like, const Py_ssize_t[:, ::1] params, const double[::1] scales,
                double alpha, double beta_1, double beta_2, double epsilon, double clipvalue,
                double decay):
-    """_adam (unmasked, no amsgrad) over many parameters in one OpenMP region: row j of
-    ``params`` is (w, g, m, v) addresses and the element count of parameter j, all of
-    ``like``'s dtype, checked by the caller; ``scales[j]`` its grad_scale. The work is cut
-    into _adam's spans, so parameter j gets the bits _adam would give it."""
-    cdef Py_ssize_t nparams = params.shape[0], j, c, total = 0, nspans, s
+    """_adam (unmasked, no amsgrad) over many parameters as one job of pynn's worker team
+    (native/_team.h): row j of ``params`` is (w, g, m, v) addresses and the element count of
+    parameter j, all of ``like``'s dtype, checked by the caller; ``scales[j]`` its
+    grad_scale. The work is cut into _adam's spans, so parameter j gets the bits _adam would
+    give it."""
+    cdef Py_ssize_t nparams = params.shape[0], total = 0, nspans
     cdef Py_ssize_t[::1] first = np.empty(nparams + 1, dtype=np.intp)
-    cdef floating alpha_ = <floating>alpha, eps = <floating>epsilon
-    cdef floating one_b1 = <floating>(1.0 - beta_1), one_b2 = <floating>(1.0 - beta_2)
-    cdef floating clip = <floating>clipvalue, dec = <floating>decay
-    cdef floating tiny = FLT_MIN if floating is float else DBL_MIN
-    cdef const NoMask* nomask = <const NoMask*><void*>&_NO_MASK_VIEW[0]
+    cdef _AdamManyJob job
+    cdef int threads
     nspans = _span_table(params, first, &total)
     if nspans == 0:
         return
+    threads = omp_get_max_threads() if total >= PARALLEL_MIN else 1
+    # The coefficients rounded to the parameters' type, as _adam takes them.
+    job.is_double = floating is double
+    job.params, job.scales, job.first, job.nparams = &params[0, 0], &scales[0], &first[0], \
+        nparams
+    job.alpha, job.eps = <floating>alpha, <floating>epsilon
+    job.one_b1, job.one_b2 = <floating>(1.0 - beta_1), <floating>(1.0 - beta_2)
+    job.clip, job.decay = <floating>clipvalue, <floating>decay
     with nogil:
-        for c in prange(nspans, schedule="static", use_threads_if=total >= PARALLEL_MIN):
-            j = _span_owner(&first[0], nparams, c)
-            s = (c - first[j]) * SPAN
-            _adam_span(<floating*><void*>params[j, 0] + s,
-                       <const floating*><void*>params[j, 1] + s,
-                       <floating*><void*>params[j, 2] + s, <floating*><void*>params[j, 3] + s,
-                       nomask, SPAN if params[j, 4] - s > SPAN else params[j, 4] - s, alpha_,
-                       one_b1, one_b2, eps, <floating>scales[j], clip, dec, tiny)
+        pynn_team_for(nspans, team_grain(nspans, threads), threads, _adam_many_job, &job)
 
 
 def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, t, grad_scale,
