@@ -403,7 +403,12 @@ cdef inline void _pack(bint transposed, const floating* b, Py_ssize_t ldb, Py_ss
 # purpose: with the call's accum/wide/bias arguments constant (one call per tile) GCC
 # specialized the inlined microkernel into code that ran at half speed (forward 128 x 784
 # -> 512: 47 against 92 GFLOP per CPU-s). Slices of 256 steps (BLIS's kc: the panel slice
-# stays in L1 across the tile's row blocks) and one whole pass measured alike (88 / 84-92).
+# stays in L1 across the tile's row blocks) and one whole pass measured alike there (88 /
+# 84-92). On an Intel Xeon (48 KiB L1d, 2 MiB L2; relu forward, keep-warm on, medians of 5
+# alternated rounds of 31 calls, microseconds at kc 64 / 128 / 256 / whole) the whole pass
+# wins, more so on two threads: 128x784->512 one thread 746 / 725 / 741 / 694, two 527 / 452
+# / 450 / 394; 64x4096->128 two 329 / 311 / 308 / 271; 128x1024->1024 two 1114 / 1010 /
+# 1056 / 990. So there it is one pass (set below, once _INTEL is known). Same bits either way.
 cdef int _wide = 1
 cdef Py_ssize_t _k_block = 256
 
@@ -586,6 +591,15 @@ cdef inline void _store_transposed(const floating* c, Py_ssize_t ldc, floating* 
 _gemm_path = os.environ.get("PYNN_DENSE_GEMM", "auto")
 
 
+def _set_k_block(Py_ssize_t k):
+    """Benchmark hook: the microkernel's reduction steps per call; returns the old value."""
+    global _k_block
+    if k < 1:
+        raise ValueError(f"_set_k_block: expected k >= 1, got {k}")
+    old, _k_block = _k_block, k
+    return old
+
+
 def _set_gemm_path(path):
     """Test and benchmark hook: 'auto', 'micro' or 'blas'. Returns the previous setting."""
     global _gemm_path
@@ -634,6 +648,8 @@ cdef extern from *:
 # The crossover differs between the two CPU kinds pynn is measured on, both at the avx512
 # level: an Intel Xeon's OpenBLAS forward trails the microkernel where an AMD EPYC's leads.
 _INTEL = bool(pynn_dense_cpu_intel())
+if _INTEL:
+    _k_block = 1 << 30   # one pass (see _k_block)
 # Intel's forward crossover: from the serial threshold (below it BLAS runs on the calling
 # thread, no region) up to this many multiply-adds, above which BLAS's blocking of the
 # larger products wins again.
