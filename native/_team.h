@@ -29,7 +29,9 @@
 
 #include <stddef.h>
 
-typedef void (*pynn_team_fn)(void* ctx, long begin, long end);
+/* Items [begin, end) of a job, on the thread of team slot `slot` (0: the master; below the
+   job's thread count), for per-thread scratch indexed like omp_get_thread_num's. */
+typedef void (*pynn_team_fn)(void* ctx, long begin, long end, int slot);
 
 typedef struct {
     int version;
@@ -139,11 +141,11 @@ static int pynn_team_take(unsigned gen, long* begin, long* end) {
     }
 }
 
-static void pynn_team_work(unsigned gen) {
+static void pynn_team_work(unsigned gen, int slot) {
     long b, e;
     while (pynn_team_take(gen, &b, &e)) {
         const pynn_team_job* job = &pynn_team_jobs[gen & 1];
-        job->fn(job->ctx, b, e);
+        job->fn(job->ctx, b, e, slot);
         __atomic_sub_fetch(&pynn_team_pending, e - b, __ATOMIC_RELEASE);
     }
 }
@@ -168,7 +170,7 @@ static void* pynn_team_worker(void* arg) {
         }
         seen = w;
         if (index < pynn_team_jobs[w & 1].want)
-            pynn_team_work(w);
+            pynn_team_work(w, index + 1);
     }
     return NULL;
 }
@@ -201,13 +203,13 @@ static int pynn_team_run_impl(long n, long grain, int threads, pynn_team_fn fn, 
     if (!PYNN_TEAM_FUTEX || threads <= 1 || n <= grain || n >= 0x7fffffffL
             || pthread_mutex_trylock(&pynn_team_busy) != 0) {
         if (threads > 1 && n > grain) __atomic_add_fetch(&pynn_team_jobs_serial, 1, __ATOMIC_RELAXED);
-        if (n > 0) fn(ctx, 0, n);
+        if (n > 0) fn(ctx, 0, n, 0);
         return 0;
     }
     workers = pynn_team_grow(threads - 1);
     if (workers < 1) {
         pthread_mutex_unlock(&pynn_team_busy);
-        fn(ctx, 0, n);
+        fn(ctx, 0, n, 0);
         return 0;
     }
     pynn_team_jobs_run++;
@@ -226,7 +228,7 @@ static int pynn_team_run_impl(long n, long grain, int threads, pynn_team_fn fn, 
     if (__atomic_load_n(&pynn_team_sleepers, __ATOMIC_SEQ_CST) > 0
             && __atomic_load_n(&pynn_team_relaying, __ATOMIC_SEQ_CST) == 0)
         pynn_team_futex_wake(&pynn_team_word);
-    pynn_team_work(g);
+    pynn_team_work(g, 0);
     if (__atomic_load_n(&pynn_team_pending, __ATOMIC_ACQUIRE) != 0) {
         long long t0 = pynn_team_now();
         int spins = 0;
@@ -295,7 +297,7 @@ static int pynn_team_bind(const void* api) {
    one thread or one claim, on the calling thread. */
 static inline void pynn_team_for(long n, long grain, int threads, pynn_team_fn fn, void* ctx) {
     if (pynn_team_bound == NULL || threads <= 1 || n <= grain) {
-        if (n > 0) fn(ctx, 0, n);
+        if (n > 0) fn(ctx, 0, n, 0);
         return;
     }
     pynn_team_bound->run(n, grain, threads, fn, ctx);

@@ -3,7 +3,7 @@
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
 cdef extern from "_team.h":
-    ctypedef void (*pynn_team_fn)(void* ctx, long begin, long end) noexcept nogil
+    ctypedef void (*pynn_team_fn)(void* ctx, long begin, long end, int slot) noexcept nogil
     int pynn_team_bind(const void* api)
     void pynn_team_for(long n, long grain, int threads, pynn_team_fn fn,
                        void* ctx) noexcept nogil

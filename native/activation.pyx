@@ -128,7 +128,7 @@ ctypedef struct _ActBiasJob:
     double alpha
 
 
-cdef void _act_bias_job(void* ctx, long begin, long end) noexcept nogil:
+cdef void _act_bias_job(void* ctx, long begin, long end, int slot) noexcept nogil:
     cdef _ActBiasJob* j = <_ActBiasJob*>ctx
     cdef long t
     cdef Py_ssize_t rb, j0, r0, r1

@@ -78,6 +78,8 @@ from pynn._native.activation import activation_backward, activation_bias_backwar
 from pynn._native.dense import _INTEL as _CPU_INTEL, bias_backward
 from pynn.backend._scratch import scratch
 from pynn.backend.operands import conv as operands
+
+include "_team.pxi"
 from pynn.backend.operands.common import HOST
 from pynn.backend.api import (
     ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT, conv2d_backward_composed,
@@ -364,23 +366,60 @@ cdef void _epilogue(floating* z, floating* y, const floating* bias, Py_ssize_t r
                        _imin(64, rows - blk * 64), cols, act, alpha)
 
 
+ctypedef struct _PadJob:
+    bint is_double, copy
+    const void* x
+    void* xp
+    Py_ssize_t N, H, W, C, HP, WP, top, left, cols
+
+
+cdef inline void _pad_row(const floating* x, floating* xp, const _PadJob* j,
+                          Py_ssize_t t) noexcept nogil:
+    """Row t = (n, h) of _pad (copy) or _zero_margins."""
+    cdef Py_ssize_t n = t // j.HP, h = t % j.HP - j.top, C = j.C, WP = j.WP, left = j.left
+    cdef floating* dst = xp + t * WP * C
+    if j.copy:
+        if h < 0 or h >= j.H or j.cols == 0:
+            memset(dst, 0, WP * C * sizeof(floating))
+        else:
+            memset(dst, 0, left * C * sizeof(floating))
+            memcpy(dst + left * C, x + (n * j.H + h) * j.W * C, j.cols * C * sizeof(floating))
+            memset(dst + (left + j.cols) * C, 0, (WP - left - j.cols) * C * sizeof(floating))
+    elif h < 0 or h >= j.H:
+        memset(dst, 0, WP * C * sizeof(floating))
+    else:
+        memset(dst, 0, left * C * sizeof(floating))
+        memset(dst + (left + j.W) * C, 0, (WP - left - j.W) * C * sizeof(floating))
+
+
+cdef void _pad_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _PadJob* j = <_PadJob*>ctx
+    cdef long t
+    for t in range(begin, end):
+        if j.is_double:
+            _pad_row(<const double*>j.x, <double*>j.xp, j, t)
+        else:
+            _pad_row(<const float*>j.x, <float*>j.xp, j, t)
+
+
+cdef void _pad_rows(const floating* x, floating* xp, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W,
+                    Py_ssize_t C, Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t top,
+                    Py_ssize_t left, bint copy) noexcept nogil:
+    cdef _PadJob job
+    cdef int threads = omp_get_max_threads()
+    job.is_double, job.copy, job.x, job.xp = floating is double, copy, x, xp
+    job.N, job.H, job.W, job.C, job.HP, job.WP, job.top, job.left = N, H, W, C, HP, WP, top, left
+    job.cols = _imax(_imin(W, WP - left), 0)
+    pynn_team_for(N * HP, team_grain(N * HP, threads), threads, _pad_job, &job)
+
+
 cdef void _pad(const floating* x, floating* xp, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W,
                Py_ssize_t C, Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t top,
                Py_ssize_t left) noexcept nogil:
     """xp (N, HP, WP, C) = x (N, H, W, C) placed at (top, left) in zeros; parts of x that
-    fall beyond HP or WP are left out (no window of the conv reaches them)."""
-    cdef Py_ssize_t t, n, h, cols = _imax(_imin(W, WP - left), 0)
-    cdef floating* dst
-    for t in prange(N * HP, schedule="static"):
-        n = t // HP
-        h = t % HP - top
-        dst = xp + t * WP * C
-        if h < 0 or h >= H or cols == 0:
-            memset(dst, 0, WP * C * sizeof(floating))
-        else:
-            memset(dst, 0, left * C * sizeof(floating))
-            memcpy(dst + left * C, x + (n * H + h) * W * C, cols * C * sizeof(floating))
-            memset(dst + (left + cols) * C, 0, (WP - left - cols) * C * sizeof(floating))
+    fall beyond HP or WP are left out (no window of the conv reaches them). Rows on pynn's
+    worker team (native/_team.h)."""
+    _pad_rows(x, xp, N, H, W, C, HP, WP, top, left, True)
 
 
 # Kernel-matrix rows of a panel that one sweep over a block's rows reads: whole segments
@@ -389,6 +428,88 @@ cdef void _pad(const floating* x, floating* xp, Py_ssize_t N, Py_ssize_t H, Py_s
 # float32 values in the same order: no change in the result).
 cdef enum:
     _FORWARD_PANEL_ROWS = 256
+
+
+cdef inline void _forward_direct_block(const floating* xp, const floating* wp,
+                                       const floating* bias, floating* z, floating* y,
+                                       const Geom* g, Py_ssize_t* roff_buf, Py_ssize_t chunk,
+                                       const Py_ssize_t* aseg, const Py_ssize_t* bseg,
+                                       const Py_ssize_t* bseg_last, Py_ssize_t nseg,
+                                       Py_ssize_t tn, int act, floating alpha,
+                                       Py_ssize_t group, Py_ssize_t blk,
+                                       int slot) noexcept nogil:
+    """Block blk of _forward_direct on the thread of team slot `slot`."""
+    cdef Py_ssize_t p0, p1, p, rows, n, rem, ho, wo, q0, wd, s0, ns, origin
+    cdef Py_ssize_t HW = g.HO * g.WO, M = g.N * g.HO * g.WO, nc = _panel_width(wp)
+    cdef Py_ssize_t* roff
+    roff = roff_buf + slot * chunk
+    p0 = blk * chunk
+    p1 = _imin(p0 + chunk, M)
+    rows = p1 - p0
+    # The block's first pixel by division, the others by stepping (two divisions per
+    # pixel were 0.85 of the 1.69 ms of a 32x32x3 -> 32 layer at batch 64, one thread).
+    n = p0 // HW
+    rem = p0 - n * HW
+    ho = rem // g.WO
+    wo = rem - ho * g.WO
+    origin = (n * g.HP + ho * g.SH) * g.WP * g.C
+    for p in range(rows):
+        roff[p] = origin + wo * g.SW * g.C
+        wo = wo + 1
+        if wo == g.WO:
+            wo = 0
+            ho = ho + 1
+            if ho == g.HO:
+                ho = 0
+                n = n + 1
+            origin = (n * g.HP + ho * g.SH) * g.WP * g.C
+    q0 = 0
+    while q0 < g.F:
+        wd = _imin(nc, g.F - q0)
+        s0 = 0
+        while s0 < nseg:
+            ns = _imin(group, nseg - s0)
+            _seg_gemm(rows, wd, ns, tn, xp, roff, aseg + s0, 1, wp + q0 * g.K,
+                      (bseg if wd == nc else bseg_last) + s0, wd, z + p0 * g.F + q0,
+                      g.F, bias + q0 if bias != NULL and s0 == 0 else NULL, s0 > 0,
+                      False)
+            s0 = s0 + ns
+        q0 = q0 + nc
+    _epilogue_rows(z + p0 * g.F, y + p0 * g.F, <const floating*>NULL, rows, g.F, act,
+                   alpha)
+
+
+ctypedef struct _DirectJob:
+    bint is_double
+    const void* xp
+    const void* wp
+    const void* bias
+    void* z
+    void* y
+    const Geom* g
+    Py_ssize_t* roff_buf
+    const Py_ssize_t* aseg
+    const Py_ssize_t* bseg
+    const Py_ssize_t* bseg_last
+    Py_ssize_t chunk, nseg, tn, group
+    int act
+    double alpha
+
+
+cdef void _forward_direct_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _DirectJob* j = <_DirectJob*>ctx
+    cdef long blk
+    for blk in range(begin, end):
+        if j.is_double:
+            _forward_direct_block(<const double*>j.xp, <const double*>j.wp,
+                                  <const double*>j.bias, <double*>j.z, <double*>j.y, j.g,
+                                  j.roff_buf, j.chunk, j.aseg, j.bseg, j.bseg_last, j.nseg,
+                                  j.tn, j.act, j.alpha, j.group, blk, slot)
+        else:
+            _forward_direct_block(<const float*>j.xp, <const float*>j.wp,
+                                  <const float*>j.bias, <float*>j.z, <float*>j.y, j.g,
+                                  j.roff_buf, j.chunk, j.aseg, j.bseg, j.bseg_last, j.nseg,
+                                  j.tn, j.act, <float>j.alpha, j.group, blk, slot)
 
 
 cdef void _forward_direct(const floating* xp, const floating* wp, const floating* bias,
@@ -406,48 +527,19 @@ cdef void _forward_direct(const floating* xp, const floating* wp, const floating
     while, and a static split then waits for it (in-process A/B, 2 threads, Zen 3: forward
     +2.1%, conv2d_backward +1.4%, medians of 24 paired rounds). No block's result depends on
     the thread that runs it."""
-    cdef Py_ssize_t blk, p0, p1, p, rows, n, rem, ho, wo, q0, wd, s0, ns, origin
-    cdef Py_ssize_t HW = g.HO * g.WO, M = g.N * g.HO * g.WO, nc = _panel_width(wp)
+    cdef Py_ssize_t M = g.N * g.HO * g.WO, nblk = (M + chunk - 1) // chunk
     cdef Py_ssize_t group = nseg   # C = 0: empty segments, the output is the bias
-    cdef Py_ssize_t* roff
+    cdef int threads = omp_get_max_threads()
+    cdef _DirectJob job
     if tn > 0:
         group = _imax(_FORWARD_PANEL_ROWS // tn, 1)
-    for blk in prange((M + chunk - 1) // chunk, schedule="dynamic", chunksize=2):
-        roff = roff_buf + omp_get_thread_num() * chunk
-        p0 = blk * chunk
-        p1 = _imin(p0 + chunk, M)
-        rows = p1 - p0
-        # The block's first pixel by division, the others by stepping (two divisions per
-        # pixel were 0.85 of the 1.69 ms of a 32x32x3 -> 32 layer at batch 64, one thread).
-        n = p0 // HW
-        rem = p0 - n * HW
-        ho = rem // g.WO
-        wo = rem - ho * g.WO
-        origin = (n * g.HP + ho * g.SH) * g.WP * g.C
-        for p in range(rows):
-            roff[p] = origin + wo * g.SW * g.C
-            wo = wo + 1
-            if wo == g.WO:
-                wo = 0
-                ho = ho + 1
-                if ho == g.HO:
-                    ho = 0
-                    n = n + 1
-                origin = (n * g.HP + ho * g.SH) * g.WP * g.C
-        q0 = 0
-        while q0 < g.F:
-            wd = _imin(nc, g.F - q0)
-            s0 = 0
-            while s0 < nseg:
-                ns = _imin(group, nseg - s0)
-                _seg_gemm(rows, wd, ns, tn, xp, roff, aseg + s0, 1, wp + q0 * g.K,
-                          (bseg if wd == nc else bseg_last) + s0, wd, z + p0 * g.F + q0,
-                          g.F, bias + q0 if bias != NULL and s0 == 0 else NULL, s0 > 0,
-                          False)
-                s0 = s0 + ns
-            q0 = q0 + nc
-        _epilogue_rows(z + p0 * g.F, y + p0 * g.F, <const floating*>NULL, rows, g.F, act,
-                       alpha)
+    job.is_double, job.xp, job.wp, job.bias, job.z, job.y, job.g = floating is double, xp, \
+        wp, bias, z, y, g
+    job.roff_buf, job.aseg, job.bseg, job.bseg_last = roff_buf, aseg, bseg, bseg_last
+    job.chunk, job.nseg, job.tn, job.group, job.act, job.alpha = chunk, nseg, tn, group, act, \
+        alpha
+    # on pynn's worker team (native/_team.h), claims of neighbouring blocks
+    pynn_team_for(nblk, team_grain(nblk, threads), threads, _forward_direct_job, &job)
 
 
 cdef inline void _sum_slabs_row(const floating* part, floating* dw, Py_ssize_t k,
@@ -461,6 +553,107 @@ cdef inline void _sum_slabs_row(const floating* part, floating* dw, Py_ssize_t k
         p = part + s * KF + k * F
         for j in range(F):
             d[j] += p[j]
+
+
+cdef inline void _backward_weight_direct_slab(
+        const floating* xp, floating* dz, floating* part, floating* dzp, const Geom* g,
+        const Py_ssize_t* koff, const Py_ssize_t* row_x, const Py_ssize_t* row_dz,
+        const Py_ssize_t* seg, Py_ssize_t S, Py_ssize_t chunk, const floating* dy,
+        const floating* zpre, const floating* y, int act, floating alpha, double* dbpart,
+        bint weight_grad, bint dz_transient, Py_ssize_t s, int slot) noexcept nogil:
+    """Slab s of _backward_weight_direct on the thread of team slot `slot`."""
+    cdef Py_ssize_t k, j, q, r, r0, r1, rows, p0, wd, off, G = g.N * g.HO
+    cdef Py_ssize_t nc = _panel_width(dz), px = chunk * g.WO, row_len = g.WO * g.F
+    cdef floating* buf
+    cdef floating* d
+    buf = dzp + slot * px * g.F
+    r0 = s * G // S
+    r1 = (s + 1) * G // S
+    if r1 <= r0 and weight_grad:
+        memset(part + s * g.K * g.F, 0, g.K * g.F * sizeof(floating))
+    if dbpart != NULL:
+        memset(dbpart + s * g.F, 0, g.F * sizeof(double))
+    r = r0
+    while r < r1:
+        rows = _imin(chunk, r1 - r)
+        for j in range(rows):
+            if not dz_transient:
+                d = dz + row_dz[r + j]
+            elif g.F <= nc:   # one panel: its layout is the row's own
+                d = buf + j * row_len
+            else:
+                d = dz + slot * row_len
+            if dy != NULL:
+                off = (r + j) * row_len
+                if act == ACT_SOFTMAX:
+                    for q in range(g.WO):
+                        softmax_grad_row(dy + off + q * g.F, y + off + q * g.F,
+                                         d + q * g.F, g.F)
+                else:
+                    act_backward_vec(dy + off, zpre + off, y + off, d, row_len, act,
+                                     alpha)
+                if dbpart != NULL:
+                    add_rows_double(d, dbpart + s * g.F, g.WO, g.F, g.F)
+            if weight_grad and not (dz_transient and g.F <= nc):
+                _pack_panels(d, g.F, g.WO, g.F, buf + j * row_len)
+        p0 = 0 if weight_grad else g.F
+        while p0 < g.F:
+            wd = _imin(nc, g.F - p0)
+            _seg_gemm(g.K, wd, rows, g.WO, xp, koff, row_x + r, g.SW * g.C,
+                      buf + p0 * g.WO, seg, wd, part + s * g.K * g.F + p0, g.F,
+                      <const floating*>NULL, r > r0, False)
+            p0 = p0 + nc
+        r = r + chunk
+
+
+ctypedef struct _BackwardDirectJob:
+    bint is_double, weight_grad, dz_transient
+    const void* xp
+    void* dz
+    void* dw
+    void* part
+    void* dzp
+    const Geom* g
+    const Py_ssize_t* koff
+    const Py_ssize_t* row_x
+    const Py_ssize_t* row_dz
+    const Py_ssize_t* seg
+    Py_ssize_t S, chunk
+    const void* dy
+    const void* zpre
+    const void* y
+    int act
+    double alpha
+    double* dbpart
+
+
+cdef void _backward_weight_direct_job(void* ctx, long begin, long end,
+                                      int slot) noexcept nogil:
+    cdef _BackwardDirectJob* j = <_BackwardDirectJob*>ctx
+    cdef long s
+    for s in range(begin, end):
+        if j.is_double:
+            _backward_weight_direct_slab(
+                <const double*>j.xp, <double*>j.dz, <double*>j.part, <double*>j.dzp, j.g,
+                j.koff, j.row_x, j.row_dz, j.seg, j.S, j.chunk, <const double*>j.dy,
+                <const double*>j.zpre, <const double*>j.y, j.act, j.alpha, j.dbpart,
+                j.weight_grad, j.dz_transient, s, slot)
+        else:
+            _backward_weight_direct_slab(
+                <const float*>j.xp, <float*>j.dz, <float*>j.part, <float*>j.dzp, j.g,
+                j.koff, j.row_x, j.row_dz, j.seg, j.S, j.chunk, <const float*>j.dy,
+                <const float*>j.zpre, <const float*>j.y, j.act, <float>j.alpha, j.dbpart,
+                j.weight_grad, j.dz_transient, s, slot)
+
+
+cdef void _sum_slabs_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _BackwardDirectJob* j = <_BackwardDirectJob*>ctx
+    cdef long k
+    for k in range(begin, end):
+        if j.is_double:
+            _sum_slabs_row(<const double*>j.part, <double*>j.dw, k, j.S, j.g.K * j.g.F, j.g.F)
+        else:
+            _sum_slabs_row(<const float*>j.part, <float*>j.dw, k, j.S, j.g.K * j.g.F, j.g.F)
 
 
 cdef void _backward_weight_direct(const floating* xp, floating* dz, floating* dw,
@@ -489,52 +682,18 @@ cdef void _backward_weight_direct(const floating* xp, floating* dz, floating* dw
     afterwards: a first layer's backward): each dz row is made in this thread's row of dz
     (one row_len per thread), or straight in its panel where F fits one, and never written
     out whole (8 of the 16 MiB a 32x32x3 -> 32 layer at batch 64 moved)."""
-    cdef Py_ssize_t s, k, j, q, r, r0, r1, rows, p0, wd, off, G = g.N * g.HO
-    cdef Py_ssize_t nc = _panel_width(dz), px = chunk * g.WO, row_len = g.WO * g.F
-    cdef floating* buf
-    cdef floating* d
-    for s in prange(S, schedule="static"):
-        buf = dzp + omp_get_thread_num() * px * g.F
-        r0 = s * G // S
-        r1 = (s + 1) * G // S
-        if r1 <= r0 and weight_grad:
-            memset(part + s * g.K * g.F, 0, g.K * g.F * sizeof(floating))
-        if dbpart != NULL:
-            memset(dbpart + s * g.F, 0, g.F * sizeof(double))
-        r = r0
-        while r < r1:
-            rows = _imin(chunk, r1 - r)
-            for j in range(rows):
-                if not dz_transient:
-                    d = dz + row_dz[r + j]
-                elif g.F <= nc:   # one panel: its layout is the row's own
-                    d = buf + j * row_len
-                else:
-                    d = dz + omp_get_thread_num() * row_len
-                if dy != NULL:
-                    off = (r + j) * row_len
-                    if act == ACT_SOFTMAX:
-                        for q in range(g.WO):
-                            softmax_grad_row(dy + off + q * g.F, y + off + q * g.F,
-                                             d + q * g.F, g.F)
-                    else:
-                        act_backward_vec(dy + off, zpre + off, y + off, d, row_len, act,
-                                         alpha)
-                    if dbpart != NULL:
-                        add_rows_double(d, dbpart + s * g.F, g.WO, g.F, g.F)
-                if weight_grad and not (dz_transient and g.F <= nc):
-                    _pack_panels(d, g.F, g.WO, g.F, buf + j * row_len)
-            p0 = 0 if weight_grad else g.F
-            while p0 < g.F:
-                wd = _imin(nc, g.F - p0)
-                _seg_gemm(g.K, wd, rows, g.WO, xp, koff, row_x + r, g.SW * g.C,
-                          buf + p0 * g.WO, seg, wd, part + s * g.K * g.F + p0, g.F,
-                          <const floating*>NULL, r > r0, False)
-                p0 = p0 + nc
-            r = r + chunk
+    cdef int threads = omp_get_max_threads()
+    cdef _BackwardDirectJob job
+    job.is_double, job.weight_grad, job.dz_transient = floating is double, weight_grad, \
+        dz_transient
+    job.xp, job.dz, job.dw, job.part, job.dzp, job.g = xp, dz, dw, part, dzp, g
+    job.koff, job.row_x, job.row_dz, job.seg, job.S, job.chunk = koff, row_x, row_dz, seg, S, \
+        chunk
+    job.dy, job.zpre, job.y, job.act, job.alpha, job.dbpart = dy, zpre, y, act, alpha, dbpart
+    # Both loops on pynn's worker team (native/_team.h): slabs, then the slab sums per row.
+    pynn_team_for(S, 1, threads, _backward_weight_direct_job, &job)
     if weight_grad:
-        for k in prange(g.K, schedule="static"):
-            _sum_slabs_row(part, dw, k, S, g.K * g.F, g.F)
+        pynn_team_for(g.K, team_grain(g.K, threads), threads, _sum_slabs_job, &job)
 
 
 cdef void _zero_margins(floating* xp, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
@@ -542,16 +701,7 @@ cdef void _zero_margins(floating* xp, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, 
                         Py_ssize_t left) noexcept nogil:
     """Zeros everything of xp (N, HP, WP, C) but the (H, W) window at (top, left) that a
     kernel fills itself (_pad's zeros without its copy; the window lies inside xp)."""
-    cdef Py_ssize_t t, h
-    cdef floating* dst
-    for t in prange(N * HP, schedule="static"):
-        h = t % HP - top
-        dst = xp + t * WP * C
-        if h < 0 or h >= H:
-            memset(dst, 0, WP * C * sizeof(floating))
-        else:
-            memset(dst, 0, left * C * sizeof(floating))
-            memset(dst + (left + W) * C, 0, (WP - left - W) * C * sizeof(floating))
+    _pad_rows(<const floating*>NULL, xp, N, H, W, C, HP, WP, top, left, False)
 
 
 # -- Winograd F(2x2, 3x3) (native/_winograd.h) ----------------------------------------------
@@ -623,30 +773,54 @@ cdef void _wino_epilogue(float* z, float* y, const Geom* g, Py_ssize_t TH, Py_ss
         t = t + run
 
 
-cdef void _forward_winograd(const float* x, Py_ssize_t XH, Py_ssize_t XW, Py_ssize_t top,
-                            Py_ssize_t left, const float* up, const float* bias, float* z,
-                            float* y, const Geom* g, float* vbuf, float* mbuf,
-                            const Py_ssize_t* roff, const float* zeros, Py_ssize_t T,
-                            int act, float alpha, Py_ssize_t m) noexcept nogil:
-    """Blocks of T tiles (m x m output pixels each: F(2x2, 3x3) or F(4x4, 3x3); in (n, th,
-    tw) order, so a block may span tile rows and images and the GEMMs keep T rows on small
-    maps) handed out dynamically, as in _forward_direct: input transform (reading x, the conv's
-    input at (top, left) of its padded geometry, in place), (m+2)^2 GEMMs, output transform +
-    bias, activation, all in this thread's V and M blocks. A tile's (m+2)^2 transformed rows
-    sit together (V element (k, i, c) at i*nk*C + k*C): each transform then reads or writes
-    one stream per tile;
-    16 slices of T rows each (k*T*C + i*C) made the transforms juggle 16 streams (1 thread,
-    32 -> 32 channels on 32x32, batch 32: input transform 1.05-1.38 ms -> 0.77-1.09, the
-    GEMMs the same within noise). No tile's result depends on the block or thread."""
+ctypedef struct _WinoJob:
+    const float* x
+    Py_ssize_t XH, XW, top, left, T, m, S
+    const float* up
+    const float* bias
+    float* z
+    float* y
+    const Geom* g
+    float* vbuf
+    float* mbuf
+    float* wbuf
+    const float* dz
+    Py_ssize_t sn, sh
+    float* part
+    float* dw
+    const Py_ssize_t* roff
+    const float* zeros
+    int act
+    float alpha
+
+
+cdef void _forward_winograd_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    """Blocks [begin, end) of _forward_winograd on the thread of team slot `slot`."""
+    cdef _WinoJob* j = <_WinoJob*>ctx
+    cdef const float* x = j.x
+    cdef Py_ssize_t XH = j.XH, XW = j.XW, top = j.top, left = j.left, T = j.T, m = j.m
+    cdef const float* up = j.up
+    cdef const float* bias = j.bias
+    cdef float* z = j.z
+    cdef float* y = j.y
+    cdef const Geom* g = j.g
+    cdef float* vbuf = j.vbuf
+    cdef float* mbuf = j.mbuf
+    cdef const Py_ssize_t* roff = j.roff
+    cdef const float* zeros = j.zeros
+    cdef int act = j.act
+    cdef float alpha = j.alpha
+
     cdef Py_ssize_t nk = (m + 2) * (m + 2)
     cdef Py_ssize_t ksv = g.C, rsv = nk * g.C, ksm = g.F, rsm = nk * g.F
     cdef Py_ssize_t TH = (g.HO + m - 1) // m, TW = (g.WO + m - 1) // m
     cdef Py_ssize_t ntiles = g.N * TH * TW, nc = PYNN_NC_F
-    cdef Py_ssize_t blk, t0, nt, tid
+    cdef Py_ssize_t t0, nt, tid
+    cdef long blk
     cdef float* V
     cdef float* M
-    for blk in prange((ntiles + T - 1) // T, schedule="dynamic"):
-        tid = omp_get_thread_num()
+    for blk in range(begin, end):
+        tid = slot
         V = vbuf + tid * nk * T * g.C
         M = mbuf + tid * nk * T * g.F
         t0 = blk * T
@@ -663,6 +837,32 @@ cdef void _forward_winograd(const float* x, Py_ssize_t XH, Py_ssize_t XW, Py_ssi
         else:
             pynn_wino_output_f(M, ksm, rsm, g.F, bias, TH, TW, g.HO, g.WO, t0, nt, z)
         _wino_epilogue(z, y, g, TH, TW, t0, nt, act, alpha, m)
+
+
+cdef void _forward_winograd(const float* x, Py_ssize_t XH, Py_ssize_t XW, Py_ssize_t top,
+                            Py_ssize_t left, const float* up, const float* bias, float* z,
+                            float* y, const Geom* g, float* vbuf, float* mbuf,
+                            const Py_ssize_t* roff, const float* zeros, Py_ssize_t T,
+                            int act, float alpha, Py_ssize_t m) noexcept nogil:
+    """Blocks of T tiles (m x m output pixels each: F(2x2, 3x3) or F(4x4, 3x3); in (n, th,
+    tw) order, so a block may span tile rows and images and the GEMMs keep T rows on small
+    maps) handed out dynamically, as in _forward_direct: input transform (reading x, the conv's
+    input at (top, left) of its padded geometry, in place), (m+2)^2 GEMMs, output transform +
+    bias, activation, all in this thread's V and M blocks. A tile's (m+2)^2 transformed rows
+    sit together (V element (k, i, c) at i*nk*C + k*C): each transform then reads or writes
+    one stream per tile;
+    16 slices of T rows each (k*T*C + i*C) made the transforms juggle 16 streams (1 thread,
+    32 -> 32 channels on 32x32, batch 32: input transform 1.05-1.38 ms -> 0.77-1.09, the
+    GEMMs the same within noise). No tile's result depends on the block or thread."""
+    cdef Py_ssize_t TH = (g.HO + m - 1) // m, TW = (g.WO + m - 1) // m
+    cdef Py_ssize_t nblk = (g.N * TH * TW + T - 1) // T
+    cdef int threads = omp_get_max_threads()
+    cdef _WinoJob job
+    job.x, job.XH, job.XW, job.top, job.left, job.T, job.m = x, XH, XW, top, left, T, m
+    job.up, job.bias, job.z, job.y, job.g, job.vbuf, job.mbuf = up, bias, z, y, g, vbuf, mbuf
+    job.roff, job.zeros, job.act, job.alpha = roff, zeros, act, alpha
+    # on pynn's worker team (native/_team.h)
+    pynn_team_for(nblk, team_grain(nblk, threads), threads, _forward_winograd_job, &job)
 
 
 def _run_forward_winograd(const float[:, :, :, ::1] x, const float[:, :, :, ::1] kernel,
@@ -706,27 +906,31 @@ cdef enum:
     _WINO_ROW_PAD = 16
 
 
-cdef void _backward_weight_winograd(const float* x, Py_ssize_t XH, Py_ssize_t XW,
-                                    Py_ssize_t top, Py_ssize_t left, const float* dz,
-                                    Py_ssize_t sn,
-                                    Py_ssize_t sh, float* dw, float* part, float* vbuf,
-                                    float* wbuf, const Py_ssize_t* roff, const float* zeros,
-                                    const Geom* g, Py_ssize_t T, Py_ssize_t S,
-                                    Py_ssize_t m) noexcept nogil:
-    """The tiles (n, th, tw order) are cut into S slabs fixed by the shape, as in
-    _backward_weight_direct: each slab sums its 16 (C, F) products into its own partial,
-    T tiles at a time (input transform V, output-gradient transform W = A dY A^T, 16 GEMMs
-    accumulating), then the partials are added in slab order and transformed back to 3x3.
-    Same bits for any number of threads."""
+cdef void _backward_weight_winograd_job(void* ctx, long begin, long end,
+                                        int slot) noexcept nogil:
+    """Slabs [begin, end) of _backward_weight_winograd on the thread of team slot `slot`."""
+    cdef _WinoJob* j = <_WinoJob*>ctx
+    cdef const float* x = j.x
+    cdef Py_ssize_t XH = j.XH, XW = j.XW, top = j.top, left = j.left, T = j.T, m = j.m
+    cdef Py_ssize_t S = j.S, sn = j.sn, sh = j.sh
+    cdef const float* dz = j.dz
+    cdef float* part = j.part
+    cdef const Geom* g = j.g
+    cdef float* vbuf = j.vbuf
+    cdef float* wbuf = j.wbuf
+    cdef const Py_ssize_t* roff = j.roff
+    cdef const float* zeros = j.zeros
+
     cdef Py_ssize_t nk = (m + 2) * (m + 2)
     cdef Py_ssize_t TH = (g.HO + m - 1) // m, TW = (g.WO + m - 1) // m
     cdef Py_ssize_t ntiles = g.N * TH * TW, nc = PYNN_NC_F, CF = g.C * g.F
     cdef Py_ssize_t rsv = nk * g.C + _WINO_ROW_PAD, rsw = nk * g.F + _WINO_ROW_PAD
-    cdef Py_ssize_t s, t, t1, t0, nt, tid, c
+    cdef Py_ssize_t t, t1, t0, nt, tid
+    cdef long s
     cdef float* V
     cdef float* W
-    for s in prange(S, schedule="dynamic"):
-        tid = omp_get_thread_num()
+    for s in range(begin, end):
+        tid = slot
         V = vbuf + tid * T * rsv
         W = wbuf + tid * T * rsw
         t0 = s * ntiles // S
@@ -749,11 +953,37 @@ cdef void _backward_weight_winograd(const float* x, Py_ssize_t XH, Py_ssize_t XW
             pynn_wino_wgrad_gemm_f(V, g.C, rsv, W, g.F, rsw, part + s * nk * CF, nt, g.C, g.F,
                                    nc, roff, t > t0, <int>nk)
             t = t + T
-    for c in prange(g.C, schedule="static"):
-        if m == 4:
-            pynn_wino4_kernel_grad_f(part, S, g.C, g.F, c, c + 1, dw)
-        else:
-            pynn_wino_kernel_grad_f(part, S, g.C, g.F, c, c + 1, dw)
+
+
+cdef void _wino_kernel_grad_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _WinoJob* j = <_WinoJob*>ctx
+    if j.m == 4:
+        pynn_wino4_kernel_grad_f(j.part, j.S, j.g.C, j.g.F, begin, end, j.dw)
+    else:
+        pynn_wino_kernel_grad_f(j.part, j.S, j.g.C, j.g.F, begin, end, j.dw)
+
+
+cdef void _backward_weight_winograd(const float* x, Py_ssize_t XH, Py_ssize_t XW,
+                                    Py_ssize_t top, Py_ssize_t left, const float* dz,
+                                    Py_ssize_t sn,
+                                    Py_ssize_t sh, float* dw, float* part, float* vbuf,
+                                    float* wbuf, const Py_ssize_t* roff, const float* zeros,
+                                    const Geom* g, Py_ssize_t T, Py_ssize_t S,
+                                    Py_ssize_t m) noexcept nogil:
+    """The tiles (n, th, tw order) are cut into S slabs fixed by the shape, as in
+    _backward_weight_direct: each slab sums its 16 (C, F) products into its own partial,
+    T tiles at a time (input transform V, output-gradient transform W = A dY A^T, 16 GEMMs
+    accumulating), then the partials are added in slab order and transformed back to 3x3.
+    Same bits for any number of threads."""
+    cdef int threads = omp_get_max_threads()
+    cdef _WinoJob job
+    job.x, job.XH, job.XW, job.top, job.left, job.T, job.m, job.S = x, XH, XW, top, left, T, \
+        m, S
+    job.dz, job.sn, job.sh, job.dw, job.part, job.g = dz, sn, sh, dw, part, g
+    job.vbuf, job.wbuf, job.roff, job.zeros = vbuf, wbuf, roff, zeros
+    # Both loops on pynn's worker team (native/_team.h): slabs, then channels.
+    pynn_team_for(S, 1, threads, _backward_weight_winograd_job, &job)
+    pynn_team_for(g.C, team_grain(g.C, threads), threads, _wino_kernel_grad_job, &job)
 
 
 def _run_backward_weight_winograd(const float[:, :, :, ::1] x, const float[::1] dz,

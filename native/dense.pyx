@@ -223,7 +223,7 @@ ctypedef struct _BandsJob:
     double alpha
 
 
-cdef void _bands_items(void* ctx, long begin, long end) noexcept nogil:
+cdef void _bands_items(void* ctx, long begin, long end, int slot) noexcept nogil:
     cdef _BandsJob* j = <_BandsJob*>ctx
     cdef long band
     for band in range(begin, end):
@@ -484,7 +484,7 @@ cdef inline void _micro_pack_items(const _MicroJob* j, const floating* b, floati
               j.last_ws if pp == j.panels - 1 else j.nc, packed)
 
 
-cdef void _micro_pack_job(void* ctx, long begin, long end) noexcept nogil:
+cdef void _micro_pack_job(void* ctx, long begin, long end, int slot) noexcept nogil:
     cdef _MicroJob* j = <_MicroJob*>ctx
     if j.is_double:
         _micro_pack_items(j, <const double*>j.b, <double*>j.packed, begin, end)
@@ -524,7 +524,7 @@ cdef inline void _micro_tile_items(const _MicroJob* j, const floating* a, floati
             _store_transposed(c, n, out_t, j.m, i0, rows, p * nc, _imin(nc, n - p * nc))
 
 
-cdef void _micro_tile_job(void* ctx, long begin, long end) noexcept nogil:
+cdef void _micro_tile_job(void* ctx, long begin, long end, int slot) noexcept nogil:
     cdef _MicroJob* j = <_MicroJob*>ctx
     if j.is_double:
         _micro_tile_items(j, <const double*>j.a, <double*>j.c, <const double*>j.packed,

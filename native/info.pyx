@@ -137,7 +137,7 @@ if pynn_warm_fork_init() != 0:
 
 
 cdef extern from "_team.h":
-    ctypedef void (*pynn_team_fn)(void* ctx, long begin, long end) noexcept nogil
+    ctypedef void (*pynn_team_fn)(void* ctx, long begin, long end, int slot) noexcept nogil
     ctypedef struct pynn_team_api:
         int (*run)(long n, long grain, int threads, pynn_team_fn fn, void* ctx) noexcept nogil
         void (*counts)(long long* team_jobs, long long* serial_jobs) noexcept nogil
@@ -159,10 +159,11 @@ def team_counts():
 cdef struct _TeamProbe:
     long* owner
     long long* tid
+    long* slot
     double work_us
 
 
-cdef void _team_probe_items(void* ctx, long begin, long end) noexcept nogil:
+cdef void _team_probe_items(void* ctx, long begin, long end, int slot) noexcept nogil:
     cdef _TeamProbe* probe = <_TeamProbe*>ctx
     cdef long i
     cdef long long me = pynn_gettid()
@@ -170,6 +171,7 @@ cdef void _team_probe_items(void* ctx, long begin, long end) noexcept nogil:
     for i in range(begin, end):
         probe.owner[i] += 1
         probe.tid[i] = me
+        probe.slot[i] = slot
         t0 = pynn_wall_us()
         while pynn_wall_us() - t0 < probe.work_us:
             pass
@@ -177,22 +179,25 @@ cdef void _team_probe_items(void* ctx, long begin, long end) noexcept nogil:
 
 def _team_probe(long n, long grain, int threads, double work_us=0.0):
     """Test hook: runs a job of n items, each busy for work_us; (times each item ran, thread
-    id that ran it, workers the team had for it)."""
+    id that ran it, its team slot, workers the team had for it)."""
     if n < 0 or grain < 1 or threads < 1:
         raise ValueError(f"_team_probe: expected n >= 0, grain >= 1, threads >= 1, got {n}, "
                          f"{grain}, {threads}")
     owner = np.zeros(max(n, 1), dtype=np.int64)
     tid = np.zeros(max(n, 1), dtype=np.int64)
+    slots = np.full(max(n, 1), -1, dtype=np.int64)
     cdef long[::1] ov = owner
     cdef long long[::1] tv = tid
+    cdef long[::1] sv = slots
     cdef _TeamProbe probe
     probe.owner = &ov[0]
     probe.tid = &tv[0]
+    probe.slot = &sv[0]
     probe.work_us = work_us
     cdef int workers
     with nogil:
         workers = pynn_team_table.run(n, grain, threads, _team_probe_items, &probe)
-    return owner[:n], tid[:n], workers
+    return owner[:n], tid[:n], slots[:n], workers
 
 
 def warm_touch(int threads, double hold_s=0.1):

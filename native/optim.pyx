@@ -523,7 +523,7 @@ cdef inline void _adam_many_spans(const _AdamManyJob* k, floating tiny, long beg
                    <floating>k.scales[j], <floating>k.clip, <floating>k.decay, tiny)
 
 
-cdef void _adam_many_job(void* ctx, long begin, long end) noexcept nogil:
+cdef void _adam_many_job(void* ctx, long begin, long end, int slot) noexcept nogil:
     cdef _AdamManyJob* k = <_AdamManyJob*>ctx
     if k.is_double:
         _adam_many_spans(k, <double>DBL_MIN, begin, end)

@@ -23,9 +23,12 @@ import numpy as np
 
 from cython.parallel cimport prange
 from libc.string cimport memset
+from _openmp cimport omp_get_max_threads
 
 from pynn.backend.operands import pool as operands
 from pynn.backend.operands.common import HOST
+
+include "_team.pxi"
 
 ctypedef fused floating:
     float
@@ -111,15 +114,73 @@ cdef void _maxpool_row(const floating* x, floating* y, int* arg, const Geom* g,
                 _max_update(px, yp, ap, C, <int>(h * g.W + w))
 
 
+ctypedef struct _PoolJob:
+    bint is_double
+    const void* x
+    void* y
+    int* arg
+    const int* carg
+    Geom g
+    Py_ssize_t N, P, C, HW
+    long bad[64]          # maxpool backward's out-of-range entries, per team slot
+
+
+cdef void _maxpool_forward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _PoolJob* j = <_PoolJob*>ctx
+    cdef Py_ssize_t row = j.g.WO * j.g.C
+    cdef long r
+    for r in range(begin, end):
+        if j.is_double:
+            _maxpool_row(<const double*>j.x, <double*>j.y + r * row, j.arg + r * row, &j.g, r)
+        else:
+            _maxpool_row(<const float*>j.x, <float*>j.y + r * row, j.arg + r * row, &j.g, r)
+
+
+cdef inline int _pool_threads(Py_ssize_t work) noexcept nogil:
+    return omp_get_max_threads() if work >= PARALLEL_MIN else 1
+
+
+cdef inline void _pool_run(long items, int threads, pynn_team_fn fn, _PoolJob* job) noexcept nogil:
+    """The items on pynn's worker team (native/_team.h); each output is written by the code
+    and in the order one thread would use."""
+    pynn_team_for(items, team_grain(items, threads), threads, fn, job)
+
+
 def _maxpool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
                      int[:, :, :, ::1] arg, Geom g):
-    cdef Py_ssize_t r, row = g.WO * g.C
-    cdef const floating* xp = &x[0, 0, 0, 0]
-    cdef floating* yp = &y[0, 0, 0, 0]
-    cdef int* ap = &arg[0, 0, 0, 0]
-    for r in prange(g.N * g.HO, schedule="static", nogil=True,
-                    use_threads_if=g.N * g.H * g.W * g.C >= PARALLEL_MIN):
-        _maxpool_row(xp, yp + r * row, ap + r * row, &g, r)
+    cdef _PoolJob job
+    job.is_double, job.x, job.y, job.arg, job.g = floating is double, &x[0, 0, 0, 0], \
+        &y[0, 0, 0, 0], &arg[0, 0, 0, 0], g
+    with nogil:
+        _pool_run(g.N * g.HO, _pool_threads(g.N * g.H * g.W * g.C), _maxpool_forward_job, &job)
+
+
+cdef inline long _maxpool_backward_image(const floating* dyp, const int* ap, floating* dxp,
+                                         Py_ssize_t n, Py_ssize_t P, Py_ssize_t HW,
+                                         Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t p, c, a
+    cdef long bad = 0
+    memset(dxp + n * HW * C, 0, HW * C * sizeof(floating))
+    for p in range(P):
+        for c in range(C):
+            a = ap[(n * P + p) * C + c]
+            if a < 0 or a >= HW:
+                bad += 1
+            else:
+                dxp[(n * HW + a) * C + c] += dyp[(n * P + p) * C + c]
+    return bad
+
+
+cdef void _maxpool_backward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _PoolJob* j = <_PoolJob*>ctx
+    cdef long n
+    for n in range(begin, end):
+        if j.is_double:
+            j.bad[slot] += _maxpool_backward_image(<const double*>j.x, j.carg, <double*>j.y,
+                                                   n, j.P, j.HW, j.C)
+        else:
+            j.bad[slot] += _maxpool_backward_image(<const float*>j.x, j.carg, <float*>j.y, n,
+                                                   j.P, j.HW, j.C)
 
 
 def _maxpool_backward(const floating[:, :, :, ::1] dy, const int[:, :, :, ::1] arg,
@@ -131,22 +192,18 @@ def _maxpool_backward(const floating[:, :, :, ::1] dy, const int[:, :, :, ::1] a
     pass over dx)."""
     cdef Py_ssize_t N = dy.shape[0], P = dy.shape[1] * dy.shape[2], C = dy.shape[3]
     cdef Py_ssize_t HW = dx.shape[1] * dx.shape[2]
-    cdef Py_ssize_t n, p, c, a
-    cdef Py_ssize_t bad = 0
-    cdef const floating* dyp = &dy[0, 0, 0, 0]
-    cdef const int* ap = &arg[0, 0, 0, 0]
-    cdef floating* dxp = &dx[0, 0, 0, 0]
-    for n in prange(N, schedule="static", nogil=True,
-                    use_threads_if=N * (P + HW) * C >= PARALLEL_MIN):
-        memset(dxp + n * HW * C, 0, HW * C * sizeof(floating))
-        for p in range(P):
-            for c in range(C):
-                a = ap[(n * P + p) * C + c]
-                if a < 0 or a >= HW:
-                    bad += 1
-                else:
-                    dxp[(n * HW + a) * C + c] += dyp[(n * P + p) * C + c]
-    return bad
+    cdef _PoolJob job
+    cdef int threads = _pool_threads(N * (P + HW) * C), t
+    if threads > 64:
+        threads = 64
+    job.is_double, job.x, job.carg, job.y = floating is double, &dy[0, 0, 0, 0], \
+        &arg[0, 0, 0, 0], &dx[0, 0, 0, 0]
+    job.N, job.P, job.C, job.HW = N, P, C, HW
+    for t in range(64):
+        job.bad[t] = 0
+    with nogil:
+        _pool_run(N, threads, _maxpool_backward_job, &job)
+    return sum(job.bad[t] for t in range(threads))
 
 
 def maxpool2d_forward(x, pool_size, strides, padding="valid"):
@@ -227,22 +284,41 @@ cdef void _avgpool_backward_row(const floating* dy, floating* dx, const Geom* g,
                     xp[c] += dp[c] * inv
 
 
+cdef void _avgpool_forward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _PoolJob* j = <_PoolJob*>ctx
+    cdef Py_ssize_t row = j.g.WO * j.g.C
+    cdef long r
+    for r in range(begin, end):
+        if j.is_double:
+            _avgpool_row(<const double*>j.x, <double*>j.y + r * row, &j.g, r)
+        else:
+            _avgpool_row(<const float*>j.x, <float*>j.y + r * row, &j.g, r)
+
+
+cdef void _avgpool_backward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _PoolJob* j = <_PoolJob*>ctx
+    cdef long t
+    for t in range(begin, end):
+        if j.is_double:
+            _avgpool_backward_row(<const double*>j.x, <double*>j.y, &j.g, t)
+        else:
+            _avgpool_backward_row(<const float*>j.x, <float*>j.y, &j.g, t)
+
+
 def _avgpool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, Geom g):
-    cdef Py_ssize_t r, row = g.WO * g.C
-    cdef const floating* xp = &x[0, 0, 0, 0]
-    cdef floating* yp = &y[0, 0, 0, 0]
-    for r in prange(g.N * g.HO, schedule="static", nogil=True,
-                    use_threads_if=g.N * g.H * g.W * g.C >= PARALLEL_MIN):
-        _avgpool_row(xp, yp + r * row, &g, r)
+    cdef _PoolJob job
+    job.is_double, job.x, job.y, job.g = floating is double, &x[0, 0, 0, 0], &y[0, 0, 0, 0], g
+    with nogil:
+        _pool_run(g.N * g.HO, _pool_threads(g.N * g.H * g.W * g.C), _avgpool_forward_job, &job)
 
 
 def _avgpool_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx, Geom g):
-    cdef Py_ssize_t t
-    cdef const floating* dp = &dy[0, 0, 0, 0]
-    cdef floating* xp = &dx[0, 0, 0, 0]
-    for t in prange(g.N * g.H, schedule="static", nogil=True,
-                    use_threads_if=g.N * g.H * g.W * g.C >= PARALLEL_MIN):
-        _avgpool_backward_row(dp, xp, &g, t)
+    cdef _PoolJob job
+    job.is_double, job.x, job.y, job.g = floating is double, &dy[0, 0, 0, 0], \
+        &dx[0, 0, 0, 0], g
+    with nogil:
+        _pool_run(g.N * g.H, _pool_threads(g.N * g.H * g.W * g.C), _avgpool_backward_job,
+                  &job)
 
 
 def avgpool2d_forward(x, pool_size, strides, padding="valid"):

@@ -21,9 +21,10 @@ LINUX = sys.platform.startswith("linux")
                                               (10, 1, 2), (101, 3, 2), (1000, 7, 3),
                                               (37, 100, 4)])
 def test_every_item_runs_once(n, grain, threads):
-    owner, tid, workers = info._team_probe(n, grain, threads)
+    owner, tid, slots, workers = info._team_probe(n, grain, threads)
     assert owner.shape == (n,)
     assert (owner == 1).all(), owner
+    assert ((slots >= 0) & (slots < threads)).all(), slots
     if threads == 1 or n <= grain:
         assert workers == 0 and len(set(tid.tolist())) <= 1
 
@@ -38,8 +39,12 @@ def test_a_worker_takes_items_of_a_long_job():
     time.sleep(0.02)
     seen = set()
     for _ in range(5):
-        owner, tid, workers = info._team_probe(64, 1, 2, 200.0)
+        owner, tid, slots, workers = info._team_probe(64, 1, 2, 200.0)
         assert (owner == 1).all() and workers >= 1
+        # one slot per thread: the master's 0, the worker's 1
+        assert {(a, b) for a, b in zip(tid.tolist(), slots.tolist())} <= {
+            (tid[slots == 0][0] if (slots == 0).any() else -1, 0),
+            (tid[slots == 1][0] if (slots == 1).any() else -1, 1)}
         seen |= set(tid.tolist())
         if len(seen) >= 2:
             break
@@ -72,7 +77,7 @@ def test_concurrent_masters_run_every_item_once():
 
 
 def _child_probe(queue):
-    owner, _, _ = info._team_probe(50, 1, 2, 50.0)
+    owner = info._team_probe(50, 1, 2, 50.0)[0]
     queue.put(bool((owner == 1).all()))
 
 
