@@ -62,15 +62,57 @@ cdef enum:
     FUSED_SUB = 256
 
 
+ctypedef struct _ActFlatJob:
+    bint is_double, backward
+    const void* dy
+    const void* x
+    const void* y
+    void* out
+    Py_ssize_t n
+    int act
+    double alpha
+
+
+cdef inline void _act_flat_chunk(const floating* dy, const floating* x, const floating* y,
+                                 floating* out, Py_ssize_t n, bint backward, int act,
+                                 floating alpha, Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t i0 = c * CHUNK, m = min(<Py_ssize_t>CHUNK, n - c * CHUNK)
+    if backward:
+        act_backward_vec(dy + i0, x + i0, y + i0, out + i0, m, act, alpha)
+    else:
+        act_forward_vec(x + i0, out + i0, m, act, alpha)
+
+
+cdef void _act_flat_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _ActFlatJob* j = <_ActFlatJob*>ctx
+    cdef long c
+    for c in range(begin, end):
+        if j.is_double:
+            _act_flat_chunk(<const double*>j.dy, <const double*>j.x, <const double*>j.y,
+                            <double*>j.out, j.n, j.backward, j.act, j.alpha, c)
+        else:
+            _act_flat_chunk(<const float*>j.dy, <const float*>j.x, <const float*>j.y,
+                            <float*>j.out, j.n, j.backward, j.act, <float>j.alpha, c)
+
+
+cdef void _act_flat_run(_ActFlatJob* job) noexcept nogil:
+    """The fixed chunks on pynn's worker team (native/_team.h)."""
+    cdef Py_ssize_t nchunk = (job.n + CHUNK - 1) // CHUNK
+    cdef int threads = omp_get_max_threads() if job.n >= ACT_PARALLEL_MIN else 1
+    pynn_team_for(nchunk, team_grain(nchunk, threads), threads, _act_flat_job, job)
+
+
 def _act_forward_flat(const floating[::1] x,     # IN  (n,)
                       floating[::1] y,           # OUT (n,)
                       int act, double alpha):
-    cdef Py_ssize_t c, i0, n = x.shape[0], nchunk = (n + CHUNK - 1) // CHUNK
-    cdef floating a = <floating>alpha
+    cdef _ActFlatJob job
+    if x.shape[0] == 0:
+        return
+    job.is_double, job.backward, job.x, job.y, job.dy, job.out = floating is double, False, \
+        &x[0], &x[0], &x[0], &y[0]
+    job.n, job.act, job.alpha = x.shape[0], act, alpha
     with nogil:
-        for c in prange(nchunk, schedule="static", use_threads_if=n >= ACT_PARALLEL_MIN):
-            i0 = c * CHUNK
-            act_forward_vec(&x[i0], &y[i0], min(<Py_ssize_t>CHUNK, n - i0), act, a)
+        _act_flat_run(&job)
 
 
 def _act_backward_flat(const floating[::1] dy,   # IN  (n,)
@@ -78,13 +120,14 @@ def _act_backward_flat(const floating[::1] dy,   # IN  (n,)
                        const floating[::1] y,    # IN  (n,) forward output
                        floating[::1] dx,         # OUT (n,)
                        int act, double alpha):
-    cdef Py_ssize_t c, i0, n = dy.shape[0], nchunk = (n + CHUNK - 1) // CHUNK
-    cdef floating a = <floating>alpha
+    cdef _ActFlatJob job
+    if dy.shape[0] == 0:
+        return
+    job.is_double, job.backward, job.dy, job.x, job.y, job.out = floating is double, True, \
+        &dy[0], &x[0], &y[0], &dx[0]
+    job.n, job.act, job.alpha = dy.shape[0], act, alpha
     with nogil:
-        for c in prange(nchunk, schedule="static", use_threads_if=n >= ACT_PARALLEL_MIN):
-            i0 = c * CHUNK
-            act_backward_vec(&dy[i0], &x[i0], &y[i0], &dx[i0], min(<Py_ssize_t>CHUNK, n - i0),
-                             act, a)
+        _act_flat_run(&job)
 
 
 cdef void _act_bias_tile(const floating* dy, const floating* x, const floating* y,

@@ -8,7 +8,7 @@ Design (chosen by measurement, see bench/bench_conv_kernels.py):
 - Direct paths (the default while the (K, F) kernel matrix stays near L2: K*F <=
   _DIRECT_MAX_KF) read a zero-padded copy of the input (one pass; none for an unpadded
   'valid' conv) with a register-blocked microkernel, so no im2col matrix is ever written:
-  - forward: prange over blocks of 48 consecutive output pixels (across output rows);
+  - forward: blocks of 48 consecutive output pixels (across output rows);
     MR output pixels x one panel of filters (2 vectors) of accumulators, one segment per
     kernel row kh, whose KW*C inputs are contiguous in the padded row, one kernel row per
     sweep so the panel slice stays in L1; the bias is the start value and the activation
@@ -32,9 +32,9 @@ Design (chosen by measurement, see bench/bench_conv_kernels.py):
   backward_weight 78-80%.
 - im2col + BLAS (large K*F, and strided backward_input): a tile is a run of whole output
   rows (n, ho). Its im2col block (tile*WO, K) lives in a workspace bounded by
-  ``_workspace_bytes`` and is filled in parallel (prange over output rows; for dilation 1
-  each (wo, kh) is one memcpy of KW*C contiguous values). Then ONE gemm per tile runs
-  outside any prange: BLAS threads itself, and nesting it would oversubscribe the cores.
+  ``_workspace_bytes`` and is filled in parallel (output rows; for dilation 1 each (wo,
+  kh) is one memcpy of KW*C contiguous values). Then ONE gemm per tile runs outside any
+  parallel job: BLAS threads itself, and nesting it would oversubscribe the cores.
   forward: y_tile = col @ kernel, then bias + activation fused in the pass right after the
   GEMM; backward_weight: dkernel += col^T @ dz_tile; backward_input: dcol = dz_tile @
   kernel^T, then col2im as a gather over input rows (n, hi) in a fixed (kh, wo) order, so
@@ -54,6 +54,10 @@ Design (chosen by measurement, see bench/bench_conv_kernels.py):
   direct|winograd|winograd4 forces one wherever Winograd applies.
 - The epilogue is this file's own: a branch-free relu vectorizes, act_value's branch on random
   signs did not (it cost more than the first layer's whole GEMM).
+- Every parallel loop here is a job of pynn's worker team (native/_team.h), not an OpenMP
+  region: a training step's ops then wake no sleeping thread through an interrupt (the small
+  CNN's step 9.7 -> 8.3 ms on 2 Intel cores). Per-thread scratch is indexed by the job's team
+  slot; no result depends on which thread ran an item.
 Outputs are fresh arrays; nothing accumulates into caller memory. Temporaries (padded copies,
 partial sums, im2col tiles) come from the scratch pool in pynn/backend/_scratch.py.
 """
@@ -63,7 +67,6 @@ import os
 import numpy as np
 
 from libc.string cimport memcpy, memset
-from cython.parallel cimport prange
 from _blas cimport blas_init, gemm_rowmajor, floating
 from _activation cimport (
     ACT_LINEAR, ACT_RELU, ACT_SOFTMAX, act_backward_vec, act_value, add_rows_double,
@@ -255,12 +258,38 @@ cdef void _im2col_row(const floating* x, floating* dst, const Geom* g, Py_ssize_
                         memcpy(d + kw * C, xrow + wi * C, C * sizeof(floating))
 
 
+ctypedef struct _ColJob:
+    bint is_double
+    const void* src
+    void* dst
+    const Geom* g
+    Py_ssize_t r0, r1
+    const void* bias
+    void* y
+    Py_ssize_t rows, cols
+    int act
+    double alpha
+
+
+cdef void _im2col_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _ColJob* j = <_ColJob*>ctx
+    cdef Py_ssize_t row_len = j.g.WO * j.g.K
+    cdef long r
+    for r in range(j.r0 + begin, j.r0 + end):
+        if j.is_double:
+            _im2col_row(<const double*>j.src, <double*>j.dst + (r - j.r0) * row_len, j.g, r)
+        else:
+            _im2col_row(<const float*>j.src, <float*>j.dst + (r - j.r0) * row_len, j.g, r)
+
+
 cdef void _im2col(const floating* x, floating* col, const Geom* g, Py_ssize_t r0,
                   Py_ssize_t r1) noexcept nogil:
-    cdef Py_ssize_t r
-    cdef Py_ssize_t row_len = g.WO * g.K
-    for r in prange(r0, r1, schedule="static"):
-        _im2col_row(x, col + (r - r0) * row_len, g, r)
+    """Rows [r0, r1) on pynn's worker team (native/_team.h)."""
+    cdef _ColJob job
+    cdef int threads = omp_get_max_threads()
+    job.is_double, job.src, job.dst, job.g, job.r0, job.r1 = floating is double, x, col, g, \
+        r0, r1
+    pynn_team_for(r1 - r0, team_grain(r1 - r0, threads), threads, _im2col_job, &job)
 
 
 cdef void _col2im_row(const floating* dcol, floating* dx, const Geom* g, Py_ssize_t n,
@@ -301,14 +330,30 @@ cdef void _col2im_row(const floating* dcol, floating* dx, const Geom* g, Py_ssiz
                         d[j] += s[j]
 
 
+cdef void _col2im_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _ColJob* j = <_ColJob*>ctx
+    cdef Py_ssize_t t0 = (j.r0 // j.g.HO) * j.g.H
+    cdef long t
+    for t in range(t0 + begin, t0 + end):
+        if j.is_double:
+            _col2im_row(<const double*>j.src, <double*>j.dst, j.g, t // j.g.H, t % j.g.H,
+                        j.r0, j.r1)
+        else:
+            _col2im_row(<const float*>j.src, <float*>j.dst, j.g, t // j.g.H, t % j.g.H,
+                        j.r0, j.r1)
+
+
 cdef void _col2im(const floating* dcol, floating* dx, const Geom* g, Py_ssize_t r0,
                   Py_ssize_t r1) noexcept nogil:
-    cdef Py_ssize_t t
-    # Input rows of every image the tile touches; rows it does not reach add nothing.
+    """Input rows of every image the tile touches (rows it does not reach add nothing), on
+    pynn's worker team (native/_team.h): each input row is written by one thread."""
     cdef Py_ssize_t t0 = (r0 // g.HO) * g.H
     cdef Py_ssize_t t1 = ((r1 - 1) // g.HO + 1) * g.H
-    for t in prange(t0, t1, schedule="static"):
-        _col2im_row(dcol, dx, g, t // g.H, t % g.H, r0, r1)
+    cdef _ColJob job
+    cdef int threads = omp_get_max_threads()
+    job.is_double, job.src, job.dst, job.g, job.r0, job.r1 = floating is double, dcol, dx, g, \
+        r0, r1
+    pynn_team_for(t1 - t0, team_grain(t1 - t0, threads), threads, _col2im_job, &job)
 
 
 # -- small-K paths: microkernel instead of BLAS ---------------------------------------------
@@ -357,13 +402,31 @@ cdef inline void _epilogue_rows(floating* z, floating* y, const floating* bias,
                 yr[j] = act_value(zr[j], act, alpha)
 
 
+cdef void _epilogue_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _ColJob* j = <_ColJob*>ctx
+    cdef long blk
+    cdef Py_ssize_t off
+    for blk in range(begin, end):
+        off = blk * 64 * j.cols
+        if j.is_double:
+            _epilogue_rows(<double*>j.dst + off, <double*>j.y + off, <const double*>j.bias,
+                           _imin(64, j.rows - blk * 64), j.cols, j.act, j.alpha)
+        else:
+            _epilogue_rows(<float*>j.dst + off, <float*>j.y + off, <const float*>j.bias,
+                           _imin(64, j.rows - blk * 64), j.cols, j.act, <float>j.alpha)
+
+
 cdef void _epilogue(floating* z, floating* y, const floating* bias, Py_ssize_t rows,
                     Py_ssize_t cols, int act, floating alpha) noexcept nogil:
-    """The BLAS path's bias + activation pass over one tile, in blocks of 64 rows."""
-    cdef Py_ssize_t blk, nblk = (rows + 63) // 64
-    for blk in prange(nblk, schedule="static"):
-        _epilogue_rows(z + blk * 64 * cols, y + blk * 64 * cols, bias,
-                       _imin(64, rows - blk * 64), cols, act, alpha)
+    """The BLAS path's bias + activation pass over one tile, in blocks of 64 rows on pynn's
+    worker team (native/_team.h)."""
+    cdef Py_ssize_t nblk = (rows + 63) // 64
+    cdef _ColJob job
+    cdef int threads = omp_get_max_threads()
+    job.is_double, job.dst, job.y, job.bias, job.rows, job.cols = floating is double, z, y, \
+        bias, rows, cols
+    job.act, job.alpha = act, alpha
+    pynn_team_for(nblk, team_grain(nblk, threads), threads, _epilogue_job, &job)
 
 
 ctypedef struct _PadJob:

@@ -36,10 +36,13 @@ from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.string cimport memcpy
 from _activation cimport ACT_LINEAR, act_forward_vec
+from _openmp cimport omp_get_max_threads
 
 from pynn.backend.api import ACTIVATIONS
 from pynn.backend.operands import merge as operands
 from pynn.backend.operands.common import HOST
+
+include "_team.pxi"
 
 ctypedef fused floating:
     float
@@ -173,30 +176,73 @@ cdef void _unfold_chunk(const floating* dy, const Py_ssize_t* xs, const Py_ssize
                 d0[e] = d0[e] * _share(a, v, a > v)
 
 
+ctypedef struct _MergeJob:
+    bint is_double
+    const Py_ssize_t* xs
+    const Py_ssize_t* dxs
+    const void* dy
+    void* y
+    Py_ssize_t E, n
+    int mode, act
+    double alpha
+
+
+cdef inline void _merge_forward_chunk(const _MergeJob* j, floating* yp,
+                                      Py_ssize_t t) noexcept nogil:
+    cdef Py_ssize_t lo = t * CHUNK, hi = min(t * CHUNK + CHUNK, j.E)
+    _fold_chunk(j.xs, yp, j.n, j.mode, lo, hi)
+    if j.act != ACT_LINEAR:
+        act_forward_vec(yp + lo, yp + lo, hi - lo, j.act, <floating>j.alpha)
+
+
+cdef void _merge_forward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _MergeJob* j = <_MergeJob*>ctx
+    cdef long t
+    for t in range(begin, end):
+        if j.is_double:
+            _merge_forward_chunk(j, <double*>j.y, t)
+        else:
+            _merge_forward_chunk(j, <float*>j.y, t)
+
+
+cdef void _merge_backward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _MergeJob* j = <_MergeJob*>ctx
+    cdef long t
+    for t in range(begin, end):
+        if j.is_double:
+            _unfold_chunk(<const double*>j.dy, j.xs, j.dxs, j.n, j.mode, t * CHUNK,
+                          min(t * CHUNK + CHUNK, j.E))
+        else:
+            _unfold_chunk(<const float*>j.dy, j.xs, j.dxs, j.n, j.mode, t * CHUNK,
+                          min(t * CHUNK + CHUNK, j.E))
+
+
+cdef inline void _merge_run(_MergeJob* job, pynn_team_fn fn) noexcept nogil:
+    """The fixed chunks on pynn's worker team (native/_team.h)."""
+    cdef Py_ssize_t tasks = (job.E + CHUNK - 1) // CHUNK
+    cdef int threads = omp_get_max_threads() if job.E * job.n >= PARALLEL_MIN else 1
+    pynn_team_for(tasks, team_grain(tasks, threads), threads, fn, job)
+
+
 def _merge_forward(const Py_ssize_t[::1] xs, floating[::1] y, int mode, int act=ACT_LINEAR,
                    double alpha=0.0):
     """y = act(fold of the inputs), each chunk's activation while it is in cache."""
-    cdef Py_ssize_t E = y.shape[0], n = xs.shape[0], t, lo, hi
-    cdef Py_ssize_t tasks = (E + CHUNK - 1) // CHUNK
-    cdef const Py_ssize_t* xp = &xs[0]
-    cdef floating* yp = &y[0]
-    for t in prange(tasks, schedule="static", nogil=True, use_threads_if=E * n >= PARALLEL_MIN):
-        lo = t * CHUNK
-        hi = min(lo + CHUNK, E)
-        _fold_chunk(xp, yp, n, mode, lo, hi)
-        if act != ACT_LINEAR:
-            act_forward_vec(yp + lo, yp + lo, hi - lo, act, <floating>alpha)
+    cdef _MergeJob job
+    job.is_double, job.xs, job.y, job.E, job.n = floating is double, &xs[0], &y[0], \
+        y.shape[0], xs.shape[0]
+    job.mode, job.act, job.alpha = mode, act, alpha
+    with nogil:
+        _merge_run(&job, _merge_forward_job)
 
 
 def _merge_backward(const floating[::1] dy, const Py_ssize_t[::1] xs,
                     const Py_ssize_t[::1] dxs, int mode):
-    cdef Py_ssize_t E = dy.shape[0], n = xs.shape[0], t
-    cdef Py_ssize_t tasks = (E + CHUNK - 1) // CHUNK
-    cdef const Py_ssize_t* xp = &xs[0]
-    cdef const Py_ssize_t* dp = &dxs[0]
-    cdef const floating* g = &dy[0]
-    for t in prange(tasks, schedule="static", nogil=True, use_threads_if=E * n >= PARALLEL_MIN):
-        _unfold_chunk(g, xp, dp, n, mode, t * CHUNK, min(t * CHUNK + CHUNK, E))
+    cdef _MergeJob job
+    job.is_double, job.dy, job.xs, job.dxs, job.E, job.n = floating is double, &dy[0], \
+        &xs[0], &dxs[0], dy.shape[0], xs.shape[0]
+    job.mode = mode
+    with nogil:
+        _merge_run(&job, _merge_backward_job)
 
 
 def _broadcast_to(const floating[::1] small, floating[::1] full, const Py_ssize_t[::1] dims,

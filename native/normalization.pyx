@@ -29,6 +29,7 @@ import numpy as np
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
+from _openmp cimport omp_get_max_threads
 
 from _activation cimport ACT_LINEAR, ACT_RELU, act_backward_vec, act_forward_vec
 
@@ -36,6 +37,8 @@ from pynn._native.activation import activation_backward, activation_forward
 from pynn.backend.api import ACTIVATIONS
 from pynn.backend.operands import normalization as operands
 from pynn.backend.operands.common import HOST
+
+include "_team.pxi"
 
 ctypedef fused floating:
     float
@@ -405,14 +408,56 @@ cdef void _bn_sums_block(const floating* u, const floating* v, const floating* k
                       &s2[c])
 
 
+ctypedef struct _BnJob:
+    bint is_double, sums
+    const void* u
+    const void* v
+    const void* ku
+    const void* kv
+    void* y
+    double* part
+    Py_ssize_t part_stride, A, C, B, RT, nb
+    const void* mean
+    const void* scale
+    const void* beta
+    const void* kdy
+    const void* kx
+    const void* k0
+    int act
+    double alpha
+
+
+cdef void _bn_sums_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _BnJob* j = <_BnJob*>ctx
+    cdef long i
+    cdef double* p
+    for i in range(begin, end):
+        p = j.part + 2 * (i + 1) * j.part_stride
+        if j.is_double:
+            _bn_sums_block(<const double*>j.u, <const double*>j.v, <const double*>j.ku,
+                           <const double*>j.kv, p, p + j.part_stride, j.A * i // j.nb,
+                           j.A * (i + 1) // j.nb, j.C, j.B)
+        else:
+            _bn_sums_block(<const float*>j.u, <const float*>j.v, <const float*>j.ku,
+                           <const float*>j.kv, p, p + j.part_stride, j.A * i // j.nb,
+                           j.A * (i + 1) // j.nb, j.C, j.B)
+
+
+cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
+    return omp_get_max_threads() if work >= PARALLEL_MIN else 1
+
+
 cdef void _bn_sums(const floating* u, const floating* v, const floating* ku, const floating* kv,
                    double[:, ::1] part, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B) noexcept nogil:
     """part[0] = per-channel s1, part[1] = s2, each folded over the row blocks in order.
-    ``part`` is (2 * (blocks + 1), C), zeroed."""
+    ``part`` is (2 * (blocks + 1), C), zeroed. The blocks run on pynn's worker team
+    (native/_team.h)."""
     cdef Py_ssize_t nb = _blocks(A), i, c
-    for i in prange(nb, schedule="static", use_threads_if=A * C * B >= PARALLEL_MIN):
-        _bn_sums_block(u, v, ku, kv, &part[2 * (i + 1), 0], &part[2 * (i + 1) + 1, 0],
-                       A * i // nb, A * (i + 1) // nb, C, B)
+    cdef _BnJob job
+    job.is_double, job.u, job.v, job.ku, job.kv = floating is double, u, v, ku, kv
+    job.part, job.part_stride, job.A, job.C, job.B, job.nb = &part[0, 0], part.shape[1], A, \
+        C, B, nb
+    pynn_team_for(nb, 1, _threads_for(A * C * B), _bn_sums_job, &job)
     for i in range(nb):
         for c in range(C):
             part[0, c] += part[2 * (i + 1), c]
@@ -454,27 +499,122 @@ cdef inline void _bn_run(const floating* x, floating* y, floating mu, floating s
         y[b] = (x[b] - mu) * sc + sh
 
 
+cdef inline void _bn_normalize_row(const floating* x, floating* y, const floating* mean,
+                                   const floating* scale, const floating* beta, Py_ssize_t a,
+                                   Py_ssize_t C, Py_ssize_t B, int act,
+                                   floating alpha) noexcept nogil:
+    cdef Py_ssize_t c, base
+    if B == 1:
+        _affine(x + a * C, y + a * C, mean, scale, beta, C)
+        if act != ACT_LINEAR:
+            act_forward_vec(y + a * C, y + a * C, C, act, alpha)
+    else:
+        for c in range(C):
+            base = (a * C + c) * B
+            _bn_run(x + base, y + base, mean[c], scale[c], beta[c], B)
+            if act != ACT_LINEAR:
+                act_forward_vec(y + base, y + base, B, act, alpha)
+
+
+cdef void _bn_normalize_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _BnJob* j = <_BnJob*>ctx
+    cdef long a
+    for a in range(begin, end):
+        if j.is_double:
+            _bn_normalize_row(<const double*>j.u, <double*>j.y, <const double*>j.mean,
+                              <const double*>j.scale, <const double*>j.beta, a, j.C, j.B,
+                              j.act, j.alpha)
+        else:
+            _bn_normalize_row(<const float*>j.u, <float*>j.y, <const float*>j.mean,
+                              <const float*>j.scale, <const float*>j.beta, a, j.C, j.B,
+                              j.act, <float>j.alpha)
+
+
 def _bn_normalize(const floating[::1] x, floating[::1] y, const floating[::1] mean,
                   const floating[::1] inv_std, const floating[::1] gamma,
                   const floating[::1] beta, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B,
                   int act=ACT_LINEAR, double alpha=0.0):
     """y = act((x - mean) * inv_std * gamma + beta), per channel; the activation runs on
-    each row (channels_last) or channel run while it is still in L1."""
+    each row (channels_last) or channel run while it is still in L1. Rows on pynn's worker
+    team (native/_team.h)."""
     cdef floating[::1] scale = np.empty(C, dtype=np.asarray(mean).dtype)
-    cdef Py_ssize_t a, c, base
+    cdef Py_ssize_t c
+    cdef _BnJob job
+    cdef int threads = _threads_for(A * C * B)
     for c in range(C):
         scale[c] = inv_std[c] * gamma[c]
-    for a in prange(A, schedule="static", nogil=True, use_threads_if=A * C * B >= PARALLEL_MIN):
-        if B == 1:
-            _affine(&x[a * C], &y[a * C], &mean[0], &scale[0], &beta[0], C)
-            if act != ACT_LINEAR:
-                act_forward_vec(&y[a * C], &y[a * C], C, act, <floating>alpha)
+    job.is_double, job.u, job.y, job.mean, job.scale, job.beta = floating is double, &x[0], \
+        &y[0], &mean[0], &scale[0], &beta[0]
+    job.C, job.B, job.act, job.alpha = C, B, act, alpha
+    with nogil:
+        pynn_team_for(A, team_grain(A, threads), threads, _bn_normalize_job, &job)
+
+
+cdef inline void _bn_act_backward_block(const floating* dy, const floating* x,
+                                        const floating* mean_t, const floating* scale_t,
+                                        const floating* beta_t, int act, floating alpha,
+                                        double* part, const floating* kdy_t,
+                                        const floating* kx_t, const floating* k0_t,
+                                        floating* dx, Py_ssize_t A, Py_ssize_t C,
+                                        Py_ssize_t RT, bint sums, Py_ssize_t nb,
+                                        Py_ssize_t i) noexcept nogil:
+    """Row block i of _bn_act_backward_rows (part: its (2 * (nb + 1), C) rows)."""
+    cdef Py_ssize_t a, r0, a1, rn, n
+    cdef floating* scratch
+    cdef floating* z
+    cdef floating* y
+    cdef floating* dz
+    cdef floating* d
+    # z and y of RT rows, then dz of up to SUM_ROWS rows, summed as _bn_sums sums dy
+    # (the same blocks of rows from the same start: the same bits as the unfused path)
+    scratch = <floating*>malloc((2 * RT + SUM_ROWS) * C * sizeof(floating))
+    if scratch != NULL:
+        z = scratch
+        y = scratch + RT * C
+        dz = scratch + 2 * RT * C
+        a1 = A * (i + 1) // nb
+        r0 = A * i // nb
+        while r0 < a1:
+            a = r0
+            while a < _imin(r0 + SUM_ROWS, a1):
+                rn = _imin(RT, _imin(r0 + SUM_ROWS, a1) - a)
+                n = rn * C
+                d = dz + (a - r0) * C if sums else dz
+                if act == ACT_RELU:
+                    _bn_relu_dz(dy + a * C, x + a * C, mean_t, scale_t, beta_t, d, n)
+                else:
+                    _affine(x + a * C, z, mean_t, scale_t, beta_t, n)
+                    act_forward_vec(z, y, n, act, alpha)
+                    act_backward_vec(dy + a * C, z, y, d, n, act, alpha)
+                if not sums:
+                    _bn_dx(dz, x + a * C, mean_t, kdy_t, kx_t, k0_t, dx + a * C, n)
+                a = a + rn
+            if sums:
+                _col_sums_rows(dz, x + r0 * C, <const floating*>NULL, mean_t,
+                               _imin(SUM_ROWS, a1 - r0), C, part + 2 * (i + 1) * C,
+                               part + (2 * (i + 1) + 1) * C)
+            r0 = r0 + SUM_ROWS
+        free(scratch)
+
+
+cdef void _bn_act_backward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _BnJob* j = <_BnJob*>ctx
+    cdef long i
+    for i in range(begin, end):
+        if j.is_double:
+            _bn_act_backward_block(<const double*>j.u, <const double*>j.v,
+                                   <const double*>j.mean, <const double*>j.scale,
+                                   <const double*>j.beta, j.act, j.alpha, j.part,
+                                   <const double*>j.kdy, <const double*>j.kx,
+                                   <const double*>j.k0, <double*>j.y, j.A, j.C, j.RT, j.sums,
+                                   j.nb, i)
         else:
-            for c in range(C):
-                base = (a * C + c) * B
-                _bn_run(&x[base], &y[base], mean[c], scale[c], beta[c], B)
-                if act != ACT_LINEAR:
-                    act_forward_vec(&y[base], &y[base], B, act, <floating>alpha)
+            _bn_act_backward_block(<const float*>j.u, <const float*>j.v,
+                                   <const float*>j.mean, <const float*>j.scale,
+                                   <const float*>j.beta, j.act, <float>j.alpha, j.part,
+                                   <const float*>j.kdy, <const float*>j.kx,
+                                   <const float*>j.k0, <float*>j.y, j.A, j.C, j.RT, j.sums,
+                                   j.nb, i)
 
 
 cdef void _bn_act_backward_rows(const floating* dy, const floating* x, const floating* mean_t,
@@ -491,43 +631,41 @@ cdef void _bn_act_backward_rows(const floating* dy, const floating* x, const flo
     activation: the activation's backward pass over memory is gone. The per-channel factors
     come tiled over RT rows (*_t, RT*C values), so each loop runs over RT rows at once (one
     row of 32 channels at a time, four calls per 128 bytes, ran at 24 GB/s)."""
-    cdef Py_ssize_t nb = _blocks(A), i, a, r0, a1, rn, n
-    cdef floating* scratch
-    cdef floating* z
-    cdef floating* y
-    cdef floating* dz
-    cdef floating* d
-    for i in prange(nb, schedule="static", use_threads_if=A * C >= PARALLEL_MIN):
-        # z and y of RT rows, then dz of up to SUM_ROWS rows, summed as _bn_sums sums dy
-        # (the same blocks of rows from the same start: the same bits as the unfused path)
-        scratch = <floating*>malloc((2 * RT + SUM_ROWS) * C * sizeof(floating))
-        if scratch != NULL:
-            z = scratch
-            y = scratch + RT * C
-            dz = scratch + 2 * RT * C
-            a1 = A * (i + 1) // nb
-            r0 = A * i // nb
-            while r0 < a1:
-                a = r0
-                while a < _imin(r0 + SUM_ROWS, a1):
-                    rn = _imin(RT, _imin(r0 + SUM_ROWS, a1) - a)
-                    n = rn * C
-                    d = dz + (a - r0) * C if sums else dz
-                    if act == ACT_RELU:
-                        _bn_relu_dz(dy + a * C, x + a * C, mean_t, scale_t, beta_t, d, n)
-                    else:
-                        _affine(x + a * C, z, mean_t, scale_t, beta_t, n)
-                        act_forward_vec(z, y, n, act, alpha)
-                        act_backward_vec(dy + a * C, z, y, d, n, act, alpha)
-                    if not sums:
-                        _bn_dx(dz, x + a * C, mean_t, kdy_t, kx_t, k0_t, dx + a * C, n)
-                    a = a + rn
-                if sums:
-                    _col_sums_rows(dz, x + r0 * C, <const floating*>NULL, mean_t,
-                                   _imin(SUM_ROWS, a1 - r0), C, &part[2 * (i + 1), 0],
-                                   &part[2 * (i + 1) + 1, 0])
-                r0 = r0 + SUM_ROWS
-            free(scratch)
+    cdef _BnJob job
+    job.is_double, job.sums, job.u, job.v = floating is double, sums, dy, x
+    job.mean, job.scale, job.beta, job.act, job.alpha = mean_t, scale_t, beta_t, act, alpha
+    job.part, job.kdy, job.kx, job.k0, job.y = &part[0, 0], kdy_t, kx_t, k0_t, dx
+    job.A, job.C, job.RT, job.nb = A, C, RT, _blocks(A)
+    # blocks on pynn's worker team (native/_team.h)
+    pynn_team_for(job.nb, 1, _threads_for(A * C), _bn_act_backward_job, &job)
+
+
+cdef inline void _bn_dx_row(const floating* dy, const floating* x, const floating* mean,
+                            const floating* k_dy, const floating* k_x, const floating* k_0,
+                            floating* dx, Py_ssize_t a, Py_ssize_t C,
+                            Py_ssize_t B) noexcept nogil:
+    cdef Py_ssize_t c, b, base
+    if B == 1:
+        _bn_dx(dy + a * C, x + a * C, mean, k_dy, k_x, k_0, dx + a * C, C)
+    else:
+        for c in range(C):
+            base = (a * C + c) * B
+            for b in range(B):
+                dx[base + b] = k_dy[c] * dy[base + b] + k_x[c] * (x[base + b] - mean[c]) + k_0[c]
+
+
+cdef void _bn_dx_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _BnJob* j = <_BnJob*>ctx
+    cdef long a
+    for a in range(begin, end):
+        if j.is_double:
+            _bn_dx_row(<const double*>j.u, <const double*>j.v, <const double*>j.mean,
+                       <const double*>j.kdy, <const double*>j.kx, <const double*>j.k0,
+                       <double*>j.y, a, j.C, j.B)
+        else:
+            _bn_dx_row(<const float*>j.u, <const float*>j.v, <const float*>j.mean,
+                       <const float*>j.kdy, <const float*>j.kx, <const float*>j.k0,
+                       <float*>j.y, a, j.C, j.B)
 
 
 def _bn_backward(const floating[::1] dy, const floating[::1] x, const floating[::1] gamma,
@@ -594,15 +732,13 @@ def _bn_backward(const floating[::1] dy, const floating[::1] x, const floating[:
                                   <floating>alpha, part, &kdy_t[0], &kx_t[0], &k0_t[0], &dx[0],
                                   A, C, RT, False)
         return
-    for a in prange(A, schedule="static", nogil=True, use_threads_if=A * C * B >= PARALLEL_MIN):
-        if B == 1:
-            _bn_dx(&dy[a * C], &x[a * C], &mean[0], &k_dy[0], &k_x[0], &k_0[0], &dx[a * C], C)
-        else:
-            for c in range(C):
-                base = (a * C + c) * B
-                for b in range(B):
-                    dx[base + b] = (k_dy[c] * dy[base + b] + k_x[c] * (x[base + b] - mean[c])
-                                    + k_0[c])
+    cdef _BnJob job
+    cdef int threads = _threads_for(A * C * B)
+    job.is_double, job.u, job.v, job.mean, job.kdy, job.kx, job.k0, job.y = \
+        floating is double, &dy[0], &x[0], &mean[0], &k_dy[0], &k_x[0], &k_0[0], &dx[0]
+    job.C, job.B = C, B
+    with nogil:
+        pynn_team_for(A, team_grain(A, threads), threads, _bn_dx_job, &job)
 
 
 def _ones_or(v, c, dtype, fill):

@@ -122,6 +122,7 @@ ctypedef struct _PoolJob:
     const int* carg
     Geom g
     Py_ssize_t N, P, C, HW
+    double* acc
     long bad[64]          # maxpool backward's out-of-range entries, per team slot
 
 
@@ -347,42 +348,72 @@ cdef enum:
     CBLOCK = 64
 
 
+cdef inline void _global_avg_task(const floating* xp, floating* yp, double* accp,
+                                  Py_ssize_t task, Py_ssize_t P, Py_ssize_t C,
+                                  Py_ssize_t nblk) noexcept nogil:
+    cdef Py_ssize_t n = task // nblk, c0 = (task % nblk) * CBLOCK, c1, p, c
+    cdef const floating* px
+    cdef double inv = 1.0 / P
+    c1 = _imin(c0 + CBLOCK, C)
+    for p in range(P):
+        px = xp + (n * P + p) * C
+        for c in range(c0, c1):
+            accp[n * C + c] += px[c]
+    for c in range(c0, c1):
+        yp[n * C + c] = <floating>(accp[n * C + c] * inv)
+
+
+cdef void _global_avg_forward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _PoolJob* j = <_PoolJob*>ctx
+    cdef long task
+    cdef Py_ssize_t nblk = (j.C + CBLOCK - 1) // CBLOCK
+    for task in range(begin, end):
+        if j.is_double:
+            _global_avg_task(<const double*>j.x, <double*>j.y, j.acc, task, j.P, j.C, nblk)
+        else:
+            _global_avg_task(<const float*>j.x, <float*>j.y, j.acc, task, j.P, j.C, nblk)
+
+
+cdef inline void _global_avg_backward_row(const floating* dp, floating* xp, Py_ssize_t t,
+                                          Py_ssize_t H, Py_ssize_t W,
+                                          Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t n = t // H, w, c
+    cdef floating inv = <floating>(1.0 / (H * W))
+    for w in range(W):
+        for c in range(C):
+            xp[(t * W + w) * C + c] = dp[n * C + c] * inv
+
+
+cdef void _global_avg_backward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _PoolJob* j = <_PoolJob*>ctx
+    cdef long t
+    for t in range(begin, end):
+        if j.is_double:
+            _global_avg_backward_row(<const double*>j.x, <double*>j.y, t, j.g.H, j.g.W, j.g.C)
+        else:
+            _global_avg_backward_row(<const float*>j.x, <float*>j.y, t, j.g.H, j.g.W, j.g.C)
+
+
 def _global_avg_forward(const floating[:, :, :, ::1] x, floating[:, ::1] y):
     cdef Py_ssize_t N = x.shape[0], P = x.shape[1] * x.shape[2], C = x.shape[3]
     cdef Py_ssize_t nblk = (C + CBLOCK - 1) // CBLOCK
-    cdef Py_ssize_t task, n, c0, c1, p, c
-    cdef const floating* px
-    cdef const floating* xp = &x[0, 0, 0, 0]
-    cdef floating* yp = &y[0, 0]
     # Sums in float64 whatever the dtype: a plane can hold many thousand pixels.
     cdef double[:, ::1] acc = np.zeros((N, C), dtype=np.float64)
-    cdef double* accp = &acc[0, 0]
-    cdef double inv = 1.0 / P
-    for task in prange(N * nblk, schedule="static", nogil=True,
-                       use_threads_if=N * P * C >= PARALLEL_MIN):
-        n = task // nblk
-        c0 = (task % nblk) * CBLOCK
-        c1 = _imin(c0 + CBLOCK, C)
-        for p in range(P):
-            px = xp + (n * P + p) * C
-            for c in range(c0, c1):
-                accp[n * C + c] += px[c]
-        for c in range(c0, c1):
-            yp[n * C + c] = <floating>(accp[n * C + c] * inv)
+    cdef _PoolJob job
+    job.is_double, job.x, job.y, job.acc = floating is double, &x[0, 0, 0, 0], &y[0, 0], \
+        &acc[0, 0]
+    job.P, job.C = P, C
+    with nogil:
+        _pool_run(N * nblk, _pool_threads(N * P * C), _global_avg_forward_job, &job)
 
 
 def _global_avg_backward(const floating[:, ::1] dy, floating[:, :, :, ::1] dx):
     cdef Py_ssize_t N = dx.shape[0], H = dx.shape[1], W = dx.shape[2], C = dx.shape[3]
-    cdef Py_ssize_t t, n, w, c
-    cdef floating inv = <floating>(1.0 / (H * W))
-    cdef const floating* dp = &dy[0, 0]
-    cdef floating* xp = &dx[0, 0, 0, 0]
-    for t in prange(N * H, schedule="static", nogil=True,
-                    use_threads_if=N * H * W * C >= PARALLEL_MIN):
-        n = t // H
-        for w in range(W):
-            for c in range(C):
-                xp[(t * W + w) * C + c] = dp[n * C + c] * inv
+    cdef _PoolJob job
+    job.is_double, job.x, job.y = floating is double, &dy[0, 0], &dx[0, 0, 0, 0]
+    job.g.H, job.g.W, job.g.C = H, W, C
+    with nogil:
+        _pool_run(N * H, _pool_threads(N * H * W * C), _global_avg_backward_job, &job)
 
 
 def _global_max_forward(const floating[:, :, :, ::1] x, floating[:, ::1] y, int[:, ::1] arg):
