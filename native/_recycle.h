@@ -24,8 +24,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define PYNN_RECYCLE_MIN ((size_t)1 << 18)   /* below: malloc's own bins, no faults */
-#define PYNN_RECYCLE_SLOTS 256
+/* Blocks from 64 KiB: glibc serves 128-256 KiB arrays (a 128 x 256 float32 activation) from
+   fresh mmap pages or a heap it trims back, whatever its dynamic threshold says that moment:
+   the 30-layer functional model's step took 1,410 page faults with a 256 KiB minimum, 0 with
+   this one, and ran 9.9 -> 7.2 ms (Intel, 2 threads). */
+#define PYNN_RECYCLE_MIN ((size_t)1 << 16)
+#define PYNN_RECYCLE_SLOTS 1024
 #define PYNN_RECYCLE_ROUND ((size_t)4096)    /* near sizes share a slot (last batch of an epoch) */
 #define PYNN_RECYCLE_ALIGN ((size_t)64)
 #define PYNN_SMALL_HEADER ((size_t)32)      /* keeps malloc's 16-byte alignment */
