@@ -46,6 +46,8 @@ from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
 from pynn.backend.operands import bf16 as operands
 from pynn.backend.operands.common import HOST
 
+include "_team.pxi"
+
 cdef extern from "_bf16gemm.h" nogil:
     enum:
         PYNN_BF16_MR
@@ -123,6 +125,8 @@ cdef enum:
     CHUNK_ROWS = 256
     # Rows (or pair rows) per task of the parallel conversions.
     CONVERT_BLOCK = 16
+    # Elements per item of bf16_round's job.
+    ROUND_CHUNK = 4096
     # Input channels below which a conv's im2col rows are too short for the bf16 path to pay
     # (a first layer's 3: 3-4x slower than float32 on Zen 4): such convs round their operands
     # (bf16_round) and run the float32 kernels, the same numerics (float32 sums of bf16
@@ -177,11 +181,29 @@ cdef inline long _width(int n) noexcept nogil:
     return <long>_panels(n, PYNN_BF16_NR) * PYNN_BF16_NR
 
 
+ctypedef struct _RoundJob:
+    const float* x
+    float* y
+    Py_ssize_t n
+
+
+cdef void _round_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _RoundJob* j = <_RoundJob*>ctx
+    cdef long c, i
+    for c in range(begin, end):
+        for i in range(c * ROUND_CHUNK, min((c + 1) * ROUND_CHUNK, j.n)):
+            j.y[i] = pynn_bf16_round_f32(j.x[i])
+
+
 def _round(const float[::1] x, float[::1] y):
-    cdef Py_ssize_t n = x.shape[0], i
+    cdef Py_ssize_t n = x.shape[0], chunks = (n + ROUND_CHUNK - 1) // ROUND_CHUNK
+    cdef int threads = omp_get_max_threads() if n >= PARALLEL_MIN else 1
+    cdef _RoundJob job
+    if n == 0:
+        return
+    job.x, job.y, job.n = &x[0], &y[0], n
     with nogil:
-        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-            y[i] = pynn_bf16_round_f32(x[i])
+        pynn_team_for(chunks, team_grain(chunks, threads), threads, _round_job, &job)
 
 
 def bf16_round(x):
@@ -288,8 +310,8 @@ cdef enum:
 
 def _amx_product(a, int a_kind, b, int b_kind, float[:, ::1] c, bint transposed, bias=None,
                  float[:, ::1] y=None, int act=0, double alpha=0.0):
-    """c (m, n) = A @ B, or c (n, m) = (A @ B).T, on AMX tiles, in ONE OpenMP region with no
-    barrier: each thread takes a share of the larger operand's 32-row / 32-column panels,
+    """c (m, n) = A @ B, or c (n, m) = (A @ B).T, on AMX tiles, in ONE job with no barrier:
+    each thread takes a share of the larger operand's 32-row / 32-column panels,
     converts that share, converts the whole smaller operand into its own buffer, multiplies
     its share, then applies bias and activation to it into y. Under pynn's passive OpenMP
     waiters a region start or a barrier wakes sleeping threads: three work-shared loops in
@@ -313,12 +335,9 @@ def _amx_product(a, int a_kind, b, int b_kind, float[:, ::1] c, bint transposed,
     cdef bint by_rows = (a_words >= b_words and rp > 1) or cp == 1 or act == ACT_SOFTMAX
     cdef long parts = rp if by_rows else cp
     cdef int nthreads = min(threads, parts) if m * n * k >= AMX_PARALLEL_MACS else 1
-    cdef long tid, nt, s0, s1, ip0, ip1, jp0, jp1
     cdef const float[::1] biasv
     cdef const float* bptr = NULL
     cdef float* yptr = NULL
-    cdef uint32_t* ap
-    cdef uint32_t* bp
     cdef uint32_t[::1] atv
     cdef uint32_t[::1] btv
     cdef float[::1] bkv
@@ -336,47 +355,81 @@ def _amx_product(a, int a_kind, b, int b_kind, float[:, ::1] c, bint transposed,
     atv = at
     btv = bt
     bkv = blk
-    with nogil, parallel(num_threads=nthreads):
-        tid = omp_get_thread_num()
-        nt = omp_get_num_threads()
-        s0 = tid * parts // nt
-        s1 = (tid + 1) * parts // nt
-        ap = &atv[0] + (0 if by_rows else tid * a_words)
-        bp = &btv[0] + (tid * b_words if by_rows else 0)
-        if by_rows:   # A: this thread's row panels; B: whole
-            ip0, ip1, jp0, jp1 = s0, s1, 0, cp
-            _amx_convert_a(av, a_kind, m, k, kp16, s0, s1, ap)
-            _amx_convert_b(bv, b_kind, n, k, kp16, 0, cp, bp)
-        else:         # A: whole; B: this thread's column panels
-            ip0, ip1, jp0, jp1 = 0, rp, s0, s1
-            _amx_convert_a(av, a_kind, m, k, kp16, 0, rp, ap)
-            _amx_convert_b(bv, b_kind, n, k, kp16, s0, s1, bp)
+    cdef _AmxProductJob job
+    job.a, job.b, job.a_kind, job.b_kind = &av[0, 0], &bv[0, 0], a_kind, b_kind
+    job.m, job.k, job.n, job.kp16, job.rp, job.cp, job.parts = m, k, n, kp16, rp, cp, parts
+    job.shares, job.a_words, job.b_words, job.ldc = nthreads, a_words, b_words, ldc
+    job.by_rows, job.transposed = by_rows, transposed
+    job.at, job.bt, job.blk, job.c = &atv[0], &btv[0], &bkv[0], &c[0, 0]
+    job.bias, job.y, job.act, job.alpha = bptr, yptr, act, <float>alpha
+    with nogil:
+        # a share per item, on pynn's worker team (native/_team.h): each share its own
+        # buffers, so a thread that runs two shares gives the same bits
+        pynn_team_for(nthreads, 1, nthreads, _amx_product_job, &job)
+
+
+ctypedef struct _AmxProductJob:
+    const float* a
+    const float* b
+    int a_kind, b_kind, act
+    long m, k, n, kp16, rp, cp, parts, shares, a_words, b_words, ldc
+    bint by_rows, transposed
+    uint32_t* at
+    uint32_t* bt
+    float* blk
+    float* c
+    const float* bias
+    float* y
+    float alpha
+
+
+cdef void _amx_product_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    """Shares [begin, end) of _amx_product: share t converts its panels of the larger
+    operand (and the whole smaller one into its own buffer), multiplies, and applies the
+    epilogue."""
+    cdef _AmxProductJob* j = <_AmxProductJob*>ctx
+    cdef long t, s0, s1, ip0, ip1, jp0, jp1
+    cdef uint32_t* ap
+    cdef uint32_t* bp
+    for t in range(begin, end):
+        s0 = t * j.parts // j.shares
+        s1 = (t + 1) * j.parts // j.shares
+        ap = j.at + (0 if j.by_rows else t * j.a_words)
+        bp = j.bt + (t * j.b_words if j.by_rows else 0)
+        if j.by_rows:   # A: this share's row panels; B: whole
+            ip0, ip1, jp0, jp1 = s0, s1, 0, j.cp
+            _amx_convert_a(j.a, j.a_kind, j.m, j.k, j.kp16, s0, s1, ap)
+            _amx_convert_b(j.b, j.b_kind, j.n, j.k, j.kp16, 0, j.cp, bp)
+        else:           # A: whole; B: this share's column panels
+            ip0, ip1, jp0, jp1 = 0, j.rp, s0, s1
+            _amx_convert_a(j.a, j.a_kind, j.m, j.k, j.kp16, 0, j.rp, ap)
+            _amx_convert_b(j.b, j.b_kind, j.n, j.k, j.kp16, s0, s1, bp)
         if s1 > s0:
-            pynn_amx_gemm_range(m, n, kp16, ap, bp, &c[0, 0], ldc, transposed, 0, ip0,
-                                ip1, jp0, jp1, &bkv[0] + tid * _AMX_BLOCK)
-            if bptr != NULL or yptr != NULL:
-                block_epilogue(&c[0, 0], yptr, bptr, <int>(ip0 * 32),
-                               <int>min(m, ip1 * 32), <int>(jp0 * 32),
-                               <int>min(n, jp1 * 32), <int>ldc, act, <float>alpha)
+            pynn_amx_gemm_range(j.m, j.n, j.kp16, ap, bp, j.c, j.ldc, j.transposed, 0, ip0,
+                                ip1, jp0, jp1, j.blk + t * _AMX_BLOCK)
+            if j.bias != NULL or j.y != NULL:
+                block_epilogue(j.c, j.y, j.bias, <int>(ip0 * 32), <int>min(j.m, ip1 * 32),
+                               <int>(jp0 * 32), <int>min(j.n, jp1 * 32), <int>j.ldc, j.act,
+                               j.alpha)
 
 
-cdef void _amx_convert_a(const float[:, ::1] av, int kind, long m, long k, long kp16, long p0,
+cdef void _amx_convert_a(const float* av, int kind, long m, long k, long kp16, long p0,
                          long p1, uint32_t* At) noexcept nogil:
     """Row panels [p0, p1) of A (m, k) into At."""
     if kind == AMX_TRANSPOSED:
-        pynn_amx_a_transposed(&av[0, 0], m, k, m, 0, kp16 // 16, 2 * p0, 2 * p1, kp16, At)
+        pynn_amx_a_transposed(av, m, k, m, 0, kp16 // 16, 2 * p0, 2 * p1, kp16, At)
     else:
-        pynn_amx_a_rows(&av[0, 0], k, m, k, p0 * 32, min(p1 * 32, pynn_amx_panels(m) * 32),
+        pynn_amx_a_rows(av, k, m, k, p0 * 32, min(p1 * 32, pynn_amx_panels(m) * 32),
                         kp16, At)
 
 
-cdef void _amx_convert_b(const float[:, ::1] bv, int kind, long n, long k, long kp16, long p0,
+cdef void _amx_convert_b(const float* bv, int kind, long n, long k, long kp16, long p0,
                          long p1, uint32_t* Bt) noexcept nogil:
     """Column panels [p0, p1) of B (k, n) into Bt."""
     if kind == AMX_TRANSPOSED:
-        pynn_amx_b_transposed(&bv[0, 0], k, n, k, 0, kp16 // 16, 2 * p0, 2 * p1, kp16, Bt)
+        pynn_amx_b_transposed(bv, k, n, k, 0, kp16 // 16, 2 * p0, 2 * p1, kp16, Bt)
     else:
-        pynn_amx_b_pairs(&bv[0, 0], n, k, n, 0, kp16, 2 * p0, 2 * p1, kp16, Bt)
+        pynn_amx_b_pairs(bv, n, k, n, 0, kp16, 2 * p0, 2 * p1, kp16, Bt)
 
 
 def _gemm(a, long a_rs, long a_qs, int m, b, int n):
@@ -659,38 +712,74 @@ def _amx_conv_direct(x, kernel2d, z, g, bias=None, bint relu=False):
     cdef uint32_t[::1] xbv
     cdef const uint32_t[::1] btv = bt
     cdef float[::1] bkv
+    cdef _AmxConvJob job
+    job.pl, job.x, job.bt, job.bias, job.relu, job.z = &pl, &xv[0, 0, 0, 0], &btv[0], bptr, \
+        relu, &zv[0, 0, 0, 0]
+    job.H, job.W, job.HP, job.PT, job.PL, job.own = H, W, HP, PT, PL, own
+    job.per_sample, job.units, job.chunks = per_sample, units, chunks
     if N >= 2 * threads:
-        # One region, no barrier: each thread pads a sample into its own image and runs that
-        # sample's units (two regions, all images padded first, cost a second wake-up of
-        # the passive team per call).
+        # One job, no barrier: each thread pads a sample into its own image and runs that
+        # sample's units (two jobs, all images padded first, wait for each other).
         xb = np.empty(threads * own, np.uint32)
         blk = np.empty(threads * _AMX_BLOCK, np.float32)
         for t in range(threads):
             xb[t * own + pl.sample_words:(t + 1) * own] = 0
         xbv = xb
         bkv = blk
+        job.xb, job.blk = &xbv[0], &bkv[0]
         with nogil:
-            for s in prange(N, schedule="static"):
-                tid = omp_get_thread_num()
-                pynn_amx_pad_image(&xv[s, 0, 0, 0], H, W, pl.C, pl.WP, PT, PL, 0, HP,
-                                   &xbv[0] + tid * own)
-                pynn_amx_conv_units(&pl, &xbv[0] + tid * own, &btv[0], bptr, relu,
-                                    &zv[s, 0, 0, 0], 0, per_sample,
-                                    &bkv[0] + tid * _AMX_BLOCK)
+            pynn_team_for(N, 1, threads, _amx_conv_sample_job, &job)
         return
     xb = np.empty(N * pl.sample_words + slack, np.uint32)
     xb[N * pl.sample_words:] = 0
     blk = np.empty(chunks * _AMX_BLOCK, np.float32)
     xbv = xb
     bkv = blk
+    job.xb, job.blk = &xbv[0], &bkv[0]
     with nogil:
-        for s in prange(N, schedule="static", use_threads_if=N > 1):
-            pynn_amx_pad_image(&xv[s, 0, 0, 0], H, W, pl.C, pl.WP, PT, PL, 0, HP,
-                               &xbv[0] + s * pl.sample_words)
-        for t in prange(chunks, schedule="static", use_threads_if=chunks > 1):
-            pynn_amx_conv_units(&pl, &xbv[0], &btv[0], bptr, relu, &zv[0, 0, 0, 0],
-                                t * units // chunks, (t + 1) * units // chunks,
-                                &bkv[0] + t * _AMX_BLOCK)
+        pynn_team_for(N, 1, threads if N > 1 else 1, _amx_conv_pad_job, &job)
+        pynn_team_for(chunks, 1, threads if chunks > 1 else 1, _amx_conv_units_job, &job)
+
+
+ctypedef struct _AmxConvJob:
+    const pynn_amx_conv_plan* pl
+    const float* x
+    const uint32_t* bt
+    const float* bias
+    bint relu
+    float* z
+    uint32_t* xb
+    float* blk
+    long H, W, HP, PT, PL, own, per_sample, units, chunks
+
+
+cdef void _amx_conv_sample_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    """Samples [begin, end), each padded into this thread's image and multiplied."""
+    cdef _AmxConvJob* j = <_AmxConvJob*>ctx
+    cdef const pynn_amx_conv_plan* pl = j.pl
+    cdef long s, img = pl.HO * pl.WO * pl.F, xs = j.H * j.W * pl.C
+    for s in range(begin, end):
+        pynn_amx_pad_image(j.x + s * xs, j.H, j.W, pl.C, pl.WP, j.PT, j.PL, 0, j.HP,
+                           j.xb + slot * j.own)
+        pynn_amx_conv_units(pl, j.xb + slot * j.own, j.bt, j.bias, j.relu, j.z + s * img, 0,
+                            j.per_sample, j.blk + slot * _AMX_BLOCK)
+
+
+cdef void _amx_conv_pad_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _AmxConvJob* j = <_AmxConvJob*>ctx
+    cdef const pynn_amx_conv_plan* pl = j.pl
+    cdef long s, xs = j.H * j.W * pl.C
+    for s in range(begin, end):
+        pynn_amx_pad_image(j.x + s * xs, j.H, j.W, pl.C, pl.WP, j.PT, j.PL, 0, j.HP,
+                           j.xb + s * pl.sample_words)
+
+
+cdef void _amx_conv_units_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _AmxConvJob* j = <_AmxConvJob*>ctx
+    cdef long t
+    for t in range(begin, end):
+        pynn_amx_conv_units(j.pl, j.xb, j.bt, j.bias, j.relu, j.z, t * j.units // j.chunks,
+                            (t + 1) * j.units // j.chunks, j.blk + t * _AMX_BLOCK)
 
 
 def _amx_conv_forward(x, kernel2d, z, g):
@@ -764,6 +853,32 @@ def _amx_conv_backward_input(dz, kernel2d, dx, g):
                                  &dxv[0] + s * x_step)
 
 
+ctypedef struct _AmxWgradJob:
+    const float* x
+    const float* dz
+    float* acc
+    uint32_t* at
+    uint32_t* ev
+    uint32_t* od
+    long N, H, W, C, F, HO, WO, KH, KW, DH, DW, PT, PL, HP, WP, kp16, npairs
+    long a_step, i_step, groups, acc_step
+
+
+cdef void _amx_wgrad_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    """Groups [begin, end) of _amx_conv_wgrad_direct, each with its own buffers."""
+    cdef _AmxWgradJob* j = <_AmxWgradJob*>ctx
+    cdef long grp, s
+    for grp in range(begin, end):
+        for s in range(grp * j.N // j.groups, (grp + 1) * j.N // j.groups):
+            pynn_amx_dz_positions(j.dz + s * j.HO * j.WO * j.F, j.HO, j.WO, j.WP, j.F, j.kp16,
+                                  j.at + grp * j.a_step)
+            pynn_amx_pair_image(j.x + s * j.H * j.W * j.C, j.H, j.W, j.C, j.HP, j.WP, j.PT,
+                                j.PL, j.npairs, j.ev + grp * j.i_step, j.od + grp * j.i_step)
+            pynn_amx_conv_wgrad(j.at + grp * j.a_step, j.ev + grp * j.i_step,
+                                j.od + grp * j.i_step, j.C, j.F, j.KH, j.KW, j.DH, j.DW, j.WP,
+                                j.kp16, j.acc + grp * j.acc_step)
+
+
 def _amx_conv_wgrad_direct(x, dz, g, long groups):
     """The (KH, KW, C, F) kernel gradient of a stride-1 conv with C a multiple of 32 from the
     padded image's pair copies (_bf16amx.h): each of `groups` fixed sample groups sums its
@@ -788,17 +903,19 @@ def _amx_conv_wgrad_direct(x, dz, g, long groups):
     cdef uint32_t[::1] atv = at
     cdef uint32_t[::1] evv = ev
     cdef uint32_t[::1] odv = od
-    cdef long grp, s
+    cdef long grp
+    cdef _AmxWgradJob job
+    job.x, job.dz, job.acc, job.at, job.ev, job.od = &xv[0, 0, 0, 0], &dzv[0, 0, 0, 0], \
+        &accv[0, 0, 0, 0], &atv[0], &evv[0], &odv[0]
+    job.N, job.H, job.W, job.C, job.F, job.HO, job.WO = N, H, W, C, F, HO, WO
+    job.KH, job.KW, job.DH, job.DW, job.PT, job.PL, job.HP, job.WP = KH, KW, DH, DW, PT, PL, \
+        HP, WP
+    job.kp16, job.npairs, job.a_step, job.i_step, job.groups = kp16, npairs, a_step, i_step, \
+        groups
+    job.acc_step = KH * KW * Fp * C
     with nogil:
-        for grp in prange(groups, schedule="static"):
-            for s in range(grp * N // groups, (grp + 1) * N // groups):
-                pynn_amx_dz_positions(&dzv[s, 0, 0, 0], HO, WO, WP, F, kp16,
-                                      &atv[0] + grp * a_step)
-                pynn_amx_pair_image(&xv[s, 0, 0, 0], H, W, C, HP, WP, PT, PL, npairs,
-                                    &evv[0] + grp * i_step, &odv[0] + grp * i_step)
-                pynn_amx_conv_wgrad(&atv[0] + grp * a_step, &evv[0] + grp * i_step,
-                                    &odv[0] + grp * i_step, C, F, KH, KW, DH, DW, WP, kp16,
-                                    &accv[grp, 0, 0, 0])
+        # a group per item, on pynn's worker team (native/_team.h)
+        pynn_team_for(groups, 1, omp_get_max_threads(), _amx_wgrad_job, &job)
     total = acc[0]
     for grp in range(1, groups):
         total = total + acc[grp]
