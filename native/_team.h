@@ -202,7 +202,8 @@ static int pynn_team_run_impl(long n, long grain, int threads, pynn_team_fn fn, 
     if (grain < 1) grain = 1;
     if (!PYNN_TEAM_FUTEX || threads <= 1 || n <= grain || n >= 0x7fffffffL
             || pthread_mutex_trylock(&pynn_team_busy) != 0) {
-        if (threads > 1 && n > grain) __atomic_add_fetch(&pynn_team_jobs_serial, 1, __ATOMIC_RELAXED);
+        if (threads > 1 && n > grain)
+            __atomic_add_fetch(&pynn_team_jobs_serial, 1, __ATOMIC_RELAXED);
         if (n > 0) fn(ctx, 0, n, 0);
         return 0;
     }

@@ -8,16 +8,17 @@ wins on the CPU at hand (the rule differs between Intel and AMD), and
 BLAS sgemm/dgemm without the GIL (row-major through swapped operands, see _blas.pxd) for
 the rest. Gradients do not accumulate: each op returns a fresh array.
 
-BLAS threads: with an OpenBLAS whose thread count pynn can set, each op is ONE OpenMP region over
-a fixed set of bands of the result (bands of 16-column panels, or of 8 rows when the result
-is taller than wide or softmax needs whole rows; one band per core of the machine). Each
-band is one single-threaded GEMM, followed at once by its bias and activation while it is
-still in cache; OpenBLAS is held at one thread during the region (_blas_solo_enter). Handing
+BLAS threads: with an OpenBLAS whose thread count pynn can set, each op is ONE job of pynn's
+worker team (native/_team.h) over a fixed set of bands of the result (bands of 16-column
+panels, or of 8 rows when the result is taller than wide or softmax needs whole rows; one
+band per core of the machine). Each band is one single-threaded GEMM, followed at once by
+its bias and activation while it is still in cache; OpenBLAS is held at one thread during
+the job (_blas_solo_enter). Handing
 each GEMM to OpenBLAS's own thread pool and the epilogue to OpenMP's made the two pools wake
 and wait for each other several times per layer: the 784-512-256-10 MLP training step ran
 6-8% slower that way (Zen 3, 2 threads, in-process A/B), a 512 -> 256 forward up to 25%.
 Products under _SERIAL_MACS multiply-adds are one GEMM on the calling thread instead: a
-region's wake-up costs more than the second core gives them. Without such a BLAS the product
+wake-up costs more than the second core gives them. Without such a BLAS the product
 goes to BLAS's own threading, the epilogue to a second pass.
 """
 import os
@@ -311,8 +312,9 @@ def _bias_act(floating[:, ::1] z, floating[:, ::1] y, bias, int act, double alph
 
 
 # -- register-blocked microkernel path (native/_microkernel.h, as Conv2D's direct paths) ---
-# Each op is two OpenMP loops over the result: the B operand packed into panels (one
-# sequential stream per microkernel block, the last panel zero-padded to whole vectors),
+# Each op is one or two team jobs over the result (_micro_region): the B operand packed
+# into panels (one sequential stream per microkernel block, the last panel zero-padded to
+# whole vectors),
 # then tiles of _TILE_ROWS rows x one panel, each running pynn_seg_gemm_*; the forward's
 # bias is the microkernel's start row and its activation runs on the tile while it is still
 # in cache. The microkernel sums each element in a fixed order whatever the row block, so

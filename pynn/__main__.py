@@ -81,8 +81,12 @@ def info():
     from pynn import _config
 
     warm = _config.warm_threads()
+    lines.append(f"worker team: the training ops' parallel loops on pynn's own threads "
+                 f"(native/_team.h; up to {n_threads - 1} workers beside the caller, started at "
+                 f"the first job; jobs so far {native_info.team_counts()[0]})")
     lines.append("keep-warm: " + (f"idle-priority spinners: {warm}, keeping the workers' cores "
-                                  f"awake while a loop's batches run (PYNN_KEEP_WARM=0: off)"
+                                  f"awake while a loop's batches run and waking the team's "
+                                  f"workers from their own cores (PYNN_KEEP_WARM=0: off)"
                                   if warm else "off (PYNN_KEEP_WARM=0, one thread, or no OpenMP)"))
     if omp:
         lines.append("fork: " + ("the OpenMP team is released first, a child starts its own"
@@ -97,7 +101,7 @@ def info():
 
     path, ints = dense._blas_library()
     lines.append(f"kernels' blas: {path} ({ints}; PYNN_BLAS=loaded takes NumPy's)")
-    lines.append("dense: " + ("one OpenMP region per op, OpenBLAS held at 1 thread inside"
+    lines.append("dense: " + ("one team job per op, OpenBLAS held at 1 thread inside"
                               if dense._one_region_mode() else
                               "BLAS threads the product, a second pass the epilogue"))
     pool = memory.stats()

@@ -364,7 +364,7 @@ class Adam(Optimizer):
 
     def _update_together(self, be, variables, scales, lr, clipvalue, weight_decay):
         # One adam_update_many for every unmasked variable of the first one's dtype: one
-        # OpenMP region and no per-variable Python for the step (the 30-layer functional
+        # parallel job and no per-variable Python for the step (the 30-layer functional
         # model's step spent 0.37 ms of 0.77 in the per-variable calls). amsgrad, pruning
         # masks and a second dtype keep adam_update, which gives the same bits.
         many = getattr(be, "adam_update_many", None)
