@@ -25,7 +25,6 @@ import os
 
 import numpy as np
 
-from cython.parallel cimport prange
 from _openmp cimport omp_get_max_threads
 from _blas cimport (
     blas_init, floating, gemm_rowmajor, pynn_blas_ilp64, pynn_blas_sgemm_address,
@@ -807,25 +806,44 @@ def dense_backward_weight(x, dz):
     return dw
 
 
+ctypedef struct _ColumnSumsJob:
+    bint is_double
+    const void* a
+    void* out
+    Py_ssize_t rows, cols
+
+
+cdef inline void _column_block(const floating* a, floating* out, Py_ssize_t rows,
+                               Py_ssize_t cols, Py_ssize_t blk) noexcept nogil:
+    cdef Py_ssize_t r, j, j0 = blk * 64, j1 = min(blk * 64 + 64, cols)
+    for j in range(j0, j1):
+        out[j] = 0
+    for r in range(rows):
+        for j in range(j0, j1):
+            out[j] += a[r * cols + j]
+
+
+cdef void _column_sums_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _ColumnSumsJob* k = <_ColumnSumsJob*>ctx
+    cdef long blk
+    for blk in range(begin, end):
+        if k.is_double:
+            _column_block(<const double*>k.a, <double*>k.out, k.rows, k.cols, blk)
+        else:
+            _column_block(<const float*>k.a, <float*>k.out, k.rows, k.cols, blk)
+
+
 def _column_sums(const floating[:, ::1] a, floating[::1] out):
-    # Each thread owns a block of columns, so the sum order is fixed: bit-reproducible for any
-    # thread count.
-    cdef Py_ssize_t rows = a.shape[0], cols = a.shape[1], r, j, j0, j1, blk
-    cdef Py_ssize_t block = 64
-    cdef Py_ssize_t nblk = (cols + block - 1) // block
-    cdef double acc
+    # Each thread owns a block of 64 columns, so the sum order is fixed: bit-reproducible for
+    # any thread count. Blocks on pynn's worker team (native/_team.h).
+    cdef Py_ssize_t rows = a.shape[0], cols = a.shape[1]
+    cdef Py_ssize_t nblk = (cols + 63) // 64
+    cdef int threads = omp_get_max_threads() if rows * cols >= ACT_PARALLEL_MIN else 1
+    cdef _ColumnSumsJob job
+    job.is_double, job.a, job.out, job.rows, job.cols = floating is double, &a[0, 0], \
+        &out[0], rows, cols
     with nogil:
-        for blk in prange(nblk, schedule="static",
-                          use_threads_if=rows * cols >= ACT_PARALLEL_MIN):
-            j0 = blk * block
-            j1 = j0 + block
-            if j1 > cols:
-                j1 = cols
-            for j in range(j0, j1):
-                out[j] = 0
-            for r in range(rows):
-                for j in range(j0, j1):
-                    out[j] += a[r, j]
+        pynn_team_for(nblk, 1, threads, _column_sums_job, &job)
 
 
 def bias_backward(dz):

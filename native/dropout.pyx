@@ -30,9 +30,18 @@ from cython.parallel cimport prange
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 from _activation cimport floating
+from _openmp cimport omp_get_max_threads
 
 from pynn.backend.operands import dropout as operands
 from pynn.backend.operands.common import HOST
+
+include "_team.pxi"
+
+# Below this many elements dropout runs on the calling thread; chunks of CHUNK elements per
+# item of its backward.
+cdef enum:
+    PARALLEL_MIN = 32768
+    CHUNK = 4096
 
 cdef extern from *:
     """
@@ -204,29 +213,90 @@ cdef inline void dropout_lanes(const floating* x, floating* y, uint8_t* mask, Py
         y[l] = keep_or_zero(x[l] * scale, keep[l])
 
 
+ctypedef struct _DropoutJob:
+    bint is_double
+    const void* x
+    void* y
+    uint8_t* mask
+    const uint8_t* cmask
+    Py_ssize_t n
+    uint64_t offset
+    uint32_t k0, k1, threshold
+    double scale
+
+
+cdef inline void _dropout_forward_batches(const _DropoutJob* j, const floating* x, floating* y,
+                                          long begin, long end) noexcept nogil:
+    cdef long b
+    cdef Py_ssize_t i0
+    for b in range(begin, end):
+        i0 = b * LANES
+        dropout_lanes(x + i0, y + i0, j.mask + i0, min(<Py_ssize_t>LANES, j.n - i0),
+                      <uint64_t>i0 + j.offset, j.k0, j.k1, j.threshold, <floating>j.scale)
+
+
+cdef void _dropout_forward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _DropoutJob* j = <_DropoutJob*>ctx
+    if j.is_double:
+        _dropout_forward_batches(j, <const double*>j.x, <double*>j.y, begin, end)
+    else:
+        _dropout_forward_batches(j, <const float*>j.x, <float*>j.y, begin, end)
+
+
+cdef inline void _dropout_backward_chunks(const _DropoutJob* j, const floating* dy,
+                                          floating* dx, long begin, long end) noexcept nogil:
+    cdef floating s = <floating>j.scale
+    cdef Py_ssize_t i
+    for i in range(begin * CHUNK, min(end * CHUNK, j.n)):
+        dx[i] = keep_or_zero(dy[i] * s, j.cmask[i])
+
+
+cdef void _dropout_backward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _DropoutJob* j = <_DropoutJob*>ctx
+    if j.is_double:
+        _dropout_backward_chunks(j, <const double*>j.x, <double*>j.y, begin, end)
+    else:
+        _dropout_backward_chunks(j, <const float*>j.x, <float*>j.y, begin, end)
+
+
+cdef inline int _threads_for(Py_ssize_t n) noexcept nogil:
+    return omp_get_max_threads() if n >= PARALLEL_MIN else 1
+
+
 def _dropout_forward(const floating[::1] x,    # IN  (n,)
                      floating[::1] y,          # OUT (n,)
                      uint8_t[::1] mask,        # OUT (n,)
                      uint64_t seed, uint64_t offset, uint32_t threshold, double scale):
-    cdef Py_ssize_t b, i0, n = x.shape[0]
+    """Batches of LANES elements on pynn's worker team (native/_team.h); each element's
+    mask comes from its own counter, so no bit depends on who ran it."""
+    cdef Py_ssize_t n = x.shape[0]
     cdef Py_ssize_t nb = (n + LANES - 1) // LANES
-    cdef uint32_t k0 = <uint32_t>seed, k1 = <uint32_t>(seed >> 32)
+    cdef int threads = _threads_for(n)
+    cdef _DropoutJob job
+    if n == 0:
+        return
+    job.is_double, job.x, job.y, job.mask, job.n = floating is double, &x[0], &y[0], \
+        &mask[0], n
+    job.offset, job.k0, job.k1, job.threshold, job.scale = offset, <uint32_t>seed, \
+        <uint32_t>(seed >> 32), threshold, scale
     with nogil:
-        for b in prange(nb, schedule="static"):
-            i0 = b * LANES
-            dropout_lanes(&x[i0], &y[i0], &mask[i0], min(LANES, n - i0),
-                          <uint64_t>i0 + offset, k0, k1, threshold, <floating>scale)
+        pynn_team_for(nb, team_grain(nb, threads), threads, _dropout_forward_job, &job)
 
 
 def _dropout_backward(const floating[::1] dy,     # IN  (n,)
                       const uint8_t[::1] mask,    # IN  (n,)
                       floating[::1] dx,           # OUT (n,)
                       double scale):
-    cdef Py_ssize_t i, n = dy.shape[0]
-    cdef floating s = <floating>scale
+    cdef Py_ssize_t n = dy.shape[0], chunks = (n + CHUNK - 1) // CHUNK
+    cdef int threads = _threads_for(n)
+    cdef _DropoutJob job
+    if n == 0:
+        return
+    job.is_double, job.x, job.cmask, job.y, job.n, job.scale = floating is double, &dy[0], \
+        &mask[0], &dx[0], n, scale
     with nogil:
-        for i in prange(n, schedule="static"):
-            dx[i] = keep_or_zero(dy[i] * s, mask[i])
+        pynn_team_for(chunks, team_grain(chunks, threads), threads, _dropout_backward_job,
+                      &job)
 
 
 def dropout_threshold(rate):

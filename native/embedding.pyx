@@ -16,9 +16,12 @@ import numpy as np
 
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
+from _openmp cimport omp_get_max_threads
 
 from pynn.backend.operands import embedding as operands
 from pynn.backend.operands.common import HOST
+
+include "_team.pxi"
 
 ctypedef fused floating:
     float
@@ -31,14 +34,35 @@ cdef enum:
     PARALLEL_MIN = 32768
 
 
+ctypedef struct _EmbeddingJob:
+    bint is_double
+    const int* indices
+    const int* starts
+    const int* order
+    const void* src
+    void* dst
+    Py_ssize_t D
+
+
+cdef void _gather_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _EmbeddingJob* j = <_EmbeddingJob*>ctx
+    cdef size_t row = j.D * (sizeof(double) if j.is_double else sizeof(float))
+    cdef long m
+    for m in range(begin, end):
+        memcpy(<char*>j.dst + m * row, <const char*>j.src + j.indices[m] * row, row)
+
+
 def _gather(const int[::1] indices,  # IN  (M,)
             const floating[:, ::1] table,  # IN  (V, D)
             floating[:, ::1] y):  # OUT (M, D)
-    cdef Py_ssize_t M = indices.shape[0], D = table.shape[1], m
-    cdef const floating* tp = &table[0, 0]
-    cdef floating* yp = &y[0, 0]
-    for m in prange(M, schedule="static", nogil=True, use_threads_if=M * D >= PARALLEL_MIN):
-        memcpy(yp + m * D, tp + indices[m] * D, D * sizeof(floating))
+    """Rows on pynn's worker team (native/_team.h)."""
+    cdef Py_ssize_t M = indices.shape[0], D = table.shape[1]
+    cdef int threads = omp_get_max_threads() if M * D >= PARALLEL_MIN else 1
+    cdef _EmbeddingJob job
+    job.is_double, job.indices, job.src, job.dst, job.D = floating is double, &indices[0], \
+        &table[0, 0], &y[0, 0], D
+    with nogil:
+        pynn_team_for(M, team_grain(M, threads), threads, _gather_job, &job)
 
 
 def _group(const int[::1] indices,  # IN  (M,)
@@ -64,17 +88,36 @@ def _scatter_add(const floating[:, ::1] dy,  # IN  (M, D)
                  const int[::1] starts,  # IN  (V + 1,)
                  const int[::1] order,  # IN  (M,)
                  floating[:, ::1] dtable):  # OUT (V, D)
-    cdef Py_ssize_t V = dtable.shape[0], D = dtable.shape[1], v, k, d
-    cdef const floating* dp = &dy[0, 0]
-    cdef floating* tp = &dtable[0, 0]
+    """Vocabulary rows on pynn's worker team (native/_team.h): each row summed by one thread
+    in its group's order."""
+    cdef Py_ssize_t V = dtable.shape[0], D = dtable.shape[1]
+    cdef int threads = omp_get_max_threads() if (V + dy.shape[0]) * D >= PARALLEL_MIN else 1
+    cdef _EmbeddingJob job
+    job.is_double, job.starts, job.order, job.src, job.dst, job.D = floating is double, \
+        &starts[0], &order[0], &dy[0, 0], &dtable[0, 0], D
+    with nogil:
+        pynn_team_for(V, team_grain(V, threads), threads, _scatter_job, &job)
+
+
+cdef inline void _scatter_rows(const _EmbeddingJob* j, const floating* dp, floating* tp,
+                               long begin, long end) noexcept nogil:
+    cdef Py_ssize_t D = j.D, k, d
+    cdef long v
     cdef const floating* row
-    for v in prange(V, schedule="static", nogil=True,
-                    use_threads_if=(V + dy.shape[0]) * D >= PARALLEL_MIN):
+    for v in range(begin, end):
         memset(tp + v * D, 0, D * sizeof(floating))
-        for k in range(starts[v], starts[v + 1]):
-            row = dp + order[k] * D
+        for k in range(j.starts[v], j.starts[v + 1]):
+            row = dp + j.order[k] * D
             for d in range(D):
                 tp[v * D + d] += row[d]
+
+
+cdef void _scatter_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _EmbeddingJob* j = <_EmbeddingJob*>ctx
+    if j.is_double:
+        _scatter_rows(j, <const double*>j.src, <double*>j.dst, begin, end)
+    else:
+        _scatter_rows(j, <const float*>j.src, <float*>j.dst, begin, end)
 
 
 def embedding_forward(indices, table):
