@@ -163,6 +163,9 @@ cdef inline void softmax_grad_row(const floating* dy, const floating* y, floatin
 # 32 Ki 5.7 vs 90 us, 1 Mi 103 vs 121 us, 2 Mi 263 vs 197 us; bench/README.md).
 cdef enum:
     ACT_PARALLEL_MIN = 1048576
+    # The same passes as jobs of pynn's worker team (native/_team.h): a posted job costs the
+    # master no wait (a late worker finds the items taken), so two threads pay far earlier.
+    TEAM_PARALLEL_MIN = 32768
 
 
 cdef inline void act_forward_vec(const floating* x, floating* y, Py_ssize_t n, int act,

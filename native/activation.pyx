@@ -27,8 +27,8 @@ layer's 32 or 64 filters on one thread; row blocks keep every thread busy.
 import numpy as np
 
 from _activation cimport (
-    ACT_PARALLEL_MIN, ACT_SOFTMAX, act_backward_vec, act_forward_vec, add_rows_double,
-    floating, softmax_grad_row, softmax_row,
+    ACT_PARALLEL_MIN, ACT_SOFTMAX, TEAM_PARALLEL_MIN, act_backward_vec, act_forward_vec,
+    add_rows_double, floating, softmax_grad_row, softmax_row,
 )
 
 from pynn.backend.operands import activation as operands
@@ -98,7 +98,7 @@ cdef void _act_flat_job(void* ctx, long begin, long end, int slot) noexcept nogi
 cdef void _act_flat_run(_ActFlatJob* job) noexcept nogil:
     """The fixed chunks on pynn's worker team (native/_team.h)."""
     cdef Py_ssize_t nchunk = (job.n + CHUNK - 1) // CHUNK
-    cdef int threads = omp_get_max_threads() if job.n >= ACT_PARALLEL_MIN else 1
+    cdef int threads = omp_get_max_threads() if job.n >= TEAM_PARALLEL_MIN else 1
     pynn_team_for(nchunk, team_grain(nchunk, threads), threads, _act_flat_job, job)
 
 
@@ -201,7 +201,7 @@ def _act_bias_backward_rows(const floating[:, ::1] dy,   # IN  (rows, K)
     cdef double s
     cdef double[:, ::1] partial
     cdef _ActBiasJob job
-    cdef int threads = omp_get_max_threads() if rows * cols >= ACT_PARALLEL_MIN else 1
+    cdef int threads = omp_get_max_threads() if rows * cols >= TEAM_PARALLEL_MIN else 1
     if act != ACT_SOFTMAX and cols > FUSED_COL_BLOCK:
         cbw = FUSED_COL_BLOCK
     ncb = (cols + cbw - 1) // cbw

@@ -30,8 +30,8 @@ from _blas cimport (
     blas_init, floating, gemm_rowmajor, pynn_blas_ilp64, pynn_blas_sgemm_address,
 )
 from _activation cimport (
-    ACT_LINEAR, ACT_PARALLEL_MIN, ACT_SOFTMAX, act_forward_vec, bias_activation_rows,
-    block_epilogue, softmax_row,
+    ACT_LINEAR, ACT_PARALLEL_MIN, ACT_SOFTMAX, TEAM_PARALLEL_MIN, act_forward_vec,
+    bias_activation_rows, block_epilogue, softmax_row,
 )
 
 from pynn._config import usable_cores
@@ -838,7 +838,7 @@ def _column_sums(const floating[:, ::1] a, floating[::1] out):
     # any thread count. Blocks on pynn's worker team (native/_team.h).
     cdef Py_ssize_t rows = a.shape[0], cols = a.shape[1]
     cdef Py_ssize_t nblk = (cols + 63) // 64
-    cdef int threads = omp_get_max_threads() if rows * cols >= ACT_PARALLEL_MIN else 1
+    cdef int threads = omp_get_max_threads() if rows * cols >= TEAM_PARALLEL_MIN else 1
     cdef _ColumnSumsJob job
     job.is_double, job.a, job.out, job.rows, job.cols = floating is double, &a[0, 0], \
         &out[0], rows, cols

@@ -55,6 +55,8 @@ ctypedef fused floating:
 cdef enum:
     PARALLEL_MIN = 1048576
     CHUNK = 4096  # elements per elementwise task: a few pages of each input
+    # The same as jobs of pynn's worker team, whose master never waits for a late worker.
+    TEAM_PARALLEL_MIN = 65536
 
 cdef enum Mode:
     ADD, SUBTRACT, MULTIPLY, AVERAGE, MAXIMUM, MINIMUM
@@ -220,7 +222,7 @@ cdef void _merge_backward_job(void* ctx, long begin, long end, int slot) noexcep
 cdef inline void _merge_run(_MergeJob* job, pynn_team_fn fn) noexcept nogil:
     """The fixed chunks on pynn's worker team (native/_team.h)."""
     cdef Py_ssize_t tasks = (job.E + CHUNK - 1) // CHUNK
-    cdef int threads = omp_get_max_threads() if job.E * job.n >= PARALLEL_MIN else 1
+    cdef int threads = omp_get_max_threads() if job.E * job.n >= TEAM_PARALLEL_MIN else 1
     pynn_team_for(tasks, team_grain(tasks, threads), threads, fn, job)
 
 
