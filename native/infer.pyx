@@ -25,6 +25,7 @@ not bit for bit.
 
 from cython.parallel cimport prange
 from libc.math cimport NAN
+from _openmp cimport omp_get_max_threads
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
@@ -42,6 +43,7 @@ cdef enum:
     POOL_PARALLEL_MIN = 32768  # input values (pool.pyx's threshold for its own kernel)
 
 include "_microkernel.pxi"   # pynn._config.set_kernel reaches the GEMV's level too
+include "_team.pxi"
 
 cnp.import_array()
 
@@ -52,6 +54,27 @@ DEF STACK_SCRATCH = 4096
 # packed panel of a kernel (see DenseChain).
 DEF _PAD_COLS = 16
 DEF _PANEL_COLS = 64
+
+
+ctypedef struct _ChainJob:
+    void* chain         # the DenseChain, borrowed for the call
+    const float* x
+    float* scratch
+    float* out
+    Py_ssize_t n, per, stride, ldx, ldo
+
+
+cdef void _chain_blocks_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _ChainJob* j = <_ChainJob*>ctx
+    cdef long b
+    cdef Py_ssize_t r0
+    for b in range(begin, end):
+        r0 = b * j.per
+        if r0 < j.n:
+            (<DenseChain>j.chain)._forward(j.x + r0 * j.ldx, j.scratch + b * j.stride,
+                                           j.out + r0 * j.ldo,
+                                           <int>(j.per if j.n - r0 > j.per else j.n - r0),
+                                           True)
 
 
 cdef class DenseChain:
@@ -203,12 +226,11 @@ cdef class DenseChain:
     def run(self, const float[:, ::1] x, float[::1] scratch, float[:, ::1] out,
             int blocks=1):
         """out (N, U_last) = the chain on x (N, C0); scratch from ``scratch(b)``, b >=
-        blocks. blocks > 1: the rows in that many blocks, one OpenMP thread each through
-        every layer (no barrier between the layers: a row needs only its own row before
-        it). Each row's sums do not depend on the other rows, so the bits do not depend on
-        the blocks."""
-        cdef int n = self.rows, b
-        cdef Py_ssize_t per, stride, r0
+        blocks. blocks > 1: the rows in that many blocks, each run by one thread of pynn's
+        worker team through every layer (no barrier between the layers: a row needs only its
+        own row before it). Each row's sums do not depend on the other rows, so the bits do
+        not depend on the blocks."""
+        cdef int n = self.rows
         blocks = max(1, min(blocks, n))
         if (x.shape[0] != n or x.shape[1] != self._dims[0] or out.shape[0] != n
                 or out.shape[1] != self._dims[self.layers]
@@ -221,13 +243,13 @@ cdef class DenseChain:
             with nogil:
                 self._forward(&x[0, 0], &scratch[0], &out[0, 0], n, False)
             return
-        per = self._block_rows(blocks)
-        stride = self._block_scratch(blocks)
-        for b in prange(blocks, schedule="static", nogil=True):
-            r0 = b * per
-            if r0 < n:
-                self._forward(&x[r0, 0], &scratch[b * stride], &out[r0, 0],
-                              <int>(per if n - r0 > per else n - r0), True)
+        cdef _ChainJob job
+        job.chain, job.x, job.scratch, job.out = <void*>self, &x[0, 0], &scratch[0], &out[0, 0]
+        job.n, job.per, job.stride = n, self._block_rows(blocks), self._block_scratch(blocks)
+        job.ldx, job.ldo = x.shape[1], out.shape[1]
+        with nogil:
+            # the row blocks on pynn's worker team (native/_team.h)
+            pynn_team_for(blocks, 1, blocks, _chain_blocks_job, &job)
 
     def predict_one(self, x):
         """The chain on one sample: a fresh (1, U_last) float32 array for x, a C-contiguous,
@@ -381,6 +403,19 @@ def embedding_mean(const int[:, ::1] indices, const float[:, ::1] table, float[:
 
 
 # -- max pooling without argmax -----------------------------------------------------------------
+ctypedef struct _PoolRowsJob:
+    void* pool          # the MaxPool2D, borrowed for the call
+    const float* x
+    float* y
+
+
+cdef void _pool_rows_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _PoolRowsJob* j = <_PoolRowsJob*>ctx
+    cdef long r
+    for r in range(begin, end):
+        (<MaxPool2D>j.pool)._row(j.x, j.y, r)
+
+
 cdef extern from *:
     """
     /* native/pool.pyx's PYNN_MAX_UPDATE without the argmax (inference needs no backward):
@@ -482,9 +517,13 @@ cdef class MaxPool2D:
             for r in range(self.N * self.HO):
                 self._row(x, y, r)
             return
-        for r in prange(self.N * self.HO, schedule="static",
-                        use_threads_if=self.N * self.H * self.W * self.C >= POOL_PARALLEL_MIN):
-            self._row(x, y, r)
+        cdef _PoolRowsJob job
+        cdef int threads = (omp_get_max_threads()
+                            if self.N * self.H * self.W * self.C >= POOL_PARALLEL_MIN else 1)
+        job.pool, job.x, job.y = <void*>self, x, y
+        # rows on pynn's worker team (native/_team.h)
+        pynn_team_for(self.N * self.HO, team_grain(self.N * self.HO, threads), threads,
+                      _pool_rows_job, &job)
 
     cdef void _row(self, const float* x, float* y, Py_ssize_t r) noexcept nogil:
         cdef Py_ssize_t n = r // self.HO, ho = r % self.HO, wo, w0, w1, C = self.C
