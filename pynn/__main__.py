@@ -81,9 +81,11 @@ def info():
     from pynn import _config
 
     warm = _config.warm_threads()
+    workers = max(n_threads - 1, 0)
     lines.append(f"worker team: the training ops' parallel loops on pynn's own threads "
-                 f"(native/_team.h; up to {n_threads - 1} workers beside the caller, started at "
-                 f"the first job; jobs so far {native_info.team_counts()[0]})")
+                 f"(native/_team.h; up to {workers} worker{'' if workers == 1 else 's'} beside "
+                 f"the caller, started at the first job; jobs so far "
+                 f"{native_info.team_counts()[0]})")
     lines.append("keep-warm: " + (f"idle-priority spinners: {warm}, keeping the workers' cores "
                                   f"awake while a loop's batches run and waking the team's "
                                   f"workers from their own cores (PYNN_KEEP_WARM=0: off)"
