@@ -35,6 +35,12 @@ cimport numpy as cnp
 
 from _activation cimport ACT_RELU, ACT_SOFTMAX, act_forward_vec, bias_activation_rows, softmax_row
 
+from cpython.pystate cimport PyThreadState
+
+cdef extern from "_gil.h":
+    PyThreadState* pynn_gil_release() noexcept nogil
+    void pynn_gil_acquire(PyThreadState* state) noexcept nogil
+
 cdef extern from "_gemv.h":
     void pynn_gemv_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
                      Py_ssize_t ldk, float* y) noexcept nogil
@@ -262,6 +268,7 @@ cdef class DenseChain:
         cdef float* scratch
         cdef const float* src
         cdef float* dst
+        cdef PyThreadState* gil
         if type(x) is not np.ndarray or self.rows != 1:
             return None
         a = <cnp.ndarray>x
@@ -274,17 +281,17 @@ cdef class DenseChain:
         out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
         src, dst = <const float*>cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(out)
         if self.values * self.width <= STACK_SCRATCH:
-            with nogil:
-                self._forward(src, stack, dst, 1, False)
+            gil = pynn_gil_release()  # handed on between lane threads (_gil.h)
+            self._forward(src, stack, dst, 1, False)
+            pynn_gil_acquire(gil)
             return out
         scratch = <float*>malloc(max(self.values, 1) * self.width * sizeof(float))
         if scratch == NULL:
             raise MemoryError("DenseChain: no memory for one sample's intermediates")
-        try:
-            with nogil:
-                self._forward(src, scratch, dst, 1, False)
-        finally:
-            free(scratch)
+        gil = pynn_gil_release()
+        self._forward(src, scratch, dst, 1, False)
+        pynn_gil_acquire(gil)
+        free(scratch)
         return out
 
     cdef void _forward(self, const float* src, float* scratch, float* out, int n,
@@ -694,12 +701,13 @@ cdef enum:
 cdef class Program:
     """A one-thread chain plan whose steps are all native here (Conv2DDirect, MaxPool2D,
     a reshape, a one-row DenseChain last): the small CNN's whole batch-1 call as one native
-    call: no Python between the steps (the GIL is released for each kernel and retaken
-    only to step on), intermediates in the calling thread's workspace (one zeroed array per
-    thread: each padded input keeps its zero margins between calls). Per step through
+    call: no Python between the steps (the GIL released once for all of them and handed
+    on as _gil.h says), intermediates in the calling thread's workspace (one zeroed array
+    per thread: each padded input keeps its zero margins between calls). Per step through
     Python it cost a method call and three typed memoryviews."""
 
     cdef list _steps
+    cdef void** _objs    # _steps' objects, borrowed (the list keeps them), for the nogil walk
     cdef const int[::1] _kinds
     cdef const Py_ssize_t[::1] _pads
     cdef const Py_ssize_t[::1] _outs
@@ -736,6 +744,11 @@ cdef class Program:
         if not steps or kinds[len(kinds) - 1] == STEP_FLAT:
             raise ValueError("Program: needs steps, the last one computing")
         self._steps = objs
+        self._objs = <void**>malloc(len(objs) * sizeof(void*))
+        if self._objs == NULL:
+            raise MemoryError("Program: no memory for its steps")
+        for j in range(len(objs)):
+            self._objs[j] = <void*>objs[j]
         self._kinds = np.array(kinds, dtype=np.intc)
         self._pads = np.array(pads, dtype=np.intp)
         self._outs = np.array(outs, dtype=np.intp)
@@ -743,17 +756,19 @@ cdef class Program:
         self._in_shape, self._out_shape = tuple(in_shape), tuple(out_shape)
         self._local = threading.local()
 
+    def __dealloc__(self):
+        free(self._objs)
+
     def predict_one(self, x):
         """A fresh output for x (a C-contiguous, aligned, native float32 ndarray of the
         plan's input shape), or None for anything else."""
         cdef cnp.ndarray a, out, work
         cdef float* w
         cdef const float* src
-        cdef float* dst
         cdef float* y
         cdef Py_ssize_t j, nsteps = len(self._steps)
-        cdef int kind
         cdef object obj
+        cdef PyThreadState* gil
         if type(x) is not np.ndarray:
             return None
         a = <cnp.ndarray>x
@@ -771,19 +786,28 @@ cdef class Program:
         src = <const float*>cnp.PyArray_DATA(a)
         y = <float*>cnp.PyArray_DATA(out)
         w = <float*>cnp.PyArray_DATA(work)
+        gil = pynn_gil_release()  # handed on between lane threads (_gil.h)
+        self._walk(src, w, y, nsteps)
+        pynn_gil_acquire(gil)
+        return out
+
+    cdef void _walk(self, const float* src, float* w, float* y,
+                    Py_ssize_t nsteps) noexcept nogil:
+        cdef Py_ssize_t j
+        cdef int kind
+        cdef void* step
+        cdef float* dst
         for j in range(nsteps):
             kind = self._kinds[j]
-            obj = self._steps[j]
+            step = self._objs[j]
             dst = y if j == nsteps - 1 else w + self._pads[j]
-            with nogil:
-                if kind == STEP_CONV:
-                    (<Conv2DDirect>obj)._run(src, w if self._pads[j] else NULL, dst)
-                elif kind == STEP_POOL:
-                    (<MaxPool2D>obj)._forward(src, dst, False)
-                elif kind == STEP_DENSE:
-                    (<DenseChain>obj)._forward(src, w, dst, 1, False)
+            if kind == STEP_CONV:
+                (<Conv2DDirect>step)._run(src, w if self._pads[j] else NULL, dst)
+            elif kind == STEP_POOL:
+                (<MaxPool2D>step)._forward(src, dst, False)
+            elif kind == STEP_DENSE:
+                (<DenseChain>step)._forward(src, w, dst, 1, False)
             if kind == STEP_FLAT:  # NHWC is already the flat order: nothing moves
                 continue
             src = dst
             w = w + self._pads[j] + self._outs[j]
-        return out

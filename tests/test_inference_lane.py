@@ -161,6 +161,48 @@ def test_mlp_lane_eight_threads_equal_one():
             np.testing.assert_array_equal(y, want[k])
 
 
+def test_a_lane_thread_blocked_elsewhere_does_not_hold_up_the_others():
+    """native/_gil.h: a thread back from a lane call marks the GIL as held by a lane thread,
+    and another coming back from its own native part meanwhile spins (bounded) for it
+    rather than sleep. Here this thread makes one lane call while another streams them
+    (so the other is most likely inside its native part then) and then blocks outside
+    pynn, its mark left set: the other's calls must go on and finish while it waits, as an
+    unbounded spin would never let them (the 10 s wait is the failure). Five times over."""
+    rng = np.random.default_rng(21)
+    model = mlp((300, 65, 9))
+    randomize(model, rng)
+    xa, xb = rand(rng, (1, 37)), rand(rng, (1, 37))
+    want_b = model.predict_on_batch(xb)
+    assert model._inference.lane is not None
+    for _ in range(5):
+        started, marked, done = threading.Event(), threading.Event(), threading.Event()
+        got, errors = [], []
+
+        def caller():
+            try:
+                while not marked.is_set():
+                    got.append(model.predict_on_batch(xb))
+                    started.set()
+                for _ in range(300):
+                    got.append(model.predict_on_batch(xb))
+                done.set()
+            except BaseException as exc:  # noqa: BLE001  (reported below)
+                errors.append(exc)
+                done.set()
+
+        thread = threading.Thread(target=caller)
+        thread.start()
+        assert started.wait(10.0)
+        model.predict_on_batch(xa)  # leaves this thread's mark behind
+        marked.set()
+        assert done.wait(10.0), "a lane thread spun on the mark of one blocked elsewhere"
+        thread.join()
+        assert not errors, errors
+        assert len(got) > 300
+        for y in got:
+            np.testing.assert_array_equal(y, want_b)
+
+
 def test_model_call_lane_steps_aside_under_a_tape(monkeypatch):
     """model(x) takes the lane first, but never under a tape (gradients need the recorded
     ops): there the general path answers as it does without the lane."""
