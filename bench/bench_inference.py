@@ -17,7 +17,8 @@ convolutions) give pynn's predictions to 1e-5 of the output scale. Then:
   rounds of N alternating, medians; onnxruntime's shared session beside it, and a GIL-free
   NumPy product as the ceiling the machine allows at the time. Also the share of a call
   spent inside native kernels (GIL released) and the Amdahl bound it sets for two threads.
-- --footprint: ``import pynn`` time (fresh interpreters, median) and the resident memory
+- --footprint: ``import pynn`` time (fresh interpreters, median; with a bytecode cache, as an
+  installed package has, and without one) and the resident memory
   after ``import pynn`` and after loading the saved demo model (pynn.demo) and predicting.
 - --serial-threshold: the plan forced onto one OpenMP thread against two, per model and
   batch, to place pynn.inference.SERIAL_MAX_MACS.
@@ -342,9 +343,18 @@ def native_fraction(model, x, calls):
 
 
 # -- footprint -------------------------------------------------------------------------------
-def _fresh(code):
+def _fresh(code, pycache=None):
+    """Runs code in a new interpreter; pycache: a bytecode cache folder (an installed
+    package has its .pyc files), None: every module compiled from source, as with
+    PYTHONDONTWRITEBYTECODE=1 (which some environments set)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPATH"] = str(ROOT)
+    if pycache is None:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    else:
+        env["PYTHONPYCACHEPREFIX"] = pycache
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=str(ROOT), check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         cwd=str(ROOT), check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -355,8 +365,12 @@ _RSS = ("def rss():\n"
 
 
 def bench_footprint(runs):
-    times = [_fresh("import time, json\nt = time.perf_counter()\nimport pynn\n"
-                    "print(json.dumps(time.perf_counter() - t))") for _ in range(runs)]
+    timed = ("import time, json\nt = time.perf_counter()\nimport pynn\n"
+             "print(json.dumps(time.perf_counter() - t))")
+    with tempfile.TemporaryDirectory() as pycache:
+        _fresh(timed, pycache)  # fills the bytecode cache
+        times = [_fresh(timed, pycache) for _ in range(runs)]
+    uncached = [_fresh(timed) for _ in range(runs)]
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "demo.pynn")
         _fresh(f"import json, pynn.demo\npynn.demo.build_model().save({path!r})\n"
@@ -369,6 +383,7 @@ def bench_footprint(runs):
                      "if k in sys.modules]\n"
                      "print(json.dumps([base, after, rss(), mods]))")
     return {"import_ms_median": round(float(np.median(times)) * 1e3, 1),
+            "import_ms_median_no_bytecode_cache": round(float(np.median(uncached)) * 1e3, 1),
             "rss_mb_python": round(mem[0], 1), "rss_mb_after_import_pynn": round(mem[1], 1),
             "rss_mb_after_demo_model_predict": round(mem[2], 1),
             "heavy_modules_after_predict": mem[3]}
