@@ -85,6 +85,9 @@ def current():
     return _active[-1] if _active else None
 
 
+_ABORT_GRACE_S = 1.0  # seconds a failing rank waits before MPI_Abort (see below)
+
+
 def _abort_on_uncaught_exception():
     """A rank that raises would leave the others waiting forever in a collective: print its
     traceback and MPI_Abort the whole job instead."""
@@ -94,6 +97,11 @@ def _abort_on_uncaught_exception():
         traceback.print_exception(kind, value, tb)
         sys.stderr.write(f"pynn.distributed: rank {rank()} raised; aborting all ranks\n")
         sys.stderr.flush()
+        sys.stdout.flush()
+        # mpiexec forwards a rank's output through its own proxy, and MPI_Abort tears the
+        # job down at once: on a loaded machine the traceback just written was lost with it
+        # (the reason a rank failed is the one thing the user needs). A moment first.
+        time.sleep(_ABORT_GRACE_S)
         _comm.Abort(1)
         previous(kind, value, tb)
 
