@@ -340,29 +340,61 @@ def _sgd(floating[::1] w, const floating[::1] g, floating[::1] buf, bint use_buf
                       SPAN if n - s > SPAN else n - s, lr_, mu, scale, clip, dec, tiny)
 
 
+ctypedef struct _SgdManyJob:
+    bint is_double, use_buf, nesterov
+    const Py_ssize_t* params     # (nparams, 5): w, g, buf addresses (col 3 unused), count
+    const double* scales
+    const Py_ssize_t* first
+    Py_ssize_t nparams
+    double lr, mu, clip, decay
+
+
+cdef inline void _sgd_many_spans(const _SgdManyJob* k, floating tiny, long begin,
+                                 long end) noexcept nogil:
+    cdef const NoMask* nomask = <const NoMask*><void*>&_NO_MASK_VIEW[0]
+    cdef long c
+    cdef Py_ssize_t j, s
+    cdef const Py_ssize_t* row
+    for c in range(begin, end):
+        j = _span_owner(k.first, k.nparams, c)
+        row = k.params + 5 * j
+        s = (c - k.first[j]) * SPAN
+        _sgd_span(<floating*><void*>row[0] + s, <const floating*><void*>row[1] + s,
+                  <floating*><void*>row[2] + s, k.use_buf, k.nesterov, nomask,
+                  SPAN if row[4] - s > SPAN else row[4] - s, <floating>k.lr, <floating>k.mu,
+                  <floating>k.scales[j], <floating>k.clip, <floating>k.decay, tiny)
+
+
+cdef void _sgd_many_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _SgdManyJob* k = <_SgdManyJob*>ctx
+    if k.is_double:
+        _sgd_many_spans(k, <double>DBL_MIN, begin, end)
+    else:
+        _sgd_many_spans(k, <float>FLT_MIN, begin, end)
+
+
 def _sgd_many(floating[::1] like, const Py_ssize_t[:, ::1] params, const double[::1] scales,
               double lr, double momentum, bint use_buf, bint nesterov, double clipvalue,
               double decay):
-    """_sgd (unmasked) over many parameters in one OpenMP region, rows of ``params`` as
-    _adam_many's (column 2 the momentum buffer when use_buf)."""
-    cdef Py_ssize_t nparams = params.shape[0], j, c, total = 0, nspans, s
+    """_sgd (unmasked) over many parameters as one job of pynn's worker team, rows of
+    ``params`` as _adam_many's (column 2 the momentum buffer when use_buf), cut into _sgd's
+    spans: parameter j gets the bits _sgd would give it."""
+    cdef Py_ssize_t nparams = params.shape[0], total = 0, nspans
     cdef Py_ssize_t[::1] first = np.empty(nparams + 1, dtype=np.intp)
-    cdef floating lr_ = <floating>lr, mu = <floating>momentum
-    cdef floating clip = <floating>clipvalue, dec = <floating>decay
-    cdef floating tiny = FLT_MIN if floating is float else DBL_MIN
-    cdef const NoMask* nomask = <const NoMask*><void*>&_NO_MASK_VIEW[0]
+    cdef _SgdManyJob job
+    cdef int threads
     nspans = _span_table(params, first, &total)
     if nspans == 0:
         return
+    threads = omp_get_max_threads() if total >= PARALLEL_MIN else 1
+    # The coefficients rounded to the parameters' type, as _sgd takes them.
+    job.is_double, job.use_buf, job.nesterov = floating is double, use_buf, nesterov
+    job.params, job.scales, job.first, job.nparams = &params[0, 0], &scales[0], &first[0], \
+        nparams
+    job.lr, job.mu = <floating>lr, <floating>momentum
+    job.clip, job.decay = <floating>clipvalue, <floating>decay
     with nogil:
-        for c in prange(nspans, schedule="static", use_threads_if=total >= PARALLEL_MIN):
-            j = _span_owner(&first[0], nparams, c)
-            s = (c - first[j]) * SPAN
-            _sgd_span(<floating*><void*>params[j, 0] + s,
-                      <const floating*><void*>params[j, 1] + s,
-                      <floating*><void*>params[j, 2] + s, use_buf, nesterov, nomask,
-                      SPAN if params[j, 4] - s > SPAN else params[j, 4] - s, lr_, mu,
-                      <floating>scales[j], clip, dec, tiny)
+        pynn_team_for(nspans, team_grain(nspans, threads), threads, _sgd_many_job, &job)
 
 
 cdef Py_ssize_t _span_table(const Py_ssize_t[:, ::1] params, Py_ssize_t[::1] first,
