@@ -26,7 +26,6 @@ statistics in place (moving = moving*momentum + batch*(1 - momentum), Keras 3).
 """
 import numpy as np
 
-from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 from _openmp cimport omp_get_max_threads
@@ -892,36 +891,102 @@ cdef void _gn_forward_columns(const floating* x, floating* y, floating* mean,
         _affine(x + s * C, y + s * C, center, scale, beta, C)
 
 
+ctypedef struct _GnJob:
+    bint is_double, rms_scaling, columns
+    const void* x
+    const void* dy
+    void* y              # forward: y; backward: dx
+    void* mean
+    void* inv_std
+    const void* gamma
+    const void* beta
+    double* cols         # (2 * nb, C): a block's per-channel double sums
+    void* vecs           # (2 * nb or 4 * nb, C) of x's type: a block's per-channel vectors
+    double* sums         # forward rows: (2 * N, G)
+    double* part         # backward: (2 * (nb + 1), C), block i's at rows 2 * (i + 1), + 1
+    double* sg
+    double* sgx
+    Py_ssize_t N, S, C, G, nb
+    double epsilon, m
+
+
+cdef inline void _gn_forward_blocks(const _GnJob* j, const floating* x, long begin,
+                                    long end) noexcept nogil:
+    """Blocks [begin, end) of the channel-columns forward (S > 1 or short groups)."""
+    cdef Py_ssize_t C = j.C, G = j.G, slab = j.S * j.C, n
+    cdef floating* y = <floating*>j.y
+    cdef floating* vecs = <floating*>j.vecs
+    cdef long i
+    for i in range(begin, end):
+        for n in range(j.N * i // j.nb, j.N * (i + 1) // j.nb):
+            _gn_forward_columns(x + n * slab, y + n * slab, <floating*>j.mean + n * G,
+                                <floating*>j.inv_std + n * G, <const floating*>j.gamma,
+                                <const floating*>j.beta, j.cols + 2 * i * C,
+                                j.cols + (2 * i + 1) * C, vecs + 2 * i * C,
+                                vecs + (2 * i + 1) * C, j.S, C, G, j.epsilon, j.rms_scaling)
+
+
+cdef inline void _gn_forward_samples(const _GnJob* j, const floating* x, long begin,
+                                     long end) noexcept nogil:
+    """Samples [begin, end) of the group-runs forward (S == 1, long groups)."""
+    cdef Py_ssize_t C = j.C, G = j.G, CG = j.C // j.G, slab = j.S * j.C, s, g, at
+    cdef floating* y = <floating*>j.y
+    cdef floating* mean = <floating*>j.mean
+    cdef floating* inv_std = <floating*>j.inv_std
+    cdef const floating* gamma = <const floating*>j.gamma
+    cdef const floating* beta = <const floating*>j.beta
+    cdef floating mu
+    cdef long n
+    for n in range(begin, end):
+        _gn_stats_row(x + n * slab, mean + n * G, inv_std + n * G, j.sums + 2 * n * G,
+                      j.sums + (2 * n + 1) * G, j.S, C, G, j.epsilon)
+        for s in range(j.S):
+            for g in range(G):
+                # rms_scaling (Keras's deprecated option) scales x by the inverse std
+                # without centering it.
+                mu = 0 if j.rms_scaling else mean[n * G + g]
+                at = n * slab + s * C + g * CG
+                _group_affine(x + at, y + at, mu, inv_std[n * G + g], gamma + g * CG,
+                              beta + g * CG, CG)
+
+
+cdef void _gn_forward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _GnJob* j = <_GnJob*>ctx
+    if j.columns:
+        if j.is_double:
+            _gn_forward_blocks(j, <const double*>j.x, begin, end)
+        else:
+            _gn_forward_blocks(j, <const float*>j.x, begin, end)
+    elif j.is_double:
+        _gn_forward_samples(j, <const double*>j.x, begin, end)
+    else:
+        _gn_forward_samples(j, <const float*>j.x, begin, end)
+
+
 def _gn_forward(const floating[::1] x, floating[::1] y, floating[::1] mean,
                 floating[::1] inv_std, const floating[::1] gamma, const floating[::1] beta,
                 Py_ssize_t N, Py_ssize_t S, Py_ssize_t C, Py_ssize_t G, double epsilon,
                 bint rms_scaling):
-    cdef Py_ssize_t nb = _blocks(N), i
+    """Blocks of samples (channel columns: S > 1 or short groups) or samples (group runs) on
+    pynn's worker team (native/_team.h); each sample's sums run in one fixed order, so the
+    bits do not depend on the thread count."""
+    cdef Py_ssize_t nb = _blocks(N)
     cdef double[:, ::1] sums = np.empty((2 * N, G))
     cdef double[:, ::1] cols = np.empty((2 * nb, C))
     cdef floating[:, ::1] vecs = np.empty((2 * nb, C), dtype=np.asarray(mean).dtype)
-    cdef Py_ssize_t n, s, g, CG = C // G, slab = S * C, at
-    cdef floating mu
-    if S > 1 or CG < GROUP_RUN_MIN:
-        for i in prange(nb, schedule="static", nogil=True,
-                        use_threads_if=N * slab >= PARALLEL_MIN):
-            for n in range(N * i // nb, N * (i + 1) // nb):
-                _gn_forward_columns(&x[n * slab], &y[n * slab], &mean[n * G], &inv_std[n * G],
-                                    &gamma[0], &beta[0], &cols[2 * i, 0], &cols[2 * i + 1, 0],
-                                    &vecs[2 * i, 0], &vecs[2 * i + 1, 0], S, C, G, epsilon,
-                                    rms_scaling)
-        return
-    for n in prange(N, schedule="static", nogil=True, use_threads_if=N * slab >= PARALLEL_MIN):
-        _gn_stats_row(&x[n * slab], &mean[n * G], &inv_std[n * G], &sums[2 * n, 0],
-                      &sums[2 * n + 1, 0], S, C, G, epsilon)
-        for s in range(S):
-            for g in range(G):
-                # rms_scaling (Keras's deprecated option) scales x by the inverse std
-                # without centering it.
-                mu = 0 if rms_scaling else mean[n * G + g]
-                at = n * slab + s * C + g * CG
-                _group_affine(&x[at], &y[at], mu, inv_std[n * G + g], &gamma[g * CG],
-                              &beta[g * CG], CG)
+    cdef _GnJob job
+    cdef int threads = _threads_for(N * S * C)
+    job.is_double, job.rms_scaling = floating is double, rms_scaling
+    job.columns = S > 1 or C // G < GROUP_RUN_MIN
+    job.x, job.y, job.mean, job.inv_std = &x[0], &y[0], &mean[0], &inv_std[0]
+    job.gamma, job.beta = &gamma[0], &beta[0]
+    job.cols, job.vecs, job.sums = &cols[0, 0], &vecs[0, 0], &sums[0, 0]
+    job.N, job.S, job.C, job.G, job.nb, job.epsilon = N, S, C, G, nb, epsilon
+    with nogil:
+        if job.columns:
+            pynn_team_for(nb, 1, threads, _gn_forward_job, &job)
+        else:
+            pynn_team_for(N, team_grain(N, threads), threads, _gn_forward_job, &job)
 
 
 cdef void _gn_sums_columns(const floating* dy, const floating* x, const floating* gamma,
@@ -984,6 +1049,85 @@ cdef void _gn_dx_columns(const floating* dy, const floating* x, const floating* 
         _bn_dx(dy + s * C, x + s * C, center, k_dy, k_x, k_0, dx + s * C, C)
 
 
+cdef inline void _gn_back_sums_blocks(const _GnJob* j, const floating* dy, long begin,
+                                      long end) noexcept nogil:
+    """Blocks [begin, end): per (n, g) sg, sgx and the block's per-channel dgamma, dbeta."""
+    cdef Py_ssize_t C = j.C, G = j.G, CG = j.C // j.G, slab = j.S * j.C, s, g, at, n
+    cdef const floating* x = <const floating*>j.x
+    cdef const floating* gamma = <const floating*>j.gamma
+    cdef const floating* mean = <const floating*>j.mean
+    cdef const floating* inv_std = <const floating*>j.inv_std
+    cdef floating* vecs = <floating*>j.vecs
+    cdef double* dgamma
+    cdef double* dbeta
+    cdef long i
+    for i in range(begin, end):
+        dgamma = j.part + 2 * (i + 1) * C
+        dbeta = dgamma + C
+        for n in range(j.N * i // j.nb, j.N * (i + 1) // j.nb):
+            if j.columns:
+                _gn_sums_columns(dy + n * slab, x + n * slab, gamma, mean + n * G,
+                                 inv_std + n * G, j.cols + 2 * i * C,
+                                 j.cols + (2 * i + 1) * C, vecs + 4 * i * C, dgamma, dbeta,
+                                 j.sg + n * G, j.sgx + n * G, j.S, C, G, j.rms_scaling)
+                continue
+            for s in range(j.S):
+                for g in range(G):
+                    at = n * slab + s * C + g * CG
+                    _group_back_sums(dy + at, x + at, gamma + g * CG, CG, mean[n * G + g],
+                                     inv_std[n * G + g], j.rms_scaling, dgamma + g * CG,
+                                     dbeta + g * CG, j.sg + n * G + g, j.sgx + n * G + g)
+
+
+cdef void _gn_back_sums_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _GnJob* j = <_GnJob*>ctx
+    if j.is_double:
+        _gn_back_sums_blocks(j, <const double*>j.dy, begin, end)
+    else:
+        _gn_back_sums_blocks(j, <const float*>j.dy, begin, end)
+
+
+cdef inline void _gn_dx_items(const _GnJob* j, const floating* dy, long begin,
+                              long end) noexcept nogil:
+    """dx of blocks [begin, end) (channel columns) or of samples [begin, end) (group runs)."""
+    cdef Py_ssize_t C = j.C, G = j.G, CG = j.C // j.G, slab = j.S * j.C, s, g, at, n
+    cdef const floating* x = <const floating*>j.x
+    cdef const floating* gamma = <const floating*>j.gamma
+    cdef const floating* mean = <const floating*>j.mean
+    cdef const floating* inv_std = <const floating*>j.inv_std
+    cdef floating* dx = <floating*>j.y
+    cdef floating* vecs = <floating*>j.vecs
+    cdef double mu, inv, a1, a2
+    cdef long i
+    if j.columns:
+        for i in range(begin, end):
+            for n in range(j.N * i // j.nb, j.N * (i + 1) // j.nb):
+                _gn_dx_columns(dy + n * slab, x + n * slab, gamma, mean + n * G,
+                               inv_std + n * G, j.sg + n * G, j.sgx + n * G, dx + n * slab,
+                               vecs + 4 * i * C, vecs + (4 * i + 1) * C,
+                               vecs + (4 * i + 2) * C, vecs + (4 * i + 3) * C, j.m, j.S, C,
+                               G, j.rms_scaling)
+        return
+    for n in range(begin, end):
+        for g in range(G):
+            mu = mean[n * G + g]
+            inv = inv_std[n * G + g]
+            a1 = _group_dx_a1(inv, j.sg[n * G + g], j.m, j.rms_scaling)
+            a2 = _group_dx_a2(mu, inv, j.sg[n * G + g], j.sgx[n * G + g], j.m, j.rms_scaling)
+            for s in range(j.S):
+                at = n * slab + s * C + g * CG
+                _group_dx(dy + at, x + at, gamma + g * CG, <floating>mu, <floating>inv,
+                          <floating>a1, <floating>a2, dx + at, CG)
+
+
+cdef void _gn_dx_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _GnJob* j = <_GnJob*>ctx
+    if j.is_double:
+        _gn_dx_items(j, <const double*>j.dy, begin, end)
+    else:
+        _gn_dx_items(j, <const float*>j.dy, begin, end)
+
+
 def _gn_backward(const floating[::1] dy, const floating[::1] x, const floating[::1] gamma,
                  const floating[::1] mean, const floating[::1] inv_std, floating[::1] dx,
                  floating[::1] dgamma, floating[::1] dbeta, Py_ssize_t N, Py_ssize_t S,
@@ -991,32 +1135,24 @@ def _gn_backward(const floating[::1] dy, const floating[::1] x, const floating[:
     """Per (n, g) sg = sum(dy*gamma), sgx = sum(dy*gamma*xhat) and per channel dgamma, dbeta
     (partials per row block), then dx = inv*(g - a*mean(g) - xhat*(mean(g*xhat) +
     b*mu*inv*mean(g))), g = dy*gamma, with (a, b) = (1, 0), or (0, 1) under rms_scaling
-    (y = x*inv*gamma: the mean enters through the variance only)."""
-    cdef Py_ssize_t nb = _blocks(N), i, c, n, s, g, at
-    cdef Py_ssize_t CG = C // G, slab = S * C
+    (y = x*inv*gamma: the mean enters through the variance only). Both passes on pynn's
+    worker team; the partials of the fixed blocks add in block order."""
+    cdef Py_ssize_t nb = _blocks(N), i, c
     cdef double[:, ::1] part = np.zeros((2 * (nb + 1), C))
     cdef double[::1] sg = np.zeros(N * G)
     cdef double[::1] sgx = np.zeros(N * G)
-    cdef double m = <double>S * CG, mu, inv, a1, a2
     cdef double[:, ::1] cols = np.empty((2 * nb, C))
     cdef floating[:, ::1] vecs = np.empty((4 * nb, C), dtype=np.asarray(mean).dtype)
-    cdef bint columns = S > 1 or CG < GROUP_RUN_MIN
-    for i in prange(nb, schedule="static", nogil=True, use_threads_if=N * slab >= PARALLEL_MIN):
-        for n in range(N * i // nb, N * (i + 1) // nb):
-            if columns:
-                _gn_sums_columns(&dy[n * slab], &x[n * slab], &gamma[0], &mean[n * G],
-                                 &inv_std[n * G], &cols[2 * i, 0], &cols[2 * i + 1, 0],
-                                 &vecs[4 * i, 0], &part[2 * (i + 1), 0],
-                                 &part[2 * (i + 1) + 1, 0], &sg[n * G], &sgx[n * G], S, C, G,
-                                 rms_scaling)
-                continue
-            for s in range(S):
-                for g in range(G):
-                    at = n * slab + s * C + g * CG
-                    _group_back_sums(&dy[at], &x[at], &gamma[g * CG], CG, mean[n * G + g],
-                                     inv_std[n * G + g], rms_scaling,
-                                     &part[2 * (i + 1), g * CG], &part[2 * (i + 1) + 1, g * CG],
-                                     &sg[n * G + g], &sgx[n * G + g])
+    cdef _GnJob job
+    cdef int threads = _threads_for(N * S * C)
+    job.is_double, job.rms_scaling = floating is double, rms_scaling
+    job.columns = S > 1 or C // G < GROUP_RUN_MIN
+    job.dy, job.x, job.y, job.mean, job.inv_std = &dy[0], &x[0], &dx[0], &mean[0], &inv_std[0]
+    job.gamma, job.cols, job.vecs, job.part = &gamma[0], &cols[0, 0], &vecs[0, 0], &part[0, 0]
+    job.sg, job.sgx = &sg[0], &sgx[0]
+    job.N, job.S, job.C, job.G, job.nb, job.m = N, S, C, G, nb, <double>S * (C // G)
+    with nogil:
+        pynn_team_for(nb, 1, threads, _gn_back_sums_job, &job)
     for i in range(nb):
         for c in range(C):
             part[0, c] += part[2 * (i + 1), c]
@@ -1026,25 +1162,11 @@ def _gn_backward(const floating[::1] dy, const floating[::1] x, const floating[:
         dbeta[c] = <floating>part[1, c]
     if not need_input_grad:
         return
-    if columns:
-        for i in prange(nb, schedule="static", nogil=True,
-                        use_threads_if=N * slab >= PARALLEL_MIN):
-            for n in range(N * i // nb, N * (i + 1) // nb):
-                _gn_dx_columns(&dy[n * slab], &x[n * slab], &gamma[0], &mean[n * G],
-                               &inv_std[n * G], &sg[n * G], &sgx[n * G], &dx[n * slab],
-                               &vecs[4 * i, 0], &vecs[4 * i + 1, 0], &vecs[4 * i + 2, 0],
-                               &vecs[4 * i + 3, 0], m, S, C, G, rms_scaling)
-        return
-    for n in prange(N, schedule="static", nogil=True, use_threads_if=N * slab >= PARALLEL_MIN):
-        for g in range(G):
-            mu = mean[n * G + g]
-            inv = inv_std[n * G + g]
-            a1 = _group_dx_a1(inv, sg[n * G + g], m, rms_scaling)
-            a2 = _group_dx_a2(mu, inv, sg[n * G + g], sgx[n * G + g], m, rms_scaling)
-            for s in range(S):
-                at = n * slab + s * C + g * CG
-                _group_dx(&dy[at], &x[at], &gamma[g * CG], <floating>mu, <floating>inv,
-                          <floating>a1, <floating>a2, &dx[at], CG)
+    with nogil:
+        if job.columns:
+            pynn_team_for(nb, 1, threads, _gn_dx_job, &job)
+        else:
+            pynn_team_for(N, team_grain(N, threads), threads, _gn_dx_job, &job)
 
 
 def group_norm_forward(x, gamma, beta, groups, epsilon=1e-3, rms_scaling=False):
