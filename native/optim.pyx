@@ -217,20 +217,46 @@ cdef inline double block_sum_squares(const floating* a, Py_ssize_t n) noexcept n
     return (s0 + s1) + (s2 + s3)
 
 
+ctypedef struct _BlocksJob:
+    bint is_double
+    const void* w
+    void* grad
+    double* partial      # one (or two, regularize) doubles per block
+    Py_ssize_t n
+    double l1, two_l2
+
+
+cdef inline void _sum_squares_blocks(const _BlocksJob* j, const floating* a, long begin,
+                                     long end) noexcept nogil:
+    cdef long blk
+    cdef Py_ssize_t j0, j1
+    for blk in range(begin, end):
+        j0 = blk * BLOCK
+        j1 = j0 + BLOCK if j0 + BLOCK < j.n else j.n
+        j.partial[blk] = block_sum_squares(a + j0, j1 - j0)
+
+
+cdef void _sum_squares_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _BlocksJob* j = <_BlocksJob*>ctx
+    if j.is_double:
+        _sum_squares_blocks(j, <const double*>j.w, begin, end)
+    else:
+        _sum_squares_blocks(j, <const float*>j.w, begin, end)
+
+
 def _sum_squares(const floating[::1] a):
+    """Fixed blocks on pynn's worker team, their partials added in block order."""
     cdef Py_ssize_t n = a.shape[0]
-    cdef Py_ssize_t nblk = (n + BLOCK - 1) // BLOCK, blk, j0, j1
+    cdef Py_ssize_t nblk = (n + BLOCK - 1) // BLOCK, blk
     cdef double[::1] partial = np.empty(nblk, dtype=np.float64)
     cdef double total = 0
+    cdef _BlocksJob job
+    cdef int threads = omp_get_max_threads() if n >= PARALLEL_MIN else 1
     if n == 0:
         return 0.0
+    job.is_double, job.w, job.partial, job.n = floating is double, &a[0], &partial[0], n
     with nogil:
-        for blk in prange(nblk, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-            j0 = blk * BLOCK
-            j1 = j0 + BLOCK
-            if j1 > n:
-                j1 = n
-            partial[blk] = block_sum_squares(&a[j0], j1 - j0)
+        pynn_team_for(nblk, team_grain(nblk, threads), threads, _sum_squares_job, &job)
     for blk in range(nblk):
         total += partial[blk]
     return total
@@ -261,23 +287,41 @@ cdef inline void block_regularize(const floating* w, floating* grad, Py_ssize_t 
     sq_sum[0] = sq
 
 
+cdef inline void _regularize_blocks(const _BlocksJob* j, const floating* w, long begin,
+                                    long end) noexcept nogil:
+    cdef long blk
+    cdef Py_ssize_t j0, j1
+    for blk in range(begin, end):
+        j0 = blk * BLOCK
+        j1 = j0 + BLOCK if j0 + BLOCK < j.n else j.n
+        block_regularize(w + j0, <floating*>j.grad + j0, j1 - j0, <floating>j.l1,
+                         <floating>j.two_l2, j.partial + 2 * blk, j.partial + 2 * blk + 1)
+
+
+cdef void _regularize_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _BlocksJob* j = <_BlocksJob*>ctx
+    if j.is_double:
+        _regularize_blocks(j, <const double*>j.w, begin, end)
+    else:
+        _regularize_blocks(j, <const float*>j.w, begin, end)
+
+
 def _regularize(const floating[::1] w, floating[::1] grad, double l1, double l2):
+    """Fixed blocks on pynn's worker team, their partials added in block order."""
     cdef Py_ssize_t n = w.shape[0]
-    cdef Py_ssize_t nblk = (n + BLOCK - 1) // BLOCK, blk, j0, j1
+    cdef Py_ssize_t nblk = (n + BLOCK - 1) // BLOCK, blk
     cdef double[:, ::1] partial = np.empty((nblk, 2), dtype=np.float64)
     cdef double abs_total = 0, sq_total = 0
-    cdef floating l1_ = <floating>l1
-    cdef floating two_l2 = <floating>(2.0 * l2)
+    cdef _BlocksJob job
+    cdef int threads = omp_get_max_threads() if n >= PARALLEL_MIN else 1
     if n == 0:
         return 0.0
+    # the coefficients rounded to w's type, as block_regularize takes them
+    job.is_double, job.w, job.grad, job.partial, job.n = floating is double, &w[0], \
+        &grad[0], &partial[0, 0], n
+    job.l1, job.two_l2 = <floating>l1, <floating>(2.0 * l2)
     with nogil:
-        for blk in prange(nblk, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-            j0 = blk * BLOCK
-            j1 = j0 + BLOCK
-            if j1 > n:
-                j1 = n
-            block_regularize(&w[j0], &grad[j0], j1 - j0, l1_, two_l2,
-                             &partial[blk, 0], &partial[blk, 1])
+        pynn_team_for(nblk, team_grain(nblk, threads), threads, _regularize_job, &job)
     for blk in range(nblk):
         abs_total += partial[blk, 0]
         sq_total += partial[blk, 1]
@@ -719,36 +763,77 @@ cdef inline void _rmsprop_element(floating* w, const floating* g, floating* vel,
     w[i] = kept(wi - inc, keep)
 
 
+ctypedef struct _RmspropJob:
+    bint is_double, masked, centered, use_mom
+    void* w
+    const void* g
+    void* vel
+    void* mom
+    void* avg
+    const void* mask
+    Py_ssize_t n
+    RMSpropCoef k
+
+
+cdef inline void _rmsprop_range(const _RmspropJob* j, floating* w, const mask_t* mk,
+                                Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
+    """Elements [i0, i1), each loop with literal flags (see _rmsprop_element)."""
+    cdef const floating* g = <const floating*>j.g
+    cdef floating* vel = <floating*>j.vel
+    cdef floating* mom = <floating*>j.mom
+    cdef floating* avg = <floating*>j.avg
+    cdef Py_ssize_t i
+    if j.centered and j.use_mom:
+        for i in range(i0, i1):
+            _rmsprop_element(w, g, vel, mom, avg, mk, i, j.k, True, True)
+    elif j.centered:
+        for i in range(i0, i1):
+            _rmsprop_element(w, g, vel, mom, avg, mk, i, j.k, True, False)
+    elif j.use_mom:
+        for i in range(i0, i1):
+            _rmsprop_element(w, g, vel, mom, avg, mk, i, j.k, False, True)
+    else:
+        for i in range(i0, i1):
+            _rmsprop_element(w, g, vel, mom, avg, mk, i, j.k, False, False)
+
+
+cdef void _rmsprop_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _RmspropJob* j = <_RmspropJob*>ctx
+    cdef Py_ssize_t i0 = begin * SPAN, i1 = end * SPAN
+    if i1 > j.n:
+        i1 = j.n
+    if j.is_double:
+        if j.masked:
+            _rmsprop_range(j, <double*>j.w, <const MaskBit*>j.mask, i0, i1)
+        else:
+            _rmsprop_range(j, <double*>j.w, <const NoMask*>j.mask, i0, i1)
+    elif j.masked:
+        _rmsprop_range(j, <float*>j.w, <const MaskBit*>j.mask, i0, i1)
+    else:
+        _rmsprop_range(j, <float*>j.w, <const NoMask*>j.mask, i0, i1)
+
+
 def _rmsprop(floating[::1] w, const floating[::1] g, floating[::1] vel, floating[::1] mom,
              bint use_mom, floating[::1] avg, bint centered, const mask_t[::1] mask,
              double lr, double rho,
              double momentum, double epsilon, double grad_scale, double clipvalue,
              double decay):
-    cdef Py_ssize_t n = w.shape[0], i
-    cdef RMSpropCoef k = RMSpropCoef(lr, rho, 1.0 - rho, momentum, epsilon, grad_scale,
-                                     clipvalue, decay,
-                                     FLT_MIN if floating is float else DBL_MIN)
+    """Spans of SPAN elements on pynn's worker team (each element alone: the same bits at any
+    thread count)."""
+    cdef Py_ssize_t n = w.shape[0]
+    cdef _RmspropJob job
+    cdef int threads = omp_get_max_threads() if n >= PARALLEL_MIN else 1
+    cdef long spans = (n + SPAN - 1) // SPAN
     if n == 0:
         return
-    cdef floating* wp = &w[0]
-    cdef const floating* gp = &g[0]
-    cdef floating* vp = &vel[0]
-    cdef floating* mp = &mom[0]
-    cdef floating* ap = &avg[0]
-    cdef const mask_t* mk = &mask[0]
+    job.k = RMSpropCoef(lr, rho, 1.0 - rho, momentum, epsilon, grad_scale, clipvalue, decay,
+                        FLT_MIN if floating is float else DBL_MIN)
+    job.is_double, job.masked = floating is double, mask_t is MaskBit
+    job.centered, job.use_mom, job.n = centered, use_mom, n
+    job.w, job.g, job.vel, job.mom, job.avg, job.mask = &w[0], &g[0], &vel[0], &mom[0], \
+        &avg[0], &mask[0]
     with nogil:
-        if centered and use_mom:
-            for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-                _rmsprop_element(wp, gp, vp, mp, ap, mk, i, k, True, True)
-        elif centered:
-            for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-                _rmsprop_element(wp, gp, vp, mp, ap, mk, i, k, True, False)
-        elif use_mom:
-            for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-                _rmsprop_element(wp, gp, vp, mp, ap, mk, i, k, False, True)
-        else:
-            for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-                _rmsprop_element(wp, gp, vp, mp, ap, mk, i, k, False, False)
+        pynn_team_for(spans, 1, threads, _rmsprop_job, &job)
 
 
 def rmsprop_update(w, g, velocity, momentum_buf, average_grad, lr, rho, momentum, epsilon,
