@@ -48,8 +48,12 @@ from libc.math cimport tanh as math_tanh
 
 from _activation cimport floating
 
+from _openmp cimport omp_get_max_threads
+
 from pynn.backend.operands import loss as operands
 from pynn.backend.operands.common import HOST
+
+include "_team.pxi"
 
 cdef enum:
     LOSS_MSE = 0
@@ -290,6 +294,41 @@ cdef inline double sparse_row(int label, const floating* p, floating* g, Py_ssiz
     return loss
 
 
+ctypedef struct _PointwiseJob:
+    bint is_double, from_logits
+    int code
+    const void* t
+    const void* p
+    void* g              # NULL: no gradient
+    const void* w        # NULL: no weights
+    double* partial
+    Py_ssize_t n, elems_per_weight
+    Params prm
+    double lo, hi, scale
+
+
+cdef inline void _pointwise_blocks(const _PointwiseJob* j, const floating* t, long begin,
+                                   long end) noexcept nogil:
+    cdef const floating* p = <const floating*>j.p
+    cdef floating* g = <floating*>j.g
+    cdef long b
+    cdef Py_ssize_t i0
+    for b in range(begin, end):
+        i0 = b * BLOCK
+        j.partial[b] = pointwise_block(j.code, t + i0, p + i0, g + i0 if g != NULL else NULL,
+                                       min(<Py_ssize_t>BLOCK, j.n - i0), j.from_logits,
+                                       j.prm, j.lo, j.hi, j.scale, <const floating*>j.w, i0,
+                                       j.elems_per_weight)
+
+
+cdef void _pointwise_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _PointwiseJob* j = <_PointwiseJob*>ctx
+    if j.is_double:
+        _pointwise_blocks(j, <const double*>j.t, begin, end)
+    else:
+        _pointwise_blocks(j, <const float*>j.t, begin, end)
+
+
 def _pointwise(int code, const floating[::1] t,    # IN  (n,) y_true
                const floating[::1] p,              # IN  (n,) y_pred
                floating[::1] g,                    # OUT (n,) or empty when no gradient
@@ -298,18 +337,19 @@ def _pointwise(int code, const floating[::1] t,    # IN  (n,) y_true
                double scale, double[::1] partial,    # OUT (ceil(n / BLOCK),)
                const floating[::1] w,                # IN  (n / elems_per_weight,) or empty
                Py_ssize_t elems_per_weight):
-    cdef Py_ssize_t b, i0, n = p.shape[0], nblk = partial.shape[0]
-    cdef floating* gptr = &g[0] if g.shape[0] > 0 else NULL
-    cdef const floating* wptr = &w[0] if w.shape[0] > 0 else NULL
-    cdef Params prm = Params(pa, pb, pc, pd)
+    """Fixed blocks of BLOCK elements on pynn's worker team, one partial sum each."""
+    cdef Py_ssize_t n = p.shape[0], nblk = partial.shape[0]
+    cdef _PointwiseJob job
+    cdef int threads = omp_get_max_threads() if n >= PARALLEL_MIN else 1
+    job.is_double, job.from_logits, job.code = floating is double, from_logits, code
+    job.t, job.p = &t[0], &p[0]
+    job.g = &g[0] if g.shape[0] > 0 else NULL
+    job.w = &w[0] if w.shape[0] > 0 else NULL
+    job.partial, job.n, job.elems_per_weight = &partial[0], n, elems_per_weight
+    job.prm = Params(pa, pb, pc, pd)
+    job.lo, job.hi, job.scale = lo, hi, scale
     with nogil:
-        for b in prange(nblk, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-            i0 = b * BLOCK
-            partial[b] = pointwise_block(code, &t[i0], &p[i0],
-                                         gptr + i0 if gptr != NULL else NULL,
-                                         min(<Py_ssize_t>BLOCK, n - i0), from_logits,
-                                         prm, lo, hi, scale, wptr, i0,
-                                         elems_per_weight)
+        pynn_team_for(nblk, team_grain(nblk, threads), threads, _pointwise_job, &job)
 
 
 cdef inline double categorical_hinge_row(const floating* t, const floating* p, floating* g,

@@ -416,16 +416,15 @@ def _global_avg_backward(const floating[:, ::1] dy, floating[:, :, :, ::1] dx):
         _pool_run(N * H, _pool_threads(N * H * W * C), _global_avg_backward_job, &job)
 
 
-def _global_max_forward(const floating[:, :, :, ::1] x, floating[:, ::1] y, int[:, ::1] arg):
-    cdef Py_ssize_t N = x.shape[0], P = x.shape[1] * x.shape[2], C = x.shape[3]
-    cdef Py_ssize_t nblk = (C + CBLOCK - 1) // CBLOCK
-    cdef Py_ssize_t task, n, c0, c1, p, c
+cdef inline void _global_max_tasks(const _PoolJob* j, const floating* xp, long begin,
+                                   long end) noexcept nogil:
+    """Tasks [begin, end): task = (n, block of CBLOCK channels), max and argmax over P."""
+    cdef Py_ssize_t P = j.P, C = j.C, nblk = (j.C + CBLOCK - 1) // CBLOCK, n, c0, c1, p, c
+    cdef floating* yp = <floating*>j.y
+    cdef int* ap = j.arg
     cdef const floating* px
-    cdef const floating* xp = &x[0, 0, 0, 0]
-    cdef floating* yp = &y[0, 0]
-    cdef int* ap = &arg[0, 0]
-    for task in prange(N * nblk, schedule="static", nogil=True,
-                       use_threads_if=N * P * C >= PARALLEL_MIN):
+    cdef long task
+    for task in range(begin, end):
         n = task // nblk
         c0 = (task % nblk) * CBLOCK
         c1 = _imin(c0 + CBLOCK, C)
@@ -438,16 +437,37 @@ def _global_max_forward(const floating[:, :, :, ::1] x, floating[:, ::1] y, int[
             _max_update(px + c0, yp + n * C + c0, ap + n * C + c0, c1 - c0, <int>p)
 
 
+cdef void _global_max_forward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _PoolJob* j = <_PoolJob*>ctx
+    if j.is_double:
+        _global_max_tasks(j, <const double*>j.x, begin, end)
+    else:
+        _global_max_tasks(j, <const float*>j.x, begin, end)
+
+
+def _global_max_forward(const floating[:, :, :, ::1] x, floating[:, ::1] y, int[:, ::1] arg):
+    cdef Py_ssize_t N = x.shape[0], P = x.shape[1] * x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t nblk = (C + CBLOCK - 1) // CBLOCK
+    cdef _PoolJob job
+    job.is_double, job.x, job.y, job.arg = floating is double, &x[0, 0, 0, 0], &y[0, 0], \
+        &arg[0, 0]
+    job.P, job.C = P, C
+    with nogil:
+        _pool_run(N * nblk, _pool_threads(N * P * C), _global_max_forward_job, &job)
+
+
 def _global_max_backward(const floating[:, ::1] dy, const int[:, ::1] arg,
                          floating[:, :, :, ::1] dx):
-    """Each (n, c) writes one pixel of its own plane: no two iterations touch one element."""
+    """Each (n, c) writes one pixel of its own plane: no two iterations touch one element.
+    N*C writes into the zeroed dx, on the calling thread (the zeroing is the pass that
+    costs; a region here cost a wake-up per step of a text CNN)."""
     cdef Py_ssize_t N = dx.shape[0], P = dx.shape[1] * dx.shape[2], C = dx.shape[3]
     cdef Py_ssize_t n, c, a
     cdef Py_ssize_t bad = 0
     cdef const floating* dp = &dy[0, 0]
     cdef const int* ap = &arg[0, 0]
     cdef floating* xp = &dx[0, 0, 0, 0]
-    for n in prange(N, schedule="static", nogil=True, use_threads_if=N * P * C >= PARALLEL_MIN):
+    for n in prange(N, schedule="static", nogil=True, use_threads_if=N * C >= PARALLEL_MIN):
         for c in range(C):
             a = ap[n * C + c]
             if a < 0 or a >= P:
