@@ -14,29 +14,37 @@ Design:
   floor and floor + 1 (the last pixel repeated at the edge), weights computed in the data's
   own precision as torch does, once per axis and call (a table of HO and one of WO taps).
 - The window copy and upsample2d_forward write each output row (n, ho) from one thread
-  (prange over N*HO). upsample2d_backward gathers by input row (n, hi): one thread owns a
-  dx row and sums every output that read it in a fixed order, so results are bit-identical
-  for any thread count and no dx element is written twice (no scatter, no atomics).
+  (the N*HO rows on pynn's worker team). upsample2d_backward gathers by input row (n, hi):
+  one thread owns a dx row and sums every output that read it in a fixed order, so results
+  are bit-identical for any thread count and no dx element is written twice (no scatter, no
+  atomics).
 Outputs are fresh arrays; nothing accumulates into caller memory.
 """
 import numpy as np
 
-from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
+from _openmp cimport omp_get_max_threads
+
 from pynn.backend.operands import spatial as operands
 from pynn.backend.operands.common import HOST
+
+include "_team.pxi"
 
 ctypedef fused floating:
     float
     double
 
 
-# Below this many output elements a kernel runs on the calling thread: waking the OpenMP
-# team costs more than the pass.
+# Below this many output elements a kernel runs on the calling thread: handing rows to the
+# worker team costs more than the pass.
 cdef enum:
     PARALLEL_MIN = 32768
+
+
+cdef inline int _threads(Py_ssize_t work) noexcept nogil:
+    return omp_get_max_threads() if work >= PARALLEL_MIN else 1
 
 
 cdef inline Py_ssize_t _imax(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -64,16 +72,41 @@ cdef void _window_row(const floating* x, floating* y, Py_ssize_t H, Py_ssize_t W
     memset(yr + w1 * C, 0, (WO - w1) * C * sizeof(floating))
 
 
+ctypedef struct _SpatialJob:
+    bint is_double
+    int mode
+    const void* x
+    void* y
+    Py_ssize_t H, W, C, HO, WO, DH, DW, SH, SW
+    const Taps* th
+    const Taps* tw
+
+
+cdef void _window_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _SpatialJob* j = <_SpatialJob*>ctx
+    cdef long r
+    for r in range(begin, end):
+        if j.is_double:
+            _window_row(<const double*>j.x, <double*>j.y, j.H, j.W, j.C, j.HO, j.WO, j.DH,
+                        j.DW, r)
+        else:
+            _window_row(<const float*>j.x, <float*>j.y, j.H, j.W, j.C, j.HO, j.WO, j.DH,
+                        j.DW, r)
+
+
 def _window_copy(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, Py_ssize_t DH,
                  Py_ssize_t DW):
-    cdef Py_ssize_t H = x.shape[1], W = x.shape[2], C = x.shape[3]
-    cdef Py_ssize_t N = y.shape[0], HO = y.shape[1], WO = y.shape[2]
-    cdef Py_ssize_t r
-    cdef const floating* xp = &x[0, 0, 0, 0] if x.size else NULL
-    cdef floating* yp = &y[0, 0, 0, 0]
-    for r in prange(N * HO, schedule="static", nogil=True,
-                    use_threads_if=N * HO * WO * C >= PARALLEL_MIN):
-        _window_row(xp, yp, H, W, C, HO, WO, DH, DW, r)
+    """Output rows on pynn's worker team (native/_team.h)."""
+    cdef Py_ssize_t N = y.shape[0]
+    cdef _SpatialJob job
+    cdef int threads
+    job.is_double, job.x, job.y = floating is double, \
+        <const void*>(&x[0, 0, 0, 0] if x.size else NULL), &y[0, 0, 0, 0]
+    job.H, job.W, job.C, job.HO, job.WO, job.DH, job.DW = x.shape[1], x.shape[2], \
+        x.shape[3], y.shape[1], y.shape[2], DH, DW
+    threads = _threads(N * job.HO * job.WO * job.C)
+    with nogil:
+        pynn_team_for(N * job.HO, team_grain(N * job.HO, threads), threads, _window_job, &job)
 
 
 def pad2d_forward(x, padding):
@@ -253,34 +286,64 @@ cdef int _tables(Py_ssize_t H, Py_ssize_t W, Py_ssize_t SH, Py_ssize_t SW, int m
     return 0
 
 
+cdef void _upsample_forward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _SpatialJob* j = <_SpatialJob*>ctx
+    cdef long r
+    for r in range(begin, end):
+        if j.is_double:
+            _upsample_row(<const double*>j.x, <double*>j.y, j.H, j.W, j.C, j.SH, j.SW, j.th,
+                          j.tw, r)
+        else:
+            _upsample_row(<const float*>j.x, <float*>j.y, j.H, j.W, j.C, j.SH, j.SW, j.th,
+                          j.tw, r)
+
+
+cdef void _upsample_backward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _SpatialJob* j = <_SpatialJob*>ctx
+    cdef long t
+    for t in range(begin, end):
+        if j.is_double:
+            _upsample_backward_row(<const double*>j.x, <double*>j.y, j.H, j.W, j.C, j.SH,
+                                   j.SW, j.th, j.tw, t)
+        else:
+            _upsample_backward_row(<const float*>j.x, <float*>j.y, j.H, j.W, j.C, j.SH,
+                                   j.SW, j.th, j.tw, t)
+
+
 def _upsample_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
                       Py_ssize_t SH, Py_ssize_t SW, int mode):
+    """Output rows on pynn's worker team."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
-    cdef Py_ssize_t r, total = N * H * SH * W * SW * C
-    cdef const floating* xp = &x[0, 0, 0, 0]
-    cdef floating* yp = &y[0, 0, 0, 0]
+    cdef Py_ssize_t total = N * H * SH * W * SW * C
     cdef Taps* th
     cdef Taps* tw
+    cdef _SpatialJob job
+    cdef int threads = _threads(total)
     _tables(H, W, SH, SW, mode, floating is float, &th, &tw)
-    for r in prange(N * H * SH, schedule="static", nogil=True,
-                    use_threads_if=total >= PARALLEL_MIN):
-        _upsample_row(xp, yp, H, W, C, SH, SW, th, tw, r)
+    job.is_double, job.x, job.y = floating is double, &x[0, 0, 0, 0], &y[0, 0, 0, 0]
+    job.H, job.W, job.C, job.SH, job.SW, job.th, job.tw = H, W, C, SH, SW, th, tw
+    with nogil:
+        pynn_team_for(N * H * SH, team_grain(N * H * SH, threads), threads,
+                      _upsample_forward_job, &job)
     free(th)
     free(tw)
 
 
 def _upsample_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
                        Py_ssize_t SH, Py_ssize_t SW, int mode):
+    """Input rows on pynn's worker team (each input row gathers from its own outputs)."""
     cdef Py_ssize_t N = dx.shape[0], H = dx.shape[1], W = dx.shape[2], C = dx.shape[3]
-    cdef Py_ssize_t t, total = N * H * SH * W * SW * C
-    cdef const floating* dp = &dy[0, 0, 0, 0]
-    cdef floating* xp = &dx[0, 0, 0, 0]
+    cdef Py_ssize_t total = N * H * SH * W * SW * C
     cdef Taps* th
     cdef Taps* tw
+    cdef _SpatialJob job
+    cdef int threads = _threads(total)
     _tables(H, W, SH, SW, mode, floating is float, &th, &tw)
-    for t in prange(N * H, schedule="static", nogil=True,
-                    use_threads_if=total >= PARALLEL_MIN):
-        _upsample_backward_row(dp, xp, H, W, C, SH, SW, th, tw, t)
+    job.is_double, job.x, job.y = floating is double, &dy[0, 0, 0, 0], &dx[0, 0, 0, 0]
+    job.H, job.W, job.C, job.SH, job.SW, job.th, job.tw = H, W, C, SH, SW, th, tw
+    with nogil:
+        pynn_team_for(N * H, team_grain(N * H, threads), threads, _upsample_backward_job,
+                      &job)
     free(th)
     free(tw)
 
