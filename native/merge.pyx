@@ -363,24 +363,43 @@ def merge_backward(dy, inputs, mode):
 
 # -- concatenate ----------------------------------------------------------------------------
 
+ctypedef struct _ConcatJob:
+    bint gather
+    char* big
+    const Py_ssize_t* parts
+    const Py_ssize_t* widths
+    Py_ssize_t n, whole
+
+
+cdef void _concat_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _ConcatJob* j = <_ConcatJob*>ctx
+    cdef Py_ssize_t k, off
+    cdef long o
+    for o in range(begin, end):
+        off = 0
+        for k in range(j.n):
+            if j.gather:
+                memcpy(j.big + o * j.whole + off, <char*><void*>j.parts[k] + o * j.widths[k],
+                       j.widths[k])
+            else:
+                memcpy(<char*><void*>j.parts[k] + o * j.widths[k], j.big + o * j.whole + off,
+                       j.widths[k])
+            off = off + j.widths[k]
+
+
 def _concat_rows(const Py_ssize_t[::1] parts, const Py_ssize_t[::1] widths, Py_ssize_t whole,
                  Py_ssize_t[::1] out, bint gather):
     """gather: out[0] row o = the parts' rows o side by side (concatenate_forward); else each
-    part's row o is cut from out[0] (backward). Widths and strides in bytes."""
-    cdef Py_ssize_t n = parts.shape[0], o, k, off, rows
-    cdef char* big = <char*><void*>out[0]
-    cdef const Py_ssize_t* pp = &parts[0]
-    cdef const Py_ssize_t* wp = &widths[0]
-    rows = out[1]
-    for o in prange(rows, schedule="static", nogil=True,
-                    use_threads_if=rows * whole >= PARALLEL_MIN * 4):
-        off = 0
-        for k in range(n):
-            if gather:
-                memcpy(big + o * whole + off, <char*><void*>pp[k] + o * wp[k], wp[k])
-            else:
-                memcpy(<char*><void*>pp[k] + o * wp[k], big + o * whole + off, wp[k])
-            off = off + wp[k]
+    part's row o is cut from out[0] (backward). Widths and strides in bytes. Rows on pynn's
+    worker team."""
+    cdef _ConcatJob job
+    cdef Py_ssize_t rows = out[1]
+    cdef int threads = omp_get_max_threads() if rows * whole >= PARALLEL_MIN * 4 else 1
+    job.gather, job.big, job.parts, job.widths = gather, <char*><void*>out[0], &parts[0], \
+        &widths[0]
+    job.n, job.whole = parts.shape[0], whole
+    with nogil:
+        pynn_team_for(rows, team_grain(rows, threads), threads, _concat_job, &job)
 
 
 def concatenate_forward(inputs, axis):
