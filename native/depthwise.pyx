@@ -13,9 +13,9 @@ Design: the reduction is short (KH*KW*CG terms per output) and differs per group
 is no one GEMM to hand to BLAS; every loop is direct, innermost over contiguous channels of
 x, kernel and y (the compiler vectorizes it; depthwise with M == 1, the common case, is a
 plain multiply-add of three rows). Large groups are the GEMM conv's job (Conv2D, groups=1).
-- forward: prange over output rows (n, ho); the bias is the start value and the activation
-  runs on the row while it is in L1 (softmax per pixel over its CM channels).
-- backward_input: a gather, prange over input rows (n, hi): each dx element is written by
+- forward: output rows (n, ho) on pynn's worker team; the bias is the start value and the
+  activation runs on the row while it is in L1 (softmax per pixel over its CM channels).
+- backward_input: a gather by input rows (n, hi) on the team: each dx element is written by
   one thread, in a fixed (kh, kw) order.
 - backward_weight: the output rows are cut into a fixed number of slabs (not threads), each
   with its own (KH, KW, CM) partial, added in slab order: bit-identical for any thread count.
@@ -24,16 +24,19 @@ Outputs are fresh arrays; nothing accumulates into caller memory.
 
 import numpy as np
 
-from cython.parallel cimport prange
 from libc.string cimport memset
 from _activation cimport ACT_SOFTMAX, act_forward_vec, floating, softmax_row
+
+from _openmp cimport omp_get_max_threads
 
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
 from pynn.backend.operands import depthwise as operands
 from pynn.backend.operands.common import HOST
 
-# Below this many input elements a kernel runs on the calling thread: waking the OpenMP team
-# costs more than the pass.
+include "_team.pxi"
+
+# Below this many input elements a kernel runs on the calling thread: handing rows to the
+# worker team costs more than the pass.
 cdef enum:
     PARALLEL_MIN = 32768
 
@@ -218,12 +221,70 @@ cdef void _backward_weight_slab(const floating* x, const floating* dz, floating*
                                 first)
 
 
+ctypedef struct _DepthwiseJob:
+    bint is_double
+    const void* x        # forward, weight gradient: x; input gradient: dz
+    const void* k
+    const void* bias
+    const void* dz       # weight gradient
+    void* z              # forward: z; weight gradient: the slabs' partials
+    void* y              # forward: y; input gradient: dx
+    const Geom* g
+    const int* first
+    int act
+    double alpha
+    long slabs
+    Py_ssize_t width
+
+
+cdef inline int _threads(Geom g) noexcept nogil:
+    return omp_get_max_threads() if g.N * g.H * g.W * g.F >= PARALLEL_MIN else 1
+
+
+cdef void _forward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    """Output rows; each on one thread, as the serial loop writes it."""
+    cdef _DepthwiseJob* j = <_DepthwiseJob*>ctx
+    cdef long r
+    for r in range(begin, end):
+        if j.is_double:
+            _forward_row(<const double*>j.x, <const double*>j.k, <const double*>j.bias,
+                         <double*>j.z, <double*>j.y, j.g, j.first, r, j.act, <double>j.alpha)
+        else:
+            _forward_row(<const float*>j.x, <const float*>j.k, <const float*>j.bias,
+                         <float*>j.z, <float*>j.y, j.g, j.first, r, j.act, <float>j.alpha)
+
+
+cdef void _backward_input_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _DepthwiseJob* j = <_DepthwiseJob*>ctx
+    cdef long r
+    for r in range(begin, end):
+        if j.is_double:
+            _backward_input_row(<const double*>j.x, <const double*>j.k, <double*>j.y, j.g, r)
+        else:
+            _backward_input_row(<const float*>j.x, <const float*>j.k, <float*>j.y, j.g, r)
+
+
+cdef void _backward_weight_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    """Slabs of output rows, fixed by the shape: each its own partial."""
+    cdef _DepthwiseJob* j = <_DepthwiseJob*>ctx
+    cdef Py_ssize_t rows = j.g.N * j.g.HO
+    cdef long s
+    for s in range(begin, end):
+        if j.is_double:
+            _backward_weight_slab(<const double*>j.x, <const double*>j.dz,
+                                  <double*>j.z + s * j.width, j.g, j.first,
+                                  s * rows // j.slabs, (s + 1) * rows // j.slabs)
+        else:
+            _backward_weight_slab(<const float*>j.x, <const float*>j.dz,
+                                  <float*>j.z + s * j.width, j.g, j.first,
+                                  s * rows // j.slabs, (s + 1) * rows // j.slabs)
+
+
 def _run_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] kernel, bias,
                  floating[:, :, :, ::1] z, floating[:, :, :, ::1] y, Geom g,
                  const int[::1] first, int act, double alpha):
     cdef const floating[::1] b
     cdef const floating* bp = NULL
-    cdef Py_ssize_t r
     if bias is not None:
         b = bias
         bp = &b[0]
@@ -231,34 +292,38 @@ def _run_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] ke
     cdef const floating* kp = &kernel[0, 0, 0, 0]
     cdef floating* zp = &z[0, 0, 0, 0]
     cdef floating* yp = &y[0, 0, 0, 0]
-    cdef floating a = <floating>alpha
-    for r in prange(g.N * g.HO, schedule="static", nogil=True,
-                    use_threads_if=g.N * g.H * g.W * g.F >= PARALLEL_MIN):
-        _forward_row(xp, kp, bp, zp, yp, &g, &first[0], r, act, a)
+    cdef _DepthwiseJob job
+    cdef int threads = _threads(g)
+    job.is_double, job.x, job.k, job.bias, job.z, job.y = floating is double, xp, kp, bp, \
+        zp, yp
+    job.g, job.first, job.act, job.alpha = &g, &first[0], act, alpha
+    with nogil:
+        pynn_team_for(g.N * g.HO, team_grain(g.N * g.HO, threads), threads,
+                      _forward_job, &job)
 
 
 def _run_backward_input(const floating[:, :, :, ::1] dz, const floating[:, :, :, ::1] kernel,
                         floating[:, :, :, ::1] dx, Geom g):
-    cdef Py_ssize_t r
-    cdef const floating* dp = &dz[0, 0, 0, 0]
-    cdef const floating* kp = &kernel[0, 0, 0, 0]
-    cdef floating* xp = &dx[0, 0, 0, 0]
-    for r in prange(g.N * g.H, schedule="static", nogil=True,
-                    use_threads_if=g.N * g.H * g.W * g.F >= PARALLEL_MIN):
-        _backward_input_row(dp, kp, xp, &g, r)
+    cdef _DepthwiseJob job
+    cdef int threads = _threads(g)
+    job.is_double, job.x, job.k, job.y = floating is double, &dz[0, 0, 0, 0], \
+        &kernel[0, 0, 0, 0], &dx[0, 0, 0, 0]
+    job.g = &g
+    with nogil:
+        pynn_team_for(g.N * g.H, team_grain(g.N * g.H, threads), threads,
+                      _backward_input_job, &job)
 
 
 def _run_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dz,
                          floating[:, ::1] part, Geom g, const int[::1] first):
-    cdef Py_ssize_t s, slabs = part.shape[0], rows = g.N * g.HO
-    cdef const floating* xp = &x[0, 0, 0, 0]
-    cdef const floating* dp = &dz[0, 0, 0, 0]
-    cdef floating* pp = &part[0, 0]
-    cdef Py_ssize_t width = part.shape[1]
-    for s in prange(slabs, schedule="static", nogil=True,
-                    use_threads_if=g.N * g.H * g.W * g.F >= PARALLEL_MIN):
-        _backward_weight_slab(xp, dp, pp + s * width, &g, &first[0], s * rows // slabs,
-                              (s + 1) * rows // slabs)
+    cdef _DepthwiseJob job
+    cdef int threads = _threads(g)
+    cdef long slabs = part.shape[0]
+    job.is_double, job.x, job.dz, job.z = floating is double, &x[0, 0, 0, 0], \
+        &dz[0, 0, 0, 0], &part[0, 0]
+    job.g, job.first, job.slabs, job.width = &g, &first[0], slabs, part.shape[1]
+    with nogil:
+        pynn_team_for(slabs, 1, threads, _backward_weight_job, &job)
 
 
 # The ops: both layouts run the kernels above; operands.depthwise gives each its geometry.
