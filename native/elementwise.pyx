@@ -7,24 +7,27 @@ REDUCTIONS.
 Design:
 - One ``cdef inline ... nogil`` function per element maps a code to its formula (libc's
   double-precision math; float32 rounds once at the store).
-- unary: prange over the elements of the contiguous input.
+- unary: blocks of the contiguous input's elements on pynn's worker team.
 - binary: the output is walked row by row (every axis but the last, as native/shape.pyx's
   transpose); a row's offsets into a and b come from its multi-index and their broadcast
-  strides (0 along a broadcast axis, operands.elementwise.walk). prange over output rows.
+  strides (0 along a broadcast axis, operands.elementwise.walk); output rows on the team.
 - reduce_axes: the reduced axes are moved last (NumPy's transpose and a contiguous copy, no
-  Python loop), then each output element folds its contiguous run in order: prange over
-  outputs, so the result does not depend on the thread count.
+  Python loop), then each output element folds its contiguous run in order (outputs on the
+  team), so the result does not depend on the thread count.
 """
 import numpy as np
 
-from cython.parallel cimport prange
 from libc.math cimport (
     acos, acosh, asin, asinh, atan, atan2, atanh, ceil, cos, cosh, exp, expm1, fabs, floor,
     log, log1p, pow, rint, sin, sinh, sqrt, tan, tanh,
 )
 
+from _openmp cimport omp_get_max_threads
+
 from pynn.backend.operands import elementwise as operands
 from pynn.backend.operands.common import HOST
+
+include "_team.pxi"
 
 ctypedef fused floating:
     float
@@ -121,20 +124,59 @@ cdef struct Walk:
     Py_ssize_t sb[MAX_DIMS]
 
 
+ctypedef struct _ElementwiseJob:
+    bint is_double
+    int code
+    const void* a
+    const void* b
+    void* y
+    Walk* walk
+    Py_ssize_t n, inner, length, la, lb
+
+
+cdef inline int _threads(Py_ssize_t work) noexcept nogil:
+    return omp_get_max_threads() if work >= PARALLEL_MIN else 1
+
+
+cdef inline void _unary_range(const _ElementwiseJob* j, const floating* x, long begin,
+                              long end) noexcept nogil:
+    """Elements of blocks [begin, end) of PARALLEL_MIN elements."""
+    cdef floating* y = <floating*>j.y
+    cdef Py_ssize_t i, i1 = end * <Py_ssize_t>PARALLEL_MIN
+    if i1 > j.n:
+        i1 = j.n
+    for i in range(begin * <Py_ssize_t>PARALLEL_MIN, i1):
+        y[i] = <floating>_unary(x[i], j.code)
+
+
+cdef void _unary_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _ElementwiseJob* j = <_ElementwiseJob*>ctx
+    if j.is_double:
+        _unary_range(j, <const double*>j.a, begin, end)
+    else:
+        _unary_range(j, <const float*>j.a, begin, end)
+
+
 def _unary_kernel(const floating[::1] x, floating[::1] y, int code):
-    cdef Py_ssize_t i, n = x.shape[0]
-    for i in prange(n, schedule="static", nogil=True, use_threads_if=n >= PARALLEL_MIN):
-        y[i] = <floating>_unary(x[i], code)
+    """Blocks of elements on pynn's worker team; each element alone."""
+    cdef _ElementwiseJob job
+    cdef Py_ssize_t n = x.shape[0]
+    cdef long blocks = (n + PARALLEL_MIN - 1) // PARALLEL_MIN
+    cdef int threads = _threads(n)
+    job.is_double, job.code, job.a, job.y, job.n = floating is double, code, &x[0], &y[0], n
+    with nogil:
+        pynn_team_for(blocks, 1, threads, _unary_job, &job)
 
 
-def _binary_kernel(const floating[::1] a, const floating[::1] b, floating[::1] y, Walk g,
-                   int code):
-    cdef Py_ssize_t rows = 1, k, r, i, rest, oa, ob, total = y.shape[0]
-    cdef Py_ssize_t length = g.shape[MAX_DIMS - 1]
-    cdef Py_ssize_t la = g.sa[MAX_DIMS - 1], lb = g.sb[MAX_DIMS - 1]
-    for k in range(MAX_DIMS - 1):
-        rows *= g.shape[k]
-    for r in prange(rows, schedule="static", nogil=True, use_threads_if=total >= PARALLEL_MIN):
+cdef inline void _binary_rows(const _ElementwiseJob* j, const floating* a, long begin,
+                              long end) noexcept nogil:
+    """Output rows [begin, end): each row's offsets into a and b from its multi-index."""
+    cdef const floating* b = <const floating*>j.b
+    cdef floating* y = <floating*>j.y
+    cdef const Walk* g = j.walk
+    cdef Py_ssize_t k, i, rest, oa, ob, length = j.length, la = j.la, lb = j.lb
+    cdef long r
+    for r in range(begin, end):
         rest = r
         oa = 0
         ob = 0
@@ -143,14 +185,41 @@ def _binary_kernel(const floating[::1] a, const floating[::1] b, floating[::1] y
             ob = ob + (rest % g.shape[k]) * g.sb[k]
             rest = rest // g.shape[k]
         for i in range(length):
-            y[r * length + i] = <floating>_binary(a[oa + i * la], b[ob + i * lb], code)
+            y[r * length + i] = <floating>_binary(a[oa + i * la], b[ob + i * lb], j.code)
 
 
-def _reduce_kernel(const floating[::1] x, floating[::1] y, Py_ssize_t inner, int code):
-    cdef Py_ssize_t o, i, outer = y.shape[0]
+cdef void _binary_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _ElementwiseJob* j = <_ElementwiseJob*>ctx
+    if j.is_double:
+        _binary_rows(j, <const double*>j.a, begin, end)
+    else:
+        _binary_rows(j, <const float*>j.a, begin, end)
+
+
+def _binary_kernel(const floating[::1] a, const floating[::1] b, floating[::1] y, Walk g,
+                   int code):
+    """Output rows on pynn's worker team."""
+    cdef Py_ssize_t rows = 1, k
+    cdef _ElementwiseJob job
+    cdef int threads = _threads(y.shape[0])
+    for k in range(MAX_DIMS - 1):
+        rows *= g.shape[k]
+    job.is_double, job.code, job.a, job.b, job.y, job.walk = floating is double, code, &a[0], \
+        &b[0], &y[0], &g
+    job.length, job.la, job.lb = g.shape[MAX_DIMS - 1], g.sa[MAX_DIMS - 1], g.sb[MAX_DIMS - 1]
+    with nogil:
+        pynn_team_for(rows, team_grain(rows, threads), threads, _binary_job, &job)
+
+
+cdef inline void _reduce_outputs(const _ElementwiseJob* j, const floating* x, long begin,
+                                 long end) noexcept nogil:
+    """Outputs [begin, end): each folds its contiguous run in order, in double."""
+    cdef floating* y = <floating*>j.y
+    cdef Py_ssize_t i, inner = j.inner
+    cdef int code = j.code
     cdef double acc, v
-    for o in prange(outer, schedule="static", nogil=True,
-                    use_threads_if=outer * inner >= PARALLEL_MIN):
+    cdef long o
+    for o in range(begin, end):
         if code == 0:
             acc = 0.0
         elif code == 3:
@@ -170,6 +239,25 @@ def _reduce_kernel(const floating[::1] x, floating[::1] y, Py_ssize_t inner, int
             else:
                 acc = acc * v
         y[o] = <floating>acc
+
+
+cdef void _reduce_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _ElementwiseJob* j = <_ElementwiseJob*>ctx
+    if j.is_double:
+        _reduce_outputs(j, <const double*>j.a, begin, end)
+    else:
+        _reduce_outputs(j, <const float*>j.a, begin, end)
+
+
+def _reduce_kernel(const floating[::1] x, floating[::1] y, Py_ssize_t inner, int code):
+    """Outputs on pynn's worker team."""
+    cdef Py_ssize_t outer = y.shape[0]
+    cdef _ElementwiseJob job
+    cdef int threads = _threads(outer * inner)
+    job.is_double, job.code, job.a, job.y, job.inner = floating is double, code, \
+        <const void*>(&x[0] if x.shape[0] else NULL), &y[0], inner
+    with nogil:
+        pynn_team_for(outer, team_grain(outer, threads), threads, _reduce_job, &job)
 
 
 def elementwise_unary(x, op):
