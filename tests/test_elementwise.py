@@ -63,6 +63,40 @@ def test_reduce_axes(target, op, axes, keepdims):
              rtol={"rtol": 10 * _tol(target), "atol": 10 * _tol(target)})
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_operands_give_the_same_bits_at_any_thread_count(dtype):
+    """Above the serial threshold the kernels run on pynn's worker team: every element, row
+    and reduced output is computed alone, so 1, 2 and 3 threads give the same bits, and the
+    float64 references agree."""
+    from pynn._native import elementwise, info
+
+    rng = np.random.default_rng(4)
+    x = _input(rng, (3, 40001), dtype, "exp") * 0.1
+    a, b = _input(rng, (7, 1, 9001), dtype, "add"), _input(rng, (5, 9001), dtype, "add")
+    runs = []
+    before = info.get_max_threads()
+    try:
+        for n in (1, 2, 3):
+            info.set_num_threads(n)
+            runs.append((elementwise.elementwise_unary(x, "exp"),
+                         elementwise.elementwise_binary(a, b, "maximum"),
+                         elementwise.reduce_axes(x, (1,), "sum"),
+                         elementwise.reduce_axes(a[:, 0], None, "max")))
+    finally:
+        info.set_num_threads(before)
+    for other in runs[1:]:
+        for want, got in zip(runs[0], other):
+            np.testing.assert_array_equal(got, want)
+    tol = 2e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(runs[0][0], ref.elementwise_unary_ref(x, "exp"), rtol=tol)
+    np.testing.assert_allclose(runs[0][1], ref.elementwise_binary_ref(a, b, "maximum"),
+                               rtol=tol)
+    np.testing.assert_allclose(runs[0][2], ref.reduce_axes_ref(x, (1,), "sum", False),
+                               rtol=10 * tol)
+    np.testing.assert_allclose(runs[0][3], ref.reduce_axes_ref(a[:, 0], None, "max", False),
+                               rtol=tol)
+
+
 def test_bad_operands_name_the_op():
     from pynn.backend import cpu
 
