@@ -15,7 +15,8 @@ Where the time goes, and how it is split (bench/bench_rnn.py; numbers in the com
     native/_microkernel.h, shared with conv (MR = 8 rows x 2 vectors of accumulators with
     AVX-512, 6 x 2 otherwise), reading B from column panels of NC = 2 vectors that stay in
     L1. On the one large product (the weight gradients) it matches OpenBLAS, and without
-    BLAS there is no second thread pool handing the cores back and forth with OpenMP's.
+    BLAS there is no second thread pool handing the cores back and forth with pynn's
+    worker team (native/_team.h), which runs every parallel loop here.
   - The recurrence is independent per sample. ONE driver serves every cell, forward and
     backward: _recurrence cuts the batch rows into fixed blocks of ROWS rows, gives each
     thread a contiguous run of whole blocks and hands it on in chunks of up to CHUNK rows;
@@ -55,7 +56,6 @@ Gradients come back as fresh arrays (nothing accumulates into caller memory).
 """
 import numpy as np
 
-from cython.parallel cimport prange
 from libc.string cimport memset
 from _openmp cimport omp_get_max_threads
 from _blas cimport floating
@@ -80,6 +80,7 @@ cdef enum:
 
 
 include "_microkernel.pxi"   # pynn._config.set_kernel reaches this module too
+include "_team.pxi"
 
 # -- the microkernel and the products built on it -------------------------------------------
 # The per-step operands (kernel, recurrent_kernel, their transposes) are repacked once per
@@ -349,23 +350,62 @@ def _stack_t(const floating[:, :, ::1] x, const floating[:, :, ::1] h,
     """The left operands of the weight gradients, transposed and stacked: column n*T + tx(s)
     of at holds [x[n, tx, :], 1, h[n, s-1, :] (zero at s = 0), rh[n, tx, :] (with_rh)], the
     rows that meet dZ[n, tx] in dkernel, the bias gradient and d(recurrent_kernel)."""
-    cdef Py_ssize_t n = x.shape[0], t_len = x.shape[1], c = x.shape[2], u = h.shape[2]
-    cdef Py_ssize_t i, s, j, tx, col
-    for i in prange(n, schedule="static", nogil=True):
+    cdef _StackJob job
+    cdef Py_ssize_t n = x.shape[0]
+    cdef int threads = omp_get_max_threads()
+    if n == 0 or x.shape[1] == 0:
+        return
+    # (an empty axis has no element to point at: those loops then run zero times)
+    job.is_double, job.at = floating is double, &at[0, 0]
+    job.x = &x[0, 0, 0] if x.shape[2] else NULL
+    job.h = &h[0, 0, 0] if h.shape[2] else NULL
+    job.rh = &rh[0, 0, 0] if with_rh and rh.shape[2] else NULL
+    job.t_len, job.c, job.u, job.ld = x.shape[1], x.shape[2], h.shape[2], at.shape[1]
+    job.with_rh, job.backwards = with_rh, backwards
+    with nogil:
+        # samples on pynn's worker team; each writes its own columns of at
+        pynn_team_for(n, team_grain(n, threads), threads, _stack_job, &job)
+
+
+ctypedef struct _StackJob:
+    bint is_double, with_rh, backwards
+    const void* x
+    const void* h
+    const void* rh
+    void* at
+    Py_ssize_t t_len, c, u, ld
+
+
+cdef inline void _stack_samples(const _StackJob* k, const floating* x, long begin,
+                                long end) noexcept nogil:
+    cdef const floating* h = <const floating*>k.h
+    cdef const floating* rh = <const floating*>k.rh
+    cdef floating* at = <floating*>k.at
+    cdef Py_ssize_t t_len = k.t_len, c = k.c, u = k.u, ld = k.ld, s, j, tx, col
+    cdef long i
+    for i in range(begin, end):
         col = i * t_len
         for j in range(c):
             for s in range(t_len):
-                at[j, col + s] = x[i, s, j]
+                at[j * ld + col + s] = x[(i * t_len + s) * c + j]
         for s in range(t_len):
-            at[c, col + s] = 1
+            at[c * ld + col + s] = 1
         for j in range(u):
             for s in range(t_len):
-                tx = _tx(s, t_len, backwards)
-                at[c + 1 + j, col + tx] = h[i, s - 1, j] if s > 0 else 0
-        if with_rh:
+                tx = _tx(s, t_len, k.backwards)
+                at[(c + 1 + j) * ld + col + tx] = h[(i * t_len + s - 1) * u + j] if s > 0 else 0
+        if k.with_rh:
             for j in range(u):
                 for s in range(t_len):
-                    at[c + 1 + u + j, col + s] = rh[i, s, j]
+                    at[(c + 1 + u + j) * ld + col + s] = rh[(i * t_len + s) * u + j]
+
+
+cdef void _stack_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _StackJob* k = <_StackJob*>ctx
+    if k.is_double:
+        _stack_samples(k, <const double*>k.x, begin, end)
+    else:
+        _stack_samples(k, <const float*>k.x, begin, end)
 
 
 cdef void _tn_panels(Py_ssize_t m, Py_ssize_t cols, Py_ssize_t p_lo, Py_ssize_t p_hi,
@@ -404,9 +444,36 @@ def _gemm_tn(const floating[:, ::1] at, Py_ssize_t a_row, Py_ssize_t m,
     nc = _panel_width(&c[0, 0])
     npan = (cols + nc - 1) // nc
     nth = max(1, min(<Py_ssize_t>omp_get_max_threads(), npan))
-    for tid in prange(nth, schedule="static", num_threads=nth, nogil=True):
-        _tn_panels(m, cols, tid * npan // nth, (tid + 1) * npan // nth, kdim,
-                   &at[a_row, 0], &b[0, b_col], ldb, &c[c_row, c_col], ldc)
+    cdef _TnJob job
+    job.is_double, job.at, job.b, job.c = floating is double, &at[a_row, 0], &b[0, b_col], \
+        &c[c_row, c_col]
+    job.m, job.cols, job.npan, job.nth, job.kdim, job.ldb, job.ldc = m, cols, npan, nth, \
+        kdim, ldb, ldc
+    with nogil:
+        # the runs of panels (fixed by nth) on pynn's worker team
+        pynn_team_for(nth, 1, <int>nth, _tn_job, &job)
+
+
+ctypedef struct _TnJob:
+    bint is_double
+    const void* at
+    const void* b
+    void* c
+    Py_ssize_t m, cols, npan, nth, kdim, ldb, ldc
+
+
+cdef void _tn_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _TnJob* j = <_TnJob*>ctx
+    cdef long tid
+    for tid in range(begin, end):
+        if j.is_double:
+            _tn_panels(j.m, j.cols, tid * j.npan // j.nth, (tid + 1) * j.npan // j.nth,
+                       j.kdim, <const double*>j.at, <const double*>j.b, j.ldb,
+                       <double*>j.c, j.ldc)
+        else:
+            _tn_panels(j.m, j.cols, tid * j.npan // j.nth, (tid + 1) * j.npan // j.nth,
+                       j.kdim, <const float*>j.at, <const float*>j.b, j.ldb, <float*>j.c,
+                       j.ldc)
 
 
 def _weight_grads(x, h_seq, dz, at, go_backwards, rh=None):
@@ -589,20 +656,45 @@ cdef void _backward_chunk(const Rnn* r, Py_ssize_t r0, Py_ssize_t rows, floating
 
 cdef void _recurrence(const Rnn* r, Py_ssize_t n, bint grad, floating a1,
                       floating a2) noexcept nogil:
-    """Each thread (one per ROWS block at most) takes a contiguous run of whole blocks,
-    rows [r0, r1), and steps it through time in chunks of up to CHUNK rows."""
-    cdef Py_ssize_t nblk = (n + ROWS - 1) // ROWS, tid, r0, r1, rows
-    cdef Py_ssize_t nth = max(1, min(<Py_ssize_t>omp_get_max_threads(), nblk))
-    for tid in prange(nth, schedule="static", num_threads=nth):
-        r0 = min(tid * nblk // nth * ROWS, n)
-        r1 = min((tid + 1) * nblk // nth * ROWS, n)
-        while r0 < r1:
-            rows = min(CHUNK, r1 - r0)
-            if grad:
-                _backward_chunk(r, r0, rows, a1, a2)
-            else:
-                _forward_chunk(r, r0, rows, a1, a2)
-            r0 = r0 + rows
+    """Each run (one per ROWS block at most, as many as threads) takes a contiguous range of
+    whole blocks, rows [r0, r1), and steps it through time in chunks of up to CHUNK rows."""
+    cdef _RecurrenceJob job
+    job.is_double, job.grad, job.r, job.n, job.a1, job.a2 = floating is double, grad, r, n, \
+        a1, a2
+    job.nblk = (n + ROWS - 1) // ROWS
+    job.nth = max(1, min(<Py_ssize_t>omp_get_max_threads(), job.nblk))
+    # the runs (fixed by nth) on pynn's worker team: a run is a whole sequence's work
+    pynn_team_for(job.nth, 1, <int>job.nth, _recurrence_job, &job)
+
+
+ctypedef struct _RecurrenceJob:
+    bint is_double, grad
+    const Rnn* r
+    Py_ssize_t n, nblk, nth
+    double a1, a2
+
+
+cdef inline void _recurrence_run(const _RecurrenceJob* j, long tid, floating a1,
+                                 floating a2) noexcept nogil:
+    cdef Py_ssize_t rows, r0 = min(tid * j.nblk // j.nth * ROWS, j.n)
+    cdef Py_ssize_t r1 = min((tid + 1) * j.nblk // j.nth * ROWS, j.n)
+    while r0 < r1:
+        rows = min(CHUNK, r1 - r0)
+        if j.grad:
+            _backward_chunk(j.r, r0, rows, a1, a2)
+        else:
+            _forward_chunk(j.r, r0, rows, a1, a2)
+        r0 = r0 + rows
+
+
+cdef void _recurrence_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _RecurrenceJob* j = <_RecurrenceJob*>ctx
+    cdef long tid
+    for tid in range(begin, end):
+        if j.is_double:
+            _recurrence_run(j, tid, <double>j.a1, <double>j.a2)
+        else:
+            _recurrence_run(j, tid, <float>j.a1, <float>j.a2)
 
 
 cdef Rnn _rnn(int cell, Py_ssize_t t, Py_ssize_t u, Py_ssize_t gw, Py_ssize_t cin, int act,
