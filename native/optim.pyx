@@ -856,26 +856,157 @@ def rmsprop_update(w, g, velocity, momentum_buf, average_grad, lr, rho, momentum
 
 # -- Adagrad --------------------------------------------------------------------------------
 
-def _adagrad(floating[::1] w, const floating[::1] g, floating[::1] acc,
-             const mask_t[::1] mask, double lr, double epsilon, double grad_scale,
-             double clipvalue, double decay):
-    cdef Py_ssize_t n = w.shape[0], i
-    cdef const mask_t* mk = &mask[0]
+# -- the per-parameter updates of the other optimizers, on pynn's worker team -------------
+# One job type for Adagrad, Nadam, Adamax, Adadelta, FTRL and Lion: the def functions below
+# round their coefficients to the parameter's type (as the loops always took them) into c[],
+# and _update_range runs the optimizer's own element loop (literal per kind, so each
+# vectorizes as before) over spans of SPAN elements. Each element is updated alone: the
+# same bits at any thread count.
+
+cdef enum:
+    UPD_ADAGRAD = 0
+    UPD_NADAM = 1
+    UPD_ADAMAX = 2
+    UPD_ADADELTA = 3
+    UPD_FTRL = 4
+    UPD_LION = 5
+
+
+ctypedef struct _UpdateJob:
+    bint is_double, masked
+    int kind
+    void* w
+    const void* g
+    void* s1
+    void* s2
+    const void* mask
+    Py_ssize_t n
+    double c[10]         # [scale, clip, decay, lr, then the optimizer's own]
+    double power         # FTRL's learning_rate_power (an exponent in double)
+
+
+cdef inline void _update_range(const _UpdateJob* j, floating* w, const mask_t* mk,
+                               Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
+    cdef const floating* g = <const floating*>j.g
+    cdef floating* a = <floating*>j.s1
+    cdef floating* b = <floating*>j.s2
+    cdef floating scale = <floating>j.c[0], clip = <floating>j.c[1]
+    cdef floating dec = <floating>j.c[2], lr_ = <floating>j.c[3]
+    cdef floating c4 = <floating>j.c[4], c5 = <floating>j.c[5], c6 = <floating>j.c[6]
+    cdef floating c7 = <floating>j.c[7], c8 = <floating>j.c[8], c9 = <floating>j.c[9]
+    cdef floating gi, wi, ai, bi, mh, ag, dv, na, pa, pna, li, lc, cc
     cdef unsigned char k
-    cdef floating lr_ = <floating>lr, eps = <floating>epsilon
-    cdef floating scale = <floating>grad_scale, clip = <floating>clipvalue
-    cdef floating dec = <floating>decay
-    cdef floating gi, wi, ai
-    if n == 0:
-        return
-    with nogil:
-        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+    cdef Py_ssize_t i
+    if j.kind == UPD_ADAGRAD:          # a: accumulator; c4 epsilon
+        for i in range(i0, i1):
             k = keep_of(mk, i)
             gi = clipped_grad(g[i], scale, clip)
             wi = decayed(w[i], dec)
-            ai = acc[i] + gi * gi
-            acc[i] = kept(ai, k)
-            w[i] = kept(wi - (lr_ * gi) / <floating>sqrt(ai + eps), k)
+            ai = a[i] + gi * gi
+            a[i] = kept(ai, k)
+            w[i] = kept(wi - (lr_ * gi) / <floating>sqrt(ai + c4), k)
+    elif j.kind == UPD_NADAM:          # a, b: m, v; c4..c9 1-b1, 1-b2, eps, c_m, c_g, bc2
+        for i in range(i0, i1):
+            k = keep_of(mk, i)
+            gi = clipped_grad(g[i], scale, clip)
+            wi = decayed(w[i], dec)
+            ai = a[i] + (gi - a[i]) * c4
+            bi = b[i] + (gi * gi - b[i]) * c5
+            a[i] = kept(ai, k)
+            b[i] = kept(bi, k)
+            mh = c7 * ai + c8 * gi
+            w[i] = kept(wi - (mh * lr_) / (<floating>sqrt(bi / c9) + c6), k)
+    elif j.kind == UPD_ADAMAX:         # a, b: m, u; c4..c7 1-b1, b2, eps, bc1
+        for i in range(i0, i1):
+            k = keep_of(mk, i)
+            gi = clipped_grad(g[i], scale, clip)
+            wi = decayed(w[i], dec)
+            ai = a[i] + (gi - a[i]) * c4
+            bi = c5 * b[i]
+            ag = gi if gi >= 0 else -gi
+            bi = ag if ag > bi else bi
+            a[i] = kept(ai, k)
+            b[i] = kept(bi, k)
+            w[i] = kept(wi - (lr_ * ai) / (c7 * (bi + c6)), k)
+    elif j.kind == UPD_ADADELTA:       # a, b: accumulated grad, delta; c4..c6 rho, 1-rho, eps
+        for i in range(i0, i1):
+            k = keep_of(mk, i)
+            gi = clipped_grad(g[i], scale, clip)
+            wi = decayed(w[i], dec)
+            ai = c4 * a[i] + c5 * (gi * gi)
+            a[i] = kept(ai, k)
+            dv = -(<floating>sqrt(b[i] + c6) * gi) / <floating>sqrt(ai + c6)
+            b[i] = kept(c4 * b[i] + c5 * (dv * dv), k)
+            w[i] = kept(wi + lr_ * dv, k)
+    elif j.kind == UPD_FTRL:           # a, b: accumulator, linear; c4..c6 l1, 2*l2, 2*shrink
+        for i in range(i0, i1):
+            k = keep_of(mk, i)
+            gi = clipped_grad(g[i], scale, clip)
+            wi = decayed(w[i], dec)
+            ai = a[i]
+            na = ai + gi * gi
+            # -learning_rate_power is in [0, inf): accumulator^0 is 1, as in Keras.
+            pna = <floating>(<double>na ** j.power)
+            pa = <floating>(<double>ai ** j.power)
+            li = b[i] + ((gi + c6 * wi) - ((pna - pa) / lr_) * wi)
+            b[i] = kept(li, k)
+            lc = c4 if li > c4 else (-c4 if li < -c4 else li)
+            w[i] = kept((lc - li) / (pna / lr_ + c5), k)
+            # A pruned element's accumulator stays where it was: FTRL's starts at
+            # initial_accumulator_value, and 0 would make 0**power infinite.
+            a[i] = na if k else ai
+    else:                              # Lion; a: m; c4..c7 b1, b2, 1-b1, 1-b2
+        for i in range(i0, i1):
+            k = keep_of(mk, i)
+            gi = clipped_grad(g[i], scale, clip)
+            wi = decayed(w[i], dec)
+            cc = a[i] * c4 + gi * c6
+            w[i] = kept(wi - lr_ * <floating>((cc > 0) - (cc < 0)), k)
+            a[i] = kept(a[i] * c5 + gi * c7, k)
+
+
+cdef void _update_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _UpdateJob* j = <_UpdateJob*>ctx
+    cdef Py_ssize_t i0 = begin * SPAN, i1 = end * SPAN
+    if i1 > j.n:
+        i1 = j.n
+    if j.is_double:
+        if j.masked:
+            _update_range(j, <double*>j.w, <const MaskBit*>j.mask, i0, i1)
+        else:
+            _update_range(j, <double*>j.w, <const NoMask*>j.mask, i0, i1)
+    elif j.masked:
+        _update_range(j, <float*>j.w, <const MaskBit*>j.mask, i0, i1)
+    else:
+        _update_range(j, <float*>j.w, <const NoMask*>j.mask, i0, i1)
+
+
+cdef void _run_update(_UpdateJob* job) noexcept nogil:
+    cdef int threads = omp_get_max_threads() if job.n >= PARALLEL_MIN else 1
+    if job.n > 0:
+        pynn_team_for((job.n + SPAN - 1) // SPAN, 1, threads, _update_job, job)
+
+
+cdef void _update_job_init(_UpdateJob* job, int kind, bint is_double, bint masked, void* w,
+                           const void* g, void* s1, void* s2, const void* mask, Py_ssize_t n,
+                           double scale, double clip, double decay, double lr) noexcept:
+    job.kind, job.is_double, job.masked = kind, is_double, masked
+    job.w, job.g, job.s1, job.s2, job.mask, job.n = w, g, s1, s2, mask, n
+    job.c[0], job.c[1], job.c[2], job.c[3] = scale, clip, decay, lr
+    job.power = 0.0
+
+
+def _adagrad(floating[::1] w, const floating[::1] g, floating[::1] acc,
+             const mask_t[::1] mask, double lr, double epsilon, double grad_scale,
+             double clipvalue, double decay):
+    cdef _UpdateJob job
+    _update_job_init(&job, UPD_ADAGRAD, floating is double, mask_t is MaskBit, &w[0] if
+                     w.shape[0] else NULL, &g[0] if g.shape[0] else NULL,
+                     &acc[0] if acc.shape[0] else NULL, NULL, &mask[0], w.shape[0],
+                     <floating>grad_scale, <floating>clipvalue, <floating>decay, <floating>lr)
+    job.c[4] = <floating>epsilon
+    with nogil:
+        _run_update(&job)
 
 
 def adagrad_update(w, g, accumulator, lr, epsilon, grad_scale, clipvalue,
@@ -954,24 +1085,16 @@ def _nadam(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1
            const mask_t[::1] mask, double lr, double one_b1, double one_b2, double epsilon,
            double c_m, double c_g,
            double bc2, double grad_scale, double clipvalue, double decay):
-    cdef Py_ssize_t n = w.shape[0], i
-    cdef floating lr_ = <floating>lr, b1c = <floating>one_b1, b2c = <floating>one_b2
-    cdef floating eps = <floating>epsilon, cm = <floating>c_m, cg = <floating>c_g
-    cdef floating bc = <floating>bc2, scale = <floating>grad_scale, clip = <floating>clipvalue
-    cdef floating dec = <floating>decay, gi, wi, mi, vi, mh
-    cdef const mask_t* mk = &mask[0]
-    cdef unsigned char k
+    cdef _UpdateJob job
+    _update_job_init(&job, UPD_NADAM, floating is double, mask_t is MaskBit, &w[0] if
+                     w.shape[0] else NULL, &g[0] if g.shape[0] else NULL,
+                     &m[0] if m.shape[0] else NULL, &v[0] if v.shape[0] else NULL, &mask[0],
+                     w.shape[0], <floating>grad_scale, <floating>clipvalue, <floating>decay,
+                     <floating>lr)
+    job.c[4], job.c[5], job.c[6] = <floating>one_b1, <floating>one_b2, <floating>epsilon
+    job.c[7], job.c[8], job.c[9] = <floating>c_m, <floating>c_g, <floating>bc2
     with nogil:
-        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-            k = keep_of(mk, i)
-            gi = clipped_grad(g[i], scale, clip)
-            wi = decayed(w[i], dec)
-            mi = m[i] + (gi - m[i]) * b1c
-            vi = v[i] + (gi * gi - v[i]) * b2c
-            m[i] = kept(mi, k)
-            v[i] = kept(vi, k)
-            mh = cm * mi + cg * gi
-            w[i] = kept(wi - (mh * lr_) / (<floating>sqrt(vi / bc) + eps), k)
+        _run_update(&job)
 
 
 def nadam_update(w, g, m, v, lr, beta_1, beta_2, epsilon, t, u_product, grad_scale,
@@ -995,25 +1118,16 @@ def _adamax(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::
             const mask_t[::1] mask, double lr, double one_b1, double beta_2, double epsilon,
             double bc1,
             double grad_scale, double clipvalue, double decay):
-    cdef Py_ssize_t n = w.shape[0], i
-    cdef floating lr_ = <floating>lr, b1c = <floating>one_b1, b2 = <floating>beta_2
-    cdef floating eps = <floating>epsilon, bc = <floating>bc1
-    cdef floating scale = <floating>grad_scale, clip = <floating>clipvalue
-    cdef floating dec = <floating>decay, gi, wi, mi, ui, ag
-    cdef const mask_t* mk = &mask[0]
-    cdef unsigned char k
+    cdef _UpdateJob job
+    _update_job_init(&job, UPD_ADAMAX, floating is double, mask_t is MaskBit, &w[0] if
+                     w.shape[0] else NULL, &g[0] if g.shape[0] else NULL,
+                     &m[0] if m.shape[0] else NULL, &u[0] if u.shape[0] else NULL, &mask[0],
+                     w.shape[0], <floating>grad_scale, <floating>clipvalue, <floating>decay,
+                     <floating>lr)
+    job.c[4], job.c[5] = <floating>one_b1, <floating>beta_2
+    job.c[6], job.c[7] = <floating>epsilon, <floating>bc1
     with nogil:
-        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-            k = keep_of(mk, i)
-            gi = clipped_grad(g[i], scale, clip)
-            wi = decayed(w[i], dec)
-            mi = m[i] + (gi - m[i]) * b1c
-            ui = b2 * u[i]
-            ag = gi if gi >= 0 else -gi
-            ui = ag if ag > ui else ui
-            m[i] = kept(mi, k)
-            u[i] = kept(ui, k)
-            w[i] = kept(wi - (lr_ * mi) / (bc * (ui + eps)), k)
+        _run_update(&job)
 
 
 def adamax_update(w, g, m, u, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
@@ -1032,23 +1146,15 @@ def _adadelta(floating[::1] w, const floating[::1] g, floating[::1] ag, floating
               const mask_t[::1] mask, double lr, double rho, double epsilon, double grad_scale,
               double clipvalue,
               double decay):
-    cdef Py_ssize_t n = w.shape[0], i
-    cdef floating lr_ = <floating>lr, r = <floating>rho, one_r = <floating>(1.0 - rho)
-    cdef floating eps = <floating>epsilon
-    cdef floating scale = <floating>grad_scale, clip = <floating>clipvalue
-    cdef floating dec = <floating>decay, gi, wi, agi, dv
-    cdef const mask_t* mk = &mask[0]
-    cdef unsigned char k
+    cdef _UpdateJob job
+    _update_job_init(&job, UPD_ADADELTA, floating is double, mask_t is MaskBit, &w[0] if
+                     w.shape[0] else NULL, &g[0] if g.shape[0] else NULL,
+                     &ag[0] if ag.shape[0] else NULL, &ad[0] if ad.shape[0] else NULL,
+                     &mask[0], w.shape[0], <floating>grad_scale, <floating>clipvalue,
+                     <floating>decay, <floating>lr)
+    job.c[4], job.c[5], job.c[6] = <floating>rho, <floating>(1.0 - rho), <floating>epsilon
     with nogil:
-        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-            k = keep_of(mk, i)
-            gi = clipped_grad(g[i], scale, clip)
-            wi = decayed(w[i], dec)
-            agi = r * ag[i] + one_r * (gi * gi)
-            ag[i] = kept(agi, k)
-            dv = -(<floating>sqrt(ad[i] + eps) * gi) / <floating>sqrt(agi + eps)
-            ad[i] = kept(r * ad[i] + one_r * (dv * dv), k)
-            w[i] = kept(wi + lr_ * dv, k)
+        _run_update(&job)
 
 
 def adadelta_update(w, g, accumulated_grad, accumulated_delta_var, lr, rho, epsilon,
@@ -1069,30 +1175,16 @@ def _ftrl(floating[::1] w, const floating[::1] g, floating[::1] acc, floating[::
           const mask_t[::1] mask, double lr, double power, double l1, double l2_reg2,
           double shrink2,
           double grad_scale, double clipvalue, double decay):
-    cdef Py_ssize_t n = w.shape[0], i
-    cdef floating lr_ = <floating>lr, l1_ = <floating>l1, l2r2 = <floating>l2_reg2
-    cdef floating s2 = <floating>shrink2
-    cdef floating scale = <floating>grad_scale, clip = <floating>clipvalue
-    cdef floating dec = <floating>decay, gi, wi, ai, na, pa, pna, li, lc
-    cdef const mask_t* mk = &mask[0]
-    cdef unsigned char k
+    cdef _UpdateJob job
+    _update_job_init(&job, UPD_FTRL, floating is double, mask_t is MaskBit, &w[0] if
+                     w.shape[0] else NULL, &g[0] if g.shape[0] else NULL,
+                     &acc[0] if acc.shape[0] else NULL, &lin[0] if lin.shape[0] else NULL,
+                     &mask[0], w.shape[0], <floating>grad_scale, <floating>clipvalue,
+                     <floating>decay, <floating>lr)
+    job.c[4], job.c[5], job.c[6] = <floating>l1, <floating>l2_reg2, <floating>shrink2
+    job.power = power
     with nogil:
-        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-            k = keep_of(mk, i)
-            gi = clipped_grad(g[i], scale, clip)
-            wi = decayed(w[i], dec)
-            ai = acc[i]
-            na = ai + gi * gi
-            # -learning_rate_power is in [0, inf): accumulator^0 is 1, as in Keras.
-            pna = <floating>(<double>na ** power)
-            pa = <floating>(<double>ai ** power)
-            li = lin[i] + ((gi + s2 * wi) - ((pna - pa) / lr_) * wi)
-            lin[i] = kept(li, k)
-            lc = l1_ if li > l1_ else (-l1_ if li < -l1_ else li)
-            w[i] = kept((lc - li) / (pna / lr_ + l2r2), k)
-            # A pruned element's accumulator stays where it was: FTRL's starts at
-            # initial_accumulator_value, and 0 would make 0**power infinite.
-            acc[i] = na if k else ai
+        _run_update(&job)
 
 
 def ftrl_update(w, g, accumulator, linear, lr, learning_rate_power, l1, l2, l2_shrinkage,
@@ -1113,22 +1205,16 @@ def ftrl_update(w, g, accumulator, linear, lr, learning_rate_power, l1, l2, l2_s
 def _lion(floating[::1] w, const floating[::1] g, floating[::1] m, const mask_t[::1] mask,
           double lr, double beta_1, double beta_2, double grad_scale, double clipvalue,
           double decay):
-    cdef Py_ssize_t n = w.shape[0], i
-    cdef const mask_t* mk = &mask[0]
-    cdef unsigned char k
-    cdef floating lr_ = <floating>lr, b1 = <floating>beta_1, b2 = <floating>beta_2
-    cdef floating one_b1 = <floating>(1.0 - <floating>beta_1)
-    cdef floating one_b2 = <floating>(1.0 - <floating>beta_2)
-    cdef floating scale = <floating>grad_scale, clip = <floating>clipvalue
-    cdef floating dec = <floating>decay, gi, wi, c
+    cdef _UpdateJob job
+    _update_job_init(&job, UPD_LION, floating is double, mask_t is MaskBit, &w[0] if
+                     w.shape[0] else NULL, &g[0] if g.shape[0] else NULL,
+                     &m[0] if m.shape[0] else NULL, NULL, &mask[0], w.shape[0],
+                     <floating>grad_scale, <floating>clipvalue, <floating>decay, <floating>lr)
+    job.c[4], job.c[5] = <floating>beta_1, <floating>beta_2
+    job.c[6] = <floating>(1.0 - <floating>beta_1)
+    job.c[7] = <floating>(1.0 - <floating>beta_2)
     with nogil:
-        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-            k = keep_of(mk, i)
-            gi = clipped_grad(g[i], scale, clip)
-            wi = decayed(w[i], dec)
-            c = m[i] * b1 + gi * one_b1
-            w[i] = kept(wi - lr_ * <floating>((c > 0) - (c < 0)), k)
-            m[i] = kept(m[i] * b2 + gi * one_b2, k)
+        _run_update(&job)
 
 
 def lion_update(w, g, m, lr, beta_1, beta_2, grad_scale, clipvalue, weight_decay,
