@@ -42,7 +42,6 @@ import math
 
 import numpy as np
 
-from cython.parallel cimport prange
 from libc.math cimport exp, log, log1p, fabs, fmax, fmin, sqrt
 from libc.math cimport tanh as math_tanh
 
@@ -394,6 +393,60 @@ cdef inline double cosine_row(const floating* t, const floating* p, floating* g,
     return -tp * it * ip
 
 
+ctypedef struct _RowsJob:
+    bint is_double, sparse, from_logits
+    int code
+    const int* labels
+    const void* t        # dense targets (N, K)
+    const void* p
+    void* g              # NULL: no gradient
+    const void* w        # NULL: no weights
+    double* row_loss
+    Py_ssize_t k, rows_per_weight
+    double lo, hi, scale, ls
+
+
+cdef inline void _loss_rows(const _RowsJob* j, const floating* p, long begin,
+                            long end) noexcept nogil:
+    """Rows [begin, end): each row's loss (and gradient row) alone, times its weight."""
+    cdef const floating* t = <const floating*>j.t
+    cdef floating* g = <floating*>j.g
+    cdef const floating* w = <const floating*>j.w
+    cdef floating* gr
+    cdef Py_ssize_t k = j.k
+    cdef double wr
+    cdef long r
+    for r in range(begin, end):
+        # The weight scales the gradient through `scale`: the row is linear in it.
+        wr = w[r // j.rows_per_weight] if w != NULL else 1.0
+        gr = g + r * k if g != NULL else NULL
+        if j.sparse:
+            j.row_loss[r] = wr * sparse_row(j.labels[r], p + r * k, gr, k, j.from_logits, j.lo,
+                                            j.hi, j.scale * wr)
+        elif j.code == LOSS_CATEGORICAL_HINGE:
+            j.row_loss[r] = wr * categorical_hinge_row(t + r * k, p + r * k, gr, k,
+                                                       j.scale * wr)
+        elif j.code == LOSS_COSINE:
+            j.row_loss[r] = wr * cosine_row(t + r * k, p + r * k, gr, k, j.lo, j.scale * wr)
+        else:
+            j.row_loss[r] = wr * categorical_row(t + r * k, p + r * k, gr, k, j.from_logits,
+                                                 j.lo, j.hi, j.scale * wr, j.ls)
+
+
+cdef void _loss_rows_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _RowsJob* j = <_RowsJob*>ctx
+    if j.is_double:
+        _loss_rows(j, <const double*>j.p, begin, end)
+    else:
+        _loss_rows(j, <const float*>j.p, begin, end)
+
+
+cdef void _run_rows(_RowsJob* job, Py_ssize_t rows) noexcept nogil:
+    """The rows on pynn's worker team."""
+    cdef int threads = omp_get_max_threads() if rows * job.k >= PARALLEL_MIN else 1
+    pynn_team_for(rows, team_grain(rows, threads), threads, _loss_rows_job, job)
+
+
 def _categorical(int code,
                  const floating[:, ::1] t,     # IN  (N, K) y_true
                  const floating[:, ::1] p,     # IN  (N, K) y_pred
@@ -403,23 +456,16 @@ def _categorical(int code,
                  const floating[::1] w,        # IN  (N / rows_per_weight,) or empty
                  Py_ssize_t rows_per_weight):
     """The dense-target row losses: categorical CE, categorical hinge, cosine similarity."""
-    cdef Py_ssize_t r, rows = p.shape[0], k = p.shape[1]
-    cdef bint need_grad = g.shape[0] > 0, weighted = w.shape[0] > 0
-    cdef double wr
-    cdef floating* gr
+    cdef _RowsJob job
+    job.is_double, job.sparse, job.from_logits, job.code = floating is double, False, \
+        from_logits, code
+    job.labels, job.t, job.p = NULL, &t[0, 0], &p[0, 0]
+    job.g = &g[0, 0] if g.shape[0] > 0 else NULL
+    job.w = &w[0] if w.shape[0] > 0 else NULL
+    job.row_loss, job.k, job.rows_per_weight = &row_loss[0], p.shape[1], rows_per_weight
+    job.lo, job.hi, job.scale, job.ls = lo, hi, scale, ls
     with nogil:
-        for r in prange(rows, schedule="static", use_threads_if=rows * k >= PARALLEL_MIN):
-            # The weight scales the gradient through `scale`: the row is linear in it.
-            wr = w[r // rows_per_weight] if weighted else 1.0
-            gr = &g[r, 0] if need_grad else NULL
-            if code == LOSS_CATEGORICAL_HINGE:
-                row_loss[r] = wr * categorical_hinge_row(&t[r, 0], &p[r, 0], gr, k,
-                                                         scale * wr)
-            elif code == LOSS_COSINE:
-                row_loss[r] = wr * cosine_row(&t[r, 0], &p[r, 0], gr, k, lo, scale * wr)
-            else:
-                row_loss[r] = wr * categorical_row(&t[r, 0], &p[r, 0], gr, k, from_logits,
-                                                   lo, hi, scale * wr, ls)
+        _run_rows(&job, p.shape[0])
 
 
 def _sparse(const int[::1] labels,           # IN  (N,) class ids in [0, K)
@@ -429,15 +475,15 @@ def _sparse(const int[::1] labels,           # IN  (N,) class ids in [0, K)
             double[::1] row_loss,            # OUT (N,)
             const floating[::1] w,           # IN  (N / rows_per_weight,) or empty
             Py_ssize_t rows_per_weight):
-    cdef Py_ssize_t r, rows = p.shape[0], k = p.shape[1]
-    cdef bint need_grad = g.shape[0] > 0, weighted = w.shape[0] > 0
-    cdef double wr
+    cdef _RowsJob job
+    job.is_double, job.sparse, job.from_logits = floating is double, True, from_logits
+    job.labels, job.t, job.p = &labels[0], NULL, &p[0, 0]
+    job.g = &g[0, 0] if g.shape[0] > 0 else NULL
+    job.w = &w[0] if w.shape[0] > 0 else NULL
+    job.row_loss, job.k, job.rows_per_weight = &row_loss[0], p.shape[1], rows_per_weight
+    job.lo, job.hi, job.scale, job.ls = lo, hi, scale, 0.0
     with nogil:
-        for r in prange(rows, schedule="static", use_threads_if=rows * k >= PARALLEL_MIN):
-            wr = w[r // rows_per_weight] if weighted else 1.0
-            row_loss[r] = wr * sparse_row(labels[r], &p[r, 0],
-                                          &g[r, 0] if need_grad else NULL,
-                                          k, from_logits, lo, hi, scale * wr)
+        _run_rows(&job, p.shape[0])
 
 
 def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
