@@ -16,8 +16,8 @@ with zero_output_for_mask (Bidirectional with return_sequences) a masked step ou
 Recurrent dropout multiplies h_{t-1} by a per-gate mask fixed over time (Keras's
 implementation 1): column block g of the recurrent product reads h_{t-1} * rdrop[:, g].
 
-Parallel axis: the batch (prange over blocks of up to BLOCK rows, sized so every thread gets
-one); a block runs its whole sequence on one thread, since a row's steps depend on each other
+Parallel axis: the batch (blocks of up to BLOCK rows on pynn's worker team, sized so every
+thread gets one); a block runs its whole sequence on one thread, since a row's steps depend on each other
 and different rows never do. The recurrent kernel (and its transpose, for backward) is
 packed once per call into column panels per gate block, the layout native/rnn.pyx's fast
 path uses (its _pack_panels is reused): per step each panel (at most U x NC values) stays in
@@ -30,7 +30,6 @@ gradients are sums over all rows: they come after the loop from one product per 
 """
 import numpy as np
 
-from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 from _activation cimport act_value, act_grad, floating, ACT_SIGMOID, ACT_TANH
 from _openmp cimport omp_get_max_threads
@@ -42,6 +41,7 @@ from pynn.backend._scratch import give as _give_scratch, take as _take_scratch
 from pynn._native.rnn import _pack_panels
 
 cdef enum:
+    PARALLEL_MIN = 32768  # values below which a sequence pass stays on the calling thread
     # At most this many rows step through time together on one thread: each packed panel
     # loaded per step serves all of them from L1 (native/rnn.pyx's CHUNK).
     BLOCK = 32
@@ -79,6 +79,7 @@ cdef struct Rec:
 
 
 include "_microkernel.pxi"   # pynn._config.set_kernel reaches this module too
+include "_team.pxi"
 
 # The register-blocked microkernel of native/_microkernel.h (shared with conv and rnn):
 # c[i, :n] (+)= sum_k a[i*sai + k*sak] * b[k*ldb + :n], for n <= NC columns per call.
@@ -380,17 +381,43 @@ cdef void _block_backward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
                     dh[kk] = dh[kk] + q[kk] * rd[n * g + gate * u + kk]
 
 
+ctypedef struct _RunJob:
+    bint is_double, grad
+    const Rec* p
+    Py_ssize_t rows, size
+
+
+cdef inline void _run_blocks(const _RunJob* j, floating* dummy, long begin,
+                             long end) noexcept nogil:
+    cdef long b
+    cdef Py_ssize_t r0
+    for b in range(begin, end):
+        r0 = b * j.size
+        if j.grad:
+            _block_backward(j.p, r0, min(j.size, j.rows - r0), dummy)
+        else:
+            _block_forward(j.p, r0, min(j.size, j.rows - r0), dummy)
+
+
+cdef void _run_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _RunJob* j = <_RunJob*>ctx
+    cdef float f
+    cdef double d
+    if j.is_double:
+        _run_blocks(j, &d, begin, end)
+    else:
+        _run_blocks(j, &f, begin, end)
+
+
 cdef void _run(const Rec* p, Py_ssize_t rows, bint grad, floating* dummy) noexcept nogil:
     """Blocks of up to BLOCK rows, no more than the rows per thread, so every thread has
-    one (64 rows on 2 threads: 2 blocks of 32)."""
-    cdef Py_ssize_t b, nth = max(1, <Py_ssize_t>omp_get_max_threads())
-    cdef Py_ssize_t size = min(<Py_ssize_t>BLOCK, (rows + nth - 1) // nth)
-    cdef Py_ssize_t nblocks = (rows + size - 1) // size
-    for b in prange(nblocks, schedule="dynamic", nogil=True):
-        if grad:
-            _block_backward(p, b * size, min(size, rows - b * size), dummy)
-        else:
-            _block_forward(p, b * size, min(size, rows - b * size), dummy)
+    one (64 rows on 2 threads: 2 blocks of 32), claimed one at a time on pynn's worker
+    team."""
+    cdef int nth = max(1, omp_get_max_threads())
+    cdef _RunJob job
+    job.is_double, job.grad, job.p, job.rows = floating is double, grad, p, rows
+    job.size = min(<Py_ssize_t>BLOCK, (rows + nth - 1) // nth)
+    pynn_team_for((rows + job.size - 1) // job.size, 1, nth, _run_job, &job)
 
 
 cdef inline void* _ptr(a):
@@ -539,16 +566,62 @@ def sequence_scale(x, scale):
     return _scale(x, scale)
 
 
-def _scale(const floating[:, :, ::1] x,  # IN  (N, T, C)
-           const floating[:, ::1] scale):  # IN  (N, C)
+ctypedef struct _SeqJob:
+    bint is_double, reverse
+    const void* x
+    const void* scale
+    void* y
+    Py_ssize_t t, c
+
+
+cdef inline void _seq_rows(const _SeqJob* k, const floating* x, long begin,
+                           long end) noexcept nogil:
+    """Samples [begin, end): y = x * scale at every step, or x with its time axis reversed."""
+    cdef floating* y = <floating*>k.y
+    cdef const floating* sc = <const floating*>k.scale
+    cdef Py_ssize_t t = k.t, c = k.c, s, j
+    cdef long n
+    for n in range(begin, end):
+        for s in range(t):
+            if k.reverse:
+                memcpy(y + (n * t + s) * c, x + (n * t + t - 1 - s) * c, c * sizeof(floating))
+            else:
+                for j in range(c):
+                    y[(n * t + s) * c + j] = x[(n * t + s) * c + j] * sc[n * c + j]
+
+
+cdef void _seq_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _SeqJob* k = <_SeqJob*>ctx
+    if k.is_double:
+        _seq_rows(k, <const double*>k.x, begin, end)
+    else:
+        _seq_rows(k, <const float*>k.x, begin, end)
+
+
+def _sequence_pass(const floating[:, :, ::1] x, const floating[:, ::1] scale, bint reverse):
+    """The samples on pynn's worker team (large inputs) or the calling thread."""
     out = np.empty_like(np.asarray(x))
     cdef floating[:, :, ::1] y = out
-    cdef Py_ssize_t n, s, j
-    for n in prange(x.shape[0], schedule="static", nogil=True):
-        for s in range(x.shape[1]):
-            for j in range(x.shape[2]):
-                y[n, s, j] = x[n, s, j] * scale[n, j]
+    cdef _SeqJob job
+    cdef Py_ssize_t n = x.shape[0]
+    cdef int threads = (omp_get_max_threads()
+                        if n * x.shape[1] * x.shape[2] >= PARALLEL_MIN else 1)
+    if n == 0 or x.shape[1] == 0 or x.shape[2] == 0:
+        return out
+    job.is_double, job.reverse, job.x, job.y = floating is double, reverse, &x[0, 0, 0], \
+        &y[0, 0, 0]
+    job.scale = NULL
+    if not reverse:
+        job.scale = &scale[0, 0]
+    job.t, job.c = x.shape[1], x.shape[2]
+    with nogil:
+        pynn_team_for(n, team_grain(n, threads), threads, _seq_job, &job)
     return out
+
+
+def _scale(const floating[:, :, ::1] x,  # IN  (N, T, C)
+           const floating[:, ::1] scale):  # IN  (N, C)
+    return _sequence_pass(x, scale, False)
 
 
 def sequence_reverse(x):
@@ -559,11 +632,4 @@ def sequence_reverse(x):
 
 
 def _reverse(const floating[:, :, ::1] x):  # IN  (N, T, F)
-    out = np.empty_like(np.asarray(x))
-    cdef floating[:, :, ::1] y = out
-    cdef Py_ssize_t n, s, j, t = x.shape[1]
-    for n in prange(x.shape[0], schedule="static", nogil=True):
-        for s in range(t):
-            for j in range(x.shape[2]):
-                y[n, s, j] = x[n, t - 1 - s, j]
-    return out
+    return _sequence_pass(x, np.empty((0, 0), np.asarray(x).dtype), True)
