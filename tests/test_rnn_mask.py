@@ -100,6 +100,39 @@ def test_sequence_scale_and_reverse(backend):
     check_op(backend, "sequence_reverse", x, ref=sequence_reverse_ref)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_thread_count_does_not_change_results(cell):
+    """The row blocks and the sequence passes run on pynn's worker team: 1, 2 and 3 threads
+    give the same bits (each block steps its own rows; each sample is scaled or reversed
+    alone), and the float64 references agree."""
+    from pynn._native import info
+    from pynn.backend import cpu
+
+    rng = np.random.default_rng(5)
+    args = _operands(rng, cell, 67, 9, 16, np.float32)
+    dy = rand(rng, (67, 9, 16), np.float32)
+    x, s = rand(rng, (67, 41, 29), np.float32), rand(rng, (67, 29), np.float32)
+    runs = []
+    before = info.get_max_threads()
+    try:
+        for n in (1, 2, 3):
+            info.set_num_threads(n)
+            y, h, c, cache = cpu.recurrence_forward(*args, cell, return_sequences=True)
+            grads = cpu.recurrence_backward(dy, None, None, args[1], cache, cell,
+                                            return_sequences=True)
+            runs.append([y, h, *[g for g in grads if g is not None],
+                         cpu.sequence_scale(x, s), cpu.sequence_reverse(x)])
+    finally:
+        info.set_num_threads(before)
+    for other in runs[1:]:
+        for want, got in zip(runs[0], other):
+            np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(runs[0][0], recurrence_forward_ref(
+        *args, cell=cell, return_sequences=True)[0], atol=2e-5)
+    np.testing.assert_allclose(runs[0][-2], sequence_scale_ref(x, s), rtol=1e-6)
+    np.testing.assert_array_equal(runs[0][-1], sequence_reverse_ref(x))
+
+
 @pytest.mark.parametrize("change,match", [
     ({"cell": "rnn"}, "cell must be one of"),
     ({"h0": None}, "h0 .* is required"),
