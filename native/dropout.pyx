@@ -26,7 +26,6 @@ A layer draws fresh masks by advancing ``offset`` by x.size after each call with
 
 import numpy as np
 
-from cython.parallel cimport prange
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 from _activation cimport floating
@@ -223,6 +222,11 @@ ctypedef struct _DropoutJob:
     uint64_t offset
     uint32_t k0, k1, threshold
     double scale
+    void* noise              # Gaussian: the noise kept for backward, or NULL
+    const void* cnoise       # Gaussian backward: the kept noise
+    double mean, stddev
+    bint multiply
+    Py_ssize_t sp, ch        # channel masks: the (N, S, C) view's S and C
 
 
 cdef inline void _dropout_forward_batches(const _DropoutJob* j, const floating* x, floating* y,
@@ -374,34 +378,85 @@ cdef inline floating mean_plus(floating m, floating s, float z) noexcept nogil:
         return fma(s, <double>z, m)
 
 
+cdef inline void _gaussian_chunks(const _DropoutJob* j, const floating* x, long begin,
+                                  long end) noexcept nogil:
+    """Chunks [begin, end): each element's noise from its own counter."""
+    cdef floating* y = <floating*>j.y
+    cdef floating* noise = <floating*>j.noise
+    cdef floating m = <floating>j.mean, s = <floating>j.stddev, v
+    cdef Py_ssize_t i
+    for i in range(begin * CHUNK, min(end * CHUNK, j.n)):
+        v = mean_plus(m, s, philox_normal(<uint64_t>i + j.offset, j.k0, j.k1))
+        if noise != NULL:
+            noise[i] = v
+        y[i] = x[i] * v if j.multiply else x[i] + v
+
+
+cdef void _gaussian_forward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _DropoutJob* j = <_DropoutJob*>ctx
+    if j.is_double:
+        _gaussian_chunks(j, <const double*>j.x, begin, end)
+    else:
+        _gaussian_chunks(j, <const float*>j.x, begin, end)
+
+
 def _gaussian_forward(const floating[::1] x,    # IN  (n,)
                       floating[::1] y,          # OUT (n,)
                       floating[::1] noise,      # OUT (n,) or (0,): not kept
                       uint64_t seed, uint64_t offset, double mean, double stddev,
                       bint multiply):
-    cdef Py_ssize_t i, n = x.shape[0]
-    cdef uint32_t k0 = <uint32_t>seed, k1 = <uint32_t>(seed >> 32)
-    cdef floating m = <floating>mean, s = <floating>stddev, v
-    cdef bint keep = noise.shape[0] == n
+    """Chunks on pynn's worker team (large inputs) or the calling thread."""
+    cdef Py_ssize_t n = x.shape[0], chunks = (n + CHUNK - 1) // CHUNK
+    cdef int threads = _threads_for(n)
+    cdef _DropoutJob job
+    if n == 0:
+        return
+    job.is_double, job.x, job.y, job.n = floating is double, &x[0], &y[0], n
+    job.noise = &noise[0] if noise.shape[0] == n else NULL
+    job.offset, job.k0, job.k1 = offset, <uint32_t>seed, <uint32_t>(seed >> 32)
+    job.mean, job.stddev, job.multiply = <floating>mean, <floating>stddev, multiply
     with nogil:
-        for i in prange(n, schedule="static"):
-            v = mean_plus(m, s, philox_normal(<uint64_t>i + offset, k0, k1))
-            if keep:
-                noise[i] = v
-            y[i] = x[i] * v if multiply else x[i] + v
+        pynn_team_for(chunks, team_grain(chunks, threads), threads, _gaussian_forward_job,
+                      &job)
+
+
+cdef inline void _channel_rows(const _DropoutJob* j, const floating* x, long begin,
+                               long end) noexcept nogil:
+    """Samples [begin, end): x * scale where the sample's channel is kept, else 0."""
+    cdef floating* y = <floating*>j.y
+    cdef floating sc = <floating>j.scale
+    cdef Py_ssize_t s, c, sp = j.sp, ch = j.ch, at
+    cdef long n
+    for n in range(begin, end):
+        for s in range(sp):
+            at = (n * sp + s) * ch
+            for c in range(ch):
+                y[at + c] = keep_or_zero(x[at + c] * sc, j.cmask[n * ch + c])
+
+
+cdef void _channel_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _DropoutJob* j = <_DropoutJob*>ctx
+    if j.is_double:
+        _channel_rows(j, <const double*>j.x, begin, end)
+    else:
+        _channel_rows(j, <const float*>j.x, begin, end)
 
 
 def _channel_mask_apply(const floating[:, :, ::1] x,   # IN  (N, S, C)
                         const uint8_t[:, ::1] mask,    # IN  (N, C)
                         floating[:, :, ::1] y,         # OUT (N, S, C)
                         double scale):
-    cdef Py_ssize_t n, s, c, rows = x.shape[0], sp = x.shape[1], ch = x.shape[2]
-    cdef floating sc = <floating>scale
+    """Samples on pynn's worker team (large inputs) or the calling thread."""
+    cdef Py_ssize_t rows = x.shape[0]
+    cdef int threads = _threads_for(rows * x.shape[1] * x.shape[2])
+    cdef _DropoutJob job
+    if rows == 0 or x.shape[1] == 0 or x.shape[2] == 0:
+        return
+    job.is_double, job.x, job.y, job.cmask = floating is double, &x[0, 0, 0], &y[0, 0, 0], \
+        &mask[0, 0]
+    job.sp, job.ch, job.scale = x.shape[1], x.shape[2], scale
     with nogil:
-        for n in prange(rows, schedule="static"):
-            for s in range(sp):
-                for c in range(ch):
-                    y[n, s, c] = keep_or_zero(x[n, s, c] * sc, mask[n, c])
+        pynn_team_for(rows, team_grain(rows, threads), threads, _channel_job, &job)
 
 
 def _channel_view(a):
@@ -466,10 +521,34 @@ def gaussian_dropout_backward(dy, noise):
     return dx
 
 
+cdef inline void _gaussian_back_chunks(const _DropoutJob* j, const floating* dy, long begin,
+                                       long end) noexcept nogil:
+    cdef const floating* noise = <const floating*>j.cnoise
+    cdef floating* dx = <floating*>j.y
+    cdef Py_ssize_t i
+    for i in range(begin * CHUNK, min(end * CHUNK, j.n)):
+        dx[i] = dy[i] * noise[i]
+
+
+cdef void _gaussian_backward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _DropoutJob* j = <_DropoutJob*>ctx
+    if j.is_double:
+        _gaussian_back_chunks(j, <const double*>j.x, begin, end)
+    else:
+        _gaussian_back_chunks(j, <const float*>j.x, begin, end)
+
+
 def _gaussian_backward(const floating[::1] dy,     # IN  (n,)
                        const floating[::1] noise,  # IN  (n,)
                        floating[::1] dx):          # OUT (n,)
-    cdef Py_ssize_t i, n = dy.shape[0]
+    """Chunks on pynn's worker team (large inputs) or the calling thread."""
+    cdef Py_ssize_t n = dy.shape[0], chunks = (n + CHUNK - 1) // CHUNK
+    cdef int threads = _threads_for(n)
+    cdef _DropoutJob job
+    if n == 0:
+        return
+    job.is_double, job.x, job.cnoise, job.y, job.n = floating is double, &dy[0], &noise[0], \
+        &dx[0], n
     with nogil:
-        for i in prange(n, schedule="static"):
-            dx[i] = dy[i] * noise[i]
+        pynn_team_for(chunks, team_grain(chunks, threads), threads, _gaussian_backward_job,
+                      &job)
