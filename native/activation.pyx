@@ -225,21 +225,117 @@ def _act_bias_backward_rows(const floating[:, ::1] dy,   # IN  (rows, K)
             db[j] = <floating>s
 
 
+# The row and elementwise ops below on pynn's worker team: one job type, its kind saying
+# which loop; each row or element is computed alone (the same bits at any thread count).
+cdef enum:
+    OPJOB_SOFTMAX_FWD = 0
+    OPJOB_SOFTMAX_BWD = 1
+    OPJOB_RELU_FWD = 2
+    OPJOB_RELU_BWD = 3
+    OPJOB_PRELU_FWD = 4
+    OPJOB_PRELU_DX = 5
+    OPJOB_PRELU_DALPHA = 6
+    OPJOB_CHUNK = 8192   # elements per claim of the elementwise kinds
+
+
+ctypedef struct _OpJob:
+    bint is_double
+    int kind
+    const void* a        # x, or dy for the backwards
+    const void* b        # y (softmax backward), x (relu and prelu backwards)
+    const void* alpha
+    const Py_ssize_t* index
+    void* out
+    double* partial
+    Py_ssize_t n, k, rb_rows, na
+    double mv, slope, threshold
+
+
+cdef inline void _op_items(const _OpJob* j, const floating* a, long begin,
+                           long end) noexcept nogil:
+    cdef const floating* b = <const floating*>j.b
+    cdef const floating* alpha = <const floating*>j.alpha
+    cdef floating* out = <floating*>j.out
+    cdef floating mv = <floating>j.mv, sl = <floating>j.slope, th = <floating>j.threshold
+    cdef floating v, a_m
+    cdef Py_ssize_t k = j.k, i, i0, i1, m, n
+    cdef long r
+    if j.kind == OPJOB_SOFTMAX_FWD:
+        for r in range(begin, end):
+            softmax_row(a + r * k, out + r * k, k)
+    elif j.kind == OPJOB_SOFTMAX_BWD:
+        for r in range(begin, end):
+            softmax_grad_row(a + r * k, b + r * k, out + r * k, k)
+    elif j.kind == OPJOB_RELU_FWD or j.kind == OPJOB_RELU_BWD:
+        i0 = begin * <Py_ssize_t>OPJOB_CHUNK
+        i1 = min(end * <Py_ssize_t>OPJOB_CHUNK, j.n)
+        if j.kind == OPJOB_RELU_FWD:
+            for i in range(i0, i1):
+                out[i] = relu_value(a[i], mv, sl, th)
+        else:
+            for i in range(i0, i1):
+                out[i] = relu_grad(a[i], b[i], mv, sl, th)
+    elif j.kind == OPJOB_PRELU_FWD:
+        for r in range(begin, end):
+            for m in range(k):
+                # Keras's relu(x) - alpha * relu(-x), without a branch (a data-dependent
+                # branch mispredicts on half the elements); NaN passes through the first term.
+                v = a[r * k + m]
+                out[r * k + m] = (0 if v < 0 else v) + alpha[j.index[m]] * (v if v < 0 else 0)
+    elif j.kind == OPJOB_PRELU_DX:
+        for r in range(begin, end):
+            for m in range(k):
+                # alpha is loaded whatever the sign: a load under the condition stays a
+                # branch, mispredicted on half the elements.
+                v = b[r * k + m]
+                a_m = alpha[j.index[m]]
+                out[r * k + m] = a[r * k + m] * (1 if v > 0 else a_m)
+    else:  # OPJOB_PRELU_DALPHA: row block r's partials of dalpha
+        for r in range(begin, end):
+            for n in range(r * j.rb_rows, min(j.n, (r + 1) * j.rb_rows)):
+                for m in range(k):
+                    v = b[n * k + m]
+                    j.partial[r * j.na + j.index[m]] += <double>(v if v < 0 else 0) * a[n * k + m]
+
+
+cdef void _op_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _OpJob* j = <_OpJob*>ctx
+    if j.is_double:
+        _op_items(j, <const double*>j.a, begin, end)
+    else:
+        _op_items(j, <const float*>j.a, begin, end)
+
+
+cdef void _op_run(_OpJob* job, long items, Py_ssize_t work) noexcept nogil:
+    cdef int threads = omp_get_max_threads() if work >= TEAM_PARALLEL_MIN else 1
+    pynn_team_for(items, team_grain(items, threads), threads, _op_job, job)
+
+
+cdef void _op_init(_OpJob* job, int kind, bint is_double, const void* a, const void* b,
+                   void* out, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    job.kind, job.is_double, job.a, job.b, job.out, job.n, job.k = kind, is_double, a, b, \
+        out, n, k
+    job.alpha, job.index, job.partial = NULL, NULL, NULL
+
+
 def _softmax_forward_rows(const floating[:, ::1] x,   # IN  (rows, K)
                           floating[:, ::1] y):        # OUT (rows, K)
-    cdef Py_ssize_t r, rows = x.shape[0], k = x.shape[1]
+    cdef Py_ssize_t rows = x.shape[0], k = x.shape[1]
+    cdef _OpJob job
+    _op_init(&job, OPJOB_SOFTMAX_FWD, floating is double, &x[0, 0], NULL, &y[0, 0], rows, k)
     with nogil:
-        for r in prange(rows, schedule="static", use_threads_if=rows * k >= ACT_PARALLEL_MIN):
-            softmax_row(&x[r, 0], &y[r, 0], k)
+        _op_run(&job, rows, rows * k)
 
 
 def _softmax_backward_rows(const floating[:, ::1] dy,  # IN  (rows, K)
                            const floating[:, ::1] y,   # IN  (rows, K) forward output
                            floating[:, ::1] dx):       # OUT (rows, K)
-    cdef Py_ssize_t r, rows = dy.shape[0], k = dy.shape[1]
+    cdef Py_ssize_t rows = dy.shape[0], k = dy.shape[1]
+    cdef _OpJob job
+    _op_init(&job, OPJOB_SOFTMAX_BWD, floating is double, &dy[0, 0], &y[0, 0], &dx[0, 0],
+             rows, k)
     with nogil:
-        for r in prange(rows, schedule="static", use_threads_if=rows * k >= ACT_PARALLEL_MIN):
-            softmax_grad_row(&dy[r, 0], &y[r, 0], &dx[r, 0], k)
+        _op_run(&job, rows, rows * k)
 
 
 def _rows_view(a):
@@ -338,22 +434,26 @@ cdef inline floating relu_grad(floating dy, floating x, floating max_value, floa
 def _relu_forward_flat(const floating[::1] x,   # IN  (n,)
                        floating[::1] y,         # OUT (n,)
                        double max_value, double slope, double threshold):
-    cdef Py_ssize_t i, n = x.shape[0]
-    cdef floating mv = <floating>max_value, s = <floating>slope, t = <floating>threshold
+    cdef Py_ssize_t n = x.shape[0]
+    cdef _OpJob job
+    _op_init(&job, OPJOB_RELU_FWD, floating is double, &x[0], NULL, &y[0], n, 0)
+    job.mv, job.slope, job.threshold = <floating>max_value, <floating>slope, \
+        <floating>threshold
     with nogil:
-        for i in prange(n, schedule="static", use_threads_if=n >= ACT_PARALLEL_MIN):
-            y[i] = relu_value(x[i], mv, s, t)
+        _op_run(&job, (n + OPJOB_CHUNK - 1) // OPJOB_CHUNK, n)
 
 
 def _relu_backward_flat(const floating[::1] dy,  # IN  (n,)
                         const floating[::1] x,   # IN  (n,)
                         floating[::1] dx,        # OUT (n,)
                         double max_value, double slope, double threshold):
-    cdef Py_ssize_t i, n = x.shape[0]
-    cdef floating mv = <floating>max_value, s = <floating>slope, t = <floating>threshold
+    cdef Py_ssize_t n = x.shape[0]
+    cdef _OpJob job
+    _op_init(&job, OPJOB_RELU_BWD, floating is double, &dy[0], &x[0], &dx[0], n, 0)
+    job.mv, job.slope, job.threshold = <floating>max_value, <floating>slope, \
+        <floating>threshold
     with nogil:
-        for i in prange(n, schedule="static", use_threads_if=n >= ACT_PARALLEL_MIN):
-            dx[i] = relu_grad(dy[i], x[i], mv, s, t)
+        _op_run(&job, (n + OPJOB_CHUNK - 1) // OPJOB_CHUNK, n)
 
 
 def relu_forward(x, max_value=None, negative_slope=0.0, threshold=0.0):
@@ -385,16 +485,12 @@ def _prelu_forward(const floating[:, ::1] x,      # IN  (N, M)
                    const floating[::1] alpha,     # IN  (A,)
                    const Py_ssize_t[::1] index,   # IN  (M,) alpha's element for feature m
                    floating[:, ::1] y):           # OUT (N, M)
-    cdef Py_ssize_t n, m, rows = x.shape[0], cols = x.shape[1]
-    cdef floating v
+    cdef Py_ssize_t rows = x.shape[0], cols = x.shape[1]
+    cdef _OpJob job
+    _op_init(&job, OPJOB_PRELU_FWD, floating is double, &x[0, 0], NULL, &y[0, 0], rows, cols)
+    job.alpha, job.index = &alpha[0], &index[0]
     with nogil:
-        for n in prange(rows, schedule="static",
-                        use_threads_if=rows * cols >= ACT_PARALLEL_MIN):
-            for m in range(cols):
-                # Keras's relu(x) - alpha * relu(-x), without a branch (a data-dependent
-                # branch mispredicts on half the elements); NaN passes through the first term.
-                v = x[n, m]
-                y[n, m] = (0 if v < 0 else v) + alpha[index[m]] * (v if v < 0 else 0)
+        _op_run(&job, rows, rows * cols)
 
 
 def _prelu_backward(const floating[:, ::1] dy,     # IN  (N, M)
@@ -406,26 +502,20 @@ def _prelu_backward(const floating[:, ::1] dy,     # IN  (N, M)
     cdef Py_ssize_t rows = x.shape[0], cols = x.shape[1], na = alpha.shape[0]
     cdef Py_ssize_t nrb = min(rows, <Py_ssize_t>PRELU_ROW_BLOCKS)
     cdef Py_ssize_t rb_rows = (rows + nrb - 1) // nrb
-    cdef Py_ssize_t n, m, a, rb
+    cdef Py_ssize_t a, rb
     cdef bint want_dx = dx.shape[0] == rows
-    cdef bint threads = rows * cols >= ACT_PARALLEL_MIN
     cdef double[:, ::1] partial = np.zeros((nrb, na), dtype=np.float64)
     cdef double s
-    cdef floating v, a_m
+    cdef _OpJob job
+    _op_init(&job, OPJOB_PRELU_DX, floating is double, &dy[0, 0], &x[0, 0],
+             &dx[0, 0] if want_dx else NULL, rows, cols)
+    job.alpha, job.index, job.partial, job.rb_rows, job.na = &alpha[0], &index[0], \
+        &partial[0, 0], rb_rows, na
     with nogil:
         if want_dx:
-            for n in prange(rows, schedule="static", use_threads_if=threads):
-                for m in range(cols):
-                    # alpha is loaded whatever the sign: a load under the condition stays a
-                    # branch, mispredicted on half the elements.
-                    v = x[n, m]
-                    a_m = alpha[index[m]]
-                    dx[n, m] = dy[n, m] * (1 if v > 0 else a_m)
-        for rb in prange(nrb, schedule="static", use_threads_if=threads):
-            for n in range(rb * rb_rows, min(rows, (rb + 1) * rb_rows)):
-                for m in range(cols):
-                    v = x[n, m]
-                    partial[rb, index[m]] += <double>(v if v < 0 else 0) * dy[n, m]
+            _op_run(&job, rows, rows * cols)
+        job.kind = OPJOB_PRELU_DALPHA
+        _op_run(&job, nrb, rows * cols)
         for a in range(na):
             s = 0
             for rb in range(nrb):
