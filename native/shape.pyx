@@ -5,29 +5,31 @@ Legend: N batch, F features, R repeats; ``perm`` permutes every axis, batch incl
 Design:
 - transpose: y.shape[k] = x.shape[perm[k]]. The output is walked row by row (every axis
   but the last); a row's input offset comes from its multi-index and x's strides taken in
-  perm order, then the row is one strided read and a contiguous write. prange over the
-  output rows: each thread writes whole rows of y. Its backward is the transpose by the
+  perm order, then the row is one strided read and a contiguous write. The output rows on
+  pynn's worker team: each thread writes whole rows of y. Its backward is the transpose by the
   inverse permutation (transpose_backward), the same kernel.
-- repeat_vector: forward copies each x row R times (prange over the N*R output rows);
-  backward sums the R rows of each sample in order (prange over N), so the result does not
-  depend on the thread count.
+- repeat_vector: forward copies each x row R times (the N*R output rows on the team);
+  backward sums the R rows of each sample in order (the N samples on the team), so the
+  result does not depend on the thread count.
 Outputs are fresh arrays; nothing accumulates into caller memory.
 """
 import numpy as np
 
-from cython.parallel cimport prange
 from libc.string cimport memcpy
+from _openmp cimport omp_get_max_threads
 
 from pynn.backend.operands import shape as operands
 from pynn.backend.operands.common import HOST
+
+include "_team.pxi"
 
 ctypedef fused floating:
     float
     double
 
 
-# Below this many elements a kernel runs on the calling thread: waking the OpenMP team
-# costs more than the pass.
+# Below this many elements a kernel runs on the calling thread: handing rows to the worker
+# team costs more than the pass.
 cdef enum:
     PARALLEL_MIN = 32768
     MAX_DIMS = 6  # operands.shape.MAX_DIMS
@@ -57,14 +59,57 @@ cdef void _transpose_row(const floating* x, floating* y, const Walk* g,
         yr[i] = xr[i * step]
 
 
+ctypedef struct _ShapeJob:
+    bint is_double
+    int kind             # 0 transpose rows, 1 repeat rows, 2 repeat sums
+    const void* x
+    void* y
+    const Walk* g
+    Py_ssize_t R, F
+
+
+cdef inline void _shape_items(const _ShapeJob* j, const floating* x, long begin,
+                              long end) noexcept nogil:
+    cdef floating* y = <floating*>j.y
+    cdef Py_ssize_t R = j.R, F = j.F, k, f
+    cdef long r
+    if j.kind == 0:
+        for r in range(begin, end):
+            _transpose_row(x, y, j.g, r)
+    elif j.kind == 1:
+        for r in range(begin, end):
+            memcpy(y + r * F, x + (r // R) * F, F * sizeof(floating))
+    else:
+        for r in range(begin, end):  # sample r: its R rows summed in order
+            for f in range(F):
+                y[r * F + f] = x[r * R * F + f]
+            for k in range(1, R):
+                for f in range(F):
+                    y[r * F + f] += x[(r * R + k) * F + f]
+
+
+cdef void _shape_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _ShapeJob* j = <_ShapeJob*>ctx
+    if j.is_double:
+        _shape_items(j, <const double*>j.x, begin, end)
+    else:
+        _shape_items(j, <const float*>j.x, begin, end)
+
+
+cdef void _shape_run(_ShapeJob* job, long items, Py_ssize_t work) noexcept nogil:
+    """The items on pynn's worker team (native/_team.h), or the calling thread when small."""
+    cdef int threads = omp_get_max_threads() if work >= PARALLEL_MIN else 1
+    pynn_team_for(items, team_grain(items, threads), threads, _shape_job, job)
+
+
 def _transpose(const floating[::1] x, floating[::1] y, Walk g):
-    cdef Py_ssize_t rows = 1, k, r, total = y.shape[0]
+    cdef Py_ssize_t rows = 1, k
+    cdef _ShapeJob job
     for k in range(g.ndim - 1):
         rows *= g.shape[k]
-    cdef const floating* xp = &x[0]
-    cdef floating* yp = &y[0]
-    for r in prange(rows, schedule="static", nogil=True, use_threads_if=total >= PARALLEL_MIN):
-        _transpose_row(xp, yp, &g, r)
+    job.is_double, job.kind, job.x, job.y, job.g = floating is double, 0, &x[0], &y[0], &g
+    with nogil:
+        _shape_run(&job, rows, y.shape[0])
 
 
 def _run_transpose(a, perm):
@@ -97,24 +142,21 @@ def transpose_backward(dy, perm):
 
 
 def _repeat(const floating[:, ::1] x, floating[:, :, ::1] y):
-    cdef Py_ssize_t N = y.shape[0], R = y.shape[1], F = y.shape[2], r
-    cdef const floating* xp = &x[0, 0]
-    cdef floating* yp = &y[0, 0, 0]
-    for r in prange(N * R, schedule="static", nogil=True,
-                    use_threads_if=N * R * F >= PARALLEL_MIN):
-        memcpy(yp + r * F, xp + (r // R) * F, F * sizeof(floating))
+    cdef Py_ssize_t N = y.shape[0], R = y.shape[1], F = y.shape[2]
+    cdef _ShapeJob job
+    job.is_double, job.kind, job.x, job.y, job.R, job.F = floating is double, 1, &x[0, 0], \
+        &y[0, 0, 0], R, F
+    with nogil:
+        _shape_run(&job, N * R, N * R * F)
 
 
 def _repeat_sum(const floating[:, :, ::1] dy, floating[:, ::1] dx):
-    cdef Py_ssize_t N = dy.shape[0], R = dy.shape[1], F = dy.shape[2], n, k, f
-    cdef const floating* dp = &dy[0, 0, 0]
-    cdef floating* xp = &dx[0, 0]
-    for n in prange(N, schedule="static", nogil=True, use_threads_if=N * R * F >= PARALLEL_MIN):
-        for f in range(F):
-            xp[n * F + f] = dp[n * R * F + f]
-        for k in range(1, R):
-            for f in range(F):
-                xp[n * F + f] += dp[(n * R + k) * F + f]
+    cdef Py_ssize_t N = dy.shape[0], R = dy.shape[1], F = dy.shape[2]
+    cdef _ShapeJob job
+    job.is_double, job.kind, job.x, job.y, job.R, job.F = floating is double, 2, \
+        &dy[0, 0, 0], &dx[0, 0], R, F
+    with nogil:
+        _shape_run(&job, N, N * R * F)
 
 
 def repeat_vector_forward(x, n):
