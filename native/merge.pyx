@@ -438,57 +438,98 @@ cdef struct DotGeom:
     Py_ssize_t N, P, K, Q, R, S
 
 
-def _dot_forward(const floating[::1] a, const floating[::1] b, floating[::1] y, DotGeom g):
-    """y[n, i, j] = sum_k a[n, p, k, q] * b[n, r, k, s], i = p*Q + q, j = r*S + s."""
-    cdef Py_ssize_t I = g.P * g.Q, J = g.R * g.S, row, n, i, j, k, ab, bb
+ctypedef struct _DotJob:
+    bint is_double
+    int kind             # 0 forward rows, 1 da rows, 2 db columns
+    const void* x        # a (forward), dy (the backwards)
+    const void* other    # b (forward, da), a (db)
+    void* out
+    DotGeom g
+
+
+cdef inline void _dot_items(const _DotJob* d, const floating* x, long begin,
+                            long end) noexcept nogil:
+    """Rows (n, i) of y or da, or columns (n, j) of db: each owned by one thread."""
+    cdef const floating* o = <const floating*>d.other
+    cdef floating* out = <floating*>d.out
+    cdef const DotGeom* g = &d.g
+    cdef Py_ssize_t I = g.P * g.Q, J = g.R * g.S, n, i, j, k, ab, bb
     cdef double acc
-    for row in prange(g.N * I, schedule="static", nogil=True,
-                      use_threads_if=g.N * I * J * g.K >= PARALLEL_MIN):
-        n = row // I
-        i = row % I
+    cdef floating grad
+    cdef long t
+    for t in range(begin, end):
+        if d.kind == 2:
+            n = t // J
+            j = t % J
+            bb = ((n * g.R + j // g.S) * g.K) * g.S + j % g.S
+            for i in range(I):
+                grad = x[(n * I + i) * J + j]
+                ab = ((n * g.P + i // g.Q) * g.K) * g.Q + i % g.Q
+                for k in range(g.K):
+                    out[bb + k * g.S] += grad * o[ab + k * g.Q]
+            continue
+        n = t // I
+        i = t % I
         ab = ((n * g.P + i // g.Q) * g.K) * g.Q + i % g.Q
         for j in range(J):
             bb = ((n * g.R + j // g.S) * g.K) * g.S + j % g.S
-            acc = 0
-            for k in range(g.K):
-                acc = acc + <double>a[ab + k * g.Q] * b[bb + k * g.S]
-            y[row * J + j] = <floating>acc
+            if d.kind == 0:
+                acc = 0
+                for k in range(g.K):
+                    acc = acc + <double>x[ab + k * g.Q] * o[bb + k * g.S]
+                out[t * J + j] = <floating>acc
+            else:
+                grad = x[t * J + j]
+                for k in range(g.K):
+                    out[ab + k * g.Q] += grad * o[bb + k * g.S]
+
+
+cdef void _dot_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _DotJob* d = <_DotJob*>ctx
+    if d.is_double:
+        _dot_items(d, <const double*>d.x, begin, end)
+    else:
+        _dot_items(d, <const float*>d.x, begin, end)
+
+
+cdef void _dot_run(_DotJob* d) noexcept nogil:
+    """On pynn's worker team (native/_team.h), or the calling thread when small."""
+    cdef const DotGeom* g = &d.g
+    cdef Py_ssize_t I = g.P * g.Q, J = g.R * g.S
+    cdef long items = g.N * J if d.kind == 2 else g.N * I
+    cdef int threads = omp_get_max_threads() if g.N * I * J * g.K >= PARALLEL_MIN else 1
+    pynn_team_for(items, team_grain(items, threads), threads, _dot_job, d)
+
+
+def _dot_forward(const floating[::1] a, const floating[::1] b, floating[::1] y, DotGeom g):
+    """y[n, i, j] = sum_k a[n, p, k, q] * b[n, r, k, s], i = p*Q + q, j = r*S + s."""
+    cdef _DotJob d
+    d.is_double, d.kind, d.x, d.other, d.out, d.g = floating is double, 0, &a[0], &b[0], \
+        &y[0], g
+    with nogil:
+        _dot_run(&d)
 
 
 def _dot_backward_x1(const floating[::1] dy, const floating[::1] b, floating[::1] da,
                      DotGeom g):
     """da[n, p, k, q] += sum_j dy[n, i, j] * b[n, r, k, s] (da comes zeroed): a thread owns
     a row (n, i) and adds one j at a time, so the loop over k runs at constant strides."""
-    cdef Py_ssize_t I = g.P * g.Q, J = g.R * g.S, row, n, i, j, k, ab, bb
-    cdef floating grad
-    for row in prange(g.N * I, schedule="static", nogil=True,
-                      use_threads_if=g.N * I * J * g.K >= PARALLEL_MIN):
-        n = row // I
-        i = row % I
-        ab = ((n * g.P + i // g.Q) * g.K) * g.Q + i % g.Q
-        for j in range(J):
-            grad = dy[row * J + j]
-            bb = ((n * g.R + j // g.S) * g.K) * g.S + j % g.S
-            for k in range(g.K):
-                da[ab + k * g.Q] += grad * b[bb + k * g.S]
+    cdef _DotJob d
+    d.is_double, d.kind, d.x, d.other, d.out, d.g = floating is double, 1, &dy[0], &b[0], \
+        &da[0], g
+    with nogil:
+        _dot_run(&d)
 
 
 def _dot_backward_x2(const floating[::1] dy, const floating[::1] a, floating[::1] db,
                      DotGeom g):
     """db[n, r, k, s] += sum_i dy[n, i, j] * a[n, p, k, q] (db comes zeroed): a thread owns
     a column (n, j), one i at a time."""
-    cdef Py_ssize_t I = g.P * g.Q, J = g.R * g.S, col, n, i, j, k, ab, bb
-    cdef floating grad
-    for col in prange(g.N * J, schedule="static", nogil=True,
-                      use_threads_if=g.N * I * J * g.K >= PARALLEL_MIN):
-        n = col // J
-        j = col % J
-        bb = ((n * g.R + j // g.S) * g.K) * g.S + j % g.S
-        for i in range(I):
-            grad = dy[(n * I + i) * J + j]
-            ab = ((n * g.P + i // g.Q) * g.K) * g.Q + i % g.Q
-            for k in range(g.K):
-                db[bb + k * g.S] += grad * a[ab + k * g.Q]
+    cdef _DotJob d
+    d.is_double, d.kind, d.x, d.other, d.out, d.g = floating is double, 2, &dy[0], &a[0], \
+        &db[0], g
+    with nogil:
+        _dot_run(&d)
 
 
 cdef inline double _inv_norm(const floating* x, Py_ssize_t K, Py_ssize_t stride,
