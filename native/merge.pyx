@@ -19,7 +19,8 @@ Design:
   of maximum/minimum takes torch's rule (what Keras 3 on torch differentiates): a tie gives
   each side half, a NaN gives both all.
 - Concatenate copies rows: each input is ``outer`` rows of ``size_k * inner`` elements; one
-  thread copies every input's piece of an output row (prange over rows).
+  thread copies every input's piece of an output row (the rows on pynn's worker team, as
+  Dot's rows and columns below).
 - Dot is a strided batched product, one thread per output row (n, i), accumulating in double;
   its backward gathers: a thread owns a row (n, i) of dx1 or (n, j) of dx2, so no two threads
   write one element; it adds one product term at a time into its zeroed row (the loop over
