@@ -763,104 +763,11 @@ cdef inline void _rmsprop_element(floating* w, const floating* g, floating* vel,
     w[i] = kept(wi - inc, keep)
 
 
-ctypedef struct _RmspropJob:
-    bint is_double, masked, centered, use_mom
-    void* w
-    const void* g
-    void* vel
-    void* mom
-    void* avg
-    const void* mask
-    Py_ssize_t n
-    RMSpropCoef k
-
-
-cdef inline void _rmsprop_range(const _RmspropJob* j, floating* w, const mask_t* mk,
-                                Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
-    """Elements [i0, i1), each loop with literal flags (see _rmsprop_element)."""
-    cdef const floating* g = <const floating*>j.g
-    cdef floating* vel = <floating*>j.vel
-    cdef floating* mom = <floating*>j.mom
-    cdef floating* avg = <floating*>j.avg
-    cdef Py_ssize_t i
-    if j.centered and j.use_mom:
-        for i in range(i0, i1):
-            _rmsprop_element(w, g, vel, mom, avg, mk, i, j.k, True, True)
-    elif j.centered:
-        for i in range(i0, i1):
-            _rmsprop_element(w, g, vel, mom, avg, mk, i, j.k, True, False)
-    elif j.use_mom:
-        for i in range(i0, i1):
-            _rmsprop_element(w, g, vel, mom, avg, mk, i, j.k, False, True)
-    else:
-        for i in range(i0, i1):
-            _rmsprop_element(w, g, vel, mom, avg, mk, i, j.k, False, False)
-
-
-cdef void _rmsprop_job(void* ctx, long begin, long end, int slot) noexcept nogil:
-    cdef _RmspropJob* j = <_RmspropJob*>ctx
-    cdef Py_ssize_t i0 = begin * SPAN, i1 = end * SPAN
-    if i1 > j.n:
-        i1 = j.n
-    if j.is_double:
-        if j.masked:
-            _rmsprop_range(j, <double*>j.w, <const MaskBit*>j.mask, i0, i1)
-        else:
-            _rmsprop_range(j, <double*>j.w, <const NoMask*>j.mask, i0, i1)
-    elif j.masked:
-        _rmsprop_range(j, <float*>j.w, <const MaskBit*>j.mask, i0, i1)
-    else:
-        _rmsprop_range(j, <float*>j.w, <const NoMask*>j.mask, i0, i1)
-
-
-def _rmsprop(floating[::1] w, const floating[::1] g, floating[::1] vel, floating[::1] mom,
-             bint use_mom, floating[::1] avg, bint centered, const mask_t[::1] mask,
-             double lr, double rho,
-             double momentum, double epsilon, double grad_scale, double clipvalue,
-             double decay):
-    """Spans of SPAN elements on pynn's worker team (each element alone: the same bits at any
-    thread count)."""
-    cdef Py_ssize_t n = w.shape[0]
-    cdef _RmspropJob job
-    cdef int threads = omp_get_max_threads() if n >= PARALLEL_MIN else 1
-    cdef long spans = (n + SPAN - 1) // SPAN
-    if n == 0:
-        return
-    job.k = RMSpropCoef(lr, rho, 1.0 - rho, momentum, epsilon, grad_scale, clipvalue, decay,
-                        FLT_MIN if floating is float else DBL_MIN)
-    job.is_double, job.masked = floating is double, mask_t is MaskBit
-    job.centered, job.use_mom, job.n = centered, use_mom, n
-    job.w, job.g, job.vel, job.mom, job.avg, job.mask = &w[0], &g[0], &vel[0], &mom[0], \
-        &avg[0], &mask[0]
-    with nogil:
-        pynn_team_for(spans, 1, threads, _rmsprop_job, &job)
-
-
-def rmsprop_update(w, g, velocity, momentum_buf, average_grad, lr, rho, momentum, epsilon,
-                   grad_scale, clipvalue, weight_decay, mask=None):
-    """RMSprop step in place (IN/OUT w, velocity, momentum_buf, average_grad; IN g).
-
-    v = rho*v + (1-rho)*g*g; centered (average_grad given): a = rho*a + (1-rho)*g and
-    den = v - a*a + epsilon, else den = v + epsilon; inc = lr*g/sqrt(den); with momentum_buf
-    mom = momentum*mom + inc, w -= mom; else w -= inc."""
-    w, g, vel, mom, avg, lr, rho, momentum, epsilon, clip = operands.rmsprop_update(
-        HOST, w, g, velocity, momentum_buf, average_grad, lr, rho, momentum, epsilon,
-        grad_scale, clipvalue, weight_decay)
-    mask = operands.update_mask(HOST, "rmsprop_update", w, mask)
-    flat_w = w.reshape(-1)
-    _rmsprop(flat_w, g.reshape(-1), vel.reshape(-1),
-             flat_w if mom is None else mom.reshape(-1), mom is not None,
-             flat_w if avg is None else avg.reshape(-1), avg is not None, _mask_arg(mask), lr,
-             rho, momentum, epsilon, *_clip(clip))
-
-
-# -- Adagrad --------------------------------------------------------------------------------
-
 # -- the per-parameter updates of the other optimizers, on pynn's worker team -------------
-# One job type for Adagrad, Nadam, Adamax, Adadelta, FTRL and Lion: the def functions below
-# round their coefficients to the parameter's type (as the loops always took them) into c[],
-# and _update_range runs the optimizer's own element loop (literal per kind, so each
-# vectorizes as before) over spans of SPAN elements. Each element is updated alone: the
+# One job type for RMSprop, Adagrad, Nadam, Adamax, Adadelta, FTRL and Lion: the def
+# functions round their coefficients to the parameter's type (as the loops always took them)
+# into c[], and _update_range runs the optimizer's own element loop (literal per kind, so
+# each vectorizes as before) over spans of SPAN elements. Each element is updated alone: the
 # same bits at any thread count.
 
 cdef enum:
@@ -870,6 +777,7 @@ cdef enum:
     UPD_ADADELTA = 3
     UPD_FTRL = 4
     UPD_LION = 5
+    UPD_RMSPROP = 6
 
 
 ctypedef struct _UpdateJob:
@@ -879,10 +787,13 @@ ctypedef struct _UpdateJob:
     const void* g
     void* s1
     void* s2
+    void* s3             # RMSprop's average gradient
     const void* mask
     Py_ssize_t n
     double c[10]         # [scale, clip, decay, lr, then the optimizer's own]
     double power         # FTRL's learning_rate_power (an exponent in double)
+    RMSpropCoef rms      # RMSprop's coefficients (_rmsprop_element takes them whole)
+    bint centered, use_mom
 
 
 cdef inline void _update_range(const _UpdateJob* j, floating* w, const mask_t* mk,
@@ -897,7 +808,21 @@ cdef inline void _update_range(const _UpdateJob* j, floating* w, const mask_t* m
     cdef floating gi, wi, ai, bi, mh, ag, dv, na, pa, pna, li, lc, cc
     cdef unsigned char k
     cdef Py_ssize_t i
-    if j.kind == UPD_ADAGRAD:          # a: accumulator; c4 epsilon
+    cdef floating* avg = <floating*>j.s3
+    if j.kind == UPD_RMSPROP:          # a, b: velocity, momentum; literal flags per loop
+        if j.centered and j.use_mom:
+            for i in range(i0, i1):
+                _rmsprop_element(w, g, a, b, avg, mk, i, j.rms, True, True)
+        elif j.centered:
+            for i in range(i0, i1):
+                _rmsprop_element(w, g, a, b, avg, mk, i, j.rms, True, False)
+        elif j.use_mom:
+            for i in range(i0, i1):
+                _rmsprop_element(w, g, a, b, avg, mk, i, j.rms, False, True)
+        else:
+            for i in range(i0, i1):
+                _rmsprop_element(w, g, a, b, avg, mk, i, j.rms, False, False)
+    elif j.kind == UPD_ADAGRAD:        # a: accumulator; c4 epsilon
         for i in range(i0, i1):
             k = keep_of(mk, i)
             gi = clipped_grad(g[i], scale, clip)
@@ -993,8 +918,47 @@ cdef void _update_job_init(_UpdateJob* job, int kind, bint is_double, bint maske
     job.kind, job.is_double, job.masked = kind, is_double, masked
     job.w, job.g, job.s1, job.s2, job.mask, job.n = w, g, s1, s2, mask, n
     job.c[0], job.c[1], job.c[2], job.c[3] = scale, clip, decay, lr
-    job.power = 0.0
+    job.power, job.s3, job.centered, job.use_mom = 0.0, NULL, False, False
 
+
+def _rmsprop(floating[::1] w, const floating[::1] g, floating[::1] vel, floating[::1] mom,
+             bint use_mom, floating[::1] avg, bint centered, const mask_t[::1] mask,
+             double lr, double rho,
+             double momentum, double epsilon, double grad_scale, double clipvalue,
+             double decay):
+    """Spans of SPAN elements on pynn's worker team (_update_job; each element alone: the
+    same bits at any thread count)."""
+    cdef _UpdateJob job
+    if w.shape[0] == 0:
+        return
+    _update_job_init(&job, UPD_RMSPROP, floating is double, mask_t is MaskBit, &w[0], &g[0],
+                     &vel[0], &mom[0], &mask[0], w.shape[0], grad_scale, clipvalue, decay, lr)
+    job.s3, job.centered, job.use_mom = &avg[0], centered, use_mom
+    job.rms = RMSpropCoef(lr, rho, 1.0 - rho, momentum, epsilon, grad_scale, clipvalue, decay,
+                          FLT_MIN if floating is float else DBL_MIN)
+    with nogil:
+        _run_update(&job)
+
+
+def rmsprop_update(w, g, velocity, momentum_buf, average_grad, lr, rho, momentum, epsilon,
+                   grad_scale, clipvalue, weight_decay, mask=None):
+    """RMSprop step in place (IN/OUT w, velocity, momentum_buf, average_grad; IN g).
+
+    v = rho*v + (1-rho)*g*g; centered (average_grad given): a = rho*a + (1-rho)*g and
+    den = v - a*a + epsilon, else den = v + epsilon; inc = lr*g/sqrt(den); with momentum_buf
+    mom = momentum*mom + inc, w -= mom; else w -= inc."""
+    w, g, vel, mom, avg, lr, rho, momentum, epsilon, clip = operands.rmsprop_update(
+        HOST, w, g, velocity, momentum_buf, average_grad, lr, rho, momentum, epsilon,
+        grad_scale, clipvalue, weight_decay)
+    mask = operands.update_mask(HOST, "rmsprop_update", w, mask)
+    flat_w = w.reshape(-1)
+    _rmsprop(flat_w, g.reshape(-1), vel.reshape(-1),
+             flat_w if mom is None else mom.reshape(-1), mom is not None,
+             flat_w if avg is None else avg.reshape(-1), avg is not None, _mask_arg(mask), lr,
+             rho, momentum, epsilon, *_clip(clip))
+
+
+# -- Adagrad --------------------------------------------------------------------------------
 
 def _adagrad(floating[::1] w, const floating[::1] g, floating[::1] acc,
              const mask_t[::1] mask, double lr, double epsilon, double grad_scale,
