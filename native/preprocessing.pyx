@@ -16,20 +16,23 @@ Design:
   interpolation rounds half to even (rint, torch.round). That is why native/augment.pyx's
   scipy-exact resampler (one whole-coordinate test for constant, scipy's folds) is not reused.
 - The op is linear in x, so image_affine_backward scatters dy through the same neighbours and
-  weights (fill_value's share goes nowhere). Each thread owns whole images of dx (prange over
-  N), so the scatter needs no atomics and any thread count gives the same bits.
+  weights (fill_value's share goes nowhere). Each thread owns whole images of dx (the N
+  images on pynn's worker team), so the scatter needs no atomics and any thread count gives
+  the same bits.
 - Coordinates and weights are double for both dtypes; sums are rounded once to x's dtype.
 - channel_affine_forward (Rescaling, Normalization, and their backward with offset None) and
-  image_adjust_forward (RandomContrast, RandomBrightness) are one pass over x, prange over
-  rows / images. Random draws stay in NumPy (the layers), so the same seed gives the same
+  image_adjust_forward (RandomContrast, RandomBrightness) are one pass over x, rows /
+  images on the team. Random draws stay in NumPy (the layers), so the same seed gives the same
   batch at any thread count.
 """
-from cython.parallel cimport prange
 from libc.math cimport floor, rint, isfinite
 from libc.string cimport memset
+from _openmp cimport omp_get_max_threads
 
 from pynn.backend.operands import preprocessing as operands
 from pynn.backend.operands.common import HOST
+
+include "_team.pxi"
 
 import numpy as np
 
@@ -181,38 +184,88 @@ def _check_finite(m):
         raise ValueError(f"image_affine: matrix {bad} is not finite: {m[bad].tolist()}")
 
 
+ctypedef struct _PrepJob:
+    bint is_double, flag_a, flag_b
+    int kind             # 0 affine images, 1 affine backward images, 2 channel rows, 3 adjust
+    const void* x
+    const void* m        # the matrices (affine), scale (channel), factor (adjust)
+    const void* m2       # offset (channel), delta (adjust)
+    void* y
+    double* means
+    Py_ssize_t H, W, C, HO, WO, K, P
+    int order, mode
+    double fill, lo, hi
+
+
+cdef inline void _prep_items(const _PrepJob* j, const floating* x, long begin,
+                             long end) noexcept nogil:
+    """Images [begin, end) (affine, adjust) or rows (channel affine), each by one thread."""
+    cdef const floating* m = <const floating*>j.m
+    cdef const floating* m2 = <const floating*>j.m2
+    cdef floating* y = <floating*>j.y
+    cdef Py_ssize_t xs = j.H * j.W * j.C, ys = j.HO * j.WO * j.C, k
+    cdef long n
+    for n in range(begin, end):
+        if j.kind == 0:
+            _affine_image(x + n * xs, y + n * ys, m + 6 * n, j.H, j.W, j.C, j.HO, j.WO,
+                          j.order, j.mode, j.fill)
+        elif j.kind == 1:  # x is dy (HO, WO), y is dx (H, W)
+            _affine_image_backward(x + n * ys, y + n * xs, m + 6 * n, j.H, j.W, j.C, j.HO,
+                                   j.WO, j.order, j.mode)
+        elif j.kind == 2:
+            for k in range(j.K):
+                if j.flag_a:
+                    y[n * j.K + k] = x[n * j.K + k] * m[k] + m2[k]
+                else:
+                    y[n * j.K + k] = x[n * j.K + k] * m[k]
+        else:
+            _adjust_image(x + n * j.P * j.C, y + n * j.P * j.C, j.means + n * j.C, j.P, j.C,
+                          m[n] if j.flag_a else 1.0, m2[n] if j.flag_b else 0.0, j.flag_a,
+                          j.lo, j.hi)
+
+
+cdef void _prep_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _PrepJob* j = <_PrepJob*>ctx
+    if j.is_double:
+        _prep_items(j, <const double*>j.x, begin, end)
+    else:
+        _prep_items(j, <const float*>j.x, begin, end)
+
+
+cdef void _prep_run(_PrepJob* job, long items, Py_ssize_t work) noexcept nogil:
+    """The items on pynn's worker team, or on the calling thread below PARALLEL_MIN."""
+    cdef int threads = omp_get_max_threads() if work >= PARALLEL_MIN else 1
+    pynn_team_for(items, team_grain(items, threads), threads, _prep_job, job)
+
+
 def _affine_forward(const floating[:, :, :, ::1] x, const floating[:, ::1] m,
                     floating[:, :, :, ::1] y, int order, int mode, double fill):
-    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
-    cdef Py_ssize_t HO = y.shape[1], WO = y.shape[2], n
-    if N == 0 or C == 0:
+    cdef Py_ssize_t N = x.shape[0]
+    cdef _PrepJob job
+    if N == 0 or x.shape[3] == 0:
         return
-    if N * HO * WO * C < PARALLEL_MIN:
-        with nogil:
-            for n in range(N):
-                _affine_image(&x[n, 0, 0, 0], &y[n, 0, 0, 0], &m[n, 0], H, W, C, HO, WO,
-                              order, mode, fill)
-        return
-    for n in prange(N, schedule="static", nogil=True):
-        _affine_image(&x[n, 0, 0, 0], &y[n, 0, 0, 0], &m[n, 0], H, W, C, HO, WO, order,
-                      mode, fill)
+    job.is_double, job.kind, job.x, job.m, job.y = floating is double, 0, &x[0, 0, 0, 0], \
+        &m[0, 0], &y[0, 0, 0, 0]
+    job.H, job.W, job.C, job.HO, job.WO = x.shape[1], x.shape[2], x.shape[3], y.shape[1], \
+        y.shape[2]
+    job.order, job.mode, job.fill = order, mode, fill
+    with nogil:
+        _prep_run(&job, N, N * job.HO * job.WO * job.C)
 
 
 def _affine_backward(const floating[:, :, :, ::1] dy, const floating[:, ::1] m,
                      floating[:, :, :, ::1] dx, int order, int mode):
-    cdef Py_ssize_t N = dx.shape[0], H = dx.shape[1], W = dx.shape[2], C = dx.shape[3]
-    cdef Py_ssize_t HO = dy.shape[1], WO = dy.shape[2], n
-    if N == 0 or C == 0:
+    cdef Py_ssize_t N = dx.shape[0]
+    cdef _PrepJob job
+    if N == 0 or dx.shape[3] == 0:
         return
-    if N * HO * WO * C < PARALLEL_MIN:
-        with nogil:
-            for n in range(N):
-                _affine_image_backward(&dy[n, 0, 0, 0], &dx[n, 0, 0, 0], &m[n, 0], H, W, C,
-                                       HO, WO, order, mode)
-        return
-    for n in prange(N, schedule="static", nogil=True):
-        _affine_image_backward(&dy[n, 0, 0, 0], &dx[n, 0, 0, 0], &m[n, 0], H, W, C, HO, WO,
-                               order, mode)
+    job.is_double, job.kind, job.x, job.m, job.y = floating is double, 1, &dy[0, 0, 0, 0], \
+        &m[0, 0], &dx[0, 0, 0, 0]
+    job.H, job.W, job.C, job.HO, job.WO = dx.shape[1], dx.shape[2], dx.shape[3], \
+        dy.shape[1], dy.shape[2]
+    job.order, job.mode = order, mode
+    with nogil:
+        _prep_run(&job, N, N * job.HO * job.WO * job.C)
 
 
 def image_affine_forward(x, matrices, output_size, interpolation="bilinear",
@@ -242,19 +295,15 @@ def image_affine_backward(dy, matrices, input_shape, interpolation="bilinear",
 
 def _channel_affine(const floating[:, ::1] x, const floating[::1] scale,
                     const floating[::1] offset, floating[:, ::1] y, bint has_offset):
-    cdef Py_ssize_t R = x.shape[0], K = x.shape[1], r, k
-    if R * K < PARALLEL_MIN:
-        with nogil:
-            for r in range(R):
-                for k in range(K):
-                    y[r, k] = x[r, k] * scale[k] + (offset[k] if has_offset else 0)
+    cdef Py_ssize_t R = x.shape[0]
+    cdef _PrepJob job
+    if R == 0 or x.shape[1] == 0:
         return
-    for r in prange(R, schedule="static", nogil=True):
-        for k in range(K):
-            if has_offset:
-                y[r, k] = x[r, k] * scale[k] + offset[k]
-            else:
-                y[r, k] = x[r, k] * scale[k]
+    job.is_double, job.kind, job.x, job.m, job.m2, job.y = floating is double, 2, &x[0, 0], \
+        &scale[0], &offset[0], &y[0, 0]
+    job.K, job.flag_a = x.shape[1], has_offset
+    with nogil:
+        _prep_run(&job, R, R * job.K)
 
 
 def channel_affine_forward(x, scale, offset=None):
@@ -295,18 +344,16 @@ cdef void _adjust_image(const floating* x, floating* y, double* mean, Py_ssize_t
 def _adjust(const floating[:, :, ::1] x, const floating[::1] factor,
             const floating[::1] delta, floating[:, :, ::1] y, double[:, ::1] means,
             bint contrast, bint shift, double lo, double hi):
-    cdef Py_ssize_t N = x.shape[0], P = x.shape[1], C = x.shape[2], n
-    if N * P * C < PARALLEL_MIN:
-        with nogil:
-            for n in range(N):
-                _adjust_image(&x[n, 0, 0], &y[n, 0, 0], &means[n, 0], P, C,
-                              factor[n] if contrast else 1.0, delta[n] if shift else 0.0,
-                              contrast, lo, hi)
+    cdef Py_ssize_t N = x.shape[0]
+    cdef _PrepJob job
+    if N == 0 or x.shape[1] == 0 or x.shape[2] == 0:
         return
-    for n in prange(N, schedule="static", nogil=True):
-        _adjust_image(&x[n, 0, 0], &y[n, 0, 0], &means[n, 0], P, C,
-                      factor[n] if contrast else 1.0, delta[n] if shift else 0.0, contrast,
-                      lo, hi)
+    job.is_double, job.kind, job.x, job.m, job.m2, job.y = floating is double, 3, \
+        &x[0, 0, 0], &factor[0], &delta[0], &y[0, 0, 0]
+    job.means, job.P, job.C = &means[0, 0], x.shape[1], x.shape[2]
+    job.flag_a, job.flag_b, job.lo, job.hi = contrast, shift, lo, hi
+    with nogil:
+        _prep_run(&job, N, N * job.P * job.C)
 
 
 def image_adjust_forward(x, contrast, delta, value_range):
