@@ -131,6 +131,11 @@ CASES = [
     ("attention-like dot softmax", attention_net, "adam", None, seq, y64),
     ("mlp 1000 classes", lambda: mlp(L.Dense(1000, activation="softmax")), "adam", None,
      flat, rng.integers(0, 1000, 128).astype(np.int32)),
+    ("augmentation layers", lambda: pynn.Sequential([
+        L.Input((32, 32, 3)), L.Rescaling(1 / 255.0), L.RandomFlip("horizontal"),
+        L.RandomRotation(0.1), L.RandomZoom(0.1), L.RandomContrast(0.2),
+        L.Conv2D(16, 3, activation="relu"), L.GlobalAveragePooling2D(),
+        L.Dense(10, activation="softmax")]), "adam", None, img, y64),
     ("autoencoder mse", lambda: pynn.Sequential([
         L.Input((784,)), L.Dense(512, activation="relu"), L.Dense(784, activation="sigmoid")]),
      "adam", None, flat, flat),
