@@ -17,8 +17,8 @@ Recurrent dropout multiplies h_{t-1} by a per-gate mask fixed over time (Keras's
 implementation 1): column block g of the recurrent product reads h_{t-1} * rdrop[:, g].
 
 Parallel axis: the batch (blocks of up to BLOCK rows on pynn's worker team, sized so every
-thread gets one); a block runs its whole sequence on one thread, since a row's steps depend on each other
-and different rows never do. The recurrent kernel (and its transpose, for backward) is
+thread gets one); a block runs its whole sequence on one thread, since a row's steps depend
+on each other and different rows never do. The recurrent kernel (and its transpose, for backward) is
 packed once per call into column panels per gate block, the layout native/rnn.pyx's fast
 path uses (its _pack_panels is reused): per step each panel (at most U x NC values) stays in
 L1 while all the block's rows pass over it. Unpacked, its rows sit a power of two apart and
