@@ -248,55 +248,113 @@ def _merge_backward(const floating[::1] dy, const Py_ssize_t[::1] xs,
         _merge_run(&job, _merge_backward_job)
 
 
+ctypedef struct _BroadcastJob:
+    bint is_double
+    const void* src
+    void* dst
+    const Py_ssize_t* dims       # _broadcast_to: the output dims; _sum_to: the input's
+    const Py_ssize_t* strides    # _broadcast_to: in_strides; _sum_to: out_strides
+    const Py_ssize_t* bdims      # _sum_to: the broadcast axes' dims and strides
+    const Py_ssize_t* bstrides
+    Py_ssize_t R, NB, L, step, passes
+
+
+cdef inline void _broadcast_rows(const _BroadcastJob* j, const floating* small, long begin,
+                                 long end) noexcept nogil:
+    """Output rows [begin, end): each row's start decoded once, then a constant stride."""
+    cdef floating* full = <floating*>j.dst
+    cdef Py_ssize_t d, rest, at, e, L = j.L
+    cdef long row
+    for row in range(begin, end):
+        rest = row
+        at = 0
+        for d in range(j.R - 2, -1, -1):
+            at = at + (rest % j.dims[d]) * j.strides[d]
+            rest = rest // j.dims[d]
+        for e in range(L):
+            full[row * L + e] = small[at + e * j.step]
+
+
+cdef inline void _sum_outputs(const _BroadcastJob* j, const floating* full, long begin,
+                              long end) noexcept nogil:
+    """Small elements [begin, end): each adds its sources in row-major order, in double."""
+    cdef floating* small = <floating*>j.dst
+    cdef Py_ssize_t d, b, e, rest, base, at
+    cdef double acc
+    cdef long s
+    for s in range(begin, end):
+        rest = s
+        base = 0
+        for d in range(j.R - 1, -1, -1):
+            base = base + (rest % j.dims[d]) * j.strides[d]
+            rest = rest // j.dims[d]
+        acc = 0
+        for b in range(j.passes):
+            rest = b
+            at = base
+            for d in range(j.NB - 2, -1, -1):
+                at = at + (rest % j.bdims[d]) * j.bstrides[d]
+                rest = rest // j.bdims[d]
+            for e in range(j.L):
+                acc = acc + full[at + e * j.step]
+        small[s] = <floating>acc
+
+
+cdef void _broadcast_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _BroadcastJob* j = <_BroadcastJob*>ctx
+    if j.is_double:
+        _broadcast_rows(j, <const double*>j.src, begin, end)
+    else:
+        _broadcast_rows(j, <const float*>j.src, begin, end)
+
+
+cdef void _sum_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _BroadcastJob* j = <_BroadcastJob*>ctx
+    if j.is_double:
+        _sum_outputs(j, <const double*>j.src, begin, end)
+    else:
+        _sum_outputs(j, <const float*>j.src, begin, end)
+
+
 def _broadcast_to(const floating[::1] small, floating[::1] full, const Py_ssize_t[::1] dims,
                   const Py_ssize_t[::1] in_strides):
     """full = small read through in_strides (0 on broadcast axes), one output row (all axes
-    but the last) per task: the row's start is decoded once, its elements step by a constant
-    stride."""
-    cdef Py_ssize_t R = dims.shape[0], L = dims[R - 1], step = in_strides[R - 1]
-    cdef Py_ssize_t rows = full.shape[0] // L, row, d, rest, at, e
-    for row in prange(rows, schedule="static", nogil=True,
-                      use_threads_if=full.shape[0] >= PARALLEL_MIN):
-        rest = row
-        at = 0
-        for d in range(R - 2, -1, -1):
-            at = at + (rest % dims[d]) * in_strides[d]
-            rest = rest // dims[d]
-        for e in range(L):
-            full[row * L + e] = small[at + e * step]
+    but the last) per item, on pynn's worker team."""
+    cdef _BroadcastJob job
+    cdef Py_ssize_t R = dims.shape[0], rows
+    cdef int threads = omp_get_max_threads() if full.shape[0] >= PARALLEL_MIN else 1
+    job.is_double, job.src, job.dst, job.dims, job.strides = floating is double, &small[0], \
+        &full[0], &dims[0], &in_strides[0]
+    job.R, job.L, job.step = R, dims[R - 1], in_strides[R - 1]
+    rows = full.shape[0] // job.L
+    with nogil:
+        pynn_team_for(rows, team_grain(rows, threads), threads, _broadcast_job, &job)
 
 
 def _sum_to(const floating[::1] full, floating[::1] small, const Py_ssize_t[::1] in_dims,
             const Py_ssize_t[::1] out_strides, const Py_ssize_t[::1] bcast_dims,
             const Py_ssize_t[::1] bcast_strides):
-    """small[s] = the sum of full over the broadcast axes: a thread owns each small element
+    """small[s] = the sum of full over the broadcast axes: one item owns each small element
     and adds its sources in row-major order, in double; the last broadcast axis is the inner
-    loop (a constant stride), the others are decoded once per pass over it."""
-    cdef Py_ssize_t S = small.shape[0], R = in_dims.shape[0], NB = bcast_dims.shape[0]
-    cdef Py_ssize_t passes = 1, L = 1, step = 0, s, b, d, e, rest, base, at
-    cdef double acc
+    loop (a constant stride), the others are decoded once per pass over it. The elements on
+    pynn's worker team."""
+    cdef _BroadcastJob job
+    cdef Py_ssize_t S = small.shape[0], NB = bcast_dims.shape[0], d
+    cdef int threads
+    job.is_double, job.src, job.dst = floating is double, &full[0], &small[0]
+    job.R, job.NB = in_dims.shape[0], NB
+    job.dims = &in_dims[0] if job.R else NULL   # (a 0-d result has no axes to decode)
+    job.strides = &out_strides[0] if job.R else NULL
+    job.bdims = &bcast_dims[0] if NB else NULL
+    job.bstrides = &bcast_strides[0] if NB else NULL
+    job.L, job.step, job.passes = 1, 0, 1
     if NB:
-        L = bcast_dims[NB - 1]
-        step = bcast_strides[NB - 1]
+        job.L, job.step = bcast_dims[NB - 1], bcast_strides[NB - 1]
     for d in range(NB - 1):
-        passes = passes * bcast_dims[d]
-    for s in prange(S, schedule="static", nogil=True,
-                    use_threads_if=S * passes * L >= PARALLEL_MIN):
-        rest = s
-        base = 0
-        for d in range(R - 1, -1, -1):
-            base = base + (rest % in_dims[d]) * out_strides[d]
-            rest = rest // in_dims[d]
-        acc = 0
-        for b in range(passes):
-            rest = b
-            at = base
-            for d in range(NB - 2, -1, -1):
-                at = at + (rest % bcast_dims[d]) * bcast_strides[d]
-                rest = rest // bcast_dims[d]
-            for e in range(L):
-                acc = acc + full[at + e * step]
-        small[s] = <floating>acc
+        job.passes = job.passes * bcast_dims[d]
+    threads = omp_get_max_threads() if S * job.passes * job.L >= PARALLEL_MIN else 1
+    with nogil:
+        pynn_team_for(S, team_grain(S, threads), threads, _sum_job, &job)
 
 
 def _plan_arrays(plan, *keys):
