@@ -8,15 +8,19 @@ convolutions) give pynn's predictions to 1e-5 of the output scale. Then:
 - latency: batch-1 and batch-64 calls, one thread each (pynn.set_num_threads(1),
   torch.set_num_threads(1), onnxruntime intra/inter-op threads 1), the runtimes' calls
   alternating so all see the same machine load: p50 and p99 per call, samples/s at the p50.
+  --intra-threads N gives each runtime N threads per call; --burst K alternates the runtimes
+  every K calls instead of every call (requests close together: each runtime's worker
+  threads stay awake between its calls, as in a busy server).
   pynn's call is ``predict_on_batch`` (its prepared inference plan, pynn/inference.py); the
   general path (``model._plan.predict``, every op checked) is timed beside it as
   ``pynn-general``. PyTorch's call includes torch.from_numpy and .numpy(), as pynn's returns
   a NumPy array.
-- --threads-scaling: N Python threads (--scaling-threads, default 1 and 2) calling one shared model at batch 1, each
-  kernel on one OpenMP thread: requests/s of all threads together over a fixed time,
-  rounds of N alternating, medians; onnxruntime's shared session beside it, and a GIL-free
-  NumPy product as the ceiling the machine allows at the time. Also the share of a call
-  spent inside native kernels (GIL released) and the Amdahl bound it sets for two threads.
+- --threads-scaling: N Python threads (--scaling-threads, default 1 and 2) calling one
+  shared model at batch 1, each kernel on one OpenMP thread: requests/s of all threads
+  together over a fixed time, rounds of N alternating, medians; onnxruntime's shared
+  session beside it, and a GIL-free NumPy product as the ceiling the machine allows at the
+  time. Also the share of a call spent inside native kernels (GIL released) and the Amdahl
+  bound it sets for two threads.
 - --footprint: ``import pynn`` time (fresh interpreters, median; with a bytecode cache, as an
   installed package has, and without one) and the resident memory
   after ``import pynn`` and after loading the saved demo model (pynn.demo) and predicting.
@@ -25,7 +29,8 @@ convolutions) give pynn's predictions to 1e-5 of the output scale. Then:
 - --breakdown: where the MLP's batch-1 time goes, from the general path down to BLAS alone.
 
     .venv/bin/python bench/bench_inference.py [--repeat 400] [--warmup 20] [--batch 1,64]
-        [--threads-scaling] [--footprint] [--serial-threshold] [--breakdown] [--json PATH]
+        [--intra-threads N] [--burst K] [--threads-scaling] [--footprint]
+        [--serial-threshold] [--breakdown] [--json PATH]
 """
 
 import argparse
@@ -75,11 +80,11 @@ def randomize(model, rng):
                        for w in model.get_weights()])
 
 
-def session(proto):
+def session(proto, threads=1):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     return ort.InferenceSession(proto.SerializeToString(), options,
                                 providers=["CPUExecutionProvider"])
@@ -161,13 +166,18 @@ def check(name, batch, what, got, want):
         raise SystemExit(f"{name} batch {batch}: {what} differs from pynn by {err:.2e}")
 
 
-def bench_model(name, make, batches, repeat, warmup, rng):
+def bench_model(name, make, batches, repeat, warmup, rng, threads=1, burst=1):
+    """threads: each runtime's own threads per call (pynn.set_num_threads, torch's,
+    onnxruntime's intra-op pool). burst: calls of one runtime back to back before the next
+    runtime's turn (1: every call alternates; more: requests close together, which keep
+    a runtime's worker threads awake between its calls)."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
+    pynn.set_num_threads(threads)
     model = make()
     randomize(model, rng)
-    sess = session(pynn.onnx.export(model))
+    sess = session(pynn.onnx.export(model), threads)
     feed = sess.get_inputs()[0].name
     torch_run = torch_model(model)
     rows = []
@@ -187,14 +197,16 @@ def bench_model(name, make, batches, repeat, warmup, rng):
                 fn()
         times = {k: [] for k in calls}
         n = repeat if batch < 16 else max(repeat // 8, 20)
-        for _ in range(n):
+        for _ in range(max(n // burst, 1)):
             for k, fn in calls.items():
-                start = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - start)
+                for _ in range(burst):
+                    start = time.perf_counter()
+                    fn()
+                    times[k].append(time.perf_counter() - start)
         for k, ts in times.items():
             p50, p99 = percentiles_us(ts)
-            rows.append({"model": name, "batch": batch, "runtime": k, "threads": 1,
+            rows.append({"model": name, "batch": batch, "runtime": k, "threads": threads,
+                         "burst": burst,
                          "p50_us": round(p50, 1), "p99_us": round(p99, 1),
                          "samples_per_s": round(batch / (p50 * 1e-6), 1)})
     return rows
@@ -513,8 +525,15 @@ def main(argv=None):
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--breakdown", action="store_true",
                         help="where the MLP's batch-1 predict time goes")
+    parser.add_argument("--intra-threads", type=int, default=1,
+                        help="threads per call of each runtime in the latency table")
+    parser.add_argument("--burst", type=int, default=1,
+                        help="calls of one runtime back to back before the next runtime's "
+                             "(1: alternate every call)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
+    if args.intra_threads < 1 or args.burst < 1:
+        parser.error("--intra-threads and --burst take positive integers")
     batches = [int(b) for b in args.batch.split(",")]
     rng = np.random.default_rng(0)
     result = {"cpu": cpu_name(), "cores": os.cpu_count(),
@@ -537,9 +556,12 @@ def main(argv=None):
     if not args.skip_latency:
         rows = []
         for name, make in MODELS.items():
-            rows += bench_model(name, make, batches, args.repeat, args.warmup, rng)
+            rows += bench_model(name, make, batches, args.repeat, args.warmup, rng,
+                                args.intra_threads, args.burst)
+        pynn.set_num_threads(1)
         result["latency"] = rows
-        print(f"# {cpu_name()}, 1 thread each, {args.repeat} alternating calls")
+        print(f"# {cpu_name()}, {args.intra_threads} thread(s) each, {args.repeat} calls, "
+              f"the runtimes alternating every {args.burst} call(s)")
         print(f"{'model':<20} {'batch':>5} {'runtime':<14} {'p50 us':>9} {'p99 us':>9} "
               f"{'samples/s':>10}")
         for r in rows:

@@ -7,6 +7,10 @@ cdef extern from "_team.h":
     int pynn_team_bind(const void* api)
     void pynn_team_for(long n, long grain, int threads, pynn_team_fn fn,
                        void* ctx) noexcept nogil
+    void pynn_team_for_affine(long n, int threads, pynn_team_fn fn, void* ctx) noexcept nogil
+    int pynn_team_threads() noexcept nogil
+    int pynn_team_lane_threads() noexcept nogil
+    void pynn_team_lane_done() noexcept nogil
 
 from pynn._native import info as _team_info
 

@@ -47,6 +47,10 @@ cdef extern from "_gemv.h":
 
 cdef enum:
     POOL_PARALLEL_MIN = 32768  # input values (pool.pyx's threshold for its own kernel)
+    # A one-row Dense layer of this many multiply-adds (its kernel's floats) or more splits
+    # its columns over the worker team when pynn has several threads: each thread then
+    # reads its own part of the kernel, which stays in that core's L2 between calls.
+    LANE_SPLIT_MIN_MACS = 65536
 
 include "_microkernel.pxi"   # pynn._config.set_kernel reaches the GEMV's level too
 include "_team.pxi"
@@ -70,6 +74,24 @@ ctypedef struct _ChainJob:
     Py_ssize_t n, per, stride, ldx, ldo
 
 
+ctypedef struct _GemvColsJob:
+    const float* x
+    const float* k
+    float* y
+    Py_ssize_t c, u, cols
+
+
+cdef void _gemv_cols_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    """Column blocks [begin, end) of one row's product, `cols` columns each."""
+    cdef _GemvColsJob* j = <_GemvColsJob*>ctx
+    cdef long b
+    cdef Py_ssize_t j0
+    for b in range(begin, end):
+        j0 = b * j.cols
+        if j0 < j.u:
+            pynn_gemv_f(j.c, min(j.cols, j.u - j0), j.x, j.k + j0, j.u, j.y + j0)
+
+
 cdef void _chain_blocks_job(void* ctx, long begin, long end, int slot) noexcept nogil:
     cdef _ChainJob* j = <_ChainJob*>ctx
     cdef long b
@@ -80,7 +102,7 @@ cdef void _chain_blocks_job(void* ctx, long begin, long end, int slot) noexcept 
             (<DenseChain>j.chain)._forward(j.x + r0 * j.ldx, j.scratch + b * j.stride,
                                            j.out + r0 * j.ldo,
                                            <int>(j.per if j.n - r0 > j.per else j.n - r0),
-                                           True)
+                                           True, 1)
 
 
 cdef class DenseChain:
@@ -247,7 +269,7 @@ cdef class DenseChain:
                              f"or the scratch is short for {blocks} blocks")
         if blocks == 1:
             with nogil:
-                self._forward(&x[0, 0], &scratch[0], &out[0, 0], n, False)
+                self._forward(&x[0, 0], &scratch[0], &out[0, 0], n, False, 1)
             return
         cdef _ChainJob job
         job.chain, job.x, job.scratch, job.out = <void*>self, &x[0, 0], &scratch[0], &out[0, 0]
@@ -282,23 +304,28 @@ cdef class DenseChain:
         src, dst = <const float*>cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(out)
         if self.values * self.width <= STACK_SCRATCH:
             gil = pynn_gil_release()  # handed on between lane threads (_gil.h)
-            self._forward(src, stack, dst, 1, False)
+            self._forward(src, stack, dst, 1, False, pynn_team_lane_threads())
+            pynn_team_lane_done()
             pynn_gil_acquire(gil)
             return out
         scratch = <float*>malloc(max(self.values, 1) * self.width * sizeof(float))
         if scratch == NULL:
             raise MemoryError("DenseChain: no memory for one sample's intermediates")
         gil = pynn_gil_release()
-        self._forward(src, scratch, dst, 1, False)
+        self._forward(src, scratch, dst, 1, False, pynn_team_lane_threads())
+        pynn_team_lane_done()
         pynn_gil_acquire(gil)
         free(scratch)
         return out
 
     cdef void _forward(self, const float* src, float* scratch, float* out, int n,
-                       bint in_region) noexcept nogil:
+                       bint in_region, int threads) noexcept nogil:
         """n rows (C0 apart) from src through every layer into out; in_region: inside a
-        parallel region already (the epilogue then row by row, no nested team)."""
+        parallel region already (the epilogue then row by row, no nested team). threads: a
+        one-row chain's large layers split their columns over that many threads of pynn's
+        worker team (each y[j] is summed alike wherever it runs: the same bits)."""
         cdef int i, c, u, up, r, p0, w, j
+        cdef _GemvColsJob cols
         cdef const float* x = src
         cdef float* dst
         cdef float* wide
@@ -311,7 +338,15 @@ cdef class DenseChain:
             if self.rows == 1:  # _gemv.h: BLAS would pack the whole kernel first
                 # (only for a one-row chain: a one-row block of a larger one keeps the rows
                 # product, whose bits equal the GEMV's at the FMA levels only)
-                pynn_gemv_f(c, u, src, <const float*>self._kernels[i], u, dst)
+                if threads > 1 and <Py_ssize_t>c * u >= LANE_SPLIT_MIN_MACS:
+                    cols.x, cols.k, cols.y = src, <const float*>self._kernels[i], dst
+                    cols.c, cols.u = c, u
+                    # whole vectors per thread; the first block is the caller's
+                    cols.cols = (u + threads * 16 - 1) // (threads * 16) * 16
+                    pynn_team_for_affine((u + cols.cols - 1) // cols.cols, threads,
+                                         _gemv_cols_job, &cols)
+                else:
+                    pynn_gemv_f(c, u, src, <const float*>self._kernels[i], u, dst)
             else:
                 up = self._pads[i]
                 wide = dst if up == u else &scratch[self.values * n * self.width]
@@ -545,6 +580,22 @@ cdef class MaxPool2D:
 
 # -- direct convolution of a one-thread plan --------------------------------------------------
 
+ctypedef struct _ConvPixelsJob:
+    void* conv          # the Conv2DDirect, borrowed for the call
+    const float* xp
+    float* y
+    Py_ssize_t blocks, runs
+
+
+cdef void _conv_pixels_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    """Runs [begin, end) of a conv's pixel blocks split in j.runs equal runs."""
+    cdef _ConvPixelsJob* j = <_ConvPixelsJob*>ctx
+    cdef long i
+    for i in range(begin, end):
+        (<Conv2DDirect>j.conv)._pixels(j.xp, j.y, i * j.blocks // j.runs,
+                                       (i + 1) * j.blocks // j.runs)
+
+
 cdef class Conv2DDirect:
     """conv.pyx's direct Conv2D forward (_forward_direct: the microkernel reads the
     zero-padded input through per-pixel offsets, panel by panel of the packed kernel) for
@@ -643,30 +694,45 @@ cdef class Conv2DDirect:
         if self.level != pynn_mk_level():
             self._pack()
         with nogil:
-            self._run(&x[0, 0, 0, 0], &xp[0] if self.padded else NULL, &y[0, 0, 0, 0])
+            self._run(&x[0, 0, 0, 0], &xp[0] if self.padded else NULL, &y[0, 0, 0, 0], 1)
 
-    cdef void _run(self, const float* x, float* xp, float* y) noexcept nogil:
+    cdef void _run(self, const float* x, float* xp, float* y, int threads) noexcept nogil:
         """x placed in xp's interior (when padded), then the forward into y."""
         cdef Py_ssize_t r, n, h, rows = self.H - max(self.H + self.PT - self.HP, 0)
         cdef Py_ssize_t cols = min(self.W, self.WP - self.PL)
         if not self.padded:
-            self._forward(x, y)
+            self._forward(x, y, threads)
             return
         if cols > 0:
             for r in range(self.N * rows):
                 n, h = r // rows, r % rows
                 memcpy(xp + ((n * self.HP + h + self.PT) * self.WP + self.PL) * self.C,
                        x + (n * self.H + h) * self.W * self.C, cols * self.C * sizeof(float))
-        self._forward(xp, y)
+        self._forward(xp, y, threads)
 
-    cdef void _forward(self, const float* xp, float* y) noexcept nogil:
+    cdef void _forward(self, const float* xp, float* y, int threads) noexcept nogil:
+        """threads > 1: the output's pixel blocks in `threads` runs, run i first offered to
+        team slot i (each pixel's sums are the same wherever it runs: the same bits)."""
+        cdef Py_ssize_t blocks = (self.M + self.chunk - 1) // self.chunk
+        cdef _ConvPixelsJob job
+        if threads <= 1 or blocks < 2 or self.M * self.K * self.F < LANE_SPLIT_MIN_MACS:
+            self._pixels(xp, y, 0, blocks)
+            return
+        job.conv, job.xp, job.y = <void*>self, xp, y
+        job.blocks, job.runs = blocks, min(threads, blocks)
+        pynn_team_for_affine(job.runs, threads, _conv_pixels_job, &job)
+
+    cdef void _pixels(self, const float* xp, float* y, Py_ssize_t b0,
+                      Py_ssize_t b1) noexcept nogil:
+        """Output pixel blocks [b0, b1) of `chunk` pixels each."""
         cdef Py_ssize_t p0, rows, q0, wd, s0, ns, j, F = self.F, nc = self.nc
         cdef Py_ssize_t group = max(256 // self.tn, 1)  # conv.pyx's _FORWARD_PANEL_ROWS
+        cdef Py_ssize_t p_end = min(b1 * self.chunk, self.M)
         cdef float v
         cdef float* z
-        p0 = 0
-        while p0 < self.M:
-            rows = min(self.chunk, self.M - p0)
+        p0 = b0 * self.chunk
+        while p0 < p_end:
+            rows = min(self.chunk, p_end - p0)
             q0 = 0
             while q0 < F:
                 wd = min(nc, F - q0)
@@ -787,12 +853,13 @@ cdef class Program:
         y = <float*>cnp.PyArray_DATA(out)
         w = <float*>cnp.PyArray_DATA(work)
         gil = pynn_gil_release()  # handed on between lane threads (_gil.h)
-        self._walk(src, w, y, nsteps)
+        self._walk(src, w, y, nsteps, pynn_team_lane_threads())
+        pynn_team_lane_done()
         pynn_gil_acquire(gil)
         return out
 
     cdef void _walk(self, const float* src, float* w, float* y,
-                    Py_ssize_t nsteps) noexcept nogil:
+                    Py_ssize_t nsteps, int threads) noexcept nogil:
         cdef Py_ssize_t j
         cdef int kind
         cdef void* step
@@ -802,11 +869,11 @@ cdef class Program:
             step = self._objs[j]
             dst = y if j == nsteps - 1 else w + self._pads[j]
             if kind == STEP_CONV:
-                (<Conv2DDirect>step)._run(src, w if self._pads[j] else NULL, dst)
+                (<Conv2DDirect>step)._run(src, w if self._pads[j] else NULL, dst, threads)
             elif kind == STEP_POOL:
                 (<MaxPool2D>step)._forward(src, dst, False)
             elif kind == STEP_DENSE:
-                (<DenseChain>step)._forward(src, w, dst, 1, False)
+                (<DenseChain>step)._forward(src, w, dst, 1, False, threads)
             if kind == STEP_FLAT:  # NHWC is already the flat order: nothing moves
                 continue
             src = dst

@@ -141,7 +141,12 @@ cdef extern from "_team.h":
     ctypedef struct pynn_team_api:
         int (*run)(long n, long grain, int threads, pynn_team_fn fn, void* ctx) noexcept nogil
         void (*counts)(long long* team_jobs, long long* serial_jobs) noexcept nogil
+        int (*threads)() noexcept nogil
+        int (*run_affine)(long n, int threads, pynn_team_fn fn, void* ctx) noexcept nogil
+        int (*lane_threads)() noexcept nogil
+        void (*lane_done)() noexcept nogil
     pynn_team_api pynn_team_table
+    void pynn_team_set_threads(int n) noexcept nogil
 
 
 def _team_capsule():
@@ -177,9 +182,10 @@ cdef void _team_probe_items(void* ctx, long begin, long end, int slot) noexcept 
             pass
 
 
-def _team_probe(long n, long grain, int threads, double work_us=0.0):
+def _team_probe(long n, long grain, int threads, double work_us=0.0, bint affine=False):
     """Test hook: runs a job of n items, each busy for work_us; (times each item ran, thread
-    id that ran it, its team slot, workers the team had for it)."""
+    id that ran it, its team slot, workers the team had for it). affine: run_affine's job
+    (grain one)."""
     if n < 0 or grain < 1 or threads < 1:
         raise ValueError(f"_team_probe: expected n >= 0, grain >= 1, threads >= 1, got {n}, "
                          f"{grain}, {threads}")
@@ -196,7 +202,10 @@ def _team_probe(long n, long grain, int threads, double work_us=0.0):
     probe.work_us = work_us
     cdef int workers
     with nogil:
-        workers = pynn_team_table.run(n, grain, threads, _team_probe_items, &probe)
+        if affine:
+            workers = pynn_team_table.run_affine(n, threads, _team_probe_items, &probe)
+        else:
+            workers = pynn_team_table.run(n, grain, threads, _team_probe_items, &probe)
     return owner[:n], tid[:n], slots[:n], workers
 
 
@@ -244,9 +253,22 @@ def get_max_threads():
 
 
 def set_num_threads(int n):
+    """OpenMP's count for the calling thread."""
     if n < 1:
         raise ValueError(f"set_num_threads: expected n >= 1, got {n}")
     omp_set_num_threads(n)
+
+
+def set_process_threads(int n):
+    """pynn.set_num_threads's count, which the batch-1 lanes read from any thread
+    (native/_team.h)."""
+    if n < 1:
+        raise ValueError(f"set_process_threads: expected n >= 1, got {n}")
+    pynn_team_set_threads(n)
+
+
+def process_threads():
+    return pynn_team_table.threads()
 
 
 cdef extern from *:

@@ -72,6 +72,7 @@ def set_num_threads(n):
     _per_thread.omp_threads = _omp_threads = omp_threads
     _warm_threads = (max(min(omp_threads, usable_cores()) - 1, 0)
                      if _KEEP_WARM and _info.openmp_enabled() else 0)
+    _info.set_process_threads(omp_threads)
     _blas_limiter = threadpool_limits(limits=n, user_api="blas")
     _num_threads = n
 
@@ -107,6 +108,7 @@ def _after_fork_in_child():
     global _num_threads, _omp_threads, _warm_threads
     if _info.forked_single():
         _num_threads = _omp_threads = 1   # the native child handler set OpenMP to one thread
+        _info.set_process_threads(1)      # and the lanes' count with it
         _per_thread.omp_threads = 1
         _warm_threads = 0
 

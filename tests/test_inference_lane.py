@@ -556,3 +556,65 @@ def test_a_public_conv_that_rounds_otherwise_is_timed_against_the_direct_path(
     assert kinds[0] == ("_Generic" if slower == "direct" else "_Conv2DSerial"), kinds
     assert_close(model.predict_on_batch(x), model._plan.forward([x], False)[0][0], 1e-6,
                  "CNN after tuning")
+
+
+@pytest.mark.skipif(pynn._config.usable_cores() < 2, reason="needs two cores")
+@pytest.mark.parametrize("which", ["mlp", "cnn"])
+def test_lanes_split_their_large_layers_over_the_team_with_the_same_bits(which):
+    """With pynn on two threads, a lane's large layers (a Dense kernel of 65,536 floats or
+    more; a convolution of as many multiply-adds) run their column blocks or pixel blocks
+    on pynn's worker team while requests come close together: each output is summed alike
+    wherever it runs, so the answers are one thread's bits, from 1 or 8 Python threads."""
+    from pynn._native import info
+
+    rng = np.random.default_rng(21)
+    if which == "mlp":
+        model = pynn.Sequential([  # 155,100 and 135,971 multiply-adds: both split
+            L.Input((300,)), L.Dense(517, activation="relu"), L.Dense(263, activation="tanh"),
+            L.Dense(7, activation="softmax")])
+        shape = (1, 300)
+    else:
+        model = pynn.Sequential([
+            L.Input((15, 13, 3)),
+            L.Conv2D(20, 3, padding="same", activation="relu"), L.MaxPooling2D(),
+            L.Conv2D(33, 3, padding="same", activation="relu"), L.MaxPooling2D(),
+            L.Flatten(), L.Dense(130, activation="relu"), L.Dense(6, activation="softmax")])
+        shape = (1, 15, 13, 3)
+    randomize(model, rng)
+    xs = [rand(rng, shape) for _ in range(8)]
+    with pynn.threads(1):
+        model.predict_on_batch(xs[0])  # (the plan's first call answers with the public ops)
+        wants = [model.predict_on_batch(x) for x in xs]
+        assert model._inference.lane is not None
+        ran, _ = info.team_counts()
+        for _ in range(50):
+            model.predict_on_batch(xs[0])
+        assert info.team_counts()[0] == ran  # one thread: the lane posts no job
+    with pynn.threads(2):
+        ran, _ = info.team_counts()
+        for i in range(4000):  # back to back: the worker, woken once, stays awake
+            np.testing.assert_array_equal(model.predict_on_batch(xs[i % 8]), wants[i % 8])
+            if info.team_counts()[0] - ran >= 20:
+                break
+        assert info.team_counts()[0] - ran >= 20, "no layer of the lane ran on the team"
+        got, errors = [[] for _ in xs], []
+        start = threading.Barrier(8)
+
+        def worker(k):
+            try:
+                start.wait()
+                for _ in range(50):
+                    got[k].append(model.predict_on_batch(xs[k]))
+            except BaseException as exc:  # noqa: BLE001  (reported below)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    for k in range(8):
+        assert len(got[k]) == 50
+        for y in got[k]:
+            np.testing.assert_array_equal(y, wants[k])

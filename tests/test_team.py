@@ -93,6 +93,42 @@ def test_a_forked_child_runs_team_jobs():
     assert queue.get(timeout=5) is True
 
 
+@pytest.mark.parametrize("n,threads", [(0, 2), (1, 2), (2, 1), (2, 2), (3, 2), (5, 4),
+                                       (32, 3), (33, 2), (40, 4)])
+def test_every_item_of_an_affine_job_runs_once(n, threads):
+    # run_affine: item i offered to slot i first; past 32 items an ordinary job
+    owner, tid, slots, workers = info._team_probe(n, 1, threads, 5.0, affine=True)
+    assert (owner == 1).all(), owner
+    assert ((slots >= 0) & (slots < threads)).all(), slots
+    if threads == 1 or n <= 1:
+        assert workers == 0 and len(set(tid.tolist())) <= 1
+
+
+@pytest.mark.skipif(not LINUX or usable_cores() < 2, reason="needs two cores and futexes")
+def test_an_affine_jobs_first_item_stays_with_its_caller():
+    # The caller claims its own item before any other; a worker takes its own (item 1)
+    # first, so item 0 is never run by a worker, however late or early the worker comes.
+    # (An affine job finding a worker asleep runs on its caller alone: the ordinary job
+    # before each wakes it, so most of these are shared.)
+    for _ in range(40):
+        info._team_probe(4, 1, 2, 20.0)
+        owner, tid, slots, workers = info._team_probe(2, 1, 2, 100.0, affine=True)
+        assert (owner == 1).all()
+        assert slots[0] == 0, slots
+
+
+def test_the_lanes_thread_count_follows_pynn_threads():
+    before = pynn.get_num_threads()
+    with pynn.threads(1):
+        assert info.process_threads() == 1
+        with pynn.threads(3):
+            assert info.process_threads() == 3
+        assert info.process_threads() == 1
+    assert info.process_threads() == before
+    with pytest.raises(ValueError, match="n >= 1"):
+        info.set_process_threads(0)
+
+
 def test_bad_probe_arguments():
     with pytest.raises(ValueError, match="grain >= 1"):
         info._team_probe(4, 0, 2)
