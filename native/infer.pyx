@@ -51,6 +51,8 @@ cdef enum:
     # its columns over the worker team when pynn has several threads: each thread then
     # reads its own part of the kernel, which stays in that core's L2 between calls.
     LANE_SPLIT_MIN_MACS = 65536
+    # A lane's pooling of this many input values or more splits its rows alike.
+    LANE_SPLIT_MIN_VALUES = 8192
 
 include "_microkernel.pxi"   # pynn._config.set_kernel reaches the GEMV's level too
 include "_team.pxi"
@@ -82,14 +84,16 @@ ctypedef struct _GemvColsJob:
 
 
 cdef void _gemv_cols_job(void* ctx, long begin, long end, int slot) noexcept nogil:
-    """Column blocks [begin, end) of one row's product, `cols` columns each."""
+    """Column blocks [begin, end) of one row's product, `cols` columns each, each block's
+    kernel columns stored contiguously (DenseChain._pack_lane: block b at c * b * cols)."""
     cdef _GemvColsJob* j = <_GemvColsJob*>ctx
     cdef long b
-    cdef Py_ssize_t j0
+    cdef Py_ssize_t j0, w
     for b in range(begin, end):
         j0 = b * j.cols
         if j0 < j.u:
-            pynn_gemv_f(j.c, min(j.cols, j.u - j0), j.x, j.k + j0, j.u, j.y + j0)
+            w = min(j.cols, j.u - j0)
+            pynn_gemv_f(j.c, w, j.x, j.k + j.c * j0, w, j.y + j0)
 
 
 cdef void _chain_blocks_job(void* ctx, long begin, long end, int slot) noexcept nogil:
@@ -102,7 +106,7 @@ cdef void _chain_blocks_job(void* ctx, long begin, long end, int slot) noexcept 
             (<DenseChain>j.chain)._forward(j.x + r0 * j.ldx, j.scratch + b * j.stride,
                                            j.out + r0 * j.ldo,
                                            <int>(j.per if j.n - r0 > j.per else j.n - r0),
-                                           True, 1)
+                                           True, 1, NULL)
 
 
 cdef class DenseChain:
@@ -124,6 +128,9 @@ cdef class DenseChain:
     cdef const int[::1] _res
     cdef readonly int rows, layers, width, pad_width, values
     cdef readonly list packed
+    # A one-row chain's large kernels split in column blocks for the worker team, each
+    # block's columns contiguous (see _pack_lane), for _lane_threads threads.
+    cdef object _lane_packs          # threads -> (arrays, table), all kept
 
     def __init__(self, int rows, kernels, biases, acts, alphas, packed=None, program=None):
         """kernels: float32 (C_l, U_l) C-contiguous; biases: (U_l,) or None; acts:
@@ -234,8 +241,48 @@ cdef class DenseChain:
         self.values = values
         self.rows = rows
         self.layers = len(kernels)
+        self._lane_packs = {}
         self.width = max(dims[1:])
         self.pad_width = max([p for p, d in zip(pads, dims[1:]) if p != d], default=0)
+
+    cdef const Py_ssize_t* _lane(self, int threads):
+        """The split kernels for `threads` threads (under the GIL, before a call's nogil
+        part): a table of 2 x layers entries, each layer's split kernel's address (0: not
+        split), then each one's block width. A layer of LANE_SPLIT_MIN_MACS or more splits
+        its U columns in `threads` blocks of whole vectors, block b's C x width columns
+        stored contiguously: read in place, each thread would stream every other stretch of
+        each kernel row, and the hardware prefetcher, running on across the stretches'
+        ends, pulled the other threads' columns into its L2 too (the small CNN's 4096 x 128
+        Dense at two threads: 36 us of a 100 us call, 3.7 us packed). Packs made for other
+        counts are kept: a call still running on one may be reading it."""
+        cdef int i, c, u, cols
+        cdef cnp.ndarray table
+        pack = self._lane_packs.get(threads)
+        if pack is None:
+            arrays, ptrs, widths = [], [], []
+            for i in range(self.layers):
+                c, u = self._cins[i], self._dims[i + 1]
+                if self.rows != 1 or <Py_ssize_t>c * u < LANE_SPLIT_MIN_MACS:
+                    ptrs.append(0)
+                    widths.append(0)
+                    continue
+                cols = (u + threads * 16 - 1) // (threads * 16) * 16
+                k = np.asarray(self._arrays[self._kernel_index(i)])
+                blocks = np.concatenate([k[:, j0:j0 + cols].ravel()
+                                         for j0 in range(0, u, cols)])
+                arrays.append(blocks)
+                ptrs.append(blocks.ctypes.data)
+                widths.append(cols)
+            pack = self._lane_packs[threads] = (arrays, np.array(ptrs + widths, dtype=np.intp))
+        table = <cnp.ndarray>pack[1]
+        return <const Py_ssize_t*>cnp.PyArray_DATA(table)
+
+    cdef int _kernel_index(self, int i):
+        """Layer i's kernel's index in self._arrays (kernel, [packed], [bias] per layer)."""
+        cdef int j, at = 0
+        for j in range(i):
+            at += 1 + (self.packed[j] is not None) + (self._biases[j] != 0)
+        return at
 
     cdef inline Py_ssize_t _block_rows(self, int blocks) noexcept nogil:
         return (self.rows + blocks - 1) // blocks
@@ -269,7 +316,7 @@ cdef class DenseChain:
                              f"or the scratch is short for {blocks} blocks")
         if blocks == 1:
             with nogil:
-                self._forward(&x[0, 0], &scratch[0], &out[0, 0], n, False, 1)
+                self._forward(&x[0, 0], &scratch[0], &out[0, 0], n, False, 1, NULL)
             return
         cdef _ChainJob job
         job.chain, job.x, job.scratch, job.out = <void*>self, &x[0, 0], &scratch[0], &out[0, 0]
@@ -291,6 +338,8 @@ cdef class DenseChain:
         cdef const float* src
         cdef float* dst
         cdef PyThreadState* gil
+        cdef int threads
+        cdef const Py_ssize_t* lane
         if type(x) is not np.ndarray or self.rows != 1:
             return None
         a = <cnp.ndarray>x
@@ -302,9 +351,11 @@ cdef class DenseChain:
         dims[0], dims[1] = 1, self._dims[self.layers]
         out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
         src, dst = <const float*>cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(out)
+        threads = pynn_team_lane_threads()
+        lane = self._lane(threads) if threads > 1 else NULL
         if self.values * self.width <= STACK_SCRATCH:
             gil = pynn_gil_release()  # handed on between lane threads (_gil.h)
-            self._forward(src, stack, dst, 1, False, pynn_team_lane_threads())
+            self._forward(src, stack, dst, 1, False, threads, lane)
             pynn_team_lane_done()
             pynn_gil_acquire(gil)
             return out
@@ -312,18 +363,20 @@ cdef class DenseChain:
         if scratch == NULL:
             raise MemoryError("DenseChain: no memory for one sample's intermediates")
         gil = pynn_gil_release()
-        self._forward(src, scratch, dst, 1, False, pynn_team_lane_threads())
+        self._forward(src, scratch, dst, 1, False, threads, lane)
         pynn_team_lane_done()
         pynn_gil_acquire(gil)
         free(scratch)
         return out
 
     cdef void _forward(self, const float* src, float* scratch, float* out, int n,
-                       bint in_region, int threads) noexcept nogil:
+                       bint in_region, int threads,
+                       const Py_ssize_t* lane) noexcept nogil:
         """n rows (C0 apart) from src through every layer into out; in_region: inside a
         parallel region already (the epilogue then row by row, no nested team). threads: a
         one-row chain's large layers split their columns over that many threads of pynn's
-        worker team (each y[j] is summed alike wherever it runs: the same bits)."""
+        worker team (each y[j] is summed alike wherever it runs: the same bits), reading the
+        split kernels of lane = _lane(threads)."""
         cdef int i, c, u, up, r, p0, w, j
         cdef _GemvColsJob cols
         cdef const float* x = src
@@ -338,11 +391,10 @@ cdef class DenseChain:
             if self.rows == 1:  # _gemv.h: BLAS would pack the whole kernel first
                 # (only for a one-row chain: a one-row block of a larger one keeps the rows
                 # product, whose bits equal the GEMV's at the FMA levels only)
-                if threads > 1 and <Py_ssize_t>c * u >= LANE_SPLIT_MIN_MACS:
-                    cols.x, cols.k, cols.y = src, <const float*>self._kernels[i], dst
-                    cols.c, cols.u = c, u
-                    # whole vectors per thread; the first block is the caller's
-                    cols.cols = (u + threads * 16 - 1) // (threads * 16) * 16
+                if threads > 1 and lane != NULL and lane[i] != 0:
+                    cols.x, cols.k, cols.y = src, <const float*>lane[i], dst
+                    cols.c, cols.u, cols.cols = c, u, lane[self.layers + i]
+                    # block b first offered to team slot b (the caller's: block 0)
                     pynn_team_for_affine((u + cols.cols - 1) // cols.cols, threads,
                                          _gemv_cols_job, &cols)
                 else:
@@ -458,6 +510,23 @@ cdef void _pool_rows_job(void* ctx, long begin, long end, int slot) noexcept nog
         (<MaxPool2D>j.pool)._row(j.x, j.y, r)
 
 
+ctypedef struct _PoolRunsJob:
+    void* pool          # the MaxPool2D, borrowed for the call
+    const float* x
+    float* y
+    Py_ssize_t rows, runs
+
+
+cdef void _pool_runs_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    """Runs [begin, end) of a pooling's output rows split in j.runs equal runs."""
+    cdef _PoolRunsJob* j = <_PoolRunsJob*>ctx
+    cdef long i
+    cdef Py_ssize_t r
+    for i in range(begin, end):
+        for r in range(i * j.rows // j.runs, (i + 1) * j.rows // j.runs):
+            (<MaxPool2D>j.pool)._row(j.x, j.y, r)
+
+
 cdef extern from *:
     """
     /* native/pool.pyx's PYNN_MAX_UPDATE without the argmax (inference needs no backward):
@@ -566,6 +635,23 @@ cdef class MaxPool2D:
         # rows on pynn's worker team (native/_team.h)
         pynn_team_for(self.N * self.HO, team_grain(self.N * self.HO, threads), threads,
                       _pool_rows_job, &job)
+
+    cdef void _forward_lane(self, const float* x, float* y, int threads) noexcept nogil:
+        """A batch-1 lane's pooling: threads > 1 splits the output rows in `threads`
+        runs, run i first offered to team slot i, which made the rows of the convolution's
+        output that this run reads (Conv2DDirect._forward splits its pixels alike): read
+        from the other core's cache, the small CNN's first pooling took 13 us at two
+        threads against 4.4 on one."""
+        cdef Py_ssize_t r, rows = self.N * self.HO
+        cdef _PoolRunsJob job
+        if (threads <= 1 or rows < 2
+                or self.N * self.H * self.W * self.C < LANE_SPLIT_MIN_VALUES):
+            for r in range(rows):
+                self._row(x, y, r)
+            return
+        job.pool, job.x, job.y = <void*>self, x, y
+        job.rows, job.runs = rows, min(threads, rows)
+        pynn_team_for_affine(job.runs, threads, _pool_runs_job, &job)
 
     cdef void _row(self, const float* x, float* y, Py_ssize_t r) noexcept nogil:
         cdef Py_ssize_t n = r // self.HO, ho = r % self.HO, wo, w0, w1, C = self.C
@@ -833,8 +919,10 @@ cdef class Program:
         cdef const float* src
         cdef float* y
         cdef Py_ssize_t j, nsteps = len(self._steps)
-        cdef object obj
+        cdef object obj, last
         cdef PyThreadState* gil
+        cdef int threads
+        cdef const Py_ssize_t* lane
         if type(x) is not np.ndarray:
             return None
         a = <cnp.ndarray>x
@@ -852,14 +940,19 @@ cdef class Program:
         src = <const float*>cnp.PyArray_DATA(a)
         y = <float*>cnp.PyArray_DATA(out)
         w = <float*>cnp.PyArray_DATA(work)
+        threads = pynn_team_lane_threads()
+        last = self._steps[nsteps - 1]
+        lane = (<DenseChain>last)._lane(threads) if (
+            threads > 1 and self._kinds[nsteps - 1] == STEP_DENSE) else NULL
         gil = pynn_gil_release()  # handed on between lane threads (_gil.h)
-        self._walk(src, w, y, nsteps, pynn_team_lane_threads())
+        self._walk(src, w, y, nsteps, threads, lane)
         pynn_team_lane_done()
         pynn_gil_acquire(gil)
         return out
 
-    cdef void _walk(self, const float* src, float* w, float* y,
-                    Py_ssize_t nsteps, int threads) noexcept nogil:
+    cdef void _walk(self, const float* src, float* w, float* y, Py_ssize_t nsteps,
+                    int threads, const Py_ssize_t* lane) noexcept nogil:
+        """lane: the last step's (the Dense chain's) split kernels for `threads`."""
         cdef Py_ssize_t j
         cdef int kind
         cdef void* step
@@ -871,9 +964,9 @@ cdef class Program:
             if kind == STEP_CONV:
                 (<Conv2DDirect>step)._run(src, w if self._pads[j] else NULL, dst, threads)
             elif kind == STEP_POOL:
-                (<MaxPool2D>step)._forward(src, dst, False)
+                (<MaxPool2D>step)._forward_lane(src, dst, threads)
             elif kind == STEP_DENSE:
-                (<DenseChain>step)._forward(src, w, dst, 1, False, threads)
+                (<DenseChain>step)._forward(src, w, dst, 1, False, threads, lane)
             if kind == STEP_FLAT:  # NHWC is already the flat order: nothing moves
                 continue
             src = dst

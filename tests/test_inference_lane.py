@@ -562,9 +562,11 @@ def test_a_public_conv_that_rounds_otherwise_is_timed_against_the_direct_path(
 @pytest.mark.parametrize("which", ["mlp", "cnn"])
 def test_lanes_split_their_large_layers_over_the_team_with_the_same_bits(which):
     """With pynn on two threads, a lane's large layers (a Dense kernel of 65,536 floats or
-    more; a convolution of as many multiply-adds) run their column blocks or pixel blocks
-    on pynn's worker team while requests come close together: each output is summed alike
-    wherever it runs, so the answers are one thread's bits, from 1 or 8 Python threads."""
+    more; a convolution of as many multiply-adds; a pooling of 8,192 values) run their
+    column blocks, pixel blocks or rows on pynn's worker team while requests come close
+    together: each output is summed alike wherever it runs, so the answers are one thread's
+    bits, from 1 or 8 Python threads, and again after the thread count changes (the Dense
+    kernels are split per count)."""
     from pynn._native import info
 
     rng = np.random.default_rng(21)
@@ -574,12 +576,12 @@ def test_lanes_split_their_large_layers_over_the_team_with_the_same_bits(which):
             L.Dense(7, activation="softmax")])
         shape = (1, 300)
     else:
-        model = pynn.Sequential([
-            L.Input((15, 13, 3)),
-            L.Conv2D(20, 3, padding="same", activation="relu"), L.MaxPooling2D(),
+        model = pynn.Sequential([  # the first pooling reads 9,576 values: split too
+            L.Input((21, 19, 3)),
+            L.Conv2D(24, 3, padding="same", activation="relu"), L.MaxPooling2D(),
             L.Conv2D(33, 3, padding="same", activation="relu"), L.MaxPooling2D(),
             L.Flatten(), L.Dense(130, activation="relu"), L.Dense(6, activation="softmax")])
-        shape = (1, 15, 13, 3)
+        shape = (1, 21, 19, 3)
     randomize(model, rng)
     xs = [rand(rng, shape) for _ in range(8)]
     with pynn.threads(1):
@@ -618,3 +620,7 @@ def test_lanes_split_their_large_layers_over_the_team_with_the_same_bits(which):
         assert len(got[k]) == 50
         for y in got[k]:
             np.testing.assert_array_equal(y, wants[k])
+    for n in (3, 2):
+        with pynn.threads(n):
+            for i in range(200):
+                np.testing.assert_array_equal(model.predict_on_batch(xs[i % 8]), wants[i % 8])
