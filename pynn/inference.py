@@ -30,7 +30,12 @@ of its inputs), made on the first call with that signature:
   copied out when a layer returned a view of a plan buffer), never into a buffer a later
   call overwrites (onnxruntime's rule);
 - a plan whose arithmetic is too small for a second thread to pay runs on one OpenMP
-  thread (``SERIAL_MAX_MACS``, measured in bench/bench_inference.py);
+  thread (``SERIAL_MAX_MACS``, ``SERIAL_MAX_MACS_BATCHED`` for several rows, measured in
+  bench/bench_inference.py); a batch-1 lane (an MLP's DenseChain, a CNN's Program) instead
+  splits its large layers over pynn's worker team itself, call by call, while requests come
+  close together (the team's workers still awake from the last one; each thread keeps the
+  same share of each layer, so its weights stay in that core's cache), and runs alone
+  after a pause (waking a sleeping worker costs more than the split saves);
 - a larger batch whose intermediates outgrow the cache runs its convolutional prefix a
   chunk of samples at a time through a plan made for the chunk, then its Dense suffix on
   the whole batch (``CHUNK_BYTES``): each chunk's activations stay in L2;
@@ -69,6 +74,12 @@ BUFFER_CAP_BYTES = 64 << 20
 # (6.1 M) 295 / 727, batch 8 (49 M) 1491 / 1279, batch 64 (392 M) 10461 / 6027. On a busy
 # machine the second thread's wake-up is what costs; a quiet one crosses over lower.
 SERIAL_MAX_MACS = 25_000_000
+# The same for several rows (pynn's worker team, not OpenMP, runs a plan's parallel steps
+# since the nineteenth session: waking it costs ~1 us). Intel Xeon, 2 threads, calls back to
+# back, median us one thread -> two: MLP 784-256-128-10 batch 64 (15 M) 201 -> 119, batch 8
+# (1.9 M) 30 -> 31; small CNN batch 8 (49 M) 860 -> 626. Batch 1 keeps SERIAL_MAX_MACS: its
+# lane splits its own large layers (native/infer.pyx) when requests come close together.
+SERIAL_MAX_MACS_BATCHED = 4_000_000
 
 _NO_PLAN = object()  # a model the plan cannot serve (cached, so the check runs once)
 
@@ -221,6 +232,8 @@ class InferencePlan:
         for s, x in zip(self.input_slots, xs):
             vals[s] = x
         self.steps, self.macs, nbytes = [], 0, 0
+        serial_max = (SERIAL_MAX_MACS if len(xs[0]) <= 1
+                      else min(SERIAL_MAX_MACS, SERIAL_MAX_MACS_BATCHED))
         # (output slot, bytes per sample) of each step: where a chunked run may split
         sample_bytes = []
         frees = _frees([(st.ins, st.outs) for st in steps], self.input_slots,
@@ -243,7 +256,7 @@ class InferencePlan:
             self.macs += runner.macs
             nbytes += runner.nbytes
             self.steps.append(runner)
-            if self.macs >= SERIAL_MAX_MACS:
+            if self.macs >= serial_max:
                 # Only Dense steps, Adds, Embeddings and 1-D average poolings are fused
                 # (_chained, _residual_chained and _embedding_means check against their
                 # samples); a large plan need not hold the other steps' validation arrays.
@@ -271,7 +284,7 @@ class InferencePlan:
             slot = r.outs[0]
         self.chain = self.chain and slot == self.output_slots[0]
         self.keep_buffers = nbytes <= BUFFER_CAP_BYTES
-        self.serial = self.macs < SERIAL_MAX_MACS
+        self.serial = self.macs < serial_max
         if self.chain:
             self.steps = _chained(_embedding_means(self.steps), parallel=not self.serial)
         else:

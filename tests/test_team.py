@@ -105,16 +105,17 @@ def test_every_item_of_an_affine_job_runs_once(n, threads):
 
 
 @pytest.mark.skipif(not LINUX or usable_cores() < 2, reason="needs two cores and futexes")
-def test_an_affine_jobs_first_item_stays_with_its_caller():
-    # The caller claims its own item before any other; a worker takes its own (item 1)
-    # first, so item 0 is never run by a worker, however late or early the worker comes.
+def test_an_affine_jobs_items_go_to_their_own_slots_first():
+    # The caller claims its own item before any other, and a worker takes its own (item 1)
+    # first: a worker runs item 0 only after item 1 (its caller held up meanwhile, as
+    # under pytest -n 2 another process may hold it).
     # (An affine job finding a worker asleep runs on its caller alone: the ordinary job
     # before each wakes it, so most of these are shared.)
     for _ in range(40):
         info._team_probe(4, 1, 2, 20.0)
         owner, tid, slots, workers = info._team_probe(2, 1, 2, 100.0, affine=True)
         assert (owner == 1).all()
-        assert slots[0] == 0, slots
+        assert slots[0] == 0 or slots[1] == 1, slots
 
 
 def test_the_lanes_thread_count_follows_pynn_threads():
