@@ -298,8 +298,11 @@ class InferencePlan:
         # A batch-1 plan that is one Dense chain runs no OpenMP and no BLAS (_gemv.h): its
         # chain's own entry point is the whole call, thread settings and buffers included.
         self.lane = None
-        if self.chain and len(self.steps) == 1 and type(self.steps[0]) is _DenseChainRunner \
-                and self.steps[0].chain.rows == 1:
+        # (also a residual MLP's graph, which one DenseChain program runs whole)
+        if len(self.steps) == 1 and type(self.steps[0]) is _DenseChainRunner \
+                and self.steps[0].chain.rows == 1 \
+                and list(self.steps[0].ins) == self.input_slots \
+                and list(self.steps[0].outs) == self.output_slots:
             self.lane = self.steps[0].chain.predict_one
         # Each intermediate is dropped after its last reader, as the general path does: a
         # plan too large to keep its buffers then holds only the live values (the residual

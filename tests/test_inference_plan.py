@@ -667,6 +667,27 @@ def test_a_residual_mlp_runs_as_one_chain_call(swap, threads, num_threads, monke
     np.testing.assert_array_equal(model.predict_on_batch(x), got)  # the plan's second call
 
 
+def test_a_residual_mlp_answers_batch_1_through_its_lane():
+    """At batch 1 a residual MLP's graph, which one DenseChain program runs whole, is the
+    model's lane (DenseChain.predict_one, no Python between its layers), with the plan's
+    bits; a model with a second output is not."""
+    rng = np.random.default_rng(34)
+    model = residual_mlp(width=300)
+    randomize(model, rng)
+    x = rand(rng, (1, 19))
+    model.predict_on_batch(x)
+    state = model._inference
+    assert state.lane is not None and type(state.lane.__self__).__name__ == "DenseChain"
+    want = state.plans[x.shape]._run([x])[0]
+    for got in (model.predict_on_batch(x), model(x)):
+        np.testing.assert_array_equal(got, want)
+    assert_close(want, general(model, [x])[0], 1e-5, "residual lane")
+    two = residual_mlp(second_output=True)
+    randomize(two, rng)
+    two.predict_on_batch(x)
+    assert two._inference.lane is None
+
+
 def test_a_value_the_caller_also_gets_ends_the_chain():
     """An Add's output that is also a model output is not kept inside a chain: the chain
     stops there and the caller gets both outputs right."""
