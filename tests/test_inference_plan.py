@@ -835,3 +835,34 @@ def test_an_embedding_mean_keeps_the_poolings_keepdims():
     got = model.predict_on_batch(x)
     assert runners(model, [x.astype(np.float32)])[0] == "_EmbeddingMean"
     np.testing.assert_array_equal(got, general(model, [x.astype(np.float32)])[0])
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_an_add_and_its_activation_run_as_one_pass(activation, num_threads):
+    """A residual block's close (an Add whose only reader is an Activation) is one inference
+    step writing into the plan's buffer (native/merge.pyx's pass with the activation): the
+    separate layers' numbers bit for bit, at one and two threads. An Add whose output is
+    read twice keeps its own call."""
+    rng = np.random.default_rng(41)
+    x_in = L.Input((9, 7, 5))
+    a = L.Conv2D(5, 3, padding="same", activation="relu")(x_in)
+    b = L.Conv2D(5, 1)(a)
+    h = L.Activation(activation)(L.Add()([x_in, b]))
+    s = L.Add()([h, a])  # read by two layers: not fused
+    out = L.Dense(3)(L.Flatten()(L.Concatenate()([s, L.Activation("relu")(s)])))
+    model = pynn.Model(x_in, out)
+    randomize(model, rng)
+    x = rand(rng, (3, 9, 7, 5))
+    want = unfolded(model, [x])[0]
+    for n in (1, 2):
+        num_threads(n)
+        model._inference = None
+        for _ in range(2):  # the plan's first call, then its runners
+            got = model.predict_on_batch(x)
+            assert_close(got, want, 1e-6, "fused add")
+        kinds = runners(model, [x])
+        assert kinds.count("_Add") == 1 and kinds.count("_Generic") >= 2, kinds
+        add = next(r for r in plan_of(model, [x]).steps if type(r).__name__ == "_Add")
+        y, _ = add.run([x, x * 0.5], add.allocate())
+        act = np.tanh if activation == "tanh" else (lambda v: np.maximum(v, 0))
+        np.testing.assert_allclose(y, act(x + x * 0.5), rtol=1e-6, atol=1e-7)

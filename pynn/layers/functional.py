@@ -282,6 +282,18 @@ class Plan:
                     skip.add(self.steps.index(act))
                 out.append(folded)
                 continue
+            act = sole_reader(st.outs[0]) if not st.multi_out else None
+            if (type(layer).__name__ == "Add" and st.several and calls[id(layer)] == 1
+                    and layer.activity_regularizer is None and act is not None
+                    and type(act.layer).__name__ == "Activation"
+                    and act.layer.activation != "softmax" and calls[id(act.layer)] == 1
+                    and act.layer.activity_regularizer is None
+                    and act.layer.compute_dtype == layer.compute_dtype):
+                # a residual block's close: the sum and its activation in one pass
+                out.append(Step(_ActivatedAdd(layer, act.layer), st.ins, act.outs, True,
+                                False))
+                skip.add(self.steps.index(act))
+                continue
             out.append(st)
         keep = set(self.output_slots) | set(self.input_slots)
         last_read = {}
@@ -610,6 +622,22 @@ class _FoldedLayer:
         x2 = x if x.ndim == 2 else b.reshape(x, (-1, x.shape[-1]))
         y, _ = b.dense_forward(x2, kernel, bias, self.activation, self.alpha)
         return y if x.ndim == 2 else b.reshape(y, lead + (y.shape[-1],))
+
+
+class _ActivatedAdd:
+    """An Add and the Activation that alone reads it, as one inference step: the sum and
+    the activation in one pass (Add.call_activated, the training plan's fusion)."""
+
+    def __init__(self, add, activation):
+        self.layer, self.activation_layer = add, activation
+        self.name = f"{add.name}+{activation.name}"
+        self.activation, self.alpha = activation.activation, activation.alpha
+
+    def compute_mask(self, inputs, mask=None):
+        return self.layer.compute_mask(inputs, mask)
+
+    def call(self, x, training=False):
+        return self.layer.call_activated(x, False, self.activation, self.alpha)
 
 
 def _add_activity_grad(b, dy, y, reg):
