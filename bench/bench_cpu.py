@@ -314,8 +314,12 @@ def _step_result(result, ops, gemm, step, peak, peak_times):
 
 
 # -- 2b. Conv2D ----------------------------------------------------------------------------
-def _torch_conv_reference(x, k, bias, dy, padding):
-    """float64 torch autograd on NCHW copies: (y, dx, dk, db) back in NHWC / (KH,KW,C,F)."""
+def _torch_conv_reference(x, k, bias, dy, padding, gate):
+    """float64 torch autograd on NCHW copies: (y, dx, dk, db) back in NHWC / (KH,KW,C,F).
+    gate: where the float32 layer's relu passed its input (y > 0). The gradient takes the
+    layer's own gate: at a pre-activation within rounding of zero the two forwards may fall
+    on either side of the kink, and each side's gradient is right for its own forward (one
+    such pixel of 524,288 gave a 2.6e-3 relative error in dx against the reference's gate)."""
     import torch
 
     xt = torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float64, requires_grad=True)
@@ -323,7 +327,8 @@ def _torch_conv_reference(x, k, bias, dy, padding):
     bt = torch.tensor(bias, dtype=torch.float64, requires_grad=True)
     zt = torch.nn.functional.conv2d(xt, kt, bt, padding=padding)
     yt = torch.relu(zt)
-    yt.backward(torch.tensor(dy.transpose(0, 3, 1, 2), dtype=torch.float64))
+    dz = np.where(gate, dy, 0).astype(np.float64)
+    zt.backward(torch.tensor(dz.transpose(0, 3, 1, 2)))
     return (yt.detach().numpy().transpose(0, 2, 3, 1), xt.grad.numpy().transpose(0, 2, 3, 1),
             kt.grad.numpy().transpose(2, 3, 1, 0), bt.grad.numpy())
 
@@ -355,7 +360,8 @@ def bench_conv(shape, repeats, peak):
     result = {"shape": {"N": n, "H": h, "W": w, "C": c, "KH": kh, "KW": kw, "F": f,
                         "padding": padding, "strides": list(s)}, "activation": "relu"}
     try:
-        y_ref, dx_ref, dk_ref, db_ref = _torch_conv_reference(x, k, bias, dy, padding)
+        y_ref, dx_ref, dk_ref, db_ref = _torch_conv_reference(x, k, bias, dy, padding,
+                                                              np.asarray(y) > 0)
     except ImportError:
         result["check"] = {"passed": False, "error": "torch is not installed (the reference)"}
         return result
