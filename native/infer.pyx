@@ -510,21 +510,48 @@ cdef void _pool_rows_job(void* ctx, long begin, long end, int slot) noexcept nog
         (<MaxPool2D>j.pool)._row(j.x, j.y, r)
 
 
-ctypedef struct _PoolRunsJob:
-    void* pool          # the MaxPool2D, borrowed for the call
+# A lane step's parts [b0, b1) (a pooling's output rows, a convolution's pixel blocks) of x
+# into y, on the step object.
+ctypedef void (*_PartsFn)(void* step, const float* x, float* y, Py_ssize_t b0,
+                          Py_ssize_t b1) noexcept nogil
+
+ctypedef struct _RunsJob:
+    void* step          # borrowed for the call
+    _PartsFn parts
     const float* x
     float* y
-    Py_ssize_t rows, runs
+    Py_ssize_t count, runs
 
 
-cdef void _pool_runs_job(void* ctx, long begin, long end, int slot) noexcept nogil:
-    """Runs [begin, end) of a pooling's output rows split in j.runs equal runs."""
-    cdef _PoolRunsJob* j = <_PoolRunsJob*>ctx
+cdef void _runs_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    """Runs [begin, end) of a step's `count` parts split in j.runs equal runs."""
+    cdef _RunsJob* j = <_RunsJob*>ctx
     cdef long i
-    cdef Py_ssize_t r
     for i in range(begin, end):
-        for r in range(i * j.rows // j.runs, (i + 1) * j.rows // j.runs):
-            (<MaxPool2D>j.pool)._row(j.x, j.y, r)
+        j.parts(j.step, j.x, j.y, i * j.count // j.runs, (i + 1) * j.count // j.runs)
+
+
+cdef void _split_runs(void* step, _PartsFn parts, const float* x, float* y,
+                      Py_ssize_t count, int threads) noexcept nogil:
+    """A lane step's `count` parts in min(threads, count) equal runs, run i first offered to
+    team slot i (the same share on the same core call after call), alone while the team's
+    workers sleep (see pynn_team_lane_threads_impl in _team.h)."""
+    cdef _RunsJob job
+    job.step, job.parts, job.x, job.y = step, parts, x, y
+    job.count, job.runs = count, min(<Py_ssize_t>threads, count)
+    pynn_team_for_affine(job.runs, threads, _runs_job, &job)
+
+
+cdef void _pool_rows(void* step, const float* x, float* y, Py_ssize_t b0,
+                     Py_ssize_t b1) noexcept nogil:
+    cdef Py_ssize_t r
+    for r in range(b0, b1):
+        (<MaxPool2D>step)._row(x, y, r)
+
+
+cdef void _conv_pixels(void* step, const float* x, float* y, Py_ssize_t b0,
+                       Py_ssize_t b1) noexcept nogil:
+    (<Conv2DDirect>step)._pixels(x, y, b0, b1)
 
 
 cdef extern from *:
@@ -643,15 +670,12 @@ cdef class MaxPool2D:
         from the other core's cache, the small CNN's first pooling took 13 us at two
         threads against 4.4 on one."""
         cdef Py_ssize_t r, rows = self.N * self.HO
-        cdef _PoolRunsJob job
         if (threads <= 1 or rows < 2
                 or self.N * self.H * self.W * self.C < LANE_SPLIT_MIN_VALUES):
             for r in range(rows):
                 self._row(x, y, r)
             return
-        job.pool, job.x, job.y = <void*>self, x, y
-        job.rows, job.runs = rows, min(threads, rows)
-        pynn_team_for_affine(job.runs, threads, _pool_runs_job, &job)
+        _split_runs(<void*>self, _pool_rows, x, y, rows, threads)
 
     cdef void _row(self, const float* x, float* y, Py_ssize_t r) noexcept nogil:
         cdef Py_ssize_t n = r // self.HO, ho = r % self.HO, wo, w0, w1, C = self.C
@@ -665,22 +689,6 @@ cdef class MaxPool2D:
 
 
 # -- direct convolution of a one-thread plan --------------------------------------------------
-
-ctypedef struct _ConvPixelsJob:
-    void* conv          # the Conv2DDirect, borrowed for the call
-    const float* xp
-    float* y
-    Py_ssize_t blocks, runs
-
-
-cdef void _conv_pixels_job(void* ctx, long begin, long end, int slot) noexcept nogil:
-    """Runs [begin, end) of a conv's pixel blocks split in j.runs equal runs."""
-    cdef _ConvPixelsJob* j = <_ConvPixelsJob*>ctx
-    cdef long i
-    for i in range(begin, end):
-        (<Conv2DDirect>j.conv)._pixels(j.xp, j.y, i * j.blocks // j.runs,
-                                       (i + 1) * j.blocks // j.runs)
-
 
 cdef class Conv2DDirect:
     """conv.pyx's direct Conv2D forward (_forward_direct: the microkernel reads the
@@ -800,13 +808,10 @@ cdef class Conv2DDirect:
         """threads > 1: the output's pixel blocks in `threads` runs, run i first offered to
         team slot i (each pixel's sums are the same wherever it runs: the same bits)."""
         cdef Py_ssize_t blocks = (self.M + self.chunk - 1) // self.chunk
-        cdef _ConvPixelsJob job
         if threads <= 1 or blocks < 2 or self.M * self.K * self.F < LANE_SPLIT_MIN_MACS:
             self._pixels(xp, y, 0, blocks)
             return
-        job.conv, job.xp, job.y = <void*>self, xp, y
-        job.blocks, job.runs = blocks, min(threads, blocks)
-        pynn_team_for_affine(job.runs, threads, _conv_pixels_job, &job)
+        _split_runs(<void*>self, _conv_pixels, xp, y, blocks, threads)
 
     cdef void _pixels(self, const float* xp, float* y, Py_ssize_t b0,
                       Py_ssize_t b1) noexcept nogil:

@@ -206,3 +206,31 @@ def check_inplace(backend, name, arrays, *rest, ref_arrays, rtol=None, kind="ele
         if w is not None:
             assert_close(g, w, rtol, f"{name} on {backend.name}: array {i}")
     return out, host
+
+
+def hammer_equal(fn, xs, wants, calls):
+    """fn(xs[k]) from len(xs) Python threads started together, `calls` times each: every
+    call must return wants[k] bit for bit (a thread's exception fails the test)."""
+    import threading
+
+    got, errors = [[] for _ in xs], []
+    start = threading.Barrier(len(xs))
+
+    def worker(k):
+        try:
+            start.wait()
+            for _ in range(calls):
+                got[k].append(fn(xs[k]))
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for k, want in enumerate(wants):
+        assert len(got[k]) == calls
+        for y in got[k]:
+            np.testing.assert_array_equal(y, want)

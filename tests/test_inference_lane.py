@@ -11,7 +11,7 @@ import pytest
 import pynn
 from pynn import inference
 from pynn import layers as L
-from tests.backend_util import assert_close, rand
+from tests.backend_util import assert_close, hammer_equal, rand
 from tests.reference.dense_ref import dense_forward_ref
 
 
@@ -138,27 +138,7 @@ def test_mlp_lane_eight_threads_equal_one():
     xs = [rand(rng, (1, 37)) for _ in range(8)]
     want = [model.predict_on_batch(x) for x in xs]
     assert model._inference.lane is not None
-    got, errors = [[] for _ in xs], []
-    start = threading.Barrier(8)
-
-    def worker(k):
-        try:
-            start.wait()
-            for _ in range(200):
-                got[k].append(model.predict_on_batch(xs[k]))
-        except BaseException as exc:  # noqa: BLE001  (reported below)
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    for k in range(8):
-        assert len(got[k]) == 200
-        for y in got[k]:
-            np.testing.assert_array_equal(y, want[k])
+    hammer_equal(model.predict_on_batch, xs, want, 200)
 
 
 def test_a_lane_thread_blocked_elsewhere_does_not_hold_up_the_others():
@@ -492,27 +472,7 @@ def test_cnn_lane_is_one_native_call_with_the_steps_bits():
         randomize(model, rng)
     xs = [rand(rng, (1, 13, 11, 3)) for _ in range(8)]
     wants = [model.predict_on_batch(xk) for xk in xs]
-    got, errors = [[] for _ in xs], []
-    start = threading.Barrier(8)
-
-    def worker(k):
-        try:
-            start.wait()
-            for _ in range(30):
-                got[k].append(model.predict_on_batch(xs[k]))
-        except BaseException as exc:  # noqa: BLE001  (reported below)
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    for k in range(8):
-        assert len(got[k]) == 30
-        for y in got[k]:
-            np.testing.assert_array_equal(y, wants[k])
+    hammer_equal(model.predict_on_batch, xs, wants, 30)
 
 
 def test_program_refuses_steps_it_cannot_run():
@@ -599,27 +559,7 @@ def test_lanes_split_their_large_layers_over_the_team_with_the_same_bits(which):
             if info.team_counts()[0] - ran >= 10:
                 break
         assert info.team_counts()[0] - ran >= 10, "no layer of the lane ran on the team"
-        got, errors = [[] for _ in xs], []
-        start = threading.Barrier(8)
-
-        def worker(k):
-            try:
-                start.wait()
-                for _ in range(50):
-                    got[k].append(model.predict_on_batch(xs[k]))
-            except BaseException as exc:  # noqa: BLE001  (reported below)
-                errors.append(exc)
-
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert not errors, errors
-    for k in range(8):
-        assert len(got[k]) == 50
-        for y in got[k]:
-            np.testing.assert_array_equal(y, wants[k])
+        hammer_equal(model.predict_on_batch, xs, wants, 50)
     for n in (3, 2):
         with pynn.threads(n):
             for i in range(200):

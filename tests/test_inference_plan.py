@@ -16,7 +16,7 @@ import pytest
 import pynn
 from pynn import inference
 from pynn import layers as L
-from tests.backend_util import assert_close, rand
+from tests.backend_util import assert_close, hammer_equal, rand
 
 
 @pytest.fixture(autouse=True)
@@ -264,29 +264,8 @@ def test_eight_threads_equal_one():
     randomize(model, rng)
     xs = [rand(rng, (1, 11, 9, 3)) for _ in range(8)]
     want = [model.predict_on_batch(x) for x in xs]
-    got = [[] for _ in xs]
-    errors = []
-    start = threading.Barrier(8)
-
-    def worker(k):
-        try:
-            start.wait()
-            for _ in range(25):
-                got[k].append(model.predict_on_batch(xs[k]))
-        except BaseException as exc:  # noqa: BLE001  (reported below)
-            errors.append(exc)
-
     with pynn.threads(1):
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert not errors, errors
-    for k in range(8):
-        assert len(got[k]) == 25
-        for y in got[k]:
-            np.testing.assert_array_equal(y, want[k])
+        hammer_equal(model.predict_on_batch, xs, want, 25)
 
 
 def test_small_plans_run_serial():
