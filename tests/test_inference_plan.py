@@ -845,3 +845,33 @@ def test_an_add_and_its_activation_run_as_one_pass(activation, num_threads):
         y, _ = add.run([x, x * 0.5], add.allocate())
         act = np.tanh if activation == "tanh" else (lambda v: np.maximum(v, 0))
         np.testing.assert_allclose(y, act(x + x * 0.5), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "bidirectional", "stateful"])
+def test_recurrent_models_take_the_plan(kind):
+    """A recurrent layer passes an input mask on and makes none itself, so a model with
+    one takes the prepared plan (its Dense head a direct runner) with the general path's
+    numbers; a stateful layer's states advance once per predict either way."""
+    rng = np.random.default_rng(42)
+
+    def build():
+        if kind == "bidirectional":
+            rnn = L.Bidirectional(L.GRU(6, return_sequences=True))
+        else:
+            cell = L.GRU if kind == "gru" else L.LSTM
+            rnn = cell(7, stateful=kind == "stateful")
+        model = pynn.Sequential([L.Input((5, 3), batch_size=2 if kind == "stateful" else None),
+                                 rnn, L.Flatten() if kind == "bidirectional" else L.Identity(),
+                                 L.Dense(4, activation="softmax")])
+        return model
+
+    model, twin = build(), build()
+    randomize(model, rng)
+    twin.set_weights(model.get_weights())
+    x = rand(rng, (2, 5, 3))
+    for _ in range(3):  # the plan's first call, then its runners; states advance alike
+        got = model.predict_on_batch(x)
+        want = general(twin, [x])[0]
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert isinstance(model._inference, inference._State)
+    assert runners(model, [x])[-1] == "_Dense"

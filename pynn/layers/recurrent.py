@@ -170,6 +170,8 @@ class _ForgetBiasOnes(initializers.Initializer):
 class _RNN(Layer):
     """The shared part of the three layers; subclasses set GATES and the op calls."""
 
+    _mask_from_inputs_only = True  # compute_mask passes an input mask on, makes none
+
     GATES = 1
 
     def __init__(self, units, activation="tanh", use_bias=True,
@@ -603,6 +605,8 @@ class Bidirectional(Layer):
     return_sequences both directions output zeros at masked steps (Keras forces
     zero_output_for_mask)."""
 
+    _mask_from_inputs_only = True  # compute_mask passes an input mask on, makes none
+
     supports_masking = True
 
     def __init__(self, layer, merge_mode="concat", weights=None, backward_layer=None,
@@ -867,6 +871,8 @@ class RNN(Layer):
     initial_state.
     """
 
+    _mask_from_inputs_only = True  # compute_mask passes an input mask on, makes none
+
     supports_masking = True
 
     def __init__(self, cell, return_sequences=False, return_state=False, go_backwards=False,
@@ -897,7 +903,8 @@ class RNN(Layer):
         last = len(cells) - 1
         self._layers = []
         for i, c in enumerate(cells):
-            inner = c.LAYER(**c.layer_options(raw=True), name=f"{self.name}_{c.name}", dtype=self.dtype,
+            inner = c.LAYER(**c.layer_options(raw=True), name=f"{self.name}_{c.name}",
+                            dtype=self.dtype,
                             return_sequences=self.return_sequences if i == last else True,
                             return_state=self.return_state,
                             go_backwards=self.go_backwards and i == 0, stateful=self.stateful)
