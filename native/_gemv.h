@@ -4,6 +4,9 @@
  * kernel (leading dimension ldk >= U), y (U,).
  *
  *   pynn_gemv_f(c, u, x, k, ldk, y):  y[j] = sum over i < c of x[i] * k[i*ldk + j]
+ *   pynn_gemv_into_f(c, u, x, k, ldk, y, accum):  the same, the sum starting from y[j]
+ *       itself when accum (the register-blocked rows product's accumulate: one chain of
+ *       FMAs from y[j] over i in order, so a one-row recurrence step keeps its bits)
  *
  * Why not BLAS: sgemm with M = 1 packs its B panel (the whole kernel: read and written once
  * more per call) before multiplying, so the 4096x128 Dense of the small CNN spent 40 us of a
@@ -28,11 +31,16 @@
    `tail` lanes so any U needs no scalar loop. */
 static inline __attribute__((always_inline)) PYNN_TARGET_AVX512 void
 pynn_gemv_block_avx512(Py_ssize_t c, const float* x, const float* k, Py_ssize_t ldk,
-                       float* y, const int nv, __mmask16 tail) {
+                       float* y, const int nv, __mmask16 tail, int accum) {
     __m512 acc[16];
     Py_ssize_t i;
     int v;
-    for (v = 0; v < nv; v++) acc[v] = _mm512_setzero_ps();
+    if (accum) {
+        for (v = 0; v < nv - 1; v++) acc[v] = _mm512_loadu_ps(y + 16 * v);
+        acc[nv - 1] = _mm512_maskz_loadu_ps(tail, y + 16 * (nv - 1));
+    } else {
+        for (v = 0; v < nv; v++) acc[v] = _mm512_setzero_ps();
+    }
     for (i = 0; i < c; i++) {
         const float* row = k + i * ldk;
         __m512 xi = _mm512_set1_ps(x[i]);
@@ -47,7 +55,7 @@ pynn_gemv_block_avx512(Py_ssize_t c, const float* x, const float* k, Py_ssize_t 
 
 static PYNN_TARGET_AVX512 void
 pynn_gemv_avx512_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
-                   Py_ssize_t ldk, float* y) {
+                   Py_ssize_t ldk, float* y, int accum) {
     Py_ssize_t j0;
     for (j0 = 0; j0 < u; j0 += 256) {
         Py_ssize_t w = u - j0 < 256 ? u - j0 : 256;
@@ -57,7 +65,8 @@ pynn_gemv_avx512_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
         const float* kb = k + j0;
         float* yb = y + j0;
         switch (nv) {
-#define PYNN_GEMV_CASE(N) case N: pynn_gemv_block_avx512(c, x, kb, ldk, yb, N, tail); break;
+#define PYNN_GEMV_CASE(N) \
+        case N: pynn_gemv_block_avx512(c, x, kb, ldk, yb, N, tail, accum); break;
         PYNN_GEMV_CASE(1) PYNN_GEMV_CASE(2) PYNN_GEMV_CASE(3) PYNN_GEMV_CASE(4)
         PYNN_GEMV_CASE(5) PYNN_GEMV_CASE(6) PYNN_GEMV_CASE(7) PYNN_GEMV_CASE(8)
         PYNN_GEMV_CASE(9) PYNN_GEMV_CASE(10) PYNN_GEMV_CASE(11) PYNN_GEMV_CASE(12)
@@ -69,11 +78,16 @@ pynn_gemv_avx512_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
 
 static inline __attribute__((always_inline)) PYNN_TARGET_AVX2 void
 pynn_gemv_block_avx2(Py_ssize_t c, const float* x, const float* k, Py_ssize_t ldk,
-                     float* y, const int nv, __m256i tail) {
+                     float* y, const int nv, __m256i tail, int accum) {
     __m256 acc[12];
     Py_ssize_t i;
     int v;
-    for (v = 0; v < nv; v++) acc[v] = _mm256_setzero_ps();
+    if (accum) {
+        for (v = 0; v < nv - 1; v++) acc[v] = _mm256_loadu_ps(y + 8 * v);
+        acc[nv - 1] = _mm256_maskload_ps(y + 8 * (nv - 1), tail);
+    } else {
+        for (v = 0; v < nv; v++) acc[v] = _mm256_setzero_ps();
+    }
     for (i = 0; i < c; i++) {
         const float* row = k + i * ldk;
         __m256 xi = _mm256_set1_ps(x[i]);
@@ -88,7 +102,7 @@ pynn_gemv_block_avx2(Py_ssize_t c, const float* x, const float* k, Py_ssize_t ld
 
 static PYNN_TARGET_AVX2 void
 pynn_gemv_avx2_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
-                 Py_ssize_t ldk, float* y) {
+                 Py_ssize_t ldk, float* y, int accum) {
     Py_ssize_t j0;
     for (j0 = 0; j0 < u; j0 += 96) {
         Py_ssize_t w = u - j0 < 96 ? u - j0 : 96;
@@ -100,7 +114,8 @@ pynn_gemv_avx2_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
         const float* kb = k + j0;
         float* yb = y + j0;
         switch (nv) {
-#define PYNN_GEMV_CASE(N) case N: pynn_gemv_block_avx2(c, x, kb, ldk, yb, N, tail); break;
+#define PYNN_GEMV_CASE(N) \
+        case N: pynn_gemv_block_avx2(c, x, kb, ldk, yb, N, tail, accum); break;
         PYNN_GEMV_CASE(1) PYNN_GEMV_CASE(2) PYNN_GEMV_CASE(3) PYNN_GEMV_CASE(4)
         PYNN_GEMV_CASE(5) PYNN_GEMV_CASE(6) PYNN_GEMV_CASE(7) PYNN_GEMV_CASE(8)
         PYNN_GEMV_CASE(9) PYNN_GEMV_CASE(10) PYNN_GEMV_CASE(11) PYNN_GEMV_CASE(12)
@@ -113,12 +128,12 @@ pynn_gemv_avx2_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
 /* 64 units per block: 16 SSE registers of accumulators, the rest streamed. */
 static PYNN_TARGET_GENERIC void
 pynn_gemv_generic_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
-                    Py_ssize_t ldk, float* y) {
+                    Py_ssize_t ldk, float* y, int accum) {
     Py_ssize_t j0, i, j;
     for (j0 = 0; j0 < u; j0 += 64) {
         Py_ssize_t w = u - j0 < 64 ? u - j0 : 64;
         float acc[64];
-        for (j = 0; j < w; j++) acc[j] = 0.0f;
+        for (j = 0; j < w; j++) acc[j] = accum ? y[j0 + j] : 0.0f;
         for (i = 0; i < c; i++) {
             const float* row = k + i * ldk + j0;
             float xi = x[i];
@@ -128,20 +143,26 @@ pynn_gemv_generic_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
     }
 }
 
-static void pynn_gemv_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
-                        Py_ssize_t ldk, float* y) {
+static void pynn_gemv_into_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
+                             Py_ssize_t ldk, float* y, int accum) {
     if (c <= 0) {
         Py_ssize_t j;
-        for (j = 0; j < u; j++) y[j] = 0.0f;
+        if (!accum)
+            for (j = 0; j < u; j++) y[j] = 0.0f;
         return;
     }
     switch (pynn_mk.level) {
 #if PYNN_ISA_X86
-    case PYNN_ISA_AVX512: pynn_gemv_avx512_f(c, u, x, k, ldk, y); return;
-    case PYNN_ISA_AVX2: pynn_gemv_avx2_f(c, u, x, k, ldk, y); return;
+    case PYNN_ISA_AVX512: pynn_gemv_avx512_f(c, u, x, k, ldk, y, accum); return;
+    case PYNN_ISA_AVX2: pynn_gemv_avx2_f(c, u, x, k, ldk, y, accum); return;
 #endif
-    default: pynn_gemv_generic_f(c, u, x, k, ldk, y); return;
+    default: pynn_gemv_generic_f(c, u, x, k, ldk, y, accum); return;
     }
+}
+
+static void pynn_gemv_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
+                        Py_ssize_t ldk, float* y) {
+    pynn_gemv_into_f(c, u, x, k, ldk, y, 0);
 }
 
 #endif

@@ -80,6 +80,10 @@ cdef enum:
 
 
 include "_microkernel.pxi"   # pynn._config.set_kernel reaches this module too
+
+cdef extern from "_gemv.h":
+    void pynn_gemv_into_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
+                          Py_ssize_t ldk, float* y, int accum) noexcept nogil
 include "_team.pxi"
 
 # -- the microkernel and the products built on it -------------------------------------------
@@ -132,6 +136,22 @@ cdef void _rec_mm(Py_ssize_t rows, Py_ssize_t k, Py_ssize_t n, const floating* a
         k0 = k0 + kn
         if k0 >= k:
             break
+
+
+cdef inline void _step_mm(Py_ssize_t rows, Py_ssize_t k, Py_ssize_t n, const floating* a,
+                          Py_ssize_t lda, const floating* panels, const void* raw,
+                          Py_ssize_t ldraw, floating* c, Py_ssize_t ldc,
+                          bint accumulate) noexcept nogil:
+    """_rec_mm; for one row of float32 whose unpacked matrix is at hand (raw, rows ldraw
+    apart), _gemv.h's streaming GEMV on it: up to 16 accumulators where the rows
+    microkernel's one row kept two chains waiting on the FMA latency (an LSTM(128) step
+    at batch 1: 5.7 us), the same sum for every output (one FMA chain over k in order, from
+    c when accumulating: the microkernel's bits at the FMA levels)."""
+    if floating is float:
+        if raw != NULL:
+            pynn_gemv_into_f(k, n, a, <const float*>raw, ldraw, c, accumulate)
+            return
+    _rec_mm(rows, k, n, a, lda, panels, c, ldc, accumulate)
 
 
 def _pack_panels(const floating[:, ::1] m, bint trans, Py_ssize_t lo, Py_ssize_t hi):
@@ -555,6 +575,10 @@ cdef struct Rnn:
     void* dx                # (N, T, C); NULL without columns
     void* dh                # carried dh (N, U)
     void* dc                # carried LSTM dc, or GRU_BEFORE's d(r * h_{s-1}) (N, U); else dh
+    # forward of one row in float32 at an FMA level: the kernel and recurrent kernel as
+    # given (C, G) and (U, G), unpacked (NULL otherwise; see _step_mm)
+    const void* kernel_raw
+    const void* rec_raw
 
 
 cdef void _forward_chunk(const Rnn* r, Py_ssize_t r0, Py_ssize_t rows, floating a1,
@@ -579,10 +603,10 @@ cdef void _forward_chunk(const Rnn* r, Py_ssize_t r0, Py_ssize_t rows, floating 
         tx = _tx(s, t_len, r.backwards)
         hp = h + (s - 1) * u if s > 0 else NULL
         gs = h + s * u if cell == SIMPLE_RNN else g + tx * gw
-        _rec_mm(rows, cin, gw, x + tx * cin, xld, w, gs, g_ld, False)
+        _step_mm(rows, cin, gw, x + tx * cin, xld, w, r.kernel_raw, gw, gs, g_ld, False)
         if cell == SIMPLE_RNN or cell == LSTM:
             if s > 0:
-                _rec_mm(rows, u, gw, hp, ld, rk, gs, g_ld, True)
+                _step_mm(rows, u, gw, hp, ld, rk, r.rec_raw, gw, gs, g_ld, True)
             if cell == SIMPLE_RNN:
                 _simple_step_forward(r, rows, b, gs, a1)
             else:
@@ -590,15 +614,17 @@ cdef void _forward_chunk(const Rnn* r, Py_ssize_t r0, Py_ssize_t rows, floating 
                                    st + s * u, h + s * u, a1, a2)
         elif cell == GRU_AFTER:
             if s > 0:
-                _rec_mm(rows, u, gw, hp, ld, rk, sp, gw, False)
+                _step_mm(rows, u, gw, hp, ld, rk, r.rec_raw, gw, sp, gw, False)
             _gru_step_forward_after(r, rows, gs, sp if s > 0 else NULL, b, b + gw, hp,
                                     st + tx * u, h + s * u, a1, a2)
         else:
             if s > 0:
-                _rec_mm(rows, u, 2 * u, hp, ld, rk, sp, gw, False)
+                _step_mm(rows, u, 2 * u, hp, ld, rk, r.rec_raw, gw, sp, gw, False)
             _gru_step_forward_gates(r, rows, gs, sp if s > 0 else NULL, b, hp, st + tx * u, a2)
             if s > 0:
-                _rec_mm(rows, u, u, st + tx * u, ld, rk_h, sp + 2 * u, gw, False)
+                _step_mm(rows, u, u, st + tx * u, ld, rk_h,
+                         <const float*>r.rec_raw + 2 * u if r.rec_raw != NULL else NULL, gw,
+                         sp + 2 * u, gw, False)
             _gru_step_forward_out(r, rows, gs, sp if s > 0 else NULL, b, hp, h + s * u, a1)
 
 
@@ -725,8 +751,18 @@ def _forward(int cell, const floating[:, :, ::1] x, kernel, recurrent_kernel,
                       backwards)
     cdef const floating[::1] w, rk, rk_h
     cdef floating[:, ::1] srec
+    cdef const float[:, ::1] kraw, rraw
     dtype = np.float32 if floating is float else np.float64
-    w, rk, rk_h = _panels(cell, kernel, recurrent_kernel, False)
+    if floating is float and h.shape[0] == 1 and pynn_mk_level() != 0:
+        # one row (batch-1 inference) at an FMA level: every product a GEMV on the matrices
+        # as given (_step_mm), nothing packed
+        kraw = np.ascontiguousarray(kernel, dtype=np.float32)
+        rraw = np.ascontiguousarray(recurrent_kernel, dtype=np.float32)
+        w = rk = rk_h = np.zeros(1, dtype=dtype)  # (the panels' pointers, unread)
+        r.kernel_raw = &kraw[0, 0] if r.cin > 0 else NULL
+        r.rec_raw = &rraw[0, 0]
+    else:
+        w, rk, rk_h = _panels(cell, kernel, recurrent_kernel, False)
     r.x = &x[0, 0, 0] if r.cin > 0 else NULL
     r.kernel = &w[0] if r.cin > 0 else NULL
     r.rec, r.rec_h, r.bias = &rk[0], &rk_h[0], &bias[0]

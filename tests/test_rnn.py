@@ -226,6 +226,32 @@ def test_register_tile_paths(cell, dtype):
         assert abs(terms.sum() - want) <= rtol * np.abs(terms).sum(), (cell, name, want)
 
 
+@pytest.mark.parametrize("units,features", [(37, 11), (300, 263)])
+@pytest.mark.parametrize("cell", CELLS)
+def test_one_row_takes_the_gemv_with_the_rows_bits(cell, units, features):
+    """A one-row float32 forward (batch-1 inference) runs every product as _gemv.h's GEMV
+    on the unpacked kernels: each sample's outputs equal its row's in a batch of five (the
+    rows microkernel on packed panels) bit for bit at every microkernel level, past the
+    microkernel's 256-deep k blocks too (300 units, 263 features), and the float64
+    reference."""
+    import pynn
+
+    opts = cell_options(cell)
+    x, w, r, b = make(cell, (5, 6, features, units), np.float32, seed=13, scale=0.2)
+    for level in pynn._config.available_kernels():
+        with pynn._config.kernel(level):
+            for go_backwards in (False, True):
+                whole, _ = forward(cell, x, w, r, b, opts, True, go_backwards)
+                for i in range(len(x)):
+                    alone, _ = forward(cell, x[i:i + 1], w, r, b, opts, True, go_backwards)
+                    np.testing.assert_array_equal(alone[0], whole[i],
+                                                  err_msg=f"{cell} {level} row {i}")
+    want = reference(cell, *(a.astype(np.float64) for a in (x[:1], w, r, b)), opts, True,
+                     False)
+    alone, _ = forward(cell, x[:1], w, r, b, opts, True, False)
+    np.testing.assert_allclose(alone, want, rtol=2e-4, atol=2e-5)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_thread_count_invariance_large(cell):
     """Bit-identical for 1, 2 and 3 threads where one thread's rows span several chunks of
