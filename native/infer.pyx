@@ -496,6 +496,99 @@ def embedding_mean(const int[:, ::1] indices, const float[:, ::1] table, float[:
         raise ValueError(f"embedding_mean: {bad} indices outside [0, {V})")
 
 
+cdef class EmbeddingMeanChain:
+    """A batch-1 plan that is an Embedding whose output only a GlobalAveragePooling1D reads
+    (embedding_mean), then a one-row DenseChain: the whole call as one native call (the
+    bench's text model). predict_one takes ids of shape (1, T) as int32, int64 or float32
+    holding whole numbers in [0, V); anything else returns None and takes the checked route,
+    which words the error. The mean's bits are embedding_mean's, the chain's its own."""
+
+    cdef object _table_array
+    cdef const float* _table
+    cdef readonly DenseChain chain
+    cdef Py_ssize_t V, D, T
+
+    def __init__(self, table, Py_ssize_t steps, DenseChain chain):
+        table = np.ascontiguousarray(table, dtype=np.float32)
+        if (table.ndim != 2 or steps < 1 or chain.rows != 1
+                or chain._dims[0] != table.shape[1] or table.shape[1] > STACK_SCRATCH):
+            raise ValueError(f"EmbeddingMeanChain: a table {table.shape}, {steps} steps and a "
+                             f"chain of {chain.rows} rows from {chain._dims[0]} features "
+                             f"do not fit")
+        self._table_array = table
+        self._table = <const float*><Py_ssize_t>table.ctypes.data
+        self.V, self.D, self.T = table.shape[0], table.shape[1], steps
+        self.chain = chain
+
+    def predict_one(self, x):
+        cdef cnp.ndarray a, out
+        cdef cnp.npy_intp dims[2]
+        cdef float mean[STACK_SCRATCH]
+        cdef float stack[STACK_SCRATCH]
+        cdef int kind, threads
+        cdef const Py_ssize_t* lane
+        cdef PyThreadState* gil
+        if type(x) is not np.ndarray:
+            return None
+        a = <cnp.ndarray>x
+        kind = cnp.PyArray_TYPE(a)
+        if (cnp.PyArray_NDIM(a) != 2 or cnp.PyArray_DIM(a, 0) != 1
+                or cnp.PyArray_DIM(a, 1) != self.T
+                or kind not in (cnp.NPY_INT32, cnp.NPY_INT64, cnp.NPY_FLOAT32)
+                or not cnp.PyArray_ISCARRAY_RO(a) or not cnp.PyArray_ISNOTSWAPPED(a)
+                or self.chain.values * self.chain.width > STACK_SCRATCH):
+            return None
+        if not self._mean(cnp.PyArray_DATA(a), kind, mean):
+            return None  # an id out of range or not whole: the checked route names it
+        dims[0], dims[1] = 1, self.chain._dims[self.chain.layers]
+        out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
+        threads = pynn_team_lane_threads()
+        lane = self.chain._lane(threads) if threads > 1 else NULL
+        gil = pynn_gil_release()  # handed on between lane threads (_gil.h)
+        self.chain._forward(mean, stack, <float*>cnp.PyArray_DATA(out), 1, False, threads,
+                            lane)
+        pynn_team_lane_done()
+        pynn_gil_acquire(gil)
+        return out
+
+    cdef bint _mean(self, const void* ids, int kind, float* mean) noexcept nogil:
+        """mean = the rows of the ids averaged as embedding_mean does (float64 sums in t
+        order, times 1/T); False, and nothing read, when an id is not a whole number in
+        [0, V)."""
+        cdef Py_ssize_t t, c, k
+        cdef double acc[STACK_SCRATCH]
+        cdef double inv = 1.0 / self.T
+        cdef float f
+        cdef const float* row
+        for t in range(self.T):
+            if kind == cnp.NPY_INT32:
+                k = (<const int*>ids)[t]
+            elif kind == cnp.NPY_INT64:
+                k = <Py_ssize_t>(<const long long*>ids)[t]
+            else:
+                f = (<const float*>ids)[t]
+                if not (f >= 0 and f < self.V) or f != <float><Py_ssize_t>f:
+                    return False
+                k = <Py_ssize_t>f
+            if k < 0 or k >= self.V:
+                return False
+        for c in range(self.D):
+            acc[c] = 0
+        for t in range(self.T):
+            if kind == cnp.NPY_INT32:
+                k = (<const int*>ids)[t]
+            elif kind == cnp.NPY_INT64:
+                k = <Py_ssize_t>(<const long long*>ids)[t]
+            else:
+                k = <Py_ssize_t>(<const float*>ids)[t]
+            row = self._table + k * self.D
+            for c in range(self.D):
+                acc[c] += row[c]
+        for c in range(self.D):
+            mean[c] = <float>(acc[c] * inv)
+        return True
+
+
 # -- max pooling without argmax -----------------------------------------------------------------
 ctypedef struct _PoolRowsJob:
     void* pool          # the MaxPool2D, borrowed for the call

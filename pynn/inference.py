@@ -311,6 +311,8 @@ class InferencePlan:
                             self.output_slots)
         if self.lane is None and self.chain and self.serial and self.keep_buffers:
             self.lane = _program(self, xs[0])
+        if self.lane is None and self.chain:
+            self.lane = _embedding_lane(self, xs[0])
         if chunkable and self.chain and not self.serial:
             self.chunked = _chunked_plan(model, self, xs[0], sample_bytes)
             if self.chunked is not None:
@@ -670,6 +672,31 @@ def _program(plan, x):
         return None
     want = plan._run([x])[0]
     return program.predict_one if got is not None and np.array_equal(
+        got, want, equal_nan=True) else None
+
+
+def _embedding_lane(plan, x):
+    """A batch-1 chain plan that is an Embedding-and-mean then a one-row Dense chain (the
+    bench's text model) as one native call (native/infer.pyx EmbeddingMeanChain), or None.
+    Taken only when it gives the steps' own bits on x. Text model at batch 1, one thread:
+    the two steps through Python 18 us (the ids' checks in NumPy, two memoryview calls)."""
+    steps = plan.steps
+    if len(steps) != 2 or type(steps[0]) is not _EmbeddingMean or steps[0].pool.keepdims \
+            or type(steps[1]) is not _DenseChainRunner or steps[1].chain.rows != 1 \
+            or x.ndim != 2 or len(x) != 1:
+        return None
+    try:
+        from pynn._native.infer import EmbeddingMeanChain
+
+        table = steps[0].layer.embeddings.value
+        if type(table) is not np.ndarray or table.dtype != np.float32:
+            return None
+        lane = EmbeddingMeanChain(table, x.shape[1], steps[1].chain)
+        got = lane.predict_one(x)
+    except (ImportError, ValueError):
+        return None
+    want = plan._run([x])[0]
+    return lane.predict_one if got is not None and np.array_equal(
         got, want, equal_nan=True) else None
 
 

@@ -805,6 +805,40 @@ def test_embedding_mean_against_float64_and_the_two_ops(threads, num_threads):
         infer.embedding_mean(ids, table, np.empty((2, 1), np.float32))
 
 
+def test_a_batch_1_embedding_model_is_one_native_call():
+    """At batch 1 an Embedding-and-mean then a Dense chain (the text model) is the model's
+    lane (EmbeddingMeanChain): the plan's bits for int32, int64 and float32 ids, from 8
+    threads too; ids it does not take (out of range, not whole, another dtype or shape) go
+    the checked way, a bad one with the Embedding's own error."""
+    rng = np.random.default_rng(39)
+    model = text_classifier()
+    randomize(model, rng)
+    x = rng.integers(0, 50, (1, 11)).astype(np.int32)
+    want = model.predict_on_batch(x)
+    state = model._inference
+    assert type(state.lane.__self__).__name__ == "EmbeddingMeanChain"
+    plan = state.plans[x.shape]
+    np.testing.assert_array_equal(want, plan._run([x.astype(np.float32)])[0])
+    for ids in (x, x.astype(np.int64), x.astype(np.float32)):
+        assert state.lane(ids) is not None
+        np.testing.assert_array_equal(model.predict_on_batch(ids), want)
+        np.testing.assert_array_equal(model(ids), want)
+    assert_close(want, general(model, [x.astype(np.float32)])[0], 1e-6, "embedding lane")
+    for odd in (x.astype(np.int16), np.asfortranarray(np.repeat(x, 2, 0))[:1],
+                x.astype(np.float32) + 0.5, np.concatenate([x, x], 1)):
+        assert state.lane(odd) is None
+    bad = x.copy()
+    bad[0, 4] = 50
+    assert state.lane(bad) is None
+    with pytest.raises(ValueError, match="Embedding 'embedding"):
+        model.predict_on_batch(bad)
+    with pytest.raises(ValueError, match="Embedding 'embedding"):
+        model.predict_on_batch(bad.astype(np.float32) - 60)
+    xs = [rng.integers(0, 50, (1, 11)).astype(np.int32) for _ in range(8)]
+    hammer_equal(model.predict_on_batch, xs, [plan._run([v.astype(np.float32)])[0]
+                                             for v in xs], 30)
+
+
 def test_an_embedding_mean_keeps_the_poolings_keepdims():
     rng = np.random.default_rng(38)
     model = pynn.Sequential([L.Input((9,)), L.Embedding(20, 6),
