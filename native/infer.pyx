@@ -23,7 +23,6 @@ sums in another order, so this chain's results equal dense_forward's to float32 
 not bit for bit.
 """
 
-from cython.parallel cimport prange
 from libc.math cimport NAN
 from _openmp cimport omp_get_max_threads
 from libc.stdlib cimport free, malloc
@@ -457,43 +456,68 @@ cdef inline void bias_activation_row(float* z, const float* bias, Py_ssize_t col
 
 # -- Embedding then GlobalAveragePooling1D ---------------------------------------------------
 
+ctypedef struct _EmbeddingMeanJob:
+    const int* ids
+    const float* table
+    float* out
+    double* acc
+    int* bad            # per row: its ids outside [0, V)
+    Py_ssize_t T, V, D
+
+
+cdef void _embedding_mean_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    """Rows [begin, end): each row's float64 sums in t order, then times 1/T."""
+    cdef _EmbeddingMeanJob* j = <_EmbeddingMeanJob*>ctx
+    cdef Py_ssize_t n, t, c, T = j.T, D = j.D
+    cdef int k
+    cdef double inv = 1.0 / T
+    cdef double* a
+    cdef const float* row
+    for n in range(begin, end):
+        a = j.acc + n * D
+        for c in range(D):
+            a[c] = 0
+        for t in range(T):
+            k = j.ids[n * T + t]
+            if k < 0 or k >= j.V:
+                j.bad[n] += 1
+                for c in range(D):
+                    a[c] = NAN
+                continue
+            row = j.table + k * D
+            for c in range(D):
+                a[c] += row[c]
+        for c in range(D):
+            j.out[n * D + c] = <float>(a[c] * inv)
+
+
 def embedding_mean(const int[:, ::1] indices, const float[:, ::1] table, float[:, ::1] out):
     """out[n] = the mean over t of table[indices[n, t]]: an Embedding whose (N, T, D)
     output only a GlobalAveragePooling1D reads, without that output. Sums in float64 in t
     order, then times 1/T, as the pooling does (native/pool.pyx): its bits. indices must be
     in [0, V) (the Embedding's operands check them first); a row holding one that is not
     is left as NaN and counted, and the count raises, since it would read outside the
-    table. Rows go to the OpenMP threads from POOL_PARALLEL_MIN gathered values on."""
+    table. Rows go to pynn's worker team from POOL_PARALLEL_MIN gathered values on."""
     cdef Py_ssize_t N = indices.shape[0], T = indices.shape[1], V = table.shape[0]
-    cdef Py_ssize_t D = table.shape[1], n, t, c, bad = 0
-    cdef int k
+    cdef Py_ssize_t D = table.shape[1]
     if out.shape[0] != N or out.shape[1] != D or T < 1:
         raise ValueError(f"embedding_mean: indices ({N}, {T}), table ({V}, {D}) and out "
                          f"({out.shape[0]}, {out.shape[1]}) do not fit")
     if N == 0 or D == 0:
         return
     acc = np.empty((N, D), dtype=np.float64)
+    bad = np.zeros(N, dtype=np.intc)
     cdef double[:, ::1] a = acc
-    cdef double inv = 1.0 / T
-    cdef const float* row
-    for n in prange(N, schedule="static", nogil=True,
-                    use_threads_if=N * T * D >= POOL_PARALLEL_MIN):
-        for c in range(D):
-            a[n, c] = 0
-        for t in range(T):
-            k = indices[n, t]
-            if k < 0 or k >= V:
-                bad += 1
-                for c in range(D):
-                    a[n, c] = NAN
-                continue
-            row = &table[k, 0]
-            for c in range(D):
-                a[n, c] += row[c]
-        for c in range(D):
-            out[n, c] = <float>(a[n, c] * inv)
-    if bad:
-        raise ValueError(f"embedding_mean: {bad} indices outside [0, {V})")
+    cdef int[::1] b = bad
+    cdef _EmbeddingMeanJob job
+    cdef int threads = omp_get_max_threads() if N * T * D >= POOL_PARALLEL_MIN else 1
+    job.ids, job.table, job.out = &indices[0, 0], &table[0, 0], &out[0, 0]
+    job.acc, job.bad, job.T, job.V, job.D = &a[0, 0], &b[0], T, V, D
+    with nogil:
+        # rows on pynn's worker team (native/_team.h)
+        pynn_team_for(N, team_grain(N, threads), threads, _embedding_mean_job, &job)
+    if bad.any():
+        raise ValueError(f"embedding_mean: {int(bad.sum())} indices outside [0, {V})")
 
 
 cdef class EmbeddingMeanChain:
