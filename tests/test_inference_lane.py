@@ -555,6 +555,9 @@ def test_lanes_split_their_large_layers_over_the_team_with_the_same_bits(which):
     with pynn.threads(2):
         ran, _ = info.team_counts()
         for i in range(20000):  # back to back: the worker, woken once, stays awake
+            if i % 50 == 0:  # (and woken again, should another process have held its core)
+                info._team_probe(2, 1, 2, 5.0)
+                ran += 1
             np.testing.assert_array_equal(model.predict_on_batch(xs[i % 8]), wants[i % 8])
             if info.team_counts()[0] - ran >= 10:
                 break
