@@ -909,3 +909,8 @@ def test_recurrent_models_take_the_plan(kind):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     assert isinstance(model._inference, inference._State)
     assert runners(model, [x])[-1] == "_Dense"
+    # the recurrent step's multiply-adds count towards the plan's threads
+    gates = {"lstm": 4, "stateful": 4}.get(kind, 3)
+    units = 6 if kind == "bidirectional" else 7
+    step = 2 * 5 * (3 + units) * gates * units * (2 if kind == "bidirectional" else 1)
+    assert plan_of(model, [x]).macs >= step
