@@ -112,6 +112,7 @@ static long long pynn_team_jobs_run = 0, pynn_team_jobs_serial = 0;
 static int pynn_team_setting = 1;                /* pynn.set_num_threads's count */
 static long long pynn_team_lane_last = 0;        /* when a batch-1 lane call last ended */
 static long long pynn_team_lane_nudged = 0;      /* when a lane call last woke the workers */
+static int pynn_team_lane_force = 0;             /* tests: lanes post even to sleepers */
 static pthread_mutex_t pynn_team_busy = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t pynn_team_start = PTHREAD_MUTEX_INITIALIZER;
 
@@ -312,7 +313,7 @@ static int pynn_team_run_impl(long n, long grain, int threads, pynn_team_fn fn, 
 }
 
 static int pynn_team_run_affine_impl(long n, int threads, pynn_team_fn fn, void* ctx) {
-    if (pynn_team_dozing(threads)) {
+    if (pynn_team_dozing(threads) && !__atomic_load_n(&pynn_team_lane_force, __ATOMIC_RELAXED)) {
         /* a worker asleep: alone, see pynn_team_lane_threads_impl */
         if (n > 0) fn(ctx, 0, n, 0);
         return 0;

@@ -147,6 +147,7 @@ cdef extern from "_team.h":
         void (*lane_done)() noexcept nogil
     pynn_team_api pynn_team_table
     void pynn_team_set_threads(int n) noexcept nogil
+    int pynn_team_lane_force
 
 
 def _team_capsule():
@@ -265,6 +266,14 @@ def set_process_threads(int n):
     if n < 1:
         raise ValueError(f"set_process_threads: expected n >= 1, got {n}")
     pynn_team_set_threads(n)
+
+
+def _team_lane_force(bint on):
+    """Test hook: a lane's split layer posts its job even while a worker sleeps (its
+    caller then runs what the worker has not taken), so a test sees the split path run
+    whatever else holds the machine's cores."""
+    global pynn_team_lane_force
+    pynn_team_lane_force = on
 
 
 def process_threads():

@@ -554,14 +554,15 @@ def test_lanes_split_their_large_layers_over_the_team_with_the_same_bits(which):
         assert info.team_counts()[0] == ran  # one thread: the lane posts no job
     with pynn.threads(2):
         ran, _ = info.team_counts()
-        for i in range(20000):  # back to back: the worker, woken once, stays awake
-            if i % 50 == 0:  # (and woken again, should another process have held its core)
-                info._team_probe(2, 1, 2, 5.0)
-                ran += 1
-            np.testing.assert_array_equal(model.predict_on_batch(xs[i % 8]), wants[i % 8])
-            if info.team_counts()[0] - ran >= 10:
-                break
-        assert info.team_counts()[0] - ran >= 10, "no layer of the lane ran on the team"
+        # (posting even to a sleeping worker: under pytest -n 2 another process may hold
+        # its core, and the lane would rightly run alone)
+        info._team_lane_force(True)
+        try:
+            for i in range(200):
+                np.testing.assert_array_equal(model.predict_on_batch(xs[i % 8]), wants[i % 8])
+        finally:
+            info._team_lane_force(False)
+        assert info.team_counts()[0] - ran >= 2 * 200, "the lane's layers did not split"
         hammer_equal(model.predict_on_batch, xs, wants, 50)
     for n in (3, 2):
         with pynn.threads(n):
