@@ -575,6 +575,18 @@ cdef class EmbeddingMeanChain:
         pynn_gil_acquire(gil)
         return out
 
+    cdef inline Py_ssize_t _id(self, const void* ids, int kind, Py_ssize_t t) noexcept nogil:
+        """Id t as an integer; -1 for a float that is not a whole number in [0, V)."""
+        cdef float f
+        if kind == cnp.NPY_INT32:
+            return (<const int*>ids)[t]
+        if kind == cnp.NPY_INT64:
+            return <Py_ssize_t>(<const long long*>ids)[t]
+        f = (<const float*>ids)[t]
+        if not (f >= 0 and f < self.V) or f != <float><Py_ssize_t>f:
+            return -1
+        return <Py_ssize_t>f
+
     cdef bint _mean(self, const void* ids, int kind, float* mean) noexcept nogil:
         """mean = the rows of the ids averaged as embedding_mean does (float64 sums in t
         order, times 1/T); False, and nothing read, when an id is not a whole number in
@@ -582,30 +594,15 @@ cdef class EmbeddingMeanChain:
         cdef Py_ssize_t t, c, k
         cdef double acc[STACK_SCRATCH]
         cdef double inv = 1.0 / self.T
-        cdef float f
         cdef const float* row
         for t in range(self.T):
-            if kind == cnp.NPY_INT32:
-                k = (<const int*>ids)[t]
-            elif kind == cnp.NPY_INT64:
-                k = <Py_ssize_t>(<const long long*>ids)[t]
-            else:
-                f = (<const float*>ids)[t]
-                if not (f >= 0 and f < self.V) or f != <float><Py_ssize_t>f:
-                    return False
-                k = <Py_ssize_t>f
+            k = self._id(ids, kind, t)
             if k < 0 or k >= self.V:
                 return False
         for c in range(self.D):
             acc[c] = 0
         for t in range(self.T):
-            if kind == cnp.NPY_INT32:
-                k = (<const int*>ids)[t]
-            elif kind == cnp.NPY_INT64:
-                k = <Py_ssize_t>(<const long long*>ids)[t]
-            else:
-                k = <Py_ssize_t>(<const float*>ids)[t]
-            row = self._table + k * self.D
+            row = self._table + self._id(ids, kind, t) * self.D
             for c in range(self.D):
                 acc[c] += row[c]
         for c in range(self.D):
