@@ -520,6 +520,56 @@ def embedding_mean(const int[:, ::1] indices, const float[:, ::1] table, float[:
         raise ValueError(f"embedding_mean: {int(bad.sum())} indices outside [0, {V})")
 
 
+cdef inline Py_ssize_t _token_id(const void* ids, int kind, Py_ssize_t i,
+                                 Py_ssize_t V) noexcept nogil:
+    """Id i of int32, int64 or float32 ids as an integer; -1 for a float that is not a whole
+    number in [0, V)."""
+    cdef float f
+    if kind == cnp.NPY_INT32:
+        return (<const int*>ids)[i]
+    if kind == cnp.NPY_INT64:
+        return <Py_ssize_t>(<const long long*>ids)[i]
+    f = (<const float*>ids)[i]
+    if not (f >= 0 and f < V) or f != <float><Py_ssize_t>f:
+        return -1
+    return <Py_ssize_t>f
+
+
+def embedding_mean_ids(x, const float[:, ::1] table, float[:, ::1] out):
+    """embedding_mean for ids x as they come (N, T) C-contiguous int32, int64 or float32
+    holding whole numbers in [0, V), checked here in C: True when done; False, with nothing
+    written, for anything else (the caller's NumPy check then names the bad id). The
+    Embedding's own operand check spent more than the gather on the text model's batch."""
+    cdef cnp.ndarray a
+    cdef int kind
+    cdef Py_ssize_t i, k, n, V = table.shape[0]
+    cdef bint ok = True
+    if type(x) is not np.ndarray:
+        return False
+    a = <cnp.ndarray>x
+    kind = cnp.PyArray_TYPE(a)
+    if (cnp.PyArray_NDIM(a) != 2 or kind not in (cnp.NPY_INT32, cnp.NPY_INT64, cnp.NPY_FLOAT32)
+            or not cnp.PyArray_ISCARRAY_RO(a) or not cnp.PyArray_ISNOTSWAPPED(a)
+            or cnp.PyArray_DIM(a, 0) != out.shape[0] or cnp.PyArray_DIM(a, 1) < 1):
+        return False
+    n = cnp.PyArray_SIZE(a)
+    ids = np.empty((cnp.PyArray_DIM(a, 0), cnp.PyArray_DIM(a, 1)), dtype=np.intc)
+    cdef int[:, ::1] view = ids
+    cdef int* dst = &view[0, 0] if n else NULL
+    cdef const void* src = cnp.PyArray_DATA(a)
+    with nogil:
+        for i in range(n):
+            k = _token_id(src, kind, i, V)
+            if k < 0 or k >= V:
+                ok = False
+                break
+            dst[i] = <int>k
+    if not ok:
+        return False
+    embedding_mean(ids, table, out)
+    return True
+
+
 cdef class EmbeddingMeanChain:
     """A batch-1 plan that is an Embedding whose output only a GlobalAveragePooling1D reads
     (embedding_mean), then a one-row DenseChain: the whole call as one native call (the
@@ -575,18 +625,6 @@ cdef class EmbeddingMeanChain:
         pynn_gil_acquire(gil)
         return out
 
-    cdef inline Py_ssize_t _id(self, const void* ids, int kind, Py_ssize_t t) noexcept nogil:
-        """Id t as an integer; -1 for a float that is not a whole number in [0, V)."""
-        cdef float f
-        if kind == cnp.NPY_INT32:
-            return (<const int*>ids)[t]
-        if kind == cnp.NPY_INT64:
-            return <Py_ssize_t>(<const long long*>ids)[t]
-        f = (<const float*>ids)[t]
-        if not (f >= 0 and f < self.V) or f != <float><Py_ssize_t>f:
-            return -1
-        return <Py_ssize_t>f
-
     cdef bint _mean(self, const void* ids, int kind, float* mean) noexcept nogil:
         """mean = the rows of the ids averaged as embedding_mean does (float64 sums in t
         order, times 1/T); False, and nothing read, when an id is not a whole number in
@@ -596,13 +634,13 @@ cdef class EmbeddingMeanChain:
         cdef double inv = 1.0 / self.T
         cdef const float* row
         for t in range(self.T):
-            k = self._id(ids, kind, t)
+            k = _token_id(ids, kind, t, self.V)
             if k < 0 or k >= self.V:
                 return False
         for c in range(self.D):
             acc[c] = 0
         for t in range(self.T):
-            row = self._table + self._id(ids, kind, t) * self.D
+            row = self._table + _token_id(ids, kind, t, self.V) * self.D
             for c in range(self.D):
                 acc[c] += row[c]
         for c in range(self.D):

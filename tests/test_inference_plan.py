@@ -839,6 +839,33 @@ def test_a_batch_1_embedding_model_is_one_native_call():
                                              for v in xs], 30)
 
 
+def test_embedding_mean_ids_checks_ids_in_c_with_embedding_means_bits():
+    """embedding_mean_ids: int32, int64 and float32 ids (whole numbers in range) give
+    embedding_mean's bits; any other ids return False and leave the output untouched."""
+    from pynn._native import infer
+
+    rng = np.random.default_rng(43)
+    table = rand(rng, (37, 9))
+    ids = rng.integers(0, 37, (13, 7)).astype(np.int32)
+    want = np.empty((13, 9), np.float32)
+    infer.embedding_mean(ids, table, want)
+    for x in (ids, ids.astype(np.int64), ids.astype(np.float32)):
+        out = np.full((13, 9), 7.0, np.float32)
+        assert infer.embedding_mean_ids(x, table, out) is True
+        np.testing.assert_array_equal(out, want)
+    bad_range, bad_whole, bad_nan = (ids.astype(np.float32) for _ in range(3))
+    bad_range[12, 6] = 37
+    bad_whole[3, 2] += 0.25
+    bad_nan[0, 0] = np.nan
+    negative = ids.astype(np.int64)
+    negative[5, 5] = -1
+    for x in (bad_range, bad_whole, bad_nan, negative, ids.astype(np.int16),
+              np.asfortranarray(ids), ids[:, :3], ids[:12], ids.reshape(-1), [[1, 2]]):
+        out = np.full((13, 9), 7.0, np.float32)
+        assert infer.embedding_mean_ids(x, table, out) is False
+        assert (out == 7.0).all()
+
+
 def test_an_embedding_mean_keeps_the_poolings_keepdims():
     rng = np.random.default_rng(38)
     model = pynn.Sequential([L.Input((9,)), L.Embedding(20, 6),
