@@ -50,6 +50,8 @@ cdef enum:
     # its columns over the worker team when pynn has several threads: each thread then
     # reads its own part of the kernel, which stays in that core's L2 between calls.
     LANE_SPLIT_MIN_MACS = 65536
+    # A lane's split kernel is copied in per-thread blocks up to this size (see _lane).
+    LANE_PACK_MAX_BYTES = 4 << 20
     # A lane's pooling of this many input values or more splits its rows alike.
     LANE_SPLIT_MIN_VALUES = 8192
 
@@ -80,11 +82,13 @@ ctypedef struct _GemvColsJob:
     const float* k
     float* y
     Py_ssize_t c, u, cols
+    bint packed         # the kernel's blocks stored apart (else the kernel as given)
 
 
 cdef void _gemv_cols_job(void* ctx, long begin, long end, int slot) noexcept nogil:
     """Column blocks [begin, end) of one row's product, `cols` columns each, each block's
-    kernel columns stored contiguously (DenseChain._pack_lane: block b at c * b * cols)."""
+    kernel columns stored contiguously (DenseChain._lane: block b at c * b * cols) or read in
+    place."""
     cdef _GemvColsJob* j = <_GemvColsJob*>ctx
     cdef long b
     cdef Py_ssize_t j0, w
@@ -92,7 +96,10 @@ cdef void _gemv_cols_job(void* ctx, long begin, long end, int slot) noexcept nog
         j0 = b * j.cols
         if j0 < j.u:
             w = min(j.cols, j.u - j0)
-            pynn_gemv_f(j.c, w, j.x, j.k + j.c * j0, w, j.y + j0)
+            if j.packed:
+                pynn_gemv_f(j.c, w, j.x, j.k + j.c * j0, w, j.y + j0)
+            else:
+                pynn_gemv_f(j.c, w, j.x, j.k + j0, j.u, j.y + j0)
 
 
 cdef void _chain_blocks_job(void* ctx, long begin, long end, int slot) noexcept nogil:
@@ -252,8 +259,10 @@ cdef class DenseChain:
         stored contiguously: read in place, each thread would stream every other stretch of
         each kernel row, and the hardware prefetcher, running on across the stretches'
         ends, pulled the other threads' columns into its L2 too (the small CNN's 4096 x 128
-        Dense at two threads: 36 us of a 100 us call, 3.7 us packed). Packs made for other
-        counts are kept: a call still running on one may be reading it."""
+        Dense at two threads: 36 us of a 100 us call, 3.7 us packed). A kernel over
+        LANE_PACK_MAX_BYTES, which no core's L2 keeps anyway, is split in place (a negative
+        width) rather than copied. Packs made for other counts are kept: a call still
+        running on one may be reading it."""
         cdef int i, c, u, cols
         cdef cnp.ndarray table
         pack = self._lane_packs.get(threads)
@@ -266,6 +275,10 @@ cdef class DenseChain:
                     widths.append(0)
                     continue
                 cols = (u + threads * 16 - 1) // (threads * 16) * 16
+                if <Py_ssize_t>c * u * sizeof(float) > LANE_PACK_MAX_BYTES:
+                    ptrs.append(self._kernels[i])
+                    widths.append(-cols)
+                    continue
                 k = np.asarray(self._arrays[self._kernel_index(i)])
                 blocks = np.concatenate([k[:, j0:j0 + cols].ravel()
                                          for j0 in range(0, u, cols)])
@@ -392,7 +405,10 @@ cdef class DenseChain:
                 # product, whose bits equal the GEMV's at the FMA levels only)
                 if threads > 1 and lane != NULL and lane[i] != 0:
                     cols.x, cols.k, cols.y = src, <const float*>lane[i], dst
-                    cols.c, cols.u, cols.cols = c, u, lane[self.layers + i]
+                    cols.c, cols.u = c, u
+                    cols.packed = lane[self.layers + i] > 0
+                    cols.cols = (lane[self.layers + i] if cols.packed
+                                 else -lane[self.layers + i])
                     # block b first offered to team slot b (the caller's: block 0)
                     pynn_team_for_affine((u + cols.cols - 1) // cols.cols, threads,
                                          _gemv_cols_job, &cols)

@@ -568,3 +568,29 @@ def test_lanes_split_their_large_layers_over_the_team_with_the_same_bits(which):
         with pynn.threads(n):
             for i in range(200):
                 np.testing.assert_array_equal(model.predict_on_batch(xs[i % 8]), wants[i % 8])
+
+
+@pytest.mark.skipif(pynn._config.usable_cores() < 2, reason="needs two cores")
+def test_a_lane_splits_a_kernel_over_4_mib_in_place_with_the_same_bits():
+    """A split layer's kernel is copied in per-thread column blocks only up to 4 MiB (no
+    core's L2 would keep a larger one): a 1024 x 1040 kernel (4.26 MB) is split in place,
+    next to a copied 1040 x 70 one, and the answers are one thread's bits."""
+    from pynn._native import info
+
+    rng = np.random.default_rng(23)
+    model = pynn.Sequential([L.Input((1024,)), L.Dense(1040, activation="relu"),
+                             L.Dense(70, activation="tanh"), L.Dense(3)])
+    randomize(model, rng)
+    xs = [rand(rng, (1, 1024)) for _ in range(4)]
+    with pynn.threads(1):
+        model.predict_on_batch(xs[0])
+        wants = [model.predict_on_batch(x) for x in xs]
+    with pynn.threads(2):
+        ran, _ = info.team_counts()
+        info._team_lane_force(True)
+        try:
+            for i in range(40):
+                np.testing.assert_array_equal(model.predict_on_batch(xs[i % 4]), wants[i % 4])
+        finally:
+            info._team_lane_force(False)
+        assert info.team_counts()[0] - ran >= 2 * 40
