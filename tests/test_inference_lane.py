@@ -518,6 +518,23 @@ def test_a_public_conv_that_rounds_otherwise_is_timed_against_the_direct_path(
                  "CNN after tuning")
 
 
+def split_calls_equal(model, xs, wants, calls):
+    """`calls` predictions cycling through xs, each wants[i]'s bits, with the lane made to
+    post its split layers (under pytest -n 2 another process may hold the worker's core, and
+    the lane would rightly run alone); at least two layers of each call ran as team jobs."""
+    from pynn._native import info
+
+    ran, _ = info.team_counts()
+    info._team_lane_force(True)
+    try:
+        for i in range(calls):
+            np.testing.assert_array_equal(model.predict_on_batch(xs[i % len(xs)]),
+                                          wants[i % len(xs)])
+    finally:
+        info._team_lane_force(False)
+    assert info.team_counts()[0] - ran >= 2 * calls, "the lane's layers did not split"
+
+
 @pytest.mark.skipif(pynn._config.usable_cores() < 2, reason="needs two cores")
 @pytest.mark.parametrize("which", ["mlp", "cnn"])
 def test_lanes_split_their_large_layers_over_the_team_with_the_same_bits(which):
@@ -553,16 +570,7 @@ def test_lanes_split_their_large_layers_over_the_team_with_the_same_bits(which):
             model.predict_on_batch(xs[0])
         assert info.team_counts()[0] == ran  # one thread: the lane posts no job
     with pynn.threads(2):
-        ran, _ = info.team_counts()
-        # (posting even to a sleeping worker: under pytest -n 2 another process may hold
-        # its core, and the lane would rightly run alone)
-        info._team_lane_force(True)
-        try:
-            for i in range(200):
-                np.testing.assert_array_equal(model.predict_on_batch(xs[i % 8]), wants[i % 8])
-        finally:
-            info._team_lane_force(False)
-        assert info.team_counts()[0] - ran >= 2 * 200, "the lane's layers did not split"
+        split_calls_equal(model, xs, wants, 200)
         hammer_equal(model.predict_on_batch, xs, wants, 50)
     for n in (3, 2):
         with pynn.threads(n):
@@ -575,8 +583,6 @@ def test_a_lane_splits_a_kernel_over_4_mib_in_place_with_the_same_bits():
     """A split layer's kernel is copied in per-thread column blocks only up to 4 MiB (no
     core's L2 would keep a larger one): a 1024 x 1040 kernel (4.26 MB) is split in place,
     next to a copied 1040 x 70 one, and the answers are one thread's bits."""
-    from pynn._native import info
-
     rng = np.random.default_rng(23)
     model = pynn.Sequential([L.Input((1024,)), L.Dense(1040, activation="relu"),
                              L.Dense(70, activation="tanh"), L.Dense(3)])
@@ -586,11 +592,4 @@ def test_a_lane_splits_a_kernel_over_4_mib_in_place_with_the_same_bits():
         model.predict_on_batch(xs[0])
         wants = [model.predict_on_batch(x) for x in xs]
     with pynn.threads(2):
-        ran, _ = info.team_counts()
-        info._team_lane_force(True)
-        try:
-            for i in range(40):
-                np.testing.assert_array_equal(model.predict_on_batch(xs[i % 4]), wants[i % 4])
-        finally:
-            info._team_lane_force(False)
-        assert info.team_counts()[0] - ran >= 2 * 40
+        split_calls_equal(model, xs, wants, 40)
