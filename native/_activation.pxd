@@ -208,8 +208,12 @@ cdef inline void act_backward_vec(const floating* dy, const floating* x, const f
     cdef Py_ssize_t j
     cdef floating v
     if act == ACT_RELU:
+        # dy read unconditionally: read under the condition, gcc vectorized it as a masked
+        # load merging into the last iteration's value, kept on the stack, a store-forwarded
+        # chain of ~8 cycles per vector (relu backward at ~1 element per cycle, in cache).
         for j in range(n):
-            dx[j] = dy[j] if y[j] > 0 else 0
+            v = dy[j]
+            dx[j] = v if y[j] > 0 else 0
     elif act == ACT_SIGMOID:
         for j in range(n):
             v = y[j]
@@ -220,7 +224,8 @@ cdef inline void act_backward_vec(const floating* dy, const floating* x, const f
             dx[j] = dy[j] * (1 - v * v)
     elif act == ACT_LEAKY_RELU:
         for j in range(n):
-            dx[j] = dy[j] if y[j] > 0 else alpha * dy[j]
+            v = dy[j]
+            dx[j] = v if y[j] > 0 else alpha * v
     elif act == ACT_LINEAR:
         if dx != dy:
             for j in range(n):
