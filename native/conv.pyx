@@ -618,12 +618,70 @@ cdef inline void _sum_slabs_row(const floating* part, floating* dw, Py_ssize_t k
             d[j] += p[j]
 
 
+ctypedef struct _PoolSrc:
+    # A non-overlapping max pool over the conv's output (conv2d_pool_backward): its output
+    # gradient, its output (NULL: no relu mask) and its argmax, all (N, HPo, WPo, F).
+    const void* dpool
+    const void* pooled
+    const int* argmax
+    Py_ssize_t HPo, WPo, PH, PW, SH, SW
+    Py_ssize_t* hits     # per slab: argmax entries that named a pixel of its rows
+
+
+cdef inline Py_ssize_t _pooled_dz_row(const _PoolSrc* p, const Geom* g, Py_ssize_t row,
+                                      floating* d) noexcept nogil:
+    """dz's output row `row` (n * HO + ho; WO * F values into d) as the pool's backward and
+    then relu's (or linear's) would make it: each window's gradient at its argmax, where the
+    pool's output is positive (relu), zeros elsewhere. Dense per pixel and vectorized over
+    the channels (a select per element, no scatter). Returns how many argmax entries named a
+    pixel of this row: over all rows, one per entry unless an entry lies outside its window."""
+    cdef Py_ssize_t n = row // g.HO, ho = row - n * g.HO
+    cdef Py_ssize_t hp = ho // p.SH, F = g.F, wp, j, f, base
+    cdef int hits = 0      # at most WO * F: int lanes vectorize alongside the int argmax
+    cdef const floating* dp = <const floating*>p.dpool
+    cdef const floating* pv = <const floating*>p.pooled
+    cdef const int* am
+    cdef const floating* dv
+    cdef const floating* pr
+    cdef floating* dd
+    cdef floating v, m
+    cdef int target
+    if hp >= p.HPo or ho - hp * p.SH >= p.PH:   # no window covers this row
+        memset(d, 0, g.WO * F * sizeof(floating))
+        return 0
+    if p.SW > p.PW or p.WPo * p.SW < g.WO:   # columns no window covers
+        memset(d, 0, g.WO * F * sizeof(floating))
+    base = (n * p.HPo + hp) * p.WPo * F
+    for wp in range(p.WPo):
+        am = p.argmax + base + wp * F
+        dv = dp + base + wp * F
+        pr = pv + base + wp * F if pv != NULL else NULL
+        for j in range(p.PW):
+            target = <int>(ho * g.WO + wp * p.SW + j)
+            dd = d + (wp * p.SW + j) * F
+            # every operand read unconditionally: a read under the condition vectorizes
+            # as a merging masked load (see act_backward_vec)
+            if pr != NULL:
+                for f in range(F):
+                    v = dv[f]
+                    m = pr[f]
+                    hits += am[f] == target
+                    dd[f] = v if am[f] == target and m > 0 else 0
+            else:
+                for f in range(F):
+                    v = dv[f]
+                    hits += am[f] == target
+                    dd[f] = v if am[f] == target else 0
+    return hits
+
+
 cdef inline void _backward_weight_direct_slab(
         const floating* xp, floating* dz, floating* part, floating* dzp, const Geom* g,
         const Py_ssize_t* koff, const Py_ssize_t* row_x, const Py_ssize_t* row_dz,
         const Py_ssize_t* seg, Py_ssize_t S, Py_ssize_t chunk, const floating* dy,
         const floating* zpre, const floating* y, int act, floating alpha, double* dbpart,
-        bint weight_grad, bint dz_transient, Py_ssize_t s, int slot) noexcept nogil:
+        bint weight_grad, bint dz_transient, const _PoolSrc* pool, Py_ssize_t s,
+        int slot) noexcept nogil:
     """Slab s of _backward_weight_direct on the thread of team slot `slot`."""
     cdef Py_ssize_t k, j, q, r, r0, r1, rows, p0, wd, off, G = g.N * g.HO
     cdef Py_ssize_t nc = _panel_width(dz), px = chunk * g.WO, row_len = g.WO * g.F
@@ -636,6 +694,8 @@ cdef inline void _backward_weight_direct_slab(
         memset(part + s * g.K * g.F, 0, g.K * g.F * sizeof(floating))
     if dbpart != NULL:
         memset(dbpart + s * g.F, 0, g.F * sizeof(double))
+    if pool != NULL:
+        pool.hits[s] = 0
     r = r0
     while r < r1:
         rows = _imin(chunk, r1 - r)
@@ -655,6 +715,10 @@ cdef inline void _backward_weight_direct_slab(
                 else:
                     act_backward_vec(dy + off, zpre + off, y + off, d, row_len, act,
                                      alpha)
+                if dbpart != NULL:
+                    add_rows_double(d, dbpart + s * g.F, g.WO, g.F, g.F)
+            elif pool != NULL:
+                pool.hits[s] += _pooled_dz_row(pool, g, r + j, d)
                 if dbpart != NULL:
                     add_rows_double(d, dbpart + s * g.F, g.WO, g.F, g.F)
             if weight_grad and not (dz_transient and g.F <= nc):
@@ -688,6 +752,7 @@ ctypedef struct _BackwardDirectJob:
     int act
     double alpha
     double* dbpart
+    const _PoolSrc* pool
 
 
 cdef void _backward_weight_direct_job(void* ctx, long begin, long end,
@@ -700,13 +765,13 @@ cdef void _backward_weight_direct_job(void* ctx, long begin, long end,
                 <const double*>j.xp, <double*>j.dz, <double*>j.part, <double*>j.dzp, j.g,
                 j.koff, j.row_x, j.row_dz, j.seg, j.S, j.chunk, <const double*>j.dy,
                 <const double*>j.zpre, <const double*>j.y, j.act, j.alpha, j.dbpart,
-                j.weight_grad, j.dz_transient, s, slot)
+                j.weight_grad, j.dz_transient, j.pool, s, slot)
         else:
             _backward_weight_direct_slab(
                 <const float*>j.xp, <float*>j.dz, <float*>j.part, <float*>j.dzp, j.g,
                 j.koff, j.row_x, j.row_dz, j.seg, j.S, j.chunk, <const float*>j.dy,
                 <const float*>j.zpre, <const float*>j.y, j.act, <float>j.alpha, j.dbpart,
-                j.weight_grad, j.dz_transient, s, slot)
+                j.weight_grad, j.dz_transient, j.pool, s, slot)
 
 
 cdef void _sum_slabs_job(void* ctx, long begin, long end, int slot) noexcept nogil:
@@ -726,7 +791,8 @@ cdef void _backward_weight_direct(const floating* xp, floating* dz, floating* dw
                                   Py_ssize_t S, Py_ssize_t chunk, const floating* dy,
                                   const floating* zpre, const floating* y, int act,
                                   floating alpha, double* dbpart,
-                                  bint weight_grad, bint dz_transient=False) noexcept nogil:
+                                  bint weight_grad, bint dz_transient=False,
+                                  const _PoolSrc* pool=NULL) noexcept nogil:
     """The output rows are cut into S slabs fixed by the shape (not by the thread count);
     each slab sums into its own (K, F) partial, then the partials are added in slab order.
     Same bits for any number of threads, and both cores busy even when K*F is tiny (27 x 32
@@ -744,7 +810,9 @@ cdef void _backward_weight_direct(const floating* xp, floating* dz, floating* dw
     kernel gradient to read. dz_transient (with dy and weight_grad; no caller reads dz
     afterwards: a first layer's backward): each dz row is made in this thread's row of dz
     (one row_len per thread), or straight in its panel where F fits one, and never written
-    out whole (8 of the 16 MiB a 32x32x3 -> 32 layer at batch 64 moved)."""
+    out whole (8 of the 16 MiB a 32x32x3 -> 32 layer at batch 64 moved). pool (instead of
+    dy; dz_transient): each dz row is made from a max pool's output gradient, argmax and
+    output (_pooled_dz_row), so neither dy nor y is read (conv2d_pool_backward)."""
     cdef int threads = omp_get_max_threads()
     cdef _BackwardDirectJob job
     job.is_double, job.weight_grad, job.dz_transient = floating is double, weight_grad, \
@@ -753,6 +821,7 @@ cdef void _backward_weight_direct(const floating* xp, floating* dz, floating* dw
     job.koff, job.row_x, job.row_dz, job.seg, job.S, job.chunk = koff, row_x, row_dz, seg, S, \
         chunk
     job.dy, job.zpre, job.y, job.act, job.alpha, job.dbpart = dy, zpre, y, act, alpha, dbpart
+    job.pool = pool
     # Both loops on pynn's worker team (native/_team.h): slabs, then the slab sums per row.
     pynn_team_for(S, 1, threads, _backward_weight_direct_job, &job)
     if weight_grad:
@@ -1235,6 +1304,51 @@ def _run_backward_weight_direct(const floating[::1] xp, const floating[::1] dz,
                                 &y[0] if dy is not None else NULL, act, <floating>alpha,
                                 &dbpart[0] if dbpart is not None else NULL, weight_grad,
                                 dz_transient)
+
+
+def _run_backward_weight_pooled(const floating[::1] xp, floating[::1] dzrow,
+                                floating[:, :, :, ::1] dw, floating[::1] part,
+                                floating[::1] dzp, Geom g, const Py_ssize_t[::1] koff,
+                                const Py_ssize_t[::1] row_x, const Py_ssize_t[::1] row_dz,
+                                const Py_ssize_t[::1] seg, Py_ssize_t slabs, Py_ssize_t chunk,
+                                const floating[:, :, :, ::1] dpool,
+                                const floating[:, :, :, ::1] pooled,
+                                const int[:, :, :, ::1] argmax, pool_size, pool_strides,
+                                double[::1] dbpart=None):
+    """_run_backward_weight_direct's transient pass with each dz row made from a max pool's
+    output gradient (and output for relu's mask; None: linear) and argmax. Returns how many
+    argmax entries lie outside their window (the caller's error)."""
+    cdef Py_ssize_t G = g.N * g.HO
+    cdef _PoolSrc src
+    hits = np.zeros(max(slabs, 1), dtype=np.intp)
+    cdef Py_ssize_t[::1] hitv = hits
+    if (dzrow.shape[0] < omp_get_max_threads() * g.WO * g.F
+            or seg.shape[0] < chunk or koff.shape[0] != g.K or row_x.shape[0] != G
+            or part.shape[0] < slabs * g.K * g.F
+            or dzp.shape[0] < omp_get_max_threads() * chunk * g.WO * g.F
+            or xp.shape[0] < g.N * g.HP * g.WP * g.C
+            or dpool.shape[0] != g.N or dpool.shape[3] != g.F
+            or tuple(argmax.shape) != tuple(dpool.shape)
+            or (pooled is not None and tuple(pooled.shape) != tuple(dpool.shape))
+            or pool_strides[0] < pool_size[0] or pool_strides[1] < pool_size[1]
+            or dpool.shape[1] * pool_strides[0] - pool_strides[0] + pool_size[0] > g.HO
+            or dpool.shape[2] * pool_strides[1] - pool_strides[1] + pool_size[1] > g.WO
+            or (dbpart is not None and dbpart.shape[0] < slabs * g.F)):
+        raise ValueError("conv2d_pool_backward: a table, buffer or the pool does not fit the "
+                         "geometry")
+    src.dpool, src.argmax = &dpool[0, 0, 0, 0], &argmax[0, 0, 0, 0]
+    src.pooled = &pooled[0, 0, 0, 0] if pooled is not None else NULL
+    src.HPo, src.WPo = dpool.shape[1], dpool.shape[2]
+    src.PH, src.PW, src.SH, src.SW = pool_size[0], pool_size[1], pool_strides[0], \
+        pool_strides[1]
+    src.hits = &hitv[0]
+    with nogil:
+        _backward_weight_direct(&xp[0], &dzrow[0], &dw[0, 0, 0, 0], &part[0], &dzp[0], &g,
+                                &koff[0], &row_x[0], &row_dz[0], &seg[0], slabs, chunk,
+                                <const floating*>NULL, <const floating*>NULL,
+                                <const floating*>NULL, ACT_LINEAR, 0,
+                                &dbpart[0] if dbpart is not None else NULL, True, True, &src)
+    return dpool.shape[0] * dpool.shape[1] * dpool.shape[2] * dpool.shape[3] - int(hits.sum())
 
 
 def _run_backward_input(const floating[:, :, :, ::1] dz, const floating[:, :, :, ::1] w,
@@ -1813,6 +1927,57 @@ def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
             dx = conv2d_backward_input(dzb, kernel, x.shape, strides, padding, dilation_rate)
     db = dbpart.reshape(slabs, g["F"]).sum(axis=0).astype(dy.dtype) if use_bias else None
     return dx, dw, db
+
+
+def conv2d_pool_backward(dpool, argmax, pooled, x, z, y, kernel, strides=(1, 1),
+                         padding="valid", dilation_rate=(1, 1), activation="linear", alpha=0.0,
+                         use_bias=True, need_input_grad=True, pool_size=(2, 2),
+                         pool_strides=(2, 2), pool_padding="valid"):
+    """conv2d_backward of a Conv2D whose output y only a max pool reads, from the pool's
+    output gradient dpool, argmax and output pooled -> (dx or None, dkernel, dbias or None),
+    equal to conv2d_backward(maxpool2d_backward(dpool, argmax, y.shape), ...).
+
+    A first layer (no input gradient) with relu or linear, under a pool whose windows do not
+    overlap (strides >= pool_size) and lie inside the map (no padding), takes the direct kernel gradient's transient
+    pass with each dz row made from dpool, argmax and pooled (relu's mask: pooled > 0 is
+    y > 0 at the argmax): the pool's dx (zeros but one pixel per window, the conv output's
+    size) is never written and y never read. 32x32x3 -> 32 relu + 2x2 pool at batch 64, ms
+    after a cache-clearing pass, the two ops in turn / this (Xeon): two threads 1.78 / 1.25,
+    one 2.83 / 1.80. Elsewhere the two ops in turn (api.conv2d_pool_backward_composed)."""
+    from pynn._native.pool import maxpool2d_backward
+
+    op = "conv2d_pool_backward"
+    name, a, dpool, argmax, pooled, x, z, y, kernel, g, pg = operands.conv2d_pool_backward(
+        HOST, dpool, argmax, pooled, x, z, y, kernel, strides, padding, dilation_rate,
+        activation, alpha, pool_size, pool_strides, pool_padding)
+    g = _planned(g)
+    fused = (not need_input_grad and name in ("relu", "linear") and dpool.size and kernel.size
+             and pg["PT"] == 0 and pg["PL"] == 0 and pg["SH"] >= pg["PH"]
+             and pg["SW"] >= pg["PW"] and (pg["HO"] - 1) * pg["SH"] + pg["PH"] <= pg["H"]
+             and (pg["WO"] - 1) * pg["SW"] + pg["PW"] <= pg["W"] and not _strided_pointwise(g)
+             and not _use_winograd(g, y.dtype) and _use_direct(g, "conv2d_backward_weight")
+             and (pooled is not None or name == "linear"))
+    if not fused:
+        dy = maxpool2d_backward(dpool, argmax, tuple(y.shape))
+        return conv2d_backward(dy, x, z, y, kernel, strides, padding, dilation_rate, name, a,
+                               use_bias, need_input_grad)
+    koff, row_x, slabs, chunk, seg = _weight_grad_tables(g)
+    row_dz = np.zeros(g["N"] * g["HO"], dtype=np.intp)   # unread: dz is transient
+    dw = np.empty(kernel.shape, dtype=y.dtype)
+    dbpart = np.empty(slabs * g["F"], dtype=np.float64) if use_bias else None
+    with scratch(y.dtype, (omp_get_max_threads(), 1, g["WO"], g["F"]),
+                 *_weight_grad_scratch(x, g, slabs, chunk)) as (dzb, xp, part, panels):
+        xp = _padded(x, xp, g["PT"], g["PL"])
+        bad = _run_backward_weight_pooled(
+            xp.reshape(-1), dzb.reshape(-1), dw, part, panels, g, koff, row_x, row_dz, seg,
+            slabs, chunk, dpool, pooled if name == "relu" else None, argmax,
+            (pg["PH"], pg["PW"]), (pg["SH"], pg["SW"]), dbpart)
+    if bad:
+        raise ValueError(f"{op}: {bad} argmax entries lie outside their pool window (argmax "
+                         f"must come from maxpool2d_forward over y with pool_size "
+                         f"{(pg['PH'], pg['PW'])} and strides {(pg['SH'], pg['SW'])})")
+    db = dbpart.reshape(slabs, g["F"]).sum(axis=0).astype(y.dtype) if use_bias else None
+    return None, dw, db
 
 
 # The ops conv2d_backward_composed runs in turn where the fused pass does not apply.

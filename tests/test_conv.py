@@ -766,3 +766,125 @@ def test_conv2d_transpose_thread_count_invariance(restore_threads, case):
     for other in results[1:]:
         for a, b_ in zip(results[0], other):
             np.testing.assert_array_equal(a, b_)
+
+
+# -- conv2d_pool_backward: a Conv2D's backward from the max pool over its output -------------
+# (x shape, kernel shape, conv strides, conv padding, pool size, pool strides, pool padding,
+# activation, whether the CPU op takes its fused pass when no input gradient is needed)
+POOL_CASES = [
+    ((3, 13, 11, 3), (3, 3, 3, 7), (1, 1), "same", (2, 2), (2, 2), "valid", "relu", True),
+    ((2, 9, 10, 2), (3, 3, 2, 33), (1, 1), "same", (3, 2), (3, 2), "valid", "linear", True),
+    ((2, 11, 12, 3), (3, 3, 3, 5), (1, 1), "valid", (2, 2), (3, 3), "valid", "relu", True),
+    ((2, 10, 9, 4), (3, 3, 4, 6), (2, 1), "same", (2, 2), (2, 2), "valid", "relu", True),
+    ((1, 5, 7, 1), (2, 3, 1, 3), (1, 1), "same", (2, 3), (2, 3), "valid", "relu", True),
+    # overlapping windows, a 'same' pool, an activation the pool's output cannot mask, a
+    # gelu conv (reads z): the two ops in turn
+    ((2, 8, 8, 3), (3, 3, 3, 4), (1, 1), "same", (3, 3), (2, 2), "valid", "relu", False),
+    ((2, 7, 9, 3), (3, 3, 3, 4), (1, 1), "same", (2, 2), (2, 2), "same", "relu", False),
+    ((2, 8, 8, 3), (3, 3, 3, 4), (1, 1), "same", (2, 2), (2, 2), "valid", "sigmoid", False),
+    ((2, 6, 6, 2), (3, 3, 2, 3), (1, 1), "same", (2, 2), (2, 2), "valid", "gelu", False),
+]
+POOL_IDS = [f"{c[0]}*{c[1]}-s{c[2]}-{c[3]}-pool{c[4]}s{c[5]}{c[6]}-{c[7]}" for c in POOL_CASES]
+
+
+def pool_case(rng, case, dtype):
+    """x, kernel, bias and the forward's (z, y), the pool's (pooled, argmax) and a dpool."""
+    from pynn._native import pool
+
+    xs, ks, s, p, ps, pst, pp, act, _ = case
+    x = rng.standard_normal(xs).astype(dtype)
+    k = (rng.standard_normal(ks) * 0.5).astype(dtype)
+    b = (rng.standard_normal(ks[3]) * 0.3).astype(dtype)
+    y, z = conv.conv2d_forward(x, k, b, s, p, (1, 1), act, 0.0)
+    pooled, argmax = pool.maxpool2d_forward(y, ps, pst, pp)
+    dpool = rng.standard_normal(pooled.shape).astype(dtype)
+    return x, k, b, z, y, pooled, argmax, dpool
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("need_input_grad", [False, True])
+@pytest.mark.parametrize("case", POOL_CASES, ids=POOL_IDS)
+def test_conv2d_pool_backward_is_the_two_ops(rng, monkeypatch, case, need_input_grad, dtype,
+                                             path):
+    """Equal, bit for bit, to maxpool2d_backward then conv2d_backward (either path), close to
+    the float64 oracle; the fused pass (no pool input gradient made) where it applies."""
+    from pynn._native import pool
+
+    xs, ks, s, p, ps, pst, pp, act, fusable = case
+    x, k, b, z, y, pooled, argmax, dpool = pool_case(rng, case, dtype)
+    for use_bias in (True, False):
+        args = (dpool, argmax, pooled, x, z, y, k, s, p, (1, 1), act, 0.0, use_bias,
+                need_input_grad, ps, pst, pp)
+        calls = []
+        real = pool.maxpool2d_backward
+        monkeypatch.setattr(pool, "maxpool2d_backward",
+                            lambda *a: calls.append(1) or real(*a))
+        got = conv.conv2d_pool_backward(*args)
+        monkeypatch.setattr(pool, "maxpool2d_backward", real)
+        fused = fusable and not need_input_grad and path == "direct"
+        assert (not calls) == fused, f"fused pass expected: {fused}, pool backward ran: {calls}"
+        dy = pool.maxpool2d_backward(dpool, argmax, y.shape)
+        want = conv.conv2d_backward(dy, x, z, y, k, s, p, (1, 1), act, 0.0, use_bias,
+                                    need_input_grad)
+        for name, g, w in zip(("dx", "dkernel", "dbias"), got, want):
+            assert (g is None) == (w is None), name
+            if g is not None:
+                np.testing.assert_array_equal(g, w, err_msg=name)
+        oracle = ref.conv2d_pool_backward_ref(dpool, argmax, x, k, b, s, p, (1, 1), act, 0.0,
+                                              use_bias, need_input_grad)
+        for name, g, w in zip(("dx", "dkernel", "dbias"), got, oracle):
+            if g is not None:
+                np.testing.assert_allclose(g, w, err_msg=name, **TOL[dtype])
+
+
+def test_conv2d_pool_backward_thread_count_invariance(rng, restore_threads):
+    case = POOL_CASES[0]
+    x, k, b, z, y, pooled, argmax, dpool = pool_case(rng, case, np.float32)
+    results = []
+    for n in (1, 2, 3):
+        info.set_num_threads(n)
+        results.append(conv.conv2d_pool_backward(dpool, argmax, pooled, x, z, y, k, (1, 1),
+                                                 "same", (1, 1), "relu", 0.0, True, False))
+    for other in results[1:]:
+        for a, b_ in zip(results[0][1:], other[1:]):
+            np.testing.assert_array_equal(a, b_)
+
+
+def test_conv2d_pool_backward_bad_inputs(rng):
+    case = POOL_CASES[0]
+    x, k, b, z, y, pooled, argmax, dpool = pool_case(rng, case, np.float32)
+
+    def call(dp=dpool, am=argmax, pl=pooled, yy=y, ps=(2, 2), pst=(2, 2)):
+        return conv.conv2d_pool_backward(dp, am, pl, x, z, yy, k, (1, 1), "same", (1, 1),
+                                         "relu", 0.0, True, False, ps, pst, "valid")
+
+    with pytest.raises(ValueError, match="conv2d_pool_backward.*dpool"):
+        call(dp=dpool[:, :-1])
+    with pytest.raises(ValueError, match="conv2d_pool_backward.*argmax"):
+        call(am=argmax[:, :, :-1])
+    with pytest.raises(ValueError, match="conv2d_pool_backward.*pooled"):
+        call(pl=pooled[..., :-1])
+    with pytest.raises(ValueError, match="conv2d_pool_backward.*y"):
+        call(yy=None)
+    with pytest.raises(ValueError, match="conv2d_pool_backward.*dpool"):
+        call(ps=(3, 3), pst=(3, 3))      # dpool is not that pool's output
+    # an entry naming a pixel of the map but not of its window: the pass would drop it
+    moved = argmax.copy()
+    moved[1, 2, 3, 4] = moved[1, 4, 3, 4]
+    with pytest.raises(ValueError, match="1 argmax entries lie outside their pool window"):
+        call(am=moved)
+    np.testing.assert_array_equal(call()[1], call()[1])   # nothing kept from the errors
+
+
+def test_conv2d_pool_backward_on_backend(backend):
+    """Both backends against the oracle (OpenCL: its pool backward, then its conv backward;
+    check_op compares it with the CPU op as well)."""
+    rng = np.random.default_rng(31)
+    case = POOL_CASES[0]
+    x, k, b, z, y, pooled, argmax, dpool = pool_case(rng, case, np.float32)
+    for need_input_grad in (False, True):
+        check_op(backend, "conv2d_pool_backward", dpool, argmax, pooled, x, z, y, k, (1, 1),
+                 "same", (1, 1), "relu", 0.0, True, need_input_grad, (2, 2), (2, 2), "valid",
+                 ref=lambda *a, ig=need_input_grad: ref.conv2d_pool_backward_ref(
+                     dpool, argmax, x, k, b, (1, 1), "same", (1, 1), "relu", 0.0, True, ig),
+                 kind="gemm")

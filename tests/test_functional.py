@@ -609,3 +609,74 @@ def test_keras_parity_activity_regularization(seeded):
     for got, want in zip(p_model.get_weights(), k_model.get_weights()):
         assert _rel(got, want) <= 1e-4
     assert p_hist["loss"] == pytest.approx(k_hist["loss"], rel=1e-4)
+
+
+# -- a MaxPooling2D hands the Conv2D below it a PoolGrad (functional._fuse_conv_pool) ----------
+def conv_pool_net(policy=None):
+    dtype = None if policy is None else policy
+    x_in = pynn.Input((9, 10, 2))
+    h = layers.Conv2D(3, 3, padding="same", activation="relu", dtype=dtype)(x_in)
+    h = layers.MaxPooling2D(dtype=dtype)(h)
+    h = layers.Conv2D(8, 2, activation="linear", dtype=dtype)(h)
+    h = layers.MaxPooling2D((2, 1), dtype=dtype)(h)
+    out = layers.Dense(2, dtype=dtype)(layers.Flatten()(h))
+    return pynn.Model(x_in, out)
+
+
+def pool_grad_flags(model):
+    return [type(st.layer).__name__ for st in model._plan.steps if st.pool_grad]
+
+
+def test_conv_pool_fusion_gradients(float64, seeded, monkeypatch):
+    """Finite differences through both PoolGrads: the first conv's (no input gradient)
+    takes the CPU op's fused pass, the second's the pool backward then the conv's."""
+    from pynn._native import pool
+
+    model = conv_pool_net()
+    assert pool_grad_flags(model) == ["MaxPooling2D", "MaxPooling2D"]
+    model.compile("sgd", "mse")
+    randomize(model, seeded)
+    calls, real = [], pool.maxpool2d_backward
+    monkeypatch.setattr(pool, "maxpool2d_backward", lambda *a: calls.append(1) or real(*a))
+    check_model(model, seeded.standard_normal((3, 9, 10, 2)), seeded.standard_normal((3, 2)))
+    assert len(calls) == 1   # the one backward check_model runs: the second pool's only
+
+
+@pytest.mark.parametrize("policy", [None, "mixed_bfloat16"])
+def test_conv_pool_fusion_same_bits_as_the_pool_backward(seeded, monkeypatch, policy):
+    from pynn.layers import functional
+
+    models = []
+    for fuse in (True, False):
+        monkeypatch.setattr(functional, "FUSE_CONV_POOL", fuse)
+        pynn.utils.set_random_seed(7)
+        model = conv_pool_net(policy)
+        model.compile("adam", "mse")
+        models.append(model)
+    assert pool_grad_flags(models[0]) and not pool_grad_flags(models[1])
+    x = seeded.standard_normal((5, 9, 10, 2)).astype(np.float32)
+    y = seeded.standard_normal((5, 2)).astype(np.float32)
+    for _ in range(3):
+        losses = [m.train_on_batch(x, y) for m in models]
+        assert losses[0] == losses[1]
+        for a, b in zip(models[0].get_weights(), models[1].get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_conv_pool_fusion_only_where_the_pool_alone_reads_the_conv():
+    def flags(build):
+        x_in = pynn.Input((8, 8, 3))
+        return pool_grad_flags(pynn.Model(x_in, build(x_in)))
+
+    conv = lambda **kw: layers.Conv2D(4, 3, padding="same", activation="relu", **kw)  # noqa
+    pool = layers.MaxPooling2D
+    flat = layers.Flatten()
+    # the conv's output read twice, or a model output too
+    assert flags(lambda x: layers.Concatenate()([flat(pool()(h := conv()(x))), flat(h)])) == []
+    assert flags(lambda x: [pool()(h := conv()(x)), h]) == []
+    # an activity regularizer on the conv; a pool over something else; a shared conv
+    assert flags(lambda x: pool()(conv(activity_regularizer="l2")(x))) == []
+    assert flags(lambda x: pool()(layers.Activation("relu")(x))) == []
+    shared = layers.Conv2D(3, 3, padding="same")
+    assert flags(lambda x: layers.Add()([pool()(shared(x)), pool()(shared(x))])) == []
+    assert flags(lambda x: pool()(conv()(x))) == ["MaxPooling2D"]

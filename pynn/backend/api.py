@@ -134,6 +134,15 @@ OPS = {
     # fuse the passes (the CPU one makes dz, dbias and dkernel in one pass over dy).
     "conv2d_backward": ("dy", "x", "z", "y", "kernel", "strides", "padding", "dilation_rate",
                         "activation", "alpha", "use_bias", "need_input_grad"),
+    # conv2d_backward of a Conv2D whose output y only a MaxPooling2D reads, from that pool's
+    # output gradient dpool, argmax (maxpool2d_forward's) and output pooled (its relu mask;
+    # None is allowed for a linear activation): equal to conv2d_pool_backward_composed below,
+    # conv2d_backward(maxpool2d_backward(dpool, argmax, y.shape), ...). The CPU backend makes
+    # dz a row at a time from the pool's arrays where the windows do not overlap and no
+    # input gradient is needed (a first layer): neither the pool's dx nor y is read.
+    "conv2d_pool_backward": ("dpool", "argmax", "pooled", "x", "z", "y", "kernel", "strides",
+                             "padding", "dilation_rate", "activation", "alpha", "use_bias",
+                             "need_input_grad", "pool_size", "pool_strides", "pool_padding"),
     # -- convolution variants (issue 12; conv: native/conv.pyx, opencl/conv.cl; depthwise:
     # native/depthwise.pyx, opencl/depthwise.cl) ------------------------------------------
     # Keras's Conv2DTranspose: x (N,H,W,C) * kernel (KH,KW,F,C) -> (y, z), y (N,HO,WO,F) by
@@ -505,6 +514,17 @@ def conv2d_backward_composed(ops, dy, x, z, y, kernel, strides=(1, 1), padding="
         dx = ops.conv2d_backward_input(dz, kernel, tuple(x.shape), strides, padding,
                                        dilation_rate)
     return dx, dk, db
+
+
+def conv2d_pool_backward_composed(ops, dpool, argmax, pooled, x, z, y, kernel, strides=(1, 1),
+                                  padding="valid", dilation_rate=(1, 1), activation="linear",
+                                  alpha=0.0, use_bias=True, need_input_grad=True,
+                                  pool_size=(2, 2), pool_strides=(2, 2), pool_padding="valid"):
+    """conv2d_pool_backward from a backend's ops: the pool's input gradient, then the conv's
+    backward (pooled, the pool's output, is not read: the activation's backward reads y)."""
+    dy = ops.maxpool2d_backward(dpool, argmax, tuple(y.shape))
+    return ops.conv2d_backward(dy, x, z, y, kernel, strides, padding, dilation_rate,
+                               activation, alpha, use_bias, need_input_grad)
 
 
 def bias_activation_backward(ops, dy, z, y, activation, alpha=0.0, use_bias=True):

@@ -13,6 +13,7 @@ from pynn.layers.base import (
     pair,
     shape_str,
 )
+from pynn.layers.pooling import PoolGrad
 from pynn.mixed_precision import NARROW_CHANNELS
 
 
@@ -93,7 +94,13 @@ class Conv2D(Layer):
         x, y, z = self._cache
         self._cache = None
         kernel = self.kernel.value
-        if self._bf16_compute and self.groups == 1 and x.shape[-1] < NARROW_CHANNELS:
+        narrow_bf16 = self._bf16_compute and self.groups == 1 and x.shape[-1] < NARROW_CHANNELS
+        if type(dy) is PoolGrad:   # a MaxPooling2D's, the only reader of y (_fuse_conv_pool)
+            if self.groups > 1 or (self._bf16_compute and not narrow_bf16):
+                dy = dy.dense(b)
+            else:
+                return self._pool_backward(b, dy, x, y, z, kernel, narrow_bf16)
+        if narrow_bf16:
             # bf16's narrow convs run float32 anyway: one fused pass, dz left unrounded
             x, kernel = b.bf16_round(x), b.bf16_round(kernel)
         elif self.groups > 1 or self._bf16_compute:
@@ -101,6 +108,18 @@ class Conv2D(Layer):
         dx, self.kernel.grad, db = b.conv2d_backward(
             dy, x, z, y, kernel, self.strides, self.padding, self.dilation_rate,
             self.activation, self.alpha, self.use_bias, self.needs_input_grad)
+        if self.use_bias:
+            self.bias.grad = db
+        return dx
+
+    def _pool_backward(self, b, grad, x, y, z, kernel, narrow_bf16):
+        if narrow_bf16:   # as backward: float32 on bf16-rounded x and kernel
+            x, kernel = b.bf16_round(x), b.bf16_round(kernel)
+        pool = grad.pool
+        dx, self.kernel.grad, db = b.conv2d_pool_backward(
+            grad.dpool, grad.argmax, grad.pooled, x, z, y, kernel, self.strides, self.padding,
+            self.dilation_rate, self.activation, self.alpha, self.use_bias,
+            self.needs_input_grad, pool.pool_size, pool.strides, pool.padding)
         if self.use_bias:
             self.bias.grad = db
         return dx

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from pynn import backend, variables
+from pynn.layers.pooling import MaxPooling2D, PoolGrad
 from pynn.layers.symbolic import shape_str
 
 
@@ -123,7 +124,7 @@ class Step:
 
     __slots__ = ("layer", "ins", "outs", "several", "multi_out", "shared", "free_after",
                  "needs_input_grad", "input_grad_slots", "backprop", "activity", "grads_final",
-                 "fused", "passthrough", "makes_mask")
+                 "fused", "passthrough", "makes_mask", "pool_grad")
 
     def __init__(self, layer, ins, outs, several, multi_out):
         self.layer = layer
@@ -142,6 +143,10 @@ class Step:
         # it, whose own step is then a passthrough (_fuse_activations).
         self.fused = None
         self.passthrough = False
+        # A MaxPooling2D whose input only a Conv2D makes: its backward hands that conv a
+        # PoolGrad (its output gradient, argmax and output) instead of its input gradient
+        # (_fuse_conv_pool).
+        self.pool_grad = False
         # Whether the layer may make a mask from unmasked inputs, once rather than per call
         # (set again wherever a step's layer is replaced).
         self.makes_mask = _makes_mask(layer)
@@ -201,6 +206,8 @@ class Plan:
         self.readers = readers
         self.steps = steps
         _fuse_activations(steps, readers, calls, set(self.output_slots))
+        if FUSE_CONV_POOL:
+            _fuse_conv_pool(steps, readers, calls, set(self.output_slots))
         self._prepared_for = None
         self._inference_steps = None
         self.output_masks = [None] * len(self.output_slots)
@@ -371,6 +378,8 @@ class Plan:
                     vals[step.outs[0]] = y
                 if training:
                     cache = layer._cache
+                    if step.pool_grad:   # PoolGrad's relu mask: the pool's own output
+                        cache = (cache, y)
                     if rebuildable:
                         cache = _rebuild_tokens(cache, step, vals, rebuildable)
                     saved[j] = (cache, y if step.activity is not None else None)
@@ -429,10 +438,15 @@ class Plan:
                     cache = tuple(e.value(self.steps, saved) if type(e) is _Rebuild else e
                                   for e in cache)
                 if step.activity is not None:
+                    if type(dy) is PoolGrad:
+                        dy = dy.dense(b)
                     dy, extra = _add_activity_grad(b, dy, activity_y, step.activity)
                     penalty += extra
                 if step.passthrough:
                     dx = dy  # the fused producer takes dy through the activation
+                elif step.pool_grad:
+                    (argmax, shape), pooled = cache
+                    dx = PoolGrad(layer, dy, argmax, pooled, shape)
                 else:
                     layer._cache = cache
                     layer.needs_input_grad = step.needs_input_grad
@@ -459,6 +473,10 @@ class Plan:
                               f"of memory in backward ({exc})") from None
         return [grads[s] for s in self.input_slots], penalty
 
+
+# A MaxPooling2D over a Conv2D's output hands the conv a PoolGrad (_fuse_conv_pool); False
+# builds plans without (benchmarks' A/B, tests of the equality).
+FUSE_CONV_POOL = True
 
 # A training step keeps what its backward reads. A fused BatchNormalization -> relu keeps
 # its input x and statistics; its output, which the next Conv2D keeps as its own input for the
@@ -538,6 +556,31 @@ def _fuse_activations(steps, readers, calls, outputs):
             continue
         st.fused = (a.activation, a.alpha)
         act.passthrough = True
+
+
+def _fuse_conv_pool(steps, readers, calls, outputs):
+    """A MaxPooling2D whose input only a Conv2D's output is (each called once, no activity
+    regularizer on the conv) passes the conv a PoolGrad in backward rather than its input
+    gradient: the conv's backward (backend conv2d_pool_backward) then makes dz from the
+    pool's output gradient, argmax and output, and on the CPU a first layer never writes
+    the pool's input gradient nor reads its own output. The same bits (tests/test_conv.py)."""
+    from pynn.layers.conv import Conv2D
+
+    maker = {}
+    for st in steps:
+        for slot in st.outs:
+            maker[slot] = st
+    for st in steps:
+        if (type(st.layer) is not MaxPooling2D or st.several or st.multi_out
+                or calls[id(st.layer)] != 1):
+            continue
+        slot = st.ins[0]
+        conv = maker.get(slot)
+        if (conv is None or type(conv.layer) is not Conv2D or conv.multi_out or conv.several
+                or calls[id(conv.layer)] != 1 or slot in outputs or readers.get(slot) != 1
+                or conv.layer.activity_regularizer is not None):
+            continue
+        st.pool_grad = True
 
 
 # -- masks (issue 14, Keras 3's rule): the plan hands a slot's mask to a layer whose call

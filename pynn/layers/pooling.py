@@ -112,3 +112,18 @@ class GlobalMaxPooling2D(_GlobalPooling2D):
     def backward(self, dy):
         (argmax, shape), self._cache = self._cache, None
         return backend.current().global_maxpool2d_backward(self._dy(dy), argmax, shape)
+
+
+class PoolGrad:
+    """A MaxPooling2D's backward handed to the Conv2D below it (functional._fuse_conv_pool):
+    the pool's output gradient ``dpool``, ``argmax`` and output ``pooled``, and its input's
+    shape. ``dense(b)`` is the pool's input gradient itself, for a consumer that needs it."""
+
+    __slots__ = ("pool", "dpool", "argmax", "pooled", "shape")
+
+    def __init__(self, pool, dpool, argmax, pooled, shape):
+        self.pool, self.dpool, self.argmax, self.pooled, self.shape = \
+            pool, dpool, argmax, pooled, shape
+
+    def dense(self, b):
+        return b.maxpool2d_backward(self.dpool, self.argmax, self.shape)

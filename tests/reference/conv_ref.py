@@ -135,6 +135,21 @@ def conv2d_backward_ref(dy, x, kernel, bias, strides, padding, dilation_rate,
     return dx, dk, db
 
 
+def conv2d_pool_backward_ref(dpool, argmax, x, kernel, bias, strides, padding, dilation_rate,
+                             activation_name="linear", alpha=0.0, use_bias=True,
+                             need_input_grad=True):
+    """conv2d_backward_ref of the gradient a max pool hands back: dpool routed to the pixels
+    argmax names (maxpool2d_backward_ref; the op's own argmax, so a near tie the float64
+    forward would break otherwise cannot move it). Unlike the op, which takes the pool's
+    output for relu's mask, the oracle recomputes the conv in float64."""
+    from tests.reference.pool_ref import maxpool2d_backward_ref
+
+    y, _ = conv2d_forward_ref(x, kernel, bias, strides, padding, dilation_rate)
+    dy = maxpool2d_backward_ref(dpool, np.asarray(argmax), y.shape)
+    return conv2d_backward_ref(dy, x, kernel, bias, strides, padding, dilation_rate,
+                               activation_name, alpha, use_bias, need_input_grad)
+
+
 # -- conv2d_transpose (issue 12) -------------------------------------------------------------
 # Written the way JAX defines a transposed conv (the form Keras 3's backends reproduce): the
 # input dilated by the strides, zero-padded by Keras's (left, right) pads, then a stride-1

@@ -12,6 +12,7 @@ import numpy as np
 from pynn.backend.api import (
     ACTIVATIONS,
     conv2d_backward_composed,
+    conv2d_pool_backward_composed,
     conv2d_transpose_backward_composed,
 )
 from pynn.backend.opencl import runtime as rt
@@ -83,6 +84,25 @@ def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid", dilati
         DEVICE, dy, x, z, y, kernel, strides, padding, dilation_rate, activation, alpha)
     return conv2d_backward_composed(_COMPOSED, dy, x, z, y, kernel, strides, padding,
                                     dilation_rate, name, alpha, use_bias, need_input_grad)
+
+
+def conv2d_pool_backward(dpool, argmax, pooled, x, z, y, kernel, strides=(1, 1),
+                         padding="valid", dilation_rate=(1, 1), activation="linear", alpha=0.0,
+                         use_bias=True, need_input_grad=True, pool_size=(2, 2),
+                         pool_strides=(2, 2), pool_padding="valid"):
+    """(dx or None, dkernel, dbias or None): opencl/pool.cl's maxpool2d_backward, then the
+    conv's backward above (no fused kernel)."""
+    from pynn.backend.opencl.pool import maxpool2d_backward
+
+    name, alpha, dpool, argmax, pooled, x, z, y, kernel, _, _ = operands.conv2d_pool_backward(
+        DEVICE, dpool, argmax, pooled, x, z, y, kernel, strides, padding, dilation_rate,
+        activation, alpha, pool_size, pool_strides, pool_padding)
+    ops = SimpleNamespace(maxpool2d_backward=maxpool2d_backward,
+                          conv2d_backward=conv2d_backward)
+    return conv2d_pool_backward_composed(ops, dpool, argmax, pooled, x, z, y, kernel, strides,
+                                         padding, dilation_rate, name, alpha, use_bias,
+                                         need_input_grad, pool_size, pool_strides,
+                                         pool_padding)
 
 
 # The ops conv2d_backward_composed runs in turn.

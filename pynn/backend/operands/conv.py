@@ -4,6 +4,7 @@ Each returns the checked arrays and the geometry ``g`` of ``common.conv_geometry
 strides, dilation, leading pads PT/PL, output HO/WO, Keras's 'same'/'valid' rules).
 """
 
+from pynn.backend.api import ACTIVATIONS_NEEDING_INPUT
 from pynn.backend.operands.activation import activation_backward, activation_pair
 from pynn.backend.operands.common import (
     check_count,
@@ -77,6 +78,39 @@ def conv2d_backward(arrays, dy, x, z, y, kernel, strides, padding, dilation_rate
     _output_grad(op, "dy", dy, g)
     _check_sizes(arrays, op, g)
     return name, a, dy, x, z, y, kernel, g
+
+
+def conv2d_pool_backward(arrays, dpool, argmax, pooled, x, z, y, kernel, strides, padding,
+                         dilation_rate, activation, alpha, pool_size, pool_strides,
+                         pool_padding):
+    """-> (name, alpha, dpool, argmax, pooled or None, x, z, y, kernel, g, pg): g the conv's
+    geometry, pg the pool's (operands.pool.pool_geometry over y)."""
+    from pynn.backend.operands.pool import pool_geometry
+
+    op = "conv2d_pool_backward"
+    name, a = activation_pair(op, activation, alpha)
+    if y is None:
+        raise ValueError(f"{op}: needs y, the conv's output (the pool's input), got None")
+    y = arrays.float_input(op, "y", y, ndim=4)
+    if z is None and name in ACTIVATIONS_NEEDING_INPUT:
+        raise ValueError(f"{op}: '{name}' needs the pre-activation 'z', got None")
+    if z is not None:
+        z = arrays.float_input(op, "z", z, like=y)
+        check_shape(op, "z", z, y.shape)
+    x = arrays.float_input(op, "x", x, ndim=4, like=y)
+    kernel = arrays.float_input(op, "kernel", kernel, ndim=4, like=y)
+    g = conv_geometry(op, x.shape, kernel.shape, strides, padding, dilation_rate)
+    _output_grad(op, "y", y, g)
+    _check_sizes(arrays, op, g)
+    pg = pool_geometry(op, tuple(y.shape), pool_size, pool_strides, pool_padding)
+    dpool = arrays.float_input(op, "dpool", dpool, ndim=4, like=y)
+    check_shape(op, "dpool", dpool, (g["N"], pg["HO"], pg["WO"], g["F"]))
+    argmax = arrays.int_input(op, "argmax", argmax, ndim=4)
+    check_shape(op, "argmax", argmax, dpool.shape)
+    if pooled is not None:
+        pooled = arrays.float_input(op, "pooled", pooled, ndim=4, like=y)
+        check_shape(op, "pooled", pooled, dpool.shape)
+    return name, a, dpool, argmax, pooled, x, z, y, kernel, g, pg
 
 
 # -- conv2d_transpose (issue 12): the transposed conv as the input gradient of a 'valid' conv
