@@ -33,6 +33,7 @@ from _activation cimport (
 
 from pynn.backend.operands import activation as operands
 from pynn.backend.operands.common import HOST
+from pynn.backend.operands.pool import windows_tile
 from pynn.backend.api import ACTIVATIONS
 
 include "_team.pxi"
@@ -40,6 +41,7 @@ include "_team.pxi"
 from cython.parallel cimport prange
 from _openmp cimport omp_get_max_threads
 from libc.math cimport exp
+from libc.string cimport memset
 
 
 # Elementwise work goes out in chunks of CHUNK elements, each run by one contiguous
@@ -130,21 +132,110 @@ def _act_backward_flat(const floating[::1] dy,   # IN  (n,)
         _act_flat_run(&job)
 
 
+ctypedef struct _PooledSrc:
+    # A non-overlapping max pool over the (N, H, W, C) map whose gradient is made
+    # (pooled_activation_bias_backward): its output gradient, output (NULL: linear) and
+    # argmax, all (N, HPo, WPo, C).
+    const void* dpool
+    const void* pooled
+    const int* argmax
+    Py_ssize_t H, W, HPo, WPo, PH, PW, SH, SW
+    Py_ssize_t* hits     # per tile: argmax entries that named a pixel of its rows
+
+
+ctypedef struct _PixelWalk:
+    # pixel r = (n * H + h) * W + w of the map, and its window (hp, wp) with the offsets
+    # (ih, iw) inside it: stepped pixel by pixel, no division per pixel
+    Py_ssize_t n, h, w, hp, wp, ih, iw
+
+
+cdef inline void _walk_start(_PixelWalk* p, const _PooledSrc* s, Py_ssize_t r) noexcept nogil:
+    p.n = r // (s.H * s.W)
+    p.h = (r // s.W) % s.H
+    p.w = r % s.W
+    p.hp, p.ih = p.h // s.SH, p.h % s.SH
+    p.wp, p.iw = p.w // s.SW, p.w % s.SW
+
+
+cdef inline void _walk_next(_PixelWalk* p, const _PooledSrc* s) noexcept nogil:
+    p.w += 1
+    p.iw += 1
+    if p.iw == s.SW:
+        p.iw = 0
+        p.wp += 1
+    if p.w == s.W:
+        p.w = p.wp = p.iw = 0
+        p.h += 1
+        p.ih += 1
+        if p.ih == s.SH:
+            p.ih = 0
+            p.hp += 1
+        if p.h == s.H:
+            p.h = p.hp = p.ih = 0
+            p.n += 1
+
+
+cdef inline Py_ssize_t _pooled_dz_rows(const _PooledSrc* s, _PixelWalk* p, floating* dz,
+                                       Py_ssize_t rows, Py_ssize_t j0, Py_ssize_t w,
+                                       Py_ssize_t cols) noexcept nogil:
+    """dz rows (pixels) [p, p + rows), columns [j0, j0 + w): the window's gradient at its
+    argmax where the pool's output is positive (None: anywhere), zeros elsewhere. Every
+    operand read unconditionally (see act_backward_vec). Returns how many argmax entries
+    named one of these pixels (over the map: one per entry unless one lies outside its
+    window)."""
+    cdef Py_ssize_t i, j, e
+    cdef int target, hits = 0
+    cdef floating v, m
+    cdef floating* d
+    cdef const floating* dp = <const floating*>s.dpool
+    cdef const floating* pv = <const floating*>s.pooled
+    cdef const int* am
+    for i in range(rows):
+        d = dz + i * cols + j0
+        if p.ih < s.PH and p.iw < s.PW and p.hp < s.HPo and p.wp < s.WPo:
+            e = ((p.n * s.HPo + p.hp) * s.WPo + p.wp) * cols + j0
+            target = <int>(p.h * s.W + p.w)
+            am = s.argmax + e
+            if pv != NULL:
+                for j in range(w):
+                    v = dp[e + j]
+                    m = pv[e + j]
+                    hits += am[j] == target
+                    d[j] = v if am[j] == target and m > 0 else 0
+            else:
+                for j in range(w):
+                    v = dp[e + j]
+                    hits += am[j] == target
+                    d[j] = v if am[j] == target else 0
+        else:
+            memset(d, 0, w * sizeof(floating))
+        _walk_next(p, s)
+    return hits
+
+
 cdef void _act_bias_tile(const floating* dy, const floating* x, const floating* y,
                          floating* dz, double* acc, Py_ssize_t r0, Py_ssize_t r1,
                          Py_ssize_t j0, Py_ssize_t w, Py_ssize_t cols, int act,
-                         floating alpha) noexcept nogil:
+                         floating alpha, const _PooledSrc* pool=NULL,
+                         Py_ssize_t* hits=NULL) noexcept nogil:
     """dz = act_grad(dy) on rows [r0, r1) x columns [j0, j0 + w) of (rows, cols) arrays, and
-    acc[j] = the sum of those rows of dz[:, j0 + j] (softmax: w == cols)."""
+    acc[j] = the sum of those rows of dz[:, j0 + j] (softmax: w == cols). pool (instead of
+    dy, x and y): dz made from a max pool's arrays (_pooled_dz_rows), summed alike."""
     cdef Py_ssize_t r = r0, i, j, rr, off
     cdef Py_ssize_t step = max(1, <Py_ssize_t>FUSED_SUB // w)
+    cdef _PixelWalk walk
     for j in range(w):
         acc[j] = 0
+    if pool != NULL:
+        hits[0] = 0
+        _walk_start(&walk, pool, r0)
     # Each group of rows is summed right after it is written, while it is still in L1.
     while r < r1:
         rr = min(step, r1 - r)
         off = r * cols + j0
-        if act == ACT_SOFTMAX:
+        if pool != NULL:
+            hits[0] += _pooled_dz_rows(pool, &walk, dz + off - j0, rr, j0, w, cols)
+        elif act == ACT_SOFTMAX:
             for i in range(rr):
                 softmax_grad_row(dy + off + i * cols, y + off + i * cols, dz + off + i * cols,
                                  cols)
@@ -169,6 +260,7 @@ ctypedef struct _ActBiasJob:
     Py_ssize_t rows, cols, cbw, ncb, rb_rows
     int act
     double alpha
+    const _PooledSrc* pool
 
 
 cdef void _act_bias_job(void* ctx, long begin, long end, int slot) noexcept nogil:
@@ -183,11 +275,13 @@ cdef void _act_bias_job(void* ctx, long begin, long end, int slot) noexcept nogi
         if j.is_double:
             _act_bias_tile(<const double*>j.dy, <const double*>j.x, <const double*>j.y,
                            <double*>j.dz, j.partial + rb * j.cols + j0, r0, r1, j0,
-                           min(j.cbw, j.cols - j0), j.cols, j.act, j.alpha)
+                           min(j.cbw, j.cols - j0), j.cols, j.act, j.alpha, j.pool,
+                           j.pool.hits + t if j.pool != NULL else NULL)
         else:
             _act_bias_tile(<const float*>j.dy, <const float*>j.x, <const float*>j.y,
                            <float*>j.dz, j.partial + rb * j.cols + j0, r0, r1, j0,
-                           min(j.cbw, j.cols - j0), j.cols, j.act, <float>j.alpha)
+                           min(j.cbw, j.cols - j0), j.cols, j.act, <float>j.alpha, j.pool,
+                           j.pool.hits + t if j.pool != NULL else NULL)
 
 
 def _act_bias_backward_rows(const floating[:, ::1] dy,   # IN  (rows, K)
@@ -195,8 +289,16 @@ def _act_bias_backward_rows(const floating[:, ::1] dy,   # IN  (rows, K)
                             const floating[:, ::1] y,    # IN  (rows, K) forward output
                             floating[:, ::1] dz,         # OUT (rows, K)
                             floating[::1] db,            # OUT (K,)
-                            int act, double alpha):
+                            int act, double alpha, pool=None):
+    """pool: None, or (dpool, pooled or None, argmax, (H, W, PH, PW, SH, SW)) with dpool,
+    pooled (N, HPo, WPo, K) floating and argmax int32 alike: dz made from them
+    (pooled_activation_bias_backward; dy, x and y are then not read)."""
     cdef Py_ssize_t rows = dy.shape[0], cols = dy.shape[1]
+    cdef _PooledSrc src
+    cdef const floating[:, :, :, ::1] dpv
+    cdef const floating[:, :, :, ::1] ppv
+    cdef const int[:, :, :, ::1] amv
+    cdef Py_ssize_t[::1] hitv
     cdef Py_ssize_t cbw = cols, ncb, nrb, rb_rows, rb, j
     cdef double s
     cdef double[:, ::1] partial
@@ -214,6 +316,20 @@ def _act_bias_backward_rows(const floating[:, ::1] dy,   # IN  (rows, K)
         &partial[0, 0]
     job.rows, job.cols, job.cbw, job.ncb, job.rb_rows = rows, cols, cbw, ncb, rb_rows
     job.act, job.alpha = act, alpha
+    job.pool = NULL
+    if pool is not None:
+        dpv, amv = pool[0], pool[2]
+        src.dpool, src.argmax = &dpv[0, 0, 0, 0], &amv[0, 0, 0, 0]
+        src.pooled = NULL
+        if pool[1] is not None:
+            ppv = pool[1]
+            src.pooled = &ppv[0, 0, 0, 0]
+        src.HPo, src.WPo = dpv.shape[1], dpv.shape[2]
+        src.H, src.W, src.PH, src.PW, src.SH, src.SW = pool[3]
+        hits = np.zeros(nrb * ncb, dtype=np.intp)
+        hitv = hits
+        src.hits = &hitv[0]
+        job.pool = &src
     with nogil:
         # on pynn's worker team (native/_team.h): tiles are fixed by the shape alone
         pynn_team_for(nrb * ncb, team_grain(nrb * ncb, threads), threads, _act_bias_job,
@@ -223,6 +339,8 @@ def _act_bias_backward_rows(const floating[:, ::1] dy,   # IN  (rows, K)
             for rb in range(nrb):
                 s = s + partial[rb, j]
             db[j] = <floating>s
+    if pool is not None:
+        return int(hits.sum())
 
 
 # The row and elementwise ops below on pynn's worker team: one job type, its kind saying
@@ -396,6 +514,39 @@ def activation_bias_backward(dy, x, y, activation, alpha=0.0):
     y_rows = _rows_view(y if y is not None else x)
     _act_bias_backward_rows(_rows_view(dy), x_rows, y_rows, _rows_view(dz), db,
                             ACTIVATIONS.index(name), a)
+    return dz, db
+
+
+def pooled_activation_bias_backward(dpool, argmax, pooled, y, pool_size, strides,
+                                    padding="valid", activation="relu", alpha=0.0):
+    """(dz, db) of a layer whose output y only a max pool reads, from the pool's output
+    gradient dpool, argmax and output pooled: activation_bias_backward(maxpool2d_backward(
+    dpool, argmax, y.shape), None, y, activation, alpha), the same bits.
+
+    relu (pooled given: its mask, pooled > 0 being y > 0 at the argmax) and linear under a
+    pool whose windows tile the map (pool_gradient's windows_tile) make each row of dz from
+    the pool's arrays in activation_bias_backward's own tiles and sums: the pool's input
+    gradient is never written and y never read. Otherwise the two ops in turn."""
+    op = "pooled_activation_bias_backward"
+    name, a, dpool, argmax, pooled, y, pg = operands.pooled_activation_bias_backward(
+        HOST, dpool, argmax, pooled, y, pool_size, strides, padding, activation, alpha)
+    if name not in ("relu", "linear") or not windows_tile(pg) or (
+            name == "relu" and pooled is None) or not y.size:
+        from pynn._native.pool import maxpool2d_backward
+
+        return activation_bias_backward(maxpool2d_backward(dpool, argmax, y.shape), None, y,
+                                        name, a)
+    dz = np.empty_like(y)
+    db = np.zeros(y.shape[3], dtype=y.dtype)
+    rows = _rows_view(y)
+    missed = dpool.size - _act_bias_backward_rows(
+        rows, rows, rows, _rows_view(dz), db, ACTIVATIONS.index(name), a,
+        (dpool, pooled if name == "relu" else None, argmax,
+         (pg["H"], pg["W"], pg["PH"], pg["PW"], pg["SH"], pg["SW"])))
+    if missed:
+        raise ValueError(f"{op}: {missed} argmax entries lie outside their pool window (argmax "
+                         f"must come from maxpool2d_forward over y with pool_size "
+                         f"{(pg['PH'], pg['PW'])} and strides {(pg['SH'], pg['SW'])})")
     return dz, db
 
 

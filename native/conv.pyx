@@ -77,10 +77,13 @@ from _openmp cimport omp_get_thread_num, omp_get_max_threads
 from types import SimpleNamespace
 
 from pynn._config import usable_cores
-from pynn._native.activation import activation_backward, activation_bias_backward
+from pynn._native.activation import (
+    activation_backward, activation_bias_backward, pooled_activation_bias_backward,
+)
 from pynn._native.dense import _INTEL as _CPU_INTEL, bias_backward
 from pynn.backend._scratch import scratch
 from pynn.backend.operands import conv as operands
+from pynn.backend.operands.pool import windows_tile
 
 include "_team.pxi"
 from pynn.backend.operands.common import HOST
@@ -1850,6 +1853,27 @@ def _fused_backward_pays(winograd_weight, direct_input, intel=None, weight_epilo
     return direct_input and not winograd_weight
 
 
+def _fused_pass_route(g, x_shape, dtype, name, use_bias, need_input_grad):
+    """conv2d_backward's road for a planned geometry: None where the separate ops run
+    (api.conv2d_backward_composed), else (direct_input, gt, top, left, winograd_weight) of
+    its one pass (gt, top, left: the input gradient's padded geometry, where direct)."""
+    gt, top, left = None, 0, 0
+    direct_input = need_input_grad and (_use_direct(g, "conv2d_backward_input")
+                                        or _winograd_input_grad(g, x_shape, dtype))
+    if direct_input:
+        gt, top, left = _input_grad_geometry(g, x_shape)
+        if not (top >= 0 and left >= 0 and top + g["HO"] <= gt["HP"]
+                and left + g["WO"] <= gt["WP"]):
+            return None
+    winograd_weight = _use_winograd(g, dtype)
+    if not ((winograd_weight or _use_direct(g, "conv2d_backward_weight"))
+            and _fused_backward_pays(winograd_weight, direct_input or not need_input_grad,
+                                     None, not need_input_grad
+                                     and (use_bias or name != "linear"))):
+        return None
+    return direct_input, gt, top, left, winograd_weight
+
+
 def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
                     dilation_rate=(1, 1), activation="linear", alpha=0.0, use_bias=True,
                     need_input_grad=True):
@@ -1872,25 +1896,12 @@ def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
         dxs, dw, db = conv2d_backward(dy, _subsampled(x, g), z, y, kernel, (1, 1), "valid",
                                       (1, 1), name, a, use_bias, need_input_grad)
         return (None if dxs is None else _scattered(dxs, x.shape, g)), dw, db
-    direct_input = need_input_grad and (_use_direct(g, "conv2d_backward_input")
-                                        or _winograd_input_grad(g, x.shape, dy.dtype))
-    if direct_input:
-        gt, top, left = _input_grad_geometry(g, x.shape)
-        dz_shape = (g["N"], gt["HP"], gt["WP"], g["F"])
-        fits = (top >= 0 and left >= 0 and top + g["HO"] <= gt["HP"]
-                and left + g["WO"] <= gt["WP"])
-    else:
-        top = left = 0
-        dz_shape = dy.shape
-        fits = True
-    winograd_weight = _use_winograd(g, dy.dtype)
-    if not (dy.size and kernel.size and fits
-            and (winograd_weight or _use_direct(g, "conv2d_backward_weight"))
-            and _fused_backward_pays(winograd_weight, direct_input or not need_input_grad,
-                                     None, not need_input_grad
-                                     and (use_bias or name != "linear"))):
+    route = _fused_pass_route(g, x.shape, dy.dtype, name, use_bias, need_input_grad)
+    if route is None or not (dy.size and kernel.size):
         return conv2d_backward_composed(_COMPOSED, dy, x, z, y, kernel, strides, padding,
                                         dilation_rate, name, a, use_bias, need_input_grad)
+    direct_input, gt, top, left, winograd_weight = route
+    dz_shape = (g["N"], gt["HP"], gt["WP"], g["F"]) if direct_input else dy.shape
     # act_grad reads z only for gelu and y only for the others: the unused one may alias.
     z_flat = (z if z is not None else y).reshape(-1)
     y_flat = (y if y is not None else z).reshape(-1)
@@ -1938,12 +1949,15 @@ def conv2d_pool_backward(dpool, argmax, pooled, x, z, y, kernel, strides=(1, 1),
     equal to conv2d_backward(maxpool2d_backward(dpool, argmax, y.shape), ...).
 
     A first layer (no input gradient) with relu or linear, under a pool whose windows do not
-    overlap (strides >= pool_size) and lie inside the map (no padding), takes the direct kernel gradient's transient
-    pass with each dz row made from dpool, argmax and pooled (relu's mask: pooled > 0 is
-    y > 0 at the argmax): the pool's dx (zeros but one pixel per window, the conv output's
+    overlap (strides >= pool_size) and lie inside the map (no padding), takes the direct
+    kernel gradient's transient pass with each dz row made from dpool, argmax and pooled
+    (relu's mask: pooled > 0 is y > 0 at the argmax): the pool's dx (zeros but one pixel per window, the conv output's
     size) is never written and y never read. 32x32x3 -> 32 relu + 2x2 pool at batch 64, ms
     after a cache-clearing pass, the two ops in turn / this (Xeon): two threads 1.78 / 1.25,
-    one 2.83 / 1.80. Elsewhere the two ops in turn (api.conv2d_pool_backward_composed)."""
+    one 2.83 / 1.80. Where conv2d_backward would run its separate ops (relu), the first of
+    them, activation_bias_backward, is pooled_activation_bias_backward (dz from the pool's
+    arrays, the same bits). Elsewhere the two ops in turn
+    (api.conv2d_pool_backward_composed)."""
     from pynn._native.pool import maxpool2d_backward
 
     op = "conv2d_pool_backward"
@@ -1952,12 +1966,21 @@ def conv2d_pool_backward(dpool, argmax, pooled, x, z, y, kernel, strides=(1, 1),
         activation, alpha, pool_size, pool_strides, pool_padding)
     g = _planned(g)
     fused = (not need_input_grad and name in ("relu", "linear") and dpool.size and kernel.size
-             and pg["PT"] == 0 and pg["PL"] == 0 and pg["SH"] >= pg["PH"]
-             and pg["SW"] >= pg["PW"] and (pg["HO"] - 1) * pg["SH"] + pg["PH"] <= pg["H"]
-             and (pg["WO"] - 1) * pg["SW"] + pg["PW"] <= pg["W"] and not _strided_pointwise(g)
+             and windows_tile(pg) and not _strided_pointwise(g)
              and not _use_winograd(g, y.dtype) and _use_direct(g, "conv2d_backward_weight")
              and (pooled is not None or name == "linear"))
     if not fused:
+        if (name == "relu" and pooled is not None and windows_tile(pg) and dpool.size
+                and kernel.size and not _strided_pointwise(g)
+                and _fused_pass_route(g, x.shape, y.dtype, name, use_bias,
+                                      need_input_grad) is None):
+            # conv2d_backward would run the separate ops: their first, from the pool's arrays
+            dz, db = pooled_activation_bias_backward(dpool, argmax, pooled, y, pool_size,
+                                                     pool_strides, pool_padding, name, a)
+            dw = conv2d_backward_weight(x, dz, kernel.shape, strides, padding, dilation_rate)
+            dx = (conv2d_backward_input(dz, kernel, x.shape, strides, padding, dilation_rate)
+                  if need_input_grad else None)
+            return dx, dw, db if use_bias else None
         dy = maxpool2d_backward(dpool, argmax, tuple(y.shape))
         return conv2d_backward(dy, x, z, y, kernel, strides, padding, dilation_rate, name, a,
                                use_bias, need_input_grad)

@@ -25,6 +25,7 @@ from tests.reference import gradcheck
 from tests.reference.activation_ref import (
     activation_backward_ref,
     activation_bias_backward_ref,
+    pooled_activation_bias_backward_ref,
     activation_forward_ref,
     numerical_derivative,
     prelu_backward_ref,
@@ -810,3 +811,83 @@ def test_large_arrays_take_the_threaded_path(num_threads):
     np.testing.assert_array_equal(results[0][1], results[1][1])
     np.testing.assert_allclose(results[1][0], activation_forward_ref(x, "elu", 1.0), rtol=1e-6,
                                atol=1e-7)
+
+
+# -- pooled_activation_bias_backward: dz of a layer under a max pool, from the pool's arrays --
+# (map shape, pool size, strides, padding, activation): windows that tile the map (the CPU
+# op's own pass) and that do not (overlapping, 'same', strides past the window: the two ops)
+POOLED_CASES = [
+    ((3, 13, 11, 7), (2, 2), (2, 2), "valid", "relu"),
+    ((2, 9, 10, 600), (3, 2), (3, 2), "valid", "linear"),   # two column tiles
+    ((2, 11, 12, 5), (2, 2), (3, 3), "valid", "relu"),
+    ((1, 6, 7, 1), (2, 3), (2, 3), "valid", "tanh"),
+    ((2, 8, 8, 3), (3, 3), (2, 2), "valid", "relu"),
+    ((2, 7, 9, 3), (2, 2), (2, 2), "same", "sigmoid"),
+]
+
+
+def pooled_case(rng, shape, ps, st, pad, name, dtype):
+    from pynn._native import pool
+
+    z = rng.standard_normal(shape)
+    y = {"relu": np.maximum(z, 0), "linear": z, "tanh": np.tanh(z),
+         "sigmoid": 1 / (1 + np.exp(-z))}[name].astype(dtype)
+    pooled, argmax = pool.maxpool2d_forward(y, ps, st, pad)
+    return rng.standard_normal(pooled.shape).astype(dtype), argmax, pooled, y
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", POOLED_CASES, ids=[str(c) for c in POOLED_CASES])
+def test_pooled_activation_bias_backward_is_the_two_ops(case, dtype):
+    """The same bits as maxpool2d_backward then activation_bias_backward, at any thread
+    count; close to the float64 oracle."""
+    from pynn._native import pool
+    from pynn._native.activation import pooled_activation_bias_backward
+
+    rng = np.random.default_rng(11)
+    shape, ps, st, pad, name = case
+    dpool, argmax, pooled, y = pooled_case(rng, shape, ps, st, pad, name, dtype)
+    want = activation_bias_backward(pool.maxpool2d_backward(dpool, argmax, y.shape), None, y,
+                                    name, 0.0)
+    try:
+        for threads in (1, 2, 3):
+            set_num_threads(threads)
+            got = pooled_activation_bias_backward(dpool, argmax, pooled, y, ps, st, pad, name)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+    finally:
+        set_num_threads(os.cpu_count() or 1)
+    oracle = pooled_activation_bias_backward_ref(dpool, argmax, pooled, y, ps, st, pad, name)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[0], oracle[0], **tol)
+    np.testing.assert_allclose(got[1], oracle[1], **tol)
+
+
+def test_pooled_activation_bias_backward_bad_inputs():
+    from pynn._native.activation import pooled_activation_bias_backward as op
+
+    rng = np.random.default_rng(13)
+    dpool, argmax, pooled, y = pooled_case(rng, (2, 8, 6, 3), (2, 2), (2, 2), "valid",
+                                           "relu", np.float32)
+    with pytest.raises(ValueError, match="pooled_activation_bias_backward.*dpool"):
+        op(dpool[:, 1:], argmax, pooled, y, (2, 2), (2, 2))
+    with pytest.raises(ValueError, match="pooled_activation_bias_backward.*argmax"):
+        op(dpool, argmax[..., 1:], pooled, y, (2, 2), (2, 2))
+    with pytest.raises(ValueError, match="pooled_activation_bias_backward.*pooled"):
+        op(dpool, argmax, pooled[:1], y, (2, 2), (2, 2))
+    with pytest.raises(ValueError, match="pooled_activation_bias_backward.*y"):
+        op(dpool, argmax, pooled, None, (2, 2), (2, 2))
+    with pytest.raises(ValueError, match="pooled_activation_bias_backward.*gelu"):
+        op(dpool, argmax, pooled, y, (2, 2), (2, 2), "valid", "gelu")
+    moved = argmax.copy()
+    moved[1, 2, 1, 2] = moved[1, 0, 1, 2]     # a pixel of the map, not of its window
+    with pytest.raises(ValueError, match="1 argmax entries lie outside their pool window"):
+        op(dpool, moved, pooled, y, (2, 2), (2, 2))
+
+
+def test_pooled_activation_bias_backward_on_backend(backend):
+    rng = np.random.default_rng(17)
+    dpool, argmax, pooled, y = pooled_case(rng, (3, 10, 9, 6), (2, 2), (2, 2), "valid",
+                                           "relu", np.float32)
+    check_op(backend, "pooled_activation_bias_backward", dpool, argmax, pooled, y, (2, 2),
+             (2, 2), "valid", "relu", 0.0, ref=pooled_activation_bias_backward_ref)

@@ -120,6 +120,13 @@ OPS = {
     # (dz, db): dz = activation_backward(...) and db = bias_backward(dz), from one pass over
     # the data: the backward of a layer with a bias and an activation.
     "activation_bias_backward": ("dy", "x", "y", "activation", "alpha"),
+    # (dz, db) of activation_bias_backward for a layer whose output y only a MaxPooling2D
+    # reads, from that pool's output gradient dpool, argmax and output pooled (relu's mask;
+    # may be None otherwise): activation_bias_backward(maxpool2d_backward(dpool, argmax,
+    # y.shape), None, y, ...), the same bits; activations of y alone. The CPU backend makes
+    # dz from the pool's arrays where its windows tile the map: no pool input gradient.
+    "pooled_activation_bias_backward": ("dpool", "argmax", "pooled", "y", "pool_size",
+                                        "strides", "padding", "activation", "alpha"),
     # -- conv (native/conv.pyx, opencl/conv.cl) ------------------------------------------
     # (N,H,W,C) * (KH,KW,C,F) -> (y, z) with y (N,HO,WO,F), bias+activation fused.
     "conv2d_forward": ("x", "kernel", "bias", "strides", "padding", "dilation_rate",

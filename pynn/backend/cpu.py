@@ -10,6 +10,7 @@ from pynn._native.activation import (  # noqa: F401
     activation_backward,
     activation_bias_backward,
     activation_forward,
+    pooled_activation_bias_backward,
 )
 from pynn._native.conv import (  # noqa: F401
     conv2d_backward,

@@ -96,10 +96,18 @@ class Conv2D(Layer):
         kernel = self.kernel.value
         narrow_bf16 = self._bf16_compute and self.groups == 1 and x.shape[-1] < NARROW_CHANNELS
         if type(dy) is PoolGrad:   # a MaxPooling2D's, the only reader of y (_fuse_conv_pool)
-            if self.groups > 1 or (self._bf16_compute and not narrow_bf16):
-                dy = dy.dense(b)
-            else:
+            if self.groups == 1 and (narrow_bf16 or not self._bf16_compute):
                 return self._pool_backward(b, dy, x, y, z, kernel, narrow_bf16)
+            if self.activation != "relu":
+                dy = dy.dense(b)
+            else:   # the bf16 products (or grouped) on dz made from the pool's arrays
+                pool = dy.pool
+                dz, db = b.pooled_activation_bias_backward(
+                    dy.dpool, dy.argmax, dy.pooled, y, pool.pool_size, pool.strides,
+                    pool.padding, self.activation, self.alpha)
+                if self.use_bias:
+                    self.bias.grad = db
+                return self._products_backward(b, dz, x, kernel)
         if narrow_bf16:
             # bf16's narrow convs run float32 anyway: one fused pass, dz left unrounded
             x, kernel = b.bf16_round(x), b.bf16_round(kernel)
@@ -126,7 +134,11 @@ class Conv2D(Layer):
 
     def _grouped_backward(self, b, dy, x, y, z):
         dz = bias_activation_backward(self, dy, z, y)
-        kernel = self.kernel.value
+        return self._products_backward(b, dz, x, self.kernel.value)
+
+    def _products_backward(self, b, dz, x, kernel):
+        """The kernel gradient (set) and the input gradient (returned) from dz: the bf16
+        twins of conv2d_backward's two GEMMs, or the grouped ops."""
         if self.groups == 1:  # mixed_bfloat16: the bf16 twins of conv2d_backward's two GEMMs
             self.kernel.grad = b.bf16_conv2d_backward_weight(
                 x, dz, tuple(kernel.shape), self.strides, self.padding, self.dilation_rate)

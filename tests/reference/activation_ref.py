@@ -112,6 +112,21 @@ def activation_bias_backward_ref(dy, x, activation, alpha=0.0):
     return dz, dz.reshape(-1, dz.shape[-1]).sum(axis=0)
 
 
+def pooled_activation_bias_backward_ref(dpool, argmax, pooled, y, pool_size, strides,
+                                        padding="valid", activation="relu", alpha=0.0):
+    """(dz, db) of a layer whose output y only a max pool reads: dpool routed to the pixels
+    argmax names (maxpool2d_backward_ref), times the activation's derivative written in
+    terms of y (the op is given y, not the pre-activation). pooled is not read."""
+    from tests.reference.pool_ref import maxpool2d_backward_ref
+
+    y = np.asarray(y, dtype=np.float64)
+    dy = maxpool2d_backward_ref(dpool, np.asarray(argmax), y.shape)
+    slope = {"linear": lambda: np.ones_like(y), "relu": lambda: (y > 0).astype(np.float64),
+             "sigmoid": lambda: y * (1 - y), "tanh": lambda: 1 - y * y}[activation]()
+    dz = dy * slope
+    return dz, dz.reshape(-1, dz.shape[-1]).sum(axis=0)
+
+
 def numerical_derivative(f, x, eps):
     """4th-order central difference of a scalar function f at every element of x
     (scikit-learn's sklearn/_loss/tests/test_loss.py::numerical_derivative, elementwise)."""

@@ -9,6 +9,7 @@ arrays: host data goes up through ``asarray`` only. Nothing ever falls back to t
 
 from pynn.backend.opencl.activation import (  # noqa: F401
     activation_backward, activation_bias_backward, activation_forward,
+    pooled_activation_bias_backward,
 )
 from pynn.backend.opencl.arrays import (  # noqa: F401
     add_inplace, asarray, copy, empty, full, reshape, scale_inplace, to_numpy, zeros,

@@ -90,6 +90,18 @@ def activation_bias_backward(dy, x, y, activation, alpha=0.0):
     return dz, db
 
 
+def pooled_activation_bias_backward(dpool, argmax, pooled, y, pool_size, strides,
+                                    padding="valid", activation="relu", alpha=0.0):
+    """(dz, db): opencl/pool.cl's maxpool2d_backward, then activation_bias_backward above
+    (no fused kernel; pooled is not read). Operands as the CPU op's."""
+    from pynn.backend.opencl.pool import maxpool2d_backward
+
+    name, a, dpool, argmax, pooled, y, _ = operands.pooled_activation_bias_backward(
+        DEVICE, dpool, argmax, pooled, y, pool_size, strides, padding, activation, alpha)
+    return activation_bias_backward(maxpool2d_backward(dpool, argmax, tuple(y.shape)), None, y,
+                                    name, a)
+
+
 def fused_epilogue(op, name, z_shape):
     """(y, z, kernel code, softmax-after) of a GEMM whose epilogue applies the activation:
     softmax runs as its own row op after a linear epilogue; ACTIVATIONS_NEEDING_INPUT keep z."""

@@ -194,3 +194,19 @@ def softmax_backward(arrays, dy, y, axis):
     if y.shape != dy.shape:
         raise ValueError(f"{op}: 'y' must have the shape of dy {dy.shape}, got {y.shape}")
     return dy, y, softmax_lines(op, dy.shape, axis)
+
+
+def pooled_activation_bias_backward(arrays, dpool, argmax, pooled, y, pool_size, strides,
+                                    padding, activation, alpha):
+    """-> (name, alpha, dpool, argmax, pooled or None, y, pg): pool_gradient's arrays, y the
+    layer's output that the pool reads (the activation's y, the bias axis last)."""
+    from pynn.backend.operands.pool import pool_gradient
+
+    op = "pooled_activation_bias_backward"
+    name, a = activation_pair(op, activation, alpha)
+    if name in ACTIVATIONS_NEEDING_INPUT or name == "softmax":
+        raise ValueError(f"{op}: '{name}' needs more than the layer's output y; relu, linear "
+                         f"and the others of y alone are taken")
+    dpool, argmax, pooled, y, pg = pool_gradient(arrays, op, dpool, argmax, pooled, y,
+                                                 pool_size, strides, padding)
+    return name, a, dpool, argmax, pooled, y, pg

@@ -84,14 +84,13 @@ def conv2d_pool_backward(arrays, dpool, argmax, pooled, x, z, y, kernel, strides
                          dilation_rate, activation, alpha, pool_size, pool_strides,
                          pool_padding):
     """-> (name, alpha, dpool, argmax, pooled or None, x, z, y, kernel, g, pg): g the conv's
-    geometry, pg the pool's (operands.pool.pool_geometry over y)."""
-    from pynn.backend.operands.pool import pool_geometry
+    geometry, pg the pool's (operands.pool.pool_gradient)."""
+    from pynn.backend.operands.pool import pool_gradient
 
     op = "conv2d_pool_backward"
     name, a = activation_pair(op, activation, alpha)
-    if y is None:
-        raise ValueError(f"{op}: needs y, the conv's output (the pool's input), got None")
-    y = arrays.float_input(op, "y", y, ndim=4)
+    dpool, argmax, pooled, y, pg = pool_gradient(arrays, op, dpool, argmax, pooled, y,
+                                                 pool_size, pool_strides, pool_padding)
     if z is None and name in ACTIVATIONS_NEEDING_INPUT:
         raise ValueError(f"{op}: '{name}' needs the pre-activation 'z', got None")
     if z is not None:
@@ -102,14 +101,6 @@ def conv2d_pool_backward(arrays, dpool, argmax, pooled, x, z, y, kernel, strides
     g = conv_geometry(op, x.shape, kernel.shape, strides, padding, dilation_rate)
     _output_grad(op, "y", y, g)
     _check_sizes(arrays, op, g)
-    pg = pool_geometry(op, tuple(y.shape), pool_size, pool_strides, pool_padding)
-    dpool = arrays.float_input(op, "dpool", dpool, ndim=4, like=y)
-    check_shape(op, "dpool", dpool, (g["N"], pg["HO"], pg["WO"], g["F"]))
-    argmax = arrays.int_input(op, "argmax", argmax, ndim=4)
-    check_shape(op, "argmax", argmax, dpool.shape)
-    if pooled is not None:
-        pooled = arrays.float_input(op, "pooled", pooled, ndim=4, like=y)
-        check_shape(op, "pooled", pooled, dpool.shape)
     return name, a, dpool, argmax, pooled, x, z, y, kernel, g, pg
 
 

@@ -105,3 +105,29 @@ def global_maxpool2d_backward(arrays, dy, argmax, input_shape):
     _plane(op, input_shape)
     check_shape(op, "dy", dy, (input_shape[0], input_shape[3]))
     return dy, argmax, input_shape
+
+
+def pool_gradient(arrays, op, dpool, argmax, pooled, y, pool_size, strides, padding):
+    """A max pool's backward arrays over its input y, for the ops that take them instead of
+    its input gradient -> (dpool, argmax, pooled or None, y, pg), pg the pool's geometry."""
+    if y is None:
+        raise ValueError(f"{op}: needs y, the pool's input, got None")
+    y = arrays.float_input(op, "y", y, ndim=4)
+    pg = pool_geometry(op, tuple(y.shape), pool_size, strides, padding)
+    dpool = arrays.float_input(op, "dpool", dpool, ndim=4, like=y)
+    check_shape(op, "dpool", dpool, (pg["N"], pg["HO"], pg["WO"], pg["C"]))
+    argmax = arrays.int_input(op, "argmax", argmax, ndim=4)
+    check_shape(op, "argmax", argmax, dpool.shape)
+    if pooled is not None:
+        pooled = arrays.float_input(op, "pooled", pooled, ndim=4, like=y)
+        check_shape(op, "pooled", pooled, dpool.shape)
+    return dpool, argmax, pooled, y, pg
+
+
+def windows_tile(pg):
+    """Whether the pool's windows neither overlap nor reach past the input (each input pixel
+    in at most one window, no padding): the ops that make the input gradient from the
+    pool's arrays in place then apply."""
+    return (pg["PT"] == 0 and pg["PL"] == 0 and pg["SH"] >= pg["PH"] and pg["SW"] >= pg["PW"]
+            and (pg["HO"] - 1) * pg["SH"] + pg["PH"] <= pg["H"]
+            and (pg["WO"] - 1) * pg["SW"] + pg["PW"] <= pg["W"])
