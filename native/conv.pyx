@@ -1317,19 +1317,25 @@ def _run_backward_weight_pooled(const floating[::1] xp, floating[::1] dzrow,
                                 const floating[:, :, :, ::1] dpool,
                                 const floating[:, :, :, ::1] pooled,
                                 const int[:, :, :, ::1] argmax, pool_size, pool_strides,
-                                double[::1] dbpart=None):
-    """_run_backward_weight_direct's transient pass with each dz row made from a max pool's
-    output gradient (and output for relu's mask; None: linear) and argmax. Returns how many
-    argmax entries lie outside their window (the caller's error)."""
+                                double[::1] dbpart=None, bint weight_grad=True,
+                                bint dz_transient=True):
+    """_run_backward_weight_direct's pass with each dz row made from a max pool's output
+    gradient (and output for relu's mask; None: linear) and argmax. Returns how many argmax
+    entries lie outside their window (the caller's error)."""
     cdef Py_ssize_t G = g.N * g.HO
     cdef _PoolSrc src
     hits = np.zeros(max(slabs, 1), dtype=np.intp)
     cdef Py_ssize_t[::1] hitv = hits
-    if (dzrow.shape[0] < omp_get_max_threads() * g.WO * g.F
-            or seg.shape[0] < chunk or koff.shape[0] != g.K or row_x.shape[0] != G
-            or part.shape[0] < slabs * g.K * g.F
-            or dzp.shape[0] < omp_get_max_threads() * chunk * g.WO * g.F
-            or xp.shape[0] < g.N * g.HP * g.WP * g.C
+    if dz_transient:
+        if not weight_grad or dzrow.shape[0] < omp_get_max_threads() * g.WO * g.F:
+            raise ValueError("conv2d_pool_backward: a transient dz needs the kernel gradient "
+                             "and a row per thread")
+    elif G and (np.max(row_dz) + g.WO * g.F > dzrow.shape[0] or np.min(row_dz) < 0):
+        raise ValueError("conv2d_pool_backward: a table or buffer does not fit the geometry")
+    if (seg.shape[0] < chunk or koff.shape[0] != g.K or row_x.shape[0] != G
+            or (weight_grad and (part.shape[0] < slabs * g.K * g.F or dzp.shape[0]
+                                 < omp_get_max_threads() * chunk * g.WO * g.F
+                                 or xp.shape[0] < g.N * g.HP * g.WP * g.C))
             or dpool.shape[0] != g.N or dpool.shape[3] != g.F
             or tuple(argmax.shape) != tuple(dpool.shape)
             or (pooled is not None and tuple(pooled.shape) != tuple(dpool.shape))
@@ -1350,7 +1356,8 @@ def _run_backward_weight_pooled(const floating[::1] xp, floating[::1] dzrow,
                                 &koff[0], &row_x[0], &row_dz[0], &seg[0], slabs, chunk,
                                 <const floating*>NULL, <const floating*>NULL,
                                 <const floating*>NULL, ACT_LINEAR, 0,
-                                &dbpart[0] if dbpart is not None else NULL, True, True, &src)
+                                &dbpart[0] if dbpart is not None else NULL, weight_grad,
+                                dz_transient, &src)
     return dpool.shape[0] * dpool.shape[1] * dpool.shape[2] * dpool.shape[3] - int(hits.sum())
 
 
@@ -1900,43 +1907,60 @@ def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid",
     if route is None or not (dy.size and kernel.size):
         return conv2d_backward_composed(_COMPOSED, dy, x, z, y, kernel, strides, padding,
                                         dilation_rate, name, a, use_bias, need_input_grad)
-    direct_input, gt, top, left, winograd_weight = route
-    dz_shape = (g["N"], gt["HP"], gt["WP"], g["F"]) if direct_input else dy.shape
     # act_grad reads z only for gelu and y only for the others: the unused one may alias.
     z_flat = (z if z is not None else y).reshape(-1)
     y_flat = (y if y is not None else z).reshape(-1)
+    act = ACTIVATIONS.index(name)
+
+    def make_dz(xp, dzb, dw, part, panels, koff, row_x, row_dz, seg, slabs, chunk, dbpart,
+                weight_grad, dz_transient):
+        _run_backward_weight_direct(xp, dzb, dw, part, panels, g, koff, row_x, row_dz, seg,
+                                    slabs, chunk, dy.reshape(-1), z_flat, y_flat, act, a,
+                                    dbpart, weight_grad, dz_transient)
+
+    return _one_pass_backward(make_dz, x, kernel, g, route, strides, padding, dilation_rate,
+                              dy.dtype, use_bias, need_input_grad)
+
+
+def _one_pass_backward(make_dz, x, kernel, g, route, strides, padding, dilation_rate, dtype,
+                       use_bias, need_input_grad):
+    """conv2d_backward's one pass (route: _fused_pass_route's) -> (dx or None, dw, db or
+    None); make_dz(xp, dz, dw, part, panels, koff, row_x, row_dz, seg, slabs, chunk, dbpart,
+    weight_grad, dz_transient) runs the pass that makes dz (and the kernel gradient where
+    weight_grad) from the layer's dy, or from a max pool's arrays (conv2d_pool_backward)."""
+    direct_input, gt, top, left, winograd_weight = route
+    dz_shape = (g["N"], gt["HP"], gt["WP"], g["F"]) if direct_input else \
+        (g["N"], g["HO"], g["WO"], g["F"])
     koff, row_x, slabs, chunk, seg = _weight_grad_tables(g)
     n, ho = np.divmod(np.arange(g["N"] * g["HO"], dtype=np.intp), g["HO"])
     row_dz = ((n * dz_shape[1] + top + ho) * dz_shape[2] + left) * g["F"]
-    dw = np.empty(kernel.shape, dtype=dy.dtype)
+    dw = np.empty(kernel.shape, dtype=dtype)
     dbpart = np.empty(slabs * g["F"], dtype=np.float64) if use_bias else None
     dx = None
     # No input gradient and no Winograd pass to read it back: dz is made a row at a time.
     dz_transient = not need_input_grad and not winograd_weight
     if dz_transient:
         dz_shape = (omp_get_max_threads(), 1, g["WO"], g["F"])
-    with scratch(dy.dtype, dz_shape,
+    with scratch(dtype, dz_shape,
                  *_weight_grad_scratch(x, g, slabs, chunk, not winograd_weight)) as (
             dzb, xp, part, panels):
         if direct_input:
             _run_zero_margins(dzb, g["HO"], g["WO"], top, left)
         if not winograd_weight:
             xp = _padded(x, xp, g["PT"], g["PL"])
-        _run_backward_weight_direct(xp.reshape(-1), dzb.reshape(-1), dw, part, panels, g,
-                                    koff, row_x, row_dz, seg, slabs, chunk, dy.reshape(-1),
-                                    z_flat, y_flat, ACTIVATIONS.index(name), a, dbpart,
-                                    not winograd_weight, dz_transient)
+        make_dz(xp.reshape(-1), dzb.reshape(-1), dw, part, panels, koff, row_x, row_dz, seg,
+                slabs, chunk, dbpart, not winograd_weight, dz_transient)
         if winograd_weight:   # that pass made only dz and the bias gradient
             _backward_weight_winograd_into(x, dzb.reshape(-1), int(row_dz[0]),
                                            dz_shape[1] * dz_shape[2] * g["F"],
                                            dz_shape[2] * g["F"], dw, g, g["PT"], g["PL"])
         if direct_input:
-            dx = np.empty(x.shape, dtype=dy.dtype)
+            dx = np.empty(x.shape, dtype=dtype)
             _forward_padded(dzb, _flipped(kernel), None, dx, dx, gt,
                             ACTIVATIONS.index("linear"), 0.0)
         elif need_input_grad:
             dx = conv2d_backward_input(dzb, kernel, x.shape, strides, padding, dilation_rate)
-    db = dbpart.reshape(slabs, g["F"]).sum(axis=0).astype(dy.dtype) if use_bias else None
+    db = dbpart.reshape(slabs, g["F"]).sum(axis=0).astype(dtype) if use_bias else None
     return dx, dw, db
 
 
@@ -1948,15 +1972,16 @@ def conv2d_pool_backward(dpool, argmax, pooled, x, z, y, kernel, strides=(1, 1),
     output gradient dpool, argmax and output pooled -> (dx or None, dkernel, dbias or None),
     equal to conv2d_backward(maxpool2d_backward(dpool, argmax, y.shape), ...).
 
-    A first layer (no input gradient) with relu or linear, under a pool whose windows do not
-    overlap (strides >= pool_size) and lie inside the map (no padding), takes the direct
-    kernel gradient's transient pass with each dz row made from dpool, argmax and pooled
-    (relu's mask: pooled > 0 is y > 0 at the argmax): the pool's dx (zeros but one pixel per window, the conv output's
-    size) is never written and y never read. 32x32x3 -> 32 relu + 2x2 pool at batch 64, ms
-    after a cache-clearing pass, the two ops in turn / this (Xeon): two threads 1.78 / 1.25,
-    one 2.83 / 1.80. Where conv2d_backward would run its separate ops (relu), the first of
-    them, activation_bias_backward, is pooled_activation_bias_backward (dz from the pool's
-    arrays, the same bits). Elsewhere the two ops in turn
+    relu or linear under a pool whose windows do not overlap (strides >= pool_size) and lie
+    inside the map (no padding): where conv2d_backward takes its one pass (and for a linear
+    first layer without bias), the same pass with each dz row made from dpool, argmax
+    and pooled (relu's mask: pooled > 0 is y > 0 at the argmax): the pool's dx (zeros but
+    one pixel per window, the conv output's size) is never written and y never read; a
+    first layer's dz is never written whole either. 32x32x3 -> 32 relu + 2x2 pool at batch
+    64, ms after a cache-clearing pass, the two ops in turn / this (Xeon): two threads
+    1.78 / 1.25, one 2.83 / 1.80. Where conv2d_backward would run its separate ops (relu),
+    the first of them, activation_bias_backward, is pooled_activation_bias_backward (dz
+    from the pool's arrays, the same bits). Elsewhere the two ops in turn
     (api.conv2d_pool_backward_composed)."""
     from pynn._native.pool import maxpool2d_backward
 
@@ -1965,42 +1990,44 @@ def conv2d_pool_backward(dpool, argmax, pooled, x, z, y, kernel, strides=(1, 1),
         HOST, dpool, argmax, pooled, x, z, y, kernel, strides, padding, dilation_rate,
         activation, alpha, pool_size, pool_strides, pool_padding)
     g = _planned(g)
-    fused = (not need_input_grad and name in ("relu", "linear") and dpool.size and kernel.size
-             and windows_tile(pg) and not _strided_pointwise(g)
-             and not _use_winograd(g, y.dtype) and _use_direct(g, "conv2d_backward_weight")
-             and (pooled is not None or name == "linear"))
-    if not fused:
-        if (name == "relu" and pooled is not None and windows_tile(pg) and dpool.size
-                and kernel.size and not _strided_pointwise(g)
-                and _fused_pass_route(g, x.shape, y.dtype, name, use_bias,
-                                      need_input_grad) is None):
-            # conv2d_backward would run the separate ops: their first, from the pool's arrays
-            dz, db = pooled_activation_bias_backward(dpool, argmax, pooled, y, pool_size,
-                                                     pool_strides, pool_padding, name, a)
-            dw = conv2d_backward_weight(x, dz, kernel.shape, strides, padding, dilation_rate)
-            dx = (conv2d_backward_input(dz, kernel, x.shape, strides, padding, dilation_rate)
-                  if need_input_grad else None)
-            return dx, dw, db if use_bias else None
-        dy = maxpool2d_backward(dpool, argmax, tuple(y.shape))
-        return conv2d_backward(dy, x, z, y, kernel, strides, padding, dilation_rate, name, a,
-                               use_bias, need_input_grad)
-    koff, row_x, slabs, chunk, seg = _weight_grad_tables(g)
-    row_dz = np.zeros(g["N"] * g["HO"], dtype=np.intp)   # unread: dz is transient
-    dw = np.empty(kernel.shape, dtype=y.dtype)
-    dbpart = np.empty(slabs * g["F"], dtype=np.float64) if use_bias else None
-    with scratch(y.dtype, (omp_get_max_threads(), 1, g["WO"], g["F"]),
-                 *_weight_grad_scratch(x, g, slabs, chunk)) as (dzb, xp, part, panels):
-        xp = _padded(x, xp, g["PT"], g["PL"])
-        bad = _run_backward_weight_pooled(
-            xp.reshape(-1), dzb.reshape(-1), dw, part, panels, g, koff, row_x, row_dz, seg,
-            slabs, chunk, dpool, pooled if name == "relu" else None, argmax,
-            (pg["PH"], pg["PW"]), (pg["SH"], pg["SW"]), dbpart)
-    if bad:
-        raise ValueError(f"{op}: {bad} argmax entries lie outside their pool window (argmax "
-                         f"must come from maxpool2d_forward over y with pool_size "
-                         f"{(pg['PH'], pg['PW'])} and strides {(pg['SH'], pg['SW'])})")
-    db = dbpart.reshape(slabs, g["F"]).sum(axis=0).astype(y.dtype) if use_bias else None
-    return None, dw, db
+    tiles = (name in ("relu", "linear") and (pooled is not None or name == "linear")
+             and windows_tile(pg) and dpool.size and kernel.size and not _strided_pointwise(g))
+    route = _fused_pass_route(g, x.shape, y.dtype, name, use_bias, need_input_grad) \
+        if tiles else None
+    if (route is None and tiles and name == "linear" and not use_bias and not need_input_grad
+            and not _use_winograd(g, y.dtype) and _use_direct(g, "conv2d_backward_weight")):
+        # a first layer with nothing to differentiate in its epilogue, where from dy the
+        # kernel gradient alone runs (the same slabs, so the same bits): the transient pass
+        # pays here, reading no dy
+        route = (False, None, 0, 0, False)
+    if route is not None:   # conv2d_backward's one pass, dz made from the pool's arrays
+        mask = pooled if name == "relu" else None
+        geometry = ((pg["PH"], pg["PW"]), (pg["SH"], pg["SW"]))
+
+        def make_dz(xp, dzb, dw, part, panels, koff, row_x, row_dz, seg, slabs, chunk,
+                    dbpart, weight_grad, dz_transient):
+            missed = _run_backward_weight_pooled(
+                xp, dzb, dw, part, panels, g, koff, row_x, row_dz, seg, slabs, chunk, dpool,
+                mask, argmax, *geometry, dbpart, weight_grad, dz_transient)
+            if missed:
+                raise ValueError(
+                    f"{op}: {missed} argmax entries lie outside their pool window (argmax "
+                    f"must come from maxpool2d_forward over y with pool_size {geometry[0]} "
+                    f"and strides {geometry[1]})")
+
+        return _one_pass_backward(make_dz, x, kernel, g, route, strides, padding,
+                                  dilation_rate, y.dtype, use_bias, need_input_grad)
+    if tiles and name == "relu":
+        # conv2d_backward would run the separate ops: their first from the pool's arrays
+        dz, db = pooled_activation_bias_backward(dpool, argmax, pooled, y, pool_size,
+                                                 pool_strides, pool_padding, name, a)
+        dw = conv2d_backward_weight(x, dz, kernel.shape, strides, padding, dilation_rate)
+        dx = (conv2d_backward_input(dz, kernel, x.shape, strides, padding, dilation_rate)
+              if need_input_grad else None)
+        return dx, dw, db if use_bias else None
+    dy = maxpool2d_backward(dpool, argmax, tuple(y.shape))
+    return conv2d_backward(dy, x, z, y, kernel, strides, padding, dilation_rate, name, a,
+                           use_bias, need_input_grad)
 
 
 # The ops conv2d_backward_composed runs in turn where the fused pass does not apply.
