@@ -17,6 +17,12 @@ interpreters, alternated in rounds (a shared machine's load falls on both alike)
   (native/conv.pyx conv2d_backward, forced with _set_backward_mode("fused")); off: the
   separate ops (activation/bias backward, input gradient, kernel gradient; "composed"). The
   default rule picks per shape and CPU kind (_fused_backward_pays). Same bits either way.
+- ``conv_pool``: a MaxPooling2D hands the Conv2D under it its output gradient, argmax and
+  output (PoolGrad; pynn/layers/functional.py, FUSE_CONV_POOL): the conv's backward makes dz
+  from them (native/conv.pyx conv2d_pool_backward, native/activation.pyx
+  pooled_activation_bias_backward) without the pool's input gradient; off: the pool's
+  backward then the conv's (same bits). The suite's small CNN (32x32x3, batch 64), float32
+  (``cnn``) and mixed_bfloat16 (``cnn_bf16``).
 
 Reported: ``train_on_batch`` milliseconds, each round's median step, the median over
 rounds; and the resident-memory peak of the round (ru_maxrss, MiB).
@@ -45,8 +51,14 @@ from pynn.backend import cpu
 from bench.bench_cpu import pynn_model
 model_name, fusion, on, steps = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
 rng = np.random.default_rng(0)
-shape, batch = {{"resnet": ((32, 32, 3), 32), "func30": ((256,), 64),
-                "mlp": ((784,), 64)}}[model_name]
+shape, batch = {{"resnet": ((32, 32, 3), 32), "func30": ((256,), 64), "mlp": ((784,), 64),
+                "cnn": ((32, 32, 3), 64), "cnn_bf16": ((32, 32, 3), 64)}}[model_name]
+if model_name == "cnn_bf16":
+    pynn.mixed_precision.set_global_policy("mixed_bfloat16")
+    model_name = "cnn"
+if fusion == "conv_pool":   # decided when the model's plan is built
+    import pynn.layers.functional as functional
+    functional.FUSE_CONV_POOL = on
 model = pynn_model(model_name)  # the suite's model, compiled as the suite compiles it
 x = rng.standard_normal((batch,) + shape).astype(np.float32)
 y = rng.integers(0, 10, batch)
@@ -73,7 +85,8 @@ print(times[len(times) // 2], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 """
 
 CASES = [("activation", "resnet"), ("recompute", "resnet"), ("adam_many", "func30"),
-         ("adam_many", "mlp"), ("conv_backward", "resnet")]
+         ("adam_many", "mlp"), ("conv_backward", "resnet"), ("conv_pool", "cnn"),
+         ("conv_pool", "cnn_bf16")]
 
 
 def run(model, fusion, on, steps):
