@@ -31,6 +31,21 @@ def cnn():
     ])
 
 
+def cnn_pooled():
+    """Conv2D -> MaxPooling2D pairs whose windows tile the map: the CPU's convs take their
+    gradient from the pools' arrays (conv2d_pool_backward's passes), OpenCL's from the
+    pools' backward."""
+    return pynn.Sequential([
+        layers.Input(shape=(10, 12, 2)),
+        layers.Conv2D(6, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Conv2D(8, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Flatten(),
+        layers.Dense(6, activation="softmax"),
+    ])
+
+
 def lstm():
     return pynn.Sequential([
         layers.Input(shape=(5, 3)),
@@ -50,18 +65,23 @@ def train(device, build, weights, x, y, loss, optimizer, epochs=3):
     return model, history.history
 
 
-@pytest.mark.parametrize("case", ["cnn-adam", "cnn-sgd", "rnn-rmsprop"])
+@pytest.mark.parametrize("case", ["cnn-adam", "cnn-sgd", "pooled-adam", "rnn-rmsprop"])
 def test_training_on_opencl_matches_cpu(case, restore_device):
     rng = np.random.default_rng(3)
     if case.startswith("cnn"):
         build, loss = cnn, "sparse_categorical_crossentropy"
         x = rng.standard_normal((27, 9, 11, 2)).astype(np.float32)
         y = rng.integers(0, 6, 27)
+    elif case.startswith("pooled"):
+        build, loss = cnn_pooled, "sparse_categorical_crossentropy"
+        x = rng.standard_normal((27, 10, 12, 2)).astype(np.float32)
+        y = rng.integers(0, 6, 27)
     else:
         build, loss = lstm, "binary_crossentropy"
         x = rng.standard_normal((21, 5, 3)).astype(np.float32)
         y = (rng.random(21) > 0.5).astype(np.float32)
-    optimizer = {"cnn-adam": "adam", "cnn-sgd": {"class_name": "SGD", "config": {
+    optimizer = {"cnn-adam": "adam", "pooled-adam": "adam",
+                 "cnn-sgd": {"class_name": "SGD", "config": {
         "learning_rate": 0.05, "momentum": 0.9, "nesterov": True}},
         "rnn-rmsprop": "rmsprop"}[case]
     pynn.set_device("cpu")
