@@ -1270,6 +1270,27 @@ def _run_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, :,
         _backward_weight(&x[0, 0, 0, 0], &dz[0, 0, 0, 0], &dw[0, 0, 0, 0], &col[0], &g, tile)
 
 
+def _check_weight_pass(op, Geom g, Py_ssize_t xp_len, Py_ssize_t dz_len, Py_ssize_t part_len,
+                       Py_ssize_t dzp_len, const Py_ssize_t[::1] koff,
+                       const Py_ssize_t[::1] row_x, const Py_ssize_t[::1] row_dz,
+                       const Py_ssize_t[::1] seg, Py_ssize_t slabs, Py_ssize_t chunk,
+                       bint weight_grad, bint dz_transient):
+    """The tables and buffers of _backward_weight_direct's pass (lengths in elements) fit
+    the geometry, or ValueError naming op: nothing runs past a buffer."""
+    cdef Py_ssize_t G = g.N * g.HO
+    if dz_transient:
+        if not weight_grad or dz_len < omp_get_max_threads() * g.WO * g.F:
+            raise ValueError(f"{op}: a transient dz needs the kernel gradient and a row per "
+                             f"thread")
+    elif G and (np.max(row_dz) + g.WO * g.F > dz_len or np.min(row_dz) < 0):
+        raise ValueError(f"{op}: a table or buffer does not fit the geometry")
+    if (seg.shape[0] < chunk or koff.shape[0] != g.K or row_x.shape[0] != G
+            or (weight_grad and (part_len < slabs * g.K * g.F
+                                 or dzp_len < omp_get_max_threads() * chunk * g.WO * g.F
+                                 or xp_len < g.N * g.HP * g.WP * g.C))):
+        raise ValueError(f"{op}: a table or buffer does not fit the geometry")
+
+
 def _run_backward_weight_direct(const floating[::1] xp, const floating[::1] dz,
                                 floating[:, :, :, ::1] dw, floating[::1] part,
                                 floating[::1] dzp, Geom g, const Py_ssize_t[::1] koff,
@@ -1282,19 +1303,13 @@ def _run_backward_weight_direct(const floating[::1] xp, const floating[::1] dz,
     """dz is read, or (with dy) written: then it is a scratch buffer of the caller's.
     weight_grad=False: only dz (and dbpart) from dy; dw and part are not touched.
     dz_transient (with dy and weight_grad): dz is one row of WO*F per thread, not kept."""
-    cdef Py_ssize_t G = g.N * g.HO, out = G * g.WO * g.F
-    if dz_transient:
-        if (dy is None or not weight_grad
-                or dz.shape[0] < omp_get_max_threads() * g.WO * g.F):
-            raise ValueError("conv2d_backward_weight: a transient dz needs dy, the kernel "
-                             "gradient and a row per thread")
-    elif G and (np.max(row_dz) + g.WO * g.F > dz.shape[0] or np.min(row_dz) < 0):
-        raise ValueError("conv2d_backward_weight: a table or buffer does not fit the geometry")
-    if (seg.shape[0] < chunk or koff.shape[0] != g.K or row_x.shape[0] != G
-            or (weight_grad and (part.shape[0] < slabs * g.K * g.F or dzp.shape[0]
-                                 < omp_get_max_threads() * chunk * g.WO * g.F))
-            or (weight_grad and xp.shape[0] < g.N * g.HP * g.WP * g.C)
-            or (not weight_grad and dy is None)
+    cdef Py_ssize_t out = g.N * g.HO * g.WO * g.F
+    if dz_transient and dy is None:
+        raise ValueError("conv2d_backward_weight: a transient dz needs dy")
+    _check_weight_pass("conv2d_backward_weight", g, xp.shape[0], dz.shape[0], part.shape[0],
+                       dzp.shape[0], koff, row_x, row_dz, seg, slabs, chunk, weight_grad,
+                       dz_transient)
+    if ((not weight_grad and dy is None)
             or (dy is not None and (dy.shape[0] != out or y is None or y.shape[0] != out
                                     or zpre is None or zpre.shape[0] != out))
             or (dbpart is not None and dbpart.shape[0] < slabs * g.F)):
@@ -1322,21 +1337,13 @@ def _run_backward_weight_pooled(const floating[::1] xp, floating[::1] dzrow,
     """_run_backward_weight_direct's pass with each dz row made from a max pool's output
     gradient (and output for relu's mask; None: linear) and argmax. Returns how many argmax
     entries lie outside their window (the caller's error)."""
-    cdef Py_ssize_t G = g.N * g.HO
     cdef _PoolSrc src
     hits = np.zeros(max(slabs, 1), dtype=np.intp)
     cdef Py_ssize_t[::1] hitv = hits
-    if dz_transient:
-        if not weight_grad or dzrow.shape[0] < omp_get_max_threads() * g.WO * g.F:
-            raise ValueError("conv2d_pool_backward: a transient dz needs the kernel gradient "
-                             "and a row per thread")
-    elif G and (np.max(row_dz) + g.WO * g.F > dzrow.shape[0] or np.min(row_dz) < 0):
-        raise ValueError("conv2d_pool_backward: a table or buffer does not fit the geometry")
-    if (seg.shape[0] < chunk or koff.shape[0] != g.K or row_x.shape[0] != G
-            or (weight_grad and (part.shape[0] < slabs * g.K * g.F or dzp.shape[0]
-                                 < omp_get_max_threads() * chunk * g.WO * g.F
-                                 or xp.shape[0] < g.N * g.HP * g.WP * g.C))
-            or dpool.shape[0] != g.N or dpool.shape[3] != g.F
+    _check_weight_pass("conv2d_pool_backward", g, xp.shape[0], dzrow.shape[0], part.shape[0],
+                       dzp.shape[0], koff, row_x, row_dz, seg, slabs, chunk, weight_grad,
+                       dz_transient)
+    if (dpool.shape[0] != g.N or dpool.shape[3] != g.F
             or tuple(argmax.shape) != tuple(dpool.shape)
             or (pooled is not None and tuple(pooled.shape) != tuple(dpool.shape))
             or pool_strides[0] < pool_size[0] or pool_strides[1] < pool_size[1]
