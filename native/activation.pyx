@@ -527,7 +527,6 @@ def pooled_activation_bias_backward(dpool, argmax, pooled, y, pool_size, strides
     pool whose windows tile the map (pool_gradient's windows_tile) make each row of dz from
     the pool's arrays in activation_bias_backward's own tiles and sums: the pool's input
     gradient is never written and y never read. Otherwise the two ops in turn."""
-    op = "pooled_activation_bias_backward"
     name, a, dpool, argmax, pooled, y, pg = operands.pooled_activation_bias_backward(
         HOST, dpool, argmax, pooled, y, pool_size, strides, padding, activation, alpha)
     if name not in ("relu", "linear") or not windows_tile(pg) or (
@@ -536,11 +535,18 @@ def pooled_activation_bias_backward(dpool, argmax, pooled, y, pool_size, strides
 
         return activation_bias_backward(maxpool2d_backward(dpool, argmax, y.shape), None, y,
                                         name, a)
-    dz = np.empty_like(y)
-    db = np.zeros(y.shape[3], dtype=y.dtype)
-    rows = _rows_view(y)
+    return _pooled_activation_bias(dpool, argmax, pooled, pg, name, a)
+
+
+def _pooled_activation_bias(dpool, argmax, pooled, pg, name, alpha):
+    """pooled_activation_bias_backward's own pass on checked operands (relu or linear, pg's
+    windows tiling the map): needs the pool input's shape only, not y itself."""
+    op = "pooled_activation_bias_backward"
+    dz = np.empty((pg["N"], pg["H"], pg["W"], pg["C"]), dtype=dpool.dtype)
+    db = np.zeros(pg["C"], dtype=dpool.dtype)
+    rows = _rows_view(dz)
     missed = dpool.size - _act_bias_backward_rows(
-        rows, rows, rows, _rows_view(dz), db, ACTIVATIONS.index(name), a,
+        rows, rows, rows, rows, db, ACTIVATIONS.index(name), alpha,
         (dpool, pooled if name == "relu" else None, argmax,
          (pg["H"], pg["W"], pg["PH"], pg["PW"], pg["SH"], pg["SW"])))
     if missed:

@@ -78,7 +78,7 @@ from types import SimpleNamespace
 
 from pynn._config import usable_cores
 from pynn._native.activation import (
-    activation_backward, activation_bias_backward, pooled_activation_bias_backward,
+    _pooled_activation_bias, activation_backward, activation_bias_backward,
 )
 from pynn._native.dense import _INTEL as _CPU_INTEL, bias_backward
 from pynn.backend._scratch import scratch
@@ -505,13 +505,24 @@ cdef inline void _forward_direct_block(const floating* xp, const floating* wp,
                                        Py_ssize_t group, Py_ssize_t blk,
                                        int slot) noexcept nogil:
     """Block blk of _forward_direct on the thread of team slot `slot`."""
-    cdef Py_ssize_t p0, p1, p, rows, n, rem, ho, wo, q0, wd, s0, ns, origin
-    cdef Py_ssize_t HW = g.HO * g.WO, M = g.N * g.HO * g.WO, nc = _panel_width(wp)
-    cdef Py_ssize_t* roff
-    roff = roff_buf + slot * chunk
-    p0 = blk * chunk
-    p1 = _imin(p0 + chunk, M)
-    rows = p1 - p0
+    cdef Py_ssize_t p0 = blk * chunk, M = g.N * g.HO * g.WO
+    _forward_direct_pixels(xp, wp, bias, z + p0 * g.F, y + p0 * g.F, g,
+                           roff_buf + slot * chunk, p0, _imin(p0 + chunk, M) - p0, aseg, bseg,
+                           bseg_last, nseg, tn, act, alpha, group)
+
+
+cdef inline void _forward_direct_pixels(const floating* xp, const floating* wp,
+                                        const floating* bias, floating* z, floating* y,
+                                        const Geom* g, Py_ssize_t* roff, Py_ssize_t p0,
+                                        Py_ssize_t rows, const Py_ssize_t* aseg,
+                                        const Py_ssize_t* bseg, const Py_ssize_t* bseg_last,
+                                        Py_ssize_t nseg, Py_ssize_t tn, int act,
+                                        floating alpha, Py_ssize_t group) noexcept nogil:
+    """Output pixels [p0, p0 + rows) (flat n, ho, wo order) of the direct forward into z
+    (F apart, the bias as start value) and act(z) into y (may alias z); roff: this
+    thread's `rows` window offsets."""
+    cdef Py_ssize_t p, n, rem, ho, wo, q0, wd, s0, ns, origin
+    cdef Py_ssize_t HW = g.HO * g.WO, nc = _panel_width(wp)
     # The block's first pixel by division, the others by stepping (two divisions per
     # pixel were 0.85 of the 1.69 ms of a 32x32x3 -> 32 layer at batch 64, one thread).
     n = p0 // HW
@@ -536,13 +547,12 @@ cdef inline void _forward_direct_block(const floating* xp, const floating* wp,
         while s0 < nseg:
             ns = _imin(group, nseg - s0)
             _seg_gemm(rows, wd, ns, tn, xp, roff, aseg + s0, 1, wp + q0 * g.K,
-                      (bseg if wd == nc else bseg_last) + s0, wd, z + p0 * g.F + q0,
+                      (bseg if wd == nc else bseg_last) + s0, wd, z + q0,
                       g.F, bias + q0 if bias != NULL and s0 == 0 else NULL, s0 > 0,
                       False)
             s0 = s0 + ns
         q0 = q0 + nc
-    _epilogue_rows(z + p0 * g.F, y + p0 * g.F, <const floating*>NULL, rows, g.F, act,
-                   alpha)
+    _epilogue_rows(z, y, <const floating*>NULL, rows, g.F, act, alpha)
 
 
 ctypedef struct _DirectJob:
@@ -606,6 +616,120 @@ cdef void _forward_direct(const floating* xp, const floating* wp, const floating
         alpha
     # on pynn's worker team (native/_team.h), claims of neighbouring blocks
     pynn_team_for(nblk, team_grain(nblk, threads), threads, _forward_direct_job, &job)
+
+
+cdef extern from "_maxpool.h":
+    void pynn_max_update_f(const float* px, float* best, int* arg, Py_ssize_t C,
+                           int idx) noexcept nogil
+    void pynn_max_update_d(const double* px, double* best, int* arg, Py_ssize_t C,
+                           int idx) noexcept nogil
+
+
+ctypedef struct _PoolForwardJob:
+    _DirectJob conv       # the conv's direct forward (its z and y unused)
+    void* pooled          # (N, HPo, WPo, F)
+    int* argmax           # like pooled: h * WO + w of the winning conv output pixel
+    void* band_buf        # per team slot: one band of PH conv rows, band * F values
+    Py_ssize_t HPo, WPo, PH, PW, SH, SW, band
+
+
+cdef inline void _pool_band(const floating* yb, floating* out, int* arg, const Geom* g,
+                            const _PoolForwardJob* j, Py_ssize_t hp) noexcept nogil:
+    """Pooled row hp of one image from the PH conv rows of its windows (yb: PH * WO * F
+    values, the activation applied): maxpool2d_forward's winner rule and window order."""
+    cdef Py_ssize_t wp, i, jj, f, w0, F = g.F
+    cdef const floating* px
+    cdef floating* op
+    cdef int* ap
+    for wp in range(j.WPo):
+        w0 = wp * j.SW
+        op = out + wp * F
+        ap = arg + wp * F
+        px = yb + w0 * F    # the first pixel seeds the winner, as the pool's forward does
+        for f in range(F):
+            op[f] = px[f]
+            ap[f] = <int>(hp * j.SH * g.WO + w0)
+        for i in range(j.PH):
+            for jj in range(j.PW):
+                if floating is float:
+                    pynn_max_update_f(yb + (i * g.WO + w0 + jj) * F, op, ap, F,
+                                      <int>((hp * j.SH + i) * g.WO + w0 + jj))
+                else:
+                    pynn_max_update_d(yb + (i * g.WO + w0 + jj) * F, op, ap, F,
+                                      <int>((hp * j.SH + i) * g.WO + w0 + jj))
+
+
+cdef void _conv_pool_forward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    """Bands [begin, end) (band b = n * HPo + hp): its PH conv rows into this slot's band
+    buffer by the direct forward, then pooled from there, in L1/L2."""
+    cdef _PoolForwardJob* j = <_PoolForwardJob*>ctx
+    cdef _DirectJob* c = &j.conv
+    cdef long b
+    cdef Py_ssize_t n, hp, p0, F = c.g.F
+    for b in range(begin, end):
+        n = b // j.HPo
+        hp = b - n * j.HPo
+        p0 = (n * c.g.HO + hp * j.SH) * c.g.WO
+        if c.is_double:
+            _forward_direct_pixels(<const double*>c.xp, <const double*>c.wp,
+                                   <const double*>c.bias,
+                                   <double*>j.band_buf + slot * j.band * F,
+                                   <double*>j.band_buf + slot * j.band * F, c.g,
+                                   c.roff_buf + slot * j.band, p0, j.band, c.aseg, c.bseg,
+                                   c.bseg_last, c.nseg, c.tn, c.act, c.alpha, c.group)
+            _pool_band(<const double*>j.band_buf + slot * j.band * F,
+                       <double*>j.pooled + b * j.WPo * F, j.argmax + b * j.WPo * F, c.g, j, hp)
+        else:
+            _forward_direct_pixels(<const float*>c.xp, <const float*>c.wp,
+                                   <const float*>c.bias,
+                                   <float*>j.band_buf + slot * j.band * F,
+                                   <float*>j.band_buf + slot * j.band * F, c.g,
+                                   c.roff_buf + slot * j.band, p0, j.band, c.aseg, c.bseg,
+                                   c.bseg_last, c.nseg, c.tn, c.act, <float>c.alpha, c.group)
+            _pool_band(<const float*>j.band_buf + slot * j.band * F,
+                       <float*>j.pooled + b * j.WPo * F, j.argmax + b * j.WPo * F, c.g, j, hp)
+
+
+def _run_conv_pool_forward(const floating[:, :, :, ::1] xp, const floating[:, :, :, ::1] w,
+                           const floating[::1] bias, floating[::1] wp, Geom g,
+                           const Py_ssize_t[::1] aseg, const Py_ssize_t[::1] bseg,
+                           const Py_ssize_t[::1] bseg_last, Py_ssize_t tn, int act,
+                           double alpha, floating[:, :, :, ::1] pooled,
+                           int[:, :, :, ::1] argmax, pool_size, pool_strides):
+    """The direct forward of a conv whose output only a max pool with windows that tile
+    it reads, band by band (conv2d_pool_forward): the conv's output is never whole."""
+    cdef _PoolForwardJob job
+    cdef int threads = omp_get_max_threads()
+    cdef Py_ssize_t band = pool_size[0] * g.WO, nb = pooled.shape[0] * pooled.shape[1]
+    if (pooled.shape[0] != g.N or pooled.shape[3] != g.F
+            or tuple(argmax.shape) != tuple(pooled.shape)
+            or pool_strides[0] < pool_size[0] or pool_strides[1] < pool_size[1]
+            or (pooled.shape[1] - 1) * pool_strides[0] + pool_size[0] > g.HO
+            or (pooled.shape[2] - 1) * pool_strides[1] + pool_size[1] > g.WO
+            or xp.shape[0] != g.N or xp.shape[1] < g.HP or xp.shape[2] < g.WP
+            or wp.shape[0] < g.K * g.F):
+        raise ValueError("conv2d_pool_forward: a buffer or the pool does not fit the geometry")
+    roff = np.empty(threads * band, dtype=np.intp)
+    bands = np.empty(threads * band * g.F, dtype=np.float32 if floating is float else np.float64)
+    cdef Py_ssize_t[::1] roffv = roff
+    cdef floating[::1] bandv = bands
+    job.conv.is_double = floating is double
+    job.conv.xp, job.conv.wp, job.conv.bias = &xp[0, 0, 0, 0], &wp[0], _bias_ptr(bias)
+    job.conv.z = job.conv.y = NULL
+    job.conv.g = &g
+    job.conv.roff_buf, job.conv.aseg, job.conv.bseg = &roffv[0], &aseg[0], &bseg[0]
+    job.conv.bseg_last, job.conv.nseg, job.conv.tn = &bseg_last[0], aseg.shape[0], tn
+    job.conv.group = aseg.shape[0] if tn <= 0 else _imax(_FORWARD_PANEL_ROWS // tn, 1)
+    job.conv.act, job.conv.alpha, job.conv.chunk = act, alpha, band
+    job.pooled, job.argmax, job.band_buf = &pooled[0, 0, 0, 0], &argmax[0, 0, 0, 0], &bandv[0]
+    job.HPo, job.WPo = pooled.shape[1], pooled.shape[2]
+    job.PH, job.PW, job.SH, job.SW = pool_size[0], pool_size[1], pool_strides[0], \
+        pool_strides[1]
+    job.band = band
+    with nogil:
+        _pack_panels(&w[0, 0, 0, 0], g.F, g.K, g.F, &wp[0])
+        # bands handed out one by one on pynn's worker team (native/_team.h)
+        pynn_team_for(nb, 1, threads, _conv_pool_forward_job, &job)
 
 
 cdef inline void _sum_slabs_row(const floating* part, floating* dw, Py_ssize_t k,
@@ -1719,6 +1843,42 @@ def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid", dilation_ra
     return y, (z if keep_z else None)
 
 
+def conv2d_pool_forward(x, kernel, bias, strides=(1, 1), padding="valid", dilation_rate=(1, 1),
+                        activation="linear", alpha=0.0, pool_size=(2, 2), pool_strides=(2, 2),
+                        pool_padding="valid"):
+    """(pooled, argmax) = maxpool2d_forward(conv2d_forward(x, ...)'s y, pool_size,
+    pool_strides, pool_padding): a Conv2D whose output only a MaxPooling2D reads.
+
+    Where the conv runs direct and the pool's windows tile its output, the conv runs band
+    by band (one band: the PH output rows of a row of windows, in a per-thread buffer) and
+    pools each band while it is in cache: its output is never written whole, and rows no
+    window reads are not computed. The same bits as the two ops. Otherwise the two ops."""
+    from pynn._native.pool import maxpool2d_forward
+
+    act_name, a, x, kernel, bias, g, pg = operands.conv2d_pool_forward(
+        HOST, x, kernel, bias, strides, padding, dilation_rate, activation, alpha, pool_size,
+        pool_strides, pool_padding)
+    g = _planned(g)
+    if not (windows_tile(pg) and pg["HO"] and pg["WO"] and g["N"] and g["K"]
+            and not _strided_pointwise(g) and not _use_winograd(g, x.dtype)
+            and _use_direct(g, "conv2d_forward")):
+        y, _ = conv2d_forward(x, kernel, bias, strides, padding, dilation_rate, act_name, a)
+        return maxpool2d_forward(y, pool_size, pool_strides, pool_padding)
+    pooled = np.empty((g["N"], pg["HO"], pg["WO"], g["F"]), dtype=x.dtype)
+    argmax = np.empty(pooled.shape, dtype=np.int32)
+    aseg, bseg, tn = _kernel_segments(g)
+    nc = _panel_columns(kernel.dtype)
+    rows = bseg // g["F"]
+    with scratch(x.dtype, _pad_shape(x.shape, g["HP"], g["WP"], g["PT"], g["PL"]),
+                 (g["K"] * g["F"],)) as (xp, wp):
+        xp = _padded(x, xp, g["PT"], g["PL"])
+        _run_conv_pool_forward(xp, kernel, bias, wp, g, aseg, rows * nc,
+                               rows * (g["F"] - (g["F"] - 1) // nc * nc), tn,
+                               ACTIVATIONS.index(act_name), float(a), pooled, argmax,
+                               (pg["PH"], pg["PW"]), (pg["SH"], pg["SW"]))
+    return pooled, argmax
+
+
 def conv2d_backward_input(dz, kernel, input_shape, strides=(1, 1), padding="valid",
                           dilation_rate=(1, 1)):
     """dx (N, H, W, C) = gradient of the conv w.r.t. its input, from dz (N, HO, WO, F)."""
@@ -1999,10 +2159,10 @@ def conv2d_pool_backward(dpool, argmax, pooled, x, z, y, kernel, strides=(1, 1),
     g = _planned(g)
     tiles = (name in ("relu", "linear") and (pooled is not None or name == "linear")
              and windows_tile(pg) and dpool.size and kernel.size and not _strided_pointwise(g))
-    route = _fused_pass_route(g, x.shape, y.dtype, name, use_bias, need_input_grad) \
+    route = _fused_pass_route(g, x.shape, x.dtype, name, use_bias, need_input_grad) \
         if tiles else None
     if (route is None and tiles and name == "linear" and not use_bias and not need_input_grad
-            and not _use_winograd(g, y.dtype) and _use_direct(g, "conv2d_backward_weight")):
+            and not _use_winograd(g, x.dtype) and _use_direct(g, "conv2d_backward_weight")):
         # a first layer with nothing to differentiate in its epilogue, where from dy the
         # kernel gradient alone runs (the same slabs, so the same bits): the transient pass
         # pays here, reading no dy
@@ -2023,18 +2183,20 @@ def conv2d_pool_backward(dpool, argmax, pooled, x, z, y, kernel, strides=(1, 1),
                     f"and strides {geometry[1]})")
 
         return _one_pass_backward(make_dz, x, kernel, g, route, strides, padding,
-                                  dilation_rate, y.dtype, use_bias, need_input_grad)
+                                  dilation_rate, x.dtype, use_bias, need_input_grad)
     if tiles and name == "relu":
         # conv2d_backward would run the separate ops: their first from the pool's arrays
-        dz, db = pooled_activation_bias_backward(dpool, argmax, pooled, y, pool_size,
-                                                 pool_strides, pool_padding, name, a)
+        dz, db = _pooled_activation_bias(dpool, argmax, pooled, pg, name, a)
         dw = conv2d_backward_weight(x, dz, kernel.shape, strides, padding, dilation_rate)
         dx = (conv2d_backward_input(dz, kernel, x.shape, strides, padding, dilation_rate)
               if need_input_grad else None)
         return dx, dw, db if use_bias else None
-    dy = maxpool2d_backward(dpool, argmax, tuple(y.shape))
-    return conv2d_backward(dy, x, z, y, kernel, strides, padding, dilation_rate, name, a,
-                           use_bias, need_input_grad)
+    if y is None and name != "linear":   # linear's backward reads neither y nor z
+        raise ValueError(f"{op}: y (the conv's output) is needed for '{name}' under this pool "
+                         f"(windows that overlap or pad, or no pooled output); got None")
+    dy = maxpool2d_backward(dpool, argmax, (g["N"], g["HO"], g["WO"], g["F"]))
+    return conv2d_backward(dy, x, z, dy if y is None else y, kernel, strides, padding,
+                           dilation_rate, name, a, use_bias, need_input_grad)
 
 
 # The ops conv2d_backward_composed runs in turn where the fused pass does not apply.

@@ -53,26 +53,7 @@ cdef inline Py_ssize_t _imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return a if a < b else b
 
 
-cdef extern from *:
-    """
-    /* One window pixel against the running winners of a row of C channels: take it where it
-     * is strictly greater, or the first NaN (later equal values never replace the winner).
-     * Selects and unconditional stores, so gcc vectorizes the channel loop; the same update
-     * as an if with two conditional stores ran scalar on AVX2 (maxpool forward 2x slower). */
-    #define PYNN_MAX_UPDATE(NAME, T)                                                   \\
-    static inline void NAME(const T* restrict px, T* restrict best, int* restrict arg, \\
-                            Py_ssize_t C, int idx) {                                   \\
-        Py_ssize_t c;                                                                  \\
-        for (c = 0; c < C; c++) {                                                      \\
-            const T v = px[c], b = best[c];                                            \\
-            const int take = (v > b) | ((v != v) & (b == b));                          \\
-            best[c] = take ? v : b;                                                    \\
-            arg[c] = take ? idx : arg[c];                                              \\
-        }                                                                              \\
-    }
-    PYNN_MAX_UPDATE(pynn_max_update_f, float)
-    PYNN_MAX_UPDATE(pynn_max_update_d, double)
-    """
+cdef extern from "_maxpool.h":
     void pynn_max_update_f(const float* px, float* best, int* arg, Py_ssize_t C,
                            int idx) noexcept nogil
     void pynn_max_update_d(const double* px, double* best, int* arg, Py_ssize_t C,

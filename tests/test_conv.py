@@ -874,7 +874,8 @@ def test_conv2d_pool_backward_bad_inputs(rng):
     with pytest.raises(ValueError, match="conv2d_pool_backward.*pooled"):
         call(pl=pooled[..., :-1])
     with pytest.raises(ValueError, match="conv2d_pool_backward.*y"):
-        call(yy=None)
+        conv.conv2d_pool_backward(dpool, argmax, pooled, x, z, y[:, 1:], k, (1, 1), "same",
+                                  (1, 1), "relu", 0.0, True, False)
     with pytest.raises(ValueError, match="conv2d_pool_backward.*dpool"):
         call(ps=(3, 3), pst=(3, 3))      # dpool is not that pool's output
     # an entry naming a pixel of the map but not of its window: the pass would drop it
@@ -897,3 +898,83 @@ def test_conv2d_pool_backward_on_backend(backend):
                  ref=lambda *a, ig=need_input_grad: ref.conv2d_pool_backward_ref(
                      dpool, argmax, x, k, b, (1, 1), "same", (1, 1), "relu", 0.0, True, ig),
                  kind="gemm")
+
+
+@pytest.mark.parametrize("need_input_grad", [False, True])
+@pytest.mark.parametrize("case", POOL_CASES, ids=POOL_IDS)
+def test_conv2d_pool_backward_without_y(rng, case, need_input_grad, path, backward_mode):
+    """y None (conv2d_pool_forward kept none): the same bits for relu and linear where the
+    pool's windows tile y; elsewhere an error naming y, for relu."""
+    xs, ks, s, p, ps, pst, pp, act, fusable = case
+    x, k, b, z, y, pooled, argmax, dpool = pool_case(rng, case, np.float32)
+    args = (dpool, argmax, pooled, x, z, None, k, s, p, (1, 1), act, 0.0, True,
+            need_input_grad, ps, pst, pp)
+    if not fusable and act != "linear":
+        with pytest.raises(ValueError, match="conv2d_pool_backward: y .* is needed"):
+            conv.conv2d_pool_backward(*args)
+        return
+    got = conv.conv2d_pool_backward(*args)
+    want = conv.conv2d_pool_backward(dpool, argmax, pooled, x, z, y, k, s, p, (1, 1), act,
+                                     0.0, True, need_input_grad, ps, pst, pp)
+    for name, g, w in zip(("dx", "dkernel", "dbias"), got, want):
+        assert (g is None) == (w is None), name
+        if g is not None:
+            np.testing.assert_array_equal(g, w, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", POOL_CASES, ids=POOL_IDS)
+def test_conv2d_pool_forward_is_the_two_ops(rng, monkeypatch, case, dtype, path):
+    """Equal, bit for bit, to conv2d_forward then maxpool2d_forward; the band pass (no
+    maxpool2d_forward call) where the conv runs direct and the windows tile its output; the
+    pooled values those of the float64 oracle, each argmax naming a pixel that holds them."""
+    from pynn._native import pool
+
+    xs, ks, s, p, ps, pst, pp, act, fusable = case
+    x, k, b, z, y, pooled, argmax, dpool = pool_case(rng, case, dtype)
+    calls, real = [], pool.maxpool2d_forward
+    monkeypatch.setattr(pool, "maxpool2d_forward", lambda *a: calls.append(1) or real(*a))
+    got = conv.conv2d_pool_forward(x, k, b, s, p, (1, 1), act, 0.0, ps, pst, pp)
+    monkeypatch.setattr(pool, "maxpool2d_forward", real)
+    if fusable and path == "direct":
+        assert not calls, "the band pass should pool without maxpool2d_forward"
+    np.testing.assert_array_equal(got[0], pooled)
+    np.testing.assert_array_equal(got[1], argmax)
+    want, _ = ref.conv2d_pool_forward_ref(x, k, b, s, p, (1, 1), act, 0.0, ps, pst, pp)
+    np.testing.assert_allclose(got[0], want, **TOL[dtype])
+    y64, _ = ref.conv2d_forward_ref(x, k, b, s, p, (1, 1), act, 0.0)
+    flat = y64.reshape(y64.shape[0], -1, y64.shape[3])
+    at = np.take_along_axis(flat, got[1].reshape(got[1].shape[0], -1, got[1].shape[3]), axis=1)
+    np.testing.assert_allclose(at.reshape(got[0].shape), want, **TOL[dtype])
+
+
+def test_conv2d_pool_forward_thread_count_invariance(rng, restore_threads):
+    case = POOL_CASES[0]
+    x, k, b, *_ = pool_case(rng, case, np.float32)
+    results = []
+    for n in (1, 2, 3):
+        info.set_num_threads(n)
+        results.append(conv.conv2d_pool_forward(x, k, b, (1, 1), "same", (1, 1), "relu", 0.0))
+    for other in results[1:]:
+        np.testing.assert_array_equal(other[0], results[0][0])
+        np.testing.assert_array_equal(other[1], results[0][1])
+
+
+def test_conv2d_pool_forward_bad_inputs(rng):
+    x, k, b, *_ = pool_case(rng, POOL_CASES[0], np.float32)
+    with pytest.raises(ValueError, match="conv2d_pool_forward.*larger than the conv's output"):
+        conv.conv2d_pool_forward(x, k, b, (1, 1), "same", (1, 1), "relu", 0.0, (20, 2), (20, 2))
+    with pytest.raises(ValueError, match="conv2d_pool_forward.*bias"):
+        conv.conv2d_pool_forward(x, k, b[:-1], (1, 1), "same", (1, 1), "relu", 0.0)
+    with pytest.raises(ValueError, match="conv2d_pool_forward.*pool_size"):
+        conv.conv2d_pool_forward(x, k, b, (1, 1), "same", (1, 1), "relu", 0.0, (0, 2), (2, 2))
+
+
+def test_conv2d_pool_forward_on_backend(backend):
+    """OpenCL (its conv, then its pool) against the CPU op and the pooled oracle values;
+    tanh and a few windows, so a float32 near tie cannot move an argmax."""
+    rng = np.random.default_rng(41)
+    x, k, b = rand(rng, (2, 6, 8, 3)), rand(rng, (3, 3, 3, 4)), rand(rng, (4,))
+    got, host = check_op(backend, "conv2d_pool_forward", x, k, b, (1, 1), "same", (1, 1),
+                         "tanh", 0.0, (2, 2), (2, 2), "valid", kind="gemm",
+                         ref=lambda *a: ref.conv2d_pool_forward_ref(*a))

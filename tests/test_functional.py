@@ -683,3 +683,18 @@ def test_conv_pool_fusion_only_where_the_pool_alone_reads_the_conv():
     shared = layers.Conv2D(3, 3, padding="same")
     assert flags(lambda x: layers.Add()([pool()(shared(x)), pool()(shared(x))])) == []
     assert flags(lambda x: pool()(conv()(x))) == ["MaxPooling2D"]
+
+
+def test_conv_pool_fusion_in_forward_only_where_no_y_is_needed():
+    """The conv's step makes the pool's output itself (conv2d_pool_forward, no y kept) for
+    relu or linear under windows that tile its output; otherwise only the PoolGrad."""
+    def fused(act, **pool_kw):
+        x_in = pynn.Input((8, 8, 3))
+        h = layers.MaxPooling2D(**pool_kw)(layers.Conv2D(4, 3, activation=act)(x_in))
+        steps = pynn.Model(x_in, h)._plan.steps
+        return [st.pools is not None for st in steps], [st.pooled for st in steps]
+
+    assert fused("relu") == ([True, False], [False, True])
+    assert fused("linear", pool_size=(2, 3), strides=(3, 3)) == ([True, False], [False, True])
+    for act, kw in [("tanh", {}), ("relu", {"strides": 1}), ("relu", {"padding": "same"})]:
+        assert fused(act, **kw) == ([False, False], [False, False]), (act, kw)

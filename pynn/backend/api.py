@@ -141,12 +141,19 @@ OPS = {
     # fuse the passes (the CPU one makes dz, dbias and dkernel in one pass over dy).
     "conv2d_backward": ("dy", "x", "z", "y", "kernel", "strides", "padding", "dilation_rate",
                         "activation", "alpha", "use_bias", "need_input_grad"),
+    # A Conv2D whose output only a MaxPooling2D reads -> (pooled, argmax): maxpool2d_forward
+    # of conv2d_forward's y (conv2d_pool_forward_composed below), the same bits. The CPU
+    # backend runs a direct conv band by band (a row of windows' rows), pooling each band
+    # in cache, where the windows tile the conv's output: y is never whole.
+    "conv2d_pool_forward": ("x", "kernel", "bias", "strides", "padding", "dilation_rate",
+                            "activation", "alpha", "pool_size", "pool_strides", "pool_padding"),
     # conv2d_backward of a Conv2D whose output y only a MaxPooling2D reads, from that pool's
     # output gradient dpool, argmax (maxpool2d_forward's) and output pooled (its relu mask;
     # None is allowed for a linear activation): equal to conv2d_pool_backward_composed below,
     # conv2d_backward(maxpool2d_backward(dpool, argmax, y.shape), ...). The CPU backend makes
-    # dz a row at a time from the pool's arrays where the windows do not overlap and no
-    # input gradient is needed (a first layer): neither the pool's dx nor y is read.
+    # dz from the pool's arrays where the windows tile y (no pool dx written, y not read).
+    # y may be None (conv2d_pool_forward kept none) for relu under such a pool and for
+    # linear: the backends then take roads that do not read it.
     "conv2d_pool_backward": ("dpool", "argmax", "pooled", "x", "z", "y", "kernel", "strides",
                              "padding", "dilation_rate", "activation", "alpha", "use_bias",
                              "need_input_grad", "pool_size", "pool_strides", "pool_padding"),
@@ -523,15 +530,45 @@ def conv2d_backward_composed(ops, dy, x, z, y, kernel, strides=(1, 1), padding="
     return dx, dk, db
 
 
+def conv2d_pool_forward_composed(ops, x, kernel, bias, strides=(1, 1), padding="valid",
+                                 dilation_rate=(1, 1), activation="linear", alpha=0.0,
+                                 pool_size=(2, 2), pool_strides=(2, 2), pool_padding="valid"):
+    """conv2d_pool_forward from a backend's ops: the conv, then the pool over its output."""
+    y, _ = ops.conv2d_forward(x, kernel, bias, strides, padding, dilation_rate, activation,
+                              alpha)
+    return ops.maxpool2d_forward(y, pool_size, pool_strides, pool_padding)
+
+
 def conv2d_pool_backward_composed(ops, dpool, argmax, pooled, x, z, y, kernel, strides=(1, 1),
                                   padding="valid", dilation_rate=(1, 1), activation="linear",
                                   alpha=0.0, use_bias=True, need_input_grad=True,
                                   pool_size=(2, 2), pool_strides=(2, 2), pool_padding="valid"):
     """conv2d_pool_backward from a backend's ops: the pool's input gradient, then the conv's
-    backward (pooled, the pool's output, is not read: the activation's backward reads y)."""
-    dy = ops.maxpool2d_backward(dpool, argmax, tuple(y.shape))
-    return ops.conv2d_backward(dy, x, z, y, kernel, strides, padding, dilation_rate,
-                               activation, alpha, use_bias, need_input_grad)
+    backward. Without y (relu or linear): relu's mask from the pool's output first (its
+    backward on dpool), then the conv's backward as linear, dy standing in for y."""
+    if y is not None:
+        dy = ops.maxpool2d_backward(dpool, argmax, tuple(y.shape))
+        return ops.conv2d_backward(dy, x, z, y, kernel, strides, padding, dilation_rate,
+                                   activation, alpha, use_bias, need_input_grad)
+    name = str(activation).lower()
+    if name not in ("relu", "linear") or (name == "relu" and pooled is None):
+        raise ValueError(f"conv2d_pool_backward: y (the conv's output) is needed for "
+                         f"'{activation}' without the pool's output; got None")
+    if name == "relu":
+        dpool = ops.activation_backward(dpool, None, pooled, "relu", 0.0)
+    shape = (x.shape[0],) + tuple(_conv_output_hw(x, kernel, strides, padding,
+                                                 dilation_rate)) + (kernel.shape[3],)
+    dy = ops.maxpool2d_backward(dpool, argmax, shape)
+    return ops.conv2d_backward(dy, x, None, dy, kernel, strides, padding, dilation_rate,
+                               "linear", 0.0, use_bias, need_input_grad)
+
+
+def _conv_output_hw(x, kernel, strides, padding, dilation_rate):
+    from pynn.backend.operands.common import conv_geometry
+
+    g = conv_geometry("conv2d_pool_backward", tuple(x.shape), tuple(kernel.shape), strides,
+                      padding, dilation_rate)
+    return g["HO"], g["WO"]
 
 
 def bias_activation_backward(ops, dy, z, y, activation, alpha=0.0, use_bias=True):

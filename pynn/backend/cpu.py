@@ -18,6 +18,7 @@ from pynn._native.conv import (  # noqa: F401
     conv2d_backward_weight,
     conv2d_forward,
     conv2d_pool_backward,
+    conv2d_pool_forward,
 )
 from pynn._native.dense import (  # noqa: F401
     bias_backward,

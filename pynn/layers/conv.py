@@ -89,6 +89,27 @@ class Conv2D(Layer):
             self._cache = (x, y, z)
         return y
 
+    def call_pooled(self, x, training, pool):
+        """pool(self(x)) in one op where it can (backend conv2d_pool_forward; the plan's
+        Conv2D -> MaxPooling2D, functional._fuse_conv_pool): each layer's cache is what its
+        backward reads, y not kept (the conv's backward takes the pool's arrays)."""
+        narrow_bf16 = (self._bf16_compute and self.groups == 1
+                       and x.shape[-1] < NARROW_CHANNELS)
+        if self.groups != 1 or (self._bf16_compute and not narrow_bf16):
+            return pool.call(self.call(x, training), training)
+        b = backend.current()
+        xin, kernel = x, self.kernel.value
+        if narrow_bf16:   # bf16_conv2d_forward's narrow road: float32 on rounded operands
+            xin, kernel = b.bf16_round(x), b.bf16_round(kernel)
+        pooled, argmax = b.conv2d_pool_forward(
+            xin, kernel, self.bias.value if self.use_bias else None, self.strides,
+            self.padding, self.dilation_rate, self.activation, self.alpha, pool.pool_size,
+            pool.strides, pool.padding)
+        if training:
+            self._cache = (x, None, None)
+            pool._cache = (argmax, tuple(self.compute_output_shape(tuple(x.shape))))
+        return pooled
+
     def backward(self, dy):
         b = backend.current()
         x, y, z = self._cache

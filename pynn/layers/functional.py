@@ -124,7 +124,7 @@ class Step:
 
     __slots__ = ("layer", "ins", "outs", "several", "multi_out", "shared", "free_after",
                  "needs_input_grad", "input_grad_slots", "backprop", "activity", "grads_final",
-                 "fused", "passthrough", "makes_mask", "pool_grad")
+                 "fused", "passthrough", "makes_mask", "pool_grad", "pools", "pooled")
 
     def __init__(self, layer, ins, outs, several, multi_out):
         self.layer = layer
@@ -147,6 +147,11 @@ class Step:
         # PoolGrad (its output gradient, argmax and output) instead of its input gradient
         # (_fuse_conv_pool).
         self.pool_grad = False
+        # A Conv2D (pools: the MaxPooling2D layer) whose step makes that pool's output itself
+        # in forward (Conv2D.call_pooled: conv2d_pool_forward); the pool's step (pooled) then
+        # passes it on.
+        self.pools = None
+        self.pooled = False
         # Whether the layer may make a mask from unmasked inputs, once rather than per call
         # (set again wherever a step's layer is replaced).
         self.makes_mask = _makes_mask(layer)
@@ -356,8 +361,10 @@ class Plan:
                 mask = ([masks[s] for s in step.ins] if step.several
                         else masks[step.ins[0]])
                 masked = any(m is not None for m in mask) if step.several else mask is not None
-                if step.passthrough:
+                if step.passthrough or step.pooled:
                     y = x
+                elif step.pools is not None:
+                    y = layer.call_pooled(x, training, step.pools)
                 elif step.fused is not None:
                     y = layer.call_activated(x, training, *step.fused)
                 elif masked and _takes_mask(layer):
@@ -563,7 +570,10 @@ def _fuse_conv_pool(steps, readers, calls, outputs):
     regularizer on the conv) passes the conv a PoolGrad in backward rather than its input
     gradient: the conv's backward (backend conv2d_pool_backward) then makes dz from the
     pool's output gradient, argmax and output, and on the CPU a first layer never writes
-    the pool's input gradient nor reads its own output. The same bits (tests/test_conv.py)."""
+    the pool's input gradient nor reads its own output. Where the conv is relu or linear and
+    the pool's windows tile its output ('valid', strides >= pool_size), the conv's step makes
+    the pool's output in forward too (conv2d_pool_forward), keeping no y. The same bits
+    (tests/test_conv.py, tests/test_functional.py)."""
     from pynn.layers.conv import Conv2D
 
     maker = {}
@@ -581,6 +591,12 @@ def _fuse_conv_pool(steps, readers, calls, outputs):
                 or conv.layer.activity_regularizer is not None):
             continue
         st.pool_grad = True
+        pool = st.layer
+        if (conv.layer.activation in ("relu", "linear") and conv.layer.groups == 1
+                and pool.padding == "valid" and pool.strides[0] >= pool.pool_size[0]
+                and pool.strides[1] >= pool.pool_size[1]):
+            # windows that tile the conv's output: its backward never needs y
+            conv.pools, st.pooled = pool, True
 
 
 # -- masks (issue 14, Keras 3's rule): the plan hands a slot's mask to a layer whose call

@@ -135,6 +135,17 @@ def conv2d_backward_ref(dy, x, kernel, bias, strides, padding, dilation_rate,
     return dx, dk, db
 
 
+def conv2d_pool_forward_ref(x, kernel, bias, strides, padding, dilation_rate,
+                            activation_name="linear", alpha=0.0, pool_size=(2, 2),
+                            pool_strides=(2, 2), pool_padding="valid"):
+    """(pooled, argmax): maxpool2d_forward_ref over conv2d_forward_ref's output."""
+    from tests.reference.pool_ref import maxpool2d_forward_ref
+
+    y, _ = conv2d_forward_ref(x, kernel, bias, strides, padding, dilation_rate,
+                              activation_name, alpha)
+    return maxpool2d_forward_ref(y, pool_size, pool_strides, pool_padding)
+
+
 def conv2d_pool_backward_ref(dpool, argmax, x, kernel, bias, strides, padding, dilation_rate,
                              activation_name="linear", alpha=0.0, use_bias=True,
                              need_input_grad=True):

@@ -16,7 +16,7 @@ from pynn.backend.opencl.arrays import (  # noqa: F401
 )
 from pynn.backend.opencl.conv import (  # noqa: F401
     conv2d_backward, conv2d_backward_input, conv2d_backward_weight, conv2d_forward,
-    conv2d_pool_backward,
+    conv2d_pool_backward, conv2d_pool_forward,
 )
 from pynn.backend.opencl.dense import (  # noqa: F401
     bias_backward, dense_backward_input, dense_backward_weight, dense_forward,

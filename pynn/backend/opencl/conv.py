@@ -13,6 +13,7 @@ from pynn.backend.api import (
     ACTIVATIONS,
     conv2d_backward_composed,
     conv2d_pool_backward_composed,
+    conv2d_pool_forward_composed,
     conv2d_transpose_backward_composed,
 )
 from pynn.backend.opencl import runtime as rt
@@ -86,6 +87,20 @@ def conv2d_backward(dy, x, z, y, kernel, strides=(1, 1), padding="valid", dilati
                                     dilation_rate, name, alpha, use_bias, need_input_grad)
 
 
+def conv2d_pool_forward(x, kernel, bias, strides=(1, 1), padding="valid", dilation_rate=(1, 1),
+                        activation="linear", alpha=0.0, pool_size=(2, 2), pool_strides=(2, 2),
+                        pool_padding="valid"):
+    """(pooled, argmax): the conv above, then opencl/pool.cl's max pool (no fused kernel)."""
+    from pynn.backend.opencl.pool import maxpool2d_forward
+
+    name, alpha, x, kernel, bias, _, _ = operands.conv2d_pool_forward(
+        DEVICE, x, kernel, bias, strides, padding, dilation_rate, activation, alpha, pool_size,
+        pool_strides, pool_padding)
+    ops = SimpleNamespace(conv2d_forward=conv2d_forward, maxpool2d_forward=maxpool2d_forward)
+    return conv2d_pool_forward_composed(ops, x, kernel, bias, strides, padding, dilation_rate,
+                                        name, alpha, pool_size, pool_strides, pool_padding)
+
+
 def conv2d_pool_backward(dpool, argmax, pooled, x, z, y, kernel, strides=(1, 1),
                          padding="valid", dilation_rate=(1, 1), activation="linear", alpha=0.0,
                          use_bias=True, need_input_grad=True, pool_size=(2, 2),
@@ -98,7 +113,8 @@ def conv2d_pool_backward(dpool, argmax, pooled, x, z, y, kernel, strides=(1, 1),
         DEVICE, dpool, argmax, pooled, x, z, y, kernel, strides, padding, dilation_rate,
         activation, alpha, pool_size, pool_strides, pool_padding)
     ops = SimpleNamespace(maxpool2d_backward=maxpool2d_backward,
-                          conv2d_backward=conv2d_backward)
+                          conv2d_backward=conv2d_backward,
+                          activation_backward=activation_backward)
     return conv2d_pool_backward_composed(ops, dpool, argmax, pooled, x, z, y, kernel, strides,
                                          padding, dilation_rate, name, alpha, use_bias,
                                          need_input_grad, pool_size, pool_strides,

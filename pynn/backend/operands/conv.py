@@ -80,27 +80,56 @@ def conv2d_backward(arrays, dy, x, z, y, kernel, strides, padding, dilation_rate
     return name, a, dy, x, z, y, kernel, g
 
 
+def conv2d_pool_forward(arrays, x, kernel, bias, strides, padding, dilation_rate, activation,
+                        alpha, pool_size, pool_strides, pool_padding):
+    """-> (name, alpha, x, kernel, bias or None, g, pg): conv2d_forward's, and the pool's
+    geometry over the conv's output (operands.pool.pool_geometry)."""
+    from pynn.backend.operands.pool import pool_geometry
+
+    op = "conv2d_pool_forward"
+    name, a = activation_pair(op, activation, alpha)
+    x = arrays.float_input(op, "x", x, ndim=4)
+    kernel = arrays.float_input(op, "kernel", kernel, ndim=4, like=x)
+    g = conv_geometry(op, x.shape, kernel.shape, strides, padding, dilation_rate)
+    if bias is not None:
+        bias = arrays.float_input(op, "bias", bias, ndim=1, like=x)
+        check_shape(op, "bias", bias, (g["F"],))
+    _check_sizes(arrays, op, g)
+    pg = pool_geometry(op, (g["N"], g["HO"], g["WO"], g["F"]), pool_size, pool_strides,
+                       pool_padding)
+    if pg["HO"] <= 0 or pg["WO"] <= 0:
+        raise ValueError(f"{op}: pool_size {(pg['PH'], pg['PW'])} is larger than the conv's "
+                         f"output {(g['HO'], g['WO'])} under padding='valid'")
+    return name, a, x, kernel, bias, g, pg
+
+
 def conv2d_pool_backward(arrays, dpool, argmax, pooled, x, z, y, kernel, strides, padding,
                          dilation_rate, activation, alpha, pool_size, pool_strides,
                          pool_padding):
-    """-> (name, alpha, dpool, argmax, pooled or None, x, z, y, kernel, g, pg): g the conv's
-    geometry, pg the pool's (operands.pool.pool_gradient)."""
+    """-> (name, alpha, dpool, argmax, pooled or None, x, z, y or None, kernel, g, pg): g the
+    conv's geometry, pg the pool's (operands.pool.pool_gradient). y may be None (a forward
+    that never made it whole, conv2d_pool_forward): the backends then take a road that
+    does not read it, or say it is needed."""
     from pynn.backend.operands.pool import pool_gradient
 
     op = "conv2d_pool_backward"
     name, a = activation_pair(op, activation, alpha)
-    dpool, argmax, pooled, y, pg = pool_gradient(arrays, op, dpool, argmax, pooled, y,
-                                                 pool_size, pool_strides, pool_padding)
+    x = arrays.float_input(op, "x", x, ndim=4)
+    kernel = arrays.float_input(op, "kernel", kernel, ndim=4, like=x)
+    g = conv_geometry(op, x.shape, kernel.shape, strides, padding, dilation_rate)
+    _check_sizes(arrays, op, g)
+    shape = (g["N"], g["HO"], g["WO"], g["F"])
+    if y is not None:
+        y = arrays.float_input(op, "y", y, ndim=4, like=x)
+        _output_grad(op, "y", y, g)
+    dpool, argmax, pooled, _, pg = pool_gradient(arrays, op, dpool, argmax, pooled, y,
+                                                 pool_size, pool_strides, pool_padding,
+                                                 shape=shape, like=x)
     if z is None and name in ACTIVATIONS_NEEDING_INPUT:
         raise ValueError(f"{op}: '{name}' needs the pre-activation 'z', got None")
     if z is not None:
-        z = arrays.float_input(op, "z", z, like=y)
-        check_shape(op, "z", z, y.shape)
-    x = arrays.float_input(op, "x", x, ndim=4, like=y)
-    kernel = arrays.float_input(op, "kernel", kernel, ndim=4, like=y)
-    g = conv_geometry(op, x.shape, kernel.shape, strides, padding, dilation_rate)
-    _output_grad(op, "y", y, g)
-    _check_sizes(arrays, op, g)
+        z = arrays.float_input(op, "z", z, like=x)
+        check_shape(op, "z", z, shape)
     return name, a, dpool, argmax, pooled, x, z, y, kernel, g, pg
 
 

@@ -107,19 +107,24 @@ def global_maxpool2d_backward(arrays, dy, argmax, input_shape):
     return dy, argmax, input_shape
 
 
-def pool_gradient(arrays, op, dpool, argmax, pooled, y, pool_size, strides, padding):
+def pool_gradient(arrays, op, dpool, argmax, pooled, y, pool_size, strides, padding,
+                  shape=None, like=None):
     """A max pool's backward arrays over its input y, for the ops that take them instead of
-    its input gradient -> (dpool, argmax, pooled or None, y, pg), pg the pool's geometry."""
-    if y is None:
+    its input gradient -> (dpool, argmax, pooled or None, y, pg), pg the pool's geometry.
+    With shape (the pool input's, checked by the caller), y may be None and the floats take
+    the dtype of like."""
+    if y is None and shape is None:
         raise ValueError(f"{op}: needs y, the pool's input, got None")
-    y = arrays.float_input(op, "y", y, ndim=4)
-    pg = pool_geometry(op, tuple(y.shape), pool_size, strides, padding)
-    dpool = arrays.float_input(op, "dpool", dpool, ndim=4, like=y)
+    if y is not None:
+        y = arrays.float_input(op, "y", y, ndim=4, like=like)
+        like, shape = y, tuple(y.shape)
+    pg = pool_geometry(op, tuple(shape), pool_size, strides, padding)
+    dpool = arrays.float_input(op, "dpool", dpool, ndim=4, like=like)
     check_shape(op, "dpool", dpool, (pg["N"], pg["HO"], pg["WO"], pg["C"]))
     argmax = arrays.int_input(op, "argmax", argmax, ndim=4)
     check_shape(op, "argmax", argmax, dpool.shape)
     if pooled is not None:
-        pooled = arrays.float_input(op, "pooled", pooled, ndim=4, like=y)
+        pooled = arrays.float_input(op, "pooled", pooled, ndim=4, like=like)
         check_shape(op, "pooled", pooled, dpool.shape)
     return dpool, argmax, pooled, y, pg
 
