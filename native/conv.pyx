@@ -728,8 +728,9 @@ def _run_conv_pool_forward(const floating[:, :, :, ::1] xp, const floating[:, :,
     job.band = band
     with nogil:
         _pack_panels(&w[0, 0, 0, 0], g.F, g.K, g.F, &wp[0])
-        # bands handed out one by one on pynn's worker team (native/_team.h)
-        pynn_team_for(nb, 1, threads, _conv_pool_forward_job, &job)
+        # on pynn's worker team (native/_team.h), claims of neighbouring bands: one claim
+        # per band (1,024 at batch 64) contended for the claim word, 1.45 ms against 1.21
+        pynn_team_for(nb, team_grain(nb, threads), threads, _conv_pool_forward_job, &job)
 
 
 cdef inline void _sum_slabs_row(const floating* part, floating* dw, Py_ssize_t k,

@@ -484,6 +484,9 @@ class Plan:
 # A MaxPooling2D over a Conv2D's output hands the conv a PoolGrad (_fuse_conv_pool); False
 # builds plans without (benchmarks' A/B, tests of the equality).
 FUSE_CONV_POOL = True
+# ... and the conv's step makes the pool's output where no y is needed (conv2d_pool_forward);
+# False keeps the two forward ops (benchmarks' A/B).
+FUSE_CONV_POOL_FORWARD = True
 
 # A training step keeps what its backward reads. A fused BatchNormalization -> relu keeps
 # its input x and statistics; its output, which the next Conv2D keeps as its own input for the
@@ -592,7 +595,8 @@ def _fuse_conv_pool(steps, readers, calls, outputs):
             continue
         st.pool_grad = True
         pool = st.layer
-        if (conv.layer.activation in ("relu", "linear") and conv.layer.groups == 1
+        if (FUSE_CONV_POOL_FORWARD and conv.layer.activation in ("relu", "linear")
+                and conv.layer.groups == 1
                 and pool.padding == "valid" and pool.strides[0] >= pool.pool_size[0]
                 and pool.strides[1] >= pool.pool_size[1]):
             # windows that tile the conv's output: its backward never needs y
