@@ -893,11 +893,14 @@ def test_conv2d_pool_backward_on_backend(backend):
     case = POOL_CASES[0]
     x, k, b, z, y, pooled, argmax, dpool = pool_case(rng, case, np.float32)
     for need_input_grad in (False, True):
-        check_op(backend, "conv2d_pool_backward", dpool, argmax, pooled, x, z, y, k, (1, 1),
-                 "same", (1, 1), "relu", 0.0, True, need_input_grad, (2, 2), (2, 2), "valid",
-                 ref=lambda *a, ig=need_input_grad: ref.conv2d_pool_backward_ref(
-                     dpool, argmax, x, k, b, (1, 1), "same", (1, 1), "relu", 0.0, True, ig),
-                 kind="gemm")
+        for kept in (y, None):   # None: a fused forward kept no y (relu's mask from pooled)
+            check_op(backend, "conv2d_pool_backward", dpool, argmax, pooled, x, z, kept, k,
+                     (1, 1), "same", (1, 1), "relu", 0.0, True, need_input_grad, (2, 2),
+                     (2, 2), "valid",
+                     ref=lambda *a, ig=need_input_grad: ref.conv2d_pool_backward_ref(
+                         dpool, argmax, x, k, b, (1, 1), "same", (1, 1), "relu", 0.0, True,
+                         ig),
+                     kind="gemm")
 
 
 @pytest.mark.parametrize("need_input_grad", [False, True])

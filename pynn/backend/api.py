@@ -542,10 +542,12 @@ def conv2d_pool_forward_composed(ops, x, kernel, bias, strides=(1, 1), padding="
 def conv2d_pool_backward_composed(ops, dpool, argmax, pooled, x, z, y, kernel, strides=(1, 1),
                                   padding="valid", dilation_rate=(1, 1), activation="linear",
                                   alpha=0.0, use_bias=True, need_input_grad=True,
-                                  pool_size=(2, 2), pool_strides=(2, 2), pool_padding="valid"):
+                                  pool_size=(2, 2), pool_strides=(2, 2), pool_padding="valid",
+                                  y_shape=None):
     """conv2d_pool_backward from a backend's ops: the pool's input gradient, then the conv's
-    backward. Without y (relu or linear): relu's mask from the pool's output first (its
-    backward on dpool), then the conv's backward as linear, dy standing in for y."""
+    backward. Without y (relu or linear; y_shape: the conv output's shape): relu's mask from
+    the pool's output first (its backward on dpool), then the conv's backward as linear, dy
+    standing in for y."""
     if y is not None:
         dy = ops.maxpool2d_backward(dpool, argmax, tuple(y.shape))
         return ops.conv2d_backward(dy, x, z, y, kernel, strides, padding, dilation_rate,
@@ -556,19 +558,9 @@ def conv2d_pool_backward_composed(ops, dpool, argmax, pooled, x, z, y, kernel, s
                          f"'{activation}' without the pool's output; got None")
     if name == "relu":
         dpool = ops.activation_backward(dpool, None, pooled, "relu", 0.0)
-    shape = (x.shape[0],) + tuple(_conv_output_hw(x, kernel, strides, padding,
-                                                 dilation_rate)) + (kernel.shape[3],)
-    dy = ops.maxpool2d_backward(dpool, argmax, shape)
+    dy = ops.maxpool2d_backward(dpool, argmax, tuple(y_shape))
     return ops.conv2d_backward(dy, x, None, dy, kernel, strides, padding, dilation_rate,
                                "linear", 0.0, use_bias, need_input_grad)
-
-
-def _conv_output_hw(x, kernel, strides, padding, dilation_rate):
-    from pynn.backend.operands.common import conv_geometry
-
-    g = conv_geometry("conv2d_pool_backward", tuple(x.shape), tuple(kernel.shape), strides,
-                      padding, dilation_rate)
-    return g["HO"], g["WO"]
 
 
 def bias_activation_backward(ops, dy, z, y, activation, alpha=0.0, use_bias=True):

@@ -109,7 +109,7 @@ def conv2d_pool_backward(dpool, argmax, pooled, x, z, y, kernel, strides=(1, 1),
     conv's backward above (no fused kernel)."""
     from pynn.backend.opencl.pool import maxpool2d_backward
 
-    name, alpha, dpool, argmax, pooled, x, z, y, kernel, _, _ = operands.conv2d_pool_backward(
+    name, alpha, dpool, argmax, pooled, x, z, y, kernel, g, _ = operands.conv2d_pool_backward(
         DEVICE, dpool, argmax, pooled, x, z, y, kernel, strides, padding, dilation_rate,
         activation, alpha, pool_size, pool_strides, pool_padding)
     ops = SimpleNamespace(maxpool2d_backward=maxpool2d_backward,
@@ -118,7 +118,7 @@ def conv2d_pool_backward(dpool, argmax, pooled, x, z, y, kernel, strides=(1, 1),
     return conv2d_pool_backward_composed(ops, dpool, argmax, pooled, x, z, y, kernel, strides,
                                          padding, dilation_rate, name, alpha, use_bias,
                                          need_input_grad, pool_size, pool_strides,
-                                         pool_padding)
+                                         pool_padding, (g["N"], g["HO"], g["WO"], g["F"]))
 
 
 # The ops conv2d_backward_composed runs in turn.
