@@ -20,9 +20,10 @@ interpreters, alternated in rounds (a shared machine's load falls on both alike)
 - ``conv_pool``: a MaxPooling2D hands the Conv2D under it its output gradient, argmax and
   output (PoolGrad; pynn/layers/functional.py, FUSE_CONV_POOL): the conv's backward makes dz
   from them (native/conv.pyx conv2d_pool_backward, native/activation.pyx
-  pooled_activation_bias_backward) without the pool's input gradient; off: the pool's
-  backward then the conv's (same bits). The suite's small CNN (32x32x3, batch 64), float32
-  (``cnn``) and mixed_bfloat16 (``cnn_bf16``).
+  pooled_activation_bias_backward) without the pool's input gradient, and in forward the
+  conv makes the pool's output itself (conv2d_pool_forward); off: the ops in turn (same
+  bits). The suite's small CNN (32x32x3, batch 64), float32 (``cnn``) and mixed_bfloat16
+  (``cnn_bf16``).
 
 Reported: ``train_on_batch`` milliseconds, each round's median step, the median over
 rounds; and the resident-memory peak of the round (ru_maxrss, MiB).
