@@ -544,6 +544,9 @@ def _pooled_activation_bias(dpool, argmax, pooled, pg, name, alpha):
     op = "pooled_activation_bias_backward"
     dz = np.empty((pg["N"], pg["H"], pg["W"], pg["C"]), dtype=dpool.dtype)
     db = np.zeros(pg["C"], dtype=dpool.dtype)
+    if dz.size == 0 or dpool.size == 0:   # no window, or nothing to route: all zeros
+        dz.fill(0)
+        return dz, db
     rows = _rows_view(dz)
     missed = dpool.size - _act_bias_backward_rows(
         rows, rows, rows, rows, db, ACTIVATIONS.index(name), alpha,

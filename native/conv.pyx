@@ -2159,10 +2159,11 @@ def conv2d_pool_backward(dpool, argmax, pooled, x, z, y, kernel, strides=(1, 1),
         activation, alpha, pool_size, pool_strides, pool_padding)
     g = _planned(g)
     tiles = (name in ("relu", "linear") and (pooled is not None or name == "linear")
-             and windows_tile(pg) and dpool.size and kernel.size and not _strided_pointwise(g))
+             and windows_tile(pg) and not _strided_pointwise(g))
+    sized = tiles and dpool.size and kernel.size
     route = _fused_pass_route(g, x.shape, x.dtype, name, use_bias, need_input_grad) \
-        if tiles else None
-    if (route is None and tiles and name == "linear" and not use_bias and not need_input_grad
+        if sized else None
+    if (route is None and sized and name == "linear" and not use_bias and not need_input_grad
             and not _use_winograd(g, x.dtype) and _use_direct(g, "conv2d_backward_weight")):
         # a first layer with nothing to differentiate in its epilogue, where from dy the
         # kernel gradient alone runs (the same slabs, so the same bits): the transient pass
@@ -2192,7 +2193,8 @@ def conv2d_pool_backward(dpool, argmax, pooled, x, z, y, kernel, strides=(1, 1),
         dx = (conv2d_backward_input(dz, kernel, x.shape, strides, padding, dilation_rate)
               if need_input_grad else None)
         return dx, dw, db if use_bias else None
-    if y is None and name != "linear":   # linear's backward reads neither y nor z
+    if y is None and name != "linear" and dpool.size:
+        # (linear's backward reads neither y nor z; a zero dy makes relu's mask moot)
         raise ValueError(f"{op}: y (the conv's output) is needed for '{name}' under this pool "
                          f"(windows that overlap or pad, or no pooled output); got None")
     dy = maxpool2d_backward(dpool, argmax, (g["N"], g["HO"], g["WO"], g["F"]))

@@ -981,3 +981,29 @@ def test_conv2d_pool_forward_on_backend(backend):
     got, host = check_op(backend, "conv2d_pool_forward", x, k, b, (1, 1), "same", (1, 1),
                          "tanh", 0.0, (2, 2), (2, 2), "valid", kind="gemm",
                          ref=lambda *a: ref.conv2d_pool_forward_ref(*a))
+
+
+@pytest.mark.parametrize("xs,ks", [((0, 8, 8, 3), (3, 3, 3, 4)),   # no samples
+                                   ((2, 6, 6, 0), (3, 3, 0, 4)),   # no input channels
+                                   ((2, 8, 8, 3), (3, 3, 3, 1))])  # one filter
+def test_conv2d_pool_pair_edges(rng, xs, ks):
+    """The pair's ops at the edges equal the ops in turn, backward without y included."""
+    from pynn._native import pool
+
+    x, k = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ks).astype(np.float32)
+    b = rng.standard_normal(ks[3]).astype(np.float32)
+    got = conv.conv2d_pool_forward(x, k, b, 1, "same", 1, "relu", 0.0)
+    y, z = conv.conv2d_forward(x, k, b, 1, "same", 1, "relu", 0.0)
+    want = pool.maxpool2d_forward(y, (2, 2), (2, 2), "valid")
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    dpool = rng.standard_normal(want[0].shape).astype(np.float32)
+    for need_input_grad in (False, True):
+        a = conv.conv2d_pool_backward(dpool, got[1], got[0], x, z, None, k, 1, "same", 1,
+                                      "relu", 0.0, True, need_input_grad)
+        w = conv.conv2d_backward(pool.maxpool2d_backward(dpool, want[1], y.shape), x, z, y, k,
+                                 1, "same", 1, "relu", 0.0, True, need_input_grad)
+        for g, e in zip(a, w):
+            assert (g is None) == (e is None)
+            if g is not None:
+                np.testing.assert_array_equal(g, e)
