@@ -2186,8 +2186,10 @@ def conv2d_pool_backward(dpool, argmax, pooled, x, z, y, kernel, strides=(1, 1),
 
         return _one_pass_backward(make_dz, x, kernel, g, route, strides, padding,
                                   dilation_rate, x.dtype, use_bias, need_input_grad)
-    if tiles and name == "relu":
+    if name == "relu" and pooled is not None and windows_tile(pg) and (
+            tiles or y is None):
         # conv2d_backward would run the separate ops: their first from the pool's arrays
+        # (and a strided 1x1 conv's, whose conv2d_backward subsamples: without y, this road)
         dz, db = _pooled_activation_bias(dpool, argmax, pooled, pg, name, a)
         dw = conv2d_backward_weight(x, dz, kernel.shape, strides, padding, dilation_rate)
         dx = (conv2d_backward_input(dz, kernel, x.shape, strides, padding, dilation_rate)

@@ -1007,3 +1007,25 @@ def test_conv2d_pool_pair_edges(rng, xs, ks):
             assert (g is None) == (e is None)
             if g is not None:
                 np.testing.assert_array_equal(g, e)
+
+
+def test_conv2d_pool_backward_without_y_strided_pointwise(rng):
+    """A strided 1x1 conv (conv2d_backward subsamples x) under a pool, without y: the
+    pool's arrays make dz, close to the ops in turn with y."""
+    from pynn._native import pool
+
+    x = rng.standard_normal((3, 12, 10, 5)).astype(np.float32)
+    k = rng.standard_normal((1, 1, 5, 6)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    y, z = conv.conv2d_forward(x, k, b, (2, 2), "valid", 1, "relu", 0.0)
+    pooled, argmax = conv.conv2d_pool_forward(x, k, b, (2, 2), "valid", 1, "relu", 0.0)
+    dpool = rng.standard_normal(pooled.shape).astype(np.float32)
+    for need_input_grad in (False, True):
+        got = conv.conv2d_pool_backward(dpool, argmax, pooled, x, z, None, k, (2, 2), "valid",
+                                        1, "relu", 0.0, True, need_input_grad)
+        want = conv.conv2d_backward(pool.maxpool2d_backward(dpool, argmax, y.shape), x, z, y,
+                                    k, (2, 2), "valid", 1, "relu", 0.0, True, need_input_grad)
+        for g, w in zip(got, want):
+            assert (g is None) == (w is None)
+            if g is not None:
+                np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)

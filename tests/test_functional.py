@@ -698,3 +698,27 @@ def test_conv_pool_fusion_in_forward_only_where_no_y_is_needed():
     assert fused("linear", pool_size=(2, 3), strides=(3, 3)) == ([True, False], [False, True])
     for act, kw in [("tanh", {}), ("relu", {"strides": 1}), ("relu", {"padding": "same"})]:
         assert fused(act, **kw) == ([False, False], [False, False]), (act, kw)
+
+
+def test_conv_pool_pair_trains_where_the_conv_subsamples(seeded, monkeypatch):
+    """A strided 1x1 conv under a pool: the pair (no y kept) trains as the ops in turn."""
+    from pynn.layers import functional
+
+    models = []
+    for fuse in (True, False):
+        monkeypatch.setattr(functional, "FUSE_CONV_POOL", fuse)
+        pynn.utils.set_random_seed(3)
+        x_in = pynn.Input((12, 10, 3))
+        h = layers.Conv2D(8, 3, padding="same", activation="relu")(x_in)
+        h = layers.Conv2D(6, 1, strides=2, activation="relu")(h)
+        h = layers.MaxPooling2D()(h)
+        model = pynn.Model(x_in, layers.Dense(2)(layers.Flatten()(h)))
+        model.compile("adam", "mse")
+        models.append(model)
+    x = seeded.standard_normal((4, 12, 10, 3)).astype(np.float32)
+    y = seeded.standard_normal((4, 2)).astype(np.float32)
+    for _ in range(3):
+        losses = [m.train_on_batch(x, y) for m in models]
+        np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    for a, b in zip(models[0].get_weights(), models[1].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -29,9 +29,8 @@ def _output_grad(op, name, a, g):
 
 
 def conv2d_forward(arrays, x, kernel, bias, strides, padding, dilation_rate, activation,
-                   alpha):
+                   alpha, op="conv2d_forward"):
     """-> (name, alpha, x, kernel, bias or None, g)."""
-    op = "conv2d_forward"
     name, a = activation_pair(op, activation, alpha)
     x = arrays.float_input(op, "x", x, ndim=4)
     kernel = arrays.float_input(op, "kernel", kernel, ndim=4, like=x)
@@ -87,14 +86,8 @@ def conv2d_pool_forward(arrays, x, kernel, bias, strides, padding, dilation_rate
     from pynn.backend.operands.pool import pool_geometry
 
     op = "conv2d_pool_forward"
-    name, a = activation_pair(op, activation, alpha)
-    x = arrays.float_input(op, "x", x, ndim=4)
-    kernel = arrays.float_input(op, "kernel", kernel, ndim=4, like=x)
-    g = conv_geometry(op, x.shape, kernel.shape, strides, padding, dilation_rate)
-    if bias is not None:
-        bias = arrays.float_input(op, "bias", bias, ndim=1, like=x)
-        check_shape(op, "bias", bias, (g["F"],))
-    _check_sizes(arrays, op, g)
+    name, a, x, kernel, bias, g = conv2d_forward(arrays, x, kernel, bias, strides, padding,
+                                                 dilation_rate, activation, alpha, op)
     pg = pool_geometry(op, (g["N"], g["HO"], g["WO"], g["F"]), pool_size, pool_strides,
                        pool_padding)
     if pg["HO"] <= 0 or pg["WO"] <= 0:
