@@ -30,6 +30,8 @@ from libc.string cimport memcpy
 
 import numpy as np
 
+from pynn.backend._scratch import aligned_empty
+
 cimport numpy as cnp
 
 from _activation cimport ACT_RELU, ACT_SOFTMAX, act_forward_vec, bias_activation_rows, softmax_row
@@ -207,10 +209,11 @@ cdef class DenseChain:
             up = -(-k.shape[1] // _PAD_COLS) * _PAD_COLS
             if rows > 1:
                 if kp is None:
-                    kp = np.zeros((k.shape[0], up), np.float32)
-                    kp[:, :k.shape[1]] = k
-                    kp = np.concatenate([kp[:, p0:p0 + _PANEL_COLS].ravel()
-                                         for p0 in range(0, up, _PANEL_COLS)])
+                    padded = np.zeros((k.shape[0], up), np.float32)
+                    padded[:, :k.shape[1]] = k
+                    kp = aligned_empty(k.shape[0] * up, np.float32)
+                    np.concatenate([padded[:, p0:p0 + _PANEL_COLS].ravel()
+                                    for p0 in range(0, up, _PANEL_COLS)], out=kp)
                 elif (type(kp) is not np.ndarray or kp.dtype != np.float32 or kp.ndim != 1
                       or kp.shape[0] != k.shape[0] * up or not kp.flags.c_contiguous):
                     raise ValueError(f"DenseChain: a packed kernel for {k.shape} must be "

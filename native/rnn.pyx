@@ -61,7 +61,7 @@ from _openmp cimport omp_get_max_threads
 from _blas cimport floating
 from _activation cimport act_value, act_grad, ACT_SIGMOID, ACT_TANH
 
-from pynn.backend._scratch import give as _give_scratch, take as _take_scratch
+from pynn.backend._scratch import aligned_empty, give as _give_scratch, take as _take_scratch
 from pynn.backend.operands import rnn as operands
 from pynn.backend.operands.common import HOST
 
@@ -159,7 +159,7 @@ def _pack_panels(const floating[:, ::1] m, bint trans, Py_ssize_t lo, Py_ssize_t
     panel p = columns [p*NC, p*NC + w) of B, K rows of w contiguous values, at p*NC*K."""
     cdef Py_ssize_t k = m.shape[0] if not trans else hi - lo
     cdef Py_ssize_t n = hi - lo if not trans else m.shape[0]
-    out = np.empty(k * n, dtype=np.float32 if floating is float else np.float64)
+    out = aligned_empty(k * n, np.float32 if floating is float else np.float64)
     cdef floating[::1] dst = out
     cdef Py_ssize_t nc, p0, w, kk, j
     cdef floating* d

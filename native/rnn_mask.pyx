@@ -36,7 +36,7 @@ from _openmp cimport omp_get_max_threads
 
 from pynn.backend.operands import rnn_mask as operands
 from pynn.backend.operands.common import HOST
-from pynn.backend._scratch import give as _give_scratch, take as _take_scratch
+from pynn.backend._scratch import aligned_empty, give as _give_scratch, take as _take_scratch
 # The fast path's packing (native/rnn.pyx): the same panel layout serves both families.
 from pynn._native.rnn import _pack_panels
 
@@ -431,8 +431,8 @@ def _packed_gates(rk, Py_ssize_t k, bint trans):
     """The k gate blocks of rk (U, k*U), each packed by _pack_panels (transposed for
     backward), one after the other."""
     u = rk.shape[0]
-    return np.concatenate([_pack_panels(rk, trans, gate * u, (gate + 1) * u)
-                           for gate in range(k)])
+    blocks = [_pack_panels(rk, trans, gate * u, (gate + 1) * u) for gate in range(k)]
+    return np.concatenate(blocks, out=aligned_empty(sum(b.size for b in blocks), rk.dtype))
 
 
 cdef Rec _rec(c, flags, t, rk, rb, mask, rdrop):

@@ -356,6 +356,7 @@ def test_a_chains_packed_panels_give_the_unpacked_products_bits(kernel):
             info._rows_gemm(x, k, want)
         np.testing.assert_array_equal(out, want)
         assert_close(out, x.astype(np.float64) @ k.astype(np.float64), 1e-5, "packed panels")
+        assert chain.packed[0].ctypes.data % 64 == 0  # whole vectors never straddle lines
 
 
 @pytest.mark.parametrize("kernel", pynn._config.available_kernels())

@@ -26,6 +26,17 @@ def _lead(buf):
     return (-buf.ctypes.data % _ALIGN_BYTES) // buf.itemsize
 
 
+def aligned_empty(size, dtype):
+    """An uninitialized 1-D array of `size` elements that starts on a cache line, for a
+    copy a microkernel reads as whole vectors for as long as it lives (packed weights).
+    From a plain NumPy allocation a third of those loads straddled two lines (Intel Xeon,
+    the MLP's 64 x 784 -> 256 layer on one thread: 148 -> 130 us aligned)."""
+    dtype = np.dtype(dtype)
+    raw = np.empty(size + _ALIGN_BYTES // dtype.itemsize, dtype=dtype)
+    lead = _lead(raw)
+    return raw[lead:lead + size]
+
+
 def take(dtype, *shapes):
     """(handle for give, [one C-contiguous view per shape]); uninitialized contents. Kept
     cheap (every op with temporaries calls it): shape products in Python ints (np.prod cost
