@@ -623,12 +623,16 @@ cdef extern from "_maxpool.h":
                            int idx) noexcept nogil
     void pynn_max_update_d(const double* px, double* best, int* arg, Py_ssize_t C,
                            int idx) noexcept nogil
+    void pynn_infer_max_f(const float* x, Py_ssize_t wc, Py_ssize_t hn, Py_ssize_t wn,
+                          float* y, Py_ssize_t C) noexcept nogil
 
 
 ctypedef struct _PoolForwardJob:
     _DirectJob conv       # the conv's direct forward (its z and y unused)
     void* pooled          # (N, HPo, WPo, F)
     int* argmax           # like pooled: h * WO + w of the winning conv output pixel
+    int* arg_rows         # argmax NULL (inference): per team slot one row of winners that
+                          # nothing reads (the update writes them anyway: it vectorizes)
     void* band_buf        # per team slot: one band of PH conv rows, band * F values
     Py_ssize_t HPo, WPo, PH, PW, SH, SW, band
 
@@ -636,11 +640,18 @@ ctypedef struct _PoolForwardJob:
 cdef inline void _pool_band(const floating* yb, floating* out, int* arg, const Geom* g,
                             const _PoolForwardJob* j, Py_ssize_t hp) noexcept nogil:
     """Pooled row hp of one image from the PH conv rows of its windows (yb: PH * WO * F
-    values, the activation applied): maxpool2d_forward's winner rule and window order."""
+    values, the activation applied): maxpool2d_forward's winner rule and window order.
+    Values alone (j.argmax NULL, float32): the inference plans' max (_maxpool.h, vmaxps
+    where no NaN), the same values."""
     cdef Py_ssize_t wp, i, jj, f, w0, F = g.F
     cdef const floating* px
     cdef floating* op
     cdef int* ap
+    if floating is float:
+        if j.argmax == NULL:
+            for wp in range(j.WPo):
+                pynn_infer_max_f(yb + wp * j.SW * F, g.WO * F, j.PH, j.PW, out + wp * F, F)
+            return
     for wp in range(j.WPo):
         w0 = wp * j.SW
         op = out + wp * F
@@ -666,10 +677,13 @@ cdef void _conv_pool_forward_job(void* ctx, long begin, long end, int slot) noex
     cdef _DirectJob* c = &j.conv
     cdef long b
     cdef Py_ssize_t n, hp, p0, F = c.g.F
+    cdef int* arg
     for b in range(begin, end):
         n = b // j.HPo
         hp = b - n * j.HPo
         p0 = (n * c.g.HO + hp * j.SH) * c.g.WO
+        arg = (j.argmax + b * j.WPo * F if j.argmax != NULL
+               else j.arg_rows + slot * j.WPo * F)
         if c.is_double:
             _forward_direct_pixels(<const double*>c.xp, <const double*>c.wp,
                                    <const double*>c.bias,
@@ -678,7 +692,7 @@ cdef void _conv_pool_forward_job(void* ctx, long begin, long end, int slot) noex
                                    c.roff_buf + slot * j.band, p0, j.band, c.aseg, c.bseg,
                                    c.bseg_last, c.nseg, c.tn, c.act, c.alpha, c.group)
             _pool_band(<const double*>j.band_buf + slot * j.band * F,
-                       <double*>j.pooled + b * j.WPo * F, j.argmax + b * j.WPo * F, c.g, j, hp)
+                       <double*>j.pooled + b * j.WPo * F, arg, c.g, j, hp)
         else:
             _forward_direct_pixels(<const float*>c.xp, <const float*>c.wp,
                                    <const float*>c.bias,
@@ -687,7 +701,7 @@ cdef void _conv_pool_forward_job(void* ctx, long begin, long end, int slot) noex
                                    c.roff_buf + slot * j.band, p0, j.band, c.aseg, c.bseg,
                                    c.bseg_last, c.nseg, c.tn, c.act, <float>c.alpha, c.group)
             _pool_band(<const float*>j.band_buf + slot * j.band * F,
-                       <float*>j.pooled + b * j.WPo * F, j.argmax + b * j.WPo * F, c.g, j, hp)
+                       <float*>j.pooled + b * j.WPo * F, arg, c.g, j, hp)
 
 
 def _run_conv_pool_forward(const floating[:, :, :, ::1] xp, const floating[:, :, :, ::1] w,
@@ -697,12 +711,14 @@ def _run_conv_pool_forward(const floating[:, :, :, ::1] xp, const floating[:, :,
                            double alpha, floating[:, :, :, ::1] pooled,
                            int[:, :, :, ::1] argmax, pool_size, pool_strides):
     """The direct forward of a conv whose output only a max pool with windows that tile
-    it reads, band by band (conv2d_pool_forward): the conv's output is never whole."""
+    it reads, band by band (conv2d_pool_forward): the conv's output is never whole.
+    argmax None: the pooled values alone (an inference plan's pair)."""
     cdef _PoolForwardJob job
     cdef int threads = omp_get_max_threads()
     cdef Py_ssize_t band = pool_size[0] * g.WO, nb = pooled.shape[0] * pooled.shape[1]
-    if (pooled.shape[0] != g.N or pooled.shape[3] != g.F
-            or tuple(argmax.shape) != tuple(pooled.shape)
+    cdef int[::1] arg_rows
+    if (pooled.shape[0] != g.N or pooled.shape[3] != g.F or pooled.size == 0
+            or (argmax is not None and tuple(argmax.shape) != tuple(pooled.shape))
             or pool_strides[0] < pool_size[0] or pool_strides[1] < pool_size[1]
             or (pooled.shape[1] - 1) * pool_strides[0] + pool_size[0] > g.HO
             or (pooled.shape[2] - 1) * pool_strides[1] + pool_size[1] > g.WO
@@ -721,7 +737,12 @@ def _run_conv_pool_forward(const floating[:, :, :, ::1] xp, const floating[:, :,
     job.conv.bseg_last, job.conv.nseg, job.conv.tn = &bseg_last[0], aseg.shape[0], tn
     job.conv.group = aseg.shape[0] if tn <= 0 else _imax(_FORWARD_PANEL_ROWS // tn, 1)
     job.conv.act, job.conv.alpha, job.conv.chunk = act, alpha, band
-    job.pooled, job.argmax, job.band_buf = &pooled[0, 0, 0, 0], &argmax[0, 0, 0, 0], &bandv[0]
+    job.pooled, job.band_buf = &pooled[0, 0, 0, 0], &bandv[0]
+    if argmax is not None:
+        job.argmax, job.arg_rows = &argmax[0, 0, 0, 0], NULL
+    else:
+        arg_rows = np.empty(threads * pooled.shape[2] * g.F, dtype=np.int32)
+        job.argmax, job.arg_rows = NULL, &arg_rows[0]
     job.HPo, job.WPo = pooled.shape[1], pooled.shape[2]
     job.PH, job.PW, job.SH, job.SW = pool_size[0], pool_size[1], pool_strides[0], \
         pool_strides[1]

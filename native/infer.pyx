@@ -725,62 +725,7 @@ cdef void _conv_pixels(void* step, const float* x, float* y, Py_ssize_t b0,
     (<Conv2DDirect>step)._pixels(x, y, b0, b1)
 
 
-cdef extern from *:
-    """
-    /* native/pool.pyx's PYNN_MAX_UPDATE without the argmax (inference needs no backward):
-     * take a pixel where it is strictly greater, or the first NaN, so y has pool.pyx's bits
-     * (ties between -0.0 and 0.0 keep the first, as there). */
-    #if defined(__AVX__)
-    #include <immintrin.h>
-    #endif
-
-    /* pool.pyx's rule, one channel: v replaces the winner b where strictly greater, or
-       where v is the first NaN. */
-    static inline float pynn_infer_sel(float v, float b) {
-        return ((v > b) | ((v != v) & (b == b))) ? v : b;
-    }
-
-    /* The exact rule over one window's channels [c0, c1). */
-    static void pynn_infer_max_exact(const float* x, Py_ssize_t wc, Py_ssize_t hn,
-                                     Py_ssize_t wn, float* y, Py_ssize_t C, Py_ssize_t c0,
-                                     Py_ssize_t c1) {
-        Py_ssize_t c, h, w;
-        for (c = c0; c < c1; c++) {
-            float b = x[c];
-            for (h = 0; h < hn; h++)
-                for (w = 0; w < wn; w++) b = pynn_infer_sel(x[h * wc + w * C + c], b);
-            y[c] = b;
-        }
-    }
-
-    /* y[c] = the window's max, windows of hn x wn pixels at x (rows wc floats apart),
-     * pixels in row-major order. Without NaNs the rule is exactly vmaxps(v, b) (v where
-     * v > b, else b: ties keep the earlier pixel, -0.0 and 0.0 included), one instruction
-     * against five for the rule's compares and selects; a sum of the window's pixels
-     * turns NaN when any is (or, harmlessly, on inf - inf), and that 8-channel block is
-     * redone by the exact rule. Four blocks at a time keep four chains in flight. (The
-     * rule's compares per pixel: 7.7 us for the small CNN's first pooling at batch 1.) */
-    static inline void pynn_infer_max_f(const float* restrict x, Py_ssize_t wc,
-                                        Py_ssize_t hn, Py_ssize_t wn, float* restrict y,
-                                        Py_ssize_t C) {
-        Py_ssize_t c = 0, h, w;
-    #if defined(__AVX__)
-        for (; c + 8 <= C; c += 8) {
-            __m256 b = _mm256_loadu_ps(x + c), s = _mm256_setzero_ps();
-            for (h = 0; h < hn; h++)
-                for (w = 0; w < wn; w++) {
-                    const __m256 v = _mm256_loadu_ps(x + h * wc + w * C + c);
-                    b = _mm256_max_ps(v, b);
-                    s = _mm256_add_ps(s, v);
-                }
-            _mm256_storeu_ps(y + c, b);
-            if (_mm256_movemask_ps(_mm256_cmp_ps(s, s, _CMP_UNORD_Q)))
-                pynn_infer_max_exact(x, wc, hn, wn, y, C, c, c + 8);
-        }
-    #endif
-        pynn_infer_max_exact(x, wc, hn, wn, y, C, c, C);
-    }
-    """
+cdef extern from "_maxpool.h":
     void pynn_infer_max_f(const float* x, Py_ssize_t wc, Py_ssize_t hn, Py_ssize_t wn,
                           float* y, Py_ssize_t C) noexcept nogil
 

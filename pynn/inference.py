@@ -293,6 +293,8 @@ class InferencePlan:
         if self.serial:
             self.steps = [_serial_twin(r) for r in self.steps]
         self.steps = [_tuned(r) for r in self.steps]
+        if not self.serial and PAIR_CONV_POOL:
+            self.steps = _paired_conv_pool(self.steps, self.output_slots)
         for r in self.steps:
             r.sample = r.own = None  # the validation arrays, no longer needed
         # A batch-1 plan that is one Dense chain runs no OpenMP and no BLAS (_gemv.h): its
@@ -978,6 +980,80 @@ class _Conv2D(_Buffered):
             self._forward(xp, self.kernel, self.bias, y, y, buf[2], g, buf[3], self.chunk,
                           self.aseg, self.bseg, self.bseg_last, self.tn, self.act, self.alpha)
         return y, into_buffer
+
+
+class _Conv2DPool(_Generic):
+    """A direct Conv2D whose output only a max pooling with windows that tile it reads, as
+    one step (native/conv.pyx _run_conv_pool_forward without argmax): the conv runs band by
+    band, each band pooled while in cache, so its output is never written whole nor read
+    back. The two steps' bits (the same microkernel calls and winner rule). Small CNN,
+    batch 64, one thread, Intel Xeon: the first conv and pool 1.23 + 0.38 ms -> see
+    bench/README.md."""
+
+    def __init__(self, conv, pool):
+        from pynn._native import conv as native
+
+        self.conv, self.pool = conv, pool
+        self.layer = conv.layer  # the one that reads this step's input (errors name it)
+        self.ins, self.outs = conv.ins, pool.outs
+        self.several = self.multi_out = False
+        self.shape, self.dtype = pool.shape, pool.dtype
+        self.macs = conv.macs
+        self.nbytes = pool.nbytes + conv.nbytes - int(np.prod(conv.shape)) * conv.dtype.itemsize
+        self.to_caller = pool.to_caller
+        self._padded, self._run = native._padded, native._run_conv_pool_forward
+        g = pool.g
+        self.pool_size, self.pool_strides = (g["PH"], g["PW"]), (g["SH"], g["SW"])
+
+    def allocate(self):
+        c = self.conv
+        return (np.empty(self.shape, self.dtype), np.zeros(c.pad_shape, self.dtype),
+                np.empty(c.g["K"] * c.g["F"], self.dtype))
+
+    def run(self, x, buf):
+        c = self.conv
+        if self.to_caller[0]:
+            y, into_buffer = np.empty(self.shape, self.dtype), False
+        else:
+            y, into_buffer = buf[0], True
+        g = c.g
+        xp = self._padded(x, buf[1], g["PT"], g["PL"])
+        self._run(xp, c.kernel, c.bias, buf[2], g, c.aseg, c.bseg, c.bseg_last, c.tn, c.act,
+                  c.alpha, y, None, self.pool_size, self.pool_strides)
+        return y, into_buffer
+
+
+# Whether a multi-thread plan runs a direct Conv2D and the max pooling that alone reads it
+# as one step (_Conv2DPool); False keeps two (benchmarks' A/B).
+PAIR_CONV_POOL = True
+
+
+def _paired_conv_pool(steps, output_slots):
+    """steps with each direct Conv2D runner whose output only a float32 max pooling with
+    windows that tile it reads (valid padding, strides >= pool size) merged with it."""
+    readers = {}
+    for r in steps:
+        for slot in r.ins:
+            readers[slot] = readers.get(slot, 0) + 1
+    out, skip = [], set()
+    for i, r in enumerate(steps):
+        if i in skip:
+            continue
+        pool = next((p for p in steps[i + 1:] if p.ins and p.ins[0] == r.outs[0]), None) \
+            if type(r) is _Conv2D and not r.multi_out else None
+        if (pool is not None and type(pool) is _MaxPool2DValues and not pool.several
+                and readers.get(r.outs[0]) == 1 and r.outs[0] not in output_slots
+                and r.dtype == pool.dtype and pool.layer.padding == "valid"
+                and pool.g["PT"] == 0 and pool.g["PL"] == 0
+                and pool.g["SH"] >= pool.g["PH"] and pool.g["SW"] >= pool.g["PW"]
+                and r.g["N"] and r.g["K"] and all(pool.shape)):
+            j = steps.index(pool)
+            if all(r.outs[0] not in s.ins for s in steps[i + 1:j]):
+                out.append(_Conv2DPool(r, pool))
+                skip.add(j)
+                continue
+        out.append(r)
+    return out
 
 
 class _Conv2DSerial(_Conv2D):

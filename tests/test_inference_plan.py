@@ -535,6 +535,69 @@ def test_multi_thread_plan_pools_without_argmax(num_threads):
         assert runners(model, [x])[1] == "_MaxPool2DValues"
 
 
+def pool_pairs_cnn(activation="relu", pool=(2, 2), pool_strides=None, width=23):
+    return pynn.Sequential([
+        L.Input((width, 21, 5)), L.Conv2D(9, 3, padding="same", activation=activation),
+        L.MaxPooling2D(pool, strides=pool_strides), L.Conv2D(6, (2, 3), activation="relu"),
+        L.MaxPooling2D(padding="same"), L.Flatten(), L.Dense(4, activation="softmax")])
+
+
+@pytest.mark.parametrize("activation, pool, pool_strides", [
+    ("relu", (2, 2), None), ("linear", (3, 2), (4, 3)), ("tanh", (2, 3), None),
+    ("relu", (1, 1), None)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_multi_thread_plan_runs_a_conv_and_its_pool_as_one_step(
+        activation, pool, pool_strides, threads, num_threads, monkeypatch):
+    """A direct Conv2D whose output only a 'valid' max pooling with windows that tile it
+    reads runs with it as one step (_Conv2DPool: band by band, the conv's output never
+    whole), windows that leave rows and columns unread included: the two steps' bits, on
+    every call and thread count, and the pair-free plan's bits. A pool that pads keeps two
+    steps."""
+    monkeypatch.setattr(inference, "SERIAL_MAX_MACS", 0)
+    monkeypatch.setattr(inference, "SERIAL_MAX_MACS_BATCHED", 0)
+    num_threads(threads)
+    rng = np.random.default_rng(31)
+    model = pool_pairs_cnn(activation, pool, pool_strides)
+    randomize(model, rng)
+    x = rand(rng, (7, 23, 21, 5))
+    got = model.predict_on_batch(x)
+    assert runners(model, [x])[:3] == ["_Conv2DPool", "_Conv2D", "_MaxPool2DValues"]
+    assert not plan_of(model, [x]).serial
+    np.testing.assert_array_equal(model.predict_on_batch(x), got)
+    monkeypatch.setattr(inference, "PAIR_CONV_POOL", False)
+    model._inference = None
+    np.testing.assert_array_equal(model.predict_on_batch(x), got)
+    assert runners(model, [x])[:2] == ["_Conv2D", "_MaxPool2DValues"]
+    assert_close(got, unfolded(model, [x])[0], 1e-5, "eager forward")
+
+
+def test_conv_pool_pairs_only_where_the_pool_alone_reads_the_conv(num_threads, monkeypatch):
+    """No pair where the conv's output is also a model output or another layer's input, or
+    the pool is the model's output (then the pair writes the caller's fresh array)."""
+    monkeypatch.setattr(inference, "SERIAL_MAX_MACS", 0)
+    monkeypatch.setattr(inference, "SERIAL_MAX_MACS_BATCHED", 0)
+    num_threads(2)
+    rng = np.random.default_rng(32)
+    inp = L.Input((12, 10, 3))
+    conv = L.Conv2D(8, 3, activation="relu")(inp)
+    pooled = L.MaxPooling2D()(conv)
+    both = pynn.Model(inp, [pooled, conv])
+    side = pynn.Model(inp, [pooled, L.GlobalAveragePooling2D()(conv)])
+    alone = pynn.Model(inp, pooled)
+    x = rand(rng, (5, 12, 10, 3))
+    for model, paired in ((both, False), (side, False), (alone, True)):
+        randomize(model, rng)
+        got = model.predict_on_batch(x)
+        want = general(model, [x])
+        for g, w in zip(got if isinstance(got, list) else [got], want):
+            assert_close(g, w, 1e-6, model.name)
+        assert ("_Conv2DPool" in runners(model, [x])) == paired
+        if paired:
+            again = model.predict_on_batch(x)
+            assert again is not got and np.shares_memory(again, got) is False
+            np.testing.assert_array_equal(again, got)
+
+
 def chunky_cnn():
     return pynn.Sequential([
         L.Input((19, 17, 3)), L.Conv2D(16, 3, padding="same", activation="relu"),
@@ -560,8 +623,9 @@ def test_large_batch_runs_its_conv_prefix_in_chunks(threads, num_threads, monkey
     assert plan.chunked is not None
     sub, prefix, suffix, chunk = plan.chunked
     assert chunk == 3 * threads  # 64 KiB per thread over the 20 KiB of conv2d's output
-    assert [type(r.layer).__name__ for r in prefix] == ["Conv2D", "MaxPooling2D", "Conv2D",
-                                                        "MaxPooling2D"]
+    # the first conv and its pool as one step (_Conv2DPool); the second pool pads: two
+    assert [type(r).__name__ for r in prefix][0] == "_Conv2DPool"
+    assert [type(r.layer).__name__ for r in prefix] == ["Conv2D", "Conv2D", "MaxPooling2D"]
     assert_close(first, general(model, [x])[0], 1e-5, "chunked plan")
     np.testing.assert_array_equal(model.predict_on_batch(x), first)
     np.testing.assert_array_equal(model.predict(x, batch_size=24, verbose=0), first)
