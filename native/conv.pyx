@@ -625,6 +625,9 @@ cdef extern from "_maxpool.h":
                            int idx) noexcept nogil
     void pynn_infer_max_f(const float* x, Py_ssize_t wc, Py_ssize_t hn, Py_ssize_t wn,
                           float* y, Py_ssize_t C) noexcept nogil
+    void pynn_window_max_f(const float* x, Py_ssize_t wc, Py_ssize_t hn, Py_ssize_t wn,
+                           Py_ssize_t C, int idx0, int idx_row, float* y,
+                           int* arg) noexcept nogil
 
 
 ctypedef struct _PoolForwardJob:
@@ -651,7 +654,13 @@ cdef inline void _pool_band(const floating* yb, floating* out, int* arg, const G
         if j.argmax == NULL:
             for wp in range(j.WPo):
                 pynn_infer_max_f(yb + wp * j.SW * F, g.WO * F, j.PH, j.PW, out + wp * F, F)
-            return
+        else:
+            for wp in range(j.WPo):
+                w0 = wp * j.SW
+                pynn_window_max_f(yb + w0 * F, g.WO * F, j.PH, j.PW, F,
+                                  <int>(hp * j.SH * g.WO + w0), <int>g.WO, out + wp * F,
+                                  arg + wp * F)
+        return
     for wp in range(j.WPo):
         w0 = wp * j.SW
         op = out + wp * F

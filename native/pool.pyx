@@ -58,6 +58,9 @@ cdef extern from "_maxpool.h":
                            int idx) noexcept nogil
     void pynn_max_update_d(const double* px, double* best, int* arg, Py_ssize_t C,
                            int idx) noexcept nogil
+    void pynn_window_max_f(const float* x, Py_ssize_t wc, Py_ssize_t hn, Py_ssize_t wn,
+                           Py_ssize_t C, int idx0, int idx_row, float* y,
+                           int* arg) noexcept nogil
 
 
 cdef inline void _max_update(const floating* px, floating* best, int* arg, Py_ssize_t C,
@@ -86,6 +89,10 @@ cdef void _maxpool_row(const floating* x, floating* y, int* arg, const Geom* g,
         ap = arg + wo * C
         # The first in-bounds pixel seeds the winner, so argmax is always a real pixel.
         px = x + ((n * g.H + h0) * g.W + w0) * C
+        if floating is float:
+            pynn_window_max_f(px, g.W * C, h1 - h0, w1 - w0, C, <int>(h0 * g.W + w0),
+                              <int>g.W, yp, ap)
+            continue
         for c in range(C):
             yp[c] = px[c]
             ap[c] = <int>(h0 * g.W + w0)

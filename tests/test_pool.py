@@ -170,28 +170,33 @@ def test_maxpool_nan_propagates():
     assert np.isnan(gy[0, 0]) and garg[0, 0] == 5
 
 
+@pytest.mark.parametrize("window", [(2, 3), (2, 2)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_maxpool_nan_and_ties_across_channels(dtype):
-    """37 channels (vector body and scalar tail of the channel loop): in each window the
-    first NaN in row-major order wins, else the first of equal maxima; the global max
-    follows the same rule."""
+def test_maxpool_nan_and_ties_across_channels(dtype, window):
+    """37 channels (vector blocks and the last channels lane by lane), 2x2 windows (their
+    own straight-line code) and others: in each window the first NaN in row-major order
+    wins, else the first of equal maxima (-0.0 and 0.0 equal: the first keeps its sign);
+    the global max follows the same rule."""
     rng = np.random.default_rng(5)
-    x = rng.integers(0, 3, size=(2, 5, 6, 37)).astype(dtype)   # many ties
+    x = rng.integers(-1, 2, size=(2, 5, 6, 37)).astype(dtype)   # many ties
+    x[(x == 0) & (rng.random(x.shape) < 0.5)] = -0.0
     x[rng.random(x.shape) < 0.05] = np.nan
-    y, arg = pool.maxpool2d_forward(x, (2, 3), (2, 3), "valid")
+    ph, pw = window
+    y, arg = pool.maxpool2d_forward(x, window, window, "valid")
     gy, garg = pool.global_maxpool2d_forward(x)
     for n in range(2):
         for c in range(37):
-            for ho in range(2):
-                for wo in range(2):
-                    win = [(h, w) for h in range(2 * ho, 2 * ho + 2)
-                           for w in range(3 * wo, 3 * wo + 3)]
+            for ho in range(5 // ph):
+                for wo in range(6 // pw):
+                    win = [(h, w) for h in range(ph * ho, ph * ho + ph)
+                           for w in range(pw * wo, pw * wo + pw)]
                     vals = [x[n, h, w, c] for h, w in win]
                     nans = [i for i, v in enumerate(vals) if np.isnan(v)]
                     k = nans[0] if nans else int(np.argmax(vals))
                     h, w = win[k]
                     assert arg[n, ho, wo, c] == h * 6 + w, (n, ho, wo, c)
                     np.testing.assert_array_equal(y[n, ho, wo, c], vals[k])
+                    assert np.signbit(y[n, ho, wo, c]) == np.signbit(vals[k])
             plane = x[n, :, :, c].ravel()
             nans = np.flatnonzero(np.isnan(plane))
             k = nans[0] if nans.size else int(np.argmax(plane))
