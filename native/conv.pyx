@@ -1578,15 +1578,91 @@ def _strided_pointwise(g):
             and g["PT"] == 0 and g["PL"] == 0)
 
 
+# The subsample and the scatter back run on pynn's worker team, a row of the full-size
+# array per item, each row written once (zeros and values in one pass): NumPy's strided copy
+# into np.zeros ran on one thread after a separate zeroing pass (32x32x32 -> 16x16x64 at
+# batch 64, two threads, Intel Xeon: backward 1.88 -> 1.49 ms, forward 0.77 -> 0.62).
+ctypedef struct _StrideJob:
+    bint is_double, scatter
+    void* full            # (N, H, W, C): read (gather) or written whole (scatter)
+    void* sub             # (N, HO, WO, C)
+    Py_ssize_t H, W, C, HO, WO, SH, SW
+
+
+cdef inline void _stride_row(floating* full, floating* sub, const _StrideJob* j,
+                             Py_ssize_t t) noexcept nogil:
+    """Gather: subsample row t = (n, ho) from its full-size row. Scatter: full-size row
+    t = (n, h), the subsample's values at its strided pixels, zeros elsewhere."""
+    cdef Py_ssize_t n, h, ho, w, wo, C = j.C
+    cdef floating* frow
+    cdef floating* srow
+    if not j.scatter:
+        n, ho = t // j.HO, t % j.HO
+        frow = full + (n * j.H + ho * j.SH) * j.W * C
+        srow = sub + t * j.WO * C
+        for wo in range(j.WO):
+            memcpy(srow + wo * C, frow + wo * j.SW * C, C * sizeof(floating))
+        return
+    n, h = t // j.H, t % j.H
+    frow = full + t * j.W * C
+    if h % j.SH or h // j.SH >= j.HO:
+        memset(frow, 0, j.W * C * sizeof(floating))
+        return
+    srow = sub + (n * j.HO + h // j.SH) * j.WO * C
+    for w in range(j.W):
+        if w % j.SW == 0 and w // j.SW < j.WO:
+            memcpy(frow + w * C, srow + (w // j.SW) * C, C * sizeof(floating))
+        else:
+            memset(frow + w * C, 0, C * sizeof(floating))
+
+
+cdef void _stride_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _StrideJob* j = <_StrideJob*>ctx
+    cdef long t
+    for t in range(begin, end):
+        if j.is_double:
+            _stride_row(<double*>j.full, <double*>j.sub, j, t)
+        else:
+            _stride_row(<float*>j.full, <float*>j.sub, j, t)
+
+
+def _run_stride(floating[:, :, :, ::1] full, floating[:, :, :, ::1] sub, Py_ssize_t SH,
+                Py_ssize_t SW, bint scatter):
+    """sub = full[:, ::SH, ::SW] (the first HO x WO of those), or scatter: full = zeros with
+    sub at those pixels."""
+    cdef _StrideJob job
+    cdef int threads = omp_get_max_threads()
+    cdef long items
+    if (full.shape[0] != sub.shape[0] or full.shape[3] != sub.shape[3] or SH < 1 or SW < 1
+            or (sub.shape[1] - 1) * SH >= full.shape[1] > 0
+            or (sub.shape[2] - 1) * SW >= full.shape[2] > 0
+            or (full.shape[1] == 0 or full.shape[2] == 0) and sub.shape[1] * sub.shape[2] > 0):
+        raise ValueError("conv2d: a strided 1x1 conv's subsample does not fit its input")
+    if full.size == 0 or (sub.size == 0 and not scatter):
+        return
+    if scatter and sub.size == 0:
+        full[...] = 0
+        return
+    job.is_double, job.scatter = floating is double, scatter
+    job.full, job.sub = &full[0, 0, 0, 0], &sub[0, 0, 0, 0]
+    job.H, job.W, job.C = full.shape[1], full.shape[2], full.shape[3]
+    job.HO, job.WO, job.SH, job.SW = sub.shape[1], sub.shape[2], SH, SW
+    items = full.shape[0] * (full.shape[1] if scatter else sub.shape[1])
+    with nogil:
+        pynn_team_for(items, team_grain(items, threads), threads, _stride_job, &job)
+
+
 def _subsampled(x, g):
     """x at the pixels a strided 1x1 conv reads, (N, HO, WO, C), contiguous."""
-    return np.ascontiguousarray(x[:, :g["HO"] * g["SH"]:g["SH"], :g["WO"] * g["SW"]:g["SW"]])
+    sub = np.empty((g["N"], g["HO"], g["WO"], x.shape[3]), dtype=x.dtype)
+    _run_stride(np.ascontiguousarray(x), sub, g["SH"], g["SW"], False)
+    return sub
 
 
 def _scattered(dxs, input_shape, g):
     """The input gradient of a strided 1x1 conv from that of its subsample: zero elsewhere."""
-    dx = np.zeros(input_shape, dtype=dxs.dtype)
-    dx[:, :g["HO"] * g["SH"]:g["SH"], :g["WO"] * g["SW"]:g["SW"]] = dxs
+    dx = np.empty(input_shape, dtype=dxs.dtype)
+    _run_stride(dx, np.ascontiguousarray(dxs), g["SH"], g["SW"], True)
     return dx
 
 

@@ -1029,3 +1029,25 @@ def test_conv2d_pool_backward_without_y_strided_pointwise(rng):
             assert (g is None) == (w is None)
             if g is not None:
                 np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_strided_subsample_and_scatter_against_numpy(rng, dtype, restore_threads):
+    """A strided 1x1 conv's subsample and its gradient's scatter (native, on the team):
+    NumPy's strided views, rows and columns past the last window included, at 1-3 threads;
+    a subsample that does not fit its input is refused before anything runs."""
+    full = rng.standard_normal((3, 9, 8, 5)).astype(dtype)
+    for threads in (1, 2, 3):
+        info.set_num_threads(threads)
+        sub = np.empty((3, 3, 4, 5), dtype)
+        conv._run_stride(full, sub, 3, 2, False)
+        np.testing.assert_array_equal(sub, full[:, ::3, ::2][:, :3, :4])
+        back = np.full_like(full, np.nan)
+        conv._run_stride(back, sub, 3, 2, True)
+        want = np.zeros_like(full)
+        want[:, ::3, ::2] = sub
+        np.testing.assert_array_equal(back, want)
+    with pytest.raises(ValueError, match="does not fit"):
+        conv._run_stride(full, np.empty((3, 4, 4, 5), dtype), 3, 2, False)
+    with pytest.raises(ValueError, match="does not fit"):
+        conv._run_stride(full, np.empty((3, 3, 4, 4), dtype), 3, 2, True)
