@@ -1051,3 +1051,91 @@ def test_strided_subsample_and_scatter_against_numpy(rng, dtype, restore_threads
         conv._run_stride(full, np.empty((3, 4, 4, 5), dtype), 3, 2, False)
     with pytest.raises(ValueError, match="does not fit"):
         conv._run_stride(full, np.empty((3, 3, 4, 4), dtype), 3, 2, True)
+
+
+# Strided convs whose input gradient runs by residue classes (_strided_input_grad): channels
+# in whole vectors of both dtypes, strides up to the kernel, odd sizes, rows and columns no
+# window reads ('valid'), both paddings.
+STRIDED_CLASS_CASES = [
+    ((2, 9, 11, 16), (3, 3, 16, 17), (2, 2), "same", (1, 1)),
+    ((3, 13, 10, 32), (3, 4, 32, 19), (2, 3), "valid", (1, 1)),
+    ((2, 8, 7, 16), (5, 3, 16, 13), (3, 2), "same", (1, 1)),
+    ((1, 6, 6, 16), (3, 3, 16, 33), (3, 3), "valid", (1, 1)),
+    ((2, 5, 4, 16), (2, 2, 16, 40), (2, 2), "same", (1, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", STRIDED_CLASS_CASES)
+def test_strided_input_gradient_by_classes(rng, case, dtype, restore_threads, monkeypatch):
+    """The residue-class input gradient (taken for these shapes) against the float64
+    oracle and the im2col path, the same bits on 1-3 threads, and inside conv2d_backward."""
+    x, k, b, dz = data(rng, case, dtype)
+    strides, padding, dilation = case[2:]
+    g = geometry_of(x.shape, k.shape, strides, padding, dilation)
+    assert conv._strided_input_grad_fits(g, dtype)
+    calls, real = [], conv._strided_input_grad
+    monkeypatch.setattr(conv, "_strided_input_grad", lambda *a: calls.append(1) or real(*a))
+    want = ref.conv2d_backward_input_ref(dz, k, x.shape, strides, padding, dilation)
+    got = []
+    for n in (1, 2, 3):
+        info.set_num_threads(n)
+        got.append(conv.conv2d_backward_input(dz, k, x.shape, strides, padding, dilation))
+    assert len(calls) == 3
+    check("conv2d_backward_input (classes)", got[0], want, dtype)
+    for other in got[1:]:
+        np.testing.assert_array_equal(other, got[0])
+    monkeypatch.setattr(conv, "_STRIDED_INPUT_GRAD", False)
+    check("conv2d_backward_input (im2col)",
+          conv.conv2d_backward_input(dz, k, x.shape, strides, padding, dilation), want, dtype)
+    monkeypatch.setattr(conv, "_STRIDED_INPUT_GRAD", True)
+    y, _ = conv.conv2d_forward(x, k, b, strides, padding, dilation, "linear", 0.0)
+    dx, dw, db = conv.conv2d_backward(dz, x, None, y, k, strides, padding, dilation, "linear",
+                                      0.0, True, True)
+    check("conv2d_backward's dx", dx, want, dtype)
+    check("conv2d_backward's dkernel", dw,
+          ref.conv2d_backward_weight_ref(x, dz, k.shape, strides, padding, dilation), dtype)
+
+
+def test_strided_input_gradient_by_classes_finite_differences(rng):
+    case = STRIDED_CLASS_CASES[1]
+    x, k, b, g = data(rng, ((1, 7, 8, 16), (3, 4, 16, 16), (2, 3), "valid", (1, 1)),
+                      np.float64)
+    assert conv._strided_input_grad_fits(
+        geometry_of(x.shape, k.shape, (2, 3), "valid", (1, 1)), np.float64)
+
+    def loss():
+        return float(np.sum(conv.conv2d_forward(x, k, b, (2, 3), "valid", (1, 1))[0] * g))
+
+    dx = conv.conv2d_backward_input(g, k, x.shape, (2, 3), "valid", (1, 1))
+    np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-7, atol=1e-8)
+    assert case[2] == (2, 3)
+
+
+def test_strided_input_class_checks_its_arrays(rng):
+    """A class that would read or write past its arrays is refused before anything runs."""
+    dzp = np.zeros((1, 4, 4, 2), np.float32)
+    dx = np.zeros((1, 6, 6, 16), np.float32)
+    panels = np.zeros(2 * 2 * 16, np.float32)
+    seg = np.zeros(1, np.intp)
+    with pytest.raises(ValueError, match="does not fit"):   # rows past dx
+        conv._run_strided_input_class(dzp, panels, dx, seg, seg, seg, 2, 4, 2, 0, 0, 0, 0,
+                                      2, 2, 0, 0)
+    with pytest.raises(ValueError, match="does not fit"):   # columns past dzp
+        conv._run_strided_input_class(dzp, panels, dx, seg, seg, seg, 2, 2, 3, 0, 2, 0, 0,
+                                      2, 2, 0, 0)
+
+
+@pytest.mark.parametrize("case", [
+    ((2, 9, 11, 17), (3, 3, 17, 32), (2, 2), "same", (1, 1)),   # channels not whole vectors
+    ((2, 9, 11, 16), (1, 3, 16, 64), (2, 2), "same", (1, 1)),   # kernel shorter than stride
+    ((2, 9, 11, 16), (3, 3, 16, 32), (2, 2), "same", (2, 1)),   # dilated
+    ((2, 9, 11, 16), (2, 2, 16, 16), (2, 2), "valid", (1, 1)),  # 16 terms a class
+    ((2, 9, 11, 16), (3, 3, 16, 32), (1, 1), "same", (1, 1)),   # stride 1: the direct path
+])
+def test_strided_input_gradient_keeps_im2col_elsewhere(rng, case):
+    x, k, b, dz = data(rng, case, np.float32)
+    g = geometry_of(x.shape, k.shape, *case[2:])
+    assert not conv._strided_input_grad_fits(g, np.float32)
+    check("conv2d_backward_input", conv.conv2d_backward_input(dz, k, x.shape, *case[2:]),
+          ref.conv2d_backward_input_ref(dz, k, x.shape, *case[2:]), np.float32)
