@@ -982,7 +982,7 @@ class _Conv2D(_Buffered):
         return y, into_buffer
 
 
-class _Conv2DPool(_Generic):
+class _Conv2DPool(_Buffered):
     """A direct Conv2D whose output only a max pooling with windows that tile it reads, as
     one step (native/conv.pyx _run_conv_pool_forward without argmax): the conv runs band by
     band, each band pooled while in cache, so its output is never written whole nor read
@@ -1012,10 +1012,7 @@ class _Conv2DPool(_Generic):
 
     def run(self, x, buf):
         c = self.conv
-        if self.to_caller[0]:
-            y, into_buffer = np.empty(self.shape, self.dtype), False
-        else:
-            y, into_buffer = buf[0], True
+        y, into_buffer = self.output(buf[0])
         g = c.g
         xp = self._padded(x, buf[1], g["PT"], g["PL"])
         self._run(xp, c.kernel, c.bias, buf[2], g, c.aseg, c.bseg, c.bseg_last, c.tn, c.act,
