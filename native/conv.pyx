@@ -618,16 +618,8 @@ cdef void _forward_direct(const floating* xp, const floating* wp, const floating
     pynn_team_for(nblk, team_grain(nblk, threads), threads, _forward_direct_job, &job)
 
 
-cdef extern from "_maxpool.h":
-    void pynn_max_update_f(const float* px, float* best, int* arg, Py_ssize_t C,
-                           int idx) noexcept nogil
-    void pynn_max_update_d(const double* px, double* best, int* arg, Py_ssize_t C,
-                           int idx) noexcept nogil
-    void pynn_infer_max_f(const float* x, Py_ssize_t wc, Py_ssize_t hn, Py_ssize_t wn,
-                          float* y, Py_ssize_t C) noexcept nogil
-    void pynn_window_max_f(const float* x, Py_ssize_t wc, Py_ssize_t hn, Py_ssize_t wn,
-                           Py_ssize_t C, int idx0, int idx_row, float* y,
-                           int* arg) noexcept nogil
+from _maxpool cimport (pynn_infer_max_f, pynn_max_update_d, pynn_max_update_f,
+                      pynn_window_max_f)
 
 
 ctypedef struct _PoolForwardJob:

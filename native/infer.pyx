@@ -725,9 +725,7 @@ cdef void _conv_pixels(void* step, const float* x, float* y, Py_ssize_t b0,
     (<Conv2DDirect>step)._pixels(x, y, b0, b1)
 
 
-cdef extern from "_maxpool.h":
-    void pynn_infer_max_f(const float* x, Py_ssize_t wc, Py_ssize_t hn, Py_ssize_t wn,
-                          float* y, Py_ssize_t C) noexcept nogil
+from _maxpool cimport pynn_infer_max_f
 
 
 cdef class MaxPool2D:

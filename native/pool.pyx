@@ -53,14 +53,7 @@ cdef inline Py_ssize_t _imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return a if a < b else b
 
 
-cdef extern from "_maxpool.h":
-    void pynn_max_update_f(const float* px, float* best, int* arg, Py_ssize_t C,
-                           int idx) noexcept nogil
-    void pynn_max_update_d(const double* px, double* best, int* arg, Py_ssize_t C,
-                           int idx) noexcept nogil
-    void pynn_window_max_f(const float* x, Py_ssize_t wc, Py_ssize_t hn, Py_ssize_t wn,
-                           Py_ssize_t C, int idx0, int idx_row, float* y,
-                           int* arg) noexcept nogil
+from _maxpool cimport pynn_max_update_f, pynn_max_update_d, pynn_window_max_f
 
 
 cdef inline void _max_update(const floating* px, floating* best, int* arg, Py_ssize_t C,
