@@ -37,7 +37,7 @@ import numpy as np
 
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport uint16_t, uint32_t
-from _activation cimport ACT_SOFTMAX, bias_activation_rows, block_epilogue
+from _activation cimport ACT_LINEAR, ACT_RELU, ACT_SOFTMAX, bias_activation_rows, block_epilogue
 from _openmp cimport omp_get_max_threads, omp_get_num_threads, omp_get_thread_num
 
 from pynn._config import usable_cores
@@ -45,6 +45,8 @@ from pynn._native import conv as float32_conv
 from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
 from pynn.backend.operands import bf16 as operands
 from pynn.backend.operands.common import HOST
+from pynn.backend.operands.pool import windows_tile
+from pynn.backend._scratch import aligned_empty
 
 include "_team.pxi"
 
@@ -116,6 +118,24 @@ cdef extern from "_bf16amx.h" nogil:
                              long kp16, float* acc)
     enum:
         PYNN_AMX_GROUP
+
+cdef extern from "_bf16amx_pool.h" nogil:
+    ctypedef struct pynn_amxcp_geom:
+        long N, H, W, C, F, KH, KW, SH, SW, DH, PT, PL, HO, WO
+        long PH, PW, PSH, PSW, HPo, WPo, HPd, WPd, WOP
+    void pynn_amxcp_image(const float* x, const pynn_amxcp_geom* g, int planar, uint16_t* out)
+    void pynn_amxcp_band(const pynn_amxcp_geom* g, const uint16_t* img, const uint32_t* Bt,
+                         const float* bias_rows, int relu, long hp, float* band,
+                         uint16_t* abuf)
+    long pynn_amxcp_wgrad(const pynn_amxcp_geom* g, const uint16_t* xq, const float* dpool,
+                          const float* pooled, const int* argmax, long b0, long b1,
+                          uint16_t* abuf, uint32_t* bbuf, float* acc, float* db)
+
+cdef extern from "_amx.h" nogil:
+    void pynn_amx_begin()
+    void pynn_amx_end()
+
+from _maxpool cimport pynn_window_max_f
 
 cdef enum:
     # Elements below which an op stays on one thread (the wake-up costs more than the work).
@@ -963,3 +983,241 @@ def _amx_conv_backward_weight(x, dz, partial, g):
                     pynn_amx_gemm(f, k, kp16, &apv[0] + grp * a_step, &bpv[0] + grp * b_step,
                                   &wv[grp, 0, 0], f, 1, 1, 0, pynn_amx_units(f, k),
                                   &bkv[0] + grp * _AMX_BLOCK)
+
+
+# -- Conv2D + MaxPooling2D of a narrow first layer on AMX (_bf16amx_pool.h) ------------------
+
+# The slabs a kernel gradient's bands are summed in: fixed, so the bits do not depend on the
+# thread count; a few per core so a busy core's share can move to the other.
+cdef long _POOL_SLABS = 32
+
+
+def _amx_pool_geom(g, pg):
+    """_bf16amx_pool.h's geometry of conv g under pool pg, or None where its kernels do not
+    apply: the window's K = KH * KW * C values past one tile row (32), F not whole 16-column
+    tiles, column dilation, a pool whose windows do not tile the conv's output."""
+    if not (_amx and g["KH"] * g["KW"] * g["C"] <= 32 and g["F"] % 16 == 0 and g["DW"] == 1
+            and windows_tile(pg) and g["N"] and pg["HO"] and pg["WO"] and g["C"]):
+        return None
+    cdef pynn_amxcp_geom c
+    c.N, c.H, c.W, c.C, c.F = g["N"], g["H"], g["W"], g["C"], g["F"]
+    c.KH, c.KW, c.SH, c.SW, c.DH = g["KH"], g["KW"], g["SH"], g["SW"], g["DH"]
+    c.PT, c.PL, c.HO, c.WO = g["PT"], g["PL"], g["HO"], g["WO"]
+    c.PH, c.PW, c.PSH, c.PSW = pg["PH"], pg["PW"], pg["SH"], pg["SW"]
+    c.HPo, c.WPo = pg["HO"], pg["WO"]
+    c.HPd = (c.HO - 1) * c.SH + (c.KH - 1) * c.DH + 1
+    c.WPd = (c.WO - 1) * c.SW + c.KW
+    c.WOP = (c.WO + 15) // 16 * 16
+    return c
+
+
+ctypedef struct _AmxPoolJob:
+    pynn_amxcp_geom g
+    const float* x
+    uint16_t* images       # sample n at n * image
+    long image
+    int planar
+    const uint32_t* bt
+    const float* bias_rows
+    uint16_t* abuf         # per slot: abuf_step bf16 (two 16 x 32, or one 32 x 32)
+    long abuf_step
+    float* band            # per slot: PH * WOP * F floats
+    long band_step
+    int act
+    float alpha
+    float* pooled
+    int* argmax
+    const float* dpool
+    const float* pool_out  # the pool's output (relu's mask) or NULL
+    const int* pool_arg
+    uint32_t* bbuf         # per slot: 512 words
+    float* acc             # per slab: 32 x F
+    float* db              # per slab: F
+    long* hits             # per slab
+    long slabs, bands
+
+
+cdef void _amx_pool_image_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _AmxPoolJob* j = <_AmxPoolJob*>ctx
+    cdef long n, xs = j.g.H * j.g.W * j.g.C
+    for n in range(begin, end):
+        pynn_amxcp_image(j.x + n * xs, &j.g, j.planar, j.images + n * j.image)
+
+
+cdef void _amx_pool_forward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    """Bands [begin, end) (band b = n * HPo + hp): its conv rows on the tiles into this
+    slot's band buffer, the activation there, then pooled from there."""
+    cdef _AmxPoolJob* j = <_AmxPoolJob*>ctx
+    cdef const pynn_amxcp_geom* g = &j.g
+    cdef long b, n, hp, wp, F = g.F, w0
+    cdef float* band = j.band + slot * j.band_step
+    cdef float* out
+    pynn_amx_begin()
+    for b in range(begin, end):
+        n = b // g.HPo
+        hp = b - n * g.HPo
+        pynn_amxcp_band(g, j.images + n * j.image, j.bt, j.bias_rows, j.act == ACT_RELU, hp,
+                        band, j.abuf + slot * j.abuf_step)
+        if j.act != ACT_LINEAR and j.act != ACT_RELU:
+            block_epilogue(band, band, <const float*>NULL, 0, <int>(g.PH * g.WOP), 0, <int>F,
+                           <int>F, j.act, j.alpha)
+        for wp in range(g.WPo):
+            w0 = wp * g.PSW
+            out = j.pooled + (b * g.WPo + wp) * F
+            pynn_window_max_f(band + w0 * F, g.WOP * F, g.PH, g.PW, F,
+                              <int>(hp * g.PSH * g.WO + w0), <int>g.WO, out,
+                              j.argmax + (b * g.WPo + wp) * F)
+    pynn_amx_end()
+
+
+cdef void _amx_pool_wgrad_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _AmxPoolJob* j = <_AmxPoolJob*>ctx
+    cdef long s
+    for s in range(begin, end):
+        j.hits[s] = pynn_amxcp_wgrad(&j.g, j.images, j.dpool, j.pool_out, j.pool_arg,
+                                     s * j.bands // j.slabs, (s + 1) * j.bands // j.slabs,
+                                     j.abuf + slot * j.abuf_step, j.bbuf + slot * 512,
+                                     j.acc + s * 32 * j.g.F, j.db + s * j.g.F, )
+
+
+cdef void _amx_pool_images(_AmxPoolJob* job, int planar, int threads) noexcept nogil:
+    job.planar = planar
+    pynn_team_for(job.g.N, team_grain(job.g.N, threads), threads, _amx_pool_image_job, job)
+
+
+def _amx_pool_forward(x, kernel, bias, pynn_amxcp_geom geom, act_name, double alpha):
+    """(pooled, argmax) of conv2d_pool_forward on the tiles (geom from _amx_pool_geom)."""
+    cdef long N = geom.N, F = geom.F, K = geom.KH * geom.KW * geom.C
+    cdef int threads = omp_get_max_threads()
+    cdef long nb = N * geom.HPo
+    pooled = np.empty((N, geom.HPo, geom.WPo, F), np.float32)
+    argmax = np.empty(pooled.shape, np.int32)
+    bt = aligned_empty(pynn_amx_words(F, 16), np.uint32)
+    cdef uint32_t[::1] btv = bt
+    cdef const float[::1] kv = kernel.reshape(-1)
+    with nogil:
+        pynn_amx_b_pairs(&kv[0], F, K, F, 0, 16, 0, 2 * pynn_amx_panels(F), 16, &btv[0])
+    cdef long image = geom.HPd * geom.WPd * geom.C
+    images = np.empty(N * image + 32, np.uint16)
+    abuf = aligned_empty(threads * 1024, np.uint16)
+    band = aligned_empty(threads * geom.PH * geom.WOP * F, np.float32)
+    cdef float[::1] brv
+    cdef const float* bias_rows = NULL
+    if bias is not None:
+        rows = aligned_empty(16 * F, np.float32)
+        rows.reshape(16, F)[:] = bias
+        brv = rows
+        bias_rows = &brv[0]
+    cdef const float[:, :, :, ::1] xv = x
+    cdef uint16_t[::1] imv = images
+    cdef uint16_t[::1] abv = abuf
+    cdef float[::1] bandv = band
+    cdef float[:, :, :, ::1] pv = pooled
+    cdef int[:, :, :, ::1] av = argmax
+    cdef _AmxPoolJob job
+    job.g, job.x, job.images, job.image = geom, &xv[0, 0, 0, 0], &imv[0], image
+    job.bt, job.bias_rows = &btv[0], bias_rows
+    job.abuf, job.abuf_step = &abv[0], 1024
+    job.band, job.band_step = &bandv[0], geom.PH * geom.WOP * F
+    job.act, job.alpha = ACTIVATIONS.index(act_name), <float>alpha
+    job.pooled, job.argmax = &pv[0, 0, 0, 0], &av[0, 0, 0, 0]
+    with nogil:
+        _amx_pool_images(&job, 0, threads)
+        pynn_team_for(nb, team_grain(nb, threads), threads, _amx_pool_forward_job, &job)
+    return pooled, argmax
+
+
+def _amx_pool_wgrad(dpool, argmax, pooled, x, pynn_amxcp_geom geom, op):
+    """(dkernel (K, F), dbias (F,)) of conv2d_pool_backward on the tiles, dz from the pool's
+    arrays (pooled None: linear) rounded to bf16."""
+    cdef long N = geom.N, F = geom.F, K = geom.KH * geom.KW * geom.C
+    cdef int threads = omp_get_max_threads()
+    cdef long nb = N * geom.HPo, slabs = min(nb, _POOL_SLABS)
+    cdef long image = geom.HPd * geom.C * geom.WPd
+    images = np.empty(N * image + 32, np.uint16)
+    abuf = aligned_empty(threads * 1024, np.uint16)
+    bbuf = aligned_empty(threads * 512, np.uint32)
+    acc = np.empty((slabs, 32, F), np.float32)
+    db = np.empty((slabs, F), np.float32)
+    hits = np.zeros(slabs, np.int64)
+    cdef const float[:, :, :, ::1] xv = x
+    cdef const float[:, :, :, ::1] dv = dpool
+    cdef const int[:, :, :, ::1] av = argmax
+    cdef const float[:, :, :, ::1] pv
+    cdef uint16_t[::1] imv = images
+    cdef uint16_t[::1] abv = abuf
+    cdef uint32_t[::1] bbv = bbuf
+    cdef float[:, :, ::1] accv = acc
+    cdef float[:, ::1] dbv = db
+    cdef long[::1] hv = hits
+    cdef _AmxPoolJob job
+    job.g, job.x, job.images, job.image = geom, &xv[0, 0, 0, 0], &imv[0], image
+    job.abuf, job.abuf_step, job.bbuf = &abv[0], 1024, &bbv[0]
+    job.dpool, job.pool_arg, job.pool_out = &dv[0, 0, 0, 0], &av[0, 0, 0, 0], NULL
+    if pooled is not None:
+        pv = pooled
+        job.pool_out = &pv[0, 0, 0, 0]
+    job.acc, job.db, job.hits, job.slabs, job.bands = &accv[0, 0, 0], &dbv[0, 0], &hv[0], \
+        slabs, nb
+    with nogil:
+        _amx_pool_images(&job, 1, threads)
+        pynn_team_for(slabs, 1, threads, _amx_pool_wgrad_job, &job)
+    missed = N * geom.HPo * geom.WPo * F - int(hits.sum())
+    if missed:
+        raise ValueError(f"{op}: {missed} argmax entries lie outside their pool window "
+                         f"(argmax must come from maxpool2d_forward over y with pool_size "
+                         f"{(geom.PH, geom.PW)} and strides {(geom.PSH, geom.PSW)})")
+    # the slabs in order: the same bits for any thread count
+    total, dbias = acc[0], db[0]
+    for s in range(1, slabs):
+        total = total + acc[s]
+        dbias = dbias + db[s]
+    return np.ascontiguousarray(total[:K]), np.ascontiguousarray(dbias)
+
+
+def bf16_conv2d_pool_forward(x, kernel, bias, strides=(1, 1), padding="valid",
+                             dilation_rate=(1, 1), activation="linear", alpha=0.0,
+                             pool_size=(2, 2), pool_strides=(2, 2), pool_padding="valid"):
+    """(pooled, argmax) as conv2d_pool_forward, the product on bf16-rounded x and kernel.
+
+    A narrow first layer (its window K = KH * KW * C <= 32 values, F a multiple of 16, no
+    column dilation) under a pool whose windows tile its output runs on AMX tiles where the
+    CPU has them (_bf16amx_pool.h): 32x32x3 -> 32 relu + 2x2 pool at batch 64 (Xeon, 2
+    threads) ms, the float32 pair on rounded operands / this: see bench/README. Elsewhere
+    conv2d_pool_forward on the rounded operands: the same numerics in another order."""
+    act_name, alpha, x, kernel, bias, g, pg = operands.bf16_conv2d_pool_forward(
+        HOST, x, kernel, bias, strides, padding, dilation_rate, activation, alpha, pool_size,
+        pool_strides, pool_padding)
+    geom = _amx_pool_geom(g, pg)
+    if geom is None:
+        return float32_conv.conv2d_pool_forward(bf16_round(x), bf16_round(kernel), bias,
+                                                strides, padding, dilation_rate, act_name,
+                                                alpha, pool_size, pool_strides, pool_padding)
+    return _amx_pool_forward(x, kernel, bias, geom, act_name, alpha)
+
+
+def bf16_conv2d_pool_backward(dpool, argmax, pooled, x, z, y, kernel, strides=(1, 1),
+                              padding="valid", dilation_rate=(1, 1), activation="linear",
+                              alpha=0.0, use_bias=True, need_input_grad=True, pool_size=(2, 2),
+                              pool_strides=(2, 2), pool_padding="valid"):
+    """(dx or None, dkernel, dbias or None) as conv2d_pool_backward with dpool (so dz), x and
+    kernel rounded to bf16. A narrow first layer (bf16_conv2d_pool_forward's conditions, and
+    column stride 1) under relu or linear, without the input gradient, sums its kernel
+    gradient on AMX tiles, dz made from the pool's arrays and never written; elsewhere
+    conv2d_pool_backward on the rounded operands."""
+    op = "bf16_conv2d_pool_backward"
+    name, a, dpool, argmax, pooled, x, z, y, kernel, g, pg = \
+        operands.bf16_conv2d_pool_backward(HOST, dpool, argmax, pooled, x, z, y, kernel,
+                                           strides, padding, dilation_rate, activation, alpha,
+                                           pool_size, pool_strides, pool_padding)
+    geom = None
+    if (not need_input_grad and g["SW"] == 1
+            and (name == "linear" or (name == "relu" and pooled is not None))):
+        geom = _amx_pool_geom(g, pg)
+    if geom is None:
+        return float32_conv.conv2d_pool_backward(
+            bf16_round(dpool), argmax, pooled, bf16_round(x), z, y, bf16_round(kernel),
+            strides, padding, dilation_rate, name, a, use_bias, need_input_grad, pool_size,
+            pool_strides, pool_padding)
+    dw, db = _amx_pool_wgrad(dpool, argmax, pooled if name == "relu" else None, x, geom, op)
+    return None, dw.reshape(kernel.shape), (db if use_bias else None)

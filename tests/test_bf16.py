@@ -228,6 +228,158 @@ def test_bf16_conv2d_forward_activation(backend, rng):
         assert z is None
 
 
+# A narrow first layer and its max pool (bf16_conv2d_pool_*): (x, kernel, strides, padding,
+# dilation, pool_size, pool_strides). On an AMX CPU the first five run the tiles
+# (_bf16amx_pool.h: the window's K <= 32 values, whole 16-filter tiles, no column dilation;
+# the gradient also column stride 1), the others the float32 road on rounded operands.
+POOL_CASES = [
+    ((3, 9, 11, 3), (3, 3, 3, 16), (1, 1), "same", (1, 1), (2, 2), (2, 2)),  # odd H, W
+    ((2, 13, 11, 3), (3, 2, 3, 48), (1, 1), "valid", (2, 1), (2, 3), (2, 3)),  # 3 tiles, DH 2
+    ((2, 12, 20, 1), (5, 5, 1, 32), (1, 1), "same", (1, 1), (3, 3), (3, 3)),  # K = 25, 3x3
+    ((2, 6, 37, 3), (3, 3, 3, 32), (1, 1), "same", (1, 1), (2, 2), (2, 2)),  # WO > 32
+    ((2, 9, 9, 3), (3, 3, 3, 16), (2, 2), "same", (1, 1), (2, 2), (2, 2)),  # stride 2
+    ((2, 7, 7, 4), (3, 3, 4, 16), (1, 1), "same", (1, 1), (2, 2), (2, 2)),  # K = 36 > 32
+    ((2, 6, 6, 3), (3, 3, 3, 24), (1, 1), "same", (1, 1), (2, 2), (2, 2)),  # F = 24
+    ((2, 8, 8, 3), (3, 3, 3, 16), (1, 1), "same", (1, 2), (2, 2), (2, 2)),  # column dilation
+]
+
+
+def _check_conv_pool(case, activation, x, kernel, bias, pooled, argmax, what):
+    """pooled within the bf16 sum error of the float64 pool of act(conv) on rounded
+    operands; each argmax names a pixel of its window whose float64 value is a maximum
+    within that error (a near tie may go either way)."""
+    _, k_shape, strides, padding, dilation, pool_size, pool_strides = case
+    geo = (strides, padding, dilation)
+    want, _ = ref.bf16_conv2d_pool_forward_ref(x, kernel, bias, *geo, activation, 0.0,
+                                               pool_size, pool_strides)
+    y = ref.bf16_conv2d_forward_ref(x, kernel, bias, *geo, activation)[0]
+    bound = ref.bf16_conv2d_forward_ref(np.abs(x), np.abs(kernel), np.abs(bias), *geo)[1]
+    tol = (k_shape[0] * k_shape[1] * k_shape[2] + 2) * 2.0**-24 * bound.max() + 1e-6
+    pooled = np.asarray(pooled, np.float64)
+    assert pooled.shape == want.shape and argmax.dtype == np.int32, what
+    off = np.abs(pooled - want).max()
+    assert off <= tol, f"{what}: pooled off by {off:.3g}, allowed {tol:.3g}"
+    n, ho, wo, f = y.shape
+    picked = np.take_along_axis(y.reshape(n, ho * wo, f),
+                                np.asarray(argmax, np.int64).reshape(n, -1, f), axis=1)
+    assert np.all(picked.reshape(want.shape) >= want - 2 * tol), f"{what}: argmax"
+    rows, cols = np.asarray(argmax) // wo, np.asarray(argmax) % wo
+    hp = np.arange(want.shape[1])[None, :, None, None] * pool_strides[0]
+    wp = np.arange(want.shape[2])[None, None, :, None] * pool_strides[1]
+    assert np.all((rows >= hp) & (rows < hp + pool_size[0]) & (cols >= wp)
+                  & (cols < wp + pool_size[1])), f"{what}: argmax outside its window"
+
+
+def _check_conv_pool_grads(case, activation, x, kernel, bias, dpool, argmax, got, what,
+                           need_input_grad=False):
+    x_shape, k_shape, strides, padding, dilation, pool_size, pool_strides = case
+    geo = (strides, padding, dilation)
+    want = ref.bf16_conv2d_pool_backward_ref(dpool, argmax, x, kernel, bias, *geo, activation,
+                                             0.0, True, need_input_grad)
+    # the bounds: the same sums on absolute values, every routed gradient kept
+    dr, xr = np.abs(ref.bf16_round_ref(dpool)), np.abs(ref.bf16_round_ref(x))
+    kr = np.abs(ref.bf16_round_ref(kernel))
+    from tests.reference.conv_ref import conv2d_pool_backward_ref
+    bound = conv2d_pool_backward_ref(dr, argmax, xr, kr, None, *geo, "linear", 0.0, True,
+                                     need_input_grad)
+    dx, dk, db = got
+    pixels = x_shape[0] * pool_size[0] * pool_size[1] * np.prod(dpool.shape[1:3])
+    _within_bf16_gemm_error(dk, want[1], bound[1], pixels, f"{what} dkernel")
+    _within_bf16_gemm_error(db, want[2], bound[2], pixels, f"{what} dbias")
+    if need_input_grad:
+        _within_bf16_gemm_error(dx, want[0], bound[0], k_shape[0] * k_shape[1] * k_shape[3],
+                                f"{what} dx")
+    else:
+        assert dx is None
+
+
+@pytest.mark.parametrize("case", POOL_CASES)
+@pytest.mark.parametrize("activation", ["relu", "linear"])
+def test_bf16_conv2d_pool_ops(backend, rng, case, activation):
+    x_shape, k_shape, strides, padding, dilation, pool_size, pool_strides = case
+    x, kernel, bias = rand(rng, x_shape), rand(rng, k_shape), rand(rng, (k_shape[3],))
+    up = backend.up
+    args = (strides, padding, dilation, activation, 0.0, pool_size, pool_strides, "valid")
+    pooled, argmax = backend.op("bf16_conv2d_pool_forward")(up(x), up(kernel), up(bias), *args)
+    pooled, argmax = backend.down(pooled), backend.down(argmax)
+    _check_conv_pool(case, activation, x, kernel, bias, pooled, argmax,
+                     f"bf16_conv2d_pool_forward on {backend.name}")
+    dpool = rand(rng, pooled.shape)
+    for need_input_grad in (False, True):
+        got = backend.op("bf16_conv2d_pool_backward")(
+            up(dpool), up(argmax), up(pooled), up(x), None, None, up(kernel), strides, padding,
+            dilation, activation, 0.0, True, need_input_grad, pool_size, pool_strides, "valid")
+        _check_conv_pool_grads(case, activation, x, kernel, bias, dpool, argmax,
+                               [None if g is None else backend.down(g) for g in got],
+                               f"bf16_conv2d_pool_backward on {backend.name}", need_input_grad)
+    if backend.is_opencl:  # the CPU's numerics, not its summation order
+        cpu = native_bf16.bf16_conv2d_pool_backward(dpool, argmax, pooled, x, None, None,
+                                                    kernel, strides, padding, dilation,
+                                                    activation, 0.0, True, False, pool_size,
+                                                    pool_strides)
+        dk = backend.down(got[1])
+        np.testing.assert_allclose(dk, cpu[1], rtol=1e-4, atol=1e-4 * np.abs(cpu[1]).max())
+
+
+@pytest.mark.parametrize("case", POOL_CASES[:5])
+def test_every_cpu_kernel_conv_pool_within_bf16_error(cpu_kernel, rng, case):
+    """AMX's tile kernels where the CPU has them, the float32 road on rounded operands on the
+    others: the same contract."""
+    x_shape, k_shape, strides, padding, dilation, pool_size, pool_strides = case
+    x, kernel, bias = rand(rng, x_shape), rand(rng, k_shape), rand(rng, (k_shape[3],))
+    args = (strides, padding, dilation, "relu", 0.0, pool_size, pool_strides)
+    pooled, argmax = native_bf16.bf16_conv2d_pool_forward(x, kernel, bias, *args)
+    _check_conv_pool(case, "relu", x, kernel, bias, pooled, argmax,
+                     f"bf16_conv2d_pool_forward ({cpu_kernel})")
+    dpool = rand(rng, pooled.shape)
+    got = native_bf16.bf16_conv2d_pool_backward(dpool, argmax, pooled, x, None, None, kernel,
+                                                strides, padding, dilation, "relu", 0.0, True,
+                                                False, pool_size, pool_strides)
+    _check_conv_pool_grads(case, "relu", x, kernel, bias, dpool, argmax, got,
+                           f"bf16_conv2d_pool_backward ({cpu_kernel})")
+
+
+@pytest.mark.parametrize("activation", ["tanh", "softmax"])
+def test_bf16_conv2d_pool_forward_activation(rng, activation):
+    """Other activations on the tiles' band, by the float32 epilogue's own expressions."""
+    case = POOL_CASES[0]
+    x_shape, k_shape, strides, padding, dilation, pool_size, pool_strides = case
+    x, kernel, bias = rand(rng, x_shape), rand(rng, k_shape), rand(rng, (k_shape[3],))
+    pooled, argmax = native_bf16.bf16_conv2d_pool_forward(
+        x, kernel, bias, strides, padding, dilation, activation, 0.0, pool_size, pool_strides)
+    want, _ = ref.bf16_conv2d_pool_forward_ref(x, kernel, bias, strides, padding, dilation,
+                                               activation, 0.0, pool_size, pool_strides)
+    np.testing.assert_allclose(pooled, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_conv2d_pool_bad_operands(backend, rng):
+    up = backend.up
+    x, kernel = rand(rng, (2, 6, 6, 3)), rand(rng, (3, 3, 3, 16))
+    geo = ((1, 1), "same", (1, 1))
+    pooled, argmax = backend.op("bf16_conv2d_pool_forward")(up(x), up(kernel), None, *geo,
+                                                            "relu", 0.0, (2, 2), (2, 2),
+                                                            "valid")
+    pooled, argmax = backend.down(pooled), backend.down(argmax)
+    with pytest.raises(ValueError, match=r"bf16_conv2d_pool_forward: kernel has 3 input "
+                                         r"channels but the input has 4"):
+        backend.op("bf16_conv2d_pool_forward")(up(rand(rng, (2, 6, 6, 4))), up(kernel), None,
+                                               *geo, "relu", 0.0, (2, 2), (2, 2), "valid")
+    with pytest.raises(ValueError, match=r"bf16_conv2d_pool_backward: .*dpool"):
+        backend.op("bf16_conv2d_pool_backward")(
+            up(rand(rng, (2, 3, 4, 16))), up(argmax), up(pooled), up(x), None, None, up(kernel),
+            *geo, "relu", 0.0, True, False, (2, 2), (2, 2), "valid")
+    if not backend.is_opencl:
+        with pytest.raises(TypeError, match=r"bf16_conv2d_pool_forward: 'x' must be float32"):
+            native_bf16.bf16_conv2d_pool_forward(x.astype(np.float64), kernel, None, *geo)
+        wrong = argmax.copy()
+        wrong[0, 0, 0, :] = argmax[0, 2, 2, :]   # another window's pixel
+        with pytest.raises(ValueError, match=r"bf16_conv2d_pool_backward: 16 argmax entries "
+                                             r"lie outside their pool window"):
+            native_bf16.bf16_conv2d_pool_backward(
+                rand(rng, pooled.shape), wrong, pooled, x, None, None, kernel, *geo, "relu",
+                0.0, True, False, (2, 2), (2, 2))
+
+
 def _all_ops(rng):
     x, kernel, dz = rand(rng, (13, 37)), rand(rng, (37, 45)), rand(rng, (13, 45))
     xi, ki = rand(rng, (3, 9, 7, 9)), rand(rng, (3, 3, 9, 6))
@@ -237,6 +389,12 @@ def _all_ops(rng):
     # AMX's serial threshold (16 M multiply-adds), split over the threads there
     xw, kw, dzw = rand(rng, (5, 9, 8, 32)), rand(rng, (3, 3, 32, 32)), rand(rng, (5, 9, 8, 32))
     xb, kb = rand(rng, (256, 257)), rand(rng, (257, 260))
+    # a narrow first layer and its pool: AMX's band and slab kernels where the CPU has tiles
+    xp, kp = rand(rng, (5, 14, 13, 3)), rand(rng, (3, 3, 3, 32))
+    pool = native_bf16.bf16_conv2d_pool_forward(xp, kp, rand(rng, (32,)), *geo, "relu")
+    pool_grads = native_bf16.bf16_conv2d_pool_backward(
+        rand(rng, pool[0].shape), pool[1], pool[0], xp, None, None, kp, *geo, "relu", 0.0,
+        True, False)[1:]
     return [native_bf16.bf16_dense_forward(xb, kb, None)[0],
             native_bf16.bf16_dense_backward_input(rand(rng, (256, 260)), kb),
             native_bf16.bf16_dense_forward(x, kernel, None)[0],
@@ -247,7 +405,8 @@ def _all_ops(rng):
             native_bf16.bf16_conv2d_backward_weight(xi, dzi, ki.shape, *geo),
             native_bf16.bf16_conv2d_forward(xw, kw, None, *geo)[0],
             native_bf16.bf16_conv2d_backward_input(dzw, kw, xw.shape, *geo),
-            native_bf16.bf16_conv2d_backward_weight(xw, dzw, kw.shape, *geo)]
+            native_bf16.bf16_conv2d_backward_weight(xw, dzw, kw.shape, *geo),
+            *pool, *pool_grads]
 
 
 def test_portable_kernel_gives_the_same_bits(rng):

@@ -217,8 +217,8 @@ def test_conv2d_under_mixed_bfloat16(backend, rng):
 
 def test_narrow_conv2d_under_mixed_bfloat16(backend, rng):
     """Under NARROW_CHANNELS input channels (a first layer's 3) the backward is float32's fused
-    conv2d_backward on bf16-rounded x and kernel: dz = activation'(z) * dy stays float32
-    (closer to float64 than the wide layers' rounded dz), float32 accumulation otherwise."""
+    conv2d_backward on bf16-rounded x and kernel, dz rounded as the wide layers round it
+    (relu's mask keeps dy's values: dy is rounded), float32 accumulation otherwise."""
     c = mp.NARROW_CHANNELS - 1
     x = rand(rng, (3, 9, 7, c))
     layer = layers.Conv2D(6, 3, padding="same", activation="relu", dtype="mixed_bfloat16",
@@ -231,13 +231,48 @@ def test_narrow_conv2d_under_mixed_bfloat16(backend, rng):
     geo = ((1, 1), "same", (1, 1))
     want_y, z = ref.bf16_conv2d_forward_ref(x, kernel, bias, *geo, "relu")
     np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
-    dz = dy * (z > 0)
+    dz = ref.bf16_round_ref(dy).astype(np.float64) * (z > 0)
     xr, kr = ref.bf16_round_ref(x), ref.bf16_round_ref(kernel)
     _bound(dx, conv2d_backward_input_ref(dz, kr, x.shape, *geo),
            conv2d_backward_input_ref(np.abs(dz), np.abs(kr), x.shape, *geo), 60)
     _bound(dk, conv2d_backward_weight_ref(xr, dz, kernel.shape, *geo),
            conv2d_backward_weight_ref(np.abs(xr), np.abs(dz), kernel.shape, *geo), 200)
     np.testing.assert_allclose(db, dz.sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("filters", [16, 6])
+def test_narrow_conv2d_pool_under_mixed_bfloat16(backend, rng, monkeypatch, filters):
+    """A first layer whose output only a max pool reads runs bf16_conv2d_pool_forward and
+    _backward (AMX tiles for 16 filters on a CPU that has them, the float32 road on rounded
+    operands for 6): the pool's output and the kernel and bias gradients are those of the
+    float64 references on bf16-rounded x, kernel and dpool."""
+    from tests.reference.conv_ref import conv2d_pool_backward_ref
+
+    x_in = pynn.Input((10, 9, 3))
+    conv = layers.Conv2D(filters, 3, padding="same", activation="relu",
+                         dtype="mixed_bfloat16", bias_initializer="glorot_uniform")
+    model = pynn.Model(x_in, layers.MaxPooling2D(dtype="mixed_bfloat16")(conv(x_in)))
+    b = pynn.backend.current()
+    calls = []
+    for op in ("bf16_conv2d_pool_forward", "bf16_conv2d_pool_backward"):
+        monkeypatch.setattr(b, op, lambda *a, _run=getattr(b, op), _op=op:
+                            calls.append(_op) or _run(*a))
+    kernel, bias = conv.get_weights()
+    x = rand(rng, (4, 10, 9, 3))
+    pooled = model(b.asarray(x, np.float32), training=True)
+    dpool = rand(rng, tuple(pooled.shape))
+    model.backward(b.asarray(dpool, np.float32))
+    assert calls == ["bf16_conv2d_pool_forward", "bf16_conv2d_pool_backward"]
+    geo = ((1, 1), "same", (1, 1))
+    want, argmax = ref.bf16_conv2d_pool_forward_ref(x, kernel, bias, *geo, "relu")
+    np.testing.assert_allclose(backend.down(pooled), want, rtol=1e-5, atol=1e-5)
+    _, dk, db = ref.bf16_conv2d_pool_backward_ref(dpool, argmax, x, kernel, bias, *geo, "relu",
+                                                  need_input_grad=False)
+    xr, dr = ref.bf16_round_ref(x), ref.bf16_round_ref(dpool)
+    _, bound, _ = conv2d_pool_backward_ref(np.abs(dr), argmax, np.abs(xr), np.ones_like(kernel),
+                                           None, *geo, need_input_grad=False)
+    _bound(backend.down(conv.kernel.grad), dk, bound, 4 * 10 * 9)
+    np.testing.assert_allclose(backend.down(conv.bias.grad), db, rtol=1e-5, atol=1e-5)
 
 
 def test_conv1d_under_mixed_bfloat16(backend, rng):

@@ -509,6 +509,15 @@ OPS.update({
                                    "dilation_rate"),
     "bf16_conv2d_backward_weight": ("x", "dz", "kernel_shape", "strides", "padding",
                                     "dilation_rate"),
+    # conv2d_pool_forward on bf16-rounded x and kernel; conv2d_pool_backward with dpool (so
+    # dz), x and kernel rounded: a narrow first layer and its pool under mixed_bfloat16.
+    "bf16_conv2d_pool_forward": ("x", "kernel", "bias", "strides", "padding", "dilation_rate",
+                                 "activation", "alpha", "pool_size", "pool_strides",
+                                 "pool_padding"),
+    "bf16_conv2d_pool_backward": ("dpool", "argmax", "pooled", "x", "z", "y", "kernel",
+                                  "strides", "padding", "dilation_rate", "activation", "alpha",
+                                  "use_bias", "need_input_grad", "pool_size", "pool_strides",
+                                  "pool_padding"),
 })
 
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.

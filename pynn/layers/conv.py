@@ -98,11 +98,9 @@ class Conv2D(Layer):
         if self.groups != 1 or (self._bf16_compute and not narrow_bf16):
             return pool.call(self.call(x, training), training)
         b = backend.current()
-        xin, kernel = x, self.kernel.value
-        if narrow_bf16:   # bf16_conv2d_forward's narrow road: float32 on rounded operands
-            xin, kernel = b.bf16_round(x), b.bf16_round(kernel)
-        pooled, argmax = b.conv2d_pool_forward(
-            xin, kernel, self.bias.value if self.use_bias else None, self.strides,
+        forward = b.bf16_conv2d_pool_forward if narrow_bf16 else b.conv2d_pool_forward
+        pooled, argmax = forward(
+            x, self.kernel.value, self.bias.value if self.use_bias else None, self.strides,
             self.padding, self.dilation_rate, self.activation, self.alpha, pool.pool_size,
             pool.strides, pool.padding)
         if training:
@@ -130,8 +128,12 @@ class Conv2D(Layer):
                     self.bias.grad = db
                 return self._products_backward(b, dz, x, kernel)
         if narrow_bf16:
-            # bf16's narrow convs run float32 anyway: one fused pass, dz left unrounded
+            # bf16's narrow convs run float32 on rounded operands, one fused pass; dz rounded
+            # as the wide layers' (and bf16_conv2d_pool_backward's) where rounding dy does it
+            # exactly (relu's mask and linear keep dy's values)
             x, kernel = b.bf16_round(x), b.bf16_round(kernel)
+            if self.activation in ("relu", "linear"):
+                dy = b.bf16_round(dy)
         elif self.groups > 1 or self._bf16_compute:
             return self._grouped_backward(b, dy, x, y, z)
         dx, self.kernel.grad, db = b.conv2d_backward(
@@ -142,10 +144,9 @@ class Conv2D(Layer):
         return dx
 
     def _pool_backward(self, b, grad, x, y, z, kernel, narrow_bf16):
-        if narrow_bf16:   # as backward: float32 on bf16-rounded x and kernel
-            x, kernel = b.bf16_round(x), b.bf16_round(kernel)
         pool = grad.pool
-        dx, self.kernel.grad, db = b.conv2d_pool_backward(
+        backward = b.bf16_conv2d_pool_backward if narrow_bf16 else b.conv2d_pool_backward
+        dx, self.kernel.grad, db = backward(
             grad.dpool, grad.argmax, grad.pooled, x, z, y, kernel, self.strides, self.padding,
             self.dilation_rate, self.activation, self.alpha, self.use_bias,
             self.needs_input_grad, pool.pool_size, pool.strides, pool.padding)

@@ -8,6 +8,8 @@ from tests.reference.conv_ref import (
     conv2d_backward_input_ref,
     conv2d_backward_weight_ref,
     conv2d_forward_ref,
+    conv2d_pool_backward_ref,
+    conv2d_pool_forward_ref,
 )
 from tests.reference.dense_ref import dense_forward_ref
 
@@ -62,3 +64,19 @@ def bf16_conv2d_backward_weight_ref(x, dz, kernel_shape, strides=(1, 1), padding
                                     dilation_rate=(1, 1)):
     return conv2d_backward_weight_ref(_r(x), _r(dz), kernel_shape, strides, padding,
                                       dilation_rate)
+
+
+def bf16_conv2d_pool_forward_ref(x, kernel, bias, strides=(1, 1), padding="valid",
+                                 dilation_rate=(1, 1), activation="linear", alpha=0.0,
+                                 pool_size=(2, 2), pool_strides=(2, 2), pool_padding="valid"):
+    return conv2d_pool_forward_ref(_r(x), _r(kernel), bias, strides, padding, dilation_rate,
+                                   activation, alpha, pool_size, pool_strides, pool_padding)
+
+
+def bf16_conv2d_pool_backward_ref(dpool, argmax, x, kernel, bias, strides=(1, 1),
+                                  padding="valid", dilation_rate=(1, 1), activation="linear",
+                                  alpha=0.0, use_bias=True, need_input_grad=True):
+    """conv2d_pool_backward_ref with dpool (so dz), x and kernel rounded to bf16."""
+    return conv2d_pool_backward_ref(_r(dpool), argmax, _r(x), _r(kernel), bias, strides,
+                                    padding, dilation_rate, activation, alpha, use_bias,
+                                    need_input_grad)

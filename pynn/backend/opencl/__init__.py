@@ -117,6 +117,8 @@ from pynn.backend.opencl.bf16 import (  # noqa: F401
     bf16_conv2d_backward_input,
     bf16_conv2d_backward_weight,
     bf16_conv2d_forward,
+    bf16_conv2d_pool_backward,
+    bf16_conv2d_pool_forward,
     bf16_dense_backward_input,
     bf16_dense_backward_weight,
     bf16_dense_forward,

@@ -72,3 +72,31 @@ def bf16_conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="va
         DEVICE, x, dz, kernel_shape, strides, padding, dilation_rate)
     return conv.conv2d_backward_weight(_rounded(x), _rounded(dz), kernel_shape, strides,
                                        padding, dilation_rate)
+
+
+def bf16_conv2d_pool_forward(x, kernel, bias, strides=(1, 1), padding="valid",
+                             dilation_rate=(1, 1), activation="linear", alpha=0.0,
+                             pool_size=(2, 2), pool_strides=(2, 2), pool_padding="valid"):
+    """(pooled, argmax) as conv2d_pool_forward, the product on bf16-rounded x and kernel."""
+    name, alpha, x, kernel, bias, _, _ = operands.bf16_conv2d_pool_forward(
+        DEVICE, x, kernel, bias, strides, padding, dilation_rate, activation, alpha, pool_size,
+        pool_strides, pool_padding)
+    return conv.conv2d_pool_forward(_rounded(x), _rounded(kernel), bias, strides, padding,
+                                    dilation_rate, name, alpha, pool_size, pool_strides,
+                                    pool_padding)
+
+
+def bf16_conv2d_pool_backward(dpool, argmax, pooled, x, z, y, kernel, strides=(1, 1),
+                              padding="valid", dilation_rate=(1, 1), activation="linear",
+                              alpha=0.0, use_bias=True, need_input_grad=True, pool_size=(2, 2),
+                              pool_strides=(2, 2), pool_padding="valid"):
+    """(dx or None, dkernel, dbias or None) as conv2d_pool_backward with dpool, x and kernel
+    rounded to bf16."""
+    name, alpha, dpool, argmax, pooled, x, z, y, kernel, _, _ = \
+        operands.bf16_conv2d_pool_backward(DEVICE, dpool, argmax, pooled, x, z, y, kernel,
+                                           strides, padding, dilation_rate, activation, alpha,
+                                           pool_size, pool_strides, pool_padding)
+    return conv.conv2d_pool_backward(_rounded(dpool), argmax, pooled, _rounded(x), z, y,
+                                     _rounded(kernel), strides, padding, dilation_rate, name,
+                                     alpha, use_bias, need_input_grad, pool_size, pool_strides,
+                                     pool_padding)

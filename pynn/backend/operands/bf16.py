@@ -9,7 +9,8 @@ import numpy as np
 
 from pynn.backend.operands.activation import activation_pair
 from pynn.backend.operands.common import check_count, check_shape, conv_geometry, shape4
-from pynn.backend.operands.conv import _check_sizes, _output_grad
+from pynn.backend.operands.conv import (_check_sizes, _output_grad, conv2d_pool_backward,
+                                        conv2d_pool_forward)
 
 
 def _float32(arrays, op, name, a, ndim=None, like=None):
@@ -96,3 +97,29 @@ def bf16_conv2d_backward_weight(arrays, x, dz, kernel_shape, strides, padding, d
     _output_grad(op, "dz", dz, g)
     _check_sizes(arrays, op, g)
     return x, dz, kernel_shape, g
+
+
+def bf16_conv2d_pool_forward(arrays, x, kernel, bias, strides, padding, dilation_rate,
+                             activation, alpha, pool_size, pool_strides, pool_padding):
+    """-> conv2d_pool_forward's (name, alpha, x, kernel, bias or None, g, pg), float32."""
+    op = "bf16_conv2d_pool_forward"
+    x = _float32(arrays, op, "x", x, ndim=4)
+    kernel = _float32(arrays, op, "kernel", kernel, ndim=4, like=x)
+    if bias is not None:
+        bias = _float32(arrays, op, "bias", bias, ndim=1, like=x)
+    return conv2d_pool_forward(arrays, x, kernel, bias, strides, padding, dilation_rate,
+                               activation, alpha, pool_size, pool_strides, pool_padding, op=op)
+
+
+def bf16_conv2d_pool_backward(arrays, dpool, argmax, pooled, x, z, y, kernel, strides, padding,
+                              dilation_rate, activation, alpha, pool_size, pool_strides,
+                              pool_padding):
+    """-> conv2d_pool_backward's (name, alpha, dpool, argmax, pooled, x, z, y, kernel, g, pg),
+    float32."""
+    op = "bf16_conv2d_pool_backward"
+    x = _float32(arrays, op, "x", x, ndim=4)
+    kernel = _float32(arrays, op, "kernel", kernel, ndim=4, like=x)
+    dpool = _float32(arrays, op, "dpool", dpool, ndim=4, like=x)
+    return conv2d_pool_backward(arrays, dpool, argmax, pooled, x, z, y, kernel, strides,
+                                padding, dilation_rate, activation, alpha, pool_size,
+                                pool_strides, pool_padding, op=op)

@@ -80,12 +80,11 @@ def conv2d_backward(arrays, dy, x, z, y, kernel, strides, padding, dilation_rate
 
 
 def conv2d_pool_forward(arrays, x, kernel, bias, strides, padding, dilation_rate, activation,
-                        alpha, pool_size, pool_strides, pool_padding):
+                        alpha, pool_size, pool_strides, pool_padding, op="conv2d_pool_forward"):
     """-> (name, alpha, x, kernel, bias or None, g, pg): conv2d_forward's, and the pool's
     geometry over the conv's output (operands.pool.pool_geometry)."""
     from pynn.backend.operands.pool import pool_geometry
 
-    op = "conv2d_pool_forward"
     name, a, x, kernel, bias, g = conv2d_forward(arrays, x, kernel, bias, strides, padding,
                                                  dilation_rate, activation, alpha, op)
     pg = pool_geometry(op, (g["N"], g["HO"], g["WO"], g["F"]), pool_size, pool_strides,
@@ -98,14 +97,13 @@ def conv2d_pool_forward(arrays, x, kernel, bias, strides, padding, dilation_rate
 
 def conv2d_pool_backward(arrays, dpool, argmax, pooled, x, z, y, kernel, strides, padding,
                          dilation_rate, activation, alpha, pool_size, pool_strides,
-                         pool_padding):
+                         pool_padding, op="conv2d_pool_backward"):
     """-> (name, alpha, dpool, argmax, pooled or None, x, z, y or None, kernel, g, pg): g the
     conv's geometry, pg the pool's (operands.pool.pool_gradient). y may be None (a forward
     that never made it whole, conv2d_pool_forward): the backends then take a road that
     does not read it, or say it is needed."""
     from pynn.backend.operands.pool import pool_gradient
 
-    op = "conv2d_pool_backward"
     name, a = activation_pair(op, activation, alpha)
     x = arrays.float_input(op, "x", x, ndim=4)
     kernel = arrays.float_input(op, "kernel", kernel, ndim=4, like=x)
