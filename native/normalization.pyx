@@ -90,7 +90,9 @@ cdef extern from *:
      * into register accumulators, added to s1/s2 once per block, every channel of a block  \
      * while its rows are in L1: the row-at-a-time loop loaded and stored all 2*C double    \
      * sums for every row (a batch norm's statistics pass of 32 channels ran at 13 GB/s).   \
-     * Fixed blocks: the same bits on every call.                                           \
+     * Two blocks of 16 channels at a time where C has them: both halves of a row's line in  \
+     * one pass, twice the independent sums (a 64x32x32x32 batch's statistics, Intel, one    \
+     * thread: 0.62 -> 0.41 ms; two 0.40 -> 0.30). Fixed blocks: the same bits on every call.\
      * ku NULL: 0. */                                                                       \
     static inline void pynn_col_sums_rows_##SUF(const T* restrict u, const T* restrict v,  \
             const T* restrict ku, const T* restrict kv, Py_ssize_t rows, Py_ssize_t C,      \
@@ -98,14 +100,16 @@ cdef extern from *:
         Py_ssize_t r0, r, c0, c, rn, cn;                                                    \
         for (r0 = 0; r0 < rows; r0 += 64) {                                                 \
             rn = rows - r0 < 64 ? rows - r0 : 64;                                           \
-            for (c0 = 0; c0 < C; c0 += 16) {                                                \
-                double k1[16], k2[16], a[16] = {0}, b[16] = {0};                            \
-                cn = C - c0 < 16 ? C - c0 : 16;                                             \
-                for (c = 0; c < 16; c++) {                                                  \
+            for (c0 = 0; c0 < C; c0 += cn) {                                                \
+                double k1[32], k2[32], a[32] = {0}, b[32] = {0};                            \
+                cn = C - c0 >= 32 ? 32 : C - c0 < 16 ? C - c0 : 16;                         \
+                for (c = 0; c < 32; c++) {                                                  \
                     k1[c] = (ku && c < cn) ? (double)ku[c0 + c] : 0.0;                      \
                     k2[c] = c < cn ? (double)kv[c0 + c] : 0.0;                              \
                 }                                                                           \
-                if (cn == 16) {                                                             \
+                if (cn == 32) {                                                             \
+                    pynn_col_sums_32_##SUF(u, v, k1, k2, r0, rn, C, c0, a, b);              \
+                } else if (cn == 16) {                                                      \
                     pynn_col_sums_16_##SUF(u, v, k1, k2, r0, rn, C, c0, a, b);              \
                 } else {                                                                    \
                     for (r = r0; r < r0 + rn; r++)                                          \
@@ -213,11 +217,21 @@ cdef extern from *:
      * 20 GB/s). The same operations in the same order per lane: the same bits. */
     typedef float pynn_v8f __attribute__((vector_size(32)));
     typedef double pynn_v8d __attribute__((vector_size(64)));
+    #if defined(__AVX512F__)
+    #include <immintrin.h>
+    /* one vcvtps2pd zmm: GCC's generic conversion (its 256-bit preference on Sapphire
+       Rapids) split each into two ymm conversions, an extract and an insert, all on one
+       port (a 64x32x32x32 batch's statistics, one thread: 0.99 -> 0.62 ms) */
+    static inline pynn_v8d pynn_v8f_to_d(const float* p) {
+        return (pynn_v8d)_mm512_cvtps_pd(_mm256_loadu_ps(p));
+    }
+    #else
     static inline pynn_v8d pynn_v8f_to_d(const float* p) {
         pynn_v8f v;
         memcpy(&v, p, sizeof(v));
         return __builtin_convertvector(v, pynn_v8d);
     }
+    #endif
     static inline void pynn_col_sums_16_f(const float* restrict u, const float* restrict v,
             const double* k1, const double* k2, Py_ssize_t r0, Py_ssize_t rn, Py_ssize_t C,
             Py_ssize_t c0, double* restrict a, double* restrict b) {
@@ -227,17 +241,70 @@ cdef extern from *:
         memcpy(&b0, b, 64); memcpy(&b1, b + 8, 64);
         memcpy(&p0, k1, 64); memcpy(&p1, k1 + 8, 64);
         memcpy(&q0, k2, 64); memcpy(&q1, k2 + 8, 64);
-        for (r = r0; r < r0 + rn; r++) {
-            const float* ur = u + r * C + c0;
-            const float* vr = v + r * C + c0;
-            pynn_v8d d0 = pynn_v8f_to_d(ur) - p0, d1 = pynn_v8f_to_d(ur + 8) - p1;
-            a0 += d0;
-            a1 += d1;
-            b0 += d0 * (pynn_v8f_to_d(vr) - q0);
-            b1 += d1 * (pynn_v8f_to_d(vr + 8) - q1);
+        if (u == v && !memcmp(k1, k2, 16 * sizeof(double))) {
+            /* the statistics (u = v, one shift): v - kv is d itself, converted once */
+            for (r = r0; r < r0 + rn; r++) {
+                const float* ur = u + r * C + c0;
+                pynn_v8d d0 = pynn_v8f_to_d(ur) - p0, d1 = pynn_v8f_to_d(ur + 8) - p1;
+                a0 += d0;
+                a1 += d1;
+                b0 += d0 * d0;
+                b1 += d1 * d1;
+            }
+        } else {
+            for (r = r0; r < r0 + rn; r++) {
+                const float* ur = u + r * C + c0;
+                const float* vr = v + r * C + c0;
+                pynn_v8d d0 = pynn_v8f_to_d(ur) - p0, d1 = pynn_v8f_to_d(ur + 8) - p1;
+                a0 += d0;
+                a1 += d1;
+                b0 += d0 * (pynn_v8f_to_d(vr) - q0);
+                b1 += d1 * (pynn_v8f_to_d(vr + 8) - q1);
+            }
         }
         memcpy(a, &a0, 64); memcpy(a + 8, &a1, 64);
         memcpy(b, &b0, 64); memcpy(b + 8, &b1, 64);
+    }
+    /* pynn_col_sums_16_f over channels c0 .. c0 + 32: each lane's operations and order are
+       the 16-channel kernel's (the same bits), both halves of a row in one iteration */
+    static inline void pynn_col_sums_32_f(const float* restrict u, const float* restrict v,
+            const double* k1, const double* k2, Py_ssize_t r0, Py_ssize_t rn, Py_ssize_t C,
+            Py_ssize_t c0, double* restrict a, double* restrict b) {
+        pynn_v8d a0, a1, a2, a3, b0, b1, b2, b3, p0, p1, p2, p3, q0, q1, q2, q3;
+        Py_ssize_t r;
+        memcpy(&a0, a, 64); memcpy(&a1, a + 8, 64); memcpy(&a2, a + 16, 64);
+        memcpy(&a3, a + 24, 64);
+        memcpy(&b0, b, 64); memcpy(&b1, b + 8, 64); memcpy(&b2, b + 16, 64);
+        memcpy(&b3, b + 24, 64);
+        memcpy(&p0, k1, 64); memcpy(&p1, k1 + 8, 64); memcpy(&p2, k1 + 16, 64);
+        memcpy(&p3, k1 + 24, 64);
+        memcpy(&q0, k2, 64); memcpy(&q1, k2 + 8, 64); memcpy(&q2, k2 + 16, 64);
+        memcpy(&q3, k2 + 24, 64);
+        if (u == v && !memcmp(k1, k2, 32 * sizeof(double))) {
+            for (r = r0; r < r0 + rn; r++) {
+                const float* ur = u + r * C + c0;
+                pynn_v8d d0 = pynn_v8f_to_d(ur) - p0, d1 = pynn_v8f_to_d(ur + 8) - p1;
+                pynn_v8d d2 = pynn_v8f_to_d(ur + 16) - p2, d3 = pynn_v8f_to_d(ur + 24) - p3;
+                a0 += d0; a1 += d1; a2 += d2; a3 += d3;
+                b0 += d0 * d0; b1 += d1 * d1; b2 += d2 * d2; b3 += d3 * d3;
+            }
+        } else {
+            for (r = r0; r < r0 + rn; r++) {
+                const float* ur = u + r * C + c0;
+                const float* vr = v + r * C + c0;
+                pynn_v8d d0 = pynn_v8f_to_d(ur) - p0, d1 = pynn_v8f_to_d(ur + 8) - p1;
+                pynn_v8d d2 = pynn_v8f_to_d(ur + 16) - p2, d3 = pynn_v8f_to_d(ur + 24) - p3;
+                a0 += d0; a1 += d1; a2 += d2; a3 += d3;
+                b0 += d0 * (pynn_v8f_to_d(vr) - q0);
+                b1 += d1 * (pynn_v8f_to_d(vr + 8) - q1);
+                b2 += d2 * (pynn_v8f_to_d(vr + 16) - q2);
+                b3 += d3 * (pynn_v8f_to_d(vr + 24) - q3);
+            }
+        }
+        memcpy(a, &a0, 64); memcpy(a + 8, &a1, 64); memcpy(a + 16, &a2, 64);
+        memcpy(a + 24, &a3, 64);
+        memcpy(b, &b0, 64); memcpy(b + 8, &b1, 64); memcpy(b + 16, &b2, 64);
+        memcpy(b + 24, &b3, 64);
     }
     /* double data has no conversion to spare: the plain loop vectorizes as it is */
     static inline void pynn_col_sums_16_d(const double* restrict u, const double* restrict v,
@@ -250,6 +317,12 @@ cdef extern from *:
                 a[c] += d;
                 b[c] += d * (v[r * C + c0 + c] - k2[c]);
             }
+    }
+    static inline void pynn_col_sums_32_d(const double* restrict u, const double* restrict v,
+            const double* k1, const double* k2, Py_ssize_t r0, Py_ssize_t rn, Py_ssize_t C,
+            Py_ssize_t c0, double* restrict a, double* restrict b) {
+        pynn_col_sums_16_d(u, v, k1, k2, r0, rn, C, c0, a, b);
+        pynn_col_sums_16_d(u, v, k1 + 16, k2 + 16, r0, rn, C, c0 + 16, a + 16, b + 16);
     }
     PYNN_NORM_KERNELS(f, float)
     PYNN_NORM_KERNELS(d, double)
