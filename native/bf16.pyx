@@ -1163,17 +1163,32 @@ def _amx_pool_wgrad(dpool, argmax, pooled, x, pynn_amxcp_geom geom, op):
     with nogil:
         _amx_pool_images(&job, 1, threads)
         pynn_team_for(slabs, 1, threads, _amx_pool_wgrad_job, &job)
-    missed = N * geom.HPo * geom.WPo * F - int(hits.sum())
+    dw = np.empty((K, F), np.float32)
+    dbias = np.empty(F, np.float32)
+    cdef float[:, ::1] dwv = dw
+    cdef float[::1] dbo = dbias
+    cdef long total_hits = 0, s, k, f
+    with nogil:
+        # the slabs in order: the same bits for any thread count
+        for s in range(slabs):
+            total_hits += hv[s]
+        for k in range(K):
+            for f in range(F):
+                dwv[k, f] = accv[0, k, f]
+            for s in range(1, slabs):
+                for f in range(F):
+                    dwv[k, f] = dwv[k, f] + accv[s, k, f]
+        for f in range(F):
+            dbo[f] = dbv[0, f]
+        for s in range(1, slabs):
+            for f in range(F):
+                dbo[f] = dbo[f] + dbv[s, f]
+    missed = N * geom.HPo * geom.WPo * F - total_hits
     if missed:
         raise ValueError(f"{op}: {missed} argmax entries lie outside their pool window "
                          f"(argmax must come from maxpool2d_forward over y with pool_size "
                          f"{(geom.PH, geom.PW)} and strides {(geom.PSH, geom.PSW)})")
-    # the slabs in order: the same bits for any thread count
-    total, dbias = acc[0], db[0]
-    for s in range(1, slabs):
-        total = total + acc[s]
-        dbias = dbias + db[s]
-    return np.ascontiguousarray(total[:K]), np.ascontiguousarray(dbias)
+    return dw, dbias
 
 
 def bf16_conv2d_pool_forward(x, kernel, bias, strides=(1, 1), padding="valid",
