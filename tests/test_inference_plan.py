@@ -235,6 +235,37 @@ def test_rebuilt_after_set_weights_fit_and_new_shape():
     assert set(model._inference.plans) == {(2, 37), (3, 37)}
 
 
+def test_large_plans_take_recycled_host_memory(monkeypatch):
+    """A plan whose intermediates reach RECYCLE_MIN_BYTES is made and run on recycled host
+    memory (after training, the step's idle blocks rather than fresh pages: a residual
+    CNN's predict after fit grew its RSS by 36 MB); a batch-1 plan runs without the
+    scope's cost. The pool served the large predict (its hits grew, no new misses)."""
+    from pynn import backend
+    from pynn._native import memory
+
+    pynn.utils.set_random_seed(3)
+    model = pynn.Sequential([L.Input((32, 32, 4)), L.Conv2D(32, 3, padding="same",
+                                                           activation="relu"),
+                             L.GlobalAveragePooling2D(), L.Dense(3)])
+    model.compile("sgd", "mse")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((32, 32, 32, 4)).astype(np.float32)
+    model.train_on_batch(x, rng.standard_normal((32, 3)).astype(np.float32))
+    entered, real = [], backend.host_memory_loop
+    monkeypatch.setattr(backend, "host_memory_loop",
+                        lambda *a, **k: entered.append(1) or real(*a, **k))
+    want = model.predict_on_batch(x)          # made (validated) in the scope
+    before = memory.stats()
+    got = model.predict_on_batch(x)           # run in the scope
+    after = memory.stats()
+    np.testing.assert_array_equal(got, want)
+    assert len(entered) == 2
+    assert after["hits"] > before["hits"] and after["misses"] == before["misses"]
+    model.predict_on_batch(x[:1])             # a small plan: made in the scope ...
+    model.predict_on_batch(x[:1])             # ... and run without it
+    assert len(entered) == 3
+
+
 def test_returned_array_is_the_callers():
     rng = np.random.default_rng(7)
     model = cnn()
