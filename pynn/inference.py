@@ -65,8 +65,11 @@ _weights_version = variables._version
 # Signatures (input shapes) kept per model; predict's last, shorter batch is a second one.
 MAX_SIGNATURES = 8
 # Per-thread buffers are kept only for plans whose intermediates fit in this many bytes; a
-# larger batch allocates per call (its arithmetic dwarfs the allocation).
-BUFFER_CAP_BYTES = 64 << 20
+# larger batch allocates per call, from the host memory pool (RECYCLE_MIN_BYTES): a residual
+# CNN's batch-64 plan kept 57 MB per calling thread under a 64 MiB cap; allocating its live
+# intermediates per call measured the same (26.8 / 26.4 ms; the small CNN 3.07-3.25 /
+# 2.97-3.20 ms, Intel, two threads).
+BUFFER_CAP_BYTES = 16 << 20
 # Plans whose intermediates take at least this many bytes run on recycled host memory
 # (backend.host_memory_loop): a residual CNN's batch-64 predict after training took 36 MB
 # of fresh pages beside the training step's idle blocks.
