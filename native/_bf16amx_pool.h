@@ -181,6 +181,76 @@ pynn_amxcp_band(const pynn_amxcp_geom* g, const uint16_t* img, const uint32_t* B
     }
 }
 
+/* A wide conv's band (channels in whole 32-value tile rows, stride 1; the direct conv of
+   _bf16amx.h, pynn_amx_conv_units, whose padded image and kernel panels it reads): conv rows
+   ho0 + [0, rows) of one sample, every output pixel, all F filters (F a multiple of 32),
+   into band (rows, WOP, F), bias_rows (16 x F) as the start value (NULL: zeros), through
+   relu when `relu`. Each 16-pixel piece of a conv row is one tile of A: two rows of the band
+   at once fill the four C tiles, as the 32-position blocks of pynn_amx_conv_units do, and
+   no padding column is computed. Inside the caller's pynn_amx_begin / _end. */
+__attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
+pynn_amxcp_wide_band(const pynn_amx_conv_plan* pl, const uint32_t* img, const uint32_t* Bt,
+                     const float* bias_rows, int relu, long ho0, long rows, long WOP,
+                     float* band) {
+    const long cw = pl->C / 2, cblocks = pl->C / 32, F = pl->F;
+    const long ldc = F * (long)sizeof(float), lda = cw * (long)sizeof(uint32_t);
+    long r, wo0, jp, i, j, cb, e;
+    for (r = 0; r < rows; r += 2) {
+        const int two = r + 1 < rows;
+        for (wo0 = 0; wo0 < pl->WO; wo0 += 16) {
+            const uint32_t* xs = img + ((ho0 + r) * pl->WP + wo0) * cw;
+            for (jp = 0; jp < F / 32; jp++) {
+                const uint32_t* b = Bt + jp * 32 * pl->kp16;
+                float* out = band + (r * WOP + wo0) * F + jp * 32;
+                if (bias_rows) {
+                    PYNN_AMX_LOAD(0, bias_rows + jp * 32, ldc);
+                    PYNN_AMX_LOAD(1, bias_rows + jp * 32 + 16, ldc);
+                    PYNN_AMX_LOAD(2, bias_rows + jp * 32, ldc);
+                    PYNN_AMX_LOAD(3, bias_rows + jp * 32 + 16, ldc);
+                } else {
+                    PYNN_AMX_ZERO(0);
+                    PYNN_AMX_ZERO(1);
+                    PYNN_AMX_ZERO(2);
+                    PYNN_AMX_ZERO(3);
+                }
+                for (i = 0; i < pl->KH; i++)
+                    for (j = 0; j < pl->KW; j++) {
+                        const uint32_t* a = xs + (i * pl->DH * pl->WP + j * pl->DW) * cw;
+                        for (cb = 0; cb < cblocks; cb++, a += 16, b += 512) {
+                            PYNN_AMX_LOAD(4, a, lda);
+                            PYNN_AMX_LOAD(6, b, 64);
+                            PYNN_AMX_DP(0, 4, 6);
+                            PYNN_AMX_LOAD(7, b + 256, 64);
+                            PYNN_AMX_DP(1, 4, 7);
+                            if (two) {   /* the band's next row: WP positions on */
+                                PYNN_AMX_LOAD(5, a + pl->WP * cw, lda);
+                                PYNN_AMX_DP(2, 5, 6);
+                                PYNN_AMX_DP(3, 5, 7);
+                            }
+                        }
+                    }
+                PYNN_AMX_STORE(0, out, ldc);
+                PYNN_AMX_STORE(1, out + 16, ldc);
+                if (two) {
+                    PYNN_AMX_STORE(2, out + WOP * F, ldc);
+                    PYNN_AMX_STORE(3, out + WOP * F + 16, ldc);
+                }
+            }
+        }
+    }
+    if (!relu)
+        return;
+    for (r = 0; r < rows; r++) {
+        float* row = band + r * WOP * F;
+        for (e = 0; e < pl->WO * F; e += 16) {
+            __m512 v = _mm512_load_ps(row + e);
+            _mm512_store_ps(row + e, _mm512_mask_mov_ps(
+                                         v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ),
+                                         _mm512_setzero_ps()));
+        }
+    }
+}
+
 /* dz for output pixel (ho, wo) of band b (sample n, pooled row hp), channels [fc, fc + 16):
    the window's dpool where its argmax names this pixel (and, with pooled, the pool's output
    is positive), else 0; *hits counts the argmax entries that named it. */
@@ -325,6 +395,9 @@ static long pynn_amxcp_wgrad(const pynn_amxcp_geom* g, const uint16_t* xq, const
                              uint16_t* abuf, uint32_t* bbuf, float* acc, float* db) {
     return 0;
 }
+static void pynn_amxcp_wide_band(const pynn_amx_conv_plan* pl, const uint32_t* img,
+                                 const uint32_t* Bt, const float* bias_rows, int relu, long ho0,
+                                 long rows, long WOP, float* band) {}
 #endif
 
 #endif

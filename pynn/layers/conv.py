@@ -93,12 +93,11 @@ class Conv2D(Layer):
         """pool(self(x)) in one op where it can (backend conv2d_pool_forward; the plan's
         Conv2D -> MaxPooling2D, functional._fuse_conv_pool): each layer's cache is what its
         backward reads, y not kept (the conv's backward takes the pool's arrays)."""
-        narrow_bf16 = (self._bf16_compute and self.groups == 1
-                       and x.shape[-1] < NARROW_CHANNELS)
-        if self.groups != 1 or (self._bf16_compute and not narrow_bf16):
+        if self.groups != 1:
             return pool.call(self.call(x, training), training)
         b = backend.current()
-        forward = b.bf16_conv2d_pool_forward if narrow_bf16 else b.conv2d_pool_forward
+        # mixed_bfloat16 (issue 17): the same contract on bf16-rounded operands
+        forward = b.bf16_conv2d_pool_forward if self._bf16_compute else b.conv2d_pool_forward
         pooled, argmax = forward(
             x, self.kernel.value, self.bias.value if self.use_bias else None, self.strides,
             self.padding, self.dilation_rate, self.activation, self.alpha, pool.pool_size,
@@ -115,11 +114,11 @@ class Conv2D(Layer):
         kernel = self.kernel.value
         narrow_bf16 = self._bf16_compute and self.groups == 1 and x.shape[-1] < NARROW_CHANNELS
         if type(dy) is PoolGrad:   # a MaxPooling2D's, the only reader of y (_fuse_conv_pool)
-            if self.groups == 1 and (narrow_bf16 or not self._bf16_compute):
-                return self._pool_backward(b, dy, x, y, z, kernel, narrow_bf16)
+            if self.groups == 1:
+                return self._pool_backward(b, dy, x, y, z, kernel)
             if self.activation != "relu":
                 dy = dy.dense(b)
-            else:   # the bf16 products (or grouped) on dz made from the pool's arrays
+            else:   # the grouped products on dz made from the pool's arrays
                 pool = dy.pool
                 dz, db = b.pooled_activation_bias_backward(
                     dy.dpool, dy.argmax, dy.pooled, y, pool.pool_size, pool.strides,
@@ -143,9 +142,10 @@ class Conv2D(Layer):
             self.bias.grad = db
         return dx
 
-    def _pool_backward(self, b, grad, x, y, z, kernel, narrow_bf16):
+    def _pool_backward(self, b, grad, x, y, z, kernel):
         pool = grad.pool
-        backward = b.bf16_conv2d_pool_backward if narrow_bf16 else b.conv2d_pool_backward
+        backward = (b.bf16_conv2d_pool_backward if self._bf16_compute
+                    else b.conv2d_pool_backward)
         dx, self.kernel.grad, db = backward(
             grad.dpool, grad.argmax, grad.pooled, x, z, y, kernel, self.strides, self.padding,
             self.dilation_rate, self.activation, self.alpha, self.use_bias,

@@ -14,6 +14,7 @@ from pynn.backend.opencl import runtime as rt
 from pynn.backend.opencl.arrays import DEVICE
 from pynn.backend.opencl.launch import elementwise
 from pynn.backend.operands import bf16 as operands
+from pynn.mixed_precision import NARROW_CHANNELS
 
 
 def _rounded(x):
@@ -92,10 +93,36 @@ def bf16_conv2d_pool_backward(dpool, argmax, pooled, x, z, y, kernel, strides=(1
                               pool_strides=(2, 2), pool_padding="valid"):
     """(dx or None, dkernel, dbias or None) as conv2d_pool_backward with dpool, x and kernel
     rounded to bf16."""
-    name, alpha, dpool, argmax, pooled, x, z, y, kernel, _, _ = \
+    name, alpha, dpool, argmax, pooled, x, z, y, kernel, g, _ = \
         operands.bf16_conv2d_pool_backward(DEVICE, dpool, argmax, pooled, x, z, y, kernel,
                                            strides, padding, dilation_rate, activation, alpha,
                                            pool_size, pool_strides, pool_padding)
+    if g["C"] >= NARROW_CHANNELS:
+        # a wide conv as the CPU's: dz and the bias gradient in float32, the products on
+        # rounded dz (the wide layers' separate road)
+        from pynn.backend.opencl.activation import activation_backward, activation_bias_backward
+        from pynn.backend.opencl.dense import bias_backward
+        from pynn.backend.opencl.pool import maxpool2d_backward
+
+        shape = (g["N"], g["HO"], g["WO"], g["F"])
+        if name == "relu" and y is None:
+            dz = maxpool2d_backward(activation_backward(dpool, None, pooled, "relu", 0.0),
+                                    argmax, shape)
+            db = bias_backward(dz) if use_bias else None
+        elif name == "linear":
+            dz = maxpool2d_backward(dpool, argmax, shape)
+            db = bias_backward(dz) if use_bias else None
+        else:
+            if y is None:
+                raise ValueError(f"bf16_conv2d_pool_backward: y (the conv's output) is needed "
+                                 f"for '{name}' without the pool's output; got None")
+            dz, db = activation_bias_backward(maxpool2d_backward(dpool, argmax, shape), z, y,
+                                              name, alpha)
+        dk = bf16_conv2d_backward_weight(x, dz, tuple(kernel.shape), strides, padding,
+                                         dilation_rate)
+        dx = (bf16_conv2d_backward_input(dz, kernel, tuple(x.shape), strides, padding,
+                                         dilation_rate) if need_input_grad else None)
+        return dx, dk, (db if use_bias else None)
     return conv.conv2d_pool_backward(_rounded(dpool), argmax, pooled, _rounded(x), z, y,
                                      _rounded(kernel), strides, padding, dilation_rate, name,
                                      alpha, use_bias, need_input_grad, pool_size, pool_strides,
