@@ -40,6 +40,17 @@ typedef struct {
     long WOP;                      /* WO rounded up to 16: a band row's pixels */
 } pynn_amxcp_geom;
 
+/* A max pool's backward arrays over a wide conv's output (N, HO, WO, F): dz of a conv pixel
+   made from them (the window's dpool where its argmax names the pixel and, with pooled, the
+   pool's output is positive; zero elsewhere), for the kernel and input gradients' bf16
+   conversions to read instead of a dz array. The windows tile the map. */
+typedef struct {
+    const float* dpool;
+    const float* pooled; /* NULL: linear */
+    const int* argmax;
+    long HO, WO, F, HPo, WPo, PH, PW, PSH, PSW;
+} pynn_amxcp_pool;
+
 #if PYNN_AMX && PYNN_BF16_X86
 
 /* Padded rows [0, HPd) of one sample as bf16, (HPd, WPd, C) when planar is 0, (HPd, C, WPd)
@@ -251,6 +262,84 @@ pynn_amxcp_wide_band(const pynn_amx_conv_plan* pl, const uint32_t* img, const ui
     }
 }
 
+/* dz of sample n at pixel (oh, ow), channels c0 + [0, 16) under mask m; hits counts the
+   argmax entries that named the pixel. */
+__attribute__((target("avx512f"))) static inline __m512
+pynn_amxcp_pool_dz(const pynn_amxcp_pool* p, long n, long oh, long ow, long c0, __mmask16 m,
+                   long* hits) {
+    const long hp = oh / p->PSH, wp = ow / p->PSW;
+    long idx;
+    __mmask16 eq;
+    if (hp >= p->HPo || wp >= p->WPo || oh - hp * p->PSH >= p->PH || ow - wp * p->PSW >= p->PW)
+        return _mm512_setzero_ps();
+    idx = ((n * p->HPo + hp) * p->WPo + wp) * p->F + c0;
+    eq = _mm512_mask_cmpeq_epi32_mask(m, _mm512_maskz_loadu_epi32(m, p->argmax + idx),
+                                      _mm512_set1_epi32((int)(oh * p->WO + ow)));
+    *hits += __builtin_popcount((unsigned)eq);
+    if (p->pooled)
+        eq &= _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m, p->pooled + idx), _mm512_setzero_ps(),
+                                 _CMP_GT_OQ);
+    return _mm512_maskz_loadu_ps(eq, p->dpool + idx);
+}
+
+/* pynn_amx_dz_positions of sample n's dz made from the pool's arrays. Returns the hits. */
+__attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static long
+pynn_amxcp_dz_positions(const pynn_amxcp_pool* p, long n, long WP, long kp16, uint32_t* At) {
+    const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25,
+                                           9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2,
+                                           17, 1, 16, 0);
+    const long F = p->F, cblocks = pynn_amx_panels(F) * 2;
+    long qb, cb, i, t, hits = 0;
+    __m512i r[16];
+    for (qb = 0; qb < kp16 / 16; qb++)
+        for (cb = 0; cb < cblocks; cb++) {
+            __mmask16 m = pynn_amx_mask(F - 16 * cb);
+            uint32_t* dst = At + cb / 2 * 32 * kp16 + (qb * 2 + cb % 2) * 256;
+            for (i = 0; i < 16; i++) {
+                __m512 v[2];
+                for (t = 0; t < 2; t++) {
+                    long q = 2 * (qb * 16 + i) + t, oh = q / WP, ow = q % WP;
+                    v[t] = oh < p->HO && ow < p->WO && m
+                               ? pynn_amxcp_pool_dz(p, n, oh, ow, 16 * cb, m, &hits)
+                               : _mm512_setzero_ps();
+                }
+                r[i] = _mm512_permutexvar_epi16(order, (__m512i)_mm512_cvtne2ps_pbh(v[1], v[0]));
+            }
+            pynn_amx_transpose16(r);
+            for (i = 0; i < 16; i++)
+                _mm512_storeu_si512(dst + i * 16, r[i]);
+        }
+    return hits;
+}
+
+/* pynn_amx_pad_image of sample n's dz made from the pool's arrays (F a multiple of 32):
+   padded rows [0, HP) of (WP, F / 2 words), the map at (PT, PL). */
+__attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
+pynn_amxcp_pad_pool(const pynn_amxcp_pool* p, long n, long WP, long PT, long PL, long HP,
+                    uint32_t* xb) {
+    const long cw = p->F / 2;
+    long h, w, b, hits = 0;
+    for (h = 0; h < HP; h++) {
+        uint32_t* row = xb + h * WP * cw;
+        const long ih = h - PT;
+        if (ih < 0 || ih >= p->HO) {
+            memset(row, 0, WP * cw * sizeof(uint32_t));
+            continue;
+        }
+        memset(row, 0, PL * cw * sizeof(uint32_t));
+        for (w = 0; w < p->WO; w++) {
+            uint32_t* dst = row + (PL + w) * cw;
+            for (b = 0; b < p->F / 32; b++)
+                _mm512_storeu_si512(
+                    dst + 16 * b,
+                    (__m512i)_mm512_cvtne2ps_pbh(
+                        pynn_amxcp_pool_dz(p, n, ih, w, 32 * b + 16, 0xffff, &hits),
+                        pynn_amxcp_pool_dz(p, n, ih, w, 32 * b, 0xffff, &hits)));
+        }
+        memset(row + (PL + p->WO) * cw, 0, (WP - PL - p->WO) * cw * sizeof(uint32_t));
+    }
+}
+
 /* dz for output pixel (ho, wo) of band b (sample n, pooled row hp), channels [fc, fc + 16):
    the window's dpool where its argmax names this pixel (and, with pooled, the pool's output
    is positive), else 0; *hits counts the argmax entries that named it. */
@@ -384,6 +473,13 @@ pynn_amxcp_wgrad(const pynn_amxcp_geom* g, const uint16_t* xq, const float* dpoo
 }
 
 #else /* no AMX: the entry points exist and are never chosen */
+
+static long pynn_amxcp_dz_positions(const pynn_amxcp_pool* p, long n, long WP, long kp16,
+                                    uint32_t* At) {
+    return 0;
+}
+static void pynn_amxcp_pad_pool(const pynn_amxcp_pool* p, long n, long WP, long PT, long PL,
+                                long HP, uint32_t* xb) {}
 
 static void pynn_amxcp_image(const float* x, const pynn_amxcp_geom* g, int planar,
                              uint16_t* out) {}

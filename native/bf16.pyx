@@ -136,6 +136,15 @@ cdef extern from "_bf16amx_pool.h" nogil:
     void pynn_amxcp_wide_band(const pynn_amx_conv_plan* pl, const uint32_t* img,
                               const uint32_t* Bt, const float* bias_rows, int relu, long ho0,
                               long rows, long WOP, float* band)
+    ctypedef struct pynn_amxcp_pool:
+        const float* dpool
+        const float* pooled
+        const int* argmax
+        long HO, WO, F, HPo, WPo, PH, PW, PSH, PSW
+    long pynn_amxcp_dz_positions(const pynn_amxcp_pool* p, long n, long WP, long kp16,
+                                 uint32_t* At)
+    void pynn_amxcp_pad_pool(const pynn_amxcp_pool* p, long n, long WP, long PT, long PL,
+                             long HP, uint32_t* xb)
 
 cdef extern from "_amx.h" nogil:
     void pynn_amx_begin()
@@ -713,6 +722,12 @@ def _amx_conv_direct(x, kernel2d, z, g, bias=None, bint relu=False):
     """z (N, HO, WO, F) = the stride-1 conv of x (C a multiple of 32) from its padded bf16
     image (_bf16amx.h) [+ bias] [through relu]: the units split over the threads in
     contiguous runs."""
+    _amx_conv_direct_from(x, kernel2d, z, g, bias, relu, NULL)
+
+
+cdef _amx_conv_direct_from(x, kernel2d, z, g, bias, bint relu, const pynn_amxcp_pool* pool):
+    """_amx_conv_direct; with pool, x is None and its images are made from the pool's arrays
+    (the input gradient of a conv whose pool's backward arrays stand for its dz)."""
     cdef pynn_amx_conv_plan pl
     cdef const float[::1] biasv
     cdef const float* bptr = NULL
@@ -734,14 +749,17 @@ def _amx_conv_direct(x, kernel2d, z, g, bias=None, bint relu=False):
     cdef long per_sample = pl.pblocks * pl.fgroups, threads = omp_get_max_threads()
     cdef long units = N * per_sample, own = pl.sample_words + slack, tid
     cdef long chunks = max(1, min(threads, units)), t, s
-    cdef const float[:, :, :, ::1] xv = x
+    cdef const float[:, :, :, ::1] xv
     cdef float[:, :, :, ::1] zv = z
     cdef uint32_t[::1] xbv
     cdef const uint32_t[::1] btv = bt
     cdef float[::1] bkv
     cdef _AmxConvJob job
-    job.pl, job.x, job.bt, job.bias, job.relu, job.z = &pl, &xv[0, 0, 0, 0], &btv[0], bptr, \
-        relu, &zv[0, 0, 0, 0]
+    job.x, job.pool = NULL, pool
+    if x is not None:
+        xv = x
+        job.x = &xv[0, 0, 0, 0]
+    job.pl, job.bt, job.bias, job.relu, job.z = &pl, &btv[0], bptr, relu, &zv[0, 0, 0, 0]
     job.H, job.W, job.HP, job.PT, job.PL, job.own = H, W, HP, PT, PL, own
     job.per_sample, job.units, job.chunks = per_sample, units, chunks
     if N >= 2 * threads:
@@ -771,6 +789,7 @@ def _amx_conv_direct(x, kernel2d, z, g, bias=None, bint relu=False):
 ctypedef struct _AmxConvJob:
     const pynn_amx_conv_plan* pl
     const float* x
+    const pynn_amxcp_pool* pool   # or NULL: the images from the pool's arrays (x NULL)
     const uint32_t* bt
     const float* bias
     bint relu
@@ -786,8 +805,11 @@ cdef void _amx_conv_sample_job(void* ctx, long begin, long end, int slot) noexce
     cdef const pynn_amx_conv_plan* pl = j.pl
     cdef long s, img = pl.HO * pl.WO * pl.F, xs = j.H * j.W * pl.C
     for s in range(begin, end):
-        pynn_amx_pad_image(j.x + s * xs, j.H, j.W, pl.C, pl.WP, j.PT, j.PL, 0, j.HP,
-                           j.xb + slot * j.own)
+        if j.pool != NULL:
+            pynn_amxcp_pad_pool(j.pool, s, pl.WP, j.PT, j.PL, j.HP, j.xb + slot * j.own)
+        else:
+            pynn_amx_pad_image(j.x + s * xs, j.H, j.W, pl.C, pl.WP, j.PT, j.PL, 0, j.HP,
+                               j.xb + slot * j.own)
         pynn_amx_conv_units(pl, j.xb + slot * j.own, j.bt, j.bias, j.relu, j.z + s * img, 0,
                             j.per_sample, j.blk + slot * _AMX_BLOCK)
 
@@ -797,8 +819,11 @@ cdef void _amx_conv_pad_job(void* ctx, long begin, long end, int slot) noexcept 
     cdef const pynn_amx_conv_plan* pl = j.pl
     cdef long s, xs = j.H * j.W * pl.C
     for s in range(begin, end):
-        pynn_amx_pad_image(j.x + s * xs, j.H, j.W, pl.C, pl.WP, j.PT, j.PL, 0, j.HP,
-                           j.xb + s * pl.sample_words)
+        if j.pool != NULL:
+            pynn_amxcp_pad_pool(j.pool, s, pl.WP, j.PT, j.PL, j.HP, j.xb + s * pl.sample_words)
+        else:
+            pynn_amx_pad_image(j.x + s * xs, j.H, j.W, pl.C, pl.WP, j.PT, j.PL, 0, j.HP,
+                               j.xb + s * pl.sample_words)
 
 
 cdef void _amx_conv_units_job(void* ctx, long begin, long end, int slot) noexcept nogil:
@@ -883,6 +908,8 @@ def _amx_conv_backward_input(dz, kernel2d, dx, g):
 ctypedef struct _AmxWgradJob:
     const float* x
     const float* dz
+    const pynn_amxcp_pool* pool   # or NULL: dz made from the pool's arrays (dz NULL)
+    long* hits                    # per group, with pool
     float* acc
     uint32_t* at
     uint32_t* ev
@@ -897,8 +924,12 @@ cdef void _amx_wgrad_job(void* ctx, long begin, long end, int slot) noexcept nog
     cdef long grp, s
     for grp in range(begin, end):
         for s in range(grp * j.N // j.groups, (grp + 1) * j.N // j.groups):
-            pynn_amx_dz_positions(j.dz + s * j.HO * j.WO * j.F, j.HO, j.WO, j.WP, j.F, j.kp16,
-                                  j.at + grp * j.a_step)
+            if j.pool != NULL:
+                j.hits[grp] += pynn_amxcp_dz_positions(j.pool, s, j.WP, j.kp16,
+                                                       j.at + grp * j.a_step)
+            else:
+                pynn_amx_dz_positions(j.dz + s * j.HO * j.WO * j.F, j.HO, j.WO, j.WP, j.F,
+                                      j.kp16, j.at + grp * j.a_step)
             pynn_amx_pair_image(j.x + s * j.H * j.W * j.C, j.H, j.W, j.C, j.HP, j.WP, j.PT,
                                 j.PL, j.npairs, j.ev + grp * j.i_step, j.od + grp * j.i_step)
             pynn_amx_conv_wgrad(j.at + grp * j.a_step, j.ev + grp * j.i_step,
@@ -911,6 +942,12 @@ def _amx_conv_wgrad_direct(x, dz, g, long groups):
     padded image's pair copies (_bf16amx.h): each of `groups` fixed sample groups sums its
     samples in order into its own (taps, F, C) accumulator, the groups then added in order:
     the same bits for any thread count."""
+    return _amx_conv_wgrad_from(x, dz, g, groups, NULL, None)
+
+
+cdef _amx_conv_wgrad_from(x, dz, g, long groups, const pynn_amxcp_pool* pool, hits):
+    """_amx_conv_wgrad_direct; with pool, dz is None and made from the pool's arrays, each
+    group's argmax hits added into hits (int64, groups)."""
     cdef long N = g["N"], H = g["H"], W = g["W"], C = g["C"], F = g["F"]
     cdef long HO = g["HO"], WO = g["WO"], KH = g["KH"], KW = g["KW"], DH = g["DH"]
     cdef long DW = g["DW"], PT = g["PT"], PL = g["PL"]
@@ -925,15 +962,23 @@ def _amx_conv_wgrad_direct(x, dz, g, long groups):
     ev = np.empty(groups * i_step, np.uint32)
     od = np.empty(groups * i_step, np.uint32)
     cdef const float[:, :, :, ::1] xv = x
-    cdef const float[:, :, :, ::1] dzv = dz
+    cdef const float[:, :, :, ::1] dzv
+    cdef long[::1] hv
     cdef float[:, :, :, ::1] accv = acc
     cdef uint32_t[::1] atv = at
     cdef uint32_t[::1] evv = ev
     cdef uint32_t[::1] odv = od
     cdef long grp
     cdef _AmxWgradJob job
-    job.x, job.dz, job.acc, job.at, job.ev, job.od = &xv[0, 0, 0, 0], &dzv[0, 0, 0, 0], \
-        &accv[0, 0, 0, 0], &atv[0], &evv[0], &odv[0]
+    job.dz, job.pool, job.hits = NULL, pool, NULL
+    if dz is not None:
+        dzv = dz
+        job.dz = &dzv[0, 0, 0, 0]
+    if hits is not None:
+        hv = hits
+        job.hits = &hv[0]
+    job.x, job.acc, job.at, job.ev, job.od = &xv[0, 0, 0, 0], &accv[0, 0, 0, 0], &atv[0], \
+        &evv[0], &odv[0]
     job.N, job.H, job.W, job.C, job.F, job.HO, job.WO = N, H, W, C, F, HO, WO
     job.KH, job.KW, job.DH, job.DW, job.PT, job.PL, job.HP, job.WP = KH, KW, DH, DW, PT, PL, \
         HP, WP
@@ -1307,7 +1352,12 @@ def _wide_pool_backward(op, name, a, dpool, argmax, pooled, x, z, y, kernel, g, 
     windows tile the map and the activation is relu or linear), then the bf16 products,
     which round dz: the wide layers' separate road (activation_bias_backward, then the
     products), the same bits."""
-    if windows_tile(pg) and (name == "linear" or (name == "relu" and pooled is not None)):
+    tiles = windows_tile(pg) and (name == "linear" or (name == "relu" and pooled is not None))
+    if (tiles and _amx and g["SH"] == 1 and g["SW"] == 1 and g["C"] % 32 == 0
+            and g["F"] % 32 == 0 and dpool.size and x.size):
+        return _amx_wide_pool_backward(op, name, dpool, argmax, pooled, x, kernel, g, pg,
+                                       use_bias, need_input_grad)
+    if tiles:
         try:
             dz, db = _pooled_activation_bias(dpool, argmax, pooled if name == "relu" else None,
                                              pg, name, a)
@@ -1324,6 +1374,59 @@ def _wide_pool_backward(op, name, a, dpool, argmax, pooled, x, z, y, kernel, g, 
     dx = (bf16_conv2d_backward_input(dz, kernel, tuple(x.shape), strides, padding,
                                      dilation_rate) if need_input_grad else None)
     return dx, dk, (db if use_bias else None)
+
+
+def _amx_wide_pool_backward(op, name, dpool, argmax, pooled, x, kernel, g, pg, bint use_bias,
+                            bint need_input_grad):
+    """_wide_pool_backward on the tiles with no dz array: the kernel gradient's panels and
+    the input gradient's padded images are made from the pool's arrays (pynn_amxcp_pool),
+    the same bf16 values the separate road converts from dz, so the same dkernel and dx."""
+    cdef pynn_amxcp_pool ps
+    cdef const float[:, :, :, ::1] dv = dpool
+    cdef const int[:, :, :, ::1] av = argmax
+    cdef const float[:, :, :, ::1] pv
+    cdef long N = g["N"], F = g["F"], windows = N * pg["HO"] * pg["WO"], w, f
+    cdef long groups = max(1, min(N, _GROUPS))
+    ps.dpool, ps.argmax, ps.pooled = &dv[0, 0, 0, 0], &av[0, 0, 0, 0], NULL
+    if name == "relu":
+        pv = pooled
+        ps.pooled = &pv[0, 0, 0, 0]
+    ps.HO, ps.WO, ps.F = g["HO"], g["WO"], F
+    ps.HPo, ps.WPo, ps.PH, ps.PW, ps.PSH, ps.PSW = pg["HO"], pg["WO"], pg["PH"], pg["PW"], \
+        pg["SH"], pg["SW"]
+    hits = np.zeros(groups, np.int64)
+    dk = _amx_conv_wgrad_from(x, None, g, groups, &ps, hits)
+    missed = windows * F - int(hits.sum())
+    if missed:
+        raise ValueError(f"{op}: {missed} argmax entries lie outside their pool window "
+                         f"(argmax must come from maxpool2d_forward over y with pool_size "
+                         f"{(pg['PH'], pg['PW'])} and strides {(pg['SH'], pg['SW'])})")
+    dx = None
+    if need_input_grad:   # bf16_conv2d_backward_input's stride-1 road
+        dx = np.zeros(tuple(x.shape), np.float32)
+        flipped = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+        gt = dict(g, H=g["HO"], W=g["WO"], C=F, F=g["C"], HO=g["H"], WO=g["W"],
+                  PT=(g["KH"] - 1) * g["DH"] - g["PT"], PL=(g["KW"] - 1) * g["DW"] - g["PL"])
+        _amx_conv_direct_from(None, flipped.reshape(-1, g["C"]), dx, gt, None, False, &ps)
+    if not use_bias:
+        return dx, dk, None
+    # summed in double as pooled_activation_bias_backward sums its dz (its row blocks add
+    # zeros and the same terms in another order: exact in double but for the last bits,
+    # then one rounding to float32)
+    acc = np.zeros(F, np.float64)
+    cdef double[::1] accv = acc
+    cdef const float* d = ps.dpool
+    cdef const float* q = ps.pooled
+    with nogil:
+        for w in range(windows):
+            if q != NULL:
+                for f in range(F):
+                    if q[w * F + f] > 0:
+                        accv[f] += d[w * F + f]
+            else:
+                for f in range(F):
+                    accv[f] += d[w * F + f]
+    return dx, dk, acc.astype(np.float32)
 
 
 def bf16_conv2d_pool_forward(x, kernel, bias, strides=(1, 1), padding="valid",

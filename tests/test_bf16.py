@@ -354,6 +354,35 @@ def test_every_cpu_kernel_conv_pool_within_bf16_error(cpu_kernel, rng, case):
                            f"bf16_conv2d_pool_backward ({cpu_kernel})")
 
 
+@pytest.mark.parametrize("case", POOL_CASES[8:12])
+@pytest.mark.parametrize("activation", ["relu", "linear"])
+def test_wide_conv_pool_backward_has_the_separate_roads_bits(rng, case, activation):
+    """A wide conv's pair backward (on AMX: no dz array, the tiles' operands made from the
+    pool's arrays) gives what the layers' separate road gives: dz and dbias from
+    pooled_activation_bias_backward, then the bf16 products, bit for bit."""
+    from pynn._native import activation as native_activation
+
+    x_shape, k_shape, strides, padding, dilation, pool_size, pool_strides = case
+    x, kernel, bias = rand(rng, x_shape), rand(rng, k_shape), rand(rng, (k_shape[3],))
+    geo = (strides, padding, dilation)
+    pooled, argmax = native_bf16.bf16_conv2d_pool_forward(x, kernel, bias, *geo, activation,
+                                                          0.0, pool_size, pool_strides)
+    dpool = rand(rng, pooled.shape)
+    dx, dk, db = native_bf16.bf16_conv2d_pool_backward(
+        dpool, argmax, pooled, x, None, None, kernel, *geo, activation, 0.0, True, True,
+        pool_size, pool_strides)
+    h, w = native_bf16.bf16_conv2d_forward(x, kernel, None, *geo)[0].shape[1:3]
+    y = np.zeros((x_shape[0], h, w, k_shape[3]), np.float32)   # its shape: relu reads pooled
+    dz, want_db = native_activation.pooled_activation_bias_backward(
+        dpool, argmax, pooled if activation == "relu" else None, y, pool_size, pool_strides,
+        "valid", activation, 0.0)
+    np.testing.assert_array_equal(dk, native_bf16.bf16_conv2d_backward_weight(
+        x, dz, k_shape, *geo))
+    np.testing.assert_array_equal(dx, native_bf16.bf16_conv2d_backward_input(
+        dz, kernel, x_shape, *geo))
+    np.testing.assert_array_equal(db, want_db)
+
+
 @pytest.mark.parametrize("activation", ["tanh", "softmax"])
 def test_bf16_conv2d_pool_forward_activation(rng, activation):
     """Other activations on the tiles' band, by the float32 epilogue's own expressions."""
@@ -411,7 +440,11 @@ def _all_ops(rng):
         rand(rng, pool[0].shape), pool[1], pool[0], xp, None, None, kp, *geo, "relu", 0.0,
         True, False)[1:]
     xq, kq = rand(rng, (5, 9, 8, 32)), rand(rng, (3, 3, 32, 32))   # a wide one's bands
-    pool += native_bf16.bf16_conv2d_pool_forward(xq, kq, rand(rng, (32,)), *geo, "relu")
+    wide = native_bf16.bf16_conv2d_pool_forward(xq, kq, rand(rng, (32,)), *geo, "relu")
+    pool += wide
+    pool_grads += native_bf16.bf16_conv2d_pool_backward(
+        rand(rng, wide[0].shape), wide[1], wide[0], xq, None, None, kq, *geo, "relu", 0.0,
+        True, True)
     return [native_bf16.bf16_dense_forward(xb, kb, None)[0],
             native_bf16.bf16_dense_backward_input(rand(rng, (256, 260)), kb),
             native_bf16.bf16_dense_forward(x, kernel, None)[0],
