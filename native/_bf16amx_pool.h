@@ -262,82 +262,64 @@ pynn_amxcp_wide_band(const pynn_amx_conv_plan* pl, const uint32_t* img, const ui
     }
 }
 
-/* dz of sample n at pixel (oh, ow), channels c0 + [0, 16) under mask m; hits counts the
-   argmax entries that named the pixel. */
-__attribute__((target("avx512f"))) static inline __m512
-pynn_amxcp_pool_dz(const pynn_amxcp_pool* p, long n, long oh, long ow, long c0, __mmask16 m,
-                   long* hits) {
-    const long hp = oh / p->PSH, wp = ow / p->PSW;
-    long idx;
-    __mmask16 eq;
-    if (hp >= p->HPo || wp >= p->WPo || oh - hp * p->PSH >= p->PH || ow - wp * p->PSW >= p->PW)
-        return _mm512_setzero_ps();
-    idx = ((n * p->HPo + hp) * p->WPo + wp) * p->F + c0;
-    eq = _mm512_mask_cmpeq_epi32_mask(m, _mm512_maskz_loadu_epi32(m, p->argmax + idx),
-                                      _mm512_set1_epi32((int)(oh * p->WO + ow)));
-    *hits += __builtin_popcount((unsigned)eq);
-    if (p->pooled)
-        eq &= _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m, p->pooled + idx), _mm512_setzero_ps(),
-                                 _CMP_GT_OQ);
-    return _mm512_maskz_loadu_ps(eq, p->dpool + idx);
-}
-
-/* pynn_amx_dz_positions of sample n's dz made from the pool's arrays. Returns the hits. */
-__attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static long
-pynn_amxcp_dz_positions(const pynn_amxcp_pool* p, long n, long WP, long kp16, uint32_t* At) {
-    const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25,
-                                           9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2,
-                                           17, 1, 16, 0);
-    const long F = p->F, cblocks = pynn_amx_panels(F) * 2;
-    long qb, cb, i, t, hits = 0;
-    __m512i r[16];
-    for (qb = 0; qb < kp16 / 16; qb++)
-        for (cb = 0; cb < cblocks; cb++) {
-            __mmask16 m = pynn_amx_mask(F - 16 * cb);
-            uint32_t* dst = At + cb / 2 * 32 * kp16 + (qb * 2 + cb % 2) * 256;
-            for (i = 0; i < 16; i++) {
-                __m512 v[2];
-                for (t = 0; t < 2; t++) {
-                    long q = 2 * (qb * 16 + i) + t, oh = q / WP, ow = q % WP;
-                    v[t] = oh < p->HO && ow < p->WO && m
-                               ? pynn_amxcp_pool_dz(p, n, oh, ow, 16 * cb, m, &hits)
-                               : _mm512_setzero_ps();
-                }
-                r[i] = _mm512_permutexvar_epi16(order, (__m512i)_mm512_cvtne2ps_pbh(v[1], v[0]));
+/* Sample n's dz (HO, WO, F; F a multiple of 16) made from the pool's arrays into dz: each
+   window's 16-channel blocks read once and stored to its PH x PW pixels (the gradient where
+   the argmax names the pixel, zero elsewhere), pixels outside every window zeroed. Made
+   per sample into a buffer that stays in L2 for the conversions that read it (made pixel by
+   pixel inside them, the backward ran 1.2x slower than with a dz array). Returns the hits. */
+__attribute__((target("avx512f"))) static long
+pynn_amxcp_make_dz(const pynn_amxcp_pool* p, long n, float* dz) {
+    const long F = p->F, WO = p->WO;
+    long hp, wp, cb, i, j, hits = 0;
+    if (p->HPo * p->PSH != p->HO || p->WPo * p->PSW != WO || p->PH != p->PSH ||
+        p->PW != p->PSW)   /* some pixel lies in no window */
+        memset(dz, 0, p->HO * WO * F * sizeof(float));
+    for (hp = 0; hp < p->HPo; hp++)
+        for (wp = 0; wp < p->WPo; wp++) {
+            const long idx = ((n * p->HPo + hp) * p->WPo + wp) * F;
+            for (cb = 0; cb < F; cb += 16) {
+                const __m512i a = _mm512_loadu_si512(p->argmax + idx + cb);
+                __m512 d = _mm512_loadu_ps(p->dpool + idx + cb);
+                if (p->pooled)
+                    d = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_loadu_ps(p->pooled + idx + cb),
+                                                               _mm512_setzero_ps(), _CMP_GT_OQ),
+                                            d);
+                for (i = 0; i < p->PH; i++)
+                    for (j = 0; j < p->PW; j++) {
+                        const long pix = (hp * p->PSH + i) * WO + wp * p->PSW + j;
+                        const __mmask16 eq =
+                            _mm512_cmpeq_epi32_mask(a, _mm512_set1_epi32((int)pix));
+                        hits += __builtin_popcount((unsigned)eq);
+                        _mm512_storeu_ps(dz + pix * F + cb, _mm512_maskz_mov_ps(eq, d));
+                    }
             }
-            pynn_amx_transpose16(r);
-            for (i = 0; i < 16; i++)
-                _mm512_storeu_si512(dst + i * 16, r[i]);
         }
     return hits;
 }
 
-/* pynn_amx_pad_image of sample n's dz made from the pool's arrays (F a multiple of 32):
-   padded rows [0, HP) of (WP, F / 2 words), the map at (PT, PL). */
-__attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
-pynn_amxcp_pad_pool(const pynn_amxcp_pool* p, long n, long WP, long PT, long PL, long HP,
-                    uint32_t* xb) {
-    const long cw = p->F / 2;
-    long h, w, b, hits = 0;
-    for (h = 0; h < HP; h++) {
-        uint32_t* row = xb + h * WP * cw;
-        const long ih = h - PT;
-        if (ih < 0 || ih >= p->HO) {
-            memset(row, 0, WP * cw * sizeof(uint32_t));
-            continue;
+/* acc (F doubles) += the windows' gradients [w0, w1) where the pool's output is positive
+   (every one without pooled), window by window in order: the bias gradient of the pair's
+   dz, summed in double as pooled_activation_bias_backward sums it. F a multiple of 16. */
+__attribute__((target("avx512f"))) static void
+pynn_amxcp_bias_grad(const pynn_amxcp_pool* p, long w0, long w1, double* acc) {
+    const long F = p->F;
+    long w, c, h;
+    for (w = w0; w < w1; w++)
+        for (c = 0; c < F; c += 16) {
+            const __m512 d = _mm512_loadu_ps(p->dpool + w * F + c);
+            __mmask16 m = 0xffff;
+            if (p->pooled)
+                m = _mm512_cmp_ps_mask(_mm512_loadu_ps(p->pooled + w * F + c),
+                                       _mm512_setzero_ps(), _CMP_GT_OQ);
+            for (h = 0; h < 2; h++) {
+                const __mmask8 mh = (__mmask8)(m >> (8 * h));
+                __m512d a = _mm512_loadu_pd(acc + c + 8 * h);
+                a = _mm512_mask_add_pd(a, mh, a,
+                                       _mm512_cvtps_pd(h ? _mm512_extractf32x8_ps(d, 1)
+                                                         : _mm512_castps512_ps256(d)));
+                _mm512_storeu_pd(acc + c + 8 * h, a);
+            }
         }
-        memset(row, 0, PL * cw * sizeof(uint32_t));
-        for (w = 0; w < p->WO; w++) {
-            uint32_t* dst = row + (PL + w) * cw;
-            for (b = 0; b < p->F / 32; b++)
-                _mm512_storeu_si512(
-                    dst + 16 * b,
-                    (__m512i)_mm512_cvtne2ps_pbh(
-                        pynn_amxcp_pool_dz(p, n, ih, w, 32 * b + 16, 0xffff, &hits),
-                        pynn_amxcp_pool_dz(p, n, ih, w, 32 * b, 0xffff, &hits)));
-        }
-        memset(row + (PL + p->WO) * cw, 0, (WP - PL - p->WO) * cw * sizeof(uint32_t));
-    }
 }
 
 /* dz for output pixel (ho, wo) of band b (sample n, pooled row hp), channels [fc, fc + 16):
@@ -474,12 +456,8 @@ pynn_amxcp_wgrad(const pynn_amxcp_geom* g, const uint16_t* xq, const float* dpoo
 
 #else /* no AMX: the entry points exist and are never chosen */
 
-static long pynn_amxcp_dz_positions(const pynn_amxcp_pool* p, long n, long WP, long kp16,
-                                    uint32_t* At) {
-    return 0;
-}
-static void pynn_amxcp_pad_pool(const pynn_amxcp_pool* p, long n, long WP, long PT, long PL,
-                                long HP, uint32_t* xb) {}
+static long pynn_amxcp_make_dz(const pynn_amxcp_pool* p, long n, float* dz) { return 0; }
+static void pynn_amxcp_bias_grad(const pynn_amxcp_pool* p, long w0, long w1, double* acc) {}
 
 static void pynn_amxcp_image(const float* x, const pynn_amxcp_geom* g, int planar,
                              uint16_t* out) {}

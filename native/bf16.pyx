@@ -141,10 +141,8 @@ cdef extern from "_bf16amx_pool.h" nogil:
         const float* pooled
         const int* argmax
         long HO, WO, F, HPo, WPo, PH, PW, PSH, PSW
-    long pynn_amxcp_dz_positions(const pynn_amxcp_pool* p, long n, long WP, long kp16,
-                                 uint32_t* At)
-    void pynn_amxcp_pad_pool(const pynn_amxcp_pool* p, long n, long WP, long PT, long PL,
-                             long HP, uint32_t* xb)
+    long pynn_amxcp_make_dz(const pynn_amxcp_pool* p, long n, float* dz)
+    void pynn_amxcp_bias_grad(const pynn_amxcp_pool* p, long w0, long w1, double* acc)
 
 cdef extern from "_amx.h" nogil:
     void pynn_amx_begin()
@@ -755,10 +753,16 @@ cdef _amx_conv_direct_from(x, kernel2d, z, g, bias, bint relu, const pynn_amxcp_
     cdef const uint32_t[::1] btv = bt
     cdef float[::1] bkv
     cdef _AmxConvJob job
-    job.x, job.pool = NULL, pool
+    cdef float[::1] dzbv
+    job.x, job.pool, job.dzbuf, job.dz_step = NULL, pool, NULL, 0
     if x is not None:
         xv = x
         job.x = &xv[0, 0, 0, 0]
+    if pool != NULL:
+        job.dz_step = H * W * pl.C
+        dzbuf = aligned_empty(threads * job.dz_step, np.float32)
+        dzbv = dzbuf
+        job.dzbuf = &dzbv[0]
     job.pl, job.bt, job.bias, job.relu, job.z = &pl, &btv[0], bptr, relu, &zv[0, 0, 0, 0]
     job.H, job.W, job.HP, job.PT, job.PL, job.own = H, W, HP, PT, PL, own
     job.per_sample, job.units, job.chunks = per_sample, units, chunks
@@ -789,7 +793,9 @@ cdef _amx_conv_direct_from(x, kernel2d, z, g, bias, bint relu, const pynn_amxcp_
 ctypedef struct _AmxConvJob:
     const pynn_amx_conv_plan* pl
     const float* x
-    const pynn_amxcp_pool* pool   # or NULL: the images from the pool's arrays (x NULL)
+    const pynn_amxcp_pool* pool   # or NULL: the images from the pool's arrays (x NULL),
+    float* dzbuf                  # through a per-slot dz of one sample (dz_step floats)
+    long dz_step
     const uint32_t* bt
     const float* bias
     bint relu
@@ -806,7 +812,9 @@ cdef void _amx_conv_sample_job(void* ctx, long begin, long end, int slot) noexce
     cdef long s, img = pl.HO * pl.WO * pl.F, xs = j.H * j.W * pl.C
     for s in range(begin, end):
         if j.pool != NULL:
-            pynn_amxcp_pad_pool(j.pool, s, pl.WP, j.PT, j.PL, j.HP, j.xb + slot * j.own)
+            pynn_amxcp_make_dz(j.pool, s, j.dzbuf + slot * j.dz_step)
+            pynn_amx_pad_image(j.dzbuf + slot * j.dz_step, j.H, j.W, pl.C, pl.WP, j.PT, j.PL,
+                               0, j.HP, j.xb + slot * j.own)
         else:
             pynn_amx_pad_image(j.x + s * xs, j.H, j.W, pl.C, pl.WP, j.PT, j.PL, 0, j.HP,
                                j.xb + slot * j.own)
@@ -820,7 +828,9 @@ cdef void _amx_conv_pad_job(void* ctx, long begin, long end, int slot) noexcept 
     cdef long s, xs = j.H * j.W * pl.C
     for s in range(begin, end):
         if j.pool != NULL:
-            pynn_amxcp_pad_pool(j.pool, s, pl.WP, j.PT, j.PL, j.HP, j.xb + s * pl.sample_words)
+            pynn_amxcp_make_dz(j.pool, s, j.dzbuf + slot * j.dz_step)
+            pynn_amx_pad_image(j.dzbuf + slot * j.dz_step, j.H, j.W, pl.C, pl.WP, j.PT, j.PL,
+                               0, j.HP, j.xb + s * pl.sample_words)
         else:
             pynn_amx_pad_image(j.x + s * xs, j.H, j.W, pl.C, pl.WP, j.PT, j.PL, 0, j.HP,
                                j.xb + s * pl.sample_words)
@@ -908,7 +918,9 @@ def _amx_conv_backward_input(dz, kernel2d, dx, g):
 ctypedef struct _AmxWgradJob:
     const float* x
     const float* dz
-    const pynn_amxcp_pool* pool   # or NULL: dz made from the pool's arrays (dz NULL)
+    const pynn_amxcp_pool* pool   # or NULL: dz made from the pool's arrays (dz NULL) into
+    float* dzbuf                  # a per-group buffer of one sample's dz (dz_step floats)
+    long dz_step
     long* hits                    # per group, with pool
     float* acc
     uint32_t* at
@@ -925,8 +937,9 @@ cdef void _amx_wgrad_job(void* ctx, long begin, long end, int slot) noexcept nog
     for grp in range(begin, end):
         for s in range(grp * j.N // j.groups, (grp + 1) * j.N // j.groups):
             if j.pool != NULL:
-                j.hits[grp] += pynn_amxcp_dz_positions(j.pool, s, j.WP, j.kp16,
-                                                       j.at + grp * j.a_step)
+                j.hits[grp] += pynn_amxcp_make_dz(j.pool, s, j.dzbuf + grp * j.dz_step)
+                pynn_amx_dz_positions(j.dzbuf + grp * j.dz_step, j.HO, j.WO, j.WP, j.F, j.kp16,
+                                      j.at + grp * j.a_step)
             else:
                 pynn_amx_dz_positions(j.dz + s * j.HO * j.WO * j.F, j.HO, j.WO, j.WP, j.F,
                                       j.kp16, j.at + grp * j.a_step)
@@ -970,10 +983,16 @@ cdef _amx_conv_wgrad_from(x, dz, g, long groups, const pynn_amxcp_pool* pool, hi
     cdef uint32_t[::1] odv = od
     cdef long grp
     cdef _AmxWgradJob job
-    job.dz, job.pool, job.hits = NULL, pool, NULL
+    cdef float[::1] dzbv
+    job.dz, job.pool, job.hits, job.dzbuf, job.dz_step = NULL, pool, NULL, NULL, 0
     if dz is not None:
         dzv = dz
         job.dz = &dzv[0, 0, 0, 0]
+    if pool != NULL:
+        job.dz_step = HO * WO * F
+        dzbuf = aligned_empty(groups * job.dz_step, np.float32)
+        dzbv = dzbuf
+        job.dzbuf = &dzbv[0]
     if hits is not None:
         hv = hits
         job.hits = &hv[0]
@@ -1385,7 +1404,7 @@ def _amx_wide_pool_backward(op, name, dpool, argmax, pooled, x, kernel, g, pg, b
     cdef const float[:, :, :, ::1] dv = dpool
     cdef const int[:, :, :, ::1] av = argmax
     cdef const float[:, :, :, ::1] pv
-    cdef long N = g["N"], F = g["F"], windows = N * pg["HO"] * pg["WO"], w, f
+    cdef long N = g["N"], F = g["F"], windows = N * pg["HO"] * pg["WO"]
     cdef long groups = max(1, min(N, _GROUPS))
     ps.dpool, ps.argmax, ps.pooled = &dv[0, 0, 0, 0], &av[0, 0, 0, 0], NULL
     if name == "relu":
@@ -1415,17 +1434,8 @@ def _amx_wide_pool_backward(op, name, dpool, argmax, pooled, x, kernel, g, pg, b
     # then one rounding to float32)
     acc = np.zeros(F, np.float64)
     cdef double[::1] accv = acc
-    cdef const float* d = ps.dpool
-    cdef const float* q = ps.pooled
     with nogil:
-        for w in range(windows):
-            if q != NULL:
-                for f in range(F):
-                    if q[w * F + f] > 0:
-                        accv[f] += d[w * F + f]
-            else:
-                for f in range(F):
-                    accv[f] += d[w * F + f]
+        pynn_amxcp_bias_grad(&ps, 0, windows, &accv[0])
     return dx, dk, acc.astype(np.float32)
 
 
