@@ -488,6 +488,33 @@ typedef struct {
     long HO, WO, WP, C, F, KH, KW, DH, DW, kp16, pblocks, fgroups, sample_words;
 } pynn_amx_conv_plan;
 
+/* Tiles 0-3 += the direct conv's taps for two A tiles of 16 positions each, the first at xs
+   and the second `second` words on (`two` 0: the first alone, tiles 0-1), against the
+   kernel's panel b (two B tiles of 16 filters a step): every tap (i, j) of every 32-channel
+   block, in that order. */
+__attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static inline void
+pynn_amx_direct_taps(const pynn_amx_conv_plan* pl, const uint32_t* xs, const uint32_t* b,
+                     long second, int two) {
+    const long cw = pl->C / 2, cblocks = pl->C / 32;
+    long i, j, cb;
+    for (i = 0; i < pl->KH; i++)
+        for (j = 0; j < pl->KW; j++) {
+            const uint32_t* a = xs + (i * pl->DH * pl->WP + j * pl->DW) * cw;
+            for (cb = 0; cb < cblocks; cb++, a += 16, b += 512) {
+                PYNN_AMX_LOAD(4, a, cw * 4);
+                PYNN_AMX_LOAD(6, b, 64);
+                PYNN_AMX_DP(0, 4, 6);
+                PYNN_AMX_LOAD(7, b + 256, 64);
+                PYNN_AMX_DP(1, 4, 7);
+                if (two) {
+                    PYNN_AMX_LOAD(5, a + second, cw * 4);
+                    PYNN_AMX_DP(2, 5, 6);
+                    PYNN_AMX_DP(3, 5, 7);
+                }
+            }
+        }
+}
+
 /* Units [u0, u1) of a direct conv: unit u = (sample, block of 32 positions, group of filter
    panels), in that order of nesting. xb: the padded images (sample n at n * sample_words);
    Bt: the kernel's B panels; z (N, HO, WO, F) gets the sums + bias (when not NULL), through
@@ -495,7 +522,7 @@ typedef struct {
 __attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
 pynn_amx_conv_units(const pynn_amx_conv_plan* pl, const uint32_t* xb, const uint32_t* Bt,
                     const float* bias, int relu, float* z, long u0, long u1, float* blk) {
-    const long ldb = PYNN_AMX_GROUP * 32, cw = pl->C / 2, cblocks = pl->C / 32;
+    const long ldb = PYNN_AMX_GROUP * 32, cw = pl->C / 2;
     const long fp = pynn_amx_panels(pl->F), positions = pl->HO * pl->WP;
     long u;
     pynn_amx_begin();
@@ -504,7 +531,7 @@ pynn_amx_conv_units(const pynn_amx_conv_plan* pl, const uint32_t* xb, const uint
         long n = u / (pl->fgroups * pl->pblocks), p0 = pb * 32;
         long jp0 = g * PYNN_AMX_GROUP, jp1 = jp0 + PYNN_AMX_GROUP < fp ? jp0 + PYNN_AMX_GROUP : fp;
         const uint32_t* xs = xb + n * pl->sample_words + p0 * cw;
-        long jp, i, j, cb, r;
+        long jp, r;
         for (jp = jp0; jp < jp1; jp++) {
             const uint32_t* b = Bt + jp * 32 * pl->kp16;
             float* cbk = blk + (jp - jp0) * 32;
@@ -512,20 +539,7 @@ pynn_amx_conv_units(const pynn_amx_conv_plan* pl, const uint32_t* xb, const uint
             PYNN_AMX_ZERO(1);
             PYNN_AMX_ZERO(2);
             PYNN_AMX_ZERO(3);
-            for (i = 0; i < pl->KH; i++)
-                for (j = 0; j < pl->KW; j++) {
-                    const uint32_t* a = xs + (i * pl->DH * pl->WP + j * pl->DW) * cw;
-                    for (cb = 0; cb < cblocks; cb++, a += 16, b += 512) {
-                        PYNN_AMX_LOAD(4, a, cw * 4);
-                        PYNN_AMX_LOAD(6, b, 64);
-                        PYNN_AMX_DP(0, 4, 6);
-                        PYNN_AMX_LOAD(7, b + 256, 64);
-                        PYNN_AMX_DP(1, 4, 7);
-                        PYNN_AMX_LOAD(5, a + 16 * cw, cw * 4);
-                        PYNN_AMX_DP(2, 5, 6);
-                        PYNN_AMX_DP(3, 5, 7);
-                    }
-                }
+            pynn_amx_direct_taps(pl, xs, b, 16 * cw, 1);
             PYNN_AMX_STORE(0, cbk, ldb * 4);
             PYNN_AMX_STORE(1, cbk + 16, ldb * 4);
             PYNN_AMX_STORE(2, cbk + 16 * ldb, ldb * 4);

@@ -203,9 +203,9 @@ __attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw"))) static void
 pynn_amxcp_wide_band(const pynn_amx_conv_plan* pl, const uint32_t* img, const uint32_t* Bt,
                      const float* bias_rows, int relu, long ho0, long rows, long WOP,
                      float* band) {
-    const long cw = pl->C / 2, cblocks = pl->C / 32, F = pl->F;
-    const long ldc = F * (long)sizeof(float), lda = cw * (long)sizeof(uint32_t);
-    long r, wo0, jp, i, j, cb, e;
+    const long cw = pl->C / 2, F = pl->F;
+    const long ldc = F * (long)sizeof(float);
+    long r, wo0, jp, e;
     for (r = 0; r < rows; r += 2) {
         const int two = r + 1 < rows;
         for (wo0 = 0; wo0 < pl->WO; wo0 += 16) {
@@ -224,22 +224,8 @@ pynn_amxcp_wide_band(const pynn_amx_conv_plan* pl, const uint32_t* img, const ui
                     PYNN_AMX_ZERO(2);
                     PYNN_AMX_ZERO(3);
                 }
-                for (i = 0; i < pl->KH; i++)
-                    for (j = 0; j < pl->KW; j++) {
-                        const uint32_t* a = xs + (i * pl->DH * pl->WP + j * pl->DW) * cw;
-                        for (cb = 0; cb < cblocks; cb++, a += 16, b += 512) {
-                            PYNN_AMX_LOAD(4, a, lda);
-                            PYNN_AMX_LOAD(6, b, 64);
-                            PYNN_AMX_DP(0, 4, 6);
-                            PYNN_AMX_LOAD(7, b + 256, 64);
-                            PYNN_AMX_DP(1, 4, 7);
-                            if (two) {   /* the band's next row: WP positions on */
-                                PYNN_AMX_LOAD(5, a + pl->WP * cw, lda);
-                                PYNN_AMX_DP(2, 5, 6);
-                                PYNN_AMX_DP(3, 5, 7);
-                            }
-                        }
-                    }
+                /* the band's next row: WP positions on */
+                pynn_amx_direct_taps(pl, xs, b, pl->WP * cw, two);
                 PYNN_AMX_STORE(0, out, ldc);
                 PYNN_AMX_STORE(1, out + 16, ldc);
                 if (two) {

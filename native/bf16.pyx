@@ -805,35 +805,34 @@ ctypedef struct _AmxConvJob:
     long H, W, HP, PT, PL, own, per_sample, units, chunks
 
 
+cdef inline void _amx_pad_sample(const _AmxConvJob* j, long s, int slot,
+                                 uint32_t* image) noexcept nogil:
+    """Sample s's padded bf16 image into `image`: from x, or from the pool's arrays through
+    this slot's dz buffer."""
+    cdef const pynn_amx_conv_plan* pl = j.pl
+    cdef const float* src = j.x + s * j.H * j.W * pl.C if j.pool == NULL else \
+        j.dzbuf + slot * j.dz_step
+    if j.pool != NULL:
+        pynn_amxcp_make_dz(j.pool, s, j.dzbuf + slot * j.dz_step)
+    pynn_amx_pad_image(src, j.H, j.W, pl.C, pl.WP, j.PT, j.PL, 0, j.HP, image)
+
+
 cdef void _amx_conv_sample_job(void* ctx, long begin, long end, int slot) noexcept nogil:
     """Samples [begin, end), each padded into this thread's image and multiplied."""
     cdef _AmxConvJob* j = <_AmxConvJob*>ctx
     cdef const pynn_amx_conv_plan* pl = j.pl
-    cdef long s, img = pl.HO * pl.WO * pl.F, xs = j.H * j.W * pl.C
+    cdef long s, img = pl.HO * pl.WO * pl.F
     for s in range(begin, end):
-        if j.pool != NULL:
-            pynn_amxcp_make_dz(j.pool, s, j.dzbuf + slot * j.dz_step)
-            pynn_amx_pad_image(j.dzbuf + slot * j.dz_step, j.H, j.W, pl.C, pl.WP, j.PT, j.PL,
-                               0, j.HP, j.xb + slot * j.own)
-        else:
-            pynn_amx_pad_image(j.x + s * xs, j.H, j.W, pl.C, pl.WP, j.PT, j.PL, 0, j.HP,
-                               j.xb + slot * j.own)
+        _amx_pad_sample(j, s, slot, j.xb + slot * j.own)
         pynn_amx_conv_units(pl, j.xb + slot * j.own, j.bt, j.bias, j.relu, j.z + s * img, 0,
                             j.per_sample, j.blk + slot * _AMX_BLOCK)
 
 
 cdef void _amx_conv_pad_job(void* ctx, long begin, long end, int slot) noexcept nogil:
     cdef _AmxConvJob* j = <_AmxConvJob*>ctx
-    cdef const pynn_amx_conv_plan* pl = j.pl
-    cdef long s, xs = j.H * j.W * pl.C
+    cdef long s
     for s in range(begin, end):
-        if j.pool != NULL:
-            pynn_amxcp_make_dz(j.pool, s, j.dzbuf + slot * j.dz_step)
-            pynn_amx_pad_image(j.dzbuf + slot * j.dz_step, j.H, j.W, pl.C, pl.WP, j.PT, j.PL,
-                               0, j.HP, j.xb + s * pl.sample_words)
-        else:
-            pynn_amx_pad_image(j.x + s * xs, j.H, j.W, pl.C, pl.WP, j.PT, j.PL, 0, j.HP,
-                               j.xb + s * pl.sample_words)
+        _amx_pad_sample(j, s, slot, j.xb + s * j.pl.sample_words)
 
 
 cdef void _amx_conv_units_job(void* ctx, long begin, long end, int slot) noexcept nogil:
