@@ -300,9 +300,13 @@ pynn_amxcp_bias_grad(const pynn_amxcp_pool* p, long w0, long w1, double* acc) {
             for (h = 0; h < 2; h++) {
                 const __mmask8 mh = (__mmask8)(m >> (8 * h));
                 __m512d a = _mm512_loadu_pd(acc + c + 8 * h);
-                a = _mm512_mask_add_pd(a, mh, a,
-                                       _mm512_cvtps_pd(h ? _mm512_extractf32x8_ps(d, 1)
-                                                         : _mm512_castps512_ps256(d)));
+                /* the upper half through a double-lane extract: AVX512F alone (a build
+                   for a CPU without AVX512DQ compiles this too) */
+                a = _mm512_mask_add_pd(
+                    a, mh, a,
+                    _mm512_cvtps_pd(h ? _mm256_castpd_ps(
+                                            _mm512_extractf64x4_pd(_mm512_castps_pd(d), 1))
+                                      : _mm512_castps512_ps256(d)));
                 _mm512_storeu_pd(acc + c + 8 * h, a);
             }
         }
