@@ -1332,9 +1332,9 @@ def _amx_wide_pool_forward(x, kernel, bias, g, pg, act_name, double alpha):
     argmax = np.empty(pooled.shape, np.int32)
     images = aligned_empty(N * job.own, np.uint32)
     band = aligned_empty(threads * (job.PH + 1) * job.WOP * F, np.float32)
-    cdef long n
-    for n in range(N):   # the slack past each image: read by the last tiles, never used
-        images[n * job.own + job.pl.sample_words:(n + 1) * job.own] = 0
+    # the slack past each image: read by the last tiles, never used (one NumPy call, not a
+    # Python loop over the samples)
+    images.reshape(N, job.own)[:, job.pl.sample_words:] = 0
     cdef uint32_t[::1] btv = bt
     cdef uint32_t[::1] imv = images
     cdef float[::1] bandv = band
