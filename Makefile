@@ -27,8 +27,14 @@ $(VENV)/.built: $(VENV)/.build-deps $(NATIVE)
 	$(PIP) install -q --no-build-isolation -e ".[demo]"
 	touch $@
 
+# The test extra's requirements straight from pyproject.toml: `pip install -e ".[test]"` would
+# build every native module a second time (serially, in a temporary directory: minutes of a
+# fresh clone's CI). Pythons without tomllib (< 3.11) take that slower road.
 $(VENV)/.test-deps: $(VENV)/.built pyproject.toml
-	$(PIP) install -q --no-build-isolation -e ".[test]"
+	if $(PY) -c "import tomllib" 2>/dev/null; then \
+	    $(PY) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["test"]))' > $(VENV)/test-requirements.txt && \
+	    $(PIP) install -q -r $(VENV)/test-requirements.txt; \
+	else $(PIP) install -q --no-build-isolation -e ".[test]"; fi
 	touch $@
 
 build: $(VENV)/.built

@@ -96,12 +96,14 @@ def _cpuinfo():
     except OSError:
         return {}
     model, cores, flags = None, set(), set()
-    phys = None
+    phys = family = None
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key, value = key.strip(), value.strip()
         if key == "model name" and model is None:
             model = value
+        elif key == "cpu family" and family is None:
+            family = value
         elif key == "physical id":
             phys = value
         elif key == "core id":
@@ -110,13 +112,31 @@ def _cpuinfo():
             flags = set(value.split())
     simd = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
             if f in flags]
-    return {"cpu_model": model, "physical_cores": len(cores) or None, "simd": simd}
+    info = {"cpu_model": model, "physical_cores": len(cores) or None, "simd": simd}
+    core = _amd_core(model, family, flags)
+    if core:
+        info["core"] = core
+    return info
 
 
-def _cpu_slug(model):
+def _amd_core(model, family, flags):
+    """Zen 3 and Zen 4 guests both call themselves "AMD EPYC": family 25 holds both, and only
+    Zen 4 has AVX-512. Their results differ enough (AVX-512 and vdpbf16ps or not) to need
+    their own files."""
+    if not model or "AMD" not in model:
+        return None
+    if family == "25":
+        return "zen4" if "avx512f" in flags else "zen3"
+    if family == "26":
+        return "zen5"
+    return None
+
+
+def _cpu_slug(model, core=None):
     name = re.sub(r"\((R|TM|tm|r)\)", "", model or "unknown cpu")
     name = re.sub(r"@.*$|\bCPU\b|\bProcessor\b", "", name)
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown-cpu"
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown-cpu"
+    return f"{slug}-{core}" if core and core not in slug else slug
 
 
 def machine_info(threads):

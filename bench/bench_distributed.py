@@ -314,7 +314,7 @@ def main(argv=None):
         "projected_models": models,
         "projection": rows,
     }
-    slug = _cpu_slug(result["machine"].get("cpu_model", "cpu"))
+    slug = _cpu_slug(result["machine"].get("cpu_model", "cpu"), result["machine"].get("core"))
     path = args.json or os.path.join(ROOT, "bench", "results", f"distributed-{slug}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=1)

@@ -1363,6 +1363,13 @@ def _amx_wide_applies(g, pg):
             and windows_tile(pg) and g["N"] and pg["HO"] and pg["WO"] and g["C"])
 
 
+def _named(exc, op):
+    """A float32 road's error (an argmax outside its window: the operands are checked
+    before) under the bf16 op the caller called, its own op name dropped."""
+    head, sep, rest = str(exc).partition(": ")
+    return ValueError(f"{op}: {rest if sep and ' ' not in head else exc}")
+
+
 def _wide_pool_backward(op, name, a, dpool, argmax, pooled, x, z, y, kernel, g, pg, strides,
                         padding, dilation_rate, use_bias, need_input_grad):
     """bf16_conv2d_pool_backward of a wide conv (NARROW_CHANNELS channels or more): dz and
@@ -1380,7 +1387,7 @@ def _wide_pool_backward(op, name, a, dpool, argmax, pooled, x, z, y, kernel, g, 
             dz, db = _pooled_activation_bias(dpool, argmax, pooled if name == "relu" else None,
                                              pg, name, a)
         except ValueError as exc:
-            raise ValueError(str(exc).replace("pooled_activation_bias_backward", op)) from None
+            raise _named(exc, op) from None
     elif y is None:
         raise ValueError(f"{op}: y (the conv's output) is needed for '{name}' under this "
                          f"pool; got None")
@@ -1496,9 +1503,12 @@ def bf16_conv2d_pool_backward(dpool, argmax, pooled, x, z, y, kernel, strides=(1
             and (name == "linear" or (name == "relu" and pooled is not None))):
         geom = _amx_pool_geom(g, pg)
     if geom is None:
-        return float32_conv.conv2d_pool_backward(
-            bf16_round(dpool), argmax, pooled, bf16_round(x), z, y, bf16_round(kernel),
-            strides, padding, dilation_rate, name, a, use_bias, need_input_grad, pool_size,
-            pool_strides, pool_padding)
+        try:
+            return float32_conv.conv2d_pool_backward(
+                bf16_round(dpool), argmax, pooled, bf16_round(x), z, y, bf16_round(kernel),
+                strides, padding, dilation_rate, name, a, use_bias, need_input_grad, pool_size,
+                pool_strides, pool_padding)
+        except ValueError as exc:
+            raise _named(exc, op) from None
     dw, db = _amx_pool_wgrad(dpool, argmax, pooled if name == "relu" else None, x, geom, op)
     return None, dw.reshape(kernel.shape), (db if use_bias else None)
