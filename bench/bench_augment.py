@@ -243,8 +243,9 @@ def main():
         print(f"  from arrays        {median_t['arrays']:10.1f} images/s")
         print(f"  augmented on fly   {median_t['augmented']:10.1f} images/s")
         print(f"  overhead {100 * overhead:.1f}% (target <= 10%)")
+    machine = result["machine"]
     path = args.json or (Path(__file__).resolve().parent / "results" /
-                         f"augment-{_cpu_slug(result['machine'].get('cpu_model'), result['machine'].get('core'))}-"
+                         f"augment-{_cpu_slug(machine.get('cpu_model'), machine.get('core'))}-"
                          f"{args.threads}t.json")
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")

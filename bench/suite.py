@@ -482,7 +482,8 @@ def markdown(res, compare_rows=True):
 def default_json_path(machine, size, specs):
     device = "all" if len(specs) > 1 else ("cpu" if specs == ["cpu"] else
                                            "opencl-" + specs[0].replace(":", "-")[7:])
-    label = f"{bench_cpu._cpu_slug(machine.get('cpu_model'), machine.get('core'))}-{machine['threads']}t"
+    slug = bench_cpu._cpu_slug(machine.get("cpu_model"), machine.get("core"))
+    label = f"{slug}-{machine['threads']}t"
     tail = "" if size == "full" else f"-{size}"
     return ROOT / "bench" / "results" / f"suite-{device}-{label}{tail}.json"
 

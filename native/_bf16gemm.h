@@ -154,14 +154,20 @@ static void pynn_bf16_to_pairs(const float* src, long lds, int k, int n, uint32_
  * weight turned into the pairs format of its transpose. */
 static void pynn_bf16_transpose(const uint32_t* src, long lds, int rows, int cols,
                                 uint32_t* dst, long ldd) {
-    int r, c;
-    for (c = 0; c < cols; c++) {
-        uint32_t* d = dst + c * ldd;
-        for (r = 0; r < rows; r++)
-            d[r] = src[r * lds + c];
-        for (r = rows; r < ldd; r++)
-            d[r] = 0;
+    /* 16 source rows at a time: their lines stay in L1 while every column takes its 16
+     * words (a column at a time over all rows re-read each line from L2 per column). */
+    int r0, r, r1, c;
+    for (r0 = 0; r0 < rows; r0 += 16) {
+        r1 = r0 + 16 < rows ? r0 + 16 : rows;
+        for (c = 0; c < cols; c++) {
+            uint32_t* d = dst + c * ldd;
+            for (r = r0; r < r1; r++)
+                d[r] = src[r * lds + c];
+        }
     }
+    for (c = 0; c < cols; c++)
+        for (r = rows; r < ldd; r++)
+            dst[c * ldd + r] = 0;
 }
 
 /* c[r, j] (+)= sum over q < kp of a(r, q) . b(q, j), for r < mr, j < nr; a(r, q) at

@@ -250,20 +250,60 @@ def bf16_round(x):
     return y
 
 
+# The vdpbf16ps and portable roads' conversions and products run on pynn's worker team
+# (native/_team.h) like the float32 kernels: an OpenMP region of a step's bf16 op woke
+# threads that the team's ops had let sleep (~80 us a region on a Zen 4 under the passive
+# wait policy, three or four regions per Dense op).
+cdef enum:
+    CONVERT_ROWS = 0
+    CONVERT_PAIRS = 1
+    CONVERT_TRANSPOSE = 2
+
+
+ctypedef struct _ConvertJob:
+    int kind
+    const float* src          # rows, pairs: the float32 matrix
+    const uint32_t* words     # transpose: the rows-format matrix
+    uint32_t* dst
+    long lds, ldd
+    int m, k                  # rows: m rows of k; pairs: k rows of m; transpose: m rows of k words
+
+
+cdef void _convert_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _ConvertJob* j = <_ConvertJob*>ctx
+    cdef long blk, i0
+    for blk in range(begin, end):
+        i0 = blk * CONVERT_BLOCK
+        if j.kind == CONVERT_ROWS:
+            pynn_bf16_to_rows(j.src + i0 * j.lds, j.lds, min(<long>CONVERT_BLOCK, j.m - i0),
+                              j.k, j.dst + i0 * j.ldd, j.ldd)
+        elif j.kind == CONVERT_PAIRS:
+            pynn_bf16_to_pairs(j.src + 2 * i0 * j.lds, j.lds,
+                               min(<long>2 * CONVERT_BLOCK, j.k - 2 * i0), j.m,
+                               j.dst + i0 * j.ldd, j.ldd)
+        else:
+            pynn_bf16_transpose(j.words + i0, j.lds, j.m, min(<long>CONVERT_BLOCK, j.k - i0),
+                                j.dst + i0 * j.ldd, j.ldd)
+
+
+cdef void _convert(_ConvertJob* job, long blocks, long elements) noexcept nogil:
+    cdef int threads = omp_get_max_threads() if elements >= PARALLEL_MIN else 1
+    pynn_team_for(blocks, team_grain(blocks, threads), threads, _convert_job, job)
+
+
 def _rows(a):
     """A C-contiguous (m, k) float32 array in the rows format: uint32 (m, ceil(k / 2))."""
     cdef const float[:, ::1] av = a
-    cdef int m = a.shape[0], k = a.shape[1], kp = (k + 1) // 2, blk
+    cdef int m = a.shape[0], k = a.shape[1], kp = (k + 1) // 2
     out = np.empty((m, kp), np.uint32)
     cdef uint32_t[:, ::1] ov = out
+    cdef _ConvertJob job
     if m == 0 or k == 0:
         return out
+    job.kind, job.src, job.dst, job.lds, job.ldd, job.m, job.k = \
+        CONVERT_ROWS, &av[0, 0], &ov[0, 0], k, kp, m, k
     with nogil:
-        for blk in prange(_panels(m, CONVERT_BLOCK), schedule="static",
-                          use_threads_if=<long>m * k >= PARALLEL_MIN):
-            pynn_bf16_to_rows(&av[blk * CONVERT_BLOCK, 0], k,
-                              min(CONVERT_BLOCK, m - blk * CONVERT_BLOCK), k,
-                              &ov[blk * CONVERT_BLOCK, 0], kp)
+        _convert(&job, _panels(m, CONVERT_BLOCK), <long>m * k)
     return out
 
 
@@ -271,18 +311,17 @@ def _pairs(b):
     """A C-contiguous (k, n) float32 array in the pairs format: uint32 (ceil(k / 2),
     _width(n))."""
     cdef const float[:, ::1] bv = b
-    cdef int k = b.shape[0], n = b.shape[1], kp = (k + 1) // 2, blk, q0
+    cdef int k = b.shape[0], n = b.shape[1], kp = (k + 1) // 2
     cdef long ld = _width(n)
     out = np.empty((kp, ld), np.uint32)
     cdef uint32_t[:, ::1] ov = out
+    cdef _ConvertJob job
     if k == 0 or n == 0:
         return out
+    job.kind, job.src, job.dst, job.lds, job.ldd, job.m, job.k = \
+        CONVERT_PAIRS, &bv[0, 0], &ov[0, 0], n, ld, n, k
     with nogil:
-        for blk in prange(_panels(kp, CONVERT_BLOCK), schedule="static",
-                          use_threads_if=<long>n * k >= PARALLEL_MIN):
-            q0 = blk * CONVERT_BLOCK
-            pynn_bf16_to_pairs(&bv[2 * q0, 0], n, min(2 * CONVERT_BLOCK, k - 2 * q0), n,
-                               &ov[q0, 0], ld)
+        _convert(&job, _panels(kp, CONVERT_BLOCK), <long>n * k)
     return out
 
 
@@ -291,18 +330,17 @@ def _transposed_pairs(w):
     _width(r)), from w's rows format."""
     rows = _rows(w)
     cdef const uint32_t[:, ::1] rv = rows
-    cdef int r = w.shape[0], cp = rows.shape[1], blk
+    cdef int r = w.shape[0], cp = rows.shape[1]
     cdef long ld = _width(r)
     out = np.empty((cp, ld), np.uint32)
     cdef uint32_t[:, ::1] ov = out
+    cdef _ConvertJob job
     if r == 0 or cp == 0:
         return out
+    job.kind, job.words, job.dst, job.lds, job.ldd, job.m, job.k = \
+        CONVERT_TRANSPOSE, &rv[0, 0], &ov[0, 0], cp, ld, r, cp
     with nogil:
-        for blk in prange(_panels(cp, CONVERT_BLOCK), schedule="static",
-                          use_threads_if=<long>r * cp >= PARALLEL_MIN):
-            pynn_bf16_transpose(&rv[0, blk * CONVERT_BLOCK], cp, r,
-                                min(CONVERT_BLOCK, cp - blk * CONVERT_BLOCK),
-                                &ov[blk * CONVERT_BLOCK, 0], ld)
+        _convert(&job, _panels(cp, CONVERT_BLOCK), <long>r * cp)
     return out
 
 
@@ -466,26 +504,67 @@ cdef void _amx_convert_b(const float* bv, int kind, long n, long k, long kp16, l
         pynn_amx_b_pairs(bv, n, k, n, 0, kp16, 2 * p0, 2 * p1, kp16, Bt)
 
 
-def _gemm(a, long a_rs, long a_qs, int m, b, int n):
+ctypedef struct _GemmJob:
+    const uint32_t* a
+    long a_rs, a_qs
+    const uint32_t* b
+    long ldb
+    float* c
+    float* y                  # the epilogue's output (may be c), or NULL: no epilogue
+    const float* bias
+    int m, n, kp, act
+    float alpha
+
+
+cdef void _gemm_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _GemmJob* j = <_GemmJob*>ctx
+    cdef long t
+    cdef int mp = _panels(j.m, PYNN_BF16_MR), i0, j0
+    for t in range(begin, end):
+        pynn_bf16_gemm_tile(j.m, j.n, j.kp, j.a, j.a_rs, j.a_qs, j.b, j.ldb, j.c, j.n, t, 0)
+        if j.y != NULL:   # bias and activation while the tile is in cache
+            i0 = (t % mp) * PYNN_BF16_MR
+            j0 = (t // mp) * PYNN_BF16_NR
+            block_epilogue(j.c, j.y, j.bias, i0, min(i0 + PYNN_BF16_MR, j.m), j0,
+                           min(j0 + PYNN_BF16_NR, j.n), j.n, j.act, j.alpha)
+
+
+def _gemm(a, long a_rs, long a_qs, int m, b, int n, bias=None, act_name=None,
+          double alpha=0.0):
     """c (m, n) float32 of a bf16 A operand (words a, a(r, q) at r * a_rs + q * a_qs) and a
-    pairs-format B (b, kp rows): one microkernel call per tile, tiles split over threads."""
-    cdef int kp = b.shape[0], t, tiles = pynn_bf16_tiles(m, n)
-    cdef long ldb = b.shape[1]
+    pairs-format B (b, kp rows): one microkernel call per tile, tiles split over the team.
+    With act_name (not softmax): (y, z) as dense_forward returns them, bias and activation
+    applied to each tile as it is written (block_epilogue: bias_activation_rows's bits)."""
+    cdef int kp = b.shape[0], tiles = pynn_bf16_tiles(m, n)
     c = np.empty((m, n), np.float32)
-    if m == 0 or n == 0:
-        return c
-    if kp == 0:
-        c[...] = 0
-        return c
+    epilogue = act_name is not None
+    keep_z = epilogue and act_name in ACTIVATIONS_NEEDING_INPUT
+    y = np.empty_like(c) if keep_z else c
+    if m == 0 or n == 0 or kp == 0:
+        if kp == 0 and m and n:
+            c[...] = 0
+            if epilogue:
+                return _bias_act(c, bias, act_name, alpha)
+        return (y, c if keep_z else None) if epilogue else c
     cdef const uint32_t[:, ::1] av = a
     cdef const uint32_t[:, ::1] bv = b
     cdef float[:, ::1] cv = c
+    cdef float[:, ::1] yv = y
+    cdef const float[::1] biasv
+    cdef _GemmJob job
+    cdef int threads = omp_get_max_threads() if <long>m * n * kp >= PARALLEL_MIN * 4 else 1
+    job.a, job.a_rs, job.a_qs, job.b, job.ldb, job.c = &av[0, 0], a_rs, a_qs, &bv[0, 0], \
+        b.shape[1], &cv[0, 0]
+    job.m, job.n, job.kp, job.y, job.bias, job.act, job.alpha = m, n, kp, NULL, NULL, 0, \
+        <float>alpha
+    if epilogue:
+        job.y, job.act = &yv[0, 0], ACTIVATIONS.index(act_name)
+        if bias is not None:
+            biasv = bias
+            job.bias = &biasv[0]
     with nogil:
-        for t in prange(tiles, schedule="static",
-                        use_threads_if=<long>m * n * kp >= PARALLEL_MIN * 4):
-            pynn_bf16_gemm_tile(m, n, kp, &av[0, 0], a_rs, a_qs, &bv[0, 0], ldb, &cv[0, 0], n,
-                                t, 0)
-    return c
+        pynn_team_for(tiles, team_grain(tiles, threads), threads, _gemm_job, &job)
+    return (y, c if keep_z else None) if epilogue else c
 
 
 def _bias_act(z, bias, act_name, double alpha):
@@ -519,8 +598,11 @@ def bf16_dense_forward(x, kernel, bias, activation="linear", alpha=0.0):
                      ACTIVATIONS.index(act_name), alpha)
         return y, (z if keep_z else None)
     a = _rows(x)
-    z = _gemm(a, a.shape[1], 1, x.shape[0], _pairs(kernel), kernel.shape[1])
-    return _bias_act(z, bias, act_name, alpha)
+    if act_name == "softmax":   # whole rows: after the product
+        z = _gemm(a, a.shape[1], 1, x.shape[0], _pairs(kernel), kernel.shape[1])
+        return _bias_act(z, bias, act_name, alpha)
+    return _gemm(a, a.shape[1], 1, x.shape[0], _pairs(kernel), kernel.shape[1], bias,
+                 act_name, alpha)
 
 
 def bf16_dense_backward_input(dz, kernel):
@@ -555,12 +637,101 @@ cdef pynn_bf16_conv_geom _geom(g):
     return c
 
 
+def _float32_road(g, input_shape=None):
+    """Whether a conv on a CPU without AMX tiles runs float32's op on bf16-rounded operands:
+    where that op runs by Winograd (forward; input_shape given: the input gradient), whose
+    3x3 tiles take about a quarter of the multiplies, more than vdpbf16ps's doubled rate
+    gives back (Zen 4, 2 threads, batch 64, ms per call, bf16 kernels / float32 Winograd on
+    rounded operands: 16x16x32 -> 64 forward 2.03 / 1.56, input gradient 2.32 / 1.49; 8x8x128
+    -> 128 5.56 / 3.75 and 6.00 / 2.72). The kernel gradient stays on the bf16 kernels (8x8x128
+    5.96 / 6.83, 16x16x64 -> 64 4.08 / 5.23). The same numerics as the narrow road's: float32
+    sums of bf16 values, in Winograd's order (its error bound, not the GEMMs')."""
+    if _amx:
+        return False
+    g = float32_conv._planned(dict(g))
+    if input_shape is None:
+        return float32_conv._use_winograd(g, np.float32)
+    return float32_conv._winograd_input_grad(g, input_shape, np.float32)
+
+
+# The vdpbf16ps conv roads on the worker team: samples (forward, input gradient) or sample
+# groups (kernel gradient) per item, each thread's im2col chunk in its slot's buffer.
+ctypedef struct _ConvJob:
+    const pynn_bf16_conv_geom* geom
+    const float* x            # forward, kernel gradient: x; input gradient: dz
+    const float* dz           # kernel gradient
+    float* out                # z, dx or the groups' partial kernel gradients
+    float* y                  # forward: the epilogue's output (may be out), or NULL
+    const float* bias
+    float* cols
+    uint32_t* abuf
+    uint32_t* bbuf
+    uint16_t* tmp
+    const uint32_t* b
+    long a_step, b_step, c_step, t_step, ldb, lda, x_step
+    int m, f, k, kp, n, groups, act
+    float alpha
+
+
+cdef void _conv_forward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _ConvJob* j = <_ConvJob*>ctx
+    cdef uint32_t* abuf = j.abuf + slot * j.a_step
+    cdef long s, zoff
+    cdef int ci, m0, rows
+    for s in range(begin, end):
+        for ci in range(_panels(j.m, CHUNK_ROWS)):
+            m0 = ci * CHUNK_ROWS
+            rows = min(CHUNK_ROWS, j.m - m0)
+            zoff = (s * j.m + m0) * j.f
+            pynn_bf16_im2col_rows(j.x + s * j.x_step, j.geom, m0, rows, abuf, j.kp)
+            pynn_bf16_gemm_serial(rows, j.f, j.kp, abuf, j.kp, 1, j.b, j.ldb, j.out + zoff,
+                                  j.f, 0)
+            if j.y != NULL:   # bias and activation on the chunk while it is in cache
+                block_epilogue(j.out + zoff, j.y + zoff, j.bias, 0, rows, 0, j.f, j.f, j.act,
+                               j.alpha)
+
+
+cdef void _conv_input_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _ConvJob* j = <_ConvJob*>ctx
+    cdef uint32_t* abuf = j.abuf + slot * j.a_step
+    cdef float* cbuf = j.cols + slot * j.c_step
+    cdef long s
+    cdef int ci, m0, rows
+    for s in range(begin, end):
+        for ci in range(_panels(j.m, CHUNK_ROWS)):
+            m0 = ci * CHUNK_ROWS
+            rows = min(CHUNK_ROWS, j.m - m0)
+            pynn_bf16_to_rows(j.x + (s * j.m + m0) * j.f, j.f, rows, j.f, abuf, j.kp)
+            pynn_bf16_gemm_serial(rows, j.k, j.kp, abuf, j.kp, 1, j.b, j.ldb, cbuf, j.k, 0)
+            pynn_bf16_col2im(cbuf, j.geom, m0, rows, j.out + s * j.x_step)
+
+
+cdef void _conv_weight_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _ConvJob* j = <_ConvJob*>ctx
+    cdef long grp, s
+    cdef int ci, m0, rows
+    cdef uint32_t* abuf
+    cdef uint32_t* bbuf
+    for grp in range(begin, end):
+        abuf = j.abuf + grp * j.a_step
+        bbuf = j.bbuf + grp * j.b_step
+        for s in range(grp * j.n // j.groups, (grp + 1) * j.n // j.groups):
+            for ci in range(_panels(j.m, CHUNK_ROWS)):
+                m0 = ci * CHUNK_ROWS
+                rows = min(CHUNK_ROWS, j.m - m0)
+                pynn_bf16_im2col_pairs(j.x + s * j.x_step, j.geom, m0, rows, abuf, j.lda,
+                                       j.tmp + grp * j.t_step)
+                pynn_bf16_to_pairs(j.dz + (s * j.m + m0) * j.f, j.f, rows, j.f, bbuf, j.ldb)
+                pynn_bf16_gemm_serial(j.k, j.f, (rows + 1) // 2, abuf, 1, j.lda, bbuf, j.ldb,
+                                      j.out + grp * j.k * j.f, j.f, 1)
+
+
 def bf16_conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid",
                         dilation_rate=(1, 1), activation="linear", alpha=0.0):
     """(y, z) as conv2d_forward, the product on bf16-rounded x and kernel."""
     act_name, alpha, x, kernel, bias, g = operands.bf16_conv2d_forward(
         HOST, x, kernel, bias, strides, padding, dilation_rate, activation, alpha)
-    if g["C"] < NARROW_CHANNELS:
+    if g["C"] < NARROW_CHANNELS or _float32_road(g):
         return float32_conv.conv2d_forward(bf16_round(x), bf16_round(kernel), bias, strides,
                                            padding, dilation_rate, act_name, alpha)
     cdef pynn_bf16_conv_geom geom = _geom(g)
@@ -583,25 +754,33 @@ def bf16_conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid",
         y, z2 = _bias_act(z.reshape(-1, f), bias, act_name, alpha)
         return y.reshape(z.shape), (None if z2 is None else z2.reshape(z.shape))
     b = _pairs(kernel.reshape(k, f))
-    ap = np.empty(omp_get_max_threads() * a_step, np.uint32)
+    cdef int threads = omp_get_max_threads()
+    ap = np.empty(threads * a_step, np.uint32)
+    keep_z = act_name in ACTIVATIONS_NEEDING_INPUT
+    y = np.empty_like(z) if keep_z else z
     cdef const float[:, :, :, ::1] xv = x
     cdef float[:, :, :, ::1] zv = z
+    cdef float[:, :, :, ::1] yv = y
     cdef uint32_t[::1] apv = ap
     cdef const uint32_t[:, ::1] bv = b
-    cdef long ldb = b.shape[1]
-    cdef int s, m0, rows, ci
-    cdef uint32_t* abuf
+    cdef const float[::1] biasv
+    cdef _ConvJob job
+    job.geom, job.x, job.out, job.y, job.bias = &geom, &xv[0, 0, 0, 0], &zv[0, 0, 0, 0], \
+        &yv[0, 0, 0, 0], NULL
+    job.abuf, job.a_step, job.b, job.ldb = &apv[0], a_step, &bv[0, 0], b.shape[1]
+    job.m, job.f, job.kp, job.x_step = m, f, kp, <long>g["H"] * g["W"] * g["C"]
+    job.act, job.alpha = ACTIVATIONS.index(act_name), <float>alpha
+    if act_name == "softmax":   # whole rows: after the product
+        job.y = NULL
+    elif bias is not None:
+        biasv = bias
+        job.bias = &biasv[0]
     with nogil:
-        for s in prange(n, schedule="static", use_threads_if=n > 1):
-            abuf = &apv[0] + omp_get_thread_num() * a_step
-            for ci in range(_panels(m, CHUNK_ROWS)):
-                m0 = ci * CHUNK_ROWS
-                rows = min(CHUNK_ROWS, m - m0)
-                pynn_bf16_im2col_rows(&xv[s, 0, 0, 0], &geom, m0, rows, abuf, kp)
-                pynn_bf16_gemm_serial(rows, f, kp, abuf, kp, 1, &bv[0, 0], ldb,
-                                      &zv[s, 0, 0, 0] + <long>m0 * f, f, 0)
-    y, z2 = _bias_act(z.reshape(-1, f), bias, act_name, alpha)
-    return y.reshape(z.shape), (None if z2 is None else z2.reshape(z.shape))
+        pynn_team_for(n, 1, threads if n > 1 else 1, _conv_forward_job, &job)
+    if act_name == "softmax":
+        y, z2 = _bias_act(z.reshape(-1, f), bias, act_name, alpha)
+        return y.reshape(z.shape), (None if z2 is None else z2.reshape(z.shape))
+    return y, (z if keep_z else None)
 
 
 def bf16_conv2d_backward_input(dz, kernel, input_shape, strides=(1, 1), padding="valid",
@@ -610,7 +789,7 @@ def bf16_conv2d_backward_input(dz, kernel, input_shape, strides=(1, 1), padding=
     dcols = dz @ kernel.T by chunks of rows, each scattered back at once (col2im)."""
     dz, kernel, input_shape, g = operands.bf16_conv2d_backward_input(
         HOST, dz, kernel, input_shape, strides, padding, dilation_rate)
-    if g["C"] < NARROW_CHANNELS:
+    if g["C"] < NARROW_CHANNELS or _float32_road(g, input_shape):
         return float32_conv.conv2d_backward_input(bf16_round(dz), bf16_round(kernel),
                                                   input_shape, strides, padding, dilation_rate)
     cdef pynn_bf16_conv_geom geom = _geom(g)
@@ -634,29 +813,21 @@ def bf16_conv2d_backward_input(dz, kernel, input_shape, strides=(1, 1), padding=
         _amx_conv_backward_input(dz, kernel.reshape(k, f), dx, g)
         return dx
     b = _transposed_pairs(kernel.reshape(k, f))
-    threads = omp_get_max_threads()
+    cdef int threads = omp_get_max_threads()
     ap = np.empty(threads * a_step, np.uint32)
     cols = np.empty(threads * c_step, np.float32)
     cdef const float[:, :, :, ::1] dzv = dz
     cdef float[::1] dxv = dx.reshape(-1)
     cdef uint32_t[::1] apv = ap
     cdef const uint32_t[:, ::1] bv = b
-    cdef long ldb = b.shape[1]
     cdef float[::1] colv = cols
-    cdef int s, m0, rows, tid, ci
-    cdef uint32_t* abuf
-    cdef float* cbuf
+    cdef _ConvJob job
+    job.geom, job.x, job.out, job.cols, job.c_step = &geom, &dzv[0, 0, 0, 0], &dxv[0], \
+        &colv[0], c_step
+    job.abuf, job.a_step, job.b, job.ldb = &apv[0], a_step, &bv[0, 0], b.shape[1]
+    job.m, job.f, job.k, job.kp, job.x_step = m, f, k, fp, x_step
     with nogil:
-        for s in prange(n, schedule="static", use_threads_if=n > 1):
-            tid = omp_get_thread_num()
-            abuf = &apv[0] + tid * a_step
-            cbuf = &colv[0] + tid * c_step
-            for ci in range(_panels(m, CHUNK_ROWS)):
-                m0 = ci * CHUNK_ROWS
-                rows = min(CHUNK_ROWS, m - m0)
-                pynn_bf16_to_rows(&dzv[s, 0, 0, 0] + <long>m0 * f, f, rows, f, abuf, fp)
-                pynn_bf16_gemm_serial(rows, k, fp, abuf, fp, 1, &bv[0, 0], ldb, cbuf, k, 0)
-                pynn_bf16_col2im(cbuf, &geom, m0, rows, &dxv[0] + s * x_step)
+        pynn_team_for(n, 1, threads if n > 1 else 1, _conv_input_job, &job)
     return dx
 
 
@@ -694,22 +865,17 @@ def bf16_conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="va
     cdef uint32_t[::1] bpv = bp
     cdef uint16_t[::1] tv = tmp
     cdef float[:, :, ::1] wv = partial
-    cdef int grp, s, m0, rows, ci
-    cdef uint32_t* abuf
-    cdef uint32_t* bbuf
+    cdef _ConvJob job
+    job.geom, job.x, job.dz, job.out = &geom, &xv[0, 0, 0, 0], &dzv[0, 0, 0, 0], \
+        &wv[0, 0, 0]
+    job.abuf, job.a_step, job.bbuf, job.b_step, job.tmp, job.t_step = &apv[0], a_step, \
+        &bpv[0], b_step, &tv[0], t_step
+    job.m, job.f, job.k, job.n, job.groups, job.lda, job.ldb = m, f, k, n, groups, lda, ldb
+    job.x_step = <long>g["H"] * g["W"] * g["C"]
     with nogil:
-        for grp in prange(groups, schedule="static"):
-            abuf = &apv[0] + grp * a_step
-            bbuf = &bpv[0] + grp * b_step
-            for s in range(grp * n // groups, (grp + 1) * n // groups):
-                for ci in range(_panels(m, CHUNK_ROWS)):
-                    m0 = ci * CHUNK_ROWS
-                    rows = min(CHUNK_ROWS, m - m0)
-                    pynn_bf16_im2col_pairs(&xv[s, 0, 0, 0], &geom, m0, rows, abuf, lda,
-                                           &tv[0] + grp * t_step)
-                    pynn_bf16_to_pairs(&dzv[s, 0, 0, 0] + <long>m0 * f, f, rows, f, bbuf, ldb)
-                    pynn_bf16_gemm_serial(k, f, (rows + 1) // 2, abuf, 1, lda, bbuf, ldb,
-                                          &wv[grp, 0, 0], f, 1)
+        # each group's samples into its own partial (summed in group order below): the
+        # same bits at any thread count
+        pynn_team_for(groups, 1, omp_get_max_threads(), _conv_weight_job, &job)
     return partial.sum(axis=0).reshape(kernel_shape) if groups > 1 else \
         partial[0].reshape(kernel_shape)
 
@@ -1454,7 +1620,8 @@ def bf16_conv2d_pool_forward(x, kernel, bias, strides=(1, 1), padding="valid",
     multiples of 32, under a pool whose windows tile its output, runs band by band on the
     tiles (_amx_wide_pool_forward; 16x16x32 -> 64 relu + 2x2 pool at batch 64, Intel, ms,
     bf16_conv2d_forward then maxpool2d_forward / this: two threads 0.78 / 0.61, one 1.48 /
-    0.84); elsewhere those two ops. A narrow first layer (its window K = KH * KW * C <= 32 values, F a multiple of 16, no
+    0.84); elsewhere those two ops, or where _float32_road says so (no AMX, a conv that
+    float32 runs by Winograd) the narrow road's float32 pair on rounded operands. A narrow first layer (its window K = KH * KW * C <= 32 values, F a multiple of 16, no
     column dilation) under a pool whose windows tile its output runs on AMX tiles where the
     CPU has them (_bf16amx_pool.h): 32x32x3 -> 32 relu + 2x2 pool at batch 64, Intel Xeon,
     recycled memory, ms, the float32 pair on rounded operands / this: 2 threads 1.23 /
@@ -1463,7 +1630,7 @@ def bf16_conv2d_pool_forward(x, kernel, bias, strides=(1, 1), padding="valid",
     act_name, alpha, x, kernel, bias, g, pg = operands.bf16_conv2d_pool_forward(
         HOST, x, kernel, bias, strides, padding, dilation_rate, activation, alpha, pool_size,
         pool_strides, pool_padding)
-    if g["C"] >= NARROW_CHANNELS:
+    if g["C"] >= NARROW_CHANNELS and not _float32_road(g):
         if _amx_wide_applies(g, pg):
             return _amx_wide_pool_forward(x, kernel, bias, g, pg, act_name, alpha)
         y, _ = bf16_conv2d_forward(x, kernel, bias, strides, padding, dilation_rate, act_name,

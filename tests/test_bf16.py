@@ -603,3 +603,53 @@ def test_portable_hook(portable_kernel, rng):
     _within_bf16_gemm_error(got, ref.bf16_dense_forward_ref(x, kernel, None)[1],
                             ref.bf16_dense_forward_ref(np.abs(x), np.abs(kernel), None)[1], 33,
                             "bf16_dense_forward (portable)")
+
+
+@pytest.fixture
+def winograd_without_amx():
+    """The kernels of a CPU without AMX tiles (vdpbf16ps where it runs, else portable), with
+    float32's 3x3 convs forced onto Winograd; both restored after."""
+    from pynn._native import conv as native_conv
+
+    name = native_bf16._select_kernel(amx=False)
+    old = native_conv._set_conv_algo("winograd")
+    yield name
+    native_conv._set_conv_algo(old)
+    native_bf16._kernel_from_env()
+
+
+def test_bf16_conv_takes_float32_winograd_without_amx(rng, winograd_without_amx):
+    """Without AMX, a conv that float32 runs by Winograd runs float32's op on the rounded
+    operands (_float32_road): forward, input gradient and the pooled forward give that op's
+    bits; the kernel gradient stays on the bf16 kernels. Odd sizes, within Winograd's error of
+    the bf16 reference (transforms of up to 3x3 sums: a looser bound than a GEMM's)."""
+    from pynn._native import conv as native_conv
+
+    r = native_bf16.bf16_round
+    x, kernel, bias = rand(rng, (2, 9, 7, 11)), rand(rng, (3, 3, 11, 13)), rand(rng, (13,))
+    geo = ((1, 1), "same", (1, 1))
+    y, _ = native_bf16.bf16_conv2d_forward(x, kernel, bias, *geo, "relu", 0.0)
+    np.testing.assert_array_equal(y, native_conv.conv2d_forward(r(x), r(kernel), bias, *geo,
+                                                                "relu", 0.0)[0])
+    want = ref.bf16_conv2d_forward_ref(x, kernel, bias, *geo, "relu")[0]
+    bound = ref.bf16_conv2d_forward_ref(np.abs(x), np.abs(kernel), np.abs(bias), *geo)[1]
+    assert np.all(np.abs(y - want) <= 1e-5 * bound + 1e-30)
+    dz = rand(rng, y.shape)
+    dx = native_bf16.bf16_conv2d_backward_input(dz, kernel, x.shape, *geo)
+    np.testing.assert_array_equal(dx, native_conv.conv2d_backward_input(r(dz), r(kernel),
+                                                                        x.shape, *geo))
+    bound = ref.bf16_conv2d_backward_input_ref(np.abs(dz), np.abs(kernel), x.shape, *geo)
+    want = ref.bf16_conv2d_backward_input_ref(dz, kernel, x.shape, *geo)
+    assert np.all(np.abs(dx - want) <= 1e-5 * bound + 1e-30)
+    dw = native_bf16.bf16_conv2d_backward_weight(x, dz, kernel.shape, *geo)
+    _within_bf16_gemm_error(dw, ref.bf16_conv2d_backward_weight_ref(x, dz, kernel.shape, *geo),
+                            ref.bf16_conv2d_backward_weight_ref(np.abs(x), np.abs(dz),
+                                                                kernel.shape, *geo),
+                            2 * 9 * 7, "bf16_conv2d_backward_weight")
+    pool = ((2, 2), (2, 2), "valid")
+    pooled, argmax = native_bf16.bf16_conv2d_pool_forward(x, kernel, bias, *geo, "relu", 0.0,
+                                                          *pool)
+    want_pooled, want_argmax = native_conv.conv2d_pool_forward(r(x), r(kernel), bias, *geo,
+                                                               "relu", 0.0, *pool)
+    np.testing.assert_array_equal(pooled, want_pooled)
+    np.testing.assert_array_equal(argmax, want_argmax)
