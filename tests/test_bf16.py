@@ -563,7 +563,8 @@ def test_kernel_env_names_are_checked(monkeypatch):
     assert native_bf16._kernel_from_env() == CPU_KERNELS[0]
 
 
-def test_results_do_not_depend_on_the_thread_count():
+def test_results_do_not_depend_on_the_thread_count(cpu_kernel):
+    """Every kernel of the CPU: AMX's products and the team's vdpbf16ps and portable roads."""
     results = []
     for threads in (1, 2, 3):
         with pynn.threads(threads):
