@@ -645,7 +645,11 @@ def _float32_road(g, input_shape=None):
     rounded operands: 16x16x32 -> 64 forward 2.03 / 1.56, input gradient 2.32 / 1.49; 8x8x128
     -> 128 5.56 / 3.75 and 6.00 / 2.72). The kernel gradient stays on the bf16 kernels (8x8x128
     5.96 / 6.83, 16x16x64 -> 64 4.08 / 5.23). The same numerics as the narrow road's: float32
-    sums of bf16 values, in Winograd's order (its error bound, not the GEMMs')."""
+    sums of bf16 values, in Winograd's order (its error bound, not the GEMMs'). A conv under
+    its max pool takes the narrow road both ways then (bf16_conv2d_pool_forward /
+    _backward): float32's fused pair on rounded operands, the bias gradient from the rounded
+    dpool (16x16x32 -> 64 relu + 2x2 pool, batch 64, backward over float32's: 1.185x on the
+    wide road, 1.083x on this one, medians of 7 alternated rounds)."""
     if _amx:
         return False
     g = float32_conv._planned(dict(g))
@@ -1655,14 +1659,15 @@ def bf16_conv2d_pool_backward(dpool, argmax, pooled, x, z, y, kernel, strides=(1
     as its float32 road on rounded operands makes it. A narrow first layer (bf16_conv2d_pool_forward's conditions, and
     column stride 1) under relu or linear, without the input gradient, sums its kernel
     gradient on AMX tiles, dz made from the pool's arrays and never written (the layer
-    above, same machine: 2 threads 1.69 / 0.65 ms, 1 thread 2.22 / 0.83); elsewhere
-    conv2d_pool_backward on the rounded operands."""
+    above, same machine: 2 threads 1.69 / 0.65 ms, 1 thread 2.22 / 0.83); elsewhere, and for
+    a wide conv that _float32_road sends to float32, conv2d_pool_backward on the rounded
+    operands."""
     op = "bf16_conv2d_pool_backward"
     name, a, dpool, argmax, pooled, x, z, y, kernel, g, pg = \
         operands.bf16_conv2d_pool_backward(HOST, dpool, argmax, pooled, x, z, y, kernel,
                                            strides, padding, dilation_rate, activation, alpha,
                                            pool_size, pool_strides, pool_padding)
-    if g["C"] >= NARROW_CHANNELS:
+    if g["C"] >= NARROW_CHANNELS and not _float32_road(g):
         return _wide_pool_backward(op, name, a, dpool, argmax, pooled, x, z, y, kernel, g, pg,
                                    strides, padding, dilation_rate, use_bias, need_input_grad)
     geom = None

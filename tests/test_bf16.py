@@ -621,9 +621,10 @@ def winograd_without_amx():
 
 def test_bf16_conv_takes_float32_winograd_without_amx(rng, winograd_without_amx):
     """Without AMX, a conv that float32 runs by Winograd runs float32's op on the rounded
-    operands (_float32_road): forward, input gradient and the pooled forward give that op's
-    bits; the kernel gradient stays on the bf16 kernels. Odd sizes, within Winograd's error of
-    the bf16 reference (transforms of up to 3x3 sums: a looser bound than a GEMM's)."""
+    operands (_float32_road): forward, input gradient and the pooled pair give that op's
+    bits; the separate kernel gradient stays on the bf16 kernels. Odd sizes, within
+    Winograd's error of the bf16 reference (transforms of up to 3x3 sums: a looser bound than
+    a GEMM's)."""
     from pynn._native import conv as native_conv
 
     r = native_bf16.bf16_round
@@ -654,3 +655,11 @@ def test_bf16_conv_takes_float32_winograd_without_amx(rng, winograd_without_amx)
                                                                "relu", 0.0, *pool)
     np.testing.assert_array_equal(pooled, want_pooled)
     np.testing.assert_array_equal(argmax, want_argmax)
+    # its backward as the narrow road's: float32's on rounded dpool, x and kernel
+    dpool = rand(rng, pooled.shape)
+    got = native_bf16.bf16_conv2d_pool_backward(dpool, argmax, pooled, x, None, None, kernel,
+                                                *geo, "relu", 0.0, True, True, *pool)
+    want = native_conv.conv2d_pool_backward(r(dpool), argmax, pooled, r(x), None, None,
+                                            r(kernel), *geo, "relu", 0.0, True, True, *pool)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
