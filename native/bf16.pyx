@@ -169,6 +169,9 @@ cdef enum:
     # work at ~1 TFLOP/s, about what waking the passive OpenMP team costs (an MLP's
     # 128 x 256 x 10 layer took 119 us on two threads).
     AMX_PARALLEL_MACS = 1 << 24
+    # Channel pairs (C * F) up to which a Winograd kernel gradient on rounded operands beats
+    # the vdpbf16ps kernels (_float32_road).
+    WINO_WEIGHT_GRAD_MAX_CF = 4096
 
 MR, NR = PYNN_BF16_MR, PYNN_BF16_NR  # the microkernel's tile (tests)
 NARROW = NARROW_CHANNELS  # (tests) channels below which a conv takes the narrow roads
@@ -637,15 +640,18 @@ cdef pynn_bf16_conv_geom _geom(g):
     return c
 
 
-def _float32_road(g, input_shape=None):
+def _float32_road(g, input_shape=None, weight_grad=False):
     """Whether a conv on a CPU without AMX tiles runs float32's op on bf16-rounded operands:
     where that op runs by Winograd (forward; input_shape given: the input gradient), whose
     3x3 tiles take about a quarter of the multiplies, more than vdpbf16ps's doubled rate
     gives back (Zen 4, 2 threads, batch 64, ms per call, bf16 kernels / float32 Winograd on
     rounded operands: 16x16x32 -> 64 forward 2.03 / 1.56, input gradient 2.32 / 1.49; 8x8x128
-    -> 128 5.56 / 3.75 and 6.00 / 2.72). The kernel gradient stays on the bf16 kernels (8x8x128
-    5.96 / 6.83, 16x16x64 -> 64 4.08 / 5.23). The same numerics as the narrow road's: float32
-    sums of bf16 values, in Winograd's order (its error bound, not the GEMMs'). A conv under
+    -> 128 5.56 / 3.75 and 6.00 / 2.72). The kernel gradient (weight_grad) only up to
+    WINO_WEIGHT_GRAD_MAX_CF channel pairs: Winograd's kernel gradient keeps a 16 * C * F
+    partial per slab, and past that the bf16 kernels win (medians of 5 alternated rounds,
+    bf16 over the float32 road: 32x32x32 -> 32 1.21, 16x16x64 -> 64 1.13, 16x16x32 -> 64
+    1.15; 16x16x64 -> 128 0.90, 8x8x128 -> 128 0.87). The same numerics as the narrow
+    road's: float32 sums of bf16 values, in Winograd's order (its error bound, not the GEMMs'). A conv under
     its max pool takes the narrow road both ways then (bf16_conv2d_pool_forward /
     _backward): float32's fused pair on rounded operands, the bias gradient from the rounded
     dpool (16x16x32 -> 64 relu + 2x2 pool, batch 64, backward over float32's: 1.185x on the
@@ -653,6 +659,9 @@ def _float32_road(g, input_shape=None):
     if _amx:
         return False
     g = float32_conv._planned(dict(g))
+    if weight_grad:
+        return (g["C"] * g["F"] <= WINO_WEIGHT_GRAD_MAX_CF
+                and float32_conv._use_winograd(g, np.float32))
     if input_shape is None:
         return float32_conv._use_winograd(g, np.float32)
     return float32_conv._winograd_input_grad(g, input_shape, np.float32)
@@ -841,7 +850,7 @@ def bf16_conv2d_backward_weight(x, dz, kernel_shape, strides=(1, 1), padding="va
     im2col.T @ dz per sample, by chunks of rows in the pairs format."""
     x, dz, kernel_shape, g = operands.bf16_conv2d_backward_weight(
         HOST, x, dz, kernel_shape, strides, padding, dilation_rate)
-    if g["C"] < NARROW_CHANNELS:
+    if g["C"] < NARROW_CHANNELS or _float32_road(g, weight_grad=True):
         return float32_conv.conv2d_backward_weight(bf16_round(x), bf16_round(dz), kernel_shape,
                                                    strides, padding, dilation_rate)
     cdef pynn_bf16_conv_geom geom = _geom(g)

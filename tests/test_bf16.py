@@ -621,8 +621,8 @@ def winograd_without_amx():
 
 def test_bf16_conv_takes_float32_winograd_without_amx(rng, winograd_without_amx):
     """Without AMX, a conv that float32 runs by Winograd runs float32's op on the rounded
-    operands (_float32_road): forward, input gradient and the pooled pair give that op's
-    bits; the separate kernel gradient stays on the bf16 kernels. Odd sizes, within
+    operands (_float32_road): forward, input gradient, the pooled pair and (few channels) the
+    kernel gradient give that op's bits. Odd sizes, within
     Winograd's error of the bf16 reference (transforms of up to 3x3 sums: a looser bound than
     a GEMM's)."""
     from pynn._native import conv as native_conv
@@ -643,11 +643,21 @@ def test_bf16_conv_takes_float32_winograd_without_amx(rng, winograd_without_amx)
     bound = ref.bf16_conv2d_backward_input_ref(np.abs(dz), np.abs(kernel), x.shape, *geo)
     want = ref.bf16_conv2d_backward_input_ref(dz, kernel, x.shape, *geo)
     assert np.all(np.abs(dx - want) <= 1e-5 * bound + 1e-30)
+    # the kernel gradient too, up to WINO_WEIGHT_GRAD_MAX_CF channel pairs (11 x 13 here)
     dw = native_bf16.bf16_conv2d_backward_weight(x, dz, kernel.shape, *geo)
-    _within_bf16_gemm_error(dw, ref.bf16_conv2d_backward_weight_ref(x, dz, kernel.shape, *geo),
-                            ref.bf16_conv2d_backward_weight_ref(np.abs(x), np.abs(dz),
-                                                                kernel.shape, *geo),
-                            2 * 9 * 7, "bf16_conv2d_backward_weight")
+    np.testing.assert_array_equal(dw, native_conv.conv2d_backward_weight(r(x), r(dz),
+                                                                         kernel.shape, *geo))
+    bound = ref.bf16_conv2d_backward_weight_ref(np.abs(x), np.abs(dz), kernel.shape, *geo)
+    want = ref.bf16_conv2d_backward_weight_ref(x, dz, kernel.shape, *geo)
+    assert np.all(np.abs(dw - want) <= 1e-5 * bound + 1e-30)
+    # past it, the bf16 kernels: within a GEMM's error of the reference
+    xw, dzw = rand(rng, (2, 5, 6, 67)), rand(rng, (2, 5, 6, 63))
+    dw = native_bf16.bf16_conv2d_backward_weight(xw, dzw, (3, 3, 67, 63), *geo)
+    _within_bf16_gemm_error(dw, ref.bf16_conv2d_backward_weight_ref(xw, dzw, (3, 3, 67, 63),
+                                                                    *geo),
+                            ref.bf16_conv2d_backward_weight_ref(np.abs(xw), np.abs(dzw),
+                                                                (3, 3, 67, 63), *geo),
+                            2 * 5 * 6, "bf16_conv2d_backward_weight")
     pool = ((2, 2), (2, 2), "valid")
     pooled, argmax = native_bf16.bf16_conv2d_pool_forward(x, kernel, bias, *geo, "relu", 0.0,
                                                           *pool)
