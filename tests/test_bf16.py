@@ -619,6 +619,13 @@ def winograd_without_amx():
     native_bf16._kernel_from_env()
 
 
+def _float32_winograd_bits(got, float32_got, want, bound):
+    """float32's bits on the rounded operands, within Winograd's error of the float64
+    reference (bound: the product on absolute values)."""
+    np.testing.assert_array_equal(got, float32_got)
+    assert np.all(np.abs(got - want) <= 1e-5 * bound + 1e-30)
+
+
 def test_bf16_conv_takes_float32_winograd_without_amx(rng, winograd_without_amx):
     """Without AMX, a conv that float32 runs by Winograd runs float32's op on the rounded
     operands (_float32_road): forward, input gradient, the pooled pair and (few channels) the
@@ -631,25 +638,22 @@ def test_bf16_conv_takes_float32_winograd_without_amx(rng, winograd_without_amx)
     x, kernel, bias = rand(rng, (2, 9, 7, 11)), rand(rng, (3, 3, 11, 13)), rand(rng, (13,))
     geo = ((1, 1), "same", (1, 1))
     y, _ = native_bf16.bf16_conv2d_forward(x, kernel, bias, *geo, "relu", 0.0)
-    np.testing.assert_array_equal(y, native_conv.conv2d_forward(r(x), r(kernel), bias, *geo,
-                                                                "relu", 0.0)[0])
-    want = ref.bf16_conv2d_forward_ref(x, kernel, bias, *geo, "relu")[0]
-    bound = ref.bf16_conv2d_forward_ref(np.abs(x), np.abs(kernel), np.abs(bias), *geo)[1]
-    assert np.all(np.abs(y - want) <= 1e-5 * bound + 1e-30)
+    _float32_winograd_bits(
+        y, native_conv.conv2d_forward(r(x), r(kernel), bias, *geo, "relu", 0.0)[0],
+        ref.bf16_conv2d_forward_ref(x, kernel, bias, *geo, "relu")[0],
+        ref.bf16_conv2d_forward_ref(np.abs(x), np.abs(kernel), np.abs(bias), *geo)[1])
     dz = rand(rng, y.shape)
-    dx = native_bf16.bf16_conv2d_backward_input(dz, kernel, x.shape, *geo)
-    np.testing.assert_array_equal(dx, native_conv.conv2d_backward_input(r(dz), r(kernel),
-                                                                        x.shape, *geo))
-    bound = ref.bf16_conv2d_backward_input_ref(np.abs(dz), np.abs(kernel), x.shape, *geo)
-    want = ref.bf16_conv2d_backward_input_ref(dz, kernel, x.shape, *geo)
-    assert np.all(np.abs(dx - want) <= 1e-5 * bound + 1e-30)
+    _float32_winograd_bits(
+        native_bf16.bf16_conv2d_backward_input(dz, kernel, x.shape, *geo),
+        native_conv.conv2d_backward_input(r(dz), r(kernel), x.shape, *geo),
+        ref.bf16_conv2d_backward_input_ref(dz, kernel, x.shape, *geo),
+        ref.bf16_conv2d_backward_input_ref(np.abs(dz), np.abs(kernel), x.shape, *geo))
     # the kernel gradient too, up to WINO_WEIGHT_GRAD_MAX_CF channel pairs (11 x 13 here)
-    dw = native_bf16.bf16_conv2d_backward_weight(x, dz, kernel.shape, *geo)
-    np.testing.assert_array_equal(dw, native_conv.conv2d_backward_weight(r(x), r(dz),
-                                                                         kernel.shape, *geo))
-    bound = ref.bf16_conv2d_backward_weight_ref(np.abs(x), np.abs(dz), kernel.shape, *geo)
-    want = ref.bf16_conv2d_backward_weight_ref(x, dz, kernel.shape, *geo)
-    assert np.all(np.abs(dw - want) <= 1e-5 * bound + 1e-30)
+    _float32_winograd_bits(
+        native_bf16.bf16_conv2d_backward_weight(x, dz, kernel.shape, *geo),
+        native_conv.conv2d_backward_weight(r(x), r(dz), kernel.shape, *geo),
+        ref.bf16_conv2d_backward_weight_ref(x, dz, kernel.shape, *geo),
+        ref.bf16_conv2d_backward_weight_ref(np.abs(x), np.abs(dz), kernel.shape, *geo))
     # past it, the bf16 kernels: within a GEMM's error of the reference
     xw, dzw = rand(rng, (2, 5, 6, 67)), rand(rng, (2, 5, 6, 63))
     dw = native_bf16.bf16_conv2d_backward_weight(xw, dzw, (3, 3, 67, 63), *geo)
