@@ -541,14 +541,11 @@ def _gemm(a, long a_rs, long a_qs, int m, b, int n, bias=None, act_name=None,
     cdef int kp = b.shape[0], tiles = pynn_bf16_tiles(m, n)
     c = np.empty((m, n), np.float32)
     epilogue = act_name is not None
+    if m == 0 or n == 0 or kp == 0:   # nothing to multiply: zeros, then the epilogue
+        c[...] = 0
+        return _bias_act(c, bias, act_name, alpha) if epilogue else c
     keep_z = epilogue and act_name in ACTIVATIONS_NEEDING_INPUT
     y = np.empty_like(c) if keep_z else c
-    if m == 0 or n == 0 or kp == 0:
-        if kp == 0 and m and n:
-            c[...] = 0
-            if epilogue:
-                return _bias_act(c, bias, act_name, alpha)
-        return (y, c if keep_z else None) if epilogue else c
     cdef const uint32_t[:, ::1] av = a
     cdef const uint32_t[:, ::1] bv = b
     cdef float[:, ::1] cv = c
@@ -651,11 +648,12 @@ def _float32_road(g, input_shape=None, weight_grad=False):
     partial per slab, and past that the bf16 kernels win (medians of 5 alternated rounds,
     bf16 over the float32 road: 32x32x32 -> 32 1.21, 16x16x64 -> 64 1.13, 16x16x32 -> 64
     1.15; 16x16x64 -> 128 0.90, 8x8x128 -> 128 0.87). The same numerics as the narrow
-    road's: float32 sums of bf16 values, in Winograd's order (its error bound, not the GEMMs'). A conv under
-    its max pool takes the narrow road both ways then (bf16_conv2d_pool_forward /
-    _backward): float32's fused pair on rounded operands, the bias gradient from the rounded
-    dpool (16x16x32 -> 64 relu + 2x2 pool, batch 64, backward over float32's: 1.185x on the
-    wide road, 1.083x on this one, medians of 7 alternated rounds)."""
+    road's: float32 sums of bf16 values, in Winograd's order (its error bound, not the
+    GEMMs'). A conv under its max pool takes the narrow road both ways then
+    (bf16_conv2d_pool_forward / _backward): float32's fused pair on rounded operands, the
+    bias gradient from the rounded dpool (16x16x32 -> 64 relu + 2x2 pool, batch 64, backward
+    over float32's: 1.185x on the wide road, 1.083x on this one, medians of 7 alternated
+    rounds)."""
     if _amx:
         return False
     g = float32_conv._planned(dict(g))
@@ -1634,8 +1632,9 @@ def bf16_conv2d_pool_forward(x, kernel, bias, strides=(1, 1), padding="valid",
     tiles (_amx_wide_pool_forward; 16x16x32 -> 64 relu + 2x2 pool at batch 64, Intel, ms,
     bf16_conv2d_forward then maxpool2d_forward / this: two threads 0.78 / 0.61, one 1.48 /
     0.84); elsewhere those two ops, or where _float32_road says so (no AMX, a conv that
-    float32 runs by Winograd) the narrow road's float32 pair on rounded operands. A narrow first layer (its window K = KH * KW * C <= 32 values, F a multiple of 16, no
-    column dilation) under a pool whose windows tile its output runs on AMX tiles where the
+    float32 runs by Winograd) the narrow road's float32 pair on rounded operands. A narrow
+    first layer (its window K = KH * KW * C <= 32 values, F a multiple of 16, no column
+    dilation) under a pool whose windows tile its output runs on AMX tiles where the
     CPU has them (_bf16amx_pool.h): 32x32x3 -> 32 relu + 2x2 pool at batch 64, Intel Xeon,
     recycled memory, ms, the float32 pair on rounded operands / this: 2 threads 1.23 /
     0.60, 1 thread 1.95 / 0.81. Elsewhere conv2d_pool_forward on the rounded operands: the
