@@ -220,3 +220,17 @@ def test_opencl_device_rows(tmp_path, monkeypatch):
             assert math.isclose(r["ratio_to_torch_cuda"], r["rate"] / 100.0)
     assert res["machine"]["torch_cuda"]["device"] == "fake"
     assert "vs PyTorch CUDA" in suite.markdown(res)
+
+
+def test_results_files_name_the_zen_generation():
+    """Zen 3 and Zen 4 guests both report "AMD EPYC": the core from cpuinfo's family and
+    AVX-512 keeps their results files apart; other CPUs keep their model's slug."""
+    assert bench_cpu._amd_core("AMD EPYC", "25", {"avx2", "avx512f"}) == "zen4"
+    assert bench_cpu._amd_core("AMD EPYC", "25", {"avx2", "fma"}) == "zen3"
+    assert bench_cpu._amd_core("AMD EPYC 9654 96-Core Processor", "26", set()) == "zen5"
+    assert bench_cpu._amd_core("Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz", "6",
+                               {"avx512f"}) is None
+    assert bench_cpu._cpu_slug("AMD EPYC", "zen4") == "amd-epyc-zen4"
+    assert bench_cpu._cpu_slug("Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz") == \
+        "intel-xeon-platinum-8481c"
+    assert bench_cpu._cpu_slug("AMD EPYC 7B13 Zen3", "zen3") == "amd-epyc-7b13-zen3"
