@@ -44,7 +44,79 @@ cdef extern from *:
     double INV_SQRT_2PI "PYNN_INV_SQRT_2PI"
 
 
+# float32's transcendental functions, branch-free so the loops calling them vectorize
+# (libm's are scalar calls, and libc.math's names the double ones): native/_vmath.h.
+cdef extern from "_vmath.h" nogil:
+    float pynn_expf(float x)
+    float pynn_expm1f(float x)
+    float pynn_sigmoidf(float x)
+    float pynn_tanhf(float x)
+    float pynn_elu_f(float x, float alpha)
+    float pynn_selu_f(float x)
+    float pynn_gelu_f(float x)
+    float pynn_gelu_grad_f(float x)
+    float pynn_softplus_f(float x)
+    float pynn_silu_f(float x)
+    float pynn_silu_grad_f(float x)
+    float pynn_mish_f(float x)
+    float pynn_mish_grad_f(float x)
+    void pynn_softmax_row_f(const float* z, float* y, Py_ssize_t cols)
+
+
+cdef inline float act_value_f(float x, int act, float alpha) noexcept nogil:
+    """act_value of a float32 transcendental activation, else x unchanged: the one
+    expression its scalar and vector loops share."""
+    if act == ACT_SIGMOID:
+        return pynn_sigmoidf(x)
+    elif act == ACT_TANH:
+        return pynn_tanhf(x)
+    elif act == ACT_ELU:
+        return pynn_elu_f(x, alpha)
+    elif act == ACT_SELU:
+        return pynn_selu_f(x)
+    elif act == ACT_GELU:
+        return pynn_gelu_f(x)
+    elif act == ACT_SOFTPLUS:
+        return pynn_softplus_f(x)
+    elif act == ACT_SILU:
+        return pynn_silu_f(x)
+    elif act == ACT_MISH:
+        return pynn_mish_f(x)
+    elif act == ACT_EXPONENTIAL:
+        return pynn_expf(x)
+    return x
+
+
+cdef inline float act_grad_f(float dy, float x, float y, int act) noexcept nogil:
+    """act_grad of a float32 activation whose derivative needs a transcendental function
+    (see VMATH_GRAD), else dy unchanged."""
+    if act == ACT_GELU:
+        return dy * pynn_gelu_grad_f(x)
+    elif act == ACT_SOFTPLUS:
+        return -dy * pynn_expm1f(-y)
+    elif act == ACT_SILU:
+        return dy * pynn_silu_grad_f(x)
+    elif act == ACT_MISH:
+        return dy * pynn_mish_grad_f(x)
+    return dy
+
+
+cdef inline bint vmath_forward(int act) noexcept nogil:
+    """Whether act_value_f computes `act` (float32)."""
+    return (act == ACT_SIGMOID or act == ACT_TANH or act == ACT_ELU or act == ACT_SELU
+            or act == ACT_GELU or act == ACT_SOFTPLUS or act == ACT_SILU or act == ACT_MISH
+            or act == ACT_EXPONENTIAL)
+
+
+cdef inline bint vmath_grad(int act) noexcept nogil:
+    """Whether act_grad_f computes `act`'s derivative (float32)."""
+    return act == ACT_GELU or act == ACT_SOFTPLUS or act == ACT_SILU or act == ACT_MISH
+
+
 cdef inline floating act_value(floating x, int act, floating alpha) noexcept nogil:
+    if floating is float:
+        if vmath_forward(act):
+            return act_value_f(x, act, alpha)
     if act == ACT_RELU:
         return 0 if x < 0 else x  # NaN passes through, as in Keras and PyTorch
     elif act == ACT_SIGMOID:
@@ -87,6 +159,9 @@ cdef inline floating act_grad(floating dy, floating x, floating y, int act,
     """dL/dx for every activation but softmax (x is only read by those in
     ACTIVATIONS_NEEDING_INPUT)."""
     cdef floating s, t
+    if floating is float:
+        if vmath_grad(act):
+            return act_grad_f(dy, x, y, act)
     if act == ACT_RELU:
         return dy if y > 0 else 0
     elif act == ACT_SIGMOID:
@@ -134,15 +209,18 @@ cdef inline void softmax_row(const floating* z, floating* y, Py_ssize_t cols) no
     cdef double s = 0
     if cols <= 0:
         return
-    m = z[0]
-    for j in range(1, cols):
-        if z[j] > m:
-            m = z[j]
-    for j in range(cols):
-        y[j] = exp(z[j] - m)
-        s += y[j]
-    for j in range(cols):
-        y[j] = <floating>(y[j] / s)
+    if floating is float:
+        pynn_softmax_row_f(z, y, cols)
+    else:
+        m = z[0]
+        for j in range(1, cols):
+            if z[j] > m:
+                m = z[j]
+        for j in range(cols):
+            y[j] = exp(z[j] - m)
+            s += y[j]
+        for j in range(cols):
+            y[j] = <floating>(y[j] / s)
 
 
 cdef inline void softmax_grad_row(const floating* dy, const floating* y, floating* dx,
@@ -177,6 +255,38 @@ cdef inline void act_forward_vec(const floating* x, floating* y, Py_ssize_t n, i
     not depend on which loop (or thread split) an element lands in."""
     cdef Py_ssize_t j
     cdef floating v
+    if floating is float:
+        if vmath_forward(act):
+            # one loop per activation calling act_value_f's function itself (GCC need not
+            # inline act_value_f into the loop): they vectorize, with act_value_f's bits
+            if act == ACT_SIGMOID:
+                for j in range(n):
+                    y[j] = pynn_sigmoidf(x[j])
+            elif act == ACT_TANH:
+                for j in range(n):
+                    y[j] = pynn_tanhf(x[j])
+            elif act == ACT_ELU:
+                for j in range(n):
+                    y[j] = pynn_elu_f(x[j], alpha)
+            elif act == ACT_SELU:
+                for j in range(n):
+                    y[j] = pynn_selu_f(x[j])
+            elif act == ACT_GELU:
+                for j in range(n):
+                    y[j] = pynn_gelu_f(x[j])
+            elif act == ACT_SOFTPLUS:
+                for j in range(n):
+                    y[j] = pynn_softplus_f(x[j])
+            elif act == ACT_SILU:
+                for j in range(n):
+                    y[j] = pynn_silu_f(x[j])
+            elif act == ACT_MISH:
+                for j in range(n):
+                    y[j] = pynn_mish_f(x[j])
+            else:
+                for j in range(n):
+                    y[j] = pynn_expf(x[j])
+            return
     if act == ACT_RELU:
         for j in range(n):
             v = x[j]
@@ -207,6 +317,21 @@ cdef inline void act_backward_vec(const floating* dy, const floating* x, const f
     activation as in act_forward_vec; dx may alias dy."""
     cdef Py_ssize_t j
     cdef floating v
+    if floating is float:
+        if vmath_grad(act):
+            if act == ACT_GELU:
+                for j in range(n):
+                    dx[j] = dy[j] * pynn_gelu_grad_f(x[j])
+            elif act == ACT_SILU:
+                for j in range(n):
+                    dx[j] = dy[j] * pynn_silu_grad_f(x[j])
+            elif act == ACT_MISH:
+                for j in range(n):
+                    dx[j] = dy[j] * pynn_mish_grad_f(x[j])
+            else:
+                for j in range(n):
+                    dx[j] = -dy[j] * pynn_expm1f(-y[j])
+            return
     if act == ACT_RELU:
         # dy read unconditionally: read under the condition, gcc vectorized it as a masked
         # load merging into the last iteration's value, kept on the stack, a store-forwarded

@@ -3,57 +3,9 @@
  * round alike. */
 #ifndef PYNN_GATE_ACT_H
 #define PYNN_GATE_ACT_H
-#include <math.h>
-#include <stdint.h>
-#include <string.h>
-/* float32 exp for the gate activations: Cephes' expf (Cody-Waite reduction by ln 2,
- * degree-5 polynomial, exponent set through the bits); sigmoid and tanh built on it are
- * within 2.5 ulp of the float64 values on [-30, 30] (inputs clamped to [-87, 88]).
- * Branch-free, so the row loops calling it vectorize, which libm's expf/tanhf do not
- * without -ffast-math. */
-/* c ? a : b through the bits: GCC turns a plain ?: here into a branch around the
- * arithmetic feeding it, which only AVX-512's masked instructions let it vectorize. */
-static inline float pynn_gate_self(int c, float a, float b) {
-    int32_t ia, ib, r;
-    const int32_t m = -(int32_t)(c != 0);
-    float out;
-    memcpy(&ia, &a, sizeof ia);
-    memcpy(&ib, &b, sizeof ib);
-    r = (ia & m) | (ib & ~m);
-    memcpy(&out, &r, sizeof out);
-    return out;
-}
-static inline float pynn_gate_expf(float x) {
-    x = pynn_gate_self(x < 88.0f, x, 88.0f);
-    x = pynn_gate_self(x > -87.0f, x, -87.0f);
-    /* Round to nearest by adding and removing 1.5 * 2^23 (exact for |t| < 2^22):
-     * floorf() would stop GCC from vectorizing the loop. */
-    const float fx = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    const float r = x - fx * 0.693359375f + fx * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    const int32_t bits = ((int32_t)fx + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-static inline float pynn_gate_sigmoidf(float x) {
-    return 1.0f / (1.0f + pynn_gate_expf(-x));
-}
-/* Cephes' tanhf: an odd polynomial below |x| = 0.625, 1 - 2/(exp(2|x|) + 1) above. */
-static inline float pynn_gate_tanhf(float x) {
-    const float ax = fabsf(x), z = x * x;
-    const float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z
-                           - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z
-                         - 3.33332819422e-1f) * z * x + x;
-    const float big = copysignf(1.0f - 2.0f / (pynn_gate_expf(2.0f * ax) + 1.0f), x);
-    return pynn_gate_self(ax < 0.625f, small, big);
-}
+/* The gates' sigmoid and tanh are native/_vmath.h's (branch-free float32, within 3 ulp of
+ * the float64 values), the activations' own: an LSTM and a Dense(tanh) round alike. */
+#include "_vmath.h"
 
 /* Whole-row cells for native/rnn_mask.pyx (float32, Keras's default activations tanh and
  * sigmoid). They live here, in C with restrict, because the same loops written in Cython do
@@ -67,14 +19,14 @@ static inline void pynn_gate_lstm_fwd_f(float* restrict z, const float* restrict
                                         float* restrict cn, float* restrict h, Py_ssize_t u) {
     Py_ssize_t j;
     for (j = 0; j < u; j++) {
-        const float i = pynn_gate_sigmoidf(z[j]);
-        const float f = pynn_gate_sigmoidf(z[u + j]);
-        const float cc = pynn_gate_tanhf(z[2 * u + j]);
-        const float o = pynn_gate_sigmoidf(z[3 * u + j]);
+        const float i = pynn_sigmoidf(z[j]);
+        const float f = pynn_sigmoidf(z[u + j]);
+        const float cc = pynn_tanhf(z[2 * u + j]);
+        const float o = pynn_sigmoidf(z[3 * u + j]);
         const float c = f * cp[j] + i * cc;
         z[j] = i; z[u + j] = f; z[2 * u + j] = cc; z[3 * u + j] = o;
         cn[j] = c;
-        h[j] = o * pynn_gate_tanhf(c);
+        h[j] = o * pynn_tanhf(c);
     }
 }
 
@@ -85,7 +37,7 @@ static inline void pynn_gate_lstm_fwd_f(float* restrict z, const float* restrict
 #define PYNN_GATE_LSTM_BWD(STORE_DX)                                                       \
     for (j = 0; j < u; j++) {                                                              \
         const float i = z[j], f = z[u + j], cc = z[2 * u + j], o = z[3 * u + j];           \
-        const float tc = pynn_gate_tanhf(cn[j]);                                           \
+        const float tc = pynn_tanhf(cn[j]);                                           \
         const float d = dc[j] + dh[j] * o * (1 - tc * tc);                                 \
         const float zi = d * cc * i * (1 - i), zf = d * cp[j] * f * (1 - f);               \
         const float zc = d * i * (1 - cc * cc), zo = dh[j] * tc * o * (1 - o);             \
@@ -112,9 +64,9 @@ static inline void pynn_gate_gru_fwd_f(float* restrict z, const float* restrict 
                                        Py_ssize_t u) {
     Py_ssize_t j;
     for (j = 0; j < u; j++) {
-        const float zg = pynn_gate_sigmoidf(z[j]);
-        const float r = pynn_gate_sigmoidf(z[u + j]);
-        const float hh = pynn_gate_tanhf(z[2 * u + j] + r * rh[j]);
+        const float zg = pynn_sigmoidf(z[j]);
+        const float r = pynn_sigmoidf(z[u + j]);
+        const float hh = pynn_tanhf(z[2 * u + j] + r * rh[j]);
         z[j] = zg; z[u + j] = r; z[2 * u + j] = hh;
         h[j] = zg * hp[j] + (1 - zg) * hh;
     }
@@ -141,6 +93,6 @@ static inline void pynn_gate_gru_bwd_f(const float* restrict z, const float* res
 static inline void pynn_gate_tanh_row_f(float* restrict v, Py_ssize_t u) {
     Py_ssize_t j;
     for (j = 0; j < u; j++)
-        v[j] = pynn_gate_tanhf(v[j]);
+        v[j] = pynn_tanhf(v[j]);
 }
 #endif

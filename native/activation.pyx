@@ -28,7 +28,7 @@ import numpy as np
 
 from _activation cimport (
     ACT_PARALLEL_MIN, ACT_SOFTMAX, TEAM_PARALLEL_MIN, act_backward_vec, act_forward_vec,
-    add_rows_double, floating, softmax_grad_row, softmax_row,
+    add_rows_double, floating, pynn_expf, softmax_grad_row, softmax_row,
 )
 
 from pynn.backend.operands import activation as operands
@@ -734,7 +734,10 @@ def _softmax_forward_lines(const floating[:, :, ::1] x,   # IN  (outer, K, inner
                     m = x[o, j, i]
             s = 0
             for j in range(k):
-                y[o, j, i] = exp(x[o, j, i] - m)
+                if floating is float:
+                    y[o, j, i] = pynn_expf(x[o, j, i] - m)
+                else:
+                    y[o, j, i] = exp(x[o, j, i] - m)
                 s = s + y[o, j, i]
             for j in range(k):
                 y[o, j, i] = <floating>(y[o, j, i] / s)

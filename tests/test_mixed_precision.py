@@ -348,26 +348,29 @@ def test_training_without_avx512_bf16(rng):
 @pytest.mark.slow
 def test_digits_under_mixed_bfloat16_within_half_a_point():
     """The demo CNN trained the same way (same start, same batches) under float32 and
-    mixed_bfloat16: held-out accuracy within 0.5 points (98.89% both on this seed; over seeds
-    0-2, 99.07% and 98.80% on average, the float32 runs themselves spanning 0.55 points)."""
+    mixed_bfloat16: mean held-out accuracy over six seeds within 0.5 points. One seed is
+    no test of it: the 359 test images make a sample 0.28 points, and a seed's accuracy
+    moves by 1-2 points whenever any rounding changes (Winograd convolutions moved seed 0's
+    float32 run 98.89% -> 97.21%, the activations' float32 functions of native/_vmath.h its
+    bf16 run 98.89% -> 97.77%). Zen 4, seeds 0-5: float32 98.52%, bf16 98.52% on average."""
     from pynn import demo
 
     (x_train, y_train), (x_test, y_test) = demo.load_digits_split(seed=0)
-    accuracy = {}
-    start = None
-    for policy in ("float32", "mixed_bfloat16"):
-        mp.set_global_policy(policy)
-        pynn.utils.set_random_seed(0)
-        model = demo.build_model()
-        if start is None:
-            start = model.get_weights()
-        model.set_weights(start)
-        model.compile(optimizer=pynn.optimizers.Adam(learning_rate=2e-3),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        model.fit(x_train, y_train, batch_size=32, epochs=15, verbose=0)
-        accuracy[policy] = model.evaluate(x_test, y_test, verbose=0)[1]
-    assert accuracy["float32"] > 0.9, accuracy
-    # The issue's bound is a loss bound: bf16 may not cost more than half a point. One
-    # seed's float32 run itself moves by 1-2 points when its rounding changes (Winograd
-    # convolutions: 98.89% -> 97.21% on seed 0), so a two-sided bound tests the seed.
-    assert accuracy["mixed_bfloat16"] >= accuracy["float32"] - 0.005, accuracy
+    accuracy = {"float32": [], "mixed_bfloat16": []}
+    for seed in range(6):
+        start = None
+        for policy in ("float32", "mixed_bfloat16"):
+            mp.set_global_policy(policy)
+            pynn.utils.set_random_seed(seed)
+            model = demo.build_model()
+            if start is None:
+                start = model.get_weights()
+            model.set_weights(start)
+            model.compile(optimizer=pynn.optimizers.Adam(learning_rate=2e-3),
+                          loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+            model.fit(x_train, y_train, batch_size=32, epochs=15, verbose=0)
+            accuracy[policy].append(model.evaluate(x_test, y_test, verbose=0)[1])
+    assert min(accuracy["float32"]) > 0.9, accuracy
+    # The issue's bound is a loss bound: bf16 may not cost more than half a point.
+    assert np.mean(accuracy["mixed_bfloat16"]) >= np.mean(accuracy["float32"]) - 0.005, \
+        accuracy
