@@ -5,7 +5,8 @@ runs them, at one thread count, alternated in one process.
                                      [--baseline-so PATH]
 
 Elementwise forward (and, where the derivative calls a transcendental function, backward)
-over a (256, 1024) float32 array; softmax over its rows; then predict_on_batch of a
+over a (256, 1024) float32 array; softmax over its rows; sparse categorical crossentropy
+from logits with its gradient at 1,000 and 10,000 classes; then predict_on_batch of a
 one-layer model Dense(256, act) on (64, 784). Each round times every contender back to back
 (pynn, PyTorch, and with --baseline-so another build's activation module, e.g. the one
 before native/_vmath.h, loaded under the same name), alternating who goes first; the table
@@ -111,6 +112,27 @@ def main(argv=None):
             if base is not None:
                 c["baseline"] = lambda n=name: base.activation_backward(dy, x, y, n, 0.0)
             rows.append({"op": f"{name} backward", **_rounds(c, args.rounds, 10)})
+    # The softmax inside a loss from logits: sparse categorical crossentropy and its
+    # gradient over 128 rows (torch: cross_entropy and autograd).
+    from pynn._native import loss as loss_mod
+    for k in (1000, 10000):
+        logits = (rng.standard_normal((128, k)) * 3).astype(np.float32)
+        labels = rng.integers(0, k, 128).astype(np.int32)
+        tl = torch.from_numpy(logits).requires_grad_(True)
+        tlab = torch.from_numpy(labels.astype(np.int64))
+
+        def torch_loss(tl=tl, tlab=tlab):
+            return torch.autograd.grad(torch.nn.functional.cross_entropy(tl, tlab), tl)
+
+        value, grad = loss_mod.loss_forward_backward("sparse_categorical_crossentropy", labels,
+                                                     logits, True)
+        want = torch.nn.functional.cross_entropy(tl.double(), tlab).item()
+        assert abs(value - want) <= 1e-5 * abs(want), (k, value, want)
+        c = {"pynn": lambda lg=logits, lb=labels: loss_mod.loss_forward_backward(
+                 "sparse_categorical_crossentropy", lb, lg, True),
+             "torch": torch_loss}
+        rows.append({"op": f"sparse CE from logits (128, {k}) + grad",
+                     **_rounds(c, args.rounds, 10)})
     # A Dense layer's epilogue: one-layer models, predict_on_batch at batch 64.
     xb = rng.random((64, 784), dtype=np.float32)
     for name in ("softmax", "tanh", "sigmoid", "gelu", "relu"):

@@ -61,6 +61,8 @@ cdef extern from "_vmath.h" nogil:
     float pynn_mish_f(float x)
     float pynn_mish_grad_f(float x)
     void pynn_softmax_row_f(const float* z, float* y, Py_ssize_t cols)
+    float pynn_max_f(const float* x, Py_ssize_t n)
+    double pynn_exp_sum_f(const float* x, float m, float* out, Py_ssize_t n)
 
 
 cdef inline float act_value_f(float x, int act, float alpha) noexcept nogil:

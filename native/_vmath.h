@@ -205,37 +205,56 @@ static inline float pynn_mish_grad_f(float x) {
     return t + x * (1.0f - t * t) * pynn_sigmoidf(x);
 }
 
-/* softmax over one row (y may be z): e^(z - max), summed in double over eight lanes in a
- * fixed order (so they vectorize and any caller gets the same bits), each times the sum's
- * reciprocal in double, rounded once. */
-static inline void pynn_softmax_row_f(const float* z, float* y, ptrdiff_t cols) {
-    ptrdiff_t j, l;
-    float m = z[0], top[16];
-    double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s;
-    j = 1;
-    if (cols >= 32) {
-        /* the maximum over 16 lanes, then across them: exact in any order */
+/* The largest of x[0..n), n >= 1, over 16 lanes, then across them (exact in any order; a
+ * NaN is skipped unless x[0] is one: the exponentials of a row with one are NaN anyway). */
+static inline float pynn_max_f(const float* x, ptrdiff_t n) {
+    ptrdiff_t j = 1, l;
+    float m = x[0], top[16];
+    if (n >= 32) {
         for (l = 0; l < 16; l++)
-            top[l] = z[l];
-        for (j = 16; j + 16 <= cols; j += 16)
+            top[l] = x[l];
+        for (j = 16; j + 16 <= n; j += 16)
             for (l = 0; l < 16; l++)
-                top[l] = z[j + l] > top[l] ? z[j + l] : top[l];
+                top[l] = x[j + l] > top[l] ? x[j + l] : top[l];
         for (l = 1; l < 16; l++)
             m = top[l] > m ? top[l] : m;
         m = top[0] > m ? top[0] : m;
     }
-    for (; j < cols; j++)
-        m = z[j] > m ? z[j] : m;
-    for (j = 0; j < cols; j++)
-        y[j] = pynn_expf(z[j] - m);
-    for (j = 0; j + 8 <= cols; j += 8)
-        for (l = 0; l < 8; l++)
-            lane[l] += (double)y[j + l];
+    for (; j < n; j++)
+        m = x[j] > m ? x[j] : m;
+    return m;
+}
+
+/* sum of e^(x[j] - m) in double, eight lanes added in a fixed order (so the loop
+ * vectorizes and any caller gets the same bits); out (may be x, or NULL) keeps the
+ * exponentials. */
+static inline double pynn_exp_sum_f(const float* x, float m, float* out, ptrdiff_t n) {
+    ptrdiff_t j, l;
+    double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s;
+    if (out) {
+        for (j = 0; j < n; j++)
+            out[j] = pynn_expf(x[j] - m);
+        for (j = 0; j + 8 <= n; j += 8)
+            for (l = 0; l < 8; l++)
+                lane[l] += (double)out[j + l];
+    } else {
+        for (j = 0; j + 8 <= n; j += 8)
+            for (l = 0; l < 8; l++)
+                lane[l] += (double)pynn_expf(x[j + l] - m);
+    }
     s = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
-    for (; j < cols; j++)
-        s += (double)y[j];
-    s = 1.0 / s;   /* a product per element, not a quotient: 1.6x faster at 1024 columns */
+    for (; j < n; j++)   /* out[j] where kept: x may be out, overwritten */
+        s += (double)(out ? out[j] : pynn_expf(x[j] - m));
+    return s;
+}
+
+/* softmax over one row (y may be z): each e^(z - max) times the reciprocal of their sum,
+ * in double, rounded once. */
+static inline void pynn_softmax_row_f(const float* z, float* y, ptrdiff_t cols) {
+    ptrdiff_t j;
+    const double r = 1.0 / pynn_exp_sum_f(z, pynn_max_f(z, cols), y, cols);
+    /* a product per element, not a quotient: 1.6x faster at 1024 columns */
     for (j = 0; j < cols; j++)
-        y[j] = (float)((double)y[j] * s);
+        y[j] = (float)((double)y[j] * r);
 }
 #endif

@@ -784,3 +784,24 @@ def test_hinge_converts_labels_only_when_all_are_binary():
         # {0, 1} labels are read as the {-1, 1} labels they stand for.
         assert loss_forward_backward(name, binary, y_pred, False, None, False)[0] == \
             loss_forward_backward(name, 2 * binary - 1, y_pred, False, None, False)[0]
+
+
+@pytest.mark.parametrize("name,param", [("sparse_categorical_crossentropy", None),
+                                        ("categorical_crossentropy", 0.2)])
+@pytest.mark.parametrize("k", [1, 7, 33, 1031])
+def test_float32_logits_rows_through_vector_exp(name, param, k):
+    """float32 logits take native/_vmath.h's exp (eight double lanes for the sums, the
+    exponentials kept in the gradient): wide rows (1,031 classes, not a multiple of any
+    vector or lane count) and narrow ones, against float64, loss with and without the
+    gradient alike."""
+    rng = np.random.default_rng(k)
+    y_true, y_pred = make_data(name, True, (5, k), rng, param)
+    y_pred = (y_pred * 4).astype(np.float32)
+    yt = y_true if name.startswith("sparse") else np.asarray(y_true, np.float32)
+    loss, grad = loss_forward_backward(name, yt, y_pred, True, param)
+    want_loss, want_grad = loss_forward_backward_ref(name, yt, y_pred, True, param,
+                                                     dtype=np.float32)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+    np.testing.assert_allclose(grad, want_grad, rtol=2e-5, atol=1e-7)
+    alone, none = loss_forward_backward(name, yt, y_pred, True, param, need_grad=False)
+    assert none is None and alone == loss
