@@ -6,7 +6,8 @@ runs them, at one thread count, alternated in one process.
 
 Elementwise forward (and, where the derivative calls a transcendental function, backward)
 over a (256, 1024) float32 array; softmax over its rows; sparse categorical crossentropy
-from logits with its gradient at 1,000 and 10,000 classes; then predict_on_batch of a
+from logits with its gradient at 1,000 and 10,000 classes; a 32 x 1024 -> 10,000 softmax
+layer's forward; then predict_on_batch of a
 one-layer model Dense(256, act) on (64, 784). Each round times every contender back to back
 (pynn, PyTorch, and with --baseline-so another build's activation module, e.g. the one
 before native/_vmath.h, loaded under the same name), alternating who goes first; the table
@@ -133,6 +134,24 @@ def main(argv=None):
              "torch": torch_loss}
         rows.append({"op": f"sparse CE from logits (128, {k}) + grad",
                      **_rounds(c, args.rounds, 10)})
+    # A wide softmax layer (a vocabulary head): dense_forward with its softmax epilogue.
+    from pynn._native import dense
+    xw = rng.random((32, 1024), dtype=np.float32)
+    kw = ((rng.random((1024, 10000), dtype=np.float32) - 0.5) / 30).astype(np.float32)
+    bw = np.zeros(10000, np.float32)
+    lin = torch.nn.Linear(1024, 10000)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(kw.T.copy()))
+        lin.bias.zero_()
+    txw = torch.from_numpy(xw)
+
+    def torch_head():
+        with torch.no_grad():
+            return torch.softmax(lin(txw), -1)
+    assert np.abs(dense.dense_forward(xw, kw, bw, "softmax")[0] - torch_head().numpy()).max() \
+        <= 1e-6
+    c = {"pynn": lambda: dense.dense_forward(xw, kw, bw, "softmax"), "torch": torch_head}
+    rows.append({"op": "dense_forward softmax 32x1024->10000", **_rounds(c, args.rounds, 3)})
     # A Dense layer's epilogue: one-layer models, predict_on_batch at batch 64.
     xb = rng.random((64, 784), dtype=np.float32)
     for name in ("softmax", "tanh", "sigmoid", "gelu", "relu"):

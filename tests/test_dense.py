@@ -476,3 +476,26 @@ def test_dense_bad_inputs_opencl(ocl):
         ocl.dense_backward_input(up(np.ones((5, 6), np.float32))[:, ::2], w)
     with pytest.raises(ValueError, match="at least 1 dimension"):
         ocl.bias_backward(up(np.float32(3.0)))
+
+
+@pytest.mark.parametrize("n,c,u", [(9, 515, 1301), (40, 300, 771)])
+def test_wide_softmax_takes_column_bands_then_whole_rows(n, c, u):
+    """A softmax layer wider than its batch: column bands (bias each), then softmax over
+    whole rows; against float64, and the same bits for 1, 2 and 3 threads."""
+    rng = np.random.default_rng(n)
+    x, kernel, bias = make(rng, n, c, u, np.float32)
+    assert n * c * u >= 6e6   # above the serial threshold: the banded road
+    out = []
+    try:
+        for threads in (1, 2, 3):
+            set_num_threads(threads)
+            out.append(dense_forward(x, kernel, bias, "softmax")[0])
+    finally:
+        set_num_threads(os.cpu_count() or 1)
+    want = dense_forward_ref(x.astype(np.float64), kernel.astype(np.float64),
+                             bias.astype(np.float64), "softmax")
+    want = want[0] if isinstance(want, tuple) else want
+    np.testing.assert_allclose(out[0], want, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(out[0].sum(axis=1), 1.0, rtol=1e-5)
+    for got in out[1:]:
+        np.testing.assert_array_equal(got, out[0])
