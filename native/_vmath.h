@@ -72,7 +72,8 @@ static inline float pynn_expm1f(float x) {
     p = p * x + 4.1666666667e-2f;
     p = p * x + 1.6666666667e-1f;
     p = p * x + 0.5f;
-    const float small = p * (x * x) + x;
+    /* copysignf: -0 + +0 rounds to +0, and expm1(-0) is -0 */
+    const float small = copysignf(p * (x * x) + x, x);
     return pynn_selectf(fabsf(x) < 0.5f, small, pynn_expf(x) - 1.0f);
 }
 
@@ -119,9 +120,9 @@ static inline float pynn_sigmoidf(float x) {
 /* Cephes' tanhf: an odd polynomial below |x| = 0.625, 1 - 2/(exp(2|x|) + 1) above. */
 static inline float pynn_tanhf(float x) {
     const float ax = fabsf(x), z = x * x;
-    const float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z
-                           - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z
-                         - 3.33332819422e-1f) * z * x + x;
+    const float small = copysignf(((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z
+                                     - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z
+                                   - 3.33332819422e-1f) * z * x + x, x);   /* tanh(-0) = -0 */
     const float big = copysignf(1.0f - 2.0f / (pynn_expf(2.0f * ax) + 1.0f), x);
     return pynn_selectf(ax < 0.625f, small, big);
 }

@@ -224,6 +224,25 @@ cdef inline double smooth(double t, double ls, Py_ssize_t k) noexcept nogil:
     return t * (1 - ls) + ls / k if ls != 0 else t
 
 
+cdef inline double _exp_sum(const floating* p, floating* keep, Py_ssize_t k,
+                            double* m) noexcept nogil:
+    """sum_j e^(p_j - max p) in double, *m set to the max. float32 takes native/_vmath.h's
+    vector exp (libm's double exp per logit ran 6x slower than PyTorch at 1,000 classes) and
+    keeps the exponentials in keep (unless NULL) for the gradient."""
+    cdef Py_ssize_t j
+    cdef double s = 0
+    if floating is float:
+        m[0] = pynn_max_f(p, k)
+        s = pynn_exp_sum_f(p, <float>m[0], keep, k)
+    else:
+        m[0] = p[0]
+        for j in range(1, k):
+            m[0] = fmax(m[0], p[j])
+        for j in range(k):
+            s += exp(p[j] - m[0])
+    return s
+
+
 cdef inline double categorical_row(const floating* t, const floating* p, floating* g,
                                    Py_ssize_t k, bint from_logits, double lo, double hi,
                                    double scale, double ls) noexcept nogil:
@@ -234,23 +253,13 @@ cdef inline double categorical_row(const floating* t, const floating* p, floatin
     if k == 0:
         return 0
     if from_logits:
-        if floating is float:
-            # native/_vmath.h's vector exp (libm's double exp per element ran 6x slower
-            # than PyTorch at 1,000 classes); g keeps the exponentials until the gradient
-            m = pynn_max_f(p, k)
-            s = pynn_exp_sum_f(p, <float>m, g, k)
-        else:
-            m = p[0]
-            for j in range(1, k):
-                m = fmax(m, p[j])
-            for j in range(k):
-                s += exp(p[j] - m)
+        s = _exp_sum(p, g, k, &m)
         lse = m + log(s)
         for j in range(k):
             loss += smooth(t[j], ls, k) * (lse - p[j])
             tsum += smooth(t[j], ls, k)
         if g != NULL:
-            if floating is float:
+            if floating is float:   # g holds the exponentials (_exp_sum)
                 q = tsum / s
                 for j in range(k):
                     g[j] = <floating>((q * g[j] - smooth(t[j], ls, k)) * scale)
@@ -281,18 +290,10 @@ cdef inline double sparse_row(int label, const floating* p, floating* g, Py_ssiz
     cdef Py_ssize_t j
     cdef double s = 0, m, q, loss, inside
     if from_logits:
-        if floating is float:
-            m = pynn_max_f(p, k)
-            s = pynn_exp_sum_f(p, <float>m, g, k)   # g keeps the exponentials
-        else:
-            m = p[0]
-            for j in range(1, k):
-                m = fmax(m, p[j])
-            for j in range(k):
-                s += exp(p[j] - m)
+        s = _exp_sum(p, g, k, &m)
         loss = m + log(s) - p[label]
         if g != NULL:
-            if floating is float:
+            if floating is float:   # g holds the exponentials (_exp_sum)
                 q = 1 / s
                 for j in range(k):
                     g[j] = <floating>((q * g[j] - (j == label)) * scale)

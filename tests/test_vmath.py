@@ -139,6 +139,11 @@ def test_special_values():
             assert np.all(np.abs(got[ok & tiny]) < np.finfo(np.float32).tiny), name
             np.testing.assert_allclose(got[ok & ~tiny], want[ok & ~tiny], rtol=3e-7,
                                        err_msg=name)
+    # odd functions keep the sign of zero, as PyTorch's and libm's
+    zeros = np.array([-0.0, 0.0], np.float32)
+    for name, alpha in (("tanh", 0.0), ("elu", 1.0), ("selu", 0.0)):
+        np.testing.assert_array_equal(np.signbit(activation_forward(zeros, name, alpha)),
+                                      [True, False], err_msg=name)
     sm = activation_forward(np.array([[np.nan, 1, 2], [-np.inf, 0, 1], [1e30, -1e30, 0]],
                                      np.float32), "softmax")
     assert np.isnan(sm[0]).all()
