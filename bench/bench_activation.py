@@ -5,10 +5,10 @@ runs them, at one thread count, alternated in one process.
                                      [--baseline-so PATH]
 
 Elementwise forward (and, where the derivative calls a transcendental function, backward)
-over a (256, 1024) float32 array; softmax over its rows; sparse categorical crossentropy
-from logits with its gradient at 1,000 and 10,000 classes; a 32 x 1024 -> 10,000 softmax
-layer's forward; then predict_on_batch of a
-one-layer model Dense(256, act) on (64, 784). Each round times every contender back to back
+over a (256, 1024) float32 array; softmax over its rows; sparse categorical and binary
+crossentropy from logits with their gradients at 1,000 and 10,000 classes; a 32 x 1024 ->
+10,000 softmax layer's forward; then predict_on_batch of a one-layer model Dense(256, act)
+on (64, 784). Each round times every contender back to back
 (pynn, PyTorch, and with --baseline-so another build's activation module, e.g. the one
 before native/_vmath.h, loaded under the same name), alternating who goes first; the table
 quotes medians of the rounds' per-call times. Every pynn result is first checked against
@@ -133,6 +133,23 @@ def main(argv=None):
                  "sparse_categorical_crossentropy", lb, lg, True),
              "torch": torch_loss}
         rows.append({"op": f"sparse CE from logits (128, {k}) + grad",
+                     **_rounds(c, args.rounds, 10)})
+        # multi-label: binary crossentropy from logits, 1% positives
+        targets = (rng.random((128, k)) < 0.01).astype(np.float32)
+        tt = torch.from_numpy(targets)
+
+        def torch_bce(tl=tl, tt=tt):
+            return torch.autograd.grad(
+                torch.nn.functional.binary_cross_entropy_with_logits(tl, tt), tl)
+
+        value, _ = loss_mod.loss_forward_backward("binary_crossentropy", targets, logits, True)
+        want = torch.nn.functional.binary_cross_entropy_with_logits(tl.double(),
+                                                                    tt.double()).item()
+        assert abs(value - want) <= 1e-5 * abs(want), (k, value, want)
+        c = {"pynn": lambda lg=logits, tg=targets: loss_mod.loss_forward_backward(
+                 "binary_crossentropy", tg, lg, True),
+             "torch": torch_bce}
+        rows.append({"op": f"binary CE from logits (128, {k}) + grad",
                      **_rounds(c, args.rounds, 10)})
     # A wide softmax layer (a vocabulary head): dense_forward with its softmax epilogue.
     from pynn._native import dense

@@ -197,6 +197,66 @@ cdef inline double pointwise_loss(int code, double t, double p, bint from_logits
     return -(t * log(pc) + (1 - t) * log(1 - pc))
 
 
+cdef extern from *:
+    """
+    #include "_vmath.h"
+    /* Binary crossentropy of n float32 elements, unweighted (pointwise_block's terms in
+       float32 on _vmath.h's functions, so the loop vectorizes): the sum of the losses in
+       double over eight lanes, g (unless NULL) gets scale * d/dp. ls: label smoothing. From
+       logits: max(p, 0) - p t + log1p(e^-|p|), gradient sigmoid(p) - t; from
+       probabilities clipped to [lo, hi]: -(t ln p + (1 - t) ln(1 - p)), gradient
+       (p - t) / (p (1 - p)) inside the clip and 0 outside. */
+    static inline float pynn_bce_logits_f(float t, float x, float ls, float* grad) {
+        const float tt = t * (1.0f - ls) + 0.5f * ls;   /* ls = 0: t itself */
+        const float e = pynn_expf(-fabsf(x));
+        *grad = pynn_selectf(x >= 0.0f, 1.0f, e) / (1.0f + e) - tt;
+        return pynn_selectf(x > 0.0f, x, 0.0f) - x * tt + pynn_log1pf(e);
+    }
+    static inline float pynn_bce_probs_f(float t, float x, float ls, float lo, float hi,
+                                         float* grad) {
+        const float tt = t * (1.0f - ls) + 0.5f * ls;
+        /* A NaN prediction: NaN loss, gradient 0 (outside the clip, as the other roads) */
+        const float pc = pynn_selectf(x < lo, lo, pynn_selectf(x > hi, hi, x));
+        const float loss = -(tt * pynn_logf_normal(pc)
+                             + (1.0f - tt) * pynn_logf_normal(1.0f - pc));
+        *grad = pynn_selectf((x >= lo) & (x <= hi), (pc - tt) / (pc * (1.0f - pc)), 0.0f);
+        return pynn_selectf(x != x, x, loss);
+    }
+    /* One loop per (logits or probabilities) x (gradient or not): no branch inside, so
+       each vectorizes; every element the same expression, in the vector body or the tail. */
+    #define PYNN_BCE_LOOP(TERM, STORE)                                                   \
+        for (; i + 8 <= n; i += 8)                                                        \
+            for (l = 0; l < 8; l++) {                                                     \
+                lane[l] += (double)TERM(i + l);                                           \
+                STORE(i + l);                                                             \
+            }                                                                             \
+        s = ((lane[0] + lane[1]) + (lane[2] + lane[3]))                                   \
+            + ((lane[4] + lane[5]) + (lane[6] + lane[7]));                                \
+        for (; i < n; i++) {                                                              \
+            s += (double)TERM(i);                                                         \
+            STORE(i);                                                                     \
+        }
+    #define PYNN_BCE_LOGITS(j) pynn_bce_logits_f(t[j], p[j], ls, &gi[(j) & 7])
+    #define PYNN_BCE_PROBS(j) pynn_bce_probs_f(t[j], p[j], ls, lo, hi, &gi[(j) & 7])
+    #define PYNN_BCE_STORE(j) g[j] = gi[(j) & 7] * scale
+    #define PYNN_BCE_DROP(j) (void)0
+    static double pynn_bce_f(const float* t, const float* p, float* g, ptrdiff_t n,
+                             int from_logits, float ls, float lo, float hi, float scale) {
+        double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s;
+        ptrdiff_t i = 0, l;
+        float gi[8];
+        if (from_logits && g) { PYNN_BCE_LOOP(PYNN_BCE_LOGITS, PYNN_BCE_STORE) }
+        else if (from_logits) { PYNN_BCE_LOOP(PYNN_BCE_LOGITS, PYNN_BCE_DROP) }
+        else if (g) { PYNN_BCE_LOOP(PYNN_BCE_PROBS, PYNN_BCE_STORE) }
+        else { PYNN_BCE_LOOP(PYNN_BCE_PROBS, PYNN_BCE_DROP) }
+        return s;
+    }
+    """
+    double pynn_bce_f(const float* t, const float* p, float* g, Py_ssize_t n,
+                      int from_logits, float ls, float lo, float hi,
+                      float scale) noexcept nogil
+
+
 cdef inline double pointwise_block(int code, const floating* t, const floating* p,
                                    floating* g, Py_ssize_t count, bint from_logits,
                                    Params prm, double lo, double hi,
@@ -206,6 +266,12 @@ cdef inline double pointwise_block(int code, const floating* t, const floating* 
     not NULL) gets scale * d/dp. w (if not NULL) holds one weight per elems_per_weight."""
     cdef Py_ssize_t i
     cdef double acc = 0, gi, li, wi = 1
+    if floating is float:
+        if code == LOSS_BCE and w == NULL:
+            # float32 and vectorized: libm's double exp and log1p per element ran 5x
+            # slower than PyTorch (multi-label outputs, 128 x 1,000)
+            return pynn_bce_f(t, p, g, count, from_logits, <float>prm.a, <float>lo,
+                              <float>hi, <float>scale)
     for i in range(count):
         li = pointwise_loss(code, t[i], p[i], from_logits, prm, lo, hi, &gi)
         if w != NULL:
@@ -249,7 +315,7 @@ cdef inline double categorical_row(const floating* t, const floating* p, floatin
     """-sum_j t_j log(prob_j) of one row, t label-smoothed by ls; g (if not NULL) gets
     scale * d/dp."""
     cdef Py_ssize_t j
-    cdef double s = 0, m, q, loss = 0, tsum = 0, lse
+    cdef double s = 0, m, q, loss = 0, tsum = 0, lse, st
     if k == 0:
         return 0
     if from_logits:
@@ -272,9 +338,13 @@ cdef inline double categorical_row(const floating* t, const floating* p, floatin
     for j in range(k):
         # Round q to the input dtype as Keras does, so the clip decisions match its own.
         q = <floating>(p[j] / s)
-        loss -= smooth(t[j], ls, k) * log(clip_to(q, lo, hi))
+        st = smooth(t[j], ls, k)
+        # A zero target's term is 0 * a finite log (the clip keeps it finite) unless q is
+        # NaN: skipped, one-hot rows take one log, not k (10,000 classes: 22 -> 1.3 ms)
+        if st != 0 or q != q:
+            loss -= st * log(clip_to(q, lo, hi))
         if lo <= q <= hi:
-            tsum += smooth(t[j], ls, k)
+            tsum += st
     if g != NULL:
         for j in range(k):
             q = <floating>(p[j] / s)
