@@ -251,10 +251,54 @@ cdef extern from *:
         else { PYNN_BCE_LOOP(PYNN_BCE_PROBS, PYNN_BCE_DROP) }
         return s;
     }
+    /* Categorical crossentropy of one row of float32 probabilities p (row sum s, in
+       double), targets t smoothed by ls: -sum_j t_j ln clip(q_j), q_j = p_j / s rounded to
+       float32 as Keras rounds it (so the clip decisions match), the logs _vmath.h's and the
+       sum in eight double lanes; *tsum the smoothed targets inside the clip; g (unless
+       NULL) scale * d/dp: ((inside ? -t_j / q_j : 0) + tsum) / s. Branch-free loops: the
+       per-element logs and quotients ran 13 ns an element (10,000 classes). */
+    static inline float pynn_cce_q_f(float p, double s) { return (float)((double)p / s); }
+    static double pynn_cce_probs_row_f(const float* t, const float* p, float* g, ptrdiff_t k,
+                                       double s, float ls, float lo, float hi, double scale) {
+        double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0}, tl[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        double loss, tsum;
+        const float add = ls / (float)k, keep = 1.0f - ls;
+        ptrdiff_t j = 0, l;
+        #define PYNN_CCE_TERM(J, LOSS, TSUM)                                              \
+            {                                                                             \
+                const float q = pynn_cce_q_f(p[J], s);                                    \
+                const float st = t[J] * keep + add;                                       \
+                const float qc = pynn_selectf(q < lo, lo, pynn_selectf(q > hi, hi, q));   \
+                /* q NaN: clip leaves it, and its log must be NaN */                      \
+                LOSS += (double)(st * pynn_selectf(q != q, q, pynn_logf_normal(qc)));      \
+                TSUM += (double)pynn_selectf((q >= lo) & (q <= hi), st, 0.0f);            \
+            }
+        for (; j + 8 <= k; j += 8)
+            for (l = 0; l < 8; l++)
+                PYNN_CCE_TERM(j + l, lane[l], tl[l])
+        loss = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+        tsum = ((tl[0] + tl[1]) + (tl[2] + tl[3])) + ((tl[4] + tl[5]) + (tl[6] + tl[7]));
+        for (; j < k; j++)
+            PYNN_CCE_TERM(j, loss, tsum)
+        #undef PYNN_CCE_TERM
+        if (g) {
+            const double r = scale / s;
+            for (j = 0; j < k; j++) {
+                const float q = pynn_cce_q_f(p[j], s);
+                const float st = t[j] * keep + add;
+                const float d = pynn_selectf((q >= lo) & (q <= hi), -st / q, 0.0f);
+                g[j] = (float)(((double)d + tsum) * r);
+            }
+        }
+        return -loss;
+    }
     """
     double pynn_bce_f(const float* t, const float* p, float* g, Py_ssize_t n,
                       int from_logits, float ls, float lo, float hi,
                       float scale) noexcept nogil
+    double pynn_cce_probs_row_f(const float* t, const float* p, float* g, Py_ssize_t k,
+                                double s, float ls, float lo, float hi,
+                                double scale) noexcept nogil
 
 
 cdef inline double pointwise_block(int code, const floating* t, const floating* p,
@@ -315,7 +359,7 @@ cdef inline double categorical_row(const floating* t, const floating* p, floatin
     """-sum_j t_j log(prob_j) of one row, t label-smoothed by ls; g (if not NULL) gets
     scale * d/dp."""
     cdef Py_ssize_t j
-    cdef double s = 0, m, q, loss = 0, tsum = 0, lse, st
+    cdef double s = 0, m, q, loss = 0, tsum = 0, lse
     if k == 0:
         return 0
     if from_logits:
@@ -335,21 +379,20 @@ cdef inline double categorical_row(const floating* t, const floating* p, floatin
         return loss
     for j in range(k):
         s += p[j]
-    for j in range(k):
-        # Round q to the input dtype as Keras does, so the clip decisions match its own.
-        q = <floating>(p[j] / s)
-        st = smooth(t[j], ls, k)
-        # A zero target's term is 0 * a finite log (the clip keeps it finite) unless q is
-        # NaN: skipped, one-hot rows take one log, not k (10,000 classes: 22 -> 1.3 ms)
-        if st != 0 or q != q:
-            loss -= st * log(clip_to(q, lo, hi))
-        if lo <= q <= hi:
-            tsum += st
-    if g != NULL:
+    if floating is float:
+        loss = pynn_cce_probs_row_f(t, p, g, k, s, <float>ls, <float>lo, <float>hi, scale)
+    else:
         for j in range(k):
+            # Round q to the input dtype as Keras does, so the clip decisions match its own.
             q = <floating>(p[j] / s)
-            q = -smooth(t[j], ls, k) / q if lo <= q <= hi else 0
-            g[j] = <floating>((q + tsum) / s * scale)
+            loss -= smooth(t[j], ls, k) * log(clip_to(q, lo, hi))
+            if lo <= q <= hi:
+                tsum += smooth(t[j], ls, k)
+        if g != NULL:
+            for j in range(k):
+                q = <floating>(p[j] / s)
+                q = -smooth(t[j], ls, k) / q if lo <= q <= hi else 0
+                g[j] = <floating>((q + tsum) / s * scale)
     return loss
 
 
