@@ -2,17 +2,17 @@
 runs them, at one thread count, alternated in one process.
 
     python -m bench.bench_activation [--threads 1] [--rounds 9] [--json PATH]
-                                     [--baseline-so PATH]
+                                     [--baseline-so PATH] [--baseline-loss-so PATH]
 
 Elementwise forward (and, where the derivative calls a transcendental function, backward)
 over a (256, 1024) float32 array; softmax over its rows; sparse categorical and binary
-crossentropy from logits with their gradients at 1,000 and 10,000 classes; a 32 x 1024 ->
-10,000 softmax layer's forward; then predict_on_batch of a one-layer model Dense(256, act)
-on (64, 784). Each round times every contender back to back
-(pynn, PyTorch, and with --baseline-so another build's activation module, e.g. the one
-before native/_vmath.h, loaded under the same name), alternating who goes first; the table
-quotes medians of the rounds' per-call times. Every pynn result is first checked against
-float64 (relative 1e-5 of the output's scale).
+crossentropy from logits and categorical from probabilities, with their gradients, at 1,000
+and 10,000 classes; a 32 x 1024 -> 10,000 softmax layer's forward; then predict_on_batch of
+a one-layer model Dense(256, act) on (64, 784). Each round times every contender back to
+back (pynn, PyTorch, and with --baseline-so / --baseline-loss-so another build's activation
+/ loss module, e.g. the one before native/_vmath.h, loaded under the same name),
+alternating who goes first; the table quotes medians of the rounds' per-call times. Every
+pynn result is first checked against float64 (relative 1e-5 of the output's scale).
 """
 
 import argparse
@@ -40,13 +40,16 @@ def _torch_fns(torch):
             "mish": f.mish, "exponential": torch.exp, "relu": torch.relu}
 
 
-def _load_so(path):
-    """Another build's activation module, under the name its init function expects."""
-    name = "pynn._native.activation"
+def _load_so(path, module="activation"):
+    """Another build's native module, under the name its init function expects."""
+    name = f"pynn._native.{module}"
     loader = importlib.machinery.ExtensionFileLoader(name, path)
     spec = importlib.util.spec_from_file_location(name, path, loader=loader)
     module = importlib.util.module_from_spec(spec)
+    saved = sys.modules.get(name)
     loader.exec_module(module)
+    if saved is not None:   # keep this build's module the one `import` finds
+        sys.modules[name] = saved
     return module
 
 
@@ -81,14 +84,19 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--json")
     p.add_argument("--baseline-so", help="another build's activation .so to time beside")
+    p.add_argument("--baseline-loss-so", help="another build's loss .so to time beside")
     args = p.parse_args(argv)
 
     import torch
 
+    # this build's modules first: loading another build's under the same name rebinds it
     from pynn._native import activation as act_mod
+    from pynn._native import dense
+    from pynn._native import loss as loss_mod
     pynn.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
     base = _load_so(args.baseline_so) if args.baseline_so else None
+    base_loss = _load_so(args.baseline_loss_so, "loss") if args.baseline_loss_so else None
     tf = _torch_fns(torch)
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((256, 1024)) * 3).astype(np.float32)
@@ -115,7 +123,6 @@ def main(argv=None):
             rows.append({"op": f"{name} backward", **_rounds(c, args.rounds, 10)})
     # The softmax inside a loss from logits: sparse categorical crossentropy and its
     # gradient over 128 rows (torch: cross_entropy and autograd).
-    from pynn._native import loss as loss_mod
     for k in (1000, 10000):
         logits = (rng.standard_normal((128, k)) * 3).astype(np.float32)
         labels = rng.integers(0, k, 128).astype(np.int32)
@@ -132,6 +139,9 @@ def main(argv=None):
         c = {"pynn": lambda lg=logits, lb=labels: loss_mod.loss_forward_backward(
                  "sparse_categorical_crossentropy", lb, lg, True),
              "torch": torch_loss}
+        if base_loss is not None:
+            c["baseline"] = lambda lg=logits, lb=labels: base_loss.loss_forward_backward(
+                "sparse_categorical_crossentropy", lb, lg, True)
         rows.append({"op": f"sparse CE from logits (128, {k}) + grad",
                      **_rounds(c, args.rounds, 10)})
         # multi-label: binary crossentropy from logits, 1% positives
@@ -149,10 +159,31 @@ def main(argv=None):
         c = {"pynn": lambda lg=logits, tg=targets: loss_mod.loss_forward_backward(
                  "binary_crossentropy", tg, lg, True),
              "torch": torch_bce}
+        if base_loss is not None:
+            c["baseline"] = lambda lg=logits, tg=targets: base_loss.loss_forward_backward(
+                "binary_crossentropy", tg, lg, True)
         rows.append({"op": f"binary CE from logits (128, {k}) + grad",
                      **_rounds(c, args.rounds, 10)})
+        # categorical crossentropy from softmax probabilities and one-hot targets, torch
+        # taking Keras's own formula (normalize, clip, -sum t log p, mean)
+        probs = torch.softmax(torch.from_numpy(logits), -1).numpy()
+        onehot = np.eye(k, dtype=np.float32)[labels]
+        tp = torch.from_numpy(probs).requires_grad_(True)
+        toh = torch.from_numpy(onehot)
+
+        def torch_cce(tp=tp, toh=toh):
+            q = torch.clamp(tp / tp.sum(-1, keepdim=True), 1e-7, 1 - 1e-7)
+            return torch.autograd.grad(-(toh * torch.log(q)).sum(-1).mean(), tp)
+
+        c = {"pynn": lambda pr=probs, oh=onehot: loss_mod.loss_forward_backward(
+                 "categorical_crossentropy", oh, pr, False),
+             "torch": torch_cce}
+        if base_loss is not None:
+            c["baseline"] = lambda pr=probs, oh=onehot: base_loss.loss_forward_backward(
+                "categorical_crossentropy", oh, pr, False)
+        rows.append({"op": f"categorical CE from probabilities (128, {k}) + grad",
+                     **_rounds(c, args.rounds, 10)})
     # A wide softmax layer (a vocabulary head): dense_forward with its softmax epilogue.
-    from pynn._native import dense
     xw = rng.random((32, 1024), dtype=np.float32)
     kw = ((rng.random((1024, 10000), dtype=np.float32) - 0.5) / 30).astype(np.float32)
     bw = np.zeros(10000, np.float32)
@@ -191,14 +222,15 @@ def main(argv=None):
 
     print(f"pynn activations, {args.threads} thread(s), medians of {args.rounds} alternated "
           f"rounds, microseconds per call")
-    cols = ["pynn", "torch"] + (["baseline"] if base is not None else [])
+    has_base = base is not None or base_loss is not None
+    cols = ["pynn", "torch"] + (["baseline"] if has_base else [])
     print("| op | " + " | ".join(cols) + " | torch / pynn |" + (
-        " baseline / pynn |" if base is not None else ""))
-    print("|---|" + "---:|" * (len(cols) + 1 + (base is not None)))
+        " baseline / pynn |" if has_base else ""))
+    print("|---|" + "---:|" * (len(cols) + 1 + has_base))
     for r in rows:
         line = f"| {r['op']} | " + " | ".join(f"{r[k]:.1f}" if k in r else "-" for k in cols)
         line += f" | {r['torch'] / r['pynn']:.2f}x |"
-        if base is not None:
+        if has_base:
             line += f" {r['baseline'] / r['pynn']:.2f}x |" if "baseline" in r else " - |"
         print(line)
     if args.json:
