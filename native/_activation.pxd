@@ -91,7 +91,7 @@ cdef inline float act_value_f(float x, int act, float alpha) noexcept nogil:
 
 cdef inline float act_grad_f(float dy, float x, float y, int act) noexcept nogil:
     """act_grad of a float32 activation whose derivative needs a transcendental function
-    (see VMATH_GRAD), else dy unchanged."""
+    (see vmath_grad), else dy unchanged."""
     if act == ACT_GELU:
         return dy * pynn_gelu_grad_f(x)
     elif act == ACT_SOFTPLUS:
