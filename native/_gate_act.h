@@ -3,8 +3,9 @@
  * round alike. */
 #ifndef PYNN_GATE_ACT_H
 #define PYNN_GATE_ACT_H
-/* The gates' sigmoid and tanh are native/_vmath.h's (branch-free float32, within 3 ulp of
- * the float64 values), the activations' own: an LSTM and a Dense(tanh) round alike. */
+/* The gates' sigmoid and tanh are native/_vmath.h's gate variants (branch-free float32,
+ * within 3 ulp of float64; e^x saturated outside [-87, 88], where sigmoid and tanh have
+ * reached their float32 limits): inside that range an LSTM and a Dense(tanh) round alike. */
 #include "_vmath.h"
 
 /* Whole-row cells for native/rnn_mask.pyx (float32, Keras's default activations tanh and
@@ -19,14 +20,14 @@ static inline void pynn_gate_lstm_fwd_f(float* restrict z, const float* restrict
                                         float* restrict cn, float* restrict h, Py_ssize_t u) {
     Py_ssize_t j;
     for (j = 0; j < u; j++) {
-        const float i = pynn_sigmoidf(z[j]);
-        const float f = pynn_sigmoidf(z[u + j]);
-        const float cc = pynn_tanhf(z[2 * u + j]);
-        const float o = pynn_sigmoidf(z[3 * u + j]);
+        const float i = pynn_gate_sigmoidf(z[j]);
+        const float f = pynn_gate_sigmoidf(z[u + j]);
+        const float cc = pynn_gate_tanhf(z[2 * u + j]);
+        const float o = pynn_gate_sigmoidf(z[3 * u + j]);
         const float c = f * cp[j] + i * cc;
         z[j] = i; z[u + j] = f; z[2 * u + j] = cc; z[3 * u + j] = o;
         cn[j] = c;
-        h[j] = o * pynn_tanhf(c);
+        h[j] = o * pynn_gate_tanhf(c);
     }
 }
 
@@ -37,7 +38,7 @@ static inline void pynn_gate_lstm_fwd_f(float* restrict z, const float* restrict
 #define PYNN_GATE_LSTM_BWD(STORE_DX)                                                       \
     for (j = 0; j < u; j++) {                                                              \
         const float i = z[j], f = z[u + j], cc = z[2 * u + j], o = z[3 * u + j];           \
-        const float tc = pynn_tanhf(cn[j]);                                           \
+        const float tc = pynn_gate_tanhf(cn[j]);                                           \
         const float d = dc[j] + dh[j] * o * (1 - tc * tc);                                 \
         const float zi = d * cc * i * (1 - i), zf = d * cp[j] * f * (1 - f);               \
         const float zc = d * i * (1 - cc * cc), zo = dh[j] * tc * o * (1 - o);             \
@@ -64,9 +65,9 @@ static inline void pynn_gate_gru_fwd_f(float* restrict z, const float* restrict 
                                        Py_ssize_t u) {
     Py_ssize_t j;
     for (j = 0; j < u; j++) {
-        const float zg = pynn_sigmoidf(z[j]);
-        const float r = pynn_sigmoidf(z[u + j]);
-        const float hh = pynn_tanhf(z[2 * u + j] + r * rh[j]);
+        const float zg = pynn_gate_sigmoidf(z[j]);
+        const float r = pynn_gate_sigmoidf(z[u + j]);
+        const float hh = pynn_gate_tanhf(z[2 * u + j] + r * rh[j]);
         z[j] = zg; z[u + j] = r; z[2 * u + j] = hh;
         h[j] = zg * hp[j] + (1 - zg) * hh;
     }
@@ -93,6 +94,6 @@ static inline void pynn_gate_gru_bwd_f(const float* restrict z, const float* res
 static inline void pynn_gate_tanh_row_f(float* restrict v, Py_ssize_t u) {
     Py_ssize_t j;
     for (j = 0; j < u; j++)
-        v[j] = pynn_tanhf(v[j]);
+        v[j] = pynn_gate_tanhf(v[j]);
 }
 #endif

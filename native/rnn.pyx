@@ -183,8 +183,8 @@ def _pack_panels(const floating[:, ::1] m, bint trans, Py_ssize_t lo, Py_ssize_t
 
 # Cephes-style branch-free float32 sigmoid and tanh, shared with native/rnn_mask.pyx.
 cdef extern from "_gate_act.h":
-    float pynn_sigmoidf(float x) noexcept nogil
-    float pynn_tanhf(float x) noexcept nogil
+    float pynn_gate_sigmoidf(float x) noexcept nogil
+    float pynn_gate_tanhf(float x) noexcept nogil
 
 
 # Fused LSTM cell passes for float32 with Keras's default activations (tanh, sigmoid): one
@@ -198,14 +198,14 @@ cdef extern from *:
      * h = o * tanh(c). */
     #define PYNN_RNN_LSTM_FWD(CP_TERM)                                                     \\
         for (j = 0; j < u; j++) {                                                          \\
-            const float i = pynn_sigmoidf(g[j] + b[j]);                                \\
-            const float f = pynn_sigmoidf(g[u + j] + b[u + j]);                        \\
-            const float cc = pynn_tanhf(g[2 * u + j] + b[2 * u + j]);                  \\
-            const float o = pynn_sigmoidf(g[3 * u + j] + b[3 * u + j]);                \\
+            const float i = pynn_gate_sigmoidf(g[j] + b[j]);                                \\
+            const float f = pynn_gate_sigmoidf(g[u + j] + b[u + j]);                        \\
+            const float cc = pynn_gate_tanhf(g[2 * u + j] + b[2 * u + j]);                  \\
+            const float o = pynn_gate_sigmoidf(g[3 * u + j] + b[3 * u + j]);                \\
             const float cn = CP_TERM i * cc;                                               \\
             g[j] = i; g[u + j] = f; g[2 * u + j] = cc; g[3 * u + j] = o;                   \\
             c[j] = cn;                                                                     \\
-            h[j] = o * pynn_tanhf(cn);                                                 \\
+            h[j] = o * pynn_gate_tanhf(cn);                                                 \\
         }
     static inline void pynn_rnn_lstm_fwd_f(float* restrict g, const float* restrict b,
                                            const float* restrict cp, float* restrict c,
@@ -220,7 +220,7 @@ cdef extern from *:
     #define PYNN_RNN_LSTM_BWD(CPV)                                                         \\
         for (j = 0; j < u; j++) {                                                          \\
             const float i = g[j], f = g[u + j], cc = g[2 * u + j], o = g[3 * u + j];       \\
-            const float tc = pynn_tanhf(c[j]);                                         \\
+            const float tc = pynn_gate_tanhf(c[j]);                                         \\
             const float dcj = dc[j] + dh[j] * o * (1 - tc * tc);                           \\
             z[j] = dcj * cc * i * (1 - i);                                                 \\
             z[u + j] = dcj * (CPV) * f * (1 - f);                                          \\
@@ -250,10 +250,10 @@ cdef extern from *:
      * rh = s_h + b_rh; h = z * h_{t-1} + (1 - z) * hh. */
     #define PYNN_RNN_GRU_FWD(S, HP)                                                        \\
         for (j = 0; j < u; j++) {                                                          \\
-            const float z = pynn_sigmoidf(g[j] + bi[j] + (S(j)) + br[j]);              \\
-            const float r = pynn_sigmoidf(g[u + j] + bi[u + j] + (S(u + j)) + br[u + j]);\\
+            const float z = pynn_gate_sigmoidf(g[j] + bi[j] + (S(j)) + br[j]);              \\
+            const float r = pynn_gate_sigmoidf(g[u + j] + bi[u + j] + (S(u + j)) + br[u + j]);\\
             const float rec = (S(2 * u + j)) + br[2 * u + j];                              \\
-            const float hh = pynn_tanhf(g[2 * u + j] + bi[2 * u + j] + r * rec);       \\
+            const float hh = pynn_gate_tanhf(g[2 * u + j] + bi[2 * u + j] + r * rec);       \\
             g[j] = z; g[u + j] = r; g[2 * u + j] = hh;                                     \\
             rh[j] = rec;                                                                   \\
             h[j] = z * (HP(j)) + (1 - z) * hh;                                             \\
@@ -306,11 +306,11 @@ cdef inline void _act_vec(floating* v, Py_ssize_t n, int act, floating alpha) no
     if floating is float:
         if act == ACT_SIGMOID:
             for j in range(n):
-                v[j] = pynn_sigmoidf(v[j])
+                v[j] = pynn_gate_sigmoidf(v[j])
             return
         if act == ACT_TANH:
             for j in range(n):
-                v[j] = pynn_tanhf(v[j])
+                v[j] = pynn_gate_tanhf(v[j])
             return
     for j in range(n):
         v[j] = act_value(v[j], act, alpha)

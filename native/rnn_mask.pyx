@@ -88,7 +88,7 @@ include "_team.pxi"
 # float32 sigmoid and tanh without libm calls, so the cell loops vectorize (Keras's default
 # activations; native/_gate_act.h).
 cdef extern from "_gate_act.h":
-    float pynn_tanhf(float x) noexcept nogil
+    float pynn_gate_tanhf(float x) noexcept nogil
     void pynn_gate_lstm_fwd_f(float* z, const float* cp, float* cn, float* h,
                               Py_ssize_t u) noexcept nogil
     void pynn_gate_lstm_bwd_f(const float* z, const float* cp, const float* cn, float* dh,
@@ -319,7 +319,7 @@ cdef void _block_backward(const Rec* p, Py_ssize_t r0, Py_ssize_t nb,
             elif cell == LSTM:
                 for j in range(u):
                     if floating is float and act == ACT_TANH:
-                        yc = pynn_tanhf(cs[(n * (t + 1) + s + 1) * u + j])
+                        yc = pynn_gate_tanhf(cs[(n * (t + 1) + s + 1) * u + j])
                     else:
                         yc = act_value(cs[(n * (t + 1) + s + 1) * u + j], act, alpha)
                     dcn = dc[j] + act_grad(dh[j] * z[3 * u + j],
