@@ -11,8 +11,9 @@
  * erfc (gelu) 1.3e-6 relative for |x| <= 5. NaN propagates, overflow gives inf, subnormal
  * results round once. The recurrent gates take pynn_gate_*: e^x saturated outside
  * [-87, 88], the same bits inside.
- * Sources of the methods (no code taken): Cody-Waite reduction and Cephes' polynomials for
- * exp, log and tanh; Numerical Recipes' Chebyshev-fitted erfc. */
+ * Methods and coefficients: Cody-Waite reduction and Cephes' polynomials for exp, log and
+ * tanh; Numerical Recipes' Chebyshev fit for erfc above 1, pynn's own least-squares fit
+ * below. */
 #ifndef PYNN_VMATH_H
 #define PYNN_VMATH_H
 #include <math.h>
