@@ -61,6 +61,7 @@ cdef extern from "_vmath.h" nogil:
     float pynn_mish_f(float x)
     float pynn_mish_grad_f(float x)
     void pynn_softmax_row_f(const float* z, float* y, Py_ssize_t cols)
+    void pynn_softmax_grad_row_f(const float* dy, const float* y, float* dx, Py_ssize_t cols)
     float pynn_max_f(const float* x, Py_ssize_t n)
     double pynn_exp_sum_f(const float* x, float m, float* out, Py_ssize_t n)
 
@@ -230,10 +231,13 @@ cdef inline void softmax_grad_row(const floating* dy, const floating* y, floatin
     """dx = y * (dy - sum(dy * y)): the softmax Jacobian-vector product from the output."""
     cdef Py_ssize_t j
     cdef double dot = 0
-    for j in range(cols):
-        dot += <double>dy[j] * y[j]
-    for j in range(cols):
-        dx[j] = <floating>(y[j] * (dy[j] - dot))
+    if floating is float:
+        pynn_softmax_grad_row_f(dy, y, dx, cols)
+    else:
+        for j in range(cols):
+            dot += <double>dy[j] * y[j]
+        for j in range(cols):
+            dx[j] = <floating>(y[j] * (dy[j] - dot))
 
 
 # Below this many elements a kernel runs on the calling thread: waking the OpenMP team costs

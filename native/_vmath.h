@@ -296,4 +296,21 @@ static inline void pynn_softmax_row_f(const float* z, float* y, ptrdiff_t cols) 
     for (j = 0; j < cols; j++)
         y[j] = (float)((double)y[j] * r);
 }
+
+/* The softmax Jacobian-vector product over one row, from the output: dx = y (dy - sum dy y)
+ * (dx may be dy), the dot in double over eight lanes in a fixed order (a running double sum
+ * took 4 cycles an element: 1.7 ms for 128 x 10,000 against PyTorch's 0.9). */
+static inline void pynn_softmax_grad_row_f(const float* dy, const float* y, float* dx,
+                                           ptrdiff_t cols) {
+    double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0}, dot;
+    ptrdiff_t j = 0, l;
+    for (; j + 8 <= cols; j += 8)
+        for (l = 0; l < 8; l++)
+            lane[l] += (double)dy[j + l] * (double)y[j + l];
+    dot = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+    for (; j < cols; j++)
+        dot += (double)dy[j] * (double)y[j];
+    for (j = 0; j < cols; j++)
+        dx[j] = (float)((double)y[j] * ((double)dy[j] - dot));
+}
 #endif

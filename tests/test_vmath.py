@@ -149,3 +149,23 @@ def test_special_values():
     assert np.isnan(sm[0]).all()
     np.testing.assert_allclose(sm[1], special.softmax([-np.inf, 0, 1]), rtol=3e-7)
     np.testing.assert_array_equal(sm[2], [1, 0, 0])
+
+
+@pytest.mark.parametrize("cols", [1, 7, 8, 1031])
+def test_softmax_rows_forward_and_backward_against_float64(cols):
+    """softmax's float32 row passes (16-lane max, eight double lanes for the exp sum and the
+    backward's dot, then a scalar tail): against float64 on rows that end in every lane."""
+    rng = np.random.default_rng(cols)
+    x = (rng.normal(size=(5, cols)) * 4).astype(np.float32)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    y = activation_forward(x, "softmax")
+    x64 = x.astype(np.float64)
+    want = np.exp(x64 - x64.max(axis=1, keepdims=True))
+    want /= want.sum(axis=1, keepdims=True)
+    # z - max rounds in float32 first: its error (an ulp of |z - max|) goes into e^ as is
+    np.testing.assert_allclose(y, want, rtol=2e-6, atol=1e-12)
+    dx = activation_backward(dy, None, y, "softmax")
+    y64 = y.astype(np.float64)
+    want_dx = y64 * (dy - (dy * y64).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-6,
+                               atol=1e-7 * float(np.abs(want_dx).max()))
