@@ -5,14 +5,15 @@ runs them, at one thread count, alternated in one process.
                                      [--baseline-so PATH] [--baseline-loss-so PATH]
 
 Elementwise forward (and, where the derivative calls a transcendental function, backward)
-over a (256, 1024) float32 array; softmax over its rows; sparse categorical and binary
-crossentropy from logits and categorical from probabilities, with their gradients, at 1,000
-and 10,000 classes; a 32 x 1024 -> 10,000 softmax layer's forward; then predict_on_batch of
-a one-layer model Dense(256, act) on (64, 784). Each round times every contender back to
-back (pynn, PyTorch, and with --baseline-so / --baseline-loss-so another build's activation
-/ loss module, e.g. the one before native/_vmath.h, loaded under the same name),
-alternating who goes first; the table quotes medians of the rounds' per-call times. Every
-pynn result is first checked against float64 (relative 1e-5 of the output's scale).
+over a (256, 1024) float32 array; softmax over its rows (backward: rows of 10,000); sparse
+categorical and binary crossentropy from logits and categorical from probabilities, with
+their gradients, at 1,000 and 10,000 classes; a 32 x 1024 -> 10,000 softmax layer's
+forward; then predict_on_batch of a one-layer model Dense(256, act) on (64, 784). Each
+round times every contender back to back (pynn, PyTorch, and with --baseline-so /
+--baseline-loss-so another build's activation / loss module, e.g. the one before
+native/_vmath.h, loaded under the same name), alternating who goes first; the table quotes
+medians of the rounds' per-call times. Every pynn result is first checked against float64
+(relative 1e-5 of the output's scale).
 """
 
 import argparse
@@ -121,6 +122,16 @@ def main(argv=None):
             if base is not None:
                 c["baseline"] = lambda n=name: base.activation_backward(dy, x, y, n, 0.0)
             rows.append({"op": f"{name} backward", **_rounds(c, args.rounds, 10)})
+    # softmax backward over wide rows (a vocabulary head's), from the output
+    xs = (rng.standard_normal((128, 10000)) * 3).astype(np.float32)
+    ys = act_mod.activation_forward(xs, "softmax")
+    dys = rng.standard_normal(xs.shape).astype(np.float32)
+    tys, tdys = torch.from_numpy(ys), torch.from_numpy(dys)
+    c = {"pynn": lambda: act_mod.activation_backward(dys, None, ys, "softmax"),
+         "torch": lambda: torch._softmax_backward_data(tdys, tys, -1, torch.float32)}
+    if base is not None:
+        c["baseline"] = lambda: base.activation_backward(dys, None, ys, "softmax")
+    rows.append({"op": "softmax backward (128, 10000)", **_rounds(c, args.rounds, 10)})
     # The softmax inside a loss from logits: sparse categorical crossentropy and its
     # gradient over 128 rows (torch: cross_entropy and autograd).
     for k in (1000, 10000):
