@@ -335,6 +335,12 @@ class InferencePlan:
             if self.chunked is not None:
                 # The caller gets the chunked run's bits from the first call on.
                 self.first_outputs = self._run_chunked(xs[0])
+        if self.chunked is None and any(type(r) is _DenseChainRunner for r in self.steps):
+            # A DenseChain sums in its own order (a GEMV at batch 1, the rows product
+            # above it), not BLAS's: the first call answers with the plan's bits too, so
+            # one input gets one answer on every call (on Zen 3's OpenBLAS the MLP
+            # 784-256-128-10's first answer differed from the later ones by 2e-6).
+            self.first_outputs = self.run(xs)
 
     def _run_chunked(self, x):
         """The chain on x, its prefix a chunk of samples at a time (_chunked_plan)."""
