@@ -27,10 +27,13 @@ convolutions) give pynn's predictions to 1e-5 of the output scale. Then:
 - --serial-threshold: the plan forced onto one OpenMP thread against two, per model and
   batch, to place pynn.inference.SERIAL_MAX_MACS.
 - --breakdown: where the MLP's batch-1 time goes, from the general path down to BLAS alone.
+- --conv-algorithms: the small CNN with its convs planned by the rule before the
+  twenty-seventh session (direct below 512 Winograd tiles) against today's (Winograd
+  natively from 16 tiles), onnxruntime beside, calls alternated (--intra-threads threads).
 
     .venv/bin/python bench/bench_inference.py [--repeat 400] [--warmup 20] [--batch 1,64]
         [--intra-threads N] [--burst K] [--threads-scaling] [--footprint]
-        [--serial-threshold] [--breakdown] [--json PATH]
+        [--serial-threshold] [--breakdown] [--conv-algorithms] [--json PATH]
 """
 
 import argparse
@@ -503,6 +506,54 @@ def bench_breakdown(repeat, rng):
             for k, ts in times.items()]
 
 
+def bench_conv_algorithms(repeat, batches, rng, threads=1):
+    """The small CNN's prediction with its 3x3 convs planned as the session before this
+    rule had them (direct below 512 Winograd tiles of the forward op) against today's
+    (Winograd from 16 tiles, F(4x4) for 16-64, natively in the plans), and onnxruntime,
+    calls alternated in one process. The old rule is conv.pyx's module knobs set while
+    that model's plans are made; each plan then keeps the runners it made."""
+    from pynn._native import conv
+
+    x_by_batch = {b: rng.standard_normal((b, 32, 32, 3)).astype(np.float32) for b in batches}
+    new, old = cnn(), cnn()
+    randomize(new, rng)
+    old.set_weights(new.get_weights())
+    sess = session(pynn.onnx.export(new), threads)
+    feed = sess.get_inputs()[0].name
+    knobs = (conv._WINOGRAD_MIN_TILES_FORWARD, conv._WINO4_FEW_TILES)
+    rows = []
+    pynn.set_num_threads(threads)
+    try:
+        for b, x in x_by_batch.items():
+            conv._WINOGRAD_MIN_TILES_FORWARD, conv._WINO4_FEW_TILES = 512, (0, -1)
+            try:
+                want = old.predict_on_batch(x)
+                old.predict_on_batch(x)
+            finally:
+                conv._WINOGRAD_MIN_TILES_FORWARD, conv._WINO4_FEW_TILES = knobs
+            got = new.predict_on_batch(x)
+            new.predict_on_batch(x)
+            scale = float(np.abs(want).max())
+            assert float(np.abs(got - want).max()) <= 1e-5 * scale, "rules disagree"
+            calls = {"direct (old rule)": lambda x=x: old.predict_on_batch(x),
+                     "winograd (new rule)": lambda x=x: new.predict_on_batch(x),
+                     "onnxruntime": lambda x=x: sess.run(None, {feed: x})}
+            times = {k: [] for k in calls}
+            for i in range(repeat):
+                order = list(calls.items())
+                for k, f in order[i % 3:] + order[:i % 3]:
+                    t = time.perf_counter()
+                    f()
+                    times[k].append(time.perf_counter() - t)
+            for k, v in times.items():
+                rows.append({"model": "cnn_32x32x3", "batch": b, "threads": threads,
+                             "runtime": k, "p50_us": round(1e6 * float(np.median(v)), 1),
+                             "p99_us": round(1e6 * float(np.percentile(v, 99)), 1)})
+    finally:
+        pynn.set_num_threads(1)
+    return rows
+
+
 def _load_average():
     try:
         return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
@@ -530,6 +581,9 @@ def main(argv=None):
     parser.add_argument("--burst", type=int, default=1,
                         help="calls of one runtime back to back before the next runtime's "
                              "(1: alternate every call)")
+    parser.add_argument("--conv-algorithms", action="store_true",
+                        help="the small CNN with its convs planned by the old rule (direct "
+                             "at few tiles) against today's (Winograd), alternated")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     if args.intra_threads < 1 or args.burst < 1:
@@ -553,6 +607,13 @@ def main(argv=None):
         print("# MLP 784-256-128-10 at batch 1, one thread: median us per call")
         for r in rows:
             print(f"{r['what']:<46} {r['p50_us']:8.1f}")
+    if args.conv_algorithms:
+        result["conv_algorithms"] = rows = bench_conv_algorithms(args.repeat, batches, rng,
+                                                                 args.intra_threads)
+        print(f"# small CNN, {args.intra_threads} thread(s), calls alternated: p50 / p99 us")
+        for r in rows:
+            print(f"batch {r['batch']:>3} {r['runtime']:<20} {r['p50_us']:9.1f} "
+                  f"{r['p99_us']:9.1f}")
     if not args.skip_latency:
         rows = []
         for name, make in MODELS.items():

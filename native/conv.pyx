@@ -50,7 +50,10 @@ Design (chosen by measurement, see bench/bench_conv_kernels.py):
   count) and maps the 4x4 sums back to 3x3 by G^T (.) G (32 -> 32 1.5x, 64 -> 64 1.5x per op
   on 1 thread; table at _WINOGRAD_MIN_CHANNELS). Where the tiles are many and the map a
   multiple of 4, F(4x4, 3x3) takes over (36 GEMMs for 16 pixels: 4x fewer multiply-adds than
-  direct; 1.1-1.4x F(2x2, 3x3) per op, table at _WINO4_MIN_TILES). PYNN_CONV_ALGO=
+  direct; 1.1-1.4x F(2x2, 3x3) per op, table at _WINO4_MIN_TILES). The forward op itself
+  takes Winograd from far fewer tiles (a batch-1 prediction: _WINOGRAD_MIN_TILES_FORWARD),
+  F(4x4) there too (_WINO4_FEW_TILES), as the inference plans' native twin runs it
+  (native/infer.pyx Conv2DWinograd, the same bits). PYNN_CONV_ALGO=
   direct|winograd|winograd4 forces one wherever Winograd applies.
 - The epilogue is this file's own: a branch-free relu vectorizes, act_value's branch on random
   signs did not (it cost more than the first layer's whole GEMM).
@@ -1794,23 +1797,38 @@ _WINOGRAD_MIN_CHANNELS = 32
 # of the small CNN at batch 1 found them differing). 512 tiles is a 32x32 map at batch 2;
 # the table above was measured at batch 32.
 _WINOGRAD_MIN_TILES = 512
+# The forward op itself (conv2d_forward, conv2d_pool_forward, the inference plans) takes
+# Winograd from this many F(2x2) tiles: an 8x8 map at batch 1. The lane runs it too now
+# (native/infer.pyx Conv2DWinograd, the kernel transformed once, the public op's bits), so
+# every caller still gets one answer. One thread, AMD EPYC Zen 3, batch 1, relu, 'same',
+# medians of 200-300 alternated calls, microseconds direct / F(2x2) / F(4x4): the lane's
+# step (kernel transformed once) 16x16 32 -> 64 155 / 130 / 86, 8x8 64 -> 64 55 / 37 / 28,
+# 16x16 64 -> 64 206 / 125 / 85, 32x32 32 -> 32 316 / 267 / 171, 14x14 64 -> 128 311 / 196
+# / 153; the public op (transforming per call) 16x16 32 -> 64 183 / 147 / 153, 8x8 64 ->
+# 64 136 / 119 / 193, 16x16 64 -> 64 447 / 330 / 349, 4x4 128 -> 128 (4 tiles) 295 / 356 /
+# 719, batch 4 8x8 64 -> 64 439 / 326 / 341.
+_WINOGRAD_MIN_TILES_FORWARD = 16
 
 
-def _winograd_pays(g):
-    """Where F(2x2, 3x3) beats the direct microkernel (see the table above)."""
+def _winograd_pays(g, op=None):
+    """Where F(2x2, 3x3) beats the direct microkernel (see the tables above); op "forward":
+    the forward op's own threshold, else the training ops' (backward_input's forward conv,
+    the kernel gradient, the bf16 roads)."""
     tiles = g["N"] * ((g["HO"] + 1) // 2) * ((g["WO"] + 1) // 2)
-    return min(g["C"], g["F"]) >= _WINOGRAD_MIN_CHANNELS and tiles >= _WINOGRAD_MIN_TILES
+    least = _WINOGRAD_MIN_TILES_FORWARD if op == "forward" else _WINOGRAD_MIN_TILES
+    return min(g["C"], g["F"]) >= _WINOGRAD_MIN_CHANNELS and tiles >= least
 
 
-def _use_winograd(g, dtype):
-    """Whether the stride-1 forward conv of geometry g (on its zero-padded input) runs by
-    Winograd: float32 3x3 stride-1 dilation-1 convs only (float64 stays direct)."""
+def _use_winograd(g, dtype, op=None):
+    """Whether the stride-1 conv of geometry g (on its zero-padded input) runs by
+    Winograd: float32 3x3 stride-1 dilation-1 convs only (float64 stays direct). op:
+    "forward" for the forward op, see _winograd_pays."""
     if (np.dtype(dtype) != np.float32 or (g["KH"], g["KW"]) != (3, 3)
             or (g["SH"], g["SW"], g["DH"], g["DW"]) != (1, 1, 1, 1)
             or g["C"] == 0 or g["F"] == 0 or g["N"] * g["HO"] * g["WO"] == 0
             or _conv_algo == "direct"):
         return False
-    return _conv_algo in ("winograd", "winograd4") or _winograd_pays(g)
+    return _conv_algo in ("winograd", "winograd4") or _winograd_pays(g, op)
 
 
 # F(4x4, 3x3) against F(2x2, 3x3), where Winograd runs at all (Intel Xeon, 2 threads,
@@ -1839,6 +1857,12 @@ def _use_winograd(g, dtype):
 _WINO4_MIN_TILES = 256
 _WINO4_MAX_WASTE = 1.1
 _WINO4_MAX_WGRAD_CF = 64 * 128
+# A forward of few tiles (a batch-1 or -2 prediction: a 16x16 map is 16 F(4x4) tiles, 32x32
+# 64) takes F(4x4) too: the inference plans transform its kernel once, and then it is the
+# fastest by far on one thread (the table at _WINOGRAD_MIN_TILES_FORWARD); the public op,
+# transforming per call, runs it about as fast as F(2x2) there. Between this and
+# _WINO4_MIN_TILES (Intel, two threads, above) F(2x2) stays.
+_WINO4_FEW_TILES = (16, 64)
 
 
 def _wino_tile(g, op="forward"):
@@ -1850,9 +1874,13 @@ def _wino_tile(g, op="forward"):
     if _conv_algo == "winograd":
         return 2
     th, tw = (g["HO"] + 3) // 4, (g["WO"] + 3) // 4
-    if (g["N"] * th * tw >= _WINO4_MIN_TILES
-            and 16 * th * tw <= _WINO4_MAX_WASTE * g["HO"] * g["WO"]
-            and (op == "forward" or g["C"] * g["F"] <= _WINO4_MAX_WGRAD_CF)):
+    tiles = g["N"] * th * tw
+    if 16 * th * tw > _WINO4_MAX_WASTE * g["HO"] * g["WO"]:
+        return 2
+    if tiles >= _WINO4_MIN_TILES and (op == "forward"
+                                       or g["C"] * g["F"] <= _WINO4_MAX_WGRAD_CF):
+        return 4
+    if op == "forward" and _WINO4_FEW_TILES[0] <= tiles <= _WINO4_FEW_TILES[1]:
         return 4
     return 2
 
@@ -1929,7 +1957,7 @@ def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid", dilation_ra
     y = np.empty_like(z) if keep_z else z
     if z.size:
         act = ACTIVATIONS.index(act_name)
-        if _use_winograd(g, x.dtype):   # reads x in place: no padded copy
+        if _use_winograd(g, x.dtype, "forward"):   # reads x in place: no padded copy
             _forward_winograd_into(x, kernel, bias, z, y, g, act, float(alpha), g["PT"], g["PL"])
         elif _use_direct(g, op):
             with scratch(x.dtype, _pad_shape(x.shape, g["HP"], g["WP"], g["PT"], g["PL"])) as (xp,):
@@ -1959,7 +1987,7 @@ def conv2d_pool_forward(x, kernel, bias, strides=(1, 1), padding="valid", dilati
         pool_strides, pool_padding)
     g = _planned(g)
     if not (windows_tile(pg) and pg["HO"] and pg["WO"] and g["N"] and g["K"]
-            and not _strided_pointwise(g) and not _use_winograd(g, x.dtype)
+            and not _strided_pointwise(g) and not _use_winograd(g, x.dtype, "forward")
             and _use_direct(g, "conv2d_forward")):
         y, _ = conv2d_forward(x, kernel, bias, strides, padding, dilation_rate, act_name, a)
         return maxpool2d_forward(y, pool_size, pool_strides, pool_padding)

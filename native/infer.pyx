@@ -961,12 +961,234 @@ cdef class Conv2DDirect:
 
 
 
+# -- Winograd convolutions (native/_winograd.h, as conv.pyx's forward) ----------------------
+cdef extern from "_winograd.h":
+    void pynn_wino_input_f(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top,
+                           Py_ssize_t left, Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t C,
+                           Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t t0, Py_ssize_t nt,
+                           Py_ssize_t ks, Py_ssize_t rs, const float* zeros,
+                           float* V) noexcept nogil
+    void pynn_wino_output_f(const float* M, Py_ssize_t ks, Py_ssize_t rs, Py_ssize_t F,
+                            const float* bias, Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t HO,
+                            Py_ssize_t WO, Py_ssize_t t0, Py_ssize_t nt, float* z) noexcept nogil
+    void pynn_wino_kernel_f(const float* kernel, Py_ssize_t C, Py_ssize_t F,
+                            float* U) noexcept nogil
+    void pynn_wino_gemm_f(const float* V, Py_ssize_t ksv, const float* Up, float* M,
+                          Py_ssize_t ksm, Py_ssize_t rsm, Py_ssize_t nt, Py_ssize_t C,
+                          Py_ssize_t F, Py_ssize_t nc, const Py_ssize_t* roff,
+                          int nk) noexcept nogil
+    void pynn_wino4_input_f(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top,
+                            Py_ssize_t left, Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t C,
+                            Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t t0, Py_ssize_t nt,
+                            Py_ssize_t ks, Py_ssize_t rs, const float* zeros,
+                            float* V) noexcept nogil
+    void pynn_wino4_output_f(float* M, Py_ssize_t ks, Py_ssize_t rs, Py_ssize_t F,
+                             const float* bias, Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t HO,
+                             Py_ssize_t WO, Py_ssize_t t0, Py_ssize_t nt,
+                             float* z) noexcept nogil
+    void pynn_wino4_kernel_f(const float* kernel, Py_ssize_t C, Py_ssize_t F,
+                             float* U) noexcept nogil
+
+# A lane's Winograd step splits its tiles in at most this many runs (each run needs its own
+# V and M blocks in the calling thread's workspace).
+DEF WINO_MAX_RUNS = 4
+
+
+cdef class Conv2DWinograd:
+    """conv.pyx's Winograd forward (_forward_winograd_job: F(2x2, 3x3) or F(4x4, 3x3); the
+    input transform reading x in place, (m+2)^2 GEMMs on the microkernel, the output
+    transform with the bias, then relu) for one plan signature, with the kernel transformed
+    and packed once (conv.pyx does both per call: an optimizer rewrites a kernel in place).
+    The same header calls on the same tiles: conv.pyx's bits, whatever the blocks or runs
+    (a tile's sums do not depend on the tiles beside it; the plan checks). The V and M
+    blocks live in the caller's workspace (``work_size``), so threads sharing one object
+    share no scratch.
+
+    Legend: N batch, H/W input, HO/WO output, C channels, F filters, m output pixels per
+    tile side, nk = (m+2)^2 transformed positions, T tiles per block."""
+
+    cdef object _arrays
+    cdef const float* _bias
+    cdef const float* _kernel
+    cdef float* _u
+    cdef float* _up
+    cdef const float* _zeros
+    cdef const Py_ssize_t* _roff
+    cdef readonly Py_ssize_t N, H, W, C, F, HO, WO, HP, WP, PT, PL, m, nk, T, TH, TW, ntiles
+    cdef readonly int level
+    cdef int act
+
+    def __init__(self, kernel, bias, g, int m, Py_ssize_t T, int act):
+        """kernel (3, 3, C, F) and bias (F,) or None: float32, C-contiguous; g: conv.pyx's
+        planned geometry of a 3x3 stride-1 conv; m: conv._wino_tile(g); T:
+        conv._wino_block_tiles(g, m); act: linear or relu."""
+        if act not in (0, ACT_RELU):
+            raise ValueError("Conv2DWinograd: linear or relu only (other epilogues stay in "
+                             "conv.pyx)")
+        if m != 2 and m != 4:
+            raise ValueError(f"Conv2DWinograd: tile must be 2 or 4, got {m}")
+        self.N, self.H, self.W, self.C, self.F = g["N"], g["H"], g["W"], g["C"], g["F"]
+        self.HO, self.WO, self.HP, self.WP = g["HO"], g["WO"], g["HP"], g["WP"]
+        self.PT, self.PL = g["PT"], g["PL"]
+        if (g["KH"], g["KW"], g["SH"], g["SW"], g["DH"], g["DW"]) != (3, 3, 1, 1, 1, 1) \
+                or self.HP != self.HO + 2 or self.WP != self.WO + 2 \
+                or min(self.N, self.HO, self.WO, self.C, self.F, T) < 1:
+            raise ValueError("Conv2DWinograd: a 3x3 stride-1 conv with pixels, channels and "
+                             "tiles only")
+        kernel = np.ascontiguousarray(kernel, dtype=np.float32)
+        if kernel.shape != (3, 3, self.C, self.F):
+            raise ValueError(f"Conv2DWinograd: kernel {kernel.shape} does not fit the geometry")
+        self.m, self.nk = m, (m + 2) * (m + 2)
+        self.TH, self.TW = (self.HO + m - 1) // m, (self.WO + m - 1) // m
+        self.ntiles = self.N * self.TH * self.TW
+        self.T = min(T, self.ntiles)
+        u = np.empty(self.nk * self.C * self.F, dtype=np.float32)
+        up = np.empty_like(u)
+        zeros = np.zeros(max(self.C, self.F), dtype=np.float32)
+        roff = np.arange(self.T, dtype=np.intp) * (self.nk * self.C)
+        arrays = [kernel, u, up, zeros, roff]
+        if bias is not None:
+            bias = np.ascontiguousarray(bias, dtype=np.float32)
+            arrays.append(bias)
+            self._bias = <const float*><Py_ssize_t>bias.ctypes.data
+        else:
+            self._bias = <const float*><Py_ssize_t>zeros.ctypes.data
+        self._arrays = arrays
+        self._kernel = <const float*><Py_ssize_t>kernel.ctypes.data
+        self._u = <float*><Py_ssize_t>u.ctypes.data
+        self._up = <float*><Py_ssize_t>up.ctypes.data
+        self._zeros = <const float*><Py_ssize_t>zeros.ctypes.data
+        self._roff = <const Py_ssize_t*><Py_ssize_t>roff.ctypes.data
+        self.act = act
+        self.level = -1
+        self._pack()
+
+    cdef void _pack(self) noexcept:
+        """The transformed kernel in panels of the microkernel level in use (set_kernel may
+        change it between calls), as conv.pyx's _run_forward_winograd makes them."""
+        cdef Py_ssize_t k, CF = self.C * self.F
+        self.level = pynn_mk_level()
+        if self.m == 4:
+            pynn_wino4_kernel_f(self._kernel, self.C, self.F, self._u)
+        else:
+            pynn_wino_kernel_f(self._kernel, self.C, self.F, self._u)
+        for k in range(self.nk):
+            pynn_pack_panels_f(self._u + k * CF, self.F, self.C, self.F, PYNN_NC_F,
+                               self._up + k * CF)
+
+    cdef inline Py_ssize_t _block_floats(self) noexcept nogil:
+        return self.nk * self.T * (self.C + self.F)
+
+    def work_size(self):
+        """Floats of workspace ``run`` takes: the V and M blocks of every run."""
+        return WINO_MAX_RUNS * self._block_floats()
+
+    def run(self, const float[:, :, :, ::1] x, float[::1] work, float[:, :, :, ::1] y,
+            int threads=1):
+        """y (N, HO, WO, F) = act(conv(x) + bias); work: work_size() floats; threads: how
+        many of pynn's team split the tiles (0: OpenMP's current count)."""
+        if (x.shape[0] != self.N or x.shape[1] != self.H or x.shape[2] != self.W
+                or x.shape[3] != self.C or y.shape[0] != self.N or y.shape[1] != self.HO
+                or y.shape[2] != self.WO or y.shape[3] != self.F
+                or work.shape[0] < WINO_MAX_RUNS * self._block_floats()):
+            raise ValueError(f"Conv2DWinograd.run: x {[x.shape[i] for i in range(4)]}, y "
+                             f"{[y.shape[i] for i in range(4)]} or the workspace do not fit "
+                             f"({self.N}, {self.H}, {self.W}, {self.C}) -> ({self.N}, "
+                             f"{self.HO}, {self.WO}, {self.F})")
+        if self.level != pynn_mk_level():
+            self._pack()
+        if threads < 1:
+            threads = omp_get_max_threads()
+        with nogil:
+            self._run(&x[0, 0, 0, 0], &work[0], &y[0, 0, 0, 0], threads)
+
+    cdef void _run(self, const float* x, float* work, float* y, int threads) noexcept nogil:
+        """threads > 1 (a plan's threads, or a lane split; from LANE_SPLIT_MIN_MACS of
+        direct arithmetic): the tiles in equal runs, run i on team slot i first, each in its
+        own blocks."""
+        cdef _WinoRunsJob job
+        cdef Py_ssize_t runs = min(<Py_ssize_t>threads, WINO_MAX_RUNS, self.ntiles)
+        if runs <= 1 or (self.N * self.HO * self.WO * 9 * self.C * self.F
+                         < LANE_SPLIT_MIN_MACS):
+            self._tiles(x, work, y, 0, self.ntiles)
+            return
+        job.step, job.x, job.work, job.y, job.runs = <void*>self, x, work, y, runs
+        pynn_team_for_affine(runs, threads, _wino_runs_job, &job)
+
+    cdef void _tiles(self, const float* x, float* work, float* y, Py_ssize_t t_begin,
+                     Py_ssize_t t_end) noexcept nogil:
+        """Tiles [t_begin, t_end) in blocks of T, in this run's V and M (work)."""
+        cdef Py_ssize_t C = self.C, F = self.F, nk = self.nk, m = self.m
+        cdef float* V = work
+        cdef float* M = work + nk * self.T * C
+        cdef Py_ssize_t t0 = t_begin, nt, TT = self.TH * self.TW, n, th, tw, run
+        cdef Py_ssize_t t, h, w0, w1, j, off, cols
+        cdef float v
+        cdef float* z
+        while t0 < t_end:
+            nt = min(self.T, t_end - t0)
+            if m == 4:
+                pynn_wino4_input_f(x, self.H, self.W, self.PT, self.PL, self.HP, self.WP, C,
+                                   self.TH, self.TW, t0, nt, C, nk * C, self._zeros, V)
+            else:
+                pynn_wino_input_f(x, self.H, self.W, self.PT, self.PL, self.HP, self.WP, C,
+                                  self.TH, self.TW, t0, nt, C, nk * C, self._zeros, V)
+            pynn_wino_gemm_f(V, C, self._up, M, F, nk * F, nt, C, F, PYNN_NC_F, self._roff,
+                             <int>nk)
+            if m == 4:
+                pynn_wino4_output_f(M, F, nk * F, F, self._bias, self.TH, self.TW, self.HO,
+                                    self.WO, t0, nt, y)
+            else:
+                pynn_wino_output_f(M, F, nk * F, F, self._bias, self.TH, self.TW, self.HO,
+                                   self.WO, t0, nt, y)
+            if self.act == ACT_RELU:
+                # conv.pyx's _wino_epilogue over the block's pixels, its _relu_row (NaN and
+                # -0.0 pass through)
+                t = t0
+                while t < t0 + nt:
+                    n = t // TT
+                    th = (t % TT) // self.TW
+                    tw = t % self.TW
+                    run = min(self.TW - tw, t0 + nt - t)
+                    w0 = m * tw
+                    w1 = min(m * (tw + run), self.WO)
+                    for h in range(m * th, min(m * th + m, self.HO)):
+                        off = ((n * self.HO + h) * self.WO + w0) * F
+                        z = y + off
+                        cols = (w1 - w0) * F
+                        for j in range(cols):
+                            v = z[j]
+                            z[j] = 0 if v < 0 else v
+                    t = t + run
+            t0 = t0 + nt
+
+
+ctypedef struct _WinoRunsJob:
+    void* step          # the Conv2DWinograd, borrowed for the call
+    const float* x
+    float* work
+    float* y
+    Py_ssize_t runs
+
+
+cdef void _wino_runs_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    """Runs [begin, end) of a Conv2DWinograd's tiles, run i in the i-th V and M blocks."""
+    cdef _WinoRunsJob* j = <_WinoRunsJob*>ctx
+    cdef Py_ssize_t ntiles = (<Conv2DWinograd>j.step).ntiles
+    cdef Py_ssize_t block = (<Conv2DWinograd>j.step)._block_floats()
+    cdef long i
+    for i in range(begin, end):
+        (<Conv2DWinograd>j.step)._tiles(j.x, j.work + i * block, j.y, i * ntiles // j.runs,
+                                        (i + 1) * ntiles // j.runs)
+
+
 # -- a whole one-thread chain plan ------------------------------------------------------------
 cdef enum:
     STEP_CONV = 0
     STEP_POOL = 1
     STEP_FLAT = 2
     STEP_DENSE = 3
+    STEP_WINO = 4
 
 
 cdef class Program:
@@ -993,10 +1215,11 @@ cdef class Program:
         kinds, pads, outs, objs = [], [], [], []
         work = 0
         codes = {"conv": STEP_CONV, "pool": STEP_POOL, "flatten": STEP_FLAT,
-                 "dense": STEP_DENSE}
+                 "dense": STEP_DENSE, "wino": STEP_WINO}
         for j, (kind, obj, size) in enumerate(steps):
             code = codes[kind]
             if code == STEP_CONV and not isinstance(obj, Conv2DDirect) or \
+                    code == STEP_WINO and not isinstance(obj, Conv2DWinograd) or \
                     code == STEP_POOL and not isinstance(obj, MaxPool2D) or \
                     code == STEP_DENSE and not (isinstance(obj, DenseChain) and obj.rows == 1
                                                 and j == len(steps) - 1):
@@ -1005,6 +1228,8 @@ cdef class Program:
             if code == STEP_CONV and obj.padded:
                 shape = obj.pad_shape()
                 pad = shape[0] * shape[1] * shape[2] * shape[3]
+            elif code == STEP_WINO:
+                pad = obj.work_size()  # its V and M blocks
             elif code == STEP_DENSE:
                 pad = 2 * obj.width  # the chain's scratch
             kinds.append(code)
@@ -1055,6 +1280,9 @@ cdef class Program:
             obj = self._steps[j]
             if self._kinds[j] == STEP_CONV and (<Conv2DDirect>obj).level != pynn_mk_level():
                 (<Conv2DDirect>obj)._pack()
+            elif self._kinds[j] == STEP_WINO and \
+                    (<Conv2DWinograd>obj).level != pynn_mk_level():
+                (<Conv2DWinograd>obj)._pack()
         out = np.empty(self._out_shape, dtype=np.float32)
         src = <const float*>cnp.PyArray_DATA(a)
         y = <float*>cnp.PyArray_DATA(out)
@@ -1082,6 +1310,8 @@ cdef class Program:
             dst = y if j == nsteps - 1 else w + self._pads[j]
             if kind == STEP_CONV:
                 (<Conv2DDirect>step)._run(src, w if self._pads[j] else NULL, dst, threads)
+            elif kind == STEP_WINO:
+                (<Conv2DWinograd>step)._run(src, w, dst, threads)
             elif kind == STEP_POOL:
                 (<MaxPool2D>step)._forward_lane(src, dst, threads)
             elif kind == STEP_DENSE:

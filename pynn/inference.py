@@ -23,7 +23,8 @@ of its inputs), made on the first call with that signature:
   it, allocates the output and runs the chain without the GIL, in one call;
 - on one thread, float32 max pooling and linear/relu Conv2D run native/infer.pyx's twins
   of the pool.pyx/conv.pyx kernels (no argmax; packed panels, pixel offsets and zero pad
-  margins made once), each accepted only if it gives the kernel's bits on the first input;
+  margins made once; a conv the op runs by Winograd with its kernel transformed once), each
+  accepted only if it gives the kernel's bits on the first input;
 - a small Conv2D step keeps the faster of its direct runner and the public op (which may
   pick another algorithm), timed once when the plan is made (``TUNE_MAX_MACS``);
 - the arrays returned are the caller's: a model output is written into a fresh array (or
@@ -676,14 +677,15 @@ def _program(plan, x):
     """A chain plan whose steps all have native twins as one native call
     (native/infer.pyx Program: the small CNN's batch-1 lane), or None. Taken only when it
     gives the steps' own bits on x."""
-    kinds = {_Conv2DSerial: "conv", _MaxPool2DValues: "pool", _Flatten: "flatten",
-             _DenseChainRunner: "dense"}
+    kinds = {_Conv2DSerial: "conv", _Conv2DWinograd: "wino", _MaxPool2DValues: "pool",
+             _Flatten: "flatten", _DenseChainRunner: "dense"}
     steps = []
     for r in plan.steps:
         kind = kinds.get(type(r))
         if kind is None or (kind == "dense" and r.chain.rows != 1):
             return None
-        native = {"conv": "direct", "pool": "values_only", "dense": "chain"}.get(kind)
+        native = {"conv": "direct", "wino": "native", "pool": "values_only",
+                  "dense": "chain"}.get(kind)
         steps.append((kind, getattr(r, native) if native else None,
                        int(np.prod(r.shape))))
     try:
@@ -1098,6 +1100,38 @@ class _Conv2DSerial(_Conv2D):
         else:
             y, into_buffer = buf[0], True
         self.direct.run(x, buf[1], y)
+        return y, into_buffer
+
+
+class _Conv2DWinograd(_Buffered):
+    """A float32 Conv2D (linear or relu) that the op runs by Winograd, through
+    native/infer.pyx's Conv2DWinograd: the op's transforms and GEMMs with the kernel
+    transformed and packed once (the op does both per call: at batch 1, 16x16 32 -> 64, Zen 3,
+    one thread, 150 us against 86), its tiles split over OpenMP's current thread count.
+    _checked keeps it only where it gives the op's bits on the validation input."""
+
+    def __init__(self, step, y, kernel, bias, g, activation):
+        from pynn._native import conv
+        from pynn._native.infer import Conv2DWinograd
+        from pynn.backend.api import ACTIVATIONS
+
+        super().__init__(step, y)
+        m = conv._wino_tile(g)
+        try:
+            self.native = Conv2DWinograd(kernel, bias, g, m, conv._wino_block_tiles(g, m),
+                                         ACTIVATIONS.index(activation))
+        except ValueError:
+            raise _NotDirect from None
+        self.macs = int(y.size) * g["K"]  # the direct arithmetic's count (thread rules)
+        self.nbytes += 4 * (self.native.work_size() + (m + 2) ** 2 * g["C"] * g["F"])
+
+    def allocate(self):
+        return (np.empty(self.shape, self.dtype),
+                np.empty(self.native.work_size(), np.float32))
+
+    def run(self, x, buf):
+        y, into_buffer = self.output(buf[0])
+        self.native.run(x, buf[1], y, 0)
         return y, into_buffer
 
 
@@ -1543,11 +1577,17 @@ def _conv(step, x, y, layer, kernel, bias, activation, alpha):
     _, _, _, _, _, g = _conv_geometry(x, kernel, bias, layer, activation, alpha)
     if not y.size or not conv._use_direct(conv._planned(g), "conv2d_forward"):
         return _Generic(step)  # the im2col path keeps its own workspace plan
-    if conv._use_winograd(conv._planned(g), x.dtype):
+    if conv._use_winograd(conv._planned(g), x.dtype, "forward"):
+        # (the direct runner there cost the small CNN's batch 64 11.2 ms against the
+        # Winograd op's 9.3: one thread, bench/bench_inference.py)
         # Where the op takes Winograd (a rule of the shape alone, so every plan and thread
-        # agrees) the plan takes the op: the direct runner cost the small CNN's batch 64
-        # 11.2 ms against the op's 9.3 (one thread, bench/bench_inference.py).
-        return _Generic(step)
+        # agrees) the plan runs the op's arithmetic with the kernel transformed once
+        # (_Conv2DWinograd); other activations take the op itself.
+        if activation in ("linear", "relu") and x.dtype == np.float32:
+            return _Conv2DWinograd(step, y, kernel, bias, conv._planned(g), activation)
+        generic = _Generic(step)
+        generic.macs = int(y.size) * conv._planned(g)["K"]  # the thread rules read it
+        return generic
     return _Conv2D(step, x, y, kernel, bias, layer.strides, layer.padding,
                    layer.dilation_rate, activation, alpha)
 

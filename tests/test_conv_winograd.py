@@ -230,16 +230,22 @@ def test_thread_count_invariance(rng, algo, restore_threads, wino):
 
 
 def test_selection_rule_and_knob(algo):
-    def g(x_shape, f, dtype=np.float32, strides=(1, 1), dilation=(1, 1), kernel=(3, 3)):
+    def g(x_shape, f, dtype=np.float32, strides=(1, 1), dilation=(1, 1), kernel=(3, 3),
+          op=None):
         geom = conv._planned(conv.operands.conv2d_forward(
             conv.HOST, np.zeros(x_shape, dtype), np.zeros(kernel + (x_shape[3], f), dtype),
             None, strides, "same", dilation, "linear", 0.0)[-1])
-        return conv._use_winograd(geom, dtype)
+        return conv._use_winograd(geom, dtype, op)
 
     algo(None)   # the default rules, whatever PYNN_CONV_ALGO says
     assert g((2, 32, 32, 32), 32) and g((8, 16, 16, 64), 64)
-    # Few tiles (a batch-1 call the inference lane would run direct): direct.
+    # Few tiles: the training ops stay direct; the forward op (and the inference lane,
+    # which runs its Winograd natively) takes Winograd from 16 tiles of 2x2 pixels.
     assert not g((1, 32, 32, 32), 32) and not g((1, 15, 15, 32), 64)
+    assert g((1, 32, 32, 32), 32, op="forward") and g((1, 15, 15, 32), 64, op="forward")
+    assert g((1, 8, 8, 64), 64, op="forward")               # 16 tiles
+    assert not g((1, 4, 4, 128), 128, op="forward")         # 4 tiles: direct
+    assert not g((1, 16, 16, 16), 16, op="forward")         # 16 channels: direct
     assert not g((2, 32, 32, 3), 32)                         # the RGB stem: direct
     assert not g((2, 32, 32, 16), 16) and not g((2, 32, 32, 64), 16)
     assert not g((2, 32, 32, 32), 32, np.float64)            # float64: direct
@@ -272,6 +278,12 @@ def test_tile_rule_and_knob(algo):
     assert tile((4, 32, 32, 32), 32, "backward_weight") == 4
     assert tile((2, 32, 32, 32), 32) == 2                     # 128: too few
     assert tile((15, 16, 16, 32), 64) == 2                    # 240
+    # a forward of 16 to 64 tiles (batch-1 or -2 predictions: the plans transform the
+    # kernel once) takes F(4x4); fewer, or a map they cover with waste, F(2x2)
+    assert tile((1, 16, 16, 32), 64) == 4 and tile((1, 32, 32, 32), 32) == 4
+    assert tile((2, 16, 16, 32), 64) == 4 and tile((4, 16, 16, 32), 64) == 4
+    assert tile((1, 16, 16, 32), 64, "backward_weight") == 2
+    assert tile((1, 8, 8, 64), 64) == 2 and tile((1, 14, 14, 64), 64) == 2
     assert tile((32, 14, 14, 64), 64) == 2                    # 14x14 computes 16x16
     assert tile((32, 8, 8, 64), 64) == 2                      # 128 tiles
     assert tile((16, 28, 28, 128), 128) == 4

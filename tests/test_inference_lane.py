@@ -554,7 +554,7 @@ def split_calls_equal(model, xs, wants, calls):
 
 
 @pytest.mark.skipif(pynn._config.usable_cores() < 2, reason="needs two cores")
-@pytest.mark.parametrize("which", ["mlp", "cnn"])
+@pytest.mark.parametrize("which", ["mlp", "cnn", "cnn_winograd"])
 def test_lanes_split_their_large_layers_over_the_team_with_the_same_bits(which):
     """With pynn on two threads, a lane's large layers (a Dense kernel of 65,536 floats or
     more; a convolution of as many multiply-adds; a pooling of 8,192 values) run their
@@ -577,12 +577,22 @@ def test_lanes_split_their_large_layers_over_the_team_with_the_same_bits(which):
             L.Conv2D(33, 3, padding="same", activation="relu"), L.MaxPooling2D(),
             L.Flatten(), L.Dense(130, activation="relu"), L.Dense(6, activation="softmax")])
         shape = (1, 21, 19, 3)
+    if which == "cnn_winograd":
+        model = pynn.Sequential([  # the second conv (16 x 15 x 32 -> 40) runs F(4x4, 3x3)
+            L.Input((32, 30, 3)),
+            L.Conv2D(32, 3, padding="same", activation="relu"), L.MaxPooling2D(),
+            L.Conv2D(40, 3, padding="same", activation="relu"), L.MaxPooling2D(),
+            L.Flatten(), L.Dense(20, activation="relu"), L.Dense(9, activation="softmax")])
+        shape = (1, 32, 30, 3)
     randomize(model, rng)
     xs = [rand(rng, shape) for _ in range(8)]
     with pynn.threads(1):
         model.predict_on_batch(xs[0])  # (the plan's first call answers with the public ops)
         wants = [model.predict_on_batch(x) for x in xs]
         assert model._inference.lane is not None
+        if which == "cnn_winograd":
+            assert "_Conv2DWinograd" in [
+                type(r).__name__ for r in model._inference.plans[shape].steps]
         ran, _ = info.team_counts()
         for _ in range(50):
             model.predict_on_batch(xs[0])
@@ -611,3 +621,113 @@ def test_a_lane_splits_a_kernel_over_4_mib_in_place_with_the_same_bits():
         wants = [model.predict_on_batch(x) for x in xs]
     with pynn.threads(2):
         split_calls_equal(model, xs, wants, 40)
+
+
+WINO_CASES = [  # (N, H, W, C, F, padding, activation, bias, algorithm)
+    (1, 16, 16, 32, 64, "same", "relu", True, "auto"),       # F(4x4): 16 tiles
+    (1, 9, 8, 32, 33, "same", "relu", True, "auto"),         # F(2x2): 20 tiles
+    (2, 13, 11, 33, 35, "valid", "linear", False, "winograd"),
+    (1, 13, 11, 33, 35, "same", "relu", True, "winograd4"),
+    (3, 9, 7, 5, 3, "same", "relu", True, "winograd"),
+    (1, 31, 29, 8, 9, "same", "linear", True, "winograd4"),  # blocks of T tiles, several
+]
+
+
+@pytest.mark.parametrize("case", WINO_CASES, ids=lambda c: "x".join(map(str, c[:5])) + c[8])
+def test_conv2d_winograd_gives_the_ops_bits(case):
+    """native/infer.pyx Conv2DWinograd (the kernel transformed and packed once) against
+    conv2d_forward taking the same Winograd tile: the same bits, and the float64
+    reference to Winograd's rounding."""
+    from pynn._native import conv
+    from pynn._native.infer import Conv2DWinograd
+    from pynn.backend.operands import conv as operands
+    from pynn.backend.operands.common import HOST
+    from tests.reference.conv_ref import conv2d_forward_ref
+
+    n, h, w, c, f, padding, act, use_bias, algo = case
+    rng = np.random.default_rng(h * w + c)
+    x = rand(rng, (n, h, w, c))
+    kernel = rand(rng, (3, 3, c, f)) / np.sqrt(9 * c)
+    bias = rand(rng, (f,)) if use_bias else None
+    old = conv._set_conv_algo(None if algo == "auto" else algo)
+    try:
+        g = conv._planned(operands.conv2d_forward(HOST, x, kernel, bias, (1, 1), padding,
+                                                  (1, 1), act, 0.0)[-1])
+        assert conv._use_winograd(g, np.float32, "forward")
+        want, _ = conv.conv2d_forward(x, kernel, bias, (1, 1), padding, activation=act)
+        m = conv._wino_tile(g)
+        native = Conv2DWinograd(kernel, bias, g, m, conv._wino_block_tiles(g, m),
+                                0 if act == "linear" else 1)
+    finally:
+        conv._set_conv_algo(old)
+    got = np.full_like(want, np.nan)
+    native.run(x, np.empty(native.work_size(), np.float32), got)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    ref, _ = conv2d_forward_ref(x.astype(np.float64), kernel.astype(np.float64),
+                                None if bias is None else bias.astype(np.float64), (1, 1),
+                                padding, (1, 1), act)
+    assert_close(got, ref, 2e-5, f"Conv2DWinograd F({m}x{m}, 3x3)")
+
+
+def test_conv2d_winograd_refuses_what_it_does_not_run():
+    from pynn._native import conv
+    from pynn._native.infer import Conv2DWinograd
+    from pynn.backend.operands import conv as operands
+    from pynn.backend.operands.common import HOST
+
+    rng = np.random.default_rng(7)
+    x, kernel = rand(rng, (1, 8, 8, 32)), rand(rng, (3, 3, 32, 32))
+
+    def geom(strides=(1, 1), k=kernel):
+        return conv._planned(operands.conv2d_forward(HOST, x, k, None, strides, "same",
+                                                     (1, 1), "linear", 0.0)[-1])
+
+    with pytest.raises(ValueError, match="linear or relu only"):
+        Conv2DWinograd(kernel, None, geom(), 2, 8, 5)
+    with pytest.raises(ValueError, match="tile must be 2 or 4, got 3"):
+        Conv2DWinograd(kernel, None, geom(), 3, 8, 0)
+    with pytest.raises(ValueError, match="3x3 stride-1 conv"):
+        Conv2DWinograd(kernel, None, geom((2, 2)), 2, 8, 0)
+    native = Conv2DWinograd(kernel, None, geom(), 2, 8, 0)
+    y = np.empty((1, 8, 8, 32), np.float32)
+    with pytest.raises(ValueError, match="do not fit"):
+        native.run(rand(rng, (1, 8, 7, 32)), np.empty(native.work_size(), np.float32), y)
+    with pytest.raises(ValueError, match="do not fit"):
+        native.run(x, np.empty(native.work_size() - 1, np.float32), y)
+
+
+def test_a_batch1_cnn_plan_runs_its_winograd_conv_natively_with_the_ops_bits():
+    """A one-thread plan's conv that the op runs by Winograd becomes Conv2DWinograd (in the
+    batch-1 Program lane too): predict_on_batch gives the layer-by-layer bits on every call."""
+    rng = np.random.default_rng(8)
+    model = pynn.Sequential([L.Input((16, 16, 32)),
+                             L.Conv2D(48, 3, padding="same", activation="relu"),
+                             L.Conv2D(32, 3, padding="same")])
+    randomize(model, rng)
+    x = rand(rng, (1, 16, 16, 32))
+    want = model._plan.forward([x], False)[0][0]
+    for _ in range(3):
+        np.testing.assert_array_equal(model.predict_on_batch(x), want)
+    steps = [type(r).__name__ for r in model._inference.plans[x.shape].steps]
+    assert steps == ["_Conv2DWinograd"] * 2, steps
+    assert type(model._inference.lane.__self__).__name__ == "Program"
+    np.testing.assert_array_equal(model.predict_on_batch(np.asfortranarray(x)), want)
+
+
+@pytest.mark.parametrize("batch", [2, 9])
+def test_a_multi_thread_plans_winograd_conv_gives_the_ops_bits_on_any_thread_count(batch):
+    """Plans of several rows run Conv2DWinograd too, its tiles split over the plan's
+    threads: every count gives the op's bits (a tile's sums do not depend on its run)."""
+    rng = np.random.default_rng(9)
+    model = pynn.Sequential([L.Input((17, 15, 32)),
+                             L.Conv2D(40, 3, padding="same", activation="relu"),
+                             L.Conv2D(33, 3, padding="valid")])
+    randomize(model, rng)
+    x = rand(rng, (batch, 17, 15, 32))
+    want = model._plan.forward([x], False)[0][0]
+    for n in (1, 2, 3, 2):
+        with pynn.threads(n):
+            for _ in range(2):
+                np.testing.assert_array_equal(model.predict_on_batch(x), want)
+    steps = [type(r).__name__ for r in model._inference.plans[x.shape].steps]
+    assert steps == ["_Conv2DWinograd"] * 2, steps
