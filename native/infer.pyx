@@ -45,6 +45,10 @@ cdef extern from "_gil.h":
 cdef extern from "_gemv.h":
     void pynn_gemv_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
                      Py_ssize_t ldk, float* y) noexcept nogil
+    void pynn_gemv_rows_f(Py_ssize_t n, Py_ssize_t c, Py_ssize_t u, const float* x,
+                          Py_ssize_t ldx, const float* k, Py_ssize_t ldk, float* y,
+                          Py_ssize_t ldy) noexcept nogil
+    int PYNN_GEMV_ROWS_MAX
 
 cdef enum:
     POOL_PARALLEL_MIN = 32768  # input values (pool.pyx's threshold for its own kernel)
@@ -417,6 +421,11 @@ cdef class DenseChain:
                                          _gemv_cols_job, &cols)
                 else:
                     pynn_gemv_f(c, u, src, <const float*>self._kernels[i], u, dst)
+            elif n <= PYNN_GEMV_ROWS_MAX and pynn_mk_level() > 0:
+                # a few rows: the kernel streamed once as the GEMV reads it (_gemv.h), the
+                # rows product's bits at the FMA levels (the generic level keeps the rows
+                # product: a block of a few rows must sum as the whole batch would)
+                pynn_gemv_rows_f(n, c, u, src, c, <const float*>self._kernels[i], u, dst, u)
             else:
                 up = self._pads[i]
                 wide = dst if up == u else &scratch[self.values * n * self.width]

@@ -70,6 +70,33 @@ def test_gemv_chain_against_float64_reference(kernel, sizes):
     np.testing.assert_array_equal(out, got)  # run and predict_one share the arithmetic
 
 
+@pytest.mark.parametrize("kernel", ["avx512", "avx2", "generic"])
+def test_few_rows_chain_gives_each_rows_gemv_bits(kernel):
+    """Chains of 2-4 rows stream the kernel once for all rows (_gemv.h pynn_gemv_rows_f)
+    at the FMA levels: each row gets the one-row GEMV's bits (and the rows product's, which
+    sums alike), on widths across every block edge; 5 rows take the rows product. The
+    generic level keeps the rows product for every several-row block."""
+    if kernel not in pynn._config.available_kernels():
+        pytest.skip(f"this CPU cannot run the {kernel} kernels")
+    from pynn._native.infer import DenseChain
+
+    rng = np.random.default_rng(13)
+    for sizes in SIZES[1:] + [[130, 47, 3]]:
+        one, kernels, biases, acts = chain_of(sizes, rng)
+        codes = [pynn.backend.api.ACTIVATIONS.index(a) for a, _ in acts]
+        with pynn._config.kernel(kernel):
+            for n in (2, 3, 4, 5):
+                chain = DenseChain(n, kernels, biases, codes, [a for _, a in acts])
+                x = rand(rng, (n, sizes[0]))
+                got = np.empty((n, sizes[-1]), np.float32)
+                chain.run(x, chain.scratch(), got)
+                assert_close(got, reference(x, kernels, biases, acts), 1e-5,
+                             f"{n} rows {sizes} ({kernel})")
+                if kernel != "generic":
+                    want = np.concatenate([one.predict_one(x[r:r + 1]) for r in range(n)])
+                    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 def test_gemv_fma_levels_give_the_same_bits():
     """avx512 and avx2 sum each output in the same order with one FMA per term."""
     levels = [k for k in ("avx512", "avx2") if k in pynn._config.available_kernels()]
