@@ -971,32 +971,8 @@ cdef class Conv2DDirect:
 
 
 # -- Winograd convolutions (native/_winograd.h, as conv.pyx's forward) ----------------------
-cdef extern from "_winograd.h":
-    void pynn_wino_input_f(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top,
-                           Py_ssize_t left, Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t C,
-                           Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t t0, Py_ssize_t nt,
-                           Py_ssize_t ks, Py_ssize_t rs, const float* zeros,
-                           float* V) noexcept nogil
-    void pynn_wino_output_f(const float* M, Py_ssize_t ks, Py_ssize_t rs, Py_ssize_t F,
-                            const float* bias, Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t HO,
-                            Py_ssize_t WO, Py_ssize_t t0, Py_ssize_t nt, float* z) noexcept nogil
-    void pynn_wino_kernel_f(const float* kernel, Py_ssize_t C, Py_ssize_t F,
-                            float* U) noexcept nogil
-    void pynn_wino_gemm_f(const float* V, Py_ssize_t ksv, const float* Up, float* M,
-                          Py_ssize_t ksm, Py_ssize_t rsm, Py_ssize_t nt, Py_ssize_t C,
-                          Py_ssize_t F, Py_ssize_t nc, const Py_ssize_t* roff,
-                          int nk) noexcept nogil
-    void pynn_wino4_input_f(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top,
-                            Py_ssize_t left, Py_ssize_t HP, Py_ssize_t WP, Py_ssize_t C,
-                            Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t t0, Py_ssize_t nt,
-                            Py_ssize_t ks, Py_ssize_t rs, const float* zeros,
-                            float* V) noexcept nogil
-    void pynn_wino4_output_f(float* M, Py_ssize_t ks, Py_ssize_t rs, Py_ssize_t F,
-                             const float* bias, Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t HO,
-                             Py_ssize_t WO, Py_ssize_t t0, Py_ssize_t nt,
-                             float* z) noexcept nogil
-    void pynn_wino4_kernel_f(const float* kernel, Py_ssize_t C, Py_ssize_t F,
-                             float* U) noexcept nogil
+from _winograd cimport (pynn_wino_input_f, pynn_wino_output_f, pynn_wino_kernel_f,
+    pynn_wino_gemm_f, pynn_wino4_input_f, pynn_wino4_output_f, pynn_wino4_kernel_f)
 
 # A lane's Winograd step splits its tiles in at most this many runs (each run needs its own
 # V and M blocks in the calling thread's workspace).
