@@ -1578,11 +1578,11 @@ def _conv(step, x, y, layer, kernel, bias, activation, alpha):
     if not y.size or not conv._use_direct(conv._planned(g), "conv2d_forward"):
         return _Generic(step)  # the im2col path keeps its own workspace plan
     if conv._use_winograd(conv._planned(g), x.dtype, "forward"):
-        # (the direct runner there cost the small CNN's batch 64 11.2 ms against the
-        # Winograd op's 9.3: one thread, bench/bench_inference.py)
         # Where the op takes Winograd (a rule of the shape alone, so every plan and thread
         # agrees) the plan runs the op's arithmetic with the kernel transformed once
-        # (_Conv2DWinograd); other activations take the op itself.
+        # (_Conv2DWinograd); other activations take the op itself. (The direct runner
+        # there cost the small CNN's batch 64 11.2 ms against the Winograd op's 9.3: one
+        # thread, bench/bench_inference.py.)
         if activation in ("linear", "relu") and x.dtype == np.float32:
             return _Conv2DWinograd(step, y, kernel, bias, conv._planned(g), activation)
         generic = _Generic(step)
