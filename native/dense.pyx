@@ -356,14 +356,14 @@ include "_microkernel.pxi"   # pynn._config.set_kernel reaches this module too
 cdef extern from *:
     """
     /* Columns [p0, p0 + w) of b (k x n, row stride ldb; transposed: b holds b.T, n x k)
-       as one panel at out + p0*k with row stride ws >= w, columns [w, ws) zero: a last
+       as one panel at out with row stride ws >= w, columns [w, ws) zero: a last
        panel padded to whole vectors keeps the microkernel off its scalar tail (a 10-unit
        output layer ran at 1 GFLOP/s there, 23 through BLAS). Transposed, 16 rows of the
        panel at a time, so the w source rows' cache lines stay in L1 across the block. */
     #define PYNN_DENSE_PACK(NAME, T)                                                      \\
     static void NAME(const T* b, Py_ssize_t ldb, int transposed, Py_ssize_t k,          \\
                      Py_ssize_t p0, Py_ssize_t w, Py_ssize_t ws, T* out) {              \\
-        T* d = out + p0 * k;                                                            \\
+        T* d = out;                                                                     \\
         Py_ssize_t r, r0, r1, j;                                                        \\
         for (r0 = 0; r0 < k; r0 += 16) {                                                \\
             r1 = r0 + 16 < k ? r0 + 16 : k;                                             \\
@@ -409,13 +409,13 @@ cdef inline Py_ssize_t _panel(const floating* dummy) noexcept nogil:
 
 cdef inline void _pack(bint transposed, const floating* b, Py_ssize_t ldb, Py_ssize_t k,
                        Py_ssize_t p0, Py_ssize_t w, Py_ssize_t ws, floating* out) noexcept nogil:
-    """Panel [p0, p0 + w) of b (k x n, or of b.T when transposed: b is then n x k), row
-    stride ws (see PYNN_DENSE_PACK); the header's pack where it does the same."""
+    """Panel [p0, p0 + w) of b (k x n, or of b.T when transposed: b is then n x k) at out,
+    row stride ws (see PYNN_DENSE_PACK); the header's pack where it does the same."""
     if not transposed and ws == w:
         if floating is float:
-            pynn_pack_panels_f(b + p0, ldb, k, w, w, out + p0 * k)
+            pynn_pack_panels_f(b + p0, ldb, k, w, w, out)
         else:
-            pynn_pack_panels_d(b + p0, ldb, k, w, w, out + p0 * k)
+            pynn_pack_panels_d(b + p0, ldb, k, w, w, out)
     elif floating is float:
         pynn_dense_pack_f(b, ldb, transposed, k, p0, w, ws, out)
     else:
@@ -456,26 +456,27 @@ cdef void _micro_tile(const floating* a, Py_ssize_t row_stride, Py_ssize_t sat,
 
 
 cdef inline void _micro_panel_tile(const floating* a, Py_ssize_t row_stride, Py_ssize_t sat,
-                                   const floating* packed, floating* c, Py_ssize_t m,
+                                   const floating* panel, floating* c, Py_ssize_t m,
                                    Py_ssize_t n, Py_ssize_t k, const Py_ssize_t* roff,
                                    const floating* bias, floating* tail,
                                    const floating* tail_bias, Py_ssize_t i0, Py_ssize_t rows,
                                    Py_ssize_t p0, Py_ssize_t nc,
                                    Py_ssize_t last_ws) noexcept nogil:
-    """Rows [i0, i0 + rows) x the panel at column p0 of c (through tail when padded)."""
+    """Rows [i0, i0 + rows) x the panel at column p0 of c (through tail when padded), the
+    panel packed at `panel`."""
     cdef Py_ssize_t w = _imin(nc, n - p0), r, j
     cdef floating* t
     cdef const floating* start = NULL
     if p0 + nc < n or last_ws == w:
         if bias != NULL:
             start = bias + p0
-        _micro_tile(a + i0 * row_stride, row_stride, sat, packed + p0 * k, c + i0 * n + p0,
+        _micro_tile(a + i0 * row_stride, row_stride, sat, panel, c + i0 * n + p0,
                     n, rows, w, k, roff, start)
         return
     if bias != NULL:
         start = tail_bias
     t = tail + i0 * last_ws
-    _micro_tile(a + i0 * row_stride, row_stride, sat, packed + p0 * k, t, last_ws, rows,
+    _micro_tile(a + i0 * row_stride, row_stride, sat, panel, t, last_ws, rows,
                 last_ws, k, roff, start)
     for r in range(rows):
         for j in range(w):
@@ -504,7 +505,7 @@ cdef inline void _micro_pack_items(const _MicroJob* j, const floating* b, floati
     cdef long pp
     for pp in range(begin, end):
         _pack(j.b_transposed, b, j.ldb, j.k, pp * j.nc, _imin(j.nc, j.n - pp * j.nc),
-              j.last_ws if pp == j.panels - 1 else j.nc, packed)
+              j.last_ws if pp == j.panels - 1 else j.nc, packed + pp * j.nc * j.k)
 
 
 cdef void _micro_pack_job(void* ctx, long begin, long end, int slot) noexcept nogil:
@@ -518,8 +519,10 @@ cdef void _micro_pack_job(void* ctx, long begin, long end, int slot) noexcept no
 cdef inline void _micro_tile_items(const _MicroJob* j, const floating* a, floating* c,
                                    const floating* packed, floating* tail,
                                    const floating* tail_bias, const floating* bias,
-                                   floating* y, floating* out_t, long begin,
-                                   long end) noexcept nogil:
+                                   floating* y, floating* out_t, const floating* own_panel,
+                                   long begin, long end) noexcept nogil:
+    """Tiles [begin, end); own_panel (or NULL): every tile's panel, packed there instead of
+    at its place in packed (the panel job's per-thread panel)."""
     cdef Py_ssize_t n = j.n, nc = j.nc, row_tiles = j.row_tiles, panels = j.panels
     cdef Py_ssize_t tile, p, q, i0, rows
     cdef floating alpha = <floating>j.alpha
@@ -529,8 +532,9 @@ cdef inline void _micro_tile_items(const _MicroJob* j, const floating* a, floati
             i0 = tile * j.tile_rows
             rows = _imin(j.tile_rows, j.m - i0)
             for q in range(panels):
-                _micro_panel_tile(a, j.row_stride, j.sat, packed, c, j.m, n, j.k, j.roff,
-                                  bias, tail, tail_bias, i0, rows, q * nc, nc, j.last_ws)
+                _micro_panel_tile(a, j.row_stride, j.sat, packed + q * nc * j.k, c, j.m, n,
+                                  j.k, j.roff, bias, tail, tail_bias, i0, rows, q * nc, nc,
+                                  j.last_ws)
             block_epilogue(c, y, <const floating*>NULL, <int>i0, <int>(i0 + rows), 0,
                            <int>n, <int>n, j.act, alpha)
             continue
@@ -538,8 +542,10 @@ cdef inline void _micro_tile_items(const _MicroJob* j, const floating* a, floati
         p = tile // row_tiles
         i0 = (tile % row_tiles) * j.tile_rows
         rows = _imin(j.tile_rows, j.m - i0)
-        _micro_panel_tile(a, j.row_stride, j.sat, packed, c, j.m, n, j.k, j.roff, bias, tail,
-                          tail_bias, i0, rows, p * nc, nc, j.last_ws)
+        _micro_panel_tile(a, j.row_stride, j.sat,
+                          own_panel if own_panel != NULL else packed + p * nc * j.k, c, j.m,
+                          n, j.k, j.roff, bias, tail, tail_bias, i0, rows, p * nc, nc,
+                          j.last_ws)
         if y != NULL:
             block_epilogue(c, y, <const floating*>NULL, <int>i0, <int>(i0 + rows),
                            <int>(p * nc), <int>_imin(p * nc + nc, n), <int>n, j.act, alpha)
@@ -547,25 +553,45 @@ cdef inline void _micro_tile_items(const _MicroJob* j, const floating* a, floati
             _store_transposed(c, n, out_t, j.m, i0, rows, p * nc, _imin(nc, n - p * nc))
 
 
-cdef void _micro_tile_job(void* ctx, long begin, long end, int slot) noexcept nogil:
-    cdef _MicroJob* j = <_MicroJob*>ctx
+cdef inline void _micro_tiles(const _MicroJob* j, const void* own_panel, long begin,
+                              long end) noexcept nogil:
     if j.is_double:
         _micro_tile_items(j, <const double*>j.a, <double*>j.c, <const double*>j.packed,
                           <double*>j.tail, <const double*>j.tail_bias,
-                          <const double*>j.bias, <double*>j.y, <double*>j.out_t, begin, end)
+                          <const double*>j.bias, <double*>j.y, <double*>j.out_t,
+                          <const double*>own_panel, begin, end)
     else:
         _micro_tile_items(j, <const float*>j.a, <float*>j.c, <const float*>j.packed,
                           <float*>j.tail, <const float*>j.tail_bias,
-                          <const float*>j.bias, <float*>j.y, <float*>j.out_t, begin, end)
+                          <const float*>j.bias, <float*>j.y, <float*>j.out_t,
+                          <const float*>own_panel, begin, end)
+
+
+cdef void _micro_tile_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    _micro_tiles(<_MicroJob*>ctx, NULL, begin, end)
 
 
 cdef void _micro_panel_job(void* ctx, long begin, long end, int slot) noexcept nogil:
-    """Panels [begin, end): each packed, then every row tile of it."""
+    """Panels [begin, end): each packed, then every row tile of it. Each thread packs into
+    its own panel-sized slice of packed (slot's), reused panel after panel: the packed
+    kernel never spreads over the whole buffer, so it stays in the core's L2 and evicts
+    less of everything else (the Python and NumPy state the step's small ops run on)."""
     cdef _MicroJob* j = <_MicroJob*>ctx
     cdef long p
+    cdef Py_ssize_t size = j.nc * j.k
+    cdef void* own
     for p in range(begin, end):
-        _micro_pack_job(ctx, p, p + 1, slot)
-        _micro_tile_job(ctx, p * j.row_tiles, (p + 1) * j.row_tiles, slot)
+        if j.is_double:
+            own = <double*>j.packed + slot * size
+            _pack(j.b_transposed, <const double*>j.b, j.ldb, j.k, p * j.nc,
+                  _imin(j.nc, j.n - p * j.nc), j.last_ws if p == j.panels - 1 else j.nc,
+                  <double*>own)
+        else:
+            own = <float*>j.packed + slot * size
+            _pack(j.b_transposed, <const float*>j.b, j.ldb, j.k, p * j.nc,
+                  _imin(j.nc, j.n - p * j.nc), j.last_ws if p == j.panels - 1 else j.nc,
+                  <float*>own)
+        _micro_tiles(j, own, p * j.row_tiles, (p + 1) * j.row_tiles)
 
 
 cdef void _micro_region(const floating* a, Py_ssize_t row_stride, Py_ssize_t sat,
