@@ -79,6 +79,16 @@ cdef enum:
     PARALLEL_MIN = 32768
 
 KERAS_EPSILON = operands.KERAS_EPSILON
+
+
+def _clip_bounds(dtype):
+    """(eps, 1 - eps) rounded to dtype, and an empty read-only weight array of it."""
+    none = np.empty(0, dtype)
+    none.flags.writeable = False
+    return float(dtype.type(KERAS_EPSILON)), float(dtype.type(1.0 - KERAS_EPSILON)), none
+
+
+_CLIP_BOUNDS = (_clip_bounds(np.dtype(np.float32)), _clip_bounds(np.dtype(np.float64)))
 cdef double LOG2 = math.log(2.0)
 
 
@@ -634,16 +644,21 @@ def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
     if y_pred.size == 0:
         return 0.0, grad
     # Keras clips in y_pred's dtype: the bounds are eps and 1 - eps rounded to it.
-    lo = float(y_pred.dtype.type(KERAS_EPSILON))
-    hi = 1.0 if code == LOSS_KLD else float(y_pred.dtype.type(1.0 - KERAS_EPSILON))
+    lo, hi, no_weights = _CLIP_BOUNDS[y_pred.dtype.itemsize == 8]
+    if code == LOSS_KLD:
+        hi = 1.0
     if code in (LOSS_HINGE, LOSS_SQUARED_HINGE):
         # Keras converts {0, 1} labels to {-1, 1} only when all of y_true is binary.
         params = (float(bool(np.all((targets == 0) | (targets == 1)))), 0.0, 0.0, 0.0)
-    w = weights if weights is not None else np.empty(0, y_pred.dtype)
+    w = weights if weights is not None else no_weights
     if code in operands.ROW_LOSSES:
         rows = y_pred.size // k
-        p2 = y_pred.reshape(rows, k)
-        g2 = grad.reshape(rows, k) if need_grad else np.empty((0, 0), y_pred.dtype)
+        # (a step's loss runs from a cold cache after its products: no NumPy call it can skip)
+        p2 = y_pred if y_pred.ndim == 2 else y_pred.reshape(rows, k)
+        if not need_grad:
+            g2 = np.empty((0, 0), y_pred.dtype)
+        else:
+            g2 = grad if grad.ndim == 2 else grad.reshape(rows, k)
         partial = np.empty(rows, dtype=np.float64)
         if code == LOSS_SCCE:
             _sparse(targets, p2, g2, from_logits, lo, hi, 1.0 / rows, partial, w,

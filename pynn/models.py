@@ -24,6 +24,7 @@ from pynn.layers.base import (
     shape_str,
 )
 from pynn.layers.functional import Graph, Plan
+from pynn.backend.operands.common import labels_out_of_range
 
 
 
@@ -1562,7 +1563,7 @@ def _prepare_target(y, n, what, out_shape, loss, dtype):
         elif y.dtype.kind not in "iub":
             raise TypeError(f"{what}: sparse labels must be integers, got dtype {y.dtype}")
         classes = out_shape[-1]
-        if y.size and (y.min() < 0 or y.max() >= classes):
+        if y.size and labels_out_of_range(y, classes):
             bad = y.min() if y.min() < 0 else y.max()
             raise ValueError(f"{what}: label {int(bad)} is out of range for "
                              f"{loss.name} with {classes} classes (expected 0..."

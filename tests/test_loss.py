@@ -854,3 +854,27 @@ def test_float32_categorical_probabilities_through_vector_math(smoothing, k):
     alone, _ = loss_forward_backward("categorical_crossentropy", y_true, y_pred, False,
                                      smoothing, need_grad=False)
     assert alone == loss
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+                                   np.uint32, np.uint64, np.bool_, np.float32])
+def test_labels_out_of_range_by_one_reduction(dtype):
+    # Negative ids seen as unsigned lie above every class count; each dtype's extremes too.
+    from pynn.backend.operands.common import labels_out_of_range
+
+    rng = np.random.default_rng(3)
+    k = 2 if dtype == np.bool_ else 7
+    good = rng.integers(0, k, 37).astype(dtype)
+    assert not labels_out_of_range(good, k)
+    assert not labels_out_of_range(good[::3], k)   # strided
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+    if dtype == np.bool_:   # True is class 1: out of range for one class
+        assert labels_out_of_range(good, 1) == bool(good.any())
+        return
+    bads = [k] + ([-1, info.min, info.max] if info is not None and info.min < 0 else
+                  [info.max] if info is not None else [-1.0])
+    for bad in bads:
+        labels = good.copy()
+        labels[17] = bad
+        assert labels_out_of_range(labels, k), (dtype, bad)
+        assert labels_out_of_range(labels[1::2], k), (dtype, bad)
