@@ -8,6 +8,7 @@ pushed through one backend op per layer, and only the loss and metric counts com
 """
 
 import contextlib
+import functools
 import math
 import sys
 import warnings
@@ -525,7 +526,7 @@ class Model(Layer):
         xs = self._order_inputs(x, what)
         out, n = [], None
         for t, xi in zip(self.inputs, xs):
-            arr = np.asarray(xi)
+            arr = xi if type(xi) is np.ndarray else np.asarray(xi)
             if not _is_real(arr):
                 raise TypeError(f"{what}: x must be numeric (real), got dtype {arr.dtype}")
             if arr.ndim < 2:
@@ -537,9 +538,10 @@ class Model(Layer):
             n = arr.shape[0]
             out.append(arr)
         self._check_input_shapes_host(out, what)
-        for t, a in zip(self.inputs, out):
-            if np.dtype(t.dtype).kind == "i" and a.size and (a.dtype.kind == "f" or (
-                    a.dtype.kind in "iu" and a.dtype.itemsize > np.dtype(t.dtype).itemsize)):
+        dtypes = [_np_dtype(t.dtype) for t in self.inputs]
+        for t, a, dtype in zip(self.inputs, out, dtypes):
+            if dtype.kind == "i" and a.size and (a.dtype.kind == "f" or (
+                    a.dtype.kind in "iu" and a.dtype.itemsize > dtype.itemsize)):
                 info = np.iinfo(t.dtype)
                 if a.dtype.kind == "f" and not np.all(np.isfinite(a) & (a == np.round(a))):
                     raise ValueError(f"{what}: input '{t.node.layer.name}' is {t.dtype}; x "
@@ -547,7 +549,9 @@ class Model(Layer):
                 if a.min() < info.min or a.max() > info.max:
                     raise ValueError(f"{what}: input '{t.node.layer.name}' is {t.dtype}; x "
                                      f"holds values outside its range")
-        return [np.ascontiguousarray(a, dtype=t.dtype) for t, a in zip(self.inputs, out)]
+        # (the arrays already right pass without a NumPy call: a step's checks run cold)
+        return [a if a.dtype is dtype and a.flags.c_contiguous
+                else np.ascontiguousarray(a, dtype=dtype) for a, dtype in zip(out, dtypes)]
 
     def _check_input_shapes_host(self, arrays, what):
         for t, arr in zip(self.inputs, arrays):
@@ -1546,8 +1550,16 @@ def _slice(a, lo, hi):
     return None if a is None else a[lo:hi]
 
 
+@functools.lru_cache(maxsize=None)
+def _np_dtype(dtype):
+    return np.dtype(dtype)
+
+
+_INT32 = np.dtype(np.int32)
+
+
 def _prepare_target(y, n, what, out_shape, loss, dtype):
-    y = np.asarray(y)
+    y = y if type(y) is np.ndarray else np.asarray(y)
     if y.shape[:1] != (n,):
         raise ValueError(f"{what}: x has {n} samples but y has shape {y.shape}")
     if loss.sparse_labels:
@@ -1568,6 +1580,8 @@ def _prepare_target(y, n, what, out_shape, loss, dtype):
             raise ValueError(f"{what}: label {int(bad)} is out of range for "
                              f"{loss.name} with {classes} classes (expected 0..."
                              f"{classes - 1})")
+        if y.dtype is _INT32 and y.flags.c_contiguous:
+            return y
         return np.ascontiguousarray(y, dtype=np.int32)
     if not _is_real(y):
         raise TypeError(f"{what}: y must be numeric (real), got dtype {y.dtype}")

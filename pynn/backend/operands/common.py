@@ -393,6 +393,8 @@ def distinct(arrays, op, **named):
 def host_array(op, x, dtype):
     """Host data as a C-contiguous array of ``dtype`` (a backend's ``asarray``): complex data
     and integers that ``dtype`` cannot hold are errors, never silently cut."""
+    if type(x) is np.ndarray and x.dtype is dtype and x.flags.c_contiguous:
+        return x   # a step's own arrays (uploaded as they are): no NumPy calls
     arr = np.asarray(x)
     dtype = np.dtype(dtype)
     if np.issubdtype(arr.dtype, np.complexfloating) and dtype.kind != "c":
