@@ -164,19 +164,19 @@ def _one_region_mode():
 cdef int _BANDS = min(16, usable_cores())
 
 # Products under this many multiply-adds run as one GEMM on the calling thread, no region.
-# Waking a sleeping OpenMP worker costs 60-100 us on the VMs pynn is measured on (an empty
-# 2-thread region after a 20 us gap: 59 us, after 0-10 us: 1.5 us; 1,000 spins last ~11 us
-# on the Intel kind), 20-30 us while the keep-warm spinners run (native/_warm.h: training,
-# evaluation and prediction loops), and a step's ops are separated by more than the spin, so
-# a banded op pays the wake and its early band waits for the late one. Intel Xeon, 2
-# threads, each call after 50 us of other work, microseconds banded / serial (forward,
-# input gradient, kernel gradient), keep-warm on (off):
-#   64x256x256    4.2M   89/82    82/76    73/74    (off: 112/82  101/76  96/74)
-#   128x256x256   8.4M  130/138  113/132  109/131   (off: 197/146 166/133 157/132)
-#   64x512x256    8.4M  139/153  121/140  107/139   (off: 211/157 164/144 146/140)
-#   128x512x256  16.8M  202/268  181/252  170/251   (off: 232/284 208/262 194/254)
+# Waking a sleeping worker costs 60-100 us on the VMs pynn is measured on (an empty 2-thread
+# region after a 20 us gap: 59 us, after 0-10 us: 1.5 us), 20-30 us while the keep-warm
+# spinners run (native/_warm.h: training, evaluation and prediction loops). Timed one call
+# after 50 us of other work, banding a 64x256x256 product did not pay (Intel, forward
+# banded / serial 89 / 82 us), and the threshold stood at 6M multiply-adds. A training
+# step's ops come closer together than that, with the team's worker still spinning: the
+# 30-layer functional model of the suite (bench/bench_serial_macs.py, steps alternated in
+# one process, Intel Xeon, 2 threads, ms at 6M / 1M) width 256 batch 64 (4.2M a product)
+# 6.78 / 5.01, batch 32 5.37 / 3.87, batch 16 4.22 / 2.90; width 128 batch 64 2.97 / 2.67;
+# width 512 batch 16 14.1 / 8.95; at 0.5M a product (width 128 batch 32) 1.80 / 1.78.
 # The rule is the shape's alone, so the bits never depend on the thread count.
-cdef double _SERIAL_MACS = 6e6
+_SERIAL_MACS_DEFAULT = 1e6
+cdef double _SERIAL_MACS = _SERIAL_MACS_DEFAULT
 
 
 def _set_serial_macs(macs=None):
@@ -184,7 +184,7 @@ def _set_serial_macs(macs=None):
     default). Returns the old value."""
     global _SERIAL_MACS
     old = _SERIAL_MACS
-    _SERIAL_MACS = 6e6 if macs is None else float(macs)
+    _SERIAL_MACS = _SERIAL_MACS_DEFAULT if macs is None else float(macs)
     return old
 
 
@@ -728,6 +728,11 @@ if _INTEL:
 # thread, no region) up to this many multiply-adds, above which BLAS's blocking of the
 # larger products wins again.
 _INTEL_FORWARD_MAX_MACS = 100e6
+# ... and down to this many, or to _SERIAL_MACS with 16 rows and more: a few rows pack the
+# whole kernel for little work (Intel, 2 threads, relu forward, us microkernel / BLAS bands:
+# 4x512->512 71 / 15, 8x512->256 50 / 15, 1x4096->256 324 / 145; the 30-layer model's step
+# at 16-64 rows, 1-4M multiply-adds a product, 1-8% faster on the microkernel).
+_INTEL_FORWARD_MIN_MACS = 6e6
 
 
 def _micro_rule(op, dtype, m, n, k, intel=None):
@@ -755,9 +760,10 @@ def _micro_rule(op, dtype, m, n, k, intel=None):
     353 / 301; 64x512->256 129 / 111; 128x256->256 137 / 114; 256x256->256 186 / 175;
     32x1024->1024 615 / 583; 128x4096->128 802 / 767; 1024x128->64 114 / 108;
     128x1024->1024 1292 / 1282; 512x784->512 1646 / 1699; 128x2048->1024 2577 / 2713;
-    under _SERIAL_MACS 128x256->10 15 / 48, 256x512->10 60 / 81. The input and kernel
+    under 6M multiply-adds 128x256->10 15 / 48, 256x512->10 60 / 81. The input and kernel
     gradients tied or lost there (128x784x512: 506 / 541 and 439 / 429). So on Intel the
-    forward between _SERIAL_MACS and _INTEL_FORWARD_MAX_MACS multiply-adds takes it too.
+    forward from _INTEL_FORWARD_MIN_MACS (from _SERIAL_MACS with 16 rows or more) to
+    _INTEL_FORWARD_MAX_MACS multiply-adds takes it too.
     float64 stays on BLAS (the training paths are float32). PYNN_DENSE_GEMM=micro forces
     the microkernel everywhere."""
     if dtype != np.float32:
@@ -767,7 +773,9 @@ def _micro_rule(op, dtype, m, n, k, intel=None):
     if op == "backward_input":
         return 8 <= m <= 64 and n >= 1024 and k >= 1024
     if op == "forward" and intel:
-        return _SERIAL_MACS <= <double>m * n * k <= _INTEL_FORWARD_MAX_MACS
+        macs = <double>m * n * k
+        return macs <= _INTEL_FORWARD_MAX_MACS and (
+            macs >= _INTEL_FORWARD_MIN_MACS or (macs >= _SERIAL_MACS and m >= 16))
     return False
 
 
