@@ -863,6 +863,25 @@ cdef inline void _update_range(const _UpdateJob* j, floating* w, const mask_t* m
             dv = -(<floating>sqrt(b[i] + c6) * gi) / <floating>sqrt(ai + c6)
             b[i] = kept(c4 * b[i] + c5 * (dv * dv), k)
             w[i] = kept(wi + lr_ * dv, k)
+    elif j.kind == UPD_FTRL and floating is float and j.power == 0.5:
+        # Keras's default learning_rate_power (-0.5): pow(x, 0.5) in double rounded to
+        # float32 is sqrt's correctly rounded result for every float32 x (the exact root of
+        # a 24-bit number lies at least 2^-50 from a float32 rounding midpoint, pow's error
+        # is under 2^-52; glibc's pow checked against sqrt on every non-negative float32),
+        # so the same bits without two libm calls an element.
+        for i in range(i0, i1):
+            k = keep_of(mk, i)
+            gi = clipped_grad(g[i], scale, clip)
+            wi = decayed(w[i], dec)
+            ai = a[i]
+            na = ai + gi * gi
+            pna = <floating>sqrt(<double>na)
+            pa = <floating>sqrt(<double>ai)
+            li = b[i] + ((gi + c6 * wi) - ((pna - pa) / lr_) * wi)
+            b[i] = kept(li, k)
+            lc = c4 if li > c4 else (-c4 if li < -c4 else li)
+            w[i] = kept((lc - li) / (pna / lr_ + c5), k)
+            a[i] = na if k else ai
     elif j.kind == UPD_FTRL:           # a, b: accumulator, linear; c4..c6 l1, 2*l2, 2*shrink
         for i in range(i0, i1):
             k = keep_of(mk, i)

@@ -1265,3 +1265,24 @@ def test_adam_step_size_gives_numpy_scalars_bits(dtype):
             want = _adam_step_size_numpy(dtype, lr, b1, b2, t)
             assert got == want or (np.isnan(got) and np.isnan(want)), (lr, b1, b2, t, got,
                                                                       want)
+
+
+def test_ftrl_default_power_gives_the_pow_roads_bits():
+    """learning_rate_power=-0.5 (Keras's default) takes sqrt in float32 instead of two pow
+    calls an element: the bits of the pow road (compared with an exponent one double ulp
+    away, which takes it; on these inputs pow rounds both to the same float32s)."""
+    rng = np.random.default_rng(17)
+    n = 40961
+    w0 = rng.standard_normal(n).astype(np.float32)
+    acc0 = rng.uniform(0.05, 20.0, n).astype(np.float32)
+    grads = [(rng.standard_normal(n) * 0.8).astype(np.float32) for _ in range(3)]
+    out = []
+    for power in (-0.5, float(np.nextafter(-0.5, -1.0))):
+        w, acc, lin = w0.copy(), acc0.copy(), np.zeros(n, np.float32)
+        for g in grads:
+            optim.ftrl_update(w, g, acc, lin, 0.05, power, 0.01, 0.02, 0.03, 0.0, 1.0, 0.0,
+                              0.0)
+        out.append((w, acc, lin))
+    assert not np.array_equal(out[0][0], w0)
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
