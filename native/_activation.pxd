@@ -417,6 +417,70 @@ cdef inline void add_rows_double(const floating* a, double* acc, Py_ssize_t rows
         i += 1
 
 
+# Tiling of activation_bias_backward (activation.pyx; dense.pyx's input gradient with the
+# layer below's relu and bias makes the same tiles' sums band by band). A tile spans at most
+# FUSED_COL_BLOCK columns (softmax: whole rows), at least FUSED_MIN_TILE elements (or one
+# row), and the row blocks aim at FUSED_TILES tiles in all: enough for a team of threads, few
+# enough that the partial sums stay a small fraction of dz. A tile's rows go through the
+# activation and the column sums fused_step(w) rows at a time, so the sums read dz from L1:
+# on (64*32*32, 32) float32, one thread, steps of 256 or 512 elements ran as fast as
+# activation_backward alone, 1024 or more about 1.5x slower (float64: 256 best); at least
+# four rows, as add_rows_double sums four at a time (one row a pass is bound by its
+# accumulators' loads and stores: a 128 x 512 relu layer's backward took 2.4x
+# activation_backward). db[j] depends on the row blocks and the steps alone: the same sums
+# whichever columns a pass covers.
+cdef enum:
+    FUSED_COL_BLOCK = 512
+    FUSED_MIN_TILE = 4096
+    FUSED_TILES = 64
+    FUSED_SUB = 256
+
+
+cdef inline void fused_tiling(Py_ssize_t rows, Py_ssize_t cols, int act, Py_ssize_t* cbw,
+                              Py_ssize_t* ncb, Py_ssize_t* nrb,
+                              Py_ssize_t* rb_rows) noexcept nogil:
+    """activation_bias_backward's tiles of a (rows, cols) gradient: cbw columns a tile (ncb
+    column blocks), rb_rows rows (nrb row blocks)."""
+    cdef Py_ssize_t width = cols, blocks, least
+    if act != ACT_SOFTMAX and cols > FUSED_COL_BLOCK:
+        width = FUSED_COL_BLOCK
+    blocks = (cols + width - 1) // width
+    least = <Py_ssize_t>FUSED_TILES // blocks
+    if least < 1:
+        least = 1
+    rb_rows[0] = (rows + least - 1) // least
+    least = (<Py_ssize_t>FUSED_MIN_TILE + width - 1) // width
+    if rb_rows[0] < least:
+        rb_rows[0] = least
+    cbw[0], ncb[0] = width, blocks
+    nrb[0] = (rows + rb_rows[0] - 1) // rb_rows[0]
+
+
+cdef inline Py_ssize_t fused_step(Py_ssize_t w) noexcept nogil:
+    """Rows per activation-and-sum pass of a tile w columns wide."""
+    cdef Py_ssize_t step = <Py_ssize_t>FUSED_SUB // w
+    return step if step > 4 else 4
+
+
+cdef inline void sum_row_blocks(double* partial, Py_ssize_t nrb, Py_ssize_t cols,
+                                floating* db) noexcept nogil:
+    """db[j] = ((0 + partial[0, j]) + partial[1, j]) + ... in float64, rounded once: the
+    blocks in order, a row of partials at a time (contiguous, vectorized; walking each
+    column down the blocks took a third of a 128 x 512 layer's backward). Accumulated in
+    partial's first row."""
+    cdef Py_ssize_t rb, j
+    cdef double* acc = partial
+    cdef const double* row
+    for j in range(cols):
+        acc[j] = 0.0 + acc[j]   # the sum's +0 start: a -0 partial sums to +0
+    for rb in range(1, nrb):
+        row = partial + rb * cols
+        for j in range(cols):
+            acc[j] = acc[j] + row[j]
+    for j in range(cols):
+        db[j] = <floating>acc[j]
+
+
 cdef inline void block_epilogue(floating* z, floating* y, const floating* bias, int r0, int r1,
                                 int j0, int j1, int ld, int act, floating alpha) noexcept nogil:
     """Rows [r0, r1) x columns [j0, j1) of z (row stride ld): + bias, then y = act(z)

@@ -28,7 +28,8 @@ import numpy as np
 
 from _activation cimport (
     ACT_PARALLEL_MIN, ACT_SOFTMAX, TEAM_PARALLEL_MIN, act_backward_vec, act_forward_vec,
-    add_rows_double, floating, pynn_expf, softmax_grad_row, softmax_row,
+    add_rows_double, floating, fused_step, fused_tiling, pynn_expf, softmax_grad_row,
+    softmax_row, sum_row_blocks,
 )
 
 from pynn.backend.operands import activation as operands
@@ -50,18 +51,7 @@ from libc.string cimport memset
 cdef enum:
     CHUNK = 8192
 
-# Tiling of activation_bias_backward (see the module note). A tile spans at most
-# FUSED_COL_BLOCK columns (softmax: whole rows), at least FUSED_MIN_TILE elements (or one row),
-# and the row blocks aim at FUSED_TILES tiles in all: enough for a team of threads, few
-# enough that the partial sums stay a small fraction of dz. A tile's rows go through the
-# activation and the column sums FUSED_SUB elements at a time, so the sums read dz from L1:
-# on (64*32*32, 32) float32, one thread, sub-blocks of 256 or 512 elements ran as fast as
-# activation_backward alone, 1024 or more about 1.5x slower (float64: 256 best).
-cdef enum:
-    FUSED_COL_BLOCK = 512
-    FUSED_MIN_TILE = 4096
-    FUSED_TILES = 64
-    FUSED_SUB = 256
+# activation_bias_backward's tiles: fused_tiling and fused_step (native/_activation.pxd).
 
 
 ctypedef struct _ActFlatJob:
@@ -222,9 +212,7 @@ cdef void _act_bias_tile(const floating* dy, const floating* x, const floating* 
     acc[j] = the sum of those rows of dz[:, j0 + j] (softmax: w == cols). pool (instead of
     dy, x and y): dz made from a max pool's arrays (_pooled_dz_rows), summed alike."""
     cdef Py_ssize_t r = r0, i, j, rr, off
-    # at least four rows: add_rows_double sums four at a time (one row a pass is bound by
-    # acc's loads and stores: a 128 x 512 relu layer's backward took 2.4x activation_backward)
-    cdef Py_ssize_t step = max(4, <Py_ssize_t>FUSED_SUB // w)
+    cdef Py_ssize_t step = fused_step(w)
     cdef _PixelWalk walk
     for j in range(w):
         acc[j] = 0
@@ -286,25 +274,6 @@ cdef void _act_bias_job(void* ctx, long begin, long end, int slot) noexcept nogi
                            j.pool.hits + t if j.pool != NULL else NULL)
 
 
-cdef void _sum_row_blocks(double* partial, Py_ssize_t nrb, Py_ssize_t cols,
-                          floating* db) noexcept nogil:
-    """db[j] = ((0 + partial[0, j]) + partial[1, j]) + ... in float64, rounded once: the
-    blocks in order, a row of partials at a time (contiguous, vectorized; walking each
-    column down the blocks took a third of a 128 x 512 layer's backward). Accumulated in
-    partial's first row."""
-    cdef Py_ssize_t rb, j
-    cdef double* acc = partial
-    cdef const double* row
-    for j in range(cols):
-        acc[j] = 0.0 + acc[j]   # the sum's +0 start: a -0 partial sums to +0
-    for rb in range(1, nrb):
-        row = partial + rb * cols
-        for j in range(cols):
-            acc[j] = acc[j] + row[j]
-    for j in range(cols):
-        db[j] = <floating>acc[j]
-
-
 def _act_bias_backward_rows(const floating[:, ::1] dy,   # IN  (rows, K)
                             const floating[:, ::1] x,    # IN  (rows, K) NEEDING_INPUT only
                             const floating[:, ::1] y,    # IN  (rows, K) forward output
@@ -324,12 +293,7 @@ def _act_bias_backward_rows(const floating[:, ::1] dy,   # IN  (rows, K)
     cdef double[:, ::1] partial
     cdef _ActBiasJob job
     cdef int threads = omp_get_max_threads() if rows * cols >= TEAM_PARALLEL_MIN else 1
-    if act != ACT_SOFTMAX and cols > FUSED_COL_BLOCK:
-        cbw = FUSED_COL_BLOCK
-    ncb = (cols + cbw - 1) // cbw
-    nrb = max(1, <Py_ssize_t>FUSED_TILES // ncb)
-    rb_rows = max((rows + nrb - 1) // nrb, (<Py_ssize_t>FUSED_MIN_TILE + cbw - 1) // cbw)
-    nrb = (rows + rb_rows - 1) // rb_rows
+    fused_tiling(rows, cols, act, &cbw, &ncb, &nrb, &rb_rows)
     partial = np.empty((nrb, cols), dtype=np.float64)
     job.is_double = floating is double
     job.dy, job.x, job.y, job.dz, job.partial = &dy[0, 0], &x[0, 0], &y[0, 0], &dz[0, 0], \
@@ -354,7 +318,7 @@ def _act_bias_backward_rows(const floating[:, ::1] dy,   # IN  (rows, K)
         # on pynn's worker team (native/_team.h): tiles are fixed by the shape alone
         pynn_team_for(nrb * ncb, team_grain(nrb * ncb, threads), threads, _act_bias_job,
                       &job)
-        _sum_row_blocks(&partial[0, 0], nrb, cols, &db[0])
+        sum_row_blocks(&partial[0, 0], nrb, cols, &db[0])
     if pool is not None:
         return int(hits.sum())
 

@@ -22,6 +22,7 @@ wake-up costs more than the second core gives them. Without such a BLAS the prod
 goes to BLAS's own threading, the epilogue to a second pass.
 """
 import os
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -30,15 +31,19 @@ from _blas cimport (
     blas_init, floating, gemm_rowmajor, pynn_blas_ilp64, pynn_blas_sgemm_address,
 )
 from _activation cimport (
-    ACT_LINEAR, ACT_PARALLEL_MIN, ACT_SOFTMAX, TEAM_PARALLEL_MIN, act_forward_vec,
-    add_rows_double, bias_activation_rows, block_epilogue, softmax_row,
+    ACT_LINEAR, ACT_PARALLEL_MIN, ACT_RELU, ACT_SOFTMAX, TEAM_PARALLEL_MIN, act_forward_vec,
+    add_rows_double, bias_activation_rows, block_epilogue, fused_step,
+    fused_tiling, softmax_row, sum_row_blocks,
 )
 
 from pynn._config import usable_cores
+from pynn._native.activation import activation_backward, activation_bias_backward
 from pynn.backend._scratch import give, scratch, take
 from pynn.backend.operands import dense as operands
 from pynn.backend.operands.common import HOST
-from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
+from pynn.backend.api import (
+    ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT, dense_backward_input_activation_composed,
+)
 
 blas_init()
 
@@ -225,11 +230,17 @@ ctypedef struct _BandsJob:
     const void* bias
     void* y
     double alpha
+    # the layer below's relu and bias in each column band (dense_backward_input_activation):
+    # its output y_below (NULL: no such epilogue) and activation_bias_backward's tiles' sums
+    const void* y_below
+    double* partial
+    Py_ssize_t cbw, nrb, rb_rows
 
 
 cdef void _bands_items(void* ctx, long begin, long end, int slot) noexcept nogil:
     cdef _BandsJob* j = <_BandsJob*>ctx
     cdef long band
+    cdef int units, j0, j1
     for band in range(begin, end):
         if j.is_double:
             _gemm_band(j.ta, j.tb, j.m, j.n, j.k, <const double*>j.a, j.lda,
@@ -241,6 +252,57 @@ cdef void _bands_items(void* ctx, long begin, long end, int slot) noexcept nogil
                        <const float*>j.b, j.ldb, <float*>j.c, j.ldc,
                        <const float*>j.bias, <float*>j.y, j.act, <float>j.alpha, <int>band,
                        j.bands)
+        if j.y_below != NULL:   # column bands only (see dense_backward_input_activation)
+            units = (j.n + 15) // 16
+            j0 = (<int>band * units // j.bands) * 16
+            j1 = _imin(((<int>band + 1) * units // j.bands) * 16, j.n)
+            if j.is_double:
+                _relu_bias_columns(<double*>j.c, <const double*>j.y_below, j.partial, j.m,
+                                   j.n, j0, j1, j.cbw, j.nrb, j.rb_rows)
+            else:
+                _relu_bias_columns(<float*>j.c, <const float*>j.y_below, j.partial, j.m,
+                                   j.n, j0, j1, j.cbw, j.nrb, j.rb_rows)
+
+
+cdef inline void _relu_backward_inplace(floating* g, const floating* y,
+                                        Py_ssize_t n) noexcept nogil:
+    """g = relu's backward of g through y (act_backward_vec's select, in place: with g
+    passed as both its dy and dx GCC's overlap check sent every row down the scalar loop,
+    50 us of a 128 x 512 band epilogue)."""
+    cdef Py_ssize_t j
+    for j in range(n):
+        g[j] = g[j] if y[j] > 0 else 0
+
+
+cdef void _relu_bias_columns(floating* g, const floating* y, double* partial, Py_ssize_t rows,
+                             Py_ssize_t cols, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t cbw,
+                             Py_ssize_t nrb, Py_ssize_t rb_rows) noexcept nogil:
+    """g (rows, cols), an input gradient, becomes dz = relu's backward of it through y (the
+    layer below's output) over columns [j0, j1), in place, and partial (nrb, cols) gets those
+    columns' sums of activation_bias_backward's tiles (fused_tiling): each tile's rows in
+    its own steps (fused_step of the tile's width), the same additions in the same order,
+    so sum_row_blocks gives its bits. relu's backward selects: the same bits too."""
+    cdef Py_ssize_t rb, r0, r1, r, rr, i, cb, t0, a0, a1, w
+    cdef double* acc
+    if j1 <= j0:
+        return
+    for rb in range(nrb):
+        r0 = rb * rb_rows
+        r1 = min(rows, r0 + rb_rows)
+        for cb in range(j0 // cbw, (j1 - 1) // cbw + 1):
+            t0 = cb * cbw
+            w = min(cbw, cols - t0)
+            a0, a1 = max(j0, t0), min(j1, t0 + w)
+            acc = partial + rb * cols + a0
+            for i in range(a1 - a0):
+                acc[i] = 0
+            r = r0
+            while r < r1:
+                rr = min(fused_step(w), r1 - r)
+                for i in range(r, r + rr):
+                    _relu_backward_inplace(g + i * cols + a0, y + i * cols + a0, a1 - a0)
+                add_rows_double(g + r * cols + a0, acc, rr, a1 - a0, cols)
+                r += rr
 
 
 cdef void _softmax_rows_items(void* ctx, long begin, long end, int slot) noexcept nogil:
@@ -270,6 +332,7 @@ cdef void _gemm_bands(bint ta, bint tb, int m, int n, int k, const floating* a, 
     job.m, job.n, job.k, job.lda, job.ldb, job.ldc = m, n, k, lda, ldb, ldc
     job.act, job.bands, job.alpha = act, bands, alpha
     job.a, job.b, job.c, job.bias, job.y = a, b, c, bias, y
+    job.y_below, job.partial = NULL, NULL
     pynn_team_for(bands, 1, threads, _bands_items, &job)
     if act == ACT_SOFTMAX and n > m:
         if <double>m * n < TEAM_PARALLEL_MIN:
@@ -847,6 +910,62 @@ def dense_backward_input(dz, kernel):
     return dx
 
 
+def dense_backward_input_activation(dz, kernel, z, y, activation, alpha=0.0, use_bias=True):
+    """(dz_below, dbias_below or None): bias_activation_backward of dense_backward_input(dz,
+    kernel) through the layer below's activation (z, y its pre-activation and output), the
+    same bits. relu with a bias, where the product runs on BLAS on the calling thread or in
+    column bands (wider than tall), makes dz_below in place of the input gradient and the
+    bias sums band by band while the band is in cache (activation_bias_backward's tiles'
+    sums: native/_activation.pxd); elsewhere the two ops in turn."""
+    name, a, dz, kernel, z, y = operands.dense_backward_input_activation(
+        HOST, dz, kernel, z, y, activation, alpha)
+    rows, cols, k = dz.shape[0], kernel.shape[0], dz.shape[1]
+    if (name == "relu" and use_bias and rows and cols and k and _HAVE_BLAS_THREADS
+            and not _micro_wins("backward_input", dz.dtype, rows, cols, k)
+            and (cols > rows or <double>rows * cols * k < _SERIAL_MACS)):
+        return _relu_bias_below(dz, kernel, y)
+    return dense_backward_input_activation_composed(_OPS, dz, kernel, z, y, name, a, use_bias)
+
+
+def _relu_bias_below(const floating[:, ::1] dz, const floating[:, ::1] kernel,
+                     const floating[:, ::1] y):
+    """dense_backward_input_activation's fused road (relu, a bias) on checked operands."""
+    cdef int rows = dz.shape[0], cols = kernel.shape[0], k = dz.shape[1]
+    cdef Py_ssize_t cbw, ncb, nrb, rb_rows
+    cdef _BandsJob job
+    cdef int threads = omp_get_max_threads()
+    dtype = np.float32 if floating is float else np.float64
+    g = np.empty((rows, cols), dtype=dtype)
+    db = np.empty(cols, dtype=dtype)
+    cdef floating[:, ::1] gv = g
+    cdef floating[::1] dbv = db
+    fused_tiling(rows, cols, ACT_RELU, &cbw, &ncb, &nrb, &rb_rows)
+    partial = np.empty((nrb, cols), dtype=np.float64)
+    cdef double[:, ::1] pv = partial
+    cdef bint serial = <double>rows * cols * k < _SERIAL_MACS
+    job.ta, job.tb, job.is_double = False, True, floating is double
+    job.m, job.n, job.k, job.lda, job.ldb, job.ldc = rows, cols, k, k, k, cols
+    job.act, job.alpha = ACT_LINEAR, 0.0
+    job.bands = min(_BANDS, (cols + 15) // 16)
+    job.a, job.b, job.c, job.bias, job.y = &dz[0, 0], &kernel[0, 0], &gv[0, 0], NULL, NULL
+    job.y_below, job.partial = &y[0, 0], &pv[0, 0]
+    job.cbw, job.nrb, job.rb_rows = cbw, nrb, rb_rows
+    _blas_solo_enter()
+    try:
+        with nogil:
+            if serial:   # dense_backward_input's one GEMM on this thread (see _SERIAL_MACS)
+                gemm_rowmajor(False, True, rows, cols, k, <floating>1, &dz[0, 0], k,
+                              &kernel[0, 0], k, <floating>0, &gv[0, 0], cols)
+                _relu_bias_columns(&gv[0, 0], &y[0, 0], &pv[0, 0], rows, cols, 0, cols, cbw,
+                                   nrb, rb_rows)
+            else:        # its column bands, each band's relu and sums right after it
+                pynn_team_for(job.bands, 1, threads, _bands_items, &job)
+            sum_row_blocks(&pv[0, 0], nrb, cols, &dbv[0])
+    finally:
+        _blas_solo_exit()
+    return g, db
+
+
 def dense_backward_weight(x, dz):
     """dkernel = x.T @ dz, shape (C, U)."""
     x, dz = operands.dense_backward_weight(HOST, x, dz)
@@ -914,3 +1033,9 @@ def bias_backward(dz):
     if flat.shape[0] and cols:
         _column_sums(flat, out)
     return out
+
+
+# The ops dense_backward_input_activation composes where it does not fuse.
+_OPS = SimpleNamespace(dense_backward_input=dense_backward_input, bias_backward=bias_backward,
+                       activation_backward=activation_backward,
+                       activation_bias_backward=activation_bias_backward)

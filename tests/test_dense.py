@@ -512,3 +512,114 @@ def test_bias_backward_sums_in_double():
     assert got.dtype == np.float32
     ulps = np.abs(got - want) / np.spacing(np.abs(want).astype(np.float32))
     assert ulps.max() <= 0.5 + 1e-9, ulps.max()
+
+
+# -- dense_backward_input_activation: the input gradient through the layer below's activation
+# (N, U, C_below): wider than tall (column bands), taller than wide (the two ops), a product
+# under the serial threshold, one row; 520 columns span two of activation_bias_backward's
+# 512-column tiles, so a band's sums cross a tile edge.
+BELOW_SHAPES = [(128, 256, 520), (37, 19, 301), (300, 64, 40), (64, 256, 256), (9, 7, 5),
+                (1, 33, 70), (61, 130, 1100)]
+
+
+def _below_operands(rng, n, u, c, dtype, act="relu"):
+    from tests.reference.activation_ref import activation_forward_ref
+
+    dz = rng.normal(size=(n, u)).astype(dtype)
+    kernel = rng.normal(size=(c, u)).astype(dtype)
+    z = rng.normal(size=(n, c)).astype(dtype)
+    y = activation_forward_ref(z, act, ALPHA.get(act, 0.0)).astype(dtype)
+    return dz, kernel, z, y
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", BELOW_SHAPES, ids=str)
+@pytest.mark.parametrize("act", ["relu", "sigmoid", "gelu", "linear", "softmax"])
+def test_backward_input_activation_is_the_two_ops(act, shape, dtype):
+    """The same bits as dense_backward_input then activation_bias_backward (bias_backward
+    for linear): relu with a bias makes them band by band, the rest runs the two ops; and
+    within float64 of the reference."""
+    from pynn._native.activation import activation_bias_backward
+    from pynn._native.dense import dense_backward_input_activation
+    from tests.reference.dense_ref import dense_backward_input_activation_ref
+
+    rng = np.random.default_rng(sum(shape))
+    dz, kernel, z, y = _below_operands(rng, *shape, dtype, act)
+    alpha = ALPHA.get(act, 0.0)
+    for use_bias in (True, False):
+        got, db = dense_backward_input_activation(dz, kernel, z, y, act, alpha, use_bias)
+        g = dense_backward_input(dz, kernel)
+        if act == "linear":
+            want, want_db = g, bias_backward(g)
+        else:
+            want, want_db = activation_bias_backward(g, z, y, act, alpha)
+            if not use_bias:
+                want = activation_backward(g, z, y, act, alpha)
+        np.testing.assert_array_equal(got, want)
+        if use_bias:
+            np.testing.assert_array_equal(db, want_db)
+        else:
+            assert db is None
+        ref, ref_db = dense_backward_input_activation_ref(dz, kernel, z, y, act, alpha,
+                                                          use_bias)
+        np.testing.assert_allclose(got, ref, **TOL[dtype])
+        if use_bias:
+            np.testing.assert_allclose(db, ref_db, rtol=TOL[dtype]["rtol"],
+                                       atol=TOL[dtype]["atol"] * shape[0])
+
+
+def test_backward_input_activation_thread_and_threshold_invariance():
+    """The fused road's bits for 1-3 threads, banded or on the calling thread."""
+    from pynn._native.dense import dense_backward_input_activation
+
+    rng = np.random.default_rng(4)
+    dz, kernel, z, y = _below_operands(rng, 61, 130, 1100, np.float32)
+    want = dense_backward_input_activation(dz, kernel, None, y, "relu")
+    try:
+        for threads in (1, 2, 3):
+            set_num_threads(threads)
+            for macs in (0.0, float("inf")):
+                old = dense._set_serial_macs(macs)
+                try:
+                    got = dense_backward_input_activation(dz, kernel, None, y, "relu")
+                finally:
+                    dense._set_serial_macs(old)
+                np.testing.assert_array_equal(got[0], want[0])
+                np.testing.assert_array_equal(got[1], want[1])
+    finally:
+        set_num_threads(os.cpu_count() or 1)
+
+
+def test_backward_input_activation_bad_inputs():
+    from pynn._native.dense import dense_backward_input_activation
+
+    rng = np.random.default_rng(5)
+    dz, kernel, z, y = _below_operands(rng, 7, 5, 9, np.float32)
+    op = dense_backward_input_activation
+    with pytest.raises(ValueError, match=r"'y' \(the layer below's output\) is required"):
+        op(dz, kernel, z, None, "relu")
+    with pytest.raises(ValueError, match="'gelu' needs the pre-activation 'z'"):
+        op(dz, kernel, None, y, "gelu")
+    with pytest.raises(ValueError, match=r"'y' must have shape \(7, 9\)"):
+        op(dz, kernel, None, y[:, :8], "relu")
+    with pytest.raises(ValueError, match=r"'z' must have shape \(7, 9\)"):
+        op(dz, kernel, z[:6], y, "gelu")
+    with pytest.raises(ValueError, match=r"'kernel' must have shape \(\?, 5\)"):
+        op(dz, kernel[:, :4], None, y, "relu")
+    with pytest.raises(ValueError, match="unknown activation"):
+        op(dz, kernel, None, y, "nope")
+    with pytest.raises(ValueError, match="2 dimensions"):
+        op(dz.reshape(-1), kernel, None, y, "relu")
+
+
+@pytest.mark.parametrize("n,u,c", [(37, 19, 301), (9, 7, 5), (64, 130, 70)])
+def test_dense_backward_input_activation_on_backend(backend, n, u, c):
+    from tests.reference.dense_ref import dense_backward_input_activation_ref
+
+    rng = np.random.default_rng(n + u + c)
+    dz, kernel, z, y = (a.astype(backend.dtype) for a in
+                        _below_operands(rng, n, u, c, np.float64))
+    check_op(backend, "dense_backward_input_activation", dz, kernel, None, y, "relu", 0.0,
+             True, ref=lambda *a: dense_backward_input_activation_ref(dz, kernel, z, y,
+                                                                     "relu"),
+             kind="gemm")

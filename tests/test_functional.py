@@ -722,3 +722,73 @@ def test_conv_pool_pair_trains_where_the_conv_subsamples(seeded, monkeypatch):
         np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
     for a, b in zip(models[0].get_weights(), models[1].get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def act_below_flags(model):
+    return [st.act_below.name if st.act_below is not None else None
+            for st in model._plan.steps]
+
+
+def dense_relu_net(policy=None, sequence=False, wide=520):
+    x_in = pynn.Input((5, 17) if sequence else (17,))
+    h = layers.Dense(33, activation="relu", name="d1", dtype=policy)(x_in)
+    h = layers.Dense(wide, activation="relu", name="d2", dtype=policy)(h)
+    h = layers.Dense(21, activation="relu", name="d3", dtype=policy)(h)
+    return pynn.Model(x_in, layers.Dense(3, name="head", dtype=policy)(h))
+
+
+@pytest.mark.parametrize("policy,sequence", [(None, False), (None, True),
+                                             ("mixed_bfloat16", False)])
+def test_dense_activation_fusion_same_bits_as_the_two_ops(seeded, monkeypatch, policy,
+                                                          sequence):
+    """Each Dense takes its input gradient through the relu and bias below it (an
+    ActGrad): the same losses and weights as the separate ops, step after step."""
+    from pynn.layers import functional
+
+    models = []
+    for fuse in (True, False):
+        monkeypatch.setattr(functional, "FUSE_DENSE_ACTIVATION", fuse)
+        pynn.utils.set_random_seed(5)
+        model = dense_relu_net(policy, sequence)
+        model.compile("adam", "mse")
+        models.append(model)
+    assert act_below_flags(models[0]) == [None, "d1", "d2", "d3"]
+    assert act_below_flags(models[1]) == [None] * 4
+    models[1].set_weights(models[0].get_weights())
+    x = seeded.standard_normal((67, 5, 17) if sequence else (67, 17)).astype(np.float32)
+    y = seeded.standard_normal((67, 5, 3) if sequence else (67, 3)).astype(np.float32)
+    for _ in range(3):
+        losses = [m.train_on_batch(x, y) for m in models]
+        assert losses[0] == losses[1]
+        for a, b in zip(models[0].get_weights(), models[1].get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_dense_activation_fusion_gradients(float64, seeded):
+    """Finite differences through the ActGrads (float64; few units, so that no relu sits
+    within the difference step of its kink)."""
+    model = dense_relu_net(wide=40)
+    assert act_below_flags(model) == [None, "d1", "d2", "d3"]
+    model.compile("sgd", "mse")
+    randomize(model, seeded)
+    check_model(model, seeded.standard_normal((4, 17)), seeded.standard_normal((4, 3)))
+
+
+def test_dense_activation_fusion_only_where_the_dense_alone_reads_a_relu_with_bias():
+    def flags(build):
+        x_in = pynn.Input((6,))
+        return act_below_flags(pynn.Model(x_in, build(x_in)))
+
+    relu = lambda **kw: layers.Dense(4, activation="relu", **kw)  # noqa: E731
+    dense = lambda: layers.Dense(3)  # noqa: E731
+    assert flags(lambda x: dense()(relu(name="below")(x))) == [None, "below"]
+    # read twice, a model output too, no bias, another activation, an activity regularizer,
+    # a shared layer below
+    assert flags(lambda x: layers.Add()([dense()(h := relu()(x)), dense()(h)]))[1:3] == \
+        [None, None]
+    assert flags(lambda x: [dense()(h := relu()(x)), h])[1] is None
+    assert flags(lambda x: dense()(relu(use_bias=False)(x)))[1] is None
+    assert flags(lambda x: dense()(layers.Dense(4, activation="tanh")(x)))[1] is None
+    assert flags(lambda x: dense()(relu(activity_regularizer="l2")(x)))[1] is None
+    shared = layers.Dense(6, activation="relu")
+    assert all(f is None for f in flags(lambda x: dense()(shared(shared(x)))))

@@ -111,6 +111,14 @@ OPS = {
     "dense_forward": ("x", "kernel", "bias", "activation", "alpha"),
     "dense_backward_input": ("dz", "kernel"),   # dz @ kernel.T -> (N, C_in)
     "dense_backward_weight": ("x", "dz"),        # x.T @ dz -> (C_in, U)
+    # The input gradient of a Dense taken on through the layer below's activation and bias:
+    # (dz_below, dbias_below or None when not use_bias) = bias_activation_backward of
+    # dense_backward_input(dz, kernel) with z, y that layer's pre-activation and output
+    # (dense_backward_input_activation_composed below), the same bits. The CPU backend
+    # makes dz_below and the bias sums of a relu layer in each column band of the product
+    # while it is in cache.
+    "dense_backward_input_activation": ("dz", "kernel", "z", "y", "activation", "alpha",
+                                        "use_bias"),
     "bias_backward": ("dz",),                     # sum over every axis but the last
     # -- activations (native/activation.pyx, opencl/activation.cl) -----------------------
     "activation_forward": ("x", "activation", "alpha"),       # any shape; softmax on last axis
@@ -580,6 +588,14 @@ def bias_activation_backward(ops, dy, z, y, activation, alpha=0.0, use_bias=True
     if use_bias:
         return ops.activation_bias_backward(dy, z, y, activation, alpha)
     return ops.activation_backward(dy, z, y, activation, alpha), None
+
+
+def dense_backward_input_activation_composed(ops, dz, kernel, z, y, activation, alpha=0.0,
+                                             use_bias=True):
+    """dense_backward_input_activation from a backend's ops: the input gradient, then the
+    layer below's bias_activation_backward."""
+    return bias_activation_backward(ops, ops.dense_backward_input(dz, kernel), z, y,
+                                    activation, alpha, use_bias)
 
 
 def conv2d_transpose_backward_composed(ops, place, dy, x, z, y, kernel, g, strides,

@@ -23,6 +23,7 @@ from pynn._native.conv import (  # noqa: F401
 from pynn._native.dense import (  # noqa: F401
     bias_backward,
     dense_backward_input,
+    dense_backward_input_activation,
     dense_backward_weight,
     dense_forward,
 )

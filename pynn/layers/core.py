@@ -63,6 +63,18 @@ def Input(shape=None, batch_size=None, name=None, dtype=None):
     return InputLayer(shape=shape, batch_size=batch_size, name=name, dtype=dtype).output
 
 
+class ActGrad:
+    """A Dense layer's backward handed to the Dense below it (functional.
+    _fuse_dense_activation): that layer's dz (its output gradient taken through its
+    activation, rows by units) and bias gradient (None without a bias), made by
+    dense_backward_input_activation."""
+
+    __slots__ = ("dz", "db")
+
+    def __init__(self, dz, db):
+        self.dz, self.db = dz, db
+
+
 class Dense(Layer):
     """y = activation(x @ kernel + bias) on the last axis; kernel (in, units) as Keras."""
 
@@ -102,17 +114,32 @@ class Dense(Layer):
             self._cache = (x2, y, z, lead)
         return y if x.ndim == 2 else b.reshape(y, lead + (self.units,))
 
+    # The Dense layer below, whose relu output only this layer reads: backward hands it an
+    # ActGrad (its dz and bias gradient) instead of its output gradient. Set by the plan
+    # for each backward call (functional._fuse_dense_activation), None otherwise.
+    _act_below = None
+
     def backward(self, dy):
         b = backend.current()
         x2, y, z, lead = self._cache
         self._cache = None
-        dy2 = dy if dy.ndim == 2 else b.reshape(dy, (-1, self.units))
-        dz = bias_activation_backward(self, dy2, z, y)
+        if type(dy) is ActGrad:   # the layer above took dy through this layer's activation
+            dz = dy.dz
+            if self.use_bias:
+                self.bias.grad = dy.db
+        else:
+            dy2 = dy if dy.ndim == 2 else b.reshape(dy, (-1, self.units))
+            dz = bias_activation_backward(self, dy2, z, y)
         bf16 = self._bf16_compute
         self.kernel.grad = (b.bf16_dense_backward_weight if bf16 else b.dense_backward_weight)(
             x2, dz)
         if not self.needs_input_grad:
             return None
+        below = self._act_below
+        if below is not None and not bf16 and not below._bf16_compute:
+            # x2 is the layer below's output: one op makes its dz and bias gradient
+            return ActGrad(*b.dense_backward_input_activation(
+                dz, self.kernel.value, None, x2, below.activation, below.alpha, below.use_bias))
         dx = (b.bf16_dense_backward_input if bf16 else b.dense_backward_input)(
             dz, self.kernel.value)
         return dx if len(lead) == 1 else b.reshape(dx, lead + (x2.shape[1],))

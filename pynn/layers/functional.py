@@ -124,7 +124,8 @@ class Step:
 
     __slots__ = ("layer", "ins", "outs", "several", "multi_out", "shared", "free_after",
                  "needs_input_grad", "input_grad_slots", "backprop", "activity", "grads_final",
-                 "fused", "passthrough", "makes_mask", "pool_grad", "pools", "pooled")
+                 "fused", "passthrough", "makes_mask", "pool_grad", "pools", "pooled",
+                 "act_below")
 
     def __init__(self, layer, ins, outs, several, multi_out):
         self.layer = layer
@@ -152,6 +153,10 @@ class Step:
         # passes it on.
         self.pools = None
         self.pooled = False
+        # A Dense whose input is the relu output of a Dense below that only it reads: its
+        # backward makes that layer's dz and bias gradient (an ActGrad) rather than its own
+        # input gradient (_fuse_dense_activation). The layer below, or None.
+        self.act_below = None
         # Whether the layer may make a mask from unmasked inputs, once rather than per call
         # (set again wherever a step's layer is replaced).
         self.makes_mask = _makes_mask(layer)
@@ -211,6 +216,8 @@ class Plan:
         self.readers = readers
         self.steps = steps
         _fuse_activations(steps, readers, calls, set(self.output_slots))
+        if FUSE_DENSE_ACTIVATION:
+            _fuse_dense_activation(steps, readers, calls, set(self.output_slots))
         if FUSE_CONV_POOL:
             _fuse_conv_pool(steps, readers, calls, set(self.output_slots))
         self._prepared_for = None
@@ -457,7 +464,14 @@ class Plan:
                 else:
                     layer._cache = cache
                     layer.needs_input_grad = step.needs_input_grad
-                    dx = layer.backward(dy)
+                    if step.act_below is not None:
+                        layer._act_below = step.act_below
+                        try:
+                            dx = layer.backward(dy)
+                        finally:
+                            layer._act_below = None
+                    else:
+                        dx = layer.backward(dy)
                     layer._cache = None
                 for s in step.outs:
                     grads[s] = None
@@ -481,6 +495,9 @@ class Plan:
         return [grads[s] for s in self.input_slots], penalty
 
 
+# A Dense over another's relu output hands it an ActGrad (_fuse_dense_activation); False
+# builds plans without (benchmarks' A/B, tests of the equality).
+FUSE_DENSE_ACTIVATION = True
 # A MaxPooling2D over a Conv2D's output hands the conv a PoolGrad (_fuse_conv_pool); False
 # builds plans without (benchmarks' A/B, tests of the equality).
 FUSE_CONV_POOL = True
@@ -566,6 +583,39 @@ def _fuse_activations(steps, readers, calls, outputs):
             continue
         st.fused = (a.activation, a.alpha)
         act.passthrough = True
+
+
+def _fuse_dense_activation(steps, readers, calls, outputs):
+    """A Dense whose input only it reads, the relu output of a Dense with a bias below it
+    (each called once, in one dtype, no activity regularizer below, a named activation),
+    hands that layer an ActGrad in backward: dense_backward_input_activation takes its
+    input gradient on through the relu and the bias (on the CPU in the product's own column
+    bands, while in cache), and the layer below skips its activation_bias_backward. The same
+    bits (tests/test_dense.py, tests/test_functional.py). Under mixed_bfloat16 the layers
+    take their usual roads (Dense.backward checks)."""
+    from pynn.layers.core import Dense
+
+    maker = {}
+    for st in steps:
+        for slot in st.outs:
+            maker[slot] = st
+    for st in steps:
+        layer = st.layer
+        if (type(layer) is not Dense or st.several or st.multi_out or calls[id(layer)] != 1
+                or "_activation_fn" in layer.__dict__):
+            continue
+        slot = st.ins[0]
+        below = maker.get(slot)
+        if below is None:
+            continue
+        lb = below.layer
+        if (type(lb) is not Dense or below.several or below.multi_out
+                or calls[id(lb)] != 1 or "_activation_fn" in lb.__dict__
+                or lb.activation != "relu" or not lb.use_bias
+                or lb.activity_regularizer is not None or slot in outputs
+                or readers.get(slot) != 1 or lb.compute_dtype != layer.compute_dtype):
+            continue
+        st.act_below = lb
 
 
 def _fuse_conv_pool(steps, readers, calls, outputs):

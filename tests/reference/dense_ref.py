@@ -33,3 +33,15 @@ def bias_backward_ref(dz):
     if dz.shape[-1] == 0:
         return np.zeros(0)
     return dz.reshape(-1, dz.shape[-1]).sum(axis=0)
+
+
+def dense_backward_input_activation_ref(dz, kernel, z, y, activation="linear", alpha=0.0,
+                                        use_bias=True):
+    """(dz_below, dbias_below or None): dz @ kernel.T taken back through the layer below's
+    activation at its pre-activation z (y, its output, is not read), and that layer's bias
+    gradient."""
+    from tests.reference.activation_ref import activation_backward_ref
+
+    g = dense_backward_input_ref(dz, kernel)
+    below = activation_backward_ref(g, np.asarray(z, np.float64), activation, alpha)
+    return below, (below.sum(axis=0) if use_bias else None)

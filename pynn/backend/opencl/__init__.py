@@ -19,7 +19,8 @@ from pynn.backend.opencl.conv import (  # noqa: F401
     conv2d_pool_backward, conv2d_pool_forward,
 )
 from pynn.backend.opencl.dense import (  # noqa: F401
-    bias_backward, dense_backward_input, dense_backward_weight, dense_forward,
+    bias_backward, dense_backward_input, dense_backward_input_activation,
+    dense_backward_weight, dense_forward,
 )
 from pynn.backend.opencl.dropout import dropout_backward, dropout_forward  # noqa: F401
 from pynn.backend.opencl.gemm import gemm_tiles, tune_gemm  # noqa: F401

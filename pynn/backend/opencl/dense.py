@@ -5,8 +5,11 @@ Same names, signatures and semantics as ``native/dense.pyx``; operands are check
 ``pynn.backend.operands.dense``.
 """
 
+from types import SimpleNamespace
+
 import numpy as np
 
+from pynn.backend.api import dense_backward_input_activation_composed
 from pynn.backend.opencl import runtime as rt
 from pynn.backend.opencl.activation import activation_forward, fused_epilogue
 from pynn.backend.opencl.arrays import DEVICE
@@ -39,6 +42,20 @@ def dense_backward_input(dz, kernel):
         run_gemm("dense", "dense_backward_input", m, n, k, (dz, kernel, dx), vwa=(k,),
                  vwb=(k,))
     return dx
+
+
+def dense_backward_input_activation(dz, kernel, z, y, activation, alpha=0.0, use_bias=True):
+    """(dz_below, dbias_below or None): the input gradient, then the layer below's
+    bias_activation_backward, on the device (api's composition; the CPU fuses the two)."""
+    from pynn.backend.opencl.activation import activation_backward, activation_bias_backward
+
+    name, a, dz, kernel, z, y = operands.dense_backward_input_activation(
+        DEVICE, dz, kernel, z, y, activation, alpha)
+    ops = SimpleNamespace(dense_backward_input=dense_backward_input,
+                          bias_backward=bias_backward,
+                          activation_backward=activation_backward,
+                          activation_bias_backward=activation_bias_backward)
+    return dense_backward_input_activation_composed(ops, dz, kernel, z, y, name, a, use_bias)
 
 
 def dense_backward_weight(x, dz):
