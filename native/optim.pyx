@@ -796,6 +796,20 @@ ctypedef struct _UpdateJob:
     bint centered, use_mom
 
 
+cdef inline void _ftrl_step(floating* w, floating* a, floating* b, Py_ssize_t i,
+                             floating gi, floating wi, floating ai, floating na, floating pna,
+                             floating pa, floating lr_, floating c4, floating c5, floating c6,
+                             unsigned char k) noexcept nogil:
+    """FTRL's element update from its accumulator's powers pna (new) and pa (old)."""
+    cdef floating li = b[i] + ((gi + c6 * wi) - ((pna - pa) / lr_) * wi)
+    cdef floating lc = c4 if li > c4 else (-c4 if li < -c4 else li)
+    b[i] = kept(li, k)
+    w[i] = kept((lc - li) / (pna / lr_ + c5), k)
+    # A pruned element's accumulator stays where it was: FTRL's starts at
+    # initial_accumulator_value, and 0 would make 0**power infinite.
+    a[i] = na if k else ai
+
+
 cdef inline void _update_range(const _UpdateJob* j, floating* w, const mask_t* mk,
                                Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
     cdef const floating* g = <const floating*>j.g
@@ -872,33 +886,20 @@ cdef inline void _update_range(const _UpdateJob* j, floating* w, const mask_t* m
         for i in range(i0, i1):
             k = keep_of(mk, i)
             gi = clipped_grad(g[i], scale, clip)
-            wi = decayed(w[i], dec)
             ai = a[i]
             na = ai + gi * gi
-            pna = <floating>sqrt(<double>na)
-            pa = <floating>sqrt(<double>ai)
-            li = b[i] + ((gi + c6 * wi) - ((pna - pa) / lr_) * wi)
-            b[i] = kept(li, k)
-            lc = c4 if li > c4 else (-c4 if li < -c4 else li)
-            w[i] = kept((lc - li) / (pna / lr_ + c5), k)
-            a[i] = na if k else ai
+            _ftrl_step(w, a, b, i, gi, decayed(w[i], dec), ai, na, <floating>sqrt(<double>na),
+                       <floating>sqrt(<double>ai), lr_, c4, c5, c6, k)
     elif j.kind == UPD_FTRL:           # a, b: accumulator, linear; c4..c6 l1, 2*l2, 2*shrink
         for i in range(i0, i1):
             k = keep_of(mk, i)
             gi = clipped_grad(g[i], scale, clip)
-            wi = decayed(w[i], dec)
             ai = a[i]
             na = ai + gi * gi
             # -learning_rate_power is in [0, inf): accumulator^0 is 1, as in Keras.
-            pna = <floating>(<double>na ** j.power)
-            pa = <floating>(<double>ai ** j.power)
-            li = b[i] + ((gi + c6 * wi) - ((pna - pa) / lr_) * wi)
-            b[i] = kept(li, k)
-            lc = c4 if li > c4 else (-c4 if li < -c4 else li)
-            w[i] = kept((lc - li) / (pna / lr_ + c5), k)
-            # A pruned element's accumulator stays where it was: FTRL's starts at
-            # initial_accumulator_value, and 0 would make 0**power infinite.
-            a[i] = na if k else ai
+            _ftrl_step(w, a, b, i, gi, decayed(w[i], dec), ai, na,
+                       <floating>(<double>na ** j.power), <floating>(<double>ai ** j.power),
+                       lr_, c4, c5, c6, k)
     else:                              # Lion; a: m; c4..c7 b1, b2, 1-b1, 1-b2
         for i in range(i0, i1):
             k = keep_of(mk, i)

@@ -585,6 +585,11 @@ def _fuse_activations(steps, readers, calls, outputs):
         act.passthrough = True
 
 
+def _slot_makers(steps):
+    """The step making each slot."""
+    return {slot: st for st in steps for slot in st.outs}
+
+
 def _fuse_dense_activation(steps, readers, calls, outputs):
     """A Dense whose input only it reads, the relu output of a Dense with a bias below it
     (each called once, in one dtype, no activity regularizer below, a named activation),
@@ -595,10 +600,7 @@ def _fuse_dense_activation(steps, readers, calls, outputs):
     take their usual roads (Dense.backward checks)."""
     from pynn.layers.core import Dense
 
-    maker = {}
-    for st in steps:
-        for slot in st.outs:
-            maker[slot] = st
+    maker = _slot_makers(steps)
     for st in steps:
         layer = st.layer
         if (type(layer) is not Dense or st.several or st.multi_out or calls[id(layer)] != 1
@@ -629,10 +631,7 @@ def _fuse_conv_pool(steps, readers, calls, outputs):
     (tests/test_conv.py, tests/test_functional.py)."""
     from pynn.layers.conv import Conv2D
 
-    maker = {}
-    for st in steps:
-        for slot in st.outs:
-            maker[slot] = st
+    maker = _slot_makers(steps)
     for st in steps:
         if (type(st.layer) is not MaxPooling2D or st.several or st.multi_out
                 or calls[id(st.layer)] != 1):
