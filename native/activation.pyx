@@ -642,10 +642,9 @@ def _prelu_backward(const floating[:, ::1] dy,     # IN  (N, M)
     cdef Py_ssize_t rows = x.shape[0], cols = x.shape[1], na = alpha.shape[0]
     cdef Py_ssize_t nrb = min(rows, <Py_ssize_t>PRELU_ROW_BLOCKS)
     cdef Py_ssize_t rb_rows = (rows + nrb - 1) // nrb
-    cdef Py_ssize_t a, rb
+    cdef Py_ssize_t a
     cdef bint want_dx = dx.shape[0] == rows
     cdef double[:, ::1] partial = np.zeros((nrb, na), dtype=np.float64)
-    cdef double s
     cdef _OpJob job
     _op_init(&job, OPJOB_PRELU_DX, floating is double, &dy[0, 0], &x[0, 0],
              &dx[0, 0] if want_dx else NULL, rows, cols)
@@ -656,11 +655,11 @@ def _prelu_backward(const floating[:, ::1] dy,     # IN  (N, M)
             _op_run(&job, rows, rows * cols)
         job.kind = OPJOB_PRELU_DALPHA
         _op_run(&job, nrb, rows * cols)
-        for a in range(na):
-            s = 0
-            for rb in range(nrb):
-                s = s + partial[rb, a]
-            dalpha[a] = <floating>s
+        if nrb and na:
+            sum_row_blocks(&partial[0, 0], nrb, na, &dalpha[0])
+        else:
+            for a in range(na):
+                dalpha[a] = 0
 
 
 def _prelu_index(x_shape, alpha):
