@@ -84,6 +84,10 @@ include "_microkernel.pxi"   # pynn._config.set_kernel reaches this module too
 cdef extern from "_gemv.h":
     void pynn_gemv_into_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
                           Py_ssize_t ldk, float* y, int accum) noexcept nogil
+    void pynn_gemv_rows_f(Py_ssize_t n, Py_ssize_t c, Py_ssize_t u, const float* x,
+                          Py_ssize_t ldx, const float* k, Py_ssize_t ldk, float* y,
+                          Py_ssize_t ldy) noexcept nogil
+    int PYNN_GEMV_ROWS_MAX
 include "_team.pxi"
 
 # -- the microkernel and the products built on it -------------------------------------------
@@ -576,9 +580,11 @@ cdef struct Rnn:
     void* dh                # carried dh (N, U)
     void* dc                # carried LSTM dc, or GRU_BEFORE's d(r * h_{s-1}) (N, U); else dh
     # forward of one row in float32 at an FMA level: the kernel and recurrent kernel as
-    # given (C, G) and (U, G), unpacked (NULL otherwise; see _step_mm)
+    # given (C, G) and (U, G), unpacked (NULL otherwise; see _step_mm), and x @ W of every
+    # step already in the gates (h for SimpleRNN) before the recurrence (_project_cols)
     const void* kernel_raw
     const void* rec_raw
+    bint projected
 
 
 cdef void _forward_chunk(const Rnn* r, Py_ssize_t r0, Py_ssize_t rows, floating a1,
@@ -603,7 +609,8 @@ cdef void _forward_chunk(const Rnn* r, Py_ssize_t r0, Py_ssize_t rows, floating 
         tx = _tx(s, t_len, r.backwards)
         hp = h + (s - 1) * u if s > 0 else NULL
         gs = h + s * u if cell == SIMPLE_RNN else g + tx * gw
-        _step_mm(rows, cin, gw, x + tx * cin, xld, w, r.kernel_raw, gw, gs, g_ld, False)
+        if not r.projected:
+            _step_mm(rows, cin, gw, x + tx * cin, xld, w, r.kernel_raw, gw, gs, g_ld, False)
         if cell == SIMPLE_RNN or cell == LSTM:
             if s > 0:
                 _step_mm(rows, u, gw, hp, ld, rk, r.rec_raw, gw, gs, g_ld, True)
@@ -723,6 +730,133 @@ cdef void _recurrence_job(void* ctx, long begin, long end, int slot) noexcept no
             _recurrence_run(j, tid, <float>j.a1, <float>j.a2)
 
 
+# -- one sample: the input products hoisted, the recurrent product split over the team -----
+# At batch 1 every product is a GEMV streaming its weights from L2 (an LSTM(128) step reads
+# its 256 KB recurrent kernel: about 2 of the step's 3 us on one core), so the recurrence
+# ran on one core however many pynn had. Here:
+#   - x @ W of every step is one pass before the recurrence (_project_cols): the kernel
+#     streams by once for PYNN_GEMV_ROWS_MAX steps instead of once a step; the rows GEMV
+#     sums each output as the one-row GEMV does (the same bits).
+#   - With several threads each step's recurrent product h_{s-1} @ R is cut into column
+#     ranges (multiples of 16 columns), one affine team job a step, range p on team slot p,
+#     whose L2 keeps those columns of R from step to step; then the caller runs the cell on
+#     all units. Column ranges, not unit ranges: a range of units is k strips of R (one per
+#     gate), which ran at half the GEMV's speed in place (four accumulators a strip, rows of
+#     256 bytes 2 KB apart that the prefetchers did not follow) and needed a packed copy of
+#     R per call (~10 us for an LSTM(128)); a column range is the contiguous block the
+#     unsplit GEMV walks anyway. Each output is summed as unsplit and the cell is
+#     _forward_chunk's: the results are one thread's bits. As a batch-1 lane's split layers
+#     (native/_team.h, pynn_team_lane_threads) the ranges run on the team only while its
+#     worker is awake, i.e. while calls come close together: waking a sleeping one costs a
+#     virtual machine's caller more than the split saves (LSTM(128) over 32 steps called
+#     every millisecond: 138 -> 178 us when each call woke it).
+cdef enum:
+    SPLIT_PARTS_MAX = 8
+    # A range's multiply-adds per step at least (its GEMV's floats): below this the step's
+    # job hand-offs (~0.5 us) cost about what the range saves.
+    SPLIT_PART_MIN_MACS = 16384
+
+
+ctypedef struct _ColumnsJob:
+    const Rnn* r
+    Py_ssize_t s                # the step; -1: the input products
+    Py_ssize_t bounds[SPLIT_PARTS_MAX + 1]
+
+
+cdef void _project_cols(const Rnn* r, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    """Columns [c0, c1) of x @ W for every step of one sample: x_t into the gates at t (their
+    input time index), for SimpleRNN x_tx into h at s (x read from its last step back with
+    go_backwards)."""
+    cdef Py_ssize_t t_len = r.t, cin = r.cin, gw = r.gw, t0, rows, j
+    cdef const float* x = <const float*>r.x
+    cdef Py_ssize_t ldx = cin
+    cdef float* dst = (<float*>r.h if r.cell == SIMPLE_RNN else <float*>r.g) + c0
+    if cin == 0:
+        for t0 in range(t_len):
+            for j in range(c1 - c0):
+                dst[t0 * gw + j] = 0
+        return
+    if r.cell == SIMPLE_RNN and r.backwards:
+        x = x + (t_len - 1) * cin
+        ldx = -cin
+    t0 = 0
+    while t0 < t_len:
+        rows = min(<Py_ssize_t>PYNN_GEMV_ROWS_MAX, t_len - t0)
+        pynn_gemv_rows_f(rows, cin, c1 - c0, x + t0 * ldx, ldx,
+                         <const float*>r.kernel_raw + c0, gw, dst + t0 * gw, gw)
+        t0 = t0 + rows
+
+
+cdef void _columns_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    """Column ranges [begin, end) of step s's recurrent product (of the input products for
+    s = -1), as _forward_chunk's one-row _step_mm would make them."""
+    cdef _ColumnsJob* j = <_ColumnsJob*>ctx
+    cdef const Rnn* r = j.r
+    cdef Py_ssize_t u = r.u, gw = r.gw, s = j.s, c0, c1
+    cdef const float* hp = <const float*>r.h + (s - 1) * u
+    cdef float* dst
+    cdef long p
+    for p in range(begin, end):
+        c0, c1 = j.bounds[p], j.bounds[p + 1]
+        if s < 0:
+            _project_cols(r, c0, c1)
+        elif r.cell == GRU_AFTER:
+            pynn_gemv_into_f(u, c1 - c0, hp, <const float*>r.rec_raw + c0, gw,
+                             <float*>r.srec + c0, 0)
+        else:
+            dst = (<float*>r.h + s * u if r.cell == SIMPLE_RNN
+                   else <float*>r.g + _tx(s, r.t, r.backwards) * gw)
+            pynn_gemv_into_f(u, c1 - c0, hp, <const float*>r.rec_raw + c0, gw, dst + c0, 1)
+
+
+cdef int _split_parts(const Rnn* r, int threads) noexcept nogil:
+    """Column ranges of one sample's recurrent product (1: unsplit): cells whose step is one
+    product then one pass (SimpleRNN, LSTM, GRU with reset_after), ranges of 16 columns or
+    more and SPLIT_PART_MIN_MACS each."""
+    cdef Py_ssize_t parts
+    if threads < 2 or r.t < 2 or r.cell == GRU_BEFORE:
+        return 1
+    parts = min(<Py_ssize_t>threads, <Py_ssize_t>SPLIT_PARTS_MAX, r.gw // 16,
+                r.gw * r.u // SPLIT_PART_MIN_MACS)
+    return <int>parts if parts > 1 else 1
+
+
+cdef void _forward_one(const Rnn* r, int threads, float a1, float a2) noexcept nogil:
+    """One sample through all steps (float32, the matrices as given): the input products
+    first, then each step's recurrent product (split where _split_parts says) and cell."""
+    cdef _ColumnsJob job
+    cdef int parts = _split_parts(r, threads), p
+    cdef Py_ssize_t s, tx, u = r.u, gw = r.gw
+    cdef float* g = <float*>r.g
+    cdef float* st = <float*>r.state
+    cdef float* h = <float*>r.h
+    cdef const float* b = <const float*>r.bias
+    if parts == 1:
+        _project_cols(r, 0, gw)
+        _forward_chunk(r, 0, 1, a1, a2)
+        return
+    job.r = r
+    for p in range(parts):
+        job.bounds[p] = gw * p // parts // 16 * 16
+    job.bounds[parts] = gw
+    job.s = -1
+    pynn_team_for_affine(parts, threads, _columns_job, &job)
+    for s in range(r.t):
+        tx = _tx(s, r.t, r.backwards)
+        if s > 0:
+            job.s = s
+            pynn_team_for_affine(parts, threads, _columns_job, &job)
+        if r.cell == SIMPLE_RNN:
+            _simple_step_forward(r, 1, b, h + s * u, a1)
+        elif r.cell == LSTM:
+            _lstm_step_forward(r, 1, g + tx * gw, b, st + (s - 1) * u if s > 0 else NULL,
+                               st + s * u, h + s * u, a1, a2)
+        else:
+            _gru_step_forward_after(r, 1, g + tx * gw, <float*>r.srec if s > 0 else NULL, b,
+                                    b + gw, h + (s - 1) * u if s > 0 else NULL, st + tx * u,
+                                    h + s * u, a1, a2)
+
+
 cdef Rnn _rnn(int cell, Py_ssize_t t, Py_ssize_t u, Py_ssize_t gw, Py_ssize_t cin, int act,
               int ract, bint backwards) noexcept:
     cdef Rnn r
@@ -752,6 +886,7 @@ def _forward(int cell, const floating[:, :, ::1] x, kernel, recurrent_kernel,
     cdef const floating[::1] w, rk, rk_h
     cdef floating[:, ::1] srec
     cdef const float[:, ::1] kraw, rraw
+    cdef int threads
     dtype = np.float32 if floating is float else np.float64
     if floating is float and h.shape[0] == 1 and pynn_mk_level() != 0:
         # one row (batch-1 inference) at an FMA level: every product a GEMV on the matrices
@@ -761,6 +896,7 @@ def _forward(int cell, const floating[:, :, ::1] x, kernel, recurrent_kernel,
         w = rk = rk_h = np.zeros(1, dtype=dtype)  # (the panels' pointers, unread)
         r.kernel_raw = &kraw[0, 0] if r.cin > 0 else NULL
         r.rec_raw = &rraw[0, 0]
+        r.projected = True
     else:
         w, rk, rk_h = _panels(cell, kernel, recurrent_kernel, False)
     r.x = &x[0, 0, 0] if r.cin > 0 else NULL
@@ -770,8 +906,18 @@ def _forward(int cell, const floating[:, :, ::1] x, kernel, recurrent_kernel,
     if cell == GRU_AFTER or cell == GRU_BEFORE:
         srec = np.zeros((h.shape[0], r.gw), dtype=dtype)
         r.srec = &srec[0, 0]
+    threads = omp_get_max_threads()
     with nogil:
-        _recurrence(&r, h.shape[0], False, <floating>a1, <floating>a2)
+        if floating is float and r.projected:
+            if _split_parts(&r, threads) > 1:
+                # a batch-1 lane's threads: the team's worker only while it is awake
+                threads = min(threads, pynn_team_lane_threads())
+                _forward_one(&r, threads, <float>a1, <float>a2)
+                pynn_team_lane_done()
+            else:
+                _forward_one(&r, 1, <float>a1, <float>a2)
+        else:
+            _recurrence(&r, h.shape[0], False, <floating>a1, <floating>a2)
 
 
 def _backward(int cell, const floating[:, ::1] dy, bint full, kernel, recurrent_kernel,

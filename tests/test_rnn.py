@@ -252,6 +252,44 @@ def test_one_row_takes_the_gemv_with_the_rows_bits(cell, units, features):
     np.testing.assert_allclose(alone, want, rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.parametrize("cell,units", [("simple_rnn", 203), ("lstm", 100), ("gru", 130),
+                                        ("gru_before", 130)])
+def test_one_row_splits_its_recurrent_product_over_the_team_with_one_threads_bits(cell,
+                                                                                  units):
+    """With pynn on two or three threads a one-row forward cuts each step's recurrent
+    product into column ranges (multiples of 16) run as team jobs, its input products made
+    for all steps first: outputs and caches equal one thread's bit for bit (units that are
+    no multiple of 16, both directions, Keras's activations and others), and the steps did
+    run on the team (reset_after=False, whose step is two products, stays unsplit). The
+    lane is made to post (another process may hold the worker's core under pytest -n 2)."""
+    import pynn
+    from pynn._native import info
+
+    before = pynn.get_num_threads()
+    x, w, r, b = make(cell, (1, 9, 11, units), np.float32, seed=23, scale=0.2)
+    for opts in (cell_options(cell), cell_options(cell, "relu", "hard_sigmoid")):
+        for go_backwards in (False, True):
+            try:
+                pynn.set_num_threads(1)
+                want = forward(cell, x, w, r, b, opts, True, go_backwards)
+                info._team_lane_force(True)
+                for threads in (2, 3):
+                    pynn.set_num_threads(threads)
+                    ran, _ = info.team_counts()
+                    got = forward(cell, x, w, r, b, opts, True, go_backwards)
+                    ran = info.team_counts()[0] - ran
+                    np.testing.assert_array_equal(got[0], want[0])
+                    for a, e in zip(got[1], want[1]):
+                        np.testing.assert_array_equal(a, e)
+                    if cell == "gru_before":
+                        assert ran == 0, ran
+                    else:
+                        assert ran >= x.shape[1], (cell, threads, ran)
+            finally:
+                info._team_lane_force(False)
+                pynn.set_num_threads(before)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_thread_count_invariance_large(cell):
     """Bit-identical for 1, 2 and 3 threads where one thread's rows span several chunks of
