@@ -906,12 +906,14 @@ def _forward(int cell, const floating[:, :, ::1] x, kernel, recurrent_kernel,
     if cell == GRU_AFTER or cell == GRU_BEFORE:
         srec = np.zeros((h.shape[0], r.gw), dtype=dtype)
         r.srec = &srec[0, 0]
-    threads = omp_get_max_threads()
+    # pynn's process-wide count, as a batch-1 lane's (an inference plan runs a batch-1 call
+    # with OpenMP's count at one: its lanes split their own layers)
+    threads = pynn_team_threads()
     with nogil:
         if floating is float and r.projected:
             if _split_parts(&r, threads) > 1:
-                # a batch-1 lane's threads: the team's worker only while it is awake
-                threads = min(threads, pynn_team_lane_threads())
+                # the team's worker only while it is awake
+                threads = pynn_team_lane_threads()
                 _forward_one(&r, threads, <float>a1, <float>a2)
                 pynn_team_lane_done()
             else:

@@ -634,6 +634,33 @@ def test_lanes_split_their_large_layers_over_the_team_with_the_same_bits(which):
 
 
 @pytest.mark.skipif(pynn._config.usable_cores() < 2, reason="needs two cores")
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "SimpleRNN"])
+def test_batch_1_recurrences_split_their_steps_over_the_team_with_the_same_bits(cell):
+    """A batch-1 plan runs with OpenMP at one thread, but a recurrent layer's steps, like a
+    lane's split layers, cut their recurrent products over pynn's worker team while requests
+    come close together (native/rnn.pyx, _forward_one): one thread's bits, from one Python
+    thread or eight; with pynn at one thread nothing is posted."""
+    from pynn._native import info
+
+    rng = np.random.default_rng(29)
+    units = {"LSTM": 100, "GRU": 110, "SimpleRNN": 190}[cell]  # 2 ranges of 16K+ MACs
+    model = pynn.Sequential([L.Input((11, 13)), getattr(L, cell)(units, return_sequences=True),
+                             getattr(L, cell)(units), L.Dense(5, activation="softmax")])
+    randomize(model, rng)
+    xs = [rand(rng, (1, 11, 13)) for _ in range(4)]
+    with pynn.threads(1):
+        model.predict_on_batch(xs[0])
+        wants = [model.predict_on_batch(x) for x in xs]
+        ran, _ = info.team_counts()
+        for _ in range(20):
+            model.predict_on_batch(xs[0])
+        assert info.team_counts()[0] == ran
+    with pynn.threads(2):
+        split_calls_equal(model, xs, wants, 40)
+        hammer_equal(model.predict_on_batch, xs, wants, 20)
+
+
+@pytest.mark.skipif(pynn._config.usable_cores() < 2, reason="needs two cores")
 def test_a_lane_splits_a_kernel_over_4_mib_in_place_with_the_same_bits():
     """A split layer's kernel is copied in per-thread column blocks only up to 4 MiB (no
     core's L2 would keep a larger one): a 1024 x 1040 kernel (4.26 MB) is split in place,
