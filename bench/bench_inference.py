@@ -15,6 +15,9 @@ convolutions) give pynn's predictions to 1e-5 of the output scale. Then:
   general path (``model._plan.predict``, every op checked) is timed beside it as
   ``pynn-general``. PyTorch's call includes torch.from_numpy and .numpy(), as pynn's returns
   a NumPy array.
+- --models lstm,gru: the suite's LSTM(128) and GRU(128) classifiers over 32 steps of 32
+  features in the latency table (onnxruntime beside pynn; their exported graphs), e.g.
+  ``--models lstm,gru --batch 1 --intra-threads 2`` for a batch-1 recurrence on two cores.
 - --threads-scaling: N Python threads (--scaling-threads, default 1 and 2) calling one
   shared model at batch 1, each kernel on one OpenMP thread: requests/s of all threads
   together over a fixed time, rounds of N alternating, medians; onnxruntime's shared
@@ -75,7 +78,19 @@ def cnn():
     ])
 
 
+def lstm():
+    """The suite's sequence classifier (bench/models_seq.py): 32 steps of 32 features."""
+    return pynn.Sequential([L.Input((32, 32)), L.LSTM(128), L.Dense(10, activation="softmax")])
+
+
+def gru():
+    return pynn.Sequential([L.Input((32, 32)), L.GRU(128), L.Dense(10, activation="softmax")])
+
+
 MODELS = {"mlp_784_256_128_10": mlp, "cnn_32x32x3": cnn}
+# --models lstm,gru: a batch-1 recurrence runs one GEMV a step (native/rnn.pyx); no PyTorch
+# twin here (bench/bench_rnn.py times PyTorch's LSTM and GRU).
+EXTRA_MODELS = {"lstm_32x32_128": lstm, "gru_32x32_128": gru}
 
 
 def randomize(model, rng):
@@ -122,7 +137,7 @@ def torch_model(model):
             mods += [_NHWC(), torch.nn.Flatten()]
             continue
         else:
-            raise SystemExit(f"torch_model: no mapping for {kind}")
+            return None  # (recurrent layers: no twin here)
         act = layer.activation
         mods.append(torch.nn.ReLU() if act == "relu" else torch.nn.Softmax(dim=1))
     net = torch.nn.Sequential(*mods).eval()
@@ -584,8 +599,16 @@ def main(argv=None):
     parser.add_argument("--conv-algorithms", action="store_true",
                         help="the small CNN with its convs planned by the old rule (direct "
                              "at few tiles) against today's (Winograd), alternated")
+    parser.add_argument("--models", default="mlp,cnn",
+                        help="comma-separated models of the latency table: mlp, cnn, lstm, "
+                             "gru")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
+    every = {**MODELS, **EXTRA_MODELS}
+    wanted = {name: make for name, make in every.items()
+              if name.split("_")[0] in args.models.split(",")}
+    if len(wanted) != len(args.models.split(",")):
+        parser.error(f"--models: expected names among mlp, cnn, lstm, gru, got {args.models}")
     if args.intra_threads < 1 or args.burst < 1:
         parser.error("--intra-threads and --burst take positive integers")
     batches = [int(b) for b in args.batch.split(",")]
@@ -616,7 +639,7 @@ def main(argv=None):
                   f"{r['p99_us']:9.1f}")
     if not args.skip_latency:
         rows = []
-        for name, make in MODELS.items():
+        for name, make in wanted.items():
             rows += bench_model(name, make, batches, args.repeat, args.warmup, rng,
                                 args.intra_threads, args.burst)
         pynn.set_num_threads(1)
@@ -628,7 +651,7 @@ def main(argv=None):
         for r in rows:
             print(f"{r['model']:<20} {r['batch']:>5} {r['runtime']:<14} {r['p50_us']:>9.1f} "
                   f"{r['p99_us']:>9.1f} {r['samples_per_s']:>10.1f}")
-        for name in MODELS:
+        for name in wanted:
             for batch in batches:
                 p = {r["runtime"]: r["p50_us"] for r in rows
                      if r["model"] == name and r["batch"] == batch}

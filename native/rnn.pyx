@@ -752,9 +752,12 @@ cdef void _recurrence_job(void* ctx, long begin, long end, int slot) noexcept no
 #     every millisecond: 138 -> 178 us when each call woke it).
 cdef enum:
     SPLIT_PARTS_MAX = 8
-    # A range's multiply-adds per step at least (its GEMV's floats): below this the step's
-    # job hand-offs (~0.5 us) cost about what the range saves.
-    SPLIT_PART_MIN_MACS = 16384
+    # A range's multiply-adds per step at least (its GEMV's floats): a step of 64K or more
+    # splits in two, as a lane's Dense layer does (native/infer.pyx, LANE_SPLIT_MIN_MACS).
+    # Intel Xeon, two threads, us per call of 32 steps, unsplit -> split, calls back to back:
+    # LSTM(128) 128 -> 111, GRU(256) 340 -> 212; GRU(128) (48K a step) 92 -> 88, not worth
+    # it: beside another process's busy loop every split step lost 5-10% instead.
+    SPLIT_PART_MIN_MACS = 32768
 
 
 ctypedef struct _ColumnsJob:

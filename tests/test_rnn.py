@@ -252,8 +252,8 @@ def test_one_row_takes_the_gemv_with_the_rows_bits(cell, units, features):
     np.testing.assert_allclose(alone, want, rtol=2e-4, atol=2e-5)
 
 
-@pytest.mark.parametrize("cell,units", [("simple_rnn", 203), ("lstm", 100), ("gru", 130),
-                                        ("gru_before", 130)])
+@pytest.mark.parametrize("cell,units", [("simple_rnn", 260), ("lstm", 130), ("gru", 150),
+                                        ("gru_before", 150)])
 def test_one_row_splits_its_recurrent_product_over_the_team_with_one_threads_bits(cell,
                                                                                   units):
     """With pynn on two or three threads a one-row forward cuts each step's recurrent
