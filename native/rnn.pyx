@@ -87,7 +87,6 @@ cdef extern from "_gemv.h":
     void pynn_gemv_rows_f(Py_ssize_t n, Py_ssize_t c, Py_ssize_t u, const float* x,
                           Py_ssize_t ldx, const float* k, Py_ssize_t ldk, float* y,
                           Py_ssize_t ldy) noexcept nogil
-    int PYNN_GEMV_ROWS_MAX
 include "_team.pxi"
 
 # -- the microkernel and the products built on it -------------------------------------------
@@ -735,8 +734,8 @@ cdef void _recurrence_job(void* ctx, long begin, long end, int slot) noexcept no
 # its 256 KB recurrent kernel: about 2 of the step's 3 us on one core), so the recurrence
 # ran on one core however many pynn had. Here:
 #   - x @ W of every step is one pass before the recurrence (_project_cols): the kernel
-#     streams by once for PYNN_GEMV_ROWS_MAX steps instead of once a step; the rows GEMV
-#     sums each output as the one-row GEMV does (the same bits).
+#     streams by once for PROJECT_ROWS steps instead of once a step; the rows GEMV sums
+#     each output as the one-row GEMV does (the same bits).
 #   - With several threads each step's recurrent product h_{s-1} @ R is cut into column
 #     ranges (multiples of 16 columns), one affine team job a step, range p on team slot p,
 #     whose L2 keeps those columns of R from step to step; then the caller runs the cell on
@@ -751,6 +750,11 @@ cdef void _recurrence_job(void* ctx, long begin, long end, int slot) noexcept no
 #     virtual machine's caller more than the split saves (LSTM(128) over 32 steps called
 #     every millisecond: 138 -> 178 us when each call woke it).
 cdef enum:
+    # Steps per pass of the input products: two rows keep 8 vectors of columns a block;
+    # four (the GEMV's most) keep 4, and a GRU(256)'s 768-column kernel then ran in 64-column
+    # strips 3 KB apart (one thread, us a call: 345 with the products in the steps, 365 with
+    # four rows, 350 with two; GRU(128) 109 -> 96, LSTM(64) 46 -> 44).
+    PROJECT_ROWS = 2
     SPLIT_PARTS_MAX = 8
     # A range's multiply-adds per step at least (its GEMV's floats): a step of 64K or more
     # splits in two, as a lane's Dense layer does (native/infer.pyx, LANE_SPLIT_MIN_MACS).
@@ -784,7 +788,7 @@ cdef void _project_cols(const Rnn* r, Py_ssize_t c0, Py_ssize_t c1) noexcept nog
         ldx = -cin
     t0 = 0
     while t0 < t_len:
-        rows = min(<Py_ssize_t>PYNN_GEMV_ROWS_MAX, t_len - t0)
+        rows = min(<Py_ssize_t>PROJECT_ROWS, t_len - t0)
         pynn_gemv_rows_f(rows, cin, c1 - c0, x + t0 * ldx, ldx,
                          <const float*>r.kernel_raw + c0, gw, dst + t0 * gw, gw)
         t0 = t0 + rows
