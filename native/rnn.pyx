@@ -56,7 +56,7 @@ Gradients come back as fresh arrays (nothing accumulates into caller memory).
 """
 import numpy as np
 
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from _openmp cimport omp_get_max_threads
 from _blas cimport floating
 from _activation cimport act_value, act_grad, ACT_SIGMOID, ACT_TANH
@@ -584,6 +584,9 @@ cdef struct Rnn:
     const void* kernel_raw
     const void* rec_raw
     bint projected
+    # ... and the recurrent kernel in REC_PANEL-column panels (pack_recurrent), when an
+    # inference plan keeps them (NULL: rec_raw read in place)
+    const void* rec_packed
 
 
 cdef void _forward_chunk(const Rnn* r, Py_ssize_t r0, Py_ssize_t rows, floating a1,
@@ -736,6 +739,12 @@ cdef void _recurrence_job(void* ctx, long begin, long end, int slot) noexcept no
 #   - x @ W of every step is one pass before the recurrence (_project_cols): the kernel
 #     streams by once for PROJECT_ROWS steps instead of once a step; the rows GEMV sums
 #     each output as the one-row GEMV does (the same bits).
+#   - An inference plan keeps R in panels of REC_PANEL columns (pack_recurrent, passed by
+#     packed_forward; pynn/inference.py's _RecurrentOne): a step's GEMV then streams each
+#     panel in order where in place it read 1 KB of every 2 KB row (3 KB rows for a
+#     GRU(256)); one thread, us a call of 32 steps: LSTM(128) 130-140 -> 107-111, GRU(256)
+#     390-401 -> 236-246. Direct op calls read R in place (the op cannot know that R has not
+#     changed since a copy was made).
 #   - With several threads each step's recurrent product h_{s-1} @ R is cut into column
 #     ranges (multiples of 16 columns), one affine team job a step, range p on team slot p,
 #     whose L2 keeps those columns of R from step to step; then the caller runs the cell on
@@ -750,18 +759,21 @@ cdef void _recurrence_job(void* ctx, long begin, long end, int slot) noexcept no
 #     virtual machine's caller more than the split saves (LSTM(128) over 32 steps called
 #     every millisecond: 138 -> 178 us when each call woke it).
 cdef enum:
+    # Columns of a packed recurrent kernel's panel: the GEMV's block (16 vectors)
+    REC_PANEL = 256
     # Steps per pass of the input products: two rows keep 8 vectors of columns a block;
     # four (the GEMV's most) keep 4, and a GRU(256)'s 768-column kernel then ran in 64-column
     # strips 3 KB apart (one thread, us a call: 345 with the products in the steps, 365 with
     # four rows, 350 with two; GRU(128) 109 -> 96, LSTM(64) 46 -> 44).
     PROJECT_ROWS = 2
     SPLIT_PARTS_MAX = 8
-    # A range's multiply-adds per step at least (its GEMV's floats): a step of 64K or more
-    # splits in two, as a lane's Dense layer does (native/infer.pyx, LANE_SPLIT_MIN_MACS).
-    # Intel Xeon, two threads, us per call of 32 steps, unsplit -> split, calls back to back:
-    # LSTM(128) 128 -> 111, GRU(256) 340 -> 212; GRU(128) (48K a step) 92 -> 88, not worth
-    # it: beside another process's busy loop every split step lost 5-10% instead.
-    SPLIT_PART_MIN_MACS = 32768
+    # A range's multiply-adds per step at least (its GEMV's floats): a step of 128K or more
+    # splits in two. Intel Xeon, a batch-1 plan (the recurrent kernel packed), us per call
+    # of 32 steps, one thread -> two, calls back to back: LSTM(256) 309-313 -> 246-278,
+    # GRU(256) 220-225 -> 180-182, but LSTM(128) (64K a step) 100 -> 98-102: the step's
+    # job hand-offs (~0.5-0.8 us) ate what the halved GEMV saved. Beside another process's
+    # busy loop a split step loses 5-10% instead (the worker shares its core).
+    SPLIT_PART_MIN_MACS = 65536
 
 
 ctypedef struct _ColumnsJob:
@@ -794,6 +806,42 @@ cdef void _project_cols(const Rnn* r, Py_ssize_t c0, Py_ssize_t c1) noexcept nog
         t0 = t0 + rows
 
 
+cdef void _rec_gemv(const Rnn* r, const float* hp, Py_ssize_t c0, Py_ssize_t c1, float* dst,
+                    int accum) noexcept nogil:
+    """dst[c0:c1] (+)= h_{s-1} @ R[:, c0:c1] for one row, from the packed panels where a plan
+    keeps them (each panel's rows contiguous: one sequential stream a block), else from R
+    in place (rows gw apart); the same sums either way."""
+    cdef const float* pk = <const float*>r.rec_packed
+    cdef Py_ssize_t p0, w, a, e
+    if pk == NULL:
+        pynn_gemv_into_f(r.u, c1 - c0, hp, <const float*>r.rec_raw + c0, r.gw, dst + c0,
+                         accum)
+        return
+    p0 = c0 // REC_PANEL * REC_PANEL
+    while p0 < c1:
+        w = min(<Py_ssize_t>REC_PANEL, r.gw - p0)
+        a, e = max(c0, p0), min(c1, p0 + w)
+        pynn_gemv_into_f(r.u, e - a, hp, pk + r.u * p0 + (a - p0), w, dst + a, accum)
+        p0 = p0 + REC_PANEL
+
+
+def pack_recurrent(const float[:, ::1] recurrent_kernel):
+    """The recurrent kernel (U, G) in panels of REC_PANEL columns, panel p (columns [p *
+    REC_PANEL, + w)) at U * p * REC_PANEL with its U rows of w contiguous, for an inference
+    plan to keep and pass to packed_forward (a batch-1 step's GEMV then streams each block
+    of R in order)."""
+    cdef Py_ssize_t u = recurrent_kernel.shape[0], g = recurrent_kernel.shape[1], p0, w, i
+    out = aligned_empty(max(u * g, 1), np.float32)
+    cdef float[::1] dst = out
+    p0 = 0
+    while p0 < g:
+        w = min(<Py_ssize_t>REC_PANEL, g - p0)
+        for i in range(u):
+            memcpy(&dst[u * p0 + i * w], &recurrent_kernel[i, p0], w * sizeof(float))
+        p0 = p0 + REC_PANEL
+    return out
+
+
 cdef void _columns_job(void* ctx, long begin, long end, int slot) noexcept nogil:
     """Column ranges [begin, end) of step s's recurrent product (of the input products for
     s = -1), as _forward_chunk's one-row _step_mm would make them."""
@@ -808,12 +856,11 @@ cdef void _columns_job(void* ctx, long begin, long end, int slot) noexcept nogil
         if s < 0:
             _project_cols(r, c0, c1)
         elif r.cell == GRU_AFTER:
-            pynn_gemv_into_f(u, c1 - c0, hp, <const float*>r.rec_raw + c0, gw,
-                             <float*>r.srec + c0, 0)
+            _rec_gemv(r, hp, c0, c1, <float*>r.srec, 0)
         else:
             dst = (<float*>r.h + s * u if r.cell == SIMPLE_RNN
                    else <float*>r.g + _tx(s, r.t, r.backwards) * gw)
-            pynn_gemv_into_f(u, c1 - c0, hp, <const float*>r.rec_raw + c0, gw, dst + c0, 1)
+            _rec_gemv(r, hp, c0, c1, dst, 1)
 
 
 cdef int _split_parts(const Rnn* r, int threads) noexcept nogil:
@@ -838,7 +885,7 @@ cdef void _forward_one(const Rnn* r, int threads, float a1, float a2) noexcept n
     cdef float* st = <float*>r.state
     cdef float* h = <float*>r.h
     cdef const float* b = <const float*>r.bias
-    if parts == 1:
+    if r.cell == GRU_BEFORE:
         _project_cols(r, 0, gw)
         _forward_chunk(r, 0, 1, a1, a2)
         return
@@ -885,14 +932,17 @@ def _panels(int cell, kernel, recurrent_kernel, bint trans):
 
 def _forward(int cell, const floating[:, :, ::1] x, kernel, recurrent_kernel,
              const floating[::1] bias, floating[:, :, ::1] g, floating[:, :, ::1] state,
-             floating[:, :, ::1] h, int act, double a1, int ract, double a2, bint backwards):
+             floating[:, :, ::1] h, int act, double a1, int ract, double a2, bint backwards,
+             packed=None):
     """Fill h, the gates (activated) and the cell's state (see Rnn); N*T*U > 0. SimpleRNN
-    passes h for g and state."""
+    passes h for g and state. packed: pack_recurrent(recurrent_kernel), read by a one-row
+    float32 forward (else unused)."""
     cdef Rnn r = _rnn(cell, h.shape[1], h.shape[2], g.shape[2], x.shape[2], act, ract,
                       backwards)
     cdef const floating[::1] w, rk, rk_h
     cdef floating[:, ::1] srec
     cdef const float[:, ::1] kraw, rraw
+    cdef const float[::1] pk
     cdef int threads
     dtype = np.float32 if floating is float else np.float64
     if floating is float and h.shape[0] == 1 and pynn_mk_level() != 0:
@@ -904,6 +954,13 @@ def _forward(int cell, const floating[:, :, ::1] x, kernel, recurrent_kernel,
         r.kernel_raw = &kraw[0, 0] if r.cin > 0 else NULL
         r.rec_raw = &rraw[0, 0]
         r.projected = True
+        if packed is not None:
+            pk = packed
+            if pk.shape[0] != max(r.u * r.gw, 1):
+                raise ValueError(f"packed_forward: expected pack_recurrent's {r.u * r.gw} "
+                                 f"floats for a ({r.u}, {r.gw}) recurrent kernel, got "
+                                 f"{pk.shape[0]}")
+            r.rec_packed = &pk[0]
     else:
         w, rk, rk_h = _panels(cell, kernel, recurrent_kernel, False)
     r.x = &x[0, 0, 0] if r.cin > 0 else NULL
@@ -955,7 +1012,7 @@ def _backward(int cell, const floating[:, ::1] dy, bint full, kernel, recurrent_
 
 # -- the public ops: checked operands in, one driver per direction ------------------------
 
-def _recurrent_forward(int cell, c, x, kernel, recurrent_kernel, bias, flags):
+def _recurrent_forward(int cell, c, x, kernel, recurrent_kernel, bias, flags, packed=None):
     """Any cell's forward -> (y, cache), the cache shaped as operands.cache_shapes says."""
     n, t, _ = x.shape
     # Every element of the results and caches is written (np.empty: no zeroing pass).
@@ -967,8 +1024,26 @@ def _recurrent_forward(int cell, c, x, kernel, recurrent_kernel, bias, flags):
     ract, ralpha = (c.act, c.alpha) if c.ract is None else (c.ract, c.ralpha)
     if n * t * c.units:
         _forward(cell, x, kernel, recurrent_kernel, bias.reshape(-1), gates, state, h_seq,
-                 c.act, c.alpha, ract, ralpha, flags.go_backwards)
+                 c.act, c.alpha, ract, ralpha, flags.go_backwards, packed)
     return _last_step(h_seq, flags.return_sequences), tuple(cache)
+
+
+def packed_forward(name, packed, *args):
+    """``{name}_forward(*args)`` (name: simple_rnn, lstm, gru) with its recurrent kernel's
+    panels made once (pack_recurrent, kept by an inference plan while the weights stay):
+    the same checks and bits; the panels are read by a one-row float32 call."""
+    if name == "simple_rnn":
+        c, x, kernel, rk, bias, flags = operands.simple_rnn_forward(HOST, *args)
+        cell = SIMPLE_RNN
+    elif name == "lstm":
+        c, x, kernel, rk, bias, flags = operands.lstm_forward(HOST, *args)
+        cell = LSTM
+    elif name == "gru":
+        c, x, kernel, rk, bias, flags = operands.gru_forward(HOST, *args)
+        cell = GRU_AFTER if flags.reset_after else GRU_BEFORE
+    else:
+        raise ValueError(f"packed_forward: expected simple_rnn, lstm or gru, got {name!r}")
+    return _recurrent_forward(cell, c, x, kernel, rk, bias, flags, packed)
 
 
 def _recurrent_backward(int cell, c, dy, x, kernel, recurrent_kernel, cache, flags):

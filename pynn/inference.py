@@ -945,6 +945,34 @@ def _chained(runners, parallel=False):
     return out
 
 
+class _RecurrentOne(_Generic):
+    """A SimpleRNN, LSTM or GRU called on one float32 sample: the layer's op with its
+    recurrent kernel's panels made once (native/rnn.pyx, pack_recurrent), shared by the
+    plans while the weights stay: each step's GEMV then streams the kernel's blocks in order
+    instead of reading 1 KB of every 2 KB row (the same sums; bench/README.md)."""
+
+    def __init__(self, step, x, layer):
+        from pynn._native import rnn
+
+        super().__init__(step)
+        rk = layer.recurrent_kernel.value
+        if type(rk) is not np.ndarray or rk.dtype != np.float32 or \
+                layer.kernel.value.dtype != np.float32:
+            raise _NotDirect
+        packed = (_packed_kernels([rk]) or [None])[0]
+        if packed is None:
+            packed = rnn.pack_recurrent(np.ascontiguousarray(rk))
+            _keep_packed([rk], [packed])
+        self.packed, self.cell = packed, layer.CELL
+        self.args = (layer.kernel.value, rk, layer.bias.value if layer.use_bias else None,
+                     *layer._options(), layer.return_sequences, layer.go_backwards)
+        self.macs = int(layer.inference_macs(x))
+        self._forward = rnn.packed_forward
+
+    def run(self, x, buf):
+        return self._forward(self.cell, self.packed, x, *self.args)[0], False
+
+
 class _Conv2D(_Buffered):
     """Conv2D (or one with BatchNormalization folded in) on native/conv.pyx's direct path:
     the geometry, the microkernel's segment tables and every buffer (the zero-padded input,
@@ -1419,6 +1447,7 @@ def _runner(step, x, y):
     from pynn.layers.core import Dense, Flatten
     from pynn.layers.functional import _FoldedLayer
     from pynn.layers.pooling import MaxPooling2D
+    from pynn.layers.recurrent import GRU, LSTM, SimpleRNN
 
     int8 = _int8_runner(step, x, y)
     if int8 is not None:
@@ -1456,6 +1485,9 @@ def _runner(step, x, y):
             return _MaxPool2D(step, x, y)
         if type(layer) is Flatten:
             return _Flatten(step, y)
+        if type(layer) in (SimpleRNN, LSTM, GRU) and x.ndim == 3 and len(x) == 1 and \
+                x.dtype == np.float32 and not (layer.stateful or layer.return_state):
+            return _RecurrentOne(step, x, layer)
     except (AttributeError, _NotDirect):
         # A kernel module without the entry point this plan calls (its internals moved), or
         # operands it does not take as they are: the layer's own call gives the numbers.

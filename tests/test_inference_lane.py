@@ -643,7 +643,7 @@ def test_batch_1_recurrences_split_their_steps_over_the_team_with_the_same_bits(
     from pynn._native import info
 
     rng = np.random.default_rng(29)
-    units = {"LSTM": 130, "GRU": 150, "SimpleRNN": 260}[cell]  # 2 ranges of 32K+ MACs
+    units = {"LSTM": 190, "GRU": 215, "SimpleRNN": 370}[cell]  # 2 ranges of 64K+ MACs
     model = pynn.Sequential([L.Input((11, 13)), getattr(L, cell)(units, return_sequences=True),
                              getattr(L, cell)(units), L.Dense(5, activation="softmax")])
     randomize(model, rng)
@@ -651,6 +651,10 @@ def test_batch_1_recurrences_split_their_steps_over_the_team_with_the_same_bits(
     with pynn.threads(1):
         model.predict_on_batch(xs[0])
         wants = [model.predict_on_batch(x) for x in xs]
+        kinds = [type(r).__name__ for r in model._inference.plans[(1, 11, 13)].steps]
+        assert kinds[:2] == ["_RecurrentOne"] * 2, kinds  # the packed recurrent kernels
+        for x, want in zip(xs, wants):
+            np.testing.assert_array_equal(model._plan.predict([x])[0], want)
         ran, _ = info.team_counts()
         for _ in range(20):
             model.predict_on_batch(xs[0])
@@ -658,6 +662,10 @@ def test_batch_1_recurrences_split_their_steps_over_the_team_with_the_same_bits(
     with pynn.threads(2):
         split_calls_equal(model, xs, wants, 40)
         hammer_equal(model.predict_on_batch, xs, wants, 20)
+    # new weights: the plan packs the new recurrent kernels
+    model.set_weights([0.5 * w for w in model.get_weights()])
+    for x in xs[:2]:
+        np.testing.assert_array_equal(model.predict_on_batch(x), model._plan.predict([x])[0])
 
 
 @pytest.mark.skipif(pynn._config.usable_cores() < 2, reason="needs two cores")

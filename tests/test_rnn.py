@@ -252,8 +252,8 @@ def test_one_row_takes_the_gemv_with_the_rows_bits(cell, units, features):
     np.testing.assert_allclose(alone, want, rtol=2e-4, atol=2e-5)
 
 
-@pytest.mark.parametrize("cell,units", [("simple_rnn", 260), ("lstm", 130), ("gru", 150),
-                                        ("gru_before", 150)])
+@pytest.mark.parametrize("cell,units", [("simple_rnn", 370), ("lstm", 190), ("gru", 215),
+                                        ("gru_before", 215)])
 def test_one_row_splits_its_recurrent_product_over_the_team_with_one_threads_bits(cell,
                                                                                   units):
     """With pynn on two or three threads a one-row forward cuts each step's recurrent
@@ -288,6 +288,47 @@ def test_one_row_splits_its_recurrent_product_over_the_team_with_one_threads_bit
             finally:
                 info._team_lane_force(False)
                 pynn.set_num_threads(before)
+
+
+@pytest.mark.parametrize("cell,units", [("simple_rnn", 370), ("lstm", 70), ("gru", 215),
+                                        ("gru_before", 90)])
+def test_packed_forward_reads_the_recurrent_kernels_panels_with_the_ops_bits(cell, units):
+    """packed_forward with pack_recurrent's panels (an inference plan's, 256 columns each: the
+    kernels here end in a partial panel, and the two threads' column ranges cut panels) gives
+    the op's outputs and caches bit for bit, one row on one thread and split over the team;
+    other batch sizes and float64 ignore the panels; a wrong panel size or op name is an
+    error."""
+    import pynn
+    from pynn._native import info
+
+    name = "simple_rnn" if cell == "simple_rnn" else op_name(cell)
+    opts = cell_options(cell)
+    before = pynn.get_num_threads()
+    x, w, r, b = make(cell, (3, 7, 9, units), np.float32, seed=31, scale=0.2)
+    packed = rnn.pack_recurrent(r)
+    for rows in (x[:1], x):
+        for go_backwards in (False, True):
+            args = (w, r, b, *opts, True, go_backwards)
+            try:
+                info._team_lane_force(True)
+                for threads in (1, 2):
+                    pynn.set_num_threads(threads)
+                    want = forward(cell, rows, w, r, b, opts, True, go_backwards)
+                    got = rnn.packed_forward(name, packed, rows, *args)
+                    np.testing.assert_array_equal(got[0], want[0])
+                    for a, e in zip(got[1], want[1]):
+                        np.testing.assert_array_equal(a, e)
+            finally:
+                info._team_lane_force(False)
+                pynn.set_num_threads(before)
+    x64, w64, r64, b64 = (a.astype(np.float64) for a in (x[:1], w, r, b))
+    np.testing.assert_array_equal(
+        rnn.packed_forward(name, packed, x64, w64, r64, b64, *opts, True, False)[0],
+        forward(cell, x64, w64, r64, b64, opts, True, False)[0])
+    with pytest.raises(ValueError, match="pack_recurrent"):
+        rnn.packed_forward(name, packed[:-1], x[:1], w, r, b, *opts, True, False)
+    with pytest.raises(ValueError, match="packed_forward"):
+        rnn.packed_forward("rnn", packed, x[:1], w, r, b, *opts, True, False)
 
 
 @pytest.mark.parametrize("cell", CELLS)
