@@ -740,7 +740,7 @@ cdef void _recurrence_job(void* ctx, long begin, long end, int slot) noexcept no
 #     streams by once for PROJECT_ROWS steps instead of once a step; the rows GEMV sums
 #     each output as the one-row GEMV does (the same bits).
 #   - An inference plan keeps R in panels of REC_PANEL columns (pack_recurrent, passed by
-#     packed_forward; pynn/inference.py's _RecurrentOne): a step's GEMV then streams each
+#     packed_forward; pynn/inference.py's _Recurrent): a step's GEMV then streams each
 #     panel in order where in place it read 1 KB of every 2 KB row (3 KB rows for a
 #     GRU(256)); one thread, us a call of 32 steps: LSTM(128) 130-140 -> 107-111, GRU(256)
 #     390-401 -> 236-246. Direct op calls read R in place (the op cannot know that R has not

@@ -51,6 +51,7 @@ input types) ``outputs`` returns None and the model takes its general path. Ever
 kernel used releases the GIL for its arithmetic; only the glue between them holds it.
 """
 
+import functools
 import os
 import threading
 import time
@@ -945,11 +946,16 @@ def _chained(runners, parallel=False):
     return out
 
 
-class _RecurrentOne(_Generic):
-    """A SimpleRNN, LSTM or GRU called on one float32 sample: the layer's op with its
-    recurrent kernel's panels made once (native/rnn.pyx, pack_recurrent), shared by the
-    plans while the weights stay: each step's GEMV then streams the kernel's blocks in order
-    instead of reading 1 KB of every 2 KB row (the same sums; bench/README.md)."""
+class _Recurrent(_Generic):
+    """A SimpleRNN, LSTM or GRU on float32: the layer's op, whose caches (h for every step,
+    the gates, the cell state) it makes and drops each call are counted in the plan's bytes,
+    so a large batch's run takes them from recycled host memory (RECYCLE_MIN_BYTES) rather
+    than fresh pages: an LSTM(128) over 32 steps at batch 64 makes 6 MB of them a call. On
+    one sample the recurrent kernel's panels are made once (native/rnn.pyx, pack_recurrent)
+    and shared by the plans while the weights stay: each step's GEMV then streams them in
+    order instead of reading 1 KB of every 2 KB row (the same sums; bench/README.md)."""
+
+    CACHED_ROWS = {"simple_rnn": 1, "lstm": 6, "gru": 5}  # units-wide rows a step caches
 
     def __init__(self, step, x, layer):
         from pynn._native import rnn
@@ -959,18 +965,22 @@ class _RecurrentOne(_Generic):
         if type(rk) is not np.ndarray or rk.dtype != np.float32 or \
                 layer.kernel.value.dtype != np.float32:
             raise _NotDirect
-        packed = (_packed_kernels([rk]) or [None])[0]
-        if packed is None:
-            packed = rnn.pack_recurrent(np.ascontiguousarray(rk))
-            _keep_packed([rk], [packed])
-        self.packed, self.cell = packed, layer.CELL
         self.args = (layer.kernel.value, rk, layer.bias.value if layer.use_bias else None,
                      *layer._options(), layer.return_sequences, layer.go_backwards)
         self.macs = int(layer.inference_macs(x))
-        self._forward = rnn.packed_forward
+        n, t = x.shape[:2]
+        op = "gru" if layer.CELL.startswith("gru") else layer.CELL  # either reset_after
+        self.nbytes = n * t * layer.units * self.CACHED_ROWS[op] * x.itemsize
+        self._forward = getattr(rnn, op + "_forward")
+        if n == 1:
+            packed = (_packed_kernels([rk]) or [None])[0]
+            if packed is None:
+                packed = rnn.pack_recurrent(np.ascontiguousarray(rk))
+                _keep_packed([rk], [packed])
+            self._forward = functools.partial(rnn.packed_forward, op, packed)
 
     def run(self, x, buf):
-        return self._forward(self.cell, self.packed, x, *self.args)[0], False
+        return self._forward(x, *self.args)[0], False
 
 
 class _Conv2D(_Buffered):
@@ -1485,9 +1495,9 @@ def _runner(step, x, y):
             return _MaxPool2D(step, x, y)
         if type(layer) is Flatten:
             return _Flatten(step, y)
-        if type(layer) in (SimpleRNN, LSTM, GRU) and x.ndim == 3 and len(x) == 1 and \
+        if type(layer) in (SimpleRNN, LSTM, GRU) and x.ndim == 3 and \
                 x.dtype == np.float32 and not (layer.stateful or layer.return_state):
-            return _RecurrentOne(step, x, layer)
+            return _Recurrent(step, x, layer)
     except (AttributeError, _NotDirect):
         # A kernel module without the entry point this plan calls (its internals moved), or
         # operands it does not take as they are: the layer's own call gives the numbers.

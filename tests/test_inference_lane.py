@@ -652,7 +652,7 @@ def test_batch_1_recurrences_split_their_steps_over_the_team_with_the_same_bits(
         model.predict_on_batch(xs[0])
         wants = [model.predict_on_batch(x) for x in xs]
         kinds = [type(r).__name__ for r in model._inference.plans[(1, 11, 13)].steps]
-        assert kinds[:2] == ["_RecurrentOne"] * 2, kinds  # the packed recurrent kernels
+        assert kinds[:2] == ["_Recurrent"] * 2, kinds  # the packed recurrent kernels
         for x, want in zip(xs, wants):
             np.testing.assert_array_equal(model._plan.predict([x])[0], want)
         ran, _ = info.team_counts()

@@ -1037,3 +1037,9 @@ def test_recurrent_models_take_the_plan(kind):
     units = 6 if kind == "bidirectional" else 7
     step = 2 * 5 * (3 + units) * gates * units * (2 if kind == "bidirectional" else 1)
     assert plan_of(model, [x]).macs >= step
+    if kind in ("lstm", "gru"):
+        # its own runner, whose op's per-call caches (h, the gates, the cell state or rh)
+        # count in the plan's bytes: a large batch's run recycles them
+        assert runners(model, [x])[0] == "_Recurrent"
+        rows = {"lstm": 6, "gru": 5}[kind]
+        assert plan_of(model, [x]).nbytes >= 2 * 5 * units * rows * 4
