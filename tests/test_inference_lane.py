@@ -633,7 +633,6 @@ def test_lanes_split_their_large_layers_over_the_team_with_the_same_bits(which):
                 np.testing.assert_array_equal(model.predict_on_batch(xs[i % 8]), wants[i % 8])
 
 
-@pytest.mark.skipif(pynn._config.usable_cores() < 2, reason="needs two cores")
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "SimpleRNN"])
 def test_batch_1_recurrences_split_their_steps_over_the_team_with_the_same_bits(cell):
     """A batch-1 plan runs with OpenMP at one thread, but a recurrent layer's steps, like a
