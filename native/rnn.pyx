@@ -585,8 +585,10 @@ cdef struct Rnn:
     const void* rec_raw
     bint projected
     # ... and the recurrent kernel in REC_PANEL-column panels (pack_recurrent), when an
-    # inference plan keeps them (NULL: rec_raw read in place)
+    # inference plan keeps them or the call packs them into scratch itself (pack_here: as
+    # its input products are made); NULL: rec_raw read in place
     const void* rec_packed
+    bint pack_here
 
 
 cdef void _forward_chunk(const Rnn* r, Py_ssize_t r0, Py_ssize_t rows, floating a1,
@@ -743,8 +745,10 @@ cdef void _recurrence_job(void* ctx, long begin, long end, int slot) noexcept no
 #     packed_forward; pynn/inference.py's _Recurrent): a step's GEMV then streams each
 #     panel in order where in place it read 1 KB of every 2 KB row (3 KB rows for a
 #     GRU(256)); one thread, us a call of 32 steps: LSTM(128) 130-140 -> 107-111, GRU(256)
-#     390-401 -> 236-246. Direct op calls read R in place (the op cannot know that R has not
-#     changed since a copy was made).
+#     390-401 -> 236-246. A call given no panels (the op called directly, the general path)
+#     makes them itself into scratch from PACK_MIN_STEPS steps on one thread (the op cannot
+#     know that R has not changed since an earlier copy): LSTM(128) 124-135 -> 107-114,
+#     GRU(256) 375-401 -> 304-317 a call. A split call reads R in place (below).
 #   - With several threads each step's recurrent product h_{s-1} @ R is cut into column
 #     ranges (multiples of 16 columns), one affine team job a step, range p on team slot p,
 #     whose L2 keeps those columns of R from step to step; then the caller runs the cell on
@@ -759,6 +763,9 @@ cdef void _recurrence_job(void* ctx, long begin, long end, int slot) noexcept no
 #     virtual machine's caller more than the split saves (LSTM(128) over 32 steps called
 #     every millisecond: 138 -> 178 us when each call woke it).
 cdef enum:
+    # A one-row call given no panels packs R into scratch itself from this many steps: the
+    # copy (LSTM(128): 256 KB, ~8 us) costs about 8 steps' worth of what it saves.
+    PACK_MIN_STEPS = 16
     # Columns of a packed recurrent kernel's panel: the AVX-512 GEMV's block (16 vectors).
     # The AVX2 GEMV's 96-column blocks gain as much from it (Intel Xeon at that level, one
     # thread, us a call of 32 steps, in place -> packed: LSTM(128) 149 -> 108, LSTM(256)
@@ -828,20 +835,28 @@ cdef void _rec_gemv(const Rnn* r, const float* hp, Py_ssize_t c0, Py_ssize_t c1,
         p0 = p0 + REC_PANEL
 
 
+cdef void _pack_rec(const float* rk, Py_ssize_t u, Py_ssize_t g, float* dst, Py_ssize_t c0,
+                   Py_ssize_t c1) noexcept nogil:
+    """Columns [c0, c1) of R (u, g) into its panels of REC_PANEL columns: panel p (columns
+    [p * REC_PANEL, + w)) at u * p * REC_PANEL, its u rows of w contiguous (a column range
+    of the one-row split packs its own columns, which its core then reads)."""
+    cdef Py_ssize_t p0 = c0 // REC_PANEL * REC_PANEL, w, a, e, i
+    while p0 < c1:
+        w = min(<Py_ssize_t>REC_PANEL, g - p0)
+        a, e = max(c0, p0), min(c1, p0 + w)
+        for i in range(u):
+            memcpy(dst + u * p0 + i * w + (a - p0), rk + i * g + a, (e - a) * sizeof(float))
+        p0 = p0 + REC_PANEL
+
+
 def pack_recurrent(const float[:, ::1] recurrent_kernel):
-    """The recurrent kernel (U, G) in panels of REC_PANEL columns, panel p (columns [p *
-    REC_PANEL, + w)) at U * p * REC_PANEL with its U rows of w contiguous, for an inference
-    plan to keep and pass to packed_forward (a batch-1 step's GEMV then streams each block
-    of R in order)."""
-    cdef Py_ssize_t u = recurrent_kernel.shape[0], g = recurrent_kernel.shape[1], p0, w, i
+    """The recurrent kernel (U, G) in panels (_pack_rec), for an inference plan to keep and
+    pass to packed_forward (a batch-1 step's GEMV then streams each block of R in order)."""
+    cdef Py_ssize_t u = recurrent_kernel.shape[0], g = recurrent_kernel.shape[1]
     out = aligned_empty(max(u * g, 1), np.float32)
     cdef float[::1] dst = out
-    p0 = 0
-    while p0 < g:
-        w = min(<Py_ssize_t>REC_PANEL, g - p0)
-        for i in range(u):
-            memcpy(&dst[u * p0 + i * w], &recurrent_kernel[i, p0], w * sizeof(float))
-        p0 = p0 + REC_PANEL
+    if u * g:
+        _pack_rec(&recurrent_kernel[0, 0], u, g, &dst[0], 0, g)
     return out
 
 
@@ -857,6 +872,8 @@ cdef void _columns_job(void* ctx, long begin, long end, int slot) noexcept nogil
     for p in range(begin, end):
         c0, c1 = j.bounds[p], j.bounds[p + 1]
         if s < 0:
+            if r.pack_here:
+                _pack_rec(<const float*>r.rec_raw, u, gw, <float*>r.rec_packed, c0, c1)
             _project_cols(r, c0, c1)
         elif r.cell == GRU_AFTER:
             _rec_gemv(r, hp, c0, c1, <float*>r.srec, 0)
@@ -946,7 +963,9 @@ def _forward(int cell, const floating[:, :, ::1] x, kernel, recurrent_kernel,
     cdef floating[:, ::1] srec
     cdef const float[:, ::1] kraw, rraw
     cdef const float[::1] pk
+    cdef float[::1] own
     cdef int threads
+    scratch = None
     dtype = np.float32 if floating is float else np.float64
     if floating is float and h.shape[0] == 1 and pynn_mk_level() != 0:
         # one row (batch-1 inference) at an FMA level: every product a GEMV on the matrices
@@ -964,6 +983,15 @@ def _forward(int cell, const floating[:, :, ::1] x, kernel, recurrent_kernel,
                                  f"floats for a ({r.u}, {r.gw}) recurrent kernel, got "
                                  f"{pk.shape[0]}")
             r.rec_packed = &pk[0]
+        elif (r.t >= PACK_MIN_STEPS and cell != GRU_BEFORE
+                and _split_parts(&r, pynn_team_threads()) == 1):
+            # no panels kept by a plan, and the steps on one thread: packed here, into
+            # scratch, with the input products (a split call reads R in place: each range
+            # then stays in its core's L2 from call to call, where a fresh copy each call
+            # had GRU(256) on two threads at 320 us against 225)
+            scratch, (own,) = _take_scratch(np.float32, (r.u * r.gw,))
+            r.rec_packed = &own[0]
+            r.pack_here = True
     else:
         w, rk, rk_h = _panels(cell, kernel, recurrent_kernel, False)
     r.x = &x[0, 0, 0] if r.cin > 0 else NULL
@@ -976,17 +1004,21 @@ def _forward(int cell, const floating[:, :, ::1] x, kernel, recurrent_kernel,
     # pynn's process-wide count, as a batch-1 lane's (an inference plan runs a batch-1 call
     # with OpenMP's count at one: its lanes split their own layers)
     threads = pynn_team_threads()
-    with nogil:
-        if floating is float and r.projected:
-            if _split_parts(&r, threads) > 1:
-                # the team's worker only while it is awake
-                threads = pynn_team_lane_threads()
-                _forward_one(&r, threads, <float>a1, <float>a2)
-                pynn_team_lane_done()
+    try:
+        with nogil:
+            if floating is float and r.projected:
+                if _split_parts(&r, threads) > 1:
+                    # the team's worker only while it is awake
+                    threads = pynn_team_lane_threads()
+                    _forward_one(&r, threads, <float>a1, <float>a2)
+                    pynn_team_lane_done()
+                else:
+                    _forward_one(&r, 1, <float>a1, <float>a2)
             else:
-                _forward_one(&r, 1, <float>a1, <float>a2)
-        else:
-            _recurrence(&r, h.shape[0], False, <floating>a1, <floating>a2)
+                _recurrence(&r, h.shape[0], False, <floating>a1, <floating>a2)
+    finally:
+        if scratch is not None:
+            _give_scratch(scratch)
 
 
 def _backward(int cell, const floating[:, ::1] dy, bint full, kernel, recurrent_kernel,

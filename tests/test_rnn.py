@@ -252,6 +252,34 @@ def test_one_row_takes_the_gemv_with_the_rows_bits(cell, units, features):
     np.testing.assert_allclose(alone, want, rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.parametrize("units", [37, 300])
+@pytest.mark.parametrize("cell", CELLS)
+def test_one_row_of_many_steps_packs_its_recurrent_kernel_with_the_rows_bits(cell, units):
+    """From 16 steps a one-row float32 forward on one thread copies its recurrent kernel
+    into 256-column panels (scratch) before the recurrence, as an inference plan keeps
+    them: outputs and caches equal its row's in a batch of three bit for bit at every
+    microkernel level (panels cut at 256 columns: 300 LSTM units are 1,200 gate columns),
+    and again on two threads, where a split call reads the kernel in place."""
+    import pynn
+
+    opts = cell_options(cell)
+    before = pynn.get_num_threads()
+    x, w, r, b = make(cell, (3, 17, 5, units), np.float32, seed=37, scale=0.2)
+    try:
+        for threads in (1, 2):
+            pynn.set_num_threads(threads)
+            for level in pynn._config.available_kernels():
+                with pynn._config.kernel(level):
+                    for go_backwards in (False, True):
+                        whole = forward(cell, x, w, r, b, opts, True, go_backwards)
+                        alone = forward(cell, x[1:2], w, r, b, opts, True, go_backwards)
+                        np.testing.assert_array_equal(alone[0][0], whole[0][1])
+                        for a, e in zip(alone[1], whole[1]):
+                            np.testing.assert_array_equal(a[0], e[1], err_msg=level)
+    finally:
+        pynn.set_num_threads(before)
+
+
 @pytest.mark.parametrize("cell,units", [("simple_rnn", 370), ("lstm", 190), ("gru", 215),
                                         ("gru_before", 215)])
 def test_one_row_splits_its_recurrent_product_over_the_team_with_one_threads_bits(cell,
