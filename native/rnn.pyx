@@ -56,6 +56,7 @@ Gradients come back as fresh arrays (nothing accumulates into caller memory).
 """
 import numpy as np
 
+cimport numpy as cnp
 from libc.string cimport memcpy, memset
 from _openmp cimport omp_get_max_threads
 from _blas cimport floating
@@ -80,6 +81,8 @@ cdef enum:
 
 
 include "_microkernel.pxi"   # pynn._config.set_kernel reaches this module too
+
+cnp.import_array()
 
 cdef extern from "_gemv.h":
     void pynn_gemv_into_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
@@ -931,6 +934,16 @@ cdef void _forward_one(const Rnn* r, int threads, float a1, float a2) noexcept n
                                     h + s * u, a1, a2)
 
 
+cdef void _run_one_row(Rnn* r, int threads, float a1, float a2) noexcept nogil:
+    """A one-row float32 forward on pynn's `threads` (the process-wide count): split where
+    _split_parts says, on the team's worker only while it is awake."""
+    if _split_parts(r, threads) > 1:
+        _forward_one(r, pynn_team_lane_threads(), a1, a2)
+        pynn_team_lane_done()
+    else:
+        _forward_one(r, 1, a1, a2)
+
+
 cdef Rnn _rnn(int cell, Py_ssize_t t, Py_ssize_t u, Py_ssize_t gw, Py_ssize_t cin, int act,
               int ract, bint backwards) noexcept:
     cdef Rnn r
@@ -1007,13 +1020,7 @@ def _forward(int cell, const floating[:, :, ::1] x, kernel, recurrent_kernel,
     try:
         with nogil:
             if floating is float and r.projected:
-                if _split_parts(&r, threads) > 1:
-                    # the team's worker only while it is awake
-                    threads = pynn_team_lane_threads()
-                    _forward_one(&r, threads, <float>a1, <float>a2)
-                    pynn_team_lane_done()
-                else:
-                    _forward_one(&r, 1, <float>a1, <float>a2)
+                _run_one_row(&r, threads, <float>a1, <float>a2)
             else:
                 _recurrence(&r, h.shape[0], False, <floating>a1, <floating>a2)
     finally:
@@ -1067,18 +1074,96 @@ def packed_forward(name, packed, *args):
     """``{name}_forward(*args)`` (name: simple_rnn, lstm, gru) with its recurrent kernel's
     panels made once (pack_recurrent, kept by an inference plan while the weights stay):
     the same checks and bits; the panels are read by a one-row float32 call."""
+    return _recurrent_forward(*_checked_forward(name, args), packed)
+
+
+cdef class OneRow:
+    """``packed_forward(name, packed, x, *rest)`` for one float32 sample of x's shape, its
+    operands checked once (an inference plan's batch-1 recurrent step, as DenseChain's
+    predict_one is a Dense chain's): ``run(x)`` -> y, a fresh array with the op's bits, or
+    None for an x of another shape or layout or at the generic microkernel level (the caller
+    then takes the op). The op's checks, conversions and Python took ~10 us a call, an
+    LSTM(128) over 32 steps ~100."""
+    cdef Rnn base               # the pointers that do not change from call to call
+    cdef object keep            # the arrays they point into
+    cdef float a1, a2
+    cdef Py_ssize_t t, c, u, g
+    cdef bint sequences
+
+    def __init__(self, name, packed, x, *rest):
+        cdef const float[:, ::1] kraw, rraw
+        cdef const float[::1] b, pk
+        cell, c, x, kernel, rk, bias, flags = _checked_forward(name, (x,) + rest)
+        if x.dtype != np.float32 or x.shape[0] != 1 or x.shape[1] * c.units == 0:
+            raise ValueError(f"OneRow: expected one float32 sample of one step or more, got "
+                             f"{x.dtype} {x.shape}")
+        if bias is None:
+            bias = np.zeros(operands.bias_shape(c, flags.reset_after), dtype=np.float32)
+        ract, ralpha = (c.act, c.alpha) if c.ract is None else (c.ract, c.ralpha)
+        self.t, self.c, self.u = x.shape[1], x.shape[2], c.units
+        self.g = c.gates * c.units
+        self.base = _rnn(cell, self.t, self.u, self.g, self.c, c.act, ract, flags.go_backwards)
+        self.a1, self.a2, self.sequences = c.alpha, ralpha, flags.return_sequences
+        kraw = np.ascontiguousarray(kernel, dtype=np.float32)
+        rraw = np.ascontiguousarray(rk, dtype=np.float32)
+        b = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+        self.keep = [kraw.base, rraw.base, b.base, packed]
+        self.base.kernel_raw = &kraw[0, 0] if self.c > 0 else NULL
+        self.base.rec_raw = &rraw[0, 0]
+        self.base.bias = &b[0]
+        self.base.projected = True
+        if packed is not None and cell != GRU_BEFORE:
+            pk = packed
+            if pk.shape[0] != self.u * self.g:
+                raise ValueError(f"OneRow: expected pack_recurrent's {self.u * self.g} floats "
+                                 f"for a ({self.u}, {self.g}) recurrent kernel, got "
+                                 f"{pk.shape[0]}")
+            self.base.rec_packed = &pk[0]
+
+    def run(self, x):
+        cdef cnp.ndarray a, h, g, st, srec
+        cdef cnp.npy_intp dims[3]
+        cdef Rnn r = self.base
+        cdef int threads
+        if type(x) is not np.ndarray or pynn_mk_level() == 0:
+            return None
+        a = <cnp.ndarray>x
+        if (cnp.PyArray_NDIM(a) != 3 or cnp.PyArray_DIM(a, 0) != 1
+                or cnp.PyArray_DIM(a, 1) != self.t or cnp.PyArray_DIM(a, 2) != self.c
+                or cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32
+                or not cnp.PyArray_ISCARRAY_RO(a) or not cnp.PyArray_ISNOTSWAPPED(a)):
+            return None
+        dims[0], dims[1], dims[2] = 1, self.t, self.u
+        h = cnp.PyArray_EMPTY(3, dims, cnp.NPY_FLOAT32, 0)
+        r.x = cnp.PyArray_DATA(a) if self.c > 0 else NULL
+        r.h = cnp.PyArray_DATA(h)
+        if r.cell == SIMPLE_RNN:
+            r.g = r.state = r.h
+        else:
+            st = cnp.PyArray_EMPTY(3, dims, cnp.NPY_FLOAT32, 0)
+            dims[2] = self.g
+            g = cnp.PyArray_EMPTY(3, dims, cnp.NPY_FLOAT32, 0)
+            r.g, r.state = cnp.PyArray_DATA(g), cnp.PyArray_DATA(st)
+            if r.cell == GRU_AFTER or r.cell == GRU_BEFORE:
+                dims[1] = 1  # (1, G): one row's recurrent sums
+                srec = cnp.PyArray_ZEROS(2, dims + 1, cnp.NPY_FLOAT32, 0)
+                r.srec = cnp.PyArray_DATA(srec)
+        threads = pynn_team_threads()
+        with nogil:
+            _run_one_row(&r, threads, self.a1, self.a2)
+        return h if self.sequences else _last_step(h, False)
+
+
+def _checked_forward(name, args):
+    """(cell, operands...) of ``{name}_forward(*args)`` (name: simple_rnn, lstm, gru)."""
     if name == "simple_rnn":
-        c, x, kernel, rk, bias, flags = operands.simple_rnn_forward(HOST, *args)
-        cell = SIMPLE_RNN
-    elif name == "lstm":
-        c, x, kernel, rk, bias, flags = operands.lstm_forward(HOST, *args)
-        cell = LSTM
-    elif name == "gru":
+        return (SIMPLE_RNN,) + tuple(operands.simple_rnn_forward(HOST, *args))
+    if name == "lstm":
+        return (LSTM,) + tuple(operands.lstm_forward(HOST, *args))
+    if name == "gru":
         c, x, kernel, rk, bias, flags = operands.gru_forward(HOST, *args)
-        cell = GRU_AFTER if flags.reset_after else GRU_BEFORE
-    else:
-        raise ValueError(f"packed_forward: expected simple_rnn, lstm or gru, got {name!r}")
-    return _recurrent_forward(cell, c, x, kernel, rk, bias, flags, packed)
+        return (GRU_AFTER if flags.reset_after else GRU_BEFORE, c, x, kernel, rk, bias, flags)
+    raise ValueError(f"packed_forward: expected simple_rnn, lstm or gru, got {name!r}")
 
 
 def _recurrent_backward(int cell, c, dy, x, kernel, recurrent_kernel, cache, flags):

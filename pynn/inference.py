@@ -953,7 +953,9 @@ class _Recurrent(_Generic):
     than fresh pages: an LSTM(128) over 32 steps at batch 64 makes 6 MB of them a call. On
     one sample the recurrent kernel's panels are made once (native/rnn.pyx, pack_recurrent)
     and shared by the plans while the weights stay: each step's GEMV then streams them in
-    order instead of reading 1 KB of every 2 KB row (the same sums; bench/README.md)."""
+    order instead of reading 1 KB of every 2 KB row (the same sums; bench/README.md); and
+    the op's operands are checked once (rnn.OneRow), the call's own ~10 us of checks and
+    conversions."""
 
     CACHED_ROWS = {"simple_rnn": 1, "lstm": 6, "gru": 5}  # units-wide rows a step caches
 
@@ -972,14 +974,20 @@ class _Recurrent(_Generic):
         op = "gru" if layer.CELL.startswith("gru") else layer.CELL  # either reset_after
         self.nbytes = n * t * layer.units * self.CACHED_ROWS[op] * x.itemsize
         self._forward = getattr(rnn, op + "_forward")
+        self.one = None
         if n == 1:
             packed = (_packed_kernels([rk]) or [None])[0]
             if packed is None:
                 packed = rnn.pack_recurrent(np.ascontiguousarray(rk))
                 _keep_packed([rk], [packed])
             self._forward = functools.partial(rnn.packed_forward, op, packed)
+            self.one = rnn.OneRow(op, packed, x, *self.args)
 
     def run(self, x, buf):
+        if self.one is not None:
+            y = self.one.run(x)
+            if y is not None:
+                return y, False
         return self._forward(x, *self.args)[0], False
 
 

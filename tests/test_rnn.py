@@ -360,6 +360,47 @@ def test_packed_forward_reads_the_recurrent_kernels_panels_with_the_ops_bits(cel
 
 
 @pytest.mark.parametrize("cell", CELLS)
+def test_one_row_checked_once_gives_the_ops_bits(cell):
+    """rnn.OneRow (an inference plan's batch-1 step: the operands checked once) gives the
+    op's output bit for bit, on one thread and two (split at 300 units), both directions,
+    with and without the whole sequence and a bias, one step or many, no input columns;
+    for another shape, dtype or layout, or at the generic microkernel level (which the
+    one-row path does not serve), run returns None; a wrong panel size is an error."""
+    import pynn
+
+    name = "simple_rnn" if cell == "simple_rnn" else op_name(cell)
+    opts = cell_options(cell)
+    before = pynn.get_num_threads()
+    try:
+        for shape in ((1, 17, 5, 300), (1, 1, 3, 7), (1, 6, 0, 33)):
+            x, w, r, b = make(cell, shape, np.float32, seed=41, scale=0.2)
+            packed = rnn.pack_recurrent(r)
+            for bias in (b, None):
+                for sequences in (False, True):
+                    for go_backwards in (False, True):
+                        rest = (w, r, bias, *opts, sequences, go_backwards)
+                        want = forward(cell, x, w, r, bias, opts, sequences, go_backwards)[0]
+                        one = rnn.OneRow(name, packed, x, *rest)
+                        for threads in (1, 2):
+                            pynn.set_num_threads(threads)
+                            np.testing.assert_array_equal(one.run(x), want)
+                        assert one.run(x.astype(np.float64)) is None
+                        assert one.run(np.concatenate([x, x])) is None
+                        if x.shape[2]:  # the same shape, not contiguous
+                            assert one.run(np.repeat(x, 2, axis=2)[:, :, ::2]) is None
+                        with pynn._config.kernel("generic"):
+                            assert one.run(x) is None
+    finally:
+        pynn.set_num_threads(before)
+    x, w, r, b = make(cell, (1, 4, 3, 40), np.float32, seed=43)
+    if cell != "gru_before":  # (its steps read R in place: no panels taken)
+        with pytest.raises(ValueError, match="pack_recurrent"):
+            rnn.OneRow(name, rnn.pack_recurrent(r)[:-1], x, w, r, b, *opts, False, False)
+    with pytest.raises(ValueError, match="one float32 sample"):
+        rnn.OneRow(name, None, np.concatenate([x, x]), w, r, b, *opts, False, False)
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_thread_count_invariance_large(cell):
     """Bit-identical for 1, 2 and 3 threads where one thread's rows span several chunks of
     the time loop (N = 75) and the weight gradient several column panels (37 units)."""
