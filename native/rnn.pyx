@@ -852,6 +852,15 @@ cdef void _pack_rec(const float* rk, Py_ssize_t u, Py_ssize_t g, float* dst, Py_
         p0 = p0 + REC_PANEL
 
 
+def _checked_panels(who, packed, Py_ssize_t u, Py_ssize_t g):
+    """packed, if it holds pack_recurrent's u * g floats for a (u, g) recurrent kernel."""
+    cdef const float[::1] pk = packed
+    if pk.shape[0] != max(u * g, 1):
+        raise ValueError(f"{who}: expected pack_recurrent's {u * g} floats for a ({u}, {g}) "
+                         f"recurrent kernel, got {pk.shape[0]}")
+    return packed
+
+
 def pack_recurrent(const float[:, ::1] recurrent_kernel):
     """The recurrent kernel (U, G) in panels (_pack_rec), for an inference plan to keep and
     pass to packed_forward (a batch-1 step's GEMV then streams each block of R in order)."""
@@ -990,11 +999,7 @@ def _forward(int cell, const floating[:, :, ::1] x, kernel, recurrent_kernel,
         r.rec_raw = &rraw[0, 0]
         r.projected = True
         if packed is not None:
-            pk = packed
-            if pk.shape[0] != max(r.u * r.gw, 1):
-                raise ValueError(f"packed_forward: expected pack_recurrent's {r.u * r.gw} "
-                                 f"floats for a ({r.u}, {r.gw}) recurrent kernel, got "
-                                 f"{pk.shape[0]}")
+            pk = _checked_panels("packed_forward", packed, r.u, r.gw)
             r.rec_packed = &pk[0]
         elif (r.t >= PACK_MIN_STEPS and cell != GRU_BEFORE
                 and _split_parts(&r, pynn_team_threads()) == 1):
@@ -1113,11 +1118,7 @@ cdef class OneRow:
         self.base.bias = &b[0]
         self.base.projected = True
         if packed is not None and cell != GRU_BEFORE:
-            pk = packed
-            if pk.shape[0] != self.u * self.g:
-                raise ValueError(f"OneRow: expected pack_recurrent's {self.u * self.g} floats "
-                                 f"for a ({self.u}, {self.g}) recurrent kernel, got "
-                                 f"{pk.shape[0]}")
+            pk = _checked_panels("OneRow", packed, self.u, self.g)
             self.base.rec_packed = &pk[0]
 
     def run(self, x):
