@@ -1083,16 +1083,16 @@ def packed_forward(name, packed, *args):
 
 
 cdef class OneRow:
-    """``packed_forward(name, packed, x, *rest)`` for one float32 sample of x's shape, its
-    operands checked once (an inference plan's batch-1 recurrent step, as DenseChain's
-    predict_one is a Dense chain's): ``run(x)`` -> y, a fresh array with the op's bits, or
-    None for an x of another shape or layout or at the generic microkernel level (the caller
-    then takes the op). The op's checks, conversions and Python took ~10 us a call, an
+    """``packed_forward(name, packed, x, *rest)`` for one float32 sample of x's features
+    and any number of steps (a masked request runs its kept steps), its operands checked
+    once (an inference plan's batch-1 recurrent step, as DenseChain's predict_one is a Dense
+    chain's): ``run(x)`` -> y, a fresh array with the op's bits, or None for an x of other
+    features or layout or at the generic microkernel level (the caller then takes the op). The op's checks, conversions and Python took ~10 us a call, an
     LSTM(128) over 32 steps ~100."""
     cdef Rnn base               # the pointers that do not change from call to call
     cdef object keep            # the arrays they point into
     cdef float a1, a2
-    cdef Py_ssize_t t, c, u, g
+    cdef Py_ssize_t c, u, g
     cdef bint sequences
 
     def __init__(self, name, packed, x, *rest):
@@ -1105,9 +1105,10 @@ cdef class OneRow:
         if bias is None:
             bias = np.zeros(operands.bias_shape(c, flags.reset_after), dtype=np.float32)
         ract, ralpha = (c.act, c.alpha) if c.ract is None else (c.ract, c.ralpha)
-        self.t, self.c, self.u = x.shape[1], x.shape[2], c.units
+        self.c, self.u = x.shape[2], c.units
         self.g = c.gates * c.units
-        self.base = _rnn(cell, self.t, self.u, self.g, self.c, c.act, ract, flags.go_backwards)
+        self.base = _rnn(cell, x.shape[1], self.u, self.g, self.c, c.act, ract,
+                         flags.go_backwards)
         self.a1, self.a2, self.sequences = c.alpha, ralpha, flags.return_sequences
         kraw = np.ascontiguousarray(kernel, dtype=np.float32)
         rraw = np.ascontiguousarray(rk, dtype=np.float32)
@@ -1130,11 +1131,12 @@ cdef class OneRow:
             return None
         a = <cnp.ndarray>x
         if (cnp.PyArray_NDIM(a) != 3 or cnp.PyArray_DIM(a, 0) != 1
-                or cnp.PyArray_DIM(a, 1) != self.t or cnp.PyArray_DIM(a, 2) != self.c
+                or cnp.PyArray_DIM(a, 1) < 1 or cnp.PyArray_DIM(a, 2) != self.c
                 or cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32
                 or not cnp.PyArray_ISCARRAY_RO(a) or not cnp.PyArray_ISNOTSWAPPED(a)):
             return None
-        dims[0], dims[1], dims[2] = 1, self.t, self.u
+        r.t = cnp.PyArray_DIM(a, 1)
+        dims[0], dims[1], dims[2] = 1, r.t, self.u
         h = cnp.PyArray_EMPTY(3, dims, cnp.NPY_FLOAT32, 0)
         r.x = cnp.PyArray_DATA(a) if self.c > 0 else NULL
         r.h = cnp.PyArray_DATA(h)

@@ -46,8 +46,14 @@ of its inputs), made on the first call with that signature:
   optimizer step, a load) or the shapes change (a new signature, at most ``MAX_SIGNATURES``
   kept per model).
 
-The CPU backend only: on OpenCL (and for subclassed models, masks, integer inputs or other
-input types) ``outputs`` returns None and the model takes its general path. Every
+A model with masks (an Embedding(mask_zero=True), a Masking layer) carries them from step to
+step as the general path does, each step that needs its input mask taking it; one sample
+with a partial mask runs a recurrent layer over its kept steps alone (a padded request costs
+its real length: pynn.layers.recurrent.unmasked_steps). Integer inputs (token ids) take the
+plan when they come in the input's dtype or one that casts to it safely.
+
+The CPU backend only: on OpenCL (and for subclassed models or other input types)
+``outputs`` returns None and the model takes its general path. Every
 kernel used releases the GIL for its arithmetic; only the glue between them holds it.
 """
 
@@ -166,17 +172,13 @@ class _State:
 
     @classmethod
     def of(cls, model):
-        from pynn.layers.functional import Plan, _makes_mask
+        from pynn.layers.functional import Plan
 
         if model._traced or not isinstance(model._plan, Plan):
             return _NO_PLAN
-        # Masks (issue 14) travel beside the values in the general path; a model that makes
-        # one keeps that path.
-        if any(_makes_mask(layer) for layer in model.layers):
-            return _NO_PLAN
         inputs = model.inputs
         dtypes = [np.dtype(t.dtype) for t in inputs]
-        if any(d.kind != "f" for d in dtypes):  # integer inputs: the general path's checks
+        if any(d.kind not in "fiu" for d in dtypes):
             return _NO_PLAN
         return cls(model, dtypes, [tuple(t.shape[1:]) for t in inputs])
 
@@ -214,6 +216,8 @@ class _State:
             if any(e is not None and e != s for e, s in zip(features, a.shape[1:])):
                 return None
             n = a.shape[0]
+            if a.dtype != dtype and dtype.kind != "f" and not np.can_cast(a.dtype, dtype):
+                return None  # ids of a wider or float type: the general path checks them
             if a.dtype != dtype or not a.flags.c_contiguous:
                 a = np.ascontiguousarray(a, dtype=dtype)
             out.append(a)
@@ -241,6 +245,8 @@ class InferencePlan:
         self.nslots = graph_plan.nslots
         self._local = threading.local()
         self.chunked = None  # (_chunked_plan) set once the steps are made
+        from pynn.layers.functional import _takes_mask
+
         steps = graph_plan.inference_steps()
         # Validation: the public ops on real inputs, once. Their errors surface here with
         # their usual wording, and the shapes they produce size the buffers.
@@ -254,17 +260,34 @@ class InferencePlan:
         sample_bytes = []
         frees = _frees([(st.ins, st.outs) for st in steps], self.input_slots,
                        self.output_slots)
+        masks = [None] * self.nslots  # Keras's masks, carried as the general path does
         for st, free in zip(steps, frees):
             x = [vals[s] for s in st.ins] if st.several else vals[st.ins[0]]
+            mask = [masks[s] for s in st.ins] if st.several else masks[st.ins[0]]
+            masked = any(m is not None for m in mask) if st.several else mask is not None
+            takes_mask = masked and _takes_mask(st.layer)
             try:
-                y = st.layer.call(x, training=False)
+                if takes_mask:
+                    y = st.layer.call(x, training=False, mask=mask)
+                else:
+                    y = st.layer.call(x, training=False)
             except MemoryError as exc:
                 raise _out_of_memory(st.layer, x, exc) from None
             if not st.multi_out and type(y) is np.ndarray and y.ndim and len(y):
                 sample_bytes.append((st.outs[0], y.nbytes // len(y)))
             else:
                 sample_bytes.append((None, 0))
-            runner = _checked(_runner(st, x, y), st, x, y)
+            if takes_mask:
+                runner = _masked_runner(st, x, y, mask)
+            else:
+                runner = _checked(_runner(st, x, y), st, x, y)
+            if masked or st.makes_mask:
+                out_masks = _out_masks(st.layer, x, mask, len(st.outs))
+                for s, m in zip(st.outs, out_masks):
+                    masks[s] = m
+                # (makes_mask says "may": a pruning stand-in's wrapped Dense makes none)
+                if masked or any(m is not None for m in out_masks):
+                    runner.carries_mask, runner.takes_mask = True, takes_mask
             if not runner.macs and hasattr(st.layer, "inference_macs"):
                 # (q8) a layer running its own call that states its arithmetic (the int8
                 # layers): a plan of them is not taken for one too small for two threads
@@ -286,7 +309,7 @@ class InferencePlan:
                 vals[st.outs[0]] = y
             x = None
             for s in free:
-                vals[s] = None
+                vals[s] = masks[s] = None
         self.first_outputs = [vals[s] for s in self.output_slots]
         outputs = set(self.output_slots)
         for r in self.steps:
@@ -302,6 +325,15 @@ class InferencePlan:
         self.keep_buffers = nbytes <= BUFFER_CAP_BYTES
         self.nbytes = nbytes
         self.serial = self.macs < serial_max
+        # A model with masks runs its steps one by one with their masks, up to the last step
+        # that carries one; the fusions below take only the steps after it (a text model's
+        # classifier head), which see no mask.
+        carriers = [j for j, r in enumerate(self.steps) if r.carries_mask]
+        self.masked = bool(carriers)
+        head, self.steps = (self.steps[:carriers[-1] + 1], self.steps[carriers[-1] + 1:]) \
+            if carriers else ([], self.steps)
+        if self.masked:
+            self.chain = False  # the masks go through the graph's run
         if self.chain:
             self.steps = _chained(_embedding_means(self.steps), parallel=not self.serial)
         else:
@@ -309,8 +341,8 @@ class InferencePlan:
                                            parallel=not self.serial)
         if self.serial:
             self.steps = [_serial_twin(r) for r in self.steps]
-        self.steps = [_tuned(r) for r in self.steps]
-        if not self.serial and PAIR_CONV_POOL:
+        self.steps = head + [_tuned(r) for r in self.steps]
+        if not self.serial and PAIR_CONV_POOL and not self.masked:
             self.steps = _paired_conv_pool(self.steps, self.output_slots)
         for r in self.steps:
             r.sample = r.own = None  # the validation arrays, no longer needed
@@ -409,6 +441,7 @@ class InferencePlan:
                     owned = owned or into_buffer
                 return [np.array(y) if owned else y]
             vals = [None] * self.nslots
+            masks = [None] * self.nslots if self.masked else None
             # Whether a slot's value is (or views) memory a later call of this thread reuses.
             owned = [False] * self.nslots
             for s, v in zip(self.input_slots, xs):
@@ -421,7 +454,14 @@ class InferencePlan:
                 else:
                     x = vals[r.ins[0]]
                     inherited = owned[r.ins[0]]
-                y, into_buffer = r.run(x, buf)
+                if r.carries_mask:
+                    mask = [masks[s] for s in r.ins] if r.several else masks[r.ins[0]]
+                    y, into_buffer = (r.run_masked(x, mask, buf) if r.takes_mask
+                                      else r.run(x, buf))
+                    for s, m in zip(r.outs, _out_masks(r.layer, x, mask, len(r.outs))):
+                        masks[s] = m
+                else:
+                    y, into_buffer = r.run(x, buf)
                 if r.multi_out:
                     for s, v in zip(r.outs, y):
                         vals[s], owned[s] = v, inherited
@@ -431,6 +471,8 @@ class InferencePlan:
                 x = buf = y = None
                 for s in self.frees[j]:
                     vals[s] = None
+                    if masks is not None:
+                        masks[s] = None
             return [np.array(vals[s]) if owned[s] else vals[s] for s in self.output_slots]
         except MemoryError as exc:  # the per-call buffers of a plan too large to keep them
             raise _out_of_memory(r.layer, x, exc) from None
@@ -511,6 +553,9 @@ class _Generic:
 
     macs = 0
     nbytes = 0
+    # Whether the step's output mask is made each call (its input has one, or it makes one),
+    # and whether its values need its input mask (run_masked)
+    carries_mask = takes_mask = False
 
     def __init__(self, step):
         self.layer = step.layer
@@ -522,6 +567,9 @@ class _Generic:
 
     def run(self, x, buf):
         return self.layer.call(x, training=False), False
+
+    def run_masked(self, x, mask, buf):
+        return self.layer.call(x, training=False, mask=mask), False
 
 
 class _Buffered(_Generic):
@@ -989,6 +1037,22 @@ class _Recurrent(_Generic):
             if y is not None:
                 return y, False
         return self._forward(x, *self.args)[0], False
+
+    def run_masked(self, x, mask, buf):
+        """With Keras's mask: one sample runs its kept steps alone (the layer's own rule,
+        recurrent.unmasked_steps), through this runner's packed one-row path; a batch whose
+        rows keep different steps takes the layer's masked recurrence."""
+        from pynn.layers.recurrent import unmasked_steps
+
+        if type(mask) is np.ndarray and mask.all():
+            return self.run(x, buf)
+        kept = unmasked_steps(x, mask)
+        if kept is None:
+            return self.layer.call(x, training=False, mask=mask), False
+        return self.layer.call_unmasked(x, mask, kept, self._run_kept), False
+
+    def _run_kept(self, x):
+        return self.run(x, None)[0]
 
 
 class _Conv2D(_Buffered):
@@ -1511,6 +1575,28 @@ def _runner(step, x, y):
         # operands it does not take as they are: the layer's own call gives the numbers.
         pass
     return _Generic(step)
+
+
+def _masked_runner(step, x, y, mask):
+    """The runner of a step whose values depend on its input mask: a recurrent layer's
+    (_Recurrent.run_masked) where it gives y on the validation input, else the layer's own
+    masked call."""
+    runner = _runner(step, x, y)
+    if type(runner) is _Recurrent:
+        try:
+            got, _ = runner.run_masked(x, mask, None)
+        except Exception:  # noqa: BLE001  (any failure: the layer's own call)
+            got = None
+        if got is not None and _same_values(got, y):
+            return runner
+    return _Generic(step)
+
+
+def _out_masks(layer, x, mask, n):
+    """The masks of a step's n outputs, as the general path makes them (Plan._run)."""
+    compute = getattr(layer, "compute_mask", None)
+    out = compute(x, mask) if compute is not None else None
+    return out if isinstance(out, list) else [out] * n
 
 
 def _same_values(a, b):

@@ -854,9 +854,9 @@ def text_classifier(mask_zero=False):
                             L.Dense(3, activation="softmax")])
 
 
-def test_an_embedding_model_takes_the_plan_unless_it_masks():
-    """Integer token ids through Embedding (no mask_zero) and GlobalAveragePooling1D: the
-    prepared plan, with the general path's numbers; mask_zero keeps the general path; a bad
+def test_an_embedding_model_takes_the_plan_masked_or_not():
+    """Integer token ids through Embedding and GlobalAveragePooling1D: the prepared plan,
+    with the general path's numbers, with mask_zero too (the pooling takes the mask); a bad
     id is the Embedding's own error either way."""
     rng = np.random.default_rng(36)
     model = text_classifier()
@@ -872,8 +872,18 @@ def test_an_embedding_model_takes_the_plan_unless_it_masks():
     with pytest.raises(ValueError, match="Embedding 'embedding"):
         model.predict_on_batch(bad)
     masked = text_classifier(mask_zero=True)
-    masked.predict_on_batch(x)
-    assert masked.__dict__.get("_inference") is inference._NO_PLAN
+    randomize(masked, rng)
+    x[:, 8:] = 0  # padded
+    x[2] = 0      # all padding
+    got = masked.predict_on_batch(x)
+    assert isinstance(masked._inference, inference._State)
+    assert runners(masked, [x.astype(np.float32)]) == ["_Generic", "_Generic",
+                                                        "_DenseChainRunner"]
+    np.testing.assert_array_equal(masked.predict_on_batch(x), got)
+    # (the all-padding row's mean is 0 / 0, NaN, as Keras's)
+    np.testing.assert_array_equal(got, general(masked, [x.astype(np.float32)])[0])
+    with pytest.raises(ValueError, match="Embedding 'embedding"):
+        masked.predict_on_batch(bad)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -1043,3 +1053,107 @@ def test_recurrent_models_take_the_plan(kind):
         assert runners(model, [x])[0] == "_Recurrent"
         rows = {"lstm": 6, "gru": 5}[kind]
         assert plan_of(model, [x]).nbytes >= 2 * 5 * units * rows * 4
+
+
+def masked_text_model(kind, kw=None, bidirectional=False, stacked=False):
+    kw = dict(kw or {})
+    layers = [L.Input((9,), dtype="int32"), L.Embedding(40, 6, mask_zero=True)]
+    if stacked:
+        layers.append(getattr(L, kind)(5, return_sequences=True, **kw))
+    rnn = getattr(L, kind)(7, **kw)
+    layers += [L.Bidirectional(rnn) if bidirectional else rnn,
+               L.Dense(3, activation="softmax")]
+    return pynn.Sequential(layers)
+
+
+MASKED_CASES = [("SimpleRNN", {}, False, False), ("LSTM", {}, False, False),
+                ("GRU", {}, False, False), ("GRU", {"reset_after": False}, False, False),
+                ("LSTM", {"go_backwards": True}, False, False), ("GRU", {}, True, False),
+                ("LSTM", {}, False, True)]
+
+
+@pytest.mark.parametrize("kind,kw,bidirectional,stacked", MASKED_CASES)
+def test_a_masked_sequence_model_takes_the_plan(kind, kw, bidirectional, stacked):
+    """Embedding(mask_zero=True) on int32 ids, then recurrent layers: the plan carries the
+    mask to each step; one request's recurrent step runs its kept steps through the packed
+    one-row path (_Recurrent.run_masked), with the general path's bits on every padding
+    (before, after, inside, none, all) and on a batch of mixed lengths, from the first call
+    on; a padded request answers as its unpadded tokens do where the last token is kept."""
+    rng = np.random.default_rng(52)
+    model = masked_text_model(kind, kw, bidirectional, stacked)
+    randomize(model, rng)
+    ids = rng.integers(1, 40, (1, 9)).astype(np.int32)
+    paddings = [ids.copy() for _ in range(5)]
+    paddings[0][:, :4] = 0
+    paddings[1][:, 6:] = 0
+    paddings[2][:, [1, 2, 5]] = 0
+    paddings[4][:] = 0
+    for x in paddings:
+        first = model.predict_on_batch(x)
+        for got in (model.predict_on_batch(x), np.asarray(model(x))):
+            np.testing.assert_array_equal(got, first)
+        np.testing.assert_array_equal(first, general(model, [x])[0])
+    assert isinstance(model._inference, inference._State)
+    kinds = runners(model, [ids])
+    assert kinds[0] == "_Generic" and kinds[-1] == "_Dense"
+    if not bidirectional:
+        assert kinds[-2] == "_Recurrent"
+    batch = np.concatenate(paddings)
+    np.testing.assert_array_equal(model.predict_on_batch(batch), general(model, [batch])[0])
+    assert_close(model.predict_on_batch(batch)[:4], np.concatenate(
+        [model.predict_on_batch(x) for x in paddings[:4]]), 1e-5, "rows alone")
+    if not (bidirectional or stacked or kw.get("go_backwards")):
+        # (the same weights on 5 ids)
+        short = pynn.Sequential([L.Input((5,), dtype="int32"), L.Embedding(40, 6),
+                                 getattr(L, kind)(7, **kw), L.Dense(3, activation="softmax")])
+        short.set_weights(model.get_weights())
+        np.testing.assert_array_equal(model.predict_on_batch(paddings[0]),
+                                      short.predict_on_batch(ids[:, 4:]))
+
+
+def test_a_masked_plan_hammered_from_threads():
+    """One masked LSTM model called from 8 threads, each request padded its own way: each
+    thread's answers are the single-threaded ones."""
+    rng = np.random.default_rng(53)
+    model = masked_text_model("LSTM")
+    randomize(model, rng)
+    xs = rng.integers(1, 40, (16, 1, 9)).astype(np.int32)
+    for i, x in enumerate(xs):
+        x[:, :i % 9] = 0
+    want = [model.predict_on_batch(x) for x in xs]
+    wrong = []
+
+    def work(k):
+        for _ in range(20):
+            for i in range(k, len(xs), 8):
+                if not np.array_equal(model.predict_on_batch(xs[i]), want[i]):
+                    wrong.append(i)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
+
+
+def test_integer_ids_take_the_plan_in_a_dtype_that_casts_safely():
+    """An int32 input takes the plan for ids of int32 or a narrower type; wider or float ids
+    go to the general path, which checks their range and whole values."""
+    rng = np.random.default_rng(54)
+    model = masked_text_model("GRU")
+    randomize(model, rng)
+    ids = rng.integers(0, 40, (2, 9))
+    want = general(model, [ids.astype(np.int32)])[0]
+    for dtype in (np.int32, np.int16, np.uint8, np.int64, np.float64):
+        np.testing.assert_array_equal(model.predict_on_batch(ids.astype(dtype)), want)
+    assert isinstance(model._inference, inference._State)
+    assert plan_of(model, [ids]) is not None
+    big = ids.copy()
+    big[0, 0] = 2 ** 40
+    with pytest.raises(ValueError, match="outside its range"):
+        model.predict_on_batch(big)
+    with pytest.raises(ValueError, match="whole numbers"):
+        model.predict_on_batch(ids + 0.5)
+    assert inference._State.of(model).inputs(ids) is None
+    assert inference._State.of(model).inputs(ids.astype(np.int16)) is not None

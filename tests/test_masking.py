@@ -63,6 +63,23 @@ def test_masked_recurrent_prediction_matches_keras(kind, kw):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind,kw,bidirectional", [(k, kw, False) for k, kw in CASES] + [
+    ("LSTM", {"return_sequences": True, "go_backwards": True}, False),
+    ("GRU", {}, True), ("LSTM", {"return_sequences": True}, True)])
+def test_one_padded_request_matches_keras(kind, kw, bidirectional):
+    """One sample padded before, after or inside (the inference plan then runs the kept
+    steps alone): Keras's numbers through model(x), predict_on_batch and predict."""
+    rng = np.random.default_rng(4)
+    km, pm = _models(kind, kw, 7, 3, bidirectional)
+    x = rng.standard_normal((1, 7, 3)).astype(np.float32)
+    for kept in ([2, 3, 4, 5, 6], [0, 1, 2], [0, 2, 3, 5], [4]):
+        padded = np.zeros_like(x)
+        padded[:, kept] = x[:, kept]
+        want = np.asarray(km.predict(padded, verbose=0))
+        for got in (pm(padded), pm.predict_on_batch(padded), pm.predict(padded, verbose=0)):
+            np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, err_msg=str(kept))
+
+
 @pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave"])
 @pytest.mark.parametrize("return_sequences", [False, True])
 def test_masked_bidirectional_prediction_matches_keras(merge_mode, return_sequences):

@@ -363,9 +363,11 @@ def test_packed_forward_reads_the_recurrent_kernels_panels_with_the_ops_bits(cel
 def test_one_row_checked_once_gives_the_ops_bits(cell):
     """rnn.OneRow (an inference plan's batch-1 step: the operands checked once) gives the
     op's output bit for bit, on one thread and two (split at 300 units), both directions,
-    with and without the whole sequence and a bias, one step or many, no input columns;
-    for another shape, dtype or layout, or at the generic microkernel level (which the
-    one-row path does not serve), run returns None; a wrong panel size is an error."""
+    with and without the whole sequence and a bias, one step or many, no input columns,
+    and for any number of steps (fewer or more than it was made with: a masked request's
+    kept steps); for another batch, feature count, dtype or layout, or at the generic
+    microkernel level (which the one-row path does not serve), run returns None; a wrong
+    panel size is an error."""
     import pynn
 
     name = "simple_rnn" if cell == "simple_rnn" else op_name(cell)
@@ -384,6 +386,13 @@ def test_one_row_checked_once_gives_the_ops_bits(cell):
                         for threads in (1, 2):
                             pynn.set_num_threads(threads)
                             np.testing.assert_array_equal(one.run(x), want)
+                        for steps in (x[:, 1::2], np.concatenate([x, x[:, ::-1]], axis=1)):
+                            steps = np.ascontiguousarray(steps)
+                            if steps.shape[1]:
+                                np.testing.assert_array_equal(one.run(steps), forward(
+                                    cell, steps, w, r, bias, opts, sequences,
+                                    go_backwards)[0])
+                        assert one.run(x[:, :0]) is None
                         assert one.run(x.astype(np.float64)) is None
                         assert one.run(np.concatenate([x, x])) is None
                         if x.shape[2]:  # the same shape, not contiguous

@@ -150,3 +150,65 @@ def test_recurrence_forward_rejects_bad_operands(change, match):
     kw.update(change)
     with pytest.raises(ValueError, match=match):
         cpu.recurrence_forward(**kw)
+
+
+LAYERS = {"simple_rnn": ("SimpleRNN", {}), "lstm": ("LSTM", {}), "gru": ("GRU", {}),
+          "gru_reset_before": ("GRU", {"reset_after": False})}
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("return_sequences,go_backwards,zero_out", [
+    (False, False, False), (False, True, False), (False, False, True), (False, True, True),
+    (True, False, False), (True, True, False), (True, False, True), (True, True, True)])
+def test_one_masked_sample_runs_its_kept_steps_alone(cell, return_sequences, go_backwards,
+                                                     zero_out):
+    """A layer's inference call on one sample with a partial mask runs only the kept steps
+    (pynn.layers.recurrent.unmasked_steps) and gives the masked recurrence's outputs: the
+    float64 oracle's, every masked step its previous output or zeros as the options say;
+    the last output the bits of the same sequence unpadded. Nothing or everything kept, a
+    batch, and training keep the general ops."""
+    import pynn
+    from pynn.layers import recurrent
+
+    kind, kw = LAYERS[cell]
+    layer = getattr(pynn.layers, kind)(13, return_sequences=return_sequences,
+                                       go_backwards=go_backwards, zero_output_for_mask=zero_out,
+                                       **kw)
+    rng = np.random.default_rng(7)
+    x = rand(rng, (1, 9, 5), np.float32)
+    layer(x)
+    layer.set_weights([0.4 * rand(rng, w.shape, np.float32) for w in layer.get_weights()])
+    kernel, rk, bias = (w.astype(np.float64) for w in layer.get_weights())
+    xw = x.astype(np.float64) @ kernel + (bias[0] if cell == "gru" else bias)
+    zeros = np.zeros((1, 13))
+    for kept in ([3, 4, 5, 6, 7, 8], [0, 1, 2, 3], [0, 2, 3, 6, 8], [4], [8], [0]):
+        mask = np.zeros((1, 9), bool)
+        mask[0, kept] = True
+        got = layer.call(x, mask=mask)
+        want = recurrence_forward_ref(
+            xw, rk, bias[1] if cell == "gru" else None, zeros,
+            zeros if cell == "lstm" else None, mask, None, cell,
+            return_sequences=return_sequences, go_backwards=go_backwards,
+            zero_output_for_mask=zero_out)[0]
+        assert got.shape == want.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=2e-6, err_msg=f"kept {kept}")
+        last = mask[0, 0] if go_backwards else mask[0, -1]
+        if not return_sequences and not (zero_out and not last):
+            np.testing.assert_array_equal(got, layer.call(np.ascontiguousarray(x[:, kept])))
+    # the general ops wherever the kept steps alone would not do
+    assert recurrent.unmasked_steps(x, np.zeros((1, 9), bool)) is None
+    assert recurrent.unmasked_steps(x, np.ones((1, 9), bool)) is None
+    assert recurrent.unmasked_steps(np.concatenate([x, x]), np.ones((2, 9), bool)) is None
+    assert recurrent.unmasked_steps(x, np.ones((1, 8), bool)) is None
+    mask = np.zeros((1, 9), bool)
+    mask[0, 2:5] = True
+    used = []
+    general = layer._call_general
+    layer._call_general = lambda *a: used.append(a) or general(*a)
+    try:
+        layer.call(x, mask=np.zeros((1, 9), bool))
+        layer.call(x, training=True, mask=mask)
+        layer.backward(np.ones_like(layer.call(x, training=True, mask=mask)))
+        assert len(used) == 3
+    finally:
+        del layer._call_general

@@ -129,6 +129,38 @@ class _OpsCell:
         return h, [h]
 
 
+def unmasked_steps(x, mask):
+    """The time steps a mask keeps, when x (1, T, C) is one sample on the host and its
+    mask (1, T) keeps some but not all: then the recurrence over those steps alone gives
+    the masked recurrence's final state (a masked step only carries the states on). None
+    otherwise (a batch, whose rows keep different steps; nothing kept; a device array).
+    A padded request then costs its real length (its kept steps through the plain op, or
+    a plan's packed one-row path), and gives the bits of the same sequence unpadded."""
+    if type(x) is not np.ndarray or type(mask) is not np.ndarray or x.ndim != 3 or \
+            len(x) != 1 or mask.shape != x.shape[:2]:
+        return None
+    kept = np.flatnonzero(mask[0])
+    if len(kept) == 0 or len(kept) == x.shape[1]:
+        return None
+    return kept
+
+
+def expand_unmasked(y, mask, go_backwards, zero_output_for_mask):
+    """Sequence outputs y (1, K, U) of the K kept steps as the masked recurrence gives
+    all T: in processing order (reversed with go_backwards), a masked step repeats the
+    previous output (zeros before the first kept step), or is zeros with
+    zero_output_for_mask."""
+    keep = mask[0, ::-1] if go_backwards else mask[0]
+    keep = keep.astype(bool)
+    before = np.cumsum(keep)  # kept steps up to and including each step
+    padded = np.zeros((1, y.shape[1] + 1, y.shape[2]), y.dtype)
+    padded[:, 1:] = y
+    out = padded[:, before]
+    if zero_output_for_mask:
+        out[:, ~keep] = 0
+    return out
+
+
 def _call_with_states(layer, n_states, inputs, training, mask, initial_state, kwargs):
     """A recurrent layer's __call__: ``initial_state`` joins the inputs (a list), so the
     functional API records the states as the node's other inputs and backward returns their
@@ -357,6 +389,11 @@ class _RNN(Layer):
         if mask is not None and isinstance(mask, np.ndarray) and mask.all():
             mask = None  # nothing masked: the plain ops compute the same, faster
         dropping = training and (self.dropout > 0 or self.recurrent_dropout > 0)
+        if mask is not None and not training and states is None and not self.return_state \
+                and not self.stateful:
+            kept = unmasked_steps(x, mask)
+            if kept is not None:
+                return self.call_unmasked(x, mask, kept)
         if (mask is None and states is None and not dropping and not self.return_state
                 and not self.stateful):
             forward, _ = self._ops()
@@ -366,6 +403,29 @@ class _RNN(Layer):
             self._cache = ("fast", x, cache) if training else None
             return y
         return self._call_general(x, states, mask, training, dropping)
+
+    def call_unmasked(self, x, mask, kept, forward=None):
+        """One sample's output (inference) from its kept steps ``kept`` (unmasked_steps)
+        alone: ``forward(x_kept)`` (the plain op by default) then each masked step given the
+        output the masked recurrence gives it: the previous one (zeros before the first
+        kept step), or zeros with zero_output_for_mask (also as the last output)."""
+        if forward is None:
+            forward = self._plain_forward
+        y = forward(np.ascontiguousarray(x[:, kept]))
+        if not self.return_sequences:
+            last = mask[0, 0] if self.go_backwards else mask[0, -1]
+            if self.zero_output_for_mask and not last:
+                return np.zeros_like(y)  # the last step's output, masked, is zeros there
+            return y
+        return expand_unmasked(y, mask, self.go_backwards, self.zero_output_for_mask)
+
+    def _plain_forward(self, x):
+        forward, _ = self._ops()
+        y, _ = forward(x, self.kernel.value, self.recurrent_kernel.value,
+                       self.bias.value if self.use_bias else None, *self._options(),
+                       self.return_sequences, self.go_backwards)
+        self._cache = None
+        return y
 
     def inference_macs(self, x):
         """Multiply-adds of a call on ``x`` (N, T, C) (or [x, states...]): the input and
