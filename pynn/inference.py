@@ -1011,9 +1011,10 @@ class _Recurrent(_Generic):
         from pynn._native import rnn
 
         super().__init__(step)
+        self.layer = layer  # (a Bidirectional's step: one of its two layers)
         rk = layer.recurrent_kernel.value
         if type(rk) is not np.ndarray or rk.dtype != np.float32 or \
-                layer.kernel.value.dtype != np.float32:
+                layer.kernel.value.dtype != np.float32 or layer._callable_activation():
             raise _NotDirect
         self.args = (layer.kernel.value, rk, layer.bias.value if layer.use_bias else None,
                      *layer._options(), layer.return_sequences, layer.go_backwards)
@@ -1053,6 +1054,29 @@ class _Recurrent(_Generic):
 
     def _run_kept(self, x):
         return self.run(x, None)[0]
+
+    def output(self, x, mask):
+        return self.run_masked(x, mask, None)[0]
+
+
+class _Bidirectional(_Generic):
+    """A Bidirectional over SimpleRNN, LSTM or GRU: each direction through its own
+    _Recurrent (packed panels and OneRow at batch 1, a masked request's kept steps alone),
+    merged by the layer's own call."""
+
+    def __init__(self, step, x, layer):
+        super().__init__(step)
+        inner = [_Recurrent(step, x, d) for d in (layer.forward_layer, layer.backward_layer)]
+        self.directions = tuple(r.output for r in inner)
+        self.macs = sum(r.macs for r in inner)
+        self.nbytes = sum(r.nbytes for r in inner)
+
+    def run(self, x, buf):
+        return self.layer.call(x, training=False, directions=self.directions), False
+
+    def run_masked(self, x, mask, buf):
+        return self.layer.call(x, training=False, mask=mask,
+                               directions=self.directions), False
 
 
 class _Conv2D(_Buffered):
@@ -1529,7 +1553,7 @@ def _runner(step, x, y):
     from pynn.layers.core import Dense, Flatten
     from pynn.layers.functional import _FoldedLayer
     from pynn.layers.pooling import MaxPooling2D
-    from pynn.layers.recurrent import GRU, LSTM, SimpleRNN
+    from pynn.layers.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 
     int8 = _int8_runner(step, x, y)
     if int8 is not None:
@@ -1570,6 +1594,11 @@ def _runner(step, x, y):
         if type(layer) in (SimpleRNN, LSTM, GRU) and x.ndim == 3 and \
                 x.dtype == np.float32 and not (layer.stateful or layer.return_state):
             return _Recurrent(step, x, layer)
+        if type(layer) is Bidirectional and x.ndim == 3 and x.dtype == np.float32 and \
+                not (layer.stateful or layer.return_state) and all(
+                    type(d) in (SimpleRNN, LSTM, GRU)
+                    for d in (layer.forward_layer, layer.backward_layer)):
+            return _Bidirectional(step, x, layer)
     except (AttributeError, _NotDirect):
         # A kernel module without the entry point this plan calls (its internals moved), or
         # operands it does not take as they are: the layer's own call gives the numbers.
@@ -1582,7 +1611,7 @@ def _masked_runner(step, x, y, mask):
     (_Recurrent.run_masked) where it gives y on the validation input, else the layer's own
     masked call."""
     runner = _runner(step, x, y)
-    if type(runner) is _Recurrent:
+    if type(runner) in (_Recurrent, _Bidirectional):
         try:
             got, _ = runner.run_masked(x, mask, None)
         except Exception:  # noqa: BLE001  (any failure: the layer's own call)

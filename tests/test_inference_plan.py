@@ -1053,13 +1053,19 @@ def test_recurrent_models_take_the_plan(kind):
         assert runners(model, [x])[0] == "_Recurrent"
         rows = {"lstm": 6, "gru": 5}[kind]
         assert plan_of(model, [x]).nbytes >= 2 * 5 * units * rows * 4
+    if kind == "bidirectional":  # each direction its own _Recurrent, bytes counted
+        assert runners(model, [x])[0] == "_Bidirectional"
+        assert plan_of(model, [x]).nbytes >= 2 * (2 * 5 * units * 5 * 4)
+        one = x[:1]
+        np.testing.assert_array_equal(model.predict_on_batch(one), general(twin, [one])[0])
+        assert runners(model, [one])[0] == "_Bidirectional"
 
 
 def masked_text_model(kind, kw=None, bidirectional=False, stacked=False):
     kw = dict(kw or {})
     layers = [L.Input((9,), dtype="int32"), L.Embedding(40, 6, mask_zero=True)]
     if stacked:
-        layers.append(getattr(L, kind)(5, return_sequences=True, **kw))
+        layers.append(getattr(L, kind)(5, **{**kw, "return_sequences": True}))
     rnn = getattr(L, kind)(7, **kw)
     layers += [L.Bidirectional(rnn) if bidirectional else rnn,
                L.Dense(3, activation="softmax")]
@@ -1069,7 +1075,7 @@ def masked_text_model(kind, kw=None, bidirectional=False, stacked=False):
 MASKED_CASES = [("SimpleRNN", {}, False, False), ("LSTM", {}, False, False),
                 ("GRU", {}, False, False), ("GRU", {"reset_after": False}, False, False),
                 ("LSTM", {"go_backwards": True}, False, False), ("GRU", {}, True, False),
-                ("LSTM", {}, False, True)]
+                ("LSTM", {}, False, True), ("SimpleRNN", {"return_sequences": True}, True, True)]
 
 
 @pytest.mark.parametrize("kind,kw,bidirectional,stacked", MASKED_CASES)
@@ -1096,8 +1102,7 @@ def test_a_masked_sequence_model_takes_the_plan(kind, kw, bidirectional, stacked
     assert isinstance(model._inference, inference._State)
     kinds = runners(model, [ids])
     assert kinds[0] == "_Generic" and kinds[-1] == "_Dense"
-    if not bidirectional:
-        assert kinds[-2] == "_Recurrent"
+    assert kinds[-2] == ("_Bidirectional" if bidirectional else "_Recurrent")
     batch = np.concatenate(paddings)
     np.testing.assert_array_equal(model.predict_on_batch(batch), general(model, [batch])[0])
     assert_close(model.predict_on_batch(batch)[:4], np.concatenate(

@@ -750,11 +750,16 @@ class Bidirectional(Layer):
             return [out] * n_out + [None] * (2 * self.forward_layer._n_states)
         return [out] * 2 if n_out == 2 else out
 
-    def call(self, x, training=False, mask=None):
+    def call(self, x, training=False, mask=None, directions=None):
+        """directions: (forward, backward) callables (x, mask) -> output, standing in for
+        the two layers' inference calls (an inference plan's runners)."""
         b = backend.current()
         outs, caches = [], []
-        for inner in (self.forward_layer, self.backward_layer):
-            outs.append(inner.call(x, training=training, mask=mask))
+        for j, inner in enumerate((self.forward_layer, self.backward_layer)):
+            if directions is None:
+                outs.append(inner.call(x, training=training, mask=mask))
+            else:
+                outs.append(directions[j](x, mask))
             caches.append(inner._cache)
             inner._cache = None
         if self.return_state:
