@@ -944,25 +944,58 @@ def _built_graph(model, input_signature):
     return graph
 
 
-def _walk(g, graph, values):
-    """Convert ``graph``'s nodes; ``values`` maps id(KerasTensor) -> _Tensor."""
+def _walk(g, graph, values, masks=None):
+    """Convert ``graph``'s nodes; ``values`` maps id(KerasTensor) -> _Tensor, ``masks``
+    id(KerasTensor) -> the label of the layer whose Keras mask it carries."""
+    masks = {} if masks is None else masks
     for node in graph.nodes:
         if node.is_input:
             continue
         layer = node.layer
         ins = [values[id(t)] for t in node.inputs]
+        maker = next((masks[id(t)] for t in node.inputs if id(t) in masks), None)
         sub = getattr(layer, "_graph", None)
         if sub is not None:  # a model used as a layer: inlined
             inner = {id(t): x for t, x in zip(sub.inputs, ins)}
-            _walk(g, sub, inner)
+            inner_masks = {id(s): masks[id(t)] for s, t in zip(sub.inputs, node.inputs)
+                           if id(t) in masks}
+            _walk(g, sub, inner, inner_masks)
             outs = [inner[id(t)] for t in sub.outputs]
+            out_masks = [inner_masks.get(id(t)) for t in sub.outputs]
         else:
+            out_masks = [_mask_after(layer, node, maker)] * len(node.outputs)
             out_shape = ([t.shape for t in node.outputs] if len(node.outputs) > 1
                          else node.outputs[0].shape)
             y = _convert(g, layer, ins if node.several else ins[0], out_shape)
             outs = y if isinstance(y, list) else [y]
-        for t, y in zip(node.outputs, outs):
+        for t, y, m in zip(node.outputs, outs, out_masks):
             values[id(t)] = y
+            if m is not None:
+                masks[id(t)] = m
+
+
+def _mask_after(layer, node, maker):
+    """The label of the layer whose mask ``layer``'s outputs carry (None: no mask), given the
+    one its inputs carry (``maker``). A layer whose numbers a mask changes (a recurrent
+    layer's skipped steps, a masked pooling) cannot be exported: ONNX's ops take no Keras
+    mask, and a graph ignoring it would answer padded inputs wrongly."""
+    from pynn.layers.functional import _makes_mask, _takes_mask
+
+    if maker is not None and _takes_mask(layer):
+        raise _unsupported(layer, f"it reads the mask that {maker} makes, which ONNX's ops "
+                                  f"cannot take (padded inputs would give other numbers); "
+                                  f"export a model without it (mask_zero=False, no Masking)")
+    if _makes_mask(layer):
+        return _label(layer)
+    if maker is None:
+        return None
+    probe = np.ones((1, 1), bool)
+    try:
+        passed = layer.compute_mask(None, [probe] * len(node.inputs) if node.several else probe)
+    except Exception:  # noqa: BLE001  (a rule that needs the values: assume it passes)
+        return maker
+    passed = passed if isinstance(passed, list) else [passed]
+    return maker if any(m is not None for m in passed) else None
 
 
 def export(model, path=None, opset=None, input_signature=None, batch_size=None):

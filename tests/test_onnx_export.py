@@ -226,6 +226,28 @@ def test_embedding():
     check_export(model, ids)
 
 
+@pytest.mark.parametrize("reader", ["LSTM", "GlobalAveragePooling1D", "Bidirectional"])
+def test_a_layer_reading_a_mask_is_refused_and_one_ignoring_it_exports(reader):
+    """Embedding(mask_zero=True) changes the numbers of the layers that read its mask (a
+    recurrent layer skips the padded steps, a pooling averages the kept ones), which ONNX's
+    ops cannot do: the export names the reader and the maker rather than writing a graph
+    that answers padded inputs otherwise. Where nothing reads the mask (Flatten, then
+    Dense), the graph gives pynn's numbers, padded ids included."""
+    def model(*middle):
+        return pynn.Sequential([L.Input((6,), dtype="int32"),
+                                L.Embedding(11, 4, mask_zero=True, name="ids"), *middle,
+                                L.Dense(3)])
+    layer = {"LSTM": lambda: L.LSTM(3, name="reader"),
+             "GlobalAveragePooling1D": lambda: L.GlobalAveragePooling1D(name="reader"),
+             "Bidirectional": lambda: L.Bidirectional(L.GRU(2), name="reader")}[reader]
+    with pytest.raises(ValueError, match=rf"{reader} 'reader' cannot be exported: it reads "
+                                         rf"the mask that Embedding 'ids' makes"):
+        pynn.onnx.export(model(L.Dense(5), layer()))
+    ids = np.random.default_rng(3).integers(0, 11, (3, 6)).astype(np.int32)
+    ids[0, :3] = 0
+    check_export(model(L.Flatten()), ids)
+
+
 RNNS = {
     "simple_rnn": lambda: L.SimpleRNN(5),
     "simple_rnn_seq_relu": lambda: L.SimpleRNN(5, activation="relu", return_sequences=True),
