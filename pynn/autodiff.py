@@ -25,6 +25,11 @@ from pynn import backend
 from pynn.variables import Variable
 
 _local = threading.local()
+# Recorders listening in any thread: while none is (the usual case) an op or a model call
+# learns that it records nothing from this one cell, without the thread-local lookup (a
+# batch-1 predict whose caches other work evicted paid ~4 us for that lookup alone).
+_listening = [0]
+_listening_lock = threading.Lock()
 
 
 def _recorders():
@@ -34,9 +39,27 @@ def _recorders():
     return stack
 
 
+def _listen(rec, index=None):
+    """Put ``rec`` on this thread's recorder stack (at ``index``, else on top)."""
+    stack = _recorders()
+    with _listening_lock:
+        stack.append(rec) if index is None else stack.insert(index, rec)
+        _listening[0] += 1
+
+
+def _unlisten(rec):
+    """Take ``rec`` off this thread's recorder stack; its former index."""
+    stack = _recorders()
+    with _listening_lock:
+        index = stack.index(rec)
+        stack.pop(index)
+        _listening[0] -= 1
+    return index
+
+
 def recording():
     """Whether an op called now may record (some tape or custom layer is listening)."""
-    return bool(getattr(_local, "recorders", None))
+    return _listening[0] != 0 and bool(getattr(_local, "recorders", None))
 
 
 class Node:
@@ -109,12 +132,11 @@ class _Recorder:
         self._keep.append(x)
 
     def __enter__(self):
-        _recorders().append(self)
+        _listen(self)
         return self
 
     def __exit__(self, *exc):
-        stack = _recorders()
-        stack.remove(self)
+        _unlisten(self)
 
 
 def is_tracked(x):
@@ -133,7 +155,7 @@ def record(value, inputs, backward, name):
     """The op's output as a Tensor; with a node when recording and any input is tracked.
     ``inputs`` are the op's arguments as given (Tensor, Variable, array, scalar);
     ``backward(dy, need)`` returns one gradient (or None) per input."""
-    if not getattr(_local, "recorders", None):
+    if not _listening[0] or not getattr(_local, "recorders", None):
         return Tensor(value)
     tracked = [x if is_tracked(x) else None for x in inputs]
     if not any(t is not None for t in tracked):
@@ -248,12 +270,10 @@ class GradientTape:
 
         class _Paused:
             def __enter__(self):
-                stack = _recorders()
-                self.index = stack.index(tape._recorder)
-                stack.pop(self.index)
+                self.index = _unlisten(tape._recorder)
 
             def __exit__(self, *exc):
-                _recorders().insert(self.index, tape._recorder)
+                _listen(tape._recorder, self.index)
 
         return _Paused()
 

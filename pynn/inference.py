@@ -119,16 +119,6 @@ def outputs(model, x):
     return _outputs(model, state, x)
 
 
-def lane_output(model, x):
-    """The model's one output for x through its batch-1 lane, or None (then ``outputs``):
-    Model.__call__'s first try, before its own checks."""
-    state = model.__dict__.get("_inference")
-    if type(state) is _State and state.lane_version == _weights_version[0] and \
-            state.graph_plan is model._plan and backend._current is state.cpu:
-        return state.lane(x)
-    return None
-
-
 def _outputs(model, state, x):
     if backend.current().NAME != "cpu":
         return None

@@ -251,6 +251,49 @@ def test_model_call_lane_steps_aside_under_a_tape(monkeypatch):
             pass
 
 
+def test_a_tape_in_another_thread_leaves_this_threads_calls_to_the_plan():
+    """model(x) first reads one process-wide count of listening recorders: a tape open in
+    another thread sends this thread's call the longer way, which still takes the plan and
+    gives the same answer; the count is back to zero after tapes closed normally, by an
+    error, nested, and paused by stop_recording."""
+    from pynn import autodiff
+
+    rng = np.random.default_rng(8)
+    model = mlp()
+    randomize(model, rng)
+    x = rand(rng, (1, 37))
+    want = model(x)
+    opened, close = threading.Event(), threading.Event()
+
+    def hold_a_tape():
+        with pynn.GradientTape():
+            opened.set()
+            close.wait(10)
+
+    holder = threading.Thread(target=hold_a_tape)
+    holder.start()
+    try:
+        assert opened.wait(10)
+        assert autodiff._listening[0] == 1 and not autodiff.recording()
+        np.testing.assert_array_equal(model(x), want)
+        np.testing.assert_array_equal(model.predict_on_batch(x), want)
+    finally:
+        close.set()
+        holder.join()
+    assert autodiff._listening[0] == 0
+    with pytest.raises(ZeroDivisionError):
+        with pynn.GradientTape():
+            1 / 0
+    with pynn.GradientTape() as outer:
+        with pynn.GradientTape():
+            assert autodiff._listening[0] == 2
+        with outer.stop_recording():
+            assert autodiff._listening[0] == 0 and not autodiff.recording()
+        assert autodiff._listening[0] == 1 and autodiff.recording()
+    assert autodiff._listening[0] == 0
+    np.testing.assert_array_equal(model(x), want)
+
+
 def test_lane_steps_aside_for_other_backends_and_graphs(monkeypatch):
     rng = np.random.default_rng(7)
     model = mlp()
