@@ -230,6 +230,58 @@ def bench_model(name, make, batches, repeat, warmup, rng, threads=1, burst=1):
     return rows
 
 
+def text_rnn(bidirectional, mask_zero=True, steps=40):
+    """A padded-text classifier: ids -> Embedding(8000, 64, mask_zero) -> LSTM(128) (or
+    Bidirectional) -> Dense(1, sigmoid)."""
+    rnn = L.LSTM(128)
+    return pynn.Sequential([
+        L.Input((steps,), dtype="int32"), L.Embedding(8000, 64, mask_zero=mask_zero),
+        L.Bidirectional(rnn) if bidirectional else rnn, L.Dense(1, activation="sigmoid")])
+
+
+def bench_masked_text(repeat, warmup, rng):
+    """Batch-1 requests of 40 token slots through a masked text model, every slot a token
+    or half of them padding (before the tokens, Keras's pad_sequences default), one
+    thread: pynn's plan, its general path, and onnxruntime on the same weights without the
+    mask fed only the real tokens (ONNX's LSTM takes no Keras mask: what an onnxruntime
+    user sends). Calls alternated; p50 / p99 us."""
+    pynn.set_num_threads(1)
+    rows = []
+    for name, bidirectional in (("text_lstm_128", False), ("text_bilstm_128", True)):
+        model = text_rnn(bidirectional)
+        randomize(model, rng)
+        twin = text_rnn(bidirectional, mask_zero=False, steps=None)
+        twin.set_weights(model.get_weights())
+        sess = session(pynn.onnx.export(twin))
+        feed = sess.get_inputs()[0].name
+        tokens = rng.integers(1, 8000, (1, 40)).astype(np.int32)
+        for kept in (40, 20):
+            x = tokens.copy()
+            x[:, :40 - kept] = 0
+            real = np.ascontiguousarray(tokens[:, 40 - kept:])
+            want = model._plan.predict([x])[0]
+            check(name, 1, "the inference plan", model.predict_on_batch(x), want)
+            check(name, 1, "onnxruntime on the real tokens", sess.run(None, {feed: real})[0],
+                  want)
+            calls = {"pynn": lambda x=x: model.predict_on_batch(x),
+                     "pynn-general": lambda x=x: model._plan.predict([x]),
+                     "onnxruntime": lambda r=real: sess.run(None, {feed: r})}
+            for fn in calls.values():
+                for _ in range(warmup):
+                    fn()
+            times = {k: [] for k in calls}
+            for _ in range(repeat):
+                for k, fn in calls.items():
+                    start = time.perf_counter()
+                    fn()
+                    times[k].append(time.perf_counter() - start)
+            for k, ts in times.items():
+                p50, p99 = percentiles_us(ts)
+                rows.append({"model": name, "tokens_of_40": kept, "runtime": k,
+                             "p50_us": round(p50, 1), "p99_us": round(p99, 1)})
+    return rows
+
+
 # -- thread scaling ------------------------------------------------------------------------
 def _requests_per_s(fn, n_threads, seconds):
     """Calls of fn per second from n_threads Python threads together, over `seconds`."""
@@ -602,6 +654,9 @@ def main(argv=None):
     parser.add_argument("--models", default="mlp,cnn",
                         help="comma-separated models of the latency table: mlp, cnn, lstm, "
                              "gru")
+    parser.add_argument("--masked-text", action="store_true",
+                        help="batch-1 requests through a masked (padded) text LSTM and a "
+                             "Bidirectional one, beside onnxruntime fed the real tokens")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     every = {**MODELS, **EXTRA_MODELS}
@@ -637,6 +692,12 @@ def main(argv=None):
         for r in rows:
             print(f"batch {r['batch']:>3} {r['runtime']:<20} {r['p50_us']:9.1f} "
                   f"{r['p99_us']:9.1f}")
+    if args.masked_text:
+        result["masked_text"] = rows = bench_masked_text(args.repeat, args.warmup, rng)
+        print("# masked text models, batch 1, one thread, calls alternated: p50 / p99 us")
+        for r in rows:
+            print(f"{r['model']:<16} {r['tokens_of_40']:>2} of 40 tokens {r['runtime']:<13} "
+                  f"{r['p50_us']:9.1f} {r['p99_us']:9.1f}")
     if not args.skip_latency:
         rows = []
         for name, make in wanted.items():

@@ -598,6 +598,41 @@ def embedding_mean_ids(x, const float[:, ::1] table, float[:, ::1] out):
     return True
 
 
+def embedding_rows_ids(x, const float[:, ::1] table not None, float[:, :, ::1] out not None):
+    """out[n, t] = table[x[n, t]] (an Embedding's output) for ids x as they come (N, T)
+    C-contiguous int32, int64 or float32 holding whole numbers in [0, V), checked here in C
+    as embedding_mean_ids does: True when done; False, with out left unspecified, for
+    anything else (the caller's own op then names the bad id). The op's operand checks and
+    conversions took ~7 us of a batch-1 text model's call."""
+    cdef cnp.ndarray a
+    cdef int kind
+    cdef Py_ssize_t i, k, n, V = table.shape[0], D = table.shape[1]
+    cdef bint ok = True
+    if type(x) is not np.ndarray:
+        return False
+    a = <cnp.ndarray>x
+    kind = cnp.PyArray_TYPE(a)
+    if (cnp.PyArray_NDIM(a) != 2 or kind not in (cnp.NPY_INT32, cnp.NPY_INT64, cnp.NPY_FLOAT32)
+            or not cnp.PyArray_ISCARRAY_RO(a) or not cnp.PyArray_ISNOTSWAPPED(a)
+            or cnp.PyArray_DIM(a, 0) != out.shape[0] or cnp.PyArray_DIM(a, 1) != out.shape[1]
+            or out.shape[2] != D):
+        return False
+    n = cnp.PyArray_SIZE(a)
+    if n == 0 or D == 0:
+        return True
+    cdef const void* src = cnp.PyArray_DATA(a)
+    cdef const float* rows = &table[0, 0]
+    cdef float* dst = &out[0, 0, 0]
+    with nogil:
+        for i in range(n):
+            k = _token_id(src, kind, i, V)
+            if k < 0 or k >= V:
+                ok = False
+                break
+            memcpy(dst + i * D, rows + k * D, D * sizeof(float))
+    return ok
+
+
 cdef class EmbeddingMeanChain:
     """A batch-1 plan that is an Embedding whose output only a GlobalAveragePooling1D reads
     (embedding_mean), then a one-row DenseChain: the whole call as one native call (the

@@ -767,11 +767,38 @@ def _embedding_lane(plan, x):
 def _fusable(r):
     """Whether r is a layer's own call that a fused runner may replace: an Add, an
     Embedding, a GlobalAveragePooling1D."""
-    from pynn.layers.embedding import Embedding
     from pynn.layers.merge import Add
     from pynn.layers.sequence import GlobalAveragePooling1D
 
-    return type(r) is _Generic and type(r.layer) in (Add, Embedding, GlobalAveragePooling1D)
+    return type(r) is _Embedding or (type(r) is _Generic
+                                     and type(r.layer) in (Add, GlobalAveragePooling1D))
+
+
+class _Embedding(_Buffered):
+    """An Embedding on a float32 table: its ids checked and its rows gathered in one native
+    call (native/infer.pyx embedding_rows_ids); ids it does not take (another dtype, one out
+    of range) go to the layer's own call, which converts them or words the error."""
+
+    def __init__(self, step, x, y):
+        super().__init__(step, y)
+        table = self.layer.embeddings.value
+        if type(table) is not np.ndarray or table.dtype != np.float32 or \
+                not table.flags.c_contiguous or y.dtype != np.float32 or y.ndim != 3:
+            raise _NotDirect
+        from pynn._native import infer
+
+        self.table, self._rows = table, infer.embedding_rows_ids
+
+    def allocate(self):
+        return np.empty(self.shape, self.dtype)
+
+    def run(self, x, buf):
+        y, into_buffer = self.output(buf)
+        if len(x) != self.shape[0]:
+            return self.layer.call(x, training=False), False
+        if self._rows(x, self.table, y):
+            return y, into_buffer
+        return self.layer.call(x, training=False), False
 
 
 class _EmbeddingMean(_Generic):
@@ -809,8 +836,8 @@ def _embedding_means(runners):
     out, i = [], 0
     while i < len(runners):
         r = runners[i]
-        if (i + 1 < len(runners) and type(r) is _Generic and type(r.layer) is Embedding
-                and type(runners[i + 1]) is _Generic
+        if (i + 1 < len(runners) and type(r) in (_Generic, _Embedding)
+                and type(r.layer) is Embedding and type(runners[i + 1]) is _Generic
                 and type(runners[i + 1].layer) is GlobalAveragePooling1D
                 and getattr(r, "sample", None) is not None
                 and getattr(runners[i + 1], "sample", None) is not None):
@@ -1541,6 +1568,7 @@ def _runner(step, x, y):
     from pynn.compression.sparse import SparseStandIn
     from pynn.layers.conv import Conv2D
     from pynn.layers.core import Dense, Flatten
+    from pynn.layers.embedding import Embedding
     from pynn.layers.functional import _FoldedLayer
     from pynn.layers.pooling import MaxPooling2D
     from pynn.layers.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
@@ -1556,6 +1584,11 @@ def _runner(step, x, y):
     if getattr(layer, "_activation_fn", None) is not None or \
             getattr(inner, "_activation_fn", None) is not None:
         return _Generic(step)  # activation= a function: it runs in the layer's own call
+    if type(layer) is Embedding and type(x) is np.ndarray and type(y) is np.ndarray:
+        try:
+            return _Embedding(step, x, y)  # (its ids: another dtype than its output's)
+        except (ImportError, _NotDirect):
+            return _Generic(step)
     if step.several or step.multi_out or type(x) is not np.ndarray or \
             type(y) is not np.ndarray or not x.flags.c_contiguous or x.dtype != y.dtype:
         return _Generic(step)

@@ -877,7 +877,7 @@ def test_an_embedding_model_takes_the_plan_masked_or_not():
     x[2] = 0      # all padding
     got = masked.predict_on_batch(x)
     assert isinstance(masked._inference, inference._State)
-    assert runners(masked, [x.astype(np.float32)]) == ["_Generic", "_Generic",
+    assert runners(masked, [x.astype(np.float32)]) == ["_Embedding", "_Generic",
                                                         "_DenseChainRunner"]
     np.testing.assert_array_equal(masked.predict_on_batch(x), got)
     # (the all-padding row's mean is 0 / 0, NaN, as Keras's)
@@ -909,6 +909,56 @@ def test_embedding_mean_against_float64_and_the_two_ops(threads, num_threads):
         infer.embedding_mean(ids, table, out)
     with pytest.raises(ValueError, match="do not fit"):
         infer.embedding_mean(ids, table, np.empty((2, 1), np.float32))
+
+
+def test_embedding_rows_ids_gathers_checked_ids():
+    """native/infer.pyx embedding_rows_ids: table[ids] exactly (the Embedding op's bits) for
+    int32, int64 and float32 ids on odd sizes; False for ids it does not take (out of
+    range, negative, not whole, another dtype, layout or shape), which the plan's runner
+    then hands to the layer's own call."""
+    from pynn._native import infer
+    from pynn.backend import cpu
+
+    rng = np.random.default_rng(38)
+    for n, t, v, d in ((7, 13, 29, 5), (3, 1, 97, 33), (1, 1, 3, 1)):
+        ids = rng.integers(0, v, (n, t)).astype(np.int32)
+        table = rand(rng, (v, d))
+        want = cpu.embedding_forward(ids, table)
+        np.testing.assert_array_equal(want, table[ids])
+        for dtype in (np.int32, np.int64, np.float32):
+            out = np.full((n, t, d), np.nan, np.float32)
+            assert infer.embedding_rows_ids(ids.astype(dtype), table, out)
+            np.testing.assert_array_equal(out, want)
+    out = np.empty((n, t, d), np.float32)
+    for bad in (ids + v, ids - 1, ids.astype(np.float32) + 0.5, ids.astype(np.int16),
+                np.asfortranarray(np.repeat(ids, 2, axis=1)), ids[:, :0], ids.reshape(-1)):
+        assert not infer.embedding_rows_ids(bad, table, out)
+    assert not infer.embedding_rows_ids(ids.tolist(), table, out)
+    assert not infer.embedding_rows_ids(ids, table, np.empty((n, t, d + 1), np.float32))
+
+
+def test_an_embeddings_plan_runner_takes_any_ids_the_layer_does():
+    """A plan's Embedding (its rows gathered natively) answers as the layer: the same bits
+    for int32, int64 and float32 ids, an int16 input through the layer's own call, the
+    layer's error for a bad id, and fresh arrays when it is the model's output."""
+    rng = np.random.default_rng(40)
+    model = pynn.Sequential([L.Input((6,)), L.Embedding(17, 5)])
+    randomize(model, rng)
+    ids = rng.integers(0, 17, (3, 6))
+    want = model.layers[0].embeddings.value[ids]
+    for dtype in (np.float32, np.int32, np.int64):
+        got = model.predict_on_batch(ids.astype(dtype))
+        np.testing.assert_array_equal(got, want)
+        assert got is not model.predict_on_batch(ids.astype(dtype))
+    assert runners(model, [ids.astype(np.float32)]) == ["_Embedding"]
+    runner = plan_of(model, [ids.astype(np.float32)]).steps[0]
+    np.testing.assert_array_equal(runner.run(ids.astype(np.int16), runner.allocate())[0], want)
+    bad = ids.astype(np.float32)
+    bad[1, 2] = 17
+    with pytest.raises(ValueError, match="Embedding 'embedding"):
+        model.predict_on_batch(bad)
+    with pytest.raises(ValueError, match="Embedding 'embedding"):
+        runner.run(bad, runner.allocate())
 
 
 def test_a_batch_1_embedding_model_is_one_native_call():
@@ -1101,7 +1151,7 @@ def test_a_masked_sequence_model_takes_the_plan(kind, kw, bidirectional, stacked
         np.testing.assert_array_equal(first, general(model, [x])[0])
     assert isinstance(model._inference, inference._State)
     kinds = runners(model, [ids])
-    assert kinds[0] == "_Generic" and kinds[-1] == "_Dense"
+    assert kinds[0] == "_Embedding" and kinds[-1] == "_Dense"
     assert kinds[-2] == ("_Bidirectional" if bidirectional else "_Recurrent")
     batch = np.concatenate(paddings)
     np.testing.assert_array_equal(model.predict_on_batch(batch), general(model, [batch])[0])
