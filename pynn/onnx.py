@@ -748,6 +748,33 @@ def _recurrent(g, layer, x, out_shape):
     return g.tensor(g.squeeze(y_last, [0], f"{hint}_last"), out_shape)
 
 
+@_converts("Bidirectional")
+def _bidirectional(g, layer, x, out_shape):
+    """Keras's Bidirectional as pynn runs it: its two layers' graphs (the backward one reads
+    the sequence from its end), the backward outputs reversed back into input order with
+    return_sequences, then merged by merge_mode (None: both outputs)."""
+    if layer.return_state:
+        raise _unsupported(layer, "return_state has no export here")
+    ys = []
+    for inner in (layer.forward_layer, layer.backward_layer):
+        ys.append(_recurrent(g, inner, x, inner.compute_output_shape(x.shape)))
+    yf, yb = ys
+    hint = layer.name
+    if layer.return_sequences:
+        yb = g.derived(yb, g.op("Slice", [
+            yb.name, g.ints([-1], f"{hint}_rs"), g.ints([_INT64_MIN], f"{hint}_re"),
+            g.ints([yb.axis(1)], f"{hint}_ra"), g.ints([-1], f"{hint}_rstep")],
+            f"{hint}_backward_in_order"))
+    if layer.merge_mode is None:
+        return [yf, yb]
+    if layer.merge_mode == "concat":
+        y = g.op("Concat", [yf.name, yb.name], hint, axis=yf.axis(-1))
+    else:
+        y = g.op({"sum": "Sum", "mul": "Mul", "ave": "Mean"}[layer.merge_mode],
+                 [yf.name, yb.name], hint)
+    return g.tensor(y, out_shape, yf.perm)
+
+
 @_converts("TimeDistributed")
 def _time_distributed(g, layer, x, out_shape):
     inner = layer.layer

@@ -267,6 +267,26 @@ def test_recurrent(name):
     check_export(seq((7, 3), RNNS[name]()), rand((2, 7, 3)))
 
 
+@pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave", None])
+@pytest.mark.parametrize("inner", ["lstm_seq", "gru", "lstm_backwards_hard_sigmoid",
+                                   "simple_rnn_seq_relu"])
+def test_bidirectional(inner, merge_mode):
+    """Both directions, the backward one's sequence put back in input order, merged (or
+    two outputs) as pynn predicts; then a Dense on the merged sequence or state."""
+    inp = pynn.Input((6, 3))
+    y = L.Bidirectional(RNNS[inner](), merge_mode=merge_mode)(inp)
+    outs = [L.Dense(2)(t) for t in (y if merge_mode is None else [y])]
+    check_export(pynn.Model(inp, outs if merge_mode is None else outs[0]), rand((3, 6, 3)))
+
+
+def test_bidirectional_return_state_is_refused():
+    inp = pynn.Input((5, 2))
+    y, *_ = L.Bidirectional(L.LSTM(3, return_state=True), name="both")(inp)
+    with pytest.raises(ValueError, match="Bidirectional 'both' cannot be exported: "
+                                         "return_state"):
+        pynn.onnx.export(pynn.Model(inp, y))
+
+
 def test_stacked_recurrent_stays_time_major():
     model = seq((7, 3), L.LSTM(4, return_sequences=True), L.GRU(3, return_sequences=True),
                 L.SimpleRNN(2))
