@@ -633,6 +633,50 @@ def embedding_rows_ids(x, const float[:, ::1] table not None, float[:, :, ::1] o
     return ok
 
 
+def embedding_kept_rows(x, const float[:, ::1] table not None):
+    """The rows of one sample's nonzero ids, in order: (1, K, D) float32, a fresh array; the
+    input of a recurrent layer reading an Embedding(mask_zero=True) once its masked steps
+    (the zero ids) are dropped (pynn.layers.recurrent.unmasked_steps). None for ids it does
+    not take (as embedding_rows_ids; the plan's own steps then word the error) or for no
+    nonzero id."""
+    cdef cnp.ndarray a, rows
+    cdef int kind
+    cdef Py_ssize_t i, k, n, kept = 0, V = table.shape[0], D = table.shape[1]
+    cdef bint ok = True
+    cdef cnp.npy_intp dims[3]
+    if type(x) is not np.ndarray:
+        return None
+    a = <cnp.ndarray>x
+    kind = cnp.PyArray_TYPE(a)
+    if (cnp.PyArray_NDIM(a) != 2 or kind not in (cnp.NPY_INT32, cnp.NPY_INT64, cnp.NPY_FLOAT32)
+            or not cnp.PyArray_ISCARRAY_RO(a) or not cnp.PyArray_ISNOTSWAPPED(a)
+            or cnp.PyArray_DIM(a, 0) != 1 or cnp.PyArray_DIM(a, 1) < 1 or D == 0):
+        return None
+    n = cnp.PyArray_SIZE(a)
+    cdef const void* src = cnp.PyArray_DATA(a)
+    with nogil:
+        for i in range(n):
+            k = _token_id(src, kind, i, V)
+            if k < 0 or k >= V:
+                ok = False
+                break
+            if k != 0:
+                kept += 1
+    if not ok or kept == 0:
+        return None
+    dims[0], dims[1], dims[2] = 1, kept, D
+    rows = cnp.PyArray_EMPTY(3, dims, cnp.NPY_FLOAT32, 0)
+    cdef float* dst = <float*>cnp.PyArray_DATA(rows)
+    cdef const float* table_rows = &table[0, 0]
+    with nogil:
+        for i in range(n):
+            k = _token_id(src, kind, i, V)
+            if k != 0:
+                memcpy(dst, table_rows + k * D, D * sizeof(float))
+                dst += D
+    return rows
+
+
 cdef class EmbeddingMeanChain:
     """A batch-1 plan that is an Embedding whose output only a GlobalAveragePooling1D reads
     (embedding_mean), then a one-row DenseChain: the whole call as one native call (the

@@ -354,6 +354,8 @@ class InferencePlan:
             self.lane = _program(self, xs[0])
         if self.lane is None and self.chain:
             self.lane = _embedding_lane(self, xs[0])
+        if self.lane is None and self.masked:
+            self.lane = _masked_sequence_lane(self, xs)
         if chunkable and self.chain and not self.serial:
             self.chunked = _chunked_plan(model, self, xs[0], sample_bytes)
             if self.chunked is not None:
@@ -764,6 +766,78 @@ def _embedding_lane(plan, x):
         got, want, equal_nan=True) else None
 
 
+def _masked_sequence_lane(plan, xs):
+    """A batch-1 plan that is an Embedding(mask_zero=True) read only by a recurrent layer (or
+    Bidirectional) returning its last output, then steps without masks (a padded-text
+    classifier), as one call: the rows of the nonzero ids gathered at once (the steps the
+    mask keeps: native/infer.pyx embedding_kept_rows), the recurrence on them (its packed
+    one-row path), the rest of the chain. The mask itself, the padded (1, T, D) embedding
+    and the steps' Python between them are never made. None where the plan is not of that
+    form or the lane does not give its bits (checked on a request padded at its start)."""
+    steps, x = plan.steps, xs[0]
+    if len(xs) != 1 or x.shape[0] != 1 or x.ndim != 2 or x.shape[1] < 2 or len(steps) < 2:
+        return None
+    emb, rec, tail = steps[0], steps[1], steps[2:]
+    if type(emb) is not _Embedding or not emb.layer.mask_zero or \
+            type(rec) not in (_Recurrent, _Bidirectional) or not rec.takes_mask or \
+            rec.layer.return_sequences or getattr(rec.layer, "zero_output_for_mask", False):
+        return None
+    slot = plan.input_slots[0]
+    for r in steps:  # a chain: each step reads the one before it, the last is the output
+        if r.several or r.multi_out or r.ins[0] != slot or (r not in (emb, rec)
+                                                             and r.carries_mask):
+            return None
+        slot = r.outs[0]
+    if slot != plan.output_slots[0]:
+        return None
+    try:
+        from pynn._native.infer import embedding_kept_rows
+    except ImportError:
+        return None
+    table = emb.table
+    if type(rec) is _Recurrent:
+        def recur(rows):
+            return rec.run(rows, None)[0]
+    elif rec.layer.merge_mode == "concat":  # (the copy itself: the op's checks cost ~9 us)
+        forward, backward = rec.directions
+
+        def recur(rows):
+            return np.concatenate((forward(rows, None), backward(rows, None)), axis=-1)
+    else:
+        def recur(rows):
+            return rec.layer.call(rows, training=False, directions=rec.directions)
+
+    def lane(ids):
+        rows = embedding_kept_rows(ids, table) if ids.shape == x.shape else None
+        if rows is None:
+            return None
+        y, owned = recur(rows), False
+        bufs = plan._buffers()
+        for j, r in enumerate(tail, 2):
+            y, into_buffer = r.run(y, bufs[j] if bufs is not None else r.allocate())
+            owned = owned or into_buffer
+        return np.array(y) if owned else y
+
+    def run(ids):
+        _config.apply_to_this_thread()
+        threads = _config._omp_threads
+        if threads > 1:  # (the plan is serial at batch 1: its steps run on this thread)
+            from pynn._native import info
+
+            info.set_num_threads(1)
+            try:
+                return lane(ids)
+            finally:
+                info.set_num_threads(threads)
+        return lane(ids)
+
+    padded = np.array(x)
+    padded[0, 0] = 0
+    got = run(padded)
+    want = plan._run([padded])[0]
+    return run if got is not None and np.array_equal(got, want, equal_nan=True) else None
+
+
 def _fusable(r):
     """Whether r is a layer's own call that a fused runner may replace: an Add, an
     Embedding, a GlobalAveragePooling1D."""
@@ -1062,7 +1136,7 @@ class _Recurrent(_Generic):
         rows keep different steps takes the layer's masked recurrence."""
         from pynn.layers.recurrent import unmasked_steps
 
-        if type(mask) is np.ndarray and mask.all():
+        if mask is None or (type(mask) is np.ndarray and mask.all()):
             return self.run(x, buf)
         kept = unmasked_steps(x, mask)
         if kept is None:

@@ -935,6 +935,18 @@ def test_embedding_rows_ids_gathers_checked_ids():
         assert not infer.embedding_rows_ids(bad, table, out)
     assert not infer.embedding_rows_ids(ids.tolist(), table, out)
     assert not infer.embedding_rows_ids(ids, table, np.empty((n, t, d + 1), np.float32))
+    # embedding_kept_rows: one sample's rows of its nonzero ids (the steps its mask keeps)
+    table = rand(rng, (29, 7))
+    one = rng.integers(1, 29, (1, 11))
+    for zeros in ([], [0, 1, 2], [10], [3, 5, 6]):
+        ids = one.copy()
+        ids[0, zeros] = 0
+        for dtype in (np.int32, np.int64, np.float32):
+            got = infer.embedding_kept_rows(ids.astype(dtype), table)
+            np.testing.assert_array_equal(got, table[ids[ids != 0]][None])
+    for bad in (one * 0, one + 29, -one, one.astype(np.float32) + 0.5, one.astype(np.int16),
+                np.concatenate([one, one]), one[:, :0], one.reshape(-1)):
+        assert infer.embedding_kept_rows(bad, table) is None
 
 
 def test_an_embeddings_plan_runner_takes_any_ids_the_layer_does():
@@ -1153,6 +1165,19 @@ def test_a_masked_sequence_model_takes_the_plan(kind, kw, bidirectional, stacked
     kinds = runners(model, [ids])
     assert kinds[0] == "_Embedding" and kinds[-1] == "_Dense"
     assert kinds[-2] == ("_Bidirectional" if bidirectional else "_Recurrent")
+    # one request without its stack of sequences: the lane (the kept ids' rows gathered,
+    # the recurrence, the head); a bad id is the Embedding's error, every way in
+    lane = model._inference.lane
+    assert (lane is None) == (stacked or kw.get("return_sequences", False))
+    if lane is not None:
+        for x in paddings[:4]:
+            np.testing.assert_array_equal(lane(x), general(model, [x])[0])
+        assert lane(paddings[4]) is None  # nothing kept: the plan's steps answer
+    bad = paddings[0].copy()
+    bad[0, 5] = 40
+    for call in (model.predict_on_batch, model, model.predict):
+        with pytest.raises(ValueError, match="Embedding 'embedding"):
+            call(bad)
     batch = np.concatenate(paddings)
     np.testing.assert_array_equal(model.predict_on_batch(batch), general(model, [batch])[0])
     assert_close(model.predict_on_batch(batch)[:4], np.concatenate(
@@ -1212,3 +1237,16 @@ def test_integer_ids_take_the_plan_in_a_dtype_that_casts_safely():
         model.predict_on_batch(ids + 0.5)
     assert inference._State.of(model).inputs(ids) is None
     assert inference._State.of(model).inputs(ids.astype(np.int16)) is not None
+    one = ids[:1].copy()  # one request, through the lane
+    one[0, :3] = 0
+    want = general(model, [one.astype(np.int32)])[0]
+    for dtype in (np.int32, np.int16, np.int64, np.float32, np.float64):
+        np.testing.assert_array_equal(model.predict_on_batch(one.astype(dtype)), want)
+        np.testing.assert_array_equal(model(one.astype(dtype)), want)
+    assert model._inference.lane is not None
+    big = one.copy()
+    big[0, 4] = 2 ** 40
+    with pytest.raises(ValueError, match="outside its range"):
+        model.predict_on_batch(big)
+    with pytest.raises(ValueError, match="whole numbers"):
+        model.predict_on_batch(one.astype(np.float32) + 0.5)
