@@ -563,23 +563,36 @@ cdef inline Py_ssize_t _token_id(const void* ids, int kind, Py_ssize_t i,
     return <Py_ssize_t>f
 
 
+cdef int _ids_type(x, Py_ssize_t rows, Py_ssize_t steps):
+    """x's NumPy type number when x is token ids these entry points take as they come: a
+    C-contiguous native-order (N, T) array of int32, int64 or float32 with T >= 1, N == rows
+    and T == steps (-1: any); else -1. (_token_id checks the values.)"""
+    cdef cnp.ndarray a
+    cdef int kind
+    if type(x) is not np.ndarray:
+        return -1
+    a = <cnp.ndarray>x
+    kind = cnp.PyArray_TYPE(a)
+    if (cnp.PyArray_NDIM(a) != 2 or kind not in (cnp.NPY_INT32, cnp.NPY_INT64, cnp.NPY_FLOAT32)
+            or not cnp.PyArray_ISCARRAY_RO(a) or not cnp.PyArray_ISNOTSWAPPED(a)
+            or cnp.PyArray_DIM(a, 1) < 1 or (rows >= 0 and cnp.PyArray_DIM(a, 0) != rows)
+            or (steps >= 0 and cnp.PyArray_DIM(a, 1) != steps)):
+        return -1
+    return kind
+
+
 def embedding_mean_ids(x, const float[:, ::1] table, float[:, ::1] out):
     """embedding_mean for ids x as they come (N, T) C-contiguous int32, int64 or float32
     holding whole numbers in [0, V), checked here in C: True when done; False, with nothing
     written, for anything else (the caller's NumPy check then names the bad id). The
     Embedding's own operand check spent more than the gather on the text model's batch."""
     cdef cnp.ndarray a
-    cdef int kind
+    cdef int kind = _ids_type(x, out.shape[0], -1)
     cdef Py_ssize_t i, k, n, V = table.shape[0]
     cdef bint ok = True
-    if type(x) is not np.ndarray:
+    if kind < 0:
         return False
     a = <cnp.ndarray>x
-    kind = cnp.PyArray_TYPE(a)
-    if (cnp.PyArray_NDIM(a) != 2 or kind not in (cnp.NPY_INT32, cnp.NPY_INT64, cnp.NPY_FLOAT32)
-            or not cnp.PyArray_ISCARRAY_RO(a) or not cnp.PyArray_ISNOTSWAPPED(a)
-            or cnp.PyArray_DIM(a, 0) != out.shape[0] or cnp.PyArray_DIM(a, 1) < 1):
-        return False
     n = cnp.PyArray_SIZE(a)
     ids = np.empty((cnp.PyArray_DIM(a, 0), cnp.PyArray_DIM(a, 1)), dtype=np.intc)
     cdef int[:, ::1] view = ids
@@ -604,23 +617,15 @@ def embedding_rows_ids(x, const float[:, ::1] table not None, float[:, :, ::1] o
     as embedding_mean_ids does: True when done; False, with out left unspecified, for
     anything else (the caller's own op then names the bad id). The op's operand checks and
     conversions took ~7 us of a batch-1 text model's call."""
-    cdef cnp.ndarray a
-    cdef int kind
+    cdef int kind = _ids_type(x, out.shape[0], out.shape[1])
     cdef Py_ssize_t i, k, n, V = table.shape[0], D = table.shape[1]
     cdef bint ok = True
-    if type(x) is not np.ndarray:
+    if kind < 0 or out.shape[2] != D:
         return False
-    a = <cnp.ndarray>x
-    kind = cnp.PyArray_TYPE(a)
-    if (cnp.PyArray_NDIM(a) != 2 or kind not in (cnp.NPY_INT32, cnp.NPY_INT64, cnp.NPY_FLOAT32)
-            or not cnp.PyArray_ISCARRAY_RO(a) or not cnp.PyArray_ISNOTSWAPPED(a)
-            or cnp.PyArray_DIM(a, 0) != out.shape[0] or cnp.PyArray_DIM(a, 1) != out.shape[1]
-            or out.shape[2] != D):
-        return False
-    n = cnp.PyArray_SIZE(a)
+    n = cnp.PyArray_SIZE(<cnp.ndarray>x)
     if n == 0 or D == 0:
         return True
-    cdef const void* src = cnp.PyArray_DATA(a)
+    cdef const void* src = cnp.PyArray_DATA(<cnp.ndarray>x)
     cdef const float* rows = &table[0, 0]
     cdef float* dst = &out[0, 0, 0]
     with nogil:
@@ -639,21 +644,15 @@ def embedding_kept_rows(x, const float[:, ::1] table not None):
     (the zero ids) are dropped (pynn.layers.recurrent.unmasked_steps). None for ids it does
     not take (as embedding_rows_ids; the plan's own steps then word the error) or for no
     nonzero id."""
-    cdef cnp.ndarray a, rows
-    cdef int kind
+    cdef cnp.ndarray rows
+    cdef int kind = _ids_type(x, 1, -1)
     cdef Py_ssize_t i, k, n, kept = 0, V = table.shape[0], D = table.shape[1]
     cdef bint ok = True
     cdef cnp.npy_intp dims[3]
-    if type(x) is not np.ndarray:
+    if kind < 0 or D == 0:
         return None
-    a = <cnp.ndarray>x
-    kind = cnp.PyArray_TYPE(a)
-    if (cnp.PyArray_NDIM(a) != 2 or kind not in (cnp.NPY_INT32, cnp.NPY_INT64, cnp.NPY_FLOAT32)
-            or not cnp.PyArray_ISCARRAY_RO(a) or not cnp.PyArray_ISNOTSWAPPED(a)
-            or cnp.PyArray_DIM(a, 0) != 1 or cnp.PyArray_DIM(a, 1) < 1 or D == 0):
-        return None
-    n = cnp.PyArray_SIZE(a)
-    cdef const void* src = cnp.PyArray_DATA(a)
+    n = cnp.PyArray_SIZE(<cnp.ndarray>x)
+    cdef const void* src = cnp.PyArray_DATA(<cnp.ndarray>x)
     with nogil:
         for i in range(n):
             k = _token_id(src, kind, i, V)
@@ -709,16 +708,10 @@ cdef class EmbeddingMeanChain:
         cdef int kind, threads
         cdef const Py_ssize_t* lane
         cdef PyThreadState* gil
-        if type(x) is not np.ndarray:
+        kind = _ids_type(x, 1, self.T)
+        if kind < 0 or self.chain.values * self.chain.width > STACK_SCRATCH:
             return None
         a = <cnp.ndarray>x
-        kind = cnp.PyArray_TYPE(a)
-        if (cnp.PyArray_NDIM(a) != 2 or cnp.PyArray_DIM(a, 0) != 1
-                or cnp.PyArray_DIM(a, 1) != self.T
-                or kind not in (cnp.NPY_INT32, cnp.NPY_INT64, cnp.NPY_FLOAT32)
-                or not cnp.PyArray_ISCARRAY_RO(a) or not cnp.PyArray_ISNOTSWAPPED(a)
-                or self.chain.values * self.chain.width > STACK_SCRATCH):
-            return None
         if not self._mean(cnp.PyArray_DATA(a), kind, mean):
             return None  # an id out of range or not whole: the checked route names it
         dims[0], dims[1] = 1, self.chain._dims[self.chain.layers]
