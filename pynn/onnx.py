@@ -231,9 +231,10 @@ def _converts(*class_names):
 
 
 @_converts("Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "Identity",
-           "ActivityRegularization")
+           "ActivityRegularization", "RandomFlip", "RandomRotation", "RandomZoom",
+           "RandomTranslation", "RandomContrast", "RandomBrightness")
 def _identity_layer(g, layer, x, out_shape):
-    return x  # inference: the noise layers are the identity (Keras)
+    return x  # inference: the noise and augmentation layers are the identity (Keras)
 
 
 @_converts("Activation")
@@ -389,16 +390,16 @@ def _separable(g, layer, x, out_shape):
                  [0, 0, 0, 0], 1, layer.name, layer.activation, layer.alpha)
 
 
-@_converts("Conv2DTranspose")
-def _conv2d_transpose(g, layer, x, out_shape):
+def _conv_transpose(g, layer, x, out_shape, w, kernel, strides, dilation, output_padding):
+    """One ONNX ConvTranspose (w as ONNX's (C, F, k...)) reproducing pynn's output size
+    rule, then bias and activation."""
     from pynn.backend.operands.conv import conv_transpose_output_size
 
-    if any(s is None for s in x.shape[1:3]):
+    spatial = x.shape[1:-1]
+    if any(s is None for s in spatial):
         raise _unsupported(layer, f"the spatial size is unknown in input shape {x.shape}")
     begins, ends, extra = [], [], []
-    ops = layer.output_padding or (None, None)
-    for n, k, s, d, p in zip(x.shape[1:3], layer.kernel_size, layer.strides,
-                             layer.dilation_rate, ops):
+    for n, k, s, d, p in zip(spatial, kernel, strides, dilation, output_padding):
         crop, full, out = conv_transpose_output_size(n, k, s, d, layer.padding, p)
         # Output row o is the full transposed conv's row o + crop; rows past the full
         # output (an output_padding) hold the bias only: ONNX's output_padding rows.
@@ -406,17 +407,46 @@ def _conv2d_transpose(g, layer, x, out_shape):
         begins.append(crop)
         ends.append(max(kept - out, 0))
         extra.append(max(out - kept, 0))
-    w = _host(layer.kernel).transpose(3, 2, 0, 1)  # (kh, kw, F, C) -> (C, F, kh, kw)
     x = g.nchw(x)
     hint = layer.name
     inputs = [x.name, g.const(w, f"{hint}_W")]
     if layer.use_bias:
         inputs.append(g.const(_host(layer.bias), f"{hint}_B"))
-    y = g.op("ConvTranspose", inputs, hint, kernel_shape=list(layer.kernel_size),
-             strides=list(layer.strides), dilations=list(layer.dilation_rate),
-             pads=begins + ends, output_padding=extra)
-    t = g.tensor(y, out_shape, _channels_first(4))
+    y = g.op("ConvTranspose", inputs, hint, kernel_shape=list(kernel), strides=list(strides),
+             dilations=list(dilation), pads=begins + ends, output_padding=extra)
+    t = g.tensor(y, out_shape, _channels_first(len(out_shape)))
     return _apply_activation(g, layer, t, layer.activation, layer.alpha, f"{hint}_act")
+
+
+@_converts("Conv2DTranspose")
+def _conv2d_transpose(g, layer, x, out_shape):
+    w = _host(layer.kernel).transpose(3, 2, 0, 1)  # (kh, kw, F, C) -> (C, F, kh, kw)
+    return _conv_transpose(g, layer, x, out_shape, w, layer.kernel_size, layer.strides,
+                           layer.dilation_rate, layer.output_padding or (None, None))
+
+
+@_converts("Conv1DTranspose")
+def _conv1d_transpose(g, layer, x, out_shape):
+    w = _host(layer.kernel).transpose(2, 1, 0)  # (k, F, C) -> (C, F, k)
+    return _conv_transpose(g, layer, x, out_shape, w, (layer.kernel_size,), (layer.strides,),
+                           (layer.dilation_rate,), (layer.output_padding,))
+
+
+@_converts("SeparableConv1D")
+def _separable1d(g, layer, x, out_shape):
+    kernel = _host(layer.depthwise_kernel)  # (k, C, m): output channel c*m + j
+    k, c, m = kernel.shape
+    w = kernel.reshape(k, c * m).transpose(1, 0)[:, None]
+    ks, s, d = (layer.kernel_size,), (layer.strides,), (layer.dilation_rate,)
+    if layer.padding == "causal":
+        pads = [layer.dilation_rate * (layer.kernel_size - 1), 0]
+    else:
+        pads = _window_pads(layer, x, ks, s, d, layer.padding)
+    t = _conv(g, layer, x, out_shape[:-1] + (c * m,), w, None, ks, s, d, pads, c,
+              f"{layer.name}_depthwise")
+    pw = _host(layer.pointwise_kernel).transpose(2, 1, 0)  # (1, C*m, F) -> (F, C*m, 1)
+    return _conv(g, layer, t, out_shape, pw, _bias(layer), (1,), (1,), (1,), [0, 0], 1,
+                 layer.name, layer.activation, layer.alpha)
 
 
 def _pool(g, layer, x, out_shape, kernel, strides, padding):
@@ -665,6 +695,192 @@ def _cropping(g, layer, x, out_shape):
     y = g.op("Slice", [x.name, g.ints(starts, f"{hint}_starts"), g.ints(ends, f"{hint}_ends"),
                        g.ints(axes, f"{hint}_axes")], hint)
     return g.derived(x, y, out_shape)
+
+
+@_converts("ZeroPadding1D")
+def _zero_padding1d(g, layer, x, out_shape):
+    begins, ends = [0] * 3, [0] * 3
+    begins[x.axis(1)], ends[x.axis(1)] = layer.padding
+    pads = g.ints(begins + ends, f"{layer.name}_pads")
+    return g.derived(x, g.op("Pad", [x.name, pads], layer.name), out_shape)
+
+
+@_converts("Cropping1D")
+def _cropping1d(g, layer, x, out_shape):
+    hint = layer.name
+    start, end = layer.cropping
+    y = g.op("Slice", [x.name, g.ints([start], f"{hint}_starts"),
+                       g.ints([-end if end else _INT64_MAX], f"{hint}_ends"),
+                       g.ints([x.axis(1)], f"{hint}_axes")], hint)
+    return g.derived(x, y, out_shape)
+
+
+@_converts("UpSampling1D")
+def _upsampling1d(g, layer, x, out_shape):
+    x = g.nhwc(x)  # (N, T, C): each step repeated size times, in order
+    hint = layer.name
+    y = g.unsqueeze(x.name, [2], f"{hint}_unsqueeze")
+    y = g.op("Tile", [y, g.ints([1, 1, layer.size, 1], f"{hint}_repeats")], f"{hint}_tile")
+    y = g.op("Reshape", [y, g.ints([0, -1, x.shape[2]], f"{hint}_shape")], hint)
+    return g.tensor(y, out_shape)
+
+
+def _affine(g, x, scale, offset, hint):
+    """x * scale + offset, scale and offset arrays over x's trailing axes (pynn's layout)."""
+    x = g.nhwc(x)
+    y = g.op("Mul", [x.name, g.const(scale, f"{hint}_scale")], f"{hint}_mul")
+    return g.derived(x, g.op("Add", [y, g.const(offset, f"{hint}_offset")], hint))
+
+
+@_converts("Rescaling")
+def _rescaling(g, layer, x, out_shape):
+    return _affine(g, x, np.asarray(layer.scale, np.float64),
+                   np.asarray(layer.offset, np.float64), layer.name)
+
+
+@_converts("Normalization")
+def _normalization(g, layer, x, out_shape):
+    from pynn.layers.preprocessing import EPSILON
+
+    if layer.input_mean is not None:
+        mean = np.asarray(layer.input_mean, np.float64)
+        variance = np.asarray(layer.input_variance, np.float64)
+    else:
+        mean, variance = _host(layer.mean), _host(layer.variance)
+    shape = layer._kept(layer.input_shape) if layer.axis is not None else ()
+    mean = np.broadcast_to(mean, shape) if mean.size == 1 else mean.reshape(shape)
+    variance = np.broadcast_to(variance, shape) if variance.size == 1 else \
+        variance.reshape(shape)
+    std = np.maximum(np.sqrt(variance), EPSILON)  # as the layer's own scale and offset
+    if layer.invert:
+        return _affine(g, x, std, mean, layer.name)
+    return _affine(g, x, 1.0 / std, -mean / std, layer.name)
+
+
+def _image_stages(g, layer, x, stages, hint):
+    """An image layer's inference as Slice (crops) and Resize ops: ``stages`` a list of
+    ("crop", top, left, height, width) and ("resize", height, width, interpolation)."""
+    x = g.nhwc(x)
+    name = x.name
+    for k, stage in enumerate(stages):
+        if stage[0] == "crop":
+            _, top, left, height, width = stage
+            name = g.op("Slice", [name, g.ints([top, left], f"{hint}_{k}_starts"),
+                                  g.ints([top + height, left + width], f"{hint}_{k}_ends"),
+                                  g.ints([1, 2], f"{hint}_{k}_axes")], f"{hint}_{k}_crop")
+            continue
+        _, height, width, interpolation = stage
+        # Keras's torch backend: bilinear with half-pixel centres (align_corners=False,
+        # no antialias); nearest as torch's nearest-exact, floor((o + 0.5) * in / out)
+        attrs = ({"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
+                 if interpolation == "bilinear" else
+                 {"mode": "nearest", "coordinate_transformation_mode": "half_pixel",
+                  "nearest_mode": "round_prefer_ceil"})
+        nchw = g.op("Transpose", [name], f"{hint}_{k}_nchw", perm=[0, 3, 1, 2])
+        # (N, C) of the input, then the new size: Shape's start/end wait for opset 15
+        batch_channels = g.op("Slice", [g.op("Shape", [nchw], f"{hint}_{k}_shape"),
+                                        g.ints([0], f"{hint}_{k}_s0"),
+                                        g.ints([2], f"{hint}_{k}_s2")], f"{hint}_{k}_nc")
+        sizes = g.op("Concat", [batch_channels, g.ints([height, width], f"{hint}_{k}_hw")],
+                     f"{hint}_{k}_sizes", axis=0)
+        resized = g.op("Resize", [nchw, "", "", sizes], f"{hint}_{k}_resize", **attrs)
+        name = g.op("Transpose", [resized], f"{hint}_{k}_nhwc", perm=[0, 2, 3, 1])
+    return name
+
+
+def _known_image_size(layer, x):
+    if len(x.shape) != 4 or any(s is None for s in x.shape[1:3]):
+        raise _unsupported(layer, f"the image size must be known, got input shape {x.shape}")
+    return x.shape[1], x.shape[2]
+
+
+def _crop_or_resize_stages(h, w, height, width):
+    """CenterCrop's rule (pynn.layers.preprocessing._crop_or_resize) as _image_stages."""
+    from pynn.layers.preprocessing import aspect_box
+
+    if h >= height and w >= width:
+        return [("crop", (h - height) // 2, (w - width) // 2, height, width)]
+    top, left, ch, cw = aspect_box(h, w, height, width)
+    return [("crop", top, left, ch, cw), ("resize", height, width, "bilinear")]
+
+
+@_converts("CenterCrop")
+def _center_crop(g, layer, x, out_shape):
+    h, w = _known_image_size(layer, x)
+    stages = _crop_or_resize_stages(h, w, layer.height, layer.width)
+    return g.tensor(_image_stages(g, layer, x, stages, layer.name), out_shape)
+
+
+@_converts("RandomCrop")
+def _random_crop(g, layer, x, out_shape):
+    """At inference Keras's RandomCrop is a smart resize: the centred window of the target
+    aspect ratio, resized when it is not the target size."""
+    from pynn.layers.preprocessing import aspect_box
+
+    h, w = _known_image_size(layer, x)
+    top, left, ch, cw = aspect_box(h, w, layer.height, layer.width)
+    stages = [("crop", top, left, ch, cw)]
+    if (ch, cw) != (layer.height, layer.width):
+        stages.append(("resize", layer.height, layer.width, "bilinear"))
+    return g.tensor(_image_stages(g, layer, x, stages, layer.name), out_shape)
+
+
+@_converts("Resizing")
+def _resizing(g, layer, x, out_shape):
+    from pynn.layers.preprocessing import aspect_box
+
+    h, w = _known_image_size(layer, x)
+    stages = []
+    if layer.crop_to_aspect_ratio:
+        top, left, ch, cw = aspect_box(h, w, layer.height, layer.width)
+        stages.append(("crop", top, left, ch, cw))
+    stages.append(("resize", layer.height, layer.width, layer.interpolation))
+    return g.tensor(_image_stages(g, layer, x, stages, layer.name), out_shape)
+
+
+@_converts("Masking")
+def _masking(g, layer, x, out_shape):
+    """The values: x with the steps whose features all equal mask_value zeroed (a layer
+    reading the mask itself is refused: _mask_after)."""
+    x = g.nhwc(x)
+    hint = layer.name
+    differs = g.op("Not", [g.op("Equal", [x.name, g.const(layer.mask_value, f"{hint}_value")],
+                                f"{hint}_equal")], f"{hint}_differs")
+    keep = g.reduce("ReduceMax", g.op("Cast", [differs], f"{hint}_cast",
+                                      to=g.onnx.TensorProto.FLOAT), [len(x.shape) - 1],
+                    f"{hint}_keep")
+    return g.derived(x, g.op("Mul", [x.name, keep], hint))
+
+
+@_converts("FakeQuant")
+def _fake_quant(g, layer, x, out_shape):
+    """Quantization-aware training's activations at inference: uint8 codes of the tracked
+    range and back (QuantizeLinear / DequantizeLinear)."""
+    scale, zero_point = layer.quant_params()
+    hint = layer.name
+    s = g.const(np.float32(scale), f"{hint}_scale")
+    z = g.const(np.uint8(zero_point), f"{hint}_zero_point", np.uint8)
+    codes = g.op("QuantizeLinear", [x.name, s, z], f"{hint}_codes")
+    return g.derived(x, g.op("DequantizeLinear", [codes, s, z], hint))
+
+
+@_converts("PruneLowMagnitude")
+def _pruned(g, layer, x, out_shape):
+    return _convert(g, layer.layer, x, out_shape)  # its pruned weights are zeros in place
+
+
+@_converts("RNN")
+def _rnn_layer(g, layer, x, out_shape):
+    """RNN over SimpleRNN/LSTM/GRU cells (one, or stacked) is those layers in sequence."""
+    if layer._user_cell:
+        raise _unsupported(layer, "a user-written cell has no ONNX form")
+    if layer.return_state:
+        raise _unsupported(layer, "return_state has no export here")
+    shape = x.shape
+    for inner in layer._layers:
+        shape = inner.compute_output_shape(shape)
+        x = _recurrent(g, inner, x, shape)
+    return x
 
 
 @_converts("Embedding")

@@ -569,3 +569,137 @@ def test_bench_inference_runs(tmp_path, capsys):
         for rt in ("pynn", "pynn-general", "onnxruntime")}
     assert all(r["p50_us"] > 0 for r in rows)
     assert "pynn / onnxruntime p50" in capsys.readouterr().out
+
+
+SHAPE_1D = {
+    "zero_padding1d": lambda: L.ZeroPadding1D((2, 1)),
+    "cropping1d": lambda: L.Cropping1D((1, 2)),
+    "cropping1d_start": lambda: L.Cropping1D((2, 0)),
+    "upsampling1d": lambda: L.UpSampling1D(3),
+    "conv1d_transpose": lambda: L.Conv1DTranspose(4, 3, strides=2, activation="relu"),
+    "conv1d_transpose_same_padded": lambda: L.Conv1DTranspose(5, 3, strides=2, padding="same",
+                                                              output_padding=1),
+    "conv1d_transpose_dilated": lambda: L.Conv1DTranspose(3, 2, dilation_rate=2,
+                                                          use_bias=False),
+    "separable_conv1d": lambda: L.SeparableConv1D(4, 3, depth_multiplier=2,
+                                                  activation="tanh"),
+    "separable_conv1d_same_strided": lambda: L.SeparableConv1D(5, 3, strides=2,
+                                                               padding="same"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHAPE_1D))
+def test_sequence_layers(name):
+    """The 1-D padding, cropping, upsampling and convolution variants, then a Dense on the
+    result (its layout back in pynn's order)."""
+    check_export(seq((9, 3), SHAPE_1D[name](), L.Dense(2)), rand((2, 9, 3)))
+
+
+PREPROCESSING = {
+    "rescaling": lambda: L.Rescaling(1 / 127.5, offset=-1.0),
+    "rescaling_per_channel": lambda: L.Rescaling([0.5, 2.0, -1.0], offset=[0.1, 0.0, 0.3]),
+    "normalization": lambda: L.Normalization(mean=[0.2, -0.5, 1.0], variance=[2.0, 0.5, 0.0]),
+    "normalization_inverted": lambda: L.Normalization(mean=0.5, variance=4.0, invert=True),
+    "augmentation_identities": lambda: [L.RandomFlip(), L.RandomRotation(0.2),
+                                        L.RandomZoom(0.1), L.RandomTranslation(0.1, 0.1),
+                                        L.RandomContrast(0.3), L.RandomBrightness(0.2)],
+    "center_crop": lambda: L.CenterCrop(6, 5),
+    "center_crop_smaller_resizes": lambda: L.CenterCrop(12, 9),
+    "random_crop": lambda: L.RandomCrop(5, 7),
+    "random_crop_same_aspect": lambda: L.RandomCrop(5, 4),
+    "resizing_bilinear_down": lambda: L.Resizing(5, 4),
+    "resizing_bilinear_up": lambda: L.Resizing(13, 17),
+    "resizing_nearest": lambda: L.Resizing(11, 5, interpolation="nearest"),
+    "resizing_crop_to_aspect": lambda: L.Resizing(4, 8, crop_to_aspect_ratio=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PREPROCESSING))
+def test_preprocessing_layers(name):
+    """Preprocessing inside a model exports as its inference: the affine maps, the
+    augmentation layers as the identity, crops and resizes as Slice and Resize; then a
+    conv reads the result."""
+    made = PREPROCESSING[name]()
+    layers = made if isinstance(made, list) else [made]
+    x = np.random.default_rng(5).uniform(0, 255, (2, 10, 8, 3)).astype(np.float32)
+    if name.startswith("normalization"):
+        x = rand((2, 10, 8, 3))
+    check_export(seq((10, 8, 3), *layers, L.Conv2D(2, 3)), x)
+
+
+def test_normalization_adapted_over_two_trailing_axes():
+    norm = L.Normalization(axis=(-2, -1))
+    model = seq((5, 4), norm, L.Flatten(), L.Dense(3))
+    norm.adapt(np.random.default_rng(6).normal(2.0, 3.0, (50, 5, 4)))
+    proto = pynn.onnx.export(model)
+    x = rand((3, 5, 4))
+    got = run_onnx(proto, [x])[0]
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("cells", [["lstm"], ["gru", "simple_rnn"]])
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_rnn_of_cells(cells, return_sequences):
+    """RNN over Keras's cells (one, or stacked) is those recurrent layers in sequence."""
+    make = {"lstm": lambda: L.LSTMCell(4), "gru": lambda: L.GRUCell(3),
+            "simple_rnn": lambda: L.SimpleRNNCell(5)}
+    cell = make[cells[0]]() if len(cells) == 1 else [make[c]() for c in cells]
+    check_export(seq((6, 3), L.RNN(cell, return_sequences=return_sequences), L.Dense(2)),
+                 rand((2, 6, 3)))
+
+
+def test_masking_values_export_where_nothing_reads_the_mask():
+    """Masking's values (the all-mask_value steps zeroed, others kept, mask_value 0.5) feed
+    a Dense, which reads no mask; an LSTM after it is refused (test above)."""
+    x = rand((3, 6, 4))
+    x[0, 2] = 0.5
+    x[1, :3] = 0.5
+    x[2, 4, :2] = 0.5  # partly equal: kept
+    check_export(seq((6, 4), L.Masking(0.5), L.Dense(3)), x)
+    with pytest.raises(ValueError, match="reads the mask that Masking"):
+        pynn.onnx.export(seq((6, 4), L.Masking(0.5), L.LSTM(2)))
+
+
+def test_a_pruned_model_exports_its_pruned_weights():
+    from pynn.compression import prune_low_magnitude
+
+    model = prune_low_magnitude(seq((7,), L.Dense(6, activation="relu"), L.Dense(3)))
+    randomize(model)
+    for layer in model.layers:
+        layer.prune_to(0.6)
+    proto = pynn.onnx.export(model)
+    x = rand((4, 7))
+    np.testing.assert_allclose(run_onnx(proto, [x])[0], model.predict(x, verbose=0),
+                               atol=1e-5)
+    kernels = [i for i in proto.graph.initializer if i.name.endswith("_kernel")]
+    assert kernels and all((onnx.numpy_helper.to_array(k) == 0).mean() >= 0.5
+                           for k in kernels)
+
+
+def test_resizing_exports_at_the_oldest_opset():
+    from pynn.onnx import MIN_OPSET
+
+    x = np.random.default_rng(7).uniform(0, 1, (2, 10, 8, 3)).astype(np.float32)
+    check_export(seq((10, 8, 3), L.Resizing(7, 13), L.UpSampling2D(2)), x, opset=MIN_OPSET)
+    check_export(seq((5, 3), L.UpSampling1D(2), L.Dense(2)), rand((2, 5, 3)), opset=MIN_OPSET)
+
+
+def test_fake_quant_exports_its_codes_round_trip():
+    """A quantization-aware model's FakeQuant at inference: the tracked range's uint8 codes
+    and back, as pynn predicts (values on the grid's half steps included)."""
+    from pynn.layers.quantized import FakeQuant
+
+    model = seq((5,), L.Dense(4), FakeQuant(), L.Dense(3))
+    randomize(model)
+    fq = model.layers[1]
+    fq.set_weights([np.array([-1.5, 2.5, 3.0], np.float32)])
+    scale, zero_point = fq.quant_params()
+    x = rand((6, 5))
+    proto = pynn.onnx.export(model)
+    np.testing.assert_allclose(run_onnx(proto, [x])[0], model.predict(x, verbose=0),
+                               atol=1e-5)
+    half_steps = ((np.arange(-3, 300) + 0.5 - zero_point) * scale).astype(np.float32)
+    probe = seq((half_steps.size,), FakeQuant())
+    probe.layers[0].set_weights([np.array([-1.5, 2.5, 3.0], np.float32)])
+    got = run_onnx(pynn.onnx.export(probe), [half_steps[None]])[0]
+    np.testing.assert_array_equal(got, probe.predict(half_steps[None], verbose=0))
