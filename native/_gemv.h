@@ -31,9 +31,9 @@
    `tail` lanes so any U needs no scalar loop. */
 static inline __attribute__((always_inline)) PYNN_TARGET_AVX512 void
 pynn_gemv_block_avx512(Py_ssize_t c, const float* x, const float* k, Py_ssize_t ldk,
-                       float* y, const int nv, __mmask16 tail, int accum) {
+                       float* y, const int nv, __mmask16 tail, int accum, const int* idx) {
     __m512 acc[16];
-    Py_ssize_t i;
+    Py_ssize_t t, i;
     int v;
     if (accum) {
         for (v = 0; v < nv - 1; v++) acc[v] = _mm512_loadu_ps(y + 16 * v);
@@ -41,7 +41,8 @@ pynn_gemv_block_avx512(Py_ssize_t c, const float* x, const float* k, Py_ssize_t 
     } else {
         for (v = 0; v < nv; v++) acc[v] = _mm512_setzero_ps();
     }
-    for (i = 0; i < c; i++) {
+    for (t = 0; t < c; t++) {
+        i = idx ? idx[t] : t;  /* (idx: a literal NULL or not, after inlining) */
         const float* row = k + i * ldk;
         __m512 xi = _mm512_set1_ps(x[i]);
         for (v = 0; v < nv - 1; v++)
@@ -53,34 +54,68 @@ pynn_gemv_block_avx512(Py_ssize_t c, const float* x, const float* k, Py_ssize_t 
     _mm512_mask_storeu_ps(y + 16 * (nv - 1), tail, acc[nv - 1]);
 }
 
+#define PYNN_GEMV_AVX512_BODY(IDX)                                                         \
+    Py_ssize_t j0;                                                                         \
+    for (j0 = 0; j0 < u; j0 += 256) {                                                      \
+        Py_ssize_t w = u - j0 < 256 ? u - j0 : 256;                                        \
+        int nv = (int)((w + 15) / 16);                                                     \
+        int rem = (int)(w - 16 * (nv - 1));                                                \
+        __mmask16 tail = (__mmask16)(rem == 16 ? 0xFFFF : (1u << rem) - 1);                \
+        const float* kb = k + j0;                                                          \
+        float* yb = y + j0;                                                                \
+        switch (nv) {                                                                      \
+        PYNN_GEMV_CASE(1, IDX) PYNN_GEMV_CASE(2, IDX) PYNN_GEMV_CASE(3, IDX)               \
+        PYNN_GEMV_CASE(4, IDX) PYNN_GEMV_CASE(5, IDX) PYNN_GEMV_CASE(6, IDX)               \
+        PYNN_GEMV_CASE(7, IDX) PYNN_GEMV_CASE(8, IDX) PYNN_GEMV_CASE(9, IDX)               \
+        PYNN_GEMV_CASE(10, IDX) PYNN_GEMV_CASE(11, IDX) PYNN_GEMV_CASE(12, IDX)            \
+        PYNN_GEMV_CASE(13, IDX) PYNN_GEMV_CASE(14, IDX) PYNN_GEMV_CASE(15, IDX)            \
+        PYNN_GEMV_CASE(16, IDX)                                                            \
+        }                                                                                  \
+    }
+#define PYNN_GEMV_CASE(N, IDX) \
+        case N: pynn_gemv_block_avx512(c, x, kb, ldk, yb, N, tail, accum, IDX); break;
+
 static PYNN_TARGET_AVX512 void
 pynn_gemv_avx512_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
                    Py_ssize_t ldk, float* y, int accum) {
-    Py_ssize_t j0;
-    for (j0 = 0; j0 < u; j0 += 256) {
-        Py_ssize_t w = u - j0 < 256 ? u - j0 : 256;
-        int nv = (int)((w + 15) / 16);
-        int rem = (int)(w - 16 * (nv - 1));
-        __mmask16 tail = (__mmask16)(rem == 16 ? 0xFFFF : (1u << rem) - 1);
-        const float* kb = k + j0;
-        float* yb = y + j0;
-        switch (nv) {
-#define PYNN_GEMV_CASE(N) \
-        case N: pynn_gemv_block_avx512(c, x, kb, ldk, yb, N, tail, accum); break;
-        PYNN_GEMV_CASE(1) PYNN_GEMV_CASE(2) PYNN_GEMV_CASE(3) PYNN_GEMV_CASE(4)
-        PYNN_GEMV_CASE(5) PYNN_GEMV_CASE(6) PYNN_GEMV_CASE(7) PYNN_GEMV_CASE(8)
-        PYNN_GEMV_CASE(9) PYNN_GEMV_CASE(10) PYNN_GEMV_CASE(11) PYNN_GEMV_CASE(12)
-        PYNN_GEMV_CASE(13) PYNN_GEMV_CASE(14) PYNN_GEMV_CASE(15) PYNN_GEMV_CASE(16)
+    PYNN_GEMV_AVX512_BODY(NULL)
+}
+
+/* The rows idx[0 .. c) of x and k only (ascending): a GEMV skipping x's zeros. */
+static PYNN_TARGET_AVX512 void
+pynn_gemv_avx512_idx_f(Py_ssize_t c, const int* idx, Py_ssize_t u, const float* x,
+                       const float* k, Py_ssize_t ldk, float* y) {
+    const int accum = 0;
+    PYNN_GEMV_AVX512_BODY(idx)
+}
 #undef PYNN_GEMV_CASE
-        }
+#undef PYNN_GEMV_AVX512_BODY
+
+/* idx[0 .. m) = the positions of x's nonzero (or NaN) entries, ascending; returns m. */
+static PYNN_TARGET_AVX512 Py_ssize_t
+pynn_nonzero_avx512(Py_ssize_t c, const float* x, int* idx) {
+    __m512i at = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i step = _mm512_set1_epi32(16);
+    Py_ssize_t i = 0, m = 0;
+    for (; i + 16 <= c; i += 16) {
+        __mmask16 nz = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), _mm512_setzero_ps(),
+                                          _CMP_NEQ_UQ);
+        _mm512_mask_compressstoreu_epi32(idx + m, nz, at);
+        m += __builtin_popcount((unsigned)nz);
+        at = _mm512_add_epi32(at, step);
     }
+    for (; i < c; i++) {
+        idx[m] = (int)i;
+        m += !(x[i] == 0.0f);
+    }
+    return m;
 }
 
 static inline __attribute__((always_inline)) PYNN_TARGET_AVX2 void
 pynn_gemv_block_avx2(Py_ssize_t c, const float* x, const float* k, Py_ssize_t ldk,
-                     float* y, const int nv, __m256i tail, int accum) {
+                     float* y, const int nv, __m256i tail, int accum, const int* idx) {
     __m256 acc[12];
-    Py_ssize_t i;
+    Py_ssize_t t, i;
     int v;
     if (accum) {
         for (v = 0; v < nv - 1; v++) acc[v] = _mm256_loadu_ps(y + 8 * v);
@@ -88,7 +123,8 @@ pynn_gemv_block_avx2(Py_ssize_t c, const float* x, const float* k, Py_ssize_t ld
     } else {
         for (v = 0; v < nv; v++) acc[v] = _mm256_setzero_ps();
     }
-    for (i = 0; i < c; i++) {
+    for (t = 0; t < c; t++) {
+        i = idx ? idx[t] : t;
         const float* row = k + i * ldk;
         __m256 xi = _mm256_set1_ps(x[i]);
         for (v = 0; v < nv - 1; v++)
@@ -100,29 +136,41 @@ pynn_gemv_block_avx2(Py_ssize_t c, const float* x, const float* k, Py_ssize_t ld
     _mm256_maskstore_ps(y + 8 * (nv - 1), tail, acc[nv - 1]);
 }
 
+#define PYNN_GEMV_AVX2_BODY(IDX)                                                           \
+    Py_ssize_t j0;                                                                         \
+    for (j0 = 0; j0 < u; j0 += 96) {                                                       \
+        Py_ssize_t w = u - j0 < 96 ? u - j0 : 96;                                          \
+        int nv = (int)((w + 7) / 8);                                                       \
+        int rem = (int)(w - 8 * (nv - 1)), l;                                              \
+        int lanes[8];                                                                      \
+        for (l = 0; l < 8; l++) lanes[l] = l < rem ? -1 : 0;                               \
+        __m256i tail = _mm256_loadu_si256((const __m256i*)lanes);                          \
+        const float* kb = k + j0;                                                          \
+        float* yb = y + j0;                                                                \
+        switch (nv) {                                                                      \
+        PYNN_GEMV_CASE(1, IDX) PYNN_GEMV_CASE(2, IDX) PYNN_GEMV_CASE(3, IDX)               \
+        PYNN_GEMV_CASE(4, IDX) PYNN_GEMV_CASE(5, IDX) PYNN_GEMV_CASE(6, IDX)               \
+        PYNN_GEMV_CASE(7, IDX) PYNN_GEMV_CASE(8, IDX) PYNN_GEMV_CASE(9, IDX)               \
+        PYNN_GEMV_CASE(10, IDX) PYNN_GEMV_CASE(11, IDX) PYNN_GEMV_CASE(12, IDX)            \
+        }                                                                                  \
+    }
+#define PYNN_GEMV_CASE(N, IDX) \
+        case N: pynn_gemv_block_avx2(c, x, kb, ldk, yb, N, tail, accum, IDX); break;
+
 static PYNN_TARGET_AVX2 void
 pynn_gemv_avx2_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
                  Py_ssize_t ldk, float* y, int accum) {
-    Py_ssize_t j0;
-    for (j0 = 0; j0 < u; j0 += 96) {
-        Py_ssize_t w = u - j0 < 96 ? u - j0 : 96;
-        int nv = (int)((w + 7) / 8);
-        int rem = (int)(w - 8 * (nv - 1)), l;
-        int lanes[8];
-        for (l = 0; l < 8; l++) lanes[l] = l < rem ? -1 : 0;
-        __m256i tail = _mm256_loadu_si256((const __m256i*)lanes);
-        const float* kb = k + j0;
-        float* yb = y + j0;
-        switch (nv) {
-#define PYNN_GEMV_CASE(N) \
-        case N: pynn_gemv_block_avx2(c, x, kb, ldk, yb, N, tail, accum); break;
-        PYNN_GEMV_CASE(1) PYNN_GEMV_CASE(2) PYNN_GEMV_CASE(3) PYNN_GEMV_CASE(4)
-        PYNN_GEMV_CASE(5) PYNN_GEMV_CASE(6) PYNN_GEMV_CASE(7) PYNN_GEMV_CASE(8)
-        PYNN_GEMV_CASE(9) PYNN_GEMV_CASE(10) PYNN_GEMV_CASE(11) PYNN_GEMV_CASE(12)
-#undef PYNN_GEMV_CASE
-        }
-    }
+    PYNN_GEMV_AVX2_BODY(NULL)
 }
+
+static PYNN_TARGET_AVX2 void
+pynn_gemv_avx2_idx_f(Py_ssize_t c, const int* idx, Py_ssize_t u, const float* x,
+                     const float* k, Py_ssize_t ldk, float* y) {
+    const int accum = 0;
+    PYNN_GEMV_AVX2_BODY(idx)
+}
+#undef PYNN_GEMV_CASE
+#undef PYNN_GEMV_AVX2_BODY
 #endif
 
 /* 64 units per block: 16 SSE registers of accumulators, the rest streamed. */
@@ -163,6 +211,39 @@ static void pynn_gemv_into_f(Py_ssize_t c, Py_ssize_t u, const float* x, const f
 static void pynn_gemv_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
                         Py_ssize_t ldk, float* y) {
     pynn_gemv_into_f(c, u, x, k, ldk, y, 0);
+}
+
+/* pynn_gemv_f for an x with zeros (a relu layer's output, pooled or not): the kernel rows of
+ * x's zero entries are not read. Each y[j] is the same chain of FMAs over the other rows in
+ * order; a skipped term x[i] * k[i][j] = +-0 leaves a nonzero sum as it is, so y is
+ * pynn_gemv_f's to the sign of an exact zero, provided no kernel entry is infinite or NaN
+ * (0 * inf is NaN: the caller checks its kernels once). Rows past PYNN_GEMV_SKIP_MAX, the
+ * generic level, or x with under 1/16 zeros take pynn_gemv_f (the index pass is the cost:
+ * ~c/4 cycles with AVX-512's compress, ~c with AVX2). */
+#define PYNN_GEMV_SKIP_MAX 8192
+
+static void pynn_gemv_skip_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
+                             Py_ssize_t ldk, float* y, int* idx) {
+#if PYNN_ISA_X86
+    Py_ssize_t m, i;
+    if (c > 0 && c <= PYNN_GEMV_SKIP_MAX && pynn_mk.level == PYNN_ISA_AVX512) {
+        m = pynn_nonzero_avx512(c, x, idx);
+        if (m < c - c / 16) {
+            pynn_gemv_avx512_idx_f(m, idx, u, x, k, ldk, y);
+            return;
+        }
+    } else if (c > 0 && c <= PYNN_GEMV_SKIP_MAX && pynn_mk.level == PYNN_ISA_AVX2) {
+        for (m = 0, i = 0; i < c; i++) {
+            idx[m] = (int)i;
+            m += !(x[i] == 0.0f);
+        }
+        if (m < c - c / 16) {
+            pynn_gemv_avx2_idx_f(m, idx, u, x, k, ldk, y);
+            return;
+        }
+    }
+#endif
+    pynn_gemv_f(c, u, x, k, ldk, y);
 }
 
 /* A few rows at once: y[r][j] = sum over i < c of x[r*ldx + i] * k[i*ldk + j] for r < n

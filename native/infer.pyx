@@ -48,7 +48,13 @@ cdef extern from "_gemv.h":
     void pynn_gemv_rows_f(Py_ssize_t n, Py_ssize_t c, Py_ssize_t u, const float* x,
                           Py_ssize_t ldx, const float* k, Py_ssize_t ldk, float* y,
                           Py_ssize_t ldy) noexcept nogil
+    void pynn_gemv_skip_f(Py_ssize_t c, Py_ssize_t u, const float* x, const float* k,
+                          Py_ssize_t ldk, float* y, int* idx) noexcept nogil
     int PYNN_GEMV_ROWS_MAX
+
+# pynn_gemv_skip_f's index buffer, on the stack of the thread running the GEMV (_gemv.h's
+# PYNN_GEMV_SKIP_MAX: longer rows take the plain GEMV)
+DEF _SKIP_MAX = 8192
 
 cdef enum:
     POOL_PARALLEL_MIN = 32768  # input values (pool.pyx's threshold for its own kernel)
@@ -89,6 +95,7 @@ ctypedef struct _GemvColsJob:
     float* y
     Py_ssize_t c, u, cols
     bint packed         # the kernel's blocks stored apart (else the kernel as given)
+    bint skip           # x's zero rows skipped (pynn_gemv_skip_f)
 
 
 cdef void _gemv_cols_job(void* ctx, long begin, long end, int slot) noexcept nogil:
@@ -98,12 +105,17 @@ cdef void _gemv_cols_job(void* ctx, long begin, long end, int slot) noexcept nog
     cdef _GemvColsJob* j = <_GemvColsJob*>ctx
     cdef long b
     cdef Py_ssize_t j0, w
+    cdef int idx[_SKIP_MAX]
     for b in range(begin, end):
         j0 = b * j.cols
         if j0 < j.u:
             w = min(j.cols, j.u - j0)
-            if j.packed:
+            if j.packed and j.skip:
+                pynn_gemv_skip_f(j.c, w, j.x, j.k + j.c * j0, w, j.y + j0, idx)
+            elif j.packed:
                 pynn_gemv_f(j.c, w, j.x, j.k + j.c * j0, w, j.y + j0)
+            elif j.skip:
+                pynn_gemv_skip_f(j.c, w, j.x, j.k + j0, j.u, j.y + j0, idx)
             else:
                 pynn_gemv_f(j.c, w, j.x, j.k + j0, j.u, j.y + j0)
 
@@ -138,6 +150,9 @@ cdef class DenseChain:
     cdef const int[::1] _src
     cdef const int[::1] _dst
     cdef const int[::1] _res
+    # per layer: a one-row GEMV skips its input's zero rows (its input a relu's output and
+    # its kernel finite: pynn_gemv_skip_f)
+    cdef int[::1] _skip
     cdef readonly int rows, layers, width, pad_width, values
     cdef readonly list packed
     # A one-row chain's large kernels split in column blocks for the worker team, each
@@ -251,12 +266,27 @@ cdef class DenseChain:
         self._src = np.array(src, dtype=np.intc)
         self._dst = np.array(dst, dtype=np.intc)
         self._res = np.array(res, dtype=np.intc)
+        self._skip = np.array([int(i > 0 and acts[i - 1] == ACT_RELU and src[i] == dst[i - 1]
+                                   and bool(np.isfinite(kernels[i]).all()))
+                               for i in range(n)], dtype=np.intc)
         self.values = values
         self.rows = rows
         self.layers = len(kernels)
         self._lane_packs = {}
         self.width = max(dims[1:])
         self.pad_width = max([p for p, d in zip(pads, dims[1:]) if p != d], default=0)
+
+    def read_relu_input(self):
+        """The chain's input is a relu's output (pooled or flattened: the small CNN's
+        Dense after its convolutions): a one-row first layer skips its zero rows (with a
+        finite kernel). Its answers stay its own, to the sign of an exact zero."""
+        kernel = np.asarray(self._arrays[self._kernel_index(0)])
+        self._skip[0] = int(bool(np.isfinite(kernel).all()))
+
+    @property
+    def skips(self):
+        """Per layer, whether a one-row GEMV skips its input's zero rows."""
+        return [bool(v) for v in self._skip]
 
     cdef const Py_ssize_t* _lane(self, int threads):
         """The split kernels for `threads` threads (under the GIL, before a call's nogil
@@ -397,6 +427,7 @@ cdef class DenseChain:
         worker team (each y[j] is summed alike wherever it runs: the same bits), reading the
         split kernels of lane = _lane(threads)."""
         cdef int i, c, u, up, r, p0, w, j
+        cdef int idx[_SKIP_MAX]
         cdef _GemvColsJob cols
         cdef const float* x = src
         cdef float* dst
@@ -414,11 +445,14 @@ cdef class DenseChain:
                     cols.x, cols.k, cols.y = src, <const float*>lane[i], dst
                     cols.c, cols.u = c, u
                     cols.packed = lane[self.layers + i] > 0
+                    cols.skip = self._skip[i] != 0
                     cols.cols = (lane[self.layers + i] if cols.packed
                                  else -lane[self.layers + i])
                     # block b first offered to team slot b (the caller's: block 0)
                     pynn_team_for_affine((u + cols.cols - 1) // cols.cols, threads,
                                          _gemv_cols_job, &cols)
+                elif self._skip[i]:
+                    pynn_gemv_skip_f(c, u, src, <const float*>self._kernels[i], u, dst, idx)
                 else:
                     pynn_gemv_f(c, u, src, <const float*>self._kernels[i], u, dst)
             elif n <= PYNN_GEMV_ROWS_MAX and pynn_mk_level() > 0:

@@ -721,10 +721,15 @@ def _program(plan, x):
     kinds = {_Conv2DSerial: "conv", _Conv2DWinograd: "wino", _MaxPool2DValues: "pool",
              _Flatten: "flatten", _DenseChainRunner: "dense"}
     steps = []
+    relu = False  # whether the value so far is a relu's output (then pooled or flattened)
     for r in plan.steps:
         kind = kinds.get(type(r))
         if kind is None or (kind == "dense" and r.chain.rows != 1):
             return None
+        if kind == "dense" and relu:
+            r.chain.read_relu_input()  # its zeros' kernel rows are then not read
+        relu = ((kind == "conv" and r.act == 1) or (kind == "wino" and r.relu)
+                or (kind in ("pool", "flatten") and relu))
         native = {"conv": "direct", "wino": "native", "pool": "values_only",
                   "dense": "chain"}.get(kind)
         steps.append((kind, getattr(r, native) if native else None,
@@ -1341,6 +1346,7 @@ class _Conv2DWinograd(_Buffered):
         from pynn.backend.api import ACTIVATIONS
 
         super().__init__(step, y)
+        self.relu = activation == "relu"
         m = conv._wino_tile(g)
         try:
             self.native = Conv2DWinograd(kernel, bias, g, m, conv._wino_block_tiles(g, m),

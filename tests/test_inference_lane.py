@@ -112,6 +112,47 @@ def test_gemv_fma_levels_give_the_same_bits():
     np.testing.assert_array_equal(got[0], got[1])
 
 
+@pytest.mark.parametrize("kernel", pynn._config.available_kernels())
+def test_a_gemv_skipping_its_inputs_zeros_gives_the_dense_gemvs_values(kernel):
+    """A one-row layer reading a relu's output skips the kernel rows of its input's zeros
+    (_gemv.h pynn_gemv_skip_f): the dense GEMV's values (to the sign of an exact zero) and
+    float64's, at any share of zeros (none, 5%, 40%, 97%, all), with -0.0 and NaN among
+    the inputs, widths across every block edge, and rows past the index buffer (8192: the
+    dense GEMV). A kernel holding an infinity reads every row (0 * inf is NaN)."""
+    from pynn._native.infer import DenseChain
+
+    rng = np.random.default_rng(31)
+    for c, u in ((1, 5), (17, 16), (300, 257), (4099, 97), (9000, 20)):
+        k = rand(rng, (c, u)) / np.sqrt(c)
+        b = rand(rng, (u,))
+        skipping = DenseChain(1, [k], [b], [0], [0.0])
+        dense = DenseChain(1, [k], [b], [0], [0.0])
+        assert skipping.skips == [False]
+        skipping.read_relu_input()
+        assert skipping.skips == [True] and dense.skips == [False]
+        for share in (0.0, 0.05, 0.4, 0.97, 1.0):
+            x = rand(rng, (1, c))
+            x[rng.random((1, c)) < share] = 0.0
+            x[0, 3::11] = -0.0
+            with pynn._config.kernel(kernel):
+                got, want = skipping.predict_one(x), dense.predict_one(x)
+            assert np.all(got == want), (c, u, share)
+            assert_close(got, x.astype(np.float64) @ k + b, 1e-5, f"{c}x{u} {share}")
+        x[0, c // 2] = np.nan
+        with pynn._config.kernel(kernel):
+            assert np.isnan(skipping.predict_one(x)).all()
+    k[5, 1] = np.inf
+    chain = DenseChain(1, [k], [None], [0], [0.0])
+    chain.read_relu_input()
+    assert chain.skips == [False]
+    # a layer after a relu skips on its own; after another activation, or with an infinity
+    acts = [pynn.backend.api.ACTIVATIONS.index(a) for a in ("relu", "tanh", "linear")]
+    ks = [rand(rng, (6, 9)), rand(rng, (9, 4)), rand(rng, (4, 3))]
+    assert DenseChain(1, ks, [None] * 3, acts, [0.0] * 3).skips == [False, True, False]
+    ks[1][2, 2] = -np.inf
+    assert DenseChain(1, ks, [None] * 3, acts, [0.0] * 3).skips == [False, False, False]
+
+
 def test_predict_one_refuses_what_it_does_not_take():
     rng = np.random.default_rng(4)
     chain, *_ = chain_of([6, 4, 3], rng)
