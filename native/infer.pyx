@@ -276,10 +276,11 @@ cdef class DenseChain:
         self.width = max(dims[1:])
         self.pad_width = max([p for p, d in zip(pads, dims[1:]) if p != d], default=0)
 
-    def read_relu_input(self):
-        """The chain's input is a relu's output (pooled or flattened: the small CNN's
-        Dense after its convolutions): a one-row first layer skips its zero rows (with a
-        finite kernel). Its answers stay its own, to the sign of an exact zero."""
+    def skip_input_zeros(self):
+        """The chain's input has zeros (a relu's output, pooled or flattened: the small
+        CNN's Dense after its convolutions; an image's background; one-hot features): a
+        one-row first layer skips their kernel rows (with a finite kernel). Its answers
+        stay its own, to the sign of an exact zero."""
         kernel = np.asarray(self._arrays[self._kernel_index(0)])
         self._skip[0] = int(bool(np.isfinite(kernel).all()))
 

@@ -668,6 +668,12 @@ class _DenseChainRunner(_Generic):
                                 program)
         if first.rows > 1:
             _keep_packed(kernels, self.chain.packed)
+        sample = getattr(first, "sample", None)
+        if first.rows == 1 and sample is not None and type(sample[0]) is np.ndarray and \
+                16 * np.count_nonzero(sample[0]) <= 15 * sample[0].size:
+            # the first request's input had zeros (an image's background, one-hot features):
+            # the first layer skips their kernel rows (later layers after a relu always do)
+            self.chain.skip_input_zeros()
         self.parallel = parallel
 
     def allocate(self):
@@ -727,7 +733,7 @@ def _program(plan, x):
         if kind is None or (kind == "dense" and r.chain.rows != 1):
             return None
         if kind == "dense" and relu:
-            r.chain.read_relu_input()  # its zeros' kernel rows are then not read
+            r.chain.skip_input_zeros()  # its zeros' kernel rows are then not read
         relu = ((kind == "conv" and r.act == 1) or (kind == "wino" and r.relu)
                 or (kind in ("pool", "flatten") and relu))
         native = {"conv": "direct", "wino": "native", "pool": "values_only",

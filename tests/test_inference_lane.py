@@ -128,7 +128,7 @@ def test_a_gemv_skipping_its_inputs_zeros_gives_the_dense_gemvs_values(kernel):
         skipping = DenseChain(1, [k], [b], [0], [0.0])
         dense = DenseChain(1, [k], [b], [0], [0.0])
         assert skipping.skips == [False]
-        skipping.read_relu_input()
+        skipping.skip_input_zeros()
         assert skipping.skips == [True] and dense.skips == [False]
         for share in (0.0, 0.05, 0.4, 0.97, 1.0):
             x = rand(rng, (1, c))
@@ -143,7 +143,7 @@ def test_a_gemv_skipping_its_inputs_zeros_gives_the_dense_gemvs_values(kernel):
             assert np.isnan(skipping.predict_one(x)).all()
     k[5, 1] = np.inf
     chain = DenseChain(1, [k], [None], [0], [0.0])
-    chain.read_relu_input()
+    chain.skip_input_zeros()
     assert chain.skips == [False]
     # a layer after a relu skips on its own; after another activation, or with an infinity
     acts = [pynn.backend.api.ACTIVATIONS.index(a) for a in ("relu", "tanh", "linear")]
@@ -151,6 +151,27 @@ def test_a_gemv_skipping_its_inputs_zeros_gives_the_dense_gemvs_values(kernel):
     assert DenseChain(1, ks, [None] * 3, acts, [0.0] * 3).skips == [False, True, False]
     ks[1][2, 2] = -np.inf
     assert DenseChain(1, ks, [None] * 3, acts, [0.0] * 3).skips == [False, False, False]
+
+
+def test_a_lane_whose_first_input_had_zeros_skips_them_in_its_first_layer():
+    """An MLP lane made on an input with zeros (a digit's background) skips its first
+    layer's zero rows, one made on a dense input does not (later layers after a relu
+    always may); either answers every input with the general path's numbers (BLAS there:
+    float32 rounding apart)."""
+    rng = np.random.default_rng(33)
+    digit = rand(rng, (1, 37))
+    digit[0, rng.random(37) < 0.6] = 0.0
+    dense = rand(rng, (1, 37)) + 3.0
+    for first, skips in ((digit, [True, True, False]), (dense, [False, True, False])):
+        model = mlp()
+        randomize(model, rng)
+        model.predict_on_batch(first)
+        chain = model._inference.plans[first.shape].steps[0].chain
+        assert chain.skips == skips
+        for x in (digit, dense, np.zeros_like(dense)):
+            got = model.predict_on_batch(x)
+            assert_close(got, model._plan.predict([x])[0], 1e-6, "lane")
+            np.testing.assert_array_equal(model(x), got)
 
 
 def test_predict_one_refuses_what_it_does_not_take():
