@@ -89,8 +89,24 @@ def gru():
 
 MODELS = {"mlp_784_256_128_10": mlp, "cnn_32x32x3": cnn}
 # --models lstm,gru: a batch-1 recurrence runs one GEMV a step (native/rnn.pyx); no PyTorch
-# twin here (bench/bench_rnn.py times PyTorch's LSTM and GRU).
-EXTRA_MODELS = {"lstm_32x32_128": lstm, "gru_32x32_128": gru}
+# twin here (bench/bench_rnn.py times PyTorch's LSTM and GRU). --models mlpdigits: the MLP
+# fed digits (zeros around the strokes) instead of normal noise.
+EXTRA_MODELS = {"lstm_32x32_128": lstm, "gru_32x32_128": gru, "mlpdigits_784_256_128_10": mlp}
+
+
+def digit_images(n, rng):
+    """n of scikit-learn's 8x8 digits scaled to [0, 1], each pixel 3x3, on a 28x28 canvas
+    (MNIST's layout): ~60% of the 784 inputs zero."""
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images
+    pick = images[rng.integers(0, len(images), n)]
+    canvas = np.zeros((n, 28, 28), np.float32)
+    canvas[:, 2:26, 2:26] = np.kron(pick, np.ones((1, 3, 3))) / 16.0
+    return canvas.reshape(n, 784)
+
+
+INPUTS = {"mlpdigits_784_256_128_10": digit_images}  # others: standard normal noise
 
 
 def randomize(model, rng):
@@ -200,7 +216,8 @@ def bench_model(name, make, batches, repeat, warmup, rng, threads=1, burst=1):
     torch_run = torch_model(model)
     rows = []
     for batch in batches:
-        x = rng.standard_normal((batch,) + tuple(model.input_shape[1:])).astype(np.float32)
+        x = (INPUTS[name](batch, rng) if name in INPUTS else
+             rng.standard_normal((batch,) + tuple(model.input_shape[1:])).astype(np.float32))
         want = model._plan.predict([x])[0]
         check(name, batch, "the inference plan", model.predict_on_batch(x), want)
         check(name, batch, "onnxruntime", sess.run(None, {feed: x})[0], want)
@@ -653,7 +670,7 @@ def main(argv=None):
                              "at few tiles) against today's (Winograd), alternated")
     parser.add_argument("--models", default="mlp,cnn",
                         help="comma-separated models of the latency table: mlp, cnn, lstm, "
-                             "gru")
+                             "gru, mlpdigits")
     parser.add_argument("--masked-text", action="store_true",
                         help="batch-1 requests through a masked (padded) text LSTM and a "
                              "Bidirectional one, beside onnxruntime fed the real tokens")
@@ -663,7 +680,8 @@ def main(argv=None):
     wanted = {name: make for name, make in every.items()
               if name.split("_")[0] in args.models.split(",")}
     if len(wanted) != len(args.models.split(",")):
-        parser.error(f"--models: expected names among mlp, cnn, lstm, gru, got {args.models}")
+        parser.error(f"--models: expected names among mlp, cnn, lstm, gru, mlpdigits, got "
+                     f"{args.models}")
     if args.intra_threads < 1 or args.burst < 1:
         parser.error("--intra-threads and --burst take positive integers")
     batches = [int(b) for b in args.batch.split(",")]
