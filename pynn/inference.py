@@ -819,7 +819,9 @@ def _masked_sequence_lane(plan, xs):
             return rec.layer.call(rows, training=False, directions=rec.directions)
 
     def lane(ids):
-        rows = embedding_kept_rows(ids, table) if ids.shape == x.shape else None
+        if type(ids) is not np.ndarray or ids.shape != x.shape:
+            return None  # (a list, another length: the plan's checked way)
+        rows = embedding_kept_rows(ids, table)
         if rows is None:
             return None
         y, owned = recur(rows), False

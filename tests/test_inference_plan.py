@@ -1178,6 +1178,10 @@ def test_a_masked_sequence_model_takes_the_plan(kind, kw, bidirectional, stacked
     for call in (model.predict_on_batch, model, model.predict):
         with pytest.raises(ValueError, match="Embedding 'embedding"):
             call(bad)
+    # ids as a list, or as a dict by input name: the same answer the checked way
+    for given in (paddings[0].tolist(), {model.input_names[0]: paddings[0]}):
+        np.testing.assert_array_equal(model.predict_on_batch(given),
+                                      model.predict_on_batch(paddings[0]))
     batch = np.concatenate(paddings)
     np.testing.assert_array_equal(model.predict_on_batch(batch), general(model, [batch])[0])
     assert_close(model.predict_on_batch(batch)[:4], np.concatenate(
