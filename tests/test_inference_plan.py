@@ -1243,3 +1243,30 @@ def test_integer_ids_take_the_plan_in_a_dtype_that_casts_safely():
         model.predict_on_batch(big)
     with pytest.raises(ValueError, match="whole numbers"):
         model.predict_on_batch(one.astype(np.float32) + 0.5)
+
+
+def test_a_free_length_model_plans_a_length_the_second_time_and_keeps_the_last_used(
+        monkeypatch):
+    """Input((None,)): each request length is a signature. A length met once takes the
+    general path (making a plan costs more than that call); met again it gets its plan;
+    the least recently used plan goes first past MAX_SIGNATURES_FREE (a fixed-shape model
+    still plans on its first call). Every answer is the general path's."""
+    monkeypatch.setattr(inference, "MAX_SIGNATURES_FREE", 3)
+    rng = np.random.default_rng(55)
+    model = pynn.Sequential([L.Input((None,), dtype="int32"), L.Embedding(30, 5),
+                             L.GRU(4), L.Dense(2)])
+    randomize(model, rng)
+    xs = {t: rng.integers(1, 30, (1, t)).astype(np.int32) for t in (3, 4, 5, 6)}
+    for t in (3, 3, 4, 5, 4, 6):
+        np.testing.assert_array_equal(model.predict_on_batch(xs[t]),
+                                      general(model, [xs[t]])[0])
+    state = model._inference
+    assert state.free and list(state.plans) == [(1, 3), (1, 4)]  # 5 and 6 met once
+    for t in (5, 3, 6):
+        model.predict_on_batch(xs[t])
+    assert list(state.plans) == [(1, 5), (1, 3), (1, 6)]  # 4 was the least recently used
+    np.testing.assert_array_equal(model(xs[4]), general(model, [xs[4]])[0])
+    assert list(state.plans) == [(1, 3), (1, 6), (1, 4)]
+    fixed = masked_text_model("GRU")
+    fixed.predict_on_batch(xs[3][:, :1].repeat(9, axis=1))
+    assert not fixed._inference.free and len(fixed._inference.plans) == 1
