@@ -44,8 +44,9 @@ of its inputs), made on the first call with that signature:
   conv entry points with their weight sums and buffers made once;
 - it is rebuilt when weights may have changed (``pynn.variables.version``: set_weights, an
   optimizer step, a load) or the shapes change (a new signature, at most ``MAX_SIGNATURES``
-  kept per model; a model with a free length makes a signature's plan the second time it
-  comes and keeps the ``MAX_SIGNATURES_FREE`` last used).
+  kept per model, the least recently used evicted first; a model with a free length, or
+  one holding that many already, makes a new signature's plan the second time it comes;
+  a model with a free length keeps ``MAX_SIGNATURES_FREE``).
 
 A model with masks (an Embedding(mask_zero=True), a Masking layer) carries them from step to
 step as the general path does, each step that needs its input mask taking it; one sample
@@ -79,7 +80,9 @@ MAX_SIGNATURES = 8
 # time (the first call takes the general path, which a plan's making costs twice over), and
 # up to this many stay, the least recently used going first. Requests of random lengths
 # 5-59 through an Embedding -> LSTM(128) model, one thread: 387 us a call when each new
-# length made a plan (and the ninth cleared them all), 145 on the general path.
+# length made a plan (and the ninth cleared them all), 145 on the general path. A model of
+# fixed shapes plans each new batch size at once until it holds MAX_SIGNATURES, then by the
+# same second-time rule, evicting the least recently used.
 MAX_SIGNATURES_FREE = 64
 SEEN_SIGNATURES = 256  # lengths met once, remembered for the second-time rule
 # Per-thread buffers are kept only for plans whose intermediates fit in this many bytes; a
@@ -146,21 +149,22 @@ def _outputs(model, state, x):
         if xs is None:
             return None
         signature = tuple(a.shape for a in xs) if len(xs) > 1 else xs[0].shape
-    plan = state.plans.get(signature)
-    if state.free:
-        if plan is not None:
-            state.plans.move_to_end(signature)  # least recently used goes first
-        elif signature not in state.seen:
-            state.seen[signature] = None  # a first sighting: the general path
-            if len(state.seen) > SEEN_SIGNATURES:
-                state.seen.popitem(last=False)
-            return None
+    plans = state.plans
+    plan = plans.get(signature)
+    cap = MAX_SIGNATURES_FREE if state.free else MAX_SIGNATURES
+    if plan is not None:
+        if len(plans) > 1:
+            plans.move_to_end(signature)  # the least recently used goes first
+    elif (state.free or len(plans) >= cap) and signature not in state.seen:
+        # a first sighting where a plan would be one of many (a free length) or evict
+        # another: the general path, which costs less than making a plan
+        state.seen[signature] = None
+        if len(state.seen) > SEEN_SIGNATURES:
+            state.seen.popitem(last=False)
+        return None
     if plan is None or plan.version != variables.version():
-        if len(state.plans) >= (MAX_SIGNATURES_FREE if state.free else MAX_SIGNATURES):
-            if state.free:
-                state.plans.popitem(last=False)
-            else:
-                state.plans.clear()
+        if plan is None and len(plans) >= cap:
+            plans.popitem(last=False)
         # The validating run's intermediates on recycled host memory: after training, the
         # pool's idle blocks (a residual CNN's step leaves ~130 MB) instead of fresh pages.
         with backend.host_memory_loop():
@@ -200,7 +204,7 @@ class _State:
         self.single = len(dtypes) == 1
         # a free length among the inputs' feature axes: the signatures' second-time rule
         self.free = any(d is None for f in features for d in f)
-        self.plans = collections.OrderedDict() if self.free else {}
+        self.plans = collections.OrderedDict()
         self.seen = collections.OrderedDict()
         self.cpu = backend.current()
         self.lane, self.lane_version = None, None

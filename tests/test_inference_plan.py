@@ -1270,3 +1270,27 @@ def test_a_free_length_model_plans_a_length_the_second_time_and_keeps_the_last_u
     fixed = masked_text_model("GRU")
     fixed.predict_on_batch(xs[3][:, :1].repeat(9, axis=1))
     assert not fixed._inference.free and len(fixed._inference.plans) == 1
+
+
+def test_a_fixed_shape_model_past_its_plans_evicts_the_least_recently_used():
+    """Batch sizes are signatures too: a model plans each new one at once until it holds
+    MAX_SIGNATURES (one call each), then a new one by the second-time rule, evicting the
+    least recently used (it cleared all its plans before). Every answer is the general
+    path's."""
+    rng = np.random.default_rng(56)
+    model = mlp()
+    randomize(model, rng)
+    cap = inference.MAX_SIGNATURES
+    xs = {n: rand(rng, (n, 37)) for n in range(1, cap + 3)}
+    for n in range(1, cap + 1):
+        model.predict_on_batch(xs[n])
+    plans = model._inference.plans
+    assert list(plans) == [(n, 37) for n in range(1, cap + 1)]
+    model.predict_on_batch(xs[2])  # used again: now the most recent
+    for n in (cap + 1, cap + 1, cap + 2):
+        assert_close(model.predict_on_batch(xs[n]), general(model, [xs[n]])[0], 1e-6,
+                     f"batch {n}")
+    # (batch 1 answers through the lane, which needs no plan of the list: it went first)
+    assert list(plans) == [(n, 37) for n in range(3, cap + 1)] + [(2, 37), (cap + 1, 37)]
+    np.testing.assert_array_equal(model.predict_on_batch(xs[1]),
+                                  model._inference.lane(xs[1]))
