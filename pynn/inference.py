@@ -1512,6 +1512,12 @@ class _Int8Gemm(_Buffered):
             self.rows_shape = (self.codes_shape[0], 4 * self.k4)  # rows padded with zeros
         else:
             self.rows_shape = None
+        # one row of a static Dense: the whole step in one native call (quant.Int8Row)
+        self.row = None
+        if geometry is None and not self.dynamic and x.ndim == 2 and len(x) == 1:
+            self.row = quant.Int8Row(packed, self.correction, self.correction32,
+                                     self.multiplier, self.y_zp, self.lo, self.relu,
+                                     x.shape[1], self.quantize_in, self.dequantize_out)
 
     def allocate(self):
         codes = np.empty(self.codes_shape, np.uint8) if self.dequantize_out else None
@@ -1536,6 +1542,10 @@ class _Int8Gemm(_Buffered):
         return multiplier, correction, correction32 if fits else None, x_zp
 
     def run(self, x, buf):
+        if self.row is not None:
+            y = self.row.run(x)
+            if y is not None:
+                return y, False
         y, into_buffer = self.output(buf[0])
         if self.dynamic:
             xq = buf[2]

@@ -471,6 +471,10 @@ def test_static_int8_models_run_direct_and_equal_the_general_path(batch):
             assert got.dtype == np.float32
             np.testing.assert_array_equal(got, want)
         assert runners(int8, [x]) == want_runners
+        # one row: each static Dense step is one native call (quant.Int8Row)
+        rows = [r.row for r in plan_of(int8, [x]).steps if type(r).__name__ == "_Int8Gemm"
+                and r.g is None]
+        assert rows and all((row is not None) == (batch == 1) for row in rows)
         # and the int8 model still answers like the float one, to quantization error
         assert_close(got, model.predict_on_batch(x), 0.1, "int8 against float")
 

@@ -197,6 +197,46 @@ def test_int8_gemm_every_isa_path_is_bit_exact(rng, isa):
         native_quant.force_isa(None)
 
 
+@pytest.mark.parametrize("isa", native_quant.available_isas())
+def test_int8_row_is_the_dense_ops_one_row(rng, isa):
+    """quant.Int8Row (an inference plan's batch-1 static int8 Dense, operands bound once):
+    float32 in (quantized by its scale and zero point) or uint8 codes in, float32 out
+    (dequantized) or codes out, the quantize / int8_dense / dequantize ops' bits, at every
+    int8 path, for K not a multiple of 4 and units not a multiple of 16; None for another
+    shape, dtype or layout."""
+    try:
+        native_quant.force_isa(isa)
+        for k, u in ((1, 1), (5, 17), (37, 29), (130, 47), (256, 64)):
+            wq = rng.integers(-128, 128, (u, k)).astype(np.int8)
+            packed = native_quant.int8_pack_weights(wq)
+            bias = rng.integers(-10**5, 10**5, u).astype(np.int32)
+            mult = (rng.random(u) * 4e-4 + 1e-5).astype(np.float32)
+            correction, correction32 = native_quant._call_corrections(packed, bias, 13, u)
+            x = rand(rng, (1, k)) * 3
+            codes_in = native_quant.quantize_forward(x, 0.05, 13)
+            for relu in (False, True):
+                codes = native_quant.int8_dense_forward(codes_in, wq, bias, 13, mult, 90,
+                                                        relu)
+                lo = 90.0 if relu else 0.0
+                for given, quantize_in in ((x, (np.float32(0.05), np.float32(13))),
+                                           (codes_in, None)):
+                    for out in (None, (np.float32(0.02), np.float32(90))):
+                        row = native_quant.Int8Row(packed, correction, correction32, mult,
+                                                   90.0, lo, relu, k, quantize_in, out)
+                        got = row.run(given)
+                        want = codes if out is None else native_quant.dequantize_forward(
+                            codes, 0.02, 90)
+                        assert got.dtype == want.dtype
+                        np.testing.assert_array_equal(got, want, err_msg=f"{isa} {k}x{u}")
+                        strided = np.repeat(given, 2, axis=1)[:, ::2]
+                        for bad in (np.concatenate([given, given]), given[:, :-1],
+                                    given.astype(np.float64), given.tolist(),
+                                    strided if k > 1 else None):
+                            assert row.run(bad) is None
+    finally:
+        native_quant.force_isa(None)
+
+
 def test_quantized_dense_within_quantization_error(rng):
     dense = layers.Dense(13, activation="relu")
     x = rand(rng, (50, 29))
