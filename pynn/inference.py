@@ -384,6 +384,8 @@ class InferencePlan:
             self.lane = _embedding_lane(self, xs[0])
         if self.lane is None and self.masked:
             self.lane = _masked_sequence_lane(self, xs)
+        if self.lane is None and self.chain and self.chunked is None:
+            self.lane = _int8_lane(self, xs[0])
         if chunkable and self.chain and not self.serial:
             self.chunked = _chunked_plan(model, self, xs[0], sample_bytes)
             if self.chunked is not None:
@@ -805,6 +807,72 @@ def _embedding_lane(plan, x):
         got, want, equal_nan=True) else None
 
 
+def _one_thread(lane):
+    """lane run with this thread's settings and OpenMP at one thread, as a serial plan's
+    run does (a batch-1 lane's steps run on the calling thread)."""
+    def run(x):
+        _config.apply_to_this_thread()
+        threads = _config._omp_threads
+        if threads > 1:
+            from pynn._native import info
+
+            info.set_num_threads(1)
+            try:
+                return lane(x)
+            finally:
+                info.set_num_threads(threads)
+        return lane(x)
+
+    return run
+
+
+def _int8_lane(plan, x):
+    """A batch-1 chain plan of static int8 Dense steps (each one native call:
+    quant.Int8Row), then optionally float Dense steps (the float head a quantized model
+    keeps), as one Python call of those calls: no plan bookkeeping between them. Taken
+    only when it gives the plan's bits on x."""
+    steps = plan.steps
+    if not plan.chain or not steps or x.ndim != 2 or len(x) != 1:
+        return None
+    calls, floats = [], False
+    for r in steps:
+        if type(r) is _Int8Gemm and r.row is not None and not floats:
+            calls.append(r.row.run)
+        elif type(r) is _DenseChainRunner and r.chain.rows == 1:
+            floats = True
+            calls.append(r.chain.predict_one)
+        elif type(r) is _Dense and r.rows == 1 and r.flat and floats is not None:
+            floats = True
+            calls.append(functools.partial(_fresh_output, r))
+        else:
+            return None
+    if not any(type(r) is _Int8Gemm for r in steps):
+        return None
+    shape = x.shape
+
+    def lane(x):
+        if type(x) is not np.ndarray or x.shape != shape:
+            return None
+        for call in calls:
+            x = call(x)
+            if x is None:
+                return None
+        return x
+
+    run = _one_thread(lane)
+    got = run(x)
+    return run if got is not None and np.array_equal(got, plan._run([x])[0],
+                                                     equal_nan=True) else None
+
+
+def _fresh_output(runner, x):
+    """A one-row float Dense step of an int8 lane (x the step before's fresh float32 row):
+    its output in a fresh array."""
+    y = np.empty(runner.shape, runner.dtype)
+    runner._forward_into(x, runner.kernel, runner.bias, y, y, runner.act, runner.alpha)
+    return y
+
+
 def _masked_sequence_lane(plan, xs):
     """A batch-1 plan that is an Embedding(mask_zero=True) read only by a recurrent layer (or
     Bidirectional) returning its last output, then steps without masks (a padded-text
@@ -859,19 +927,7 @@ def _masked_sequence_lane(plan, xs):
             owned = owned or into_buffer
         return np.array(y) if owned else y
 
-    def run(ids):
-        _config.apply_to_this_thread()
-        threads = _config._omp_threads
-        if threads > 1:  # (the plan is serial at batch 1: its steps run on this thread)
-            from pynn._native import info
-
-            info.set_num_threads(1)
-            try:
-                return lane(ids)
-            finally:
-                info.set_num_threads(threads)
-        return lane(ids)
-
+    run = _one_thread(lane)
     padded = np.array(x)
     padded[0, 0] = 0
     got = run(padded)

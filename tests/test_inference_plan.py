@@ -475,6 +475,16 @@ def test_static_int8_models_run_direct_and_equal_the_general_path(batch):
         rows = [r.row for r in plan_of(int8, [x]).steps if type(r).__name__ == "_Int8Gemm"
                 and r.g is None]
         assert rows and all((row is not None) == (batch == 1) for row in rows)
+        # one request to the MLP: those calls in a row, as the model's lane (the CNN's
+        # int8 convolutions have none); from 8 threads too
+        lane = int8._inference.lane
+        assert (lane is not None) == (batch == 1 and model is float_mlp)
+        if lane is not None:
+            xs = [rand(rng, (1,) + shape) for _ in range(8)]
+            wants = [general(int8, [x1])[0] for x1 in xs]
+            hammer_equal(int8.predict_on_batch, xs, wants, 20)
+            assert lane(xs[0][:, :-1]) is None and lane(xs[0].tolist()) is None
+            assert lane(xs[0].astype(np.float64)) is None
         # and the int8 model still answers like the float one, to quantization error
         assert_close(got, model.predict_on_batch(x), 0.1, "int8 against float")
 
