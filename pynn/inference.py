@@ -41,7 +41,12 @@ of its inputs), made on the first call with that signature:
   chunk of samples at a time through a plan made for the chunk, then its Dense suffix on
   the whole batch (``CHUNK_BYTES``): each chunk's activations stay in L2;
 - static and dynamic int8 layers (pynn.layers.quantized) call native/quant.pyx's GEMM and
-  conv entry points with their weight sums and buffers made once;
+  conv entry points with their weight sums and buffers made once; at batch 1 a static int8
+  Dense is one native call (quant.Int8Row), and a plan of such steps (and a float head) is
+  the model's lane (_int8_lane);
+- a one-row Dense reading a relu's output (or whose first request had zeros) skips the
+  kernel rows of its input's zeros (native/_gemv.h pynn_gemv_skip_f; the same sums over
+  the other rows);
 - it is rebuilt when weights may have changed (``pynn.variables.version``: set_weights, an
   optimizer step, a load) or the shapes change (a new signature, at most ``MAX_SIGNATURES``
   kept per model, the least recently used evicted first; a model with a free length, or
