@@ -616,6 +616,20 @@ cdef int _ids_type(x, Py_ssize_t rows, Py_ssize_t steps):
     return kind
 
 
+cdef Py_ssize_t _id_list(const void* src, int kind, Py_ssize_t n, Py_ssize_t V,
+                         int* out) noexcept nogil:
+    """out[i] = id i of the ids at src (NumPy type number kind) as an int; the number of
+    nonzero ids, or -1 (out partly written) at one that is not a whole number in [0, V)."""
+    cdef Py_ssize_t i, k, nonzero = 0
+    for i in range(n):
+        k = _token_id(src, kind, i, V)
+        if k < 0 or k >= V:
+            return -1
+        out[i] = <int>k
+        nonzero += k != 0
+    return nonzero
+
+
 def embedding_mean_ids(x, const float[:, ::1] table, float[:, ::1] out):
     """embedding_mean for ids x as they come (N, T) C-contiguous int32, int64 or float32
     holding whole numbers in [0, V), checked here in C: True when done; False, with nothing
@@ -623,7 +637,7 @@ def embedding_mean_ids(x, const float[:, ::1] table, float[:, ::1] out):
     Embedding's own operand check spent more than the gather on the text model's batch."""
     cdef cnp.ndarray a
     cdef int kind = _ids_type(x, out.shape[0], -1)
-    cdef Py_ssize_t i, k, n, V = table.shape[0]
+    cdef Py_ssize_t n, V = table.shape[0]
     cdef bint ok = True
     if kind < 0:
         return False
@@ -634,12 +648,7 @@ def embedding_mean_ids(x, const float[:, ::1] table, float[:, ::1] out):
     cdef int* dst = &view[0, 0] if n else NULL
     cdef const void* src = cnp.PyArray_DATA(a)
     with nogil:
-        for i in range(n):
-            k = _token_id(src, kind, i, V)
-            if k < 0 or k >= V:
-                ok = False
-                break
-            dst[i] = <int>k
+        ok = _id_list(src, kind, n, V, dst) >= 0
     if not ok:
         return False
     embedding_mean(ids, table, out)
@@ -653,23 +662,22 @@ def embedding_rows_ids(x, const float[:, ::1] table not None, float[:, :, ::1] o
     anything else (the caller's own op then names the bad id). The op's operand checks and
     conversions took ~7 us of a batch-1 text model's call."""
     cdef int kind = _ids_type(x, out.shape[0], out.shape[1])
-    cdef Py_ssize_t i, k, n, V = table.shape[0], D = table.shape[1]
-    cdef bint ok = True
+    cdef Py_ssize_t i, n, V = table.shape[0], D = table.shape[1]
+    cdef bint ok
     if kind < 0 or out.shape[2] != D:
         return False
     n = cnp.PyArray_SIZE(<cnp.ndarray>x)
     if n == 0 or D == 0:
         return True
+    cdef int[::1] ids = np.empty(n, dtype=np.intc)
     cdef const void* src = cnp.PyArray_DATA(<cnp.ndarray>x)
     cdef const float* rows = &table[0, 0]
     cdef float* dst = &out[0, 0, 0]
     with nogil:
-        for i in range(n):
-            k = _token_id(src, kind, i, V)
-            if k < 0 or k >= V:
-                ok = False
-                break
-            memcpy(dst + i * D, rows + k * D, D * sizeof(float))
+        ok = _id_list(src, kind, n, V, &ids[0]) >= 0
+        if ok:
+            for i in range(n):
+                memcpy(dst + i * D, rows + ids[i] * D, D * sizeof(float))
     return ok
 
 
@@ -681,22 +689,16 @@ def embedding_kept_rows(x, const float[:, ::1] table not None):
     nonzero id."""
     cdef cnp.ndarray rows
     cdef int kind = _ids_type(x, 1, -1)
-    cdef Py_ssize_t i, k, n, kept = 0, V = table.shape[0], D = table.shape[1]
-    cdef bint ok = True
+    cdef Py_ssize_t i, n, kept, V = table.shape[0], D = table.shape[1]
     cdef cnp.npy_intp dims[3]
     if kind < 0 or D == 0:
         return None
     n = cnp.PyArray_SIZE(<cnp.ndarray>x)
+    cdef int[::1] ids = np.empty(n, dtype=np.intc)
     cdef const void* src = cnp.PyArray_DATA(<cnp.ndarray>x)
     with nogil:
-        for i in range(n):
-            k = _token_id(src, kind, i, V)
-            if k < 0 or k >= V:
-                ok = False
-                break
-            if k != 0:
-                kept += 1
-    if not ok or kept == 0:
+        kept = _id_list(src, kind, n, V, &ids[0])
+    if kept <= 0:
         return None
     dims[0], dims[1], dims[2] = 1, kept, D
     rows = cnp.PyArray_EMPTY(3, dims, cnp.NPY_FLOAT32, 0)
@@ -704,9 +706,8 @@ def embedding_kept_rows(x, const float[:, ::1] table not None):
     cdef const float* table_rows = &table[0, 0]
     with nogil:
         for i in range(n):
-            k = _token_id(src, kind, i, V)
-            if k != 0:
-                memcpy(dst, table_rows + k * D, D * sizeof(float))
+            if ids[i] != 0:
+                memcpy(dst, table_rows + ids[i] * D, D * sizeof(float))
                 dst += D
     return rows
 
