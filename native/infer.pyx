@@ -712,6 +712,28 @@ def embedding_kept_rows(x, const float[:, ::1] table not None):
     return rows
 
 
+def kept_rows_mean(const float[:, :, ::1] rows not None, float weight):
+    """(1, D) float32: sum over t in order of (double) weight * rows[0, t] in float64, then
+    rounded once: a masked GlobalAveragePooling1D's numbers on one sample whose kept steps
+    are these rows and weight = float32(1 / K) (its batch dot, native/merge.pyx _dot_items,
+    adds the masked steps' zero terms, which change no sum)."""
+    cdef Py_ssize_t t, d, K = rows.shape[1], D = rows.shape[2]
+    cdef cnp.npy_intp dims[2]
+    if rows.shape[0] != 1:
+        raise ValueError(f"kept_rows_mean: one sample's rows, got {rows.shape[0]}")
+    dims[0], dims[1] = 1, D
+    out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
+    cdef float* y = <float*>cnp.PyArray_DATA(out)
+    cdef double acc
+    with nogil:
+        for d in range(D):
+            acc = 0
+            for t in range(K):
+                acc = acc + <double>weight * rows[0, t, d]
+            y[d] = <float>acc
+    return out
+
+
 cdef class EmbeddingMeanChain:
     """A batch-1 plan that is an Embedding whose output only a GlobalAveragePooling1D reads
     (embedding_mean), then a one-row DenseChain: the whole call as one native call (the

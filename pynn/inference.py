@@ -880,19 +880,25 @@ def _fresh_output(runner, x):
 
 def _masked_sequence_lane(plan, xs):
     """A batch-1 plan that is an Embedding(mask_zero=True) read only by a recurrent layer (or
-    Bidirectional) returning its last output, then steps without masks (a padded-text
-    classifier), as one call: the rows of the nonzero ids gathered at once (the steps the
-    mask keeps: native/infer.pyx embedding_kept_rows), the recurrence on them (its packed
-    one-row path), the rest of the chain. The mask itself, the padded (1, T, D) embedding
-    and the steps' Python between them are never made. None where the plan is not of that
-    form or the lane does not give its bits (checked on a request padded at its start)."""
+    Bidirectional) returning its last output, or by a GlobalAveragePooling1D, then steps
+    without masks (a padded-text classifier), as one call: the rows of the nonzero ids
+    gathered at once (the steps the mask keeps: native/infer.pyx embedding_kept_rows), the
+    recurrence on them (its packed one-row path) or their mean, the rest of the chain. The
+    mask itself, the padded (1, T, D) embedding and the steps' Python between them are
+    never made. None where the plan is not of that form or the lane does not give its bits
+    (checked on a request padded at its start)."""
     steps, x = plan.steps, xs[0]
     if len(xs) != 1 or x.shape[0] != 1 or x.ndim != 2 or x.shape[1] < 2 or len(steps) < 2:
         return None
+    from pynn.layers.sequence import GlobalAveragePooling1D
+
     emb, rec, tail = steps[0], steps[1], steps[2:]
-    if type(emb) is not _Embedding or not emb.layer.mask_zero or \
-            type(rec) not in (_Recurrent, _Bidirectional) or not rec.takes_mask or \
-            rec.layer.return_sequences or getattr(rec.layer, "zero_output_for_mask", False):
+    pooling = type(rec) is _Generic and type(rec.layer) is GlobalAveragePooling1D and \
+        not rec.layer.keepdims
+    if type(emb) is not _Embedding or not emb.layer.mask_zero or not rec.takes_mask or \
+            not (pooling or type(rec) in (_Recurrent, _Bidirectional)) or \
+            getattr(rec.layer, "return_sequences", False) or \
+            getattr(rec.layer, "zero_output_for_mask", False):
         return None
     slot = plan.input_slots[0]
     for r in steps:  # a chain: each step reads the one before it, the last is the output
@@ -903,11 +909,14 @@ def _masked_sequence_lane(plan, xs):
     if slot != plan.output_slots[0]:
         return None
     try:
-        from pynn._native.infer import embedding_kept_rows
+        from pynn._native.infer import embedding_kept_rows, kept_rows_mean
     except ImportError:
         return None
     table = emb.table
-    if type(rec) is _Recurrent:
+    if pooling:  # the mean of the kept steps, with the masked pooling's own arithmetic
+        def recur(rows):
+            return kept_rows_mean(rows, np.float32(1.0 / rows.shape[1]))
+    elif type(rec) is _Recurrent:
         def recur(rows):
             return rec.run(rows, None)[0]
     elif rec.layer.merge_mode == "concat":  # (the copy itself: the op's checks cost ~9 us)

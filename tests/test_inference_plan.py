@@ -1308,3 +1308,40 @@ def test_a_fixed_shape_model_past_its_plans_evicts_the_least_recently_used():
     assert list(plans) == [(n, 37) for n in range(3, cap + 1)] + [(2, 37), (cap + 1, 37)]
     np.testing.assert_array_equal(model.predict_on_batch(xs[1]),
                                   model._inference.lane(xs[1]))
+
+
+def test_a_padded_embedding_mean_classifier_is_a_lane():
+    """Embedding(mask_zero=True) -> GlobalAveragePooling1D -> Dense head at batch 1: the
+    lane gathers the nonzero ids' rows and averages them as the masked pooling does
+    (infer.kept_rows_mean: float64 sums of float32(1 / K) times each row, rounded once),
+    the general path's bits for every padding; an all-padding request (0 / 0: NaN, as
+    Keras's) takes the plan's steps; keepdims=True takes no lane."""
+    from pynn._native import infer
+
+    rng = np.random.default_rng(57)
+    rows = rand(rng, (1, 7, 5))
+    got = infer.kept_rows_mean(rows, np.float32(1 / 7))
+    np.testing.assert_allclose(got, rows.astype(np.float64).mean(axis=1), rtol=1e-6)
+    with pytest.raises(ValueError, match="one sample"):
+        infer.kept_rows_mean(np.concatenate([rows, rows]), np.float32(0.5))
+    model = text_classifier(mask_zero=True)
+    randomize(model, rng)
+    ids = rng.integers(1, 50, (1, 11)).astype(np.int32)
+    cases = [ids.copy() for _ in range(4)]
+    cases[0][:, :4] = 0
+    cases[1][:, [2, 5, 9]] = 0
+    cases[3][:] = 0
+    for x in cases:
+        np.testing.assert_array_equal(model.predict_on_batch(x), general(model, [x])[0])
+    lane = model._inference.lane
+    assert lane is not None
+    for x in cases[:3]:
+        np.testing.assert_array_equal(lane(x), general(model, [x])[0])
+    assert lane(cases[3]) is None and np.isnan(model.predict_on_batch(cases[3])).all()
+    kept = pynn.Sequential([L.Input((11,)), L.Embedding(50, 8, mask_zero=True),
+                            L.GlobalAveragePooling1D(keepdims=True), L.Flatten(),
+                            L.Dense(3)])
+    randomize(kept, rng)
+    np.testing.assert_array_equal(kept.predict_on_batch(cases[0]),
+                                  general(kept, [cases[0]])[0])
+    assert kept._inference.lane is None
