@@ -66,6 +66,14 @@ cdef enum:
     LANE_PACK_MAX_BYTES = 4 << 20
     # A lane's pooling of this many input values or more splits its rows alike.
     LANE_SPLIT_MIN_VALUES = 8192
+    # A split step of this many multiply-adds (a convolution's direct count) or more wakes
+    # sleeping workers (an ordinary team job); below it the step runs alone while they
+    # sleep (an affine job, as a lane's layers: waking one costs a virtual machine 20-60
+    # us). From about 180 us of work on one thread: a Winograd conv at batch 2-4 and up. A
+    # plan too large for keep-warm (the residual CNN at batch 64) found its worker asleep
+    # at nearly every Winograd conv and ran them all on one thread: 31.2 -> 18.1 ms
+    # (Intel Xeon, two threads).
+    WAKE_MIN_MACS = 1 << 25
 
 include "_microkernel.pxi"   # pynn._config.set_kernel reaches the GEMV's level too
 include "_team.pxi"
@@ -1219,16 +1227,20 @@ cdef class Conv2DWinograd:
 
     cdef void _run(self, const float* x, float* work, float* y, int threads) noexcept nogil:
         """threads > 1 (a plan's threads, or a lane split; from LANE_SPLIT_MIN_MACS of
-        direct arithmetic): the tiles in equal runs, run i on team slot i first, each in its
-        own blocks."""
+        direct arithmetic): the tiles in equal runs, each in its own blocks; run i on team
+        slot i first, or, from WAKE_MIN_MACS, as an ordinary job that wakes sleeping
+        workers."""
         cdef _WinoRunsJob job
         cdef Py_ssize_t runs = min(<Py_ssize_t>threads, WINO_MAX_RUNS, self.ntiles)
-        if runs <= 1 or (self.N * self.HO * self.WO * 9 * self.C * self.F
-                         < LANE_SPLIT_MIN_MACS):
+        cdef double macs = <double>self.N * self.HO * self.WO * 9 * self.C * self.F
+        if runs <= 1 or macs < LANE_SPLIT_MIN_MACS:
             self._tiles(x, work, y, 0, self.ntiles)
             return
         job.step, job.x, job.work, job.y, job.runs = <void*>self, x, work, y, runs
-        pynn_team_for_affine(runs, threads, _wino_runs_job, &job)
+        if macs >= WAKE_MIN_MACS:
+            pynn_team_for(runs, 1, threads, _wino_runs_job, &job)
+        else:
+            pynn_team_for_affine(runs, threads, _wino_runs_job, &job)
 
     cdef void _tiles(self, const float* x, float* work, float* y, Py_ssize_t t_begin,
                      Py_ssize_t t_end) noexcept nogil:

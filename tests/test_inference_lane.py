@@ -880,6 +880,38 @@ def test_a_batch1_cnn_plan_runs_its_winograd_conv_natively_with_the_ops_bits():
     np.testing.assert_array_equal(model.predict_on_batch(np.asfortranarray(x)), want)
 
 
+@pytest.mark.skipif(pynn._config.usable_cores() < 2, reason="needs two cores")
+def test_a_large_winograd_conv_wakes_sleeping_workers_and_a_small_one_does_not():
+    """A plan's Winograd conv of WAKE_MIN_MACS or more posts its runs as a team job even
+    when the workers sleep (a residual CNN's batch-64 predict, too large for keep-warm,
+    found them asleep at nearly every such conv and ran it on one thread); a small one (a
+    lane's layer) runs alone rather than pay a wake-up. The same bits either way."""
+    import time
+
+    from pynn._native import info
+
+    rng = np.random.default_rng(12)
+    model = pynn.Sequential([L.Input((16, 16, 32)),
+                             L.Conv2D(32, 3, padding="same", activation="relu")])
+    randomize(model, rng)
+    large, small = rand(rng, (16, 16, 16, 32)), rand(rng, (1, 16, 16, 32))
+    assert 16 * 16 * 16 * 9 * 32 * 32 >= 1 << 25 > 16 * 16 * 9 * 32 * 32
+    with pynn.threads(2):
+        for x in (large, small):
+            want = model._plan.forward([x], False)[0][0]
+            np.testing.assert_array_equal(model.predict_on_batch(x), want)
+            steps = [type(r).__name__ for r in model._inference.plans[x.shape].steps]
+            assert steps == ["_Conv2DWinograd"], steps
+            time.sleep(0.2)   # the workers' spin (at most 50 ms with keep-warm) runs out
+            ran, _ = info.team_counts()
+            np.testing.assert_array_equal(model.predict_on_batch(x), want)
+            posted = info.team_counts()[0] - ran
+            if x is large:
+                assert posted >= 1, "the large conv ran alone while its worker slept"
+            else:
+                assert posted == 0, "the small conv woke the workers"
+
+
 @pytest.mark.parametrize("batch", [2, 9])
 def test_a_multi_thread_plans_winograd_conv_gives_the_ops_bits_on_any_thread_count(batch):
     """Plans of several rows run Conv2DWinograd too, its tiles split over the plan's
