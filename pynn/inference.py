@@ -150,6 +150,17 @@ def _outputs(model, state, x):
             and x.flags.c_contiguous and x.shape[1:] == state.features[0] and len(x)):
         xs, signature = [x], x.shape
     else:
+        if type(x) is np.ndarray and state.single:
+            # token ids of another dtype than the model's float input: a lane takes them as
+            # they come (converted, the text model's 2,048 float ids cost 10 us more)
+            plan = state.plans.get(x.shape)
+            if plan is not None and plan.lane is not None and \
+                    plan.version == variables.version():
+                y = plan.lane(x)
+                if y is not None:
+                    if len(state.plans) > 1:
+                        state.plans.move_to_end(x.shape)
+                    return [y]
         xs = state.inputs(x)
         if xs is None:
             return None
@@ -175,8 +186,10 @@ def _outputs(model, state, x):
         with backend.host_memory_loop():
             plan = InferencePlan(model, xs)
         state.plans[signature] = plan
-        if plan.lane is not None:
+        if plan.lane is not None and (len(xs[0]) == 1 or state.lane_rows != 1):
+            # one slot, the batch-1 lane's first (a batch's lane serves its plan's run too)
             state.lane, state.lane_version = plan.lane, plan.version
+            state.lane_rows = len(xs[0])
         # The validating run through the public ops computed this call's outputs already.
         outs, plan.first_outputs = plan.first_outputs, None
         return outs
@@ -212,7 +225,7 @@ class _State:
         self.plans = collections.OrderedDict()
         self.seen = collections.OrderedDict()
         self.cpu = backend.current()
-        self.lane, self.lane_version = None, None
+        self.lane, self.lane_version, self.lane_rows = None, None, None
 
     def inputs(self, x):
         """x as a list of C-contiguous arrays of the model's input dtypes and shapes, or
@@ -440,6 +453,10 @@ class InferencePlan:
 
     def run(self, xs):
         """The outputs for xs (validated by the caller against this plan's signature)."""
+        if self.lane is not None and len(xs) == 1:
+            y = self.lane(xs[0])
+            if y is not None:
+                return [y]
         _config.apply_to_this_thread()
         threads = _config._omp_threads
         if not self.serial and threads > 1 and self.macs < KEEP_WARM_MAX_MACS:
@@ -788,14 +805,15 @@ def _program(plan, x):
 
 
 def _embedding_lane(plan, x):
-    """A batch-1 chain plan that is an Embedding-and-mean then a one-row Dense chain (the
-    bench's text model) as one native call (native/infer.pyx EmbeddingMeanChain), or None.
-    Taken only when it gives the steps' own bits on x. Text model at batch 1, one thread:
-    the two steps through Python 18 us (the ids' checks in NumPy, two memoryview calls)."""
+    """A chain plan that is an Embedding-and-mean then a Dense chain (the bench's text
+    model) as one native call (native/infer.pyx EmbeddingMeanChain), or None: at batch 1,
+    or at any batch of a one-thread plan (the chain's rows in one block). Taken only when it
+    gives the steps' own bits on x. Text model at batch 1, one thread: the two steps through
+    Python 18 us (the ids' checks in NumPy, two memoryview calls)."""
     steps = plan.steps
     if len(steps) != 2 or type(steps[0]) is not _EmbeddingMean or steps[0].pool.keepdims \
-            or type(steps[1]) is not _DenseChainRunner or steps[1].chain.rows != 1 \
-            or x.ndim != 2 or len(x) != 1:
+            or type(steps[1]) is not _DenseChainRunner or x.ndim != 2 \
+            or steps[1].chain.rows != len(x) or not (len(x) == 1 or plan.serial):
         return None
     try:
         from pynn._native.infer import EmbeddingMeanChain

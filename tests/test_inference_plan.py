@@ -987,15 +987,17 @@ def test_an_embeddings_plan_runner_takes_any_ids_the_layer_does():
         runner.run(bad, runner.allocate())
 
 
-def test_a_batch_1_embedding_model_is_one_native_call():
-    """At batch 1 an Embedding-and-mean then a Dense chain (the text model) is the model's
-    lane (EmbeddingMeanChain): the plan's bits for int32, int64 and float32 ids, from 8
-    threads too; ids it does not take (out of range, not whole, another dtype or shape) go
-    the checked way, a bad one with the Embedding's own error."""
+@pytest.mark.parametrize("batch", [1, 9])
+def test_an_embedding_models_one_thread_plan_is_one_native_call(batch):
+    """At batch 1, or at any batch of a one-thread plan, an Embedding-and-mean then a Dense
+    chain (the text model) is the model's lane (EmbeddingMeanChain): the plan's bits for
+    int32, int64 and float32 ids, from 8 threads too; ids it does not take (out of range in
+    any row, not whole, another dtype, order or shape) go the checked way, a bad one with
+    the Embedding's own error."""
     rng = np.random.default_rng(39)
     model = text_classifier()
     randomize(model, rng)
-    x = rng.integers(0, 50, (1, 11)).astype(np.int32)
+    x = rng.integers(0, 50, (batch, 11)).astype(np.int32)
     want = model.predict_on_batch(x)
     state = model._inference
     assert type(state.lane.__self__).__name__ == "EmbeddingMeanChain"
@@ -1006,19 +1008,46 @@ def test_a_batch_1_embedding_model_is_one_native_call():
         np.testing.assert_array_equal(model.predict_on_batch(ids), want)
         np.testing.assert_array_equal(model(ids), want)
     assert_close(want, general(model, [x.astype(np.float32)])[0], 1e-6, "embedding lane")
-    for odd in (x.astype(np.int16), np.asfortranarray(np.repeat(x, 2, 0))[:1],
-                x.astype(np.float32) + 0.5, np.concatenate([x, x], 1)):
+    for odd in (x.astype(np.int16), np.asfortranarray(np.repeat(x, 2, 0))[:batch],
+                x.astype(np.float32) + 0.5, np.concatenate([x, x], 1),
+                np.concatenate([x, x], 0)):
         assert state.lane(odd) is None
     bad = x.copy()
-    bad[0, 4] = 50
+    bad[-1, 4] = 50
     assert state.lane(bad) is None
     with pytest.raises(ValueError, match="Embedding 'embedding"):
         model.predict_on_batch(bad)
     with pytest.raises(ValueError, match="Embedding 'embedding"):
         model.predict_on_batch(bad.astype(np.float32) - 60)
-    xs = [rng.integers(0, 50, (1, 11)).astype(np.int32) for _ in range(8)]
+    xs = [rng.integers(0, 50, (batch, 11)).astype(np.int32) for _ in range(8)]
     hammer_equal(model.predict_on_batch, xs, [plan._run([v.astype(np.float32)])[0]
                                              for v in xs], 30)
+
+
+def test_a_batch_lane_leaves_the_batch_1_lane_its_slot():
+    """The model keeps one lane to try before any plan lookup: a batch-1 lane's, which a
+    larger batch's lane (EmbeddingMeanChain of several rows) does not take over; that one
+    serves its own plan's calls, integer ids unconverted. Both batches answer with their
+    plans' bits, alternated."""
+    rng = np.random.default_rng(44)
+    model = text_classifier()
+    randomize(model, rng)
+    one, nine = (rng.integers(0, 50, (n, 11)).astype(np.int32) for n in (1, 9))
+    want_one, want_nine = model.predict_on_batch(one), model.predict_on_batch(nine)
+    state = model._inference
+    assert state.lane_rows == 1 and state.lane(one) is not None and state.lane(nine) is None
+    plan = state.plans[nine.shape]
+    assert plan.lane is not None
+    calls = []
+    lane = plan.lane
+    plan.lane = lambda x: calls.append(x) or lane(x)
+    for _ in range(3):
+        np.testing.assert_array_equal(model.predict_on_batch(nine), want_nine)
+        np.testing.assert_array_equal(model.predict_on_batch(one), want_one)
+    # the int32 ids as they came (the model's input is float32: converted, each would be
+    # checked as a float)
+    assert len(calls) == 3 and all(c.dtype == np.int32 for c in calls)
+    np.testing.assert_array_equal(want_nine, plan._run([nine.astype(np.float32)])[0])
 
 
 def test_embedding_mean_ids_checks_ids_in_c_with_embedding_means_bits():
