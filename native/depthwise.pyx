@@ -164,110 +164,32 @@ cdef inline void _tap_weight(const floating* xp, const floating* dp, floating* p
             pr[c] += xp[first[c] + ci] * dp[c]
 
 
-cdef void _forward_row(const floating* x, const floating* k, const floating* bias, floating* z,
-                       floating* y, const Geom* g, const int* first, Py_ssize_t r, int act,
-                       floating alpha) noexcept nogil:
-    """Output row r = n*HO + ho: z = bias + taps, then y = act(z) (y may alias z)."""
-    cdef Py_ssize_t n = r // g.HO, ho = r % g.HO, CM = g.F, KT = g.CG * g.F
-    cdef Py_ssize_t wo, kh, kw, hi, wi, j
-    cdef floating* zr = z + r * g.WO * CM
-    cdef floating* yr = y + r * g.WO * CM
-    cdef floating* out
-    cdef Py_ssize_t xoff[64]
-    cdef Py_ssize_t koff[64]
-    cdef int taps
-    if floating is float and g.CG == 1 and g.FG == 1 and g.KH * g.KW <= PYNN_DW_MAX_TAPS:
-        for wo in range(g.WO):
-            taps = 0
-            for kh in range(g.KH):
-                hi = ho * g.SH - g.PT + kh * g.DH
-                if hi < 0 or hi >= g.H:
-                    continue
-                for kw in range(g.KW):
-                    wi = wo * g.SW - g.PL + kw * g.DW
-                    if wi < 0 or wi >= g.W:
-                        continue
-                    xoff[taps] = ((n * g.H + hi) * g.W + wi) * g.C
-                    koff[taps] = (kh * g.KW + kw) * KT
-                    taps = taps + 1
-            pynn_dw_pixel_f(x, k, bias, zr + wo * CM, CM, xoff, koff, taps)
-    else:
-        _forward_taps(x, k, bias, zr, g, first, n, ho)
-    if act == ACT_SOFTMAX:
-        for wo in range(g.WO):
-            softmax_row(zr + wo * CM, yr + wo * CM, CM)
-    else:
-        act_forward_vec(zr, yr, g.WO * CM, act, alpha)
-
-
-cdef inline void _forward_taps(const floating* x, const floating* k, const floating* bias,
-                               floating* zr, const Geom* g, const int* first, Py_ssize_t n,
-                               Py_ssize_t ho) noexcept nogil:
-    """One output row's sums, tap by tap over each pixel's row (groups, depth multipliers,
-    float64)."""
-    cdef Py_ssize_t CM = g.F, KT = g.CG * g.F
-    cdef Py_ssize_t wo, kh, kw, hi, wi, j
-    cdef floating* out
-    for wo in range(g.WO):
-        out = zr + wo * CM
-        if bias != NULL:
-            for j in range(CM):
-                out[j] = bias[j]
-        else:
-            memset(out, 0, CM * sizeof(floating))
-        for kh in range(g.KH):
-            hi = ho * g.SH - g.PT + kh * g.DH
-            if hi < 0 or hi >= g.H:
+cdef inline int _window_taps(const Geom* g, Py_ssize_t n, Py_ssize_t ho, Py_ssize_t wo,
+                             Py_ssize_t* xoff, Py_ssize_t* koff) noexcept nogil:
+    """The taps of output pixel (n, ho, wo) that land inside x, in (kh, kw) order: each
+    one's offset in x and in the kernel; their count."""
+    cdef Py_ssize_t kh, kw, hi, wi
+    cdef int taps = 0
+    for kh in range(g.KH):
+        hi = ho * g.SH - g.PT + kh * g.DH
+        if hi < 0 or hi >= g.H:
+            continue
+        for kw in range(g.KW):
+            wi = wo * g.SW - g.PL + kw * g.DW
+            if wi < 0 or wi >= g.W:
                 continue
-            for kw in range(g.KW):
-                wi = wo * g.SW - g.PL + kw * g.DW
-                if wi < 0 or wi >= g.W:
-                    continue
-                _tap(x + ((n * g.H + hi) * g.W + wi) * g.C, k + (kh * g.KW + kw) * KT, out, g,
-                     first)
+            xoff[taps] = ((n * g.H + hi) * g.W + wi) * g.C
+            koff[taps] = (kh * g.KW + kw) * g.CG * g.F
+            taps = taps + 1
+    return taps
 
 
-cdef void _backward_input_row(const floating* dz, const floating* k, floating* dx,
-                              const Geom* g, Py_ssize_t r) noexcept nogil:
-    """Input row r = n*H + hi of dx: every dz element whose window covers it, times its tap,
-    summed over the outputs of each input channel's group."""
-    cdef Py_ssize_t n = r // g.H, hi = r % g.H, C = g.C, F = g.F, FG = g.FG, CG = g.CG
-    cdef Py_ssize_t KT = g.CG * g.F
-    cdef Py_ssize_t kh, kw, wi, num, ho, wo, c, m, grp, ci
-    cdef floating* dxr = dx + r * g.W * C
-    cdef floating* out
-    cdef const floating* dp
-    cdef const floating* kp
-    cdef const floating* kr
-    cdef floating s
-    cdef Py_ssize_t xoff[64]
-    cdef Py_ssize_t koff[64]
-    cdef int taps
-    if floating is float and CG == 1 and FG == 1 and g.KH * g.KW <= PYNN_DW_MAX_TAPS:
-        # each input pixel's sums in registers over its taps in the loop's (kh, kw) order
-        # (pynn_dw_pixel_f from 0: the same bits as the accumulation into the row below)
-        for wi in range(g.W):
-            taps = 0
-            for kh in range(g.KH):
-                num = hi + g.PT - kh * g.DH
-                if num < 0 or num % g.SH != 0:
-                    continue
-                ho = num // g.SH
-                if ho >= g.HO:
-                    continue
-                for kw in range(g.KW):
-                    num = wi + g.PL - kw * g.DW
-                    if num < 0 or num % g.SW != 0:
-                        continue
-                    wo = num // g.SW
-                    if wo >= g.WO:
-                        continue
-                    xoff[taps] = ((n * g.HO + ho) * g.WO + wo) * F
-                    koff[taps] = (kh * g.KW + kw) * KT
-                    taps = taps + 1
-            pynn_dw_pixel_f(dz, k, NULL, dxr + wi * C, C, xoff, koff, taps)
-        return
-    memset(dxr, 0, g.W * C * sizeof(floating))
+cdef inline int _input_taps(const Geom* g, Py_ssize_t n, Py_ssize_t hi, Py_ssize_t wi,
+                            Py_ssize_t* doff, Py_ssize_t* koff) noexcept nogil:
+    """The outputs whose windows cover input pixel (n, hi, wi), in (kh, kw) order: each
+    one's offset in dz and its tap's in the kernel; their count."""
+    cdef Py_ssize_t kh, kw, num, ho, wo
+    cdef int taps = 0
     for kh in range(g.KH):
         num = hi + g.PT - kh * g.DH
         if num < 0 or num % g.SH != 0:
@@ -275,28 +197,92 @@ cdef void _backward_input_row(const floating* dz, const floating* k, floating* d
         ho = num // g.SH
         if ho >= g.HO:
             continue
-        for wi in range(g.W):
-            out = dxr + wi * C
-            for kw in range(g.KW):
-                num = wi + g.PL - kw * g.DW
-                if num < 0 or num % g.SW != 0:
-                    continue
-                wo = num // g.SW
-                if wo >= g.WO:
-                    continue
-                dp = dz + ((n * g.HO + ho) * g.WO + wo) * F
-                kp = k + (kh * g.KW + kw) * KT
-                if CG == 1 and FG == 1:
-                    for c in range(C):
-                        out[c] += dp[c] * kp[c]
-                else:
-                    for grp in range(g.G):
-                        for ci in range(CG):
-                            kr = kp + ci * F + grp * FG
-                            s = 0
-                            for m in range(FG):
-                                s = s + dp[grp * FG + m] * kr[m]
-                            out[grp * CG + ci] += s
+        for kw in range(g.KW):
+            num = wi + g.PL - kw * g.DW
+            if num < 0 or num % g.SW != 0:
+                continue
+            wo = num // g.SW
+            if wo >= g.WO:
+                continue
+            doff[taps] = ((n * g.HO + ho) * g.WO + wo) * g.F
+            koff[taps] = (kh * g.KW + kw) * g.CG * g.F
+            taps = taps + 1
+    return taps
+
+
+cdef void _forward_row(const floating* x, const floating* k, const floating* bias, floating* z,
+                       floating* y, const Geom* g, const int* first, Py_ssize_t r, int act,
+                       floating alpha, Py_ssize_t* lists) noexcept nogil:
+    """Output row r = n*HO + ho: z = bias + taps, then y = act(z) (y may alias z). lists:
+    room for two lists of a pixel's taps where the kernel has more than PYNN_DW_MAX_TAPS,
+    else NULL (they fit on the stack)."""
+    cdef Py_ssize_t n = r // g.HO, ho = r % g.HO, CM = g.F
+    cdef Py_ssize_t wo, j
+    cdef floating* zr = z + r * g.WO * CM
+    cdef floating* yr = y + r * g.WO * CM
+    cdef floating* out
+    cdef Py_ssize_t stack[2 * 64]
+    cdef Py_ssize_t* xoff = &stack[0] if lists == NULL else lists
+    cdef Py_ssize_t* koff = xoff + g.KH * g.KW
+    cdef int taps, t
+    for wo in range(g.WO):
+        out = zr + wo * CM
+        taps = _window_taps(g, n, ho, wo, xoff, koff)
+        if floating is float and g.CG == 1 and g.FG == 1:
+            pynn_dw_pixel_f(x, k, bias, out, CM, xoff, koff, taps)
+            continue
+        if bias != NULL:
+            for j in range(CM):
+                out[j] = bias[j]
+        else:
+            memset(out, 0, CM * sizeof(floating))
+        for t in range(taps):
+            _tap(x + xoff[t], k + koff[t], out, g, first)
+    if act == ACT_SOFTMAX:
+        for wo in range(g.WO):
+            softmax_row(zr + wo * CM, yr + wo * CM, CM)
+    else:
+        act_forward_vec(zr, yr, g.WO * CM, act, alpha)
+
+
+cdef void _backward_input_row(const floating* dz, const floating* k, floating* dx,
+                              const Geom* g, Py_ssize_t r, Py_ssize_t* lists) noexcept nogil:
+    """Input row r = n*H + hi of dx: every dz element whose window covers it, times its tap,
+    summed over the outputs of each input channel's group, in (kh, kw) order. lists: see
+    _forward_row."""
+    cdef Py_ssize_t n = r // g.H, hi = r % g.H, C = g.C, F = g.F, FG = g.FG, CG = g.CG
+    cdef Py_ssize_t wi, c, m, grp, ci
+    cdef floating* out
+    cdef const floating* dp
+    cdef const floating* kp
+    cdef const floating* kr
+    cdef floating s
+    cdef Py_ssize_t stack[2 * 64]
+    cdef Py_ssize_t* doff = &stack[0] if lists == NULL else lists
+    cdef Py_ssize_t* koff = doff + g.KH * g.KW
+    cdef int taps, t
+    for wi in range(g.W):
+        out = dx + (r * g.W + wi) * C
+        taps = _input_taps(g, n, hi, wi, doff, koff)
+        if floating is float and CG == 1 and FG == 1:
+            # the sums in registers from 0 (pynn_dw_pixel_f), as the loop below from zeros
+            pynn_dw_pixel_f(dz, k, NULL, out, C, doff, koff, taps)
+            continue
+        memset(out, 0, C * sizeof(floating))
+        for t in range(taps):
+            dp = dz + doff[t]
+            kp = k + koff[t]
+            if CG == 1 and FG == 1:
+                for c in range(C):
+                    out[c] += dp[c] * kp[c]
+            else:
+                for grp in range(g.G):
+                    for ci in range(CG):
+                        kr = kp + ci * F + grp * FG
+                        s = 0
+                        for m in range(FG):
+                            s = s + dp[grp * FG + m] * kr[m]
+                        out[grp * CG + ci] += s
 
 
 cdef void _backward_weight_slab(const floating* x, const floating* dz, floating* part,
@@ -337,33 +323,44 @@ ctypedef struct _DepthwiseJob:
     double alpha
     long slabs
     Py_ssize_t width
+    Py_ssize_t* lists    # per team slot, two tap lists of KH*KW (kernels over 64 taps)
 
 
 cdef inline int _threads(Geom g) noexcept nogil:
     return omp_get_max_threads() if g.N * g.H * g.W * g.F >= PARALLEL_MIN else 1
 
 
+cdef inline Py_ssize_t* _slot_lists(const _DepthwiseJob* j, int slot) noexcept nogil:
+    return NULL if j.lists == NULL else j.lists + slot * 2 * j.g.KH * j.g.KW
+
+
 cdef void _forward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
     """Output rows; each on one thread, as the serial loop writes it."""
     cdef _DepthwiseJob* j = <_DepthwiseJob*>ctx
+    cdef Py_ssize_t* lists = _slot_lists(j, slot)
     cdef long r
     for r in range(begin, end):
         if j.is_double:
             _forward_row(<const double*>j.x, <const double*>j.k, <const double*>j.bias,
-                         <double*>j.z, <double*>j.y, j.g, j.first, r, j.act, <double>j.alpha)
+                         <double*>j.z, <double*>j.y, j.g, j.first, r, j.act, <double>j.alpha,
+                         lists)
         else:
             _forward_row(<const float*>j.x, <const float*>j.k, <const float*>j.bias,
-                         <float*>j.z, <float*>j.y, j.g, j.first, r, j.act, <float>j.alpha)
+                         <float*>j.z, <float*>j.y, j.g, j.first, r, j.act, <float>j.alpha,
+                         lists)
 
 
 cdef void _backward_input_job(void* ctx, long begin, long end, int slot) noexcept nogil:
     cdef _DepthwiseJob* j = <_DepthwiseJob*>ctx
+    cdef Py_ssize_t* lists = _slot_lists(j, slot)
     cdef long r
     for r in range(begin, end):
         if j.is_double:
-            _backward_input_row(<const double*>j.x, <const double*>j.k, <double*>j.y, j.g, r)
+            _backward_input_row(<const double*>j.x, <const double*>j.k, <double*>j.y, j.g, r,
+                                lists)
         else:
-            _backward_input_row(<const float*>j.x, <const float*>j.k, <float*>j.y, j.g, r)
+            _backward_input_row(<const float*>j.x, <const float*>j.k, <float*>j.y, j.g, r,
+                                lists)
 
 
 cdef void _backward_weight_job(void* ctx, long begin, long end, int slot) noexcept nogil:
@@ -380,6 +377,19 @@ cdef void _backward_weight_job(void* ctx, long begin, long end, int slot) noexce
             _backward_weight_slab(<const float*>j.x, <const float*>j.dz,
                                   <float*>j.z + s * j.width, j.g, j.first,
                                   s * rows // j.slabs, (s + 1) * rows // j.slabs)
+
+
+cdef object _lists(Geom g, int threads, _DepthwiseJob* job):
+    """job.lists for a kernel of more taps than the rows' stack lists hold (NULL otherwise);
+    the array that holds them, kept alive by the caller for the job."""
+    cdef Py_ssize_t[::1] view
+    job.lists = NULL
+    if g.KH * g.KW <= PYNN_DW_MAX_TAPS:
+        return None
+    lists = np.empty(max(threads, 1) * 2 * g.KH * g.KW, dtype=np.intp)
+    view = lists
+    job.lists = &view[0]
+    return lists
 
 
 def _run_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] kernel, bias,
@@ -399,6 +409,7 @@ def _run_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] ke
     job.is_double, job.x, job.k, job.bias, job.z, job.y = floating is double, xp, kp, bp, \
         zp, yp
     job.g, job.first, job.act, job.alpha = &g, &first[0], act, alpha
+    lists = _lists(g, threads, &job)
     with nogil:
         pynn_team_for(g.N * g.HO, team_grain(g.N * g.HO, threads), threads,
                       _forward_job, &job)
@@ -411,6 +422,7 @@ def _run_backward_input(const floating[:, :, :, ::1] dz, const floating[:, :, :,
     job.is_double, job.x, job.k, job.y = floating is double, &dz[0, 0, 0, 0], \
         &kernel[0, 0, 0, 0], &dx[0, 0, 0, 0]
     job.g = &g
+    lists = _lists(g, threads, &job)
     with nogil:
         pynn_team_for(g.N * g.H, team_grain(g.N * g.H, threads), threads,
                       _backward_input_job, &job)
