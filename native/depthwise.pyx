@@ -23,6 +23,9 @@ plain multiply-add of three rows). Large groups are the GEMM conv's job (Conv2D,
   0.88-0.90 ms).
 - backward_weight: the output rows are cut into a fixed number of slabs (not threads), each
   with its own (KH, KW, CM) partial, added in slab order: bit-identical for any thread count.
+  M == 1, float32: each tap's partial over an output row's pixels in registers, four
+  vectors of channels at once, stored once per row (pynn_dw_weight_run_f; 1.21 -> 0.65-0.67
+  ms, the same bits).
 Outputs are fresh arrays; nothing accumulates into caller memory.
 """
 
@@ -96,6 +99,58 @@ cdef extern from *:
     }
     """
     int PYNN_DW_MAX_TAPS
+
+# The kernel gradient's partial of one tap over one output row (M = 1, float32): each
+# channel's products added in pixel order, four vectors of channels in registers at once
+# (four independent chains), the partial stored once per row instead of once per pixel.
+cdef extern from *:
+    """
+    static inline void pynn_dw_weight_run_f(const float* x, Py_ssize_t xs, const float* d,
+                                            Py_ssize_t count, float* part, Py_ssize_t C) {
+        Py_ssize_t c = 0, i;
+        for (; c + 64 <= C; c += 64) {
+            pynn_dw_r16 a0 = (pynn_dw_r16)(*(const pynn_dw_v16*)(part + c));
+            pynn_dw_r16 a1 = (pynn_dw_r16)(*(const pynn_dw_v16*)(part + c + 16));
+            pynn_dw_r16 a2 = (pynn_dw_r16)(*(const pynn_dw_v16*)(part + c + 32));
+            pynn_dw_r16 a3 = (pynn_dw_r16)(*(const pynn_dw_v16*)(part + c + 48));
+            for (i = 0; i < count; i++) {
+                const float* xp = x + i * xs + c;
+                const float* dp = d + i * C + c;
+                a0 = a0 + (pynn_dw_r16)(*(const pynn_dw_v16*)xp)
+                          * (pynn_dw_r16)(*(const pynn_dw_v16*)dp);
+                a1 = a1 + (pynn_dw_r16)(*(const pynn_dw_v16*)(xp + 16))
+                          * (pynn_dw_r16)(*(const pynn_dw_v16*)(dp + 16));
+                a2 = a2 + (pynn_dw_r16)(*(const pynn_dw_v16*)(xp + 32))
+                          * (pynn_dw_r16)(*(const pynn_dw_v16*)(dp + 32));
+                a3 = a3 + (pynn_dw_r16)(*(const pynn_dw_v16*)(xp + 48))
+                          * (pynn_dw_r16)(*(const pynn_dw_v16*)(dp + 48));
+            }
+            *(pynn_dw_v16*)(part + c) = a0;
+            *(pynn_dw_v16*)(part + c + 16) = a1;
+            *(pynn_dw_v16*)(part + c + 32) = a2;
+            *(pynn_dw_v16*)(part + c + 48) = a3;
+        }
+        for (; c + 16 <= C; c += 16) {
+            pynn_dw_r16 a = (pynn_dw_r16)(*(const pynn_dw_v16*)(part + c));
+            for (i = 0; i < count; i++)
+                a = a + (pynn_dw_r16)(*(const pynn_dw_v16*)(x + i * xs + c))
+                        * (pynn_dw_r16)(*(const pynn_dw_v16*)(d + i * C + c));
+            *(pynn_dw_v16*)(part + c) = a;
+        }
+        for (; c < C; c++) {
+            float s = part[c];
+            for (i = 0; i < count; i++)
+    #if defined(__FMA__)
+                s = __builtin_fmaf(x[i * xs + c], d[i * C + c], s);
+    #else
+                s = s + x[i * xs + c] * d[i * C + c];
+    #endif
+            part[c] = s;
+        }
+    }
+    """
+    void pynn_dw_weight_run_f(const float* x, Py_ssize_t xs, const float* d, Py_ssize_t count,
+                              float* part, Py_ssize_t C) noexcept nogil
     void pynn_dw_pixel_f(const float* x, const float* k, const float* bias, float* out,
                          Py_ssize_t C, const Py_ssize_t* xoff, const Py_ssize_t* koff,
                          int taps) noexcept nogil
@@ -285,13 +340,43 @@ cdef void _backward_input_row(const floating* dz, const floating* k, floating* d
                         out[grp * CG + ci] += s
 
 
+cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """ceil(a / b) for b > 0, any sign of a."""
+    return -((-a) // b) if a < 0 else (a + b - 1) // b
+
+
 cdef void _backward_weight_slab(const floating* x, const floating* dz, floating* part,
                                 const Geom* g, const int* first, Py_ssize_t r0,
                                 Py_ssize_t r1) noexcept nogil:
     """part (KH, KW, CG, F) = the kernel gradient over output rows [r0, r1)."""
     cdef Py_ssize_t CM = g.F, KT = g.CG * g.F
-    cdef Py_ssize_t r, n, ho, wo, kh, kw, hi, wi
+    cdef Py_ssize_t r, n, ho, wo, kh, kw, hi, wi, lo, hi_end
     memset(part, 0, g.KH * g.KW * KT * sizeof(floating))
+    if floating is float and g.CG == 1 and g.FG == 1:
+        # each tap's partial over the row's pixels whose window puts it inside x (a run of
+        # wo), in the loop below's pixel order per channel: the same bits
+        for r in range(r0, r1):
+            n = r // g.HO
+            ho = r % g.HO
+            for kh in range(g.KH):
+                hi = ho * g.SH - g.PT + kh * g.DH
+                if hi < 0 or hi >= g.H:
+                    continue
+                for kw in range(g.KW):
+                    # wo with 0 <= wo*SW - PL + kw*DW < W
+                    lo = _ceil_div(g.PL - kw * g.DW, g.SW)
+                    if lo < 0:
+                        lo = 0
+                    hi_end = _ceil_div(g.W + g.PL - kw * g.DW, g.SW)
+                    if hi_end > g.WO:
+                        hi_end = g.WO
+                    if hi_end <= lo:
+                        continue
+                    wi = lo * g.SW - g.PL + kw * g.DW
+                    pynn_dw_weight_run_f(x + ((n * g.H + hi) * g.W + wi) * g.C, g.SW * g.C,
+                                         dz + (r * g.WO + lo) * CM, hi_end - lo,
+                                         part + (kh * g.KW + kw) * KT, CM)
+        return
     for r in range(r0, r1):
         n = r // g.HO
         ho = r % g.HO
