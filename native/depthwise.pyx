@@ -352,16 +352,16 @@ cdef void _backward_weight_slab(const floating* x, const floating* dz, floating*
     cdef Py_ssize_t CM = g.F, KT = g.CG * g.F
     cdef Py_ssize_t r, n, ho, wo, kh, kw, hi, wi, lo, hi_end
     memset(part, 0, g.KH * g.KW * KT * sizeof(floating))
-    if floating is float and g.CG == 1 and g.FG == 1:
-        # each tap's partial over the row's pixels whose window puts it inside x (a run of
-        # wo), in the loop below's pixel order per channel: the same bits
-        for r in range(r0, r1):
-            n = r // g.HO
-            ho = r % g.HO
-            for kh in range(g.KH):
-                hi = ho * g.SH - g.PT + kh * g.DH
-                if hi < 0 or hi >= g.H:
-                    continue
+    for r in range(r0, r1):
+        n = r // g.HO
+        ho = r % g.HO
+        for kh in range(g.KH):
+            hi = ho * g.SH - g.PT + kh * g.DH
+            if hi < 0 or hi >= g.H:
+                continue
+            if floating is float and g.CG == 1 and g.FG == 1:
+                # each tap's partial over the row's pixels whose window puts it inside x (a
+                # run of wo), in the loop below's pixel order per channel: the same bits
                 for kw in range(g.KW):
                     # wo with 0 <= wo*SW - PL + kw*DW < W
                     lo = _ceil_div(g.PL - kw * g.DW, g.SW)
@@ -376,13 +376,6 @@ cdef void _backward_weight_slab(const floating* x, const floating* dz, floating*
                     pynn_dw_weight_run_f(x + ((n * g.H + hi) * g.W + wi) * g.C, g.SW * g.C,
                                          dz + (r * g.WO + lo) * CM, hi_end - lo,
                                          part + (kh * g.KW + kw) * KT, CM)
-        return
-    for r in range(r0, r1):
-        n = r // g.HO
-        ho = r % g.HO
-        for kh in range(g.KH):
-            hi = ho * g.SH - g.PT + kh * g.DH
-            if hi < 0 or hi >= g.H:
                 continue
             for wo in range(g.WO):
                 for kw in range(g.KW):
