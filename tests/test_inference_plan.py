@@ -776,6 +776,52 @@ def test_a_residual_mlp_answers_batch_1_through_its_lane():
     assert two._inference.lane is None
 
 
+@pytest.mark.parametrize("residual", [False, True])
+def test_a_first_input_that_overflows_keeps_the_chain_and_warns_nothing(residual, recwarn):
+    """A plan checks a chain's answer on its first input against the steps it replaces; where
+    that input overflows (an exponential layer, huge weights) the infinities agree, so the
+    chain stays, and comparing them is no NumPy warning in the caller's console (the check
+    once subtracted inf from inf: 'invalid value encountered', and the chain was dropped)."""
+    if residual:
+        x_in = L.Input((6,))
+        h = L.Dense(9, activation="exponential")(x_in)
+        h = L.Add()([h, L.Dense(9)(h)])
+        model = pynn.Model(x_in, L.Dense(3)(h))
+    else:
+        model = pynn.Sequential([L.Input((6,)), L.Dense(9, activation="exponential"),
+                                 L.Dense(5), L.Dense(3)])
+    rng = np.random.default_rng(41)
+    randomize(model, rng)
+    first = model.layers[1] if residual else model.layers[0]
+    first.kernel.value[...] = 40.0     # e^(40 * 6 * 3) overflows: inf and, past it, nan
+    x = np.abs(rand(rng, (4, 6))) + 0.5
+    got = model.predict_on_batch(x)
+    want = general(model, [x])[0]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isinf(want).any() or np.isnan(want).any(), "the input must overflow"
+    assert_close(np.nan_to_num(got, posinf=0, neginf=0), np.nan_to_num(want, posinf=0,
+                 neginf=0), 1e-6, "overflowing chain")
+    assert "_DenseChainRunner" in runners(model, [x])
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    # the next input, finite, through the same chain
+    x2 = rand(rng, (4, 6)) * 1e-3
+    assert_close(model.predict_on_batch(x2), general(model, [x2])[0], 1e-6, "after overflow")
+
+
+def test_close_values_takes_nonfinite_values_where_they_agree():
+    close = inference._close_values
+    a = np.array([1.0, np.inf, -np.inf, np.nan, 2.0], np.float32)
+    assert close(a.copy(), a)
+    assert close(a + np.float32(5e-6), a)
+    assert not close(a + np.float32(5e-5), a)
+    for i, v in [(0, np.nan), (1, -np.inf), (2, 3.0), (3, 1.0), (4, np.inf)]:
+        b = a.copy()
+        b[i] = v
+        assert not close(b, a), (i, v)
+    assert not close(a[:4], a)
+    assert close(a[:0], a[:0])
+
+
 def test_a_value_the_caller_also_gets_ends_the_chain():
     """An Add's output that is also a model output is not kept inside a chain: the chain
     stops there and the caller gets both outputs right."""
