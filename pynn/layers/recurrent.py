@@ -797,7 +797,9 @@ class Bidirectional(Layer):
             elif self.merge_mode == "mul":
                 dyf, dyb = b.merge_backward(d, list(cache[2]), "multiply")
             else:
-                dyf, dyb = b.merge_backward(d, None, "add" if self.merge_mode == "sum"
+                # a sum's or mean's gradient reads no input value: d stands in for both
+                # outputs, whose shape it has (fresh arrays come back either way)
+                dyf, dyb = b.merge_backward(d, [d, d], "add" if self.merge_mode == "sum"
                                             else "average")
         if self.return_sequences and dyb is not None:
             dyb = b.sequence_reverse(dyb)
