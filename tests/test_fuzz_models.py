@@ -337,9 +337,10 @@ def check_gradients(seed, coordinates=6):
             flat = v.value.reshape(-1)
             for i in rng.choice(flat.size, min(coordinates, flat.size), replace=False):
                 old, estimates = flat[i], []
-                # two steps: a saturated head's loss is itself rounded to ~1e-12, which a
-                # step of 1e-6 would turn into 1e-6 of error
-                for h in (1e-4, 1e-5):
+                # three steps, the closest kept: a saturated head's loss is itself rounded to
+                # ~1e-12, which a step of 1e-6 turns into 1e-6 of error; a kink (Maximum,
+                # relu) within 1e-4 of the weight bends the longer steps
+                for h in (1e-4, 1e-5, 1e-6):
                     flat[i] = old + h
                     plus = loss_at()
                     flat[i] = old - h
@@ -358,7 +359,7 @@ def check_gradients(seed, coordinates=6):
 
 def check_opencl(seed):
     """On OpenCL, predictions, loss and gradients no further from float64 than the CPU's
-    float32 ones (4x, plus 1e-6 of the largest value: a reduction in float32 where the
+    float32 ones (4x, plus 1e-5 of the largest value: a reduction in float32 where the
     CPU's runs in double, a gradient that cancels to zero)."""
     model, *_, p64, l64, g64 = run_step(seed, "float64")
     *_, p32, l32, g32 = run_step(seed, "float32")
@@ -370,7 +371,7 @@ def check_opencl(seed):
             continue
         scale = max(1.0, float(np.abs(ref).max()))
         err_cpu, err_cl = float(np.abs(cpu - ref).max()), float(np.abs(cl - ref).max())
-        assert err_cl <= 4 * err_cpu + 1e-6 * scale, \
+        assert err_cl <= 4 * err_cpu + 1e-5 * scale, \
             f"seed {seed}: {name} on OpenCL {err_cl:.3g} from float64, the CPU {err_cpu:.3g}"
 
 

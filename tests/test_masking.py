@@ -143,6 +143,46 @@ def test_mask_passes_dropout_and_dense_and_pools_over_time(return_sequences):
                                np.asarray(km.predict(idx, verbose=0)), atol=1e-5)
 
 
+MASK_PASSERS = [("ReLU", (), {"max_value": 2.0, "threshold": 0.1}), ("LeakyReLU", (0.2,), {}),
+                ("ELU", (), {}), ("PReLU", (), {}), ("Identity", (), {}),
+                ("LayerNormalization", (), {}), ("GroupNormalization", (2,), {}),
+                ("Rescaling", (0.5, 0.1), {}), ("Normalization", (), {"mean": 0.2,
+                                                                   "variance": 2.0}),
+                ("ActivityRegularization", (0.01, 0.01), {}), ("GaussianNoise", (0.2,), {}),
+                ("GaussianDropout", (0.2,), {})]
+
+
+@pytest.mark.parametrize("name,args,kw", MASK_PASSERS, ids=[c[0] for c in MASK_PASSERS])
+def test_the_mask_passes_layers_that_keras_passes_it_through(name, args, kw):
+    """Keras 3 passes the input's mask on through these layers (their supports_masking):
+    a recurrent layer after one skips the masked steps. pynn dropped it there, so the
+    recurrence ran over the padding: predictions and training parted from Keras's."""
+    rng = np.random.default_rng(11)
+    x = _padded(rng, 4, 6, 4, [6, 3, 1, 5])
+
+    def build(lib):
+        m = keras.layers if lib is keras else L
+        inp = (keras if lib is keras else pynn).Input((6, 4))
+        h = getattr(m, name)(*args, **kw)(m.Masking(0.0)(inp))
+        h = m.GRU(3, return_sequences=True)(h)
+        return (keras.Model if lib is keras else pynn.Model)(inp, m.GRU(2)(h))
+    km, pm = build(keras), build(pynn)
+    pm.set_weights([rng.uniform(-0.5, 0.5, w.shape).astype(np.float32)
+                    for w in pm.get_weights()])
+    km.set_weights(pm.get_weights())
+    np.testing.assert_allclose(pm.predict(x, verbose=0), np.asarray(km.predict(x, verbose=0)),
+                               atol=1e-5)
+    if name.startswith("Gaussian"):
+        return  # training draws noise: the two frameworks' draws differ
+    y = rng.standard_normal((4, 2)).astype(np.float32)
+    km.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    pm.compile(optimizer=pynn.optimizers.SGD(0.1), loss="mse")
+    km.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    pm.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    for a, b in zip(pm.get_weights(), km.get_weights()):
+        np.testing.assert_allclose(a, np.asarray(b), atol=1e-5)
+
+
 def test_masked_average_pooling_gradient_matches_finite_differences():
     from tests.reference.gradcheck import numerical_grad
 

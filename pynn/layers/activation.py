@@ -30,6 +30,8 @@ class ReLU(Layer):
     """max_value-capped, thresholded relu with a negative slope below the threshold:
     y = min(x, max_value) where x > threshold, else negative_slope * (x - threshold)."""
 
+    supports_masking = True  # the input's mask passes on, as in Keras 3
+
     def __init__(self, max_value=None, negative_slope=0.0, threshold=0.0, **kwargs):
         super().__init__(**kwargs)
         self.max_value = _non_negative(self, "max_value", max_value, allow_none=True)
@@ -77,6 +79,8 @@ class _Elementwise(Layer):
 class LeakyReLU(_Elementwise):
     """y = x where x > 0, else negative_slope * x (Keras 3 default 0.3)."""
 
+    supports_masking = True  # the input's mask passes on, as in Keras 3
+
     activation = "leaky_relu"
 
     def __init__(self, negative_slope=0.3, **kwargs):
@@ -96,6 +100,8 @@ class ELU(_Elementwise):
     """y = x where x > 0, else alpha * (exp(x) - 1). alpha >= 0: the backward reads the
     branch from the output's sign."""
 
+    supports_masking = True  # the input's mask passes on, as in Keras 3
+
     activation = "elu"
 
     def __init__(self, alpha=1.0, **kwargs):
@@ -114,6 +120,8 @@ class ELU(_Elementwise):
 class PReLU(Layer):
     """y = x where x > 0, else alpha * x with a trainable alpha of shape input_shape[1:],
     1 on ``shared_axes`` (Keras's weight layout)."""
+
+    supports_masking = True  # the input's mask passes on, as in Keras 3
 
     def __init__(self, alpha_initializer="zeros", alpha_regularizer=None,
                  alpha_constraint=None, shared_axes=None, **kwargs):

@@ -273,6 +273,8 @@ class ActivityRegularization(Layer):
     """Keras's ActivityRegularization: the identity, whose output's l1 * sum|y| + l2 * sum(y^2)
     (divided by the batch size, as every activity_regularizer is) joins the loss."""
 
+    supports_masking = True  # the input's mask passes on, as in Keras 3
+
     def __init__(self, l1=0.0, l2=0.0, **kwargs):
         if kwargs.get("activity_regularizer") is not None:
             raise TypeError("ActivityRegularization: give l1 and l2, not activity_regularizer")

@@ -52,6 +52,8 @@ class SpatialDropout2D(SeededLayer):
     """Drops whole channels: one keep/drop draw per (sample, channel) of (N, H, W, C),
     survivors scaled by 1/(1-rate)."""
 
+    supports_masking = True  # the input's mask passes on, as in Keras 3
+
     def __init__(self, rate, data_format=None, seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
         self.rate = drop_rate(self, rate)
@@ -89,6 +91,8 @@ class SpatialDropout2D(SeededLayer):
 class GaussianNoise(SeededLayer):
     """y = x + N(0, stddev) in training (additive: the gradient passes unchanged)."""
 
+    supports_masking = True  # the input's mask passes on, as in Keras 3
+
     def __init__(self, stddev, seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
         try:
@@ -118,6 +122,8 @@ class GaussianNoise(SeededLayer):
 
 class GaussianDropout(SeededLayer):
     """y = x * N(1, sqrt(rate / (1 - rate))) in training."""
+
+    supports_masking = True  # the input's mask passes on, as in Keras 3
 
     def __init__(self, rate, seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)

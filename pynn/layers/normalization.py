@@ -288,6 +288,8 @@ class LayerNormalization(_Normalization):
     normalized axes' shape. ``rms_scaling`` (deprecated in Keras) scales by the inverse
     standard deviation without centering, and has no beta."""
 
+    supports_masking = True  # the input's mask passes on, as in Keras 3
+
     def __init__(self, axis=-1, epsilon=1e-3, center=True, scale=True, rms_scaling=False,
                  beta_initializer="zeros", gamma_initializer="ones", beta_regularizer=None,
                  gamma_regularizer=None, beta_constraint=None, gamma_constraint=None,
@@ -369,6 +371,8 @@ class GroupNormalization(_Normalization):
     """Keras 3's GroupNormalization: the channels of the last axis split into ``groups``
     consecutive groups (-1: one per channel), each normalized per sample over its channels
     and every other non-batch axis. pynn supports the channels_last axis (-1) only."""
+
+    supports_masking = True  # the input's mask passes on, as in Keras 3
 
     def __init__(self, groups=32, axis=-1, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones", beta_regularizer=None,

@@ -200,6 +200,8 @@ class _RandomLayer(_ImageLayer):
 class Rescaling(Layer):
     """y = x * scale + offset (scale and offset numbers or per-channel lists)."""
 
+    supports_masking = True  # the input's mask passes on, as in Keras 3
+
     def __init__(self, scale, offset=0.0, **kwargs):
         super().__init__(**kwargs)
         self.scale, self.offset = scale, offset
@@ -245,6 +247,8 @@ class Normalization(Layer):
     """Keras 3's Normalization: y = (x - mean) / max(sqrt(variance), 1e-7) over the kept
     ``axis`` (or its inverse); mean, variance and count are Keras's non-trainable weights
     unless given. The kept axes must be the trailing ones (or axis=None: one mean)."""
+
+    supports_masking = True  # the input's mask passes on, as in Keras 3
 
     def __init__(self, axis=-1, mean=None, variance=None, invert=False, **kwargs):
         super().__init__(**kwargs)

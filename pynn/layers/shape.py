@@ -87,6 +87,8 @@ class RepeatVector(Layer):
 class Identity(Layer):
     """Returns its input unchanged (a placeholder, as in Keras)."""
 
+    supports_masking = True  # the input's mask passes on, as in Keras 3
+
     def call(self, x, training=False):
         return x
 
