@@ -104,7 +104,7 @@ def sequence_layer(rng, x):
     units = size(rng, 1, 6)
     kind = pick(rng, ["lstm", "gru", "rnn", "bidirectional", "conv", "separable", "transpose",
                       "pool", "dense", "timedistributed", "upsample", "crop", "pad",
-                      "layernorm"])
+                      "layernorm", "batchnorm"])
     if kind in ("lstm", "gru", "rnn"):
         kw = {"return_sequences": True, "go_backwards": bool(rng.integers(2))}
         if kind == "gru" and rng.integers(2):
@@ -137,6 +137,8 @@ def sequence_layer(rng, x):
         return L.Cropping1D((1, 0))(x)
     if kind == "pad":
         return L.ZeroPadding1D(1)(x)
+    if kind == "batchnorm":  # a mask's moments in training (Keras's)
+        return L.BatchNormalization(momentum=0.5)(x)
     return L.LayerNormalization()(x)
 
 

@@ -149,7 +149,10 @@ MASK_PASSERS = [("ReLU", (), {"max_value": 2.0, "threshold": 0.1}), ("LeakyReLU"
                 ("Rescaling", (0.5, 0.1), {}), ("Normalization", (), {"mean": 0.2,
                                                                    "variance": 2.0}),
                 ("ActivityRegularization", (0.01, 0.01), {}), ("GaussianNoise", (0.2,), {}),
-                ("GaussianDropout", (0.2,), {})]
+                ("GaussianDropout", (0.2,), {}),
+                # in training, Keras's moments over the unmasked steps only
+                ("BatchNormalization", (), {"momentum": 0.5}),
+                ("BatchNormalization", (), {"center": False, "scale": False})]
 
 
 @pytest.mark.parametrize("name,args,kw", MASK_PASSERS, ids=[c[0] for c in MASK_PASSERS])
@@ -167,8 +170,9 @@ def test_the_mask_passes_layers_that_keras_passes_it_through(name, args, kw):
         h = m.GRU(3, return_sequences=True)(h)
         return (keras.Model if lib is keras else pynn.Model)(inp, m.GRU(2)(h))
     km, pm = build(keras), build(pynn)
-    pm.set_weights([rng.uniform(-0.5, 0.5, w.shape).astype(np.float32)
-                    for w in pm.get_weights()])
+    pm.set_weights([rng.uniform(0.5, 1.5, v.shape).astype(np.float32)
+                    if v.name == "moving_variance" else
+                    rng.uniform(-0.5, 0.5, v.shape).astype(np.float32) for v in pm.weights])
     km.set_weights(pm.get_weights())
     np.testing.assert_allclose(pm.predict(x, verbose=0), np.asarray(km.predict(x, verbose=0)),
                                atol=1e-5)
@@ -181,6 +185,31 @@ def test_the_mask_passes_layers_that_keras_passes_it_through(name, args, kw):
     pm.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
     for a, b in zip(pm.get_weights(), km.get_weights()):
         np.testing.assert_allclose(a, np.asarray(b), atol=1e-5)
+
+
+def test_masked_batch_norm_after_a_trained_layer_matches_keras():
+    """Masking -> Dense -> BatchNormalization -> relu -> LSTM: the masked moments' gradient
+    reaches the Dense (the plan runs the normalization and the relu as one step)."""
+    rng = np.random.default_rng(12)
+    x = _padded(rng, 5, 6, 3, [6, 2, 4, 1, 5])
+    y = rng.standard_normal((5, 2)).astype(np.float32)
+
+    def build(lib):
+        m = keras.layers if lib is keras else L
+        inp = (keras if lib is keras else pynn).Input((6, 3))
+        h = m.Dense(4)(m.Masking(0.0)(inp))
+        h = m.Activation("relu")(m.BatchNormalization(momentum=0.8)(h))
+        return (keras.Model if lib is keras else pynn.Model)(inp, m.LSTM(2)(h))
+    km, pm = build(keras), build(pynn)
+    km.set_weights(pm.get_weights())
+    km.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    pm.compile(optimizer=pynn.optimizers.SGD(0.1), loss="mse")
+    km.fit(x, y, batch_size=5, epochs=3, shuffle=False, verbose=0)
+    pm.fit(x, y, batch_size=5, epochs=3, shuffle=False, verbose=0)
+    for a, b in zip(pm.get_weights(), km.get_weights()):
+        np.testing.assert_allclose(a, np.asarray(b), atol=1e-5)
+    np.testing.assert_allclose(pm.predict(x, verbose=0), np.asarray(km.predict(x, verbose=0)),
+                               atol=1e-5)
 
 
 def test_masked_average_pooling_gradient_matches_finite_differences():

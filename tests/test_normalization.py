@@ -403,6 +403,56 @@ def test_batch_norm_gradients(float64, seeded, shape, axis, center, scale):
     assert len(params) == center + scale
 
 
+@pytest.mark.parametrize("activation", ["linear", "relu"])
+@pytest.mark.parametrize("center,scale", [(True, True), (False, False)])
+def test_masked_batch_norm_gradients(float64, seeded, activation, center, scale):
+    """With a mask, training normalizes by Keras's moments over the unmasked steps; the
+    backward adds what reaches an unmasked x through them (and a fused relu: call_activated,
+    as a model's plan runs BatchNormalization -> Activation)."""
+    layer = layers.BatchNormalization(center=center, scale=scale)
+    layer.build((None, 5, 3))
+    if scale:
+        layer.gamma.value[:] = seeded.standard_normal(3)
+    if center:
+        layer.beta.value[:] = seeded.standard_normal(3)
+    x = shifted(seeded, (4, 5, 3), np.float64)
+    mask = seeded.random((4, 5)) > 0.4
+    mask[0, 0] = True
+
+    def forward():
+        return np.asarray(layer.call_activated(x, True, activation, 0.0, mask=mask))
+
+    y = forward()
+    r = seeded.standard_normal(y.shape)
+    keep = mask[..., None]
+    want_mean = (x * keep).sum((0, 1)) / (keep.sum() + 1e-7)
+    want_var = (((x - want_mean) * keep) ** 2).sum((0, 1)) / (keep.sum() + 1e-7)
+    gamma = layer.gamma.value if scale else 1.0
+    beta = layer.beta.value if center else 0.0
+    want = (x - want_mean) / np.sqrt(want_var + layer.epsilon) * gamma + beta
+    assert_grad_close("masked batch norm forward", y,
+                      np.maximum(want, 0) if activation == "relu" else want)
+
+    def loss():
+        return float(np.sum(forward() * r))
+
+    forward()
+    dx = layer.backward(r.copy())
+    params = [v for v in layer.weights if v.trainable]
+    analytic = {v.path: np.array(v.grad) for v in params}
+    assert_grad_close("masked batch norm d/dx", dx, numerical_grad(loss, x))
+    for v in params:
+        assert_grad_close(v.path, analytic[v.path], numerical_grad(loss, v.value))
+
+
+def test_masked_batch_norm_refuses_a_mask_it_cannot_spread(float64, seeded):
+    layer = layers.BatchNormalization(axis=1)
+    layer.build((None, 5, 3))
+    with pytest.raises(ValueError, match="a mask must cover every axis of the input but the "
+                                         "normalized last one"):
+        layer.call(np.ones((2, 5, 3)), training=True, mask=np.ones((2, 5), bool))
+
+
 def test_batch_norm_gradients_in_inference_mode(float64, seeded):
     """trainable=False: the moving statistics are constants of the backward pass too."""
     layer = layers.BatchNormalization(trainable=False)

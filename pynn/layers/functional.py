@@ -373,7 +373,10 @@ class Plan:
                 elif step.pools is not None:
                     y = layer.call_pooled(x, training, step.pools)
                 elif step.fused is not None:
-                    y = layer.call_activated(x, training, *step.fused)
+                    if masked and _takes_mask(layer):
+                        y = layer.call_activated(x, training, *step.fused, mask=mask)
+                    else:
+                        y = layer.call_activated(x, training, *step.fused)
                 elif masked and _takes_mask(layer):
                     y = layer.call(x, training=training, mask=mask)
                 else:
@@ -525,7 +528,7 @@ class _Rebuild:
         from pynn import backend
 
         layer = steps[self.j].layer
-        x, mean, inv_std, _, _, activation, alpha = saved[self.j][0]
+        x, mean, inv_std, _, _, activation, alpha, _ = saved[self.j][0]
         if type(x) is _Rebuild:  # that normalization's own input was a rebuilt output
             x = x.value(steps, saved)
         return backend.current().batch_norm_apply(

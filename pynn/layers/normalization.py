@@ -118,7 +118,13 @@ class BatchNormalization(_Normalization):
     statistics over every axis but ``axis`` (biased variance) and moves the moving statistics
     towards them; otherwise, as Keras 3 does even in training when ``trainable`` is False,
     it normalizes with the moving statistics. Weights: gamma, beta, moving_mean,
-    moving_variance (the last two never trainable)."""
+    moving_variance (the last two never trainable).
+
+    A mask (a sequence's, from Masking or Embedding(mask_zero=True)) passes on, and in
+    training the statistics are Keras's masked moments: the mean and biased variance over
+    the unmasked steps, each sum divided by their count + 1e-7."""
+
+    supports_masking = True
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones",
@@ -160,10 +166,10 @@ class BatchNormalization(_Normalization):
         _resolve_axis(self._label(), self.axis, input_shape)
         return tuple(input_shape)
 
-    def call(self, x, training=False):
-        return self.call_activated(x, training)
+    def call(self, x, training=False, mask=None):
+        return self.call_activated(x, training, mask=mask)
 
-    def call_activated(self, x, training=False, activation="linear", alpha=0.0):
+    def call_activated(self, x, training=False, activation="linear", alpha=0.0, mask=None):
         """call, then ``activation`` on the normalized values in the same pass (a model's
         plan fuses an Activation that alone reads this layer's output; see
         pynn.layers.functional.Plan); backward takes dy through it the same way."""
@@ -173,11 +179,18 @@ class BatchNormalization(_Normalization):
             x = backend.current().asarray(x, self.dtype)
         batch_stats = bool(training) and self.trainable
         world = self._sync_world() if batch_stats else None
+        masked = None
         if world is not None:
             if activation != "linear":
                 raise ValueError(f"{self._label()}: a synchronized batch norm takes no fused "
                                  "activation")
+            if mask is not None:
+                raise ValueError(f"{self._label()}: a synchronized batch norm takes no mask")
             y, mean, inv_std, sync = self._synchronized_forward(world, x)
+        elif batch_stats and mask is not None:
+            sync = None
+            y, mean, inv_std, masked = self._masked_forward(x, mask, activation, alpha)
+            batch_stats = False  # normalized by the inference form: backward corrects dx
         else:
             sync = None
             y, mean, inv_std = backend.current().batch_norm_forward(
@@ -185,8 +198,67 @@ class BatchNormalization(_Normalization):
                 self.moving_variance.value, self._axis, self.momentum, self.epsilon,
                 batch_stats, activation, alpha)
         if training:
-            self._cache = (x, mean, inv_std, batch_stats, sync, activation, alpha)
+            self._cache = (x, mean, inv_std, batch_stats, sync, activation, alpha, masked)
         return y
+
+    # -- masked: Keras's moments over the unmasked steps (keras BatchNormalization._moments) --
+    def _masked_forward(self, x, mask, activation, alpha):
+        """Per channel: count n of unmasked steps, mean = sum(w x) / (n + 1e-7), variance =
+        sum(w (x - mean)^2) / (n + 1e-7), w the mask; x then normalized with them by the
+        inference form of the kernel, and the moving statistics moved towards them. On the
+        backend's own ops (merge multiply and subtract, column sums), so both backends."""
+        b = backend.current()
+        keep = np.asarray(b.to_numpy(mask) if not isinstance(mask, np.ndarray) else mask)
+        if self._axis != x.ndim - 1 or keep.shape != tuple(x.shape[:-1]):
+            raise ValueError(f"{self._label()}: a mask must cover every axis of the input but "
+                             f"the normalized last one: input {tuple(x.shape)}, axis "
+                             f"{self.axis}, mask {keep.shape}")
+        dtype, channels = x.dtype, x.shape[-1]
+        weight = b.asarray(keep.astype(dtype)[..., None], dtype)
+        denominator = float(np.count_nonzero(keep)) + 1e-7
+
+        def channel_sums(v):
+            return np.asarray(b.to_numpy(b.bias_backward(b.reshape(v, (-1, channels)))),
+                              np.float64)
+
+        mean = channel_sums(b.merge_forward([x, weight], "multiply")) / denominator
+        # (N, 1, .., 1, C): a merge broadcasts over every axis but the batch's, and expands a
+        # lower-rank input at its end (Keras's rule), so the mean goes in at full rank
+        row = b.asarray(np.ascontiguousarray(np.broadcast_to(
+            mean.astype(dtype), (x.shape[0],) + (1,) * (x.ndim - 2) + (channels,))), dtype)
+        centered = b.merge_forward([x, row], "subtract")
+        kept = b.merge_forward([centered, weight], "multiply")
+        var = channel_sums(b.merge_forward([kept, centered], "multiply")) / denominator
+        y, mean_d, inv_d = b.batch_norm_forward(
+            x, self._value(self.gamma), self._value(self.beta), b.asarray(mean, dtype),
+            b.asarray(var, dtype), self._axis, self.momentum, self.epsilon, False, activation,
+            alpha)
+        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, var)):
+            old = np.asarray(b.to_numpy(moving.value), np.float64)
+            b.add_inplace(moving.value, b.asarray((batch - old) * (1.0 - self.momentum),
+                                                  moving.value.dtype))
+        return y, mean_d, inv_d, (weight, denominator, mean, 1.0 / np.sqrt(var + self.epsilon))
+
+    def _masked_correction(self, dx, x, dgamma, dbeta, masked):
+        """dx from the inference form's backward (gamma inv dy) plus what reaches an unmasked
+        x through the masked mean and variance: dx -= w (slope x + offset) per channel, with
+        slope = gamma inv^2 sum(dz xhat) / (n + 1e-7), offset = gamma inv sum(dz) / (n + 1e-7)
+        - slope mean (the 1e-7 in the variance's own mean term, 1e-7 of it, left out)."""
+        weight, denominator, mean, inv = masked
+        b = backend.current()
+        gamma = (np.ones(mean.size) if self.gamma is None
+                 else np.asarray(b.to_numpy(self.gamma.value), np.float64))
+        s1 = np.asarray(b.to_numpy(dbeta), np.float64)
+        s2 = np.asarray(b.to_numpy(dgamma), np.float64)
+        slope = -gamma * inv * inv * s2 / denominator
+        offset = -gamma * inv * s1 / denominator - slope * mean
+        dtype, channels = x.dtype, mean.size
+        correction, _, _ = b.batch_norm_forward(
+            x, b.asarray(slope, dtype), b.asarray(offset, dtype), b.zeros((channels,), dtype),
+            b.asarray(np.full(channels, 1.0 - self.epsilon), dtype), self._axis, self.momentum,
+            self.epsilon, False)
+        b.add_inplace(dx, b.merge_forward([correction, weight], "multiply"))
+        return dx
 
     # -- synchronized: the statistics of the global batch over every data-parallel rank --------
     def _sync_world(self):
@@ -261,13 +333,16 @@ class BatchNormalization(_Normalization):
         if self._cache is None:
             raise RuntimeError(f"{self._label()}: backward() needs a preceding "
                                f"call(x, training=True)")
-        (x, mean, inv_std, batch_stats, sync, activation, alpha), self._cache = self._cache, None
+        (x, mean, inv_std, batch_stats, sync, activation, alpha, masked), self._cache = \
+            self._cache, None
         if sync is not None:
             dx, dgamma, dbeta = self._synchronized_backward(dy, x, mean, inv_std, sync)
         else:
             dx, dgamma, dbeta = backend.current().batch_norm_backward(
                 dy, x, self._value(self.gamma), mean, inv_std, self._axis, batch_stats,
                 self.needs_input_grad, self._value(self.beta), activation, alpha)
+            if masked is not None and dx is not None:
+                dx = self._masked_correction(dx, x, dgamma, dbeta, masked)
         self._set_grads(dgamma, dbeta)
         return dx
 
