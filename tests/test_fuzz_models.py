@@ -14,11 +14,15 @@ random arguments (a draw a layer refuses is skipped), random weights and inputs,
 - in float64, the gradients of one training step against central differences of the loss,
   and the float32 step's gradients against the float64 ones;
 - on OpenCL, predictions, loss and gradients no further from float64 than the CPU's float32
-  answers are, plus a little.
+  answers are, plus a little;
+- int8 copies (static, dynamic) near the float model, and a pruned copy, trained, answering
+  as its stripped twin does.
 
 Found this way: Bidirectional with merge_mode 'sum' or 'ave' could not train (its backward
-asked for inputs it never kept), and a plan whose first input overflowed lost its Dense
-chain and printed NumPy's warning. Each test runs a block of seeds; a failure names the
+asked for inputs it never kept); a plan whose first input overflowed lost its Dense chain
+and printed NumPy's warning; most layers that pass a mask on in Keras 3 dropped it, and so
+did PruneLowMagnitude, the int8 Dense, FakeQuant and the int8 calibration; an int8 bias
+saturated its int32 accumulators. Each test runs a block of seeds; a failure names the
 seed, which ``check_*`` reproduces alone.
 """
 
@@ -197,6 +201,7 @@ def random_model(seed):
     else:
         inputs = L.Input((size(rng, 1, 6),), dtype="int32")
         x = L.Embedding(size(rng, 2, 11), size(rng, 1, 5), mask_zero=bool(rng.integers(2)))(inputs)
+        x = stack(rng, x, sequence_layer, size(rng, 0, 1))  # layers the mask passes or meets
         x = pick(rng, [L.GlobalAveragePooling1D, lambda: L.LSTM(3), lambda: L.GRU(3)])()(x)
     x = stack(rng, x, dense_layer, size(rng, 0, 2))
     head = pick(rng, ["softmax", "linear", "sigmoid"])
@@ -377,6 +382,35 @@ def check_opencl(seed):
             f"seed {seed}: {name} on OpenCL {err_cl:.3g} from float64, the CPU {err_cpu:.3g}"
 
 
+def check_compression(seed):
+    """int8 copies (calibrated, chained or not; dynamic) answer near the float model and
+    alike call after call; a pruned copy trains, and strip_pruning's plain model answers as
+    the pruned one does."""
+    from pynn import compression
+
+    head, model = random_model(seed)
+    weights, x, y, loss = random_case(seed, model, head, batch=16)
+    model.set_weights([w.astype(np.float32) for w in weights])
+    x = x if x.dtype.kind in "iu" else x.astype(np.float32)
+    y = y if y.dtype.kind in "iu" else y.astype(np.float32)
+    want = model.predict(x, verbose=0)
+    for name, quantized in (("static", lambda: compression.quantize(model, x)),
+                            ("unchained", lambda: compression.quantize(model, x, chain=False)),
+                            ("dynamic", lambda: compression.quantize_dynamic(model))):
+        q = quantized()
+        got = q.predict(x, verbose=0)
+        if np.isfinite(want).all():
+            assert_agrees(got, want, 0.15, f"seed {seed}: {name} int8")
+        np.testing.assert_array_equal(q.predict(x, verbose=0), got,
+                                      err_msg=f"seed {seed}: {name} int8, second call")
+    pruned = compression.prune_low_magnitude(model)
+    pruned.compile(optimizer="adam", loss=loss)
+    pruned.fit(x, y, epochs=1, batch_size=8, verbose=0,
+               callbacks=[compression.UpdatePruningStep()])
+    assert_agrees(compression.strip_pruning(pruned).predict(x, verbose=0),
+                  pruned.predict(x, verbose=0), 1e-5, f"seed {seed}: stripped against pruned")
+
+
 def seeds(block):
     return range(block * SEEDS_PER_BLOCK, (block + 1) * SEEDS_PER_BLOCK)
 
@@ -399,6 +433,12 @@ def test_plans_answer_as_the_layers_they_replace(block):
 def test_model_gradients_match_central_differences(block):
     for seed in seeds(block):
         check_gradients(seed)
+
+
+@pytest.mark.parametrize("block", range(BLOCKS))
+def test_compressed_models_answer_as_their_float_models(block):
+    for seed in seeds(block):
+        check_compression(seed)
 
 
 @pytest.mark.opencl

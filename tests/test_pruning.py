@@ -255,6 +255,37 @@ def test_strip_pruning_gives_the_plain_model_with_the_same_outputs(rng, tmp_path
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), plain.predict(x, verbose=0))
 
 
+@pytest.mark.parametrize("inner", ["LSTM", "GRU"])
+def test_a_pruned_masked_text_model_keeps_its_masks(rng, inner):
+    """Embedding(mask_zero=True) -> recurrent -> Dense, every layer wrapped: the wrappers pass
+    masks through their inner layers (made, consumed), so the pruned model computes what the
+    plain one does, in training too, and its stripped twin answers as it does."""
+    ids = rng.integers(1, 30, (12, 7))
+    ids[:, 4:] = 0
+    ids[3, 1:] = 0
+    y = rng.integers(0, 3, 12)
+    model = pynn.Sequential([layers.Input((7,), dtype="int32"),
+                             layers.Embedding(30, 6, mask_zero=True),
+                             getattr(layers, inner)(5), layers.Dense(3)])
+    model.set_weights([rng.uniform(-0.4, 0.4, w.shape).astype(np.float32)
+                       for w in model.get_weights()])
+    pruned = prune_low_magnitude(model, ConstantSparsity(0.3, 0))
+    assert [type(layer).__name__ for layer in pruned.layers] == ["PruneLowMagnitude"] * 3
+    np.testing.assert_allclose(pruned.predict(ids, verbose=0), model.predict(ids, verbose=0),
+                               rtol=1e-6, atol=1e-7)
+    loss = pynn.losses.SparseCategoricalCrossentropy(from_logits=True)
+    pruned.compile("sgd", loss)
+    model.compile("sgd", loss)
+    # before any mask prunes a weight (the schedule's first update is at the first batch),
+    # one evaluation: the same loss as the plain model's
+    np.testing.assert_allclose(pruned.evaluate(ids, y, verbose=0),
+                               model.evaluate(ids, y, verbose=0), rtol=1e-6)
+    pruned.fit(ids, y, batch_size=4, epochs=2, verbose=0, callbacks=[UpdatePruningStep()])
+    plain = strip_pruning(pruned)
+    np.testing.assert_allclose(plain.predict(ids, verbose=0), pruned.predict(ids, verbose=0),
+                               rtol=1e-6, atol=1e-7)
+
+
 def _weight_bytes(path):
     with zipfile.ZipFile(path) as zf:
         return sum(i.compress_size for i in zf.infolist() if i.filename.startswith("weights/"))

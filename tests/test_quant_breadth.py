@@ -229,6 +229,61 @@ def test_functional_two_branch_model_quantizes_static_and_in_place(rng, tmp_path
                 assert any(w.dtype == np.int8 for w in layer.get_weights())
 
 
+@pytest.mark.parametrize("inner", ["LSTM", "GRU"])
+def test_int8_copies_of_a_masked_text_model_keep_its_masks(rng, inner):
+    """Embedding(mask_zero=True) -> Dense over the steps -> recurrent -> Dense: the int8
+    Dense passes the mask on as the Dense does, the calibration runs with the masks (a pool
+    over padded steps once calibrated the head on other values than it meets), and a
+    quantize-aware copy's FakeQuant layers pass it too."""
+    from pynn.compression import quantize_aware
+
+    ids = rng.integers(1, 20, (16, 6))
+    ids[:, 3:] = 0
+    ids[2, 1:] = 0
+    model = pynn.Sequential([layers.Input((6,), dtype="int32"),
+                             layers.Embedding(20, 8, mask_zero=True),
+                             layers.Dense(8, activation="relu"), getattr(layers, inner)(5),
+                             layers.Dense(3)])
+    model.set_weights([rng.uniform(-0.5, 0.5, w.shape).astype(np.float32)
+                       for w in model.get_weights()])
+    want = model.predict(ids, verbose=0)
+    aware = quantize_aware(model, momentum=0.0)
+    aware.compile(pynn.optimizers.SGD(0.0), "mse")
+    aware.train_on_batch(ids, want)  # the fake quantizers' ranges, from this batch alone
+    for copy in (quantize(model, ids), quantize_dynamic(model), aware):
+        np.testing.assert_allclose(copy.predict(ids, verbose=0), want, atol=0.01,
+                                   err_msg=copy.name)
+    pooled = pynn.Sequential([layers.Input((6,), dtype="int32"),
+                              layers.Embedding(20, 8, mask_zero=True),
+                              layers.GlobalAveragePooling1D(), layers.Dense(3)])
+    pooled.set_weights([rng.uniform(-0.5, 0.5, w.shape).astype(np.float32)
+                        for w in pooled.get_weights()])
+    np.testing.assert_allclose(quantize(pooled, ids).predict(ids, verbose=0),
+                               pooled.predict(ids, verbose=0), atol=0.01)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_a_bias_too_large_for_the_int32_accumulators_stays_exact(rng, relu):
+    """A unit of tiny weights over an input of tiny range: rint(b / (x_scale * w_scale))
+    passed 2^31 and saturated (0.281 came out 0.036). Static copies raise that unit's weight
+    scale to hold its bias; dynamic calls add it in float after the products."""
+    model = pynn.Sequential([layers.Input((3,)),
+                             layers.Dense(4, activation="relu" if relu else None)])
+    kernel = rng.uniform(-0.4, 0.4, (3, 4)).astype(np.float32)
+    kernel[:, 2] = [1.3e-3, -2e-4, 5e-4]
+    model.set_weights([kernel, np.float32([0.15, -0.3, 0.281, 0.05])])
+    x = rng.uniform(0, 4.3e-4, (9, 3)).astype(np.float32)
+    want = model.predict(x, verbose=0)
+    for copy in (quantize(model, x), quantize_dynamic(model)):
+        got = copy.predict(x, verbose=0)
+        np.testing.assert_allclose(got, want, atol=2e-3, err_msg=copy.name)
+    dense = pynn.Sequential([layers.Input((3,)), layers.Dense(4)])
+    dense.set_weights([kernel, np.float32([0.15, -0.3, 0.281, 0.05])])
+    fine = rng.uniform(-1, 1, (9, 3)).astype(np.float32)  # a range the accumulators hold
+    np.testing.assert_allclose(quantize_dynamic(dense).predict(fine, verbose=0),
+                               dense.predict(fine, verbose=0), atol=2e-2)
+
+
 def test_quantize_errors_name_the_model_and_the_input_count(rng):
     model = _two_branch()
     with pytest.raises(ValueError, match=r"quantize: model '.*' has 1 inputs, calibration_x "

@@ -73,6 +73,7 @@ def _calibrate(model, calibration_x, method, percentile):
     statically, from one pass of ``calibration_x`` through the graph (a layer called twice
     covers the values of both calls)."""
     from pynn.layers.conv_variants import SeparableConv2D
+    from pynn.layers.functional import _makes_mask, _takes_mask
 
     b = backend.current()
     graph = model._graph
@@ -82,16 +83,32 @@ def _calibrate(model, calibration_x, method, percentile):
                          f"calibration_x gives {len(xs)}")
     values = {id(t): b.asarray(np.asarray(x, t.dtype), t.dtype)
               for t, x in zip(graph.inputs, xs)}
+    # Keras's masks travel with the values, as in a prediction (pynn.layers.functional
+    # Plan._run): calibrated without them, a pooling over padded steps gave the next layer
+    # another range than it meets, and a masked text model's int8 copy missed by half.
+    masks = {}
     seen = {}
     for node in graph.nodes:
         if node.is_input:
             continue
         layer = node.layer
         ins = [values[id(t)] for t in node.inputs]
-        out = layer(ins if node.several else ins[0])
+        x = ins if node.several else ins[0]
+        mask = [masks.get(id(t)) for t in node.inputs]
+        mask = mask if node.several else mask[0]
+        masked = any(m is not None for m in mask) if node.several else mask is not None
+        if masked and _takes_mask(layer):
+            out = layer.call(x, training=False, mask=mask)
+        else:
+            out = layer(x)
         outs = out if isinstance(out, list) else [out]
         for t, y in zip(node.outputs, outs):
             values[id(t)] = y
+        if masked or _makes_mask(layer):
+            out_mask = layer.compute_mask(x, mask)
+            out_mask = out_mask if isinstance(out_mask, list) else [out_mask] * len(outs)
+            for t, m in zip(node.outputs, out_mask):
+                masks[id(t)] = m
         if node.several or not _fused(layer) or _recurrent_twin_class(layer) is not None:
             continue
         entry = seen.setdefault(id(layer), ([], [], []))

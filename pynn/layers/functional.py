@@ -662,6 +662,9 @@ _TAKES_MASK = {}
 
 
 def _takes_mask(layer):
+    inner = getattr(layer, "mask_delegate", None)
+    if inner is not None:  # a wrapper whose masks are its inner layer's (PruneLowMagnitude)
+        return _takes_mask(inner)
     kind = type(layer)
     found = _TAKES_MASK.get(kind)
     if found is None:
@@ -676,6 +679,9 @@ def _makes_mask(layer):
     layers that only pass masks on (the merges) say so with ``_mask_from_inputs_only``."""
     from pynn.layers.base import Layer
 
+    inner = getattr(layer, "mask_delegate", None)
+    if inner is not None:
+        return _makes_mask(inner)
     own = getattr(type(layer), "compute_mask", None)
     return (own is not None and own is not Layer.compute_mask
             and not getattr(layer, "_mask_from_inputs_only", False)

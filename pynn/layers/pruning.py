@@ -209,8 +209,28 @@ class PruneLowMagnitude(Layer):
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
 
-    def call(self, x, training=False):
-        y = self.layer.call(x, training=training)
+    # Masks are the inner layer's business, as its weights are: an Embedding(mask_zero=True)
+    # still makes one, a recurrent layer still skips masked steps (the wrapper dropped both,
+    # so a pruned text model trained on its padding and its stripped twin did not).
+    @property
+    def mask_delegate(self):
+        """The layer whose mask rules are this one's (pynn.layers.functional._takes_mask)."""
+        return self.layer
+
+    @property
+    def supports_masking(self):
+        return self.layer.supports_masking
+
+    def compute_mask(self, inputs, mask=None):
+        return self.layer.compute_mask(inputs, mask)
+
+    def call(self, x, training=False, mask=None):
+        from pynn.layers.functional import _takes_mask
+
+        if mask is not None and _takes_mask(self.layer):
+            y = self.layer.call(x, training=training, mask=mask)
+        else:
+            y = self.layer.call(x, training=training)
         if training:
             # The executor saves this layer's _cache only: the inner layer's rides in it.
             self._cache, self.layer._cache = self.layer._cache, None

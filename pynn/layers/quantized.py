@@ -32,10 +32,21 @@ def activation_params(values, method="minmax", percentile=99.99):
     return float(np.float32(scale)), zero_point
 
 
-def weight_params(kernel):
-    """(int8 weights by unit (U, K), float64 per-unit scales (U,)) of a (K, U) kernel."""
+# rint(b / (x_scale * w_scale)) sits in the int32 accumulators beside the products (each
+# |(x - zero point) * w| <= 255 * 127): a bias of more than 2^30 of those steps (a channel of
+# tiny weights, an input of tiny range) saturated there, and the channel answered with
+# another bias (0.036 for 0.281). A calibrated layer's scales are raised to hold its bias; a
+# dynamic call whose batch range is too small adds it in float after the products.
+BIAS_Q_MAX = 2 ** 30
+
+
+def weight_params(kernel, min_scales=None):
+    """(int8 weights by unit (U, K), float64 per-unit scales (U,)) of a (K, U) kernel; each
+    scale at least ``min_scales`` (U,) where given."""
     kernel = np.asarray(kernel, np.float64)
     scales = np.abs(kernel).max(axis=0) / 127.0
+    if min_scales is not None:
+        scales = np.maximum(scales, min_scales)
     scales[scales == 0] = 1.0
     q = np.clip(np.rint(kernel / scales), -127, 127).astype(np.int8)
     return np.ascontiguousarray(q.T), scales
@@ -103,11 +114,18 @@ class _Int8Layer(Layer):
         """Quantize a float layer's kernel (its Keras layout, output channels last) and bias
         into this layer's weights."""
         kernel = np.asarray(kernel, np.float64)
-        wq, scales = weight_params(kernel.reshape(-1, kernel.shape[-1]))
+        wq, scales = weight_params(kernel.reshape(-1, kernel.shape[-1]),
+                                   self._bias_min_scales(bias))
         weights = [wq.T.reshape(kernel.shape), scales.astype(np.float32)]
         if self.use_bias:
             weights.append(np.asarray(bias, np.float32))
         self.set_weights(weights)
+
+    def _bias_min_scales(self, bias):
+        """The per-unit weight scales a calibrated layer's bias needs (see BIAS_Q_MAX)."""
+        if bias is None or not self.use_bias or self.input_scale is None:
+            return None
+        return np.abs(np.asarray(bias, np.float64)) / (self.input_scale * BIAS_Q_MAX)
 
     def set_weights(self, weights):
         """As Layer.set_weights, keeping each weight's dtype (int8 kernel, float scales)."""
@@ -185,7 +203,9 @@ class _Int8Layer(Layer):
                 return yq
             return b.dequantize_forward(yq, self.output_scale, self.output_zero_point)
         multiplier = b.asarray((x_scale * w_scale).astype(np.float32), np.float32)
-        return gemm(packed, self._bias_q(bias, x_scale, w_scale), x_zp, multiplier, None, relu)
+        return int8_dynamic_out(lambda bias_q, act: gemm(packed, bias_q, x_zp, multiplier, None,
+                                                          act),
+                                bias, x_scale, w_scale, relu)
 
     def backward(self, dy):
         raise NotImplementedError(f"{type(self).__name__} '{self.name}' is for inference; "
@@ -209,8 +229,22 @@ class _Int8Layer(Layer):
         return config
 
 
+def int8_dynamic_out(op, bias, x_scale, w_scale, relu):
+    """A dynamic int8 op's float output: op(bias_q, relu), the bias rounded into its int32
+    accumulators at this batch's x_scale; where it would pass BIAS_Q_MAX steps there, the
+    products alone (op(None, False)), then the bias and the relu in float."""
+    if bias is None or np.all(np.abs(bias) <= BIAS_Q_MAX * x_scale * w_scale):
+        return op(_Int8Layer._bias_q(bias, x_scale, w_scale), relu)
+    b = backend.current()
+    y = b.elementwise_binary(op(None, False), b.asarray(bias.astype(np.float32), np.float32),
+                             "add")
+    return b.activation_forward(y, "relu", 0.0) if relu else y
+
+
 class QuantizedDense(_Int8Layer):
     """Dense (linear or relu) on the int8 GEMM; ``kernel`` int8 (K, U) as Keras's."""
+
+    supports_masking = True  # as the Dense it replaces: a sequence's mask passes on
 
     def __init__(self, units, activation="linear", use_bias=True, **kwargs):
         super().__init__(activation=activation, use_bias=use_bias, **kwargs)
@@ -323,6 +357,8 @@ class QuantizedMaxPooling2D(MaxPooling2D):
 
 class FakeQuant(Layer):
     """uint8 fake quantization of activations with a tracked range; STE gradient."""
+
+    supports_masking = True  # it stands between two layers: their mask passes on
 
     def __init__(self, momentum=0.99, **kwargs):
         super().__init__(**kwargs)

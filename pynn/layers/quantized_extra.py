@@ -31,6 +31,7 @@ from pynn.layers.quantized import (
     _Int8Layer,
     _static_config,
     activation_params,
+    int8_dynamic_out,
     weight_params,
 )
 from pynn.layers.recurrent import GRU, LSTM, SimpleRNN
@@ -129,7 +130,7 @@ class QuantizedDepthwiseConv2D(QuantizedConv2D):
         # per output channel c*M + m: the (kh, kw) window of channel c
         kernel = np.asarray(kernel, np.float64)
         kh, kw, c, m = kernel.shape
-        wq, scales = weight_params(kernel.reshape(kh * kw, c * m))
+        wq, scales = weight_params(kernel.reshape(kh * kw, c * m), self._bias_min_scales(bias))
         weights = [wq.T.reshape(kernel.shape), scales.astype(np.float32)]
         if self.use_bias:
             weights.append(np.asarray(bias, np.float32))
@@ -169,9 +170,10 @@ class QuantizedDepthwiseConv2D(QuantizedConv2D):
         hi = float(np.asarray(b.to_numpy(b.reduce_axes(x, None, "max", False))))
         x_scale, x_zp = activation_params(np.array([lo, hi]))
         multiplier = b.asarray((x_scale * w_scale).astype(np.float32), np.float32)
-        return b.int8_depthwise_conv2d_forward(
-            b.quantize_forward(x, x_scale, x_zp), self.kernel.value,
-            self._bias_q(bias, x_scale, w_scale), x_zp, multiplier, None, relu, *geometry)
+        xq = b.quantize_forward(x, x_scale, x_zp)
+        return int8_dynamic_out(lambda bias_q, act: b.int8_depthwise_conv2d_forward(
+            xq, self.kernel.value, bias_q, x_zp, multiplier, None, act, *geometry),
+            bias, x_scale, w_scale, relu)
 
     def get_config(self):
         config = super().get_config()
@@ -291,8 +293,8 @@ def dynamic_int8_matmul(x2, packed, w_scale, bias):
     x_scale, x_zp = activation_params(np.array([lo, hi]))
     xq = b.quantize_forward(x2, x_scale, x_zp)
     multiplier = b.asarray((x_scale * w_scale).astype(np.float32), np.float32)
-    return b.int8_dense_forward(xq, packed, _Int8Layer._bias_q(bias, x_scale, w_scale), x_zp,
-                                multiplier, None, False)
+    return int8_dynamic_out(lambda bias_q, act: b.int8_dense_forward(
+        xq, packed, bias_q, x_zp, multiplier, None, act), bias, x_scale, w_scale, False)
 
 
 class _Int8InputProjection:
