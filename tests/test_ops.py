@@ -142,7 +142,9 @@ def test_prod_gradient_with_a_zero():
 
 
 @pytest.mark.parametrize("sa,sb", [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((4,), (4, 3)),
-                                   ((3, 4), (4,)), ((2, 3, 4), (2, 4, 5))])
+                                   ((3, 4), (4,)), ((2, 3, 4), (2, 4, 5)),
+                                   # two vectors: a 0-d gradient (its backward once failed)
+                                   ((4,), (4,)), ((4,), (2, 4, 3)), ((2, 3, 4), (4,))])
 def test_matmul_gradient(sa, sb):
     rng = np.random.default_rng(8)
     a, b = _data(rng, sa), _data(rng, sb)

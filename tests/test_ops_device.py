@@ -138,7 +138,8 @@ def test_einsum(rng, spec, sa, sb):
 
 
 @pytest.mark.parametrize("sa, sb", [((3, 5, 4), (4, 6)), ((2, 1, 5, 4), (3, 4, 6)),
-                                    ((5,), (2, 5, 3)), ((2, 3, 5), (5,)), ((4, 5), (3, 5, 2))])
+                                    ((5,), (2, 5, 3)), ((2, 3, 5), (5,)), ((4, 5), (3, 5, 2)),
+                                    ((5,), (5,))])
 def test_batched_matmul_and_tensordot(rng, sa, sb):
     check_device(f"matmul {sa} {sb}", ops.matmul, _x(rng, *sa), _x(rng, *sb))
 

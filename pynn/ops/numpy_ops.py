@@ -397,10 +397,11 @@ def matmul(x1, x2):
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
         d = dy
-        if a.ndim == 1:
-            d = np.expand_dims(d, -2)
+        # b's axis first: two vectors' product is a 0-d dy, which takes -1, then -2
         if b.ndim == 1:
             d = np.expand_dims(d, -1)
+        if a.ndim == 1:
+            d = np.expand_dims(d, -2)
         ga = np.matmul(d, np.swapaxes(b2, -1, -2)) if need[0] else None
         gb = np.matmul(np.swapaxes(a2, -1, -2), d) if need[1] else None
         if ga is not None:
