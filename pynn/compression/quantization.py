@@ -73,7 +73,7 @@ def _calibrate(model, calibration_x, method, percentile):
     statically, from one pass of ``calibration_x`` through the graph (a layer called twice
     covers the values of both calls)."""
     from pynn.layers.conv_variants import SeparableConv2D
-    from pynn.layers.functional import _makes_mask, _takes_mask
+    from pynn.layers.base import makes_mask as _makes_mask, takes_mask as _takes_mask
 
     b = backend.current()
     graph = model._graph

@@ -595,3 +595,35 @@ def data_format_arg(layer, data_format):
     if data_format not in (None, "channels_last"):
         raise ValueError(f"{layer}: only data_format='channels_last' (NHWC) is supported, got "
                          f"{data_format!r}")
+
+
+# -- Keras 3's mask rules (pynn.layers.functional's plan applies them) ----------------------
+_TAKES_MASK = {}
+
+
+def takes_mask(layer):
+    """Whether ``layer``'s call takes ``mask=`` (a wrapper with a ``mask_delegate``, as
+    PruneLowMagnitude, answers for its inner layer)."""
+    inner = getattr(layer, "mask_delegate", None)
+    if inner is not None:
+        return takes_mask(inner)
+    kind = type(layer)
+    found = _TAKES_MASK.get(kind)
+    if found is None:
+        import inspect
+
+        found = _TAKES_MASK[kind] = "mask" in inspect.signature(layer.call).parameters
+    return found
+
+
+def makes_mask(layer):
+    """Whether ``layer`` may produce a mask from unmasked inputs (Embedding, Masking, ...);
+    layers that only pass masks on (the merges) say so with ``_mask_from_inputs_only``."""
+    inner = getattr(layer, "mask_delegate", None)
+    if inner is not None:
+        return makes_mask(inner)
+    own = getattr(type(layer), "compute_mask", None)
+    return (own is not None and own is not Layer.compute_mask
+            and not getattr(layer, "_mask_from_inputs_only", False)
+            # an Embedding without mask_zero makes none
+            and getattr(layer, "mask_zero", None) is not False)

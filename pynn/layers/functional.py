@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from pynn import backend, variables
+from pynn.layers.base import makes_mask, takes_mask
 from pynn.layers.pooling import MaxPooling2D, PoolGrad
 from pynn.layers.symbolic import shape_str
 
@@ -657,36 +658,9 @@ def _fuse_conv_pool(steps, readers, calls, outputs):
 
 # -- masks (issue 14, Keras 3's rule): the plan hands a slot's mask to a layer whose call
 # takes ``mask=`` and asks every layer that met a mask, or makes its own (compute_mask
-# overridden, as Embedding's mask_zero), for its output's mask.
-_TAKES_MASK = {}
-
-
-def _takes_mask(layer):
-    inner = getattr(layer, "mask_delegate", None)
-    if inner is not None:  # a wrapper whose masks are its inner layer's (PruneLowMagnitude)
-        return _takes_mask(inner)
-    kind = type(layer)
-    found = _TAKES_MASK.get(kind)
-    if found is None:
-        import inspect
-
-        found = _TAKES_MASK[kind] = "mask" in inspect.signature(layer.call).parameters
-    return found
-
-
-def _makes_mask(layer):
-    """Whether ``layer`` may produce a mask from unmasked inputs (Embedding, Masking, ...);
-    layers that only pass masks on (the merges) say so with ``_mask_from_inputs_only``."""
-    from pynn.layers.base import Layer
-
-    inner = getattr(layer, "mask_delegate", None)
-    if inner is not None:
-        return _makes_mask(inner)
-    own = getattr(type(layer), "compute_mask", None)
-    return (own is not None and own is not Layer.compute_mask
-            and not getattr(layer, "_mask_from_inputs_only", False)
-            # an Embedding without mask_zero makes none
-            and getattr(layer, "mask_zero", None) is not False)
+# overridden, as Embedding's mask_zero), for its output's mask. The rules live beside Layer
+# (pynn.layers.base), where the wrappers that defer to an inner layer's can reach them.
+_takes_mask, _makes_mask = takes_mask, makes_mask
 
 
 class _FoldedLayer:

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 from pynn import backend
-from pynn.layers.base import Layer
+from pynn.layers.base import Layer, takes_mask
 from pynn.variables import bump_version
 
 # The weights magnitude pruning may zero, by Variable name: Dense/Conv kernels, the recurrent
@@ -214,7 +214,7 @@ class PruneLowMagnitude(Layer):
     # so a pruned text model trained on its padding and its stripped twin did not).
     @property
     def mask_delegate(self):
-        """The layer whose mask rules are this one's (pynn.layers.functional._takes_mask)."""
+        """The layer whose mask rules are this one's (pynn.layers.base.takes_mask)."""
         return self.layer
 
     @property
@@ -225,9 +225,7 @@ class PruneLowMagnitude(Layer):
         return self.layer.compute_mask(inputs, mask)
 
     def call(self, x, training=False, mask=None):
-        from pynn.layers.functional import _takes_mask
-
-        if mask is not None and _takes_mask(self.layer):
+        if mask is not None and takes_mask(self.layer):
             y = self.layer.call(x, training=training, mask=mask)
         else:
             y = self.layer.call(x, training=training)
