@@ -238,6 +238,21 @@ def test_summary_has_connected_to_and_counts():
     assert "Total params: 123" in text and "Non-trainable params: 0" in text
 
 
+def test_an_input_that_reaches_no_output_is_taken_and_ignored():
+    """Keras 3 builds, runs and saves such a model (a Keras file with one once failed to
+    load here): the input is fed, checked and ignored, in predict, fit and the plan."""
+    rng = np.random.default_rng(5)
+    a, spare = pynn.Input((5,), name="a"), pynn.Input((2,), name="spare")
+    model = pynn.Model([a, spare], layers.Dense(3)(a))
+    alone = pynn.Model(a, model.layers[-1](a))
+    xa, xs = rng.standard_normal((4, 5)), rng.standard_normal((4, 2))
+    want = alone.predict(xa, verbose=0)
+    np.testing.assert_array_equal(model.predict([xa, xs], verbose=0), want)
+    np.testing.assert_array_equal(model.predict_on_batch([xa, xs]), want)
+    model.compile("sgd", "mse")
+    model.fit([xa, xs], rng.standard_normal((4, 3)), verbose=0)
+
+
 # -- errors ---------------------------------------------------------------------------------------
 def test_errors_name_the_layer_and_the_shapes():
     a = pynn.Input((5,), name="ea")
@@ -248,8 +263,10 @@ def test_errors_name_the_layer_and_the_shapes():
                                          r"among the model's inputs"):
         pynn.Model(a, layers.Dense(2)(layers.Dense(3)(other)))
     unused = pynn.Input((2,), name="unused")
-    with pytest.raises(ValueError, match=r"input 'unused' of shape \(None, 2\) does not reach"):
-        pynn.Model([a, unused], h)
+    with pytest.raises(ValueError, match=r"expects input shape \(None, 2\) \(input 'unused'\), "
+                                         r"got x with shape \(None, 3\)"):
+        # an input that reaches no output is taken (Keras 3's rule), its shape still checked
+        pynn.Model([a, unused], h).predict([np.ones((4, 5)), np.ones((4, 3))], verbose=0)
     with pytest.raises(TypeError, match=r"Layer 'mix' \(Concatenate\): called on ndarray of "
                                         r"shape \(2, 5\) among symbolic tensors"):
         layers.Concatenate(name="mix")([a, np.zeros((2, 5))])

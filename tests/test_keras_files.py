@@ -333,6 +333,23 @@ def test_keras_round_trip_both_ways(arch, tmp_path):
     _close(back.predict(x, verbose=0), expected)
 
 
+def test_a_keras_model_with_an_unused_input_loads_and_goes_back(tmp_path):
+    """Keras 3 saves a functional model one of whose inputs reaches no output; it loads,
+    answers as Keras's, and saves back to a file Keras opens (the loader once refused it)."""
+    a, spare = keras.Input((3,), name="a"), keras.Input((2,), name="spare")
+    keras_model = keras.Model([a, spare], keras.layers.Dense(2)(a))
+    _randomize(keras_model)
+    rng = np.random.default_rng(2)
+    x = [rng.standard_normal((4, 3)).astype(np.float32),
+         rng.standard_normal((4, 2)).astype(np.float32)]
+    expected = keras_model.predict(x, verbose=0)
+    keras_model.save(tmp_path / "k.keras")
+    model = pynn.load_model(tmp_path / "k.keras")
+    _close(model.predict(x, verbose=0), expected)
+    model.save(tmp_path / "p.keras")
+    _close(keras.saving.load_model(tmp_path / "p.keras").predict(x, verbose=0), expected)
+
+
 @pytest.mark.parametrize("arch", ["cnn", "merge"])
 def test_legacy_h5_from_keras(arch, tmp_path):
     keras_model = ARCHITECTURES[arch]()

@@ -72,7 +72,6 @@ class Graph:
 
     def _check_computable(self, declared):
         known = set(declared)
-        used_inputs = set()
         for node in self.nodes:
             if node.is_input:
                 if id(node.outputs[0]) not in declared:
@@ -89,16 +88,9 @@ class Graph:
                         f"({type(node.layer).__name__}) reads a tensor of shape "
                         f"{shape_str(t.shape)} made by layer '{t.node.layer.name}' that cannot "
                         f"be computed from the model's inputs")
-                if id(t) in declared:
-                    used_inputs.add(id(t))
             known.update(id(t) for t in node.outputs)
-        for t in self.outputs:
-            if id(t) in declared:
-                used_inputs.add(id(t))
-        for t in self.inputs:
-            if id(t) not in used_inputs:
-                raise ValueError(f"{self.owner}: input '{t.node.layer.name if t.node else t.name}' "
-                                 f"of shape {shape_str(t.shape)} does not reach any output")
+        # An input that reaches no output is taken and ignored, as Keras 3 does (a Keras
+        # file with one loads: it was refused here).
 
     def _order_layers(self, walk_index):
         depth = {}
