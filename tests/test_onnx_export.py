@@ -553,9 +553,11 @@ def test_export_of_a_model_on_opencl():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_bench_inference_runs(tmp_path, capsys):
+def test_bench_inference_runs(tmp_path, capsys, num_threads):
     """bench/bench_inference.py at toy repeat counts: it checks onnxruntime against pynn
-    before timing, so this is also an export test of its two models."""
+    before timing, so this is also an export test of its two models. (Its main sets pynn's
+    thread count for its timings: the fixture puts the count back, which a later test's
+    plan reads.)"""
     import json
 
     from bench import bench_inference
