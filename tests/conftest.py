@@ -46,6 +46,22 @@ def pytest_runtest_teardown(item):
                     pytrace=False)
 
 
+def _global_state():
+    return {"threads": pynn.get_num_threads(), "floatx": pynn.floatx(),
+            "device": pynn.get_device(), "policy": pynn.mixed_precision.global_policy().name}
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_global_state():
+    """A test leaves pynn's thread count, floatx, device and dtype policy as it found them:
+    the tests after it in the same worker read them (a benchmark's main that set one thread
+    once made a later plan test fail, in some orders only)."""
+    before = _global_state()
+    yield
+    after = _global_state()
+    assert after == before, f"the test changed pynn's global state: {before} -> {after}"
+
+
 @pytest.fixture(params=["cpu", pytest.param("opencl", marks=pytest.mark.opencl)])
 def backend(request):
     """The backend under test (tests/backend_util.py's Backend): ``ops`` (the module), ``up``,

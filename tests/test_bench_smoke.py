@@ -203,7 +203,7 @@ class FakeTorchCuda:
 
 
 @pytest.mark.opencl
-def test_opencl_device_rows(tmp_path, monkeypatch):
+def test_opencl_device_rows(tmp_path, monkeypatch, num_threads):
     """--device opencl: the device block (name, driver, measured peaks) and kernel rows
     checked on the device and rated against that device's peaks, not the CPU's; GEMMs beside
     PyTorch CUDA where PyTorch sees a GPU (faked here)."""
