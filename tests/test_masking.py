@@ -51,6 +51,16 @@ def _models(kind, kw, t, c, bidirectional=False, merge_mode="concat"):
     return km, pm
 
 
+def _train_alike(km, pm, x, y, batch_size, epochs, atol):
+    """Both models through SGD(0.1) on mse, in order: the same weights after."""
+    km.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    pm.compile(optimizer=pynn.optimizers.SGD(0.1), loss="mse")
+    km.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0)
+    pm.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0)
+    for a, b in zip(pm.get_weights(), km.get_weights()):
+        np.testing.assert_allclose(a, np.asarray(b), atol=atol)
+
+
 @pytest.mark.parametrize("kind,kw", CASES)
 def test_masked_recurrent_prediction_matches_keras(kind, kw):
     rng = np.random.default_rng(3)
@@ -97,12 +107,7 @@ def test_masked_one_epoch_weights_match_keras(kind, kw):
     x = _padded(rng, 9, 7, 3, [7, 5, 3, 1, 0, 6, 2, 7, 4])
     y = rng.standard_normal((9, 5)).astype(np.float32)
     km, pm = _models(kind, kw, 7, 3)
-    km.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    pm.compile(optimizer=pynn.optimizers.SGD(0.1), loss="mse")
-    km.fit(x, y, batch_size=3, epochs=1, shuffle=False, verbose=0)
-    pm.fit(x, y, batch_size=3, epochs=1, shuffle=False, verbose=0)
-    for a, b in zip(pm.get_weights(), km.get_weights()):
-        np.testing.assert_allclose(a, np.asarray(b), atol=1e-3)
+    _train_alike(km, pm, x, y, 3, 1, 1e-3)
 
 
 def test_embedding_mask_zero_feeds_the_mask():
@@ -178,13 +183,7 @@ def test_the_mask_passes_layers_that_keras_passes_it_through(name, args, kw):
                                atol=1e-5)
     if name.startswith("Gaussian"):
         return  # training draws noise: the two frameworks' draws differ
-    y = rng.standard_normal((4, 2)).astype(np.float32)
-    km.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    pm.compile(optimizer=pynn.optimizers.SGD(0.1), loss="mse")
-    km.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
-    pm.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
-    for a, b in zip(pm.get_weights(), km.get_weights()):
-        np.testing.assert_allclose(a, np.asarray(b), atol=1e-5)
+    _train_alike(km, pm, x, rng.standard_normal((4, 2)).astype(np.float32), 4, 2, 1e-5)
 
 
 def test_masked_batch_norm_after_a_trained_layer_matches_keras():
@@ -202,12 +201,7 @@ def test_masked_batch_norm_after_a_trained_layer_matches_keras():
         return (keras.Model if lib is keras else pynn.Model)(inp, m.LSTM(2)(h))
     km, pm = build(keras), build(pynn)
     km.set_weights(pm.get_weights())
-    km.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    pm.compile(optimizer=pynn.optimizers.SGD(0.1), loss="mse")
-    km.fit(x, y, batch_size=5, epochs=3, shuffle=False, verbose=0)
-    pm.fit(x, y, batch_size=5, epochs=3, shuffle=False, verbose=0)
-    for a, b in zip(pm.get_weights(), km.get_weights()):
-        np.testing.assert_allclose(a, np.asarray(b), atol=1e-5)
+    _train_alike(km, pm, x, y, 5, 3, 1e-5)
     np.testing.assert_allclose(pm.predict(x, verbose=0), np.asarray(km.predict(x, verbose=0)),
                                atol=1e-5)
 
