@@ -625,8 +625,9 @@ def load_model(filepath, custom_objects=None, compile=True, max_compression_rati
     """
     suffix = _keras_format(filepath, "load_model")
     if suffix is not None:
-        load = KERAS_IO["load_keras" if suffix == ".keras" else "load_h5"]
-        return load(filepath, max_compression_ratio)
+        if suffix == ".keras":
+            return KERAS_IO["load_keras"](filepath, max_compression_ratio, compile=compile)
+        return KERAS_IO["load_h5"](filepath, max_compression_ratio)
     archive = _Archive(filepath, "load_model", max_compression_ratio)
     try:
         with custom_object_scope(custom_objects):

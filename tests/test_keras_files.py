@@ -333,6 +333,94 @@ def test_keras_round_trip_both_ways(arch, tmp_path):
     _close(back.predict(x, verbose=0), expected)
 
 
+RESUME_CASES = [("SGD", {"momentum": 0.9}), ("Adam", {}), ("Adam", {"amsgrad": True}),
+                ("AdamW", {}), ("RMSprop", {"momentum": 0.5, "centered": True}),
+                ("Adagrad", {}), ("Nadam", {}), ("Adamax", {}),
+                ("Adadelta", {"learning_rate": 0.5}), ("Ftrl", {}), ("Lion", {}),
+                ("Adam", {"learning_rate": "schedule"})]
+
+
+def _optimizer(lib, name, kw):
+    kw = dict(kw)
+    if kw.get("learning_rate") == "schedule":
+        kw["learning_rate"] = lib.optimizers.schedules.ExponentialDecay(0.1, 3, 0.5)
+    return getattr(lib.optimizers, name)(**kw)
+
+
+@pytest.mark.parametrize("first", ["keras", "pynn"])
+@pytest.mark.parametrize("name,kw", RESUME_CASES, ids=[f"{n}{kw}" for n, kw in RESUME_CASES])
+def test_training_resumes_across_keras_files(tmp_path, first, name, kw):
+    """A compiled model trained three steps and saved as .keras, loaded by the other
+    framework and trained three more, ends where six steps of the first end: the file carries
+    compile()'s arguments and the optimizer's variables in Keras 3's layout both ways (pynn
+    once wrote neither and loaded files uncompiled)."""
+    one, other = (keras, pynn) if first == "keras" else (pynn, keras)
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((8, 3)).astype(np.float32), rng.standard_normal((8, 2))
+
+    def build():
+        layers = one.layers
+        return one.Sequential([one.Input((3,)), layers.Dense(4, activation="tanh"),
+                               layers.Dense(2)])
+    model, reference = build(), build()
+    weights = [rng.uniform(-0.5, 0.5, np.shape(w)).astype(np.float32)
+               for w in model.get_weights()]
+    for m in (model, reference):
+        m.set_weights(weights)
+        m.compile(optimizer=_optimizer(one, name, kw), loss="mse")
+    for _ in range(3):
+        model.train_on_batch(x, y.astype(np.float32))
+    model.save(tmp_path / "m.keras")
+    load = keras.saving.load_model if other is keras else pynn.load_model
+    resumed = load(tmp_path / "m.keras")
+    for _ in range(3):
+        resumed.train_on_batch(x, y.astype(np.float32))
+    for _ in range(6):
+        reference.train_on_batch(x, y.astype(np.float32))
+    for a, b in zip(resumed.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+@pytest.mark.parametrize("first", ["keras", "pynn"])
+def test_losses_metrics_and_loss_weights_cross_keras_files(tmp_path, first):
+    """A two-output model compiled with a loss object and a name per output, loss weights and
+    metric objects loads compiled in the other framework and logs the same names."""
+    one = keras if first == "keras" else pynn
+    a = one.Input((3,), name="a")
+    h = one.layers.Dense(4, activation="relu", name="h")(a)
+    model = (keras.Model if one is keras else pynn.Model)(
+        a, {"cls": one.layers.Dense(3, name="cls")(h), "reg": one.layers.Dense(1, name="reg")(h)})
+    model.compile(optimizer=one.optimizers.Adam(0.01),
+                  loss={"cls": one.losses.SparseCategoricalCrossentropy(from_logits=True),
+                        "reg": "mse"},
+                  loss_weights={"cls": 1.0, "reg": 0.5},
+                  metrics={"cls": ["accuracy"], "reg": [one.metrics.MeanAbsoluteError()]})
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 3)).astype(np.float32)
+    y = {"cls": rng.integers(0, 3, 6), "reg": rng.standard_normal((6, 1)).astype(np.float32)}
+    model.fit(x, y, epochs=1, batch_size=3, verbose=0)
+    model.save(tmp_path / "m.keras")
+    other = (pynn.load_model if one is keras else keras.saving.load_model)(tmp_path / "m.keras")
+    history = other.fit(x, y, epochs=1, batch_size=3, verbose=0).history
+    assert sorted(history) == ["cls_accuracy", "cls_loss", "loss", "reg_loss",
+                               "reg_mean_absolute_error"]
+    if one is keras:
+        assert not pynn.load_model(tmp_path / "m.keras", compile=False).compiled
+
+
+def test_a_compile_config_pynn_cannot_honour_loads_uncompiled_with_a_warning(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adam(use_ema=True), loss="mse")
+    model.save(tmp_path / "m.keras")
+    with pytest.warns(UserWarning, match=r"loads uncompiled: its compile config cannot be "
+                                         r"honoured \(Adam: use_ema=True is not supported"):
+        loaded = pynn.load_model(tmp_path / "m.keras")
+    assert not loaded.compiled
+    np.testing.assert_allclose(loaded.predict(np.ones((2, 3), np.float32), verbose=0),
+                               model.predict(np.ones((2, 3), np.float32), verbose=0),
+                               atol=1e-6)
+
+
 def test_a_keras_model_with_an_unused_input_loads_and_goes_back(tmp_path):
     """Keras 3 saves a functional model one of whose inputs reaches no output; it loads,
     answers as Keras's, and saves back to a file Keras opens (the loader once refused it)."""

@@ -19,6 +19,11 @@ pynn's almost key for key. The rest is here:
   order, which pynn's functional graph reproduces; Keras 2 lists them by layer name
   (``layer_names``, ``weight_names`` attributes). Either way a variable's order is
   ``get_weights()``'s, which pynn shares with Keras.
+- Training state: a compiled model's ``.keras`` file carries ``compile_config`` (optimizer,
+  losses, loss weights, metrics, serialized as above) and the optimizer's variables
+  (``optimizer/vars/<i>``: iterations, the learning rate, then the slots group by group, as
+  ``_KERAS_SLOT_GROUPS`` lists them); both ways, so training resumes across the two
+  frameworks. A compile config pynn cannot honour loads the model uncompiled, with a warning.
 
 Safety follows Keras's ``safe_mode`` and pynn's own loader: classes come from
 ``pynn.layers.LAYERS`` only, nothing named in the file is imported or executed (a Lambda or
@@ -769,8 +774,9 @@ def _open_h5(h5py, source, where, member):
 
 
 # -- public entry points ----------------------------------------------------------------------
-def load_keras(filepath, max_compression_ratio=None, verb="load_model"):
-    """A pynn model from a Keras 3 ``.keras`` file."""
+def load_keras(filepath, max_compression_ratio=None, verb="load_model", compile=True):
+    """A pynn model from a Keras 3 ``.keras`` file (compiled as the file says, its optimizer's
+    state restored, unless ``compile`` is False)."""
     h5py = _h5py(verb)
     where = _Where(verb, filepath)
     ratio = _ratio(max_compression_ratio, where)
@@ -788,6 +794,8 @@ def load_keras(filepath, max_compression_ratio=None, verb="load_model"):
         archive.close()
     with _open_h5(h5py, io.BytesIO(data), where, WEIGHTS_NAME) as h5:
         _assign(_read_keras3_weights(h5py, h5, model, ratio, where, WEIGHTS_NAME))
+        if compile:
+            _restore_keras_compile(model, doc, h5, where)
     return model
 
 
@@ -1027,7 +1035,7 @@ def keras_model_spec(model):
             "registered_name": "Functional", "build_config": build_config}
 
 
-def _weights_h5_bytes(h5py, model):
+def _weights_h5_bytes(h5py, model, optimizer_vars=None):
     b = backend.current()
     buf = io.BytesIO()
     with h5py.File(buf, "w") as h5:
@@ -1037,19 +1045,196 @@ def _weights_h5_bytes(h5py, model):
             group.attrs["name"] = name
             for i, var in enumerate(variables):
                 group.create_dataset(str(i), data=np.asarray(b.to_numpy(var.value)))
+        if optimizer_vars is not None:
+            group = h5.require_group("optimizer/vars")
+            for i, value in enumerate(optimizer_vars):
+                group.create_dataset(str(i), data=value)
     return buf.getvalue()
 
 
+# -- compile state: Keras 3 keeps compile()'s arguments in config.json ("compile_config") and
+# the optimizer's variables in model.weights.h5 ("optimizer/vars/<i>"), so a loaded model
+# trains on where it stopped. The variables' order (keras/src/optimizers/*.py build(), Keras
+# 3.15): iterations, the learning rate unless a schedule gives it, then group by group every
+# trainable variable's slots of the group, and Nadam's running product of its momentum
+# schedule last.
+_KERAS_SLOT_GROUPS = {
+    "SGD": [("momentum",)], "Adam": [("momentum", "velocity"), ("velocity_hat",)],
+    "AdamW": [("momentum", "velocity"), ("velocity_hat",)],
+    "RMSprop": [("velocity",), ("momentum",), ("average_gradient",)],
+    "Adagrad": [("accumulator",)], "Nadam": [("momentum", "velocity")],
+    "Adamax": [("momentum", "norm")],
+    "Adadelta": [("accumulated_grad", "accumulated_delta_var")],
+    "Ftrl": [("accumulator", "linear")], "Lion": [("momentum",)]}
+# Keras optimizer options pynn does not have, at the values that change nothing.
+_KERAS_OPTIMIZER_DEFAULTS = {"use_ema": False, "ema_momentum": 0.99,
+                             "ema_overwrite_frequency": None, "loss_scale_factor": None,
+                             "gradient_accumulation_steps": None}
+# ... and loss / metric options, likewise (a metric's dtype is its variables', float32).
+_KERAS_OBJECT_DEFAULTS = {"reduction": ("sum_over_batch_size",), "dtype": (None, "float32"),
+                          "ignore_class": (None,)}
+
+
+def _keras_objects(spec, module):
+    """pynn's serialized compile arguments with Keras's ``module`` / ``registered_name``
+    keys (a schedule inside an optimizer gets its own module)."""
+    if isinstance(spec, list):
+        return [_keras_objects(v, module) for v in spec]
+    if isinstance(spec, dict) and "class_name" not in spec:
+        return {k: _keras_objects(v, module) for k, v in spec.items()}
+    if not isinstance(spec, dict):
+        return spec
+    config = dict(spec["config"])
+    if module == "keras.optimizers":
+        if isinstance(config.get("learning_rate"), dict):
+            config["learning_rate"] = _keras_objects(config["learning_rate"],
+                                                     "keras.optimizers.schedules")
+        config.update(_KERAS_OPTIMIZER_DEFAULTS)
+    return {"module": module, "class_name": spec["class_name"], "config": config,
+            "registered_name": None}
+
+
+def _pynn_objects(spec, module, where):
+    """Keras's serialized compile arguments as pynn takes them: ``module`` and
+    ``registered_name`` dropped, options pynn lacks dropped where they hold Keras's defaults
+    (any other value is refused by name)."""
+    if isinstance(spec, list):
+        return [_pynn_objects(v, module, where) for v in spec]
+    if isinstance(spec, dict) and "class_name" not in spec:
+        return {k: _pynn_objects(v, module, where) for k, v in spec.items()}
+    if not isinstance(spec, dict):
+        return spec
+    config = dict(spec.get("config") or {})
+    defaults = ({k: (v,) for k, v in _KERAS_OPTIMIZER_DEFAULTS.items()}
+                if module == "keras.optimizers" else _KERAS_OBJECT_DEFAULTS)
+    for key, allowed in defaults.items():
+        if key in config:
+            value = config.pop(key)
+            if value not in allowed:
+                raise ValueError(f"{spec['class_name']}: {key}={value!r} is not supported "
+                                 f"(pynn takes {key}={allowed[0]!r})")
+    if module == "keras.optimizers" and isinstance(config.get("learning_rate"), dict):
+        config["learning_rate"] = _pynn_objects(config["learning_rate"],
+                                                "keras.optimizers.schedules", where)
+    return {"class_name": spec["class_name"], "config": config}
+
+
+def _keras_compile_config(model):
+    """compile()'s arguments in Keras 3's compile_config layout; None when not compiled."""
+    if not getattr(model, "compiled", False) or model.optimizer is None:
+        return None
+    config = model._compile_config()
+    return {"optimizer": _keras_objects(config["optimizer"], "keras.optimizers"),
+            "loss": _keras_objects(config["loss"], "keras.losses"),
+            "loss_weights": config.get("loss_weights"),
+            "metrics": _keras_objects(config.get("metrics"), "keras.metrics"),
+            "weighted_metrics": _keras_objects(config.get("weighted_metrics"),
+                                               "keras.metrics"),
+            "run_eagerly": False, "steps_per_execution": 1, "jit_compile": False}
+
+
+def _slot_order(opt):
+    """[slot name per group] in Keras's variable order for ``opt``'s own slots."""
+    names = [n for n, _ in opt._slot_specs()]
+    groups = [[n for n in group if n in names]
+              for group in _KERAS_SLOT_GROUPS[type(opt).__name__]]
+    return [g for g in groups if g]
+
+
+def _keras_optimizer_vars(model):
+    """The optimizer's variables as Keras 3 lists them (None: an optimizer Keras lacks)."""
+    opt = model.optimizer
+    if type(opt).__name__ not in _KERAS_SLOT_GROUPS:
+        return None
+    from pynn.schedules import LearningRateSchedule
+
+    state = opt.get_state()
+    inits = dict(opt._slot_specs())
+    out = [np.asarray(opt.iterations, np.int64)]
+    if not isinstance(opt._learning_rate, LearningRateSchedule):
+        out.append(np.asarray(opt._learning_rate, np.float32))
+    for group in _slot_order(opt):
+        for v in model.trainable_weights:
+            for name in group:
+                value = state["slots"].get(f"{v.path}/{name}")
+                out.append(np.full(v.shape, inits[name], np.float32) if value is None
+                           else np.asarray(value, np.float32))
+    if type(opt).__name__ == "Nadam":
+        out.append(np.asarray(opt._u_product, np.float32))
+    return out
+
+
+def _restore_keras_compile(model, doc, h5, where):
+    """compile() from the file's compile_config, then the optimizer's variables where the
+    file has them. A compile_config pynn cannot honour leaves the model uncompiled, with a
+    warning naming why (Keras's loader does the same)."""
+    import warnings
+
+    from pynn import optimizers
+
+    config = doc.get("compile_config")
+    if not isinstance(config, dict) or not config:  # an uncompiled model's is {}
+        return
+    try:
+        model.compile(
+            optimizer=optimizers.get(_pynn_objects(config["optimizer"], "keras.optimizers",
+                                                   where)),
+            loss=_pynn_objects(config.get("loss"), "keras.losses", where),
+            metrics=_pynn_objects(config.get("metrics"), "keras.metrics", where),
+            loss_weights=config.get("loss_weights"),
+            weighted_metrics=_pynn_objects(config.get("weighted_metrics"), "keras.metrics",
+                                           where))
+    except (ValueError, TypeError, KeyError) as exc:
+        model.compiled = False
+        warnings.warn(f"{where.verb}: {where.path}: the model loads uncompiled: its compile "
+                      f"config cannot be honoured ({exc})", stacklevel=3)
+        return
+    group = h5.get("optimizer/vars") if h5 is not None else None
+    if group is None:
+        return
+    opt = model.optimizer
+    if type(opt).__name__ not in _KERAS_SLOT_GROUPS:
+        return
+    values = [np.asarray(group[str(i)]) for i in range(len(group))]
+    from pynn.schedules import LearningRateSchedule
+
+    variables = model.trainable_weights
+    order = _slot_order(opt)
+    lr_var = not isinstance(opt._learning_rate, LearningRateSchedule)
+    want = 1 + lr_var + sum(len(g) for g in order) * len(variables) + (
+        type(opt).__name__ == "Nadam")
+    if len(values) != want or any(k not in group for k in map(str, range(len(values)))):
+        raise where.fail(f"the optimizer's variables are {len(values)}, "
+                         f"{type(opt).__name__} over {len(variables)} trainable weights has "
+                         f"{want}", WEIGHTS_NAME)
+    k = 1 + lr_var
+    slots = {}
+    for group_names in order:
+        for v in variables:
+            for name in group_names:
+                slots[f"{v.path}/{name}"] = values[k]
+                k += 1
+    opt.set_state({"iterations": int(values[0]), "slots": slots}, variables)
+    if type(opt).__name__ == "Nadam":
+        opt._u_product = float(values[-1])
+
+
 def save_keras(model, filepath):
-    """``model`` as a Keras 3 ``.keras`` file (its architecture and weights; no optimizer)."""
+    """``model`` as a Keras 3 ``.keras`` file: its architecture and weights, and when
+    compiled compile()'s arguments and the optimizer's variables, as Keras writes them."""
     h5py = _h5py("save")
     spec = keras_model_spec(model)
+    compile_config = _keras_compile_config(model)
+    optimizer_vars = None
+    if compile_config is not None:
+        spec["compile_config"] = compile_config
+        optimizer_vars = _keras_optimizer_vars(model)
     metadata = {"keras_version": KERAS_VERSION,
                 "date_saved": time.strftime("%Y-%m-%d@%H:%M:%S")}
     saving._atomic_write_zip(filepath, [
         (METADATA_NAME, json.dumps(metadata).encode()),
         (CONFIG_NAME, json.dumps(spec).encode()),
-        (WEIGHTS_NAME, _weights_h5_bytes(h5py, model))])
+        (WEIGHTS_NAME, _weights_h5_bytes(h5py, model, optimizer_vars))])
 
 
 def _write_legacy_weights(h5py, group, model):
