@@ -421,6 +421,20 @@ def test_a_compile_config_pynn_cannot_honour_loads_uncompiled_with_a_warning(tmp
                                atol=1e-6)
 
 
+def test_a_loss_that_is_code_saves_the_model_without_its_compile_state(tmp_path):
+    model = pynn.Sequential([pynn.Input((3,)), pynn.layers.Dense(2)])
+    model.compile("adam", loss=lambda t, p: pynn.ops.mean(pynn.ops.square(
+        pynn.ops.subtract(t, p)), axis=-1))
+    model.train_on_batch(np.ones((2, 3), np.float32), np.ones((2, 2), np.float32))
+    with pytest.warns(UserWarning, match=r"compile\(\)'s arguments and the optimizer's state "
+                                         r"are not written .*cannot save the loss function"):
+        model.save(tmp_path / "m.keras")
+    loaded = pynn.load_model(tmp_path / "m.keras")
+    assert not loaded.compiled
+    np.testing.assert_array_equal(loaded.predict(np.ones((2, 3), np.float32), verbose=0),
+                                  model.predict(np.ones((2, 3), np.float32), verbose=0))
+
+
 def test_a_keras_model_with_an_unused_input_loads_and_goes_back(tmp_path):
     """Keras 3 saves a functional model one of whose inputs reaches no output; it loads,
     answers as Keras's, and saves back to a file Keras opens (the loader once refused it)."""

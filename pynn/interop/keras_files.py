@@ -1224,7 +1224,16 @@ def save_keras(model, filepath):
     compiled compile()'s arguments and the optimizer's variables, as Keras writes them."""
     h5py = _h5py("save")
     spec = keras_model_spec(model)
-    compile_config = _keras_compile_config(model)
+    try:
+        compile_config = _keras_compile_config(model)
+    except (ValueError, TypeError) as exc:
+        # a loss or schedule that is Python code: the model itself is still worth the file
+        import warnings
+
+        warnings.warn(f"save: {os.fspath(filepath)}: compile()'s arguments and the optimizer's "
+                      f"state are not written ({exc}); the file loads uncompiled",
+                      stacklevel=3)
+        compile_config = None
     optimizer_vars = None
     if compile_config is not None:
         spec["compile_config"] = compile_config
