@@ -233,11 +233,17 @@ class BatchNormalization(_Normalization):
             x, self._value(self.gamma), self._value(self.beta), b.asarray(mean, dtype),
             b.asarray(var, dtype), self._axis, self.momentum, self.epsilon, False, activation,
             alpha)
+        self._move_statistics(mean, var)
+        return y, mean_d, inv_d, (weight, denominator, mean, 1.0 / np.sqrt(var + self.epsilon))
+
+    def _move_statistics(self, mean, var):
+        """The moving statistics one momentum step towards a batch's (host float64 arrays):
+        the masked and the synchronized moments, which the kernel does not see."""
+        b = backend.current()
         for moving, batch in ((self.moving_mean, mean), (self.moving_variance, var)):
             old = np.asarray(b.to_numpy(moving.value), np.float64)
             b.add_inplace(moving.value, b.asarray((batch - old) * (1.0 - self.momentum),
                                                   moving.value.dtype))
-        return y, mean_d, inv_d, (weight, denominator, mean, 1.0 / np.sqrt(var + self.epsilon))
 
     def _masked_correction(self, dx, x, dgamma, dbeta, masked):
         """dx from the inference form's backward (gamma inv dy) plus what reaches an unmasked
@@ -295,10 +301,7 @@ class BatchNormalization(_Normalization):
         y, mean_d, inv_d = b.batch_norm_forward(x, gamma, beta, b.asarray(mean, dtype),
                                                 b.asarray(var, dtype), self._axis,
                                                 self.momentum, self.epsilon, False)
-        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, var)):
-            old = np.asarray(b.to_numpy(moving.value), np.float64)
-            b.add_inplace(moving.value, b.asarray((batch - old) * (1.0 - self.momentum),
-                                                  moving.value.dtype))
+        self._move_statistics(mean, var)
         return y, mean_d, inv_d, (world, count, n, mean, 1.0 / np.sqrt(var + self.epsilon))
 
     def _synchronized_backward(self, dy, x, mean_d, inv_d, sync):
