@@ -408,6 +408,30 @@ def test_losses_metrics_and_loss_weights_cross_keras_files(tmp_path, first):
         assert not pynn.load_model(tmp_path / "m.keras", compile=False).compiled
 
 
+def test_optimizer_variables_that_do_not_fit_start_the_optimizer_afresh(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adam(), loss="mse")
+    model.train_on_batch(np.ones((2, 3), np.float32), np.ones((2, 2), np.float32))
+    model.save(tmp_path / "m.keras")
+    with zipfile.ZipFile(tmp_path / "m.keras") as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    with h5py.File(io.BytesIO(members["model.weights.h5"]), "r") as h5:
+        buf = io.BytesIO()
+        with h5py.File(buf, "w") as out:
+            for name in ("layers",):
+                h5.copy(h5[name], out, name)
+            out.create_group("optimizer/vars").create_dataset("0", data=np.int64(1))
+    members["model.weights.h5"] = buf.getvalue()
+    with zipfile.ZipFile(tmp_path / "cut.keras", "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    with pytest.warns(UserWarning, match="the optimizer starts afresh: the file holds 1 "
+                                         "optimizer variables, Adam over 2 trainable weights "
+                                         "has 6"):
+        loaded = pynn.load_model(tmp_path / "cut.keras")
+    assert loaded.compiled and loaded.optimizer.iterations == 0
+
+
 def test_a_compile_config_pynn_cannot_honour_loads_uncompiled_with_a_warning(tmp_path):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(optimizer=keras.optimizers.Adam(use_ema=True), loss="mse")

@@ -1204,9 +1204,10 @@ def _restore_keras_compile(model, doc, h5, where):
     want = 1 + lr_var + sum(len(g) for g in order) * len(variables) + (
         type(opt).__name__ == "Nadam")
     if len(values) != want or any(k not in group for k in map(str, range(len(values)))):
-        raise where.fail(f"the optimizer's variables are {len(values)}, "
-                         f"{type(opt).__name__} over {len(variables)} trainable weights has "
-                         f"{want}", WEIGHTS_NAME)
+        warnings.warn(f"{where.verb}: {where.path}: the optimizer starts afresh: the file "
+                      f"holds {len(values)} optimizer variables, {type(opt).__name__} over "
+                      f"{len(variables)} trainable weights has {want}", stacklevel=3)
+        return
     k = 1 + lr_var
     slots = {}
     for group_names in order:
