@@ -262,11 +262,21 @@ def test_int8_copies_of_a_masked_text_model_keep_its_masks(rng, inner):
                                pooled.predict(ids, verbose=0), atol=0.01)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("opencl", marks=pytest.mark.opencl)])
 @pytest.mark.parametrize("relu", [False, True])
-def test_a_bias_too_large_for_the_int32_accumulators_stays_exact(rng, relu):
+def test_a_bias_too_large_for_the_int32_accumulators_stays_exact(rng, relu, device):
     """A unit of tiny weights over an input of tiny range: rint(b / (x_scale * w_scale))
     passed 2^31 and saturated (0.281 came out 0.036). Static copies raise that unit's weight
     scale to hold its bias; dynamic calls add it in float after the products."""
+    previous = pynn.get_device()
+    pynn.set_device(device)
+    try:
+        _check_large_bias(rng, relu)
+    finally:
+        pynn.set_device(previous)
+
+
+def _check_large_bias(rng, relu):
     model = pynn.Sequential([layers.Input((3,)),
                              layers.Dense(4, activation="relu" if relu else None)])
     kernel = rng.uniform(-0.4, 0.4, (3, 4)).astype(np.float32)
