@@ -281,7 +281,7 @@ class InferencePlan:
         self.nslots = graph_plan.nslots
         self._local = threading.local()
         self.chunked = None  # (_chunked_plan) set once the steps are made
-        from pynn.layers.functional import _takes_mask
+        from pynn.layers.base import takes_mask as layer_takes_mask
 
         steps = graph_plan.inference_steps()
         # Validation: the public ops on real inputs, once. Their errors surface here with
@@ -301,7 +301,7 @@ class InferencePlan:
             x = [vals[s] for s in st.ins] if st.several else vals[st.ins[0]]
             mask = [masks[s] for s in st.ins] if st.several else masks[st.ins[0]]
             masked = any(m is not None for m in mask) if st.several else mask is not None
-            takes_mask = masked and _takes_mask(st.layer)
+            takes_mask = masked and layer_takes_mask(st.layer)
             try:
                 if takes_mask:
                     y = st.layer.call(x, training=False, mask=mask)

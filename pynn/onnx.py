@@ -1222,13 +1222,13 @@ def _mask_after(layer, node, maker):
     one its inputs carry (``maker``). A layer whose numbers a mask changes (a recurrent
     layer's skipped steps, a masked pooling) cannot be exported: ONNX's ops take no Keras
     mask, and a graph ignoring it would answer padded inputs wrongly."""
-    from pynn.layers.functional import _makes_mask, _takes_mask
+    from pynn.layers.base import makes_mask, takes_mask
 
-    if maker is not None and _takes_mask(layer):
+    if maker is not None and takes_mask(layer):
         raise _unsupported(layer, f"it reads the mask that {maker} makes, which ONNX's ops "
                                   f"cannot take (padded inputs would give other numbers); "
                                   f"export a model without it (mask_zero=False, no Masking)")
-    if _makes_mask(layer):
+    if makes_mask(layer):
         return _label(layer)
     if maker is None:
         return None

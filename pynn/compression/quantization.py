@@ -73,7 +73,7 @@ def _calibrate(model, calibration_x, method, percentile):
     statically, from one pass of ``calibration_x`` through the graph (a layer called twice
     covers the values of both calls)."""
     from pynn.layers.conv_variants import SeparableConv2D
-    from pynn.layers.base import makes_mask as _makes_mask, takes_mask as _takes_mask
+    from pynn.layers.base import makes_mask, takes_mask
 
     b = backend.current()
     graph = model._graph
@@ -97,14 +97,14 @@ def _calibrate(model, calibration_x, method, percentile):
         mask = [masks.get(id(t)) for t in node.inputs]
         mask = mask if node.several else mask[0]
         masked = any(m is not None for m in mask) if node.several else mask is not None
-        if masked and _takes_mask(layer):
+        if masked and takes_mask(layer):
             out = layer.call(x, training=False, mask=mask)
         else:
             out = layer(x)
         outs = out if isinstance(out, list) else [out]
         for t, y in zip(node.outputs, outs):
             values[id(t)] = y
-        if masked or _makes_mask(layer):
+        if masked or makes_mask(layer):
             out_mask = layer.compute_mask(x, mask)
             out_mask = out_mask if isinstance(out_mask, list) else [out_mask] * len(outs)
             for t, m in zip(node.outputs, out_mask):

@@ -439,7 +439,7 @@ def _check_masks(model, masked, where):
     """Every layer call that Keras gave a mask gets one from pynn's propagation too: probed
     with one zero sample through the model's plan (ids: 0 is Embedding's mask value, so the
     masks exist whatever their values)."""
-    from pynn.layers.functional import _takes_mask
+    from pynn.layers.base import takes_mask
 
     if not masked:
         return
@@ -448,7 +448,7 @@ def _check_masks(model, masked, where):
     originals = {}
     for name, _ in masked:
         layer = by_name.get(name)
-        if layer is None or not _takes_mask(layer):
+        if layer is None or not takes_mask(layer):
             raise where.fail(f"layer '{name}' takes a mask in Keras that pynn's "
                              f"{type(layer).__name__} does not take", CONFIG_NAME)
         if name in originals:

@@ -152,7 +152,7 @@ class Step:
         self.act_below = None
         # Whether the layer may make a mask from unmasked inputs, once rather than per call
         # (set again wherever a step's layer is replaced).
-        self.makes_mask = _makes_mask(layer)
+        self.makes_mask = makes_mask(layer)
 
 
 class Plan:
@@ -331,7 +331,7 @@ class Plan:
 
         for st in steps:
             st.layer = sparse_inference_layer(st.layer)
-            st.makes_mask = _makes_mask(st.layer)
+            st.makes_mask = makes_mask(st.layer)
         self._inference_steps = steps
         return steps
 
@@ -366,11 +366,11 @@ class Plan:
                 elif step.pools is not None:
                     y = layer.call_pooled(x, training, step.pools)
                 elif step.fused is not None:
-                    if masked and _takes_mask(layer):
+                    if masked and takes_mask(layer):
                         y = layer.call_activated(x, training, *step.fused, mask=mask)
                     else:
                         y = layer.call_activated(x, training, *step.fused)
-                elif masked and _takes_mask(layer):
+                elif masked and takes_mask(layer):
                     y = layer.call(x, training=training, mask=mask)
                 else:
                     y = layer.call(x, training=training)
@@ -652,7 +652,6 @@ def _fuse_conv_pool(steps, readers, calls, outputs):
 # takes ``mask=`` and asks every layer that met a mask, or makes its own (compute_mask
 # overridden, as Embedding's mask_zero), for its output's mask. The rules live beside Layer
 # (pynn.layers.base), where the wrappers that defer to an inner layer's can reach them.
-_takes_mask, _makes_mask = takes_mask, makes_mask
 
 
 class _FoldedLayer:
