@@ -841,7 +841,7 @@ def _resizing(g, layer, x, out_shape):
 @_converts("Masking")
 def _masking(g, layer, x, out_shape):
     """The values: x with the steps whose features all equal mask_value zeroed (a layer
-    reading the mask itself is refused: _mask_after)."""
+    reading the mask itself is refused: _mask_reader)."""
     x = g.nhwc(x)
     hint = layer.name
     differs = g.op("Not", [g.op("Equal", [x.name, g.const(layer.mask_value, f"{hint}_value")],
@@ -1189,56 +1189,184 @@ def _built_graph(model, input_signature):
 
 def _walk(g, graph, values, masks=None):
     """Convert ``graph``'s nodes; ``values`` maps id(KerasTensor) -> _Tensor, ``masks``
-    id(KerasTensor) -> the label of the layer whose Keras mask it carries."""
+    id(KerasTensor) -> the _Mask it carries."""
     masks = {} if masks is None else masks
     for node in graph.nodes:
         if node.is_input:
             continue
         layer = node.layer
         ins = [values[id(t)] for t in node.inputs]
-        maker = next((masks[id(t)] for t in node.inputs if id(t) in masks), None)
+        in_masks = [masks.get(id(t)) for t in node.inputs]
         sub = getattr(layer, "_graph", None)
         if sub is not None:  # a model used as a layer: inlined
             inner = {id(t): x for t, x in zip(sub.inputs, ins)}
-            inner_masks = {id(s): masks[id(t)] for s, t in zip(sub.inputs, node.inputs)
-                           if id(t) in masks}
+            inner_masks = {id(s): m for s, m in zip(sub.inputs, in_masks) if m is not None}
             _walk(g, sub, inner, inner_masks)
             outs = [inner[id(t)] for t in sub.outputs]
             out_masks = [inner_masks.get(id(t)) for t in sub.outputs]
         else:
-            out_masks = [_mask_after(layer, node, maker)] * len(node.outputs)
             out_shape = ([t.shape for t in node.outputs] if len(node.outputs) > 1
                          else node.outputs[0].shape)
-            y = _convert(g, layer, ins if node.several else ins[0], out_shape)
+            x = ins if node.several else ins[0]
+            reader = _mask_reader(layer, in_masks)
+            y = (reader(g, layer, x, out_shape, in_masks[0].tensor(g)) if reader is not None
+                 else _convert(g, layer, x, out_shape))
             outs = y if isinstance(y, list) else [y]
+            out_masks = _masks_after(g, layer, node, ins, in_masks, outs)
         for t, y, m in zip(node.outputs, outs, out_masks):
             values[id(t)] = y
             if m is not None:
                 masks[id(t)] = m
 
 
-def _mask_after(layer, node, maker):
-    """The label of the layer whose mask ``layer``'s outputs carry (None: no mask), given the
-    one its inputs carry (``maker``). A layer whose numbers a mask changes (a recurrent
-    layer's skipped steps, a masked pooling) cannot be exported: ONNX's ops take no Keras
-    mask, and a graph ignoring it would answer padded inputs wrongly."""
-    from pynn.layers.base import makes_mask, takes_mask
+class _Mask:
+    """A Keras mask carried beside a tensor: ``label`` names the layer that made it, and
+    ``build(g)`` writes the nodes of its float32 tensor of 0s and 1s (pynn's layout, rank
+    ``rank``: batch and steps, the tensor's features left out), once, when a layer first
+    reads it."""
 
-    if maker is not None and takes_mask(layer):
-        raise _unsupported(layer, f"it reads the mask that {maker} makes, which ONNX's ops "
-                                  f"cannot take (padded inputs would give other numbers); "
-                                  f"export a model without it (mask_zero=False, no Masking)")
-    if makes_mask(layer):
-        return _label(layer)
-    if maker is None:
+    __slots__ = ("_build", "_name", "label", "rank")
+
+    def __init__(self, label, rank, build):
+        self.label, self.rank, self._build, self._name = label, rank, build, None
+
+    def tensor(self, g):
+        if self._name is None:
+            self._name = self._build(g)
+        return self._name
+
+
+def _takes_mask_at_inference(layer):
+    """Whether ``layer``'s inference numbers depend on the mask it is given (the exported
+    graph runs inference: BatchNormalization uses only its moving statistics there, and a
+    TimeDistributed hands the mask to its inner layer only when that one takes a mask)."""
+    from pynn.layers.base import takes_mask
+
+    inner = getattr(layer, "mask_delegate", None)
+    if inner is not None:
+        return _takes_mask_at_inference(inner)
+    kind = type(layer).__name__
+    if kind == "BatchNormalization":
+        return False
+    if kind == "TimeDistributed":
+        return _takes_mask_at_inference(layer.layer)
+    return takes_mask(layer)
+
+
+def _mask_reader(layer, in_masks):
+    """The converter of ``layer`` reading its input's mask tensor, None where it reads none
+    (no mask arrives, or the layer ignores it at inference); a layer whose masked numbers
+    ONNX's ops cannot give (a recurrent layer skips masked steps, which its ONNX op cannot)
+    is refused, naming the layer that made the mask."""
+    mask = next((m for m in in_masks if m is not None), None)
+    if mask is None or not _takes_mask_at_inference(layer):
         return None
+    reader = _MASK_READERS.get(type(layer).__name__)
+    if reader is None:
+        raise _unsupported(layer, f"it reads the mask that {mask.label} makes, which ONNX's "
+                                  f"ops cannot take (padded inputs would give other numbers); "
+                                  f"export a model without it (mask_zero=False, no Masking)")
+    return reader
+
+
+def _masked_global_average_1d(g, layer, x, out_shape, mask):
+    """Keras's masked mean over the steps, sum_t(m x) / sum_t(m), as pynn computes it: the
+    weights m / sum_t(m) (NaN for a row of padding alone, as in Keras) batch-multiplied with
+    x."""
+    x = g.nhwc(x)
+    hint = layer.name
+    count = g.reduce("ReduceSum", mask, [1], f"{hint}_count")
+    weights = g.unsqueeze(g.op("Div", [mask, count], f"{hint}_weights"), [1],
+                          f"{hint}_weights_row")
+    y = g.op("MatMul", [weights, x.name], f"{hint}_sum" if not layer.keepdims else hint)
+    if layer.keepdims:
+        return g.tensor(y, out_shape)
+    return g.tensor(g.squeeze(y, [1], hint), out_shape)
+
+
+_MASK_READERS = {"GlobalAveragePooling1D": _masked_global_average_1d}
+
+
+def _masks_after(g, layer, node, ins, in_masks, outs):
+    """The _Mask (or None) of each of ``layer``'s outputs, by pynn's compute_mask rules:
+    Embedding and Masking make one, the merges combine theirs, a layer that supports
+    masking passes its input's on, any other drops it."""
+    from pynn.layers.base import makes_mask
+
+    kind = type(getattr(layer, "mask_delegate", None) or layer).__name__
+    n = len(outs)
+    if kind == "Embedding" and makes_mask(layer):
+        ids = g.nhwc(ins[0]).name
+        zero = g.const(0, f"{layer.name}_pad", {"int32": np.int32, "int64": np.int64}.get(
+            ins[0].dtype, np.float32))
+
+        def build(g):
+            differs = g.op("Not", [g.op("Equal", [ids, zero], f"{layer.name}_is_pad")],
+                           f"{layer.name}_kept")
+            return g.op("Cast", [differs], f"{layer.name}_mask", to=g.onnx.TensorProto.FLOAT)
+        return [_Mask(_label(layer), len(ins[0].shape), build)] * n
+    if kind == "Masking":
+        x = g.nhwc(ins[0])
+        value = g.const(layer.mask_value, f"{layer.name}_mask_value")
+
+        def build(g):
+            differs = g.op("Not", [g.op("Equal", [x.name, value], f"{layer.name}_m_equal")],
+                           f"{layer.name}_m_differs")
+            as_float = g.op("Cast", [differs], f"{layer.name}_m_cast",
+                            to=g.onnx.TensorProto.FLOAT)
+            return g.reduce("ReduceMax", as_float, [len(x.shape) - 1], f"{layer.name}_mask",
+                            keepdims=False)
+        return [_Mask(_label(layer), len(x.shape) - 1, build)] * n
+    present = [m for m in in_masks if m is not None]
+    if not present:
+        return [None] * n
+    if kind in ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"):
+        if len(present) < len(in_masks):
+            return [None] * n   # pynn's merges drop the mask unless every input has one
+        if len(present) == 1:
+            return [present[0]] * n
+
+        def build(g):   # the steps any input keeps (logical or)
+            return g.op("Max", [m.tensor(g) for m in present], f"{layer.name}_mask")
+        return [_Mask(" and ".join(sorted({m.label for m in present})),
+                      max(m.rank for m in present), build)] * n
+    if kind == "Concatenate":
+        return [_Mask(_label(layer), len(ins[0].shape) - 1,
+                      _concatenated_mask(layer, ins, in_masks))] * n
     probe = np.ones((1, 1), bool)
     try:
         passed = layer.compute_mask(None, [probe] * len(node.inputs) if node.several else probe)
     except Exception:  # noqa: BLE001  (a rule that needs the values: assume it passes)
-        return maker
-    passed = passed if isinstance(passed, list) else [passed]
-    return maker if any(m is not None for m in passed) else None
+        return [present[0]] * n
+    passed = passed if isinstance(passed, list) else [passed] * n
+    return [present[0] if m is not None else None for m in passed]
+
+
+def _concatenated_mask(layer, ins, in_masks):
+    """pynn's Concatenate.compute_mask in ONNX: each input's mask (all ones where it has
+    none) spread over that input's shape, concatenated like the values, then `any` over
+    the last axis."""
+    def build(g):
+        spread = []
+        for k, (x, m) in enumerate(zip(ins, in_masks)):
+            x = g.nhwc(x)
+            hint = f"{layer.name}_mask{k}"
+            ones = g.op("ConstantOfShape", [g.op("Shape", [x.name], f"{hint}_shape")], hint,
+                        value=g.onnx.helper.make_tensor("one", g.onnx.TensorProto.FLOAT, [1],
+                                                        [1.0]))
+            if m is None:
+                spread.append(ones)
+                continue
+            # trailing axes up to the input's rank, then broadcast over them
+            trailing = list(range(m.rank, len(x.shape)))
+            mt = m.tensor(g)
+            wide = g.unsqueeze(mt, trailing, f"{hint}_wide") if trailing else mt
+            spread.append(g.op("Mul", [wide, ones], f"{hint}_spread"))
+        axis = layer.axis % len(ins[0].shape)
+        joined = g.op("Concat", spread, f"{layer.name}_mask_joined", axis=axis)
+        return g.reduce("ReduceMax", joined, [len(ins[0].shape) - 1], f"{layer.name}_mask",
+                        keepdims=False)
+    return build
 
 
 def export(model, path=None, opset=None, input_signature=None, batch_size=None):

@@ -54,8 +54,11 @@ def check_export(model, xs, opset=None, seed=0):
     assert len(got) == len(want)
     for k, (a, b) in enumerate(zip(got, want)):
         assert a.shape == b.shape, f"output {k}: onnx shape {a.shape}, pynn {b.shape}"
-        err = float(np.max(np.abs(a.astype(np.float64) - b)))
-        bound = TOL * max(1.0, float(np.max(np.abs(b))))
+        # NaN where pynn gives NaN (a masked mean over padding alone is 0 / 0, as in Keras)
+        assert np.array_equal(np.isnan(a), np.isnan(b)), f"output {k}: NaN elsewhere"
+        a, b = a[~np.isnan(b)], b[~np.isnan(b)]
+        err = float(np.max(np.abs(a.astype(np.float64) - b), initial=0.0))
+        bound = TOL * max(1.0, float(np.max(np.abs(b), initial=0.0)))
         assert err <= bound, f"output {k}: max |onnx - pynn| = {err:.3g} > {bound:.3g}"
     return proto
 
@@ -226,26 +229,103 @@ def test_embedding():
     check_export(model, ids)
 
 
-@pytest.mark.parametrize("reader", ["LSTM", "GlobalAveragePooling1D", "Bidirectional"])
+@pytest.mark.parametrize("reader", ["LSTM", "Bidirectional", "TimeDistributed"])
 def test_a_layer_reading_a_mask_is_refused_and_one_ignoring_it_exports(reader):
-    """Embedding(mask_zero=True) changes the numbers of the layers that read its mask (a
-    recurrent layer skips the padded steps, a pooling averages the kept ones), which ONNX's
-    ops cannot do: the export names the reader and the maker rather than writing a graph
-    that answers padded inputs otherwise. Where nothing reads the mask (Flatten, then
-    Dense), the graph gives pynn's numbers, padded ids included."""
-    def model(*middle):
-        return pynn.Sequential([L.Input((6,), dtype="int32"),
+    """Embedding(mask_zero=True) changes the numbers of the layers that read its mask: a
+    recurrent layer skips the padded steps, which ONNX's recurrent ops cannot (their
+    sequence lengths cut only trailing padding). The export names the reader and the
+    maker rather than writing a graph that answers padded inputs otherwise. Where nothing
+    reads the mask (Flatten, then Dense), the graph gives pynn's numbers, padded ids
+    included."""
+    def model(*middle, words=()):
+        # TimeDistributed: sentences of words, each word's steps its letters
+        return pynn.Sequential([L.Input((6,) + words, dtype="int32"),
                                 L.Embedding(11, 4, mask_zero=True, name="ids"), *middle,
                                 L.Dense(3)])
     layer = {"LSTM": lambda: L.LSTM(3, name="reader"),
-             "GlobalAveragePooling1D": lambda: L.GlobalAveragePooling1D(name="reader"),
-             "Bidirectional": lambda: L.Bidirectional(L.GRU(2), name="reader")}[reader]
+             "Bidirectional": lambda: L.Bidirectional(L.GRU(2), name="reader"),
+             "TimeDistributed": lambda: L.TimeDistributed(L.LSTM(2), name="reader")}[reader]
+    words = (4,) if reader == "TimeDistributed" else ()
     with pytest.raises(ValueError, match=rf"{reader} 'reader' cannot be exported: it reads "
                                          rf"the mask that Embedding 'ids' makes"):
-        pynn.onnx.export(model(L.Dense(5), layer()))
+        pynn.onnx.export(model(L.Dense(5), layer(), words=words))
     ids = np.random.default_rng(3).integers(0, 11, (3, 6)).astype(np.int32)
     ids[0, :3] = 0
     check_export(model(L.Flatten()), ids)
+
+
+def padded_ids(shape=(5, 7), vocab=11, seed=3):
+    """Token ids with padding (0) leading, trailing and inside, and a row of padding alone."""
+    ids = np.random.default_rng(seed).integers(1, vocab, shape).astype(np.int32)
+    ids[0, :3] = 0
+    ids[1, -2:] = 0
+    ids[2, 2] = 0
+    ids[3, :] = 0
+    return ids
+
+
+def masked_steps(shape=(5, 6, 3), seed=4):
+    """Sequences with steps of zeros (what Masking(0.0) masks) here and there."""
+    x = rand(shape, seed)
+    x[0, 1] = 0.0
+    x[1, -1] = 0.0
+    x[2, :2] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("ids_dtype", [np.int32, np.int64])
+def test_masked_global_average_pooling_exports_keras_masked_mean(keepdims, ids_dtype):
+    """The classic text classifier, Embedding(mask_zero=True) -> GlobalAveragePooling1D ->
+    Dense, exports: the mean runs over the kept steps (a row of padding alone gives NaN, as
+    in pynn and Keras), and BatchNormalization, Dropout and a Dense on the way (which pass
+    the mask on and ignore it at inference) export with it."""
+    model = pynn.Sequential([
+        L.Input((7,), dtype="int64" if ids_dtype is np.int64 else "int32"),
+        L.Embedding(11, 4, mask_zero=True), L.Dense(5, activation="tanh"),
+        L.BatchNormalization(), L.Dropout(0.3), L.GlobalAveragePooling1D(keepdims=keepdims),
+        L.Flatten(), L.Dense(3)])
+    ids = padded_ids().astype(ids_dtype)
+    proto = check_export(model, ids)
+    assert "MatMul" in op_types(proto) and "Equal" in op_types(proto)
+    want = model.predict(ids, verbose=0)
+    assert np.isnan(want[3]).all() and np.isfinite(want[[0, 1, 2, 4]]).all()
+    # the mask changes the numbers: the unmasked mean would differ on the padded rows
+    plain = pynn.Sequential([L.Input((7,), dtype="int32"), L.Embedding(11, 4),
+                             L.Dense(5, activation="tanh"), L.BatchNormalization(),
+                             L.Dropout(0.3), L.GlobalAveragePooling1D(keepdims=keepdims),
+                             L.Flatten(), L.Dense(3)])
+    plain.set_weights(model.get_weights())
+    assert np.abs(plain.predict(ids.astype(np.int32), verbose=0)[0] - want[0]).max() > 1e-3
+
+
+def test_masking_through_time_distributed_dense_to_the_masked_mean():
+    model = seq((6, 3), L.Masking(0.0), L.TimeDistributed(L.Dense(4, activation="relu")),
+                L.GlobalAveragePooling1D(), L.Dense(2))
+    check_export(model, masked_steps())
+
+
+def _merged_mask_model(merge, second_masked):
+    inp = L.Input((6, 3))
+    a = L.Masking(0.0)(inp)
+    b = L.Dense(3)(L.Masking(0.5)(inp) if second_masked else inp)
+    merged = merge([a, b])
+    return pynn.Model(inp, L.Dense(2)(L.GlobalAveragePooling1D()(merged)))
+
+
+@pytest.mark.parametrize("second_masked", [True, False])
+@pytest.mark.parametrize("merge", ["Add", "Multiply", "Average", "Maximum", "Concatenate",
+                                   "Concatenate1"])
+def test_merged_masks_follow_pynns_rules(merge, second_masked):
+    """Two masks meeting in a merge: Add and its kind keep the steps either input keeps
+    (no mask at all where one input has none), Concatenate spreads each input's mask (ones
+    where it has none) over its values, joins them like the values and keeps a step that
+    any joined feature keeps; the masked mean after them reads the result."""
+    layer = {"Concatenate": lambda: L.Concatenate(),
+             "Concatenate1": lambda: L.Concatenate(axis=1)}.get(merge) or getattr(L, merge)
+    x = masked_steps()
+    x[3, 4] = 0.5   # a step Masking(0.5) masks
+    check_export(_merged_mask_model(layer(), second_masked), x)
 
 
 RNNS = {
