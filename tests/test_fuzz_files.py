@@ -1,0 +1,186 @@
+"""Random whole models (tests/test_fuzz_models.py's generator) through every file pynn
+writes, and through Keras 3 itself:
+
+- the native ``.pynn`` file loads back to the same bits;
+- pynn's ``.keras`` file loads back into pynn, and into Keras 3, whose predictions agree;
+- compiled with SGD, the ``.keras`` file carries the training state: one Keras
+  ``train_on_batch`` from it moves every weight as one pynn step does (so the gradients
+  agree, layer by layer, masks included);
+- ``pynn.onnx.export`` gives a graph onnxruntime runs to pynn's numbers, or refuses, by
+  name, only a recurrent layer reading a mask (ONNX's recurrent ops cannot skip masked
+  steps).
+
+Found this way: a masked GlobalAveragePooling1D (the Embedding(mask_zero) text classifier),
+a BatchNormalization or TimeDistributed(Dense) after a mask were refused by the ONNX
+exporter. Where Keras 3.15 itself parts from its own rules the comparison is skipped, and
+``keras_divergence`` says why (README, "Keras and ONNX files"). Each test runs a block of
+seeds; a failure names the seed, which ``check_*`` reproduces alone.
+"""
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+try:
+    import h5py  # noqa: F401  (the .keras weights)
+    import keras
+except Exception as exc:  # noqa: BLE001 (keras or h5py missing, or its backend fails)
+    pytest.skip(f"keras (torch backend) and h5py are not available: {exc}",
+                allow_module_level=True)
+
+import pynn
+from tests.test_fuzz_models import assert_agrees, random_case, random_model
+
+BLOCKS, SEEDS_PER_BLOCK = 4, 50
+STOCHASTIC = {"Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise",
+              "GaussianDropout", "AlphaDropout"}
+RECURRENT = {"LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional"}
+
+
+def _layers(model):
+    """Every layer, wrappers' inner layers too."""
+    for layer in model.layers:
+        yield layer
+        for inner in (getattr(layer, "layer", None), getattr(layer, "forward_layer", None)):
+            if inner is not None:
+                yield inner
+
+
+def _masked(model):
+    return any(type(la).__name__ == "Masking" or getattr(la, "mask_zero", False)
+               for la in model.layers)
+
+
+def keras_divergence(model, training=False):
+    """Why Keras 3.15 (torch backend) cannot be the reference for ``model``, or None:
+    its average pooling with "same" padding split unevenly repeats the edge instead of
+    averaging the window's inside, and its masked BatchNormalization over one channel
+    fails (IndexError) while training."""
+    for layer in _layers(model):
+        kind = type(layer).__name__
+        if kind in ("AveragePooling1D", "AveragePooling2D") and layer.padding == "same":
+            spatial = layer.input_shape[1:-1]
+            pools = np.atleast_1d(layer.pool_size)
+            strides = np.atleast_1d(layer.strides)
+            for n, p, s in zip(spatial, pools, strides):
+                pad = max((-(-n // s) - 1) * s + p - n, 0)
+                if pad % 2:
+                    return f"{layer.name}: 'same' average pooling padded unevenly"
+        if (training and kind == "BatchNormalization" and _masked(model)
+                and layer.input_shape[-1] == 1):
+            return f"{layer.name}: masked batch normalization over one channel"
+    return None
+
+
+def _case(seed, batch=3):
+    head, model = random_model(seed)
+    weights, x, y, loss = random_case(seed, model, head, batch)
+    model.set_weights([w.astype("float32") for w in weights])
+    x = x if x.dtype.kind in "iu" else x.astype(np.float32)
+    y = y if y.dtype.kind in "iu" else y.astype(np.float32)
+    return model, x, y, loss
+
+
+def check_files(seed, tmp_path):
+    """.pynn, .keras (pynn and Keras loading it) and ONNX against the model's predictions."""
+    model, x, _, _ = _case(seed)
+    want = np.asarray(model.predict_on_batch(x))
+    native = tmp_path / f"m{seed}.pynn"
+    model.save(native)
+    assert_agrees(pynn.load_model(native).predict_on_batch(x), want, 0.0,
+                  f"seed {seed}: .pynn")
+
+    path = tmp_path / f"m{seed}.keras"
+    model.save(path)
+    assert_agrees(pynn.load_model(path).predict_on_batch(x), want, 1e-6,
+                  f"seed {seed}: .keras into pynn")
+    if keras_divergence(model) is None:
+        theirs = keras.saving.load_model(path).predict(x, verbose=0)
+        assert_agrees(theirs, want, 2e-4, f"seed {seed}: .keras into Keras")
+
+    check_onnx(seed, model, x, want)
+
+
+def check_onnx(seed, model, x, want):
+    onnx = pytest.importorskip("onnx")  # noqa: F841
+    ort = pytest.importorskip("onnxruntime")
+    import pynn.onnx
+
+    try:
+        proto = pynn.onnx.export(model)
+    except ValueError as exc:
+        refused = str(exc).split("pynn.onnx.export: ", 1)[-1].split(" ", 1)[0]
+        assert refused in RECURRENT | {"TimeDistributed"} and "reads the mask" in str(exc), \
+            f"seed {seed}: ONNX export refused: {exc}"
+        return
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(proto.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0]
+    xs = x.astype(np.int64) if "int64" in feed.type else x
+    assert_agrees(session.run(None, {feed.name: xs})[0], want, 1e-4, f"seed {seed}: ONNX")
+
+
+def check_keras_training(seed, tmp_path):
+    """One SGD step from pynn's compiled .keras file, in Keras and in pynn: the losses and
+    every weight's update agree."""
+    model, x, y, loss = _case(seed, batch=4)
+    if STOCHASTIC & {type(la).__name__ for la in _layers(model)}:
+        return  # the two draw other noise
+    if keras_divergence(model, training=True) is not None:
+        return
+    model.compile(optimizer=pynn.optimizers.SGD(0.1), loss=loss)
+    path = tmp_path / f"t{seed}.keras"
+    model.save(path)
+    theirs = keras.saving.load_model(path)
+    before = model.get_weights()
+    ours_loss = float(model.train_on_batch(x, y))
+    their_loss = float(theirs.train_on_batch(x, y))
+    assert abs(ours_loss - their_loss) <= 1e-5 * max(1.0, abs(their_loss)), \
+        f"seed {seed}: loss {ours_loss} against Keras's {their_loss}"
+    for v, w0, ours, their in zip(model.weights, before, model.get_weights(),
+                                  theirs.get_weights()):
+        assert_agrees(ours - w0, their - w0, 2e-5, f"seed {seed}: update of {v.path}")
+
+
+def seeds(block):
+    return range(block * SEEDS_PER_BLOCK, (block + 1) * SEEDS_PER_BLOCK)
+
+
+@pytest.fixture
+def quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@pytest.mark.parametrize("block", range(BLOCKS))
+def test_random_models_survive_every_file(block, tmp_path, quiet):
+    for seed in seeds(block):
+        check_files(seed, tmp_path)
+
+
+@pytest.mark.parametrize("block", range(BLOCKS))
+def test_keras_trains_pynns_keras_files_as_pynn_does(block, tmp_path, quiet):
+    for seed in seeds(block):
+        check_keras_training(seed, tmp_path)
+
+
+def test_the_divergences_skipped_are_keras_own():
+    """keras_divergence's first rule names a real difference: Keras 3.15's 'same' average
+    pooling over an uneven pad answers otherwise than the window's mean (pynn's, and
+    Keras's own with an even pad)."""
+    layer = keras.layers.AveragePooling1D(3, strides=3, padding="same")
+    x = np.arange(1.0, 6.0, dtype=np.float32).reshape(1, 5, 1)   # pad 1: one on the right
+    theirs = np.asarray(layer(x)).ravel()
+    model = pynn.Sequential([pynn.layers.Input((5, 1)),
+                             pynn.layers.AveragePooling1D(3, strides=3, padding="same")])
+    ours = np.asarray(model.predict_on_batch(x)).ravel()
+    np.testing.assert_allclose(ours, [2.0, 4.5])    # the means of (1, 2, 3) and (4, 5)
+    assert keras_divergence(model) is not None
+    if np.allclose(theirs, ours):
+        pytest.skip("this Keras pools as pynn does: drop keras_divergence's pooling rule")
