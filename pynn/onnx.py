@@ -105,7 +105,7 @@ class _Builder:
     def const(self, value, hint, dtype=np.float32):
         """An initializer; equal arrays are stored once (a shared layer's weights, called
         twice, and the many small constants)."""
-        value = np.ascontiguousarray(np.asarray(value, dtype=dtype))
+        value = np.array(value, dtype=dtype, order="C")   # a scalar stays 0-d
         key = (value.dtype.str, value.shape, hashlib.sha1(value.tobytes()).digest())
         if key not in self._constants:
             name = self.fresh(hint)
@@ -870,7 +870,7 @@ def _pruned(g, layer, x, out_shape):
 
 
 @_converts("RNN")
-def _rnn_layer(g, layer, x, out_shape):
+def _rnn_layer(g, layer, x, out_shape, mask=None):
     """RNN over SimpleRNN/LSTM/GRU cells (one, or stacked) is those layers in sequence."""
     if layer._user_cell:
         raise _unsupported(layer, "a user-written cell has no ONNX form")
@@ -879,7 +879,7 @@ def _rnn_layer(g, layer, x, out_shape):
     shape = x.shape
     for inner in layer._layers:
         shape = inner.compute_output_shape(shape)
-        x = _recurrent(g, inner, x, shape)
+        x = _recurrent(g, inner, x, shape, mask)
     return x
 
 
@@ -925,16 +925,18 @@ def _gates(a, order, units):
 
 
 @_converts("SimpleRNN", "LSTM", "GRU")
-def _recurrent(g, layer, x, out_shape):
+def _recurrent(g, layer, x, out_shape, mask=None):
+    """The ONNX RNN, LSTM or GRU op of a Keras layer; with ``mask`` (a float (N, T) mask
+    tensor) the kept steps only (_kept_steps). return_state: the output and the final
+    states (h, and c for an LSTM), as Keras lists them."""
     kind, u = type(layer).__name__.removeprefix("Quantized"), layer.units
     hint = layer.name
     # ONNX's time-major layout (T, N, C) is x in layout (1, 0, 2).
     x = g.layout(x, (1, 0, 2))
     xs = x.name
     if layer.go_backwards:  # Keras: read from the end, outputs in that order
-        xs = g.op("Slice", [xs, g.ints([-1], f"{hint}_rs"), g.ints([_INT64_MIN], f"{hint}_re"),
-                            g.ints([0], f"{hint}_ra"), g.ints([-1], f"{hint}_rstep")],
-                  f"{hint}_reversed")
+        xs = _reversed(g, xs, 0, hint)
+    kept = None if mask is None else _kept_steps(g, xs, mask, layer.go_backwards, hint)
     kernel, recurrent = _dequantized_kernel(layer).T, _host(layer.recurrent_kernel).T
     gates = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3}[kind]
     bias = _host(layer.bias) if layer.use_bias else np.zeros((gates * u,))
@@ -953,42 +955,141 @@ def _recurrent(g, layer, x, out_shape):
         attrs["linear_before_reset"] = int(layer.reset_after)
     else:
         attrs = _rnn_activations(layer, [layer.activation])
-    inputs = [xs, g.const(kernel[None], f"{hint}_W"), g.const(recurrent[None], f"{hint}_R"),
+    inputs = [xs if kept is None else kept.steps, g.const(kernel[None], f"{hint}_W"),
+              g.const(recurrent[None], f"{hint}_R"),
               g.const(np.concatenate([bias, recurrent_bias])[None], f"{hint}_B")]
+    if kept is not None:
+        inputs.append(kept.lengths)
     outs = 3 if kind == "LSTM" else 2
-    y_seq, y_last = g.op({"SimpleRNN": "RNN"}.get(kind, kind), inputs, hint, outputs=outs,
-                         hidden_size=u, **attrs)[:2]
+    results = g.op({"SimpleRNN": "RNN"}.get(kind, kind), inputs, hint, outputs=outs,
+                   hidden_size=u, **attrs)
+    states = [g.squeeze(s, [0], f"{hint}_state{k}") for k, s in enumerate(results[1:])]
+    if kept is not None:   # a row that keeps no step answers the zero initial state
+        states = [g.op("Mul", [s, kept.any_row], f"{hint}_state{k}_kept")
+                  for k, s in enumerate(states)]
+    state_shape = (out_shape[0][0] if layer.return_state else out_shape[0], u)
+    y_shape = out_shape[0] if layer.return_state else out_shape
+    # zero_output_for_mask (set by Bidirectional on its layers): a masked step's output is
+    # zeros instead of the previous one, and so is the last output if its step is masked
+    zeros = kept is not None and getattr(layer, "zero_output_for_mask", False)
     if layer.return_sequences:
         # Y (T, 1, N, U): without the direction axis it is the output in layout (1, 0, 2).
-        return g.tensor(g.squeeze(y_seq, [1], f"{hint}_seq"), out_shape, (1, 0, 2))
-    return g.tensor(g.squeeze(y_last, [0], f"{hint}_last"), out_shape)
+        seq = g.squeeze(results[0], [1], f"{hint}_seq")
+        if kept is not None:
+            seq = kept.spread(g, seq, zeros, hint)
+        y = g.tensor(seq, y_shape, (1, 0, 2))
+    elif zeros:
+        y = g.tensor(g.op("Mul", [states[0], kept.last_kept(g, hint)], f"{hint}_last"),
+                     y_shape)
+    else:
+        y = g.tensor(states[0], y_shape)
+    if not layer.return_state:
+        return y
+    return [y] + [g.tensor(s, state_shape) for s in states]
+
+
+def _reversed(g, name, axis, hint):
+    return g.op("Slice", [name, g.ints([-1], f"{hint}_rs"), g.ints([_INT64_MIN], f"{hint}_re"),
+                          g.ints([axis], f"{hint}_ra_{axis}"), g.ints([-1], f"{hint}_rstep")],
+                f"{hint}_reversed")
+
+
+class _KeptSteps:
+    """A masked sequence as an ONNX recurrent op can take it. Keras's recurrent layers
+    carry the state over a masked step and repeat the last output there (zeros before the
+    first kept step), wherever the masked steps lie; ONNX's ops skip only trailing steps
+    (sequence_lens). So each row's kept steps are moved, in order, to its front (a
+    permutation: ScatterElements), the op runs over that many steps, and with
+    return_sequences each step's output is gathered back from the compacted outputs: the
+    output after the kept steps up to it. The same arithmetic on the same steps as pynn's
+    (and Keras's) masked recurrence."""
+
+    __slots__ = ("any_row", "before", "lengths", "mask", "steps")
+
+    def spread(self, g, seq, zeros, hint):
+        """Outputs (T, N, U) of the compacted steps -> those of the original steps (zeros
+        at the masked ones with ``zeros``)."""
+        index = g.op("Cast", [g.op("Max", [g.op("Sub", [self.before, g.const(1.0, f"{hint}_1")],
+                                                 f"{hint}_last_kept"),
+                                          g.const(0.0, f"{hint}_0")], f"{hint}_from")],
+                     f"{hint}_from_i", to=g.onnx.TensorProto.INT64)
+        index = g.op("Expand", [g.unsqueeze(index, [2], f"{hint}_from_wide"),
+                                g.op("Shape", [seq], f"{hint}_seq_shape")], f"{hint}_from_all")
+        gathered = g.op("GatherElements", [seq, index], f"{hint}_gathered", axis=0)
+        started = (self.mask if zeros else
+                   g.op("Min", [self.before, g.const(1.0, f"{hint}_1b")], f"{hint}_started"))
+        return g.op("Mul", [gathered, g.unsqueeze(started, [2], f"{hint}_started_wide")],
+                    f"{hint}_seq_masked")
+
+    def last_kept(self, g, hint):
+        """(N, 1): whether each row's last step, in processing order, is kept."""
+        last = g.op("Gather", [self.mask, g.const(-1, f"{hint}_last_t", np.int64)],
+                    f"{hint}_last_step", axis=0)
+        return g.unsqueeze(last, [1], f"{hint}_last_kept")
+
+
+def _kept_steps(g, xs, mask, backwards, hint):
+    """_KeptSteps of the time-major sequence ``xs`` (T, N, C) under ``mask`` (N, T)."""
+    kept = _KeptSteps()
+    h = f"{hint}_mask"
+    m = g.op("Transpose", [mask], f"{h}_tn", perm=[1, 0])          # (T, N)
+    if backwards:
+        m = _reversed(g, m, 0, f"{h}_back")
+    before = g.op("CumSum", [m, g.const(np.int64(0), f"{h}_axis", np.int64)], f"{h}_before")
+    count = g.reduce("ReduceSum", m, [0], f"{h}_count", keepdims=False)   # (N,)
+    steps = g.op("Cast", [g.op("Gather", [g.op("Shape", [xs], f"{h}_shape"),
+                                          g.const(np.int64(0), f"{h}_t", np.int64)],
+                               f"{h}_steps_i")], f"{h}_steps", to=g.onnx.TensorProto.FLOAT)
+    t = g.unsqueeze(g.op("Range", [g.const(0.0, f"{h}_start"), steps,
+                                   g.const(1.0, f"{h}_delta")], f"{h}_range"), [1], f"{h}_t")
+    # a kept step goes to (kept steps before it), a masked one after every kept step
+    to_front = g.op("Sub", [before, g.const(1.0, f"{h}_one")], f"{h}_front")
+    to_back = g.op("Sub", [g.op("Add", [count, t], f"{h}_count_t"), before], f"{h}_back")
+    inverse = g.op("Sub", [g.const(1.0, f"{h}_one_m"), m], f"{h}_masked")
+    pos = g.op("Add", [g.op("Mul", [m, to_front], f"{h}_pos_kept"),
+                       g.op("Mul", [inverse, to_back], f"{h}_pos_masked")], f"{h}_pos")
+    pos = g.op("Cast", [pos], f"{h}_pos_i", to=g.onnx.TensorProto.INT64)
+    index = g.op("Expand", [g.unsqueeze(pos, [2], f"{h}_pos_wide"),
+                            g.op("Shape", [xs], f"{h}_x_shape")], f"{h}_index")
+    kept.steps = g.op("ScatterElements", [xs, index, xs], f"{h}_compacted", axis=0)
+    # at least one step per row (a runtime may refuse an empty one): a row that keeps none
+    # is answered by the zero initial state instead (any_row)
+    kept.lengths = g.op("Cast", [g.op("Max", [count, g.const(1.0, f"{h}_least")],
+                                      f"{h}_lengths_f")], f"{h}_lengths",
+                        to=g.onnx.TensorProto.INT32)
+    kept.any_row = g.unsqueeze(g.op("Min", [count, g.const(1.0, f"{h}_one_row")],
+                                    f"{h}_any"), [1], f"{h}_any_row")
+    kept.before, kept.mask = before, m
+    return kept
 
 
 @_converts("Bidirectional")
-def _bidirectional(g, layer, x, out_shape):
+def _bidirectional(g, layer, x, out_shape, mask=None):
     """Keras's Bidirectional as pynn runs it: its two layers' graphs (the backward one reads
     the sequence from its end), the backward outputs reversed back into input order with
-    return_sequences, then merged by merge_mode (None: both outputs)."""
-    if layer.return_state:
-        raise _unsupported(layer, "return_state has no export here")
+    return_sequences, then merged by merge_mode (None: both outputs); return_state adds
+    the forward layer's states, then the backward one's."""
+    states = []
     ys = []
     for inner in (layer.forward_layer, layer.backward_layer):
-        ys.append(_recurrent(g, inner, x, inner.compute_output_shape(x.shape)))
+        shape = inner.compute_output_shape(x.shape)
+        y = _recurrent(g, inner, x, shape, mask)
+        if layer.return_state:
+            y, states = y[0], states + y[1:]
+        ys.append(y)
     yf, yb = ys
     hint = layer.name
     if layer.return_sequences:
-        yb = g.derived(yb, g.op("Slice", [
-            yb.name, g.ints([-1], f"{hint}_rs"), g.ints([_INT64_MIN], f"{hint}_re"),
-            g.ints([yb.axis(1)], f"{hint}_ra"), g.ints([-1], f"{hint}_rstep")],
-            f"{hint}_backward_in_order"))
+        yb = g.derived(yb, _reversed(g, yb.name, yb.axis(1), f"{hint}_backward_in_order"))
     if layer.merge_mode is None:
-        return [yf, yb]
+        return [yf, yb] + states
     if layer.merge_mode == "concat":
         y = g.op("Concat", [yf.name, yb.name], hint, axis=yf.axis(-1))
     else:
         y = g.op({"sum": "Sum", "mul": "Mul", "ave": "Mean"}[layer.merge_mode],
                  [yf.name, yb.name], hint)
-    return g.tensor(y, out_shape, yf.perm)
+    merged = g.tensor(y, out_shape[0] if layer.return_state else out_shape, yf.perm)
+    return [merged] + states if layer.return_state else merged
 
 
 @_converts("TimeDistributed")
@@ -1148,13 +1249,13 @@ def _quantized_separable(g, layer, x, out_shape):
 
 
 @_converts("QuantizedSimpleRNN", "QuantizedLSTM", "QuantizedGRU")
-def _quantized_recurrent(g, layer, x, out_shape):
+def _quantized_recurrent(g, layer, x, out_shape, mask=None):
     # the input quantized per call, then the float recurrent op on the dequantized kernel
     # (pynn's int8 projection, up to its int32 bias rounding); the recurrence stays float
     q, s, z = g.op("DynamicQuantizeLinear", [g.nhwc(x).name], f"{layer.name}_in_q",
                    outputs=3)
     x = g.tensor(g.op("DequantizeLinear", [q, s, z], f"{layer.name}_in_dq"), x.shape)
-    return _recurrent(g, layer, x, out_shape)
+    return _recurrent(g, layer, x, out_shape, mask)
 # -- end int8 quantized layers --
 
 
@@ -1209,7 +1310,8 @@ def _walk(g, graph, values, masks=None):
                          else node.outputs[0].shape)
             x = ins if node.several else ins[0]
             reader = _mask_reader(layer, in_masks)
-            y = (reader(g, layer, x, out_shape, in_masks[0].tensor(g)) if reader is not None
+            mask = next((m for m in in_masks if m is not None), None)
+            y = (reader(g, layer, x, out_shape, mask.tensor(g)) if reader is not None
                  else _convert(g, layer, x, out_shape))
             outs = y if isinstance(y, list) else [y]
             out_masks = _masks_after(g, layer, node, ins, in_masks, outs)
@@ -1285,6 +1387,10 @@ def _masked_global_average_1d(g, layer, x, out_shape, mask):
 
 
 _MASK_READERS = {"GlobalAveragePooling1D": _masked_global_average_1d}
+for _kind in ("SimpleRNN", "LSTM", "GRU", "RNN", "Bidirectional", "QuantizedSimpleRNN",
+              "QuantizedLSTM", "QuantizedGRU"):
+    _MASK_READERS[_kind] = lambda g, layer, x, out_shape, mask: _CONVERTERS[
+        type(layer).__name__](g, layer, x, out_shape, mask)
 
 
 def _masks_after(g, layer, node, ins, in_masks, outs):
@@ -1296,27 +1402,25 @@ def _masks_after(g, layer, node, ins, in_masks, outs):
     kind = type(getattr(layer, "mask_delegate", None) or layer).__name__
     n = len(outs)
     if kind == "Embedding" and makes_mask(layer):
-        ids = g.nhwc(ins[0]).name
-        zero = g.const(0, f"{layer.name}_pad", {"int32": np.int32, "int64": np.int64}.get(
-            ins[0].dtype, np.float32))
-
-        def build(g):
+        def build(g):   # (nodes and constants only when a layer reads the mask)
+            ids = g.nhwc(ins[0]).name
+            zero = g.const(0, f"{layer.name}_pad", {"int32": np.int32, "int64": np.int64}.get(
+                ins[0].dtype, np.float32))
             differs = g.op("Not", [g.op("Equal", [ids, zero], f"{layer.name}_is_pad")],
                            f"{layer.name}_kept")
             return g.op("Cast", [differs], f"{layer.name}_mask", to=g.onnx.TensorProto.FLOAT)
         return [_Mask(_label(layer), len(ins[0].shape), build)] * n
     if kind == "Masking":
-        x = g.nhwc(ins[0])
-        value = g.const(layer.mask_value, f"{layer.name}_mask_value")
-
         def build(g):
+            x = g.nhwc(ins[0])
+            value = g.const(layer.mask_value, f"{layer.name}_mask_value")
             differs = g.op("Not", [g.op("Equal", [x.name, value], f"{layer.name}_m_equal")],
                            f"{layer.name}_m_differs")
             as_float = g.op("Cast", [differs], f"{layer.name}_m_cast",
                             to=g.onnx.TensorProto.FLOAT)
             return g.reduce("ReduceMax", as_float, [len(x.shape) - 1], f"{layer.name}_mask",
                             keepdims=False)
-        return [_Mask(_label(layer), len(x.shape) - 1, build)] * n
+        return [_Mask(_label(layer), len(ins[0].shape) - 1, build)] * n
     present = [m for m in in_masks if m is not None]
     if not present:
         return [None] * n

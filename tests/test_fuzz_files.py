@@ -6,13 +6,12 @@ writes, and through Keras 3 itself:
 - compiled with SGD, the ``.keras`` file carries the training state: one Keras
   ``train_on_batch`` from it moves every weight as one pynn step does (so the gradients
   agree, layer by layer, masks included);
-- ``pynn.onnx.export`` gives a graph onnxruntime runs to pynn's numbers, or refuses, by
-  name, only a recurrent layer reading a mask (ONNX's recurrent ops cannot skip masked
-  steps).
+- ``pynn.onnx.export`` gives a graph onnxruntime runs to pynn's numbers.
 
-Found this way: a masked GlobalAveragePooling1D (the Embedding(mask_zero) text classifier),
-a BatchNormalization or TimeDistributed(Dense) after a mask were refused by the ONNX
-exporter. Where Keras 3.15 itself parts from its own rules the comparison is skipped, and
+Found this way: the ONNX exporter refused every layer reading a mask (the Embedding
+(mask_zero) text classifiers: a masked mean, a masked LSTM or GRU), and a
+BatchNormalization or TimeDistributed(Dense) after one, which ignore it at inference.
+Where Keras 3.15 itself parts from its own rules the comparison is skipped, and
 ``keras_divergence`` says why (README, "Keras and ONNX files"). Each test runs a block of
 seeds; a failure names the seed, which ``check_*`` reproduces alone.
 """
@@ -37,7 +36,6 @@ from tests.test_fuzz_models import assert_agrees, random_case, random_model
 BLOCKS, SEEDS_PER_BLOCK = 4, 50
 STOCHASTIC = {"Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise",
               "GaussianDropout", "AlphaDropout"}
-RECURRENT = {"LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional"}
 
 
 def _layers(model):
@@ -109,13 +107,7 @@ def check_onnx(seed, model, x, want):
     ort = pytest.importorskip("onnxruntime")
     import pynn.onnx
 
-    try:
-        proto = pynn.onnx.export(model)
-    except ValueError as exc:
-        refused = str(exc).split("pynn.onnx.export: ", 1)[-1].split(" ", 1)[0]
-        assert refused in RECURRENT | {"TimeDistributed"} and "reads the mask" in str(exc), \
-            f"seed {seed}: ONNX export refused: {exc}"
-        return
+    proto = pynn.onnx.export(model)   # every layer the generator draws exports, masked too
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(proto.SerializeToString(), options,

@@ -229,26 +229,20 @@ def test_embedding():
     check_export(model, ids)
 
 
-@pytest.mark.parametrize("reader", ["LSTM", "Bidirectional", "TimeDistributed"])
-def test_a_layer_reading_a_mask_is_refused_and_one_ignoring_it_exports(reader):
-    """Embedding(mask_zero=True) changes the numbers of the layers that read its mask: a
-    recurrent layer skips the padded steps, which ONNX's recurrent ops cannot (their
-    sequence lengths cut only trailing padding). The export names the reader and the
-    maker rather than writing a graph that answers padded inputs otherwise. Where nothing
-    reads the mask (Flatten, then Dense), the graph gives pynn's numbers, padded ids
-    included."""
+def test_a_layer_reading_a_mask_onnx_cannot_take_is_refused_and_one_ignoring_it_exports():
+    """A TimeDistributed recurrent layer reads the mask a step at a time (each word's
+    letters), which this exporter does not write: it names the reader and the maker
+    rather than writing a graph that answers padded inputs otherwise. Where nothing reads
+    the mask (Flatten, then Dense), the graph gives pynn's numbers, padded ids included."""
     def model(*middle, words=()):
-        # TimeDistributed: sentences of words, each word's steps its letters
+        # sentences of words, each word's steps its letters
         return pynn.Sequential([L.Input((6,) + words, dtype="int32"),
                                 L.Embedding(11, 4, mask_zero=True, name="ids"), *middle,
                                 L.Dense(3)])
-    layer = {"LSTM": lambda: L.LSTM(3, name="reader"),
-             "Bidirectional": lambda: L.Bidirectional(L.GRU(2), name="reader"),
-             "TimeDistributed": lambda: L.TimeDistributed(L.LSTM(2), name="reader")}[reader]
-    words = (4,) if reader == "TimeDistributed" else ()
-    with pytest.raises(ValueError, match=rf"{reader} 'reader' cannot be exported: it reads "
-                                         rf"the mask that Embedding 'ids' makes"):
-        pynn.onnx.export(model(L.Dense(5), layer(), words=words))
+    with pytest.raises(ValueError, match=r"TimeDistributed 'reader' cannot be exported: it "
+                                         r"reads the mask that Embedding 'ids' makes"):
+        pynn.onnx.export(model(L.Dense(5), L.TimeDistributed(L.LSTM(2), name="reader"),
+                               words=(4,)))
     ids = np.random.default_rng(3).integers(0, 11, (3, 6)).astype(np.int32)
     ids[0, :3] = 0
     check_export(model(L.Flatten()), ids)
@@ -328,6 +322,62 @@ def test_merged_masks_follow_pynns_rules(merge, second_masked):
     check_export(_merged_mask_model(layer(), second_masked), x)
 
 
+@pytest.mark.parametrize("zero_output_for_mask", [False, True])
+@pytest.mark.parametrize("return_sequences", [False, True])
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "SimpleRNN"])
+def test_masked_recurrent_layers_skip_the_masked_steps(kind, go_backwards, return_sequences,
+                                                       zero_output_for_mask):
+    """A recurrent layer after Embedding(mask_zero=True) carries its state over every
+    masked step, wherever it lies (leading, trailing, inside, a row of padding alone), and
+    repeats its last output there (or zeros, zero_output_for_mask): the export moves each
+    row's kept steps to its front, runs ONNX's op over that many, and spreads the outputs
+    back. The numbers are the masked ones (the unmasked layer's differ)."""
+    layer = getattr(L, kind)(3, go_backwards=go_backwards, return_sequences=return_sequences,
+                             zero_output_for_mask=zero_output_for_mask)
+    model = pynn.Sequential([L.Input((7,), dtype="int32"), L.Embedding(11, 4, mask_zero=True),
+                             layer])
+    ids = padded_ids()
+    proto = check_export(model, ids)
+    assert "ScatterElements" in op_types(proto)
+    plain = pynn.Sequential([L.Input((7,), dtype="int32"), L.Embedding(11, 4),
+                             getattr(L, kind)(3, go_backwards=go_backwards,
+                                              return_sequences=return_sequences)])
+    plain.set_weights(model.get_weights())
+    assert np.abs(plain.predict(ids, verbose=0) - model.predict(ids, verbose=0)).max() > 1e-3
+
+
+@pytest.mark.parametrize("merge_mode", ["concat", "sum", "ave", "mul", None])
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_masked_bidirectional(merge_mode, return_sequences):
+    """Bidirectional over a mask: the backward layer reads the kept steps from the end,
+    and both give zeros at masked steps (Keras sets zero_output_for_mask on them)."""
+    inp = L.Input((7,), dtype="int32")
+    x = L.Embedding(11, 4, mask_zero=True)(inp)
+    y = L.Bidirectional(L.GRU(3, return_sequences=return_sequences),
+                        merge_mode=merge_mode)(x)
+    check_export(pynn.Model(inp, y), padded_ids())
+
+
+def test_masked_stacks_states_and_dynamic_lengths():
+    """Stacked masked layers (the mask passes along return_sequences), an RNN of stacked
+    cells, return_state under a mask, and sequences of unknown length after Masking."""
+    stacked = pynn.Sequential([L.Input((7,), dtype="int32"), L.Embedding(11, 4, mask_zero=True),
+                               L.GRU(3, return_sequences=True, reset_after=False),
+                               L.LSTM(2, return_sequences=True), L.SimpleRNN(2)])
+    check_export(stacked, padded_ids())
+    cells = pynn.Sequential([L.Input((7,), dtype="int32"), L.Embedding(11, 4, mask_zero=True),
+                             L.RNN([L.LSTMCell(3), L.GRUCell(2)], return_sequences=True)])
+    check_export(cells, padded_ids())
+    inp = L.Input((7,), dtype="int32")
+    outs = L.LSTM(3, return_state=True)(L.Embedding(11, 4, mask_zero=True)(inp))
+    check_export(pynn.Model(inp, outs), padded_ids())
+    dynamic = seq((None, 3), L.Masking(0.0), L.LSTM(3, return_sequences=True),
+                  L.GlobalAveragePooling1D(), L.Dense(2))
+    check_export(dynamic, masked_steps())
+    check_export(dynamic, masked_steps((3, 9, 3), seed=5))
+
+
 RNNS = {
     "simple_rnn": lambda: L.SimpleRNN(5),
     "simple_rnn_seq_relu": lambda: L.SimpleRNN(5, activation="relu", return_sequences=True),
@@ -359,12 +409,17 @@ def test_bidirectional(inner, merge_mode):
     check_export(pynn.Model(inp, outs if merge_mode is None else outs[0]), rand((3, 6, 3)))
 
 
-def test_bidirectional_return_state_is_refused():
+@pytest.mark.parametrize("inner", ["LSTM", "GRU", "SimpleRNN"])
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_return_state_exports_the_final_states(inner, return_sequences):
+    """return_state: the output, then the final states (h, and c for an LSTM) as Keras
+    lists them; Bidirectional's the forward layer's, then the backward one's."""
     inp = pynn.Input((5, 2))
-    y, *_ = L.Bidirectional(L.LSTM(3, return_state=True), name="both")(inp)
-    with pytest.raises(ValueError, match="Bidirectional 'both' cannot be exported: "
-                                         "return_state"):
-        pynn.onnx.export(pynn.Model(inp, y))
+    outs = getattr(L, inner)(3, return_state=True, return_sequences=return_sequences)(inp)
+    check_export(pynn.Model(inp, outs), rand((4, 5, 2)))
+    both = L.Bidirectional(getattr(L, inner)(3, return_state=True,
+                                             return_sequences=return_sequences))(inp)
+    check_export(pynn.Model(inp, both), rand((4, 5, 2)))
 
 
 def test_stacked_recurrent_stays_time_major():
@@ -732,14 +787,12 @@ def test_rnn_of_cells(cells, return_sequences):
 
 def test_masking_values_export_where_nothing_reads_the_mask():
     """Masking's values (the all-mask_value steps zeroed, others kept, mask_value 0.5) feed
-    a Dense, which reads no mask; an LSTM after it is refused (test above)."""
+    a Dense, which reads no mask."""
     x = rand((3, 6, 4))
     x[0, 2] = 0.5
     x[1, :3] = 0.5
     x[2, 4, :2] = 0.5  # partly equal: kept
     check_export(seq((6, 4), L.Masking(0.5), L.Dense(3)), x)
-    with pytest.raises(ValueError, match="reads the mask that Masking"):
-        pynn.onnx.export(seq((6, 4), L.Masking(0.5), L.LSTM(2)))
 
 
 def test_a_pruned_model_exports_its_pruned_weights():
