@@ -378,6 +378,22 @@ def test_masked_stacks_states_and_dynamic_lengths():
     check_export(dynamic, masked_steps((3, 9, 3), seed=5))
 
 
+def test_masked_int8_recurrent_layers():
+    """The int8 recurrent layers (static and dynamic) take the mask as the float ones do."""
+    from pynn.compression import quantize, quantize_dynamic
+
+    model = randomize(pynn.Sequential([L.Input((7,), dtype="int32"),
+                                       L.Embedding(11, 4, mask_zero=True), L.LSTM(5),
+                                       L.Dense(3)]))
+    ids = padded_ids()
+    ids[3, 0] = 4   # (calibration: no row of padding alone)
+    for int8 in (quantize_dynamic(model), quantize(model, ids)):
+        assert "QuantizedLSTM" in [type(la).__name__ for la in int8.layers]
+        got = run_onnx(pynn.onnx.export(int8), [ids])[0]
+        want = int8.predict(ids, verbose=0)
+        assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
 RNNS = {
     "simple_rnn": lambda: L.SimpleRNN(5),
     "simple_rnn_seq_relu": lambda: L.SimpleRNN(5, activation="relu", return_sequences=True),
