@@ -1,8 +1,10 @@
 """Random whole models (tests/test_fuzz_models.py's generator) through every file pynn
 writes, and through Keras 3 itself:
 
-- the native ``.pynn`` file loads back to the same bits;
-- pynn's ``.keras`` file loads back into pynn, and into Keras 3, whose predictions agree;
+- the native ``.pynn`` file and ``.weights.h5`` load back to the same bits;
+- pynn's ``.keras`` and ``.h5`` files load back into pynn, the ``.keras`` one into Keras 3,
+  whose predictions agree, and the ``.keras``, ``.h5`` and ``.weights.h5`` files Keras then
+  writes load into pynn;
 - compiled with SGD, the ``.keras`` file carries the training state: one Keras
   ``train_on_batch`` from it moves every weight as one pynn step does (so the gradients
   agree, layer by layer, masks included);
@@ -10,7 +12,9 @@ writes, and through Keras 3 itself:
 
 Found this way: the ONNX exporter refused every layer reading a mask (the Embedding
 (mask_zero) text classifiers: a masked mean, a masked LSTM or GRU), and a
-BatchNormalization or TimeDistributed(Dense) after one, which ignore it at inference.
+BatchNormalization or TimeDistributed(Dense) after one, which ignore it at inference;
+Keras 3's legacy .h5 of a masked model (its masks traced as op nodes without modules) was
+refused.
 Where Keras 3.15 itself parts from its own rules the comparison is skipped, and
 ``keras_divergence`` says why (README, "Keras and ONNX files"). Each test runs a block of
 seeds; a failure names the seed, which ``check_*`` reproduces alone.
@@ -91,13 +95,30 @@ def check_files(seed, tmp_path):
     assert_agrees(pynn.load_model(native).predict_on_batch(x), want, 0.0,
                   f"seed {seed}: .pynn")
 
-    path = tmp_path / f"m{seed}.keras"
-    model.save(path)
-    assert_agrees(pynn.load_model(path).predict_on_batch(x), want, 1e-6,
-                  f"seed {seed}: .keras into pynn")
+    for suffix in (".keras", ".h5"):
+        path = tmp_path / f"m{seed}{suffix}"
+        model.save(path)
+        assert_agrees(pynn.load_model(path).predict_on_batch(x), want, 1e-6,
+                      f"seed {seed}: {suffix} into pynn")
+    weights = tmp_path / f"m{seed}.weights.h5"
+    model.save_weights(weights)
+    twin = random_model(seed)[1]
+    twin.load_weights(weights)
+    assert_agrees(twin.predict_on_batch(x), want, 0.0, f"seed {seed}: .weights.h5")
     if keras_divergence(model) is None:
-        theirs = keras.saving.load_model(path).predict(x, verbose=0)
-        assert_agrees(theirs, want, 2e-4, f"seed {seed}: .keras into Keras")
+        theirs = keras.saving.load_model(tmp_path / f"m{seed}.keras")
+        assert_agrees(theirs.predict(x, verbose=0), want, 2e-4, f"seed {seed}: .keras into Keras")
+        # and the files Keras writes of it, read by pynn (its legacy .h5 traces the masks
+        # as op nodes that Keras's own loader does not know)
+        for suffix in (".keras", ".h5"):
+            path = tmp_path / f"k{seed}{suffix}"
+            theirs.save(path)
+            assert_agrees(pynn.load_model(path).predict_on_batch(x), want, 2e-6,
+                          f"seed {seed}: Keras's {suffix} into pynn")
+        theirs.save_weights(weights)
+        twin.load_weights(weights)
+        assert_agrees(twin.predict_on_batch(x), want, 2e-6,
+                      f"seed {seed}: Keras's .weights.h5 into pynn")
 
     check_onnx(seed, model, x, want)
 

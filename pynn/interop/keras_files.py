@@ -375,14 +375,23 @@ def _tensor_refs(value):
 
 def _drop_mask_ops(entries, where):
     """Keras 3 traces each layer's compute_mask into the functional config: op nodes
-    (module keras.src.ops.*: NotEqual, Any, LogicalOr, ...) whose results reach layers only
+    (NotEqual, Any, LogicalOr, ...: module keras.src.ops.* in a .keras file, no module and
+    no "trainable" in its legacy .h5) whose results reach layers only
     as their ``mask=`` argument. pynn propagates the same masks itself (compute_mask, issue
     14), so those nodes and arguments are dropped; returns the remaining entries and the
     (layer, call) pairs that Keras gave a mask, which the caller checks pynn masks too. An op
     node whose value is used for anything but a mask stays, and is refused as any unknown
     layer is."""
     def is_op(e):
-        return isinstance(e, dict) and str(e.get("module", "")).startswith("keras.src.ops")
+        if not isinstance(e, dict):
+            return False
+        if "module" in e:   # .keras: keras.src.ops.numpy, ...
+            return str(e.get("module")).startswith("keras.src.ops")
+        # Keras 3's legacy .h5 writes no modules: an op's config is its name and arguments,
+        # every layer's (InputLayer's aside) holds "trainable"
+        config = e.get("config")
+        return (isinstance(config, dict) and "trainable" not in config
+                and e.get("class_name") != "InputLayer")
 
     def name_of(e):
         return e.get("name", (e.get("config") or {}).get("name"))
