@@ -801,11 +801,31 @@ def test_masking_functional_model_from_keras(tmp_path):
     _close(got[1:], expected[1:])
 
 
-def test_explicit_mask_tensor_is_refused(tmp_path):
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_masking_functional_model_from_keras_both_formats(tmp_path, suffix):
+    """Keras 3 traces the masks (Masking's, merged, concatenated) as op nodes feeding each
+    layer's mask=: modules keras.src.ops.* in .keras, no module at all in its legacy .h5
+    (whose own loader then fails: "Unknown layer: 'NotEqual'")."""
+    inputs = keras.Input((6, 3))
+    a, b = K.Masking(0.0)(inputs), K.Masking(0.5)(inputs)
+    joined = K.Concatenate()([a, K.Dense(3)(inputs)])
+    y = K.Concatenate()([K.LSTM(2)(joined), K.GRU(2)(K.Add()([a, b])),
+                         K.LSTM(2)(K.Concatenate(axis=1)([a, b])),
+                         K.GlobalAveragePooling1D()(a)])
+    keras_model = keras.Model(inputs, y)
+    _randomize(keras_model)
+    x = np.random.default_rng(2).random((4, 6, 3)).astype("float32")
+    x[0, 1], x[1, 2], x[2, :2] = 0.0, 0.5, 0.0
+    keras_model.save(tmp_path / f"k{suffix}")
+    _close(pynn.load_model(tmp_path / f"k{suffix}").predict(x), keras_model.predict(x))
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_explicit_mask_tensor_is_refused(tmp_path, suffix):
     values, keep = keras.Input((7, 3)), keras.Input((7,), dtype="bool")
-    keras.Model([values, keep], K.LSTM(2)(values, mask=keep)).save(tmp_path / "k.keras")
+    keras.Model([values, keep], K.LSTM(2)(values, mask=keep)).save(tmp_path / f"k{suffix}")
     with pytest.raises(pynn.interop.keras_files.KerasFileError, match="explicit mask tensor"):
-        pynn.load_model(tmp_path / "k.keras")
+        pynn.load_model(tmp_path / f"k{suffix}")
 
 
 @pytest.mark.parametrize("layer", ["Add", "Concatenate"])
