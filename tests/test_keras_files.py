@@ -9,6 +9,7 @@ saved again by pynn for Keras to load: the four predictions must agree (float32,
 import io
 import json
 import os
+import re
 import sys
 import zipfile
 
@@ -837,3 +838,104 @@ def test_merge_masks_match_keras(layer):
     got = getattr(pynn.layers, layer)().compute_mask(xs, masks)
     np.testing.assert_array_equal(got, keras.ops.convert_to_numpy(expected))
     assert getattr(pynn.layers, layer)().compute_mask(xs, [None] * 3) is None
+
+
+# -- HDF5 read in a child process (pynn.interop.h5_snapshot) ------------------------------
+FILES = os.path.join(os.path.dirname(__file__), "files")
+
+
+def test_a_file_that_hangs_libhdf5_is_refused_in_time(monkeypatch):
+    """attribute_loop.h5 (a pynn .h5 with bytes flipped, found by fuzzing) makes libhdf5
+    loop for ever reading its root attributes: read in a child process, it is stopped at
+    the time limit and the file is named, instead of hanging the caller."""
+    from pynn.interop import h5_snapshot
+
+    monkeypatch.setattr(h5_snapshot, "TIME_LIMIT_S", 3.0)
+    path = os.path.join(FILES, "attribute_loop.h5")
+    for load in (pynn.load_model, _small_pynn().load_weights):
+        with pytest.raises(pynn.interop.keras_files.KerasFileError,
+                           match=rf"{re.escape(path)}: not a valid HDF5 file"):
+            load(path)
+
+
+def test_a_reader_that_crashes_is_an_error_naming_the_file(monkeypatch, tmp_path):
+    from pynn.interop import h5_snapshot
+
+    model = _small_pynn()
+    model.save(tmp_path / "m.h5")
+    monkeypatch.setattr(h5_snapshot, "_CHILD",
+                        "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    with pytest.raises(pynn.interop.keras_files.KerasFileError,
+                       match=r"m\.h5: not a valid HDF5 file: the HDF5 reader stopped "
+                             r"\(signal SIGSEGV\)"):
+        pynn.load_model(tmp_path / "m.h5")
+
+
+def _tree(group, read):
+    """Every name, link kind, attribute, shape, dtype and array of an h5py-like file."""
+    out = {}
+    for name in group:
+        link = group.get(name, getlink=True)
+        kind = type(link).__name__
+        node = group[name] if kind == "HardLink" else None
+        attrs = {k: np.asarray(v).tolist() for k, v in (node.attrs.items() if node is not None
+                                                         else [])}
+        if node is not None and hasattr(node, "shape"):
+            out[name] = (kind, attrs, tuple(node.shape), str(node.dtype),
+                         read(node).tolist())
+        else:
+            out[name] = (kind, attrs, _tree(node, read) if node is not None else None)
+    return out
+
+
+def test_the_snapshot_reads_as_h5py(tmp_path):
+    """Every group, link, attribute and array of Keras's files (.keras's weights, legacy
+    .h5, .weights.h5) as the child's snapshot gives them and as h5py does."""
+    from pynn.interop import h5_snapshot
+
+    model = keras.Sequential([keras.Input((5, 3)), K.LSTM(4, return_sequences=True),
+                              K.BatchNormalization(), K.GRU(2), K.Dense(3)])
+    _randomize(model)
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.ones((4, 5, 3), "float32"), np.ones((4, 3), "float32"), verbose=0)
+    model.save(tmp_path / "k.keras")
+    model.save(tmp_path / "k.h5")
+    model.save_weights(tmp_path / "k.weights.h5")
+    with zipfile.ZipFile(tmp_path / "k.keras") as zf:
+        member = zf.read("model.weights.h5")
+    sources = [member, str(tmp_path / "k.h5"), str(tmp_path / "k.weights.h5")]
+    for source in sources:
+        snapshot = h5_snapshot.read(source, 100.0, 16 << 20, 1 << 20)
+        with h5py.File(io.BytesIO(source) if isinstance(source, bytes) else source) as f:
+            want = _tree(f, lambda d: d[()])
+        got = _tree(snapshot, np.asarray)
+        assert got == want
+        assert len(want) >= 2
+
+
+def test_the_snapshot_reads_no_array_over_its_budget(tmp_path):
+    """A dataset that would inflate past the ratio (a compression bomb), or past the
+    file's whole budget, is described (shape, dtype, storage) but not read: the readers'
+    checks then refuse it by name."""
+    from pynn.interop import h5_snapshot
+
+    with h5py.File(tmp_path / "b.h5", "w") as f:
+        f.create_dataset("bomb", data=np.zeros((4096, 4096), np.float32), compression="gzip")
+        f.create_dataset("small", data=np.arange(6.0).reshape(2, 3))
+    snapshot = h5_snapshot.read(str(tmp_path / "b.h5"), 10.0, 1 << 10,
+                                os.path.getsize(tmp_path / "b.h5"))
+    bomb, small = snapshot["bomb"], snapshot["small"]
+    assert bomb.shape == (4096, 4096) and bomb.dtype == np.float32
+    assert bomb.id.get_storage_size() < 1 << 20
+    with pytest.raises(OSError, match="not read"):
+        bomb.read_direct(np.empty(bomb.shape, bomb.dtype))
+    np.testing.assert_array_equal(np.asarray(small), np.arange(6.0).reshape(2, 3))
+
+
+def test_trusted_files_may_be_read_in_this_process(monkeypatch, tmp_path):
+    model = _small_pynn()
+    model.save(tmp_path / "m.keras")
+    x = np.random.default_rng(0).random((2,) + tuple(model.input_shape[1:])).astype("float32")
+    monkeypatch.setenv("PYNN_H5_SANDBOX", "0")
+    np.testing.assert_array_equal(pynn.load_model(tmp_path / "m.keras").predict(x),
+                                  model.predict(x))

@@ -16,6 +16,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import pynn
 
 FUZZ = r'''
@@ -257,3 +259,204 @@ def test_mutated_model_files_raise_only_value_errors(tmp_path):
                           "\n".join(json.dumps(f) for f in failures[:10]))
     # Everything the files ask for stays within a budget independent of what they declare.
     assert summary["rss_growth_kib"] < 256 * 1024, summary
+
+
+FUZZ_KERAS = r'''
+import io, json, os, random, resource, sys, time, warnings, zipfile, traceback
+import numpy as np
+warnings.simplefilter("ignore")
+import h5py
+import pynn
+from pynn import layers as L
+from pynn.interop import h5_snapshot
+h5_snapshot.TIME_LIMIT_S = 10  # a file libhdf5 loops on: stopped, and named
+
+seed, seconds, workdir = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+BUDGET = 768 << 20
+pynn.utils.set_random_seed(seed)
+
+def architectures():
+    yield [L.Input((6, 6, 2)), L.Conv2D(3, 3, padding="same", activation="relu"),
+           L.BatchNormalization(), L.MaxPooling2D(2), L.Flatten(), L.Dense(4, activation="softmax")]
+    yield [L.Input((5, 3)), L.LSTM(4, return_sequences=True), L.GRU(3), L.Dense(4)]
+    yield [L.Input((7,), dtype="int32"), L.Embedding(9, 3, mask_zero=True),
+           L.Bidirectional(L.LSTM(2)), L.Dense(2)]
+
+seeds = []
+for k, stack in enumerate(architectures()):
+    m = pynn.Sequential(stack)
+    m.compile(optimizer="adam", loss="mse")
+    for suffix in (".keras", ".h5", ".weights.h5"):
+        p = os.path.join(workdir, f"seed{k}{suffix}")
+        if suffix == ".weights.h5":
+            m.save_weights(p)
+        else:
+            m.save(p)
+        seeds.append((m, p, suffix, open(p, "rb").read()))
+
+HOSTILE = [None, True, -1, 0, 2**63, 1e308, float("nan"), "x", "Lambda", "Dense", "LSTM",
+           [], {}, [None], [0], [2**40, 2**40], [-3, 4],
+           {"class_name": "Lambda", "config": {"function": "os.system"}},
+           {"class_name": "os.system", "config": {}}, "a" * 5000, "float64", "complex64", "object"]
+
+def paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from paths(v, prefix + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from paths(v, prefix + (i,))
+
+def mutate_json(rng, doc):
+    targets = list(paths(doc))[1:]
+    if not targets: return "empty"
+    target = rng.choice(targets)
+    parent = doc
+    for key in target[:-1]:
+        parent = parent[key]
+    if rng.random() < 0.15 and isinstance(parent, dict):
+        del parent[target[-1]]
+        return f"json del {target}"
+    import copy; value = copy.deepcopy(rng.choice(HOSTILE))
+    parent[target[-1]] = value
+    return f"json {target} = {str(value)[:40]}"
+
+def flip(rng, data):
+    data = bytearray(data)
+    kind = rng.randrange(3)
+    if kind == 0:
+        for _ in range(rng.randint(1, 16)):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        return bytes(data), "flip"
+    if kind == 1:
+        cut = rng.randrange(len(data))
+        return bytes(data[:cut]), f"truncate {cut}"
+    at = rng.randrange(len(data))
+    return bytes(data[:at]) + os.urandom(rng.randint(1, 64)) + bytes(data[at:]), f"insert {at}"
+
+def h5_struct(rng, path):
+    """Structural mutations through h5py: attrs JSON, datasets reshaped / retyped / deleted."""
+    with h5py.File(path, "r+") as f:
+        items = []
+        f.visititems(lambda n, o: items.append((n, o)))
+        attrs = [(n, a) for n, o in [("/", f)] + items for a in o.attrs]
+        choice = rng.randrange(4)
+        if choice == 0 and attrs:
+            n, a = rng.choice(attrs)
+            obj = f[n]
+            v = obj.attrs[a]
+            try:
+                text = v if isinstance(v, str) else v.decode() if isinstance(v, bytes) else "x"
+                doc = json.loads(text)
+                what = "; ".join(mutate_json(rng, doc) for _ in range(rng.randint(1, 3)))
+                obj.attrs[a] = json.dumps(doc)
+                return f"attr {n}:{a} {what}"
+            except Exception:
+                obj.attrs[a] = rng.choice([b"", "garbage", np.arange(3), np.array([b"x", b"\xff"])])
+                return f"attr {n}:{a} replaced"
+        dsets = [(n, o) for n, o in items if isinstance(o, h5py.Dataset)]
+        if not dsets:
+            return "none"
+        n, d = rng.choice(dsets)
+        data = d[()]
+        parent, name = os.path.split("/" + n)
+        del f["/" + n]
+        if choice == 1:
+            shape = rng.choice([(0,), (1,), (3, 3), (2**20,),
+                                tuple(reversed(np.shape(data))) or (2,), np.shape(data) + (1,)])
+            f[parent].create_dataset(name, data=np.ones(shape, np.float32))
+            return f"reshape {n} {shape}"
+        if choice == 2:
+            dtype = rng.choice([np.float64, np.int8, np.complex64, np.bool_, "S3", np.float16])
+            f[parent].create_dataset(name, data=np.asarray(np.ones(np.shape(data))).astype(dtype))
+            return f"retype {n} {dtype}"
+        return f"delete {n}"
+
+def vm_bytes():
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+
+resource.setrlimit(resource.RLIMIT_AS, (vm_bytes() + BUDGET, resource.RLIM_INFINITY))
+rng = random.Random(seed)
+deadline = time.monotonic() + seconds
+cases = 0; counts = {}
+while time.monotonic() < deadline:
+    model, src, suffix, data = seeds[cases % len(seeds)]
+    target = os.path.join(workdir, f"case{suffix}")
+    kind = rng.random()
+    if suffix == ".keras" and kind < 0.5:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            entries = [(i.filename, zf.read(i.filename)) for i in zf.infolist()]
+        i = rng.randrange(len(entries))
+        name, payload = entries[i]
+        if name.endswith(".json"):
+            doc = json.loads(payload)
+            what = name + ": " + "; ".join(mutate_json(rng, doc) for _ in range(rng.randint(1, 3)))
+            entries[i] = (name, json.dumps(doc).encode())
+        else:
+            # structural h5 mutation on the weights member
+            tmp = os.path.join(workdir, "member.h5")
+            open(tmp, "wb").write(payload)
+            what = name + ": " + h5_struct(rng, tmp)
+            entries[i] = (name, open(tmp, "rb").read())
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for n, p in entries: zf.writestr(n, p)
+        mutated = buf.getvalue()
+    elif suffix != ".keras" and kind < 0.6:
+        open(target, "wb").write(data)
+        what = h5_struct(rng, target)
+        mutated = open(target, "rb").read()
+    else:
+        mutated, what = flip(rng, data)
+    open(target, "wb").write(mutated)
+    verbs = ["load_weights"] if suffix == ".weights.h5" else ["load_model", "load_weights"]
+    for verb in verbs:
+        try:
+            if verb == "load_model":
+                pynn.load_model(target, compile=rng.random() < 0.8)
+            else:
+                model.load_weights(target)
+            outcome = "loaded"
+        except ValueError as exc:
+            outcome = ("ValueError" if str(exc).find(target) >= 0
+                       else f"ValueError without the file: {str(exc)[:300]}")
+        except Exception as exc:
+            outcome = f"{type(exc).__name__}: {str(exc)[:300]}"
+        key = outcome if outcome in ("loaded", "ValueError") else "bad"
+        counts[key] = counts.get(key, 0) + 1
+        if key == "bad":
+            print(json.dumps({"case": cases, "suffix": suffix, "verb": verb, "what": what,
+                              "outcome": outcome}), flush=True)
+    cases += 1
+print(json.dumps({"cases": cases, "counts": counts}), flush=True)
+'''
+
+
+def test_mutated_keras_files_raise_only_value_errors(tmp_path):
+    """The same for Keras files (.keras, .h5, .weights.h5 of a CNN, a recurrent model and a
+    masked text model): bytes flipped, cut or inserted; zip members' JSON given hostile
+    values; HDF5 attributes replaced, datasets reshaped, retyped or deleted. Only loads or
+    ValueErrors naming the file; libhdf5 reads in a child process
+    (pynn.interop.h5_snapshot), so a file it loops or crashes on is an error too."""
+    seed = int(os.environ.get("PYNN_FUZZ_SEED", "0"))
+    seconds = float(os.environ.get("PYNN_FUZZ_SECONDS", "8"))
+    pytest.importorskip("h5py")
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(pynn.__file__))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(PYNN_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", FUZZ_KERAS, str(seed), str(seconds),
+                           str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=seconds + 180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    failures, summary = lines[:-1], lines[-1]
+    assert summary["cases"] >= 10, summary
+    assert summary["counts"].get("ValueError", 0) > summary["cases"] // 3, summary
+    assert not failures, (f"PYNN_FUZZ_SEED={seed}: {len(failures)} bad outcomes in "
+                          f"{summary['cases']} cases, e.g. " +
+                          "\n".join(json.dumps(f) for f in failures[:10]))

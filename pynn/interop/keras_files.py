@@ -34,6 +34,7 @@ before anything is read; every array's shape and dtype are checked against the m
 is read, and HDF5 links or storage that point outside the file are refused.
 """
 
+import contextlib
 import inspect
 import io
 import json
@@ -41,6 +42,7 @@ import math
 import os
 import time
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -775,11 +777,54 @@ def _read_weights_file(h5py, h5, model, ratio, where, member):
     return _read_legacy_weights(h5py, h5, model, ratio, where, member)
 
 
-def _open_h5(h5py, source, where, member):
+def _open_h5(h5py, source, where, member, ratio):
+    """(the h5py-like module to read it with, the open file): a snapshot made by a child
+    process (pynn.interop.h5_snapshot: libhdf5 cannot hang or crash this process on a
+    hostile file), or with PYNN_H5_SANDBOX=0 the file opened here."""
+    from pynn.interop import h5_snapshot
+
+    if h5_snapshot.enabled():
+        size = (os.path.getsize(source) if isinstance(source, str)
+                else len(source.getbuffer()))
+        data = source if isinstance(source, str) else source.getvalue()
+        try:
+            return h5_snapshot, h5_snapshot.read(data, ratio, saving.RATIO_FREE_BYTES, size)
+        except h5_snapshot.SnapshotError as exc:
+            raise where.fail(f"not a valid HDF5 file: {exc}", member) from None
     try:
-        return h5py.File(source, "r")
+        return h5py, h5py.File(source, "r")
     except (OSError, ValueError) as exc:
         raise where.fail(f"not a valid HDF5 file ({exc})", member) from None
+
+
+def _raised_in_h5py(exc):
+    tb = exc.__traceback__
+    while tb is not None:
+        if f"{os.sep}h5py{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+@contextlib.contextmanager
+def _file_errors(where):
+    """A damaged or malformed file gives a KerasFileError naming it, whatever part of the
+    reading trips over it: HDF5 structures h5py cannot follow (its KeyError, RuntimeError,
+    OSError), a member whose deflate stream is broken, and config values of types the
+    checks did not foresee (a list where a dict goes, ...)."""
+    try:
+        yield
+    except KerasFileError:
+        raise
+    except (zlib.error, zipfile.BadZipFile, EOFError) as exc:
+        raise where.fail(f"a damaged zip member ({exc})") from None
+    except (OSError, RuntimeError) as exc:
+        if not _raised_in_h5py(exc):
+            raise
+        raise where.fail(f"damaged HDF5 data ({exc})") from None
+    except saving._CONFIG_ERRORS as exc:
+        what = "damaged HDF5 data" if _raised_in_h5py(exc) else "a malformed value"
+        raise where.fail(f"{what} ({type(exc).__name__}: {exc})") from None
 
 
 # -- public entry points ----------------------------------------------------------------------
@@ -788,6 +833,11 @@ def load_keras(filepath, max_compression_ratio=None, verb="load_model", compile=
     state restored, unless ``compile`` is False)."""
     h5py = _h5py(verb)
     where = _Where(verb, filepath)
+    with _file_errors(where):
+        return _load_keras(h5py, where, max_compression_ratio, compile)
+
+
+def _load_keras(h5py, where, max_compression_ratio, compile):
     ratio = _ratio(max_compression_ratio, where)
     archive = _KerasZip(where, ratio)
     try:
@@ -801,7 +851,8 @@ def load_keras(filepath, max_compression_ratio=None, verb="load_model", compile=
         data = archive.read(WEIGHTS_NAME, MAX_H5_BYTES)
     finally:
         archive.close()
-    with _open_h5(h5py, io.BytesIO(data), where, WEIGHTS_NAME) as h5:
+    h5py, h5 = _open_h5(h5py, io.BytesIO(data), where, WEIGHTS_NAME, ratio)
+    with h5:
         _assign(_read_keras3_weights(h5py, h5, model, ratio, where, WEIGHTS_NAME))
         if compile:
             _restore_keras_compile(model, doc, h5, where)
@@ -812,10 +863,16 @@ def load_h5(filepath, max_compression_ratio=None, verb="load_model"):
     """A pynn model from a Keras 2 / tf.keras (or Keras 3 legacy) ``.h5`` file."""
     h5py = _h5py(verb)
     where = _Where(verb, filepath)
-    ratio = _ratio(max_compression_ratio, where)
     if not os.path.isfile(where.path):
         raise FileNotFoundError(f"{verb}: no such file: {where.path}")
-    with _open_h5(h5py, where.path, where, None) as h5:
+    with _file_errors(where):
+        return _load_h5(h5py, where, max_compression_ratio)
+
+
+def _load_h5(h5py, where, max_compression_ratio):
+    ratio = _ratio(max_compression_ratio, where)
+    h5py, h5 = _open_h5(h5py, where.path, where, None, ratio)
+    with h5:
         raw = h5.attrs.get("model_config")
         if raw is None:
             raise where.fail("holds no 'model_config' attribute: a weights-only file loads "
@@ -840,19 +897,21 @@ def load_weights(model, filepath, max_compression_ratio=None):
     if not model.built:
         raise ValueError(f"{verb}: model '{model.name}' is not built; Keras weight files hold "
                          f"no input shape: build it (or give it an Input) first")
-    if where.path.lower().endswith(".keras"):
-        archive = _KerasZip(where, ratio)
-        try:
-            data = archive.read(WEIGHTS_NAME, MAX_H5_BYTES)
-        finally:
-            archive.close()
-        source, member = io.BytesIO(data), WEIGHTS_NAME
-    else:
-        if not os.path.isfile(where.path):
-            raise FileNotFoundError(f"{verb}: no such file: {where.path}")
-        source, member = where.path, None
-    with _open_h5(h5py, source, where, member) as h5:
-        _assign(_read_weights_file(h5py, h5, model, ratio, where, member))
+    if not where.path.lower().endswith(".keras") and not os.path.isfile(where.path):
+        raise FileNotFoundError(f"{verb}: no such file: {where.path}")
+    with _file_errors(where):
+        if where.path.lower().endswith(".keras"):
+            archive = _KerasZip(where, ratio)
+            try:
+                data = archive.read(WEIGHTS_NAME, MAX_H5_BYTES)
+            finally:
+                archive.close()
+            source, member = io.BytesIO(data), WEIGHTS_NAME
+        else:
+            source, member = where.path, None
+        h5py, h5 = _open_h5(h5py, source, where, member, ratio)
+        with h5:
+            _assign(_read_weights_file(h5py, h5, model, ratio, where, member))
 
 
 # -- pynn -> Keras ----------------------------------------------------------------------------
