@@ -38,7 +38,9 @@ def test_a_worker_takes_items_of_a_long_job():
     info.warm_release()
     time.sleep(0.02)
     seen = set()
-    for _ in range(5):
+    # Up to 3 s of tries: the other pytest worker may hold the other core for a while.
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
         owner, tid, slots, workers = info._team_probe(64, 1, 2, 200.0)
         assert (owner == 1).all() and workers >= 1
         # one slot per thread: the master's 0, the worker's 1
