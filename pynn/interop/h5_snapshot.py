@@ -179,7 +179,7 @@ def read(source, ratio, free_bytes, size):
                HDF5_USE_FILE_LOCKING="FALSE")
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", _CHILD, json.dumps(args), json.dumps(sys.path)],
+            [sys.executable, "-I", "-S", "-c", _CHILD, json.dumps(args), json.dumps(sys.path)],
             input=None if isinstance(source, str) else bytes(source),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
