@@ -5,16 +5,17 @@ writes, and through Keras 3 itself:
 - pynn's ``.keras`` and ``.h5`` files load back into pynn, the ``.keras`` one into Keras 3,
   whose predictions agree, and the ``.keras``, ``.h5`` and ``.weights.h5`` files Keras then
   writes load into pynn;
-- compiled with SGD, the ``.keras`` file carries the training state: one Keras
-  ``train_on_batch`` from it moves every weight as one pynn step does (so the gradients
-  agree, layer by layer, masks included);
+- compiled with SGD and momentum, the ``.keras`` file carries the training state: Keras's
+  ``train_on_batch`` from it moves every weight as pynn's does (so the gradients agree,
+  layer by layer, masks included), and so does pynn's from the file Keras writes then;
 - ``pynn.onnx.export`` gives a graph onnxruntime runs to pynn's numbers.
 
 Found this way: the ONNX exporter refused every layer reading a mask (the Embedding
 (mask_zero) text classifiers: a masked mean, a masked LSTM or GRU), and a
 BatchNormalization or TimeDistributed(Dense) after one, which ignore it at inference;
 Keras 3's legacy .h5 of a masked model (its masks traced as op nodes without modules) was
-refused.
+refused; a compiled Keras file whose single loss Keras wrote as an object loaded
+uncompiled (its keys read as output names).
 Where Keras 3.15 itself parts from its own rules the comparison is skipped, and
 ``keras_divergence`` says why (README, "Keras and ONNX files"). Each test runs a block of
 seeds; a failure names the seed, which ``check_*`` reproduces alone.
@@ -139,25 +140,32 @@ def check_onnx(seed, model, x, want):
 
 
 def check_keras_training(seed, tmp_path):
-    """One SGD step from pynn's compiled .keras file, in Keras and in pynn: the losses and
-    every weight's update agree."""
+    """SGD steps with momentum from pynn's compiled .keras file, in Keras and in pynn: the
+    losses and every weight's update agree; then from the file Keras writes (its momentum
+    slots too) into pynn, one more step each."""
     model, x, y, loss = _case(seed, batch=4)
     if STOCHASTIC & {type(la).__name__ for la in _layers(model)}:
         return  # the two draw other noise
     if keras_divergence(model, training=True) is not None:
         return
-    model.compile(optimizer=pynn.optimizers.SGD(0.1), loss=loss)
+    model.compile(optimizer=pynn.optimizers.SGD(0.1, momentum=0.5), loss=loss)
     path = tmp_path / f"t{seed}.keras"
     model.save(path)
     theirs = keras.saving.load_model(path)
-    before = model.get_weights()
-    ours_loss = float(model.train_on_batch(x, y))
-    their_loss = float(theirs.train_on_batch(x, y))
-    assert abs(ours_loss - their_loss) <= 1e-5 * max(1.0, abs(their_loss)), \
-        f"seed {seed}: loss {ours_loss} against Keras's {their_loss}"
-    for v, w0, ours, their in zip(model.weights, before, model.get_weights(),
-                                  theirs.get_weights()):
-        assert_agrees(ours - w0, their - w0, 2e-5, f"seed {seed}: update of {v.path}")
+    for step in range(3):
+        if step == 2:  # Keras's file, slots and all, into pynn
+            theirs.save(path)
+            model = pynn.load_model(path)
+            assert model.compiled, f"seed {seed}: Keras's file loads uncompiled"
+        before = model.get_weights()
+        ours_loss = float(model.train_on_batch(x, y))
+        their_loss = float(theirs.train_on_batch(x, y))
+        assert abs(ours_loss - their_loss) <= 1e-5 * max(1.0, abs(their_loss)), \
+            f"seed {seed} step {step}: loss {ours_loss} against Keras's {their_loss}"
+        for v, w0, ours, their in zip(model.weights, before, model.get_weights(),
+                                      theirs.get_weights()):
+            assert_agrees(ours - w0, their - w0, 2e-5,
+                          f"seed {seed} step {step}: update of {v.path}")
 
 
 def seeds(block):

@@ -409,6 +409,42 @@ def test_losses_metrics_and_loss_weights_cross_keras_files(tmp_path, first):
         assert not pynn.load_model(tmp_path / "m.keras", compile=False).compiled
 
 
+@pytest.mark.parametrize("how", ["object", "string_resaved"])
+def test_one_outputs_loss_object_loads_compiled(tmp_path, how):
+    """A single output's loss that Keras writes as an object (compiled with one, or a string
+    loss after Keras loaded and saved the model again) and metric objects: pynn loads the
+    model compiled, as one loss (it had read the object's keys as output names and loaded
+    it uncompiled) and goes on training as Keras does."""
+    import warnings
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((8, 3)).astype(np.float32)
+    y = rng.integers(0, 3, 8)
+    model = keras.Sequential([keras.Input((3,)), K.Dense(4, activation="tanh"), K.Dense(3)])
+    _randomize(model)
+    if how == "object":
+        model.compile(optimizer=keras.optimizers.SGD(0.1),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=[keras.metrics.SparseCategoricalAccuracy()])
+    else:
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        y = rng.standard_normal((8, 3)).astype(np.float32)
+        model.train_on_batch(x, y)
+        model.save(tmp_path / "first.keras")
+        model = keras.saving.load_model(tmp_path / "first.keras")
+    model.train_on_batch(x, y)
+    model.save(tmp_path / "m.keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = pynn.load_model(tmp_path / "m.keras")
+    assert ours.compiled
+    for _ in range(2):
+        np.testing.assert_allclose(float(np.ravel(ours.train_on_batch(x, y))[0]),
+                                   float(np.ravel(model.train_on_batch(x, y))[0]), rtol=1e-5)
+    for a, b in zip(ours.get_weights(), model.get_weights()):
+        np.testing.assert_allclose(a, np.asarray(b), atol=1e-6)
+
+
 def test_optimizer_variables_that_do_not_fit_start_the_optimizer_afresh(tmp_path):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(optimizer=keras.optimizers.Adam(), loss="mse")

@@ -1187,6 +1187,19 @@ def _pynn_objects(spec, module, where):
     return {"class_name": spec["class_name"], "config": config}
 
 
+def _instances(spec, get):
+    """Serialized losses or metrics ({"class_name", "config"}) as objects, inside lists and
+    per-output dicts: compile() reads a dict as one entry per output (Keras writes a loss
+    object there whenever compile() was given one, or loaded one)."""
+    if isinstance(spec, list):
+        return [_instances(v, get) for v in spec]
+    if isinstance(spec, dict) and "class_name" in spec:
+        return get(spec)
+    if isinstance(spec, dict):
+        return {k: _instances(v, get) for k, v in spec.items()}
+    return spec
+
+
 def _keras_compile_config(model):
     """compile()'s arguments in Keras 3's compile_config layout; None when not compiled."""
     if not getattr(model, "compiled", False) or model.optimizer is None:
@@ -1238,7 +1251,7 @@ def _restore_keras_compile(model, doc, h5, where):
     warning naming why (Keras's loader does the same)."""
     import warnings
 
-    from pynn import optimizers
+    from pynn import losses, metrics, optimizers
 
     config = doc.get("compile_config")
     if not isinstance(config, dict) or not config:  # an uncompiled model's is {}
@@ -1247,11 +1260,13 @@ def _restore_keras_compile(model, doc, h5, where):
         model.compile(
             optimizer=optimizers.get(_pynn_objects(config["optimizer"], "keras.optimizers",
                                                    where)),
-            loss=_pynn_objects(config.get("loss"), "keras.losses", where),
-            metrics=_pynn_objects(config.get("metrics"), "keras.metrics", where),
+            loss=_instances(_pynn_objects(config.get("loss"), "keras.losses", where),
+                            losses.get),
+            metrics=_instances(_pynn_objects(config.get("metrics"), "keras.metrics", where),
+                               metrics.get),
             loss_weights=config.get("loss_weights"),
-            weighted_metrics=_pynn_objects(config.get("weighted_metrics"), "keras.metrics",
-                                           where))
+            weighted_metrics=_instances(_pynn_objects(config.get("weighted_metrics"),
+                                                      "keras.metrics", where), metrics.get))
     except (ValueError, TypeError, KeyError) as exc:
         model.compiled = False
         warnings.warn(f"{where.verb}: {where.path}: the model loads uncompiled: its compile "
