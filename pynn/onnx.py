@@ -1093,9 +1093,12 @@ def _bidirectional(g, layer, x, out_shape, mask=None):
 
 
 @_converts("TimeDistributed")
-def _time_distributed(g, layer, x, out_shape):
+def _time_distributed(g, layer, x, out_shape, mask=None):
+    """The inner layer over (N*T, ...); with a mask its inner layer reads (a recurrent layer
+    over each step's own sequence, pynn's TimeDistributed._inner_mask), the mask as
+    (N*T, ...) too."""
     inner = layer.layer
-    if type(inner).__name__ == "Dense":  # Dense already maps the last axis of any rank
+    if type(inner).__name__ == "Dense" and mask is None:  # Dense maps the last axis of any rank
         return _dense(g, inner, x, out_shape)
     x = g.nhwc(x)
     hint = layer.name
@@ -1104,7 +1107,16 @@ def _time_distributed(g, layer, x, out_shape):
     flat = g.op("Reshape", [x.name, g.ints([-1] + list(x.shape[2:]), f"{hint}_in")],
                 f"{hint}_flat")
     inner_in = g.tensor(flat, (None,) + x.shape[2:])
-    inner_out = _convert(g, inner, inner_in, (None,) + out_shape[2:])
+    if mask is not None:
+        shape = g.op("Shape", [mask], f"{hint}_mask_shape")
+        trailing = g.op("Slice", [shape, g.ints([2], f"{hint}_from2"),
+                                  g.ints([_INT64_MAX], f"{hint}_end")], f"{hint}_mask_steps")
+        to = g.op("Concat", [g.ints([-1], f"{hint}_rows"), trailing], f"{hint}_mask_to", axis=0)
+        flat_mask = g.op("Reshape", [mask, to], f"{hint}_mask_flat")
+        inner_out = _MASK_READERS[type(inner).__name__](g, inner, inner_in,
+                                                        (None,) + out_shape[2:], flat_mask)
+    else:
+        inner_out = _convert(g, inner, inner_in, (None,) + out_shape[2:])
     y = g.op("Reshape", [g.nhwc(inner_out).name,
                          g.ints([-1] + list(out_shape[1:]), f"{hint}_out")], hint)
     return g.tensor(y, out_shape)
@@ -1388,7 +1400,7 @@ def _masked_global_average_1d(g, layer, x, out_shape, mask):
 
 _MASK_READERS = {"GlobalAveragePooling1D": _masked_global_average_1d}
 for _kind in ("SimpleRNN", "LSTM", "GRU", "RNN", "Bidirectional", "QuantizedSimpleRNN",
-              "QuantizedLSTM", "QuantizedGRU"):
+              "QuantizedLSTM", "QuantizedGRU", "TimeDistributed"):
     _MASK_READERS[_kind] = lambda g, layer, x, out_shape, mask: _CONVERTERS[
         type(layer).__name__](g, layer, x, out_shape, mask)
 
