@@ -823,11 +823,14 @@ class Model(Layer):
             ys = self._prepare_targets(y, n, "fit")
             sws = self._sample_weights(sample_weight, class_weight, ys, n, "fit")
             if validation_data is None and validation_split > 0:
-                # Keras takes the last fraction, before any shuffling.
+                # Keras takes the last fraction, before any shuffling, and weighs it by
+                # sample_weight alone: class_weight is the training data's.
                 split = int(n * (1.0 - validation_split))
+                val_sws = (sws if class_weight is None
+                           else self._sample_weights(sample_weight, None, ys, n, "fit"))
                 validation_data = _ArraySource(
                     [a[split:] for a in xs], [_slice(a, split, None) for a in ys],
-                    [_slice(a, split, None) for a in sws], validation_batch_size or batch_size)
+                    [_slice(a, split, None) for a in val_sws], validation_batch_size or batch_size)
                 xs, ys = [a[:split] for a in xs], [_slice(a, None, split) for a in ys]
                 sws = [_slice(a, None, split) for a in sws]
             if xs[0].shape[0] == 0:
