@@ -968,6 +968,17 @@ def test_the_snapshot_reads_no_array_over_its_budget(tmp_path):
     np.testing.assert_array_equal(np.asarray(small), np.arange(6.0).reshape(2, 3))
 
 
+def test_a_process_without_an_interpreter_to_start_reads_in_process(monkeypatch):
+    from pynn.interop import h5_snapshot
+
+    assert h5_snapshot.enabled()
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    assert not h5_snapshot.enabled()
+    monkeypatch.delattr(sys, "frozen")
+    monkeypatch.setattr(sys, "executable", "/usr/sbin/uwsgi")
+    assert not h5_snapshot.enabled()
+
+
 def test_trusted_files_may_be_read_in_this_process(monkeypatch, tmp_path):
     model = _small_pynn()
     model.save(tmp_path / "m.keras")

@@ -38,7 +38,14 @@ MAX_ATTRIBUTE_BYTES = 64 << 20
 
 
 def enabled():
-    return os.environ.get("PYNN_H5_SANDBOX", "1").strip() not in ("0", "false", "no", "off")
+    """Whether HDF5 is read in a child: unless PYNN_H5_SANDBOX=0, or the process has no
+    Python interpreter to start (a frozen application, an embedding host whose
+    sys.executable is not Python)."""
+    if os.environ.get("PYNN_H5_SANDBOX", "1").strip() in ("0", "false", "no", "off"):
+        return False
+    exe = sys.executable or ""
+    return (not getattr(sys, "frozen", False) and os.path.isfile(exe)
+            and os.path.basename(exe).lower().startswith(("python", "pypy")))
 
 
 _CHILD = r'''
