@@ -262,7 +262,7 @@ def test_mutated_model_files_raise_only_value_errors(tmp_path):
 
 
 FUZZ_KERAS = r'''
-import io, json, os, random, resource, sys, time, warnings, zipfile, traceback
+import copy, io, json, os, random, resource, sys, time, warnings, zipfile
 import numpy as np
 warnings.simplefilter("ignore")
 import h5py
@@ -299,18 +299,12 @@ HOSTILE = [None, True, -1, 0, 2**63, 1e308, float("nan"), "x", "Lambda", "Dense"
            {"class_name": "Lambda", "config": {"function": "os.system"}},
            {"class_name": "os.system", "config": {}}, "a" * 5000, "float64", "complex64", "object"]
 
-def paths(value, prefix=()):
-    yield prefix
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from paths(v, prefix + (k,))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from paths(v, prefix + (i,))
+{paths}
 
 def mutate_json(rng, doc):
     targets = list(paths(doc))[1:]
-    if not targets: return "empty"
+    if not targets:
+        return "empty"
     target = rng.choice(targets)
     parent = doc
     for key in target[:-1]:
@@ -318,7 +312,7 @@ def mutate_json(rng, doc):
     if rng.random() < 0.15 and isinstance(parent, dict):
         del parent[target[-1]]
         return f"json del {target}"
-    import copy; value = copy.deepcopy(rng.choice(HOSTILE))
+    value = copy.deepcopy(rng.choice(HOSTILE))
     parent[target[-1]] = value
     return f"json {target} = {str(value)[:40]}"
 
@@ -434,6 +428,9 @@ while time.monotonic() < deadline:
     cases += 1
 print(json.dumps({"cases": cases, "counts": counts}), flush=True)
 '''
+# the JSON walk FUZZ defines, shared rather than written twice
+FUZZ_KERAS = FUZZ_KERAS.replace("{paths}", FUZZ[FUZZ.index("def paths("):FUZZ.index(
+    "def mutate_json(")].rstrip())
 
 
 def test_mutated_keras_files_raise_only_value_errors(tmp_path):
