@@ -8,6 +8,8 @@ writes, and through Keras 3 itself:
 - compiled with SGD and momentum, the ``.keras`` file carries the training state: Keras's
   ``train_on_batch`` from it moves every weight as pynn's does (so the gradients agree,
   layer by layer, masks included), and so does pynn's from the file Keras writes then;
+- ``fit`` with random options (batch sizes, validation_split, sample_weight,
+  class_weight, a metric) gives Keras's history and weights;
 - ``pynn.onnx.export`` gives a graph onnxruntime runs to pynn's numbers.
 
 Found this way: the ONNX exporter refused every layer reading a mask (the Embedding
@@ -15,7 +17,8 @@ Found this way: the ONNX exporter refused every layer reading a mask (the Embedd
 BatchNormalization or TimeDistributed(Dense) after one, which ignore it at inference;
 Keras 3's legacy .h5 of a masked model (its masks traced as op nodes without modules) was
 refused; a compiled Keras file whose single loss Keras wrote as an object loaded
-uncompiled (its keys read as output names).
+uncompiled (its keys read as output names); fit weighed validation_split's part by
+class_weight.
 Where Keras 3.15 itself parts from its own rules the comparison is skipped, and
 ``keras_divergence`` says why (README, "Keras and ONNX files"). Each test runs a block of
 seeds; a failure names the seed, which ``check_*`` reproduces alone.
