@@ -1257,9 +1257,16 @@ class Model(Layer):
         if cls._traced:  # a subclassed model: its constructor rebuilds the layers
             config = {k: v for k, v in config.items() if k != "layers"}
             return cls(**config)
+        return cls._from_config(config, layer_from_config)
+
+    @classmethod
+    def _from_config(cls, config, make_layer, input_tensors=None):
+        """from_config with each layer but the InputLayers made by ``make_layer(spec)``, and
+        ``input_tensors`` (KerasTensors, one per model input) in the inputs' place."""
         layers = {}
         for spec in config.get("layers", []):
-            layer = layer_from_config(spec)
+            layer = (layer_from_config(spec) if spec.get("class_name") == "InputLayer"
+                     else make_layer(spec))
             if layer.name in layers:
                 raise ValueError(f"duplicate layer name {layer.name!r} in the model config")
             layers[layer.name] = layer
@@ -1267,6 +1274,16 @@ class Model(Layer):
         for name, layer in layers.items():
             if isinstance(layer, InputLayer):
                 produced[(name, 0)] = [layer.output]
+        if input_tensors is not None:
+            refs = config.get("inputs", [])
+            if len(input_tensors) != len(refs):
+                raise ValueError(f"clone_model: model '{config.get('name')}' has {len(refs)} "
+                                 f"inputs, got {len(input_tensors)} input_tensors")
+            for ref, tensor_ in zip(refs, input_tensors):
+                if not isinstance(tensor_, KerasTensor):
+                    raise ValueError(f"clone_model: input_tensors must be pynn.Input tensors, "
+                                     f"got {type(tensor_).__name__}")
+                produced[(ref[0], ref[1])] = [tensor_]
 
         def tensor(ref):
             if not (isinstance(ref, list) and len(ref) == 3):
@@ -1290,11 +1307,22 @@ class Model(Layer):
             index = counts.get(name, 0)
             counts[name] = index + 1
             produced[(name, index)] = out if isinstance(out, list) else [out]
-        inputs = [tensor(r) for r in config.get("inputs", [])]
+        inputs = ([tensor(r) for r in config.get("inputs", [])] if input_tensors is None
+                  else list(input_tensors))
         outputs = [tensor(r) for r in config.get("outputs", [])]
         return cls(inputs=_restructure(config.get("input_keys"), inputs),
                    outputs=_restructure(config.get("output_keys"), outputs),
                    name=config.get("name"), trainable=config.get("trainable", True))
+
+    def to_json(self, **kwargs):
+        """Keras's ``to_json``: the architecture (no weights) as Keras 3's JSON, which
+        ``keras.models.model_from_json`` and ``pynn.models.model_from_json`` read;
+        ``kwargs`` go to ``json.dumps``."""
+        import json
+
+        from pynn.interop.keras_files import keras_model_spec
+
+        return json.dumps(keras_model_spec(self), **kwargs)
 
     def save(self, filepath, weights_dtype=None):
         """``weights_dtype="float16"``: float weights stored as float16 (loaded as float32)."""
@@ -1470,6 +1498,72 @@ class Sequential(Model):
         for spec in config.get("layers", []):
             model.add(layer_from_config(spec))
         return model
+
+
+def clone_model(model, input_tensors=None, clone_function=None):
+    """Keras's ``clone_model``: the same topology with new layers, so new weights (drawn by
+    the initializers again; ``clone.set_weights(model.get_weights())`` copies them). Each
+    layer is made by ``clone_function(layer)`` (default: ``layer.__class__.from_config(
+    layer.get_config())``), once per layer, so a shared layer stays shared in the clone;
+    ``input_tensors`` (``pynn.Input`` tensors, one per input) take the inputs' place. A
+    subclassed model is rebuilt from its ``get_config``."""
+    if not isinstance(model, Model):
+        raise TypeError(f"clone_model: expected a pynn Model, got {type(model).__name__}")
+    if model._graph is None and not isinstance(model, Sequential):
+        if input_tensors is not None or clone_function is not None:
+            raise ValueError(f"clone_model: model '{model.name}' is a subclassed model, "
+                             f"rebuilt from its get_config alone: input_tensors and "
+                             f"clone_function apply to Sequential and functional models")
+        return type(model).from_config(model.get_config())
+    if clone_function is None:
+        def clone_function(layer):
+            return layer.__class__.from_config(layer.get_config())
+    elif not callable(clone_function):
+        raise TypeError(f"clone_model: clone_function must be callable, got "
+                        f"{clone_function!r}")
+    if input_tensors is not None:
+        input_tensors = (list(input_tensors) if isinstance(input_tensors, (list, tuple))
+                         else [input_tensors])
+    originals = {layer.name: layer for layer in model.layers}
+
+    def make(layer):
+        clone = clone_function(layer)
+        if not isinstance(clone, Layer):
+            raise TypeError(f"clone_model: clone_function must return a pynn layer, got "
+                            f"{type(clone).__name__} for layer '{layer.name}'")
+        return clone
+    if isinstance(model, Sequential):
+        if input_tensors is not None:
+            if len(input_tensors) != 1:
+                raise ValueError(f"clone_model: a Sequential model has one input, got "
+                                 f"{len(input_tensors)} input_tensors")
+            head = [input_tensors[0]]
+        elif model._input_layer is not None:
+            head = [layer_from_config({"class_name": "InputLayer",
+                                       "config": model._input_layer.get_config()})]
+        else:
+            head = []
+        return Sequential(head + [make(layer) for layer in model.layers], name=model.name,
+                          trainable=model.trainable)
+    return type(model)._from_config(
+        model.get_config(), lambda spec: make(originals[spec["config"]["name"]]),
+        input_tensors)
+
+
+def model_from_json(json_string, custom_objects=None):
+    """Keras's ``model_from_json``: a model (new weights) from the JSON of ``to_json``, pynn's
+    or Keras's (Sequential and functional models; classes from ``pynn.layers.LAYERS`` and
+    ``custom_objects``)."""
+    from pynn.interop import keras_files
+
+    where = keras_files._Where("model_from_json", "<json string>")
+    text = json_string.encode() if isinstance(json_string, str) else json_string
+    if not isinstance(text, (bytes, bytearray)):
+        raise TypeError(f"model_from_json: expected a JSON string, got "
+                        f"{type(json_string).__name__}")
+    with saving.custom_object_scope(custom_objects):
+        return keras_files.model_from_keras_config(
+            keras_files._parse_json(bytes(text), where, "json"), where)
 
 
 def _class_name(layer):
