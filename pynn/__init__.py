@@ -81,7 +81,8 @@ def _deferred_keras_io(key):
     return load_keras_files_then_call
 
 
-for _key in ("save", "save_h5", "save_weights", "load_keras", "load_h5", "load_weights"):
+for _key in ("save", "save_h5", "save_weights", "load_keras", "load_h5", "load_weights",
+             "to_json", "from_json"):
     saving.KERAS_IO.setdefault(_key, _deferred_keras_io(_key))
 del _key
 

@@ -1318,11 +1318,7 @@ class Model(Layer):
         """Keras's ``to_json``: the architecture (no weights) as Keras 3's JSON, which
         ``keras.models.model_from_json`` and ``pynn.models.model_from_json`` read;
         ``kwargs`` go to ``json.dumps``."""
-        import json
-
-        from pynn.interop.keras_files import keras_model_spec
-
-        return json.dumps(keras_model_spec(self), **kwargs)
+        return saving.KERAS_IO["to_json"](self, **kwargs)
 
     def save(self, filepath, weights_dtype=None):
         """``weights_dtype="float16"``: float weights stored as float16 (loaded as float32)."""
@@ -1554,16 +1550,12 @@ def model_from_json(json_string, custom_objects=None):
     """Keras's ``model_from_json``: a model (new weights) from the JSON of ``to_json``, pynn's
     or Keras's (Sequential and functional models; classes from ``pynn.layers.LAYERS`` and
     ``custom_objects``)."""
-    from pynn.interop import keras_files
-
-    where = keras_files._Where("model_from_json", "<json string>")
     text = json_string.encode() if isinstance(json_string, str) else json_string
     if not isinstance(text, (bytes, bytearray)):
         raise TypeError(f"model_from_json: expected a JSON string, got "
                         f"{type(json_string).__name__}")
     with saving.custom_object_scope(custom_objects):
-        return keras_files.model_from_keras_config(
-            keras_files._parse_json(bytes(text), where, "json"), where)
+        return saving.KERAS_IO["from_json"](bytes(text))
 
 
 def _class_name(layer):

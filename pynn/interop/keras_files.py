@@ -1389,5 +1389,17 @@ def save_weights(model, filepath):
         data = _legacy_h5_bytes(h5py, model, with_config=False)
     _atomic_write(filepath, data)
 
+def model_to_json(model, **kwargs):
+    """Model.to_json: Keras 3's serialized form of the architecture, as JSON text."""
+    return json.dumps(keras_model_spec(model), **kwargs)
+
+
+def model_from_json(text):
+    """pynn.models.model_from_json on the encoded text."""
+    where = _Where("model_from_json", "<json string>")
+    return model_from_keras_config(_parse_json(text, where, "json"), where)
+
+
 saving.KERAS_IO.update(save=save_keras, save_h5=save_h5, save_weights=save_weights,
-                       load_keras=load_keras, load_h5=load_h5, load_weights=load_weights)
+                       load_keras=load_keras, load_h5=load_h5, load_weights=load_weights,
+                       to_json=model_to_json, from_json=model_from_json)
