@@ -140,6 +140,20 @@ cdef inline void _blas_solo_exit() noexcept:
         pynn_blas_set_threads(_solo_saved)
 
 
+def _blas_solo(bint enter):
+    """Hold BLAS at one thread (enter) or let it go (leave) around another module's team job
+    whose items each run their own small GEMMs (native/attention.pyx); nested like this
+    module's own regions. False where BLAS's threads cannot be set: the caller then runs
+    its items on one thread and lets BLAS thread each product itself."""
+    if not _HAVE_BLAS_THREADS:
+        return False
+    if enter:
+        _blas_solo_enter()
+    else:
+        _blas_solo_exit()
+    return True
+
+
 def _after_fork_in_child():
     # A fork while another thread was inside a one-region op leaves the child's BLAS at one
     # thread with nobody left to restore it: restore it here.

@@ -6,7 +6,7 @@ Where an op lives: one name, five places
 ----------------------------------------
 An op of family F (dense, conv, pool, activation, loss, metric, dropout, optim, rnn,
 merge, spatial, shape, normalization, depthwise,
-preprocessing, sparse, quant, elementwise, rnn_mask, bf16) named ``<op>`` is, under that same
+preprocessing, sparse, quant, elementwise, rnn_mask, bf16, attention) named ``<op>`` is, under that same
 name:
 - ``native/F.pyx``: the CPU kernel, exported as ``pynn._native.F.<op>``;
 - ``opencl/F.cl``: its OpenCL kernels, driven by ``pynn/backend/opencl/F.py``;
@@ -526,6 +526,17 @@ OPS.update({
                                   "strides", "padding", "dilation_rate", "activation", "alpha",
                                   "use_bias", "need_input_grad", "pool_size", "pool_strides",
                                   "pool_padding"),
+})
+
+# -- attention (native/attention.pyx, opencl/attention.cl): Keras 3's MultiHeadAttention --
+# The scaled dot-product core on projected heads, laid out as Keras's projections make them:
+# q (N, T, H, K), k (N, S, H, K), v (N, S, H, V); mask (N, T, S) uint8/bool (nonzero:
+# attend) or None; drop (N, H, T, S) the dropout multiplier (0 or 1/(1-rate)) or None.
+# scores = (q*scale, rounded) k^T per head; probs = softmax over S of the attended scores
+# (a row attending to nothing is zeros, as Keras's masked Softmax); out = (probs*drop) v.
+OPS.update({
+    "attention_forward": ("q", "k", "v", "mask", "scale", "drop"),      # -> (out, probs)
+    "attention_backward": ("dout", "q", "k", "v", "probs", "scale", "drop"),  # -> (dq, dk, dv)
 })
 
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.

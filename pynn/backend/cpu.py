@@ -146,6 +146,8 @@ from pynn._native.quant import int8_conv2d_forward, int8_max_pool2d  # noqa: F40
 from pynn._native.elementwise import (  # noqa: F401
     elementwise_binary, elementwise_unary, reduce_axes,
 )
+# -- attention (MultiHeadAttention's core) --
+from pynn._native.attention import attention_backward, attention_forward  # noqa: F401
 from pynn.backend.operands.common import host_array
 
 NAME = "cpu"
