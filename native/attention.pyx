@@ -14,7 +14,8 @@ Design:
   softmax in place (masked scores set to -inf, so exp gives exact zeros; a row with nothing
   to attend to is all zeros, as Keras's Softmax(mask) zeroes it); out = (probs * drop) v
   (T x V, S deep) written straight into out[n, :, h, :].
-- Backward per pair: dv = pd^T dout, dp = (dout v^T) * drop, ds = probs (dp - sum(probs dp))
+- Backward per pair: dv = pd^T dout, dp = (dout v^T) * drop (+ dprobs, a gradient reaching
+  the returned probabilities), ds = probs (dp - sum(probs dp))
   (the softmax's Jacobian product; zero where probs is), dq = scale (ds k), dk = ds^T qs.
   Every gradient element is written by the one thread owning its (n, h): no atomics.
 Outputs are fresh arrays; per-pair temporaries are allocated inside the item.
@@ -49,6 +50,7 @@ ctypedef struct _AttentionJob:
     const unsigned char* mask
     const void* drop
     const void* dout
+    const void* dprobs
     void* out
     void* probs
     void* dq
@@ -133,6 +135,7 @@ cdef int _backward_pair(const _AttentionJob* j, const floating* dummy, long item
     cdef Py_ssize_t n = item // H, h = item % H
     cdef const floating* probs = <const floating*>j.probs + item * T * S
     cdef const floating* drop = <const floating*>j.drop
+    cdef const floating* dprobs = <const floating*>j.dprobs
     cdef const floating* dout = <const floating*>j.dout + (n * T * H + h) * V
     cdef const floating* k = <const floating*>j.k + (n * S * H + h) * K
     cdef const floating* v = <const floating*>j.v + (n * S * H + h) * V
@@ -153,11 +156,15 @@ cdef int _backward_pair(const _AttentionJob* j, const floating* dummy, long item
     # dv[s] = sum_t pd[t, s] dout[t]
     _gemm(True, False, S, V, T, pd, S, dout, H * V, <floating*>j.dv + (n * S * H + h) * V,
           H * V)
-    # dp = (dout v^T) * drop, then ds = probs (dp - sum(probs dp)) in place
+    # dp = (dout v^T) * drop (+ dprobs), then ds = probs (dp - sum(probs dp)) in place
     _gemm(False, True, T, S, V, dout, H * V, v, H * V, dp, S)
     if drop != NULL:
         for i in range(T * S):
             dp[i] = dp[i] * drop[i]
+    if dprobs != NULL:
+        dprobs += item * T * S
+        for i in range(T * S):
+            dp[i] = dp[i] + dprobs[i]
     for i in range(T):
         softmax_grad_row(dp + i * S, probs + i * S, dp + i * S, S)
     # dq = scale (ds k): the products first, then the scale, as the chain rule through
@@ -223,7 +230,7 @@ cdef void _fill(_AttentionJob* job, q, k, v, dims, double scale):
     job.scale, job.failed, job.is_double = scale, 0, q.dtype == np.float64
     job.q, job.k, job.v = _address(q), _address(k), _address(v)
     job.mask = NULL
-    job.drop = job.dout = NULL
+    job.drop = job.dout = job.dprobs = NULL
     job.dq = job.dk = job.dv = job.out = job.probs = NULL
 
 
@@ -255,10 +262,11 @@ def attention_forward(q, k, v, mask=None, scale=1.0, drop=None):
     return out, probs
 
 
-def attention_backward(dout, q, k, v, probs, scale=1.0, drop=None):
-    """(dq, dk, dv) of attention_forward's out, from its probs."""
-    dout, q, k, v, probs, scale, drop, dims = operands.attention_backward(
-        HOST, dout, q, k, v, probs, scale, drop)
+def attention_backward(dout, q, k, v, probs, scale=1.0, drop=None, dprobs=None):
+    """(dq, dk, dv) of attention_forward's out, from its probs; ``dprobs`` (a gradient
+    reaching the probabilities themselves) joins dout's on their way back."""
+    dout, q, k, v, probs, scale, drop, dprobs, dims = operands.attention_backward(
+        HOST, dout, q, k, v, probs, scale, drop, dprobs)
     N, T, S, H, K, V = dims
     dq, dk, dv = np.zeros(q.shape, q.dtype), np.zeros(k.shape, q.dtype), np.zeros(v.shape, q.dtype)
     if N * H * T == 0 or S == 0:
@@ -269,6 +277,8 @@ def attention_backward(dout, q, k, v, probs, scale=1.0, drop=None):
     job.dq, job.dk, job.dv = <void*>_address(dq), <void*>_address(dk), <void*>_address(dv)
     if drop is not None:
         job.drop = _address(drop)
+    if dprobs is not None:
+        job.dprobs = _address(dprobs)
     _run(&job, _backward_job, 2.0 * N * H * T * S * (K + V))
     if job.failed:
         raise MemoryError("attention_backward: out of memory for a head's scratch")

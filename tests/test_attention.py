@@ -47,28 +47,34 @@ def test_attention_forward(target, rng, shape, masked, dropped):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("dropped", [False, True])
-def test_attention_backward(target, rng, shape, masked, dropped):
+@pytest.mark.parametrize("scores_grad", [False, True])
+def test_attention_backward(target, rng, shape, masked, dropped, scores_grad):
     q, k, v, mask, scale, drop = _case(rng, shape, masked, dropped, target.dtype)
     _, probs = ref.attention_forward_ref(q, k, v, mask, scale, drop)
     probs = probs.astype(target.dtype)
     dout = rand(rng, shape[:2] + (shape[3], shape[5]), target.dtype)
-    check_op(target, "attention_backward", dout, q, k, v, probs, scale, drop,
+    dprobs = rand(rng, probs.shape, target.dtype) if scores_grad else None
+    check_op(target, "attention_backward", dout, q, k, v, probs, scale, drop, dprobs,
              ref=ref.attention_backward_ref, kind="gemm",
              rtol=1e-12 if target.dtype == np.float64 else None)
 
 
 def test_attention_gradients_match_central_differences(rng):
-    """The backward op is the forward op's derivative (float64, masks and dropout on)."""
+    """The backward op is the forward op's derivative (float64, masks and dropout on, a
+    gradient reaching the probabilities too)."""
     from pynn.backend import cpu
 
     q, k, v, mask, scale, drop = _case(rng, (2, 4, 5, 2, 3, 2), True, True, np.float64)
     dout = rng.standard_normal((2, 4, 2, 2))
 
+    dprobs = rng.standard_normal((2, 2, 4, 5))
+
     def loss(q, k, v):
-        return float(np.sum(cpu.attention_forward(q, k, v, mask, scale, drop)[0] * dout))
+        out, probs = cpu.attention_forward(q, k, v, mask, scale, drop)
+        return float(np.sum(out * dout) + np.sum(probs * dprobs))
 
     _, probs = cpu.attention_forward(q, k, v, mask, scale, drop)
-    grads = cpu.attention_backward(dout, q, k, v, probs, scale, drop)
+    grads = cpu.attention_backward(dout, q, k, v, probs, scale, drop, dprobs)
     args = [q, k, v]
     for which, g in enumerate(grads):
         for i in rng.choice(args[which].size, 6, replace=False):
@@ -152,6 +158,11 @@ def test_backward_bad_operands_name_the_op(backend, rng):
         backend.op("attention_backward")(backend.up(rand(rng, (2, 3, 2, 3))), backend.up(q),
                                          backend.up(k), backend.up(v),
                                          backend.up(rand(rng, (2, 2, 3, 4))), 0.5, None)
+    with pytest.raises(ValueError, match="attention_backward: 'dprobs' must have shape"):
+        backend.op("attention_backward")(backend.up(rand(rng, (2, 3, 2, 3))), backend.up(q),
+                                         backend.up(k), backend.up(v),
+                                         backend.up(rand(rng, (2, 2, 3, 5))), 0.5, None,
+                                         backend.up(rand(rng, (2, 2, 3, 4))))
     with pytest.raises(ValueError, match="attention_backward: 'dout' must have shape"):
         backend.op("attention_backward")(backend.up(rand(rng, (2, 3, 2, 4))), backend.up(q),
                                          backend.up(k), backend.up(v),

@@ -536,7 +536,9 @@ OPS.update({
 # (a row attending to nothing is zeros, as Keras's masked Softmax); out = (probs*drop) v.
 OPS.update({
     "attention_forward": ("q", "k", "v", "mask", "scale", "drop"),      # -> (out, probs)
-    "attention_backward": ("dout", "q", "k", "v", "probs", "scale", "drop"),  # -> (dq, dk, dv)
+    # dprobs: a gradient reaching probs itself (return_attention_scores), or None.
+    "attention_backward": ("dout", "q", "k", "v", "probs", "scale", "drop", "dprobs"),
+    # -> (dq, dk, dv)
 })
 
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.

@@ -26,8 +26,9 @@ def attention_forward_ref(q, k, v, mask, scale, drop=None):
     return np.einsum("nhts,nshv->nthv", pd, v), probs
 
 
-def attention_backward_ref(dout, q, k, v, probs, scale, drop=None):
-    """-> (dq, dk, dv) of attention_forward_ref's out, given its probs."""
+def attention_backward_ref(dout, q, k, v, probs, scale, drop=None, dprobs=None):
+    """-> (dq, dk, dv) of attention_forward_ref's out (and of probs, through dprobs), given
+    its probs."""
     dout, q, k, v, probs = (np.asarray(a, np.float64) for a in (dout, q, k, v, probs))
     d = None if drop is None else np.asarray(drop, np.float64)
     pd = probs if d is None else probs * d
@@ -35,6 +36,8 @@ def attention_backward_ref(dout, q, k, v, probs, scale, drop=None):
     dp = np.einsum("nthv,nshv->nhts", dout, v)
     if d is not None:
         dp = dp * d
+    if dprobs is not None:
+        dp = dp + np.asarray(dprobs, np.float64)
     ds = probs * (dp - (probs * dp).sum(axis=-1, keepdims=True))
     dq = np.einsum("nhts,nshk->nthk", ds, k) * scale
     dk = np.einsum("nhts,nthk->nshk", ds, q * scale)

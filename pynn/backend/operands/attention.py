@@ -4,7 +4,8 @@ the scaled dot-product core of Keras 3's MultiHeadAttention on projected heads.
 Legend: N batch, T query steps, S key/value steps, H heads, K key width, V value width.
 q (N, T, H, K), k (N, S, H, K), v (N, S, H, V) are the projections as Keras lays them out;
 probs (N, H, T, S); mask (N, T, S) uint8 or bool, nonzero = attend; drop (N, H, T, S) the
-dropout multiplier (0 or 1 / (1 - rate)) or None.
+dropout multiplier (0 or 1 / (1 - rate)) or None; dprobs (N, H, T, S) a gradient reaching
+probs itself (MultiHeadAttention's return_attention_scores), or None.
 """
 
 from pynn.backend.operands.common import check_count, check_shape, number, same_dtype
@@ -48,8 +49,8 @@ def attention_forward(arrays, q, k, v, mask, scale, drop):
     return q, k, v, mask, _scale(op, scale), _drop(arrays, op, drop, q, dims), dims
 
 
-def attention_backward(arrays, dout, q, k, v, probs, scale, drop):
-    """-> (dout, q, k, v, probs, scale, drop or None, dims)."""
+def attention_backward(arrays, dout, q, k, v, probs, scale, drop, dprobs=None):
+    """-> (dout, q, k, v, probs, scale, drop or None, dprobs or None, dims)."""
     op = "attention_backward"
     q, k, v, dims = _heads(arrays, op, q, k, v)
     n, t, s, h, _, vd = dims
@@ -58,4 +59,8 @@ def attention_backward(arrays, dout, q, k, v, probs, scale, drop):
     probs = arrays.float_input(op, "probs", probs, ndim=4, like=q)
     check_shape(op, "probs", probs, (n, h, t, s))
     same_dtype(op, ("q", q), ("dout", dout), ("probs", probs))
-    return dout, q, k, v, probs, _scale(op, scale), _drop(arrays, op, drop, q, dims), dims
+    if dprobs is not None:
+        dprobs = arrays.float_input(op, "dprobs", dprobs, ndim=4, like=q)
+        check_shape(op, "dprobs", dprobs, (n, h, t, s))
+    return (dout, q, k, v, probs, _scale(op, scale), _drop(arrays, op, drop, q, dims), dprobs,
+            dims)
