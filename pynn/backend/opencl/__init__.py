@@ -91,6 +91,8 @@ from pynn.backend.opencl.embedding import embedding_backward, embedding_forward 
 from pynn.backend.opencl.preprocessing import (  # noqa: F401
     channel_affine_forward, image_adjust_forward, image_affine_backward, image_affine_forward,
 )
+# -- attention (MultiHeadAttention's core) --
+from pynn.backend.opencl.attention import attention_backward, attention_forward  # noqa: F401
 from pynn.backend.opencl.runtime import (  # noqa: F401
     device_info, devices, empty_cache, select_device,
 )
