@@ -168,3 +168,313 @@ def test_backward_bad_operands_name_the_op(backend, rng):
         backend.op("attention_backward")(backend.up(rand(rng, (2, 3, 2, 4))), backend.up(q),
                                          backend.up(k), backend.up(v),
                                          backend.up(rand(rng, (2, 2, 3, 5))), 0.5, None)
+
+
+# -- the MultiHeadAttention layer ----------------------------------------------------------
+
+def _keras():
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip(f"keras runs on {keras.backend.backend()}, parity wants torch")
+    return keras
+
+
+LAYER_CASES = [  # (constructor arguments, call options)
+    (dict(num_heads=2, key_dim=3), {}),
+    (dict(num_heads=3, key_dim=2, value_dim=5, output_shape=(4,)), {}),
+    (dict(num_heads=1, key_dim=4, use_bias=False), dict(use_causal_mask=True)),
+    (dict(num_heads=2, key_dim=3, use_gate=True), dict(key=True)),
+    (dict(num_heads=2, key_dim=2, sliding_window=2), dict(use_causal_mask=True)),
+    (dict(num_heads=2, key_dim=3, output_shape=(2, 3)), dict(attention_mask=True)),
+    # Keras's explicit path (its scores returned): a row attending to nothing gives zeros
+    (dict(num_heads=2, key_dim=3), dict(attention_mask=True, return_attention_scores=True)),
+]
+
+
+def _layer_inputs(rng, options, n=3, t=5, s=7, dtype=np.float32):
+    query = rand(rng, (n, t, 6), dtype)
+    value = rand(rng, (n, s, 4), dtype)
+    kwargs = {}
+    if options.get("key"):
+        kwargs["key"] = rand(rng, (n, s, 5), dtype)
+    if options.get("attention_mask"):
+        mask = rng.random((n, t, s)) > 0.3
+        mask[0, 1] = False   # a query step attending to nothing
+        kwargs["attention_mask"] = mask
+    if options.get("use_causal_mask"):
+        kwargs["use_causal_mask"] = True
+    if options.get("return_attention_scores"):
+        kwargs["return_attention_scores"] = True
+    return query, value, kwargs
+
+
+def _attends_to_something(kwargs, query):
+    """Keras's fused path (no dropout, no scores returned) lets a query step whose mask row
+    is all false attend to every key alike; its own explicit path, its masked Softmax and
+    pynn give zeros there (see test_a_row_attending_to_nothing_differs_only_on_keras_fused_path).
+    The steps compared are those attending to something."""
+    mask = kwargs.get("attention_mask")
+    if mask is None or kwargs.get("return_attention_scores"):
+        return np.ones(query.shape[:2], bool)
+    return mask.any(axis=-1)
+
+
+@pytest.mark.parametrize("args, options", LAYER_CASES)
+def test_layer_matches_keras_forward_and_gradients(rng, args, options):
+    """Keras's weights give Keras's outputs, and the gradients of every weight and input
+    are torch autograd's through Keras's layer."""
+    keras = _keras()
+    import torch
+
+    from pynn import layers
+
+    query, value, kwargs = _layer_inputs(rng, options)
+    k_layer = keras.layers.MultiHeadAttention(**args)
+    k_args = {k: torch.tensor(v) if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
+    tq, tv = torch.tensor(query, requires_grad=True), torch.tensor(value, requires_grad=True)
+    if "key" in k_args:
+        k_args["key"].requires_grad_(True)
+    want = k_layer(tq, tv, **k_args)
+    wants = list(want) if isinstance(want, tuple) else [want]
+    keep = _attends_to_something(kwargs, query)
+    rs = [rng.standard_normal(tuple(w.shape)).astype(np.float32) for w in wants]
+    rs[0][~keep] = 0
+    sum((w * torch.tensor(r)).sum() for w, r in zip(wants, rs)).backward()
+    layer = layers.MultiHeadAttention(**args)
+    layer(query, value, **kwargs)
+    layer.set_weights([np.asarray(keras.ops.convert_to_numpy(w)) for w in k_layer.weights])
+    assert [v.path.split("/", 1)[1] for v in layer.weights] == \
+        [w.path.split("/", 1)[1] for w in k_layer.weights]
+    got = layer(query, value, training=True, **kwargs)
+    gots = got if isinstance(got, list) else [got]
+    np.testing.assert_allclose(np.asarray(gots[0])[keep], wants[0].detach().numpy()[keep],
+                               atol=2e-6)
+    for g, w in zip(gots[1:], wants[1:]):
+        np.testing.assert_allclose(g, w.detach().numpy(), atol=2e-6)
+    grads = layer.backward(rs if len(rs) > 1 else rs[0])
+    torch_inputs = [tq, tv] + ([k_args["key"]] if "key" in k_args else [])
+    for g, t in zip(grads, torch_inputs):
+        np.testing.assert_allclose(g, t.grad.numpy(), atol=2e-5)
+    for v, w in zip(layer.weights, k_layer.weights):
+        np.testing.assert_allclose(v.grad, w.value.grad.numpy(), atol=2e-5, err_msg=v.path)
+
+
+def test_a_row_attending_to_nothing_differs_only_on_keras_fused_path(rng):
+    """Keras 3 answers a query step that may attend to nothing in two ways: its fused
+    dot_product_attention (no dropout, no scores returned) adds a large negative bias and
+    attends to every key alike; its explicit path (dropout, or scores returned) zeroes the
+    probabilities, as its masked Softmax documents. pynn keeps the masked Softmax's zeros on
+    every path; this test pins both of Keras's answers, so a change in Keras shows here."""
+    keras = _keras()
+    from pynn import layers
+
+    query, value = rand(rng, (2, 3, 4)), rand(rng, (2, 5, 4))
+    mask = np.ones((2, 3, 5), bool)
+    mask[1, 2] = False
+    k_layer = keras.layers.MultiHeadAttention(2, 3, bias_initializer="ones")
+    fused = keras.ops.convert_to_numpy(k_layer(query, value, attention_mask=mask))
+    explicit, _ = k_layer(query, value, attention_mask=mask, return_attention_scores=True)
+    explicit = keras.ops.convert_to_numpy(explicit)
+    layer = layers.MultiHeadAttention(2, 3)
+    layer(query, value, attention_mask=mask)
+    layer.set_weights([keras.ops.convert_to_numpy(w) for w in k_layer.weights])
+    got = np.asarray(layer(query, value, attention_mask=mask))
+    np.testing.assert_allclose(got, explicit, atol=2e-6)
+    np.testing.assert_allclose(got[0], fused[0], atol=2e-6)
+    np.testing.assert_allclose(got[1, :2], fused[1, :2], atol=2e-6)
+    # the row attending to nothing: the output bias alone, where Keras's fused path reads
+    # the mean of the values' projections
+    np.testing.assert_allclose(got[1, 2], keras.ops.convert_to_numpy(k_layer.weights[-1]))
+    assert np.abs(fused[1, 2] - got[1, 2]).max() > 1e-3
+
+
+def _numerical(loss, x, eps=1e-6):
+    grad = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        up = loss()
+        flat[i] = old - eps
+        down = loss()
+        flat[i] = old
+        gflat[i] = (up - down) / (2 * eps)
+    return grad
+
+
+@pytest.mark.parametrize("args, options", LAYER_CASES + [
+    (dict(num_heads=2, key_dim=2, dropout=0.4, seed=3), dict(return_attention_scores=True)),
+])
+def test_layer_gradients_match_central_differences(float64, rng, args, options):
+    """float64: every weight's and input's gradient, dropout on (its stream rewound before
+    each call) and a loss reaching the returned attention scores."""
+    from pynn import layers
+
+    query, value, kwargs = _layer_inputs(rng, options, n=2, t=3, s=4, dtype=np.float64)
+    scores = kwargs.pop("return_attention_scores", False)
+    layer = layers.MultiHeadAttention(**args)
+    layer(query, value, return_attention_scores=scores, **kwargs)
+    layer.set_weights([rng.uniform(-0.8, 0.8, w.shape) for w in layer.get_weights()])
+
+    def forward(training=True):
+        layer._offset = 0
+        out = layer(query, value, training=training, return_attention_scores=scores, **kwargs)
+        return out if scores else [out]
+
+    rs = [rng.standard_normal(np.shape(o)) for o in forward()]
+
+    def loss():
+        return float(sum(np.sum(np.asarray(o) * r) for o, r in zip(forward(), rs)))
+
+    forward()
+    grads = layer.backward(rs if scores else rs[0])
+    inputs = [query, value] + ([kwargs["key"]] if "key" in kwargs else [])
+    for g, x in zip(grads, inputs):
+        np.testing.assert_allclose(g, _numerical(loss, x), rtol=1e-5, atol=1e-8)
+    for v in layer.weights:
+        np.testing.assert_allclose(v.grad, _numerical(loss, v.value), rtol=1e-5, atol=1e-8,
+                                   err_msg=v.path)
+
+
+def _text_model(pynn_or_keras, vocab=13, steps=7, causal=False):
+    L = pynn_or_keras.layers
+    ids = L.Input((steps,), dtype="int32")
+    x = L.Embedding(vocab, 8, mask_zero=True)(ids)
+    a = L.MultiHeadAttention(2, 4)(x, x, use_causal_mask=causal)
+    x = L.LayerNormalization()(L.Add()([x, a]))
+    y = L.Dense(3, activation="softmax")(L.GlobalAveragePooling1D()(x))
+    model = (pynn_or_keras.Model if hasattr(pynn_or_keras, "Model")
+             else pynn_or_keras.models.Model)(ids, y)
+    return model
+
+
+def _ids(rng, n=6, steps=7, vocab=13):
+    ids = rng.integers(1, vocab, (n, steps)).astype(np.int32)
+    for i in range(n):
+        ids[i, rng.integers(2, steps + 1):] = 0   # padding at the end, every length
+    ids[0, 1:] = 0
+    return ids
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_masked_self_attention_model_matches_keras(rng, causal):
+    """Embedding(mask_zero=True) -> MultiHeadAttention(x, x): the padding's mask reaches the
+    attention as Keras's query and value masks, and the output carries the query's mask to
+    the masked mean; predictions and one SGD step's weights equal Keras's."""
+    keras = _keras()
+    import pynn
+
+    k_model = _text_model(keras, causal=causal)
+    model = _text_model(pynn, causal=causal)
+    model.set_weights(k_model.get_weights())
+    ids = _ids(rng)
+    labels = rng.integers(0, 3, len(ids)).astype(np.int32)
+    np.testing.assert_allclose(model.predict(ids, verbose=0), k_model.predict(ids, verbose=0),
+                               atol=2e-6)
+    for m in (model, k_model):
+        m.compile(optimizer=(pynn if m is model else keras).optimizers.SGD(0.5),
+                  loss="sparse_categorical_crossentropy")
+        m.train_on_batch(ids, labels)
+    for got, want in zip(model.get_weights(), k_model.get_weights()):
+        np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_layer_trains_saves_and_predicts_alike_on_every_path(rng, tmp_path):
+    """fit lowers the loss; predict, predict_on_batch, model(x) and a reloaded .pynn model
+    answer alike; the config round-trips with the call options."""
+    import pynn
+
+    model = _text_model(pynn)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    ids = _ids(rng, n=64)
+    labels = (ids[:, 0] % 3).astype(np.int32)
+    history = model.fit(ids, labels, epochs=15, batch_size=16, verbose=0)
+    assert history.history["loss"][-1] < 0.8 * history.history["loss"][0]
+    want = model.predict(ids[:9], verbose=0)
+    np.testing.assert_allclose(model.predict_on_batch(ids[:1]), want[:1], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(model(ids[:9])), want, atol=1e-6)
+    model.save(tmp_path / "m.pynn")
+    again = pynn.load_model(tmp_path / "m.pynn")
+    np.testing.assert_array_equal(again.predict(ids[:9], verbose=0), want)
+    layer = next(la for la in model.layers if type(la).__name__ == "MultiHeadAttention")
+    config = layer.get_config()
+    assert config["num_heads"] == 2 and config["call_options"]["key"] is False
+    twin = type(layer).from_config(config)
+    assert twin.get_config() == config
+
+
+def test_layer_on_opencl_matches_the_cpu(rng):
+    """One training step of a cross-attention model (key, causal mask, gate, dropout off) on
+    OpenCL: predictions, loss and every weight after the step as on the CPU."""
+    from tests.opencl_util import skip_without_opencl
+
+    skip_without_opencl()
+    import pynn
+    from pynn import layers as L
+
+    def build():
+        q, v = L.Input((5, 6)), L.Input((7, 4))
+        k = L.Input((7, 3))
+        a = L.MultiHeadAttention(2, 3, use_gate=True)(q, v, key=k, use_causal_mask=True)
+        return pynn.Model([q, v, k], L.Dense(2)(L.GlobalAveragePooling1D()(a)))
+
+    xs = [rand(rng, (4, 5, 6)), rand(rng, (4, 7, 4)), rand(rng, (4, 7, 3))]
+    y = rand(rng, (4, 2))
+    results = {}
+    weights = None
+    for device in ("cpu", "opencl"):
+        previous = pynn.get_device()
+        pynn.set_device(device)
+        try:
+            model = build()
+            weights = weights or model.get_weights()
+            model.set_weights(weights)
+            model.compile(optimizer=pynn.optimizers.SGD(0.1), loss="mse")
+            pred = model.predict(xs, verbose=0)
+            loss = model.train_on_batch(xs, y)
+            results[device] = (pred, loss, model.get_weights())
+        finally:
+            pynn.set_device(previous)
+    (p1, l1, w1), (p2, l2, w2) = results["cpu"], results["opencl"]
+    np.testing.assert_allclose(p2, p1, atol=1e-5)
+    assert abs(l2 - l1) <= 1e-5 * max(1, abs(l1))
+    for a, b in zip(w2, w1):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("make, call, message", [
+    (lambda L: L.MultiHeadAttention(0, 3), None, "num_heads must be a positive int"),
+    (lambda L: L.MultiHeadAttention(2, 3.5), None, "key_dim must be a positive int"),
+    (lambda L: L.MultiHeadAttention(2, 3, dropout=1.0), None, r"rate must be a number in \[0, 1\)"),
+    (lambda L: L.MultiHeadAttention(2, 3, attention_axes=(1, 2)),
+     lambda layer, q, v: layer(q, v), "attention_axes"),
+    (lambda L: L.MultiHeadAttention(2, 3), lambda layer, q, v: layer(q[:, 0], v),
+     r"query must have shape \(batch, steps, features\)"),
+    (lambda L: L.MultiHeadAttention(2, 3), lambda layer, q, v: layer(q, v, key=v[:, :2]),
+     "value and key must have the same steps"),
+    (lambda L: L.MultiHeadAttention(2, 3), lambda layer, q, v: layer(q),
+     "takes query and value tensors"),
+    (lambda L: L.MultiHeadAttention(2, 3),
+     lambda layer, q, v: layer(q, v, attention_mask=np.ones((3, 5, 6))),
+     "attention_mask of shape"),
+])
+def test_layer_bad_arguments_name_the_layer(rng, make, call, message):
+    from pynn import layers as L
+
+    q, v = rand(rng, (3, 5, 6)), rand(rng, (3, 7, 4))
+    with pytest.raises((ValueError, TypeError), match=message):
+        layer = make(L)
+        call(layer, q, v)
+
+
+def test_one_layer_keeps_its_call_options(rng):
+    from pynn import layers as L
+
+    q, v = rand(rng, (3, 5, 6)), rand(rng, (3, 7, 4))
+    layer = L.MultiHeadAttention(2, 3)
+    layer(q, v)
+    with pytest.raises(ValueError, match="same tensors and options"):
+        layer(q, v, use_causal_mask=True)

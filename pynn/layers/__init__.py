@@ -165,3 +165,7 @@ __all__ = ["Layer", "LAYERS", "Input", *LAYERS, "MaxPool2D", "AvgPool2D", "Globa
            "MaxPool1D", "AvgPool1D", "GlobalAvgPool1D", "GlobalMaxPool1D", "Convolution1D",
            # -- sequence layers, 1-D twins and text (issue 14, branch seq): Keras aliases --
            "Convolution1DTranspose", "SeparableConvolution1D"]
+# -- attention: Keras 3's MultiHeadAttention on the attention ops --
+from pynn.layers.attention import MultiHeadAttention  # noqa: E402
+
+LAYERS["MultiHeadAttention"] = MultiHeadAttention
