@@ -478,3 +478,95 @@ def test_one_layer_keeps_its_call_options(rng):
     layer(q, v)
     with pytest.raises(ValueError, match="same tensors and options"):
         layer(q, v, use_causal_mask=True)
+
+
+def _cross_model(lib, scores):
+    L = lib.layers
+    q, v, k, am = L.Input((5, 6)), L.Input((7, 4)), L.Input((7, 3)), L.Input((5, 7))
+    a = L.MultiHeadAttention(2, 3, use_gate=True, output_shape=(2, 2))(
+        q, v, key=k, attention_mask=am, return_attention_scores=scores, use_causal_mask=True)
+    return (lib.Model if hasattr(lib, "Model") else lib.models.Model)([q, v, k, am], a)
+
+
+def _outputs(values):
+    return list(values) if isinstance(values, (list, tuple)) else [values]
+
+
+@pytest.mark.parametrize("ext", [".keras", ".h5", ".weights.h5"])
+@pytest.mark.parametrize("scores", [False, True])
+def test_keras_files_both_ways(rng, tmp_path, ext, scores):
+    """A cross-attention model (key, attention_mask input, causal mask, gate, output_shape,
+    the scores as a second output) through Keras's files both ways: Keras's call arguments
+    become pynn's call options and back, and the sublayers' weight groups line up."""
+    keras = _keras()
+    import pynn
+
+    xs = [rand(rng, (3, 5, 6)), rand(rng, (3, 7, 4)), rand(rng, (3, 7, 3)),
+          (rng.random((3, 5, 7)) > 0.2).astype(np.float32)]
+    xs[3][:, :, 0] = 1
+    path = str(tmp_path / f"m{ext}")
+    k_model = _cross_model(keras, scores)
+    if ext == ".weights.h5":
+        k_model.save_weights(path)
+        model = _cross_model(pynn, scores)
+        model.load_weights(path)
+    else:
+        k_model.save(path)
+        model = pynn.load_model(path)
+    want = _outputs(k_model.predict(xs, verbose=0))
+    for got, w in zip(_outputs(model.predict(xs, verbose=0)), want):
+        np.testing.assert_allclose(got, w, atol=2e-6)
+    # and back: pynn's file into Keras, with other weights
+    model.set_weights([w + 0.1 for w in model.get_weights()])
+    path = str(tmp_path / f"back{ext}")
+    if ext == ".weights.h5":
+        model.save_weights(path)
+        back = _cross_model(keras, scores)
+        back.load_weights(path)
+    else:
+        model.save(path)
+        back = keras.saving.load_model(path)
+    for got, w in zip(_outputs(model.predict(xs, verbose=0)),
+                      _outputs(back.predict(xs, verbose=0))):
+        np.testing.assert_allclose(got, w, atol=2e-6)
+
+
+def test_keras_masked_text_model_loads(rng, tmp_path):
+    keras = _keras()
+    import pynn
+
+    k_model = _text_model(keras, causal=True)
+    k_model.save(tmp_path / "t.keras")
+    model = pynn.load_model(tmp_path / "t.keras")
+    ids = _ids(rng)
+    np.testing.assert_allclose(model.predict(ids, verbose=0), k_model.predict(ids, verbose=0),
+                               atol=2e-6)
+
+
+def test_keras_file_attention_calls_pynn_cannot_take_are_refused(tmp_path):
+    """A node passing query_mask by hand, or two calls of one layer with other options, is a
+    clear error naming the layer."""
+    from pynn.interop.keras_files import KerasFileError, _calls
+
+    class Where:
+        def fail(self, what, member=None):
+            return KerasFileError(what)
+
+    def tensor(name):
+        return {"class_name": "__keras_tensor__",
+                "config": {"keras_history": [name, 0, 0]}}
+
+    entry = {"class_name": "MultiHeadAttention", "name": "mha", "config": {},
+             "inbound_nodes": [{"args": [tensor("a"), tensor("b")],
+                                "kwargs": {"query_mask": tensor("c")}}]}
+    with pytest.raises(KerasFileError, match=r"'mha'.*query_mask"):
+        _calls(entry, Where())
+    entry = {"class_name": "MultiHeadAttention", "name": "mha", "config": {},
+             "inbound_nodes": [{"args": [tensor("a"), tensor("b")], "kwargs": {}},
+                               {"args": [tensor("a"), tensor("b")],
+                                "kwargs": {"use_causal_mask": True}}]}
+    with pytest.raises(KerasFileError, match="other options"):
+        _calls(entry, Where())
+    entry["inbound_nodes"] = [{"args": [tensor("a")], "kwargs": {}}]
+    with pytest.raises(KerasFileError, match="1 positional"):
+        _calls(entry, Where())

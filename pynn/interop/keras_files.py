@@ -332,10 +332,56 @@ def _ref(value, where):
                      CONFIG_NAME)
 
 
+# MultiHeadAttention's call: query and value positional, key and attention_mask tensors and
+# two flags by keyword (pynn.layers.attention.CallOptions); masks come from the graph.
+_ATTENTION_TENSORS = ("key", "attention_mask")
+_ATTENTION_FLAGS = ("use_causal_mask", "return_attention_scores")
+
+
+def _attention_call(node, entry, where):
+    """(refs, call options) of one Keras 3 MultiHeadAttention node."""
+    args, kwargs = node.get("args") or [], dict(node.get("kwargs") or {})
+    label = f"layer '{entry.get('name')}' (MultiHeadAttention)"
+    if len(args) == 3 and "key" not in kwargs:   # key given by position
+        kwargs["key"] = args.pop()
+    if len(args) != 2:
+        raise where.fail(f"{label} is called with {len(args)} positional arguments; Keras's "
+                         f"call takes query and value", CONFIG_NAME)
+    refs = [_ref(t, where) for t in args]
+    options = {}
+    for name in _ATTENTION_TENSORS:
+        value = kwargs.pop(name, None)
+        options[name] = value is not None
+        if value is not None:
+            refs.append(_ref(value, where))
+    for name in _ATTENTION_FLAGS:
+        value = kwargs.pop(name, False)
+        if not isinstance(value, bool):
+            raise where.fail(f"{label}: {name} must be true or false, got {value!r}",
+                             CONFIG_NAME)
+        options[name] = value
+    kwargs.pop("training", None)
+    if any(v is not None for v in kwargs.values()):
+        raise where.fail(f"{label} is called with arguments pynn does not take "
+                         f"({sorted(k for k, v in kwargs.items() if v is not None)})",
+                         CONFIG_NAME)
+    return refs, options
+
+
 def _calls(entry, where):
-    """(refs, several) for each call of a functional layer entry, in node order."""
+    """(refs, several) for each call of a functional layer entry, in node order; a
+    MultiHeadAttention entry's call options go into its config (every call must agree)."""
     calls = []
     for node in entry.get("inbound_nodes") or []:
+        if isinstance(node, dict) and entry.get("class_name") == "MultiHeadAttention":
+            refs, options = _attention_call(node, entry, where)
+            config = entry.setdefault("config", {})
+            if config.setdefault("call_options", options) != options:
+                raise where.fail(f"layer '{entry.get('name')}' (MultiHeadAttention) is called "
+                                 f"with other options in another call ({options}); pynn's "
+                                 f"layer keeps one set", CONFIG_NAME)
+            calls.append((refs, True))
+            continue
         if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
             args, kwargs = node.get("args") or [], node.get("kwargs") or {}
             if len(args) != 1 or any(v is not None for k, v in kwargs.items()
@@ -497,11 +543,12 @@ def _functional_config(config, where):
     entries, masked = _drop_mask_ops(entries, where)
     names = [e.get("name", (e.get("config") or {}).get("name")) if isinstance(e, dict) else None
              for e in entries]
+    # calls first: a MultiHeadAttention's call options join its config (_calls)
+    pending = {name: _calls(e, where) for name, e in zip(names, entries)}
     layers = [_layer_spec(e, where) for e in entries]
     for name, spec in zip(names, layers):
         if name is not None:
             spec["config"]["name"] = name
-    pending = {name: _calls(e, where) for name, e in zip(names, entries)}
     made = {(name, 0) for name, spec in zip(names, layers) if spec["class_name"] == "InputLayer"}
     done = dict.fromkeys(names, 0)
     nodes = []
@@ -614,6 +661,21 @@ def _var_groups(layer, path):
                 (f"{path}/cell/vars", f"{_snake(cls)}_cell", layer.weights)]
     if cls == "TimeDistributed":
         return [(f"{path}/vars", layer.name, [])] + _var_groups(layer.layer, f"{path}/layer")
+    if cls == "MultiHeadAttention":
+        # Keras's sublayers, each an EinsumDense (kernel, then bias), and the two without
+        # weights; the gate's attribute keeps its underscore in Keras's file
+        groups = [(f"{path}/vars", layer.name, [])]
+        for group, name, kernel, bias in (
+                ("query_dense", "query", layer.query_kernel, layer.query_bias),
+                ("key_dense", "key", layer.key_kernel, layer.key_bias),
+                ("_gate_dense", "gate", layer.gate_kernel, layer.gate_bias),
+                ("value_dense", "value", layer.value_kernel, layer.value_bias),
+                ("output_dense", "attention_output", layer.output_kernel, layer.output_bias)):
+            if kernel is not None:
+                groups.append((f"{path}/{group}/vars", name,
+                               [v for v in (kernel, bias) if v is not None]))
+        return groups + [(f"{path}/_dropout_layer/vars", "dropout", []),
+                         (f"{path}/_softmax/vars", "softmax", [])]
     if cls == "Bidirectional":
         return ([(f"{path}/vars", layer.name, [])]
                 + _var_groups(layer.forward_layer, f"{path}/forward_layer")
@@ -1033,7 +1095,33 @@ def _keras_layer_spec(layer, with_build=True):
             "registered_name": None}
     if layer.built and with_build:
         spec["build_config"] = {"input_shape": _json_shape(layer.input_shape)}
+    if cls == "MultiHeadAttention":
+        spec["config"].pop("call_options", None)   # Keras keeps them in the nodes
+        if layer.built and with_build:
+            shapes = [_json_shape(s) for s in layer.input_shape]
+            names = ["query_shape", "value_shape"] + (
+                ["key_shape"] if layer._call_options and layer._call_options.key else [])
+            spec["build_config"] = {"shapes_dict": dict(zip(names, shapes))}
     return spec
+
+
+def _keras_call(node, node_index):
+    """Keras 3's inbound node of one pynn node."""
+    layer = node.layer
+    if type(layer).__name__ == "MultiHeadAttention":
+        options = layer._call_options
+        tensors = [_tensor(t, node_index) for t in node.inputs]
+        kwargs = {}
+        rest = tensors[2:]
+        for name in _ATTENTION_TENSORS:
+            if getattr(options, name):
+                kwargs[name] = rest.pop(0)
+        for name in _ATTENTION_FLAGS:
+            if getattr(options, name):
+                kwargs[name] = True
+        return {"args": tensors[:2], "kwargs": kwargs}
+    return {"args": [[_tensor(t, node_index) for t in node.inputs] if node.several
+                     else _tensor(node.inputs[0], node_index)], "kwargs": {}}
 
 
 def _tensor(t, node_index):
@@ -1086,10 +1174,8 @@ def keras_model_spec(model):
     for layer in model.layers:
         spec = _keras_layer_spec(layer)
         spec["name"] = layer.name
-        spec["inbound_nodes"] = [
-            {"args": [[_tensor(t, node_index) for t in node.inputs] if node.several
-                      else _tensor(node.inputs[0], node_index)], "kwargs": {}}
-            for node in calls.get(id(layer), []) if not node.is_input]
+        spec["inbound_nodes"] = [_keras_call(node, node_index)
+                                 for node in calls.get(id(layer), []) if not node.is_input]
         layers.append(spec)
 
     def ref(t):
