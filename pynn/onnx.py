@@ -1121,6 +1121,153 @@ def _time_distributed(g, layer, x, out_shape, mask=None):
                          g.ints([-1] + list(out_shape[1:]), f"{hint}_out")], hint)
     return g.tensor(y, out_shape)
 
+
+# -- MultiHeadAttention ----------------------------------------------------------------------
+def _mha_projection(g, x, kernel, bias, hint):
+    """(N, L, D) @ kernel (D, H, W) (+ bias (H, W)) -> (N, L, H*W): Keras's EinsumDense as
+    one MatMul, the kernel viewed as (D, H*W) as pynn's layer does."""
+    k = _host(kernel)
+    y = g.op("MatMul", [x, g.const(k.reshape(k.shape[0], -1), f"{hint}_kernel")],
+             f"{hint}_matmul")
+    if bias is not None:
+        y = g.op("Add", [y, g.const(_host(bias).reshape(-1), f"{hint}_bias")], f"{hint}_add")
+    return y
+
+
+def _mha_heads(g, y, heads, width, perm, hint):
+    """(N, L, H*W) -> (N, L, H, W), then transposed by ``perm``."""
+    y = g.op("Reshape", [y, g.ints([0, 0, heads, width], f"{hint}_heads_shape")],
+             f"{hint}_heads")
+    return g.op("Transpose", [y], f"{hint}_{''.join(map(str, perm))}", perm=list(perm))
+
+
+def _mha_steps(g, x, axis, hint):
+    """The 1-D int64 range over ``x``'s (dynamic) axis ``axis``."""
+    size = g.op("Gather", [g.op("Shape", [x], f"{hint}_shape"),
+                           g.const(np.int64(axis), f"{hint}_axis", np.int64)], f"{hint}_size")
+    return g.op("Range", [g.const(np.int64(0), f"{hint}_start", np.int64), size,
+                          g.const(np.int64(1), f"{hint}_delta", np.int64)], f"{hint}_range")
+
+
+def _mha_attend(g, layer, query, value, inputs, in_masks, hint):
+    """The bool (N or 1, T or 1, S or 1) ONNX tensor of pynn's ``_attention_mask`` (Keras's
+    _compute_attention_mask): the and of the inputs' masks, the causal triangle, the
+    sliding window and an explicit attention_mask; None where nothing masks."""
+    has_key, has_mask, causal, _ = layer._call_options
+    to_bool = g.onnx.TensorProto.BOOL
+    parts = []
+
+    def mask_of(k, axis, name):
+        m = in_masks[k] if k < len(in_masks) else None
+        if m is None:
+            return
+        if m.rank != 2:
+            raise _unsupported(layer, f"the {name}'s mask (from {m.label}) has rank {m.rank}; "
+                                      f"a (batch, steps) mask is expected")
+        wide = g.unsqueeze(m.tensor(g), [axis], f"{hint}_{name}_mask_wide")
+        parts.append(g.op("Cast", [wide], f"{hint}_{name}_keep", to=to_bool))
+
+    mask_of(0, 2, "query")                  # (N, T, 1)
+    mask_of(1, 1, "value")                  # (N, 1, S)
+    if has_key:
+        mask_of(2, 1, "key")                # (N, 1, S)
+    if causal or layer.sliding_window is not None:
+        t, s = query.shape[1], value.shape[1]
+        if t is not None and s is not None:
+            rows, cols = np.arange(t)[None, :, None], np.arange(s)[None, None, :]
+            if causal:
+                parts.append(g.const(rows >= cols, f"{hint}_causal", np.bool_))
+            if layer.sliding_window is not None:
+                parts.append(g.const(np.abs(rows - cols) < layer.sliding_window,
+                                     f"{hint}_window", np.bool_))
+        else:   # unknown steps: the same triangle and band from Range
+            rows = g.unsqueeze(_mha_steps(g, query.name, 1, f"{hint}_t"), [0, 2],
+                               f"{hint}_rows")      # (1, T, 1)
+            cols = g.unsqueeze(_mha_steps(g, value.name, 1, f"{hint}_s"), [0, 1],
+                               f"{hint}_cols")      # (1, 1, S)
+            if causal:
+                parts.append(g.op("GreaterOrEqual", [rows, cols], f"{hint}_causal"))
+            if layer.sliding_window is not None:
+                apart = g.op("Abs", [g.op("Sub", [rows, cols], f"{hint}_offset")],
+                             f"{hint}_apart")
+                parts.append(g.op("Less", [apart, g.const(np.int64(layer.sliding_window),
+                                                          f"{hint}_width", np.int64)],
+                                  f"{hint}_window"))
+    if has_mask:   # nonzero = attend
+        explicit = g.nhwc(inputs[-1])
+        parts.append(g.op("Cast", [explicit.name], f"{hint}_explicit", to=to_bool))
+    if not parts:
+        return None
+    keep = parts[0]
+    for k, p in enumerate(parts[1:]):
+        keep = g.op("And", [keep, p], f"{hint}_attend_{k}")
+    return keep
+
+
+@_converts("MultiHeadAttention")
+def _multi_head_attention(g, layer, xs, out_shape, in_masks=None):
+    """Keras 3's MultiHeadAttention at inference (pynn.layers.attention; the core is
+    tests/reference/attention_ref.py): the projections as MatMuls, scores (N, H, T, S) of
+    the scaled queries and the keys, a softmax over the attended steps only (masked scores
+    filled with float32's lowest before it, their probabilities zeroed after it, so a row
+    that attends to nothing is zeros, as Keras's masked softmax makes it), the heads'
+    outputs (gated with use_gate) through the output projection. ``in_masks``: the inputs'
+    _Masks (None where an input has none)."""
+    if layer.attention_axes not in (None, (1,), (-2,)):
+        raise _unsupported(layer, f"attention_axes {layer.attention_axes}")
+    options = layer._call_options
+    if options is None:
+        raise _unsupported(layer, "it was never called")
+    has_key, scores_out = options.key, options.return_attention_scores
+    in_masks = list(in_masks or [None] * len(xs))
+    hint = layer.name
+    query, value = g.nhwc(xs[0]), g.nhwc(xs[1])
+    key = g.nhwc(xs[2]) if has_key else value
+    h, kd, vd = layer.num_heads, layer.key_dim, layer.value_dim
+    q = _mha_projection(g, query.name, layer.query_kernel, layer.query_bias, f"{hint}_query")
+    k = _mha_projection(g, key.name, layer.key_kernel, layer.key_bias, f"{hint}_key")
+    v = _mha_projection(g, value.name, layer.value_kernel, layer.value_bias, f"{hint}_value")
+    q = _mha_heads(g, q, h, kd, (0, 2, 1, 3), f"{hint}_query")     # (N, H, T, K)
+    k = _mha_heads(g, k, h, kd, (0, 2, 3, 1), f"{hint}_key")       # (N, H, K, S)
+    v = _mha_heads(g, v, h, vd, (0, 2, 1, 3), f"{hint}_value")     # (N, H, S, V)
+    q = g.op("Mul", [q, g.const(np.float32(layer.scale), f"{hint}_scale")], f"{hint}_scaled")
+    scores = g.op("MatMul", [q, k], f"{hint}_scores")              # (N, H, T, S)
+    keep = _mha_attend(g, layer, query, value, xs, in_masks, hint)
+    if keep is None:
+        probs = g.op("Softmax", [scores], f"{hint}_probs", axis=-1)
+    else:
+        keep = g.unsqueeze(keep, [1], f"{hint}_attend")             # (N or 1, 1, T, S)
+        lowest = g.const(np.finfo(np.float32).min, f"{hint}_lowest")
+        filled = g.op("Where", [keep, scores, lowest], f"{hint}_masked_scores")
+        soft = g.op("Softmax", [filled], f"{hint}_softmax", axis=-1)
+        probs = g.op("Where", [keep, soft, g.const(0.0, f"{hint}_zero")], f"{hint}_probs")
+    att = g.op("MatMul", [probs, v], f"{hint}_attended")            # (N, H, T, V)
+    att = g.op("Transpose", [att], f"{hint}_attended_nthv", perm=[0, 2, 1, 3])
+    att = g.op("Reshape", [att, g.ints([0, 0, h * vd], f"{hint}_merged_shape")],
+               f"{hint}_merged")                                    # (N, T, H*V)
+    if layer.use_gate:
+        gate = _mha_projection(g, query.name, layer.gate_kernel, layer.gate_bias,
+                               f"{hint}_gate")
+        att = g.op("Mul", [att, g.op("Sigmoid", [gate], f"{hint}_gate_sigmoid")],
+                   f"{hint}_gated")
+    out_dims = tuple(layer.output_kernel.shape[2:])
+    wide = int(np.prod(out_dims))
+    y = g.op("MatMul", [att, g.const(_host(layer.output_kernel).reshape(h * vd, wide),
+                                     f"{hint}_output_kernel")], f"{hint}_output_matmul")
+    if layer.output_bias is not None:
+        y = g.op("Add", [y, g.const(_host(layer.output_bias).reshape(wide),
+                                    f"{hint}_output_bias")], f"{hint}_output_add")
+    if len(out_dims) != 1:
+        y = g.op("Reshape", [y, g.ints([0, 0] + list(out_dims), f"{hint}_output_shape")],
+                 f"{hint}_output")
+    y = g.tensor(y, out_shape[0] if scores_out else out_shape)
+    if scores_out:
+        return [y, g.tensor(probs, out_shape[1])]
+    return y
+
+# -- end MultiHeadAttention --
+
+
 # -- int8 quantized layers (issue 18, branch qbreadth): QDQ form ---------------------------
 # The int8 layers export as ONNX's QDQ form: QuantizeLinear -> DequantizeLinear around the
 # float op, whose weights are int8 initializers behind a per-channel DequantizeLinear and
@@ -1323,8 +1470,12 @@ def _walk(g, graph, values, masks=None):
             x = ins if node.several else ins[0]
             reader = _mask_reader(layer, in_masks)
             mask = next((m for m in in_masks if m is not None), None)
-            y = (reader(g, layer, x, out_shape, mask.tensor(g)) if reader is not None
-                 else _convert(g, layer, x, out_shape))
+            if reader is None:
+                y = _convert(g, layer, x, out_shape)
+            elif type(layer).__name__ in _READS_EVERY_MASK:
+                y = reader(g, layer, x, out_shape, in_masks)
+            else:
+                y = reader(g, layer, x, out_shape, mask.tensor(g))
             outs = y if isinstance(y, list) else [y]
             out_masks = _masks_after(g, layer, node, ins, in_masks, outs)
         for t, y, m in zip(node.outputs, outs, out_masks):
@@ -1403,6 +1554,10 @@ for _kind in ("SimpleRNN", "LSTM", "GRU", "RNN", "Bidirectional", "QuantizedSimp
               "QuantizedLSTM", "QuantizedGRU", "TimeDistributed"):
     _MASK_READERS[_kind] = lambda g, layer, x, out_shape, mask: _CONVERTERS[
         type(layer).__name__](g, layer, x, out_shape, mask)
+# readers given every input's _Mask (None where an input has none), not the first mask's
+# tensor: MultiHeadAttention tells the query's mask from the value's and the key's
+_MASK_READERS["MultiHeadAttention"] = _multi_head_attention
+_READS_EVERY_MASK = {"MultiHeadAttention"}
 
 
 def _masks_after(g, layer, node, ins, in_masks, outs):
@@ -1449,6 +1604,8 @@ def _masks_after(g, layer, node, ins, in_masks, outs):
     if kind == "Concatenate":
         return [_Mask(_label(layer), len(ins[0].shape) - 1,
                       _concatenated_mask(layer, ins, in_masks))] * n
+    if kind == "MultiHeadAttention":   # the query's mask; none on the attention scores
+        return [in_masks[0]] + [None] * (n - 1)
     probe = np.ones((1, 1), bool)
     try:
         passed = layer.compute_mask(None, [probe] * len(node.inputs) if node.several else probe)

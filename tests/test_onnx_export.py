@@ -871,3 +871,167 @@ def test_fake_quant_exports_its_codes_round_trip():
     probe.layers[0].set_weights([np.array([-1.5, 2.5, 3.0], np.float32)])
     got = run_onnx(pynn.onnx.export(probe), [half_steps[None]])[0]
     np.testing.assert_array_equal(got, probe.predict(half_steps[None], verbose=0))
+
+
+# -- MultiHeadAttention ----------------------------------------------------------------------
+OPSET_BOUNDS = [pynn.onnx.MIN_OPSET, onnx.defs.onnx_opset_version()]
+
+
+def _attention_model(layer, query=(5, 6), value=None, key=None, attention_mask=None,
+                     **call):
+    """A functional model of one MultiHeadAttention: self-attention when ``value`` is None,
+    else cross-attention over inputs of those shapes; -> (model, inputs)."""
+    q = pynn.Input(query, name="query")
+    inputs, xs = [q], [rand((3,) + query, seed=1)]
+    args = {}
+    if value is None:
+        v = q
+    else:
+        v = pynn.Input(value, name="value")
+        inputs.append(v)
+        xs.append(rand((3,) + value, seed=2))
+    if key is not None:
+        args["key"] = pynn.Input(key, name="key")
+        inputs.append(args["key"])
+        xs.append(rand((3,) + key, seed=3))
+    if attention_mask is not None:
+        dtype, steps = attention_mask
+        args["attention_mask"] = pynn.Input(steps, dtype=dtype, name="attention_mask")
+        inputs.append(args["attention_mask"])
+        attend = np.random.default_rng(5).random((3,) + steps) < 0.6
+        attend[0, 1] = False                # a query step attending to nothing
+        xs.append(attend.astype(dtype))
+    y = layer(q, v, **args, **call)
+    return pynn.Model(inputs, y), xs
+
+
+ATTENTION = {
+    "self": lambda: _attention_model(L.MultiHeadAttention(2, 3)),
+    "cross": lambda: _attention_model(L.MultiHeadAttention(3, 2, value_dim=4), (4, 6),
+                                      (7, 5)),
+    "key": lambda: _attention_model(L.MultiHeadAttention(2, 3), (4, 6), (7, 5), (7, 3)),
+    "causal_cross": lambda: _attention_model(L.MultiHeadAttention(2, 3), (6, 4), (5, 3),
+                                             use_causal_mask=True),
+    "sliding_window": lambda: _attention_model(L.MultiHeadAttention(2, 3, sliding_window=2)),
+    "causal_sliding_window": lambda: _attention_model(
+        L.MultiHeadAttention(2, 3, sliding_window=3), (7, 4), use_causal_mask=True),
+    "gate": lambda: _attention_model(L.MultiHeadAttention(2, 3, value_dim=2, use_gate=True),
+                                     (4, 6), (7, 5)),
+    "output_shape": lambda: _attention_model(L.MultiHeadAttention(2, 3, output_shape=(2, 5)),
+                                             (4, 6), (7, 5)),
+    "output_shape_int": lambda: _attention_model(L.MultiHeadAttention(2, 3, output_shape=7)),
+    "no_bias": lambda: _attention_model(
+        L.MultiHeadAttention(2, 3, use_bias=False, use_gate=True), (4, 6), (7, 5), (7, 3)),
+    "attention_mask_float": lambda: _attention_model(
+        L.MultiHeadAttention(2, 3), (4, 6), (7, 5), attention_mask=("float32", (4, 7))),
+    "attention_mask_int_causal": lambda: _attention_model(
+        L.MultiHeadAttention(2, 3, use_gate=True), (5, 6),
+        attention_mask=("int32", (5, 5)), use_causal_mask=True),
+    "scores": lambda: _attention_model(L.MultiHeadAttention(3, 2), (4, 6), (7, 5), (7, 3),
+                                       return_attention_scores=True),
+    "scores_masked": lambda: _attention_model(
+        L.MultiHeadAttention(2, 3, sliding_window=2), (4, 6), (7, 5),
+        attention_mask=("float32", (4, 7)), return_attention_scores=True),
+}
+
+
+@pytest.mark.parametrize("opset", OPSET_BOUNDS)
+@pytest.mark.parametrize("name", sorted(ATTENTION))
+def test_multi_head_attention(name, opset):
+    model, xs = ATTENTION[name]()
+    proto = check_export(model, xs, opset=opset)
+    ops = op_types(proto)
+    assert ops.count("Softmax") == 1 and "Einsum" not in ops
+    masked = any(k in name for k in ("causal", "window", "mask"))
+    assert ops.count("Where") == (2 if masked else 0)
+    assert len(proto.graph.output) == (2 if "scores" in name else 1)
+
+
+def test_multi_head_attention_scores_are_keras_probabilities():
+    """return_attention_scores: the second output is the (N, H, T, S) probabilities, zeros
+    where masked and on a row attending to nothing."""
+    model, xs = ATTENTION["scores_masked"]()
+    check_export(model, xs)
+    probs = run_onnx(pynn.onnx.export(model), xs)[1]
+    assert probs.shape == (3, 2, 4, 7)
+    attend = (xs[-1] != 0) & (np.abs(np.arange(4)[:, None] - np.arange(7)) < 2)
+    np.testing.assert_array_equal(probs[np.broadcast_to(~attend[:, None], probs.shape)], 0.0)
+    rows = attend.any(-1)[:, None].repeat(2, 1)
+    np.testing.assert_allclose(probs.sum(-1)[rows], 1.0, atol=1e-5)
+    np.testing.assert_array_equal(probs.sum(-1)[~rows], 0.0)
+
+
+@pytest.mark.parametrize("opset", OPSET_BOUNDS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_masked_multi_head_attention_text_classifier(causal, opset):
+    """Embedding(mask_zero=True) -> self-attention -> masked GlobalAveragePooling1D -> Dense:
+    the padding masks the keys (and the queries), a padded query step attends to nothing
+    (its output is the output bias), the output carries the query's mask to the mean, and a
+    row of padding alone is NaN there, as in pynn and Keras."""
+    ids = pynn.Input((7,), dtype="int32")
+    e = L.Embedding(11, 6, mask_zero=True)(ids)
+    a = L.MultiHeadAttention(2, 4, use_gate=True)(e, e, use_causal_mask=causal)
+    model = pynn.Model(ids, L.Dense(3)(L.GlobalAveragePooling1D()(a)))
+    x = padded_ids()
+    check_export(model, x, opset=opset)
+    want = model.predict(x, verbose=0)
+    assert np.isnan(want[3]).all() and np.isfinite(want[[0, 1, 2, 4]]).all()
+
+
+def test_multi_head_attention_masks_of_query_value_and_key():
+    """Cross-attention with a masked value and a masked key: both masks take part (each
+    masks steps the other keeps; in row 2 together they mask every step: the output is
+    the output bias); the output carries the query's mask (here none: the mean after it
+    is a plain one). Then a masked query and a plain value: the output carries the
+    query's mask."""
+    def tokens(name, steps, vocab):
+        t = pynn.Input((steps,), dtype="int32", name=name)
+        return t, L.Embedding(vocab, 5, mask_zero=True)(t)
+
+    qi = pynn.Input((4, 6), name="query")
+    vi, v = tokens("value", 7, 11)
+    ki, k = tokens("key", 7, 9)
+    a = L.MultiHeadAttention(2, 3, value_dim=4)(qi, v, key=k)
+    model = pynn.Model([qi, vi, ki], L.Dense(2)(L.GlobalAveragePooling1D()(a)))
+    value_ids, key_ids = padded_ids(), padded_ids(seed=8, vocab=9)
+    key_ids[0, 4:] = 0      # row 0: the key masks more than the value
+    value_ids[1, 1] = 0     # row 1: the value masks a step the key keeps
+    value_ids[2, :4], key_ids[2, :] = 0, 1
+    key_ids[2, 4:] = 0      # row 2: together nothing to attend to
+    xs = [rand((5, 4, 6)), value_ids, key_ids]
+    check_export(model, xs)
+    assert np.isfinite(model.predict(xs, verbose=0)).all()
+
+    # the query masked, the value not: the output's mask is the query's
+    qi2, q2 = tokens("query", 7, 11)
+    vi2 = pynn.Input((5, 3), name="value")
+    a2 = L.MultiHeadAttention(2, 3)(q2, vi2)
+    model2 = pynn.Model([qi2, vi2], L.Dense(2)(L.GlobalAveragePooling1D()(a2)))
+    xs2 = [padded_ids(), rand((5, 5, 3), seed=6)]
+    check_export(model2, xs2)
+    assert np.isnan(model2.predict(xs2, verbose=0)[3]).all()
+
+
+@pytest.mark.parametrize("opset", OPSET_BOUNDS)
+def test_multi_head_attention_unknown_steps(opset):
+    """Steps unknown at export: the causal triangle and the window come from Range, the
+    graph takes any length (pynn's own call gives the expected values: predict wants the
+    output's steps known)."""
+    x = pynn.Input((None, 6))
+    y = L.MultiHeadAttention(2, 3, sliding_window=2, use_gate=True)(x, x, use_causal_mask=True)
+    model = randomize(pynn.Model(x, y))
+    proto = pynn.onnx.export(model, opset=opset)
+    assert "Range" in op_types(proto)
+    for steps in (1, 5, 9):
+        xs = rand((2, steps, 6), seed=steps)
+        np.testing.assert_allclose(run_onnx(proto, [xs])[0], np.asarray(model(xs)),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_multi_head_attention_in_a_sequential_block():
+    """A transformer-style block: attention over a Dense's output, residual Add, LayerNorm."""
+    x = pynn.Input((6, 5))
+    h = L.Dense(8)(x)
+    a = L.MultiHeadAttention(4, 2, output_shape=8)(h, h)
+    y = L.LayerNormalization()(L.Add()([h, a]))
+    check_export(pynn.Model(x, L.Dense(3)(y)), rand((3, 6, 5)))
