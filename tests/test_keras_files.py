@@ -143,7 +143,18 @@ def sequence_1d():
         K.GlobalAveragePooling1D(), K.Dense(2)])
 
 
-ARCHITECTURES = {"recurrent_wrappers": recurrent_wrappers,
+def attention():
+    # a small transformer block: masked self-attention with a residual and LayerNormalization,
+    # then cross-attention onto a second sequence through an explicit key
+    ids, memory = keras.Input((7,), dtype="int32"), keras.Input((5, 6))
+    x = K.Embedding(20, 8, mask_zero=True)(ids)
+    a = K.MultiHeadAttention(2, 4, use_gate=True)(x, x, use_causal_mask=True)
+    x = K.LayerNormalization()(K.Add()([x, a]))
+    c = K.MultiHeadAttention(2, 3, value_dim=2, output_shape=(5,))(x, memory, key=memory)
+    return keras.Model([ids, memory], K.Dense(2)(K.GlobalAveragePooling1D()(c)))
+
+
+ARCHITECTURES = {"recurrent_wrappers": recurrent_wrappers, "attention": attention,
                  "masked_functional": masked_functional, "sequence_1d": sequence_1d,
                  "preprocessing": preprocessing, "mlp": mlp, "cnn": cnn, "merge": merge, "sequence": sequence,
                  "conv_variants": conv_variants, "pooling_1d": pooling_1d,
