@@ -1027,7 +1027,11 @@ class Model(Layer):
         n = xs[0].shape[0]
         if steps is not None:
             n = min(n, int(steps) * batch_size)
-        outs = [np.empty((n,) + tuple(t.shape[1:]), dtype=t.dtype) for t in self.outputs]
+        # An output with an unknown axis (Input((None, F)): any number of steps) takes its
+        # shape from the first batch's answer
+        outs = [np.empty((n,) + tuple(0 if d is None else d for d in t.shape[1:]),
+                         dtype=t.dtype) if None not in t.shape[1:] or n == 0 else None
+                for t in self.outputs]
         with backend.host_memory_loop(trim=True):
             for lo in range(0, n, batch_size):
                 hi = min(n, lo + batch_size)
@@ -1036,8 +1040,11 @@ class Model(Layer):
                     _config.keep_warm()
                 ys = (inference.outputs(self, part if len(part) > 1 else part[0])
                       or self._plan.predict([b.asarray(a, a.dtype) for a in part]))
-                for out, yk in zip(outs, ys):
-                    out[lo:hi] = b.to_numpy(yk)
+                for k, yk in enumerate(ys):
+                    yk = b.to_numpy(yk)
+                    if outs[k] is None:
+                        outs[k] = np.empty((n,) + tuple(yk.shape[1:]), dtype=self.outputs[k].dtype)
+                    outs[k][lo:hi] = yk
         return self._structure_outputs(outs)
 
     # Keras 2's generator methods, for older code.

@@ -809,3 +809,18 @@ def test_dense_activation_fusion_only_where_the_dense_alone_reads_a_relu_with_bi
     assert flags(lambda x: dense()(relu(activity_regularizer="l2")(x)))[1] is None
     shared = layers.Dense(6, activation="relu")
     assert all(f is None for f in flags(lambda x: dense()(shared(shared(x)))))
+
+
+def test_predict_a_model_whose_steps_are_unknown():
+    """Input((None, F)): predict takes each call's step count from the answers (it allocated
+    its outputs from the model's shapes, and None failed), batch by batch, empty inputs too."""
+    x = pynn.Input((None, 4))
+    y = layers.Dense(3)(x)
+    model = pynn.Model(x, [y, layers.GlobalAveragePooling1D()(y)])
+    for steps in (5, 9):
+        data = np.random.default_rng(steps).standard_normal((5, steps, 4)).astype(np.float32)
+        got = model.predict(data, batch_size=2, verbose=0)
+        assert [g.shape for g in got] == [(5, steps, 3), (5, 3)]
+        for g, w in zip(got, model(data)):
+            np.testing.assert_allclose(g, np.asarray(w), rtol=1e-6, atol=1e-6)
+    assert model.predict(np.zeros((0, 5, 4), np.float32), verbose=0)[0].shape[0] == 0
