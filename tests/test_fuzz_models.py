@@ -22,7 +22,8 @@ Found this way: Bidirectional with merge_mode 'sum' or 'ave' could not train (it
 asked for inputs it never kept); a plan whose first input overflowed lost its Dense chain
 and printed NumPy's warning; most layers that pass a mask on in Keras 3 dropped it, and so
 did PruneLowMagnitude, the int8 Dense, FakeQuant and the int8 calibration; an int8 bias
-saturated its int32 accumulators. Each test runs a block of seeds; a failure names the
+saturated its int32 accumulators. MultiHeadAttention joined the sequence layers with its
+Keras 3 file form. Each test runs a block of seeds; a failure names the
 seed, which ``check_*`` reproduces alone.
 """
 
@@ -108,7 +109,7 @@ def sequence_layer(rng, x):
     units = size(rng, 1, 6)
     kind = pick(rng, ["lstm", "gru", "rnn", "bidirectional", "conv", "separable", "transpose",
                       "pool", "dense", "timedistributed", "upsample", "crop", "pad",
-                      "layernorm", "batchnorm"])
+                      "layernorm", "batchnorm", "attention"])
     if kind in ("lstm", "gru", "rnn"):
         kw = {"return_sequences": True, "go_backwards": bool(rng.integers(2))}
         if kind == "gru" and rng.integers(2):
@@ -141,6 +142,14 @@ def sequence_layer(rng, x):
         return L.Cropping1D((1, 0))(x)
     if kind == "pad":
         return L.ZeroPadding1D(1)(x)
+    if kind == "attention":  # self-attention, the steps' mask as query and value masks
+        return L.MultiHeadAttention(
+            size(rng, 1, 3), size(rng, 1, 4), value_dim=pick(rng, [None, 2]),
+            use_bias=bool(rng.integers(2)), use_gate=bool(rng.integers(3) == 0),
+            output_shape=pick(rng, [None, units]),
+            sliding_window=pick(rng, [None, None, 2]))(
+                x, x, key=x if rng.integers(4) == 0 else None,
+                use_causal_mask=bool(rng.integers(2)))
     if kind == "batchnorm":  # a mask's moments in training (Keras's)
         return L.BatchNormalization(momentum=0.5)(x)
     return L.LayerNormalization()(x)
