@@ -245,10 +245,11 @@ def attention_forward(q, k, v, mask=None, scale=1.0, drop=None):
     q, k, v, mask, scale, drop, dims = operands.attention_forward(HOST, q, k, v, mask, scale,
                                                                    drop)
     N, T, S, H, K, V = dims
-    out = np.zeros((N, T, H, V), q.dtype)
-    probs = np.zeros((N, H, T, S), q.dtype)
     if N * H * T == 0 or S == 0:
-        return out, probs
+        return np.zeros((N, T, H, V), q.dtype), np.zeros((N, H, T, S), q.dtype)
+    # every element is written below (one pair's products and softmax rows cover its part)
+    out = np.empty((N, T, H, V), q.dtype)
+    probs = np.empty((N, H, T, S), q.dtype)
     cdef _AttentionJob job
     _fill(&job, q, k, v, dims, scale)
     job.out, job.probs = <void*>_address(out), <void*>_address(probs)
@@ -268,9 +269,9 @@ def attention_backward(dout, q, k, v, probs, scale=1.0, drop=None, dprobs=None):
     dout, q, k, v, probs, scale, drop, dprobs, dims = operands.attention_backward(
         HOST, dout, q, k, v, probs, scale, drop, dprobs)
     N, T, S, H, K, V = dims
-    dq, dk, dv = np.zeros(q.shape, q.dtype), np.zeros(k.shape, q.dtype), np.zeros(v.shape, q.dtype)
     if N * H * T == 0 or S == 0:
-        return dq, dk, dv
+        return np.zeros(q.shape, q.dtype), np.zeros(k.shape, q.dtype), np.zeros(v.shape, q.dtype)
+    dq, dk, dv = np.empty(q.shape, q.dtype), np.empty(k.shape, q.dtype), np.empty(v.shape, q.dtype)
     cdef _AttentionJob job
     _fill(&job, q, k, v, dims, scale)
     job.dout, job.probs = _address(dout), <void*>_address(probs)
