@@ -390,6 +390,34 @@ def noise_layers():
             lambda: L.GaussianDropout(0.3, seed=5)]
 
 
+SPATIAL = [(L.SpatialDropout1D, (3, 7, 5)), (L.SpatialDropout2D, (3, 4, 5, 7)),
+           (L.SpatialDropout3D, (2, 3, 4, 2, 5))]
+
+
+@pytest.mark.parametrize("cls, shape", SPATIAL)
+def test_spatial_dropout_drops_whole_channels_of_every_rank(cls, shape, float64, seeded):
+    """One draw per (sample, channel), shared by every step, pixel or voxel; the identity at
+    inference; backward by central differences with the stream rewound; the stream resumes."""
+    x = seeded.normal(size=shape) + 3.0
+    layer = cls(0.5, seed=11)
+    assert layer(x) is x
+    y = np.asarray(layer(x, training=True)).reshape(shape[0], -1, shape[-1])
+    ratio = y / x.reshape(y.shape)
+    assert np.all((ratio == 0) | np.isclose(ratio, 2.0))
+    assert np.all(ratio.min(axis=1) == ratio.max(axis=1))   # whole channels
+    assert 0 < np.mean(ratio == 0) < 1
+    small = seeded.normal(size=(2,) + shape[1:-1] + (3,))
+    layer = cls(0.4, seed=3)
+    gradcheck.check_layer(layer, small, seeded,
+                          before_call=lambda: layer.set_runtime_state({"offset": 0}))
+    state = layer.runtime_state()
+    clone = cls.from_config(layer.get_config())
+    clone.set_runtime_state(state)
+    np.testing.assert_array_equal(clone(small, training=True), layer(small, training=True))
+    with pytest.raises(ValueError, match=rf"{cls.__name__} 'bad': expected input shape"):
+        cls(0.5, name="bad")(np.ones((2,) * (len(shape) + 1), np.float32))
+
+
 @pytest.mark.parametrize("make", noise_layers())
 def test_noise_layers_are_identity_at_inference(make):
     x = rand(np.random.default_rng(6), (3, 4, 5, 7))
@@ -439,6 +467,21 @@ def test_noise_layers_match_keras_in_distribution():
         (L.SpatialDropout2D(0.3, seed=1), keras.layers.SpatialDropout2D(0.3, seed=1),
          lambda y: (np.mean(y[:, 0, 0, :] == 0), np.mean(y))),
     ]:
+        got = stat(np.asarray(ours(x, training=True)))
+        want = stat(keras.ops.convert_to_numpy(theirs(x, training=True)))
+        np.testing.assert_allclose(got, want, atol=0.03)
+    for ours, theirs, shape in [
+        (L.SpatialDropout1D(0.3, seed=1), keras.layers.SpatialDropout1D(0.3, seed=1),
+         (400, 5, 50)),
+        (L.SpatialDropout3D(0.3, seed=1), keras.layers.SpatialDropout3D(0.3, seed=1),
+         (100, 2, 3, 2, 50)),
+    ]:
+        x = np.ones(shape, np.float32)
+
+        def stat(y):   # the dropped share, the mean, and whether the steps share each draw
+            y = y.reshape(shape[0], -1, shape[-1])
+            return np.mean(y[:, 0] == 0), np.mean(y), np.mean(y.min(1) == y.max(1))
+
         got = stat(np.asarray(ours(x, training=True)))
         want = stat(keras.ops.convert_to_numpy(theirs(x, training=True)))
         np.testing.assert_allclose(got, want, atol=0.03)

@@ -67,7 +67,7 @@ def merge():
 
 def sequence():
     x = keras.Input((9,), dtype="int32")
-    h = K.Embedding(20, 4)(x)
+    h = K.SpatialDropout1D(0.2)(K.Embedding(20, 4)(x))
     h = K.LSTM(5, return_sequences=True)(h)
     h = K.GRU(4, return_sequences=True)(h)
     h2 = K.SimpleRNN(3, return_sequences=True)(h)
@@ -96,6 +96,7 @@ def noise_and_shapes():
     inner = keras.Sequential([keras.Input((6,)), K.Dense(4, activation="relu")], name="inner")
     x = keras.Input((7, 5, 2))
     h = K.SpatialDropout2D(0.3)(x)
+    h = K.Reshape((7, 5, 2))(K.SpatialDropout3D(0.1)(K.Reshape((7, 5, 1, 2))(h)))
     h = K.GaussianDropout(0.2)(h)
     h = K.GaussianNoise(0.1)(h)
     h = K.MaxPooling2D(2)(K.Identity()(h))

@@ -212,6 +212,8 @@ SHAPES = {
     "dropout_and_noise": ((5, 6, 3), lambda: [L.Dropout(0.4), L.SpatialDropout2D(0.3),
                                               L.GaussianNoise(0.5), L.GaussianDropout(0.2),
                                               L.Identity(), L.Flatten()]),
+    "spatial_dropout_1d_3d": ((6, 4), lambda: [L.SpatialDropout1D(0.3), L.Reshape((2, 3, 2, 2)),
+                                               L.SpatialDropout3D(0.2), L.Flatten()]),
 }
 
 

@@ -55,7 +55,9 @@ from pynn.layers.shape import Identity, Permute, RepeatVector
 from pynn.layers.spatial import Cropping2D, UpSampling2D, ZeroPadding2D
 # -- issue 12: activation and noise layers
 from pynn.layers.activation import ELU, LeakyReLU, PReLU, ReLU, Softmax
-from pynn.layers.noise import GaussianDropout, GaussianNoise, SpatialDropout2D
+from pynn.layers.noise import (
+    GaussianDropout, GaussianNoise, SpatialDropout1D, SpatialDropout2D, SpatialDropout3D,
+)
 # -- sequence layers (issue 14) --
 from pynn.layers.embedding import Embedding
 from pynn.layers.sequence import (
@@ -91,6 +93,7 @@ LAYERS = {cls.__name__: cls for cls in (
 # -- issue 12: activation and noise layers
 LAYERS.update({cls.__name__: cls for cls in (
     ReLU, LeakyReLU, PReLU, ELU, Softmax, SpatialDropout2D, GaussianNoise, GaussianDropout,
+    SpatialDropout1D, SpatialDropout3D,
 )})
 # -- sequence layers (issue 14) --
 LAYERS.update({cls.__name__: cls for cls in (

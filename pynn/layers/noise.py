@@ -1,4 +1,4 @@
-"""Keras 3's noise layers: SpatialDropout2D, GaussianNoise, GaussianDropout.
+"""Keras 3's noise layers: SpatialDropout1D/2D/3D, GaussianNoise, GaussianDropout.
 
 Like Dropout, each draws from the counter-based generator of the ``dropout`` ops keyed by
 ``seed``, advancing ``offset`` by the number of draws after each training call, so a run is
@@ -48,23 +48,25 @@ class SeededLayer(Layer):
         return config
 
 
-class SpatialDropout2D(SeededLayer):
-    """Drops whole channels: one keep/drop draw per (sample, channel) of (N, H, W, C),
-    survivors scaled by 1/(1-rate)."""
+class _SpatialDropout(SeededLayer):
+    """Drops whole channels: one keep/drop draw per (sample, channel) of (N, ..., C) (the
+    steps of a sequence, the pixels of an image or a volume share it), survivors scaled by
+    1/(1-rate). The subclasses fix the rank, as Keras's do."""
 
     supports_masking = True  # the input's mask passes on, as in Keras 3
+    _axes = ""   # the input's axes between batch and channels, for messages
 
     def __init__(self, rate, data_format=None, seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
         self.rate = drop_rate(self, rate)
         if data_format not in (None, "channels_last"):
-            raise ValueError(f"SpatialDropout2D '{self.name}': only data_format="
+            raise ValueError(f"{type(self).__name__} '{self.name}': only data_format="
                              f"'channels_last' is supported, got {data_format!r}")
 
     def build(self, input_shape):
-        if len(input_shape) != 4:
-            raise ValueError(f"SpatialDropout2D '{self.name}': expected input shape (None, H, "
-                             f"W, C), got {shape_str(input_shape)}")
+        if len(input_shape) != len(self._axes.split(", ")) + 2:
+            raise ValueError(f"{type(self).__name__} '{self.name}': expected input shape "
+                             f"(None, {self._axes}, C), got {shape_str(input_shape)}")
         super().build(input_shape)
 
     def call(self, x, training=False):
@@ -86,6 +88,23 @@ class SpatialDropout2D(SeededLayer):
         config = super().get_config()
         config["rate"] = self.rate
         return config
+
+
+class SpatialDropout1D(_SpatialDropout):
+    """Keras's SpatialDropout1D: (N, T, C), one draw per (sample, channel) over the steps."""
+
+    _axes = "T"
+
+    def __init__(self, rate, seed=None, **kwargs):   # Keras's takes no data_format
+        super().__init__(rate, seed=seed, **kwargs)
+
+
+class SpatialDropout2D(_SpatialDropout):
+    _axes = "H, W"
+
+
+class SpatialDropout3D(_SpatialDropout):
+    _axes = "D, H, W"
 
 
 class GaussianNoise(SeededLayer):
