@@ -231,8 +231,9 @@ def _converts(*class_names):
 
 
 @_converts("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
-           "GaussianNoise", "GaussianDropout", "Identity", "ActivityRegularization", "RandomFlip", "RandomRotation", "RandomZoom",
-           "RandomTranslation", "RandomContrast", "RandomBrightness")
+           "GaussianNoise", "GaussianDropout", "Identity", "ActivityRegularization", "RandomFlip",
+           "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast",
+           "RandomBrightness")
 def _identity_layer(g, layer, x, out_shape):
     return x  # inference: the noise and augmentation layers are the identity (Keras)
 
