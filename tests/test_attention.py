@@ -570,3 +570,189 @@ def test_keras_file_attention_calls_pynn_cannot_take_are_refused(tmp_path):
     entry["inbound_nodes"] = [{"args": [tensor("a")], "kwargs": {}}]
     with pytest.raises(KerasFileError, match="1 positional"):
         _calls(entry, Where())
+
+
+# -- Attention (Luong) and AdditiveAttention (Bahdanau) ------------------------------------
+
+SCORE_LAYERS = [("Attention", {}), ("Attention", dict(use_scale=True)),
+                ("Attention", dict(score_mode="concat")),
+                ("Attention", dict(score_mode="concat", use_scale=True)),
+                ("AdditiveAttention", {}), ("AdditiveAttention", dict(use_scale=False))]
+
+
+def _score_inputs(rng, with_key, dtype=np.float32, n=3, t=4, s=6, d=5):
+    query = rand(rng, (n, t, d), dtype)
+    value = rand(rng, (n, s, 7 if with_key else d), dtype)
+    return [query, value] + ([rand(rng, (n, s, d), dtype)] if with_key else [])
+
+
+@pytest.mark.parametrize("cls, args", SCORE_LAYERS)
+@pytest.mark.parametrize("with_key", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_score_attention_matches_keras(rng, cls, args, with_key, masked, causal):
+    """Outputs, returned scores and every gradient (inputs and weights) against torch
+    autograd through Keras's layer, masks and the causal mask included."""
+    keras = _keras()
+    import torch
+
+    from pynn import layers
+
+    inputs = _score_inputs(rng, with_key)
+    n, t, s = inputs[0].shape[0], inputs[0].shape[1], inputs[1].shape[1]
+    mask = [rng.random((n, t)) > 0.3, rng.random((n, s)) > 0.3] if masked else None
+    if mask is not None:
+        mask[1][:, 0] = True
+    k_layer = getattr(keras.layers, cls)(**args)
+    tensors = [torch.tensor(x, requires_grad=True) for x in inputs]
+    want = k_layer(tensors, mask=None if mask is None else [torch.tensor(m) for m in mask],
+                   use_causal_mask=causal, return_attention_scores=True)
+    rs = [rng.standard_normal(tuple(w.shape)).astype(np.float32) for w in want]
+    sum((w * torch.tensor(r)).sum() for w, r in zip(want, rs)).backward()
+    layer = getattr(layers, cls)(**args)
+    layer(inputs, mask=mask, use_causal_mask=causal, return_attention_scores=True)
+    layer.set_weights([keras.ops.convert_to_numpy(w) for w in k_layer.weights])
+    got = layer(inputs, training=True, mask=mask, use_causal_mask=causal,
+                return_attention_scores=True)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), w.detach().numpy(), atol=2e-6)
+    for g, x in zip(layer.backward(rs), tensors):
+        np.testing.assert_allclose(g, x.grad.numpy(), atol=1e-5)
+    for v, w in zip(layer.weights, k_layer.weights):
+        np.testing.assert_allclose(v.grad, w.value.grad.numpy(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls, args", SCORE_LAYERS)
+def test_score_attention_gradients_match_central_differences(float64, rng, cls, args):
+    """float64, a key, masks, the causal mask, dropout (its stream rewound before each call)
+    and a loss reaching the returned scores."""
+    from pynn import layers
+
+    inputs = _score_inputs(rng, True, np.float64, n=2, t=3, s=4, d=3)
+    mask = [np.array([[1, 1, 0], [1, 1, 1]], bool), np.array([[1, 0, 1, 1], [1, 1, 1, 0]], bool)]
+    layer = getattr(layers, cls)(dropout=0.3, seed=5, **args)
+    kwargs = dict(mask=mask, use_causal_mask=True, return_attention_scores=True)
+    layer(inputs, **kwargs)
+    layer.set_weights([rng.uniform(0.5, 1.5, w.shape) for w in layer.get_weights()])
+
+    def forward():
+        layer._offset = 0
+        return layer(inputs, training=True, **kwargs)
+
+    rs = [rng.standard_normal(np.shape(o)) for o in forward()]
+
+    def loss():
+        return float(sum(np.sum(np.asarray(o) * r) for o, r in zip(forward(), rs)))
+
+    forward()
+    grads = layer.backward(rs)
+    for g, x in zip(grads, inputs):
+        np.testing.assert_allclose(g, _numerical(loss, x), rtol=1e-5, atol=1e-8)
+    for v in layer.weights:
+        np.testing.assert_allclose(v.grad, _numerical(loss, v.value), rtol=1e-5, atol=1e-8,
+                                   err_msg=v.path)
+
+
+def _seq2seq(lib, cls, args, scores=False):
+    """A shared Embedding over an encoder's and a decoder's ids of other lengths, the
+    decoder attending to the encoder (Keras's classic seq2seq-with-attention shape)."""
+    L = lib.layers
+    enc, dec = L.Input((7,), dtype="int32"), L.Input((5,), dtype="int32")
+    embed = L.Embedding(13, 6, mask_zero=True)
+    out = getattr(L, cls)(**args)([embed(dec), embed(enc)], use_causal_mask=True,
+                                  return_attention_scores=scores)
+    head = L.Dense(2)(L.GlobalAveragePooling1D()(out[0] if scores else out))
+    return (lib.Model if hasattr(lib, "Model") else lib.models.Model)(
+        [enc, dec], [head, out[1]] if scores else head)
+
+
+def _seq_ids(rng):
+    ids = [rng.integers(1, 13, (4, 7)).astype(np.int32),
+           rng.integers(1, 13, (4, 5)).astype(np.int32)]
+    ids[0][:, 5:] = 0
+    ids[1][:, 3:] = 0
+    ids[1][0, 1:] = 0
+    return ids
+
+
+@pytest.mark.parametrize("cls, args", SCORE_LAYERS[1:5])
+@pytest.mark.parametrize("scores", [False, True])
+def test_score_attention_keras_files_both_ways(rng, tmp_path, cls, args, scores):
+    keras = _keras()
+    import pynn
+
+    ids = _seq_ids(rng)
+    k_model = _seq2seq(keras, cls, args, scores)
+    k_model.save(tmp_path / "k.keras")
+    model = pynn.load_model(tmp_path / "k.keras")
+    want = _outputs(k_model.predict(ids, verbose=0))
+    for got, w in zip(_outputs(model.predict(ids, verbose=0)), want):
+        np.testing.assert_allclose(got, w, atol=2e-6)
+    model.set_weights([w * 0.5 for w in model.get_weights()])
+    model.save(tmp_path / "p.keras")
+    back = keras.saving.load_model(tmp_path / "p.keras")
+    for got, w in zip(_outputs(model.predict(ids, verbose=0)),
+                      _outputs(back.predict(ids, verbose=0))):
+        np.testing.assert_allclose(got, w, atol=2e-6)
+    model.save(tmp_path / "p.pynn")
+    again = pynn.load_model(tmp_path / "p.pynn")
+    for got, w in zip(_outputs(again.predict(ids, verbose=0)),
+                      _outputs(model.predict(ids, verbose=0))):
+        np.testing.assert_array_equal(got, w)
+
+
+@pytest.mark.parametrize("cls, args", [SCORE_LAYERS[3], SCORE_LAYERS[4]])
+def test_score_attention_on_opencl_matches_the_cpu(rng, cls, args):
+    from tests.opencl_util import skip_without_opencl
+
+    skip_without_opencl()
+    import pynn
+
+    ids = _seq_ids(rng)
+    y = rand(rng, (4, 2))
+    results, weights = {}, None
+    for device in ("cpu", "opencl"):
+        previous = pynn.get_device()
+        pynn.set_device(device)
+        try:
+            model = _seq2seq(pynn, cls, dict(args, dropout=0.2, seed=1))
+            weights = weights or model.get_weights()
+            model.set_weights(weights)
+            model.compile(optimizer=pynn.optimizers.SGD(0.1), loss="mse")
+            pred = model.predict(ids, verbose=0)
+            loss = model.train_on_batch(ids, y)
+            results[device] = (pred, loss, model.get_weights())
+        finally:
+            pynn.set_device(previous)
+    (p1, l1, w1), (p2, l2, w2) = results["cpu"], results["opencl"]
+    np.testing.assert_allclose(p2, p1, atol=1e-5)
+    assert abs(l2 - l1) <= 1e-5 * max(1, abs(l1))
+    for a, b in zip(w2, w1):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda L, x: L.Attention()(x[0]), r"list \[query, value\]"),
+    (lambda L, x: L.Attention()([x[0]] * 4), "list"),
+    (lambda L, x: L.Attention()([x[0], x[1][:, :, :3]]), "query and key must have the same dim"),
+    (lambda L, x: L.Attention()([x[0], x[1], x[1][:, :2]]), "same steps"),
+    (lambda L, x: L.Attention(score_mode="add"), "score_mode must be 'dot' or 'concat'"),
+    (lambda L, x: L.AdditiveAttention(dropout=-0.1), r"rate must be a number in \[0, 1\)"),
+    (lambda L, x: L.Attention()([x[0][:, 0], x[1][:, 0]]), r"query must have shape"),
+])
+def test_score_attention_bad_arguments_name_the_layer(rng, call, message):
+    from pynn import layers as L
+
+    x = [rand(rng, (2, 3, 4)), rand(rng, (2, 5, 4))]
+    with pytest.raises((ValueError, TypeError), match=message):
+        call(L, x)
+
+
+def test_score_attention_keeps_its_call_options(rng):
+    from pynn import layers as L
+
+    x = [rand(rng, (2, 3, 4)), rand(rng, (2, 5, 4))]
+    layer = L.Attention()
+    layer(x, use_causal_mask=True)
+    with pytest.raises(ValueError, match="same options"):
+        layer(x)

@@ -368,6 +368,30 @@ def _attention_call(node, entry, where):
     return refs, options
 
 
+# Attention and AdditiveAttention: called on a list, with two flags by keyword that pynn keeps
+# as the layer's call options (pynn.layers.attention._ScoreOptions).
+_SCORE_ATTENTION = ("Attention", "AdditiveAttention")
+
+
+def _score_call_options(node, entry, where):
+    """The node's kwargs without the flags, which join the entry's config (every call must
+    agree)."""
+    kwargs = dict(node.get("kwargs") or {})
+    options = {}
+    for name in _ATTENTION_FLAGS:
+        value = kwargs.pop(name, False)
+        if not isinstance(value, bool):
+            raise where.fail(f"layer '{entry.get('name')}': {name} must be true or false, got "
+                             f"{value!r}", CONFIG_NAME)
+        options[name] = value
+    config = entry.setdefault("config", {})
+    if config.setdefault("call_options", options) != options:
+        raise where.fail(f"layer '{entry.get('name')}' ({entry.get('class_name')}) is called "
+                         f"with other options in another call ({options}); pynn's layer "
+                         f"keeps one set", CONFIG_NAME)
+    return kwargs
+
+
 def _calls(entry, where):
     """(refs, several) for each call of a functional layer entry, in node order; a
     MultiHeadAttention entry's call options go into its config (every call must agree)."""
@@ -382,6 +406,8 @@ def _calls(entry, where):
                                  f"layer keeps one set", CONFIG_NAME)
             calls.append((refs, True))
             continue
+        if isinstance(node, dict) and entry.get("class_name") in _SCORE_ATTENTION:
+            node = dict(node, kwargs=_score_call_options(node, entry, where))
         if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
             args, kwargs = node.get("args") or [], node.get("kwargs") or {}
             if len(args) != 1 or any(v is not None for k, v in kwargs.items()
@@ -1096,6 +1122,8 @@ def _keras_layer_spec(layer, with_build=True):
             "registered_name": None}
     if layer.built and with_build:
         spec["build_config"] = {"input_shape": _json_shape(layer.input_shape)}
+    if cls in _SCORE_ATTENTION:
+        spec["config"].pop("call_options", None)   # Keras keeps them in the nodes
     if cls == "MultiHeadAttention":
         spec["config"].pop("call_options", None)   # Keras keeps them in the nodes
         if layer.built and with_build:
@@ -1121,8 +1149,11 @@ def _keras_call(node, node_index):
             if getattr(options, name):
                 kwargs[name] = True
         return {"args": tensors[:2], "kwargs": kwargs}
+    kwargs = {}
+    if type(layer).__name__ in _SCORE_ATTENTION and layer._call_options is not None:
+        kwargs = {k: True for k, v in layer._call_options.as_dict().items() if v}
     return {"args": [[_tensor(t, node_index) for t in node.inputs] if node.several
-                     else _tensor(node.inputs[0], node_index)], "kwargs": {}}
+                     else _tensor(node.inputs[0], node_index)], "kwargs": kwargs}
 
 
 def _tensor(t, node_index):

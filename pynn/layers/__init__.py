@@ -169,6 +169,6 @@ __all__ = ["Layer", "LAYERS", "Input", *LAYERS, "MaxPool2D", "AvgPool2D", "Globa
            # -- sequence layers, 1-D twins and text (issue 14, branch seq): Keras aliases --
            "Convolution1DTranspose", "SeparableConvolution1D"]
 # -- attention: Keras 3's MultiHeadAttention on the attention ops --
-from pynn.layers.attention import MultiHeadAttention  # noqa: E402
+from pynn.layers.attention import AdditiveAttention, Attention, MultiHeadAttention  # noqa: E402
 
-LAYERS["MultiHeadAttention"] = MultiHeadAttention
+LAYERS.update({cls.__name__: cls for cls in (MultiHeadAttention, Attention, AdditiveAttention)})

@@ -70,6 +70,8 @@ class MultiHeadAttention(SeededLayer):
     weights. Dropout on the attention probabilities draws from the ``dropout`` ops' counter
     stream (``seed``), as pynn's Dropout does."""
 
+    _steps_free = True  # another call may have other steps (pynn.layers.symbolic)
+
     supports_masking = True
 
     def __init__(self, num_heads, key_dim, value_dim=None, dropout=0.0, use_bias=True,
@@ -408,3 +410,295 @@ class MultiHeadAttention(SeededLayer):
         if self._call_options is not None:   # pynn's own; Keras keeps them in its nodes
             config["call_options"] = self._call_options.as_dict()
         return config
+
+
+# -- Keras 3's Attention (Luong) and AdditiveAttention (Bahdanau) ----------------------------
+class _ScoreOptions(tuple):
+    """How an Attention layer is called (Keras's per-call flags, fixed by its first call)."""
+
+    __slots__ = ()
+    FIELDS = ("use_causal_mask", "return_attention_scores")
+
+    def __new__(cls, use_causal_mask=False, return_attention_scores=False):
+        return super().__new__(cls, (bool(use_causal_mask), bool(return_attention_scores)))
+
+    use_causal_mask = property(lambda self: self[0])
+    return_attention_scores = property(lambda self: self[1])
+
+    def as_dict(self):
+        return dict(zip(self.FIELDS, self))
+
+
+class Attention(SeededLayer):
+    """Keras 3's ``Attention(use_scale=False, score_mode="dot", dropout=0.0)``, called on
+    ``[query, value]`` or ``[query, value, key]``: scores = query key^T ("dot", times the
+    trainable ``scale``) or ``concat_score_weight * sum(tanh(scale * (query + key)))``
+    ("concat"); masked scores lowered by 1e9 (Keras's rule: a row whose values are all
+    masked then attends to every value alike), softmax, dropout, times value; steps the
+    query's mask drops output zeros. Each step is one of the backend's ops (dot_forward,
+    elementwise, softmax, dropout), so both backends run it; its backward is theirs."""
+
+    _steps_free = True  # another call may have other steps (pynn.layers.symbolic)
+
+    supports_masking = True
+
+    def __init__(self, use_scale=False, score_mode="dot", dropout=0.0, seed=None,
+                 call_options=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        label = f"{type(self).__name__} '{self.name}'"
+        if score_mode not in ("dot", "concat"):
+            raise ValueError(f"{label}: score_mode must be 'dot' or 'concat', got "
+                             f"{score_mode!r}")
+        self.use_scale = bool(use_scale)
+        self.score_mode = score_mode
+        self.dropout = drop_rate(self, dropout)
+        if call_options is not None:
+            if not isinstance(call_options, dict) or set(call_options) - set(
+                    _ScoreOptions.FIELDS):
+                raise ValueError(f"{label}: call_options must be a dict of "
+                                 f"{_ScoreOptions.FIELDS}, got {call_options!r}")
+            call_options = _ScoreOptions(**call_options)
+        self._call_options = call_options
+        # A saved config's options: its rebuild calls the layer on the list alone
+        self._options_from_config = call_options is not None
+
+    def __call__(self, inputs, training=None, mask=None, return_attention_scores=False,
+                 use_causal_mask=False, **kwargs):
+        label = f"{type(self).__name__} '{self.name}'"
+        if kwargs:
+            raise TypeError(f"{label}: unexpected call arguments {sorted(kwargs)}")
+        if not isinstance(inputs, (list, tuple)) or not 2 <= len(inputs) <= 3:
+            raise ValueError(f"{label}: must be called on a list [query, value] or [query, "
+                             f"value, key], got {type(inputs).__name__}"
+                             + (f" of {len(inputs)}" if isinstance(inputs, (list, tuple))
+                                else ""))
+        options = _ScoreOptions(use_causal_mask, return_attention_scores)
+        if self._options_from_config and options == _ScoreOptions():
+            options = self._call_options
+        self._options_from_config = False
+        if self._call_options is None:
+            self._call_options = options
+        elif self._call_options != options:
+            raise ValueError(f"{label}: every call of one layer must pass the same options "
+                             f"({self._call_options.as_dict()}); this one has "
+                             f"{options.as_dict()}")
+        inputs = list(inputs)
+        if is_symbolic(inputs):
+            if mask is not None:
+                raise TypeError(f"{label}: in a functional model the inputs' masks come from "
+                                f"the layers that make them, not from mask=")
+            return record(self, inputs, {} if training is None else {"training": training})
+        if mask is not None:
+            if not self.built:
+                self.build([(None,) + tuple(x.shape[1:]) for x in inputs])
+            self.check_input(inputs)
+            return self.call(inputs, training=bool(training), mask=list(mask))
+        return Layer.__call__(self, inputs, training=training)
+
+    def _shapes(self, input_shape):
+        label = f"{type(self).__name__} '{self.name}'"
+        if (not isinstance(input_shape, (list, tuple)) or not 2 <= len(input_shape) <= 3
+                or not all(isinstance(s, (list, tuple)) for s in input_shape)):
+            raise ValueError(f"{label}: expected the shapes of [query, value] or [query, "
+                             f"value, key], got {input_shape!r}")
+        query, value = tuple(input_shape[0]), tuple(input_shape[1])
+        key = tuple(input_shape[2]) if len(input_shape) > 2 else value
+        for name, shape in (("query", query), ("value", value), ("key", key)):
+            if len(shape) != 3:
+                raise ValueError(f"{label}: {name} must have shape (batch, steps, dim), got "
+                                 f"{shape_str(shape)}")
+        if query[-1] is not None and key[-1] is not None and query[-1] != key[-1]:
+            raise ValueError(f"{label}: query and key must have the same dim, got query "
+                             f"{shape_str(query)} and key {shape_str(key)}")
+        if value[1] is not None and key[1] is not None and value[1] != key[1]:
+            raise ValueError(f"{label}: value and key must have the same steps, got value "
+                             f"{shape_str(value)} and key {shape_str(key)}")
+        return query, value, key
+
+    def build(self, input_shape):
+        query, _, _ = self._shapes(input_shape)
+        self._add_score_weights(query[-1])
+        super().build([tuple(s) for s in input_shape])
+
+    def _add_score_weights(self, dim):
+        self.scale = (self.add_weight("scale", (), "ones") if self.use_scale else None)
+        self.concat_score_weight = (self.add_weight("concat_score_weight", (), "ones")
+                                    if self.score_mode == "concat" else None)
+
+    def compute_output_shape(self, input_shape):
+        query, value, key = self._shapes(input_shape)
+        out = query[:-1] + (value[-1],)
+        if self._call_options is not None and self._call_options.return_attention_scores:
+            return [out, query[:-1] + (key[1],)]
+        return out
+
+    def compute_mask(self, inputs, mask=None):
+        query_mask = mask[0] if isinstance(mask, (list, tuple)) else None
+        if self._call_options is not None and self._call_options.return_attention_scores:
+            return [query_mask, None]
+        return query_mask
+
+    # -- scores ----------------------------------------------------------------------------
+    def _tanh_sums(self, b, query, key, scale):
+        """tanh(scale * (q + k)) (N, T, S, D) and the (q + k) it was taken of."""
+        n, t, d = query.shape
+        s = key.shape[1]
+        qk = b.elementwise_binary(b.reshape(query, (n, t, 1, d)), b.reshape(key, (n, 1, s, d)),
+                                  "add")
+        inner = qk if scale is None else b.elementwise_binary(qk, scale, "multiply")
+        return b.elementwise_unary(inner, "tanh"), qk
+
+    def _scores(self, b, query, key, training):
+        if self.score_mode == "dot":
+            raw = b.dot_forward(query, key, (2, 2), False)
+            if self.scale is None:
+                return raw, (raw,)
+            return b.elementwise_binary(raw, self.scale.value, "multiply"), (raw,)
+        th, qk = self._tanh_sums(b, query, key, None if self.scale is None
+                                 else self.scale.value)
+        summed = b.reduce_axes(th, (3,), "sum", False)
+        scores = b.elementwise_binary(summed, self.concat_score_weight.value, "multiply")
+        return scores, (th, qk, summed)
+
+    def _scores_backward(self, b, dscores, query, key, saved):
+        """(dquery, dkey) of the scores, filling the score weights' gradients."""
+        if self.score_mode == "dot":
+            (raw,) = saved
+            if self.scale is not None:
+                self.scale.grad = b.reduce_axes(b.elementwise_binary(dscores, raw, "multiply"),
+                                                None, "sum", False)
+                dscores = b.elementwise_binary(dscores, self.scale.value, "multiply")
+            return b.dot_backward(dscores, query, key, (2, 2), False)
+        th, qk, summed = saved
+        self.concat_score_weight.grad = b.reduce_axes(
+            b.elementwise_binary(dscores, summed, "multiply"), None, "sum", False)
+        dsum = b.elementwise_binary(dscores, self.concat_score_weight.value, "multiply")
+        return self._tanh_backward(b, dsum, th, qk, query.shape, key.shape, None)
+
+    def _tanh_backward(self, b, dsum, th, qk, qshape, kshape, vector):
+        """Back through sum_d (vector *) tanh(scale (q + k)): (dquery, dkey); the scale's
+        gradient (a scalar here, ``vector`` in AdditiveAttention) is filled."""
+        n, t, s = dsum.shape
+        d = qshape[-1]
+        dth = b.reshape(dsum, (n, t, s, 1))
+        if vector is not None:
+            # scores = sum(vector * th): d(vector) = sum over n, t, s of dsum * th
+            self.scale.grad = b.reduce_axes(b.elementwise_binary(dth, th, "multiply"),
+                                            (0, 1, 2), "sum", False)
+            dth = b.elementwise_binary(dth, vector.value, "multiply")
+        one_minus = b.elementwise_binary(b.full((), 1.0, th.dtype),
+                                         b.elementwise_binary(th, th, "multiply"), "subtract")
+        dinner = b.elementwise_binary(dth, one_minus, "multiply")    # (N, T, S, D)
+        if vector is None and self.scale is not None:   # inner = scale * (q + k)
+            self.scale.grad = b.reduce_axes(b.elementwise_binary(dinner, qk, "multiply"),
+                                            None, "sum", False)
+            dinner = b.elementwise_binary(dinner, self.scale.value, "multiply")
+        dquery = b.reduce_axes(dinner, (2,), "sum", False)
+        dkey = b.reduce_axes(dinner, (1,), "sum", False)
+        return b.reshape(dquery, (n, t, d)), b.reshape(dkey, (n, s, d))
+
+    # -- the layer -------------------------------------------------------------------------
+    def call(self, inputs, training=False, mask=None):
+        b = backend.current()
+        options = self._call_options or _ScoreOptions()
+        query, value = inputs[0], inputs[1]
+        key = inputs[2] if len(inputs) > 2 else value
+        masks = list(mask) if isinstance(mask, (list, tuple)) else [None, None]
+        n, t, s = query.shape[0], query.shape[1], key.shape[1]
+        scores, saved = self._scores(b, query, key, training)
+        keep = None
+        if len(masks) > 1 and masks[1] is not None:
+            keep = np.broadcast_to(_host_bool(masks[1]).reshape(n, 1, s), (n, t, s))
+        if options.use_causal_mask:
+            tri = np.tri(t, s, dtype=bool)[None]
+            keep = tri if keep is None else keep & tri
+        if keep is not None:   # Keras: scores - 1e9 where masked (exactly s where kept)
+            penalty = np.where(np.broadcast_to(keep, (n, t, s)), 0.0, 1.0e9)
+            scores = b.elementwise_binary(scores, b.asarray(penalty.astype(scores.dtype),
+                                                            scores.dtype), "subtract")
+        weights = b.softmax_forward(scores, -1)
+        dropped, drop_mask = weights, None
+        if training and self.dropout > 0:
+            dropped, drop_mask = b.dropout_forward(weights, self.dropout, self.seed,
+                                                   self._offset)
+            self._offset += n * t * s
+        out = b.dot_forward(dropped, value, (2, 1), False)
+        query_keep = None
+        if masks[0] is not None:
+            query_keep = b.asarray(_host_bool(masks[0]).reshape(n, t, 1).astype(out.dtype),
+                                   out.dtype)
+            out = b.elementwise_binary(out, query_keep, "multiply")
+        if training:
+            self._cache = (query, value, key, len(inputs) > 2, saved, weights, dropped,
+                           drop_mask, query_keep)
+        return [out, dropped] if options.return_attention_scores else out
+
+    def backward(self, dy):
+        b = backend.current()
+        (query, value, key, has_key, saved, weights, dropped, drop_mask,
+         query_keep) = self._cache
+        self._cache = None
+        dscores_out = None
+        if isinstance(dy, (list, tuple)):
+            dy, dscores_out = dy[0], dy[1]
+        if dy is None:
+            dy = b.zeros((query.shape[0], query.shape[1], value.shape[-1]), query.dtype)
+        if query_keep is not None:
+            dy = b.elementwise_binary(dy, query_keep, "multiply")
+        ddropped, dvalue = b.dot_backward(dy, dropped, value, (2, 1), False)
+        if dscores_out is not None:   # the returned scores are the dropped weights
+            b.add_inplace(ddropped, dscores_out)
+        dweights = (ddropped if drop_mask is None
+                    else b.dropout_backward(ddropped, drop_mask, self.dropout))
+        dscores = b.softmax_backward(dweights, weights, -1)
+        dquery, dkey = self._scores_backward(b, dscores, query, key, saved)
+        if not self.needs_input_grad:
+            return [None] * (3 if has_key else 2)
+        if not has_key:
+            b.add_inplace(dvalue, dkey)
+            return [dquery, dvalue]
+        return [dquery, dvalue, dkey]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(use_scale=self.use_scale, score_mode=self.score_mode,
+                      dropout=self.dropout)
+        if self._call_options is not None:   # pynn's own; Keras keeps them in its nodes
+            config["call_options"] = self._call_options.as_dict()
+        return config
+
+
+class AdditiveAttention(Attention):
+    """Keras 3's ``AdditiveAttention(use_scale=True, dropout=0.0)``: scores =
+    sum(scale * tanh(query + key)) with a trainable ``scale`` of the query's dim
+    (glorot_uniform), then Attention's masking, softmax, dropout and product."""
+
+    def __init__(self, use_scale=True, dropout=0.0, seed=None, **kwargs):
+        kwargs.pop("score_mode", None)
+        super().__init__(use_scale=use_scale, score_mode="concat", dropout=dropout, seed=seed,
+                         **kwargs)
+
+    def _add_score_weights(self, dim):
+        self.scale = (self.add_weight("scale", (dim,), "glorot_uniform") if self.use_scale
+                      else None)
+        self.concat_score_weight = None
+
+    def _scores(self, b, query, key, training):
+        th, qk = self._tanh_sums(b, query, key, None)
+        weighted = th if self.scale is None else b.elementwise_binary(th, self.scale.value,
+                                                                      "multiply")
+        return b.reduce_axes(weighted, (3,), "sum", False), (th, qk)
+
+    def _scores_backward(self, b, dscores, query, key, saved):
+        th, qk = saved
+        return self._tanh_backward(b, dscores, th, qk, query.shape, key.shape, self.scale)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("score_mode")
+        return config
+
+
+def _host_bool(mask):
+    return np.asarray(mask if isinstance(mask, np.ndarray)
+                      else backend.current().to_numpy(mask)).astype(bool)

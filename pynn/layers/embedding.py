@@ -16,6 +16,8 @@ def _positive_int(label, name, value):
 
 
 class Embedding(Layer):
+    _steps_free = "all"  # another call may have other steps (pynn.layers.symbolic)
+
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform",
                  embeddings_regularizer=None, embeddings_constraint=None, mask_zero=False,
                  **kwargs):

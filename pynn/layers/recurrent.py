@@ -202,6 +202,8 @@ class _ForgetBiasOnes(initializers.Initializer):
 class _RNN(Layer):
     """The shared part of the three layers; subclasses set GATES and the op calls."""
 
+    _steps_free = True  # another call may have other steps (pynn.layers.symbolic)
+
     _mask_from_inputs_only = True  # compute_mask passes an input mask on, makes none
 
     GATES = 1

@@ -105,9 +105,17 @@ def _check_built_shape(layer, label, in_shape, several):
     if several and len(expected) != len(in_shape):
         raise ValueError(f"{label}: built for {len(expected)} inputs, called on {len(in_shape)}: "
                          f"{_shapes(in_shape)}")
+    # Layers whose weights fix only the features may be called again on other step counts
+    # (a shared Embedding over an encoder's and a decoder's ids; Keras allows it):
+    # ``_steps_free`` compares only the last axis, and Embedding (its ids' axes are all steps)
+    # only the rank.
+    free = getattr(layer, "_steps_free", False)
     for want, got in pairs:
+        compared = list(zip(want[1:], got[1:]))
+        if free:
+            compared = [] if free == "all" else compared[-1:]
         if len(want) != len(got) or any(
-            w is not None and g is not None and w != g for w, g in zip(want[1:], got[1:])
+            w is not None and g is not None and w != g for w, g in compared
         ):
             raise ValueError(f"{label} expected input shape {_shapes(expected)}, got "
                              f"{_shapes(in_shape)}")
