@@ -756,3 +756,20 @@ def test_score_attention_keeps_its_call_options(rng):
     layer(x, use_causal_mask=True)
     with pytest.raises(ValueError, match="same options"):
         layer(x)
+
+
+def test_projection_kernels_start_with_keras_spread():
+    """Keras's EinsumDense hands its VarianceScaling initializer the kernel's input and
+    output axes: a (D, H, K) kernel draws with fans D and H*K, not the 3-D default (D*H,
+    D*K), which started pynn's kernels six times narrower at D=512, H=8."""
+    keras = _keras()
+    from pynn import layers
+
+    x = np.zeros((1, 3, 256), np.float32)
+    k_layer = keras.layers.MultiHeadAttention(8, 32, value_dim=16, output_shape=(64,))
+    k_layer(x, x)
+    layer = layers.MultiHeadAttention(8, 32, value_dim=16, output_shape=(64,))
+    layer(x, x)
+    want = [float(np.std(keras.ops.convert_to_numpy(w))) for w in k_layer.weights if w.ndim == 3]
+    got = [float(np.std(w)) for w in layer.get_weights() if w.ndim == 3]
+    np.testing.assert_allclose(got, want, rtol=0.1)

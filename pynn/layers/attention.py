@@ -30,6 +30,18 @@ from pynn.layers.noise import SeededLayer, drop_rate
 from pynn.layers.symbolic import is_symbolic, record
 
 
+class _AsMatrix(initializers.Initializer):
+    """An initializer drawing a projection kernel as its (inputs, outputs) matrix: Keras's
+    EinsumDense gives its VarianceScaling initializers the kernel's input and output axes,
+    so a (D, H, K) kernel has fans D and H*K (the 3-D default would take D*H and D*K)."""
+
+    def __init__(self, base, rows, cols):
+        self.base, self.rows, self.cols = base, rows, cols
+
+    def __call__(self, shape, dtype="float32"):
+        return np.asarray(self.base((self.rows, self.cols), dtype)).reshape(shape)
+
+
 class CallOptions(tuple):
     """How a MultiHeadAttention is called (Keras's per-call arguments, fixed by its first
     call): whether a key and an attention_mask follow query and value, use_causal_mask,
@@ -209,7 +221,8 @@ class MultiHeadAttention(SeededLayer):
         out = self.output_shape_arg or (query[-1],)
 
         def projection(name, rows, width):
-            kernel = self.add_weight(f"{name}/kernel", (rows, h, width), self.kernel_initializer,
+            kernel = self.add_weight(f"{name}/kernel", (rows, h, width),
+                                     _AsMatrix(self.kernel_initializer, rows, h * width),
                                      self.kernel_regularizer, constraint=self.kernel_constraint)
             bias = (self.add_weight(f"{name}/bias", (h, width), self.bias_initializer,
                                     self.bias_regularizer, constraint=self.bias_constraint)
@@ -223,7 +236,8 @@ class MultiHeadAttention(SeededLayer):
             self.gate_kernel, self.gate_bias = projection("gate", query[-1], vd)
         self.value_kernel, self.value_bias = projection("value", value[-1], vd)
         self.output_kernel = self.add_weight(
-            "attention_output/kernel", (h, vd) + tuple(out), self.kernel_initializer,
+            "attention_output/kernel", (h, vd) + tuple(out),
+            _AsMatrix(self.kernel_initializer, h * vd, int(np.prod(out))),
             self.kernel_regularizer, constraint=self.kernel_constraint)
         self.output_bias = (self.add_weight(
             "attention_output/bias", tuple(out), self.bias_initializer, self.bias_regularizer,
