@@ -237,6 +237,29 @@ ALIASES = {
 _BY_CLASS = {cls.__name__: cls for cls in ALIASES.values()}
 
 
+class _AxesDraw(Initializer):
+    """``base`` drawn as the kernel's (input axes, output axes) matrix, then laid out as the
+    kernel: the fans of a multi-axis kernel are its input and output axes' sizes, as Keras's
+    EinsumDense gives its VarianceScaling initializers (a (D, H, K) projection: D and H*K,
+    where the 3-D default would take D*H and D*K). Not serialized: the layer keeps ``base``."""
+
+    def __init__(self, base, input_axes, output_axes):
+        self.base, self.input_axes, self.output_axes = base, list(input_axes), list(output_axes)
+
+    def __call__(self, shape, dtype="float32"):
+        order = self.input_axes + self.output_axes
+        rows = math.prod(shape[i] for i in self.input_axes)
+        cols = math.prod(shape[i] for i in self.output_axes)
+        matrix = np.asarray(self.base((rows, cols), dtype))
+        return np.ascontiguousarray(np.transpose(matrix.reshape([shape[i] for i in order]),
+                                                 np.argsort(order)))
+
+
+def by_axes(base, input_axes, output_axes):
+    """``base`` (an initializer) drawing a kernel by its input and output axes."""
+    return _AxesDraw(base, input_axes, output_axes)
+
+
 def get(identifier):
     if isinstance(identifier, Initializer):
         return identifier

@@ -151,9 +151,10 @@ def attention():
     x = K.Embedding(20, 8, mask_zero=True)(ids)
     a = K.MultiHeadAttention(2, 4, use_gate=True)(x, x, use_causal_mask=True)
     x = K.LayerNormalization()(K.Add()([x, a]))
-    c = K.MultiHeadAttention(2, 3, value_dim=2, output_shape=(6,))(x, memory, key=memory)
-    luong = K.Attention(use_scale=True)([c, memory], use_causal_mask=True)
-    bahdanau = K.AdditiveAttention()([c, memory])
+    mem = K.EinsumDense("abc,cd->abd", (5, 6), bias_axes="d", activation="gelu")(memory)
+    c = K.MultiHeadAttention(2, 3, value_dim=2, output_shape=(6,))(x, mem, key=mem)
+    luong = K.Attention(use_scale=True)([c, mem], use_causal_mask=True)
+    bahdanau = K.AdditiveAttention()([c, mem])
     pooled = K.GlobalAveragePooling1D()(K.Concatenate()([c, luong, bahdanau]))
     return keras.Model([ids, memory], K.Dense(2)(pooled))
 

@@ -172,3 +172,7 @@ __all__ = ["Layer", "LAYERS", "Input", *LAYERS, "MaxPool2D", "AvgPool2D", "Globa
 from pynn.layers.attention import AdditiveAttention, Attention, MultiHeadAttention  # noqa: E402
 
 LAYERS.update({cls.__name__: cls for cls in (MultiHeadAttention, Attention, AdditiveAttention)})
+# -- Keras 3's EinsumDense: one Dense product between transposes --
+from pynn.layers.einsum_dense import EinsumDense  # noqa: E402
+
+LAYERS["EinsumDense"] = EinsumDense

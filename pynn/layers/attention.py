@@ -30,18 +30,6 @@ from pynn.layers.noise import SeededLayer, drop_rate
 from pynn.layers.symbolic import is_symbolic, record
 
 
-class _AsMatrix(initializers.Initializer):
-    """An initializer drawing a projection kernel as its (inputs, outputs) matrix: Keras's
-    EinsumDense gives its VarianceScaling initializers the kernel's input and output axes,
-    so a (D, H, K) kernel has fans D and H*K (the 3-D default would take D*H and D*K)."""
-
-    def __init__(self, base, rows, cols):
-        self.base, self.rows, self.cols = base, rows, cols
-
-    def __call__(self, shape, dtype="float32"):
-        return np.asarray(self.base((self.rows, self.cols), dtype)).reshape(shape)
-
-
 class CallOptions(tuple):
     """How a MultiHeadAttention is called (Keras's per-call arguments, fixed by its first
     call): whether a key and an attention_mask follow query and value, use_causal_mask,
@@ -222,7 +210,7 @@ class MultiHeadAttention(SeededLayer):
 
         def projection(name, rows, width):
             kernel = self.add_weight(f"{name}/kernel", (rows, h, width),
-                                     _AsMatrix(self.kernel_initializer, rows, h * width),
+                                     initializers.by_axes(self.kernel_initializer, [0], [1, 2]),
                                      self.kernel_regularizer, constraint=self.kernel_constraint)
             bias = (self.add_weight(f"{name}/bias", (h, width), self.bias_initializer,
                                     self.bias_regularizer, constraint=self.bias_constraint)
@@ -237,7 +225,8 @@ class MultiHeadAttention(SeededLayer):
         self.value_kernel, self.value_bias = projection("value", value[-1], vd)
         self.output_kernel = self.add_weight(
             "attention_output/kernel", (h, vd) + tuple(out),
-            _AsMatrix(self.kernel_initializer, h * vd, int(np.prod(out))),
+            initializers.by_axes(self.kernel_initializer, [0, 1],
+                                 range(2, 2 + len(out))),
             self.kernel_regularizer, constraint=self.kernel_constraint)
         self.output_bias = (self.add_weight(
             "attention_output/bias", tuple(out), self.bias_initializer, self.bias_regularizer,
