@@ -1,5 +1,6 @@
 """Normalization kernels: batch norm and group norm (layer norm is group norm with one group
-over x reshaped to (rows, features)), forward and backward side by side.
+over x reshaped to (rows, features)), rms norm and unit norm (one statistic per row of x's
+last axis; see their section at the end), forward and backward side by side.
 
 Legend: A axes before the batch-norm axis, C channels, B axes after it (B = 1 for
 channels_last), M = A*B values per channel; group norm: N batch, S spatial (everything
@@ -1277,3 +1278,302 @@ def group_norm_backward(dy, x, gamma, mean, inv_std, groups, rms_scaling=False,
                      dx.reshape(-1) if dx is not None else np.empty(1, dtype), dgamma, dbeta,
                      N, S, C, G, rms_scaling, need_input_grad)
     return dx, dgamma, dbeta
+
+
+# -- rms norm and unit norm: one statistic per row of x (R, C) --------------------------------
+#
+# Row r: s = sum(x^2) in double (four lanes folded in a fixed order), then inv = 1/sqrt(s/C +
+# epsilon) (rms) or min(1/sqrt(s), 1/epsilon) (unit), y = x * inv * scale. Rows are
+# independent: the forward runs them on pynn's worker team in any split. The backward runs
+# fixed blocks of rows (at most MAX_BLOCKS, set by R alone): a row's dx needs only its own
+# t = sum(dy * scale * x), and each block sums its dscale into its own double partial, the
+# partials then folded in block order, so the bits never depend on the thread count.
+
+cdef extern from *:
+    """
+    #define PYNN_ROW_NORM_KERNELS(SUF, T)                                                    \\
+    /* sum(u * v * w) over one row (w NULL: ones), four lanes in double, fixed order. */    \\
+    static inline double pynn_row_dot_##SUF(const T* restrict u, const T* restrict v,      \\
+            const T* restrict w, Py_ssize_t n) {                                            \\
+        double a[4] = {0, 0, 0, 0};                                                         \\
+        Py_ssize_t i = 0;                                                                   \\
+        int l;                                                                              \\
+        if (w) {                                                                            \\
+            for (; i + 4 <= n; i += 4)                                                      \\
+                for (l = 0; l < 4; l++)                                                     \\
+                    a[l] += (double)u[i + l] * w[i + l] * v[i + l];                         \\
+            for (; i < n; i++)                                                              \\
+                a[0] += (double)u[i] * w[i] * v[i];                                         \\
+        } else {                                                                            \\
+            for (; i + 4 <= n; i += 4)                                                      \\
+                for (l = 0; l < 4; l++)                                                     \\
+                    a[l] += (double)u[i + l] * v[i + l];                                    \\
+            for (; i < n; i++)                                                              \\
+                a[0] += (double)u[i] * v[i];                                                \\
+        }                                                                                   \\
+        return (a[0] + a[1]) + (a[2] + a[3]);                                               \\
+    }                                                                                       \\
+    /* y = x * inv * scale (scale NULL: ones), per index. */                                \\
+    static inline void pynn_row_scale_##SUF(const T* restrict x, T* restrict y, T inv,     \\
+            const T* restrict scale, Py_ssize_t n) {                                        \\
+        Py_ssize_t i;                                                                       \\
+        if (scale) {                                                                        \\
+            for (i = 0; i < n; i++)                                                         \\
+                y[i] = x[i] * inv * scale[i];                                               \\
+        } else {                                                                            \\
+            for (i = 0; i < n; i++)                                                         \\
+                y[i] = x[i] * inv;                                                          \\
+        }                                                                                   \\
+    }                                                                                       \\
+    /* dscale[i] += dy * x * inv (double), per index. */                                    \\
+    static inline void pynn_row_dscale_##SUF(const T* restrict dy, const T* restrict x,    \\
+            double inv, Py_ssize_t n, double* restrict dscale) {                            \\
+        for (Py_ssize_t i = 0; i < n; i++)                                                  \\
+            dscale[i] += (double)dy[i] * ((double)x[i] * inv);                              \\
+    }                                                                                       \\
+    /* dx = inv * dy * scale - k * x (scale NULL: ones), per index. */                      \\
+    static inline void pynn_row_dx_##SUF(const T* restrict dy, const T* restrict x,        \\
+            const T* restrict scale, T inv, T k, T* restrict dx, Py_ssize_t n) {            \\
+        Py_ssize_t i;                                                                       \\
+        if (scale) {                                                                        \\
+            for (i = 0; i < n; i++)                                                         \\
+                dx[i] = inv * dy[i] * scale[i] - k * x[i];                                  \\
+        } else {                                                                            \\
+            for (i = 0; i < n; i++)                                                         \\
+                dx[i] = inv * dy[i] - k * x[i];                                             \\
+        }                                                                                   \\
+    }
+    PYNN_ROW_NORM_KERNELS(f, float)
+    PYNN_ROW_NORM_KERNELS(d, double)
+    """
+    double pynn_row_dot_f(const float* u, const float* v, const float* w,
+                          Py_ssize_t n) noexcept nogil
+    double pynn_row_dot_d(const double* u, const double* v, const double* w,
+                          Py_ssize_t n) noexcept nogil
+    void pynn_row_scale_f(const float* x, float* y, float inv, const float* scale,
+                          Py_ssize_t n) noexcept nogil
+    void pynn_row_scale_d(const double* x, double* y, double inv, const double* scale,
+                          Py_ssize_t n) noexcept nogil
+    void pynn_row_dscale_f(const float* dy, const float* x, double inv, Py_ssize_t n,
+                           double* dscale) noexcept nogil
+    void pynn_row_dscale_d(const double* dy, const double* x, double inv, Py_ssize_t n,
+                           double* dscale) noexcept nogil
+    void pynn_row_dx_f(const float* dy, const float* x, const float* scale, float inv, float k,
+                       float* dx, Py_ssize_t n) noexcept nogil
+    void pynn_row_dx_d(const double* dy, const double* x, const double* scale, double inv,
+                       double k, double* dx, Py_ssize_t n) noexcept nogil
+
+
+cdef inline double _row_dot(const floating* u, const floating* v, const floating* w,
+                            Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return pynn_row_dot_f(u, v, w, n)
+    else:
+        return pynn_row_dot_d(u, v, w, n)
+
+
+cdef inline void _row_scale(const floating* x, floating* y, floating inv,
+                            const floating* scale, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        pynn_row_scale_f(x, y, inv, scale, n)
+    else:
+        pynn_row_scale_d(x, y, inv, scale, n)
+
+
+cdef inline void _row_dscale(const floating* dy, const floating* x, double inv, Py_ssize_t n,
+                             double* dscale) noexcept nogil:
+    if floating is float:
+        pynn_row_dscale_f(dy, x, inv, n, dscale)
+    else:
+        pynn_row_dscale_d(dy, x, inv, n, dscale)
+
+
+cdef inline void _row_dx(const floating* dy, const floating* x, const floating* scale,
+                         floating inv, floating k, floating* dx, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        pynn_row_dx_f(dy, x, scale, inv, k, dx, n)
+    else:
+        pynn_row_dx_d(dy, x, scale, inv, k, dx, n)
+
+
+ctypedef struct _RowJob:
+    bint is_double, unit, need_dx
+    const void* x
+    const void* dy
+    const void* scale    # NULL: ones
+    void* y              # forward: y; backward: dx
+    void* inv
+    double* part         # backward: (nb, C) block partials of dscale, or NULL
+    Py_ssize_t R, C, nb
+    double epsilon, cap  # cap: 1/epsilon in x's dtype (unit norm)
+
+
+cdef inline void _row_norm_forward_rows(const _RowJob* j, const floating* x, long begin,
+                                        long end) noexcept nogil:
+    """Rows [begin, end): inv = 1/sqrt(mean(x^2) + eps), or min(1/sqrt(sum(x^2)), cap);
+    y = x * inv * scale. A NaN sum gives a NaN inv (torch's minimum propagates it)."""
+    cdef Py_ssize_t C = j.C
+    cdef floating* y = <floating*>j.y
+    cdef floating* inv = <floating*>j.inv
+    cdef double s, r
+    cdef long n
+    for n in range(begin, end):
+        s = _row_dot(x + n * C, x + n * C, <const floating*>NULL, C)
+        if j.unit:
+            r = 1.0 / sqrt(s)
+            if r > j.cap:
+                r = j.cap
+        else:
+            r = 1.0 / sqrt(s / C + j.epsilon)
+        inv[n] = <floating>r
+        _row_scale(x + n * C, y + n * C, inv[n], <const floating*>j.scale, C)
+
+
+cdef void _row_norm_forward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _RowJob* j = <_RowJob*>ctx
+    if j.is_double:
+        _row_norm_forward_rows(j, <const double*>j.x, begin, end)
+    else:
+        _row_norm_forward_rows(j, <const float*>j.x, begin, end)
+
+
+cdef inline void _row_norm_backward_blocks(const _RowJob* j, const floating* dy, long begin,
+                                           long end) noexcept nogil:
+    """Blocks [begin, end) of rows: the block's dscale partial (rms), then per row
+    t = sum(dy * scale * x) and dx = inv * dy * scale - k * x, k = inv^3 t / C (rms),
+    inv^3 t (unit), or 0 (unit where the cap holds: inv is a constant there)."""
+    cdef Py_ssize_t C = j.C, c
+    cdef const floating* x = <const floating*>j.x
+    cdef const floating* scale = <const floating*>j.scale
+    cdef const floating* inv = <const floating*>j.inv
+    cdef floating* dx = <floating*>j.y
+    cdef double* part
+    cdef double r, k
+    cdef long i, n
+    for i in range(begin, end):
+        part = j.part + i * C if j.part != NULL else NULL
+        if part != NULL:
+            for c in range(C):
+                part[c] = 0.0
+        for n in range(j.R * i // j.nb, j.R * (i + 1) // j.nb):
+            r = inv[n]
+            if part != NULL:
+                _row_dscale(dy + n * C, x + n * C, r, C, part)
+            if not j.need_dx:
+                continue
+            if j.unit and r >= j.cap:
+                k = 0.0
+            else:
+                k = r * r * r * _row_dot(dy + n * C, x + n * C, scale, C)
+                if not j.unit:
+                    k = k / C
+            _row_dx(dy + n * C, x + n * C, scale, inv[n], <floating>k, dx + n * C, C)
+
+
+cdef void _row_norm_backward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _RowJob* j = <_RowJob*>ctx
+    if j.is_double:
+        _row_norm_backward_blocks(j, <const double*>j.dy, begin, end)
+    else:
+        _row_norm_backward_blocks(j, <const float*>j.dy, begin, end)
+
+
+def _row_norm_forward(const floating[::1] x, floating[::1] y, floating[::1] inv, scale,
+                      Py_ssize_t R, Py_ssize_t C, double epsilon, bint unit):
+    """y (OUT), inv (OUT) of x (IN) viewed as (R, C); scale (IN, (C,)) or None."""
+    cdef const floating[::1] s
+    cdef _RowJob job
+    cdef int threads = _threads_for(R * C)
+    job.is_double, job.unit, job.need_dx = floating is double, unit, False
+    job.x, job.y, job.inv, job.scale, job.part = &x[0], &y[0], &inv[0], NULL, NULL
+    if scale is not None:
+        s = scale
+        job.scale = &s[0]
+    job.R, job.C, job.nb = R, C, 0
+    job.epsilon = epsilon
+    job.cap = <floating>(1.0 / epsilon) if unit else 0.0
+    with nogil:
+        pynn_team_for(R, team_grain(R, threads), threads, _row_norm_forward_job, &job)
+
+
+def _row_norm_backward(const floating[::1] dy, const floating[::1] x, scale,
+                       const floating[::1] inv, floating[::1] dx, dscale, Py_ssize_t R,
+                       Py_ssize_t C, double epsilon, bint unit, bint need_input_grad):
+    """dx (OUT, when need_input_grad) and dscale (OUT, (C,) of x's dtype, or None) of x (IN)
+    viewed as (R, C)."""
+    cdef const floating[::1] s
+    cdef floating[::1] ds
+    cdef Py_ssize_t nb = _blocks(R), i, c
+    cdef double[:, ::1] part
+    cdef _RowJob job
+    cdef int threads = _threads_for(R * C)
+    job.is_double, job.unit, job.need_dx = floating is double, unit, need_input_grad
+    job.dy, job.x, job.y, job.scale, job.part = &dy[0], &x[0], &dx[0], NULL, NULL
+    job.inv = <void*>&inv[0]  # read only here
+    if scale is not None:
+        s = scale
+        job.scale = &s[0]
+    if dscale is not None:
+        part = np.empty((nb, C))
+        job.part = &part[0, 0]
+    job.R, job.C, job.nb = R, C, nb
+    job.epsilon = epsilon
+    job.cap = <floating>(1.0 / epsilon) if unit else 0.0
+    with nogil:
+        pynn_team_for(nb, 1, threads, _row_norm_backward_job, &job)
+    if dscale is not None:
+        ds = dscale
+        for c in range(C):
+            for i in range(1, nb):
+                part[0, c] += part[i, c]
+            ds[c] = <floating>part[0, c]
+
+
+def rms_norm_forward(x, scale, epsilon=1e-6):
+    """Keras 3's RMS normalization over the last axis of x (..., C): y = x * inv_rms * scale,
+    inv_rms = 1/sqrt(mean(x^2) + epsilon) per row -> (y, inv_rms of shape x.shape[:-1])."""
+    x, scale, (R, C), epsilon = operands.rms_norm_forward(HOST, x, scale, epsilon)
+    y = np.empty_like(x)
+    inv = np.zeros(x.shape[:x.ndim - 1], dtype=x.dtype)  # wraparound is off
+    if x.size:
+        _row_norm_forward(x.reshape(-1), y.reshape(-1), inv.reshape(-1), scale, R, C, epsilon,
+                          False)
+    return y, inv
+
+
+def rms_norm_backward(dy, x, scale, inv_rms, need_input_grad=True):
+    """-> (dx or None, dscale) of y = rms_norm_forward(x, scale, ...)[0]: dscale = sum over the
+    rows of dy * x * inv_rms; dx = inv_rms * g - x * inv_rms^3 * mean(g * x), g = dy * scale."""
+    dy, x, scale, inv_rms, (R, C), need_input_grad = operands.rms_norm_backward(
+        HOST, dy, x, scale, inv_rms, need_input_grad)
+    dx = np.empty_like(x) if need_input_grad else None
+    dscale = np.zeros(C, dtype=x.dtype)
+    if x.size:
+        _row_norm_backward(dy.reshape(-1), x.reshape(-1), scale, inv_rms.reshape(-1),
+                           dx.reshape(-1) if dx is not None else np.empty(1, x.dtype), dscale,
+                           R, C, 0.0, False, need_input_grad)
+    return dx, dscale
+
+
+def unit_norm_forward(x, epsilon=1e-12):
+    """Keras 3's ops.normalize(x, order=2) over the last axis of x (..., C): y = x * inv_norm,
+    inv_norm = min(1/sqrt(sum(x^2)), 1/epsilon) per row -> (y, inv_norm)."""
+    x, (R, C), epsilon = operands.unit_norm_forward(HOST, x, epsilon)
+    y = np.empty_like(x)
+    inv = np.zeros(x.shape[:x.ndim - 1], dtype=x.dtype)  # wraparound is off
+    if x.size:
+        _row_norm_forward(x.reshape(-1), y.reshape(-1), inv.reshape(-1), None, R, C, epsilon,
+                          True)
+    return y, inv
+
+
+def unit_norm_backward(dy, x, inv_norm, epsilon=1e-12):
+    """-> dx of y = unit_norm_forward(x, epsilon)[0]: inv * dy - x * inv^3 * sum(dy * x) per
+    row, or inv * dy in the rows where inv_norm is the cap 1/epsilon (a constant there)."""
+    dy, x, inv_norm, (R, C), epsilon = operands.unit_norm_backward(HOST, dy, x, inv_norm,
+                                                                   epsilon)
+    dx = np.empty_like(x)
+    if x.size:
+        _row_norm_backward(dy.reshape(-1), x.reshape(-1), None, inv_norm.reshape(-1),
+                           dx.reshape(-1), None, R, C, epsilon, True, True)
+    return dx

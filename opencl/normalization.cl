@@ -1,5 +1,6 @@
 /* Normalization, forward and backward side by side: batch norm and group norm (layer norm is
- * group norm with one group). The twin of native/normalization.pyx.
+ * group norm with one group), rms norm and unit norm (a statistic per row, at the end). The
+ * twin of native/normalization.pyx.
  *
  * Legend: A axes before the batch-norm axis, C channels, B axes after it (B = 1 for
  * channels_last), M = A*B values per channel; group norm: N batch, S spatial (the axes
@@ -351,4 +352,120 @@ __kernel void group_norm_backward_input(__global const float *dy, __global const
     const float g = dy[i] * GAMMA(c);
     dx[i] = rms_scaling ? inv * (g - xhat * (mgx + mu * inv * mg))
                         : inv * (g - mg - xhat * mgx);
+}
+
+/* -- rms norm and unit norm: one statistic per row of x (R, C) -------------------------- */
+/* Row r: s = sum(x^2), inv = rsqrt(s / C + epsilon) (rms) or min(rsqrt(s), cap) (unit, cap =
+ * 1/epsilon as the host rounds it), y = x * inv * scale. Rows of at least the host's
+ * GROUP_RUN_MIN values reduce in one work-group each (the tree of wg_reduce.h), narrower
+ * ones in one work-item each. dscale folds by channel columns as group norm's dgamma does. */
+#define SCALE(c) (has_scale ? scale[c] : 1.0f)
+
+/* sum over row r of u * v * (w where has_w), the values start, start + step, ... */
+float row_norm_dot(__global const float *u, __global const float *v,
+                   __global const float *w, const int has_w, const int r, const int C,
+                   const int start, const int step)
+{
+    __global const float *ur = u + (size_t)r * C;
+    __global const float *vr = v + (size_t)r * C;
+    float s = 0.0f;
+    for (int c = start; c < C; c += step)
+        s += (has_w ? ur[c] * w[c] : ur[c]) * vr[c];
+    return s;
+}
+
+/* The row's inverse norm from its sum of squares; NaN stays NaN (torch's minimum). */
+float row_norm_inv(const float s, const int C, const float epsilon, const int unit,
+                   const float cap)
+{
+    if (unit) {
+        const float r = rsqrt(s);
+        return r > cap ? cap : r;
+    }
+    return rsqrt(s / C + epsilon);
+}
+
+/* statistics = 1: out[r] = the inverse norm of row r of u (u = v = x, no w); statistics =
+ * 0: out[r] = sum(u * v * w) (the backward's t = sum(dy * scale * x)). One work-group per
+ * row. */
+__kernel __attribute__((reqd_work_group_size(WG_SIZE, 1, 1)))
+void row_norm_sums(__global const float *u, __global const float *v,
+                   __global const float *w, const int has_w, __global float *out, const int R,
+                   const int C, const int statistics, const float epsilon, const int unit,
+                   const float cap)
+{
+    __local float buf[WG_SIZE];
+    const int r = get_group_id(0);
+    const int lid = get_local_id(0);
+    float s = row_norm_dot(u, v, w, has_w, r, C, lid, WG_SIZE);
+    s = wg_sum_float(buf, s);
+    if (lid == 0)
+        out[r] = statistics ? row_norm_inv(s, C, epsilon, unit, cap) : s;
+}
+
+/* row_norm_sums for narrow rows: one work-item per row. */
+__kernel void row_norm_sums_narrow(__global const float *u, __global const float *v,
+                                   __global const float *w, const int has_w,
+                                   __global float *out, const int R, const int C,
+                                   const int statistics, const float epsilon, const int unit,
+                                   const float cap)
+{
+    const int r = get_global_id(0);
+    GUARD(r, R);
+    const float s = row_norm_dot(u, v, w, has_w, r, C, 0, 1);
+    out[r] = statistics ? row_norm_inv(s, C, epsilon, unit, cap) : s;
+}
+
+__kernel void row_norm_normalize(__global const float *x, __global float *y,
+                                 __global const float *inv, __global const float *scale,
+                                 const int has_scale, const int R, const int C)
+{
+    const int i = get_global_id(0);
+    GUARD(i, R * C);
+    y[i] = x[i] * inv[i / C] * SCALE(i % C);
+}
+
+/* Stage 1 of dscale: work-item (p, c) folds rows p, p + P, ... of dy * x * inv into
+ * part (P, C). */
+__kernel void rms_norm_scale_partials(__global const float *dy, __global const float *x,
+                                      __global const float *inv, __global float *part,
+                                      const int R, const int C, const int P)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, P * C);
+    const int c = gid % C, p = gid / C;
+    float s = 0.0f;
+    for (int r = p; r < R; r += P) {
+        const size_t i = (size_t)r * C + c;
+        s += dy[i] * (x[i] * inv[r]);
+    }
+    part[gid] = s;
+}
+
+/* Stage 2: channel c folds its P partials in order. */
+__kernel void rms_norm_scale_fold(__global const float *part, __global float *dscale,
+                                  const int C, const int P)
+{
+    const int c = get_global_id(0);
+    GUARD(c, C);
+    float s = 0.0f;
+    for (int p = 0; p < P; ++p)
+        s += part[p * C + c];
+    dscale[c] = s;
+}
+
+/* dx = inv * dy * scale - k * x, k = inv^3 t / C (rms), inv^3 t (unit), or 0 (unit where
+ * inv is the cap: a constant there), t = sum(dy * scale * x) of the row. */
+__kernel void row_norm_backward_input(__global const float *dy, __global const float *x,
+                                      __global const float *scale, const int has_scale,
+                                      __global const float *inv, __global const float *t,
+                                      __global float *dx, const int R, const int C,
+                                      const int unit, const float cap)
+{
+    const int i = get_global_id(0);
+    GUARD(i, R * C);
+    const int r = i / C;
+    const float v = inv[r];
+    const float k = unit ? (v >= cap ? 0.0f : v * v * (v * t[r])) : v * v * (v * t[r]) / C;
+    dx[i] = v * dy[i] * SCALE(i % C) - k * x[i];
 }

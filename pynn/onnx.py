@@ -301,6 +301,27 @@ def _dense(g, layer, x, out_shape):
     return _apply_activation(g, layer, t, layer.activation, layer.alpha, hint)
 
 
+@_converts("EinsumDense")
+def _einsum_dense(g, layer, x, out_shape):
+    """ONNX's Einsum on the equation with the ellipsis spelled out (the layer's own
+    letters), then the bias and the activation."""
+    x = g.nhwc(x)
+    hint = layer.name
+    inp, out = layer._full_terms(len(x.shape))
+    # ONNX's Einsum spells its axes in lower-case letters
+    letters = {c: chr(ord("a") + i) for i, c in enumerate(dict.fromkeys(inp + layer._kernel))}
+    spell = "".join
+    kernel = g.const(_host(layer.kernel), f"{hint}_kernel")
+    y = g.op("Einsum", [x.name, kernel], f"{hint}_einsum",
+             equation=f"{spell(letters[c] for c in inp)},"
+                      f"{spell(letters[c] for c in layer._kernel)}->"
+                      f"{spell(letters[c] for c in out)}")
+    if layer.bias is not None:
+        y = g.op("Add", [y, g.const(_host(layer.bias), f"{hint}_bias")], f"{hint}_add")
+    t = g.tensor(y, out_shape)
+    return _apply_activation(g, layer, t, layer.activation, layer.alpha, hint)
+
+
 def _same_pads(sizes, kernel, strides, dilation):
     """Keras's 'same' pads per axis (begin, end): the odd pixel after."""
     begins, ends = [], []
@@ -557,6 +578,31 @@ def _group_norm(g, layer, x, out_shape):
     gamma = _host(layer.gamma) if layer.gamma is not None else None
     beta = _host(layer.beta) if layer.beta is not None else None
     return g.derived(x, _scale_offset(g, y, gamma, beta, hint))
+
+
+@_converts("RMSNormalization")
+def _rms_norm(g, layer, x, out_shape):
+    # x / sqrt(mean(x^2) + epsilon) * scale over the trailing axes (Keras's ops.rms_normalization)
+    x = g.nhwc(x)
+    rank = len(x.shape)
+    hint = layer.name
+    ms = g.reduce("ReduceMean", g.op("Mul", [x.name, x.name], f"{hint}_sq"),
+                  range(rank - len(layer._shape), rank), f"{hint}_ms")
+    rms = g.op("Sqrt", [g.op("Add", [ms, g.const(layer.epsilon, f"{hint}_eps")],
+                             f"{hint}_mseps")], f"{hint}_rms")
+    y = g.op("Div", [x.name, rms], f"{hint}_normed")
+    return g.derived(x, _scale_offset(g, y, _host(layer.scale), None, hint))
+
+
+@_converts("UnitNormalization")
+def _unit_norm(g, layer, x, out_shape):
+    # x * min(1 / sqrt(sum(x^2)), 1 / epsilon) (Keras's ops.normalize, order 2), in x's layout
+    hint = layer.name
+    ss = g.reduce("ReduceSum", g.op("Mul", [x.name, x.name], f"{hint}_sq"),
+                  [x.axis(a) for a in layer._axes], f"{hint}_ss")
+    inv = g.op("Reciprocal", [g.op("Sqrt", [ss], f"{hint}_norm")], f"{hint}_inv")
+    inv = g.op("Min", [inv, g.const(1.0 / layer.EPSILON, f"{hint}_cap")], f"{hint}_capped")
+    return g.derived(x, g.op("Mul", [x.name, inv], hint))
 
 
 _MERGE_OPS = {"Add": "Sum", "Maximum": "Max", "Minimum": "Min", "Average": "Mean"}
@@ -1142,6 +1188,14 @@ def _mha_heads(g, y, heads, width, perm, hint):
     return g.op("Transpose", [y], f"{hint}_{''.join(map(str, perm))}", perm=list(perm))
 
 
+def _mha_repeat_heads(g, y, repeats, shape, hint):
+    """(N, Hkv, A, B) -> (N, Hkv * repeats, A, B), each head ``repeats`` times in a row
+    (Keras's ops.repeat on the heads' axis)."""
+    y = g.unsqueeze(y, [2], f"{hint}_group")
+    y = g.op("Tile", [y, g.ints([1, 1, repeats, 1, 1], f"{hint}_repeats")], f"{hint}_tiled")
+    return g.op("Reshape", [y, g.ints(shape, f"{hint}_repeated_shape")], f"{hint}_repeated")
+
+
 def _mha_steps(g, x, axis, hint):
     """The 1-D int64 range over ``x``'s (dynamic) axis ``axis``."""
     size = g.op("Gather", [g.op("Shape", [x], f"{hint}_shape"),
@@ -1205,7 +1259,7 @@ def _mha_attend(g, layer, query, value, inputs, in_masks, hint):
     return keep
 
 
-@_converts("MultiHeadAttention")
+@_converts("MultiHeadAttention", "GroupQueryAttention")
 def _multi_head_attention(g, layer, xs, out_shape, in_masks=None):
     """Keras 3's MultiHeadAttention at inference (pynn.layers.attention; the core is
     tests/reference/attention_ref.py): the projections as MatMuls, scores (N, H, T, S) of
@@ -1229,8 +1283,12 @@ def _multi_head_attention(g, layer, xs, out_shape, in_masks=None):
     k = _mha_projection(g, key.name, layer.key_kernel, layer.key_bias, f"{hint}_key")
     v = _mha_projection(g, value.name, layer.value_kernel, layer.value_bias, f"{hint}_value")
     q = _mha_heads(g, q, h, kd, (0, 2, 1, 3), f"{hint}_query")     # (N, H, T, K)
-    k = _mha_heads(g, k, h, kd, (0, 2, 3, 1), f"{hint}_key")       # (N, H, K, S)
-    v = _mha_heads(g, v, h, vd, (0, 2, 1, 3), f"{hint}_value")     # (N, H, S, V)
+    kv = layer._kv_heads
+    k = _mha_heads(g, k, kv, kd, (0, 2, 3, 1), f"{hint}_key")      # (N, H, K, S)
+    v = _mha_heads(g, v, kv, vd, (0, 2, 1, 3), f"{hint}_value")    # (N, H, S, V)
+    if kv != h:   # GroupQueryAttention: each key and value head read by h // kv query heads
+        k = _mha_repeat_heads(g, k, h // kv, [0, h, kd, -1], f"{hint}_key")
+        v = _mha_repeat_heads(g, v, h // kv, [0, h, -1, vd], f"{hint}_value")
     q = g.op("Mul", [q, g.const(np.float32(layer.scale), f"{hint}_scale")], f"{hint}_scaled")
     scores = g.op("MatMul", [q, k], f"{hint}_scores")              # (N, H, T, S)
     keep = _mha_attend(g, layer, query, value, xs, in_masks, hint)
@@ -1267,6 +1325,101 @@ def _multi_head_attention(g, layer, xs, out_shape, in_masks=None):
     return y
 
 # -- end MultiHeadAttention --
+
+
+# -- Attention, AdditiveAttention ------------------------------------------------------------
+def _attention_scores(g, layer, q, k, additive, hint):
+    """The (N, T, S) scores of pynn's Attention._scores (AdditiveAttention's with
+    ``additive``), in pynn's order of operations: "dot" q k^T (times the scalar scale);
+    "concat" concat_score_weight * sum_d tanh(scale * (q + k)); additive sum_d (scale_vec *
+    tanh(q + k))."""
+    scale = None if layer.scale is None else _host(layer.scale)
+    if layer.score_mode == "dot":
+        kt = g.op("Transpose", [k], f"{hint}_key_t", perm=[0, 2, 1])     # (N, D, S)
+        scores = g.op("MatMul", [q, kt], f"{hint}_dot")
+        if scale is not None:
+            scores = g.op("Mul", [scores, g.const(scale, f"{hint}_scale")], f"{hint}_scaled")
+        return scores
+    inner = g.op("Add", [g.unsqueeze(q, [2], f"{hint}_query_wide"),     # (N, T, 1, D)
+                         g.unsqueeze(k, [1], f"{hint}_key_wide")],      # (N, 1, S, D)
+                 f"{hint}_qk")
+    if scale is not None and not additive:
+        inner = g.op("Mul", [inner, g.const(scale, f"{hint}_scale")], f"{hint}_qk_scaled")
+    th = g.op("Tanh", [inner], f"{hint}_tanh")
+    if scale is not None and additive:
+        th = g.op("Mul", [th, g.const(scale, f"{hint}_scale")], f"{hint}_tanh_scaled")
+    scores = g.reduce("ReduceSum", th, [3], f"{hint}_summed", keepdims=False)
+    if not additive:
+        scores = g.op("Mul", [scores, g.const(_host(layer.concat_score_weight),
+                                              f"{hint}_concat_weight")], f"{hint}_concat")
+    return scores
+
+
+def _score_attention(g, layer, xs, out_shape, in_masks, additive):
+    """Keras 3's Attention / AdditiveAttention at inference (pynn.layers.attention's call):
+    the scores, lowered by 1e9 where the value's mask or the causal triangle masks them
+    (Keras's rule: a row masked everywhere then softmaxes its lowered scores, attending to
+    every value alike), softmax, times value; steps the query's mask drops are zeros.
+    ``in_masks``: the inputs' _Masks (None where an input has none; the key's is unread,
+    as in Keras)."""
+    options = layer._call_options
+    if options is None:
+        raise _unsupported(layer, "it was never called")
+    in_masks = list(in_masks or [None] * len(xs))
+    hint = layer.name
+    query, value = g.nhwc(xs[0]), g.nhwc(xs[1])
+    key = g.nhwc(xs[2]) if len(xs) > 2 else value
+    scores = _attention_scores(g, layer, query.name, key.name, additive, hint)
+
+    def mask_of(k, name):
+        m = in_masks[k] if k < len(in_masks) else None
+        if m is not None and m.rank != 2:
+            raise _unsupported(layer, f"the {name}'s mask (from {m.label}) has rank {m.rank}; "
+                                      f"a (batch, steps) mask is expected")
+        return m
+
+    keep = None     # float32 0/1, broadcasting to (N, T, S)
+    value_mask = mask_of(1, "value")
+    if value_mask is not None:
+        keep = g.unsqueeze(value_mask.tensor(g), [1], f"{hint}_value_keep")   # (N, 1, S)
+    if options.use_causal_mask:
+        t, s = query.shape[1], key.shape[1]
+        if t is not None and s is not None:
+            tri = g.const(np.tri(t, s, dtype=np.float32)[None], f"{hint}_causal")
+        else:   # unknown steps: the triangle from Range
+            rows = g.unsqueeze(_mha_steps(g, query.name, 1, f"{hint}_t"), [0, 2],
+                               f"{hint}_rows")      # (1, T, 1)
+            cols = g.unsqueeze(_mha_steps(g, key.name, 1, f"{hint}_s"), [0, 1],
+                               f"{hint}_cols")      # (1, 1, S)
+            tri = g.op("Cast", [g.op("GreaterOrEqual", [rows, cols], f"{hint}_causal_bool")],
+                       f"{hint}_causal", to=g.onnx.TensorProto.FLOAT)
+        keep = tri if keep is None else g.op("Mul", [keep, tri], f"{hint}_keep")
+    if keep is not None:    # scores - 1e9 where masked, exactly the scores where kept
+        dropped = g.op("Sub", [g.const(1.0, f"{hint}_one"), keep], f"{hint}_masked")
+        penalty = g.op("Mul", [dropped, g.const(1.0e9, f"{hint}_penalty_size")],
+                       f"{hint}_penalty")
+        scores = g.op("Sub", [scores, penalty], f"{hint}_masked_scores")
+    weights = g.op("Softmax", [scores], f"{hint}_weights", axis=-1)
+    out = g.op("MatMul", [weights, value.name], f"{hint}_attended")
+    query_mask = mask_of(0, "query")
+    if query_mask is not None:
+        wide = g.unsqueeze(query_mask.tensor(g), [2], f"{hint}_query_keep")   # (N, T, 1)
+        out = g.op("Mul", [out, wide], f"{hint}_out")
+    if options.return_attention_scores:
+        return [g.tensor(out, out_shape[0]), g.tensor(weights, out_shape[1])]
+    return g.tensor(out, out_shape)
+
+
+@_converts("Attention")
+def _dot_attention(g, layer, xs, out_shape, in_masks=None):
+    return _score_attention(g, layer, xs, out_shape, in_masks, additive=False)
+
+
+@_converts("AdditiveAttention")
+def _additive_attention(g, layer, xs, out_shape, in_masks=None):
+    return _score_attention(g, layer, xs, out_shape, in_masks, additive=True)
+
+# -- end Attention, AdditiveAttention --
 
 
 # -- int8 quantized layers (issue 18, branch qbreadth): QDQ form ---------------------------
@@ -1556,9 +1709,13 @@ for _kind in ("SimpleRNN", "LSTM", "GRU", "RNN", "Bidirectional", "QuantizedSimp
     _MASK_READERS[_kind] = lambda g, layer, x, out_shape, mask: _CONVERTERS[
         type(layer).__name__](g, layer, x, out_shape, mask)
 # readers given every input's _Mask (None where an input has none), not the first mask's
-# tensor: MultiHeadAttention tells the query's mask from the value's and the key's
+# tensor: the attention layers tell the query's mask from the value's and the key's
 _MASK_READERS["MultiHeadAttention"] = _multi_head_attention
-_READS_EVERY_MASK = {"MultiHeadAttention"}
+_MASK_READERS["GroupQueryAttention"] = _multi_head_attention
+_MASK_READERS["Attention"] = _dot_attention
+_MASK_READERS["AdditiveAttention"] = _additive_attention
+_READS_EVERY_MASK = {"MultiHeadAttention", "GroupQueryAttention", "Attention",
+                     "AdditiveAttention"}
 
 
 def _masks_after(g, layer, node, ins, in_masks, outs):
@@ -1605,7 +1762,7 @@ def _masks_after(g, layer, node, ins, in_masks, outs):
     if kind == "Concatenate":
         return [_Mask(_label(layer), len(ins[0].shape) - 1,
                       _concatenated_mask(layer, ins, in_masks))] * n
-    if kind == "MultiHeadAttention":   # the query's mask; none on the attention scores
+    if kind in _READS_EVERY_MASK:   # the query's mask; none on the attention scores
         return [in_masks[0]] + [None] * (n - 1)
     probe = np.ones((1, 1), bool)
     try:

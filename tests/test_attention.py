@@ -773,3 +773,130 @@ def test_projection_kernels_start_with_keras_spread():
     want = [float(np.std(keras.ops.convert_to_numpy(w))) for w in k_layer.weights if w.ndim == 3]
     got = [float(np.std(w)) for w in layer.get_weights() if w.ndim == 3]
     np.testing.assert_allclose(got, want, rtol=0.1)
+
+
+# -- GroupQueryAttention --------------------------------------------------------------------
+
+GQA_CASES = [dict(head_dim=3, num_query_heads=4, num_key_value_heads=2),
+             dict(head_dim=2, num_query_heads=3, num_key_value_heads=1, use_gate=True),
+             dict(head_dim=4, num_query_heads=2, num_key_value_heads=2, use_bias=False)]
+
+
+@pytest.mark.parametrize("args", GQA_CASES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_group_query_attention_matches_keras(rng, args, causal):
+    keras = _keras()
+    import torch
+
+    from pynn import layers
+
+    query, value = rand(rng, (3, 5, 6)), rand(rng, (3, 7, 6))
+    tq, tv = torch.tensor(query, requires_grad=True), torch.tensor(value, requires_grad=True)
+    k_layer = keras.layers.GroupQueryAttention(**args)
+    want = k_layer(tq, tv, use_causal_mask=causal)
+    r = rng.standard_normal(tuple(want.shape)).astype(np.float32)
+    (want * torch.tensor(r)).sum().backward()
+    layer = layers.GroupQueryAttention(**args)
+    layer(query, value, use_causal_mask=causal)
+    layer.set_weights([keras.ops.convert_to_numpy(w) for w in k_layer.weights])
+    got = layer(query, value, training=True, use_causal_mask=causal)
+    np.testing.assert_allclose(np.asarray(got), want.detach().numpy(), atol=2e-6)
+    dq, dv = layer.backward(r)
+    np.testing.assert_allclose(dq, tq.grad.numpy(), atol=2e-5)
+    np.testing.assert_allclose(dv, tv.grad.numpy(), atol=2e-5)
+    for v, w in zip(layer.weights, k_layer.weights):
+        np.testing.assert_allclose(v.grad, w.value.grad.numpy(), atol=2e-5, err_msg=v.path)
+    assert layer.get_config()["num_key_value_heads"] == args["num_key_value_heads"]
+
+
+def test_group_query_attention_gradients_match_central_differences(float64, rng):
+    from pynn import layers
+
+    query, value, key = (rng.standard_normal(s) for s in ((2, 3, 4), (2, 4, 4), (2, 4, 5)))
+    layer = layers.GroupQueryAttention(2, 4, 2, dropout=0.3, seed=2, use_gate=True)
+    kwargs = dict(key=key, use_causal_mask=True)
+    layer(query, value, **kwargs)
+    layer.set_weights([rng.uniform(-0.8, 0.8, w.shape) for w in layer.get_weights()])
+
+    def forward():
+        layer._offset = 0
+        return layer(query, value, training=True, **kwargs)
+
+    r = rng.standard_normal(np.shape(forward()))
+
+    def loss():
+        return float(np.sum(np.asarray(forward()) * r))
+
+    forward()
+    grads = layer.backward(r)
+    for g, x in zip(grads, (query, value, key)):
+        np.testing.assert_allclose(g, _numerical(loss, x), rtol=1e-5, atol=1e-8)
+    for v in layer.weights:
+        np.testing.assert_allclose(v.grad, _numerical(loss, v.value), rtol=1e-5, atol=1e-8,
+                                   err_msg=v.path)
+
+
+def _gqa_model(lib):
+    L = lib.layers
+    ids = L.Input((7,), dtype="int32")
+    x = L.Embedding(13, 6, mask_zero=True)(ids)
+    a = L.GroupQueryAttention(3, 4, 2, use_gate=True)(x, x, use_causal_mask=True)
+    return (lib.Model if hasattr(lib, "Model") else lib.models.Model)(
+        ids, L.Dense(2)(L.GlobalAveragePooling1D()(a)))
+
+
+def test_group_query_attention_keras_files_both_ways(rng, tmp_path):
+    """Keras names the class GroupQueryAttention in its config and GroupedQueryAttention in
+    its weights file, and its projections by their attributes (_query_dense, ...)."""
+    keras = _keras()
+    import pynn
+
+    ids = _ids(rng)
+    k_model = _gqa_model(keras)
+    k_model.save(tmp_path / "k.keras")
+    model = pynn.load_model(tmp_path / "k.keras")
+    np.testing.assert_allclose(model.predict(ids, verbose=0), k_model.predict(ids, verbose=0),
+                               atol=2e-6)
+    model.set_weights([w * 0.5 for w in model.get_weights()])
+    model.save(tmp_path / "p.keras")
+    back = keras.saving.load_model(tmp_path / "p.keras")
+    np.testing.assert_allclose(back.predict(ids, verbose=0), model.predict(ids, verbose=0),
+                               atol=2e-6)
+
+
+def test_group_query_attention_on_opencl_matches_the_cpu(rng):
+    from tests.opencl_util import skip_without_opencl
+
+    skip_without_opencl()
+    import pynn
+
+    ids = _ids(rng)
+    y = rand(rng, (len(ids), 2))
+    results, weights = {}, None
+    for device in ("cpu", "opencl"):
+        previous = pynn.get_device()
+        pynn.set_device(device)
+        try:
+            model = _gqa_model(pynn)
+            weights = weights or model.get_weights()
+            model.set_weights(weights)
+            model.compile(optimizer=pynn.optimizers.SGD(0.1), loss="mse")
+            pred = model.predict(ids, verbose=0)
+            loss = model.train_on_batch(ids, y)
+            results[device] = (pred, loss, model.get_weights())
+        finally:
+            pynn.set_device(previous)
+    (p1, l1, w1), (p2, l2, w2) = results["cpu"], results["opencl"]
+    np.testing.assert_allclose(p2, p1, atol=1e-5)
+    assert abs(l2 - l1) <= 1e-5 * max(1, abs(l1))
+    for a, b in zip(w2, w1):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_group_query_attention_bad_arguments(rng):
+    from pynn import layers as L
+
+    with pytest.raises(ValueError, match="must be divisible by num_key_value_heads"):
+        L.GroupQueryAttention(2, 3, 2)
+    with pytest.raises(ValueError, match="last dimension of query and value must be equal"):
+        L.GroupQueryAttention(2, 2, 1)(rand(rng, (2, 3, 4)), rand(rng, (2, 5, 6)))

@@ -22,8 +22,8 @@ Found this way: Bidirectional with merge_mode 'sum' or 'ave' could not train (it
 asked for inputs it never kept); a plan whose first input overflowed lost its Dense chain
 and printed NumPy's warning; most layers that pass a mask on in Keras 3 dropped it, and so
 did PruneLowMagnitude, the int8 Dense, FakeQuant and the int8 calibration; an int8 bias
-saturated its int32 accumulators. MultiHeadAttention joined the sequence layers with its
-Keras 3 file form. Each test runs a block of seeds; a failure names the
+saturated its int32 accumulators. MultiHeadAttention and EinsumDense joined the sequence
+layers with their Keras 3 file forms. Each test runs a block of seeds; a failure names the
 seed, which ``check_*`` reproduces alone.
 """
 
@@ -109,7 +109,7 @@ def sequence_layer(rng, x):
     units = size(rng, 1, 6)
     kind = pick(rng, ["lstm", "gru", "rnn", "bidirectional", "conv", "separable", "transpose",
                       "pool", "dense", "timedistributed", "upsample", "crop", "pad",
-                      "layernorm", "batchnorm", "attention"])
+                      "layernorm", "batchnorm", "attention", "einsum"])
     if kind in ("lstm", "gru", "rnn"):
         kw = {"return_sequences": True, "go_backwards": bool(rng.integers(2))}
         if kind == "gru" and rng.integers(2):
@@ -150,6 +150,12 @@ def sequence_layer(rng, x):
             sliding_window=pick(rng, [None, None, 2]))(
                 x, x, key=x if rng.integers(4) == 0 else None,
                 use_causal_mask=bool(rng.integers(2)))
+    if kind == "einsum":  # a per-step projection, or the steps mixed (drops the mask)
+        if rng.integers(2):
+            return L.EinsumDense("abc,cd->abd", (x.shape[1], units),
+                                 bias_axes=pick(rng, [None, "d", "bd"]),
+                                 activation=pick(rng, ACTIVATIONS))(x)
+        return L.EinsumDense("abc,bd->adc", (units, x.shape[2]), bias_axes="d")(x)
     if kind == "batchnorm":  # a mask's moments in training (Keras's)
         return L.BatchNormalization(momentum=0.5)(x)
     return L.LayerNormalization()(x)

@@ -152,6 +152,7 @@ def attention():
     a = K.MultiHeadAttention(2, 4, use_gate=True)(x, x, use_causal_mask=True)
     x = K.LayerNormalization()(K.Add()([x, a]))
     mem = K.EinsumDense("abc,cd->abd", (5, 6), bias_axes="d", activation="gelu")(memory)
+    mem = K.Add()([mem, K.GroupQueryAttention(2, 4, 2)(mem, mem)])
     c = K.MultiHeadAttention(2, 3, value_dim=2, output_shape=(6,))(x, mem, key=mem)
     luong = K.Attention(use_scale=True)([c, mem], use_causal_mask=True)
     bahdanau = K.AdditiveAttention()([c, mem])
@@ -166,11 +167,26 @@ ARCHITECTURES = {"recurrent_wrappers": recurrent_wrappers, "attention": attentio
                  "noise_and_shapes": noise_and_shapes}
 
 
+def row_normalization():
+    # RMSNormalization (over one and two axes) and UnitNormalization (an inner axis; a mask
+    # passed on into the GRU that reads it)
+    ids, x = keras.Input((7,), dtype="int32"), keras.Input((5, 6))
+    h = K.RMSNormalization(axis=[-2, -1], epsilon=1e-3)(K.UnitNormalization(axis=1)(
+        K.RMSNormalization()(K.Dense(6)(x))))
+    s = K.GRU(3)(K.UnitNormalization()(K.Embedding(20, 4, mask_zero=True)(ids)))
+    return keras.Model([ids, x], K.Dense(2)(K.Concatenate()([K.Flatten()(h), s])))
+
+
+ARCHITECTURES["row_normalization"] = row_normalization
+
+
 def test_architectures_cover_every_pynn_layer():
     seen = set()
 
     def walk(layer):
-        seen.add(type(layer).__name__)
+        # Keras's GroupedQueryAttention is exported (and serialized) as GroupQueryAttention
+        seen.add({"GroupedQueryAttention": "GroupQueryAttention"}.get(type(layer).__name__,
+                                                                      type(layer).__name__))
         for child in getattr(layer, "layers", []):
             walk(child)
         if isinstance(layer, K.TimeDistributed):

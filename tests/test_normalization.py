@@ -605,6 +605,10 @@ LAYER_FACTORIES = [
     ("layer", lambda: layers.LayerNormalization(axis=[-2, -1]), (3, 5, 7)),
     ("layer-rms", lambda: layers.LayerNormalization(rms_scaling=True), (6, 33)),
     ("group", lambda: layers.GroupNormalization(groups=3, scale=False), (2, 5, 4, 9)),
+    ("rms", lambda: layers.RMSNormalization(axis=[-2, -1]), (3, 5, 7)),
+    ("rms-wide", lambda: layers.RMSNormalization(), (5, 2, 33)),
+    ("unit", lambda: layers.UnitNormalization(), (6, 33)),
+    ("unit-inner-axes", lambda: layers.UnitNormalization(axis=[1, 3]), (2, 3, 4, 5)),
 ]
 
 
@@ -956,7 +960,9 @@ def test_keras_parity_fit_with_batch_norm(seeded):
                                       gamma_regularizer="l2"),
     lambda: layers.LayerNormalization(axis=[-2, -1], rms_scaling=True, epsilon=1e-6),
     lambda: layers.GroupNormalization(groups=4, scale=False, beta_initializer="ones"),
-], ids=["batch", "layer", "group"])
+    lambda: layers.RMSNormalization(axis=[-2, -1], epsilon=1e-4, name="rms_cfg"),
+    lambda: layers.UnitNormalization(axis=(1, 2)),
+], ids=["batch", "layer", "group", "rms", "unit"])
 def test_config_round_trip(layer):
     original = layer()
     config = original.get_config()
@@ -1123,3 +1129,355 @@ def test_fold_batch_norm_takes_device_arrays(restore_device, seeded):
 def test_fold_batch_norm_checks_shapes():
     with pytest.raises(ValueError, match=r"fold_batch_norm: 'gamma' must have shape \(4,\)"):
         fold_batch_norm(np.ones((3, 4)), None, np.ones(3), None, np.zeros(4), np.ones(4))
+
+
+# -- RMSNormalization and UnitNormalization: the rms_norm and unit_norm ops ----------------
+
+# x shapes: statistics per row of the last axis. Rows of >= 16 values reduce in a work-group
+# each on OpenCL, narrower ones in a work-item each; odd sizes, one value, a wide row.
+ROW_CASES = [(7, 5), (3, 4, 37), (1, 1), (2, 300), (31, 65), (5, 3, 16), (33, 7)]
+
+
+@pytest.mark.parametrize("shape", ROW_CASES, ids=str)
+@pytest.mark.parametrize("with_scale", [True, False], ids=["scale", "plain"])
+def test_rms_norm_matches_reference(target, rng, shape, with_scale):
+    x = shifted(rng, shape, target.dtype)  # a mean far from zero: no centering may happen
+    scale = rand(rng, (shape[-1],), target.dtype) if with_scale else None
+    _, (_, inv_rms) = check_op(target, "rms_norm_forward", x, scale, 1e-6,
+                               ref=ref.rms_norm_forward_ref, rtol=tol(target))
+    dy = rand(rng, shape, target.dtype)
+    for need_input_grad in (True, False):
+        check_op(target, "rms_norm_backward", dy, x, scale, inv_rms, need_input_grad,
+                 ref=ref.rms_norm_backward_ref, rtol=tol(target))
+
+
+@pytest.mark.parametrize("shape", ROW_CASES, ids=str)
+def test_unit_norm_matches_reference(target, rng, shape):
+    x = rand(rng, shape, target.dtype)
+    _, (_, inv_norm) = check_op(target, "unit_norm_forward", x, 1e-12,
+                                ref=ref.unit_norm_forward_ref, rtol=tol(target))
+    check_op(target, "unit_norm_backward", rand(rng, shape, target.dtype), x, inv_norm, 1e-12,
+             ref=ref.unit_norm_backward_ref, rtol=tol(target))
+
+
+def test_unit_norm_caps_the_inverse_norm(target, rng):
+    """A zero row and a row whose norm is below epsilon: inv_norm is the cap 1/epsilon,
+    y = x * cap (zeros for the zero row), and dx = cap * dy there (the cap a constant, as
+    torch's minimum makes it; Keras's own gradient is NaN there: torch's rsqrt backward
+    multiplies the zero by an infinite or overflowing rsqrt^3)."""
+    x = rand(rng, (4, 9), target.dtype)
+    x[1] = 0
+    x[2] *= 1e-14
+    dy = rand(rng, x.shape, target.dtype)
+    _, (y, inv_norm) = check_op(target, "unit_norm_forward", x, 1e-12,
+                                ref=ref.unit_norm_forward_ref, rtol=tol(target))
+    cap = target.dtype.type(1e12)
+    np.testing.assert_array_equal(inv_norm[1:3], [cap, cap])
+    np.testing.assert_array_equal(y[1], 0)
+    _, dx = check_op(target, "unit_norm_backward", dy, x, inv_norm, 1e-12,
+                     ref=ref.unit_norm_backward_ref, rtol=tol(target))
+    np.testing.assert_allclose(dx[1:3], dy[1:3].astype(np.float64) * cap, rtol=1e-6)
+    assert np.all(np.isfinite(dx))
+
+
+def test_rms_norm_of_a_zero_row_is_zero_with_epsilon(target):
+    """mean(x^2) = 0: inv_rms = 1/sqrt(epsilon), y = 0, as Keras's."""
+    x = np.zeros((2, 6), target.dtype)
+    x[0, 0] = 2.0
+    y, inv = target.ops.rms_norm_forward(target.up(x), None, 1e-6)
+    np.testing.assert_array_equal(target.down(y)[1], 0)
+    np.testing.assert_allclose(target.down(inv)[1], 1e3, rtol=1e-6)
+
+
+def test_row_norms_of_an_empty_batch(target):
+    x = target.up(np.zeros((0, 4), target.dtype))
+    y, inv = target.ops.rms_norm_forward(x, None, 1e-6)
+    assert target.down(y).shape == (0, 4) and target.down(inv).shape == (0,)
+    dx, dscale = target.ops.rms_norm_backward(x, x, None, inv, True)
+    assert target.down(dx).shape == (0, 4)
+    np.testing.assert_array_equal(target.down(dscale), np.zeros(4))
+    y, inv = target.ops.unit_norm_forward(x, 1e-12)
+    assert target.down(target.ops.unit_norm_backward(x, x, inv, 1e-12)).shape == (0, 4)
+
+
+@pytest.mark.parametrize("op", ["rms", "unit"])
+def test_row_norms_thread_count_does_not_change_results(rng, op):
+    """Rows run in any split and dscale's row blocks are fixed by the size alone: 1, 2 and 3
+    threads give the same bits."""
+    from pynn.backend import cpu
+
+    x = shifted(rng, (97, 13, 41), np.float32)
+    dy = rand(rng, x.shape, np.float32)
+    scale = rand(rng, (41,), np.float32)
+    before = info.get_max_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            info.set_num_threads(n)
+            if op == "rms":
+                y, inv = cpu.rms_norm_forward(x, scale, 1e-6)
+                grads = cpu.rms_norm_backward(dy, x, scale, inv, True)
+            else:
+                y, inv = cpu.unit_norm_forward(x, 1e-12)
+                grads = (cpu.unit_norm_backward(dy, x, inv, 1e-12),)
+            results.append((y, inv, *grads))
+    finally:
+        info.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.opencl
+def test_row_norms_with_small_work_groups(small_work_groups, rng):
+    backend = small_work_groups
+    x = shifted(rng, (3, 5, 70), np.float32)
+    dy = rand(rng, x.shape, np.float32)
+    scale = rand(rng, (70,), np.float32)
+    loose = {"rtol": 1e-4, "atol": 1e-4}
+    _, (_, inv) = check_op(backend, "rms_norm_forward", x, scale, 1e-6,
+                           ref=ref.rms_norm_forward_ref, rtol=loose)
+    check_op(backend, "rms_norm_backward", dy, x, scale, inv, True,
+             ref=ref.rms_norm_backward_ref, rtol=loose)
+    _, (_, inv) = check_op(backend, "unit_norm_forward", x, 1e-12,
+                           ref=ref.unit_norm_forward_ref, rtol=loose)
+    check_op(backend, "unit_norm_backward", dy, x, inv, 1e-12,
+             ref=ref.unit_norm_backward_ref, rtol=loose)
+
+
+def test_row_norm_bad_operands(backend, rng):
+    x = backend.up(rand(rng, (4, 6), np.float32))
+    ops = backend.ops
+    with pytest.raises(ValueError, match=r"rms_norm_forward: 'scale' must have shape \(6,\), "
+                                         r"got \(5,\)"):
+        ops.rms_norm_forward(x, backend.up(np.ones(5, np.float32)), 1e-6)
+    with pytest.raises(ValueError, match=r"rms_norm_forward: 'x' must have at least 2 "
+                                         r"dimensions"):
+        ops.rms_norm_forward(backend.up(np.ones(6, np.float32)), None, 1e-6)
+    with pytest.raises(ValueError, match=r"rms_norm_forward: 'epsilon' must be in \[0.0, "):
+        ops.rms_norm_forward(x, None, -1.0)
+    with pytest.raises(ValueError, match=r"rms_norm_backward: 'inv_rms' must have shape "
+                                         r"\(4,\), got \(3,\)"):
+        ops.rms_norm_backward(x, x, None, backend.up(np.ones(3, np.float32)), True)
+    with pytest.raises(ValueError, match=r"unit_norm_forward: 'epsilon' must be in "):
+        ops.unit_norm_forward(x, 0.0)
+    with pytest.raises(ValueError, match=r"unit_norm_backward: 'dy' must have shape \(4, 6\)"):
+        ops.unit_norm_backward(backend.up(rand(rng, (4, 5), np.float32)), x,
+                               backend.up(np.ones(4, np.float32)), 1e-12)
+
+
+# -- the layers: finite differences, masks, models, files, bad input ----------------------
+
+@pytest.mark.parametrize("shape,axis", [((4, 7), -1), ((3, 4, 5), [-2, -1]),
+                                        ((2, 3, 2, 3), [1, 2, 3]), ((5, 3), 1)], ids=str)
+@pytest.mark.parametrize("epsilon", [1e-6, 0.5])
+def test_rms_norm_gradients(float64, seeded, shape, axis, epsilon):
+    layer = layers.RMSNormalization(axis=axis, epsilon=epsilon)
+    layer.build((None,) + shape[1:])
+    layer.scale.value[...] = seeded.standard_normal(layer.scale.shape)
+    params = check_gradients(layer, shifted(seeded, shape, np.float64, loc=1.0), seeded)
+    assert [v.name for v in params] == ["scale"]
+
+
+@pytest.mark.parametrize("shape,axis", [((4, 7), -1), ((3, 4, 5), [-2, -1]), ((3, 4, 5), 1),
+                                        ((2, 3, 4, 3), [1, 3]), ((2, 3, 4, 3), (2, 1))],
+                         ids=str)
+def test_unit_norm_gradients(float64, seeded, shape, axis):
+    layer = layers.UnitNormalization(axis=axis)
+    layer.build((None,) + shape[1:])
+    assert check_gradients(layer, rand(seeded, shape, np.float64), seeded) == []
+
+
+def test_unit_norm_normalizes_over_every_named_axis(seeded):
+    x = rand(seeded, (2, 3, 4, 5), np.float32)
+    y = layers.UnitNormalization(axis=[1, 3])(x)
+    np.testing.assert_allclose(np.sum(y.astype(np.float64) ** 2, axis=(1, 3)), 1.0, rtol=1e-6)
+    want = x / np.sqrt(np.sum(x.astype(np.float64) ** 2, axis=(1, 3), keepdims=True))
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-7)
+
+
+def test_rms_and_unit_norm_masks_as_keras():
+    """Keras 3: UnitNormalization passes its input's mask on; RMSNormalization does not
+    support masking and drops it."""
+    mask = np.array([[True, False, True]])
+    x = np.ones((1, 3, 4), np.float32)
+    assert layers.UnitNormalization().compute_mask(x, mask) is mask
+    assert layers.RMSNormalization().compute_mask(x, mask) is None
+
+
+def _row_norm_model():
+    return pynn.Sequential([
+        layers.Input((5, 6)), layers.Dense(6), layers.RMSNormalization(),
+        layers.UnitNormalization(axis=1), layers.RMSNormalization(axis=[-2, -1], epsilon=1e-3),
+        layers.Flatten(), layers.Dense(2)])
+
+
+def test_model_with_rms_and_unit_norm_trains_saves_and_loads(seeded, tmp_path):
+    model = _row_norm_model()
+    model.compile(optimizer="adam", loss="mse")
+    x = shifted(seeded, (20, 5, 6), np.float32)
+    y = rand(seeded, (20, 2), np.float32)
+    scale = model.layers[1].get_weights()[0].copy()
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    assert not np.array_equal(model.layers[1].get_weights()[0], scale), "scale did not train"
+    model.save(tmp_path / "rows.pynn")
+    loaded = pynn.load_model(tmp_path / "rows.pynn")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert [type(layer).__name__ for layer in loaded.layers][1:4] == [
+        "RMSNormalization", "UnitNormalization", "RMSNormalization"]
+    loaded.fit(x, y, epochs=1, batch_size=8, verbose=0)
+
+
+@pytest.mark.opencl
+def test_model_with_rms_and_unit_norm_on_opencl_matches_cpu(restore_device, seeded):
+    x = shifted(seeded, (20, 5, 6), np.float32)
+    y = rand(seeded, (20, 2), np.float32)
+    pynn.set_device("cpu")
+    initial = _row_norm_model().get_weights()
+    trained = {}
+    for device in ("cpu", "opencl"):
+        pynn.set_device(device)
+        model = _row_norm_model()
+        model.set_weights(initial)
+        model.compile(optimizer="adam", loss="mse")
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        trained[device] = (model.get_weights(), model.predict(x, verbose=0))
+    for i, (g, w) in enumerate(zip(trained["opencl"][0], trained["cpu"][0])):
+        assert_close(g, w, 1e-3, f"weight {i} after training on OpenCL vs CPU")
+    assert_close(trained["opencl"][1], trained["cpu"][1], 1e-3, "predictions, OpenCL vs CPU")
+
+
+ROW_PARITY = [
+    ("RMSNormalization", {}, (4, 9)),
+    ("RMSNormalization", {"axis": [-2, -1], "epsilon": 1e-3}, (3, 5, 7)),
+    ("RMSNormalization", {"epsilon": 0.1}, (2, 3, 4, 33)),
+    ("UnitNormalization", {}, (4, 9)),
+    ("UnitNormalization", {"axis": [-2, -1]}, (3, 5, 7)),
+    ("UnitNormalization", {"axis": 1}, (3, 5, 7)),
+    ("UnitNormalization", {"axis": [1, 3]}, (2, 3, 4, 5)),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs,shape", ROW_PARITY,
+                         ids=[f"{c}-{k}-{len(s)}d" for c, k, s in ROW_PARITY])
+def test_keras_parity_rms_and_unit_norm(backend, restore_device, seeded, cls, kwargs, shape):
+    """Keras's weights in: Keras's outputs (<= 1e-5 relative) and Keras's gradients (torch's
+    autodiff of the Keras layer) for the input and the scale, on both backends."""
+    keras = _keras()
+    import torch
+
+    k_layer = getattr(keras.layers, cls)(**kwargs)
+    k_layer.build((None,) + shape[1:])
+    if k_layer.weights:
+        k_layer.set_weights([seeded.standard_normal(w.shape).astype(np.float32)
+                             for w in k_layer.get_weights()])
+    x = shifted(seeded, shape, np.float32, loc=0.5)
+    r = rand(seeded, shape, np.float32)
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    yt = k_layer(xt)
+    (yt * torch.from_numpy(r)).sum().backward()
+    pynn.set_device(backend.name)
+    b = pynn.backend.current()
+    p_layer = getattr(layers, cls)(**kwargs)
+    p_layer.build((None,) + shape[1:])
+    p_layer.set_weights(k_layer.get_weights())
+    got = b.to_numpy(p_layer(b.asarray(x), training=True))
+    want = _to_numpy(yt)
+    assert rel_diff(got, want) < 1e-5, f"{cls}: output {rel_diff(got, want)}"
+    dx = b.to_numpy(p_layer.backward(b.asarray(r)))
+    assert rel_diff(dx, _to_numpy(xt.grad)) < 1e-5, f"{cls} dx: {rel_diff(dx, _to_numpy(xt.grad))}"
+    if k_layer.weights:
+        k_grad = _to_numpy(k_layer.scale.value.grad)
+        p_grad = b.to_numpy(p_layer.scale.grad)
+        assert rel_diff(p_grad, k_grad) < 1e-5, f"{cls} dscale: {rel_diff(p_grad, k_grad)}"
+
+
+def _keras_row_norm_models(keras):
+    K = keras.layers
+    x = keras.Input((5, 6))
+    h = K.RMSNormalization()(K.Dense(6)(x))
+    h = K.UnitNormalization(axis=1)(h)
+    h = K.RMSNormalization(axis=[-2, -1], epsilon=1e-3)(h)
+    dense = keras.Model(x, K.Dense(3)(K.Flatten()(h)))
+    # a mask through UnitNormalization into the GRU that reads it
+    ids = keras.Input((7,), dtype="int32")
+    h = K.UnitNormalization()(K.Embedding(20, 4, mask_zero=True)(ids))
+    masked = keras.Model(ids, K.Dense(2)(K.GRU(3)(h)))
+    return [dense, masked]
+
+
+def _keras_inputs(model, rng):
+    t = model.inputs[0]
+    shape = (3,) + tuple(t.shape[1:])
+    if "int" in str(t.dtype):
+        ids = rng.integers(1, 20, shape).astype("int32")
+        ids[:, 4:] = 0
+        ids[1, 2:] = 0
+        return ids
+    return rng.standard_normal(shape).astype("float32")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("which", [0, 1], ids=["dense", "masked"])
+def test_keras_file_round_trip_rms_and_unit_norm(tmp_path, seeded, which):
+    """Keras saves a .keras file, pynn loads it and predicts the same; pynn saves it again
+    and keras.saving.load_model predicts the same (<= 1e-5)."""
+    keras = _keras()
+    pytest.importorskip("h5py")
+    k_model = _keras_row_norm_models(keras)[which]
+    k_model.set_weights([seeded.standard_normal(w.shape).astype(np.float32) * 0.5
+                         for w in k_model.get_weights()])
+    x = _keras_inputs(k_model, seeded)
+    want = k_model.predict(x, verbose=0)
+    k_model.save(tmp_path / "k.keras")
+    model = pynn.load_model(tmp_path / "k.keras")
+    assert {"RMSNormalization", "UnitNormalization"} & {type(la).__name__
+                                                         for la in model.layers}
+    np.testing.assert_allclose(model.predict(x, verbose=0), want, rtol=1e-5, atol=1e-5)
+    model.save(tmp_path / "p.keras")
+    back = keras.saving.load_model(tmp_path / "p.keras")
+    np.testing.assert_allclose(back.predict(x, verbose=0), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_pynn_model_with_rms_and_unit_norm_opens_in_keras(tmp_path, seeded):
+    keras = _keras()
+    pytest.importorskip("h5py")
+    model = _row_norm_model()
+    model.set_weights([seeded.standard_normal(w.shape).astype(np.float32)
+                       for w in model.get_weights()])
+    x = shifted(seeded, (4, 5, 6), np.float32)
+    model.save(tmp_path / "p.keras")
+    back = keras.saving.load_model(tmp_path / "p.keras")
+    np.testing.assert_allclose(back.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_rms_and_unit_norm_bad_input_names_the_layer():
+    with pytest.raises(ValueError, match=r"RMSNormalization 'rms_bad': axis 1 must be the "
+                                         r"trailing axes of input shape \(None, 4, 5\)"):
+        layers.RMSNormalization(axis=1, name="rms_bad").build((None, 4, 5))
+    with pytest.raises(ValueError, match=r"RMSNormalization.*axis 3 is out of range"):
+        layers.RMSNormalization(axis=3).build((None, 4, 5))
+    with pytest.raises(ValueError, match=r"RMSNormalization.*epsilon must be finite and >= 0"):
+        layers.RMSNormalization(epsilon=-1.0)
+    with pytest.raises(TypeError, match=r"RMSNormalization.*epsilon must be a number"):
+        layers.RMSNormalization(epsilon="small")
+    with pytest.raises(TypeError, match=r"RMSNormalization.*unexpected arguments \['center'\]"):
+        layers.RMSNormalization(center=True)
+    with pytest.raises(ValueError, match=r"UnitNormalization 'unit_bad': axis 0 is the batch "
+                                         r"axis"):
+        layers.UnitNormalization(axis=0, name="unit_bad").build((None, 4, 5))
+    with pytest.raises(TypeError, match=r"UnitNormalization.*axis must be an int"):
+        layers.UnitNormalization(axis="last")
+    with pytest.raises(ValueError, match=r"UnitNormalization.*axis must name at least one"):
+        layers.UnitNormalization(axis=[])
+    with pytest.raises(ValueError, match=r"UnitNormalization.*at most 6 axes"):
+        layers.UnitNormalization(axis=1).build((None, 2, 2, 2, 2, 2, 2))
+    with pytest.raises(ValueError, match=r"UnitNormalization.*must have a defined size"):
+        layers.UnitNormalization(axis=1).build((None, None, 4))
+    layer = layers.RMSNormalization(name="rms_shape")
+    layer(np.ones((2, 5), np.float32))
+    with pytest.raises(ValueError, match=r"Layer 'rms_shape'.*expected input shape "
+                                         r"\(None, 5\), got \(None, 6\)"):
+        layer(np.ones((2, 6), np.float32))

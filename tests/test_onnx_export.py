@@ -187,6 +187,14 @@ NORMS = {
     "group_norm": ((3, 5, 6), lambda: [L.GroupNormalization(groups=3)]),
     "group_norm_after_conv": ((5, 5, 2), lambda: [L.Conv2D(6, 3),
                                                   L.GroupNormalization(groups=2)]),
+    "rms_norm": ((4, 7), lambda: [L.RMSNormalization()]),
+    "rms_norm_two_axes_after_conv": ((5, 5, 2), lambda: [
+        L.Conv2D(3, 3), L.RMSNormalization(axis=[-2, -1], epsilon=1e-3)]),
+    "unit_norm": ((4, 7), lambda: [L.UnitNormalization()]),
+    "unit_norm_inner_axis": ((4, 7), lambda: [L.UnitNormalization(axis=1)]),
+    # the spatial axes of the conv's NCHW output, normalized in that layout
+    "unit_norm_after_conv": ((5, 5, 2), lambda: [L.Conv2D(6, 3),
+                                                 L.UnitNormalization(axis=[1, 2])]),
 }
 
 
@@ -1037,3 +1045,151 @@ def test_multi_head_attention_in_a_sequential_block():
     a = L.MultiHeadAttention(4, 2, output_shape=8)(h, h)
     y = L.LayerNormalization()(L.Add()([h, a]))
     check_export(pynn.Model(x, L.Dense(3)(y)), rand((3, 6, 5)))
+
+
+# -- Attention, AdditiveAttention ------------------------------------------------------------
+SCORE_ATTENTION = {
+    "dot": lambda: L.Attention(),
+    "dot_scale": lambda: L.Attention(use_scale=True),
+    "concat": lambda: L.Attention(score_mode="concat"),
+    "concat_scale": lambda: L.Attention(use_scale=True, score_mode="concat"),
+    "additive": lambda: L.AdditiveAttention(),
+    "additive_no_scale": lambda: L.AdditiveAttention(use_scale=False),
+}
+# how the layer is called: a key or not, use_causal_mask, return_attention_scores
+SCORE_CALLS = {
+    "plain": (False, False, False),
+    "key": (True, False, False),
+    "causal": (False, True, False),
+    "causal_key_scores": (True, True, True),
+    "scores": (False, False, True),
+}
+
+
+def _score_attention_call(layer, query, value, key, call):
+    has_key, causal, scores = SCORE_CALLS[call]
+    return layer([query, value] + ([key] if has_key else []), use_causal_mask=causal,
+                 return_attention_scores=scores)
+
+
+@pytest.mark.parametrize("opset", OPSET_BOUNDS)
+@pytest.mark.parametrize("call", sorted(SCORE_CALLS))
+@pytest.mark.parametrize("kind", sorted(SCORE_ATTENTION))
+def test_score_attention(kind, call, opset):
+    """Attention and AdditiveAttention on plain inputs: every score mode and use_scale, with
+    and without a key, causal (query and value of other lengths), the weights returned."""
+    q, v, k = pynn.Input((4, 5), name="query"), pynn.Input((6, 3), name="value"), \
+        pynn.Input((6, 5), name="key")
+    if not SCORE_CALLS[call][0]:
+        v = pynn.Input((6, 5), name="value")
+    y = _score_attention_call(SCORE_ATTENTION[kind](), q, v, k, call)
+    inputs = [q, v] + ([k] if SCORE_CALLS[call][0] else [])
+    xs = [rand((3,) + tuple(t.shape[1:]), seed=s) for s, t in enumerate(inputs, 1)]
+    proto = check_export(pynn.Model(inputs, y), xs, opset=opset)
+    ops = op_types(proto)
+    assert ops.count("Softmax") == 1
+    assert ("Tanh" in ops) == (kind != "dot" and kind != "dot_scale")
+    assert len(proto.graph.output) == (2 if "scores" in call else 1)
+
+
+def _padded_decoder_encoder_ids():
+    """Decoder ids (5, 5) and encoder ids (5, 7) with padding leading, trailing and inside;
+    encoder row 3 is padding alone (its decoder row is not), decoder row 4 too."""
+    encoder = padded_ids((5, 7))
+    decoder = padded_ids((5, 5), seed=6)
+    decoder[3], decoder[4] = [1, 2, 3, 4, 5], 0
+    return decoder, encoder
+
+
+@pytest.mark.parametrize("opset", OPSET_BOUNDS)
+@pytest.mark.parametrize("call", sorted(SCORE_CALLS))
+@pytest.mark.parametrize("kind", sorted(SCORE_ATTENTION))
+def test_masked_score_attention(kind, call, opset):
+    """A shared Embedding(mask_zero=True) over the decoder's ids (the query) and the
+    encoder's (the value; the key, when there is one, a Dense of it, whose mask is unread as
+    in Keras): masked scores lowered by 1e9, so a value row of padding alone attends to all
+    its steps alike; padded query steps output zeros."""
+    dec_ids = pynn.Input((5,), dtype="int32", name="decoder")
+    enc_ids = pynn.Input((7,), dtype="int32", name="encoder")
+    embed = L.Embedding(11, 4, mask_zero=True)
+    query, value = embed(dec_ids), embed(enc_ids)
+    key = L.Dense(4)(value)
+    y = _score_attention_call(SCORE_ATTENTION[kind](), query, value, key, call)
+    model = pynn.Model([dec_ids, enc_ids], y)
+    xs = list(_padded_decoder_encoder_ids())
+    proto = check_export(model, xs, opset=opset)
+    got = run_onnx(proto, xs)
+    np.testing.assert_array_equal(got[0][xs[0] == 0], 0.0)
+    if SCORE_CALLS[call][2]:
+        weights = got[1]
+        np.testing.assert_allclose(weights[3], 1.0 / 7, rtol=1e-6)   # value padding alone
+        if not SCORE_CALLS[call][1]:   # row 1: the value's two trailing steps padded
+            np.testing.assert_array_equal(weights[1][:, -2:], 0.0)
+
+
+@pytest.mark.parametrize("kind", ["dot_scale", "additive"])
+def test_score_attention_output_carries_the_querys_mask(kind):
+    """The output's mask is the query's: a masked mean after it averages the decoder's kept
+    steps (NaN on a decoder row of padding alone); with an unmasked query and a masked value
+    the output has none and the mean is a plain one."""
+    dec_ids = pynn.Input((5,), dtype="int32", name="decoder")
+    enc_ids = pynn.Input((7,), dtype="int32", name="encoder")
+    embed = L.Embedding(11, 4, mask_zero=True)
+    a = SCORE_ATTENTION[kind]()([embed(dec_ids), embed(enc_ids)], use_causal_mask=True)
+    model = pynn.Model([dec_ids, enc_ids], L.Dense(2)(L.GlobalAveragePooling1D()(a)))
+    xs = [padded_ids((5, 5), seed=6), padded_ids((5, 7))]
+    check_export(model, xs)
+    assert np.isnan(model.predict(xs, verbose=0)[3]).all()
+
+    q = pynn.Input((5, 4), name="query")
+    a2 = SCORE_ATTENTION[kind]()([q, embed(enc_ids)])
+    model2 = pynn.Model([q, enc_ids], L.Dense(2)(L.GlobalAveragePooling1D()(a2)))
+    xs2 = [rand((5, 5, 4)), padded_ids((5, 7))]
+    check_export(model2, xs2)
+    assert np.isfinite(model2.predict(xs2, verbose=0)).all()
+
+
+@pytest.mark.parametrize("opset", OPSET_BOUNDS)
+def test_score_attention_unknown_steps(opset):
+    """Steps unknown at export: the causal triangle comes from Range."""
+    x = pynn.Input((None, 4))
+    y = L.Attention(use_scale=True, score_mode="concat")([x, x], use_causal_mask=True)
+    model = randomize(pynn.Model(x, y))
+    proto = pynn.onnx.export(model, opset=opset)
+    assert "Range" in op_types(proto)
+    for steps in (1, 5, 9):
+        xs = rand((2, steps, 4), seed=steps)
+        np.testing.assert_allclose(run_onnx(proto, [xs])[0], np.asarray(model(xs)),
+                                   rtol=1e-5, atol=1e-5)
+
+
+# -- EinsumDense: ONNX's Einsum ---------------------------------------------------------------
+@pytest.mark.parametrize("equation, output_shape, bias_axes, shape, activation", [
+    ("ab,bc->ac", (5,), "c", (4,), "relu"),
+    ("abc,cde->abde", (None, 2, 3), "de", (4, 5), None),
+    ("abcd,cde->abe", (None, 7), "e", (4, 2, 5), "tanh"),
+    ("...b,bc->...c", (6,), "c", (4, 5), "gelu"),
+    ("...ab,bc->...ac", (None, 6), None, (3, 4, 5), None),
+    ("abc,cd->ad", (6,), "d", (4, 5), None),
+    ("abc,dc->adb", (6, 4), "d", (4, 5), "sigmoid"),
+])
+@pytest.mark.parametrize("opset", [13, None])
+def test_einsum_dense(equation, output_shape, bias_axes, shape, activation, opset):
+    model = seq(shape, L.EinsumDense(equation, output_shape, bias_axes=bias_axes,
+                                     activation=activation))
+    proto = check_export(model, rand((3,) + shape), opset=opset)
+    assert "Einsum" in op_types(proto)
+
+
+@pytest.mark.parametrize("opset", [13, None])
+@pytest.mark.parametrize("masked", [False, True])
+def test_group_query_attention(opset, masked):
+    """Each key and value head read by its group of query heads (ONNX's Tile), padding's
+    mask, the causal triangle and the gate."""
+    ids = L.Input((7,), dtype="int32")
+    x = L.Embedding(13, 6, mask_zero=masked)(ids)
+    a = L.GroupQueryAttention(3, 4, 2, use_gate=True)(x, x, use_causal_mask=True)
+    model = pynn.Model(ids, L.Dense(2)(L.GlobalAveragePooling1D()(a)))
+    data = np.random.default_rng(3).integers(1, 13, (4, 7)).astype(np.int32)
+    data[:, 5:] = 0
+    check_export(model, data, opset=opset)

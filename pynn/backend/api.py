@@ -6,8 +6,8 @@ Where an op lives: one name, five places
 ----------------------------------------
 An op of family F (dense, conv, pool, activation, loss, metric, dropout, optim, rnn,
 merge, spatial, shape, normalization, depthwise,
-preprocessing, sparse, quant, elementwise, rnn_mask, bf16, attention) named ``<op>`` is, under that same
-name:
+preprocessing, sparse, quant, elementwise, rnn_mask, bf16, attention) named ``<op>`` is,
+under that same name:
 - ``native/F.pyx``: the CPU kernel, exported as ``pynn._native.F.<op>``;
 - ``opencl/F.cl``: its OpenCL kernels, driven by ``pynn/backend/opencl/F.py``;
 - ``pynn/backend/operands/F.py``: the checks of its arguments, which both backends call
@@ -385,6 +385,18 @@ OPS = {
     "group_norm_forward": ("x", "gamma", "beta", "groups", "epsilon", "rms_scaling"),
     "group_norm_backward": ("dy", "x", "gamma", "mean", "inv_std", "groups", "rms_scaling",
                             "need_input_grad"),
+    # Keras 3's ops.rms_normalization over the last axis of x (..., C) (RMSNormalization is
+    # this on x reshaped to (rows, normalized features)): y = x * inv_rms * scale, inv_rms =
+    # 1/sqrt(mean(x^2) + epsilon) per row, no centering; scale (C,) or None (ones).
+    # Forward -> (y, inv_rms of shape x.shape[:-1]); backward -> (dx or None, dscale (C,)).
+    "rms_norm_forward": ("x", "scale", "epsilon"),
+    "rms_norm_backward": ("dy", "x", "scale", "inv_rms", "need_input_grad"),
+    # Keras 3's ops.normalize(x, order=2) over the last axis (UnitNormalization, epsilon
+    # 1e-12): y = x * inv_norm, inv_norm = min(1/sqrt(sum(x^2)), 1/epsilon) per row.
+    # Forward -> (y, inv_norm); backward -> dx, inv_norm a constant in the rows where the cap
+    # 1/epsilon (in x's dtype) holds (torch's minimum, so Keras's gradient).
+    "unit_norm_forward": ("x", "epsilon"),
+    "unit_norm_backward": ("dy", "x", "inv_norm", "epsilon"),
     # -- issue 12: activation layers, noise layers, constraints ----------------------------
     # activation (native/activation.pyx): Keras 3's relu(x, negative_slope, max_value,
     # threshold): min(x, max_value) where x > threshold, else negative_slope * (x -

@@ -38,6 +38,10 @@ from pynn._native.normalization import (  # noqa: F401
     batch_norm_forward,
     group_norm_backward,
     group_norm_forward,
+    rms_norm_backward,
+    rms_norm_forward,
+    unit_norm_backward,
+    unit_norm_forward,
 )
 from pynn._native.metric import (  # noqa: F401
     confusion_matrix,  # confusion_matrix, fbeta_counts, threshold_counts: issue 15

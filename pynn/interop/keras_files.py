@@ -332,6 +332,8 @@ def _ref(value, where):
                      CONFIG_NAME)
 
 
+# The attention layers with projections, called as Keras's MultiHeadAttention.
+_HEADS_ATTENTION = ("MultiHeadAttention", "GroupQueryAttention")
 # MultiHeadAttention's call: query and value positional, key and attention_mask tensors and
 # two flags by keyword (pynn.layers.attention.CallOptions); masks come from the graph.
 _ATTENTION_TENSORS = ("key", "attention_mask")
@@ -397,7 +399,7 @@ def _calls(entry, where):
     MultiHeadAttention entry's call options go into its config (every call must agree)."""
     calls = []
     for node in entry.get("inbound_nodes") or []:
-        if isinstance(node, dict) and entry.get("class_name") == "MultiHeadAttention":
+        if isinstance(node, dict) and entry.get("class_name") in _HEADS_ATTENTION:
             refs, options = _attention_call(node, entry, where)
             config = entry.setdefault("config", {})
             if config.setdefault("call_options", options) != options:
@@ -663,12 +665,16 @@ def _keras_class(layer):
     return "Functional" if isinstance(layer, Model) else type(layer).__name__
 
 
+# Keras's classes whose exported name is not their own: the weights file takes the class's
+_KERAS_CLASS_BEHIND = {"GroupQueryAttention": "GroupedQueryAttention"}
+
+
 def _child_paths(layers, parent):
     """Keras's group name for each layer: its snake_case class, numbered per class in
     ``model.layers`` order (Keras never addresses weights by layer name)."""
     used = {}
     for layer in layers:
-        name = _snake(_keras_class(layer))
+        name = _snake(_KERAS_CLASS_BEHIND.get(_keras_class(layer), _keras_class(layer)))
         used[name] = used.get(name, -1) + 1
         yield layer, f"{parent}/{name}" if used[name] == 0 else f"{parent}/{name}_{used[name]}"
 
@@ -687,16 +693,20 @@ def _var_groups(layer, path):
                 (f"{path}/cell/vars", f"{_snake(cls)}_cell", layer.weights)]
     if cls == "TimeDistributed":
         return [(f"{path}/vars", layer.name, [])] + _var_groups(layer.layer, f"{path}/layer")
-    if cls == "MultiHeadAttention":
+    if cls in _HEADS_ATTENTION:
         # Keras's sublayers, each an EinsumDense (kernel, then bias), and the two without
-        # weights; the gate's attribute keeps its underscore in Keras's file
+        # weights; MultiHeadAttention's file names its projections by their properties
+        # (query_dense, ...), GroupQueryAttention's by their attributes (_query_dense, ...),
+        # and both the gate by its attribute
+        under = "_" if cls == "GroupQueryAttention" else ""
         groups = [(f"{path}/vars", layer.name, [])]
         for group, name, kernel, bias in (
-                ("query_dense", "query", layer.query_kernel, layer.query_bias),
-                ("key_dense", "key", layer.key_kernel, layer.key_bias),
+                (f"{under}query_dense", "query", layer.query_kernel, layer.query_bias),
+                (f"{under}key_dense", "key", layer.key_kernel, layer.key_bias),
                 ("_gate_dense", "gate", layer.gate_kernel, layer.gate_bias),
-                ("value_dense", "value", layer.value_kernel, layer.value_bias),
-                ("output_dense", "attention_output", layer.output_kernel, layer.output_bias)):
+                (f"{under}value_dense", "value", layer.value_kernel, layer.value_bias),
+                (f"{under}output_dense", "attention_output", layer.output_kernel,
+                 layer.output_bias)):
             if kernel is not None:
                 groups.append((f"{path}/{group}/vars", name,
                                [v for v in (kernel, bias) if v is not None]))
@@ -1124,7 +1134,7 @@ def _keras_layer_spec(layer, with_build=True):
         spec["build_config"] = {"input_shape": _json_shape(layer.input_shape)}
     if cls in _SCORE_ATTENTION:
         spec["config"].pop("call_options", None)   # Keras keeps them in the nodes
-    if cls == "MultiHeadAttention":
+    if cls in _HEADS_ATTENTION:
         spec["config"].pop("call_options", None)   # Keras keeps them in the nodes
         if layer.built and with_build:
             shapes = [_json_shape(s) for s in layer.input_shape]
@@ -1137,7 +1147,7 @@ def _keras_layer_spec(layer, with_build=True):
 def _keras_call(node, node_index):
     """Keras 3's inbound node of one pynn node."""
     layer = node.layer
-    if type(layer).__name__ == "MultiHeadAttention":
+    if type(layer).__name__ in _HEADS_ATTENTION:
         options = layer._call_options
         tensors = [_tensor(t, node_index) for t in node.inputs]
         kwargs = {}

@@ -169,9 +169,18 @@ __all__ = ["Layer", "LAYERS", "Input", *LAYERS, "MaxPool2D", "AvgPool2D", "Globa
            # -- sequence layers, 1-D twins and text (issue 14, branch seq): Keras aliases --
            "Convolution1DTranspose", "SeparableConvolution1D"]
 # -- attention: Keras 3's MultiHeadAttention on the attention ops --
-from pynn.layers.attention import AdditiveAttention, Attention, MultiHeadAttention  # noqa: E402
+from pynn.layers.attention import (  # noqa: E402
+    AdditiveAttention, Attention, GroupedQueryAttention, GroupQueryAttention, MultiHeadAttention,
+)
 
-LAYERS.update({cls.__name__: cls for cls in (MultiHeadAttention, Attention, AdditiveAttention)})
+LAYERS.update({cls.__name__: cls for cls in (MultiHeadAttention, Attention, AdditiveAttention,
+                                             GroupQueryAttention)})
+__all__ += ["GroupedQueryAttention"]   # Keras's class name; its files say GroupQueryAttention
+# -- normalization: Keras 3's RMSNormalization and UnitNormalization --
+from pynn.layers.normalization import RMSNormalization, UnitNormalization  # noqa: E402
+
+LAYERS.update({cls.__name__: cls for cls in (RMSNormalization, UnitNormalization)})
+__all__ += ["RMSNormalization", "UnitNormalization"]
 # -- Keras 3's EinsumDense: one Dense product between transposes --
 from pynn.layers.einsum_dense import EinsumDense  # noqa: E402
 

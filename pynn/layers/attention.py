@@ -208,21 +208,21 @@ class MultiHeadAttention(SeededLayer):
         h, kd, vd = self.num_heads, self.key_dim, self.value_dim
         out = self.output_shape_arg or (query[-1],)
 
-        def projection(name, rows, width):
-            kernel = self.add_weight(f"{name}/kernel", (rows, h, width),
+        def projection(name, rows, width, heads=h):
+            kernel = self.add_weight(f"{name}/kernel", (rows, heads, width),
                                      initializers.by_axes(self.kernel_initializer, [0], [1, 2]),
                                      self.kernel_regularizer, constraint=self.kernel_constraint)
-            bias = (self.add_weight(f"{name}/bias", (h, width), self.bias_initializer,
+            bias = (self.add_weight(f"{name}/bias", (heads, width), self.bias_initializer,
                                     self.bias_regularizer, constraint=self.bias_constraint)
                     if self.use_bias else None)
             return kernel, bias
 
         self.query_kernel, self.query_bias = projection("query", query[-1], kd)
-        self.key_kernel, self.key_bias = projection("key", key[-1], kd)
+        self.key_kernel, self.key_bias = projection("key", key[-1], kd, self._kv_heads)
         self.gate_kernel = self.gate_bias = None
         if self.use_gate:
             self.gate_kernel, self.gate_bias = projection("gate", query[-1], vd)
-        self.value_kernel, self.value_bias = projection("value", value[-1], vd)
+        self.value_kernel, self.value_bias = projection("value", value[-1], vd, self._kv_heads)
         self.output_kernel = self.add_weight(
             "attention_output/kernel", (h, vd) + tuple(out),
             initializers.by_axes(self.kernel_initializer, [0, 1],
@@ -232,6 +232,17 @@ class MultiHeadAttention(SeededLayer):
             "attention_output/bias", tuple(out), self.bias_initializer, self.bias_regularizer,
             constraint=self.bias_constraint) if self.use_bias else None)
         super().build([tuple(shape) for shape in input_shape])
+
+    # GroupQueryAttention's key and value heads, each read by several query heads
+    @property
+    def _kv_heads(self):
+        return self.num_heads
+
+    def _repeat_heads(self, a):
+        return a
+
+    def _sum_heads(self, g):
+        return g
 
     def compute_output_shape(self, input_shape):
         query, value, _ = self._shapes(input_shape)
@@ -288,11 +299,12 @@ class MultiHeadAttention(SeededLayer):
         b = backend.current()
         n, steps, d = x.shape
         x2 = b.reshape(x, (n * steps, d))
-        k2 = b.reshape(kernel.value, (d, self.num_heads * width))
-        bias2 = None if bias is None else b.reshape(bias.value, (self.num_heads * width,))
+        heads = kernel.shape[1]
+        k2 = b.reshape(kernel.value, (d, heads * width))
+        bias2 = None if bias is None else b.reshape(bias.value, (heads * width,))
         forward = b.bf16_dense_forward if self._bf16_compute else b.dense_forward
         y, z = forward(x2, k2, bias2, activation, 0.0)
-        return b.reshape(y, (n, steps, self.num_heads, width)), (x2, k2, y, z, (n, steps))
+        return b.reshape(y, (n, steps, heads, width)), (x2, k2, y, z, (n, steps))
 
     def call(self, inputs, training=False, mask=None):
         b = backend.current()
@@ -305,6 +317,7 @@ class MultiHeadAttention(SeededLayer):
         q, q_saved = self._project(query, self.query_kernel, self.query_bias, self.key_dim)
         k, k_saved = self._project(key, self.key_kernel, self.key_bias, self.key_dim)
         v, v_saved = self._project(value, self.value_kernel, self.value_bias, vd)
+        k, v = self._repeat_heads(k), self._repeat_heads(v)
         if attend is not None and b.NAME != "cpu":
             attend = b.asarray(attend, np.uint8)
         drop = None
@@ -359,6 +372,7 @@ class MultiHeadAttention(SeededLayer):
                                                  self.gate_bias, "sigmoid")
         datt = b.reshape(datt2, (n, t, h, vd))
         dq, dk, dv = b.attention_backward(datt, q, k, v, probs, self.scale, drop, dscores)
+        dk, dv = self._sum_heads(dk), self._sum_heads(dv)
         dquery = self._project_backward(dq, q_saved, self.query_kernel, self.query_bias)
         dkey = self._project_backward(dk, k_saved, self.key_kernel, self.key_bias)
         dvalue = self._project_backward(dv, v_saved, self.value_kernel, self.value_bias)
@@ -413,6 +427,76 @@ class MultiHeadAttention(SeededLayer):
         if self._call_options is not None:   # pynn's own; Keras keeps them in its nodes
             config["call_options"] = self._call_options.as_dict()
         return config
+
+
+class GroupQueryAttention(MultiHeadAttention):
+    """Keras 3's ``GroupQueryAttention(head_dim, num_query_heads, num_key_value_heads)``:
+    MultiHeadAttention whose key and value projections have fewer heads, each read by
+    ``num_query_heads // num_key_value_heads`` consecutive query heads (Keras's
+    ``ops.repeat`` along the heads); the output projection maps back to the query's
+    features. The repeats are a broadcast on the backend, their gradients its sum."""
+
+    def __init__(self, head_dim, num_query_heads, num_key_value_heads, dropout=0.0,
+                 use_bias=True, sliding_window=None, flash_attention=None,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, kernel_constraint=None,
+                 bias_constraint=None, use_gate=False, seed=None, call_options=None, **kwargs):
+        super().__init__(num_query_heads, head_dim, value_dim=head_dim, dropout=dropout,
+                         use_bias=use_bias, sliding_window=sliding_window,
+                         flash_attention=flash_attention,
+                         kernel_initializer=kernel_initializer,
+                         bias_initializer=bias_initializer,
+                         kernel_regularizer=kernel_regularizer,
+                         bias_regularizer=bias_regularizer,
+                         kernel_constraint=kernel_constraint, bias_constraint=bias_constraint,
+                         use_gate=use_gate, seed=seed, call_options=call_options, **kwargs)
+        self.num_key_value_heads = _positive_int(self.name, "num_key_value_heads",
+                                                 num_key_value_heads)
+        if self.num_heads % self.num_key_value_heads:
+            raise ValueError(f"GroupQueryAttention '{self.name}': num_query_heads "
+                             f"({self.num_heads}) must be divisible by num_key_value_heads "
+                             f"({self.num_key_value_heads})")
+        self.repeats = self.num_heads // self.num_key_value_heads
+
+    def _shapes(self, input_shape):
+        query, value, key = super()._shapes(input_shape)
+        if query[-1] != value[-1]:
+            raise ValueError(f"GroupQueryAttention '{self.name}': the last dimension of query "
+                             f"and value must be equal (Keras's rule), got query "
+                             f"{shape_str(query)} and value {shape_str(value)}")
+        return query, value, key
+
+    @property
+    def _kv_heads(self):
+        return self.num_key_value_heads
+
+    def _repeat_heads(self, a):
+        if self.repeats == 1:
+            return a
+        b = backend.current()
+        n, s, heads, width = a.shape
+        spread = b.elementwise_binary(b.zeros((n, s, heads, self.repeats, width), a.dtype),
+                                      b.reshape(a, (n, s, heads, 1, width)), "add")
+        return b.reshape(spread, (n, s, heads * self.repeats, width))
+
+    def _sum_heads(self, g):
+        if self.repeats == 1:
+            return g
+        b = backend.current()
+        n, s, _, width = g.shape
+        grouped = b.reshape(g, (n, s, self.num_key_value_heads, self.repeats, width))
+        return b.reduce_axes(grouped, (3,), "sum", False)
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("num_heads", "key_dim", "value_dim", "output_shape", "attention_axes"):
+            config.pop(key, None)
+        config.update(head_dim=self.key_dim, num_query_heads=self.num_heads,
+                      num_key_value_heads=self.num_key_value_heads)
+        return config
+
+
+GroupedQueryAttention = GroupQueryAttention
 
 
 # -- Keras 3's Attention (Luong) and AdditiveAttention (Bahdanau) ----------------------------

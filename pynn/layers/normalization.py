@@ -1,8 +1,12 @@
 """Normalization layers (Keras 3's): BatchNormalization, LayerNormalization,
-GroupNormalization, and ``fold_batch_norm`` for inference plans.
+GroupNormalization, RMSNormalization, UnitNormalization, and ``fold_batch_norm`` for
+inference plans.
 
-All three run on two backend op pairs: ``batch_norm_*`` and ``group_norm_*``; layer norm is
-group norm with one group over the input reshaped to (rows, normalized features).
+The first three run on two backend op pairs: ``batch_norm_*`` and ``group_norm_*``; layer norm
+is group norm with one group over the input reshaped to (rows, normalized features).
+RMSNormalization and UnitNormalization run on ``rms_norm_*`` and ``unit_norm_*`` over the
+input reshaped the same way (UnitNormalization moves other normalized axes to the end first,
+with the transpose ops).
 """
 
 import math
@@ -12,6 +16,7 @@ import operator
 import numpy as np
 
 from pynn import backend, constraints, initializers, regularizers
+from pynn.backend.operands.shape import MAX_DIMS
 from pynn.layers.base import Layer, shape_str
 
 
@@ -360,6 +365,32 @@ class BatchNormalization(_Normalization):
         return config
 
 
+def _axis_arg(label, axis):
+    """An int, or a non-empty list of ints (a tuple becomes a list, as Keras keeps it)."""
+    if isinstance(axis, (list, tuple)):
+        if not axis:
+            raise ValueError(f"{label}: axis must name at least one axis, got {axis!r}")
+        return [_int_axis(label, a) for a in axis]
+    return _int_axis(label, axis)
+
+
+def _resolve_axes(label, axis, input_shape):
+    """The sorted, distinct non-batch axes that ``axis`` (an int or a list) names."""
+    axes = axis if isinstance(axis, list) else [axis]
+    return sorted({_resolve_axis(label, a, input_shape) for a in axes})
+
+
+def _trailing_axes(label, axis, input_shape):
+    """``axis`` resolved; they must be the input's trailing axes."""
+    resolved = _resolve_axes(label, axis, input_shape)
+    ndim = len(input_shape)
+    if resolved != list(range(ndim - len(resolved), ndim)):
+        raise ValueError(f"{label}: axis {axis!r} must be the trailing axes of input "
+                         f"shape {shape_str(input_shape)} (pynn normalizes a contiguous "
+                         f"tail, e.g. axis=-1 or axis=[-2, -1])")
+    return resolved
+
+
 class LayerNormalization(_Normalization):
     """Keras 3's LayerNormalization over ``axis``: an int or a list of axes, which must be
     the trailing axes of the input (pynn normalizes a contiguous tail). gamma/beta have the
@@ -377,25 +408,11 @@ class LayerNormalization(_Normalization):
                          beta_regularizer=beta_regularizer, gamma_regularizer=gamma_regularizer,
                          beta_constraint=beta_constraint, gamma_constraint=gamma_constraint,
                          **kwargs)
-        label = self._label()
-        if isinstance(axis, (list, tuple)):
-            if not axis:
-                raise ValueError(f"{label}: axis must name at least one axis, got {axis!r}")
-            self.axis = [_int_axis(label, a) for a in axis]
-        else:
-            self.axis = _int_axis(label, axis)
+        self.axis = _axis_arg(self._label(), axis)
         self.rms_scaling = bool(rms_scaling)
 
     def _axes(self, input_shape):
-        axes = self.axis if isinstance(self.axis, list) else [self.axis]
-        label = self._label()
-        resolved = sorted({_resolve_axis(label, a, input_shape) for a in axes})
-        ndim = len(input_shape)
-        if resolved != list(range(ndim - len(resolved), ndim)):
-            raise ValueError(f"{label}: axis {self.axis!r} must be the trailing axes of input "
-                             f"shape {shape_str(input_shape)} (pynn normalizes a contiguous "
-                             f"tail, e.g. axis=-1 or axis=[-2, -1])")
-        return resolved
+        return _trailing_axes(self._label(), self.axis, input_shape)
 
     def build(self, input_shape):
         axes = self._axes(input_shape)
@@ -512,6 +529,137 @@ class GroupNormalization(_Normalization):
     def get_config(self):
         config = super().get_config()
         config.update(groups=self.groups, axis=self.axis)
+        return config
+
+
+class RMSNormalization(Layer):
+    """Keras 3's RMSNormalization: y = x * rsqrt(mean(x^2) + epsilon) * scale over ``axis``
+    (an int or a list: the input's trailing axes, which Keras's torch path also needs), no
+    centering. One weight, ``scale``, shaped as the normalized axes and initialized to ones.
+    Keras drops an input's mask here (supports_masking False), and so does pynn."""
+
+    def __init__(self, axis=-1, epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        label = self._label()
+        self.axis = _axis_arg(label, axis)
+        if isinstance(epsilon, bool):
+            raise TypeError(f"{label}: epsilon must be a number, got {epsilon!r}")
+        try:
+            self.epsilon = float(epsilon)
+        except (TypeError, ValueError):
+            raise TypeError(f"{label}: epsilon must be a number, got {epsilon!r}") from None
+        if not (math.isfinite(self.epsilon) and self.epsilon >= 0):
+            raise ValueError(f"{label}: epsilon must be finite and >= 0, got {epsilon!r}")
+        self.scale = None
+
+    def _label(self):
+        return f"{type(self).__name__} '{self.name}'"
+
+    def build(self, input_shape):
+        axes = _trailing_axes(self._label(), self.axis, input_shape)
+        self._shape = tuple(input_shape[a] for a in axes)
+        self._features = math.prod(self._shape)
+        self.scale = self.add_weight("scale", self._shape, "ones")
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        _trailing_axes(self._label(), self.axis, input_shape)
+        return tuple(input_shape)
+
+    def _flat_scale(self):
+        return backend.current().reshape(self.scale.value, (self._features,))
+
+    def call(self, x, training=False):
+        b = backend.current()
+        x2 = b.reshape(x, (-1, self._features))
+        y, inv_rms = b.rms_norm_forward(x2, self._flat_scale(), self.epsilon)
+        if training:
+            self._cache = (x2, inv_rms)
+        return b.reshape(y, tuple(x.shape))
+
+    def backward(self, dy):
+        if self._cache is None:
+            raise RuntimeError(f"{self._label()}: backward() needs a preceding "
+                               f"call(x, training=True)")
+        (x2, inv_rms), self._cache = self._cache, None
+        b = backend.current()
+        dx, dscale = b.rms_norm_backward(b.reshape(dy, tuple(x2.shape)), x2, self._flat_scale(),
+                                         inv_rms, self.needs_input_grad)
+        self.scale.grad = b.reshape(dscale, self._shape)
+        return None if dx is None else b.reshape(dx, tuple(dy.shape))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(axis=self.axis, epsilon=self.epsilon)
+        return config
+
+
+class UnitNormalization(Layer):
+    """Keras 3's UnitNormalization: each sample scaled to unit L2 norm over ``axis`` (an int
+    or a list of non-batch axes), Keras's ops.normalize(x, order=2, epsilon=1e-12):
+    y = x * min(rsqrt(sum(x^2)), 1e12). No weights; the input's mask passes on. Axes that are
+    not the trailing ones are moved to the end and back with the transpose ops (inputs of at
+    most 6 axes then)."""
+
+    supports_masking = True  # the input's mask passes on, as in Keras 3
+    EPSILON = 1e-12  # Keras's, fixed in its call
+
+    def __init__(self, axis=-1, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = _axis_arg(self._label(), axis)
+
+    def _label(self):
+        return f"{type(self).__name__} '{self.name}'"
+
+    def _layout(self, input_shape):
+        """(perm or None, features): perm moves the normalized axes to the end, in order."""
+        axes = _resolve_axes(self._label(), self.axis, input_shape)
+        ndim = len(input_shape)
+        features = math.prod(input_shape[a] for a in axes)
+        if axes == list(range(ndim - len(axes), ndim)):
+            return None, features
+        if ndim > MAX_DIMS:
+            raise ValueError(f"{self._label()}: axis {self.axis!r} are not the trailing axes "
+                             f"of input shape {shape_str(input_shape)}, and pynn moves them "
+                             f"there only for inputs of at most {MAX_DIMS} axes")
+        perm = tuple(a for a in range(ndim) if a not in axes) + tuple(axes)
+        return perm, features
+
+    def build(self, input_shape):
+        self._perm, self._features = self._layout(input_shape)
+        self._axes = _resolve_axes(self._label(), self.axis, input_shape)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        self._layout(input_shape)
+        return tuple(input_shape)
+
+    def call(self, x, training=False):
+        b = backend.current()
+        xt = x if self._perm is None else b.transpose_forward(x, self._perm)
+        x2 = b.reshape(xt, (-1, self._features))
+        y, inv_norm = b.unit_norm_forward(x2, self.EPSILON)
+        if training:
+            self._cache = (x2, inv_norm, tuple(xt.shape))
+        y = b.reshape(y, tuple(xt.shape))
+        return y if self._perm is None else b.transpose_backward(y, self._perm)
+
+    def backward(self, dy):
+        if self._cache is None:
+            raise RuntimeError(f"{self._label()}: backward() needs a preceding "
+                               f"call(x, training=True)")
+        (x2, inv_norm, moved_shape), self._cache = self._cache, None
+        if not self.needs_input_grad:
+            return None
+        b = backend.current()
+        dyt = dy if self._perm is None else b.transpose_forward(dy, self._perm)
+        dx = b.unit_norm_backward(b.reshape(dyt, tuple(x2.shape)), x2, inv_norm, self.EPSILON)
+        dx = b.reshape(dx, moved_shape)
+        return dx if self._perm is None else b.transpose_backward(dx, self._perm)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(axis=self.axis)
         return config
 
 

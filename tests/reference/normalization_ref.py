@@ -127,3 +127,52 @@ def batch_norm_apply_ref(x, gamma, beta, mean, inv_std, axis=-1, activation="lin
     b = _channel_shape(x.ndim, axis % x.ndim)
     y = (x - _f64(mean).reshape(b)) * (_f64(inv_std) * gamma).reshape(b) + beta.reshape(b)
     return activation_forward_ref(y, activation, alpha)
+
+
+def _rows(x):
+    """x (..., C) as (rows, C)."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def rms_norm_forward_ref(x, scale, epsilon=1e-6):
+    """-> (y, inv_rms (x.shape[:-1])): y = x / sqrt(mean(x^2) + epsilon) * scale over the
+    last axis (Keras 3's ops.rms_normalization)."""
+    x = _f64(x)
+    c = x.shape[-1]
+    scale = np.ones(c) if scale is None else _f64(scale)
+    inv = 1.0 / np.sqrt(np.mean(x * x, axis=-1) + epsilon)
+    return x * inv[..., None] * scale, inv
+
+
+def rms_norm_backward_ref(dy, x, scale, inv_rms, need_input_grad=True):
+    """-> (dx or None, dscale), the chain rule through inv_rms written out:
+    d inv / d x_j = -inv^3 x_j / C."""
+    dy, x = _f64(dy), _f64(x)
+    c = x.shape[-1]
+    scale = np.ones(c) if scale is None else _f64(scale)
+    inv = _f64(inv_rms)[..., None]
+    dscale = _rows(dy * x * inv).sum(axis=0)
+    if not need_input_grad:
+        return None, dscale
+    g = dy * scale
+    dx = g * inv - inv ** 3 * x / c * (g * x).sum(axis=-1, keepdims=True)
+    return dx, dscale
+
+
+def unit_norm_forward_ref(x, epsilon=1e-12):
+    """-> (y, inv_norm (x.shape[:-1])): Keras 3's ops.normalize(x, order=2) over the last
+    axis, y = x * min(1 / sqrt(sum(x^2)), 1 / epsilon)."""
+    x = _f64(x)
+    with np.errstate(divide="ignore"):
+        inv = np.minimum(1.0 / np.sqrt(np.sum(x * x, axis=-1)), 1.0 / epsilon)
+    return x * inv[..., None], inv
+
+
+def unit_norm_backward_ref(dy, x, inv_norm, epsilon=1e-12):
+    """-> dx: inv*dy - inv^3 x sum(dy x) per row, or inv*dy where the cap 1/epsilon holds (a
+    constant there, as torch's minimum makes it)."""
+    dy, x = _f64(dy), _f64(x)
+    inv = _f64(inv_norm)[..., None]
+    capped = inv >= np.float64(np.asarray(1.0 / epsilon, dtype=np.asarray(inv_norm).dtype))
+    k = np.where(capped, 0.0, inv ** 3)
+    return dy * inv - k * x * (dy * x).sum(axis=-1, keepdims=True)

@@ -38,7 +38,8 @@ from pynn.backend.opencl.metric import (  # noqa: F401
 # -- normalization --
 from pynn.backend.opencl.normalization import (  # noqa: F401
     batch_norm_apply, batch_norm_backward, batch_norm_forward, group_norm_backward,
-    group_norm_forward,
+    group_norm_forward, rms_norm_backward, rms_norm_forward, unit_norm_backward,
+    unit_norm_forward,
 )
 from pynn.backend.opencl.optim import (  # noqa: F401
     adadelta_update, adagrad_update, adam_update, adam_update_many, adamax_update, ftrl_update,

@@ -4,7 +4,9 @@ Same names, signatures and semantics as ``native/normalization.pyx``; operands a
 ``pynn.backend.operands.normalization``. Each op is a reduction (two launches: partials by
 channel column, then their fold; or one work-group per (sample, group) for wide groups)
 and one elementwise launch; the moving statistics of batch norm are updated on the device
-by the statistics kernel. Statistics accumulate in float32 (the CPU's in double).
+by the statistics kernel. rms norm and unit norm reduce each row of x's last axis (one
+work-group per wide row, one work-item per narrow one). Statistics accumulate in float32 (the
+CPU's in double).
 """
 
 import numpy as np
@@ -183,3 +185,74 @@ def group_norm_backward(dy, x, gamma, mean, inv_std, groups, rms_scaling=False,
         elementwise(STEM, "group_norm_backward_input", x.size, dy, x, gamma_buf, has_gamma,
                     mean, inv_std, sg, sgx, dx, n, s, c, g, int(rms_scaling))
     return dx, dgamma, dbeta
+
+
+# -- rms norm and unit norm: x (R, C) by rows ------------------------------------------------
+
+def _row_sums(u, v, w, out, r, c, statistics, epsilon=0.0, unit=False, cap=0.0):
+    """out[r] = the inverse norm of row r (statistics) or sum(u * v * w) over it."""
+    w_buf, has_w = _optional(w, u)
+    args = (u, v, w_buf, has_w, out, r, c, int(statistics), np.float32(epsilon), int(unit),
+            np.float32(cap))
+    if c >= GROUP_RUN_MIN:
+        _per_group("row_norm_sums", r, *args)
+    else:
+        elementwise(STEM, "row_norm_sums_narrow", r, *args)
+
+
+def _row_norm_forward(op, x, scale, r, c, epsilon, unit):
+    cap = np.float32(1.0 / epsilon) if unit else np.float32(0.0)
+    y = rt.empty(x.shape, what=f"{op} output")
+    inv = rt.zeros(x.shape[:-1], what=f"{op} inverse norm")
+    if x.size:
+        _row_sums(x, x, None, inv, r, c, True, epsilon, unit, cap)
+        scale_buf, has_scale = _optional(scale, x)
+        elementwise(STEM, "row_norm_normalize", x.size, x, y, inv, scale_buf, has_scale, r, c)
+    return y, inv
+
+
+def _row_norm_dx(op, dy, x, scale, inv, r, c, unit, cap):
+    dx = rt.empty(x.shape, what=f"{op} dx")
+    if x.size:
+        t = rt.empty((r,), what=f"{op} row sums")
+        _row_sums(dy, x, scale, t, r, c, False)
+        scale_buf, has_scale = _optional(scale, x)
+        elementwise(STEM, "row_norm_backward_input", x.size, dy, x, scale_buf, has_scale, inv,
+                    t, dx, r, c, int(unit), np.float32(cap))
+    return dx
+
+
+def rms_norm_forward(x, scale, epsilon=1e-6):
+    """-> (y, inv_rms of shape x.shape[:-1])."""
+    x, scale, (r, c), epsilon = operands.rms_norm_forward(DEVICE, x, scale, epsilon)
+    return _row_norm_forward("rms_norm_forward", x, scale, r, c, epsilon, False)
+
+
+def rms_norm_backward(dy, x, scale, inv_rms, need_input_grad=True):
+    """-> (dx or None, dscale)."""
+    op = "rms_norm_backward"
+    dy, x, scale, inv_rms, (r, c), need_input_grad = operands.rms_norm_backward(
+        DEVICE, dy, x, scale, inv_rms, need_input_grad)
+    dscale = rt.zeros((c,), what=f"{op} dscale")
+    if x.size:
+        p = _partials(r)
+        part = rt.empty((p * c,), what=f"{op} partials")
+        elementwise(STEM, "rms_norm_scale_partials", p * c, dy, x, inv_rms, part, r, c, p)
+        elementwise(STEM, "rms_norm_scale_fold", c, part, dscale, c, p)
+    if not need_input_grad:
+        return None, dscale
+    return _row_norm_dx(op, dy, x, scale, inv_rms, r, c, False, 0.0), dscale
+
+
+def unit_norm_forward(x, epsilon=1e-12):
+    """-> (y, inv_norm of shape x.shape[:-1])."""
+    x, (r, c), epsilon = operands.unit_norm_forward(DEVICE, x, epsilon)
+    return _row_norm_forward("unit_norm_forward", x, None, r, c, epsilon, True)
+
+
+def unit_norm_backward(dy, x, inv_norm, epsilon=1e-12):
+    """-> dx."""
+    dy, x, inv_norm, (r, c), epsilon = operands.unit_norm_backward(DEVICE, dy, x, inv_norm,
+                                                                   epsilon)
+    return _row_norm_dx("unit_norm_backward", dy, x, None, inv_norm, r, c, True,
+                        np.float32(1.0 / epsilon))

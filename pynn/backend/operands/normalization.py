@@ -6,7 +6,8 @@ after it (B = 1 for channels_last); statistics are per channel over the M = A*B 
 Group norm sees x as (N, S, C): N the first axis, C the last, S everything between; the
 C channels split into ``groups`` consecutive groups of CG = C / groups, and statistics are
 per (n, group) over S*CG values. Layer norm is group norm with one group over x reshaped to
-(rows, features).
+(rows, features). RMS norm and unit norm see x as (R, C): one statistic per row of the C
+values of its last axis, R the product of the others.
 """
 
 import math
@@ -179,3 +180,66 @@ def group_norm_backward(arrays, dy, x, gamma, mean, inv_std, groups, rms_scaling
     check_shape(op, "inv_std", inv_std, (x.shape[0], g))
     return (dy, x, gamma, mean, inv_std, _group_dims(x, g), flag(op, "rms_scaling", rms_scaling),
             flag(op, "need_input_grad", need_input_grad))
+
+
+# -- rms norm and unit norm: x (..., C) by rows of its last axis ------------------------------
+
+def _row_input(arrays, op, x):
+    x = arrays.float_input(op, "x", x)
+    if x.ndim < 2:
+        raise ValueError(f"{op}: 'x' must have at least 2 dimensions (rows..., C), got shape "
+                         f"{tuple(x.shape)}")
+    return x
+
+
+def _row_dims(x):
+    """(R, C)."""
+    return (math.prod(x.shape[:-1]), x.shape[-1])
+
+
+def _row_statistic(arrays, op, name, a, x):
+    a = arrays.float_input(op, name, a, like=x)
+    check_shape(op, name, a, tuple(x.shape[:-1]))
+    return a
+
+
+def rms_norm_forward(arrays, x, scale, epsilon):
+    """-> (x, scale, (R, C), epsilon)."""
+    op = "rms_norm_forward"
+    x = _row_input(arrays, op, x)
+    scale = _vector(arrays, op, "scale", scale, x.shape[-1], x, optional=True)
+    return x, scale, _row_dims(x), _epsilon(op, epsilon)
+
+
+def rms_norm_backward(arrays, dy, x, scale, inv_rms, need_input_grad):
+    """-> (dy, x, scale, inv_rms, (R, C), need_input_grad)."""
+    op = "rms_norm_backward"
+    x = _row_input(arrays, op, x)
+    dy = arrays.float_input(op, "dy", dy, like=x)
+    check_shape(op, "dy", dy, x.shape)
+    scale = _vector(arrays, op, "scale", scale, x.shape[-1], x, optional=True)
+    inv_rms = _row_statistic(arrays, op, "inv_rms", inv_rms, x)
+    return (dy, x, scale, inv_rms, _row_dims(x),
+            flag(op, "need_input_grad", need_input_grad))
+
+
+def _unit_epsilon(op, epsilon):
+    """> 0, and 1/epsilon a finite float32 (the cap of the inverse norm)."""
+    return number(op, "epsilon", epsilon, lo=1e-30, hi=1e30)
+
+
+def unit_norm_forward(arrays, x, epsilon):
+    """-> (x, (R, C), epsilon)."""
+    op = "unit_norm_forward"
+    x = _row_input(arrays, op, x)
+    return x, _row_dims(x), _unit_epsilon(op, epsilon)
+
+
+def unit_norm_backward(arrays, dy, x, inv_norm, epsilon):
+    """-> (dy, x, inv_norm, (R, C), epsilon)."""
+    op = "unit_norm_backward"
+    x = _row_input(arrays, op, x)
+    dy = arrays.float_input(op, "dy", dy, like=x)
+    check_shape(op, "dy", dy, x.shape)
+    inv_norm = _row_statistic(arrays, op, "inv_norm", inv_norm, x)
+    return dy, x, inv_norm, _row_dims(x), _unit_epsilon(op, epsilon)
