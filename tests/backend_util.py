@@ -234,3 +234,31 @@ def hammer_equal(fn, xs, wants, calls):
         assert len(got[k]) == calls
         for y in got[k]:
             np.testing.assert_array_equal(y, want)
+
+
+def assert_step_matches_on_opencl(build, xs, y, loss="mse", atol=1e-5):
+    """``build()``'s model on the CPU and on OpenCL with the same weights: predictions, one
+    SGD step's loss and every weight after it agree (``atol``; the loss relative to it)."""
+    import pynn
+    from tests.opencl_util import skip_without_opencl
+
+    skip_without_opencl()
+    results, weights = {}, None
+    for device in ("cpu", "opencl"):
+        previous = pynn.get_device()
+        pynn.set_device(device)
+        try:
+            model = build()
+            weights = weights or model.get_weights()
+            model.set_weights(weights)
+            model.compile(optimizer=pynn.optimizers.SGD(0.1), loss=loss)
+            pred = model.predict(xs, verbose=0)
+            value = model.train_on_batch(xs, y)
+            results[device] = (pred, value, model.get_weights())
+        finally:
+            pynn.set_device(previous)
+    (p1, l1, w1), (p2, l2, w2) = results["cpu"], results["opencl"]
+    np.testing.assert_allclose(p2, p1, atol=atol)
+    assert abs(l2 - l1) <= atol * max(1, abs(l1)), f"loss on OpenCL {l2}, on the CPU {l1}"
+    for a, b in zip(w2, w1):
+        np.testing.assert_allclose(a, b, atol=atol)

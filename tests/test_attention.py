@@ -5,7 +5,8 @@ multipliers, thread-count invariance, and bad operands."""
 import numpy as np
 import pytest
 
-from tests.backend_util import check_op, rand
+from tests.backend_util import assert_step_matches_on_opencl, check_op, rand
+from tests.reference import gradcheck
 from tests.reference import attention_ref as ref
 
 @pytest.fixture
@@ -291,18 +292,8 @@ def test_a_row_attending_to_nothing_differs_only_on_keras_fused_path(rng):
     assert np.abs(fused[1, 2] - got[1, 2]).max() > 1e-3
 
 
-def _numerical(loss, x, eps=1e-6):
-    grad = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        up = loss()
-        flat[i] = old - eps
-        down = loss()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * eps)
-    return grad
+def _numerical(loss, x):
+    return gradcheck.numerical_grad(loss, x)
 
 
 @pytest.mark.parametrize("args, options", LAYER_CASES + [
@@ -406,12 +397,10 @@ def test_layer_trains_saves_and_predicts_alike_on_every_path(rng, tmp_path):
     assert twin.get_config() == config
 
 
+@pytest.mark.opencl
 def test_layer_on_opencl_matches_the_cpu(rng):
-    """One training step of a cross-attention model (key, causal mask, gate, dropout off) on
-    OpenCL: predictions, loss and every weight after the step as on the CPU."""
-    from tests.opencl_util import skip_without_opencl
-
-    skip_without_opencl()
+    """One training step of a cross-attention model (key, causal mask, gate) on OpenCL:
+    predictions, loss and every weight after the step as on the CPU."""
     import pynn
     from pynn import layers as L
 
@@ -422,27 +411,7 @@ def test_layer_on_opencl_matches_the_cpu(rng):
         return pynn.Model([q, v, k], L.Dense(2)(L.GlobalAveragePooling1D()(a)))
 
     xs = [rand(rng, (4, 5, 6)), rand(rng, (4, 7, 4)), rand(rng, (4, 7, 3))]
-    y = rand(rng, (4, 2))
-    results = {}
-    weights = None
-    for device in ("cpu", "opencl"):
-        previous = pynn.get_device()
-        pynn.set_device(device)
-        try:
-            model = build()
-            weights = weights or model.get_weights()
-            model.set_weights(weights)
-            model.compile(optimizer=pynn.optimizers.SGD(0.1), loss="mse")
-            pred = model.predict(xs, verbose=0)
-            loss = model.train_on_batch(xs, y)
-            results[device] = (pred, loss, model.get_weights())
-        finally:
-            pynn.set_device(previous)
-    (p1, l1, w1), (p2, l2, w2) = results["cpu"], results["opencl"]
-    np.testing.assert_allclose(p2, p1, atol=1e-5)
-    assert abs(l2 - l1) <= 1e-5 * max(1, abs(l1))
-    for a, b in zip(w2, w1):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert_step_matches_on_opencl(build, xs, rand(rng, (4, 2)))
 
 
 @pytest.mark.parametrize("make, call, message", [
@@ -701,34 +670,14 @@ def test_score_attention_keras_files_both_ways(rng, tmp_path, cls, args, scores)
         np.testing.assert_array_equal(got, w)
 
 
+@pytest.mark.opencl
 @pytest.mark.parametrize("cls, args", [SCORE_LAYERS[3], SCORE_LAYERS[4]])
 def test_score_attention_on_opencl_matches_the_cpu(rng, cls, args):
-    from tests.opencl_util import skip_without_opencl
-
-    skip_without_opencl()
     import pynn
 
     ids = _seq_ids(rng)
-    y = rand(rng, (4, 2))
-    results, weights = {}, None
-    for device in ("cpu", "opencl"):
-        previous = pynn.get_device()
-        pynn.set_device(device)
-        try:
-            model = _seq2seq(pynn, cls, dict(args, dropout=0.2, seed=1))
-            weights = weights or model.get_weights()
-            model.set_weights(weights)
-            model.compile(optimizer=pynn.optimizers.SGD(0.1), loss="mse")
-            pred = model.predict(ids, verbose=0)
-            loss = model.train_on_batch(ids, y)
-            results[device] = (pred, loss, model.get_weights())
-        finally:
-            pynn.set_device(previous)
-    (p1, l1, w1), (p2, l2, w2) = results["cpu"], results["opencl"]
-    np.testing.assert_allclose(p2, p1, atol=1e-5)
-    assert abs(l2 - l1) <= 1e-5 * max(1, abs(l1))
-    for a, b in zip(w2, w1):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert_step_matches_on_opencl(lambda: _seq2seq(pynn, cls, dict(args, dropout=0.2, seed=1)),
+                                  ids, rand(rng, (4, 2)))
 
 
 @pytest.mark.parametrize("call, message", [
@@ -864,33 +813,12 @@ def test_group_query_attention_keras_files_both_ways(rng, tmp_path):
                                atol=2e-6)
 
 
+@pytest.mark.opencl
 def test_group_query_attention_on_opencl_matches_the_cpu(rng):
-    from tests.opencl_util import skip_without_opencl
-
-    skip_without_opencl()
     import pynn
 
     ids = _ids(rng)
-    y = rand(rng, (len(ids), 2))
-    results, weights = {}, None
-    for device in ("cpu", "opencl"):
-        previous = pynn.get_device()
-        pynn.set_device(device)
-        try:
-            model = _gqa_model(pynn)
-            weights = weights or model.get_weights()
-            model.set_weights(weights)
-            model.compile(optimizer=pynn.optimizers.SGD(0.1), loss="mse")
-            pred = model.predict(ids, verbose=0)
-            loss = model.train_on_batch(ids, y)
-            results[device] = (pred, loss, model.get_weights())
-        finally:
-            pynn.set_device(previous)
-    (p1, l1, w1), (p2, l2, w2) = results["cpu"], results["opencl"]
-    np.testing.assert_allclose(p2, p1, atol=1e-5)
-    assert abs(l2 - l1) <= 1e-5 * max(1, abs(l1))
-    for a, b in zip(w2, w1):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert_step_matches_on_opencl(lambda: _gqa_model(pynn), ids, rand(rng, (len(ids), 2)))
 
 
 def test_group_query_attention_bad_arguments(rng):

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.backend_util import rand
+from tests.backend_util import assert_step_matches_on_opencl, rand
 
 CASES = [  # equation, output_shape, bias_axes, input shape, activation
     ("ab,bc->ac", (5,), None, (3, 4), None),
@@ -79,38 +79,19 @@ def test_gradients_match_central_differences(float64, rng, equation, output_shap
     gradcheck.check_layer(layer, x, rng)
 
 
+@pytest.mark.opencl
 def test_on_opencl_matches_the_cpu(rng):
-    from tests.opencl_util import skip_without_opencl
-
-    skip_without_opencl()
     import pynn
     from pynn import layers as L
 
-    x, y = rand(rng, (4, 3, 5)), rand(rng, (4, 6))
-    results, weights = {}, None
-    for device in ("cpu", "opencl"):
-        previous = pynn.get_device()
-        pynn.set_device(device)
-        try:
-            inputs = L.Input((3, 5))
-            h = L.EinsumDense("abc,cde->abde", (None, 2, 3), bias_axes="de",
-                              activation="tanh")(inputs)
-            h = L.EinsumDense("abcd,cde->abe", (None, 4), bias_axes="e")(h)
-            out = L.EinsumDense("abc,bcd->ad", (6,), bias_axes="d")(h)
-            model = pynn.Model(inputs, out)
-            weights = weights or model.get_weights()
-            model.set_weights(weights)
-            model.compile(optimizer=pynn.optimizers.SGD(0.1), loss="mse")
-            pred = model.predict(x, verbose=0)
-            loss = model.train_on_batch(x, y)
-            results[device] = (pred, loss, model.get_weights())
-        finally:
-            pynn.set_device(previous)
-    (p1, l1, w1), (p2, l2, w2) = results["cpu"], results["opencl"]
-    np.testing.assert_allclose(p2, p1, atol=1e-5)
-    assert abs(l2 - l1) <= 1e-5 * max(1, abs(l1))
-    for a, b in zip(w2, w1):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+    def build():
+        inputs = L.Input((3, 5))
+        h = L.EinsumDense("abc,cde->abde", (None, 2, 3), bias_axes="de",
+                          activation="tanh")(inputs)
+        h = L.EinsumDense("abcd,cde->abe", (None, 4), bias_axes="e")(h)
+        return pynn.Model(inputs, L.EinsumDense("abc,bcd->ad", (6,), bias_axes="d")(h))
+
+    assert_step_matches_on_opencl(build, rand(rng, (4, 3, 5)), rand(rng, (4, 6)))
 
 
 def test_kernel_starts_with_keras_spread():
