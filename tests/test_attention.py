@@ -9,6 +9,12 @@ from tests.backend_util import assert_step_matches_on_opencl, check_op, rand
 from tests.reference import gradcheck
 from tests.reference import attention_ref as ref
 
+# Keras's GroupQueryAttention hands a masked input to its own EinsumDense sublayers, which
+# warn that they drop the mask (Keras's noise about Keras's layer)
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Layer '.*' \\(of type EinsumDense\\) was passed an input with a mask:UserWarning")
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(2031)
