@@ -597,6 +597,171 @@ def _unweighted_only(metric, sample_weight):
                                   f"{type(metric).__name__}")
 
 
+# -- Keras's other loss-shaped metrics: the running (weighted) mean of a loss op's values ----
+
+class _LossMetric(Metric):
+    """The running mean of a loss's per-sample values (Keras's MeanMetricWrapper over the
+    loss function): each batch is one ``loss_forward_backward`` call, forward only, the
+    sample weights handed to the op (its mean divides the weighted sum by the number of
+    values, so that times the number is the batch's weighted sum; the count adds the
+    weights). ``sign`` -1 turns a loss that is a negated score back (cosine similarity)."""
+
+    loss_name = None
+    sign = 1.0
+    sparse = False
+
+    def __init__(self, name=None, dtype=None, from_logits=False, label_smoothing=0.0,
+                 axis=-1):
+        label = f"{type(self).__name__} metric"
+        if axis not in (-1, None):
+            raise ValueError(f"{label}: only axis=-1 is supported, got {axis!r}")
+        try:
+            smoothing = float(label_smoothing)
+        except (TypeError, ValueError):
+            smoothing = -1.0
+        if not 0.0 <= smoothing <= 1.0:
+            raise ValueError(f"{label}: label_smoothing must be in [0, 1], got "
+                             f"{label_smoothing!r}")
+        self.from_logits, self.label_smoothing = bool(from_logits), smoothing
+        super().__init__(name=name, dtype=dtype)
+
+    def reset_state(self):
+        self.total = 0.0
+        self.count = 0.0
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        b = backend.current()
+        y_true, y_pred = _backend_arrays(y_true, y_pred, sparse=self.sparse)
+        per_sample = y_pred.shape[:-1] if len(y_pred.shape) > 1 else y_pred.shape
+        n = _size(y_pred) // (y_pred.shape[-1] if len(y_pred.shape) > 1 else 1) \
+            if _size(y_pred) else 0
+        weights = None
+        if sample_weight is not None:
+            w = _host(sample_weight).astype(np.float64)
+            if w.ndim > len(per_sample) and w.shape[-1] == 1:
+                w = w[..., 0]
+            try:
+                full = np.broadcast_to(w.reshape(w.shape + (1,) * (len(per_sample) - w.ndim)),
+                                       per_sample)
+            except ValueError:
+                raise ValueError(f"{self.name}: sample_weight of shape {w.shape} does not fit "
+                                 f"predictions of shape {tuple(y_pred.shape)}") from None
+            if not np.all(np.isfinite(full)):
+                raise ValueError(f"{self.name}: sample_weight must be finite")
+            weights = b.asarray(np.ascontiguousarray(full), y_pred.dtype)
+        param = self.label_smoothing if self.label_smoothing else None
+        mean, _ = b.loss_forward_backward(self.loss_name, y_true, y_pred, self.from_logits,
+                                          param, False, weights)
+        self.total += self.sign * mean * n
+        self.count += float(np.sum(full)) if weights is not None else n
+
+    def result(self):
+        return self.total / self.count if self.count else 0.0
+
+    def get_config(self):
+        config = {"name": self.name}
+        if self.loss_name in ("binary_crossentropy", "categorical_crossentropy"):
+            config.update(from_logits=self.from_logits, label_smoothing=self.label_smoothing)
+        elif self.loss_name == "sparse_categorical_crossentropy":
+            config["from_logits"] = self.from_logits
+        return config
+
+
+def _loss_metric(class_name, loss_name, default_name=None, **attrs):
+    return type(class_name, (_LossMetric,), dict(
+        loss_name=loss_name, default_name=default_name or loss_name,
+        __doc__=f"Keras's ``{class_name}`` metric: the running mean of ``{loss_name}``.",
+        __module__=__name__, **attrs))
+
+
+MeanSquaredLogarithmicError = _loss_metric("MeanSquaredLogarithmicError",
+                                           "mean_squared_logarithmic_error")
+MeanAbsolutePercentageError = _loss_metric("MeanAbsolutePercentageError",
+                                           "mean_absolute_percentage_error")
+Poisson = _loss_metric("Poisson", "poisson")
+KLDivergence = _loss_metric("KLDivergence", "kl_divergence")
+LogCoshError = _loss_metric("LogCoshError", "log_cosh", "logcosh")
+CosineSimilarity = _loss_metric("CosineSimilarity", "cosine_similarity", sign=-1.0)
+Hinge = _loss_metric("Hinge", "hinge")
+SquaredHinge = _loss_metric("SquaredHinge", "squared_hinge")
+CategoricalHinge = _loss_metric("CategoricalHinge", "categorical_hinge")
+BinaryCrossentropy = _loss_metric("BinaryCrossentropy", "binary_crossentropy")
+CategoricalCrossentropy = _loss_metric("CategoricalCrossentropy", "categorical_crossentropy")
+SparseCategoricalCrossentropy = _loss_metric("SparseCategoricalCrossentropy",
+                                             "sparse_categorical_crossentropy", sparse=True)
+
+
+class Accuracy(Metric):
+    """Keras's ``Accuracy``: how often predictions equal the targets exactly (the weighted
+    share of equal elements)."""
+
+    default_name = "accuracy"
+
+    def reset_state(self):
+        self.total = 0.0
+        self.count = 0.0
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        p = _host(y_pred)
+        t = _host(y_true).reshape(p.shape) if _host(y_true).size == p.size else _host(y_true)
+        equal = (t == p).astype(np.float64)
+        if sample_weight is None:
+            self.total += float(equal.sum())
+            self.count += float(equal.size)
+            return
+        values, weights = samplewise_weighted(equal, _host(sample_weight).astype(np.float64))
+        self.total += float(values.sum())
+        self.count += float(weights.sum())
+
+    def result(self):
+        return self.total / self.count if self.count else 0.0
+
+
+class _Count(_Confusion):
+    """Keras's TruePositives / FalsePositives / TrueNegatives / FalseNegatives at one
+    threshold: the (weighted) number of such elements seen."""
+
+    def reset_state(self):
+        self.tp = self.fp = self.fn = 0
+        self.elements = 0.0
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        super().update_state(y_true, y_pred, sample_weight)
+        if sample_weight is None:
+            self.elements += float(_size(_host(y_pred)))
+        else:
+            _, p, w = _weighted_inputs(self, y_true, y_pred, sample_weight)
+            self.elements += float(np.sum(w)) * p.shape[-1]
+
+
+class TruePositives(_Count):
+    default_name = "true_positives"
+
+    def result(self):
+        return float(self.tp)
+
+
+class FalsePositives(_Count):
+    default_name = "false_positives"
+
+    def result(self):
+        return float(self.fp)
+
+
+class FalseNegatives(_Count):
+    default_name = "false_negatives"
+
+    def result(self):
+        return float(self.fn)
+
+
+class TrueNegatives(_Count):
+    default_name = "true_negatives"
+
+    def result(self):
+        return float(self.elements - self.tp - self.fp - self.fn)
+
+
 def _size(a):
     n = 1
     for d in a.shape:
@@ -620,10 +785,27 @@ ALIASES = {
     "mean_absolute_error": MeanAbsoluteError, "mae": MeanAbsoluteError,
     "root_mean_squared_error": RootMeanSquaredError,
     "mean_io_u": MeanIoU,
+    # Keras's other metrics (their strings as keras.metrics.get takes them)
+    "mean_squared_logarithmic_error": MeanSquaredLogarithmicError,
+    "msle": MeanSquaredLogarithmicError,
+    "mean_absolute_percentage_error": MeanAbsolutePercentageError,
+    "mape": MeanAbsolutePercentageError,
+    "poisson": Poisson, "kl_divergence": KLDivergence, "log_cosh_error": LogCoshError,
+    "cosine_similarity": CosineSimilarity, "hinge": Hinge, "squared_hinge": SquaredHinge,
+    "categorical_hinge": CategoricalHinge, "binary_crossentropy": BinaryCrossentropy,
+    "categorical_crossentropy": CategoricalCrossentropy,
+    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+    "true_positives": TruePositives, "false_positives": FalsePositives,
+    "true_negatives": TrueNegatives, "false_negatives": FalseNegatives,
 }
 _NAMED_BY_STRING = {"fbeta_score", "auc", "mean_squared_error", "mse", "mean_absolute_error",
-                    "mae", "root_mean_squared_error"}
+                    "mae", "root_mean_squared_error", "msle", "mape",
+                    "mean_squared_logarithmic_error", "mean_absolute_percentage_error",
+                    "poisson", "kl_divergence", "log_cosh_error", "cosine_similarity", "hinge",
+                    "squared_hinge", "categorical_hinge", "binary_crossentropy",
+                    "categorical_crossentropy", "sparse_categorical_crossentropy"}
 _BY_CLASS = {cls.__name__: cls for cls in ALIASES.values()}
+_BY_CLASS["Accuracy"] = Accuracy
 
 
 def _snake(name):

@@ -1,0 +1,130 @@
+"""Keras 3's loss-shaped metrics (MSLE, MAPE, Poisson, KLDivergence, LogCoshError,
+CosineSimilarity, the hinges, the cross-entropies), Accuracy and the confusion counts in
+pynn.metrics: the same results as keras.metrics on random batches, with and without
+sample weights, their string names in compile, and Keras files compiled with them."""
+
+import os
+
+import numpy as np
+import pytest
+
+import pynn
+from pynn import metrics as M
+
+
+def _keras():
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip(f"keras runs on {keras.backend.backend()}, parity wants torch")
+    return keras
+
+
+def _batch(rng, kind):
+    if kind == "prob":
+        return (np.eye(5, dtype=np.float32)[rng.integers(0, 5, 7)],
+                rng.dirichlet(np.ones(5), 7).astype(np.float32))
+    if kind == "sparse":
+        return rng.integers(0, 5, 7).astype(np.int32), rng.dirichlet(np.ones(5), 7).astype(
+            np.float32)
+    if kind == "binary":
+        return ((rng.random((7, 3)) > 0.5).astype(np.float32),
+                rng.random((7, 3)).astype(np.float32))
+    if kind == "positive":
+        return (rng.random((7, 3)).astype(np.float32) + 0.1,
+                rng.random((7, 3)).astype(np.float32) + 0.1)
+    if kind == "signs":
+        return (np.where(rng.random((7, 3)) > 0.5, 1.0, -1.0).astype(np.float32),
+                rng.standard_normal((7, 3)).astype(np.float32))
+    if kind == "ints":
+        return (rng.integers(0, 3, (7, 3)).astype(np.float32),
+                rng.integers(0, 3, (7, 3)).astype(np.float32))
+    return (rng.standard_normal((7, 3)).astype(np.float32),
+            rng.standard_normal((7, 3)).astype(np.float32))
+
+
+CASES = [
+    ("MeanSquaredLogarithmicError", "positive", {}),
+    ("MeanAbsolutePercentageError", "positive", {}),
+    ("Poisson", "positive", {}), ("KLDivergence", "prob", {}), ("LogCoshError", "real", {}),
+    ("CosineSimilarity", "real", {}), ("Hinge", "signs", {}), ("SquaredHinge", "signs", {}),
+    ("CategoricalHinge", "prob", {}), ("BinaryCrossentropy", "binary", {}),
+    ("BinaryCrossentropy", "binary", dict(label_smoothing=0.1)),
+    ("CategoricalCrossentropy", "prob", {}),
+    ("CategoricalCrossentropy", "prob", dict(from_logits=True, label_smoothing=0.2)),
+    ("SparseCategoricalCrossentropy", "sparse", {}),
+    ("SparseCategoricalCrossentropy", "sparse", dict(from_logits=True)),
+    ("Accuracy", "ints", {}), ("TruePositives", "binary", {}), ("FalsePositives", "binary", {}),
+    ("TrueNegatives", "binary", {}), ("FalseNegatives", "binary", {}),
+]
+
+
+@pytest.mark.parametrize("name, kind, args", CASES)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_matches_keras(name, kind, args, weighted):
+    keras = _keras()
+    rng = np.random.default_rng(7)
+    theirs, ours = getattr(keras.metrics, name)(**args), getattr(M, name)(**args)
+    for _ in range(3):
+        y_true, y_pred = _batch(rng, kind)
+        weights = rng.uniform(0, 2, 7).astype(np.float32) if weighted else None
+        theirs.update_state(y_true, y_pred, sample_weight=weights)
+        ours.update_state(y_true, y_pred, sample_weight=weights)
+    want = float(keras.ops.convert_to_numpy(theirs.result()))
+    assert abs(float(ours.result()) - want) <= 1e-5 * max(1.0, abs(want))
+    assert ours.name == theirs.name.rsplit("_1", 1)[0]   # Keras numbers a second instance
+    ours.reset_state()
+    assert ours.result() == 0.0
+    twin = type(ours).from_config(ours.get_config())
+    assert twin.get_config() == ours.get_config()
+
+
+def test_compile_takes_keras_metric_strings_and_logs_keras_numbers():
+    keras = _keras()
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((40, 4)).astype(np.float32)
+    y = rng.random((40, 3)).astype(np.float32) + 0.1
+    names = ["mape", "msle", "poisson", "kl_divergence", "log_cosh_error", "cosine_similarity",
+             "hinge"]
+
+    def build(lib):
+        return lib.Sequential([lib.layers.Input((4,)),
+                               lib.layers.Dense(3, activation="softplus")])
+
+    k_model, model = build(keras), build(pynn)
+    model.set_weights(k_model.get_weights())
+    k_model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse", metrics=names)
+    model.compile(optimizer=pynn.optimizers.SGD(0.01), loss="mse", metrics=names)
+    want = k_model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history
+    got = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history
+    assert sorted(got) == sorted(want)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-4, err_msg=key)
+
+
+def test_a_keras_file_compiled_with_them_loads_compiled(tmp_path):
+    keras = _keras()
+    k_model = keras.Sequential([keras.layers.Input((4,)), keras.layers.Dense(3)])
+    k_model.compile(optimizer="adam", loss="categorical_crossentropy",
+                    metrics=[keras.metrics.CategoricalCrossentropy(from_logits=True),
+                             keras.metrics.TruePositives(), "mape"])
+    k_model.save(tmp_path / "m.keras")
+    model = pynn.load_model(tmp_path / "m.keras")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 4)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 8)]
+    logs = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert {"categorical_crossentropy", "mape"} <= set(logs)
+    assert any(k.startswith("true_positives") for k in logs)   # Keras numbers its instances
+    want = k_model.evaluate(x, y, verbose=0, return_dict=True)
+    for key, value in want.items():
+        np.testing.assert_allclose(logs[key], value, rtol=1e-5, err_msg=key)
+
+
+def test_bad_arguments_name_the_metric():
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        M.BinaryCrossentropy(label_smoothing=2)
+    with pytest.raises(ValueError, match="only axis=-1"):
+        M.CosineSimilarity(axis=0)
+    with pytest.raises(ValueError, match="sample_weight of shape"):
+        M.Poisson().update_state(np.ones((3, 2)), np.ones((3, 2)), sample_weight=np.ones(4))
