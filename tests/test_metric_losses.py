@@ -128,3 +128,33 @@ def test_bad_arguments_name_the_metric():
         M.CosineSimilarity(axis=0)
     with pytest.raises(ValueError, match="sample_weight of shape"):
         M.Poisson().update_state(np.ones((3, 2)), np.ones((3, 2)), sample_weight=np.ones(4))
+
+
+@pytest.mark.opencl
+def test_on_opencl_the_same_logs_as_on_the_cpu():
+    from tests.opencl_util import skip_without_opencl
+
+    skip_without_opencl()
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((40, 4)).astype(np.float32)
+    y = rng.random((40, 3)).astype(np.float32) + 0.1
+    weights = np.linspace(0.1, 2, 40).astype(np.float32)
+    names = ["mape", "msle", "poisson", "kl_divergence", "log_cosh_error", "cosine_similarity",
+             "hinge", "binary_crossentropy", "true_positives", "true_negatives"]
+    logs, start = {}, None
+    for device in ("cpu", "opencl"):
+        previous = pynn.get_device()
+        pynn.set_device(device)
+        try:
+            model = pynn.Sequential([pynn.layers.Input((4,)),
+                                     pynn.layers.Dense(3, activation="sigmoid")])
+            start = start or model.get_weights()
+            model.set_weights(start)
+            model.compile(optimizer=pynn.optimizers.SGD(0.01), loss="mse", metrics=names)
+            model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+            logs[device] = model.evaluate(x, y, sample_weight=weights, verbose=0,
+                                          return_dict=True)
+        finally:
+            pynn.set_device(previous)
+    for key, value in logs["cpu"].items():
+        np.testing.assert_allclose(logs["opencl"][key], value, rtol=1e-5, err_msg=key)
