@@ -762,6 +762,178 @@ class TrueNegatives(_Count):
         return float(self.elements - self.tp - self.fp - self.fn)
 
 
+# -- R2Score, the correlations, Mean and Sum: small states summed on the host ---------------
+# Their per-batch values are reductions NumPy makes in float64 from the batch read back (the
+# weighted metrics above do the same); the running state is a few floats per output.
+
+class R2Score(Metric):
+    """Keras's ``R2Score(class_aggregation="uniform_average", num_regressors=0)`` over
+    (batch, outputs) targets: per output 1 - SS_res / SS_tot from running weighted sums;
+    an infinite score (a constant target) reads 0; averaged uniformly, by variance, or
+    returned per output (None); adjusted by the number of regressors when given."""
+
+    default_name = "r2_score"
+
+    def __init__(self, class_aggregation="uniform_average", num_regressors=0, name=None,
+                 dtype=None):
+        if class_aggregation not in (None, "uniform_average", "variance_weighted_average"):
+            raise ValueError(f"R2Score: class_aggregation must be None, 'uniform_average' or "
+                             f"'variance_weighted_average', got {class_aggregation!r}")
+        if isinstance(num_regressors, bool) or not isinstance(num_regressors, int) \
+                or num_regressors < 0:
+            raise ValueError(f"R2Score: num_regressors must be an int >= 0, got "
+                             f"{num_regressors!r}")
+        self.class_aggregation, self.num_regressors = class_aggregation, num_regressors
+        super().__init__(name=name, dtype=dtype)
+
+    def reset_state(self):
+        self.sums = None
+        self.samples = 0
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        p = _host(y_pred).astype(np.float64)
+        t = _host(y_true).astype(np.float64)
+        if t.ndim == p.ndim + 1 and t.shape[-1] == 1:
+            t = t[..., 0]
+        elif p.ndim == t.ndim + 1 and p.shape[-1] == 1:
+            p = p[..., 0]
+        if p.ndim != 2 or t.shape != p.shape:
+            raise ValueError(f"R2Score expects 2D inputs (batch_size, output_dim) of one shape, "
+                             f"got y_true {t.shape} and y_pred {p.shape}")
+        w = np.ones(()) if sample_weight is None else _host(sample_weight).astype(np.float64)
+        if w.ndim == 1:
+            w = w[:, None]
+        try:
+            w = np.broadcast_to(w, t.shape)
+        except ValueError:
+            raise ValueError(f"R2Score: sample_weight of shape {w.shape} does not fit targets "
+                             f"of shape {t.shape}") from None
+        batch = np.stack([(t * w).sum(0), (t * t * w).sum(0), ((t - p) ** 2 * w).sum(0),
+                          w.sum(0)])
+        if self.sums is not None and self.sums.shape != batch.shape:
+            raise ValueError(f"R2Score: {t.shape[-1]} outputs, the earlier batches had "
+                             f"{self.sums.shape[-1]}")
+        self.sums = batch if self.sums is None else self.sums + batch
+        self.samples += t.size
+
+    def result(self):
+        if self.sums is None:
+            return 0.0
+        total_sum, squared_sum, residual, count = self.sums
+        with np.errstate(divide="ignore", invalid="ignore"):
+            total = squared_sum - total_sum * (total_sum / count)
+            raw = 1 - residual / total
+        raw = np.where(np.isinf(raw), 0.0, raw)
+        if self.class_aggregation == "uniform_average":
+            score = float(np.mean(raw))
+        elif self.class_aggregation == "variance_weighted_average":
+            score = float(np.sum(total * raw) / np.sum(total))
+        else:
+            return raw
+        n, k = self.samples, self.num_regressors
+        if k and k < n - 1:
+            score = 1 - (1 - score) * (n - 1) / (n - k - 1)
+        return score
+
+    def get_config(self):
+        return {"name": self.name, "class_aggregation": self.class_aggregation,
+                "num_regressors": self.num_regressors}
+
+
+class _Correlation(Metric):
+    """The running (weighted) mean of a per-sample correlation over the last axis
+    (Keras's MeanMetricWrapper over pearson_correlation / concordance_correlation)."""
+
+    def __init__(self, name=None, dtype=None, axis=-1):
+        if axis not in (-1,):
+            raise ValueError(f"{type(self).__name__}: only axis=-1 is supported, got {axis!r}")
+        super().__init__(name=name, dtype=dtype)
+
+    def reset_state(self):
+        self.total = 0.0
+        self.count = 0.0
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        p = _host(y_pred).astype(np.float64)
+        t = _host(y_true).astype(np.float64).reshape(p.shape)
+        values = self._per_sample(t, p)
+        if sample_weight is None:
+            self.total += float(values.sum())
+            self.count += float(values.size)
+            return
+        values, weights = samplewise_weighted(values, _host(sample_weight).astype(np.float64))
+        self.total += float(values.sum())
+        self.count += float(weights.sum())
+
+    def result(self):
+        return self.total / self.count if self.count else 0.0
+
+
+class PearsonCorrelation(_Correlation):
+    default_name = "pearson_correlation"
+
+    @staticmethod
+    def _per_sample(t, p):
+        t = t - t.mean(-1, keepdims=True)
+        p = p - p.mean(-1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.mean((t / t.std(-1, keepdims=True)) * (p / p.std(-1, keepdims=True)),
+                           axis=-1)
+
+
+class ConcordanceCorrelation(_Correlation):
+    default_name = "concordance_correlation"
+
+    @staticmethod
+    def _per_sample(t, p):
+        tm, pm = t.mean(-1, keepdims=True), p.mean(-1, keepdims=True)
+        tv, pv = (t - tm).var(-1, keepdims=True), (p - pm).var(-1, keepdims=True)
+        covar = (t - pm) * (p - pm)   # Keras's formula: y_true less the predictions' mean
+        return np.mean(2 * covar / (tv + pv + (tm - pm) ** 2 + 1e-7), axis=-1)
+
+
+class Mean(Metric):
+    """Keras's ``Mean``: the (weighted) mean of every value given to update_state."""
+
+    default_name = "mean"
+
+    def reset_state(self):
+        self.total = 0.0
+        self.count = 0.0
+
+    def update_state(self, values, sample_weight=None):
+        v = _host(values).astype(np.float64)
+        if sample_weight is None:
+            self.total += float(v.sum())
+            self.count += float(v.size)
+            return
+        v, w = samplewise_weighted(v.reshape(v.shape or (1,)),
+                                   _host(sample_weight).astype(np.float64))
+        self.total += float(v.sum())
+        self.count += float(w.sum())
+
+    def result(self):
+        return self.total / self.count if self.count else 0.0
+
+
+class Sum(Mean):
+    """Keras's ``Sum``: the (weighted) sum of every value given to update_state."""
+
+    default_name = "sum"
+
+    def update_state(self, values, sample_weight=None):
+        v = _host(values).astype(np.float64)
+        if sample_weight is None:
+            self.total += float(v.sum())
+            return
+        v, _ = samplewise_weighted(v.reshape(v.shape or (1,)),
+                                   _host(sample_weight).astype(np.float64), np.sum)
+        self.total += float(v.sum())
+
+    def result(self):
+        return self.total
+
+
 def _size(a):
     n = 1
     for d in a.shape:
@@ -797,6 +969,8 @@ ALIASES = {
     "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
     "true_positives": TruePositives, "false_positives": FalsePositives,
     "true_negatives": TrueNegatives, "false_negatives": FalseNegatives,
+    "r2_score": R2Score, "pearson_correlation": PearsonCorrelation,
+    "concordance_correlation": ConcordanceCorrelation,
 }
 _NAMED_BY_STRING = {"fbeta_score", "auc", "mean_squared_error", "mse", "mean_absolute_error",
                     "mae", "root_mean_squared_error", "msle", "mape",
@@ -805,7 +979,8 @@ _NAMED_BY_STRING = {"fbeta_score", "auc", "mean_squared_error", "mse", "mean_abs
                     "squared_hinge", "categorical_hinge", "binary_crossentropy",
                     "categorical_crossentropy", "sparse_categorical_crossentropy"}
 _BY_CLASS = {cls.__name__: cls for cls in ALIASES.values()}
-_BY_CLASS["Accuracy"] = Accuracy
+_BY_CLASS.update({cls.__name__: cls for cls in (Accuracy, R2Score, PearsonCorrelation,
+                                                 ConcordanceCorrelation, Mean, Sum)})
 
 
 def _snake(name):
@@ -847,17 +1022,18 @@ class MeanMetricWrapper(Metric):
                    name=config.get("name"))
 
 
-def samplewise_weighted(values, weights):
+def samplewise_weighted(values, weights, reduce=np.mean):
     """Keras 3's weighted mean of a metric function's values (reduce_to_samplewise_values):
     ranks matched by squeezing a trailing 1, values averaged down to the weights' rank, then
-    (values * weights, weights) per sample. Their sums are the running total and count."""
+    (values * weights, weights) per sample. Their sums are the running total and count.
+    ``reduce`` folds the extra axes (Keras's reduce_fn: the mean, or the sum for Sum)."""
     if weights.ndim == values.ndim + 1 and weights.shape[-1] == 1:
         weights = weights[..., 0]
     elif values.ndim == weights.ndim + 1 and values.shape[-1] == 1:
         values = values[..., 0]
     values_ndim, weight_ndim = values.ndim, weights.ndim
     if values_ndim > weight_ndim:
-        values = values.mean(axis=tuple(range(weight_ndim, values_ndim)))
+        values = reduce(values, axis=tuple(range(weight_ndim, values_ndim)))
     try:
         weights = np.broadcast_to(weights, values.shape)
     except ValueError:
@@ -865,9 +1041,9 @@ def samplewise_weighted(values, weights):
                          f"of shape {values.shape}") from None
     values = values * weights
     if values_ndim > 1 and weight_ndim > 1:
-        weights = weights.mean(axis=tuple(range(1, weight_ndim)))
+        weights = reduce(weights, axis=tuple(range(1, weight_ndim)))
     if values.ndim > 1:
-        values = values.mean(axis=tuple(range(1, values.ndim)))
+        values = reduce(values, axis=tuple(range(1, values.ndim)))
     return values, weights
 
 

@@ -1,7 +1,8 @@
 """Keras 3's loss-shaped metrics (MSLE, MAPE, Poisson, KLDivergence, LogCoshError,
-CosineSimilarity, the hinges, the cross-entropies), Accuracy and the confusion counts in
-pynn.metrics: the same results as keras.metrics on random batches, with and without
-sample weights, their string names in compile, and Keras files compiled with them."""
+CosineSimilarity, the hinges, the cross-entropies), Accuracy, the confusion counts,
+R2Score, the correlations, Mean and Sum in pynn.metrics: the same results as keras.metrics
+on random batches, with and without sample weights, their string names in compile, and
+Keras files compiled with them."""
 
 import os
 
@@ -158,3 +159,44 @@ def test_on_opencl_the_same_logs_as_on_the_cpu():
             pynn.set_device(previous)
     for key, value in logs["cpu"].items():
         np.testing.assert_allclose(logs["opencl"][key], value, rtol=1e-5, err_msg=key)
+
+
+@pytest.mark.parametrize("name, args", [
+    ("R2Score", {}), ("R2Score", dict(class_aggregation="variance_weighted_average")),
+    ("R2Score", dict(num_regressors=2)), ("R2Score", dict(class_aggregation=None)),
+    ("PearsonCorrelation", {}), ("ConcordanceCorrelation", {}), ("Mean", {}), ("Sum", {}),
+])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_regression_and_reduction_metrics_match_keras(name, args, weighted):
+    keras = _keras()
+    rng = np.random.default_rng(11)
+    theirs, ours = getattr(keras.metrics, name)(**args), getattr(M, name)(**args)
+    for _ in range(3):
+        y_true = rng.standard_normal((9, 4)).astype(np.float32)
+        y_pred = (y_true + 0.5 * rng.standard_normal((9, 4))).astype(np.float32)
+        weights = rng.uniform(0, 2, 9).astype(np.float32) if weighted else None
+        if name in ("Mean", "Sum"):
+            theirs.update_state(y_pred, sample_weight=weights)
+            ours.update_state(y_pred, sample_weight=weights)
+        else:
+            theirs.update_state(y_true, y_pred, sample_weight=weights)
+            ours.update_state(y_true, y_pred, sample_weight=weights)
+    want = np.asarray(keras.ops.convert_to_numpy(theirs.result()), np.float64)
+    np.testing.assert_allclose(np.asarray(ours.result(), np.float64), want, rtol=2e-6,
+                               atol=1e-6)
+    assert ours.name == theirs.name.rsplit("_1", 1)[0]
+
+
+def test_r2_score_in_fit_and_its_errors():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((64, 3)).astype(np.float32)
+    y = (x @ rng.standard_normal((3, 2))).astype(np.float32)
+    model = pynn.Sequential([pynn.layers.Input((3,)), pynn.layers.Dense(2)])
+    model.compile(optimizer=pynn.optimizers.Adam(0.05), loss="mse",
+                  metrics=["r2_score", "pearson_correlation"])
+    history = model.fit(x, y, epochs=30, batch_size=16, verbose=0).history
+    assert history["r2_score"][-1] > 0.95 > history["r2_score"][0]
+    with pytest.raises(ValueError, match="R2Score expects 2D inputs"):
+        M.R2Score().update_state(np.ones((2, 3, 4)), np.ones((2, 3, 4)))
+    with pytest.raises(ValueError, match="class_aggregation must be"):
+        M.R2Score(class_aggregation="max")
