@@ -445,42 +445,156 @@ class AUC(Metric):
                 "num_labels": self.num_labels, "from_logits": self.from_logits}
 
 
-class MeanIoU(Metric):
-    """Keras 3's MeanIoU with class-id inputs (sparse_y_true and sparse_y_pred, its
-    defaults): a confusion matrix summed over batches (one ``confusion_matrix`` op each);
-    the result averages tp / (tp + fp + fn) over the classes seen in either."""
+class IoU(Metric):
+    """Keras 3's ``IoU(num_classes, target_class_ids, ignore_class=None, sparse_y_true=True,
+    sparse_y_pred=True, axis=-1)``: a (weighted) confusion matrix summed over batches; the
+    result averages tp / (tp + fp + fn + eps) over the target classes seen (Keras's epsilon
+    1e-7). One-hot or score inputs take their argmax over ``axis``; labels outside
+    [0, num_classes) and ``ignore_class`` count with weight 0, as Keras masks them. Batches
+    are read back to the host (the matrix is counted there with the weights); MeanIoU's
+    plain class-id updates stay one ``confusion_matrix`` op on the device."""
 
-    default_name = "mean_io_u"
+    default_name = "io_u"
 
-    def __init__(self, num_classes, name=None, ignore_class=None, sparse_y_true=True,
-                 sparse_y_pred=True, axis=-1):
+    def __init__(self, num_classes, target_class_ids, name=None, dtype=None,
+                 ignore_class=None, sparse_y_true=True, sparse_y_pred=True, axis=-1):
+        label = type(self).__name__
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"MeanIoU: `num_classes` must be an int >= 1, got {num_classes!r}")
-        if ignore_class is not None or not sparse_y_true or not sparse_y_pred or axis != -1:
-            raise NotImplementedError("MeanIoU: only class-id inputs (sparse_y_true, "
-                                      "sparse_y_pred, axis=-1) without ignore_class are "
-                                      "supported")
-        self.num_classes = num_classes
-        super().__init__(name)
+            raise ValueError(f"{label}: `num_classes` must be an int >= 1, got {num_classes!r}")
+        ids = [int(c) for c in target_class_ids]
+        if any(not 0 <= c < num_classes for c in ids) or not ids:
+            raise ValueError(f"{label}: target_class_ids must be class ids in [0, "
+                             f"{num_classes}), got {list(target_class_ids)!r}")
+        if ignore_class is not None and (isinstance(ignore_class, bool)
+                                         or not isinstance(ignore_class, int)):
+            raise ValueError(f"{label}: ignore_class must be an int or None, got "
+                             f"{ignore_class!r}")
+        self.num_classes, self.target_class_ids = num_classes, ids
+        self.ignore_class, self.axis = ignore_class, int(axis)
+        self.sparse_y_true, self.sparse_y_pred = bool(sparse_y_true), bool(sparse_y_pred)
+        # Keras counts in int32 unless told otherwise: its weights are then cut to integers
+        super().__init__(name=name, dtype=dtype or "int32")
 
     def reset_state(self):
-        self.total_cm = np.zeros((self.num_classes, self.num_classes), np.int64)
+        self.total_cm = np.zeros((self.num_classes, self.num_classes), np.float64)
+
+    def _class_ids(self, y_true, y_pred):
+        t, p = _host(y_true), _host(y_pred)
+        if not self.sparse_y_true:
+            t = np.argmax(t, axis=self.axis)
+        if not self.sparse_y_pred:
+            p = np.argmax(p, axis=self.axis)
+        return t, p
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        _unweighted_only(self, sample_weight)
-        b = backend.current()
-        y_true, y_pred = b.asarray(y_true, np.int32), b.asarray(y_pred, np.int32)
-        self.total_cm = self.total_cm + b.confusion_matrix(y_true, y_pred, self.num_classes)
+        t, p = self._class_ids(y_true, y_pred)
+        t, p = t.reshape(-1), p.reshape(-1)
+        if t.size != p.size:
+            raise ValueError(f"{self.name}: y_true has {t.size} labels, y_pred {p.size}")
+        w = np.ones(t.shape) if sample_weight is None else np.broadcast_to(
+            _host(sample_weight).astype(np.float64).reshape(-1), t.shape)
+        if np.dtype(self.dtype).kind in "iu":
+            w = np.trunc(w)
+        keep = (t >= 0) & (t < self.num_classes) & (p >= 0) & (p < self.num_classes)
+        if self.ignore_class is not None:
+            keep &= t != self.ignore_class
+        k = self.num_classes
+        cells = np.where(keep, t, 0).astype(np.int64) * k + np.where(keep, p, 0).astype(np.int64)
+        self.total_cm = self.total_cm + np.bincount(cells, np.where(keep, w, 0.0),
+                                                    k * k).reshape(k, k)
 
     def result(self):
         cm = self.total_cm.astype(np.float64)
         tp = np.diag(cm)
-        denominator = cm.sum(axis=0) + cm.sum(axis=1) - tp
-        valid = np.sum(denominator > 1e-9)
-        return float(np.sum(_divide_no_nan(tp, denominator)) / valid) if valid else 0.0
+        denominator = (cm.sum(axis=0) + cm.sum(axis=1) - tp)[self.target_class_ids]
+        tp = tp[self.target_class_ids]
+        valid = denominator > 1e-9
+        iou = np.where(valid, tp / (denominator + 1e-7), 0.0)
+        return float(np.sum(iou) / (np.sum(valid) + 1e-7))
 
     def get_config(self):
-        return {"name": self.name, "num_classes": self.num_classes}
+        return {"name": self.name, "num_classes": self.num_classes,
+                "target_class_ids": list(self.target_class_ids),
+                "ignore_class": self.ignore_class, "sparse_y_true": self.sparse_y_true,
+                "sparse_y_pred": self.sparse_y_pred, "axis": self.axis}
+
+
+class MeanIoU(IoU):
+    """Keras 3's ``MeanIoU(num_classes)``: IoU over every class. Plain class-id updates
+    (no weights, no ignore_class) are one ``confusion_matrix`` op on the backend."""
+
+    default_name = "mean_io_u"
+
+    def __init__(self, num_classes, name=None, dtype=None, ignore_class=None,
+                 sparse_y_true=True, sparse_y_pred=True, axis=-1):
+        super().__init__(num_classes, range(num_classes) if isinstance(num_classes, int)
+                         and not isinstance(num_classes, bool) and num_classes > 0 else [0],
+                         name=name, dtype=dtype, ignore_class=ignore_class,
+                         sparse_y_true=sparse_y_true, sparse_y_pred=sparse_y_pred, axis=axis)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if (sample_weight is not None or self.ignore_class is not None
+                or not self.sparse_y_true or not self.sparse_y_pred):
+            return super().update_state(y_true, y_pred, sample_weight)
+        b = backend.current()
+        y_true, y_pred = b.asarray(y_true, np.int32), b.asarray(y_pred, np.int32)
+        self.total_cm = self.total_cm + b.confusion_matrix(y_true, y_pred, self.num_classes)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["target_class_ids"]
+        return config
+
+
+class BinaryIoU(IoU):
+    """Keras 3's ``BinaryIoU(target_class_ids=(0, 1), threshold=0.5)``: predictions become
+    class 1 from ``threshold`` on, then IoU over two classes."""
+
+    default_name = "binary_io_u"
+
+    def __init__(self, target_class_ids=(0, 1), threshold=0.5, name=None, dtype=None):
+        self.threshold = float(threshold)
+        super().__init__(2, target_class_ids, name=name, dtype=dtype)
+
+    def _class_ids(self, y_true, y_pred):
+        return _host(y_true), (_host(y_pred).astype(np.float32) >= self.threshold)
+
+    def get_config(self):
+        return {"name": self.name, "target_class_ids": list(self.target_class_ids),
+                "threshold": self.threshold}
+
+
+class OneHotIoU(IoU):
+    """Keras 3's ``OneHotIoU``: IoU with one-hot targets (their argmax over ``axis``)."""
+
+    default_name = "one_hot_io_u"
+
+    def __init__(self, num_classes, target_class_ids, name=None, dtype=None,
+                 ignore_class=None, sparse_y_pred=False, axis=-1):
+        super().__init__(num_classes, target_class_ids, name=name, dtype=dtype,
+                         ignore_class=ignore_class, sparse_y_true=False,
+                         sparse_y_pred=sparse_y_pred, axis=axis)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["sparse_y_true"]
+        return config
+
+
+class OneHotMeanIoU(MeanIoU):
+    """Keras 3's ``OneHotMeanIoU``: MeanIoU with one-hot targets."""
+
+    default_name = "one_hot_mean_io_u"
+
+    def __init__(self, num_classes, name=None, dtype=None, ignore_class=None,
+                 sparse_y_pred=False, axis=-1):
+        super().__init__(num_classes, name=name, dtype=dtype, ignore_class=ignore_class,
+                         sparse_y_true=False, sparse_y_pred=sparse_y_pred, axis=axis)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["sparse_y_true"]
+        return config
 
 
 def _divide_no_nan(a, b):
@@ -980,7 +1094,8 @@ _NAMED_BY_STRING = {"fbeta_score", "auc", "mean_squared_error", "mse", "mean_abs
                     "categorical_crossentropy", "sparse_categorical_crossentropy"}
 _BY_CLASS = {cls.__name__: cls for cls in ALIASES.values()}
 _BY_CLASS.update({cls.__name__: cls for cls in (Accuracy, R2Score, PearsonCorrelation,
-                                                 ConcordanceCorrelation, Mean, Sum)})
+                                                 ConcordanceCorrelation, Mean, Sum, IoU,
+                                                 BinaryIoU, OneHotIoU, OneHotMeanIoU)})
 
 
 def _snake(name):

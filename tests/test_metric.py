@@ -541,8 +541,8 @@ def test_confusion_matrix_bad_inputs():
         cpu.confusion_matrix(labels, labels[:2], 3)
     with pytest.raises(ValueError, match="integer class ids, got 0.5"):
         cpu.confusion_matrix(labels, np.array([0.5, 1.0, 2.0]), 3)
-    with pytest.raises(NotImplementedError, match="MeanIoU: only class-id inputs"):
-        metrics.MeanIoU(3, sparse_y_pred=False)
+    with pytest.raises(ValueError, match="MeanIoU: `num_classes` must be an int >= 1"):
+        metrics.MeanIoU(0)
 
 
 @pytest.mark.opencl

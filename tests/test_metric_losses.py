@@ -200,3 +200,42 @@ def test_r2_score_in_fit_and_its_errors():
         M.R2Score().update_state(np.ones((2, 3, 4)), np.ones((2, 3, 4)))
     with pytest.raises(ValueError, match="class_aggregation must be"):
         M.R2Score(class_aggregation="max")
+
+
+IOU_CASES = [
+    ("IoU", dict(num_classes=4, target_class_ids=[0, 2])),
+    ("IoU", dict(num_classes=4, target_class_ids=[1, 3], ignore_class=0)),
+    ("IoU", dict(num_classes=4, target_class_ids=[0, 1, 3], sparse_y_pred=False)),
+    ("BinaryIoU", {}), ("BinaryIoU", dict(target_class_ids=[1], threshold=0.3)),
+    ("OneHotIoU", dict(num_classes=4, target_class_ids=[0, 3])),
+    ("OneHotMeanIoU", dict(num_classes=4)), ("MeanIoU", dict(num_classes=4)),
+    ("MeanIoU", dict(num_classes=4, sparse_y_pred=False, ignore_class=2)),
+]
+
+
+@pytest.mark.parametrize("name, args", IOU_CASES)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_iou_metrics_match_keras(name, args, weighted):
+    """Keras counts its confusion matrix in int32 by default, so float sample weights are
+    cut to integers there; pynn does the same (dtype="float32" keeps them)."""
+    keras = _keras()
+    rng = np.random.default_rng(13)
+    theirs, ours = getattr(keras.metrics, name)(**args), getattr(M, name)(**args)
+    for _ in range(3):
+        ids_true, ids_pred = rng.integers(0, 4, 12), rng.integers(0, 4, 12)
+        if name == "BinaryIoU":
+            y_true = (rng.random(12) > 0.5).astype(np.float32)
+            y_pred = rng.random(12).astype(np.float32)
+        elif name.startswith("OneHot"):
+            y_true = np.eye(4, dtype=np.float32)[ids_true]
+            y_pred = rng.dirichlet(np.ones(4), 12).astype(np.float32)
+        else:
+            y_true = ids_true.astype(np.float32)
+            y_pred = (rng.dirichlet(np.ones(4), 12).astype(np.float32)
+                      if args.get("sparse_y_pred") is False else ids_pred.astype(np.float32))
+        weights = rng.uniform(0, 3, 12).astype(np.float32) if weighted else None
+        theirs.update_state(y_true, y_pred, sample_weight=weights)
+        ours.update_state(y_true, y_pred, sample_weight=weights)
+    want = float(keras.ops.convert_to_numpy(theirs.result()))
+    assert abs(ours.result() - want) <= 1e-6
+    assert type(ours).from_config(ours.get_config()).get_config() == ours.get_config()
