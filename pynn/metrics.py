@@ -445,6 +445,109 @@ class AUC(Metric):
                 "num_labels": self.num_labels, "from_logits": self.from_logits}
 
 
+class _AtConstraint(Metric):
+    """Keras 3's SensitivitySpecificityBase: tp/fp/tn/fn at ``num_thresholds`` thresholds
+    evenly over [0, 1] (0 and 1 themselves, unlike AUC's), one ``threshold_counts`` op per
+    unweighted batch (weighted ones, and ``class_id``'s column, counted on the host); the
+    result is the best dependent rate among the thresholds where the constrained rate
+    reaches ``value`` (0 where none does)."""
+
+    value_name = None
+
+    def __init__(self, value, num_thresholds=200, class_id=None, name=None, dtype=None):
+        label = type(self).__name__
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            value = -1.0
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{label}: `{self.value_name}` must be in the range [0, 1], got "
+                             f"{value!r}")
+        if isinstance(num_thresholds, bool) or not isinstance(num_thresholds, int) \
+                or num_thresholds <= 0:
+            raise ValueError(f"{label}: `num_thresholds` must be an integer > 0, got "
+                             f"{num_thresholds!r}")
+        if class_id is not None and (isinstance(class_id, bool) or not isinstance(class_id, int)
+                                     or class_id < 0):
+            raise ValueError(f"{label}: class_id must be an int >= 0 or None, got "
+                             f"{class_id!r}")
+        self.value, self.num_thresholds, self.class_id = value, num_thresholds, class_id
+        inner = [(i + 1) * 1.0 / (num_thresholds - 1) for i in range(num_thresholds - 2)]
+        self.thresholds = (np.array([0.5]) if num_thresholds == 1
+                           else np.array([0.0] + inner + [1.0]))
+        super().__init__(name=name, dtype=dtype)
+
+    def reset_state(self):
+        self.counts = np.zeros((4, len(self.thresholds)))
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is None and self.class_id is None and len(self.thresholds) > 1:
+            y_true, y_pred = _backend_arrays(y_true, y_pred)
+            self.counts = self.counts + backend.current().threshold_counts(
+                y_true, y_pred, self.thresholds)
+            return
+        p = _host(y_pred).astype(np.float64)
+        t = _host(y_true).astype(np.float64).reshape(p.shape)
+        w = (np.ones(p.shape) if sample_weight is None
+             else _weighted_inputs(self, t, p, sample_weight)[2])
+        w = np.broadcast_to(w.reshape(w.shape + (1,) * (p.ndim - w.ndim)), p.shape)
+        if self.class_id is not None:
+            if p.ndim < 1 or self.class_id >= p.shape[-1]:
+                raise ValueError(f"{self.name}: class_id {self.class_id} is outside y_pred's "
+                                 f"last axis of {p.shape[-1] if p.ndim else 0}")
+            p, t, w = p[..., self.class_id], t[..., self.class_id], w[..., self.class_id]
+        p, t, w = p.reshape(-1), t.reshape(-1) != 0, w.reshape(-1)
+        above = p[None, :] > self.thresholds[:, None]
+        tp, fp = (above * (w * t)).sum(1), (above * (w * ~t)).sum(1)
+        self.counts = self.counts + np.stack([tp, fp, (w * ~t).sum() - fp,
+                                              (w * t).sum() - tp])
+
+    def _rates(self):
+        tp, fp, tn, fn = self.counts
+        return {"sensitivity": _divide_no_nan(tp, tp + fn),
+                "specificity": _divide_no_nan(tn, tn + fp),
+                "precision": _divide_no_nan(tp, tp + fp),
+                "recall": _divide_no_nan(tp, tp + fn)}
+
+    def result(self):
+        rates = self._rates()
+        feasible = rates[self.value_name] >= self.value
+        return float(np.max(np.where(feasible, rates[self.other], 0.0), initial=0.0))
+
+    def get_config(self):
+        return {"name": self.name, self.value_name: self.value,
+                "num_thresholds": self.num_thresholds, "class_id": self.class_id}
+
+
+def _at_constraint(class_name, value_name, other, default_name):
+    cls = type(class_name, (_AtConstraint,), dict(
+        value_name=value_name, other=other, default_name=default_name,
+        __doc__=f"Keras's ``{class_name}({value_name}, num_thresholds=200, class_id=None)``: "
+                f"the best {other} where the {value_name} is at least ``{value_name}``.",
+        __module__=__name__))
+
+    def init(self, value=None, num_thresholds=200, class_id=None, name=None, dtype=None,
+             **kwargs):
+        given = kwargs.pop(value_name, None)
+        if kwargs:
+            raise TypeError(f"{class_name}: unexpected arguments {sorted(kwargs)}")
+        _AtConstraint.__init__(self, given if value is None else value, num_thresholds,
+                               class_id, name, dtype)
+
+    cls.__init__ = init
+    return cls
+
+
+SensitivityAtSpecificity = _at_constraint("SensitivityAtSpecificity", "specificity",
+                                          "sensitivity", "sensitivity_at_specificity")
+SpecificityAtSensitivity = _at_constraint("SpecificityAtSensitivity", "sensitivity",
+                                          "specificity", "specificity_at_sensitivity")
+PrecisionAtRecall = _at_constraint("PrecisionAtRecall", "recall", "precision",
+                                   "precision_at_recall")
+RecallAtPrecision = _at_constraint("RecallAtPrecision", "precision", "recall",
+                                   "recall_at_precision")
+
+
 class IoU(Metric):
     """Keras 3's ``IoU(num_classes, target_class_ids, ignore_class=None, sparse_y_true=True,
     sparse_y_pred=True, axis=-1)``: a (weighted) confusion matrix summed over batches; the
@@ -1095,7 +1198,10 @@ _NAMED_BY_STRING = {"fbeta_score", "auc", "mean_squared_error", "mse", "mean_abs
 _BY_CLASS = {cls.__name__: cls for cls in ALIASES.values()}
 _BY_CLASS.update({cls.__name__: cls for cls in (Accuracy, R2Score, PearsonCorrelation,
                                                  ConcordanceCorrelation, Mean, Sum, IoU,
-                                                 BinaryIoU, OneHotIoU, OneHotMeanIoU)})
+                                                 BinaryIoU, OneHotIoU, OneHotMeanIoU,
+                                                 SensitivityAtSpecificity,
+                                                 SpecificityAtSensitivity, PrecisionAtRecall,
+                                                 RecallAtPrecision)})
 
 
 def _snake(name):

@@ -239,3 +239,29 @@ def test_iou_metrics_match_keras(name, args, weighted):
     want = float(keras.ops.convert_to_numpy(theirs.result()))
     assert abs(ours.result() - want) <= 1e-6
     assert type(ours).from_config(ours.get_config()).get_config() == ours.get_config()
+
+
+@pytest.mark.parametrize("name, args", [
+    ("SensitivityAtSpecificity", dict(specificity=0.6)),
+    ("SpecificityAtSensitivity", dict(sensitivity=0.7)),
+    ("PrecisionAtRecall", dict(recall=0.5)), ("RecallAtPrecision", dict(precision=0.6)),
+    ("PrecisionAtRecall", dict(recall=0.5, num_thresholds=7)),
+    ("RecallAtPrecision", dict(precision=0.6, class_id=1)),
+    ("SensitivityAtSpecificity", dict(specificity=0.5, num_thresholds=1)),
+])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_rates_at_a_constraint_match_keras(name, args, weighted):
+    keras = _keras()
+    rng = np.random.default_rng(17)
+    theirs, ours = getattr(keras.metrics, name)(**args), getattr(M, name)(**args)
+    for _ in range(3):
+        y_true = (rng.random((10, 3)) > 0.5).astype(np.float32)
+        y_pred = np.clip(0.3 * y_true + 0.7 * rng.random((10, 3)), 0, 1).astype(np.float32)
+        weights = rng.uniform(0, 2, 10).astype(np.float32) if weighted else None
+        theirs.update_state(y_true, y_pred, sample_weight=weights)
+        ours.update_state(y_true, y_pred, sample_weight=weights)
+    want = float(keras.ops.convert_to_numpy(theirs.result()))
+    assert abs(ours.result() - want) <= 1e-6
+    assert type(ours).from_config(ours.get_config()).get_config() == ours.get_config()
+    with pytest.raises(ValueError, match="must be in the range"):
+        getattr(M, name)(1.5)
