@@ -27,6 +27,15 @@ Keras details reproduced (keras/src/losses/losses.py, keras/src/backend/torch/nn
 - categorical_hinge: max(max_j (1 - t_j) p_j - sum_j t_j p_j + 1, 0); cosine_similarity:
   -sum_j t_j p_j after l2-normalizing both rows with Keras's normalize (rsqrt of the square
   sum, capped at 1 / eps).
+- categorical_focal_crossentropy: sum_j alpha (1 - q_j)^gamma (-t_j log q_j) with q the row
+  renormalized (softmax from logits) and clipped as categorical CE; with c_j = dL/dq_j (0 if
+  clipped), d/dp_k = (c_k - sum_j c_j q_j) / s for probabilities, q_k (c_k - sum_j c_j q_j)
+  from logits (the softmax's Jacobian; Keras's renormalization of a softmax changes nothing).
+- dice / tversky (Keras's axis=None): one loss over the whole batch, 1 - c I / (u I + a FP +
+  b FN + eps) with I = sum t p, FP = sum t (1 - p), FN = sum p (1 - t) (operands.loss_params
+  gives c, u, a, b). The reduction of one scalar is that scalar: no 1/n; sample_weight scales
+  it (and its gradient) by the weights' mean, as Keras's scalar-times-weights mean does. Two
+  passes: the three sums (fixed BLOCK partials, serial), then the gradient.
 - MAE's gradient at d = 0 is 0 (torch's sign).
 - y_true is cast to y_pred's dtype; a rank difference of one with a trailing axis of 1
   is squeezed as Keras's squeeze_or_expand_to_same_rank does.
@@ -71,6 +80,9 @@ cdef enum:
     LOSS_MAPE = 13
     LOSS_COSINE = 14
     LOSS_FOCAL = 15
+    LOSS_CATEGORICAL_FOCAL = 16
+    LOSS_DICE = 17
+    LOSS_TVERSKY = 18
     # Elements per partial sum of the pointwise losses: fixed, so the summation order (and
     # hence the float result) does not depend on how blocks are spread over threads.
     BLOCK = 4096
@@ -547,7 +559,48 @@ ctypedef struct _RowsJob:
     const void* w        # NULL: no weights
     double* row_loss
     Py_ssize_t k, rows_per_weight
-    double lo, hi, scale, ls
+    double lo, hi, scale, ls, alpha, gamma
+
+
+cdef inline double categorical_focal_row(const floating* t, const floating* p, floating* g,
+                                         Py_ssize_t k, bint from_logits, double lo,
+                                         double hi, double scale, double ls, double alpha,
+                                         double gamma) noexcept nogil:
+    """sum_j alpha (1 - q_j)^gamma (-t_j log q_j) of one row (see the design note); g (if
+    not NULL) gets scale * d/dp. Two passes: loss and sum_j c_j q_j, then the gradient."""
+    cdef Py_ssize_t j
+    cdef int pass_
+    cdef double s = 0, m = 0, q, qc, tj, lq, c, cq = 0, loss = 0
+    if k == 0:
+        return 0
+    if from_logits:
+        m = p[0]
+        for j in range(1, k):
+            m = fmax(m, p[j])
+        for j in range(k):
+            s += exp(p[j] - m)
+    else:
+        for j in range(k):
+            s += p[j]
+    for pass_ in range(2 if g != NULL else 1):
+        for j in range(k):
+            # Round q to the input dtype as Keras does, so the clip decisions match.
+            q = exp(p[j] - m) / s if from_logits else <floating>(p[j] / s)
+            qc = clip_to(q, lo, hi)
+            tj = smooth(t[j], ls, k)
+            lq = log(qc)
+            c = 0
+            if lo <= q <= hi and tj != 0:
+                c = alpha * tj * ((gamma * (1 - qc) ** (gamma - 1) if gamma != 0 else 0) * lq
+                                  - (1 - qc) ** gamma / qc)
+            if pass_ == 0:
+                loss -= alpha * (1 - qc) ** gamma * tj * lq
+                cq += c * q
+            elif from_logits:
+                g[j] = <floating>(q * (c - cq) * scale)
+            else:
+                g[j] = <floating>((c - cq) / s * scale)
+    return loss
 
 
 cdef inline void _loss_rows(const _RowsJob* j, const floating* p, long begin,
@@ -572,6 +625,10 @@ cdef inline void _loss_rows(const _RowsJob* j, const floating* p, long begin,
                                                        j.scale * wr)
         elif j.code == LOSS_COSINE:
             j.row_loss[r] = wr * cosine_row(t + r * k, p + r * k, gr, k, j.lo, j.scale * wr)
+        elif j.code == LOSS_CATEGORICAL_FOCAL:
+            j.row_loss[r] = wr * categorical_focal_row(t + r * k, p + r * k, gr, k,
+                                                       j.from_logits, j.lo, j.hi,
+                                                       j.scale * wr, j.ls, j.alpha, j.gamma)
         else:
             j.row_loss[r] = wr * categorical_row(t + r * k, p + r * k, gr, k, j.from_logits,
                                                  j.lo, j.hi, j.scale * wr, j.ls)
@@ -598,8 +655,9 @@ def _categorical(int code,
                  bint from_logits, double lo, double hi, double scale, double ls,
                  double[::1] row_loss,         # OUT (N,)
                  const floating[::1] w,        # IN  (N / rows_per_weight,) or empty
-                 Py_ssize_t rows_per_weight):
-    """The dense-target row losses: categorical CE, categorical hinge, cosine similarity."""
+                 Py_ssize_t rows_per_weight, double alpha=0, double gamma=0):
+    """The dense-target row losses: categorical CE, categorical hinge, cosine similarity,
+    categorical focal CE (alpha, gamma)."""
     cdef _RowsJob job
     job.is_double, job.sparse, job.from_logits, job.code = floating is double, False, \
         from_logits, code
@@ -608,8 +666,45 @@ def _categorical(int code,
     job.w = &w[0] if w.shape[0] > 0 else NULL
     job.row_loss, job.k, job.rows_per_weight = &row_loss[0], p.shape[1], rows_per_weight
     job.lo, job.hi, job.scale, job.ls = lo, hi, scale, ls
+    job.alpha, job.gamma = alpha, gamma
     with nogil:
         _run_rows(&job, p.shape[0])
+
+
+def _overlap(const floating[::1] t,     # IN  (n,) y_true
+             const floating[::1] p,     # IN  (n,) y_pred
+             floating[::1] g,           # OUT (n,) or empty when no gradient
+             double c, double u, double a, double b, double eps, double wmean):
+    """dice / tversky over all n elements: 1 - c I / (u I + a FP + b FN + eps), times
+    wmean (the weights' mean, 1 without weights); g gets d/dp of that. The sums run in
+    fixed blocks of BLOCK elements, added in order: the same bits for any thread count."""
+    cdef Py_ssize_t n = p.shape[0], i, i0, i1
+    cdef double inter = 0, fp = 0, fn = 0, bi, bp, bn, tj, pj, den, num
+    with nogil:
+        i0 = 0
+        while i0 < n:
+            bi = bp = bn = 0
+            i1 = min(i0 + <Py_ssize_t>BLOCK, n)
+            for i in range(i0, i1):
+                tj = t[i]
+                pj = p[i]
+                bi += tj * pj
+                bp += (1 - pj) * tj
+                bn += pj * (1 - tj)
+            inter += bi
+            fp += bp
+            fn += bn
+            i0 = i1
+        num = c * inter
+        den = u * inter + a * fp + b * fn + eps
+        if g.shape[0] > 0:
+            # d num = c t, d den = u t - a t + b (1 - t); d(1 - num/den) = -(dnum den - num
+            # dden) / den^2
+            for i in range(n):
+                tj = t[i]
+                g[i] = <floating>(-(c * tj * den - num * (u * tj - a * tj + b * (1 - tj)))
+                                  / (den * den) * wmean)
+    return (1 - num / den) * wmean
 
 
 def _sparse(const int[::1] labels,           # IN  (N,) class ids in [0, K)
@@ -651,6 +746,11 @@ def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
         # Keras converts {0, 1} labels to {-1, 1} only when all of y_true is binary.
         params = (float(bool(np.all((targets == 0) | (targets == 1)))), 0.0, 0.0, 0.0)
     w = weights if weights is not None else no_weights
+    if code in operands.OVERLAP_LOSSES:
+        wmean = float(np.mean(weights, dtype=np.float64)) if weights is not None else 1.0
+        g1 = grad.reshape(-1) if need_grad else np.empty(0, y_pred.dtype)
+        return _overlap(targets.reshape(-1), y_pred.reshape(-1), g1, *params, lo,
+                        wmean), grad
     if code in operands.ROW_LOSSES:
         rows = y_pred.size // k
         # (a step's loss runs from a cold cache after its products: no NumPy call it can skip)
@@ -664,8 +764,13 @@ def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
             _sparse(targets, p2, g2, from_logits, lo, hi, 1.0 / rows, partial, w,
                     rows_per_weight)
         else:
-            _categorical(code, targets.reshape(rows, k), p2, g2, from_logits, lo, hi,
-                         1.0 / rows, params[0], partial, w, rows_per_weight)
+            if code == LOSS_CATEGORICAL_FOCAL:   # params: alpha, gamma, label_smoothing
+                _categorical(code, targets.reshape(rows, k), p2, g2, from_logits, lo, hi,
+                             1.0 / rows, params[2], partial, w, rows_per_weight, params[0],
+                             params[1])
+            else:
+                _categorical(code, targets.reshape(rows, k), p2, g2, from_logits, lo, hi,
+                             1.0 / rows, params[0], partial, w, rows_per_weight)
         denom = rows
     else:
         n = y_pred.size

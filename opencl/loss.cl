@@ -9,6 +9,9 @@
  * - categorical_rows (categorical and sparse CE): one work-group per row; max, exp-sum and
  *   dot products go through the local tree, then row_loss[r] is folded by
  *   sum_partials_float. A sparse row is a categorical row with a virtual one-hot target.
+ * - categorical_focal_rows: one work-group per row, as categorical_rows.
+ * - overlap_partial / overlap_grad (dice, tversky): three sums over all elements (one partial
+ *   each per work-group, folded by sum_partials_float), read back; then the gradient.
  * Every sum has a fixed order: the same inputs give the same bits on every run.
  * sample_weight: when has_w, w[i / per_weight] (elements for pointwise_partial, rows for
  * categorical_rows) multiplies each loss and its gradient; the host still divides by the
@@ -32,6 +35,7 @@
 #define LOSS_MAPE 13
 #define LOSS_COSINE 14
 #define LOSS_FOCAL 15
+#define LOSS_CATEGORICAL_FOCAL 16
 
 #ifndef LOSS_ROW_WG
 #define LOSS_ROW_WG 64 /* work-items per cross-entropy row; a power of two */
@@ -340,4 +344,112 @@ void pairwise_rows(__global const float *t, __global const float *p, __global fl
         for (int j = lid; j < k; j += LOSS_ROW_WG)
             g[base + j] = -it * (tr[j] * ip - (capped ? 0.0f : tp * ip * ip * ip * pr[j]))
                           * scale;
+}
+
+/* One element of categorical focal crossentropy: alpha (1 - qc)^gamma (-t log qc), qc = q
+ * clipped; *c receives its derivative with respect to q (0 where clipped). */
+float categorical_focal_term(const float q, const float t, const float alpha,
+                             const float gamma, const float lo, const float hi, float *c)
+{
+    const float qc = clip_to(q, lo, hi);
+    const float lq = log(qc);
+    const float mod = pow(1.0f - qc, gamma);
+    const float dmod = gamma != 0.0f ? gamma * pow(1.0f - qc, gamma - 1.0f) : 0.0f;
+    *c = (lo <= q && q <= hi && t != 0.0f) ? alpha * t * (dmod * lq - mod / qc) : 0.0f;
+    return -alpha * mod * t * lq;
+}
+
+/* categorical_focal_crossentropy of row r into row_loss[r] (the twin of
+ * categorical_focal_row in native/loss.pyx): q the row renormalized (softmax from logits)
+ * and clipped, c_j = dL/dq_j; d/dp_k = (c_k - sum_j c_j q_j) / s from probabilities,
+ * q_k (c_k - sum_j c_j q_j) from logits. prm: alpha, gamma, label smoothing. */
+__kernel __attribute__((reqd_work_group_size(LOSS_ROW_WG, 1, 1)))
+void categorical_focal_rows(__global const float *t, __global const float *p,
+                            __global float *g, __global float *row_loss, const int rows,
+                            const int K, const int from_logits, const int need_grad,
+                            const float lo, const float hi, const float unweighted_scale,
+                            __global const float *w, const int has_w, const int per_weight,
+                            const float4 prm)
+{
+    __local float buf[LOSS_ROW_WG];
+    const int row = get_group_id(0);
+    const int lid = get_local_id(0);
+    const int k = row < rows ? K : 0;
+    const size_t base = (size_t)row * K;
+    __global const float *tr = t + base;
+    __global const float *pr = p + base;
+    const float wr = (has_w && row < rows) ? w[row / per_weight] : 1.0f;
+    const float scale = unweighted_scale * wr;
+    const float alpha = prm.x, gamma = prm.y, ls = prm.z;
+#define TARGET(j) (tr[j] * (1.0f - ls) + ls / K)
+#define PROB(j) (from_logits ? exp(pr[j] - m) / s : pr[j] / s)
+    float m = -INFINITY;
+    if (from_logits)
+        for (int j = lid; j < k; j += LOSS_ROW_WG)
+            m = fmax(m, pr[j]);
+    m = wg_max_float(buf, m);
+    if (!from_logits)
+        m = 0.0f;
+    float s = 0.0f;
+    for (int j = lid; j < k; j += LOSS_ROW_WG)
+        s += from_logits ? exp(pr[j] - m) : pr[j];
+    s = wg_sum_float(buf, s);
+    float loss = 0.0f, cq = 0.0f, c;
+    for (int j = lid; j < k; j += LOSS_ROW_WG) {
+        const float q = PROB(j);
+        loss += categorical_focal_term(q, TARGET(j), alpha, gamma, lo, hi, &c);
+        cq += c * q;
+    }
+    loss = wg_sum_float(buf, loss);
+    cq = wg_sum_float(buf, cq);
+    if (row >= rows)
+        return;
+    if (lid == 0)
+        row_loss[row] = wr * loss;
+    if (need_grad)
+        for (int j = lid; j < k; j += LOSS_ROW_WG) {
+            const float q = PROB(j);
+            categorical_focal_term(q, TARGET(j), alpha, gamma, lo, hi, &c);
+            g[base + j] = (from_logits ? q * (c - cq) : (c - cq) / s) * scale;
+        }
+#undef PROB
+#undef TARGET
+}
+
+/* dice / tversky, stage 1: per work-group partial sums of I = sum t p, FP = sum t (1 - p)
+ * and FN = sum p (1 - t), stored as three segments of partial (one per sum). */
+__kernel __attribute__((reqd_work_group_size(WG_SIZE, 1, 1)))
+void overlap_partial(__global const float *t, __global const float *p,
+                     __global float *partial, const int n)
+{
+    __local float buf[WG_SIZE];
+    float inter = 0.0f, fp = 0.0f, fn = 0.0f;
+    for (int i = get_global_id(0); i < n; i += get_global_size(0)) {
+        inter += t[i] * p[i];
+        fp += (1.0f - p[i]) * t[i];
+        fn += p[i] * (1.0f - t[i]);
+    }
+    inter = wg_sum_float(buf, inter);
+    fp = wg_sum_float(buf, fp);
+    fn = wg_sum_float(buf, fn);
+    if (get_local_id(0) == 0) {
+        const int groups = get_num_groups(0), grp = get_group_id(0);
+        partial[grp] = inter;
+        partial[groups + grp] = fp;
+        partial[2 * groups + grp] = fn;
+    }
+}
+
+/* dice / tversky, the gradient of wmean * (1 - c I / den), den = u I + a FP + b FN + eps,
+ * from the sums' num = c I and den: d num = c t, d den = u t - a t + b (1 - t). */
+__kernel void overlap_grad(__global const float *t, __global float *g, const int n,
+                           const float4 prm, const float num, const float den,
+                           const float wmean)
+{
+    const int i = get_global_id(0);
+    if (i >= n)
+        return;
+    const float ti = t[i];
+    const float dden = prm.y * ti - prm.z * ti + prm.w * (1.0f - ti);
+    g[i] = -((prm.x * ti - num / den * dden) / den) * wmean;
 }

@@ -110,7 +110,8 @@ def test_a_keras_file_compiled_with_them_loads_compiled(tmp_path):
                     metrics=[keras.metrics.CategoricalCrossentropy(from_logits=True),
                              keras.metrics.TruePositives(), "mape"])
     k_model.save(tmp_path / "m.keras")
-    model = pynn.load_model(tmp_path / "m.keras")
+    with pytest.warns(UserWarning, match="optimizer starts afresh"):   # never trained
+        model = pynn.load_model(tmp_path / "m.keras")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, 4)).astype(np.float32)
     y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 8)]
@@ -213,6 +214,7 @@ IOU_CASES = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore:You are passing weight as `float`:UserWarning")  # Keras's
 @pytest.mark.parametrize("name, args", IOU_CASES)
 @pytest.mark.parametrize("weighted", [False, True])
 def test_iou_metrics_match_keras(name, args, weighted):

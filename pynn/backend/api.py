@@ -85,7 +85,9 @@ LOSSES = ("mean_squared_error", "mean_absolute_error", "huber", "binary_crossent
           # -- losses of issue 15 (keras.losses' other functions); codes are the index ------
           "kl_divergence", "hinge", "squared_hinge", "categorical_hinge", "log_cosh",
           "poisson", "mean_squared_logarithmic_error", "mean_absolute_percentage_error",
-          "cosine_similarity", "binary_focal_crossentropy")
+          "cosine_similarity", "binary_focal_crossentropy",
+          # -- Keras 3's CategoricalFocalCrossentropy, Dice and Tversky (appended) ------
+          "categorical_focal_crossentropy", "dice", "tversky")
 
 # name -> parameter names, in order. The signature test checks each backend against this.
 OPS = {
@@ -216,7 +218,11 @@ OPS = {
     # grad = d(loss)/d(y_pred), already divided by the batch size. ``param`` is huber's delta,
     # the label_smoothing of binary/categorical cross-entropy (None: 0), for
     # binary_focal_crossentropy None or a dict of Keras's apply_class_balancing, alpha, gamma,
-    # label_smoothing (Keras's defaults for those missing); ignored by the others. Sparse labels are int32 class ids, validated by the caller.
+    # label_smoothing (Keras's defaults for those missing); for categorical_focal_crossentropy
+    # None or a dict of alpha, gamma, label_smoothing; for tversky None or a dict of alpha,
+    # beta; ignored by the others. Sparse labels are int32 class ids, validated by the caller.
+    # dice and tversky (Keras's axis=None) reduce the whole batch to one loss: sample_weight
+    # scales it by the weights' mean, as Keras's scalar loss times the weights averages.
     # sample_weight (None or floats shaped like the per-sample losses, y_pred.shape[:-1], or
     # a leading part of it) multiplies each per-sample loss; the mean still divides by the
     # number of losses, not the weights' sum (Keras 3's sum_over_batch_size).

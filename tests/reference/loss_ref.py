@@ -83,6 +83,8 @@ def loss_backward_ref(name, y_true, y_pred, from_logits=False, param=None, dtype
     per-sample loss depends on its own row only, so a weight scales that row's gradient."""
     grad = _unweighted_backward_ref(name, y_true, y_pred, from_logits, param, dtype)
     w = per_sample_weights_ref(sample_weight, grad)
+    if w is not None and name in OVERLAP_LOSSES:
+        return grad * np.mean(w)  # one loss for the batch, times the weights' mean
     return grad if w is None else grad * w[..., None]
 
 
@@ -141,7 +143,10 @@ def loss_forward_backward_ref(name, y_true, y_pred, from_logits=False, param=Non
 
 NEW_LOSSES = ("kl_divergence", "hinge", "squared_hinge", "categorical_hinge", "log_cosh",
               "poisson", "mean_squared_logarithmic_error", "mean_absolute_percentage_error",
-              "cosine_similarity", "binary_focal_crossentropy")
+              "cosine_similarity", "binary_focal_crossentropy",
+              "categorical_focal_crossentropy", "dice", "tversky")
+# Keras's dice / tversky with axis=None: one loss for the whole batch.
+OVERLAP_LOSSES = ("dice", "tversky")
 FOCAL_DEFAULTS = {"apply_class_balancing": False, "alpha": 0.25, "gamma": 2.0,
                   "label_smoothing": 0.0}
 
@@ -192,6 +197,10 @@ def _new_loss_ref(name, t, p, from_logits, param, dtype):
         np.put_along_axis(onehot, np.argmax(negs, axis=-1)[..., None], 1.0, axis=-1)
         grad = np.where(loss[..., None] > 0, -t + (1 - t) * onehot, 0)
         return loss, grad / rows
+    if name == "categorical_focal_crossentropy":
+        return _categorical_focal_ref(t, p, from_logits, param, dtype, rows)
+    if name in OVERLAP_LOSSES:
+        return _overlap_ref(name, t, p, param, eps)
     if name == "cosine_similarity":
         it = np.minimum(1 / np.sqrt(np.sum(t * t, axis=-1, keepdims=True)), 1 / EPSILON)
         ip = np.minimum(1 / np.sqrt(np.sum(p * p, axis=-1, keepdims=True)), 1 / EPSILON)
@@ -214,3 +223,48 @@ def _new_loss_ref(name, t, p, from_logits, param, dtype):
     df = -gamma * base ** (gamma - 1) * (2 * t - 1) if gamma != 0 else 0 * base
     w = t * alpha + (1 - t) * (1 - alpha) if cfg["apply_class_balancing"] else 1.0
     return np.mean(w * f * bce, axis=-1), w * (df * bce + f * dbce) * dq / n
+
+
+def _categorical_focal_ref(t, p, from_logits, param, dtype, rows):
+    """sum_j alpha (1 - q_j)^gamma (-t_j log q_j), q the row renormalized (softmax from
+    logits) and clipped; t label-smoothed towards 1/K."""
+    cfg = {"alpha": 0.25, "gamma": 2.0, "label_smoothing": 0.0, **(param or {})}
+    alpha, gamma, ls = cfg["alpha"], cfg["gamma"], cfg["label_smoothing"]
+    t = t * (1 - ls) + ls / t.shape[-1]
+    lo, hi = _clip_bounds(dtype)
+    if from_logits:
+        e = np.exp(p - np.max(p, axis=-1, keepdims=True))
+        q = e / np.sum(e, axis=-1, keepdims=True)
+    else:
+        s = np.sum(p, axis=-1, keepdims=True)
+        # Keras divides in the input dtype: round q so the clip decisions match.
+        q = (p / s).astype(dtype).astype(np.float64)
+    qc = np.clip(q, lo, hi)
+    inside = (q >= lo) & (q <= hi)
+    loss = np.sum(alpha * (1 - qc) ** gamma * -t * np.log(qc), axis=-1)
+    # dL/dq through the clip: alpha t (gamma (1 - q)^(gamma - 1) log q - (1 - q)^gamma / q)
+    dfac = gamma * (1 - qc) ** (gamma - 1) if gamma != 0 else 0 * qc
+    c = np.where(inside, alpha * t * (dfac * np.log(qc) - (1 - qc) ** gamma / qc), 0.0)
+    cq = np.sum(c * q, axis=-1, keepdims=True)
+    grad = q * (c - cq) if from_logits else (c - cq) / s
+    return loss, grad / rows
+
+
+def _overlap_ref(name, t, p, param, eps):
+    """Keras's dice / tversky over every element (axis=None): the one loss, broadcast to the
+    per-sample shape so that the weighted mean is loss times the weights' mean, and its
+    gradient (the reduction of a scalar is the scalar: no 1/n)."""
+    inter = np.sum(t * p)
+    fp = np.sum((1 - p) * t)
+    fn = np.sum(p * (1 - t))
+    if name == "dice":
+        num, den = 2 * inter, np.sum(t) + np.sum(p) + eps
+        dnum, dden = 2 * t, np.ones_like(p)
+    else:
+        cfg = {"alpha": 0.5, "beta": 0.5, **(param or {})}
+        a, b = cfg["alpha"], cfg["beta"]
+        num, den = inter, inter + a * fp + b * fn + eps
+        dnum, dden = t, t - a * t + b * (1 - t)
+    loss = 1 - num / den
+    grad = -(dnum * den - num * dden) / den**2
+    return np.full(p.shape[:-1], loss), grad

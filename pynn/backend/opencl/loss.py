@@ -11,7 +11,7 @@ from pyopencl.cltypes import float4 as cl_float4
 
 from pynn.backend.opencl import runtime as rt
 from pynn.backend.opencl.arrays import DEVICE
-from pynn.backend.opencl.launch import PARTIAL, fold, kernel, reduce, sizes
+from pynn.backend.opencl.launch import PARTIAL, elementwise, fold, kernel, reduce, sizes
 from pynn.backend.operands import loss as operands
 
 
@@ -51,6 +51,16 @@ def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
             raise ValueError(f"{op}: a label is out of range: class ids must lie in [0, {k}) "
                              f"for y_pred with K={k} classes")
         return total / rows, grad
+    if code in operands.OVERLAP_LOSSES:
+        return _overlap(targets, y_pred, grad, n, params, lo, weights), grad
+    if code == operands.LOSS_CATEGORICAL_FOCAL:
+        row_loss = rt.empty((rows,), what=f"{op} row losses")
+        row_wg = sizes()[1]
+        rt.launch(kernel("loss", "categorical_focal_rows"), (rows * row_wg,), (row_wg,),
+                  targets, y_pred, grad if need_grad else row_loss, row_loss, rows, k,
+                  from_logits, need_grad, lo, hi, np.float32(1.0 / rows), w, has_w,
+                  rows_per_weight, np.array(params, np.float32).view(cl_float4)[0])
+        return float(fold("loss", row_loss).get()[0]) / rows, grad
     if code in operands.ROW_LOSSES:
         row_loss = rt.empty((rows,), what=f"{op} row losses")
         row_wg = sizes()[1]
@@ -68,3 +78,20 @@ def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
                   from_logits, need_grad, np.array(params, np.float32).view(cl_float4)[0],
                   lo, hi, np.float32(1.0 / denom), w, has_w, rows_per_weight * k))
     return float(out.get()[0]) / denom, grad
+
+
+def _overlap(targets, y_pred, grad, n, params, eps, weights):
+    """dice / tversky: the three sums (one reduction, read back), the loss on the host, then
+    the gradient kernel (operands.loss_params gives c, u, a, b; see native/loss.pyx)."""
+    inter, fp, fn = (float(v) for v in reduce(
+        "loss", "overlap_partial", n, (targets, y_pred, PARTIAL, n), counts=3).get())
+    c, u, a, b = params
+    num = c * inter
+    den = u * inter + a * fp + b * fn + float(eps)
+    # Keras's scalar loss times the weights, averaged: the loss times the weights' mean.
+    wmean = 1.0 if weights is None else float(fold("loss", weights).get()[0]) / weights.size
+    if grad is not None:
+        elementwise("loss", "overlap_grad", n, targets, grad, n,
+                    np.array(params, np.float32).view(cl_float4)[0], np.float32(num),
+                    np.float32(den), np.float32(wmean))
+    return (1 - num / den) * wmean

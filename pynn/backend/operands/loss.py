@@ -15,13 +15,21 @@ LOSS_SQUARED_HINGE = LOSSES.index("squared_hinge")
 LOSS_CATEGORICAL_HINGE = LOSSES.index("categorical_hinge")
 LOSS_COSINE = LOSSES.index("cosine_similarity")
 LOSS_FOCAL = LOSSES.index("binary_focal_crossentropy")
+LOSS_CATEGORICAL_FOCAL = LOSSES.index("categorical_focal_crossentropy")
+LOSS_DICE = LOSSES.index("dice")
+LOSS_TVERSKY = LOSSES.index("tversky")
 # Losses of a whole row (the last axis): one kernel call per row, not per element.
-ROW_LOSSES = (LOSS_CCE, LOSS_SCCE, LOSS_CATEGORICAL_HINGE, LOSS_COSINE)
+ROW_LOSSES = (LOSS_CCE, LOSS_SCCE, LOSS_CATEGORICAL_HINGE, LOSS_COSINE,
+              LOSS_CATEGORICAL_FOCAL)
+# Losses of the whole batch at once (Keras's dice / tversky with axis=None): one scalar.
+OVERLAP_LOSSES = (LOSS_DICE, LOSS_TVERSKY)
 # Pointwise losses whose per-sample loss sums the last axis (Keras's kl_divergence) instead
 # of averaging it.
 SUM_OVER_LAST_AXIS = (LOSS_KLD,)
 FOCAL_DEFAULTS = {"apply_class_balancing": False, "alpha": 0.25, "gamma": 2.0,
                   "label_smoothing": 0.0}
+CATEGORICAL_FOCAL_DEFAULTS = {"alpha": 0.25, "gamma": 2.0, "label_smoothing": 0.0}
+TVERSKY_DEFAULTS = {"alpha": 0.5, "beta": 0.5}
 
 
 def label_smoothing(op, value):
@@ -32,22 +40,39 @@ def label_smoothing(op, value):
 
 def loss_params(op, code, param):
     """-> 4 floats the kernels read: huber (delta), cross-entropies (label_smoothing),
-    focal (alpha, gamma, apply_class_balancing, label_smoothing); zeros otherwise."""
+    focal (alpha, gamma, apply_class_balancing, label_smoothing), categorical focal (alpha,
+    gamma, label_smoothing), dice / tversky (c, u, a, b below); zeros otherwise."""
     if code == LOSS_HUBER:
         return (huber_delta(op, param), 0.0, 0.0, 0.0)
     if code in (LOSS_BCE, LOSS_CCE):
         return (label_smoothing(op, param), 0.0, 0.0, 0.0)
+    if code == LOSS_CATEGORICAL_FOCAL:
+        cfg = _param_dict(op, code, param, CATEGORICAL_FOCAL_DEFAULTS)
+        return (number(op, "alpha", cfg["alpha"]), number(op, "gamma", cfg["gamma"], lo=0.0),
+                label_smoothing(op, cfg["label_smoothing"]), 0.0)
+    if code == LOSS_DICE:
+        # The overlap losses as 1 - c I / (u I + a FP + b FN + eps), I = sum t p,
+        # FP = sum t (1 - p), FN = sum p (1 - t) (Keras's names): dice is c = u = 2, a = b = 1.
+        return (2.0, 2.0, 1.0, 1.0)
+    if code == LOSS_TVERSKY:
+        cfg = _param_dict(op, code, param, TVERSKY_DEFAULTS)
+        return (1.0, 1.0, number(op, "alpha", cfg["alpha"]), number(op, "beta", cfg["beta"]))
     if code == LOSS_FOCAL:
-        given = {} if param is None else param
-        if not isinstance(given, dict) or set(given) - set(FOCAL_DEFAULTS):
-            raise ValueError(f"{op}: binary_focal_crossentropy's param must be None or a "
-                             f"dict with keys among {sorted(FOCAL_DEFAULTS)}, got {param!r}")
-        cfg = {**FOCAL_DEFAULTS, **given}
+        cfg = _param_dict(op, code, param, FOCAL_DEFAULTS)
         return (number(op, "alpha", cfg["alpha"]),
                 number(op, "gamma", cfg["gamma"], lo=0.0),
                 float(bool(cfg["apply_class_balancing"])),
                 label_smoothing(op, cfg["label_smoothing"]))
     return (0.0, 0.0, 0.0, 0.0)
+
+
+def _param_dict(op, code, param, defaults):
+    """A loss's dict param (None: Keras's defaults) merged over its defaults."""
+    given = {} if param is None else param
+    if not isinstance(given, dict) or set(given) - set(defaults):
+        raise ValueError(f"{op}: {LOSSES[code]}'s param must be None or a dict with keys "
+                         f"among {sorted(defaults)}, got {param!r}")
+    return {**defaults, **given}
 
 
 def match_target_shape(op, y_true, y_pred):
