@@ -225,6 +225,39 @@ class Orthogonal(Initializer):
         return {"gain": self.gain, "seed": self.seed}
 
 
+class TruncatedNormal(Initializer):
+    """Keras's ``TruncatedNormal(mean=0.0, stddev=0.05)``: normal draws, those beyond two
+    standard deviations drawn again."""
+
+    def __init__(self, mean=0.0, stddev=0.05, seed=None):
+        if not stddev > 0:
+            raise ValueError(f"TruncatedNormal: stddev must be positive, got {stddev!r}")
+        self.mean, self.stddev, self.seed = mean, stddev, seed
+
+    def __call__(self, shape, dtype="float32"):
+        return np.asarray(_truncated_normal(_rng(self.seed), shape, self.mean, self.stddev,
+                                            dtype), dtype=dtype)
+
+    def get_config(self):
+        return {"mean": self.mean, "stddev": self.stddev, "seed": self.seed}
+
+
+class Identity(Initializer):
+    """Keras's ``Identity(gain=1.0)``: gain times the identity matrix (2-D kernels only)."""
+
+    def __init__(self, gain=1.0):
+        self.gain = gain
+
+    def __call__(self, shape, dtype="float32"):
+        if len(shape) != 2:
+            raise ValueError(f"Identity: the identity matrix initializer takes 2-D shapes, got "
+                             f"{tuple(shape)} of rank {len(shape)}")
+        return (self.gain * np.eye(*shape)).astype(dtype)
+
+    def get_config(self):
+        return {"gain": self.gain}
+
+
 ALIASES = {
     "zeros": Zeros, "ones": Ones, "constant": Constant,
     "random_normal": RandomNormal, "random_uniform": RandomUniform,
@@ -233,8 +266,12 @@ ALIASES = {
     "he_normal": HeNormal, "he_uniform": HeUniform,
     "lecun_normal": LecunNormal, "lecun_uniform": LecunUniform,
     "orthogonal": Orthogonal,
+    "truncated_normal": TruncatedNormal, "identity": Identity,
 }
 _BY_CLASS = {cls.__name__: cls for cls in ALIASES.values()}
+# Keras's second names of two classes (its configs may say either)
+IdentityInitializer, OrthogonalInitializer = Identity, Orthogonal
+_BY_CLASS.update(IdentityInitializer=Identity, OrthogonalInitializer=Orthogonal)
 
 
 class _AxesDraw(Initializer):

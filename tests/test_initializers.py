@@ -150,3 +150,25 @@ def test_float64_draws_are_numpys_values():
     np.testing.assert_array_equal(initializers.RandomNormal(0.1, 0.5, seed=3)((40, 7),
                                                                               "float64"),
                                   0.1 + 0.5 * rng.standard_normal((40, 7)))
+
+
+def test_truncated_normal_and_identity_are_keras_s(seeded):
+    """keras.initializers.TruncatedNormal (two standard deviations) and Identity, by name
+    and class, their configs Keras's."""
+    w = initializers.get("truncated_normal")((400, 300))
+    assert np.abs(w).max() <= 2 * 0.05 and np.abs(w).max() > 1.9 * 0.05
+    assert np.std(w) == pytest.approx(0.05 * 0.87962566, rel=0.03)
+    shifted = initializers.TruncatedNormal(mean=1.0, stddev=0.2, seed=3)((100, 100))
+    assert abs(shifted.mean() - 1.0) < 0.01 and np.abs(shifted - 1.0).max() <= 0.4
+    np.testing.assert_array_equal(initializers.get("identity")((3, 4)), np.eye(3, 4))
+    np.testing.assert_array_equal(initializers.Identity(2.5)((2, 2)), 2.5 * np.eye(2))
+    for name, config in (("TruncatedNormal", {"mean": 0.0, "stddev": 0.05, "seed": None}),
+                         ("IdentityInitializer", {"gain": 1.0}),
+                         ("OrthogonalInitializer", {"gain": 1.0, "seed": None})):
+        got = initializers.get({"class_name": name, "config": config})
+        assert got.get_config() == config
+    with pytest.raises(ValueError, match="takes 2-D shapes"):
+        initializers.Identity()((2, 2, 2))
+    layer = layers.Dense(4, kernel_initializer="identity")
+    layer.build((None, 4))
+    np.testing.assert_array_equal(layer.kernel.value, np.eye(4))
