@@ -35,7 +35,6 @@
 #define LOSS_MAPE 13
 #define LOSS_COSINE 14
 #define LOSS_FOCAL 15
-#define LOSS_CATEGORICAL_FOCAL 16
 
 #ifndef LOSS_ROW_WG
 #define LOSS_ROW_WG 64 /* work-items per cross-entropy row; a power of two */

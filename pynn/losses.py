@@ -304,6 +304,85 @@ class BinaryFocalCrossentropy(Loss):
         return {**super().get_config(), **self.param}
 
 
+class CategoricalFocalCrossentropy(Loss):
+    """Keras's alpha-balanced focal loss on one-hot targets: per sample
+    sum_j alpha (1 - q_j)^gamma (-t_j log q_j), q the renormalized (softmax from logits)
+    and clipped predictions, t label-smoothed towards 1/K."""
+
+    backend_name = default_name = "categorical_focal_crossentropy"
+
+    def __init__(self, alpha=0.25, gamma=2.0, from_logits=False, label_smoothing=0.0,
+                 axis=-1, reduction="sum_over_batch_size", name=None, dtype=None):
+        owner = "CategoricalFocalCrossentropy"
+        _last_axis_only(owner, axis)
+        if isinstance(alpha, (list, tuple, np.ndarray)):
+            raise ValueError(f"{owner}: only a scalar alpha is supported (one weight for "
+                             f"every class), got alpha={alpha!r}")
+        if not 0.0 <= float(label_smoothing) <= 1.0:
+            raise ValueError(f"{owner}: label_smoothing must be in [0, 1], got "
+                             f"{label_smoothing}")
+        if float(gamma) < 0:
+            raise ValueError(f"{owner}: gamma must be >= 0, got {gamma}")
+        super().__init__(name, from_logits, reduction, dtype)
+        self.alpha = float(alpha)
+        self.gamma = float(gamma)
+        self.label_smoothing = float(label_smoothing)
+        self.axis = -1
+
+    @property
+    def param(self):
+        return {"alpha": self.alpha, "gamma": self.gamma,
+                "label_smoothing": self.label_smoothing}
+
+    def get_config(self):
+        return {**super().get_config(), **self.param, "axis": self.axis}
+
+
+def _every_axis_only(owner, axis):
+    # Keras's axis=None: one loss over the whole batch. Another axis would need per-slice
+    # sums and Keras's broadcasting of the weights against them.
+    if axis is not None:
+        raise ValueError(f"{owner}: only axis=None (one loss over every axis) is supported, "
+                         f"got axis={axis!r}")
+
+
+class Dice(Loss):
+    """Keras's dice over every axis (axis=None): 1 - 2 sum(t p) / (sum(t) + sum(p) + eps),
+    one loss for the batch (sample_weight scales it by the weights' mean, as Keras)."""
+
+    backend_name = default_name = "dice"
+
+    def __init__(self, reduction="sum_over_batch_size", name=None, axis=None, dtype=None):
+        _every_axis_only("Dice", axis)
+        super().__init__(name, False, reduction, dtype)
+        self.axis = None
+
+    def get_config(self):
+        return {"name": self.name, "axis": self.axis}
+
+
+class Tversky(Loss):
+    """Keras's tversky over every axis (axis=None): 1 - I / (I + alpha FP + beta FN + eps)
+    with Keras's I = sum(t p), FP = sum((1 - p) t), FN = sum(p (1 - t))."""
+
+    backend_name = default_name = "tversky"
+
+    def __init__(self, alpha=0.5, beta=0.5, reduction="sum_over_batch_size", name=None,
+                 axis=None, dtype=None):
+        _every_axis_only("Tversky", axis)
+        super().__init__(name, False, reduction, dtype)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.axis = None
+
+    @property
+    def param(self):
+        return {"alpha": self.alpha, "beta": self.beta}
+
+    def get_config(self):
+        return {"name": self.name, **self.param, "axis": self.axis}
+
+
 ALIASES = {
     "mean_squared_error": MeanSquaredError, "mse": MeanSquaredError,
     "mean_absolute_error": MeanAbsoluteError, "mae": MeanAbsoluteError,
@@ -323,6 +402,8 @@ ALIASES = {
     "mape": MeanAbsolutePercentageError,
     "cosine_similarity": CosineSimilarity,
     "binary_focal_crossentropy": BinaryFocalCrossentropy,
+    "categorical_focal_crossentropy": CategoricalFocalCrossentropy,
+    "dice": Dice, "tversky": Tversky,
 }
 _BY_CLASS = {cls.__name__: cls for cls in ALIASES.values()}
 
@@ -415,6 +496,20 @@ def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha
                               gamma=2.0, from_logits=False, label_smoothing=0.0, axis=-1):
     return BinaryFocalCrossentropy(apply_class_balancing, alpha, gamma, from_logits,
                                    label_smoothing, axis)(y_true, y_pred)
+
+
+def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_logits=False,
+                                   label_smoothing=0.0, axis=-1):
+    return CategoricalFocalCrossentropy(alpha, gamma, from_logits, label_smoothing,
+                                        axis)(y_true, y_pred)
+
+
+def dice(y_true, y_pred, axis=None):
+    return Dice(axis=axis)(y_true, y_pred)
+
+
+def tversky(y_true, y_pred, alpha=0.5, beta=0.5, axis=None):
+    return Tversky(alpha, beta, axis=axis)(y_true, y_pred)
 
 
 # The module's own loss functions: passed as callables they resolve to their fused op.

@@ -909,3 +909,101 @@ def test_labels_out_of_range_by_one_reduction(dtype):
         labels[17] = bad
         assert labels_out_of_range(labels, k), (dtype, bad)
         assert labels_out_of_range(labels[1::2], k), (dtype, bad)
+
+
+# -- Keras 3's CategoricalFocalCrossentropy, Dice and Tversky --------------------------------
+
+@pytest.mark.parametrize("alias,cls", [
+    ("categorical_focal_crossentropy", "CategoricalFocalCrossentropy"),
+    ("CategoricalFocalCrossentropy", "CategoricalFocalCrossentropy"),
+    ("dice", "Dice"), ("Dice", "Dice"), ("tversky", "Tversky"), ("Tversky", "Tversky"),
+])
+def test_focal_dice_tversky_by_name(alias, cls):
+    loss = pynn_losses.get(alias)
+    assert type(loss).__name__ == cls
+    assert loss.name == loss.backend_name
+
+
+def test_focal_dice_tversky_defaults_and_configs_like_keras(keras_torch):
+    keras, _ = keras_torch
+    for cls, kwargs in [("CategoricalFocalCrossentropy", {}),
+                        ("CategoricalFocalCrossentropy",
+                         dict(alpha=0.4, gamma=1.0, from_logits=True, label_smoothing=0.05)),
+                        ("Dice", {}), ("Tversky", {}), ("Tversky", dict(alpha=0.2, beta=0.7))]:
+        mine = getattr(pynn_losses, cls)(**kwargs)
+        theirs = getattr(keras.losses, cls)(**kwargs).get_config()
+        got = mine.get_config()
+        assert {k: theirs[k] for k in got} == got, cls
+        again = pynn_losses.get(pynn_losses.serialize(mine))
+        assert type(again) is type(mine) and again.get_config() == got
+        # Keras's own serialized loss (a .keras file's compile config) loads as pynn's.
+        loaded = pynn_losses.get(keras.losses.serialize(getattr(keras.losses, cls)(**kwargs)))
+        assert type(loaded) is type(mine) and loaded.get_config() == got
+
+
+def test_focal_dice_tversky_documented_keras_values():
+    """Golden values from Keras 3's docstrings (keras/src/losses/losses.py)."""
+    y_true = [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    y_pred = [[0.05, 0.95, 0], [0.1, 0.8, 0.1]]
+    cfce = pynn_losses.CategoricalFocalCrossentropy()
+    assert cfce(y_true, y_pred) == pytest.approx(0.23315276, rel=1e-6)
+    assert cfce(y_true, y_pred, sample_weight=np.array([0.3, 0.7])) == pytest.approx(
+        0.1632, abs=1e-4)
+    t = np.array([[[[1.0], [1.0]], [[0.0], [0.0]]], [[[1.0], [1.0]], [[0.0], [0.0]]]])
+    p = np.array([[[[0.0], [1.0]], [[0.0], [1.0]]], [[[0.4], [0.0]], [[0.0], [0.9]]]])
+    assert pynn_losses.Dice()(t, p) == pytest.approx(0.6164384, rel=1e-6)
+    # alpha = beta = 0.5 is dice up to where eps enters
+    assert pynn_losses.Tversky()(t, p) == pytest.approx(0.6164384, rel=1e-6)
+
+
+def test_focal_dice_tversky_bad_arguments():
+    with pytest.raises(ValueError, match=r"Dice: only axis=None .* got axis=\(1, 2, 3\)"):
+        pynn_losses.Dice(axis=(1, 2, 3))
+    with pytest.raises(ValueError, match="Tversky: only axis=None .* got axis=-1"):
+        pynn_losses.Tversky(axis=-1)
+    with pytest.raises(ValueError, match="CategoricalFocalCrossentropy: only axis=-1"):
+        pynn_losses.CategoricalFocalCrossentropy(axis=0)
+    with pytest.raises(ValueError, match="only a scalar alpha"):
+        pynn_losses.CategoricalFocalCrossentropy(alpha=[0.2, 0.8])
+    with pytest.raises(ValueError, match="gamma must be >= 0"):
+        pynn_losses.CategoricalFocalCrossentropy(gamma=-1)
+    p = np.full((3, 4), 0.25)
+    with pytest.raises(ValueError, match="tversky's param must be None or a dict"):
+        loss_forward_backward("tversky", p, p, False, {"gamma": 1}, True)
+    with pytest.raises(ValueError, match="categorical_focal_crossentropy's param must be"):
+        loss_forward_backward("categorical_focal_crossentropy", p, p, False, 0.1, True)
+
+
+def test_dice_sample_weight_scales_by_the_weights_mean():
+    """One loss for the whole batch: Keras multiplies it by the weights and averages."""
+    rng = np.random.default_rng(8)
+    t, p = _overlap_data(rng, (6, 5), False)
+    w = rng.uniform(0.1, 2.0, 6)
+    for name in ("dice", "tversky"):
+        plain, g = loss_forward_backward(name, t, p, False, None, True)
+        weighted, gw = loss_forward_backward(name, t, p, False, None, True, w)
+        assert weighted == pytest.approx(plain * w.mean(), rel=1e-14)
+        np.testing.assert_allclose(gw, g * w.mean(), rtol=1e-14)
+
+
+@pytest.mark.parametrize("loss,activation", [
+    ("categorical_focal_crossentropy", "softmax"),
+    (pynn_losses.CategoricalFocalCrossentropy(from_logits=True, gamma=1.0), "linear"),
+    ("dice", "sigmoid"), ("tversky", "sigmoid"),
+    (pynn_losses.Tversky(alpha=0.3, beta=0.7), "sigmoid"),
+], ids=lambda v: v if isinstance(v, str) else type(v).__name__)
+def test_focal_dice_tversky_train_a_model(seeded, loss, activation):
+    import pynn
+    from pynn import layers
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 6)).astype(np.float32)
+    labels = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0)
+    y = np.eye(3, dtype=np.float32)[labels]
+    model = pynn.Sequential([layers.Input((6,)), layers.Dense(3, activation=activation)])
+    model.compile(pynn.optimizers.Adam(0.05), loss=loss)
+    before = model.evaluate(x, y, batch_size=16, verbose=0)
+    history = model.fit(x, y, batch_size=16, epochs=5, verbose=0, shuffle=False)
+    after = model.evaluate(x, y, batch_size=16, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert after < before
