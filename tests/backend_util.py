@@ -262,3 +262,15 @@ def assert_step_matches_on_opencl(build, xs, y, loss="mse", atol=1e-5):
     assert abs(l2 - l1) <= atol * max(1, abs(l1)), f"loss on OpenCL {l2}, on the CPU {l1}"
     for a, b in zip(w2, w1):
         np.testing.assert_allclose(a, b, atol=atol)
+
+
+def keras_on_torch():
+    """Keras 3 on its torch backend (the parity reference, a test extra), or the test is
+    skipped saying why."""
+    import pytest
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip(f"keras runs on {keras.backend.backend()}, parity wants torch")
+    return keras

@@ -5,7 +5,7 @@ multipliers, thread-count invariance, and bad operands."""
 import numpy as np
 import pytest
 
-from tests.backend_util import assert_step_matches_on_opencl, check_op, rand
+from tests.backend_util import assert_step_matches_on_opencl, check_op, keras_on_torch, rand
 from tests.reference import gradcheck
 from tests.reference import attention_ref as ref
 
@@ -179,14 +179,7 @@ def test_backward_bad_operands_name_the_op(backend, rng):
 
 # -- the MultiHeadAttention layer ----------------------------------------------------------
 
-def _keras():
-    import os
-
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip(f"keras runs on {keras.backend.backend()}, parity wants torch")
-    return keras
+_keras = keras_on_torch
 
 
 LAYER_CASES = [  # (constructor arguments, call options)

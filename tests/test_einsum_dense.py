@@ -2,12 +2,11 @@
 gradient over the equation forms Keras takes, central differences, OpenCL against the CPU,
 the kernel's initial spread, Keras files, and bad equations."""
 
-import os
 
 import numpy as np
 import pytest
 
-from tests.backend_util import assert_step_matches_on_opencl, rand
+from tests.backend_util import assert_step_matches_on_opencl, keras_on_torch, rand
 
 CASES = [  # equation, output_shape, bias_axes, input shape, activation
     ("ab,bc->ac", (5,), None, (3, 4), None),
@@ -28,12 +27,7 @@ def rng():
     return np.random.default_rng(2034)
 
 
-def _keras():
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip(f"keras runs on {keras.backend.backend()}, parity wants torch")
-    return keras
+_keras = keras_on_torch
 
 
 @pytest.mark.parametrize("equation, output_shape, bias_axes, shape, activation", CASES)

@@ -3,13 +3,12 @@ references over both backends, and Keras 3's Embedding layer: gradients by finit
 differences, Keras parity, config, masks and bad indices."""
 
 import json
-import os
 
 import numpy as np
 import pytest
 
 from pynn import layers
-from tests.backend_util import check_op, rand
+from tests.backend_util import check_op, keras_on_torch, rand
 from tests.reference import embedding_ref as ref
 from tests.reference.gradcheck import check_layer
 
@@ -195,12 +194,7 @@ def test_config_round_trip():
     np.testing.assert_array_equal(clone(idx), layer(idx))
 
 
-def _keras():
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip(f"keras runs on {keras.backend.backend()}, parity wants torch")
-    return keras
+_keras = keras_on_torch
 
 
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

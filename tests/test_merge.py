@@ -7,7 +7,6 @@ uploads each list item, then compares as check_op does (reference, and CPU on Op
 """
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -33,7 +32,7 @@ from pynn.layers import (
     multiply,
     subtract,
 )
-from tests.backend_util import assert_close, assert_same, rand
+from tests.backend_util import assert_close, assert_same, keras_on_torch, rand
 from tests.reference import gradcheck
 from tests.reference import merge_ref as ref
 
@@ -457,12 +456,7 @@ def test_layers_run_on_opencl(rng):
 
 # -- Keras 3 parity -------------------------------------------------------------------------
 
-def _keras():
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip(f"keras runs on {keras.backend.backend()}, parity wants torch")
-    return keras
+_keras = keras_on_torch
 
 
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

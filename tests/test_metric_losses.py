@@ -4,21 +4,17 @@ R2Score, the correlations, Mean and Sum in pynn.metrics: the same results as ker
 on random batches, with and without sample weights, their string names in compile, and
 Keras files compiled with them."""
 
-import os
 
 import numpy as np
 import pytest
+
+from tests.backend_util import keras_on_torch
 
 import pynn
 from pynn import metrics as M
 
 
-def _keras():
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip(f"keras runs on {keras.backend.backend()}, parity wants torch")
-    return keras
+_keras = keras_on_torch
 
 
 def _batch(rng, kind):

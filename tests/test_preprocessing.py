@@ -5,14 +5,13 @@ finite differences (the differentiable ones), against Keras itself (the determin
 their seeds, configs and bad inputs."""
 
 import json
-import os
 
 import numpy as np
 import pytest
 
 from pynn import layers
 from pynn.layers import preprocessing as pp
-from tests.backend_util import check_op, rand
+from tests.backend_util import check_op, keras_on_torch, rand
 from tests.reference import preprocessing_ref as ref
 from tests.reference.gradcheck import check_layer
 
@@ -95,12 +94,7 @@ def test_image_affine_same_bits_at_any_thread_count(num_threads, rng):
 
 # -- Keras parity ---------------------------------------------------------------------------
 
-def _keras():
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip(f"keras runs on {keras.backend.backend()}, parity wants torch")
-    return keras
+_keras = keras_on_torch
 
 
 @pytest.mark.parametrize("fill_mode", ref.FILL_MODES)

@@ -5,13 +5,12 @@ OpenCL against the CPU, Keras parity of outputs and of one epoch of Adam on a sm
 model, config round trips and bad inputs."""
 
 import json
-import os
 
 import numpy as np
 import pytest
 
 from pynn import layers
-from tests.backend_util import rand
+from tests.backend_util import keras_on_torch, rand
 from tests.reference.gradcheck import check_layer
 
 
@@ -99,12 +98,7 @@ def test_layer_matches_cpu(backend, rng, make, shape):
                                    err_msg=what)
 
 
-def _keras():
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip(f"keras runs on {keras.backend.backend()}, parity wants torch")
-    return keras
+_keras = keras_on_torch
 
 
 KERAS_CASES = [

@@ -5,14 +5,13 @@ on the time axis, no view), OpenCL against the CPU, gradients by finite differen
 (float64), Keras parity of outputs and configs, config round trips and bad inputs."""
 
 import json
-import os
 
 import numpy as np
 import pytest
 
 import pynn
 from pynn import layers
-from tests.backend_util import make_backend, rand
+from tests.backend_util import keras_on_torch, make_backend, rand
 from tests.reference import sequence_ref as ref
 from tests.reference.gradcheck import check_layer
 
@@ -141,12 +140,7 @@ def test_config_round_trip(case):
     assert twin.get_config() == layer.get_config()
 
 
-def _keras():
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip(f"keras runs on {keras.backend.backend()}, parity wants torch")
-    return keras
+_keras = keras_on_torch
 
 
 KERAS_CASES = [

@@ -3,14 +3,13 @@ tests/reference/shape_ref.py over both backends; the layers on them (Permute, Re
 and Identity by finite differences and against Keras 3 itself; bad inputs."""
 
 import json
-import os
 
 import numpy as np
 import pytest
 
 from pynn import layers
 from pynn._native import info, shape
-from tests.backend_util import check_op, rand
+from tests.backend_util import check_op, keras_on_torch, rand
 from tests.reference import shape_ref as ref
 from tests.reference.gradcheck import check_layer
 
@@ -107,12 +106,7 @@ def test_config_round_trip(make, xshape):
     np.testing.assert_array_equal(clone(x), layer(x))
 
 
-def _keras():
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip(f"keras runs on {keras.backend.backend()}, parity wants torch")
-    return keras
+_keras = keras_on_torch
 
 
 KERAS_CASES = [
