@@ -116,6 +116,15 @@ def preprocessing():
         K.RandomBrightness(0.2), K.RandomCrop(7, 6), K.Flatten(), K.Dense(2)])
 
 
+def tabular():
+    # a numeric column binned and a token column counted, then joined
+    values, tokens = keras.Input((3,)), keras.Input((4,), dtype="int32")
+    binned = K.Discretization(bin_boundaries=[-0.5, 0.0, 1.0], output_mode="one_hot")(values)
+    counted = K.CategoryEncoding(num_tokens=20, output_mode="count")(tokens)   # _inputs: ids < 20
+    joined = K.Concatenate()([K.Flatten()(binned), counted])
+    return keras.Model([values, tokens], K.Dense(2)(joined))
+
+
 def masked_functional():
     # A functional Keras 3 model records each mask's ops (NotEqual, Any, LogicalOr, ...) as
     # nodes feeding the layers' mask= arguments; pynn drops them and propagates the masks
@@ -161,6 +170,7 @@ def attention():
 
 
 ARCHITECTURES = {"recurrent_wrappers": recurrent_wrappers, "attention": attention,
+                 "tabular": tabular,
                  "masked_functional": masked_functional, "sequence_1d": sequence_1d,
                  "preprocessing": preprocessing, "mlp": mlp, "cnn": cnn, "merge": merge, "sequence": sequence,
                  "conv_variants": conv_variants, "pooling_1d": pooling_1d,

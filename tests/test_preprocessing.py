@@ -9,7 +9,9 @@ import json
 import numpy as np
 import pytest
 
+import pynn
 from pynn import layers
+from pynn import layers as L
 from pynn.layers import preprocessing as pp
 from tests.backend_util import check_op, keras_on_torch, rand
 from tests.reference import preprocessing_ref as ref
@@ -409,3 +411,74 @@ def test_random_layers_build_keras_matrices_and_images(rng):
     got = cpu.image_affine_forward(x, pp.flip_matrices(flips, np.zeros(n, bool), h, w), (h, w),
                                    "nearest", "constant", 0.0)
     np.testing.assert_array_equal(got, want)
+
+
+# -- CategoryEncoding and Discretization -------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["one_hot", "multi_hot", "count"])
+@pytest.mark.parametrize("shape", [(4,), (4, 1), (4, 3)])
+def test_category_encoding_matches_keras(mode, shape):
+    keras = _keras()
+    ids = np.random.default_rng(3).integers(0, 6, shape)
+    want = keras.ops.convert_to_numpy(keras.layers.CategoryEncoding(6, mode)(ids))
+    got = np.asarray(L.CategoryEncoding(6, mode)(ids))
+    np.testing.assert_array_equal(got, want)
+    if mode == "count" and len(shape) == 2:
+        weights = np.random.default_rng(4).random(shape).astype(np.float32)
+        want = keras.ops.convert_to_numpy(
+            keras.layers.CategoryEncoding(6, mode)(ids, count_weights=weights))
+        np.testing.assert_allclose(L.CategoryEncoding(6, mode)(ids, count_weights=weights),
+                                   want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["int", "one_hot", "multi_hot", "count"])
+def test_discretization_matches_keras(mode):
+    keras = _keras()
+    x = np.random.default_rng(5).standard_normal((5, 3)).astype(np.float32)
+    x[0, :] = [-0.5, 0.0, 1.0]   # values on the boundaries go to the upper bin
+    bounds = [-0.5, 0.0, 1.0]
+    want = keras.ops.convert_to_numpy(keras.layers.Discretization(bin_boundaries=bounds,
+                                                                  output_mode=mode)(x))
+    got = np.asarray(L.Discretization(bin_boundaries=bounds, output_mode=mode)(x))
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.opencl
+def test_encoded_features_train_and_run_on_opencl_as_on_the_cpu():
+    """A tabular model (a binned column and counted tokens) trains; on OpenCL its
+    predictions and step equal the CPU's (the layers are the backends' ops)."""
+    from tests.backend_util import assert_step_matches_on_opencl
+
+    def build():
+        values, tokens = L.Input((3,)), L.Input((4,), dtype="int32")
+        binned = L.Discretization(bin_boundaries=[-0.5, 0.0, 1.0],
+                                  output_mode="one_hot")(values)
+        counted = L.CategoryEncoding(num_tokens=6, output_mode="count")(tokens)
+        joined = L.Concatenate()([L.Flatten()(binned), counted])
+        return pynn.Model([values, tokens], L.Dense(2)(joined))
+
+    rng = np.random.default_rng(6)
+    xs = [rng.standard_normal((16, 3)).astype(np.float32),
+          rng.integers(0, 6, (16, 4)).astype(np.int32)]
+    y = rng.standard_normal((16, 2)).astype(np.float32)
+    model = build()
+    model.compile("adam", "mse")
+    history = model.fit(xs, y, epochs=20, verbose=0).history
+    assert history["loss"][-1] < history["loss"][0]
+    assert_step_matches_on_opencl(build, xs, y)
+
+
+def test_encoding_bad_arguments_name_the_layer():
+    with pytest.raises(ValueError, match=r"CategoryEncoding 'ce': input values must be whole "
+                                         r"numbers in \[0, num_tokens=3\)"):
+        L.CategoryEncoding(3, name="ce")(np.array([0, 5]))
+    with pytest.raises(ValueError, match="output_mode must be one of"):
+        L.CategoryEncoding(3, "tf_idf")
+    with pytest.raises(ValueError, match="num_tokens must be a positive int"):
+        L.CategoryEncoding(0)
+    with pytest.raises(ValueError, match="count_weights is only used with output_mode='count'"):
+        L.CategoryEncoding(3, "one_hot")(np.array([[0, 1]]), count_weights=np.ones((1, 2)))
+    with pytest.raises(ValueError, match="bin_boundaries are required"):
+        L.Discretization(num_bins=4)
+    with pytest.raises(ValueError, match="sorted list"):
+        L.Discretization(bin_boundaries=[1.0, 0.0])

@@ -1020,7 +1020,7 @@ _OBJECT_MODULES = (("_initializer", "keras.initializers"), ("_regularizer", "ker
 # Keys of pynn's get_config() that Keras's constructor refuses (Keras's SpatialDropout2D
 # takes no ``trainable``).
 _NOT_IN_KERAS = {name: ("trainable",) for name in ("SpatialDropout1D", "SpatialDropout2D",
-                                                    "SpatialDropout3D")}
+                                                    "SpatialDropout3D", "Discretization")}
 
 
 def _keras_object(value, module):

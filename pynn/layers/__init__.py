@@ -185,3 +185,7 @@ __all__ += ["RMSNormalization", "UnitNormalization"]
 from pynn.layers.einsum_dense import EinsumDense  # noqa: E402
 
 LAYERS["EinsumDense"] = EinsumDense
+# -- Keras 3's CategoryEncoding and Discretization --
+from pynn.layers.preprocessing import CategoryEncoding, Discretization  # noqa: E402
+
+LAYERS.update({cls.__name__: cls for cls in (CategoryEncoding, Discretization)})

@@ -629,3 +629,148 @@ class RandomBrightness(_RandomColor):
     def draw(self, rng, n):
         lo, hi = self.value_range
         return None, rng.uniform(*self.factor, size=n) * (hi - lo)
+
+
+# -- Keras 3's CategoryEncoding and Discretization: token ids to counts, values to bins -----
+# Both are compositions of the backends' ops (embedding_forward over an identity table for
+# the one-hot rows, a comparison against the boundaries, reductions), so they run on the
+# model's device; neither has a gradient (their inputs are ids or the values they bin).
+
+ENCODING_MODES = ("one_hot", "multi_hot", "count")
+
+
+def _encode(layer, ids, num_tokens, mode, count_weights=None):
+    """(N,) or (N, T) token ids -> Keras's CategoryEncoding output of ``mode``."""
+    b = backend.current()
+    shape = tuple(ids.shape)
+    if len(shape) not in (1, 2):
+        raise ValueError(f"{_name(layer)}: expected inputs of rank 1 or 2 (batch, tokens), "
+                         f"got shape {shape}")
+    table = layer.__dict__.get("_identity")
+    if table is None or tuple(table.shape) != (num_tokens, num_tokens):
+        table = b.asarray(np.eye(num_tokens, dtype=np.float32), np.float32)
+        layer._identity = table
+    try:
+        rows = b.embedding_forward(ids, table)          # (N[, T], K)
+    except ValueError as exc:
+        raise ValueError(f"{_name(layer)}: input values must be whole numbers in [0, "
+                         f"num_tokens={num_tokens}) ({exc})") from None
+    if len(shape) == 1 and mode != "one_hot":   # Keras: one unbatched sample of tokens
+        out = _encode(layer, b.reshape(ids, (1, shape[0])), num_tokens, mode,
+                      None if count_weights is None
+                      else np.asarray(count_weights).reshape(1, shape[0]))
+        return b.reshape(out, (num_tokens,))
+    n = shape[0]
+    steps = shape[1] if len(shape) == 2 else 1
+    rows = b.reshape(rows, (n, steps, num_tokens))
+    if mode == "one_hot":
+        return b.reshape(rows, (n, num_tokens) if steps == 1 else (n, steps, num_tokens))
+    if mode == "multi_hot":
+        return b.reduce_axes(rows, (1,), "max", False)
+    if count_weights is not None:
+        weights = b.asarray(np.asarray(count_weights, np.float32).reshape(n, steps, 1),
+                            np.float32)
+        rows = b.elementwise_binary(rows, weights, "multiply")
+    return b.reduce_axes(rows, (1,), "sum", False)
+
+
+def _encoded_shape(input_shape, num_tokens, mode):
+    if mode == "one_hot" and len(input_shape) == 2 and input_shape[1] not in (1, None):
+        return tuple(input_shape) + (num_tokens,)
+    return (input_shape[0], num_tokens)
+
+
+class CategoryEncoding(Layer):
+    """Keras 3's ``CategoryEncoding(num_tokens, output_mode="multi_hot")``: token ids in
+    [0, num_tokens) of (batch,) or (batch, tokens) inputs to one-hot rows, a multi-hot row
+    per sample, or per-token counts (``count_weights`` a call argument, as Keras's)."""
+
+    def __init__(self, num_tokens=None, output_mode="multi_hot", sparse=False, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(num_tokens, bool) or not isinstance(num_tokens, (int, np.integer)) \
+                or num_tokens < 1:
+            raise ValueError(f"{_name(self)}: num_tokens must be a positive int, got "
+                             f"{num_tokens!r}")
+        if output_mode not in ENCODING_MODES:
+            raise ValueError(f"{_name(self)}: output_mode must be one of {ENCODING_MODES}, got "
+                             f"{output_mode!r}")
+        if sparse:
+            raise ValueError(f"{_name(self)}: sparse outputs are not supported")
+        self.num_tokens, self.output_mode = int(num_tokens), output_mode
+
+    def __call__(self, inputs, training=None, count_weights=None, **kwargs):
+        if count_weights is None:
+            return Layer.__call__(self, inputs, training=training, **kwargs)
+        if self.output_mode != "count":
+            raise ValueError(f"{_name(self)}: count_weights is only used with "
+                             f"output_mode='count', got output_mode={self.output_mode!r}")
+        if not self.built:
+            self.build((None,) + tuple(inputs.shape[1:]))
+        return _encode(self, inputs, self.num_tokens, "count", count_weights)
+
+    def compute_output_shape(self, input_shape):
+        return _encoded_shape(input_shape, self.num_tokens, self.output_mode)
+
+    def call(self, x, training=False):
+        return _encode(self, x, self.num_tokens, self.output_mode)
+
+    def backward(self, dy):
+        return None   # token ids have no gradient
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_tokens=self.num_tokens, output_mode=self.output_mode)
+        return config
+
+
+class Discretization(Layer):
+    """Keras 3's ``Discretization(bin_boundaries)``: each value's bin, the number of
+    boundaries at or below it (keras.ops.digitize), as ids or encoded as CategoryEncoding
+    does (output_mode one_hot, multi_hot, count over len(bin_boundaries) + 1 tokens).
+    ``num_bins`` with ``adapt`` is not supported: give the boundaries (a Keras file of an
+    adapted layer holds them)."""
+
+    def __init__(self, bin_boundaries=None, num_bins=None, epsilon=0.01, output_mode="int",
+                 sparse=False, **kwargs):
+        super().__init__(**kwargs)
+        if bin_boundaries is None:
+            raise ValueError(f"{_name(self)}: bin_boundaries are required (adapt() from "
+                             f"num_bins={num_bins!r} is not supported)")
+        bounds = np.asarray(bin_boundaries, np.float64)
+        if bounds.ndim != 1 or bounds.size == 0 or not np.all(np.isfinite(bounds)) \
+                or np.any(np.diff(bounds) < 0):
+            raise ValueError(f"{_name(self)}: bin_boundaries must be a non-empty sorted list "
+                             f"of finite numbers, got {bin_boundaries!r}")
+        if output_mode not in ("int",) + ENCODING_MODES:
+            raise ValueError(f"{_name(self)}: output_mode must be 'int' or one of "
+                             f"{ENCODING_MODES}, got {output_mode!r}")
+        if sparse:
+            raise ValueError(f"{_name(self)}: sparse outputs are not supported")
+        self.bin_boundaries = [float(v) for v in bounds]
+        self.num_bins, self.epsilon, self.output_mode = num_bins, epsilon, output_mode
+
+    def compute_output_shape(self, input_shape):
+        if self.output_mode == "int":
+            return tuple(input_shape)
+        return _encoded_shape(input_shape, len(self.bin_boundaries) + 1, self.output_mode)
+
+    def call(self, x, training=False):
+        b = backend.current()
+        if getattr(x, "dtype", np.float32) not in (np.float32, np.float64):
+            x = b.asarray(np.asarray(b.to_numpy(x), np.float32), np.float32)
+        bounds = b.asarray(np.asarray(self.bin_boundaries, x.dtype), x.dtype)
+        above = b.elementwise_binary(b.reshape(x, tuple(x.shape) + (1,)), bounds,
+                                     "greater_equal")
+        ids = b.reduce_axes(above, (len(x.shape),), "sum", False)
+        if self.output_mode == "int":
+            return ids
+        return _encode(self, ids, len(self.bin_boundaries) + 1, self.output_mode)
+
+    def backward(self, dy):
+        return None   # a step function: no gradient reaches its input
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(bin_boundaries=list(self.bin_boundaries), num_bins=self.num_bins,
+                      epsilon=self.epsilon, output_mode=self.output_mode, sparse=False)
+        return config
