@@ -940,6 +940,60 @@ def _embedding(g, layer, x, out_shape):
     return g.tensor(g.op("Gather", [table, ids], layer.name, axis=0), out_shape)
 
 
+def _encoded(g, layer, ids, rank, num_tokens, mode, hint):
+    """CategoryEncoding's rows of int64 ``ids`` (rank 1 or 2): one-hot rows gathered from an
+    identity table, then the max (multi_hot) or the sum (count) over the tokens."""
+    eye = g.const(np.eye(num_tokens, dtype=np.float32), f"{hint}_identity")
+    rows = g.op("Gather", [eye, ids], f"{hint}_one_hot", axis=0)
+    if mode == "one_hot":   # (N,) ids give (N, K), (N, T) give (N, T, K), as Keras
+        return rows
+    op_type = "ReduceMax" if mode == "multi_hot" else "ReduceSum"
+    return g.reduce(op_type, rows, [rank - 1] if rank == 2 else [0], f"{hint}_{mode}",
+                    keepdims=False)
+
+
+@_converts("CategoryEncoding")
+def _category_encoding(g, layer, x, out_shape):
+    x = g.nhwc(x)
+    ids = x.name
+    if x.dtype not in ("int64",):
+        ids = g.op("Cast", [ids], f"{layer.name}_ids", to=g.onnx.TensorProto.INT64)
+    rank = len(x.shape)
+    if layer.output_mode == "one_hot" and rank == 2 and x.shape[1] == 1:
+        ids = g.op("Squeeze", [ids, g.ints([1], f"{layer.name}_squeeze_axes")],
+                   f"{layer.name}_squeezed")
+        rank = 1
+    y = _encoded(g, layer, ids, rank, layer.num_tokens, layer.output_mode, layer.name)
+    return g.tensor(y, out_shape)
+
+
+@_converts("Discretization")
+def _discretization(g, layer, x, out_shape):
+    """Each value's bin: the number of boundaries at or below it; encoded as
+    CategoryEncoding when the output mode asks."""
+    x = g.nhwc(x)
+    hint = layer.name
+    values = x.name
+    if x.dtype not in ("float32",):
+        values = g.op("Cast", [values], f"{hint}_values", to=g.onnx.TensorProto.FLOAT)
+    rank = len(x.shape)
+    wide = g.unsqueeze(values, [rank], f"{hint}_wide")
+    above = g.op("Not", [g.op("Less", [wide, g.const(np.asarray(layer.bin_boundaries,
+                                                                 np.float32), f"{hint}_bounds")],
+                              f"{hint}_below")], f"{hint}_at_or_above")
+    counts = g.reduce("ReduceSum", g.op("Cast", [above], f"{hint}_counted",
+                                        to=g.onnx.TensorProto.FLOAT), [rank], f"{hint}_bins",
+                      keepdims=False)
+    if layer.output_mode == "int":
+        return g.tensor(counts, out_shape)
+    ids = g.op("Cast", [counts], f"{hint}_ids", to=g.onnx.TensorProto.INT64)
+    if layer.output_mode == "one_hot" and rank == 2 and x.shape[1] == 1:
+        ids = g.op("Squeeze", [ids, g.ints([1], f"{hint}_squeeze_axes")], f"{hint}_squeezed")
+        rank = 1
+    y = _encoded(g, layer, ids, rank, len(layer.bin_boundaries) + 1, layer.output_mode, hint)
+    return g.tensor(y, out_shape)
+
+
 # ONNX's RNN activation names and their (alpha, beta), for pynn's RNN_ACTIVATIONS; selu and
 # relu6 have none (onnxruntime implements only these).
 _RNN_ACTIVATIONS = {

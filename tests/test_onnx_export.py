@@ -1193,3 +1193,21 @@ def test_group_query_attention(opset, masked):
     data = np.random.default_rng(3).integers(1, 13, (4, 7)).astype(np.int32)
     data[:, 5:] = 0
     check_export(model, data, opset=opset)
+
+
+# -- CategoryEncoding, Discretization -------------------------------------------------------
+@pytest.mark.parametrize("mode", ["one_hot", "multi_hot", "count"])
+@pytest.mark.parametrize("steps", [1, 4])
+@pytest.mark.parametrize("opset", [13, None])
+def test_category_encoding_and_discretization(mode, steps, opset):
+    tokens = L.Input((steps,), dtype="int32")
+    values = L.Input((steps,))
+    encoded = L.CategoryEncoding(num_tokens=6, output_mode=mode)(tokens)
+    binned = L.Discretization(bin_boundaries=[-0.5, 0.0, 1.0], output_mode=mode)(values)
+    ints = L.Discretization(bin_boundaries=[-0.5, 0.0, 1.0])(values)
+    model = pynn.Model([tokens, values], [encoded, binned, ints])
+    rng = np.random.default_rng(2)
+    data = [rng.integers(0, 6, (5, steps)).astype(np.int32),
+            rng.standard_normal((5, steps)).astype(np.float32)]
+    data[1][0, 0] = 0.0   # on a boundary
+    check_export(model, data, opset=opset)
