@@ -25,6 +25,19 @@
  */
 #include "common.h"
 
+/* The four indices (i0, i1, i2, i3) of a row-major id over dims (., d1, d2, d3): every
+ * kernel here has one work-item per element of a 4-D result. */
+inline void attention_index4(int gid, int d1, int d2, int d3, int *i0, int *i1, int *i2,
+                             int *i3)
+{
+    *i3 = gid % d3;
+    gid /= d3;
+    *i2 = gid % d2;
+    gid /= d2;
+    *i1 = gid % d1;
+    *i0 = gid / d1;
+}
+
 /* probs[n, h, t, s] = sum_k (q[n, t, h, k] * scale) k[n, s, h, k] */
 __kernel void attention_scores(__global const float *q, __global const float *k,
                                __global float *probs, const int N, const int T, const int S,
@@ -32,12 +45,8 @@ __kernel void attention_scores(__global const float *q, __global const float *k,
 {
     const int gid = get_global_id(0);
     GUARD(gid, N * H * T * S);
-    const int s = gid % S;
-    int rest = gid / S;
-    const int t = rest % T;
-    rest /= T;
-    const int h = rest % H;
-    const int n = rest / H;
+    int n, h, t, s;
+    attention_index4(gid, H, T, S, &n, &h, &t, &s);
     __global const float *qr = q + (((size_t)n * T + t) * H + h) * K;
     __global const float *kr = k + (((size_t)n * S + s) * H + h) * K;
     float acc = 0.0f;
@@ -98,12 +107,8 @@ __kernel void attention_context(__global const float *probs, __global const floa
 {
     const int gid = get_global_id(0);
     GUARD(gid, N * T * H * V);
-    const int j = gid % V;
-    int rest = gid / V;
-    const int h = rest % H;
-    rest /= H;
-    const int t = rest % T;
-    const int n = rest / T;
+    int n, t, h, j;
+    attention_index4(gid, T, H, V, &n, &t, &h, &j);
     const size_t row = (((size_t)n * H + h) * T + t) * S;
     __global const float *vr = v + ((size_t)n * S * H + h) * V + j;
     const size_t vstride = (size_t)H * V;
@@ -123,12 +128,8 @@ __kernel void attention_dv(__global const float *probs, __global const float *dr
 {
     const int gid = get_global_id(0);
     GUARD(gid, N * S * H * V);
-    const int j = gid % V;
-    int rest = gid / V;
-    const int h = rest % H;
-    rest /= H;
-    const int s = rest % S;
-    const int n = rest / S;
+    int n, s, h, j;
+    attention_index4(gid, S, H, V, &n, &s, &h, &j);
     const size_t col = ((size_t)n * H + h) * T * S + s;
     __global const float *dr = dout + ((size_t)n * T * H + h) * V + j;
     const size_t dstride = (size_t)H * V;
@@ -151,12 +152,8 @@ __kernel void attention_dprobs(__global const float *dout, __global const float 
 {
     const int gid = get_global_id(0);
     GUARD(gid, N * H * T * S);
-    const int s = gid % S;
-    int rest = gid / S;
-    const int t = rest % T;
-    rest /= T;
-    const int h = rest % H;
-    const int n = rest / H;
+    int n, h, t, s;
+    attention_index4(gid, H, T, S, &n, &h, &t, &s);
     __global const float *dr = dout + (((size_t)n * T + t) * H + h) * V;
     __global const float *vr = v + (((size_t)n * S + s) * H + h) * V;
     float acc = 0.0f;
@@ -193,12 +190,8 @@ __kernel void attention_dq(__global const float *ds, __global const float *k,
 {
     const int gid = get_global_id(0);
     GUARD(gid, N * T * H * K);
-    const int c = gid % K;
-    int rest = gid / K;
-    const int h = rest % H;
-    rest /= H;
-    const int t = rest % T;
-    const int n = rest / T;
+    int n, t, h, c;
+    attention_index4(gid, T, H, K, &n, &t, &h, &c);
     __global const float *dr = ds + (((size_t)n * H + h) * T + t) * S;
     __global const float *kr = k + ((size_t)n * S * H + h) * K + c;
     const size_t kstride = (size_t)H * K;
@@ -215,12 +208,8 @@ __kernel void attention_dk(__global const float *ds, __global const float *q,
 {
     const int gid = get_global_id(0);
     GUARD(gid, N * S * H * K);
-    const int c = gid % K;
-    int rest = gid / K;
-    const int h = rest % H;
-    rest /= H;
-    const int s = rest % S;
-    const int n = rest / S;
+    int n, s, h, c;
+    attention_index4(gid, S, H, K, &n, &s, &h, &c);
     const size_t col = ((size_t)n * H + h) * T * S + s;
     __global const float *qr = q + ((size_t)n * T * H + h) * K + c;
     const size_t qstride = (size_t)H * K;
