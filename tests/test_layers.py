@@ -278,3 +278,20 @@ def test_model_gradients_mlp_with_dropout(float64, seeded):
     y = model._prepare_targets(seeded.integers(0, 2, 3), 3, "test")[0]
     check_model(model, _x(seeded, 3, 4, 3), y,
                 before_forward=lambda: setattr(dropout, "_offset", 0))
+
+
+# -- Keras's second names ----------------------------------------------------------------------
+def test_keras_aliases_name_the_same_layers():
+    """Where Keras gives one layer two names (Convolution2D, MaxPool2D, ...) and pynn has the
+    layer, pynn's two names are one class too."""
+    from tests.backend_util import keras_on_torch
+
+    keras = keras_on_torch()
+    public = {name: getattr(keras.layers, name) for name in dir(keras.layers)
+              if name[:1].isupper()}
+    pairs = [(a, b) for a in public for b in public
+             if a < b and public[a] is public[b] and (hasattr(layers, a) or hasattr(layers, b))]
+    assert pairs, "keras.layers names no alias"
+    for a, b in pairs:
+        assert hasattr(layers, a) and hasattr(layers, b), f"pynn.layers lacks {a} or {b}"
+        assert getattr(layers, a) is getattr(layers, b), (a, b)

@@ -154,6 +154,7 @@ AvgPool2D = AveragePooling2D
 GlobalAvgPool2D = GlobalAveragePooling2D
 GlobalMaxPool2D = GlobalMaxPooling2D
 # convolution variants (issue 12)
+Convolution2D = Conv2D
 Convolution2DTranspose = Conv2DTranspose
 SeparableConvolution2D = SeparableConv2D
 
@@ -163,7 +164,7 @@ __all__ = ["Layer", "LAYERS", "Input", *LAYERS, "MaxPool2D", "AvgPool2D", "Globa
            "add", "subtract", "multiply", "average", "maximum", "minimum", "concatenate",
            "dot",
            # -- convolution variants: Keras aliases --
-           "Convolution2DTranspose", "SeparableConvolution2D",
+           "Convolution2D", "Convolution2DTranspose", "SeparableConvolution2D",
            # -- sequence layers (issue 14): Keras aliases --
            "MaxPool1D", "AvgPool1D", "GlobalAvgPool1D", "GlobalMaxPool1D", "Convolution1D",
            # -- sequence layers, 1-D twins and text (issue 14, branch seq): Keras aliases --
