@@ -559,6 +559,31 @@ OPS.update({
     # -> (dq, dk, dv)
 })
 
+# -- conv3d (native/conv3d.pyx, opencl/conv3d.cl): Keras 3's Conv3D and Conv3DTranspose --
+# NDHWC; strides, dilation_rate (and output_padding) are three ints; padding as conv2d's per
+# axis. Conv3D's kernel (KD,KH,KW,C/groups,F): output channel o reads the C/groups input
+# channels of group o // (F/groups).
+OPS.update({
+    # (N,D,H,W,C) * kernel -> (y, z), y (N,DO,HO,WO,F), bias+activation fused.
+    "conv3d_forward": ("x", "kernel", "bias", "strides", "padding", "dilation_rate", "groups",
+                       "activation", "alpha"),
+    "conv3d_backward_input": ("dz", "kernel", "input_shape", "strides", "padding",
+                              "dilation_rate", "groups"),
+    "conv3d_backward_weight": ("x", "dz", "kernel_shape", "strides", "padding",
+                               "dilation_rate", "groups"),
+    # A Conv3D layer's whole backward -> (dx or None, dkernel, dbias or None):
+    # conv3d_backward_composed below.
+    "conv3d_backward": ("dy", "x", "z", "y", "kernel", "strides", "padding", "dilation_rate",
+                        "groups", "activation", "alpha", "use_bias", "need_input_grad"),
+    # Keras's Conv3DTranspose: x (N,D,H,W,C) * kernel (KD,KH,KW,F,C) -> (y, z), lengths as
+    # conv2d_transpose_forward's per axis.
+    "conv3d_transpose_forward": ("x", "kernel", "bias", "strides", "padding",
+                                 "output_padding", "dilation_rate", "activation", "alpha"),
+    "conv3d_transpose_backward": ("dy", "x", "z", "y", "kernel", "strides", "padding",
+                                  "output_padding", "dilation_rate", "activation", "alpha",
+                                  "use_bias", "need_input_grad"),
+})
+
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.
 CONSTRAINTS = ("max_norm", "non_neg", "unit_norm", "min_max_norm")
 
@@ -644,5 +669,39 @@ def conv2d_transpose_backward_composed(ops, place, dy, x, z, y, kernel, g, strid
     dx = None
     if need_input_grad:
         dx, _ = ops.conv2d_forward(dfull, kernel, None, strides, "valid", dilation_rate,
+                                   "linear", 0.0)
+    return dx, dk, db
+
+
+# -- conv3d: the composed backwards both backends run ----------------------------------------
+
+
+def conv3d_backward_composed(ops, dy, x, z, y, kernel, strides, padding, dilation_rate, groups,
+                             activation, alpha=0.0, use_bias=True, need_input_grad=True):
+    """conv3d_backward from a backend's ops: the activation's backward fused with the bias
+    gradient, then the two conv gradients."""
+    dz, db = bias_activation_backward(ops, dy, z, y, activation, alpha, use_bias)
+    dk = ops.conv3d_backward_weight(x, dz, tuple(kernel.shape), strides, padding,
+                                    dilation_rate, groups)
+    dx = None
+    if need_input_grad:
+        dx = ops.conv3d_backward_input(dz, kernel, tuple(x.shape), strides, padding,
+                                       dilation_rate, groups)
+    return dx, dk, db
+
+
+def conv3d_transpose_backward_composed(ops, place, dy, x, z, y, kernel, g, strides,
+                                       dilation_rate, activation, alpha, use_bias,
+                                       need_input_grad):
+    """conv3d_transpose_backward from a backend's ops and its ``place(dz, g)`` (dz at its
+    crop offset in a zeroed full output), as conv2d_transpose_backward_composed: the
+    transposed conv is the input gradient of a 'valid' conv3d from the full output to x."""
+    dz, db = bias_activation_backward(ops, dy, z, y, activation, alpha, use_bias)
+    dfull = place(dz, g)
+    dk = ops.conv3d_backward_weight(dfull, x, tuple(kernel.shape), strides, "valid",
+                                    dilation_rate, 1)
+    dx = None
+    if need_input_grad:
+        dx, _ = ops.conv3d_forward(dfull, kernel, None, strides, "valid", dilation_rate, 1,
                                    "linear", 0.0)
     return dx, dk, db

@@ -152,6 +152,11 @@ from pynn._native.elementwise import (  # noqa: F401
 )
 # -- attention (MultiHeadAttention's core) --
 from pynn._native.attention import attention_backward, attention_forward  # noqa: F401
+# -- conv3d (Keras 3's Conv3D and Conv3DTranspose) --
+from pynn._native.conv3d import (  # noqa: F401
+    conv3d_backward, conv3d_backward_input, conv3d_backward_weight, conv3d_forward,
+    conv3d_transpose_backward, conv3d_transpose_forward,
+)
 from pynn.backend.operands.common import host_array
 
 NAME = "cpu"

@@ -190,3 +190,10 @@ LAYERS["EinsumDense"] = EinsumDense
 from pynn.layers.preprocessing import CategoryEncoding, Discretization  # noqa: E402
 
 LAYERS.update({cls.__name__: cls for cls in (CategoryEncoding, Discretization)})
+# -- conv3d: Keras 3's Conv3D and Conv3DTranspose --
+from pynn.layers.conv3d import Conv3D, Conv3DTranspose  # noqa: E402
+
+LAYERS.update({cls.__name__: cls for cls in (Conv3D, Conv3DTranspose)})
+Convolution3D = Conv3D
+Convolution3DTranspose = Conv3DTranspose
+__all__ += ["Conv3D", "Conv3DTranspose", "Convolution3D", "Convolution3DTranspose"]

@@ -128,3 +128,8 @@ from pynn.backend.opencl.bf16 import (  # noqa: F401
     bf16_dense_forward,
     bf16_round,
 )
+# -- conv3d (Keras 3's Conv3D and Conv3DTranspose) --
+from pynn.backend.opencl.conv3d import (  # noqa: F401
+    conv3d_backward, conv3d_backward_input, conv3d_backward_weight, conv3d_forward,
+    conv3d_transpose_backward, conv3d_transpose_forward,
+)
