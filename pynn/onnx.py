@@ -1626,6 +1626,26 @@ def _quantized_recurrent(g, layer, x, out_shape, mask=None):
 # -- end int8 quantized layers --
 
 
+# -- conv3d: Keras 3's Conv3D and Conv3DTranspose (Conv / ConvTranspose, 3 spatial axes) -------
+@_converts("Conv3D")
+def _conv3d(g, layer, x, out_shape):
+    # Keras (kd, kh, kw, C/g, F) -> ONNX (F, C/g, kd, kh, kw); groups split F as ONNX's
+    w = _host(layer.kernel).transpose(4, 3, 0, 1, 2)
+    pads = _window_pads(layer, x, layer.kernel_size, layer.strides, layer.dilation_rate,
+                        layer.padding)
+    return _conv(g, layer, x, out_shape, w, _bias(layer), layer.kernel_size, layer.strides,
+                 layer.dilation_rate, pads, layer.groups, layer.name, layer.activation,
+                 layer.alpha)
+
+
+@_converts("Conv3DTranspose")
+def _conv3d_transpose(g, layer, x, out_shape):
+    w = _host(layer.kernel).transpose(4, 3, 0, 1, 2)  # (kd, kh, kw, F, C) -> (C, F, kd, kh, kw)
+    return _conv_transpose(g, layer, x, out_shape, w, layer.kernel_size, layer.strides,
+                           layer.dilation_rate, layer.output_padding or (None, None, None))
+# -- end conv3d --
+
+
 def _convert(g, layer, x, out_shape):
     fn = _CONVERTERS.get(type(layer).__name__)
     if fn is None:

@@ -190,6 +190,19 @@ def row_normalization():
 ARCHITECTURES["row_normalization"] = row_normalization
 
 
+# -- conv3d: Conv3D (grouped, strided, dilated) and Conv3DTranspose on a small video --
+def volumetric():
+    return keras.Sequential([
+        keras.Input((5, 8, 7, 4)), K.Conv3D(6, 3, padding="same", groups=2, activation="relu"),
+        K.Conv3D(4, (2, 3, 3), strides=2, padding="same"),
+        K.Conv3DTranspose(3, 3, strides=(2, 2, 1), padding="same", output_padding=(1, 0, 0),
+                          activation="tanh"),
+        K.Conv3D(2, 2, dilation_rate=2), K.Flatten(), K.Dense(2)])
+
+
+ARCHITECTURES["volumetric"] = volumetric
+
+
 def test_architectures_cover_every_pynn_layer():
     seen = set()
 

@@ -1211,3 +1211,29 @@ def test_category_encoding_and_discretization(mode, steps, opset):
             rng.standard_normal((5, steps)).astype(np.float32)]
     data[1][0, 0] = 0.0   # on a boundary
     check_export(model, data, opset=opset)
+
+
+# -- conv3d: Conv3D and Conv3DTranspose -------------------------------------------------------
+CONV3DS = {
+    "conv3d_valid": ((5, 6, 7, 3), lambda: L.Conv3D(4, (3, 2, 3), activation="tanh")),
+    "conv3d_same_stride": ((5, 7, 6, 3), lambda: L.Conv3D(5, 3, strides=2, padding="same")),
+    "conv3d_same_dilated": ((5, 6, 5, 2), lambda: L.Conv3D(3, 2, padding="same",
+                                                           dilation_rate=(2, 1, 2))),
+    "conv3d_grouped": ((4, 5, 5, 6), lambda: L.Conv3D(4, 3, groups=2, padding="same",
+                                                      use_bias=False)),
+    "conv3d_transpose_valid": ((3, 4, 3, 3), lambda: L.Conv3DTranspose(4, 3, strides=2)),
+    "conv3d_transpose_same": ((3, 4, 3, 3), lambda: L.Conv3DTranspose(
+        3, (2, 3, 3), strides=(2, 1, 2), padding="same", activation="relu")),
+    "conv3d_transpose_output_padding": ((3, 2, 4, 2), lambda: L.Conv3DTranspose(
+        3, 3, strides=2, padding="same", output_padding=(1, 0, 1))),
+    "conv3d_transpose_stride_over_kernel": ((3, 3, 2, 2), lambda: L.Conv3DTranspose(
+        2, 2, strides=3)),
+    "conv3d_transpose_dilated": ((3, 4, 3, 2), lambda: L.Conv3DTranspose(
+        2, 3, padding="same", dilation_rate=2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONV3DS))
+def test_volumetric_convolutions(name):
+    shape, make = CONV3DS[name]
+    check_export(seq(shape, make()), rand((2,) + shape))
