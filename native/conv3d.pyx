@@ -1,4 +1,5 @@
-"""Conv3D kernels: vol2col + BLAS tiles, as conv.pyx's im2col path one axis up.
+"""Conv3D kernels: conv.pyx's direct microkernel paths and its im2col + BLAS tiles (here
+vol2col), one axis up.
 
 Legend: N batch, D/H/W input depth/height/width, C input channels, KD/KH/KW kernel extents,
 F filters, G groups (CG = C/G input and FG = F/G output channels per group), DO/HO/WO output
@@ -19,6 +20,18 @@ Design:
   fixed (kd, kh, wo, kw) order: each dx row is written by one thread, so the result is
   bit-identical for any thread count.
 - 1x1x1 stride-1 ungrouped convs skip vol2col: x itself is the (R*WO, C) matrix.
+- Direct path (ungrouped, while the (K, F) kernel matrix stays near L2: K*F <=
+  _DIRECT_MAX_KF, conv.pyx's rule): no vol2col at all. conv.pyx's register-blocked
+  microkernel (native/_microkernel.h) reads a zero-padded copy of x in blocks of 48
+  consecutive output voxels, one segment per kernel row (kd, kh) whose KW*C inputs are
+  contiguous in the padded row (one per tap when dilated along W), on the kernel packed
+  into column panels once per call; the bias is the start value and the activation runs
+  while the block is in L1. The stride-1 input gradient (C >= 16, as conv.pyx's) is the
+  same forward over dz zero-padded to a 'full' conv, the kernel flipped in space with its
+  channel axes swapped. backward_weight: kernel entries x filters summed over output rows,
+  slab partials added in slab order. Against vol2col + BLAS on 2 shared cores (8 x
+  16x32x32x16 -> 32, 3x3x3, 'same', ms): forward 50 / 175, backward_input 67 / 171,
+  backward_weight 59 / 216 (bench/bench_conv3d.py has torch's conv3d beside them).
 - The bias gradient and the activation's backward are activation.pyx's fused pass
   (api.conv3d_backward_composed); the transposed conv is conv3d_backward_input onto its full
   output, then Keras's window (as conv.pyx's conv2d_transpose).
@@ -29,7 +42,7 @@ import numpy as np
 
 from libc.string cimport memcpy, memset
 from _blas cimport blas_init, gemm_rowmajor, floating
-from _activation cimport ACT_LINEAR, bias_activation_rows
+from _activation cimport ACT_LINEAR, bias_activation_rows, block_epilogue
 from _openmp cimport omp_get_max_threads
 
 from types import SimpleNamespace
@@ -67,6 +80,7 @@ def _set_workspace_bytes(nbytes=None):
 cdef struct Geom3:
     Py_ssize_t N, D, H, W, C, KD, KH, KW, F, G, CG, FG, SD, SH, SW, DD, DH, DW
     Py_ssize_t PF, PT, PL, DO, HO, WO, K
+    Py_ssize_t DP, HP, WP   # the zero-padded input the direct path reads
 
 
 cdef inline Py_ssize_t _imax(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -243,11 +257,11 @@ cdef void _epilogue_job(void* ctx, long begin, long end, int slot) noexcept nogi
         off = blk * _EPILOGUE_ROWS * j.cols
         rows = _imin(_EPILOGUE_ROWS, j.rows - blk * _EPILOGUE_ROWS)
         if j.is_double:
-            bias_activation_rows(<double*>j.dst + off, <double*>j.y + off,
-                                 <const double*>j.bias, rows, j.cols, j.act, j.alpha)
+            block_epilogue(<double*>j.dst + off, <double*>j.y + off, <const double*>j.bias,
+                           0, <int>rows, 0, <int>j.cols, <int>j.cols, j.act, j.alpha)
         else:
-            bias_activation_rows(<float*>j.dst + off, <float*>j.y + off,
-                                 <const float*>j.bias, rows, j.cols, j.act, <float>j.alpha)
+            block_epilogue(<float*>j.dst + off, <float*>j.y + off, <const float*>j.bias,
+                           0, <int>rows, 0, <int>j.cols, <int>j.cols, j.act, <float>j.alpha)
 
 
 cdef void _epilogue(floating* z, floating* y, const floating* bias, Py_ssize_t rows,
@@ -328,6 +342,204 @@ cdef void conv3d_backward_input_tiles(const floating* dz, const floating* w, flo
         r0 = r1
 
 
+# -- direct path: conv.pyx's microkernel on a zero-padded input, no vol2col ------------------
+
+include "_microkernel.pxi"   # pynn._config.set_kernel reaches this module too
+
+cdef enum:
+    # Output voxels per block: a multiple of every microkernel height (6 rows with AVX2, 8
+    # with AVX-512), so only the last block of the whole output ends in a short one.
+    _FORWARD_VOXELS = 48
+    # Packed kernel rows one sweep of a block reads before the next segment group starts
+    # (conv.pyx's _FORWARD_PANEL_ROWS): the panel slice stays in L1.
+    _FORWARD_PANEL_ROWS = 256
+
+
+cdef inline void _seg_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,
+                           const floating* a, const Py_ssize_t* roff, const Py_ssize_t* aseg,
+                           Py_ssize_t sat, const floating* b, const Py_ssize_t* bseg,
+                           Py_ssize_t ldb, floating* c, Py_ssize_t ldc, const floating* init,
+                           int accum) noexcept nogil:
+    if floating is float:
+        pynn_seg_gemm_f(m, n, nseg, tn, a, roff, aseg, sat, b, bseg, ldb, c, ldc, init, accum,
+                        False)
+    else:
+        pynn_seg_gemm_d(m, n, nseg, tn, a, roff, aseg, sat, b, bseg, ldb, c, ldc, init, accum,
+                        False)
+
+
+ctypedef struct _DirectJob:
+    bint is_double
+    const void* xp
+    const void* wp
+    const void* bias
+    void* z
+    void* y
+    const Geom3* g
+    Py_ssize_t* roff_buf
+    const Py_ssize_t* aseg
+    const Py_ssize_t* bseg
+    const Py_ssize_t* bseg_last
+    Py_ssize_t nseg, tn, group, nc
+    int act
+    double alpha
+
+
+cdef void conv3d_forward_direct_voxels(const floating* xp, const floating* wp,
+                                       const floating* bias, floating* z, floating* y,
+                                       const _DirectJob* j, Py_ssize_t* roff, Py_ssize_t p0,
+                                       Py_ssize_t rows) noexcept nogil:
+    """Output voxels [p0, p0 + rows) (flat n, do, ho, wo order) into z (F apart, the bias as
+    start value) and act(z) into y (may alias z); z, y point at voxel p0's row; roff: this
+    thread's `rows` window offsets into the padded input."""
+    cdef const Geom3* g = j.g
+    cdef Py_ssize_t p, t, n, od, ho, wo, origin, q0, wd, s0, ns
+    cdef Py_ssize_t C = g.C, F = g.F
+    # The block's first voxel by division, the others by stepping.
+    wo = p0 % g.WO
+    t = p0 // g.WO
+    ho = t % g.HO
+    t = t // g.HO
+    od = t % g.DO
+    n = t // g.DO
+    origin = ((n * g.DP + od * g.SD) * g.HP + ho * g.SH) * g.WP * C
+    for p in range(rows):
+        roff[p] = origin + wo * g.SW * C
+        wo = wo + 1
+        if wo == g.WO:
+            wo = 0
+            ho = ho + 1
+            if ho == g.HO:
+                ho = 0
+                od = od + 1
+                if od == g.DO:
+                    od = 0
+                    n = n + 1
+            origin = ((n * g.DP + od * g.SD) * g.HP + ho * g.SH) * g.WP * C
+    q0 = 0
+    while q0 < F:
+        wd = _imin(j.nc, F - q0)
+        s0 = 0
+        while s0 < j.nseg:
+            ns = _imin(j.group, j.nseg - s0)
+            _seg_gemm(rows, wd, ns, j.tn, xp, roff, j.aseg + s0, 1, wp + q0 * g.K,
+                      (j.bseg if wd == j.nc else j.bseg_last) + s0, wd, z + q0, F,
+                      bias + q0 if bias != NULL and s0 == 0 else NULL, s0 > 0)
+            s0 = s0 + ns
+        q0 = q0 + j.nc
+    block_epilogue(z, y, <const floating*>NULL, 0, <int>rows, 0, <int>F, <int>F, j.act,
+                   <floating>j.alpha)
+
+
+cdef void _forward_direct_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _DirectJob* j = <_DirectJob*>ctx
+    cdef Py_ssize_t M = j.g.N * j.g.DO * j.g.HO * j.g.WO, p0, off
+    cdef long blk
+    for blk in range(begin, end):
+        p0 = blk * _FORWARD_VOXELS
+        off = p0 * j.g.F
+        if j.is_double:
+            conv3d_forward_direct_voxels(
+                <const double*>j.xp, <const double*>j.wp, <const double*>j.bias,
+                <double*>j.z + off, <double*>j.y + off, j, j.roff_buf + slot * _FORWARD_VOXELS,
+                p0, _imin(p0 + _FORWARD_VOXELS, M) - p0)
+        else:
+            conv3d_forward_direct_voxels(
+                <const float*>j.xp, <const float*>j.wp, <const float*>j.bias,
+                <float*>j.z + off, <float*>j.y + off, j, j.roff_buf + slot * _FORWARD_VOXELS,
+                p0, _imin(p0 + _FORWARD_VOXELS, M) - p0)
+
+
+cdef void conv3d_forward_direct(const floating* xp, const floating* w, floating* wp,
+                                const floating* bias, floating* z, floating* y, const Geom3* g,
+                                Py_ssize_t* roff_buf, const Py_ssize_t* aseg,
+                                const Py_ssize_t* bseg, const Py_ssize_t* bseg_last,
+                                Py_ssize_t nseg, Py_ssize_t tn, int act,
+                                double alpha) noexcept nogil:
+    """The kernel (K, F) packed into panels (wp), then blocks of output voxels handed out
+    dynamically on the team (no block's result depends on the thread that runs it)."""
+    cdef Py_ssize_t M = g.N * g.DO * g.HO * g.WO
+    cdef Py_ssize_t nblk = (M + _FORWARD_VOXELS - 1) // _FORWARD_VOXELS
+    cdef int threads = omp_get_max_threads()
+    cdef _DirectJob job
+    if floating is float:
+        job.nc = PYNN_NC_F
+        pynn_pack_panels_f(w, g.F, g.K, g.F, PYNN_NC_F, wp)
+    else:
+        job.nc = PYNN_NC_D
+        pynn_pack_panels_d(w, g.F, g.K, g.F, PYNN_NC_D, wp)
+    job.is_double, job.xp, job.wp, job.bias, job.z, job.y, job.g = floating is double, xp, \
+        wp, bias, z, y, g
+    job.roff_buf, job.aseg, job.bseg, job.bseg_last = roff_buf, aseg, bseg, bseg_last
+    job.nseg, job.tn, job.act, job.alpha = nseg, tn, act, alpha
+    job.group = _imax(_FORWARD_PANEL_ROWS // tn, 1) if tn > 0 else nseg
+    pynn_team_for(nblk, team_grain(nblk, threads), threads, _forward_direct_job, &job)
+
+
+# backward_weight: rows = kernel entries (kd, kh, kw, c) at koff[i] in the padded input;
+# one segment per output row (n, do, ho), t walks its WO voxels SW*C apart, b = dz. The output
+# rows are cut into a fixed number of slabs (by the shape, never the thread count), each
+# summed into its own (K, F) partial a chunk of rows at a time (the chunk's dz stays in L1
+# while every block of kernel entries reads it); the partials are added in slab order.
+
+ctypedef struct _WeightJob:
+    bint is_double
+    const void* xp
+    const void* dz
+    void* part
+    const Geom3* g
+    const Py_ssize_t* koff
+    const Py_ssize_t* arow
+    const Py_ssize_t* brow
+    Py_ssize_t slabs, chunk, nc
+
+
+cdef void conv3d_backward_weight_direct_slab(const floating* xp, const floating* dz,
+                                             floating* part, const _WeightJob* j,
+                                             Py_ssize_t slab) noexcept nogil:
+    """Partial slab of dkernel: output rows [R*slab/S, R*(slab+1)/S)."""
+    cdef const Geom3* g = j.g
+    cdef Py_ssize_t R = g.N * g.DO * g.HO, r0, r1, c0, rows, q0, wd
+    r0 = R * slab // j.slabs
+    r1 = R * (slab + 1) // j.slabs
+    memset(part, 0, g.K * g.F * sizeof(floating))
+    c0 = r0
+    while c0 < r1:
+        rows = _imin(j.chunk, r1 - c0)
+        q0 = 0
+        while q0 < g.F:
+            wd = _imin(j.nc, g.F - q0)
+            _seg_gemm(g.K, wd, rows, g.WO, xp, j.koff, j.arow + c0, g.SW * g.C, dz + q0,
+                      j.brow + c0, g.F, part + q0, g.F, <const floating*>NULL, True)
+            q0 = q0 + j.nc
+        c0 = c0 + rows
+
+
+cdef void _weight_direct_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _WeightJob* j = <_WeightJob*>ctx
+    cdef Py_ssize_t kf = j.g.K * j.g.F
+    cdef long slab
+    for slab in range(begin, end):
+        if j.is_double:
+            conv3d_backward_weight_direct_slab(<const double*>j.xp, <const double*>j.dz,
+                                               <double*>j.part + slab * kf, j, slab)
+        else:
+            conv3d_backward_weight_direct_slab(<const float*>j.xp, <const float*>j.dz,
+                                               <float*>j.part + slab * kf, j, slab)
+
+
+cdef void conv3d_backward_weight_direct(const floating* xp, const floating* dz, floating* part,
+                                        const Geom3* g, const Py_ssize_t* koff,
+                                        const Py_ssize_t* arow, const Py_ssize_t* brow,
+                                        Py_ssize_t slabs, Py_ssize_t chunk) noexcept nogil:
+    cdef int threads = omp_get_max_threads()
+    cdef _WeightJob job
+    job.is_double, job.xp, job.dz, job.part, job.g = floating is double, xp, dz, part, g
+    job.koff, job.arow, job.brow, job.slabs, job.chunk = koff, arow, brow, slabs, chunk
+    job.nc = PYNN_NC_F if floating is float else PYNN_NC_D
+    pynn_team_for(slabs, 1, threads, _weight_direct_job, &job)
+
+
 # -- typed-memoryview shims (fused dispatch happens here, with the GIL) --------------------
 
 cdef Geom3 _geom(dict g):
@@ -338,6 +550,7 @@ cdef Geom3 _geom(dict g):
     s.SD, s.SH, s.SW, s.DD, s.DH, s.DW = g["SD"], g["SH"], g["SW"], g["DD"], g["DH"], g["DW"]
     s.PF, s.PT, s.PL, s.DO, s.HO, s.WO = g["PF"], g["PT"], g["PL"], g["DO"], g["HO"], g["WO"]
     s.K = s.KD * s.KH * s.KW * s.CG
+    s.DP, s.HP, s.WP = g.get("DP", 0), g.get("HP", 0), g.get("WP", 0)
     return s
 
 
@@ -362,6 +575,153 @@ def _run_backward_input(const floating[::1] dz, const floating[::1] w, floating[
     cdef Geom3 g = _geom(geometry)
     with nogil:
         conv3d_backward_input_tiles(&dz[0], &w[0], &dx[0], &col[0], &g, tile)
+
+
+def _run_forward_direct(const floating[::1] xp, const floating[::1] w, floating[::1] wp,
+                        const floating[::1] bias, floating[::1] z, floating[::1] y,
+                        dict geometry, Py_ssize_t[::1] roff_buf, const Py_ssize_t[::1] aseg,
+                        const Py_ssize_t[::1] bseg, const Py_ssize_t[::1] bseg_last,
+                        Py_ssize_t tn, int act, double alpha):
+    cdef Geom3 g = _geom(geometry)
+    cdef const floating* bptr = &bias[0] if bias is not None and bias.shape[0] > 0 else NULL
+    if roff_buf.shape[0] < omp_get_max_threads() * _FORWARD_VOXELS:
+        raise ValueError("conv3d_forward: voxel offset buffer too small")
+    if xp.shape[0] < g.N * g.DP * g.HP * g.WP * g.C or wp.shape[0] < g.K * g.F:
+        raise ValueError("conv3d_forward: padded input or panel buffer too small")
+    with nogil:
+        conv3d_forward_direct(&xp[0], &w[0], &wp[0], bptr, &z[0], &y[0], &g, &roff_buf[0],
+                              &aseg[0], &bseg[0], &bseg_last[0], aseg.shape[0], tn, act,
+                              alpha)
+
+
+def _run_backward_weight_direct(const floating[::1] xp, const floating[::1] dz,
+                                floating[::1] part, dict geometry, const Py_ssize_t[::1] koff,
+                                const Py_ssize_t[::1] arow, const Py_ssize_t[::1] brow,
+                                Py_ssize_t slabs, Py_ssize_t chunk):
+    cdef Geom3 g = _geom(geometry)
+    cdef Py_ssize_t R = g.N * g.DO * g.HO
+    if (koff.shape[0] != g.K or arow.shape[0] != R or brow.shape[0] != R
+            or part.shape[0] < slabs * g.K * g.F or slabs < 1 or chunk < 1
+            or xp.shape[0] < g.N * g.DP * g.HP * g.WP * g.C or dz.shape[0] < R * g.WO * g.F):
+        raise ValueError("conv3d_backward_weight: direct pass tables do not fit the geometry")
+    with nogil:
+        conv3d_backward_weight_direct(&xp[0], &dz[0], &part[0], &g, &koff[0], &arow[0],
+                                      &brow[0], slabs, chunk)
+
+
+# When the direct path replaces vol2col + BLAS: conv.pyx's rules (its _DIRECT_MAX_KF and
+# _DIRECT_MIN_C_BACKWARD_INPUT, measured on 2-D convs), ungrouped convs only. A padded copy
+# larger than _MAX_PAD_RATIO times its source (a huge 'same' pad on a tiny input) goes to
+# vol2col, which never pads.
+_DIRECT_MAX_KF = 1 << 18
+_DIRECT_MIN_C_BACKWARD_INPUT = 16
+_MAX_PAD_RATIO = 8
+_ALGOS = (None, "direct", "vol2col")
+_algo = None
+
+
+def _set_algo(algo=None):
+    """Path knob for tests and benchmarks: 'direct' wherever the direct path applies
+    (ungrouped; stride 1 for the input gradient), 'vol2col' everywhere, None the rules
+    above. Returns the old value."""
+    global _algo
+    if algo not in _ALGOS:
+        raise ValueError(f"conv3d: algo must be one of {_ALGOS}, got {algo!r}")
+    old, _algo = _algo, algo
+    return old
+
+
+def _use_direct(g, kernel_f, padded, source, backward_input=False):
+    if g["G"] != 1 or _algo == "vol2col":
+        return False
+    if padded > max(_MAX_PAD_RATIO * source, _workspace_bytes // 4):
+        return False
+    if _algo == "direct":
+        return True
+    if backward_input and g["C"] < _DIRECT_MIN_C_BACKWARD_INPUT:
+        return False   # that conv has C outputs: the microkernel's scalar tail below a vector
+    return g["KD"] * g["KH"] * g["KW"] * g["C"] * kernel_f <= _DIRECT_MAX_KF
+
+
+def _padded_copy(a, front, top, left, shape):
+    """a (N, D, H, W, C) at (front, top, left) in zeros of `shape` (N, DP, HP, WP, C), cut
+    where it reaches past them; a itself when that is all of it."""
+    if (front, top, left) == (0, 0, 0) and tuple(a.shape) == tuple(shape):
+        return a
+    out = np.zeros(shape, dtype=a.dtype)
+    d, h, w = (min(a.shape[i], shape[i] - o) for i, o in ((1, front), (2, top), (3, left)))
+    out[:, front:front + d, top:top + h, left:left + w] = a[:, :d, :h, :w]
+    return out
+
+
+def _direct_segments(g, nc):
+    """Microkernel segments: one per kernel row (kd, kh) (its KW*C padded inputs are
+    contiguous when the W dilation is 1), else one per tap; each segment's offset into the
+    padded input, its first row of the packed kernel times a full and the last panel's
+    width, and its length."""
+    C, F, WPC = g["C"], g["F"], g["WP"] * g["C"]
+    kd = np.arange(g["KD"], dtype=np.intp)[:, None]
+    kh = np.arange(g["KH"], dtype=np.intp)[None, :]
+    rows_dh = (kd * g["DD"] * g["HP"] + kh * g["DH"]) * WPC
+    if g["DW"] == 1:
+        aseg = rows_dh.ravel()
+        first = ((kd * g["KH"] + kh) * g["KW"] * C).ravel()
+        tn = g["KW"] * C
+    else:
+        kw = np.arange(g["KW"], dtype=np.intp)
+        aseg = (rows_dh[..., None] + kw * g["DW"] * C).ravel()
+        first = (((kd * g["KH"] + kh)[..., None] * g["KW"] + kw) * C).ravel()
+        tn = C
+    last = F - (F - 1) // nc * nc
+    return aseg, first * nc, first * last, tn
+
+
+def _forward_direct_into(xp, kernel, bias, z, y, g, act, alpha):
+    """y = act(conv(xp, kernel) + bias) on the padded input xp (N, DP, HP, WP, C), 'valid'
+    over it, into z and y."""
+    g = dict(g, DP=xp.shape[1], HP=xp.shape[2], WP=xp.shape[3])
+    nc = PYNN_NC_F if kernel.dtype == np.float32 else PYNN_NC_D
+    aseg, bseg, bseg_last, tn = _direct_segments(g, nc)
+    roff = np.empty(omp_get_max_threads() * _FORWARD_VOXELS, dtype=np.intp)
+    with scratch(kernel.dtype, (kernel.size,)) as (wp,):
+        _run_forward_direct(xp.reshape(-1), kernel.reshape(-1), wp, bias, z.reshape(-1),
+                            y.reshape(-1), g, roff, aseg, bseg, bseg_last, tn, act, alpha)
+
+
+# backward_weight (direct): a fixed number of slabs (the shape decides, never the thread
+# count: the same bits on any), fewer when K*F is large so the partials stay near
+# _SLAB_ELEMENTS; each slab swept _CHUNK_VOXELS output voxels (whole rows) at a time.
+_SLABS = 16
+_SLAB_ELEMENTS = 1 << 21
+_CHUNK_VOXELS = 128
+
+
+def _backward_weight_direct(x, dz, dw, g, shape):
+    """dkernel (K, F) into dw from the padded x (shape) and dz, slab partials added in order."""
+    xp = _padded_copy(x, g["PF"], g["PT"], g["PL"], shape)
+    g = dict(g, DP=shape[1], HP=shape[2], WP=shape[3])
+    C, WPC = g["C"], g["WP"] * g["C"]
+    kd, kh, kw, c = np.ix_(*(np.arange(n, dtype=np.intp)
+                             for n in (g["KD"], g["KH"], g["KW"], C)))
+    koff = ((kd * g["DD"] * g["HP"] + kh * g["DH"]) * WPC + kw * g["DW"] * C + c).ravel()
+    n, od, oh = np.ix_(*(np.arange(v, dtype=np.intp) for v in (g["N"], g["DO"], g["HO"])))
+    arow = (((n * g["DP"] + od * g["SD"]) * g["HP"] + oh * g["SH"]) * WPC).ravel()
+    rows = arow.size
+    brow = np.arange(rows, dtype=np.intp) * (g["WO"] * g["F"])
+    kf = koff.size * g["F"]
+    slabs = max(1, min(_SLABS, _SLAB_ELEMENTS // max(kf, 1), rows))
+    chunk = max(1, _CHUNK_VOXELS // max(g["WO"], 1))
+    with scratch(x.dtype, (slabs * kf,)) as (part,):
+        _run_backward_weight_direct(xp.reshape(-1), dz.reshape(-1), part, g, koff, arow,
+                                    brow, slabs, chunk)
+        np.sum(part.reshape(slabs, kf), axis=0, out=dw.reshape(-1))
+
+
+def _padded_shape(g):
+    """(N, DP, HP, WP, C): the zero-padded input the output windows reach (x sits at (PF,
+    PT, PL) in it), exactly what the direct paths read."""
+    return (g["N"], *(max((g[o] - 1) * g[s] + (g[k] - 1) * g[d] + 1, 0) for o, k, s, d in (
+        ("DO", "KD", "SD", "DD"), ("HO", "KH", "SH", "DH"), ("WO", "KW", "SW", "DW"))), g["C"])
 
 
 def _plan(g, dtype):
@@ -391,11 +751,17 @@ def conv3d_forward(x, kernel, bias, strides=(1, 1, 1), padding="valid",
             z[...] = 0
             _run_bias_activation(z, y, bias, ACTIVATIONS.index(name), a)
         else:
-            tile, col_shape = _plan(g, x.dtype)
-            with scratch(x.dtype, col_shape) as (col,):
-                _run_forward(x.reshape(-1), kernel.reshape(-1), bias, z.reshape(-1),
-                             y.reshape(-1), col.reshape(-1), g, tile, ACTIVATIONS.index(name),
-                             float(a))
+            shape = _padded_shape(g)
+            if _use_direct(g, g["F"], np.prod(shape), x.size):
+                xp = _padded_copy(x, g["PF"], g["PT"], g["PL"], shape)
+                _forward_direct_into(xp, kernel, bias, z, y, g, ACTIVATIONS.index(name),
+                                     float(a))
+            else:
+                tile, col_shape = _plan(g, x.dtype)
+                with scratch(x.dtype, col_shape) as (col,):
+                    _run_forward(x.reshape(-1), kernel.reshape(-1), bias, z.reshape(-1),
+                                 y.reshape(-1), col.reshape(-1), g, tile,
+                                 ACTIVATIONS.index(name), float(a))
     return y, (z if keep_z else None)
 
 
@@ -404,6 +770,21 @@ def conv3d_backward_input(dz, kernel, input_shape, strides=(1, 1, 1), padding="v
     """dx (N, D, H, W, C) = gradient of the conv w.r.t. its input, from dz (N, DO, HO, WO, F)."""
     dz, kernel, input_shape, g = operands.conv3d_backward_input(
         HOST, dz, kernel, input_shape, strides, padding, dilation_rate, groups)
+    if dz.size and kernel.size and (g["SD"], g["SH"], g["SW"]) == (1, 1, 1):
+        # dx is the forward conv of dz zero-padded to a 'full' conv, the kernel flipped
+        full = [(k - 1) * d for k, d in ((g["KD"], g["DD"]), (g["KH"], g["DH"]),
+                                          (g["KW"], g["DW"]))]
+        shape = (g["N"], g["D"] + full[0], g["H"] + full[1], g["W"] + full[2], g["F"])
+        if _use_direct(g, g["C"], np.prod(shape), dz.size, backward_input=True):
+            dzp = _padded_copy(dz, full[0] - g["PF"], full[1] - g["PT"], full[2] - g["PL"],
+                               shape)
+            flipped = np.ascontiguousarray(kernel[::-1, ::-1, ::-1].transpose(0, 1, 2, 4, 3))
+            gt = dict(g, C=g["F"], F=g["C"], DO=g["D"], HO=g["H"], WO=g["W"], SD=1, SH=1,
+                      SW=1)
+            dx = np.empty(input_shape, dtype=dz.dtype)
+            _forward_direct_into(dzp, flipped, None, dx, dx, gt, ACTIVATIONS.index("linear"),
+                                 0.0)
+            return dx
     dx = np.zeros(input_shape, dtype=dz.dtype)
     if dz.size and dx.size and kernel.size:
         tile, col_shape = _plan(g, dz.dtype)
@@ -419,7 +800,10 @@ def conv3d_backward_weight(x, dz, kernel_shape, strides=(1, 1, 1), padding="vali
     x, dz, kernel_shape, g = operands.conv3d_backward_weight(
         HOST, x, dz, kernel_shape, strides, padding, dilation_rate, groups)
     dw = np.zeros(kernel_shape, dtype=x.dtype)
-    if dz.size and dw.size:
+    shape = _padded_shape(g)
+    if dz.size and dw.size and _use_direct(g, g["F"], np.prod(shape), x.size):
+        _backward_weight_direct(x, dz, dw, g, shape)
+    elif dz.size and dw.size:
         tile, col_shape = _plan(g, x.dtype)
         with scratch(x.dtype, col_shape) as (col,):
             _run_backward_weight(x.reshape(-1), dz.reshape(-1), dw.reshape(-1),

@@ -39,8 +39,16 @@ def forward_op_ref(x, kernel, bias, strides, padding, dilation_rate, groups, act
     return y, (z if activation in ACTIVATIONS_NEEDING_INPUT else None)
 
 
+@pytest.fixture(params=["direct", "vol2col"])
+def algo(request):
+    """The CPU kernel's two paths (native/conv3d.pyx), each wherever it applies."""
+    old = conv3d._set_algo(request.param)
+    yield request.param
+    conv3d._set_algo(old)
+
+
 @pytest.mark.parametrize("xs,ks,s,p,d,groups", CASES, ids=IDS)
-def test_conv3d_ops_match_reference(target, xs, ks, s, p, d, groups):
+def test_conv3d_ops_match_reference(target, algo, xs, ks, s, p, d, groups):
     rng = np.random.default_rng(sum(xs) + sum(ks))
     dtype = target.dtype
     x, k, b = rand(rng, xs, dtype), rand(rng, ks, dtype), rand(rng, (ks[4],), dtype)
@@ -56,10 +64,11 @@ def test_conv3d_ops_match_reference(target, xs, ks, s, p, d, groups):
 
 
 @pytest.mark.parametrize("act", ["linear", "tanh", "gelu"])
-def test_conv3d_backward_matches_reference(target, act):
+@pytest.mark.parametrize("s,groups", [((2, 1, 2), 2), ((1, 1, 1), 1)])
+def test_conv3d_backward_matches_reference(target, algo, act, s, groups):
     rng = np.random.default_rng(5)
     dtype = target.dtype
-    xs, ks, s, p, d, groups = (2, 5, 6, 4, 4), (3, 2, 3, 2, 6), (2, 1, 2), "same", (1, 1, 1), 2
+    xs, ks, p, d = (2, 5, 6, 4, 4), (3, 2, 3, 4 // groups, 6), "same", (1, 1, 1)
     x, k, b = rand(rng, xs, dtype), rand(rng, ks, dtype), rand(rng, (6,), dtype)
     y, z = ref.conv3d_forward_ref(x, k, b, s, p, d, groups, act)
     dy = rand(rng, y.shape, dtype)
@@ -84,7 +93,7 @@ TRANSPOSE_IDS = [f"{x}*{k}-s{s}-{p}-op{o}-d{d}" for x, k, s, p, o, d in TRANSPOS
 
 
 @pytest.mark.parametrize("xs,ks,s,p,op,d", TRANSPOSE_CASES, ids=TRANSPOSE_IDS)
-def test_conv3d_transpose_ops_match_reference(target, xs, ks, s, p, op, d):
+def test_conv3d_transpose_ops_match_reference(target, algo, xs, ks, s, p, op, d):
     rng = np.random.default_rng(sum(xs) + sum(ks))
     dtype = target.dtype
     x, k, b = rand(rng, xs, dtype), rand(rng, ks, dtype), rand(rng, (ks[3],), dtype)
@@ -112,19 +121,21 @@ def restore_threads():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_thread_count_invariance(restore_threads, dtype):
-    """Tiles and the col2vol gather are fixed by the shape, never by the thread count."""
+@pytest.mark.parametrize("strides,groups", [(2, 2), (1, 1)])
+def test_thread_count_invariance(restore_threads, algo, dtype, strides, groups):
+    """Tiles, voxel blocks and the col2vol gather are fixed by the shape, never by the
+    thread count."""
     rng = np.random.default_rng(7)
-    xs, ks = (3, 7, 9, 11, 6), (3, 3, 3, 3, 8)
-    x, k, b = rand(rng, xs, dtype), rand(rng, ks, dtype), rand(rng, (8,), dtype)
+    xs, ks = (3, 7, 9, 11, 16), (3, 3, 3, 16 // groups, 18)
+    x, k, b = rand(rng, xs, dtype), rand(rng, ks, dtype), rand(rng, (18,), dtype)
     old = conv3d._set_workspace_bytes(1 << 14)   # many tiles
     try:
         results = []
         for n in (1, 2, 3):
             info.set_num_threads(n)
-            y, _ = conv3d.conv3d_forward(x, k, b, 2, "same", 1, 2, "tanh", 0.0)
-            dx = conv3d.conv3d_backward_input(y, k, xs, 2, "same", 1, 2)
-            dk = conv3d.conv3d_backward_weight(x, y, ks, 2, "same", 1, 2)
+            y, _ = conv3d.conv3d_forward(x, k, b, strides, "same", 1, groups, "tanh", 0.0)
+            dx = conv3d.conv3d_backward_input(y, k, xs, strides, "same", 1, groups)
+            dk = conv3d.conv3d_backward_weight(x, y, ks, strides, "same", 1, groups)
             results.append((y, dx, dk))
     finally:
         conv3d._set_workspace_bytes(old)
@@ -132,8 +143,12 @@ def test_thread_count_invariance(restore_threads, dtype):
         for a, b_ in zip(results[0], other):
             assert np.array_equal(a, b_)
     # ... and small tiles give the references' numbers
-    want, _ = ref.conv3d_forward_ref(x, k, b, (2, 2, 2), "same", (1, 1, 1), 2, "tanh")
+    want, _ = ref.conv3d_forward_ref(x, k, b, (strides,) * 3, "same", (1, 1, 1), groups,
+                                     "tanh")
     np.testing.assert_allclose(results[0][0], want, rtol=1e-4, atol=1e-5)
+    want = ref.conv3d_backward_input_ref(results[0][0], k, xs, (strides,) * 3, "same",
+                                         (1, 1, 1), groups)
+    np.testing.assert_allclose(results[0][1], want, rtol=1e-4, atol=1e-4)
 
 
 X = np.ones((2, 5, 5, 5, 4))
