@@ -198,6 +198,8 @@ def stack(rng, x, layer, count):
 
 def random_model(seed):
     """(head activation, model): the same draw for a seed under any floatx and device."""
+    if seed >= VOLUME_SEEDS:
+        return volume_model(seed)
     rng = np.random.default_rng(seed)
     family = pick(rng, ["image", "image", "dense", "sequence", "text"])
     if family == "image":
@@ -219,6 +221,38 @@ def random_model(seed):
         x = stack(rng, x, sequence_layer, size(rng, 0, 1))  # layers the mask passes or meets
         x = pick(rng, [L.GlobalAveragePooling1D, lambda: L.LSTM(3), lambda: L.GRU(3)])()(x)
     x = stack(rng, x, dense_layer, size(rng, 0, 2))
+    head = pick(rng, ["softmax", "linear", "sigmoid"])
+    return head, pynn.Model(inputs, L.Dense(size(rng, 2, 5), activation=head)(x))
+
+
+# -- conv3d: volumetric models (Conv3D, grouped, Conv3DTranspose), drawn for the seeds from
+# VOLUME_SEEDS on, so that every other seed keeps its draw --
+VOLUME_SEEDS = 1_000_000
+
+
+def volume_layer(rng, x):
+    kind = pick(rng, ["conv", "conv", "grouped", "transpose"])
+    kernel = pick(rng, [1, 2, 3, (1, 3, 2)])
+    stride = pick(rng, [1, 1, 2])
+    padding = pick(rng, ["valid", "same"])
+    act = pick(rng, ACTIVATIONS)
+    if kind == "conv":
+        return L.Conv3D(size(rng, 1, 4), kernel, strides=stride, padding=padding,
+                        dilation_rate=pick(rng, [1, 2]) if stride == 1 else 1,
+                        activation=act, use_bias=bool(rng.integers(2)))(x)
+    if kind == "grouped":
+        groups = pick(rng, [g for g in (1, 2, 3) if x.shape[-1] % g == 0])
+        return L.Conv3D(groups * size(rng, 1, 2), kernel, strides=stride, padding=padding,
+                        groups=groups, activation=act)(x)
+    return L.Conv3DTranspose(size(rng, 1, 3), kernel, strides=stride, padding=padding,
+                             activation=act)(x)
+
+
+def volume_model(seed):
+    rng = np.random.default_rng(seed)
+    inputs = L.Input((size(rng, 2, 5), size(rng, 2, 5), size(rng, 2, 5), size(rng, 1, 4)))
+    x = L.Flatten()(stack(rng, inputs, volume_layer, size(rng, 1, 3)))
+    x = stack(rng, x, dense_layer, size(rng, 0, 1))
     head = pick(rng, ["softmax", "linear", "sigmoid"])
     return head, pynn.Model(inputs, L.Dense(size(rng, 2, 5), activation=head)(x))
 
@@ -461,3 +495,11 @@ def test_compressed_models_answer_as_their_float_models(block):
 def test_models_on_opencl_answer_as_on_the_cpu(block):
     for seed in seeds(block):
         check_opencl(seed)
+
+
+@pytest.mark.parametrize("check", [check_plan, check_gradients, check_compression,
+                                   pytest.param(check_opencl, marks=pytest.mark.opencl)],
+                         ids=["plan", "gradients", "compression", "opencl"])
+def test_volumetric_models(check):
+    for seed in range(VOLUME_SEEDS, VOLUME_SEEDS + SEEDS_PER_BLOCK):
+        check(seed)
