@@ -204,6 +204,13 @@ def test_bad_inputs(backend, call, match):
         call(Uploading())
 
 
+def test_complex_input_is_refused_by_name():
+    from pynn.backend import cpu
+
+    with pytest.raises(TypeError, match="conv3d_forward: 'x' must be real, got dtype complex64"):
+        cpu.conv3d_forward(X.astype(np.complex64), K, None, 1, "same", 1, 1, "linear", 0.0)
+
+
 # -- the layers --------------------------------------------------------------------------------
 
 
