@@ -190,3 +190,18 @@ LAYERS["EinsumDense"] = EinsumDense
 from pynn.layers.preprocessing import CategoryEncoding, Discretization  # noqa: E402
 
 LAYERS.update({cls.__name__: cls for cls in (CategoryEncoding, Discretization)})
+# -- 3-D pooling and spatial layers (branch vol) --
+from pynn.layers.pooling import (  # noqa: E402
+    AveragePooling3D, GlobalAveragePooling3D, GlobalMaxPooling3D, MaxPooling3D,
+)
+from pynn.layers.spatial import Cropping3D, UpSampling3D, ZeroPadding3D  # noqa: E402
+
+LAYERS.update({cls.__name__: cls for cls in (
+    MaxPooling3D, AveragePooling3D, GlobalMaxPooling3D, GlobalAveragePooling3D, UpSampling3D,
+    ZeroPadding3D, Cropping3D,
+)})
+MaxPool3D = MaxPooling3D
+AvgPool3D = AveragePooling3D
+GlobalMaxPool3D = GlobalMaxPooling3D
+GlobalAvgPool3D = GlobalAveragePooling3D
+__all__ += ["MaxPool3D", "AvgPool3D", "GlobalMaxPool3D", "GlobalAvgPool3D"]
