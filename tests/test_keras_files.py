@@ -190,6 +190,21 @@ def row_normalization():
 ARCHITECTURES["row_normalization"] = row_normalization
 
 
+# -- 3-D pooling and spatial layers (branch vol) --
+def volumetric():
+    # every 3-D pooling and spatial layer, Dense acting on the channels between them
+    x = keras.Input((6, 5, 7, 2))
+    h = K.Dense(3, activation="tanh")(K.ZeroPadding3D(((1, 0), 1, (0, 2)))(x))
+    h = K.MaxPooling3D((2, 3, 2), strides=(2, 2, 3), padding="same")(h)
+    h = K.Cropping3D(((0, 1), (1, 0), 1))(K.UpSampling3D((1, 2, 2))(h))
+    a = K.AveragePooling3D(2, strides=1)(h)
+    pooled = [K.GlobalMaxPooling3D()(a), K.Flatten()(K.GlobalAveragePooling3D(keepdims=True)(h))]
+    return keras.Model(x, K.Dense(2)(K.Concatenate()(pooled)))
+
+
+ARCHITECTURES["volumetric"] = volumetric
+
+
 def test_architectures_cover_every_pynn_layer():
     seen = set()
 
@@ -1028,3 +1043,13 @@ def test_trusted_files_may_be_read_in_this_process(monkeypatch, tmp_path):
     monkeypatch.setenv("PYNN_H5_SANDBOX", "0")
     np.testing.assert_array_equal(pynn.load_model(tmp_path / "m.keras").predict(x),
                                   model.predict(x))
+
+
+# -- 3-D pooling and spatial layers (branch vol): Keras 2's .h5 layout and OpenCL --
+def test_volumetric_legacy_h5_from_keras(tmp_path):
+    test_legacy_h5_from_keras("volumetric", tmp_path)
+
+
+@pytest.mark.opencl
+def test_volumetric_keras_files_on_opencl(tmp_path):
+    test_keras_files_on_opencl("volumetric", tmp_path)
