@@ -198,6 +198,8 @@ def stack(rng, x, layer, count):
 
 def random_model(seed):
     """(head activation, model): the same draw for a seed under any floatx and device."""
+    if seed in VOLUME_SEEDS:  # -- 3-D pooling and spatial layers (branch vol) --
+        return random_volume_model(seed)
     rng = np.random.default_rng(seed)
     family = pick(rng, ["image", "image", "dense", "sequence", "text"])
     if family == "image":
@@ -460,4 +462,65 @@ def test_compressed_models_answer_as_their_float_models(block):
 @pytest.mark.parametrize("block", range(BLOCKS))
 def test_models_on_opencl_answer_as_on_the_cpu(block):
     for seed in seeds(block):
+        check_opencl(seed)
+
+
+# -- 3-D pooling and spatial layers (branch vol): volume models of their own seeds, so the
+# draws of the families above stay as they were --
+VOLUME_BLOCKS = 2
+VOLUME_SEEDS = range(10**6, 10**6 + VOLUME_BLOCKS * SEEDS_PER_BLOCK)
+
+
+def volume_layer(rng, x):
+    kind = pick(rng, ["pool", "pool", "dense", "pad", "crop", "upsample", "global"])
+    if kind == "pool":
+        return pick(rng, [L.MaxPooling3D, L.AveragePooling3D])(
+            pick(rng, [2, 3, (2, 1, 3)]), strides=pick(rng, [None, 1, 2, (1, 2, 1)]),
+            padding=pick(rng, ["valid", "same"]))(x)
+    if kind == "dense":  # on the channels: the trainable layer between the volume layers
+        return L.Dense(size(rng, 1, 4), activation=pick(rng, ACTIVATIONS))(x)
+    if kind == "pad":
+        return L.ZeroPadding3D(pick(rng, [1, (1, 0, 2), ((0, 1), (2, 0), 1)]))(x)
+    if kind == "crop":
+        return L.Cropping3D(pick(rng, [1, (1, 0, 1), ((0, 1), (1, 0), 0)]))(x)
+    if kind == "upsample":
+        return L.UpSampling3D(pick(rng, [2, (1, 2, 1), (2, 1, 1)]))(x)
+    return pick(rng, [L.GlobalMaxPooling3D, L.GlobalAveragePooling3D])(keepdims=True)(x)
+
+
+def random_volume_model(seed):
+    """(head activation, model) of (N, D, H, W, C) inputs through the 3-D layers."""
+    rng = np.random.default_rng(seed)
+    inputs = L.Input((size(rng, 2, 6), size(rng, 2, 6), size(rng, 2, 6), size(rng, 1, 3)))
+    x = stack(rng, inputs, volume_layer, size(rng, 1, 4))
+    heads = [L.Flatten, L.GlobalAveragePooling3D, L.GlobalMaxPooling3D]
+    # a wide Flatten feeds the dense layers hundreds of relu kinks, which central
+    # differences at the steps above cross (the gradients agree at 1e-7)
+    x = pick(rng, heads if np.prod(x.shape[1:]) <= 96 else heads[1:])()(x)
+    x = stack(rng, x, dense_layer, size(rng, 0, 1))
+    head = pick(rng, ["softmax", "linear", "sigmoid"])
+    return head, pynn.Model(inputs, L.Dense(size(rng, 2, 5), activation=head)(x))
+
+
+def volume_seeds(block):
+    return VOLUME_SEEDS[block * SEEDS_PER_BLOCK:(block + 1) * SEEDS_PER_BLOCK]
+
+
+@pytest.mark.parametrize("block", range(VOLUME_BLOCKS))
+def test_volume_models_plans_and_gradients(block):
+    for seed in volume_seeds(block):
+        check_plan(seed)
+        check_gradients(seed)
+
+
+@pytest.mark.parametrize("block", range(VOLUME_BLOCKS))
+def test_volume_models_compressed(block):
+    for seed in volume_seeds(block):
+        check_compression(seed)
+
+
+@pytest.mark.opencl
+@pytest.mark.parametrize("block", range(VOLUME_BLOCKS))
+def test_volume_models_on_opencl_answer_as_on_the_cpu(block):
+    for seed in volume_seeds(block):
         check_opencl(seed)
