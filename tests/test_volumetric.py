@@ -253,6 +253,12 @@ def test_keras_aliases_name_the_classes():
     assert layers.GlobalAvgPool3D is layers.GlobalAveragePooling3D
 
 
+def test_numpy_integers_are_taken_as_keras_takes_ints():
+    assert layers.MaxPooling3D(np.int64(3)).pool_size == (3, 3, 3)
+    assert layers.UpSampling3D(np.array([1, 2, 3])).size == (1, 2, 3)
+    assert layers.Cropping3D(np.int32(2)).cropping == ((2, 2),) * 3
+
+
 def test_defaults_are_keras():
     assert layers.MaxPooling3D().pool_size == (2, 2, 2)
     assert layers.AveragePooling3D(3).strides == (3, 3, 3)
@@ -397,6 +403,10 @@ X = np.ones((2, 4, 5, 6, 3))
     (lambda: pool.maxpool3d_backward(np.ones((2, 2, 2, 3, 3)),
                                      np.zeros((2, 2, 2, 3, 3), np.int32), (2, 4, 5, 3)),
      ValueError, "input_shape"),
+    (lambda: pool.maxpool3d_backward(np.ones((1, 1, 1, 1, 1)), np.zeros((1, 1, 1, 1, 1),
+                                                                       np.int32),
+                                     (1, 2**11, 2**11, 2**10, 1)),
+     ValueError, "maxpool3d_backward: a volume of D\\*H\\*W = 4294967296 voxels exceeds"),
     (lambda: pool.avgpool3d_backward(np.ones((2, 2, 2, 2, 3)), X.shape, 2, 2, "valid"),
      ValueError, r"'dy' must have shape \(2, 2, 2, 3, 3\)"),
     (lambda: spatial.pad3d_forward(X, ((1, 1), (1, 1))), ValueError,
@@ -446,6 +456,9 @@ def test_opencl_skips_an_argmax_outside_the_volume(backend_opencl):
     (lambda: layers.AveragePooling3D(strides=(1, 0, 1)), ValueError,
      "AveragePooling3D '.*': strides"),
     (lambda: layers.MaxPooling3D(padding="causal"), ValueError, "'valid' or 'same'"),
+    (lambda: layers.MaxPooling3D(2**64), ValueError, "MaxPooling3D '.*': pool_size must be at"),
+    (lambda: layers.MaxPooling3D(True), ValueError, "MaxPooling3D '.*': pool_size must be an"),
+    (lambda: layers.AveragePooling3D(2.5), ValueError, "AveragePooling3D '.*': pool_size"),
     (lambda: layers.MaxPooling3D(data_format="channels_first"), ValueError, "channels_last"),
     (lambda: layers.MaxPooling3D(5)(X), ValueError,
      r"MaxPooling3D '.*': pool_size \(5, 5, 5\) is larger than the input"),

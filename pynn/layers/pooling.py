@@ -137,9 +137,11 @@ from pynn.layers.base import C_INT_MAX  # noqa: E402
 
 def triple(name, label, value):
     """Keras's standardize_tuple(value, 3): an int or 3 positive ints (C ints)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value,) * 3
     try:
+        if isinstance(value, bool):
+            raise TypeError
+        if not hasattr(value, "__len__"):
+            value = (operator.index(value),) * 3
         value = tuple(operator.index(v) for v in value)
     except TypeError:
         raise ValueError(f"{label}: {name} must be an int or a tuple of 3 ints, got "
