@@ -251,6 +251,13 @@ def test_keras_aliases_name_the_classes():
     assert layers.AvgPool3D is layers.AveragePooling3D
     assert layers.GlobalMaxPool3D is layers.GlobalMaxPooling3D
     assert layers.GlobalAvgPool3D is layers.GlobalAveragePooling3D
+    names = ["MaxPooling3D", "AveragePooling3D", "GlobalMaxPooling3D", "GlobalAveragePooling3D",
+             "UpSampling3D", "ZeroPadding3D", "Cropping3D", "MaxPool3D", "AvgPool3D",
+             "GlobalMaxPool3D", "GlobalAvgPool3D"]
+    assert set(names) <= set(layers.__all__)
+    namespace = {}
+    exec("from pynn.layers import *", namespace)
+    assert all(namespace[n] is getattr(layers, n) for n in names)
 
 
 def test_numpy_integers_are_taken_as_keras_takes_ints():

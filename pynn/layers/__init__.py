@@ -204,4 +204,6 @@ MaxPool3D = MaxPooling3D
 AvgPool3D = AveragePooling3D
 GlobalMaxPool3D = GlobalMaxPooling3D
 GlobalAvgPool3D = GlobalAveragePooling3D
-__all__ += ["MaxPool3D", "AvgPool3D", "GlobalMaxPool3D", "GlobalAvgPool3D"]
+__all__ += ["MaxPooling3D", "AveragePooling3D", "GlobalMaxPooling3D", "GlobalAveragePooling3D",
+            "UpSampling3D", "ZeroPadding3D", "Cropping3D", "MaxPool3D", "AvgPool3D",
+            "GlobalMaxPool3D", "GlobalAvgPool3D"]
