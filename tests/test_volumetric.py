@@ -146,6 +146,17 @@ def test_same_avgpool3d_averages_in_bounds_voxels_only():
     np.testing.assert_array_equal(dx.ravel(), [1.0, 1.0, 3.0])
 
 
+def test_asymmetric_same_avgpool3d_is_tf_and_jax_keras():
+    """Pool 4, stride 1, 'same' on a ramp of 5 pads 1 before and 2 after: the in-bounds means
+    (TF and JAX Keras, ONNX's count_include_pad=0). Keras 3.15's torch backend replicates
+    the edge voxels where the padding is asymmetric instead and gives [0.75, 1.5, 2.5, 3.25,
+    3.75] (keras-team/keras#23233 makes it average in-bounds voxels); max pooling is the
+    same either way."""
+    x = np.arange(5.0).reshape(1, 5, 1, 1, 1)
+    y = pool.avgpool3d_forward(x, (4, 1, 1), (1, 1, 1), "same")
+    np.testing.assert_allclose(y.ravel(), [1.0, 1.5, 2.5, 3.0, 3.5], rtol=1e-15)
+
+
 @pytest.mark.parametrize("case", [((2, 7, 5, 9, 3), (3, 3, 3), (1, 1, 1), "same"),
                                   ((1, 9, 7, 5, 2), (3, 3, 3), (2, 2, 2), "same"),
                                   ((2, 8, 7, 9, 2), (2, 3, 4), (2, 3, 2), "valid")])
