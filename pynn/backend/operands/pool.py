@@ -140,6 +140,7 @@ def windows_tile(pg):
 
 # -- 3-D pooling (MaxPooling3D, AveragePooling3D; branch vol) -------------------------------
 # The geometry ``g`` adds depth: D, pool PD, stride SD, leading pad PF (front) and DO.
+import math  # noqa: E402
 import operator  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -195,7 +196,7 @@ def pool3d_geometry(op, input_shape, pool_size, strides, padding):
 
 def _input_shape5(arrays, op, input_shape):
     shape = shape5(op, "input_shape", input_shape)
-    check_count(arrays, op, "input_shape", int(np.prod(shape)))
+    check_count(arrays, op, "input_shape", math.prod(shape))
     return shape
 
 
