@@ -498,3 +498,200 @@ def global_maxpool2d_backward(dy, argmax, input_shape):
             raise ValueError(f"{op}: {bad} argmax entries outside [0, H*W) = "
                              f"[0, {input_shape[1] * input_shape[2]})")
     return dx
+
+
+# -- 3-D pooling (MaxPooling3D, AveragePooling3D; branch vol) --------------------------------
+#
+# Legend: D/H/W input depth, height, width, DO/HO/WO output, PD/PH/PW pool window, SD/SH/SW
+# strides, PF/PT/PL leading pads (front, top, left). The 2-D rules above, one axis more:
+# windows clipped to the input, argmax the flat index (d*H + h)*W + w within the (n, c)
+# volume (first winner in (d, h, w) window order, the first NaN wins), forward rows and
+# average backward rows (n, d, h) written by one thread each, maxpool3d_backward scattering
+# one image per thread in output order: bit-identical results for any thread count.
+
+cdef struct Geom3:
+    Py_ssize_t N, D, H, W, C, PD, PH, PW, SD, SH, SW, PF, PT, PL, DO, HO, WO
+
+
+cdef void _maxpool3d_row(const floating* x, floating* y, int* arg, const Geom3* g,
+                         Py_ssize_t r) noexcept nogil:
+    """Output row r = (n*DO + do)*HO + ho: y and arg point at its first pixel."""
+    cdef Py_ssize_t ho = r % g.HO, do = (r // g.HO) % g.DO, n = r // (g.HO * g.DO)
+    cdef Py_ssize_t d0 = _imax(do * g.SD - g.PF, 0), d1 = _imin(do * g.SD - g.PF + g.PD, g.D)
+    cdef Py_ssize_t h0 = _imax(ho * g.SH - g.PT, 0), h1 = _imin(ho * g.SH - g.PT + g.PH, g.H)
+    cdef Py_ssize_t wo, w0, w1, d, h, w, c, C = g.C
+    cdef const floating* px
+    cdef floating* yp
+    cdef int* ap
+    for wo in range(g.WO):
+        w0 = _imax(wo * g.SW - g.PL, 0)
+        w1 = _imin(wo * g.SW - g.PL + g.PW, g.W)
+        yp = y + wo * C
+        ap = arg + wo * C
+        # The first in-bounds voxel seeds the winner, so argmax is always a real voxel.
+        px = x + (((n * g.D + d0) * g.H + h0) * g.W + w0) * C
+        for c in range(C):
+            yp[c] = px[c]
+            ap[c] = <int>((d0 * g.H + h0) * g.W + w0)
+        for d in range(d0, d1):
+            for h in range(h0, h1):
+                for w in range(w0, w1):
+                    px = x + (((n * g.D + d) * g.H + h) * g.W + w) * C
+                    _max_update(px, yp, ap, C, <int>((d * g.H + h) * g.W + w))
+
+
+cdef void _avgpool3d_row(const floating* x, floating* y, const Geom3* g,
+                         Py_ssize_t r) noexcept nogil:
+    cdef Py_ssize_t ho = r % g.HO, do = (r // g.HO) % g.DO, n = r // (g.HO * g.DO)
+    cdef Py_ssize_t d0 = _imax(do * g.SD - g.PF, 0), d1 = _imin(do * g.SD - g.PF + g.PD, g.D)
+    cdef Py_ssize_t h0 = _imax(ho * g.SH - g.PT, 0), h1 = _imin(ho * g.SH - g.PT + g.PH, g.H)
+    cdef Py_ssize_t wo, w0, w1, d, h, w, c, C = g.C
+    cdef const floating* px
+    cdef floating* yp
+    cdef floating inv
+    for wo in range(g.WO):
+        w0 = _imax(wo * g.SW - g.PL, 0)
+        w1 = _imin(wo * g.SW - g.PL + g.PW, g.W)
+        inv = <floating>1 / <floating>((d1 - d0) * (h1 - h0) * (w1 - w0))
+        yp = y + wo * C
+        for c in range(C):
+            yp[c] = 0
+        for d in range(d0, d1):
+            for h in range(h0, h1):
+                for w in range(w0, w1):
+                    px = x + (((n * g.D + d) * g.H + h) * g.W + w) * C
+                    for c in range(C):
+                        yp[c] += px[c]
+        for c in range(C):
+            yp[c] *= inv
+
+
+cdef inline void _covering(Py_ssize_t i, Py_ssize_t P, Py_ssize_t K, Py_ssize_t S,
+                           Py_ssize_t n_out, Py_ssize_t* o0, Py_ssize_t* o1) noexcept nogil:
+    """The outputs [o0, o1) whose window o*S - P <= i < o*S - P + K holds input i."""
+    cdef Py_ssize_t num = i + P - K
+    o0[0] = num // S + 1 if num >= 0 else 0
+    o1[0] = _imin((i + P) // S + 1, n_out)
+
+
+cdef void _avgpool3d_backward_row(const floating* dy, floating* dx, const Geom3* g,
+                                  Py_ssize_t t) noexcept nogil:
+    """dx row t = (n*D + di)*H + hi, cleared, then every output window covering it adds
+    dy / window count in (do, ho, wo) order."""
+    cdef Py_ssize_t hi = t % g.H, di = (t // g.H) % g.D, n = t // (g.H * g.D)
+    cdef Py_ssize_t do, do0, do1, ho, ho0, ho1, wo, d0, d1, h0, h1, w0, w1, w, c, C = g.C
+    cdef const floating* dp
+    cdef floating* xp
+    cdef floating* drow = dx + t * g.W * C
+    cdef floating inv
+    memset(drow, 0, g.W * C * sizeof(floating))
+    _covering(di, g.PF, g.PD, g.SD, g.DO, &do0, &do1)
+    _covering(hi, g.PT, g.PH, g.SH, g.HO, &ho0, &ho1)
+    for do in range(do0, do1):
+        d0 = _imax(do * g.SD - g.PF, 0)
+        d1 = _imin(do * g.SD - g.PF + g.PD, g.D)
+        for ho in range(ho0, ho1):
+            h0 = _imax(ho * g.SH - g.PT, 0)
+            h1 = _imin(ho * g.SH - g.PT + g.PH, g.H)
+            for wo in range(g.WO):
+                w0 = _imax(wo * g.SW - g.PL, 0)
+                w1 = _imin(wo * g.SW - g.PL + g.PW, g.W)
+                inv = <floating>1 / <floating>((d1 - d0) * (h1 - h0) * (w1 - w0))
+                dp = dy + (((n * g.DO + do) * g.HO + ho) * g.WO + wo) * C
+                for w in range(w0, w1):
+                    xp = drow + w * C
+                    for c in range(C):
+                        xp[c] += dp[c] * inv
+
+
+def _maxpool3d_forward(const floating[:, :, :, :, ::1] x, floating[:, :, :, :, ::1] y,
+                       int[:, :, :, :, ::1] arg, Geom3 g):
+    cdef Py_ssize_t rows = g.N * g.DO * g.HO, row = g.WO * g.C, r
+    cdef const floating* xp = &x[0, 0, 0, 0, 0]
+    cdef floating* yp = &y[0, 0, 0, 0, 0]
+    cdef int* ap = &arg[0, 0, 0, 0, 0]
+    for r in prange(rows, schedule="static", nogil=True,
+                    use_threads_if=g.N * g.D * g.H * g.W * g.C >= PARALLEL_MIN):
+        _maxpool3d_row(xp, yp + r * row, ap + r * row, &g, r)
+
+
+def _maxpool3d_backward(const floating[:, :, :, :, ::1] dy, const int[:, :, :, :, ::1] arg,
+                        floating[:, :, :, :, ::1] dx):
+    """Per image (one thread each): dx = 0, then dx[n, argmax] += dy per (n, c) in output
+    order; returns how many argmax entries were out of range (skipped)."""
+    cdef Py_ssize_t N = dy.shape[0], P = dy.shape[1] * dy.shape[2] * dy.shape[3]
+    cdef Py_ssize_t C = dy.shape[4], V = dx.shape[1] * dx.shape[2] * dx.shape[3], n
+    cdef const floating* dp = &dy[0, 0, 0, 0, 0]
+    cdef const int* ap = &arg[0, 0, 0, 0, 0]
+    cdef floating* xp = &dx[0, 0, 0, 0, 0]
+    cdef long bad = 0
+    for n in prange(N, schedule="static", nogil=True,
+                    use_threads_if=N * (P + V) * C >= PARALLEL_MIN):
+        bad += _maxpool_backward_image(dp, ap, xp, n, P, V, C)
+    return bad
+
+
+def _avgpool3d_forward(const floating[:, :, :, :, ::1] x, floating[:, :, :, :, ::1] y,
+                       Geom3 g):
+    cdef Py_ssize_t rows = g.N * g.DO * g.HO, row = g.WO * g.C, r
+    cdef const floating* xp = &x[0, 0, 0, 0, 0]
+    cdef floating* yp = &y[0, 0, 0, 0, 0]
+    for r in prange(rows, schedule="static", nogil=True,
+                    use_threads_if=g.N * g.D * g.H * g.W * g.C >= PARALLEL_MIN):
+        _avgpool3d_row(xp, yp + r * row, &g, r)
+
+
+def _avgpool3d_backward(const floating[:, :, :, :, ::1] dy, floating[:, :, :, :, ::1] dx,
+                        Geom3 g):
+    cdef Py_ssize_t rows = g.N * g.D * g.H, t
+    cdef const floating* dp = &dy[0, 0, 0, 0, 0]
+    cdef floating* xp = &dx[0, 0, 0, 0, 0]
+    for t in prange(rows, schedule="static", nogil=True,
+                    use_threads_if=g.N * g.D * g.H * g.W * g.C >= PARALLEL_MIN):
+        _avgpool3d_backward_row(dp, xp, &g, t)
+
+
+def maxpool3d_forward(x, pool_size, strides, padding="valid"):
+    """Max over each (PD, PH, PW) window -> (y, argmax); y (N, DO, HO, WO, C), argmax int32
+    like y, (d*H + h)*W + w within the (n, c) volume."""
+    x, g = operands.maxpool3d_forward(HOST, x, pool_size, strides, padding)
+    y = np.empty((g["N"], g["DO"], g["HO"], g["WO"], g["C"]), dtype=x.dtype)
+    arg = np.empty(y.shape, dtype=np.int32)
+    if y.size:
+        _maxpool3d_forward(x, y, arg, g)
+    return y, arg
+
+
+def maxpool3d_backward(dy, argmax, input_shape):
+    """dx (input_shape): dy routed to the voxel argmax names; overlapping windows add."""
+    op = "maxpool3d_backward"
+    dy, argmax, input_shape = operands.maxpool3d_backward(HOST, dy, argmax, input_shape)
+    if not dy.size:
+        return np.zeros(input_shape, dtype=dy.dtype)
+    dx = np.empty(input_shape, dtype=dy.dtype)
+    bad = _maxpool3d_backward(dy, argmax, dx)
+    if bad:
+        raise ValueError(f"{op}: {bad} argmax entries outside [0, D*H*W) = "
+                         f"[0, {input_shape[1] * input_shape[2] * input_shape[3]})")
+    return dx
+
+
+def avgpool3d_forward(x, pool_size, strides, padding="valid"):
+    """Mean over each window's in-bounds voxels; y (N, DO, HO, WO, C)."""
+    x, g = operands.avgpool3d_forward(HOST, x, pool_size, strides, padding)
+    y = np.empty((g["N"], g["DO"], g["HO"], g["WO"], g["C"]), dtype=x.dtype)
+    if y.size:
+        _avgpool3d_forward(x, y, g)
+    return y
+
+
+def avgpool3d_backward(dy, input_shape, pool_size, strides, padding="valid"):
+    """dx (input_shape): each window spreads dy / (its in-bounds voxel count)."""
+    dy, g = operands.avgpool3d_backward(HOST, dy, input_shape, pool_size, strides, padding)
+    dx = np.empty((g["N"], g["D"], g["H"], g["W"], g["C"]), dtype=dy.dtype)
+    if dx.size:
+        if dy.size:
+            _avgpool3d_backward(dy, dx, g)
+        else:
+            dx.fill(0)
+    return dx

@@ -365,3 +365,153 @@ def upsample2d_backward(dy, input_shape, size, interpolation="nearest"):
     if dx.size:
         _upsample_backward(dy, dx, sh, sw, NEAREST if mode == "nearest" else BILINEAR)
     return dx
+
+
+# -- 3-D spatial ops (ZeroPadding3D, Cropping3D, UpSampling3D; branch vol) -------------------
+#
+# Legend: D/H/W input depth, height, width, DO/HO/WO output, DD/DH/DW window offsets, SD/SH/SW
+# upsampling factors. pad3d is the 2-D window copy with a depth offset: output row
+# (n, do, ho) is zeros, the in-bounds run of x's row (n, do + DD, ho + DH), zeros.
+# upsample3d is Keras's UpSampling3D: ops.repeat along each axis ('nearest' only). Rows on
+# OpenMP threads, one writer per output row: the pad copy by output row; upsample3d by input
+# row (n, di, hi), which expands its row once and copies it into its other SD*SH - 1 output
+# rows (one memcpy per pixel per output row was 8x slower), and its backward gathers into
+# that dx row in (do, ho, wo) order: bit-identical for any thread count.
+
+from cython.parallel cimport prange
+
+
+cdef struct Window3:
+    Py_ssize_t D, H, W, C, DO, HO, WO, DD, DH, DW
+
+
+cdef void _window3d_row(const floating* x, floating* y, const Window3* g,
+                        Py_ssize_t r) noexcept nogil:
+    """Output row r = (n*DO + do)*HO + ho."""
+    cdef Py_ssize_t ho = r % g.HO, do = (r // g.HO) % g.DO, n = r // (g.HO * g.DO)
+    cdef Py_ssize_t d = do + g.DD, h = ho + g.DH, C = g.C
+    cdef Py_ssize_t w0 = _imax(-g.DW, 0), w1 = _imin(g.W - g.DW, g.WO)
+    cdef floating* yr = y + r * g.WO * C
+    if d < 0 or d >= g.D or h < 0 or h >= g.H or w1 <= w0:
+        memset(yr, 0, g.WO * C * sizeof(floating))
+        return
+    memset(yr, 0, w0 * C * sizeof(floating))
+    memcpy(yr + w0 * C, x + (((n * g.D + d) * g.H + h) * g.W + w0 + g.DW) * C,
+           (w1 - w0) * C * sizeof(floating))
+    memset(yr + w1 * C, 0, (g.WO - w1) * C * sizeof(floating))
+
+
+def _window3d_copy(const floating[:, :, :, :, ::1] x, floating[:, :, :, :, ::1] y,
+                   Py_ssize_t DD, Py_ssize_t DH, Py_ssize_t DW):
+    cdef Window3 g
+    cdef Py_ssize_t rows = y.shape[0] * y.shape[1] * y.shape[2], r
+    cdef const floating* xp = &x[0, 0, 0, 0, 0] if x.size else NULL
+    cdef floating* yp = &y[0, 0, 0, 0, 0]
+    g.D, g.H, g.W, g.C = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
+    g.DO, g.HO, g.WO = y.shape[1], y.shape[2], y.shape[3]
+    g.DD, g.DH, g.DW = DD, DH, DW
+    for r in prange(rows, schedule="static", nogil=True,
+                    use_threads_if=rows * g.WO * g.C >= PARALLEL_MIN):
+        _window3d_row(xp, yp, &g, r)
+
+
+def pad3d_forward(x, padding):
+    """Zero padding: (N, D, H, W, C) -> (N, front + D + back, top + H + bottom,
+    left + W + right, C)."""
+    x, ((f, _), (t, _), (l, _)), out = operands.pad3d_forward(HOST, x, padding)
+    y = np.empty(out, dtype=x.dtype)
+    if y.size:
+        _window3d_copy(x, y, -f, -t, -l)
+    return y
+
+
+def pad3d_backward(dy, padding):
+    """The crop that undoes pad3d_forward (also Cropping3D's forward): dy (N, D, H, W, C) ->
+    (N, D - front - back, H - top - bottom, W - left - right, C)."""
+    dy, ((f, _), (t, _), (l, _)), out = operands.pad3d_backward(HOST, dy, padding)
+    dx = np.empty(out, dtype=dy.dtype)
+    if dx.size:
+        _window3d_copy(dy, dx, f, t, l)
+    return dx
+
+
+cdef void _upsample3d_rows(const floating* x, floating* y, const Window3* g, Py_ssize_t SD,
+                           Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t t) noexcept nogil:
+    """x's row t = (n*D + di)*H + hi, each pixel SW times, into the first of its SD*SH
+    output rows, then that row copied into the others: the thread owns all of them."""
+    cdef Py_ssize_t hi = t % g.H, di = (t // g.H) % g.D, n = t // (g.H * g.D), wo, a, b
+    cdef Py_ssize_t row = g.WO * g.C
+    cdef const floating* p = x + t * g.W * g.C
+    cdef floating* first = y + ((n * g.DO + di * SD) * g.HO + hi * SH) * row
+    for wo in range(g.WO):
+        memcpy(first + wo * g.C, p + (wo // SW) * g.C, g.C * sizeof(floating))
+    for a in range(SD):
+        for b in range(SH):
+            if a or b:
+                memcpy(first + (a * g.HO + b) * row, first, row * sizeof(floating))
+
+
+cdef void _upsample3d_backward_row(const floating* dy, floating* dx, const Window3* g,
+                                   Py_ssize_t SD, Py_ssize_t SH, Py_ssize_t SW,
+                                   Py_ssize_t t) noexcept nogil:
+    """dx row t = (n*D + di)*H + hi: the sum of its SD*SH*SW copies, in (do, ho, wo) order."""
+    cdef Py_ssize_t hi = t % g.H, di = (t // g.H) % g.D, n = t // (g.H * g.D)
+    cdef Py_ssize_t do, ho, wi, wo, c, C = g.C
+    cdef floating* drow = dx + t * g.W * C
+    cdef floating* xp
+    cdef const floating* dp
+    memset(drow, 0, g.W * C * sizeof(floating))
+    for do in range(di * SD, di * SD + SD):
+        for ho in range(hi * SH, hi * SH + SH):
+            for wi in range(g.W):
+                xp = drow + wi * C
+                for wo in range(wi * SW, wi * SW + SW):
+                    dp = dy + (((n * g.DO + do) * g.HO + ho) * g.WO + wo) * C
+                    for c in range(C):
+                        xp[c] += dp[c]
+
+
+def _upsample3d(const floating[:, :, :, :, ::1] src, floating[:, :, :, :, ::1] dst,
+                Py_ssize_t SD, Py_ssize_t SH, Py_ssize_t SW, bint backward):
+    """Forward: src x, dst y. Backward: src dy, dst dx. Either way one item per input row
+    (n, di, hi), which owns its output rows (forward) or its dx row (backward)."""
+    cdef Window3 g
+    cdef const floating* sp = &src[0, 0, 0, 0, 0]
+    cdef floating* dp = &dst[0, 0, 0, 0, 0]
+    cdef Py_ssize_t r, rows
+    cdef Py_ssize_t total = src.size if backward else dst.size
+    g.C = src.shape[4]
+    if backward:
+        g.D, g.H, g.W = dst.shape[1], dst.shape[2], dst.shape[3]
+        g.DO, g.HO, g.WO = src.shape[1], src.shape[2], src.shape[3]
+    else:
+        g.D, g.H, g.W = src.shape[1], src.shape[2], src.shape[3]
+        g.DO, g.HO, g.WO = dst.shape[1], dst.shape[2], dst.shape[3]
+    rows = src.shape[0] * g.D * g.H
+    if backward:
+        for r in prange(rows, schedule="static", nogil=True,
+                        use_threads_if=total >= PARALLEL_MIN):
+            _upsample3d_backward_row(sp, dp, &g, SD, SH, SW, r)
+    else:
+        for r in prange(rows, schedule="static", nogil=True,
+                        use_threads_if=total >= PARALLEL_MIN):
+            _upsample3d_rows(sp, dp, &g, SD, SH, SW, r)
+
+
+def upsample3d_forward(x, size):
+    """(N, D, H, W, C) -> (N, D*SD, H*SH, W*SW, C): each voxel repeated (Keras's
+    UpSampling3D)."""
+    x, (sd, sh, sw), out = operands.upsample3d_forward(HOST, x, size)
+    y = np.empty(out, dtype=x.dtype)
+    if y.size:
+        _upsample3d(x, y, sd, sh, sw, False)
+    return y
+
+
+def upsample3d_backward(dy, input_shape, size):
+    """dx (input_shape): each voxel's gradient, the sum over its SD*SH*SW copies."""
+    dy, input_shape, (sd, sh, sw) = operands.upsample3d_backward(HOST, dy, input_shape, size)
+    dx = np.empty(input_shape, dtype=dy.dtype)
+    if dx.size:
+        _upsample3d(dy, dx, sd, sh, sw, True)
+    return dx

@@ -197,3 +197,115 @@ __kernel void global_maxpool2d_backward(__global const float *dy, __global const
     const int n = gid / (plane * C);
     dx[gid] = argmax[n * C + c] == p ? dy[n * C + c] : 0.0f;
 }
+
+/* -- 3-D pooling (MaxPooling3D, AveragePooling3D; branch vol) ------------------------------
+ * Legend adds D depth, DO output depth, PD pool depth, SD depth stride, PF front padding.
+ * The 2-D rules one axis more: argmax holds (d*H + h)*W + w within the (n, c) volume, ties
+ * to the first voxel in (d, h, w) window order. maxpool3d_backward runs maxpool2d_backward
+ * on the volume seen as a (D*H, W) plane: that kernel reads only the plane and the output
+ * count, so it is the same scatter. */
+
+/* The output voxel (n, od, oh, ow, c) of work-item gid, NDHWC with c fastest. */
+#define OUTPUT_VOXEL(gid)                                                                         \
+    const int c = (gid) % C;                                                                      \
+    int t = (gid) / C;                                                                            \
+    const int ow = t % WO;                                                                        \
+    t /= WO;                                                                                      \
+    const int oh = t % HO;                                                                        \
+    t /= HO;                                                                                      \
+    const int od = t % DO;                                                                        \
+    const int n = t / DO
+
+__kernel void maxpool3d_forward(__global const float *x, __global float *y, __global int *argmax,
+                                const int N, const int D, const int H, const int W, const int C,
+                                const int DO, const int HO, const int WO, const int PD,
+                                const int PH, const int PW, const int SD, const int SH,
+                                const int SW, const int PF, const int PT, const int PL)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * DO * HO * WO * C);
+    OUTPUT_VOXEL(gid);
+    WINDOW(od, SD, PF, PD, D, d0, d1);
+    WINDOW(oh, SH, PT, PH, H, h0, h1);
+    WINDOW(ow, SW, PL, PW, W, w0, w1);
+
+    __global const float *xp = x + (size_t)n * D * H * W * C + c;
+    float best = -INFINITY;
+    int best_idx = -1;
+    for (int d = d0; d < d1; ++d)
+        for (int h = h0; h < h1; ++h)
+            for (int w = w0; w < w1; ++w) {
+                const int idx = (d * H + h) * W + w;
+                const float v = xp[(size_t)idx * C];
+                if (best_idx < 0 || BETTER(v, best)) {
+                    best = v;
+                    best_idx = idx;
+                }
+            }
+    y[gid] = best;
+    argmax[gid] = best_idx;
+}
+
+__kernel void avgpool3d_forward(__global const float *x, __global float *y, const int N,
+                                const int D, const int H, const int W, const int C, const int DO,
+                                const int HO, const int WO, const int PD, const int PH,
+                                const int PW, const int SD, const int SH, const int SW,
+                                const int PF, const int PT, const int PL)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * DO * HO * WO * C);
+    OUTPUT_VOXEL(gid);
+    WINDOW(od, SD, PF, PD, D, d0, d1);
+    WINDOW(oh, SH, PT, PH, H, h0, h1);
+    WINDOW(ow, SW, PL, PW, W, w0, w1);
+
+    __global const float *xp = x + (size_t)n * D * H * W * C + c;
+    float s = 0.0f;
+    for (int d = d0; d < d1; ++d)
+        for (int h = h0; h < h1; ++h)
+            for (int w = w0; w < w1; ++w)
+                s += xp[((size_t)(d * H + h) * W + w) * C];
+    y[gid] = s * (1.0f / (float)((d1 - d0) * (h1 - h0) * (w1 - w0)));
+}
+
+/* Gather: each input voxel sums dy / count over the output windows that contain it, in
+ * (od, oh, ow) order as the CPU row kernel. */
+__kernel void avgpool3d_backward(__global const float *dy, __global float *dx, const int N,
+                                 const int D, const int H, const int W, const int C,
+                                 const int DO, const int HO, const int WO, const int PD,
+                                 const int PH, const int PW, const int SD, const int SH,
+                                 const int SW, const int PF, const int PT, const int PL)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * D * H * W * C);
+    const int c = gid % C;
+    int t = gid / C;
+    const int w = t % W;
+    t /= W;
+    const int h = t % H;
+    t /= H;
+    const int d = t % D;
+    const int n = t / D;
+    /* As avgpool2d_backward: the shifted ceil-division stays on non-negative ints. */
+    const int od0 = max((d + PF - PD + SD + SD * PD) / SD - PD, 0);
+    const int od1 = min((d + PF) / SD, DO - 1);
+    const int oh0 = max((h + PT - PH + SH + SH * PH) / SH - PH, 0);
+    const int oh1 = min((h + PT) / SH, HO - 1);
+    const int ow0 = max((w + PL - PW + SW + SW * PW) / SW - PW, 0);
+    const int ow1 = min((w + PL) / SW, WO - 1);
+
+    __global const float *dyp = dy + (size_t)n * DO * HO * WO * C + c;
+    float s = 0.0f;
+    for (int od = od0; od <= od1; ++od) {
+        WINDOW(od, SD, PF, PD, D, d0, d1);
+        for (int oh = oh0; oh <= oh1; ++oh) {
+            WINDOW(oh, SH, PT, PH, H, h0, h1);
+            for (int ow = ow0; ow <= ow1; ++ow) {
+                WINDOW(ow, SW, PL, PW, W, w0, w1);
+                const float inv = 1.0f / (float)((d1 - d0) * (h1 - h0) * (w1 - w0));
+                s += dyp[((size_t)(od * HO + oh) * WO + ow) * C] * inv;
+            }
+        }
+    }
+    dx[gid] = s;
+}

@@ -141,3 +141,91 @@ __kernel void upsample2d_backward(__global const float *dy, __global float *dx, 
     }
     dx[gid] = s;
 }
+
+/* -- 3-D spatial ops (ZeroPadding3D, Cropping3D, UpSampling3D; branch vol) -----------------
+ * Legend adds D/DO input/output depth, DD depth offset, SD depth factor. pad3d is the window
+ * copy y[n, d, h, w] = x[n, d + DD, h + DH, w + DW] (0 outside x); upsample3d repeats each
+ * voxel (Keras's UpSampling3D, 'nearest' only) and its backward gathers the SD*SH*SW copies
+ * in (do, ho, wo) order, as the CPU. */
+
+inline float window3d_value(__global const float *x, const int gid, const int D, const int H,
+                            const int W, const int C, const int DO, const int HO, const int WO,
+                            const int DD, const int DH, const int DW)
+{
+    const int c = gid % C;
+    int t = gid / C;
+    const int w = t % WO + DW;
+    t /= WO;
+    const int h = t % HO + DH;
+    t /= HO;
+    const int d = t % DO + DD;
+    const int n = t / DO;
+    if (d < 0 || d >= D || h < 0 || h >= H || w < 0 || w >= W)
+        return 0.0f;
+    return x[((((size_t)n * D + d) * H + h) * W + w) * C + c];
+}
+
+/* Zero padding: x (N, D, H, W, C) -> y (N, DO, HO, WO, C), x placed at (front, top, left). */
+__kernel void pad3d_forward(__global const float *x, __global float *y, const int N,
+                            const int D, const int H, const int W, const int C, const int DO,
+                            const int HO, const int WO, const int front, const int top,
+                            const int left)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * DO * HO * WO * C);
+    y[gid] = window3d_value(x, gid, D, H, W, C, DO, HO, WO, -front, -top, -left);
+}
+
+/* The crop undoing pad3d_forward (also Cropping3D's forward): dy (N, D, H, W, C) ->
+ * dx (N, DO, HO, WO, C) read from (front, top, left). */
+__kernel void pad3d_backward(__global const float *dy, __global float *dx, const int N,
+                             const int D, const int H, const int W, const int C, const int DO,
+                             const int HO, const int WO, const int front, const int top,
+                             const int left)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * DO * HO * WO * C);
+    dx[gid] = window3d_value(dy, gid, D, H, W, C, DO, HO, WO, front, top, left);
+}
+
+__kernel void upsample3d_forward(__global const float *x, __global float *y, const int N,
+                                 const int D, const int H, const int W, const int C,
+                                 const int SD, const int SH, const int SW)
+{
+    const int DO = D * SD, HO = H * SH, WO = W * SW;
+    const int gid = get_global_id(0);
+    GUARD(gid, N * DO * HO * WO * C);
+    const int c = gid % C;
+    int t = gid / C;
+    const int wo = t % WO;
+    t /= WO;
+    const int ho = t % HO;
+    t /= HO;
+    const int d = (t % DO) / SD;
+    const int n = t / DO;
+    y[gid] = x[((((size_t)n * D + d) * H + ho / SH) * W + wo / SW) * C + c];
+}
+
+__kernel void upsample3d_backward(__global const float *dy, __global float *dx, const int N,
+                                  const int D, const int H, const int W, const int C,
+                                  const int SD, const int SH, const int SW)
+{
+    const int DO = D * SD, HO = H * SH, WO = W * SW;
+    const int gid = get_global_id(0);
+    GUARD(gid, N * D * H * W * C);
+    const int c = gid % C;
+    int t = gid / C;
+    const int wi = t % W;
+    t /= W;
+    const int hi = t % H;
+    t /= H;
+    const int di = t % D;
+    const int n = t / D;
+    __global const float *dyp = dy + (size_t)n * DO * HO * WO * C + c;
+    float s = 0.0f;
+    for (int d = di * SD; d < di * SD + SD; ++d)
+        for (int ho = hi * SH; ho < hi * SH + SH; ++ho)
+            for (int wo = wi * SW; wo < wi * SW + SW; ++wo)
+                s += dyp[(((size_t)d * HO + ho) * WO + wo) * C];
+    dx[gid] = s;
+}

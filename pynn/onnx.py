@@ -772,6 +772,47 @@ def _upsampling1d(g, layer, x, out_shape):
     return g.tensor(y, out_shape)
 
 
+# -- 3-D pooling and spatial layers (branch vol): the 2-D forms with a depth axis --
+@_converts("MaxPooling3D", "AveragePooling3D")
+def _pool3d(g, layer, x, out_shape):
+    return _pool(g, layer, x, out_shape, layer.pool_size, layer.strides, layer.padding)
+
+
+_converts("GlobalAveragePooling3D", "GlobalMaxPooling3D")(_global_pool)
+
+
+@_converts("UpSampling3D")
+def _upsampling3d(g, layer, x, out_shape):
+    # Keras's repeat along D, H, W is nearest Resize with integer scales, in x's layout.
+    scales = [1.0] * 5
+    for a, factor in zip((1, 2, 3), layer.size):
+        scales[x.axis(a)] = float(factor)
+    hint = layer.name
+    y = g.op("Resize", [x.name, "", g.const(scales, f"{hint}_scales")], hint, mode="nearest",
+             coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    return g.derived(x, y, out_shape)
+
+
+@_converts("ZeroPadding3D")
+def _zero_padding3d(g, layer, x, out_shape):
+    begins, ends = [0] * 5, [0] * 5
+    for a, (before, after) in zip((1, 2, 3), layer.padding):
+        begins[x.axis(a)], ends[x.axis(a)] = before, after
+    pads = g.ints(begins + ends, f"{layer.name}_pads")
+    return g.derived(x, g.op("Pad", [x.name, pads], layer.name), out_shape)
+
+
+@_converts("Cropping3D")
+def _cropping3d(g, layer, x, out_shape):
+    hint = layer.name
+    axes = [x.axis(a) for a in (1, 2, 3)]
+    starts = [p[0] for p in layer.cropping]
+    ends = [-p[1] if p[1] else _INT64_MAX for p in layer.cropping]
+    y = g.op("Slice", [x.name, g.ints(starts, f"{hint}_starts"), g.ints(ends, f"{hint}_ends"),
+                       g.ints(axes, f"{hint}_axes")], hint)
+    return g.derived(x, y, out_shape)
+
+
 def _affine(g, x, scale, offset, hint):
     """x * scale + offset, scale and offset arrays over x's trailing axes (pynn's layout)."""
     x = g.nhwc(x)

@@ -145,6 +145,13 @@ REFERENCE_ELSEWHERE = {
     "gru_backward": "central differences of gru_forward_ref",
 }
 
+# Ops tested in another file than tests/test_<family>.py, and which.
+TESTS_ELSEWHERE = {}
+# -- 3-D pooling and spatial ops (branch vol): tested with their layers --
+TESTS_ELSEWHERE.update({name: "test_volumetric.py" for name in (
+    "maxpool3d_forward", "maxpool3d_backward", "avgpool3d_forward", "avgpool3d_backward",
+    "pad3d_forward", "pad3d_backward", "upsample3d_forward", "upsample3d_backward")})
+
 
 def test_every_op_has_its_reference_and_its_test_file():
     """The rest of api.py's rule: op ``<op>`` of family F has its float64 oracle
@@ -159,9 +166,9 @@ def test_every_op_has_its_reference_and_its_test_file():
             assert name in (tests / "test_arrays.py").read_text(), name
             continue
         family = _family(getattr(cpu, name))
-        test_file = tests / f"test_{family}.py"
+        test_file = tests / TESTS_ELSEWHERE.get(name, f"test_{family}.py")
         assert test_file.is_file() and name in test_file.read_text(), (
-            f"{name}: no tests/test_{family}.py naming it")
+            f"{name}: no tests/{test_file.name} naming it")
         if name in REFERENCE_ELSEWHERE:
             continue
         refs = importlib.import_module(f"tests.reference.{family}_ref")

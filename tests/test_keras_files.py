@@ -191,7 +191,7 @@ ARCHITECTURES["row_normalization"] = row_normalization
 
 
 # -- conv3d: Conv3D (grouped, strided, dilated) and Conv3DTranspose on a small video --
-def volumetric():
+def volumetric_conv():
     return keras.Sequential([
         keras.Input((5, 8, 7, 4)), K.Conv3D(6, 3, padding="same", groups=2, activation="relu"),
         K.Conv3D(4, (2, 3, 3), strides=2, padding="same"),
@@ -200,7 +200,22 @@ def volumetric():
         K.Conv3D(2, 2, dilation_rate=2), K.Flatten(), K.Dense(2)])
 
 
-ARCHITECTURES["volumetric"] = volumetric
+ARCHITECTURES["volumetric_conv"] = volumetric_conv
+
+
+# -- 3-D pooling and spatial layers --
+def volumetric_pool():
+    # every 3-D pooling and spatial layer, Dense acting on the channels between them
+    x = keras.Input((6, 5, 7, 2))
+    h = K.Dense(3, activation="tanh")(K.ZeroPadding3D(((1, 0), 1, (0, 2)))(x))
+    h = K.MaxPooling3D((2, 3, 2), strides=(2, 2, 3), padding="same")(h)
+    h = K.Cropping3D(((0, 1), (1, 0), 1))(K.UpSampling3D((1, 2, 2))(h))
+    a = K.AveragePooling3D(2, strides=1)(h)
+    pooled = [K.GlobalMaxPooling3D()(a), K.Flatten()(K.GlobalAveragePooling3D(keepdims=True)(h))]
+    return keras.Model(x, K.Dense(2)(K.Concatenate()(pooled)))
+
+
+ARCHITECTURES["volumetric_pool"] = volumetric_pool
 
 
 def test_architectures_cover_every_pynn_layer():
@@ -1041,3 +1056,13 @@ def test_trusted_files_may_be_read_in_this_process(monkeypatch, tmp_path):
     monkeypatch.setenv("PYNN_H5_SANDBOX", "0")
     np.testing.assert_array_equal(pynn.load_model(tmp_path / "m.keras").predict(x),
                                   model.predict(x))
+
+
+# -- 3-D pooling and spatial layers (branch vol): Keras 2's .h5 layout and OpenCL --
+def test_volumetric_legacy_h5_from_keras(tmp_path):
+    test_legacy_h5_from_keras("volumetric_pool", tmp_path)
+
+
+@pytest.mark.opencl
+def test_volumetric_keras_files_on_opencl(tmp_path):
+    test_keras_files_on_opencl("volumetric_pool", tmp_path)

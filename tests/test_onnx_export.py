@@ -1237,3 +1237,37 @@ CONV3DS = {
 def test_volumetric_convolutions(name):
     shape, make = CONV3DS[name]
     check_export(seq(shape, make()), rand((2,) + shape))
+# -- 3-D pooling and spatial layers (branch vol): MaxPool / AveragePool with three kernel
+# dims, ReduceMax / ReduceMean, nearest Resize, Pad and Slice on (N, D, H, W, C) --
+VOLUMETRIC = {
+    "max3d_valid": ((5, 7, 6, 3), lambda: [L.MaxPooling3D((2, 3, 2))]),
+    "max3d_same": ((5, 7, 6, 3), lambda: [L.MaxPool3D(3, strides=(2, 1, 2), padding="same")]),
+    "avg3d_valid": ((5, 7, 6, 3), lambda: [L.AveragePooling3D(2, strides=1)]),
+    # asymmetric 'same' padding: ONNX averages the in-bounds voxels as pynn does
+    "avg3d_same": ((5, 7, 6, 3), lambda: [L.AvgPool3D((3, 2, 3), strides=2, padding="same")]),
+    "global_avg3d": ((4, 5, 3, 3), lambda: [L.GlobalAveragePooling3D()]),
+    "global_avg3d_keepdims": ((4, 5, 3, 3), lambda: [L.GlobalAvgPool3D(keepdims=True)]),
+    "global_max3d": ((4, 5, 3, 3), lambda: [L.GlobalMaxPool3D()]),
+    "global_max3d_keepdims": ((4, 5, 3, 3), lambda: [L.GlobalMaxPooling3D(keepdims=True)]),
+    "upsampling3d": ((2, 3, 4, 2), lambda: [L.UpSampling3D((2, 1, 3))]),
+    "zero_padding3d": ((2, 3, 4, 2), lambda: [L.ZeroPadding3D(((1, 2), 0, (3, 1)))]),
+    "cropping3d": ((5, 6, 7, 2), lambda: [L.Cropping3D(((1, 2), (0, 1), 2))]),
+    "cropping3d_one_side": ((5, 6, 7, 2), lambda: [L.Cropping3D(((0, 2), (1, 0), (0, 0)))]),
+    # a chain: the pools' channels-first layout carried through padding, upsampling, crop
+    "chain3d": ((6, 5, 7, 2), lambda: [
+        L.ZeroPadding3D(1), L.MaxPooling3D(2, padding="same"), L.UpSampling3D(2),
+        L.Cropping3D(((1, 0), 1, (0, 2))), L.AveragePooling3D(3, strides=2, padding="same"),
+        L.GlobalMaxPooling3D(), L.Dense(3)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VOLUMETRIC))
+def test_volumetric_layers(name):
+    shape, make = VOLUMETRIC[name]
+    check_export(seq(shape, *make()), rand((2,) + shape))
+
+
+def test_volumetric_chain_transposes_once():
+    shape, make = VOLUMETRIC["chain3d"]
+    proto = check_export(seq(shape, *make()), rand((2,) + shape))
+    assert op_types(proto).count("Transpose") == 1

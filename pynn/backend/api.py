@@ -208,6 +208,12 @@ OPS = {
     "global_avgpool2d_backward": ("dy", "input_shape"),
     "global_maxpool2d_forward": ("x",),                                   # -> (y, argmax)
     "global_maxpool2d_backward": ("dy", "argmax", "input_shape"),
+    # -- 3-D pooling (branch vol): x (N,D,H,W,C), pool_size and strides 3 ints, the 2-D
+    # rules per axis; argmax holds (d*H + h)*W + w within the (n, c) volume.
+    "maxpool3d_forward": ("x", "pool_size", "strides", "padding"),        # -> (y, argmax)
+    "maxpool3d_backward": ("dy", "argmax", "input_shape"),
+    "avgpool3d_forward": ("x", "pool_size", "strides", "padding"),        # -> y
+    "avgpool3d_backward": ("dy", "input_shape", "pool_size", "strides", "padding"),
     # -- dropout (native/dropout.pyx, opencl/dropout.cl) ---------------------------------
     # Philox4x32-10 keyed by seed, counter = element index + offset: the CPU and OpenCL masks
     # are bit-identical. mask is uint8 (1 keep, 0 drop); survivors are scaled by 1/(1-rate).
@@ -359,6 +365,13 @@ OPS = {
     # ops.image.resize on the torch backend). (N,H,W,C) -> (N,H*SH,W*SW,C).
     "upsample2d_forward": ("x", "size", "interpolation"),
     "upsample2d_backward": ("dy", "input_shape", "size", "interpolation"),
+    # -- 3-D spatial ops (branch vol): (N,D,H,W,C); padding ((front, back), (top, bottom),
+    # (left, right)), pad3d_backward the crop (Cropping3D's forward); size 3 integer factors,
+    # each voxel repeated (Keras's UpSampling3D). (N,D,H,W,C) -> (N,D*SD,H*SH,W*SW,C).
+    "pad3d_forward": ("x", "padding"),
+    "pad3d_backward": ("dy", "padding"),
+    "upsample3d_forward": ("x", "size"),
+    "upsample3d_backward": ("dy", "input_shape", "size"),
     # perm permutes every axis (batch included, at most 6 axes): y.shape[k] = x.shape[perm[k]];
     # the backward applies the inverse permutation to dy.
     "transpose_forward": ("x", "perm"),

@@ -81,6 +81,10 @@ from pynn._native.pool import (  # noqa: F401
     maxpool2d_backward,
     maxpool2d_forward,
 )
+# -- 3-D pooling (branch vol) --
+from pynn._native.pool import (  # noqa: F401
+    avgpool3d_backward, avgpool3d_forward, maxpool3d_backward, maxpool3d_forward,
+)
 # -- merge (Keras's merge layers) --
 from pynn._native.merge import (  # noqa: F401
     concatenate_backward,
@@ -102,6 +106,10 @@ from pynn._native.spatial import (  # noqa: F401
     pad2d_forward,
     upsample2d_backward,
     upsample2d_forward,
+)
+# -- 3-D spatial ops (branch vol) --
+from pynn._native.spatial import (  # noqa: F401
+    pad3d_backward, pad3d_forward, upsample3d_backward, upsample3d_forward,
 )
 # -- convolution variants (issue 12) --
 from pynn._native.conv import conv2d_transpose_backward, conv2d_transpose_forward  # noqa: F401

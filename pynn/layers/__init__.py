@@ -197,3 +197,20 @@ LAYERS.update({cls.__name__: cls for cls in (Conv3D, Conv3DTranspose)})
 Convolution3D = Conv3D
 Convolution3DTranspose = Conv3DTranspose
 __all__ += ["Conv3D", "Conv3DTranspose", "Convolution3D", "Convolution3DTranspose"]
+# -- 3-D pooling and spatial layers (branch vol) --
+from pynn.layers.pooling import (  # noqa: E402
+    AveragePooling3D, GlobalAveragePooling3D, GlobalMaxPooling3D, MaxPooling3D,
+)
+from pynn.layers.spatial import Cropping3D, UpSampling3D, ZeroPadding3D  # noqa: E402
+
+LAYERS.update({cls.__name__: cls for cls in (
+    MaxPooling3D, AveragePooling3D, GlobalMaxPooling3D, GlobalAveragePooling3D, UpSampling3D,
+    ZeroPadding3D, Cropping3D,
+)})
+MaxPool3D = MaxPooling3D
+AvgPool3D = AveragePooling3D
+GlobalMaxPool3D = GlobalMaxPooling3D
+GlobalAvgPool3D = GlobalAveragePooling3D
+__all__ += ["MaxPooling3D", "AveragePooling3D", "GlobalMaxPooling3D", "GlobalAveragePooling3D",
+            "UpSampling3D", "ZeroPadding3D", "Cropping3D", "MaxPool3D", "AvgPool3D",
+            "GlobalMaxPool3D", "GlobalAvgPool3D"]

@@ -144,3 +144,131 @@ class Cropping2D(Layer):
         config.update(cropping=[list(side) for side in self.cropping],
                       data_format="channels_last")
         return config
+
+
+# -- 3-D spatial layers (Keras 3's UpSampling3D, ZeroPadding3D, Cropping3D; branch vol):
+# ZeroPadding3D and Cropping3D are each other's backward on the pad3d pair, as in 2-D. --
+from pynn.layers.pooling import triple, volume_shape  # noqa: E402
+
+
+def padding_triples(label, name, value):
+    """Keras's forms of a 3-D padding or cropping: an int, 3 ints (symmetric per axis), or
+    3 pairs ((front, back), (top, bottom), (left, right)) (each entry an int or a pair, as
+    Keras's standardize_tuple reads them); returns the last form, ints in [0, C_INT_MAX]."""
+    expected = ("an int, a tuple of 3 ints or a tuple of 3 tuples of 2 ints ((front, back), "
+                "(top, bottom), (left, right))")
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        if not hasattr(value, "__len__"):
+            v = operator.index(value)
+            sides = ((v, v),) * 3
+        else:
+            if len(value) != 3:
+                raise ValueError
+            sides = tuple((operator.index(side),) * 2 if not hasattr(side, "__len__")
+                          else tuple(operator.index(s) for s in side) for side in value)
+            if any(len(side) != 2 for side in sides):
+                raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"{label}: {name} must be {expected}, got {value!r}") from None
+    flat = [v for side in sides for v in side]
+    if min(flat) < 0 or max(flat) > C_INT_MAX:
+        raise ValueError(f"{label}: {name} must be non-negative ints (at most {C_INT_MAX}), "
+                         f"got {value!r}")
+    return sides
+
+
+class UpSampling3D(Layer):
+    """Repeats each voxel size[0], size[1], size[2] times along D, H, W (Keras 3 has no
+    interpolation argument here: 'nearest' only)."""
+
+    def __init__(self, size=(2, 2, 2), data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        label = f"UpSampling3D '{self.name}'"
+        data_format_arg(label, data_format)
+        self.size = triple("size", label, size)
+
+    def compute_output_shape(self, input_shape):
+        n, *spatial, c = volume_shape(self, input_shape)
+        return (n, *(None if s is None else s * f for s, f in zip(spatial, self.size)), c)
+
+    def call(self, x, training=False):
+        if training:
+            self._cache = tuple(x.shape)
+        return backend.current().upsample3d_forward(x, self.size)
+
+    def backward(self, dy):
+        shape, self._cache = self._cache, None
+        if not self.needs_input_grad:
+            return None
+        return backend.current().upsample3d_backward(dy, shape, self.size)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(size=list(self.size), data_format="channels_last")
+        return config
+
+
+class ZeroPadding3D(Layer):
+    """Adds planes of zeros around each volume."""
+
+    def __init__(self, padding=((1, 1), (1, 1), (1, 1)), data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        label = f"ZeroPadding3D '{self.name}'"
+        data_format_arg(label, data_format)
+        self.padding = padding_triples(label, "padding", padding)
+
+    def compute_output_shape(self, input_shape):
+        n, *spatial, c = volume_shape(self, input_shape)
+        return (n, *(None if s is None else s + a + b
+                     for s, (a, b) in zip(spatial, self.padding)), c)
+
+    def call(self, x, training=False):
+        return backend.current().pad3d_forward(x, self.padding)
+
+    def backward(self, dy):
+        if not self.needs_input_grad:
+            return None
+        return backend.current().pad3d_backward(dy, self.padding)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(padding=[list(side) for side in self.padding],
+                      data_format="channels_last")
+        return config
+
+
+class Cropping3D(Layer):
+    """Removes planes at the edges of each volume."""
+
+    def __init__(self, cropping=((1, 1), (1, 1), (1, 1)), data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        label = f"Cropping3D '{self.name}'"
+        data_format_arg(label, data_format)
+        self.cropping = padding_triples(label, "cropping", cropping)
+
+    def compute_output_shape(self, input_shape):
+        n, *spatial, c = volume_shape(self, input_shape)
+        # Keras: every axis keeps at least one voxel.
+        if any(s is not None and a + b >= s for s, (a, b) in zip(spatial, self.cropping)):
+            raise ValueError(f"Cropping3D '{self.name}': cropping {self.cropping} must leave "
+                             f"at least one voxel along each axis of the input "
+                             f"{shape_str(input_shape)}")
+        return (n, *(None if s is None else s - a - b
+                     for s, (a, b) in zip(spatial, self.cropping)), c)
+
+    def call(self, x, training=False):
+        # The crop is pad3d_forward's backward.
+        return backend.current().pad3d_backward(x, self.cropping)
+
+    def backward(self, dy):
+        if not self.needs_input_grad:
+            return None
+        return backend.current().pad3d_forward(dy, self.cropping)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(cropping=[list(side) for side in self.cropping],
+                      data_format="channels_last")
+        return config

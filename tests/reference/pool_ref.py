@@ -98,3 +98,79 @@ def global_maxpool2d_backward_ref(dy, argmax, input_shape):
     for i in range(n):
         dx[i, argmax[i], np.arange(c)] = dy[i]
     return dx.reshape(input_shape)
+
+
+# -- 3-D pooling (MaxPooling3D, AveragePooling3D; branch vol) --------------------------------
+
+def windows3d(input_shape, pool_size, strides, padding):
+    """Yield (do, ho, wo, (d0, d1), (h0, h1), (w0, w1)): every output voxel and its clipped
+    input window."""
+    axes = []
+    for size, k, s in zip(input_shape[1:4], pool_size, strides):
+        pad, out = _axis(size, k, s, padding)
+        axes.append([(max(o * s - pad, 0), min(o * s - pad + k, size)) for o in range(out)])
+    for do, dw in enumerate(axes[0]):
+        for ho, hw in enumerate(axes[1]):
+            for wo, ww in enumerate(axes[2]):
+                yield do, ho, wo, dw, hw, ww
+
+
+def output_shape3d(input_shape, pool_size, strides, padding):
+    n, *spatial, c = input_shape
+    return (n, *(_axis(size, k, s, padding)[1]
+                 for size, k, s in zip(spatial, pool_size, strides)), c)
+
+
+def maxpool3d_forward_ref(x, pool_size, strides, padding):
+    x = np.asarray(x, np.float64)
+    n, d, h, w, c = x.shape
+    y = np.zeros(output_shape3d(x.shape, pool_size, strides, padding))
+    arg = np.zeros(y.shape, np.int64)
+    for do, ho, wo, (d0, d1), (h0, h1), (w0, w1) in windows3d(x.shape, pool_size, strides,
+                                                               padding):
+        win = x[:, d0:d1, h0:h1, w0:w1, :].reshape(n, (d1 - d0) * (h1 - h0) * (w1 - w0), c)
+        i = np.argmax(win, axis=1)  # first maximum in (d, h, w) window order
+        y[:, do, ho, wo, :] = np.take_along_axis(win, i[:, None, :], axis=1)[:, 0, :]
+        dd, hh, ww = np.unravel_index(i, (d1 - d0, h1 - h0, w1 - w0))
+        arg[:, do, ho, wo, :] = ((d0 + dd) * h + h0 + hh) * w + w0 + ww
+    return y, arg
+
+
+def maxpool3d_backward_ref(dy, argmax, input_shape):
+    n, d, h, w, c = input_shape
+    dx = np.zeros((n, d * h * w, c))
+    dy = np.asarray(dy, np.float64)
+    for i in range(n):
+        for p in np.ndindex(*dy.shape[1:4]):
+            for ch in range(c):
+                dx[i, argmax[(i, *p, ch)], ch] += dy[(i, *p, ch)]
+    return dx.reshape(input_shape)
+
+
+def avgpool3d_forward_ref(x, pool_size, strides, padding):
+    x = np.asarray(x, np.float64)
+    y = np.zeros(output_shape3d(x.shape, pool_size, strides, padding))
+    for do, ho, wo, (d0, d1), (h0, h1), (w0, w1) in windows3d(x.shape, pool_size, strides,
+                                                               padding):
+        y[:, do, ho, wo, :] = x[:, d0:d1, h0:h1, w0:w1, :].mean(axis=(1, 2, 3))
+    return y
+
+
+def avgpool3d_backward_ref(dy, input_shape, pool_size, strides, padding):
+    dy = np.asarray(dy, np.float64)
+    dx = np.zeros(input_shape)
+    for do, ho, wo, (d0, d1), (h0, h1), (w0, w1) in windows3d(input_shape, pool_size, strides,
+                                                               padding):
+        count = (d1 - d0) * (h1 - h0) * (w1 - w0)
+        dx[:, d0:d1, h0:h1, w0:w1, :] += dy[:, do, ho, wo, None, None, None, :] / count
+    return dx
+
+
+def global_avgpool3d_ref(x):
+    """GlobalAveragePooling3D: the mean over D, H, W -> (N, C)."""
+    return np.asarray(x, np.float64).mean(axis=(1, 2, 3))
+
+
+def global_maxpool3d_ref(x):
+    """GlobalMaxPooling3D: the max over D, H, W -> (N, C)."""
+    return np.asarray(x, np.float64).max(axis=(1, 2, 3))

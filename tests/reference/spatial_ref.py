@@ -50,3 +50,30 @@ def upsample2d_backward_ref(dy, input_shape, size, interpolation="nearest"):
     ah = interpolation_matrix(input_shape[1], size[0], interpolation)
     aw = interpolation_matrix(input_shape[2], size[1], interpolation)
     return np.einsum("oh,nopc,pw->nhwc", ah, dy, aw).reshape(input_shape)
+
+
+# -- 3-D spatial ops (ZeroPadding3D, Cropping3D, UpSampling3D; branch vol) -------------------
+
+def pad3d_forward_ref(x, padding):
+    return np.pad(np.asarray(x, np.float64), ((0, 0), *padding, (0, 0)))
+
+
+def pad3d_backward_ref(dy, padding):
+    dy = np.asarray(dy, np.float64)
+    (f, k), (t, b), (l, r) = padding
+    return dy[:, f:dy.shape[1] - k, t:dy.shape[2] - b, l:dy.shape[3] - r, :]
+
+
+def upsample3d_forward_ref(x, size):
+    """Each voxel repeated: y = A_d x A_h x A_w with 'nearest' interpolation matrices."""
+    x = np.asarray(x, np.float64)
+    ad, ah, aw = (interpolation_matrix(n, s, "nearest") for n, s in zip(x.shape[1:4], size))
+    return np.einsum("ad,ndhwc,bh,ew->nabec", ad, x, ah, aw)
+
+
+def upsample3d_backward_ref(dy, input_shape, size):
+    """The adjoint: dx = A_d^T dy A_h^T A_w^T."""
+    dy = np.asarray(dy, np.float64)
+    ad, ah, aw = (interpolation_matrix(n, s, "nearest")
+                  for n, s in zip(input_shape[1:4], size))
+    return np.einsum("ad,nabec,bh,ew->ndhwc", ad, dy, ah, aw).reshape(input_shape)

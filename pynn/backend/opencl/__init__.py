@@ -51,6 +51,10 @@ from pynn.backend.opencl.pool import (  # noqa: F401
     global_avgpool2d_forward, global_maxpool2d_backward, global_maxpool2d_forward,
     maxpool2d_backward, maxpool2d_forward,
 )
+# -- 3-D pooling (branch vol) --
+from pynn.backend.opencl.pool import (  # noqa: F401
+    avgpool3d_backward, avgpool3d_forward, maxpool3d_backward, maxpool3d_forward,
+)
 from pynn.backend.opencl.rnn import (  # noqa: F401
     gru_backward, gru_forward, lstm_backward, lstm_forward, simple_rnn_backward,
     simple_rnn_forward,
@@ -65,6 +69,10 @@ from pynn.backend.opencl.shape import (  # noqa: F401
 )
 from pynn.backend.opencl.spatial import (  # noqa: F401
     pad2d_backward, pad2d_forward, upsample2d_backward, upsample2d_forward,
+)
+# -- 3-D spatial ops (branch vol) --
+from pynn.backend.opencl.spatial import (  # noqa: F401
+    pad3d_backward, pad3d_forward, upsample3d_backward, upsample3d_forward,
 )
 # -- convolution variants (issue 12) --
 from pynn.backend.opencl.conv import (  # noqa: F401

@@ -97,3 +97,52 @@ def global_maxpool2d_backward(dy, argmax, input_shape):
     dx = rt.empty((n, h, w, c), what=f"{op} output")
     elementwise("pool", "global_maxpool2d_backward", dx.size, dy, argmax, dx, n, h, w, c)
     return dx
+
+
+# -- 3-D pooling (MaxPooling3D, AveragePooling3D; branch vol) -------------------------------
+
+def _window3d(g):
+    """The 3-D kernels' geometry arguments after x/y: sizes, window, strides, leading pads."""
+    return (g["N"], g["D"], g["H"], g["W"], g["C"], g["DO"], g["HO"], g["WO"], g["PD"],
+            g["PH"], g["PW"], g["SD"], g["SH"], g["SW"], g["PF"], g["PT"], g["PL"])
+
+
+def maxpool3d_forward(x, pool_size, strides, padding="valid"):
+    """(N,D,H,W,C) -> (y (N,DO,HO,WO,C), argmax int32 (d*H + h)*W + w in each volume)."""
+    op = "maxpool3d_forward"
+    x, g = operands.maxpool3d_forward(DEVICE, x, pool_size, strides, padding)
+    y = rt.empty((g["N"], g["DO"], g["HO"], g["WO"], g["C"]), what=f"{op} output")
+    argmax = rt.empty(y.shape, np.int32, what=f"{op} argmax")
+    elementwise("pool", "maxpool3d_forward", y.size, x, y, argmax, *_window3d(g))
+    return y, argmax
+
+
+def maxpool3d_backward(dy, argmax, input_shape):
+    """dx (input_shape): each dy added to the voxel its argmax names."""
+    op = "maxpool3d_backward"
+    dy, argmax, (n, d, h, w, c) = operands.maxpool3d_backward(DEVICE, dy, argmax, input_shape)
+    if dy.size == 0:
+        return rt.zeros((n, d, h, w, c), what=f"{op} output")
+    dx = rt.empty((n, d, h, w, c), what=f"{op} output")
+    # maxpool2d_backward's scatter over the volume as a (D*H, W) plane and the outputs as
+    # (DO*HO, WO): it reads only the counts, one work-item per (n, c) in output order.
+    elementwise("pool", "maxpool2d_backward", n * c, dy, argmax, dx, n, d * h, w, c,
+                dy.shape[1] * dy.shape[2], dy.shape[3])
+    return dx
+
+
+def avgpool3d_forward(x, pool_size, strides, padding="valid"):
+    """(N,D,H,W,C) -> (N,DO,HO,WO,C); 'same' averages the in-bounds voxels only."""
+    op = "avgpool3d_forward"
+    x, g = operands.avgpool3d_forward(DEVICE, x, pool_size, strides, padding)
+    y = rt.empty((g["N"], g["DO"], g["HO"], g["WO"], g["C"]), what=f"{op} output")
+    elementwise("pool", "avgpool3d_forward", y.size, x, y, *_window3d(g))
+    return y
+
+
+def avgpool3d_backward(dy, input_shape, pool_size, strides, padding="valid"):
+    op = "avgpool3d_backward"
+    dy, g = operands.avgpool3d_backward(DEVICE, dy, input_shape, pool_size, strides, padding)
+    dx = rt.empty((g["N"], g["D"], g["H"], g["W"], g["C"]), what=f"{op} output")
+    elementwise("pool", "avgpool3d_backward", dx.size, dy, dx, *_window3d(g))
+    return dx

@@ -53,3 +53,42 @@ def upsample2d_backward(dy, input_shape, size, interpolation="nearest"):
     elementwise("spatial", "upsample2d_backward", dx.size, dy, dx, n, h, w, c, sh, sw,
                 _MODES[mode])
     return dx
+
+
+# -- 3-D spatial ops (ZeroPadding3D, Cropping3D, UpSampling3D; branch vol) ------------------
+
+def pad3d_forward(x, padding):
+    """Zero padding: (N, D, H, W, C) -> (N, front + D + back, top + H + bottom,
+    left + W + right, C)."""
+    op = "pad3d_forward"
+    x, ((f, _), (t, _), (l, _)), out = operands.pad3d_forward(DEVICE, x, padding)
+    y = rt.empty(out, what=f"{op} output")
+    elementwise("spatial", "pad3d_forward", y.size, x, y, *x.shape, *out[1:4], f, t, l)
+    return y
+
+
+def pad3d_backward(dy, padding):
+    """The crop undoing pad3d_forward (also Cropping3D's forward)."""
+    op = "pad3d_backward"
+    dy, ((f, _), (t, _), (l, _)), out = operands.pad3d_backward(DEVICE, dy, padding)
+    dx = rt.empty(out, what=f"{op} output")
+    elementwise("spatial", "pad3d_backward", dx.size, dy, dx, *dy.shape, *out[1:4], f, t, l)
+    return dx
+
+
+def upsample3d_forward(x, size):
+    """(N, D, H, W, C) -> (N, D*SD, H*SH, W*SW, C), each voxel repeated."""
+    op = "upsample3d_forward"
+    x, factors, out = operands.upsample3d_forward(DEVICE, x, size)
+    y = rt.empty(out, what=f"{op} output")
+    elementwise("spatial", "upsample3d_forward", y.size, x, y, *x.shape, *factors)
+    return y
+
+
+def upsample3d_backward(dy, input_shape, size):
+    """dx (input_shape), gathered: each voxel sums its copies."""
+    op = "upsample3d_backward"
+    dy, input_shape, factors = operands.upsample3d_backward(DEVICE, dy, input_shape, size)
+    dx = rt.empty(input_shape, what=f"{op} output")
+    elementwise("spatial", "upsample3d_backward", dx.size, dy, dx, *input_shape, *factors)
+    return dx

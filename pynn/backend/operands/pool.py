@@ -136,3 +136,105 @@ def windows_tile(pg):
     return (pg["PT"] == 0 and pg["PL"] == 0 and pg["SH"] >= pg["PH"] and pg["SW"] >= pg["PW"]
             and (pg["HO"] - 1) * pg["SH"] + pg["PH"] <= pg["H"]
             and (pg["WO"] - 1) * pg["SW"] + pg["PW"] <= pg["W"])
+
+
+# -- 3-D pooling (MaxPooling3D, AveragePooling3D; branch vol) -------------------------------
+# The geometry ``g`` adds depth: D, pool PD, stride SD, leading pad PF (front) and DO.
+import math  # noqa: E402
+import operator  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from pynn.backend.operands.common import INT32_MAX  # noqa: E402
+
+
+def triple(op, name, value):
+    """An int or 3 ints, each in [1, INT32_MAX] -> a tuple of 3 ints."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value,) * 3
+    try:
+        dims = tuple(operator.index(v) for v in value)
+    except TypeError:
+        raise ValueError(f"{op}: '{name}' must be an int or 3 ints, got {value!r}") from None
+    if len(dims) != 3 or min(dims) < 1:
+        raise ValueError(f"{op}: '{name}' must be an int or 3 positive ints, got {value!r}")
+    if max(dims) > INT32_MAX:
+        raise ValueError(f"{op}: '{name}' must be at most {INT32_MAX} (a C int), got {value!r}")
+    return dims
+
+
+def shape5(op, name, shape):
+    """A 5-int shape argument (N, D, H, W, C)."""
+    try:
+        dims = tuple(operator.index(d) for d in shape)
+    except TypeError:
+        raise ValueError(f"{op}: '{name}' must be a tuple of 5 ints, got {shape!r}") from None
+    if len(dims) != 5 or min(dims) < 0:
+        raise ValueError(f"{op}: '{name}' must be 5 non-negative ints (N, D, H, W, C), got "
+                         f"{shape!r}")
+    return dims
+
+
+def check_volume(op, shape):
+    """argmax holds (d*H + h)*W + w in an int32: a volume past INT32_MAX voxels is refused."""
+    if shape[1] * shape[2] * shape[3] > INT32_MAX:
+        raise ValueError(f"{op}: a volume of D*H*W = {shape[1] * shape[2] * shape[3]} voxels "
+                         f"exceeds the int32 argmax (at most {INT32_MAX})")
+
+
+def pool3d_geometry(op, input_shape, pool_size, strides, padding):
+    n, d, h, w, c = input_shape
+    pd, ph, pw = triple(op, "pool_size", pool_size)
+    sd, sh, sw = triple(op, "strides", strides)
+    mode = padding_mode(op, padding)
+    pf, do = conv_output_size(d, pd, sd, 1, mode)
+    pt, ho = conv_output_size(h, ph, sh, 1, mode)
+    pl, wo = conv_output_size(w, pw, sw, 1, mode)
+    return dict(N=n, D=d, H=h, W=w, C=c, PD=pd, PH=ph, PW=pw, SD=sd, SH=sh, SW=sw, PF=pf,
+                PT=pt, PL=pl, DO=do, HO=ho, WO=wo)
+
+
+def _input_shape5(arrays, op, input_shape):
+    shape = shape5(op, "input_shape", input_shape)
+    check_count(arrays, op, "input_shape", math.prod(shape))
+    return shape
+
+
+def _windowed3d_forward(arrays, op, x, pool_size, strides, padding):
+    x = arrays.float_input(op, "x", x, ndim=5)
+    check_volume(op, x.shape)
+    return x, pool3d_geometry(op, x.shape, pool_size, strides, padding)
+
+
+def maxpool3d_forward(arrays, x, pool_size, strides, padding):
+    """-> (x (N, D, H, W, C), g)."""
+    return _windowed3d_forward(arrays, "maxpool3d_forward", x, pool_size, strides, padding)
+
+
+def avgpool3d_forward(arrays, x, pool_size, strides, padding):
+    """-> (x (N, D, H, W, C), g)."""
+    return _windowed3d_forward(arrays, "avgpool3d_forward", x, pool_size, strides, padding)
+
+
+def maxpool3d_backward(arrays, dy, argmax, input_shape):
+    """-> (dy, argmax, input_shape); argmax's values are the kernels' to check."""
+    op = "maxpool3d_backward"
+    dy = arrays.float_input(op, "dy", dy, ndim=5)
+    argmax = arrays.int_input(op, "argmax", argmax, ndim=5)
+    check_shape(op, "argmax", argmax, dy.shape)
+    input_shape = _input_shape5(arrays, op, input_shape)
+    check_volume(op, input_shape)
+    check_shape(op, "dy", dy, (input_shape[0], None, None, None, input_shape[4]))
+    if dy.size and 0 in input_shape:
+        raise ValueError(f"{op}: argmax points into an empty input of shape {input_shape}")
+    return dy, argmax, input_shape
+
+
+def avgpool3d_backward(arrays, dy, input_shape, pool_size, strides, padding):
+    """-> (dy, g)."""
+    op = "avgpool3d_backward"
+    dy = arrays.float_input(op, "dy", dy, ndim=5)
+    input_shape = _input_shape5(arrays, op, input_shape)
+    g = pool3d_geometry(op, input_shape, pool_size, strides, padding)
+    check_shape(op, "dy", dy, (g["N"], g["DO"], g["HO"], g["WO"], g["C"]))
+    return dy, g
