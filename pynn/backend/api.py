@@ -208,6 +208,16 @@ OPS = {
     "global_avgpool2d_backward": ("dy", "input_shape"),
     "global_maxpool2d_forward": ("x",),                                   # -> (y, argmax)
     "global_maxpool2d_backward": ("dy", "argmax", "input_shape"),
+    # -- adaptive pooling (Keras 3's AdaptiveAveragePooling/AdaptiveMaxPooling 1D-3D) ------
+    # x (N, *spatial, C), 1 to 3 spatial axes; output_size one int per spatial axis (an int
+    # is repeated). Output o of an axis of length L pooled to O reads the bin
+    # [floor(o*L/O), ceil((o+1)*L/O)) (torch's adaptive pools: bins may overlap, and repeat
+    # pixels when O > L). argmax: int32 like y, the flat index d*H*W + h*W + w of the chosen
+    # pixel within its (n, c) plane, the first maximum in row-major bin order.
+    "adaptive_avgpool_forward": ("x", "output_size"),                     # -> y
+    "adaptive_avgpool_backward": ("dy", "input_shape"),
+    "adaptive_maxpool_forward": ("x", "output_size"),                     # -> (y, argmax)
+    "adaptive_maxpool_backward": ("dy", "argmax", "input_shape"),
     # -- dropout (native/dropout.pyx, opencl/dropout.cl) ---------------------------------
     # Philox4x32-10 keyed by seed, counter = element index + offset: the CPU and OpenCL masks
     # are bit-identical. mask is uint8 (1 keep, 0 drop); survivors are scaled by 1/(1-rate).

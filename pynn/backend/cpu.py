@@ -81,6 +81,12 @@ from pynn._native.pool import (  # noqa: F401
     maxpool2d_backward,
     maxpool2d_forward,
 )
+from pynn._native.pool import (  # noqa: F401  -- adaptive pooling
+    adaptive_avgpool_backward,
+    adaptive_avgpool_forward,
+    adaptive_maxpool_backward,
+    adaptive_maxpool_forward,
+)
 # -- merge (Keras's merge layers) --
 from pynn._native.merge import (  # noqa: F401
     concatenate_backward,

@@ -51,6 +51,10 @@ from pynn.backend.opencl.pool import (  # noqa: F401
     global_avgpool2d_forward, global_maxpool2d_backward, global_maxpool2d_forward,
     maxpool2d_backward, maxpool2d_forward,
 )
+from pynn.backend.opencl.pool import (  # noqa: F401  -- adaptive pooling
+    adaptive_avgpool_backward, adaptive_avgpool_forward, adaptive_maxpool_backward,
+    adaptive_maxpool_forward,
+)
 from pynn.backend.opencl.rnn import (  # noqa: F401
     gru_backward, gru_forward, lstm_backward, lstm_forward, simple_rnn_backward,
     simple_rnn_forward,
