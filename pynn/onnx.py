@@ -1626,6 +1626,48 @@ def _quantized_recurrent(g, layer, x, out_shape, mask=None):
 # -- end int8 quantized layers --
 
 
+# -- adaptive pooling (Keras 3's AdaptiveAveragePooling/AdaptiveMaxPooling 1D-3D) -----------
+# Where every output size divides its input size the bins are the windows of one AveragePool
+# or MaxPool (kernel = stride = L/O). Otherwise a bin is a box [floor(o*L/O), ceil((o+1)*L/O))
+# per axis, and the mean (max) over a box is the mean (max) over each axis in turn: per axis,
+# one Slice and ReduceMean/ReduceMax per output position, joined by a Concat.
+@_converts("AdaptiveAveragePooling1D", "AdaptiveAveragePooling2D", "AdaptiveAveragePooling3D",
+           "AdaptiveMaxPooling1D", "AdaptiveMaxPooling2D", "AdaptiveMaxPooling3D")
+def _adaptive_pool(g, layer, x, out_shape):
+    rank = len(x.shape)
+    first = layer.data_format == "channels_first"
+    spatial_axes = list(range(2, rank)) if first else list(range(1, rank - 1))
+    sizes = [x.shape[a] for a in spatial_axes]
+    if any(s is None for s in sizes):
+        raise _unsupported(layer, f"adaptive pooling needs the spatial size, which is unknown "
+                                  f"in input shape {x.shape}")
+    is_max = "Max" in type(layer).__name__
+    if all(n % o == 0 for n, o in zip(sizes, layer.output_size)):
+        # ONNX pools read (N, C, *spatial): pynn's own layout when channels_first
+        x = g.layout(x, _identity(rank)) if first else g.nchw(x)
+        kernel = [n // o for n, o in zip(sizes, layer.output_size)]
+        attrs = {"kernel_shape": kernel, "strides": kernel}
+        y = g.op("MaxPool" if is_max else "AveragePool", [x.name], layer.name, **attrs)
+        return g.tensor(y, out_shape, x.perm)
+    reduce_type = "ReduceMax" if is_max else "ReduceMean"
+    shape = list(x.shape)
+    for axis, n, out in zip(spatial_axes, sizes, layer.output_size):
+        onnx_axis = x.axis(axis)
+        hint = f"{layer.name}_axis{axis}"
+        parts = []
+        for o in range(out):
+            start, end = (o * n) // out, -(-((o + 1) * n) // out)
+            part = g.op("Slice", [x.name, g.ints([start], f"{hint}_start"),
+                                  g.ints([end], f"{hint}_end"),
+                                  g.ints([onnx_axis], f"{hint}_axes")], f"{hint}_bin{o}")
+            parts.append(g.reduce(reduce_type, part, [onnx_axis], f"{hint}_reduce{o}"))
+        shape[axis] = out
+        y = parts[0] if out == 1 else g.op("Concat", parts, hint, axis=onnx_axis)
+        x = g.derived(x, y, tuple(shape))
+    return x
+# -- end adaptive pooling --
+
+
 def _convert(g, layer, x, out_shape):
     fn = _CONVERTERS.get(type(layer).__name__)
     if fn is None:

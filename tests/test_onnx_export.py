@@ -1211,3 +1211,37 @@ def test_category_encoding_and_discretization(mode, steps, opset):
             rng.standard_normal((5, steps)).astype(np.float32)]
     data[1][0, 0] = 0.0   # on a boundary
     check_export(model, data, opset=opset)
+
+
+# -- adaptive pooling: one pool where the bins divide, per-axis bins otherwise -------------
+ADAPTIVE = {
+    "avg2d_divisible": ((8, 6, 3), lambda: [L.AdaptiveAveragePooling2D((4, 3))], "AveragePool"),
+    "max2d_divisible_after_conv": ((8, 6, 3), lambda: [L.Conv2D(4, 3, padding="same"),
+                                                       L.AdaptiveMaxPooling2D(2)], "MaxPool"),
+    "avg1d_overlapping": ((7, 3), lambda: [L.AdaptiveAveragePooling1D(3)], "Slice"),
+    "max1d_larger": ((4, 2), lambda: [L.AdaptiveMaxPooling1D(7)], "Slice"),
+    "avg2d_mixed": ((7, 6, 3), lambda: [L.AdaptiveAveragePooling2D((3, 3))], "Slice"),
+    "max2d_after_conv": ((9, 7, 2), lambda: [L.Conv2D(3, 3), L.AdaptiveMaxPooling2D((4, 3))],
+                         "Slice"),
+    "avg3d": ((5, 4, 6, 2), lambda: [L.AdaptiveAveragePooling3D((2, 3, 4))], "Slice"),
+    "max3d_divisible": ((4, 4, 6, 2), lambda: [L.AdaptiveMaxPooling3D((2, 1, 3))], "MaxPool"),
+    "avg2d_channels_first": ((3, 7, 5), lambda: [
+        L.AdaptiveAveragePooling2D((3, 2), data_format="channels_first")], "Slice"),
+    "max2d_channels_first_divisible": ((3, 8, 4), lambda: [
+        L.AdaptiveMaxPooling2D((4, 2), data_format="channels_first")], "MaxPool"),
+}
+
+
+@pytest.mark.parametrize("opset", [13, None])
+@pytest.mark.parametrize("name", sorted(ADAPTIVE))
+def test_adaptive_pooling(name, opset):
+    shape, make, op_type = ADAPTIVE[name]
+    model = seq(shape, *make(), L.Flatten())
+    proto = check_export(model, rand((3,) + shape), opset=opset)
+    assert op_type in op_types(proto)
+
+
+def test_adaptive_pooling_of_an_unknown_size_is_refused():
+    model = seq((None, None, 3), L.AdaptiveAveragePooling2D(2))
+    with pytest.raises(ValueError, match="AdaptiveAveragePooling2D .* spatial size"):
+        pynn.onnx.export(model)

@@ -190,3 +190,13 @@ LAYERS["EinsumDense"] = EinsumDense
 from pynn.layers.preprocessing import CategoryEncoding, Discretization  # noqa: E402
 
 LAYERS.update({cls.__name__: cls for cls in (CategoryEncoding, Discretization)})
+# -- Keras 3's adaptive pooling (1D-3D, average and max) --
+from pynn.layers.adaptive_pooling import (  # noqa: E402
+    AdaptiveAveragePooling1D, AdaptiveAveragePooling2D, AdaptiveAveragePooling3D,
+    AdaptiveMaxPooling1D, AdaptiveMaxPooling2D, AdaptiveMaxPooling3D,
+)
+
+LAYERS.update({cls.__name__: cls for cls in (
+    AdaptiveAveragePooling1D, AdaptiveAveragePooling2D, AdaptiveAveragePooling3D,
+    AdaptiveMaxPooling1D, AdaptiveMaxPooling2D, AdaptiveMaxPooling3D,
+)})
