@@ -1668,6 +1668,19 @@ def _adaptive_pool(g, layer, x, out_shape):
 # -- end adaptive pooling --
 
 
+# -- Keras 3's DepthwiseConv1D: one grouped Conv (a group per input channel) ----------------
+@_converts("DepthwiseConv1D")
+def _depthwise1d(g, layer, x, out_shape):
+    kernel = _host(layer.kernel)  # (k, C, m): output channel c*m + j, as ONNX's groups
+    k, c, m = kernel.shape
+    w = kernel.reshape(k, c * m).transpose(1, 0)[:, None]
+    ks, s, d = (layer.kernel_size,), (layer.strides,), (layer.dilation_rate,)
+    pads = _window_pads(layer, x, ks, s, d, layer.padding)
+    return _conv(g, layer, x, out_shape, w, _bias(layer), ks, s, d, pads, c, layer.name,
+                 layer.activation, layer.alpha)
+# -- end DepthwiseConv1D --
+
+
 def _convert(g, layer, x, out_shape):
     fn = _CONVERTERS.get(type(layer).__name__)
     if fn is None:

@@ -208,6 +208,17 @@ def adaptive_pooling():
 ARCHITECTURES["adaptive_pooling"] = adaptive_pooling
 
 
+def depthwise_conv1d():
+    return keras.Sequential([
+        keras.Input((9, 3)),
+        K.DepthwiseConv1D(3, padding="same", depth_multiplier=2, activation="relu"),
+        K.DepthwiseConv1D(2, strides=2, dilation_rate=2, use_bias=False),
+        K.GlobalAveragePooling1D(), K.Dense(2)])
+
+
+ARCHITECTURES["depthwise_conv1d"] = depthwise_conv1d
+
+
 def test_architectures_cover_every_pynn_layer():
     seen = set()
 

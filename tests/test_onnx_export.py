@@ -1245,3 +1245,20 @@ def test_adaptive_pooling_of_an_unknown_size_is_refused():
     model = seq((None, None, 3), L.AdaptiveAveragePooling2D(2))
     with pytest.raises(ValueError, match="AdaptiveAveragePooling2D .* spatial size"):
         pynn.onnx.export(model)
+
+
+# -- Keras 3's DepthwiseConv1D: a grouped Conv ---------------------------------------------
+@pytest.mark.parametrize("kwargs", [
+    {"kernel_size": 3},
+    {"kernel_size": 3, "strides": 2, "padding": "same", "depth_multiplier": 2,
+     "activation": "relu"},
+    {"kernel_size": 2, "dilation_rate": 2, "padding": "same", "depth_multiplier": 3,
+     "use_bias": False},
+], ids=["valid", "same-s2-m2-relu", "same-d2-m3-nobias"])
+@pytest.mark.parametrize("opset", [13, None])
+def test_depthwise_conv1d(kwargs, opset):
+    model = seq((9, 3), L.DepthwiseConv1D(**kwargs), L.Flatten())
+    proto = check_export(model, rand((2, 9, 3)), opset=opset)
+    conv = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert len(conv) == 1 and onnx.helper.get_attribute_value(conv[0].attribute[
+        [a.name for a in conv[0].attribute].index("group")]) == 3

@@ -200,3 +200,7 @@ LAYERS.update({cls.__name__: cls for cls in (
     AdaptiveAveragePooling1D, AdaptiveAveragePooling2D, AdaptiveAveragePooling3D,
     AdaptiveMaxPooling1D, AdaptiveMaxPooling2D, AdaptiveMaxPooling3D,
 )})
+# -- Keras 3's DepthwiseConv1D (on the depthwise ops, as Conv1D sits on Conv2D) --
+from pynn.layers.sequence import DepthwiseConv1D  # noqa: E402
+
+LAYERS["DepthwiseConv1D"] = DepthwiseConv1D
