@@ -1681,6 +1681,10 @@ def _depthwise1d(g, layer, x, out_shape):
 # -- end DepthwiseConv1D --
 
 
+# -- Keras 3's AlphaDropout: the identity at inference, as the other noise layers ----------
+_converts("AlphaDropout")(_identity_layer)
+
+
 def _convert(g, layer, x, out_shape):
     fn = _CONVERTERS.get(type(layer).__name__)
     if fn is None:

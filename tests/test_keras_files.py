@@ -212,6 +212,7 @@ def depthwise_conv1d():
     return keras.Sequential([
         keras.Input((9, 3)),
         K.DepthwiseConv1D(3, padding="same", depth_multiplier=2, activation="relu"),
+        K.AlphaDropout(0.2, noise_shape=(None, 1, 6), seed=4),
         K.DepthwiseConv1D(2, strides=2, dilation_rate=2, use_bias=False),
         K.GlobalAveragePooling1D(), K.Dense(2)])
 

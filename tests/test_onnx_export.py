@@ -1262,3 +1262,10 @@ def test_depthwise_conv1d(kwargs, opset):
     conv = [n for n in proto.graph.node if n.op_type == "Conv"]
     assert len(conv) == 1 and onnx.helper.get_attribute_value(conv[0].attribute[
         [a.name for a in conv[0].attribute].index("group")]) == 3
+
+
+def test_alpha_dropout_is_the_identity():
+    model = seq((5, 4), L.AlphaDropout(0.3), L.AlphaDropout(0.2, noise_shape=(None, 1, 4)),
+                L.Dense(3))
+    proto = check_export(model, rand((2, 5, 4)))
+    assert "RandomUniform" not in op_types(proto)

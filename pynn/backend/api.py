@@ -437,6 +437,13 @@ OPS = {
     "gaussian_noise_forward": ("x", "stddev", "seed", "offset"),          # -> y
     "gaussian_dropout_forward": ("x", "rate", "seed", "offset"),          # -> (y, noise)
     "gaussian_dropout_backward": ("dy", "noise"),
+    # -- Keras 3's AlphaDropout (native/dropout.pyx, opencl/dropout.cl): mask uint8 of
+    # noise_shape (None: x's shape; a None entry takes x's size; others 1 or x's size), drawn
+    # as dropout_forward's mask of such an array and read broadcast over x. y = a*x + b where
+    # kept, a*alpha_p + b where dropped, alpha_p = -SELU alpha * scale, a = ((1 - rate)
+    # (1 + rate alpha_p^2))^-1/2, b = -a alpha_p rate (Keras's formula; x <= 8 axes).
+    "alpha_dropout_forward": ("x", "rate", "seed", "offset", "noise_shape"),  # -> (y, mask)
+    "alpha_dropout_backward": ("dy", "mask", "rate"),                       # dy * a * keep
     # optim (native/optim.pyx): Keras 3's weight constraints, projecting w in place. kind is
     # one of CONSTRAINTS; norms are over ``axis`` (an int or a tuple of adjacent axes) with
     # Keras's epsilon 1e-7: w *= desired / (eps + norm).

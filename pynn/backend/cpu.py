@@ -128,6 +128,9 @@ from pynn._native.dropout import (  # noqa: F401
     gaussian_dropout_backward, gaussian_dropout_forward, gaussian_noise_forward,
     spatial_dropout_backward, spatial_dropout_forward,
 )
+from pynn._native.dropout import (  # noqa: F401  -- Keras 3's AlphaDropout
+    alpha_dropout_backward, alpha_dropout_forward,
+)
 from pynn._native.optim import constraint_inplace  # noqa: F401
 # -- end issue 12
 # -- embedding (issue 14, sequence layers) --

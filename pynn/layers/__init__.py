@@ -204,3 +204,7 @@ LAYERS.update({cls.__name__: cls for cls in (
 from pynn.layers.sequence import DepthwiseConv1D  # noqa: E402
 
 LAYERS["DepthwiseConv1D"] = DepthwiseConv1D
+# -- Keras 3's AlphaDropout (the dropout family's alpha_dropout ops) --
+from pynn.layers.noise import AlphaDropout  # noqa: E402
+
+LAYERS["AlphaDropout"] = AlphaDropout

@@ -88,6 +88,9 @@ from pynn.backend.opencl.dropout import (  # noqa: F401
     gaussian_dropout_backward, gaussian_dropout_forward, gaussian_noise_forward,
     spatial_dropout_backward, spatial_dropout_forward,
 )
+from pynn.backend.opencl.dropout import (  # noqa: F401  -- Keras 3's AlphaDropout
+    alpha_dropout_backward, alpha_dropout_forward,
+)
 from pynn.backend.opencl.optim import constraint_inplace  # noqa: F401
 # -- end issue 12
 # -- embedding (issue 14, sequence layers) --
