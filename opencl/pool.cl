@@ -204,8 +204,9 @@ __kernel void global_maxpool2d_backward(__global const float *dy, __global const
  * outputs covering input i are [floor(i*O/L), ceil((i+1)*O/L)). argmax holds d*H*W + h*W + w
  * within the (n, c) plane; the max's backward is maxpool2d_backward on the (N, P, 1, C)
  * views (it reads no geometry). */
-#define BIN_START(o, L, O) ((o) * (L) / (O))
-#define BIN_END(o, L, O) (((o) + 1) * (L) + (O) - 1) / (O)
+/* In long: o*L may pass 2^31 where the sizes alone do not. */
+#define BIN_START(o, L, O) ((int)((long)(o) * (L) / (O)))
+#define BIN_END(o, L, O) ((int)((((long)(o) + 1) * (L) + (O) - 1) / (O)))
 
 __kernel void adaptive_avgpool_forward(__global const float *x, __global float *y, const int N,
                                        const int D, const int H, const int W, const int C,

@@ -114,6 +114,20 @@ def test_adaptive_pools_are_the_same_for_any_thread_count():
             np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.opencl
+def test_opencl_bins_of_long_axes(backend_opencl):
+    # o*L past 2^31 (65536 * 70000): the bins' products are taken in 64 bits
+    from pynn.backend import cpu
+
+    x = rand(np.random.default_rng(9), (1, 70000, 1))
+    dy = rand(np.random.default_rng(10), (1, 65537, 1))
+    check_op(backend_opencl, "adaptive_avgpool_forward", x, (65537,), kind="reduction")
+    _, (_, argmax) = check_op(backend_opencl, "adaptive_maxpool_forward", x, (65537,),
+                              dtype=None)
+    check_op(backend_opencl, "adaptive_avgpool_backward", dy, x.shape, kind="reduction")
+    np.testing.assert_array_equal(argmax, cpu.adaptive_maxpool_forward(x, (65537,))[1])
+
+
 # -- bad operands: clear errors naming the op ------------------------------------------------
 
 BAD_OPS = [
