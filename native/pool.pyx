@@ -637,9 +637,10 @@ def _adaptive_forward(const floating[::1] x,    # IN  (N*D*H*W*C,)
     job.is_double, job.is_max, job.x, job.y, job.g = floating is double, is_max, &x[0], \
         &y[0], g
     job.arg = &arg[0] if is_max else NULL
+    cdef long items = g.N * g.OD * g.OH
+    cdef int threads = _pool_threads(g.N * g.D * g.H * g.W * g.C)
     with nogil:
-        _pool_run(g.N * g.OD * g.OH, _pool_threads(g.N * g.D * g.H * g.W * g.C),
-                  _adaptive_forward_job, <_PoolJob*>&job)
+        pynn_team_for(items, team_grain(items, threads), threads, _adaptive_forward_job, &job)
 
 
 def _adaptive_avg_backward(const floating[::1] dy,    # IN  (N*OD*OH*OW*C,)
@@ -647,9 +648,11 @@ def _adaptive_avg_backward(const floating[::1] dy,    # IN  (N*OD*OH*OW*C,)
                            AdaptiveGeom g):
     cdef _AdaptiveJob job
     job.is_double, job.x, job.y, job.g = floating is double, &dy[0], &dx[0], g
+    cdef long items = g.N * g.D * g.H
+    cdef int threads = _pool_threads(g.N * g.D * g.H * g.W * g.C)
     with nogil:
-        _pool_run(g.N * g.D * g.H, _pool_threads(g.N * g.D * g.H * g.W * g.C),
-                  _adaptive_avg_backward_job, <_PoolJob*>&job)
+        pynn_team_for(items, team_grain(items, threads), threads, _adaptive_avg_backward_job,
+                      &job)
 
 
 def adaptive_avgpool_forward(x, output_size):
