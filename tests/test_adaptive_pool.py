@@ -258,7 +258,7 @@ def test_opencl_layer_matches_cpu(restore_device, name, kwargs, shape):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_a_model_with_adaptive_pooling_trains(seeded):
+def test_a_model_with_adaptive_pooling_trains_saves_and_loads(seeded, tmp_path):
     # inputs of two spatial sizes through one model: the adaptive pool fixes the Dense width
     inputs = pynn.Input((None, None, 3))
     h = layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
@@ -271,6 +271,9 @@ def test_a_model_with_adaptive_pooling_trains(seeded):
         before = model.evaluate(x, y, verbose=0)
         model.fit(x, y, epochs=3, batch_size=8, verbose=0)
         assert model.evaluate(x, y, verbose=0) < before
+    model.save(tmp_path / "adaptive.pynn")
+    loaded = pynn.load_model(tmp_path / "adaptive.pynn")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
 BAD_LAYERS = [
