@@ -641,7 +641,7 @@ def _alpha_apply(const floating[::1] x,       # IN  (n,) x or dy
 
 
 def _alpha_view(shape):
-    """(shape, noise-free strides) of at least one axis: a 0-d x is one element."""
+    """The kernels' view of a shape: at least one axis (a 0-d x is one element)."""
     return tuple(shape) if len(shape) else (1,)
 
 

@@ -152,7 +152,3 @@ class AdaptiveMaxPooling2D(_AdaptivePooling):
 class AdaptiveMaxPooling3D(_AdaptivePooling):
     _rank, _op = 3, "max"
 
-
-ADAPTIVE_POOLING = (AdaptiveAveragePooling1D, AdaptiveAveragePooling2D,
-                    AdaptiveAveragePooling3D, AdaptiveMaxPooling1D, AdaptiveMaxPooling2D,
-                    AdaptiveMaxPooling3D)
