@@ -552,3 +552,126 @@ def _gaussian_backward(const floating[::1] dy,     # IN  (n,)
     with nogil:
         pynn_team_for(chunks, team_grain(chunks, threads), threads, _gaussian_backward_job,
                       &job)
+
+
+# -- Keras 3's AlphaDropout -------------------------------------------------------------------
+# The mask is dropout_forward's mask of a noise_shape array (mask element j draws counter
+# j + offset), drawn by _dropout_forward on a ones array as spatial dropout does; x reads it
+# broadcast (stride 0 along the axes where noise_shape is 1). Values: Keras's
+# a*(x*keep + alpha_p*(1 - keep)) + b as y = fma(a, x, b) where kept and the constant
+# dropped = a*alpha_p + b (rounded once on the host) where dropped; the backward is dy * a
+# where kept, a literal 0 where dropped. a, b, dropped come from operands.alpha_dropout_affine.
+# x is viewed as rows of its last axis; a row finds its mask offset once (ALPHA_RANK axes).
+cdef enum:
+    ALPHA_RANK = 8
+
+
+ctypedef struct _AlphaJob:
+    bint is_double
+    bint backward
+    const void* x
+    void* y
+    const uint8_t* mask
+    Py_ssize_t rows, cols, ndim
+    Py_ssize_t dims[ALPHA_RANK]
+    Py_ssize_t strides[ALPHA_RANK]
+    double a, b, dropped
+
+
+cdef inline Py_ssize_t _alpha_row_base(const _AlphaJob* j, Py_ssize_t r) noexcept nogil:
+    """The mask offset of row r (its index over every axis but the last)."""
+    cdef Py_ssize_t base = 0, k
+    for k in range(j.ndim - 2, -1, -1):
+        base += (r % j.dims[k]) * j.strides[k]
+        r //= j.dims[k]
+    return base
+
+
+cdef inline void _alpha_rows(const _AlphaJob* j, const floating* x, floating* y, long begin,
+                             long end) noexcept nogil:
+    cdef floating a = <floating>j.a, b = <floating>j.b, dropped = <floating>j.dropped
+    cdef Py_ssize_t r, c, base, step = j.strides[j.ndim - 1], cols = j.cols
+    cdef const uint8_t* m
+    for r in range(begin, end):
+        base = _alpha_row_base(j, r)
+        m = j.mask + base
+        if j.backward:
+            for c in range(cols):
+                y[r * cols + c] = keep_or_zero(x[r * cols + c] * a, m[c * step])
+        else:
+            for c in range(cols):
+                y[r * cols + c] = fma_of(a, x[r * cols + c], b) if m[c * step] else dropped
+
+
+cdef inline floating fma_of(floating a, floating x, floating b) noexcept nogil:
+    if floating is float:
+        return fmaf(a, x, b)
+    else:
+        return fma(a, x, b)
+
+
+cdef void _alpha_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _AlphaJob* j = <_AlphaJob*>ctx
+    if j.is_double:
+        _alpha_rows(j, <const double*>j.x, <double*>j.y, begin, end)
+    else:
+        _alpha_rows(j, <const float*>j.x, <float*>j.y, begin, end)
+
+
+def _alpha_apply(const floating[::1] x,       # IN  (n,) x or dy
+                 const uint8_t[::1] mask,     # IN  the noise_shape mask
+                 floating[::1] y,             # OUT (n,) y or dx
+                 shape, strides, double a, double b, double dropped, bint backward):
+    """Rows of the last axis on pynn's worker team (large inputs) or the calling thread."""
+    cdef Py_ssize_t n = x.shape[0], k
+    cdef _AlphaJob job
+    cdef int threads = _threads_for(n)
+    if n == 0:
+        return
+    job.is_double, job.backward, job.x, job.y, job.mask = floating is double, backward, \
+        &x[0], &y[0], &mask[0]
+    job.ndim = len(shape)
+    for k in range(job.ndim):
+        job.dims[k], job.strides[k] = shape[k], strides[k]
+    job.cols = shape[job.ndim - 1]
+    job.rows = n // job.cols
+    job.a, job.b, job.dropped = a, b, dropped
+    with nogil:
+        pynn_team_for(job.rows, team_grain(job.rows, threads), threads, _alpha_job, &job)
+
+
+def _alpha_view(shape):
+    """The kernels' view of a shape: at least one axis (a 0-d x is one element)."""
+    return tuple(shape) if len(shape) else (1,)
+
+
+def alpha_dropout_forward(x, rate, seed, offset=0, noise_shape=None):
+    """Keras's AlphaDropout -> (y, mask): mask uint8 of noise_shape (None: x's shape; None
+    entries take x's size), 1 keep / 0 drop, drawn as dropout_forward's mask of such an
+    array; y = a*x + b where kept, a*alpha_p + b where dropped (see the note above)."""
+    r, seed, offset, x, mask_shape = operands.alpha_dropout_forward(HOST, x, rate, seed,
+                                                                    offset, noise_shape)
+    y = np.empty_like(x)
+    mask = np.empty(mask_shape, dtype=np.uint8)
+    if mask.size:
+        ones = np.ones(mask.size, dtype=np.float32)
+        _dropout_forward(ones, np.empty_like(ones), mask.reshape(-1), seed, offset,
+                         dropout_threshold(r), 1.0 / (1.0 - r))
+    if x.size:
+        shape = _alpha_view(x.shape)
+        strides = operands.broadcast_strides(shape, _alpha_view(mask_shape))
+        _alpha_apply(x.reshape(-1), mask.reshape(-1), y.reshape(-1), shape, strides,
+                     *operands.alpha_dropout_affine(r), False)
+    return y, mask
+
+
+def alpha_dropout_backward(dy, mask, rate):
+    """dx = dy * a where the (broadcast) mask keeps, 0 where it drops."""
+    r, dy, mask = operands.alpha_dropout_backward(HOST, dy, mask, rate)
+    dx = np.empty_like(dy)
+    if dy.size:
+        shape = _alpha_view(dy.shape)
+        strides = operands.broadcast_strides(shape, _alpha_view(mask.shape))
+        _alpha_apply(dy.reshape(-1), mask.reshape(-1), dx.reshape(-1), shape, strides,
+                     *operands.alpha_dropout_affine(r), True)
+    return dx

@@ -695,3 +695,209 @@ def avgpool3d_backward(dy, input_shape, pool_size, strides, padding="valid"):
         else:
             dx.fill(0)
     return dx
+
+
+# -- adaptive pooling (Keras 3's AdaptiveAveragePooling/AdaptiveMaxPooling 1D-3D) ----------
+# x (N, *spatial, C) seen as (N, D, H, W, C), the missing leading axes of length 1, so one
+# kernel serves 1-3 spatial axes. Output o of an axis of length L pooled to O reads the bin
+# [floor(o*L/O), ceil((o+1)*L/O)) (torch's adaptive pools, which Keras 3's torch backend
+# calls): bins may overlap and, when O > L, repeat pixels. Forward: one thread per output
+# row (n, od, oh), as the windowed pools. The average's backward gathers by dx row (n, d, h)
+# in (od, oh, ow) order, so it is bit-identical for any thread count; the max's backward is
+# maxpool2d_backward's scatter through argmax (it carries no geometry) on the (N, P, 1, C)
+# views, argmax the flat d*H*W + h*W + w within the (n, c) plane.
+
+cdef struct AdaptiveGeom:
+    Py_ssize_t N, D, H, W, C, OD, OH, OW
+
+
+cdef inline Py_ssize_t _bin_start(Py_ssize_t o, Py_ssize_t length,
+                                  Py_ssize_t out) noexcept nogil:
+    return (o * length) // out
+
+
+cdef inline Py_ssize_t _bin_end(Py_ssize_t o, Py_ssize_t length, Py_ssize_t out) noexcept nogil:
+    return ((o + 1) * length + out - 1) // out
+
+
+ctypedef struct _AdaptiveJob:
+    bint is_double
+    bint is_max
+    const void* x
+    void* y
+    int* arg
+    AdaptiveGeom g
+
+
+cdef void _adaptive_row(const floating* x, floating* y, int* arg, bint is_max,
+                        const AdaptiveGeom* g, Py_ssize_t r) noexcept nogil:
+    """Output row r = (n*OD + od)*OH + oh: y (and arg) point at its first pixel."""
+    cdef Py_ssize_t oh = r % g.OH, od = (r // g.OH) % g.OD, n = r // (g.OH * g.OD)
+    cdef Py_ssize_t d0 = _bin_start(od, g.D, g.OD), d1 = _bin_end(od, g.D, g.OD)
+    cdef Py_ssize_t h0 = _bin_start(oh, g.H, g.OH), h1 = _bin_end(oh, g.H, g.OH)
+    cdef Py_ssize_t ow, w0, w1, d, h, w, c, C = g.C, plane = g.H * g.W
+    cdef const floating* px
+    cdef floating* yp
+    cdef int* ap
+    cdef floating inv
+    for ow in range(g.OW):
+        w0 = _bin_start(ow, g.W, g.OW)
+        w1 = _bin_end(ow, g.W, g.OW)
+        yp = y + ow * C
+        px = x + (((n * g.D + d0) * g.H + h0) * g.W + w0) * C
+        if is_max:
+            ap = arg + ow * C
+            if floating is float:
+                if d1 - d0 == 1:
+                    # One depth slice: the 2-D window's register-blocked winners.
+                    pynn_window_max_f(px, g.W * C, h1 - h0, w1 - w0, C,
+                                      <int>(d0 * plane + h0 * g.W + w0), <int>g.W, yp, ap)
+                    continue
+            # The first pixel seeds the winner, so argmax is always a real pixel.
+            for c in range(C):
+                yp[c] = px[c]
+                ap[c] = <int>(d0 * plane + h0 * g.W + w0)
+            for d in range(d0, d1):
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        px = x + (((n * g.D + d) * g.H + h) * g.W + w) * C
+                        _max_update(px, yp, ap, C, <int>(d * plane + h * g.W + w))
+            continue
+        inv = <floating>1 / <floating>((d1 - d0) * (h1 - h0) * (w1 - w0))
+        for c in range(C):
+            yp[c] = 0
+        for d in range(d0, d1):
+            for h in range(h0, h1):
+                for w in range(w0, w1):
+                    px = x + (((n * g.D + d) * g.H + h) * g.W + w) * C
+                    for c in range(C):
+                        yp[c] += px[c]
+        for c in range(C):
+            yp[c] *= inv
+
+
+cdef void _adaptive_forward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _AdaptiveJob* j = <_AdaptiveJob*>ctx
+    cdef Py_ssize_t row = j.g.OW * j.g.C
+    cdef long r
+    for r in range(begin, end):
+        if j.is_double:
+            _adaptive_row(<const double*>j.x, <double*>j.y + r * row, j.arg + r * row,
+                          j.is_max, &j.g, r)
+        else:
+            _adaptive_row(<const float*>j.x, <float*>j.y + r * row, j.arg + r * row,
+                          j.is_max, &j.g, r)
+
+
+cdef void _adaptive_avg_backward_row(const floating* dy, floating* dx, const AdaptiveGeom* g,
+                                     Py_ssize_t t) noexcept nogil:
+    """dx row t = (n*D + d)*H + h (zeroed by the caller): every output bin covering it adds
+    dy / its pixel count, in (od, oh, ow) order. Outputs covering input i of an axis are
+    [floor(i*O/L), ceil((i+1)*O/L)), the bins' rule read the other way."""
+    cdef Py_ssize_t h = t % g.H, d = (t // g.H) % g.D, n = t // (g.H * g.D)
+    cdef Py_ssize_t od, oh, ow, dn, hn, w0, w1, w, c, C = g.C
+    cdef const floating* dp
+    cdef floating* xp
+    cdef floating* drow = dx + t * g.W * C
+    cdef floating inv
+    for od in range(_bin_start(d, g.OD, g.D), _bin_end(d, g.OD, g.D)):
+        dn = _bin_end(od, g.D, g.OD) - _bin_start(od, g.D, g.OD)
+        for oh in range(_bin_start(h, g.OH, g.H), _bin_end(h, g.OH, g.H)):
+            hn = _bin_end(oh, g.H, g.OH) - _bin_start(oh, g.H, g.OH)
+            for ow in range(g.OW):
+                w0 = _bin_start(ow, g.W, g.OW)
+                w1 = _bin_end(ow, g.W, g.OW)
+                inv = <floating>1 / <floating>(dn * hn * (w1 - w0))
+                dp = dy + (((n * g.OD + od) * g.OH + oh) * g.OW + ow) * C
+                for w in range(w0, w1):
+                    xp = drow + w * C
+                    for c in range(C):
+                        xp[c] += dp[c] * inv
+
+
+cdef void _adaptive_avg_backward_job(void* ctx, long begin, long end,
+                                     int slot) noexcept nogil:
+    cdef _AdaptiveJob* j = <_AdaptiveJob*>ctx
+    cdef long t
+    for t in range(begin, end):
+        if j.is_double:
+            _adaptive_avg_backward_row(<const double*>j.x, <double*>j.y, &j.g, t)
+        else:
+            _adaptive_avg_backward_row(<const float*>j.x, <float*>j.y, &j.g, t)
+
+
+def _adaptive_forward(const floating[::1] x,    # IN  (N*D*H*W*C,)
+                      floating[::1] y,          # OUT (N*OD*OH*OW*C,)
+                      int[::1] arg,             # OUT like y (max), or (0,) (average)
+                      AdaptiveGeom g, bint is_max):
+    cdef _AdaptiveJob job
+    job.is_double, job.is_max, job.x, job.y, job.g = floating is double, is_max, &x[0], \
+        &y[0], g
+    job.arg = &arg[0] if is_max else NULL
+    cdef long items = g.N * g.OD * g.OH
+    cdef int threads = _pool_threads(g.N * g.D * g.H * g.W * g.C)
+    with nogil:
+        pynn_team_for(items, team_grain(items, threads), threads, _adaptive_forward_job, &job)
+
+
+def _adaptive_avg_backward(const floating[::1] dy,    # IN  (N*OD*OH*OW*C,)
+                           floating[::1] dx,          # OUT (N*D*H*W*C,), zeroed
+                           AdaptiveGeom g):
+    cdef _AdaptiveJob job
+    job.is_double, job.x, job.y, job.g = floating is double, &dy[0], &dx[0], g
+    cdef long items = g.N * g.D * g.H
+    cdef int threads = _pool_threads(g.N * g.D * g.H * g.W * g.C)
+    with nogil:
+        pynn_team_for(items, team_grain(items, threads), threads, _adaptive_avg_backward_job,
+                      &job)
+
+
+def adaptive_avgpool_forward(x, output_size):
+    """Mean over each adaptive bin: (N, *spatial, C) -> (N, *output_size, C)."""
+    x, g = operands.adaptive_avgpool_forward(HOST, x, output_size)
+    y = np.empty((x.shape[0],) + tuple(_adaptive_output_shape(g, x.ndim)) + (x.shape[x.ndim - 1],),
+                 dtype=x.dtype)
+    if y.size:
+        _adaptive_forward(x.reshape(-1), y.reshape(-1), np.empty(0, np.int32), g, False)
+    return y
+
+
+def adaptive_avgpool_backward(dy, input_shape):
+    """dx (input_shape): each output bin spreads dy / (its pixel count) over its pixels."""
+    dy, g = operands.adaptive_avgpool_backward(HOST, dy, input_shape)
+    dx = np.zeros(tuple(input_shape), dtype=dy.dtype)
+    if dy.size:
+        _adaptive_avg_backward(dy.reshape(-1), dx.reshape(-1), g)
+    return dx
+
+
+def adaptive_maxpool_forward(x, output_size):
+    """Max over each adaptive bin -> (y (N, *output_size, C), argmax int32 like y)."""
+    x, g = operands.adaptive_maxpool_forward(HOST, x, output_size)
+    y = np.empty((x.shape[0],) + tuple(_adaptive_output_shape(g, x.ndim)) + (x.shape[x.ndim - 1],),
+                 dtype=x.dtype)
+    arg = np.empty(y.shape, dtype=np.int32)
+    if y.size:
+        _adaptive_forward(x.reshape(-1), y.reshape(-1), arg.reshape(-1), g, True)
+    return y, arg
+
+
+def adaptive_maxpool_backward(dy, argmax, input_shape):
+    """dx (input_shape): dy routed to the pixel argmax names; repeated bins add."""
+    op = "adaptive_maxpool_backward"
+    dy, argmax, g = operands.adaptive_maxpool_backward(HOST, dy, argmax, input_shape)
+    n, c, plane = g["N"], g["C"], g["D"] * g["H"] * g["W"]
+    if not dy.size:
+        return np.zeros(tuple(input_shape), dtype=dy.dtype)
+    dx = np.empty(tuple(input_shape), dtype=dy.dtype)
+    bad = _maxpool_backward(dy.reshape(n, -1, 1, c), argmax.reshape(n, -1, 1, c),
+                            dx.reshape(n, plane, 1, c))
+    if bad:
+        raise ValueError(f"{op}: {bad} argmax entries outside [0, {plane}) (the input's "
+                         f"spatial plane)")
+    return dx
+
+
+def _adaptive_output_shape(g, ndim):
+    """The output's spatial shape, the last ndim - 2 of (OD, OH, OW)."""
+    return (g["OD"], g["OH"], g["OW"])[5 - ndim:]

@@ -114,3 +114,33 @@ __kernel void gaussian_dropout_backward(__global const float *dy, __global const
     GUARD(i, n);
     dx[i] = dy[i] * noise[i];
 }
+
+/* -- Keras 3's AlphaDropout (native/dropout.pyx's note for the recipe) -----------------------
+ * The mask is dropout_forward's mask of a noise_shape array; x reads it broadcast: element i
+ * of x, with index (i_0, ..., i_7) over dims d_k (leading axes of size 1), reads
+ * mask[sum i_k * s_k], s_k 0 where noise_shape is 1. Forward y = fma(a, x, b) where kept, the
+ * host's dropped = a*alpha_p + b where dropped; backward dx = dy * a where kept, else 0.
+ */
+__kernel void alpha_dropout_apply(__global const float *x, __global const uchar *mask,
+                                  __global float *y, const int n, const int backward,
+                                  const float a, const float b, const float dropped,
+                                  const int d1, const int d2, const int d3, const int d4,
+                                  const int d5, const int d6, const int d7, const int s0,
+                                  const int s1, const int s2, const int s3, const int s4,
+                                  const int s5, const int s6, const int s7)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    const int dims[7] = {d1, d2, d3, d4, d5, d6, d7};
+    const int strides[8] = {s0, s1, s2, s3, s4, s5, s6, s7};
+    int rest = i, at = 0;
+    for (int k = 7; k > 0; --k) {
+        at += (rest % dims[k - 1]) * strides[k];
+        rest /= dims[k - 1];
+    }
+    const int keep = mask[at + rest * strides[0]] != 0;
+    if (backward)
+        y[i] = keep ? x[i] * a : 0.0f;
+    else
+        y[i] = keep ? fma(a, x[i], b) : dropped;
+}

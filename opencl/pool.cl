@@ -309,3 +309,106 @@ __kernel void avgpool3d_backward(__global const float *dy, __global float *dx, c
     }
     dx[gid] = s;
 }
+
+/* -- adaptive pooling (Keras 3's AdaptiveAveragePooling/AdaptiveMaxPooling 1D-3D) -----------
+ * x (N, *spatial, C) seen as (N, D, H, W, C), the missing leading axes of length 1. Output o
+ * of an axis of length L pooled to O reads [floor(o*L/O), ceil((o+1)*L/O)) (torch's rule);
+ * outputs covering input i are [floor(i*O/L), ceil((i+1)*O/L)). argmax holds d*H*W + h*W + w
+ * within the (n, c) plane; the max's backward is maxpool2d_backward on the (N, P, 1, C)
+ * views (it reads no geometry). */
+/* In long: o*L may pass 2^31 where the sizes alone do not. */
+#define BIN_START(o, L, O) ((int)((long)(o) * (L) / (O)))
+#define BIN_END(o, L, O) ((int)((((long)(o) + 1) * (L) + (O) - 1) / (O)))
+
+__kernel void adaptive_avgpool_forward(__global const float *x, __global float *y, const int N,
+                                       const int D, const int H, const int W, const int C,
+                                       const int OD, const int OH, const int OW)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * OD * OH * OW * C);
+    const int c = gid % C;
+    int t = gid / C;
+    const int ow = t % OW;
+    t /= OW;
+    const int oh = t % OH;
+    t /= OH;
+    const int od = t % OD;
+    const int n = t / OD;
+    const int d0 = BIN_START(od, D, OD), d1 = BIN_END(od, D, OD);
+    const int h0 = BIN_START(oh, H, OH), h1 = BIN_END(oh, H, OH);
+    const int w0 = BIN_START(ow, W, OW), w1 = BIN_END(ow, W, OW);
+    __global const float *xp = x + (size_t)n * D * H * W * C + c;
+    float s = 0.0f;
+    for (int d = d0; d < d1; ++d)
+        for (int h = h0; h < h1; ++h)
+            for (int w = w0; w < w1; ++w)
+                s += xp[(size_t)((d * H + h) * W + w) * C];
+    y[gid] = s * (1.0f / (float)((d1 - d0) * (h1 - h0) * (w1 - w0)));
+}
+
+__kernel void adaptive_maxpool_forward(__global const float *x, __global float *y,
+                                       __global int *argmax, const int N, const int D,
+                                       const int H, const int W, const int C, const int OD,
+                                       const int OH, const int OW)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * OD * OH * OW * C);
+    const int c = gid % C;
+    int t = gid / C;
+    const int ow = t % OW;
+    t /= OW;
+    const int oh = t % OH;
+    t /= OH;
+    const int od = t % OD;
+    const int n = t / OD;
+    const int d0 = BIN_START(od, D, OD), d1 = BIN_END(od, D, OD);
+    const int h0 = BIN_START(oh, H, OH), h1 = BIN_END(oh, H, OH);
+    const int w0 = BIN_START(ow, W, OW), w1 = BIN_END(ow, W, OW);
+    __global const float *xp = x + (size_t)n * D * H * W * C + c;
+    float best = -INFINITY;
+    int best_idx = -1;
+    for (int d = d0; d < d1; ++d)
+        for (int h = h0; h < h1; ++h)
+            for (int w = w0; w < w1; ++w) {
+                const int p = (d * H + h) * W + w;
+                const float v = xp[(size_t)p * C];
+                if (best_idx < 0 || BETTER(v, best)) {
+                    best = v;
+                    best_idx = p;
+                }
+            }
+    y[gid] = best;
+    argmax[gid] = best_idx;
+}
+
+/* Gather: each input pixel sums dy / count over the output bins that contain it, in
+ * (od, oh, ow) order as the CPU. */
+__kernel void adaptive_avgpool_backward(__global const float *dy, __global float *dx,
+                                        const int N, const int D, const int H, const int W,
+                                        const int C, const int OD, const int OH, const int OW)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * D * H * W * C);
+    const int c = gid % C;
+    int t = gid / C;
+    const int w = t % W;
+    t /= W;
+    const int h = t % H;
+    t /= H;
+    const int d = t % D;
+    const int n = t / D;
+    __global const float *dyp = dy + (size_t)n * OD * OH * OW * C + c;
+    float s = 0.0f;
+    for (int od = BIN_START(d, OD, D); od < BIN_END(d, OD, D); ++od) {
+        const int dn = BIN_END(od, D, OD) - BIN_START(od, D, OD);
+        for (int oh = BIN_START(h, OH, H); oh < BIN_END(h, OH, H); ++oh) {
+            const int hn = BIN_END(oh, H, OH) - BIN_START(oh, H, OH);
+            for (int ow = BIN_START(w, OW, W); ow < BIN_END(w, OW, W); ++ow) {
+                const int wn = BIN_END(ow, W, OW) - BIN_START(ow, W, OW);
+                const float inv = 1.0f / (float)(dn * hn * wn);
+                s += dyp[(size_t)((od * OH + oh) * OW + ow) * C] * inv;
+            }
+        }
+    }
+    dx[gid] = s;
+}

@@ -1687,6 +1687,65 @@ def _conv3d_transpose(g, layer, x, out_shape):
 # -- end conv3d --
 
 
+# -- adaptive pooling (Keras 3's AdaptiveAveragePooling/AdaptiveMaxPooling 1D-3D) -----------
+# Where every output size divides its input size the bins are the windows of one AveragePool
+# or MaxPool (kernel = stride = L/O). Otherwise a bin is a box [floor(o*L/O), ceil((o+1)*L/O))
+# per axis, and the mean (max) over a box is the mean (max) over each axis in turn: per axis,
+# one Slice and ReduceMean/ReduceMax per output position, joined by a Concat.
+@_converts("AdaptiveAveragePooling1D", "AdaptiveAveragePooling2D", "AdaptiveAveragePooling3D",
+           "AdaptiveMaxPooling1D", "AdaptiveMaxPooling2D", "AdaptiveMaxPooling3D")
+def _adaptive_pool(g, layer, x, out_shape):
+    rank = len(x.shape)
+    first = layer.data_format == "channels_first"
+    spatial_axes = list(range(2, rank)) if first else list(range(1, rank - 1))
+    sizes = [x.shape[a] for a in spatial_axes]
+    if any(s is None for s in sizes):
+        raise _unsupported(layer, f"adaptive pooling needs the spatial size, which is unknown "
+                                  f"in input shape {x.shape}")
+    is_max = "Max" in type(layer).__name__
+    if all(n % o == 0 for n, o in zip(sizes, layer.output_size)):
+        # ONNX pools read (N, C, *spatial): pynn's own layout when channels_first
+        x = g.layout(x, _identity(rank)) if first else g.nchw(x)
+        kernel = [n // o for n, o in zip(sizes, layer.output_size)]
+        attrs = {"kernel_shape": kernel, "strides": kernel}
+        y = g.op("MaxPool" if is_max else "AveragePool", [x.name], layer.name, **attrs)
+        return g.tensor(y, out_shape, x.perm)
+    reduce_type = "ReduceMax" if is_max else "ReduceMean"
+    shape = list(x.shape)
+    for axis, n, out in zip(spatial_axes, sizes, layer.output_size):
+        onnx_axis = x.axis(axis)
+        hint = f"{layer.name}_axis{axis}"
+        parts = []
+        for o in range(out):
+            start, end = (o * n) // out, -(-((o + 1) * n) // out)
+            part = g.op("Slice", [x.name, g.ints([start], f"{hint}_start"),
+                                  g.ints([end], f"{hint}_end"),
+                                  g.ints([onnx_axis], f"{hint}_axes")], f"{hint}_bin{o}")
+            parts.append(g.reduce(reduce_type, part, [onnx_axis], f"{hint}_reduce{o}"))
+        shape[axis] = out
+        y = parts[0] if out == 1 else g.op("Concat", parts, hint, axis=onnx_axis)
+        x = g.derived(x, y, tuple(shape))
+    return x
+# -- end adaptive pooling --
+
+
+# -- Keras 3's DepthwiseConv1D: one grouped Conv (a group per input channel) ----------------
+@_converts("DepthwiseConv1D")
+def _depthwise1d(g, layer, x, out_shape):
+    kernel = _host(layer.kernel)  # (k, C, m): output channel c*m + j, as ONNX's groups
+    k, c, m = kernel.shape
+    w = kernel.reshape(k, c * m).transpose(1, 0)[:, None]
+    ks, s, d = (layer.kernel_size,), (layer.strides,), (layer.dilation_rate,)
+    pads = _window_pads(layer, x, ks, s, d, layer.padding)
+    return _conv(g, layer, x, out_shape, w, _bias(layer), ks, s, d, pads, c, layer.name,
+                 layer.activation, layer.alpha)
+# -- end DepthwiseConv1D --
+
+
+# -- Keras 3's AlphaDropout: the identity at inference, as the other noise layers ----------
+_converts("AlphaDropout")(_identity_layer)
+
+
 def _convert(g, layer, x, out_shape):
     fn = _CONVERTERS.get(type(layer).__name__)
     if fn is None:

@@ -510,3 +510,178 @@ def test_noise_bad_inputs_name_what_came(backend):
     with pytest.raises(ValueError, match=r"SpatialDropout2D 'sd2': expected input shape "
                                          r"\(None, H, W, C\)"):
         L.SpatialDropout2D(0.5, name="sd2")(np.ones((2, 3), np.float32))
+
+
+# -- Keras 3's AlphaDropout: alpha_dropout_forward / alpha_dropout_backward ---------------
+from tests.reference.dropout_ref import (  # noqa: E402
+    alpha_dropout_backward_ref,
+    alpha_dropout_forward_ref,
+)
+
+# (x shape, noise_shape): the whole input, a draw shared along time, along the batch,
+# along the spatial axes of an image, a 0-d-like vector, broadcast axes of size 1.
+ALPHA_CASES = [
+    ((5, 7), None),
+    ((3, 9, 5), (None, 1, None)),
+    ((3, 9, 5), (1, 9, 1)),
+    ((2, 3, 4, 33), (2, 1, 1, 33)),
+    ((13,), None),
+    ((4, 1, 3), (None, 1, 1)),
+    ((2, 3, 2, 2, 1, 2, 2, 3), (None, 1, 2, 1, 1, 1, 2, None)),
+]
+
+
+@pytest.mark.parametrize("shape,noise_shape", ALPHA_CASES, ids=str)
+@pytest.mark.parametrize("rate,seed,offset", [(0.3, 7, 0), (0.05, 2**40 + 3, 2**33 - 5),
+                                               (0.9, 0, 11)])
+def test_alpha_dropout_matches_reference(target, shape, noise_shape, rate, seed, offset):
+    rng = np.random.default_rng(12)
+    x = rand(rng, shape, target.dtype)
+    # The mask bit for bit (uint8, as dropout_forward's mask of a noise_shape array), the
+    # values to rounding.
+    _, (_, mask) = check_op(target, "alpha_dropout_forward", x, rate, seed, offset,
+                            noise_shape, ref=alpha_dropout_forward_ref)
+    dy = rand(rng, shape, target.dtype)
+    check_op(target, "alpha_dropout_backward", dy, mask, rate,
+             ref=alpha_dropout_backward_ref)
+    if noise_shape is not None:
+        assert mask.shape == tuple(n if d is None else d for d, n in zip(noise_shape, shape))
+
+
+def test_alpha_dropout_mask_is_dropouts_mask_of_the_noise_shape():
+    from pynn.backend import cpu
+
+    x = rand(np.random.default_rng(13), (6, 5, 4))
+    _, mask = cpu.alpha_dropout_forward(x, 0.4, 99, 3, (None, 1, None))
+    _, want = cpu.dropout_forward(np.ones((6, 1, 4), np.float32), 0.4, 99, 3)
+    np.testing.assert_array_equal(mask, want)
+
+
+def test_alpha_dropout_keeps_mean_and_variance_of_standard_normal_inputs(backend):
+    """Keras's claim (the self-normalizing property): standard-normal inputs keep mean 0 and
+    variance 1; the dropped share is the rate."""
+    for rate in (0.1, 0.3, 0.6):
+        x = np.random.default_rng(14).standard_normal((997, 1001)).astype(np.float32)
+        y, mask = backend.op("alpha_dropout_forward")(backend.up(x), rate, 5, 0, None)
+        y = backend.down(y).astype(np.float64)
+        mask = backend.down(mask)
+        n = y.size  # ~1e6 draws: standard error of the mean ~1e-3, of the variance ~2e-3
+        assert abs(1 - mask.mean() - rate) < 5 * np.sqrt(rate * (1 - rate) / n)
+        assert abs(y.mean()) < 6e-3, (rate, y.mean())
+        assert abs(y.var() - 1.0) < 1e-2, (rate, y.var())
+
+
+def test_alpha_dropout_thread_invariance(num_threads):
+    from pynn.backend import cpu
+
+    x = rand(np.random.default_rng(15), (301, 7, 5, 11))
+    out = []
+    for n in (1, 2, 3):
+        num_threads(n)
+        y, mask = cpu.alpha_dropout_forward(x, 0.4, 1, 2, (None, 1, None, None))
+        out.append((y, mask, cpu.alpha_dropout_backward(x, mask, 0.4)))
+    for got in out[1:]:
+        for g, w in zip(got, out[0]):
+            np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.opencl
+def test_alpha_dropout_opencl_matches_cpu(ocl):
+    from pynn.backend import cpu
+
+    x = rand(np.random.default_rng(16), (5, 7, 9, 33))
+    y, mask = cpu.alpha_dropout_forward(x, 0.35, 3, 17, (5, 1, 9, None))
+    y_cl, mask_cl = ocl.alpha_dropout_forward(ocl.asarray(x), 0.35, 3, 17, (5, 1, 9, None))
+    np.testing.assert_array_equal(mask_cl.get(), mask)
+    np.testing.assert_allclose(y_cl.get(), y, rtol=1e-6, atol=1e-6)
+    dx_cl = ocl.alpha_dropout_backward(ocl.asarray(np.cos(x)), mask_cl, 0.35)
+    np.testing.assert_array_equal(dx_cl.get(), cpu.alpha_dropout_backward(np.cos(x), mask,
+                                                                          0.35))
+
+
+@pytest.mark.parametrize("noise_shape", [None, (None, 1, None, 1)], ids=["full", "shared"])
+def test_alpha_dropout_layer(noise_shape, float64, seeded):
+    """The identity at inference and with rate 0; backward by central differences with the
+    stream rewound (the mask fixed); the stream advances by the mask's size and resumes."""
+    x = seeded.normal(size=(3, 4, 5, 2))
+    layer = L.AlphaDropout(0.3, noise_shape=noise_shape, seed=21)
+    assert layer(x) is x
+    assert L.AlphaDropout(0.0)(x, training=True) is x
+    gradcheck.check_layer(layer, x, seeded,
+                          before_call=lambda: layer.set_runtime_state({"offset": 0}))
+    layer.set_runtime_state({"offset": 0})
+    first = np.array(layer(x, training=True))
+    assert layer.runtime_state()["offset"] == (x.size if noise_shape is None else 3 * 5)
+    state = layer.runtime_state()
+    second = np.array(layer(x, training=True))
+    assert not np.array_equal(first, second)
+    clone = L.AlphaDropout.from_config(layer.get_config())
+    clone.set_runtime_state(state)
+    np.testing.assert_array_equal(clone(x, training=True), second)
+    assert clone.get_config() == layer.get_config()
+    assert L.LAYERS["AlphaDropout"] is L.AlphaDropout
+
+
+@pytest.mark.parametrize("noise_shape", [None, (None, 1, 3)], ids=["full", "shared"])
+def test_alpha_dropout_matches_keras_with_the_same_mask(monkeypatch, noise_shape):
+    """Keras keeps an element where its uniform draw is >= rate: handing Keras's layer
+    uniforms that say pynn's mask (1 keep, 0 drop) gives its output and input gradient
+    (torch autograd) for the same draw, which pynn's must equal; the configs agree."""
+    from tests.backend_util import keras_on_torch
+
+    keras = keras_on_torch()
+    import torch
+
+    rate = 0.3
+    x = rand(np.random.default_rng(17), (4, 6, 3))
+    layer = L.AlphaDropout(rate, noise_shape=noise_shape, seed=8)
+    y = np.asarray(layer(x, training=True))
+    mask = np.asarray(layer._cache)
+    r = np.cos(np.arange(x.size)).reshape(x.shape).astype(np.float32)
+    dx = np.asarray(layer.backward(r))
+
+    k_layer = keras.layers.AlphaDropout(rate, noise_shape=noise_shape, seed=8)
+
+    def uniform(shape, seed=None, **kwargs):
+        assert tuple(shape) == mask.shape
+        return torch.tensor(mask.astype(np.float32))
+
+    from keras.src import ops as keras_ops   # the module Keras's AlphaDropout draws from
+
+    monkeypatch.setattr(keras_ops.random, "uniform", uniform)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = k_layer(xt, training=True)
+    (yt * torch.tensor(r)).sum().backward()
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(keras.ops.convert_to_numpy(k_layer(x))), x)
+    k_config, config = k_layer.get_config(), layer.get_config()
+    for key in ("rate", "seed"):
+        assert config[key] == k_config[key]
+    assert config["noise_shape"] == (None if noise_shape is None else list(noise_shape))
+
+
+def test_alpha_dropout_bad_inputs_name_what_came(backend):
+    b = backend.ops
+    x = backend.up(np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"alpha_dropout_forward: 'rate' must be in \[0, 1\)"):
+        b.alpha_dropout_forward(x, 1.0, 0, 0, None)
+    with pytest.raises(ValueError, match=r"alpha_dropout_forward: 'noise_shape' must have "
+                                         r"one entry per axis"):
+        b.alpha_dropout_forward(x, 0.5, 0, 0, (2,))
+    with pytest.raises(ValueError, match=r"alpha_dropout_forward: 'noise_shape' entries must "
+                                         r"be None, 1 or x's size"):
+        b.alpha_dropout_forward(x, 0.5, 0, 0, (2, 2))
+    with pytest.raises(ValueError, match=r"alpha_dropout_forward: 'x' may have at most 8"):
+        b.alpha_dropout_forward(backend.up(np.ones((1,) * 9, np.float32)), 0.5, 0, 0, None)
+    with pytest.raises(ValueError, match=r"alpha_dropout_backward: 'mask' must have dy's "
+                                         r"rank"):
+        b.alpha_dropout_backward(x, backend.up(np.ones((3, 2), np.uint8)), 0.5)
+    with pytest.raises(ValueError, match=r"AlphaDropout 'ad': rate must be a number in "
+                                         r"\[0, 1\), got 1"):
+        L.AlphaDropout(1, name="ad")
+    with pytest.raises(ValueError, match=r"AlphaDropout 'ad2': noise_shape must be None or"):
+        L.AlphaDropout(0.5, noise_shape=(None, 0), name="ad2")
+    with pytest.raises(ValueError, match=r"AlphaDropout 'ad3': noise_shape \(None, 1\) needs "
+                                         r"one entry per axis"):
+        L.AlphaDropout(0.5, noise_shape=(None, 1), name="ad3")(np.ones((2, 3, 4), np.float32))

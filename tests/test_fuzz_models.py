@@ -23,7 +23,7 @@ asked for inputs it never kept); a plan whose first input overflowed lost its De
 and printed NumPy's warning; most layers that pass a mask on in Keras 3 dropped it, and so
 did PruneLowMagnitude, the int8 Dense, FakeQuant and the int8 calibration; an int8 bias
 saturated its int32 accumulators. MultiHeadAttention and EinsumDense joined the sequence
-layers with their Keras 3 file forms. Each test runs a block of seeds; a failure names the
+layers with their Keras 3 file forms; the adaptive pools and DepthwiseConv1D joined later. Each test runs a block of seeds; a failure names the
 seed, which ``check_*`` reproduces alone.
 """
 
@@ -54,7 +54,9 @@ def image_layer(rng, x):
     c = x.shape[-1]
     kind = pick(rng, ["conv", "conv", "pool", "pool", "bn", "residual", "depthwise",
                       "separable", "transpose", "pad", "crop", "upsample", "layernorm",
-                      "groupnorm", "prelu", "concat", "relu", "permute", "reshape"])
+                      "groupnorm", "prelu", "concat", "relu", "permute", "reshape",
+                      # -- adaptive pooling --
+                      "adaptive"])
     kernel = pick(rng, [1, 2, 3, (1, 3), (3, 2)])
     stride = pick(rng, [1, 1, 2])
     padding = pick(rng, ["valid", "same"])
@@ -102,6 +104,10 @@ def image_layer(rng, x):
                       threshold=pick(rng, [0.0, 0.2]))(x)
     if kind == "permute":
         return L.Permute((2, 1, 3))(x)
+    if kind == "adaptive":  # overlapping bins, repeated pixels, either layout
+        return pick(rng, [L.AdaptiveAveragePooling2D, L.AdaptiveMaxPooling2D])(
+            (size(rng, 1, 5), size(rng, 1, 5)),
+            data_format=pick(rng, ["channels_last", "channels_first"]))(x)
     return L.Reshape((x.shape[1] * x.shape[2], x.shape[3], 1))(x)
 
 
@@ -109,7 +115,9 @@ def sequence_layer(rng, x):
     units = size(rng, 1, 6)
     kind = pick(rng, ["lstm", "gru", "rnn", "bidirectional", "conv", "separable", "transpose",
                       "pool", "dense", "timedistributed", "upsample", "crop", "pad",
-                      "layernorm", "batchnorm", "attention", "einsum"])
+                      "layernorm", "batchnorm", "attention", "einsum",
+                      # -- DepthwiseConv1D, adaptive pooling --
+                      "depthwise", "adaptive"])
     if kind in ("lstm", "gru", "rnn"):
         kw = {"return_sequences": True, "go_backwards": bool(rng.integers(2))}
         if kind == "gru" and rng.integers(2):
@@ -156,6 +164,15 @@ def sequence_layer(rng, x):
                                  bias_axes=pick(rng, [None, "d", "bd"]),
                                  activation=pick(rng, ACTIVATIONS))(x)
         return L.EinsumDense("abc,bd->adc", (units, x.shape[2]), bias_axes="d")(x)
+    if kind == "depthwise":
+        return L.DepthwiseConv1D(pick(rng, [1, 2, 3]), strides=pick(rng, [1, 2]),
+                                 padding=pick(rng, ["valid", "same"]),
+                                 depth_multiplier=size(rng, 1, 2),
+                                 dilation_rate=pick(rng, [1, 2]),
+                                 activation=pick(rng, ACTIVATIONS))(x)
+    if kind == "adaptive":  # a new step count (drops the mask)
+        return pick(rng, [L.AdaptiveAveragePooling1D, L.AdaptiveMaxPooling1D])(
+            size(rng, 1, 9))(x)
     if kind == "batchnorm":  # a mask's moments in training (Keras's)
         return L.BatchNormalization(momentum=0.5)(x)
     return L.LayerNormalization()(x)

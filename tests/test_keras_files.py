@@ -218,6 +218,36 @@ def volumetric_pool():
 ARCHITECTURES["volumetric_pool"] = volumetric_pool
 
 
+def adaptive_pooling():
+    # Keras 3's adaptive pools over 1-3 spatial axes: overlapping bins, outputs larger than
+    # the input, divisible bins, channels_first
+    x = keras.Input((9, 7, 3))
+    h = K.Conv2D(4, 3, padding="same")(x)
+    a = K.AdaptiveMaxPooling2D((4, 3))(h)
+    b = K.AdaptiveAveragePooling2D(2, data_format="channels_first")(h)
+    s = K.Reshape((21, 9))(x)
+    c = K.AdaptiveMaxPooling1D(5)(K.AdaptiveAveragePooling1D(25)(s))
+    v = K.Reshape((9, 7, 3, 1))(x)
+    d = K.AdaptiveMaxPooling3D((3, 2, 2))(K.AdaptiveAveragePooling3D((3, 7, 1))(v))
+    merged = K.Concatenate()([K.Flatten()(t) for t in (a, b, c, d)])
+    return keras.Model(x, K.Dense(2)(merged))
+
+
+ARCHITECTURES["adaptive_pooling"] = adaptive_pooling
+
+
+def depthwise_conv1d():
+    return keras.Sequential([
+        keras.Input((9, 3)),
+        K.DepthwiseConv1D(3, padding="same", depth_multiplier=2, activation="relu"),
+        K.AlphaDropout(0.2, noise_shape=(None, 1, 6), seed=4),
+        K.DepthwiseConv1D(2, strides=2, dilation_rate=2, use_bias=False),
+        K.GlobalAveragePooling1D(), K.Dense(2)])
+
+
+ARCHITECTURES["depthwise_conv1d"] = depthwise_conv1d
+
+
 def test_architectures_cover_every_pynn_layer():
     seen = set()
 

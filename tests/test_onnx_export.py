@@ -1271,3 +1271,61 @@ def test_volumetric_chain_transposes_once():
     shape, make = VOLUMETRIC["chain3d"]
     proto = check_export(seq(shape, *make()), rand((2,) + shape))
     assert op_types(proto).count("Transpose") == 1
+
+
+# -- adaptive pooling: one pool where the bins divide, per-axis bins otherwise -------------
+ADAPTIVE = {
+    "avg2d_divisible": ((8, 6, 3), lambda: [L.AdaptiveAveragePooling2D((4, 3))], "AveragePool"),
+    "max2d_divisible_after_conv": ((8, 6, 3), lambda: [L.Conv2D(4, 3, padding="same"),
+                                                       L.AdaptiveMaxPooling2D(2)], "MaxPool"),
+    "avg1d_overlapping": ((7, 3), lambda: [L.AdaptiveAveragePooling1D(3)], "Slice"),
+    "max1d_larger": ((4, 2), lambda: [L.AdaptiveMaxPooling1D(7)], "Slice"),
+    "avg2d_mixed": ((7, 6, 3), lambda: [L.AdaptiveAveragePooling2D((3, 3))], "Slice"),
+    "max2d_after_conv": ((9, 7, 2), lambda: [L.Conv2D(3, 3), L.AdaptiveMaxPooling2D((4, 3))],
+                         "Slice"),
+    "avg3d": ((5, 4, 6, 2), lambda: [L.AdaptiveAveragePooling3D((2, 3, 4))], "Slice"),
+    "max3d_divisible": ((4, 4, 6, 2), lambda: [L.AdaptiveMaxPooling3D((2, 1, 3))], "MaxPool"),
+    "avg2d_channels_first": ((3, 7, 5), lambda: [
+        L.AdaptiveAveragePooling2D((3, 2), data_format="channels_first")], "Slice"),
+    "max2d_channels_first_divisible": ((3, 8, 4), lambda: [
+        L.AdaptiveMaxPooling2D((4, 2), data_format="channels_first")], "MaxPool"),
+}
+
+
+@pytest.mark.parametrize("opset", [13, None])
+@pytest.mark.parametrize("name", sorted(ADAPTIVE))
+def test_adaptive_pooling(name, opset):
+    shape, make, op_type = ADAPTIVE[name]
+    model = seq(shape, *make(), L.Flatten())
+    proto = check_export(model, rand((3,) + shape), opset=opset)
+    assert op_type in op_types(proto)
+
+
+def test_adaptive_pooling_of_an_unknown_size_is_refused():
+    model = seq((None, None, 3), L.AdaptiveAveragePooling2D(2))
+    with pytest.raises(ValueError, match="AdaptiveAveragePooling2D .* spatial size"):
+        pynn.onnx.export(model)
+
+
+# -- Keras 3's DepthwiseConv1D: a grouped Conv ---------------------------------------------
+@pytest.mark.parametrize("kwargs", [
+    {"kernel_size": 3},
+    {"kernel_size": 3, "strides": 2, "padding": "same", "depth_multiplier": 2,
+     "activation": "relu"},
+    {"kernel_size": 2, "dilation_rate": 2, "padding": "same", "depth_multiplier": 3,
+     "use_bias": False},
+], ids=["valid", "same-s2-m2-relu", "same-d2-m3-nobias"])
+@pytest.mark.parametrize("opset", [13, None])
+def test_depthwise_conv1d(kwargs, opset):
+    model = seq((9, 3), L.DepthwiseConv1D(**kwargs), L.Flatten())
+    proto = check_export(model, rand((2, 9, 3)), opset=opset)
+    conv = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert len(conv) == 1 and onnx.helper.get_attribute_value(conv[0].attribute[
+        [a.name for a in conv[0].attribute].index("group")]) == 3
+
+
+def test_alpha_dropout_is_the_identity():
+    model = seq((5, 4), L.AlphaDropout(0.3), L.AlphaDropout(0.2, noise_shape=(None, 1, 4)),
+                L.Dense(3))
+    proto = check_export(model, rand((2, 5, 4)))
+    assert "RandomUniform" not in op_types(proto)

@@ -431,3 +431,28 @@ def test_maxpool_backward_skips_out_of_range_argmax_opencl(ocl):
     dy = ocl.asarray(np.ones((1, 1, 1, 1), np.float32))
     bad = ocl.asarray(np.array([7], np.int32).reshape(1, 1, 1, 1), np.int32)
     np.testing.assert_array_equal(ocl.maxpool2d_backward(dy, bad, (1, 2, 2, 1)).get(), 0)
+
+
+# -- adaptive pooling (its own file, tests/test_adaptive_pool.py, holds the rest) ----------
+
+
+def test_adaptive_pools_with_divisible_bins_are_the_windowed_pools(backend):
+    # adaptive_avgpool_forward / _backward and adaptive_maxpool_forward / _backward of an
+    # 8x6 map to 4x3: the 2x2 windows of avgpool2d and maxpool2d, the same argmax
+    rng = np.random.default_rng(3)
+    x = distinct(rng, (2, 8, 6, 3), np.float32)
+    dy = rand(rng, (2, 4, 3, 3))
+    ops = backend.ops
+    xd, dyd = backend.up(x), backend.up(dy)
+    pairs = [
+        (ops.adaptive_avgpool_forward(xd, (4, 3)), ops.avgpool2d_forward(xd, (2, 2), (2, 2))),
+        (ops.adaptive_avgpool_backward(dyd, x.shape),
+         ops.avgpool2d_backward(dyd, x.shape, (2, 2), (2, 2))),
+    ]
+    (ya, aa), (yw, aw) = (ops.adaptive_maxpool_forward(xd, (4, 3)),
+                          ops.maxpool2d_forward(xd, (2, 2), (2, 2)))
+    pairs += [(ya, yw), (aa, aw), (ops.adaptive_maxpool_backward(dyd, aa, x.shape),
+                                   ops.maxpool2d_backward(dyd, aw, x.shape))]
+    for got, want in pairs:
+        np.testing.assert_allclose(backend.down(got), backend.down(want), rtol=1e-6,
+                                   atol=1e-7)

@@ -53,6 +53,28 @@ CASES = {
                            (1, 5, 3),
                            lambda x, w: ref.separable_conv1d_ref(x, *w, None, 1, "same", 2)),
 }
+# -- Keras 3's DepthwiseConv1D --
+CASES.update({
+    "dw-valid": (lambda: layers.DepthwiseConv1D(3, bias_initializer="random_normal"),
+                 (2, 7, 3), lambda x, w: ref.depthwise_conv1d_ref(x, *w, 1, "valid", 1)),
+    "dw-same-s2-m2": (lambda: layers.DepthwiseConv1D(3, strides=2, padding="same",
+                                                     depth_multiplier=2, activation="tanh",
+                                                     bias_initializer="random_normal"),
+                      (2, 8, 2),
+                      lambda x, w: ref.depthwise_conv1d_ref(x, *w, 2, "same", 1, "tanh")),
+    "dw-same-d2-m3-nobias": (lambda: layers.DepthwiseConv1D(2, padding="same",
+                                                            dilation_rate=2,
+                                                            depth_multiplier=3,
+                                                            use_bias=False),
+                             (1, 5, 3),
+                             lambda x, w: ref.depthwise_conv1d_ref(x, w[0], None, 1, "same",
+                                                                   2)),
+    "dw-s3-d2": (lambda: layers.DepthwiseConv1D(3, strides=3, dilation_rate=2,
+                                                activation="relu",
+                                                bias_initializer="random_normal"),
+                 (2, 13, 2), lambda x, w: ref.depthwise_conv1d_ref(x, *w, 3, "valid", 2,
+                                                                   "relu")),
+})
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -160,6 +182,15 @@ KERAS_CASES = [
     ("SeparableConv1D", {"filters": 2, "kernel_size": 2, "dilation_rate": 2,
                          "padding": "same"}, (2, 5, 3)),
 ]
+# -- Keras 3's DepthwiseConv1D (Keras takes strides and dilation together here) --
+KERAS_CASES += [
+    ("DepthwiseConv1D", {"kernel_size": 3}, (2, 7, 3)),
+    ("DepthwiseConv1D", {"kernel_size": 3, "strides": 2, "padding": "same",
+                         "depth_multiplier": 2, "activation": "relu"}, (2, 8, 3)),
+    ("DepthwiseConv1D", {"kernel_size": 2, "dilation_rate": 3, "padding": "same",
+                         "depth_multiplier": 3, "use_bias": False}, (2, 7, 2)),
+    ("DepthwiseConv1D", {"kernel_size": 3, "strides": 2, "dilation_rate": 2}, (1, 11, 2)),
+]
 
 
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -204,6 +235,15 @@ BAD = [
     (lambda: layers.SeparableConv1D(2, 3, padding="causal"), "SeparableConv1D", "padding"),
     (lambda: layers.SeparableConv1D(2, 0), "SeparableConv1D", "kernel_size"),
     (lambda: layers.Conv1DTranspose(2, 3, bogus=1), "Conv1DTranspose", "bogus"),
+]
+# -- Keras 3's DepthwiseConv1D --
+BAD += [
+    (lambda: layers.DepthwiseConv1D(3, padding="causal"), "DepthwiseConv1D", "padding"),
+    (lambda: layers.DepthwiseConv1D(0), "DepthwiseConv1D", "kernel_size"),
+    (lambda: layers.DepthwiseConv1D(3, depth_multiplier=0), "DepthwiseConv1D",
+     "depth_multiplier"),
+    (lambda: layers.DepthwiseConv1D(3, data_format="channels_first"), "DepthwiseConv1D",
+     "data_format"),
 ]
 
 
@@ -253,3 +293,47 @@ def test_model_of_the_new_layers_trains_saves_and_loads(tmp_path, seeded):
     assert [type(layer).__name__ for layer in loaded.layers] == [
         type(layer).__name__ for layer in model.layers]
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+# -- Keras 3's DepthwiseConv1D: gradients against Keras's (torch autograd) -------------------
+
+
+@pytest.mark.parametrize("kwargs, shape", [
+    ({"kernel_size": 3}, (2, 7, 3)),
+    ({"kernel_size": 3, "strides": 2, "padding": "same", "depth_multiplier": 2,
+      "activation": "tanh"}, (2, 8, 3)),
+    ({"kernel_size": 2, "dilation_rate": 2, "padding": "same", "depth_multiplier": 3,
+      "use_bias": False}, (1, 6, 2)),
+], ids=["valid", "same-s2-m2-tanh", "same-d2-m3-nobias"])
+def test_depthwise_conv1d_gradients_match_keras(kwargs, shape):
+    keras = _keras()
+    import torch
+
+    rng = np.random.default_rng(5)
+    x = rand(rng, shape)
+    k_layer = keras.layers.DepthwiseConv1D(**kwargs, bias_initializer="random_normal")
+    xt = torch.tensor(x, requires_grad=True)
+    yt = k_layer(xt)
+    r = rand(rng, tuple(yt.shape))
+    (yt * torch.tensor(r)).sum().backward()
+    want = [xt.grad.numpy()] + [v.value.grad.numpy() for v in k_layer.weights]
+
+    layer = layers.DepthwiseConv1D(**kwargs)
+    layer.build((None,) + shape[1:])
+    layer.set_weights([keras.ops.convert_to_numpy(w) for w in k_layer.weights])
+    y = layer(x, training=True)
+    np.testing.assert_allclose(y, keras.ops.convert_to_numpy(yt), rtol=1e-5, atol=1e-5)
+    got = [layer.backward(r)] + [np.asarray(v.grad) for v in layer.weights]
+    assert [v.name for v in layer.weights] == [v.name for v in k_layer.weights]
+    for name, a, b in zip(["x"] + [v.name for v in layer.weights], got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_depthwise_conv1d_refuses_what_keras_refuses():
+    with pytest.raises(ValueError, match="DepthwiseConv1D 'dw'.*padding"):
+        layers.DepthwiseConv1D(3, padding="causal", name="dw")
+    layer = layers.DepthwiseConv1D(5, name="dw5")
+    with pytest.raises(ValueError, match="DepthwiseConv1D 'dw5'.*larger than the input"):
+        layer.compute_output_shape((None, 3, 2))
+    with pytest.raises(ValueError, match="DepthwiseConv1D 'dw5'.*expected input shape"):
+        layer.build((None, 3, 2, 1))

@@ -214,6 +214,16 @@ OPS = {
     "maxpool3d_backward": ("dy", "argmax", "input_shape"),
     "avgpool3d_forward": ("x", "pool_size", "strides", "padding"),        # -> y
     "avgpool3d_backward": ("dy", "input_shape", "pool_size", "strides", "padding"),
+    # -- adaptive pooling (Keras 3's AdaptiveAveragePooling/AdaptiveMaxPooling 1D-3D) ------
+    # x (N, *spatial, C), 1 to 3 spatial axes; output_size one int per spatial axis (an int
+    # is repeated). Output o of an axis of length L pooled to O reads the bin
+    # [floor(o*L/O), ceil((o+1)*L/O)) (torch's adaptive pools: bins may overlap, and repeat
+    # pixels when O > L). argmax: int32 like y, the flat index d*H*W + h*W + w of the chosen
+    # pixel within its (n, c) plane, the first maximum in row-major bin order.
+    "adaptive_avgpool_forward": ("x", "output_size"),                     # -> y
+    "adaptive_avgpool_backward": ("dy", "input_shape"),
+    "adaptive_maxpool_forward": ("x", "output_size"),                     # -> (y, argmax)
+    "adaptive_maxpool_backward": ("dy", "argmax", "input_shape"),
     # -- dropout (native/dropout.pyx, opencl/dropout.cl) ---------------------------------
     # Philox4x32-10 keyed by seed, counter = element index + offset: the CPU and OpenCL masks
     # are bit-identical. mask is uint8 (1 keep, 0 drop); survivors are scaled by 1/(1-rate).
@@ -440,6 +450,13 @@ OPS = {
     "gaussian_noise_forward": ("x", "stddev", "seed", "offset"),          # -> y
     "gaussian_dropout_forward": ("x", "rate", "seed", "offset"),          # -> (y, noise)
     "gaussian_dropout_backward": ("dy", "noise"),
+    # -- Keras 3's AlphaDropout (native/dropout.pyx, opencl/dropout.cl): mask uint8 of
+    # noise_shape (None: x's shape; a None entry takes x's size; others 1 or x's size), drawn
+    # as dropout_forward's mask of such an array and read broadcast over x. y = a*x + b where
+    # kept, a*alpha_p + b where dropped, alpha_p = -SELU alpha * scale, a = ((1 - rate)
+    # (1 + rate alpha_p^2))^-1/2, b = -a alpha_p rate (Keras's formula; x <= 8 axes).
+    "alpha_dropout_forward": ("x", "rate", "seed", "offset", "noise_shape"),  # -> (y, mask)
+    "alpha_dropout_backward": ("dy", "mask", "rate"),                       # dy * a * keep
     # optim (native/optim.pyx): Keras 3's weight constraints, projecting w in place. kind is
     # one of CONSTRAINTS; norms are over ``axis`` (an int or a tuple of adjacent axes) with
     # Keras's epsilon 1e-7: w *= desired / (eps + norm).

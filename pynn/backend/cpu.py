@@ -85,6 +85,12 @@ from pynn._native.pool import (  # noqa: F401
 from pynn._native.pool import (  # noqa: F401
     avgpool3d_backward, avgpool3d_forward, maxpool3d_backward, maxpool3d_forward,
 )
+from pynn._native.pool import (  # noqa: F401  -- adaptive pooling
+    adaptive_avgpool_backward,
+    adaptive_avgpool_forward,
+    adaptive_maxpool_backward,
+    adaptive_maxpool_forward,
+)
 # -- merge (Keras's merge layers) --
 from pynn._native.merge import (  # noqa: F401
     concatenate_backward,
@@ -129,6 +135,9 @@ from pynn._native.activation import (  # noqa: F401
 from pynn._native.dropout import (  # noqa: F401
     gaussian_dropout_backward, gaussian_dropout_forward, gaussian_noise_forward,
     spatial_dropout_backward, spatial_dropout_forward,
+)
+from pynn._native.dropout import (  # noqa: F401  -- Keras 3's AlphaDropout
+    alpha_dropout_backward, alpha_dropout_forward,
 )
 from pynn._native.optim import constraint_inplace  # noqa: F401
 # -- end issue 12

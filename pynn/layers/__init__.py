@@ -214,3 +214,25 @@ GlobalAvgPool3D = GlobalAveragePooling3D
 __all__ += ["MaxPooling3D", "AveragePooling3D", "GlobalMaxPooling3D", "GlobalAveragePooling3D",
             "UpSampling3D", "ZeroPadding3D", "Cropping3D", "MaxPool3D", "AvgPool3D",
             "GlobalMaxPool3D", "GlobalAvgPool3D"]
+# -- Keras 3's adaptive pooling (1D-3D, average and max) --
+from pynn.layers.adaptive_pooling import (  # noqa: E402
+    AdaptiveAveragePooling1D, AdaptiveAveragePooling2D, AdaptiveAveragePooling3D,
+    AdaptiveMaxPooling1D, AdaptiveMaxPooling2D, AdaptiveMaxPooling3D,
+)
+
+LAYERS.update({cls.__name__: cls for cls in (
+    AdaptiveAveragePooling1D, AdaptiveAveragePooling2D, AdaptiveAveragePooling3D,
+    AdaptiveMaxPooling1D, AdaptiveMaxPooling2D, AdaptiveMaxPooling3D,
+)})
+__all__ += ["AdaptiveAveragePooling1D", "AdaptiveAveragePooling2D", "AdaptiveAveragePooling3D",
+            "AdaptiveMaxPooling1D", "AdaptiveMaxPooling2D", "AdaptiveMaxPooling3D"]
+# -- Keras 3's DepthwiseConv1D (on the depthwise ops, as Conv1D sits on Conv2D) --
+from pynn.layers.sequence import DepthwiseConv1D  # noqa: E402
+
+LAYERS["DepthwiseConv1D"] = DepthwiseConv1D
+__all__ += ["DepthwiseConv1D"]
+# -- Keras 3's AlphaDropout (the dropout family's alpha_dropout ops) --
+from pynn.layers.noise import AlphaDropout  # noqa: E402
+
+LAYERS["AlphaDropout"] = AlphaDropout
+__all__ += ["AlphaDropout"]

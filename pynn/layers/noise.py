@@ -167,3 +167,58 @@ class GaussianDropout(SeededLayer):
         config = super().get_config()
         config["rate"] = self.rate
         return config
+
+
+# -- Keras 3's AlphaDropout -------------------------------------------------------------------
+
+class AlphaDropout(SeededLayer):
+    """Keras's AlphaDropout: dropped elements take SELU's negative saturation alpha_p =
+    -alpha*scale, then y = a*x' + b with a, b chosen so that standard-normal inputs keep
+    mean 0 and variance 1 (the self-normalizing property). noise_shape (Keras's: one entry
+    per axis, None taking the input's size, 1 sharing a draw along that axis) shapes the
+    mask. The identity outside training, and with rate 0."""
+
+    supports_masking = True  # the input's mask passes on, as in Keras 3
+
+    def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self.rate = drop_rate(self, rate)
+        if noise_shape is not None:
+            try:
+                noise_shape = tuple(noise_shape)
+                valid = all(d is None or (isinstance(d, int) and not isinstance(d, bool)
+                                          and d >= 1) for d in noise_shape)
+            except TypeError:
+                valid = False
+            if not valid:
+                raise ValueError(f"AlphaDropout '{self.name}': noise_shape must be None or a "
+                                 f"tuple of positive ints or None, got {noise_shape!r}")
+        self.noise_shape = noise_shape
+
+    def build(self, input_shape):
+        if self.noise_shape is not None and len(self.noise_shape) != len(input_shape):
+            raise ValueError(f"AlphaDropout '{self.name}': noise_shape {self.noise_shape} "
+                             f"needs one entry per axis of the input "
+                             f"{shape_str(input_shape)}")
+        super().build(input_shape)
+
+    def call(self, x, training=False):
+        if not training or self.rate == 0.0:
+            return x
+        y, mask = backend.current().alpha_dropout_forward(x, self.rate, self.seed,
+                                                          self._offset, self.noise_shape)
+        self._offset += math.prod(mask.shape)
+        self._cache = mask
+        return y
+
+    def backward(self, dy):
+        if self._cache is None:
+            return dy
+        mask, self._cache = self._cache, None
+        return backend.current().alpha_dropout_backward(dy, mask, self.rate)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rate=self.rate, noise_shape=None if self.noise_shape is None else
+                      list(self.noise_shape))
+        return config

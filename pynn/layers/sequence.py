@@ -776,3 +776,97 @@ class SeparableConv1D(_Conv1DVariant):
             pointwise_regularizer=regularizers.serialize(self.pointwise_regularizer),
             depthwise_constraint=constraints.serialize(self.depthwise_constraint),
             pointwise_constraint=constraints.serialize(self.pointwise_constraint))
+
+
+# -- Keras 3's DepthwiseConv1D: DepthwiseConv2D's ops on the (N, 1, T, C) view ---------------
+
+class DepthwiseConv1D(Layer):
+    """Keras's DepthwiseConv1D: each input channel convolved with its own depth_multiplier
+    filters, kernel (k, in, depth_multiplier), output channel c*depth_multiplier + m; the
+    depthwise_conv2d ops on the (N, 1, T, C) view with the 1 x k kernel. Keras 3 refuses
+    'causal' padding here (unlike Conv1D), and so does pynn."""
+
+    def __init__(self, kernel_size, strides=1, padding="valid", depth_multiplier=1,
+                 data_format=None, dilation_rate=1, activation=None, use_bias=True,
+                 depthwise_initializer="glorot_uniform", bias_initializer="zeros",
+                 depthwise_regularizer=None, bias_regularizer=None, activity_regularizer=None,
+                 depthwise_constraint=None, bias_constraint=None, **kwargs):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        self._label = f"DepthwiseConv1D '{self.name}'"
+        data_format_arg(self._label, data_format)
+        self.kernel_size = _one_int(self._label, "kernel_size", kernel_size)
+        self.strides = _one_int(self._label, "strides", strides)
+        self.dilation_rate = _one_int(self._label, "dilation_rate", dilation_rate)
+        self.depth_multiplier = _one_int(self._label, "depth_multiplier", depth_multiplier)
+        self.padding = padding_arg(self._label, padding)
+        self.activation, self.alpha = activation_config(activation, self)
+        self.use_bias = bool(use_bias)
+        self._weight_args("depthwise", depthwise_initializer, depthwise_regularizer,
+                          depthwise_constraint)
+        self._weight_args("bias", bias_initializer, bias_regularizer, bias_constraint)
+
+    @property
+    def _geometry(self):
+        """strides, dilation of the 2-D op (the height axis is 1 x 1)."""
+        return (1, self.strides), (1, self.dilation_rate)
+
+    def build(self, input_shape):
+        _check_3d(self, input_shape)
+        c = input_shape[-1]
+        if c is None:
+            raise ValueError(f"{self._label}: the channels of the input must be known, got "
+                             f"{shape_str(input_shape)}")
+        self.kernel = self.add_weight("kernel", (self.kernel_size, c, self.depth_multiplier),
+                                      self.depthwise_initializer, self.depthwise_regularizer,
+                                      constraint=self.depthwise_constraint)
+        self.bias = (self.add_weight("bias", (c * self.depth_multiplier,),
+                                     self.bias_initializer, self.bias_regularizer,
+                                     constraint=self.bias_constraint)
+                     if self.use_bias else None)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        _check_3d(self, input_shape)
+        n, t, c = input_shape
+        if t is not None:
+            t = conv_output_size(t, self.kernel_size, self.strides, self.dilation_rate,
+                                 self.padding)[1]
+            if t <= 0:
+                raise ValueError(f"{self._label}: kernel_size {self.kernel_size} with "
+                                 f"dilation {self.dilation_rate} is larger than the input "
+                                 f"{shape_str(input_shape)} under padding='valid'")
+        return (n, t, None if c is None else c * self.depth_multiplier)
+
+    def call(self, x, training=False):
+        x4 = _as_image(x)
+        strides, dilation = self._geometry
+        y, z = backend.current().depthwise_conv2d_forward(
+            x4, _as_kernel2d(self.kernel), self.bias.value if self.use_bias else None,
+            strides, self.padding, dilation, self.activation, self.alpha)
+        if training:
+            self._cache = (x4, y, z)
+        return _as_sequence(y)
+
+    def backward(self, dy):
+        b = backend.current()
+        x4, y, z = self._cache
+        self._cache = None
+        strides, dilation = self._geometry
+        dz = bias_activation_backward(self, _as_image(dy), z, y)
+        kernel4 = _as_kernel2d(self.kernel)
+        _kernel_grad(self.kernel, b.depthwise_conv2d_backward_weight(
+            x4, dz, tuple(kernel4.shape), strides, self.padding, dilation))
+        if not self.needs_input_grad:
+            return None
+        return _as_sequence(b.depthwise_conv2d_backward_input(dz, kernel4, tuple(x4.shape),
+                                                              strides, self.padding,
+                                                              dilation))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            kernel_size=[self.kernel_size], strides=[self.strides], padding=self.padding,
+            depth_multiplier=self.depth_multiplier, data_format="channels_last",
+            dilation_rate=[self.dilation_rate], activation=self.activation,
+            use_bias=self.use_bias)
+        return config

@@ -79,3 +79,24 @@ def gaussian_dropout_forward_ref(x, rate, seed, offset=0):
 
 def gaussian_dropout_backward_ref(dy, noise):
     return np.asarray(dy, dtype=np.float64) * np.asarray(noise, dtype=np.float64)
+
+
+# -- Keras 3's AlphaDropout (keras/src/layers/regularization/alpha_dropout.py) -------------
+def alpha_dropout_forward_ref(x, rate, seed, offset=0, noise_shape=None):
+    """(y, mask): mask is dropout's mask of a noise_shape array (None entries take x's size),
+    broadcast over x; y = a*(x*keep + alpha_p*(1 - keep)) + b, Keras's formula."""
+    x = np.asarray(x, dtype=np.float64)
+    shape = x.shape if noise_shape is None else tuple(
+        n if d is None else d for d, n in zip(noise_shape, x.shape))
+    mask = dropout_mask_ref(int(np.prod(shape)), rate, seed, offset).reshape(shape)
+    alpha_p = -1.6732632423543772848170429916717 * 1.0507009873554804934193349852946
+    a = ((1 - rate) * (1 + rate * alpha_p**2)) ** -0.5
+    b = -a * alpha_p * rate
+    keep = mask.astype(np.float64)
+    return a * (x * keep + alpha_p * (1 - keep)) + b, mask
+
+
+def alpha_dropout_backward_ref(dy, mask, rate):
+    alpha_p = -1.6732632423543772848170429916717 * 1.0507009873554804934193349852946
+    a = ((1 - rate) * (1 + rate * alpha_p**2)) ** -0.5
+    return np.asarray(dy, dtype=np.float64) * a * (np.asarray(mask) != 0)

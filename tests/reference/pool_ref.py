@@ -174,3 +174,70 @@ def global_avgpool3d_ref(x):
 def global_maxpool3d_ref(x):
     """GlobalMaxPooling3D: the max over D, H, W -> (N, C)."""
     return np.asarray(x, np.float64).max(axis=(1, 2, 3))
+
+
+# -- adaptive pooling (Keras 3's AdaptiveAveragePooling/AdaptiveMaxPooling 1D-3D) ----------
+# Output o of an axis of length L pooled to O reads [floor(o*L/O), ceil((o+1)*L/O)): torch's
+# adaptive pools, which Keras 3's torch backend calls. x is (N, *spatial, C), 1-3 spatial axes.
+
+
+def adaptive_bins(length, out):
+    """[(start, end)] of each of the out bins over an axis of length."""
+    return [((o * length) // out, -(-((o + 1) * length) // out)) for o in range(out)]
+
+
+def _adaptive_windows(spatial, output_size):
+    """Yield (output index, tuple of slices) for every output position."""
+    bins = [adaptive_bins(n, o) for n, o in zip(spatial, output_size)]
+    for index in np.ndindex(*output_size):
+        yield index, tuple(slice(*bins[a][i]) for a, i in enumerate(index))
+
+
+def adaptive_avgpool_forward_ref(x, output_size):
+    x = np.asarray(x, np.float64)
+    y = np.zeros((x.shape[0],) + tuple(output_size) + (x.shape[-1],))
+    axes = tuple(range(1, x.ndim - 1))
+    for index, window in _adaptive_windows(x.shape[1:-1], output_size):
+        y[(slice(None),) + index] = x[(slice(None),) + window].mean(axis=axes)
+    return y
+
+
+def adaptive_avgpool_backward_ref(dy, input_shape):
+    dy = np.asarray(dy, np.float64)
+    dx = np.zeros(input_shape)
+    for index, window in _adaptive_windows(input_shape[1:-1], dy.shape[1:-1]):
+        count = np.prod([s.stop - s.start for s in window])
+        expand = (slice(None),) + (None,) * len(window) + (slice(None),)
+        dx[(slice(None),) + window] += dy[(slice(None),) + index][expand] / count
+    return dx
+
+
+def adaptive_maxpool_forward_ref(x, output_size):
+    """-> (y, argmax): argmax the flat index of the chosen pixel within its (n, c) plane
+    (d*H*W + h*W + w), the first maximum in row-major window order."""
+    x = np.asarray(x, np.float64)
+    n, c = x.shape[0], x.shape[-1]
+    spatial = x.shape[1:-1]
+    y = np.zeros((n,) + tuple(output_size) + (c,))
+    arg = np.zeros(y.shape, np.int64)
+    flat_index = np.arange(int(np.prod(spatial))).reshape(spatial)
+    for index, window in _adaptive_windows(spatial, output_size):
+        win = x[(slice(None),) + window]
+        win = win.reshape(n, int(np.prod(win.shape[1:-1])), c)
+        i = np.argmax(win, axis=1)
+        y[(slice(None),) + index] = np.take_along_axis(win, i[:, None, :], axis=1)[:, 0, :]
+        arg[(slice(None),) + index] = flat_index[window].reshape(-1)[i]
+    return y, arg
+
+
+def adaptive_maxpool_backward_ref(dy, argmax, input_shape):
+    n, c = input_shape[0], input_shape[-1]
+    outputs = int(np.prod(np.shape(dy)[1:-1]))
+    dy = np.asarray(dy, np.float64).reshape(n, outputs, c)
+    argmax = np.asarray(argmax).reshape(n, outputs, c)
+    dx = np.zeros((n, int(np.prod(input_shape[1:-1])), c))
+    for i in range(n):
+        for p in range(dy.shape[1]):
+            for ch in range(c):
+                dx[i, argmax[i, p, ch], ch] += dy[i, p, ch]
+    return dx.reshape(input_shape)

@@ -91,3 +91,12 @@ def separable_conv1d_ref(x, depthwise_kernel, pointwise_kernel, bias, stride, pa
     if bias is not None:
         z += np.asarray(bias, np.float64)
     return _activation(z, activation)
+
+
+# -- Keras 3's DepthwiseConv1D ---------------------------------------------------------------
+def depthwise_conv1d_ref(x, kernel, bias, stride, padding, dilation, activation="linear"):
+    """x (N, T, C), kernel (K, C, M) -> (N, TO, C*M), output channel c*M + m: the
+    separable conv's depthwise half (its pointwise kernel the identity)."""
+    c, m = np.shape(kernel)[1:]
+    return separable_conv1d_ref(x, kernel, np.eye(c * m)[None], bias, stride, padding,
+                                dilation, activation)

@@ -55,6 +55,10 @@ from pynn.backend.opencl.pool import (  # noqa: F401
 from pynn.backend.opencl.pool import (  # noqa: F401
     avgpool3d_backward, avgpool3d_forward, maxpool3d_backward, maxpool3d_forward,
 )
+from pynn.backend.opencl.pool import (  # noqa: F401  -- adaptive pooling
+    adaptive_avgpool_backward, adaptive_avgpool_forward, adaptive_maxpool_backward,
+    adaptive_maxpool_forward,
+)
 from pynn.backend.opencl.rnn import (  # noqa: F401
     gru_backward, gru_forward, lstm_backward, lstm_forward, simple_rnn_backward,
     simple_rnn_forward,
@@ -91,6 +95,9 @@ from pynn.backend.opencl.activation import (  # noqa: F401
 from pynn.backend.opencl.dropout import (  # noqa: F401
     gaussian_dropout_backward, gaussian_dropout_forward, gaussian_noise_forward,
     spatial_dropout_backward, spatial_dropout_forward,
+)
+from pynn.backend.opencl.dropout import (  # noqa: F401  -- Keras 3's AlphaDropout
+    alpha_dropout_backward, alpha_dropout_forward,
 )
 from pynn.backend.opencl.optim import constraint_inplace  # noqa: F401
 # -- end issue 12

@@ -103,3 +103,43 @@ def gaussian_dropout_backward(dy, noise):
     dx = rt.empty(dy.shape, what="gaussian_dropout_backward output")
     elementwise("dropout", "gaussian_dropout_backward", dy.size, dy, noise, dx, dy.size)
     return dx
+
+
+# -- Keras 3's AlphaDropout (opencl/dropout.cl) --------------------------------------------
+def _alpha_apply(op, x, mask, rate, backward):
+    """alpha_dropout_apply over x (8 axes, leading ones of size 1) reading mask broadcast."""
+    y = rt.empty(x.shape, what=f"{op} output")
+    if x.size == 0:
+        return y
+    rank = operands.ALPHA_DROPOUT_MAX_RANK
+    shape = (1,) * (rank - x.ndim) + tuple(x.shape)
+    mask_shape = (1,) * (rank - mask.ndim) + tuple(mask.shape)
+    strides = operands.broadcast_strides(shape, mask_shape)
+    a, b, dropped = operands.alpha_dropout_affine(rate)
+    elementwise("dropout", "alpha_dropout_apply", x.size, x, mask, y, x.size, int(backward),
+                np.float32(a), np.float32(b), np.float32(dropped), *shape[1:], *strides)
+    return y
+
+
+def alpha_dropout_forward(x, rate, seed, offset=0, noise_shape=None):
+    """Keras's AlphaDropout -> (y, mask uint8 of noise_shape); the mask is bit-identical to
+    the CPU's."""
+    op = "alpha_dropout_forward"
+    r, seed, offset, x, mask_shape = operands.alpha_dropout_forward(DEVICE, x, rate, seed,
+                                                                    offset, noise_shape)
+    size = int(np.prod(mask_shape))
+    if size == 0:
+        return rt.empty(x.shape, what=f"{op} output"), rt.empty(mask_shape, np.uint8,
+                                                                 what=f"{op} mask")
+    ones = rt.empty((size,), what=f"{op} mask draw")
+    ones.fill(1)
+    _, mask = dropout_forward(ones, r, seed, offset)
+    mask = mask.reshape(mask_shape)
+    return _alpha_apply(op, x, mask, r, False), mask
+
+
+def alpha_dropout_backward(dy, mask, rate):
+    """dx = dy * a where the (broadcast) mask keeps, 0 where it drops."""
+    op = "alpha_dropout_backward"
+    r, dy, mask = operands.alpha_dropout_backward(DEVICE, dy, mask, rate)
+    return _alpha_apply(op, dy, mask, r, True)

@@ -146,3 +146,58 @@ def avgpool3d_backward(dy, input_shape, pool_size, strides, padding="valid"):
     dx = rt.empty((g["N"], g["D"], g["H"], g["W"], g["C"]), what=f"{op} output")
     elementwise("pool", "avgpool3d_backward", dx.size, dy, dx, *_window3d(g))
     return dx
+
+
+# -- adaptive pooling (Keras 3's AdaptiveAveragePooling/AdaptiveMaxPooling 1D-3D) ----------
+
+def _adaptive(g):
+    """The adaptive kernels' geometry arguments: the (N, D, H, W, C) view and its output."""
+    return (g["N"], g["D"], g["H"], g["W"], g["C"], g["OD"], g["OH"], g["OW"])
+
+
+def _adaptive_shape(x, g):
+    return (x.shape[0],) + (g["OD"], g["OH"], g["OW"])[5 - x.ndim:] + (x.shape[-1],)
+
+
+def adaptive_avgpool_forward(x, output_size):
+    """(N, *spatial, C) -> (N, *output_size, C), the mean over each adaptive bin."""
+    op = "adaptive_avgpool_forward"
+    x, g = operands.adaptive_avgpool_forward(DEVICE, x, output_size)
+    y = rt.empty(_adaptive_shape(x, g), what=f"{op} output")
+    if y.size:
+        elementwise("pool", op, y.size, x, y, *_adaptive(g))
+    return y
+
+
+def adaptive_avgpool_backward(dy, input_shape):
+    op = "adaptive_avgpool_backward"
+    dy, g = operands.adaptive_avgpool_backward(DEVICE, dy, input_shape)
+    if dy.size == 0:
+        return rt.zeros(tuple(input_shape), what=f"{op} output")
+    dx = rt.empty(tuple(input_shape), what=f"{op} output")
+    elementwise("pool", op, dx.size, dy, dx, *_adaptive(g))
+    return dx
+
+
+def adaptive_maxpool_forward(x, output_size):
+    """-> (y (N, *output_size, C), argmax int32 d*H*W + h*W + w within each (n, c) plane)."""
+    op = "adaptive_maxpool_forward"
+    x, g = operands.adaptive_maxpool_forward(DEVICE, x, output_size)
+    y = rt.empty(_adaptive_shape(x, g), what=f"{op} output")
+    argmax = rt.empty(y.shape, np.int32, what=f"{op} argmax")
+    if y.size:
+        elementwise("pool", op, y.size, x, y, argmax, *_adaptive(g))
+    return y, argmax
+
+
+def adaptive_maxpool_backward(dy, argmax, input_shape):
+    """dx (input_shape): maxpool2d_backward's kernel on the (N, P, 1, C) views."""
+    op = "adaptive_maxpool_backward"
+    dy, argmax, g = operands.adaptive_maxpool_backward(DEVICE, dy, argmax, input_shape)
+    if dy.size == 0:
+        return rt.zeros(tuple(input_shape), what=f"{op} output")
+    n, c = g["N"], g["C"]
+    dx = rt.empty(tuple(input_shape), what=f"{op} output")
+    elementwise("pool", "maxpool2d_backward", n * c, dy, argmax, dx, n,
+                g["D"] * g["H"] * g["W"], 1, c, g["OD"] * g["OH"] * g["OW"], 1)
+    return dx

@@ -104,3 +104,82 @@ def gaussian_dropout_backward(arrays, dy, noise):
         raise ValueError(f"{op}: 'noise' must have the shape of dy {dy.shape}, got "
                          f"{noise.shape}")
     return dy, noise
+
+
+# -- Keras 3's AlphaDropout -------------------------------------------------------------------
+# SELU's constants (Keras's alpha and scale); alpha_p = -alpha * scale is the value a dropped
+# element takes before the affine map that restores the mean and variance.
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+ALPHA_DROPOUT_MAX_RANK = 8
+
+
+def alpha_dropout_affine(rate):
+    """(a, b, dropped) of Keras's AlphaDropout in float64: y = a*x + b where kept, dropped =
+    a*alpha_p + b where dropped, a = ((1 - rate)(1 + rate alpha_p^2))^-1/2,
+    b = -a alpha_p rate."""
+    alpha_p = -SELU_ALPHA * SELU_SCALE
+    a = ((1.0 - rate) * (1.0 + rate * alpha_p**2)) ** -0.5
+    b = -a * alpha_p * rate
+    return a, b, a * alpha_p + b
+
+
+def alpha_dropout_noise_shape(op, noise_shape, shape):
+    """Keras's noise_shape (None: x's shape; a None entry takes x's size on that axis),
+    each axis x's size or 1 (broadcast over that axis) -> a tuple of ints."""
+    if noise_shape is None:
+        return tuple(shape)
+    try:
+        dims = list(noise_shape)
+    except TypeError:
+        raise ValueError(f"{op}: 'noise_shape' must be None or a tuple of {len(shape)} ints "
+                         f"or None, got {noise_shape!r}") from None
+    if len(dims) != len(shape):
+        raise ValueError(f"{op}: 'noise_shape' must have one entry per axis of x "
+                         f"{tuple(shape)}, got {noise_shape!r}")
+    out = []
+    for d, n in zip(dims, shape):
+        if d is None:
+            out.append(n)
+            continue
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)) or \
+                d not in (1, n):
+            raise ValueError(f"{op}: 'noise_shape' entries must be None, 1 or x's size on "
+                             f"their axis (x {tuple(shape)}), got {noise_shape!r}")
+        out.append(int(d))
+    return tuple(out)
+
+
+def alpha_dropout_forward(arrays, x, rate, seed, offset, noise_shape):
+    """-> (rate, seed, offset, x, noise shape as ints)."""
+    op = "alpha_dropout_forward"
+    r, seed, offset, x = dropout_forward(arrays, x, rate, seed, offset, op)
+    if x.ndim > ALPHA_DROPOUT_MAX_RANK:
+        raise ValueError(f"{op}: 'x' may have at most {ALPHA_DROPOUT_MAX_RANK} dimensions, "
+                         f"got shape {x.shape}")
+    return r, seed, offset, x, alpha_dropout_noise_shape(op, noise_shape, x.shape)
+
+
+def alpha_dropout_backward(arrays, dy, mask, rate):
+    """-> (rate, dy, mask uint8): mask of dy's rank, each axis dy's size or 1."""
+    op = "alpha_dropout_backward"
+    r = drop_rate(op, rate)
+    dy = arrays.float_input(op, "dy", dy)
+    mask = arrays.mask_input(op, "mask", mask)
+    if dy.ndim > ALPHA_DROPOUT_MAX_RANK:
+        raise ValueError(f"{op}: 'dy' may have at most {ALPHA_DROPOUT_MAX_RANK} dimensions, "
+                         f"got shape {dy.shape}")
+    if mask.ndim != dy.ndim or any(m not in (1, n) for m, n in zip(mask.shape, dy.shape)):
+        raise ValueError(f"{op}: 'mask' must have dy's rank, each axis dy's size or 1 (dy "
+                         f"{tuple(dy.shape)}), got shape {tuple(mask.shape)}")
+    return r, dy, mask
+
+
+def broadcast_strides(shape, mask_shape):
+    """The mask's element strides along x's axes, 0 where the mask broadcasts: the kernels
+    read mask[sum(i_k * stride_k)] for x's element (i_0, ..., i_k, ...)."""
+    strides, step = [0] * len(shape), 1
+    for k in range(len(shape) - 1, -1, -1):
+        strides[k] = step if mask_shape[k] != 1 else 0
+        step *= mask_shape[k]
+    return strides

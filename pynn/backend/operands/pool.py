@@ -4,8 +4,13 @@ The window geometry ``g``: N, H, W, C, pool PH/PW, strides SH/SW, leading pads P
 output HO/WO by Keras's 'same'/'valid' rules (the layer resolves strides=None).
 """
 
+import math
+import operator
+
+import numpy as np
+
 from pynn.backend.operands.common import (
-    check_count, check_shape, conv_output_size, padding_mode, pair, shape4,
+    INT32_MAX, check_count, check_shape, conv_output_size, padding_mode, pair, shape4,
 )
 
 
@@ -138,14 +143,8 @@ def windows_tile(pg):
             and (pg["WO"] - 1) * pg["SW"] + pg["PW"] <= pg["W"])
 
 
-# -- 3-D pooling (MaxPooling3D, AveragePooling3D; branch vol) -------------------------------
+# -- 3-D pooling (MaxPooling3D, AveragePooling3D) -------------------------------
 # The geometry ``g`` adds depth: D, pool PD, stride SD, leading pad PF (front) and DO.
-import math  # noqa: E402
-import operator  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from pynn.backend.operands.common import INT32_MAX  # noqa: E402
 
 
 def triple(op, name, value):
@@ -238,3 +237,104 @@ def avgpool3d_backward(arrays, dy, input_shape, pool_size, strides, padding):
     g = pool3d_geometry(op, input_shape, pool_size, strides, padding)
     check_shape(op, "dy", dy, (g["N"], g["DO"], g["HO"], g["WO"], g["C"]))
     return dy, g
+
+
+# -- adaptive pooling (Keras 3's AdaptiveAveragePooling/AdaptiveMaxPooling 1D-3D) ----------
+# x (N, *spatial, C) with 1 to 3 spatial axes; the kernels see it as (N, D, H, W, C), the
+# missing leading axes of length 1. The geometry ``g``: N, D, H, W, C and the output OD, OH,
+# OW; output o of an axis of length L reads [floor(o*L/O), ceil((o+1)*L/O)) (torch's rule).
+
+
+def _spatial_rank(op, name, ndim):
+    if ndim not in (3, 4, 5):
+        raise ValueError(f"{op}: '{name}' must be (N, *spatial, C) with 1 to 3 spatial axes "
+                         f"(3 to 5 dimensions), got {ndim} dimensions")
+    return ndim - 2
+
+
+def adaptive_output_size(op, output_size, rank):
+    """``rank`` positive ints (an int is repeated, as Keras's layers do)."""
+    if isinstance(output_size, (int, np.integer)) and not isinstance(output_size, bool):
+        output_size = (output_size,) * rank
+    try:
+        sizes = tuple(operator.index(s) for s in output_size)
+    except TypeError:
+        raise ValueError(f"{op}: 'output_size' must be {rank} positive ints, got "
+                         f"{output_size!r}") from None
+    if len(sizes) != rank or min(sizes) < 1 or max(sizes) > INT32_MAX:
+        raise ValueError(f"{op}: 'output_size' must be {rank} positive ints (one per spatial "
+                         f"axis), got {output_size!r}")
+    return sizes
+
+
+def _adaptive_geometry(op, input_shape, output_size):
+    spatial = tuple(input_shape[1:-1])
+    if min(spatial) < 1:
+        raise ValueError(f"{op}: adaptive pooling needs every spatial axis >= 1, got input "
+                         f"shape {tuple(input_shape)}")
+    pad = 3 - len(spatial)
+    d, h, w = (1,) * pad + spatial
+    od, oh, ow = (1,) * pad + tuple(output_size)
+    return dict(N=input_shape[0], D=d, H=h, W=w, C=input_shape[-1], OD=od, OH=oh, OW=ow)
+
+
+def _adaptive_input_shape(arrays, op, input_shape):
+    try:
+        shape = tuple(operator.index(d) for d in input_shape)
+    except TypeError:
+        raise ValueError(f"{op}: 'input_shape' must be a tuple of ints, got "
+                         f"{input_shape!r}") from None
+    _spatial_rank(op, "input_shape", len(shape))
+    if min(shape) < 0:
+        raise ValueError(f"{op}: 'input_shape' must be non-negative ints, got {input_shape!r}")
+    check_count(arrays, op, "input_shape", math.prod(shape))
+    return shape
+
+
+def _adaptive_forward(arrays, op, x, output_size):
+    x = arrays.float_input(op, "x", x)
+    rank = _spatial_rank(op, "x", x.ndim)
+    g = _adaptive_geometry(op, x.shape, adaptive_output_size(op, output_size, rank))
+    check_count(arrays, op, "y", g["N"] * g["OD"] * g["OH"] * g["OW"] * g["C"])
+    return x, g
+
+
+def adaptive_avgpool_forward(arrays, x, output_size):
+    """-> (x, g)."""
+    return _adaptive_forward(arrays, "adaptive_avgpool_forward", x, output_size)
+
+
+def adaptive_maxpool_forward(arrays, x, output_size):
+    """-> (x, g)."""
+    return _adaptive_forward(arrays, "adaptive_maxpool_forward", x, output_size)
+
+
+def adaptive_avgpool_backward(arrays, dy, input_shape):
+    """-> (dy, g); the output size is dy's spatial shape."""
+    op = "adaptive_avgpool_backward"
+    dy = arrays.float_input(op, "dy", dy)
+    input_shape = _adaptive_input_shape(arrays, op, input_shape)
+    if dy.ndim != len(input_shape):
+        raise ValueError(f"{op}: 'dy' must have the rank of input_shape {input_shape}, got "
+                         f"shape {tuple(dy.shape)}")
+    g = _adaptive_geometry(op, input_shape, adaptive_output_size(op, dy.shape[1:-1],
+                                                                 dy.ndim - 2))
+    check_shape(op, "dy", dy, (input_shape[0],) + tuple(dy.shape[1:-1]) + (input_shape[-1],))
+    return dy, g
+
+
+def adaptive_maxpool_backward(arrays, dy, argmax, input_shape):
+    """-> (dy, argmax, g); argmax (shaped like dy) holds flat indices d*H*W + h*W + w within
+    each (n, c) plane, the kernels' to check."""
+    op = "adaptive_maxpool_backward"
+    dy = arrays.float_input(op, "dy", dy)
+    argmax = arrays.int_input(op, "argmax", argmax)
+    check_shape(op, "argmax", argmax, tuple(dy.shape))
+    input_shape = _adaptive_input_shape(arrays, op, input_shape)
+    if dy.ndim != len(input_shape):
+        raise ValueError(f"{op}: 'dy' must have the rank of input_shape {input_shape}, got "
+                         f"shape {tuple(dy.shape)}")
+    g = _adaptive_geometry(op, input_shape, adaptive_output_size(op, dy.shape[1:-1],
+                                                                 dy.ndim - 2))
+    check_shape(op, "dy", dy, (input_shape[0],) + tuple(dy.shape[1:-1]) + (input_shape[-1],))
+    return dy, argmax, g
