@@ -128,3 +128,8 @@ from pynn.backend.opencl.bf16 import (  # noqa: F401
     bf16_dense_forward,
     bf16_round,
 )
+# -- Keras 3's CTC and Circle losses (loss family) --
+from pynn.backend.opencl.loss import (  # noqa: F401
+    circle_loss_forward_backward,
+    ctc_loss_forward_backward,
+)
