@@ -53,11 +53,12 @@ import math
 
 import numpy as np
 
-from libc.math cimport exp, log, log1p, fabs, fmax, fmin, sqrt, INFINITY, pow
+from libc.math cimport exp, log, log1p, fabs, fmax, fmin, sqrt, INFINITY, NAN, pow, isfinite
 from cython.parallel cimport prange
 from libc.math cimport tanh as math_tanh
 
 from _activation cimport floating, pynn_exp_sum_f, pynn_max_f
+from _blas cimport blas_init, gemm_rowmajor
 
 from _openmp cimport omp_get_max_threads
 
@@ -65,6 +66,8 @@ from pynn.backend.operands import loss as operands
 from pynn.backend.operands.common import HOST
 
 include "_team.pxi"
+
+blas_init()
 
 cdef enum:
     LOSS_MSE = 0
@@ -813,12 +816,13 @@ def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
 # last two states). The gradient with respect to the logits x:
 #   d(-log p)/dx_tk = softmax_tk - sum_{s: symbol(s) = k} exp(a_t(s) + b_t(s) - lp_tk + log p)
 # (the posterior of class k at step t). Samples are independent: one prange over B.
-# circle: N samples, D embedding size. Row i of s = E E^T gives distances
-# d_ij = max(1 - s_ij, 0) and Keras's logits over its positives (same label, j != i under
-# remove_diagonal) and negatives; loss_i = softplus(lse_pos + lse_neg) (0 without a
-# positive or a negative: Keras masks such rows, and those whose float loss is 0, out of the
-# mean). Pass one keeps c_ij = w_i d loss_i / d s_ij (N, N); pass two gives
-# d/de_i = sum_j (c_ij m_i + c_ji m_j) e_j / valid, m the mask, valid its count.
+# circle: N samples, D embedding size. Row i of s = E E^T (one GEMM, in the input dtype as
+# Keras's matmul) gives distances d_ij = max(1 - s_ij, 0) and Keras's logits over its
+# positives (same label, j != i under remove_diagonal) and negatives; loss_i =
+# softplus(lse_pos + lse_neg) (0 without a positive or a negative: Keras masks such rows, and
+# those whose float loss is 0, out of the mean). The rows (one prange) keep c_ij =
+# d loss_i / d s_ij (N, N); with k_i = m_i w_i (m the mask, w the sample weights) the
+# gradient is the GEMM d/dE = (K C + (K C)^T) E / valid, valid the mask's count.
 
 cdef inline double log_add(double a, double b) noexcept nogil:
     cdef double m = fmax(a, b)
@@ -868,6 +872,12 @@ cdef double ctc_sample(const int* labels, Py_ssize_t length, const floating* x,
     if S > 1:
         log_p = log_add(log_p, alpha[(steps - 1) * S + S - 2])
     if g == NULL:
+        return -log_p
+    if log_p != log_p:
+        # A NaN logit: torch's gradient is NaN over the whole sample (its -log p enters
+        # every entry), and so is this one.
+        for k in range(steps * classes):
+            g[k] = NAN
         return -log_p
     for t in range(steps - 1, -1, -1):
         cur = (t % 2) * S
@@ -930,22 +940,20 @@ def ctc_loss_forward_backward(y_true, y_pred, need_grad=True, sample_weight=None
     return float(losses.sum()) / batch, grad
 
 
-cdef inline double circle_row(Py_ssize_t i, const int* labels, const floating* e,
-                              Py_ssize_t n, Py_ssize_t dim, double gamma, double margin,
-                              bint remove_diagonal, double* sim, double* coef,
+cdef inline double circle_row(Py_ssize_t i, const int* labels, const floating* sim,
+                              Py_ssize_t n, double gamma, double margin,
+                              bint remove_diagonal, double* coef,
                               bint need_grad) noexcept nogil:
-    """loss_i (see the note above); sim (N,) gets row i of E E^T, coef (N,) d loss_i /
-    d s_ij (all 0 when the row has no positive or no negative)."""
-    cdef Py_ssize_t j, k
-    cdef double dot, d, weight, logit, pos_max = -INFINITY, neg_max = -INFINITY
+    """loss_i (see the note above) from row i of sim = E E^T; coef (N,) gets d loss_i /
+    d sim_ij (all 0 when the row has no positive or no negative)."""
+    cdef Py_ssize_t j
+    cdef double s, d, weight, pos_max = -INFINITY, neg_max = -INFINITY
     cdef double pos_sum = 0, neg_sum = 0, lse_pos, lse_neg, z, sig, dlogit
-    cdef bint positive
+    cdef bint positive, nonfinite = False
     for j in range(n):
-        dot = 0
-        for k in range(dim):
-            dot = dot + <double>e[i * dim + k] * e[j * dim + k]
-        sim[j] = dot
-        d = fmax(1 - dot, 0)
+        s = sim[j]
+        nonfinite = nonfinite or not isfinite(s)
+        d = fmax(1 - s, 0)
         positive = labels[j] == labels[i]
         if positive and remove_diagonal and j == i:
             coef[j] = -INFINITY
@@ -955,6 +963,12 @@ cdef inline double circle_row(Py_ssize_t i, const int* labels, const floating* e
         else:
             coef[j] = gamma * fmax(1 + margin - d, 0) * (1 - margin - d)
             neg_max = fmax(neg_max, coef[j])
+    if nonfinite:
+        # A NaN or infinite similarity makes Keras's loss NaN; its mask drops the row (NaN
+        # > 0 is false) but NaN * 0 stays NaN: the mean and the gradient turn NaN, as there.
+        for j in range(n):
+            coef[j] = NAN
+        return NAN
     if pos_max == -INFINITY or neg_max == -INFINITY:
         for j in range(n):
             coef[j] = 0
@@ -975,7 +989,8 @@ cdef inline double circle_row(Py_ssize_t i, const int* labels, const floating* e
             if coef[j] == -INFINITY:
                 coef[j] = 0
                 continue
-            d = fmax(1 - sim[j], 0)
+            s = sim[j]
+            d = fmax(1 - s, 0)
             if labels[j] == labels[i]:
                 weight = margin + d
                 # d logit / d d of -gamma max(m + d, 0) (m - d)
@@ -986,7 +1001,7 @@ cdef inline double circle_row(Py_ssize_t i, const int* labels, const floating* e
                 dlogit = gamma * (-(1 - margin - d if weight > 0 else 0) - fmax(weight, 0))
                 dlogit = dlogit * exp(coef[j] - lse_neg)
             # d d / d s = -1 while 1 - s > 0
-            coef[j] = -sig * dlogit if 1 - sim[j] > 0 else 0
+            coef[j] = -sig * dlogit if 1 - s > 0 else 0
     return fmax(z, 0) + log1p(exp(-fabs(z)))
 
 
@@ -996,43 +1011,42 @@ def _circle(const int[::1] labels,          # IN  (N,)
             double[::1] losses,             # OUT (N,) per-sample losses (unweighted)
             const floating[::1] w,          # IN  (N,) or empty
             double gamma, double margin, bint remove_diagonal):
-    """-> the mean over the unmasked samples of w_i loss_i; g gets its gradient."""
-    cdef Py_ssize_t n = e.shape[0], dim = e.shape[1], i, j, k
+    """-> the mean over the unmasked samples of w_i loss_i; g gets its gradient. The two
+    products (sim = E E^T, and (C + C^T) E for the gradient) are BLAS GEMMs in the input
+    dtype (Keras's matmul is float32 for float32 embeddings too); the rows between them run
+    in double."""
+    cdef Py_ssize_t n = e.shape[0], dim = e.shape[1], i, j
     cdef bint need_grad = g.shape[0] > 0, has_w = w.shape[0] > 0
-    cdef double[:, ::1] sim = np.empty((n, n)), coef = np.empty((n, n))
-    cdef double[:, ::1] acc = np.empty((n, dim))
-    cdef double total = 0, scale, cij
+    dtype = np.float64 if floating is double else np.float32
+    cdef floating[:, ::1] sim = np.empty((n, n), dtype)
+    cdef floating[:, ::1] pair = np.empty((n if need_grad else 0, n), dtype)
+    cdef double[:, ::1] coef = np.empty((n, n))
+    cdef double[::1] keep = np.empty(n)
+    cdef double total = 0, scale
     cdef Py_ssize_t valid = 0
-    cdef bint parallel = n * n * dim >= PARALLEL_MIN
+    cdef bint parallel = n * n >= PARALLEL_MIN // 8
     with nogil:
+        gemm_rowmajor(False, True, <int>n, <int>n, <int>dim, <floating>1, &e[0, 0],
+                      <int>dim, &e[0, 0], <int>dim, <floating>0, &sim[0, 0], <int>n)
         for i in prange(n, schedule="static", use_threads_if=parallel):
-            losses[i] = circle_row(i, &labels[0], &e[0, 0], n, dim, gamma, margin,
-                                   remove_diagonal, &sim[i, 0], &coef[i, 0], need_grad)
+            losses[i] = circle_row(i, &labels[0], &sim[i, 0], n, gamma, margin,
+                                   remove_diagonal, &coef[i, 0], need_grad)
         for i in range(n):
-            # Keras's mask: the loss > 0 in the computation's dtype.
-            if <floating>losses[i] > 0:
-                valid = valid + 1
-                total = total + losses[i] * (w[i] if has_w else 1.0)
-        if valid == 0 or not need_grad:
-            scale = 0
-        else:
-            scale = 1.0 / valid
+            # Keras's mask: the loss > 0 in the computation's dtype; a row's weight is the
+            # mask times its sample weight (a product, so that NaN * 0 stays NaN).
+            valid = valid + (<floating>losses[i] > 0)
+            keep[i] = (<floating>losses[i] > 0) * (w[i] if has_w else 1.0)
+            total = total + losses[i] * keep[i]
+        scale = 1.0 / valid if valid else 0
         if need_grad:
+            # sim_ij uses e_i and e_j: d/dE = (C + C^T) E with C_ij = keep_i d loss_i / d sim_ij
             for i in prange(n, schedule="static", use_threads_if=parallel):
-                for k in range(dim):
-                    acc[i, k] = 0
                 for j in range(n):
-                    cij = 0
-                    if <floating>losses[i] > 0:
-                        cij = coef[i, j] * (w[i] if has_w else 1.0)
-                    if <floating>losses[j] > 0:
-                        cij = cij + coef[j, i] * (w[j] if has_w else 1.0)
-                    if cij != 0:
-                        for k in range(dim):
-                            acc[i, k] += cij * e[j, k]
-                for k in range(dim):
-                    g[i, k] = <floating>(acc[i, k] * scale)
-    return total / valid if valid else 0.0
+                    pair[i, j] = <floating>((coef[i, j] * keep[i] + coef[j, i] * keep[j]) * scale)
+            gemm_rowmajor(False, False, <int>n, <int>dim, <int>n, <floating>1, &pair[0, 0],
+                          <int>n, &e[0, 0], <int>dim, <floating>0, &g[0, 0], <int>dim)
+    # No unmasked row: Keras's weights are all 0, the mean 0 (NaN if a loss is NaN).
+    return total / valid if valid else total
 
 
 def circle_loss_forward_backward(y_true, y_pred, gamma=80.0, margin=0.4,

@@ -619,14 +619,17 @@ void ctc_alpha_beta(__global const int *labels, const int width, __global const 
         for (int s = k == 0 ? 0 : 1; s < S; s += 2)
             if (k == 0 || lab[s / 2] == k)
                 occupancy += exp(at[s] + bt[s] - lpk - log_p);
-        g[(size_t)b * T * C + i] = (exp(lpk) - occupancy) * scale;
+        /* + (log_p - log_p): a NaN logit makes the whole sample's gradient NaN, as
+         * torch's (-log p enters its every entry) */
+        g[(size_t)b * T * C + i] = (exp(lpk) - occupancy) * scale + (log_p - log_p);
     }
 }
 #undef CTC_SYMBOL
 
-/* Row i of Keras's Circle loss on embeddings e (N, D): sim (N, N) gets row i of e e^T and
- * coef (N, N) w_i * d loss_i / d sim_ij (0 for a masked row: no positive or no negative,
- * or a loss that is 0 in float); out[i] = loss_i, out[N + i] = w_i * loss_i. */
+/* Row i of Keras's Circle loss on embeddings e (N, D), one work-item per row: sim (N, N)
+ * gets row i of e e^T and coef (N, N) w_i * d loss_i / d sim_ij (0 for a masked row: no
+ * positive or no negative, or a loss that is 0 in float); out[i] = loss_i and
+ * out[N + i] = w_i * loss_i where unmasked. */
 __kernel void circle_rows(__global const int *labels, __global const float *e,
                           __global float *sim, __global float *coef, __global float *out,
                           const int N, const int D, const float gamma, const float margin,
@@ -639,12 +642,14 @@ __kernel void circle_rows(__global const int *labels, __global const float *e,
     __global float *cr = coef + (size_t)i * N;
     __global const float *ei = e + (size_t)i * D;
     float pos_max = -INFINITY, neg_max = -INFINITY;
+    int nonfinite = 0;
     for (int j = 0; j < N; j++) {
         __global const float *ej = e + (size_t)j * D;
         float dot = 0.0f;
         for (int k = 0; k < D; k++)
             dot += ei[k] * ej[k];
         sr[j] = dot;
+        nonfinite |= !isfinite(dot);
         const float d = fmax(1.0f - dot, 0.0f);
         const int positive = labels[j] == labels[i];
         float logit;
@@ -659,8 +664,10 @@ __kernel void circle_rows(__global const int *labels, __global const float *e,
         }
         cr[j] = logit;
     }
-    float loss = 0.0f, lse_pos = 0.0f, lse_neg = 0.0f;
-    if (pos_max != -INFINITY && neg_max != -INFINITY) {
+    /* A NaN or infinite similarity: a NaN loss and coefficients (Keras's mask drops the
+     * row, but NaN * 0 stays NaN in its mean and gradient). */
+    float loss = nonfinite ? NAN : 0.0f, lse_pos = 0.0f, lse_neg = 0.0f;
+    if (!nonfinite && pos_max != -INFINITY && neg_max != -INFINITY) {
         float pos_sum = 0.0f, neg_sum = 0.0f;
         for (int j = 0; j < N; j++) {
             if (cr[j] == -INFINITY)
@@ -677,13 +684,13 @@ __kernel void circle_rows(__global const int *labels, __global const float *e,
     }
     const float wi = has_w ? w[i] : 1.0f;
     out[i] = loss;
-    out[N + i] = wi * loss;
+    out[N + i] = (loss > 0.0f ? wi : 0.0f) * loss;
     if (!need_grad)
         return;
     const float z = lse_pos + lse_neg;
     const float sig = z >= 0.0f ? 1.0f / (1.0f + exp(-z)) : exp(z) / (1.0f + exp(z));
     for (int j = 0; j < N; j++) {
-        float c = 0.0f;
+        float c = nonfinite ? NAN : 0.0f;
         if (loss > 0.0f && cr[j] != -INFINITY) {
             const float d = fmax(1.0f - sr[j], 0.0f);
             float dlogit;

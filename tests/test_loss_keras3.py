@@ -211,6 +211,27 @@ def test_ctc_labels_must_be_integers():
         ctc_loss_forward_backward(np.array([[1.5, 2.0]]), np.zeros((1, 4, 3), np.float32))
 
 
+@pytest.mark.parametrize("special", [np.nan, np.inf, -np.inf], ids=["nan", "+inf", "-inf"])
+def test_ctc_nonfinite_logits(backend, special):
+    """A NaN or +inf logit: the loss NaN and its sample's whole gradient NaN (torch's), the
+    other samples' untouched; OpenCL as the CPU. A -inf logit: a finite loss, as Keras's
+    (torch's gradient is NaN on that step, from -inf - -inf; pynn's is the finite limit)."""
+    labels, logits, _ = ctc_data((3, 6, 4, 2), 7)
+    logits[1, 2, 1] = special
+    loss, grad = backend.ops.ctc_loss_forward_backward(backend.up(labels), backend.up(logits),
+                                                       True, None)
+    grad = backend.down(grad)
+    want_loss, want_grad = ctc_loss_forward_backward(labels, logits, True)
+    if np.isnan(special) or special > 0:
+        assert np.isnan(loss) and np.isnan(want_loss)
+        assert np.isnan(grad[1]).all() and np.isfinite(grad[[0, 2]]).all()
+    else:
+        np.testing.assert_allclose(loss, ctc_loss_forward_backward_ref(labels, logits, False)[0],
+                                   rtol=1e-5)
+        assert np.isfinite(grad).all()
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6)
+
+
 # -- Circle ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("weighted", [False, True])
@@ -279,6 +300,17 @@ def test_circle_matches_keras(dtype):
             np.testing.assert_allclose(loss, float(want.detach()), rtol=2e-6)
             np.testing.assert_allclose(grad, want_grad, rtol=1e-5,
                                        atol=2e-6 * np.abs(want_grad).max())
+
+
+@pytest.mark.parametrize("special", [np.nan, np.inf, -np.inf], ids=["nan", "+inf", "-inf"])
+def test_circle_nonfinite_embeddings_give_nan(backend, special):
+    """A NaN or infinite embedding entry: the loss and the whole gradient NaN on both
+    backends (Keras's mask drops the row but NaN * 0 stays NaN; Keras gives inf for -inf)."""
+    labels, e, weights = circle_data((6, 4, 2), 3)
+    e[2, 1] = special
+    loss, grad = backend.ops.circle_loss_forward_backward(
+        backend.up(labels), backend.up(e), 80.0, 0.4, True, True, backend.up(weights))
+    assert np.isnan(loss) and np.isnan(backend.down(grad)).all()
 
 
 def test_circle_thread_count_gives_the_same_bits():

@@ -168,4 +168,6 @@ def circle_loss_forward_backward(y_true, y_pred, gamma=80.0, margin=0.4, remove_
     if need_grad:
         elementwise("loss", "circle_grad", n * dim, y_pred, coef, grad, n, dim,
                     np.float32(1.0 / valid if valid else 0.0))
-    return (float(host[n:].astype(np.float64).sum()) / valid if valid else 0.0), grad
+    # No unmasked row: Keras's mean is 0 (NaN if a loss is NaN: NaN * 0 stays NaN).
+    total = float(host[n:].astype(np.float64).sum())
+    return (total / valid if valid else total), grad
