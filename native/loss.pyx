@@ -908,14 +908,20 @@ def _ctc(const int[:, ::1] labels,         # IN  (B, max_length), padded with 0
          double[::1] losses,               # OUT (B,) weighted per-sample losses
          const floating[::1] w,            # IN  (B,) or empty
          double scale):
+    """Each sample's -log p (times its weight) into losses; g its gradient times scale."""
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], C = x.shape[2], b
-    cdef Py_ssize_t S = 2 * labels.shape[1] + 1
+    # The scratch holds the longest label's states, not the padded width's.
+    cdef Py_ssize_t S = 2 * int(np.asarray(lengths).max(initial=0)) + 1
     cdef bint need_grad = g.shape[0] > 0, has_w = w.shape[0] > 0
+    # A state update costs a few exp/log: below PARALLEL_MIN / 8 of them in the batch, waking
+    # the OpenMP team costs more than it saves.
+    cdef bint parallel = B * T * S >= PARALLEL_MIN // 8
     cdef double[:, ::1] lp = np.empty((B, T * C)), alpha = np.empty((B, T * S))
     cdef double[:, ::1] beta = np.empty((B, 2 * S)), row = np.empty((B, C))
     cdef double wb
     with nogil:
-        for b in prange(B, schedule="dynamic", use_threads_if=B * T * S >= PARALLEL_MIN // 8):
+        # dynamic: samples' label lengths, and so their costs, differ
+        for b in prange(B, schedule="dynamic", use_threads_if=parallel):
             wb = w[b] if has_w else 1.0
             losses[b] = wb * ctc_sample(&labels[b, 0] if labels.shape[1] > 0 else NULL,
                                         lengths[b], &x[b, 0, 0],

@@ -35,17 +35,16 @@ TOL = {np.dtype(np.float32): dict(rtol=2e-4, atol=2e-5),
 
 def ctc_labels(rng, batch, width, classes, steps):
     """(batch, width) int32 labels padded with 0 at the end, each row able to fit ``steps``
-    (its labels plus a blank between repeats); rows of every length, one with a repeat."""
+    (its labels plus a blank between repeats): row b holds width - b labels (cycling back to
+    width after an empty row), row 1 starts with a repeat."""
     labels = np.zeros((batch, width), np.int32)
     for b in range(batch):
-        length = min(width, b % (width + 1), steps)
-        row = rng.integers(1, classes, size=length)
-        if length >= 2 and b == 1 % batch and 2 * length <= steps:
-            row[1] = row[0]  # a repeat: needs a blank between
-        while length and length + np.count_nonzero(row[1:] == row[:-1]) > steps:
+        row = rng.integers(1, classes, size=width - b % (width + 1))
+        if b == 1 and row.size >= 2:
+            row[1] = row[0]
+        while row.size + np.count_nonzero(row[1:] == row[:-1]) > steps:
             row = row[:-1]
-            length -= 1
-        labels[b, :length] = row
+        labels[b, :row.size] = row
     return labels
 
 
@@ -209,6 +208,22 @@ def test_ctc_bad_shapes_are_refused(backend):
 def test_ctc_labels_must_be_integers():
     with pytest.raises(ValueError, match="must hold integer class ids, got 1.5"):
         ctc_loss_forward_backward(np.array([[1.5, 2.0]]), np.zeros((1, 4, 3), np.float32))
+
+
+@pytest.mark.opencl
+def test_ctc_on_small_work_groups_strides_over_states(small_work_groups):
+    """A work-group (16 items here) smaller than a row's states (2 * 23 + 1) and steps x
+    classes: every item walks several; the generalized CE's rows wider than the group too."""
+    rng = np.random.default_rng(12)
+    labels = ctc_labels(rng, 3, 23, 7, 40)
+    labels[0] = np.arange(23) % 6 + 1   # 23 labels, no repeat: 47 states
+    logits = rng.standard_normal((3, 40, 7)).astype(np.float32)
+    check_op(small_work_groups, "ctc_loss_forward_backward", labels, logits, True, None,
+             ref=ctc_loss_forward_backward_ref, rtol=TOL[np.dtype(np.float32)])
+    p = rng.uniform(0.05, 1.0, (5, 131)).astype(np.float32)
+    ids = rng.integers(0, 131, 5).astype(np.int32)
+    check_op(small_work_groups, "loss_forward_backward", "categorical_generalized_cross_entropy",
+             ids, p, False, {"q": 0.4}, True, ref=None, rtol=TOL[np.dtype(np.float32)])
 
 
 @pytest.mark.parametrize("special", [np.nan, np.inf, -np.inf], ids=["nan", "+inf", "-inf"])

@@ -262,7 +262,9 @@ def circle_loss_forward_backward(arrays, y_true, y_pred, gamma, margin, remove_d
     labels = labels.reshape(n)
     if isinstance(labels, np.ndarray):
         if labels.size and (labels.min() < -2**31 or labels.max() >= 2**31):
-            raise ValueError(f"{op}: labels must fit in int32")
+            raise ValueError(f"{op}: 'y_true' labels must fit in int32 (the kernels compare "
+                             f"them as int32), got values in [{labels.min()}, "
+                             f"{labels.max()}]")
         labels = np.ascontiguousarray(labels, dtype=np.int32)
     gamma = number(op, "gamma", gamma)
     margin = number(op, "margin", margin)
