@@ -946,6 +946,12 @@ def ctc_loss_forward_backward(y_true, y_pred, need_grad=True, sample_weight=None
     return float(losses.sum()) / batch, grad
 
 
+cdef inline double max_slope(double x) noexcept nogil:
+    """d max(x, 0) / dx as torch's maximum has it: 1 above, 0 below, 1/2 at the tie (the
+    diagonal's 1 - s_ii is exactly 0 for rows of unit float norm)."""
+    return 1.0 if x > 0 else (0.5 if x == 0 else 0.0)
+
+
 cdef inline double circle_row(Py_ssize_t i, const int* labels, const floating* sim,
                               Py_ssize_t n, double gamma, double margin,
                               bint remove_diagonal, double* coef,
@@ -1000,14 +1006,14 @@ cdef inline double circle_row(Py_ssize_t i, const int* labels, const floating* s
             if labels[j] == labels[i]:
                 weight = margin + d
                 # d logit / d d of -gamma max(m + d, 0) (m - d)
-                dlogit = -gamma * ((margin - d if weight > 0 else 0) - fmax(weight, 0))
+                dlogit = -gamma * ((margin - d) * max_slope(weight) - fmax(weight, 0))
                 dlogit = dlogit * exp(coef[j] - lse_pos)
             else:
                 weight = 1 + margin - d
-                dlogit = gamma * (-(1 - margin - d if weight > 0 else 0) - fmax(weight, 0))
+                dlogit = gamma * (-(1 - margin - d) * max_slope(weight) - fmax(weight, 0))
                 dlogit = dlogit * exp(coef[j] - lse_neg)
-            # d d / d s = -1 while 1 - s > 0
-            coef[j] = -sig * dlogit if 1 - s > 0 else 0
+            # d = max(1 - s, 0): d d / d s = -1 while 1 - s > 0 (half at 1 - s = 0, as torch)
+            coef[j] = -sig * dlogit * max_slope(1 - s)
     return fmax(z, 0) + log1p(exp(-fabs(z)))
 
 

@@ -626,6 +626,13 @@ void ctc_alpha_beta(__global const int *labels, const int width, __global const 
 }
 #undef CTC_SYMBOL
 
+/* d max(x, 0) / dx as torch's maximum has it: 1 above, 0 below, 1/2 at the tie (the
+ * diagonal's 1 - sim_ii is exactly 0 for rows of unit float norm). */
+inline float max_slope(const float x)
+{
+    return x > 0.0f ? 1.0f : (x == 0.0f ? 0.5f : 0.0f);
+}
+
 /* Row i of Keras's Circle loss on embeddings e (N, D), one work-item per row: sim (N, N)
  * gets row i of e e^T and coef (N, N) w_i * d loss_i / d sim_ij (0 for a masked row: no
  * positive or no negative, or a loss that is 0 in float); out[i] = loss_i and
@@ -696,15 +703,15 @@ __kernel void circle_rows(__global const int *labels, __global const float *e,
             float dlogit;
             if (labels[j] == labels[i]) {
                 const float weight = margin + d;
-                dlogit = -gamma * ((weight > 0.0f ? margin - d : 0.0f) - fmax(weight, 0.0f))
+                dlogit = -gamma * ((margin - d) * max_slope(weight) - fmax(weight, 0.0f))
                          * exp(cr[j] - lse_pos);
             } else {
                 const float weight = 1.0f + margin - d;
-                dlogit = gamma * (-(weight > 0.0f ? 1.0f - margin - d : 0.0f)
+                dlogit = gamma * (-(1.0f - margin - d) * max_slope(weight)
                                   - fmax(weight, 0.0f)) * exp(cr[j] - lse_neg);
             }
-            /* d distance / d sim = -1 while 1 - sim > 0 */
-            c = 1.0f - sr[j] > 0.0f ? -sig * dlogit * wi : 0.0f;
+            /* distance = max(1 - sim, 0): d distance / d sim = -max_slope(1 - sim) */
+            c = -sig * dlogit * wi * max_slope(1.0f - sr[j]);
         }
         cr[j] = c;
     }

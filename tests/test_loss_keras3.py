@@ -328,6 +328,32 @@ def test_circle_nonfinite_embeddings_give_nan(backend, special):
     assert np.isnan(loss) and np.isnan(backend.down(grad)).all()
 
 
+@pytest.mark.parametrize("remove_diagonal", [True, False])
+def test_circle_ties_split_the_gradient_as_keras(backend, remove_diagonal):
+    """Exactly unit rows (s_ii = 1) and duplicated rows (s_ij = 1) sit on the kink of
+    max(1 - s, 0): torch's maximum gives each side half the gradient there, and so does
+    pynn (Keras's gradients through its float32 matmul are the reference). The kink shows
+    in a negative pair (rows 0 and 2: one direction, two labels); a positive pair's logit
+    -(m + d)(m - d) is flat in d at d = 0."""
+    keras = keras_on_torch()
+    import torch
+
+    rng = np.random.default_rng(13)
+    e = np.concatenate([np.eye(4, dtype=np.float32)[[0, 1, 0, 2]],
+                        unit_rows(rng, 5, 4)]).astype(np.float32)
+    labels = np.array([0, 1, 2, 1, 2, 0, 2, 1, 0], np.int32)
+    x = torch.tensor(e, requires_grad=True)
+    want = keras.losses.Circle(gamma=20.0, remove_diagonal=remove_diagonal)(
+        torch.tensor(labels), x)
+    want.backward()
+    loss, grad = backend.ops.circle_loss_forward_backward(
+        backend.up(labels), backend.up(e), 20.0, 0.4, remove_diagonal, True, None)
+    want_grad = x.grad.numpy()
+    np.testing.assert_allclose(loss, float(want.detach()), rtol=2e-6)
+    np.testing.assert_allclose(backend.down(grad), want_grad, rtol=1e-5,
+                               atol=2e-6 * np.abs(want_grad).max())
+
+
 def test_circle_thread_count_gives_the_same_bits():
     labels, e, weights = circle_data((71, 33, 9), 2)
     results = []
