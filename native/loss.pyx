@@ -36,6 +36,8 @@ Keras details reproduced (keras/src/losses/losses.py, keras/src/backend/torch/nn
   gives c, u, a, b). The reduction of one scalar is that scalar: no 1/n; sample_weight scales
   it (and its gradient) by the weights' mean, as Keras's scalar-times-weights mean does. Two
   passes: the three sums (fixed BLOCK partials, serial), then the gradient.
+- categorical_generalized_cross_entropy (sparse labels y): (1 - p_y^q) / q on y_pred as
+  given (Keras neither clips nor renormalizes), gradient -p_y^(q - 1) at y, 0 elsewhere.
 - MAE's gradient at d = 0 is 0 (torch's sign).
 - y_true is cast to y_pred's dtype; a rank difference of one with a trailing axis of 1
   is squeezed as Keras's squeeze_or_expand_to_same_rank does.
@@ -51,10 +53,12 @@ import math
 
 import numpy as np
 
-from libc.math cimport exp, log, log1p, fabs, fmax, fmin, sqrt
+from libc.math cimport exp, log, log1p, fabs, fmax, fmin, sqrt, INFINITY, NAN, pow, isfinite
+from cython.parallel cimport prange
 from libc.math cimport tanh as math_tanh
 
 from _activation cimport floating, pynn_exp_sum_f, pynn_max_f
+from _blas cimport blas_init, gemm_rowmajor
 
 from _openmp cimport omp_get_max_threads
 
@@ -62,6 +66,8 @@ from pynn.backend.operands import loss as operands
 from pynn.backend.operands.common import HOST
 
 include "_team.pxi"
+
+blas_init()
 
 cdef enum:
     LOSS_MSE = 0
@@ -83,6 +89,7 @@ cdef enum:
     LOSS_CATEGORICAL_FOCAL = 16
     LOSS_DICE = 17
     LOSS_TVERSKY = 18
+    LOSS_GCE = 19
     # Elements per partial sum of the pointwise losses: fixed, so the summation order (and
     # hence the float result) does not depend on how blocks are spread over threads.
     BLOCK = 4096
@@ -562,6 +569,18 @@ ctypedef struct _RowsJob:
     double lo, hi, scale, ls, alpha, gamma
 
 
+cdef inline double generalized_ce_row(int label, const floating* p, floating* g,
+                                      Py_ssize_t k, double q, double scale) noexcept nogil:
+    """(1 - p_y^q) / q of one row; g (if not NULL) gets scale * d/dp."""
+    cdef Py_ssize_t j
+    cdef double py = p[label]
+    if g != NULL:
+        for j in range(k):
+            g[j] = 0
+        g[label] = <floating>(-pow(py, q - 1) * scale)
+    return (1 - pow(py, q)) / q
+
+
 cdef inline double categorical_focal_row(const floating* t, const floating* p, floating* g,
                                          Py_ssize_t k, bint from_logits, double lo,
                                          double hi, double scale, double ls, double alpha,
@@ -617,7 +636,10 @@ cdef inline void _loss_rows(const _RowsJob* j, const floating* p, long begin,
         # The weight scales the gradient through `scale`: the row is linear in it.
         wr = w[r // j.rows_per_weight] if w != NULL else 1.0
         gr = g + r * k if g != NULL else NULL
-        if j.sparse:
+        if j.sparse and j.code == LOSS_GCE:   # q travels in alpha
+            j.row_loss[r] = wr * generalized_ce_row(j.labels[r], p + r * k, gr, k, j.alpha,
+                                                    j.scale * wr)
+        elif j.sparse:
             j.row_loss[r] = wr * sparse_row(j.labels[r], p + r * k, gr, k, j.from_logits, j.lo,
                                             j.hi, j.scale * wr)
         elif j.code == LOSS_CATEGORICAL_HINGE:
@@ -713,9 +735,11 @@ def _sparse(const int[::1] labels,           # IN  (N,) class ids in [0, K)
             bint from_logits, double lo, double hi, double scale,
             double[::1] row_loss,            # OUT (N,)
             const floating[::1] w,           # IN  (N / rows_per_weight,) or empty
-            Py_ssize_t rows_per_weight):
+            Py_ssize_t rows_per_weight, int code=LOSS_SCCE, double q=0):
+    """Integer-label rows: sparse categorical CE, or generalized CE (code, q)."""
     cdef _RowsJob job
     job.is_double, job.sparse, job.from_logits = floating is double, True, from_logits
+    job.code, job.alpha = code, q
     job.labels, job.t, job.p = &labels[0], NULL, &p[0, 0]
     job.g = &g[0, 0] if g.shape[0] > 0 else NULL
     job.w = &w[0] if w.shape[0] > 0 else NULL
@@ -760,9 +784,9 @@ def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
         else:
             g2 = grad if grad.ndim == 2 else grad.reshape(rows, k)
         partial = np.empty(rows, dtype=np.float64)
-        if code == LOSS_SCCE:
+        if code in operands.SPARSE_LOSSES:   # params[0]: generalized CE's q
             _sparse(targets, p2, g2, from_logits, lo, hi, 1.0 / rows, partial, w,
-                    rows_per_weight)
+                    rows_per_weight, code, params[0])
         else:
             if code == LOSS_CATEGORICAL_FOCAL:   # params: alpha, gamma, label_smoothing
                 _categorical(code, targets.reshape(rows, k), p2, g2, from_logits, lo, hi,
@@ -782,3 +806,274 @@ def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
                    lo, hi, 1.0 / denom, partial, w, rows_per_weight * k)
     # The partials are bit-identical for any thread count, and so is their sum.
     return float(partial.sum()) / denom, grad
+
+
+# -- Keras 3's CTC and Circle losses ------------------------------------------------------
+# ctc: B samples, T steps, C classes (0 the blank), L labels of a sample, S = 2L + 1 the
+# extended label (blanks around and between the labels). Per sample, in double: the
+# log-softmax lp, then Graves's forward variables log alpha (B, T, S) and backward ones
+# log beta (two rows, both including step t's emission), -log p = -logsumexp(alpha at the
+# last two states). The gradient with respect to the logits x:
+#   d(-log p)/dx_tk = softmax_tk - sum_{s: symbol(s) = k} exp(a_t(s) + b_t(s) - lp_tk + log p)
+# (the posterior of class k at step t). Samples are independent: one prange over B.
+# circle: N samples, D embedding size. Row i of s = E E^T (one GEMM, in the input dtype as
+# Keras's matmul) gives distances d_ij = max(1 - s_ij, 0) and Keras's logits over its
+# positives (same label, j != i under remove_diagonal) and negatives; loss_i =
+# softplus(lse_pos + lse_neg) (0 without a positive or a negative: Keras masks such rows, and
+# those whose float loss is 0, out of the mean). The rows (one prange) keep c_ij =
+# d loss_i / d s_ij (N, N); with k_i = m_i w_i (m the mask, w the sample weights) the
+# gradient is the GEMM d/dE = (K C + (K C)^T) E / valid, valid the mask's count.
+
+cdef inline double log_add(double a, double b) noexcept nogil:
+    cdef double m = fmax(a, b)
+    if m == -INFINITY:
+        return m
+    return m + log(exp(a - m) + exp(b - m))
+
+
+cdef inline int ctc_symbol(const int* labels, Py_ssize_t s) noexcept nogil:
+    return 0 if s % 2 == 0 else labels[s // 2]
+
+
+cdef double ctc_sample(const int* labels, Py_ssize_t length, const floating* x,
+                       floating* g, double* lp, double* alpha, double* beta, double* row,
+                       Py_ssize_t steps, Py_ssize_t classes, double scale) noexcept nogil:
+    """-log p of one sample (x: (T, C) logits); g (if not NULL) gets scale * d/dx. lp
+    (T, C), alpha (T, S), beta (2, S) and row (C,) are its scratch."""
+    cdef Py_ssize_t S = 2 * length + 1, t, s, k, cur, nxt
+    cdef int sym
+    cdef double m, total, a, log_p
+    for t in range(steps):
+        m = x[t * classes]
+        for k in range(1, classes):
+            m = fmax(m, x[t * classes + k])
+        total = 0
+        for k in range(classes):
+            total += exp(x[t * classes + k] - m)
+        total = m + log(total)
+        for k in range(classes):
+            lp[t * classes + k] = x[t * classes + k] - total
+    for s in range(S):
+        alpha[s] = -INFINITY
+    alpha[0] = lp[0]
+    if S > 1:
+        alpha[1] = lp[ctc_symbol(labels, 1)]
+    for t in range(1, steps):
+        for s in range(S):
+            sym = ctc_symbol(labels, s)
+            a = alpha[(t - 1) * S + s]
+            if s >= 1:
+                a = log_add(a, alpha[(t - 1) * S + s - 1])
+            # A label may skip the blank before it unless it repeats the previous label.
+            if s >= 2 and sym != 0 and sym != ctc_symbol(labels, s - 2):
+                a = log_add(a, alpha[(t - 1) * S + s - 2])
+            alpha[t * S + s] = a + lp[t * classes + sym]
+    log_p = alpha[(steps - 1) * S + S - 1]
+    if S > 1:
+        log_p = log_add(log_p, alpha[(steps - 1) * S + S - 2])
+    if g == NULL:
+        return -log_p
+    if log_p != log_p:
+        # A NaN logit: torch's gradient is NaN over the whole sample (its -log p enters
+        # every entry), and so is this one.
+        for k in range(steps * classes):
+            g[k] = NAN
+        return -log_p
+    for t in range(steps - 1, -1, -1):
+        cur = (t % 2) * S
+        nxt = ((t + 1) % 2) * S
+        for k in range(classes):
+            row[k] = exp(lp[t * classes + k])
+        for s in range(S):
+            sym = ctc_symbol(labels, s)
+            if t == steps - 1:
+                a = 0 if s >= S - 2 else -INFINITY
+            else:
+                a = beta[nxt + s]
+                if s + 1 < S:
+                    a = log_add(a, beta[nxt + s + 1])
+                if s + 2 < S and sym != 0 and sym != ctc_symbol(labels, s + 2):
+                    a = log_add(a, beta[nxt + s + 2])
+            beta[cur + s] = a + lp[t * classes + sym]
+            row[sym] -= exp(alpha[t * S + s] + beta[cur + s] - lp[t * classes + sym] - log_p)
+        for k in range(classes):
+            g[t * classes + k] = <floating>(row[k] * scale)
+    return -log_p
+
+
+def _ctc(const int[:, ::1] labels,         # IN  (B, max_length), padded with 0
+         const int[::1] lengths,           # IN  (B,) L of each sample (checked)
+         const floating[:, :, ::1] x,      # IN  (B, T, C) logits
+         floating[:, :, ::1] g,            # OUT (B, T, C) or (0, 0, 0) when no gradient
+         double[::1] losses,               # OUT (B,) weighted per-sample losses
+         const floating[::1] w,            # IN  (B,) or empty
+         double scale):
+    """Each sample's -log p (times its weight) into losses; g its gradient times scale."""
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], C = x.shape[2], b
+    # The scratch holds the longest label's states, not the padded width's.
+    cdef Py_ssize_t S = 2 * int(np.asarray(lengths).max(initial=0)) + 1
+    cdef bint need_grad = g.shape[0] > 0, has_w = w.shape[0] > 0
+    # A state update costs a few exp/log: below PARALLEL_MIN / 8 of them in the batch, waking
+    # the OpenMP team costs more than it saves.
+    cdef bint parallel = B * T * S >= PARALLEL_MIN // 8
+    cdef double[:, ::1] lp = np.empty((B, T * C)), alpha = np.empty((B, T * S))
+    cdef double[:, ::1] beta = np.empty((B, 2 * S)), row = np.empty((B, C))
+    cdef double wb
+    with nogil:
+        # dynamic: samples' label lengths, and so their costs, differ
+        for b in prange(B, schedule="dynamic", use_threads_if=parallel):
+            wb = w[b] if has_w else 1.0
+            losses[b] = wb * ctc_sample(&labels[b, 0] if labels.shape[1] > 0 else NULL,
+                                        lengths[b], &x[b, 0, 0],
+                                        &g[b, 0, 0] if need_grad else NULL, &lp[b, 0],
+                                        &alpha[b, 0], &beta[b, 0], &row[b, 0], T, C,
+                                        scale * wb)
+
+
+def ctc_loss_forward_backward(y_true, y_pred, need_grad=True, sample_weight=None):
+    """-> (mean loss: float, grad or None): Keras 3's CTC (keras.losses.CTC, log-softmax of
+    y_pred, blank 0, every sample T steps); grad = d(mean loss)/d(y_pred)."""
+    labels, lengths, y_pred, need_grad, weights = operands.ctc_loss_forward_backward(
+        HOST, y_true, y_pred, need_grad, sample_weight)
+    grad = np.empty_like(y_pred) if need_grad else None
+    batch = y_pred.shape[0]
+    if y_pred.size == 0:
+        return 0.0, grad
+    no_weights = _CLIP_BOUNDS[y_pred.dtype.itemsize == 8][2]
+    losses = np.empty(batch, dtype=np.float64)
+    _ctc(labels, lengths, y_pred, grad if need_grad else np.empty((0, 0, 0), y_pred.dtype),
+         losses, weights if weights is not None else no_weights, 1.0 / batch)
+    return float(losses.sum()) / batch, grad
+
+
+cdef inline double max_slope(double x) noexcept nogil:
+    """d max(x, 0) / dx as torch's maximum has it: 1 above, 0 below, 1/2 at the tie (the
+    diagonal's 1 - s_ii is exactly 0 for rows of unit float norm)."""
+    return 1.0 if x > 0 else (0.5 if x == 0 else 0.0)
+
+
+cdef inline double circle_row(Py_ssize_t i, const int* labels, const floating* sim,
+                              Py_ssize_t n, double gamma, double margin,
+                              bint remove_diagonal, double* coef,
+                              bint need_grad) noexcept nogil:
+    """loss_i (see the note above) from row i of sim = E E^T; coef (N,) gets d loss_i /
+    d sim_ij (all 0 when the row has no positive or no negative)."""
+    cdef Py_ssize_t j
+    cdef double s, d, weight, pos_max = -INFINITY, neg_max = -INFINITY
+    cdef double pos_sum = 0, neg_sum = 0, lse_pos, lse_neg, z, sig, dlogit
+    cdef bint positive, nonfinite = False
+    for j in range(n):
+        s = sim[j]
+        nonfinite = nonfinite or not isfinite(s)
+        d = fmax(1 - s, 0)
+        positive = labels[j] == labels[i]
+        if positive and remove_diagonal and j == i:
+            coef[j] = -INFINITY
+        elif positive:
+            coef[j] = -gamma * fmax(margin + d, 0) * (margin - d)
+            pos_max = fmax(pos_max, coef[j])
+        else:
+            coef[j] = gamma * fmax(1 + margin - d, 0) * (1 - margin - d)
+            neg_max = fmax(neg_max, coef[j])
+    if nonfinite:
+        # A NaN or infinite similarity makes Keras's loss NaN; its mask drops the row (NaN
+        # > 0 is false) but NaN * 0 stays NaN: the mean and the gradient turn NaN, as there.
+        for j in range(n):
+            coef[j] = NAN
+        return NAN
+    if pos_max == -INFINITY or neg_max == -INFINITY:
+        for j in range(n):
+            coef[j] = 0
+        return 0
+    for j in range(n):
+        if coef[j] == -INFINITY:
+            continue
+        if labels[j] == labels[i]:
+            pos_sum = pos_sum + exp(coef[j] - pos_max)
+        else:
+            neg_sum = neg_sum + exp(coef[j] - neg_max)
+    lse_pos = pos_max + log(pos_sum)
+    lse_neg = neg_max + log(neg_sum)
+    z = lse_pos + lse_neg
+    if need_grad:
+        sig = 1 / (1 + exp(-z)) if z >= 0 else exp(z) / (1 + exp(z))
+        for j in range(n):
+            if coef[j] == -INFINITY:
+                coef[j] = 0
+                continue
+            s = sim[j]
+            d = fmax(1 - s, 0)
+            if labels[j] == labels[i]:
+                weight = margin + d
+                # d logit / d d of -gamma max(m + d, 0) (m - d)
+                dlogit = -gamma * ((margin - d) * max_slope(weight) - fmax(weight, 0))
+                dlogit = dlogit * exp(coef[j] - lse_pos)
+            else:
+                weight = 1 + margin - d
+                dlogit = gamma * (-(1 - margin - d) * max_slope(weight) - fmax(weight, 0))
+                dlogit = dlogit * exp(coef[j] - lse_neg)
+            # d = max(1 - s, 0): d d / d s = -1 while 1 - s > 0 (half at 1 - s = 0, as torch)
+            coef[j] = -sig * dlogit * max_slope(1 - s)
+    return fmax(z, 0) + log1p(exp(-fabs(z)))
+
+
+def _circle(const int[::1] labels,          # IN  (N,)
+            const floating[:, ::1] e,       # IN  (N, D) embeddings
+            floating[:, ::1] g,             # OUT (N, D) or (0, 0) when no gradient
+            double[::1] losses,             # OUT (N,) per-sample losses (unweighted)
+            const floating[::1] w,          # IN  (N,) or empty
+            double gamma, double margin, bint remove_diagonal):
+    """-> the mean over the unmasked samples of w_i loss_i; g gets its gradient. The two
+    products (sim = E E^T, and (C + C^T) E for the gradient) are BLAS GEMMs in the input
+    dtype (Keras's matmul is float32 for float32 embeddings too); the rows between them run
+    in double."""
+    cdef Py_ssize_t n = e.shape[0], dim = e.shape[1], i, j
+    cdef bint need_grad = g.shape[0] > 0, has_w = w.shape[0] > 0
+    dtype = np.float64 if floating is double else np.float32
+    cdef floating[:, ::1] sim = np.empty((n, n), dtype)
+    cdef floating[:, ::1] pair = np.empty((n if need_grad else 0, n), dtype)
+    cdef double[:, ::1] coef = np.empty((n, n))
+    cdef double[::1] keep = np.empty(n)
+    cdef double total = 0, scale
+    cdef Py_ssize_t valid = 0
+    cdef bint parallel = n * n >= PARALLEL_MIN // 8
+    with nogil:
+        gemm_rowmajor(False, True, <int>n, <int>n, <int>dim, <floating>1, &e[0, 0],
+                      <int>dim, &e[0, 0], <int>dim, <floating>0, &sim[0, 0], <int>n)
+        for i in prange(n, schedule="static", use_threads_if=parallel):
+            losses[i] = circle_row(i, &labels[0], &sim[i, 0], n, gamma, margin,
+                                   remove_diagonal, &coef[i, 0], need_grad)
+        for i in range(n):
+            # Keras's mask: the loss > 0 in the computation's dtype; a row's weight is the
+            # mask times its sample weight (a product, so that NaN * 0 stays NaN).
+            valid = valid + (<floating>losses[i] > 0)
+            keep[i] = (<floating>losses[i] > 0) * (w[i] if has_w else 1.0)
+            total = total + losses[i] * keep[i]
+        scale = 1.0 / valid if valid else 0
+        if need_grad:
+            # sim_ij uses e_i and e_j: d/dE = (C + C^T) E with C_ij = keep_i d loss_i / d sim_ij
+            for i in prange(n, schedule="static", use_threads_if=parallel):
+                for j in range(n):
+                    pair[i, j] = <floating>((coef[i, j] * keep[i] + coef[j, i] * keep[j]) * scale)
+            gemm_rowmajor(False, False, <int>n, <int>dim, <int>n, <floating>1, &pair[0, 0],
+                          <int>n, &e[0, 0], <int>dim, <floating>0, &g[0, 0], <int>dim)
+    # No unmasked row: Keras's weights are all 0, the mean 0 (NaN if a loss is NaN).
+    return total / valid if valid else total
+
+
+def circle_loss_forward_backward(y_true, y_pred, gamma=80.0, margin=0.4,
+                                 remove_diagonal=True, need_grad=True, sample_weight=None):
+    """-> (mean loss: float, grad or None): Keras 3's Circle loss on (N, D) embeddings and
+    (N,) integer labels; the mean runs over the samples Keras does not mask (loss > 0)."""
+    labels, y_pred, gamma, margin, remove_diagonal, need_grad, weights = \
+        operands.circle_loss_forward_backward(HOST, y_true, y_pred, gamma, margin,
+                                              remove_diagonal, need_grad, sample_weight)
+    grad = np.empty_like(y_pred) if need_grad else None
+    if y_pred.shape[0] == 0:
+        return 0.0, grad
+    no_weights = _CLIP_BOUNDS[y_pred.dtype.itemsize == 8][2]
+    losses = np.empty(y_pred.shape[0], dtype=np.float64)
+    value = _circle(labels, y_pred, grad if need_grad else np.empty((0, 0), y_pred.dtype),
+                    losses, weights if weights is not None else no_weights, gamma, margin,
+                    remove_diagonal)
+    return float(value), grad

@@ -12,6 +12,15 @@
  * - categorical_focal_rows: one work-group per row, as categorical_rows.
  * - overlap_partial / overlap_grad (dice, tversky): three sums over all elements (one partial
  *   each per work-group, folded by sum_partials_float), read back; then the gradient.
+ * - generalized_ce_rows (Keras 3's categorical generalized CE): one work-group per row, as
+ *   categorical_rows, with its bad-label flag.
+ * - ctc_log_softmax / ctc_alpha_beta (Keras 3's CTC): the log-softmax, one work-item per
+ *   step; then one work-group per sample runs the forward and backward variables in log
+ *   space over the extended label (work-items over its states, a barrier per step), the
+ *   loss and the gradient (work-items over steps x classes).
+ * - circle_rows / circle_grad (Keras 3's Circle): one work-item per row for its loss and
+ *   d loss / d similarity row; the host counts the unmasked rows; one work-item per
+ *   embedding element for the gradient.
  * Every sum has a fixed order: the same inputs give the same bits on every run.
  * sample_weight: when has_w, w[i / per_weight] (elements for pointwise_partial, rows for
  * categorical_rows) multiplies each loss and its gradient; the host still divides by the
@@ -451,4 +460,272 @@ __kernel void overlap_grad(__global const float *t, __global float *g, const int
     const float ti = t[i];
     const float dden = prm.y * ti - prm.z * ti + prm.w * (1.0f - ti);
     g[i] = -((prm.x * ti - num / den * dden) / den) * wmean;
+}
+
+
+/* -- Keras 3's categorical generalized cross-entropy, CTC and Circle losses ----------- */
+
+/* (1 - p_y^q) / q per row on y_pred as given (no clip, no renormalization); g gets
+ * -p_y^(q - 1) * scale at the label, 0 elsewhere. A label outside [0, K) sets result[1]
+ * (as categorical_rows) and its row contributes 0. */
+__kernel __attribute__((reqd_work_group_size(LOSS_ROW_WG, 1, 1)))
+void generalized_ce_rows(__global const int *labels, __global const float *p,
+                         __global float *g, __global float *row_loss,
+                         __global float *result, const int rows, const int K,
+                         const int need_grad, const float unweighted_scale,
+                         __global const float *w, const int has_w, const int per_weight,
+                         const float q)
+{
+    const int row = get_group_id(0);
+    const int lid = get_local_id(0);
+    if (row >= rows)
+        return;
+    const float wr = has_w ? w[row / per_weight] : 1.0f;
+    const int label = labels[row];
+    const int valid = label >= 0 && label < K;
+    const size_t base = (size_t)row * K;
+    const float py = valid ? p[base + label] : 1.0f;
+    if (lid == 0) {
+        row_loss[row] = valid ? wr * (1.0f - pow(py, q)) / q : 0.0f;
+        if (!valid)
+            result[1] = 1.0f;
+    }
+    if (need_grad) {
+        const float d = valid ? -pow(py, q - 1.0f) * unweighted_scale * wr : 0.0f;
+        for (int j = lid; j < K; j += LOSS_ROW_WG)
+            g[base + j] = j == label ? d : 0.0f;
+    }
+}
+
+/* log(e^a + e^b), -inf when both are. */
+inline float log_add(const float a, const float b)
+{
+    const float m = fmax(a, b);
+    return m == -INFINITY ? m : m + log(exp(a - m) + exp(b - m));
+}
+
+/* Row r of x (rows of C logits) as its log-softmax. */
+__kernel void ctc_log_softmax(__global const float *x, __global float *lp, const int rows,
+                              const int C)
+{
+    const int r = get_global_id(0);
+    GUARD(r, rows);
+    __global const float *xr = x + (size_t)r * C;
+    float m = xr[0];
+    for (int k = 1; k < C; k++)
+        m = fmax(m, xr[k]);
+    float total = 0.0f;
+    for (int k = 0; k < C; k++)
+        total += exp(xr[k] - m);
+    const float lse = m + log(total);
+    for (int k = 0; k < C; k++)
+        lp[(size_t)r * C + k] = xr[k] - lse;
+}
+
+/* Symbol of extended-label state s: the blank (0) at even s, label (s - 1) / 2 at odd. */
+#define CTC_SYMBOL(s) ((s) % 2 == 0 ? 0 : lab[(s) / 2])
+
+/* Sample b = the work-group: Keras's CTC (blank 0, every sample T steps) on lp (B, T, C),
+ * the log-softmax. out[b] = w_b * (-log p), out[B + b] = the row's label status (0 fine;
+ * else the host explains it with operands.check_ctc_labels). alpha and beta (B, T, S) are
+ * scratch, S = 2 * width + 1 the states of the longest label. g (need_grad) gets
+ * scale * w_b * (softmax - posterior of each class at each step). Every branch before a
+ * barrier depends on the sample alone: the whole group takes it. */
+__kernel __attribute__((reqd_work_group_size(LOSS_ROW_WG, 1, 1)))
+void ctc_alpha_beta(__global const int *labels, const int width, __global const float *lp,
+                    __global float *alpha, __global float *beta, __global float *g,
+                    __global float *out, const int B, const int T, const int C,
+                    const int need_grad, const float unweighted_scale,
+                    __global const float *w, const int has_w)
+{
+    const int b = get_group_id(0);
+    const int lid = get_local_id(0);
+    if (b >= B)
+        return;
+    __global const int *lab = labels + (size_t)b * width;
+    /* Keras's length: the non-zero labels; they must come first, lie in [1, C) and, with a
+     * blank between repeats, fit T steps. */
+    int length = 0, repeats = 0, bad = 0;
+    for (int i = 0; i < width; i++) {
+        const int v = lab[i];
+        bad |= v < 0 || v >= C || (v != 0 && i != length);
+        if (v != 0) {
+            repeats += i > 0 && v == lab[i - 1];
+            length++;
+        }
+    }
+    bad |= length + repeats > T;
+    if (lid == 0)
+        out[B + b] = (float)bad;
+    if (bad) {
+        if (lid == 0)
+            out[b] = 0.0f;
+        return;
+    }
+    const int S = 2 * length + 1, stride = 2 * width + 1;
+    __global const float *lpb = lp + (size_t)b * T * C;
+    __global float *ab = alpha + (size_t)b * T * stride;
+    __global float *bb = beta + (size_t)b * T * stride;
+    for (int s = lid; s < S; s += LOSS_ROW_WG)
+        ab[s] = s == 0 ? lpb[0] : (s == 1 ? lpb[CTC_SYMBOL(1)] : -INFINITY);
+    barrier(CLK_GLOBAL_MEM_FENCE);
+    for (int t = 1; t < T; t++) {
+        __global const float *prev = ab + (size_t)(t - 1) * stride;
+        for (int s = lid; s < S; s += LOSS_ROW_WG) {
+            const int sym = CTC_SYMBOL(s);
+            float a = prev[s];
+            if (s >= 1)
+                a = log_add(a, prev[s - 1]);
+            /* a label may skip the blank before it unless it repeats the previous label */
+            if (s >= 2 && sym != 0 && sym != CTC_SYMBOL(s - 2))
+                a = log_add(a, prev[s - 2]);
+            ab[(size_t)t * stride + s] = a + lpb[(size_t)t * C + sym];
+        }
+        barrier(CLK_GLOBAL_MEM_FENCE);
+    }
+    __global const float *last = ab + (size_t)(T - 1) * stride;
+    const float log_p = S > 1 ? log_add(last[S - 1], last[S - 2]) : last[0];
+    const float wb = has_w ? w[b] : 1.0f;
+    if (lid == 0)
+        out[b] = -log_p * wb;
+    if (!need_grad)
+        return;
+    for (int t = T - 1; t >= 0; t--) {
+        __global const float *next = bb + (size_t)(t + 1) * stride;
+        for (int s = lid; s < S; s += LOSS_ROW_WG) {
+            const int sym = CTC_SYMBOL(s);
+            float a;
+            if (t == T - 1) {
+                a = s >= S - 2 ? 0.0f : -INFINITY;
+            } else {
+                a = next[s];
+                if (s + 1 < S)
+                    a = log_add(a, next[s + 1]);
+                if (s + 2 < S && sym != 0 && sym != CTC_SYMBOL(s + 2))
+                    a = log_add(a, next[s + 2]);
+            }
+            bb[(size_t)t * stride + s] = a + lpb[(size_t)t * C + sym];
+        }
+        barrier(CLK_GLOBAL_MEM_FENCE);
+    }
+    const float scale = unweighted_scale * wb;
+    for (int i = lid; i < T * C; i += LOSS_ROW_WG) {
+        const int t = i / C, k = i % C;
+        const float lpk = lpb[i];
+        __global const float *at = ab + (size_t)t * stride;
+        __global const float *bt = bb + (size_t)t * stride;
+        float occupancy = 0.0f;
+        /* the states showing class k: every even one for the blank, else the labels = k */
+        for (int s = k == 0 ? 0 : 1; s < S; s += 2)
+            if (k == 0 || lab[s / 2] == k)
+                occupancy += exp(at[s] + bt[s] - lpk - log_p);
+        /* + (log_p - log_p): a NaN logit makes the whole sample's gradient NaN, as
+         * torch's (-log p enters its every entry) */
+        g[(size_t)b * T * C + i] = (exp(lpk) - occupancy) * scale + (log_p - log_p);
+    }
+}
+#undef CTC_SYMBOL
+
+/* d max(x, 0) / dx as torch's maximum has it: 1 above, 0 below, 1/2 at the tie (the
+ * diagonal's 1 - sim_ii is exactly 0 for rows of unit float norm). */
+inline float max_slope(const float x)
+{
+    return x > 0.0f ? 1.0f : (x == 0.0f ? 0.5f : 0.0f);
+}
+
+/* Row i of Keras's Circle loss on embeddings e (N, D), one work-item per row: sim (N, N)
+ * gets row i of e e^T and coef (N, N) w_i * d loss_i / d sim_ij (0 for a masked row: no
+ * positive or no negative, or a loss that is 0 in float); out[i] = loss_i and
+ * out[N + i] = w_i * loss_i where unmasked. */
+__kernel void circle_rows(__global const int *labels, __global const float *e,
+                          __global float *sim, __global float *coef, __global float *out,
+                          const int N, const int D, const float gamma, const float margin,
+                          const int remove_diagonal, const int need_grad,
+                          __global const float *w, const int has_w)
+{
+    const int i = get_global_id(0);
+    GUARD(i, N);
+    __global float *sr = sim + (size_t)i * N;
+    __global float *cr = coef + (size_t)i * N;
+    __global const float *ei = e + (size_t)i * D;
+    float pos_max = -INFINITY, neg_max = -INFINITY;
+    int nonfinite = 0;
+    for (int j = 0; j < N; j++) {
+        __global const float *ej = e + (size_t)j * D;
+        float dot = 0.0f;
+        for (int k = 0; k < D; k++)
+            dot += ei[k] * ej[k];
+        sr[j] = dot;
+        nonfinite |= !isfinite(dot);
+        const float d = fmax(1.0f - dot, 0.0f);
+        const int positive = labels[j] == labels[i];
+        float logit;
+        if (positive && remove_diagonal && j == i) {
+            logit = -INFINITY;
+        } else if (positive) {
+            logit = -gamma * fmax(margin + d, 0.0f) * (margin - d);
+            pos_max = fmax(pos_max, logit);
+        } else {
+            logit = gamma * fmax(1.0f + margin - d, 0.0f) * (1.0f - margin - d);
+            neg_max = fmax(neg_max, logit);
+        }
+        cr[j] = logit;
+    }
+    /* A NaN or infinite similarity: a NaN loss and coefficients (Keras's mask drops the
+     * row, but NaN * 0 stays NaN in its mean and gradient). */
+    float loss = nonfinite ? NAN : 0.0f, lse_pos = 0.0f, lse_neg = 0.0f;
+    if (!nonfinite && pos_max != -INFINITY && neg_max != -INFINITY) {
+        float pos_sum = 0.0f, neg_sum = 0.0f;
+        for (int j = 0; j < N; j++) {
+            if (cr[j] == -INFINITY)
+                continue;
+            if (labels[j] == labels[i])
+                pos_sum += exp(cr[j] - pos_max);
+            else
+                neg_sum += exp(cr[j] - neg_max);
+        }
+        lse_pos = pos_max + log(pos_sum);
+        lse_neg = neg_max + log(neg_sum);
+        const float z = lse_pos + lse_neg;
+        loss = fmax(z, 0.0f) + log1p(exp(-fabs(z)));
+    }
+    const float wi = has_w ? w[i] : 1.0f;
+    out[i] = loss;
+    out[N + i] = (loss > 0.0f ? wi : 0.0f) * loss;
+    if (!need_grad)
+        return;
+    const float z = lse_pos + lse_neg;
+    const float sig = z >= 0.0f ? 1.0f / (1.0f + exp(-z)) : exp(z) / (1.0f + exp(z));
+    for (int j = 0; j < N; j++) {
+        float c = nonfinite ? NAN : 0.0f;
+        if (loss > 0.0f && cr[j] != -INFINITY) {
+            const float d = fmax(1.0f - sr[j], 0.0f);
+            float dlogit;
+            if (labels[j] == labels[i]) {
+                const float weight = margin + d;
+                dlogit = -gamma * ((margin - d) * max_slope(weight) - fmax(weight, 0.0f))
+                         * exp(cr[j] - lse_pos);
+            } else {
+                const float weight = 1.0f + margin - d;
+                dlogit = gamma * (-(1.0f - margin - d) * max_slope(weight)
+                                  - fmax(weight, 0.0f)) * exp(cr[j] - lse_neg);
+            }
+            /* distance = max(1 - sim, 0): d distance / d sim = -max_slope(1 - sim) */
+            c = -sig * dlogit * wi * max_slope(1.0f - sr[j]);
+        }
+        cr[j] = c;
+    }
+}
+
+/* g[i, k] = scale * sum_j (coef[i, j] + coef[j, i]) e[j, k]: both uses of e_i in sim. */
+__kernel void circle_grad(__global const float *e, __global const float *coef,
+                          __global float *g, const int N, const int D, const float scale)
+{
+    const int id = get_global_id(0);
+    GUARD(id, N * D);
+    const int i = id / D, k = id % D;
+    float acc = 0.0f;
+    for (int j = 0; j < N; j++)
+        acc += (coef[(size_t)i * N + j] + coef[(size_t)j * N + i]) * e[(size_t)j * D + k];
+    g[id] = acc * scale;
 }

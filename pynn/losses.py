@@ -383,6 +383,107 @@ class Tversky(Loss):
         return {"name": self.name, **self.param, "axis": self.axis}
 
 
+# -- Keras 3's CTC, Circle and CategoricalGeneralizedCrossEntropy (loss family) ----------
+
+class CategoricalGeneralizedCrossEntropy(Loss):
+    """Keras's generalized cross-entropy on integer labels y: per sample (1 - p_y^q) / q
+    with p_y y_pred's entry at the label, as given (no clip, no renormalization)."""
+
+    backend_name = default_name = "categorical_generalized_cross_entropy"
+    sparse_labels = True
+
+    def __init__(self, q=0.5, reduction="sum_over_batch_size", name=None, dtype=None):
+        if isinstance(q, bool) or not isinstance(q, (int, float, np.floating, np.integer)) \
+                or not 0 < q < 1:
+            raise ValueError(f"CategoricalGeneralizedCrossEntropy: q must be a number in the "
+                             f"interval (0, 1), got q={q!r}")
+        super().__init__(name, False, reduction, dtype)
+        self.q = float(q)
+
+    @property
+    def param(self):
+        return {"q": self.q}
+
+    def get_config(self):
+        return {"name": self.name, "q": self.q}
+
+
+def _integer_labels(owner, y, what):
+    """y as integers, or a clear refusal (floats must hold whole numbers, as Keras casts)."""
+    y = y if type(y) is np.ndarray else np.asarray(y)
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise ValueError(f"{what}: {owner}'s labels must be integers")
+    elif y.dtype.kind not in "iub":
+        raise TypeError(f"{what}: {owner}'s labels must be integers, got dtype {y.dtype}")
+    return y
+
+
+class CTC(Loss):
+    """Keras's CTC loss. y_true: (batch, max_length) integer labels, padded at the end with
+    0 (the blank, Keras's mask index: a label lies in [1, C)); y_pred: (batch, T, C), which
+    Keras log-softmaxes whatever it holds (softmax outputs are read as logits too); every
+    sample spans all T steps. A row whose labels cannot fit T steps is refused."""
+
+    backend_name = default_name = "ctc"
+    sparse_labels = True
+
+    def __init__(self, reduction="sum_over_batch_size", name="ctc", dtype=None):
+        super().__init__(name, False, reduction, dtype)
+
+    def forward_backward(self, y_true, y_pred, need_grad=True, sample_weight=None):
+        return backend.current().ctc_loss_forward_backward(y_true, y_pred, need_grad,
+                                                           sample_weight)
+
+    def prepare_labels(self, y, what, out_shape):
+        """fit's targets: (n, max_length) integers (the op checks their values per batch)."""
+        y = _integer_labels("CTC", y, what)
+        if y.ndim != 2:
+            raise ValueError(f"{what}: CTC's labels must be (samples, max_length) integers "
+                             f"padded with 0, got shape {y.shape}")
+        return np.ascontiguousarray(y, dtype=np.int32)
+
+    def get_config(self):
+        return {"name": self.name}
+
+
+class Circle(Loss):
+    """Keras's Circle loss on integer labels (N,) and L2-normalized embeddings (N, D): per
+    sample softplus(lse_pos + lse_neg) over its pairs (see native/loss.pyx); samples without
+    a positive or a negative pair have loss 0 and, as Keras masks them, leave the mean."""
+
+    backend_name = default_name = "circle"
+    sparse_labels = True
+
+    def __init__(self, gamma=80.0, margin=0.4, remove_diagonal=True,
+                 reduction="sum_over_batch_size", name="circle", dtype=None):
+        if not isinstance(remove_diagonal, (bool, np.bool_)):
+            raise TypeError(f"Circle: remove_diagonal must be a bool, got {remove_diagonal!r}")
+        super().__init__(name, False, reduction, dtype)
+        self.gamma = float(gamma)
+        self.margin = float(margin)
+        self.remove_diagonal = bool(remove_diagonal)
+
+    def forward_backward(self, y_true, y_pred, need_grad=True, sample_weight=None):
+        return backend.current().circle_loss_forward_backward(
+            y_true, y_pred, self.gamma, self.margin, self.remove_diagonal, need_grad,
+            sample_weight)
+
+    def prepare_labels(self, y, what, out_shape):
+        """fit's targets: (n,) or (n, 1) integers, any values (only equality counts)."""
+        y = _integer_labels("Circle", y, what)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y.reshape(y.shape[0])
+        if y.ndim != 1:
+            raise ValueError(f"{what}: Circle's labels must be (samples,) integers, got "
+                             f"shape {y.shape}")
+        return np.ascontiguousarray(y, dtype=np.int32)
+
+    def get_config(self):
+        return {"name": self.name, "gamma": self.gamma, "margin": self.margin,
+                "remove_diagonal": self.remove_diagonal}
+
+
 ALIASES = {
     "mean_squared_error": MeanSquaredError, "mse": MeanSquaredError,
     "mean_absolute_error": MeanAbsoluteError, "mae": MeanAbsoluteError,
@@ -404,6 +505,9 @@ ALIASES = {
     "binary_focal_crossentropy": BinaryFocalCrossentropy,
     "categorical_focal_crossentropy": CategoricalFocalCrossentropy,
     "dice": Dice, "tversky": Tversky,
+    # Keras 3's CTC, Circle and CategoricalGeneralizedCrossEntropy (loss family)
+    "ctc": CTC, "circle": Circle,
+    "categorical_generalized_cross_entropy": CategoricalGeneralizedCrossEntropy,
 }
 _BY_CLASS = {cls.__name__: cls for cls in ALIASES.values()}
 
@@ -510,6 +614,22 @@ def dice(y_true, y_pred, axis=None):
 
 def tversky(y_true, y_pred, alpha=0.5, beta=0.5, axis=None):
     return Tversky(alpha, beta, axis=axis)(y_true, y_pred)
+
+
+def ctc(y_true, y_pred):
+    return CTC()(y_true, y_pred)
+
+
+def circle(y_true, y_pred, ref_labels=None, ref_embeddings=None, remove_diagonal=True,
+           gamma=80, margin=0.4):
+    if ref_labels is not None or ref_embeddings is not None:
+        raise ValueError("circle: ref_labels and ref_embeddings are not supported (the batch "
+                         "is its own reference, as in keras.losses.Circle)")
+    return Circle(gamma, margin, remove_diagonal)(y_true, y_pred)
+
+
+def categorical_generalized_cross_entropy(y_true, y_pred, q):
+    return CategoricalGeneralizedCrossEntropy(q)(y_true, y_pred)
 
 
 # The module's own loss functions: passed as callables they resolve to their fused op.

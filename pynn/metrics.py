@@ -1282,7 +1282,9 @@ def get(identifier, loss=None, output_shape=None):
         key = identifier.lower()
         if key in ("accuracy", "acc"):
             loss_name = getattr(loss, "backend_name", None)
-            if loss_name == "sparse_categorical_crossentropy":
+            if loss_name in ("sparse_categorical_crossentropy",
+                             # Keras 3's generalized CE: integer labels too (loss family)
+                             "categorical_generalized_cross_entropy"):
                 cls = SparseCategoricalAccuracy
             elif loss_name == "binary_crossentropy" or (
                 output_shape is not None and output_shape[-1] == 1

@@ -1666,6 +1666,10 @@ def _prepare_target(y, n, what, out_shape, loss, dtype):
     if y.shape[:1] != (n,):
         raise ValueError(f"{what}: x has {n} samples but y has shape {y.shape}")
     if loss.sparse_labels:
+        # Keras 3's CTC and Circle: integer labels shaped by the loss, not by the output
+        own_labels = getattr(loss, "prepare_labels", None)
+        if own_labels is not None:
+            return own_labels(y, what, out_shape)
         if y.ndim == len(out_shape) and y.shape[-1] == 1:
             y = y.reshape(y.shape[:-1])
         if tuple(y.shape[1:]) != tuple(out_shape[1:-1]):

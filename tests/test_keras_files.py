@@ -1096,3 +1096,51 @@ def test_volumetric_legacy_h5_from_keras(tmp_path):
 @pytest.mark.opencl
 def test_volumetric_keras_files_on_opencl(tmp_path):
     test_keras_files_on_opencl("volumetric_pool", tmp_path)
+
+
+# -- Keras 3's CTC, Circle and CategoricalGeneralizedCrossEntropy (loss family) -------------
+
+def _keras3_loss_case(lib, which, rng):
+    """(model, loss, x, y) of one of the losses, built with ``lib`` (keras or pynn)."""
+    L = lib.layers
+    if which == "ctc":
+        model = lib.Sequential([lib.Input((7, 4)), L.Dense(5)])
+        y = np.array([[1, 2, 0], [3, 0, 0], [1, 1, 2], [2, 3, 1], [0, 0, 0], [4, 4, 0]])
+        return model, "ctc", rng.standard_normal((6, 7, 4)).astype(np.float32), y
+    x = rng.standard_normal((8, 4)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 3])
+    if which == "circle":
+        model = lib.Sequential([lib.Input((4,)), L.Dense(6), L.UnitNormalization()])
+        return model, lib.losses.Circle(gamma=24.0, margin=0.3), x, y
+    model = lib.Sequential([lib.Input((4,)), L.Dense(4, activation="softmax")])
+    return model, lib.losses.CategoricalGeneralizedCrossEntropy(q=0.7), x, y
+
+
+@pytest.mark.parametrize("first", ["keras", "pynn"])
+@pytest.mark.parametrize("which", ["ctc", "circle", "generalized_ce"])
+def test_keras3_losses_cross_keras_files_and_train_alike(tmp_path, first, which):
+    """A model compiled with CTC (by its string name), Circle or the generalized CE and
+    saved by one framework loads compiled in the other, with the loss's arguments; two SGD
+    steps then give both the same losses and weights."""
+    one, other = (keras, pynn) if first == "keras" else (pynn, keras)
+    rng = np.random.default_rng(9)
+    model, loss, x, y = _keras3_loss_case(one, which, rng)
+    model.set_weights([rng.uniform(-0.5, 0.5, np.shape(w)).astype(np.float32)
+                       for w in model.get_weights()])
+    model.compile(optimizer=one.optimizers.SGD(0.1), loss=loss)
+    model.save(tmp_path / "m.keras")
+    loaded = (keras.saving.load_model if other is keras else pynn.load_model)(
+        tmp_path / "m.keras")
+    if other is pynn:
+        assert loaded.compiled
+        want = {"ctc": {"name": "ctc"},
+                "circle": {"name": "circle", "gamma": 24.0, "margin": 0.3,
+                           "remove_diagonal": True},
+                "generalized_ce": {"name": "categorical_generalized_cross_entropy",
+                                   "q": 0.7}}[which]
+        assert loaded.loss.get_config() == want
+    for _ in range(2):
+        np.testing.assert_allclose(float(np.ravel(loaded.train_on_batch(x, y))[0]),
+                                   float(np.ravel(model.train_on_batch(x, y))[0]), rtol=1e-5)
+    for a, b in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)

@@ -62,6 +62,9 @@ CASES = [
     ("dice", False, None),
     ("tversky", False, None),
     ("tversky", False, {"alpha": 0.3, "beta": 0.8}),
+    # Keras 3's CategoricalGeneralizedCrossEntropy (integer labels)
+    ("categorical_generalized_cross_entropy", False, None),
+    ("categorical_generalized_cross_entropy", False, {"q": 0.8}),
 ]
 
 
@@ -176,6 +179,10 @@ NEW_DATA = {
         rng.normal(size=shape) * 3 if fl else rng.uniform(0.05, 1.0, size=shape)),
     "dice": _overlap_data,
     "tversky": _overlap_data,
+    # Keras 3's CategoricalGeneralizedCrossEntropy: class ids, probabilities as given
+    "categorical_generalized_cross_entropy": lambda rng, shape, fl: (
+        rng.integers(0, shape[-1], size=shape[:-1]).astype(np.int32),
+        rng.uniform(0.05, 1.0, size=shape)),
 }
 
 
@@ -184,7 +191,8 @@ def check_loss(target, name, y_true, y_pred, from_logits, param):
     the target's dtype clips), at the CPU's per-dtype tolerance or OpenCL's reduction one."""
     dtype = target.dtype.type
     yp = np.asarray(y_pred, dtype=dtype)
-    yt = y_true if name.startswith("sparse") else np.asarray(y_true, dtype=dtype)
+    integer = name.startswith("sparse") or np.asarray(y_true).dtype.kind == "i"  # class ids
+    yt = y_true if integer else np.asarray(y_true, dtype=dtype)
     tol = target.rtol("reduction") if target.is_opencl else TOL[dtype]
     _, (loss, grad) = check_op(
         target, "loss_forward_backward", name, yt, yp, from_logits, param, True,
@@ -308,7 +316,8 @@ def test_target_rank_may_differ_by_a_trailing_one():
 @pytest.mark.parametrize("name,from_logits,param", CASES, ids=CASE_IDS)
 def test_empty_batch(name, from_logits, param):
     y_pred = np.zeros((0, 5), np.float32)
-    y_true = np.zeros((0,), np.int32) if name.startswith("sparse") else y_pred
+    integer = name.startswith("sparse") or name == "categorical_generalized_cross_entropy"
+    y_true = np.zeros((0,), np.int32) if integer else y_pred
     loss, grad = loss_forward_backward(name, y_true, y_pred, from_logits, param, True)
     assert loss == 0.0 and grad.shape == (0, 5) and grad.dtype == np.float32
     assert loss_forward_backward(name, y_true, y_pred, from_logits, param, False) == (0.0, None)
@@ -433,6 +442,7 @@ KERAS_CLASSES = {
     "categorical_focal_crossentropy": "CategoricalFocalCrossentropy",
     "dice": "Dice",
     "tversky": "Tversky",
+    "categorical_generalized_cross_entropy": "CategoricalGeneralizedCrossEntropy",
 }
 
 
@@ -453,6 +463,8 @@ def keras_kwargs(name, from_logits, param):
             kwargs["label_smoothing"] = param
     elif name == "tversky" and param is not None:
         kwargs.update(param)
+    elif name == "categorical_generalized_cross_entropy":  # q is required by the function
+        kwargs.update({"q": 0.5, **(param or {})})
     return kwargs
 
 
@@ -490,9 +502,11 @@ def test_matches_keras(keras_torch, name, from_logits, param, dtype):
         loss, grad = loss_forward_backward(name, y_true, y_pred, from_logits, param, True)
         if dtype == np.float32 or name in KERAS_FLOAT32_INSIDE:
             tol = dict(rtol=1e-5, atol=1e-7)
-        elif name == "categorical_focal_crossentropy":
+        elif name in ("categorical_focal_crossentropy",
+                      "categorical_generalized_cross_entropy"):
             # Keras's ops.multiply(factor, alpha) makes alpha a float32 tensor (0.6 is off by
-            # 4e-8 relative); tests/reference holds the tight float64 check.
+            # 4e-8 relative), as ops.power(p, q) does q; tests/reference holds the tight
+            # float64 check.
             tol = dict(rtol=1e-7, atol=1e-12)
         elif name in MEAN_OVER_LAST_AXIS:
             # Keras's torch ops.mean casts float64 through float32 (3.15), so Keras itself
@@ -531,6 +545,8 @@ def _backend_loss_data(rng, name, shape, from_logits):
     k = shape[-1]
     if name in NEW_DATA:
         y_true, y_pred = NEW_DATA[name](rng, shape, from_logits)
+        if y_true.dtype == np.int32:   # class ids stay integers
+            return y_true, y_pred.astype(np.float32)
         return y_true.astype(np.float32), y_pred.astype(np.float32)
     probs = name in ("binary_crossentropy", "categorical_crossentropy",
                      "sparse_categorical_crossentropy") and not from_logits
@@ -645,7 +661,8 @@ def test_sample_weight_matches_reference(target, name, from_logits, param, pred_
     w = weights_for(rng, weight_shape)
     dtype = target.dtype.type
     yp = np.asarray(y_pred, dtype=dtype)
-    yt = y_true if name.startswith("sparse") else np.asarray(y_true, dtype=dtype)
+    integer = name.startswith("sparse") or np.asarray(y_true).dtype.kind == "i"  # class ids
+    yt = y_true if integer else np.asarray(y_true, dtype=dtype)
     tol = target.rtol("reduction") if target.is_opencl else TOL[dtype]
     if target.is_opencl:
         yt = yt.astype(np.int32) if name.startswith("sparse") else yt
@@ -1007,3 +1024,24 @@ def test_focal_dice_tversky_train_a_model(seeded, loss, activation):
     after = model.evaluate(x, y, batch_size=16, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
     assert after < before
+
+
+# -- Keras 3's CTC and Circle: the loss family's own ops (tests/test_loss_keras3.py holds
+# their full tests: oracles over odd sizes, central differences, Keras parity, bad inputs) --
+
+def test_ctc_and_circle_loss_ops_on_backend(backend):
+    from tests.reference.loss_ref import (
+        circle_loss_forward_backward_ref,
+        ctc_loss_forward_backward_ref,
+    )
+
+    rng = np.random.default_rng(41)
+    labels = np.array([[1, 2, 2], [3, 0, 0], [0, 0, 0]], np.int32)
+    tol = dict(rtol=2e-4, atol=2e-5)
+    check_op(backend, "ctc_loss_forward_backward", labels, rand(rng, (3, 7, 4)), True, None,
+             ref=ctc_loss_forward_backward_ref, rtol=tol)
+    e = rand(rng, (7, 5))
+    e *= 0.95 / np.linalg.norm(e, axis=1, keepdims=True)
+    ids = np.array([0, 1, 0, 2, 1, 0, 3], np.int32)
+    check_op(backend, "circle_loss_forward_backward", ids, e, 80.0, 0.4, True, True, None,
+             ref=lambda *a: circle_loss_forward_backward_ref(*a, dtype=np.float32), rtol=tol)

@@ -12,6 +12,8 @@ from pynn.backend.api import LOSSES
 
 BACKENDS = ["cpu", pytest.param("opencl", marks=pytest.mark.opencl)]
 SPECIALS = {"nan": np.nan, "+inf": np.inf, "-inf": -np.inf}
+# Losses of integer class ids (Keras 3's CategoricalGeneralizedCrossEntropy appended)
+SPARSE_LABEL_LOSSES = ("sparse_categorical_crossentropy", "categorical_generalized_cross_entropy")
 
 
 def _ops(name):
@@ -34,7 +36,7 @@ def _data(loss, rng, special, from_logits):
         y_pred = rng.uniform(0.05, 0.95, size=(5, 4))
     y_pred[1, 2] = special
     y_pred[3, :] = special
-    if loss == "sparse_categorical_crossentropy":
+    if loss in SPARSE_LABEL_LOSSES:
         y_true = rng.integers(0, 4, size=5).astype(np.int32)
     elif loss == "categorical_crossentropy":
         y_true = np.eye(4)[rng.integers(0, 4, size=5)]
@@ -62,7 +64,7 @@ def test_losses_on_nonfinite_predictions(backend, loss, from_logits, special):
     ops = _ops(backend)
     rng = np.random.default_rng(LOSSES.index(loss))
     y_true, y_pred = _data(loss, rng, SPECIALS[special], from_logits)
-    dtype = np.int32 if loss == "sparse_categorical_crossentropy" else np.float32
+    dtype = np.int32 if loss in SPARSE_LABEL_LOSSES else np.float32
     want_loss, want_grad = cpu.loss_forward_backward(loss, y_true.astype(dtype), y_pred,
                                                      from_logits, None, True)
     got_loss, got_grad = ops.loss_forward_backward(loss, ops.asarray(y_true, dtype),

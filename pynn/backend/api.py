@@ -87,7 +87,9 @@ LOSSES = ("mean_squared_error", "mean_absolute_error", "huber", "binary_crossent
           "poisson", "mean_squared_logarithmic_error", "mean_absolute_percentage_error",
           "cosine_similarity", "binary_focal_crossentropy",
           # -- Keras 3's CategoricalFocalCrossentropy, Dice and Tversky (appended) ------
-          "categorical_focal_crossentropy", "dice", "tversky")
+          "categorical_focal_crossentropy", "dice", "tversky",
+          # -- Keras 3's CategoricalGeneralizedCrossEntropy (appended; sparse labels) ------
+          "categorical_generalized_cross_entropy")
 
 # name -> parameter names, in order. The signature test checks each backend against this.
 OPS = {
@@ -236,7 +238,8 @@ OPS = {
     # binary_focal_crossentropy None or a dict of Keras's apply_class_balancing, alpha, gamma,
     # label_smoothing (Keras's defaults for those missing); for categorical_focal_crossentropy
     # None or a dict of alpha, gamma, label_smoothing; for tversky None or a dict of alpha,
-    # beta; ignored by the others. Sparse labels are int32 class ids, validated by the caller.
+    # beta; for categorical_generalized_cross_entropy (int32 labels) None or a dict of q;
+    # ignored by the others. Sparse labels are int32 class ids, validated by the caller.
     # dice and tversky (Keras's axis=None) reduce the whole batch to one loss: sample_weight
     # scales it by the weights' mean, as Keras's scalar loss times the weights averages.
     # sample_weight (None or floats shaped like the per-sample losses, y_pred.shape[:-1], or
@@ -244,6 +247,16 @@ OPS = {
     # number of losses, not the weights' sum (Keras 3's sum_over_batch_size).
     "loss_forward_backward": ("name", "y_true", "y_pred", "from_logits", "param",
                               "need_grad", "sample_weight"),
+    # -- Keras 3's CTC and Circle losses (loss family: native/loss.pyx, opencl/loss.cl) --
+    # (mean loss: float, grad or None) as loss_forward_backward, for the losses whose targets
+    # are not shaped like y_pred. ctc: y_true (B, S) int32 labels padded at the end with 0
+    # (Keras's blank and mask index), y_pred (B, T, C) logits (log-softmaxed, as Keras does
+    # even to probabilities), every sample T steps long. circle: y_true (N,) int32 labels,
+    # y_pred (N, D) embeddings; the mean runs over the samples with a loss > 0 (Keras's mask).
+    # sample_weight: None or (B,) / (N,) floats multiplying each sample's loss.
+    "ctc_loss_forward_backward": ("y_true", "y_pred", "need_grad", "sample_weight"),
+    "circle_loss_forward_backward": ("y_true", "y_pred", "gamma", "margin", "remove_diagonal",
+                                     "need_grad", "sample_weight"),
     # -- metrics (native/metric.pyx, opencl/metric.cl) ----------------------------------
     # Counts over a batch, summed by the caller. mode: "binary" (threshold), "categorical"
     # (one-hot y_true), "sparse" (int labels). Returns an int.

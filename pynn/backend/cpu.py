@@ -232,3 +232,9 @@ from pynn._native.bf16 import (  # noqa: F401
     bf16_dense_forward,
     bf16_round,
 )
+
+# -- Keras 3's CTC and Circle losses (loss family) --
+from pynn._native.loss import (  # noqa: F401, E402
+    circle_loss_forward_backward,
+    ctc_loss_forward_backward,
+)

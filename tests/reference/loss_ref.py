@@ -35,7 +35,7 @@ def loss_forward_ref(name, y_true, y_pred, from_logits=False, param=None, dtype=
     the sum of weight * loss over the number of losses, not over the weights' sum)."""
     p = np.asarray(y_pred, dtype=np.float64)
     lo, hi = _clip_bounds(dtype)
-    if name == "sparse_categorical_crossentropy":
+    if name in SPARSE_LABEL_LOSSES:
         labels = np.asarray(y_true).reshape(p.shape[:-1]).astype(np.int64)
         t = np.zeros_like(p)
         np.put_along_axis(t, labels[..., None], 1.0, axis=-1)
@@ -91,7 +91,7 @@ def loss_backward_ref(name, y_true, y_pred, from_logits=False, param=None, dtype
 def _unweighted_backward_ref(name, y_true, y_pred, from_logits, param, dtype):
     p = np.asarray(y_pred, dtype=np.float64)
     lo, hi = _clip_bounds(dtype)
-    if name == "sparse_categorical_crossentropy":
+    if name in SPARSE_LABEL_LOSSES:
         labels = np.asarray(y_true).reshape(p.shape[:-1]).astype(np.int64)
         t = np.zeros_like(p)
         np.put_along_axis(t, labels[..., None], 1.0, axis=-1)
@@ -144,7 +144,10 @@ def loss_forward_backward_ref(name, y_true, y_pred, from_logits=False, param=Non
 NEW_LOSSES = ("kl_divergence", "hinge", "squared_hinge", "categorical_hinge", "log_cosh",
               "poisson", "mean_squared_logarithmic_error", "mean_absolute_percentage_error",
               "cosine_similarity", "binary_focal_crossentropy",
-              "categorical_focal_crossentropy", "dice", "tversky")
+              "categorical_focal_crossentropy", "dice", "tversky",
+              "categorical_generalized_cross_entropy")
+# Losses of integer class ids (one per row), one-hot encoded by the oracles.
+SPARSE_LABEL_LOSSES = ("sparse_categorical_crossentropy", "categorical_generalized_cross_entropy")
 # Keras's dice / tversky with axis=None: one loss for the whole batch.
 OVERLAP_LOSSES = ("dice", "tversky")
 FOCAL_DEFAULTS = {"apply_class_balancing": False, "alpha": 0.25, "gamma": 2.0,
@@ -197,6 +200,11 @@ def _new_loss_ref(name, t, p, from_logits, param, dtype):
         np.put_along_axis(onehot, np.argmax(negs, axis=-1)[..., None], 1.0, axis=-1)
         grad = np.where(loss[..., None] > 0, -t + (1 - t) * onehot, 0)
         return loss, grad / rows
+    if name == "categorical_generalized_cross_entropy":
+        # Keras's (1 - p_y^q) / q on y_pred as given: no clip, no renormalization.
+        q = {"q": 0.5, **(param or {})}["q"]
+        p_true = np.sum(t * p, axis=-1)
+        return (1 - p_true**q) / q, -t * p_true[..., None] ** (q - 1) / rows
     if name == "categorical_focal_crossentropy":
         return _categorical_focal_ref(t, p, from_logits, param, dtype, rows)
     if name in OVERLAP_LOSSES:
@@ -268,3 +276,145 @@ def _overlap_ref(name, t, p, param, eps):
     loss = 1 - num / den
     grad = -(dnum * den - num * dden) / den**2
     return np.full(p.shape[:-1], loss), grad
+
+
+# -- Keras 3's CTC and Circle losses (their own ops) ----------------------------------------
+
+def numerical_loss_grad(f, x, h=1e-5):
+    """d f / d x of a scalar float64 function by central differences (the oracles'
+    gradients: CTC's and Circle's analytic ones are what the kernels must get right)."""
+    x = np.array(x, dtype=np.float64)
+    grad = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        orig = flat[i]
+        flat[i] = orig + h
+        up = f(x)
+        flat[i] = orig - h
+        down = f(x)
+        flat[i] = orig
+        gflat[i] = (up - down) / (2 * h)
+    return grad
+
+
+def _log_softmax(x):
+    m = np.max(x, axis=-1, keepdims=True)
+    return x - m - np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
+
+
+def ctc_per_sample_ref(y_true, y_pred):
+    """Keras's ctc (keras/src/losses/losses.py, torch's ctc_loss under it): per sample
+    -log p(labels | log_softmax(y_pred)), the labels the row's non-zero entries (0 is the
+    blank and pads the row's end), every sample T steps. Graves's forward recursion in
+    log space, one step and one state at a time."""
+    labels = np.asarray(y_true)
+    lp = _log_softmax(np.asarray(y_pred, dtype=np.float64))
+    steps = lp.shape[1]
+    out = np.empty(lp.shape[0])
+    for b in range(lp.shape[0]):
+        row = [int(v) for v in labels[b] if v != 0]
+        ext = [0]
+        for v in row:
+            ext += [v, 0]
+        alpha = np.full(len(ext), -np.inf)
+        alpha[0] = lp[b, 0, 0]
+        if len(ext) > 1:
+            alpha[1] = lp[b, 0, ext[1]]
+        for t in range(1, steps):
+            new = np.full(len(ext), -np.inf)
+            for s, sym in enumerate(ext):
+                terms = [alpha[s]]
+                if s >= 1:
+                    terms.append(alpha[s - 1])
+                if s >= 2 and sym != 0 and sym != ext[s - 2]:
+                    terms.append(alpha[s - 2])
+                new[s] = np.logaddexp.reduce(terms) + lp[b, t, sym]
+            alpha = new
+        out[b] = -np.logaddexp.reduce(alpha[-2:] if len(ext) > 1 else alpha[-1:])
+    return out
+
+
+def ctc_brute_force_ref(y_true, y_pred):
+    """The same per-sample losses by summing every path of T symbols that collapses
+    (repeats merged, then blanks dropped) to the labels: C^T paths, for tiny cases."""
+    import itertools
+
+    labels = np.asarray(y_true)
+    probs = np.exp(_log_softmax(np.asarray(y_pred, dtype=np.float64)))
+    batch, steps, classes = probs.shape
+    out = np.empty(batch)
+    for b in range(batch):
+        target = [int(v) for v in labels[b] if v != 0]
+        total = 0.0
+        for path in itertools.product(range(classes), repeat=steps):
+            merged = [v for i, v in enumerate(path) if i == 0 or v != path[i - 1]]
+            if [v for v in merged if v != 0] == target:
+                total += np.prod(probs[b, np.arange(steps), list(path)])
+        out[b] = -np.log(total)
+    return out
+
+
+def ctc_loss_forward_ref(y_true, y_pred, sample_weight=None):
+    per_sample = ctc_per_sample_ref(y_true, y_pred)
+    if sample_weight is not None:
+        per_sample = per_sample * np.asarray(sample_weight, np.float64).reshape(-1)
+    return float(np.mean(per_sample)) if per_sample.size else 0.0
+
+
+def ctc_loss_forward_backward_ref(y_true, y_pred, need_grad=True, sample_weight=None):
+    """(mean loss, its gradient by central differences of the float64 oracle, or None)."""
+    loss = ctc_loss_forward_ref(y_true, y_pred, sample_weight)
+    if not need_grad:
+        return loss, None
+    return loss, numerical_loss_grad(lambda x: ctc_loss_forward_ref(y_true, x, sample_weight),
+                                     y_pred)
+
+
+def circle_per_sample_ref(y_true, y_pred, gamma=80.0, margin=0.4, remove_diagonal=True):
+    """Keras's circle (keras/src/losses/losses.py) on the batch as its own reference: the
+    per-sample losses (0 where a sample has no positive or no negative pair)."""
+    e = np.asarray(y_pred, dtype=np.float64)
+    labels = np.asarray(y_true).reshape(-1)
+    dist = np.maximum(1 - e @ e.T, 0.0)
+    positive = labels[:, None] == labels[None, :]
+    negative = ~positive
+    if remove_diagonal:
+        positive &= ~np.eye(len(labels), dtype=bool)
+    pos_w = np.maximum((margin + dist) * positive, 0.0)
+    neg_w = np.maximum((1 + margin - dist) * negative, 0.0)
+    pos_logits = np.where(positive, -gamma * pos_w * (margin - dist), -np.inf)
+    neg_logits = np.where(negative, gamma * neg_w * ((1 - margin) - dist), -np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.logaddexp.reduce(pos_logits, axis=1) + np.logaddexp.reduce(neg_logits, axis=1)
+    return np.where(np.isneginf(z), 0.0, np.logaddexp(0.0, z))
+
+
+def circle_loss_forward_ref(y_true, y_pred, gamma=80.0, margin=0.4, remove_diagonal=True,
+                            sample_weight=None, dtype=np.float64):
+    """Keras's reduction with the loss's mask (loss > 0 in ``dtype``): the sum of the
+    weighted losses over the number of unmasked samples (0 when there are none)."""
+    per_sample = circle_per_sample_ref(y_true, y_pred, gamma, margin, remove_diagonal)
+    valid = np.count_nonzero(per_sample.astype(dtype) > 0)
+    if sample_weight is not None:
+        per_sample = per_sample * np.asarray(sample_weight, np.float64).reshape(-1)
+    return float(np.sum(per_sample) / valid) if valid else 0.0
+
+
+def circle_loss_forward_backward_ref(y_true, y_pred, gamma=80.0, margin=0.4,
+                                     remove_diagonal=True, need_grad=True, sample_weight=None,
+                                     dtype=np.float64):
+    """(mean loss, its gradient by central differences of the float64 oracle, or None); the
+    mask is held fixed, as Keras's boolean mask carries no gradient."""
+    args = (gamma, margin, remove_diagonal)
+    loss = circle_loss_forward_ref(y_true, y_pred, *args, sample_weight, dtype)
+    if not need_grad:
+        return loss, None
+    mask = circle_per_sample_ref(y_true, y_pred, *args).astype(dtype) > 0
+    weights = np.ones(len(mask)) if sample_weight is None else np.asarray(
+        sample_weight, np.float64).reshape(-1)
+    valid = max(np.count_nonzero(mask), 1)
+
+    def masked_mean(x):
+        return float(np.sum(circle_per_sample_ref(y_true, x, *args) * weights * mask) / valid)
+
+    return loss, numerical_loss_grad(masked_mean, y_pred)

@@ -148,3 +148,8 @@ from pynn.backend.opencl.conv3d import (  # noqa: F401
     conv3d_backward, conv3d_backward_input, conv3d_backward_weight, conv3d_forward,
     conv3d_transpose_backward, conv3d_transpose_forward,
 )
+# -- Keras 3's CTC and Circle losses (loss family) --
+from pynn.backend.opencl.loss import (  # noqa: F401
+    circle_loss_forward_backward,
+    ctc_loss_forward_backward,
+)

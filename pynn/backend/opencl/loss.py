@@ -51,6 +51,19 @@ def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
             raise ValueError(f"{op}: a label is out of range: class ids must lie in [0, {k}) "
                              f"for y_pred with K={k} classes")
         return total / rows, grad
+    if code == operands.LOSS_GCE:   # params[0]: q
+        row_loss = rt.empty((rows,), what=f"{op} row losses")
+        result = rt.zeros((2,), what=f"{op} result")  # [loss sum, bad-label flag]
+        rt.launch(kernel("loss", "generalized_ce_rows"), (rows * sizes()[1],), (sizes()[1],),
+                  targets, y_pred, grad if need_grad else row_loss, row_loss, result, rows, k,
+                  need_grad, np.float32(1.0 / rows), w, has_w, rows_per_weight,
+                  np.float32(params[0]))
+        fold("loss", row_loss, out=result)
+        total, bad = (float(v) for v in result.get())
+        if bad:
+            raise ValueError(f"{op}: a label is out of range: class ids must lie in [0, {k}) "
+                             f"for y_pred with K={k} classes")
+        return total / rows, grad
     if code in operands.OVERLAP_LOSSES:
         return _overlap(targets, y_pred, grad, n, params, lo, weights), grad
     if code == operands.LOSS_CATEGORICAL_FOCAL:
@@ -95,3 +108,66 @@ def _overlap(targets, y_pred, grad, n, params, eps, weights):
                     np.array(params, np.float32).view(cl_float4)[0], np.float32(num),
                     np.float32(den), np.float32(wmean))
     return (1 - num / den) * wmean
+
+
+# -- Keras 3's CTC and Circle losses (loss family) ------------------------------------------
+
+def ctc_loss_forward_backward(y_true, y_pred, need_grad=True, sample_weight=None):
+    """-> (mean loss: float, grad or None): Keras 3's CTC, as native/loss.pyx. The kernel
+    checks each row's labels; a bad row brings the labels back once to name the fault."""
+    op = "ctc_loss_forward_backward"
+    labels, _, y_pred, need_grad, weights = operands.ctc_loss_forward_backward(
+        DEVICE, y_true, y_pred, need_grad, sample_weight)
+    grad = rt.empty(y_pred.shape, what=f"{op} gradient") if need_grad else None
+    batch, steps, classes = y_pred.shape
+    if y_pred.size == 0:
+        return 0.0, grad
+    width = labels.shape[1]
+    states = 2 * width + 1
+    lp = rt.empty(y_pred.shape, what=f"{op} log-softmax")
+    alpha = rt.empty((batch * steps * states,), what=f"{op} forward variables")
+    beta = rt.empty((batch * steps * states,) if need_grad else (1,),
+                    what=f"{op} backward variables")
+    out = rt.empty((2 * batch,), what=f"{op} losses and label status")
+    # A row of no labels reads none: any int buffer stands in for an empty one.
+    lab = labels if width else rt.zeros((1,), np.int32, what=f"{op} no labels")
+    has_w = weights is not None
+    elementwise("loss", "ctc_log_softmax", batch * steps, y_pred, lp, batch * steps, classes)
+    row_wg = sizes()[1]
+    rt.launch(kernel("loss", "ctc_alpha_beta"), (batch * row_wg,), (row_wg,), lab, width, lp,
+              alpha, beta, grad if need_grad else out, out, batch, steps, classes, need_grad,
+              np.float32(1.0 / batch), weights if has_w else out, has_w)
+    host = out.get()
+    if host[batch:].any():
+        operands.check_ctc_labels(op, labels.get(), classes, steps)
+        raise ValueError(f"{op}: bad CTC labels")   # check_ctc_labels names the fault first
+    return float(host[:batch].astype(np.float64).sum()) / batch, grad
+
+
+def circle_loss_forward_backward(y_true, y_pred, gamma=80.0, margin=0.4, remove_diagonal=True,
+                                 need_grad=True, sample_weight=None):
+    """-> (mean loss: float, grad or None): Keras 3's Circle loss, as native/loss.pyx: the
+    rows' losses come back, the host counts the unmasked ones (loss > 0) for the mean."""
+    op = "circle_loss_forward_backward"
+    labels, y_pred, gamma, margin, remove_diagonal, need_grad, weights = \
+        operands.circle_loss_forward_backward(DEVICE, y_true, y_pred, gamma, margin,
+                                              remove_diagonal, need_grad, sample_weight)
+    n, dim = y_pred.shape
+    grad = rt.empty(y_pred.shape, what=f"{op} gradient") if need_grad else None
+    if n == 0:
+        return 0.0, grad
+    sim = rt.empty((n * n,), what=f"{op} similarities")
+    coef = rt.empty((n * n,), what=f"{op} pair coefficients")
+    out = rt.empty((2 * n,), what=f"{op} losses")
+    has_w = weights is not None
+    elementwise("loss", "circle_rows", n, labels, y_pred, sim, coef, out, n, dim,
+                np.float32(gamma), np.float32(margin), remove_diagonal, need_grad,
+                weights if has_w else out, has_w)
+    host = out.get()
+    valid = int(np.count_nonzero(host[:n] > 0))
+    if need_grad:
+        elementwise("loss", "circle_grad", n * dim, y_pred, coef, grad, n, dim,
+                    np.float32(1.0 / valid if valid else 0.0))
+    # No unmasked row: Keras's mean is 0 (NaN if a loss is NaN: NaN * 0 stays NaN).
+    total = float(host[n:].astype(np.float64).sum())
+    return (total / valid if valid else total), grad

@@ -1,6 +1,8 @@
 """Operands of the loss and metric ops' targets (native/loss.pyx, native/metric.pyx,
 pynn/backend/opencl/loss.py and metric.py)."""
 
+import numpy as np
+
 from pynn.backend.api import LOSSES
 from pynn.backend.operands.common import huber_delta, number
 
@@ -30,6 +32,11 @@ FOCAL_DEFAULTS = {"apply_class_balancing": False, "alpha": 0.25, "gamma": 2.0,
                   "label_smoothing": 0.0}
 CATEGORICAL_FOCAL_DEFAULTS = {"alpha": 0.25, "gamma": 2.0, "label_smoothing": 0.0}
 TVERSKY_DEFAULTS = {"alpha": 0.5, "beta": 0.5}
+# -- Keras 3's CategoricalGeneralizedCrossEntropy: integer labels, as sparse CE's --------
+LOSS_GCE = LOSSES.index("categorical_generalized_cross_entropy")
+SPARSE_LOSSES = (LOSS_SCCE, LOSS_GCE)
+ROW_LOSSES = ROW_LOSSES + (LOSS_GCE,)
+GCE_DEFAULTS = {"q": 0.5}
 
 
 def label_smoothing(op, value):
@@ -57,6 +64,10 @@ def loss_params(op, code, param):
     if code == LOSS_TVERSKY:
         cfg = _param_dict(op, code, param, TVERSKY_DEFAULTS)
         return (1.0, 1.0, number(op, "alpha", cfg["alpha"]), number(op, "beta", cfg["beta"]))
+    if code == LOSS_GCE:
+        cfg = _param_dict(op, code, param, GCE_DEFAULTS)
+        return (number(op, "q", cfg["q"], lo=0.0, hi=1.0, lo_open=True, hi_open=True),
+                0.0, 0.0, 0.0)
     if code == LOSS_FOCAL:
         cfg = _param_dict(op, code, param, FOCAL_DEFAULTS)
         return (number(op, "alpha", cfg["alpha"]),
@@ -146,7 +157,7 @@ def loss_forward_backward(arrays, name, y_true, y_pred, from_logits, param, need
     y_pred = arrays.float_input(op, "y_pred", y_pred)
     if y_pred.ndim < 1:
         raise ValueError(f"{op}: 'y_pred' must have at least 1 dimension, got shape ()")
-    if code == LOSS_SCCE:
+    if code in SPARSE_LOSSES:
         k = y_pred.shape[-1]
         targets = sparse_labels(arrays, op, y_true, y_pred.shape[:-1], k)
     else:
@@ -154,3 +165,110 @@ def loss_forward_backward(arrays, name, y_true, y_pred, from_logits, param, need
     weights, rows_per_weight = sample_weights(arrays, op, sample_weight, y_pred)
     return (code, targets, y_pred, bool(from_logits), params, bool(need_grad), weights,
             rows_per_weight)
+
+
+# -- Keras 3's CTC and Circle losses (their own ops: targets not shaped like y_pred) ------
+
+def per_sample_weights(arrays, op, sample_weight, y_pred):
+    """None, or flat (B,) weights from (B,) or (B, 1): one per sample of y_pred."""
+    if sample_weight is None:
+        return None
+    weights = arrays.float_input(op, "sample_weight", sample_weight, like=y_pred)
+    b = y_pred.shape[0]
+    if tuple(weights.shape) not in ((b,), (b, 1)):
+        raise ValueError(f"{op}: 'sample_weight' must have shape ({b},) or ({b}, 1) (one "
+                         f"weight per sample of y_pred {tuple(y_pred.shape)}), got "
+                         f"{tuple(weights.shape)}")
+    return weights.reshape(b)
+
+
+def check_ctc_labels(op, labels, classes, steps):
+    """Host int labels (B, S) -> their lengths (B,) int32, after Keras's rules: 0 is the
+    blank and pads each row at its end (Keras counts the non-zero entries as the length);
+    a label lies in [1, C); a row of L labels with r adjacent repeats needs L + r steps
+    (a blank between repeats), else no alignment exists (Keras's loss would be inf)."""
+    if labels.size and np.any((labels < 0) | (labels >= classes)):
+        bad = labels[(labels < 0) | (labels >= classes)][0]
+        raise ValueError(f"{op}: label {int(bad)} out of range: CTC labels must lie in "
+                         f"[1, {classes}) for y_pred with C={classes} classes (0 is the "
+                         f"blank, only padding)")
+    nonzero = labels != 0
+    lengths = np.count_nonzero(nonzero, axis=1)
+    width = labels.shape[1]
+    padded_inside = nonzero & (np.arange(width) >= lengths[:, None])
+    if padded_inside.any():
+        row = int(np.argmax(padded_inside.any(axis=1)))
+        raise ValueError(f"{op}: CTC labels must be padded with 0 (the blank) at the end "
+                         f"only; row {row} is {labels[row].tolist()}")
+    repeats = np.count_nonzero(nonzero[:, 1:] & (labels[:, 1:] == labels[:, :-1]), axis=1)
+    needed = lengths + repeats
+    if needed.size and int(needed.max()) > steps:
+        row = int(np.argmax(needed))
+        raise ValueError(f"{op}: the labels of row {row} ({int(lengths[row])} labels, "
+                         f"{int(repeats[row])} repeated) need at least {int(needed[row])} "
+                         f"time steps, but y_pred has T={steps}")
+    return lengths.astype(np.int32)
+
+
+def ctc_loss_forward_backward(arrays, y_true, y_pred, need_grad, sample_weight):
+    """-> (labels (B, S) int32, lengths (B,) int32 or None, y_pred (B, T, C), need_grad,
+    weights or None). The host checks the labels here (check_ctc_labels); a device backend
+    gets lengths None and its kernel flags a bad row, then calls check_ctc_labels."""
+    op = "ctc_loss_forward_backward"
+    if y_true is None:
+        raise ValueError(f"{op}: 'y_true' is required, got None")
+    y_pred = arrays.float_input(op, "y_pred", y_pred)
+    if y_pred.ndim != 3:
+        raise ValueError(f"{op}: 'y_pred' must be (batch, time, classes) logits, got shape "
+                         f"{tuple(y_pred.shape)}")
+    batch, steps, classes = y_pred.shape
+    if classes < 2 and batch:
+        raise ValueError(f"{op}: 'y_pred' needs at least 2 classes (0 is the blank), got "
+                         f"C={classes}")
+    if steps < 1 and batch:
+        raise ValueError(f"{op}: 'y_pred' needs at least one time step, got T=0")
+    labels = arrays.label_input(op, "y_true", y_true)
+    if labels.ndim != 2 or labels.shape[0] != batch:
+        raise ValueError(f"{op}: 'y_true' must be ({batch}, max_length) integer labels for "
+                         f"y_pred {tuple(y_pred.shape)}, got shape {tuple(labels.shape)}")
+    weights = per_sample_weights(arrays, op, sample_weight, y_pred)
+    if isinstance(labels, np.ndarray):
+        lengths = check_ctc_labels(op, labels, classes, steps)
+        labels = np.ascontiguousarray(labels, dtype=np.int32)
+    else:
+        lengths = None
+    return labels, lengths, y_pred, bool(need_grad), weights
+
+
+def circle_loss_forward_backward(arrays, y_true, y_pred, gamma, margin, remove_diagonal,
+                                 need_grad, sample_weight):
+    """-> (labels (N,) int32, y_pred (N, D), gamma, margin, remove_diagonal, need_grad,
+    weights or None). Labels are any integers (only their equality counts)."""
+    op = "circle_loss_forward_backward"
+    if y_true is None:
+        raise ValueError(f"{op}: 'y_true' is required, got None")
+    y_pred = arrays.float_input(op, "y_pred", y_pred)
+    if y_pred.ndim != 2:
+        raise ValueError(f"{op}: 'y_pred' must be (batch, embedding) embeddings, got shape "
+                         f"{tuple(y_pred.shape)}")
+    if y_pred.shape[1] < 1:
+        raise ValueError(f"{op}: 'y_pred' needs embeddings of at least one value, got shape "
+                         f"{tuple(y_pred.shape)}")
+    labels = arrays.label_input(op, "y_true", y_true)
+    n = y_pred.shape[0]
+    if tuple(labels.shape) not in ((n,), (n, 1)):
+        raise ValueError(f"{op}: 'y_true' must be ({n},) or ({n}, 1) integer labels for "
+                         f"y_pred {tuple(y_pred.shape)}, got shape {tuple(labels.shape)}")
+    labels = labels.reshape(n)
+    if isinstance(labels, np.ndarray):
+        if labels.size and (labels.min() < -2**31 or labels.max() >= 2**31):
+            raise ValueError(f"{op}: 'y_true' labels must fit in int32 (the kernels compare "
+                             f"them as int32), got values in [{labels.min()}, "
+                             f"{labels.max()}]")
+        labels = np.ascontiguousarray(labels, dtype=np.int32)
+    gamma = number(op, "gamma", gamma)
+    margin = number(op, "margin", margin)
+    if not isinstance(remove_diagonal, (bool, np.bool_)):
+        raise TypeError(f"{op}: 'remove_diagonal' must be a bool, got {remove_diagonal!r}")
+    weights = per_sample_weights(arrays, op, sample_weight, y_pred)
+    return labels, y_pred, gamma, margin, bool(remove_diagonal), bool(need_grad), weights
