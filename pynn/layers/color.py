@@ -24,6 +24,16 @@ from pynn.layers.preprocessing import _data_format, _factor, _name, _value_range
 EPSILON = 1e-7
 
 
+def _keras_factor(layer, what, factor, bounds):
+    """Keras's _set_factor: a number must itself lie in ``bounds`` and gives
+    (max(-f, low), f); a pair is sorted (and must lie in ``bounds``)."""
+    if isinstance(factor, numbers.Real) and not isinstance(factor, bool) \
+            and not bounds[0] <= factor <= bounds[1]:
+        raise ValueError(f"{_name(layer)}: {what} must lie in [{bounds[0]}, {bounds[1]}], "
+                         f"got {factor!r}")
+    return _factor(layer, what, factor, bounds)
+
+
 def _column(values, n):
     return np.asarray(values, np.float64).reshape(n)
 
@@ -165,7 +175,7 @@ class RandomInvert(_ColorLayer):
                  **kwargs):
         super().__init__(value_range=value_range, seed=seed, data_format=data_format,
                          **kwargs)
-        self.factor = _factor(self, "factor", factor, bounds=(0.0, 1.0))
+        self.factor = _keras_factor(self, "factor", factor, (0.0, 1.0))
         self.top = float(value_range[1])   # Keras subtracts from value_range[1] unsorted
 
     def draw(self, rng, n):
@@ -189,7 +199,7 @@ class RandomPosterization(_ColorLayer):
     def __init__(self, factor, value_range=(0, 255), data_format=None, seed=None, **kwargs):
         super().__init__(value_range=value_range, seed=seed, data_format=data_format,
                          **kwargs)
-        self.factor = _factor(self, "factor", factor, bounds=(1.0, 8.0))
+        self.factor = _keras_factor(self, "factor", factor, (1.0, 8.0))
 
     def draw(self, rng, n):
         low, high = int(self.factor[0]), int(self.factor[1])
@@ -237,7 +247,7 @@ class _FactorColor(_ColorLayer):
     def __init__(self, factor, value_range=(0, 255), data_format=None, seed=None, **kwargs):
         super().__init__(value_range=value_range, seed=seed, data_format=data_format,
                          **kwargs)
-        self.factor = _factor(self, "factor", factor, bounds=self.BOUNDS)
+        self.factor = _keras_factor(self, "factor", factor, self.BOUNDS)
 
     def params(self, t, n):
         return np.stack([_column(t["factor"], n), np.zeros(n)], axis=1)
