@@ -355,6 +355,7 @@ def test_config_round_trip(make):
     (lambda: layers.RandomPosterization(9), r"RandomPosterization '.*': factor must lie in "
                                             r"\[1.0, 8.0\], got 9"),
     (lambda: layers.RandomPosterization(0.5), r"factor must lie in \[1.0, 8.0\]"),
+    (lambda: layers.RandomPosterization((2, 4.5)), r"factor must be whole numbers of bits"),
     (lambda: layers.RandomHue(-0.2), r"RandomHue '.*': factor must lie in \[0.0, 1.0\], got "
                                      r"-0.2"),
     (lambda: layers.Solarization(addition_factor=-0.1), r"Solarization '.*': addition_factor"),

@@ -199,10 +199,15 @@ class RandomPosterization(_ColorLayer):
     def __init__(self, factor, value_range=(0, 255), data_format=None, seed=None, **kwargs):
         super().__init__(value_range=value_range, seed=seed, data_format=data_format,
                          **kwargs)
-        self.factor = _keras_factor(self, "factor", factor, (1.0, 8.0))
+        low, high = _keras_factor(self, "factor", factor, (1.0, 8.0))
+        if low != int(low) or high != int(high):
+            raise ValueError(f"{_name(self)}: factor must be whole numbers of bits, got "
+                             f"{factor!r}")
+        # ints, as Keras keeps them: its randint refuses float bounds.
+        self.factor = int(low), int(high)
 
     def draw(self, rng, n):
-        low, high = int(self.factor[0]), int(self.factor[1])
+        low, high = self.factor
         bits = rng.integers(low, high, n) if low != high else np.full(n, low)
         return {"shift_factor": (8 - bits).astype(np.uint8)}
 
