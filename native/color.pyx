@@ -120,7 +120,8 @@ cdef void _pixels(const floating* x, floating* y, const floating* prm, Py_ssize_
     cdef floating eps = FLT_EPSILON if floating is float else DBL_EPSILON
     cdef floating hsv[3]
     cdef floating rgb[3]
-    cdef int shift = <int>a
+    # Keras's uint8 shift: 8 or more bits dropped leave 0 (NaN drops none).
+    cdef int shift = 8 if a >= 8 else (<int>a if a > 0 else 0)
     cdef unsigned int bits
     for p in range(P):
         i = p * C
@@ -134,8 +135,10 @@ cdef void _pixels(const floating* x, floating* y, const floating* prm, Py_ssize_
                 y[i + ch] = b - x[i + ch] if a != 0 else x[i + ch]
         elif transform == POSTERIZE:
             for ch in range(C):
-                # Keras casts to uint8 (truncation); out-of-range values saturate here.
+                # Keras casts to uint8 (truncation); out-of-range values saturate here, NaN
+                # reads 0.
                 v = _clip(_rescale(x[i + ch], lo, hi, 0, 255), 0, 255)
+                v = v if v == v else 0
                 bits = (<unsigned int>v >> shift) << shift
                 y[i + ch] = _rescale(<floating>bits, 0, 255, lo, hi)
         elif transform == GRAYSCALE:
@@ -210,7 +213,7 @@ cdef void _equalize(const floating* x, floating* y, long* hist, Py_ssize_t count
     """Channel ch = 0 of x (count values, stride C): Keras's Equalization over the batch,
     the histogram of B bins in ``hist``."""
     cdef Py_ssize_t i, k, nonzero = 0
-    cdef floating v, bins1 = <floating>(B - 1), lut_value
+    cdef floating v, bins1 = <floating>(B - 1), lut_value, idx_value
     cdef long cdf = 0, cdf_min = -1, idx
     # Keras's _scale_values: scale and offset in double, applied in x's dtype.
     cdef double scale = 255.0 / (<double>hi - lo)
@@ -240,8 +243,9 @@ cdef void _equalize(const floating* x, floating* y, long* hist, Py_ssize_t count
     for i in range(count):
         v = x[i * C] * to255 + off255
         if nonzero > 1:
-            v = _clip(v / <floating>255.0 * bins1, 0, bins1)
-            v = <floating>hist[<long>v]
+            idx_value = _clip(v / <floating>255.0 * bins1, 0, bins1)
+            # A NaN pixel reads bin 0 (never an index outside the table).
+            v = <floating>hist[<long>idx_value if idx_value == idx_value else 0]
         y[i * C] = v * back + off_back
 
 

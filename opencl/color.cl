@@ -93,9 +93,11 @@ __kernel void color_pixels(__global const float *x, __global const float *params
         for (int ch = 0; ch < C; ++ch)
             y[i + ch] = a != 0.0f ? b - x[i + ch] : x[i + ch];
     } else if (transform == POSTERIZE) {
-        const uint shift = (uint)a;
+        /* Keras's uint8 shift: 8 or more bits dropped leave 0 (NaN drops none). */
+        const uint shift = a >= 8.0f ? 8u : (a > 0.0f ? (uint)a : 0u);
         for (int ch = 0; ch < C; ++ch) {
-            const float v = clip(rescale(x[i + ch], lo, hi, 0.0f, 255.0f), 0.0f, 255.0f);
+            float v = clip(rescale(x[i + ch], lo, hi, 0.0f, 255.0f), 0.0f, 255.0f);
+            v = isnan(v) ? 0.0f : v;
             y[i + ch] = rescale((float)(((uint)v >> shift) << shift), 0.0f, 255.0f, lo, hi);
         }
     } else if (transform == GRAYSCALE) {
@@ -209,8 +211,10 @@ __kernel void color_equalize(__global const float *x, __global float *y, __globa
     for (int i = 0; i < count; ++i) {
         const size_t k = (size_t)i * C + ch;
         float v = x[k] * to255 + off255;
-        if (nonzero > 1)
-            v = (float)h[(int)clip(v / 255.0f * bins1, 0.0f, bins1)];
+        if (nonzero > 1) {
+            const float at = clip(v / 255.0f * bins1, 0.0f, bins1);
+            v = (float)h[isnan(at) ? 0 : (int)at];  /* a NaN pixel reads bin 0 */
+        }
         y[k] = v * back + off_back;
     }
 }

@@ -399,3 +399,19 @@ def test_bad_inputs():
         cpu.color_transform_forward(np.ones((3, 4)), "equalize")
     with pytest.raises(TypeError, match=r"'x' must be real"):
         cpu.color_transform_forward(x.astype(np.complex64), "equalize")
+
+
+@pytest.mark.parametrize("transform", ["equalize", "posterize", "auto_contrast"])
+def test_non_finite_pixels_and_params_stay_in_bounds(target, transform):
+    """NaN and infinite pixels (and a shift past 8 bits) index no table out of bounds: the
+    ops answer, finite pixels stay finite where Keras's would."""
+    x = np.tile(np.linspace(0, 255, 12).reshape(1, 3, 4, 1), (2, 1, 1, 3))
+    x[0, 0, 0, :] = [np.nan, np.inf, -np.inf]
+    params = None if transform in STATISTICS else np.array([[np.nan, 0], [12.0, 0]])
+    y = target.down(target.op("color_transform_forward")(
+        target.up(x.astype(target.dtype)), transform,
+        None if params is None else target.up(params.astype(target.dtype)), (0, 255)))
+    assert y.shape == x.shape
+    if transform == "posterize":
+        np.testing.assert_array_equal(y[1], 0.0)     # 12 bits dropped of 8: nothing left
+        assert np.isfinite(y[0]).all()
