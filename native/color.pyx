@@ -123,33 +123,39 @@ cdef void _pixels(const floating* x, floating* y, const floating* prm, Py_ssize_
     # Keras's uint8 shift: 8 or more bits dropped leave 0 (NaN drops none).
     cdef int shift = 8 if a >= 8 else (<int>a if a > 0 else 0)
     cdef unsigned int bits
-    for p in range(P):
-        i = p * C
-        if transform == SOLARIZE:
-            for ch in range(C):
-                v = _clip(_rescale(x[i + ch], lo, hi, 0, 255) + a, 0, 255)
-                v = v if v < b else 255 - v
-                y[i + ch] = _rescale(v, 0, 255, lo, hi)
-        elif transform == INVERT:
-            for ch in range(C):
-                y[i + ch] = b - x[i + ch] if a != 0 else x[i + ch]
-        elif transform == POSTERIZE:
-            for ch in range(C):
-                # Keras casts to uint8 (truncation); out-of-range values saturate here, NaN
-                # reads 0.
-                v = _clip(_rescale(x[i + ch], lo, hi, 0, 255), 0, 255)
-                v = v if v == v else 0
-                bits = (<unsigned int>v >> shift) << shift
-                y[i + ch] = _rescale(<floating>bits, 0, 255, lo, hi)
-        elif transform == GRAYSCALE:
+    cdef Py_ssize_t E = P * C
+    # One loop per transform (the switch outside it), so each inner loop is branch-light.
+    if transform == SOLARIZE:
+        for i in range(E):
+            v = _clip(_rescale(x[i], lo, hi, 0, 255) + a, 0, 255)
+            v = v if v < b else 255 - v
+            y[i] = _rescale(v, 0, 255, lo, hi)
+    elif transform == INVERT:
+        for i in range(E):
+            y[i] = b - x[i] if a != 0 else x[i]
+    elif transform == POSTERIZE:
+        for i in range(E):
+            # Keras casts to uint8 (truncation); out-of-range values saturate here, NaN
+            # reads 0.
+            v = _clip(_rescale(x[i], lo, hi, 0, 255), 0, 255)
+            v = v if v == v else 0
+            bits = (<unsigned int>v >> shift) << shift
+            y[i] = _rescale(<floating>bits, 0, 255, lo, hi)
+    elif transform == GRAYSCALE:
+        for p in range(P):
+            i = p * C
             g = _gray(x + i) if C == 3 else x[i]
             for ch in range(C):
                 y[i + ch] = g if a != 0 else x[i + ch]
-        elif transform == DEGENERATE:
+    elif transform == DEGENERATE:
+        for p in range(P):
+            i = p * C
             g = _gray(x + i)
             for ch in range(C):
                 y[i + ch] = _clip(x[i + ch] + a * (g - x[i + ch]), lo, hi)
-        elif transform == HUE:
+    elif transform == HUE:
+        for p in range(P):
+            i = p * C
             _rgb_to_hsv(_rescale(x[i], lo, hi, 0, 1), _rescale(x[i + 1], lo, hi, 0, 1),
                         _rescale(x[i + 2], lo, hi, 0, 1), eps, hsv)
             v = hsv[0] + a
@@ -158,7 +164,9 @@ cdef void _pixels(const floating* x, floating* y, const floating* prm, Py_ssize_
             _hsv_to_rgb(v, hsv[1], hsv[2], rgb)
             for ch in range(3):
                 y[i + ch] = _rescale(_clip(rgb[ch], 0, 1), 0, 1, lo, hi)
-        else:  # SATURATION: on the raw values, the saturation clipped to the value range
+    else:  # SATURATION: on the raw values, the saturation clipped to the value range
+        for p in range(P):
+            i = p * C
             _rgb_to_hsv(x[i], x[i + 1], x[i + 2], eps, hsv)
             _hsv_to_rgb(hsv[0], _clip(hsv[1] * a, lo, hi), hsv[2], y + i)
 
