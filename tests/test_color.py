@@ -312,7 +312,9 @@ def test_training_through_a_color_layer_is_refused(rng):
         model.fit(rng.uniform(0, 255, (4, 6, 5, 3)), np.zeros((4, 1)), verbose=0)
 
 
-def test_a_color_layer_at_the_input_trains(rng):
+def test_a_color_layer_at_the_input_trains_saves_and_loads(rng, tmp_path):
+    """Augmentation at the input trains; pynn's format keeps the layers and their draw
+    streams, so the loaded model's next training-mode call draws what the original's does."""
     model = pynn.Sequential([layers.Input((6, 5, 3)), layers.RandomSharpness(0.5, seed=1),
                              layers.RandomInvert(seed=2), layers.AutoContrast(),
                              layers.Conv2D(2, 3), layers.Flatten(), layers.Dense(1)])
@@ -320,6 +322,11 @@ def test_a_color_layer_at_the_input_trains(rng):
     x = _images(rng, (8, 6, 5, 3), (0, 255)).astype(np.float32) / 255.0
     history = model.fit(x, np.ones((8, 1)), epochs=2, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
+    model.save(tmp_path / "color.pynn")
+    loaded = pynn.load_model(tmp_path / "color.pynn")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    for ours, theirs in zip(model.layers[:2], loaded.layers[:2]):
+        np.testing.assert_array_equal(theirs(x, training=True), ours(x, training=True))
 
 
 # -- configs and bad inputs -----------------------------------------------------------------
