@@ -217,23 +217,23 @@ cdef void _sharpen(const floating* x, floating* y, Py_ssize_t P, Py_ssize_t W, P
 
 
 cdef void _equalize(const floating* x, floating* y, long* hist, Py_ssize_t count,
-                    Py_ssize_t C, Py_ssize_t B, floating lo, floating hi) noexcept nogil:
+                    Py_ssize_t C, Py_ssize_t B, double lo, double hi) noexcept nogil:
     """Channel ch = 0 of x (count values, stride C): Keras's Equalization over the batch,
     the histogram of B bins in ``hist``."""
     cdef Py_ssize_t i, k, nonzero = 0
     cdef floating v, bins1 = <floating>(B - 1), lut_value, idx_value
-    cdef long cdf = 0, cdf_min = -1, idx
+    cdef long cdf = 0, cdf_min = -1
     # Keras's _scale_values: scale and offset in double, applied in x's dtype.
-    cdef double scale = 255.0 / (<double>hi - lo)
+    cdef double scale = 255.0 / (hi - lo)
     cdef floating to255 = <floating>scale, off255 = <floating>(-lo * scale)
-    cdef floating back = <floating>((<double>hi - lo) / 255.0), off_back = <floating>lo
+    cdef floating back = <floating>((hi - lo) / 255.0), off_back = <floating>lo
     for k in range(B):
         hist[k] = 0
     for i in range(count):
         v = x[i * C] * to255 + off255
-        idx = <long>(v * bins1 / <floating>255.0)
-        idx = 0 if idx < 0 else (B - 1 if idx > B - 1 else idx)
-        hist[idx] += 1
+        # Keras's int32 cast truncates, then clips to the bins; NaN counts in bin 0.
+        idx_value = v * bins1 / <floating>255.0
+        hist[0 if not idx_value >= 1 else (B - 1 if idx_value >= bins1 else <long>idx_value)] += 1
     for k in range(B):
         nonzero += hist[k] != 0
     # hist becomes the cdf, then the lookup table of levels 0..255.

@@ -193,8 +193,9 @@ __kernel void color_equalize(__global const float *x, __global float *y, __globa
         h[k] = 0;
     for (int i = 0; i < count; ++i) {
         const float v = x[(size_t)i * C + ch] * to255 + off255;
-        const int idx = (int)(v * bins1 / 255.0f);
-        h[idx < 0 ? 0 : (idx > B - 1 ? B - 1 : idx)] += 1;
+        /* Keras's int32 cast truncates, then clips to the bins; NaN counts in bin 0. */
+        const float at = v * bins1 / 255.0f;
+        h[!(at >= 1.0f) ? 0 : (at >= bins1 ? B - 1 : (int)at)] += 1;
     }
     int nonzero = 0, cdf = 0, cdf_min = -1;
     for (int k = 0; k < B; ++k) {
