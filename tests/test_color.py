@@ -380,10 +380,15 @@ def test_bad_arguments(make, match):
 
 
 def test_bad_inputs():
-    with pytest.raises(ValueError, match=r"RandomHue '.*': color_transform_forward: hue needs "
-                                         r"images with 3 \(RGB\) channels, got shape "
-                                         r"\(2, 4, 4, 4\)"):
+    with pytest.raises(ValueError, match=r"RandomHue '.*': expected images with 3 \(RGB\) "
+                                         r"channels, got input shape \(None, 4, 4, 4\)"):
         layers.RandomHue(0.2)(np.ones((2, 4, 4, 4), np.float32), training=True)
+    with pytest.raises(ValueError, match=r"RandomGrayscale '.*': expected images with 3 "
+                                         r"\(RGB\) or 1 channels, got input shape "
+                                         r"\(None, 5, 5, 2\)"):
+        pynn.Sequential([layers.Input((5, 5, 2)), layers.RandomGrayscale()])
+    with pytest.raises(TypeError, match=r"\(AutoContrast\): input must be real"):
+        layers.AutoContrast()(np.ones((1, 2, 2, 3), np.complex64))
     with pytest.raises(ValueError, match=r"RandomGrayscale '.*': expected images of shape "
                                          r"\(None, height, width, channels\)"):
         layers.RandomGrayscale()(np.ones((4, 4, 3), np.float32))

@@ -17,7 +17,9 @@ import numbers
 import numpy as np
 
 from pynn import backend
+from pynn.backend.operands.color import RGB
 from pynn.layers import preprocessing as pp
+from pynn.layers.base import shape_str
 from pynn.layers.preprocessing import _data_format, _factor, _name, _value_range
 
 # Keras's backend.epsilon(), in RandomSaturation's factor / (1 - factor + eps).
@@ -50,6 +52,15 @@ class _ColorLayer(pp._RandomLayer):
         _data_format(self, data_format)
         self.value_range = _value_range(self, value_range)
 
+    def build(self, input_shape):
+        super().build(input_shape)
+        channels = input_shape[-1]
+        if self.TRANSFORM in RGB and channels is not None \
+                and not (channels == 3 or (self.TRANSFORM == "grayscale" and channels == 1)):
+            need = "3 (RGB) or 1" if self.TRANSFORM == "grayscale" else "3 (RGB)"
+            raise ValueError(f"{_name(self)}: expected images with {need} channels, got "
+                             f"input shape {shape_str(input_shape)}")
+
     def call(self, x, training=False):
         if not (training or self.ACTIVE_AT_INFERENCE):
             return x
@@ -77,8 +88,8 @@ class _ColorLayer(pp._RandomLayer):
         try:
             return b.color_transform_forward(images, self.TRANSFORM, params,
                                              self.value_range, getattr(self, "bins", 256))
-        except ValueError as exc:
-            raise ValueError(f"{_name(self)}: {exc}") from None
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{_name(self)}: {exc}") from None
 
     def params(self, transformation, n):
         return None
