@@ -6,8 +6,8 @@
  *   color_pixels         per-pixel transforms, one work-item per pixel (all its channels);
  *   color_auto_contrast  one work-item per (image, channel) plane: min, max, stretch;
  *   color_sharpen        one work-item per element: the 3x3 smoothing and blend;
- *   color_equalize       one work-item per channel over the whole batch (Keras's histogram
- *                        pools the batch), its B counts in hist[ch * B ...].
+ *   color_equalize_*     Keras's histogram pooled over the batch per channel: counts by
+ *                        element, a table per channel, the lookup by element.
  * Arithmetic follows Keras's order step by step in float, as the CPU's float32 path does.
  * params (N, 2): each image's row (see the operands).
  */
@@ -179,24 +179,29 @@ __kernel void color_sharpen(__global const float *x, __global const float *param
     y[gid] = clip(v + blend * (s - v), lo, hi);
 }
 
-/* to255/off255 and back/off_back: Keras's _scale_values to 0..255 and back, computed by
+/* Equalize in three passes over hist (C rows of B + 1 ints, zeroed by the host): counts by
+ * element (integer atomics: the same counts in any order), each channel's row made its
+ * lookup table (entry B: how many bins were nonzero), then the lookup by element.
+ * to255/off255 and back/off_back are Keras's _scale_values to 0..255 and back, computed by
  * the host in double as Keras's Python does. */
-__kernel void color_equalize(__global const float *x, __global float *y, __global int *hist,
-                             const int count, const int C, const int B, const float to255,
-                             const float off255, const float back, const float off_back)
+__kernel void color_equalize_histogram(__global const float *x, __global int *hist,
+                                       const int total, const int C, const int B,
+                                       const float to255, const float off255)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, total);
+    const float v = x[gid] * to255 + off255;
+    /* Keras's int32 cast truncates, then clips to the bins; NaN counts in bin 0. */
+    const float at = v * (float)(B - 1) / 255.0f;
+    atomic_inc(&hist[(size_t)(gid % C) * (B + 1)
+                     + (!(at >= 1.0f) ? 0 : (at >= (float)(B - 1) ? B - 1 : (int)at))]);
+}
+
+__kernel void color_equalize_table(__global int *hist, const int C, const int B)
 {
     const int ch = get_global_id(0);
     GUARD(ch, C);
-    __global int *h = hist + (size_t)ch * B;
-    const float bins1 = (float)(B - 1);
-    for (int k = 0; k < B; ++k)
-        h[k] = 0;
-    for (int i = 0; i < count; ++i) {
-        const float v = x[(size_t)i * C + ch] * to255 + off255;
-        /* Keras's int32 cast truncates, then clips to the bins; NaN counts in bin 0. */
-        const float at = v * bins1 / 255.0f;
-        h[!(at >= 1.0f) ? 0 : (at >= bins1 ? B - 1 : (int)at)] += 1;
-    }
+    __global int *h = hist + (size_t)ch * (B + 1);
     int nonzero = 0, cdf = 0, cdf_min = -1;
     for (int k = 0; k < B; ++k) {
         nonzero += h[k] != 0;
@@ -209,13 +214,22 @@ __kernel void color_equalize(__global const float *x, __global float *y, __globa
     den = den == 0 ? 1 : den;
     for (int k = 0; k < B; ++k)
         h[k] = (int)clip(rint((float)((long)(h[k] - cdf_min) * 255) / (float)den), 0.0f, 255.0f);
-    for (int i = 0; i < count; ++i) {
-        const size_t k = (size_t)i * C + ch;
-        float v = x[k] * to255 + off255;
-        if (nonzero > 1) {
-            const float at = clip(v / 255.0f * bins1, 0.0f, bins1);
-            v = (float)h[isnan(at) ? 0 : (int)at];  /* a NaN pixel reads bin 0 */
-        }
-        y[k] = v * back + off_back;
+    h[B] = nonzero;
+}
+
+__kernel void color_equalize_apply(__global const float *x, __global const int *hist,
+                                   __global float *y, const int total, const int C,
+                                   const int B, const float to255, const float off255,
+                                   const float back, const float off_back)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, total);
+    __global const int *h = hist + (size_t)(gid % C) * (B + 1);
+    const float bins1 = (float)(B - 1);
+    float v = x[gid] * to255 + off255;
+    if (h[B] > 1) {  /* one level alone: Keras keeps the channel */
+        const float at = clip(v / 255.0f * bins1, 0.0f, bins1);
+        v = (float)h[isnan(at) ? 0 : (int)at];  /* a NaN pixel reads bin 0 */
     }
+    y[gid] = v * back + off_back;
 }

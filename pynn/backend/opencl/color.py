@@ -25,12 +25,15 @@ def color_transform_forward(x, transform, params=None, value_range=(0, 255), bin
     name = operands.TRANSFORMS[code]
     lo32, hi32 = np.float32(lo), np.float32(hi)
     if name == "equalize":
-        hist = rt.empty((c * bins,), np.int32, what=f"{op} histograms")
+        hist = rt.zeros((c * (bins + 1),), np.int32, what=f"{op} histograms")
         # Keras's _scale_values: scale and offset in double, applied in float.
         scale = 255.0 / (hi - lo)
-        elementwise("color", "color_equalize", c, x, y, hist, n * h * w, c, bins,
-                    np.float32(scale), np.float32(-lo * scale), np.float32((hi - lo) / 255.0),
-                    lo32)
+        to255, off255 = np.float32(scale), np.float32(-lo * scale)
+        elementwise("color", "color_equalize_histogram", y.size, x, hist, y.size, c, bins,
+                    to255, off255)
+        elementwise("color", "color_equalize_table", c, hist, c, bins)
+        elementwise("color", "color_equalize_apply", y.size, x, hist, y, y.size, c, bins,
+                    to255, off255, np.float32((hi - lo) / 255.0), lo32)
     elif name == "auto_contrast":
         elementwise("color", "color_auto_contrast", n * c, x, y, n, h * w, c, lo32, hi32)
     elif name == "sharpen":
