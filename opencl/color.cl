@@ -1,7 +1,7 @@
 /* Kernels of Keras 3's colour augmentation layers, NHWC: the twin of native/color.pyx.
  *
  * Legend: N batch, P = H*W pixels of an image, W width, C channels, B histogram bins.
- * color_transform_forward is one of four kernels by transform (codes of
+ * color_transform_forward runs these kernels by transform (codes of
  * pynn/backend/operands/color.py's TRANSFORMS):
  *   color_pixels         per-pixel transforms, one work-item per pixel (all its channels);
  *   color_auto_contrast  one work-item per (image, channel) plane: min, max, stretch;
