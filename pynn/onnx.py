@@ -1745,6 +1745,37 @@ def _depthwise1d(g, layer, x, out_shape):
 # -- Keras 3's AlphaDropout: the identity at inference, as the other noise layers ----------
 _converts("AlphaDropout")(_identity_layer)
 
+# -- Keras 3's colour augmentation layers: the identity at inference as Keras's, except
+# AutoContrast, which acts there too --
+_converts("Equalization", "Solarization", "RandomInvert", "RandomPosterization",
+          "RandomGrayscale", "RandomHue", "RandomSaturation", "RandomColorDegeneration",
+          "RandomColorJitter", "RandomSharpness")(_identity_layer)
+
+
+@_converts("AutoContrast")
+def _auto_contrast(g, layer, x, out_shape):
+    """Keras's stretch of each image's channels from their [min, max] to 0..255 and back to
+    value_range; a flat channel (NaN before the clip) keeps its input, as Keras's where."""
+    x, hint = g.nhwc(x), layer.name
+    lo, hi = layer.value_range
+    v = x.name
+    if (lo, hi) != (0.0, 255.0):
+        v = g.op("Mul", [g.op("Sub", [v, g.const(lo, f"{hint}_lo")], f"{hint}_shift"),
+                         g.const(255.0 / (hi - lo), f"{hint}_to255")], f"{hint}_255")
+    low = g.reduce("ReduceMin", v, [1, 2], f"{hint}_low")
+    high = g.reduce("ReduceMax", v, [1, 2], f"{hint}_high")
+    scale = g.op("Div", [g.const(255.0, f"{hint}_255c"),
+                         g.op("Sub", [high, low], f"{hint}_span")], f"{hint}_scale")
+    offset = g.op("Neg", [g.op("Mul", [low, scale], f"{hint}_lowscaled")], f"{hint}_offset")
+    stretched = g.op("Add", [g.op("Mul", [v, scale], f"{hint}_mul"), offset], f"{hint}_add")
+    y = g.op("Clip", [stretched, g.const(0.0, f"{hint}_min"), g.const(255.0, f"{hint}_max")],
+             f"{hint}_clip")
+    if (lo, hi) != (0.0, 255.0):
+        y = g.op("Add", [g.op("Mul", [y, g.const((hi - lo) / 255.0, f"{hint}_back")],
+                              f"{hint}_scaled"), g.const(lo, f"{hint}_lo")], f"{hint}_range")
+    kept = g.op("IsNaN", [stretched], f"{hint}_flat")
+    return g.derived(x, g.op("Where", [kept, x.name, y], hint))
+
 
 def _convert(g, layer, x, out_shape):
     fn = _CONVERTERS.get(type(layer).__name__)

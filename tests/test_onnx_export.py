@@ -1329,3 +1329,29 @@ def test_alpha_dropout_is_the_identity():
                 L.Dense(3))
     proto = check_export(model, rand((2, 5, 4)))
     assert "RandomUniform" not in op_types(proto)
+
+
+# -- Keras 3's colour augmentation layers (branch augcolor) --
+COLOR = {
+    "color_identities": lambda: [
+        L.Equalization(), L.Solarization(0.2, 0.5), L.RandomInvert(), L.RandomPosterization(3),
+        L.RandomGrayscale(), L.RandomHue(0.3), L.RandomSaturation(0.4),
+        L.RandomColorDegeneration(0.5), L.RandomColorJitter(brightness_factor=0.2,
+                                                            hue_factor=0.3),
+        L.RandomSharpness(0.4)],
+    "auto_contrast": lambda: L.AutoContrast(),
+    "auto_contrast_unit_range": lambda: L.AutoContrast(value_range=(0, 1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COLOR))
+def test_color_layers(name):
+    """The colour layers export as their inference: AutoContrast's stretch (ReduceMin,
+    ReduceMax, Clip, a flat channel kept by Where(IsNaN)), the others as the identity."""
+    made = COLOR[name]()
+    layers = made if isinstance(made, list) else [made]
+    x = np.random.default_rng(5).uniform(0, 255, (2, 10, 8, 3)).astype(np.float32)
+    if name == "auto_contrast_unit_range":
+        x /= 255.0
+    x[1, ..., 2] = x[1, 0, 0, 2]    # a flat channel: AutoContrast leaves it
+    check_export(seq((10, 8, 3), *layers, L.Conv2D(2, 3)), x)

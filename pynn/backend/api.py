@@ -627,6 +627,15 @@ OPS.update({
                                   "use_bias", "need_input_grad"),
 })
 
+# -- color (native/color.pyx, opencl/color.cl): Keras 3's colour augmentation layers --
+# x (N,H,W,C) -> y shaped as x, one pass per image: transform one of operands.color's
+# TRANSFORMS (Keras's transform_images), params (N, 2) each image's row of Keras's
+# transformation (None for auto_contrast and equalize), value_range (low < high), bins the
+# equalize histogram's (pooled over the batch per channel, as Keras's). No backward.
+OPS.update({
+    "color_transform_forward": ("x", "transform", "params", "value_range", "bins"),
+})
+
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.
 CONSTRAINTS = ("max_norm", "non_neg", "unit_norm", "min_max_norm")
 

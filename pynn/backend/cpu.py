@@ -174,6 +174,8 @@ from pynn._native.conv3d import (  # noqa: F401
     conv3d_backward, conv3d_backward_input, conv3d_backward_weight, conv3d_forward,
     conv3d_transpose_backward, conv3d_transpose_forward,
 )
+# -- color (Keras 3's colour augmentation layers) --
+from pynn._native.color import color_transform_forward  # noqa: F401
 from pynn.backend.operands.common import host_array
 
 NAME = "cpu"

@@ -236,3 +236,15 @@ from pynn.layers.noise import AlphaDropout  # noqa: E402
 
 LAYERS["AlphaDropout"] = AlphaDropout
 __all__ += ["AlphaDropout"]
+# -- Keras 3's colour augmentation layers (the color family's color_transform_forward) --
+from pynn.layers.color import (  # noqa: E402
+    AutoContrast, Equalization, RandomColorDegeneration, RandomColorJitter, RandomGrayscale,
+    RandomHue, RandomInvert, RandomPosterization, RandomSaturation, RandomSharpness,
+    Solarization,
+)
+
+_COLOR_LAYERS = (AutoContrast, Equalization, Solarization, RandomInvert, RandomPosterization,
+                 RandomGrayscale, RandomHue, RandomSaturation, RandomColorDegeneration,
+                 RandomColorJitter, RandomSharpness)
+LAYERS.update({cls.__name__: cls for cls in _COLOR_LAYERS})
+__all__ += [cls.__name__ for cls in _COLOR_LAYERS]

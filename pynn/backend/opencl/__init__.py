@@ -153,3 +153,5 @@ from pynn.backend.opencl.loss import (  # noqa: F401
     circle_loss_forward_backward,
     ctc_loss_forward_backward,
 )
+# -- color (Keras 3's colour augmentation layers) --
+from pynn.backend.opencl.color import color_transform_forward  # noqa: F401
