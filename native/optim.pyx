@@ -1211,3 +1211,383 @@ def lion_update(w, g, m, lr, beta_1, beta_2, grad_scale, clipvalue, weight_decay
     mask = operands.update_mask(HOST, "lion_update", w, mask)
     _lion(w.reshape(-1), g.reshape(-1), m.reshape(-1), _mask_arg(mask), lr, beta_1, beta_2,
           *_clip(clip))
+
+
+# -- Lamb, Adafactor, Muon (Keras 3.15's lamb.py, adafactor.py, muon.py) --------------------
+# Each rule needs whole-tensor reductions between its elementwise parts (Lamb's two norms,
+# Adafactor's row/column means and two RMS values, Muon's Frobenius norm), so each is a few
+# passes over fixed blocks: a pass writes one double partial per block (or per row), the
+# partials are added serially in order, and the next pass reads the result. Results do not
+# depend on the thread count. Muon's Newton-Schulz products run on the BLAS GEMM (the dense
+# ops' GEMM), its elementwise parts in the passes around them.
+
+from libc.string cimport memcpy
+from _blas cimport blas_init, pynn_sgemm, pynn_dgemm
+
+blas_init()
+
+
+cdef inline void _mm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
+                     const floating* a, int lda, const floating* b, int ldb, floating beta,
+                     floating* c, int ldc) noexcept nogil:
+    """Row-major C[m, n] = alpha op(A) @ op(B) + beta C (native/_blas.pxd's gemm_rowmajor,
+    on this module's fused type)."""
+    cdef char ta = b'T' if trans_a else b'N'
+    cdef char tb = b'T' if trans_b else b'N'
+    if m <= 0 or n <= 0:
+        return
+    if floating is float:
+        pynn_sgemm(&tb, &ta, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc)
+    else:
+        pynn_dgemm(&tb, &ta, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc)
+
+
+cdef inline floating _lamb_direction(floating mi, floating vi, floating bc1, floating bc2,
+                                     floating eps) noexcept nogil:
+    """Lamb's update before the trust ratio: (m / bc1) / (sqrt(v / bc2) + eps)."""
+    return (mi / bc1) / (sqrt(vi / bc2) + eps)
+
+
+cdef void _lamb_moments_block(floating* w, const floating* g, floating* m, floating* v,
+                              Py_ssize_t n, floating one_b1, floating one_b2, floating bc1,
+                              floating bc2, floating eps, floating scale, floating lim,
+                              floating decay, double* out) noexcept nogil:
+    """Clip, decay w, move m and v; out = (sum w^2, sum update^2) of the block."""
+    cdef Py_ssize_t i
+    cdef floating gi, wi, mi, vi, ui
+    cdef double sw = 0, su = 0
+    for i in range(n):
+        gi = clipped_grad(g[i], scale, lim)
+        wi = decayed(w[i], decay)
+        w[i] = wi
+        mi = m[i] + (gi - m[i]) * one_b1
+        vi = v[i] + (gi * gi - v[i]) * one_b2
+        m[i] = mi
+        v[i] = vi
+        ui = _lamb_direction(mi, vi, bc1, bc2, eps)
+        sw += <double>wi * wi
+        su += <double>ui * ui
+    out[0] = sw
+    out[1] = su
+
+
+def _lamb(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1] v,
+          double lr, double one_b1, double one_b2, double bc1, double bc2, double eps,
+          double grad_scale, double clipvalue, double decay):
+    cdef Py_ssize_t n = w.shape[0], nblk = (n + BLOCK - 1) // BLOCK, blk, i, i0, i1
+    cdef double[:, ::1] partial = np.zeros((max(nblk, 1), 2), dtype=np.float64)
+    cdef double sw = 0, su = 0
+    cdef floating step, b1 = <floating>bc1, b2 = <floating>bc2, e = <floating>eps
+    if n == 0:
+        return
+    with nogil:
+        for blk in prange(nblk, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            i0 = blk * BLOCK
+            i1 = min(i0 + BLOCK, n)
+            _lamb_moments_block(&w[i0], &g[i0], &m[i0], &v[i0], i1 - i0, <floating>one_b1,
+                                <floating>one_b2, b1, b2, e, <floating>grad_scale,
+                                <floating>clipvalue, <floating>decay, &partial[blk, 0])
+    for blk in range(nblk):
+        sw += partial[blk, 0]
+        su += partial[blk, 1]
+    # Keras: ratio = ||w|| / ||update|| where both are positive, else 1, in float32.
+    cdef floating w_norm = <floating>sqrt(<floating>sw), u_norm = <floating>sqrt(<floating>su)
+    cdef floating ratio = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1
+    step = ratio * <floating>lr
+    with nogil:
+        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            w[i] = w[i] - step * _lamb_direction(m[i], v[i], b1, b2, e)
+
+
+def lamb_update(w, g, m, v, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
+                weight_decay):
+    """Lamb step in place (IN/OUT w, m, v; IN g); t is the 1-based step.
+
+    m += (g-m)(1-beta_1); v += (g*g-v)(1-beta_2); u = (m / (1-beta_1^t)) /
+    (sqrt(v / (1-beta_2^t)) + epsilon); w -= (||w|| / ||u||) lr u, the ratio 1 where a norm
+    is 0 (||w|| after the weight decay)."""
+    w, g, m, v, coef, clip = operands.lamb_update(
+        HOST, w, g, m, v, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue, weight_decay)
+    _lamb(w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), *coef, *_clip(clip))
+
+
+# Adafactor: a variable of rank >= 2 is viewed as (B, R, C), its factored moments as r (B, R)
+# and c (B, C); lower ranks are flat.
+
+cdef floating _adafactor_row(floating* w, const floating* g, floating* r, Py_ssize_t cols,
+                             floating beta, floating one_beta, floating eps1, floating scale,
+                             floating lim, floating decay, double* wsq) noexcept nogil:
+    """Decay one row of w and move its r by the row's mean of g^2 + epsilon_1."""
+    cdef Py_ssize_t j
+    cdef floating gi, wi
+    cdef double s = 0, sw = 0
+    for j in range(cols):
+        gi = clipped_grad(g[j], scale, lim)
+        s += gi * gi + eps1
+        wi = decayed(w[j], decay)
+        w[j] = wi
+        sw += <double>wi * wi
+    r[0] = beta * r[0] + one_beta * <floating>(s / cols)
+    wsq[0] = sw
+    return 0
+
+
+cdef enum:
+    COLUMN_TILE = 64    # columns of c one task sums over the rows (stack accumulators)
+
+
+cdef void _adafactor_columns(const floating* g, floating* c, Py_ssize_t rows,
+                             Py_ssize_t cols, Py_ssize_t j0, Py_ssize_t j1, floating beta,
+                             floating one_beta, floating eps1, floating scale,
+                             floating lim) noexcept nogil:
+    """c[j0:j1] of one (R, C) slice: rows read in order so each tile streams through."""
+    cdef double acc[COLUMN_TILE]
+    cdef Py_ssize_t i, j
+    cdef floating gi
+    for j in range(j1 - j0):
+        acc[j] = 0
+    for i in range(rows):
+        for j in range(j0, j1):
+            gi = clipped_grad(g[i * cols + j], scale, lim)
+            acc[j - j0] += gi * gi + eps1
+    for j in range(j0, j1):
+        c[j] = beta * c[j] + one_beta * <floating>(acc[j - j0] / rows)
+
+
+cdef double _adafactor_velocity_row(const floating* g, floating* v, floating r_scaled,
+                                    const floating* c, Py_ssize_t cols, floating scale,
+                                    floating lim) noexcept nogil:
+    """v = r_scaled * c along a row; returns the row's sum of (g / sqrt(v))^2."""
+    cdef Py_ssize_t j
+    cdef floating vi, ui
+    cdef double su = 0
+    for j in range(cols):
+        vi = r_scaled * c[j]
+        v[j] = vi
+        ui = clipped_grad(g[j], scale, lim) / sqrt(vi)
+        su += <double>ui * ui
+    return su
+
+
+cdef void _adafactor_flat_block(floating* w, const floating* g, floating* v, Py_ssize_t n,
+                                floating beta, floating one_beta, floating eps1,
+                                floating scale, floating lim, floating decay,
+                                double* out) noexcept nogil:
+    """Rank < 2: decay w, move v; out = (sum w^2, sum (g / sqrt(v))^2)."""
+    cdef Py_ssize_t i
+    cdef floating gi, wi, vi, ui
+    cdef double sw = 0, su = 0
+    for i in range(n):
+        gi = clipped_grad(g[i], scale, lim)
+        wi = decayed(w[i], decay)
+        w[i] = wi
+        vi = beta * v[i] + one_beta * (gi * gi + eps1)
+        v[i] = vi
+        ui = gi / sqrt(vi)
+        sw += <double>wi * wi
+        su += <double>ui * ui
+    out[0] = sw
+    out[1] = su
+
+
+def _adafactor(floating[:, :, ::1] w, const floating[:, :, ::1] g, floating[:, ::1] r,
+               floating[:, ::1] c, floating[:, :, ::1] v, bint factored, double rho_t,
+               double beta, double eps1, double eps2, double clip_threshold,
+               double grad_scale, double clipvalue, double decay):
+    """w, g, v as (B, R, C) (flat variables as (1, 1, n), r and c then unused)."""
+    cdef Py_ssize_t nb = w.shape[0], rows = w.shape[1], cols = w.shape[2]
+    cdef Py_ssize_t n = nb * rows * cols, nrows = nb * rows, k, b, i, j0, ntile, blk, nblk
+    cdef bint par = n >= PARALLEL_MIN
+    cdef floating be = <floating>beta, one_be = <floating>(1.0 - <floating>beta)
+    cdef floating e1 = <floating>eps1, sc = <floating>grad_scale, lim = <floating>clipvalue
+    cdef floating dec = <floating>decay
+    cdef double sw = 0, su = 0, r_sum
+    cdef double[::1] row_sums
+    cdef double[:, ::1] partial
+    cdef floating[::1] r_mean
+    cdef floating* wp
+    cdef const floating* gp
+    cdef floating* vp
+    cdef floating* rp
+    cdef floating d, alpha_t, rms_u, rms_w
+    if n == 0:
+        return
+    wp, gp, vp, rp = &w[0, 0, 0], &g[0, 0, 0], &v[0, 0, 0], &r[0, 0]
+    if factored:
+        row_sums = np.zeros(nrows, dtype=np.float64)
+        r_mean = np.empty(nb, dtype=np.asarray(w).dtype)
+        ntile = (cols + COLUMN_TILE - 1) // COLUMN_TILE
+        with nogil:
+            for k in prange(nrows, schedule="static", use_threads_if=par):
+                _adafactor_row(wp + k * cols, gp + k * cols, &r[0, 0] + k, cols, be, one_be,
+                               e1, sc, lim, dec, &row_sums[k])
+            for k in prange(nb * ntile, schedule="static", use_threads_if=par):
+                b = k // ntile
+                j0 = (k % ntile) * COLUMN_TILE
+                _adafactor_columns(gp + b * rows * cols, &c[b, 0], rows, cols, j0,
+                                   min(j0 + COLUMN_TILE, cols), be, one_be, e1, sc, lim)
+        for k in range(nrows):
+            sw += row_sums[k]
+        for b in range(nb):
+            r_sum = 0
+            for i in range(rows):
+                r_sum += r[b, i]
+            r_mean[b] = <floating>(r_sum / rows)
+        with nogil:
+            for k in prange(nrows, schedule="static", use_threads_if=par):
+                row_sums[k] = _adafactor_velocity_row(gp + k * cols, vp + k * cols,
+                                                      rp[k] / r_mean[k // rows],
+                                                      &c[k // rows, 0], cols, sc, lim)
+        for k in range(nrows):
+            su += row_sums[k]
+    else:
+        nblk = (n + BLOCK - 1) // BLOCK
+        partial = np.zeros((nblk, 2), dtype=np.float64)
+        with nogil:
+            for blk in prange(nblk, schedule="static", use_threads_if=par):
+                _adafactor_flat_block(wp + blk * BLOCK, gp + blk * BLOCK, vp + blk * BLOCK,
+                                      min(BLOCK, n - blk * BLOCK), be, one_be, e1, sc, lim,
+                                      dec, &partial[blk, 0])
+        for blk in range(nblk):
+            sw += partial[blk, 0]
+            su += partial[blk, 1]
+    # Keras, in the variable's dtype: alpha_t = max(epsilon_2, rms(w)) rho_t and
+    # u_hat = u / max(1, rms(u) / clip_threshold).
+    rms_w = <floating>sqrt(<floating>(sw / n))
+    rms_u = <floating>sqrt(<floating>(su / n))
+    alpha_t = (rms_w if rms_w > <floating>eps2 else <floating>eps2) * <floating>rho_t
+    d = rms_u / <floating>clip_threshold
+    if not d > 1:
+        d = 1
+    with nogil:
+        for k in prange(n, schedule="static", use_threads_if=par):
+            wp[k] = wp[k] - alpha_t * ((clipped_grad(gp[k], sc, lim) / sqrt(vp[k])) / d)
+
+
+def adafactor_update(w, g, r, c, v, lr, beta_2_decay, epsilon_1, epsilon_2, clip_threshold,
+                     t, grad_scale, clipvalue, weight_decay):
+    """Adafactor step in place (IN/OUT w, r, c, v; IN g); t is the 1-based step.
+
+    rho = min(lr, 1/sqrt(t)); alpha = max(epsilon_2, rms(w)) rho; beta = 1 - t^beta_2_decay;
+    rank >= 2: r = beta r + (1-beta) mean(g^2 + epsilon_1, -1), c likewise over axis -2,
+    v = (r / mean(r, -1))[..., None] c[..., None, :]; rank < 2: v = beta v + (1-beta)
+    (g^2 + epsilon_1) (r, c unused, may be None); u = g / sqrt(v);
+    w -= alpha u / max(1, rms(u) / clip_threshold)."""
+    w, g, r, c, v, coef, clip = operands.adafactor_update(
+        HOST, w, g, r, c, v, lr, beta_2_decay, epsilon_1, epsilon_2, clip_threshold, t,
+        grad_scale, clipvalue, weight_decay)
+    rho_t, beta, eps1, eps2, threshold = coef
+    if w.ndim >= 2:
+        # (no negative indices: this module is compiled with wraparound off)
+        shape3 = (int(np.prod(w.shape[:w.ndim - 2])), w.shape[w.ndim - 2],
+                  w.shape[w.ndim - 1])
+        _adafactor(w.reshape(shape3), g.reshape(shape3), r.reshape(shape3[:2]),
+                   c.reshape(shape3[0], shape3[2]), v.reshape(shape3), True, rho_t, beta,
+                   eps1, eps2, threshold, *_clip(clip))
+    else:
+        flat = (1, 1, w.size)
+        unused = np.zeros((1, 1), dtype=w.dtype)
+        _adafactor(w.reshape(flat), g.reshape(flat), unused, unused, v.reshape(flat), False,
+                   rho_t, beta, eps1, eps2, threshold, *_clip(clip))
+
+
+cdef double _muon_momentum_block(const floating* g, floating* m, floating* x, Py_ssize_t n,
+                                 floating mu, floating mu_1, bint nesterov, floating scale,
+                                 floating lim) noexcept nogil:
+    """m += g + m (momentum - 1); x = g + momentum m (nesterov) or m; returns sum x^2."""
+    cdef Py_ssize_t i
+    cdef floating gi, mi, xi
+    cdef double s = 0
+    for i in range(n):
+        gi = clipped_grad(g[i], scale, lim)
+        mi = m[i] + (gi + m[i] * mu_1)
+        m[i] = mi
+        xi = gi + mu * mi if nesterov else mi
+        x[i] = xi
+        s += <double>xi * xi
+    return s
+
+
+def _muon(floating[:, ::1] w, const floating[:, ::1] g, floating[:, ::1] m, double lr,
+          double momentum, bint nesterov, int ns_steps, double a, double b, double c,
+          double adjust, double grad_scale, double clipvalue, double decay):
+    """w (R, C); the Newton-Schulz iteration runs on X (R, C) with the Gram matrix of its
+    shorter side, k = min(R, C): wide X -> X X^T, X = a X + B X; tall X (Keras transposes
+    it) -> X^T X, X = a X + X B^T, the same products on the transpose."""
+    cdef Py_ssize_t rows = w.shape[0], cols = w.shape[1], n = rows * cols, i, blk
+    cdef Py_ssize_t nblk = (n + BLOCK - 1) // BLOCK
+    cdef bint tall = rows > cols, par = n >= PARALLEL_MIN
+    cdef int k = <int>(cols if tall else rows), step
+    dtype = np.asarray(w).dtype
+    cdef floating[:, ::1] x = np.empty((rows, cols), dtype=dtype)
+    cdef floating[:, ::1] x_next = np.empty((rows, cols), dtype=dtype)
+    cdef floating[:, ::1] gram = np.empty((k, k), dtype=dtype)
+    cdef floating[:, ::1] poly = np.empty((k, k), dtype=dtype)
+    cdef double[::1] partial = np.zeros(max(nblk, 1), dtype=np.float64)
+    cdef double total = 0
+    cdef floating mu = <floating>momentum, sc = <floating>grad_scale, lim = <floating>clipvalue
+    cdef floating inv_norm_den, step_lr = <floating>lr, fa = <floating>a, fb = <floating>b
+    cdef floating fc = <floating>c, fadj = <floating>adjust, dec = <floating>decay
+    cdef floating* xp
+    cdef floating* xn
+    cdef floating* tmp
+    cdef floating* wp
+    cdef const floating* gp
+    cdef floating* mp
+    cdef int ir = <int>rows, ic = <int>cols
+    if n == 0:
+        return
+    wp, gp, mp = &w[0, 0], &g[0, 0], &m[0, 0]
+    xp, xn = &x[0, 0], &x_next[0, 0]
+    with nogil:
+        for blk in prange(nblk, schedule="static", use_threads_if=par):
+            partial[blk] = _muon_momentum_block(gp + blk * BLOCK, mp + blk * BLOCK,
+                                                xp + blk * BLOCK, min(BLOCK, n - blk * BLOCK),
+                                                mu, <floating>(momentum - 1.0), nesterov, sc,
+                                                lim)
+    for blk in range(nblk):
+        total += partial[blk]
+    # Keras: x / (||x||_F + 1e-7), the norm in the variable's dtype.
+    inv_norm_den = <floating>sqrt(<floating>total) + <floating>1e-7
+    with nogil:
+        for i in prange(n, schedule="static", use_threads_if=par):
+            xp[i] = xp[i] / inv_norm_den
+        for step in range(ns_steps):
+            if tall:
+                _mm(True, False, k, k, ir, <floating>1, xp, ic, xp, ic, <floating>0,
+                    &gram[0, 0], k)
+            else:
+                _mm(False, True, k, k, ic, <floating>1, xp, ic, xp, ic, <floating>0,
+                    &gram[0, 0], k)
+            # poly = b gram + c gram @ gram; x_next = a x + (poly on the short side) x
+            memcpy(&poly[0, 0], &gram[0, 0], k * k * sizeof(floating))
+            _mm(False, False, k, k, k, fc, &gram[0, 0], k, &gram[0, 0], k, fb, &poly[0, 0], k)
+            memcpy(xn, xp, n * sizeof(floating))
+            if tall:
+                _mm(False, True, ir, ic, k, <floating>1, xp, ic, &poly[0, 0], k, fa, xn, ic)
+            else:
+                _mm(False, False, ir, ic, k, <floating>1, &poly[0, 0], k, xp, ic, fa, xn, ic)
+            tmp = xp
+            xp = xn
+            xn = tmp
+        # Keras: w -= lr_adjust(lr x) = (lr x) sqrt(max(R, C)) rms_rate (adjust < 0: none),
+        # after the decoupled weight decay.
+        for i in prange(n, schedule="static", use_threads_if=par):
+            if fadj >= 0:
+                wp[i] = decayed(wp[i], dec) - ((step_lr * xp[i]) * fadj)
+            else:
+                wp[i] = decayed(wp[i], dec) - step_lr * xp[i]
+
+
+def muon_update(w, g, m, lr, momentum, nesterov, ns_steps, muon_a, muon_b, muon_c, rms_rate,
+                grad_scale, clipvalue, weight_decay):
+    """Muon step of a matrix in place (IN/OUT w (R, C), m; IN g).
+
+    m = momentum m + g; x = g + momentum m (nesterov) or m; X = NS5(x) (Keras's
+    zeropower_via_newtonschulz5: x / (||x||_F + 1e-7), then ns_steps of X = a X + (b A + c A
+    A) X, A = X X^T, on the transpose when R > C); w -= (lr X) sqrt(max(R, C)) rms_rate
+    (rms_rate None: w -= lr X)."""
+    w, g, m, coef, clip = operands.muon_update(
+        HOST, w, g, m, lr, momentum, nesterov, ns_steps, muon_a, muon_b, muon_c, rms_rate,
+        grad_scale, clipvalue, weight_decay)
+    _muon(w, g, m, *coef, *_clip(clip))

@@ -210,3 +210,5 @@ from pynn._native.bf16 import (  # noqa: F401
     bf16_dense_forward,
     bf16_round,
 )
+# -- opt: Keras 3's Lamb, Adafactor and Muon --
+from pynn._native.optim import adafactor_update, lamb_update, muon_update  # noqa: F401
