@@ -1218,29 +1218,8 @@ def lion_update(w, g, m, lr, beta_1, beta_2, grad_scale, clipvalue, weight_decay
 # Adafactor's row/column means and two RMS values, Muon's Frobenius norm), so each is a few
 # passes over fixed blocks: a pass writes one double partial per block (or per row), the
 # partials are added serially in order, and the next pass reads the result. Results do not
-# depend on the thread count. Muon's Newton-Schulz products run on the BLAS GEMM (the dense
-# ops' GEMM), its elementwise parts in the passes around them.
-
-from libc.string cimport memcpy
-from _blas cimport blas_init, pynn_sgemm, pynn_dgemm
-
-blas_init()
-
-
-cdef inline void _mm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
-                     const floating* a, int lda, const floating* b, int ldb, floating beta,
-                     floating* c, int ldc) noexcept nogil:
-    """Row-major C[m, n] = alpha op(A) @ op(B) + beta C (native/_blas.pxd's gemm_rowmajor,
-    on this module's fused type)."""
-    cdef char ta = b'T' if trans_a else b'N'
-    cdef char tb = b'T' if trans_b else b'N'
-    if m <= 0 or n <= 0:
-        return
-    if floating is float:
-        pynn_sgemm(&tb, &ta, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc)
-    else:
-        pynn_dgemm(&tb, &ta, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc)
-
+# depend on the thread count. Muon's Newton-Schulz products run on the dense ops' GEMMs, its
+# elementwise parts in the passes around them.
 
 cdef inline floating _lamb_direction(floating mi, floating vi, floating bc1, floating bc2,
                                      floating eps) noexcept nogil:
@@ -1528,92 +1507,93 @@ cdef double _muon_momentum_block(const floating* g, floating* m, floating* x, Py
     return block_sum_squares(x, n)
 
 
-cdef enum:
-    TRANSPOSE_TILE = 32
-
-
-cdef void _transpose(const floating* src, floating* dst, Py_ssize_t rows,
-                     Py_ssize_t cols) noexcept nogil:
-    """dst (cols, rows) = src (rows, cols)^T, by tiles that stay in cache."""
-    cdef Py_ssize_t ntr = (rows + TRANSPOSE_TILE - 1) // TRANSPOSE_TILE
-    cdef Py_ssize_t ntc = (cols + TRANSPOSE_TILE - 1) // TRANSPOSE_TILE
-    cdef Py_ssize_t t, i0, j0, i, j
-    for t in prange(ntr * ntc, schedule="static",
-                    use_threads_if=rows * cols >= PARALLEL_MIN):
-        i0 = (t // ntc) * TRANSPOSE_TILE
-        j0 = (t % ntc) * TRANSPOSE_TILE
-        for i in range(i0, min(i0 + TRANSPOSE_TILE, rows)):
-            for j in range(j0, min(j0 + TRANSPOSE_TILE, cols)):
-                dst[j * rows + i] = src[i * cols + j]
-
-
-def _muon(floating[:, ::1] w, const floating[:, ::1] g, floating[:, ::1] m, double lr,
-          double momentum, bint nesterov, int ns_steps, double a, double b, double c,
-          double adjust, double grad_scale, double clipvalue, double decay):
-    """w (R, C). The Newton-Schulz iteration runs on a wide X (k, l), k = min(R, C) <= l:
-    A = X X^T, P = b A + c A A, X = a X + P X. A tall direction is transposed first and
-    back after, as Keras does: OpenBLAS's transposed-operand GEMMs (X^T X, X P^T on the
-    untransposed matrix) ran the (784, 512) step 1.6x slower than two O(n) copies."""
-    cdef Py_ssize_t rows = w.shape[0], cols = w.shape[1], n = rows * cols, i, blk
-    cdef Py_ssize_t nblk = (n + BLOCK - 1) // BLOCK
-    cdef bint tall = rows > cols, par = n >= PARALLEL_MIN
-    cdef int k = <int>(cols if tall else rows), l = <int>(rows if tall else cols), step
-    dtype = np.asarray(w).dtype
-    cdef floating[::1] x = np.empty(n, dtype=dtype)
-    cdef floating[::1] x_next = np.empty(n, dtype=dtype)
-    cdef floating[:, ::1] gram = np.empty((k, k), dtype=dtype)
-    cdef floating[:, ::1] poly = np.empty((k, k), dtype=dtype)
+def _muon_momentum(const floating[::1] g, floating[::1] m, floating[::1] x, double momentum,
+                   bint nesterov, double grad_scale, double clipvalue):
+    """Muon's momentum and direction (x, OUT) in one pass; returns sum x^2 (fixed blocks)."""
+    cdef Py_ssize_t n = g.shape[0], nblk = (n + BLOCK - 1) // BLOCK, blk
     cdef double[::1] partial = np.zeros(max(nblk, 1), dtype=np.float64)
     cdef double total = 0
-    cdef floating mu = <floating>momentum, sc = <floating>grad_scale, lim = <floating>clipvalue
-    cdef floating norm_den, step_lr = <floating>lr, fa = <floating>a, fb = <floating>b
-    cdef floating fc = <floating>c, fadj = <floating>adjust, dec = <floating>decay
-    cdef floating* xp
-    cdef floating* xn
-    cdef floating* tmp
-    cdef floating* wp
-    cdef const floating* gp
-    cdef floating* mp
+    cdef floating mu = <floating>momentum, mu_1 = <floating>(momentum - 1.0)
+    cdef floating sc = <floating>grad_scale, lim = <floating>clipvalue
     if n == 0:
-        return
-    wp, gp, mp = &w[0, 0], &g[0, 0], &m[0, 0]
-    xp, xn = &x[0], &x_next[0]
+        return 0.0
     with nogil:
-        for blk in prange(nblk, schedule="static", use_threads_if=par):
-            partial[blk] = _muon_momentum_block(gp + blk * BLOCK, mp + blk * BLOCK,
-                                                xp + blk * BLOCK, min(BLOCK, n - blk * BLOCK),
-                                                mu, <floating>(momentum - 1.0), nesterov, sc,
-                                                lim)
+        for blk in prange(nblk, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            partial[blk] = _muon_momentum_block(&g[blk * BLOCK], &m[blk * BLOCK],
+                                                &x[blk * BLOCK], min(BLOCK, n - blk * BLOCK),
+                                                mu, mu_1, nesterov, sc, lim)
     for blk in range(nblk):
         total += partial[blk]
-    # Keras: x / (||x||_F + 1e-7), the norm in the variable's dtype.
-    norm_den = <floating>sqrt(<floating>total) + <floating>1e-7
+    return total
+
+
+def _muon_combine(floating[::1] x, const floating[::1] p, double alpha, double beta):
+    """x = alpha x + beta p (IN/OUT x): a Newton-Schulz step's b A + c A A and a X + P X
+    around the GEMMs; beta 0 (the normalisation) reads p not at all."""
+    cdef Py_ssize_t n = x.shape[0], i
+    cdef floating a = <floating>alpha, b = <floating>beta
     with nogil:
-        for i in prange(n, schedule="static", use_threads_if=par):
-            xp[i] = xp[i] / norm_den
+        if b == 0:
+            for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+                x[i] = a * x[i]
+        else:
+            for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+                x[i] = a * x[i] + b * p[i]
+
+
+def _muon_normalize(floating[::1] x, double sum_squares):
+    """Keras's x / (||x||_F + 1e-7), the norm in the variable's dtype."""
+    cdef Py_ssize_t n = x.shape[0], i
+    cdef floating den = <floating>sqrt(<floating>sum_squares) + <floating>1e-7
+    with nogil:
+        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            x[i] = x[i] / den
+
+
+def _muon_apply(floating[::1] w, const floating[::1] x, double lr, double adjust,
+                double decay):
+    """w = decayed w - (lr x) adjust (adjust < 0: - lr x): Keras's lr_adjust(lr * update)
+    after the decoupled weight decay."""
+    cdef Py_ssize_t n = w.shape[0], i
+    cdef floating step_lr = <floating>lr, adj = <floating>adjust, dec = <floating>decay
+    with nogil:
+        if adj >= 0:
+            for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+                w[i] = decayed(w[i], dec) - ((step_lr * x[i]) * adj)
+        else:
+            for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+                w[i] = decayed(w[i], dec) - step_lr * x[i]
+
+
+def _muon(w, g, m, double lr, double momentum, bint nesterov, int ns_steps, double a,
+          double b, double c, double adjust, double grad_scale, double clipvalue,
+          double decay):
+    """w (R, C). The Newton-Schulz products run on the dense ops' GEMMs (pynn's
+    microkernel or single-threaded BLAS bands on its worker team, chosen per shape), with
+    the Gram matrix of the shorter side: wide X -> A = X X^T, X = a X + (b A + c A A) X;
+    tall X (Keras transposes it) -> A = X^T X, X = a X + X (b A + c A A)^T, the same
+    products on the transpose. (Calling BLAS sgemm from here directly, its own thread pool
+    against the OpenMP passes between the products, ran a (784, 512) step 3-5x slower.)"""
+    from pynn._native.dense import dense_backward_input, dense_backward_weight, dense_forward
+
+    rows, cols = w.shape
+    if w.size == 0:
+        return
+    x = np.empty_like(w)
+    total = _muon_momentum(g.reshape(-1), m.reshape(-1), x.reshape(-1), momentum, nesterov,
+                           grad_scale, clipvalue)
+    _muon_normalize(x.reshape(-1), total)
+    tall = rows > cols
+    for _ in range(ns_steps):
+        gram = dense_backward_weight(x, x) if tall else dense_backward_input(x, x)
+        gram_sq, _ = dense_forward(gram, gram, None, "linear", 0.0)
+        _muon_combine(gram.reshape(-1), gram_sq.reshape(-1), b, c)
         if tall:
-            _transpose(xp, xn, rows, cols)
-            xp, xn = xn, xp
-        for step in range(ns_steps):
-            _mm(False, True, k, k, l, <floating>1, xp, l, xp, l, <floating>0, &gram[0, 0], k)
-            # poly = b gram + c gram @ gram; x_next = a x + poly @ x
-            memcpy(&poly[0, 0], &gram[0, 0], k * k * sizeof(floating))
-            _mm(False, False, k, k, k, fc, &gram[0, 0], k, &gram[0, 0], k, fb, &poly[0, 0], k)
-            memcpy(xn, xp, n * sizeof(floating))
-            _mm(False, False, k, l, k, <floating>1, &poly[0, 0], k, xp, l, fa, xn, l)
-            tmp = xp
-            xp = xn
-            xn = tmp
-        if tall:
-            _transpose(xp, xn, cols, rows)
-            xp, xn = xn, xp
-        # Keras: w -= lr_adjust(lr x) = (lr x) sqrt(max(R, C)) rms_rate (adjust < 0: none),
-        # after the decoupled weight decay.
-        for i in prange(n, schedule="static", use_threads_if=par):
-            if fadj >= 0:
-                wp[i] = decayed(wp[i], dec) - ((step_lr * xp[i]) * fadj)
-            else:
-                wp[i] = decayed(wp[i], dec) - step_lr * xp[i]
+            poly_x = dense_backward_input(x, gram)
+        else:
+            poly_x, _ = dense_forward(gram, x, None, "linear", 0.0)
+        _muon_combine(x.reshape(-1), poly_x.reshape(-1), a, 1.0)
+    _muon_apply(w.reshape(-1), x.reshape(-1), lr, adjust, decay)
 
 
 def muon_update(w, g, m, lr, momentum, nesterov, ns_steps, muon_a, muon_b, muon_c, rms_rate,
