@@ -666,8 +666,8 @@ class Lion(_BaseArgs):
 class _VariableSlots(_BaseArgs):
     """An optimizer whose slots depend on the variable (their shapes, or whether a variable
     has one): ``_variable_slot_specs(variable)`` lists (slot name, shape, initial value), in
-    Keras's order. Variables are kept in float; pruning masks are refused (their reductions
-    would read pruned elements)."""
+    Keras's order. Pruning masks are refused: these rules' norms and row/column means mix
+    every element of a variable, so a pruned one cannot be left out of the same pass."""
 
     def _variable_slot_specs(self, variable):
         shape = tuple(variable.value.shape)
