@@ -666,8 +666,9 @@ class Lion(_BaseArgs):
 class _VariableSlots(_BaseArgs):
     """An optimizer whose slots depend on the variable (their shapes, or whether a variable
     has one): ``_variable_slot_specs(variable)`` lists (slot name, shape, initial value), in
-    Keras's order. Pruning masks are refused: these rules' norms and row/column means mix
-    every element of a variable, so a pruned one cannot be left out of the same pass."""
+    Keras's order. A pruning mask (pynn.compression) rides into the op as for the other
+    optimizers: pruned elements read a zero gradient and keep zero weights and elementwise
+    slots."""
 
     def _variable_slot_specs(self, variable):
         shape = tuple(variable.value.shape)
@@ -689,17 +690,6 @@ class _VariableSlots(_BaseArgs):
                     raise ValueError(f"{self.name}: slot '{variable.path}/{name}' has shape "
                                      f"{got} but the variable needs {shape}")
         return slots
-
-    def apply(self, variables, trainable_variables=None):
-        if trainable_variables is not None:
-            variables = _set_grads(variables, trainable_variables)
-        variables = list(variables)
-        for v in variables:
-            if v.mask is not None and v.trainable and v.grad is not None:
-                raise ValueError(f"{self.__class__.__name__}: variable '{v.path}' carries a "
-                                 "pruning mask, which this optimizer does not take (its "
-                                 "norms and means would read the pruned weights)")
-        super().apply(variables)
 
     def set_state(self, state, variables):
         be = backend.current()
@@ -748,7 +738,7 @@ class Lamb(_VariableSlots):
     def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay, mask=None):
         be.lamb_update(w, g, slots["momentum"], slots["velocity"], lr, self.beta_1,
                        self.beta_2, self.epsilon, self.iterations + 1, grad_scale, clipvalue,
-                       weight_decay)
+                       weight_decay, mask=mask)
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
@@ -797,7 +787,7 @@ class Adafactor(_VariableSlots):
                             slots["c"] if factored else None, slots["velocity"], lr,
                             self.beta_2_decay, self.epsilon_1, self.epsilon_2,
                             self.clip_threshold, self.iterations + 1, grad_scale, clipvalue,
-                            weight_decay)
+                            weight_decay, mask=mask)
 
     def get_config(self):
         return {**super().get_config(), "beta_2_decay": self.beta_2_decay,
@@ -892,11 +882,12 @@ class Muon(_VariableSlots):
                 decay = decay * lr / adam_lr
             be.adam_update(w, g, slots["momentum"], slots["velocity"], None, adam_lr,
                            self.adam_beta_1, self.adam_beta_2, self.epsilon,
-                           self.iterations + 1, grad_scale, clipvalue, decay)
+                           self.iterations + 1, grad_scale, clipvalue, decay, mask=mask)
         else:
             be.muon_update(w, g, slots["momentum"], lr, self.momentum, self.nesterov,
                            self.ns_steps, self.muon_a, self.muon_b, self.muon_c,
-                           self.rms_rate, grad_scale, clipvalue, self.weight_decay or 0.0)
+                           self.rms_rate, grad_scale, clipvalue, self.weight_decay or 0.0,
+                           mask=mask)
 
     def get_config(self):
         return {**super().get_config(), "adam_beta_1": self.adam_beta_1,

@@ -1469,7 +1469,7 @@ def _keras3_call(op, shape=(3, 4), **over):
                  clipvalue=0.0, weight_decay=0.0, beta_2_decay=-0.8, epsilon_1=1e-30,
                  epsilon_2=1e-3, clip_threshold=1.0, momentum=0.95, nesterov=True,
                  ns_steps=5, muon_a=3.4445, muon_b=-4.775, muon_c=2.0315, rms_rate=0.2)
-    args = {**arrays, **hyper, **over}
+    args = {**arrays, **hyper, "mask": None, **over}
     return getattr(optim, op)(*[args[p] for p in OPS[op]])
 
 
@@ -1500,6 +1500,10 @@ def _keras3_call(op, shape=(3, 4), **over):
      r"muon_update: 'm' must have the shape of 'w' \(3, 4\)"),
     ("muon_update", dict(g=np.ones((3, 5), np.float32)), ValueError,
      r"muon_update: 'g' must have the shape of 'w' \(3, 4\), got \(3, 5\)"),
+    ("lamb_update", dict(mask=np.ones((4, 3), np.uint8)), ValueError,
+     r"lamb_update: 'mask' must have the shape of 'w' \(3, 4\), got \(4, 3\)"),
+    ("adafactor_update", dict(mask=np.ones((3, 4), np.float32)), TypeError,
+     r"adafactor_update: 'mask' must be uint8 \(or bool\), got dtype float32"),
 ])
 def test_keras3_updates_bad_inputs(op, over, exc, match):
     with pytest.raises(exc, match=match):
@@ -1513,6 +1517,73 @@ def test_keras3_updates_reject_slot_aliasing():
     w = np.ones((3, 4), np.float32)
     with pytest.raises(ValueError, match="must not share memory"):
         _keras3_call("muon_update", w=w, m=w)
+
+
+@pytest.mark.parametrize("case", range(len(KERAS3_CASES)), ids=_keras3_case_id)
+def test_keras3_updates_with_a_pruning_mask(backend, case):
+    """A mask's zeros read the gradient as 0 and store the weight and elementwise slots as
+    exact zeros; the kept elements step as the oracle does from the pruned start (pruned
+    weights, moments and gradients at 0; Muon's orthogonalised step and Adafactor's factored
+    velocity spread onto pruned places, where the mask then zeroes them)."""
+    op, opts = KERAS3_CASES[case]
+    shape = {"lamb_update": (5, 9), "adafactor_update": (3, 5, 7),
+             "muon_update": (9, 5)}[op]
+    rng = np.random.default_rng(case)
+    w0, slots0 = _keras3_state(op, shape, np.float32, rng)
+    mask = (rng.uniform(size=shape) > 0.4).astype(np.uint8)
+    elementwise = {"lamb_update": (0, 1), "adafactor_update": (2,), "muon_update": (0,)}[op]
+    w0 = w0 * mask
+    for i in elementwise:
+        slots0[i] = slots0[i] * mask
+    grads = [random_param(rng, shape, np.float32) for _ in range(3)]
+    w = backend.up(w0.copy())
+    slots = [None if s is None else backend.up(s.copy()) for s in slots0]
+    w_ref, slots_ref = ref.f64(w0), [ref.f64(s) for s in slots0]
+    for t in range(1, 4):
+        _keras3_step_masked(op, backend.ops, w, backend.up(grads[t - 1]), slots, opts, t,
+                            backend.up(mask))
+        w_ref, new_slots = _keras3_ref_step(op, w_ref, grads[t - 1] * mask, slots_ref, opts, t)
+        w_ref = w_ref * mask
+        slots_ref = [s if n is None else n for s, n in zip(slots_ref, new_slots)]
+        for i in elementwise:
+            slots_ref[i] = slots_ref[i] * mask
+    got = backend.down(w)
+    assert not np.any(got[mask == 0]) and not np.any(np.signbit(got[mask == 0]))
+    _assert_change_close((got - w0) * mask, (w_ref - w0) * mask, KERAS3_TOL[op],
+                         f"{op} masked w change")
+    for i in elementwise:
+        s = backend.down(slots[i])
+        assert not np.any(s[mask == 0]), f"{op} slot {i} pruned"
+        assert_close(s, slots_ref[i], 2e-5, f"{op} masked slot {i}")
+
+
+def test_adafactor_zero_row_and_column_takes_no_step_there(backend):
+    """A gradient zero along a whole row and column (a dead or pruned unit's) gives a float32
+    v that underflows to 0 where they cross; u is 0 there (Keras's 0 / 0 is NaN), and the
+    rest of the step is the oracle's."""
+    rng = np.random.default_rng(3)
+    w0 = random_param(rng, (6, 5), np.float32)
+    g = random_param(rng, (6, 5), np.float32)
+    g[2, :] = 0
+    g[:, 4] = 0
+    w, r, c, v = (backend.up(a) for a in (w0.copy(), np.zeros(6, np.float32),
+                                          np.zeros(5, np.float32), np.zeros((6, 5), np.float32)))
+    backend.ops.adafactor_update(w, backend.up(g), r, c, v, 0.01, -0.8, 1e-30, 1e-3, 1.0, 1,
+                                 1.0, 0.0, 0.0)
+    got = backend.down(w)
+    assert np.all(np.isfinite(got)) and backend.down(v)[2, 4] == 0
+    want, _, _, _ = ref.adafactor_update_ref(w0, g, np.zeros(6), np.zeros(5), np.zeros((6, 5)),
+                                             0.01, -0.8, 1e-30, 1e-3, 1.0, 1, 1.0, 0.0, 0.0)
+    assert_close(got, want, 2e-6, "adafactor_update with a zero row and column")
+
+
+def _keras3_step_masked(op, ops, w, g, slots, opts, t, mask):
+    """_keras3_step with the mask as the op's last argument."""
+    from types import SimpleNamespace
+
+    real = getattr(ops, op)
+    masked = SimpleNamespace(**{op: lambda *args: real(*args, mask=mask)})
+    _keras3_step(op, masked, w, g, slots, opts, t)
 
 
 @pytest.mark.opencl

@@ -387,14 +387,38 @@ def test_bad_arguments(make, match):
         make()
 
 
-def test_pruned_variables_are_refused_by_name():
-    v = Variable(np.ones((3, 4), np.float32), "dense/kernel")
-    v.mask = np.ones((3, 4), np.uint8)
-    v.grad = np.ones((3, 4), np.float32)
-    for opt in (optimizers.Lamb(), optimizers.Adafactor(), optimizers.Muon()):
-        with pytest.raises(ValueError, match=f"{type(opt).__name__}: variable 'dense/kernel' "
-                                             "carries a pruning mask"):
-            opt.apply([v])
+@pytest.mark.parametrize("name", ["Lamb", "Adafactor", "Muon"])
+def test_pruned_weights_stay_zero_through_training(name):
+    """prune_low_magnitude's masks ride into the update ops: every step leaves the pruned
+    weights exactly zero (Conv2D's rank-4 kernel on Muon's AdamW branch, the Dense kernels
+    on its own) and the kept ones train."""
+    from pynn.compression import (ConstantSparsity, PruneLowMagnitude, UpdatePruningStep,
+                                  prune_low_magnitude)
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((24, 6, 6, 2)).astype(np.float32)
+    y = rng.standard_normal((24, 2)).astype(np.float32)
+    pruned = prune_low_magnitude(_models(pynn), ConstantSparsity(0.6, 0, frequency=1000))
+    pruned.compile(build(pynn, name, dict(learning_rate=0.01)), "mse")
+    pruned.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[UpdatePruningStep()])
+    first = {v.path: np.array(v.value) for v in pruned.weights}
+    pruned.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[UpdatePruningStep()])
+    for layer in pruned.layers:
+        if not isinstance(layer, PruneLowMagnitude):
+            continue
+        for path, mask in layer.masks().items():
+            value = next(np.array(v.value) for v in layer.layer.weights if v.path == path)
+            assert np.count_nonzero(mask == 0) > 0
+            assert not np.any(value[mask == 0]), f"{name}: pruned weights of {path} moved"
+            assert np.any(value[mask == 1] != first[path][mask == 1]), f"{path} froze"
+    assert all(np.all(np.isfinite(np.asarray(v.value))) for v in pruned.weights), name
+    slots = pruned.optimizer.get_state()["slots"]
+    for layer in pruned.layers:
+        if isinstance(layer, PruneLowMagnitude):
+            for path, mask in layer.masks().items():
+                for slot in ("momentum", "velocity"):
+                    if f"{path}/{slot}" in slots:
+                        assert not np.any(slots[f"{path}/{slot}"][mask == 0]), (path, slot)
 
 
 def test_schedule_reaches_every_branch():
