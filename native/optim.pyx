@@ -1211,3 +1211,459 @@ def lion_update(w, g, m, lr, beta_1, beta_2, grad_scale, clipvalue, weight_decay
     mask = operands.update_mask(HOST, "lion_update", w, mask)
     _lion(w.reshape(-1), g.reshape(-1), m.reshape(-1), _mask_arg(mask), lr, beta_1, beta_2,
           *_clip(clip))
+
+
+# -- Lamb, Adafactor, Muon (Keras 3.15's lamb.py, adafactor.py, muon.py) --------------------
+# Each rule needs whole-tensor reductions between its elementwise parts (Lamb's two norms,
+# Adafactor's row/column means and two RMS values, Muon's Frobenius norm), so each is a few
+# passes over fixed blocks: a pass writes one double partial per block (or per row), the
+# partials are added serially in order, and the next pass reads the result. Results do not
+# depend on the thread count. Muon's Newton-Schulz products run on the dense ops' GEMMs, its
+# elementwise parts in the passes around them.
+
+# Pruning masks: a pruned element's gradient reads as 0 and its weight and elementwise slots
+# are stored as exact zeros (kept()); mk is the uint8 mask, or a 1-element stand-in never
+# read when use_mask is off.
+_KEEP_ALL = np.ones(1, dtype=np.uint8)
+
+
+cdef inline unsigned char _keep(const unsigned char* mk, Py_ssize_t i,
+                                bint use_mask) noexcept nogil:
+    return mk[i] if use_mask else 1
+
+
+def _mask_view(mask):
+    """(flat uint8 mask, use_mask) as these kernels take it."""
+    return (_KEEP_ALL, False) if mask is None else (mask.reshape(-1), True)
+
+
+cdef inline floating _lamb_direction(floating mi, floating vi, floating bc1, floating bc2,
+                                     floating eps) noexcept nogil:
+    """Lamb's update before the trust ratio: (m / bc1) / (sqrt(v / bc2) + eps)."""
+    return (mi / bc1) / (sqrt(vi / bc2) + eps)
+
+
+cdef void _lamb_moments_block(floating* w, const floating* g, floating* m, floating* v,
+                              Py_ssize_t n, floating one_b1, floating one_b2, floating bc1,
+                              floating bc2, floating eps, floating scale, floating lim,
+                              floating decay, const unsigned char* mk, bint use_mask,
+                              double* out) noexcept nogil:
+    """Clip, decay w, move m and v; out = (sum w^2, sum update^2) of the block (n <= BLOCK).
+    The update goes through a stack buffer so the elementwise loop has no reduction in it
+    and vectorizes; the sums then run on block_sum_squares's fixed chains."""
+    cdef floating u[BLOCK]
+    cdef Py_ssize_t i
+    cdef floating gi, mi, vi
+    cdef unsigned char keep
+    for i in range(n):
+        keep = _keep(mk, i, use_mask)
+        gi = kept(clipped_grad(g[i], scale, lim), keep)
+        w[i] = kept(decayed(w[i], decay), keep)
+        mi = kept(m[i] + (gi - m[i]) * one_b1, keep)
+        vi = kept(v[i] + (gi * gi - v[i]) * one_b2, keep)
+        m[i] = mi
+        v[i] = vi
+        u[i] = kept(_lamb_direction(mi, vi, bc1, bc2, eps), keep)
+    out[0] = block_sum_squares(w, n)
+    out[1] = block_sum_squares(&u[0], n)
+
+
+def _lamb(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1] v,
+          const unsigned char[::1] mask, bint use_mask, double lr, double one_b1,
+          double one_b2, double bc1, double bc2, double eps, double grad_scale,
+          double clipvalue, double decay):
+    cdef Py_ssize_t n = w.shape[0], nblk = (n + BLOCK - 1) // BLOCK, blk, i, i0, i1
+    cdef double[:, ::1] partial = np.zeros((max(nblk, 1), 2), dtype=np.float64)
+    cdef double sw = 0, su = 0
+    cdef floating step, b1 = <floating>bc1, b2 = <floating>bc2, e = <floating>eps
+    if n == 0:
+        return
+    with nogil:
+        for blk in prange(nblk, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            i0 = blk * BLOCK
+            i1 = min(i0 + BLOCK, n)
+            _lamb_moments_block(&w[i0], &g[i0], &m[i0], &v[i0], i1 - i0, <floating>one_b1,
+                                <floating>one_b2, b1, b2, e, <floating>grad_scale,
+                                <floating>clipvalue, <floating>decay,
+                                &mask[i0 if use_mask else 0], use_mask, &partial[blk, 0])
+    for blk in range(nblk):
+        sw += partial[blk, 0]
+        su += partial[blk, 1]
+    # Keras: ratio = ||w|| / ||update|| where both are positive, else 1, in float32.
+    cdef floating w_norm = <floating>sqrt(<floating>sw), u_norm = <floating>sqrt(<floating>su)
+    cdef floating ratio = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1
+    step = ratio * <floating>lr
+    with nogil:
+        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            w[i] = kept(w[i] - step * _lamb_direction(m[i], v[i], b1, b2, e),
+                        _keep(&mask[0], i, use_mask))
+
+
+def lamb_update(w, g, m, v, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
+                weight_decay, mask=None):
+    """Lamb step in place (IN/OUT w, m, v; IN g); t is the 1-based step.
+
+    m += (g-m)(1-beta_1); v += (g*g-v)(1-beta_2); u = (m / (1-beta_1^t)) /
+    (sqrt(v / (1-beta_2^t)) + epsilon); w -= (||w|| / ||u||) lr u, the ratio 1 where a norm
+    is 0 (||w|| after the weight decay). A pruning mask's zeros read g as 0 and store w, m, v
+    as 0."""
+    w, g, m, v, coef, clip = operands.lamb_update(
+        HOST, w, g, m, v, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue, weight_decay)
+    mask = operands.update_mask(HOST, "lamb_update", w, mask)
+    _lamb(w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), *_mask_view(mask),
+          *coef, *_clip(clip))
+
+
+# Adafactor: a variable of rank >= 2 is viewed as (B, R, C), its factored moments as r (B, R)
+# and c (B, C); lower ranks are flat.
+
+cdef inline double block_sum(const floating* a, Py_ssize_t n) noexcept nogil:
+    # block_sum_squares's four chains, of the values themselves.
+    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0
+    cdef Py_ssize_t j = 0
+    while j + 4 <= n:
+        s0 += a[j]
+        s1 += a[j + 1]
+        s2 += a[j + 2]
+        s3 += a[j + 3]
+        j += 4
+    while j < n:
+        s0 += a[j]
+        j += 1
+    return (s0 + s1) + (s2 + s3)
+
+
+cdef floating _adafactor_row(floating* w, const floating* g, floating* r, Py_ssize_t cols,
+                             floating beta, floating one_beta, floating eps1, floating scale,
+                             floating lim, floating decay, const unsigned char* mk,
+                             bint use_mask, double* wsq) noexcept nogil:
+    """Decay one row of w and move its r by the row's mean of g^2 + epsilon_1, a BLOCK of
+    the row at a time (the elementwise loop free of reductions, as in _lamb_moments_block)."""
+    cdef floating sq[BLOCK]
+    cdef Py_ssize_t j, j0, n
+    cdef floating gi
+    cdef unsigned char keep
+    cdef double s = 0, sw = 0
+    j0 = 0
+    while j0 < cols:
+        n = min(<Py_ssize_t>BLOCK, cols - j0)
+        for j in range(n):
+            keep = _keep(mk, j0 + j, use_mask)
+            gi = kept(clipped_grad(g[j0 + j], scale, lim), keep)
+            sq[j] = gi * gi + eps1
+            w[j0 + j] = kept(decayed(w[j0 + j], decay), keep)
+        s += block_sum(&sq[0], n)
+        sw += block_sum_squares(w + j0, n)
+        j0 += n
+    r[0] = beta * r[0] + one_beta * <floating>(s / cols)
+    wsq[0] = sw
+    return 0
+
+
+cdef enum:
+    COLUMN_TILE = 64    # columns of c one task sums over the rows (stack accumulators)
+
+
+cdef void _adafactor_columns(const floating* g, floating* c, Py_ssize_t rows,
+                             Py_ssize_t cols, Py_ssize_t j0, Py_ssize_t j1, floating beta,
+                             floating one_beta, floating eps1, floating scale,
+                             floating lim, const unsigned char* mk,
+                             bint use_mask) noexcept nogil:
+    """c[j0:j1] of one (R, C) slice: rows read in order so each tile streams through."""
+    cdef double acc[COLUMN_TILE]
+    cdef Py_ssize_t i, j
+    cdef floating gi
+    for j in range(j1 - j0):
+        acc[j] = 0
+    for i in range(rows):
+        for j in range(j0, j1):
+            gi = kept(clipped_grad(g[i * cols + j], scale, lim),
+                      _keep(mk, i * cols + j, use_mask))
+            acc[j - j0] += gi * gi + eps1
+    for j in range(j0, j1):
+        c[j] = beta * c[j] + one_beta * <floating>(acc[j - j0] / rows)
+
+
+cdef double _adafactor_velocity_row(const floating* g, floating* v, floating r_scaled,
+                                    const floating* c, Py_ssize_t cols, floating scale,
+                                    floating lim, const unsigned char* mk,
+                                    bint use_mask) noexcept nogil:
+    """v = r_scaled * c along a row; returns the row's sum of (g / sqrt(v))^2."""
+    cdef floating u[BLOCK]
+    cdef Py_ssize_t j, j0, n
+    cdef floating vi, gi
+    cdef unsigned char keep
+    cdef double su = 0
+    j0 = 0
+    while j0 < cols:
+        n = min(<Py_ssize_t>BLOCK, cols - j0)
+        for j in range(n):
+            keep = _keep(mk, j0 + j, use_mask)
+            vi = r_scaled * c[j0 + j]
+            v[j0 + j] = kept(vi, keep)
+            gi = clipped_grad(g[j0 + j], scale, lim)
+            u[j] = kept(gi / sqrt(vi), keep & (gi != 0))
+        su += block_sum_squares(&u[0], n)
+        j0 += n
+    return su
+
+
+cdef void _adafactor_flat_block(floating* w, const floating* g, floating* v, Py_ssize_t n,
+                                floating beta, floating one_beta, floating eps1,
+                                floating scale, floating lim, floating decay,
+                                const unsigned char* mk, bint use_mask,
+                                double* out) noexcept nogil:
+    """Rank < 2: decay w, move v; out = (sum w^2, sum (g / sqrt(v))^2) (n <= BLOCK)."""
+    cdef floating u[BLOCK]
+    cdef Py_ssize_t i
+    cdef floating gi, vi
+    cdef unsigned char keep
+    for i in range(n):
+        keep = _keep(mk, i, use_mask)
+        gi = kept(clipped_grad(g[i], scale, lim), keep)
+        w[i] = kept(decayed(w[i], decay), keep)
+        vi = beta * v[i] + one_beta * (gi * gi + eps1)
+        v[i] = kept(vi, keep)
+        u[i] = kept(gi / sqrt(vi), keep & (gi != 0))
+    out[0] = block_sum_squares(w, n)
+    out[1] = block_sum_squares(&u[0], n)
+
+
+def _adafactor(floating[:, :, ::1] w, const floating[:, :, ::1] g, floating[:, ::1] r,
+               floating[:, ::1] c, floating[:, :, ::1] v, const unsigned char[::1] mask,
+               bint use_mask, bint factored, double rho_t,
+               double beta, double eps1, double eps2, double clip_threshold,
+               double grad_scale, double clipvalue, double decay):
+    """w, g, v as (B, R, C) (flat variables as (1, 1, n), r and c then unused)."""
+    cdef Py_ssize_t nb = w.shape[0], rows = w.shape[1], cols = w.shape[2]
+    cdef Py_ssize_t n = nb * rows * cols, nrows = nb * rows, k, b, i, j0, ntile, blk, nblk
+    cdef bint par = n >= PARALLEL_MIN
+    cdef floating be = <floating>beta, one_be = <floating>(1.0 - <floating>beta)
+    cdef floating e1 = <floating>eps1, sc = <floating>grad_scale, lim = <floating>clipvalue
+    cdef floating dec = <floating>decay
+    cdef double sw = 0, su = 0, r_sum
+    cdef double[::1] row_sums
+    cdef double[:, ::1] partial
+    cdef floating[::1] r_mean
+    cdef floating* wp
+    cdef const floating* gp
+    cdef floating* vp
+    cdef floating* rp
+    cdef floating d, alpha_t, rms_u, rms_w, gk
+    if n == 0:
+        return
+    wp, gp, vp, rp = &w[0, 0, 0], &g[0, 0, 0], &v[0, 0, 0], &r[0, 0]
+    if factored:
+        row_sums = np.zeros(nrows, dtype=np.float64)
+        r_mean = np.empty(nb, dtype=np.asarray(w).dtype)
+        ntile = (cols + COLUMN_TILE - 1) // COLUMN_TILE
+        with nogil:
+            for k in prange(nrows, schedule="static", use_threads_if=par):
+                _adafactor_row(wp + k * cols, gp + k * cols, &r[0, 0] + k, cols, be, one_be,
+                               e1, sc, lim, dec, &mask[k * cols if use_mask else 0], use_mask,
+                               &row_sums[k])
+            for k in prange(nb * ntile, schedule="static", use_threads_if=par):
+                b = k // ntile
+                j0 = (k % ntile) * COLUMN_TILE
+                _adafactor_columns(gp + b * rows * cols, &c[b, 0], rows, cols, j0,
+                                   min(j0 + COLUMN_TILE, cols), be, one_be, e1, sc, lim,
+                                   &mask[b * rows * cols if use_mask else 0], use_mask)
+        for k in range(nrows):
+            sw += row_sums[k]
+        for b in range(nb):
+            r_sum = 0
+            for i in range(rows):
+                r_sum += r[b, i]
+            r_mean[b] = <floating>(r_sum / rows)
+        with nogil:
+            for k in prange(nrows, schedule="static", use_threads_if=par):
+                row_sums[k] = _adafactor_velocity_row(gp + k * cols, vp + k * cols,
+                                                      rp[k] / r_mean[k // rows],
+                                                      &c[k // rows, 0], cols, sc, lim,
+                                                      &mask[k * cols if use_mask else 0],
+                                                      use_mask)
+        for k in range(nrows):
+            su += row_sums[k]
+    else:
+        nblk = (n + BLOCK - 1) // BLOCK
+        partial = np.zeros((nblk, 2), dtype=np.float64)
+        with nogil:
+            for blk in prange(nblk, schedule="static", use_threads_if=par):
+                _adafactor_flat_block(wp + blk * BLOCK, gp + blk * BLOCK, vp + blk * BLOCK,
+                                      min(BLOCK, n - blk * BLOCK), be, one_be, e1, sc, lim,
+                                      dec, &mask[blk * BLOCK if use_mask else 0], use_mask,
+                                      &partial[blk, 0])
+        for blk in range(nblk):
+            sw += partial[blk, 0]
+            su += partial[blk, 1]
+    # Keras, in the variable's dtype: alpha_t = max(epsilon_2, rms(w)) rho_t and
+    # u_hat = u / max(1, rms(u) / clip_threshold).
+    rms_w = <floating>sqrt(<floating>(sw / n))
+    rms_u = <floating>sqrt(<floating>(su / n))
+    alpha_t = (rms_w if rms_w > <floating>eps2 else <floating>eps2) * <floating>rho_t
+    d = rms_u / <floating>clip_threshold
+    if not d > 1:
+        d = 1
+    with nogil:
+        for k in prange(n, schedule="static", use_threads_if=par):
+            gk = clipped_grad(gp[k], sc, lim)
+            wp[k] = kept(wp[k] - alpha_t * kept((gk / sqrt(vp[k])) / d, gk != 0),
+                         _keep(&mask[0], k, use_mask))
+
+
+def adafactor_update(w, g, r, c, v, lr, beta_2_decay, epsilon_1, epsilon_2, clip_threshold,
+                     t, grad_scale, clipvalue, weight_decay, mask=None):
+    """Adafactor step in place (IN/OUT w, r, c, v; IN g); t is the 1-based step.
+
+    rho = min(lr, 1/sqrt(t)); alpha = max(epsilon_2, rms(w)) rho; beta = 1 - t^beta_2_decay;
+    rank >= 2: r = beta r + (1-beta) mean(g^2 + epsilon_1, -1), c likewise over axis -2,
+    v = (r / mean(r, -1))[..., None] c[..., None, :]; rank < 2: v = beta v + (1-beta)
+    (g^2 + epsilon_1) (r, c unused, may be None); u = g / sqrt(v);
+    w -= alpha u / max(1, rms(u) / clip_threshold). A pruning mask's zeros read g as 0 and
+    store w and v as 0 (r and c are the rows' and columns' statistics, over every element).
+    u is 0 where g is 0: a gradient zero along a whole row and column (a pruned or dead
+    unit's) underflows v to 0 in float32, where Keras's 0 / 0 turns the step to NaN."""
+    w, g, r, c, v, coef, clip = operands.adafactor_update(
+        HOST, w, g, r, c, v, lr, beta_2_decay, epsilon_1, epsilon_2, clip_threshold, t,
+        grad_scale, clipvalue, weight_decay)
+    rho_t, beta, eps1, eps2, threshold = coef
+    mask = operands.update_mask(HOST, "adafactor_update", w, mask)
+    if w.ndim >= 2:
+        # (no negative indices: this module is compiled with wraparound off)
+        shape3 = (int(np.prod(w.shape[:w.ndim - 2])), w.shape[w.ndim - 2],
+                  w.shape[w.ndim - 1])
+        _adafactor(w.reshape(shape3), g.reshape(shape3), r.reshape(shape3[:2]),
+                   c.reshape(shape3[0], shape3[2]), v.reshape(shape3), *_mask_view(mask),
+                   True, rho_t, beta,
+                   eps1, eps2, threshold, *_clip(clip))
+    else:
+        flat = (1, 1, w.size)
+        unused = np.zeros((1, 1), dtype=w.dtype)
+        _adafactor(w.reshape(flat), g.reshape(flat), unused, unused, v.reshape(flat),
+                   *_mask_view(mask), False, rho_t, beta, eps1, eps2, threshold, *_clip(clip))
+
+
+cdef double _muon_momentum_block(const floating* g, floating* m, floating* x, Py_ssize_t n,
+                                 floating mu, floating mu_1, bint nesterov, floating scale,
+                                 floating lim, const unsigned char* mk,
+                                 bint use_mask) noexcept nogil:
+    """m += g + m (momentum - 1); x = g + momentum m (nesterov) or m; returns sum x^2."""
+    cdef Py_ssize_t i
+    cdef floating gi, mi
+    cdef unsigned char keep
+    for i in range(n):
+        keep = _keep(mk, i, use_mask)
+        gi = kept(clipped_grad(g[i], scale, lim), keep)
+        mi = kept(m[i] + (gi + m[i] * mu_1), keep)
+        m[i] = mi
+        x[i] = gi + mu * mi if nesterov else mi
+    return block_sum_squares(x, n)
+
+
+def _muon_momentum(const floating[::1] g, floating[::1] m, floating[::1] x,
+                   const unsigned char[::1] mask, bint use_mask, double momentum,
+                   bint nesterov, double grad_scale, double clipvalue):
+    """Muon's momentum and direction (x, OUT) in one pass; returns sum x^2 (fixed blocks)."""
+    cdef Py_ssize_t n = g.shape[0], nblk = (n + BLOCK - 1) // BLOCK, blk
+    cdef double[::1] partial = np.zeros(max(nblk, 1), dtype=np.float64)
+    cdef double total = 0
+    cdef floating mu = <floating>momentum, mu_1 = <floating>(momentum - 1.0)
+    cdef floating sc = <floating>grad_scale, lim = <floating>clipvalue
+    if n == 0:
+        return 0.0
+    with nogil:
+        for blk in prange(nblk, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            partial[blk] = _muon_momentum_block(&g[blk * BLOCK], &m[blk * BLOCK],
+                                                &x[blk * BLOCK], min(BLOCK, n - blk * BLOCK),
+                                                mu, mu_1, nesterov, sc, lim,
+                                                &mask[blk * BLOCK if use_mask else 0],
+                                                use_mask)
+    for blk in range(nblk):
+        total += partial[blk]
+    return total
+
+
+def _muon_combine(floating[::1] x, const floating[::1] p, double alpha, double beta):
+    """x = alpha x + beta p (IN/OUT x): a Newton-Schulz step's b A + c A A and a X + P X
+    around the GEMMs; beta 0 (the normalisation) reads p not at all."""
+    cdef Py_ssize_t n = x.shape[0], i
+    cdef floating a = <floating>alpha, b = <floating>beta
+    with nogil:
+        if b == 0:
+            for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+                x[i] = a * x[i]
+        else:
+            for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+                x[i] = a * x[i] + b * p[i]
+
+
+def _muon_normalize(floating[::1] x, double sum_squares):
+    """Keras's x / (||x||_F + 1e-7), the norm in the variable's dtype."""
+    cdef Py_ssize_t n = x.shape[0], i
+    cdef floating den = <floating>sqrt(<floating>sum_squares) + <floating>1e-7
+    with nogil:
+        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            x[i] = x[i] / den
+
+
+def _muon_apply(floating[::1] w, const floating[::1] x, const unsigned char[::1] mask,
+                bint use_mask, double lr, double adjust, double decay):
+    """w = decayed w - (lr x) adjust (adjust < 0: - lr x): Keras's lr_adjust(lr * update)
+    after the decoupled weight decay."""
+    cdef Py_ssize_t n = w.shape[0], i
+    cdef floating step_lr = <floating>lr, adj = <floating>adjust, dec = <floating>decay
+    with nogil:
+        if adj >= 0:
+            for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+                w[i] = kept(decayed(w[i], dec) - ((step_lr * x[i]) * adj),
+                            _keep(&mask[0], i, use_mask))
+        else:
+            for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+                w[i] = kept(decayed(w[i], dec) - step_lr * x[i], _keep(&mask[0], i, use_mask))
+
+
+def _muon(w, g, m, mask, double lr, double momentum, bint nesterov, int ns_steps, double a,
+          double b, double c, double adjust, double grad_scale, double clipvalue,
+          double decay):
+    """w (R, C). The Newton-Schulz products run on the dense ops' GEMMs (pynn's
+    microkernel or single-threaded BLAS bands on its worker team, chosen per shape), with
+    the Gram matrix of the shorter side: wide X -> A = X X^T, X = a X + (b A + c A A) X;
+    tall X (Keras transposes it) -> A = X^T X, X = a X + X (b A + c A A)^T, the same
+    products on the transpose. (Calling BLAS sgemm from here directly, its own thread pool
+    against the OpenMP passes between the products, ran a (784, 512) step 3-5x slower.)"""
+    from pynn._native.dense import dense_backward_input, dense_backward_weight, dense_forward
+
+    rows, cols = w.shape
+    if w.size == 0:
+        return
+    x = np.empty_like(w)
+    keep, use_mask = _mask_view(mask)
+    total = _muon_momentum(g.reshape(-1), m.reshape(-1), x.reshape(-1), keep, use_mask,
+                           momentum, nesterov, grad_scale, clipvalue)
+    _muon_normalize(x.reshape(-1), total)
+    tall = rows > cols
+    for _ in range(ns_steps):
+        gram = dense_backward_weight(x, x) if tall else dense_backward_input(x, x)
+        gram_sq, _ = dense_forward(gram, gram, None, "linear", 0.0)
+        _muon_combine(gram.reshape(-1), gram_sq.reshape(-1), b, c)
+        if tall:
+            poly_x = dense_backward_input(x, gram)
+        else:
+            poly_x, _ = dense_forward(gram, x, None, "linear", 0.0)
+        _muon_combine(x.reshape(-1), poly_x.reshape(-1), a, 1.0)
+    _muon_apply(w.reshape(-1), x.reshape(-1), keep, use_mask, lr, adjust, decay)
+
+
+def muon_update(w, g, m, lr, momentum, nesterov, ns_steps, muon_a, muon_b, muon_c, rms_rate,
+                grad_scale, clipvalue, weight_decay, mask=None):
+    """Muon step of a matrix in place (IN/OUT w (R, C), m; IN g).
+
+    m = momentum m + g; x = g + momentum m (nesterov) or m; X = NS5(x) (Keras's
+    zeropower_via_newtonschulz5: x / (||x||_F + 1e-7), then ns_steps of X = a X + (b A + c A
+    A) X, A = X X^T, on the transpose when R > C); w -= (lr X) sqrt(max(R, C)) rms_rate
+    (rms_rate None: w -= lr X). A pruning mask's zeros read g as 0 and store w and m as 0."""
+    w, g, m, coef, clip = operands.muon_update(
+        HOST, w, g, m, lr, momentum, nesterov, ns_steps, muon_a, muon_b, muon_c, rms_rate,
+        grad_scale, clipvalue, weight_decay)
+    mask = operands.update_mask(HOST, "muon_update", w, mask)
+    _muon(w, g, m, mask, *coef, *_clip(clip))

@@ -307,3 +307,252 @@ __kernel void lion_update(__global float *w, __global const float *g, __global f
     w[i] = KEPT(wi - lr * (float)((c > 0.0f) - (c < 0.0f)));
     m[i] = KEPT(m[i] * beta_2 + gi * one_b2);
 }
+
+/* -- opt: Lamb, Adafactor, Muon (Keras 3.15), the twin of native/optim.pyx's -------------
+ * Their whole-tensor reductions stay on the device: a stage-1 kernel writes one partial per
+ * work-group (two segments where two sums are taken), sum_partials_float folds them, and the
+ * next kernel reads the sums from the device buffer: no read-back inside a step.
+ * Adafactor views a variable of rank >= 2 as (B, R, C): r (B, R), c (B, C).
+ * Pruning masks (MASK_ARGS): a pruned element's gradient reads as 0 and its weight and
+ * elementwise slots are stored as exact zeros, as in the other updates.
+ */
+
+float lamb_direction(float m, float v, float bc1, float bc2, float eps)
+{
+    return (m / bc1) / (sqrt(v / bc2) + eps);
+}
+
+/* Clip, decay w, move m and v; partial[group] = sum w^2, partial[groups + group] = sum u^2. */
+__kernel __attribute__((reqd_work_group_size(WG_SIZE, 1, 1)))
+void lamb_moments_partial(__global float *w, __global const float *g, __global float *m,
+                          __global float *v, __global float *partial, const int n,
+                          const float one_b1, const float one_b2, const float bc1,
+                          const float bc2, const float eps, const float scale,
+                          const float clip, const float decay, MASK_ARGS)
+{
+    __local float buf[WG_SIZE];
+    const int stride = get_global_size(0);
+    float sw = 0.0f, su = 0.0f;
+    for (int i = get_global_id(0); i < n; i += stride) {
+        const int keep = KEEP_OF(i);
+        const float gi = KEPT(clipped_grad(g[i], scale, clip));
+        const float wi = KEPT(decayed(w[i], decay));
+        w[i] = wi;
+        const float mi = KEPT(m[i] + (gi - m[i]) * one_b1);
+        const float vi = KEPT(v[i] + (gi * gi - v[i]) * one_b2);
+        m[i] = mi;
+        v[i] = vi;
+        const float ui = KEPT(lamb_direction(mi, vi, bc1, bc2, eps));
+        sw += wi * wi;
+        su += ui * ui;
+    }
+    sw = wg_sum_float(buf, sw);
+    su = wg_sum_float(buf, su);
+    if (get_local_id(0) == 0) {
+        partial[get_group_id(0)] = sw;
+        partial[get_num_groups(0) + get_group_id(0)] = su;
+    }
+}
+
+/* w -= ratio lr u, ratio = ||w|| / ||u|| from sums = (sum w^2, sum u^2), 1 where one is 0. */
+__kernel void lamb_apply(__global float *w, __global const float *m, __global const float *v,
+                         __global const float *sums, const int n, const float lr,
+                         const float bc1, const float bc2, const float eps, MASK_ARGS)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    const int keep = KEEP_OF(i);
+    const float w_norm = sqrt(sums[0]), u_norm = sqrt(sums[1]);
+    const float ratio = (w_norm > 0.0f && u_norm > 0.0f) ? w_norm / u_norm : 1.0f;
+    w[i] = KEPT(w[i] - ratio * lr * lamb_direction(m[i], v[i], bc1, bc2, eps));
+}
+
+/* One work-group per row of (B*R, C): decay the row of w, move r[row] by the row's mean of
+ * g^2 + eps1; wsq[row] = the row's sum of w^2. */
+__kernel __attribute__((reqd_work_group_size(WG_SIZE, 1, 1)))
+void adafactor_rows(__global float *w, __global const float *g, __global float *r,
+                    __global float *wsq, const int cols, const float beta,
+                    const float one_beta, const float eps1, const float scale,
+                    const float clip, const float decay, MASK_ARGS)
+{
+    __local float buf[WG_SIZE];
+    const size_t row = get_group_id(0);
+    __global float *wr = w + row * cols;
+    __global const float *gr = g + row * cols;
+    float s = 0.0f, sw = 0.0f;
+    for (int j = get_local_id(0); j < cols; j += WG_SIZE) {
+        const int keep = KEEP_OF(row * cols + j);
+        const float gi = KEPT(clipped_grad(gr[j], scale, clip));
+        s += gi * gi + eps1;
+        const float wi = KEPT(decayed(wr[j], decay));
+        wr[j] = wi;
+        sw += wi * wi;
+    }
+    s = wg_sum_float(buf, s);
+    sw = wg_sum_float(buf, sw);
+    if (get_local_id(0) == 0) {
+        r[row] = beta * r[row] + one_beta * (s / cols);
+        wsq[row] = sw;
+    }
+}
+
+/* One work-item per column (b, j): c[b, j] moved by the column's mean of g^2 + eps1. */
+__kernel void adafactor_columns(__global const float *g, __global float *c, const int nb,
+                                const int rows, const int cols, const float beta,
+                                const float one_beta, const float eps1, const float scale,
+                                const float clip, MASK_ARGS)
+{
+    const int k = get_global_id(0);
+    GUARD(k, nb * cols);
+    const int b = k / cols, j = k % cols;
+    __global const float *gb = g + (size_t)b * rows * cols + j;
+    float s = 0.0f;
+    for (int i = 0; i < rows; i++) {
+        const size_t at = (size_t)b * rows * cols + (size_t)i * cols + j;
+        const int keep = KEEP_OF(at);
+        const float gi = KEPT(clipped_grad(gb[(size_t)i * cols], scale, clip));
+        s += gi * gi + eps1;
+    }
+    c[k] = beta * c[k] + one_beta * (s / rows);
+}
+
+/* One work-group per slice b: r_mean[b] = the mean of r[b, :]. */
+__kernel __attribute__((reqd_work_group_size(WG_SIZE, 1, 1)))
+void adafactor_row_mean(__global const float *r, __global float *r_mean, const int rows)
+{
+    __local float buf[WG_SIZE];
+    __global const float *rb = r + (size_t)get_group_id(0) * rows;
+    float s = 0.0f;
+    for (int i = get_local_id(0); i < rows; i += WG_SIZE)
+        s += rb[i];
+    s = wg_sum_float(buf, s);
+    if (get_local_id(0) == 0)
+        r_mean[get_group_id(0)] = s / rows;
+}
+
+/* v = (r[row] / r_mean[b]) c[b, j]; partial[group] = sum (g / sqrt(v))^2. */
+__kernel __attribute__((reqd_work_group_size(WG_SIZE, 1, 1)))
+void adafactor_velocity_partial(__global const float *g, __global const float *r,
+                                __global const float *r_mean, __global const float *c,
+                                __global float *v, __global float *partial, const int n,
+                                const int rows, const int cols, const float scale,
+                                const float clip, MASK_ARGS)
+{
+    __local float buf[WG_SIZE];
+    const int stride = get_global_size(0);
+    float su = 0.0f;
+    for (int k = get_global_id(0); k < n; k += stride) {
+        const int row = k / cols, j = k % cols, b = row / rows;
+        const int keep = KEEP_OF(k);
+        const float vi = (r[row] / r_mean[b]) * c[b * cols + j];
+        v[k] = KEPT(vi);
+        /* u is 0 where g is: a zero row and column underflow v to 0 (native/optim.pyx) */
+        const float gi = clipped_grad(g[k], scale, clip);
+        const float ui = (keep && gi != 0.0f) ? gi / sqrt(vi) : 0.0f;
+        su += ui * ui;
+    }
+    su = wg_sum_float(buf, su);
+    if (get_local_id(0) == 0)
+        partial[get_group_id(0)] = su;
+}
+
+/* Rank < 2: decay w, move v; partial segments (sum w^2, sum (g / sqrt(v))^2). */
+__kernel __attribute__((reqd_work_group_size(WG_SIZE, 1, 1)))
+void adafactor_flat_partial(__global float *w, __global const float *g, __global float *v,
+                            __global float *partial, const int n, const float beta,
+                            const float one_beta, const float eps1, const float scale,
+                            const float clip, const float decay, MASK_ARGS)
+{
+    __local float buf[WG_SIZE];
+    const int stride = get_global_size(0);
+    float sw = 0.0f, su = 0.0f;
+    for (int i = get_global_id(0); i < n; i += stride) {
+        const int keep = KEEP_OF(i);
+        const float gi = KEPT(clipped_grad(g[i], scale, clip));
+        const float wi = KEPT(decayed(w[i], decay));
+        w[i] = wi;
+        const float vi = beta * v[i] + one_beta * (gi * gi + eps1);
+        v[i] = KEPT(vi);
+        const float ui = gi != 0.0f ? gi / sqrt(vi) : 0.0f;
+        sw += wi * wi;
+        su += ui * ui;
+    }
+    sw = wg_sum_float(buf, sw);
+    su = wg_sum_float(buf, su);
+    if (get_local_id(0) == 0) {
+        partial[get_group_id(0)] = sw;
+        partial[get_num_groups(0) + get_group_id(0)] = su;
+    }
+}
+
+/* w -= alpha (u / max(1, rms(u) / threshold)), alpha = max(eps2, rms(w)) rho_t; the sums of
+ * w^2 and u^2 are wsum[0] and usum[usum_at]. */
+__kernel void adafactor_apply(__global float *w, __global const float *g,
+                              __global const float *v, __global const float *wsum,
+                              __global const float *usum, const int usum_at, const int n,
+                              const float rho_t, const float eps2, const float threshold,
+                              const float scale, const float clip, MASK_ARGS)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    const int keep = KEEP_OF(i);
+    const float alpha = fmax(eps2, sqrt(wsum[0] / n)) * rho_t;
+    const float d = fmax(1.0f, sqrt(usum[usum_at] / n) / threshold);
+    const float gi = clipped_grad(g[i], scale, clip);
+    const float ui = gi != 0.0f ? (gi / sqrt(v[i])) / d : 0.0f;
+    w[i] = KEPT(w[i] - alpha * ui);
+}
+
+/* Muon: m += g + m (momentum - 1); x = g + momentum m (nesterov) or m; partial sum x^2. */
+__kernel __attribute__((reqd_work_group_size(WG_SIZE, 1, 1)))
+void muon_momentum_partial(__global const float *g, __global float *m, __global float *x,
+                           __global float *partial, const int n, const float momentum,
+                           const float momentum_1, const int nesterov, const float scale,
+                           const float clip, MASK_ARGS)
+{
+    __local float buf[WG_SIZE];
+    const int stride = get_global_size(0);
+    float s = 0.0f;
+    for (int i = get_global_id(0); i < n; i += stride) {
+        const int keep = KEEP_OF(i);
+        const float gi = KEPT(clipped_grad(g[i], scale, clip));
+        const float mi = KEPT(m[i] + (gi + m[i] * momentum_1));
+        m[i] = mi;
+        const float xi = nesterov ? gi + momentum * mi : mi;
+        x[i] = xi;
+        s += xi * xi;
+    }
+    s = wg_sum_float(buf, s);
+    if (get_local_id(0) == 0)
+        partial[get_group_id(0)] = s;
+}
+
+/* Keras's x / (||x||_F + 1e-7), the squared norm in sumsq[0]. */
+__kernel void muon_normalize(__global float *x, __global const float *sumsq, const int n)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    x[i] = x[i] / (sqrt(sumsq[0]) + 1e-7f);
+}
+
+/* x = alpha x + beta p: a Newton-Schulz step's polynomial (b A + c A A) and its update
+ * (a X + B X) around the GEMMs. */
+__kernel void muon_combine(__global float *x, __global const float *p, const int n,
+                           const float alpha, const float beta)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    x[i] = alpha * x[i] + beta * p[i];
+}
+
+/* w = decayed w - (lr x) adjust (use_adjust 0: - lr x). */
+__kernel void muon_apply(__global float *w, __global const float *x, const int n,
+                         const float lr, const float adjust, const int use_adjust,
+                         const float decay, MASK_ARGS)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    const int keep = KEEP_OF(i);
+    const float step = lr * x[i];
+    w[i] = KEPT(decayed(w[i], decay) - (use_adjust ? step * adjust : step));
+}

@@ -22,6 +22,7 @@ from pynn.schedules import LearningRateSchedule
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Nadam", "Adamax",
            "Adadelta", "Ftrl", "Lion", "schedules", "serialize", "deserialize", "get"]
+__all__ += ["Lamb", "Adafactor", "Muon"]  # opt
 
 
 def _together(variables, scales):
@@ -660,8 +661,249 @@ class Lion(_BaseArgs):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2}
 
 
+# -- opt: Lamb, Adafactor, Muon (Keras 3.15) ---------------------------------------------------
+
+class _VariableSlots(_BaseArgs):
+    """An optimizer whose slots depend on the variable (their shapes, or whether a variable
+    has one): ``_variable_slot_specs(variable)`` lists (slot name, shape, initial value), in
+    Keras's order. A pruning mask (pynn.compression) rides into the op as for the other
+    optimizers: pruned elements read a zero gradient and keep zero weights and elementwise
+    slots."""
+
+    def _variable_slot_specs(self, variable):
+        shape = tuple(variable.value.shape)
+        return [(name, shape, init) for name, init in self._slot_specs()]
+
+    def _slots_for(self, be, variable):
+        specs = self._variable_slot_specs(variable)
+        slots = self._slots.get(variable.path)
+        dtype = variable.value.dtype
+        if slots is None:
+            slots = {name: (be.zeros(shape, dtype=dtype) if init == 0.0
+                            else be.full(shape, init, dtype=dtype))
+                     for name, shape, init in specs}
+            self._slots[variable.path] = slots
+        else:
+            for name, shape, _ in specs:
+                if name not in slots or tuple(slots[name].shape) != shape:
+                    got = tuple(slots[name].shape) if name in slots else None
+                    raise ValueError(f"{self.name}: slot '{variable.path}/{name}' has shape "
+                                     f"{got} but the variable needs {shape}")
+        return slots
+
+    def set_state(self, state, variables):
+        be = backend.current()
+        saved = dict(state.get("slots", {}))
+        restored = {}
+        for v in variables:
+            specs = self._variable_slot_specs(v)
+            keys = [f"{v.path}/{name}" for name, _, _ in specs]
+            present = [k in saved for k in keys]
+            if not any(present):
+                continue
+            if not all(present):
+                missing = [k for k, p in zip(keys, present) if not p]
+                raise ValueError(f"{self.name}.set_state: state lacks slots {missing}")
+            slots = {}
+            for (name, shape, _), key in zip(specs, keys):
+                arr = np.asarray(saved.pop(key))
+                if tuple(arr.shape) != shape:
+                    raise ValueError(f"{self.name}.set_state: slot '{key}' has shape "
+                                     f"{arr.shape}, expected {shape}")
+                slots[name] = be.asarray(arr, dtype=v.value.dtype)
+            restored[v.path] = slots
+        if saved:
+            raise ValueError(f"{self.name}.set_state: slots {sorted(saved)} match no variable "
+                             f"(or are not slots of {self.__class__.__name__})")
+        self._slots = restored
+        self.iterations = int(state.get("iterations", 0))
+
+
+class Lamb(_VariableSlots):
+    """Lamb (Keras 3): Adam's bias-corrected direction scaled by the layer-wise trust ratio
+    ||w|| / ||update|| (1 where either norm is 0)."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                 weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 name=None, **kwargs):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm,
+                         name, kwargs)
+        self.beta_1 = _float_arg("Lamb", "beta_1", beta_1, lo=0.0, hi=1.0, hi_open=True)
+        self.beta_2 = _float_arg("Lamb", "beta_2", beta_2, lo=0.0, hi=1.0, hi_open=True)
+        self.epsilon = _float_arg("Lamb", "epsilon", epsilon, lo=0.0)
+
+    def _slot_specs(self):
+        return [("momentum", 0.0), ("velocity", 0.0)]
+
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay, mask=None):
+        be.lamb_update(w, g, slots["momentum"], slots["velocity"], lr, self.beta_1,
+                       self.beta_2, self.epsilon, self.iterations + 1, grad_scale, clipvalue,
+                       weight_decay, mask=mask)
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon}
+
+
+class Adafactor(_VariableSlots):
+    """Adafactor (Keras 3): for variables of rank >= 2 the second moment is factored into
+    row means ``r`` (shape[:-1]) and column means ``c`` (shape[:-2] + shape[-1:]) of
+    g^2 + epsilon_1 over the last two axes, decayed by 1 - t^beta_2_decay; the step is
+    min(lr, 1/sqrt(t)) * max(epsilon_2, rms(w)), the update clipped to rms clip_threshold.
+
+    Keras takes min(lr, 1/sqrt(t)) whether or not ``relative_step`` is set, so the flag
+    changes nothing there or here; it is kept for the config."""
+
+    def __init__(self, learning_rate=0.001, beta_2_decay=-0.8, epsilon_1=1e-30,
+                 epsilon_2=1e-3, clip_threshold=1.0, relative_step=True, weight_decay=None,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None, name=None, **kwargs):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm,
+                         name, kwargs)
+        self.beta_2_decay = _float_arg("Adafactor", "beta_2_decay", beta_2_decay)
+        self.epsilon_1 = _float_arg("Adafactor", "epsilon_1", epsilon_1, lo=0.0)
+        self.epsilon_2 = _float_arg("Adafactor", "epsilon_2", epsilon_2, lo=0.0)
+        self.clip_threshold = _float_arg("Adafactor", "clip_threshold", clip_threshold,
+                                         lo=0.0)
+        if self.clip_threshold == 0.0:
+            raise ValueError("Adafactor: `clip_threshold` must be > 0 (it divides the "
+                             "update's rms), got 0.0")
+        if not isinstance(relative_step, (bool, np.bool_)):
+            raise ValueError(f"Adafactor: `relative_step` must be a bool, got "
+                             f"{relative_step!r}")
+        self.relative_step = bool(relative_step)
+
+    def _variable_slot_specs(self, variable):
+        from pynn.backend.operands.optim import adafactor_slot_shapes
+
+        r_shape, c_shape, v_shape = adafactor_slot_shapes(variable.value.shape)
+        return [("r", r_shape, 0.0), ("c", c_shape, 0.0), ("velocity", v_shape, 0.0)]
+
+    def _slot_specs(self):
+        return [("r", 0.0), ("c", 0.0), ("velocity", 0.0)]
+
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay, mask=None):
+        factored = len(w.shape) >= 2
+        be.adafactor_update(w, g, slots["r"] if factored else None,
+                            slots["c"] if factored else None, slots["velocity"], lr,
+                            self.beta_2_decay, self.epsilon_1, self.epsilon_2,
+                            self.clip_threshold, self.iterations + 1, grad_scale, clipvalue,
+                            weight_decay, mask=mask)
+
+    def get_config(self):
+        return {**super().get_config(), "beta_2_decay": self.beta_2_decay,
+                "epsilon_1": self.epsilon_1, "epsilon_2": self.epsilon_2,
+                "clip_threshold": self.clip_threshold, "relative_step": self.relative_step}
+
+
+class Muon(_VariableSlots):
+    """Muon (Keras 3): matrices take momentum orthogonalised by Keras's Newton-Schulz
+    iteration, scaled by sqrt(max(rows, cols)) * rms_rate; every variable that is not 2-D,
+    whose path contains "embedding" (exclude_embeddings) or matches a regular expression of
+    ``exclude_layers`` takes an AdamW step at lr * adam_lr_ratio instead, decayed by
+    ``adam_weight_decay`` (the matrices by ``weight_decay``), both at the base lr.
+
+    pynn's variable paths are "<layer>/<weight>" where Keras's start with the model's name
+    ("sequential/dense/kernel"): an ``exclude_layers`` pattern naming the model matches there
+    only."""
+
+    def __init__(self, learning_rate=0.001, adam_beta_1=0.9, adam_beta_2=0.999,
+                 adam_weight_decay=0.004, epsilon=1e-7, weight_decay=0.004, clipnorm=None,
+                 clipvalue=None, global_clipnorm=None, name=None, exclude_layers=None,
+                 exclude_embeddings=True, muon_a=3.4445, muon_b=-4.7750, muon_c=2.0315,
+                 adam_lr_ratio=1, momentum=0.95, ns_steps=5, nesterov=True, rms_rate=0.2,
+                 **kwargs):
+        import re
+
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm,
+                         name, kwargs)
+        self.adam_beta_1 = _float_arg("Muon", "adam_beta_1", adam_beta_1, lo=0.0, hi=1.0,
+                                      hi_open=True)
+        self.adam_beta_2 = _float_arg("Muon", "adam_beta_2", adam_beta_2, lo=0.0, hi=1.0,
+                                      hi_open=True)
+        self.adam_weight_decay = _float_arg("Muon", "adam_weight_decay", adam_weight_decay,
+                                            lo=0.0, allow_none=True)
+        self.epsilon = _float_arg("Muon", "epsilon", epsilon, lo=0.0)
+        self.muon_a = _float_arg("Muon", "muon_a", muon_a)
+        self.muon_b = _float_arg("Muon", "muon_b", muon_b)
+        self.muon_c = _float_arg("Muon", "muon_c", muon_c)
+        self.adam_lr_ratio = _float_arg("Muon", "adam_lr_ratio", adam_lr_ratio, lo=0.0)
+        self.momentum = _float_arg("Muon", "momentum", momentum, lo=0.0)
+        if isinstance(ns_steps, bool) or not isinstance(ns_steps, (int, np.integer)) or \
+                not 0 <= ns_steps <= 1000:
+            raise ValueError(f"Muon: `ns_steps` must be an int in [0, 1000], got {ns_steps!r}")
+        self.ns_steps = int(ns_steps)
+        self.nesterov = bool(nesterov)
+        self.exclude_embeddings = bool(exclude_embeddings)
+        layers = [] if exclude_layers is None else exclude_layers
+        if isinstance(layers, str) or not all(isinstance(k, str) for k in layers):
+            raise ValueError("Muon: `exclude_layers` must be a list of strings (regular "
+                             f"expressions searched in variable paths), got {exclude_layers!r}")
+        for keyword in layers:
+            try:
+                re.compile(keyword)
+            except re.error as exc:
+                raise ValueError(f"Muon: `exclude_layers` entry {keyword!r} is not a regular "
+                                 f"expression ({exc})") from None
+        self.exclude_layers = list(layers)
+        self.rms_rate = _float_arg("Muon", "rms_rate", rms_rate, lo=0.0, allow_none=True)
+
+    def _should_use_adamw(self, variable):
+        """Keras's rule: not 2-D, an embedding (exclude_embeddings), or a path matched by one
+        of exclude_layers."""
+        import re
+
+        if len(variable.value.shape) != 2:
+            return True
+        if self.exclude_embeddings and "embedding" in variable.path.lower():
+            return True
+        return any(re.search(keyword, variable.path) for keyword in self.exclude_layers)
+
+    def _variable_slot_specs(self, variable):
+        shape = tuple(variable.value.shape)
+        specs = [("momentum", shape, 0.0)]
+        if self._should_use_adamw(variable):
+            specs.append(("velocity", shape, 0.0))
+        return specs
+
+    def _slot_specs(self):
+        return [("momentum", 0.0), ("velocity", 0.0)]
+
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay, mask=None):
+        # Each branch decays by its own rate at the base lr (Keras's _apply_weight_decay),
+        # not the base class's weight_decay.
+        if "velocity" in slots:
+            decay = self.adam_weight_decay or 0.0
+            adam_lr = lr * self.adam_lr_ratio
+            if decay and adam_lr == 0.0:
+                # adam_update scales its decay by its own lr: here that is 0.
+                be.scale_inplace(w, 1.0 - decay * lr)
+                decay = 0.0
+            elif decay:
+                decay = decay * lr / adam_lr
+            be.adam_update(w, g, slots["momentum"], slots["velocity"], None, adam_lr,
+                           self.adam_beta_1, self.adam_beta_2, self.epsilon,
+                           self.iterations + 1, grad_scale, clipvalue, decay, mask=mask)
+        else:
+            be.muon_update(w, g, slots["momentum"], lr, self.momentum, self.nesterov,
+                           self.ns_steps, self.muon_a, self.muon_b, self.muon_c,
+                           self.rms_rate, grad_scale, clipvalue, self.weight_decay or 0.0,
+                           mask=mask)
+
+    def get_config(self):
+        return {**super().get_config(), "adam_beta_1": self.adam_beta_1,
+                "adam_beta_2": self.adam_beta_2, "epsilon": self.epsilon,
+                "exclude_layers": list(self.exclude_layers), "muon_a": self.muon_a,
+                "muon_b": self.muon_b, "muon_c": self.muon_c,
+                "adam_lr_ratio": self.adam_lr_ratio, "momentum": self.momentum,
+                "ns_steps": self.ns_steps, "nesterov": self.nesterov,
+                "exclude_embeddings": self.exclude_embeddings,
+                "adam_weight_decay": self.adam_weight_decay, "rms_rate": self.rms_rate}
+
+
 _CLASSES = {cls.__name__.lower(): cls for cls in (SGD, Adam, AdamW, RMSprop, Adagrad, Nadam,
                                                   Adamax, Adadelta, Ftrl, Lion)}
+# opt: Keras 3's Lamb, Adafactor and Muon
+_CLASSES.update({cls.__name__.lower(): cls for cls in (Lamb, Adafactor, Muon)})
 
 
 def serialize(optimizer):

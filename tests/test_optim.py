@@ -1286,3 +1286,316 @@ def test_ftrl_default_power_gives_the_pow_roads_bits():
     assert not np.array_equal(out[0][0], w0)
     for a, b in zip(*out):
         np.testing.assert_array_equal(a, b)
+
+
+# -- opt: Lamb, Adafactor, Muon (lamb_update, adafactor_update, muon_update) -----------------
+KERAS3_CASES = [
+    ("lamb_update", dict()),
+    ("lamb_update", dict(grad_scale=0.6, clipvalue=0.4, weight_decay=0.01)),
+    ("adafactor_update", dict()),
+    ("adafactor_update", dict(clip_threshold=0.3, epsilon_2=0.5, beta_2_decay=-0.5,
+                              grad_scale=0.8, clipvalue=0.9, weight_decay=0.02)),
+    ("muon_update", dict()),
+    ("muon_update", dict(nesterov=False, rms_rate=None, ns_steps=3, clipvalue=0.5,
+                         weight_decay=0.03, grad_scale=0.7)),
+]
+KERAS3_SHAPES = {"lamb_update": [(1,), (7,), (5, 9), (3, 5, 1, 7), (4099,), (BIG,)],
+                 "adafactor_update": [(1,), (7,), (5, 9), (1, 13), (3, 5, 1, 7), (2, 3, 5, 7),
+                                      (4099,), (301, 233)],
+                 "muon_update": [(1, 1), (5, 9), (9, 5), (1, 13), (33, 65), (301, 233)]}
+
+
+def _keras3_case_id(case):
+    return case_id(KERAS3_CASES[case])
+
+
+def _keras3_hyper(opts):
+    base = dict(lr=0.01, grad_scale=1.0, clipvalue=0.0, weight_decay=0.0)
+    base.update({k: opts[k] for k in base if k in opts})
+    return base
+
+
+def _keras3_state(op, shape, dtype, rng):
+    from pynn.backend.operands.optim import adafactor_slot_shapes
+
+    w = random_param(rng, shape, dtype)
+    if op == "lamb_update":
+        return w, [(random_param(rng, shape, dtype) * 0.1).astype(dtype),
+                   np.abs(random_param(rng, shape, dtype))]
+    if op == "adafactor_update":
+        r_shape, c_shape, _ = adafactor_slot_shapes(shape)
+        factored = len(shape) >= 2
+        return w, [np.abs(random_param(rng, r_shape, dtype)) if factored else None,
+                   np.abs(random_param(rng, c_shape, dtype)) if factored else None,
+                   np.abs(random_param(rng, shape, dtype))]
+    return w, [(random_param(rng, shape, dtype) * 0.1).astype(dtype)]
+
+
+def _keras3_step(op, ops, w, g, slots, opts, t):
+    h = _keras3_hyper(opts)
+    clip = (h["grad_scale"], h["clipvalue"], h["weight_decay"])
+    if op == "lamb_update":
+        ops.lamb_update(w, g, *slots, h["lr"], opts.get("beta_1", 0.9),
+                        opts.get("beta_2", 0.999), opts.get("epsilon", 1e-7), t, *clip)
+    elif op == "adafactor_update":
+        ops.adafactor_update(w, g, *slots, h["lr"], opts.get("beta_2_decay", -0.8),
+                             opts.get("epsilon_1", 1e-30), opts.get("epsilon_2", 1e-3),
+                             opts.get("clip_threshold", 1.0), t, *clip)
+    else:
+        ops.muon_update(w, g, *slots, h["lr"], opts.get("momentum", 0.95),
+                        opts.get("nesterov", True), opts.get("ns_steps", 5), 3.4445, -4.775,
+                        2.0315, opts.get("rms_rate", 0.2), *clip)
+
+
+def _keras3_ref_step(op, w, g, slots, opts, t):
+    h = _keras3_hyper(opts)
+    clip = (h["grad_scale"], h["clipvalue"], h["weight_decay"])
+    if op == "lamb_update":
+        out = ref.lamb_update_ref(w, g, *slots, h["lr"], opts.get("beta_1", 0.9),
+                                  opts.get("beta_2", 0.999), opts.get("epsilon", 1e-7), t,
+                                  *clip)
+    elif op == "adafactor_update":
+        out = ref.adafactor_update_ref(w, g, *slots, h["lr"], opts.get("beta_2_decay", -0.8),
+                                       opts.get("epsilon_1", 1e-30),
+                                       opts.get("epsilon_2", 1e-3),
+                                       opts.get("clip_threshold", 1.0), t, *clip)
+    else:
+        out = ref.muon_update_ref(w, g, *slots, h["lr"], opts.get("momentum", 0.95),
+                                  opts.get("nesterov", True), opts.get("ns_steps", 5), 3.4445,
+                                  -4.775, 2.0315, opts.get("rms_rate", 0.2), *clip)
+    return out[0], list(out[1:])
+
+
+def _run_keras3(op, opts, ops, up, down, shape, dtype, steps=3, seed=0):
+    """(w, slots) after ``steps`` kernel steps and the oracle's (w, slots) from the same
+    start; the weights' change is compared (the step is small beside the weights)."""
+    rng = np.random.default_rng(seed)
+    w0, slots0 = _keras3_state(op, shape, dtype, rng)
+    grads = [random_param(rng, shape, dtype) for _ in range(steps)]
+    w, slots = up(w0.copy()), [None if s is None else up(s.copy()) for s in slots0]
+    w_ref, slots_ref = ref.f64(w0), [ref.f64(s) for s in slots0]
+    for t in range(1, steps + 1):
+        _keras3_step(op, ops, w, up(grads[t - 1]), slots, opts, t)
+        w_ref, new_slots = _keras3_ref_step(op, w_ref, grads[t - 1], slots_ref, opts, t)
+        slots_ref = [s if n is None else n for s, n in zip(slots_ref, new_slots)]
+    return (down(w) - w0, [down(s) for s in slots]), (w_ref - w0, slots_ref)
+
+
+# The float32 Newton-Schulz iteration (five quintic steps with coefficients near 5) grows
+# rounding by ~100x; Adafactor's float32 rho_t/alpha round lr (0.01) by ~2e-7 relative.
+KERAS3_TOL = {"lamb_update": 2e-5, "adafactor_update": 2e-5, "muon_update": 2e-4}
+
+
+def _assert_change_close(got, want, rtol, what, w_scale=1.1, steps=3):
+    """The weights' change within rtol of its size, plus the float32 rounding of the
+    weights themselves over the steps (an ulp of w is 1e-5 of a 0.01 step)."""
+    err = float(np.abs(np.asarray(got, np.float64) - want).max())
+    allowed = rtol * float(np.abs(want).max()) + steps * 1.2e-7 * w_scale
+    assert err <= allowed, f"{what}: max abs error {err:.3g} > {allowed:.3g}"
+
+
+@pytest.mark.parametrize("case", range(len(KERAS3_CASES)), ids=_keras3_case_id)
+def test_keras3_updates_match_oracle_float64(case):
+    op, opts = KERAS3_CASES[case]
+    for shape in KERAS3_SHAPES[op][:-1]:
+        (dw, slots), (dw_ref, slots_ref) = _run_keras3(op, opts, optim, np.asarray, np.asarray,
+                                                       shape, np.float64, seed=case)
+        assert_close(dw, dw_ref, 1e-11, f"{op} {shape} w change")
+        for i, (s, r) in enumerate(zip(slots, slots_ref)):
+            if r is not None:
+                assert_close(s, r, 1e-11, f"{op} {shape} slot {i}")
+
+
+@pytest.mark.parametrize("case", range(len(KERAS3_CASES)), ids=_keras3_case_id)
+def test_keras3_updates_over_steps_on_backend(backend, case):
+    """float32 on the backend against the oracle and, on OpenCL, against the CPU op."""
+    op, opts = KERAS3_CASES[case]
+    for shape in KERAS3_SHAPES[op]:
+        (dw, slots), (dw_ref, slots_ref) = _run_keras3(op, opts, backend.ops, backend.up,
+                                                       backend.down, shape, np.float32,
+                                                       seed=case)
+        _assert_change_close(dw, dw_ref, KERAS3_TOL[op], f"{op} {shape} w change")
+        for i, (s, r) in enumerate(zip(slots, slots_ref)):
+            if r is not None:
+                assert_close(s, r, 2e-5, f"{op} {shape} slot {i}")
+        if backend.is_opencl:
+            from pynn.backend import cpu
+
+            (dw_cpu, slots_cpu), _ = _run_keras3(op, opts, cpu, np.asarray, np.asarray, shape,
+                                                 np.float32, seed=case)
+            _assert_change_close(dw, dw_cpu, KERAS3_TOL[op], f"{op} {shape} vs CPU")
+            for i, (s, c) in enumerate(zip(slots, slots_cpu)):
+                if slots_ref[i] is not None:
+                    assert_close(s, c, 2e-5, f"{op} {shape} slot {i} vs CPU")
+
+
+@pytest.mark.parametrize("op", sorted(KERAS3_SHAPES))
+def test_keras3_updates_same_bits_for_any_thread_count(op):
+    shape = (BIG,) if op == "lamb_update" else (301, 233)
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            set_num_threads(threads)
+            (dw, slots), _ = _run_keras3(op, {}, optim, np.asarray, np.asarray, shape,
+                                         np.float32, steps=2, seed=5)
+            outs.append([dw, *[s for s in slots if s is not None]])
+    finally:
+        set_num_threads(get_max_threads())
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_keras3_updates_empty_parameter(backend):
+    ops = backend.ops
+    ops.lamb_update(ops.zeros((0, 3)), ops.zeros((0, 3)), ops.zeros((0, 3)), ops.zeros((0, 3)),
+                    0.01, 0.9, 0.999, 1e-7, 1, 1.0, 0.0, 0.0)
+    ops.adafactor_update(ops.zeros((0, 3)), ops.zeros((0, 3)), ops.zeros((0,)),
+                         ops.zeros((3,)), ops.zeros((0, 3)), 0.01, -0.8, 1e-30, 1e-3, 1.0, 1,
+                         1.0, 0.0, 0.0)
+    ops.muon_update(ops.zeros((0, 3)), ops.zeros((0, 3)), ops.zeros((0, 3)), 0.01, 0.95, True,
+                    5, 3.4445, -4.775, 2.0315, 0.2, 1.0, 0.0, 0.0)
+
+
+def _keras3_call(op, shape=(3, 4), **over):
+    from pynn.backend.api import OPS
+    from pynn.backend.operands.optim import adafactor_slot_shapes
+
+    r_shape, c_shape, _ = adafactor_slot_shapes(shape)
+    arrays = dict(w=np.ones(shape, np.float32), g=np.ones(shape, np.float32),
+                  m=np.zeros(shape, np.float32), v=np.zeros(shape, np.float32),
+                  r=np.zeros(r_shape, np.float32), c=np.zeros(c_shape, np.float32))
+    hyper = dict(lr=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, t=1, grad_scale=1.0,
+                 clipvalue=0.0, weight_decay=0.0, beta_2_decay=-0.8, epsilon_1=1e-30,
+                 epsilon_2=1e-3, clip_threshold=1.0, momentum=0.95, nesterov=True,
+                 ns_steps=5, muon_a=3.4445, muon_b=-4.775, muon_c=2.0315, rms_rate=0.2)
+    args = {**arrays, **hyper, "mask": None, **over}
+    return getattr(optim, op)(*[args[p] for p in OPS[op]])
+
+
+@pytest.mark.parametrize("op,over,exc,match", [
+    ("lamb_update", dict(m=None), ValueError, "lamb_update: slots 'm' and 'v' are required"),
+    ("lamb_update", dict(beta_1=1.0), ValueError, r"lamb_update: 'beta_1' must be in"),
+    ("lamb_update", dict(t=0), ValueError, r"lamb_update: 't' must be an int >= 1"),
+    ("lamb_update", dict(v=np.zeros((3, 5), np.float32)), ValueError,
+     r"lamb_update: 'v' must have the shape of 'w' \(3, 4\), got \(3, 5\)"),
+    ("adafactor_update", dict(r=np.zeros((4,), np.float32)), ValueError,
+     r"adafactor_update: 'r' of a 'w' shaped \(3, 4\) must have shape \(3,\), got \(4,\)"),
+    ("adafactor_update", dict(c=np.zeros((4,), np.float64)), TypeError,
+     r"adafactor_update: 'c' must have the dtype of 'w' \(float32\), got float64"),
+    ("adafactor_update", dict(r=None), ValueError, "adafactor_update: slots 'r' and 'c' are"),
+    ("adafactor_update", dict(clip_threshold=0.0), ValueError,
+     r"adafactor_update: 'clip_threshold' must be in \(0.0"),
+    ("adafactor_update", dict(epsilon_1=-1.0), ValueError, "adafactor_update: 'epsilon_1'"),
+    ("adafactor_update", dict(beta_2_decay=float("nan")), ValueError,
+     "adafactor_update: 'beta_2_decay' must not be NaN"),
+    ("muon_update", dict(w=np.ones((2, 3, 4), np.float32), g=np.ones((2, 3, 4), np.float32),
+                         m=np.zeros((2, 3, 4), np.float32)), ValueError,
+     r"muon_update: Muon's step takes a matrix: 'w' must have 2 dimensions, got shape"),
+    ("muon_update", dict(ns_steps=2.5), TypeError, "muon_update: 'ns_steps' must be an int"),
+    ("muon_update", dict(ns_steps=-1), ValueError, r"muon_update: 'ns_steps' must be in"),
+    ("muon_update", dict(rms_rate=-0.1), ValueError, "muon_update: 'rms_rate' must be in"),
+    ("muon_update", dict(nesterov="yes"), TypeError, "muon_update: 'nesterov' must be a bool"),
+    ("muon_update", dict(m=np.zeros((4, 3), np.float32)), ValueError,
+     r"muon_update: 'm' must have the shape of 'w' \(3, 4\)"),
+    ("muon_update", dict(g=np.ones((3, 5), np.float32)), ValueError,
+     r"muon_update: 'g' must have the shape of 'w' \(3, 4\), got \(3, 5\)"),
+    ("lamb_update", dict(mask=np.ones((4, 3), np.uint8)), ValueError,
+     r"lamb_update: 'mask' must have the shape of 'w' \(3, 4\), got \(4, 3\)"),
+    ("adafactor_update", dict(mask=np.ones((3, 4), np.float32)), TypeError,
+     r"adafactor_update: 'mask' must be uint8 \(or bool\), got dtype float32"),
+])
+def test_keras3_updates_bad_inputs(op, over, exc, match):
+    with pytest.raises(exc, match=match):
+        _keras3_call(op, **over)
+
+
+def test_keras3_updates_reject_slot_aliasing():
+    m = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="must not share memory"):
+        _keras3_call("lamb_update", m=m, v=m)
+    w = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match="must not share memory"):
+        _keras3_call("muon_update", w=w, m=w)
+
+
+@pytest.mark.parametrize("case", range(len(KERAS3_CASES)), ids=_keras3_case_id)
+def test_keras3_updates_with_a_pruning_mask(backend, case):
+    """A mask's zeros read the gradient as 0 and store the weight and elementwise slots as
+    exact zeros; the kept elements step as the oracle does from the pruned start (pruned
+    weights, moments and gradients at 0; Muon's orthogonalised step and Adafactor's factored
+    velocity spread onto pruned places, where the mask then zeroes them)."""
+    op, opts = KERAS3_CASES[case]
+    shape = {"lamb_update": (5, 9), "adafactor_update": (3, 5, 7),
+             "muon_update": (9, 5)}[op]
+    rng = np.random.default_rng(case)
+    w0, slots0 = _keras3_state(op, shape, np.float32, rng)
+    mask = (rng.uniform(size=shape) > 0.4).astype(np.uint8)
+    elementwise = {"lamb_update": (0, 1), "adafactor_update": (2,), "muon_update": (0,)}[op]
+    w0 = w0 * mask
+    for i in elementwise:
+        slots0[i] = slots0[i] * mask
+    grads = [random_param(rng, shape, np.float32) for _ in range(3)]
+    w = backend.up(w0.copy())
+    slots = [None if s is None else backend.up(s.copy()) for s in slots0]
+    w_ref, slots_ref = ref.f64(w0), [ref.f64(s) for s in slots0]
+    for t in range(1, 4):
+        _keras3_step_masked(op, backend.ops, w, backend.up(grads[t - 1]), slots, opts, t,
+                            backend.up(mask))
+        w_ref, new_slots = _keras3_ref_step(op, w_ref, grads[t - 1] * mask, slots_ref, opts, t)
+        w_ref = w_ref * mask
+        slots_ref = [s if n is None else n for s, n in zip(slots_ref, new_slots)]
+        for i in elementwise:
+            slots_ref[i] = slots_ref[i] * mask
+    got = backend.down(w)
+    assert not np.any(got[mask == 0]) and not np.any(np.signbit(got[mask == 0]))
+    _assert_change_close((got - w0) * mask, (w_ref - w0) * mask, KERAS3_TOL[op],
+                         f"{op} masked w change")
+    for i in elementwise:
+        s = backend.down(slots[i])
+        assert not np.any(s[mask == 0]), f"{op} slot {i} pruned"
+        assert_close(s, slots_ref[i], 2e-5, f"{op} masked slot {i}")
+
+
+def test_adafactor_zero_row_and_column_takes_no_step_there(backend):
+    """A gradient zero along a whole row and column (a dead or pruned unit's) gives a float32
+    v that underflows to 0 where they cross; u is 0 there (Keras's 0 / 0 is NaN), and the
+    rest of the step is the oracle's."""
+    rng = np.random.default_rng(3)
+    w0 = random_param(rng, (6, 5), np.float32)
+    g = random_param(rng, (6, 5), np.float32)
+    g[2, :] = 0
+    g[:, 4] = 0
+    w, r, c, v = (backend.up(a) for a in (w0.copy(), np.zeros(6, np.float32),
+                                          np.zeros(5, np.float32), np.zeros((6, 5), np.float32)))
+    backend.ops.adafactor_update(w, backend.up(g), r, c, v, 0.01, -0.8, 1e-30, 1e-3, 1.0, 1,
+                                 1.0, 0.0, 0.0)
+    got = backend.down(w)
+    assert np.all(np.isfinite(got)) and backend.down(v)[2, 4] == 0
+    want, _, _, _ = ref.adafactor_update_ref(w0, g, np.zeros(6), np.zeros(5), np.zeros((6, 5)),
+                                             0.01, -0.8, 1e-30, 1e-3, 1.0, 1, 1.0, 0.0, 0.0)
+    assert_close(got, want, 2e-6, "adafactor_update with a zero row and column")
+
+
+def _keras3_step_masked(op, ops, w, g, slots, opts, t, mask):
+    """_keras3_step with the mask as the op's last argument."""
+    from types import SimpleNamespace
+
+    real = getattr(ops, op)
+    masked = SimpleNamespace(**{op: lambda *args: real(*args, mask=mask)})
+    _keras3_step(op, masked, w, g, slots, opts, t)
+
+
+@pytest.mark.opencl
+def test_keras3_updates_bad_inputs_opencl(ocl):
+    w = ocl.asarray(np.ones((3, 4), np.float32))
+    g = ocl.asarray(np.ones((3, 4), np.float32))
+    with pytest.raises(TypeError, match="asarray"):
+        ocl.lamb_update(w, g, np.zeros((3, 4), np.float32), ocl.zeros((3, 4)), 0.01, 0.9,
+                        0.999, 1e-7, 1, 1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="must have 2 dimensions"):
+        ocl.muon_update(ocl.zeros((12,)), ocl.zeros((12,)), ocl.zeros((12,)), 0.01, 0.95, True,
+                        5, 3.4445, -4.775, 2.0315, 0.2, 1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="'r' of a 'w' shaped"):
+        ocl.adafactor_update(w, g, ocl.zeros((4,)), ocl.zeros((4,)), ocl.zeros((3, 4)), 0.01,
+                             -0.8, 1e-30, 1e-3, 1.0, 1, 1.0, 0.0, 0.0)

@@ -282,7 +282,7 @@ def test_get():
     with pytest.raises(ValueError, match="Could not interpret"):
         optimizers.get(3)
     with pytest.raises(ValueError, match="Unknown optimizer"):
-        optimizers.get({"class_name": "Lamb", "config": {}})
+        optimizers.get({"class_name": "AdaBelief", "config": {}})
 
 
 def test_module_exposes_schedules():

@@ -636,6 +636,30 @@ OPS.update({
     "color_transform_forward": ("x", "transform", "params", "value_range", "bins"),
 })
 
+# -- opt: Keras 3's Lamb, Adafactor and Muon (native/optim.pyx, opencl/optim.cl) ----------------
+# Each clips and decays as the other *_update ops, then needs whole-tensor reductions inside
+# its step (kept on the device); t is the 1-based step. mask: as UPDATE_OPS' (a pruned
+# element's gradient reads as 0; its weight and elementwise slots are stored as exact zeros;
+# Adafactor's r and c are row and column statistics over every element).
+OPS.update({
+    # Lamb: Adam's moments, u = m_hat / (sqrt(v_hat) + epsilon), w -= (||w|| / ||u||) lr u.
+    "lamb_update": ("w", "g", "m", "v", "lr", "beta_1", "beta_2", "epsilon", "t", "grad_scale",
+                    "clipvalue", "weight_decay", "mask"),
+    # Adafactor: rank >= 2 factors the second moment over the last two axes, r shape[:-1],
+    # c shape[:-2] + shape[-1:], v their product (rank < 2: v only; r, c may be None);
+    # relative step min(lr, 1/sqrt(t)) scaled by max(epsilon_2, rms(w)); update clipped by
+    # its rms over clip_threshold.
+    "adafactor_update": ("w", "g", "r", "c", "v", "lr", "beta_2_decay", "epsilon_1",
+                         "epsilon_2", "clip_threshold", "t", "grad_scale", "clipvalue",
+                         "weight_decay", "mask"),
+    # Muon's step of a matrix w (R, C): momentum (nesterov), Keras's Newton-Schulz
+    # orthogonalisation (ns_steps, coefficients muon_a/b/c) on the GEMM, scaled by
+    # sqrt(max(R, C)) * rms_rate (None: unscaled).
+    "muon_update": ("w", "g", "m", "lr", "momentum", "nesterov", "ns_steps", "muon_a",
+                    "muon_b", "muon_c", "rms_rate", "grad_scale", "clipvalue", "weight_decay",
+                    "mask"),
+})
+
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.
 CONSTRAINTS = ("max_norm", "non_neg", "unit_norm", "min_max_norm")
 

@@ -240,3 +240,5 @@ from pynn._native.loss import (  # noqa: F401, E402
     circle_loss_forward_backward,
     ctc_loss_forward_backward,
 )
+# -- opt: Keras 3's Lamb, Adafactor and Muon --
+from pynn._native.optim import adafactor_update, lamb_update, muon_update  # noqa: F401

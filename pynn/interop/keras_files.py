@@ -1262,6 +1262,12 @@ _KERAS_SLOT_GROUPS = {
     "Adamax": [("momentum", "norm")],
     "Adadelta": [("accumulated_grad", "accumulated_delta_var")],
     "Ftrl": [("accumulator", "linear")], "Lion": [("momentum",)]}
+# opt: Lamb, Adafactor and Muon, one group each; a variable lists only the slots Keras gives it
+# (Muon's velocity is its AdamW branch's; Adafactor's r and c are scalar placeholders below
+# rank 2), see _variable_slot_shapes.
+_KERAS_SLOT_GROUPS.update({"Lamb": [("momentum", "velocity")],
+                           "Adafactor": [("r", "c", "velocity")],
+                           "Muon": [("momentum", "velocity")]})
 # Keras optimizer options pynn does not have, at the values that change nothing.
 _KERAS_OPTIMIZER_DEFAULTS = {"use_ema": False, "ema_momentum": 0.99,
                              "ema_overwrite_frequency": None, "loss_scale_factor": None,
@@ -1350,6 +1356,15 @@ def _slot_order(opt):
     return [g for g in groups if g]
 
 
+def _variable_slot_shapes(opt, variable):
+    """{slot name: shape} of ``variable``'s slots (opt: optimizers whose slots depend on the
+    variable say so through ``_variable_slot_specs``; the others shape every slot like it)."""
+    specs = getattr(opt, "_variable_slot_specs", None)
+    if specs is not None:
+        return {name: shape for name, shape, _ in specs(variable)}
+    return {name: tuple(variable.shape) for name, _ in opt._slot_specs()}
+
+
 def _keras_optimizer_vars(model):
     """The optimizer's variables as Keras 3 lists them (None: an optimizer Keras lacks)."""
     opt = model.optimizer
@@ -1364,9 +1379,10 @@ def _keras_optimizer_vars(model):
         out.append(np.asarray(opt._learning_rate, np.float32))
     for group in _slot_order(opt):
         for v in model.trainable_weights:
-            for name in group:
+            shapes = _variable_slot_shapes(opt, v)
+            for name in (n for n in group if n in shapes):
                 value = state["slots"].get(f"{v.path}/{name}")
-                out.append(np.full(v.shape, inits[name], np.float32) if value is None
+                out.append(np.full(shapes[name], inits[name], np.float32) if value is None
                            else np.asarray(value, np.float32))
     if type(opt).__name__ == "Nadam":
         out.append(np.asarray(opt._u_product, np.float32))
@@ -1412,7 +1428,8 @@ def _restore_keras_compile(model, doc, h5, where):
     variables = model.trainable_weights
     order = _slot_order(opt)
     lr_var = not isinstance(opt._learning_rate, LearningRateSchedule)
-    want = 1 + lr_var + sum(len(g) for g in order) * len(variables) + (
+    want = 1 + lr_var + sum(len([n for n in g if n in _variable_slot_shapes(opt, v)])
+                            for g in order for v in variables) + (
         type(opt).__name__ == "Nadam")
     if len(values) != want or any(k not in group for k in map(str, range(len(values)))):
         warnings.warn(f"{where.verb}: {where.path}: the optimizer starts afresh: the file "
@@ -1423,7 +1440,8 @@ def _restore_keras_compile(model, doc, h5, where):
     slots = {}
     for group_names in order:
         for v in variables:
-            for name in group_names:
+            shapes = _variable_slot_shapes(opt, v)
+            for name in (n for n in group_names if n in shapes):
                 slots[f"{v.path}/{name}"] = values[k]
                 k += 1
     opt.set_state({"iterations": int(values[0]), "slots": slots}, variables)

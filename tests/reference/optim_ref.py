@@ -318,3 +318,70 @@ def lion_update_ref(w, g, m, lr, beta_1, beta_2, grad_scale, clipvalue, weight_d
     m = f64(m)
     w = w - lr * np.sign(m * beta_1 + g * (1 - beta_1))
     return w, m * beta_2 + g * (1 - beta_2)
+
+
+# -- Lamb, Adafactor, Muon (Keras 3's keras/src/optimizers/{lamb,adafactor,muon}.py) ------------
+
+def lamb_update_ref(w, g, m, v, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
+                    weight_decay):
+    """-> (w, m, v). The trust ratio ||w|| / ||update|| is taken after the weight decay."""
+    g = prepare_grad_ref(g, grad_scale, clipvalue)
+    w = weight_decay_ref(w, lr, weight_decay)
+    m = f64(m) + (g - f64(m)) * (1 - beta_1)
+    v = f64(v) + (g * g - f64(v)) * (1 - beta_2)
+    m_hat = m / (1 - beta_1**t)
+    update = m_hat / (np.sqrt(v / (1 - beta_2**t)) + epsilon)
+    w_norm = np.sqrt(np.sum(w * w))
+    u_norm = np.sqrt(np.sum(update * update))
+    ratio = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
+    return w - ratio * lr * update, m, v
+
+
+def adafactor_update_ref(w, g, r, c, v, lr, beta_2_decay, epsilon_1, epsilon_2,
+                         clip_threshold, t, grad_scale, clipvalue, weight_decay):
+    """-> (w, r, c, v). Variables of rank >= 2 keep the factored second moment: r the means
+    over the last axis, c over the second last, v their outer product (r normalised by its
+    mean); lower ranks keep v only (r and c are Keras's scalar placeholders, untouched)."""
+    g = prepare_grad_ref(g, grad_scale, clipvalue)
+    w = weight_decay_ref(w, lr, weight_decay)
+    r, c, v = f64(r), f64(c), f64(v)
+    rho_t = min(lr, 1.0 / math.sqrt(t))
+    alpha_t = max(epsilon_2, math.sqrt(np.mean(w * w))) * rho_t
+    g2 = g * g + epsilon_1
+    beta_2_t = 1.0 - t**beta_2_decay
+    if w.ndim >= 2:
+        r = beta_2_t * r + (1 - beta_2_t) * g2.mean(axis=-1)
+        c = beta_2_t * c + (1 - beta_2_t) * g2.mean(axis=-2)
+        v = (r / r.mean(axis=-1, keepdims=True))[..., None] * c[..., None, :]
+    else:
+        v = beta_2_t * v + (1 - beta_2_t) * g2
+    u = g / np.sqrt(v)
+    u = u / max(1.0, math.sqrt(np.mean(u * u)) / clip_threshold)
+    return w - alpha_t * u, r, c, v
+
+
+def newton_schulz5_ref(x, steps, a, b, c):
+    """Keras's zeropower_via_newtonschulz5 of a matrix: the quintic iteration on x scaled to
+    Frobenius norm 1, on the transpose when x has more rows than columns."""
+    x = f64(x)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    x = x / (np.linalg.norm(x) + 1e-7)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+def muon_update_ref(w, g, m, lr, momentum, nesterov, ns_steps, a, b, c, rms_rate, grad_scale,
+                    clipvalue, weight_decay):
+    """-> (w, m): Muon's step of a matrix (the AdamW branch is adam_update_ref)."""
+    g = prepare_grad_ref(g, grad_scale, clipvalue)
+    w = weight_decay_ref(w, lr, weight_decay)
+    m = momentum * f64(m) + g
+    direction = g + momentum * m if nesterov else m
+    update = lr * newton_schulz5_ref(direction, ns_steps, a, b, c)
+    if rms_rate is not None:
+        update = update * math.sqrt(max(w.shape)) * rms_rate
+    return w - update, m

@@ -171,3 +171,110 @@ def lion_update(w, g, m, lr, beta_1, beta_2, grad_scale, clipvalue, weight_decay
     elementwise("optim", "lion_update", w.size, w, g, m, w.size, lr, b1, np.float32(1) - b1,
                 b2, np.float32(1) - b2,
                 *clip, *_mask_args(w, mask))
+# -- opt: Lamb, Adafactor, Muon (Keras 3.15) ---------------------------------------------------
+
+def _fold_two(stage_kernel, n, args):
+    """A stage-1 kernel writing two partial segments, folded into a (2,) device array."""
+    from pynn.backend.opencl.launch import fold, groups, kernel, sizes
+    from pynn.backend.opencl import runtime as rt
+
+    count, wg = groups(n), sizes()[0]
+    partial = rt.empty((2 * count,), np.float32, what=f"{stage_kernel} partials")
+    rt.launch(kernel("optim", stage_kernel), (count * wg,), (wg,),
+              *[partial if a is PARTIAL else a for a in args])
+    return fold("optim", partial, counts=2)
+
+
+def lamb_update(w, g, m, v, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
+                weight_decay, mask=None):
+    """Lamb step in place: the moments and both norms in one pass, the trust-ratio step
+    reading the folded norms on the device."""
+    w, g, m, v, (lr, one_b1, one_b2, bc1, bc2, eps), clip = operands.lamb_update(
+        DEVICE, w, g, m, v, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
+        weight_decay)
+    mask = operands.update_mask(DEVICE, "lamb_update", w, mask)
+    if w.size == 0:
+        return
+    sums = _fold_two("lamb_moments_partial", w.size,
+                     (w, g, m, v, PARTIAL, w.size, one_b1, one_b2, bc1, bc2, eps, *clip,
+                      *_mask_args(w, mask)))
+    elementwise("optim", "lamb_apply", w.size, w, m, v, sums, w.size, lr, bc1, bc2, eps,
+                *_mask_args(w, mask))
+
+
+def adafactor_update(w, g, r, c, v, lr, beta_2_decay, epsilon_1, epsilon_2, clip_threshold,
+                     t, grad_scale, clipvalue, weight_decay, mask=None):
+    """Adafactor step in place: row means by work-group, column means by work-item, the
+    velocity and the update's rms, then the step; every sum stays on the device."""
+    from pynn.backend.opencl import runtime as rt
+    from pynn.backend.opencl.launch import fold, kernel, sizes
+
+    w, g, r, c, v, (rho_t, beta, eps1, eps2, threshold), clip = operands.adafactor_update(
+        DEVICE, w, g, r, c, v, lr, beta_2_decay, epsilon_1, epsilon_2, clip_threshold, t,
+        grad_scale, clipvalue, weight_decay)
+    masked = _mask_args(w, operands.update_mask(DEVICE, "adafactor_update", w, mask))
+    n = w.size
+    if n == 0:
+        return
+    one_beta = float(np.float32(1) - np.float32(beta))
+    scale, clipv, decay = clip
+    if w.ndim < 2:
+        sums = _fold_two("adafactor_flat_partial", n,
+                         (w, g, v, PARTIAL, n, beta, one_beta, eps1, scale, clipv, decay,
+                          *masked))
+        wsum, usum, usum_at = sums, sums, 1
+    else:
+        rows, cols = int(w.shape[-2]), int(w.shape[-1])
+        nb = n // (rows * cols)
+        wg = sizes()[0]
+        wsq = rt.empty((nb * rows,), np.float32, what="adafactor_update row sums")
+        rt.launch(kernel("optim", "adafactor_rows"), (nb * rows * wg,), (wg,), w, g, r, wsq,
+                  cols, beta, one_beta, eps1, scale, clipv, decay, *masked)
+        elementwise("optim", "adafactor_columns", nb * cols, g, c, nb, rows, cols, beta,
+                    one_beta, eps1, scale, clipv, *masked)
+        r_mean = rt.empty((nb,), np.float32, what="adafactor_update row means")
+        rt.launch(kernel("optim", "adafactor_row_mean"), (nb * wg,), (wg,), r, r_mean, rows)
+        wsum = fold("optim", wsq)
+        usum = reduce("optim", "adafactor_velocity_partial", n,
+                      (g, r, r_mean, c, v, PARTIAL, n, rows, cols, scale, clipv, *masked))
+        usum_at = 0
+    elementwise("optim", "adafactor_apply", n, w, g, v, wsum, usum, usum_at, n, rho_t, eps2,
+                threshold, scale, clipv, *masked)
+
+
+def muon_update(w, g, m, lr, momentum, nesterov, ns_steps, muon_a, muon_b, muon_c, rms_rate,
+                grad_scale, clipvalue, weight_decay, mask=None):
+    """Muon step of a matrix in place: momentum and the norm in one pass, the Newton-Schulz
+    products on the dense ops' GEMMs (the Gram matrix of the shorter side), the small
+    combinations and the step fused around them."""
+    from pynn.backend.opencl import runtime as rt
+    from pynn.backend.opencl.dense import (dense_backward_input, dense_backward_weight,
+                                           dense_forward)
+
+    w, g, m, coef, clip = operands.muon_update(
+        DEVICE, w, g, m, lr, momentum, nesterov, ns_steps, muon_a, muon_b, muon_c, rms_rate,
+        grad_scale, clipvalue, weight_decay)
+    masked = _mask_args(w, operands.update_mask(DEVICE, "muon_update", w, mask))
+    lr, momentum, nesterov, ns_steps, a, b, c, adjust = coef
+    scale, clipv, decay = clip
+    n = w.size
+    if n == 0:
+        return
+    rows, cols = int(w.shape[0]), int(w.shape[1])
+    x = rt.empty((rows, cols), np.float32, what="muon_update direction")
+    sumsq = reduce("optim", "muon_momentum_partial", n,
+                   (g, m, x, PARTIAL, n, momentum, float(np.float32(momentum) - 1),
+                    int(nesterov), scale, clipv, *masked))
+    elementwise("optim", "muon_normalize", n, x, sumsq, n)
+    tall = rows > cols
+    for _ in range(ns_steps):
+        gram = dense_backward_weight(x, x) if tall else dense_backward_input(x, x)
+        gram_sq, _ = dense_forward(gram, gram, None, "linear", 0.0)
+        elementwise("optim", "muon_combine", gram.size, gram, gram_sq, gram.size, b, c)
+        if tall:
+            poly_x = dense_backward_input(x, gram)
+        else:
+            poly_x, _ = dense_forward(gram, x, None, "linear", 0.0)
+        elementwise("optim", "muon_combine", n, x, poly_x, n, a, 1.0)
+    elementwise("optim", "muon_apply", n, w, x, n, lr, max(adjust, 0.0), int(adjust >= 0),
+                decay, *masked)

@@ -407,3 +407,106 @@ def update_mask(arrays, op, w, mask):
         raise ValueError(f"{op}: 'mask' must have the shape of 'w' {tuple(w.shape)}, got "
                          f"{tuple(mask.shape)}")
     return mask
+
+
+# -- Lamb, Adafactor, Muon (Keras 3.15's lamb.py, adafactor.py, muon.py) ----------------------
+from pynn.backend.operands.common import flag  # noqa: E402
+
+
+def _power_f32(base, t):
+    """base**t as Keras forms ops.power(cast(base, float32), float32 t)."""
+    return _f32(_f32(base) ** t)
+
+
+def lamb_update(arrays, w, g, m, v, lr, beta_1, beta_2, epsilon, t, grad_scale, clipvalue,
+                weight_decay):
+    """-> (w, g, m, v, (lr, 1-beta_1, 1-beta_2, 1-beta_1^t, 1-beta_2^t, epsilon), clip); the
+    bias corrections rounded as Keras rounds them in float32."""
+    op = "lamb_update"
+    w, g, lr, clip = _update(arrays, op, w, g, lr, grad_scale, clipvalue, weight_decay)
+    _required(op, m=m, v=v)
+    m, v = _two_slots(arrays, op, w, m=m, v=v)
+    beta_1, beta_2, epsilon = _cached(_adam_scalars, op, beta_1, beta_2, epsilon)
+    t = _step(op, t)
+    if w.dtype == np.float64:
+        bc1, bc2 = 1.0 - beta_1**t, 1.0 - beta_2**t
+    else:
+        bc1, bc2 = _f32(1.0 - _power_f32(beta_1, t)), _f32(1.0 - _power_f32(beta_2, t))
+    return w, g, m, v, (lr, 1.0 - beta_1, 1.0 - beta_2, bc1, bc2, epsilon), clip
+
+
+def adafactor_slot_shapes(shape):
+    """(r, c, v) shapes of a variable (Keras's build): rank >= 2 factors the last two axes,
+    r over the last (shape[:-1]), c over the second last (shape[:-2] + shape[-1:]); lower
+    ranks keep v only, with r and c Keras's scalar placeholders."""
+    shape = tuple(shape)
+    if len(shape) < 2:
+        return (), (), shape
+    return shape[:-1], shape[:-2] + shape[-1:], shape
+
+
+def adafactor_update(arrays, w, g, r, c, v, lr, beta_2_decay, epsilon_1, epsilon_2,
+                     clip_threshold, t, grad_scale, clipvalue, weight_decay):
+    """-> (w, g, r, c, v, (rho_t, beta_2_t, epsilon_1, epsilon_2, clip_threshold), clip);
+    r and c are None for rank < 2."""
+    op = "adafactor_update"
+    w, g, lr, clip = _update(arrays, op, w, g, lr, grad_scale, clipvalue, weight_decay)
+    r_shape, c_shape, _ = adafactor_slot_shapes(w.shape)
+    _required(op, v=v)
+    v = slot(arrays, op, "v", v, w)
+    if w.ndim >= 2:
+        _required(op, r=r, c=c)
+        r = arrays.inplace(op, "r", r, like=w)
+        c = arrays.inplace(op, "c", c, like=w)
+        for name, a, want in (("r", r, r_shape), ("c", c, c_shape)):
+            if a.dtype != w.dtype:
+                raise TypeError(f"{op}: '{name}' must have the dtype of 'w' ({w.dtype}), got "
+                                f"{a.dtype}")
+            if tuple(a.shape) != want:
+                raise ValueError(f"{op}: '{name}' of a 'w' shaped {tuple(w.shape)} must have "
+                                 f"shape {want}, got {tuple(a.shape)}")
+        distinct(arrays, op, w=w, r=r, c=c, v=v)
+    else:
+        r = c = None
+        distinct(arrays, op, w=w, v=v)
+    beta_2_decay = number(op, "beta_2_decay", beta_2_decay)
+    epsilon_1 = number(op, "epsilon_1", epsilon_1, lo=0.0)
+    epsilon_2 = number(op, "epsilon_2", epsilon_2, lo=0.0)
+    clip_threshold = number(op, "clip_threshold", clip_threshold, lo=0.0, lo_open=True)
+    t = _step(op, t)
+    if w.dtype == np.float64:
+        rho_t = min(lr, 1.0 / math.sqrt(t))
+        beta_2_t = 1.0 - float(t) ** beta_2_decay
+    else:
+        rho_t = min(_f32(lr), _f32(1.0 / _f32(math.sqrt(t))))
+        beta_2_t = _f32(1.0 - _power_f32(t, beta_2_decay))
+    return w, g, r, c, v, (rho_t, beta_2_t, epsilon_1, epsilon_2, clip_threshold), clip
+
+
+def muon_update(arrays, w, g, m, lr, momentum, nesterov, ns_steps, muon_a, muon_b, muon_c,
+                rms_rate, grad_scale, clipvalue, weight_decay):
+    """-> (w, g, m, (lr, momentum, nesterov, ns_steps, a, b, c, adjust), clip): adjust is
+    sqrt(max(R, C)) * rms_rate, or -1 when rms_rate is None (no scaling)."""
+    op = "muon_update"
+    w, g, lr, clip = _update(arrays, op, w, g, lr, grad_scale, clipvalue, weight_decay)
+    if w.ndim != 2:
+        raise ValueError(f"{op}: Muon's step takes a matrix: 'w' must have 2 dimensions, got "
+                         f"shape {tuple(w.shape)} (other variables take its AdamW branch)")
+    _required(op, m=m)
+    m = slot(arrays, op, "m", m, w)
+    momentum = number(op, "momentum", momentum, lo=0.0)
+    nesterov = flag(op, "nesterov", nesterov)
+    if isinstance(ns_steps, (bool, np.bool_)) or not isinstance(ns_steps, (int, np.integer)):
+        raise TypeError(f"{op}: 'ns_steps' must be an int, got {ns_steps!r}")
+    if not 0 <= ns_steps <= 1000:
+        raise ValueError(f"{op}: 'ns_steps' must be in [0, 1000], got {ns_steps}")
+    a = number(op, "muon_a", muon_a)
+    b = number(op, "muon_b", muon_b)
+    c = number(op, "muon_c", muon_c)
+    if rms_rate is None:
+        adjust = -1.0
+    else:
+        rms_rate = number(op, "rms_rate", rms_rate, lo=0.0)
+        root = math.sqrt(max(w.shape))
+        adjust = root * rms_rate if w.dtype == np.float64 else _f32(_f32(root) * _f32(rms_rate))
+    return w, g, m, (lr, momentum, nesterov, int(ns_steps), a, b, c, adjust), clip
