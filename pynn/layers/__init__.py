@@ -236,3 +236,12 @@ from pynn.layers.noise import AlphaDropout  # noqa: E402
 
 LAYERS["AlphaDropout"] = AlphaDropout
 __all__ += ["AlphaDropout"]
+# -- auggeo: Keras 3's geometric, erasing and mixing augmentations --
+from pynn.layers.augment_geo import (  # noqa: E402
+    CutMix, MixUp, RandomErasing, RandomPerspective, RandomShear,
+)
+
+LAYERS.update({cls.__name__: cls for cls in (
+    RandomShear, RandomPerspective, RandomErasing, CutMix, MixUp,
+)})
+__all__ += ["RandomShear", "RandomPerspective", "RandomErasing", "CutMix", "MixUp"]
