@@ -1,4 +1,5 @@
-"""Kernels of Keras 3's box and mixing augmentations (CutMix, MixUp, RandomErasing), NHWC.
+"""Kernels of Keras 3's box, mixing and blur augmentations (CutMix, MixUp, RandomErasing,
+RandomGaussianBlur), NHWC.
 
 Legend: N batch, H/W spatial, C channels, P = H*W pixels of an image.
 
@@ -15,6 +16,10 @@ Design:
 - image_erase_forward: y = clip(fill, lo, hi) inside the box, x outside; fill is one value
   per channel (C,) or one per element (x's shape, RandomErasing's noise). Its input gradient
   is the same op on dy with fill 0 and range (0, 0).
+- image_blur_forward: Keras's gaussian_blur (a depthwise conv2d with zero padding K // 2 on
+  each side, K odd) of the images where blur[n] != 0, then every image clipped to the value
+  range (RandomGaussianBlur). Each output element sums its K*K taps directly: one pass, no
+  intermediate image; kernels are tiny (3 to 7 taps a side).
 - Weights and boxes are read as double for both dtypes; a mixed value is rounded once.
 - The images run on pynn's worker team; below PARALLEL_MIN elements on the calling thread.
 """
@@ -36,6 +41,7 @@ cdef enum:
     KIND_MIX = 0
     KIND_MIX_BACKWARD = 1
     KIND_ERASE = 2
+    KIND_BLUR = 3
 
 
 ctypedef struct _MixJob:
@@ -46,8 +52,10 @@ ctypedef struct _MixJob:
     const void* boxes
     const void* fill
     const int* perm      # image n's partner (mix), inv[m] (mix backward)
+    const double* vertical    # blur: the K taps down the rows, then across the columns
+    const double* horizontal
     void* y
-    Py_ssize_t H, W, C
+    Py_ssize_t H, W, C, K
     double lo, hi
 
 
@@ -90,6 +98,8 @@ cdef inline void _mix_items(const _MixJob* j, const floating* x, long begin,
                     xo = x + other * P * C
                     for ch in range(C):
                         yn[p + ch] = <floating>(own * xn[p + ch] + share * xo[p + ch])
+                elif j.kind == KIND_BLUR:
+                    _blur_pixel(j, xn, yn, r, c, w[n] != 0.0)
                 elif _inside(boxes + 4 * n, r, c):
                     for ch in range(C):
                         v = fill[n * P * C + p + ch] if j.fill_per_element else fill[ch]
@@ -97,6 +107,29 @@ cdef inline void _mix_items(const _MixJob* j, const floating* x, long begin,
                 else:
                     for ch in range(C):
                         yn[p + ch] = xn[p + ch]
+
+
+cdef inline void _blur_pixel(const _MixJob* j, const floating* xn, floating* yn, Py_ssize_t r,
+                            Py_ssize_t c, bint blur) noexcept nogil:
+    """yn[r, c, :] = clip(the zero-padded K x K blur of xn at (r, c), or xn[r, c], lo, hi)."""
+    cdef Py_ssize_t pad = j.K // 2, i, k, ch, rr, cc, C = j.C
+    cdef Py_ssize_t p = (r * j.W + c) * C
+    cdef double v, tap
+    for ch in range(C):
+        if blur:
+            v = 0.0
+            for i in range(j.K):
+                rr = r + i - pad
+                if rr < 0 or rr >= j.H:
+                    continue
+                for k in range(j.K):
+                    cc = c + k - pad
+                    if cc >= 0 and cc < j.W:
+                        tap = j.vertical[i] * j.horizontal[k]
+                        v = v + tap * xn[(rr * j.W + cc) * C + ch]
+        else:
+            v = xn[p + ch]
+        yn[p + ch] = <floating>(j.lo if v < j.lo else (j.hi if v > j.hi else v))
 
 
 cdef void _mix_job(void* ctx, long begin, long end, int slot) noexcept nogil:
@@ -109,7 +142,8 @@ cdef void _mix_job(void* ctx, long begin, long end, int slot) noexcept nogil:
 
 def _run(int kind, const floating[:, :, :, ::1] x, const floating[::1] weights,
          const floating[:, ::1] boxes, const floating[::1] fill, const int[::1] perm,
-         floating[:, :, :, ::1] y, bint fill_per_element, double lo, double hi):
+         floating[:, :, :, ::1] y, bint fill_per_element, double lo, double hi,
+         const double[::1] vertical=None, const double[::1] horizontal=None):
     cdef Py_ssize_t N = x.shape[0]
     cdef _MixJob job
     cdef int threads
@@ -120,6 +154,9 @@ def _run(int kind, const floating[:, :, :, ::1] x, const floating[::1] weights,
         &fill[0]
     job.perm, job.y = &perm[0], &y[0, 0, 0, 0]
     job.H, job.W, job.C, job.lo, job.hi = x.shape[1], x.shape[2], x.shape[3], lo, hi
+    job.K = 0 if vertical is None else vertical.shape[0]
+    job.vertical = NULL if vertical is None else &vertical[0]
+    job.horizontal = NULL if horizontal is None else &horizontal[0]
     threads = omp_get_max_threads() if N * job.H * job.W * job.C >= PARALLEL_MIN else 1
     with nogil:
         pynn_team_for(N, team_grain(N, threads), threads, _mix_job, &job)
@@ -154,4 +191,19 @@ def image_erase_forward(x, boxes, fill, value_range):
     if x.size:
         _run(KIND_ERASE, x, fill.reshape(-1)[:1], boxes, fill.reshape(-1),
              np.zeros(1, np.int32), y, per_element, lo, hi)
+    return y
+
+
+def image_blur_forward(x, vertical, horizontal, blur, value_range):
+    """(N, H, W, C): clip(the images where blur[n] != 0 convolved with the outer product of
+    vertical (K,) down the rows and horizontal (K,) across the columns, zero padding K // 2,
+    the others as they are, *value_range); K odd (keras.ops.image.gaussian_blur)."""
+    x, vertical, horizontal, blur, (lo, hi) = operands.image_blur_forward(
+        HOST, x, vertical, horizontal, blur, value_range)
+    y = np.empty(x.shape, x.dtype)
+    if x.size:
+        _run(KIND_BLUR, x, blur, np.zeros((x.shape[0], 4), x.dtype), blur,
+             np.zeros(1, np.int32), y, False, lo, hi,
+             np.ascontiguousarray(vertical, np.float64),
+             np.ascontiguousarray(horizontal, np.float64))
     return y

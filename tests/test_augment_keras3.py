@@ -1,8 +1,8 @@
-"""Keras 3's geometric, erasing and mixing augmentations (pynn/layers/augment_geo.py):
-RandomShear, RandomPerspective, RandomErasing, CutMix, MixUp.
+"""Keras 3's geometric, erasing, mixing and blur augmentations (pynn/layers/augment_geo.py):
+RandomShear, RandomPerspective, RandomErasing, CutMix, MixUp, RandomGaussianBlur.
 
-Their ops (image_projective_* in native/preprocessing.pyx, image_mix_* and image_erase_forward
-in native/augment_mix.pyx, and the OpenCL twins) against the float64 references; each layer's
+Their ops (image_projective_* in native/preprocessing.pyx, image_mix_*, image_erase_forward
+and image_blur_forward in native/augment_mix.pyx, and the OpenCL twins) against the float64 references; each layer's
 input gradient by central differences under a fixed transformation; Keras parity by handing
 Keras's layer and pynn's the same transformation; pynn's own draws (ranges, seeds, training
 only); configs, Keras files both ways, ONNX as the identity, and bad inputs."""
@@ -111,6 +111,17 @@ def test_image_erase(target, rng, shape, per_element):
              ref=mix_ref.image_erase_forward_ref, rtol=TOL[target.dtype.type])
 
 
+@pytest.mark.parametrize("taps", [1, 3, 5, 7])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_image_blur(target, rng, shape, taps):
+    x = rand(rng, shape, target.dtype)
+    vertical = rng.uniform(0.1, 1, taps).astype(target.dtype)
+    horizontal = rng.uniform(-0.5, 1, taps).astype(target.dtype)
+    blur = (np.arange(shape[0]) % 3 != 1).astype(target.dtype)
+    check_op(target, "image_blur_forward", x, vertical, horizontal, blur, (-0.8, 1.1),
+             ref=mix_ref.image_blur_forward_ref, rtol=TOL[target.dtype.type])
+
+
 def test_mix_kernels_give_the_same_bits_at_any_thread_count(num_threads, rng):
     from pynn.backend import cpu
 
@@ -122,6 +133,7 @@ def test_mix_kernels_give_the_same_bits_at_any_thread_count(num_threads, rng):
         num_threads(threads)
         runs.append([cpu.image_mix_forward(x, perm, w, b), cpu.image_mix_backward(x, perm, w, b),
                      cpu.image_erase_forward(x, b, x, (-1, 1)),
+                     cpu.image_blur_forward(x, w[:5], w[2:7], w, (-1, 1)),
                      cpu.image_projective_backward(x, m, x.shape)])
     for other in runs[1:]:
         for a, b_ in zip(runs[0], other):
@@ -144,6 +156,15 @@ BAD_OPS = [
      ValueError, r"image_erase_forward: 'fill' must have the shape \(3,\)"),
     (lambda c: c.image_erase_forward(np.ones((2, 2, 2, 3)), np.ones((2, 4)), np.ones(3), (1, 0)),
      ValueError, r"image_erase_forward: 'value_range' must have low <= high"),
+    (lambda c: c.image_blur_forward(np.ones((2, 3, 3, 1)), np.ones(3), np.ones(5), np.ones(2),
+                                    (0, 1)),
+     ValueError, r"image_blur_forward: 'vertical' and 'horizontal' must hold the same odd"),
+    (lambda c: c.image_blur_forward(np.ones((2, 3, 3, 1)), np.ones(4), np.ones(4), np.ones(2),
+                                    (0, 1)),
+     ValueError, r"image_blur_forward: 'vertical' and 'horizontal' must hold the same odd"),
+    (lambda c: c.image_blur_forward(np.ones((2, 3, 3, 1)), np.ones(3), np.ones(3), np.ones(3),
+                                    (0, 1)),
+     ValueError, r"image_blur_forward: 'blur' must hold one flag per image \(2,\)"),
     (lambda c: c.image_projective_forward(np.ones((2, 3, 3, 1)), np.ones((2, 6)), (3, 3)),
      ValueError, r"image_projective_forward: 'transforms' must have the shape \(2, 8\)"),
     (lambda c: c.image_projective_forward(np.ones((1, 3, 3, 1)),
@@ -307,6 +328,28 @@ def test_random_erasing_matches_keras(rng, fill_value):
     np.testing.assert_array_equal(p.transform_images(x, t), want)
 
 
+@pytest.mark.parametrize("kernel_size", [3, 5, (7, 7)])
+def test_random_gaussian_blur_matches_keras(rng, kernel_size):
+    keras, k, p = _keras_pair(rng, "RandomGaussianBlur", dict(
+        factor=0.8, kernel_size=kernel_size, sigma=(0.3, 2.0), value_range=(10, 240)))
+    x = _images(rng, (6, 9, 11, 3))
+    t = p.get_random_transformation(x)
+    assert t["should_apply_blur"].any() and not t["should_apply_blur"].all()
+    kt = {"should_apply_blur": t["should_apply_blur"],
+          "blur_factor": t["blur_factor"].astype(np.float32)}
+    want = keras.ops.convert_to_numpy(k.transform_images(x, kt, training=True))
+    np.testing.assert_allclose(p.transform_images(x, kt), want, rtol=1e-5, atol=2e-4)
+
+
+def test_random_gaussian_blur_offers_no_input_gradient(rng):
+    layer = layers.RandomGaussianBlur(seed=1)
+    x = _images(rng)
+    layer(x, training=True)
+    layer.needs_input_grad = True
+    with pytest.raises(NotImplementedError, match=r"RandomGaussianBlur '.*': no input gradient"):
+        layer.backward(x)
+
+
 def test_input_gradients_match_keras_autograd(rng):
     """dL/dx of pynn's backward is torch's autograd through Keras's transform_images."""
     keras = keras_on_torch()
@@ -346,6 +389,7 @@ RANDOM = [
     lambda: layers.RandomErasing(seed=7, value_range=(0, 1)),
     lambda: layers.CutMix(seed=7),
     lambda: layers.MixUp(seed=7),
+    lambda: layers.RandomGaussianBlur(seed=7, value_range=(0, 1)),
 ]
 
 
@@ -394,6 +438,11 @@ def test_draws_follow_keras_distributions():
     assert area.min() >= 0.1 ** 2 - 1e-9 and area.max() <= 0.4 + 1e-9
     assert abs(t["apply_erasing"].mean() - 0.4) < 0.03
     assert t["fill_value"].shape == x.shape
+    t = layers.RandomGaussianBlur(factor=(0.2, 0.4), sigma=(0.5, 3.0), seed=1
+                                  ).get_random_transformation(x)
+    assert abs(t["should_apply_blur"].mean() - 0.3) < 0.03
+    assert t["blur_factor"].shape == (2,) and np.all((t["blur_factor"] >= 0.5) &
+                                                      (t["blur_factor"] <= 3.0 + 1e-6))
 
 
 def test_mixing_layers_train_inside_a_model(backend, rng):
@@ -424,6 +473,7 @@ CONFIGS = [
     lambda: layers.RandomErasing(fill_value=4.0, seed=5),
     lambda: layers.CutMix(0.4, seed=5),
     lambda: layers.MixUp(0.7, seed=5),
+    lambda: layers.RandomGaussianBlur((0.2, 0.9), 5, (0.5, 2.0), (0, 1), seed=5),
 ]
 
 
@@ -455,7 +505,8 @@ def _keras_model(keras):
     return keras.Sequential([
         keras.Input((9, 10, 3)), K.RandomShear(0.2, (0.1, 0.3), fill_mode="constant"),
         K.RandomPerspective(0.5, 0.4), K.RandomErasing(fill_value=2.0),
-        K.CutMix(0.5), K.MixUp(0.3), K.Flatten(), K.Dense(2)])
+        K.CutMix(0.5), K.MixUp(0.3), K.RandomGaussianBlur(0.5, 5, 0.8), K.Flatten(),
+        K.Dense(2)])
 
 
 def test_keras_files_both_ways(tmp_path, rng):
@@ -467,7 +518,8 @@ def test_keras_files_both_ways(tmp_path, rng):
     want = keras.ops.convert_to_numpy(km.predict(x, verbose=0))
     np.testing.assert_allclose(pm.predict(x, verbose=0), want, rtol=1e-5, atol=1e-3)
     kinds = [type(lay).__name__ for lay in pm.layers]
-    for name in ("RandomShear", "RandomPerspective", "RandomErasing", "CutMix", "MixUp"):
+    for name in ("RandomShear", "RandomPerspective", "RandomErasing", "CutMix", "MixUp",
+                 "RandomGaussianBlur"):
         assert name in kinds
     pm.save(str(tmp_path / "p.keras"))
     back = keras.saving.load_model(tmp_path / "p.keras")
@@ -483,7 +535,8 @@ def test_onnx_export_is_the_identity_at_inference(tmp_path, rng):
     model = pynn.Sequential([
         layers.Input((6, 7, 2)), layers.RandomShear(0.2, 0.2, seed=1),
         layers.RandomPerspective(seed=2), layers.RandomErasing(seed=3), layers.CutMix(seed=4),
-        layers.MixUp(seed=5), layers.Flatten(), layers.Dense(3)])
+        layers.MixUp(seed=5), layers.RandomGaussianBlur(seed=6), layers.Flatten(),
+        layers.Dense(3)])
     x = rng.standard_normal((2, 6, 7, 2)).astype(np.float32)
     path = str(tmp_path / "m.onnx")
     pynn.onnx.export(model, path)
@@ -508,6 +561,11 @@ BAD_LAYERS = [
                                                       r"be a number or three numbers"),
     (lambda: layers.RandomErasing(scale=(0.1, 2)), r"RandomErasing '.*': scale must lie in"),
     (lambda: layers.RandomErasing(value_range=3), r"RandomErasing '.*': value_range must be"),
+    (lambda: layers.RandomGaussianBlur(kernel_size=4), r"RandomGaussianBlur '.*': kernel_size "
+                                                       r"must be an odd positive int"),
+    (lambda: layers.RandomGaussianBlur(kernel_size=(3, 5)), r"kernel_size must be square"),
+    (lambda: layers.RandomGaussianBlur(sigma=1.5), r"RandomGaussianBlur '.*': sigma must lie"),
+    (lambda: layers.RandomGaussianBlur(sigma=(1.5, 3)), r"sigma's lower end must lie in"),
 ]
 
 

@@ -500,6 +500,10 @@ OPS = {
     "image_mix_forward": ("x", "permutation", "weights", "boxes"),
     "image_mix_backward": ("dy", "permutation", "weights", "boxes"),
     "image_erase_forward": ("x", "boxes", "fill", "value_range"),
+    # RandomGaussianBlur: clip(the images where blur[n] != 0 convolved with vertical (K,) down
+    # the rows and horizontal (K,) across, zero padding K // 2, K odd; the others as they are,
+    # *value_range) (keras.ops.image.gaussian_blur).
+    "image_blur_forward": ("x", "vertical", "horizontal", "blur", "value_range"),
 }
 
 # -- compression (issue 18; native/optim.pyx, opencl/optim.cl, native/sparse.pyx,

@@ -238,10 +238,11 @@ LAYERS["AlphaDropout"] = AlphaDropout
 __all__ += ["AlphaDropout"]
 # -- auggeo: Keras 3's geometric, erasing and mixing augmentations --
 from pynn.layers.augment_geo import (  # noqa: E402
-    CutMix, MixUp, RandomErasing, RandomPerspective, RandomShear,
+    CutMix, MixUp, RandomErasing, RandomGaussianBlur, RandomPerspective, RandomShear,
 )
 
 LAYERS.update({cls.__name__: cls for cls in (
-    RandomShear, RandomPerspective, RandomErasing, CutMix, MixUp,
+    RandomShear, RandomPerspective, RandomErasing, CutMix, MixUp, RandomGaussianBlur,
 )})
-__all__ += ["RandomShear", "RandomPerspective", "RandomErasing", "CutMix", "MixUp"]
+__all__ += ["RandomShear", "RandomPerspective", "RandomErasing", "CutMix", "MixUp",
+            "RandomGaussianBlur"]

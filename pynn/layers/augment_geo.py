@@ -1,5 +1,5 @@
-"""Keras 3's geometric, erasing and mixing augmentation layers: RandomShear,
-RandomPerspective, RandomErasing, CutMix, MixUp.
+"""Keras 3's geometric, erasing, mixing and blur augmentation layers: RandomShear,
+RandomPerspective, RandomErasing, CutMix, MixUp, RandomGaussianBlur.
 
 Each layer splits a call as Keras 3's do: ``get_random_transformation(images, training)``
 draws the per-image parameters in NumPy (a dict under Keras's key names, from the layer's
@@ -7,10 +7,12 @@ draws the per-image parameters in NumPy (a dict under Keras's key names, from th
 ``transform_images(images, transformation, training)`` applies them with one backend op:
 RandomShear is an ``image_affine`` pass, RandomPerspective an ``image_projective`` pass
 (Keras's homography), CutMix and MixUp ``image_mix`` (the partner image x[perm[n]] blended
-inside a box: the whole image for MixUp), RandomErasing ``image_erase``. Handing Keras's
-layer and pynn's the same transformation gives the same images, which is how parity is
-tested. All five act only in training and are the identity otherwise (Keras), and each
-passes its input gradient back through the op's adjoint.
+inside a box: the whole image for MixUp), RandomErasing ``image_erase``,
+RandomGaussianBlur ``image_blur``. Handing Keras's layer and pynn's the same transformation
+gives the same images, which is how parity is tested. All act only in training and are the
+identity otherwise (Keras); each but RandomGaussianBlur passes its input gradient back
+through the op's adjoint (the blur clips to value_range like RandomContrast, and like it
+offers no input gradient: it sits at a model's input).
 
 CutMix and MixUp mix images only: Keras also mixes the labels when a data pipeline hands
 it ``{"images": ..., "labels": ...}``, but pynn's data pipeline has no map step, so inside
@@ -398,3 +400,89 @@ class RandomErasing(_Augmentation):
         return {**super().get_config(), "factor": list(self.factor), "scale": list(self.scale),
                 "fill_value": self.fill_value, "value_range": list(self.value_range),
                 "data_format": "channels_last"}
+
+
+def gaussian_taps(size, sigma):
+    """keras.ops.image.gaussian_blur's 1-D kernel: exp(-x^2 / (2 sigma^2)) over the size
+    taps centred on 0, normalized to sum 1 (float64)."""
+    x = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+class RandomGaussianBlur(_Augmentation):
+    """With probability uniform(factor) per image, a Gaussian blur of kernel_size taps with
+    one (sigma_x, sigma_y) ~ uniform(sigma) + 1e-6 for the batch (Keras draws two numbers per
+    call); every image is then clipped to value_range."""
+
+    # Keras's floor on the drawn sigma.
+    SIGMA_FLOOR = 1e-6
+
+    def __init__(self, factor=1.0, kernel_size=3, sigma=1.0, value_range=(0, 255),
+                 data_format=None, seed=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        _data_format(self, data_format)
+        self.factor = _unit_factor(self, "factor", factor)
+        self.kernel_size = self._kernel_size(kernel_size)
+        self.sigma = self._sigma(sigma)
+        self.value_range = _value_range(self, value_range)
+
+    def _kernel_size(self, kernel_size):
+        sizes = kernel_size if isinstance(kernel_size, (tuple, list)) else (kernel_size,) * 2
+        ok = len(sizes) == 2 and all(
+            isinstance(k, numbers.Integral) and not isinstance(k, bool) and k > 0 and k % 2
+            for k in sizes)
+        if not ok:
+            raise ValueError(f"{_name(self)}: kernel_size must be an odd positive int or two "
+                             f"of them, got {kernel_size!r}")
+        if sizes[0] != sizes[1]:
+            # Keras's torch backend views the (k1, k0) outer product as (k0, k1) and pads both
+            # axes by k0 // 2: not a blur, so pynn refuses it.
+            raise ValueError(f"{_name(self)}: kernel_size must be square (Keras's blur pads "
+                             f"both axes by the first size), got {kernel_size!r}")
+        return (int(sizes[0]), int(sizes[1]))
+
+    def _sigma(self, sigma):
+        if isinstance(sigma, (tuple, list)) and len(sigma) == 2 and all(
+                isinstance(v, numbers.Real) and not isinstance(v, bool) for v in sigma):
+            lower, upper = sorted(float(v) for v in sigma)
+            if lower < 0.0 or lower > 1.0:
+                raise ValueError(f"{_name(self)}: sigma's lower end must lie in [0.0, 1.0], "
+                                 f"got {sigma!r}")
+            return lower, upper
+        return _unit_factor(self, "sigma", sigma)
+
+    def get_random_transformation(self, images, training=True, seed=None):
+        """{"should_apply_blur": (N,) bool, "blur_factor": (2,) [sigma_x, sigma_y]}, or None
+        outside training."""
+        if not training:
+            return None
+        n = _images_of(self, images)[0]
+        rng = self._rng() if seed is None else np.random.default_rng(seed)
+        probability = rng.uniform(*self.factor, size=n)
+        apply = rng.uniform(0.0, 1.0, size=n) < probability
+        return {"should_apply_blur": apply,
+                "blur_factor": rng.uniform(*self.sigma, size=2) + self.SIGMA_FLOOR}
+
+    def transform_images(self, images, transformation, training=True):
+        if not training or transformation is None:
+            return images
+        _images_of(self, images)
+        sigma_x, sigma_y = np.asarray(transformation["blur_factor"], np.float64).reshape(2)
+        size = self.kernel_size[0]
+        b = backend.current()
+        blur = np.asarray(transformation["should_apply_blur"], np.float64)
+        return b.image_blur_forward(images, b.asarray(gaussian_taps(size, sigma_y), images.dtype),
+                                    b.asarray(gaussian_taps(size, sigma_x), images.dtype),
+                                    b.asarray(blur, images.dtype), self.value_range)
+
+    def backward(self, dy):
+        self._cache = None
+        if self.needs_input_grad:
+            raise NotImplementedError(f"{_name(self)}: no input gradient (put it at the "
+                                      f"model's input)")
+
+    def get_config(self):
+        return {**super().get_config(), "factor": list(self.factor),
+                "kernel_size": list(self.kernel_size), "sigma": list(self.sigma),
+                "value_range": list(self.value_range), "data_format": "channels_last"}

@@ -34,3 +34,15 @@ def image_erase_forward_ref(x, boxes, fill, value_range):
     x = np.asarray(x, np.float64)
     fill = np.clip(np.broadcast_to(np.asarray(fill, np.float64), x.shape), *value_range)
     return np.where(_masks(boxes, *x.shape[1:3]), fill, x)
+
+
+def image_blur_forward_ref(x, vertical, horizontal, blur, value_range):
+    x = np.asarray(x, np.float64)
+    k = len(vertical)
+    pad = k // 2
+    taps = np.outer(np.asarray(vertical, np.float64), np.asarray(horizontal, np.float64))
+    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    h, w = x.shape[1:3]
+    blurred = sum(taps[i, j] * padded[:, i:i + h, j:j + w] for i in range(k) for j in range(k))
+    on = (np.asarray(blur) != 0)[:, None, None, None]
+    return np.clip(np.where(on, blurred, x), *value_range)

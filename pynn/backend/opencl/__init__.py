@@ -112,7 +112,7 @@ from pynn.backend.opencl.preprocessing import (  # noqa: F401
     image_projective_backward, image_projective_forward,
 )
 from pynn.backend.opencl.augment_mix import (  # noqa: F401
-    image_erase_forward, image_mix_backward, image_mix_forward,
+    image_blur_forward, image_erase_forward, image_mix_backward, image_mix_forward,
 )
 # -- attention (MultiHeadAttention's core) --
 from pynn.backend.opencl.attention import attention_backward, attention_forward  # noqa: F401

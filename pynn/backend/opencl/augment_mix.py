@@ -47,3 +47,15 @@ def image_erase_forward(x, boxes, fill, value_range):
         elementwise("augment_mix", op, y.size, x, boxes, fill, y, *x.shape, int(per_element),
                     float(lo), float(hi))
     return y
+
+
+def image_blur_forward(x, vertical, horizontal, blur, value_range):
+    """clip(the blurred images where blur[n] != 0, the others as they are, *value_range)."""
+    op = "image_blur_forward"
+    x, vertical, horizontal, blur, (lo, hi) = operands.image_blur_forward(
+        DEVICE, x, vertical, horizontal, blur, value_range)
+    y = rt.empty(x.shape, what=f"{op} output")
+    if y.size:
+        elementwise("augment_mix", op, y.size, x, vertical, horizontal, blur, y, *x.shape,
+                    vertical.shape[0], float(lo), float(hi))
+    return y

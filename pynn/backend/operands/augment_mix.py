@@ -1,5 +1,6 @@
-"""Operands of the box and mixing ops (native/augment_mix.pyx,
-pynn/backend/opencl/augment_mix.py): Keras 3's CutMix, MixUp and RandomErasing.
+"""Operands of the box, mixing and blur ops (native/augment_mix.pyx,
+pynn/backend/opencl/augment_mix.py): Keras 3's CutMix, MixUp, RandomErasing and
+RandomGaussianBlur.
 
 ``boxes`` (N, 4) hold Keras's float corners ``[x0, x1, y0, y1]`` per image: pixel (row r,
 column c) is inside when ``x0 <= c < x1`` and ``y0 <= r < y1``. ``permutation`` is host data
@@ -66,6 +67,18 @@ def image_mix_backward(arrays, dy, permutation, weights, boxes):
     return _mix(arrays, "image_mix_backward", "dy", dy, permutation, weights, boxes)
 
 
+def _value_range(op, value_range):
+    try:
+        lo, hi = value_range
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}: 'value_range' must be (low, high), got "
+                         f"{value_range!r}") from None
+    lo, hi = number(op, "value_range[0]", lo), number(op, "value_range[1]", hi)
+    if lo > hi:
+        raise ValueError(f"{op}: 'value_range' must have low <= high, got {value_range!r}")
+    return lo, hi
+
+
 def image_erase_forward(arrays, x, boxes, fill, value_range):
     """-> (x, boxes, fill, fill per element (bool), (lo, hi)); fill (C,) or x's shape."""
     op = "image_erase_forward"
@@ -85,3 +98,19 @@ def image_erase_forward(arrays, x, boxes, fill, value_range):
     if lo > hi:
         raise ValueError(f"{op}: 'value_range' must have low <= high, got {value_range!r}")
     return x, b, f, per_element, (lo, hi)
+
+
+def image_blur_forward(arrays, x, vertical, horizontal, blur, value_range):
+    """-> (x, vertical, horizontal, blur, (lo, hi)); the taps (K,) with K odd, blur (N,)."""
+    op = "image_blur_forward"
+    x = _images(arrays, op, "x", x)
+    v = arrays.float_input(op, "vertical", vertical, ndim=1, like=x)
+    h = arrays.float_input(op, "horizontal", horizontal, ndim=1, like=x)
+    if v.shape != h.shape or v.shape[0] % 2 == 0:
+        raise ValueError(f"{op}: 'vertical' and 'horizontal' must hold the same odd number of "
+                         f"taps, got {tuple(v.shape)} and {tuple(h.shape)}")
+    b = arrays.float_input(op, "blur", blur, ndim=1, like=x)
+    if b.shape[0] != x.shape[0]:
+        raise ValueError(f"{op}: 'blur' must hold one flag per image ({x.shape[0]},), got "
+                         f"{tuple(b.shape)}")
+    return x, v, h, b, _value_range(op, value_range)
