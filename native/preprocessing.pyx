@@ -19,6 +19,9 @@ Design:
   Keras's 8-vector: both coordinates divided by c0*c + c1*r + 1 (perspective_transform's
   homography). A coordinate that is not finite or lies past COORD_LIMIT (a denominator near
   0) is moved to +-COORD_LIMIT before its integer part is taken: far outside either way.
+- image_remap_forward (RandomElasticTransform) reads output pixel (r, c) at (r, c) plus its
+  own (row, column) offset by the same taps, and clips to a value range in the same pass (Keras clips
+  the elastic output); no backward (the layer, like RandomContrast, offers no gradient).
 - The op is linear in x, so image_affine_backward scatters dy through the same neighbours and
   weights (fill_value's share goes nowhere). Each thread owns whole images of dx (the N
   images on pynn's worker team), so the scatter needs no atomics and any thread count gives
@@ -198,6 +201,39 @@ cdef void _affine_image_backward(const floating* dy, floating* dx, const floatin
                         dst[k][ch] = <floating>(dst[k][ch] + wgt[k] * g[ch])
 
 
+cdef void _remap_image(const floating* x, floating* y, const floating* coords, Py_ssize_t H,
+                       Py_ssize_t W, Py_ssize_t C, Py_ssize_t HO, Py_ssize_t WO, int order,
+                       int mode, double fill, double lo, double hi) noexcept nogil:
+    """One image: y[r, c] = clip(x read at (r + offsets[r, c, 0], c + offsets[r, c, 1]),
+    lo, hi); ``coords`` holds the offsets."""
+    cdef Py_ssize_t r, c, ch, k
+    cdef Taps tr, tc
+    cdef double wgt[4]
+    cdef bint inside[4]
+    cdef const floating* src[4]
+    cdef double acc
+    cdef floating* o
+    for r in range(HO):
+        for c in range(WO):
+            tr = _taps(r + coords[2 * (r * WO + c)], H, order, mode)
+            tc = _taps(c + coords[2 * (r * WO + c) + 1], W, order, mode)
+            wgt[0], wgt[1] = tr.w0 * tc.w0, tr.w0 * tc.w1
+            wgt[2], wgt[3] = tr.w1 * tc.w0, tr.w1 * tc.w1
+            inside[0], inside[1] = tr.in0 and tc.in0, tr.in0 and tc.in1
+            inside[2], inside[3] = tr.in1 and tc.in0, tr.in1 and tc.in1
+            src[0] = x + (tr.i0 * W + tc.i0) * C
+            src[1] = x + (tr.i0 * W + tc.i1) * C
+            src[2] = x + (tr.i1 * W + tc.i0) * C
+            src[3] = x + (tr.i1 * W + tc.i1) * C
+            o = y + (r * WO + c) * C
+            for ch in range(C):
+                acc = 0.0
+                for k in range(4):
+                    if wgt[k] != 0.0:
+                        acc = acc + wgt[k] * (src[k][ch] if inside[k] else fill)
+                o[ch] = <floating>(lo if acc < lo else (hi if acc > hi else acc))
+
+
 def _check_finite(m, op="image_affine"):
     if not np.isfinite(m).all():
         bad = int(np.argmin(np.isfinite(m).all(axis=1)))
@@ -207,7 +243,8 @@ def _check_finite(m, op="image_affine"):
 ctypedef struct _PrepJob:
     bint is_double, flag_a, flag_b
     int width            # values per matrix: 6 affine, 8 projective
-    int kind             # 0 affine images, 1 affine backward images, 2 channel rows, 3 adjust
+    int kind             # 0 affine images, 1 affine backward images, 2 channel rows, 3 adjust,
+                         # 4 remap images
     const void* x
     const void* m        # the matrices (affine), scale (channel), factor (adjust)
     const void* m2       # offset (channel), delta (adjust)
@@ -233,6 +270,9 @@ cdef inline void _prep_items(const _PrepJob* j, const floating* x, long begin,
         elif j.kind == 1:  # x is dy (HO, WO), y is dx (H, W)
             _affine_image_backward(x + n * ys, y + n * xs, m + j.width * n, j.H, j.W, j.C,
                                    j.HO, j.WO, j.order, j.mode, j.width == 8)
+        elif j.kind == 4:
+            _remap_image(x + n * xs, y + n * ys, m + 2 * n * j.HO * j.WO, j.H, j.W, j.C, j.HO,
+                         j.WO, j.order, j.mode, j.fill, j.lo, j.hi)
         elif j.kind == 2:
             for k in range(j.K):
                 if j.flag_a:
@@ -418,3 +458,32 @@ def image_projective_backward(dy, transforms, input_shape, interpolation="biline
     if dx.size:
         _affine_backward(dy, m, dx, order, mode)
     return dx
+
+
+# -- RandomElasticTransform (auggeo): a per-pixel offset field, then the value-range clip
+
+def _remap(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] coords,
+           floating[:, :, :, ::1] y, int order, int mode, double fill, double lo, double hi):
+    cdef Py_ssize_t N = x.shape[0]
+    cdef _PrepJob job
+    if N == 0 or x.shape[3] == 0:
+        return
+    job.is_double, job.kind, job.x, job.m, job.y = floating is double, 4, &x[0, 0, 0, 0], \
+        &coords[0, 0, 0, 0], &y[0, 0, 0, 0]
+    job.H, job.W, job.C, job.HO, job.WO = x.shape[1], x.shape[2], x.shape[3], y.shape[1], \
+        y.shape[2]
+    job.order, job.mode, job.fill, job.lo, job.hi = order, mode, fill, lo, hi
+    with nogil:
+        _prep_run(&job, N, N * job.HO * job.WO * job.C)
+
+
+def image_remap_forward(x, offsets, interpolation="bilinear", fill_mode="constant",
+                        fill_value=0.0, value_range=(-np.inf, np.inf)):
+    """(N, H, W, C) -> (N, HO, WO, C): output pixel (r, c) of image n reads x[n] at row
+    r + offsets[n, r, c, 0], column c + offsets[n, r, c, 1] (keras.ops.image.map_coordinates'
+    rules), clipped to value_range."""
+    x, coords, out, order, mode, fill, (lo, hi) = operands.image_remap_forward(
+        HOST, x, offsets, interpolation, fill_mode, fill_value, value_range)
+    y = np.empty(out, x.dtype)
+    _remap(x, coords, y, order, mode, fill, lo, hi)
+    return y

@@ -187,3 +187,33 @@ __kernel void image_adjust_forward(__global const float *x, __global const float
         yn[(size_t)p * C] = clamp(v + shift, lo, hi);
     }
 }
+
+/* RandomElasticTransform: output pixel (r, c) of image n reads x[n] at row r + offsets[..., 0],
+ * column c + offsets[..., 1] (N, HO, WO, 2), clamped to [lo, hi]. One work-item per element. */
+__kernel void image_remap_forward(__global const float *x, __global const float *offsets,
+                                  __global float *y, const int N, const int H, const int W,
+                                  const int C, const int HO, const int WO, const int order,
+                                  const int mode, const float fill, const float lo,
+                                  const float hi)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * HO * WO * C);
+    const int ch = gid % C;
+    const int pixel = gid / C;
+    const int n = pixel / (HO * WO);
+    int ri[2], ci[2], rin[2], cin[2];
+    float rw[2], cw[2];
+    const int c = pixel % WO;
+    const int r = (pixel / WO) % HO;
+    axis_taps(r + offsets[2 * (size_t)pixel], H, order, mode, ri, rw, rin);
+    axis_taps(c + offsets[2 * (size_t)pixel + 1], W, order, mode, ci, cw, cin);
+    __global const float *xn = x + (size_t)n * H * W * C + ch;
+    float acc = 0.0f;
+    for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 2; ++b) {
+            const float wgt = rw[a] * cw[b];
+            if (wgt != 0.0f)
+                acc += wgt * (rin[a] && cin[b] ? xn[((size_t)ri[a] * W + ci[b]) * C] : fill);
+        }
+    y[gid] = clamp(acc, lo, hi);
+}

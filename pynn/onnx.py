@@ -240,7 +240,7 @@ def _identity_layer(g, layer, x, out_shape):
 
 # -- auggeo: Keras 3's geometric, erasing and mixing augmentations (identity at inference) --
 _converts("RandomShear", "RandomPerspective", "RandomErasing", "CutMix", "MixUp",
-          "RandomGaussianBlur")(_identity_layer)
+          "RandomGaussianBlur", "RandomElasticTransform")(_identity_layer)
 
 
 @_converts("Activation")

@@ -1,7 +1,9 @@
 """Keras 3's geometric, erasing, mixing and blur augmentations (pynn/layers/augment_geo.py):
-RandomShear, RandomPerspective, RandomErasing, CutMix, MixUp, RandomGaussianBlur.
+RandomShear, RandomPerspective, RandomElasticTransform, RandomErasing, CutMix, MixUp,
+RandomGaussianBlur.
 
-Their ops (image_projective_* in native/preprocessing.pyx, image_mix_*, image_erase_forward
+Their ops (image_projective_* and image_remap_forward in native/preprocessing.pyx,
+image_mix_*, image_erase_forward
 and image_blur_forward in native/augment_mix.pyx, and the OpenCL twins) against the float64 references; each layer's
 input gradient by central differences under a fixed transformation; Keras parity by handing
 Keras's layer and pynn's the same transformation; pynn's own draws (ranges, seeds, training
@@ -71,6 +73,22 @@ def test_image_projective(target, rng, shape, interpolation, fill_mode):
     dy = rand(rng, (n,) + size + (c,), target.dtype)
     check_op(target, "image_projective_backward", dy, m, shape, interpolation, fill_mode,
              ref=pre_ref.image_projective_backward_ref, rtol=tol)
+
+
+@pytest.mark.parametrize("fill_mode", pre_ref.FILL_MODES)
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_image_remap(target, rng, shape, interpolation, fill_mode):
+    n, h, w, c = shape
+    x = rand(rng, shape, target.dtype)
+    size = (h + 1, w + 2)
+    offsets = rng.uniform(-3, 3, (n,) + size + (2,))
+    if interpolation == "nearest":
+        offsets = np.round(offsets) + 0.2   # no rounding ties
+    offsets = offsets.astype(target.dtype)
+    for value_range in ((-np.inf, np.inf), (-0.5, 0.9)):
+        check_op(target, "image_remap_forward", x, offsets, interpolation, fill_mode, 0.4,
+                 value_range, ref=pre_ref.image_remap_forward_ref, rtol=TOL[target.dtype.type])
 
 
 def test_image_projective_with_a_vanishing_denominator_reads_fill(rng):
@@ -165,6 +183,13 @@ BAD_OPS = [
     (lambda c: c.image_blur_forward(np.ones((2, 3, 3, 1)), np.ones(3), np.ones(3), np.ones(3),
                                     (0, 1)),
      ValueError, r"image_blur_forward: 'blur' must hold one flag per image \(2,\)"),
+    (lambda c: c.image_remap_forward(np.ones((2, 3, 3, 1)), np.ones((2, 3, 3, 3))),
+     ValueError, r"image_remap_forward: 'offsets' must have the shape \(2, height, width, 2\)"),
+    (lambda c: c.image_remap_forward(np.ones((2, 3, 3, 1)), np.ones((2, 3, 3, 2)),
+                                     value_range=(1, 0)),
+     ValueError, r"image_remap_forward: 'value_range' must have low <= high"),
+    (lambda c: c.image_remap_forward(np.ones((2, 3, 3, 1)), np.ones((2, 3, 3, 2)), "cubic"),
+     ValueError, r"image_remap_forward: interpolation must be one of"),
     (lambda c: c.image_projective_forward(np.ones((2, 3, 3, 1)), np.ones((2, 6)), (3, 3)),
      ValueError, r"image_projective_forward: 'transforms' must have the shape \(2, 8\)"),
     (lambda c: c.image_projective_forward(np.ones((1, 3, 3, 1)),
@@ -341,12 +366,43 @@ def test_random_gaussian_blur_matches_keras(rng, kernel_size):
     np.testing.assert_allclose(p.transform_images(x, kt), want, rtol=1e-5, atol=2e-4)
 
 
-def test_random_gaussian_blur_offers_no_input_gradient(rng):
-    layer = layers.RandomGaussianBlur(seed=1)
+@pytest.mark.parametrize("fill_mode", ["reflect", "constant", "nearest"])
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+def test_random_elastic_transform_matches_keras(rng, fill_mode, interpolation):
+    """Keras's torch backend draws the noise inside elastic_transform from torch's global
+    generator: the same seed there, and the same draws handed to pynn."""
+    keras, k, p = _keras_pair(rng, "RandomElasticTransform", dict(
+        factor=0.8, scale=(0.5, 1.0), fill_mode=fill_mode, interpolation=interpolation,
+        fill_value=9.0, value_range=(5, 250)))
+    import torch
+
+    x = _images(rng, (5, 20, 23, 3))
+    t = p.get_random_transformation(x)
+    assert t["apply_transform"].any() and not t["apply_transform"].all()
+    torch.manual_seed(11)
+    want = keras.ops.convert_to_numpy(k.transform_images(x, {
+        "apply_transform": torch.tensor(t["apply_transform"]), "seed": None,
+        "distortion_factor": torch.tensor(np.float32(t["distortion_factor"]))}, training=True))
+    torch.manual_seed(11)
+    draws = [torch.normal(0.0, 1.0, size=x.shape[:3], dtype=torch.float32).numpy()
+             for _ in range(2)]
+    t["noise"] = np.stack(draws, -1)
+    got = p.transform_images(x, t)
+    kept = ~t["apply_transform"]
+    np.testing.assert_array_equal(got[kept], np.clip(x[kept], 5, 250))   # clipped, not moved
+    if interpolation == "nearest":
+        assert np.mean(np.abs(got - want) > 1e-3) < 0.01
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-3)
+
+
+@pytest.mark.parametrize("name", ["RandomGaussianBlur", "RandomElasticTransform"])
+def test_clipping_layers_offer_no_input_gradient(rng, name):
+    layer = getattr(layers, name)(seed=1)
     x = _images(rng)
     layer(x, training=True)
     layer.needs_input_grad = True
-    with pytest.raises(NotImplementedError, match=r"RandomGaussianBlur '.*': no input gradient"):
+    with pytest.raises(NotImplementedError, match=name + r" '.*': no input gradient"):
         layer.backward(x)
 
 
@@ -390,6 +446,7 @@ RANDOM = [
     lambda: layers.CutMix(seed=7),
     lambda: layers.MixUp(seed=7),
     lambda: layers.RandomGaussianBlur(seed=7, value_range=(0, 1)),
+    lambda: layers.RandomElasticTransform(seed=7, value_range=(0, 1)),
 ]
 
 
@@ -438,6 +495,11 @@ def test_draws_follow_keras_distributions():
     assert area.min() >= 0.1 ** 2 - 1e-9 and area.max() <= 0.4 + 1e-9
     assert abs(t["apply_erasing"].mean() - 0.4) < 0.03
     assert t["fill_value"].shape == x.shape
+    t = layers.RandomElasticTransform(factor=(0.1, 0.5), scale=(0.2, 0.6), seed=1
+                                      ).get_random_transformation(x)
+    assert abs(t["apply_transform"].mean() - 0.3) < 0.03 and 0.2 <= t["distortion_factor"] <= 0.6
+    assert t["noise"].shape == x.shape[:3] + (2,) and abs(t["noise"].std() - 1) < 0.02
+    assert layers.RandomElasticTransform(scale=0.0).get_random_transformation(x) is None
     t = layers.RandomGaussianBlur(factor=(0.2, 0.4), sigma=(0.5, 3.0), seed=1
                                   ).get_random_transformation(x)
     assert abs(t["should_apply_blur"].mean() - 0.3) < 0.03
@@ -474,6 +536,8 @@ CONFIGS = [
     lambda: layers.CutMix(0.4, seed=5),
     lambda: layers.MixUp(0.7, seed=5),
     lambda: layers.RandomGaussianBlur((0.2, 0.9), 5, (0.5, 2.0), (0, 1), seed=5),
+    lambda: layers.RandomElasticTransform((0.3, 1.0), 0.6, "nearest", "constant", 2.0, (0, 9),
+                                          seed=5),
 ]
 
 
@@ -505,8 +569,8 @@ def _keras_model(keras):
     return keras.Sequential([
         keras.Input((9, 10, 3)), K.RandomShear(0.2, (0.1, 0.3), fill_mode="constant"),
         K.RandomPerspective(0.5, 0.4), K.RandomErasing(fill_value=2.0),
-        K.CutMix(0.5), K.MixUp(0.3), K.RandomGaussianBlur(0.5, 5, 0.8), K.Flatten(),
-        K.Dense(2)])
+        K.CutMix(0.5), K.MixUp(0.3), K.RandomGaussianBlur(0.5, 5, 0.8),
+        K.RandomElasticTransform(0.5, 0.7, fill_mode="nearest"), K.Flatten(), K.Dense(2)])
 
 
 def test_keras_files_both_ways(tmp_path, rng):
@@ -519,7 +583,7 @@ def test_keras_files_both_ways(tmp_path, rng):
     np.testing.assert_allclose(pm.predict(x, verbose=0), want, rtol=1e-5, atol=1e-3)
     kinds = [type(lay).__name__ for lay in pm.layers]
     for name in ("RandomShear", "RandomPerspective", "RandomErasing", "CutMix", "MixUp",
-                 "RandomGaussianBlur"):
+                 "RandomGaussianBlur", "RandomElasticTransform"):
         assert name in kinds
     pm.save(str(tmp_path / "p.keras"))
     back = keras.saving.load_model(tmp_path / "p.keras")
@@ -535,8 +599,8 @@ def test_onnx_export_is_the_identity_at_inference(tmp_path, rng):
     model = pynn.Sequential([
         layers.Input((6, 7, 2)), layers.RandomShear(0.2, 0.2, seed=1),
         layers.RandomPerspective(seed=2), layers.RandomErasing(seed=3), layers.CutMix(seed=4),
-        layers.MixUp(seed=5), layers.RandomGaussianBlur(seed=6), layers.Flatten(),
-        layers.Dense(3)])
+        layers.MixUp(seed=5), layers.RandomGaussianBlur(seed=6),
+        layers.RandomElasticTransform(seed=7), layers.Flatten(), layers.Dense(3)])
     x = rng.standard_normal((2, 6, 7, 2)).astype(np.float32)
     path = str(tmp_path / "m.onnx")
     pynn.onnx.export(model, path)
@@ -566,6 +630,8 @@ BAD_LAYERS = [
     (lambda: layers.RandomGaussianBlur(kernel_size=(3, 5)), r"kernel_size must be square"),
     (lambda: layers.RandomGaussianBlur(sigma=1.5), r"RandomGaussianBlur '.*': sigma must lie"),
     (lambda: layers.RandomGaussianBlur(sigma=(1.5, 3)), r"sigma's lower end must lie in"),
+    (lambda: layers.RandomElasticTransform(scale=2), r"RandomElasticTransform '.*': scale must"),
+    (lambda: layers.RandomElasticTransform(fill_mode="mirror"), r"fill_mode must be one of"),
 ]
 
 

@@ -154,7 +154,7 @@ TESTS_ELSEWHERE.update({name: "test_volumetric.py" for name in (
 # -- auggeo: the projective, mix and erase ops, tested with Keras 3's augmentation layers --
 TESTS_ELSEWHERE.update({name: "test_augment_keras3.py" for name in (
     "image_projective_forward", "image_projective_backward", "image_mix_forward",
-    "image_mix_backward", "image_erase_forward", "image_blur_forward")})
+    "image_mix_backward", "image_erase_forward", "image_blur_forward", "image_remap_forward")})
 
 
 def test_every_op_has_its_reference_and_its_test_file():

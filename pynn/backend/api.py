@@ -492,6 +492,10 @@ OPS = {
                                  "fill_mode", "fill_value"),
     "image_projective_backward": ("dy", "transforms", "input_shape", "interpolation",
                                   "fill_mode"),
+    # offsets (N, HO, WO, 2): output pixel (r, c) of image n reads row r + [..., 0], column
+    # c + [..., 1] by map_coordinates' rules, clipped to value_range (RandomElasticTransform).
+    "image_remap_forward": ("x", "offsets", "interpolation", "fill_mode", "fill_value",
+                            "value_range"),
     # (native/augment_mix.pyx, opencl/augment_mix.cl) boxes (N, 4): Keras's [x0, x1, y0, y1],
     # pixel (r, c) inside when x0 <= c < x1 and y0 <= r < y1. permutation: host ints, a
     # permutation of range(N). Mix (MixUp, CutMix): y[n] = w[n] x[n] + (1 - w[n]) x[perm[n]]

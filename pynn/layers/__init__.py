@@ -238,11 +238,13 @@ LAYERS["AlphaDropout"] = AlphaDropout
 __all__ += ["AlphaDropout"]
 # -- auggeo: Keras 3's geometric, erasing and mixing augmentations --
 from pynn.layers.augment_geo import (  # noqa: E402
-    CutMix, MixUp, RandomErasing, RandomGaussianBlur, RandomPerspective, RandomShear,
+    CutMix, MixUp, RandomElasticTransform, RandomErasing, RandomGaussianBlur,
+    RandomPerspective, RandomShear,
 )
 
 LAYERS.update({cls.__name__: cls for cls in (
     RandomShear, RandomPerspective, RandomErasing, CutMix, MixUp, RandomGaussianBlur,
+    RandomElasticTransform,
 )})
 __all__ += ["RandomShear", "RandomPerspective", "RandomErasing", "CutMix", "MixUp",
-            "RandomGaussianBlur"]
+            "RandomGaussianBlur", "RandomElasticTransform"]

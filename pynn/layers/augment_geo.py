@@ -1,5 +1,5 @@
 """Keras 3's geometric, erasing, mixing and blur augmentation layers: RandomShear,
-RandomPerspective, RandomErasing, CutMix, MixUp, RandomGaussianBlur.
+RandomPerspective, RandomElasticTransform, RandomErasing, CutMix, MixUp, RandomGaussianBlur.
 
 Each layer splits a call as Keras 3's do: ``get_random_transformation(images, training)``
 draws the per-image parameters in NumPy (a dict under Keras's key names, from the layer's
@@ -8,11 +8,12 @@ draws the per-image parameters in NumPy (a dict under Keras's key names, from th
 RandomShear is an ``image_affine`` pass, RandomPerspective an ``image_projective`` pass
 (Keras's homography), CutMix and MixUp ``image_mix`` (the partner image x[perm[n]] blended
 inside a box: the whole image for MixUp), RandomErasing ``image_erase``,
-RandomGaussianBlur ``image_blur``. Handing Keras's layer and pynn's the same transformation
+RandomGaussianBlur ``image_blur``, RandomElasticTransform ``image_blur`` (its noise field)
+then ``image_remap``. Handing Keras's layer and pynn's the same transformation
 gives the same images, which is how parity is tested. All act only in training and are the
-identity otherwise (Keras); each but RandomGaussianBlur passes its input gradient back
-through the op's adjoint (the blur clips to value_range like RandomContrast, and like it
-offers no input gradient: it sits at a model's input).
+identity otherwise (Keras); each but RandomGaussianBlur and RandomElasticTransform passes
+its input gradient back through the op's adjoint (those two clip to value_range like
+RandomContrast, and like it offer no input gradient: they sit at a model's input).
 
 CutMix and MixUp mix images only: Keras also mixes the labels when a data pipeline hands
 it ``{"images": ..., "labels": ...}``, but pynn's data pipeline has no map step, so inside
@@ -486,3 +487,74 @@ class RandomGaussianBlur(_Augmentation):
         return {**super().get_config(), "factor": list(self.factor),
                 "kernel_size": list(self.kernel_size), "sigma": list(self.sigma),
                 "value_range": list(self.value_range), "data_format": "channels_last"}
+
+
+class RandomElasticTransform(_Augmentation):
+    """With probability uniform(factor) per image, each pixel moves by alpha times a
+    Gaussian-blurred (sigma) field of normal noise scaled by sigma, alpha = 0.1 * d * max(H,
+    W) and sigma = 0.05 * d * min(H, W) for one d ~ uniform(scale) per batch
+    (keras.ops.image.elastic_transform); every image is then clipped to value_range."""
+
+    def __init__(self, factor=1.0, scale=1.0, interpolation="bilinear", fill_mode="reflect",
+                 fill_value=0.0, value_range=(0, 255), seed=None, data_format=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        _data_format(self, data_format)
+        self.factor = _unit_factor(self, "factor", factor)
+        self.scale = _unit_factor(self, "scale", scale)
+        self.interpolation = _choice(self, "interpolation", interpolation, INTERPOLATIONS)
+        self.fill_mode = _choice(self, "fill_mode", fill_mode, FILL_MODES)
+        self.fill_value = _number(self, "fill_value", fill_value)
+        self.value_range = _value_range(self, value_range)
+
+    @staticmethod
+    def elastic_params(height, width, distortion):
+        """Keras's get_elastic_transform_params: (alpha, sigma)."""
+        return max(height, width) * 0.1 * distortion, min(height, width) * 0.05 * distortion
+
+    def get_random_transformation(self, images, training=True, seed=None):
+        """{"apply_transform": (N,) bool, "distortion_factor": a float, "noise": (N, H, W, 2)
+        standard normal draws (the column, then the row displacement before blur and
+        scaling: Keras's torch backend draws them inside elastic_transform)}, or None outside
+        training or where scale or factor is 0 (as Keras)."""
+        if not training or self.scale[1] == 0 or self.factor[1] == 0:
+            return None
+        n, h, w, _ = _images_of(self, images)
+        rng = self._rng() if seed is None else np.random.default_rng(seed)
+        probability = rng.uniform(*self.factor, size=n)
+        apply = rng.uniform(0.0, 1.0, size=n) < probability
+        return {"apply_transform": apply,
+                "distortion_factor": float(rng.uniform(*self.scale)),
+                "noise": rng.standard_normal((n, h, w, 2))}
+
+    def transform_images(self, images, transformation, training=True):
+        if not training or transformation is None:
+            return images
+        n, h, w, _ = _images_of(self, images)
+        alpha, sigma = self.elastic_params(h, w, transformation["distortion_factor"])
+        b = backend.current()
+        # Keras's kernel size: int(6 sigma) made odd; the field is blurred with zero padding.
+        # The blur is linear, so alpha scales the noise before it: the blurred field is the
+        # offsets themselves and never leaves the device. Row offsets first (noise channel 1,
+        # Keras's dy), then columns.
+        taps = b.asarray(gaussian_taps(int(6 * sigma) | 1, sigma), images.dtype)
+        noise = np.asarray(transformation["noise"], np.float64)[..., ::-1] * (sigma * alpha)
+        # An image left alone gets no offsets: it reads every pixel where it is.
+        noise[~np.asarray(transformation["apply_transform"], bool).reshape(n)] = 0.0
+        wide = float(np.finfo(np.float32).max)
+        offsets = b.image_blur_forward(b.asarray(np.ascontiguousarray(noise), images.dtype),
+                                       taps, taps, b.asarray(np.ones(n), images.dtype),
+                                       (-wide, wide))
+        return b.image_remap_forward(images, offsets, self.interpolation, self.fill_mode,
+                                     self.fill_value, self.value_range)
+
+    def backward(self, dy):
+        self._cache = None
+        if self.needs_input_grad:
+            raise NotImplementedError(f"{_name(self)}: no input gradient (put it at the "
+                                      f"model's input)")
+
+    def get_config(self):
+        return {**super().get_config(), "factor": list(self.factor), "scale": list(self.scale),
+                "interpolation": self.interpolation, "fill_mode": self.fill_mode,
+                "fill_value": self.fill_value, "value_range": list(self.value_range),
+                "data_format": "channels_last"}

@@ -108,3 +108,23 @@ def image_projective_forward_ref(x, transforms, output_size, interpolation="bili
 def image_projective_backward_ref(dy, transforms, input_shape, interpolation="bilinear",
                                   fill_mode="constant"):
     return image_affine_backward_ref(dy, transforms, input_shape, interpolation, fill_mode)
+
+
+# -- auggeo: RandomElasticTransform's per-pixel resampling
+
+def image_remap_forward_ref(x, offsets, interpolation="bilinear", fill_mode="constant",
+                            fill_value=0.0, value_range=(-np.inf, np.inf)):
+    x = np.asarray(x, np.float64)
+    coords = np.array(offsets, np.float64)
+    rows, cols = np.meshgrid(np.arange(coords.shape[1]), np.arange(coords.shape[2]),
+                             indexing="ij")
+    coords[..., 0] += rows
+    coords[..., 1] += cols
+    n, h, w, c = x.shape
+    y = np.zeros(coords.shape[:3] + (c,))
+    for i in range(n):
+        for ri, rin, rw in _nodes(coords[i, ..., 0], h, interpolation, fill_mode):
+            for ci, cin, cw in _nodes(coords[i, ..., 1], w, interpolation, fill_mode):
+                val = np.where((rin & cin)[..., None], x[i][ri, ci], fill_value)
+                y[i] += (rw * cw)[..., None] * val
+    return np.clip(y, *value_range)

@@ -109,7 +109,7 @@ from pynn.backend.opencl.preprocessing import (  # noqa: F401
 )
 # -- auggeo: RandomPerspective's resampling --
 from pynn.backend.opencl.preprocessing import (  # noqa: F401
-    image_projective_backward, image_projective_forward,
+    image_projective_backward, image_projective_forward, image_remap_forward,
 )
 from pynn.backend.opencl.augment_mix import (  # noqa: F401
     image_blur_forward, image_erase_forward, image_mix_backward, image_mix_forward,

@@ -86,3 +86,19 @@ def image_projective_backward(dy, transforms, input_shape, interpolation="biline
     elementwise("preprocessing", "image_affine_backward", n * c, dy, m, dx, n, h, w, c,
                 dy.shape[1], dy.shape[2], order, mode, 8)
     return dx
+
+
+# -- RandomElasticTransform (auggeo) --
+
+def image_remap_forward(x, offsets, interpolation="bilinear", fill_mode="constant",
+                        fill_value=0.0, value_range=(-float("inf"), float("inf"))):
+    """Each output pixel read at its own (row, column) offset, clipped to value_range."""
+    op = "image_remap_forward"
+    x, coords, out, order, mode, fill, (lo, hi) = operands.image_remap_forward(
+        DEVICE, x, offsets, interpolation, fill_mode, fill_value, value_range)
+    y = rt.empty(out, what=f"{op} output")
+    n, h, w, c = x.shape
+    if y.size:
+        elementwise("preprocessing", op, y.size, x, coords, y, n, h, w, c, out[1], out[2],
+                    order, mode, float(fill), float(lo), float(hi))
+    return y

@@ -164,3 +164,34 @@ def image_projective_backward(arrays, dy, transforms, input_shape, interpolation
     """-> (dy, transforms, input shape, interpolation code, fill-mode code)."""
     return _resample_backward(arrays, "image_projective_backward", 8, "transforms", dy,
                               transforms, input_shape, interpolation, fill_mode)
+
+
+# -- RandomElasticTransform (auggeo): offsets (N, HO, WO, 2) [row, column] per pixel
+
+def image_remap_forward(arrays, x, offsets, interpolation, fill_mode, fill_value,
+                        value_range):
+    """-> (x, offsets, output shape, interpolation code, fill-mode code, fill value,
+    (lo, hi)); value_range ends may be infinite (no clip)."""
+    op = "image_remap_forward"
+    x = arrays.float_input(op, "x", x, ndim=4)
+    n, h, w, c = x.shape
+    if h < 1 or w < 1:
+        raise ValueError(f"{op}: 'x' must hold images of at least 1x1 pixels, got shape "
+                         f"{tuple(x.shape)}")
+    coords = arrays.float_input(op, "offsets", offsets, ndim=4, like=x)
+    if coords.shape[0] != n or coords.shape[3] != 2 or min(coords.shape[1:3]) < 1:
+        raise ValueError(f"{op}: 'offsets' must have the shape ({n}, height, width, 2) (a row "
+                         f"and a column offset per output pixel), got {tuple(coords.shape)}")
+    out = (n, coords.shape[1], coords.shape[2], c)
+    check_count(arrays, op, "output", n * out[1] * out[2] * c)
+    try:
+        lo, hi = value_range
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}: 'value_range' must be (low, high), got "
+                         f"{value_range!r}") from None
+    lo = number(op, "value_range[0]", lo, allow_nan=True)
+    hi = number(op, "value_range[1]", hi, allow_nan=True)
+    if not lo <= hi:
+        raise ValueError(f"{op}: 'value_range' must have low <= high, got {value_range!r}")
+    return (x, coords, out, interpolation_code(op, interpolation), fill_mode_code(op, fill_mode),
+            number(op, "fill_value", fill_value), (lo, hi))
