@@ -20,8 +20,9 @@ Design:
   homography). A coordinate that is not finite or lies past COORD_LIMIT (a denominator near
   0) is moved to +-COORD_LIMIT before its integer part is taken: far outside either way.
 - image_remap_forward (RandomElasticTransform) reads output pixel (r, c) at (r, c) plus its
-  own (row, column) offset by the same taps, and clips to a value range in the same pass (Keras clips
-  the elastic output); no backward (the layer, like RandomContrast, offers no gradient).
+  own (row, column) offset by the same taps, and clips to a value range in the same pass
+  (Keras clips the elastic output); no backward (the layer, like RandomContrast, offers no
+  gradient).
 - The op is linear in x, so image_affine_backward scatters dy through the same neighbours and
   weights (fill_value's share goes nowhere). Each thread owns whole images of dx (the N
   images on pynn's worker team), so the scatter needs no atomics and any thread count gives

@@ -3,11 +3,11 @@ RandomShear, RandomPerspective, RandomElasticTransform, RandomErasing, CutMix, M
 RandomGaussianBlur.
 
 Their ops (image_projective_* and image_remap_forward in native/preprocessing.pyx,
-image_mix_*, image_erase_forward
-and image_blur_forward in native/augment_mix.pyx, and the OpenCL twins) against the float64 references; each layer's
-input gradient by central differences under a fixed transformation; Keras parity by handing
-Keras's layer and pynn's the same transformation; pynn's own draws (ranges, seeds, training
-only); configs, Keras files both ways, ONNX as the identity, and bad inputs."""
+image_mix_*, image_erase_forward and image_blur_forward in native/augment_mix.pyx, and the
+OpenCL twins) against the float64 references; each layer's input gradient by central
+differences under a fixed transformation; Keras parity by handing Keras's layer and pynn's
+the same transformation; pynn's own draws (ranges, seeds, training only); configs, Keras
+files both ways, ONNX as the identity, and bad inputs."""
 
 import json
 
@@ -152,7 +152,9 @@ def test_mix_kernels_give_the_same_bits_at_any_thread_count(num_threads, rng):
         runs.append([cpu.image_mix_forward(x, perm, w, b), cpu.image_mix_backward(x, perm, w, b),
                      cpu.image_erase_forward(x, b, x, (-1, 1)),
                      cpu.image_blur_forward(x, w[:5], w[2:7], w, (-1, 1)),
-                     cpu.image_projective_backward(x, m, x.shape)])
+                     cpu.image_projective_backward(x, m, x.shape),
+                     cpu.image_remap_forward(x, rand(np.random.default_rng(1), x.shape[:3] + (2,),
+                                                     np.float64) * 3, "bilinear", "reflect")])
     for other in runs[1:]:
         for a, b_ in zip(runs[0], other):
             np.testing.assert_array_equal(a, b_)

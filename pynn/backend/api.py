@@ -6,7 +6,8 @@ Where an op lives: one name, five places
 ----------------------------------------
 An op of family F (dense, conv, pool, activation, loss, metric, dropout, optim, rnn,
 merge, spatial, shape, normalization, depthwise,
-preprocessing, sparse, quant, elementwise, rnn_mask, bf16, attention, augment_mix) named ``<op>`` is,
+preprocessing, sparse, quant, elementwise, rnn_mask, bf16, attention,
+augment_mix) named ``<op>`` is,
 under that same name:
 - ``native/F.pyx``: the CPU kernel, exported as ``pynn._native.F.<op>``;
 - ``opencl/F.cl``: its OpenCL kernels, driven by ``pynn/backend/opencl/F.py``;
