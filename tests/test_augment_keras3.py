@@ -398,6 +398,16 @@ def test_random_elastic_transform_matches_keras(rng, fill_mode, interpolation):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-3)
 
 
+def test_random_perspective_keeps_a_one_pixel_high_image(rng):
+    """Its four corners fix no homography (Keras's solve fails): the image passes as is."""
+    x = _images(rng, (2, 1, 5, 2))
+    layer = layers.RandomPerspective(seed=1)
+    t = layer.get_random_transformation(x)
+    start = t["start_points"].copy()
+    np.testing.assert_array_equal(layer.transform_images(x, t), x)
+    np.testing.assert_array_equal(t["start_points"], start)
+
+
 @pytest.mark.parametrize("name", ["RandomGaussianBlur", "RandomElasticTransform"])
 def test_clipping_layers_offer_no_input_gradient(rng, name):
     layer = getattr(layers, name)(seed=1)

@@ -103,7 +103,7 @@ def homography_matrices(start_points, end_points):
     a[:, 1::2, 3], a[:, 1::2, 4], a[:, 1::2, 5] = ex, ey, 1.0
     a[:, 0::2, 6], a[:, 0::2, 7] = -sx * ex, -sx * ey
     a[:, 1::2, 6], a[:, 1::2, 7] = -sy * ex, -sy * ey
-    target = s.reshape(n, 8, 1)
+    target = s.reshape(n, 8, 1).copy()
     # Corners that coincide (an image one pixel high or wide) fix no homography: Keras's
     # solve fails there, pynn keeps such an image as it is.
     singular = np.linalg.matrix_rank(a) < 8 if n else np.zeros(0, bool)
