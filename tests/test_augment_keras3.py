@@ -483,6 +483,15 @@ def test_random_layers_are_seeded_and_training_only(backend, num_threads, rng, m
     np.testing.assert_array_equal(inference, x)
 
 
+@pytest.mark.parametrize("make", RANDOM, ids=[str(i) for i in range(len(RANDOM))])
+def test_a_seed_argument_draws_apart_from_the_layers_stream(make):
+    layer, x = make(), np.ones((3, 5, 6, 3))
+    a, b = (layer.get_random_transformation(x, seed=9) for _ in range(2))
+    assert layer.runtime_state() == {"calls": 0}
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
 def test_draws_follow_keras_distributions():
     x = np.zeros((4000, 6, 8, 1))
     t = layers.RandomShear((0.1, 0.3), 0.2, seed=1).get_random_transformation(x)

@@ -3,7 +3,8 @@ RandomPerspective, RandomElasticTransform, RandomErasing, CutMix, MixUp, RandomG
 
 Each layer splits a call as Keras 3's do: ``get_random_transformation(images, training)``
 draws the per-image parameters in NumPy (a dict under Keras's key names, from the layer's
-(seed, call count) stream like pynn's other random layers) and
+(seed, call count) stream like pynn's other random layers; an int ``seed`` argument keys a
+one-off generator instead) and
 ``transform_images(images, transformation, training)`` applies them with one backend op:
 RandomShear is an ``image_affine`` pass, RandomPerspective an ``image_projective`` pass
 (Keras's homography), CutMix and MixUp ``image_mix`` (the partner image x[perm[n]] blended
@@ -208,8 +209,7 @@ class RandomPerspective(_Augmentation):
         t[keep] = IDENTITY_8
         b = backend.current()
         m = b.asarray(np.ascontiguousarray(t), images.dtype)
-        if training:
-            self._cache = [("projective", m, tuple(images.shape))]
+        self._cache = (m, tuple(images.shape))
         return b.image_projective_forward(images, m, (h, w), self.interpolation, "constant",
                                           self.fill_value)
 
@@ -219,7 +219,7 @@ class RandomPerspective(_Augmentation):
             return None
         if saved is None:
             return dy
-        _, m, shape = saved[0]
+        m, shape = saved
         return backend.current().image_projective_backward(dy, m, shape, self.interpolation,
                                                            "constant")
 
