@@ -18,8 +18,10 @@ Design:
   is the same op on dy with fill 0 and range (0, 0).
 - image_blur_forward: Keras's gaussian_blur (a depthwise conv2d with zero padding K // 2 on
   each side, K odd) of the images where blur[n] != 0, then every image clipped to the value
-  range (RandomGaussianBlur). Each output element sums its K*K taps directly: one pass, no
-  intermediate image; kernels are tiny (3 to 7 taps a side).
+  range (RandomGaussianBlur). The kernel is an outer product, so an image is blurred down
+  its rows into a double scratch image of the thread's own (K taps), then across (K taps):
+  2K per element instead of K*K (RandomElasticTransform's field blur has K near 0.3 *
+  min(H, W): 39 taps at 128 pixels, where the direct sum was 10x slower).
 - Weights and boxes are read as double for both dtypes; a mixed value is rounded once.
 - The images run on pynn's worker team; below PARALLEL_MIN elements on the calling thread.
 """
@@ -54,6 +56,7 @@ ctypedef struct _MixJob:
     const int* perm      # image n's partner (mix), inv[m] (mix backward)
     const double* vertical    # blur: the K taps down the rows, then across the columns
     const double* horizontal
+    double* scratch           # blur: one (H, W, C) image per team slot
     void* y
     Py_ssize_t H, W, C, K
     double lo, hi
@@ -63,8 +66,8 @@ cdef inline bint _inside(const floating* box, Py_ssize_t r, Py_ssize_t c) noexce
     return box[0] <= c and c < box[1] and box[2] <= r and r < box[3]
 
 
-cdef inline void _mix_items(const _MixJob* j, const floating* x, long begin,
-                            long end) noexcept nogil:
+cdef inline void _mix_items(const _MixJob* j, const floating* x, long begin, long end,
+                            int slot) noexcept nogil:
     cdef const floating* w = <const floating*>j.weights
     cdef const floating* boxes = <const floating*>j.boxes
     cdef const floating* fill = <const floating*>j.fill
@@ -78,6 +81,9 @@ cdef inline void _mix_items(const _MixJob* j, const floating* x, long begin,
     for n in range(begin, end):
         xn = x + n * P * C
         yn = y + n * P * C
+        if j.kind == KIND_BLUR:
+            _blur_image(j, xn, yn, j.scratch + slot * P * C, w[n] != 0.0)
+            continue
         for r in range(j.H):
             for c in range(j.W):
                 p = (r * j.W + c) * C
@@ -98,8 +104,6 @@ cdef inline void _mix_items(const _MixJob* j, const floating* x, long begin,
                     xo = x + other * P * C
                     for ch in range(C):
                         yn[p + ch] = <floating>(own * xn[p + ch] + share * xo[p + ch])
-                elif j.kind == KIND_BLUR:
-                    _blur_pixel(j, xn, yn, r, c, w[n] != 0.0)
                 elif _inside(boxes + 4 * n, r, c):
                     for ch in range(C):
                         v = fill[n * P * C + p + ch] if j.fill_per_element else fill[ch]
@@ -109,41 +113,52 @@ cdef inline void _mix_items(const _MixJob* j, const floating* x, long begin,
                         yn[p + ch] = xn[p + ch]
 
 
-cdef inline void _blur_pixel(const _MixJob* j, const floating* xn, floating* yn, Py_ssize_t r,
-                            Py_ssize_t c, bint blur) noexcept nogil:
-    """yn[r, c, :] = clip(the zero-padded K x K blur of xn at (r, c), or xn[r, c], lo, hi)."""
-    cdef Py_ssize_t pad = j.K // 2, i, k, ch, rr, cc, C = j.C
-    cdef Py_ssize_t p = (r * j.W + c) * C
+cdef inline void _blur_image(const _MixJob* j, const floating* xn, floating* yn,
+                             double* down, bint blur) noexcept nogil:
+    """yn = clip(the zero-padded separable blur of xn, or xn, lo, hi); ``down`` (H, W, C)
+    receives the pass down the rows."""
+    cdef Py_ssize_t pad = j.K // 2, i, r, c, ch, rr, cc, C = j.C, W = j.W, row = j.W * j.C
+    cdef Py_ssize_t p
     cdef double v, tap
-    for ch in range(C):
-        if blur:
-            v = 0.0
+    if blur:
+        for p in range(j.H * row):
+            down[p] = 0.0
+        for r in range(j.H):
             for i in range(j.K):
                 rr = r + i - pad
                 if rr < 0 or rr >= j.H:
                     continue
-                for k in range(j.K):
-                    cc = c + k - pad
-                    if cc >= 0 and cc < j.W:
-                        tap = j.vertical[i] * j.horizontal[k]
-                        v = v + tap * xn[(rr * j.W + cc) * C + ch]
-        else:
-            v = xn[p + ch]
-        yn[p + ch] = <floating>(j.lo if v < j.lo else (j.hi if v > j.hi else v))
+                tap = j.vertical[i]
+                for p in range(row):
+                    down[r * row + p] += tap * xn[rr * row + p]
+    for r in range(j.H):
+        for c in range(W):
+            for ch in range(C):
+                p = r * row + c * C + ch
+                if blur:
+                    v = 0.0
+                    for i in range(j.K):
+                        cc = c + i - pad
+                        if cc >= 0 and cc < W:
+                            v += j.horizontal[i] * down[r * row + cc * C + ch]
+                else:
+                    v = xn[p]
+                yn[p] = <floating>(j.lo if v < j.lo else (j.hi if v > j.hi else v))
 
 
 cdef void _mix_job(void* ctx, long begin, long end, int slot) noexcept nogil:
     cdef _MixJob* j = <_MixJob*>ctx
     if j.is_double:
-        _mix_items(j, <const double*>j.x, begin, end)
+        _mix_items(j, <const double*>j.x, begin, end, slot)
     else:
-        _mix_items(j, <const float*>j.x, begin, end)
+        _mix_items(j, <const float*>j.x, begin, end, slot)
 
 
 def _run(int kind, const floating[:, :, :, ::1] x, const floating[::1] weights,
          const floating[:, ::1] boxes, const floating[::1] fill, const int[::1] perm,
          floating[:, :, :, ::1] y, bint fill_per_element, double lo, double hi,
-         const double[::1] vertical=None, const double[::1] horizontal=None):
+         const double[::1] vertical=None, const double[::1] horizontal=None,
+         double[::1] scratch=None):
     cdef Py_ssize_t N = x.shape[0]
     cdef _MixJob job
     cdef int threads
@@ -158,6 +173,9 @@ def _run(int kind, const floating[:, :, :, ::1] x, const floating[::1] weights,
     job.vertical = NULL if vertical is None else &vertical[0]
     job.horizontal = NULL if horizontal is None else &horizontal[0]
     threads = omp_get_max_threads() if N * job.H * job.W * job.C >= PARALLEL_MIN else 1
+    if kind == KIND_BLUR:
+        scratch = np.empty(threads * job.H * job.W * job.C)
+    job.scratch = NULL if scratch is None else &scratch[0]
     with nogil:
         pynn_team_for(N, team_grain(N, threads), threads, _mix_job, &job)
 

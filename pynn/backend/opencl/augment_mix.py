@@ -56,6 +56,11 @@ def image_blur_forward(x, vertical, horizontal, blur, value_range):
         DEVICE, x, vertical, horizontal, blur, value_range)
     y = rt.empty(x.shape, what=f"{op} output")
     if y.size:
-        elementwise("augment_mix", op, y.size, x, vertical, horizontal, blur, y, *x.shape,
-                    vertical.shape[0], float(lo), float(hi))
+        # Two passes of K taps (down the rows, then across), as the CPU kernel.
+        down = rt.empty(x.shape, what=f"{op} scratch")
+        k = vertical.shape[0]
+        elementwise("augment_mix", "image_blur_down", y.size, x, vertical, blur, down,
+                    *x.shape, k)
+        elementwise("augment_mix", op, y.size, x, down, horizontal, blur, y, *x.shape, k,
+                    float(lo), float(hi))
     return y
