@@ -15,6 +15,14 @@ Design:
   mirror: d c b | a b c d | c b a; reflect: d c b a | a b c d | d c b a), and 'nearest'
   interpolation rounds half to even (rint, torch.round). That is why native/augment.pyx's
   scipy-exact resampler (one whole-coordinate test for constant, scipy's folds) is not reused.
+- image_projective_forward / _backward (RandomPerspective) are the same kernels with
+  Keras's 8-vector: both coordinates divided by c0*c + c1*r + 1 (perspective_transform's
+  homography). A coordinate that is not finite or lies past COORD_LIMIT (a denominator near
+  0) is moved to +-COORD_LIMIT before its integer part is taken: far outside either way.
+- image_remap_forward (RandomElasticTransform) reads output pixel (r, c) at (r, c) plus its
+  own (row, column) offset by the same taps, and clips to a value range in the same pass
+  (Keras clips the elastic output); no backward (the layer, like RandomContrast, offers no
+  gradient).
 - The op is linear in x, so image_affine_backward scatters dy through the same neighbours and
   weights (fill_value's share goes nowhere). Each thread owns whole images of dx (the N
   images on pynn's worker team), so the scatter needs no atomics and any thread count gives
@@ -56,6 +64,10 @@ cdef enum:
 cdef enum:
     PARALLEL_MIN = 32768
 
+# Coordinates are clamped to +-COORD_LIMIT before the cast to an index (a float past the
+# index range is undefined behaviour in C); any image side is far below it.
+cdef double COORD_LIMIT = 1073741824.0
+
 
 cdef inline Py_ssize_t _mod(Py_ssize_t a, Py_ssize_t n) noexcept nogil:
     """Python's a % n (the sign of n), as torch's % on the index tensors."""
@@ -95,6 +107,10 @@ cdef inline Taps _taps(double x, Py_ssize_t n, int order, int mode) noexcept nog
     cdef Taps t
     cdef double f
     cdef Py_ssize_t lo
+    if not (x > -COORD_LIMIT):  # also NaN
+        x = -COORD_LIMIT
+    elif x > COORD_LIMIT:
+        x = COORD_LIMIT
     if order == INTERP_NEAREST:
         lo = <Py_ssize_t>rint(x)
         t.w0, t.w1 = 1.0, 0.0
@@ -113,11 +129,13 @@ cdef inline Taps _taps(double x, Py_ssize_t n, int order, int mode) noexcept nog
 
 cdef void _affine_image(const floating* x, floating* y, const floating* m, Py_ssize_t H,
                         Py_ssize_t W, Py_ssize_t C, Py_ssize_t HO, Py_ssize_t WO, int order,
-                        int mode, double fill) noexcept nogil:
-    """One image: y (HO, WO, C) resampled from x (H, W, C) through m."""
+                        int mode, double fill, bint projective) noexcept nogil:
+    """One image: y (HO, WO, C) resampled from x (H, W, C) through m (6 values, or 8 when
+    ``projective``)."""
     cdef Py_ssize_t r, c, ch, k
     cdef Taps tr, tc
     cdef double a0 = m[0], a1 = m[1], a2 = m[2], b0 = m[3], b1 = m[4], b2 = m[5]
+    cdef double c0 = m[6] if projective else 0.0, c1 = m[7] if projective else 0.0, den = 1.0
     cdef double wgt[4]
     cdef bint inside[4]
     cdef const floating* src[4]
@@ -125,8 +143,10 @@ cdef void _affine_image(const floating* x, floating* y, const floating* m, Py_ss
     cdef floating* o
     for r in range(HO):
         for c in range(WO):
-            tc = _taps(a0 * c + a1 * r + a2, W, order, mode)
-            tr = _taps(b0 * c + b1 * r + b2, H, order, mode)
+            if projective:
+                den = c0 * c + c1 * r + 1.0
+            tc = _taps((a0 * c + a1 * r + a2) / den, W, order, mode)
+            tr = _taps((b0 * c + b1 * r + b2) / den, H, order, mode)
             wgt[0] = tr.w0 * tc.w0
             wgt[1] = tr.w0 * tc.w1
             wgt[2] = tr.w1 * tc.w0
@@ -150,19 +170,23 @@ cdef void _affine_image(const floating* x, floating* y, const floating* m, Py_ss
 
 cdef void _affine_image_backward(const floating* dy, floating* dx, const floating* m,
                                  Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t HO,
-                                 Py_ssize_t WO, int order, int mode) noexcept nogil:
+                                 Py_ssize_t WO, int order, int mode,
+                                 bint projective) noexcept nogil:
     """One image: dx (H, W, C) = the adjoint of _affine_image applied to dy (HO, WO, C)."""
     cdef Py_ssize_t r, c, ch, k
     cdef Taps tr, tc
     cdef double a0 = m[0], a1 = m[1], a2 = m[2], b0 = m[3], b1 = m[4], b2 = m[5]
+    cdef double c0 = m[6] if projective else 0.0, c1 = m[7] if projective else 0.0, den = 1.0
     cdef double wgt[4]
     cdef floating* dst[4]
     cdef const floating* g
     memset(dx, 0, H * W * C * sizeof(floating))
     for r in range(HO):
         for c in range(WO):
-            tc = _taps(a0 * c + a1 * r + a2, W, order, mode)
-            tr = _taps(b0 * c + b1 * r + b2, H, order, mode)
+            if projective:
+                den = c0 * c + c1 * r + 1.0
+            tc = _taps((a0 * c + a1 * r + a2) / den, W, order, mode)
+            tr = _taps((b0 * c + b1 * r + b2) / den, H, order, mode)
             wgt[0] = tr.w0 * tc.w0 if tr.in0 and tc.in0 else 0.0
             wgt[1] = tr.w0 * tc.w1 if tr.in0 and tc.in1 else 0.0
             wgt[2] = tr.w1 * tc.w0 if tr.in1 and tc.in0 else 0.0
@@ -178,15 +202,50 @@ cdef void _affine_image_backward(const floating* dy, floating* dx, const floatin
                         dst[k][ch] = <floating>(dst[k][ch] + wgt[k] * g[ch])
 
 
-def _check_finite(m):
+cdef void _remap_image(const floating* x, floating* y, const floating* coords, Py_ssize_t H,
+                       Py_ssize_t W, Py_ssize_t C, Py_ssize_t HO, Py_ssize_t WO, int order,
+                       int mode, double fill, double lo, double hi) noexcept nogil:
+    """One image: y[r, c] = clip(x read at (r + offsets[r, c, 0], c + offsets[r, c, 1]),
+    lo, hi); ``coords`` holds the offsets."""
+    cdef Py_ssize_t r, c, ch, k
+    cdef Taps tr, tc
+    cdef double wgt[4]
+    cdef bint inside[4]
+    cdef const floating* src[4]
+    cdef double acc
+    cdef floating* o
+    for r in range(HO):
+        for c in range(WO):
+            tr = _taps(r + coords[2 * (r * WO + c)], H, order, mode)
+            tc = _taps(c + coords[2 * (r * WO + c) + 1], W, order, mode)
+            wgt[0], wgt[1] = tr.w0 * tc.w0, tr.w0 * tc.w1
+            wgt[2], wgt[3] = tr.w1 * tc.w0, tr.w1 * tc.w1
+            inside[0], inside[1] = tr.in0 and tc.in0, tr.in0 and tc.in1
+            inside[2], inside[3] = tr.in1 and tc.in0, tr.in1 and tc.in1
+            src[0] = x + (tr.i0 * W + tc.i0) * C
+            src[1] = x + (tr.i0 * W + tc.i1) * C
+            src[2] = x + (tr.i1 * W + tc.i0) * C
+            src[3] = x + (tr.i1 * W + tc.i1) * C
+            o = y + (r * WO + c) * C
+            for ch in range(C):
+                acc = 0.0
+                for k in range(4):
+                    if wgt[k] != 0.0:
+                        acc = acc + wgt[k] * (src[k][ch] if inside[k] else fill)
+                o[ch] = <floating>(lo if acc < lo else (hi if acc > hi else acc))
+
+
+def _check_finite(m, op="image_affine"):
     if not np.isfinite(m).all():
         bad = int(np.argmin(np.isfinite(m).all(axis=1)))
-        raise ValueError(f"image_affine: matrix {bad} is not finite: {m[bad].tolist()}")
+        raise ValueError(f"{op}: matrix {bad} is not finite: {m[bad].tolist()}")
 
 
 ctypedef struct _PrepJob:
     bint is_double, flag_a, flag_b
-    int kind             # 0 affine images, 1 affine backward images, 2 channel rows, 3 adjust
+    int width            # values per matrix: 6 affine, 8 projective
+    int kind             # 0 affine images, 1 affine backward images, 2 channel rows, 3 adjust,
+                         # 4 remap images
     const void* x
     const void* m        # the matrices (affine), scale (channel), factor (adjust)
     const void* m2       # offset (channel), delta (adjust)
@@ -207,11 +266,14 @@ cdef inline void _prep_items(const _PrepJob* j, const floating* x, long begin,
     cdef long n
     for n in range(begin, end):
         if j.kind == 0:
-            _affine_image(x + n * xs, y + n * ys, m + 6 * n, j.H, j.W, j.C, j.HO, j.WO,
-                          j.order, j.mode, j.fill)
+            _affine_image(x + n * xs, y + n * ys, m + j.width * n, j.H, j.W, j.C, j.HO, j.WO,
+                          j.order, j.mode, j.fill, j.width == 8)
         elif j.kind == 1:  # x is dy (HO, WO), y is dx (H, W)
-            _affine_image_backward(x + n * ys, y + n * xs, m + 6 * n, j.H, j.W, j.C, j.HO,
-                                   j.WO, j.order, j.mode)
+            _affine_image_backward(x + n * ys, y + n * xs, m + j.width * n, j.H, j.W, j.C,
+                                   j.HO, j.WO, j.order, j.mode, j.width == 8)
+        elif j.kind == 4:
+            _remap_image(x + n * xs, y + n * ys, m + 2 * n * j.HO * j.WO, j.H, j.W, j.C, j.HO,
+                         j.WO, j.order, j.mode, j.fill, j.lo, j.hi)
         elif j.kind == 2:
             for k in range(j.K):
                 if j.flag_a:
@@ -248,7 +310,7 @@ def _affine_forward(const floating[:, :, :, ::1] x, const floating[:, ::1] m,
         &m[0, 0], &y[0, 0, 0, 0]
     job.H, job.W, job.C, job.HO, job.WO = x.shape[1], x.shape[2], x.shape[3], y.shape[1], \
         y.shape[2]
-    job.order, job.mode, job.fill = order, mode, fill
+    job.order, job.mode, job.fill, job.width = order, mode, fill, m.shape[1]
     with nogil:
         _prep_run(&job, N, N * job.HO * job.WO * job.C)
 
@@ -263,7 +325,7 @@ def _affine_backward(const floating[:, :, :, ::1] dy, const floating[:, ::1] m,
         &m[0, 0], &dx[0, 0, 0, 0]
     job.H, job.W, job.C, job.HO, job.WO = dx.shape[1], dx.shape[2], dx.shape[3], \
         dy.shape[1], dy.shape[2]
-    job.order, job.mode = order, mode
+    job.order, job.mode, job.width = order, mode, m.shape[1]
     with nogil:
         _prep_run(&job, N, N * job.HO * job.WO * job.C)
 
@@ -369,4 +431,60 @@ def image_adjust_forward(x, contrast, delta, value_range):
         _adjust(x.reshape(n, h * w, c), dummy if contrast is None else contrast,
                 dummy if delta is None else delta, y.reshape(n, h * w, c),
                 np.empty((n, c), np.float64), contrast is not None, delta is not None, lo, hi)
+    return y
+
+
+# -- RandomPerspective (auggeo): the resampler above with Keras's projective pair --------
+
+def image_projective_forward(x, transforms, output_size, interpolation="bilinear",
+                             fill_mode="constant", fill_value=0.0):
+    """image_affine_forward through Keras's 8-vector transforms[n] (N, 8): output pixel
+    (r, c) reads column (a0*c + a1*r + a2) / d, row (b0*c + b1*r + b2) / d with
+    d = c0*c + c1*r + 1 (keras.ops.image.perspective_transform)."""
+    x, m, out, order, mode, fill = operands.image_projective_forward(
+        HOST, x, transforms, output_size, interpolation, fill_mode, fill_value)
+    _check_finite(m, "image_projective_forward")
+    y = np.empty(out, x.dtype)
+    _affine_forward(x, m, y, order, mode, fill)
+    return y
+
+
+def image_projective_backward(dy, transforms, input_shape, interpolation="bilinear",
+                              fill_mode="constant"):
+    """dx (input_shape) of image_projective_forward: dy scattered through the same taps."""
+    dy, m, shape, order, mode = operands.image_projective_backward(
+        HOST, dy, transforms, input_shape, interpolation, fill_mode)
+    _check_finite(m, "image_projective_backward")
+    dx = np.empty(shape, dy.dtype)
+    if dx.size:
+        _affine_backward(dy, m, dx, order, mode)
+    return dx
+
+
+# -- RandomElasticTransform (auggeo): a per-pixel offset field, then the value-range clip
+
+def _remap(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] coords,
+           floating[:, :, :, ::1] y, int order, int mode, double fill, double lo, double hi):
+    cdef Py_ssize_t N = x.shape[0]
+    cdef _PrepJob job
+    if N == 0 or x.shape[3] == 0:
+        return
+    job.is_double, job.kind, job.x, job.m, job.y = floating is double, 4, &x[0, 0, 0, 0], \
+        &coords[0, 0, 0, 0], &y[0, 0, 0, 0]
+    job.H, job.W, job.C, job.HO, job.WO = x.shape[1], x.shape[2], x.shape[3], y.shape[1], \
+        y.shape[2]
+    job.order, job.mode, job.fill, job.lo, job.hi = order, mode, fill, lo, hi
+    with nogil:
+        _prep_run(&job, N, N * job.HO * job.WO * job.C)
+
+
+def image_remap_forward(x, offsets, interpolation="bilinear", fill_mode="constant",
+                        fill_value=0.0, value_range=(-np.inf, np.inf)):
+    """(N, H, W, C) -> (N, HO, WO, C): output pixel (r, c) of image n reads x[n] at row
+    r + offsets[n, r, c, 0], column c + offsets[n, r, c, 1] (keras.ops.image.map_coordinates'
+    rules), clipped to value_range."""
+    x, coords, out, order, mode, fill, (lo, hi) = operands.image_remap_forward(
+        HOST, x, offsets, interpolation, fill_mode, fill_value, value_range)
+    y = np.empty(out, x.dtype)
+    _remap(x, coords, y, order, mode, fill, lo, hi)
     return y

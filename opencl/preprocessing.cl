@@ -9,6 +9,8 @@
  * image_affine_backward scatters dy through the same neighbours: one work-item owns one
  * (image, channel) plane of dx, zeroes it and adds in output order, so no two work-items
  * write one address (no atomics, the same bits each run).
+ * image_projective_*: the same kernels with width 8, Keras's projective pair c0 c1 after
+ * the affine six: both coordinates divided by c0*c + c1*r + 1.
  */
 #include "common.h"
 
@@ -18,6 +20,11 @@
 #define FILL_MIRROR 3
 #define FILL_REFLECT 4
 #define INTERP_NEAREST 0
+/* Coordinates are clamped to +-COORD_LIMIT before the cast to int (a float past int's range
+ * is undefined); any image side is far below it. */
+#ifndef COORD_LIMIT
+#define COORD_LIMIT 1073741824.0f
+#endif
 
 inline int mod_floor(const int a, const int n)
 {
@@ -48,10 +55,11 @@ inline int fix_index(const int i, const int n, const int mode)
 }
 
 /* Up to two neighbours along one axis: fixed indices i[], weights w[], inside flags in[]. */
-inline void axis_taps(const float x, const int n, const int order, const int mode, int *i,
+inline void axis_taps(float x, const int n, const int order, const int mode, int *i,
                       float *w, int *in)
 {
     int lo;
+    x = isnan(x) ? -COORD_LIMIT : clamp(x, -COORD_LIMIT, COORD_LIMIT);
     if (order == INTERP_NEAREST) {
         lo = (int)rint(x);
         w[0] = 1.0f;
@@ -70,11 +78,18 @@ inline void axis_taps(const float x, const int n, const int order, const int mod
     i[0] = fix_index(lo, n, mode);
 }
 
-/* x (N, H, W, C) -> y (N, HO, WO, C) through m (N, 6). */
+/* Input column and row read by output pixel (r, c) through mn (width 6 or 8 values). */
+inline float2 source_point(__global const float *mn, const int width, const int r, const int c)
+{
+    const float den = width == 8 ? mn[6] * c + mn[7] * r + 1.0f : 1.0f;
+    return (float2)((mn[0] * c + mn[1] * r + mn[2]) / den, (mn[3] * c + mn[4] * r + mn[5]) / den);
+}
+
+/* x (N, H, W, C) -> y (N, HO, WO, C) through m (N, width). */
 __kernel void image_affine_forward(__global const float *x, __global const float *m,
                                    __global float *y, const int N, const int H, const int W,
                                    const int C, const int HO, const int WO, const int order,
-                                   const int mode, const float fill)
+                                   const int mode, const float fill, const int width)
 {
     const int gid = get_global_id(0);
     GUARD(gid, N * HO * WO * C);
@@ -84,11 +99,11 @@ __kernel void image_affine_forward(__global const float *x, __global const float
     t /= WO;
     const int r = t % HO;
     const int n = t / HO;
-    __global const float *mn = m + 6 * n;
+    const float2 p = source_point(m + width * n, width, r, c);
     int ri[2], ci[2], rin[2], cin[2];
     float rw[2], cw[2];
-    axis_taps(mn[0] * c + mn[1] * r + mn[2], W, order, mode, ci, cw, cin);
-    axis_taps(mn[3] * c + mn[4] * r + mn[5], H, order, mode, ri, rw, rin);
+    axis_taps(p.x, W, order, mode, ci, cw, cin);
+    axis_taps(p.y, H, order, mode, ri, rw, rin);
     __global const float *xn = x + (size_t)n * H * W * C + ch;
     float acc = 0.0f;
     for (int a = 0; a < 2; ++a)
@@ -104,13 +119,13 @@ __kernel void image_affine_forward(__global const float *x, __global const float
 __kernel void image_affine_backward(__global const float *dy, __global const float *m,
                                     __global float *dx, const int N, const int H,
                                     const int W, const int C, const int HO, const int WO,
-                                    const int order, const int mode)
+                                    const int order, const int mode, const int width)
 {
     const int gid = get_global_id(0);
     GUARD(gid, N * C);
     const int ch = gid % C;
     const int n = gid / C;
-    __global const float *mn = m + 6 * n;
+    __global const float *mn = m + width * n;
     __global float *dxn = dx + (size_t)n * H * W * C + ch;
     __global const float *dyn = dy + (size_t)n * HO * WO * C + ch;
     for (int p = 0; p < H * W; ++p)
@@ -119,8 +134,9 @@ __kernel void image_affine_backward(__global const float *dy, __global const flo
         for (int c = 0; c < WO; ++c) {
             int ri[2], ci[2], rin[2], cin[2];
             float rw[2], cw[2];
-            axis_taps(mn[0] * c + mn[1] * r + mn[2], W, order, mode, ci, cw, cin);
-            axis_taps(mn[3] * c + mn[4] * r + mn[5], H, order, mode, ri, rw, rin);
+            const float2 p = source_point(mn, width, r, c);
+            axis_taps(p.x, W, order, mode, ci, cw, cin);
+            axis_taps(p.y, H, order, mode, ri, rw, rin);
             const float g = dyn[((size_t)r * WO + c) * C];
             for (int a = 0; a < 2; ++a)
                 for (int b = 0; b < 2; ++b) {
@@ -170,4 +186,34 @@ __kernel void image_adjust_forward(__global const float *x, __global const float
             v = (v - mean) * factor + mean;
         yn[(size_t)p * C] = clamp(v + shift, lo, hi);
     }
+}
+
+/* RandomElasticTransform: output pixel (r, c) of image n reads x[n] at row r + offsets[..., 0],
+ * column c + offsets[..., 1] (N, HO, WO, 2), clamped to [lo, hi]. One work-item per element. */
+__kernel void image_remap_forward(__global const float *x, __global const float *offsets,
+                                  __global float *y, const int N, const int H, const int W,
+                                  const int C, const int HO, const int WO, const int order,
+                                  const int mode, const float fill, const float lo,
+                                  const float hi)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * HO * WO * C);
+    const int ch = gid % C;
+    const int pixel = gid / C;
+    const int n = pixel / (HO * WO);
+    int ri[2], ci[2], rin[2], cin[2];
+    float rw[2], cw[2];
+    const int c = pixel % WO;
+    const int r = (pixel / WO) % HO;
+    axis_taps(r + offsets[2 * (size_t)pixel], H, order, mode, ri, rw, rin);
+    axis_taps(c + offsets[2 * (size_t)pixel + 1], W, order, mode, ci, cw, cin);
+    __global const float *xn = x + (size_t)n * H * W * C + ch;
+    float acc = 0.0f;
+    for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 2; ++b) {
+            const float wgt = rw[a] * cw[b];
+            if (wgt != 0.0f)
+                acc += wgt * (rin[a] && cin[b] ? xn[((size_t)ri[a] * W + ci[b]) * C] : fill);
+        }
+    y[gid] = clamp(acc, lo, hi);
 }

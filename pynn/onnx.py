@@ -238,6 +238,11 @@ def _identity_layer(g, layer, x, out_shape):
     return x  # inference: the noise and augmentation layers are the identity (Keras)
 
 
+# -- auggeo: Keras 3's geometric, erasing and mixing augmentations (identity at inference) --
+_converts("RandomShear", "RandomPerspective", "RandomErasing", "CutMix", "MixUp",
+          "RandomGaussianBlur", "RandomElasticTransform")(_identity_layer)
+
+
 @_converts("Activation")
 def _activation_layer(g, layer, x, out_shape):
     return _apply_activation(g, layer, x, layer.activation, layer.alpha, layer.name)

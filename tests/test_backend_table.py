@@ -151,6 +151,10 @@ TESTS_ELSEWHERE = {}
 TESTS_ELSEWHERE.update({name: "test_volumetric.py" for name in (
     "maxpool3d_forward", "maxpool3d_backward", "avgpool3d_forward", "avgpool3d_backward",
     "pad3d_forward", "pad3d_backward", "upsample3d_forward", "upsample3d_backward")})
+# -- auggeo: the projective, mix and erase ops, tested with Keras 3's augmentation layers --
+TESTS_ELSEWHERE.update({name: "test_augment_keras3.py" for name in (
+    "image_projective_forward", "image_projective_backward", "image_mix_forward",
+    "image_mix_backward", "image_erase_forward", "image_blur_forward", "image_remap_forward")})
 
 
 def test_every_op_has_its_reference_and_its_test_file():

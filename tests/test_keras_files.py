@@ -248,6 +248,20 @@ def depthwise_conv1d():
 ARCHITECTURES["depthwise_conv1d"] = depthwise_conv1d
 
 
+def augment_keras3():
+    # Keras 3's geometric, erasing, mixing and blur augmentations: the identity at inference.
+    # RandomShear's number factor is stored as (-f, f), a pair Keras itself cannot load back:
+    # pynn takes it and writes the number again.
+    return keras.Sequential([
+        keras.Input((9, 10, 3)), K.RandomShear((0.1, 0.2), 0.3, fill_mode="constant"),
+        K.RandomPerspective(0.5, 0.4), K.RandomElasticTransform(0.5, 0.7),
+        K.RandomErasing(fill_value=2.0), K.CutMix(0.5), K.MixUp(0.3),
+        K.RandomGaussianBlur(0.5, 5, 0.8), K.Flatten(), K.Dense(2)])
+
+
+ARCHITECTURES["augment_keras3"] = augment_keras3
+
+
 # -- Keras 3's colour augmentation layers: at inference AutoContrast alone
 # acts (on normal inputs, a value_range that holds them); the others pass their input through.
 # Keras 3.15 cannot put Equalization in a model (its compute_output_spec returns the input

@@ -791,6 +791,10 @@ PREPROCESSING = {
     "resizing_bilinear_up": lambda: L.Resizing(13, 17),
     "resizing_nearest": lambda: L.Resizing(11, 5, interpolation="nearest"),
     "resizing_crop_to_aspect": lambda: L.Resizing(4, 8, crop_to_aspect_ratio=True),
+    # -- auggeo: Keras 3's geometric, erasing, mixing and blur augmentations (identities) --
+    "augmentation_identities_keras3": lambda: [
+        L.RandomShear(0.2, 0.2), L.RandomPerspective(), L.RandomElasticTransform(),
+        L.RandomErasing(), L.CutMix(), L.MixUp(), L.RandomGaussianBlur()],
 }
 
 

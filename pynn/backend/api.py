@@ -6,7 +6,8 @@ Where an op lives: one name, five places
 ----------------------------------------
 An op of family F (dense, conv, pool, activation, loss, metric, dropout, optim, rnn,
 merge, spatial, shape, normalization, depthwise,
-preprocessing, sparse, quant, elementwise, rnn_mask, bf16, attention) named ``<op>`` is,
+preprocessing, sparse, quant, elementwise, rnn_mask, bf16, attention,
+augment_mix) named ``<op>`` is,
 under that same name:
 - ``native/F.pyx``: the CPU kernel, exported as ``pynn._native.F.<op>``;
 - ``opencl/F.cl``: its OpenCL kernels, driven by ``pynn/backend/opencl/F.py``;
@@ -497,6 +498,30 @@ OPS = {
     # Per image n of (N,H,W,C): clip((x - mean) * contrast[n] + mean + delta[n], *value_range),
     # mean per channel over H, W; contrast None skips the mean, delta None adds 0.
     "image_adjust_forward": ("x", "contrast", "delta", "value_range"),
+    # -- auggeo (Keras 3's geometric, erasing and mixing augmentations) --
+    # transforms (N, 8): Keras's projective 8-vector [a0 a1 a2 b0 b1 b2 c0 c1], output pixel
+    # (r, c) reads column (a0*c + a1*r + a2) / d, row (b0*c + b1*r + b2) / d with
+    # d = c0*c + c1*r + 1 (perspective_transform), otherwise as image_affine_*.
+    "image_projective_forward": ("x", "transforms", "output_size", "interpolation",
+                                 "fill_mode", "fill_value"),
+    "image_projective_backward": ("dy", "transforms", "input_shape", "interpolation",
+                                  "fill_mode"),
+    # offsets (N, HO, WO, 2): output pixel (r, c) of image n reads row r + [..., 0], column
+    # c + [..., 1] by map_coordinates' rules, clipped to value_range (RandomElasticTransform).
+    "image_remap_forward": ("x", "offsets", "interpolation", "fill_mode", "fill_value",
+                            "value_range"),
+    # (native/augment_mix.pyx, opencl/augment_mix.cl) boxes (N, 4): Keras's [x0, x1, y0, y1],
+    # pixel (r, c) inside when x0 <= c < x1 and y0 <= r < y1. permutation: host ints, a
+    # permutation of range(N). Mix (MixUp, CutMix): y[n] = w[n] x[n] + (1 - w[n]) x[perm[n]]
+    # inside box n, x[n] outside; its backward gathers through the inverse permutation.
+    # Erase (RandomErasing): clip(fill, *value_range) inside, x outside; fill (C,) or x's shape.
+    "image_mix_forward": ("x", "permutation", "weights", "boxes"),
+    "image_mix_backward": ("dy", "permutation", "weights", "boxes"),
+    "image_erase_forward": ("x", "boxes", "fill", "value_range"),
+    # RandomGaussianBlur: clip(the images where blur[n] != 0 convolved with vertical (K,) down
+    # the rows and horizontal (K,) across, zero padding K // 2, K odd; the others as they are,
+    # *value_range) (keras.ops.image.gaussian_blur).
+    "image_blur_forward": ("x", "vertical", "horizontal", "blur", "value_range"),
 }
 
 # -- compression (issue 18; native/optim.pyx, opencl/optim.cl, native/sparse.pyx,

@@ -150,6 +150,13 @@ from pynn._native.preprocessing import (  # noqa: F401
     image_affine_backward,
     image_affine_forward,
 )
+# -- auggeo: RandomPerspective's resampling --
+from pynn._native.preprocessing import (  # noqa: F401
+    image_projective_backward, image_projective_forward, image_remap_forward,
+)
+from pynn._native.augment_mix import (  # noqa: F401
+    image_blur_forward, image_erase_forward, image_mix_backward, image_mix_forward,
+)
 # -- compression (issue 18): sparse inference of pruned layers --
 from pynn._native.sparse import sparse_conv2d_forward, sparse_dense_forward  # noqa: F401
 from pynn._native.quant import (  # noqa: F401

@@ -248,3 +248,15 @@ _COLOR_LAYERS = (AutoContrast, Equalization, Solarization, RandomInvert, RandomP
                  RandomColorJitter, RandomSharpness)
 LAYERS.update({cls.__name__: cls for cls in _COLOR_LAYERS})
 __all__ += [cls.__name__ for cls in _COLOR_LAYERS]
+# -- auggeo: Keras 3's geometric, erasing and mixing augmentations --
+from pynn.layers.augment_geo import (  # noqa: E402
+    CutMix, MixUp, RandomElasticTransform, RandomErasing, RandomGaussianBlur,
+    RandomPerspective, RandomShear,
+)
+
+LAYERS.update({cls.__name__: cls for cls in (
+    RandomShear, RandomPerspective, RandomErasing, CutMix, MixUp, RandomGaussianBlur,
+    RandomElasticTransform,
+)})
+__all__ += ["RandomShear", "RandomPerspective", "RandomErasing", "CutMix", "MixUp",
+            "RandomGaussianBlur", "RandomElasticTransform"]

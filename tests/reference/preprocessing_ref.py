@@ -42,8 +42,10 @@ def _nodes(coord, n, interpolation, mode):
 def _coords(m, ho, wo):
     r, c = np.meshgrid(np.arange(ho, dtype=np.float64), np.arange(wo, dtype=np.float64),
                        indexing="ij")
-    a0, a1, a2, b0, b1, b2 = np.asarray(m, np.float64)
-    return b0 * c + b1 * r + b2, a0 * c + a1 * r + a2
+    m = np.asarray(m, np.float64)
+    a0, a1, a2, b0, b1, b2 = m[:6]
+    den = m[6] * c + m[7] * r + 1.0 if m.size == 8 else 1.0
+    return (b0 * c + b1 * r + b2) / den, (a0 * c + a1 * r + a2) / den
 
 
 def image_affine_forward_ref(x, matrices, output_size, interpolation="bilinear",
@@ -93,3 +95,36 @@ def image_adjust_forward_ref(x, contrast, delta, value_range):
     if delta is not None:
         y = y + np.asarray(delta, np.float64)[:, None, None, None]
     return np.clip(y, value_range[0], value_range[1])
+
+
+# -- auggeo: RandomPerspective's projective resampling (the affine references take 8-vectors)
+
+def image_projective_forward_ref(x, transforms, output_size, interpolation="bilinear",
+                                 fill_mode="constant", fill_value=0.0):
+    return image_affine_forward_ref(x, transforms, output_size, interpolation, fill_mode,
+                                    fill_value)
+
+
+def image_projective_backward_ref(dy, transforms, input_shape, interpolation="bilinear",
+                                  fill_mode="constant"):
+    return image_affine_backward_ref(dy, transforms, input_shape, interpolation, fill_mode)
+
+
+# -- auggeo: RandomElasticTransform's per-pixel resampling
+
+def image_remap_forward_ref(x, offsets, interpolation="bilinear", fill_mode="constant",
+                            fill_value=0.0, value_range=(-np.inf, np.inf)):
+    x = np.asarray(x, np.float64)
+    coords = np.array(offsets, np.float64)
+    rows, cols = np.meshgrid(np.arange(coords.shape[1]), np.arange(coords.shape[2]),
+                             indexing="ij")
+    coords[..., 0] += rows
+    coords[..., 1] += cols
+    n, h, w, c = x.shape
+    y = np.zeros(coords.shape[:3] + (c,))
+    for i in range(n):
+        for ri, rin, rw in _nodes(coords[i, ..., 0], h, interpolation, fill_mode):
+            for ci, cin, cw in _nodes(coords[i, ..., 1], w, interpolation, fill_mode):
+                val = np.where((rin & cin)[..., None], x[i][ri, ci], fill_value)
+                y[i] += (rw * cw)[..., None] * val
+    return np.clip(y, *value_range)

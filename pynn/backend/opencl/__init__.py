@@ -107,6 +107,13 @@ from pynn.backend.opencl.embedding import embedding_backward, embedding_forward 
 from pynn.backend.opencl.preprocessing import (  # noqa: F401
     channel_affine_forward, image_adjust_forward, image_affine_backward, image_affine_forward,
 )
+# -- auggeo: RandomPerspective's resampling --
+from pynn.backend.opencl.preprocessing import (  # noqa: F401
+    image_projective_backward, image_projective_forward, image_remap_forward,
+)
+from pynn.backend.opencl.augment_mix import (  # noqa: F401
+    image_blur_forward, image_erase_forward, image_mix_backward, image_mix_forward,
+)
 # -- attention (MultiHeadAttention's core) --
 from pynn.backend.opencl.attention import attention_backward, attention_forward  # noqa: F401
 from pynn.backend.opencl.runtime import (  # noqa: F401

@@ -47,24 +47,30 @@ def _size2(op, name, size):
     return h, w
 
 
-def _matrices(arrays, op, matrices, x, n):
-    m = arrays.float_input(op, "matrices", matrices, ndim=2, like=x)
-    if tuple(m.shape) != (n, 6):
-        raise ValueError(f"{op}: 'matrices' must have the shape ({n}, 6) (one Keras affine "
-                         f"transform per image), got {tuple(m.shape)}")
+def _matrices(arrays, op, matrices, x, n, width=6, name="matrices"):
+    m = arrays.float_input(op, name, matrices, ndim=2, like=x)
+    if tuple(m.shape) != (n, width):
+        kind = "affine" if width == 6 else "projective"
+        raise ValueError(f"{op}: '{name}' must have the shape ({n}, {width}) (one Keras "
+                         f"{kind} transform per image), got {tuple(m.shape)}")
     return m
 
 
 def image_affine_forward(arrays, x, matrices, output_size, interpolation, fill_mode,
                          fill_value):
     """-> (x, matrices, output shape, interpolation code, fill-mode code, fill value)."""
-    op = "image_affine_forward"
+    return _resample_forward(arrays, "image_affine_forward", 6, "matrices", x, matrices,
+                             output_size, interpolation, fill_mode, fill_value)
+
+
+def _resample_forward(arrays, op, width, name, x, matrices, output_size, interpolation,
+                      fill_mode, fill_value):
     x = arrays.float_input(op, "x", x, ndim=4)
     n, _, _, c = x.shape
     if x.shape[1] < 1 or x.shape[2] < 1:
         raise ValueError(f"{op}: 'x' must hold images of at least 1x1 pixels, got shape "
                          f"{tuple(x.shape)}")
-    m = _matrices(arrays, op, matrices, x, n)
+    m = _matrices(arrays, op, matrices, x, n, width, name)
     ho, wo = _size2(op, "output_size", output_size)
     out = (n, ho, wo, c)
     check_count(arrays, op, "output", n * ho * wo * c)
@@ -74,7 +80,12 @@ def image_affine_forward(arrays, x, matrices, output_size, interpolation, fill_m
 
 def image_affine_backward(arrays, dy, matrices, input_shape, interpolation, fill_mode):
     """-> (dy, matrices, input shape, interpolation code, fill-mode code)."""
-    op = "image_affine_backward"
+    return _resample_backward(arrays, "image_affine_backward", 6, "matrices", dy, matrices,
+                              input_shape, interpolation, fill_mode)
+
+
+def _resample_backward(arrays, op, width, name, dy, matrices, input_shape, interpolation,
+                       fill_mode):
     dy = arrays.float_input(op, "dy", dy, ndim=4)
     n, _, _, c = dy.shape
     shape = shape4(op, "input_shape", input_shape)
@@ -84,7 +95,7 @@ def image_affine_backward(arrays, dy, matrices, input_shape, interpolation, fill
     if shape[1] < 1 or shape[2] < 1:
         raise ValueError(f"{op}: 'input_shape' must hold images of at least 1x1 pixels, got "
                          f"{shape}")
-    m = _matrices(arrays, op, matrices, dy, n)
+    m = _matrices(arrays, op, matrices, dy, n, width, name)
     check_count(arrays, op, "dx", n * shape[1] * shape[2] * c)
     return (dy, m, shape, interpolation_code(op, interpolation),
             fill_mode_code(op, fill_mode))
@@ -138,3 +149,49 @@ def image_adjust_forward(arrays, x, contrast, delta, value_range):
     if lo > hi:
         raise ValueError(f"{op}: 'value_range' must have low <= high, got {value_range!r}")
     return x, named[0], named[1], (lo, hi)
+
+
+# -- RandomPerspective (auggeo): transforms (N, 8), Keras's affine 6 and the projective pair
+
+def image_projective_forward(arrays, x, transforms, output_size, interpolation, fill_mode,
+                             fill_value):
+    """-> (x, transforms, output shape, interpolation code, fill-mode code, fill value)."""
+    return _resample_forward(arrays, "image_projective_forward", 8, "transforms", x,
+                             transforms, output_size, interpolation, fill_mode, fill_value)
+
+
+def image_projective_backward(arrays, dy, transforms, input_shape, interpolation, fill_mode):
+    """-> (dy, transforms, input shape, interpolation code, fill-mode code)."""
+    return _resample_backward(arrays, "image_projective_backward", 8, "transforms", dy,
+                              transforms, input_shape, interpolation, fill_mode)
+
+
+# -- RandomElasticTransform (auggeo): offsets (N, HO, WO, 2) [row, column] per pixel
+
+def image_remap_forward(arrays, x, offsets, interpolation, fill_mode, fill_value,
+                        value_range):
+    """-> (x, offsets, output shape, interpolation code, fill-mode code, fill value,
+    (lo, hi)); value_range ends may be infinite (no clip)."""
+    op = "image_remap_forward"
+    x = arrays.float_input(op, "x", x, ndim=4)
+    n, h, w, c = x.shape
+    if h < 1 or w < 1:
+        raise ValueError(f"{op}: 'x' must hold images of at least 1x1 pixels, got shape "
+                         f"{tuple(x.shape)}")
+    coords = arrays.float_input(op, "offsets", offsets, ndim=4, like=x)
+    if coords.shape[0] != n or coords.shape[3] != 2 or min(coords.shape[1:3]) < 1:
+        raise ValueError(f"{op}: 'offsets' must have the shape ({n}, height, width, 2) (a row "
+                         f"and a column offset per output pixel), got {tuple(coords.shape)}")
+    out = (n, coords.shape[1], coords.shape[2], c)
+    check_count(arrays, op, "output", n * out[1] * out[2] * c)
+    try:
+        lo, hi = value_range
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}: 'value_range' must be (low, high), got "
+                         f"{value_range!r}") from None
+    lo = number(op, "value_range[0]", lo, allow_nan=True)
+    hi = number(op, "value_range[1]", hi, allow_nan=True)
+    if not lo <= hi:
+        raise ValueError(f"{op}: 'value_range' must have low <= high, got {value_range!r}")
+    return (x, coords, out, interpolation_code(op, interpolation), fill_mode_code(op, fill_mode),
+            number(op, "fill_value", fill_value), (lo, hi))
