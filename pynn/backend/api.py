@@ -614,6 +614,26 @@ OPS.update({
                                   "use_bias", "need_input_grad"),
 })
 
+# -- spectral (branch audio; native/spectral.pyx, opencl/spectral.cl): Keras 3's audio front
+# ends. real, imag: an STFT's two halves (..., F), F bins on the last axis. Modes (code = index):
+# magnitude sqrt(max(p, 1e-7)), p = real^2 + imag^2; psd p with the bins between DC and Nyquist
+# doubled; angle atan2(imag, real); log ln of the magnitude; power |z|^exponent (MelSpectrogram's
+# mag_exp); stft real then imag stacked on the bins axis (..., 2F).
+SPECTRUM_MODES = ("magnitude", "psd", "angle", "log", "power", "stft")
+OPS.update({
+    "spectrum_forward": ("real", "imag", "mode", "exponent"),
+    "spectrum_backward": ("dy", "real", "imag", "mode", "exponent"),    # -> (dreal, dimag)
+    # MelSpectrogram's power_to_db: 10 log10(max(x, min_power)) - 10 log10(max(|ref|,
+    # min_power)), floored at (its maximum over the whole tensor) - top_db; top_db None: no
+    # floor. The backward sends a floored element's gradient to the maximum (torch's rule).
+    "power_to_db_forward": ("x", "min_power", "ref_power", "top_db"),
+    "power_to_db_backward": ("dy", "x", "min_power", "ref_power", "top_db"),
+    # torch.stft's center=True: the last axis (..., T) -> (..., T + 2 pad) reflected without
+    # the edge sample (pad < T); the backward sums each mirror back onto its source.
+    "reflect_pad1d_forward": ("x", "pad"),
+    "reflect_pad1d_backward": ("dy", "pad"),
+})
+
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.
 CONSTRAINTS = ("max_norm", "non_neg", "unit_norm", "min_max_norm")
 

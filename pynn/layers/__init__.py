@@ -236,3 +236,8 @@ from pynn.layers.noise import AlphaDropout  # noqa: E402
 
 LAYERS["AlphaDropout"] = AlphaDropout
 __all__ += ["AlphaDropout"]
+# -- spectral (branch audio): Keras 3's audio front ends --
+from pynn.layers.spectral import MelSpectrogram, STFTSpectrogram  # noqa: E402
+
+LAYERS.update(MelSpectrogram=MelSpectrogram, STFTSpectrogram=STFTSpectrogram)
+__all__ += ["MelSpectrogram", "STFTSpectrogram"]

@@ -148,3 +148,8 @@ from pynn.backend.opencl.conv3d import (  # noqa: F401
     conv3d_backward, conv3d_backward_input, conv3d_backward_weight, conv3d_forward,
     conv3d_transpose_backward, conv3d_transpose_forward,
 )
+# -- spectral (branch audio: Keras 3's STFTSpectrogram and MelSpectrogram) --
+from pynn.backend.opencl.spectral import (  # noqa: F401
+    power_to_db_backward, power_to_db_forward, reflect_pad1d_backward, reflect_pad1d_forward,
+    spectrum_backward, spectrum_forward,
+)
