@@ -1329,3 +1329,42 @@ def test_alpha_dropout_is_the_identity():
                 L.Dense(3))
     proto = check_export(model, rand((2, 5, 4)))
     assert "RandomUniform" not in op_types(proto)
+
+
+# -- spectral (branch audio): STFTSpectrogram and MelSpectrogram as Conv + elementwise --------
+SPECTRAL = {
+    "stft_log": ((77, 3), lambda: [L.STFTSpectrogram(mode="log", frame_length=16,
+                                                     frame_step=5)]),
+    "stft_magnitude_same": ((50, 1), lambda: [L.STFTSpectrogram(
+        mode="magnitude", frame_length=15, padding="same", window="hamming")]),
+    "stft_psd_expand": ((41, 2), lambda: [L.STFTSpectrogram(mode="psd", frame_length=12,
+                                                            frame_step=4, expand_dims=True)]),
+    "stft_stft_first": ((3, 30), lambda: [L.STFTSpectrogram(mode="stft", frame_length=8,
+                                                            data_format="channels_first")]),
+    "stft_real_first_expand": ((2, 30), lambda: [L.STFTSpectrogram(
+        mode="real", frame_length=8, expand_dims=True, data_format="channels_first")]),
+    "stft_imag": ((30, 2), lambda: [L.STFTSpectrogram(mode="imag", frame_length=8)]),
+    "mel_db": ((300,), lambda: [L.MelSpectrogram(fft_length=64, sequence_stride=16,
+                                                 num_mel_bins=12, sampling_rate=8000)]),
+    "mel_hamming_top_db": ((257,), lambda: [L.MelSpectrogram(
+        fft_length=63, sequence_stride=10, sequence_length=40, window="hamming",
+        num_mel_bins=9, sampling_rate=4000, min_freq=100.0, max_freq=1800.0, top_db=30.0,
+        mag_exp=1.0, ref_power=2.0)]),
+    "mel_power": ((101,), lambda: [L.MelSpectrogram(fft_length=32, sequence_stride=7,
+                                                    num_mel_bins=6, sampling_rate=1000,
+                                                    power_to_db=False)]),
+}
+
+
+@pytest.mark.parametrize("opset", [13, None])
+@pytest.mark.parametrize("name", sorted(SPECTRAL))
+def test_spectral_layers(name, opset):
+    shape, make = SPECTRAL[name]
+    # mel outputs are in dB or raw power (values in the hundreds): the bound scales with them
+    check_export(seq(shape, *make()), rand((3,) + shape), opset=opset)
+
+
+def test_stft_angle_is_refused():
+    model = seq((40, 1), L.STFTSpectrogram(mode="angle", frame_length=8))
+    with pytest.raises(ValueError, match="STFTSpectrogram .* mode='angle' needs atan2"):
+        pynn.onnx.export(model)
