@@ -558,3 +558,19 @@ def test_stft_model_trains_its_kernels(seeded):
         model.fit(x[..., None], y, epochs=1, batch_size=8, verbose=0)
         moved = [not np.array_equal(a, b) for a, b in zip(before, spec.get_weights())]
         assert moved == [trainable, trainable]
+
+
+def test_audio_model_saved_in_pynns_format_answers_as_before(seeded, tmp_path):
+    signal = pynn.Input((120,))
+    mel = layers.MelSpectrogram(fft_length=32, sequence_stride=8, num_mel_bins=5,
+                                sampling_rate=2000, window="hamming", top_db=50.0)(signal)
+    spec = layers.STFTSpectrogram(mode="psd", frame_length=12, frame_step=6, padding="same",
+                                  expand_dims=True)(layers.Reshape((120, 1))(signal))
+    merged = layers.Concatenate()([layers.Flatten()(mel), layers.Flatten()(spec)])
+    model = pynn.Model(signal, layers.Dense(3)(merged))
+    model.set_weights([w + 0.01 * seeded.standard_normal(w.shape) for w in model.get_weights()])
+    x = rand(seeded, (4, 120))
+    want = model.predict(x, verbose=0)
+    model.save(tmp_path / "audio.pynn")
+    loaded = pynn.load_model(tmp_path / "audio.pynn")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), want)

@@ -206,7 +206,6 @@ class STFTSpectrogram(Layer):
         self._cache = None
         perm = self._output_perm()
         if not self.expand_dims:
-            n, c, frames, bins = spec_shape
             dy = b.reshape(dy, tuple(spec_shape[i] for i in perm))
         dspec = dy if perm is None else b.transpose_backward(dy, perm)
         rows = x4.shape[0]
@@ -221,9 +220,10 @@ class STFTSpectrogram(Layer):
         for side, kernel in self._kernels().items():
             variable = getattr(self, f"{side}_kernel")
             k4 = _kernel4(b, kernel)
-            dk = b.conv2d_backward_weight(x4, grads[side], tuple(k4.shape),
-                                          (1, self._frame_step), self.padding, (1, 1))
-            variable.grad = b.reshape(dk, tuple(variable.shape))
+            if self.trainable:  # frozen kernels (a preprocessing front end) need no gradient
+                dk = b.conv2d_backward_weight(x4, grads[side], tuple(k4.shape),
+                                              (1, self._frame_step), self.padding, (1, 1))
+                variable.grad = b.reshape(dk, tuple(variable.shape))
             if self.needs_input_grad:
                 part = b.conv2d_backward_input(grads[side], k4, tuple(x4.shape),
                                                (1, self._frame_step), self.padding, (1, 1))
