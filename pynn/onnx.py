@@ -1760,10 +1760,25 @@ def _stft_convs(g, layer, signal, kernels, step, pads, hint):
     return out
 
 
+def _atan2(g, y, x, hint):
+    """atan2(y, x) from Atan (ONNX has no Atan2): atan(y / x), plus pi (y >= 0) or minus pi
+    (y < 0) where x < 0; x = 0 divides to an infinity whose atan is +-pi/2, and (0, 0) is
+    0 as in C."""
+    zero = g.const(0.0, f"{hint}_zero")
+    base = g.op("Atan", [g.op("Div", [y, x], f"{hint}_ratio")], f"{hint}_atan")
+    half_turn = g.op("Where", [g.op("Less", [y, zero], f"{hint}_yneg"),
+                               g.const(-math.pi, f"{hint}_mpi"), g.const(math.pi, f"{hint}_pi")],
+                     f"{hint}_turn")
+    turned = g.op("Add", [base, half_turn], f"{hint}_turned")
+    angle = g.op("Where", [g.op("Less", [x, zero], f"{hint}_xneg"), turned, base],
+                 f"{hint}_quadrant")
+    origin = g.op("And", [g.op("Equal", [x, zero], f"{hint}_x0"),
+                          g.op("Equal", [y, zero], f"{hint}_y0")], f"{hint}_origin")
+    return g.op("Where", [origin, zero, angle], hint)
+
+
 @_converts("STFTSpectrogram")
 def _stft_spectrogram(g, layer, x, out_shape):
-    if layer.mode == "angle":
-        raise _unsupported(layer, "mode='angle' needs atan2, which ONNX does not have")
     hint = layer.name
     x = g.nhwc(x)
     n, t, c = layer._split_input(x.shape)
@@ -1783,6 +1798,8 @@ def _stft_spectrogram(g, layer, x, out_shape):
         spec = halves[layer.mode]
     elif layer.mode == "stft":
         spec = g.op("Concat", [halves["real"], halves["imag"]], f"{hint}_stft", axis=1)
+    elif layer.mode == "angle":
+        spec = _atan2(g, halves["imag"], halves["real"], f"{hint}_angle")
     else:
         power = g.op("Add", [g.op("Mul", [halves["real"], halves["real"]], f"{hint}_re2"),
                              g.op("Mul", [halves["imag"], halves["imag"]], f"{hint}_im2")],
