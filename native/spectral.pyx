@@ -17,6 +17,7 @@ Design:
 import numpy as np
 
 from libc.math cimport atan2, log, log10, pow, sqrt, INFINITY
+from libc.stdlib cimport free, malloc
 
 from _openmp cimport omp_get_max_threads
 
@@ -74,7 +75,12 @@ cdef inline double _spectrum(double re, double im, Py_ssize_t f, Py_ssize_t F, i
         return p if f == 0 or f == F - 1 else 2.0 * p
     if code == MODE_ANGLE:
         return atan2(im, re)
-    return pow(sqrt(p), exponent)  # MODE_POWER
+    # MODE_POWER: mag_exp's usual 2 (the power) and 1 (the magnitude) without pow
+    if exponent == 2.0:
+        return p
+    if exponent == 1.0:
+        return sqrt(p)
+    return pow(sqrt(p), exponent)
 
 
 cdef inline double _spectrum_scale(double dy, double re, double im, Py_ssize_t f,
@@ -88,7 +94,9 @@ cdef inline double _spectrum_scale(double dy, double re, double im, Py_ssize_t f
         return dy / sqrt(p) if p > KERAS_EPSILON else 0.0
     if code == MODE_LOG:
         return dy / p if p > KERAS_EPSILON else 0.0
-    return dy * exponent * pow(p, exponent / 2.0 - 1.0) if p > 0 else 0.0  # MODE_POWER
+    if exponent == 2.0:  # MODE_POWER
+        return 2.0 * dy
+    return dy * exponent * pow(p, exponent / 2.0 - 1.0) if p > 0 else 0.0
 
 
 cdef inline void _spectrum_forward_rows(const _SpectralJob* j, const floating* re, long begin,
@@ -458,4 +466,240 @@ def reflect_pad1d_backward(dy, pad):
     dx = np.empty(tuple(dy.shape[:dy.ndim - 1]) + (T,), dtype=dy.dtype)  # wraparound is off
     if dx.size:
         _reflect_pad1d(dy.reshape(-1), dx.reshape(-1), R, T, pad, False)
+    return dx
+
+
+# -- stft: frames of (R, T) against a window of N, their first F = N // 2 + 1 DFT bins ------
+#
+# Frame j of row r is x[r, j*stride : j*stride + N] times the window; its DFT
+# X[k] = sum_n v[n] exp(-2 pi i n k / N) comes from an in-place radix-2 FFT when N is a power
+# of two (O(N log N)), else from the direct sum over the twiddle table (O(N F)), in double.
+# The forward runs frames on the team (scratch per claim); the backward runs rows, since
+# frames overlap: each frame's w[n] Re(sum_k (dre[k] + i dim[k]) exp(+2 pi i n k / N)) is
+# added onto its samples in frame order.
+
+ctypedef struct _StftJob:
+    bint is_double, radix2
+    const void* x        # forward: x (R, T); backward: dreal
+    const void* x2       # backward: dimag
+    const void* window   # (N,)
+    void* out            # forward: real; backward: dx
+    void* out2           # forward: imag
+    const double* cos_t  # cos(2 pi m / N), m < N
+    const double* sin_t
+    const Py_ssize_t* rev  # bit reversal of m < N (radix2)
+    Py_ssize_t R, T, N, F, frames, stride
+
+
+cdef inline void _fft(double* re, double* im, const _StftJob* j, double sign) noexcept nogil:
+    """In place, radix 2: sum_n v[n] exp(sign 2 pi i n k / N)."""
+    cdef Py_ssize_t N = j.N, i, r, size, half, step, start, blk, k, a, b
+    cdef double t, wr, wi, tr, ti
+    for i in range(N):
+        r = j.rev[i]
+        if i < r:
+            t = re[i]
+            re[i] = re[r]
+            re[r] = t
+            t = im[i]
+            im[i] = im[r]
+            im[r] = t
+    size = 2
+    while size <= N:
+        half = size // 2
+        step = N // size
+        for blk in range(N // size):
+            start = blk * size
+            for k in range(half):
+                wr = j.cos_t[k * step]
+                wi = sign * j.sin_t[k * step]
+                a = start + k
+                b = a + half
+                tr = wr * re[b] - wi * im[b]
+                ti = wr * im[b] + wi * re[b]
+                re[b] = re[a] - tr
+                im[b] = im[a] - ti
+                re[a] += tr
+                im[a] += ti
+        size *= 2
+
+
+cdef inline void _stft_frames(const _StftJob* j, const floating* x, long begin,
+                              long end) noexcept nogil:
+    cdef const floating* w = <const floating*>j.window
+    cdef floating* real = <floating*>j.out
+    cdef floating* imag = <floating*>j.out2
+    cdef Py_ssize_t N = j.N, F = j.F, n, k, r, f, m
+    cdef long i
+    cdef double sr, si, v
+    cdef double* buf = <double*>malloc(2 * N * sizeof(double))
+    if buf == NULL:
+        return
+    for i in range(begin, end):
+        r = i // j.frames
+        f = i % j.frames
+        for n in range(N):
+            buf[n] = <double>x[r * j.T + f * j.stride + n] * w[n]
+            buf[N + n] = 0.0
+        if j.radix2:
+            _fft(buf, buf + N, j, -1.0)
+            for k in range(F):
+                real[i * F + k] = <floating>buf[k]
+                imag[i * F + k] = <floating>buf[N + k]
+            continue
+        for k in range(F):
+            sr = 0.0
+            si = 0.0
+            m = 0
+            for n in range(N):
+                v = buf[n]
+                sr += v * j.cos_t[m]
+                si -= v * j.sin_t[m]
+                m += k
+                if m >= N:
+                    m -= N
+            real[i * F + k] = <floating>sr
+            imag[i * F + k] = <floating>si
+    free(buf)
+
+
+cdef void _stft_forward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _StftJob* j = <_StftJob*>ctx
+    if j.is_double:
+        _stft_frames(j, <const double*>j.x, begin, end)
+    else:
+        _stft_frames(j, <const float*>j.x, begin, end)
+
+
+cdef inline void _stft_rows_backward(const _StftJob* j, const floating* dre, long begin,
+                                     long end) noexcept nogil:
+    cdef const floating* dim = <const floating*>j.x2
+    cdef const floating* w = <const floating*>j.window
+    cdef floating* dx = <floating*>j.out
+    cdef Py_ssize_t N = j.N, F = j.F, n, k, f, m, at
+    cdef long r
+    cdef double g
+    cdef double* buf = <double*>malloc(2 * N * sizeof(double))
+    cdef double* acc = <double*>malloc(j.T * sizeof(double))
+    if buf == NULL or acc == NULL:
+        free(buf)
+        free(acc)
+        return
+    for r in range(begin, end):
+        for n in range(j.T):
+            acc[n] = 0.0
+        for f in range(j.frames):
+            at = (r * j.frames + f) * F
+            if j.radix2:
+                for k in range(N):
+                    buf[k] = dre[at + k] if k < F else 0.0
+                    buf[N + k] = dim[at + k] if k < F else 0.0
+                _fft(buf, buf + N, j, 1.0)
+            else:
+                for n in range(N):
+                    g = 0.0
+                    m = 0
+                    for k in range(F):
+                        g += dre[at + k] * j.cos_t[m] - dim[at + k] * j.sin_t[m]
+                        m += n
+                        if m >= N:
+                            m -= N
+                    buf[n] = g
+            for n in range(N):
+                acc[f * j.stride + n] += w[n] * buf[n]
+        for n in range(j.T):
+            dx[r * j.T + n] = <floating>acc[n]
+    free(buf)
+    free(acc)
+
+
+cdef void _stft_backward_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _StftJob* j = <_StftJob*>ctx
+    if j.is_double:
+        _stft_rows_backward(j, <const double*>j.x, begin, end)
+    else:
+        _stft_rows_backward(j, <const float*>j.x, begin, end)
+
+
+def _stft_tables(Py_ssize_t N):
+    """(cos, sin, bit reversal or None): the twiddles exp(2 pi i m / N) for m < N."""
+    angle = 2.0 * np.pi * np.arange(N) / N
+    radix2 = N >= 2 and N & (N - 1) == 0
+    rev = None
+    if radix2:
+        bits = N.bit_length() - 1
+        m = np.arange(N)
+        rev = np.zeros(N, dtype=np.intp)
+        for b in range(bits):  # bits of the index, not elements
+            rev |= ((m >> b) & 1) << (bits - 1 - b)
+    return np.cos(angle), np.sin(angle), rev
+
+
+cdef void _stft_job_setup(_StftJob* job, const double[::1] cos_t, const double[::1] sin_t,
+                          rev, Py_ssize_t R, Py_ssize_t T, Py_ssize_t N, Py_ssize_t stride):
+    cdef const Py_ssize_t[::1] rv
+    job.cos_t, job.sin_t = &cos_t[0], &sin_t[0]
+    job.radix2 = rev is not None
+    job.rev = NULL
+    if rev is not None:
+        rv = rev
+        job.rev = &rv[0]
+    job.R, job.T, job.N, job.F, job.stride = R, T, N, N // 2 + 1, stride
+    job.frames = (T - N) // stride + 1
+
+
+def _stft_forward(const floating[::1] x, const floating[::1] window, floating[::1] real,
+                  floating[::1] imag, Py_ssize_t R, Py_ssize_t T, Py_ssize_t stride):
+    """real, imag (OUT, (R, frames, F)) of x (IN, (R, T)) and the window (IN, (N,))."""
+    cdef _StftJob job
+    cdef Py_ssize_t N = window.shape[0]
+    cos_t, sin_t, rev = _stft_tables(N)
+    cdef const double[::1] c = cos_t
+    cdef const double[::1] s = sin_t
+    _stft_job_setup(&job, c, s, rev, R, T, N, stride)
+    job.is_double = floating is double
+    job.x, job.window, job.out, job.out2 = &x[0], &window[0], &real[0], &imag[0]
+    cdef long items = R * job.frames
+    cdef int threads = _threads(items * N)
+    with nogil:
+        pynn_team_for(items, team_grain(items, threads), threads, _stft_forward_job, &job)
+
+
+def _stft_backward(const floating[::1] dre, const floating[::1] dim,
+                   const floating[::1] window, floating[::1] dx, Py_ssize_t R, Py_ssize_t T,
+                   Py_ssize_t stride):
+    """dx (OUT, (R, T)) of dre, dim (IN, (R, frames, F))."""
+    cdef _StftJob job
+    cdef Py_ssize_t N = window.shape[0]
+    cos_t, sin_t, rev = _stft_tables(N)
+    cdef const double[::1] c = cos_t
+    cdef const double[::1] s = sin_t
+    _stft_job_setup(&job, c, s, rev, R, T, N, stride)
+    job.is_double = floating is double
+    job.x, job.x2, job.window, job.out = &dre[0], &dim[0], &window[0], &dx[0]
+    cdef int threads = _threads(R * T * N)
+    with nogil:
+        pynn_team_for(R, team_grain(R, threads), threads, _stft_backward_job, &job)
+
+
+def stft_forward(x, window, stride):
+    """The DFT of each frame of x (R, T) times the window (N,): frame j starts at j*stride,
+    (T - N) // stride + 1 frames -> (real, imag), each (R, frames, N // 2 + 1);
+    X[k] = sum_n x[n] w[n] exp(-2 pi i n k / N) (torch.stft's sign)."""
+    x, window, (R, T), N, stride, frames = operands.stft_forward(HOST, x, window, stride)
+    real = np.empty((R, frames, N // 2 + 1), dtype=x.dtype)
+    imag = np.empty_like(real)
+    if real.size:
+        _stft_forward(x.reshape(-1), window, real.reshape(-1), imag.reshape(-1), R, T, stride)
+    return real, imag
+
+
+def stft_backward(dreal, dimag, window, stride, length):
+    """-> dx (R, length) of stft_forward: each frame's w[n] Re(sum_k (dreal[k] + i dimag[k])
+    exp(+2 pi i n k / N)) added onto its samples."""
+    dre, dim, window, (R, T), stride = operands.stft_backward(HOST, dreal, dimag, window,
+                                                              stride, length)
+    dx = np.zeros((R, T), dtype=dre.dtype)
+    if dre.size:
+        _stft_backward(dre.reshape(-1), dim.reshape(-1), window, dx.reshape(-1), R, T, stride)
     return dx

@@ -49,6 +49,10 @@ __kernel void spectrum_forward(__global const float *re, __global const float *i
         v = (f == 0 || f == F - 1) ? p : 2.0f * p;
     else if (code == MODE_ANGLE)
         v = atan2(b, a);
+    else if (exponent == 2.0f)
+        v = p;
+    else if (exponent == 1.0f)
+        v = sqrt(p);
     else
         v = pow(sqrt(p), exponent);
     y[i] = v;
@@ -83,6 +87,8 @@ __kernel void spectrum_backward(__global const float *dy, __global const float *
         s = p > KERAS_EPSILON ? g / sqrt(p) : 0.0f;
     else if (code == MODE_LOG)
         s = p > KERAS_EPSILON ? g / p : 0.0f;
+    else if (exponent == 2.0f)
+        s = 2.0f * g;
     else
         s = p > 0.0f ? g * exponent * pow(p, exponent / 2.0f - 1.0f) : 0.0f;
     dre[i] = a * s;
@@ -198,5 +204,64 @@ __kernel void reflect_pad1d_backward(__global const float *dy, __global float *d
         g += row[pad - t];
     if (t <= T - 2 && T - 1 - t <= pad)
         g += row[pad + T - 1 + (T - 1 - t)];
+    dx[i] = g;
+}
+
+/* stft: one work-item per (row, frame, bin), the direct sum over the frame against the
+ * twiddle tables cos_t / sin_t of exp(2 pi i m / N) (index n k mod N); the CPU runs an FFT,
+ * the device the N independent products of each bin in parallel. */
+__kernel void stft_forward(__global const float *x, __global const float *window,
+                           __global const float *cos_t, __global const float *sin_t,
+                           __global float *real, __global float *imag, const int n_items,
+                           const int T, const int N, const int frames, const int stride)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n_items);
+    const int F = N / 2 + 1;
+    const int k = i % F, rf = i / F;
+    const int r = rf / frames, f = rf % frames;
+    __global const float *v = x + (size_t)r * T + (size_t)f * stride;
+    float sr = 0.0f, si = 0.0f;
+    int m = 0;
+    for (int n = 0; n < N; ++n) {
+        const float a = v[n] * window[n];
+        sr += a * cos_t[m];
+        si -= a * sin_t[m];
+        m += k;
+        if (m >= N)
+            m -= N;
+    }
+    real[i] = sr;
+    imag[i] = si;
+}
+
+/* One work-item per (row, sample): the frames covering the sample, in frame order, each
+ * w[n] Re(sum_k (dre[k] + i dim[k]) exp(+2 pi i n k / N)) at its offset n. */
+__kernel void stft_backward(__global const float *dre, __global const float *dim,
+                            __global const float *window, __global const float *cos_t,
+                            __global const float *sin_t, __global float *dx, const int n_items,
+                            const int T, const int N, const int frames, const int stride)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n_items);
+    const int F = N / 2 + 1;
+    const int r = i / T, t = i % T;
+    const int first = t >= N ? (t - N) / stride + 1 : 0;
+    const int last = min(t / stride, frames - 1);
+    float g = 0.0f;
+    for (int f = first; f <= last; ++f) {
+        const int n = t - f * stride;
+        __global const float *a = dre + ((size_t)r * frames + f) * F;
+        __global const float *b = dim + ((size_t)r * frames + f) * F;
+        float s = 0.0f;
+        int m = 0;
+        for (int k = 0; k < F; ++k) {
+            s += a[k] * cos_t[m] - b[k] * sin_t[m];
+            m += n;
+            if (m >= N)
+                m -= N;
+        }
+        g += window[n] * s;
+    }
     dx[i] = g;
 }

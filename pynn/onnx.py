@@ -1841,8 +1841,11 @@ def _mel_spectrogram(g, layer, x, out_shape):
     padded = g.op("Pad", [x.name, g.ints([0, pad, 0, pad], f"{hint}_pads")], f"{hint}_reflect",
                   mode="reflect")
     signal = g.unsqueeze(padded, [1], f"{hint}_rows")
-    kernels = {side: _host(k).reshape(k.shape[1], 1, k.shape[3])
-               for side, k in layer._dft.items()}
+    window = _host(layer._window)
+    angle = 2.0 * np.pi * np.outer(np.arange(window.size), np.arange(layer._bins)) / window.size
+    # torch.stft's sign: X[k] = sum x[n] w[n] exp(-2 pi i n k / N)
+    kernels = {"real": (window[:, None] * np.cos(angle))[:, None, :],
+               "imag": (-window[:, None] * np.sin(angle))[:, None, :]}
     halves = _stft_convs(g, layer, signal, kernels, layer.sequence_stride, [0, 0], hint)
     power = g.op("Add", [g.op("Mul", [halves["real"], halves["real"]], f"{hint}_re2"),
                          g.op("Mul", [halves["imag"], halves["imag"]], f"{hint}_im2")],

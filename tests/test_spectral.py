@@ -56,6 +56,17 @@ def test_spectrum_backward(target, rng, mode, shape):
              ref=lambda *a: ref.spectrum_backward_ref(*a), rtol=tol(target))
 
 
+@pytest.mark.parametrize("exponent", [1.0, 2.0, 0.5, 3.0])
+def test_spectrum_power_exponents(target, rng, exponent):
+    """mag_exp's 1 and 2 take their own roads (no pow); the others pow."""
+    re, im = pair(rng, (5, 33), target.dtype)
+    check_op(target, "spectrum_forward", re, im, "power", exponent,
+             ref=lambda *a: ref.spectrum_forward_ref(*a), rtol=tol(target))
+    dy = rand(rng, (5, 33), target.dtype)
+    check_op(target, "spectrum_backward", dy, re, im, "power", exponent,
+             ref=lambda *a: ref.spectrum_backward_ref(*a), rtol=tol(target))
+
+
 def test_spectrum_floors_and_zero_pairs(backend):
     """Keras's 1e-7 floor under the power: a zero pair gives sqrt(1e-7) and ln of it, and a
     zero gradient (the floor holds), never NaN."""
@@ -117,6 +128,37 @@ def test_reflect_pad1d_is_torchs_reflect(rng):
     assert_close(pynn.backend.cpu.reflect_pad1d_forward(x, 12), want.numpy(), 1e-15, "torch")
 
 
+STFT_GEOMETRIES = [(16, 77, 5), (15, 50, 4), (2, 9, 1), (64, 300, 16), (63, 257, 10),
+                   (8, 8, 3), (32, 33, 32)]
+
+
+@pytest.mark.parametrize("n,t,stride", STFT_GEOMETRIES)
+def test_stft_forward(target, rng, n, t, stride):
+    """The FFT (N a power of two) and the direct sum (other N) against the explicit DFT."""
+    x, window = rand(rng, (3, t), target.dtype), rand(rng, (n,), target.dtype)
+    check_op(target, "stft_forward", x, window, stride, ref=ref.stft_forward_ref,
+             rtol=1e-4 if target.is_opencl else tol(target) * 10)
+
+
+@pytest.mark.parametrize("n,t,stride", STFT_GEOMETRIES)
+def test_stft_backward(target, rng, n, t, stride):
+    frames = (t - n) // stride + 1
+    dre, dim = pair(rng, (3, frames, n // 2 + 1), target.dtype)
+    window = rand(rng, (n,), target.dtype)
+    check_op(target, "stft_backward", dre, dim, window, stride, t,
+             ref=ref.stft_backward_ref, rtol=1e-4 if target.is_opencl else tol(target) * 10)
+
+
+def test_stft_is_torchs(rng):
+    torch = pytest.importorskip("torch")
+    x, window = rng.standard_normal((2, 200)), np.hanning(64)
+    z = torch.stft(torch.tensor(x), 64, 16, window=torch.tensor(window), center=False,
+                   return_complex=True).numpy()
+    real, imag = pynn.backend.cpu.stft_forward(x, window, 16)
+    assert_close(real, np.swapaxes(z.real, 1, 2), 1e-12, "real")
+    assert_close(imag, np.swapaxes(z.imag, 1, 2), 1e-12, "imag")
+
+
 def test_spectral_ops_are_thread_count_invariant(rng):
     from pynn._native import info
 
@@ -129,7 +171,10 @@ def test_spectral_ops_are_thread_count_invariant(rng):
             info.set_num_threads(n)
             results.append([pynn.backend.cpu.power_to_db_forward(x, 1e-10, 1.0, 30.0),
                             pynn.backend.cpu.power_to_db_backward(x, x, 1e-10, 1.0, 30.0),
-                            pynn.backend.cpu.spectrum_forward(re, im, "log", 2.0)])
+                            pynn.backend.cpu.spectrum_forward(re, im, "log", 2.0),
+                            *pynn.backend.cpu.stft_forward(x, np.hanning(64), 16),
+                            pynn.backend.cpu.stft_backward(re[None], im[None], np.ones(256),
+                                                           99, 29857)])
     finally:
         info.set_num_threads(before)
     for other in results[1:]:
@@ -159,6 +204,13 @@ BAD_OP_CALLS = [
      "'pad' must be an int"),
     ("reflect_pad1d_backward", lambda o: o.reflect_pad1d_backward(np.ones((2, 4)), 3),
      "'pad' must be an int in"),
+    ("stft_forward", lambda o: o.stft_forward(np.ones((2, 4)), np.ones(8), 2),
+     "a signal of 4 samples is shorter than the window's 8"),
+    ("stft_forward", lambda o: o.stft_forward(np.ones((2, 9)), np.ones(8), 0),
+     "'stride' must be positive"),
+    ("stft_forward", lambda o: o.stft_forward(np.ones(9), np.ones(8), 1), "must be (R, T)"),
+    ("stft_backward", lambda o: o.stft_backward(np.ones((2, 3, 5)), np.ones((2, 3, 5)),
+                                                np.ones(8), 2, 9), "'dreal' must have shape"),
 ]
 
 

@@ -632,6 +632,11 @@ OPS.update({
     # the edge sample (pad < T); the backward sums each mirror back onto its source.
     "reflect_pad1d_forward": ("x", "pad"),
     "reflect_pad1d_backward": ("dy", "pad"),
+    # MelSpectrogram's STFT: frame j of each row of x (R, T) is x[:, j*stride : j*stride + N]
+    # times the window (N,), (T - N) // stride + 1 frames; its first N // 2 + 1 DFT bins
+    # sum_n v[n] exp(-2 pi i n k / N) -> (real, imag), each (R, frames, N // 2 + 1).
+    "stft_forward": ("x", "window", "stride"),
+    "stft_backward": ("dreal", "dimag", "window", "stride", "length"),     # -> dx (R, length)
 })
 
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.

@@ -1,11 +1,12 @@
 """Keras 3's audio front ends: STFTSpectrogram and MelSpectrogram.
 
-Both frame the signal with a strided conv (the conv family's conv2d ops on the signal viewed
-as a (rows, 1, T, 1) image), kernels (L, bins) whose product with a frame is the real or the
-imaginary half of its windowed DFT, as Keras does; the spectral family's ops take the pairs on
-from there (magnitude, psd, angle, log; MelSpectrogram's |z|^mag_exp and power_to_db) and
-reflect_pad1d places MelSpectrogram's frames as torch.stft's center=True. The mel projection
-is a plain matrix product (the dense ops), Keras's tensordot.
+STFTSpectrogram frames the signal with a strided conv, as Keras does (the conv family's
+conv2d ops on the signal viewed as a (rows, 1, T, 1) image), kernels (L, bins) whose product
+with a frame is the real or the imaginary half of its windowed DFT. MelSpectrogram's fixed DFT
+is the spectral family's stft op (an FFT on the CPU) on the signal reflect_pad1d centres as
+torch.stft's center=True. The spectral ops take the (real, imag) pairs on from there
+(magnitude, psd, angle, log; MelSpectrogram's |z|^mag_exp and power_to_db). The mel
+projection is a plain matrix product (the dense ops), Keras's tensordot.
 
 STFTSpectrogram's kernels are weights (real_kernel, then imag_kernel; 'real' and 'imag' modes
 keep only theirs), trainable unless the layer is not. MelSpectrogram has none: its window,
@@ -338,16 +339,8 @@ class MelSpectrogram(Layer):
         left = (self.fft_length - self.sequence_length) // 2
         placed = np.zeros(self.fft_length)
         placed[left:left + self.sequence_length] = win
-        angle = (2.0 * np.pi / self.fft_length) * np.outer(np.arange(self.fft_length),
-                                                           np.arange(self._bins))
         b = backend.current()
-        # torch.stft's sign: X[k] = sum x[n] w[n] exp(-2 pi i n k / N).
-        self._dft = {
-            "real": b.asarray((placed[:, None] * np.cos(angle)).reshape(
-                1, self.fft_length, 1, self._bins), self.dtype),
-            "imag": b.asarray((-placed[:, None] * np.sin(angle)).reshape(
-                1, self.fft_length, 1, self._bins), self.dtype),
-        }
+        self._window = b.asarray(placed, self.dtype)
         self._mel = b.asarray(mel_weight_matrix(self.num_mel_bins, self._bins,
                                                 self.sampling_rate, self.min_freq,
                                                 self.max_freq), self.dtype)
@@ -362,11 +355,8 @@ class MelSpectrogram(Layer):
         n, t = x.shape
         frames = self._frames(t)
         padded = b.reflect_pad1d_forward(x, self._pad)
-        x4 = _image(b, padded)
-        halves = {side: b.conv2d_forward(x4, kernel, None, (1, self.sequence_stride), "valid",
-                                         (1, 1), "linear", 0.0)[0]
-                  for side, kernel in self._dft.items()}
-        spec = b.spectrum_forward(halves["real"], halves["imag"], "power", self.mag_exp)
+        real, imag = b.stft_forward(padded, self._window, self.sequence_stride)
+        spec = b.spectrum_forward(real, imag, "power", self.mag_exp)
         spec = b.reshape(spec, (n * frames, self._bins))
         mel, _ = b.dense_forward(spec, self._mel, None, "linear", 0.0)
         if self.power_to_db:
@@ -374,26 +364,22 @@ class MelSpectrogram(Layer):
         else:
             db = mel
         if training:
-            self._cache = (tuple(x4.shape), halves, mel, n, frames)
+            self._cache = (padded.shape[1], real, imag, mel, n, frames)
         return b.transpose_forward(b.reshape(db, (n, frames, self.num_mel_bins)), (0, 2, 1))
 
     def backward(self, dy):
         b = backend.current()
-        x4_shape, halves, mel, n, frames = self._cache
+        length, real, imag, mel, n, frames = self._cache
         self._cache = None
         if not self.needs_input_grad:
             return None
         d = b.reshape(b.transpose_backward(dy, (0, 2, 1)), (n * frames, self.num_mel_bins))
         if self.power_to_db:
             d = b.power_to_db_backward(d, mel, self.min_power, self.ref_power, self.top_db)
-        dspec = b.reshape(b.dense_backward_input(d, self._mel), (n, 1, frames, self._bins))
-        dre, dim = b.spectrum_backward(dspec, halves["real"], halves["imag"], "power",
-                                       self.mag_exp)
-        dx4 = b.conv2d_backward_input(dre, self._dft["real"], x4_shape,
-                                      (1, self.sequence_stride), "valid", (1, 1))
-        b.add_inplace(dx4, b.conv2d_backward_input(dim, self._dft["imag"], x4_shape,
-                                                   (1, self.sequence_stride), "valid", (1, 1)))
-        return b.reflect_pad1d_backward(b.reshape(dx4, (n, x4_shape[2])), self._pad)
+        dspec = b.reshape(b.dense_backward_input(d, self._mel), (n, frames, self._bins))
+        dre, dim = b.spectrum_backward(dspec, real, imag, "power", self.mag_exp)
+        dpadded = b.stft_backward(dre, dim, self._window, self.sequence_stride, length)
+        return b.reflect_pad1d_backward(dpadded, self._pad)
 
     def get_config(self):
         config = super().get_config()

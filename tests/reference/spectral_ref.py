@@ -150,3 +150,26 @@ def mel_matrix_ref(num_mel_bins, bins, sampling_rate, lower_hz, upper_hz):
     falling = (upper - mel) / (upper - center)
     weights = np.maximum(0.0, np.minimum(rising, falling))
     return np.concatenate([np.zeros((1, num_mel_bins)), weights])
+
+
+def stft_forward_ref(x, window, stride):
+    """The explicit DFT of each windowed frame: exp(-2 pi i n k / N), torch.stft's sign."""
+    x, window = _f64(x), _f64(window)
+    n = window.size
+    frames = (x.shape[1] - n) // stride + 1
+    cut = np.stack([x[:, j * stride:j * stride + n] for j in range(frames)], axis=1)
+    dft = np.exp(-2j * np.pi * np.outer(np.arange(n), np.arange(n // 2 + 1)) / n)
+    z = (cut * window) @ dft
+    return z.real, z.imag
+
+
+def stft_backward_ref(dreal, dimag, window, stride, length):
+    """The transpose of stft_forward_ref's linear map, frame by frame."""
+    dreal, dimag, window = _f64(dreal), _f64(dimag), _f64(window)
+    n = window.size
+    dft = np.exp(-2j * np.pi * np.outer(np.arange(n), np.arange(n // 2 + 1)) / n)
+    dx = np.zeros((dreal.shape[0], length))
+    for j in range(dreal.shape[1]):  # a reference: one frame at a time, obviously right
+        g = dft.real @ dreal[:, j].T + dft.imag @ dimag[:, j].T
+        dx[:, j * stride:j * stride + n] += (g * window[:, None]).T
+    return dx

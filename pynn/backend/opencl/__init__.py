@@ -151,5 +151,5 @@ from pynn.backend.opencl.conv3d import (  # noqa: F401
 # -- spectral (branch audio: Keras 3's STFTSpectrogram and MelSpectrogram) --
 from pynn.backend.opencl.spectral import (  # noqa: F401
     power_to_db_backward, power_to_db_forward, reflect_pad1d_backward, reflect_pad1d_forward,
-    spectrum_backward, spectrum_forward,
+    spectrum_backward, spectrum_forward, stft_backward, stft_forward,
 )

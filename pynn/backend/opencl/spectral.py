@@ -100,3 +100,35 @@ def reflect_pad1d_backward(dy, pad):
     if dx.size:
         elementwise(STEM, "reflect_pad1d_backward", dx.size, dy, dx, dx.size, t, pad)
     return dx
+
+
+def _twiddles(n):
+    """cos and sin of 2 pi m / n on the device (computed in double, stored float32)."""
+    angle = 2.0 * np.pi * np.arange(n) / n
+    return rt.to_device(np.cos(angle).astype(np.float32)), rt.to_device(
+        np.sin(angle).astype(np.float32))
+
+
+def stft_forward(x, window, stride):
+    """-> (real, imag), each (R, frames, N // 2 + 1)."""
+    x, window, (r, t), n, stride, frames = operands.stft_forward(DEVICE, x, window, stride)
+    real = rt.empty((r, frames, n // 2 + 1), what="stft_forward real")
+    imag = rt.empty((r, frames, n // 2 + 1), what="stft_forward imag")
+    if real.size:
+        cos_t, sin_t = _twiddles(n)
+        elementwise(STEM, "stft_forward", real.size, x, window, cos_t, sin_t, real, imag,
+                    real.size, t, n, frames, stride)
+    return real, imag
+
+
+def stft_backward(dreal, dimag, window, stride, length):
+    """-> dx (R, length)."""
+    dre, dim, window, (r, t), stride = operands.stft_backward(DEVICE, dreal, dimag, window,
+                                                              stride, length)
+    n = window.shape[0]
+    dx = rt.empty((r, t), what="stft_backward dx")
+    if dx.size:
+        cos_t, sin_t = _twiddles(n)
+        elementwise(STEM, "stft_backward", dx.size, dre, dim, window, cos_t, sin_t, dx,
+                    dx.size, t, n, dre.shape[1], stride)
+    return dx

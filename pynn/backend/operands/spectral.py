@@ -124,3 +124,53 @@ def reflect_pad1d_backward(arrays, dy, pad):
                          f"axis of {dy.shape[-1]}, got {pad!r}")
     r, t = _rows(dy)
     return dy, (r, t - 2 * pad), _pad(op, pad, t - 2 * pad)
+
+
+def _stft_geometry(op, window, stride, length):
+    """-> (N, stride, frames) of frames of N = window's length, every stride samples."""
+    n = window.shape[0]
+    if isinstance(stride, bool):
+        raise TypeError(f"{op}: 'stride' must be an int, got {stride!r}")
+    try:
+        s = operator.index(stride)
+    except TypeError:
+        raise TypeError(f"{op}: 'stride' must be an int, got {stride!r}") from None
+    if s < 1:
+        raise ValueError(f"{op}: 'stride' must be positive, got {s}")
+    if n < 2:
+        raise ValueError(f"{op}: 'window' must have at least 2 samples (N, the DFT length), "
+                         f"got {n}")
+    if length < n:
+        raise ValueError(f"{op}: a signal of {length} samples is shorter than the window's "
+                         f"{n}")
+    return n, s, (length - n) // s + 1
+
+
+def stft_forward(arrays, x, window, stride):
+    """-> (x, window, (R, T), N, stride, frames)."""
+    op = "stft_forward"
+    x = arrays.float_input(op, "x", x)
+    if x.ndim != 2:
+        raise ValueError(f"{op}: 'x' must be (R, T) signals, got shape {tuple(x.shape)}")
+    window = arrays.float_input(op, "window", window, ndim=1, like=x)
+    n, s, frames = _stft_geometry(op, window, stride, x.shape[1])
+    return x, window, tuple(x.shape), n, s, frames
+
+
+def stft_backward(arrays, dreal, dimag, window, stride, length):
+    """-> (dreal, dimag, window, (R, T), stride)."""
+    op = "stft_backward"
+    dreal = arrays.float_input(op, "dreal", dreal)
+    dimag = arrays.float_input(op, "dimag", dimag, like=dreal)
+    window = arrays.float_input(op, "window", window, ndim=1, like=dreal)
+    if isinstance(length, bool):
+        raise TypeError(f"{op}: 'length' must be an int, got {length!r}")
+    try:
+        t = operator.index(length)
+    except TypeError:
+        raise TypeError(f"{op}: 'length' must be an int, got {length!r}") from None
+    n, s, frames = _stft_geometry(op, window, stride, t)
+    expected = (dreal.shape[0] if dreal.ndim == 3 else None, frames, n // 2 + 1)
+    check_shape(op, "dreal", dreal, expected)
+    check_shape(op, "dimag", dimag, tuple(dreal.shape))
+    return dreal, dimag, window, (dreal.shape[0], t), s
