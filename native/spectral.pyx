@@ -1,6 +1,7 @@
 """Spectral kernels of Keras 3's audio front ends (STFTSpectrogram, MelSpectrogram), the CPU
-twins of opencl/spectral.cl. The STFT itself is a strided conv (the conv family's ops); these
-are the steps after and before it.
+twins of opencl/spectral.cl. STFTSpectrogram's STFT is a strided conv of trainable kernels (the
+conv family's ops, as in Keras); MelSpectrogram's fixed one is stft_forward here (an FFT).
+The other kernels are the steps before and after an STFT.
 
 Legend: R rows (every axis but the last), F frequency bins, T samples; the mode codes are the
 indices of api.SPECTRUM_MODES.
@@ -13,6 +14,7 @@ Design:
   clamp. The backward folds the floored elements' dy and the count of maxima the same way,
   so no result depends on the thread count.
 - reflect_pad1d: rows on the team; the backward adds each mirror onto its source row-wise.
+- stft: see its section at the end (frames on the team forward, rows backward).
 """
 import numpy as np
 

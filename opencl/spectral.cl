@@ -5,7 +5,8 @@
  * power_to_db's floor is the maximum over the whole tensor: a stage kernel writes one maximum
  * per work-group (wg_reduce.h's fixed tree), one group folds those, and the clamp reads the
  * result from the device; the backward folds its sums with sum_partials_float. Nothing goes
- * back to the host.
+ * back to the host. stft is the direct DFT sum per (frame, bin) (the CPU's FFT gives the same
+ * numbers to float32 rounding).
  */
 #define PYNN_SUM_PARTIALS
 #include "wg_reduce.h"
