@@ -490,15 +490,18 @@ ctypedef struct _StftJob:
     const double* cos_t  # cos(2 pi m / N), m < N
     const double* sin_t
     const Py_ssize_t* rev  # bit reversal of m < N (radix2)
+    const Py_ssize_t* rev_half  # bit reversal of m < N / 2 (radix2, N >= 4)
     Py_ssize_t R, T, N, F, frames, stride
 
 
-cdef inline void _fft(double* re, double* im, const _StftJob* j, double sign) noexcept nogil:
-    """In place, radix 2: sum_n v[n] exp(sign 2 pi i n k / N)."""
+cdef inline void _fft(double* re, double* im, Py_ssize_t L, const Py_ssize_t* rev,
+                      const _StftJob* j, double sign) noexcept nogil:
+    """In place, radix 2, L (a power of two dividing N): sum_n v[n] exp(sign 2 pi i n k / L),
+    the twiddles read from the N-point tables every N / L entries."""
     cdef Py_ssize_t N = j.N, i, r, size, half, step, start, blk, k, a, b
     cdef double t, wr, wi, tr, ti
-    for i in range(N):
-        r = j.rev[i]
+    for i in range(L):
+        r = rev[i]
         if i < r:
             t = re[i]
             re[i] = re[r]
@@ -507,10 +510,10 @@ cdef inline void _fft(double* re, double* im, const _StftJob* j, double sign) no
             im[i] = im[r]
             im[r] = t
     size = 2
-    while size <= N:
+    while size <= L:
         half = size // 2
         step = N // size
-        for blk in range(N // size):
+        for blk in range(L // size):
             start = blk * size
             for k in range(half):
                 wr = j.cos_t[k * step]
@@ -524,6 +527,34 @@ cdef inline void _fft(double* re, double* im, const _StftJob* j, double sign) no
                 re[a] += tr
                 im[a] += ti
         size *= 2
+
+
+cdef inline void _real_fft(const _StftJob* j, const floating* v, const floating* w,
+                           double* buf, floating* real, floating* imag) noexcept nogil:
+    """The F = M + 1 bins of one real frame of N = 2M from one M-point complex FFT of
+    z[m] = u[2m] + i u[2m+1] (u = v * w): with Z's even part E[k] = (Z[k] + conj Z[M-k]) / 2
+    and odd part O[k] = (Z[k] - conj Z[M-k]) / 2i, X[k] = E[k] + exp(-2 pi i k / N) O[k]."""
+    cdef Py_ssize_t M = j.N // 2, m, k, c
+    cdef double ar, ai, dr, di, o_r, o_i, wr, wi
+    cdef double* re = buf
+    cdef double* im = buf + M
+    for m in range(M):
+        re[m] = <double>v[2 * m] * w[2 * m]
+        im[m] = <double>v[2 * m + 1] * w[2 * m + 1]
+    _fft(re, im, M, j.rev_half, j, -1.0)
+    for k in range(M + 1):
+        m = k if k < M else 0
+        c = M - k if k > 0 else 0
+        ar = 0.5 * (re[m] + re[c])
+        ai = 0.5 * (im[m] - im[c])
+        dr = re[m] - re[c]
+        di = im[m] + im[c]
+        o_r = 0.5 * di
+        o_i = -0.5 * dr
+        wr = j.cos_t[k]  # k <= M < N
+        wi = -j.sin_t[k]
+        real[k] = <floating>(ar + wr * o_r - wi * o_i)
+        imag[k] = <floating>(ai + wr * o_i + wi * o_r)
 
 
 cdef inline void _stft_frames(const _StftJob* j, const floating* x, long begin,
@@ -540,11 +571,14 @@ cdef inline void _stft_frames(const _StftJob* j, const floating* x, long begin,
     for i in range(begin, end):
         r = i // j.frames
         f = i % j.frames
+        if j.radix2 and j.rev_half != NULL:
+            _real_fft(j, x + r * j.T + f * j.stride, w, buf, real + i * F, imag + i * F)
+            continue
         for n in range(N):
             buf[n] = <double>x[r * j.T + f * j.stride + n] * w[n]
             buf[N + n] = 0.0
         if j.radix2:
-            _fft(buf, buf + N, j, -1.0)
+            _fft(buf, buf + N, N, j.rev, j, -1.0)
             for k in range(F):
                 real[i * F + k] = <floating>buf[k]
                 imag[i * F + k] = <floating>buf[N + k]
@@ -596,7 +630,7 @@ cdef inline void _stft_rows_backward(const _StftJob* j, const floating* dre, lon
                 for k in range(N):
                     buf[k] = dre[at + k] if k < F else 0.0
                     buf[N + k] = dim[at + k] if k < F else 0.0
-                _fft(buf, buf + N, j, 1.0)
+                _fft(buf, buf + N, N, j.rev, j, 1.0)
             else:
                 for n in range(N):
                     g = 0.0
@@ -637,15 +671,31 @@ def _stft_tables(Py_ssize_t N):
     return np.cos(angle), np.sin(angle), rev
 
 
+def _bit_reversal(n):
+    """The bit reversal of each m < n (n a power of two)."""
+    bits = n.bit_length() - 1
+    m = np.arange(n)
+    rev = np.zeros(n, dtype=np.intp)
+    for b in range(bits):  # bits of the index, not elements
+        rev |= ((m >> b) & 1) << (bits - 1 - b)
+    return rev
+
+
 cdef void _stft_job_setup(_StftJob* job, const double[::1] cos_t, const double[::1] sin_t,
-                          rev, Py_ssize_t R, Py_ssize_t T, Py_ssize_t N, Py_ssize_t stride):
+                          rev, rev_half, Py_ssize_t R, Py_ssize_t T, Py_ssize_t N,
+                          Py_ssize_t stride):
+    """rev and rev_half stay alive in the caller while the job runs."""
     cdef const Py_ssize_t[::1] rv
     job.cos_t, job.sin_t = &cos_t[0], &sin_t[0]
     job.radix2 = rev is not None
     job.rev = NULL
+    job.rev_half = NULL
     if rev is not None:
         rv = rev
         job.rev = &rv[0]
+    if rev_half is not None:
+        rv = rev_half
+        job.rev_half = &rv[0]
     job.R, job.T, job.N, job.F, job.stride = R, T, N, N // 2 + 1, stride
     job.frames = (T - N) // stride + 1
 
@@ -656,9 +706,10 @@ def _stft_forward(const floating[::1] x, const floating[::1] window, floating[::
     cdef _StftJob job
     cdef Py_ssize_t N = window.shape[0]
     cos_t, sin_t, rev = _stft_tables(N)
+    rev_half = _bit_reversal(N // 2) if rev is not None and N >= 4 else None
     cdef const double[::1] c = cos_t
     cdef const double[::1] s = sin_t
-    _stft_job_setup(&job, c, s, rev, R, T, N, stride)
+    _stft_job_setup(&job, c, s, rev, rev_half, R, T, N, stride)
     job.is_double = floating is double
     job.x, job.window, job.out, job.out2 = &x[0], &window[0], &real[0], &imag[0]
     cdef long items = R * job.frames
@@ -676,7 +727,7 @@ def _stft_backward(const floating[::1] dre, const floating[::1] dim,
     cos_t, sin_t, rev = _stft_tables(N)
     cdef const double[::1] c = cos_t
     cdef const double[::1] s = sin_t
-    _stft_job_setup(&job, c, s, rev, R, T, N, stride)
+    _stft_job_setup(&job, c, s, rev, None, R, T, N, stride)
     job.is_double = floating is double
     job.x, job.x2, job.window, job.out = &dre[0], &dim[0], &window[0], &dx[0]
     cdef int threads = _threads(R * T * N)
