@@ -313,3 +313,70 @@ def get(identifier):
 
 def serialize(initializer):
     return {"class_name": type(initializer).__name__, "config": initializer.get_config()}
+
+
+# -- spectral (branch audio): Keras 3's STFT initializer, STFTSpectrogram's kernels --
+def stft_window(window, length, periodic, label):
+    """Keras's window: a scipy.signal.get_window name (``periodic`` its fftbins), an array of
+    ``length`` values, or None (no window)."""
+    if window is None:
+        return None
+    if isinstance(window, str):
+        from scipy.signal import get_window
+
+        try:
+            return np.asarray(get_window(window, length, fftbins=bool(periodic)), np.float64)
+        except ValueError as exc:
+            raise ValueError(f"{label}: unknown window {window!r} ({exc})") from None
+    win = np.asarray(window, dtype=np.float64)
+    if win.shape != (length,):
+        raise ValueError(f"{label}: the window must have the shape ({length},) of the frame "
+                         f"length, got {win.shape}")
+    return win
+
+
+class STFT(Initializer):
+    """Keras 3's ``STFT(side="real", window="hann", scaling="density", periodic=False)``:
+    conv kernels (frame_length, 1, bins) whose product with a frame is the real or the
+    imaginary half of its DFT, window(n) * exp(-2 pi i n k / ((bins - 1) * 2)), the window
+    divided by its L2 norm ("density") or its sum ("spectrum")."""
+
+    def __init__(self, side="real", window="hann", scaling="density", periodic=False):
+        if side not in ("real", "imag"):
+            raise ValueError(f"STFT: side must be 'real' or 'imag', got {side!r}")
+        if scaling is not None and scaling not in ("density", "spectrum"):
+            raise ValueError(f"STFT: scaling must be None, 'density' or 'spectrum', got "
+                             f"{scaling!r}")
+        if isinstance(window, str):
+            stft_window(window, 1, periodic, "STFT")
+        self.side, self.window, self.scaling, self.periodic = side, window, scaling, periodic
+
+    def __call__(self, shape, dtype="float32"):
+        if len(shape) != 3 or shape[2] < 2:
+            raise ValueError(f"STFT: expected a kernel shape (frame_length, 1, bins) with at "
+                             f"least 2 bins, got {tuple(shape)}")
+        frame_length, _, bins = (int(d) for d in shape)
+        win = stft_window(self.window, frame_length, self.periodic, "STFT")
+        angle = (-2.0 * np.pi * np.arange(frame_length)[:, None, None]
+                 * (np.arange(bins)[None, None, :] / ((bins - 1) * 2)))
+        kernel = np.cos(angle) if self.side == "real" else np.sin(angle)
+        if win is not None:
+            scale = 1.0
+            if self.scaling == "density":
+                scale = np.sqrt(np.sum(win * win))
+            elif self.scaling == "spectrum":
+                scale = np.sum(np.abs(win))
+            kernel = kernel * win[:, None, None] / scale
+        return np.broadcast_to(kernel, tuple(int(d) for d in shape)).astype(dtype)
+
+    def get_config(self):
+        window = self.window
+        if window is not None and not isinstance(window, str):
+            window = np.asarray(window).tolist()
+        return {"side": self.side, "window": window, "periodic": self.periodic,
+                "scaling": self.scaling}
+
+
+ALIASES["stft"] = STFT
+_BY_CLASS.update(STFT=STFT, STFTInitializer=STFT)
+STFTInitializer = STFT

@@ -1782,6 +1782,132 @@ def _auto_contrast(g, layer, x, out_shape):
     return g.derived(x, g.op("Where", [kept, x.name, y], hint))
 
 
+# -- spectral (branch audio): Keras 3's audio front ends as Conv and elementwise nodes -----
+_KERAS_EPSILON = 1e-7  # keras.backend.epsilon(): STFTSpectrogram's floor
+
+
+def _stft_convs(g, layer, signal, kernels, step, pads, hint):
+    """Conv of the (rows, 1, T) ``signal`` with each (L, 1, F) kernel -> (rows, F, frames)."""
+    out = {}
+    for side, kernel in kernels.items():
+        w = np.asarray(kernel, np.float64).transpose(2, 1, 0)  # (F, 1, L)
+        out[side] = g.op("Conv", [signal, g.const(w, f"{hint}_{side}_W")], f"{hint}_{side}",
+                         kernel_shape=[w.shape[2]], strides=[int(step)], pads=list(pads))
+    return out
+
+
+def _atan2(g, y, x, hint):
+    """atan2(y, x) from Atan (ONNX has no Atan2): atan(y / x), plus pi (y >= 0) or minus pi
+    (y < 0) where x < 0; x = 0 divides to an infinity whose atan is +-pi/2, and (0, 0) is
+    0 as in C."""
+    zero = g.const(0.0, f"{hint}_zero")
+    base = g.op("Atan", [g.op("Div", [y, x], f"{hint}_ratio")], f"{hint}_atan")
+    half_turn = g.op("Where", [g.op("Less", [y, zero], f"{hint}_yneg"),
+                               g.const(-math.pi, f"{hint}_mpi"), g.const(math.pi, f"{hint}_pi")],
+                     f"{hint}_turn")
+    turned = g.op("Add", [base, half_turn], f"{hint}_turned")
+    angle = g.op("Where", [g.op("Less", [x, zero], f"{hint}_xneg"), turned, base],
+                 f"{hint}_quadrant")
+    origin = g.op("And", [g.op("Equal", [x, zero], f"{hint}_x0"),
+                          g.op("Equal", [y, zero], f"{hint}_y0")], f"{hint}_origin")
+    return g.op("Where", [origin, zero, angle], hint)
+
+
+@_converts("STFTSpectrogram")
+def _stft_spectrogram(g, layer, x, out_shape):
+    hint = layer.name
+    x = g.nhwc(x)
+    n, t, c = layer._split_input(x.shape)
+    if t is None:
+        raise _unsupported(layer, f"the signal length must be known, got input shape "
+                                  f"{x.shape}")
+    signal = x.name
+    if layer.data_format == "channels_last" and c > 1:
+        signal = g.op("Transpose", [signal], f"{hint}_signals", perm=[0, 2, 1])
+    signal = g.op("Reshape", [signal, g.ints([-1, 1, t], f"{hint}_rows")], f"{hint}_rows")
+    pads = [0, 0]
+    if layer.padding == "same":
+        pads = _same_pads((t,), (layer.frame_length,), (layer._frame_step,), (1,))
+    kernels = {side: _host(k) for side, k in layer._kernels().items()}
+    halves = _stft_convs(g, layer, signal, kernels, layer._frame_step, pads, hint)
+    if layer.mode in ("real", "imag"):
+        spec = halves[layer.mode]
+    elif layer.mode == "stft":
+        spec = g.op("Concat", [halves["real"], halves["imag"]], f"{hint}_stft", axis=1)
+    elif layer.mode == "angle":
+        spec = _atan2(g, halves["imag"], halves["real"], f"{hint}_angle")
+    else:
+        power = g.op("Add", [g.op("Mul", [halves["real"], halves["real"]], f"{hint}_re2"),
+                             g.op("Mul", [halves["imag"], halves["imag"]], f"{hint}_im2")],
+                     f"{hint}_power")
+        eps = g.const(_KERAS_EPSILON, f"{hint}_eps")
+        if layer.mode == "psd":
+            weights = np.full((layer._bins, 1), 2.0)
+            weights[0] = weights[-1] = 1.0
+            spec = g.op("Mul", [power, g.const(weights, f"{hint}_psd_w")], f"{hint}_psd")
+        else:
+            spec = g.op("Sqrt", [g.op("Max", [power, eps], f"{hint}_floor")], f"{hint}_mag")
+            if layer.mode == "log":
+                spec = g.op("Log", [g.op("Max", [spec, eps], f"{hint}_magfloor")],
+                            f"{hint}_log")
+    bins = 2 * layer._bins if layer.mode == "stft" else layer._bins
+    # Keras's layout steps: (B, C, F', frames), then _adjust_shapes.
+    frames = layer._frames(t)
+    spec = g.op("Reshape", [spec, g.ints([-1, c, bins, frames], f"{hint}_bcft")],
+                f"{hint}_bcft")
+    if layer.expand_dims:
+        perm = [0, 3, 2, 1] if layer.data_format == "channels_last" else [0, 1, 3, 2]
+        y = g.op("Transpose", [spec], hint, perm=perm)
+    else:
+        flat = g.op("Reshape", [spec, g.ints([-1, c * bins, frames], f"{hint}_flat")],
+                    f"{hint}_flat" if layer.data_format == "channels_last" else hint)
+        y = (g.op("Transpose", [flat], hint, perm=[0, 2, 1])
+             if layer.data_format == "channels_last" else flat)
+    return g.tensor(y, out_shape)
+
+
+@_converts("MelSpectrogram")
+def _mel_spectrogram(g, layer, x, out_shape):
+    hint = layer.name
+    x = g.nhwc(x)
+    if x.shape[1] is None:
+        raise _unsupported(layer, f"the signal length must be known, got input shape "
+                                  f"{x.shape}")
+    pad = layer._pad
+    padded = g.op("Pad", [x.name, g.ints([0, pad, 0, pad], f"{hint}_pads")], f"{hint}_reflect",
+                  mode="reflect")
+    signal = g.unsqueeze(padded, [1], f"{hint}_rows")
+    window = _host(layer._window)
+    angle = 2.0 * np.pi * np.outer(np.arange(window.size), np.arange(layer._bins)) / window.size
+    # torch.stft's sign: X[k] = sum x[n] w[n] exp(-2 pi i n k / N)
+    kernels = {"real": (window[:, None] * np.cos(angle))[:, None, :],
+               "imag": (-window[:, None] * np.sin(angle))[:, None, :]}
+    halves = _stft_convs(g, layer, signal, kernels, layer.sequence_stride, [0, 0], hint)
+    power = g.op("Add", [g.op("Mul", [halves["real"], halves["real"]], f"{hint}_re2"),
+                         g.op("Mul", [halves["imag"], halves["imag"]], f"{hint}_im2")],
+                 f"{hint}_power")
+    spec = g.op("Pow", [g.op("Sqrt", [power], f"{hint}_mag"),
+                        g.const(layer.mag_exp, f"{hint}_mag_exp")], f"{hint}_spec")
+    mel_t = _host(layer._mel).T  # (M, F) @ (N, F, frames) -> (N, M, frames): Keras's layout
+    mel = g.op("MatMul", [g.const(mel_t, f"{hint}_mel_W"), spec],
+               hint if not layer.power_to_db else f"{hint}_mel")
+    if layer.power_to_db:
+        floor = g.op("Max", [mel, g.const(layer.min_power, f"{hint}_min_power")],
+                     f"{hint}_floored")
+        offset = 10.0 * math.log10(max(abs(layer.ref_power), layer.min_power))
+        db = g.op("Sub", [g.op("Mul", [g.op("Log", [floor], f"{hint}_ln"),
+                                       g.const(10.0 / math.log(10.0), f"{hint}_db_per_ln")],
+                               f"{hint}_db0"), g.const(offset, f"{hint}_ref")],
+                  hint if layer.top_db is None else f"{hint}_db")
+        if layer.top_db is not None:
+            # the floor is the maximum over the whole batch, as Keras takes it
+            peak = g.reduce("ReduceMax", db, [0, 1, 2], f"{hint}_peak")
+            low = g.op("Sub", [peak, g.const(layer.top_db, f"{hint}_top_db")], f"{hint}_low")
+            db = g.op("Max", [db, low], hint)
+        mel = db
+    return g.tensor(mel, out_shape)
+
+
 def _convert(g, layer, x, out_shape):
     fn = _CONVERTERS.get(type(layer).__name__)
     if fn is None:

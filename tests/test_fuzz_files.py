@@ -273,3 +273,13 @@ def test_the_divergences_skipped_are_keras_own():
     assert keras_divergence(model) is not None
     if np.allclose(theirs, ours):
         pytest.skip("this Keras pools as pynn does: drop keras_divergence's pooling rule")
+
+
+# -- audio models (branch audio): their seeds through every file and Keras's training --
+from tests.test_fuzz_models import AUDIO_SEEDS  # noqa: E402
+
+
+def test_audio_models_survive_every_file_and_train_as_in_keras(tmp_path, quiet):
+    for seed in AUDIO_SEEDS:
+        check_files(seed, tmp_path)
+        check_keras_training(seed, tmp_path)

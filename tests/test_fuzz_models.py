@@ -217,6 +217,8 @@ def random_model(seed):
     """(head activation, model): the same draw for a seed under any floatx and device."""
     if seed in VOLUME_SEEDS:  # volumetric models: seeds of their own
         return random_volume_model(seed)
+    if seed in AUDIO_SEEDS:  # audio models (branch audio): seeds of their own
+        return random_audio_model(seed)
     rng = np.random.default_rng(seed)
     family = pick(rng, ["image", "image", "dense", "sequence", "text"])
     if family == "image":
@@ -562,4 +564,65 @@ def test_volume_models_compressed(block):
 @pytest.mark.parametrize("block", range(VOLUME_BLOCKS))
 def test_volume_models_on_opencl_answer_as_on_the_cpu(block):
     for seed in volume_seeds(block):
+        check_opencl(seed)
+
+
+# -- audio models (branch audio): STFTSpectrogram (trainable kernels, every mode but 'angle',
+# whose atan2 branch cut central differences straddle) or MelSpectrogram on signals, on seeds
+# of their own --
+AUDIO_BLOCKS = 1
+AUDIO_SEEDS = range(2 * 10**6, 2 * 10**6 + AUDIO_BLOCKS * SEEDS_PER_BLOCK)
+
+
+def random_audio_model(seed):
+    """(head activation, model) of (N, T, C) or (N, T) signals through an audio front end."""
+    rng = np.random.default_rng(seed)
+    if rng.integers(3):
+        inputs = L.Input((size(rng, 24, 60), size(rng, 1, 2)))
+        x = L.STFTSpectrogram(mode=pick(rng, ["log", "magnitude", "psd", "real", "imag",
+                                              "stft"]),
+                              frame_length=size(rng, 6, 12), frame_step=size(rng, 2, 6),
+                              window=pick(rng, ["hann", "hamming", None]),
+                              scaling=pick(rng, ["density", "spectrum", None]),
+                              padding=pick(rng, ["valid", "same"]))(inputs)
+        x = pick(rng, [L.Flatten, L.GlobalAveragePooling1D])()(x)
+    else:
+        fft, stride, length = pick(rng, [16, 31, 32]), size(rng, 4, 9), size(rng, 40, 90)
+        # Keras 3.15 declares (T + stride + 1) // stride frames where torch.stft makes
+        # 1 + (T + 2 (fft // 2) - fft) // stride: lengths where they differ break Keras's
+        # own functional models, so the draw keeps to lengths where they agree
+        while (length + stride + 1) // stride != 1 + (length + 2 * (fft // 2) - fft) // stride:
+            length += 1
+        inputs = L.Input((length,))
+        x = L.MelSpectrogram(fft_length=fft, sequence_stride=stride,
+                             num_mel_bins=size(rng, 3, 6), sampling_rate=1000, min_freq=0.0,
+                             mag_exp=pick(rng, [1.0, 2.0]),
+                             power_to_db=bool(rng.integers(2)))(inputs)
+        x = L.Flatten()(x)
+    x = stack(rng, x, dense_layer, size(rng, 0, 1))
+    head = pick(rng, ["softmax", "linear", "sigmoid"])
+    return head, pynn.Model(inputs, L.Dense(size(rng, 2, 5), activation=head)(x))
+
+
+def audio_seeds(block):
+    return AUDIO_SEEDS[block * SEEDS_PER_BLOCK:(block + 1) * SEEDS_PER_BLOCK]
+
+
+@pytest.mark.parametrize("block", range(AUDIO_BLOCKS))
+def test_audio_models_plans_and_gradients(block):
+    for seed in audio_seeds(block):
+        check_plan(seed)
+        check_gradients(seed)
+
+
+@pytest.mark.parametrize("block", range(AUDIO_BLOCKS))
+def test_audio_models_compressed(block):
+    for seed in audio_seeds(block):
+        check_compression(seed)
+
+
+@pytest.mark.opencl
+@pytest.mark.parametrize("block", range(AUDIO_BLOCKS))
+def test_audio_models_on_opencl_answer_as_on_the_cpu(block):
+    for seed in audio_seeds(block):
         check_opencl(seed)

@@ -248,6 +248,24 @@ def depthwise_conv1d():
 ARCHITECTURES["depthwise_conv1d"] = depthwise_conv1d
 
 
+# -- spectral (branch audio): Keras 3's audio front ends --
+def audio():
+    # MelSpectrogram (dB, a hamming window shorter than the FFT) on the signal; trainable
+    # STFTSpectrogram kernels ('same' log magnitudes, an expand_dims psd on channels_first)
+    x = keras.Input((400,))
+    mel = K.MelSpectrogram(fft_length=64, sequence_stride=16, sequence_length=48,
+                           window="hamming", num_mel_bins=8, sampling_rate=4000, top_db=40.0)(x)
+    s = K.Reshape((400, 1))(x)
+    log = K.STFTSpectrogram(mode="log", frame_length=32, frame_step=16, padding="same")(s)
+    psd = K.STFTSpectrogram(mode="psd", frame_length=16, frame_step=8, expand_dims=True,
+                            data_format="channels_first")(K.Reshape((2, 200))(x))
+    pooled = [K.Flatten()(mel), K.GlobalAveragePooling1D()(log), K.Flatten()(psd)]
+    return keras.Model(x, K.Dense(2)(K.Concatenate()(pooled)))
+
+
+ARCHITECTURES["audio"] = audio
+
+
 def augment_keras3():
     # Keras 3's geometric, erasing, mixing and blur augmentations: the identity at inference.
     # RandomShear's number factor is stored as (-f, f), a pair Keras itself cannot load back:

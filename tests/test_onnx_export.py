@@ -1359,3 +1359,57 @@ def test_color_layers(name):
         x /= 255.0
     x[1, ..., 2] = x[1, 0, 0, 2]    # a flat channel: AutoContrast leaves it
     check_export(seq((10, 8, 3), *layers, L.Conv2D(2, 3)), x)
+
+
+# -- spectral (branch audio): STFTSpectrogram and MelSpectrogram as Conv + elementwise --------
+SPECTRAL = {
+    "stft_log": ((77, 3), lambda: [L.STFTSpectrogram(mode="log", frame_length=16,
+                                                     frame_step=5)]),
+    "stft_magnitude_same": ((50, 1), lambda: [L.STFTSpectrogram(
+        mode="magnitude", frame_length=15, padding="same", window="hamming")]),
+    "stft_psd_expand": ((41, 2), lambda: [L.STFTSpectrogram(mode="psd", frame_length=12,
+                                                            frame_step=4, expand_dims=True)]),
+    "stft_stft_first": ((3, 30), lambda: [L.STFTSpectrogram(mode="stft", frame_length=8,
+                                                            data_format="channels_first")]),
+    "stft_real_first_expand": ((2, 30), lambda: [L.STFTSpectrogram(
+        mode="real", frame_length=8, expand_dims=True, data_format="channels_first")]),
+    "stft_imag": ((30, 2), lambda: [L.STFTSpectrogram(mode="imag", frame_length=8)]),
+    "mel_db": ((300,), lambda: [L.MelSpectrogram(fft_length=64, sequence_stride=16,
+                                                 num_mel_bins=12, sampling_rate=8000)]),
+    "mel_hamming_top_db": ((257,), lambda: [L.MelSpectrogram(
+        fft_length=63, sequence_stride=10, sequence_length=40, window="hamming",
+        num_mel_bins=9, sampling_rate=4000, min_freq=100.0, max_freq=1800.0, top_db=30.0,
+        mag_exp=1.0, ref_power=2.0)]),
+    "mel_power": ((101,), lambda: [L.MelSpectrogram(fft_length=32, sequence_stride=7,
+                                                    num_mel_bins=6, sampling_rate=1000,
+                                                    power_to_db=False)]),
+}
+
+
+@pytest.mark.parametrize("opset", [13, None])
+@pytest.mark.parametrize("name", sorted(SPECTRAL))
+def test_spectral_layers(name, opset):
+    shape, make = SPECTRAL[name]
+    # mel outputs are in dB or raw power (values in the hundreds): the bound scales with them
+    check_export(seq(shape, *make()), rand((3,) + shape), opset=opset)
+
+
+@pytest.mark.parametrize("opset", [13, None])
+def test_stft_angle_is_atan_by_quadrant(opset):
+    # the DC bin's imaginary part is an exact 0 under the DFT's kernels (atan2's +-pi edge)
+    model = seq((40, 2), L.STFTSpectrogram(mode="angle", frame_length=8, frame_step=3))
+    x = rand((3, 40, 2))
+    proto = pynn.onnx.export(model, opset=opset)
+    got = run_onnx(proto, [x])[0]
+    want = model.predict(x, verbose=0)
+    # pynn's angle of (negative, +0) is pi, ONNX's may read -0 as below zero: compare on the
+    # circle
+    assert np.abs(np.angle(np.exp(1j * (got.astype(np.float64) - want)))).max() <= 1e-5
+    check_export(model, x, opset=opset)  # random kernels: no exact zeros
+    assert "Atan" in op_types(proto)
+
+
+def test_stft_of_an_unknown_length_is_refused():
+    model = seq((None, 1), L.STFTSpectrogram(frame_length=8))
+    with pytest.raises(ValueError, match="STFTSpectrogram .* signal length must be known"):
+        pynn.onnx.export(model)

@@ -685,6 +685,31 @@ OPS.update({
                     "mask"),
 })
 
+# -- spectral (branch audio; native/spectral.pyx, opencl/spectral.cl): Keras 3's audio front
+# ends. real, imag: an STFT's two halves (..., F), F bins on the last axis. Modes (code = index):
+# magnitude sqrt(max(p, 1e-7)), p = real^2 + imag^2; psd p with the bins between DC and Nyquist
+# doubled; angle atan2(imag, real); log ln of the magnitude; power |z|^exponent (MelSpectrogram's
+# mag_exp); stft real then imag stacked on the bins axis (..., 2F).
+SPECTRUM_MODES = ("magnitude", "psd", "angle", "log", "power", "stft")
+OPS.update({
+    "spectrum_forward": ("real", "imag", "mode", "exponent"),
+    "spectrum_backward": ("dy", "real", "imag", "mode", "exponent"),    # -> (dreal, dimag)
+    # MelSpectrogram's power_to_db: 10 log10(max(x, min_power)) - 10 log10(max(|ref|,
+    # min_power)), floored at (its maximum over the whole tensor) - top_db; top_db None: no
+    # floor. The backward sends a floored element's gradient to the maximum (torch's rule).
+    "power_to_db_forward": ("x", "min_power", "ref_power", "top_db"),
+    "power_to_db_backward": ("dy", "x", "min_power", "ref_power", "top_db"),
+    # torch.stft's center=True: the last axis (..., T) -> (..., T + 2 pad) reflected without
+    # the edge sample (pad < T); the backward sums each mirror back onto its source.
+    "reflect_pad1d_forward": ("x", "pad"),
+    "reflect_pad1d_backward": ("dy", "pad"),
+    # MelSpectrogram's STFT: frame j of each row of x (R, T) is x[:, j*stride : j*stride + N]
+    # times the window (N,), (T - N) // stride + 1 frames; its first N // 2 + 1 DFT bins
+    # sum_n v[n] exp(-2 pi i n k / N) -> (real, imag), each (R, frames, N // 2 + 1).
+    "stft_forward": ("x", "window", "stride"),
+    "stft_backward": ("dreal", "dimag", "window", "stride", "length"),     # -> dx (R, length)
+})
+
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.
 CONSTRAINTS = ("max_norm", "non_neg", "unit_norm", "min_max_norm")
 

@@ -260,3 +260,8 @@ LAYERS.update({cls.__name__: cls for cls in (
 )})
 __all__ += ["RandomShear", "RandomPerspective", "RandomErasing", "CutMix", "MixUp",
             "RandomGaussianBlur", "RandomElasticTransform"]
+# -- spectral (branch audio): Keras 3's audio front ends --
+from pynn.layers.spectral import MelSpectrogram, STFTSpectrogram  # noqa: E402
+
+LAYERS.update(MelSpectrogram=MelSpectrogram, STFTSpectrogram=STFTSpectrogram)
+__all__ += ["MelSpectrogram", "STFTSpectrogram"]

@@ -164,3 +164,8 @@ from pynn.backend.opencl.loss import (  # noqa: F401
 from pynn.backend.opencl.color import color_transform_forward  # noqa: F401
 # -- opt: Keras 3's Lamb, Adafactor and Muon --
 from pynn.backend.opencl.optim import adafactor_update, lamb_update, muon_update  # noqa: F401
+# -- spectral (branch audio: Keras 3's STFTSpectrogram and MelSpectrogram) --
+from pynn.backend.opencl.spectral import (  # noqa: F401
+    power_to_db_backward, power_to_db_forward, reflect_pad1d_backward, reflect_pad1d_forward,
+    spectrum_backward, spectrum_forward, stft_backward, stft_forward,
+)
