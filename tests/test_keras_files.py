@@ -732,9 +732,9 @@ def test_serialized_function_is_refused(saved_mlp, tmp_path):
 def test_unknown_layer_is_named(saved_mlp, tmp_path):
     path, config = saved_mlp
     config = json.loads(json.dumps(config))
-    config["config"]["layers"][1]["class_name"] = "ConvLSTM2D"
-    with pytest.raises(ValueError, match=r"layer 'dense' \(ConvLSTM2D\): pynn has no layer "
-                                         r"'ConvLSTM2D'"):
+    config["config"]["layers"][1]["class_name"] = "TorchModuleWrapper"
+    with pytest.raises(ValueError, match=r"layer 'dense' \(TorchModuleWrapper\): pynn has no "
+                                         r"layer 'TorchModuleWrapper'"):
         pynn.load_model(_rewrite(path, tmp_path / "u.keras", config))
 
 

@@ -584,6 +584,23 @@ OPS.update({
                                   "use_bias", "need_input_grad"),
 })
 
+# -- convlstm (native/convlstm.pyx, opencl/convlstm.cl): Keras 3's ConvLSTM1D/2D/3D recurrence --
+# The step loop after the layer's one conv3d_forward over all N*T frames: xw (N,T,D,H,W,4F)
+# (input conv + bias; 1-D/2-D as 3-D with unit extents), recurrent_kernel (KD,KH,KW,F,4F)
+# read as Keras's 'same' stride-1 conv of h, gates i, f, c, o; h0/c0 (N,D,H,W,F) or None
+# (zeros); activation/recurrent_activation from operands.convlstm.CONVLSTM_ACTIVATIONS.
+OPS.update({
+    # -> (y, h_last, c_last, cache): y (N,T,D,H,W,F) in processing order with
+    # return_sequences, else h_last; cache holds the gates and states backward reads.
+    "convlstm_forward": ("xw", "recurrent_kernel", "h0", "c0", "activation",
+                         "recurrent_activation", "return_sequences", "go_backwards"),
+    # -> (dxw at the input's time index, drecurrent_kernel, dh0, dc0); dh_last/dc_last the
+    # final states' gradients or None.
+    "convlstm_backward": ("dy", "dh_last", "dc_last", "recurrent_kernel", "cache",
+                          "activation", "recurrent_activation", "return_sequences",
+                          "go_backwards"),
+})
+
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.
 CONSTRAINTS = ("max_norm", "non_neg", "unit_norm", "min_max_norm")
 

@@ -157,6 +157,8 @@ from pynn._native.conv3d import (  # noqa: F401
     conv3d_backward, conv3d_backward_input, conv3d_backward_weight, conv3d_forward,
     conv3d_transpose_backward, conv3d_transpose_forward,
 )
+# -- convlstm (Keras 3's ConvLSTM1D/2D/3D recurrence) --
+from pynn._native.convlstm import convlstm_backward, convlstm_forward  # noqa: F401
 from pynn.backend.operands.common import host_array
 
 NAME = "cpu"

@@ -197,3 +197,8 @@ LAYERS.update({cls.__name__: cls for cls in (Conv3D, Conv3DTranspose)})
 Convolution3D = Conv3D
 Convolution3DTranspose = Conv3DTranspose
 __all__ += ["Conv3D", "Conv3DTranspose", "Convolution3D", "Convolution3DTranspose"]
+# -- convlstm: Keras 3's ConvLSTM1D, ConvLSTM2D and ConvLSTM3D --
+from pynn.layers.conv_lstm import ConvLSTM1D, ConvLSTM2D, ConvLSTM3D  # noqa: E402
+
+LAYERS.update({cls.__name__: cls for cls in (ConvLSTM1D, ConvLSTM2D, ConvLSTM3D)})
+__all__ += ["ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"]

@@ -1,0 +1,360 @@
+"""ConvLSTM recurrence kernels: Keras 3's ConvLSTM1D/2D/3D step loop, forward and backward
+through time.
+
+Legend: N batch, T time steps, D/H/W spatial extents (ConvLSTM1D and 2D run as 3-D with unit
+extents), S = D*H*W sites, R = N*S state rows, F filters, G = 4F gate pre-activations (i, f,
+c, o: Keras's order), KD/KH/KW the recurrent kernel extents, K = KD*KH*KW*F (one vol2col row
+of h). Layout channels_last; xw (N, T, D, H, W, G) is the input convolution of all N*T
+frames plus the bias (the layer's one conv3d op); the recurrent kernel (KD, KH, KW, F, G) is
+a row-major (K, G) matrix as is.
+
+Design:
+- Keras's recurrent conv is always 'same' with stride 1 (leading pad (k - 1) // 2), so one
+  step is z_t = xw_t + vol2col(h_{t-1}) @ recurrent_kernel: a vol2col of the (R, F) state
+  (one prange over rows; a 1x1x1 kernel reads h itself), ONE gemm with beta 1 into the step's
+  gate rows (BLAS threads itself, so it runs outside any parallel region), then the gate
+  elementwise fused in one prange over rows: gates activated in place, c_t and h_t written.
+- The whole step loop runs here without the GIL; the caller never loops over time.
+- Forward keeps what backward needs: the activated gates (T, R, G) and the states h, c
+  (T + 1, R, F), step 0 the initial state, all in processing order (go_backwards reverses
+  the time-major copy of xw once).
+- Backward per step, last first: the gate gradients fused in one prange over rows (the cell
+  activation's derivative from c, the gates' from their outputs), then drecurrent_kernel +=
+  vol2col(h_{t-1})^T @ dz_t (vol2col recomputed: T*R*K values would dwarf the cache), then
+  dh_{t-1} = col2vol(dz_t @ recurrent_kernel^T) as a gather over state rows: each dh row is
+  written by one thread in a fixed (kd, kh, kw) order, so the result is bit-identical for
+  any thread count.
+Activations (ACT_* below): the gates' derivatives come from their outputs; the cell
+activation's value and derivative from c.
+"""
+
+import numpy as np
+
+from cython.parallel cimport prange
+from libc.math cimport exp, tanh
+from libc.string cimport memcpy, memset
+from _blas cimport blas_init, gemm_rowmajor, floating
+
+from pynn.backend._scratch import scratch
+from pynn.backend.operands import convlstm as operands
+from pynn.backend.operands.common import HOST
+
+blas_init()
+
+cdef enum:
+    ACT_LINEAR = 0
+    ACT_TANH = 1
+    ACT_SIGMOID = 2
+    ACT_HARD_SIGMOID = 3
+    ACT_RELU = 4
+    # below this many state values per step a prange costs more than it saves
+    _PARALLEL_MIN = 4096
+
+
+cdef struct Geom:
+    Py_ssize_t N, D, H, W, F, KD, KH, KW, PF, PT, PL, R, K, G
+
+
+cdef inline double _act(int code, double v) noexcept nogil:
+    if code == ACT_TANH:
+        return tanh(v)
+    if code == ACT_SIGMOID:
+        return 1.0 / (1.0 + exp(-v))
+    if code == ACT_HARD_SIGMOID:   # Keras 3: relu6(v + 3) / 6
+        v = v / 6.0 + 0.5
+        return 0.0 if v < 0 else (1.0 if v > 1 else v)
+    if code == ACT_RELU:
+        return v if v > 0 else 0.0
+    return v
+
+
+cdef inline double _dact_from_output(int code, double y) noexcept nogil:
+    if code == ACT_TANH:
+        return 1.0 - y * y
+    if code == ACT_SIGMOID:
+        return y * (1.0 - y)
+    if code == ACT_HARD_SIGMOID:
+        return 1.0 / 6.0 if 0 < y < 1 else 0.0
+    if code == ACT_RELU:
+        return 1.0 if y > 0 else 0.0
+    return 1.0
+
+
+# -- 'same' stride-1 vol2col of the state and its gather adjoint ------------------------------
+
+cdef void convlstm_vol2col_row(const floating* h, floating* dst, const Geom* g,
+                               Py_ssize_t r) noexcept nogil:
+    """Row r of vol2col(h): the (KD, KH, KW, F) window of state row r, zeros off the edge."""
+    cdef Py_ssize_t s = g.D * g.H * g.W
+    cdef Py_ssize_t n = r // s, rest = r % s
+    cdef Py_ssize_t d0 = rest // (g.H * g.W), h0 = (rest // g.W) % g.H, w0 = rest % g.W
+    cdef Py_ssize_t kd, kh, kw, d, hh, w
+    cdef floating* out = dst
+    for kd in range(g.KD):
+        d = d0 + kd - g.PF
+        for kh in range(g.KH):
+            hh = h0 + kh - g.PT
+            for kw in range(g.KW):
+                w = w0 + kw - g.PL
+                if 0 <= d < g.D and 0 <= hh < g.H and 0 <= w < g.W:
+                    memcpy(out, h + (((n * g.D + d) * g.H + hh) * g.W + w) * g.F,
+                           g.F * sizeof(floating))
+                else:
+                    memset(out, 0, g.F * sizeof(floating))
+                out += g.F
+
+
+cdef void convlstm_col2vol_row(const floating* dcol, floating* dh, const Geom* g,
+                               Py_ssize_t r) noexcept nogil:
+    """dh row r = the sum of the vol2col entries that read it (a gather, fixed order)."""
+    cdef Py_ssize_t s = g.D * g.H * g.W
+    cdef Py_ssize_t n = r // s, rest = r % s
+    cdef Py_ssize_t d0 = rest // (g.H * g.W), h0 = (rest // g.W) % g.H, w0 = rest % g.W
+    cdef Py_ssize_t kd, kh, kw, d, hh, w, j, q
+    cdef floating* out = dh + r * g.F
+    cdef const floating* src
+    memset(out, 0, g.F * sizeof(floating))
+    for kd in range(g.KD):
+        d = d0 - kd + g.PF
+        if d < 0 or d >= g.D:
+            continue
+        for kh in range(g.KH):
+            hh = h0 - kh + g.PT
+            if hh < 0 or hh >= g.H:
+                continue
+            for kw in range(g.KW):
+                w = w0 - kw + g.PL
+                if w < 0 or w >= g.W:
+                    continue
+                q = ((n * g.D + d) * g.H + hh) * g.W + w
+                src = dcol + q * g.K + ((kd * g.KH + kh) * g.KW + kw) * g.F
+                for j in range(g.F):
+                    out[j] += src[j]
+
+
+cdef void _vol2col(const floating* h, floating* col, const Geom* g) noexcept nogil:
+    cdef Py_ssize_t r
+    for r in prange(g.R, schedule="static", use_threads_if=g.R * g.K >= _PARALLEL_MIN):
+        convlstm_vol2col_row(h, col + r * g.K, g, r)
+
+
+cdef void _col2vol(const floating* dcol, floating* dh, const Geom* g) noexcept nogil:
+    cdef Py_ssize_t r
+    for r in prange(g.R, schedule="static", use_threads_if=g.R * g.K >= _PARALLEL_MIN):
+        convlstm_col2vol_row(dcol, dh, g, r)
+
+
+# -- the fused gate elementwise -----------------------------------------------------------------
+
+cdef inline void convlstm_gates_forward_row(floating* z, const floating* cp, floating* cn,
+                                            floating* hn, Py_ssize_t f, int act,
+                                            int ract) noexcept nogil:
+    """z: the row's pre-activations, left holding the gates i, f, c~, o; cn = f*cp + i*c~,
+    hn = o * act(cn)."""
+    cdef Py_ssize_t j
+    cdef double i, fg, cc, o, c
+    for j in range(f):
+        i = _act(ract, z[j])
+        fg = _act(ract, z[f + j])
+        cc = _act(act, z[2 * f + j])
+        o = _act(ract, z[3 * f + j])
+        c = fg * cp[j] + i * cc
+        z[j] = <floating>i
+        z[f + j] = <floating>fg
+        z[2 * f + j] = <floating>cc
+        z[3 * f + j] = <floating>o
+        cn[j] = <floating>c
+        hn[j] = <floating>(o * _act(act, <floating>c))
+
+
+cdef inline void convlstm_gates_backward_row(const floating* z, const floating* cp,
+                                             const floating* cn, const floating* dh,
+                                             floating* dc, floating* dz, Py_ssize_t f, int act,
+                                             int ract) noexcept nogil:
+    """dz: the row's gate pre-activation gradients from dh (this step's h) and dc (carried,
+    becomes dc_{t-1})."""
+    cdef Py_ssize_t j
+    cdef double i, fg, cc, o, ac, d, eps
+    for j in range(f):
+        i = z[j]
+        fg = z[f + j]
+        cc = z[2 * f + j]
+        o = z[3 * f + j]
+        ac = _act(act, cn[j])
+        d = dc[j] + dh[j] * o * _dact_from_output(act, ac)
+        dz[j] = <floating>(d * cc * _dact_from_output(ract, i))
+        dz[f + j] = <floating>(d * cp[j] * _dact_from_output(ract, fg))
+        dz[2 * f + j] = <floating>(d * i * _dact_from_output(act, cc))
+        dz[3 * f + j] = <floating>(dh[j] * ac * _dact_from_output(ract, o))
+        dc[j] = <floating>(d * fg)
+
+
+# -- the step loops -------------------------------------------------------------------------------
+
+cdef void convlstm_forward_steps(floating* zs, const floating* rk, floating* hs, floating* cs,
+                                 floating* col, const Geom* g, Py_ssize_t t, int act,
+                                 int ract) noexcept nogil:
+    """zs (T, R, G) IN the input pre-activations, OUT the gates; hs, cs (T + 1, R, F) IN
+    step 0, OUT the rest; col (R, K) scratch (unused for a 1x1x1 kernel)."""
+    cdef Py_ssize_t s, r
+    cdef Py_ssize_t rf = g.R * g.F, rg = g.R * g.G
+    cdef const floating* src
+    for s in range(t):
+        if g.K == g.F:
+            src = hs + s * rf
+        else:
+            _vol2col(hs + s * rf, col, g)
+            src = col
+        if g.K > 0:
+            gemm_rowmajor(False, False, <int>g.R, <int>g.G, <int>g.K, <floating>1, src,
+                          <int>g.K, rk, <int>g.G, <floating>1, zs + s * rg, <int>g.G)
+        for r in prange(g.R, schedule="static", use_threads_if=rg >= _PARALLEL_MIN):
+            convlstm_gates_forward_row(zs + s * rg + r * g.G, cs + s * rf + r * g.F,
+                                       cs + (s + 1) * rf + r * g.F,
+                                       hs + (s + 1) * rf + r * g.F, g.F, act, ract)
+
+
+cdef void convlstm_backward_steps(const floating* zs, const floating* rk, const floating* hs,
+                                  const floating* cs, const floating* dys, floating* dzs,
+                                  floating* drk, floating* dh, floating* dc, floating* col,
+                                  floating* dcol, const Geom* g, Py_ssize_t t, bint sequences,
+                                  int act, int ract) noexcept nogil:
+    """dys IN: (T, R, F) per-step output gradients when ``sequences``, else (R, F) the last
+    step's; dzs OUT (T, R, G); drk OUT (K, G) (overwritten); dh, dc IN the final states'
+    gradients, OUT the initial states'; col, dcol (R, K) scratch."""
+    cdef Py_ssize_t s, r, j
+    cdef Py_ssize_t rf = g.R * g.F, rg = g.R * g.G
+    cdef const floating* src
+    cdef floating beta = 0
+    if g.K == 0 or g.G == 0:
+        return
+    if not sequences:
+        for j in range(rf):
+            dh[j] += dys[j]
+    for s in range(t - 1, -1, -1):
+        if sequences:
+            for r in prange(rf, schedule="static", use_threads_if=rf >= _PARALLEL_MIN):
+                dh[r] += dys[s * rf + r]
+        for r in prange(g.R, schedule="static", use_threads_if=rg >= _PARALLEL_MIN):
+            convlstm_gates_backward_row(zs + s * rg + r * g.G, cs + s * rf + r * g.F,
+                                        cs + (s + 1) * rf + r * g.F, dh + r * g.F,
+                                        dc + r * g.F, dzs + s * rg + r * g.G, g.F, act, ract)
+        if g.K == g.F:
+            src = hs + s * rf
+        else:
+            _vol2col(hs + s * rf, col, g)
+            src = col
+        gemm_rowmajor(True, False, <int>g.K, <int>g.G, <int>g.R, <floating>1, src, <int>g.K,
+                      dzs + s * rg, <int>g.G, beta, drk, <int>g.G)
+        beta = 1
+        if g.K == g.F:
+            gemm_rowmajor(False, True, <int>g.R, <int>g.K, <int>g.G, <floating>1,
+                          dzs + s * rg, <int>g.G, rk, <int>g.G, <floating>0, dh, <int>g.K)
+        else:
+            gemm_rowmajor(False, True, <int>g.R, <int>g.K, <int>g.G, <floating>1,
+                          dzs + s * rg, <int>g.G, rk, <int>g.G, <floating>0, dcol, <int>g.K)
+            _col2vol(dcol, dh, g)
+
+
+cdef Geom _geom(dict d):
+    cdef Geom g
+    g.N, g.D, g.H, g.W, g.F = d["N"], d["D"], d["H"], d["W"], d["F"]
+    g.KD, g.KH, g.KW = d["KD"], d["KH"], d["KW"]
+    g.PF, g.PT, g.PL = (g.KD - 1) // 2, (g.KH - 1) // 2, (g.KW - 1) // 2
+    g.R = g.N * g.D * g.H * g.W
+    g.K = g.KD * g.KH * g.KW * g.F
+    g.G = 4 * g.F
+    return g
+
+
+def _run_forward(floating[::1] zs, const floating[::1] rk, floating[::1] hs,
+                 floating[::1] cs, floating[::1] col, dict geometry, Py_ssize_t t, int act,
+                 int ract):
+    cdef Geom g = _geom(geometry)
+    with nogil:
+        convlstm_forward_steps(&zs[0], &rk[0], &hs[0], &cs[0], &col[0], &g, t, act, ract)
+
+
+def _run_backward(const floating[::1] zs, const floating[::1] rk, const floating[::1] hs,
+                  const floating[::1] cs, const floating[::1] dys, floating[::1] dzs,
+                  floating[::1] drk, floating[::1] dh, floating[::1] dc, floating[::1] col,
+                  floating[::1] dcol, dict geometry, Py_ssize_t t, bint sequences, int act,
+                  int ract):
+    cdef Geom g = _geom(geometry)
+    with nogil:
+        convlstm_backward_steps(&zs[0], &rk[0], &hs[0], &cs[0], &dys[0], &dzs[0], &drk[0],
+                                &dh[0], &dc[0], &col[0], &dcol[0], &g, t, sequences, act,
+                                ract)
+
+
+def _time_major(a, go_backwards):
+    """(N, T, ...) -> a fresh (T, N, ...) in processing order (always a copy: the forward
+    kernel turns it into the gates in place)."""
+    a = np.moveaxis(a, 1, 0)
+    return np.array(a[::-1] if go_backwards else a, order="C", copy=True)
+
+
+def _batch_major(a, go_backwards):
+    """(T, N, ...) in processing order -> (N, T, ...) at the input's time index."""
+    return np.ascontiguousarray(np.moveaxis(a[::-1] if go_backwards else a, 0, 1))
+
+
+def convlstm_forward(xw, recurrent_kernel, h0, c0, activation="tanh",
+                     recurrent_activation="sigmoid", return_sequences=False,
+                     go_backwards=False):
+    """The ConvLSTM recurrence -> (y, h_last, c_last, cache).
+
+    xw (N, T, D, H, W, 4F), recurrent_kernel (KD, KH, KW, F, 4F), h0 / c0 (N, D, H, W, F) or
+    None (zeros). y (N, T, D, H, W, F) in processing order when return_sequences, else the
+    last h; cache is what convlstm_backward reads.
+    """
+    xw, rk, h0, c0, act, ract, g = operands.convlstm_forward(
+        HOST, xw, recurrent_kernel, h0, c0, activation, recurrent_activation)
+    n, t = xw.shape[:2]
+    state_shape = (g["N"], g["D"], g["H"], g["W"], g["F"])
+    zs = _time_major(xw, go_backwards)
+    hs = np.empty((t + 1,) + state_shape, dtype=xw.dtype)
+    cs = np.empty_like(hs)
+    hs[0] = 0 if h0 is None else h0
+    cs[0] = 0 if c0 is None else c0
+    k = g["KD"] * g["KH"] * g["KW"] * g["F"]
+    col_size = 1 if k == g["F"] else max(hs[0].size // max(g["F"], 1) * k, 1)
+    if zs.size:
+        with scratch(xw.dtype, (col_size,)) as (col,):
+            _run_forward(zs.reshape(-1), rk.reshape(-1), hs.reshape(-1), cs.reshape(-1),
+                         col.reshape(-1), g, t, act, ract)
+    else:
+        hs[1:] = hs[0]
+        cs[1:] = cs[0]
+    y = _batch_major(hs[1:], False) if return_sequences else hs[t].copy()
+    return y, hs[t].copy(), cs[t].copy(), (zs, hs, cs, g)
+
+
+def convlstm_backward(dy, dh_last, dc_last, recurrent_kernel, cache, activation="tanh",
+                      recurrent_activation="sigmoid", return_sequences=False,
+                      go_backwards=False):
+    """-> (dxw (N, T, D, H, W, 4F) at the input's time index, drecurrent_kernel, dh0, dc0).
+
+    dy shaped like convlstm_forward's y; dh_last / dc_last the final states' gradients or
+    None."""
+    zs, hs, cs, g = cache
+    dy, dh_last, dc_last, rk, act, ract = operands.convlstm_backward(
+        HOST, dy, dh_last, dc_last, recurrent_kernel, zs, hs, activation,
+        recurrent_activation, return_sequences)
+    t = zs.shape[0]
+    dys = _time_major(dy, False) if return_sequences else dy
+    dzs = np.empty_like(zs)
+    drk = np.zeros(rk.shape, dtype=zs.dtype)
+    dh = np.zeros(hs.shape[1:], dtype=zs.dtype) if dh_last is None else dh_last.copy()
+    dc = np.zeros(hs.shape[1:], dtype=zs.dtype) if dc_last is None else dc_last.copy()
+    k = g["KD"] * g["KH"] * g["KW"] * g["F"]
+    col_size = max(hs[0].size // max(g["F"], 1) * k, 1)
+    if zs.size and k:
+        with scratch(zs.dtype, (col_size,), (col_size,)) as (col, dcol):
+            _run_backward(zs.reshape(-1), rk.reshape(-1), hs.reshape(-1), cs.reshape(-1),
+                          dys.reshape(-1), dzs.reshape(-1), drk.reshape(-1), dh.reshape(-1),
+                          dc.reshape(-1), col.reshape(-1), dcol.reshape(-1), g, t,
+                          bool(return_sequences), act, ract)
+    else:
+        dzs[...] = 0
+    return _batch_major(dzs, go_backwards), drk, dh, dc
