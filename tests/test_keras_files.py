@@ -203,6 +203,26 @@ def volumetric():
 ARCHITECTURES["volumetric"] = volumetric
 
 
+# -- convlstm: ConvLSTM2D (sequences, strided, backwards), ConvLSTM1D with its states and
+# a dilated ConvLSTM3D --
+def nowcasting():
+    video = keras.Input((3, 7, 6, 2))
+    row = keras.Input((4, 9, 3))
+    volume = keras.Input((2, 3, 5, 4, 2))
+    v = K.ConvLSTM2D(3, 3, padding="same", return_sequences=True,
+                     bias_initializer="random_normal")(video)
+    v = K.ConvLSTM2D(2, (2, 3), strides=(1, 2), go_backwards=True,
+                     recurrent_activation="hard_sigmoid")(v)
+    r, h, c = K.ConvLSTM1D(2, 3, dilation_rate=2, return_state=True)(row)
+    w = K.ConvLSTM3D(2, (1, 2, 3), padding="same", dilation_rate=(1, 2, 1),
+                     unit_forget_bias=False)(volume)
+    flat = K.Concatenate()([K.Flatten()(t) for t in (v, r, c, w)])
+    return keras.Model([video, row, volume], K.Dense(2)(flat))
+
+
+ARCHITECTURES["nowcasting"] = nowcasting
+
+
 def test_architectures_cover_every_pynn_layer():
     seen = set()
 

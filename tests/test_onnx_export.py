@@ -1237,3 +1237,13 @@ CONV3DS = {
 def test_volumetric_convolutions(name):
     shape, make = CONV3DS[name]
     check_export(seq(shape, make()), rand((2,) + shape))
+
+
+# -- convlstm: ONNX has no convolutional recurrence, so the ConvLSTMs are refused by name --
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_conv_lstms_are_refused_by_name(rank):
+    shape = (3,) + (5, 4, 3)[:rank] + (2,)
+    layer = getattr(L, f"ConvLSTM{rank}D")(2, 2, name="nowcast")
+    with pytest.raises(ValueError, match=rf"ConvLSTM{rank}D 'nowcast' cannot be exported: "
+                                         r"ONNX has no ConvLSTM operator"):
+        pynn.onnx.export(seq(shape, layer))
