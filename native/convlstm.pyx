@@ -35,11 +35,82 @@ from libc.math cimport exp, tanh
 from libc.string cimport memcpy, memset
 from _blas cimport blas_init, gemm_rowmajor, floating
 
+from cpython.pycapsule cimport PyCapsule_GetPointer
+
+from pynn._native import conv3d as _conv3d
 from pynn.backend._scratch import scratch
 from pynn.backend.operands import convlstm as operands
 from pynn.backend.operands.common import HOST
 
 blas_init()
+
+include "_geom3.pxi"
+
+# native/conv3d.pyx's direct forward (its microkernel over a zero-padded input; it packs the
+# kernel into panels wp, then writes z = y = conv + bias), reached through its capsules.
+ctypedef void (*_direct_f_t)(const float*, const float*, float*, const float*, float*, float*,
+                             const Geom3*, Py_ssize_t*, const Py_ssize_t*, const Py_ssize_t*,
+                             const Py_ssize_t*, Py_ssize_t, Py_ssize_t, int,
+                             double) noexcept nogil
+ctypedef void (*_direct_d_t)(const double*, const double*, double*, const double*, double*,
+                             double*, const Geom3*, Py_ssize_t*, const Py_ssize_t*,
+                             const Py_ssize_t*, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, int,
+                             double) noexcept nogil
+cdef _direct_f_t _direct_f = NULL
+cdef _direct_d_t _direct_d = NULL
+
+
+def _load_direct():
+    global _direct_f, _direct_d
+    capsule_f, capsule_d = _conv3d._direct_forward_capsules()
+    _direct_f = <_direct_f_t>PyCapsule_GetPointer(capsule_f, b"pynn.conv3d.forward_direct_f")
+    _direct_d = <_direct_d_t>PyCapsule_GetPointer(capsule_d, b"pynn.conv3d.forward_direct_d")
+
+
+_load_direct()
+
+
+cdef struct Direct:
+    # One direct conv per step: its padded input buffer (zero borders, the source copied to
+    # (od, oh, ow) each step), kernel, panel scratch and segment tables.
+    bint on
+    Geom3 g
+    void* xp
+    const void* w
+    void* wp
+    Py_ssize_t* roff
+    const Py_ssize_t* aseg
+    const Py_ssize_t* bseg
+    const Py_ssize_t* bseg_last
+    Py_ssize_t nseg, tn, od, oh, ow
+
+
+cdef void _direct_run(const Direct* p, const floating* src, floating* out) noexcept nogil:
+    """out (rows of the output, g.F wide) = conv of ``src`` (N, D, H, W, C) placed in p.xp."""
+    cdef const Geom3* g = &p.g
+    cdef Py_ssize_t n, d, h
+    cdef Py_ssize_t wc = g.WO * g.C
+    cdef floating* xp = <floating*>p.xp
+    for n in range(g.N):
+        for d in range(g.DO):
+            for h in range(g.HO):
+                memcpy(xp + (((n * g.DP + d + p.od) * g.HP + h + p.oh) * g.WP + p.ow) * g.C,
+                       src + ((n * g.DO + d) * g.HO + h) * wc, wc * sizeof(floating))
+    if floating is float:
+        _direct_f(xp, <const float*>p.w, <float*>p.wp, NULL, out, out, g, p.roff, p.aseg,
+                  p.bseg, p.bseg_last, p.nseg, p.tn, 0, 0.0)
+    else:
+        _direct_d(xp, <const double*>p.w, <double*>p.wp, NULL, out, out, g, p.roff, p.aseg,
+                  p.bseg, p.bseg_last, p.nseg, p.tn, 0, 0.0)
+
+# float32 with Keras's default tanh / sigmoid: the whole-row LSTM cells of native/_gate_act.h
+# (rnn_mask.pyx's: branch-free, they vectorize); the generic double-precision rows below
+# serve every other activation and float64.
+cdef extern from "_gate_act.h":
+    void pynn_gate_lstm_fwd_f(float* z, const float* cp, float* cn, float* h,
+                              Py_ssize_t u) noexcept nogil
+    void pynn_gate_lstm_bwd_f(const float* z, const float* cp, const float* cn, float* dh,
+                              float* dc, float* dz, float* dx, Py_ssize_t u) noexcept nogil
 
 cdef enum:
     ACT_LINEAR = 0
@@ -192,36 +263,52 @@ cdef inline void convlstm_gates_backward_row(const floating* z, const floating* 
 # -- the step loops -------------------------------------------------------------------------------
 
 cdef void convlstm_forward_steps(floating* zs, const floating* rk, floating* hs, floating* cs,
-                                 floating* col, const Geom* g, Py_ssize_t t, int act,
-                                 int ract) noexcept nogil:
+                                 floating* col, const Direct* direct, const Geom* g,
+                                 Py_ssize_t t, int act, int ract) noexcept nogil:
     """zs (T, R, G) IN the input pre-activations, OUT the gates; hs, cs (T + 1, R, F) IN
-    step 0, OUT the rest; col (R, K) scratch (unused for a 1x1x1 kernel)."""
-    cdef Py_ssize_t s, r
+    step 0, OUT the rest; col scratch: (R, K) for vol2col (unused for a 1x1x1 kernel), or
+    (R, G) for the recurrent conv's output when ``direct.on``."""
+    cdef Py_ssize_t s, r, j
     cdef Py_ssize_t rf = g.R * g.F, rg = g.R * g.G
     cdef const floating* src
+    cdef floating* z
     for s in range(t):
-        if g.K == g.F:
+        if direct.on:
+            _direct_run(direct, hs + s * rf, col)
+        elif g.K == g.F:
             src = hs + s * rf
         else:
             _vol2col(hs + s * rf, col, g)
             src = col
-        if g.K > 0:
+        if not direct.on:
             gemm_rowmajor(False, False, <int>g.R, <int>g.G, <int>g.K, <floating>1, src,
                           <int>g.K, rk, <int>g.G, <floating>1, zs + s * rg, <int>g.G)
         for r in prange(g.R, schedule="static", use_threads_if=rg >= _PARALLEL_MIN):
-            convlstm_gates_forward_row(zs + s * rg + r * g.G, cs + s * rf + r * g.F,
-                                       cs + (s + 1) * rf + r * g.F,
-                                       hs + (s + 1) * rf + r * g.F, g.F, act, ract)
+            if direct.on:
+                z = zs + s * rg + r * g.G
+                for j in range(g.G):
+                    z[j] = z[j] + col[r * g.G + j]
+            if floating is float and act == ACT_TANH and ract == ACT_SIGMOID:
+                pynn_gate_lstm_fwd_f(zs + s * rg + r * g.G, cs + s * rf + r * g.F,
+                                     cs + (s + 1) * rf + r * g.F,
+                                     hs + (s + 1) * rf + r * g.F, g.F)
+            else:
+                convlstm_gates_forward_row(zs + s * rg + r * g.G, cs + s * rf + r * g.F,
+                                           cs + (s + 1) * rf + r * g.F,
+                                           hs + (s + 1) * rf + r * g.F, g.F, act, ract)
 
 
 cdef void convlstm_backward_steps(const floating* zs, const floating* rk, const floating* hs,
                                   const floating* cs, const floating* dys, floating* dzs,
                                   floating* drk, floating* dh, floating* dc, floating* col,
-                                  floating* dcol, const Geom* g, Py_ssize_t t, bint sequences,
-                                  int act, int ract) noexcept nogil:
+                                  floating* dcol, const Direct* direct, const Geom* g,
+                                  Py_ssize_t t, bint sequences, int act,
+                                  int ract) noexcept nogil:
     """dys IN: (T, R, F) per-step output gradients when ``sequences``, else (R, F) the last
     step's; dzs OUT (T, R, G); drk OUT (K, G) (overwritten); dh, dc IN the final states'
-    gradients, OUT the initial states'; col, dcol (R, K) scratch."""
+    gradients, OUT the initial states'; col, dcol (R, K) scratch. ``direct.on``: dh_{t-1} is
+    conv3d's direct forward over dz_t padded to a 'full' conv with the kernel flipped in
+    space, its channel axes swapped (conv3d_backward_input's stride-1 path)."""
     cdef Py_ssize_t s, r, j
     cdef Py_ssize_t rf = g.R * g.F, rg = g.R * g.G
     cdef const floating* src
@@ -236,9 +323,16 @@ cdef void convlstm_backward_steps(const floating* zs, const floating* rk, const 
             for r in prange(rf, schedule="static", use_threads_if=rf >= _PARALLEL_MIN):
                 dh[r] += dys[s * rf + r]
         for r in prange(g.R, schedule="static", use_threads_if=rg >= _PARALLEL_MIN):
-            convlstm_gates_backward_row(zs + s * rg + r * g.G, cs + s * rf + r * g.F,
-                                        cs + (s + 1) * rf + r * g.F, dh + r * g.F,
-                                        dc + r * g.F, dzs + s * rg + r * g.G, g.F, act, ract)
+            if floating is float and act == ACT_TANH and ract == ACT_SIGMOID:
+                # (it also zeroes dh's row, which the adjoint below overwrites anyway)
+                pynn_gate_lstm_bwd_f(zs + s * rg + r * g.G, cs + s * rf + r * g.F,
+                                     cs + (s + 1) * rf + r * g.F, dh + r * g.F,
+                                     dc + r * g.F, dzs + s * rg + r * g.G, NULL, g.F)
+            else:
+                convlstm_gates_backward_row(zs + s * rg + r * g.G, cs + s * rf + r * g.F,
+                                            cs + (s + 1) * rf + r * g.F, dh + r * g.F,
+                                            dc + r * g.F, dzs + s * rg + r * g.G, g.F, act,
+                                            ract)
         if g.K == g.F:
             src = hs + s * rf
         else:
@@ -247,7 +341,9 @@ cdef void convlstm_backward_steps(const floating* zs, const floating* rk, const 
         gemm_rowmajor(True, False, <int>g.K, <int>g.G, <int>g.R, <floating>1, src, <int>g.K,
                       dzs + s * rg, <int>g.G, beta, drk, <int>g.G)
         beta = 1
-        if g.K == g.F:
+        if direct.on:
+            _direct_run(direct, dzs + s * rg, dh)
+        elif g.K == g.F:
             gemm_rowmajor(False, True, <int>g.R, <int>g.K, <int>g.G, <floating>1,
                           dzs + s * rg, <int>g.G, rk, <int>g.G, <floating>0, dh, <int>g.K)
         else:
@@ -267,24 +363,87 @@ cdef Geom _geom(dict d):
     return g
 
 
+cdef Geom3 _geom3(dict d):
+    cdef Geom3 s
+    s.N, s.D, s.H, s.W, s.C = d["N"], d["D"], d["H"], d["W"], d["C"]
+    s.KD, s.KH, s.KW, s.F, s.G = d["KD"], d["KH"], d["KW"], d["F"], 1
+    s.CG, s.FG = s.C, s.F
+    s.SD = s.SH = s.SW = s.DD = s.DH = s.DW = 1
+    s.PF = s.PT = s.PL = 0
+    s.DO, s.HO, s.WO = d["DO"], d["HO"], d["WO"]
+    s.K = s.KD * s.KH * s.KW * s.C
+    s.DP, s.HP, s.WP = d["DP"], d["HP"], d["WP"]
+    return s
+
+
+cdef Direct _direct(tuple plan, const floating[::1] xp, const floating[::1] w,
+                    floating[::1] wp, const Py_ssize_t[::1] aseg, const Py_ssize_t[::1] bseg,
+                    const Py_ssize_t[::1] bseg_last, Py_ssize_t[::1] roff):
+    """The Direct of _direct_plan's ``plan`` (geometry dict, tn, offsets) on these buffers."""
+    cdef Direct p
+    geometry, tn, (od, oh, ow) = plan
+    p.on = True
+    p.g = _geom3(geometry)
+    if (xp.shape[0] < p.g.N * p.g.DP * p.g.HP * p.g.WP * p.g.C or wp.shape[0] < w.shape[0]
+            or w.shape[0] != p.g.K * p.g.F):
+        raise ValueError("convlstm: direct conv buffers do not fit the geometry")
+    p.xp, p.w, p.wp, p.roff = <void*>&xp[0], <const void*>&w[0], <void*>&wp[0], &roff[0]
+    p.aseg, p.bseg, p.bseg_last = &aseg[0], &bseg[0], &bseg_last[0]
+    p.nseg, p.tn, p.od, p.oh, p.ow = aseg.shape[0], tn, od, oh, ow
+    return p
+
+
 def _run_forward(floating[::1] zs, const floating[::1] rk, floating[::1] hs,
                  floating[::1] cs, floating[::1] col, dict geometry, Py_ssize_t t, int act,
-                 int ract):
+                 int ract, tuple direct=None):
     cdef Geom g = _geom(geometry)
+    cdef Direct p
+    p.on = False
+    if direct is not None:
+        p = _direct[floating](direct[0], direct[1], direct[2], direct[3], direct[4],
+                              direct[5], direct[6], direct[7])
     with nogil:
-        convlstm_forward_steps(&zs[0], &rk[0], &hs[0], &cs[0], &col[0], &g, t, act, ract)
+        convlstm_forward_steps(&zs[0], &rk[0], &hs[0], &cs[0], &col[0], &p, &g, t, act, ract)
 
 
 def _run_backward(const floating[::1] zs, const floating[::1] rk, const floating[::1] hs,
                   const floating[::1] cs, const floating[::1] dys, floating[::1] dzs,
                   floating[::1] drk, floating[::1] dh, floating[::1] dc, floating[::1] col,
                   floating[::1] dcol, dict geometry, Py_ssize_t t, bint sequences, int act,
-                  int ract):
+                  int ract, tuple direct=None):
     cdef Geom g = _geom(geometry)
+    cdef Direct p
+    p.on = False
+    if direct is not None:
+        p = _direct[floating](direct[0], direct[1], direct[2], direct[3], direct[4],
+                              direct[5], direct[6], direct[7])
     with nogil:
         convlstm_backward_steps(&zs[0], &rk[0], &hs[0], &cs[0], &dys[0], &dzs[0], &drk[0],
-                                &dh[0], &dc[0], &col[0], &dcol[0], &g, t, sequences, act,
+                                &dh[0], &dc[0], &col[0], &dcol[0], &p, &g, t, sequences, act,
                                 ract)
+
+
+def _direct_plan(g, dtype, backward):
+    """conv3d's direct path for the step's recurrent conv (forward) or its input gradient
+    (backward), where conv3d's own rules (_use_direct) take it: -> (plan, xp, kernel scratch
+    size, segment tables) or None. Forward: h padded by Keras's 'same' pads; backward: dz
+    padded to a 'full' conv (the kernel flipped and transposed by the caller)."""
+    f, gates = g["F"], 4 * g["F"]
+    ext = (g["KD"], g["KH"], g["KW"])
+    pads = [(k - 1) // 2 for k in ext]
+    c_in, c_out = (gates, f) if backward else (f, gates)
+    offsets = tuple(k - 1 - p for k, p in zip(ext, pads)) if backward else tuple(pads)
+    padded = (g["N"], g["D"] + ext[0] - 1, g["H"] + ext[1] - 1, g["W"] + ext[2] - 1, c_in)
+    geometry = dict(N=g["N"], D=g["D"], H=g["H"], W=g["W"], C=c_in, KD=ext[0], KH=ext[1],
+                    KW=ext[2], F=c_out, G=1, SD=1, SH=1, SW=1, DD=1, DH=1, DW=1, PF=0, PT=0,
+                    PL=0, DO=g["D"], HO=g["H"], WO=g["W"], DP=padded[1], HP=padded[2],
+                    WP=padded[3])
+    size = g["N"] * g["D"] * g["H"] * g["W"] * c_in
+    if ext == (1, 1, 1) or not _conv3d._use_direct(geometry, c_out, int(np.prod(padded)),
+                                                    size, backward_input=backward):
+        return None
+    aseg, bseg, bseg_last, tn, roff = _conv3d._direct_forward_plan(geometry, dtype)
+    return (geometry, tn, offsets), np.zeros(padded, dtype=dtype), aseg, bseg, bseg_last, roff
 
 
 def _time_major(a, go_backwards):
@@ -318,11 +477,18 @@ def convlstm_forward(xw, recurrent_kernel, h0, c0, activation="tanh",
     hs[0] = 0 if h0 is None else h0
     cs[0] = 0 if c0 is None else c0
     k = g["KD"] * g["KH"] * g["KW"] * g["F"]
-    col_size = 1 if k == g["F"] else max(hs[0].size // max(g["F"], 1) * k, 1)
+    rows = hs[0].size // g["F"]
+    plan = _direct_plan(g, xw.dtype, False) if zs.size else None
+    col_size = rows * 4 * g["F"] if plan else (1 if k == g["F"] else max(rows * k, 1))
     if zs.size:
-        with scratch(xw.dtype, (col_size,)) as (col,):
+        with scratch(xw.dtype, (col_size,), (rk.size,)) as (col, panels):
+            direct = None
+            if plan:
+                layout, xp, aseg, bseg, bseg_last, roff = plan
+                direct = (layout, xp.reshape(-1), rk.reshape(-1), panels, aseg, bseg,
+                          bseg_last, roff)
             _run_forward(zs.reshape(-1), rk.reshape(-1), hs.reshape(-1), cs.reshape(-1),
-                         col.reshape(-1), g, t, act, ract)
+                         col.reshape(-1), g, t, act, ract, direct)
     else:
         hs[1:] = hs[0]
         cs[1:] = cs[0]
@@ -349,12 +515,22 @@ def convlstm_backward(dy, dh_last, dc_last, recurrent_kernel, cache, activation=
     dc = np.zeros(hs.shape[1:], dtype=zs.dtype) if dc_last is None else dc_last.copy()
     k = g["KD"] * g["KH"] * g["KW"] * g["F"]
     col_size = max(hs[0].size // max(g["F"], 1) * k, 1)
+    plan = _direct_plan(g, zs.dtype, True) if zs.size else None
     if zs.size and k:
-        with scratch(zs.dtype, (col_size,), (col_size,)) as (col, dcol):
+        with scratch(zs.dtype, (col_size,), (1 if plan else col_size,),
+                     (rk.size,)) as (col, dcol, panels):
+            direct = None
+            if plan:
+                # dh = the forward conv of dz padded to 'full', the kernel flipped in space
+                # with its channel axes swapped
+                layout, xp, aseg, bseg, bseg_last, roff = plan
+                flipped = np.ascontiguousarray(rk[::-1, ::-1, ::-1].transpose(0, 1, 2, 4, 3))
+                direct = (layout, xp.reshape(-1), flipped.reshape(-1), panels, aseg, bseg,
+                          bseg_last, roff)
             _run_backward(zs.reshape(-1), rk.reshape(-1), hs.reshape(-1), cs.reshape(-1),
                           dys.reshape(-1), dzs.reshape(-1), drk.reshape(-1), dh.reshape(-1),
                           dc.reshape(-1), col.reshape(-1), dcol.reshape(-1), g, t,
-                          bool(return_sequences), act, ract)
+                          bool(return_sequences), act, ract, direct)
     else:
         dzs[...] = 0
     return _batch_major(dzs, go_backwards), drk, dh, dc

@@ -26,6 +26,17 @@ OP_CASES = [
 OP_IDS = [f"{xw}-k{k}" for xw, k in OP_CASES]
 
 
+@pytest.fixture(params=["direct", "vol2col"])
+def algo(request):
+    """The recurrent conv's two CPU paths: conv3d's direct microkernel through its capsule
+    (forward, and the input gradient's 'full' conv) or vol2col + BLAS; conv3d's knob."""
+    from pynn._native import conv3d
+
+    old = conv3d._set_algo(request.param)
+    yield request.param
+    conv3d._set_algo(old)
+
+
 def _op_inputs(rng, xw_shape, kext, dtype, states=True):
     f = xw_shape[-1] // 4
     state = xw_shape[:1] + xw_shape[2:-1] + (f,)
@@ -39,7 +50,8 @@ def _op_inputs(rng, xw_shape, kext, dtype, states=True):
 @pytest.mark.parametrize("xw_shape,kext", OP_CASES, ids=OP_IDS)
 @pytest.mark.parametrize("go_backwards", [False, True], ids=["fwd", "bwd"])
 @pytest.mark.parametrize("return_sequences", [False, True], ids=["last", "seq"])
-def test_convlstm_ops_match_reference(target, xw_shape, kext, go_backwards, return_sequences):
+def test_convlstm_ops_match_reference(target, algo, xw_shape, kext, go_backwards,
+                                      return_sequences):
     rng = np.random.default_rng(sum(xw_shape) + sum(kext))
     dtype = target.dtype
     xw, rk, h0, c0 = _op_inputs(rng, xw_shape, kext, dtype, states=sum(xw_shape) % 2 == 0)
@@ -74,7 +86,7 @@ def test_convlstm_ops_match_reference(target, xw_shape, kext, go_backwards, retu
 
 @pytest.mark.parametrize("xw_shape,kext", OP_CASES[:4], ids=OP_IDS[:4])
 @pytest.mark.parametrize("go_backwards,return_sequences", [(False, True), (True, False)])
-def test_convlstm_backward_by_central_differences(xw_shape, kext, go_backwards,
+def test_convlstm_backward_by_central_differences(algo, xw_shape, kext, go_backwards,
                                                   return_sequences):
     """Every input of the op: xw, the recurrent kernel and both initial states, against
     central differences of the float64 oracle (the final states' gradients given too)."""
@@ -99,7 +111,7 @@ def test_convlstm_backward_by_central_differences(xw_shape, kext, go_backwards,
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_thread_count_invariance(num_threads, dtype):
+def test_thread_count_invariance(num_threads, algo, dtype):
     """The gather adjoint and row-parallel gates give the same bits on any thread count."""
     from pynn.backend import cpu
 
@@ -208,7 +220,7 @@ def make(name, kwargs):
 
 
 @pytest.mark.parametrize("name,kwargs,shape", LAYER_CASES, ids=LAYER_IDS)
-def test_gradients_by_finite_differences(float64, seeded, name, kwargs, shape):
+def test_gradients_by_finite_differences(float64, seeded, algo, name, kwargs, shape):
     layer = make(name, kwargs)
     y = check_layer(layer, _x(seeded, *shape), seeded)
     assert y.shape[1:] == layer.output_shape[1:]
