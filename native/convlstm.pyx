@@ -239,11 +239,11 @@ cdef inline void convlstm_gates_forward_row(floating* z, const floating* cp, flo
 
 
 cdef inline void convlstm_gates_backward_row(const floating* z, const floating* cp,
-                                             const floating* cn, const floating* dh,
+                                             const floating* cn, floating* dh,
                                              floating* dc, floating* dz, Py_ssize_t f, int act,
                                              int ract) noexcept nogil:
-    """dz: the row's gate pre-activation gradients from dh (this step's h) and dc (carried,
-    becomes dc_{t-1})."""
+    """dz: the row's gate pre-activation gradients from dh (this step's h; left zero, as
+    _gate_act.h's cell leaves it) and dc (carried, becomes dc_{t-1})."""
     cdef Py_ssize_t j
     cdef double i, fg, cc, o, ac, d, eps
     for j in range(f):
@@ -258,17 +258,20 @@ cdef inline void convlstm_gates_backward_row(const floating* z, const floating* 
         dz[2 * f + j] = <floating>(d * i * _dact_from_output(act, cc))
         dz[3 * f + j] = <floating>(dh[j] * ac * _dact_from_output(ract, o))
         dc[j] = <floating>(d * fg)
+        dh[j] = 0
 
 
 # -- the step loops -------------------------------------------------------------------------------
 
 cdef void convlstm_forward_steps(floating* zs, const floating* rk, floating* hs, floating* cs,
-                                 floating* col, const Direct* direct, const Geom* g,
-                                 Py_ssize_t t, int act, int ract) noexcept nogil:
+                                 floating* col, const floating* mask, const Direct* direct,
+                                 const Geom* g, Py_ssize_t t, int act, int ract) noexcept nogil:
     """zs (T, R, G) IN the input pre-activations, OUT the gates; hs, cs (T + 1, R, F) IN
     step 0, OUT the rest; col scratch: (R, K) for vol2col (unused for a 1x1x1 kernel), or
-    (R, G) for the recurrent conv's output when ``direct.on``."""
+    (R, G) for the recurrent conv's output when ``direct.on``. mask (T, N) in processing order
+    or NULL: a masked sample keeps its states (Keras)."""
     cdef Py_ssize_t s, r, j
+    cdef Py_ssize_t sites = g.D * g.H * g.W
     cdef Py_ssize_t rf = g.R * g.F, rg = g.R * g.G
     cdef const floating* src
     cdef floating* z
@@ -284,6 +287,12 @@ cdef void convlstm_forward_steps(floating* zs, const floating* rk, floating* hs,
             gemm_rowmajor(False, False, <int>g.R, <int>g.G, <int>g.K, <floating>1, src,
                           <int>g.K, rk, <int>g.G, <floating>1, zs + s * rg, <int>g.G)
         for r in prange(g.R, schedule="static", use_threads_if=rg >= _PARALLEL_MIN):
+            if mask != NULL and mask[s * g.N + r // sites] == 0:
+                memcpy(cs + (s + 1) * rf + r * g.F, cs + s * rf + r * g.F,
+                       g.F * sizeof(floating))
+                memcpy(hs + (s + 1) * rf + r * g.F, hs + s * rf + r * g.F,
+                       g.F * sizeof(floating))
+                continue
             if direct.on:
                 z = zs + s * rg + r * g.G
                 for j in range(g.G):
@@ -301,14 +310,18 @@ cdef void convlstm_forward_steps(floating* zs, const floating* rk, floating* hs,
 cdef void convlstm_backward_steps(const floating* zs, const floating* rk, const floating* hs,
                                   const floating* cs, const floating* dys, floating* dzs,
                                   floating* drk, floating* dh, floating* dc, floating* col,
-                                  floating* dcol, const Direct* direct, const Geom* g,
-                                  Py_ssize_t t, bint sequences, int act,
-                                  int ract) noexcept nogil:
+                                  floating* dcol, floating* dhn, const floating* mask,
+                                  const Direct* direct, const Geom* g, Py_ssize_t t,
+                                  bint sequences, int act, int ract) noexcept nogil:
     """dys IN: (T, R, F) per-step output gradients when ``sequences``, else (R, F) the last
     step's; dzs OUT (T, R, G); drk OUT (K, G) (overwritten); dh, dc IN the final states'
     gradients, OUT the initial states'; col, dcol (R, K) scratch. ``direct.on``: dh_{t-1} is
     conv3d's direct forward over dz_t padded to a 'full' conv with the kernel flipped in
-    space, its channel axes swapped (conv3d_backward_input's stride-1 path)."""
+    space, its channel axes swapped (conv3d_backward_input's stride-1 path). mask (T, N) or
+    NULL: a masked sample's gate gradients are zero and dh, dc pass the step unchanged (the
+    conv adjoint of its zero dz adds nothing to it); dhn (R, F) scratch, with a mask only."""
+    cdef Py_ssize_t sites = g.D * g.H * g.W
+    cdef floating* adj
     cdef Py_ssize_t s, r, j
     cdef Py_ssize_t rf = g.R * g.F, rg = g.R * g.G
     cdef const floating* src
@@ -323,8 +336,10 @@ cdef void convlstm_backward_steps(const floating* zs, const floating* rk, const 
             for r in prange(rf, schedule="static", use_threads_if=rf >= _PARALLEL_MIN):
                 dh[r] += dys[s * rf + r]
         for r in prange(g.R, schedule="static", use_threads_if=rg >= _PARALLEL_MIN):
-            if floating is float and act == ACT_TANH and ract == ACT_SIGMOID:
-                # (it also zeroes dh's row, which the adjoint below overwrites anyway)
+            if mask != NULL and mask[s * g.N + r // sites] == 0:
+                memset(dzs + s * rg + r * g.G, 0, g.G * sizeof(floating))
+            elif floating is float and act == ACT_TANH and ract == ACT_SIGMOID:
+                # (it leaves dh's row zero, as the generic row does: the adjoint adds to it)
                 pynn_gate_lstm_bwd_f(zs + s * rg + r * g.G, cs + s * rf + r * g.F,
                                      cs + (s + 1) * rf + r * g.F, dh + r * g.F,
                                      dc + r * g.F, dzs + s * rg + r * g.G, NULL, g.F)
@@ -341,15 +356,21 @@ cdef void convlstm_backward_steps(const floating* zs, const floating* rk, const 
         gemm_rowmajor(True, False, <int>g.K, <int>g.G, <int>g.R, <floating>1, src, <int>g.K,
                       dzs + s * rg, <int>g.G, beta, drk, <int>g.G)
         beta = 1
+        # dh_{t-1} = (masked rows' carried dh) + the conv adjoint of dz; without a mask every
+        # row of dh is zero here and the adjoint is written over it
+        adj = dh if mask == NULL else dhn
         if direct.on:
-            _direct_run(direct, dzs + s * rg, dh)
+            _direct_run(direct, dzs + s * rg, adj)
         elif g.K == g.F:
             gemm_rowmajor(False, True, <int>g.R, <int>g.K, <int>g.G, <floating>1,
-                          dzs + s * rg, <int>g.G, rk, <int>g.G, <floating>0, dh, <int>g.K)
+                          dzs + s * rg, <int>g.G, rk, <int>g.G, <floating>0, adj, <int>g.K)
         else:
             gemm_rowmajor(False, True, <int>g.R, <int>g.K, <int>g.G, <floating>1,
                           dzs + s * rg, <int>g.G, rk, <int>g.G, <floating>0, dcol, <int>g.K)
-            _col2vol(dcol, dh, g)
+            _col2vol(dcol, adj, g)
+        if mask != NULL:
+            for r in prange(rf, schedule="static", use_threads_if=rf >= _PARALLEL_MIN):
+                dh[r] += dhn[r]
 
 
 cdef Geom _geom(dict d):
@@ -394,8 +415,8 @@ cdef Direct _direct(tuple plan, const floating[::1] xp, const floating[::1] w,
 
 
 def _run_forward(floating[::1] zs, const floating[::1] rk, floating[::1] hs,
-                 floating[::1] cs, floating[::1] col, dict geometry, Py_ssize_t t, int act,
-                 int ract, tuple direct=None):
+                 floating[::1] cs, floating[::1] col, const floating[::1] mask,
+                 dict geometry, Py_ssize_t t, int act, int ract, tuple direct=None):
     cdef Geom g = _geom(geometry)
     cdef Direct p
     p.on = False
@@ -403,14 +424,16 @@ def _run_forward(floating[::1] zs, const floating[::1] rk, floating[::1] hs,
         p = _direct[floating](direct[0], direct[1], direct[2], direct[3], direct[4],
                               direct[5], direct[6], direct[7])
     with nogil:
-        convlstm_forward_steps(&zs[0], &rk[0], &hs[0], &cs[0], &col[0], &p, &g, t, act, ract)
+        convlstm_forward_steps(&zs[0], &rk[0], &hs[0], &cs[0], &col[0],
+                               &mask[0] if mask is not None else NULL, &p, &g, t, act, ract)
 
 
 def _run_backward(const floating[::1] zs, const floating[::1] rk, const floating[::1] hs,
                   const floating[::1] cs, const floating[::1] dys, floating[::1] dzs,
                   floating[::1] drk, floating[::1] dh, floating[::1] dc, floating[::1] col,
-                  floating[::1] dcol, dict geometry, Py_ssize_t t, bint sequences, int act,
-                  int ract, tuple direct=None):
+                  floating[::1] dcol, floating[::1] dhn, const floating[::1] mask,
+                  dict geometry, Py_ssize_t t, bint sequences, int act, int ract,
+                  tuple direct=None):
     cdef Geom g = _geom(geometry)
     cdef Direct p
     p.on = False
@@ -419,8 +442,9 @@ def _run_backward(const floating[::1] zs, const floating[::1] rk, const floating
                               direct[5], direct[6], direct[7])
     with nogil:
         convlstm_backward_steps(&zs[0], &rk[0], &hs[0], &cs[0], &dys[0], &dzs[0], &drk[0],
-                                &dh[0], &dc[0], &col[0], &dcol[0], &p, &g, t, sequences, act,
-                                ract)
+                                &dh[0], &dc[0], &col[0], &dcol[0], &dhn[0],
+                                &mask[0] if mask is not None else NULL, &p, &g, t, sequences,
+                                act, ract)
 
 
 def _direct_plan(g, dtype, backward):
@@ -458,20 +482,40 @@ def _batch_major(a, go_backwards):
     return np.ascontiguousarray(np.moveaxis(a[::-1] if go_backwards else a, 0, 1))
 
 
-def convlstm_forward(xw, recurrent_kernel, h0, c0, activation="tanh",
+def _output_weights(mask, go_backwards, zero_output_for_mask, dtype):
+    """Keras's masked outputs as weights of the states: (T, N) in processing order, 1 where
+    the output is the step's h; else 0: the previous output, which is the last unmasked
+    step's h (the state kept since) or zeros before the first one; zero_output_for_mask
+    zeros every masked step's output. -> (mask, weights) in processing order, or Nones."""
+    if mask is None:
+        return None, None
+    m = np.ascontiguousarray((mask[:, ::-1] if go_backwards else mask).T, dtype=dtype)
+    weights = m if zero_output_for_mask else np.maximum.accumulate(m, axis=0)
+    return m, weights
+
+
+def _weighted(a, weights, s=None):
+    """a (T, N, ...) (or step s's (N, ...)) times the output weights, broadcast."""
+    w = weights if s is None else weights[s]
+    return a * w.reshape(w.shape + (1,) * (a.ndim - w.ndim))
+
+
+def convlstm_forward(xw, recurrent_kernel, h0, c0, mask=None, activation="tanh",
                      recurrent_activation="sigmoid", return_sequences=False,
-                     go_backwards=False):
+                     go_backwards=False, zero_output_for_mask=False):
     """The ConvLSTM recurrence -> (y, h_last, c_last, cache).
 
     xw (N, T, D, H, W, 4F), recurrent_kernel (KD, KH, KW, F, 4F), h0 / c0 (N, D, H, W, F) or
-    None (zeros). y (N, T, D, H, W, F) in processing order when return_sequences, else the
-    last h; cache is what convlstm_backward reads.
+    None (zeros); mask (N, T) of 1/0 at the input's time index, or None. y (N, T, D, H, W, F)
+    in processing order when return_sequences, else the last output; cache is what
+    convlstm_backward reads.
     """
-    xw, rk, h0, c0, act, ract, g = operands.convlstm_forward(
-        HOST, xw, recurrent_kernel, h0, c0, activation, recurrent_activation)
+    xw, rk, h0, c0, mask, act, ract, g = operands.convlstm_forward(
+        HOST, xw, recurrent_kernel, h0, c0, mask, activation, recurrent_activation)
     n, t = xw.shape[:2]
     state_shape = (g["N"], g["D"], g["H"], g["W"], g["F"])
     zs = _time_major(xw, go_backwards)
+    steps_mask, weights = _output_weights(mask, go_backwards, zero_output_for_mask, xw.dtype)
     hs = np.empty((t + 1,) + state_shape, dtype=xw.dtype)
     cs = np.empty_like(hs)
     hs[0] = 0 if h0 is None else h0
@@ -488,12 +532,17 @@ def convlstm_forward(xw, recurrent_kernel, h0, c0, activation="tanh",
                 direct = (layout, xp.reshape(-1), rk.reshape(-1), panels, aseg, bseg,
                           bseg_last, roff)
             _run_forward(zs.reshape(-1), rk.reshape(-1), hs.reshape(-1), cs.reshape(-1),
-                         col.reshape(-1), g, t, act, ract, direct)
+                         col.reshape(-1), None if steps_mask is None else steps_mask.reshape(-1),
+                         g, t, act, ract, direct)
     else:
         hs[1:] = hs[0]
         cs[1:] = cs[0]
-    y = _batch_major(hs[1:], False) if return_sequences else hs[t].copy()
-    return y, hs[t].copy(), cs[t].copy(), (zs, hs, cs, g)
+    if weights is None:
+        y = _batch_major(hs[1:], False) if return_sequences else hs[t].copy()
+    else:
+        y = (_batch_major(_weighted(hs[1:], weights), False) if return_sequences
+             else _weighted(hs[t], weights, t - 1))
+    return y, hs[t].copy(), cs[t].copy(), (zs, hs, cs, g, steps_mask, weights)
 
 
 def convlstm_backward(dy, dh_last, dc_last, recurrent_kernel, cache, activation="tanh",
@@ -503,12 +552,14 @@ def convlstm_backward(dy, dh_last, dc_last, recurrent_kernel, cache, activation=
 
     dy shaped like convlstm_forward's y; dh_last / dc_last the final states' gradients or
     None."""
-    zs, hs, cs, g = cache
+    zs, hs, cs, g, steps_mask, weights = cache
     dy, dh_last, dc_last, rk, act, ract = operands.convlstm_backward(
         HOST, dy, dh_last, dc_last, recurrent_kernel, zs, hs, activation,
         recurrent_activation, return_sequences)
     t = zs.shape[0]
     dys = _time_major(dy, False) if return_sequences else dy
+    if weights is not None:
+        dys = np.ascontiguousarray(_weighted(dys, weights, None if return_sequences else t - 1))
     dzs = np.empty_like(zs)
     drk = np.zeros(rk.shape, dtype=zs.dtype)
     dh = np.zeros(hs.shape[1:], dtype=zs.dtype) if dh_last is None else dh_last.copy()
@@ -517,8 +568,8 @@ def convlstm_backward(dy, dh_last, dc_last, recurrent_kernel, cache, activation=
     col_size = max(hs[0].size // max(g["F"], 1) * k, 1)
     plan = _direct_plan(g, zs.dtype, True) if zs.size else None
     if zs.size and k:
-        with scratch(zs.dtype, (col_size,), (1 if plan else col_size,),
-                     (rk.size,)) as (col, dcol, panels):
+        with scratch(zs.dtype, (col_size,), (1 if plan else col_size,), (rk.size,),
+                     (1 if steps_mask is None else dh.size,)) as (col, dcol, panels, dhn):
             direct = None
             if plan:
                 # dh = the forward conv of dz padded to 'full', the kernel flipped in space
@@ -529,7 +580,8 @@ def convlstm_backward(dy, dh_last, dc_last, recurrent_kernel, cache, activation=
                           bseg_last, roff)
             _run_backward(zs.reshape(-1), rk.reshape(-1), hs.reshape(-1), cs.reshape(-1),
                           dys.reshape(-1), dzs.reshape(-1), drk.reshape(-1), dh.reshape(-1),
-                          dc.reshape(-1), col.reshape(-1), dcol.reshape(-1), g, t,
+                          dc.reshape(-1), col.reshape(-1), dcol.reshape(-1), dhn.reshape(-1),
+                          None if steps_mask is None else steps_mask.reshape(-1), g, t,
                           bool(return_sequences), act, ract, direct)
     else:
         dzs[...] = 0

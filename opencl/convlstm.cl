@@ -7,7 +7,9 @@
  * F filters, G = 4F gates (i, f, c, o: Keras's order), KD/KH/KW the recurrent kernel extents
  * (Keras's 'same' stride-1 conv: leading pads (k - 1) / 2). xw (N, T, S, G); recurrent kernel
  * (KD, KH, KW, F, G); the gates gs (T, R, G) and states hs, cs (T + 1, R, F) in processing
- * order, step 0 the initial state; s the processing step, tx its input time index.
+ * order, step 0 the initial state; s the processing step, tx its input time index. mask and
+ * the output weights (N, T) at the input's time index, or NULL: a masked sample keeps its
+ * states, and its output is weights * h (Keras's previous output or zeros).
  * One work-item per (row, filter) for the step kernels: it owns the filter's four gates, so
  * the gate elementwise is fused into the conv without another pass. dh is a gather (no
  * atomics, a fixed order); the recurrent kernel's gradient one work-item per entry, summed
@@ -53,14 +55,36 @@ inline float cl_dact(const int code, const float y)
     return 1.0f;
 }
 
-/* One step: z = xw[:, tx] + conv_same(h_{s}, rk), gates, c_{s+1}, h_{s+1}; y (N, T, S, F)
- * receives h at [n, s] when it is not NULL (return_sequences). */
+/* Per sample: the output weights of the steps (native/convlstm.pyx's _output_weights): 1 for
+ * an unmasked step; a masked one 0 with zero_output, else whether any step so far (in
+ * processing order) was unmasked. */
+__kernel void convlstm_output_weights(__global const float *restrict mask,
+                                      __global float *restrict weights, const int N,
+                                      const int T, const int go_backwards,
+                                      const int zero_output)
+{
+    const int n = get_global_id(0);
+    GUARD(n, N);
+    float seen = 0.0f;
+    for (int s = 0; s < T; ++s) {
+        const int tx = go_backwards ? T - 1 - s : s;
+        const float m = mask[(size_t)n * T + tx] != 0.0f ? 1.0f : 0.0f;
+        seen = fmax(seen, m);
+        weights[(size_t)n * T + tx] = zero_output ? m : seen;
+    }
+}
+
+/* One step: z = xw[:, tx] + conv_same(h_{s}, rk), gates, c_{s+1}, h_{s+1}; with write_y, y
+ * receives the output: (N, T, S, F) at [n, s] with sequences, else (R, F). */
 __kernel void convlstm_step_forward(__global const float *restrict xw,
                                     __global const float *restrict rk,
                                     __global float *restrict gs, __global float *restrict hs,
-                                    __global float *restrict cs, __global float *restrict y,
-                                    const int T, const int s, const int tx, const int act,
-                                    const int ract, CL_GEOM)
+                                    __global float *restrict cs,
+                                    __global const float *restrict mask,
+                                    __global const float *restrict weights,
+                                    __global float *restrict y, const int write_y,
+                                    const int sequences, const int T, const int s, const int tx,
+                                    const int act, const int ract, CL_GEOM)
 {
     const int gid = get_global_id(0);
     const int S = D * H * W, R = N * S, G = 4 * F;
@@ -101,8 +125,9 @@ __kernel void convlstm_step_forward(__global const float *restrict xw,
     const float i = cl_act(ract, zi), f = cl_act(ract, zf);
     const float cc = cl_act(act, zc), o = cl_act(ract, zo);
     const size_t row = (size_t)r * F + j;
-    const float c = f * cs[(size_t)s * R * F + row] + i * cc;
-    const float h = o * cl_act(act, c);
+    const bool kept = mask && mask[(size_t)n * T + tx] == 0.0f;
+    const float c = kept ? cs[(size_t)s * R * F + row] : f * cs[(size_t)s * R * F + row] + i * cc;
+    const float h = kept ? hs[(size_t)s * R * F + row] : o * cl_act(act, c);
     __global float *grow = gs + ((size_t)s * R + r) * G;
     grow[j] = i;
     grow[F + j] = f;
@@ -110,8 +135,10 @@ __kernel void convlstm_step_forward(__global const float *restrict xw,
     grow[3 * F + j] = o;
     cs[(size_t)(s + 1) * R * F + row] = c;
     hs[(size_t)(s + 1) * R * F + row] = h;
-    if (y)
-        y[(((size_t)n * T + s) * S + site) * F + j] = h;
+    if (write_y) {
+        const float out = weights ? h * weights[(size_t)n * T + tx] : h;
+        y[sequences ? (((size_t)n * T + s) * S + site) * F + j : row] = out;
+    }
 }
 
 /* The gate gradients of step s into dxw (N, T, S, G) at [n, tx]; dh IN the carried state
@@ -120,7 +147,9 @@ __kernel void convlstm_step_forward(__global const float *restrict xw,
 __kernel void convlstm_step_gates_backward(__global const float *restrict gs,
                                            __global const float *restrict cs,
                                            __global const float *restrict dy,
-                                           __global const float *restrict dh,
+                                           __global const float *restrict mask,
+                                           __global const float *restrict weights,
+                                           __global float *restrict dh,
                                            __global float *restrict dc,
                                            __global float *restrict dxw, const int T,
                                            const int s, const int tx, const int dy_mode,
@@ -133,16 +162,23 @@ __kernel void convlstm_step_gates_backward(__global const float *restrict gs,
     const int r = gid / F;
     const int n = r / S, site = r % S;
     const size_t row = (size_t)r * F + j;
+    const float w = weights ? weights[(size_t)n * T + tx] : 1.0f;
     float dhv = dh[row];
     if (dy_mode == 1)
-        dhv += dy[(((size_t)n * T + s) * S + site) * F + j];
+        dhv += w * dy[(((size_t)n * T + s) * S + site) * F + j];
     else if (dy_mode == 2)
-        dhv += dy[row];
+        dhv += w * dy[row];
+    __global float *drow = dxw + (((size_t)n * T + tx) * S + site) * G;
+    if (mask && mask[(size_t)n * T + tx] == 0.0f) {
+        /* the states passed this step unchanged: so do their gradients */
+        drow[j] = drow[F + j] = drow[2 * F + j] = drow[3 * F + j] = 0.0f;
+        dh[row] = dhv;
+        return;
+    }
     __global const float *grow = gs + ((size_t)s * R + r) * G;
     const float i = grow[j], f = grow[F + j], cc = grow[2 * F + j], o = grow[3 * F + j];
     const float ac = cl_act(act, cs[(size_t)(s + 1) * R * F + row]);
     const float d = dc[row] + dhv * o * cl_dact(act, ac);
-    __global float *drow = dxw + (((size_t)n * T + tx) * S + site) * G;
     drow[j] = d * cc * cl_dact(ract, i);
     drow[F + j] = d * cs[(size_t)s * R * F + row] * cl_dact(ract, f);
     drow[2 * F + j] = d * i * cl_dact(act, cc);
@@ -151,9 +187,11 @@ __kernel void convlstm_step_gates_backward(__global const float *restrict gs,
 }
 
 /* dh (R, F) = the gradient reaching h_{s-1} through step s's recurrent conv: a gather over
- * the sites that read it, from dxw's gate gradients at [n, tx]. */
+ * the sites that read it, from dxw's gate gradients at [n, tx]; plus, for a masked sample,
+ * the gradient its kept state carries through the step. */
 __kernel void convlstm_step_dh(__global const float *restrict dxw,
-                               __global const float *restrict rk, __global float *restrict dh,
+                               __global const float *restrict rk,
+                               __global const float *restrict mask, __global float *restrict dh,
                                const int T, const int tx, CL_GEOM)
 {
     const int gid = get_global_id(0);
@@ -186,6 +224,8 @@ __kernel void convlstm_step_dh(__global const float *restrict dxw,
             }
         }
     }
+    if (mask && mask[(size_t)n * T + tx] == 0.0f)
+        acc += dh[(size_t)r * F + q];
     dh[(size_t)r * F + q] = acc;
 }
 

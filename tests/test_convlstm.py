@@ -47,19 +47,33 @@ def _op_inputs(rng, xw_shape, kext, dtype, states=True):
     return xw, rk, h0, c0
 
 
+def _mask(rng, n, t, dtype, zero_output=False):
+    """Keras's (N, T) step mask: random, with a masked first step, and (zero_output, several
+    samples) an all-masked sample."""
+    mask = (rng.random((n, t)) > 0.35).astype(dtype)
+    mask[0, 0] = mask[-1, -1] = 0
+    if zero_output and n > 1:
+        mask[-1] = 0
+    return mask
+
+
 @pytest.mark.parametrize("xw_shape,kext", OP_CASES, ids=OP_IDS)
 @pytest.mark.parametrize("go_backwards", [False, True], ids=["fwd", "bwd"])
 @pytest.mark.parametrize("return_sequences", [False, True], ids=["last", "seq"])
+@pytest.mark.parametrize("masked", [None, "mask", "zero_output"])
 def test_convlstm_ops_match_reference(target, algo, xw_shape, kext, go_backwards,
-                                      return_sequences):
+                                      return_sequences, masked):
     rng = np.random.default_rng(sum(xw_shape) + sum(kext))
     dtype = target.dtype
     xw, rk, h0, c0 = _op_inputs(rng, xw_shape, kext, dtype, states=sum(xw_shape) % 2 == 0)
     acts = ("tanh", "sigmoid") if xw_shape[0] != 3 else ("relu", "hard_sigmoid")
+    zero_output = masked == "zero_output"
+    mask = _mask(rng, *xw_shape[:2], dtype, zero_output) if masked else None
     y, h, c, cache = target.ops.convlstm_forward(
-        *[None if a is None else target.up(a) for a in (xw, rk, h0, c0)], *acts,
-        return_sequences, go_backwards)
-    want = ref.convlstm_forward_ref(xw, rk, h0, c0, *acts, return_sequences, go_backwards)
+        *[None if a is None else target.up(a) for a in (xw, rk, h0, c0, mask)], *acts,
+        return_sequences, go_backwards, zero_output)
+    want = ref.convlstm_forward_ref(xw, rk, h0, c0, mask, *acts, return_sequences,
+                                    go_backwards, zero_output)
     # float32: relu states grow over the steps, and their rounding with them.
     tol = 1e-12 if dtype == np.float64 else 1e-4
     for name, got, w in zip(("y", "h_last", "c_last"), (y, h, c), want):
@@ -75,8 +89,8 @@ def test_convlstm_ops_match_reference(target, algo, xw_shape, kext, go_backwards
     if target.is_opencl:
         from pynn.backend import cpu
 
-        _, _, _, host_cache = cpu.convlstm_forward(xw, rk, h0, c0, *acts, return_sequences,
-                                                   go_backwards)
+        _, _, _, host_cache = cpu.convlstm_forward(xw, rk, h0, c0, mask, *acts,
+                                                   return_sequences, go_backwards, zero_output)
         wants = cpu.convlstm_backward(dy, dh, dc, rk, host_cache, *acts, return_sequences,
                                       go_backwards)
         for name, got, w in zip(("dxw", "drk", "dh0", "dc0"), grads, wants):
@@ -86,8 +100,9 @@ def test_convlstm_ops_match_reference(target, algo, xw_shape, kext, go_backwards
 
 @pytest.mark.parametrize("xw_shape,kext", OP_CASES[:4], ids=OP_IDS[:4])
 @pytest.mark.parametrize("go_backwards,return_sequences", [(False, True), (True, False)])
+@pytest.mark.parametrize("masked", [None, "mask", "zero_output"])
 def test_convlstm_backward_by_central_differences(algo, xw_shape, kext, go_backwards,
-                                                  return_sequences):
+                                                  return_sequences, masked):
     """Every input of the op: xw, the recurrent kernel and both initial states, against
     central differences of the float64 oracle (the final states' gradients given too)."""
     from pynn.backend import cpu
@@ -95,13 +110,15 @@ def test_convlstm_backward_by_central_differences(algo, xw_shape, kext, go_backw
     rng = np.random.default_rng(7 + sum(xw_shape))
     xw, rk, h0, c0 = _op_inputs(rng, xw_shape, kext, np.float64)
     acts = ("tanh", "sigmoid") if kext != (1, 1, 1) else ("tanh", "hard_sigmoid")
-    y, h, c, cache = cpu.convlstm_forward(xw, rk, h0, c0, *acts, return_sequences,
-                                          go_backwards)
+    zero_output = masked == "zero_output"
+    mask = _mask(rng, *xw_shape[:2], np.float64, zero_output) if masked else None
+    y, h, c, cache = cpu.convlstm_forward(xw, rk, h0, c0, mask, *acts, return_sequences,
+                                          go_backwards, zero_output)
     ry, rh, rc = (rng.standard_normal(a.shape) for a in (y, h, c))
 
     def loss():
-        yy, hh, cc = ref.convlstm_forward_ref(xw, rk, h0, c0, *acts, return_sequences,
-                                              go_backwards)
+        yy, hh, cc = ref.convlstm_forward_ref(xw, rk, h0, c0, mask, *acts,
+                                              return_sequences, go_backwards, zero_output)
         return float(np.sum(yy * ry) + np.sum(hh * rh) + np.sum(cc * rc))
 
     grads = cpu.convlstm_backward(ry, rh, rc, rk, cache, *acts, return_sequences,
@@ -120,7 +137,9 @@ def test_thread_count_invariance(num_threads, algo, dtype):
     results = []
     for n in (1, 2, 3):
         num_threads(n)
-        y, h, c, cache = cpu.convlstm_forward(xw, rk, h0, c0, "tanh", "sigmoid", True, False)
+        y, h, c, cache = cpu.convlstm_forward(xw, rk, h0, c0, _mask(np.random.default_rng(1),
+                                                                     3, 4, dtype),
+                                              "tanh", "sigmoid", True, False)
         grads = cpu.convlstm_backward(np.cos(y), None, np.sin(c), rk, cache, "tanh",
                                       "sigmoid", True, False)
         results.append([y, h, c, grads[0], grads[2], grads[3]])
@@ -134,24 +153,30 @@ RK = np.ones((1, 3, 3, 2, 8))
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda ops: ops.convlstm_forward(XW[0], RK, None, None, "tanh", "sigmoid", False, False),
+    (lambda ops: ops.convlstm_forward(XW[0], RK, None, None, None, "tanh", "sigmoid", False,
+                                      False),
      "convlstm_forward: 'xw' must have 6 dimensions"),
-    (lambda ops: ops.convlstm_forward(XW, RK[..., :6], None, None, "tanh", "sigmoid", False,
-                                      False),
+    (lambda ops: ops.convlstm_forward(XW, RK[..., :6], None, None, None, "tanh", "sigmoid",
+                                      False, False),
      r"'recurrent_kernel' must have shape \(KD, KH, KW, F, 4F\)"),
-    (lambda ops: ops.convlstm_forward(XW[..., :4], RK, None, None, "tanh", "sigmoid", False,
-                                      False),
+    (lambda ops: ops.convlstm_forward(XW[..., :4], RK, None, None, None, "tanh", "sigmoid",
+                                      False, False),
      r"'xw' must have 4F = 8 gate channels"),
-    (lambda ops: ops.convlstm_forward(XW[:, :0], RK, None, None, "tanh", "sigmoid", False,
-                                      False),
+    (lambda ops: ops.convlstm_forward(XW[:, :0], RK, None, None, None, "tanh", "sigmoid",
+                                      False, False),
      "'xw' must have at least one time step"),
-    (lambda ops: ops.convlstm_forward(XW, RK, np.ones((2, 1, 4, 4, 2)), None, "tanh",
+    (lambda ops: ops.convlstm_forward(XW, RK, np.ones((2, 1, 4, 4, 2)), None, None, "tanh",
                                       "sigmoid", False, False),
      r"'h0' must have shape \(2, 1, 4, 5, 2\), got \(2, 1, 4, 4, 2\)"),
-    (lambda ops: ops.convlstm_forward(XW, RK, None, None, "gelu", "sigmoid", False, False),
+    (lambda ops: ops.convlstm_forward(XW, RK, None, None, None, "gelu", "sigmoid", False,
+                                      False),
      "convlstm_forward: 'activation' must be one of"),
-    (lambda ops: ops.convlstm_forward(XW, RK, None, None, "tanh", "softmax", False, False),
+    (lambda ops: ops.convlstm_forward(XW, RK, None, None, None, "tanh", "softmax", False,
+                                      False),
      "'recurrent_activation' must be one of"),
+    (lambda ops: ops.convlstm_forward(XW, RK, None, None, np.ones((2, 2)), "tanh", "sigmoid",
+                                      False, False),
+     r"convlstm_forward: 'mask' must have shape \(2, 3\), got \(2, 2\)"),
 ])
 def test_bad_inputs(backend, call, match):
     def up(a):
@@ -169,7 +194,8 @@ def test_bad_inputs(backend, call, match):
 def test_bad_backward_inputs():
     from pynn.backend import cpu
 
-    _, _, _, cache = cpu.convlstm_forward(XW, RK, None, None, "tanh", "sigmoid", True, False)
+    _, _, _, cache = cpu.convlstm_forward(XW, RK, None, None, None, "tanh", "sigmoid", True,
+                                          False)
     with pytest.raises(ValueError, match=r"convlstm_backward: 'dy' must have shape "
                                          r"\(2, 3, 1, 4, 5, 2\)"):
         cpu.convlstm_backward(np.ones((2, 1, 4, 5, 2)), None, None, RK, cache, "tanh",
@@ -184,7 +210,7 @@ def test_complex_input_is_refused_by_name():
     from pynn.backend import cpu
 
     with pytest.raises(TypeError, match="convlstm_forward: 'xw' must be real"):
-        cpu.convlstm_forward(XW.astype(np.complex64), RK, None, None, "tanh", "sigmoid",
+        cpu.convlstm_forward(XW.astype(np.complex64), RK, None, None, None, "tanh", "sigmoid",
                              False, False)
 
 
@@ -340,8 +366,9 @@ def test_unsupported_calls_name_the_layer(seeded):
                                          "training is not supported"):
         drop(x, training=True)
     plain = layers.ConvLSTM1D(2, 3, name="m")
-    with pytest.raises(ValueError, match="ConvLSTM1D 'm': a mask that hides time steps"):
-        plain(x, mask=np.array([[True, True, False]] * 2))
+    with pytest.raises(ValueError, match=r"ConvLSTM1D 'm': mask must have shape \(batch, "
+                                         r"timesteps\) = \(2, 3\), got \(2, 2\)"):
+        plain(x, mask=np.array([[True, False]] * 2))
     with pytest.raises(ValueError, match=r"Layer 'm' \(ConvLSTM1D\) expected input shape "
                                          r"\(None, None, 5, 2\), got \(None, 3, 5, 2, 1\)"):
         plain(x[..., None])
@@ -426,7 +453,8 @@ SPATIAL = {1: (9,), 2: (7, 6), 3: (3, 5, 4)}
 @pytest.mark.parametrize("rank,kwargs", PARITY, ids=[f"{r}d-{i}" for i, (r, _) in
                                                      enumerate(PARITY)])
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "initial-state"])
-def test_outputs_states_and_gradients_match_keras(rank, kwargs, with_state):
+@pytest.mark.parametrize("masked", [False, True], ids=["", "masked"])
+def test_outputs_states_and_gradients_match_keras(rank, kwargs, with_state, masked):
     keras = keras_on_torch()
     import torch
 
@@ -443,7 +471,13 @@ def test_outputs_states_and_gradients_match_keras(rank, kwargs, with_state):
         state_shape = state_shape[:1] + state_shape[2:]
     states = [rng.standard_normal(state_shape).astype(np.float32) for _ in range(2)]
     tstates = [torch.tensor(s, requires_grad=True) for s in states]
-    want = klayer(tx, initial_state=tstates) if with_state else klayer(tx)
+    mask = None
+    if masked:
+        mask = rng.random(x.shape[:2]) > 0.4
+        mask[0, 0] = mask[1, -1] = False
+    call = {"mask": torch.tensor(mask)} if masked else {}
+    want = (klayer(tx, initial_state=tstates, **call) if with_state
+            else klayer(tx, **call))
     want = list(want) if isinstance(want, (list, tuple)) else [want]
     rs = [rng.standard_normal(tuple(w.shape)).astype(np.float32) for w in want]
     sum((w * torch.tensor(r)).sum() for w, r in zip(want, rs)).backward()
@@ -452,7 +486,7 @@ def test_outputs_states_and_gradients_match_keras(rank, kwargs, with_state):
     layer.build([frames, (None,) + state_shape[1:], (None,) + state_shape[1:]] if with_state
                 else frames)
     layer.set_weights([np.asarray(keras.ops.convert_to_numpy(w)) for w in klayer.weights])
-    got = layer([x, *states] if with_state else x, training=True)
+    got = layer([x, *states] if with_state else x, training=True, mask=mask)
     got = got if isinstance(got, list) else [got]
     for g, w in zip(got, want):
         w = w.detach().numpy()

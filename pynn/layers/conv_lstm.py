@@ -15,10 +15,11 @@ loops over time steps. Backward: convlstm_backward, then the input conv's kernel
 input gradients over all frames at once.
 
 ``return_sequences``, ``return_state``, ``go_backwards`` (outputs in processing order, as
-Keras), ``stateful`` and ``initial_state`` are Keras's. Refused with a ValueError that says
-so: a mask that hides steps, dropout / recurrent_dropout while training (inference ignores
-them, as Keras does), activations outside the fused kernels' list, constraints and activity
-regularizers, data_format='channels_first'.
+Keras), ``stateful``, ``initial_state`` and masks are Keras's: a masked step keeps the states
+and repeats the previous output (zeros before the first unmasked step), or outputs zeros
+with ``zero_output_for_mask``. Refused with a ValueError that says so: dropout /
+recurrent_dropout while training (inference ignores them, as Keras does), activations outside
+the fused kernels' list, constraints and activity regularizers, data_format='channels_first'.
 """
 
 import operator
@@ -216,13 +217,20 @@ class _ConvLSTM(Layer):
         shape = tuple(a.shape)
         return b.reshape(a, shape[:lead] + shape[lead + 3 - self.RANK:])
 
-    def _refuse(self, training, mask):
-        if mask is not None:
-            m = np.asarray(backend.current().to_numpy(mask) if not isinstance(mask, np.ndarray)
-                           else mask)
-            if not m.all():
-                raise ValueError(f"{self._label}: a mask that hides time steps is not "
-                                 f"supported by pynn's ConvLSTM layers yet")
+    def _mask(self, mask, n, t):
+        """Keras's (N, T) step mask as the op's 1/0 floats, or None when nothing is hidden."""
+        if mask is None:
+            return None
+        b = backend.current()
+        m = np.asarray(b.to_numpy(mask) if not isinstance(mask, np.ndarray) else mask)
+        if m.shape != (n, t):
+            raise ValueError(f"{self._label}: mask must have shape (batch, timesteps) = "
+                             f"{(n, t)}, got {m.shape}")
+        if m.all():
+            return None
+        return b.asarray(m.astype(self.dtype), self.dtype)
+
+    def _refuse(self, training):
         if training and (0 < self.dropout or 0 < self.recurrent_dropout):
             raise ValueError(f"{self._label}: dropout / recurrent_dropout while training is "
                              f"not supported by pynn's ConvLSTM layers yet (dropout="
@@ -236,8 +244,9 @@ class _ConvLSTM(Layer):
             x, states = x[0], list(x[1:])
         if isinstance(mask, (list, tuple)):
             mask = mask[0]
-        self._refuse(training, mask)
+        self._refuse(training)
         n, t = int(x.shape[0]), int(x.shape[1])
+        mask = self._mask(mask, n, t)
         if t == 0:
             raise ValueError(f"{self._label}: the input has 0 time steps, got shape "
                              f"{tuple(x.shape)}")
@@ -261,8 +270,8 @@ class _ConvLSTM(Layer):
         rk3 = b.reshape(self.recurrent_kernel.value,
                         self._pad3(self.kernel_size) + (self.filters, 4 * self.filters))
         y, h_last, c_last, cache = b.convlstm_forward(
-            xw, rk3, h0, c0, self.activation, self.recurrent_activation,
-            self.return_sequences, self.go_backwards)
+            xw, rk3, h0, c0, mask, self.activation, self.recurrent_activation,
+            self.return_sequences, self.go_backwards, self.zero_output_for_mask)
         if self.stateful:
             self._states = [h_last, c_last]
         if training:

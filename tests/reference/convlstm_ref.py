@@ -34,10 +34,12 @@ def same_conv_ref(h, kernel):
     return out
 
 
-def convlstm_forward_ref(xw, recurrent_kernel, h0=None, c0=None, activation="tanh",
+def convlstm_forward_ref(xw, recurrent_kernel, h0=None, c0=None, mask=None, activation="tanh",
                          recurrent_activation="sigmoid", return_sequences=False,
-                         go_backwards=False):
-    """The op: xw (N, T, D, H, W, 4F) -> (y, h_last, c_last), y in processing order."""
+                         go_backwards=False, zero_output_for_mask=False):
+    """The op: xw (N, T, D, H, W, 4F) -> (y, h_last, c_last), y in processing order. mask
+    (N, T): Keras's backend rnn loop (a masked sample keeps its states; its output is the
+    previous output, zeros at first, or zeros with zero_output_for_mask)."""
     xw = np.asarray(xw, np.float64)
     rk = np.asarray(recurrent_kernel, np.float64)
     act, ract = ACTS[activation], ACTS[recurrent_activation]
@@ -47,14 +49,21 @@ def convlstm_forward_ref(xw, recurrent_kernel, h0=None, c0=None, activation="tan
     c = np.zeros(state) if c0 is None else np.asarray(c0, np.float64)
     steps = range(xw.shape[1] - 1, -1, -1) if go_backwards else range(xw.shape[1])
     ys = []
+    out = np.zeros(state)
     for t in steps:
         z = xw[:, t] + same_conv_ref(h, rk)
         i, fg = ract(z[..., :f]), ract(z[..., f:2 * f])
         cc, o = act(z[..., 2 * f:3 * f]), ract(z[..., 3 * f:])
-        c = fg * c + i * cc
-        h = o * act(c)
-        ys.append(h)
-    y = np.stack(ys, axis=1) if return_sequences else h
+        c_new = fg * c + i * cc
+        h_new = o * act(c_new)
+        if mask is None:
+            h, c, out = h_new, c_new, h_new
+        else:
+            m = np.asarray(mask, bool)[:, t].reshape((-1,) + (1,) * (h.ndim - 1))
+            out = np.where(m, h_new, 0.0 if zero_output_for_mask else out)
+            h, c = np.where(m, h_new, h), np.where(m, c_new, c)
+        ys.append(out)
+    y = np.stack(ys, axis=1) if return_sequences else out
     return y, h, c
 
 
@@ -72,7 +81,7 @@ def kernel_to_3d(kernel, rank):
 def convlstm_layer_ref(x, kernel, recurrent_kernel, bias, rank, strides=1, padding="valid",
                        dilation_rate=1, h0=None, c0=None, activation="tanh",
                        recurrent_activation="sigmoid", return_sequences=False,
-                       go_backwards=False):
+                       go_backwards=False, mask=None, zero_output_for_mask=False):
     """Keras's ConvLSTM{rank}D on x (N, T, *spatial, C) -> (y, h, c) in the layer's rank."""
     x = np.asarray(x, np.float64)
     n, t = x.shape[:2]
@@ -90,8 +99,8 @@ def convlstm_layer_ref(x, kernel, recurrent_kernel, bias, rank, strides=1, paddi
     c0 = None if c0 is None else to_3d(np.asarray(c0), rank, time_axis=False)
     y, h, c = convlstm_forward_ref(xw, kernel_to_3d(np.asarray(recurrent_kernel, np.float64),
                                                     rank),
-                                   h0, c0, activation, recurrent_activation, return_sequences,
-                                   go_backwards)
+                                   h0, c0, mask, activation, recurrent_activation,
+                                   return_sequences, go_backwards, zero_output_for_mask)
     spatial = h.shape[1:-1][3 - rank:]
     out_state = (n,) + spatial + (h.shape[-1],)
     y = y.reshape(((n, t) if return_sequences else (n,)) + spatial + (h.shape[-1],))

@@ -36,13 +36,25 @@ def _block(src, offset_items, shape, what):
     return out
 
 
-def convlstm_forward(xw, recurrent_kernel, h0, c0, activation="tanh",
+def _output_weights(mask, t, go_backwards, zero_output_for_mask):
+    """native/convlstm.pyx's _output_weights on the device: (N, T) at the input's time index,
+    1 where the output is the step's h, else 0 (the previous output: the kept state, or zeros
+    before the first unmasked step)."""
+    if mask is None:
+        return None
+    weights = rt.empty(mask.shape, np.float32, "convlstm_forward output weights")
+    elementwise("convlstm", "convlstm_output_weights", mask.shape[0], mask, weights,
+                mask.shape[0], t, bool(go_backwards), bool(zero_output_for_mask))
+    return weights
+
+
+def convlstm_forward(xw, recurrent_kernel, h0, c0, mask=None, activation="tanh",
                      recurrent_activation="sigmoid", return_sequences=False,
-                     go_backwards=False):
+                     go_backwards=False, zero_output_for_mask=False):
     """The ConvLSTM recurrence -> (y, h_last, c_last, cache)."""
     op = "convlstm_forward"
-    xw, rk, h0, c0, act, ract, g = operands.convlstm_forward(
-        DEVICE, xw, recurrent_kernel, h0, c0, activation, recurrent_activation)
+    xw, rk, h0, c0, mask, act, ract, g = operands.convlstm_forward(
+        DEVICE, xw, recurrent_kernel, h0, c0, mask, activation, recurrent_activation)
     n, t = xw.shape[:2]
     state = (g["N"], g["D"], g["H"], g["W"], g["F"])
     rf = int(np.prod(state))
@@ -51,17 +63,17 @@ def convlstm_forward(xw, recurrent_kernel, h0, c0, activation="tanh",
     gs = rt.empty((t,) + state[:-1] + (4 * g["F"],), np.float32, f"{op} gates")
     _put(hs, h0)
     _put(cs, c0)
-    y = (rt.empty((n, t) + state[1:], np.float32, f"{op} output") if return_sequences
-         else None)
+    y = rt.empty((n, t) + state[1:] if return_sequences else state, np.float32,
+                 f"{op} output")
+    weights = _output_weights(mask, t, go_backwards, zero_output_for_mask)
     for s in range(t):
         tx = t - 1 - s if go_backwards else s
-        elementwise("convlstm", "convlstm_step_forward", rf, xw, rk, gs, hs, cs, y, t, s, tx,
+        elementwise("convlstm", "convlstm_step_forward", rf, xw, rk, gs, hs, cs, mask, weights,
+                    y, bool(return_sequences) or s == t - 1, bool(return_sequences), t, s, tx,
                     act, ract, *_geometry_args(g))
     h_last = _block(hs, t * rf, state, f"{op} h_last")
     c_last = _block(cs, t * rf, state, f"{op} c_last")
-    if not return_sequences:
-        y = _block(hs, t * rf, state, f"{op} output")
-    return y, h_last, c_last, (gs, hs, cs, g)
+    return y, h_last, c_last, (gs, hs, cs, g, mask, weights)
 
 
 def convlstm_backward(dy, dh_last, dc_last, recurrent_kernel, cache, activation="tanh",
@@ -69,7 +81,7 @@ def convlstm_backward(dy, dh_last, dc_last, recurrent_kernel, cache, activation=
                       go_backwards=False):
     """-> (dxw at the input's time index, drecurrent_kernel, dh0, dc0)."""
     op = "convlstm_backward"
-    gs, hs, cs, g = cache
+    gs, hs, cs, g, mask, weights = cache
     dy, dh_last, dc_last, rk, act, ract = operands.convlstm_backward(
         DEVICE, dy, dh_last, dc_last, recurrent_kernel, gs, hs, activation,
         recurrent_activation, return_sequences)
@@ -84,9 +96,9 @@ def convlstm_backward(dy, dh_last, dc_last, recurrent_kernel, cache, activation=
     for s in range(t - 1, -1, -1):
         tx = t - 1 - s if go_backwards else s
         dy_mode = 1 if return_sequences else (2 if s == t - 1 else 0)
-        elementwise("convlstm", "convlstm_step_gates_backward", rf, gs, cs, dy, dh, dc, dxw, t,
-                    s, tx, dy_mode, act, ract, *_geometry_args(g))
-        elementwise("convlstm", "convlstm_step_dh", rf, dxw, rk, dh, t, tx,
+        elementwise("convlstm", "convlstm_step_gates_backward", rf, gs, cs, dy, mask, weights,
+                    dh, dc, dxw, t, s, tx, dy_mode, act, ract, *_geometry_args(g))
+        elementwise("convlstm", "convlstm_step_dh", rf, dxw, rk, mask, dh, t, tx,
                     *_geometry_args(g))
     drk = rt.empty(rk.shape, np.float32, f"{op} drecurrent_kernel")
     elementwise("convlstm", "convlstm_recurrent_kernel_grad", drk.size, hs, dxw, drk, t,

@@ -43,9 +43,9 @@ def _state(arrays, op, name, a, like, shape):
     return a
 
 
-def convlstm_forward(arrays, xw, recurrent_kernel, h0, c0, activation, recurrent_activation,
-                     op="convlstm_forward"):
-    """-> (xw, recurrent_kernel, h0, c0, act, ract, g)."""
+def convlstm_forward(arrays, xw, recurrent_kernel, h0, c0, mask, activation,
+                     recurrent_activation, op="convlstm_forward"):
+    """-> (xw, recurrent_kernel, h0, c0, mask, act, ract, g); mask (N, T) of 1/0 or None."""
     act = activation_code(op, "activation", activation)
     ract = activation_code(op, "recurrent_activation", recurrent_activation)
     xw = arrays.float_input(op, "xw", xw, ndim=6)
@@ -55,10 +55,13 @@ def convlstm_forward(arrays, xw, recurrent_kernel, h0, c0, activation, recurrent
     state = (g["N"], g["D"], g["H"], g["W"], g["F"])
     h0 = _state(arrays, op, "h0", h0, xw, state)
     c0 = _state(arrays, op, "c0", c0, xw, state)
+    if mask is not None:
+        mask = arrays.float_input(op, "mask", mask, ndim=2, like=xw)
+        check_shape(op, "mask", mask, tuple(xw.shape[:2]))
     check_count(arrays, op, "xw", xw.size)
     check_count(arrays, op, "state vol2col", g["N"] * g["D"] * g["H"] * g["W"] * g["KD"]
                 * g["KH"] * g["KW"] * g["F"])
-    return xw, rk, h0, c0, act, ract, g
+    return xw, rk, h0, c0, mask, act, ract, g
 
 
 def convlstm_backward(arrays, dy, dh_last, dc_last, recurrent_kernel, zs, hs, activation,
