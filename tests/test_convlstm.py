@@ -360,10 +360,10 @@ def test_bad_input_shapes_name_the_layer(layer, shape, match):
 
 def test_unsupported_calls_name_the_layer(seeded):
     x = _x(seeded, 2, 3, 5, 2).astype(np.float32)
-    drop = layers.ConvLSTM1D(2, 3, dropout=0.2, name="d")
-    drop(x)   # inference ignores dropout, as Keras does
-    with pytest.raises(ValueError, match="ConvLSTM1D 'd': dropout / recurrent_dropout while "
-                                         "training is not supported"):
+    drop = layers.ConvLSTM1D(2, 3, recurrent_dropout=0.2, name="d")
+    drop(x)   # inference ignores recurrent dropout, as Keras does
+    with pytest.raises(ValueError, match="ConvLSTM1D 'd': recurrent_dropout while training is "
+                                         "not supported"):
         drop(x, training=True)
     plain = layers.ConvLSTM1D(2, 3, name="m")
     with pytest.raises(ValueError, match=r"ConvLSTM1D 'm': mask must have shape \(batch, "
@@ -392,6 +392,63 @@ def test_a_nowcasting_model_trains():
     assert model.evaluate(x, y, verbose=0) < first
 
 
+# -- input dropout: Keras's four masks, one per gate, fixed over the steps -----------------------
+
+DROPOUT_CASES = [
+    ("ConvLSTM1D", {"filters": 2, "kernel_size": 3, "dropout": 0.4, "padding": "same",
+                    "return_sequences": True}, (2, 3, 6, 2)),
+    ("ConvLSTM3D", {"filters": 2, "kernel_size": (1, 2, 2), "strides": (1, 2, 1),
+                    "dropout": 0.3, "go_backwards": True}, (1, 3, 2, 5, 3, 2)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,shape", DROPOUT_CASES, ids=["1d", "3d"])
+def test_input_dropout_gradients_by_finite_differences(float64, seeded, name, kwargs, shape):
+    layer = make(name, kwargs)
+
+    def same_masks():
+        layer._offset = 0
+
+    check_layer(layer, _x(seeded, *shape), seeded, before_call=same_masks)
+
+
+@pytest.mark.parametrize("name,kwargs,shape", DROPOUT_CASES, ids=["1d", "3d"])
+def test_input_dropout_matches_reference(float64, seeded, name, kwargs, shape):
+    """Each gate's conv reads the input times its own mask (Keras's ConvLSTMCell.call); the
+    masks are 0 or 1/(1-rate), fixed over the steps, kept at about 1-rate."""
+    from tests.reference.conv3d_ref import conv3d_forward_ref
+
+    layer = make(name, kwargs)
+    x = _x(seeded, *shape)
+    y = layer(x, training=True)
+    scales = [np.asarray(s) for s in layer._cache[0][2]]
+    rate = kwargs["dropout"]
+    for scale in scales:
+        assert set(np.unique(scale)) <= {0.0, 1 / (1 - rate)}
+    kept = np.mean(np.concatenate(scales) > 0)
+    assert abs(kept - (1 - rate)) < 0.25 and len({s.tobytes() for s in scales}) == 4
+    rank = layer.RANK
+    n, t = shape[:2]
+    f = layer.filters
+    kernel3 = ref.kernel_to_3d(np.asarray(layer.kernel.value), rank)
+    bias = np.asarray(layer.bias.value)
+    parts = []
+    for g, scale in enumerate(scales):
+        xg = (x.reshape(n, t, -1) * scale[:, None]).reshape(x.shape)
+        frames = ref.to_3d(xg, rank).reshape((n * t,) + ref.to_3d(xg, rank).shape[2:])
+        z, _ = conv3d_forward_ref(frames, kernel3[..., g * f:(g + 1) * f],
+                                  bias[g * f:(g + 1) * f], layer._pad3(layer.strides),
+                                  layer.padding, layer._pad3(layer.dilation_rate))
+        parts.append(z)
+    xw = np.concatenate(parts, -1)
+    xw = xw.reshape((n, t) + xw.shape[1:])
+    want, _, _ = ref.convlstm_forward_ref(
+        xw, ref.kernel_to_3d(np.asarray(layer.recurrent_kernel.value), rank),
+        return_sequences=layer.return_sequences, go_backwards=layer.go_backwards)
+    np.testing.assert_allclose(np.asarray(y), want.reshape(np.shape(y)), rtol=1e-10,
+                               atol=1e-12)
+
+
 @pytest.fixture
 def restore_device():
     previous = pynn.get_device()
@@ -400,7 +457,8 @@ def restore_device():
 
 
 @pytest.mark.opencl
-@pytest.mark.parametrize("name,kwargs,shape", LAYER_CASES, ids=LAYER_IDS)
+@pytest.mark.parametrize("name,kwargs,shape", LAYER_CASES + DROPOUT_CASES,
+                         ids=LAYER_IDS + ["dropout-1d", "dropout-3d"])
 def test_opencl_layer_matches_cpu(restore_device, name, kwargs, shape):
     from tests.opencl_util import skip_without_opencl
 
@@ -411,7 +469,7 @@ def test_opencl_layer_matches_cpu(restore_device, name, kwargs, shape):
     for device in ("cpu", "opencl"):
         pynn.set_device(device)
         ops = pynn.backend.current()
-        layer = make(name, kwargs)
+        layer = make(name, dict(kwargs, seed=5))
         layer.build((None,) + shape[1:])
         if weights is None:
             weights = layer.get_weights()

@@ -17,16 +17,18 @@ input gradients over all frames at once.
 ``return_sequences``, ``return_state``, ``go_backwards`` (outputs in processing order, as
 Keras), ``stateful``, ``initial_state`` and masks are Keras's: a masked step keeps the states
 and repeats the previous output (zeros before the first unmasked step), or outputs zeros
-with ``zero_output_for_mask``. Refused with a ValueError that says so: dropout /
-recurrent_dropout while training (inference ignores them, as Keras does), activations outside
-the fused kernels' list, constraints and activity regularizers, data_format='channels_first'.
+with ``zero_output_for_mask``. ``dropout`` draws Keras's four input masks (one per gate,
+fixed over the steps; the input conv then runs once per gate). Refused with a ValueError
+that says so: recurrent_dropout while training (inference ignores it, as Keras does),
+activations outside the fused kernels' list, constraints and activity regularizers,
+data_format='channels_first'.
 """
 
 import operator
 
 import numpy as np
 
-from pynn import backend, initializers, regularizers
+from pynn import backend, initializers, regularizers, utils
 from pynn.backend.operands.common import conv_output_size
 from pynn.backend.operands.convlstm import CONVLSTM_ACTIVATIONS
 from pynn.layers.base import Layer, data_format_arg, padding_arg, shape_str
@@ -115,6 +117,8 @@ class _ConvLSTM(Layer):
         self.dropout = float(dropout)
         self.recurrent_dropout = float(recurrent_dropout)
         self.seed = seed
+        self._seed = int(seed) if seed is not None else utils.new_seed()
+        self._offset = 0
         self.return_sequences = bool(return_sequences)
         self.return_state = bool(return_state)
         self.go_backwards = bool(go_backwards)
@@ -231,11 +235,54 @@ class _ConvLSTM(Layer):
         return b.asarray(m.astype(self.dtype), self.dtype)
 
     def _refuse(self, training):
-        if training and (0 < self.dropout or 0 < self.recurrent_dropout):
-            raise ValueError(f"{self._label}: dropout / recurrent_dropout while training is "
-                             f"not supported by pynn's ConvLSTM layers yet (dropout="
-                             f"{self.dropout}, recurrent_dropout={self.recurrent_dropout}); "
-                             f"inference ignores them, as Keras does")
+        if training and 0 < self.recurrent_dropout < 1:
+            raise ValueError(f"{self._label}: recurrent_dropout while training is not "
+                             f"supported by pynn's ConvLSTM layers yet (recurrent_dropout="
+                             f"{self.recurrent_dropout}); inference ignores it, as Keras does")
+
+    def runtime_state(self):
+        return {"offset": self._offset} if self._offset else {}
+
+    def set_runtime_state(self, state):
+        self._offset = int(state.get("offset", 0))
+
+    def _dropout_scale(self, b, shape):
+        """One of Keras's input dropout masks: 0 or 1/(1-rate) per (sample, frame value)."""
+        ones = b.full(shape, 1.0, self.dtype)
+        scale, _ = b.dropout_forward(ones, self.dropout, self._seed, self._offset)
+        self._offset += int(np.prod(shape))
+        return scale
+
+    def _conv(self, b, frames, kernel, bias):
+        xw, _ = b.conv3d_forward(frames, kernel, bias, self._pad3(self.strides), self.padding,
+                                 self._pad3(self.dilation_rate), 1, "linear", 0.0)
+        return xw
+
+    def _input_projection(self, b, x, training):
+        """-> (xw (N*T, *out, 4F), saved for backward): ONE conv over the N*T frames; with
+        input dropout while training, Keras's four masks (one per gate, fixed over the
+        steps) give four convs of the masked frames, each with its gate's kernel slice."""
+        n, t = int(x.shape[0]), int(x.shape[1])
+        frames = self._to3(b.reshape(x, (n * t,) + tuple(x.shape[2:])), 1)
+        kernel3 = b.reshape(self.kernel.value, self._pad3(self.kernel.shape[:-2])
+                            + tuple(self.kernel.shape[-2:]))
+        bias = self.bias.value if self.use_bias else None
+        if not (training and 0 < self.dropout < 1):
+            return self._conv(b, frames, kernel3, bias), (frames, kernel3, None)
+        f = self.filters
+        kernels = b.concatenate_backward(kernel3, [f] * 4, -1)
+        biases = b.concatenate_backward(bias, [f] * 4, -1) if bias is not None else [None] * 4
+        per_frame = int(np.prod(x.shape[2:]))
+        sequence = b.reshape(x, (n, t, per_frame))
+        masked, parts, scales = [], [], []
+        for gate in range(4):   # Keras's four gate masks (never a loop over steps)
+            scale = self._dropout_scale(b, (n, per_frame))
+            xg = self._to3(b.reshape(b.sequence_scale(sequence, scale),
+                                     (n * t,) + tuple(x.shape[2:])), 1)
+            parts.append(self._conv(b, xg, kernels[gate], biases[gate]))
+            masked.append(xg)
+            scales.append(scale)
+        return b.concatenate_forward(parts, -1), (masked, kernels, scales)
 
     def call(self, x, training=False, mask=None):
         b = backend.current()
@@ -256,12 +303,7 @@ class _ConvLSTM(Layer):
                                  f"{self._states[0].shape[0]}, got a batch of {n}; call "
                                  f"reset_states() first")
             states = self._states
-        frames = self._to3(b.reshape(x, (n * t,) + tuple(x.shape[2:])), 1)
-        kernel3 = b.reshape(self.kernel.value, self._pad3(self.kernel.shape[:-2])
-                            + tuple(self.kernel.shape[-2:]))
-        xw, _ = b.conv3d_forward(frames, kernel3, self.bias.value if self.use_bias else None,
-                                 self._pad3(self.strides), self.padding,
-                                 self._pad3(self.dilation_rate), 1, "linear", 0.0)
+        xw, inputs = self._input_projection(b, x, training)
         xw = b.reshape(xw, (n, t) + tuple(xw.shape[1:]))
         h0 = c0 = None
         if states is not None:
@@ -275,7 +317,7 @@ class _ConvLSTM(Layer):
         if self.stateful:
             self._states = [h_last, c_last]
         if training:
-            self._cache = (frames, kernel3, rk3, cache, tuple(x.shape), tuple(xw.shape))
+            self._cache = (inputs, rk3, cache, tuple(x.shape), tuple(xw.shape))
         y = self._from3(y, 2 if self.return_sequences else 1)
         if self.return_state:
             return [y, self._from3(h_last, 1), self._from3(c_last, 1)]
@@ -286,7 +328,7 @@ class _ConvLSTM(Layer):
             raise RuntimeError(f"{self._label}: backward() needs a preceding "
                                f"call(x, training=True)")
         b = backend.current()
-        frames, kernel3, rk3, op_cache, x_shape, xw_shape = self._cache
+        inputs, rk3, op_cache, x_shape, xw_shape = self._cache
         self._cache = None
         n, t = x_shape[:2]
         state3 = (n,) + tuple(xw_shape[2:-1]) + (self.filters,)
@@ -304,21 +346,38 @@ class _ConvLSTM(Layer):
             self.return_sequences, self.go_backwards)
         dxw = b.reshape(dxw, (n * t,) + tuple(xw_shape[2:]))
         self.recurrent_kernel.grad = b.reshape(drk, tuple(self.recurrent_kernel.shape))
-        dk = b.conv3d_backward_weight(frames, dxw, tuple(kernel3.shape),
-                                      self._pad3(self.strides), self.padding,
-                                      self._pad3(self.dilation_rate), 1)
-        self.kernel.grad = b.reshape(dk, tuple(self.kernel.shape))
         if self.use_bias:
             self.bias.grad = b.bias_backward(b.reshape(dxw, (-1, 4 * self.filters)))
-        dx = None
-        if self.needs_input_grad:
-            dx = b.conv3d_backward_input(dxw, kernel3, tuple(frames.shape),
-                                         self._pad3(self.strides), self.padding,
-                                         self._pad3(self.dilation_rate), 1)
-            dx = b.reshape(dx, x_shape)
+        dk, dx = self._input_projection_backward(b, dxw, inputs, x_shape)
+        self.kernel.grad = b.reshape(dk, tuple(self.kernel.shape))
         if self._n_inputs > 1:
             return [dx, self._from3(dh0, 1), self._from3(dc0, 1)]
         return dx
+
+    def _input_projection_backward(self, b, dxw, inputs, x_shape):
+        """-> (dkernel as (*k3, C, 4F), dx or None) of _input_projection."""
+        geometry = (self._pad3(self.strides), self.padding, self._pad3(self.dilation_rate), 1)
+        frames, kernels, scales = inputs
+        if scales is None:
+            dk = b.conv3d_backward_weight(frames, dxw, tuple(kernels.shape), *geometry)
+            dx = None
+            if self.needs_input_grad:
+                dx = b.reshape(b.conv3d_backward_input(dxw, kernels, tuple(frames.shape),
+                                                       *geometry), x_shape)
+            return dk, dx
+        dparts = b.concatenate_backward(dxw, [self.filters] * 4, -1)
+        dks, dx = [], None
+        n, t = x_shape[:2]
+        for xg, kernel, scale, dpart in zip(frames, kernels, scales, dparts):
+            dks.append(b.conv3d_backward_weight(xg, dpart, tuple(kernel.shape), *geometry))
+            if self.needs_input_grad:
+                dxg = b.conv3d_backward_input(dpart, kernel, tuple(xg.shape), *geometry)
+                dxg = b.sequence_scale(b.reshape(dxg, (n, t, -1)), scale)
+                if dx is None:
+                    dx = dxg
+                else:
+                    b.add_inplace(dx, dxg)
+        return b.concatenate_forward(dks, -1), (None if dx is None else b.reshape(dx, x_shape))
 
     def inference_macs(self, x):
         """Multiply-adds of a call: the input conv of every frame and the recurrent conv of
