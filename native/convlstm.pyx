@@ -263,27 +263,60 @@ cdef inline void convlstm_gates_backward_row(const floating* z, const floating* 
 
 # -- the step loops -------------------------------------------------------------------------------
 
+cdef void _scale(const floating* a, const floating* m, floating* out,
+                 Py_ssize_t n) noexcept nogil:
+    """out = a * m (recurrent dropout: h times one gate's mask)."""
+    cdef Py_ssize_t i
+    for i in prange(n, schedule="static", use_threads_if=n >= _PARALLEL_MIN):
+        out[i] = a[i] * m[i]
+
+
+cdef void _add_scaled(floating* acc, const floating* a, const floating* m,
+                      Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in prange(n, schedule="static", use_threads_if=n >= _PARALLEL_MIN):
+        acc[i] += a[i] * m[i]
+
+
+cdef const floating* _state_columns(const floating* h, floating* col,
+                                    const Geom* g) noexcept nogil:
+    """The (R, K) matrix the recurrent conv multiplies: h itself for a 1x1x1 kernel."""
+    if g.K == g.F:
+        return h
+    _vol2col(h, col, g)
+    return col
+
+
 cdef void convlstm_forward_steps(floating* zs, const floating* rk, floating* hs, floating* cs,
-                                 floating* col, const floating* mask, const Direct* direct,
-                                 const Geom* g, Py_ssize_t t, int act, int ract) noexcept nogil:
+                                 floating* col, const floating* mask, const floating* rdrop,
+                                 floating* hm, const Direct* direct, const Geom* g,
+                                 Py_ssize_t t, int act, int ract) noexcept nogil:
     """zs (T, R, G) IN the input pre-activations, OUT the gates; hs, cs (T + 1, R, F) IN
     step 0, OUT the rest; col scratch: (R, K) for vol2col (unused for a 1x1x1 kernel), or
     (R, G) for the recurrent conv's output when ``direct.on``. mask (T, N) in processing order
-    or NULL: a masked sample keeps its states (Keras)."""
-    cdef Py_ssize_t s, r, j
+    or NULL: a masked sample keeps its states (Keras). rdrop (4, R, F) or NULL: Keras's
+    recurrent dropout, gate block k reads h * rdrop[k] (four convs a step, hm (R, F)
+    scratch)."""
+    cdef Py_ssize_t s, r, j, k
     cdef Py_ssize_t sites = g.D * g.H * g.W
     cdef Py_ssize_t rf = g.R * g.F, rg = g.R * g.G
     cdef const floating* src
     cdef floating* z
     for s in range(t):
-        if direct.on:
+        if rdrop != NULL:
+            for k in range(4):
+                _scale(hs + s * rf, rdrop + k * rf, hm, rf)
+                gemm_rowmajor(False, False, <int>g.R, <int>g.F, <int>g.K, <floating>1,
+                              _state_columns(hm, col, g), <int>g.K, rk + k * g.F, <int>g.G,
+                              <floating>1, zs + s * rg + k * g.F, <int>g.G)
+        elif direct.on:
             _direct_run(direct, hs + s * rf, col)
         elif g.K == g.F:
             src = hs + s * rf
         else:
             _vol2col(hs + s * rf, col, g)
             src = col
-        if not direct.on:
+        if not direct.on and rdrop == NULL:
             gemm_rowmajor(False, False, <int>g.R, <int>g.G, <int>g.K, <floating>1, src,
                           <int>g.K, rk, <int>g.G, <floating>1, zs + s * rg, <int>g.G)
         for r in prange(g.R, schedule="static", use_threads_if=rg >= _PARALLEL_MIN):
@@ -311,15 +344,18 @@ cdef void convlstm_backward_steps(const floating* zs, const floating* rk, const 
                                   const floating* cs, const floating* dys, floating* dzs,
                                   floating* drk, floating* dh, floating* dc, floating* col,
                                   floating* dcol, floating* dhn, const floating* mask,
-                                  const Direct* direct, const Geom* g, Py_ssize_t t,
-                                  bint sequences, int act, int ract) noexcept nogil:
+                                  const floating* rdrop, floating* hm, const Direct* direct,
+                                  const Geom* g, Py_ssize_t t, bint sequences, int act,
+                                  int ract) noexcept nogil:
     """dys IN: (T, R, F) per-step output gradients when ``sequences``, else (R, F) the last
     step's; dzs OUT (T, R, G); drk OUT (K, G) (overwritten); dh, dc IN the final states'
     gradients, OUT the initial states'; col, dcol (R, K) scratch. ``direct.on``: dh_{t-1} is
     conv3d's direct forward over dz_t padded to a 'full' conv with the kernel flipped in
     space, its channel axes swapped (conv3d_backward_input's stride-1 path). mask (T, N) or
     NULL: a masked sample's gate gradients are zero and dh, dc pass the step unchanged (the
-    conv adjoint of its zero dz adds nothing to it); dhn (R, F) scratch, with a mask only."""
+    conv adjoint of its zero dz adds nothing to it); dhn (R, F) scratch, with a mask or rdrop.
+    rdrop (4, R, F) or NULL: the forward's recurrent dropout masks (hm (R, F) scratch)."""
+    cdef Py_ssize_t k
     cdef Py_ssize_t sites = g.D * g.H * g.W
     cdef floating* adj
     cdef Py_ssize_t s, r, j
@@ -348,6 +384,22 @@ cdef void convlstm_backward_steps(const floating* zs, const floating* rk, const 
                                             cs + (s + 1) * rf + r * g.F, dh + r * g.F,
                                             dc + r * g.F, dzs + s * rg + r * g.G, g.F, act,
                                             ract)
+        if rdrop != NULL:
+            # gate block k saw h * rdrop[k]: its kernel gradient reads that, and its adjoint
+            # reaches h through the same mask
+            for k in range(4):
+                _scale(hs + s * rf, rdrop + k * rf, hm, rf)
+                gemm_rowmajor(True, False, <int>g.K, <int>g.F, <int>g.R, <floating>1,
+                              _state_columns(hm, col, g), <int>g.K, dzs + s * rg + k * g.F,
+                              <int>g.G, beta, drk + k * g.F, <int>g.G)
+                gemm_rowmajor(False, True, <int>g.R, <int>g.K, <int>g.F, <floating>1,
+                              dzs + s * rg + k * g.F, <int>g.G, rk + k * g.F, <int>g.G,
+                              <floating>0, dhn if g.K == g.F else dcol, <int>g.K)
+                if g.K != g.F:
+                    _col2vol(dcol, dhn, g)
+                _add_scaled(dh, dhn, rdrop + k * rf, rf)
+            beta = 1
+            continue
         if g.K == g.F:
             src = hs + s * rf
         else:
@@ -416,7 +468,8 @@ cdef Direct _direct(tuple plan, const floating[::1] xp, const floating[::1] w,
 
 def _run_forward(floating[::1] zs, const floating[::1] rk, floating[::1] hs,
                  floating[::1] cs, floating[::1] col, const floating[::1] mask,
-                 dict geometry, Py_ssize_t t, int act, int ract, tuple direct=None):
+                 const floating[::1] rdrop, floating[::1] hm, dict geometry, Py_ssize_t t,
+                 int act, int ract, tuple direct=None):
     cdef Geom g = _geom(geometry)
     cdef Direct p
     p.on = False
@@ -425,15 +478,17 @@ def _run_forward(floating[::1] zs, const floating[::1] rk, floating[::1] hs,
                               direct[5], direct[6], direct[7])
     with nogil:
         convlstm_forward_steps(&zs[0], &rk[0], &hs[0], &cs[0], &col[0],
-                               &mask[0] if mask is not None else NULL, &p, &g, t, act, ract)
+                               &mask[0] if mask is not None else NULL,
+                               &rdrop[0] if rdrop is not None else NULL, &hm[0], &p, &g, t,
+                               act, ract)
 
 
 def _run_backward(const floating[::1] zs, const floating[::1] rk, const floating[::1] hs,
                   const floating[::1] cs, const floating[::1] dys, floating[::1] dzs,
                   floating[::1] drk, floating[::1] dh, floating[::1] dc, floating[::1] col,
                   floating[::1] dcol, floating[::1] dhn, const floating[::1] mask,
-                  dict geometry, Py_ssize_t t, bint sequences, int act, int ract,
-                  tuple direct=None):
+                  const floating[::1] rdrop, floating[::1] hm, dict geometry, Py_ssize_t t,
+                  bint sequences, int act, int ract, tuple direct=None):
     cdef Geom g = _geom(geometry)
     cdef Direct p
     p.on = False
@@ -443,8 +498,9 @@ def _run_backward(const floating[::1] zs, const floating[::1] rk, const floating
     with nogil:
         convlstm_backward_steps(&zs[0], &rk[0], &hs[0], &cs[0], &dys[0], &dzs[0], &drk[0],
                                 &dh[0], &dc[0], &col[0], &dcol[0], &dhn[0],
-                                &mask[0] if mask is not None else NULL, &p, &g, t, sequences,
-                                act, ract)
+                                &mask[0] if mask is not None else NULL,
+                                &rdrop[0] if rdrop is not None else NULL, &hm[0], &p, &g, t,
+                                sequences, act, ract)
 
 
 def _direct_plan(g, dtype, backward):
@@ -500,18 +556,21 @@ def _weighted(a, weights, s=None):
     return a * w.reshape(w.shape + (1,) * (a.ndim - w.ndim))
 
 
-def convlstm_forward(xw, recurrent_kernel, h0, c0, mask=None, activation="tanh",
-                     recurrent_activation="sigmoid", return_sequences=False,
-                     go_backwards=False, zero_output_for_mask=False):
+def convlstm_forward(xw, recurrent_kernel, h0, c0, mask=None, recurrent_dropout=None,
+                     activation="tanh", recurrent_activation="sigmoid",
+                     return_sequences=False, go_backwards=False, zero_output_for_mask=False):
     """The ConvLSTM recurrence -> (y, h_last, c_last, cache).
 
     xw (N, T, D, H, W, 4F), recurrent_kernel (KD, KH, KW, F, 4F), h0 / c0 (N, D, H, W, F) or
-    None (zeros); mask (N, T) of 1/0 at the input's time index, or None. y (N, T, D, H, W, F)
+    None (zeros); mask (N, T) of 1/0 at the input's time index, or None; recurrent_dropout
+    (4, N, D, H, W, F) Keras's four recurrent masks (gate block k reads h * mask k at every
+    step) or None. y (N, T, D, H, W, F)
     in processing order when return_sequences, else the last output; cache is what
     convlstm_backward reads.
     """
-    xw, rk, h0, c0, mask, act, ract, g = operands.convlstm_forward(
-        HOST, xw, recurrent_kernel, h0, c0, mask, activation, recurrent_activation)
+    xw, rk, h0, c0, mask, rdrop, act, ract, g = operands.convlstm_forward(
+        HOST, xw, recurrent_kernel, h0, c0, mask, recurrent_dropout, activation,
+        recurrent_activation)
     n, t = xw.shape[:2]
     state_shape = (g["N"], g["D"], g["H"], g["W"], g["F"])
     zs = _time_major(xw, go_backwards)
@@ -522,10 +581,11 @@ def convlstm_forward(xw, recurrent_kernel, h0, c0, mask=None, activation="tanh",
     cs[0] = 0 if c0 is None else c0
     k = g["KD"] * g["KH"] * g["KW"] * g["F"]
     rows = hs[0].size // g["F"]
-    plan = _direct_plan(g, xw.dtype, False) if zs.size else None
+    plan = _direct_plan(g, xw.dtype, False) if zs.size and rdrop is None else None
     col_size = rows * 4 * g["F"] if plan else (1 if k == g["F"] else max(rows * k, 1))
     if zs.size:
-        with scratch(xw.dtype, (col_size,), (rk.size,)) as (col, panels):
+        with scratch(xw.dtype, (col_size,), (rk.size,),
+                     (1 if rdrop is None else rows * g["F"],)) as (col, panels, hm):
             direct = None
             if plan:
                 layout, xp, aseg, bseg, bseg_last, roff = plan
@@ -533,7 +593,8 @@ def convlstm_forward(xw, recurrent_kernel, h0, c0, mask=None, activation="tanh",
                           bseg_last, roff)
             _run_forward(zs.reshape(-1), rk.reshape(-1), hs.reshape(-1), cs.reshape(-1),
                          col.reshape(-1), None if steps_mask is None else steps_mask.reshape(-1),
-                         g, t, act, ract, direct)
+                         None if rdrop is None else rdrop.reshape(-1), hm, g, t, act, ract,
+                         direct)
     else:
         hs[1:] = hs[0]
         cs[1:] = cs[0]
@@ -542,7 +603,7 @@ def convlstm_forward(xw, recurrent_kernel, h0, c0, mask=None, activation="tanh",
     else:
         y = (_batch_major(_weighted(hs[1:], weights), False) if return_sequences
              else _weighted(hs[t], weights, t - 1))
-    return y, hs[t].copy(), cs[t].copy(), (zs, hs, cs, g, steps_mask, weights)
+    return y, hs[t].copy(), cs[t].copy(), (zs, hs, cs, g, steps_mask, weights, rdrop)
 
 
 def convlstm_backward(dy, dh_last, dc_last, recurrent_kernel, cache, activation="tanh",
@@ -552,7 +613,7 @@ def convlstm_backward(dy, dh_last, dc_last, recurrent_kernel, cache, activation=
 
     dy shaped like convlstm_forward's y; dh_last / dc_last the final states' gradients or
     None."""
-    zs, hs, cs, g, steps_mask, weights = cache
+    zs, hs, cs, g, steps_mask, weights, rdrop = cache
     dy, dh_last, dc_last, rk, act, ract = operands.convlstm_backward(
         HOST, dy, dh_last, dc_last, recurrent_kernel, zs, hs, activation,
         recurrent_activation, return_sequences)
@@ -566,10 +627,12 @@ def convlstm_backward(dy, dh_last, dc_last, recurrent_kernel, cache, activation=
     dc = np.zeros(hs.shape[1:], dtype=zs.dtype) if dc_last is None else dc_last.copy()
     k = g["KD"] * g["KH"] * g["KW"] * g["F"]
     col_size = max(hs[0].size // max(g["F"], 1) * k, 1)
-    plan = _direct_plan(g, zs.dtype, True) if zs.size else None
+    plan = _direct_plan(g, zs.dtype, True) if zs.size and rdrop is None else None
     if zs.size and k:
+        plain = steps_mask is None and rdrop is None
         with scratch(zs.dtype, (col_size,), (1 if plan else col_size,), (rk.size,),
-                     (1 if steps_mask is None else dh.size,)) as (col, dcol, panels, dhn):
+                     (1 if plain else dh.size,),
+                     (1 if rdrop is None else dh.size,)) as (col, dcol, panels, dhn, hm):
             direct = None
             if plan:
                 # dh = the forward conv of dz padded to 'full', the kernel flipped in space
@@ -581,7 +644,8 @@ def convlstm_backward(dy, dh_last, dc_last, recurrent_kernel, cache, activation=
             _run_backward(zs.reshape(-1), rk.reshape(-1), hs.reshape(-1), cs.reshape(-1),
                           dys.reshape(-1), dzs.reshape(-1), drk.reshape(-1), dh.reshape(-1),
                           dc.reshape(-1), col.reshape(-1), dcol.reshape(-1), dhn.reshape(-1),
-                          None if steps_mask is None else steps_mask.reshape(-1), g, t,
+                          None if steps_mask is None else steps_mask.reshape(-1),
+                          None if rdrop is None else rdrop.reshape(-1), hm, g, t,
                           bool(return_sequences), act, ract, direct)
     else:
         dzs[...] = 0

@@ -9,7 +9,8 @@
  * (KD, KH, KW, F, G); the gates gs (T, R, G) and states hs, cs (T + 1, R, F) in processing
  * order, step 0 the initial state; s the processing step, tx its input time index. mask and
  * the output weights (N, T) at the input's time index, or NULL: a masked sample keeps its
- * states, and its output is weights * h (Keras's previous output or zeros).
+ * states, and its output is weights * h (Keras's previous output or zeros). rdrop
+ * (4, R, F) or NULL: Keras's recurrent dropout, gate block k reads h * rdrop[k].
  * One work-item per (row, filter) for the step kernels: it owns the filter's four gates, so
  * the gate elementwise is fused into the conv without another pass. dh is a gather (no
  * atomics, a fixed order); the recurrent kernel's gradient one work-item per entry, summed
@@ -81,6 +82,7 @@ __kernel void convlstm_step_forward(__global const float *restrict xw,
                                     __global float *restrict gs, __global float *restrict hs,
                                     __global float *restrict cs,
                                     __global const float *restrict mask,
+                                    __global const float *restrict rdrop,
                                     __global const float *restrict weights,
                                     __global float *restrict y, const int write_y,
                                     const int sequences, const int T, const int s, const int tx,
@@ -109,15 +111,25 @@ __kernel void convlstm_step_forward(__global const float *restrict xw,
                 const int w = w0 + kw - pl;
                 if (w < 0 || w >= W)
                     continue;
-                __global const float *hrow = hp + ((((size_t)n * D + d) * H + hh) * W + w) * F;
+                const size_t other = (((size_t)n * D + d) * H + hh) * W + w;
+                __global const float *hrow = hp + other * F;
                 __global const float *kp = rk + (size_t)((kd * KH + kh) * KW + kw) * F * G + j;
                 for (int q = 0; q < F; ++q) {
                     const float v = hrow[q];
                     __global const float *kq = kp + (size_t)q * G;
-                    zi += v * kq[0];
-                    zf += v * kq[F];
-                    zc += v * kq[2 * F];
-                    zo += v * kq[3 * F];
+                    if (rdrop) {
+                        __global const float *m = rdrop + other * F + q;
+                        const size_t block = (size_t)R * F;
+                        zi += v * m[0] * kq[0];
+                        zf += v * m[block] * kq[F];
+                        zc += v * m[2 * block] * kq[2 * F];
+                        zo += v * m[3 * block] * kq[3 * F];
+                    } else {
+                        zi += v * kq[0];
+                        zf += v * kq[F];
+                        zc += v * kq[2 * F];
+                        zo += v * kq[3 * F];
+                    }
                 }
             }
         }
@@ -191,7 +203,8 @@ __kernel void convlstm_step_gates_backward(__global const float *restrict gs,
  * the gradient its kept state carries through the step. */
 __kernel void convlstm_step_dh(__global const float *restrict dxw,
                                __global const float *restrict rk,
-                               __global const float *restrict mask, __global float *restrict dh,
+                               __global const float *restrict mask,
+                               __global const float *restrict rdrop, __global float *restrict dh,
                                const int T, const int tx, CL_GEOM)
 {
     const int gid = get_global_id(0);
@@ -202,7 +215,7 @@ __kernel void convlstm_step_dh(__global const float *restrict dxw,
     const int n = r / S, site = r % S;
     const int w0 = site % W, h0 = (site / W) % H, d0 = site / (W * H);
     const int pf = (KD - 1) / 2, pt = (KH - 1) / 2, pl = (KW - 1) / 2;
-    float acc = 0.0f;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}; /* per gate block: rdrop scales each */
     for (int kd = 0; kd < KD; ++kd) {
         const int d = d0 - kd + pf;
         if (d < 0 || d >= D)
@@ -220,18 +233,26 @@ __kernel void convlstm_step_dh(__global const float *restrict dxw,
                 __global const float *kp =
                     rk + ((size_t)((kd * KH + kh) * KW + kw) * F + q) * G;
                 for (int g = 0; g < G; ++g)
-                    acc += drow[g] * kp[g];
+                    acc[g / F] += drow[g] * kp[g];
             }
         }
     }
+    float total = acc[0] + acc[1] + acc[2] + acc[3];
+    if (rdrop) {
+        __global const float *m = rdrop + (size_t)r * F + q;
+        const size_t block = (size_t)R * F;
+        total = acc[0] * m[0] + acc[1] * m[block] + acc[2] * m[2 * block] +
+                acc[3] * m[3 * block];
+    }
     if (mask && mask[(size_t)n * T + tx] == 0.0f)
-        acc += dh[(size_t)r * F + q];
-    dh[(size_t)r * F + q] = acc;
+        total += dh[(size_t)r * F + q];
+    dh[(size_t)r * F + q] = total;
 }
 
 /* drk (KD, KH, KW, F, G): each entry summed over the steps (in order) and rows of
  * h_{s}[neighbour] * dz_s[row]; go_backwards maps step s to input time T - 1 - s. */
 __kernel void convlstm_recurrent_kernel_grad(__global const float *restrict hs,
+                                             __global const float *restrict rdrop,
                                              __global const float *restrict dxw,
                                              __global float *restrict drk, const int T,
                                              const int go_backwards, CL_GEOM)
@@ -259,8 +280,9 @@ __kernel void convlstm_recurrent_kernel_grad(__global const float *restrict hs,
             const int w = site % W + kw - pl;
             if (d < 0 || d >= D || hh < 0 || hh >= H || w < 0 || w >= W)
                 continue;
-            acc += hp[((((size_t)n * D + d) * H + hh) * W + w) * F + q] *
-                   dxw[(((size_t)n * T + tx) * S + site) * G + g];
+            const size_t other = (((size_t)n * D + d) * H + hh) * W + w;
+            const float scale = rdrop ? rdrop[((size_t)(g / F) * R + other) * F + q] : 1.0f;
+            acc += hp[other * F + q] * scale * dxw[(((size_t)n * T + tx) * S + site) * G + g];
         }
     }
     drk[gid] = acc;

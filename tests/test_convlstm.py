@@ -57,10 +57,16 @@ def _mask(rng, n, t, dtype, zero_output=False):
     return mask
 
 
+def _rdrop(rng, xw_shape, dtype, rate=0.4):
+    """Keras's four recurrent dropout masks (4, N, D, H, W, F): 0 or 1/(1-rate)."""
+    shape = (4, xw_shape[0]) + xw_shape[2:-1] + (xw_shape[-1] // 4,)
+    return ((rng.random(shape) > rate) / (1 - rate)).astype(dtype)
+
+
 @pytest.mark.parametrize("xw_shape,kext", OP_CASES, ids=OP_IDS)
 @pytest.mark.parametrize("go_backwards", [False, True], ids=["fwd", "bwd"])
 @pytest.mark.parametrize("return_sequences", [False, True], ids=["last", "seq"])
-@pytest.mark.parametrize("masked", [None, "mask", "zero_output"])
+@pytest.mark.parametrize("masked", [None, "mask", "zero_output", "rdrop"])
 def test_convlstm_ops_match_reference(target, algo, xw_shape, kext, go_backwards,
                                       return_sequences, masked):
     rng = np.random.default_rng(sum(xw_shape) + sum(kext))
@@ -69,10 +75,11 @@ def test_convlstm_ops_match_reference(target, algo, xw_shape, kext, go_backwards
     acts = ("tanh", "sigmoid") if xw_shape[0] != 3 else ("relu", "hard_sigmoid")
     zero_output = masked == "zero_output"
     mask = _mask(rng, *xw_shape[:2], dtype, zero_output) if masked else None
+    rdrop = _rdrop(rng, xw_shape, dtype) if masked == "rdrop" else None
     y, h, c, cache = target.ops.convlstm_forward(
-        *[None if a is None else target.up(a) for a in (xw, rk, h0, c0, mask)], *acts,
+        *[None if a is None else target.up(a) for a in (xw, rk, h0, c0, mask, rdrop)], *acts,
         return_sequences, go_backwards, zero_output)
-    want = ref.convlstm_forward_ref(xw, rk, h0, c0, mask, *acts, return_sequences,
+    want = ref.convlstm_forward_ref(xw, rk, h0, c0, mask, rdrop, *acts, return_sequences,
                                     go_backwards, zero_output)
     # float32: relu states grow over the steps, and their rounding with them.
     tol = 1e-12 if dtype == np.float64 else 1e-4
@@ -89,7 +96,7 @@ def test_convlstm_ops_match_reference(target, algo, xw_shape, kext, go_backwards
     if target.is_opencl:
         from pynn.backend import cpu
 
-        _, _, _, host_cache = cpu.convlstm_forward(xw, rk, h0, c0, mask, *acts,
+        _, _, _, host_cache = cpu.convlstm_forward(xw, rk, h0, c0, mask, rdrop, *acts,
                                                    return_sequences, go_backwards, zero_output)
         wants = cpu.convlstm_backward(dy, dh, dc, rk, host_cache, *acts, return_sequences,
                                       go_backwards)
@@ -100,7 +107,7 @@ def test_convlstm_ops_match_reference(target, algo, xw_shape, kext, go_backwards
 
 @pytest.mark.parametrize("xw_shape,kext", OP_CASES[:4], ids=OP_IDS[:4])
 @pytest.mark.parametrize("go_backwards,return_sequences", [(False, True), (True, False)])
-@pytest.mark.parametrize("masked", [None, "mask", "zero_output"])
+@pytest.mark.parametrize("masked", [None, "mask", "zero_output", "rdrop"])
 def test_convlstm_backward_by_central_differences(algo, xw_shape, kext, go_backwards,
                                                   return_sequences, masked):
     """Every input of the op: xw, the recurrent kernel and both initial states, against
@@ -112,12 +119,13 @@ def test_convlstm_backward_by_central_differences(algo, xw_shape, kext, go_backw
     acts = ("tanh", "sigmoid") if kext != (1, 1, 1) else ("tanh", "hard_sigmoid")
     zero_output = masked == "zero_output"
     mask = _mask(rng, *xw_shape[:2], np.float64, zero_output) if masked else None
-    y, h, c, cache = cpu.convlstm_forward(xw, rk, h0, c0, mask, *acts, return_sequences,
+    rdrop = _rdrop(rng, xw_shape, np.float64) if masked == "rdrop" else None
+    y, h, c, cache = cpu.convlstm_forward(xw, rk, h0, c0, mask, rdrop, *acts, return_sequences,
                                           go_backwards, zero_output)
     ry, rh, rc = (rng.standard_normal(a.shape) for a in (y, h, c))
 
     def loss():
-        yy, hh, cc = ref.convlstm_forward_ref(xw, rk, h0, c0, mask, *acts,
+        yy, hh, cc = ref.convlstm_forward_ref(xw, rk, h0, c0, mask, rdrop, *acts,
                                               return_sequences, go_backwards, zero_output)
         return float(np.sum(yy * ry) + np.sum(hh * rh) + np.sum(cc * rc))
 
@@ -139,6 +147,7 @@ def test_thread_count_invariance(num_threads, algo, dtype):
         num_threads(n)
         y, h, c, cache = cpu.convlstm_forward(xw, rk, h0, c0, _mask(np.random.default_rng(1),
                                                                      3, 4, dtype),
+                                              _rdrop(np.random.default_rng(2), xw.shape, dtype),
                                               "tanh", "sigmoid", True, False)
         grads = cpu.convlstm_backward(np.cos(y), None, np.sin(c), rk, cache, "tanh",
                                       "sigmoid", True, False)
@@ -153,30 +162,33 @@ RK = np.ones((1, 3, 3, 2, 8))
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda ops: ops.convlstm_forward(XW[0], RK, None, None, None, "tanh", "sigmoid", False,
+    (lambda ops: ops.convlstm_forward(XW[0], RK, None, None, None, None, "tanh", "sigmoid", False,
                                       False),
      "convlstm_forward: 'xw' must have 6 dimensions"),
-    (lambda ops: ops.convlstm_forward(XW, RK[..., :6], None, None, None, "tanh", "sigmoid",
+    (lambda ops: ops.convlstm_forward(XW, RK[..., :6], None, None, None, None, "tanh", "sigmoid",
                                       False, False),
      r"'recurrent_kernel' must have shape \(KD, KH, KW, F, 4F\)"),
-    (lambda ops: ops.convlstm_forward(XW[..., :4], RK, None, None, None, "tanh", "sigmoid",
+    (lambda ops: ops.convlstm_forward(XW[..., :4], RK, None, None, None, None, "tanh", "sigmoid",
                                       False, False),
      r"'xw' must have 4F = 8 gate channels"),
-    (lambda ops: ops.convlstm_forward(XW[:, :0], RK, None, None, None, "tanh", "sigmoid",
+    (lambda ops: ops.convlstm_forward(XW[:, :0], RK, None, None, None, None, "tanh", "sigmoid",
                                       False, False),
      "'xw' must have at least one time step"),
-    (lambda ops: ops.convlstm_forward(XW, RK, np.ones((2, 1, 4, 4, 2)), None, None, "tanh",
-                                      "sigmoid", False, False),
+    (lambda ops: ops.convlstm_forward(XW, RK, np.ones((2, 1, 4, 4, 2)), None, None, None,
+                                      "tanh", "sigmoid", False, False),
      r"'h0' must have shape \(2, 1, 4, 5, 2\), got \(2, 1, 4, 4, 2\)"),
-    (lambda ops: ops.convlstm_forward(XW, RK, None, None, None, "gelu", "sigmoid", False,
+    (lambda ops: ops.convlstm_forward(XW, RK, None, None, None, None, "gelu", "sigmoid", False,
                                       False),
      "convlstm_forward: 'activation' must be one of"),
-    (lambda ops: ops.convlstm_forward(XW, RK, None, None, None, "tanh", "softmax", False,
+    (lambda ops: ops.convlstm_forward(XW, RK, None, None, None, None, "tanh", "softmax", False,
                                       False),
      "'recurrent_activation' must be one of"),
-    (lambda ops: ops.convlstm_forward(XW, RK, None, None, np.ones((2, 2)), "tanh", "sigmoid",
-                                      False, False),
+    (lambda ops: ops.convlstm_forward(XW, RK, None, None, np.ones((2, 2)), None, "tanh",
+                                      "sigmoid", False, False),
      r"convlstm_forward: 'mask' must have shape \(2, 3\), got \(2, 2\)"),
+    (lambda ops: ops.convlstm_forward(XW, RK, None, None, None, np.ones((2, 1, 4, 5, 2)),
+                                      "tanh", "sigmoid", False, False),
+     "convlstm_forward: 'recurrent_dropout' must have 6 dimensions"),
 ])
 def test_bad_inputs(backend, call, match):
     def up(a):
@@ -194,8 +206,8 @@ def test_bad_inputs(backend, call, match):
 def test_bad_backward_inputs():
     from pynn.backend import cpu
 
-    _, _, _, cache = cpu.convlstm_forward(XW, RK, None, None, None, "tanh", "sigmoid", True,
-                                          False)
+    _, _, _, cache = cpu.convlstm_forward(XW, RK, None, None, None, None, "tanh", "sigmoid",
+                                          True, False)
     with pytest.raises(ValueError, match=r"convlstm_backward: 'dy' must have shape "
                                          r"\(2, 3, 1, 4, 5, 2\)"):
         cpu.convlstm_backward(np.ones((2, 1, 4, 5, 2)), None, None, RK, cache, "tanh",
@@ -210,7 +222,7 @@ def test_complex_input_is_refused_by_name():
     from pynn.backend import cpu
 
     with pytest.raises(TypeError, match="convlstm_forward: 'xw' must be real"):
-        cpu.convlstm_forward(XW.astype(np.complex64), RK, None, None, None, "tanh", "sigmoid",
+        cpu.convlstm_forward(XW.astype(np.complex64), RK, None, None, None, None, "tanh", "sigmoid",
                              False, False)
 
 
@@ -360,11 +372,6 @@ def test_bad_input_shapes_name_the_layer(layer, shape, match):
 
 def test_unsupported_calls_name_the_layer(seeded):
     x = _x(seeded, 2, 3, 5, 2).astype(np.float32)
-    drop = layers.ConvLSTM1D(2, 3, recurrent_dropout=0.2, name="d")
-    drop(x)   # inference ignores recurrent dropout, as Keras does
-    with pytest.raises(ValueError, match="ConvLSTM1D 'd': recurrent_dropout while training is "
-                                         "not supported"):
-        drop(x, training=True)
     plain = layers.ConvLSTM1D(2, 3, name="m")
     with pytest.raises(ValueError, match=r"ConvLSTM1D 'm': mask must have shape \(batch, "
                                          r"timesteps\) = \(2, 3\), got \(2, 2\)"):
@@ -392,18 +399,22 @@ def test_a_nowcasting_model_trains():
     assert model.evaluate(x, y, verbose=0) < first
 
 
-# -- input dropout: Keras's four masks, one per gate, fixed over the steps -----------------------
+# -- dropout: Keras's four masks each, one per gate, fixed over the steps ---------------------------
 
 DROPOUT_CASES = [
     ("ConvLSTM1D", {"filters": 2, "kernel_size": 3, "dropout": 0.4, "padding": "same",
                     "return_sequences": True}, (2, 3, 6, 2)),
     ("ConvLSTM3D", {"filters": 2, "kernel_size": (1, 2, 2), "strides": (1, 2, 1),
-                    "dropout": 0.3, "go_backwards": True}, (1, 3, 2, 5, 3, 2)),
+                    "dropout": 0.3, "recurrent_dropout": 0.4, "go_backwards": True},
+     (1, 3, 2, 5, 3, 2)),
+    ("ConvLSTM2D", {"filters": 3, "kernel_size": 3, "padding": "same",
+                    "recurrent_dropout": 0.5, "return_sequences": True}, (2, 3, 4, 5, 2)),
 ]
+DROPOUT_IDS = ["1d", "3d-both", "2d-recurrent"]
 
 
-@pytest.mark.parametrize("name,kwargs,shape", DROPOUT_CASES, ids=["1d", "3d"])
-def test_input_dropout_gradients_by_finite_differences(float64, seeded, name, kwargs, shape):
+@pytest.mark.parametrize("name,kwargs,shape", DROPOUT_CASES, ids=DROPOUT_IDS)
+def test_dropout_gradients_by_finite_differences(float64, seeded, name, kwargs, shape):
     layer = make(name, kwargs)
 
     def same_masks():
@@ -412,29 +423,35 @@ def test_input_dropout_gradients_by_finite_differences(float64, seeded, name, kw
     check_layer(layer, _x(seeded, *shape), seeded, before_call=same_masks)
 
 
-@pytest.mark.parametrize("name,kwargs,shape", DROPOUT_CASES, ids=["1d", "3d"])
-def test_input_dropout_matches_reference(float64, seeded, name, kwargs, shape):
-    """Each gate's conv reads the input times its own mask (Keras's ConvLSTMCell.call); the
-    masks are 0 or 1/(1-rate), fixed over the steps, kept at about 1-rate."""
+@pytest.mark.parametrize("name,kwargs,shape", DROPOUT_CASES, ids=DROPOUT_IDS)
+def test_dropout_matches_reference(float64, seeded, name, kwargs, shape):
+    """Each gate's input conv reads the input times its own mask, each gate's recurrent conv
+    h times its own (Keras's ConvLSTMCell.call); the masks are 0 or 1/(1-rate), fixed over
+    the steps, kept at about 1-rate, four different ones."""
     from tests.reference.conv3d_ref import conv3d_forward_ref
 
     layer = make(name, kwargs)
     x = _x(seeded, *shape)
     y = layer(x, training=True)
-    scales = [np.asarray(s) for s in layer._cache[0][2]]
-    rate = kwargs["dropout"]
-    for scale in scales:
-        assert set(np.unique(scale)) <= {0.0, 1 / (1 - rate)}
-    kept = np.mean(np.concatenate(scales) > 0)
-    assert abs(kept - (1 - rate)) < 0.25 and len({s.tobytes() for s in scales}) == 4
-    rank = layer.RANK
+    inputs, _, op_cache = layer._cache[:3]
+    rank, f = layer.RANK, layer.filters
     n, t = shape[:2]
-    f = layer.filters
+    scales = [None] * 4
+    if kwargs.get("dropout"):
+        scales = [np.asarray(s) for s in inputs[2]]
+    rdrop = np.asarray(op_cache[6]) if kwargs.get("recurrent_dropout") else None
+    drawn = [(kwargs.get("dropout"), np.stack(scales) if scales[0] is not None else None),
+             (kwargs.get("recurrent_dropout"), rdrop)]
+    for rate, masks in drawn:
+        if rate:
+            assert set(np.unique(masks)) <= {0.0, 1 / (1 - rate)}
+            assert abs(np.mean(masks > 0) - (1 - rate)) < 0.25
+            assert len({m.tobytes() for m in masks}) == 4
     kernel3 = ref.kernel_to_3d(np.asarray(layer.kernel.value), rank)
     bias = np.asarray(layer.bias.value)
     parts = []
     for g, scale in enumerate(scales):
-        xg = (x.reshape(n, t, -1) * scale[:, None]).reshape(x.shape)
+        xg = x if scale is None else (x.reshape(n, t, -1) * scale[:, None]).reshape(x.shape)
         frames = ref.to_3d(xg, rank).reshape((n * t,) + ref.to_3d(xg, rank).shape[2:])
         z, _ = conv3d_forward_ref(frames, kernel3[..., g * f:(g + 1) * f],
                                   bias[g * f:(g + 1) * f], layer._pad3(layer.strides),
@@ -444,7 +461,8 @@ def test_input_dropout_matches_reference(float64, seeded, name, kwargs, shape):
     xw = xw.reshape((n, t) + xw.shape[1:])
     want, _, _ = ref.convlstm_forward_ref(
         xw, ref.kernel_to_3d(np.asarray(layer.recurrent_kernel.value), rank),
-        return_sequences=layer.return_sequences, go_backwards=layer.go_backwards)
+        recurrent_dropout=rdrop, return_sequences=layer.return_sequences,
+        go_backwards=layer.go_backwards)
     np.testing.assert_allclose(np.asarray(y), want.reshape(np.shape(y)), rtol=1e-10,
                                atol=1e-12)
 
@@ -458,7 +476,7 @@ def restore_device():
 
 @pytest.mark.opencl
 @pytest.mark.parametrize("name,kwargs,shape", LAYER_CASES + DROPOUT_CASES,
-                         ids=LAYER_IDS + ["dropout-1d", "dropout-3d"])
+                         ids=LAYER_IDS + [f"dropout-{i}" for i in DROPOUT_IDS])
 def test_opencl_layer_matches_cpu(restore_device, name, kwargs, shape):
     from tests.opencl_util import skip_without_opencl
 

@@ -590,13 +590,14 @@ OPS.update({
 # read as Keras's 'same' stride-1 conv of h, gates i, f, c, o; h0/c0 (N,D,H,W,F) or None
 # (zeros); activation/recurrent_activation from operands.convlstm.CONVLSTM_ACTIVATIONS; mask
 # (N,T) of 1/0 or None: Keras's, a masked step keeps the states and repeats the previous
-# output (zeros before the first unmasked one), or outputs zeros with zero_output_for_mask.
+# output (zeros before the first unmasked one), or outputs zeros with zero_output_for_mask;
+# recurrent_dropout (4,N,D,H,W,F) Keras's recurrent masks (gate block k reads h * mask k) or None.
 OPS.update({
     # -> (y, h_last, c_last, cache): y (N,T,D,H,W,F) in processing order with
     # return_sequences, else the last output; cache holds what backward reads.
-    "convlstm_forward": ("xw", "recurrent_kernel", "h0", "c0", "mask", "activation",
-                         "recurrent_activation", "return_sequences", "go_backwards",
-                         "zero_output_for_mask"),
+    "convlstm_forward": ("xw", "recurrent_kernel", "h0", "c0", "mask", "recurrent_dropout",
+                         "activation", "recurrent_activation", "return_sequences",
+                         "go_backwards", "zero_output_for_mask"),
     # -> (dxw at the input's time index, drecurrent_kernel, dh0, dc0); dh_last/dc_last the
     # final states' gradients or None.
     "convlstm_backward": ("dy", "dh_last", "dc_last", "recurrent_kernel", "cache",

@@ -17,10 +17,10 @@ input gradients over all frames at once.
 ``return_sequences``, ``return_state``, ``go_backwards`` (outputs in processing order, as
 Keras), ``stateful``, ``initial_state`` and masks are Keras's: a masked step keeps the states
 and repeats the previous output (zeros before the first unmasked step), or outputs zeros
-with ``zero_output_for_mask``. ``dropout`` draws Keras's four input masks (one per gate,
-fixed over the steps; the input conv then runs once per gate). Refused with a ValueError
-that says so: recurrent_dropout while training (inference ignores it, as Keras does),
-activations outside the fused kernels' list, constraints and activity regularizers,
+with ``zero_output_for_mask``. ``dropout`` and ``recurrent_dropout`` draw Keras's four masks
+each (one per gate, fixed over the steps; the input conv then runs once per gate, the
+recurrent conv four times a step). Refused with a ValueError that says so: activations
+outside the fused kernels' list, constraints and activity regularizers,
 data_format='channels_first'.
 """
 
@@ -234,22 +234,18 @@ class _ConvLSTM(Layer):
             return None
         return b.asarray(m.astype(self.dtype), self.dtype)
 
-    def _refuse(self, training):
-        if training and 0 < self.recurrent_dropout < 1:
-            raise ValueError(f"{self._label}: recurrent_dropout while training is not "
-                             f"supported by pynn's ConvLSTM layers yet (recurrent_dropout="
-                             f"{self.recurrent_dropout}); inference ignores it, as Keras does")
-
     def runtime_state(self):
         return {"offset": self._offset} if self._offset else {}
 
     def set_runtime_state(self, state):
         self._offset = int(state.get("offset", 0))
 
-    def _dropout_scale(self, b, shape):
-        """One of Keras's input dropout masks: 0 or 1/(1-rate) per (sample, frame value)."""
+    def _dropout_scale(self, b, shape, rate=None):
+        """Keras's dropout masks: 0 or 1/(1-rate) per value (input dropout's rate unless
+        ``rate``)."""
         ones = b.full(shape, 1.0, self.dtype)
-        scale, _ = b.dropout_forward(ones, self.dropout, self._seed, self._offset)
+        scale, _ = b.dropout_forward(ones, self.dropout if rate is None else rate, self._seed,
+                                     self._offset)
         self._offset += int(np.prod(shape))
         return scale
 
@@ -291,7 +287,6 @@ class _ConvLSTM(Layer):
             x, states = x[0], list(x[1:])
         if isinstance(mask, (list, tuple)):
             mask = mask[0]
-        self._refuse(training)
         n, t = int(x.shape[0]), int(x.shape[1])
         mask = self._mask(mask, n, t)
         if t == 0:
@@ -311,8 +306,13 @@ class _ConvLSTM(Layer):
             h0, c0 = (b.reshape(s, state_shape) for s in states)
         rk3 = b.reshape(self.recurrent_kernel.value,
                         self._pad3(self.kernel_size) + (self.filters, 4 * self.filters))
+        rdrop = None
+        if training and 0 < self.recurrent_dropout < 1:
+            # Keras's four recurrent masks, one per gate, fixed over the steps
+            rdrop = self._dropout_scale(b, (4, n) + tuple(xw.shape[2:-1]) + (self.filters,),
+                                        self.recurrent_dropout)
         y, h_last, c_last, cache = b.convlstm_forward(
-            xw, rk3, h0, c0, mask, self.activation, self.recurrent_activation,
+            xw, rk3, h0, c0, mask, rdrop, self.activation, self.recurrent_activation,
             self.return_sequences, self.go_backwards, self.zero_output_for_mask)
         if self.stateful:
             self._states = [h_last, c_last]

@@ -34,12 +34,14 @@ def same_conv_ref(h, kernel):
     return out
 
 
-def convlstm_forward_ref(xw, recurrent_kernel, h0=None, c0=None, mask=None, activation="tanh",
+def convlstm_forward_ref(xw, recurrent_kernel, h0=None, c0=None, mask=None,
+                         recurrent_dropout=None, activation="tanh",
                          recurrent_activation="sigmoid", return_sequences=False,
                          go_backwards=False, zero_output_for_mask=False):
     """The op: xw (N, T, D, H, W, 4F) -> (y, h_last, c_last), y in processing order. mask
     (N, T): Keras's backend rnn loop (a masked sample keeps its states; its output is the
-    previous output, zeros at first, or zeros with zero_output_for_mask)."""
+    previous output, zeros at first, or zeros with zero_output_for_mask). recurrent_dropout
+    (4, N, D, H, W, F): gate k's recurrent conv reads h * recurrent_dropout[k]."""
     xw = np.asarray(xw, np.float64)
     rk = np.asarray(recurrent_kernel, np.float64)
     act, ract = ACTS[activation], ACTS[recurrent_activation]
@@ -51,7 +53,12 @@ def convlstm_forward_ref(xw, recurrent_kernel, h0=None, c0=None, mask=None, acti
     ys = []
     out = np.zeros(state)
     for t in steps:
-        z = xw[:, t] + same_conv_ref(h, rk)
+        if recurrent_dropout is None:
+            z = xw[:, t] + same_conv_ref(h, rk)
+        else:
+            z = xw[:, t] + np.concatenate(
+                [same_conv_ref(h * recurrent_dropout[k], rk[..., k * f:(k + 1) * f])
+                 for k in range(4)], axis=-1)
         i, fg = ract(z[..., :f]), ract(z[..., f:2 * f])
         cc, o = act(z[..., 2 * f:3 * f]), ract(z[..., 3 * f:])
         c_new = fg * c + i * cc
@@ -99,7 +106,7 @@ def convlstm_layer_ref(x, kernel, recurrent_kernel, bias, rank, strides=1, paddi
     c0 = None if c0 is None else to_3d(np.asarray(c0), rank, time_axis=False)
     y, h, c = convlstm_forward_ref(xw, kernel_to_3d(np.asarray(recurrent_kernel, np.float64),
                                                     rank),
-                                   h0, c0, mask, activation, recurrent_activation,
+                                   h0, c0, mask, None, activation, recurrent_activation,
                                    return_sequences, go_backwards, zero_output_for_mask)
     spatial = h.shape[1:-1][3 - rank:]
     out_state = (n,) + spatial + (h.shape[-1],)

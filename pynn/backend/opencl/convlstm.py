@@ -48,13 +48,14 @@ def _output_weights(mask, t, go_backwards, zero_output_for_mask):
     return weights
 
 
-def convlstm_forward(xw, recurrent_kernel, h0, c0, mask=None, activation="tanh",
-                     recurrent_activation="sigmoid", return_sequences=False,
-                     go_backwards=False, zero_output_for_mask=False):
+def convlstm_forward(xw, recurrent_kernel, h0, c0, mask=None, recurrent_dropout=None,
+                     activation="tanh", recurrent_activation="sigmoid",
+                     return_sequences=False, go_backwards=False, zero_output_for_mask=False):
     """The ConvLSTM recurrence -> (y, h_last, c_last, cache)."""
     op = "convlstm_forward"
-    xw, rk, h0, c0, mask, act, ract, g = operands.convlstm_forward(
-        DEVICE, xw, recurrent_kernel, h0, c0, mask, activation, recurrent_activation)
+    xw, rk, h0, c0, mask, rdrop, act, ract, g = operands.convlstm_forward(
+        DEVICE, xw, recurrent_kernel, h0, c0, mask, recurrent_dropout, activation,
+        recurrent_activation)
     n, t = xw.shape[:2]
     state = (g["N"], g["D"], g["H"], g["W"], g["F"])
     rf = int(np.prod(state))
@@ -68,12 +69,12 @@ def convlstm_forward(xw, recurrent_kernel, h0, c0, mask=None, activation="tanh",
     weights = _output_weights(mask, t, go_backwards, zero_output_for_mask)
     for s in range(t):
         tx = t - 1 - s if go_backwards else s
-        elementwise("convlstm", "convlstm_step_forward", rf, xw, rk, gs, hs, cs, mask, weights,
-                    y, bool(return_sequences) or s == t - 1, bool(return_sequences), t, s, tx,
-                    act, ract, *_geometry_args(g))
+        elementwise("convlstm", "convlstm_step_forward", rf, xw, rk, gs, hs, cs, mask, rdrop,
+                    weights, y, bool(return_sequences) or s == t - 1, bool(return_sequences),
+                    t, s, tx, act, ract, *_geometry_args(g))
     h_last = _block(hs, t * rf, state, f"{op} h_last")
     c_last = _block(cs, t * rf, state, f"{op} c_last")
-    return y, h_last, c_last, (gs, hs, cs, g, mask, weights)
+    return y, h_last, c_last, (gs, hs, cs, g, mask, weights, rdrop)
 
 
 def convlstm_backward(dy, dh_last, dc_last, recurrent_kernel, cache, activation="tanh",
@@ -81,7 +82,7 @@ def convlstm_backward(dy, dh_last, dc_last, recurrent_kernel, cache, activation=
                       go_backwards=False):
     """-> (dxw at the input's time index, drecurrent_kernel, dh0, dc0)."""
     op = "convlstm_backward"
-    gs, hs, cs, g, mask, weights = cache
+    gs, hs, cs, g, mask, weights, rdrop = cache
     dy, dh_last, dc_last, rk, act, ract = operands.convlstm_backward(
         DEVICE, dy, dh_last, dc_last, recurrent_kernel, gs, hs, activation,
         recurrent_activation, return_sequences)
@@ -98,9 +99,9 @@ def convlstm_backward(dy, dh_last, dc_last, recurrent_kernel, cache, activation=
         dy_mode = 1 if return_sequences else (2 if s == t - 1 else 0)
         elementwise("convlstm", "convlstm_step_gates_backward", rf, gs, cs, dy, mask, weights,
                     dh, dc, dxw, t, s, tx, dy_mode, act, ract, *_geometry_args(g))
-        elementwise("convlstm", "convlstm_step_dh", rf, dxw, rk, mask, dh, t, tx,
+        elementwise("convlstm", "convlstm_step_dh", rf, dxw, rk, mask, rdrop, dh, t, tx,
                     *_geometry_args(g))
     drk = rt.empty(rk.shape, np.float32, f"{op} drecurrent_kernel")
-    elementwise("convlstm", "convlstm_recurrent_kernel_grad", drk.size, hs, dxw, drk, t,
+    elementwise("convlstm", "convlstm_recurrent_kernel_grad", drk.size, hs, rdrop, dxw, drk, t,
                 bool(go_backwards), *_geometry_args(g))
     return dxw, drk, dh, dc

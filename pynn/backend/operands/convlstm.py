@@ -43,9 +43,10 @@ def _state(arrays, op, name, a, like, shape):
     return a
 
 
-def convlstm_forward(arrays, xw, recurrent_kernel, h0, c0, mask, activation,
-                     recurrent_activation, op="convlstm_forward"):
-    """-> (xw, recurrent_kernel, h0, c0, mask, act, ract, g); mask (N, T) of 1/0 or None."""
+def convlstm_forward(arrays, xw, recurrent_kernel, h0, c0, mask, recurrent_dropout,
+                     activation, recurrent_activation, op="convlstm_forward"):
+    """-> (xw, recurrent_kernel, h0, c0, mask, recurrent_dropout, act, ract, g); mask (N, T)
+    of 1/0 or None; recurrent_dropout (4, N, D, H, W, F) or None."""
     act = activation_code(op, "activation", activation)
     ract = activation_code(op, "recurrent_activation", recurrent_activation)
     xw = arrays.float_input(op, "xw", xw, ndim=6)
@@ -61,7 +62,11 @@ def convlstm_forward(arrays, xw, recurrent_kernel, h0, c0, mask, activation,
     check_count(arrays, op, "xw", xw.size)
     check_count(arrays, op, "state vol2col", g["N"] * g["D"] * g["H"] * g["W"] * g["KD"]
                 * g["KH"] * g["KW"] * g["F"])
-    return xw, rk, h0, c0, mask, act, ract, g
+    if recurrent_dropout is not None:
+        recurrent_dropout = arrays.float_input(op, "recurrent_dropout", recurrent_dropout,
+                                               ndim=6, like=xw)
+        check_shape(op, "recurrent_dropout", recurrent_dropout, (4,) + state)
+    return xw, rk, h0, c0, mask, recurrent_dropout, act, ract, g
 
 
 def convlstm_backward(arrays, dy, dh_last, dc_last, recurrent_kernel, zs, hs, activation,
