@@ -399,7 +399,7 @@ def test_a_nowcasting_model_trains():
     assert model.evaluate(x, y, verbose=0) < first
 
 
-# -- dropout: Keras's four masks each, one per gate, fixed over the steps ---------------------------
+# -- dropout: Keras's four masks each, one per gate, fixed over the steps ---------------------
 
 DROPOUT_CASES = [
     ("ConvLSTM1D", {"filters": 2, "kernel_size": 3, "dropout": 0.4, "padding": "same",
