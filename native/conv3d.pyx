@@ -77,10 +77,7 @@ def _set_workspace_bytes(nbytes=None):
     return old
 
 
-cdef struct Geom3:
-    Py_ssize_t N, D, H, W, C, KD, KH, KW, F, G, CG, FG, SD, SH, SW, DD, DH, DW
-    Py_ssize_t PF, PT, PL, DO, HO, WO, K
-    Py_ssize_t DP, HP, WP   # the zero-padded input the direct path reads
+include "_geom3.pxi"   # Geom3, shared with native/convlstm.pyx
 
 
 cdef inline Py_ssize_t _imax(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -898,3 +895,26 @@ _COMPOSED = SimpleNamespace(
     activation_backward=activation_backward, activation_bias_backward=activation_bias_backward,
     bias_backward=bias_backward, conv3d_backward_input=conv3d_backward_input,
     conv3d_backward_weight=conv3d_backward_weight, conv3d_forward=conv3d_forward)
+
+
+# -- convlstm (native/convlstm.pyx): the direct forward as C entry points, so the ConvLSTM's
+# nogil step loop runs its recurrent conv (and that conv's input gradient) on this microkernel
+# path without a Python round trip per step: capsules of the two typed specializations.
+from cpython.pycapsule cimport PyCapsule_New
+
+
+def _direct_forward_capsules():
+    """(float, double) capsules of conv3d_forward_direct (signature in native/convlstm.pyx)."""
+    return (PyCapsule_New(<void*>conv3d_forward_direct[float],
+                          b"pynn.conv3d.forward_direct_f", NULL),
+            PyCapsule_New(<void*>conv3d_forward_direct[double],
+                          b"pynn.conv3d.forward_direct_d", NULL))
+
+
+def _direct_forward_plan(dict g, dtype):
+    """-> (aseg, bseg, bseg_last, tn, roff) for conv3d_forward_direct over a padded input of
+    geometry ``g`` (DP, HP, WP set)."""
+    nc = PYNN_NC_F if np.dtype(dtype) == np.float32 else PYNN_NC_D
+    aseg, bseg, bseg_last, tn = _direct_segments(g, nc)
+    roff = np.empty(omp_get_max_threads() * _FORWARD_VOXELS, dtype=np.intp)
+    return aseg, bseg, bseg_last, tn, roff

@@ -1908,6 +1908,14 @@ def _mel_spectrogram(g, layer, x, out_shape):
     return g.tensor(mel, out_shape)
 
 
+# -- convlstm: ONNX has no convolutional recurrence (its LSTM operator is dense) --
+@_converts("ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
+def _conv_lstm(g, layer, x, out_shape):
+    raise _unsupported(layer, "ONNX has no ConvLSTM operator (its LSTM is dense: the gates' "
+                              "products are MatMuls, not convolutions); export the model "
+                              "up to it, or save it as .keras")
+
+
 def _convert(g, layer, x, out_shape):
     fn = _CONVERTERS.get(type(layer).__name__)
     if fn is None:

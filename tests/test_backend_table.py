@@ -143,6 +143,8 @@ REFERENCE_ELSEWHERE = {
     "simple_rnn_backward": "central differences of simple_rnn_forward_ref",
     "lstm_backward": "central differences of lstm_forward_ref",
     "gru_backward": "central differences of gru_forward_ref",
+    # -- convlstm --
+    "convlstm_backward": "central differences of convlstm_forward_ref",
 }
 
 # Ops tested in another file than tests/test_<family>.py, and which.

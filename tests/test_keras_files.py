@@ -302,6 +302,26 @@ def color():
 ARCHITECTURES["color"] = color
 
 
+# -- convlstm: ConvLSTM2D (sequences, strided, backwards), ConvLSTM1D with its states and
+# a dilated ConvLSTM3D --
+def nowcasting():
+    video = keras.Input((3, 7, 6, 2))
+    row = keras.Input((4, 9, 3))
+    volume = keras.Input((2, 3, 5, 4, 2))
+    v = K.ConvLSTM2D(3, 3, padding="same", return_sequences=True,
+                     bias_initializer="random_normal")(video)
+    v = K.ConvLSTM2D(2, (2, 3), strides=(1, 2), go_backwards=True,
+                     recurrent_activation="hard_sigmoid")(v)
+    r, h, c = K.ConvLSTM1D(2, 3, dilation_rate=2, return_state=True)(row)
+    w = K.ConvLSTM3D(2, (1, 2, 3), padding="same", dilation_rate=(1, 2, 1),
+                     unit_forget_bias=False)(volume)
+    flat = K.Concatenate()([K.Flatten()(t) for t in (v, r, c, w)])
+    return keras.Model([video, row, volume], K.Dense(2)(flat))
+
+
+ARCHITECTURES["nowcasting"] = nowcasting
+
+
 def test_architectures_cover_every_pynn_layer():
     seen = set()
 
@@ -832,9 +852,9 @@ def test_serialized_function_is_refused(saved_mlp, tmp_path):
 def test_unknown_layer_is_named(saved_mlp, tmp_path):
     path, config = saved_mlp
     config = json.loads(json.dumps(config))
-    config["config"]["layers"][1]["class_name"] = "ConvLSTM2D"
-    with pytest.raises(ValueError, match=r"layer 'dense' \(ConvLSTM2D\): pynn has no layer "
-                                         r"'ConvLSTM2D'"):
+    config["config"]["layers"][1]["class_name"] = "TorchModuleWrapper"
+    with pytest.raises(ValueError, match=r"layer 'dense' \(TorchModuleWrapper\): pynn has no "
+                                         r"layer 'TorchModuleWrapper'"):
         pynn.load_model(_rewrite(path, tmp_path / "u.keras", config))
 
 

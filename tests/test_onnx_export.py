@@ -1413,3 +1413,13 @@ def test_stft_of_an_unknown_length_is_refused():
     model = seq((None, 1), L.STFTSpectrogram(frame_length=8))
     with pytest.raises(ValueError, match="STFTSpectrogram .* signal length must be known"):
         pynn.onnx.export(model)
+
+
+# -- convlstm: ONNX has no convolutional recurrence, so the ConvLSTMs are refused by name --
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_conv_lstms_are_refused_by_name(rank):
+    shape = (3,) + (5, 4, 3)[:rank] + (2,)
+    layer = getattr(L, f"ConvLSTM{rank}D")(2, 2, name="nowcast")
+    with pytest.raises(ValueError, match=rf"ConvLSTM{rank}D 'nowcast' cannot be exported: "
+                                         r"ONNX has no ConvLSTM operator"):
+        pynn.onnx.export(seq(shape, layer))

@@ -710,6 +710,27 @@ OPS.update({
     "stft_backward": ("dreal", "dimag", "window", "stride", "length"),     # -> dx (R, length)
 })
 
+# -- convlstm (native/convlstm.pyx, opencl/convlstm.cl): Keras 3's ConvLSTM1D/2D/3D recurrence --
+# The step loop after the layer's one conv3d_forward over all N*T frames: xw (N,T,D,H,W,4F)
+# (input conv + bias; 1-D/2-D as 3-D with unit extents), recurrent_kernel (KD,KH,KW,F,4F)
+# read as Keras's 'same' stride-1 conv of h, gates i, f, c, o; h0/c0 (N,D,H,W,F) or None
+# (zeros); activation/recurrent_activation from operands.convlstm.CONVLSTM_ACTIVATIONS; mask
+# (N,T) of 1/0 or None: Keras's, a masked step keeps the states and repeats the previous
+# output (zeros before the first unmasked one), or outputs zeros with zero_output_for_mask;
+# recurrent_dropout (4,N,D,H,W,F) Keras's recurrent masks (gate block k reads h * mask k) or None.
+OPS.update({
+    # -> (y, h_last, c_last, cache): y (N,T,D,H,W,F) in processing order with
+    # return_sequences, else the last output; cache holds what backward reads.
+    "convlstm_forward": ("xw", "recurrent_kernel", "h0", "c0", "mask", "recurrent_dropout",
+                         "activation", "recurrent_activation", "return_sequences",
+                         "go_backwards", "zero_output_for_mask"),
+    # -> (dxw at the input's time index, drecurrent_kernel, dh0, dc0); dh_last/dc_last the
+    # final states' gradients or None.
+    "convlstm_backward": ("dy", "dh_last", "dc_last", "recurrent_kernel", "cache",
+                          "activation", "recurrent_activation", "return_sequences",
+                          "go_backwards"),
+})
+
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.
 CONSTRAINTS = ("max_norm", "non_neg", "unit_norm", "min_max_norm")
 

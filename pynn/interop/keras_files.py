@@ -62,6 +62,8 @@ MAX_H5_BYTES = 8 << 30
 MAX_NAMES = 1 << 16
 # Keras's recurrent layers keep their variables in a ``cell`` sublayer.
 _RNN_CLASSES = ("SimpleRNN", "LSTM", "GRU")
+# -- convlstm: Keras's ConvLSTM layers keep theirs in a ``cell`` sublayer too --
+_RNN_CLASSES += ("ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
 _MODEL_CLASSES = ("Sequential", "Functional", "Model")
 _MERGE_CLASSES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
                   "Dot")

@@ -265,3 +265,8 @@ from pynn.layers.spectral import MelSpectrogram, STFTSpectrogram  # noqa: E402
 
 LAYERS.update(MelSpectrogram=MelSpectrogram, STFTSpectrogram=STFTSpectrogram)
 __all__ += ["MelSpectrogram", "STFTSpectrogram"]
+# -- convlstm: Keras 3's ConvLSTM1D, ConvLSTM2D and ConvLSTM3D --
+from pynn.layers.conv_lstm import ConvLSTM1D, ConvLSTM2D, ConvLSTM3D  # noqa: E402
+
+LAYERS.update({cls.__name__: cls for cls in (ConvLSTM1D, ConvLSTM2D, ConvLSTM3D)})
+__all__ += ["ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"]

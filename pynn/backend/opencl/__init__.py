@@ -169,3 +169,5 @@ from pynn.backend.opencl.spectral import (  # noqa: F401
     power_to_db_backward, power_to_db_forward, reflect_pad1d_backward, reflect_pad1d_forward,
     spectrum_backward, spectrum_forward, stft_backward, stft_forward,
 )
+# -- convlstm (Keras 3's ConvLSTM1D/2D/3D recurrence) --
+from pynn.backend.opencl.convlstm import convlstm_backward, convlstm_forward  # noqa: F401
