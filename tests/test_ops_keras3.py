@@ -13,9 +13,6 @@ from pynn import ops
 from tests.backend_util import keras_on_torch
 from tests.test_ops import check_grad
 
-RNG = np.random.default_rng(20261207)
-
-
 def _x(*shape, positive=False, unit=False, seed=0):
     a = np.random.default_rng(seed + 31 * len(shape) + sum(shape)).standard_normal(shape)
     if a.size:
@@ -156,11 +153,6 @@ VALUE_CASES = {
                      True),
     "linspace": (lambda o: o.linspace(-1.0, 2.0, 7), [], lambda: np.linspace(-1, 2, 7), True),
 }
-
-
-def _pynn(name, table, xs):
-    call = table[name][0]
-    return np.asarray(call(ops, *[x if not isinstance(x, np.ndarray) else x for x in xs]))
 
 
 @pytest.mark.parametrize("name", sorted(n for n in {**CASES, **VALUE_CASES}
