@@ -28,6 +28,10 @@ def _ids(*values):
     return np.asarray(values, np.int32)
 
 
+ATTENTION_MASK = np.random.default_rng(4).random((2, 1, 3, 5)) > 0.4
+ATTENTION_MASK[0, 0, 1] = False
+
+
 # name -> (call(o, *xs) with o either pynn.ops or keras.ops, inputs, NumPy float64 reference
 # or None where the reference is keras itself, on_device)
 CASES = {
@@ -114,6 +118,10 @@ CASES = {
     "dot_product_attention_causal_gqa": (
         lambda o, q, k, v: o.dot_product_attention(q, k, v, is_causal=True, scale=0.3),
         [_x(2, 4, 4, 3), _x(2, 4, 2, 3), _x(2, 4, 2, 3)], None, True),
+    # row 1 of sample 0 attends to nothing: Keras makes it uniform (the composed path)
+    "dot_product_attention_mask": (
+        lambda o, q, k, v: o.dot_product_attention(q, k, v, mask=ATTENTION_MASK),
+        [_x(2, 3, 2, 4), _x(2, 5, 2, 4), _x(2, 5, 2, 3)], None, True),
     "dot_product_attention_bias": (
         lambda o, q, k, v, b: o.dot_product_attention(q, k, v, bias=b),
         [_x(1, 3, 2, 4), _x(1, 5, 2, 4), _x(1, 5, 2, 3), _x(1, 2, 3, 5)], None, True),
@@ -165,7 +173,9 @@ def test_forward_matches_the_float64_reference(name):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# An emptied attention row adds -1e9 to its logits (Keras's): float64 keeps only ~1e-7 of
+# them, too coarse for differences; its gradient is checked against Keras's instead.
+@pytest.mark.parametrize("name", sorted(set(CASES) - {"dot_product_attention_mask"}))
 def test_gradient_by_central_differences(name):
     call, xs, _, _ = CASES[name]
     xs = [np.array(x, np.float64) for x in xs]
