@@ -15,6 +15,11 @@ from pynn.ops._core import OPS
 from pynn.ops.nn import *
 from pynn.ops.numpy_ops import *
 from pynn.ops.numpy_ops import convert_to_tensor
+# keras.ops breadth (branch opsx)
+from pynn.ops import numpy_extra as _numpy_extra
+from pynn.ops.numpy_extra import *
+from pynn.ops import nn_extra as _nn_extra
+from pynn.ops.nn_extra import *
 from pynn.variables import Variable
 
 __all__ = [*sorted(OPS), "Tensor", "convert_to_tensor"]  # noqa: PLE0604
@@ -49,7 +54,7 @@ for _cls in (Tensor, Variable, KerasTensor):
 # As for Tensor: array * variable must reach Variable.__rmul__, not an object array.
 Variable.__array_ufunc__ = None
 # The module-level names that shadow builtins (sum, max, abs, ...) are exported on purpose.
-globals().update({name: getattr(_numpy_ops, name, None) or getattr(_nn, name)
+globals().update({name: getattr(_numpy_ops, name, None) or getattr(_nn, name, None) or OPS[name]
                   for name in OPS})
 
 

@@ -1,0 +1,813 @@
+"""More of keras.ops' NumPy-like part, as custom layers use it: cumulative ops, tiling and
+padding, triangles and diagonals, axis moves, stacking, special functions, sorting, norms,
+constructors, segment and scatter ops.
+
+Two kinds of op live here. Most are compositions of the ops of ``numpy_ops`` (reshape,
+broadcast_to, take, concatenate, where, the elementwise and reduction ops): those run on every
+backend through the kernels those ops already use (the elementwise family, opencl/tensor.cl),
+and their gradients are the composed ops' gradients. The rest (cumsum/cumprod, erf/erfc/erfinv,
+sort/argsort/top_k/in_top_k, the segment and scatter ops) compute with NumPy on the CPU
+backend's host arrays with a backward of their own, and on another backend they raise
+(``cpu_only``): never a silent trip through the host. Index arrays (roll's, pad's, repeat's,
+diag's) are built on the host from the shapes alone, never from the values.
+"""
+
+import builtins
+import math
+
+import numpy as np
+
+from pynn import _config, backend
+from pynn.autodiff import Tensor
+from pynn.ops import numpy_ops as npo
+from pynn.ops._core import cpu_only, op, record, shape_of, unbroadcast, value
+
+
+def _host(name, x):
+    """x's values as a NumPy array, for the ops with no device formula (after cpu_only)."""
+    cpu_only(name)
+    return np.asarray(value(x))
+
+
+def _ndim(x):
+    return len(shape_of(value(x)))
+
+
+def _dtype(x):
+    v = value(x)
+    return np.asarray(v).dtype if isinstance(v, (int, float, bool, list, tuple)) else v.dtype
+
+
+def _axis(name, axis, ndim):
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise TypeError(f"pynn.ops.{name}: axis must be an int, got {axis!r}")
+    if not -ndim <= axis < builtins.max(ndim, 1):
+        raise ValueError(f"pynn.ops.{name}: axis {axis} is out of range for a {ndim}-D input")
+    return int(axis) % builtins.max(ndim, 1)
+
+
+def _float_dtype(dtype):
+    return np.dtype(_config.floatx() if dtype is None else dtype)
+
+
+def _constant(array, dtype):
+    """A constructor's result: a host array on the current backend (shapes only, no input)."""
+    dtype = np.dtype(dtype)
+    return Tensor(backend.current().asarray(np.asarray(array, dtype), dtype))
+
+
+# -- cumulative ---------------------------------------------------------------------------
+def _flat_axis(name, x, axis):
+    if axis is None:
+        return npo.reshape(x, (-1,)), 0
+    return x, _axis(name, axis, _ndim(x))
+
+
+@op
+def cumsum(x, axis=None, dtype=None):
+    """keras.ops.cumsum (flattened when axis is None); its gradient is the reversed cumsum."""
+    x, axis = _flat_axis("cumsum", x, axis)
+    xv = _host("cumsum", x)
+    y = np.cumsum(xv, axis=axis, dtype=dtype)
+    if y.dtype.kind != "f":
+        return Tensor(y)
+
+    def backward(dy, need):
+        return (np.flip(np.cumsum(np.flip(dy, axis), axis=axis), axis).astype(xv.dtype),)
+
+    return record(y, (x,), backward, "cumsum")
+
+
+@op
+def cumprod(x, axis=None, dtype=None):
+    """keras.ops.cumprod; its gradient exact with zeros: before a row's first zero it is
+    reversed-cumsum(dy * y) / x, at the first zero the same sums with that zero taken as 1,
+    after it 0."""
+    x, axis = _flat_axis("cumprod", x, axis)
+    xv = _host("cumprod", x)
+    y = np.cumprod(xv, axis=axis, dtype=dtype)
+    if y.dtype.kind != "f":
+        return Tensor(y)
+
+    def backward(dy, need):
+        def rev_cumsum(a):
+            return np.flip(np.cumsum(np.flip(a, axis), axis=axis), axis)
+
+        zero = xv == 0
+        before = np.cumsum(zero, axis=axis) == 0  # strictly before the row's first zero
+        safe = np.where(zero, 1, xv)
+        g = np.where(before, rev_cumsum(dy * y) / safe, 0)
+        first = zero & (np.cumsum(zero, axis=axis) == 1)
+        if np.any(first):
+            y_one = np.cumprod(np.where(first, 1, xv), axis=axis)
+            g = np.where(first, rev_cumsum(dy * y_one * ~before), g)
+        return (g.astype(xv.dtype),)
+
+    return record(y, (x,), backward, "cumprod")
+
+
+# -- tiling, padding, rolling -------------------------------------------------------------
+@op
+def tile(x, repeats):
+    """keras.ops.tile (NumPy's): x broadcast over interleaved repeat axes, then merged."""
+    reps = [int(r) for r in np.atleast_1d(repeats)]
+    if builtins.any(r < 0 for r in reps):
+        raise ValueError(f"pynn.ops.tile: repeats must be >= 0, got {reps}")
+    shape = shape_of(value(x))
+    n = builtins.max(len(shape), len(reps))
+    shape = (1,) * (n - len(shape)) + tuple(shape)
+    reps = [1] * (n - len(reps)) + reps
+    interleaved = [d for s in shape for d in (1, s)]
+    target = [d for r, s in zip(reps, shape) for d in (r, s)]
+    y = npo.broadcast_to(npo.reshape(x, interleaved), target)
+    return npo.reshape(y, [r * s for r, s in zip(reps, shape)])
+
+
+@op
+def repeat(x, repeats, axis=None):
+    """keras.ops.repeat: each element repeated along ``axis`` (flattened when None); an int
+    count broadcasts, a count per element gathers."""
+    x, axis = _flat_axis("repeat", x, axis)
+    shape = shape_of(value(x))
+    counts = np.asarray(value(repeats))
+    if counts.dtype.kind not in "iu" or np.any(counts < 0):
+        raise ValueError(f"pynn.ops.repeat: repeats must be non-negative integers, got "
+                         f"{repeats!r}")
+    if counts.ndim == 0 or counts.size == 1:
+        r = int(counts.reshape(-1)[0])
+        y = npo.broadcast_to(npo.expand_dims(x, axis + 1),
+                             shape[:axis + 1] + (r,) + shape[axis + 1:])
+        return npo.reshape(y, shape[:axis] + (shape[axis] * r,) + shape[axis + 1:])
+    if counts.shape != (shape[axis],):
+        raise ValueError(f"pynn.ops.repeat: repeats must be an int or {shape[axis]} ints "
+                         f"(axis {axis}'s length), got shape {counts.shape}")
+    return npo.take(x, np.repeat(np.arange(shape[axis]), counts), axis=axis)
+
+
+PAD_MODES = ("constant", "reflect", "symmetric", "edge", "wrap")
+
+
+def _pad_widths(pad_width, ndim):
+    try:
+        widths = np.broadcast_to(np.asarray(pad_width, np.int64), (ndim, 2))
+    except (ValueError, TypeError):
+        raise ValueError(f"pynn.ops.pad: pad_width must be an int, a pair or one pair per "
+                         f"axis of the {ndim}-D input, got {pad_width!r}") from None
+    if np.any(widths < 0):
+        raise ValueError(f"pynn.ops.pad: pad_width must be >= 0, got {pad_width!r}")
+    return [(int(lo), int(hi)) for lo, hi in widths]
+
+
+@op
+def pad(x, pad_width, mode="constant", constant_values=None):
+    """keras.ops.pad: 'constant' joins constant blocks, 'reflect'/'symmetric'/'edge'/'wrap'
+    gather (NumPy's index pattern of each axis), so both run on every backend."""
+    if mode not in PAD_MODES:
+        raise ValueError(f"pynn.ops.pad: mode must be one of {PAD_MODES}, got {mode!r}")
+    if mode != "constant" and constant_values not in (None, 0):
+        raise ValueError(f"pynn.ops.pad: constant_values is only for mode='constant', got "
+                         f"mode={mode!r} with constant_values={constant_values!r}")
+    shape = list(shape_of(value(x)))
+    widths = _pad_widths(pad_width, len(shape))
+    fill = 0 if constant_values is None else constant_values
+    b = backend.current()
+    y = x
+    for axis, (lo, hi) in enumerate(widths):
+        if lo == hi == 0:
+            continue
+        n = shape[axis]
+        if mode == "constant":
+            parts = []
+            for w in (lo, hi):
+                block = list(shape)
+                block[axis] = w
+                parts.append(Tensor(b.full(tuple(block), fill, _dtype(x))) if w else None)
+            y = npo.concatenate([p for p in (parts[0], y, parts[1]) if p is not None], axis)
+        else:
+            if mode == "reflect" and builtins.max(lo, hi) >= n and n > 0:
+                raise ValueError(f"pynn.ops.pad: 'reflect' pads axis {axis} of length {n} "
+                                 f"by at most {n - 1}, got {(lo, hi)}")
+            if n == 0:
+                raise ValueError(f"pynn.ops.pad: mode {mode!r} cannot pad the empty axis "
+                                 f"{axis}")
+            y = npo.take(y, np.pad(np.arange(n), (lo, hi), mode=mode), axis=axis)
+        shape[axis] = n + lo + hi
+    return y if y is not x else npo.reshape(x, shape)
+
+
+@op
+def roll(x, shift, axis=None):
+    """keras.ops.roll: a gather by the rolled index of each axis (flattened when None)."""
+    if axis is None:
+        shape = shape_of(value(x))
+        return npo.reshape(roll(npo.reshape(x, (-1,)), shift, 0), shape)
+    shifts = np.atleast_1d(np.asarray(shift, np.int64))
+    axes = np.atleast_1d(np.asarray(axis, np.int64))
+    shifts, axes = np.broadcast_arrays(shifts, axes)
+    shape = shape_of(value(x))
+    total = {}
+    for s, a in zip(shifts, axes):
+        a = _axis("roll", int(a), len(shape))
+        total[a] = total.get(a, 0) + int(s)
+    y = x
+    for a, s in total.items():
+        if shape[a] and s % shape[a]:
+            y = npo.take(y, (np.arange(shape[a]) - s) % shape[a], axis=a)
+    return y
+
+
+def _need_ndim(name, x, at_least):
+    if _ndim(x) < at_least:
+        raise ValueError(f"pynn.ops.{name}: expected an input of at least {at_least} "
+                         f"dimensions, got shape {shape_of(value(x))}")
+
+
+@op
+def fliplr(x):
+    _need_ndim("fliplr", x, 2)
+    return npo.flip(x, 1)
+
+
+@op
+def flipud(x):
+    _need_ndim("flipud", x, 1)
+    return npo.flip(x, 0)
+
+
+# -- triangles and diagonals --------------------------------------------------------------
+def _triangle(name, x, k, lower):
+    _need_ndim(name, x, 2)
+    rows, cols = shape_of(value(x))[-2:]
+    keep = np.tri(rows, cols, int(k), dtype=bool)
+    keep = keep if lower else ~np.tri(rows, cols, int(k) - 1, dtype=bool)
+    return npo.where(keep, x, 0)
+
+
+@op
+def tril(x, k=0):
+    """keras.ops.tril: zeros above the k-th diagonal of the last two axes."""
+    return _triangle("tril", x, k, True)
+
+
+@op
+def triu(x, k=0):
+    """keras.ops.triu: zeros below the k-th diagonal of the last two axes."""
+    return _triangle("triu", x, k, False)
+
+
+@op
+def moveaxis(x, source, destination):
+    ndim = _ndim(x)
+    src = [_axis("moveaxis", int(a), ndim) for a in np.atleast_1d(source)]
+    dst = [_axis("moveaxis", int(a), ndim) for a in np.atleast_1d(destination)]
+    if len(src) != len(dst) or len(set(src)) != len(src) or len(set(dst)) != len(dst):
+        raise ValueError(f"pynn.ops.moveaxis: source {source!r} and destination "
+                         f"{destination!r} must be as many distinct axes")
+    order = [a for a in range(ndim) if a not in src]
+    for d, s in sorted(zip(dst, src)):
+        order.insert(d, s)
+    return npo.transpose(x, order)
+
+
+@op
+def swapaxes(x, axis1, axis2):
+    ndim = _ndim(x)
+    order = list(range(ndim))
+    a, b = _axis("swapaxes", axis1, ndim), _axis("swapaxes", axis2, ndim)
+    order[a], order[b] = order[b], order[a]
+    return npo.transpose(x, order)
+
+
+@op
+def diagonal(x, offset=0, axis1=0, axis2=1):
+    """keras.ops.diagonal (NumPy's): the diagonal becomes the last axis; a gather on the two
+    axes merged into one."""
+    _need_ndim("diagonal", x, 2)
+    ndim = _ndim(x)
+    a1, a2 = _axis("diagonal", axis1, ndim), _axis("diagonal", axis2, ndim)
+    if a1 == a2:
+        raise ValueError(f"pynn.ops.diagonal: axis1 and axis2 must differ, got {a1} twice")
+    moved = moveaxis(x, (a1, a2), (-2, -1))
+    shape = shape_of(value(moved))
+    rows, cols = shape[-2:]
+    offset = int(offset)
+    start_row, start_col = builtins.max(-offset, 0), builtins.max(offset, 0)
+    length = builtins.max(builtins.min(rows - start_row, cols - start_col), 0)
+    steps = np.arange(length)
+    flat = npo.reshape(moved, shape[:-2] + (rows * cols,))
+    return npo.take(flat, (start_row + steps) * cols + start_col + steps, axis=-1)
+
+
+@op
+def trace(x, offset=0, axis1=0, axis2=1):
+    return npo.sum(diagonal(x, offset, axis1, axis2), axis=-1)
+
+
+@op
+def diag(x, k=0):
+    """keras.ops.diag: a 1-D x on the k-th diagonal of a square matrix (a gather from x
+    followed by one zero), a 2-D x's k-th diagonal."""
+    ndim = _ndim(x)
+    if ndim == 2:
+        return diagonal(x, k)
+    if ndim != 1:
+        raise ValueError(f"pynn.ops.diag: expected a 1-D or 2-D input, got shape "
+                         f"{shape_of(value(x))}")
+    n, k = shape_of(value(x))[0], int(k)
+    size = n + builtins.abs(k)
+    rows, cols = np.indices((size, size))
+    on = cols - rows == k
+    source = np.where(on, np.minimum(rows, cols), n)  # n: the appended zero
+    zero = Tensor(backend.current().full((1,), 0, _dtype(x)))
+    return npo.take(npo.concatenate([x, zero], 0), source, axis=0)
+
+
+# -- products -------------------------------------------------------------------------------
+@op
+def outer(x1, x2):
+    return npo.multiply(npo.reshape(x1, (-1, 1)), npo.reshape(x2, (1, -1)))
+
+
+@op
+def inner(x1, x2):
+    """keras.ops.inner: the sum over both last axes (a scalar operand scales)."""
+    if _ndim(x1) == 0 or _ndim(x2) == 0:
+        return npo.multiply(x1, x2)
+    n1, n2 = shape_of(value(x1))[-1], shape_of(value(x2))[-1]
+    if n1 != n2:
+        raise ValueError(f"pynn.ops.inner: the last axes must match, got shapes "
+                         f"{shape_of(value(x1))} and {shape_of(value(x2))}")
+    return npo.tensordot(x1, x2, axes=([-1], [-1]))
+
+
+# -- shapes and stacking ------------------------------------------------------------------
+@op
+def ravel(x):
+    return npo.reshape(x, (-1,))
+
+
+@op
+def unstack(x, num=None, axis=0):
+    """keras.ops.unstack: the slices along ``axis`` (each a gather, with its gradient)."""
+    shape = shape_of(value(x))
+    axis = _axis("unstack", axis, len(shape))
+    if num is not None and num != shape[axis]:
+        raise ValueError(f"pynn.ops.unstack: num={num} but axis {axis} has length "
+                         f"{shape[axis]}")
+    lead = (builtins.slice(None),) * axis
+    return [npo.getitem(x, lead + (i,)) for i in range(shape[axis])]
+
+
+@op
+def hstack(xs):
+    """keras.ops.hstack: joined along axis 1, or axis 0 for 1-D inputs."""
+    return npo.concatenate(list(xs), axis=0 if _ndim(xs[0]) == 1 else 1)
+
+
+@op
+def vstack(xs):
+    """keras.ops.vstack: 1-D inputs become rows, then joined along axis 0."""
+    return npo.concatenate([npo.reshape(x, (1, -1)) if _ndim(x) <= 1 else x for x in xs],
+                           axis=0)
+
+
+# -- elementwise math ---------------------------------------------------------------------
+def _special(name, forward, grad):
+    """An elementwise special function computed with NumPy/SciPy (CPU backend only)."""
+
+    def fn(x):
+        xv = _host(name, x)
+        if xv.dtype.kind != "f":
+            xv = xv.astype(_config.floatx())
+        y = np.asarray(forward(xv)).astype(xv.dtype)
+        return record(y, (x,), lambda dy, need: (grad(dy, xv, y).astype(xv.dtype),), name)
+
+    fn.__name__ = name
+    fn.__doc__ = f"keras.ops.{name}, elementwise, with its gradient (CPU backend)."
+    return op(fn)
+
+
+def _erf(x):
+    from scipy import special
+    return special.erf(x)
+
+
+def _erfc(x):
+    from scipy import special
+    return special.erfc(x)
+
+
+def _erfinv(x):
+    from scipy import special
+    return special.erfinv(x)
+
+
+TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+erf = _special("erf", _erf, lambda dy, x, y: dy * TWO_OVER_SQRT_PI * np.exp(-x * x))
+erfc = _special("erfc", _erfc, lambda dy, x, y: -dy * TWO_OVER_SQRT_PI * np.exp(-x * x))
+erfinv = _special("erfinv", _erfinv,
+                  lambda dy, x, y: dy / TWO_OVER_SQRT_PI * np.exp(y * y))
+
+
+@op
+def logaddexp(x1, x2):
+    """log(exp(x1) + exp(x2)) around the larger operand (a constant shift: its gradient
+    cancels), so large inputs do not overflow."""
+    peak = npo.stop_gradient(npo.maximum(x1, x2))
+    peak = npo.where(npo.isfinite(peak), peak, 0)
+    total = npo.add(npo.exp(npo.subtract(x1, peak)), npo.exp(npo.subtract(x2, peak)))
+    return npo.add(npo.log(total), peak)
+
+
+@op
+def hypot(x1, x2):
+    return npo.sqrt(npo.add(npo.square(x1), npo.square(x2)))
+
+
+@op
+def cbrt(x):
+    """The real cube root: sign(x) |x|^(1/3)."""
+    return npo.multiply(npo.sign(x), npo.power(npo.abs(x), 1.0 / 3.0))
+
+
+LN2 = math.log(2.0)
+
+
+@op
+def exp2(x):
+    if _dtype(x).kind != "f":
+        x = npo.cast(x, _config.floatx())
+    return npo.exp(npo.multiply(x, LN2))
+
+
+@op
+def trunc(x):
+    """Rounded toward zero; no gradient (piecewise constant)."""
+    if _dtype(x).kind in "iub":
+        return npo.stop_gradient(x)
+    if backend.current().NAME == "cpu":
+        return Tensor(np.trunc(np.asarray(value(x))))
+    return npo.multiply(npo.sign(x), npo.floor(npo.abs(x)))
+
+
+@op
+def fmod(x1, x2):
+    """C's fmod (the remainder with x1's sign); d/dx1 = 1, d/dx2 = -trunc(x1 / x2)."""
+    if backend.current().NAME != "cpu":
+        return npo.subtract(x1, npo.multiply(trunc(npo.divide(x1, x2)), x2))
+    a, b = value(x1), value(x2)
+    y = np.asarray(np.fmod(a, b))
+    if y.dtype.kind != "f":
+        return Tensor(y)
+
+    def backward(dy, need):
+        return (unbroadcast(dy, shape_of(a)) if need[0] else None,
+                unbroadcast(-dy * np.trunc(np.true_divide(a, b)), shape_of(b))
+                if need[1] else None)
+
+    return record(y, (x1, x2), backward, "fmod")
+
+
+@op
+def isinf(x):
+    return npo.logical_and(npo.logical_not(npo.isfinite(x)), npo.logical_not(npo.isnan(x)))
+
+
+@op
+def nan_to_num(x, nan=0.0, posinf=None, neginf=None):
+    """NaN, +inf and -inf replaced (the dtype's largest finite values by default); the
+    gradient passes where x is finite."""
+    dtype = _dtype(x)
+    if dtype.kind != "f":
+        return x if isinstance(x, Tensor) else npo.convert_to_tensor(x)
+    big = float(np.finfo(dtype).max)
+    posinf = big if posinf is None else posinf
+    neginf = -big if neginf is None else neginf
+    y = npo.where(npo.isnan(x), nan, x)
+    infinite = isinf(x)
+    y = npo.where(npo.logical_and(infinite, npo.greater(x, 0)), posinf, y)
+    return npo.where(npo.logical_and(infinite, npo.less(x, 0)), neginf, y)
+
+
+@op
+def isclose(x1, x2, rtol=1e-05, atol=1e-08, equal_nan=False):
+    """|x1 - x2| <= atol + rtol |x2| (NumPy's, asymmetric), infinities equal only to
+    themselves."""
+    finite = npo.logical_and(npo.isfinite(x1), npo.isfinite(x2))
+    with np.errstate(invalid="ignore"):  # inf - inf: decided by the equality below
+        near = npo.less_equal(npo.abs(npo.subtract(x1, x2)),
+                              npo.add(npo.multiply(npo.abs(x2), rtol), atol))
+    close = npo.logical_or(npo.logical_and(finite, near),
+                           npo.logical_and(npo.logical_not(finite), npo.equal(x1, x2)))
+    if equal_nan:
+        close = npo.logical_or(close, npo.logical_and(npo.isnan(x1), npo.isnan(x2)))
+    return close
+
+
+# -- sorting ------------------------------------------------------------------------------
+def _scatter_along(dy, order, axis, shape):
+    """The gradient of a gather along ``axis`` by ``order``: dy added back where it came."""
+    g = np.zeros(shape, dy.dtype)
+    np.put_along_axis(g, order, dy, axis)
+    return g
+
+
+@op
+def sort(x, axis=-1):
+    """keras.ops.sort (ascending); the gradient goes back to each value's place."""
+    xv = _host("sort", x)
+    if xv.ndim == 0:
+        return npo.convert_to_tensor(x)
+    axis = _axis("sort", axis, xv.ndim)
+    order = np.argsort(xv, axis=axis, kind="stable")
+    y = np.take_along_axis(xv, order, axis)
+    if xv.dtype.kind != "f":
+        return Tensor(y)
+    return record(y, (x,), lambda dy, need: (_scatter_along(dy, order, axis, xv.shape),),
+                  "sort")
+
+
+@op
+def argsort(x, axis=-1):
+    """keras.ops.argsort (ascending, ties in their order), int32 indices as Keras's."""
+    xv = _host("argsort", x)
+    if xv.ndim == 0:
+        return Tensor(np.zeros((), np.int32))
+    axis = _axis("argsort", axis, xv.ndim)
+    return Tensor(np.argsort(xv, axis=axis, kind="stable").astype(np.int32))
+
+
+@op
+def top_k(x, k, sorted=True):
+    """keras.ops.top_k along the last axis: (values, int32 indices), the largest first (ties
+    to the lower index); the gradient goes to the chosen places."""
+    xv = _host("top_k", x)
+    if xv.ndim == 0:
+        raise ValueError("pynn.ops.top_k: expected an input of at least 1 dimension, got a "
+                         "scalar")
+    n = xv.shape[-1]
+    if not isinstance(k, (int, np.integer)) or not 0 <= k <= n:
+        raise ValueError(f"pynn.ops.top_k: k must be an int in [0, {n}] (the last axis's "
+                         f"length), got {k!r}")
+    order = np.argsort(-xv, axis=-1, kind="stable")[..., :int(k)]
+    values = np.take_along_axis(xv, order, -1)
+    indices = Tensor(order.astype(np.int32))
+    if xv.dtype.kind != "f":
+        return Tensor(values), indices
+    out = record(values, (x,), lambda dy, need: (_scatter_along(dy, order, -1, xv.shape),),
+                 "top_k")
+    return out, indices
+
+
+@op
+def in_top_k(targets, predictions, k):
+    """Whether each target's score is at least the k-th largest of its row (Keras's rule on
+    torch: a tie with the k-th counts)."""
+    t = np.asarray(value(targets)).astype(np.int64)
+    p = _host("in_top_k", predictions)
+    if p.ndim != 2 or t.shape != p.shape[:1]:
+        raise ValueError(f"pynn.ops.in_top_k: expected targets (N,) and predictions (N, C), "
+                         f"got {t.shape} and {p.shape}")
+    if not 1 <= int(k) <= p.shape[1]:
+        raise ValueError(f"pynn.ops.in_top_k: k must be in [1, {p.shape[1]}], got {k!r}")
+    kth = -np.partition(-p, int(k) - 1, axis=1)[:, int(k) - 1]
+    return Tensor(p[np.arange(p.shape[0]), t] >= kth)
+
+
+# -- norms --------------------------------------------------------------------------------
+def _vector_norm(x, ord, axis, keepdims):
+    a = npo.abs(x)
+    if ord is None or ord == 2:
+        return npo.sqrt(npo.sum(npo.square(x), axis=axis, keepdims=keepdims))
+    if ord == 1:
+        return npo.sum(a, axis=axis, keepdims=keepdims)
+    if ord == np.inf:
+        return npo.max(a, axis=axis, keepdims=keepdims)
+    if ord == -np.inf:
+        return npo.min(a, axis=axis, keepdims=keepdims)
+    if ord == 0:
+        return npo.sum(npo.cast(npo.not_equal(x, 0), _dtype(x)), axis=axis,
+                       keepdims=keepdims)
+    if isinstance(ord, str):
+        raise ValueError(f"pynn.ops.norm: ord {ord!r} is for matrices (2 axes)")
+    return npo.power(npo.sum(npo.power(a, float(ord)), axis=axis, keepdims=keepdims),
+                     1.0 / float(ord))
+
+
+def _matrix_norm(x, ord, axes, keepdims):
+    rows, cols = axes
+    if ord in (None, "fro"):
+        return npo.sqrt(npo.sum(npo.square(x), axis=axes, keepdims=keepdims))
+    if ord in (1, -1, np.inf, -np.inf):
+        summed, other = (rows, cols) if ord in (1, -1) else (cols, rows)
+        sums = npo.sum(npo.abs(x), axis=summed, keepdims=True)
+        pick = npo.max if ord in (1, np.inf) else npo.min
+        out = pick(sums, axis=other, keepdims=True)
+        return out if keepdims else npo.squeeze(out, axis=axes)
+    raise ValueError(f"pynn.ops.norm: matrix ord {ord!r} is not supported (pynn has 'fro', "
+                     f"1, -1, inf, -inf; 'nuc', 2 and -2 need a singular value decomposition)")
+
+
+@op
+def norm(x, ord=None, axis=None, keepdims=False):
+    """keras.ops.norm: vector norms over one axis (or all, flattened), matrix norms over
+    two."""
+    ndim = _ndim(x)
+    if _dtype(x).kind != "f":
+        x = npo.cast(x, _config.floatx())
+    if axis is None:
+        if ord is not None and ndim == 2:
+            return _matrix_norm(x, ord, (0, 1), keepdims)
+        if ord is not None and ndim != 1:
+            raise ValueError(f"pynn.ops.norm: ord={ord!r} with axis=None needs a 1-D or 2-D "
+                             f"input, got {ndim}-D")
+        out = _vector_norm(npo.reshape(x, (-1,)), ord, 0, False)
+        return npo.reshape(out, (1,) * ndim) if keepdims else out
+    axes = [_axis("norm", int(a), ndim) for a in np.atleast_1d(axis)]
+    if len(axes) == 1:
+        return _vector_norm(x, ord, axes[0], keepdims)
+    if len(axes) == 2 and axes[0] != axes[1]:
+        return _matrix_norm(x, ord, tuple(axes), keepdims)
+    raise ValueError(f"pynn.ops.norm: axis must be one axis or two distinct axes, got "
+                     f"{axis!r}")
+
+
+# -- constructors -------------------------------------------------------------------------
+@op
+def eye(N, M=None, k=0, dtype=None):
+    return _constant(np.eye(int(N), None if M is None else int(M), int(k)),
+                     _float_dtype(dtype))
+
+
+@op
+def identity(n, dtype=None):
+    return _constant(np.eye(int(n)), _float_dtype(dtype))
+
+
+@op
+def tri(N, M=None, k=0, dtype=None):
+    return _constant(np.tri(int(N), None if M is None else int(M), int(k)),
+                     _float_dtype(dtype))
+
+
+@op
+def full(shape, fill_value, dtype=None):
+    """keras.ops.full: floatx unless a dtype is given, whatever the fill (Keras's rule)."""
+    dtype = _float_dtype(dtype)
+    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(
+        int(d) for d in shape)
+    fill = value(fill_value)
+    if isinstance(fill, (int, float, bool, np.generic)):
+        return Tensor(backend.current().full(shape, fill, dtype))
+    return npo.broadcast_to(npo.cast(fill_value, dtype), shape)
+
+
+@op
+def full_like(x, fill_value, dtype=None):
+    return full(shape_of(value(x)), fill_value, _dtype(x) if dtype is None else dtype)
+
+
+@op
+def arange(start, stop=None, step=None, dtype=None):
+    """keras.ops.arange: int32 for int arguments, floatx otherwise (Keras's rule)."""
+    step = 1 if step is None else step
+    if dtype is None:
+        ints = builtins.all(isinstance(v, (int, np.integer)) for v in (start, stop, step)
+                            if v is not None)
+        dtype = np.int32 if ints else _config.floatx()
+    values = np.arange(start, stop, step) if stop is not None else np.arange(0, start, step)
+    return _constant(values, dtype)
+
+
+@op
+def linspace(start, stop, num=50, endpoint=True, retstep=False, dtype=None, axis=0):
+    values, step = np.linspace(value(start), value(stop), int(num), endpoint=endpoint,
+                               retstep=True, axis=axis)
+    out = _constant(values, _float_dtype(dtype))
+    return (out, step) if retstep else out
+
+
+# -- segments and scatters ----------------------------------------------------------------
+def _segments(name, data, segment_ids, num_segments):
+    d = _host(name, data)
+    ids = np.asarray(value(segment_ids))
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"pynn.ops.{name}: segment_ids must be integers, got dtype "
+                        f"{ids.dtype}")
+    if ids.ndim != 1 or d.ndim < 1 or ids.shape[0] != d.shape[0]:
+        raise ValueError(f"pynn.ops.{name}: segment_ids must be 1-D, one per row of data, "
+                         f"got {ids.shape} for data {d.shape}")
+    n = int(ids.max()) + 1 if num_segments is None and ids.size else int(num_segments or 0)
+    # Keras's rule (torch and TensorFlow): rows whose id lies outside [0, n) are dropped.
+    keep = (ids >= 0) & (ids < n)
+    return d, ids.astype(np.int64), keep, n
+
+
+@op
+def segment_sum(data, segment_ids, num_segments=None, sorted=False):
+    d, ids, keep, n = _segments("segment_sum", data, segment_ids, num_segments)
+    y = np.zeros((n,) + d.shape[1:], d.dtype)
+    np.add.at(y, ids[keep], d[keep])
+    if d.dtype.kind != "f":
+        return Tensor(y)
+
+    def backward(dy, need):
+        g = np.zeros(d.shape, dy.dtype)
+        g[keep] = dy[ids[keep]]
+        return (g,)
+
+    return record(y, (data,), backward, "segment_sum")
+
+
+@op
+def segment_max(data, segment_ids, num_segments=None, sorted=False):
+    """keras.ops.segment_max; an empty segment holds -inf (Keras's on torch; an int dtype's
+    lowest value); ties in a segment share its gradient."""
+    d, ids, keep, n = _segments("segment_max", data, segment_ids, num_segments)
+    lowest = -np.inf if d.dtype.kind == "f" else np.iinfo(d.dtype).min
+    y = np.full((n,) + d.shape[1:], lowest, d.dtype)
+    np.maximum.at(y, ids[keep], d[keep])
+    if d.dtype.kind != "f":
+        return Tensor(y)
+
+    def backward(dy, need):
+        safe = np.where(keep, ids, 0)
+        hit = (d == y[safe]) & keep.reshape((-1,) + (1,) * (d.ndim - 1))
+        count = np.zeros(y.shape, np.int64)
+        np.add.at(count, safe, hit)
+        return (np.where(hit, dy[safe] / np.maximum(count[safe], 1), 0).astype(d.dtype),)
+
+    return record(y, (data,), backward, "segment_max")
+
+
+def _index_tuple(name, indices, rank):
+    idx = np.asarray(value(indices))
+    if idx.dtype.kind not in "iu" or idx.ndim < 1 or idx.shape[-1] > rank:
+        raise ValueError(f"pynn.ops.{name}: indices must be integers of shape (..., k) with "
+                         f"k <= {rank}, got dtype {idx.dtype} shape {idx.shape}")
+    return tuple(np.moveaxis(idx.astype(np.int64), -1, 0))
+
+
+@op
+def scatter(indices, values, shape):
+    """keras.ops.scatter: zeros of ``shape`` with ``values`` added at ``indices`` (repeats
+    add up)."""
+    v = _host("scatter", values)
+    shape = tuple(int(d) for d in shape)
+    key = _index_tuple("scatter", indices, len(shape))
+    y = np.zeros(shape, v.dtype)
+    np.add.at(y, key, v)
+    if v.dtype.kind != "f":
+        return Tensor(y)
+    return record(y, (values,), lambda dy, need: (dy[key],), "scatter")
+
+
+@op
+def scatter_update(inputs, indices, updates, reduction=None):
+    """keras.ops.scatter_update: ``inputs`` with the places at ``indices`` replaced by
+    ``updates``; gradients: dy off those places to inputs, dy at them to updates."""
+    if reduction is not None:
+        raise ValueError(f"pynn.ops.scatter_update: reduction={reduction!r} is not supported "
+                         f"(only None, replacement)")
+    x = _host("scatter_update", inputs)
+    u = np.asarray(value(updates))
+    key = _index_tuple("scatter_update", indices, x.ndim)
+    y = x.copy()
+    y[key] = u
+    if x.dtype.kind != "f":
+        return Tensor(y)
+
+    def backward(dy, need):
+        dx = dy.copy()
+        dx[key] = 0
+        return dx, None, np.asarray(dy[key]).reshape(u.shape).astype(u.dtype)
+
+    return record(y, (inputs, indices, updates), backward, "scatter_update")
+
+
+@op
+def slice_update(inputs, start_indices, updates):
+    """keras.ops.slice_update: ``updates`` written into ``inputs`` from ``start_indices``."""
+    x = _host("slice_update", inputs)
+    u = np.asarray(value(updates))
+    starts = [int(s) for s in np.asarray(value(start_indices)).reshape(-1)]
+    if len(starts) != x.ndim or u.ndim != x.ndim or builtins.any(
+            s < 0 or s + n > d for s, n, d in zip(starts, u.shape, x.shape)):
+        raise ValueError(f"pynn.ops.slice_update: updates of shape {u.shape} from "
+                         f"{starts} do not fit inputs of shape {x.shape}")
+    key = tuple(builtins.slice(s, s + n) for s, n in zip(starts, u.shape))
+    y = x.copy()
+    y[key] = u
+    if x.dtype.kind != "f":
+        return Tensor(y)
+
+    def backward(dy, need):
+        dx = dy.copy()
+        dx[key] = 0
+        return dx, None, dy[key].astype(u.dtype)
+
+    return record(y, (inputs, start_indices, updates), backward, "slice_update")
+
+
+__all__ = sorted(name for name, fn in dict(globals()).items()
+                 if hasattr(fn, "raw") and not name.startswith("_"))
