@@ -15,10 +15,8 @@ from pynn.ops._core import OPS
 from pynn.ops.nn import *
 from pynn.ops.numpy_ops import *
 from pynn.ops.numpy_ops import convert_to_tensor
-# keras.ops breadth (branch opsx)
-from pynn.ops import numpy_extra as _numpy_extra
+# keras.ops breadth: more NumPy-like and neural-network ops, composed of the device ops
 from pynn.ops.numpy_extra import *
-from pynn.ops import nn_extra as _nn_extra
 from pynn.ops.nn_extra import *
 from pynn.variables import Variable
 
