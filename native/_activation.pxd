@@ -1,7 +1,8 @@
 # Elementwise activations shared by activation.pyx (the standalone op) and the layers that fuse
 # bias + activation into the pass after their GEMM (dense.pyx, conv.pyx).
 # Codes follow pynn.backend.api.ACTIVATIONS. Derivatives use the output y where that is exact,
-# so only ACTIVATIONS_NEEDING_INPUT (gelu, silu, hard_silu, mish) need the pre-activation kept.
+# so only ACTIVATIONS_NEEDING_INPUT (gelu, silu, hard_silu, mish, glu, tanh_shrink) need the
+# pre-activation kept.
 from cython.parallel cimport prange
 from libc.math cimport exp, expm1, log1p, tanh, erf, sqrt, fabs, fmax, fmin
 
@@ -28,6 +29,20 @@ cdef enum:
     ACT_MISH = 14
     ACT_EXPONENTIAL = 15
     ACT_SOFTSIGN = 16
+    # -- Keras 3's remaining activations (glu, log_softmax and sparsemax are row operations
+    # of activation.pyx; act_value and act_grad treat their codes like linear)
+    ACT_CELU = 17
+    ACT_GLU = 18
+    ACT_HARD_SHRINK = 19
+    ACT_HARD_TANH = 20
+    ACT_LOG_SIGMOID = 21
+    ACT_LOG_SOFTMAX = 22
+    ACT_SOFT_SHRINK = 23
+    ACT_SPARSE_PLUS = 24
+    ACT_SPARSE_SIGMOID = 25
+    ACT_SPARSEMAX = 26
+    ACT_SQUAREPLUS = 27
+    ACT_TANH_SHRINK = 28
 
 # Constants as C macros: module-level cdef variables would turn this .pxd into a module that
 # every kernel file must import at run time.
@@ -154,6 +169,27 @@ cdef inline floating act_value(floating x, int act, floating alpha) noexcept nog
         return exp(x)
     elif act == ACT_SOFTSIGN:
         return x / (1 + fabs(x))
+    # -- Keras 3's remaining activations, as its torch backend computes them (alpha: celu's
+    # alpha, the shrinks' threshold, squareplus's b)
+    elif act == ACT_CELU:
+        return x if x > 0 else alpha * expm1(x / alpha)
+    elif act == ACT_HARD_SHRINK:
+        return 0 if (x >= -alpha and x <= alpha) else x
+    elif act == ACT_HARD_TANH:
+        # compares, not fmin/fmax: NaN passes through as in torch
+        return -1 if x < -1 else (1 if x > 1 else x)
+    elif act == ACT_LOG_SIGMOID:
+        return fmin(x, 0) - log1p(exp(-fabs(x)))
+    elif act == ACT_SOFT_SHRINK:
+        return x - alpha if x > alpha else (x + alpha if x < -alpha else 0)
+    elif act == ACT_SPARSE_PLUS:
+        return 0 if x <= -1 else (0.25 * (x + 1) * (x + 1) if x < 1 else x)
+    elif act == ACT_SPARSE_SIGMOID:
+        return 0 if x <= -1 else (1 if x >= 1 else 0.5 * (x + 1))
+    elif act == ACT_SQUAREPLUS:
+        return (x + sqrt(x * x + alpha)) / 2
+    elif act == ACT_TANH_SHRINK:
+        return x - tanh(x)
     return x
 
 
@@ -203,6 +239,29 @@ cdef inline floating act_grad(floating dy, floating x, floating y, int act,
         # 1 / (1 + |x|)^2 = (1 - |y|)^2
         s = 1 - fabs(y)
         return dy * s * s
+    # -- Keras 3's remaining activations; zero at the kinks as torch's backwards
+    elif act == ACT_CELU:
+        # exp(x / alpha) = y / alpha + 1 on the negative branch
+        return dy if y > 0 else dy * (y / alpha + 1)
+    elif act == ACT_HARD_SHRINK or act == ACT_SOFT_SHRINK:
+        # y != 0 exactly where |x| > threshold (threshold >= 0)
+        return dy if y != 0 else 0
+    elif act == ACT_HARD_TANH:
+        return dy if (y > -1 and y < 1) else 0
+    elif act == ACT_LOG_SIGMOID:
+        # sigmoid(-x) = 1 - exp(y)
+        return -dy * expm1(y)
+    elif act == ACT_SPARSE_PLUS:
+        # (x + 1) / 2 = sqrt(y) on (-1, 1), 1 from x = 1 (y = 1) on
+        return dy if y >= 1 else dy * sqrt(y)
+    elif act == ACT_SPARSE_SIGMOID:
+        return dy * 0.5 if (y > 0 and y < 1) else 0
+    elif act == ACT_SQUAREPLUS:
+        # (1 + x / sqrt(x^2 + b)) / 2 = y^2 / (y^2 + b / 4); y > 0 unless b == 0 and x <= 0
+        return dy * (y * y / (y * y + 0.25 * alpha)) if y > 0 else 0
+    elif act == ACT_TANH_SHRINK:
+        t = tanh(x)
+        return dy * t * t
     return dy
 
 
