@@ -1707,7 +1707,13 @@ def _convert(g, layer, x, out_shape):
     fn = _CONVERTERS.get(type(layer).__name__)
     if fn is None:
         raise _unsupported(layer, f"ONNX export knows {sorted(_CONVERTERS)}")
-    return fn(g, layer, x, out_shape)
+    out = fn(g, layer, x, out_shape)
+    # -- Keras 3's log_softmax or sparsemax as a layer's activation= (layers.base
+    # _attach_row_activation): after the layer's linear part
+    row = getattr(layer, "_row_activation", None)
+    if row is not None:
+        out = _apply_activation(g, layer, out, row, 0.0, f"{layer.name}_{row}")
+    return out
 
 
 # -- the model --------------------------------------------------------------------------

@@ -5,8 +5,9 @@ Keras 3 itself (values and torch's gradients), the Activation layer, the fused l
 (Dense, Conv2D, the recurrent layers), pynn.ops and the bad arguments.
 
 glu, log_softmax and sparsemax act on rows of the last axis (ACTIVATIONS_ON_ROWS): only
-activation_forward / activation_backward and the Activation layer compute them; the fused
-ops and layers refuse them by name.
+activation_forward / activation_backward and the Activation layer compute them, and the
+fused ops refuse them by name; a layer's activation='log_softmax' or 'sparsemax' runs the
+row op after its linear part, activation='glu' is refused (it would halve the layer's units).
 """
 
 import numpy as np
@@ -402,9 +403,9 @@ def test_bad_arguments_are_named():
             dense_forward(x, np.ones((6, 4), np.float32), None, name, 0.0)
         with pytest.raises(ValueError, match="activation_bias_backward: activation"):
             activation_bias_backward(x, x, x, name)
-        with pytest.raises(ValueError, match=rf"Dense 'd': activation '{name}' acts on whole "
-                                             rf"rows .* Activation\('{name}'\)"):
-            L.Dense(4, activation=name, name="d")
+    with pytest.raises(ValueError, match=r"Dense 'd': activation 'glu' acts on whole rows "
+                                         r".* Activation\('glu'\)"):
+        L.Dense(4, activation="glu", name="d")
     with pytest.raises(ValueError, match="Dense 'd': activation 'threshold' needs its "
                                          "threshold and default_value"):
         L.Dense(4, activation="threshold", name="d")
@@ -454,3 +455,50 @@ def test_model_trains_alike_on_opencl(seeded):
     np.testing.assert_allclose(loss_ocl, loss_cpu, rtol=1e-4)
     for a, b in zip(w_ocl, w_cpu):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# -- log_softmax and sparsemax as a layer's activation= --------------------------------------
+@pytest.mark.parametrize("name", ["log_softmax", "sparsemax"])
+def test_layers_take_log_softmax_and_sparsemax(name, float64, seeded):
+    """The row op runs after the layer's linear part (no fused epilogue): Keras's outputs and
+    gradients with Keras's weights, central differences, and the name in the config."""
+    dense = L.Dense(6, activation=name)
+    x = seeded.normal(size=(4, 5))
+    y = dense(x)
+    z = x @ dense.kernel.value + dense.bias.value
+    np.testing.assert_allclose(y, activation_forward_ref(z, name), rtol=1e-12, atol=1e-12)
+    assert dense.get_config()["activation"] == name
+    assert type(L.Dense.from_config(dense.get_config())).__name__ == "Dense"
+    if name == "log_softmax" or sparsemax_clear_of_kinks(z):
+        gradcheck.check_layer(dense, x, seeded, rtol=1e-5, atol=1e-7)
+    conv = L.Conv2D(4, 3, padding="same", activation=name)
+    x4 = seeded.normal(size=(2, 4, 5, 3)) * 0.5
+    y4 = conv(x4)
+    linear = L.Conv2D(4, 3, padding="same")
+    linear(x4)
+    linear.set_weights(conv.get_weights())
+    np.testing.assert_allclose(y4, activation_forward_ref(linear(x4), name), rtol=1e-12,
+                               atol=1e-12)
+    assert conv.get_config()["activation"] == name
+
+
+@pytest.mark.parametrize("name", ["log_softmax", "sparsemax"])
+def test_dense_with_a_row_activation_matches_keras(name, seeded):
+    keras = keras_on_torch()
+    import torch
+
+    x = seeded.normal(size=(5, 6)).astype(np.float32)
+    k_model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(7, activation=name),
+                                keras.layers.Dense(3)])
+    model = pynn.Sequential([L.Input((6,)), L.Dense(7, activation=name), L.Dense(3)])
+    model.set_weights(k_model.get_weights())
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               keras.ops.convert_to_numpy(k_model(x)), rtol=2e-5, atol=2e-6)
+    out = k_model(torch.tensor(x))
+    (out * out).sum().backward()
+    model.compile(optimizer="sgd", loss="mse")
+    y = model(x, training=True)
+    model.backward(2 * np.asarray(y))
+    for w, k in zip(model.trainable_weights, k_model.trainable_weights):
+        np.testing.assert_allclose(np.asarray(w.grad), k.value.grad.numpy(), rtol=1e-4,
+                                   atol=1e-5, err_msg=name)

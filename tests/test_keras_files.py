@@ -203,6 +203,7 @@ def keras3_activations():
     r = K.SimpleRNN(6, activation="hard_tanh")(K.Reshape((4, 9))(seq))
     h = K.Concatenate()([h, c, r])
     scores = K.Activation("log_softmax")(K.Dense(4)(K.Activation("sparsemax")(h)))
+    scores = K.Dense(3, activation="log_softmax")(K.Dense(5, activation="sparsemax")(scores))
     return keras.Model([x, seq], [scores, K.Activation("glu")(h)])
 
 

@@ -110,6 +110,9 @@ def test_keras3_row_activations(activation, opset):
     model = seq((5, 6, 3), L.Conv2D(4, 3), L.Activation(activation))
     assert model.output_shape == (None, 3, 4, 2 if activation == "glu" else 4)
     check_export(model, rand((2, 5, 6, 3)), opset=opset)
+    if activation != "glu":  # as a layer's activation= (glu is refused there)
+        check_export(seq((5, 6, 3), L.Conv2D(4, 3, activation=activation), L.Flatten(),
+                         L.Dense(5, activation=activation)), rand((2, 5, 6, 3)), opset=opset)
 
 
 ACTIVATION_LAYERS = {

@@ -62,8 +62,9 @@ ACTIVATIONS_NEEDING_INPUT = ("gelu", "silu", "hard_silu", "mish",
 
 # Activations of whole last-axis rows that only activation_forward / activation_backward (the
 # Activation layer, pynn.ops) compute; the ops that fuse an activation refuse them (softmax,
-# the first row activation, is fused everywhere). glu halves the last axis: its output is the
-# first half times the sigmoid of the second (Keras's glu, axis -1).
+# the first row activation, is fused everywhere), and a layer's activation= runs log_softmax
+# or sparsemax after its linear part (layers.base). glu halves the last axis: its output is
+# the first half times the sigmoid of the second (Keras's glu, axis -1).
 ACTIVATIONS_ON_ROWS = ("glu", "log_softmax", "sparsemax")
 
 # The recurrent kernels take their derivatives from the activation's output, so softmax and

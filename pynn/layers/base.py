@@ -522,11 +522,31 @@ def activation_config(activation, layer=None, rows_ok=False):
         raise ValueError(f"{where}unknown activation {activation!r}; expected one of "
                          f"{ACTIVATIONS}")
     if name in api.ACTIVATIONS_ON_ROWS and not rows_ok:
-        raise ValueError(f"{where}activation {name!r} acts on whole rows of the last axis "
-                         f"(glu halves it) and is not fused into this layer; use a linear "
-                         f"layer followed by Activation({name!r})")
+        if name == "glu" or layer is None:
+            raise ValueError(f"{where}activation {name!r} acts on whole rows of the last axis "
+                             f"(glu halves it) and is not fused into this layer; use a linear "
+                             f"layer followed by Activation({name!r})")
+        _attach_row_activation(layer, name)
+        return "linear", 0.0
     alpha = DEFAULT_ALPHA.get(name, 0.0)
     return name, alpha
+
+
+def _attach_row_activation(layer, name):
+    """log_softmax or sparsemax as a layer's activation=: the row op after the layer's linear
+    part (the fused kernels have no row epilogue but softmax's), through the callable-activation
+    path below; the layer's config and ONNX export keep the name (``_row_activation``)."""
+    from pynn import ops
+
+    _attach_callable_activation(layer, getattr(ops, name))
+
+    def named_config():
+        config = type(layer).get_config(layer)
+        config["activation"] = name
+        return config
+
+    object.__setattr__(layer, "get_config", named_config)
+    object.__setattr__(layer, "_row_activation", name)
 
 
 # -- callable activations (issue 13): activation=fn on a built-in layer --------------------
