@@ -502,3 +502,21 @@ def test_dense_with_a_row_activation_matches_keras(name, seeded):
     for w, k in zip(model.trainable_weights, k_model.trainable_weights):
         np.testing.assert_allclose(np.asarray(w.grad), k.value.grad.numpy(), rtol=1e-4,
                                    atol=1e-5, err_msg=name)
+
+
+def test_threshold_is_an_op_with_keras_arguments():
+    """keras.ops.threshold(x, threshold, default_value): the values and the gradient."""
+    keras = keras_on_torch()
+    import torch
+
+    x = away_from(np.random.default_rng(41).normal(size=(4, 7)), [0.3]).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    want = keras.ops.threshold(xt, 0.3, -2.0)
+    want.sum().backward()
+    xv = pynn.ops.convert_to_tensor(x)
+    with pynn.GradientTape() as tape:
+        tape.watch(xv)
+        y = pynn.ops.threshold(xv, 0.3, -2.0)
+        loss = pynn.ops.sum(y)
+    np.testing.assert_array_equal(y.numpy(), want.detach().numpy())
+    np.testing.assert_array_equal(tape.gradient(loss, xv).numpy(), xt.grad.numpy())

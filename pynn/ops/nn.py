@@ -90,6 +90,14 @@ sparsemax = _last_axis_activation("sparsemax")
 
 
 @op
+def threshold(x, threshold, default_value):
+    """keras.ops.threshold: x where x > threshold, else default_value (torch's threshold),
+    its gradient dy where x > threshold. Keras gives neither parameter a default, so it is
+    this op and not an activation name; composed of the comparison and where ops."""
+    return npo.where(npo.greater(x, threshold), x, default_value)
+
+
+@op
 def gelu(x, approximate=True):
     """keras.ops.gelu; ``approximate=True`` (Keras's default) is the tanh form, False the
     erf form of the GELU layer's kernel."""
