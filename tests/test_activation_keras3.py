@@ -356,11 +356,35 @@ def test_recurrent_layers_match_keras(name, seeded):
         np.testing.assert_allclose(layer(x), want, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def test_recurrent_layers_refuse_what_needs_the_input():
-    for name in ("tanh_shrink", "glu", "log_softmax", "sparsemax"):
-        assert name not in RNN_ACTIVATIONS
-        with pytest.raises(ValueError, match=name):
-            L.SimpleRNN(3, activation=name)(np.zeros((2, 3, 4), np.float32))
+@pytest.mark.parametrize("kind,kwargs", [
+    ("SimpleRNN", {"activation": "tanh_shrink"}), ("LSTM", {"activation": "log_softmax"}),
+    ("GRU", {"recurrent_activation": "sparsemax"})], ids=str)
+def test_recurrent_layers_run_the_others_in_the_ops_cell(kind, kwargs, seeded):
+    """tanh_shrink, log_softmax and sparsemax have no recurrent kernel (their derivative
+    needs the input or the row): by name they run in the ops cell, saved by name; Keras's
+    outputs with Keras's weights; glu (it would halve the state) is refused."""
+    keras = keras_on_torch()
+    x = seeded.normal(size=(3, 5, 4)).astype(np.float32)
+    k_layer = getattr(keras.layers, kind)(6, return_sequences=True, **kwargs)
+    want = keras.ops.convert_to_numpy(k_layer(x))
+    layer = getattr(L, kind)(6, return_sequences=True, **kwargs)
+    layer(x)
+    layer.set_weights(k_layer.get_weights())
+    np.testing.assert_allclose(layer(x), want, rtol=1e-5, atol=1e-6)
+    config = layer.get_config()
+    assert all(config[k] == v for k, v in kwargs.items())
+    assert type(getattr(L, kind).from_config(config)).__name__ == kind
+
+
+def test_recurrent_ops_cell_finite_differences(float64, seeded):
+    layer = L.SimpleRNN(4, activation="tanh_shrink", return_sequences=True)
+    gradcheck.check_layer(layer, seeded.normal(size=(2, 3, 5)), seeded, rtol=1e-5, atol=1e-7)
+
+
+def test_recurrent_layers_refuse_glu():
+    assert "glu" not in RNN_ACTIVATIONS
+    with pytest.raises(ValueError, match="glu"):
+        L.SimpleRNN(3, activation="glu")
 
 
 def test_model_trains_saves_and_loads(seeded, tmp_path):
@@ -520,3 +544,14 @@ def test_threshold_is_an_op_with_keras_arguments():
         loss = pynn.ops.sum(y)
     np.testing.assert_array_equal(y.numpy(), want.detach().numpy())
     np.testing.assert_array_equal(tape.gradient(loss, xv).numpy(), xt.grad.numpy())
+
+
+def test_structured_pruning_refuses_to_cut_glu_pairs():
+    from pynn.compression.structured import prune_structured
+
+    model = pynn.Sequential([L.Input((5,)), L.Dense(8), L.Activation("glu"), L.Dense(2)])
+    with pytest.raises(ValueError, match=r"through layer .*Activation\('glu'\) pairs"):
+        prune_structured(model, 0.5)
+    model = pynn.Sequential([L.Input((5,)), L.Dense(8), L.Activation("sparse_plus"),
+                             L.Dense(2)])
+    assert prune_structured(model, 0.5).layers[0].units == 4

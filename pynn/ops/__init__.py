@@ -60,6 +60,9 @@ def _register_recurrent_activations():
     from pynn.layers import recurrent
     recurrent.ACTIVATION_FUNCTIONS.update({name: OPS[name] for name in RNN_ACTIVATIONS
                                            if name in OPS})
+    # -- Keras 3's remaining activations with no recurrent kernel (they need the input or
+    # a whole row): named, they run in the ops cell
+    recurrent.ACTIVATION_FUNCTIONS.update({name: OPS[name] for name in recurrent.OPS_CELL_NAMES})
 
 
 _register_recurrent_activations()
