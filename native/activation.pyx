@@ -465,20 +465,24 @@ def _softmax_backward_rows(const floating[:, ::1] dy,  # IN  (rows, K)
 # Sums run in double in the row's order: the same bits at any thread count.
 cdef inline double sparsemax_support(const floating* x, Py_ssize_t k,
                                      Py_ssize_t* size) noexcept nogil:
-    """The true sparsemax threshold t of x (support S = {x > t}); size gets |S|."""
-    cdef Py_ssize_t j, count = k, last = 0
+    """The true sparsemax threshold t of x (support S = {x > t}); size gets |S|. t only
+    rises (exact arithmetic has it so; the max keeps rounding from letting the support grow
+    back), so the support only shrinks and the loop ends within k + 1 passes."""
+    cdef Py_ssize_t j, count = k, last = 0, passes = 0
     cdef double s = 0, t
     for j in range(k):
         s += x[j]
     t = (s - 1) / k
-    while count != last:
+    while count != last and passes <= k:
         last = count
+        passes += 1
         s, count = 0, 0
         for j in range(k):
             if x[j] > t:
                 s += x[j]
                 count += 1
-        t = (s - 1) / count
+        if (s - 1) / count > t or t != t:
+            t = (s - 1) / count
     size[0] = count
     return t
 

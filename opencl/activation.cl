@@ -95,7 +95,8 @@ float sparsemax_support(__global const float *x, const int k, int *size)
         s += x[j];
     float t = (s - 1.0f) / k;
     int count = k, last = 0;
-    while (count != last) {
+    /* t only rises (fmax: rounding cannot let the support grow back): k + 1 passes at most */
+    for (int pass = 0; count != last && pass <= k; ++pass) {
         last = count;
         s = 0.0f;
         count = 0;
@@ -104,7 +105,7 @@ float sparsemax_support(__global const float *x, const int k, int *size)
                 s += x[j];
                 count++;
             }
-        t = (s - 1.0f) / count;
+        t = fmax(t, (s - 1.0f) / count);
     }
     *size = count;
     return t;

@@ -555,3 +555,18 @@ def test_structured_pruning_refuses_to_cut_glu_pairs():
     model = pynn.Sequential([L.Input((5,)), L.Dense(8), L.Activation("sparse_plus"),
                              L.Dense(2)])
     assert prune_structured(model, 0.5).layers[0].units == 4
+
+
+def test_sparsemax_ties_and_non_finite_rows_end(target):
+    """Ties give Keras's values (every tied element in the support), and a row with NaN or
+    inf still ends (the support search is bounded): no hang on either backend."""
+    x = np.array([[0.0, 0.0, 0.0, 0.0], [2.0, 2.0, -1.0, -1.0]], target.dtype)
+    check_op(target, "activation_forward", x, "sparsemax", 0.0,
+             ref=lambda x, *_: activation_forward_ref(x, "sparsemax"), rtol=tol(target))
+    bad = np.array([[np.nan, 1.0, 0.5], [np.inf, 0.0, 1.0], [-np.inf, 0.0, 1.0]],
+                   target.dtype)
+    y = target.down(target.op("activation_forward")(target.up(bad), "sparsemax", 0.0))
+    assert y.shape == bad.shape
+    with np.errstate(invalid="ignore"):  # the reference's -inf - -inf
+        want = activation_forward_ref(bad[2:3].astype(np.float64), "sparsemax")[0]
+    np.testing.assert_allclose(y[2], want, rtol=1e-5)
