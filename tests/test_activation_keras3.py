@@ -570,3 +570,20 @@ def test_sparsemax_ties_and_non_finite_rows_end(target):
     with np.errstate(invalid="ignore"):  # the reference's -inf - -inf
         want = activation_forward_ref(bad[2:3].astype(np.float64), "sparsemax")[0]
     np.testing.assert_allclose(y[2], want, rtol=1e-5)
+
+
+def test_row_activation_functions_given_to_layers_are_their_names(seeded):
+    keras = keras_on_torch()
+    x = seeded.normal(size=(3, 5)).astype(np.float32)
+    for fn in (keras.activations.log_softmax, pynn.ops.sparsemax):
+        dense = L.Dense(4, activation=fn)
+        y = np.asarray(dense(x))
+        linear = L.Dense(4)
+        linear(x)
+        linear.set_weights(dense.get_weights())
+        np.testing.assert_allclose(y, activation_forward_ref(linear(x), fn.__name__),
+                                   rtol=2e-5, atol=2e-6)
+        assert dense.get_config()["activation"] == fn.__name__
+    assert L.Activation(keras.activations.glu).activation == "glu"
+    with pytest.raises(ValueError, match="Dense 'g': activation 'glu' acts on whole rows"):
+        L.Dense(4, activation=keras.activations.glu, name="g")

@@ -494,6 +494,8 @@ def activation_config(activation, layer=None, rows_ok=False):
         named = ACTIVATION_ALIASES.get(named, named)
         if named in ACTIVATIONS and (rows_ok or named not in api.ACTIVATIONS_ON_ROWS):
             return named, DEFAULT_ALPHA.get(named, 0.0)
+        if named in api.ACTIVATIONS_ON_ROWS:  # Keras 3's row activations: the name's rules
+            return activation_config(named, layer, rows_ok)
         if layer is None:
             raise ValueError(f"activation {activation!r} is a callable pynn has no fused "
                              f"kernel for; give a name from {ACTIVATIONS}")
