@@ -75,6 +75,9 @@ cdef extern from "_vmath.h" nogil:
     float pynn_silu_grad_f(float x)
     float pynn_mish_f(float x)
     float pynn_mish_grad_f(float x)
+    float pynn_celu_f(float x, float alpha)
+    float pynn_log_sigmoid_f(float x)
+    float pynn_tanh_shrink_f(float x)
     void pynn_softmax_row_f(const float* z, float* y, Py_ssize_t cols)
     void pynn_softmax_grad_row_f(const float* dy, const float* y, float* dx, Py_ssize_t cols)
     float pynn_max_f(const float* x, Py_ssize_t n)
@@ -102,12 +105,19 @@ cdef inline float act_value_f(float x, int act, float alpha) noexcept nogil:
         return pynn_mish_f(x)
     elif act == ACT_EXPONENTIAL:
         return pynn_expf(x)
+    elif act == ACT_CELU:
+        return pynn_celu_f(x, alpha)
+    elif act == ACT_LOG_SIGMOID:
+        return pynn_log_sigmoid_f(x)
+    elif act == ACT_TANH_SHRINK:
+        return pynn_tanh_shrink_f(x)
     return x
 
 
 cdef inline float act_grad_f(float dy, float x, float y, int act) noexcept nogil:
     """act_grad of a float32 activation whose derivative needs a transcendental function
     (see vmath_grad), else dy unchanged."""
+    cdef float t
     if act == ACT_GELU:
         return dy * pynn_gelu_grad_f(x)
     elif act == ACT_SOFTPLUS:
@@ -116,6 +126,11 @@ cdef inline float act_grad_f(float dy, float x, float y, int act) noexcept nogil
         return dy * pynn_silu_grad_f(x)
     elif act == ACT_MISH:
         return dy * pynn_mish_grad_f(x)
+    elif act == ACT_LOG_SIGMOID:
+        return -dy * pynn_expm1f(y)
+    elif act == ACT_TANH_SHRINK:
+        t = pynn_tanhf(x)
+        return dy * t * t
     return dy
 
 
@@ -123,12 +138,14 @@ cdef inline bint vmath_forward(int act) noexcept nogil:
     """Whether act_value_f computes `act` (float32)."""
     return (act == ACT_SIGMOID or act == ACT_TANH or act == ACT_ELU or act == ACT_SELU
             or act == ACT_GELU or act == ACT_SOFTPLUS or act == ACT_SILU or act == ACT_MISH
-            or act == ACT_EXPONENTIAL)
+            or act == ACT_EXPONENTIAL or act == ACT_CELU or act == ACT_LOG_SIGMOID
+            or act == ACT_TANH_SHRINK)
 
 
 cdef inline bint vmath_grad(int act) noexcept nogil:
     """Whether act_grad_f computes `act`'s derivative (float32)."""
-    return act == ACT_GELU or act == ACT_SOFTPLUS or act == ACT_SILU or act == ACT_MISH
+    return (act == ACT_GELU or act == ACT_SOFTPLUS or act == ACT_SILU or act == ACT_MISH
+            or act == ACT_LOG_SIGMOID or act == ACT_TANH_SHRINK)
 
 
 cdef inline floating act_value(floating x, int act, floating alpha) noexcept nogil:
@@ -348,6 +365,15 @@ cdef inline void act_forward_vec(const floating* x, floating* y, Py_ssize_t n, i
             elif act == ACT_MISH:
                 for j in range(n):
                     y[j] = pynn_mish_f(x[j])
+            elif act == ACT_CELU:
+                for j in range(n):
+                    y[j] = pynn_celu_f(x[j], alpha)
+            elif act == ACT_LOG_SIGMOID:
+                for j in range(n):
+                    y[j] = pynn_log_sigmoid_f(x[j])
+            elif act == ACT_TANH_SHRINK:
+                for j in range(n):
+                    y[j] = pynn_tanh_shrink_f(x[j])
             else:
                 for j in range(n):
                     y[j] = pynn_expf(x[j])
@@ -393,6 +419,13 @@ cdef inline void act_backward_vec(const floating* dy, const floating* x, const f
             elif act == ACT_MISH:
                 for j in range(n):
                     dx[j] = dy[j] * pynn_mish_grad_f(x[j])
+            elif act == ACT_LOG_SIGMOID:
+                for j in range(n):
+                    dx[j] = -dy[j] * pynn_expm1f(y[j])
+            elif act == ACT_TANH_SHRINK:
+                for j in range(n):
+                    v = pynn_tanhf(x[j])
+                    dx[j] = dy[j] * v * v
             else:
                 for j in range(n):
                     dx[j] = -dy[j] * pynn_expm1f(-y[j])

@@ -27,8 +27,8 @@ layer's 32 or 64 filters on one thread; row blocks keep every thread busy.
 import numpy as np
 
 from _activation cimport (
-    ACT_GLU, ACT_LOG_SOFTMAX, ACT_PARALLEL_MIN, ACT_SIGMOID, ACT_SOFTMAX, ACT_SPARSEMAX,
-    TEAM_PARALLEL_MIN, act_backward_vec, act_forward_vec, act_value,
+    ACT_GLU, ACT_LOG_SOFTMAX, ACT_PARALLEL_MIN, ACT_SIGMOID, ACT_SOFTMAX, TEAM_PARALLEL_MIN,
+    act_backward_vec, act_forward_vec, act_value, pynn_exp_sum_f, pynn_max_f,
     add_rows_double, floating, fused_step, fused_tiling, pynn_expf, softmax_grad_row,
     softmax_row, sum_row_blocks,
 )
@@ -520,12 +520,16 @@ cdef inline void row_act_forward(const floating* x, floating* y, Py_ssize_t k,
             y[j] = x[j] * act_value(x[h + j], ACT_SIGMOID, <floating>0)
         return
     if act == ACT_LOG_SOFTMAX:
-        m = x[0]
-        for j in range(1, k):
-            if x[j] > m:
-                m = x[j]
-        for j in range(k):
-            s += exp(x[j] - m)
+        if floating is float:   # softmax_row's vector sum (native/_vmath.h)
+            m = pynn_max_f(x, k)
+            s = pynn_exp_sum_f(x, m, NULL, k)
+        else:
+            m = x[0]
+            for j in range(1, k):
+                if x[j] > m:
+                    m = x[j]
+            for j in range(k):
+                s += exp(x[j] - m)
         s = log(s)
         for j in range(k):
             y[j] = <floating>((x[j] - m) - s)
@@ -552,7 +556,10 @@ cdef inline void row_act_backward(const floating* dy, const floating* x, floatin
         for j in range(k):
             s += dy[j]
         for j in range(k):
-            dx[j] = <floating>(dy[j] - exp(x[j]) * s)
+            if floating is float:
+                dx[j] = <floating>(dy[j] - pynn_expf(x[j]) * s)
+            else:
+                dx[j] = <floating>(dy[j] - exp(x[j]) * s)
         return
     t = sparsemax_support(x, k, &c)
     tau = sparsemax_keras_tau(x, k, t, c)
