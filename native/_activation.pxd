@@ -1,7 +1,8 @@
 # Elementwise activations shared by activation.pyx (the standalone op) and the layers that fuse
 # bias + activation into the pass after their GEMM (dense.pyx, conv.pyx).
 # Codes follow pynn.backend.api.ACTIVATIONS. Derivatives use the output y where that is exact,
-# so only ACTIVATIONS_NEEDING_INPUT (gelu, silu, hard_silu, mish) need the pre-activation kept.
+# so only ACTIVATIONS_NEEDING_INPUT (gelu, silu, hard_silu, mish, glu, tanh_shrink) need the
+# pre-activation kept.
 from cython.parallel cimport prange
 from libc.math cimport exp, expm1, log1p, tanh, erf, sqrt, fabs, fmax, fmin
 
@@ -28,6 +29,20 @@ cdef enum:
     ACT_MISH = 14
     ACT_EXPONENTIAL = 15
     ACT_SOFTSIGN = 16
+    # -- Keras 3's remaining activations (glu, log_softmax and sparsemax are row operations
+    # of activation.pyx; act_value and act_grad treat their codes like linear)
+    ACT_CELU = 17
+    ACT_GLU = 18
+    ACT_HARD_SHRINK = 19
+    ACT_HARD_TANH = 20
+    ACT_LOG_SIGMOID = 21
+    ACT_LOG_SOFTMAX = 22
+    ACT_SOFT_SHRINK = 23
+    ACT_SPARSE_PLUS = 24
+    ACT_SPARSE_SIGMOID = 25
+    ACT_SPARSEMAX = 26
+    ACT_SQUAREPLUS = 27
+    ACT_TANH_SHRINK = 28
 
 # Constants as C macros: module-level cdef variables would turn this .pxd into a module that
 # every kernel file must import at run time.
@@ -60,6 +75,9 @@ cdef extern from "_vmath.h" nogil:
     float pynn_silu_grad_f(float x)
     float pynn_mish_f(float x)
     float pynn_mish_grad_f(float x)
+    float pynn_celu_f(float x, float alpha)
+    float pynn_log_sigmoid_f(float x)
+    float pynn_tanh_shrink_f(float x)
     void pynn_softmax_row_f(const float* z, float* y, Py_ssize_t cols)
     void pynn_softmax_grad_row_f(const float* dy, const float* y, float* dx, Py_ssize_t cols)
     float pynn_max_f(const float* x, Py_ssize_t n)
@@ -87,12 +105,19 @@ cdef inline float act_value_f(float x, int act, float alpha) noexcept nogil:
         return pynn_mish_f(x)
     elif act == ACT_EXPONENTIAL:
         return pynn_expf(x)
+    elif act == ACT_CELU:
+        return pynn_celu_f(x, alpha)
+    elif act == ACT_LOG_SIGMOID:
+        return pynn_log_sigmoid_f(x)
+    elif act == ACT_TANH_SHRINK:
+        return pynn_tanh_shrink_f(x)
     return x
 
 
 cdef inline float act_grad_f(float dy, float x, float y, int act) noexcept nogil:
     """act_grad of a float32 activation whose derivative needs a transcendental function
     (see vmath_grad), else dy unchanged."""
+    cdef float t
     if act == ACT_GELU:
         return dy * pynn_gelu_grad_f(x)
     elif act == ACT_SOFTPLUS:
@@ -101,6 +126,11 @@ cdef inline float act_grad_f(float dy, float x, float y, int act) noexcept nogil
         return dy * pynn_silu_grad_f(x)
     elif act == ACT_MISH:
         return dy * pynn_mish_grad_f(x)
+    elif act == ACT_LOG_SIGMOID:
+        return -dy * pynn_expm1f(y)
+    elif act == ACT_TANH_SHRINK:
+        t = pynn_tanhf(x)
+        return dy * t * t
     return dy
 
 
@@ -108,12 +138,14 @@ cdef inline bint vmath_forward(int act) noexcept nogil:
     """Whether act_value_f computes `act` (float32)."""
     return (act == ACT_SIGMOID or act == ACT_TANH or act == ACT_ELU or act == ACT_SELU
             or act == ACT_GELU or act == ACT_SOFTPLUS or act == ACT_SILU or act == ACT_MISH
-            or act == ACT_EXPONENTIAL)
+            or act == ACT_EXPONENTIAL or act == ACT_CELU or act == ACT_LOG_SIGMOID
+            or act == ACT_TANH_SHRINK)
 
 
 cdef inline bint vmath_grad(int act) noexcept nogil:
     """Whether act_grad_f computes `act`'s derivative (float32)."""
-    return act == ACT_GELU or act == ACT_SOFTPLUS or act == ACT_SILU or act == ACT_MISH
+    return (act == ACT_GELU or act == ACT_SOFTPLUS or act == ACT_SILU or act == ACT_MISH
+            or act == ACT_LOG_SIGMOID or act == ACT_TANH_SHRINK)
 
 
 cdef inline floating act_value(floating x, int act, floating alpha) noexcept nogil:
@@ -154,6 +186,27 @@ cdef inline floating act_value(floating x, int act, floating alpha) noexcept nog
         return exp(x)
     elif act == ACT_SOFTSIGN:
         return x / (1 + fabs(x))
+    # -- Keras 3's remaining activations, as its torch backend computes them (alpha: celu's
+    # alpha, the shrinks' threshold, squareplus's b)
+    elif act == ACT_CELU:
+        return x if x > 0 else alpha * expm1(x / alpha)
+    elif act == ACT_HARD_SHRINK:
+        return 0 if (x >= -alpha and x <= alpha) else x
+    elif act == ACT_HARD_TANH:
+        # compares, not fmin/fmax: NaN passes through as in torch
+        return -1 if x < -1 else (1 if x > 1 else x)
+    elif act == ACT_LOG_SIGMOID:
+        return fmin(x, 0) - log1p(exp(-fabs(x)))
+    elif act == ACT_SOFT_SHRINK:
+        return x - alpha if x > alpha else (x + alpha if x < -alpha else 0)
+    elif act == ACT_SPARSE_PLUS:
+        return 0 if x <= -1 else (0.25 * (x + 1) * (x + 1) if x < 1 else x)
+    elif act == ACT_SPARSE_SIGMOID:
+        return 0 if x <= -1 else (1 if x >= 1 else 0.5 * (x + 1))
+    elif act == ACT_SQUAREPLUS:
+        return (x + sqrt(x * x + alpha)) / 2
+    elif act == ACT_TANH_SHRINK:
+        return x - tanh(x)
     return x
 
 
@@ -203,6 +256,29 @@ cdef inline floating act_grad(floating dy, floating x, floating y, int act,
         # 1 / (1 + |x|)^2 = (1 - |y|)^2
         s = 1 - fabs(y)
         return dy * s * s
+    # -- Keras 3's remaining activations; zero at the kinks as torch's backwards
+    elif act == ACT_CELU:
+        # exp(x / alpha) = y / alpha + 1 on the negative branch
+        return dy if y > 0 else dy * (y / alpha + 1)
+    elif act == ACT_HARD_SHRINK or act == ACT_SOFT_SHRINK:
+        # y != 0 exactly where |x| > threshold (threshold >= 0)
+        return dy if y != 0 else 0
+    elif act == ACT_HARD_TANH:
+        return dy if (y > -1 and y < 1) else 0
+    elif act == ACT_LOG_SIGMOID:
+        # sigmoid(-x) = 1 - exp(y)
+        return -dy * expm1(y)
+    elif act == ACT_SPARSE_PLUS:
+        # (x + 1) / 2 = sqrt(y) on (-1, 1), 1 from x = 1 (y = 1) on
+        return dy if y >= 1 else dy * sqrt(y)
+    elif act == ACT_SPARSE_SIGMOID:
+        return dy * 0.5 if (y > 0 and y < 1) else 0
+    elif act == ACT_SQUAREPLUS:
+        # (1 + x / sqrt(x^2 + b)) / 2 = y^2 / (y^2 + b / 4); y > 0 unless b == 0 and x <= 0
+        return dy * (y * y / (y * y + 0.25 * alpha)) if y > 0 else 0
+    elif act == ACT_TANH_SHRINK:
+        t = tanh(x)
+        return dy * t * t
     return dy
 
 
@@ -289,6 +365,15 @@ cdef inline void act_forward_vec(const floating* x, floating* y, Py_ssize_t n, i
             elif act == ACT_MISH:
                 for j in range(n):
                     y[j] = pynn_mish_f(x[j])
+            elif act == ACT_CELU:
+                for j in range(n):
+                    y[j] = pynn_celu_f(x[j], alpha)
+            elif act == ACT_LOG_SIGMOID:
+                for j in range(n):
+                    y[j] = pynn_log_sigmoid_f(x[j])
+            elif act == ACT_TANH_SHRINK:
+                for j in range(n):
+                    y[j] = pynn_tanh_shrink_f(x[j])
             else:
                 for j in range(n):
                     y[j] = pynn_expf(x[j])
@@ -334,6 +419,13 @@ cdef inline void act_backward_vec(const floating* dy, const floating* x, const f
             elif act == ACT_MISH:
                 for j in range(n):
                     dx[j] = dy[j] * pynn_mish_grad_f(x[j])
+            elif act == ACT_LOG_SIGMOID:
+                for j in range(n):
+                    dx[j] = -dy[j] * pynn_expm1f(y[j])
+            elif act == ACT_TANH_SHRINK:
+                for j in range(n):
+                    v = pynn_tanhf(x[j])
+                    dx[j] = dy[j] * v * v
             else:
                 for j in range(n):
                     dx[j] = -dy[j] * pynn_expm1f(-y[j])

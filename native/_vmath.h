@@ -244,6 +244,20 @@ static inline float pynn_mish_grad_f(float x) {
     return t + x * (1.0f - t * t) * pynn_sigmoidf(x);
 }
 
+/* -- Keras 3's remaining activations (act): celu, log_sigmoid, tanh_shrink -- */
+static inline float pynn_celu_f(float x, float alpha) {
+    return pynn_selectf(x > 0.0f, x, alpha * pynn_expm1f(x / alpha));
+}
+
+/* min(x, 0) - ln(1 + e^-|x|) = -softplus(-x) */
+static inline float pynn_log_sigmoid_f(float x) {
+    return -pynn_softplus_f(-x);
+}
+
+static inline float pynn_tanh_shrink_f(float x) {
+    return x - pynn_tanhf(x);
+}
+
 /* The largest of x[0..n), n >= 1, over 16 lanes, then across them (exact in any order; a
  * NaN is skipped unless x[0] is one: the exponentials of a row with one are NaN anyway). */
 static inline float pynn_max_f(const float* x, ptrdiff_t n) {

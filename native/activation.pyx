@@ -27,7 +27,8 @@ layer's 32 or 64 filters on one thread; row blocks keep every thread busy.
 import numpy as np
 
 from _activation cimport (
-    ACT_PARALLEL_MIN, ACT_SOFTMAX, TEAM_PARALLEL_MIN, act_backward_vec, act_forward_vec,
+    ACT_GLU, ACT_LOG_SOFTMAX, ACT_PARALLEL_MIN, ACT_SIGMOID, ACT_SOFTMAX, TEAM_PARALLEL_MIN,
+    act_backward_vec, act_forward_vec, act_value, pynn_exp_sum_f, pynn_max_f,
     add_rows_double, floating, fused_step, fused_tiling, pynn_expf, softmax_grad_row,
     softmax_row, sum_row_blocks,
 )
@@ -35,13 +36,13 @@ from _activation cimport (
 from pynn.backend.operands import activation as operands
 from pynn.backend.operands.common import HOST
 from pynn.backend.operands.pool import windows_tile
-from pynn.backend.api import ACTIVATIONS
+from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_ON_ROWS
 
 include "_team.pxi"
 
 from cython.parallel cimport prange
 from _openmp cimport omp_get_max_threads
-from libc.math cimport exp
+from libc.math cimport exp, log
 from libc.string cimport memset
 
 
@@ -333,6 +334,9 @@ cdef enum:
     OPJOB_PRELU_FWD = 4
     OPJOB_PRELU_DX = 5
     OPJOB_PRELU_DALPHA = 6
+    # -- Keras 3's row activations (glu, log_softmax, sparsemax): one row an item
+    OPJOB_ROW_FWD = 7
+    OPJOB_ROW_BWD = 8
     OPJOB_CHUNK = 8192   # elements per claim of the elementwise kinds
 
 
@@ -347,6 +351,7 @@ ctypedef struct _OpJob:
     double* partial
     Py_ssize_t n, k, rb_rows, na
     double mv, slope, threshold
+    int act              # the row activation of OPJOB_ROW_*
 
 
 cdef inline void _op_items(const _OpJob* j, const floating* a, long begin,
@@ -373,6 +378,15 @@ cdef inline void _op_items(const _OpJob* j, const floating* a, long begin,
         else:
             for i in range(i0, i1):
                 out[i] = relu_grad(a[i], b[i], mv, sl, th)
+    elif j.kind == OPJOB_ROW_FWD:
+        for r in range(begin, end):
+            row_act_forward(a + r * k, out + r * (k // 2 if j.act == ACT_GLU else k), k,
+                            j.act)
+    elif j.kind == OPJOB_ROW_BWD:
+        # a: dy (rows, K or K/2 for glu), b: x (log_softmax: y); out: dx (rows, K)
+        for r in range(begin, end):
+            row_act_backward(a + r * (k // 2 if j.act == ACT_GLU else k), b + r * k,
+                             out + r * k, k, j.act)
     elif j.kind == OPJOB_PRELU_FWD:
         for r in range(begin, end):
             for m in range(k):
@@ -436,6 +450,150 @@ def _softmax_backward_rows(const floating[:, ::1] dy,  # IN  (rows, K)
         _op_run(&job, rows, rows * k)
 
 
+# -- Keras 3's row activations (the formulas of Keras 3's torch backend):
+# log_softmax y = x - max - log(sum(exp(x - max))), backward dy - exp(y) * sum(dy).
+# glu y = a * sigmoid(b) for the halves a, b of the last axis, backward from x.
+# sparsemax as Keras 3.15 computes it on every backend (keras/src/backend/*/nn.py): the
+# support S is sparsemax's (the c largest x with 1 + c x_(c) > x_(1) + ... + x_(c)), but
+# tau = (C_1 + ... + C_c - 1) / c sums the sorted cumulative sums C_i (not C_c - 1: the rows
+# do not sum to 1), and y = max(x - tau, 0). S comes from Michelot's fixed point (no sort:
+# the support shrinks from the whole row to {x > t}, t = (sum over it - 1) / its size, until
+# it stops changing; that t is the true sparsemax threshold), and C_1 + ... + C_c =
+# sum over S of w_i x_i, w_i = 1 + the members of S below x_i (ties broken by position).
+# Backward from x (torch's autograd of that formula): with m_i = [x_i - tau >= 0] (clamp's
+# mask), dx_i = m_i dy_i - [i in S] w_i / c * sum(m dy). O(K) per pass plus O(K c).
+# Sums run in double in the row's order: the same bits at any thread count.
+cdef inline double sparsemax_support(const floating* x, Py_ssize_t k,
+                                     Py_ssize_t* size) noexcept nogil:
+    """The true sparsemax threshold t of x (support S = {x > t}); size gets |S|. t only
+    rises (exact arithmetic has it so; the max keeps rounding from letting the support grow
+    back), so the support only shrinks and the loop ends within k + 1 passes."""
+    cdef Py_ssize_t j, count = k, last = 0, passes = 0
+    cdef double s = 0, t
+    for j in range(k):
+        s += x[j]
+    t = (s - 1) / k
+    while count != last and passes <= k:
+        last = count
+        passes += 1
+        s, count = 0, 0
+        for j in range(k):
+            if x[j] > t:
+                s += x[j]
+                count += 1
+        if (s - 1) / count > t or t != t:
+            t = (s - 1) / count
+    size[0] = count
+    return t
+
+
+cdef inline Py_ssize_t sparsemax_weight(const floating* x, Py_ssize_t k, double t,
+                                        Py_ssize_t i) noexcept nogil:
+    """w_i of a support member i: 1 + the members below x_i (equal ones after i count)."""
+    cdef Py_ssize_t j, w = 0
+    for j in range(k):
+        if x[j] > t and (x[j] < x[i] or (x[j] == x[i] and j >= i)):
+            w += 1
+    return w
+
+
+cdef inline double sparsemax_keras_tau(const floating* x, Py_ssize_t k, double t,
+                                       Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double s = 0
+    for i in range(k):
+        if x[i] > t:
+            s += sparsemax_weight(x, k, t, i) * <double>x[i]
+    return (s - 1) / c
+
+
+cdef inline void row_act_forward(const floating* x, floating* y, Py_ssize_t k,
+                                 int act) noexcept nogil:
+    """y = act(x) of one row: x has k elements, y k (k / 2 for glu)."""
+    cdef Py_ssize_t j, h = k // 2, c
+    cdef floating m
+    cdef double s = 0, t, tau
+    if k <= 0:
+        return
+    if act == ACT_GLU:
+        for j in range(h):
+            y[j] = x[j] * act_value(x[h + j], ACT_SIGMOID, <floating>0)
+        return
+    if act == ACT_LOG_SOFTMAX:
+        if floating is float:   # softmax_row's vector sum (native/_vmath.h)
+            m = pynn_max_f(x, k)
+            s = pynn_exp_sum_f(x, m, NULL, k)
+        else:
+            m = x[0]
+            for j in range(1, k):
+                if x[j] > m:
+                    m = x[j]
+            for j in range(k):
+                s += exp(x[j] - m)
+        s = log(s)
+        for j in range(k):
+            y[j] = <floating>((x[j] - m) - s)
+        return
+    t = sparsemax_support(x, k, &c)
+    tau = sparsemax_keras_tau(x, k, t, c)
+    for j in range(k):
+        y[j] = <floating>(x[j] - tau) if x[j] - tau > 0 else 0
+
+
+cdef inline void row_act_backward(const floating* dy, const floating* x, floating* dx,
+                                  Py_ssize_t k, int act) noexcept nogil:
+    """dx of one row (k elements) from dy (k, or k / 2 for glu) and x (log_softmax: y)."""
+    cdef Py_ssize_t j, h = k // 2, c
+    cdef floating sg
+    cdef double s = 0, t, tau
+    if act == ACT_GLU:
+        for j in range(h):
+            sg = act_value(x[h + j], ACT_SIGMOID, <floating>0)
+            dx[j] = dy[j] * sg
+            dx[h + j] = dy[j] * x[j] * sg * (1 - sg)
+        return
+    if act == ACT_LOG_SOFTMAX:   # x holds y here
+        for j in range(k):
+            s += dy[j]
+        for j in range(k):
+            if floating is float:
+                dx[j] = <floating>(dy[j] - pynn_expf(x[j]) * s)
+            else:
+                dx[j] = <floating>(dy[j] - exp(x[j]) * s)
+        return
+    t = sparsemax_support(x, k, &c)
+    tau = sparsemax_keras_tau(x, k, t, c)
+    for j in range(k):
+        if x[j] - tau >= 0:
+            s += dy[j]
+    for j in range(k):
+        dx[j] = <floating>((dy[j] if x[j] - tau >= 0 else 0)
+                           - (sparsemax_weight(x, k, t, j) * s / c if x[j] > t else 0))
+
+
+def _row_act_forward(const floating[:, ::1] x,   # IN  (rows, K)
+                     floating[:, ::1] y,         # OUT (rows, K), (rows, K / 2) for glu
+                     int act):
+    cdef Py_ssize_t rows = x.shape[0], k = x.shape[1]
+    cdef _OpJob job
+    _op_init(&job, OPJOB_ROW_FWD, floating is double, &x[0, 0], NULL, &y[0, 0], rows, k)
+    job.act = act
+    with nogil:
+        _op_run(&job, rows, rows * k)
+
+
+def _row_act_backward(const floating[:, ::1] dy,  # IN  (rows, K), (rows, K / 2) for glu
+                      const floating[:, ::1] b,   # IN  (rows, K): x, or y for log_softmax
+                      floating[:, ::1] dx,        # OUT (rows, K)
+                      int act):
+    cdef Py_ssize_t rows = b.shape[0], k = b.shape[1]
+    cdef _OpJob job
+    _op_init(&job, OPJOB_ROW_BWD, floating is double, &dy[0, 0], &b[0, 0], &dx[0, 0], rows, k)
+    job.act = act
+    with nogil:
+        _op_run(&job, rows, rows * k)
+
+
 def _rows_view(a):
     """(rows, K) view of an array whose last axis is K (softmax's axis)."""
     k = a.shape[a.ndim - 1]
@@ -445,12 +603,17 @@ def _rows_view(a):
 def activation_forward(x, activation, alpha=0.0):
     """y = activation(x), same shape and dtype as x (softmax over the last axis)."""
     name, a, x = operands.activation_forward(HOST, x, activation, alpha)
-    y = np.empty_like(x)
-    if x.size == 0:
+    if name == "glu":
+        y = np.empty(x.shape[:x.ndim - 1] + (x.shape[x.ndim - 1] // 2,), dtype=x.dtype)
+    else:
+        y = np.empty_like(x)
+    if y.size == 0:
         return y
     act = ACTIVATIONS.index(name)
     if act == ACT_SOFTMAX:
         _softmax_forward_rows(_rows_view(x), _rows_view(y))
+    elif name in ACTIVATIONS_ON_ROWS:
+        _row_act_forward(_rows_view(x), _rows_view(y), act)
     else:
         _act_forward_flat(x.reshape(-1), y.reshape(-1), act, a)
     return y
@@ -461,12 +624,16 @@ def activation_backward(dy, x, y, activation, alpha=0.0):
     ACTIVATIONS_NEEDING_INPUT); ``x`` the pre-activation (required for those, otherwise
     ignored but checked when given)."""
     name, a, dy, x, y = operands.activation_backward(HOST, dy, x, y, activation, alpha)
-    dx = np.empty_like(dy)
-    if dy.size == 0:
+    dx = np.empty_like(x if name == "glu" else dy)
+    if dx.size == 0:
         return dx
     act = ACTIVATIONS.index(name)
     if act == ACT_SOFTMAX:
         _softmax_backward_rows(_rows_view(dy), _rows_view(y), _rows_view(dx))
+        return dx
+    if name in ACTIVATIONS_ON_ROWS:
+        _row_act_backward(_rows_view(dy), _rows_view(y if name == "log_softmax" else x),
+                          _rows_view(dx), act)
         return dx
     # act_grad reads x only for ACTIVATIONS_NEEDING_INPUT and y only for the others: the
     # unused one may alias.

@@ -79,6 +79,128 @@ void softmax_backward(__global const float *dy, __global const float *y, __globa
         dx[base + j] = y[base + j] * (dy[base + j] - dot);
 }
 
+/* -- Keras 3's row activations (native/activation.pyx's note): one work-item per row of k
+ * elements, the CPU kernel's passes in float.
+ * log_softmax y = x - max - log(sum(exp(x - max))), backward dy - exp(y) * sum(dy).
+ * glu y = a * sigmoid(b) for the row's halves a, b (y rows of k / 2), backward from x.
+ * sparsemax as Keras 3.15 computes it: the support S = {x > t} of the true sparsemax
+ * threshold t (Michelot's fixed point), tau = (sum over S of w_i x_i - 1) / |S| with
+ * w_i = 1 + the members of S below x_i (ties by position), y = max(x - tau, 0); backward
+ * from x: dx_i = [x_i >= tau] dy_i - [i in S] w_i / |S| * sum([x >= tau] dy).
+ */
+float sparsemax_support(__global const float *x, const int k, int *size)
+{
+    float s = 0.0f;
+    for (int j = 0; j < k; ++j)
+        s += x[j];
+    float t = (s - 1.0f) / k;
+    int count = k, last = 0;
+    /* t only rises (fmax: rounding cannot let the support grow back): k + 1 passes at most */
+    for (int pass = 0; count != last && pass <= k; ++pass) {
+        last = count;
+        s = 0.0f;
+        count = 0;
+        for (int j = 0; j < k; ++j)
+            if (x[j] > t) {
+                s += x[j];
+                count++;
+            }
+        t = fmax(t, (s - 1.0f) / count);
+    }
+    *size = count;
+    return t;
+}
+
+int sparsemax_weight(__global const float *x, const int k, const float t, const int i)
+{
+    int w = 0;
+    for (int j = 0; j < k; ++j)
+        if (x[j] > t && (x[j] < x[i] || (x[j] == x[i] && j >= i)))
+            w++;
+    return w;
+}
+
+float sparsemax_keras_tau(__global const float *x, const int k, const float t, const int c)
+{
+    float s = 0.0f;
+    for (int i = 0; i < k; ++i)
+        if (x[i] > t)
+            s += sparsemax_weight(x, k, t, i) * x[i];
+    return (s - 1.0f) / c;
+}
+
+__kernel void row_activation_forward(__global const float *x, __global float *y,
+                                     const int rows, const int k, const int act)
+{
+    const int r = get_global_id(0);
+    GUARD(r, rows);
+    __global const float *xr = x + (size_t)r * k;
+    if (act == ACT_GLU) {
+        const int h = k / 2;
+        __global float *yr = y + (size_t)r * h;
+        for (int j = 0; j < h; ++j)
+            yr[j] = xr[j] * act_sigmoid(xr[h + j]);
+        return;
+    }
+    __global float *yr = y + (size_t)r * k;
+    if (act == ACT_LOG_SOFTMAX) {
+        float m = xr[0];
+        for (int j = 1; j < k; ++j)
+            m = fmax(m, xr[j]);
+        float s = 0.0f;
+        for (int j = 0; j < k; ++j)
+            s += exp(xr[j] - m);
+        s = log(s);
+        for (int j = 0; j < k; ++j)
+            yr[j] = (xr[j] - m) - s;
+        return;
+    }
+    int c;
+    const float t = sparsemax_support(xr, k, &c);
+    const float tau = sparsemax_keras_tau(xr, k, t, c);
+    for (int j = 0; j < k; ++j)
+        yr[j] = fmax(xr[j] - tau, 0.0f);
+}
+
+/* b: x, or y for log_softmax; dy has rows of k / 2 for glu, k otherwise. */
+__kernel void row_activation_backward(__global const float *dy, __global const float *b,
+                                      __global float *dx, const int rows, const int k,
+                                      const int act)
+{
+    const int r = get_global_id(0);
+    GUARD(r, rows);
+    __global const float *br = b + (size_t)r * k;
+    __global float *dxr = dx + (size_t)r * k;
+    if (act == ACT_GLU) {
+        const int h = k / 2;
+        __global const float *dyr = dy + (size_t)r * h;
+        for (int j = 0; j < h; ++j) {
+            const float sg = act_sigmoid(br[h + j]);
+            dxr[j] = dyr[j] * sg;
+            dxr[h + j] = dyr[j] * br[j] * sg * (1.0f - sg);
+        }
+        return;
+    }
+    __global const float *dyr = dy + (size_t)r * k;
+    float s = 0.0f;
+    if (act == ACT_LOG_SOFTMAX) {
+        for (int j = 0; j < k; ++j)
+            s += dyr[j];
+        for (int j = 0; j < k; ++j)
+            dxr[j] = dyr[j] - exp(br[j]) * s;
+        return;
+    }
+    int c;
+    const float t = sparsemax_support(br, k, &c);
+    const float tau = sparsemax_keras_tau(br, k, t, c);
+    for (int j = 0; j < k; ++j)
+        if (br[j] - tau >= 0.0f)
+            s += dyr[j];
+    for (int j = 0; j < k; ++j)
+        dxr[j] = (br[j] - tau >= 0.0f ? dyr[j] : 0.0f)
+                 - (br[j] > t ? sparsemax_weight(br, k, t, j) * s / c : 0.0f);
+}
+
 /* -- issue 12: the activation layers' parametrized ops (native/activation.pyx's note) -------
  * relu_forward / relu_backward: y = min(x, max_value) where x > threshold, else
  * negative_slope * (x - threshold); max_value is +inf when there is no cap.

@@ -3,7 +3,8 @@
  *
  * The OpenCL twin of native/_activation.pxd: codes follow pynn.backend.api.ACTIVATIONS and the
  * formulas are the same, so the two backends agree to float32 rounding. Derivatives use the
- * output y where that is exact; only gelu, silu, hard_silu and mish read the pre-activation x.
+ * output y where that is exact; only gelu, silu, hard_silu, mish and tanh_shrink (and the row
+ * ops glu and sparsemax) read the pre-activation x.
  * Softmax is a row operation and lives in activation.cl (softmax_forward / softmax_backward);
  * act_value and act_grad treat its code like linear.
  *
@@ -31,6 +32,20 @@
 #define ACT_MISH 14
 #define ACT_EXPONENTIAL 15
 #define ACT_SOFTSIGN 16
+/* Keras 3's remaining activations; glu, log_softmax and sparsemax are row operations of
+ * activation.cl (row_activation_*), treated here like linear */
+#define ACT_CELU 17
+#define ACT_GLU 18
+#define ACT_HARD_SHRINK 19
+#define ACT_HARD_TANH 20
+#define ACT_LOG_SIGMOID 21
+#define ACT_LOG_SOFTMAX 22
+#define ACT_SOFT_SHRINK 23
+#define ACT_SPARSE_PLUS 24
+#define ACT_SPARSE_SIGMOID 25
+#define ACT_SPARSEMAX 26
+#define ACT_SQUAREPLUS 27
+#define ACT_TANH_SHRINK 28
 
 #define PYNN_SELU_ALPHA 1.6732632423543772848170429916717f
 #define PYNN_SELU_SCALE 1.0507009873554804934193349852946f
@@ -81,6 +96,26 @@ float act_value(float x, int act, float alpha)
         return exp(x);
     case ACT_SOFTSIGN:
         return x / (1.0f + fabs(x));
+    /* Keras 3's remaining activations (alpha: celu's alpha, the shrinks' threshold,
+     * squareplus's b) */
+    case ACT_CELU:
+        return x > 0.0f ? x : alpha * expm1(x / alpha);
+    case ACT_HARD_SHRINK:
+        return (x >= -alpha && x <= alpha) ? 0.0f : x;
+    case ACT_HARD_TANH: /* compares, not fmin/fmax: NaN passes through as in torch */
+        return x < -1.0f ? -1.0f : (x > 1.0f ? 1.0f : x);
+    case ACT_LOG_SIGMOID:
+        return fmin(x, 0.0f) - log1p(exp(-fabs(x)));
+    case ACT_SOFT_SHRINK:
+        return x > alpha ? x - alpha : (x < -alpha ? x + alpha : 0.0f);
+    case ACT_SPARSE_PLUS:
+        return x <= -1.0f ? 0.0f : (x < 1.0f ? 0.25f * (x + 1.0f) * (x + 1.0f) : x);
+    case ACT_SPARSE_SIGMOID:
+        return x <= -1.0f ? 0.0f : (x >= 1.0f ? 1.0f : 0.5f * (x + 1.0f));
+    case ACT_SQUAREPLUS:
+        return (x + sqrt(x * x + alpha)) / 2.0f;
+    case ACT_TANH_SHRINK:
+        return x - tanh(x);
     default:
         return x;
     }
@@ -128,6 +163,26 @@ float act_grad(float dy, float x, float y, int act, float alpha)
     case ACT_SOFTSIGN: {
         const float s = 1.0f - fabs(y); /* 1 / (1 + |x|) */
         return dy * s * s;
+    }
+    /* Keras 3's remaining activations; zero at the kinks as torch's backwards */
+    case ACT_CELU: /* exp(x / alpha) = y / alpha + 1 on the negative branch */
+        return y > 0.0f ? dy : dy * (y / alpha + 1.0f);
+    case ACT_HARD_SHRINK: /* y != 0 exactly where |x| > threshold (threshold >= 0) */
+    case ACT_SOFT_SHRINK:
+        return y != 0.0f ? dy : 0.0f;
+    case ACT_HARD_TANH:
+        return (y > -1.0f && y < 1.0f) ? dy : 0.0f;
+    case ACT_LOG_SIGMOID: /* sigmoid(-x) = 1 - exp(y) */
+        return -dy * expm1(y);
+    case ACT_SPARSE_PLUS: /* (x + 1) / 2 = sqrt(y) on (-1, 1) */
+        return y >= 1.0f ? dy : dy * sqrt(y);
+    case ACT_SPARSE_SIGMOID:
+        return (y > 0.0f && y < 1.0f) ? 0.5f * dy : 0.0f;
+    case ACT_SQUAREPLUS: /* (1 + x / sqrt(x^2 + b)) / 2 = y^2 / (y^2 + b / 4) */
+        return y > 0.0f ? dy * (y * y / (y * y + 0.25f * alpha)) : 0.0f;
+    case ACT_TANH_SHRINK: {
+        const float t = tanh(x);
+        return dy * t * t;
     }
     default:
         return dy;

@@ -206,11 +206,88 @@ def _activation(g, x, name, alpha, hint, axis=-1):
                     f"{hint}_erf1")
         half_x = g.op("Mul", [x, g.const(0.5, f"{hint}_half")], f"{hint}_halfx")
         return g.op("Mul", [half_x, erf1], hint)
+    # -- Keras 3's remaining activations (alpha: celu's alpha, the shrinks' threshold,
+    # squareplus's b); glu and sparsemax change or sort the last axis: _apply_activation
+    if name == "celu":
+        return g.op("Celu", [x], hint, alpha=float(alpha))
+    if name in ("hard_shrink", "soft_shrink"):
+        bias = float(alpha) if name == "soft_shrink" else 0.0
+        return g.op("Shrink", [x], hint, lambd=float(alpha), bias=bias)
+    if name == "hard_tanh":
+        return g.op("Clip", [x, g.const(-1.0, f"{hint}_min"), g.const(1.0, f"{hint}_max")], hint)
+    if name == "sparse_sigmoid":  # clip((x + 1) / 2, 0, 1)
+        return g.op("HardSigmoid", [x], hint, alpha=0.5, beta=0.5)
+    if name == "log_sigmoid":  # min(x, 0) - log(1 + exp(-|x|)): no exp overflows
+        tail = g.op("Exp", [g.op("Neg", [g.op("Abs", [x], f"{hint}_abs")], f"{hint}_neg")],
+                    f"{hint}_exp")
+        log1p = g.op("Log", [g.op("Add", [tail, g.const(1.0, f"{hint}_one")], f"{hint}_1p")],
+                     f"{hint}_log1p")
+        low = g.op("Min", [x, g.const(0.0, f"{hint}_zero")], f"{hint}_min")
+        return g.op("Sub", [low, log1p], hint)
+    if name == "log_softmax":
+        return g.op("LogSoftmax", [x], hint, axis=axis)
+    if name == "sparse_plus":  # (clip(x, -1, 1) + 1)^2 / 4 + relu(x - 1)
+        c = g.op("Clip", [x, g.const(-1.0, f"{hint}_min"), g.const(1.0, f"{hint}_max")],
+                 f"{hint}_clip")
+        c1 = g.op("Add", [c, g.const(1.0, f"{hint}_one")], f"{hint}_c1")
+        sq = g.op("Mul", [g.op("Mul", [c1, c1], f"{hint}_sq"), g.const(0.25, f"{hint}_q")],
+                  f"{hint}_quarter")
+        above = g.op("Relu", [g.op("Sub", [x, g.const(1.0, f"{hint}_one")], f"{hint}_xm1")],
+                     f"{hint}_above")
+        return g.op("Add", [sq, above], hint)
+    if name == "squareplus":  # (x + sqrt(x^2 + b)) / 2
+        root = g.op("Sqrt", [g.op("Add", [g.op("Mul", [x, x], f"{hint}_x2"),
+                                          g.const(float(alpha), f"{hint}_b")], f"{hint}_x2b")],
+                    f"{hint}_sqrt")
+        return g.op("Mul", [g.op("Add", [x, root], f"{hint}_sum"), g.const(0.5, f"{hint}_half")],
+                    hint)
+    if name == "tanh_shrink":
+        return g.op("Sub", [x, g.op("Tanh", [x], f"{hint}_tanh")], hint)
     raise ValueError(f"activation {name!r}")
+
+
+def _glu(g, layer, t, hint):
+    """Keras's glu on the last pynn axis: its halves a, b -> a * sigmoid(b)."""
+    k = t.shape[-1]
+    if k is None:
+        raise _unsupported(layer, "glu needs a known last axis")
+    a, b = g.op("Split", [t.name, g.ints([k // 2, k // 2], f"{hint}_halves")], hint,
+                outputs=2, axis=t.axis(-1))
+    y = g.op("Mul", [a, g.op("Sigmoid", [b], f"{hint}_gate")], f"{hint}_glu")
+    return g.derived(t, y, shape=tuple(t.shape[:-1]) + (k // 2,))
+
+
+def _sparsemax(g, layer, t, hint):
+    """Keras 3.15's sparsemax formula on the last pynn axis, op for op (TopK sorts, CumSum;
+    tau sums the support's cumulative sums, as Keras does)."""
+    k, axis = t.shape[-1], t.axis(-1)
+    if k is None:
+        raise _unsupported(layer, "sparsemax needs a known last axis")
+    z, _ = g.op("TopK", [t.name, g.ints([k], f"{hint}_k")], f"{hint}_sorted", outputs=2,
+                axis=axis, largest=1, sorted=1)
+    cum = g.op("CumSum", [z, g.const(np.int64(axis), f"{hint}_axis", np.int64)], f"{hint}_cum")
+    ranks = np.arange(1, k + 1, dtype=np.float32).reshape(
+        [k if i == axis else 1 for i in range(len(t.shape))])
+    one = g.const(1.0, f"{hint}_one")
+    bound = g.op("Div", [g.op("Sub", [cum, one], f"{hint}_cm1"), g.const(ranks, f"{hint}_r")],
+                 f"{hint}_bound")
+    support = g.op("Greater", [g.op("Sub", [z, bound], f"{hint}_gap"),
+                               g.const(0.0, f"{hint}_zero")], f"{hint}_support")
+    count = g.reduce("ReduceSum", g.op("Cast", [support], f"{hint}_count1",
+                                       to=g.onnx.TensorProto.FLOAT), [axis], f"{hint}_count")
+    sums = g.reduce("ReduceSum", g.op("Where", [support, cum, g.const(0.0, f"{hint}_zero")],
+                                      f"{hint}_safe"), [axis], f"{hint}_sums")
+    tau = g.op("Div", [g.op("Sub", [sums, one], f"{hint}_sm1"), count], f"{hint}_tau")
+    y = g.op("Relu", [g.op("Sub", [t.name, tau], f"{hint}_shift")], hint)
+    return g.derived(t, y)
 
 
 def _apply_activation(g, layer, t, name, alpha, hint):
     """``t`` through an activation, in ``t``'s layout (softmax follows the last pynn axis)."""
+    if name == "glu":  # Keras 3's row activations that reshape or sort the last axis
+        return _glu(g, layer, t, hint)
+    if name == "sparsemax":
+        return _sparsemax(g, layer, t, hint)
     try:
         out = _activation(g, t.name, name, alpha, hint, axis=t.axis(-1))
     except ValueError:
@@ -1920,7 +1997,13 @@ def _convert(g, layer, x, out_shape):
     fn = _CONVERTERS.get(type(layer).__name__)
     if fn is None:
         raise _unsupported(layer, f"ONNX export knows {sorted(_CONVERTERS)}")
-    return fn(g, layer, x, out_shape)
+    out = fn(g, layer, x, out_shape)
+    # -- Keras 3's log_softmax or sparsemax as a layer's activation= (layers.base
+    # _attach_row_activation): after the layer's linear part
+    row = getattr(layer, "_row_activation", None)
+    if row is not None:
+        out = _apply_activation(g, layer, out, row, 0.0, f"{layer.name}_{row}")
+    return out
 
 
 # -- the model --------------------------------------------------------------------------

@@ -37,6 +37,11 @@ from tests.reference.activation_ref import (
 )
 from tests.backend_util import assert_close, check_op, rand
 
+# Keras 3's remaining activations (celu ... tanh_shrink: parameters, kinks away from 0, row
+# shapes) have their own file, tests/test_activation_keras3.py; the tests here cover the
+# names before them.
+ACTIVATIONS = ACTIVATIONS[:ACTIVATIONS.index("celu")]
+
 # Non-default alphas, so a kernel that ignores alpha (or swaps its meaning) fails.
 ALPHA = {"leaky_relu": 0.3, "elu": 0.7}
 SHAPES = [(1,), (7,), (3, 13), (2, 3, 7), (13, 1), (1, 31)]
@@ -141,7 +146,7 @@ def test_gelu_backward_needs_only_x():
     dy = np.ones_like(x)
     dx = activation_backward(dy, x, None, "gelu", 0.0)
     np.testing.assert_allclose(dx, activation_backward_ref(dy, x, "gelu"), rtol=1e-12)
-    assert ACTIVATIONS_NEEDING_INPUT == ("gelu", "silu", "hard_silu", "mish")
+    assert ACTIVATIONS_NEEDING_INPUT[:4] == ("gelu", "silu", "hard_silu", "mish")
 
 
 @pytest.mark.parametrize("name", ACTIVATIONS)

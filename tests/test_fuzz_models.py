@@ -38,7 +38,12 @@ from pynn import layers as L
 SMOOTH = ["tanh", "sigmoid", "gelu", "softplus", "swish", "linear", None, "elu", "selu",
           "mish", "softsign"]
 KINKED = ["relu", "leaky_relu", "relu6", "hard_sigmoid", "hard_silu"]
-ACTIVATIONS = SMOOTH + KINKED
+# -- Keras 3's remaining activations (act): the continuous ones (hard_shrink jumps at its
+# threshold), and the row ones an Activation layer draws
+KERAS3 = ["celu", "log_sigmoid", "squareplus", "tanh_shrink", "hard_tanh", "soft_shrink",
+          "sparse_plus", "sparse_sigmoid"]
+KERAS3_ROWS = ["glu", "log_softmax", "sparsemax"]
+ACTIVATIONS = SMOOTH + KINKED + KERAS3
 BLOCKS, SEEDS_PER_BLOCK = 8, 25
 
 
@@ -197,7 +202,8 @@ def dense_layer(rng, x):
     if kind == "gate":
         return L.Multiply()([x, L.Dense(x.shape[-1], activation="sigmoid")(x)])
     if kind == "activation":
-        return L.Activation(pick(rng, SMOOTH[:-1] + KINKED + ["softmax"]))(x)
+        return L.Activation(pick(rng, SMOOTH[:-1] + KINKED + ["softmax"] + KERAS3
+                                 + KERAS3_ROWS))(x)
     if kind == "repeat":
         return L.Flatten()(L.RepeatVector(2)(x))
     y = L.Dense(x.shape[-1], activation=act)(x)

@@ -190,6 +190,26 @@ def row_normalization():
 ARCHITECTURES["row_normalization"] = row_normalization
 
 
+def keras3_activations():
+    # -- Keras 3's remaining activations: the elementwise ones fused into Dense, Conv2D and a
+    # SimpleRNN, the row ones as Activation layers (glu last: Keras's symbolic shape keeps
+    # the axis glu halves, so a layer after it would be built too wide in Keras)
+    x, seq = keras.Input((12,)), keras.Input((4, 3, 3))
+    h = x
+    for name in ("celu", "hard_shrink", "hard_tanh", "log_sigmoid", "soft_shrink",
+                 "sparse_plus", "sparse_sigmoid", "squareplus", "tanh_shrink"):
+        h = K.Dense(12, activation=name)(h)
+    c = K.Flatten()(K.Conv2D(2, 2, activation="celu")(seq))
+    r = K.SimpleRNN(6, activation="hard_tanh")(K.Reshape((4, 9))(seq))
+    h = K.Concatenate()([h, c, r])
+    scores = K.Activation("log_softmax")(K.Dense(4)(K.Activation("sparsemax")(h)))
+    scores = K.Dense(3, activation="log_softmax")(K.Dense(5, activation="sparsemax")(scores))
+    return keras.Model([x, seq], [scores, K.Activation("glu")(h)])
+
+
+ARCHITECTURES["keras3_activations"] = keras3_activations
+
+
 # -- conv3d: Conv3D (grouped, strided, dilated) and Conv3DTranspose on a small video --
 def volumetric_conv():
     return keras.Sequential([

@@ -91,6 +91,30 @@ def test_activation_layer_on_images_after_conv(activation):
     check_export(seq((5, 6, 3), L.Conv2D(4, 3), L.Activation(activation)), rand((2, 5, 6, 3)))
 
 
+# -- Keras 3's remaining activations: the elementwise ones fused into Dense and Conv2D, the
+# row ones (glu, log_softmax, sparsemax) as Activation layers on rows and on NCHW channels
+KERAS3_ELEMENTWISE = ["celu", "hard_shrink", "hard_tanh", "log_sigmoid", "soft_shrink",
+                      "sparse_plus", "sparse_sigmoid", "squareplus", "tanh_shrink"]
+
+
+@pytest.mark.parametrize("activation", KERAS3_ELEMENTWISE)
+def test_keras3_activations_fused(activation):
+    check_export(seq((7,), L.Dense(5, activation=activation)), rand((3, 7)))
+    check_export(seq((5, 6, 3), L.Conv2D(4, 3, activation=activation)), rand((2, 5, 6, 3)))
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+@pytest.mark.parametrize("activation", ["glu", "log_softmax", "sparsemax"])
+def test_keras3_row_activations(activation, opset):
+    check_export(seq((7,), L.Dense(6), L.Activation(activation)), rand((3, 7)), opset=opset)
+    model = seq((5, 6, 3), L.Conv2D(4, 3), L.Activation(activation))
+    assert model.output_shape == (None, 3, 4, 2 if activation == "glu" else 4)
+    check_export(model, rand((2, 5, 6, 3)), opset=opset)
+    if activation != "glu":  # as a layer's activation= (glu is refused there)
+        check_export(seq((5, 6, 3), L.Conv2D(4, 3, activation=activation), L.Flatten(),
+                         L.Dense(5, activation=activation)), rand((2, 5, 6, 3)), opset=opset)
+
+
 ACTIVATION_LAYERS = {
     "relu": lambda: L.ReLU(),
     "relu_capped": lambda: L.ReLU(max_value=1.2),

@@ -36,7 +36,8 @@ Conventions
 - ``strides``, ``dilation_rate``, ``pool_size`` are tuples of two ints; ``padding`` is
   ``"valid"`` or ``"same"`` (Keras: output ``ceil(n/s)``, the odd padding pixel goes after).
 - ``activation`` is a lower-case name from ``ACTIVATIONS``; ``alpha`` its parameter
-  (leaky_relu negative slope, elu alpha; ignored by the others).
+  (leaky_relu negative slope, elu and celu alpha, hard_shrink and soft_shrink threshold,
+  squareplus b; ignored by the others).
 - Scalars (losses, norms, counts) come back as Python floats/ints: the only device-to-host
   traffic of a training step.
 """
@@ -44,7 +45,11 @@ Conventions
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "leaky_relu", "elu", "selu",
                "gelu", "softplus",
                # -- activations (issue 12): appended, so the codes above keep their numbers
-               "relu6", "hard_sigmoid", "silu", "hard_silu", "mish", "exponential", "softsign")
+               "relu6", "hard_sigmoid", "silu", "hard_silu", "mish", "exponential", "softsign",
+               # -- activations (Keras 3's remaining keras.activations): appended the same way
+               "celu", "glu", "hard_shrink", "hard_tanh", "log_sigmoid", "log_softmax",
+               "soft_shrink", "sparse_plus", "sparse_sigmoid", "sparsemax", "squareplus",
+               "tanh_shrink")
 
 # Keras 3's second names for one function (keras.activations: swish is silu, hard_swish is
 # hard_silu). The ops take either and work under the canonical name.
@@ -52,7 +57,16 @@ ACTIVATION_ALIASES = {"swish": "silu", "hard_swish": "hard_silu"}
 
 # Activations whose derivative cannot be computed from the output alone: the forward op then
 # also returns the pre-activation ``z`` (otherwise ``z`` is None).
-ACTIVATIONS_NEEDING_INPUT = ("gelu", "silu", "hard_silu", "mish")
+ACTIVATIONS_NEEDING_INPUT = ("gelu", "silu", "hard_silu", "mish",
+                             # -- Keras 3's remaining activations
+                             "glu", "sparsemax", "tanh_shrink")
+
+# Activations of whole last-axis rows that only activation_forward / activation_backward (the
+# Activation layer, pynn.ops) compute; the ops that fuse an activation refuse them (softmax,
+# the first row activation, is fused everywhere), and a layer's activation= runs log_softmax
+# or sparsemax after its linear part (layers.base). glu halves the last axis: its output is
+# the first half times the sigmoid of the second (Keras's glu, axis -1).
+ACTIVATIONS_ON_ROWS = ("glu", "log_softmax", "sparsemax")
 
 # The recurrent kernels take their derivatives from the activation's output, so softmax and
 # ACTIVATIONS_NEEDING_INPUT are not offered there; leaky_relu and elu use Keras's default
@@ -60,10 +74,16 @@ ACTIVATIONS_NEEDING_INPUT = ("gelu", "silu", "hard_silu", "mish")
 RNN_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu",
                    "softplus",
                    # -- activations (issue 12): hard_sigmoid is Keras 2's LSTM default
-                   "relu6", "hard_sigmoid", "softsign")
+                   "relu6", "hard_sigmoid", "softsign",
+                   # -- Keras 3's remaining activations whose derivative is the output's
+                   "celu", "hard_shrink", "hard_tanh", "log_sigmoid", "soft_shrink",
+                   "sparse_plus", "sparse_sigmoid", "squareplus")
 # The activations' parameters as keras.activations defines them (leaky_relu's negative_slope,
 # elu's alpha), used where an activation is named without one.
-DEFAULT_ALPHA = {"leaky_relu": 0.2, "elu": 1.0}
+DEFAULT_ALPHA = {"leaky_relu": 0.2, "elu": 1.0,
+                 # -- Keras 3's remaining activations: celu's alpha, the shrinks' threshold,
+                 # squareplus's b
+                 "celu": 1.0, "hard_shrink": 0.5, "soft_shrink": 0.5, "squareplus": 4.0}
 
 METRIC_MODES = ("binary", "categorical", "sparse")
 
@@ -127,6 +147,7 @@ OPS = {
     "bias_backward": ("dz",),                     # sum over every axis but the last
     # -- activations (native/activation.pyx, opencl/activation.cl) -----------------------
     "activation_forward": ("x", "activation", "alpha"),       # any shape; softmax on last axis
+    # (the ACTIVATIONS_ON_ROWS too; glu's output has half of x's last axis)
     # dL/dx from dL/dy; x (pre-activation) may be None unless activation needs it, y is the
     # forward output.
     "activation_backward": ("dy", "x", "y", "activation", "alpha"),

@@ -106,6 +106,12 @@ def prune_structured(model, fraction=0.5, norm="l1"):
             if kind not in CHANNELWISE and keep is not None:
                 raise ValueError(f"prune_structured: cannot carry removed channels through "
                                  f"layer '{layer.name}' ({kind})")
+            # -- Keras 3's glu (act): it pairs channel c with c + K/2, a removed one
+            # would pair the rest wrongly
+            if getattr(layer, "activation", None) == "glu" and keep is not None:
+                raise ValueError(f"prune_structured: cannot carry removed channels through "
+                                 f"layer '{layer.name}' (Activation('glu') pairs the halves "
+                                 f"of its input)")
         else:
             raise ValueError(f"prune_structured: layer '{layer.name}' ({kind}) is not "
                              f"supported; supported: {sorted(PRODUCERS)}, BatchNormalization, "

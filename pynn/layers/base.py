@@ -478,9 +478,10 @@ def is_complex(x):
     return dtype is not None and "complex" in str(dtype)
 
 
-def activation_config(activation, layer=None):
+def activation_config(activation, layer=None, rows_ok=False):
     """Normalize an activation argument to (name, alpha) as the backend expects it; errors
-    name ``layer`` (a Layer) when given."""
+    name ``layer`` (a Layer) when given. ``rows_ok``: the caller applies the activation on
+    its own (the Activation layer), so ACTIVATIONS_ON_ROWS are taken too."""
     from pynn.backend.api import ACTIVATION_ALIASES, ACTIVATIONS, DEFAULT_ALPHA
 
     where = f"{type(layer).__name__} '{layer.name}': " if layer is not None else ""
@@ -491,8 +492,10 @@ def activation_config(activation, layer=None):
         # Another callable has no fused kernel: apply it after the layer (a Lambda).
         named = getattr(activation, "__name__", "")
         named = ACTIVATION_ALIASES.get(named, named)
-        if named in ACTIVATIONS:
+        if named in ACTIVATIONS and (rows_ok or named not in api.ACTIVATIONS_ON_ROWS):
             return named, DEFAULT_ALPHA.get(named, 0.0)
+        if named in api.ACTIVATIONS_ON_ROWS:  # Keras 3's row activations: the name's rules
+            return activation_config(named, layer, rows_ok)
         if layer is None:
             raise ValueError(f"activation {activation!r} is a callable pynn has no fused "
                              f"kernel for; give a name from {ACTIVATIONS}")
@@ -511,11 +514,45 @@ def activation_config(activation, layer=None):
         return activation_config(lookup_serializable(activation, "activation"), layer)
     name = activation.lower()
     name = ACTIVATION_ALIASES.get(name, name)
+    if name == "threshold":
+        # Keras 3's threshold(x, threshold, default_value) has no defaults: named as an
+        # activation it fails in Keras too when the layer runs
+        raise ValueError(f"{where}activation 'threshold' needs its threshold and "
+                         f"default_value (keras.activations.threshold has no defaults), so "
+                         f"it cannot be named as an activation")
     if name not in ACTIVATIONS:
         raise ValueError(f"{where}unknown activation {activation!r}; expected one of "
                          f"{ACTIVATIONS}")
+    if name in api.ACTIVATIONS_ON_ROWS and not rows_ok:
+        if name == "glu" or layer is None:
+            raise ValueError(f"{where}activation {name!r} acts on whole rows of the last axis "
+                             f"(glu halves it) and is not fused into this layer; use a linear "
+                             f"layer followed by Activation({name!r})")
+        _attach_row_activation(layer, name)
+        return "linear", 0.0
     alpha = DEFAULT_ALPHA.get(name, 0.0)
     return name, alpha
+
+
+# {name: pynn.ops function} of the activations a layer applies as a row op after its linear part
+ROW_ACTIVATION_FUNCTIONS = {}
+
+
+def _attach_row_activation(layer, name):
+    """log_softmax or sparsemax as a layer's activation=: the row op after the layer's linear
+    part (the fused kernels have no row epilogue but softmax's), through the callable-activation
+    path below; the layer's config and ONNX export keep the name (``_row_activation``)."""
+    # pynn.ops fills ROW_ACTIVATION_FUNCTIONS when it is imported (pynn imports it; importing
+    # it here would be an import cycle)
+    _attach_callable_activation(layer, ROW_ACTIVATION_FUNCTIONS[name])
+
+    def named_config():
+        config = type(layer).get_config(layer)
+        config["activation"] = name
+        return config
+
+    object.__setattr__(layer, "get_config", named_config)
+    object.__setattr__(layer, "_row_activation", name)
 
 
 # -- callable activations (issue 13): activation=fn on a built-in layer --------------------

@@ -155,7 +155,21 @@ class Dense(Layer):
 class Activation(Layer):
     def __init__(self, activation, **kwargs):
         super().__init__(**kwargs)
-        self.activation, self.alpha = activation_config(activation, self)
+        self.activation, self.alpha = activation_config(activation, self, rows_ok=True)
+
+    def build(self, input_shape):
+        if self.activation == "glu" and (len(input_shape) < 2 or (
+                input_shape[-1] is not None and input_shape[-1] % 2)):
+            raise ValueError(f"Activation '{self.name}': glu splits the last axis in two "
+                             f"halves and needs it even, got input shape "
+                             f"{shape_str(input_shape)}")
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        # glu halves the last axis (Keras 3's symbolic shape keeps it; its outputs do not)
+        if self.activation == "glu" and input_shape[-1] is not None:
+            return tuple(input_shape[:-1]) + (input_shape[-1] // 2,)
+        return tuple(input_shape)
 
     def call(self, x, training=False):
         b = backend.current()

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from pynn import backend, variables
+from pynn.backend import api
 from pynn.layers.base import makes_mask, takes_mask
 from pynn.layers.pooling import MaxPooling2D, PoolGrad
 from pynn.layers.symbolic import shape_str
@@ -284,6 +285,7 @@ class Plan:
                 act = sole_reader(bn.outs[0])
                 if not (act is not None and type(act.layer).__name__ == "Activation"
                         and act.layer.activation not in ("softmax", "linear")
+                        and act.layer.activation not in api.ACTIVATIONS_ON_ROWS
                         and calls[id(act.layer)] == 1):
                     act = None
                 last = act or bn
@@ -299,6 +301,7 @@ class Plan:
                     and layer.activity_regularizer is None and act is not None
                     and type(act.layer).__name__ == "Activation"
                     and act.layer.activation != "softmax" and calls[id(act.layer)] == 1
+                    and act.layer.activation not in api.ACTIVATIONS_ON_ROWS
                     and act.layer.activity_regularizer is None
                     and act.layer.compute_dtype == layer.compute_dtype):
                 # a residual block's close: the sum and its activation in one pass

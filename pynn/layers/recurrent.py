@@ -56,6 +56,8 @@ def _activation_arg(label, what, value):
         from pynn._registry import lookup_serializable
         return _activation_arg(label, what, lookup_serializable(value, what))
     name = "linear" if value is None else value
+    if isinstance(name, str) and name.lower() in OPS_CELL_NAMES:
+        return name.lower()
     if not isinstance(name, str) or name.lower() not in RNN_ACTIVATIONS:
         raise ValueError(f"{label}: {what} must be one of {RNN_ACTIVATIONS}, a function "
                          f"written with pynn.ops or None, got {value!r}")
@@ -65,6 +67,10 @@ def _activation_arg(label, what, value):
 # name -> the pynn.ops function of each RNN_ACTIVATIONS name, filled in by pynn.ops (layers
 # do not import pynn.ops: it imports them), for the ops cell's named activations.
 ACTIVATION_FUNCTIONS = {"linear": lambda t: t}
+# -- Keras 3's remaining activations that Keras's recurrent layers take but the fused kernels
+# cannot (their derivative needs the input, or a whole row): by name, in the ops cell, saved
+# by name. (glu would halve the state.)
+OPS_CELL_NAMES = ("tanh_shrink", "log_softmax", "sparsemax")
 
 
 def _ops_activation(activation):
@@ -351,8 +357,8 @@ class _RNN(Layer):
 
     # -- a callable activation with no fused kernel: the ops cell (issue 13) --------------
     def _callable_activation(self):
-        return callable(self.activation) or callable(getattr(self, "recurrent_activation",
-                                                             None))
+        return any(callable(a) or a in OPS_CELL_NAMES
+                   for a in (self.activation, getattr(self, "recurrent_activation", None)))
 
     def _check_callable_options(self):
         label = f"{type(self).__name__} '{self.name}'"

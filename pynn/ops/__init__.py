@@ -63,6 +63,21 @@ def _register_recurrent_activations():
     from pynn.layers import recurrent
     recurrent.ACTIVATION_FUNCTIONS.update({name: OPS[name] for name in RNN_ACTIVATIONS
                                            if name in OPS})
+    # -- Keras 3's remaining activations with no recurrent kernel (they need the input or
+    # a whole row): named, they run in the ops cell
+    recurrent.ACTIVATION_FUNCTIONS.update({name: OPS[name] for name in recurrent.OPS_CELL_NAMES})
 
 
 _register_recurrent_activations()
+
+
+def _register_row_activations():
+    # A layer's activation="log_softmax"/"sparsemax" (pynn.layers.base, which does not import
+    # pynn.ops) runs these after its linear part.
+    from pynn.backend.api import ACTIVATIONS_ON_ROWS
+    from pynn.layers import base
+    base.ROW_ACTIVATION_FUNCTIONS.update({name: OPS[name] for name in ACTIVATIONS_ON_ROWS
+                                          if name in OPS})
+
+
+_register_row_activations()

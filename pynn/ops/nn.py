@@ -53,6 +53,48 @@ mish = _activation("mish")
 selu = _activation("selu")
 elu = _activation("elu", "alpha")
 leaky_relu = _activation("leaky_relu", "negative_slope")
+# -- Keras 3's remaining activations (keras.ops' names and parameters)
+celu = _activation("celu", "alpha")
+hard_shrink = _activation("hard_shrink", "threshold")
+hard_tanh = _activation("hard_tanh")
+log_sigmoid = _activation("log_sigmoid")
+soft_shrink = _activation("soft_shrink", "threshold")
+sparse_plus = _activation("sparse_plus")
+sparse_sigmoid = _activation("sparse_sigmoid")
+squareplus = _activation("squareplus", "b")
+tanh_shrink = _activation("tanh_shrink")
+
+
+def _last_axis_activation(name):
+    """keras.ops.<name>(x, axis=-1) on the backend's row kernels (the last axis only)."""
+
+    def fn(x, axis=-1):
+        xv = value(x)
+        if isinstance(axis, bool) or not isinstance(axis, int) or axis % max(xv.ndim, 1) != (
+                xv.ndim - 1):
+            raise ValueError(f"pynn.ops.{name}: only the last axis is supported (axis -1), "
+                             f"got axis {axis!r} for shape {tuple(xv.shape)}")
+        be = backend.current()
+        y = be.activation_forward(xv, name, 0.0)
+        return record(y, (x,),
+                      lambda dy, need: (be.activation_backward(dy, xv, None, name, 0.0),),
+                      name)
+
+    fn.__name__ = name
+    fn.__doc__ = f"keras.ops.{name} along the last axis (the Activation layer's kernels)."
+    return op(fn)
+
+
+glu = _last_axis_activation("glu")
+sparsemax = _last_axis_activation("sparsemax")
+
+
+@op
+def threshold(x, threshold, default_value):
+    """keras.ops.threshold: x where x > threshold, else default_value (torch's threshold),
+    its gradient dy where x > threshold. Keras gives neither parameter a default, so it is
+    this op and not an activation name; composed of the comparison and where ops."""
+    return npo.where(npo.greater(x, threshold), x, default_value)
 
 
 @op

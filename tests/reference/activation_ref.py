@@ -55,6 +55,8 @@ def activation_forward_ref(x, activation, alpha=0.0):
         return np.exp(x)
     if activation == "softsign":
         return x / (1.0 + np.abs(x))
+    if activation in KERAS3_REMAINING:
+        return _keras3_forward_ref(x, activation, alpha)
     raise ValueError(activation)
 
 
@@ -101,8 +103,105 @@ def activation_backward_ref(dy, x, activation, alpha=0.0):
         d = np.exp(x)
     elif activation == "softsign":
         d = 1.0 / (1.0 + np.abs(x)) ** 2
+    elif activation in KERAS3_REMAINING:
+        return _keras3_backward_ref(dy, x, activation, alpha)
     else:
         raise ValueError(activation)
+    return dy * d
+
+
+# -- Keras 3's remaining activations: the torch backend's formulas (keras/src/backend/torch/
+# nn.py and torch.nn.functional); alpha is celu's alpha, the shrinks' threshold, squareplus's b.
+# glu, log_softmax and sparsemax act on the last axis (glu: x's halves a, b -> a * sigmoid(b)).
+KERAS3_REMAINING = ("celu", "glu", "hard_shrink", "hard_tanh", "log_sigmoid", "log_softmax",
+                    "soft_shrink", "sparse_plus", "sparse_sigmoid", "sparsemax", "squareplus",
+                    "tanh_shrink")
+
+
+def sparsemax_parts_ref(x):
+    """Keras 3.15's sparsemax (every backend's nn.py), step by step: sort descending, the
+    cumulative sums C, the support where 1 + k z_(k) > C_k (k = its size), then tau = (the
+    sum of C over the support - 1) / k (sparsemax proper takes C_k alone: Keras's rows
+    need not sum to 1). -> (tau, order, support in sorted order, k)."""
+    order = np.argsort(-x, axis=-1, kind="stable")
+    z = np.take_along_axis(x, order, axis=-1)
+    cum = np.cumsum(z, axis=-1)
+    r = np.arange(1, x.shape[-1] + 1, dtype=np.float64)
+    support = z - (cum - 1) / r > 0
+    k = support.sum(axis=-1, keepdims=True)
+    tau = (np.where(support, cum, 0.0).sum(axis=-1, keepdims=True) - 1) / k
+    return tau, order, support, k
+
+
+def _sparsemax_ref(x):
+    tau = sparsemax_parts_ref(x)[0]
+    return np.maximum(x - tau, 0.0)
+
+
+def _sparsemax_backward_ref(dy, x):
+    """torch's autograd of that formula: clamp passes dy where x - tau >= 0, and tau takes
+    from each sorted z_(j) the number of support members at or after j, over k."""
+    tau, order, support, k = sparsemax_parts_ref(x)
+    passed = x - tau >= 0
+    total = np.sum(np.where(passed, dy, 0.0), axis=-1, keepdims=True)
+    w_sorted = np.cumsum(support[..., ::-1], axis=-1)[..., ::-1].astype(np.float64)
+    w = np.empty_like(w_sorted)
+    np.put_along_axis(w, order, w_sorted, axis=-1)
+    return np.where(passed, dy, 0.0) - w / k * total
+
+
+def _keras3_forward_ref(x, activation, alpha):
+    if activation == "celu":
+        return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0) / alpha))
+    if activation == "glu":
+        a, b = np.split(x, 2, axis=-1)
+        return a / (1.0 + np.exp(-b))
+    if activation == "hard_shrink":
+        return np.where(np.abs(x) > alpha, x, 0.0)
+    if activation == "hard_tanh":
+        return np.clip(x, -1.0, 1.0)
+    if activation == "log_sigmoid":
+        return -np.logaddexp(0.0, -x)
+    if activation == "log_softmax":
+        m = np.max(x, axis=-1, keepdims=True)
+        return x - m - np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
+    if activation == "soft_shrink":
+        return np.where(x > alpha, x - alpha, np.where(x < -alpha, x + alpha, 0.0))
+    if activation == "sparse_plus":
+        return np.where(x <= -1, 0.0, np.where(x < 1, 0.25 * (x + 1) ** 2, x))
+    if activation == "sparse_sigmoid":
+        return np.clip(0.5 * (x + 1), 0.0, 1.0)
+    if activation == "sparsemax":
+        return _sparsemax_ref(x)
+    if activation == "squareplus":
+        return (x + np.sqrt(x * x + alpha)) / 2
+    if activation == "tanh_shrink":
+        return x - np.tanh(x)
+    raise ValueError(activation)
+
+
+def _keras3_backward_ref(dy, x, activation, alpha):
+    """dL/dx written from x (glu: dy has x's last axis halved, dx x's shape)."""
+    if activation == "glu":
+        a, b = np.split(x, 2, axis=-1)
+        s = 1.0 / (1.0 + np.exp(-b))
+        return np.concatenate([dy * s, dy * a * s * (1 - s)], axis=-1)
+    if activation == "log_softmax":
+        p = activation_forward_ref(x, "softmax")
+        return dy - p * np.sum(dy, axis=-1, keepdims=True)
+    if activation == "sparsemax":
+        return _sparsemax_backward_ref(dy, x)
+    d = {
+        "celu": lambda: np.where(x > 0, 1.0, np.exp(np.minimum(x, 0.0) / alpha)),
+        "hard_shrink": lambda: (np.abs(x) > alpha).astype(np.float64),
+        "hard_tanh": lambda: ((x > -1) & (x < 1)).astype(np.float64),
+        "log_sigmoid": lambda: 1.0 / (1.0 + np.exp(x)),
+        "soft_shrink": lambda: (np.abs(x) > alpha).astype(np.float64),
+        "sparse_plus": lambda: np.where(x <= -1, 0.0, np.where(x < 1, 0.5 * (x + 1), 1.0)),
+        "sparse_sigmoid": lambda: np.where((x > -1) & (x < 1), 0.5, 0.0),
+        "squareplus": lambda: 0.5 * (1 + x / np.sqrt(x * x + alpha)),
+        "tanh_shrink": lambda: np.tanh(x) ** 2,
+    }[activation]()
     return dy * d
 
 

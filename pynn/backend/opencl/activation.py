@@ -7,7 +7,7 @@ Same names, signatures and semantics as ``native/activation.pyx``; operands are 
 
 import numpy as np
 
-from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT
+from pynn.backend.api import ACTIVATIONS, ACTIVATIONS_NEEDING_INPUT, ACTIVATIONS_ON_ROWS
 from pynn.backend.opencl import runtime as rt
 from pynn.backend.opencl.arrays import DEVICE
 from pynn.backend.opencl.gemm import REDUCE_WG, column_chunks, column_sums, sum_slots
@@ -24,10 +24,17 @@ def activation_forward(x, activation, alpha=0.0):
     """y = activation(x), same shape as x (softmax over the last axis)."""
     op = "activation_forward"
     name, a, x = operands.activation_forward(DEVICE, x, activation, alpha)
-    y = rt.empty(x.shape, what=f"{op} output")
-    if x.size == 0:
+    shape = tuple(x.shape)
+    if name == "glu":
+        shape = shape[:-1] + (shape[-1] // 2,)
+    y = rt.empty(shape, what=f"{op} output")
+    if y.size == 0:
         return y
-    if name == "softmax":
+    if name in ACTIVATIONS_ON_ROWS:
+        rows, k = _softmax_rows(x)
+        elementwise("activation", "row_activation_forward", rows, x, y, rows, k,
+                    ACTIVATIONS.index(name))
+    elif name == "softmax":
         rows, k = _softmax_rows(x)
         row_wg = sizes()[1]
         rt.launch(kernel("activation", "softmax_forward"), (rows * row_wg,), (row_wg,), x, y,
@@ -43,8 +50,13 @@ def activation_backward(dy, x, y, activation, alpha=0.0):
     ACTIVATIONS_NEEDING_INPUT only, otherwise checked when given)."""
     op = "activation_backward"
     name, a, dy, x, y = operands.activation_backward(DEVICE, dy, x, y, activation, alpha)
-    dx = rt.empty(dy.shape, what=f"{op} output")
-    if dy.size == 0:
+    dx = rt.empty(tuple(x.shape) if name == "glu" else dy.shape, what=f"{op} output")
+    if dx.size == 0:
+        return dx
+    if name in ACTIVATIONS_ON_ROWS:
+        rows, k = _softmax_rows(dx)
+        elementwise("activation", "row_activation_backward", rows, dy,
+                    y if name == "log_softmax" else x, dx, rows, k, ACTIVATIONS.index(name))
         return dx
     if name == "softmax":
         rows, k = _softmax_rows(dy)

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from pynn.backend.api import ACTIVATIONS_NEEDING_INPUT
+from pynn.backend.api import ACTIVATIONS_NEEDING_INPUT, ACTIVATIONS_ON_ROWS
 from pynn.backend.operands.common import activation_name, check_alpha
 
 
@@ -24,7 +24,15 @@ def activation_pair(op, activation, alpha):
 @functools.lru_cache(maxsize=256)
 def _checked_pair(op, activation, alpha):
     name = activation_name(op, activation)
+    if name in ACTIVATIONS_ON_ROWS and op not in _ROW_ACTIVATION_OPS:
+        raise ValueError(f"{op}: activation {name!r} acts on whole rows of the last axis and is "
+                         f"not fused into this op; apply it as an Activation layer (or "
+                         f"activation_forward) after a linear one")
     return name, check_alpha(op, name, alpha)
+
+
+# The ops that compute ACTIVATIONS_ON_ROWS (Keras 3's glu, log_softmax, sparsemax).
+_ROW_ACTIVATION_OPS = ("activation_forward", "activation_backward")
 
 
 def activation_forward(arrays, x, activation, alpha):
@@ -34,7 +42,19 @@ def activation_forward(arrays, x, activation, alpha):
     x = arrays.float_input(op, "x", x)
     if name == "softmax" and x.ndim < 1:
         raise ValueError(f"{op}: softmax needs at least 1 dimension, got shape {x.shape}")
+    if name in ACTIVATIONS_ON_ROWS:
+        _check_rows(op, name, x.shape)
     return name, a, x
+
+
+def _check_rows(op, name, shape):
+    """The last axis that a row activation needs: at least one axis, an even length for
+    glu (Keras's glu splits it in two halves)."""
+    if len(shape) < 1:
+        raise ValueError(f"{op}: {name} needs at least 1 dimension, got shape {tuple(shape)}")
+    if name == "glu" and shape[-1] % 2:
+        raise ValueError(f"{op}: glu needs an even last axis (it is split into two halves), "
+                         f"got shape {tuple(shape)}")
 
 
 def activation_backward(arrays, dy, x, y, activation, alpha, op="activation_backward"):
@@ -47,6 +67,13 @@ def activation_backward(arrays, dy, x, y, activation, alpha, op="activation_back
         raise ValueError(f"{op}: '{name}' needs the pre-activation 'x', got None")
     if y is None and not needs_x:
         raise ValueError(f"{op}: 'y' (the forward output) is required for '{name}', got None")
+    if name == "glu":  # x (..., 2K), dy (..., K): the gradient comes back in x's shape
+        x = arrays.float_input(op, "x", x, like=dy)
+        _check_rows(op, name, x.shape)
+        if x.shape[:-1] + (x.shape[-1] // 2,) != dy.shape:
+            raise ValueError(f"{op}: glu's 'dy' must have x's shape {x.shape} with the last "
+                             f"axis halved, got {dy.shape}")
+        return name, a, dy, x, None
     if x is not None:
         x = arrays.float_input(op, "x", x, like=dy)
         if x.shape != dy.shape:
@@ -57,6 +84,8 @@ def activation_backward(arrays, dy, x, y, activation, alpha, op="activation_back
             raise ValueError(f"{op}: 'y' must have the shape of dy {dy.shape}, got {y.shape}")
     if name == "softmax" and dy.ndim < 1:
         raise ValueError(f"{op}: softmax needs at least 1 dimension, got shape {dy.shape}")
+    if name in ACTIVATIONS_ON_ROWS:
+        _check_rows(op, name, dy.shape)
     return name, a, dy, x, y
 
 

@@ -187,6 +187,14 @@ def check_alpha(op, name, alpha):
     # the negative branch stays non-positive (Keras's LeakyReLU also rejects a negative slope).
     if name in ("leaky_relu", "elu") and a < 0:
         raise ValueError(f"{op}: {name} needs alpha >= 0, got {a}")
+    # -- Keras 3's remaining activations: celu's backward reads exp(x / alpha) from y, which
+    # needs alpha > 0 (torch refuses 0); the shrinks read their branch from y != 0, which is
+    # |x| > threshold only for a threshold >= 0; squareplus's sqrt(x^2 + b) needs b >= 0.
+    if name == "celu" and not a > 0:
+        raise ValueError(f"{op}: celu needs alpha > 0 (Keras's default 1.0), got {a}")
+    if name in ("hard_shrink", "soft_shrink", "squareplus") and a < 0:
+        what = "b" if name == "squareplus" else "threshold"
+        raise ValueError(f"{op}: {name} needs its {what} (alpha) >= 0, got {a}")
     return a
 
 
