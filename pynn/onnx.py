@@ -1782,6 +1782,16 @@ def _auto_contrast(g, layer, x, out_shape):
     return g.derived(x, g.op("Where", [kept, x.name, y], hint))
 
 
+# -- ReversibleEmbedding (branch misc): the lookup is Embedding's Gather; a reverse call never
+# reaches a graph (pynn refuses reverse=True in functional models).
+@_converts("ReversibleEmbedding")
+def _reversible_embedding(g, layer, x, out_shape):
+    if layer.mask_zero:
+        # The export writes Embedding's padding mask for that class only.
+        raise _unsupported(layer, "mask_zero=True has no export here; Embedding's has")
+    return _embedding(g, layer, x, out_shape)
+
+
 def _convert(g, layer, x, out_shape):
     fn = _CONVERTERS.get(type(layer).__name__)
     if fn is None:

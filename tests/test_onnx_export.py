@@ -1359,3 +1359,20 @@ def test_color_layers(name):
         x /= 255.0
     x[1, ..., 2] = x[1, 0, 0, 2]    # a flat channel: AutoContrast leaves it
     check_export(seq((10, 8, 3), *layers, L.Conv2D(2, 3)), x)
+
+
+# -- ReversibleEmbedding (branch misc) --
+def test_reversible_embedding():
+    model = pynn.Sequential([L.Input((6,), dtype="int32"),
+                             L.ReversibleEmbedding(11, 4, tie_weights=False), L.Flatten(),
+                             L.Dense(3)])
+    ids = np.random.default_rng(3).integers(0, 11, (3, 6)).astype(np.int32)
+    check_export(model, ids)
+
+
+def test_reversible_embedding_mask_zero_refused():
+    model = pynn.Sequential([L.Input((6,), dtype="int32"),
+                             L.ReversibleEmbedding(11, 4, mask_zero=True, name="tokens"),
+                             L.GlobalAveragePooling1D()])
+    with pytest.raises(ValueError, match="'tokens'.*cannot be exported: mask_zero=True"):
+        pynn.onnx.export(model)

@@ -260,3 +260,7 @@ LAYERS.update({cls.__name__: cls for cls in (
 )})
 __all__ += ["RandomShear", "RandomPerspective", "RandomErasing", "CutMix", "MixUp",
             "RandomGaussianBlur", "RandomElasticTransform"]
+# -- Keras 3's ReversibleEmbedding (branch misc) --
+from pynn.layers.embedding import ReversibleEmbedding  # noqa: E402
+LAYERS.update({cls.__name__: cls for cls in (ReversibleEmbedding,)})
+__all__ += ["ReversibleEmbedding"]
