@@ -1268,6 +1268,8 @@ _KERAS_SLOT_GROUPS = {
 _KERAS_SLOT_GROUPS.update({"Lamb": [("momentum", "velocity")],
                            "Adafactor": [("r", "c", "velocity")],
                            "Muon": [("momentum", "velocity")]})
+# misc: ScheduleFreeAdamW (its momentum is z, initialised to the variable)
+_KERAS_SLOT_GROUPS.update({"ScheduleFreeAdamW": [("momentum", "velocity")]})
 # Keras optimizer options pynn does not have, at the values that change nothing.
 _KERAS_OPTIMIZER_DEFAULTS = {"use_ema": False, "ema_momentum": 0.99,
                              "ema_overwrite_frequency": None, "loss_scale_factor": None,
@@ -1382,6 +1384,8 @@ def _keras_optimizer_vars(model):
             shapes = _variable_slot_shapes(opt, v)
             for name in (n for n in group if n in shapes):
                 value = state["slots"].get(f"{v.path}/{name}")
+                if value is None and inits[name] is None:
+                    value = v.numpy()   # misc: ScheduleFreeAdamW's z starts as its variable
                 out.append(np.full(shapes[name], inits[name], np.float32) if value is None
                            else np.asarray(value, np.float32))
     if type(opt).__name__ == "Nadam":

@@ -164,3 +164,5 @@ from pynn.backend.opencl.loss import (  # noqa: F401
 from pynn.backend.opencl.color import color_transform_forward  # noqa: F401
 # -- opt: Keras 3's Lamb, Adafactor and Muon --
 from pynn.backend.opencl.optim import adafactor_update, lamb_update, muon_update  # noqa: F401
+# -- misc: Keras 3's ScheduleFreeAdamW --
+from pynn.backend.opencl.optim import schedule_free_adamw_update  # noqa: F401,E402
