@@ -1792,6 +1792,13 @@ def _reversible_embedding(g, layer, x, out_shape):
     return _embedding(g, layer, x, out_shape)
 
 
+# -- SpectralNormalization (branch misc): inference reads the kernel as stored (training wrote
+# the normalised one into it), so the export is the wrapped layer's.
+@_converts("SpectralNormalization")
+def _spectral_normalization(g, layer, x, out_shape):
+    return _convert(g, layer.layer, x, out_shape)
+
+
 def _convert(g, layer, x, out_shape):
     fn = _CONVERTERS.get(type(layer).__name__)
     if fn is None:

@@ -295,6 +295,17 @@ def reversible_embedding():  # (branch misc) the lookup direction; reverse=True 
 ARCHITECTURES["reversible_embedding"] = reversible_embedding
 
 
+
+def spectral_normalization():  # (branch misc)
+    return keras.Sequential([
+        keras.Input((6, 5, 2)),
+        K.SpectralNormalization(K.Conv2D(3, 2), power_iterations=2), K.Flatten(),
+        K.SpectralNormalization(K.Dense(4, activation="relu")), K.Dense(2)])
+
+
+ARCHITECTURES["spectral_normalization"] = spectral_normalization
+
+
 def test_architectures_cover_every_pynn_layer():
     seen = set()
 

@@ -1376,3 +1376,14 @@ def test_reversible_embedding_mask_zero_refused():
                              L.GlobalAveragePooling1D()])
     with pytest.raises(ValueError, match="'tokens'.*cannot be exported: mask_zero=True"):
         pynn.onnx.export(model)
+
+
+# -- SpectralNormalization (branch misc) --
+def test_spectral_normalization():
+    model = pynn.Sequential([L.Input((6, 5, 2)),
+                             L.SpectralNormalization(L.Conv2D(3, 2), power_iterations=2),
+                             L.Flatten(), L.SpectralNormalization(L.Dense(3))])
+    x = np.random.default_rng(4).standard_normal((4, 6, 5, 2)).astype(np.float32)
+    model.compile(optimizer="sgd", loss="mse")
+    model.train_on_batch(x, np.ones((4, 3), np.float32))   # the kernels normalised in place
+    check_export(model, x)

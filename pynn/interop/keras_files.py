@@ -237,6 +237,8 @@ def _input_layer_config(config, label, where):
 # Wrapper arguments that hold a whole layer config (read and written as layers are).
 _NESTED_LAYER_KEYS = {"TimeDistributed": ("layer",), "Bidirectional": ("layer", "backward_layer"),
                       "RNN": ("cell",)}
+# misc: Keras 3's SpectralNormalization wraps one layer
+_NESTED_LAYER_KEYS.update({"SpectralNormalization": ("layer",)})
 
 
 def _layer_spec(entry, where):
@@ -693,6 +695,9 @@ def _var_groups(layer, path):
                 (f"{path}/cell/vars", f"{_snake(cls)}_cell", layer.weights)]
     if cls == "TimeDistributed":
         return [(f"{path}/vars", layer.name, [])] + _var_groups(layer.layer, f"{path}/layer")
+    if cls == "SpectralNormalization":  # misc: Keras tracks the kernel on the wrapper too
+        return ([(f"{path}/vars", layer.name, [layer.kernel, layer.vector_u])]
+                + _var_groups(layer.layer, f"{path}/layer"))
     if cls in _HEADS_ATTENTION:
         # Keras's sublayers, each an EinsumDense (kernel, then bias), and the two without
         # weights; MultiHeadAttention's file names its projections by their properties

@@ -264,3 +264,7 @@ __all__ += ["RandomShear", "RandomPerspective", "RandomErasing", "CutMix", "MixU
 from pynn.layers.embedding import ReversibleEmbedding  # noqa: E402
 LAYERS.update({cls.__name__: cls for cls in (ReversibleEmbedding,)})
 __all__ += ["ReversibleEmbedding"]
+# -- Keras 3's SpectralNormalization (branch misc) --
+from pynn.layers.spectral import SpectralNormalization  # noqa: E402
+LAYERS.update({cls.__name__: cls for cls in (SpectralNormalization,)})
+__all__ += ["SpectralNormalization"]
