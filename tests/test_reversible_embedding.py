@@ -174,3 +174,20 @@ def test_bad_inputs(rng):
         layer(np.zeros((2, 3), np.float32), reverse="yes")
     with pytest.raises(NotImplementedError, match="reverse=True in a functional model"):
         layer(pynn.Input((4, 3)), reverse=True)
+
+
+def test_reverse_call_under_a_gradient_tape(rng):
+    """The tied model's usual shape: lookup, then logits through the same table, taken by a
+    GradientTape (the call's direction rides in the layer's cache)."""
+    layer = _layer(7, 4, rng, dtype="float64")
+    hidden = rng.standard_normal((1, 3, 4))
+    table = layer.embeddings.numpy().copy()
+    with pynn.GradientTape() as tape:
+        x = pynn.ops.convert_to_tensor(hidden)
+        tape.watch(x)
+        logits = layer(x, training=True, reverse=True)
+        loss = pynn.ops.sum(logits * logits)
+    d_table, d_hidden = tape.gradient(loss, [layer.embeddings, x])
+    y = hidden[0] @ table.T
+    np.testing.assert_allclose(np.asarray(d_table), (2 * y).T @ hidden[0], rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(d_hidden)[0], 2 * y @ table, rtol=1e-12)
