@@ -1667,3 +1667,58 @@ def muon_update(w, g, m, lr, momentum, nesterov, ns_steps, muon_a, muon_b, muon_
         grad_scale, clipvalue, weight_decay)
     mask = operands.update_mask(HOST, "muon_update", w, mask)
     _muon(w, g, m, mask, *coef, *_clip(clip))
+
+
+# -- misc: ScheduleFreeAdamW (Keras 3.15's schedule_free_adamw.py) ----------------------------
+# Purely elementwise: one parallel pass. z is Keras's "momentum" slot (initialised to w), v
+# its "velocity"; w holds y, the interpolation between z and the average x, which is
+# recovered from y and the old z rather than stored.
+
+cdef inline void _schedule_free_element(floating* w, const floating* g, floating* z,
+                                        floating* v, Py_ssize_t i, floating lr, floating b1,
+                                        floating one_b1, floating one_b2, floating bc2,
+                                        floating c, floating eps, floating scale,
+                                        floating lim, floating decay,
+                                        unsigned char keep) noexcept nogil:
+    cdef floating gi = kept(clipped_grad(g[i], scale, lim), keep)
+    cdef floating yi = decayed(w[i], decay)
+    cdef floating z_old = z[i]
+    cdef floating vi = v[i] + (gi * gi - v[i]) * one_b2
+    cdef floating zi = z_old - (lr * gi) / (sqrt(vi / bc2) + eps)
+    cdef floating x_old = (yi - one_b1 * z_old) / b1
+    cdef floating x_new = (1 - c) * x_old + c * zi
+    v[i] = kept(vi, keep)
+    z[i] = kept(zi, keep)
+    w[i] = kept(one_b1 * zi + b1 * x_new, keep)
+
+
+def _schedule_free(floating[::1] w, const floating[::1] g, floating[::1] z, floating[::1] v,
+                   const unsigned char[::1] mask, bint use_mask, double lr, double b1,
+                   double one_b1, double one_b2, double bc2, double c, double eps,
+                   double grad_scale, double clipvalue, double decay):
+    cdef Py_ssize_t n = w.shape[0], i
+    if n == 0:
+        return
+    with nogil:
+        for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            _schedule_free_element(&w[0], &g[0], &z[0], &v[0], i, <floating>lr, <floating>b1,
+                                   <floating>one_b1, <floating>one_b2, <floating>bc2,
+                                   <floating>c, <floating>eps, <floating>grad_scale,
+                                   <floating>clipvalue, <floating>decay,
+                                   _keep(&mask[0], i, use_mask))
+
+
+def schedule_free_adamw_update(w, g, z, v, lr, beta_1, beta_2, epsilon, t, warmup_steps,
+                               grad_scale, clipvalue, weight_decay, mask=None):
+    """Schedule-free AdamW step in place (IN/OUT w, z, v; IN g); t is the 1-based step.
+
+    v += (g*g - v)(1-beta_2); z -= lr_t g / (sqrt(v / (1-beta_2^t)) + epsilon) with lr_t =
+    lr min(t / warmup_steps, 1); x = (w - (1-beta_1) z_old) / beta_1; x = (1-1/t) x + z / t;
+    w = (1-beta_1) z + beta_1 x (w after the decoupled weight decay). A pruning mask's zeros
+    read g as 0 and store w, z, v as 0."""
+    w, g, z, v, coef, clip = operands.schedule_free_adamw_update(
+        HOST, w, g, z, v, lr, beta_1, beta_2, epsilon, t, warmup_steps, grad_scale, clipvalue,
+        weight_decay)
+    mask = operands.update_mask(HOST, "schedule_free_adamw_update", w, mask)
+    _schedule_free(w.reshape(-1), g.reshape(-1), z.reshape(-1), v.reshape(-1),
+                   *_mask_view(mask), *coef, *_clip(clip))

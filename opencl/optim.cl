@@ -556,3 +556,30 @@ __kernel void muon_apply(__global float *w, __global const float *x, const int n
     const float step = lr * x[i];
     w[i] = KEPT(decayed(w[i], decay) - (use_adjust ? step * adjust : step));
 }
+
+/* -- misc: ScheduleFreeAdamW (Keras 3.15), the twin of native/optim.pyx's -----------------
+ * z is Keras's "momentum" slot, v its "velocity"; w holds y, from which the average x is
+ * recovered with the old z. c is 1/t, lr already warmed up.
+ */
+__kernel void schedule_free_adamw_update(__global float *w, __global const float *g,
+                                         __global float *z, __global float *v, const int n,
+                                         const float lr, const float beta_1,
+                                         const float one_b1, const float one_b2,
+                                         const float bc2, const float c, const float eps,
+                                         const float scale, const float clip,
+                                         const float decay, MASK_ARGS)
+{
+    const int i = get_global_id(0);
+    GUARD(i, n);
+    const int keep = KEEP_OF(i);
+    const float gi = keep ? clipped_grad(g[i], scale, clip) : 0.0f;
+    const float yi = decayed(w[i], decay);
+    const float z_old = z[i];
+    const float vi = v[i] + (gi * gi - v[i]) * one_b2;
+    const float zi = z_old - (lr * gi) / (sqrt(vi / bc2) + eps);
+    const float x_old = (yi - one_b1 * z_old) / beta_1;
+    const float x_new = (1.0f - c) * x_old + c * zi;
+    v[i] = KEPT(vi);
+    z[i] = KEPT(zi);
+    w[i] = KEPT(one_b1 * zi + beta_1 * x_new);
+}

@@ -1993,6 +1993,23 @@ def _conv_lstm(g, layer, x, out_shape):
                               "up to it, or save it as .keras")
 
 
+# -- ReversibleEmbedding (branch misc): the lookup is Embedding's Gather; a reverse call never
+# reaches a graph (pynn refuses reverse=True in functional models).
+@_converts("ReversibleEmbedding")
+def _reversible_embedding(g, layer, x, out_shape):
+    if layer.mask_zero:
+        # The export writes Embedding's padding mask for that class only.
+        raise _unsupported(layer, "mask_zero=True has no export here; Embedding's has")
+    return _embedding(g, layer, x, out_shape)
+
+
+# -- SpectralNormalization (branch misc): inference reads the kernel as stored (training wrote
+# the normalised one into it), so the export is the wrapped layer's.
+@_converts("SpectralNormalization")
+def _spectral_normalization(g, layer, x, out_shape):
+    return _convert(g, layer.layer, x, out_shape)
+
+
 def _convert(g, layer, x, out_shape):
     fn = _CONVERTERS.get(type(layer).__name__)
     if fn is None:

@@ -23,6 +23,7 @@ from pynn.schedules import LearningRateSchedule
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Nadam", "Adamax",
            "Adadelta", "Ftrl", "Lion", "schedules", "serialize", "deserialize", "get"]
 __all__ += ["Lamb", "Adafactor", "Muon"]  # opt
+__all__ += ["ScheduleFreeAdamW"]  # misc
 
 
 def _together(variables, scales):
@@ -904,6 +905,59 @@ _CLASSES = {cls.__name__.lower(): cls for cls in (SGD, Adam, AdamW, RMSprop, Ada
                                                   Adamax, Adadelta, Ftrl, Lion)}
 # opt: Keras 3's Lamb, Adafactor and Muon
 _CLASSES.update({cls.__name__.lower(): cls for cls in (Lamb, Adafactor, Muon)})
+
+
+
+# -- misc: Keras 3's ScheduleFreeAdamW --
+class ScheduleFreeAdamW(_VariableSlots):
+    """Schedule-free AdamW (Keras 3.15): the weights hold y, an interpolation of z (the
+    "momentum" slot, Adam steps without momentum, initialised to the weights) and x (the
+    running average of the z, recovered from y and z), so no learning-rate schedule is
+    needed; the rate warms up linearly over ``warmup_steps``. Keras 3.15 evaluates at y as it
+    trains (it swaps nothing in at evaluation), and so does pynn."""
+
+    def __init__(self, learning_rate=0.0025, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                 warmup_steps=0, weight_decay=None, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None, name=None, **kwargs):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm,
+                         name, kwargs)
+        label = "ScheduleFreeAdamW"
+        # beta_1 divides when x is recovered from y and z.
+        self.beta_1 = _float_arg(label, "beta_1", beta_1, lo=0.0, hi=1.0, hi_open=True)
+        if self.beta_1 == 0.0:
+            raise ValueError(f"{label}: `beta_1` must be > 0 (x = (y - (1-beta_1) z) / "
+                             f"beta_1), got 0.0")
+        self.beta_2 = _float_arg(label, "beta_2", beta_2, lo=0.0, hi=1.0, hi_open=True)
+        self.epsilon = _float_arg(label, "epsilon", epsilon, lo=0.0)
+        if isinstance(warmup_steps, (bool, np.bool_)) or not isinstance(
+                warmup_steps, (int, np.integer)) or warmup_steps < 0:
+            raise ValueError(f"{label}: `warmup_steps` must be an int >= 0, got "
+                             f"{warmup_steps!r}")
+        self.warmup_steps = int(warmup_steps)
+
+    def _slot_specs(self):
+        return [("momentum", None), ("velocity", 0.0)]
+
+    def _slots_for(self, be, variable):
+        if variable.path not in self._slots:
+            # Keras's build assigns each momentum a copy of its variable (z starts at w).
+            self._slots[variable.path] = {"momentum": be.copy(variable.value),
+                                          "velocity": be.zeros(variable.value.shape,
+                                                               dtype=variable.value.dtype)}
+        return super()._slots_for(be, variable)
+
+    def _update(self, be, w, g, slots, lr, grad_scale, clipvalue, weight_decay, mask=None):
+        be.schedule_free_adamw_update(w, g, slots["momentum"], slots["velocity"], lr,
+                                      self.beta_1, self.beta_2, self.epsilon,
+                                      self.iterations + 1, self.warmup_steps, grad_scale,
+                                      clipvalue, weight_decay, mask=mask)
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon, "warmup_steps": self.warmup_steps}
+
+
+_CLASSES.update({cls.__name__.lower(): cls for cls in (ScheduleFreeAdamW,)})
 
 
 def serialize(optimizer):

@@ -157,6 +157,8 @@ TESTS_ELSEWHERE.update({name: "test_volumetric.py" for name in (
 TESTS_ELSEWHERE.update({name: "test_augment_keras3.py" for name in (
     "image_projective_forward", "image_projective_backward", "image_mix_forward",
     "image_mix_backward", "image_erase_forward", "image_blur_forward", "image_remap_forward")})
+# -- misc: ScheduleFreeAdamW's update, tested with the optimizer --
+TESTS_ELSEWHERE.update({"schedule_free_adamw_update": "test_schedule_free.py"})
 
 
 def test_every_op_has_its_reference_and_its_test_file():

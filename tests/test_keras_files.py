@@ -342,6 +342,28 @@ def nowcasting():
 ARCHITECTURES["nowcasting"] = nowcasting
 
 
+
+def reversible_embedding():  # (branch misc) the lookup direction; reverse=True is refused
+    x = keras.Input((6,), dtype="int32")
+    h = K.ReversibleEmbedding(20, 4, tie_weights=False, logit_soft_cap=2.0, mask_zero=True)(x)
+    h = K.GRU(3)(h)   # reads the lookup's padding mask, as after Embedding
+    return keras.Model(x, K.Dense(2)(h))
+
+
+ARCHITECTURES["reversible_embedding"] = reversible_embedding
+
+
+
+def spectral_normalization():  # (branch misc)
+    return keras.Sequential([
+        keras.Input((6, 5, 2)),
+        K.SpectralNormalization(K.Conv2D(3, 2), power_iterations=2), K.Flatten(),
+        K.SpectralNormalization(K.Dense(4, activation="relu")), K.Dense(2)])
+
+
+ARCHITECTURES["spectral_normalization"] = spectral_normalization
+
+
 def test_architectures_cover_every_pynn_layer():
     seen = set()
 
@@ -1279,3 +1301,17 @@ def test_color_legacy_h5_from_pynn(tmp_path):
 @pytest.mark.opencl
 def test_color_keras_files_on_opencl(tmp_path):
     test_keras_files_on_opencl("color", tmp_path)
+
+
+# -- ReversibleEmbedding (branch misc) --
+def test_reversible_embedding_reverse_call_refused(tmp_path):
+    """A functional node keeps no per-call arguments in pynn: a saved reverse=True call is
+    refused by name, not run as a lookup."""
+    ids = keras.Input((5,), dtype="int32")
+    tokens = K.ReversibleEmbedding(11, 4, name="tokens")
+    logits = tokens(K.Dense(4)(tokens(ids)), reverse=True)
+    keras.Model(ids, logits).save(tmp_path / "lm.keras")
+    with pytest.raises(pynn.interop.keras_files.KerasFileError,
+                       match=r"layer 'tokens' is called with arguments pynn does not take "
+                             r"\(1 positional, keyword \['reverse'\]\)"):
+        pynn.load_model(tmp_path / "lm.keras")

@@ -1447,3 +1447,31 @@ def test_conv_lstms_are_refused_by_name(rank):
     with pytest.raises(ValueError, match=rf"ConvLSTM{rank}D 'nowcast' cannot be exported: "
                                          r"ONNX has no ConvLSTM operator"):
         pynn.onnx.export(seq(shape, layer))
+
+
+# -- ReversibleEmbedding (branch misc) --
+def test_reversible_embedding():
+    model = pynn.Sequential([L.Input((6,), dtype="int32"),
+                             L.ReversibleEmbedding(11, 4, tie_weights=False), L.Flatten(),
+                             L.Dense(3)])
+    ids = np.random.default_rng(3).integers(0, 11, (3, 6)).astype(np.int32)
+    check_export(model, ids)
+
+
+def test_reversible_embedding_mask_zero_refused():
+    model = pynn.Sequential([L.Input((6,), dtype="int32"),
+                             L.ReversibleEmbedding(11, 4, mask_zero=True, name="tokens"),
+                             L.GlobalAveragePooling1D()])
+    with pytest.raises(ValueError, match="'tokens'.*cannot be exported: mask_zero=True"):
+        pynn.onnx.export(model)
+
+
+# -- SpectralNormalization (branch misc) --
+def test_spectral_normalization():
+    model = pynn.Sequential([L.Input((6, 5, 2)),
+                             L.SpectralNormalization(L.Conv2D(3, 2), power_iterations=2),
+                             L.Flatten(), L.SpectralNormalization(L.Dense(3))])
+    x = np.random.default_rng(4).standard_normal((4, 6, 5, 2)).astype(np.float32)
+    model.compile(optimizer="sgd", loss="mse")
+    model.train_on_batch(x, np.ones((4, 3), np.float32))   # the kernels normalised in place
+    check_export(model, x)

@@ -705,6 +705,14 @@ OPS.update({
                     "muon_b", "muon_c", "rms_rate", "grad_scale", "clipvalue", "weight_decay",
                     "mask"),
 })
+# -- misc: ScheduleFreeAdamW (Keras 3.15): v += (g*g-v)(1-beta_2); z -= lr_t g / (sqrt(v /
+# (1-beta_2^t)) + epsilon), lr_t warmed up over warmup_steps; x from w and the old z, averaged
+# with z by 1/t; w = (1-beta_1) z + beta_1 x.
+OPS.update({
+    "schedule_free_adamw_update": ("w", "g", "z", "v", "lr", "beta_1", "beta_2", "epsilon", "t",
+                                   "warmup_steps", "grad_scale", "clipvalue", "weight_decay",
+                                   "mask"),
+})
 
 # -- spectral (branch audio; native/spectral.pyx, opencl/spectral.cl): Keras 3's audio front
 # ends. real, imag: an STFT's two halves (..., F), F bins on the last axis. Modes (code = index):

@@ -256,3 +256,5 @@ from pynn._native.loss import (  # noqa: F401, E402
 )
 # -- opt: Keras 3's Lamb, Adafactor and Muon --
 from pynn._native.optim import adafactor_update, lamb_update, muon_update  # noqa: F401
+# -- misc: Keras 3's ScheduleFreeAdamW --
+from pynn._native.optim import schedule_free_adamw_update  # noqa: F401,E402

@@ -239,6 +239,8 @@ def _input_layer_config(config, label, where):
 # Wrapper arguments that hold a whole layer config (read and written as layers are).
 _NESTED_LAYER_KEYS = {"TimeDistributed": ("layer",), "Bidirectional": ("layer", "backward_layer"),
                       "RNN": ("cell",)}
+# misc: Keras 3's SpectralNormalization wraps one layer
+_NESTED_LAYER_KEYS.update({"SpectralNormalization": ("layer",)})
 
 
 def _layer_spec(entry, where):
@@ -695,6 +697,9 @@ def _var_groups(layer, path):
                 (f"{path}/cell/vars", f"{_snake(cls)}_cell", layer.weights)]
     if cls == "TimeDistributed":
         return [(f"{path}/vars", layer.name, [])] + _var_groups(layer.layer, f"{path}/layer")
+    if cls == "SpectralNormalization":  # misc: Keras tracks the kernel on the wrapper too
+        return ([(f"{path}/vars", layer.name, [layer.kernel, layer.vector_u])]
+                + _var_groups(layer.layer, f"{path}/layer"))
     if cls in _HEADS_ATTENTION:
         # Keras's sublayers, each an EinsumDense (kernel, then bias), and the two without
         # weights; MultiHeadAttention's file names its projections by their properties
@@ -1270,6 +1275,8 @@ _KERAS_SLOT_GROUPS = {
 _KERAS_SLOT_GROUPS.update({"Lamb": [("momentum", "velocity")],
                            "Adafactor": [("r", "c", "velocity")],
                            "Muon": [("momentum", "velocity")]})
+# misc: ScheduleFreeAdamW (its momentum is z, initialised to the variable)
+_KERAS_SLOT_GROUPS.update({"ScheduleFreeAdamW": [("momentum", "velocity")]})
 # Keras optimizer options pynn does not have, at the values that change nothing.
 _KERAS_OPTIMIZER_DEFAULTS = {"use_ema": False, "ema_momentum": 0.99,
                              "ema_overwrite_frequency": None, "loss_scale_factor": None,
@@ -1384,6 +1391,8 @@ def _keras_optimizer_vars(model):
             shapes = _variable_slot_shapes(opt, v)
             for name in (n for n in group if n in shapes):
                 value = state["slots"].get(f"{v.path}/{name}")
+                if value is None and inits[name] is None:
+                    value = v.numpy()   # misc: ScheduleFreeAdamW's z starts as its variable
                 out.append(np.full(shapes[name], inits[name], np.float32) if value is None
                            else np.asarray(value, np.float32))
     if type(opt).__name__ == "Nadam":

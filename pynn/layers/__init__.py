@@ -270,3 +270,11 @@ from pynn.layers.conv_lstm import ConvLSTM1D, ConvLSTM2D, ConvLSTM3D  # noqa: E4
 
 LAYERS.update({cls.__name__: cls for cls in (ConvLSTM1D, ConvLSTM2D, ConvLSTM3D)})
 __all__ += ["ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"]
+# -- Keras 3's ReversibleEmbedding (branch misc) --
+from pynn.layers.embedding import ReversibleEmbedding  # noqa: E402
+LAYERS.update({cls.__name__: cls for cls in (ReversibleEmbedding,)})
+__all__ += ["ReversibleEmbedding"]
+# -- Keras 3's SpectralNormalization (branch misc) --
+from pynn.layers.spectral_norm import SpectralNormalization  # noqa: E402
+LAYERS.update({cls.__name__: cls for cls in (SpectralNormalization,)})
+__all__ += ["SpectralNormalization"]

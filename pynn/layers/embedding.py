@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 
 from pynn import backend, constraints, initializers, regularizers
-from pynn.layers.base import Layer
+from pynn.layers.base import Layer, is_symbolic
 
 
 def _positive_int(label, name, value):
@@ -80,4 +80,139 @@ class Embedding(Layer):
             embeddings_constraint=constraints.serialize(self.embeddings_constraint),
             mask_zero=self.mask_zero,
         )
+        return config
+
+
+class ReversibleEmbedding(Embedding):
+    """Keras 3's ReversibleEmbedding: an Embedding that, called with ``reverse=True``, maps
+    hidden states ``(..., output_dim)`` back to logits ``(..., input_dim)`` through
+    ``embeddings.T`` (tie_weights) or its own ``reverse_embeddings (output_dim, input_dim)``,
+    optionally soft-capped as ``cap * tanh(logits / cap)``. Both directions run on the dense
+    ops (the tied product is dense_backward_input, x @ embeddings.T) and the cap on the tanh
+    activation op, so the OpenCL backend never round-trips through the host."""
+
+    def __init__(self, input_dim, output_dim, tie_weights=True, embeddings_initializer="uniform",
+                 embeddings_regularizer=None, embeddings_constraint=None, mask_zero=False,
+                 reverse_dtype=None, logit_soft_cap=None, **kwargs):
+        super().__init__(input_dim, output_dim, embeddings_initializer=embeddings_initializer,
+                         embeddings_regularizer=embeddings_regularizer,
+                         embeddings_constraint=embeddings_constraint, mask_zero=mask_zero,
+                         **kwargs)
+        label = f"ReversibleEmbedding '{self.name}'"
+        if not isinstance(tie_weights, (bool, np.bool_)):
+            raise ValueError(f"{label}: tie_weights must be True or False, got {tie_weights!r}")
+        self.tie_weights = bool(tie_weights)
+        # pynn computes in the layer's dtype; another reverse dtype would need a cast op.
+        if reverse_dtype is not None and reverse_dtype != self.compute_dtype:
+            raise ValueError(f"{label}: reverse_dtype must be None or the layer's compute "
+                             f"dtype {self.compute_dtype!r}, got {reverse_dtype!r}")
+        self.reverse_dtype = reverse_dtype
+        if logit_soft_cap is not None and (
+                isinstance(logit_soft_cap, bool) or not isinstance(
+                    logit_soft_cap, (int, float, np.integer, np.floating))
+                or not np.isfinite(logit_soft_cap) or logit_soft_cap <= 0):
+            raise ValueError(f"{label}: logit_soft_cap must be None or a positive number, got "
+                             f"{logit_soft_cap!r}")
+        self.logit_soft_cap = logit_soft_cap
+        self._reverse = False
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if not self.tie_weights:
+            self.reverse_embeddings = self.add_weight(
+                "reverse_embeddings", (self.output_dim, self.input_dim),
+                self.embeddings_initializer)
+
+    def __call__(self, inputs, training=None, reverse=False, **kwargs):
+        if not isinstance(reverse, (bool, np.bool_)):
+            raise TypeError(f"ReversibleEmbedding '{self.name}': reverse must be True or "
+                            f"False, got {reverse!r}")
+        if reverse and is_symbolic(inputs):
+            # A functional node keeps no per-call arguments yet (pynn.layers.functional).
+            raise NotImplementedError(
+                f"ReversibleEmbedding '{self.name}': reverse=True in a functional model is not "
+                f"supported by pynn yet; call it on arrays")
+        if reverse and not self.built:
+            # Keras builds from the ids' shape; a first reverse call has no ids to build from.
+            self.build((None,))
+        self._reverse = bool(reverse)
+        try:
+            return super().__call__(inputs, training=training, **kwargs)
+        finally:
+            self._reverse = False
+
+    def check_input(self, x):
+        if not self._reverse:
+            return super().check_input(x)
+        if x.ndim < 1 or x.shape[-1] != self.output_dim:
+            raise ValueError(f"ReversibleEmbedding '{self.name}' (reverse=True) expected "
+                             f"hidden states of last axis {self.output_dim}, got shape "
+                             f"{tuple(x.shape)}")
+        return None
+
+    def call(self, x, training=False):
+        if not self._reverse:
+            y = super().call(x, training=training)
+            if training:
+                self._cache = (False, self._cache)
+            return y
+        b = backend.current()
+        lead = tuple(x.shape[:-1])
+        x2 = x if x.ndim == 2 else b.reshape(x, (-1, self.output_dim))
+        if self.tie_weights:
+            z = b.dense_backward_input(x2, self.embeddings.value)   # x @ embeddings.T
+        else:
+            z, _ = b.dense_forward(x2, self.reverse_embeddings.value, None, "linear", 0.0)
+        capped = None
+        if self.logit_soft_cap is not None:
+            cap = float(self.logit_soft_cap)
+            z = b.copy(z)
+            b.scale_inplace(z, 1.0 / cap)
+            capped = b.activation_forward(z, "tanh", 0.0)
+            y = b.copy(capped)
+            b.scale_inplace(y, cap)
+        else:
+            y = z
+        if training:
+            self._cache = (True, (x2, lead, capped))
+        return y if len(lead) == 1 else b.reshape(y, lead + (self.input_dim,))
+
+    def backward(self, dy):
+        reverse, cache = self._cache
+        if not reverse:
+            self._cache = cache
+            super().backward(dy)
+            if not self.tie_weights:
+                self.reverse_embeddings.grad = backend.current().zeros(
+                    (self.output_dim, self.input_dim), self.reverse_embeddings.value.dtype)
+            return None
+        self._cache = None
+        b = backend.current()
+        x2, lead, capped = cache
+        dz = dy if dy.ndim == 2 else b.reshape(dy, (-1, self.input_dim))
+        if capped is not None:
+            # d(cap * tanh(z / cap))/dz = 1 - tanh², the caps cancel.
+            dz = b.activation_backward(dz, None, capped, "tanh", 0.0)
+        if self.tie_weights:
+            dx, _ = b.dense_forward(dz, self.embeddings.value, None, "linear", 0.0)
+            self.embeddings.grad = b.dense_backward_weight(dz, x2)  # dz.T @ x
+        else:
+            dx = b.dense_backward_input(dz, self.reverse_embeddings.value)
+            self.reverse_embeddings.grad = b.dense_backward_weight(x2, dz)
+            self.embeddings.grad = b.zeros((self.input_dim, self.output_dim),
+                                           self.embeddings.value.dtype)
+        return dx if len(lead) == 1 else b.reshape(dx, lead + (self.output_dim,))
+
+    def compute_output_shape(self, input_shape, reverse=False):
+        if reverse:
+            return tuple(input_shape[:-1]) + (self.input_dim,)
+        return super().compute_output_shape(input_shape)
+
+    # No compute_mask override: Keras's returns None but its call attaches the lookup's mask
+    # to the output, so mask_zero masks downstream layers as Embedding's does.
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(tie_weights=self.tie_weights, reverse_dtype=self.reverse_dtype,
+                      logit_soft_cap=self.logit_soft_cap)
         return config

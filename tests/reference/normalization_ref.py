@@ -176,3 +176,23 @@ def unit_norm_backward_ref(dy, x, inv_norm, epsilon=1e-12):
     capped = inv >= np.float64(np.asarray(1.0 / epsilon, dtype=np.asarray(inv_norm).dtype))
     k = np.where(capped, 0.0, inv ** 3)
     return dy * inv - k * x * (dy * x).sum(axis=-1, keepdims=True)
+
+
+# -- SpectralNormalization (branch misc) --
+def spectral_normalize_ref(kernel, vector_u, power_iterations, epsilon=1e-7):
+    """-> (vector_u, kernel / sigma) in float64, Keras's power iteration on kernel viewed as
+    (-1, O); l2 normalisation as Keras's, x * min(1 / ||x||, 1 / epsilon). An all-zero
+    kernel returns both unchanged."""
+    kernel = np.asarray(kernel, np.float64)
+    u = np.asarray(vector_u, np.float64)
+    if not np.any(kernel):
+        return u, kernel
+
+    def normalize(x):
+        return x * min(1.0 / np.sqrt(np.sum(x * x)), 1.0 / epsilon)
+    w = kernel.reshape(-1, kernel.shape[-1])
+    for _ in range(power_iterations):
+        v = normalize(u @ w.T)
+        u = normalize(v @ w)
+    sigma = float((v @ w @ u.T).item())
+    return u, kernel / sigma

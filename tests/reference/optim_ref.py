@@ -385,3 +385,19 @@ def muon_update_ref(w, g, m, lr, momentum, nesterov, ns_steps, a, b, c, rms_rate
     if rms_rate is not None:
         update = update * math.sqrt(max(w.shape)) * rms_rate
     return w - update, m
+
+
+# -- misc: ScheduleFreeAdamW (Keras 3.15) --
+def schedule_free_adamw_update_ref(w, g, z, v, lr, beta_1, beta_2, epsilon, t, warmup_steps,
+                                   grad_scale, clipvalue, weight_decay):
+    """-> (w, z, v): Keras's update_step in float64, x recovered from w and the old z (as
+    Keras computes it on JAX and TensorFlow; see tests/test_schedule_free.py for torch)."""
+    g = prepare_grad_ref(g, grad_scale, clipvalue)
+    y = weight_decay_ref(w, lr, weight_decay)
+    step_lr = lr * min(t / warmup_steps, 1.0) if warmup_steps else lr
+    z_old = f64(z)
+    v = f64(v) + (g * g - f64(v)) * (1 - beta_2)
+    z = z_old - step_lr * g / (np.sqrt(v / (1 - beta_2**t)) + epsilon)
+    x = (y - (1 - beta_1) * z_old) / beta_1
+    x = (1 - 1 / t) * x + z / t
+    return (1 - beta_1) * z + beta_1 * x, z, v

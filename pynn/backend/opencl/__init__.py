@@ -171,3 +171,5 @@ from pynn.backend.opencl.spectral import (  # noqa: F401
 )
 # -- convlstm (Keras 3's ConvLSTM1D/2D/3D recurrence) --
 from pynn.backend.opencl.convlstm import convlstm_backward, convlstm_forward  # noqa: F401
+# -- misc: Keras 3's ScheduleFreeAdamW --
+from pynn.backend.opencl.optim import schedule_free_adamw_update  # noqa: F401,E402

@@ -278,3 +278,17 @@ def muon_update(w, g, m, lr, momentum, nesterov, ns_steps, muon_a, muon_b, muon_
         elementwise("optim", "muon_combine", n, x, poly_x, n, a, 1.0)
     elementwise("optim", "muon_apply", n, w, x, n, lr, max(adjust, 0.0), int(adjust >= 0),
                 decay, *masked)
+
+
+# -- misc: ScheduleFreeAdamW (Keras 3.15) ------------------------------------------------------
+def schedule_free_adamw_update(w, g, z, v, lr, beta_1, beta_2, epsilon, t, warmup_steps,
+                               grad_scale, clipvalue, weight_decay, mask=None):
+    """Schedule-free AdamW step in place, one elementwise kernel (native/optim.pyx's rule)."""
+    w, g, z, v, coef, clip = operands.schedule_free_adamw_update(
+        DEVICE, w, g, z, v, lr, beta_1, beta_2, epsilon, t, warmup_steps, grad_scale,
+        clipvalue, weight_decay)
+    mask = operands.update_mask(DEVICE, "schedule_free_adamw_update", w, mask)
+    if w.size == 0:
+        return
+    elementwise("optim", "schedule_free_adamw_update", w.size, w, g, z, v, w.size,
+                *(np.float32(c) for c in coef), *clip, *_mask_args(w, mask))

@@ -510,3 +510,32 @@ def muon_update(arrays, w, g, m, lr, momentum, nesterov, ns_steps, muon_a, muon_
         root = math.sqrt(max(w.shape))
         adjust = root * rms_rate if w.dtype == np.float64 else _f32(_f32(root) * _f32(rms_rate))
     return w, g, m, (lr, momentum, nesterov, int(ns_steps), a, b, c, adjust), clip
+
+
+# -- misc: ScheduleFreeAdamW (Keras 3.15) ------------------------------------------------------
+def schedule_free_adamw_update(arrays, w, g, z, v, lr, beta_1, beta_2, epsilon, t,
+                               warmup_steps, grad_scale, clipvalue, weight_decay):
+    """-> (w, g, z, v, (step_lr, beta_1, 1-beta_1, 1-beta_2, 1-beta_2^t, 1/t, epsilon), clip):
+    step_lr is lr times the warmup factor min(t / warmup_steps, 1); the constants rounded as
+    Keras rounds them in float32."""
+    op = "schedule_free_adamw_update"
+    w, g, lr, clip = _update(arrays, op, w, g, lr, grad_scale, clipvalue, weight_decay)
+    z, v = _two_slots(arrays, op, w, z=z, v=v)
+    beta_1, beta_2, epsilon = _cached(_adam_scalars, op, beta_1, beta_2, epsilon)
+    if beta_1 == 0.0:
+        raise ValueError(f"{op}: 'beta_1' must be > 0 (x is recovered as (y - (1-beta_1) z) "
+                         f"/ beta_1), got 0.0")
+    t = _step(op, t)
+    if isinstance(warmup_steps, (bool, np.bool_)) or not isinstance(
+            warmup_steps, (int, np.integer)) or warmup_steps < 0:
+        raise ValueError(f"{op}: 'warmup_steps' must be an int >= 0, got {warmup_steps!r}")
+    if w.dtype == np.float64:
+        step_lr = lr * min(t / warmup_steps, 1.0) if warmup_steps else lr
+        return w, g, z, v, (step_lr, beta_1, 1.0 - beta_1, 1.0 - beta_2, 1.0 - beta_2**t,
+                            1.0 / t, epsilon), clip
+    step_lr = _f32(lr)
+    if warmup_steps:
+        step_lr = _f32(step_lr * min(_f32(_f32(t) / _f32(warmup_steps)), 1.0))
+    return w, g, z, v, (step_lr, _f32(beta_1), _f32(1.0 - _f32(beta_1)),
+                        _f32(1.0 - _f32(beta_2)), _f32(1.0 - _power_f32(beta_2, t)),
+                        _f32(1.0 / _f32(t)), _f32(epsilon)), clip
