@@ -51,7 +51,8 @@ def _factor(layer, what, factor, bounds=(-1.0, 1.0)):
     else:
         raise ValueError(f"{_name(layer)}: {what} must be a number or a pair of numbers in "
                          f"[{bounds[0]}, {bounds[1]}], got {factor!r}")
-    if lower < bounds[0] or upper > bounds[1]:
+    # Written as a negated chain so that a NaN factor (every comparison False) is refused.
+    if not bounds[0] <= lower <= upper <= bounds[1]:
         raise ValueError(f"{_name(layer)}: {what} must lie in [{bounds[0]}, {bounds[1]}], got "
                          f"{factor!r}")
     return lower, upper
