@@ -359,3 +359,33 @@ def test_depthwise_conv1d_output_channels_beyond_c_int_refused_before_allocating
     with pytest.raises(ValueError, match=r"DepthwiseConv1D '\w+': input channels x "
                                          r"depth_multiplier must be at most 2147483647"):
         layer.build((None, 4, 2**16))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: L.RandomInvert(value_range=(0, float("nan"))),
+    lambda: L.AutoContrast(value_range=(0, float("inf"))),
+    lambda: L.Equalization(value_range=("0", 255)),
+    lambda: L.RandomErasing(value_range=(0, float("nan"))),
+    lambda: L.RandomGaussianBlur(value_range=(float("nan"), 1)),
+    lambda: L.RandomElasticTransform(value_range=(0, float("nan"))),
+])
+def test_non_finite_value_range_refused_at_construction(make):
+    # Was accepted and refused only by the op at the first call, some messages naming no layer.
+    with pytest.raises(ValueError, match=r"^\w+ '\w+': value_range must be two finite numbers"):
+        make()
+
+
+@pytest.mark.parametrize("sigma", [(0.0, float("nan")), (0.5, float("inf"))])
+def test_gaussian_blur_non_finite_sigma_refused_at_construction(sigma):
+    # Was accepted and failed at the first call with NumPy's OverflowError.
+    with pytest.raises(ValueError, match=r"RandomGaussianBlur '\w+': sigma's lower end must lie "
+                                         r"in \[0.0, 1.0\] and its upper end be finite"):
+        L.RandomGaussianBlur(sigma=sigma)
+
+
+@pytest.mark.parametrize("bins", [2**20 + 1, 2**31, 2**63])
+def test_equalization_bins_beyond_the_op_refused_at_construction(bins):
+    # Was accepted and refused only by color_transform_forward at the first call.
+    with pytest.raises(ValueError, match=r"Equalization '\w+': bins must be a positive int at "
+                                         r"most 1048576"):
+        L.Equalization(bins=bins)

@@ -62,6 +62,11 @@ def _value_range(layer, value_range):
     if not (isinstance(value_range, (tuple, list)) and len(value_range) == 2):
         raise ValueError(f"{_name(layer)}: value_range must be (low, high), got "
                          f"{value_range!r}")
+    # Non-numbers and non-finite ends were refused only in the op, at the first call.
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v)
+               for v in value_range):
+        raise ValueError(f"{_name(layer)}: value_range must be two finite numbers, got "
+                         f"{value_range!r}")
     return tuple(sorted(float(v) for v in value_range))
 
 
