@@ -447,9 +447,10 @@ class RandomGaussianBlur(_Augmentation):
         if isinstance(sigma, (tuple, list)) and len(sigma) == 2 and all(
                 isinstance(v, numbers.Real) and not isinstance(v, bool) for v in sigma):
             lower, upper = sorted(float(v) for v in sigma)
-            if lower < 0.0 or lower > 1.0:
-                raise ValueError(f"{_name(self)}: sigma's lower end must lie in [0.0, 1.0], "
-                                 f"got {sigma!r}")
+            # NaN or inf would reach NumPy's uniform draw (OverflowError) at the first call.
+            if not (0.0 <= lower <= 1.0 and lower <= upper < float("inf")):
+                raise ValueError(f"{_name(self)}: sigma's lower end must lie in [0.0, 1.0] "
+                                 f"and its upper end be finite, got {sigma!r}")
             return lower, upper
         return _unit_factor(self, "sigma", sigma)
 

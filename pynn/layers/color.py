@@ -18,6 +18,7 @@ import numpy as np
 
 from pynn import backend
 from pynn.backend.operands.color import RGB
+from pynn.backend.operands.color import MAX_BINS  # fuzz: Equalization's bins bound
 from pynn.layers import preprocessing as pp
 from pynn.layers.base import shape_str
 from pynn.layers.preprocessing import _data_format, _factor, _name, _value_range
@@ -130,8 +131,11 @@ class Equalization(_ColorLayer):
 
     def __init__(self, value_range=(0, 255), bins=256, data_format=None, **kwargs):
         super().__init__(value_range=value_range, data_format=data_format, **kwargs)
-        if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 1:
-            raise ValueError(f"{_name(self)}: bins must be a positive int, got {bins!r}")
+        # The op's histogram bound (operands/color.py), checked here and not at the first call.
+        if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) \
+                or not 1 <= bins <= MAX_BINS:
+            raise ValueError(f"{_name(self)}: bins must be a positive int at most {MAX_BINS}, "
+                             f"got {bins!r}")
         self.bins = int(bins)
 
     def get_config(self):

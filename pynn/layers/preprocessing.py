@@ -51,7 +51,8 @@ def _factor(layer, what, factor, bounds=(-1.0, 1.0)):
     else:
         raise ValueError(f"{_name(layer)}: {what} must be a number or a pair of numbers in "
                          f"[{bounds[0]}, {bounds[1]}], got {factor!r}")
-    if lower < bounds[0] or upper > bounds[1]:
+    # Written as a negated chain so that a NaN factor (every comparison False) is refused.
+    if not bounds[0] <= lower <= upper <= bounds[1]:
         raise ValueError(f"{_name(layer)}: {what} must lie in [{bounds[0]}, {bounds[1]}], got "
                          f"{factor!r}")
     return lower, upper
@@ -60,6 +61,11 @@ def _factor(layer, what, factor, bounds=(-1.0, 1.0)):
 def _value_range(layer, value_range):
     if not (isinstance(value_range, (tuple, list)) and len(value_range) == 2):
         raise ValueError(f"{_name(layer)}: value_range must be (low, high), got "
+                         f"{value_range!r}")
+    # Non-numbers and non-finite ends were refused only in the op, at the first call.
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v)
+               for v in value_range):
+        raise ValueError(f"{_name(layer)}: value_range must be two finite numbers, got "
                          f"{value_range!r}")
     return tuple(sorted(float(v) for v in value_range))
 

@@ -816,6 +816,11 @@ class DepthwiseConv1D(Layer):
         if c is None:
             raise ValueError(f"{self._label}: the channels of the input must be known, got "
                              f"{shape_str(input_shape)}")
+        # Refused before the kernel is allocated: the op indexes output channels with a C int.
+        if c * self.depth_multiplier > C_INT_MAX:
+            raise ValueError(f"{self._label}: input channels x depth_multiplier must be at most "
+                             f"{C_INT_MAX} (a C int), got {c} x {self.depth_multiplier} = "
+                             f"{c * self.depth_multiplier}")
         self.kernel = self.add_weight("kernel", (self.kernel_size, c, self.depth_multiplier),
                                       self.depthwise_initializer, self.depthwise_regularizer,
                                       constraint=self.depthwise_constraint)
