@@ -260,3 +260,8 @@ LAYERS.update({cls.__name__: cls for cls in (
 )})
 __all__ += ["RandomShear", "RandomPerspective", "RandomErasing", "CutMix", "MixUp",
             "RandomGaussianBlur", "RandomElasticTransform"]
+# -- augmix: Keras 3's Pipeline --
+from pynn.layers.augment_policy import Pipeline  # noqa: E402
+
+LAYERS["Pipeline"] = Pipeline
+__all__ += ["Pipeline"]
