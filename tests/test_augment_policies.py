@@ -52,6 +52,21 @@ def test_pipeline_gradients_flow_through_its_layers():
     check_layer(pipe, x, rng)
 
 
+def test_pipeline_of_augmentations_trains_at_a_models_input():
+    """fit runs the Pipeline in training (its augmentations draw) and asks its first layer
+    for no input gradient, which augmentations do not offer."""
+    rng = np.random.default_rng(8)
+    model = pynn.Sequential([pynn.Input((6, 5, 3)),
+                             L.Pipeline([L.RandomInvert(0.5, value_range=(-3, 3), seed=1),
+                                         L.RandomFlip(seed=2), L.Flatten(), L.Dense(2)])])
+    model.compile(optimizer="sgd", loss="mse")
+    before = [w.copy() for w in model.get_weights()]
+    history = model.fit(images((8, 6, 5, 3), seed=9), rng.standard_normal((8, 2)),
+                        epochs=2, batch_size=4, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert not np.allclose(model.get_weights()[0], before[0])
+
+
 def test_pipeline_keras_parity_at_inference():
     keras = keras_on_torch()
     x = images(seed=3)

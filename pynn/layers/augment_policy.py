@@ -59,9 +59,13 @@ class Pipeline(Layer):
 
     def backward(self, dy):
         caches, self._cache = self._cache, None
-        for layer, cache in zip(reversed(self._pipeline_layers), reversed(caches)):
+        last = len(self._pipeline_layers) - 1
+        for k, (layer, cache) in enumerate(zip(reversed(self._pipeline_layers),
+                                               reversed(caches))):
             layer._cache = cache
-            layer.needs_input_grad = True
+            # Only the first layer's input gradient is the Pipeline's, wanted or not (an
+            # augmentation at a model's input offers none).
+            layer.needs_input_grad = self.needs_input_grad if k == last else True
             dy = layer.backward(dy)
             layer._cache = None
             if dy is None:
