@@ -2010,6 +2010,17 @@ def _spectral_normalization(g, layer, x, out_shape):
     return _convert(g, layer.layer, x, out_shape)
 
 
+# -- augmix: Keras 3's Pipeline, its layers' conversions in order (each augmentation the
+# identity at inference, AutoContrast its stretch) --
+@_converts("Pipeline")
+def _pipeline(g, layer, x, out_shape):
+    shape = tuple(layer.input_shape)
+    for inner in layer.layers:
+        shape = tuple(inner.compute_output_shape(shape))
+        x = _convert(g, inner, x, shape)
+    return x
+
+
 def _convert(g, layer, x, out_shape):
     fn = _CONVERTERS.get(type(layer).__name__)
     if fn is None:

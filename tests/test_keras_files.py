@@ -364,6 +364,18 @@ def spectral_normalization():  # (branch misc)
 ARCHITECTURES["spectral_normalization"] = spectral_normalization
 
 
+# -- augmix: Keras 3's Pipeline, its layers' configs nested (AutoContrast acts at inference) --
+def pipeline():
+    return keras.Sequential([
+        keras.Input((6, 5, 3)),
+        K.Pipeline([K.AutoContrast(value_range=(-3, 3)), K.RandomInvert(0.5, seed=2),
+                    K.RandomFlip(seed=3)]),
+        K.Flatten(), K.Dense(2)])
+
+
+ARCHITECTURES["pipeline"] = pipeline
+
+
 def test_architectures_cover_every_pynn_layer():
     seen = set()
 

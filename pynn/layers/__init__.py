@@ -278,3 +278,8 @@ __all__ += ["ReversibleEmbedding"]
 from pynn.layers.spectral_norm import SpectralNormalization  # noqa: E402
 LAYERS.update({cls.__name__: cls for cls in (SpectralNormalization,)})
 __all__ += ["SpectralNormalization"]
+# -- augmix: Keras 3's Pipeline --
+from pynn.layers.augment_policy import Pipeline  # noqa: E402
+
+LAYERS["Pipeline"] = Pipeline
+__all__ += ["Pipeline"]
