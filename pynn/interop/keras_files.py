@@ -274,7 +274,7 @@ def _layer_spec(entry, where):
             elif key == "cells" and class_name == "StackedRNNCells" and isinstance(value, list):
                 pynn_config[key] = [_layer_spec(cell, where) for cell in value]
             elif key == "layers" and class_name == "Pipeline" and isinstance(value, list):
-                pynn_config[key] = [_layer_spec(layer, where) for layer in value]  # augmix
+                pynn_config[key] = [_layer_spec(layer, where) for layer in value]
             elif key == "batch_input_shape":  # Keras 2: the first layer of a Sequential
                 pynn_config["input_shape"] = value[1:] if isinstance(value, list) else value
             else:
@@ -699,10 +699,10 @@ def _var_groups(layer, path):
                 (f"{path}/cell/vars", f"{_snake(cls)}_cell", layer.weights)]
     if cls == "TimeDistributed":
         return [(f"{path}/vars", layer.name, [])] + _var_groups(layer.layer, f"{path}/layer")
-    if cls == "SpectralNormalization":  # misc: Keras tracks the kernel on the wrapper too
+    if cls == "SpectralNormalization":  # Keras tracks the kernel on the wrapper too
         return ([(f"{path}/vars", layer.name, [layer.kernel, layer.vector_u])]
                 + _var_groups(layer.layer, f"{path}/layer"))
-    if cls == "Pipeline":  # augmix: Keras files a Pipeline's layers as a model's
+    if cls == "Pipeline":  # Keras files a Pipeline's layers as a model's
         groups = [(f"{path}/vars", layer.name, [])]
         for child, child_path in _child_paths(layer.layers, f"{path}/layers"):
             groups += _var_groups(child, child_path)
@@ -1085,7 +1085,7 @@ def _keras_layer_config(layer):
         elif key == "cells" and isinstance(value, list):
             value = [_keras_nested_spec(cell) for cell in value]
         elif key == "layers" and type(layer).__name__ == "Pipeline" and isinstance(value, list):
-            value = [_keras_nested_spec(inner) for inner in value]  # augmix: Pipeline
+            value = [_keras_nested_spec(inner) for inner in value]
         elif module is not None:
             value = _keras_object(value, module)
         out[key] = value
