@@ -71,7 +71,9 @@ METRIC_MODES = ("binary", "categorical", "sparse")
 ELEMENTWISE_UNARY = ("negative", "abs", "sign", "exp", "expm1", "log", "log1p", "sqrt",
                      "square", "reciprocal", "sin", "cos", "tan", "arcsin", "arccos", "arctan",
                      "sinh", "cosh", "tanh", "arcsinh", "arccosh", "arctanh", "floor", "ceil",
-                     "round")
+                     "round",
+                     # -- opsk: keras.ops' special functions (appended: codes keep numbers) --
+                     "erf", "erfc", "erfinv")
 # Comparisons give 1.0 / 0.0 in the operands' float dtype (masks for gradients).
 ELEMENTWISE_BINARY = ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power",
                       "arctan2", "equal", "greater", "greater_equal", "less", "less_equal")

@@ -5,11 +5,12 @@ constructors, segment and scatter ops.
 Two kinds of op live here. Most are compositions of the ops of ``numpy_ops`` (reshape,
 broadcast_to, take, concatenate, where, the elementwise and reduction ops): those run on every
 backend through the kernels those ops already use (the elementwise family, opencl/tensor.cl),
-and their gradients are the composed ops' gradients. The rest (cumsum/cumprod, erf/erfc/erfinv,
+and their gradients are the composed ops' gradients. The rest (cumsum/cumprod,
 sort/argsort/top_k/in_top_k, the segment and scatter ops) compute with NumPy on the CPU
 backend's host arrays with a backward of their own, and on another backend they raise
 (``cpu_only``): never a silent trip through the host. Index arrays (roll's, pad's, repeat's,
-diag's) are built on the host from the shapes alone, never from the values.
+diag's) are built on the host from the shapes alone, never from the values. erf/erfc/erfinv
+are codes of the elementwise family (both backends' kernels), their gradients too.
 """
 
 import builtins
@@ -372,41 +373,44 @@ def vstack(xs):
 
 
 # -- elementwise math ---------------------------------------------------------------------
-def _special(name, forward, grad):
-    """An elementwise special function computed with NumPy/SciPy (CPU backend only)."""
+def _special(name, grad):
+    """An elementwise special function on the backend's elementwise kernels (codes of
+    api.ELEMENTWISE_UNARY), its gradient composed from the same kernels on that backend."""
 
     def fn(x):
-        xv = _host(name, x)
-        if xv.dtype.kind != "f":
-            xv = xv.astype(_config.floatx())
-        y = np.asarray(forward(xv)).astype(xv.dtype)
-        return record(y, (x,), lambda dy, need: (grad(dy, xv, y).astype(xv.dtype),), name)
+        b = backend.current()
+        xv = value(x)
+        if b.NAME == "cpu" or isinstance(xv, (int, float, bool, list, tuple, np.generic,
+                                              np.ndarray)):
+            xv = np.asarray(xv)
+            if xv.dtype.kind != "f":
+                xv = xv.astype(_config.floatx())
+            if b.NAME != "cpu":
+                xv = b.asarray(xv, np.float32)
+        y = b.elementwise_unary(xv, name)
+        return record(y, (x,), lambda dy, need: (grad(b, dy, xv, y),), name)
 
     fn.__name__ = name
-    fn.__doc__ = f"keras.ops.{name}, elementwise, with its gradient (CPU backend)."
+    fn.__doc__ = f"keras.ops.{name}, elementwise, with its gradient."
     return op(fn)
 
 
-def _erf(x):
-    from scipy import special
-    return special.erf(x)
-
-
-def _erfc(x):
-    from scipy import special
-    return special.erfc(x)
-
-
-def _erfinv(x):
-    from scipy import special
-    return special.erfinv(x)
-
-
 TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
-erf = _special("erf", _erf, lambda dy, x, y: dy * TWO_OVER_SQRT_PI * np.exp(-x * x))
-erfc = _special("erfc", _erfc, lambda dy, x, y: -dy * TWO_OVER_SQRT_PI * np.exp(-x * x))
-erfinv = _special("erfinv", _erfinv,
-                  lambda dy, x, y: dy / TWO_OVER_SQRT_PI * np.exp(y * y))
+
+
+def _scaled_gaussian(b, dy, t, sign, scale):
+    """dy * scale * exp(sign * t^2), the three derivatives' common form."""
+    square = b.elementwise_unary(t, "square")
+    gauss = b.elementwise_unary(square if sign > 0 else b.elementwise_unary(square, "negative"),
+                                "exp")
+    factor = b.full((), scale, np.dtype(t.dtype))
+    return b.elementwise_binary(dy, b.elementwise_binary(gauss, factor, "multiply"), "multiply")
+
+
+erf = _special("erf", lambda b, dy, x, y: _scaled_gaussian(b, dy, x, -1, TWO_OVER_SQRT_PI))
+erfc = _special("erfc", lambda b, dy, x, y: _scaled_gaussian(b, dy, x, -1, -TWO_OVER_SQRT_PI))
+erfinv = _special("erfinv",
+                  lambda b, dy, x, y: _scaled_gaussian(b, dy, y, 1, 1.0 / TWO_OVER_SQRT_PI))
 
 
 @op
