@@ -733,6 +733,15 @@ OPS.update({
                           "go_backwards"),
 })
 
+# -- scan (branch opsk; native/scan.pyx, opencl/scan.cl): keras.ops' cumsum/cumprod --------
+# Along one axis, each output the in-order fold of its line (deterministic).
+OPS.update({
+    # op 'sum' or 'prod'; reverse folds from the end (cumsum's backward).
+    "scan_forward": ("x", "axis", "op", "reverse"),
+    # dx of cumprod along axis, exact where x has zeros.
+    "cumprod_backward": ("x", "dy", "axis"),
+})
+
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.
 CONSTRAINTS = ("max_norm", "non_neg", "unit_norm", "min_max_norm")
 

@@ -190,6 +190,8 @@ from pynn._native.spectral import (  # noqa: F401
 )
 # -- convlstm (Keras 3's ConvLSTM1D/2D/3D recurrence) --
 from pynn._native.convlstm import convlstm_backward, convlstm_forward  # noqa: F401
+# -- scan (branch opsk: keras.ops' cumsum/cumprod) --
+from pynn._native.scan import cumprod_backward, scan_forward  # noqa: F401
 from pynn.backend.operands.common import host_array
 
 NAME = "cpu"

@@ -5,12 +5,12 @@ constructors, segment and scatter ops.
 Two kinds of op live here. Most are compositions of the ops of ``numpy_ops`` (reshape,
 broadcast_to, take, concatenate, where, the elementwise and reduction ops): those run on every
 backend through the kernels those ops already use (the elementwise family, opencl/tensor.cl),
-and their gradients are the composed ops' gradients. The rest (cumsum/cumprod,
-sort/argsort/top_k/in_top_k, the segment and scatter ops) compute with NumPy on the CPU
-backend's host arrays with a backward of their own, and on another backend they raise
+and their gradients are the composed ops' gradients. The rest (sort/argsort/top_k/in_top_k,
+the segment and scatter ops) compute with NumPy on the CPU backend's host arrays with a backward of their own, and on another backend they raise
 (``cpu_only``): never a silent trip through the host. Index arrays (roll's, pad's, repeat's,
 diag's) are built on the host from the shapes alone, never from the values. erf/erfc/erfinv
-are codes of the elementwise family (both backends' kernels), their gradients too.
+are codes of the elementwise family and cumsum/cumprod the scan family (both backends'
+kernels), their gradients too.
 """
 
 import builtins
@@ -64,47 +64,45 @@ def _flat_axis(name, x, axis):
     return x, _axis(name, axis, _ndim(x))
 
 
+def _scan(name, x, axis, dtype, op, backward):
+    """cumsum/cumprod on the backend's scan kernels; integer results (CPU) have no
+    gradient and are NumPy's."""
+    x, axis = _flat_axis(name, x, axis)
+    b = backend.current()
+    xv = value(x)
+    if b.NAME == "cpu":
+        xv = np.asarray(xv)
+        given = xv.dtype
+        if dtype is not None:
+            xv = xv.astype(dtype)
+        if xv.dtype.kind != "f":
+            return Tensor(np.cumsum(xv, axis) if op == "sum" else np.cumprod(xv, axis))
+    else:
+        from pynn.ops import device
+        xv = device._device(b, xv)
+        given = np.dtype(xv.dtype)
+    y = b.scan_forward(xv, axis, op, False)
+
+    def grad(dy, need):
+        dx = backward(b, xv, dy, axis)
+        return (dx.astype(given) if b.NAME == "cpu" and dx.dtype != given else dx,)
+
+    return record(y, (x,), grad, name)
+
+
 @op
 def cumsum(x, axis=None, dtype=None):
     """keras.ops.cumsum (flattened when axis is None); its gradient is the reversed cumsum."""
-    x, axis = _flat_axis("cumsum", x, axis)
-    xv = _host("cumsum", x)
-    y = np.cumsum(xv, axis=axis, dtype=dtype)
-    if y.dtype.kind != "f":
-        return Tensor(y)
-
-    def backward(dy, need):
-        return (np.flip(np.cumsum(np.flip(dy, axis), axis=axis), axis).astype(xv.dtype),)
-
-    return record(y, (x,), backward, "cumsum")
+    return _scan("cumsum", x, axis, dtype, "sum",
+                 lambda b, xv, dy, axis: b.scan_forward(dy, axis, "sum", True))
 
 
 @op
 def cumprod(x, axis=None, dtype=None):
-    """keras.ops.cumprod; its gradient exact with zeros: before a row's first zero it is
-    reversed-cumsum(dy * y) / x, at the first zero the same sums with that zero taken as 1,
-    after it 0."""
-    x, axis = _flat_axis("cumprod", x, axis)
-    xv = _host("cumprod", x)
-    y = np.cumprod(xv, axis=axis, dtype=dtype)
-    if y.dtype.kind != "f":
-        return Tensor(y)
-
-    def backward(dy, need):
-        def rev_cumsum(a):
-            return np.flip(np.cumsum(np.flip(a, axis), axis=axis), axis)
-
-        zero = xv == 0
-        before = np.cumsum(zero, axis=axis) == 0  # strictly before the row's first zero
-        safe = np.where(zero, 1, xv)
-        g = np.where(before, rev_cumsum(dy * y) / safe, 0)
-        first = zero & (np.cumsum(zero, axis=axis) == 1)
-        if np.any(first):
-            y_one = np.cumprod(np.where(first, 1, xv), axis=axis)
-            g = np.where(first, rev_cumsum(dy * y_one * ~before), g)
-        return (g.astype(xv.dtype),)
-
-    return record(y, (x,), backward, "cumprod")
+    """keras.ops.cumprod; its gradient exact with zeros (the scan family's
+    cumprod_backward)."""
+    return _scan("cumprod", x, axis, dtype, "prod",
+                 lambda b, xv, dy, axis: b.cumprod_backward(xv, dy, axis))
 
 
 # -- tiling, padding, rolling -------------------------------------------------------------

@@ -171,3 +171,5 @@ from pynn.backend.opencl.spectral import (  # noqa: F401
 )
 # -- convlstm (Keras 3's ConvLSTM1D/2D/3D recurrence) --
 from pynn.backend.opencl.convlstm import convlstm_backward, convlstm_forward  # noqa: F401
+# -- scan (branch opsk: keras.ops' cumsum/cumprod) --
+from pynn.backend.opencl.scan import cumprod_backward, scan_forward  # noqa: F401
