@@ -742,6 +742,19 @@ OPS.update({
     "cumprod_backward": ("x", "dy", "axis"),
 })
 
+# -- scatter (branch opsk; native/scatter.pyx, opencl/scatter.cl): keras.ops' segment and
+# scatter ops on row views (rows, D). Index arrays are host int arrays on every backend;
+# each output row is owned by one work unit (deterministic, no atomics).
+OPS.update({
+    # -> (len(starts) - 1, D): segment s folds data[order[starts[s]:starts[s+1]]] in order,
+    # op 'sum' (empty: 0) or 'max' (empty: -inf).
+    "segment_reduce_forward": ("data", "starts", "order", "op"),
+    # -> (len(rows), D): src[rows[m]], zeros where rows[m] is -1.
+    "gather_rows": ("src", "rows"),
+    # -> base's shape: src[owner[r]], or base[r] where owner[r] is -1.
+    "select_rows": ("base", "src", "owner"),
+})
+
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.
 CONSTRAINTS = ("max_norm", "non_neg", "unit_norm", "min_max_norm")
 

@@ -192,6 +192,8 @@ from pynn._native.spectral import (  # noqa: F401
 from pynn._native.convlstm import convlstm_backward, convlstm_forward  # noqa: F401
 # -- scan (branch opsk: keras.ops' cumsum/cumprod) --
 from pynn._native.scan import cumprod_backward, scan_forward  # noqa: F401
+# -- scatter (branch opsk: keras.ops' segment and scatter ops) --
+from pynn._native.scatter import gather_rows, segment_reduce_forward, select_rows  # noqa: F401
 from pynn.backend.operands.common import host_array
 
 NAME = "cpu"

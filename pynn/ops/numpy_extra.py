@@ -5,12 +5,13 @@ constructors, segment and scatter ops.
 Two kinds of op live here. Most are compositions of the ops of ``numpy_ops`` (reshape,
 broadcast_to, take, concatenate, where, the elementwise and reduction ops): those run on every
 backend through the kernels those ops already use (the elementwise family, opencl/tensor.cl),
-and their gradients are the composed ops' gradients. The rest (sort/argsort/top_k/in_top_k,
-the segment and scatter ops) compute with NumPy on the CPU backend's host arrays with a backward of their own, and on another backend they raise
-(``cpu_only``): never a silent trip through the host. Index arrays (roll's, pad's, repeat's,
-diag's) are built on the host from the shapes alone, never from the values. erf/erfc/erfinv
-are codes of the elementwise family and cumsum/cumprod the scan family (both backends'
-kernels), their gradients too.
+and their gradients are the composed ops' gradients. The rest (sort/argsort/top_k/in_top_k)
+compute with NumPy on the CPU backend's host arrays with a backward of their own, and on
+another backend they raise (``cpu_only``): never a silent trip through the host. Index arrays
+(roll's, pad's, repeat's, diag's) are built on the host from the shapes alone, never from the
+values. erf/erfc/erfinv are codes of the elementwise family, cumsum/cumprod the scan family's,
+the segment and scatter ops the scatter family's (kernels on both backends, their gradients
+too).
 """
 
 import builtins
@@ -690,33 +691,73 @@ def linspace(start, stop, num=50, endpoint=True, retstep=False, dtype=None, axis
 
 
 # -- segments and scatters ----------------------------------------------------------------
+# On the scatter family's kernels (both backends): float operands are viewed as rows (rows,
+# D); the index arrays (host integers) are grouped or given owners on the host, as
+# embedding_backward's, so every output row is folded by one work unit in a fixed order.
+def _operand(b, x):
+    """x's values on backend b (host data uploaded on a device, as keras.ops converts)."""
+    v = value(x)
+    if b.NAME == "cpu":
+        return np.asarray(v)
+    from pynn.ops import device
+    return device._device(b, v)
+
+
+def _host_ints(x):
+    v = value(x)
+    return np.asarray(v.get() if hasattr(v, "get") else v)
+
+
+def _group(ids, n):
+    """(starts, order): the rows with id s are order[starts[s]:starts[s+1]], in row order."""
+    starts = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(ids, minlength=n), out=starts[1:])
+    return starts, np.argsort(ids, kind="stable")
+
+
+def _rows_view(b, a, rows):
+    shape = tuple(shape_of(a))
+    width = math.prod(shape) // rows if rows else math.prod(shape[1:])
+    return b.reshape(a, (rows, width))
+
+
 def _segments(name, data, segment_ids, num_segments):
-    d = _host(name, data)
-    ids = np.asarray(value(segment_ids))
+    b = backend.current()
+    d = _operand(b, data)
+    ids = _host_ints(segment_ids)
+    shape = tuple(shape_of(d))
     if ids.dtype.kind not in "iu":
         raise TypeError(f"pynn.ops.{name}: segment_ids must be integers, got dtype "
                         f"{ids.dtype}")
-    if ids.ndim != 1 or d.ndim < 1 or ids.shape[0] != d.shape[0]:
+    if ids.ndim != 1 or len(shape) < 1 or ids.shape[0] != shape[0]:
         raise ValueError(f"pynn.ops.{name}: segment_ids must be 1-D, one per row of data, "
-                         f"got {ids.shape} for data {d.shape}")
+                         f"got {ids.shape} for data {shape}")
     n = int(ids.max()) + 1 if num_segments is None and ids.size else int(num_segments or 0)
     # Keras's rule (torch and TensorFlow): rows whose id lies outside [0, n) are dropped.
     keep = (ids >= 0) & (ids < n)
-    return d, ids.astype(np.int64), keep, n
+    rows = np.where(keep, ids, -1).astype(np.int64)
+    starts, order = _group(ids[keep].astype(np.int64), n)
+    return b, d, shape, n, rows, keep, starts, np.flatnonzero(keep)[order]
+
+
+def _integer_segments(d, rows, keep, n, reduce, fill):
+    y = np.full((n,) + d.shape[1:], fill, d.dtype)
+    reduce.at(y, rows[keep], d[keep])
+    return Tensor(y)
 
 
 @op
 def segment_sum(data, segment_ids, num_segments=None, sorted=False):
-    d, ids, keep, n = _segments("segment_sum", data, segment_ids, num_segments)
-    y = np.zeros((n,) + d.shape[1:], d.dtype)
-    np.add.at(y, ids[keep], d[keep])
-    if d.dtype.kind != "f":
-        return Tensor(y)
+    """keras.ops.segment_sum: each segment's rows summed in row order (deterministic)."""
+    b, d, shape, n, rows, keep, starts, order = _segments("segment_sum", data, segment_ids,
+                                                          num_segments)
+    if np.dtype(d.dtype).kind != "f":
+        return _integer_segments(d, rows, keep, n, np.add, 0)
+    y = b.reshape(b.segment_reduce_forward(_rows_view(b, d, shape[0]), starts, order, "sum"),
+                  (n,) + shape[1:])
 
     def backward(dy, need):
-        g = np.zeros(d.shape, dy.dtype)
-        g[keep] = dy[ids[keep]]
-        return (g,)
+        return (b.reshape(b.gather_rows(_rows_view(b, dy, n), rows), shape),)
 
     return record(y, (data,), backward, "segment_sum")
 
@@ -725,43 +766,82 @@ def segment_sum(data, segment_ids, num_segments=None, sorted=False):
 def segment_max(data, segment_ids, num_segments=None, sorted=False):
     """keras.ops.segment_max; an empty segment holds -inf (Keras's on torch; an int dtype's
     lowest value); ties in a segment share its gradient."""
-    d, ids, keep, n = _segments("segment_max", data, segment_ids, num_segments)
-    lowest = -np.inf if d.dtype.kind == "f" else np.iinfo(d.dtype).min
-    y = np.full((n,) + d.shape[1:], lowest, d.dtype)
-    np.maximum.at(y, ids[keep], d[keep])
-    if d.dtype.kind != "f":
-        return Tensor(y)
+    b, d, shape, n, rows, keep, starts, order = _segments("segment_max", data, segment_ids,
+                                                          num_segments)
+    if np.dtype(d.dtype).kind != "f":
+        return _integer_segments(d, rows, keep, n, np.maximum, np.iinfo(d.dtype).min)
+    d2 = _rows_view(b, d, shape[0])
+    y2 = b.segment_reduce_forward(d2, starts, order, "max")
+    y = b.reshape(y2, (n,) + shape[1:])
 
     def backward(dy, need):
-        safe = np.where(keep, ids, 0)
-        hit = (d == y[safe]) & keep.reshape((-1,) + (1,) * (d.ndim - 1))
-        count = np.zeros(y.shape, np.int64)
-        np.add.at(count, safe, hit)
-        return (np.where(hit, dy[safe] / np.maximum(count[safe], 1), 0).astype(d.dtype),)
+        dtype = np.dtype(d.dtype)
+        kept = b.asarray(keep.astype(dtype).reshape(-1, 1), dtype)
+        hit = b.elementwise_binary(b.elementwise_binary(d2, b.gather_rows(y2, rows), "equal"),
+                                   kept, "multiply")
+        count = b.segment_reduce_forward(hit, starts, order, "sum")
+        share = b.elementwise_binary(_rows_view(b, dy, n), b.elementwise_binary(
+            count, b.full((), 1.0, dtype), "maximum"), "divide")
+        return (b.reshape(b.elementwise_binary(hit, b.gather_rows(share, rows), "multiply"),
+                          shape),)
 
     return record(y, (data,), backward, "segment_max")
 
 
-def _index_tuple(name, indices, rank):
-    idx = np.asarray(value(indices))
-    if idx.dtype.kind not in "iu" or idx.ndim < 1 or idx.shape[-1] > rank:
+def _flat_rows(name, indices, shape):
+    """indices (..., k) into shape -> (their row numbers in the (prod(shape[:k]), rest) view,
+    that view's row count, the index tuple's batch shape)."""
+    idx = _host_ints(indices)
+    if idx.dtype.kind not in "iu" or idx.ndim < 1 or idx.shape[-1] > len(shape):
         raise ValueError(f"pynn.ops.{name}: indices must be integers of shape (..., k) with "
-                         f"k <= {rank}, got dtype {idx.dtype} shape {idx.shape}")
-    return tuple(np.moveaxis(idx.astype(np.int64), -1, 0))
+                         f"k <= {len(shape)}, got dtype {idx.dtype} shape {idx.shape}")
+    k = idx.shape[-1]
+    lead = tuple(shape[:k])
+    idx = idx.reshape(-1, k).astype(np.int64)
+    idx = np.where(idx < 0, idx + np.asarray(lead, np.int64), idx)
+    if idx.size and (np.any(idx < 0) or np.any(idx >= np.asarray(lead, np.int64))):
+        raise ValueError(f"pynn.ops.{name}: indices out of range for shape {tuple(shape)}")
+    return np.ravel_multi_index(tuple(idx.T), lead) if k else np.zeros(
+        idx.shape[0], np.int64), math.prod(lead)
 
 
 @op
 def scatter(indices, values, shape):
     """keras.ops.scatter: zeros of ``shape`` with ``values`` added at ``indices`` (repeats
-    add up)."""
-    v = _host("scatter", values)
+    add up, in index order)."""
+    b = backend.current()
+    v = _operand(b, values)
     shape = tuple(int(d) for d in shape)
-    key = _index_tuple("scatter", indices, len(shape))
-    y = np.zeros(shape, v.dtype)
-    np.add.at(y, key, v)
-    if v.dtype.kind != "f":
-        return Tensor(y)
-    return record(y, (values,), lambda dy, need: (dy[key],), "scatter")
+    flat, lead = _flat_rows("scatter", indices, shape)
+    if np.dtype(v.dtype).kind != "f":
+        y = np.zeros((lead, math.prod(shape) // builtins.max(lead, 1)), v.dtype)
+        np.add.at(y, flat, v.reshape(flat.size, -1))
+        return Tensor(y.reshape(shape))
+    starts, order = _group(flat, lead)
+    y = b.reshape(b.segment_reduce_forward(_rows_view(b, v, flat.size), starts, order, "sum"),
+                  shape)
+    vshape = tuple(shape_of(v))
+    return record(y, (values,), lambda dy, need: (
+        b.reshape(b.gather_rows(_rows_view(b, dy, lead), flat), vshape),), "scatter")
+
+
+def _replace_rows(name, b, x, xshape, flat, lead, u, args):
+    """x viewed as (lead, rest) with row flat[m] replaced by u's row m (the last one where
+    flat repeats, as NumPy's assignment); gradients: dy off those rows to x, dy at them to
+    every update."""
+    owner = np.full(lead, -1, np.int64)
+    owner[flat] = np.arange(flat.size)
+    ushape = tuple(shape_of(u))
+    y = b.reshape(b.select_rows(_rows_view(b, x, lead), _rows_view(b, u, flat.size), owner),
+                  xshape)
+    untouched = np.where(owner < 0, np.arange(lead), -1)
+
+    def backward(dy, need):
+        dy2 = _rows_view(b, dy, lead)
+        return (b.reshape(b.gather_rows(dy2, untouched), xshape), None,
+                b.reshape(b.gather_rows(dy2, flat), ushape))
+
+    return record(y, args, backward, name)
 
 
 @op
@@ -771,44 +851,43 @@ def scatter_update(inputs, indices, updates, reduction=None):
     if reduction is not None:
         raise ValueError(f"pynn.ops.scatter_update: reduction={reduction!r} is not supported "
                          f"(only None, replacement)")
-    x = _host("scatter_update", inputs)
-    u = np.asarray(value(updates))
-    key = _index_tuple("scatter_update", indices, x.ndim)
-    y = x.copy()
-    y[key] = u
-    if x.dtype.kind != "f":
-        return Tensor(y)
-
-    def backward(dy, need):
-        dx = dy.copy()
-        dx[key] = 0
-        return dx, None, np.asarray(dy[key]).reshape(u.shape).astype(u.dtype)
-
-    return record(y, (inputs, indices, updates), backward, "scatter_update")
+    b = backend.current()
+    x, u = _operand(b, inputs), _operand(b, updates)
+    xshape = tuple(shape_of(x))
+    flat, lead = _flat_rows("scatter_update", indices, xshape)
+    if np.dtype(x.dtype).kind != "f":
+        y = x.copy().reshape(lead, -1)
+        y[flat] = np.asarray(u).reshape(flat.size, -1)
+        return Tensor(y.reshape(xshape))
+    if np.dtype(u.dtype) != np.dtype(x.dtype):
+        u = b.asarray(np.asarray(u), x.dtype) if b.NAME == "cpu" else u
+    return _replace_rows("scatter_update", b, x, xshape, flat, lead, u,
+                         (inputs, indices, updates))
 
 
 @op
 def slice_update(inputs, start_indices, updates):
-    """keras.ops.slice_update: ``updates`` written into ``inputs`` from ``start_indices``."""
-    x = _host("slice_update", inputs)
-    u = np.asarray(value(updates))
-    starts = [int(s) for s in np.asarray(value(start_indices)).reshape(-1)]
-    if len(starts) != x.ndim or u.ndim != x.ndim or builtins.any(
-            s < 0 or s + n > d for s, n, d in zip(starts, u.shape, x.shape)):
-        raise ValueError(f"pynn.ops.slice_update: updates of shape {u.shape} from "
-                         f"{starts} do not fit inputs of shape {x.shape}")
-    key = tuple(builtins.slice(s, s + n) for s, n in zip(starts, u.shape))
-    y = x.copy()
-    y[key] = u
-    if x.dtype.kind != "f":
+    """keras.ops.slice_update: ``updates`` written into ``inputs`` from ``start_indices``
+    (each element of the slice a row of its own, numbered from the shapes alone)."""
+    b = backend.current()
+    x, u = _operand(b, inputs), _operand(b, updates)
+    xshape, ushape = tuple(shape_of(x)), tuple(shape_of(u))
+    starts = [int(s) for s in _host_ints(start_indices).reshape(-1)]
+    if len(starts) != len(xshape) or len(ushape) != len(xshape) or builtins.any(
+            s < 0 or s + n > d for s, n, d in zip(starts, ushape, xshape)):
+        raise ValueError(f"pynn.ops.slice_update: updates of shape {ushape} from "
+                         f"{starts} do not fit inputs of shape {xshape}")
+    key = tuple(builtins.slice(s, s + n) for s, n in zip(starts, ushape))
+    size = math.prod(xshape)
+    flat = np.arange(size).reshape(xshape)[key].reshape(-1)
+    if np.dtype(x.dtype).kind != "f":
+        y = x.copy()
+        y[key] = u
         return Tensor(y)
-
-    def backward(dy, need):
-        dx = dy.copy()
-        dx[key] = 0
-        return dx, None, dy[key].astype(u.dtype)
-
-    return record(y, (inputs, start_indices, updates), backward, "slice_update")
+    if np.dtype(u.dtype) != np.dtype(x.dtype):
+        u = b.asarray(np.asarray(u), x.dtype) if b.NAME == "cpu" else u
+    return _replace_rows("slice_update", b, x, xshape, flat, size, u,
+                         (inputs, start_indices, updates))
 
 
 __all__ = sorted(name for name, fn in dict(globals()).items()

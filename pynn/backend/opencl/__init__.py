@@ -173,3 +173,7 @@ from pynn.backend.opencl.spectral import (  # noqa: F401
 from pynn.backend.opencl.convlstm import convlstm_backward, convlstm_forward  # noqa: F401
 # -- scan (branch opsk: keras.ops' cumsum/cumprod) --
 from pynn.backend.opencl.scan import cumprod_backward, scan_forward  # noqa: F401
+# -- scatter (branch opsk: keras.ops' segment and scatter ops) --
+from pynn.backend.opencl.scatter import (  # noqa: F401
+    gather_rows, segment_reduce_forward, select_rows,
+)
