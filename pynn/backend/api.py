@@ -755,6 +755,18 @@ OPS.update({
     "select_rows": ("base", "src", "owner"),
 })
 
+# -- sort (branch opsk; native/sort.pyx, opencl/sort.cl): keras.ops' sort/argsort/top_k
+# along the last axis of a row view (R, n); positions are int32.
+OPS.update({
+    # -> int32 (R, k): each row's first k positions (None: all) in stable order
+    # (descending: top_k's), NaN last.
+    "argsort_rows": ("x", "descending", "k"),
+    # -> (R, k): x[r, index[r, j]].
+    "take_along_rows": ("x", "index"),
+    # -> (R, n): zeros with src[r, j] at index[r, j] (distinct per row): the gradients.
+    "put_along_rows": ("src", "index", "n"),
+})
+
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.
 CONSTRAINTS = ("max_norm", "non_neg", "unit_norm", "min_max_norm")
 

@@ -5,13 +5,12 @@ constructors, segment and scatter ops.
 Two kinds of op live here. Most are compositions of the ops of ``numpy_ops`` (reshape,
 broadcast_to, take, concatenate, where, the elementwise and reduction ops): those run on every
 backend through the kernels those ops already use (the elementwise family, opencl/tensor.cl),
-and their gradients are the composed ops' gradients. The rest (sort/argsort/top_k/in_top_k)
-compute with NumPy on the CPU backend's host arrays with a backward of their own, and on
-another backend they raise (``cpu_only``): never a silent trip through the host. Index arrays
+and their gradients are the composed ops' gradients. The rest run on kernels of their own
+with a backward of their own (none falls back to the host on a device). Index arrays
 (roll's, pad's, repeat's, diag's) are built on the host from the shapes alone, never from the
 values. erf/erfc/erfinv are codes of the elementwise family, cumsum/cumprod the scan family's,
-the segment and scatter ops the scatter family's (kernels on both backends, their gradients
-too).
+the segment and scatter ops the scatter family's, sort/argsort/top_k the sort family's
+(kernels on both backends, their gradients too); in_top_k is a gather and a count.
 """
 
 import builtins
@@ -508,73 +507,108 @@ def isclose(x1, x2, rtol=1e-05, atol=1e-08, equal_nan=False):
 
 
 # -- sorting ------------------------------------------------------------------------------
-def _scatter_along(dy, order, axis, shape):
-    """The gradient of a gather along ``axis`` by ``order``: dy added back where it came."""
-    g = np.zeros(shape, dy.dtype)
-    np.put_along_axis(g, order, dy, axis)
-    return g
+def _row_sort(x, descending, k=None):
+    """x's last axis sorted per row on the backend's sort kernels -> (backend, rows view,
+    shape, int32 positions (R, k), values (R, k))."""
+    b = backend.current()
+    xv = _operand(b, x)
+    shape = tuple(shape_of(xv))
+    x2 = b.reshape(xv, (math.prod(shape[:-1]), shape[-1]))
+    order = b.argsort_rows(x2, descending, k)
+    return b, x2, shape, order, b.take_along_rows(x2, order)
+
+
+def _is_float(x):
+    return np.dtype(_dtype(x)).kind == "f"
 
 
 @op
 def sort(x, axis=-1):
-    """keras.ops.sort (ascending); the gradient goes back to each value's place."""
-    xv = _host("sort", x)
-    if xv.ndim == 0:
+    """keras.ops.sort (ascending, NaN last); the gradient goes back to each value's place."""
+    ndim = _ndim(x)
+    if ndim == 0:
         return npo.convert_to_tensor(x)
-    axis = _axis("sort", axis, xv.ndim)
-    order = np.argsort(xv, axis=axis, kind="stable")
-    y = np.take_along_axis(xv, order, axis)
-    if xv.dtype.kind != "f":
-        return Tensor(y)
-    return record(y, (x,), lambda dy, need: (_scatter_along(dy, order, axis, xv.shape),),
-                  "sort")
+    axis = _axis("sort", axis, ndim)
+    if not _is_float(x):
+        return Tensor(np.sort(_host("sort", x), axis=axis, kind="stable"))
+    if axis != ndim - 1:
+        return moveaxis(sort(moveaxis(x, axis, -1)), -1, axis)
+    b, x2, shape, order, values = _row_sort(x, False)
+    return record(b.reshape(values, shape), (x,), lambda dy, need: (b.reshape(
+        b.put_along_rows(b.reshape(dy, tuple(x2.shape)), order, shape[-1]), shape),), "sort")
 
 
 @op
 def argsort(x, axis=-1):
-    """keras.ops.argsort (ascending, ties in their order), int32 indices as Keras's."""
-    xv = _host("argsort", x)
-    if xv.ndim == 0:
+    """keras.ops.argsort (ascending, ties in their order, NaN last), int32 indices as
+    Keras's."""
+    ndim = _ndim(x)
+    if ndim == 0:
         return Tensor(np.zeros((), np.int32))
-    axis = _axis("argsort", axis, xv.ndim)
-    return Tensor(np.argsort(xv, axis=axis, kind="stable").astype(np.int32))
+    axis = _axis("argsort", axis, ndim)
+    if not _is_float(x):
+        return Tensor(np.argsort(_host("argsort", x), axis=axis, kind="stable").astype(
+            np.int32))
+    if axis != ndim - 1:
+        moved = argsort(moveaxis(x, axis, -1))
+        if backend.current().NAME == "cpu":
+            return moveaxis(moved, -1, axis)
+        # The device's transpose moves floats: positions below 2**24 pass exactly.
+        return npo.cast(moveaxis(npo.cast(moved, "float32"), -1, axis), "int32")
+    b, _, shape, order, _ = _row_sort(x, False)
+    return Tensor(b.reshape(order, shape))
 
 
 @op
 def top_k(x, k, sorted=True):
     """keras.ops.top_k along the last axis: (values, int32 indices), the largest first (ties
     to the lower index); the gradient goes to the chosen places."""
-    xv = _host("top_k", x)
-    if xv.ndim == 0:
+    if _ndim(x) == 0:
         raise ValueError("pynn.ops.top_k: expected an input of at least 1 dimension, got a "
                          "scalar")
-    n = xv.shape[-1]
-    if not isinstance(k, (int, np.integer)) or not 0 <= k <= n:
+    n = shape_of(value(x))[-1]
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= n:
         raise ValueError(f"pynn.ops.top_k: k must be an int in [0, {n}] (the last axis's "
                          f"length), got {k!r}")
-    order = np.argsort(-xv, axis=-1, kind="stable")[..., :int(k)]
-    values = np.take_along_axis(xv, order, -1)
-    indices = Tensor(order.astype(np.int32))
-    if xv.dtype.kind != "f":
-        return Tensor(values), indices
-    out = record(values, (x,), lambda dy, need: (_scatter_along(dy, order, -1, xv.shape),),
-                 "top_k")
-    return out, indices
+    if not _is_float(x):
+        xv = _host("top_k", x)
+        order = np.argsort(-xv, axis=-1, kind="stable")[..., :int(k)]
+        return Tensor(np.take_along_axis(xv, order, -1)), Tensor(order.astype(np.int32))
+    b, x2, shape, order, values = _row_sort(x, True, int(k))
+    out_shape = shape[:-1] + (int(k),)
+    out = record(b.reshape(values, out_shape), (x,), lambda dy, need: (b.reshape(
+        b.put_along_rows(b.reshape(dy, tuple(order.shape)), order, n), shape),), "top_k")
+    return out, Tensor(b.reshape(order, out_shape))
 
 
 @op
 def in_top_k(targets, predictions, k):
     """Whether each target's score is at least the k-th largest of its row (Keras's rule on
-    torch: a tie with the k-th counts)."""
-    t = np.asarray(value(targets)).astype(np.int64)
-    p = _host("in_top_k", predictions)
-    if p.ndim != 2 or t.shape != p.shape[:1]:
+    torch: a tie with the k-th counts), i.e. fewer than k scores lie strictly above it: one
+    gather and a count on the backend (float 0/1 on a device, as its predicates)."""
+    t = _host_ints(targets)
+    b = backend.current()
+    p = _operand(b, predictions)
+    shape = tuple(shape_of(p))
+    if len(shape) != 2 or t.shape != shape[:1]:
         raise ValueError(f"pynn.ops.in_top_k: expected targets (N,) and predictions (N, C), "
-                         f"got {t.shape} and {p.shape}")
-    if not 1 <= int(k) <= p.shape[1]:
-        raise ValueError(f"pynn.ops.in_top_k: k must be in [1, {p.shape[1]}], got {k!r}")
-    kth = -np.partition(-p, int(k) - 1, axis=1)[:, int(k) - 1]
-    return Tensor(p[np.arange(p.shape[0]), t] >= kth)
+                         f"got {t.shape} and {shape}")
+    if not 1 <= int(k) <= shape[1]:
+        raise ValueError(f"pynn.ops.in_top_k: k must be in [1, {shape[1]}], got {k!r}")
+    if t.size and (t.min() < 0 or t.max() >= shape[1]):
+        raise ValueError(f"pynn.ops.in_top_k: targets must lie in [0, {shape[1]}), got "
+                         f"values in [{t.min()}, {t.max()}]")
+    dtype = np.dtype(p.dtype)
+    if dtype.kind != "f":
+        p = b.asarray(np.asarray(p, np.float64), np.float64)
+        dtype = np.dtype(np.float64)
+    index = t.reshape(-1, 1).astype(np.int32)
+    target = b.take_along_rows(p, index if b.NAME == "cpu" else b.asarray(index, np.int32))
+    above = b.reduce_axes(b.elementwise_binary(p, target, "greater"), (1,), "sum", False)
+    hit = b.elementwise_binary(b.elementwise_binary(above, b.full((), float(k), dtype), "less"),
+                               b.reshape(b.elementwise_binary(target, target, "equal"),
+                                         shape[:1]), "multiply")
+    return Tensor(np.asarray(hit) > 0.5 if b.NAME == "cpu" else hit)
 
 
 # -- norms --------------------------------------------------------------------------------

@@ -177,3 +177,7 @@ from pynn.backend.opencl.scan import cumprod_backward, scan_forward  # noqa: F40
 from pynn.backend.opencl.scatter import (  # noqa: F401
     gather_rows, segment_reduce_forward, select_rows,
 )
+# -- sort (branch opsk: keras.ops' sort/argsort/top_k) --
+from pynn.backend.opencl.sort import (  # noqa: F401
+    argsort_rows, put_along_rows, take_along_rows,
+)
