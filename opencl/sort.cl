@@ -3,8 +3,8 @@
  *
  * argsort_rows: one work-item per row runs the CPU's stable bottom-up merge sort in a
  * global pair of work rows and keeps the first k positions, so both backends give the same
- * permutation (NaN last, ties in position order). Not yet the bitonic sort in local memory
- * that rows fitting a work-group could use. take/put_along_rows: one work-item per (row, j); positions outside
+ * permutation (NaN last, ties in position order); argsort_rows_bitonic below takes the rows
+ * that fit local memory. take/put_along_rows: one work-item per (row, j); positions outside
  * [0, n) are skipped (a device index array is not range-checked on the host).
  */
 #include "common.h"
@@ -59,4 +59,52 @@ __kernel void put_along_rows(__global const float *src, __global const int *inde
     GUARD(gid, R * k);
     const int p = index[gid];
     if (p >= 0 && p < n) y[(long)(gid / k) * n + p] = src[gid];
+}
+
+/* Rows of at most BITONIC_MAX values: one work-group per row sorts (key, position) pairs
+ * in local memory with a bitonic network over the next power of two P >= n. The compare is
+ * a total order (the merge's order, then the position; padding after everything), so the
+ * network gives exactly the stable permutation the merge gives. P / 2 work-items, each one
+ * compare-exchange per stage. */
+#ifndef BITONIC_MAX
+#define BITONIC_MAX 512  /* the longest row sorted in local memory (a power of two) */
+#endif
+
+inline int pair_before(const float a, const int ia, const float b, const int ib,
+                       const int n, const int descending)
+{
+    if (ia >= n || ib >= n) return ia < ib;  /* padding last, in position order */
+    if (before(a, b, descending)) return 1;
+    if (before(b, a, descending)) return 0;
+    return ia < ib;
+}
+
+__kernel void argsort_rows_bitonic(__global const float *x, __global int *order, const int R,
+                                   const int n, const int k, const int P,
+                                   const int descending)
+{
+    __local float key[BITONIC_MAX];
+    __local int pos[BITONIC_MAX];
+    const int r = get_group_id(0), t = get_local_id(0), pairs = P / 2;
+    if (r >= R) return;
+    __global const float *row = x + (long)r * n;
+    for (int i = t; i < P; i += pairs) {
+        key[i] = i < n ? row[i] : 0.0f;
+        pos[i] = i;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int size = 2; size <= P; size *= 2) {
+        for (int stride = size / 2; stride > 0; stride /= 2) {
+            const int lo = 2 * t - (t & (stride - 1)), hi = lo + stride;
+            const int up = (lo & size) == 0;
+            const float ka = key[lo], kb = key[hi];
+            const int pa = pos[lo], pb = pos[hi];
+            if (pair_before(kb, pb, ka, pa, n, descending) == up) {
+                key[lo] = kb; key[hi] = ka;
+                pos[lo] = pb; pos[hi] = pa;
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+        }
+    }
+    for (int i = t; i < k; i += pairs) order[(long)r * k + i] = pos[i];
 }

@@ -1,6 +1,7 @@
 """The sort family (native/sort.pyx, opencl/sort.cl: keras.ops' sort/argsort/top_k) against
 the float64 oracles of tests/reference/sort_ref.py on both backends (OpenCL also against the
-CPU): rows of awkward lengths with ties and NaN, the first k positions, the gathers and
+CPU): rows of awkward lengths with ties and NaN (on OpenCL both the bitonic network, up to
+512, and the merge beyond), the first k positions, the gathers and
 their transposes, the ops' gradients, thread-count invariance and bad operands."""
 
 import numpy as np
@@ -23,7 +24,8 @@ def _rows(rng, shape, dtype, ties=False, nan=False):
 
 
 @pytest.mark.parametrize("descending", [False, True])
-@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (5, 33), (2, 65), (1, 300), (4, 0)])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (5, 33), (2, 65), (1, 300), (2, 700),
+                                   (4, 0)])
 @pytest.mark.parametrize("ties,nan", [(False, False), (True, False), (True, True)])
 def test_argsort_rows(target, descending, shape, ties, nan):
     x = _rows(np.random.default_rng(sum(shape)), shape, target.dtype, ties, nan)
