@@ -13,7 +13,8 @@ from tests.reference import elementwise_ref as ref
 
 DOMAIN = {"log": "positive", "log1p": "positive", "sqrt": "positive",
           "reciprocal": "positive", "arcsin": "unit", "arccos": "unit", "arctanh": "unit",
-          "arccosh": "above_one", "power": "positive"}
+          "arccosh": "above_one", "power": "positive",
+          "erfinv": "unit"}
 
 
 def _input(rng, shape, dtype, op):
@@ -155,3 +156,15 @@ def test_ops_and_gradients_on_opencl_match_cpu(case, backend_opencl):
     np.testing.assert_allclose(got_y, want_y, rtol=1e-4, atol=1e-5)
     for k, (g, w) in enumerate(zip(got_g, want_g)):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=f"d/dx{k}")
+
+
+# -- opsk: erfinv's edges and tails, on both backends --------------------------------------
+def test_erfinv_edges_and_tails(target):
+    x = np.array([-1.0, 1.0, 1.5, -2.0, np.nan, 0.0, 1 - 1e-6, -(1 - 1e-6), 0.999, -0.5,
+                  1e-30, 0.97], target.dtype)
+    got = target.down(target.op("elementwise_unary")(target.up(x), "erfinv"))
+    want = ref.elementwise_unary_ref(x, "erfinv")
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=10 * _tol(target), atol=0)

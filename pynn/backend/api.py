@@ -91,7 +91,9 @@ METRIC_MODES = ("binary", "categorical", "sparse")
 ELEMENTWISE_UNARY = ("negative", "abs", "sign", "exp", "expm1", "log", "log1p", "sqrt",
                      "square", "reciprocal", "sin", "cos", "tan", "arcsin", "arccos", "arctan",
                      "sinh", "cosh", "tanh", "arcsinh", "arccosh", "arctanh", "floor", "ceil",
-                     "round")
+                     "round",
+                     # -- opsk: keras.ops' special functions (appended: codes keep numbers) --
+                     "erf", "erfc", "erfinv")
 # Comparisons give 1.0 / 0.0 in the operands' float dtype (masks for gradients).
 ELEMENTWISE_BINARY = ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power",
                       "arctan2", "equal", "greater", "greater_equal", "less", "less_equal")
@@ -758,6 +760,40 @@ OPS.update({
     "convlstm_backward": ("dy", "dh_last", "dc_last", "recurrent_kernel", "cache",
                           "activation", "recurrent_activation", "return_sequences",
                           "go_backwards"),
+})
+
+# -- scan (branch opsk; native/scan.pyx, opencl/scan.cl): keras.ops' cumsum/cumprod --------
+# Along one axis, each output the in-order fold of its line (deterministic).
+OPS.update({
+    # op 'sum' or 'prod'; reverse folds from the end (cumsum's backward).
+    "scan_forward": ("x", "axis", "op", "reverse"),
+    # dx of cumprod along axis, exact where x has zeros.
+    "cumprod_backward": ("x", "dy", "axis"),
+})
+
+# -- scatter (branch opsk; native/scatter.pyx, opencl/scatter.cl): keras.ops' segment and
+# scatter ops on row views (rows, D). Index arrays are host int arrays on every backend;
+# each output row is owned by one work unit (deterministic, no atomics).
+OPS.update({
+    # -> (len(starts) - 1, D): segment s folds data[order[starts[s]:starts[s+1]]] in order,
+    # op 'sum' (empty: 0) or 'max' (empty: -inf).
+    "segment_reduce_forward": ("data", "starts", "order", "op"),
+    # -> (len(rows), D): src[rows[m]], zeros where rows[m] is -1.
+    "gather_rows": ("src", "rows"),
+    # -> base's shape: src[owner[r]], or base[r] where owner[r] is -1.
+    "select_rows": ("base", "src", "owner"),
+})
+
+# -- sort (branch opsk; native/sort.pyx, opencl/sort.cl): keras.ops' sort/argsort/top_k
+# along the last axis of a row view (R, n); positions are int32.
+OPS.update({
+    # -> int32 (R, k): each row's first k positions (None: all) in stable order
+    # (descending: top_k's), NaN last.
+    "argsort_rows": ("x", "descending", "k"),
+    # -> (R, k): x[r, index[r, j]].
+    "take_along_rows": ("x", "index"),
+    # -> (R, n): zeros with src[r, j] at index[r, j] (distinct per row): the gradients.
+    "put_along_rows": ("src", "index", "n"),
 })
 
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.

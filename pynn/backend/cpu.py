@@ -190,6 +190,12 @@ from pynn._native.spectral import (  # noqa: F401
 )
 # -- convlstm (Keras 3's ConvLSTM1D/2D/3D recurrence) --
 from pynn._native.convlstm import convlstm_backward, convlstm_forward  # noqa: F401
+# -- scan (branch opsk: keras.ops' cumsum/cumprod) --
+from pynn._native.scan import cumprod_backward, scan_forward  # noqa: F401
+# -- scatter (branch opsk: keras.ops' segment and scatter ops) --
+from pynn._native.scatter import gather_rows, segment_reduce_forward, select_rows  # noqa: F401
+# -- sort (branch opsk: keras.ops' sort/argsort/top_k) --
+from pynn._native.sort import argsort_rows, put_along_rows, take_along_rows  # noqa: F401
 from pynn.backend.operands.common import host_array
 
 NAME = "cpu"

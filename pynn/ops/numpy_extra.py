@@ -5,11 +5,12 @@ constructors, segment and scatter ops.
 Two kinds of op live here. Most are compositions of the ops of ``numpy_ops`` (reshape,
 broadcast_to, take, concatenate, where, the elementwise and reduction ops): those run on every
 backend through the kernels those ops already use (the elementwise family, opencl/tensor.cl),
-and their gradients are the composed ops' gradients. The rest (cumsum/cumprod, erf/erfc/erfinv,
-sort/argsort/top_k/in_top_k, the segment and scatter ops) compute with NumPy on the CPU
-backend's host arrays with a backward of their own, and on another backend they raise
-(``cpu_only``): never a silent trip through the host. Index arrays (roll's, pad's, repeat's,
-diag's) are built on the host from the shapes alone, never from the values.
+and their gradients are the composed ops' gradients. The rest run on kernels of their own
+with a backward of their own (none falls back to the host on a device). Index arrays
+(roll's, pad's, repeat's, diag's) are built on the host from the shapes alone, never from the
+values. erf/erfc/erfinv are codes of the elementwise family, cumsum/cumprod the scan family's,
+the segment and scatter ops the scatter family's, sort/argsort/top_k the sort family's
+(kernels on both backends, their gradients too); in_top_k is a gather and a count.
 """
 
 import builtins
@@ -63,47 +64,45 @@ def _flat_axis(name, x, axis):
     return x, _axis(name, axis, _ndim(x))
 
 
+def _scan(name, x, axis, dtype, op, backward):
+    """cumsum/cumprod on the backend's scan kernels; integer results (CPU) have no
+    gradient and are NumPy's."""
+    x, axis = _flat_axis(name, x, axis)
+    b = backend.current()
+    xv = value(x)
+    if b.NAME == "cpu":
+        xv = np.asarray(xv)
+        given = xv.dtype
+        if dtype is not None:
+            xv = xv.astype(dtype)
+        if xv.dtype.kind != "f":
+            return Tensor(np.cumsum(xv, axis) if op == "sum" else np.cumprod(xv, axis))
+    else:
+        from pynn.ops import device
+        xv = device._device(b, xv)
+        given = np.dtype(xv.dtype)
+    y = b.scan_forward(xv, axis, op, False)
+
+    def grad(dy, need):
+        dx = backward(b, xv, dy, axis)
+        return (dx.astype(given) if b.NAME == "cpu" and dx.dtype != given else dx,)
+
+    return record(y, (x,), grad, name)
+
+
 @op
 def cumsum(x, axis=None, dtype=None):
     """keras.ops.cumsum (flattened when axis is None); its gradient is the reversed cumsum."""
-    x, axis = _flat_axis("cumsum", x, axis)
-    xv = _host("cumsum", x)
-    y = np.cumsum(xv, axis=axis, dtype=dtype)
-    if y.dtype.kind != "f":
-        return Tensor(y)
-
-    def backward(dy, need):
-        return (np.flip(np.cumsum(np.flip(dy, axis), axis=axis), axis).astype(xv.dtype),)
-
-    return record(y, (x,), backward, "cumsum")
+    return _scan("cumsum", x, axis, dtype, "sum",
+                 lambda b, xv, dy, axis: b.scan_forward(dy, axis, "sum", True))
 
 
 @op
 def cumprod(x, axis=None, dtype=None):
-    """keras.ops.cumprod; its gradient exact with zeros: before a row's first zero it is
-    reversed-cumsum(dy * y) / x, at the first zero the same sums with that zero taken as 1,
-    after it 0."""
-    x, axis = _flat_axis("cumprod", x, axis)
-    xv = _host("cumprod", x)
-    y = np.cumprod(xv, axis=axis, dtype=dtype)
-    if y.dtype.kind != "f":
-        return Tensor(y)
-
-    def backward(dy, need):
-        def rev_cumsum(a):
-            return np.flip(np.cumsum(np.flip(a, axis), axis=axis), axis)
-
-        zero = xv == 0
-        before = np.cumsum(zero, axis=axis) == 0  # strictly before the row's first zero
-        safe = np.where(zero, 1, xv)
-        g = np.where(before, rev_cumsum(dy * y) / safe, 0)
-        first = zero & (np.cumsum(zero, axis=axis) == 1)
-        if np.any(first):
-            y_one = np.cumprod(np.where(first, 1, xv), axis=axis)
-            g = np.where(first, rev_cumsum(dy * y_one * ~before), g)
-        return (g.astype(xv.dtype),)
-
-    return record(y, (x,), backward, "cumprod")
+    """keras.ops.cumprod; its gradient exact with zeros (the scan family's
+    cumprod_backward)."""
+    return _scan("cumprod", x, axis, dtype, "prod",
+                 lambda b, xv, dy, axis: b.cumprod_backward(xv, dy, axis))
 
 
 # -- tiling, padding, rolling -------------------------------------------------------------
@@ -372,41 +371,44 @@ def vstack(xs):
 
 
 # -- elementwise math ---------------------------------------------------------------------
-def _special(name, forward, grad):
-    """An elementwise special function computed with NumPy/SciPy (CPU backend only)."""
+def _special(name, grad):
+    """An elementwise special function on the backend's elementwise kernels (codes of
+    api.ELEMENTWISE_UNARY), its gradient composed from the same kernels on that backend."""
 
     def fn(x):
-        xv = _host(name, x)
-        if xv.dtype.kind != "f":
-            xv = xv.astype(_config.floatx())
-        y = np.asarray(forward(xv)).astype(xv.dtype)
-        return record(y, (x,), lambda dy, need: (grad(dy, xv, y).astype(xv.dtype),), name)
+        b = backend.current()
+        xv = value(x)
+        if b.NAME == "cpu" or isinstance(xv, (int, float, bool, list, tuple, np.generic,
+                                              np.ndarray)):
+            xv = np.asarray(xv)
+            if xv.dtype.kind != "f":
+                xv = xv.astype(_config.floatx())
+            if b.NAME != "cpu":
+                xv = b.asarray(xv, np.float32)
+        y = b.elementwise_unary(xv, name)
+        return record(y, (x,), lambda dy, need: (grad(b, dy, xv, y),), name)
 
     fn.__name__ = name
-    fn.__doc__ = f"keras.ops.{name}, elementwise, with its gradient (CPU backend)."
+    fn.__doc__ = f"keras.ops.{name}, elementwise, with its gradient."
     return op(fn)
 
 
-def _erf(x):
-    from scipy import special
-    return special.erf(x)
-
-
-def _erfc(x):
-    from scipy import special
-    return special.erfc(x)
-
-
-def _erfinv(x):
-    from scipy import special
-    return special.erfinv(x)
-
-
 TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
-erf = _special("erf", _erf, lambda dy, x, y: dy * TWO_OVER_SQRT_PI * np.exp(-x * x))
-erfc = _special("erfc", _erfc, lambda dy, x, y: -dy * TWO_OVER_SQRT_PI * np.exp(-x * x))
-erfinv = _special("erfinv", _erfinv,
-                  lambda dy, x, y: dy / TWO_OVER_SQRT_PI * np.exp(y * y))
+
+
+def _scaled_gaussian(b, dy, t, sign, scale):
+    """dy * scale * exp(sign * t^2), the three derivatives' common form."""
+    square = b.elementwise_unary(t, "square")
+    gauss = b.elementwise_unary(square if sign > 0 else b.elementwise_unary(square, "negative"),
+                                "exp")
+    factor = b.full((), scale, np.dtype(t.dtype))
+    return b.elementwise_binary(dy, b.elementwise_binary(gauss, factor, "multiply"), "multiply")
+
+
+erf = _special("erf", lambda b, dy, x, y: _scaled_gaussian(b, dy, x, -1, TWO_OVER_SQRT_PI))
+erfc = _special("erfc", lambda b, dy, x, y: _scaled_gaussian(b, dy, x, -1, -TWO_OVER_SQRT_PI))
+erfinv = _special("erfinv",
+                  lambda b, dy, x, y: _scaled_gaussian(b, dy, y, 1, 1.0 / TWO_OVER_SQRT_PI))
 
 
 @op
@@ -505,73 +507,108 @@ def isclose(x1, x2, rtol=1e-05, atol=1e-08, equal_nan=False):
 
 
 # -- sorting ------------------------------------------------------------------------------
-def _scatter_along(dy, order, axis, shape):
-    """The gradient of a gather along ``axis`` by ``order``: dy added back where it came."""
-    g = np.zeros(shape, dy.dtype)
-    np.put_along_axis(g, order, dy, axis)
-    return g
+def _row_sort(x, descending, k=None):
+    """x's last axis sorted per row on the backend's sort kernels -> (backend, rows view,
+    shape, int32 positions (R, k), values (R, k))."""
+    b = backend.current()
+    xv = _operand(b, x)
+    shape = tuple(shape_of(xv))
+    x2 = b.reshape(xv, (math.prod(shape[:-1]), shape[-1]))
+    order = b.argsort_rows(x2, descending, k)
+    return b, x2, shape, order, b.take_along_rows(x2, order)
+
+
+def _is_float(x):
+    return np.dtype(_dtype(x)).kind == "f"
 
 
 @op
 def sort(x, axis=-1):
-    """keras.ops.sort (ascending); the gradient goes back to each value's place."""
-    xv = _host("sort", x)
-    if xv.ndim == 0:
+    """keras.ops.sort (ascending, NaN last); the gradient goes back to each value's place."""
+    ndim = _ndim(x)
+    if ndim == 0:
         return npo.convert_to_tensor(x)
-    axis = _axis("sort", axis, xv.ndim)
-    order = np.argsort(xv, axis=axis, kind="stable")
-    y = np.take_along_axis(xv, order, axis)
-    if xv.dtype.kind != "f":
-        return Tensor(y)
-    return record(y, (x,), lambda dy, need: (_scatter_along(dy, order, axis, xv.shape),),
-                  "sort")
+    axis = _axis("sort", axis, ndim)
+    if not _is_float(x):
+        return Tensor(np.sort(_host("sort", x), axis=axis, kind="stable"))
+    if axis != ndim - 1:
+        return moveaxis(sort(moveaxis(x, axis, -1)), -1, axis)
+    b, x2, shape, order, values = _row_sort(x, False)
+    return record(b.reshape(values, shape), (x,), lambda dy, need: (b.reshape(
+        b.put_along_rows(b.reshape(dy, tuple(x2.shape)), order, shape[-1]), shape),), "sort")
 
 
 @op
 def argsort(x, axis=-1):
-    """keras.ops.argsort (ascending, ties in their order), int32 indices as Keras's."""
-    xv = _host("argsort", x)
-    if xv.ndim == 0:
+    """keras.ops.argsort (ascending, ties in their order, NaN last), int32 indices as
+    Keras's."""
+    ndim = _ndim(x)
+    if ndim == 0:
         return Tensor(np.zeros((), np.int32))
-    axis = _axis("argsort", axis, xv.ndim)
-    return Tensor(np.argsort(xv, axis=axis, kind="stable").astype(np.int32))
+    axis = _axis("argsort", axis, ndim)
+    if not _is_float(x):
+        return Tensor(np.argsort(_host("argsort", x), axis=axis, kind="stable").astype(
+            np.int32))
+    if axis != ndim - 1:
+        moved = argsort(moveaxis(x, axis, -1))
+        if backend.current().NAME == "cpu":
+            return moveaxis(moved, -1, axis)
+        # The device's transpose moves floats: positions below 2**24 pass exactly.
+        return npo.cast(moveaxis(npo.cast(moved, "float32"), -1, axis), "int32")
+    b, _, shape, order, _ = _row_sort(x, False)
+    return Tensor(b.reshape(order, shape))
 
 
 @op
 def top_k(x, k, sorted=True):
     """keras.ops.top_k along the last axis: (values, int32 indices), the largest first (ties
     to the lower index); the gradient goes to the chosen places."""
-    xv = _host("top_k", x)
-    if xv.ndim == 0:
+    if _ndim(x) == 0:
         raise ValueError("pynn.ops.top_k: expected an input of at least 1 dimension, got a "
                          "scalar")
-    n = xv.shape[-1]
-    if not isinstance(k, (int, np.integer)) or not 0 <= k <= n:
+    n = shape_of(value(x))[-1]
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= n:
         raise ValueError(f"pynn.ops.top_k: k must be an int in [0, {n}] (the last axis's "
                          f"length), got {k!r}")
-    order = np.argsort(-xv, axis=-1, kind="stable")[..., :int(k)]
-    values = np.take_along_axis(xv, order, -1)
-    indices = Tensor(order.astype(np.int32))
-    if xv.dtype.kind != "f":
-        return Tensor(values), indices
-    out = record(values, (x,), lambda dy, need: (_scatter_along(dy, order, -1, xv.shape),),
-                 "top_k")
-    return out, indices
+    if not _is_float(x):
+        xv = _host("top_k", x)
+        order = np.argsort(-xv, axis=-1, kind="stable")[..., :int(k)]
+        return Tensor(np.take_along_axis(xv, order, -1)), Tensor(order.astype(np.int32))
+    b, x2, shape, order, values = _row_sort(x, True, int(k))
+    out_shape = shape[:-1] + (int(k),)
+    out = record(b.reshape(values, out_shape), (x,), lambda dy, need: (b.reshape(
+        b.put_along_rows(b.reshape(dy, tuple(order.shape)), order, n), shape),), "top_k")
+    return out, Tensor(b.reshape(order, out_shape))
 
 
 @op
 def in_top_k(targets, predictions, k):
     """Whether each target's score is at least the k-th largest of its row (Keras's rule on
-    torch: a tie with the k-th counts)."""
-    t = np.asarray(value(targets)).astype(np.int64)
-    p = _host("in_top_k", predictions)
-    if p.ndim != 2 or t.shape != p.shape[:1]:
+    torch: a tie with the k-th counts), i.e. fewer than k scores lie strictly above it: one
+    gather and a count on the backend (float 0/1 on a device, as its predicates)."""
+    t = _host_ints(targets)
+    b = backend.current()
+    p = _operand(b, predictions)
+    shape = tuple(shape_of(p))
+    if len(shape) != 2 or t.shape != shape[:1]:
         raise ValueError(f"pynn.ops.in_top_k: expected targets (N,) and predictions (N, C), "
-                         f"got {t.shape} and {p.shape}")
-    if not 1 <= int(k) <= p.shape[1]:
-        raise ValueError(f"pynn.ops.in_top_k: k must be in [1, {p.shape[1]}], got {k!r}")
-    kth = -np.partition(-p, int(k) - 1, axis=1)[:, int(k) - 1]
-    return Tensor(p[np.arange(p.shape[0]), t] >= kth)
+                         f"got {t.shape} and {shape}")
+    if not 1 <= int(k) <= shape[1]:
+        raise ValueError(f"pynn.ops.in_top_k: k must be in [1, {shape[1]}], got {k!r}")
+    if t.size and (t.min() < 0 or t.max() >= shape[1]):
+        raise ValueError(f"pynn.ops.in_top_k: targets must lie in [0, {shape[1]}), got "
+                         f"values in [{t.min()}, {t.max()}]")
+    dtype = np.dtype(p.dtype)
+    if dtype.kind != "f":
+        p = b.asarray(np.asarray(p, np.float64), np.float64)
+        dtype = np.dtype(np.float64)
+    index = t.reshape(-1, 1).astype(np.int32)
+    target = b.take_along_rows(p, index if b.NAME == "cpu" else b.asarray(index, np.int32))
+    above = b.reduce_axes(b.elementwise_binary(p, target, "greater"), (1,), "sum", False)
+    hit = b.elementwise_binary(b.elementwise_binary(above, b.full((), float(k), dtype), "less"),
+                               b.reshape(b.elementwise_binary(target, target, "equal"),
+                                         shape[:1]), "multiply")
+    return Tensor(np.asarray(hit) > 0.5 if b.NAME == "cpu" else hit)
 
 
 # -- norms --------------------------------------------------------------------------------
@@ -688,33 +725,73 @@ def linspace(start, stop, num=50, endpoint=True, retstep=False, dtype=None, axis
 
 
 # -- segments and scatters ----------------------------------------------------------------
+# On the scatter family's kernels (both backends): float operands are viewed as rows (rows,
+# D); the index arrays (host integers) are grouped or given owners on the host, as
+# embedding_backward's, so every output row is folded by one work unit in a fixed order.
+def _operand(b, x):
+    """x's values on backend b (host data uploaded on a device, as keras.ops converts)."""
+    v = value(x)
+    if b.NAME == "cpu":
+        return np.asarray(v)
+    from pynn.ops import device
+    return device._device(b, v)
+
+
+def _host_ints(x):
+    v = value(x)
+    return np.asarray(v.get() if hasattr(v, "get") else v)
+
+
+def _group(ids, n):
+    """(starts, order): the rows with id s are order[starts[s]:starts[s+1]], in row order."""
+    starts = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(ids, minlength=n), out=starts[1:])
+    return starts, np.argsort(ids, kind="stable")
+
+
+def _rows_view(b, a, rows):
+    shape = tuple(shape_of(a))
+    width = math.prod(shape) // rows if rows else math.prod(shape[1:])
+    return b.reshape(a, (rows, width))
+
+
 def _segments(name, data, segment_ids, num_segments):
-    d = _host(name, data)
-    ids = np.asarray(value(segment_ids))
+    b = backend.current()
+    d = _operand(b, data)
+    ids = _host_ints(segment_ids)
+    shape = tuple(shape_of(d))
     if ids.dtype.kind not in "iu":
         raise TypeError(f"pynn.ops.{name}: segment_ids must be integers, got dtype "
                         f"{ids.dtype}")
-    if ids.ndim != 1 or d.ndim < 1 or ids.shape[0] != d.shape[0]:
+    if ids.ndim != 1 or len(shape) < 1 or ids.shape[0] != shape[0]:
         raise ValueError(f"pynn.ops.{name}: segment_ids must be 1-D, one per row of data, "
-                         f"got {ids.shape} for data {d.shape}")
+                         f"got {ids.shape} for data {shape}")
     n = int(ids.max()) + 1 if num_segments is None and ids.size else int(num_segments or 0)
     # Keras's rule (torch and TensorFlow): rows whose id lies outside [0, n) are dropped.
     keep = (ids >= 0) & (ids < n)
-    return d, ids.astype(np.int64), keep, n
+    rows = np.where(keep, ids, -1).astype(np.int64)
+    starts, order = _group(ids[keep].astype(np.int64), n)
+    return b, d, shape, n, rows, keep, starts, np.flatnonzero(keep)[order]
+
+
+def _integer_segments(d, rows, keep, n, reduce, fill):
+    y = np.full((n,) + d.shape[1:], fill, d.dtype)
+    reduce.at(y, rows[keep], d[keep])
+    return Tensor(y)
 
 
 @op
 def segment_sum(data, segment_ids, num_segments=None, sorted=False):
-    d, ids, keep, n = _segments("segment_sum", data, segment_ids, num_segments)
-    y = np.zeros((n,) + d.shape[1:], d.dtype)
-    np.add.at(y, ids[keep], d[keep])
-    if d.dtype.kind != "f":
-        return Tensor(y)
+    """keras.ops.segment_sum: each segment's rows summed in row order (deterministic)."""
+    b, d, shape, n, rows, keep, starts, order = _segments("segment_sum", data, segment_ids,
+                                                          num_segments)
+    if np.dtype(d.dtype).kind != "f":
+        return _integer_segments(d, rows, keep, n, np.add, 0)
+    y = b.reshape(b.segment_reduce_forward(_rows_view(b, d, shape[0]), starts, order, "sum"),
+                  (n,) + shape[1:])
 
     def backward(dy, need):
-        g = np.zeros(d.shape, dy.dtype)
-        g[keep] = dy[ids[keep]]
-        return (g,)
+        return (b.reshape(b.gather_rows(_rows_view(b, dy, n), rows), shape),)
 
     return record(y, (data,), backward, "segment_sum")
 
@@ -723,43 +800,82 @@ def segment_sum(data, segment_ids, num_segments=None, sorted=False):
 def segment_max(data, segment_ids, num_segments=None, sorted=False):
     """keras.ops.segment_max; an empty segment holds -inf (Keras's on torch; an int dtype's
     lowest value); ties in a segment share its gradient."""
-    d, ids, keep, n = _segments("segment_max", data, segment_ids, num_segments)
-    lowest = -np.inf if d.dtype.kind == "f" else np.iinfo(d.dtype).min
-    y = np.full((n,) + d.shape[1:], lowest, d.dtype)
-    np.maximum.at(y, ids[keep], d[keep])
-    if d.dtype.kind != "f":
-        return Tensor(y)
+    b, d, shape, n, rows, keep, starts, order = _segments("segment_max", data, segment_ids,
+                                                          num_segments)
+    if np.dtype(d.dtype).kind != "f":
+        return _integer_segments(d, rows, keep, n, np.maximum, np.iinfo(d.dtype).min)
+    d2 = _rows_view(b, d, shape[0])
+    y2 = b.segment_reduce_forward(d2, starts, order, "max")
+    y = b.reshape(y2, (n,) + shape[1:])
 
     def backward(dy, need):
-        safe = np.where(keep, ids, 0)
-        hit = (d == y[safe]) & keep.reshape((-1,) + (1,) * (d.ndim - 1))
-        count = np.zeros(y.shape, np.int64)
-        np.add.at(count, safe, hit)
-        return (np.where(hit, dy[safe] / np.maximum(count[safe], 1), 0).astype(d.dtype),)
+        dtype = np.dtype(d.dtype)
+        kept = b.asarray(keep.astype(dtype).reshape(-1, 1), dtype)
+        hit = b.elementwise_binary(b.elementwise_binary(d2, b.gather_rows(y2, rows), "equal"),
+                                   kept, "multiply")
+        count = b.segment_reduce_forward(hit, starts, order, "sum")
+        share = b.elementwise_binary(_rows_view(b, dy, n), b.elementwise_binary(
+            count, b.full((), 1.0, dtype), "maximum"), "divide")
+        return (b.reshape(b.elementwise_binary(hit, b.gather_rows(share, rows), "multiply"),
+                          shape),)
 
     return record(y, (data,), backward, "segment_max")
 
 
-def _index_tuple(name, indices, rank):
-    idx = np.asarray(value(indices))
-    if idx.dtype.kind not in "iu" or idx.ndim < 1 or idx.shape[-1] > rank:
+def _flat_rows(name, indices, shape):
+    """indices (..., k) into shape -> (their row numbers in the (prod(shape[:k]), rest) view,
+    that view's row count, the index tuple's batch shape)."""
+    idx = _host_ints(indices)
+    if idx.dtype.kind not in "iu" or idx.ndim < 1 or idx.shape[-1] > len(shape):
         raise ValueError(f"pynn.ops.{name}: indices must be integers of shape (..., k) with "
-                         f"k <= {rank}, got dtype {idx.dtype} shape {idx.shape}")
-    return tuple(np.moveaxis(idx.astype(np.int64), -1, 0))
+                         f"k <= {len(shape)}, got dtype {idx.dtype} shape {idx.shape}")
+    k = idx.shape[-1]
+    lead = tuple(shape[:k])
+    idx = idx.reshape(-1, k).astype(np.int64)
+    idx = np.where(idx < 0, idx + np.asarray(lead, np.int64), idx)
+    if idx.size and (np.any(idx < 0) or np.any(idx >= np.asarray(lead, np.int64))):
+        raise ValueError(f"pynn.ops.{name}: indices out of range for shape {tuple(shape)}")
+    return np.ravel_multi_index(tuple(idx.T), lead) if k else np.zeros(
+        idx.shape[0], np.int64), math.prod(lead)
 
 
 @op
 def scatter(indices, values, shape):
     """keras.ops.scatter: zeros of ``shape`` with ``values`` added at ``indices`` (repeats
-    add up)."""
-    v = _host("scatter", values)
+    add up, in index order)."""
+    b = backend.current()
+    v = _operand(b, values)
     shape = tuple(int(d) for d in shape)
-    key = _index_tuple("scatter", indices, len(shape))
-    y = np.zeros(shape, v.dtype)
-    np.add.at(y, key, v)
-    if v.dtype.kind != "f":
-        return Tensor(y)
-    return record(y, (values,), lambda dy, need: (dy[key],), "scatter")
+    flat, lead = _flat_rows("scatter", indices, shape)
+    if np.dtype(v.dtype).kind != "f":
+        y = np.zeros((lead, math.prod(shape) // builtins.max(lead, 1)), v.dtype)
+        np.add.at(y, flat, v.reshape(flat.size, -1))
+        return Tensor(y.reshape(shape))
+    starts, order = _group(flat, lead)
+    y = b.reshape(b.segment_reduce_forward(_rows_view(b, v, flat.size), starts, order, "sum"),
+                  shape)
+    vshape = tuple(shape_of(v))
+    return record(y, (values,), lambda dy, need: (
+        b.reshape(b.gather_rows(_rows_view(b, dy, lead), flat), vshape),), "scatter")
+
+
+def _replace_rows(name, b, x, xshape, flat, lead, u, args):
+    """x viewed as (lead, rest) with row flat[m] replaced by u's row m (the last one where
+    flat repeats, as NumPy's assignment); gradients: dy off those rows to x, dy at them to
+    every update."""
+    owner = np.full(lead, -1, np.int64)
+    owner[flat] = np.arange(flat.size)
+    ushape = tuple(shape_of(u))
+    y = b.reshape(b.select_rows(_rows_view(b, x, lead), _rows_view(b, u, flat.size), owner),
+                  xshape)
+    untouched = np.where(owner < 0, np.arange(lead), -1)
+
+    def backward(dy, need):
+        dy2 = _rows_view(b, dy, lead)
+        return (b.reshape(b.gather_rows(dy2, untouched), xshape), None,
+                b.reshape(b.gather_rows(dy2, flat), ushape))
+
+    return record(y, args, backward, name)
 
 
 @op
@@ -769,44 +885,43 @@ def scatter_update(inputs, indices, updates, reduction=None):
     if reduction is not None:
         raise ValueError(f"pynn.ops.scatter_update: reduction={reduction!r} is not supported "
                          f"(only None, replacement)")
-    x = _host("scatter_update", inputs)
-    u = np.asarray(value(updates))
-    key = _index_tuple("scatter_update", indices, x.ndim)
-    y = x.copy()
-    y[key] = u
-    if x.dtype.kind != "f":
-        return Tensor(y)
-
-    def backward(dy, need):
-        dx = dy.copy()
-        dx[key] = 0
-        return dx, None, np.asarray(dy[key]).reshape(u.shape).astype(u.dtype)
-
-    return record(y, (inputs, indices, updates), backward, "scatter_update")
+    b = backend.current()
+    x, u = _operand(b, inputs), _operand(b, updates)
+    xshape = tuple(shape_of(x))
+    flat, lead = _flat_rows("scatter_update", indices, xshape)
+    if np.dtype(x.dtype).kind != "f":
+        y = x.copy().reshape(lead, -1)
+        y[flat] = np.asarray(u).reshape(flat.size, -1)
+        return Tensor(y.reshape(xshape))
+    if np.dtype(u.dtype) != np.dtype(x.dtype):
+        u = b.asarray(np.asarray(u), x.dtype) if b.NAME == "cpu" else u
+    return _replace_rows("scatter_update", b, x, xshape, flat, lead, u,
+                         (inputs, indices, updates))
 
 
 @op
 def slice_update(inputs, start_indices, updates):
-    """keras.ops.slice_update: ``updates`` written into ``inputs`` from ``start_indices``."""
-    x = _host("slice_update", inputs)
-    u = np.asarray(value(updates))
-    starts = [int(s) for s in np.asarray(value(start_indices)).reshape(-1)]
-    if len(starts) != x.ndim or u.ndim != x.ndim or builtins.any(
-            s < 0 or s + n > d for s, n, d in zip(starts, u.shape, x.shape)):
-        raise ValueError(f"pynn.ops.slice_update: updates of shape {u.shape} from "
-                         f"{starts} do not fit inputs of shape {x.shape}")
-    key = tuple(builtins.slice(s, s + n) for s, n in zip(starts, u.shape))
-    y = x.copy()
-    y[key] = u
-    if x.dtype.kind != "f":
+    """keras.ops.slice_update: ``updates`` written into ``inputs`` from ``start_indices``
+    (each element of the slice a row of its own, numbered from the shapes alone)."""
+    b = backend.current()
+    x, u = _operand(b, inputs), _operand(b, updates)
+    xshape, ushape = tuple(shape_of(x)), tuple(shape_of(u))
+    starts = [int(s) for s in _host_ints(start_indices).reshape(-1)]
+    if len(starts) != len(xshape) or len(ushape) != len(xshape) or builtins.any(
+            s < 0 or s + n > d for s, n, d in zip(starts, ushape, xshape)):
+        raise ValueError(f"pynn.ops.slice_update: updates of shape {ushape} from "
+                         f"{starts} do not fit inputs of shape {xshape}")
+    key = tuple(builtins.slice(s, s + n) for s, n in zip(starts, ushape))
+    size = math.prod(xshape)
+    flat = np.arange(size).reshape(xshape)[key].reshape(-1)
+    if np.dtype(x.dtype).kind != "f":
+        y = x.copy()
+        y[key] = u
         return Tensor(y)
-
-    def backward(dy, need):
-        dx = dy.copy()
-        dx[key] = 0
-        return dx, None, dy[key].astype(u.dtype)
-
-    return record(y, (inputs, start_indices, updates), backward, "slice_update")
+    if np.dtype(u.dtype) != np.dtype(x.dtype):
+        u = b.asarray(np.asarray(u), x.dtype) if b.NAME == "cpu" else u
+    return _replace_rows("slice_update", b, x, xshape, flat, size, u,
+                         (inputs, start_indices, updates))
 
 
 __all__ = sorted(name for name, fn in dict(globals()).items()

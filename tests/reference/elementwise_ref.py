@@ -1,6 +1,8 @@
 """Float64 NumPy oracles of the elementwise family (native/elementwise.pyx,
 opencl/elementwise.cl): pynn.ops' functions on backend arrays (issue 13)."""
 
+import math
+
 import numpy as np
 
 UNARY = {"negative": np.negative, "abs": np.abs, "sign": np.sign, "exp": np.exp,
@@ -10,6 +12,10 @@ UNARY = {"negative": np.negative, "abs": np.abs, "sign": np.sign, "exp": np.exp,
          "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh, "arcsinh": np.arcsinh,
          "arccosh": np.arccosh, "arctanh": np.arctanh, "floor": np.floor, "ceil": np.ceil,
          "round": np.round}
+# -- opsk: keras.ops' special functions (erfinv's oracle is SciPy's, an independent method) --
+UNARY.update({"erf": np.vectorize(math.erf, otypes=[np.float64]),
+              "erfc": np.vectorize(math.erfc, otypes=[np.float64]),
+              "erfinv": lambda x: __import__("scipy.special").special.erfinv(x)})
 BINARY = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply,
           "divide": np.true_divide, "maximum": np.maximum, "minimum": np.minimum,
           "power": np.power, "arctan2": np.arctan2, "equal": np.equal, "greater": np.greater,

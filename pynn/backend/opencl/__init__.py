@@ -173,3 +173,13 @@ from pynn.backend.opencl.spectral import (  # noqa: F401
 from pynn.backend.opencl.convlstm import convlstm_backward, convlstm_forward  # noqa: F401
 # -- misc: Keras 3's ScheduleFreeAdamW --
 from pynn.backend.opencl.optim import schedule_free_adamw_update  # noqa: F401,E402
+# -- scan (branch opsk: keras.ops' cumsum/cumprod) --
+from pynn.backend.opencl.scan import cumprod_backward, scan_forward  # noqa: F401
+# -- scatter (branch opsk: keras.ops' segment and scatter ops) --
+from pynn.backend.opencl.scatter import (  # noqa: F401
+    gather_rows, segment_reduce_forward, select_rows,
+)
+# -- sort (branch opsk: keras.ops' sort/argsort/top_k) --
+from pynn.backend.opencl.sort import (  # noqa: F401
+    argsort_rows, put_along_rows, take_along_rows,
+)
