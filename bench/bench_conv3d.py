@@ -5,8 +5,9 @@ torch.nn.functional.conv3d on the CPU.
 Each case is first checked on a cut-down batch against the float64 NumPy oracle
 (tests/reference/conv3d_ref.py), then each op is timed for pynn and for torch (its conv3d
 forward, and aten.convolution_backward for its input and weight gradients; NCDHW, float32,
-the same thread count, in this process). pynn and torch alternate in rounds so both see the same machine
-load; each round keeps the best of --repeat calls, the table shows the median round.
+the same thread count, in this process). pynn and torch alternate in rounds so both see the
+same machine load; each round keeps the best of --repeat calls, the table shows the median
+round.
 
     .venv/bin/python bench/bench_conv3d.py [--threads 2] [--repeat 3] [--rounds 3] [--no-torch]
 """

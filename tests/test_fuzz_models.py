@@ -23,8 +23,9 @@ asked for inputs it never kept); a plan whose first input overflowed lost its De
 and printed NumPy's warning; most layers that pass a mask on in Keras 3 dropped it, and so
 did PruneLowMagnitude, the int8 Dense, FakeQuant and the int8 calibration; an int8 bias
 saturated its int32 accumulators. MultiHeadAttention and EinsumDense joined the sequence
-layers with their Keras 3 file forms; the adaptive pools and DepthwiseConv1D joined later. Each test runs a block of seeds; a failure names the
-seed, which ``check_*`` reproduces alone.
+layers with their Keras 3 file forms; the adaptive pools, DepthwiseConv1D and Keras 3's new
+activations joined later, and volumetric and audio models draw from seeds of their own. Each
+test runs a block of seeds; a failure names the seed, which ``check_*`` reproduces alone.
 """
 
 import warnings
