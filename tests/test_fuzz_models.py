@@ -550,31 +550,7 @@ def random_volume_model(seed):
     return head, pynn.Model(inputs, L.Dense(size(rng, 2, 5), activation=head)(x))
 
 
-def volume_seeds(block):
-    return VOLUME_SEEDS[block * SEEDS_PER_BLOCK:(block + 1) * SEEDS_PER_BLOCK]
-
-
-@pytest.mark.parametrize("block", range(VOLUME_BLOCKS))
-def test_volume_models_plans_and_gradients(block):
-    for seed in volume_seeds(block):
-        check_plan(seed)
-        check_gradients(seed)
-
-
-@pytest.mark.parametrize("block", range(VOLUME_BLOCKS))
-def test_volume_models_compressed(block):
-    for seed in volume_seeds(block):
-        check_compression(seed)
-
-
-@pytest.mark.opencl
-@pytest.mark.parametrize("block", range(VOLUME_BLOCKS))
-def test_volume_models_on_opencl_answer_as_on_the_cpu(block):
-    for seed in volume_seeds(block):
-        check_opencl(seed)
-
-
-# -- audio models (branch audio): STFTSpectrogram (trainable kernels, every mode but 'angle',
+# -- audio models: STFTSpectrogram (trainable kernels, every mode but 'angle',
 # whose atan2 branch cut central differences straddle) or MelSpectrogram on signals, on seeds
 # of their own --
 AUDIO_BLOCKS = 1
@@ -611,25 +587,27 @@ def random_audio_model(seed):
     return head, pynn.Model(inputs, L.Dense(size(rng, 2, 5), activation=head)(x))
 
 
-def audio_seeds(block):
-    return AUDIO_SEEDS[block * SEEDS_PER_BLOCK:(block + 1) * SEEDS_PER_BLOCK]
+# The families drawn from seeds of their own, as blocks of SEEDS_PER_BLOCK seeds
+OWN_SEED_BLOCKS = {f"{family}{block}": seeds[block * SEEDS_PER_BLOCK:(block + 1) * SEEDS_PER_BLOCK]
+                   for family, seeds in (("volume", VOLUME_SEEDS), ("audio", AUDIO_SEEDS))
+                   for block in range(len(seeds) // SEEDS_PER_BLOCK)}
 
 
-@pytest.mark.parametrize("block", range(AUDIO_BLOCKS))
-def test_audio_models_plans_and_gradients(block):
-    for seed in audio_seeds(block):
+@pytest.mark.parametrize("block", sorted(OWN_SEED_BLOCKS))
+def test_own_seed_models_plans_and_gradients(block):
+    for seed in OWN_SEED_BLOCKS[block]:
         check_plan(seed)
         check_gradients(seed)
 
 
-@pytest.mark.parametrize("block", range(AUDIO_BLOCKS))
-def test_audio_models_compressed(block):
-    for seed in audio_seeds(block):
+@pytest.mark.parametrize("block", sorted(OWN_SEED_BLOCKS))
+def test_own_seed_models_compressed(block):
+    for seed in OWN_SEED_BLOCKS[block]:
         check_compression(seed)
 
 
 @pytest.mark.opencl
-@pytest.mark.parametrize("block", range(AUDIO_BLOCKS))
-def test_audio_models_on_opencl_answer_as_on_the_cpu(block):
-    for seed in audio_seeds(block):
+@pytest.mark.parametrize("block", sorted(OWN_SEED_BLOCKS))
+def test_own_seed_models_on_opencl_answer_as_on_the_cpu(block):
+    for seed in OWN_SEED_BLOCKS[block]:
         check_opencl(seed)
