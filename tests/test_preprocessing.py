@@ -482,3 +482,110 @@ def test_encoding_bad_arguments_name_the_layer():
         L.Discretization(num_bins=4)
     with pytest.raises(ValueError, match="sorted list"):
         L.Discretization(bin_boundaries=[1.0, 0.0])
+
+
+# -- Keras's get_random_transformation / transform_images split ----------------------------
+
+SPLIT_CASES = [
+    ("RandomRotation", {"factor": 0.2, "fill_mode": "reflect"}, (3, 9, 11, 2)),
+    ("RandomZoom", {"height_factor": (-0.3, 0.2), "width_factor": 0.25,
+                    "fill_mode": "nearest"}, (3, 9, 11, 2)),
+    ("RandomZoom", {"height_factor": 0.3}, (2, 7, 8, 3)),
+    ("RandomTranslation", {"height_factor": 0.2, "width_factor": (-0.3, 0.1),
+                           "fill_mode": "constant", "fill_value": 0.4}, (3, 9, 11, 2)),
+    ("RandomFlip", {"mode": "horizontal_and_vertical"}, (5, 7, 6, 2)),
+    ("RandomFlip", {"mode": "vertical"}, (5, 7, 6, 2)),
+    ("RandomCrop", {"height": 5, "width": 4}, (2, 9, 7, 3)),
+    ("RandomContrast", {"factor": (0.4, 0.7), "value_range": (0, 1)}, (3, 6, 5, 3)),
+    ("RandomBrightness", {"factor": (-0.3, 0.4), "value_range": (-1, 2)}, (3, 6, 5, 3)),
+]
+SPLIT_IDS = [f"{n}-{i}" for i, (n, _, _) in enumerate(SPLIT_CASES)]
+
+
+def _keras_split_transformation(keras, name, layer, t, shape):
+    """Our transformation as Keras's transform_images takes it (tensors; Keras's rotation
+    matrix built by Keras from our angle)."""
+    tensor = keras.ops.convert_to_tensor
+    if name == "RandomCrop":
+        return tuple(int(v) for v in t)
+    out = {k: (tensor(np.asarray(v, np.float32 if np.asarray(v).dtype.kind == "f" else None))
+               if isinstance(v, np.ndarray) else v) for k, v in t.items()}
+    if name == "RandomRotation":
+        n, h, w = shape[0], shape[1], shape[2]
+        zeros = tensor(np.zeros(n, np.float32))
+        out["rotation_matrix"] = layer._compute_affine_matrix(
+            center_x=0.5, center_y=0.5, angle=out["angle"], translate_x=zeros,
+            translate_y=zeros, scale=tensor(np.ones(n, np.float32)), shear_x=zeros,
+            shear_y=zeros, height=h, width=w)
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+@pytest.mark.parametrize("name, kwargs, shape", SPLIT_CASES, ids=SPLIT_IDS)
+def test_split_matches_keras_on_the_same_transformation(backend, rng, name, kwargs, shape):
+    """Keras's transform_images handed pynn's drawn transformation gives pynn's images, on
+    both backends, and keeps Keras's keys."""
+    keras = _keras()
+    x = rand(rng, shape) * 0.5 + 0.5 if "value_range" in kwargs else rand(rng, shape)
+    ours = getattr(layers, name)(**kwargs, seed=11)
+    t = ours.get_random_transformation(x)
+    theirs = getattr(keras.layers, name)(**kwargs)
+    theirs.build(shape)
+    want = np.asarray(keras.ops.convert_to_numpy(theirs.transform_images(
+        keras.ops.convert_to_tensor(x),
+        _keras_split_transformation(keras, name, theirs, t, shape), training=True)))
+    keys = {"RandomRotation": {"angle", "rotation_matrix"}, "RandomZoom": {"height_zoom",
+            "width_zoom"}, "RandomTranslation": {"translations"}, "RandomFlip": {"flips"},
+            "RandomContrast": {"contrast_factor"}, "RandomBrightness": {"rgb_delta"}}
+    if name != "RandomCrop":
+        assert keys[name] <= set(t)
+    previous = pynn.backend.device()
+    try:
+        pynn.set_device(backend.name)
+        got = backend.down(ours.transform_images(backend.up(x), t, training=True))
+    finally:
+        pynn.set_device(previous)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name, kwargs, shape", SPLIT_CASES, ids=SPLIT_IDS)
+def test_call_is_the_split_with_the_same_draws(rng, name, kwargs, shape):
+    """call(training=True) == transform_images(get_random_transformation) from a twin of
+    the same seed, call after call; an explicit seed draws without moving the stream."""
+    x = rand(rng, shape) * 0.5 + 0.5
+    a = getattr(layers, name)(**kwargs, seed=5)
+    b = getattr(layers, name)(**kwargs, seed=5)
+    for _ in range(2):
+        t = b.get_random_transformation(x)
+        np.testing.assert_array_equal(a(x, training=True), b.transform_images(x, t))
+    calls = b.runtime_state()["calls"]
+    seeded = b.get_random_transformation(x, seed=123)
+    assert b.runtime_state()["calls"] == calls
+    again = getattr(layers, name)(**kwargs, seed=9).get_random_transformation(x, seed=123)
+    for left, right in zip(*(s.values() if isinstance(s, dict) else s
+                             for s in (seeded, again))):
+        np.testing.assert_array_equal(np.asarray(left), np.asarray(right))
+    if name == "RandomCrop":
+        return
+    assert b.get_random_transformation(x, training=False) is None or \
+        not np.any(next(iter(b.get_random_transformation(x, training=False).values())))
+    np.testing.assert_array_equal(b(x, training=False), x)
+
+
+def test_split_draws_follow_keras_distributions():
+    x = np.zeros((4000, 3, 3, 1), np.float32)
+    t = layers.RandomRotation((-0.1, 0.2), seed=1).get_random_transformation(x)["angle"]
+    assert -36.0 <= t.min() < -35 and 71 < t.max() <= 72.0 and abs(t.mean() - 18.0) < 1.0
+    t = layers.RandomZoom((-0.2, 0.1), seed=1).get_random_transformation(x)
+    np.testing.assert_array_equal(t["height_zoom"], t["width_zoom"])
+    assert 0.8 <= t["height_zoom"].min() < 0.81 and 1.09 < t["height_zoom"].max() <= 1.1
+    t = layers.RandomTranslation(0.1, (0.0, 0.2), seed=1).get_random_transformation(x)
+    dx, dy = t["translations"].T
+    assert dx.min() >= 0 and 0.59 < dx.max() <= 0.6 and -0.3 <= dy.min() < -0.29
+    flips = layers.RandomFlip(seed=1).get_random_transformation(x)["flips"]
+    assert flips.shape == (4000, 1, 1, 1) and abs(flips.mean() - 0.5) < 0.03
+    t = layers.RandomBrightness(0.1, (0, 2), seed=1).get_random_transformation(x)["rgb_delta"]
+    assert t.shape == (4000, 1, 1, 1) and -0.2 <= t.min() < -0.19 and 0.19 < t.max() <= 0.2
+    t = layers.RandomContrast((0.3, 0.5), seed=1).get_random_transformation(x)
+    t = t["contrast_factor"]
+    assert 0.7 <= t.min() < 0.71 and 1.49 < t.max() <= 1.5

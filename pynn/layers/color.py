@@ -350,9 +350,9 @@ class RandomColorJitter(_ColorLayer):
         t = {}
         brightness, contrast, saturation, hue = self.parts
         if brightness is not None:
-            t["brightness"] = brightness.draw(rng, n)[1]
+            t["brightness"] = brightness.draw(rng, n)
         if contrast is not None:
-            t["contrast"] = contrast.draw(rng, n)[0]
+            t["contrast"] = contrast.draw(rng, n)
         if saturation is not None:
             t["saturation"] = saturation.draw(rng, n)
         if hue is not None:

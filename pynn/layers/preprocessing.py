@@ -188,6 +188,10 @@ class _RandomLayer(_ImageLayer):
         self._calls += 1
         return rng
 
+    def _transformation_rng(self, seed):
+        # An explicit seed leaves the call count alone, so a resumed fit keeps its stream.
+        return np.random.default_rng(seed) if seed is not None else self._rng()
+
     def runtime_state(self):
         return {"calls": self._calls}
 
@@ -463,11 +467,24 @@ class RandomCrop(_RandomLayer):
         return (input_shape[0], self.height, self.width, input_shape[3])
 
     def call(self, x, training=False):
+        return self.transform_images(x, self.get_random_transformation(x, training), training)
+
+    def get_random_transformation(self, images, training=True, seed=None):
+        """Keras's (h_start, w_start) of the batch's window: drawn in training when the
+        image is larger than the crop, else the centred aspect window's (no draw)."""
+        _, h, w, _ = images.shape
+        if not (training and h > self.height and w > self.width):
+            return aspect_box(h, w, self.height, self.width)[:2]
+        rng = self._transformation_rng(seed)
+        top = int(rng.uniform(0, h - self.height + 1))
+        left = int(rng.uniform(0, w - self.width + 1))
+        return top, left
+
+    def transform_images(self, images, transformation, training=True):
+        x = images
         n, h, w, _ = x.shape
         if training and h > self.height and w > self.width:
-            rng = self._rng()
-            top = int(rng.uniform(0, h - self.height + 1))
-            left = int(rng.uniform(0, w - self.width + 1))
+            top, left = (int(np.asarray(v).reshape(-1)[0]) for v in transformation)
             stages = [(shift_matrices(n, top, left), (self.height, self.width), "nearest",
                        "constant", 0.0)]
         else:
@@ -496,8 +513,22 @@ class RandomFlip(_RandomLayer):
     def call(self, x, training=False):
         if not training:
             return x
+        return self.transform_images(x, self.get_random_transformation(x), training)
+
+    def get_random_transformation(self, images, training=True, seed=None):
+        """Keras's {"flips": (N, 1, 1, 1) bool, "input_shape"}."""
+        if not training:
+            return None
+        n = int(images.shape[0])
+        flips = self._transformation_rng(seed).uniform(size=n) <= 0.5
+        return {"flips": flips.reshape(n, 1, 1, 1), "input_shape": tuple(images.shape)}
+
+    def transform_images(self, images, transformation, training=True):
+        if not training or transformation is None:
+            return images
+        x = images
         n, h, w, _ = x.shape
-        flips = self._rng().uniform(size=n) <= 0.5
+        flips = np.asarray(transformation["flips"], bool).reshape(n)
         horizontal = flips if "horizontal" in self.mode else np.zeros(n, bool)
         vertical = flips if "vertical" in self.mode else np.zeros(n, bool)
         return self._resample(x, [(flip_matrices(horizontal, vertical, h, w), (h, w),
@@ -521,10 +552,22 @@ class _RandomAffine(_RandomLayer):
     def call(self, x, training=False):
         if not training:
             return x
-        n, h, w, _ = x.shape
-        m = self.matrices(self._rng(), n, h, w)
-        return self._resample(x, [(m, (h, w), self.interpolation, self.fill_mode,
-                                   self.fill_value)], training)
+        return self.transform_images(x, self.get_random_transformation(x), training)
+
+    def get_random_transformation(self, images, training=True, seed=None):
+        """Keras's transformation dict for this batch (NumPy arrays)."""
+        if not training:
+            return None
+        n, h, w, _ = images.shape
+        return self.draw(self._transformation_rng(seed), int(n), int(h), int(w))
+
+    def transform_images(self, images, transformation, training=True):
+        if not training or transformation is None:
+            return images
+        n, h, w, _ = images.shape
+        m = self.matrices(transformation, int(n), int(h), int(w))
+        return self._resample(images, [(m, (h, w), self.interpolation, self.fill_mode,
+                                        self.fill_value)], training)
 
     def get_config(self):
         return {**super().get_config(), "fill_mode": self.fill_mode,
@@ -539,9 +582,16 @@ class RandomRotation(_RandomAffine):
         super().__init__(fill_mode, interpolation, seed, fill_value, data_format, **kwargs)
         self.factor = _factor(self, "factor", factor)
 
-    def matrices(self, rng, n, h, w):
+    def draw(self, rng, n, h, w):
         degrees = rng.uniform(self.factor[0] * 360.0, self.factor[1] * 360.0, size=n)
-        return rotation_matrices(degrees, h, w)
+        return {"angle": degrees, "rotation_matrix": rotation_matrices(degrees, h, w),
+                "image_height": h, "image_width": w, "batch_size": n}
+
+    def matrices(self, transformation, n, h, w):
+        # From the angle, not the matrix: Keras's rotation_matrix is its 8-entry projective
+        # form, and the angle is what both sides share.
+        return rotation_matrices(np.asarray(transformation["angle"], np.float64).reshape(n),
+                                 h, w)
 
     def get_config(self):
         return {**super().get_config(), "factor": list(self.factor)}
@@ -558,10 +608,16 @@ class RandomZoom(_RandomAffine):
         self.width_factor = (None if width_factor is None
                              else _factor(self, "width_factor", width_factor))
 
-    def matrices(self, rng, n, h, w):
+    def draw(self, rng, n, h, w):
         hz = 1.0 + rng.uniform(*self.height_factor, size=n)
         wz = hz if self.width_factor is None else 1.0 + rng.uniform(*self.width_factor, size=n)
-        return zoom_matrices(wz, hz, h, w)
+        return {"height_zoom": hz.reshape(n, 1), "width_zoom": wz.reshape(n, 1),
+                "input_shape": (n, h, w)}
+
+    def matrices(self, transformation, n, h, w):
+        return zoom_matrices(np.asarray(transformation["width_zoom"], np.float64).reshape(n),
+                             np.asarray(transformation["height_zoom"], np.float64).reshape(n),
+                             h, w)
 
     def get_config(self):
         return {**super().get_config(), "height_factor": list(self.height_factor),
@@ -578,10 +634,14 @@ class RandomTranslation(_RandomAffine):
         self.height_factor = _factor(self, "height_factor", height_factor)
         self.width_factor = _factor(self, "width_factor", width_factor)
 
-    def matrices(self, rng, n, h, w):
+    def draw(self, rng, n, h, w):
         dy = rng.uniform(*self.height_factor, size=n) * h
         dx = rng.uniform(*self.width_factor, size=n) * w
-        return translation_matrices(dx, dy)
+        return {"translations": np.stack([dx, dy], axis=1), "input_shape": (n, h, w)}
+
+    def matrices(self, transformation, n, h, w):
+        translations = np.asarray(transformation["translations"], np.float64).reshape(n, 2)
+        return translation_matrices(translations[:, 0], translations[:, 1])
 
     def get_config(self):
         return {**super().get_config(), "height_factor": list(self.height_factor),
@@ -601,7 +661,21 @@ class _RandomColor(_RandomLayer):
     def call(self, x, training=False):
         if not training:
             return x
-        contrast, delta = self.draw(self._rng(), x.shape[0])
+        return self.transform_images(x, self.get_random_transformation(x), training)
+
+    def get_random_transformation(self, images, training=True, seed=None):
+        """Keras's {KEY: (N, 1, 1, 1)} per-image draw."""
+        n = int(images.shape[0])
+        if not training:
+            return {self.KEY: np.zeros((n, 1, 1, 1))}
+        return {self.KEY: self.draw(self._transformation_rng(seed), n).reshape(n, 1, 1, 1)}
+
+    def transform_images(self, images, transformation, training=True):
+        if not training:
+            return images
+        x = images
+        value = np.asarray(transformation[self.KEY], np.float64).reshape(x.shape[0])
+        contrast, delta = (value, None) if self.KEY == "contrast_factor" else (None, value)
         b = backend.current()
         return b.image_adjust_forward(
             x, None if contrast is None else b.asarray(contrast, x.dtype),
@@ -620,8 +694,10 @@ class RandomContrast(_RandomColor):
         self.factor = _factor(self, "factor", factor, bounds=(0.0, 1.0))
         self.value_range = _value_range(self, value_range)
 
+    KEY = "contrast_factor"
+
     def draw(self, rng, n):
-        return rng.uniform(1.0 - self.factor[0], 1.0 + self.factor[1], size=n), None
+        return rng.uniform(1.0 - self.factor[0], 1.0 + self.factor[1], size=n)
 
 
 class RandomBrightness(_RandomColor):
@@ -632,9 +708,11 @@ class RandomBrightness(_RandomColor):
         self.factor = _factor(self, "factor", factor)
         self.value_range = _value_range(self, value_range)
 
+    KEY = "rgb_delta"
+
     def draw(self, rng, n):
         lo, hi = self.value_range
-        return None, rng.uniform(*self.factor, size=n) * (hi - lo)
+        return rng.uniform(*self.factor, size=n) * (hi - lo)
 
 
 # -- Keras 3's CategoryEncoding and Discretization: token ids to counts, values to bins -----
