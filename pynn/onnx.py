@@ -2021,6 +2021,11 @@ def _pipeline(g, layer, x, out_shape):
     return x
 
 
+# -- randaug: RandAugment is the identity at inference, as Keras's (its AutoContrast acts in
+# training only there)
+_converts("RandAugment")(_identity_layer)
+
+
 def _convert(g, layer, x, out_shape):
     fn = _CONVERTERS.get(type(layer).__name__)
     if fn is None:

@@ -159,3 +159,155 @@ def test_pipeline_bad_input_names_the_inner_layer():
     pipe.build((None, 4, 3))
     with pytest.raises(ValueError, match="expected input shape"):
         pipe(images((2, 4, 5)))
+
+
+# -- randaug: RandAugment ----------------------------------------------------------------------
+
+def _to_keras(keras, layer, key, t, shape):
+    """One part's transformation as Keras's transform_images takes it."""
+    import torch
+
+    if t is None:
+        return None
+    out = {k: torch.as_tensor(np.asarray(v, np.float32 if np.asarray(v).dtype.kind == "f"
+                                         else None)) if isinstance(v, np.ndarray) else v
+           for k, v in t.items()}
+    if key == "random_rotation":
+        n, h, w = shape[:3]
+        zeros = torch.zeros(n)
+        out["rotation_matrix"] = layer._compute_affine_matrix(
+            center_x=0.5, center_y=0.5, angle=out["angle"], translate_x=zeros,
+            translate_y=zeros, scale=torch.ones(n), shear_x=zeros, shear_y=zeros, height=h,
+            width=w)
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+@pytest.mark.parametrize("op", range(11))
+def test_rand_augment_matches_keras_on_the_same_transformation(backend, op):
+    """Each of the eleven operations, and a pair of them in turn, through Keras's
+    RandAugment.transform_images handed pynn's transformation."""
+    keras = keras_on_torch()
+    import torch
+
+    shape = (3, 9, 11, 3)
+    x = np.random.default_rng(op).uniform(0, 255, shape).astype(np.float32)
+    ours = L.RandAugment(num_ops=2, factor=0.6, seed=op)
+    ours.build(shape)
+    theirs = keras.layers.RandAugment(num_ops=2, factor=0.6)
+    theirs.build(shape)
+    t = ours.get_random_transformation(x)
+    t["layer_idxes"] = np.array([op, (op + 4) % 11])
+    transforms = {k: _to_keras(keras, getattr(theirs, k), k, v, shape)
+                  for k, v in t["transforms"].items()}
+    # Keras's own parts in its loop's order. Not theirs.transform_images itself: on torch
+    # RandomBrightness adds its delta in place (images += rgb_delta), so Keras's where()
+    # sees every batch brightened whichever operation was picked.
+    want = torch.as_tensor(x.copy())
+    for index in t["layer_idxes"]:
+        key = L.RandAugment.AUGMENT_LAYERS[index]
+        assert key == list(transforms)[index] == theirs._AUGMENT_LAYERS[index]
+        want = getattr(theirs, key).transform_images(want.clone(), transforms[key])
+    want = np.asarray(keras.ops.convert_to_numpy(want))
+    previous = pynn.backend.device()
+    try:
+        pynn.set_device(backend.name)
+        got = backend.down(ours.transform_images(backend.up(x), t))
+    finally:
+        pynn.set_device(previous)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-3)
+    assert not np.allclose(got, x)
+
+
+def test_rand_augment_picks_its_operations_once_per_batch():
+    """Keras 3.15: num_ops indices per call, uniform over the eleven layers; call is the
+    split from the layer's stream, seeded per call."""
+    x = np.random.default_rng(1).uniform(0, 255, (4, 6, 7, 3)).astype(np.float32)
+    layer = L.RandAugment(num_ops=3, seed=2)
+    picks = np.concatenate([layer.get_random_transformation(x)["layer_idxes"]
+                            for _ in range(3000)])
+    assert picks.min() == 0 and picks.max() == 10
+    counts = np.bincount(picks, minlength=11) / len(picks)
+    np.testing.assert_allclose(counts, 1 / 11, atol=0.01)
+    a, b = L.RandAugment(num_ops=3, seed=8), L.RandAugment(num_ops=3, seed=8)
+    for _ in range(3):
+        np.testing.assert_array_equal(a(x, training=True),
+                                      b.transform_images(x, b.get_random_transformation(x)))
+    t = b.get_random_transformation(x)
+    assert set(t["transforms"]) == set(L.RandAugment.AUGMENT_LAYERS)
+    rot = t["transforms"]["random_rotation"]["angle"]
+    assert rot.shape == (4,) and np.all((rot >= 0) & (rot <= 180))  # factor 0.5 -> (0, 0.5)
+    np.testing.assert_array_equal(a(x, training=False), x)
+    assert a.get_random_transformation(x, training=False) is None
+
+
+def test_rand_augment_config_matches_keras():
+    keras = keras_on_torch()
+    ours = L.RandAugment(value_range=(0, 1), num_ops=3, factor=(0.2, 0.1),
+                         interpolation="nearest", seed=4)
+    theirs = keras.layers.RandAugment(value_range=(0, 1), num_ops=3, factor=(0.2, 0.1),
+                                      interpolation="nearest", seed=4)
+    config = ours.get_config()
+    want = theirs.get_config()
+    for key in ("num_ops", "interpolation", "seed"):
+        assert config[key] == want[key]
+    assert tuple(config["factor"]) == tuple(want["factor"]) == (0.1, 0.2)
+    assert tuple(config["value_range"]) == tuple(want["value_range"])
+    again = L.RandAugment.from_config(config)
+    assert again.get_config() == config
+    keras.layers.RandAugment.from_config(config)
+
+
+def test_rand_augment_keras_file_both_ways(tmp_path):
+    keras = keras_on_torch()
+    model = pynn.Sequential([pynn.Input((6, 5, 3)), L.RandAugment(num_ops=1, seed=3),
+                             L.Flatten(), L.Dense(2)])
+    x = np.random.default_rng(5).uniform(0, 255, (2, 6, 5, 3)).astype(np.float32)
+    model.save(tmp_path / "r.keras")
+    theirs = keras.saving.load_model(tmp_path / "r.keras")
+    layer = next(la for la in theirs.layers if type(la).__name__ == "RandAugment")
+    assert layer.num_ops == 1 and layer.seed == 3
+    np.testing.assert_allclose(np.asarray(theirs.predict(x, verbose=0)), model.predict(x),
+                               rtol=1e-5, atol=1e-4)
+    theirs.save(tmp_path / "k.keras")
+    back = pynn.load_model(tmp_path / "k.keras")
+    inner = next(la for la in back.layers if type(la).__name__ == "RandAugment")
+    assert inner.num_ops == 1 and inner.seed == 3
+    np.testing.assert_allclose(back.predict(x), model.predict(x), rtol=1e-5, atol=1e-4)
+
+
+def test_rand_augment_onnx_export_is_the_identity():
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    model = pynn.Sequential([pynn.Input((6, 5, 3)), L.RandAugment(seed=1), L.Flatten(),
+                             L.Dense(2)])
+    x = np.random.default_rng(6).uniform(0, 255, (2, 6, 5, 3)).astype(np.float32)
+    proto = pynn.onnx.export(model)
+    session = ort.InferenceSession(proto.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, model.predict(x), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_ops": -1}, "num_ops must be an int >= 0"),
+    ({"num_ops": 1.5}, "num_ops must be an int >= 0"),
+    ({"factor": 1.5}, r"factor must be a number or a pair of numbers in \[0, 1\]"),
+    ({"factor": (0.1, 0.2, 0.3)}, "factor must be"),
+    ({"interpolation": "cubic"}, "interpolation"),
+])
+def test_rand_augment_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match) as info:
+        L.RandAugment(**kwargs)
+    assert "rand_augment" in str(info.value) or "RandAugment" in str(info.value)
+
+
+def test_rand_augment_bad_input_and_no_gradient():
+    with pytest.raises(ValueError, match="height, width, channels"):
+        L.RandAugment()(np.zeros((2, 5, 3), np.float32), training=True)
+    model = pynn.Sequential([pynn.Input((4, 4, 3)), L.Dense(3), L.RandAugment(seed=1),
+                             L.Flatten(), L.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(NotImplementedError, match="no input gradient"):
+        model.fit(np.ones((2, 4, 4, 3), np.float32), np.ones((2, 1), np.float32), epochs=1,
+                  verbose=0)

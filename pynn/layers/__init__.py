@@ -283,3 +283,8 @@ from pynn.layers.augment_policy import Pipeline  # noqa: E402
 
 LAYERS["Pipeline"] = Pipeline
 __all__ += ["Pipeline"]
+# -- randaug: Keras 3's RandAugment --
+from pynn.layers.augment_policy import RandAugment  # noqa: E402
+
+LAYERS["RandAugment"] = RandAugment
+__all__ += ["RandAugment"]

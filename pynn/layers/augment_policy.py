@@ -5,9 +5,13 @@ As Keras's, a Pipeline called on its own trains its layers (``training`` default
 inside a model it takes the model's ``training``. Its weights are its layers', in order.
 """
 
+import numbers
 import sys
 
+import numpy as np
+
 from pynn.layers.base import Layer
+from pynn.layers.preprocessing import _RandomLayer
 
 
 class Pipeline(Layer):
@@ -95,3 +99,122 @@ class Pipeline(Layer):
                                  f"pynn.layers.LAYERS")
             layers.append(LAYERS[name].from_config(spec.get("config", {})))
         return cls(layers, **config)
+
+
+# -- randaug: Keras 3's RandAugment, a composition of the augmentation layers' split --------
+
+def _unit_factor(layer, factor):
+    """Keras's _set_factor with bounds (0, 1): a number f is (0, f), a pair is sorted."""
+    from pynn.layers.preprocessing import _name
+    bad = ValueError(f"{_name(layer)}: factor must be a number or a pair of numbers in "
+                     f"[0, 1], got {factor!r}")
+    if isinstance(factor, (tuple, list)):
+        if len(factor) != 2 or not all(isinstance(v, numbers.Real)
+                                       and not isinstance(v, bool) for v in factor):
+            raise bad
+        lower, upper = sorted(float(v) for v in factor)
+        if lower > 1.0 or upper < 0.0:
+            raise bad
+        return lower, upper
+    if isinstance(factor, bool) or not isinstance(factor, numbers.Real) \
+            or not 0.0 <= factor <= 1.0:
+        raise bad
+    return 0.0, float(factor)
+
+
+class RandAugment(_RandomLayer):
+    """Keras 3's RandAugment: ``num_ops`` of its eleven layers picked once per batch (Keras
+    3.15 draws the indices per batch, not per image) and applied in turn through their
+    transform_images, each with its transformation drawn for the batch. Identity outside
+    training; no input gradient (it sits at a model's input, as its colour layers)."""
+
+    AUGMENT_LAYERS = ("random_shear", "random_translation", "random_rotation",
+                      "random_brightness", "random_color_degeneration", "random_contrast",
+                      "random_sharpness", "random_posterization", "solarization",
+                      "auto_contrast", "equalization")
+
+    def __init__(self, value_range=(0, 255), num_ops=2, factor=0.5, interpolation="bilinear",
+                 seed=None, data_format=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        from pynn.layers import augment_geo, color
+        from pynn.layers import preprocessing as pp
+        pp._data_format(self, data_format)
+        self.value_range = pp._value_range(self, value_range)
+        if isinstance(num_ops, bool) or not isinstance(num_ops, numbers.Integral) \
+                or num_ops < 0:
+            raise ValueError(f"{pp._name(self)}: num_ops must be an int >= 0, got "
+                             f"{num_ops!r}")
+        self.num_ops = int(num_ops)
+        self.factor = _unit_factor(self, factor)
+        self.interpolation = pp._choice(self, "interpolation", interpolation,
+                                        pp.INTERPOLATIONS)
+        f, vr, s = self.factor, self.value_range, self.seed
+
+        def named(part):
+            return f"{self.name}_{part}"
+
+        self.parts = {
+            "random_shear": augment_geo.RandomShear(f, f, interpolation, seed=s,
+                                                    name=named("shear")),
+            "random_translation": pp.RandomTranslation(f, f, interpolation=interpolation,
+                                                       seed=s, name=named("translation")),
+            "random_rotation": pp.RandomRotation(f, interpolation=interpolation, seed=s,
+                                                 name=named("rotation")),
+            "random_brightness": pp.RandomBrightness(f, vr, seed=s, name=named("brightness")),
+            "random_color_degeneration": color.RandomColorDegeneration(
+                f, vr, seed=s, name=named("color_degeneration")),
+            "random_contrast": pp.RandomContrast(f, vr, seed=s, name=named("contrast")),
+            "random_sharpness": color.RandomSharpness(f, vr, seed=s, name=named("sharpness")),
+            "random_posterization": color.RandomPosterization(
+                max(1, int(8 * f[1])), vr, seed=s, name=named("posterization")),
+            "solarization": color.Solarization(f, f, vr, seed=s, name=named("solarization")),
+            "auto_contrast": color.AutoContrast(vr, name=named("auto_contrast")),
+            "equalization": color.Equalization(vr, name=named("equalization")),
+        }
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        for part in self.parts.values():
+            if not part.built:
+                part.build(tuple(input_shape))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def call(self, x, training=False):
+        if not training:
+            return x
+        return self.transform_images(x, self.get_random_transformation(x), training)
+
+    def get_random_transformation(self, images, training=True, seed=None):
+        """{"transforms": {layer: its transformation}, "layer_idxes": (num_ops,) ints}:
+        the indices first, then every layer's draw in Keras's order, from one stream."""
+        if not training:
+            return None
+        rng = self._transformation_rng(seed)
+        layer_idxes = rng.integers(0, len(self.AUGMENT_LAYERS), size=self.num_ops)
+        # default_rng(Generator) is that generator: the parts draw on from this stream.
+        transforms = {key: self.parts[key].get_random_transformation(images, seed=rng)
+                      for key in self.AUGMENT_LAYERS}
+        return {"transforms": transforms, "layer_idxes": layer_idxes}
+
+    def transform_images(self, images, transformation, training=True):
+        if not training or transformation is None:
+            return images
+        transforms = transformation["transforms"]
+        for index in np.asarray(transformation["layer_idxes"]).reshape(-1):
+            key = self.AUGMENT_LAYERS[int(index)]
+            images = self.parts[key].transform_images(images, transforms[key])
+            self.parts[key]._cache = None
+        return images
+
+    def backward(self, dy):
+        self._cache = None
+        if self.needs_input_grad:
+            raise NotImplementedError(f"RandAugment '{self.name}': no input gradient (put "
+                                      f"it at the model's input)")
+
+    def get_config(self):
+        return {**super().get_config(), "value_range": list(self.value_range),
+                "num_ops": self.num_ops, "factor": list(self.factor),
+                "interpolation": self.interpolation, "data_format": "channels_last"}
