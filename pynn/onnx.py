@@ -2021,9 +2021,9 @@ def _pipeline(g, layer, x, out_shape):
     return x
 
 
-# -- randaug: RandAugment is the identity at inference, as Keras's (its AutoContrast acts in
-# training only there)
-_converts("RandAugment")(_identity_layer)
+# -- randaug: RandAugment and AugMix are the identity at inference, as Keras's (their
+# AutoContrast acts in training only there)
+_converts("RandAugment", "AugMix")(_identity_layer)
 
 
 def _convert(g, layer, x, out_shape):

@@ -1,5 +1,6 @@
 """Keras 3's augmentation policies: Pipeline (its layers in order, Keras's config, files,
-ONNX, bad arguments)."""
+ONNX, bad arguments); RandAugment and AugMix against Keras's parts on the same
+transformation, their draws, configs, files, ONNX and bad arguments."""
 
 import json
 import zipfile
@@ -311,3 +312,136 @@ def test_rand_augment_bad_input_and_no_gradient():
     with pytest.raises(NotImplementedError, match="no input gradient"):
         model.fit(np.ones((2, 4, 4, 3), np.float32), np.ones((2, 1), np.float32), epochs=1,
                   verbose=0)
+
+
+# -- randaug: AugMix ---------------------------------------------------------------------------
+
+def _aug_mix_transformation(ours, x, chains):
+    """A drawn transformation whose chains are set to ``chains`` (lists of part names), each
+    step's transformation drawn by that part."""
+    t = ours.get_random_transformation(x)
+    rng = np.random.default_rng(3)
+    t["chain_transforms"] = [[{"layer_name": key, "transformation":
+                               ours.parts[key].get_random_transformation(x, seed=rng)}
+                              for key in chain] for chain in chains]
+    return t
+
+
+AUG_MIX_CHAINS = [
+    [["random_shear", "random_brightness"], ["random_rotation"], []],
+    [["solarization", "random_translation", "equalization"], ["random_contrast"],
+     ["random_posterization", "auto_contrast"]],
+    [["random_color_degeneration", "random_sharpness"], ["random_brightness",
+                                                          "random_rotation"], ["solarization"]],
+]
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+@pytest.mark.parametrize("case", range(len(AUG_MIX_CHAINS)))
+def test_aug_mix_matches_keras_on_the_same_transformation(backend, case):
+    keras = keras_on_torch()
+    import torch
+
+    shape = (3, 9, 11, 3)
+    x = np.random.default_rng(case).uniform(0, 255, shape).astype(np.float32)
+    ours = L.AugMix(factor=0.6, alpha=0.7, seed=case)
+    ours.build(shape)
+    theirs = keras.layers.AugMix(factor=0.6, alpha=0.7)
+    theirs.build(shape)
+    t = _aug_mix_transformation(ours, x, AUG_MIX_CHAINS[case])
+    keras_t = {"chain_mixing_weights": torch.as_tensor(t["chain_mixing_weights"],
+                                                       dtype=torch.float32),
+               "weight_sample": torch.as_tensor(t["weight_sample"], dtype=torch.float32),
+               "chain_transforms": [[{"layer_name": s["layer_name"], "transformation":
+                                      _to_keras(keras, getattr(theirs, s["layer_name"]),
+                                                s["layer_name"], s["transformation"], shape)}
+                                     for s in chain] for chain in t["chain_transforms"]]}
+    want = np.asarray(keras.ops.convert_to_numpy(theirs.transform_images(
+        torch.as_tensor(x.copy()), keras_t, training=True)))
+    previous = pynn.backend.device()
+    try:
+        pynn.set_device(backend.name)
+        got = backend.down(ours.transform_images(backend.up(x), t))
+    finally:
+        pynn.set_device(previous)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-3)
+    assert not np.allclose(got, x)
+
+
+def test_aug_mix_draws_follow_keras_distributions():
+    x = np.random.default_rng(1).uniform(0, 255, (2, 5, 6, 3)).astype(np.float32)
+    layer = L.AugMix(num_chains=4, chain_depth=2, alpha=0.5, seed=2)
+    ts = [layer.get_random_transformation(x) for _ in range(2000)]
+    weights = np.stack([t["chain_mixing_weights"] for t in ts])
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(weights.mean(axis=0), 0.25, atol=0.02)
+    sample = np.array([t["weight_sample"] for t in ts])
+    assert 0 <= sample.min() and sample.max() <= 1 and abs(sample.mean() - 0.5) < 0.03
+    # Beta(0.5, 0.5) has variance 1/8 (Beta(1, 1) would have 1/12)
+    assert abs(sample.var() - 0.125) < 0.01
+    steps = [s["layer_name"] for t in ts for chain in t["chain_transforms"] for s in chain]
+    # each step one of the eleven parts or skipped, uniformly over twelve choices
+    assert abs(len(steps) / (2000 * 4 * 2) - 11 / 12) < 0.02
+    assert set(steps) == set(L.AugMix.ALL_OPS)
+    geometric = L.AugMix(all_ops=False, seed=2)
+    names = {s["layer_name"] for _ in range(200)
+             for chain in geometric.get_random_transformation(x)["chain_transforms"]
+             for s in chain}
+    assert names == set(L.AugMix.GEOMETRIC_OPS)
+    a, b = L.AugMix(seed=8), L.AugMix(seed=8)
+    for _ in range(3):
+        np.testing.assert_array_equal(a(x, training=True),
+                                      b.transform_images(x, b.get_random_transformation(x)))
+    np.testing.assert_array_equal(a(x, training=False), x)
+
+
+def test_aug_mix_config_matches_keras():
+    keras = keras_on_torch()
+    kwargs = dict(value_range=(0, 1), num_chains=2, chain_depth=4, factor=(0.4, 0.1),
+                  alpha=0.5, all_ops=False, interpolation="nearest", seed=4)
+    config = L.AugMix(**kwargs).get_config()
+    want = keras.layers.AugMix(**kwargs).get_config()
+    for key in ("num_chains", "chain_depth", "alpha", "all_ops", "interpolation", "seed"):
+        assert config[key] == want[key], key
+    assert tuple(config["factor"]) == tuple(want["factor"]) == (0.1, 0.4)
+    assert tuple(config["value_range"]) == tuple(want["value_range"])
+    assert L.AugMix.from_config(config).get_config() == config
+    keras.layers.AugMix.from_config(config)
+
+
+def test_aug_mix_keras_file_both_ways_and_onnx(tmp_path):
+    keras = keras_on_torch()
+    model = pynn.Sequential([pynn.Input((6, 5, 3)), L.AugMix(num_chains=2, seed=3),
+                             L.Flatten(), L.Dense(2)])
+    x = np.random.default_rng(5).uniform(0, 255, (2, 6, 5, 3)).astype(np.float32)
+    model.save(tmp_path / "a.keras")
+    theirs = keras.saving.load_model(tmp_path / "a.keras")
+    layer = next(la for la in theirs.layers if type(la).__name__ == "AugMix")
+    assert layer.num_chains == 2 and layer.seed == 3
+    np.testing.assert_allclose(np.asarray(theirs.predict(x, verbose=0)), model.predict(x),
+                               rtol=1e-5, atol=1e-4)
+    theirs.save(tmp_path / "k.keras")
+    back = pynn.load_model(tmp_path / "k.keras")
+    inner = next(la for la in back.layers if type(la).__name__ == "AugMix")
+    assert inner.num_chains == 2 and inner.seed == 3
+    np.testing.assert_allclose(back.predict(x), model.predict(x), rtol=1e-5, atol=1e-4)
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(pynn.onnx.export(model).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, model.predict(x), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_chains": 0}, "num_chains must be an int >= 1"),
+    ({"chain_depth": 2.0}, "chain_depth must be an int >= 1"),
+    ({"alpha": 0.0}, "alpha must be a number > 0"),
+    ({"all_ops": "yes"}, "all_ops must be a bool"),
+    ({"factor": -0.5}, r"factor must be a number or a pair of numbers in \[0, 1\]"),
+    ({"value_range": (0, 1, 2)}, r"value_range must be \(low, high\)"),
+])
+def test_aug_mix_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match) as info:
+        L.AugMix(**kwargs)
+    assert "aug_mix" in str(info.value) or "AugMix" in str(info.value)

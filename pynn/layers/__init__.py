@@ -288,3 +288,8 @@ from pynn.layers.augment_policy import RandAugment  # noqa: E402
 
 LAYERS["RandAugment"] = RandAugment
 __all__ += ["RandAugment"]
+# -- randaug: Keras 3's AugMix --
+from pynn.layers.augment_policy import AugMix  # noqa: E402
+
+LAYERS["AugMix"] = AugMix
+__all__ += ["AugMix"]
