@@ -376,6 +376,19 @@ def pipeline():
 ARCHITECTURES["pipeline"] = pipeline
 
 
+# -- randaug: Keras 3's RandAugment and AugMix (the identity at inference) --
+def rand_augment_and_aug_mix():
+    return keras.Sequential([
+        keras.Input((6, 5, 3)),
+        K.RandAugment(value_range=(-3, 3), num_ops=3, factor=(0.1, 0.4), seed=2),
+        K.AugMix(value_range=(-3, 3), num_chains=2, chain_depth=2, alpha=0.5,
+                 all_ops=False, seed=3),
+        K.Flatten(), K.Dense(2)])
+
+
+ARCHITECTURES["rand_augment_and_aug_mix"] = rand_augment_and_aug_mix
+
+
 def test_architectures_cover_every_pynn_layer():
     seen = set()
 
