@@ -68,7 +68,8 @@ from pynn.saving import load_model
 
 # Submodules that load on first use of ``pynn.<name>``; `import pynn.<name>` works as always.
 _LAZY_SUBMODULES = ("onnx", "interop", "compression", "preprocessing", "distributed",
-                    "examples", "bench", "data", "schedules", "constraints", "inference", "demo")
+                    "examples", "bench", "data", "schedules", "constraints", "inference", "demo",
+                    "applications")
 
 
 def _deferred_keras_io(key):
