@@ -2,8 +2,6 @@
 weight layouts: ``alpha`` scales every layer's filters, ``depth_multiplier`` the depthwise
 convolutions' channels."""
 
-import warnings
-
 from pynn.applications import imagenet_utils
 from pynn.layers import (
     Activation, BatchNormalization, Conv2D, DepthwiseConv2D, Dropout, GlobalAveragePooling2D,
@@ -59,11 +57,7 @@ def MobileNet(input_shape=None, alpha=1.0, depth_multiplier=1, dropout=0.001,
     input_shape = imagenet_utils.obtain_input_shape(
         input_shape, default_size=default_size, min_size=32, data_format="channels_last",
         require_flatten=include_top, weights=weights)
-    rows, cols = input_shape[0], input_shape[1]
-    if weights is not None and (rows != cols or rows not in PRETRAINED_SIZES):
-        warnings.warn("`input_shape` is undefined or non-square, or `rows` is not in "
-                      f"{list(PRETRAINED_SIZES)}: a weights file made for another size "
-                      "loads only where its shapes fit", stacklevel=2)
+    rows = input_shape[0]
     img_input = imagenet_utils.model_input(input_tensor, input_shape)
 
     x = _conv_block(img_input, 32, alpha, strides=(2, 2))

@@ -1,8 +1,6 @@
 """MobileNetV2 (Sandler et al. 2018) as Keras 3 builds it, with Keras's layer names and
 weight layouts: inverted residual blocks, ``alpha`` the width multiplier."""
 
-import warnings
-
 from pynn.applications import imagenet_utils
 from pynn.layers import (
     Add, BatchNormalization, Conv2D, DepthwiseConv2D, Dense, GlobalAveragePooling2D,
@@ -81,11 +79,7 @@ def MobileNetV2(input_shape=None, alpha=1.0, include_top=True, weights="imagenet
     input_shape = imagenet_utils.obtain_input_shape(
         input_shape, default_size=default_size, min_size=32, data_format="channels_last",
         require_flatten=include_top, weights=weights)
-    rows, cols = input_shape[0], input_shape[1]
-    if weights is not None and (rows != cols or rows not in PRETRAINED_SIZES):
-        warnings.warn("`input_shape` is undefined or non-square, or `rows` is not in "
-                      f"{list(PRETRAINED_SIZES)}: a weights file made for another size "
-                      "loads only where its shapes fit", stacklevel=2)
+    rows = input_shape[0]
     img_input = imagenet_utils.model_input(input_tensor, input_shape)
 
     x = Conv2D(_make_divisible(32 * alpha, 8), kernel_size=3, strides=(2, 2), padding="same",
