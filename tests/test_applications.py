@@ -13,6 +13,7 @@ import pytest
 
 import pynn
 import pynn.applications as apps
+import pynn.onnx
 from pynn.applications import imagenet_utils
 from tests.backend_util import keras_on_torch
 
@@ -221,6 +222,54 @@ def test_include_preprocessing_off_and_alpha():
     pm.set_weights(_randomize(km))
     x = _images("MobileNet")  # [-1, 1]: what the model takes without its Rescaling
     _assert_close(_predict(pm, x), _predict(km, x))
+
+
+@pytest.mark.opencl
+@pytest.mark.parametrize("case", [SMALLEST[i] for i in (1, 4, 5, 6, 10)], ids=_case_id)
+def test_opencl_equals_keras(case):
+    """The whole model on the OpenCL device (every op there; none falls back to the CPU)."""
+    from tests.opencl_util import skip_without_opencl
+
+    skip_without_opencl()
+    name, kwargs = case
+    keras = keras_on_torch()
+    km = getattr(keras.applications, name)(weights=None, input_shape=SHAPE,
+                                           classifier_activation=None, **kwargs)
+    weights = _randomize(km)
+    x = _images(name)
+    previous = pynn.get_device()
+    pynn.set_device("opencl")
+    try:
+        pm = getattr(apps, name)(weights=None, input_shape=SHAPE, classifier_activation=None,
+                                 **kwargs)
+        pm.set_weights(weights)
+        actual = _predict(pm, x)
+    finally:
+        pynn.set_device(previous)
+    _assert_close(actual, _predict(km, x))
+
+
+ONNX_CASES = [SMALLEST[i] for i in (4, 5, 6, 9)]
+ONNX_CASES += [pytest.param(*SMALLEST[i], marks=pytest.mark.slow) for i in (0, 1, 2, 10)]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), ONNX_CASES,
+                         ids=[_case_id(SMALLEST[i]) for i in (4, 5, 6, 9, 0, 1, 2, 10)])
+def test_onnx_export_equals_predict(name, kwargs):
+    """ONNX export (MobileNetV3's op nodes included) run by onnxruntime: predict's numbers."""
+    ort = pytest.importorskip("onnxruntime")
+    keras = keras_on_torch()
+    km = getattr(keras.applications, name)(weights=None, input_shape=SHAPE, **kwargs)
+    pm = getattr(apps, name)(weights=None, input_shape=SHAPE, classifier_activation=None,
+                             **kwargs)
+    pm.set_weights(_randomize(km))
+    x = _images(name)
+    proto = pynn.onnx.export(pm)
+    session = ort.InferenceSession(proto.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    want = _predict(pm, x)
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
 
 
 # -- Keras's argument errors --------------------------------------------------------------------
