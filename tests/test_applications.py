@@ -178,6 +178,15 @@ def test_weights_argument_loads_a_keras_weights_file(tmp_path):
     x = _images("MobileNetV2")
     _assert_close(_predict(pm, x), _predict(km, x))
 
+    # Keras 2's layout (.h5: a group per layer, weight_names attributes)
+    legacy = pytest.importorskip("keras.src.legacy.saving.legacy_h5_format")
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "mobilenet_v2.h5", "w") as fh:
+        legacy.save_weights_to_hdf5_group(fh, km)
+    pm = apps.MobileNetV2(alpha=0.35, input_shape=SHAPE,
+                          weights=str(tmp_path / "mobilenet_v2.h5"))
+    _assert_close(_predict(pm, x), _predict(km, x))
+
     # Keras's rule: a file of 1000 classes does not fit a classifier of 10
     with pytest.raises(ValueError, match="predictions"):
         apps.MobileNetV2(alpha=0.35, input_shape=SHAPE, weights=str(path), classes=10)
