@@ -2026,6 +2026,30 @@ def _pipeline(g, layer, x, out_shape):
 _converts("RandAugment", "AugMix")(_identity_layer)
 
 
+# -- applications (branch appsA): OpLayer's arithmetic on two operands, tensors or numbers
+# (Keras's MobileNetV3 gates with ReLU6(x + 3) * (1/6)), one elementwise node; other ops refused
+_ONNX_ARITHMETIC = {"add": "Add", "subtract": "Sub", "multiply": "Mul", "divide": "Div",
+                    "true_divide": "Div"}
+
+
+@_converts("OpLayer")
+def _op_layer(g, layer, x, out_shape):
+    xs = x if isinstance(x, list) else [x]
+    args = layer.op_args
+    if layer.op not in _ONNX_ARITHMETIC or layer.op_kwargs or len(args) != 2 or not all(
+            isinstance(a, dict) or (isinstance(a, (int, float)) and not isinstance(a, bool))
+            for a in args):
+        raise _unsupported(layer, f"ONNX export writes the ops {sorted(_ONNX_ARITHMETIC)} on "
+                                  f"two operands (tensors or numbers), not {layer.op!r} with "
+                                  f"{args!r}")
+    if len({t.perm for t in xs}) > 1 or len({len(t.shape) for t in xs}) > 1:
+        xs = [g.nhwc(t) for t in xs]  # broadcasting lines up as pynn's shapes do
+    names = [xs[a["tensor"]].name if isinstance(a, dict)
+             else g.const(a, f"{layer.name}_const", np.dtype(xs[0].dtype)) for a in args]
+    y = g.op(_ONNX_ARITHMETIC[layer.op], names, layer.name)
+    return g.tensor(y, out_shape, xs[0].perm, xs[0].dtype)
+
+
 def _convert(g, layer, x, out_shape):
     fn = _CONVERTERS.get(type(layer).__name__)
     if fn is None:

@@ -1475,3 +1475,21 @@ def test_spectral_normalization():
     model.compile(optimizer="sgd", loss="mse")
     model.train_on_batch(x, np.ones((4, 3), np.float32))   # the kernels normalised in place
     check_export(model, x)
+
+
+# -- applications (branch appsA): OpLayer's arithmetic (MobileNetV3's hard sigmoid) --
+def test_op_layer_arithmetic():
+    inputs = pynn.Input((5, 5, 3))
+    x = L.Conv2D(4, 3, name="conv")(inputs)
+    gate = L.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)
+    y = (2.0 - gate) / 4.0 + L.GlobalAveragePooling2D(keepdims=True)(x) - x
+    model = pynn.Model(inputs, L.Flatten()(y))
+    proto = check_export(model, rand((3, 5, 5, 3)))
+    assert {"Add", "Sub", "Mul", "Div"} <= set(op_types(proto))
+
+
+def test_op_layer_other_ops_refused():
+    inputs = pynn.Input((4,))
+    model = pynn.Model(inputs, pynn.ops.exp(L.Dense(3)(inputs)))
+    with pytest.raises(ValueError, match="OpLayer .* cannot be exported: ONNX export writes"):
+        pynn.onnx.export(model)
