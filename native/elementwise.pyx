@@ -93,7 +93,46 @@ cdef inline double _unary(double v, int code) noexcept nogil:
         return erf(v)
     if code == 26:
         return erfc(v)
-    return _erfinv(v)
+    if code == 27:
+        return _erfinv(v)
+    if code == 28:
+        return _bessel_i(v, 0)
+    return _bessel_i(v, 1)  # i1: i0's derivative
+
+
+# Beyond this |x| the asymptotic series of I_nu is used: its terms fall below double's
+# rounding within ASYMPTOTIC_TERMS, while the power series would need ~|x| terms.
+DEF BESSEL_ASYMPTOTIC_FROM = 50.0
+DEF ASYMPTOTIC_TERMS = 16
+
+
+cdef inline double _bessel_i(double v, int order) noexcept nogil:
+    """The modified Bessel function I_0 or I_1 (libm has neither): the power series
+    sum (x/2)^(2k+nu) / (k! (k+nu)!), all of whose terms are positive (no cancellation), for
+    |x| <= 50; e^|x| / sqrt(2 pi |x|) times the asymptotic series beyond. I_0 is even, I_1
+    odd."""
+    cdef double x = fabs(v), total, term, quarter, nu4
+    cdef int k
+    if v != v:
+        return v
+    if x <= BESSEL_ASYMPTOTIC_FROM:
+        term = 1.0 if order == 0 else 0.5 * x
+        total = term
+        quarter = 0.25 * x * x
+        k = 1
+        while term > total * 1e-17:
+            term = term * quarter / (k * (k + order))
+            total = total + term
+            k = k + 1
+    else:
+        nu4 = 4.0 * order * order
+        term = 1.0
+        total = 1.0
+        for k in range(1, ASYMPTOTIC_TERMS + 1):
+            term = term * ((2 * k - 1) * (2 * k - 1) - nu4) / (8.0 * k * x)
+            total = total + term
+        total = total * exp(x) / sqrt(2.0 * 3.141592653589793 * x)
+    return -total if order == 1 and v < 0 else total
 
 
 cdef inline double _erfinv(double v) noexcept nogil:

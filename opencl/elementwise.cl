@@ -44,6 +44,43 @@ inline float erfinv_f(const float v)
     return x - (erf(x) - v) / (1.1283791671f * exp(-x * x));
 }
 
+/* Beyond this |x| the asymptotic series of I_nu is used (see native/elementwise.pyx). */
+#ifndef BESSEL_ASYMPTOTIC_FROM
+#define BESSEL_ASYMPTOTIC_FROM 30.0f
+#endif
+#ifndef ASYMPTOTIC_TERMS
+#define ASYMPTOTIC_TERMS 8
+#endif
+
+/* The modified Bessel function I_0 or I_1 (OpenCL C has neither): the power series, whose
+ * terms are all positive, up to |x| = 30; e^|x| / sqrt(2 pi |x|) times the asymptotic
+ * series beyond. I_0 is even, I_1 odd. */
+inline float bessel_i_f(const float v, const int order)
+{
+    if (isnan(v)) return v;
+    const float x = fabs(v);
+    float total, term;
+    if (x <= BESSEL_ASYMPTOTIC_FROM) {
+        term = order == 0 ? 1.0f : 0.5f * x;
+        total = term;
+        const float quarter = 0.25f * x * x;
+        for (int k = 1; term > total * 1e-8f; ++k) {
+            term = term * quarter / (float)(k * (k + order));
+            total += term;
+        }
+    } else {
+        const float nu4 = 4.0f * order * order;
+        term = 1.0f;
+        total = 1.0f;
+        for (int k = 1; k <= ASYMPTOTIC_TERMS; ++k) {
+            term = term * ((float)((2 * k - 1) * (2 * k - 1)) - nu4) / (8.0f * k * x);
+            total += term;
+        }
+        total = total * exp(x) / sqrt(2.0f * M_PI_F * x);
+    }
+    return order == 1 && v < 0.0f ? -total : total;
+}
+
 inline float unary_op(const float v, const int code)
 {
     switch (code) {
@@ -74,7 +111,9 @@ inline float unary_op(const float v, const int code)
     case 24: return rint(v); /* round: half to even, as NumPy */
     case 25: return erf(v);
     case 26: return erfc(v);
-    default: return erfinv_f(v);
+    case 27: return erfinv_f(v);
+    case 28: return bessel_i_f(v, 0);
+    default: return bessel_i_f(v, 1); /* i1: i0's derivative */
     }
 }
 

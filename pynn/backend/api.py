@@ -93,7 +93,9 @@ ELEMENTWISE_UNARY = ("negative", "abs", "sign", "exp", "expm1", "log", "log1p", 
                      "sinh", "cosh", "tanh", "arcsinh", "arccosh", "arctanh", "floor", "ceil",
                      "round",
                      # -- opsk: keras.ops' special functions (appended: codes keep numbers) --
-                     "erf", "erfc", "erfinv")
+                     "erf", "erfc", "erfinv",
+                     # -- opsm: keras.ops' i0 and its derivative i1 (codes appended) --------
+                     "i0", "i1")
 # Comparisons give 1.0 / 0.0 in the operands' float dtype (masks for gradients).
 ELEMENTWISE_BINARY = ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power",
                       "arctan2", "equal", "greater", "greater_equal", "less", "less_equal")

@@ -34,3 +34,6 @@ def elementwise_binary_ref(a, b, op):
 def reduce_axes_ref(x, axes, op, keepdims=False):
     axes = tuple(axes) if isinstance(axes, (list, tuple)) else axes
     return np.asarray(REDUCE[op](np.asarray(x, np.float64), axis=axes, keepdims=keepdims))
+# -- opsm: i0 and its derivative i1 (SciPy's, an independent method: Chebyshev expansions) --
+UNARY.update({"i0": lambda x: __import__("scipy.special").special.i0(x),
+              "i1": lambda x: __import__("scipy.special").special.i1(x)})
