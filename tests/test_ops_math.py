@@ -395,3 +395,224 @@ def test_argpartition_puts_the_kth_in_its_sorted_place():
     np.testing.assert_array_equal(parted[:, 2], np.sort(x, 1)[:, 2])
     assert np.all(parted[:, :2].max(1) <= parted[:, 2])
     assert np.all(parted[:, 3:].min(1) >= parted[:, 2])
+
+
+# -- host-only ops: integers, value-dependent shapes, the float's bits -----------------------
+A_INTS = np.array([[12, -7, 0, 255], [3, 18, -64, 5]], np.int32)
+B_INTS = np.array([5, 3, 9, 2], np.int32)
+SHIFTS = np.array([1, 0, 3, 2], np.int32)
+
+# name -> (call(o, *xs), inputs, NumPy reference)
+HOST_CASES = {
+    "bitwise_and": (lambda o, a, b: o.bitwise_and(a, b), [A_INTS, B_INTS], np.bitwise_and),
+    "bitwise_or": (lambda o, a, b: o.bitwise_or(a, b), [A_INTS, B_INTS], np.bitwise_or),
+    "bitwise_xor": (lambda o, a, b: o.bitwise_xor(a, b), [A_INTS, B_INTS], np.bitwise_xor),
+    "bitwise_and_bool": (lambda o, a, b: o.bitwise_and(a, b),
+                         [np.array([True, False, True]), np.array([True, True, False])],
+                         np.bitwise_and),
+    "bitwise_not": (lambda o, a: o.bitwise_not(a), [A_INTS], np.invert),
+    "bitwise_invert": (lambda o, a: o.bitwise_invert(a), [A_INTS], np.invert),
+    "left_shift": (lambda o, a, b: o.left_shift(a, b), [A_INTS, SHIFTS], np.left_shift),
+    "right_shift": (lambda o, a, b: o.right_shift(a, b), [A_INTS, SHIFTS], np.right_shift),
+    "bitwise_left_shift": (lambda o, a, b: o.bitwise_left_shift(a, b), [A_INTS, SHIFTS],
+                           np.left_shift),
+    "bitwise_right_shift": (lambda o, a, b: o.bitwise_right_shift(a, b), [A_INTS, SHIFTS],
+                            np.right_shift),
+    "gcd": (lambda o, a, b: o.gcd(a, b), [A_INTS, B_INTS], np.gcd),
+    "lcm": (lambda o, a, b: o.lcm(a, b), [A_INTS, B_INTS], np.lcm),
+    "unravel_index": (lambda o, i: np.stack(o.unravel_index(i, (3, 5, 2))),
+                      [np.array([0, 7, 29, 13], np.int32)],
+                      lambda i: np.stack(np.unravel_index(i, (3, 5, 2)))),
+    "nextafter": (lambda o, a, b: o.nextafter(a, b),
+                  [np.array([1.0, -2.0, 0.0, 3.5], np.float32),
+                   np.array([2.0, -3.0, -1.0, 3.5], np.float32)], np.nextafter),
+    "saturate_cast_uint8": (lambda o, x: o.saturate_cast(x, "uint8"),
+                            [np.array([-3.5, 0.0, 17.2, 255.9, 300.0], np.float32)],
+                            lambda x: np.clip(x, 0, 255).astype(np.uint8)),
+    "saturate_cast_int32": (lambda o, x: o.saturate_cast(x, "int32"),
+                            [np.array([-3e10, 0.0, 17.2, 3e10], np.float32)],
+                            lambda x: np.clip(x.astype(np.float64), -2**31, 2**31 - 128)
+                            .astype(np.int32)),
+    "saturate_cast_int8_from_int32": (lambda o, x: o.saturate_cast(x, "int8"),
+                                      [np.array([-300, -5, 100, 1000], np.int32)],
+                                      lambda x: np.clip(x, -128, 127).astype(np.int8)),
+    "nonzero": (lambda o, x: np.stack(o.nonzero(x)),
+                [np.array([[0.0, 1.5, 0.0], [2.0, 0.0, -1.0]])],
+                lambda x: np.stack(np.nonzero(x))),
+    "unique": (lambda o, x: o.unique(x), [np.array([3, 1, 3, 2, 1, 7], np.int32)], np.unique),
+    "unique_counts": (lambda o, x: np.stack(o.unique(x, return_index=True,
+                                                     return_counts=True)),
+                      [np.array([3, 1, 3, 2, 1, 7], np.int32)],
+                      lambda x: np.stack(np.unique(x, return_index=True,
+                                                   return_counts=True))),
+    "unique_inverse": (lambda o, x: o.unique(x, return_inverse=True)[1],
+                       [np.array([3.5, 1.0, 3.5, 2.0], np.float32)],
+                       lambda x: np.unique(x, return_inverse=True)[1]),
+    "unique_size": (lambda o, x: o.unique(x, size=6, fill_value=-1),
+                    [np.array([3, 1, 3, 2], np.int32)],
+                    lambda x: np.array([1, 2, 3, -1, -1, -1])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOST_CASES))
+def test_host_ops_match_numpy(name):
+    call, xs, ref = HOST_CASES[name]
+    got = np.asarray(call(ops, *xs))
+    want = np.asarray(ref(*xs))
+    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
+    np.testing.assert_array_equal(got, want, err_msg=name)
+    if want.dtype.kind == "f" or name.startswith(("bitwise", "gcd", "lcm", "left", "right",
+                                                    "saturate")):
+        assert got.dtype == want.dtype, f"{name}: dtype {got.dtype} != {want.dtype}"
+
+
+KERAS_HOST_DEPARTS = {
+    "unique_size": "keras' torch backend ignores size and fill_value",
+    "saturate_cast_int32": "keras clips float32 at int32's max rounded to float32 (2**31), "
+                           "whose cast wraps to int32's min; pynn clips at the largest "
+                           "float32 below 2**31",
+    "nextafter": "keras' torch backend steps in float64 and rounds back to float32 (the "
+                 "input itself); NumPy steps in the input's float32",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOST_CASES))
+def test_host_ops_keras_parity(name):
+    keras = keras_on_torch()
+    if name in KERAS_HOST_DEPARTS:
+        pytest.skip(KERAS_HOST_DEPARTS[name])
+    import torch
+    call, xs, _ = HOST_CASES[name]
+    got = np.asarray(call(ops, *xs))
+    want = call(keras.ops, *[torch.tensor(x) for x in xs])
+    want = np.asarray(want.cpu() if hasattr(want, "cpu") else want)
+    assert got.shape == want.shape, f"{name}: shape {got.shape}, Keras {want.shape}"
+    np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def test_window_functions_and_spaced_sequences_match_numpy_and_keras():
+    cases = {
+        "bartlett": (lambda o: o.bartlett(7), np.bartlett(7)),
+        "blackman": (lambda o: o.blackman(8), np.blackman(8)),
+        "hamming": (lambda o: o.hamming(7), np.hamming(7)),
+        "hanning": (lambda o: o.hanning(9), np.hanning(9)),
+        "kaiser": (lambda o: o.kaiser(7, 4.5), np.kaiser(7, 4.5)),
+        "logspace": (lambda o: o.logspace(-1.0, 2.0, 7), np.logspace(-1.0, 2.0, 7)),
+        "logspace_base": (lambda o: o.logspace(0.0, 3.0, 5, base=2.0, endpoint=False),
+                          np.logspace(0.0, 3.0, 5, base=2.0, endpoint=False)),
+        "geomspace": (lambda o: o.geomspace(1.0, 1000.0, 7), np.geomspace(1.0, 1000.0, 7)),
+    }
+    try:
+        keras = keras_on_torch()
+    except pytest.skip.Exception:
+        keras = None
+    for name, (call, want) in cases.items():
+        got = np.asarray(call(ops))
+        assert got.dtype == np.float32, f"{name}: dtype {got.dtype}"
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=name)
+        if keras is not None:
+            k = np.asarray(call(keras.ops).cpu())
+            np.testing.assert_allclose(got, k, rtol=2e-6, atol=1e-6, err_msg=f"{name} Keras")
+
+
+def test_bincount_without_weights_is_int32_and_with_weights_has_a_gradient():
+    counts = np.asarray(ops.bincount(_ints(3, 0, 1, 3), minlength=6))
+    assert counts.dtype == np.int32
+    np.testing.assert_array_equal(counts, [1, 1, 0, 2, 0, 0])
+    check_grad("bincount weights", lambda w: ops.bincount(_ints(2, 0, 2, 5, 1), weights=w),
+               [np.array(WEIGHTS, np.float64)])
+
+
+def test_real_input_views_and_complex_refusals():
+    x = _x(3, 4)
+    np.testing.assert_array_equal(np.asarray(ops.isreal(x)), np.ones((3, 4), bool))
+    z = np.array([1 + 2j, 3 - 1j])
+    for name in ("real", "imag", "conj", "conjugate", "angle", "isreal"):
+        with pytest.raises(TypeError, match=f"pynn.ops.{name}: pynn has no complex dtype"):
+            getattr(ops, name)(z)
+    with pytest.raises(NotImplementedError, match="polar: the result is complex"):
+        ops.polar(x, x)
+
+
+def test_value_dependent_shapes_are_refused_in_a_functional_graph():
+    inp = pynn.Input((5,))
+    for name in ("unique", "nonzero"):
+        with pytest.raises(ValueError, match=f"pynn.ops.{name}: the output's shape depends"):
+            getattr(ops, name)(inp)
+
+
+def test_op_nodes_of_a_functional_model_save_and_load(tmp_path):
+    inp = pynn.Input((4, 5))
+    h = ops.nanmean(inp, axis=-1, keepdims=True) + ops.quantile(inp, 0.25, axis=-1,
+                                                                 keepdims=True)
+    h = ops.sinc(h) + ops.i0(inp)
+    out = ops.ptp(ops.cumsum(h, axis=1), axis=-1)
+    model = pynn.Model(inp, out)
+    x = _x(3, 4, 5).astype(np.float32)
+    want = model.predict(x, verbose=0)
+    path = tmp_path / "math.pynn"
+    model.save(path)
+    got = pynn.load_model(path).predict(x, verbose=0)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    ref = np.sinc(x.mean(-1, keepdims=True) + np.quantile(x, 0.25, -1, keepdims=True)) + np.i0(x)
+    ref = np.ptp(np.cumsum(ref, 1), -1)
+    np.testing.assert_allclose(want, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.opencl
+@pytest.mark.parametrize("name", ["bitwise_and", "left_shift", "gcd", "unique", "nonzero",
+                                  "unravel_index", "nextafter"])
+def test_host_ops_are_refused_by_name_on_opencl(name):
+    from tests.test_ops_device import _on
+    call, xs, _ = HOST_CASES[name]
+    with _on("opencl"):
+        with pytest.raises(NotImplementedError, match=f"pynn.ops.{name}: no opencl kernel"):
+            call(ops, *xs)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: ops.nansum(_x(3, 4), axis=2), "nansum: axis 2 is out of range for a 2-D"),
+    (lambda: ops.nanmean(_x(3, 4), axis=(0, 0)), "nanmean: repeated axis"),
+    (lambda: ops.quantile(_x(3, 4), 1.5), r"quantile: quantiles must lie in \[0, 1\]"),
+    (lambda: ops.quantile(_x(3, 4), 0.5, method="cubic"), "quantile: method must be one of"),
+    (lambda: ops.quantile(_x(3, 4), [[0.5]]), "quantile: q must be a scalar or 1-D"),
+    (lambda: ops.percentile(_x(3, 4), 120), r"percentile: percentiles must lie in \[0, 100\]"),
+    (lambda: ops.median(_x(3, 0), axis=1), "median: cannot take quantiles of an empty"),
+    (lambda: ops.average(_x(3, 4), axis=1, weights=_x(3)), "average: weights must have"),
+    (lambda: ops.corrcoef(_x(2, 3, 4)), "corrcoef: expected a 1-D or 2-D input"),
+    (lambda: ops.cdist(_x(3), _x(3, 2)), "cdist: expected x"),
+    (lambda: ops.psnr(_x(3, 4), _x(4, 3), 1.0), "psnr: x1 and x2 must have the same shape"),
+    (lambda: ops.bincount(_x(4)), "bincount: expected a 1-D integer x"),
+    (lambda: ops.bincount(_ints(1, -2)), "bincount: x must be non-negative"),
+    (lambda: ops.bincount(_ints(1, 2), weights=_x(3)), "bincount: weights must have"),
+    (lambda: ops.bincount(_ints(1, 2), sparse=True), "bincount: sparse=True is not"),
+    (lambda: ops.searchsorted(_x(2, 3), _x(2)), "searchsorted: sorted_sequence must be 1-D"),
+    (lambda: ops.searchsorted(SORTED, _x(2), side="middle"), "searchsorted: side must be"),
+    (lambda: ops.digitize(_x(3), np.array([0.0, 2.0, 1.0])), "digitize: bins must be mono"),
+    (lambda: ops.histogram(_x(3, 4)), "histogram: expected a 1-D input"),
+    (lambda: ops.histogram(_x(5), bins=0), "histogram: bins must be a positive int"),
+    (lambda: ops.histogram(_x(5), range=(1.0, -1.0)), "histogram: range must be"),
+    (lambda: ops.argpartition(_x(3, 4), 4), "argpartition: kth 4 is out of range"),
+    (lambda: ops.unravel_index(_ints(3, 40), (3, 5)), r"unravel_index: indices must lie in"),
+    (lambda: ops.unravel_index(_x(3), (3, 5)), "unravel_index: expected an integer input"),
+    (lambda: ops.diff(_x(3), n=-1), "diff: n must be >= 0"),
+    (lambda: ops.diff(_x(3), axis=1), "diff: axis 1 is out of range"),
+    (lambda: ops.trapezoid(_x(3, 4), _x(5)), "trapezoid: x must hold 4 points"),
+    (lambda: ops.vander(_x(3, 4)), "vander: expected a 1-D input"),
+    (lambda: ops.vdot(_x(3), _x(4)), "vdot: the inputs must have as many elements"),
+    (lambda: ops.cross(_x(3, 4), _x(3, 4)), "cross: the vector axes must have 2 or 3"),
+    (lambda: ops.correlate(_x(3, 2), _x(2)), "correlate: expected 1-D inputs"),
+    (lambda: ops.correlate(_x(3), _x(2), mode="circular"), "correlate: mode must be one of"),
+    (lambda: ops.bitwise_and(_x(3), _ints(1, 2, 3)), "bitwise_and: expected an integer"),
+    (lambda: ops.left_shift(_x(3), 1), "left_shift: expected an integer input"),
+    (lambda: ops.bitwise_not(_x(3)), "bitwise_not: expected an integer input"),
+    (lambda: ops.gcd(np.array([True]), np.array([False])), "gcd: expected integer inputs"),
+    (lambda: ops.ldexp(_x(3), _x(3)), "ldexp: x2 must be integers"),
+    (lambda: ops.geomspace(0.0, 1.0, 5), "geomspace: start and stop must not be 0"),
+    (lambda: ops.logspace(0.0, 1.0, -1), "logspace: num must be >= 0"),
+    (lambda: ops.hamming(2.5), "hamming: expected the window length as an int"),
+    (lambda: ops.unique(_x(3), axis=1), "unique: axis 1 is out of range"),
+])
+def test_bad_inputs_are_refused_by_name(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call()

@@ -887,8 +887,9 @@ def saturate_cast(x, dtype):
     source = _dtype(x)
     if source.kind == "f" and dtype.kind in "iu":
         # the float just inside the integer range (int32's max is not a float32)
-        top = np.nextafter(source.type(info.max), source.type(0)) if \
-            source.type(info.max) > info.max else source.type(info.max)
+        top = source.type(info.max)
+        if float(top) > info.max:  # Python's exact comparison, not NumPy's in float
+            top = np.nextafter(top, source.type(0))
         return npo.cast(npo.clip(x, float(info.min), float(top)), dtype)
     if source.kind in "iu" and dtype.kind in "iu":
         cpu_only("saturate_cast")
