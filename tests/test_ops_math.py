@@ -560,14 +560,45 @@ def test_op_nodes_of_a_functional_model_save_and_load(tmp_path):
 
 
 @pytest.mark.opencl
-@pytest.mark.parametrize("name", ["bitwise_and", "left_shift", "gcd", "unique", "nonzero",
-                                  "unravel_index", "nextafter"])
+@pytest.mark.parametrize("name", ["unique", "nonzero", "unravel_index", "nextafter"])
 def test_host_ops_are_refused_by_name_on_opencl(name):
     from tests.test_ops_device import _on
     call, xs, _ = HOST_CASES[name]
     with _on("opencl"):
         with pytest.raises(NotImplementedError, match=f"pynn.ops.{name}: no opencl kernel"):
             call(ops, *xs)
+
+
+INTEGER_OPS = ["bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "bitwise_invert",
+               "left_shift", "right_shift", "bitwise_left_shift", "bitwise_right_shift", "gcd",
+               "lcm"]
+
+
+@pytest.mark.opencl
+@pytest.mark.parametrize("name", INTEGER_OPS)
+def test_integer_ops_on_opencl_match_the_cpu(name):
+    from tests.test_ops_device import _on
+    call, xs, _ = HOST_CASES[name]
+    results = []
+    for device in ("cpu", "opencl"):
+        with _on(device):
+            results.append(np.asarray(call(ops, *xs)))
+    assert results[1].dtype == np.int32
+    np.testing.assert_array_equal(results[1], results[0], err_msg=name)
+
+
+def test_integer_ops_take_int64_python_scalars_and_refuse_bools_for_shifts():
+    a = A_INTS.astype(np.int64) * 3_000_000_000
+    np.testing.assert_array_equal(np.asarray(ops.right_shift(a, 3)), a >> 3)
+    got = np.asarray(ops.left_shift(A_INTS, 2))
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, A_INTS << 2)
+    np.testing.assert_array_equal(np.asarray(ops.bitwise_xor(7, B_INTS)), 7 ^ B_INTS)
+    np.testing.assert_array_equal(np.asarray(ops.bitwise_and(A_INTS.astype(np.uint8),
+                                                             np.uint8(6))),
+                                  A_INTS.astype(np.uint8) & 6)
+    with pytest.raises(TypeError, match="right_shift: expected integer inputs, got bool"):
+        ops.right_shift(np.array([True]), 1)
 
 
 @pytest.mark.parametrize("call, message", [

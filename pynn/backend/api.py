@@ -100,6 +100,10 @@ ELEMENTWISE_UNARY = ("negative", "abs", "sign", "exp", "expm1", "log", "log1p", 
 ELEMENTWISE_BINARY = ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power",
                       "arctan2", "equal", "greater", "greater_equal", "less", "less_equal")
 REDUCTIONS = ("sum", "max", "min", "prod")
+# -- opsm: integer ops on int32 (and int64 on the CPU), NumPy's results (codes are the index)
+INTEGER_BINARY = ("bitwise_and", "bitwise_or", "bitwise_xor", "left_shift", "right_shift",
+                  "gcd", "lcm")
+INTEGER_UNARY = ("invert",)
 
 # -- merge: the elementwise modes of merge_forward / merge_backward (Keras's Add, Subtract,
 # Multiply, Average, Maximum, Minimum layers).
@@ -125,6 +129,9 @@ OPS = {
     "elementwise_binary": ("a", "b", "op"),
     # op over ``axes`` (None: all), in the operand's dtype, accumulated in order per output.
     "reduce_axes": ("x", "axes", "op", "keepdims"),
+    # -- opsm: y = op(a, b) on integers of one dtype, broadcasting; y = op(x) (invert) --
+    "integer_binary": ("a", "b", "op"),
+    "integer_unary": ("x", "op"),
     # -- arrays ---------------------------------------------------------------------------
     "asarray": ("x", "dtype"),                 # host data -> backend array (copy/upload)
     "to_numpy": ("a",),                        # backend array -> numpy.ndarray (download)

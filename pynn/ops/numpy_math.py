@@ -11,12 +11,13 @@ to the replaced places); quantiles gather from the sort family's sorted rows (th
 goes back through the sort's permutation). i0 runs on the elementwise family's codes ``i0``
 and ``i1`` (its derivative) on both backends.
 
-Three kinds of op are host-only, refused by name on a device (never a silent trip through
-the host): the integer ones (bitwise, shifts, gcd/lcm, unravel_index, and nextafter, which
-needs the float's own bits) — the device backend computes in float32 only; and those whose
-output size depends on the values (unique, nonzero), which are also refused inside a
-functional graph. pynn has no complex dtype: real, imag, conj, angle and isreal give NumPy's
-results for real inputs and refuse complex ones; polar, whose result is complex, is refused.
+The bitwise ops, shifts, gcd and lcm run on the integer family's kernels (api.INTEGER_BINARY:
+int32 on both backends, int64 too on the CPU; NumPy's results, shifts past the width
+included). Host-only, refused by name on a device (never a silent trip through the host):
+unravel_index, nextafter (which needs the float's own bits), and the ops whose output size
+depends on the values (unique, nonzero), which are also refused inside a functional graph.
+pynn has no complex dtype: real, imag, conj, angle and isreal give NumPy's results for real
+inputs and refuse complex ones; polar, whose result is complex, is refused.
 """
 
 import builtins
@@ -723,47 +724,84 @@ def allclose(x1, x2, rtol=1e-05, atol=1e-08, equal_nan=False):
     return npo.all(npx.isclose(x1, x2, rtol=rtol, atol=atol, equal_nan=equal_nan))
 
 
-# -- bitwise and integer ops (host integers) ------------------------------------------------
-def _integer_binary(name, fn):
+# -- bitwise and integer ops (the integer family: int32 on both backends, int64 on the CPU) --
+KERNEL_INTEGERS = (np.dtype(np.int32), np.dtype(np.int64))
+
+
+def _integer_operand(name, x, like=None):
+    """x's integers: a Python int takes the other operand's dtype (a weak scalar, as NumPy's
+    and Keras's); floats are refused by name."""
+    v = value(x)
+    if isinstance(v, bool) or (isinstance(v, int) and like is None):
+        v = np.asarray(v)
+    elif isinstance(v, int):
+        v = np.asarray(v, like)
+    dtype = np.dtype(getattr(v, "dtype", None) or np.asarray(v).dtype)
+    if dtype.kind not in "iub":
+        raise TypeError(f"pynn.ops.{name}: expected an integer input, got dtype {dtype}")
+    return v, dtype
+
+
+def _integer_call(name, kernel_op, numpy_fn, x, y=None):
+    b = backend.current()
+    a, a_dtype = _integer_operand(name, x)
+    if y is None:
+        operands, dtypes = [a], [a_dtype]
+    else:
+        c, c_dtype = _integer_operand(name, y, like=a_dtype)
+        if isinstance(value(x), int) and not isinstance(value(x), bool):
+            a, a_dtype = _integer_operand(name, np.asarray(value(x), c_dtype))
+        operands, dtypes = [a, c], [a_dtype, c_dtype]
+    if b.NAME == "cpu":
+        arrays = [np.asarray(v) for v in operands]
+        dtype = np.result_type(*arrays)
+        if dtype not in KERNEL_INTEGERS:  # bool, 8/16-bit and unsigned ints: NumPy's
+            return Tensor(np.asarray(numpy_fn(*arrays)))
+        arrays = [v.astype(dtype, copy=False) for v in arrays]
+    else:  # the device's integers are int32: host ints upload, device floats are refused
+        arrays = [b.asarray(np.asarray(v), np.int32) if isinstance(v, (np.ndarray, np.generic))
+                  else v for v in operands]
+    if y is None:
+        return Tensor(b.integer_unary(arrays[0], kernel_op))
+    return Tensor(b.integer_binary(arrays[0], arrays[1], kernel_op))
+
+
+def _integer_binary(name, kernel_op, numpy_fn, shift=False):
     def f(x, y):
-        a, b = _integers(name, x), _integers(name, y)
-        return Tensor(np.asarray(fn(a, b)))
+        if shift:
+            for v in (x, y):
+                if _integer_operand(name, v)[1].kind == "b":
+                    raise TypeError(f"pynn.ops.{name}: expected integer inputs, got bool")
+        return _integer_call(name, kernel_op, numpy_fn, x, y)
 
     f.__name__ = name
-    f.__doc__ = f"keras.ops.{name} on integer (or bool) inputs, NumPy's; host integers."
+    f.__doc__ = (f"keras.ops.{name}: NumPy's on integers (the integer family's "
+                 f"{kernel_op!r} on both backends), floats refused.")
     return op(f)
 
 
-def _integer_unary(name, fn):
+def _integer_unary(name):
     def f(x):
-        return Tensor(np.asarray(fn(_integers(name, x))))
+        return _integer_call(name, "invert", np.invert, x)
 
     f.__name__ = name
-    f.__doc__ = f"keras.ops.{name} on integer (or bool) inputs, NumPy's; host integers."
+    f.__doc__ = f"keras.ops.{name}: ~x on integers (bool: logical not, as NumPy's)."
     return op(f)
 
 
-def _shift(name, fn):
-    def shifted(a, b):
-        if b.dtype.kind == "b" or a.dtype.kind == "b":
-            raise TypeError(f"pynn.ops.{name}: expected integer inputs, got {a.dtype} and "
-                            f"{b.dtype}")
-        return fn(a, b)
-
-    return _integer_binary(name, shifted)
-
-
-bitwise_and = _integer_binary("bitwise_and", np.bitwise_and)
-bitwise_or = _integer_binary("bitwise_or", np.bitwise_or)
-bitwise_xor = _integer_binary("bitwise_xor", np.bitwise_xor)
-bitwise_not = _integer_unary("bitwise_not", np.invert)
-bitwise_invert = _integer_unary("bitwise_invert", np.invert)
-left_shift = _shift("left_shift", np.left_shift)
-right_shift = _shift("right_shift", np.right_shift)
-bitwise_left_shift = _shift("bitwise_left_shift", np.left_shift)
-bitwise_right_shift = _shift("bitwise_right_shift", np.right_shift)
-gcd = _shift("gcd", np.gcd)
-lcm = _shift("lcm", np.lcm)
+bitwise_and = _integer_binary("bitwise_and", "bitwise_and", np.bitwise_and)
+bitwise_or = _integer_binary("bitwise_or", "bitwise_or", np.bitwise_or)
+bitwise_xor = _integer_binary("bitwise_xor", "bitwise_xor", np.bitwise_xor)
+bitwise_not = _integer_unary("bitwise_not")
+bitwise_invert = _integer_unary("bitwise_invert")
+left_shift = _integer_binary("left_shift", "left_shift", np.left_shift, shift=True)
+right_shift = _integer_binary("right_shift", "right_shift", np.right_shift, shift=True)
+bitwise_left_shift = _integer_binary("bitwise_left_shift", "left_shift", np.left_shift,
+                                     shift=True)
+bitwise_right_shift = _integer_binary("bitwise_right_shift", "right_shift", np.right_shift,
+                                      shift=True)
+gcd = _integer_binary("gcd", "gcd", np.gcd, shift=True)
+lcm = _integer_binary("lcm", "lcm", np.lcm, shift=True)
 
 
 # -- elementwise ----------------------------------------------------------------------------
