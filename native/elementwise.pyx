@@ -43,6 +43,11 @@ ctypedef fused integer:
 cdef enum:
     PARALLEL_MIN = 32768  # below this many elements the calling thread does it alone
     MAX_DIMS = 6          # operands.elementwise.MAX_DIMS
+    NEXTAFTER = 13        # api.ELEMENTWISE_BINARY's code of nextafter (opsm)
+
+cdef extern from "<math.h>" nogil:
+    double nextafter(double, double)
+    float nextafterf(float, float)
 
 
 cdef inline double _unary(double v, int code) noexcept nogil:
@@ -208,7 +213,9 @@ cdef inline double _binary(double a, double b, int code) noexcept nogil:
         return a >= b
     if code == 11:
         return a < b
-    return a <= b
+    if code == 12:
+        return a <= b
+    return nextafter(a, b)  # float32's step is taken in _binary_rows
 
 
 cdef struct Walk:
@@ -277,6 +284,11 @@ cdef inline void _binary_rows(const _ElementwiseJob* j, const floating* a, long 
             oa = oa + (rest % g.shape[k]) * g.sa[k]
             ob = ob + (rest % g.shape[k]) * g.sb[k]
             rest = rest // g.shape[k]
+        if floating is float:
+            if j.code == NEXTAFTER:  # float32's own next value, not double's rounded back
+                for i in range(length):
+                    y[r * length + i] = nextafterf(a[oa + i * la], b[ob + i * lb])
+                continue
         for i in range(length):
             y[r * length + i] = <floating>_binary(a[oa + i * la], b[ob + i * lb], j.code)
 

@@ -132,7 +132,8 @@ inline float binary_op(const float a, const float b, const int code)
     case 9: return (float)(a > b);
     case 10: return (float)(a >= b);
     case 11: return (float)(a < b);
-    default: return (float)(a <= b);
+    case 12: return (float)(a <= b);
+    default: return nextafter(a, b);
     }
 }
 

@@ -560,13 +560,34 @@ def test_op_nodes_of_a_functional_model_save_and_load(tmp_path):
 
 
 @pytest.mark.opencl
-@pytest.mark.parametrize("name", ["unique", "nonzero", "unravel_index", "nextafter"])
+@pytest.mark.parametrize("name", ["unique", "nonzero", "unravel_index"])
 def test_host_ops_are_refused_by_name_on_opencl(name):
     from tests.test_ops_device import _on
     call, xs, _ = HOST_CASES[name]
     with _on("opencl"):
         with pytest.raises(NotImplementedError, match=f"pynn.ops.{name}: no opencl kernel"):
             call(ops, *xs)
+
+
+def test_nextafter_takes_float32s_own_step_on_both_backends():
+    a = np.array([1.0, -2.0, 0.0, 3.5, 1e-40, np.inf], np.float32)
+    toward = np.array([2.0, -3.0, -1.0, 3.5, 0.0, 0.0], np.float32)
+    want = np.nextafter(a, toward)
+    got = np.asarray(ops.nextafter(a, toward))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+    np.testing.assert_array_equal(np.asarray(ops.nextafter(a.astype(np.float64), 5.0)),
+                                  np.nextafter(a.astype(np.float64), 5.0))
+
+
+@pytest.mark.opencl
+def test_nextafter_on_opencl_matches_the_cpu_bit_for_bit():
+    from tests.test_ops_device import _on
+    a = np.array([1.0, -2.0, 0.0, 3.5, 7.25, np.inf], np.float32)
+    toward = np.array([2.0, -3.0, -1.0, 3.5, 0.0, 0.0], np.float32)
+    with _on("opencl") as b:
+        got = np.asarray(ops.nextafter(b.asarray(a, np.float32), b.asarray(toward, np.float32)))
+    np.testing.assert_array_equal(got.view(np.int32), np.nextafter(a, toward).view(np.int32))
 
 
 INTEGER_OPS = ["bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "bitwise_invert",

@@ -98,7 +98,9 @@ ELEMENTWISE_UNARY = ("negative", "abs", "sign", "exp", "expm1", "log", "log1p", 
                      "i0", "i1")
 # Comparisons give 1.0 / 0.0 in the operands' float dtype (masks for gradients).
 ELEMENTWISE_BINARY = ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power",
-                      "arctan2", "equal", "greater", "greater_equal", "less", "less_equal")
+                      "arctan2", "equal", "greater", "greater_equal", "less", "less_equal",
+                      # -- opsm: keras.ops.nextafter (appended: codes keep numbers) --
+                      "nextafter")
 REDUCTIONS = ("sum", "max", "min", "prod")
 # -- opsm: integer ops on int32 (and int64 on the CPU), NumPy's results (codes are the index)
 INTEGER_BINARY = ("bitwise_and", "bitwise_or", "bitwise_xor", "left_shift", "right_shift",

@@ -13,9 +13,10 @@ and ``i1`` (its derivative) on both backends.
 
 The bitwise ops, shifts, gcd and lcm run on the integer family's kernels (api.INTEGER_BINARY:
 int32 on both backends, int64 too on the CPU; NumPy's results, shifts past the width
-included). Host-only, refused by name on a device (never a silent trip through the host):
-unravel_index, nextafter (which needs the float's own bits), and the ops whose output size
-depends on the values (unique, nonzero), which are also refused inside a functional graph.
+included). nextafter is a code of the elementwise family (float32's own step on both backends).
+Host-only, refused by name on a device (never a silent trip through the host):
+unravel_index, and the ops whose output size depends on the values (unique, nonzero), which
+are also refused inside a functional graph.
 pynn has no complex dtype: real, imag, conj, angle and isreal give NumPy's results for real
 inputs and refuse complex ones; polar, whose result is complex, is refused.
 """
@@ -881,13 +882,17 @@ def ldexp(x1, x2):
 
 @op
 def nextafter(x1, x2):
-    """keras.ops.nextafter: the next representable float after x1 toward x2 (NumPy's, on
-    the float's bits: host only)."""
-    a = _host_array("nextafter", x1)
-    b = np.asarray(value(x2))
-    if a.dtype.kind != "f":
-        a = a.astype(_config.floatx())
-    return Tensor(np.nextafter(a, b.astype(a.dtype)))
+    """keras.ops.nextafter: the next float of x1's dtype after x1 toward x2 (the elementwise
+    family's code, float32's own step on both backends); no gradient."""
+    b = backend.current()
+    a = npx._operand(b, _floating("nextafter", x1))
+    toward = value(_floating("nextafter", x2))
+    if b.NAME == "cpu":
+        toward = np.asarray(toward, a.dtype)
+    else:
+        from pynn.ops import device
+        toward = device._device(b, toward)
+    return Tensor(b.elementwise_binary(a, toward, "nextafter"))
 
 
 @op

@@ -37,6 +37,8 @@ def reduce_axes_ref(x, axes, op, keepdims=False):
 # -- opsm: i0 and its derivative i1 (SciPy's, an independent method: Chebyshev expansions) --
 UNARY.update({"i0": lambda x: __import__("scipy.special").special.i0(x),
               "i1": lambda x: __import__("scipy.special").special.i1(x)})
+# -- opsm: keras.ops.nextafter (its float32 step is checked in tests/test_ops_math.py)
+BINARY.update({"nextafter": np.nextafter})
 # -- opsm: the integer family (api.INTEGER_BINARY / INTEGER_UNARY): NumPy's own ufuncs --
 INTEGER_BINARY = {"bitwise_and": np.bitwise_and, "bitwise_or": np.bitwise_or,
                   "bitwise_xor": np.bitwise_xor, "left_shift": np.left_shift,
