@@ -590,6 +590,23 @@ def test_nextafter_on_opencl_matches_the_cpu_bit_for_bit():
     np.testing.assert_array_equal(got.view(np.int32), np.nextafter(a, toward).view(np.int32))
 
 
+@pytest.mark.opencl
+def test_saturate_cast_and_bincount_on_opencl_match_the_cpu():
+    from tests.test_ops_device import _on
+    call, xs, _ = HOST_CASES["saturate_cast_int32"]
+    results = []
+    for device in ("cpu", "opencl"):
+        with _on(device) as b:
+            results.append((np.asarray(call(ops, b.asarray(xs[0], np.float32))),
+                            np.asarray(ops.bincount(_ints(3, 0, 1, 3), minlength=6))))
+            if device == "opencl":
+                with pytest.raises(TypeError, match="saturate_cast: the opencl backend holds"):
+                    ops.saturate_cast(b.asarray(xs[0], np.float32), "uint8")
+    for got, want in zip(results[1], results[0]):
+        assert got.dtype == want.dtype == np.int32
+        np.testing.assert_array_equal(got, want)
+
+
 INTEGER_OPS = ["bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "bitwise_invert",
                "left_shift", "right_shift", "bitwise_left_shift", "bitwise_right_shift", "gcd",
                "lcm"]

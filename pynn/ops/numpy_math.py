@@ -388,7 +388,7 @@ def psnr(x1, x2, max_val):
         raise ValueError(f"pynn.ops.psnr: x1 and x2 must have the same shape, got "
                          f"{_shape(x1)} and {_shape(x2)}")
     mse = npo.mean(npo.square(npo.subtract(x1, x2)))
-    peak = 20.0 * math.log10(float(np.asarray(value(max_val))))
+    peak = 20.0 * math.log10(float(_host_floats(max_val)))
     with np.errstate(divide="ignore"):
         return npo.subtract(peak, npo.multiply(npo.log10(mse), 10.0))
 
@@ -423,9 +423,9 @@ def bincount(x, weights=None, minlength=0, sparse=False):
     if isinstance(minlength, bool) or int(minlength) < 0:
         raise ValueError(f"pynn.ops.bincount: minlength must be >= 0, got {minlength!r}")
     length = builtins.max(int(ids.max()) + 1 if ids.size else 0, int(minlength))
-    if weights is None:
-        counts = np.bincount(ids, minlength=length)
-        return Tensor(backend.current().asarray(counts.astype(np.int32), np.int32))
+    if weights is None:  # a sum of ones, exact in float32 below 2**24 per bin
+        ones = npo.ones((ids.shape[0],), "float32")
+        return npo.cast(npx.segment_sum(ones, ids, num_segments=length), "int32")
     if _shape(weights) != ids.shape:
         raise ValueError(f"pynn.ops.bincount: weights must have x's shape {ids.shape}, got "
                          f"{_shape(weights)}")
@@ -928,6 +928,10 @@ def saturate_cast(x, dtype):
     if info is None:
         return npo.cast(x, dtype)
     source = _dtype(x)
+    b = backend.current()
+    if b.NAME != "cpu" and dtype.name not in ("float32", "int32"):
+        raise TypeError(f"pynn.ops.saturate_cast: the {b.NAME} backend holds float32 and "
+                        f"int32 only, got dtype {dtype}")
     if source.kind == "f" and dtype.kind in "iu":
         # the float just inside the integer range (int32's max is not a float32)
         top = source.type(info.max)
