@@ -685,3 +685,56 @@ def test_integer_ops_take_int64_python_scalars_and_refuse_bools_for_shifts():
 def test_bad_inputs_are_refused_by_name(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+# -- seeded random chains of these ops (as tests/test_fuzz_ops.py does for the older ones) ---
+def _fuzz_step(rng, v):
+    rows, cols = (tuple(v.shape) + (1, 1))[:2]
+    steps = [
+        lambda v: ops.nansum(v, axis=-1, keepdims=True),
+        lambda v: ops.nanmean(v, axis=0, keepdims=True),
+        lambda v: ops.ptp(v, axis=-1, keepdims=True) if cols > 1 else ops.sinc(v),
+        lambda v: ops.quantile(v, 0.3, axis=-1, keepdims=True),
+        lambda v: ops.median(v, axis=0, keepdims=True),
+        ops.sinc,
+        lambda v: ops.i0(ops.tanh(v)),
+        lambda v: ops.logaddexp2(v, ops.multiply(v, 0.5)),
+        lambda v: ops.divide_no_nan(v, ops.add(ops.square(v), 0.5)),
+        lambda v: ops.nancumsum(v, axis=-1),
+        lambda v: ops.diff(v, axis=-1) if cols > 1 else ops.deg2rad(v),
+        lambda v: ops.kron(v, np.array([[1.0, -0.5]], v.dtype)),
+        lambda v: ops.expand_dims(ops.average(v, axis=-1, weights=np.linspace(
+            0.5, 1.5, cols).astype(v.dtype)), -1),
+        lambda v: ops.cdist(v, ops.add(ops.multiply(v, 0.5), 0.1)),
+        lambda v: ops.expand_dims(ops.trapezoid(v, dx=0.5, axis=0), 0) if rows > 1 else
+        ops.fabs(ops.add(v, 2.0)),
+        lambda v: ops.nanvar(v, axis=-1, keepdims=True) if cols > 1 else ops.rad2deg(v),
+    ]
+    return steps[int(rng.integers(len(steps)))](v)
+
+
+def _fuzz_chain(seed):
+    def fn(x):
+        rng = np.random.default_rng([seed, 1])
+        v = x
+        for _ in range(int(rng.integers(2, 5))):
+            v = _fuzz_step(rng, v)
+        return v
+    return fn
+
+
+def _fuzz_input(seed):
+    rng = np.random.default_rng([seed, 0])
+    return rng.uniform(-1, 1, (int(rng.integers(2, 5)), int(rng.integers(2, 6))))
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_random_chains_have_the_gradients_of_central_differences(seed):
+    check_grad(f"chain {seed}", _fuzz_chain(seed), [_fuzz_input(seed)], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.opencl
+@pytest.mark.parametrize("seed", range(24))
+def test_random_chains_on_opencl_match_the_cpu(seed):
+    from tests.test_ops_device import check_device
+    check_device(f"chain {seed}", _fuzz_chain(seed), _fuzz_input(seed).astype(np.float32))
