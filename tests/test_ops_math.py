@@ -315,6 +315,8 @@ KERAS_TORCH_DEPARTS = {
              "gradient is 0 there (NumPy: x1 * 2**x2 exactly)",
     "vdot": "torch.vdot takes 1-D inputs only (NumPy flattens)",
 }
+# Keras on torch returns another dtype than keras.ops documents (NumPy's) here.
+KERAS_TORCH_DTYPES = set()
 # Keras's values are compared, not its gradients: torch has none (bincount), or its backward
 # fails on Keras's in-place construction (vander).
 KERAS_TORCH_HAS_NO_GRADIENT = {"bincount_weights", "vander", "vander_increasing"}
@@ -334,6 +336,8 @@ def test_keras_parity_of_values_and_gradients(name):
     with np.errstate(all="ignore"):
         got, got_g = _pynn_run(call, xs, r) if with_gradient else (probe, [])
     assert got.shape == want.shape, f"{name}: shape {got.shape}, Keras {want.shape}"
+    assert got.dtype == want.dtype or name in KERAS_TORCH_DTYPES, \
+        f"{name}: dtype {got.dtype}, Keras {want.dtype}"
     if want.dtype.kind in "biu":
         np.testing.assert_array_equal(got, want, err_msg=name)
     else:
@@ -487,6 +491,7 @@ def test_host_ops_keras_parity(name):
     want = call(keras.ops, *[torch.tensor(x) for x in xs])
     want = np.asarray(want.cpu() if hasattr(want, "cpu") else want)
     assert got.shape == want.shape, f"{name}: shape {got.shape}, Keras {want.shape}"
+    assert got.dtype == want.dtype, f"{name}: dtype {got.dtype}, Keras {want.dtype}"
     np.testing.assert_array_equal(got, want, err_msg=name)
 
 

@@ -512,8 +512,8 @@ def _refuse_symbolic(name, *args):
 def unique(x, sorted=True, return_index=False, return_inverse=False, return_counts=False,
            axis=None, size=None, fill_value=None):
     """keras.ops.unique (eager, host): the sorted distinct values, with NumPy's first
-    indices, inverse and counts on request (int32); ``size`` pads with ``fill_value`` (the
-    smallest value by default) or truncates."""
+    indices, inverse and counts on request (int64, as Keras's on torch and NumPy); ``size``
+    pads with ``fill_value`` (the smallest value by default) or truncates."""
     _refuse_symbolic("unique", x)
     a = _host_array("unique", x)
     if axis is not None:
@@ -536,11 +536,11 @@ def unique(x, sorted=True, return_index=False, return_inverse=False, return_coun
             counts = np.pad(counts, (0, size - length))
     out = [Tensor(values)]
     if return_index:
-        out.append(Tensor(index.astype(np.int32)))
+        out.append(Tensor(index.astype(np.int64)))
     if return_inverse:
-        out.append(Tensor(inverse.reshape(a.shape if axis is None else -1).astype(np.int32)))
+        out.append(Tensor(inverse.reshape(a.shape if axis is None else -1).astype(np.int64)))
     if return_counts:
-        out.append(Tensor(counts.astype(np.int32)))
+        out.append(Tensor(counts.astype(np.int64)))
     return out[0] if len(out) == 1 else tuple(out)
 
 
