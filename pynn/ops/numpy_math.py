@@ -10,6 +10,9 @@ replace NaN by each reduction's neutral element with ``where`` (whose gradient s
 to the replaced places); quantiles gather from the sort family's sorted rows (their gradient
 goes back through the sort's permutation). i0 runs on the elementwise family's codes ``i0``
 and ``i1`` (its derivative) on both backends.
+The searching and counting ops with no gradient (searchsorted, digitize, isin, histogram)
+keep NumPy's algorithms on the CPU, as numpy_ops does; on a device they are comparisons
+against every element and a sum (one pass, no host trip).
 
 The bitwise ops, shifts, gcd and lcm run on the integer family's kernels (api.INTEGER_BINARY:
 int32 on both backends, int64 too on the CPU; NumPy's results, shifts past the width
@@ -442,6 +445,10 @@ def searchsorted(sorted_sequence, values, side="left"):
     if _ndim(sorted_sequence) != 1:
         raise ValueError(f"pynn.ops.searchsorted: sorted_sequence must be 1-D, got shape "
                          f"{_shape(sorted_sequence)}")
+    if backend.current().NAME == "cpu":  # NumPy's binary search
+        return Tensor(np.searchsorted(np.asarray(value(sorted_sequence)),
+                                      np.asarray(value(values)), side).astype(np.int32))
+    # on the device: a count against every element (O(len(sequence)) per value)
     compare = npo.less if side == "left" else npo.less_equal
     below = compare(sorted_sequence, npo.expand_dims(values, -1))
     return npo.cast(npo.sum(npo.cast(below, "float32"), axis=-1), "int32")
@@ -461,6 +468,8 @@ def digitize(x, bins):
     if edges.size > 1 and np.any(np.diff(edges) < 0):
         raise ValueError("pynn.ops.digitize: bins must be monotonically increasing or "
                          "decreasing")
+    if backend.current().NAME == "cpu":
+        return Tensor(np.digitize(np.asarray(value(x)), edges).astype(np.int32))
     return searchsorted(bins, x, side="right")
 
 
@@ -486,6 +495,10 @@ def histogram(x, bins=10, range=None):
         lo, hi = lo - 0.5, hi + 0.5
     edges = np.linspace(lo, hi, int(bins) + 1)
     dtype = _dtype(x)
+    if backend.current().NAME == "cpu":
+        counts = np.histogram(np.asarray(value(x)), int(bins), (lo, hi))[0]
+        return Tensor(counts.astype(dtype)), npx._constant(edges, dtype)
+    # on the device: each value's bin compared with every bin (O(bins) per value)
     scaled = npo.multiply(npo.subtract(x, lo), bins / (hi - lo))
     index = npo.minimum(npo.floor(scaled), bins - 1)
     inside = npo.logical_and(npo.greater_equal(x, lo), npo.less_equal(x, hi))
@@ -499,6 +512,9 @@ def histogram(x, bins=10, range=None):
 def isin(x1, x2, assume_unique=False, invert=False):
     """keras.ops.isin: whether each element of x1 is among x2's (an equality against every
     element of x2)."""
+    if backend.current().NAME == "cpu":  # NumPy's (sorting) isin
+        return Tensor(np.isin(np.asarray(value(x1)), np.asarray(value(x2)), invert=invert))
+    # on the device: an equality against every element of x2
     hits = npo.any(npo.equal(npo.expand_dims(x1, -1), npo.reshape(x2, (-1,))), axis=-1)
     return npo.logical_not(hits) if invert else hits
 
