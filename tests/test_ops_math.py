@@ -38,6 +38,21 @@ SORTED = np.sort(_x(9))
 WEIGHTS = _x(5, positive=True, seed=3)
 
 
+def _segment_ref(x, ids, n, fold, fill):
+    y = np.full((n,) + x.shape[1:], fill)
+    fold.at(y, np.asarray(ids), x)
+    return y
+
+
+def _with_zeros(*shape):
+    """Random rows with zeros: one in a segment alone and two in another (segment_prod's
+    gradient is exact for both)."""
+    a = _x(*shape, seed=5)
+    a[0, 0] = 0.0  # segment 1 (rows 0, 2, 3): one zero in column 0
+    a[1, 1] = a[4, 1] = 0.0  # segment 0 (rows 1, 4): two zeros in column 1
+    return a
+
+
 def _vandermonde_points():
     a = _x(5)
     a[2] = 0.0  # the gradient at 0 must be exact
@@ -138,6 +153,12 @@ CASES = {
     "bincount_weights": (lambda o, w: o.bincount(_ints(2, 0, 2, 5, 1), weights=w,
                                                  minlength=7),
                          [WEIGHTS], lambda w: np.bincount([2, 0, 2, 5, 1], w, 7), True),
+    "segment_min": (lambda o, x: o.segment_min(x, _ints(2, 0, 1, 3, 0), num_segments=4),
+                    [_x(5, 3)], lambda x: _segment_ref(x, [2, 0, 1, 3, 0], 4, np.minimum,
+                                                       np.inf), True),
+    "segment_prod": (lambda o, x: o.segment_prod(x, _ints(1, 0, 1, 1, 0, 3), num_segments=5),
+                     [_with_zeros(6, 3)], lambda x: _segment_ref(x, [1, 0, 1, 1, 0, 3], 5,
+                                                                 np.multiply, 1.0), True),
     "i0": (lambda o, x: o.i0(x), [_x(3, 7) * 4], lambda x: np.i0(x), True),
     "sinc": (lambda o, x: o.sinc(x), [np.concatenate([[0.0], _x(8)])], np.sinc, True),
     "fabs": (lambda o, x: o.fabs(x), [_x(3, 5)], np.fabs, True),
@@ -168,6 +189,9 @@ VALUE_CASES = {
     "nanmax_all_nan_row": (lambda o, x: o.nanmax(x, axis=1), [NAN_ROW],
                            lambda x: np.array([np.nan if np.all(np.isnan(r)) else np.nanmax(r)
                                                for r in x]), True),
+    "segment_min_empty": (lambda o, x: o.segment_min(x, _ints(2, 0, 2, 3, 0), num_segments=5),
+                          [_x(5, 3)], lambda x: _segment_ref(x, [2, 0, 2, 3, 0], 5, np.minimum,
+                                                             np.inf), True),
     "count_nonzero": (lambda o, x: o.count_nonzero(x, axis=0),
                       [np.array([[0.0, 1.5, 0.0], [2.0, 0.0, 0.0], [1.0, 1.0, 0.0]])],
                       lambda x: np.count_nonzero(x, 0), True),
@@ -440,6 +464,13 @@ HOST_CASES = {
     "saturate_cast_int8_from_int32": (lambda o, x: o.saturate_cast(x, "int8"),
                                       [np.array([-300, -5, 100, 1000], np.int32)],
                                       lambda x: np.clip(x, -128, 127).astype(np.int8)),
+    "segment_min_ints": (lambda o, x: o.segment_min(x, _ints(0, 0, 2), num_segments=4),
+                         [np.array([[3, -1], [1, 5], [2, 2]], np.int32)],
+                         lambda x: np.array([[1, -1], [2**31 - 1] * 2, [2, 2], [2**31 - 1] * 2],
+                                            np.int32)),
+    "segment_prod_ints": (lambda o, x: o.segment_prod(x, _ints(0, 0, 2), num_segments=4),
+                          [np.array([[3, -1], [1, 5], [2, 2]], np.int32)],
+                          lambda x: np.array([[3, -5], [1, 1], [2, 2], [1, 1]], np.int32)),
     "nonzero": (lambda o, x: np.stack(o.nonzero(x)),
                 [np.array([[0.0, 1.5, 0.0], [2.0, 0.0, -1.0]])],
                 lambda x: np.stack(np.nonzero(x))),
@@ -472,6 +503,8 @@ def test_host_ops_match_numpy(name):
 
 KERAS_HOST_DEPARTS = {
     "unique_size": "keras' torch backend ignores size and fill_value",
+    "segment_min_ints": "keras' torch backend fills an empty segment with int64's minimum "
+                        "(its -inf cast) and returns int64; pynn: the dtype's largest value",
     "saturate_cast_int32": "keras clips float32 at int32's max rounded to float32 (2**31), "
                            "whose cast wraps to int32's min; pynn clips at the largest "
                            "float32 below 2**31",

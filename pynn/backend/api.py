@@ -788,6 +788,7 @@ OPS.update({
 OPS.update({
     # -> (len(starts) - 1, D): segment s folds data[order[starts[s]:starts[s+1]]] in order,
     # op 'sum' (empty: 0) or 'max' (empty: -inf).
+    # -- opsm: or 'prod' (empty: 1), keras.ops.segment_prod --
     "segment_reduce_forward": ("data", "starts", "order", "op"),
     # -> (len(rows), D): src[rows[m]], zeros where rows[m] is -1.
     "gather_rows": ("src", "rows"),

@@ -14,6 +14,9 @@ The searching and counting ops with no gradient (searchsorted, digitize, isin, h
 keep NumPy's algorithms on the CPU, as numpy_ops does; on a device they are comparisons
 against every element and a sum (one pass, no host trip).
 
+segment_min is -segment_max(-x); segment_prod is the scatter family's 'prod' code on both
+backends, its gradient exact with zeros.
+
 The bitwise ops, shifts, gcd and lcm run on the integer family's kernels (api.INTEGER_BINARY:
 int32 on both backends, int64 too on the CPU; NumPy's results, shifts past the width
 included). nextafter is a code of the elementwise family (float32's own step on both backends).
@@ -594,6 +597,60 @@ def unravel_index(indices, shape):
         raise ValueError(f"pynn.ops.unravel_index: indices must lie in [0, {size}) for shape "
                          f"{shape}, got values in [{idx.min()}, {idx.max()}]")
     return tuple(Tensor(c.astype(np.int32)) for c in np.unravel_index(idx % size, shape))
+
+
+# -- segments (beside numpy_extra's segment_sum / segment_max, on the scatter family) --------
+@op
+def segment_min(data, segment_ids, num_segments=None, sorted=False):
+    """keras.ops.segment_min: -segment_max(-data); an empty segment holds +inf (an int
+    dtype's largest value); ties in a segment share its gradient."""
+    if _dtype(data).kind != "f":
+        b, d, shape, n, rows, keep, starts, order = npx._segments(
+            "segment_min", data, segment_ids, num_segments)
+        return npx._integer_segments(d, rows, keep, n, np.minimum, np.iinfo(d.dtype).max)
+    return npo.negative(npx.segment_max(npo.negative(data), segment_ids, num_segments))
+
+
+@op
+def segment_prod(data, segment_ids, num_segments=None, sorted=False):
+    """keras.ops.segment_prod: each segment's rows multiplied in row order (the scatter
+    family's 'prod'; an empty segment is 1). The gradient of a row is the product of the
+    segment's others, exact with zeros: the product of the segment's non-zero rows and its
+    count of zeros decide it."""
+    b, d, shape, n, rows, keep, starts, order = npx._segments("segment_prod", data,
+                                                              segment_ids, num_segments)
+    if np.dtype(d.dtype).kind != "f":
+        return npx._integer_segments(d, rows, keep, n, np.multiply, 1)
+    d2 = npx._rows_view(b, d, shape[0])
+    y2 = b.segment_reduce_forward(d2, starts, order, "prod")
+    y = b.reshape(y2, (n,) + shape[1:])
+
+    def backward(dy, need):
+        dtype = np.dtype(d.dtype)
+        one = b.full((), 1.0, dtype)
+        zero = b.elementwise_binary(d2, b.full((), 0.0, dtype), "equal")
+        nonzero = b.elementwise_binary(one, zero, "subtract")
+        # the rows with a zero count as 1 in the product of the others
+        others = b.segment_reduce_forward(b.elementwise_binary(
+            b.elementwise_binary(d2, nonzero, "multiply"), zero, "add"), starts, order,
+            "prod")
+        zeros = b.segment_reduce_forward(zero, starts, order, "sum")
+        g = b.elementwise_binary(npx._rows_view(b, dy, n), others, "multiply")
+        g_row = b.gather_rows(g, rows)
+        zeros_row = b.gather_rows(zeros, rows)
+        # a non-zero row: g / x where its segment has no zero; a zero row: g where it is the
+        # segment's only zero; else 0
+        no_zero = b.elementwise_binary(zeros_row, b.full((), 0.0, dtype), "equal")
+        one_zero = b.elementwise_binary(zeros_row, one, "equal")
+        safe = b.elementwise_binary(d2, zero, "add")
+        at_nonzero = b.elementwise_binary(b.elementwise_binary(g_row, safe, "divide"),
+                                          b.elementwise_binary(no_zero, nonzero, "multiply"),
+                                          "multiply")
+        at_zero = b.elementwise_binary(g_row, b.elementwise_binary(one_zero, zero,
+                                                                   "multiply"), "multiply")
+        return (b.reshape(b.elementwise_binary(at_nonzero, at_zero, "add"), shape),)
+
+    return record(y, (data,), backward, "segment_prod")
 
 
 # -- differences, integrals, products ---------------------------------------------------------
