@@ -794,6 +794,17 @@ def correlate(x1, x2, mode="valid"):
 
 
 @op
+def append(x1, x2, axis=None):
+    """keras.ops.append (NumPy's): x2 after x1 along ``axis``, both flattened when None."""
+    if axis is None:
+        return npo.concatenate([npo.reshape(x1, (-1,)), npo.reshape(x2, (-1,))], axis=0)
+    if _ndim(x1) != _ndim(x2):
+        raise ValueError(f"pynn.ops.append: x1 and x2 must have as many dimensions, got "
+                         f"shapes {_shape(x1)} and {_shape(x2)}")
+    return npo.concatenate([x1, x2], axis=npx._axis("append", axis, _ndim(x1)))
+
+
+@op
 def allclose(x1, x2, rtol=1e-05, atol=1e-08, equal_nan=False):
     return npo.all(npx.isclose(x1, x2, rtol=rtol, atol=atol, equal_nan=equal_nan))
 
