@@ -220,3 +220,16 @@ def test_integer_ops_refuse_floats_mixed_dtypes_and_unknown_ops(backend):
     if not backend.is_opencl:
         with pytest.raises(TypeError, match="'b' must have a's dtype int32, got int64"):
             backend.op("integer_binary")(ints, np.arange(4), "bitwise_or")
+
+
+# -- opsm: i0 and i1 across their series' switch-overs (30 on OpenCL, 50 on the CPU) --------
+@pytest.mark.parametrize("op", ["i0", "i1"])
+def test_bessel_i_across_both_series(target, op):
+    x = np.array([0.0, -0.0, 1e-20, 0.3, -2.5, 7.0, -15.5, 29.9, 30.1, -49.9, 50.1, 64.0,
+                  80.0, -85.0, np.nan], target.dtype)
+    got = target.down(target.op("elementwise_unary")(target.up(x), op))
+    want = ref.elementwise_unary_ref(x, op)
+    assert np.array_equal(np.isnan(got), np.isnan(want)), op
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=10 * _tol(target), atol=0,
+                               err_msg=op)
