@@ -93,11 +93,19 @@ ELEMENTWISE_UNARY = ("negative", "abs", "sign", "exp", "expm1", "log", "log1p", 
                      "sinh", "cosh", "tanh", "arcsinh", "arccosh", "arctanh", "floor", "ceil",
                      "round",
                      # -- opsk: keras.ops' special functions (appended: codes keep numbers) --
-                     "erf", "erfc", "erfinv")
+                     "erf", "erfc", "erfinv",
+                     # -- opsm: keras.ops' i0 and its derivative i1 (codes appended) --------
+                     "i0", "i1")
 # Comparisons give 1.0 / 0.0 in the operands' float dtype (masks for gradients).
 ELEMENTWISE_BINARY = ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power",
-                      "arctan2", "equal", "greater", "greater_equal", "less", "less_equal")
+                      "arctan2", "equal", "greater", "greater_equal", "less", "less_equal",
+                      # -- opsm: keras.ops.nextafter (appended: codes keep numbers) --
+                      "nextafter")
 REDUCTIONS = ("sum", "max", "min", "prod")
+# -- opsm: integer ops on int32 (and int64 on the CPU), NumPy's results (codes are the index)
+INTEGER_BINARY = ("bitwise_and", "bitwise_or", "bitwise_xor", "left_shift", "right_shift",
+                  "gcd", "lcm")
+INTEGER_UNARY = ("invert",)
 
 # -- merge: the elementwise modes of merge_forward / merge_backward (Keras's Add, Subtract,
 # Multiply, Average, Maximum, Minimum layers).
@@ -123,6 +131,9 @@ OPS = {
     "elementwise_binary": ("a", "b", "op"),
     # op over ``axes`` (None: all), in the operand's dtype, accumulated in order per output.
     "reduce_axes": ("x", "axes", "op", "keepdims"),
+    # -- opsm: y = op(a, b) on integers of one dtype, broadcasting; y = op(x) (invert) --
+    "integer_binary": ("a", "b", "op"),
+    "integer_unary": ("x", "op"),
     # -- arrays ---------------------------------------------------------------------------
     "asarray": ("x", "dtype"),                 # host data -> backend array (copy/upload)
     "to_numpy": ("a",),                        # backend array -> numpy.ndarray (download)
@@ -777,6 +788,7 @@ OPS.update({
 OPS.update({
     # -> (len(starts) - 1, D): segment s folds data[order[starts[s]:starts[s+1]]] in order,
     # op 'sum' (empty: 0) or 'max' (empty: -inf).
+    # -- opsm: or 'prod' (empty: 1), keras.ops.segment_prod --
     "segment_reduce_forward": ("data", "starts", "order", "op"),
     # -> (len(rows), D): src[rows[m]], zeros where rows[m] is -1.
     "gather_rows": ("src", "rows"),

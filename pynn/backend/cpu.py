@@ -174,6 +174,8 @@ from pynn._native.quant import int8_conv2d_forward, int8_max_pool2d  # noqa: F40
 from pynn._native.elementwise import (  # noqa: F401
     elementwise_binary, elementwise_unary, reduce_axes,
 )
+# -- opsm: integer ops (bitwise, shifts, gcd/lcm) --
+from pynn._native.elementwise import integer_binary, integer_unary  # noqa: F401, E402
 # -- attention (MultiHeadAttention's core) --
 from pynn._native.attention import attention_backward, attention_forward  # noqa: F401
 # -- conv3d (Keras 3's Conv3D and Conv3DTranspose) --

@@ -18,6 +18,8 @@ from pynn.ops.numpy_ops import convert_to_tensor
 # keras.ops breadth: more NumPy-like and neural-network ops, composed of the device ops
 from pynn.ops.numpy_extra import *
 from pynn.ops.nn_extra import *
+# -- opsm: keras.ops' remaining math (NaN reductions, quantiles, statistics, bitwise, ...)
+from pynn.ops.numpy_math import *
 from pynn.variables import Variable
 
 __all__ = [*sorted(OPS), "Tensor", "convert_to_tensor"]  # noqa: PLE0604

@@ -67,6 +67,8 @@ from pynn.backend.opencl.rnn import (  # noqa: F401
 from pynn.backend.opencl.elementwise import (  # noqa: F401
     elementwise_binary, elementwise_unary, reduce_axes,
 )
+# -- opsm: integer ops (bitwise, shifts, gcd/lcm) --
+from pynn.backend.opencl.elementwise import integer_binary, integer_unary  # noqa: F401
 # -- spatial and shape families --
 from pynn.backend.opencl.shape import (  # noqa: F401
     repeat_vector_backward, repeat_vector_forward, transpose_backward, transpose_forward,
