@@ -946,6 +946,22 @@ def ctc_loss_forward_backward(y_true, y_pred, need_grad=True, sample_weight=None
     return float(losses.sum()) / batch, grad
 
 
+def ctc_loss_samples(y_true, y_pred, need_grad=True, sample_weight=None):
+    """-> (losses (B,) in y_pred's dtype, grad or None): keras.ops.ctc_loss's per-sample
+    -log p (times its weight), grad = d(sum of the weighted losses)/d(y_pred); the recursion
+    of ctc_loss_forward_backward, not averaged."""
+    labels, lengths, y_pred, need_grad, weights = operands.ctc_loss_forward_backward(
+        HOST, y_true, y_pred, need_grad, sample_weight)
+    grad = np.empty_like(y_pred) if need_grad else None
+    losses = np.zeros(y_pred.shape[0], dtype=np.float64)
+    if y_pred.size == 0:
+        return losses.astype(y_pred.dtype), grad
+    no_weights = _CLIP_BOUNDS[y_pred.dtype.itemsize == 8][2]
+    _ctc(labels, lengths, y_pred, grad if need_grad else np.empty((0, 0, 0), y_pred.dtype),
+         losses, weights if weights is not None else no_weights, 1.0)
+    return losses.astype(y_pred.dtype), grad
+
+
 cdef inline double max_slope(double x) noexcept nogil:
     """d max(x, 0) / dx as torch's maximum has it: 1 above, 0 below, 1/2 at the tie (the
     diagonal's 1 - s_ii is exactly 0 for rows of unit float norm)."""

@@ -281,6 +281,9 @@ OPS = {
     "ctc_loss_forward_backward": ("y_true", "y_pred", "need_grad", "sample_weight"),
     "circle_loss_forward_backward": ("y_true", "y_pred", "gamma", "margin", "remove_diagonal",
                                      "need_grad", "sample_weight"),
+    # -- opss: keras.ops.ctc_loss: (losses (B,), grad or None) of the same recursion, each
+    # sample's weighted loss and d(their sum)/d(y_pred), not averaged
+    "ctc_loss_samples": ("y_true", "y_pred", "need_grad", "sample_weight"),
     # -- metrics (native/metric.pyx, opencl/metric.cl) ----------------------------------
     # Counts over a batch, summed by the caller. mode: "binary" (threshold), "categorical"
     # (one-hot y_true), "sparse" (int labels). Returns an int.

@@ -18,6 +18,10 @@ from pynn.ops.numpy_ops import convert_to_tensor
 # keras.ops breadth: more NumPy-like and neural-network ops, composed of the device ops
 from pynn.ops.numpy_extra import *
 from pynn.ops.nn_extra import *
+# -- opss: keras.ops' remaining structural, FFT, control-flow and loss ops
+from pynn.ops.structural import *
+from pynn.ops.fft import *
+from pynn.ops.control_flow import *
 from pynn.variables import Variable
 
 __all__ = [*sorted(OPS), "Tensor", "convert_to_tensor"]  # noqa: PLE0604
