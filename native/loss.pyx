@@ -950,7 +950,7 @@ def ctc_loss_samples(y_true, y_pred, need_grad=True, sample_weight=None):
     """-> (losses (B,) in y_pred's dtype, grad or None): keras.ops.ctc_loss's per-sample
     -log p (times its weight), grad = d(sum of the weighted losses)/d(y_pred); the recursion
     of ctc_loss_forward_backward, not averaged."""
-    labels, lengths, y_pred, need_grad, weights = operands.ctc_loss_forward_backward(
+    labels, lengths, y_pred, need_grad, weights = operands.ctc_loss_samples(
         HOST, y_true, y_pred, need_grad, sample_weight)
     grad = np.empty_like(y_pred) if need_grad else None
     losses = np.zeros(y_pred.shape[0], dtype=np.float64)

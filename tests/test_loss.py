@@ -1045,3 +1045,24 @@ def test_ctc_and_circle_loss_ops_on_backend(backend):
     ids = np.array([0, 1, 0, 2, 1, 0, 3], np.int32)
     check_op(backend, "circle_loss_forward_backward", ids, e, 80.0, 0.4, True, True, None,
              ref=lambda *a: circle_loss_forward_backward_ref(*a, dtype=np.float32), rtol=tol)
+
+
+# -- opss: keras.ops.ctc_loss's per-sample op (tests/test_ops_structural.py tests the op) --
+def test_ctc_loss_samples_on_backend(backend):
+    from tests.reference.loss_ref import ctc_loss_samples_ref
+
+    rng = np.random.default_rng(43)
+    labels = np.array([[1, 2, 2, 0], [3, 0, 0, 0], [0, 0, 0, 0], [2, 1, 3, 1]], np.int32)
+    y_pred = rand(rng, (4, 9, 5))
+    weights = np.array([0.5, 2.0, 1.0, -1.5], y_pred.dtype)
+    tol = dict(rtol=2e-4, atol=2e-5)
+    check_op(backend, "ctc_loss_samples", labels, y_pred, True, None,
+             ref=ctc_loss_samples_ref, rtol=tol)
+    check_op(backend, "ctc_loss_samples", labels, y_pred, True, weights,
+             ref=ctc_loss_samples_ref, rtol=tol)
+    _, (losses, grad) = check_op(backend, "ctc_loss_samples", labels, y_pred, False, None,
+                                 ref=ctc_loss_samples_ref, rtol=tol)
+    assert grad is None and losses.shape == (4,)
+    with pytest.raises(ValueError, match="ctc_loss_samples"):
+        backend.op("ctc_loss_samples")(backend.up(labels[:, :1] + 7), backend.up(y_pred),
+                                       True, None)

@@ -370,6 +370,17 @@ def ctc_loss_forward_backward_ref(y_true, y_pred, need_grad=True, sample_weight=
                                      y_pred)
 
 
+def ctc_loss_samples_ref(y_true, y_pred, need_grad=True, sample_weight=None):
+    """opss: (each sample's weighted loss, the gradient of their sum by central differences
+    of the float64 oracle, or None)."""
+    weights = 1.0 if sample_weight is None else np.asarray(sample_weight, np.float64)
+    losses = ctc_per_sample_ref(y_true, y_pred) * weights
+    if not need_grad:
+        return losses, None
+    return losses, numerical_loss_grad(
+        lambda x: float(np.sum(ctc_per_sample_ref(y_true, x) * weights)), y_pred)
+
+
 def circle_per_sample_ref(y_true, y_pred, gamma=80.0, margin=0.4, remove_diagonal=True):
     """Keras's circle (keras/src/losses/losses.py) on the batch as its own reference: the
     per-sample losses (0 where a sample has no positive or no negative pair)."""

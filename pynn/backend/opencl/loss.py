@@ -123,7 +123,7 @@ def ctc_loss_forward_backward(y_true, y_pred, need_grad=True, sample_weight=None
 def _ctc(op, y_true, y_pred, need_grad, sample_weight, mean):
     """-> (the per-sample weighted losses on the host, grad or None), grad scaled by 1/B
     when ``mean``."""
-    labels, _, y_pred, need_grad, weights = operands.ctc_loss_forward_backward(
+    labels, _, y_pred, need_grad, weights = getattr(operands, op)(
         DEVICE, y_true, y_pred, need_grad, sample_weight)
     grad = rt.empty(y_pred.shape, what=f"{op} gradient") if need_grad else None
     batch, steps, classes = y_pred.shape

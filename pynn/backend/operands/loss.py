@@ -210,11 +210,11 @@ def check_ctc_labels(op, labels, classes, steps):
     return lengths.astype(np.int32)
 
 
-def ctc_loss_forward_backward(arrays, y_true, y_pred, need_grad, sample_weight):
+def ctc_loss_forward_backward(arrays, y_true, y_pred, need_grad, sample_weight,
+                              op="ctc_loss_forward_backward"):
     """-> (labels (B, S) int32, lengths (B,) int32 or None, y_pred (B, T, C), need_grad,
     weights or None). The host checks the labels here (check_ctc_labels); a device backend
     gets lengths None and its kernel flags a bad row, then calls check_ctc_labels."""
-    op = "ctc_loss_forward_backward"
     if y_true is None:
         raise ValueError(f"{op}: 'y_true' is required, got None")
     y_pred = arrays.float_input(op, "y_pred", y_pred)
@@ -239,6 +239,12 @@ def ctc_loss_forward_backward(arrays, y_true, y_pred, need_grad, sample_weight):
         lengths = None
     return labels, lengths, y_pred, bool(need_grad), weights
 
+
+
+def ctc_loss_samples(arrays, y_true, y_pred, need_grad, sample_weight):
+    """opss: keras.ops.ctc_loss's per-sample op; the operands of ctc_loss_forward_backward."""
+    return ctc_loss_forward_backward(arrays, y_true, y_pred, need_grad, sample_weight,
+                                     op="ctc_loss_samples")
 
 def circle_loss_forward_backward(arrays, y_true, y_pred, gamma, margin, remove_diagonal,
                                  need_grad, sample_weight):
