@@ -19,6 +19,7 @@ recorded, so neither forward mode nor the double-backward trick is available.
 import builtins
 import contextlib
 import functools
+import inspect
 
 import numpy as np
 
@@ -167,8 +168,9 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1):
 
 def associative_scan(f, elems, reverse=False, axis=0):
     """keras.ops.associative_scan: inclusive prefix of the associative f along ``axis``
-    (f(earlier, later)); Hillis and Steele's scan: at offset d = 1, 2, 4, ... every element
-    past d becomes f(element - d, element), one f call on whole slices per level."""
+    (f(earlier, later); reverse: of the flipped elements, flipped back, as Keras and JAX);
+    Hillis and Steele's scan: at offset d = 1, 2, 4, ... every element past d becomes
+    f(element - d, element), one f call on whole slices per level."""
     _callable("associative_scan", "f", f)
     _refuse_symbolic("associative_scan", elems)
     leaves = _leaves(elems)
@@ -189,7 +191,7 @@ def associative_scan(f, elems, reverse=False, axis=0):
     while d < n:
         earlier = _rebuild(elems, iter([cut(leaf, 0, n - d) for leaf in leaves]))
         later = _rebuild(elems, iter([cut(leaf, d, n) for leaf in leaves]))
-        combined = _leaves(f(earlier, later) if not reverse else f(later, earlier))
+        combined = _leaves(f(earlier, later))
         leaves = [npo.concatenate([cut(leaf, 0, d), new], axis=ax)
                   for leaf, new in zip(leaves, combined)]
         d *= 2
@@ -228,10 +230,25 @@ def _unrecorded():
             autodiff._listen(rec)
 
 
+def _call_grad_fn(grad_fn, upstream):
+    """Keras's documented grad_fn(*args, upstream=None) takes the upstream gradient by
+    keyword (its torch backend passes it so); a grad_fn of one positional parameter gets it
+    positionally (its TensorFlow and JAX backends' call)."""
+    try:
+        params = inspect.signature(grad_fn).parameters.values()
+    except (TypeError, ValueError):
+        return grad_fn(upstream)
+    if builtins.any(p.name == "upstream" and p.kind != p.POSITIONAL_ONLY or
+                    p.kind == p.VAR_KEYWORD for p in params):
+        return grad_fn(upstream=upstream)
+    return grad_fn(upstream)
+
+
 def custom_gradient(f):
     """keras.ops.custom_gradient: ``f(*args)`` returns ``(y, grad_fn)``; the tape records one
-    node for y whose backward is ``grad_fn(upstream)`` (one gradient per tensor argument, a
-    tuple or, for one argument, a tensor). Keyword arguments are passed through untracked."""
+    node for y whose backward is ``grad_fn(upstream)`` (by keyword where grad_fn takes
+    ``upstream=``, as Keras documents it); one gradient per tensor argument, a tuple or, for
+    one argument, a tensor. Keyword arguments are passed through untracked."""
     _callable("custom_gradient", "f", f)
 
     @functools.wraps(f)
@@ -250,7 +267,7 @@ def custom_gradient(f):
 
         def backward(dy, need):
             with _unrecorded():
-                grads = grad_fn(Tensor(dy))
+                grads = _call_grad_fn(grad_fn, Tensor(dy))
             grads = tuple(grads) if isinstance(grads, (tuple, list)) else (grads,)
             if len(grads) != len(inputs):
                 raise ValueError(f"pynn.ops.custom_gradient: grad_fn returned {len(grads)} "

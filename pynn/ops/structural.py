@@ -390,7 +390,8 @@ def rearrange(tensor, pattern, **axes_lengths):
 
 # -- views, queries, constructors ---------------------------------------------------------
 def _refuse_complex(name, dtype=None):
-    raise TypeError(f"pynn.ops.{name}: pynn has no complex dtype{f' (got {dtype})' if dtype else ''}; "
+    got = f" (got {dtype})" if dtype else ""
+    raise TypeError(f"pynn.ops.{name}: pynn has no complex dtype{got}; "
                     f"Keras represents a complex tensor as a (real, imag) pair of real "
                     f"tensors, as pynn.ops.fft/rfft/stft take and return")
 
