@@ -182,6 +182,9 @@ CASES = {
                  lambda x: np.rot90(x, 3, (2, 0)), True),
     "rot90_negative": (lambda o, x: o.rot90(x, -1, (0, 1)), [_x(3, 5)],
                        lambda x: np.rot90(x, -1, (0, 1)), True),
+    "select_tensor_default": (lambda o, a, b: o.select([a > 0.3], [a], b),
+                              [_x(3, 5), _x(3, 5, seed=1)],
+                              lambda a, b: np.select([a > 0.3], [a], b), True),
     "select": (lambda o, a, b: o.select([a > 0.3, b < 0], [a, b], 0.5),
                [_x(3, 5), _x(3, 5, seed=1)],
                lambda a, b: np.select([a > 0.3, b < 0], [a, b], 0.5), True),
@@ -502,13 +505,20 @@ def test_queries_of_symbolic_tensors():
     assert ops.dtype(inp) == "float32"
 
 
-def test_structural_ops_in_a_functional_model():
+def test_op_nodes_of_a_functional_model_save_and_load(tmp_path):
     inp = pynn.Input((4, 6, 8))
-    out = ops.space_to_depth(ops.rearrange(inp, "b h w c -> b w h c"), 2)
+    h = ops.space_to_depth(ops.rearrange(inp, "b h w c -> b w h c"), 2)
+    re, im = ops.rfft(ops.extract_sequences(h, 5, 3))
+    out = ops.sqrt(re * re + im * im)
     model = pynn.Model(inp, out)
     x = _x(2, 4, 6, 8).astype(np.float32)
-    want = _space_to_depth(x.transpose(0, 2, 1, 3), 2)
-    np.testing.assert_allclose(model.predict(x, verbose=0), want, rtol=1e-6)
+    want = np.abs(np.fft.rfft(np.lib.stride_tricks.sliding_window_view(
+        _space_to_depth(x.transpose(0, 2, 1, 3), 2), 5, axis=-1)[..., ::3, :]))
+    got = model.predict(x, verbose=0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    path = tmp_path / "structural.pynn"
+    model.save(path)
+    np.testing.assert_allclose(pynn.load_model(path).predict(x, verbose=0), got, rtol=1e-6)
 
 
 # -- bad inputs ---------------------------------------------------------------------------------
@@ -552,6 +562,11 @@ def test_structural_ops_in_a_functional_model():
      "categorical_crossentropy: target and output"),
     (lambda: ops.sparse_categorical_crossentropy(np.zeros(3, np.int32), np.ones((2, 3))),
      ValueError, "sparse_categorical_crossentropy: target must be shaped"),
+    (lambda: ops.sparse_categorical_crossentropy(np.array([0, 3]), np.ones((2, 3))),
+     ValueError, r"sparse_categorical_crossentropy: target class ids must lie in \[0, 3\), "
+                 "got 3"),
+    (lambda: ops.sparse_categorical_crossentropy(np.array([-1, 0]), np.ones((2, 3))),
+     ValueError, "got -1"),
     (lambda: ops.ctc_loss(CTC_LABELS, np.ones((3, 9)), CTC_LABEL_LENGTHS, CTC_STEPS),
      ValueError, "ctc_loss: output must be"),
     (lambda: ops.ctc_loss(CTC_LABELS, _x(3, 9, 5), CTC_LABEL_LENGTHS, np.array([9, 0, 8])),

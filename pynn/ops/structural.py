@@ -159,8 +159,11 @@ def select(condlist, choicelist, default=0):
                          f"one length, got {len(condlist)} and {len(choicelist)}")
     shape = np.broadcast_shapes(*[_shape(c) for c in (*condlist, *choicelist)])
     dtype = np.result_type(*[npx._dtype(c) for c in choicelist])
-    out = npo.broadcast_to(npo.cast(default, dtype) if type(default) is Tensor else
-                           Tensor(backend.current().full((), default, dtype)), shape)
+    if isinstance(default, (int, float, bool, np.generic)):
+        base = Tensor(backend.current().full((), default, dtype))
+    else:
+        base = npo.cast(default, dtype)
+    out = npo.broadcast_to(base, shape)
     for cond, choice in zip(reversed(condlist), reversed(choicelist)):
         out = npo.where(cond, choice, out)
     return out
@@ -577,8 +580,15 @@ def sparse_categorical_crossentropy(target, output, from_logits=False, axis=-1):
     if tshape != want:
         raise ValueError(f"pynn.ops.{name}: target must be shaped like output without its "
                          f"class axis, {want}, got {tshape}")
-    if npx._dtype(target).kind not in "iu":
-        target = npo.cast(target, "int32")
+    # The class ids come to the host once (integers, no gradient) so a bad one is named, not
+    # gathered from a neighbouring row.
+    ids = _host_ints(name, "target", target)
+    classes = oshape[axis]
+    if ids.size and (ids.min() < 0 or ids.max() >= classes):
+        bad = ids[(ids < 0) | (ids >= classes)]
+        raise ValueError(f"pynn.ops.{name}: target class ids must lie in [0, {classes}), got "
+                         f"{int(bad[0])}")
+    target = ids.astype(np.int32)
     log_p = _log_probabilities(output, axis, from_logits)
     picked = npo.take_along_axis(log_p, npo.expand_dims(target, axis), axis=axis)
     return npo.negative(npo.squeeze(picked, axis))
