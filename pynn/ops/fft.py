@@ -9,7 +9,8 @@ opencl/spectral.cl) on every backend:
 - ``stft_backward`` is its adjoint, sum_k (re_k + i im_k) exp(+2 pi i n k / N) per frame times
   the window, overlap-added: with the spectrum scaled by c_k = 1/N at DC and Nyquist and 2/N
   between (the Hermitian half counted twice) it is the inverse real transform, irfft, and
-  with the frames' window, istft's overlap-add. Each kernel is the other's gradient.
+  with the frames' window, istft's overlap-add (tests/test_spectral.py pins this on both
+  backends against NumPy's irfft). Each kernel is the other's gradient.
 - A complex transform of length N is two real ones (of the real and the imaginary part), the
   missing bins k > N/2 the conjugates of bins N - k (a gather); the inverse is
   conj(fft(conj(z))) / N.
