@@ -499,9 +499,20 @@ def test_queries_and_constructors():
     assert ops.view(np.ones((2, 4), np.float32), "int16").shape == (2, 8)
 
 
+def test_queries_and_views_keras_parity():
+    keras = keras_on_torch()
+    x = _x(3, 5).astype(np.float32)
+    for name in ("shape", "ndim", "dtype"):
+        assert getattr(ops, name)(x) == getattr(keras.ops, name)(x), name
+    assert ops.size(x) == int(keras.ops.size(x))
+    ints = np.arange(-3, 5, dtype=np.int32)
+    np.testing.assert_array_equal(np.asarray(ops.view(ints, "float32")),
+                                  keras.ops.view(ints, "float32").numpy())
+
+
 def test_queries_of_symbolic_tensors():
     inp = pynn.Input((4, 6))
-    assert ops.shape(inp) == (None, 4, 6) and ops.ndim(inp) == 3
+    assert ops.shape(inp) == (None, 4, 6) and ops.ndim(inp) == 3 and ops.size(inp) is None
     assert ops.dtype(inp) == "float32"
 
 

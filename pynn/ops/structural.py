@@ -441,8 +441,9 @@ def shape(x):
 
 
 def size(x):
-    """keras.ops.size: the number of elements."""
-    return math.prod(_shape(x))
+    """keras.ops.size: the number of elements (None while a symbolic axis is unknown)."""
+    dims = _shape(x)
+    return None if None in dims else math.prod(dims)
 
 
 def ndim(x):
