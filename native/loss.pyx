@@ -808,6 +808,30 @@ def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
     return float(partial.sum()) / denom, grad
 
 
+def crossentropy_rows(name, y_true, y_pred, from_logits=False, need_grad=True):
+    """-> (losses y_pred.shape[:-1] in y_pred's dtype, grad or None): keras.ops'
+    categorical / sparse categorical cross-entropy of each row (the last axis the classes),
+    grad = d(sum of the row losses)/d(y_pred); loss_forward_backward's row kernels, unscaled
+    and unweighted."""
+    code, targets, y_pred, from_logits, need_grad = operands.crossentropy_rows(
+        HOST, name, y_true, y_pred, from_logits, need_grad)
+    k = y_pred.shape[y_pred.ndim - 1]
+    grad = np.empty_like(y_pred) if need_grad else None
+    losses = np.zeros(y_pred.shape[:-1], dtype=np.float64)
+    if y_pred.size == 0:
+        return losses.astype(y_pred.dtype), grad
+    lo, hi, no_weights = _CLIP_BOUNDS[y_pred.dtype.itemsize == 8]
+    rows = y_pred.size // k
+    p2 = y_pred.reshape(rows, k)
+    g2 = grad.reshape(rows, k) if need_grad else np.empty((0, 0), y_pred.dtype)
+    if code == LOSS_SCCE:
+        _sparse(targets, p2, g2, from_logits, lo, hi, 1.0, losses.reshape(-1), no_weights, 1)
+    else:
+        _categorical(code, targets.reshape(rows, k), p2, g2, from_logits, lo, hi, 1.0, 0.0,
+                     losses.reshape(-1), no_weights, 1)
+    return losses.astype(y_pred.dtype), grad
+
+
 # -- Keras 3's CTC and Circle losses ------------------------------------------------------
 # ctc: B samples, T steps, C classes (0 the blank), L labels of a sample, S = 2L + 1 the
 # extended label (blanks around and between the labels). Per sample, in double: the

@@ -241,6 +241,9 @@ CASES = {
     "categorical_crossentropy_logits": (
         lambda o, x: o.categorical_crossentropy(SOFT, x, from_logits=True), [_x(3, 5)],
         lambda x: _cce(SOFT, x, logits=True), True),
+    "categorical_crossentropy_target_gradient": (
+        lambda o, t, x: o.categorical_crossentropy(t, x, from_logits=True),
+        [_p(3, 5, seed=2), _x(3, 5)], lambda t, x: _cce(t, x, logits=True), True),
     "categorical_crossentropy_axis0": (
         lambda o, p: o.categorical_crossentropy(SOFT.T, p, axis=0), [_p(5, 3)],
         lambda p: _cce(SOFT.T, p, axis=0), True),

@@ -7,8 +7,11 @@ Each op is a composition of the ops of ``numpy_ops``/``numpy_extra`` (reshape, t
 take, concatenate, where, segment_sum, the elementwise and reduction ops), so it runs on
 every backend through their kernels and its gradient is theirs. Index arrays (unfold's
 patches, fold's pixel of each patch element, extract_sequences' frames) are built on the host
-from shapes alone, never from values. ctc_loss runs on the loss family's CTC kernels
-(``ctc_loss_samples``: per-sample losses, the same alpha-beta recursion as keras.losses.CTC);
+from shapes alone, never from values. The categorical cross-entropies run on the loss
+family's row kernels (``crossentropy_rows``: each row's loss, the kernels of
+keras.losses.CategoricalCrossentropy unaveraged); binary_crossentropy, unreduced per element,
+is its elementwise formula on the elementwise ops. ctc_loss runs on the loss family's CTC
+kernels (``ctc_loss_samples``: per-sample losses, the alpha-beta recursion of keras.losses.CTC);
 ctc_decode's greedy path is an argmax and a stable compaction on the device ops, its beam
 search runs on the host (Keras's own beam search is a loop over time steps).
 """
@@ -552,23 +555,65 @@ def _log_probabilities(output, axis, from_logits):
     return _clipped_log(npo.divide(output, npo.sum(output, axis=axis, keepdims=True)))
 
 
+def _backend_value(b, x, dtype=None):
+    v = value(x)
+    if b.NAME == "cpu":
+        v = np.asarray(v)
+        return v if dtype is None else v.astype(dtype, copy=False)
+    from pynn.ops import device
+    if isinstance(v, (np.ndarray, np.generic, int, float, list)):
+        return b.asarray(np.asarray(v), np.dtype(dtype or np.float32))
+    return device._device(b, v)
+
+
+def _row_crossentropy(name, target, output, from_logits, axis, sparse):
+    """The loss family's crossentropy_rows on the classes moved last; the target's
+    gradient (dense targets: -log p) composed only when the tape asks for it."""
+    from pynn.autodiff import recording
+    b = backend.current()
+    ndim = len(_shape(output))
+    if not sparse and isinstance(target, (np.ndarray, list, tuple, int, float)):
+        target = npo.convert_to_tensor(np.asarray(target), dtype=npx._dtype(output))
+    if axis != ndim - 1:
+        output = npx.moveaxis(output, axis, -1)
+        if not sparse:
+            target = npx.moveaxis(target, axis, -1)
+    ov = _backend_value(b, output)
+    tv = _backend_value(b, target, np.int32 if sparse else np.dtype(ov.dtype))
+    losses, grad = b.crossentropy_rows(name, tv, ov, bool(from_logits), recording())
+    shape = _shape(output)
+
+    def backward(dy, need):
+        dy = b.reshape(dy, shape[:-1] + (1,))
+        d_output = npo.multiply(Tensor(grad), Tensor(dy)).value if need[1] else None
+        d_target = None
+        if need[0] and not sparse:
+            log_p = _log_probabilities(Tensor(ov), -1, from_logits)
+            d_target = npo.multiply(npo.negative(log_p), Tensor(dy)).value
+        return d_target, d_output
+
+    return record(losses, (target, output), backward, name)
+
+
 @op
 def categorical_crossentropy(target, output, from_logits=False, axis=-1):
-    """keras.ops.categorical_crossentropy: -sum(target * log p) over ``axis``; p is
-    log_softmax of logits, or the output renormalised along axis and clipped."""
+    """keras.ops.categorical_crossentropy: -sum(target * log p) over ``axis`` (log_softmax
+    of logits, or the output renormalised along axis and clipped to [eps, 1 - eps]), on the
+    loss family's row kernels."""
     _same_shape("categorical_crossentropy", target, output)
     if not _shape(output):
         raise ValueError("pynn.ops.categorical_crossentropy: target and output must be at "
                          "least 1-D, got scalars")
     axis = npx._axis("categorical_crossentropy", axis, len(_shape(output)))
-    log_p = _log_probabilities(output, axis, from_logits)
-    return npo.negative(npo.sum(npo.multiply(target, log_p), axis=axis))
+    return _row_crossentropy("categorical_crossentropy", target, output, from_logits, axis,
+                             sparse=False)
 
 
 @op
 def sparse_categorical_crossentropy(target, output, from_logits=False, axis=-1):
     """keras.ops.sparse_categorical_crossentropy: -log p of each integer target's class
-    (a target with a trailing axis of 1 is squeezed, as Keras does)."""
+    (a target with a trailing axis of 1 is squeezed, as Keras does), on the loss family's
+    row kernels."""
     name = "sparse_categorical_crossentropy"
     oshape, tshape = _shape(output), _shape(target)
     if not oshape:
@@ -589,10 +634,8 @@ def sparse_categorical_crossentropy(target, output, from_logits=False, axis=-1):
         bad = ids[(ids < 0) | (ids >= classes)]
         raise ValueError(f"pynn.ops.{name}: target class ids must lie in [0, {classes}), got "
                          f"{int(bad[0])}")
-    target = ids.astype(np.int32)
-    log_p = _log_probabilities(output, axis, from_logits)
-    picked = npo.take_along_axis(log_p, npo.expand_dims(target, axis), axis=axis)
-    return npo.negative(npo.squeeze(picked, axis))
+    return _row_crossentropy(name, ids.astype(np.int32), output, from_logits, axis,
+                             sparse=True)
 
 
 # -- CTC ------------------------------------------------------------------------------------

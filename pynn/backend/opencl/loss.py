@@ -93,6 +93,34 @@ def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
     return float(out.get()[0]) / denom, grad
 
 
+def crossentropy_rows(name, y_true, y_pred, from_logits=False, need_grad=True):
+    """-> (losses y_pred.shape[:-1], grad or None): keras.ops' categorical / sparse
+    categorical cross-entropy of each row, as native/loss.pyx (the row kernel of
+    loss_forward_backward, unscaled and unweighted)."""
+    op = "crossentropy_rows"
+    code, targets, y_pred, from_logits, need_grad = operands.crossentropy_rows(
+        DEVICE, name, y_true, y_pred, from_logits, need_grad)
+    grad = rt.empty(y_pred.shape, what=f"{op} gradient") if need_grad else None
+    k = y_pred.shape[-1]
+    rows = y_pred.size // k
+    row_loss = rt.empty((rows,), what=f"{op} row losses")
+    if y_pred.size == 0:
+        return row_loss.reshape(y_pred.shape[:-1]), grad
+    sparse = code == operands.LOSS_SCCE
+    result = rt.zeros((2,), what=f"{op} bad-label flag")  # [unused, bad-label flag]
+    row_wg = sizes()[1]
+    rt.launch(kernel("loss", "categorical_rows"), (rows * row_wg,), (row_wg,),
+              y_pred if sparse else targets, targets if sparse else result, y_pred,
+              grad if need_grad else row_loss, row_loss, result, rows, k, sparse,
+              from_logits, need_grad, np.float32(operands.KERAS_EPSILON),
+              np.float32(1.0 - operands.KERAS_EPSILON), np.float32(1.0), y_pred, False, 1,
+              np.float32(0.0))
+    if sparse and float(result.get()[1]):
+        raise ValueError(f"{op}: a label is out of range: class ids must lie in [0, {k}) for "
+                         f"y_pred with K={k} classes")
+    return row_loss.reshape(y_pred.shape[:-1]), grad
+
+
 def _overlap(targets, y_pred, grad, n, params, eps, weights):
     """dice / tversky: the three sums (one reduction, read back), the loss on the host, then
     the gradient kernel (operands.loss_params gives c, u, a, b; see native/loss.pyx)."""
