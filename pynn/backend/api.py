@@ -292,6 +292,12 @@ OPS = {
     "ctc_loss_forward_backward": ("y_true", "y_pred", "need_grad", "sample_weight"),
     "circle_loss_forward_backward": ("y_true", "y_pred", "gamma", "margin", "remove_diagonal",
                                      "need_grad", "sample_weight"),
+    # -- opss: keras.ops.ctc_loss: (losses (B,), grad or None) of the same recursion, each
+    # sample's weighted loss and d(their sum)/d(y_pred), not averaged
+    "ctc_loss_samples": ("y_true", "y_pred", "need_grad", "sample_weight"),
+    # -- opss: keras.ops.categorical/sparse_categorical_crossentropy: (losses y_pred.shape[:-1],
+    # grad or None), each row's loss of loss_forward_backward and d(their sum)/d(y_pred)
+    "crossentropy_rows": ("name", "y_true", "y_pred", "from_logits", "need_grad"),
     # -- metrics (native/metric.pyx, opencl/metric.cl) ----------------------------------
     # Counts over a batch, summed by the caller. mode: "binary" (threshold), "categorical"
     # (one-hot y_true), "sparse" (int labels). Returns an int.

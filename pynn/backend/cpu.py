@@ -266,3 +266,5 @@ from pynn._native.loss import (  # noqa: F401, E402
 from pynn._native.optim import adafactor_update, lamb_update, muon_update  # noqa: F401
 # -- misc: Keras 3's ScheduleFreeAdamW --
 from pynn._native.optim import schedule_free_adamw_update  # noqa: F401,E402
+# -- opss: keras.ops.ctc_loss's per-sample losses (loss family) --
+from pynn._native.loss import crossentropy_rows, ctc_loss_samples  # noqa: F401,E402

@@ -20,6 +20,10 @@ from pynn.ops.numpy_extra import *
 from pynn.ops.nn_extra import *
 # -- opsm: keras.ops' remaining math (NaN reductions, quantiles, statistics, bitwise, ...)
 from pynn.ops.numpy_math import *
+# -- opss: keras.ops' remaining structural, FFT, control-flow and loss ops
+from pynn.ops.structural import *
+from pynn.ops.fft import *
+from pynn.ops.control_flow import *
 from pynn.variables import Variable
 
 __all__ = [*sorted(OPS), "Tensor", "convert_to_tensor"]  # noqa: PLE0604

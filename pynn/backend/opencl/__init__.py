@@ -185,3 +185,5 @@ from pynn.backend.opencl.scatter import (  # noqa: F401
 from pynn.backend.opencl.sort import (  # noqa: F401
     argsort_rows, put_along_rows, take_along_rows,
 )
+# -- opss: keras.ops.ctc_loss's per-sample losses (loss family) --
+from pynn.backend.opencl.loss import crossentropy_rows, ctc_loss_samples  # noqa: F401,E402
