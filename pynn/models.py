@@ -805,6 +805,8 @@ class Model(Layer):
         ``(x, y, sample_weight)``; ``validation_data`` likewise, or a tuple of arrays."""
         self._check_compiled("fit")
         batch_size = _batch_size_arg(batch_size, "fit")
+        # -- api: keras.config's caps (set_max_epochs / set_max_steps_per_epoch), as Keras's fit
+        epochs, steps_per_epoch = _config_caps(epochs, steps_per_epoch)
         verbose = 1 if verbose == "auto" else int(verbose)
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split}")
@@ -1861,3 +1863,14 @@ def _class_weights(class_weight, y, loss, what):
     table[keys] = values
     return table[classes.astype(np.int64)].astype(y.dtype if y.dtype.kind == "f" else
                                                   np.float32)
+
+
+# -- api: keras.config's max_epochs / max_steps_per_epoch applied to fit
+def _config_caps(epochs, steps_per_epoch):
+    from pynn import config
+    if config.max_epochs() is not None:
+        epochs = min(epochs, config.max_epochs())
+    cap = config.max_steps_per_epoch()
+    if cap is not None:
+        steps_per_epoch = cap if steps_per_epoch is None else min(steps_per_epoch, cap)
+    return epochs, steps_per_epoch
