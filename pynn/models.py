@@ -930,8 +930,10 @@ class Model(Layer):
             if self._distribution is not None:
                 epoch_logs = self._distribution.reduce_logs(epoch_logs, seen)
             if validation is not None and _validate_now(validation_freq, epoch):
+                cbs.on_test_begin()  # api: as Keras's fit, whose evaluate gets the callbacks
                 val = self._evaluate_source(validation)
                 epoch_logs.update({"val_" + k: v for k, v in val.items()})
+                cbs.on_test_end({"val_" + k: v for k, v in val.items()})
             if verbose == 1:
                 bar.update(step + 1, epoch_logs, finalize=True)
             elif verbose == 2:
@@ -939,6 +941,10 @@ class Model(Layer):
             cbs.on_epoch_end(epoch, epoch_logs)
             if self.stop_training:
                 break
+        # api: Keras's fit ends with finalize_variable_values (EMA weights into the model)
+        finalize = getattr(self.optimizer, "finalize_variable_values", None)
+        if finalize is not None and epochs > initial_epoch:
+            finalize(self.trainable_weights)
         cbs.on_train_end(epoch_logs)
         return self.history
 

@@ -85,6 +85,9 @@ class Optimizer:
         if kwargs.pop("decay", None) is not None:
             raise ValueError("Argument `decay` is no longer supported; use a learning rate "
                              "schedule.")
+        # -- api: Keras 3's moving average of the weights (SwapEMAWeights reads it)
+        self._init_ema(kwargs.pop("use_ema", False), kwargs.pop("ema_momentum", 0.99),
+                       kwargs.pop("ema_overwrite_frequency", None))
         if kwargs:
             raise ValueError(f"Argument(s) not recognized: {kwargs}")
         cls_name = self.__class__.__name__
@@ -224,6 +227,8 @@ class Optimizer:
         for v in active:
             if v.constraint is not None:
                 v.constraint(v.value)
+        if self.use_ema:  # api: Keras 3's EMA, after the update and before iterations grows
+            self._update_ema(be, [v for v in variables if v.trainable])
         self.iterations += 1
         bump_version()
 
@@ -276,7 +281,7 @@ class Optimizer:
         elif callable(lr):
             raise TypeError(f"{self.name}: a plain callable learning rate cannot be "
                             "serialized; use a pynn.schedules.LearningRateSchedule")
-        return {
+        config = {
             "name": self.name,
             "learning_rate": lr,
             "weight_decay": self.weight_decay,
@@ -284,6 +289,10 @@ class Optimizer:
             "global_clipnorm": self.global_clipnorm,
             "clipvalue": self.clipvalue,
         }
+        if self.use_ema:  # api: Keras's EMA arguments, only where set (older configs unchanged)
+            config.update(use_ema=True, ema_momentum=self.ema_momentum,
+                          ema_overwrite_frequency=self.ema_overwrite_frequency)
+        return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -299,6 +308,61 @@ class Optimizer:
 
     def __repr__(self):
         return f"<{self.__class__.__name__} name={self.name!r} iterations={self.iterations}>"
+
+    # -- api: Keras 3's exponential moving average of the weights --------------------------
+    def _init_ema(self, use_ema, ema_momentum, ema_overwrite_frequency):
+        cls_name = self.__class__.__name__
+        self.use_ema = bool(use_ema)
+        self.ema_momentum = _float_arg(cls_name, "ema_momentum", ema_momentum, lo=0.0, hi=1.0)
+        if ema_overwrite_frequency is not None and (
+                isinstance(ema_overwrite_frequency, bool)
+                or not isinstance(ema_overwrite_frequency, int) or ema_overwrite_frequency < 1):
+            raise ValueError(f"{cls_name}: `ema_overwrite_frequency` must be an integer >= 1 "
+                             f"or None. Received: {ema_overwrite_frequency!r}")
+        self.ema_overwrite_frequency = ema_overwrite_frequency
+        self._ema = {}  # variable.path -> backend array: the moving average
+        self._ema_variables = []  # the trainable variables in the order apply saw them
+
+    def _update_ema(self, be, variables):
+        """average = m * average + (1 - m) * w with m = 0 on the first step (Keras's rule),
+        on the backend; every ema_overwrite_frequency steps the weights take the averages."""
+        momentum = self.ema_momentum if self.iterations != 0 else 0.0
+        for v in variables:
+            average = self._ema.get(v.path)
+            if average is None:
+                average = self._ema[v.path] = be.zeros(tuple(v.value.shape),
+                                                       str(v.value.dtype))
+                self._ema_variables.append(v)
+            be.scale_inplace(average, momentum)
+            part = be.copy(v.value)
+            be.scale_inplace(part, 1.0 - momentum)
+            be.add_inplace(average, part)
+        if self.ema_overwrite_frequency and (
+                self.iterations + 1) % self.ema_overwrite_frequency == 0:
+            for v in variables:
+                v.value = be.copy(self._ema[v.path])
+
+    def _check_ema(self, what):
+        if not self.use_ema:
+            raise ValueError(f"{what} must be used when `use_ema=True` is set on the "
+                             f"optimizer. Received: use_ema={self.use_ema}")
+
+    def swap_ema_weights(self):
+        """The weights and their moving averages trade places (SwapEMAWeights)."""
+        self._check_ema("SwapEMAWeights")
+        for v in self._ema_variables:
+            v.value, self._ema[v.path] = self._ema[v.path], v.value
+        bump_version()
+
+    def finalize_variable_values(self, var_list):
+        """Keras's end of fit: with use_ema the weights become their moving averages."""
+        if not self.use_ema:
+            return
+        be = backend.current()
+        for v in var_list:
+            if v.path in self._ema:
+                v.value = be.copy(self._ema[v.path])
+        bump_version()
 
 
 class SGD(Optimizer):
