@@ -709,12 +709,24 @@ class Model(Layer):
             v.grad = None
         outs, saved = self._plan.forward(xb, True)
         total, per_output, grads = self._losses_and_grads(yb, outs, True, swb)
+        # api: a LossScaleOptimizer's scale multiplies the loss, so every gradient (Keras's
+        # scale_loss before the backward pass)
+        loss_scale = getattr(self.optimizer, "current_loss_scale", None)
+        loss_scale = loss_scale() if loss_scale is not None else None
+        if loss_scale is not None:
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow: the step is skipped
+                for g in grads:
+                    if g is not None:
+                        backend.current().scale_inplace(g, loss_scale)
         hook = (None if self._distribution is None
                 else self._distribution.grads_final_hook(self._trainable))
         _, activity = self._plan.backward(grads, saved, hook)
         if self._distribution is not None:
             self._distribution.reduce_gradients(self._trainable)
-        penalty = activity + self.regularization_penalty()
+        if loss_scale is not None:
+            penalty = activity + _scaled_regularization_penalty(self, loss_scale)
+        else:
+            penalty = activity + self.regularization_penalty()
         self.optimizer.apply(self._trainable)
         self._update_metrics(yb, outs, swb)
         return total + penalty, per_output
@@ -1880,3 +1892,18 @@ def _config_caps(epochs, steps_per_epoch):
     if cap is not None:
         steps_per_epoch = cap if steps_per_epoch is None else min(steps_per_epoch, cap)
     return epochs, steps_per_epoch
+
+
+# -- api: the weight penalties' gradients under a LossScaleOptimizer's loss scale
+def _scaled_regularization_penalty(model, loss_scale):
+    """regularization_penalty with each penalty gradient scaled as the loss is: the scaled
+    gradients are brought back to the loss's scale around it (exact for Keras's powers of 2)."""
+    b = backend.current()
+    regularized = [v for v in model._trainable if v.regularizer is not None and
+                   v.grad is not None]
+    for v in regularized:
+        b.scale_inplace(v.grad, 1.0 / loss_scale)
+    penalty = model.regularization_penalty()
+    for v in regularized:
+        b.scale_inplace(v.grad, loss_scale)
+    return penalty

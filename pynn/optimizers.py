@@ -1054,3 +1054,148 @@ def get(identifier):
                              f"known: {sorted(_CLASSES)}")
         return cls()
     raise ValueError(f"Could not interpret optimizer identifier: {identifier!r}")
+
+
+# -- api: Keras 3's LossScaleOptimizer ----------------------------------------------------------
+class LossScaleOptimizer(Optimizer):
+    """Keras 3's dynamic loss scaling around ``inner_optimizer``. fit multiplies the loss (so
+    every gradient) by ``dynamic_scale``; ``apply`` then checks the gradients: all finite, they
+    are divided by the scale and the inner optimizer steps, and after
+    ``dynamic_growth_steps`` such steps in a row the scale doubles; any inf or NaN skips the
+    step (the inner optimizer's iterations do not move) and halves the scale. pynn's mixed
+    precision is bfloat16, whose range is float32's, so scaling is rarely needed there;
+    Keras allows it all the same."""
+
+    def __init__(self, inner_optimizer, initial_scale=2.0 ** 15, dynamic_growth_steps=2000,
+                 name=None, **kwargs):
+        if not kwargs.pop("dynamic", True):
+            raise ValueError("LossScaleOptimizer no longer supports `dynamic=False`. Instead, "
+                             "simply set `loss_scale_factor` directly on the "
+                             "`inner_optimizer`.")
+        defaults = {"weight_decay": None, "clipnorm": None, "global_clipnorm": None,
+                    "clipvalue": None, "use_ema": False, "ema_momentum": 0.99,
+                    "ema_overwrite_frequency": None, "loss_scale_factor": None,
+                    "gradient_accumulation_steps": None}
+        for arg, default in defaults.items():
+            if arg in kwargs and kwargs.pop(arg) != default:
+                raise ValueError(f"LossScaleOptimizer does not support `{arg}`. Instead, set "
+                                 f"`{arg}` on the `inner_optimizer`.")
+        if kwargs:
+            raise ValueError(f"LossScaleOptimizer does not support arguments: "
+                             f"`{'`, `'.join(kwargs)}`.")
+        if isinstance(inner_optimizer, (str, dict)):
+            inner_optimizer = get(inner_optimizer)
+        if not isinstance(inner_optimizer, Optimizer) or isinstance(inner_optimizer,
+                                                                    LossScaleOptimizer):
+            raise ValueError(f"LossScaleOptimizer: inner_optimizer must be a pynn optimizer "
+                             f"(not another LossScaleOptimizer), got {inner_optimizer!r}")
+        self.initial_scale = _float_arg("LossScaleOptimizer", "initial_scale", initial_scale)
+        if not self.initial_scale > 0:
+            raise ValueError(f"LossScaleOptimizer: initial_scale must be > 0, got "
+                             f"{initial_scale!r}")
+        if isinstance(dynamic_growth_steps, bool) or not isinstance(
+                dynamic_growth_steps, int) or dynamic_growth_steps < 1:
+            raise ValueError(f"LossScaleOptimizer: dynamic_growth_steps must be an int >= 1, "
+                             f"got {dynamic_growth_steps!r}")
+        self.inner_optimizer = inner_optimizer
+        inner_iterations = inner_optimizer.iterations  # the base __init__ zeroes iterations
+        super().__init__(learning_rate=0.0, name=name)
+        inner_optimizer.iterations = inner_iterations
+        self.initial_scale = initial_scale
+        self.dynamic_growth_steps = dynamic_growth_steps
+        # Keras keeps the scale in a float32 variable: its doublings and halvings round (and
+        # saturate at inf) as float32 does
+        self.dynamic_scale = float(np.float32(initial_scale))
+        self.step_counter = 0
+
+    @property
+    def iterations(self):
+        return self.inner_optimizer.iterations
+
+    @iterations.setter
+    def iterations(self, value):
+        if hasattr(self, "inner_optimizer"):
+            self.inner_optimizer.iterations = value
+
+    @property
+    def learning_rate(self):
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self.inner_optimizer.learning_rate = value
+
+    def current_learning_rate(self):
+        return self.inner_optimizer.current_learning_rate()
+
+    def current_loss_scale(self):
+        """The factor fit multiplies this step's loss by."""
+        return self.dynamic_scale
+
+    def scale_loss(self, loss):
+        from pynn import ops
+        return ops.multiply(loss, self.dynamic_scale)
+
+    def check_finite(self, variables):
+        """Whether every gradient of ``variables`` is finite (one device reduction each)."""
+        from pynn import ops
+        from pynn.autodiff import Tensor
+        return all(bool(np.asarray(ops.all(ops.isfinite(Tensor(v.grad)))))
+                   for v in variables if v.grad is not None)
+
+    def apply(self, variables, trainable_variables=None):
+        if trainable_variables is not None:
+            variables = _set_grads(variables, trainable_variables)
+        variables = list(variables)
+        active = [v for v in variables if v.trainable and v.grad is not None]
+        if not self.check_finite(active):
+            self.step_counter = 0
+            self.dynamic_scale = float(np.float32(self.dynamic_scale) * np.float32(0.5))
+            return
+        be = backend.current()
+        for v in active:
+            be.scale_inplace(v.grad, 1.0 / self.dynamic_scale)
+        self.inner_optimizer.apply(variables)
+        if self.step_counter == self.dynamic_growth_steps - 1:
+            self.step_counter = 0
+            with np.errstate(over="ignore"):
+                self.dynamic_scale = float(np.float32(self.dynamic_scale) * np.float32(2.0))
+        else:
+            self.step_counter += 1
+
+    def finalize_variable_values(self, var_list):
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+    def swap_ema_weights(self):
+        self.inner_optimizer.swap_ema_weights()
+
+    def get_state(self):
+        state = self.inner_optimizer.get_state()
+        state["loss_scale"] = {"dynamic_scale": self.dynamic_scale,
+                               "step_counter": self.step_counter}
+        return state
+
+    def set_state(self, state, variables):
+        state = dict(state)
+        scale = state.pop("loss_scale", None)
+        self.inner_optimizer.set_state(state, variables)
+        if scale is not None:
+            self.dynamic_scale = float(scale["dynamic_scale"])
+            self.step_counter = int(scale["step_counter"])
+
+    def get_config(self):
+        return {"name": self.name, "inner_optimizer": serialize(self.inner_optimizer),
+                "initial_scale": self.initial_scale,
+                "dynamic_growth_steps": self.dynamic_growth_steps}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        if "class_name" in config and "config" in config:
+            return deserialize(config, custom_objects=custom_objects)
+        config = dict(config)
+        inner = deserialize(config.pop("inner_optimizer"), custom_objects=custom_objects)
+        return cls(inner, **config)
+
+
+__all__.append("LossScaleOptimizer")
+_CLASSES[LossScaleOptimizer.__name__.lower()] = LossScaleOptimizer
