@@ -1199,3 +1199,195 @@ class LossScaleOptimizer(Optimizer):
 
 __all__.append("LossScaleOptimizer")
 _CLASSES[LossScaleOptimizer.__name__.lower()] = LossScaleOptimizer
+
+
+# -- api: Keras 3's OptimizerMap and MultiOptimizer ----------------------------------------------
+import collections.abc  # noqa: E402
+import re  # noqa: E402
+
+class OptimizerMap(collections.abc.MutableMapping):
+    """Variable paths (exact, else a ``re.fullmatch`` pattern) to optimizers, with a default
+    for the rest; ``optimizer_map(variable)`` picks a variable's optimizer."""
+
+    def __init__(self, default_optimizer, optimizer_map=None):
+        if not isinstance(default_optimizer, Optimizer):
+            raise TypeError(f"default_optimizer must be a pynn Optimizer instance. Received: "
+                            f"{default_optimizer!r}")
+        if optimizer_map is not None and not isinstance(optimizer_map, dict):
+            raise TypeError(f"optimizer_map must be a dictionary. Received: {optimizer_map!r}")
+        self._default_optimizer = default_optimizer
+        self._optimizer_map = {}
+        for key, optimizer in (optimizer_map or {}).items():
+            self[key] = optimizer
+
+    @property
+    def default_optimizer(self):
+        return self._default_optimizer
+
+    def __getitem__(self, key):
+        if key in self._optimizer_map:
+            return self._optimizer_map[key]
+        matching = [pattern for pattern in self._optimizer_map if re.fullmatch(pattern, key)]
+        if len(matching) > 1:
+            raise ValueError(f"Multiple optimizers assigned to variable {key} (patterns "
+                             f"{matching}).")
+        return self._optimizer_map[matching[0]] if matching else self._default_optimizer
+
+    def __setitem__(self, key, optimizer):
+        if key in self._optimizer_map:
+            raise ValueError(f"'{key}' already exists in the OptimizerMap with value "
+                             f"{self._optimizer_map[key]}. Please make sure to not use "
+                             f"duplicated keys.")
+        if not isinstance(key, str):
+            raise ValueError(f"key must be a string. Received: {key!r}")
+        if not isinstance(optimizer, Optimizer):
+            raise ValueError(f"optimizer must be a pynn Optimizer instance. Received: "
+                             f"{optimizer!r}")
+        if isinstance(optimizer, (LossScaleOptimizer, MultiOptimizer)):
+            raise ValueError(f"optimizer cannot be {type(optimizer).__name__}.")
+        self._optimizer_map[key] = optimizer
+
+    def __delitem__(self, key):
+        del self._optimizer_map[key]
+
+    def __len__(self):
+        return len(self._optimizer_map)
+
+    def __iter__(self):
+        return iter(self._optimizer_map)
+
+    def __call__(self, variable):
+        return self[variable.path]
+
+    def get_config(self):
+        return {"default_optimizer": serialize(self._default_optimizer),
+                "optimizer_map": {k: serialize(v) for k, v in self._optimizer_map.items()}}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(deserialize(config["default_optimizer"], custom_objects),
+                   {k: deserialize(v, custom_objects)
+                    for k, v in (config.get("optimizer_map") or {}).items()})
+
+
+class MultiOptimizer(Optimizer):
+    """Each variable stepped by the optimizer ``optimizer_map(variable)`` picks (an
+    OptimizerMap or any function of a variable); ``iterations`` counts this optimizer's own
+    steps. Its state is the inner optimizers' slots, each variable's under its path."""
+
+    def __init__(self, optimizer_map, loss_scale_factor=None, name=None):
+        if loss_scale_factor is not None:
+            raise ValueError("MultiOptimizer: loss_scale_factor is not supported by pynn's "
+                             "optimizers; wrap the model's optimizer in a LossScaleOptimizer "
+                             "for loss scaling")
+        if not callable(optimizer_map):
+            raise ValueError(f"MultiOptimizer: optimizer_map must be an OptimizerMap or a "
+                             f"function of a variable, got {optimizer_map!r}")
+        super().__init__(learning_rate=0.0, name=name)
+        self._optimizer_map = optimizer_map
+        self.loss_scale_factor = None
+        self._inner_optimizers = []
+        for opt in list(getattr(optimizer_map, "values", lambda: [])()) + [
+                getattr(optimizer_map, "default_optimizer", None)]:
+            if opt is not None and opt not in self._inner_optimizers:
+                self._inner_optimizers.append(opt)
+
+    @property
+    def optimizers(self):
+        return self._inner_optimizers
+
+    @property
+    def learning_rate(self):
+        raise AttributeError("Learning rate cannot be accessed on a MultiOptimizer. Access "
+                             "the learning rate on the individual sub-optimizers instead.")
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        if hasattr(self, "_optimizer_map"):
+            raise AttributeError("Learning rate cannot be set on a MultiOptimizer. Set the "
+                                 "learning rate on the individual sub-optimizers instead.")
+        self._learning_rate = value
+
+    def current_learning_rate(self):
+        return self._inner_optimizers[0].current_learning_rate() if self._inner_optimizers \
+            else 0.0
+
+    def _optimizer_for(self, variable):
+        opt = self._optimizer_map(variable)
+        if not isinstance(opt, Optimizer):
+            raise ValueError(f"Optimizer for variable {variable.path} is not an Optimizer "
+                             f"instance.")
+        if isinstance(opt, (LossScaleOptimizer, MultiOptimizer)):
+            raise ValueError(f"{type(opt).__name__} cannot be used inside an MultiOptimizer.")
+        if opt not in self._inner_optimizers:
+            self._inner_optimizers.append(opt)
+        return opt
+
+    def _groups(self, variables):
+        groups = {}
+        for v in variables:
+            groups.setdefault(id(self._optimizer_for(v)), []).append(v)
+        return [(opt, groups[id(opt)]) for opt in self._inner_optimizers if id(opt) in groups]
+
+    def apply(self, variables, trainable_variables=None):
+        if trainable_variables is not None:
+            variables = _set_grads(variables, trainable_variables)
+        variables = list(variables)
+        if not variables:
+            return
+        for opt, group in self._groups(variables):
+            opt.apply(group)
+        self.iterations += 1
+
+    def finalize_variable_values(self, var_list):
+        for opt, group in self._groups(var_list):
+            opt.finalize_variable_values(group)
+
+    def swap_ema_weights(self):
+        users = [opt for opt in self._inner_optimizers if opt.use_ema]
+        if not users:
+            raise ValueError("SwapEMAWeights must be used when at least one inner optimizer "
+                             "has `use_ema=True` set. Received a MultiOptimizer with all inner "
+                             "optimizers having `use_ema=False`.")
+        for opt in users:
+            opt.swap_ema_weights()
+
+    def get_state(self):
+        slots = {}
+        for opt in self._inner_optimizers:
+            slots.update(opt.get_state()["slots"])
+        return {"iterations": int(self.iterations), "slots": slots}
+
+    def set_state(self, state, variables):
+        slots = dict(state.get("slots", {}))
+        for opt, group in self._groups(list(variables)):
+            mine = {k: v for k, v in slots.items() if k.rsplit("/", 1)[0] in
+                    {g.path for g in group}}
+            for k in mine:
+                slots.pop(k)
+            opt.set_state({"iterations": opt.iterations, "slots": mine}, group)
+        if slots:
+            raise ValueError(f"{self.name}.set_state: slots {sorted(slots)} match no variable")
+        self.iterations = int(state.get("iterations", 0))
+
+    def get_config(self):
+        if not isinstance(self._optimizer_map, OptimizerMap):
+            raise TypeError(f"{self.name}: a MultiOptimizer over a plain function cannot be "
+                            f"serialized; give it an OptimizerMap")
+        return {"optimizer_map": {"class_name": "OptimizerMap",
+                                  "config": self._optimizer_map.get_config()},
+                "loss_scale_factor": None, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        if "class_name" in config and "config" in config:
+            return deserialize(config, custom_objects=custom_objects)
+        config = dict(config)
+        mapping = config.pop("optimizer_map")
+        if isinstance(mapping, dict) and "config" in mapping:
+            mapping = mapping["config"]
+        return cls(OptimizerMap.from_config(mapping, custom_objects), **config)
+
+
+__all__ += ["MultiOptimizer", "OptimizerMap"]
+_CLASSES[MultiOptimizer.__name__.lower()] = MultiOptimizer
