@@ -1907,3 +1907,26 @@ def _scaled_regularization_penalty(model, loss_scale):
     for v in regularized:
         b.scale_inplace(v.grad, loss_scale)
     return penalty
+
+
+# -- api: Keras 3's keras.models.load_model / save_model
+def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
+    """keras.models.load_model: a .pynn, .keras or .h5 file (``safe_mode`` is always on:
+    pynn never runs code from a file)."""
+    return saving.load_model(filepath, custom_objects=custom_objects, compile=compile)
+
+
+def save_model(model, filepath, overwrite=True, zipped=None, **kwargs):
+    """keras.models.save_model: the suffix picks the format; ``overwrite=False`` refuses an
+    existing file (Keras asks on the terminal; a library cannot). ``include_optimizer`` and
+    ``weights_dtype`` pass on to pynn's writer."""
+    import os
+    if zipped not in (None, True):
+        raise ValueError("save_model: zipped=False (an unzipped Keras folder) is not supported; "
+                         "pynn writes zip archives")
+    unknown = set(kwargs) - {"include_optimizer", "weights_dtype"}
+    if unknown:
+        raise ValueError(f"save_model: unexpected arguments {sorted(unknown)}")
+    if not overwrite and os.path.exists(filepath):
+        raise FileExistsError(f"save_model: {os.fspath(filepath)!r} exists and overwrite=False")
+    return saving.save_model(model, filepath, **kwargs)
