@@ -564,7 +564,27 @@ def deserialize_keras_object(config, custom_objects=None, safe_mode=True, **kwar
     with custom_object_scope(custom):
         inner = {k: _maybe_object(v, custom) for k, v in dict(inner).items()} \
             if isinstance(inner, dict) else inner
+        if isinstance(inner, dict) and cls is _find_class(class_name, module):
+            inner = _without_keras_only_arguments(cls, inner)
         return cls.from_config(inner)
+
+
+def _without_keras_only_arguments(cls, config):
+    """A Keras config of one of pynn's classes with the arguments pynn's class lacks dropped
+    where they are off (None or False: input_axes=None of Keras's initializers); one that is
+    set is an error naming it."""
+    from pynn.interop.keras_files import _accepted_arguments
+    accepted = _accepted_arguments(cls)
+    if not accepted or "kwargs" in accepted:
+        return config
+    kept = {}
+    for key, value in config.items():
+        if key in accepted:
+            kept[key] = value
+        elif value is not None and value is not False:
+            raise ValueError(f"deserialize_keras_object: {cls.__name__} {key}={value!r} is a "
+                             f"Keras argument pynn's {cls.__name__} does not support")
+    return kept
 
 
 def _maybe_object(value, custom):

@@ -1365,7 +1365,9 @@ class MultiOptimizer(Optimizer):
                     {g.path for g in group}}
             for k in mine:
                 slots.pop(k)
-            opt.set_state({"iterations": opt.iterations, "slots": mine}, group)
+            # each inner optimizer stepped once per MultiOptimizer step that reached it
+            opt.set_state({"iterations": int(state.get("iterations", 0)), "slots": mine},
+                          group)
         if slots:
             raise ValueError(f"{self.name}.set_state: slots {sorted(slots)} match no variable")
         self.iterations = int(state.get("iterations", 0))
