@@ -183,3 +183,8 @@ from pynn.backend.opencl.scatter import (  # noqa: F401
 from pynn.backend.opencl.sort import (  # noqa: F401
     argsort_rows, put_along_rows, take_along_rows,
 )
+# -- linalg (branch linalg: keras.ops.linalg) --
+from pynn.backend.opencl.linalg import (  # noqa: F401
+    cholesky_forward, eigh_forward, lu_factor_forward, lu_slogdet_forward, lu_solve_forward,
+    qr_forward, svd_forward, triangular_solve_forward,
+)
