@@ -49,7 +49,9 @@ cdef enum:
     PARALLEL_MIN = 4096  # below this many flops' worth of matrices one thread does it all
     MAX_SWEEPS = 64  # Jacobi sweeps: quadratic convergence needs about 10 at n = 128
 
-cdef double JACOBI_EPS = 1e-15  # off-diagonal mass relative to the whole, in double
+# eigh: an off-diagonal entry below this times its diagonal entries' geometric mean is zero
+cdef double JACOBI_EPS = 2.220446049250313e-16
+cdef double SVD_EPS = 2.220446049250313e-16  # svd: double's epsilon, times sqrt(m)
 
 
 cdef inline int _threads(Py_ssize_t batch, Py_ssize_t work) noexcept nogil:
@@ -321,12 +323,35 @@ def triangular_solve_forward(a, b, lower, transpose=False, unit_diagonal=False):
 
 
 # -- QR ---------------------------------------------------------------------------------------
-cdef void _qr(double* r, double* q, double* tau, Py_ssize_t m, Py_ssize_t n,
+cdef void _reflect_rows(const double* r, Py_ssize_t n, Py_ssize_t j, Py_ssize_t m,
+                        double tau, double* x, Py_ssize_t stride, Py_ssize_t c0,
+                        Py_ssize_t c1, double* w) noexcept nogil:
+    """Apply H_j = I - tau v v^T (v = [1, r[j+1:, j]]) to rows j.. of x's columns c0..c1-1,
+    row by row (w = v^T x first, then x -= tau v w^T), so every pass runs along a row."""
+    cdef Py_ssize_t i, c
+    cdef double vi
+    for c in range(c0, c1):
+        w[c] = x[j * stride + c]
+    for i in range(j + 1, m):
+        vi = r[i * n + j]
+        for c in range(c0, c1):
+            w[c] = w[c] + vi * x[i * stride + c]
+    for c in range(c0, c1):
+        w[c] = w[c] * tau
+        x[j * stride + c] = x[j * stride + c] - w[c]
+    for i in range(j + 1, m):
+        vi = r[i * n + j]
+        for c in range(c0, c1):
+            x[i * stride + c] = x[i * stride + c] - vi * w[c]
+
+
+cdef void _qr(double* r, double* q, double* tau, double* w, Py_ssize_t m, Py_ssize_t n,
               Py_ssize_t qcols) noexcept nogil:
     """r (m, n): A on entry, R above the diagonal and the reflectors' tails below on return;
-    q (m, qcols) gets the first qcols columns of Q = H_0 ... H_{p-1}."""
+    q (m, qcols) gets the first qcols columns of Q = H_0 ... H_{p-1}; w a row of scratch
+    (max(n, qcols))."""
     cdef Py_ssize_t p = min(m, n), j, i, c
-    cdef double alpha, xnorm, beta, scale, dot
+    cdef double alpha, xnorm, beta, scale
     for j in range(p):
         alpha = r[j * n + j]
         xnorm = 0
@@ -341,28 +366,13 @@ cdef void _qr(double* r, double* q, double* tau, Py_ssize_t m, Py_ssize_t n,
         for i in range(j + 1, m):
             r[i * n + j] = r[i * n + j] * scale
         r[j * n + j] = beta
-        for c in range(j + 1, n):  # H_j applied to the trailing columns
-            dot = r[j * n + c]
-            for i in range(j + 1, m):
-                dot = dot + r[i * n + j] * r[i * n + c]
-            dot = dot * tau[j]
-            r[j * n + c] = r[j * n + c] - dot
-            for i in range(j + 1, m):
-                r[i * n + c] = r[i * n + c] - dot * r[i * n + j]
+        _reflect_rows(r, n, j, m, tau[j], r, n, j + 1, n, w)
     for i in range(m):
         for c in range(qcols):
             q[i * qcols + c] = 1 if i == c else 0
     for j in range(p - 1, -1, -1):
-        if tau[j] == 0:
-            continue
-        for c in range(j, qcols):
-            dot = q[j * qcols + c]
-            for i in range(j + 1, m):
-                dot = dot + r[i * n + j] * q[i * qcols + c]
-            dot = dot * tau[j]
-            q[j * qcols + c] = q[j * qcols + c] - dot
-            for i in range(j + 1, m):
-                q[i * qcols + c] = q[i * qcols + c] - dot * r[i * n + j]
+        if tau[j] != 0:
+            _reflect_rows(r, n, j, m, tau[j], q, qcols, j, qcols, w)
 
 
 def _qr_forward(const floating[:, :, ::1] a, floating[:, :, ::1] q, floating[:, :, ::1] r,
@@ -374,7 +384,8 @@ def _qr_forward(const floating[:, :, ::1] a, floating[:, :, ::1] q, floating[:, 
     for b in prange(B, schedule="static", nogil=True, num_threads=_threads(B, m * n * n)):
         w = &work[b, 0]
         _load(&a[b, 0, 0], w, m * n)
-        _qr(w, &w[m * n], &w[m * n + m * qcols], m, n, qcols)
+        _qr(w, &w[m * n], &w[m * n + m * qcols], &w[m * n + m * qcols + min(m, n)], m, n,
+            qcols)
         _store(&w[m * n], &q[b, 0, 0], m * qcols)
         for i in range(rrows):
             for j in range(n):
@@ -391,57 +402,72 @@ def qr_forward(a, complete=False):
     q = np.empty(lead + (m, qcols), a.dtype)
     r = np.empty(lead + (qcols, n), a.dtype)
     _qr_forward(a.reshape(B, m, n), q.reshape(B, m, qcols), r.reshape(B, qcols, n),
-                np.empty((B, m * n + m * qcols + p)))
+                np.empty((B, m * n + m * qcols + p + max(n, qcols))))
     return q, r
 
 
 # -- symmetric eigenproblem ---------------------------------------------------------------
-cdef void _eigh(double* a, double* v, double* w, Py_ssize_t n) noexcept nogil:
-    """a (n, n): its lower triangle, mirrored, is diagonalised in place; v (n, n) the
-    eigenvectors as columns, w (n,) the eigenvalues, ascending."""
+cdef void _eigh(double* a, double* vt, double* w, Py_ssize_t n) noexcept nogil:
+    """a (n, n): its lower triangle, mirrored, is diagonalised in place; vt (n, n) the
+    eigenvectors as rows (contiguous under the rotations), w (n,) the eigenvalues.
+
+    A rotation zeroes a[p, q] exactly (Numerical Recipes' jacobi); an entry negligible beside
+    its two diagonal entries is zeroed without one; a sweep without rotations ends."""
     cdef Py_ssize_t i, j, p, q, sweep
-    cdef double off, total, apq, theta, t, c, s, x, y
+    cdef double apq, theta, t, c, s, x, y
+    cdef bint rotated
     for i in range(n):
         for j in range(n):
-            v[i * n + j] = 1 if i == j else 0
+            vt[i * n + j] = 1 if i == j else 0
             if j > i:
                 a[i * n + j] = a[j * n + i]
     for sweep in range(MAX_SWEEPS):
-        off = 0
-        total = 0
-        for i in range(n):
-            for j in range(n):
-                total = total + a[i * n + j] * a[i * n + j]
-                if i != j:
-                    off = off + a[i * n + j] * a[i * n + j]
-        if off <= JACOBI_EPS * JACOBI_EPS * total:
-            break
+        rotated = False
         for p in range(n - 1):
             for q in range(p + 1, n):
                 apq = a[p * n + q]
-                if apq == 0:
+                if fabs(apq) <= JACOBI_EPS * sqrt(fabs(a[p * n + p]) * fabs(a[q * n + q])):
+                    a[p * n + q] = 0
+                    a[q * n + p] = 0
                     continue
+                rotated = True
                 theta = (a[q * n + q] - a[p * n + p]) / (2 * apq)
                 t = copysign(1.0, theta) / (fabs(theta) + sqrt(theta * theta + 1))
                 c = 1 / sqrt(t * t + 1)
                 s = t * c
-                for i in range(n):  # A J
-                    x = a[i * n + p]
-                    y = a[i * n + q]
-                    a[i * n + p] = c * x - s * y
-                    a[i * n + q] = s * x + c * y
-                for i in range(n):  # J^T (A J)
+                # J^T A J touches rows and columns p, q only: the rows, mirrored into the
+                # columns, and the two diagonal entries in closed form
+                for i in range(n):
+                    if i == p or i == q:
+                        continue
                     x = a[p * n + i]
                     y = a[q * n + i]
                     a[p * n + i] = c * x - s * y
                     a[q * n + i] = s * x + c * y
-                for i in range(n):
-                    x = v[i * n + p]
-                    y = v[i * n + q]
-                    v[i * n + p] = c * x - s * y
-                    v[i * n + q] = s * x + c * y
+                    a[i * n + p] = a[p * n + i]
+                    a[i * n + q] = a[q * n + i]
+                a[p * n + p] = a[p * n + p] - t * apq
+                a[q * n + q] = a[q * n + q] + t * apq
+                a[p * n + q] = 0
+                a[q * n + p] = 0
+                for i in range(n):  # V J, on V's rows
+                    x = vt[p * n + i]
+                    y = vt[q * n + i]
+                    vt[p * n + i] = c * x - s * y
+                    vt[q * n + i] = s * x + c * y
+        if not rotated:
+            break
     for i in range(n):
         w[i] = a[i * n + i]
+
+
+cdef void _transpose(const double* src, double* dst, Py_ssize_t rows,
+                     Py_ssize_t cols) noexcept nogil:
+    """dst (cols, rows) = src (rows, cols)^T."""
+    cdef Py_ssize_t i, j
+    for i in range(rows):
+        for j in range(cols):
+            dst[j * rows + i] = src[i * cols + j]
 
 
 cdef void _swap_columns(double* v, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t i,
@@ -497,12 +523,13 @@ def _eigh_forward(const floating[:, :, ::1] a, floating[:, ::1] w, floating[:, :
         wk = &work[b, 0]
         _load(&a[b, 0, 0], wk, n * n)
         _eigh(wk, &wk[n * n], &wk[2 * n * n], n)
-        _sort_columns(&wk[2 * n * n], &wk[n * n], n, n, NULL, 0, 0, n, False)
+        _transpose(&wk[n * n], wk, n, n)  # the eigenvectors as columns, over a's scratch
+        _sort_columns(&wk[2 * n * n], wk, n, n, NULL, 0, 0, n, False)
         for j in range(n):
             w[b, j] = <floating>wk[2 * n * n + j]
-            sign = _sign_of_largest(&wk[n * n], n, n, j)
+            sign = _sign_of_largest(wk, n, n, j)
             for i in range(n):
-                v[b, i, j] = <floating>(sign * wk[n * n + i * n + j])
+                v[b, i, j] = <floating>(sign * wk[i * n + j])
 
 
 def eigh_forward(a):
@@ -517,15 +544,18 @@ def eigh_forward(a):
 
 
 # -- SVD --------------------------------------------------------------------------------------
-cdef void _svd_tall(double* g, double* v, double* s, Py_ssize_t m, Py_ssize_t n) noexcept nogil:
-    """g (m, n), m >= n: on return its columns are U's first n columns times s (not yet
-    normalised), v (n, n) the right vectors as columns, s (n,) the column norms."""
+cdef void _svd_tall(double* gt, double* vt, double* s, Py_ssize_t m, Py_ssize_t n) noexcept nogil:
+    """gt (n, m): the columns of a tall (m, n) matrix G as rows (contiguous for the column
+    pairs' dot products and rotations). On return its rows are U's first n columns times s
+    (not normalised), vt (n, n) the right vectors as rows, s (n,) the row norms. A pair is
+    orthogonal enough at |gamma| <= eps sqrt(m) sqrt(alpha beta) (LAPACK's dgesvj)."""
     cdef Py_ssize_t i, j, p, q, sweep
     cdef double alpha, beta, gamma, zeta, t, c, sn, x, y
+    cdef double tol = SVD_EPS * sqrt(<double>m)
     cdef bint rotated
     for i in range(n):
         for j in range(n):
-            v[i * n + j] = 1 if i == j else 0
+            vt[i * n + j] = 1 if i == j else 0
     for sweep in range(MAX_SWEEPS):
         rotated = False
         for p in range(n - 1):
@@ -534,10 +564,10 @@ cdef void _svd_tall(double* g, double* v, double* s, Py_ssize_t m, Py_ssize_t n)
                 beta = 0
                 gamma = 0
                 for i in range(m):
-                    alpha = alpha + g[i * n + p] * g[i * n + p]
-                    beta = beta + g[i * n + q] * g[i * n + q]
-                    gamma = gamma + g[i * n + p] * g[i * n + q]
-                if fabs(gamma) <= JACOBI_EPS * sqrt(alpha * beta) or gamma == 0:
+                    alpha = alpha + gt[p * m + i] * gt[p * m + i]
+                    beta = beta + gt[q * m + i] * gt[q * m + i]
+                    gamma = gamma + gt[p * m + i] * gt[q * m + i]
+                if gamma == 0 or fabs(gamma) <= tol * sqrt(alpha * beta):
                     continue
                 rotated = True
                 zeta = (beta - alpha) / (2 * gamma)
@@ -545,21 +575,21 @@ cdef void _svd_tall(double* g, double* v, double* s, Py_ssize_t m, Py_ssize_t n)
                 c = 1 / sqrt(1 + t * t)
                 sn = c * t
                 for i in range(m):
-                    x = g[i * n + p]
-                    y = g[i * n + q]
-                    g[i * n + p] = c * x - sn * y
-                    g[i * n + q] = sn * x + c * y
+                    x = gt[p * m + i]
+                    y = gt[q * m + i]
+                    gt[p * m + i] = c * x - sn * y
+                    gt[q * m + i] = sn * x + c * y
                 for i in range(n):
-                    x = v[i * n + p]
-                    y = v[i * n + q]
-                    v[i * n + p] = c * x - sn * y
-                    v[i * n + q] = sn * x + c * y
+                    x = vt[p * n + i]
+                    y = vt[q * n + i]
+                    vt[p * n + i] = c * x - sn * y
+                    vt[q * n + i] = sn * x + c * y
         if not rotated:
             break
     for j in range(n):
         alpha = 0
         for i in range(m):
-            alpha = alpha + g[i * n + j] * g[i * n + j]
+            alpha = alpha + gt[j * m + i] * gt[j * m + i]
         s[j] = sqrt(alpha)
 
 
@@ -591,22 +621,25 @@ cdef void _complete_basis(double* u, Py_ssize_t m, Py_ssize_t cols, Py_ssize_t v
                 break
 
 
-cdef void _svd(double* a, double* u, double* s, double* v, double* scratch, Py_ssize_t m,
+cdef void _svd(double* gt, double* u, double* s, double* v, double* scratch, Py_ssize_t m,
                Py_ssize_t n, Py_ssize_t ucols) noexcept nogil:
-    """a (m, n) with m >= n, destroyed; u (m, ucols) left vectors, s (n,) descending, v (n, n)
-    right vectors as columns."""
+    """gt (n, m): the columns of a (m, n), m >= n, as rows, destroyed; u (m, ucols) left
+    vectors, s (n,) descending, v (n, n) right vectors as columns; scratch m + n * n."""
     cdef Py_ssize_t i, j, valid = n
-    cdef double tiny
-    _svd_tall(a, v, s, m, n)
-    _sort_columns(s, a, m, n, v, n, n, n, True)
-    tiny = s[0] * 1e-300 if s[0] > 0 else 0
+    cdef double* vt = &scratch[m]
+    _svd_tall(gt, vt, s, m, n)
+    _transpose(vt, v, n, n)
+    for j in range(n):  # U S's columns, then sorted with v's
+        for i in range(m):
+            u[i * ucols + j] = gt[j * m + i]
+    _sort_columns(s, u, m, ucols, v, n, n, n, True)
     for j in range(n):
-        if s[j] <= tiny or s[j] == 0:
+        if s[j] == 0:
             valid = j
             break
     for j in range(ucols):
         for i in range(m):
-            u[i * ucols + j] = a[i * n + j] / s[j] if j < valid else 0
+            u[i * ucols + j] = u[i * ucols + j] / s[j] if j < valid else 0
     _complete_basis(u, m, ucols, valid, scratch)
 
 
@@ -626,9 +659,9 @@ def _svd_forward(const floating[:, :, ::1] a, floating[:, :, ::1] u, floating[:,
         w = &work[b, 0]
         uu = &w[rows * cols]
         vv = &uu[rows * ucols]
-        for i in range(rows):
+        for i in range(rows):  # the tall matrix's columns as rows
             for j in range(cols):
-                w[i * cols + j] = a[b, j, i] if wide else a[b, i, j]
+                w[j * rows + i] = a[b, j, i] if wide else a[b, i, j]
         _svd(w, uu, &vv[cols * cols], vv, &vv[cols * cols + cols], rows, cols, ucols)
         for j in range(cols):
             s[b, j] = <floating>vv[cols * cols + j]
@@ -672,7 +705,7 @@ def svd_forward(a, full_matrices=True, compute_uv=True):
         u_shape = vh_shape = (1, 1)
     _svd_forward(a.reshape(B, m, n), u.reshape((B,) + u_shape), s.reshape(B, cols),
                  vh.reshape((B,) + vh_shape), compute_uv, wide, ucols,
-                 np.empty((B, rows * cols + rows * ucols + cols * cols + cols + rows)))
+                 np.empty((B, rows * cols + rows * ucols + 2 * cols * cols + cols + rows)))
     if not compute_uv:
         return None, s, None
     return u, s, vh

@@ -9,10 +9,11 @@
  */
 #include "common.h"
 
-/* Jacobi stops when the off-diagonal mass (eigh) or a column pair's cosine (svd) is below
- * this, relative: float32 rounding, with room for n. */
+/* Jacobi: eigh zeroes an off-diagonal entry below JACOBI_EPS times its diagonal entries'
+ * geometric mean; svd takes a column pair as orthogonal below JACOBI_EPS * sqrt(m) as their
+ * cosine (LAPACK's sgesvj). float32's epsilon. */
 #ifndef JACOBI_EPS
-#define JACOBI_EPS 1e-6f
+#define JACOBI_EPS 1.1920929e-7f
 #endif
 #ifndef MAX_SWEEPS
 #define MAX_SWEEPS 64
@@ -117,8 +118,8 @@ __kernel void lu_solve_forward(__global const float *lu_all, __global const int 
     gfloat x = out + (size_t)b * n * k;
     load_matrix(rhs + (size_t)b * n * k, x, n * k);
     if (!transpose) {
-        for (int i = 0; i < n; ++i)
-            if (piv[i] != i) swap_rows(x, i, piv[i], k);
+        for (int i = 0; i < n; ++i) /* a device's pivots are not checked: skip a bad one */
+            if (piv[i] > i && piv[i] < n) swap_rows(x, i, piv[i], k);
         for (int i = 0; i < n; ++i)
             for (int j = 0; j < i; ++j) {
                 const float f = lu[i * n + j];
@@ -145,7 +146,7 @@ __kernel void lu_solve_forward(__global const float *lu_all, __global const int 
                 for (int c = 0; c < k; ++c) x[i * k + c] -= f * x[j * k + c];
             }
         for (int i = n - 1; i >= 0; --i)
-            if (piv[i] != i) swap_rows(x, i, piv[i], k);
+            if (piv[i] > i && piv[i] < n) swap_rows(x, i, piv[i], k);
     }
 }
 
@@ -314,29 +315,31 @@ __kernel void eigh_forward(__global const float *a_all, __global float *w_all,
             v[i * n + j] = i == j ? 1.0f : 0.0f;
         }
     for (int sweep = 0; sweep < MAX_SWEEPS; ++sweep) {
-        float off = 0.0f, total = 0.0f;
-        for (int i = 0; i < n; ++i)
-            for (int j = 0; j < n; ++j) {
-                const float e = a[i * n + j] * a[i * n + j];
-                total += e;
-                if (i != j) off += e;
-            }
-        if (off <= JACOBI_EPS * JACOBI_EPS * total) break;
+        int rotated = 0;
         for (int p = 0; p < n - 1; ++p)
             for (int q = p + 1; q < n; ++q) {
                 const float apq = a[p * n + q];
-                if (apq == 0.0f) continue;
+                /* negligible beside its diagonal entries: zero (a rotation zeroes it too) */
+                if (fabs(apq) <= JACOBI_EPS * sqrt(fabs(a[p * n + p]) * fabs(a[q * n + q]))) {
+                    a[p * n + q] = a[q * n + p] = 0.0f;
+                    continue;
+                }
+                rotated = 1;
                 const float theta = (a[q * n + q] - a[p * n + p]) / (2.0f * apq);
                 const float t = copysign(1.0f, theta) / (fabs(theta) + sqrt(theta * theta + 1.0f));
                 const float c = 1.0f / sqrt(t * t + 1.0f), s = t * c;
-                rotate_columns(a, n, n, p, q, c, s);
-                for (int i = 0; i < n; ++i) { /* rows */
+                for (int i = 0; i < n; ++i) { /* rows p, q, mirrored into the columns */
+                    if (i == p || i == q) continue;
                     const float x = a[p * n + i], y = a[q * n + i];
-                    a[p * n + i] = c * x - s * y;
-                    a[q * n + i] = s * x + c * y;
+                    a[p * n + i] = a[i * n + p] = c * x - s * y;
+                    a[q * n + i] = a[i * n + q] = s * x + c * y;
                 }
+                a[p * n + p] -= t * apq;
+                a[q * n + q] += t * apq;
+                a[p * n + q] = a[q * n + p] = 0.0f;
                 rotate_columns(v, n, n, p, q, c, s);
             }
+        if (!rotated) break;
     }
     for (int i = 0; i < n; ++i) w[i] = a[i * n + i];
     sort_columns(w, v, n, n, v, 0, 0, n, 0);
@@ -368,6 +371,7 @@ __kernel void svd_forward(__global const float *a_all, __global float *u_all,
         for (int j = 0; j < cols; ++j) g[i * cols + j] = wide ? src[j * n + i] : src[i * n + j];
     for (int i = 0; i < cols; ++i)
         for (int j = 0; j < cols; ++j) v[i * cols + j] = i == j ? 1.0f : 0.0f;
+    const float tol = JACOBI_EPS * sqrt((float)rows);
     for (int sweep = 0; sweep < MAX_SWEEPS; ++sweep) {
         int rotated = 0;
         for (int p = 0; p < cols - 1; ++p)
@@ -378,7 +382,7 @@ __kernel void svd_forward(__global const float *a_all, __global float *u_all,
                     beta += g[i * cols + q] * g[i * cols + q];
                     gamma += g[i * cols + p] * g[i * cols + q];
                 }
-                if (gamma == 0.0f || fabs(gamma) <= JACOBI_EPS * sqrt(alpha * beta)) continue;
+                if (gamma == 0.0f || fabs(gamma) <= tol * sqrt(alpha * beta)) continue;
                 rotated = 1;
                 const float zeta = (beta - alpha) / (2.0f * gamma);
                 const float t = copysign(1.0f, zeta) / (fabs(zeta) + sqrt(1.0f + zeta * zeta));
