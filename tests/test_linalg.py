@@ -481,3 +481,25 @@ def test_bad_operands_of_the_kernels(backend, name, args, error, match):
         args = tuple(backend.up(a) for a in args)
     with pytest.raises(error, match=match):
         backend.op(name)(*args)
+
+
+# -- functional models ------------------------------------------------------------------------
+def test_op_nodes_in_a_functional_model_build_predict_and_round_trip(tmp_path):
+    """OpLayer infers shapes on all-ones stand-ins: singular and not positive-definite, which
+    must not stop inv, solve or cholesky from building."""
+    x = pynn.Input((4, 4))
+    spd = ops.add(ops.matmul(x, ops.swapaxes(x, -1, -2)), np.eye(4, dtype=np.float32))
+    q, r = ops.linalg.qr(x)
+    out = ops.concatenate([ops.linalg.inv(spd), ops.linalg.cholesky(spd), q, r,
+                           ops.linalg.solve(spd, x)], axis=-1)
+    model = pynn.Model(x, out)
+    a = rand(np.random.default_rng(20), (3, 4, 4), np.float32)
+    s = a.astype(np.float64) @ np.swapaxes(a, -1, -2) + np.eye(4)
+    q_want, r_want = np.linalg.qr(a.astype(np.float64))
+    want = np.concatenate([np.linalg.inv(s), np.linalg.cholesky(s), q_want, r_want,
+                           np.linalg.solve(s, a)], axis=-1)
+    got = model.predict(a, verbose=0)
+    np.testing.assert_allclose(got, want, atol=2e-4 * np.abs(want).max())
+    model.save(tmp_path / "linalg.pynn")
+    again = pynn.load_model(tmp_path / "linalg.pynn")
+    np.testing.assert_array_equal(again.predict(a, verbose=0), got)

@@ -1475,3 +1475,23 @@ def test_spectral_normalization():
     model.compile(optimizer="sgd", loss="mse")
     model.train_on_batch(x, np.ones((4, 3), np.float32))   # the kernels normalised in place
     check_export(model, x)
+
+
+# -- linalg (branch linalg) --
+def test_linalg_det_op_node():
+    from pynn import ops
+    x = pynn.Input((4, 4))
+    d = ops.linalg.det(x)
+    model = pynn.Model(x, d)
+    a = np.random.default_rng(5).standard_normal((3, 4, 4)).astype(np.float32)
+    a += 3 * np.eye(4, dtype=np.float32)
+    proto = check_export(model, a)
+    assert "Det" in [n.op_type for n in proto.graph.node]
+
+
+def test_linalg_op_nodes_without_onnx_form_refused_by_name():
+    from pynn import ops
+    x = pynn.Input((4, 4))
+    model = pynn.Model(x, ops.linalg.inv(x))
+    with pytest.raises(ValueError, match=r"cannot be exported: pynn.ops.inv has no ONNX form"):
+        pynn.onnx.export(model)

@@ -24,6 +24,7 @@ import numpy as np
 
 from pynn import backend
 from pynn.autodiff import Tensor
+from pynn.ops import _core
 from pynn.ops import numpy_extra as npx
 from pynn.ops import numpy_ops as npo
 from pynn.ops._core import op, record, shape_of, value
@@ -88,6 +89,8 @@ def _sym(x):
 
 
 def _check_info(name, b, info, message):
+    if _core.SHAPE_PROBE[0]:  # OpLayer's all-ones stand-in: only the shape is wanted
+        return
     info = np.asarray(b.to_numpy(info)).reshape(-1)
     bad = np.flatnonzero(info)
     if bad.size:
