@@ -529,6 +529,9 @@ def norm(x, ord=None, axis=None, keepdims=False):
         axes = (0, 1)
     elif axis is not None and len(np.atleast_1d(axis)) == 2:
         axes = tuple(int(i) % ndim for i in np.atleast_1d(axis))
+    if axes is not None and ord not in (None, "fro", "nuc", 1, -1, 2, -2, np.inf, -np.inf):
+        raise ValueError(f"pynn.ops.norm: matrix ord {ord!r} is not supported (Keras's matrix "
+                         f"norms: 'fro', 'nuc', 1, -1, 2, -2, inf, -inf)")
     if axes is None or ord not in (2, -2, "nuc"):
         return npx.norm.raw(x, ord, axis, keepdims)
     if np.dtype(getattr(value(x), "dtype", np.float32)).kind != "f":
