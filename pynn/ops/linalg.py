@@ -42,7 +42,7 @@ def _matrices(name, x, square=True, what="x"):
     if isinstance(v, (list, tuple, int, float)):
         v = np.asarray(v)
     dtype = np.dtype(getattr(v, "dtype", np.asarray(v).dtype))
-    if dtype.kind != "f":
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"{_name(name)}: '{what}' must be a float32 or float64 array, got "
                         f"dtype {dtype}")
     shape = shape_of(v)
@@ -113,9 +113,18 @@ def _broadcast_batch(name, a, rhs):
     return a, rhs
 
 
+def _nested_like(b, a):
+    """A nested list b takes a's dtype (as keras.ops converts its arguments)."""
+    if isinstance(b, (list, tuple)):
+        return np.asarray(b, dtype=np.dtype(value(a).dtype) if hasattr(value(a), "dtype")
+                          else None)
+    return b
+
+
 def _rhs(name, a, rhs):
     """Keras's (torch's) rule for b: a batch of vectors when b is 1-D or (..., n) with a's
     batch; else (..., n, k). -> (a, b as matrices, whether to squeeze the result)."""
+    rhs = _nested_like(rhs, a)
     sa, sb = shape_of(value(a)), shape_of(value(rhs))
     n = sa[-1]
     vector = len(sb) == 1 or (len(sb) == len(sa) - 1 and sb == sa[:-1])
@@ -222,7 +231,7 @@ def solve(a, b):
     a, rhs, vector = _rhs("solve", a, b)
     be, av, lu, pivots, info = _lu("solve", a)
     _check_info("solve", be, info, _singular)
-    x = be.lu_solve_forward(lu, pivots, value(rhs), False)
+    x = be.lu_solve_forward(lu, pivots, npx._operand(be, rhs), False)
 
     def backward(gx, need):
         gb = be.lu_solve_forward(lu, pivots, gx, True)
@@ -285,6 +294,7 @@ def solve_triangular(a, b, lower=False):
     """keras.ops.linalg.solve_triangular: x with T x = b, T a's lower (else upper) triangle
     (b (..., n) or (..., n, k)). Gradients: gb = T^-T gx, ga = -gb x^T on T's triangle."""
     be, av = _matrices("solve_triangular", a, what="a")
+    b = _nested_like(b, av)
     sa, sb = shape_of(av), shape_of(value(b))
     vector = len(sb) == len(sa) - 1
     rhs = npo.expand_dims(b, -1) if vector else b
@@ -492,6 +502,7 @@ def lstsq(a, b, rcond=None):
     """keras.ops.linalg.lstsq: the least-squares solution pinv(a) b (NumPy's rcond; Keras on
     torch takes the same minimum-norm solution for full-rank a)."""
     _, av = _matrices("lstsq", a, square=False, what="a")
+    b = _nested_like(b, av)
     sa, sb = shape_of(av), shape_of(value(b))
     vector = len(sb) == len(sa) - 1
     rows = sb[-1] if vector and sb else sb[-2] if len(sb) >= 2 else None
@@ -536,8 +547,13 @@ def norm(x, ord=None, axis=None, keepdims=False):
         return npx.norm.raw(x, ord, axis, keepdims)
     if np.dtype(getattr(value(x), "dtype", np.float32)).kind != "f":
         x = npo.cast(x, "float32")
-    moved = npx.moveaxis(x, axes, (-2, -1))
-    s = svd(moved, compute_uv=False)
+    if axes != (ndim - 2, ndim - 1):
+        if not hasattr(value(x), "shape"):
+            x = npo.convert_to_tensor(x)
+        if type(x) is np.ndarray:  # host data on a device: uploaded, as keras.ops converts
+            x = Tensor(npx._operand(backend.current(), x))
+        x = npx.moveaxis(x, axes, (-2, -1))
+    s = svd(x, compute_uv=False)
     out = (npo.sum(s, axis=-1) if ord == "nuc" else npo.max(s, axis=-1) if ord == 2
            else npo.min(s, axis=-1))
     if keepdims:
