@@ -503,3 +503,36 @@ def test_op_nodes_in_a_functional_model_build_predict_and_round_trip(tmp_path):
     model.save(tmp_path / "linalg.pynn")
     again = pynn.load_model(tmp_path / "linalg.pynn")
     np.testing.assert_array_equal(again.predict(a, verbose=0), got)
+
+
+@pytest.mark.opencl
+def test_opencl_ops_take_host_operands_as_keras_ops_convert_them():
+    from tests.test_ops_device import _on
+    rng = np.random.default_rng(21)
+    a = _general(rng, (2, 4, 4), np.float32)
+    calls = {
+        "solve": lambda: ops.linalg.solve(a, np.ones((2, 4, 3), np.float32)),
+        "solve_list": lambda: ops.linalg.solve(a[0], [1.0, 2.0, 3.0, 4.0]),
+        "solve_triangular": lambda: ops.linalg.solve_triangular(a, a[..., 0], lower=True),
+        "lstsq": lambda: ops.linalg.lstsq(a[:, :, :3], a[..., 0]),
+        "norm_nuc_axes": lambda: ops.norm(a, "nuc", axis=(0, 2)),
+        "det": lambda: ops.linalg.det(a),
+        "pinv": lambda: ops.linalg.pinv(a[:, :3, :]),
+    }
+    for name, call in calls.items():
+        with _on("cpu"):
+            want = np.asarray(call())
+        with _on("opencl"):
+            got = np.asarray(call())
+        np.testing.assert_allclose(got, want, atol=1e-4 * max(1.0, np.abs(want).max()),
+                                   err_msg=name)
+
+
+@pytest.mark.opencl
+def test_opencl_lu_solve_skips_a_device_pivot_out_of_range(backend_opencl):
+    dev = backend_opencl.ops
+    lu = dev.asarray(np.eye(3, dtype=np.float32))
+    bad = dev.asarray(np.array([0, 7, -3], np.int32), np.int32)  # not read back on a device
+    b = np.arange(6, dtype=np.float32).reshape(3, 2)
+    x = dev.lu_solve_forward(lu, bad, dev.asarray(b), False)
+    np.testing.assert_array_equal(dev.to_numpy(x), b)
