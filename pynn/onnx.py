@@ -2063,6 +2063,31 @@ def _convert(g, layer, x, out_shape):
     return out
 
 
+# -- linalg (branch linalg): op nodes of pynn.ops (OpLayer) by op name. ONNX's one linear
+# algebra operator is Det (opset 11), so det converts; every other op node is refused naming
+# its op (ONNX has no factorisation, solve or inverse).
+_OP_CONVERTERS = {}
+
+
+@_converts("OpLayer")
+def _op_layer(g, layer, x, out_shape):
+    convert = _OP_CONVERTERS.get(layer.op)
+    if convert is None:
+        raise _unsupported(layer, f"pynn.ops.{layer.op} has no ONNX form here (op nodes "
+                                  f"convert for {sorted(_OP_CONVERTERS)})")
+    return convert(g, layer, x, out_shape)
+
+
+def _det(g, layer, x, out_shape):
+    if layer.op_args != [{"tensor": 0}] or layer.op_kwargs:
+        raise _unsupported(layer, "det takes its one input alone")
+    x = g.nhwc(x)
+    return g.tensor(g.op("Det", [x.name], layer.name), out_shape)
+
+
+_OP_CONVERTERS["det"] = _det
+
+
 # -- the model --------------------------------------------------------------------------
 def _built_graph(model, input_signature):
     graph = getattr(model, "_graph", None)

@@ -1493,3 +1493,23 @@ def test_op_layer_other_ops_refused():
     model = pynn.Model(inputs, pynn.ops.exp(L.Dense(3)(inputs)))
     with pytest.raises(ValueError, match="OpLayer .* cannot be exported: ONNX export writes"):
         pynn.onnx.export(model)
+
+
+# -- linalg (branch linalg) --
+def test_linalg_det_op_node():
+    from pynn import ops
+    x = pynn.Input((4, 4))
+    d = ops.linalg.det(x)
+    model = pynn.Model(x, d)
+    a = np.random.default_rng(5).standard_normal((3, 4, 4)).astype(np.float32)
+    a += 3 * np.eye(4, dtype=np.float32)
+    proto = check_export(model, a)
+    assert "Det" in [n.op_type for n in proto.graph.node]
+
+
+def test_linalg_op_nodes_without_onnx_form_refused_by_name():
+    from pynn import ops
+    x = pynn.Input((4, 4))
+    model = pynn.Model(x, ops.linalg.inv(x))
+    with pytest.raises(ValueError, match=r"cannot be exported: pynn.ops.inv has no ONNX form"):
+        pynn.onnx.export(model)

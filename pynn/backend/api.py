@@ -7,7 +7,7 @@ Where an op lives: one name, five places
 An op of family F (dense, conv, pool, activation, loss, metric, dropout, optim, rnn,
 merge, spatial, shape, normalization, depthwise,
 preprocessing, sparse, quant, elementwise, rnn_mask, bf16, attention,
-augment_mix) named ``<op>`` is,
+augment_mix, linalg) named ``<op>`` is,
 under that same name:
 - ``native/F.pyx``: the CPU kernel, exported as ``pynn._native.F.<op>``;
 - ``opencl/F.cl``: its OpenCL kernels, driven by ``pynn/backend/opencl/F.py``;
@@ -812,6 +812,28 @@ OPS.update({
     "take_along_rows": ("x", "index"),
     # -> (R, n): zeros with src[r, j] at index[r, j] (distinct per row): the gradients.
     "put_along_rows": ("src", "index", "n"),
+})
+
+# -- linalg (branch linalg; native/linalg.pyx, opencl/linalg.cl): keras.ops.linalg on stacks
+# of small dense matrices (..., m, n), one matrix per work unit; right-hand sides (..., n, k)
+# carry a's batch. Pivots and info are int32; info is read by the caller (pynn.ops.linalg).
+OPS.update({
+    # -> (L lower, info (B,)): info the order of the first non-positive-definite minor (0: none).
+    "cholesky_forward": ("a",),
+    # -> (LU, pivots (..., n) 0-based row swaps, info (B,) first zero pivot 1-based, 0: none).
+    "lu_factor_forward": ("a",),
+    # x of A x = b (transpose: A^T x = b) from lu_factor_forward's LU and pivots.
+    "lu_solve_forward": ("lu", "pivots", "b", "transpose"),
+    # -> (sign, log|det|) shaped as the batch; a zero pivot gives (0, -inf).
+    "lu_slogdet_forward": ("lu", "pivots"),
+    # x of op(A) x = b, op(A) = A or A^T, only A's lower (else upper) triangle read.
+    "triangular_solve_forward": ("a", "b", "lower", "transpose", "unit_diagonal"),
+    # -> (Q, R) Householder with LAPACK's signs: reduced, or complete (Q (..., m, m)).
+    "qr_forward": ("a", "complete"),
+    # -> (w ascending, v eigenvectors as columns) of the symmetric matrix in a's lower triangle.
+    "eigh_forward": ("a",),
+    # -> (U, s descending, Vh); U and Vh None unless compute_uv.
+    "svd_forward": ("a", "full_matrices", "compute_uv"),
 })
 
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.

@@ -198,6 +198,11 @@ from pynn._native.scan import cumprod_backward, scan_forward  # noqa: F401
 from pynn._native.scatter import gather_rows, segment_reduce_forward, select_rows  # noqa: F401
 # -- sort (branch opsk: keras.ops' sort/argsort/top_k) --
 from pynn._native.sort import argsort_rows, put_along_rows, take_along_rows  # noqa: F401
+# -- linalg (branch linalg: keras.ops.linalg) --
+from pynn._native.linalg import (  # noqa: F401
+    cholesky_forward, eigh_forward, lu_factor_forward, lu_slogdet_forward, lu_solve_forward,
+    qr_forward, svd_forward, triangular_solve_forward,
+)
 from pynn.backend.operands.common import host_array
 
 NAME = "cpu"

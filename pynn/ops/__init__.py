@@ -24,6 +24,10 @@ from pynn.ops.numpy_math import *
 from pynn.ops.structural import *
 from pynn.ops.fft import *
 from pynn.ops.control_flow import *
+# keras.ops.linalg (branch linalg): the submodule, and its names at the top as Keras 3 has
+# them (with slogdet and logdet); its norm adds the SVD's ord 2, -2 and 'nuc'
+from pynn.ops import linalg
+from pynn.ops.linalg import *
 from pynn.variables import Variable
 
 __all__ = [*sorted(OPS), "Tensor", "convert_to_tensor"]  # noqa: PLE0604

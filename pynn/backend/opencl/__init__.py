@@ -187,3 +187,8 @@ from pynn.backend.opencl.sort import (  # noqa: F401
 )
 # -- opss: keras.ops.ctc_loss's per-sample losses (loss family) --
 from pynn.backend.opencl.loss import crossentropy_rows, ctc_loss_samples  # noqa: F401,E402
+# -- linalg (branch linalg: keras.ops.linalg) --
+from pynn.backend.opencl.linalg import (  # noqa: F401
+    cholesky_forward, eigh_forward, lu_factor_forward, lu_slogdet_forward, lu_solve_forward,
+    qr_forward, svd_forward, triangular_solve_forward,
+)
