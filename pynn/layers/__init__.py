@@ -293,3 +293,11 @@ from pynn.layers.augment_policy import AugMix  # noqa: E402
 
 LAYERS["AugMix"] = AugMix
 __all__ += ["AugMix"]
+# -- lookup: Keras 3's Hashing, HashedCrossing, StringLookup, IntegerLookup (host preprocessing) --
+from pynn.layers.lookup import (  # noqa: E402
+    HashedCrossing, Hashing, IntegerLookup, StringLookup,
+)
+
+LAYERS.update({cls.__name__: cls for cls in (Hashing, HashedCrossing, StringLookup,
+                                              IntegerLookup)})
+__all__ += ["Hashing", "HashedCrossing", "StringLookup", "IntegerLookup"]
