@@ -301,3 +301,9 @@ from pynn.layers.lookup import (  # noqa: E402
 LAYERS.update({cls.__name__: cls for cls in (Hashing, HashedCrossing, StringLookup,
                                               IntegerLookup)})
 __all__ += ["Hashing", "HashedCrossing", "StringLookup", "IntegerLookup"]
+# -- clahe: Keras 3's ContrastLimitedAdaptiveHistogramEqualization (color family) --
+from pynn.layers.color import ContrastLimitedAdaptiveHistogramEqualization  # noqa: E402
+
+LAYERS["ContrastLimitedAdaptiveHistogramEqualization"] = \
+    ContrastLimitedAdaptiveHistogramEqualization
+__all__ += ["ContrastLimitedAdaptiveHistogramEqualization"]
