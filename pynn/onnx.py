@@ -1859,6 +1859,10 @@ def _auto_contrast(g, layer, x, out_shape):
     return g.derived(x, g.op("Where", [kept, x.name, y], hint))
 
 
+# -- lookup: MaxNumBoundingBoxes is the identity on images --
+_converts("MaxNumBoundingBoxes")(_identity_layer)
+
+
 # -- clahe: CLAHE's per-tile histograms and table blends have no ONNX form here --
 @_converts("ContrastLimitedAdaptiveHistogramEqualization")
 def _clahe(g, layer, x, out_shape):

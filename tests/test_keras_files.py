@@ -399,6 +399,16 @@ def clahe():
 
 
 ARCHITECTURES["clahe"] = clahe
+
+
+# -- lookup: MaxNumBoundingBoxes, the identity on images (its boxes: tests/test_bounding_boxes.py)
+def max_num_bounding_boxes():
+    return keras.Sequential([
+        keras.Input((6, 5, 3)), K.MaxNumBoundingBoxes(4, bounding_box_format="xyxy"),
+        K.Flatten(), K.Dense(2)])
+
+
+ARCHITECTURES["max_num_bounding_boxes"] = max_num_bounding_boxes
 # -- lookup: Keras builds Hashing, HashedCrossing, StringLookup and IntegerLookup only with
 # TensorFlow, and pynn runs them as host preprocessing; tests/test_lookup.py and
 # tests/test_hashing.py check their configs against Keras's --

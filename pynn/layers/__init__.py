@@ -307,3 +307,8 @@ from pynn.layers.color import ContrastLimitedAdaptiveHistogramEqualization  # no
 LAYERS["ContrastLimitedAdaptiveHistogramEqualization"] = \
     ContrastLimitedAdaptiveHistogramEqualization
 __all__ += ["ContrastLimitedAdaptiveHistogramEqualization"]
+# -- lookup: Keras 3's MaxNumBoundingBoxes (bounding-box dict inputs; the identity on images) --
+from pynn.layers.bounding_boxes import MaxNumBoundingBoxes  # noqa: E402
+
+LAYERS["MaxNumBoundingBoxes"] = MaxNumBoundingBoxes
+__all__ += ["MaxNumBoundingBoxes"]
