@@ -268,3 +268,47 @@ def test_bad_inputs_name_the_layer():
 def test_layers_are_registered():
     for name in ("StringLookup", "IntegerLookup", "Hashing", "HashedCrossing"):
         assert layers.LAYERS[name].__name__ == name
+
+
+# -- Keras files: integer lookups and hashing as nodes of a model ------------------------------
+def test_integer_layers_in_a_model_save_keras_configs_and_load_back(tmp_path):
+    import zipfile
+
+    import pynn
+
+    inp = layers.Input((3,), dtype="int32")
+    ids = IntegerLookup(vocabulary=IVOCAB, mask_token=0, name="ilookup")(inp)
+    hashed = layers.Hashing(6, salt=[3, 4], name="hash")(inp)
+    merged = layers.Concatenate()([layers.Flatten()(layers.Embedding(6, 2)(ids)),
+                                   layers.Flatten()(layers.Embedding(6, 2)(hashed))])
+    model = pynn.Model(inp, layers.Dense(1)(merged))
+    x = np.array([[12, 0, 7], [42, 1138, 36]], np.int32)
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(x, np.ones((2, 1)), epochs=2, verbose=0)
+    model.save(tmp_path / "m.keras")
+    with zipfile.ZipFile(tmp_path / "m.keras") as z:
+        entries = {e["config"]["name"]: e for e in json.loads(z.read("config.json"))
+                   ["config"]["layers"]}
+    policy = {"module": "keras", "class_name": "DTypePolicy", "registered_name": None}
+    # What Keras's IndexLookup/IntegerLookup.get_config and Hashing.get_config write.
+    assert entries["ilookup"]["class_name"] == "IntegerLookup"
+    assert entries["ilookup"]["config"] == {
+        "name": "ilookup", "trainable": True, "dtype": {**policy, "config": {"name": "float32"}},
+        "invert": False, "max_tokens": None, "num_oov_indices": 1, "oov_token": -1,
+        "mask_token": 0, "output_mode": "int", "sparse": False, "pad_to_max_tokens": False,
+        "idf_weights": None, "vocabulary": IVOCAB, "vocabulary_size": 6,
+        "oov_method": "floormod", "salt": None, "vocabulary_dtype": "int64"}
+    assert entries["hash"]["config"] == {
+        "name": "hash", "trainable": True, "dtype": {**policy, "config": {"name": "int64"}},
+        "num_bins": 6, "salt": [3, 4], "mask_value": None, "output_mode": "int",
+        "sparse": False}
+    loaded = pynn.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_a_device_tensor_is_refused_by_name():
+    class FakeDeviceArray:
+        pass
+    FakeDeviceArray.__module__ = "pyopencl.array"
+    with pytest.raises(TypeError, match="IntegerLookup 'il'.*host preprocessing"):
+        IntegerLookup(vocabulary=IVOCAB, name="il")(FakeDeviceArray())

@@ -27,6 +27,7 @@ import os
 import numpy as np
 
 from pynn.layers.base import Layer
+from pynn.layers.symbolic import is_symbolic
 
 OUTPUT_MODES = ("int", "one_hot", "multi_hot", "count", "tf_idf")
 HASHING_MODES = ("int", "one_hot", "multi_hot", "count")
@@ -198,6 +199,8 @@ class Hashing(Layer):
         self.built = True
 
     def __call__(self, inputs, training=None):
+        if is_symbolic(inputs):   # a node of a model: its integer inputs come as arrays
+            return super().__call__(inputs, training=training)
         return self.call(inputs)
 
     def call(self, inputs, training=False):
@@ -268,6 +271,8 @@ class HashedCrossing(Layer):
         self.built = True
 
     def __call__(self, inputs, training=None):
+        if is_symbolic(inputs):   # a node of a model: its integer inputs come as arrays
+            return super().__call__(inputs, training=training)
         return self.call(inputs)
 
     def call(self, inputs, training=False):
@@ -330,8 +335,9 @@ class _IndexLookup(Layer):
 
     def __init__(self, max_tokens, num_oov_indices, mask_token, oov_token, vocabulary=None,
                  idf_weights=None, invert=False, output_mode="int", sparse=False,
-                 pad_to_max_tokens=False, oov_method="floormod", salt=None, **kwargs):
-        vocabulary_size = kwargs.pop("vocabulary_size", None)
+                 pad_to_max_tokens=False, oov_method="floormod", salt=None,
+                 vocabulary_size=None, **kwargs):
+        # vocabulary_size: Keras's config carries it (the frozen size of the encoded modes).
         kwargs.pop("has_input_vocabulary", None)
         kwargs.pop("dtype", None)   # Keras's config holds the float32 policy; outputs are fixed
         super().__init__(**kwargs)
@@ -601,6 +607,8 @@ class _IndexLookup(Layer):
 
     # -- lookups ----------------------------------------------------------------------------
     def __call__(self, inputs, training=None):
+        if is_symbolic(inputs):   # a node of a model: its integer inputs come as arrays
+            return super().__call__(inputs, training=training)
         return self.call(inputs)
 
     def _require_vocabulary(self):
