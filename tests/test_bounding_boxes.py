@@ -106,3 +106,10 @@ def test_bad_inputs_name_the_layer():
     with pytest.raises(ValueError, match="'mnb'.*dense"):
         layer({**data, "bounding_boxes": {"boxes": [[[0, 0, 1, 1]], [[0, 0, 1, 1], [1, 1, 2, 2]]],
                                           "labels": [[1], [2, 3]]}})
+
+
+def test_the_gradient_through_images_is_the_identity():
+    from tests.reference.gradcheck import check_layer
+
+    rng = np.random.default_rng(4)
+    check_layer(layers.MaxNumBoundingBoxes(2), rng.standard_normal((2, 4, 3, 2)), rng)

@@ -231,3 +231,18 @@ def test_hashes_match_tensorflow():
         tf.strings.to_hash_bucket_fast(words, 13).numpy().tolist()
     assert layers.Hashing(13, salt=[5, 9])(words).tolist() == \
         tf.strings.to_hash_bucket_strong(words, 13, key=[5, 9]).numpy().tolist()
+
+
+def test_hashes_are_the_same_at_any_thread_count(num_threads):
+    rng = np.random.default_rng(5)
+    strings = _random_bytes(rng, rng.integers(0, 80, 9001))
+    data, offsets = _buffer(strings)
+    runs = []
+    for threads in (1, 2, 3):
+        num_threads(threads)
+        runs.append((hashing.fingerprint64(data, offsets),
+                     hashing.siphash64(data, offsets, 7, 9),
+                     hash64(np.array([s.hex() for s in strings]))))
+    for other in runs[1:]:
+        for a, b in zip(other, runs[0]):
+            np.testing.assert_array_equal(a, b)
