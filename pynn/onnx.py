@@ -1859,6 +1859,19 @@ def _auto_contrast(g, layer, x, out_shape):
     return g.derived(x, g.op("Where", [kept, x.name, y], hint))
 
 
+# -- lookup: MaxNumBoundingBoxes is the identity on images --
+_converts("MaxNumBoundingBoxes")(_identity_layer)
+
+
+# -- clahe: CLAHE's per-tile histograms and table blends have no ONNX form here --
+@_converts("ContrastLimitedAdaptiveHistogramEqualization")
+def _clahe(g, layer, x, out_shape):
+    raise _unsupported(layer, "ONNX has no histogram operator, and CLAHE's per-tile "
+                              "histograms, clipped cdfs and four-table blends are not "
+                              "composed by this exporter; apply the layer before the "
+                              "exported model")
+
+
 # -- spectral (branch audio): Keras 3's audio front ends as Conv and elementwise nodes -----
 _KERAS_EPSILON = 1e-7  # keras.backend.epsilon(): STFTSpectrogram's floor
 

@@ -389,6 +389,32 @@ def rand_augment_and_aug_mix():
 ARCHITECTURES["rand_augment_and_aug_mix"] = rand_augment_and_aug_mix
 
 
+# -- clahe: Keras 3's ContrastLimitedAdaptiveHistogramEqualization (active at inference) --
+def clahe():
+    return keras.Sequential([
+        keras.Input((11, 9, 3)),
+        K.ContrastLimitedAdaptiveHistogramEqualization(value_range=(-3, 3), clip_limit=3.0,
+                                                       tile_grid_size=(3, 2)),
+        K.Flatten(), K.Dense(2)])
+
+
+ARCHITECTURES["clahe"] = clahe
+
+
+# -- lookup: MaxNumBoundingBoxes, the identity on images (its boxes: tests/test_bounding_boxes.py)
+def max_num_bounding_boxes():
+    return keras.Sequential([
+        keras.Input((6, 5, 3)), K.MaxNumBoundingBoxes(4, bounding_box_format="xyxy"),
+        K.Flatten(), K.Dense(2)])
+
+
+ARCHITECTURES["max_num_bounding_boxes"] = max_num_bounding_boxes
+# -- lookup: Keras builds Hashing, HashedCrossing, StringLookup and IntegerLookup only with
+# TensorFlow, and pynn runs them as host preprocessing; tests/test_lookup.py and
+# tests/test_hashing.py check their configs against Keras's --
+KERAS_CANNOT_BUILD |= {"Hashing", "HashedCrossing", "StringLookup", "IntegerLookup"}
+
+
 def test_architectures_cover_every_pynn_layer():
     seen = set()
 

@@ -1513,3 +1513,16 @@ def test_linalg_op_nodes_without_onnx_form_refused_by_name():
     model = pynn.Model(x, ops.linalg.inv(x))
     with pytest.raises(ValueError, match=r"cannot be exported: pynn.ops.inv has no ONNX form"):
         pynn.onnx.export(model)
+
+
+# -- lookup: MaxNumBoundingBoxes exports as the identity on images; CLAHE is refused --
+def test_max_num_bounding_boxes_is_the_identity():
+    check_export(seq((6, 5, 3), L.MaxNumBoundingBoxes(3, bounding_box_format="xyxy"),
+                     L.Flatten(), L.Dense(2)), rand((2, 6, 5, 3)))
+
+
+def test_clahe_is_refused_by_name():
+    model = seq((8, 8, 3), L.ContrastLimitedAdaptiveHistogramEqualization(name="eq"),
+                L.Flatten(), L.Dense(1))
+    with pytest.raises(ValueError, match="'eq'.*cannot be exported: ONNX has no histogram"):
+        pynn.onnx.export(model)

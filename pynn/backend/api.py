@@ -700,6 +700,14 @@ OPS.update({
 OPS.update({
     "color_transform_forward": ("x", "transform", "params", "value_range", "bins"),
 })
+# -- clahe: Keras 3's ContrastLimitedAdaptiveHistogramEqualization (color family) --
+# x (N,H,W,C) -> y shaped as x: tile_grid_size (GH, GW) tiles of ceil(H/GH) x ceil(W/GW)
+# pixels (the image edge-padded to whole tiles), each tile's histogram of Keras's 256 levels
+# of x over value_range clipped at trunc(clip_limit * tile pixels / 256) (none when
+# clip_limit <= 0), every pixel blended from its four nearest tiles' cdfs. No backward.
+OPS.update({
+    "clahe_forward": ("x", "value_range", "clip_limit", "tile_grid_size"),
+})
 
 # -- opt: Keras 3's Lamb, Adafactor and Muon (native/optim.pyx, opencl/optim.cl) ----------------
 # Each clips and decays as the other *_update ops, then needs whole-tensor reductions inside

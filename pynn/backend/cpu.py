@@ -185,6 +185,8 @@ from pynn._native.conv3d import (  # noqa: F401
 )
 # -- color (Keras 3's colour augmentation layers) --
 from pynn._native.color import color_transform_forward  # noqa: F401
+# -- clahe: Keras 3's ContrastLimitedAdaptiveHistogramEqualization (color family) --
+from pynn._native.color import clahe_forward  # noqa: F401
 # -- spectral (branch audio: Keras 3's STFTSpectrogram and MelSpectrogram) --
 from pynn._native.spectral import (  # noqa: F401
     power_to_db_backward, power_to_db_forward, reflect_pad1d_backward, reflect_pad1d_forward,

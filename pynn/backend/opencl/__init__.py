@@ -164,6 +164,8 @@ from pynn.backend.opencl.loss import (  # noqa: F401
 )
 # -- color (Keras 3's colour augmentation layers) --
 from pynn.backend.opencl.color import color_transform_forward  # noqa: F401
+# -- clahe: Keras 3's ContrastLimitedAdaptiveHistogramEqualization (color family) --
+from pynn.backend.opencl.color import clahe_forward  # noqa: F401
 # -- opt: Keras 3's Lamb, Adafactor and Muon --
 from pynn.backend.opencl.optim import adafactor_update, lamb_update, muon_update  # noqa: F401
 # -- spectral (branch audio: Keras 3's STFTSpectrogram and MelSpectrogram) --
