@@ -2039,22 +2039,35 @@ def _pipeline(g, layer, x, out_shape):
 _converts("RandAugment", "AugMix")(_identity_layer)
 
 
-# -- applications (branch appsA): OpLayer's arithmetic on two operands, tensors or numbers
-# (Keras's MobileNetV3 gates with ReLU6(x + 3) * (1/6)), one elementwise node; other ops refused
-_ONNX_ARITHMETIC = {"add": "Add", "subtract": "Sub", "multiply": "Mul", "divide": "Div",
-                    "true_divide": "Div"}
+# -- op nodes of pynn.ops (OpLayer), converted by op name: the arithmetic that Keras's
+# applications write as ops (MobileNetV3 gates with ReLU6(x + 3) * (1/6)) and det (ONNX's one
+# linear-algebra operator, opset 11); every other op node is refused naming its op (ONNX has
+# no factorisation, solve or inverse).
+_OP_CONVERTERS = {}
 
 
 @_converts("OpLayer")
 def _op_layer(g, layer, x, out_shape):
+    convert = _OP_CONVERTERS.get(layer.op)
+    if convert is None:
+        raise _unsupported(layer, f"pynn.ops.{layer.op} has no ONNX form here (ONNX export "
+                                  f"writes the op nodes {sorted(_OP_CONVERTERS)})")
+    return convert(g, layer, x, out_shape)
+
+
+_ONNX_ARITHMETIC = {"add": "Add", "subtract": "Sub", "multiply": "Mul", "divide": "Div",
+                    "true_divide": "Div"}
+
+
+def _arithmetic(g, layer, x, out_shape):
+    """One elementwise node on two operands, tensors or numbers."""
     xs = x if isinstance(x, list) else [x]
     args = layer.op_args
-    if layer.op not in _ONNX_ARITHMETIC or layer.op_kwargs or len(args) != 2 or not all(
+    if layer.op_kwargs or len(args) != 2 or not all(
             isinstance(a, dict) or (isinstance(a, (int, float)) and not isinstance(a, bool))
             for a in args):
-        raise _unsupported(layer, f"ONNX export writes the ops {sorted(_ONNX_ARITHMETIC)} on "
-                                  f"two operands (tensors or numbers), not {layer.op!r} with "
-                                  f"{args!r}")
+        raise _unsupported(layer, f"ONNX export writes {layer.op} on two operands (tensors or "
+                                  f"numbers), not {args!r}")
     if len({t.perm for t in xs}) > 1 or len({len(t.shape) for t in xs}) > 1:
         xs = [g.nhwc(t) for t in xs]  # broadcasting lines up as pynn's shapes do
     names = [xs[a["tensor"]].name if isinstance(a, dict)
@@ -2063,6 +2076,14 @@ def _op_layer(g, layer, x, out_shape):
     return g.tensor(y, out_shape, xs[0].perm, xs[0].dtype)
 
 
+def _det(g, layer, x, out_shape):
+    if layer.op_args != [{"tensor": 0}] or layer.op_kwargs:
+        raise _unsupported(layer, "det takes its one input alone")
+    x = g.nhwc(x)
+    return g.tensor(g.op("Det", [x.name], layer.name), out_shape)
+
+
+_OP_CONVERTERS.update(dict.fromkeys(_ONNX_ARITHMETIC, _arithmetic), det=_det)
 def _convert(g, layer, x, out_shape):
     fn = _CONVERTERS.get(type(layer).__name__)
     if fn is None:
@@ -2076,29 +2097,6 @@ def _convert(g, layer, x, out_shape):
     return out
 
 
-# -- linalg (branch linalg): op nodes of pynn.ops (OpLayer) by op name. ONNX's one linear
-# algebra operator is Det (opset 11), so det converts; every other op node is refused naming
-# its op (ONNX has no factorisation, solve or inverse).
-_OP_CONVERTERS = {}
-
-
-@_converts("OpLayer")
-def _op_layer(g, layer, x, out_shape):
-    convert = _OP_CONVERTERS.get(layer.op)
-    if convert is None:
-        raise _unsupported(layer, f"pynn.ops.{layer.op} has no ONNX form here (op nodes "
-                                  f"convert for {sorted(_OP_CONVERTERS)})")
-    return convert(g, layer, x, out_shape)
-
-
-def _det(g, layer, x, out_shape):
-    if layer.op_args != [{"tensor": 0}] or layer.op_kwargs:
-        raise _unsupported(layer, "det takes its one input alone")
-    x = g.nhwc(x)
-    return g.tensor(g.op("Det", [x.name], layer.name), out_shape)
-
-
-_OP_CONVERTERS["det"] = _det
 
 
 # -- the model --------------------------------------------------------------------------
