@@ -389,6 +389,23 @@ def rand_augment_and_aug_mix():
 ARCHITECTURES["rand_augment_and_aug_mix"] = rand_augment_and_aug_mix
 
 
+# -- applications (branch appsB): the custom layers of keras.applications, Keras's binary op
+# nodes (ConvNeXt's ``inputs + branch``), Dropout's noise_shape --
+def application_layers():
+    from keras.src.applications.convnext import LayerScale, StochasticDepth
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+    x = keras.Input((5, 4, 3))
+    h = K.Conv2D(6, 3, padding="same")(x)
+    branch = StochasticDepth(0.2)(LayerScale(0.5, 6)(h))
+    h = K.Dropout(0.3, noise_shape=(None, 1, 1, 1))(h + branch)
+    h = CustomScaleLayer(0.3)([h, h * branch - h])
+    return keras.Model(x, K.Dense(2)(K.Flatten()(h)))
+
+
+ARCHITECTURES["application_layers"] = application_layers
+
+
 def test_architectures_cover_every_pynn_layer():
     seen = set()
 

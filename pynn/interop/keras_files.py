@@ -570,11 +570,43 @@ def _check_masks(model, masked, where):
                              f"reproduce this model's masking", CONFIG_NAME)
 
 
+# -- applications (branch appsB): Keras 3's binary op nodes (ConvNeXt's ``inputs + branch``),
+# module keras.src.ops.numpy, as pynn.ops' op nodes (OpLayer) and back --
+_KERAS_BINARY_OPS = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply"}
+_OP_ARGS = [{"tensor": 0}, {"tensor": 1}]
+
+
+def _binary_op_entry(e):
+    """A Keras op node of two tensors as pynn's OpLayer entry, called on their list; any
+    other entry as it is."""
+    if not (isinstance(e, dict) and e.get("module") == "keras.src.ops.numpy"
+            and e.get("class_name") in _KERAS_BINARY_OPS):
+        return e
+    nodes = e.get("inbound_nodes") or []
+    if not all(isinstance(n, dict) and not n.get("kwargs") and len(n.get("args") or []) == 2
+               and all(isinstance(a, dict) and a.get("class_name") == "__keras_tensor__"
+                       for a in n["args"]) for n in nodes):
+        return e
+    name = e.get("name", (e.get("config") or {}).get("name"))
+    return {"class_name": "OpLayer", "name": name,
+            "config": {"name": name, "op": _KERAS_BINARY_OPS[e["class_name"]],
+                       "args": list(_OP_ARGS), "kwargs": {}},
+            "inbound_nodes": [{"args": [list(n["args"])], "kwargs": {}} for n in nodes]}
+
+
+def _keras_binary_op(layer):
+    """The Keras class of a pynn op node Keras writes as an op of two tensors, or None."""
+    if type(layer).__name__ != "OpLayer" or layer.op_args != _OP_ARGS or layer.op_kwargs:
+        return None
+    return next((k for k, v in _KERAS_BINARY_OPS.items() if v == layer.op), None)
+
+
 def _functional_config(config, where):
     entries = config.get("layers")
     if not isinstance(entries, list):
         raise where.fail("the model config has no 'layers' list", CONFIG_NAME)
     entries, masked = _drop_mask_ops(entries, where)
+    entries = [_binary_op_entry(e) for e in entries]  # -- applications (branch appsB) --
     names = [e.get("name", (e.get("config") or {}).get("name")) if isinstance(e, dict) else None
              for e in entries]
     # calls first: a MultiHeadAttention's call options join its config (_calls)
@@ -1035,6 +1067,12 @@ _OBJECT_MODULES = (("_initializer", "keras.initializers"), ("_regularizer", "ker
 # takes no ``trainable``).
 _NOT_IN_KERAS = {name: ("trainable",) for name in ("SpatialDropout1D", "SpatialDropout2D",
                                                     "SpatialDropout3D", "Discretization")}
+# -- applications (branch appsB): the custom layers of keras.applications, by their module;
+# Keras's StochasticDepth takes no seed --
+_KERAS_APPLICATION_LAYERS = {"LayerScale": "keras.src.applications.convnext",
+                             "StochasticDepth": "keras.src.applications.convnext",
+                             "CustomScaleLayer": "keras.src.applications.inception_resnet_v2"}
+_NOT_IN_KERAS["StochasticDepth"] = ("seed",)
 
 
 def _keras_object(value, module):
@@ -1133,6 +1171,10 @@ def _keras_layer_spec(layer, with_build=True):
     cls = type(layer).__name__
     if isinstance(layer, Model):
         return keras_model_spec(layer)
+    if _keras_binary_op(layer):  # -- applications (branch appsB): an op node of Keras's --
+        op = _keras_binary_op(layer)
+        return {"module": "keras.src.ops.numpy", "class_name": op,
+                "config": {"name": layer.name}, "registered_name": op}
     if cls in _NOT_KERAS_LAYERS or LAYERS.get(cls) is not type(layer):
         why = _NOT_KERAS_LAYERS.get(cls, "it is a custom layer, which Keras could open only "
                                          "with its Python class")
@@ -1146,6 +1188,8 @@ def _keras_layer_spec(layer, with_build=True):
                 "registered_name": None}
     spec = {"module": "keras.layers", "class_name": cls, "config": _keras_layer_config(layer),
             "registered_name": None}
+    if cls in _KERAS_APPLICATION_LAYERS:  # -- applications (branch appsB) --
+        spec.update(module=_KERAS_APPLICATION_LAYERS[cls], registered_name=cls)
     if layer.built and with_build:
         spec["build_config"] = {"input_shape": _json_shape(layer.input_shape)}
     if cls in _SCORE_ATTENTION:
@@ -1163,6 +1207,8 @@ def _keras_layer_spec(layer, with_build=True):
 def _keras_call(node, node_index):
     """Keras 3's inbound node of one pynn node."""
     layer = node.layer
+    if _keras_binary_op(layer):  # -- applications (branch appsB): Keras's op takes 2 args --
+        return {"args": [_tensor(t, node_index) for t in node.inputs], "kwargs": {}}
     if type(layer).__name__ in _HEADS_ATTENTION:
         options = layer._call_options
         tensors = [_tensor(t, node_index) for t in node.inputs]

@@ -293,3 +293,7 @@ from pynn.layers.augment_policy import AugMix  # noqa: E402
 
 LAYERS["AugMix"] = AugMix
 __all__ += ["AugMix"]
+# -- applications (branch appsB): the layers Keras's applications define, by Keras's names --
+from pynn.layers.applications import CustomScaleLayer, LayerScale, StochasticDepth  # noqa: E402
+LAYERS.update({cls.__name__: cls for cls in (LayerScale, StochasticDepth, CustomScaleLayer)})
+__all__ += ["LayerScale", "StochasticDepth", "CustomScaleLayer"]
