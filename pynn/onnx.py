@@ -2025,6 +2025,47 @@ def _pipeline(g, layer, x, out_shape):
 # AutoContrast acts in training only there)
 _converts("RandAugment", "AugMix")(_identity_layer)
 
+# -- applications (branch appsB): the layers of Keras's applications and the binary op nodes
+# of a functional graph (ConvNeXt's residual sums); StochasticDepth is the identity --
+_converts("StochasticDepth")(_identity_layer)
+
+
+@_converts("LayerScale")
+def _layer_scale(g, layer, x, out_shape):
+    gamma = _host(layer.gamma).reshape((1,) * (len(x.shape) - 1) + (-1,))
+    gamma = np.transpose(gamma, x.perm)  # gamma along the channels in x's layout
+    return g.derived(x, g.op("Mul", [x.name, g.const(gamma, f"{layer.name}_gamma")],
+                             layer.name))
+
+
+def _same_layout(g, xs):
+    return [g.nhwc(x) for x in xs] if len({x.perm for x in xs}) > 1 else list(xs)
+
+
+@_converts("CustomScaleLayer")
+def _custom_scale(g, layer, xs, out_shape):
+    x, branch = _same_layout(g, xs)
+    scaled = g.op("Mul", [branch.name, g.const(np.float32(layer.scale), f"{layer.name}_scale")],
+                  f"{layer.name}_scaled")
+    return g.tensor(g.op("Add", [x.name, scaled], layer.name), out_shape, x.perm)
+
+
+_BINARY_OP_NODES = {"add": "Add", "subtract": "Sub", "multiply": "Mul"}
+
+
+@_converts("OpLayer")
+def _binary_op_node(g, layer, xs, out_shape):
+    if (layer.op not in _BINARY_OP_NODES or layer.op_kwargs
+            or layer.op_args != [{"tensor": 0}, {"tensor": 1}]):
+        raise _unsupported(layer, f"of op nodes only {sorted(_BINARY_OP_NODES)} of two "
+                                  f"tensors are exported, got {layer.op!r} with arguments "
+                                  f"{layer.op_args}")
+    a, b = _same_layout(g, xs)
+    if len(a.shape) != len(b.shape):
+        a, b = g.nhwc(a), g.nhwc(b)
+    return g.tensor(g.op(_BINARY_OP_NODES[layer.op], [a.name, b.name], layer.name), out_shape,
+                    a.perm)
+
 
 def _convert(g, layer, x, out_shape):
     fn = _CONVERTERS.get(type(layer).__name__)
