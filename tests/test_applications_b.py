@@ -450,3 +450,27 @@ def test_application_layers_on_opencl_match_the_cpu():
             pynn.set_device(previous)
     for got, want in zip(results["opencl"], results["cpu"]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.opencl
+@pytest.mark.parametrize("name", ["EfficientNetB0", "ConvNeXtTiny", "InceptionResNetV2"])
+def test_applications_on_opencl_predict_as_on_the_cpu(name):
+    from tests.opencl_util import skip_without_opencl
+
+    skip_without_opencl()
+    shape, pixels = SMALLEST[name]
+    x = images(np.random.default_rng(15), shape, pixels, n=1)
+    answers, weights = {}, None
+    for device in ("cpu", "opencl"):
+        previous = pynn.get_device()
+        pynn.set_device(device)
+        try:
+            model = getattr(applications, name)(weights=None, input_shape=shape, classes=5,
+                                                classifier_activation=None)
+            weights = weights or [w + 0.1 * (w.ndim == 1) for w in model.get_weights()]
+            model.set_weights(weights)
+            answers[device] = np.asarray(model.predict(x, verbose=0))
+        finally:
+            pynn.set_device(previous)
+    scale = np.max(np.abs(answers["cpu"]))
+    np.testing.assert_allclose(answers["opencl"], answers["cpu"], atol=1e-4 * scale)
