@@ -263,6 +263,35 @@ def test_bad_arguments_give_keras_errors(name, kwargs, fresh_names):
     assert got == want
 
 
+def test_unusual_channel_count_warns_as_keras(fresh_names):
+    with pytest.warns(UserWarning, match="expects 1 or 3 input channels.*with 4 input"):
+        model = applications.Xception(weights=None, include_top=False,
+                                      input_shape=(71, 71, 4))
+    assert model.input_shape == (None, 71, 71, 4)
+
+
+def test_convnext_with_stochastic_depth_is_keras(fresh_names):
+    keras = keras_on_torch()
+    from keras.src.applications import convnext as keras_convnext
+
+    from pynn.applications import convnext
+
+    kwargs = dict(depths=[1, 1, 2, 1], projection_dims=[8, 16, 24, 32], drop_path_rate=0.3,
+                  include_top=True, input_shape=(32, 32, 3), classes=3, weights=None,
+                  name="convnext_mini")
+    keras.backend.clear_session()
+    keras_model = keras_convnext.ConvNeXt(**kwargs)
+    fresh_names()
+    model = convnext.ConvNeXt(**kwargs)
+    assert layer_names(model) == [layer.name for layer in keras_model.layers]
+    assert sum(type(la).__name__ == "StochasticDepth" for la in model.layers) == 4
+    weights = perturbed_weights(keras_model, np.random.default_rng(16))
+    keras_model.set_weights(weights)
+    model.set_weights(weights)
+    assert_predictions_equal(keras_model, model,
+                             images(np.random.default_rng(17), (32, 32, 3), True))
+
+
 def test_nasnet_filters_rule_is_keras():
     from pynn.applications import nasnet
 

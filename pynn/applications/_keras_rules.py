@@ -7,6 +7,7 @@ nothing, so "imagenet" is refused before anything is built.
 """
 
 import os
+import warnings
 
 from pynn.layers.core import Input
 from pynn.layers.symbolic import KerasTensor
@@ -34,6 +35,10 @@ def check_weights(weights, family, message=WEIGHTS_MESSAGE):
 def obtain_input_shape(input_shape, default_size, min_size, require_flatten):
     """Keras's ``obtain_input_shape`` for channels_last and weights other than imagenet."""
     if input_shape and len(input_shape) == 3:
+        if input_shape[-1] not in {1, 3}:
+            warnings.warn("This model usually expects 1 or 3 input channels. However, it was "
+                          f"passed an input_shape with {input_shape[-1]} input channels.",
+                          stacklevel=3)
         default_shape = (default_size, default_size, input_shape[-1])
     else:
         default_shape = (default_size, default_size, 3)
