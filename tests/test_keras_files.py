@@ -406,6 +406,15 @@ def application_layers():
 ARCHITECTURES["application_layers"] = application_layers
 
 
+def binary_op_nodes():  # (branch appsB) op nodes alone, as a legacy .h5 can hold them too
+    x = keras.Input((4, 3))
+    h = K.Dense(3)(x)
+    return keras.Model(x, K.Dense(2)((h + x) * h - x))
+
+
+ARCHITECTURES["binary_op_nodes"] = binary_op_nodes
+
+
 def test_architectures_cover_every_pynn_layer():
     seen = set()
 
@@ -1357,3 +1366,8 @@ def test_reversible_embedding_reverse_call_refused(tmp_path):
                        match=r"layer 'tokens' is called with arguments pynn does not take "
                              r"\(1 positional, keyword \['reverse'\]\)"):
         pynn.load_model(tmp_path / "lm.keras")
+
+
+# -- applications (branch appsB): Keras 3's legacy .h5 writes its op nodes without a module --
+def test_binary_op_nodes_in_legacy_h5(tmp_path):
+    test_legacy_h5_from_keras("binary_op_nodes", tmp_path)

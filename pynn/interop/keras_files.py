@@ -579,8 +579,11 @@ _OP_ARGS = [{"tensor": 0}, {"tensor": 1}]
 def _binary_op_entry(e):
     """A Keras op node of two tensors as pynn's OpLayer entry, called on their list; any
     other entry as it is."""
-    if not (isinstance(e, dict) and e.get("module") == "keras.src.ops.numpy"
-            and e.get("class_name") in _KERAS_BINARY_OPS):
+    if not (isinstance(e, dict) and e.get("class_name") in _KERAS_BINARY_OPS):
+        return e
+    # a legacy .h5 names no module; there an op's config, unlike a layer's, has no trainable
+    legacy_op = "module" not in e and "trainable" not in (e.get("config") or {})
+    if e.get("module") != "keras.src.ops.numpy" and not legacy_op:
         return e
     nodes = e.get("inbound_nodes") or []
     if not all(isinstance(n, dict) and not n.get("kwargs") and len(n.get("args") or []) == 2
