@@ -185,6 +185,15 @@ def test_larger_members_have_keras_layers_and_weight_shapes(name, fresh_names):
                                                       for v in keras_model.weights]
 
 
+@pytest.mark.parametrize("name", sorted(SMALLEST) + LARGER)
+def test_constructors_take_keras_arguments(name):
+    import inspect
+
+    keras = keras_on_torch()
+    assert str(inspect.signature(getattr(applications, name))) == str(
+        inspect.signature(getattr(keras.applications, name)))
+
+
 # -- Keras files -----------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["EfficientNetB0", "ConvNeXtTiny"])
 def test_keras_files_both_ways(name, fresh_names, tmp_path):
