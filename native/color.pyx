@@ -16,6 +16,7 @@ Design:
 """
 from libc.math cimport fabs, floor, rint, isnan
 from libc.float cimport FLT_EPSILON, DBL_EPSILON
+from cython.parallel cimport prange
 from _openmp cimport omp_get_max_threads
 
 from pynn.backend.operands import color as operands
@@ -315,4 +316,139 @@ def color_transform_forward(x, transform, params=None, value_range=(0, 255), bin
     if x.size:
         _color(x, np.zeros((1, 2), x.dtype) if params is None else params, y, code, lo, hi,
                bins)
+    return y
+
+
+# -- clahe: Keras 3's ContrastLimitedAdaptiveHistogramEqualization -----------------------------
+# Legend: T = (GH, GW) tiles of (TH, TW) pixels, L = 256 levels.
+# Two passes, each parallel by prange: clahe_tables builds every (image, tile) table of L
+# levels per channel (Keras's histogram of int32 levels, clipped at trunc(clip_limit *
+# TH*TW / L) as Keras's torch backend (integer counts) does, the excess spread evenly, then
+# its normalized cdf); clahe_apply maps every pixel
+# through the four nearest tiles' tables, blended bilinearly by Keras's tile-centre weights.
+# The image is padded at the bottom/right to whole tiles by repeating its last row/column
+# (Keras's 'symmetric' pad on torch is torch's 'replicate'; read through _edge, never
+# materialized). Arithmetic is in x's dtype, Keras's order.
+
+cdef enum:
+    CLAHE_LEVELS = 256
+
+
+cdef inline Py_ssize_t _edge(Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """Index i >= 0 of an axis of n padded after its end by Keras's 'symmetric' pad, which
+    Keras's torch backend maps to torch's 'replicate': the last row or column repeated."""
+    return i if i < n else n - 1
+
+
+cdef inline int _level(floating v) noexcept nogil:
+    """Keras's int32 cast of a 0..255 value clipped to the levels; NaN reads level 0."""
+    if not v >= 1:
+        return 0
+    if v >= CLAHE_LEVELS - 1:
+        return CLAHE_LEVELS - 1
+    return <int>v
+
+
+cdef inline int _tile_at(Py_ssize_t p, Py_ssize_t grid) noexcept nogil:
+    """Keras's edge-replicated table row p in [0, grid + 1] -> the tile it holds."""
+    return <int>(0 if p < 1 else (grid - 1 if p > grid else p - 1))
+
+
+def _clahe_tables(const floating[:, :, :, ::1] x,      # IN  (N, H, W, C)
+                  floating[:, :, :, :, ::1] table,     # OUT (N, GH, GW, C, L)
+                  Py_ssize_t TH, Py_ssize_t TW, double lo, double hi, double clip_limit):
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t GH = table.shape[1], GW = table.shape[2]
+    cdef Py_ssize_t t, n, gy, gx, ch, r, q, k
+    cdef floating v, limit, excess, cdf, cdf_min, den
+    cdef floating flo = <floating>lo, fhi = <floating>hi
+    cdef floating* hist
+    cdef int threads = omp_get_max_threads() if N * H * W * C >= PARALLEL_MIN else 1
+    for t in prange(N * GH * GW, schedule="static", nogil=True, num_threads=threads):
+        n = t // (GH * GW)
+        gy = (t // GW) % GH
+        gx = t % GW
+        for ch in range(C):
+            hist = &table[n, gy, gx, ch, 0]
+            for k in range(CLAHE_LEVELS):
+                hist[k] = 0
+            for r in range(gy * TH, gy * TH + TH):
+                for q in range(gx * TW, gx * TW + TW):
+                    v = _rescale(x[n, _edge(r, H), _edge(q, W), ch], flo, fhi,
+                                 <floating>0, <floating>255)
+                    hist[_level(v)] += 1
+            if clip_limit > 0:
+                # Keras on torch counts in int64 (one_hot's dtype there), so the limit is cast
+                # to an integer: truncated.
+                limit = <floating>(<long long>(clip_limit * (TH * TW) / 256.0))
+                excess = 0
+                for k in range(CLAHE_LEVELS):
+                    v = hist[k] if hist[k] < limit else limit
+                    excess = excess + (hist[k] - v)
+                    hist[k] = v
+                excess = excess / <floating>256.0
+                for k in range(CLAHE_LEVELS):
+                    hist[k] = hist[k] + excess
+            cdf = 0
+            for k in range(CLAHE_LEVELS):
+                cdf = cdf + hist[k]
+                hist[k] = cdf
+            cdf_min = hist[0]
+            for k in range(CLAHE_LEVELS):
+                cdf_min = hist[k] if hist[k] < cdf_min else cdf_min
+            den = <floating>(TH * TW) - cdf_min
+            den = 1 if den == 0 else den
+            for k in range(CLAHE_LEVELS):
+                hist[k] = _clip((hist[k] - cdf_min) * <floating>255.0 / den, <floating>0,
+                                <floating>255)
+
+
+def _clahe_apply(const floating[:, :, :, ::1] x,            # IN  (N, H, W, C)
+                 const floating[:, :, :, :, ::1] table,     # IN  (N, GH, GW, C, L)
+                 floating[:, :, :, ::1] y,                  # OUT (N, H, W, C)
+                 Py_ssize_t TH, Py_ssize_t TW, double lo, double hi):
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t GH = table.shape[1], GW = table.shape[2]
+    cdef Py_ssize_t t, n, row, col, ch
+    cdef int ty0, ty1, tx0, tx1, level
+    cdef floating gy, gx, fy, fx, wy, wx, top, bottom, res
+    cdef floating flo = <floating>lo, fhi = <floating>hi
+    cdef int threads = omp_get_max_threads() if N * H * W * C >= PARALLEL_MIN else 1
+    for t in prange(N * H, schedule="static", nogil=True, num_threads=threads):
+        n = t // H
+        row = t % H
+        # Keras's float32 grid: (row - TH / 2) / TH + 1, its floor and fraction.
+        gy = (<floating>row - <floating>(TH / 2.0)) / <floating>TH + 1
+        fy = <floating>floor(gy)
+        wy = gy - fy
+        ty0 = _tile_at(<Py_ssize_t>fy, GH)
+        ty1 = _tile_at(<Py_ssize_t>fy + 1, GH)
+        for col in range(W):
+            gx = (<floating>col - <floating>(TW / 2.0)) / <floating>TW + 1
+            fx = <floating>floor(gx)
+            wx = gx - fx
+            tx0 = _tile_at(<Py_ssize_t>fx, GW)
+            tx1 = _tile_at(<Py_ssize_t>fx + 1, GW)
+            for ch in range(C):
+                level = _level(_rescale(x[n, row, col, ch], flo, fhi, <floating>0,
+                                        <floating>255))
+                top = table[n, ty0, tx0, ch, level] * (1 - wx) + \
+                    table[n, ty0, tx1, ch, level] * wx
+                bottom = table[n, ty1, tx0, ch, level] * (1 - wx) + \
+                    table[n, ty1, tx1, ch, level] * wx
+                res = top * (1 - wy) + bottom * wy
+                y[n, row, col, ch] = _rescale(res, <floating>0, <floating>255, flo, fhi)
+
+
+def clahe_forward(x, value_range=(0, 255), clip_limit=4.0, tile_grid_size=(8, 8)):
+    """Keras 3's ContrastLimitedAdaptiveHistogramEqualization on x (N, H, W, C) over
+    value_range: tile_grid_size (GH, GW) tiles, histograms clipped at clip_limit times the
+    mean count (no clipping when clip_limit <= 0). -> y shaped as x."""
+    x, (lo, hi), clip_limit, grid, tile = operands.clahe_forward(
+        HOST, x, value_range, clip_limit, tile_grid_size)
+    y = np.empty(x.shape, x.dtype)
+    if x.size:
+        table = np.empty((x.shape[0], grid[0], grid[1], x.shape[3], CLAHE_LEVELS), x.dtype)
+        _clahe_tables(x, table, tile[0], tile[1], lo, hi, clip_limit)
+        _clahe_apply(x, table, y, tile[0], tile[1], lo, hi)
     return y

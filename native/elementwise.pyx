@@ -22,6 +22,8 @@ from libc.math cimport (
     exp, expm1, fabs, floor, log, log1p, pow, rint, sin, sinh, sqrt, tan, tanh,
 )
 
+from libc.stdint cimport int32_t, int64_t, uint64_t
+
 from _openmp cimport omp_get_max_threads
 
 from pynn.backend.operands import elementwise as operands
@@ -33,9 +35,19 @@ ctypedef fused floating:
     float
     double
 
+# -- opsm: the integer family's dtypes (bitwise ops, shifts, gcd/lcm)
+ctypedef fused integer:
+    int32_t
+    int64_t
+
 cdef enum:
     PARALLEL_MIN = 32768  # below this many elements the calling thread does it alone
     MAX_DIMS = 6          # operands.elementwise.MAX_DIMS
+    NEXTAFTER = 13        # api.ELEMENTWISE_BINARY's code of nextafter (opsm)
+
+cdef extern from "<math.h>" nogil:
+    double nextafter(double, double)
+    float nextafterf(float, float)
 
 
 cdef inline double _unary(double v, int code) noexcept nogil:
@@ -93,7 +105,46 @@ cdef inline double _unary(double v, int code) noexcept nogil:
         return erf(v)
     if code == 26:
         return erfc(v)
-    return _erfinv(v)
+    if code == 27:
+        return _erfinv(v)
+    if code == 28:
+        return _bessel_i(v, 0)
+    return _bessel_i(v, 1)  # i1: i0's derivative
+
+
+# Beyond this |x| the asymptotic series of I_nu is used: its terms fall below double's
+# rounding within ASYMPTOTIC_TERMS, while the power series would need ~|x| terms.
+DEF BESSEL_ASYMPTOTIC_FROM = 50.0
+DEF ASYMPTOTIC_TERMS = 16
+
+
+cdef inline double _bessel_i(double v, int order) noexcept nogil:
+    """The modified Bessel function I_0 or I_1 (libm has neither): the power series
+    sum (x/2)^(2k+nu) / (k! (k+nu)!), all of whose terms are positive (no cancellation), for
+    |x| <= 50; e^|x| / sqrt(2 pi |x|) times the asymptotic series beyond. I_0 is even, I_1
+    odd."""
+    cdef double x = fabs(v), total, term, quarter, nu4
+    cdef int k
+    if v != v:
+        return v
+    if x <= BESSEL_ASYMPTOTIC_FROM:
+        term = 1.0 if order == 0 else 0.5 * x
+        total = term
+        quarter = 0.25 * x * x
+        k = 1
+        while term > total * 1e-17:
+            term = term * quarter / (k * (k + order))
+            total = total + term
+            k = k + 1
+    else:
+        nu4 = 4.0 * order * order
+        term = 1.0
+        total = 1.0
+        for k in range(1, ASYMPTOTIC_TERMS + 1):
+            term = term * ((2 * k - 1) * (2 * k - 1) - nu4) / (8.0 * k * x)
+            total = total + term
+        total = total * exp(x) / sqrt(2.0 * 3.141592653589793 * x)
+    return -total if order == 1 and v < 0 else total
 
 
 cdef inline double _erfinv(double v) noexcept nogil:
@@ -162,7 +213,9 @@ cdef inline double _binary(double a, double b, int code) noexcept nogil:
         return a >= b
     if code == 11:
         return a < b
-    return a <= b
+    if code == 12:
+        return a <= b
+    return nextafter(a, b)  # float32's step is taken in _binary_rows
 
 
 cdef struct Walk:
@@ -231,6 +284,11 @@ cdef inline void _binary_rows(const _ElementwiseJob* j, const floating* a, long 
             oa = oa + (rest % g.shape[k]) * g.sa[k]
             ob = ob + (rest % g.shape[k]) * g.sb[k]
             rest = rest // g.shape[k]
+        if floating is float:
+            if j.code == NEXTAFTER:  # float32's own next value, not double's rounded back
+                for i in range(length):
+                    y[r * length + i] = nextafterf(a[oa + i * la], b[ob + i * lb])
+                continue
         for i in range(length):
             y[r * length + i] = <floating>_binary(a[oa + i * la], b[ob + i * lb], j.code)
 
@@ -305,6 +363,116 @@ def _reduce_kernel(const floating[::1] x, floating[::1] y, Py_ssize_t inner, int
         <const void*>(&x[0] if x.shape[0] else NULL), &y[0], inner
     with nogil:
         pynn_team_for(outer, team_grain(outer, threads), threads, _reduce_job, &job)
+
+
+# -- opsm: integer ops (api.INTEGER_UNARY / INTEGER_BINARY): NumPy's results for int32 and
+# int64, computed in 64-bit unsigned arithmetic where C's signed arithmetic would be undefined
+# (shifts past the width, |INT_MIN|), then narrowed to the operands' dtype.
+cdef inline int64_t _gcd(int64_t a, int64_t b) noexcept nogil:
+    cdef uint64_t x = <uint64_t>(-a if a < 0 else a), y = <uint64_t>(-b if b < 0 else b), t
+    while y:
+        t = x % y
+        x = y
+        y = t
+    return <int64_t>x
+
+
+cdef inline int64_t _integer_binary(int64_t a, int64_t b, int code, int bits) noexcept nogil:
+    cdef int64_t g
+    if code == 0:
+        return a & b
+    if code == 1:
+        return a | b
+    if code == 2:
+        return a ^ b
+    if code == 3:  # left_shift: 0 past the width or for a negative count (NumPy's)
+        return 0 if b < 0 or b >= bits else <int64_t>(<uint64_t>a << b)
+    if code == 4:  # right_shift: arithmetic; past the width the sign alone remains
+        if b < 0 or b >= bits:
+            return -1 if a < 0 else 0
+        return a >> b
+    if code == 5:
+        return _gcd(a, b)
+    g = _gcd(a, b)  # lcm: |a| / gcd * |b|, 0 when either is 0
+    if g == 0:
+        return 0
+    return <int64_t>(<uint64_t>(-a if a < 0 else a) // <uint64_t>g * <uint64_t>(
+        -b if b < 0 else b))
+
+
+ctypedef struct _IntegerJob:
+    int code, bits
+    const void* a
+    const void* b
+    void* y
+    Walk* walk
+    Py_ssize_t n, length, la, lb
+
+
+cdef inline void _integer_rows(const _IntegerJob* j, const integer* a, long begin,
+                               long end) noexcept nogil:
+    """Output rows [begin, end) of a broadcasting binary op (as _binary_rows)."""
+    cdef const integer* b = <const integer*>j.b
+    cdef integer* y = <integer*>j.y
+    cdef const Walk* g = j.walk
+    cdef Py_ssize_t k, i, rest, oa, ob, length = j.length, la = j.la, lb = j.lb
+    cdef long r
+    for r in range(begin, end):
+        rest = r
+        oa = 0
+        ob = 0
+        for k in range(MAX_DIMS - 2, -1, -1):
+            oa = oa + (rest % g.shape[k]) * g.sa[k]
+            ob = ob + (rest % g.shape[k]) * g.sb[k]
+            rest = rest // g.shape[k]
+        for i in range(length):
+            y[r * length + i] = <integer>_integer_binary(a[oa + i * la], b[ob + i * lb],
+                                                         j.code, j.bits)
+
+
+cdef void _integer_job(void* ctx, long begin, long end, int slot) noexcept nogil:
+    cdef _IntegerJob* j = <_IntegerJob*>ctx
+    if j.bits == 64:
+        _integer_rows(j, <const int64_t*>j.a, begin, end)
+    else:
+        _integer_rows(j, <const int32_t*>j.a, begin, end)
+
+
+def _integer_kernel(const integer[::1] a, const integer[::1] b, integer[::1] y, Walk g,
+                    int code):
+    """Output rows on pynn's worker team."""
+    cdef Py_ssize_t rows = 1, k
+    cdef _IntegerJob job
+    cdef int threads = _threads(y.shape[0])
+    for k in range(MAX_DIMS - 1):
+        rows *= g.shape[k]
+    job.code, job.bits, job.a, job.b, job.y, job.walk = code, 8 * sizeof(integer), &a[0], \
+        &b[0], &y[0], &g
+    job.length, job.la, job.lb = g.shape[MAX_DIMS - 1], g.sa[MAX_DIMS - 1], g.sb[MAX_DIMS - 1]
+    with nogil:
+        pynn_team_for(rows, team_grain(rows, threads), threads, _integer_job, &job)
+
+
+def integer_binary(a, b, op):
+    """y = op(a, b) on int32 or int64 operands of one dtype, broadcasting as NumPy."""
+    cdef Walk g
+    cdef int k
+    a, b, code, shape = operands.integer_binary(HOST, a, b, op)
+    y = np.empty(shape, dtype=a.dtype)
+    if y.size:
+        dims, sa = operands.walk(a.shape, shape)
+        _, sb = operands.walk(b.shape, shape)
+        for k in range(MAX_DIMS):
+            g.shape[k], g.sa[k], g.sb[k] = dims[k], sa[k], sb[k]
+        _integer_kernel(a.reshape(-1), b.reshape(-1), y.reshape(-1), g, code)
+    return y
+
+
+def integer_unary(x, op):
+    """y = op(x) on int32 or int64: invert is x xor -1 (the binary kernel against a
+    broadcast -1, one pass)."""
+    x, code = operands.integer_unary(HOST, x, op)
+    return integer_binary(x, np.full((), -1, x.dtype), "bitwise_xor")
 
 
 def elementwise_unary(x, op):

@@ -808,6 +808,30 @@ def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
     return float(partial.sum()) / denom, grad
 
 
+def crossentropy_rows(name, y_true, y_pred, from_logits=False, need_grad=True):
+    """-> (losses y_pred.shape[:-1] in y_pred's dtype, grad or None): keras.ops'
+    categorical / sparse categorical cross-entropy of each row (the last axis the classes),
+    grad = d(sum of the row losses)/d(y_pred); loss_forward_backward's row kernels, unscaled
+    and unweighted."""
+    code, targets, y_pred, from_logits, need_grad = operands.crossentropy_rows(
+        HOST, name, y_true, y_pred, from_logits, need_grad)
+    k = y_pred.shape[y_pred.ndim - 1]
+    grad = np.empty_like(y_pred) if need_grad else None
+    losses = np.zeros(y_pred.shape[:-1], dtype=np.float64)
+    if y_pred.size == 0:
+        return losses.astype(y_pred.dtype), grad
+    lo, hi, no_weights = _CLIP_BOUNDS[y_pred.dtype.itemsize == 8]
+    rows = y_pred.size // k
+    p2 = y_pred.reshape(rows, k)
+    g2 = grad.reshape(rows, k) if need_grad else np.empty((0, 0), y_pred.dtype)
+    if code == LOSS_SCCE:
+        _sparse(targets, p2, g2, from_logits, lo, hi, 1.0, losses.reshape(-1), no_weights, 1)
+    else:
+        _categorical(code, targets.reshape(rows, k), p2, g2, from_logits, lo, hi, 1.0, 0.0,
+                     losses.reshape(-1), no_weights, 1)
+    return losses.astype(y_pred.dtype), grad
+
+
 # -- Keras 3's CTC and Circle losses ------------------------------------------------------
 # ctc: B samples, T steps, C classes (0 the blank), L labels of a sample, S = 2L + 1 the
 # extended label (blanks around and between the labels). Per sample, in double: the
@@ -944,6 +968,22 @@ def ctc_loss_forward_backward(y_true, y_pred, need_grad=True, sample_weight=None
     _ctc(labels, lengths, y_pred, grad if need_grad else np.empty((0, 0, 0), y_pred.dtype),
          losses, weights if weights is not None else no_weights, 1.0 / batch)
     return float(losses.sum()) / batch, grad
+
+
+def ctc_loss_samples(y_true, y_pred, need_grad=True, sample_weight=None):
+    """-> (losses (B,) in y_pred's dtype, grad or None): keras.ops.ctc_loss's per-sample
+    -log p (times its weight), grad = d(sum of the weighted losses)/d(y_pred); the recursion
+    of ctc_loss_forward_backward, not averaged."""
+    labels, lengths, y_pred, need_grad, weights = operands.ctc_loss_samples(
+        HOST, y_true, y_pred, need_grad, sample_weight)
+    grad = np.empty_like(y_pred) if need_grad else None
+    losses = np.zeros(y_pred.shape[0], dtype=np.float64)
+    if y_pred.size == 0:
+        return losses.astype(y_pred.dtype), grad
+    no_weights = _CLIP_BOUNDS[y_pred.dtype.itemsize == 8][2]
+    _ctc(labels, lengths, y_pred, grad if need_grad else np.empty((0, 0, 0), y_pred.dtype),
+         losses, weights if weights is not None else no_weights, 1.0)
+    return losses.astype(y_pred.dtype), grad
 
 
 cdef inline double max_slope(double x) noexcept nogil:

@@ -42,12 +42,14 @@ def _segment_reduce(const floating[:, ::1] data, const int[::1] starts, const in
     cdef int threads = _threads(data.shape[0] * D + N * D)
     for s in prange(N, schedule="static", nogil=True, num_threads=threads):
         for j in range(D):
-            y[s, j] = 0 if code == 0 else -INFINITY
+            y[s, j] = 0 if code == 0 else (1 if code == 2 else -INFINITY)
         for k in range(starts[s], starts[s + 1]):
             for j in range(D):
                 v = data[order[k], j]
                 if code == 0:
                     y[s, j] = y[s, j] + v
+                elif code == 2:  # prod (opsm: segment_prod); an empty segment is 1
+                    y[s, j] = y[s, j] * v
                 elif v > y[s, j] or v != v:
                     y[s, j] = v
 

@@ -233,3 +233,102 @@ __kernel void color_equalize_apply(__global const float *x, __global const int *
     }
     y[gid] = v * back + off_back;
 }
+
+/* -- clahe: Keras 3's ContrastLimitedAdaptiveHistogramEqualization ------------------------
+ * Legend: GH x GW tiles of TH x TW pixels, L levels (Keras's 256).
+ * clahe_tables: one work-item per (image, tile, channel): its histogram of Keras's int32
+ * levels read through edge padding (Keras's 'symmetric' pad is torch's 'replicate'), clipped
+ * at the integer limit (Keras on torch counts in int64) with the excess spread evenly, then
+ * the normalized cdf, written into table (N, GH, GW, C, L).
+ * clahe_apply: one work-item per output element: the four nearest tiles' entries at its
+ * level, blended by Keras's tile-centre weights. */
+#ifndef CLAHE_LEVELS
+#define CLAHE_LEVELS 256 /* Keras's 0..255 levels */
+#endif
+
+/* Keras's int32 cast of a 0..255 value clipped to the levels; NaN reads level 0. */
+inline int clahe_level(const float v)
+{
+    if (!(v >= 1.0f))
+        return 0;
+    return v >= (float)(CLAHE_LEVELS - 1) ? CLAHE_LEVELS - 1 : (int)v;
+}
+
+/* Keras's edge-replicated table row p in [0, grid + 1] -> the tile it holds. */
+inline int clahe_tile(const int p, const int grid)
+{
+    return p < 1 ? 0 : (p > grid ? grid - 1 : p - 1);
+}
+
+__kernel void clahe_tables(__global const float *x, __global float *table, const int N,
+                           const int H, const int W, const int C, const int GH, const int GW,
+                           const int TH, const int TW, const float lo, const float hi,
+                           const float limit)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * GH * GW * C);
+    const int ch = gid % C;
+    const int gx = (gid / C) % GW;
+    const int gy = (gid / (C * GW)) % GH;
+    const int n = gid / (C * GW * GH);
+    __global float *hist = table + (size_t)gid * CLAHE_LEVELS;
+    for (int k = 0; k < CLAHE_LEVELS; ++k)
+        hist[k] = 0.0f;
+    for (int r = gy * TH; r < gy * TH + TH; ++r) {
+        const size_t row = ((size_t)n * H + min(r, H - 1)) * W;
+        for (int q = gx * TW; q < gx * TW + TW; ++q) {
+            const float v = rescale(x[(row + min(q, W - 1)) * C + ch], lo, hi, 0.0f, 255.0f);
+            hist[clahe_level(v)] += 1.0f;
+        }
+    }
+    if (limit >= 0.0f) { /* negative: no clipping (Keras's clip_limit <= 0) */
+        float excess = 0.0f;
+        for (int k = 0; k < CLAHE_LEVELS; ++k) {
+            const float kept = hist[k] < limit ? hist[k] : limit;
+            excess += hist[k] - kept;
+            hist[k] = kept;
+        }
+        excess = excess / 256.0f;
+        for (int k = 0; k < CLAHE_LEVELS; ++k)
+            hist[k] += excess;
+    }
+    float cdf = 0.0f, cdf_min;
+    for (int k = 0; k < CLAHE_LEVELS; ++k) {
+        cdf += hist[k];
+        hist[k] = cdf;
+    }
+    cdf_min = hist[0];
+    for (int k = 0; k < CLAHE_LEVELS; ++k)
+        cdf_min = hist[k] < cdf_min ? hist[k] : cdf_min;
+    float den = (float)(TH * TW) - cdf_min;
+    den = den == 0.0f ? 1.0f : den;
+    for (int k = 0; k < CLAHE_LEVELS; ++k)
+        hist[k] = clip((hist[k] - cdf_min) * 255.0f / den, 0.0f, 255.0f);
+}
+
+__kernel void clahe_apply(__global const float *x, __global const float *table,
+                          __global float *y, const int N, const int H, const int W,
+                          const int C, const int GH, const int GW, const int TH, const int TW,
+                          const float lo, const float hi)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, N * H * W * C);
+    const int ch = gid % C;
+    const int col = (gid / C) % W;
+    const int row = (gid / (C * W)) % H;
+    const int n = gid / (C * W * H);
+    /* Keras's float32 grid: (i - T / 2) / T + 1, its floor and fraction. */
+    const float gy = ((float)row - (float)(TH / 2.0f)) / (float)TH + 1.0f;
+    const float gx = ((float)col - (float)(TW / 2.0f)) / (float)TW + 1.0f;
+    const float fy = floor(gy), fx = floor(gx);
+    const float wy = gy - fy, wx = gx - fx;
+    const int ty0 = clahe_tile((int)fy, GH), ty1 = clahe_tile((int)fy + 1, GH);
+    const int tx0 = clahe_tile((int)fx, GW), tx1 = clahe_tile((int)fx + 1, GW);
+    const int level = clahe_level(rescale(x[gid], lo, hi, 0.0f, 255.0f));
+    __global const float *t = table + (size_t)n * GH * GW * C * CLAHE_LEVELS
+                              + (size_t)ch * CLAHE_LEVELS + level;
+    const size_t sy = (size_t)GW * C * CLAHE_LEVELS, sx = (size_t)C * CLAHE_LEVELS;
+    const float top = t[ty0 * sy + tx0 * sx] * (1.0f - wx) + t[ty0 * sy + tx1 * sx] * wx;
+    const float bottom = t[ty1 * sy + tx0 * sx] * (1.0f - wx) + t[ty1 * sy + tx1 * sx] * wx;
+    y[gid] = rescale(top * (1.0f - wy) + bottom * wy, 0.0f, 255.0f, lo, hi);
+}

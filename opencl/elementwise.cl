@@ -44,6 +44,43 @@ inline float erfinv_f(const float v)
     return x - (erf(x) - v) / (1.1283791671f * exp(-x * x));
 }
 
+/* Beyond this |x| the asymptotic series of I_nu is used (see native/elementwise.pyx). */
+#ifndef BESSEL_ASYMPTOTIC_FROM
+#define BESSEL_ASYMPTOTIC_FROM 30.0f
+#endif
+#ifndef ASYMPTOTIC_TERMS
+#define ASYMPTOTIC_TERMS 8
+#endif
+
+/* The modified Bessel function I_0 or I_1 (OpenCL C has neither): the power series, whose
+ * terms are all positive, up to |x| = 30; e^|x| / sqrt(2 pi |x|) times the asymptotic
+ * series beyond. I_0 is even, I_1 odd. */
+inline float bessel_i_f(const float v, const int order)
+{
+    if (isnan(v)) return v;
+    const float x = fabs(v);
+    float total, term;
+    if (x <= BESSEL_ASYMPTOTIC_FROM) {
+        term = order == 0 ? 1.0f : 0.5f * x;
+        total = term;
+        const float quarter = 0.25f * x * x;
+        for (int k = 1; term > total * 1e-8f; ++k) {
+            term = term * quarter / (float)(k * (k + order));
+            total += term;
+        }
+    } else {
+        const float nu4 = 4.0f * order * order;
+        term = 1.0f;
+        total = 1.0f;
+        for (int k = 1; k <= ASYMPTOTIC_TERMS; ++k) {
+            term = term * ((float)((2 * k - 1) * (2 * k - 1)) - nu4) / (8.0f * k * x);
+            total += term;
+        }
+        total = total * exp(x) / sqrt(2.0f * M_PI_F * x);
+    }
+    return order == 1 && v < 0.0f ? -total : total;
+}
+
 inline float unary_op(const float v, const int code)
 {
     switch (code) {
@@ -74,7 +111,9 @@ inline float unary_op(const float v, const int code)
     case 24: return rint(v); /* round: half to even, as NumPy */
     case 25: return erf(v);
     case 26: return erfc(v);
-    default: return erfinv_f(v);
+    case 27: return erfinv_f(v);
+    case 28: return bessel_i_f(v, 0);
+    default: return bessel_i_f(v, 1); /* i1: i0's derivative */
     }
 }
 
@@ -93,7 +132,8 @@ inline float binary_op(const float a, const float b, const int code)
     case 9: return (float)(a > b);
     case 10: return (float)(a >= b);
     case 11: return (float)(a < b);
-    default: return (float)(a <= b);
+    case 12: return (float)(a <= b);
+    default: return nextafter(a, b);
     }
 }
 
@@ -143,4 +183,57 @@ __kernel void reduce_rows(__global const float *x, __global float *y, const int 
         else acc *= v;
     }
     y[o] = acc;
+}
+
+/* -- opsm: integer ops on int32 (api.INTEGER_BINARY), NumPy's results: shifts past the width
+ * or by a negative count give 0 (left) or the sign alone (right); gcd/lcm on magnitudes in
+ * unsigned arithmetic (|INT_MIN| wraps as NumPy's). */
+inline uint gcd_u(uint x, uint y)
+{
+    while (y) {
+        const uint t = x % y;
+        x = y;
+        y = t;
+    }
+    return x;
+}
+
+inline int integer_op(const int a, const int b, const int code)
+{
+    const uint ua = a < 0 ? (uint)0 - (uint)a : (uint)a;
+    const uint ub = b < 0 ? (uint)0 - (uint)b : (uint)b;
+    switch (code) {
+    case 0: return a & b;
+    case 1: return a | b;
+    case 2: return a ^ b;
+    case 3: return (b < 0 || b >= 32) ? 0 : (int)((uint)a << b);
+    case 4: return (b < 0 || b >= 32) ? (a < 0 ? -1 : 0) : a >> b;
+    case 5: return (int)gcd_u(ua, ub);
+    default: {
+        const uint g = gcd_u(ua, ub);
+        return g == 0 ? 0 : (int)(ua / g * ub);
+    }
+    }
+}
+
+__kernel void integer_binary(__global const int *a, __global const int *b, __global int *y,
+                             const int n, const int code, const int d0, const int d1,
+                             const int d2, const int d3, const int d4, const int d5,
+                             const int a0, const int a1, const int a2, const int a3,
+                             const int a4, const int a5, const int b0, const int b1,
+                             const int b2, const int b3, const int b4, const int b5)
+{
+    const int gid = get_global_id(0);
+    GUARD(gid, n);
+    int t = gid, i;
+    size_t oa = 0, ob = 0;
+    i = t % d5; oa += (size_t)i * a5; ob += (size_t)i * b5; t /= d5;
+    i = t % d4; oa += (size_t)i * a4; ob += (size_t)i * b4; t /= d4;
+    i = t % d3; oa += (size_t)i * a3; ob += (size_t)i * b3; t /= d3;
+    i = t % d2; oa += (size_t)i * a2; ob += (size_t)i * b2; t /= d2;
+    i = t % d1; oa += (size_t)i * a1; ob += (size_t)i * b1; t /= d1;
+    oa += (size_t)t * a0;
+    ob += (size_t)t * b0;
+    (void)d0;
+    y[gid] = integer_op(a[oa], b[ob], code);
 }

@@ -14,10 +14,11 @@ __kernel void segment_reduce_forward(__global const float *data, __global const 
     const int gid = get_global_id(0);
     GUARD(gid, N * D);
     const int s = gid / D, j = gid % D;
-    float acc = code == 0 ? 0.0f : -INFINITY;
+    float acc = code == 0 ? 0.0f : (code == 2 ? 1.0f : -INFINITY);
     for (int k = starts[s]; k < starts[s + 1]; ++k) {
         const float v = data[order[k] * D + j];
         if (code == 0) acc += v;
+        else if (code == 2) acc *= v; /* prod (opsm: segment_prod); empty: 1 */
         else if (v > acc || isnan(v)) acc = v;
     }
     y[gid] = acc;

@@ -70,6 +70,8 @@ from pynn.saving import load_model
 _LAZY_SUBMODULES = ("onnx", "interop", "compression", "preprocessing", "distributed",
                     "examples", "bench", "data", "schedules", "constraints", "inference", "demo",
                     "applications")
+# -- api: Keras 3's keras.activations, keras.config, keras.random and keras.tree
+_LAZY_SUBMODULES += ("activations", "config", "random", "tree")
 
 
 def _deferred_keras_io(key):

@@ -922,3 +922,111 @@ class TensorBoard(Callback):
         for w in self._writers.values():
             w.close()
         self._writers = {}
+
+
+# -- api: Keras 3's SwapEMAWeights and RemoteMonitor ---------------------------------------------
+class SwapEMAWeights(Callback):
+    """Evaluates with the optimizer's moving average of the weights (``use_ema=True``): the
+    weights and their averages trade places around validation and back after it; with
+    ``swap_on_epoch`` also from each epoch's end to the next epoch's start (the last epoch's
+    averages then stay, as Keras finalizes them)."""
+
+    def __init__(self, swap_on_epoch=False):
+        super().__init__()
+        self.swap_on_epoch = swap_on_epoch
+        self._ema_weights_in_model = False
+
+    def _optimizer(self):
+        optimizer = self.model.optimizer
+        return getattr(optimizer, "inner_optimizer", optimizer)
+
+    def _swap_variables(self):
+        self._optimizer().swap_ema_weights()
+
+    def _finalize_ema_values(self):
+        """Keras's: the averages take the current (averaged) weights, so the swap back
+        after training leaves the averages in the model."""
+        optimizer = self._optimizer()
+        optimizer._check_ema("SwapEMAWeights")
+        from pynn import backend
+        be = backend.current()
+        for v in optimizer._ema_variables:
+            optimizer._ema[v.path] = be.copy(v.value)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.swap_on_epoch and self._ema_weights_in_model:
+            self._swap_variables()
+            self._ema_weights_in_model = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.swap_on_epoch and not self._ema_weights_in_model:
+            self._swap_variables()
+            self._ema_weights_in_model = True
+            if epoch == self.params["epochs"] - 1:
+                self._finalize_ema_values()
+
+    def on_test_begin(self, logs=None):
+        if not self._ema_weights_in_model:
+            self._swap_variables()
+            self._ema_weights_in_model = True
+
+    def on_test_end(self, logs=None):
+        if self._ema_weights_in_model:
+            self._swap_variables()
+            self._ema_weights_in_model = False
+
+    def on_predict_begin(self, logs=None):
+        if not self._ema_weights_in_model:
+            self._swap_variables()
+            self._ema_weights_in_model = True
+
+    def on_predict_end(self, logs=None):
+        # Keras 3.15 tests `not in model` here, so after predict the averages stay in the
+        # model; kept as Keras has it
+        if not self._ema_weights_in_model:
+            self._swap_variables()
+            self._ema_weights_in_model = False
+
+
+class RemoteMonitor(Callback):
+    """POSTs each epoch's logs to ``root + path``: a form field ``field`` holding the logs as
+    JSON, or (``send_as_json``) the JSON itself as the body. An unreachable server is a
+    warning, never an error, as in Keras; the standard library's urllib does the request."""
+
+    TIMEOUT_S = 10.0  # Keras's requests call has none; a dead server must not stall training
+
+    def __init__(self, root="http://localhost:9000", path="/publish/epoch/end/", field="data",
+                 headers=None, send_as_json=False):
+        super().__init__()
+        if not isinstance(root, str) or not root.lower().startswith(("http://", "https://")):
+            raise ValueError(f"RemoteMonitor: root must be an http:// or https:// URL, got "
+                             f"{root!r}")
+        self.root = root
+        self.path = path
+        self.field = field
+        self.headers = headers
+        self.send_as_json = send_as_json
+
+    def on_epoch_end(self, epoch, logs=None):
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        send = {"epoch": epoch}
+        for k, v in (logs or {}).items():
+            send[k] = v.item() if isinstance(v, (np.ndarray, np.generic)) else v
+        headers = dict(self.headers or {})
+        if self.send_as_json:
+            body = json.dumps(send).encode("utf-8")
+            headers.setdefault("Content-Type", "application/json")
+        else:
+            body = urllib.parse.urlencode({self.field: json.dumps(send)}).encode("ascii")
+            headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+        request = urllib.request.Request(self.root + self.path, data=body, headers=headers,
+                                         method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.TIMEOUT_S) as response:
+                response.read()
+        except (urllib.error.URLError, OSError, ValueError):
+            warnings.warn("Could not reach RemoteMonitor root server at " + str(self.root),
+                          stacklevel=2)

@@ -380,3 +380,23 @@ class STFT(Initializer):
 ALIASES["stft"] = STFT
 _BY_CLASS.update(STFT=STFT, STFTInitializer=STFT)
 STFTInitializer = STFT
+
+
+# -- api: Keras 3's function-style names (keras.initializers.glorot_uniform is the class) and
+# deserialize
+zeros, ones, constant = Zeros, Ones, Constant
+random_normal, random_uniform, truncated_normal = RandomNormal, RandomUniform, TruncatedNormal
+variance_scaling, orthogonal, identity = VarianceScaling, Orthogonal, Identity
+glorot_uniform, glorot_normal = GlorotUniform, GlorotNormal
+he_normal, he_uniform, lecun_normal, lecun_uniform = HeNormal, HeUniform, LecunNormal, LecunUniform
+stft = STFT
+
+
+def deserialize(config, custom_objects=None):
+    """A saved ``{"class_name", "config"}`` or a name -> the initializer; ``custom_objects``
+    maps class names to the user's Initializer subclasses."""
+    if isinstance(config, dict) and custom_objects and config.get("class_name") in custom_objects:
+        return custom_objects[config["class_name"]].from_config(config.get("config", {}))
+    if isinstance(config, str) and custom_objects and config in custom_objects:
+        return custom_objects[config]()
+    return get(config)

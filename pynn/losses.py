@@ -632,6 +632,11 @@ def categorical_generalized_cross_entropy(y_true, y_pred, q):
     return CategoricalGeneralizedCrossEntropy(q)(y_true, y_pred)
 
 
+# -- api: Keras 3's losses.huber (the Huber op, as the functions above)
+def huber(y_true, y_pred, delta=1.0):
+    return Huber(delta)(y_true, y_pred)
+
+
 # The module's own loss functions: passed as callables they resolve to their fused op.
 _FUNCTIONS = {name: fn for name, fn in globals().items()
               if callable(fn) and name in ALIASES and not isinstance(fn, type)}
@@ -656,3 +661,10 @@ def masked_sample_weight(mask, sample_weight, y_pred):
         sw = np.asarray(b.to_numpy(sample_weight), dtype=np.float64)
         weights *= sw.reshape(sw.shape + (1,) * (weights.ndim - sw.ndim))
     return b.asarray(weights.astype(y_pred.dtype), y_pred.dtype)
+
+
+# -- api: Keras 3's losses.deserialize
+def deserialize(name, custom_objects=None):
+    """A saved ``{"class_name", "config"}`` or a loss name -> the loss."""
+    with _registry.custom_object_scope(custom_objects or {}):
+        return get(name)

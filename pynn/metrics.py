@@ -1277,7 +1277,8 @@ def get(identifier, loss=None, output_shape=None):
     if isinstance(identifier, type) and issubclass(identifier, Metric):
         return identifier()
     if callable(identifier) and not isinstance(identifier, (str, dict, type)):
-        return MeanMetricWrapper(identifier)
+        builtin = _builtin_function_metric(identifier)  # api: Keras's metric functions
+        return builtin if builtin is not None else MeanMetricWrapper(identifier)
     if isinstance(identifier, str):
         key = identifier.lower()
         if key in ("accuracy", "acc"):
@@ -1309,3 +1310,24 @@ def get(identifier, loss=None, output_shape=None):
 
 def serialize(metric):
     return _registry.to_saved_config(metric, _BY_CLASS, MeanMetricWrapper, "metric class")
+
+
+# -- api: Keras 3's metric functions (per-sample values, pynn.metric_functions) -------------
+from pynn.metric_functions import *  # noqa: E402,F403
+from pynn import metric_functions as _metric_functions  # noqa: E402
+
+
+def _builtin_function_metric(fn):
+    """A metric function of this module handed to compile: its metric class with Keras's
+    defaults where one has the function's name (so the model saves it by name), else None."""
+    name = getattr(fn, "__name__", None)
+    if getattr(_metric_functions, name or "", None) is not fn:
+        return None
+    cls = ALIASES.get(name) or _BY_CLASS.get("".join(w.title() for w in name.split("_")))
+    return cls(name=name) if cls is not None else None
+
+
+def deserialize(config, custom_objects=None):
+    """Keras's metrics.deserialize: a saved ``{"class_name", "config"}`` or a name."""
+    with _registry.custom_object_scope(custom_objects or {}):
+        return get(config)

@@ -709,12 +709,24 @@ class Model(Layer):
             v.grad = None
         outs, saved = self._plan.forward(xb, True)
         total, per_output, grads = self._losses_and_grads(yb, outs, True, swb)
+        # api: a LossScaleOptimizer's scale multiplies the loss, so every gradient (Keras's
+        # scale_loss before the backward pass)
+        loss_scale = getattr(self.optimizer, "current_loss_scale", None)
+        loss_scale = loss_scale() if loss_scale is not None else None
+        if loss_scale is not None:
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow: the step is skipped
+                for g in grads:
+                    if g is not None:
+                        backend.current().scale_inplace(g, loss_scale)
         hook = (None if self._distribution is None
                 else self._distribution.grads_final_hook(self._trainable))
         _, activity = self._plan.backward(grads, saved, hook)
         if self._distribution is not None:
             self._distribution.reduce_gradients(self._trainable)
-        penalty = activity + self.regularization_penalty()
+        if loss_scale is not None:
+            penalty = activity + _scaled_regularization_penalty(self, loss_scale)
+        else:
+            penalty = activity + self.regularization_penalty()
         self.optimizer.apply(self._trainable)
         self._update_metrics(yb, outs, swb)
         return total + penalty, per_output
@@ -805,6 +817,8 @@ class Model(Layer):
         ``(x, y, sample_weight)``; ``validation_data`` likewise, or a tuple of arrays."""
         self._check_compiled("fit")
         batch_size = _batch_size_arg(batch_size, "fit")
+        # -- api: keras.config's caps (set_max_epochs / set_max_steps_per_epoch), as Keras's fit
+        epochs, steps_per_epoch = _config_caps(epochs, steps_per_epoch)
         verbose = 1 if verbose == "auto" else int(verbose)
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split}")
@@ -928,8 +942,10 @@ class Model(Layer):
             if self._distribution is not None:
                 epoch_logs = self._distribution.reduce_logs(epoch_logs, seen)
             if validation is not None and _validate_now(validation_freq, epoch):
+                cbs.on_test_begin()  # api: as Keras's fit, whose evaluate gets the callbacks
                 val = self._evaluate_source(validation)
                 epoch_logs.update({"val_" + k: v for k, v in val.items()})
+                cbs.on_test_end({"val_" + k: v for k, v in val.items()})
             if verbose == 1:
                 bar.update(step + 1, epoch_logs, finalize=True)
             elif verbose == 2:
@@ -937,6 +953,10 @@ class Model(Layer):
             cbs.on_epoch_end(epoch, epoch_logs)
             if self.stop_training:
                 break
+        # api: Keras's fit ends with finalize_variable_values (EMA weights into the model)
+        finalize = getattr(self.optimizer, "finalize_variable_values", None)
+        if finalize is not None and epochs > initial_epoch:
+            finalize(self.trainable_weights)
         cbs.on_train_end(epoch_logs)
         return self.history
 
@@ -1861,3 +1881,52 @@ def _class_weights(class_weight, y, loss, what):
     table[keys] = values
     return table[classes.astype(np.int64)].astype(y.dtype if y.dtype.kind == "f" else
                                                   np.float32)
+
+
+# -- api: keras.config's max_epochs / max_steps_per_epoch applied to fit
+def _config_caps(epochs, steps_per_epoch):
+    from pynn import config
+    if config.max_epochs() is not None:
+        epochs = min(epochs, config.max_epochs())
+    cap = config.max_steps_per_epoch()
+    if cap is not None:
+        steps_per_epoch = cap if steps_per_epoch is None else min(steps_per_epoch, cap)
+    return epochs, steps_per_epoch
+
+
+# -- api: the weight penalties' gradients under a LossScaleOptimizer's loss scale
+def _scaled_regularization_penalty(model, loss_scale):
+    """regularization_penalty with each penalty gradient scaled as the loss is: the scaled
+    gradients are brought back to the loss's scale around it (exact for Keras's powers of 2)."""
+    b = backend.current()
+    regularized = [v for v in model._trainable if v.regularizer is not None and
+                   v.grad is not None]
+    for v in regularized:
+        b.scale_inplace(v.grad, 1.0 / loss_scale)
+    penalty = model.regularization_penalty()
+    for v in regularized:
+        b.scale_inplace(v.grad, loss_scale)
+    return penalty
+
+
+# -- api: Keras 3's keras.models.load_model / save_model
+def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
+    """keras.models.load_model: a .pynn, .keras or .h5 file (``safe_mode`` is always on:
+    pynn never runs code from a file)."""
+    return saving.load_model(filepath, custom_objects=custom_objects, compile=compile)
+
+
+def save_model(model, filepath, overwrite=True, zipped=None, **kwargs):
+    """keras.models.save_model: the suffix picks the format; ``overwrite=False`` refuses an
+    existing file (Keras asks on the terminal; a library cannot). ``include_optimizer`` and
+    ``weights_dtype`` pass on to pynn's writer."""
+    import os
+    if zipped not in (None, True):
+        raise ValueError("save_model: zipped=False (an unzipped Keras folder) is not supported; "
+                         "pynn writes zip archives")
+    unknown = set(kwargs) - {"include_optimizer", "weights_dtype"}
+    if unknown:
+        raise ValueError(f"save_model: unexpected arguments {sorted(unknown)}")
+    if not overwrite and os.path.exists(filepath):
+        raise FileExistsError(f"save_model: {os.fspath(filepath)!r} exists and overwrite=False")
+    return saving.save_model(model, filepath, **kwargs)

@@ -1859,6 +1859,19 @@ def _auto_contrast(g, layer, x, out_shape):
     return g.derived(x, g.op("Where", [kept, x.name, y], hint))
 
 
+# -- lookup: MaxNumBoundingBoxes is the identity on images --
+_converts("MaxNumBoundingBoxes")(_identity_layer)
+
+
+# -- clahe: CLAHE's per-tile histograms and table blends have no ONNX form here --
+@_converts("ContrastLimitedAdaptiveHistogramEqualization")
+def _clahe(g, layer, x, out_shape):
+    raise _unsupported(layer, "ONNX has no histogram operator, and CLAHE's per-tile "
+                              "histograms, clipped cdfs and four-table blends are not "
+                              "composed by this exporter; apply the layer before the "
+                              "exported model")
+
+
 # -- spectral (branch audio): Keras 3's audio front ends as Conv and elementwise nodes -----
 _KERAS_EPSILON = 1e-7  # keras.backend.epsilon(): STFTSpectrogram's floor
 
@@ -2025,8 +2038,8 @@ def _pipeline(g, layer, x, out_shape):
 # AutoContrast acts in training only there)
 _converts("RandAugment", "AugMix")(_identity_layer)
 
-# -- applications (branch appsB): the layers of Keras's applications and the binary op nodes
-# of a functional graph (ConvNeXt's residual sums); StochasticDepth is the identity --
+# -- applications (branch appsB): the layers of Keras's applications (StochasticDepth is the
+# identity at inference) --
 _converts("StochasticDepth")(_identity_layer)
 
 
@@ -2050,21 +2063,28 @@ def _custom_scale(g, layer, xs, out_shape):
     return g.tensor(g.op("Add", [x.name, scaled], layer.name), out_shape, x.perm)
 
 
-_BINARY_OP_NODES = {"add": "Add", "subtract": "Sub", "multiply": "Mul"}
+# -- applications (branch appsA): OpLayer's arithmetic on two operands, tensors or numbers
+# (Keras's MobileNetV3 gates with ReLU6(x + 3) * (1/6)), one elementwise node; other ops refused
+_ONNX_ARITHMETIC = {"add": "Add", "subtract": "Sub", "multiply": "Mul", "divide": "Div",
+                    "true_divide": "Div"}
 
 
 @_converts("OpLayer")
-def _binary_op_node(g, layer, xs, out_shape):
-    if (layer.op not in _BINARY_OP_NODES or layer.op_kwargs
-            or layer.op_args != [{"tensor": 0}, {"tensor": 1}]):
-        raise _unsupported(layer, f"of op nodes only {sorted(_BINARY_OP_NODES)} of two "
-                                  f"tensors are exported, got {layer.op!r} with arguments "
-                                  f"{layer.op_args}")
-    a, b = _same_layout(g, xs)
-    if len(a.shape) != len(b.shape):
-        a, b = g.nhwc(a), g.nhwc(b)
-    return g.tensor(g.op(_BINARY_OP_NODES[layer.op], [a.name, b.name], layer.name), out_shape,
-                    a.perm)
+def _op_layer_arithmetic(g, layer, x, out_shape):
+    xs = x if isinstance(x, list) else [x]
+    args = layer.op_args
+    if layer.op not in _ONNX_ARITHMETIC or layer.op_kwargs or len(args) != 2 or not all(
+            isinstance(a, dict) or (isinstance(a, (int, float)) and not isinstance(a, bool))
+            for a in args):
+        raise _unsupported(layer, f"ONNX export writes the ops {sorted(_ONNX_ARITHMETIC)} on "
+                                  f"two operands (tensors or numbers), not {layer.op!r} with "
+                                  f"{args!r}")
+    if len({t.perm for t in xs}) > 1 or len({len(t.shape) for t in xs}) > 1:
+        xs = [g.nhwc(t) for t in xs]  # broadcasting lines up as pynn's shapes do
+    names = [xs[a["tensor"]].name if isinstance(a, dict)
+             else g.const(a, f"{layer.name}_const", np.dtype(xs[0].dtype)) for a in args]
+    y = g.op(_ONNX_ARITHMETIC[layer.op], names, layer.name)
+    return g.tensor(y, out_shape, xs[0].perm, xs[0].dtype)
 
 
 def _convert(g, layer, x, out_shape):
@@ -2078,6 +2098,36 @@ def _convert(g, layer, x, out_shape):
     if row is not None:
         out = _apply_activation(g, layer, out, row, 0.0, f"{layer.name}_{row}")
     return out
+
+
+# -- linalg (branch linalg): op nodes of pynn.ops (OpLayer) by op name. ONNX's one linear
+# algebra operator is Det (opset 11), so det converts; every other op node is refused naming
+# its op (ONNX has no factorisation, solve or inverse).
+_OP_CONVERTERS = {}
+
+
+@_converts("OpLayer")
+def _op_layer(g, layer, x, out_shape):
+    convert = _OP_CONVERTERS.get(layer.op)
+    if convert is None:
+        raise _unsupported(layer, f"pynn.ops.{layer.op} has no ONNX form here (op nodes "
+                                  f"convert for {sorted(_OP_CONVERTERS)})")
+    return convert(g, layer, x, out_shape)
+
+
+# -- applications (branch appsB): the arithmetic op nodes (branch appsA) through linalg's
+# dispatch by op name (both registered a converter of OpLayer; the later one replaced it) --
+_OP_CONVERTERS.update(dict.fromkeys(_ONNX_ARITHMETIC, _op_layer_arithmetic))
+
+
+def _det(g, layer, x, out_shape):
+    if layer.op_args != [{"tensor": 0}] or layer.op_kwargs:
+        raise _unsupported(layer, "det takes its one input alone")
+    x = g.nhwc(x)
+    return g.tensor(g.op("Det", [x.name], layer.name), out_shape)
+
+
+_OP_CONVERTERS["det"] = _det
 
 
 # -- the model --------------------------------------------------------------------------

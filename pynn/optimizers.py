@@ -85,6 +85,9 @@ class Optimizer:
         if kwargs.pop("decay", None) is not None:
             raise ValueError("Argument `decay` is no longer supported; use a learning rate "
                              "schedule.")
+        # -- api: Keras 3's moving average of the weights (SwapEMAWeights reads it)
+        self._init_ema(kwargs.pop("use_ema", False), kwargs.pop("ema_momentum", 0.99),
+                       kwargs.pop("ema_overwrite_frequency", None))
         if kwargs:
             raise ValueError(f"Argument(s) not recognized: {kwargs}")
         cls_name = self.__class__.__name__
@@ -224,6 +227,8 @@ class Optimizer:
         for v in active:
             if v.constraint is not None:
                 v.constraint(v.value)
+        if self.use_ema:  # api: Keras 3's EMA, after the update and before iterations grows
+            self._update_ema(be, [v for v in variables if v.trainable])
         self.iterations += 1
         bump_version()
 
@@ -276,7 +281,7 @@ class Optimizer:
         elif callable(lr):
             raise TypeError(f"{self.name}: a plain callable learning rate cannot be "
                             "serialized; use a pynn.schedules.LearningRateSchedule")
-        return {
+        config = {
             "name": self.name,
             "learning_rate": lr,
             "weight_decay": self.weight_decay,
@@ -284,6 +289,10 @@ class Optimizer:
             "global_clipnorm": self.global_clipnorm,
             "clipvalue": self.clipvalue,
         }
+        if self.use_ema:  # api: Keras's EMA arguments, only where set (older configs unchanged)
+            config.update(use_ema=True, ema_momentum=self.ema_momentum,
+                          ema_overwrite_frequency=self.ema_overwrite_frequency)
+        return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -299,6 +308,61 @@ class Optimizer:
 
     def __repr__(self):
         return f"<{self.__class__.__name__} name={self.name!r} iterations={self.iterations}>"
+
+    # -- api: Keras 3's exponential moving average of the weights --------------------------
+    def _init_ema(self, use_ema, ema_momentum, ema_overwrite_frequency):
+        cls_name = self.__class__.__name__
+        self.use_ema = bool(use_ema)
+        self.ema_momentum = _float_arg(cls_name, "ema_momentum", ema_momentum, lo=0.0, hi=1.0)
+        if ema_overwrite_frequency is not None and (
+                isinstance(ema_overwrite_frequency, bool)
+                or not isinstance(ema_overwrite_frequency, int) or ema_overwrite_frequency < 1):
+            raise ValueError(f"{cls_name}: `ema_overwrite_frequency` must be an integer >= 1 "
+                             f"or None. Received: {ema_overwrite_frequency!r}")
+        self.ema_overwrite_frequency = ema_overwrite_frequency
+        self._ema = {}  # variable.path -> backend array: the moving average
+        self._ema_variables = []  # the trainable variables in the order apply saw them
+
+    def _update_ema(self, be, variables):
+        """average = m * average + (1 - m) * w with m = 0 on the first step (Keras's rule),
+        on the backend; every ema_overwrite_frequency steps the weights take the averages."""
+        momentum = self.ema_momentum if self.iterations != 0 else 0.0
+        for v in variables:
+            average = self._ema.get(v.path)
+            if average is None:
+                average = self._ema[v.path] = be.zeros(tuple(v.value.shape),
+                                                       str(v.value.dtype))
+                self._ema_variables.append(v)
+            be.scale_inplace(average, momentum)
+            part = be.copy(v.value)
+            be.scale_inplace(part, 1.0 - momentum)
+            be.add_inplace(average, part)
+        if self.ema_overwrite_frequency and (
+                self.iterations + 1) % self.ema_overwrite_frequency == 0:
+            for v in variables:
+                v.value = be.copy(self._ema[v.path])
+
+    def _check_ema(self, what):
+        if not self.use_ema:
+            raise ValueError(f"{what} must be used when `use_ema=True` is set on the "
+                             f"optimizer. Received: use_ema={self.use_ema}")
+
+    def swap_ema_weights(self):
+        """The weights and their moving averages trade places (SwapEMAWeights)."""
+        self._check_ema("SwapEMAWeights")
+        for v in self._ema_variables:
+            v.value, self._ema[v.path] = self._ema[v.path], v.value
+        bump_version()
+
+    def finalize_variable_values(self, var_list):
+        """Keras's end of fit: with use_ema the weights become their moving averages."""
+        if not self.use_ema:
+            return
+        be = backend.current()
+        for v in var_list:
+            if v.path in self._ema:
+                v.value = be.copy(self._ema[v.path])
+        bump_version()
 
 
 class SGD(Optimizer):
@@ -990,3 +1054,342 @@ def get(identifier):
                              f"known: {sorted(_CLASSES)}")
         return cls()
     raise ValueError(f"Could not interpret optimizer identifier: {identifier!r}")
+
+
+# -- api: Keras 3's LossScaleOptimizer ----------------------------------------------------------
+class LossScaleOptimizer(Optimizer):
+    """Keras 3's dynamic loss scaling around ``inner_optimizer``. fit multiplies the loss (so
+    every gradient) by ``dynamic_scale``; ``apply`` then checks the gradients: all finite, they
+    are divided by the scale and the inner optimizer steps, and after
+    ``dynamic_growth_steps`` such steps in a row the scale doubles; any inf or NaN skips the
+    step (the inner optimizer's iterations do not move) and halves the scale. pynn's mixed
+    precision is bfloat16, whose range is float32's, so scaling is rarely needed there;
+    Keras allows it all the same."""
+
+    def __init__(self, inner_optimizer, initial_scale=2.0 ** 15, dynamic_growth_steps=2000,
+                 name=None, **kwargs):
+        if not kwargs.pop("dynamic", True):
+            raise ValueError("LossScaleOptimizer no longer supports `dynamic=False`. Instead, "
+                             "simply set `loss_scale_factor` directly on the "
+                             "`inner_optimizer`.")
+        defaults = {"weight_decay": None, "clipnorm": None, "global_clipnorm": None,
+                    "clipvalue": None, "use_ema": False, "ema_momentum": 0.99,
+                    "ema_overwrite_frequency": None, "loss_scale_factor": None,
+                    "gradient_accumulation_steps": None}
+        for arg, default in defaults.items():
+            if arg in kwargs and kwargs.pop(arg) != default:
+                raise ValueError(f"LossScaleOptimizer does not support `{arg}`. Instead, set "
+                                 f"`{arg}` on the `inner_optimizer`.")
+        if kwargs:
+            raise ValueError(f"LossScaleOptimizer does not support arguments: "
+                             f"`{'`, `'.join(kwargs)}`.")
+        if isinstance(inner_optimizer, (str, dict)):
+            inner_optimizer = get(inner_optimizer)
+        if not isinstance(inner_optimizer, Optimizer) or isinstance(inner_optimizer,
+                                                                    LossScaleOptimizer):
+            raise ValueError(f"LossScaleOptimizer: inner_optimizer must be a pynn optimizer "
+                             f"(not another LossScaleOptimizer), got {inner_optimizer!r}")
+        self.initial_scale = _float_arg("LossScaleOptimizer", "initial_scale", initial_scale)
+        if not self.initial_scale > 0:
+            raise ValueError(f"LossScaleOptimizer: initial_scale must be > 0, got "
+                             f"{initial_scale!r}")
+        if isinstance(dynamic_growth_steps, bool) or not isinstance(
+                dynamic_growth_steps, int) or dynamic_growth_steps < 1:
+            raise ValueError(f"LossScaleOptimizer: dynamic_growth_steps must be an int >= 1, "
+                             f"got {dynamic_growth_steps!r}")
+        self.inner_optimizer = inner_optimizer
+        inner_iterations = inner_optimizer.iterations  # the base __init__ zeroes iterations
+        super().__init__(learning_rate=0.0, name=name)
+        inner_optimizer.iterations = inner_iterations
+        self.initial_scale = initial_scale
+        self.dynamic_growth_steps = dynamic_growth_steps
+        # Keras keeps the scale in a float32 variable: its doublings and halvings round (and
+        # saturate at inf) as float32 does
+        self.dynamic_scale = float(np.float32(initial_scale))
+        self.step_counter = 0
+
+    @property
+    def iterations(self):
+        return self.inner_optimizer.iterations
+
+    @iterations.setter
+    def iterations(self, value):
+        if hasattr(self, "inner_optimizer"):
+            self.inner_optimizer.iterations = value
+
+    @property
+    def learning_rate(self):
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self.inner_optimizer.learning_rate = value
+
+    def current_learning_rate(self):
+        return self.inner_optimizer.current_learning_rate()
+
+    def current_loss_scale(self):
+        """The factor fit multiplies this step's loss by."""
+        return self.dynamic_scale
+
+    def scale_loss(self, loss):
+        from pynn import ops
+        return ops.multiply(loss, self.dynamic_scale)
+
+    def check_finite(self, variables):
+        """Whether every gradient of ``variables`` is finite (one device reduction each)."""
+        from pynn import ops
+        from pynn.autodiff import Tensor
+        return all(bool(np.asarray(ops.all(ops.isfinite(Tensor(v.grad)))))
+                   for v in variables if v.grad is not None)
+
+    def apply(self, variables, trainable_variables=None):
+        if trainable_variables is not None:
+            variables = _set_grads(variables, trainable_variables)
+        variables = list(variables)
+        active = [v for v in variables if v.trainable and v.grad is not None]
+        if not self.check_finite(active):
+            self.step_counter = 0
+            self.dynamic_scale = float(np.float32(self.dynamic_scale) * np.float32(0.5))
+            return
+        be = backend.current()
+        for v in active:
+            be.scale_inplace(v.grad, 1.0 / self.dynamic_scale)
+        self.inner_optimizer.apply(variables)
+        if self.step_counter == self.dynamic_growth_steps - 1:
+            self.step_counter = 0
+            with np.errstate(over="ignore"):
+                self.dynamic_scale = float(np.float32(self.dynamic_scale) * np.float32(2.0))
+        else:
+            self.step_counter += 1
+
+    def finalize_variable_values(self, var_list):
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+    def swap_ema_weights(self):
+        self.inner_optimizer.swap_ema_weights()
+
+    def get_state(self):
+        state = self.inner_optimizer.get_state()
+        state["loss_scale"] = {"dynamic_scale": self.dynamic_scale,
+                               "step_counter": self.step_counter}
+        return state
+
+    def set_state(self, state, variables):
+        state = dict(state)
+        scale = state.pop("loss_scale", None)
+        self.inner_optimizer.set_state(state, variables)
+        if scale is not None:
+            self.dynamic_scale = float(scale["dynamic_scale"])
+            self.step_counter = int(scale["step_counter"])
+
+    def get_config(self):
+        return {"name": self.name, "inner_optimizer": serialize(self.inner_optimizer),
+                "initial_scale": self.initial_scale,
+                "dynamic_growth_steps": self.dynamic_growth_steps}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        if "class_name" in config and "config" in config:
+            return deserialize(config, custom_objects=custom_objects)
+        config = dict(config)
+        inner = deserialize(config.pop("inner_optimizer"), custom_objects=custom_objects)
+        return cls(inner, **config)
+
+
+__all__.append("LossScaleOptimizer")
+_CLASSES[LossScaleOptimizer.__name__.lower()] = LossScaleOptimizer
+
+
+# -- api: Keras 3's OptimizerMap and MultiOptimizer ----------------------------------------------
+import collections.abc  # noqa: E402
+import re  # noqa: E402
+
+class OptimizerMap(collections.abc.MutableMapping):
+    """Variable paths (exact, else a ``re.fullmatch`` pattern) to optimizers, with a default
+    for the rest; ``optimizer_map(variable)`` picks a variable's optimizer."""
+
+    def __init__(self, default_optimizer, optimizer_map=None):
+        if not isinstance(default_optimizer, Optimizer):
+            raise TypeError(f"default_optimizer must be a pynn Optimizer instance. Received: "
+                            f"{default_optimizer!r}")
+        if optimizer_map is not None and not isinstance(optimizer_map, dict):
+            raise TypeError(f"optimizer_map must be a dictionary. Received: {optimizer_map!r}")
+        self._default_optimizer = default_optimizer
+        self._optimizer_map = {}
+        for key, optimizer in (optimizer_map or {}).items():
+            self[key] = optimizer
+
+    @property
+    def default_optimizer(self):
+        return self._default_optimizer
+
+    def __getitem__(self, key):
+        if key in self._optimizer_map:
+            return self._optimizer_map[key]
+        matching = [pattern for pattern in self._optimizer_map if re.fullmatch(pattern, key)]
+        if len(matching) > 1:
+            raise ValueError(f"Multiple optimizers assigned to variable {key} (patterns "
+                             f"{matching}).")
+        return self._optimizer_map[matching[0]] if matching else self._default_optimizer
+
+    def __setitem__(self, key, optimizer):
+        if key in self._optimizer_map:
+            raise ValueError(f"'{key}' already exists in the OptimizerMap with value "
+                             f"{self._optimizer_map[key]}. Please make sure to not use "
+                             f"duplicated keys.")
+        if not isinstance(key, str):
+            raise ValueError(f"key must be a string. Received: {key!r}")
+        if not isinstance(optimizer, Optimizer):
+            raise ValueError(f"optimizer must be a pynn Optimizer instance. Received: "
+                             f"{optimizer!r}")
+        if isinstance(optimizer, (LossScaleOptimizer, MultiOptimizer)):
+            raise ValueError(f"optimizer cannot be {type(optimizer).__name__}.")
+        self._optimizer_map[key] = optimizer
+
+    def __delitem__(self, key):
+        del self._optimizer_map[key]
+
+    def __len__(self):
+        return len(self._optimizer_map)
+
+    def __iter__(self):
+        return iter(self._optimizer_map)
+
+    def __call__(self, variable):
+        return self[variable.path]
+
+    def get_config(self):
+        return {"default_optimizer": serialize(self._default_optimizer),
+                "optimizer_map": {k: serialize(v) for k, v in self._optimizer_map.items()}}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(deserialize(config["default_optimizer"], custom_objects),
+                   {k: deserialize(v, custom_objects)
+                    for k, v in (config.get("optimizer_map") or {}).items()})
+
+
+class MultiOptimizer(Optimizer):
+    """Each variable stepped by the optimizer ``optimizer_map(variable)`` picks (an
+    OptimizerMap or any function of a variable); ``iterations`` counts this optimizer's own
+    steps. Its state is the inner optimizers' slots, each variable's under its path."""
+
+    def __init__(self, optimizer_map, loss_scale_factor=None, name=None):
+        if loss_scale_factor is not None:
+            raise ValueError("MultiOptimizer: loss_scale_factor is not supported by pynn's "
+                             "optimizers; wrap the model's optimizer in a LossScaleOptimizer "
+                             "for loss scaling")
+        if not callable(optimizer_map):
+            raise ValueError(f"MultiOptimizer: optimizer_map must be an OptimizerMap or a "
+                             f"function of a variable, got {optimizer_map!r}")
+        super().__init__(learning_rate=0.0, name=name)
+        self._optimizer_map = optimizer_map
+        self.loss_scale_factor = None
+        self._inner_optimizers = []
+        for opt in list(getattr(optimizer_map, "values", lambda: [])()) + [
+                getattr(optimizer_map, "default_optimizer", None)]:
+            if opt is not None and opt not in self._inner_optimizers:
+                self._inner_optimizers.append(opt)
+
+    @property
+    def optimizers(self):
+        return self._inner_optimizers
+
+    @property
+    def learning_rate(self):
+        raise AttributeError("Learning rate cannot be accessed on a MultiOptimizer. Access "
+                             "the learning rate on the individual sub-optimizers instead.")
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        if hasattr(self, "_optimizer_map"):
+            raise AttributeError("Learning rate cannot be set on a MultiOptimizer. Set the "
+                                 "learning rate on the individual sub-optimizers instead.")
+        self._learning_rate = value
+
+    def current_learning_rate(self):
+        return self._inner_optimizers[0].current_learning_rate() if self._inner_optimizers \
+            else 0.0
+
+    def _optimizer_for(self, variable):
+        opt = self._optimizer_map(variable)
+        if not isinstance(opt, Optimizer):
+            raise ValueError(f"Optimizer for variable {variable.path} is not an Optimizer "
+                             f"instance.")
+        if isinstance(opt, (LossScaleOptimizer, MultiOptimizer)):
+            raise ValueError(f"{type(opt).__name__} cannot be used inside an MultiOptimizer.")
+        if opt not in self._inner_optimizers:
+            self._inner_optimizers.append(opt)
+        return opt
+
+    def _groups(self, variables):
+        groups = {}
+        for v in variables:
+            groups.setdefault(id(self._optimizer_for(v)), []).append(v)
+        return [(opt, groups[id(opt)]) for opt in self._inner_optimizers if id(opt) in groups]
+
+    def apply(self, variables, trainable_variables=None):
+        if trainable_variables is not None:
+            variables = _set_grads(variables, trainable_variables)
+        variables = list(variables)
+        if not variables:
+            return
+        for opt, group in self._groups(variables):
+            opt.apply(group)
+        self.iterations += 1
+
+    def finalize_variable_values(self, var_list):
+        for opt, group in self._groups(var_list):
+            opt.finalize_variable_values(group)
+
+    def swap_ema_weights(self):
+        users = [opt for opt in self._inner_optimizers if opt.use_ema]
+        if not users:
+            raise ValueError("SwapEMAWeights must be used when at least one inner optimizer "
+                             "has `use_ema=True` set. Received a MultiOptimizer with all inner "
+                             "optimizers having `use_ema=False`.")
+        for opt in users:
+            opt.swap_ema_weights()
+
+    def get_state(self):
+        slots = {}
+        for opt in self._inner_optimizers:
+            slots.update(opt.get_state()["slots"])
+        return {"iterations": int(self.iterations), "slots": slots}
+
+    def set_state(self, state, variables):
+        slots = dict(state.get("slots", {}))
+        for opt, group in self._groups(list(variables)):
+            mine = {k: v for k, v in slots.items() if k.rsplit("/", 1)[0] in
+                    {g.path for g in group}}
+            for k in mine:
+                slots.pop(k)
+            # each inner optimizer stepped once per MultiOptimizer step that reached it
+            opt.set_state({"iterations": int(state.get("iterations", 0)), "slots": mine},
+                          group)
+        if slots:
+            raise ValueError(f"{self.name}.set_state: slots {sorted(slots)} match no variable")
+        self.iterations = int(state.get("iterations", 0))
+
+    def get_config(self):
+        if not isinstance(self._optimizer_map, OptimizerMap):
+            raise TypeError(f"{self.name}: a MultiOptimizer over a plain function cannot be "
+                            f"serialized; give it an OptimizerMap")
+        return {"optimizer_map": {"class_name": "OptimizerMap",
+                                  "config": self._optimizer_map.get_config()},
+                "loss_scale_factor": None, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        if "class_name" in config and "config" in config:
+            return deserialize(config, custom_objects=custom_objects)
+        config = dict(config)
+        mapping = config.pop("optimizer_map")
+        if isinstance(mapping, dict) and "config" in mapping:
+            mapping = mapping["config"]
+        return cls(OptimizerMap.from_config(mapping, custom_objects), **config)
+
+
+__all__ += ["MultiOptimizer", "OptimizerMap"]
+_CLASSES[MultiOptimizer.__name__.lower()] = MultiOptimizer

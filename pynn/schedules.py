@@ -240,3 +240,51 @@ def get(identifier):
     if isinstance(identifier, dict):
         return deserialize(identifier)
     raise ValueError(f"Could not interpret learning rate schedule: {identifier!r}")
+
+
+# -- api: Keras 3's CosineDecayRestarts (SGDR) --------------------------------------------------
+class CosineDecayRestarts(LearningRateSchedule):
+    """Cosine decay with warm restarts: period i lasts ``first_decay_steps * t_mul**i`` steps
+    and starts from ``m_mul**i`` times the initial rate (Keras's formula, the restart index
+    from the geometric sum when t_mul != 1)."""
+
+    def __init__(self, initial_learning_rate, first_decay_steps, t_mul=2.0, m_mul=1.0,
+                 alpha=0.0, name="SGDRDecay"):
+        _positive_steps("first_decay_steps", first_decay_steps)
+        for arg, v in (("t_mul", t_mul), ("m_mul", m_mul)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"CosineDecayRestarts: {arg} must be a number > 0, got {v!r}")
+        self.initial_learning_rate = initial_learning_rate
+        self.first_decay_steps = first_decay_steps
+        self._t_mul = t_mul
+        self._m_mul = m_mul
+        self.alpha = alpha
+        self.name = name
+
+    def __call__(self, step):
+        completed = float(step) / float(self.first_decay_steps)
+        t_mul, m_mul = float(self._t_mul), float(self._m_mul)
+        if t_mul == 1.0:
+            restart = math.floor(completed)
+            completed -= restart
+        else:
+            restart = math.floor(math.log(1.0 - completed * (1.0 - t_mul)) / math.log(t_mul))
+            done = (1.0 - t_mul ** restart) / (1.0 - t_mul)
+            completed = (completed - done) / t_mul ** restart
+        cosine = 0.5 * m_mul ** restart * (1.0 + math.cos(math.pi * completed))
+        alpha = float(self.alpha)
+        return float(self.initial_learning_rate) * ((1.0 - alpha) * cosine + alpha)
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "first_decay_steps": self.first_decay_steps,
+            "t_mul": self._t_mul,
+            "m_mul": self._m_mul,
+            "alpha": self.alpha,
+            "name": self.name,
+        }
+
+
+_CLASSES[CosineDecayRestarts.__name__] = CosineDecayRestarts
+__all__.append("CosineDecayRestarts")

@@ -159,6 +159,8 @@ TESTS_ELSEWHERE.update({name: "test_augment_keras3.py" for name in (
     "image_mix_backward", "image_erase_forward", "image_blur_forward", "image_remap_forward")})
 # -- misc: ScheduleFreeAdamW's update, tested with the optimizer --
 TESTS_ELSEWHERE.update({"schedule_free_adamw_update": "test_schedule_free.py"})
+# -- clahe: the color family's CLAHE op, tested with its layer --
+TESTS_ELSEWHERE.update({"clahe_forward": "test_clahe.py"})
 
 
 def test_every_op_has_its_reference_and_its_test_file():

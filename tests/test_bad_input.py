@@ -307,6 +307,41 @@ def test_huge_layer_memory_error_names_the_layer():
         pynn.Sequential([layers.Input((2**40,)), layers.Dense(2**40, name="huger")])
 
 
+def test_weights_beyond_the_memory_left_are_refused_before_drawing(monkeypatch):
+    """Before: each weight was checked against the machine's whole memory only, so a model
+    whose weights fitted one by one but not together was killed by the OOM killer."""
+    from pynn.layers import base
+
+    drawn = []
+    monkeypatch.setattr(base, "_free_memory", lambda: 100 << 20)
+    monkeypatch.setattr(base.initializers, "get", lambda init: lambda shape, dtype: (
+        drawn.append(shape), np.zeros(shape, dtype))[1])
+    with pytest.raises(MemoryError, match=r"Layer 'wide' \(Dense\): weight 'kernel' of shape "
+                                          r"\(8192, 8192\) .*only 0\.1 GiB of memory is free"):
+        pynn.Sequential([layers.Input((8192,)), layers.Dense(8192, name="wide")])
+    assert (8192, 8192) not in drawn
+    # Small weights are not checked (no /proc read per bias); large ones that fit pass.
+    pynn.Sequential([layers.Input((4096,)), layers.Dense(4096)])  # 64 MiB: at the limit
+    monkeypatch.setattr(base, "_free_memory", lambda: None)  # unknown: the allocator decides
+    pynn.Sequential([layers.Input((8192,)), layers.Dense(8192)])
+
+
+def test_lists_and_scalars_given_to_a_layer():
+    """Before: a list of numbers reached ``x.shape`` in the base layer (AttributeError)."""
+    dense = layers.Dense(3, name="d")
+    x = [[1.0, 2.0], [3.0, 4.0]]
+    np.testing.assert_allclose(dense(x), dense(np.asarray(x, np.float32)), rtol=1e-6)
+    with pytest.raises(TypeError, match=r"Layer 'd' \(Dense\): input must be an array with a "
+                                        r"batch axis, got the scalar 3\.0"):
+        dense(3.0)
+    with pytest.raises(TypeError, match=r"Layer 'd' \(Dense\): input must be an array or a "
+                                        r"nested list of numbers of one shape"):
+        dense([[1.0, 2.0], [3.0]])
+    add = layers.Add(name="a")  # a list holding arrays is several inputs; lists among them too
+    a = np.ones((2, 3), np.float32)
+    np.testing.assert_allclose(add([a, [[1, 2, 3], [4, 5, 6]]]), a + [[1, 2, 3], [4, 5, 6]])
+
+
 def test_memory_error_in_a_forward_pass_names_the_layer(monkeypatch):
     model = mlp()
 

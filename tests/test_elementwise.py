@@ -168,3 +168,68 @@ def test_erfinv_edges_and_tails(target):
     assert np.array_equal(np.isinf(got), np.isinf(want))
     finite = np.isfinite(want)
     np.testing.assert_allclose(got[finite], want[finite], rtol=10 * _tol(target), atol=0)
+
+
+# -- opsm: the integer family, int32 on both backends and int64 on the CPU -----------------
+from pynn.backend.api import INTEGER_BINARY  # noqa: E402
+
+def _integer_operands(rng, dtype, shapes):
+    """Random integers of both signs with the edges a kernel can get wrong: 0, the dtype's
+    minimum, shift counts past the width and negative."""
+    info = np.iinfo(dtype)
+    a = rng.integers(-1000, 1000, shapes[0]).astype(dtype)
+    b = rng.integers(-3, 2 * info.bits, shapes[1]).astype(dtype)
+    a.flat[:3] = [0, info.min, -7][:a.size]
+    b.flat[:3] = [0, 5, info.bits][:b.size]
+    return a, b
+
+
+@pytest.mark.parametrize("op", INTEGER_BINARY)
+@pytest.mark.parametrize("shapes", [((5, 7), (5, 7)), ((2, 3, 1, 5), (4, 1)), ((31,), ())])
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_integer_binary_matches_numpy(backend, op, shapes, dtype):
+    if backend.is_opencl and dtype == np.int64:
+        pytest.skip("the device's integers are int32")
+    rng = np.random.default_rng(abs(hash((op, shapes))) % 2**32)
+    a, b = _integer_operands(rng, dtype, shapes)
+    got = backend.down(backend.op("integer_binary")(backend.up(a), backend.up(b), op))
+    want = ref.integer_binary_ref(a, b, op)
+    assert got.dtype == want.dtype, f"integer_binary {op}: dtype {got.dtype} != {want.dtype}"
+    np.testing.assert_array_equal(got, want, err_msg=f"integer_binary {op}")
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_integer_unary_invert_matches_numpy(backend, dtype):
+    if backend.is_opencl and dtype == np.int64:
+        pytest.skip("the device's integers are int32")
+    a, _ = _integer_operands(np.random.default_rng(3), dtype, [(3, 33), ()])
+    got = backend.down(backend.op("integer_unary")(backend.up(a), "invert"))
+    np.testing.assert_array_equal(got, ref.integer_unary_ref(a, "invert"))
+
+
+def test_integer_ops_refuse_floats_mixed_dtypes_and_unknown_ops(backend):
+    ints = backend.up(np.arange(4, dtype=np.int32))
+    floats = backend.up(np.arange(4, dtype=np.float32))
+    with pytest.raises(TypeError, match="integer_binary: 'a' must be int32 or int64, got dtype "
+                                        "float32"):
+        backend.op("integer_binary")(floats, ints, "gcd")
+    with pytest.raises(ValueError, match="integer_binary: unknown integer op 'nand'"):
+        backend.op("integer_binary")(ints, ints, "nand")
+    with pytest.raises(ValueError, match="integer_unary: unknown integer op 'negate'"):
+        backend.op("integer_unary")(ints, "negate")
+    if not backend.is_opencl:
+        with pytest.raises(TypeError, match="'b' must have a's dtype int32, got int64"):
+            backend.op("integer_binary")(ints, np.arange(4), "bitwise_or")
+
+
+# -- opsm: i0 and i1 across their series' switch-overs (30 on OpenCL, 50 on the CPU) --------
+@pytest.mark.parametrize("op", ["i0", "i1"])
+def test_bessel_i_across_both_series(target, op):
+    x = np.array([0.0, -0.0, 1e-20, 0.3, -2.5, 7.0, -15.5, 29.9, 30.1, -49.9, 50.1, 64.0,
+                  80.0, -85.0, np.nan], target.dtype)
+    got = target.down(target.op("elementwise_unary")(target.up(x), op))
+    want = ref.elementwise_unary_ref(x, op)
+    assert np.array_equal(np.isnan(got), np.isnan(want)), op
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=10 * _tol(target), atol=0,
+                               err_msg=op)

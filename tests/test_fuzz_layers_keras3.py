@@ -212,6 +212,10 @@ AUGMENT = {
     "CutMix": lambda f: L.CutMix(f), "MixUp": lambda f: L.MixUp(f),
     "AutoContrast": lambda f: L.AutoContrast(), "Equalization": lambda f: L.Equalization(),
 }
+# -- clahe: Keras 3's ContrastLimitedAdaptiveHistogramEqualization --
+AUGMENT["ContrastLimitedAdaptiveHistogramEqualization"] = \
+    lambda f: L.ContrastLimitedAdaptiveHistogramEqualization(clip_limit=10 * f,
+                                                             tile_grid_size=(2, 3))
 
 
 @SETTINGS

@@ -389,6 +389,32 @@ def rand_augment_and_aug_mix():
 ARCHITECTURES["rand_augment_and_aug_mix"] = rand_augment_and_aug_mix
 
 
+# -- clahe: Keras 3's ContrastLimitedAdaptiveHistogramEqualization (active at inference) --
+def clahe():
+    return keras.Sequential([
+        keras.Input((11, 9, 3)),
+        K.ContrastLimitedAdaptiveHistogramEqualization(value_range=(-3, 3), clip_limit=3.0,
+                                                       tile_grid_size=(3, 2)),
+        K.Flatten(), K.Dense(2)])
+
+
+ARCHITECTURES["clahe"] = clahe
+
+
+# -- lookup: MaxNumBoundingBoxes, the identity on images (its boxes: tests/test_bounding_boxes.py)
+def max_num_bounding_boxes():
+    return keras.Sequential([
+        keras.Input((6, 5, 3)), K.MaxNumBoundingBoxes(4, bounding_box_format="xyxy"),
+        K.Flatten(), K.Dense(2)])
+
+
+ARCHITECTURES["max_num_bounding_boxes"] = max_num_bounding_boxes
+# -- lookup: Keras builds Hashing, HashedCrossing, StringLookup and IntegerLookup only with
+# TensorFlow, and pynn runs them as host preprocessing; tests/test_lookup.py and
+# tests/test_hashing.py check their configs against Keras's --
+KERAS_CANNOT_BUILD |= {"Hashing", "HashedCrossing", "StringLookup", "IntegerLookup"}
+
+
 # -- applications (branch appsB): the custom layers of keras.applications, Keras's binary op
 # nodes (ConvNeXt's ``inputs + branch``), Dropout's noise_shape --
 def application_layers():
@@ -1366,6 +1392,38 @@ def test_reversible_embedding_reverse_call_refused(tmp_path):
                        match=r"layer 'tokens' is called with arguments pynn does not take "
                              r"\(1 positional, keyword \['reverse'\]\)"):
         pynn.load_model(tmp_path / "lm.keras")
+
+
+# -- applications (branch appsA): keras.ops' arithmetic op nodes (MobileNetV3's hard sigmoid)
+def _arithmetic_ops_model():
+    inputs = keras.Input((5,))
+    x = K.Dense(4, name="dense")(inputs)
+    gate = K.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)
+    y = (2.0 - gate) / 4.0
+    return keras.Model(inputs, K.Dense(3, name="out")(y + x))
+
+
+def test_arithmetic_op_nodes_both_ways(tmp_path):
+    keras_model = _arithmetic_ops_model()
+    _randomize(keras_model, seed=3)
+    x = np.random.default_rng(4).standard_normal((6, 5)).astype("float32")
+    expected = keras_model.predict(x, verbose=0)
+    keras_model.save(tmp_path / "k.keras")
+    model = pynn.load_model(tmp_path / "k.keras")
+    assert [type(layer).__name__ for layer in model.layers].count("OpLayer") == 5
+    _close(model.predict(x), expected)
+    model.save(tmp_path / "p.keras")
+    back = keras.saving.load_model(tmp_path / "p.keras")
+    _close(back.predict(x, verbose=0), expected)
+    assert [type(op).__name__ for op in back._operations].count("Add") == 2
+
+
+def test_op_node_pynn_cannot_read_is_refused(tmp_path):
+    inputs = keras.Input((5,))
+    outputs = K.Dense(3)(keras.ops.exp(K.Dense(2)(inputs)))
+    keras.Model(inputs, outputs).save(tmp_path / "k.keras")
+    with pytest.raises(ValueError, match="pynn has no layer 'Exp'"):
+        pynn.load_model(tmp_path / "k.keras")
 
 
 # -- applications (branch appsB): Keras 3's legacy .h5 writes its op nodes without a module --

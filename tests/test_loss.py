@@ -1045,3 +1045,57 @@ def test_ctc_and_circle_loss_ops_on_backend(backend):
     ids = np.array([0, 1, 0, 2, 1, 0, 3], np.int32)
     check_op(backend, "circle_loss_forward_backward", ids, e, 80.0, 0.4, True, True, None,
              ref=lambda *a: circle_loss_forward_backward_ref(*a, dtype=np.float32), rtol=tol)
+
+
+# -- opss: keras.ops' categorical cross-entropies, one loss per row (the op's tests:
+# tests/test_ops_structural.py) --
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_crossentropy_rows_on_backend(backend, from_logits):
+    from tests.reference.loss_ref import crossentropy_rows_ref
+
+    rng = np.random.default_rng(44)
+    y_pred = rand(rng, (3, 5, 7))
+    if not from_logits:
+        y_pred = np.abs(y_pred) + 0.05
+        y_pred[0, 0, 2] = 1e-9  # a clipped probability
+    targets = rng.random((3, 5, 7)).astype(y_pred.dtype)
+    ids = rng.integers(0, 7, (3, 5)).astype(np.int32)
+    tol = dict(rtol=2e-4, atol=2e-5) if backend.dtype == np.float32 else 1e-10
+
+    def ref(*a):
+        return crossentropy_rows_ref(*a, dtype=backend.dtype)
+
+    check_op(backend, "crossentropy_rows", "categorical_crossentropy", targets, y_pred,
+             from_logits, True, ref=ref, rtol=tol)
+    check_op(backend, "crossentropy_rows", "sparse_categorical_crossentropy", ids, y_pred,
+             from_logits, True, ref=ref, rtol=tol)
+    _, (losses, grad) = check_op(backend, "crossentropy_rows", "categorical_crossentropy",
+                                 targets, y_pred, from_logits, False, ref=ref, rtol=tol)
+    assert grad is None and losses.shape == (3, 5)
+    with pytest.raises(ValueError, match="crossentropy_rows"):
+        backend.op("crossentropy_rows")("sparse_categorical_crossentropy",
+                                        backend.up(ids + 7), backend.up(y_pred), True, True)
+    with pytest.raises(ValueError, match="crossentropy_rows: 'name'"):
+        backend.op("crossentropy_rows")("huber", backend.up(targets), backend.up(y_pred),
+                                        True, True)
+
+
+# -- opss: keras.ops.ctc_loss's per-sample op (tests/test_ops_structural.py tests the op) --
+def test_ctc_loss_samples_on_backend(backend):
+    from tests.reference.loss_ref import ctc_loss_samples_ref
+
+    rng = np.random.default_rng(43)
+    labels = np.array([[1, 2, 2, 0], [3, 0, 0, 0], [0, 0, 0, 0], [2, 1, 3, 1]], np.int32)
+    y_pred = rand(rng, (4, 9, 5))
+    weights = np.array([0.5, 2.0, 1.0, -1.5], y_pred.dtype)
+    tol = dict(rtol=2e-4, atol=2e-5)
+    check_op(backend, "ctc_loss_samples", labels, y_pred, True, None,
+             ref=ctc_loss_samples_ref, rtol=tol)
+    check_op(backend, "ctc_loss_samples", labels, y_pred, True, weights,
+             ref=ctc_loss_samples_ref, rtol=tol)
+    _, (losses, grad) = check_op(backend, "ctc_loss_samples", labels, y_pred, False, None,
+                                 ref=ctc_loss_samples_ref, rtol=tol)
+    assert grad is None and losses.shape == (4,)
+    with pytest.raises(ValueError, match="ctc_loss_samples"):
+        backend.op("ctc_loss_samples")(backend.up(labels[:, :1] + 7), backend.up(y_pred),
+                                       True, None)

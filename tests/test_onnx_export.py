@@ -1477,6 +1477,57 @@ def test_spectral_normalization():
     check_export(model, x)
 
 
+# -- applications (branch appsA): OpLayer's arithmetic (MobileNetV3's hard sigmoid) --
+def test_op_layer_arithmetic():
+    inputs = pynn.Input((5, 5, 3))
+    x = L.Conv2D(4, 3, name="conv")(inputs)
+    gate = L.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)
+    y = (2.0 - gate) / 4.0 + L.GlobalAveragePooling2D(keepdims=True)(x) - x
+    model = pynn.Model(inputs, L.Flatten()(y))
+    proto = check_export(model, rand((3, 5, 5, 3)))
+    assert {"Add", "Sub", "Mul", "Div"} <= set(op_types(proto))
+
+
+def test_op_layer_other_ops_refused():
+    inputs = pynn.Input((4,))
+    model = pynn.Model(inputs, pynn.ops.exp(L.Dense(3)(inputs)))
+    with pytest.raises(ValueError, match="OpLayer .* cannot be exported: ONNX export writes"):
+        pynn.onnx.export(model)
+
+
+# -- linalg (branch linalg) --
+def test_linalg_det_op_node():
+    from pynn import ops
+    x = pynn.Input((4, 4))
+    d = ops.linalg.det(x)
+    model = pynn.Model(x, d)
+    a = np.random.default_rng(5).standard_normal((3, 4, 4)).astype(np.float32)
+    a += 3 * np.eye(4, dtype=np.float32)
+    proto = check_export(model, a)
+    assert "Det" in [n.op_type for n in proto.graph.node]
+
+
+def test_linalg_op_nodes_without_onnx_form_refused_by_name():
+    from pynn import ops
+    x = pynn.Input((4, 4))
+    model = pynn.Model(x, ops.linalg.inv(x))
+    with pytest.raises(ValueError, match=r"cannot be exported: pynn.ops.inv has no ONNX form"):
+        pynn.onnx.export(model)
+
+
+# -- lookup: MaxNumBoundingBoxes exports as the identity on images; CLAHE is refused --
+def test_max_num_bounding_boxes_is_the_identity():
+    check_export(seq((6, 5, 3), L.MaxNumBoundingBoxes(3, bounding_box_format="xyxy"),
+                     L.Flatten(), L.Dense(2)), rand((2, 6, 5, 3)))
+
+
+def test_clahe_is_refused_by_name():
+    model = seq((8, 8, 3), L.ContrastLimitedAdaptiveHistogramEqualization(name="eq"),
+                L.Flatten(), L.Dense(1))
+    with pytest.raises(ValueError, match="'eq'.*cannot be exported: ONNX has no histogram"):
+        pynn.onnx.export(model)
+
+
 # -- applications (branch appsB): Keras's application layers and binary op nodes --
 def test_application_layers_and_binary_op_nodes():
     inp = L.Input((5, 4, 6))
@@ -1498,10 +1549,3 @@ def test_applications(name, shape):
                                         classifier_activation=None)
     x = np.random.default_rng(5).uniform(0.0, 255.0, (2,) + shape).astype(np.float32)
     check_export(model, x)
-
-
-def test_op_node_without_an_onnx_form_is_named():
-    inp = L.Input((4,))
-    model = pynn.Model(inp, pynn.ops.add(L.Dense(3, name="d")(inp), 2.0))
-    with pytest.raises(ValueError, match="OpLayer '.*' cannot be exported: of op nodes only"):
-        pynn.onnx.export(model)

@@ -203,7 +203,8 @@ target = os.path.join(workdir, "case.pynn")
 deadline = time.monotonic() + seconds
 cases = outcomes = 0
 counts = {}
-while time.monotonic() < deadline:
+# at least 24 cases however loaded the machine is; then as many as the time allows
+while cases < 24 or time.monotonic() < deadline:
     source, data = seeds[cases % len(seeds)]
     mutated, what = mutate(rng, data)
     if rng.random() < 0.3:
@@ -377,7 +378,8 @@ resource.setrlimit(resource.RLIMIT_AS, (vm_bytes() + BUDGET, resource.RLIM_INFIN
 rng = random.Random(seed)
 deadline = time.monotonic() + seconds
 cases = 0; counts = {}
-while time.monotonic() < deadline:
+# at least 12 cases however loaded the machine is; then as many as the time allows
+while cases < 12 or time.monotonic() < deadline:
     model, src, suffix, data = seeds[cases % len(seeds)]
     target = os.path.join(workdir, f"case{suffix}")
     kind = rng.random()

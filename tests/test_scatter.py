@@ -24,7 +24,7 @@ def _grouping(rng, m, n):
     return starts, np.argsort(ids, kind="stable")
 
 
-@pytest.mark.parametrize("op", ["sum", "max"])
+@pytest.mark.parametrize("op", ["sum", "max", "prod"])  # opsm: prod
 @pytest.mark.parametrize("m,n,d", [(7, 3, 5), (33, 31, 1), (65, 4, 7), (1, 5, 3), (0, 2, 3)])
 def test_segment_reduce_forward(target, op, m, n, d):
     rng = np.random.default_rng(m + n + d)
@@ -118,7 +118,7 @@ def test_bad_operands_name_the_op():
     with pytest.raises(ValueError, match=r"segment_reduce_forward: 'starts' must rise"):
         cpu.segment_reduce_forward(data, np.array([0, 2, 1, 2]), np.array([0, 1]), "sum")
     with pytest.raises(ValueError, match=r"segment_reduce_forward: 'op' must be one of sum, "
-                                         r"max, got 'min'"):
+                                         r"max, prod, got 'min'"):
         cpu.segment_reduce_forward(data, np.array([0, 1]), np.array([0]), "min")
     with pytest.raises(ValueError, match=r"gather_rows: 'src' must be 2-D \(rows, D\), got "
                                          r"shape \(4,\)"):

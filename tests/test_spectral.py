@@ -149,6 +149,28 @@ def test_stft_backward(target, rng, n, t, stride):
              ref=ref.stft_backward_ref, rtol=1e-4 if target.is_opencl else tol(target) * 10)
 
 
+# -- opss: stft_backward is also the inverse real transform (pynn.ops.irfft/istft run on it):
+# the half spectrum weighted 1/N at DC and Nyquist, 2/N between, gives NumPy's irfft of every
+# frame, times the window, overlap-added --
+@pytest.mark.parametrize("n,t,stride", STFT_GEOMETRIES)
+def test_stft_backward_is_the_inverse_real_transform(target, rng, n, t, stride):
+    frames = (t - n) // stride + 1
+    dre, dim = pair(rng, (3, frames, n // 2 + 1), target.dtype)
+    window = rand(rng, (n,), target.dtype)
+    weights = np.full(n // 2 + 1, 2.0 / n)
+    weights[0] = 1.0 / n
+    if n % 2 == 0:
+        weights[-1] = 1.0 / n
+    spectrum = (dre + 1j * dim).astype(np.complex128)
+    want = np.zeros((3, t))
+    starts = np.arange(frames) * stride
+    np.add.at(want, (slice(None), (starts[:, None] + np.arange(n)).reshape(-1)),
+              (np.fft.irfft(spectrum, n, axis=-1) * window).reshape(3, -1))
+    scaled = [(a * weights).astype(target.dtype) for a in (dre, dim)]
+    check_op(target, "stft_backward", *scaled, window, stride, t, ref=want,
+             rtol=1e-4 if target.is_opencl else tol(target) * 10)
+
+
 def test_stft_is_torchs(rng):
     torch = pytest.importorskip("torch")
     x, window = rng.standard_normal((2, 200)), np.hanning(64)

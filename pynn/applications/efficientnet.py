@@ -70,7 +70,7 @@ def EfficientNet(width_coefficient, depth_coefficient, default_size, dropout_rat
 
     x = Rescaling(1.0 / 255.0)(img_input)
     x = Normalization(axis=3)(x)
-    x = ZeroPadding2D(padding=rules.correct_pad(x.shape, 3), name="stem_conv_pad")(x)
+    x = ZeroPadding2D(padding=rules.correct_pad(x, 3), name="stem_conv_pad")(x)
     x = Conv2D(round_filters(32), 3, strides=2, padding="valid", use_bias=False,
                kernel_initializer=CONV_KERNEL_INITIALIZER, name="stem_conv")(x)
     x = BatchNormalization(axis=3, name="stem_bn")(x)
@@ -124,7 +124,7 @@ def block(inputs, activation="swish", drop_rate=0.0, name="", filters_in=32, fil
         x = inputs
 
     if strides == 2:  # TF's 'same' padding, explicit, before a 'valid' strided conv
-        x = ZeroPadding2D(padding=rules.correct_pad(x.shape, kernel_size),
+        x = ZeroPadding2D(padding=rules.correct_pad(x, kernel_size),
                           name=f"{name}dwconv_pad")(x)
         conv_pad = "valid"
     else:

@@ -95,7 +95,7 @@ def _separable_conv_block(ip, filters, kernel_size=(3, 3), strides=(1, 1), block
     BN."""
     x = Activation("relu")(ip)
     if strides == (2, 2):
-        x = ZeroPadding2D(padding=rules.correct_pad(x.shape, kernel_size),
+        x = ZeroPadding2D(padding=rules.correct_pad(x, kernel_size),
                           name=f"separable_conv_1_pad_{block_id}")(x)
         conv_pad = "valid"
     else:
@@ -178,7 +178,7 @@ def _reduction_a_cell(ip, p, filters, block_id=None):
                name=f"reduction_conv_1_{block_id}", use_bias=False,
                kernel_initializer="he_normal")(h)
     h = BatchNormalization(name=f"reduction_bn_1_{block_id}", **_BN)(h)
-    h3 = ZeroPadding2D(padding=rules.correct_pad(h.shape, 3),
+    h3 = ZeroPadding2D(padding=rules.correct_pad(h, 3),
                        name=f"reduction_pad_1_{block_id}")(h)
 
     x1_1 = _separable_conv_block(h, filters, (5, 5), strides=(2, 2),

@@ -7,7 +7,7 @@ Where an op lives: one name, five places
 An op of family F (dense, conv, pool, activation, loss, metric, dropout, optim, rnn,
 merge, spatial, shape, normalization, depthwise,
 preprocessing, sparse, quant, elementwise, rnn_mask, bf16, attention,
-augment_mix) named ``<op>`` is,
+augment_mix, linalg) named ``<op>`` is,
 under that same name:
 - ``native/F.pyx``: the CPU kernel, exported as ``pynn._native.F.<op>``;
 - ``opencl/F.cl``: its OpenCL kernels, driven by ``pynn/backend/opencl/F.py``;
@@ -93,11 +93,19 @@ ELEMENTWISE_UNARY = ("negative", "abs", "sign", "exp", "expm1", "log", "log1p", 
                      "sinh", "cosh", "tanh", "arcsinh", "arccosh", "arctanh", "floor", "ceil",
                      "round",
                      # -- opsk: keras.ops' special functions (appended: codes keep numbers) --
-                     "erf", "erfc", "erfinv")
+                     "erf", "erfc", "erfinv",
+                     # -- opsm: keras.ops' i0 and its derivative i1 (codes appended) --------
+                     "i0", "i1")
 # Comparisons give 1.0 / 0.0 in the operands' float dtype (masks for gradients).
 ELEMENTWISE_BINARY = ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power",
-                      "arctan2", "equal", "greater", "greater_equal", "less", "less_equal")
+                      "arctan2", "equal", "greater", "greater_equal", "less", "less_equal",
+                      # -- opsm: keras.ops.nextafter (appended: codes keep numbers) --
+                      "nextafter")
 REDUCTIONS = ("sum", "max", "min", "prod")
+# -- opsm: integer ops on int32 (and int64 on the CPU), NumPy's results (codes are the index)
+INTEGER_BINARY = ("bitwise_and", "bitwise_or", "bitwise_xor", "left_shift", "right_shift",
+                  "gcd", "lcm")
+INTEGER_UNARY = ("invert",)
 
 # -- merge: the elementwise modes of merge_forward / merge_backward (Keras's Add, Subtract,
 # Multiply, Average, Maximum, Minimum layers).
@@ -123,6 +131,9 @@ OPS = {
     "elementwise_binary": ("a", "b", "op"),
     # op over ``axes`` (None: all), in the operand's dtype, accumulated in order per output.
     "reduce_axes": ("x", "axes", "op", "keepdims"),
+    # -- opsm: y = op(a, b) on integers of one dtype, broadcasting; y = op(x) (invert) --
+    "integer_binary": ("a", "b", "op"),
+    "integer_unary": ("x", "op"),
     # -- arrays ---------------------------------------------------------------------------
     "asarray": ("x", "dtype"),                 # host data -> backend array (copy/upload)
     "to_numpy": ("a",),                        # backend array -> numpy.ndarray (download)
@@ -281,6 +292,12 @@ OPS = {
     "ctc_loss_forward_backward": ("y_true", "y_pred", "need_grad", "sample_weight"),
     "circle_loss_forward_backward": ("y_true", "y_pred", "gamma", "margin", "remove_diagonal",
                                      "need_grad", "sample_weight"),
+    # -- opss: keras.ops.ctc_loss: (losses (B,), grad or None) of the same recursion, each
+    # sample's weighted loss and d(their sum)/d(y_pred), not averaged
+    "ctc_loss_samples": ("y_true", "y_pred", "need_grad", "sample_weight"),
+    # -- opss: keras.ops.categorical/sparse_categorical_crossentropy: (losses y_pred.shape[:-1],
+    # grad or None), each row's loss of loss_forward_backward and d(their sum)/d(y_pred)
+    "crossentropy_rows": ("name", "y_true", "y_pred", "from_logits", "need_grad"),
     # -- metrics (native/metric.pyx, opencl/metric.cl) ----------------------------------
     # Counts over a batch, summed by the caller. mode: "binary" (threshold), "categorical"
     # (one-hot y_true), "sparse" (int labels). Returns an int.
@@ -683,6 +700,14 @@ OPS.update({
 OPS.update({
     "color_transform_forward": ("x", "transform", "params", "value_range", "bins"),
 })
+# -- clahe: Keras 3's ContrastLimitedAdaptiveHistogramEqualization (color family) --
+# x (N,H,W,C) -> y shaped as x: tile_grid_size (GH, GW) tiles of ceil(H/GH) x ceil(W/GW)
+# pixels (the image edge-padded to whole tiles), each tile's histogram of Keras's 256 levels
+# of x over value_range clipped at trunc(clip_limit * tile pixels / 256) (none when
+# clip_limit <= 0), every pixel blended from its four nearest tiles' cdfs. No backward.
+OPS.update({
+    "clahe_forward": ("x", "value_range", "clip_limit", "tile_grid_size"),
+})
 
 # -- opt: Keras 3's Lamb, Adafactor and Muon (native/optim.pyx, opencl/optim.cl) ----------------
 # Each clips and decays as the other *_update ops, then needs whole-tensor reductions inside
@@ -777,6 +802,7 @@ OPS.update({
 OPS.update({
     # -> (len(starts) - 1, D): segment s folds data[order[starts[s]:starts[s+1]]] in order,
     # op 'sum' (empty: 0) or 'max' (empty: -inf).
+    # -- opsm: or 'prod' (empty: 1), keras.ops.segment_prod --
     "segment_reduce_forward": ("data", "starts", "order", "op"),
     # -> (len(rows), D): src[rows[m]], zeros where rows[m] is -1.
     "gather_rows": ("src", "rows"),
@@ -794,6 +820,28 @@ OPS.update({
     "take_along_rows": ("x", "index"),
     # -> (R, n): zeros with src[r, j] at index[r, j] (distinct per row): the gradients.
     "put_along_rows": ("src", "index", "n"),
+})
+
+# -- linalg (branch linalg; native/linalg.pyx, opencl/linalg.cl): keras.ops.linalg on stacks
+# of small dense matrices (..., m, n), one matrix per work unit; right-hand sides (..., n, k)
+# carry a's batch. Pivots and info are int32; info is read by the caller (pynn.ops.linalg).
+OPS.update({
+    # -> (L lower, info (B,)): info the order of the first non-positive-definite minor (0: none).
+    "cholesky_forward": ("a",),
+    # -> (LU, pivots (..., n) 0-based row swaps, info (B,) first zero pivot 1-based, 0: none).
+    "lu_factor_forward": ("a",),
+    # x of A x = b (transpose: A^T x = b) from lu_factor_forward's LU and pivots.
+    "lu_solve_forward": ("lu", "pivots", "b", "transpose"),
+    # -> (sign, log|det|) shaped as the batch; a zero pivot gives (0, -inf).
+    "lu_slogdet_forward": ("lu", "pivots"),
+    # x of op(A) x = b, op(A) = A or A^T, only A's lower (else upper) triangle read.
+    "triangular_solve_forward": ("a", "b", "lower", "transpose", "unit_diagonal"),
+    # -> (Q, R) Householder with LAPACK's signs: reduced, or complete (Q (..., m, m)).
+    "qr_forward": ("a", "complete"),
+    # -> (w ascending, v eigenvectors as columns) of the symmetric matrix in a's lower triangle.
+    "eigh_forward": ("a",),
+    # -> (U, s descending, Vh); U and Vh None unless compute_uv.
+    "svd_forward": ("a", "full_matrices", "compute_uv"),
 })
 
 # The constraint_inplace kinds (pynn/constraints.py), codes in this order.

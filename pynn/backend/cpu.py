@@ -174,6 +174,8 @@ from pynn._native.quant import int8_conv2d_forward, int8_max_pool2d  # noqa: F40
 from pynn._native.elementwise import (  # noqa: F401
     elementwise_binary, elementwise_unary, reduce_axes,
 )
+# -- opsm: integer ops (bitwise, shifts, gcd/lcm) --
+from pynn._native.elementwise import integer_binary, integer_unary  # noqa: F401, E402
 # -- attention (MultiHeadAttention's core) --
 from pynn._native.attention import attention_backward, attention_forward  # noqa: F401
 # -- conv3d (Keras 3's Conv3D and Conv3DTranspose) --
@@ -183,6 +185,8 @@ from pynn._native.conv3d import (  # noqa: F401
 )
 # -- color (Keras 3's colour augmentation layers) --
 from pynn._native.color import color_transform_forward  # noqa: F401
+# -- clahe: Keras 3's ContrastLimitedAdaptiveHistogramEqualization (color family) --
+from pynn._native.color import clahe_forward  # noqa: F401
 # -- spectral (branch audio: Keras 3's STFTSpectrogram and MelSpectrogram) --
 from pynn._native.spectral import (  # noqa: F401
     power_to_db_backward, power_to_db_forward, reflect_pad1d_backward, reflect_pad1d_forward,
@@ -196,6 +200,11 @@ from pynn._native.scan import cumprod_backward, scan_forward  # noqa: F401
 from pynn._native.scatter import gather_rows, segment_reduce_forward, select_rows  # noqa: F401
 # -- sort (branch opsk: keras.ops' sort/argsort/top_k) --
 from pynn._native.sort import argsort_rows, put_along_rows, take_along_rows  # noqa: F401
+# -- linalg (branch linalg: keras.ops.linalg) --
+from pynn._native.linalg import (  # noqa: F401
+    cholesky_forward, eigh_forward, lu_factor_forward, lu_slogdet_forward, lu_solve_forward,
+    qr_forward, svd_forward, triangular_solve_forward,
+)
 from pynn.backend.operands.common import host_array
 
 NAME = "cpu"
@@ -264,3 +273,5 @@ from pynn._native.loss import (  # noqa: F401, E402
 from pynn._native.optim import adafactor_update, lamb_update, muon_update  # noqa: F401
 # -- misc: Keras 3's ScheduleFreeAdamW --
 from pynn._native.optim import schedule_free_adamw_update  # noqa: F401,E402
+# -- opss: keras.ops.ctc_loss's per-sample losses (loss family) --
+from pynn._native.loss import crossentropy_rows, ctc_loss_samples  # noqa: F401,E402

@@ -570,38 +570,67 @@ def _check_masks(model, masked, where):
                              f"reproduce this model's masking", CONFIG_NAME)
 
 
-# -- applications (branch appsB): Keras 3's binary op nodes (ConvNeXt's ``inputs + branch``),
-# module keras.src.ops.numpy, as pynn.ops' op nodes (OpLayer) and back --
-_KERAS_BINARY_OPS = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply"}
-_OP_ARGS = [{"tensor": 0}, {"tensor": 1}]
+# -- applications (branch appsA): keras.ops' arithmetic nodes of a functional graph (Keras's
+# MobileNetV3 gates with ReLU6(x + 3) * (1/6)) as pynn's OpLayer, both ways --
+_KERAS_NUMPY_OPS = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply",
+                    "Divide": "divide", "TrueDivide": "true_divide"}
+_PYNN_TO_KERAS_OPS = {op: name for name, op in _KERAS_NUMPY_OPS.items()}
 
 
-def _binary_op_entry(e):
-    """A Keras op node of two tensors as pynn's OpLayer entry, called on their list; any
-    other entry as it is."""
-    if not (isinstance(e, dict) and e.get("class_name") in _KERAS_BINARY_OPS):
-        return e
-    # a legacy .h5 names no module; there an op's config, unlike a layer's, has no trainable
-    legacy_op = "module" not in e and "trainable" not in (e.get("config") or {})
-    if e.get("module") != "keras.src.ops.numpy" and not legacy_op:
-        return e
-    nodes = e.get("inbound_nodes") or []
-    if not all(isinstance(n, dict) and not n.get("kwargs") and len(n.get("args") or []) == 2
-               and all(isinstance(a, dict) and a.get("class_name") == "__keras_tensor__"
-                       for a in n["args"]) for n in nodes):
-        return e
-    name = e.get("name", (e.get("config") or {}).get("name"))
-    return {"class_name": "OpLayer", "name": name,
-            "config": {"name": name, "op": _KERAS_BINARY_OPS[e["class_name"]],
-                       "args": list(_OP_ARGS), "kwargs": {}},
-            "inbound_nodes": [{"args": [list(n["args"])], "kwargs": {}} for n in nodes]}
+def _legacy_op(entry):
+    # -- applications (branch appsB): Keras 3's legacy .h5 names no module; there an op
+    # node's config, unlike a layer's, holds no trainable
+    return "module" not in entry and "trainable" not in (entry.get("config") or {})
 
 
-def _keras_binary_op(layer):
-    """The Keras class of a pynn op node Keras writes as an op of two tensors, or None."""
-    if type(layer).__name__ != "OpLayer" or layer.op_args != _OP_ARGS or layer.op_kwargs:
+def _op_layer_entry(entry, where):
+    """A Keras 3 op node of ``_KERAS_NUMPY_OPS`` (module keras.src.ops.numpy, called on two
+    operands: tensors or numbers) as an OpLayer entry; any other entry as it is."""
+    if not (isinstance(entry, dict) and entry.get("class_name") in _KERAS_NUMPY_OPS
+            and (entry.get("module") == "keras.src.ops.numpy" or _legacy_op(entry))):
+        return entry
+    name = entry.get("name", (entry.get("config") or {}).get("name"))
+    nodes = []
+    for node in entry.get("inbound_nodes") or []:
+        args = node.get("args") if isinstance(node, dict) else None
+        if (not isinstance(args, list) or len(args) != 2 or node.get("kwargs")
+                or not all(isinstance(a, (int, float)) or _tensor_refs(a) for a in args)
+                or any(isinstance(a, bool) for a in args)):
+            raise where.fail(f"op node '{name}' ({entry['class_name']}) is called with "
+                             f"arguments pynn does not take ({args!r}); pynn reads two "
+                             f"operands, tensors or numbers", CONFIG_NAME)
+        nodes.append(args)
+    if not nodes:
+        raise where.fail(f"op node '{name}' ({entry['class_name']}) is never called",
+                         CONFIG_NAME)
+    if any([isinstance(a, dict) for a in args] != [isinstance(a, dict) for a in nodes[0]]
+           or [a for a in args if not isinstance(a, dict)]
+           != [a for a in nodes[0] if not isinstance(a, dict)] for args in nodes[1:]):
+        raise where.fail(f"op node '{name}' is called with other constants in another call; "
+                         f"pynn's OpLayer keeps one set", CONFIG_NAME)
+    tensors = iter(range(2))
+    template = [{"tensor": next(tensors)} if isinstance(a, dict) else float(a)
+                for a in nodes[0]]
+    calls = []
+    for args in nodes:
+        refs = [a for a in args if isinstance(a, dict)]
+        calls.append({"args": [refs if len(refs) > 1 else refs[0]], "kwargs": {}})
+    return {"class_name": "OpLayer", "name": name, "inbound_nodes": calls,
+            "config": {"name": name, "op": _KERAS_NUMPY_OPS[entry["class_name"]],
+                       "args": template, "kwargs": {}}}
+
+
+def _keras_op_spec(layer):
+    """Keras 3's op node entry of an OpLayer of ``_PYNN_TO_KERAS_OPS`` on two operands,
+    else None."""
+    if type(layer).__name__ != "OpLayer" or layer.op not in _PYNN_TO_KERAS_OPS \
+            or layer.op_kwargs or len(layer.op_args) != 2 \
+            or not all(isinstance(a, (int, float)) or (isinstance(a, dict) and set(a) == {"tensor"})
+                       for a in layer.op_args):
         return None
-    return next((k for k, v in _KERAS_BINARY_OPS.items() if v == layer.op), None)
+    name = _PYNN_TO_KERAS_OPS[layer.op]
+    return {"module": "keras.src.ops.numpy", "class_name": name, "config": {"name": layer.name},
+            "registered_name": name}
 
 
 def _functional_config(config, where):
@@ -609,7 +638,7 @@ def _functional_config(config, where):
     if not isinstance(entries, list):
         raise where.fail("the model config has no 'layers' list", CONFIG_NAME)
     entries, masked = _drop_mask_ops(entries, where)
-    entries = [_binary_op_entry(e) for e in entries]  # -- applications (branch appsB) --
+    entries = [_op_layer_entry(e, where) for e in entries]  # applications: Keras's op nodes
     names = [e.get("name", (e.get("config") or {}).get("name")) if isinstance(e, dict) else None
              for e in entries]
     # calls first: a MultiHeadAttention's call options join its config (_calls)
@@ -1174,10 +1203,8 @@ def _keras_layer_spec(layer, with_build=True):
     cls = type(layer).__name__
     if isinstance(layer, Model):
         return keras_model_spec(layer)
-    if _keras_binary_op(layer):  # -- applications (branch appsB): an op node of Keras's --
-        op = _keras_binary_op(layer)
-        return {"module": "keras.src.ops.numpy", "class_name": op,
-                "config": {"name": layer.name}, "registered_name": op}
+    if _keras_op_spec(layer) is not None:  # applications: Keras's op nodes
+        return _keras_op_spec(layer)
     if cls in _NOT_KERAS_LAYERS or LAYERS.get(cls) is not type(layer):
         why = _NOT_KERAS_LAYERS.get(cls, "it is a custom layer, which Keras could open only "
                                          "with its Python class")
@@ -1210,8 +1237,9 @@ def _keras_layer_spec(layer, with_build=True):
 def _keras_call(node, node_index):
     """Keras 3's inbound node of one pynn node."""
     layer = node.layer
-    if _keras_binary_op(layer):  # -- applications (branch appsB): Keras's op takes 2 args --
-        return {"args": [_tensor(t, node_index) for t in node.inputs], "kwargs": {}}
+    if _keras_op_spec(layer) is not None:  # applications: an op node's operands in place
+        return {"args": [_tensor(node.inputs[a["tensor"]], node_index) if isinstance(a, dict)
+                         else a for a in layer.op_args], "kwargs": {}}
     if type(layer).__name__ in _HEADS_ATTENTION:
         options = layer._call_options
         tensors = [_tensor(t, node_index) for t in node.inputs]

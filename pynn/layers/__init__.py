@@ -293,6 +293,25 @@ from pynn.layers.augment_policy import AugMix  # noqa: E402
 
 LAYERS["AugMix"] = AugMix
 __all__ += ["AugMix"]
+# -- lookup: Keras 3's Hashing, HashedCrossing, StringLookup, IntegerLookup (host preprocessing) --
+from pynn.layers.lookup import (  # noqa: E402
+    HashedCrossing, Hashing, IntegerLookup, StringLookup,
+)
+
+LAYERS.update({cls.__name__: cls for cls in (Hashing, HashedCrossing, StringLookup,
+                                              IntegerLookup)})
+__all__ += ["Hashing", "HashedCrossing", "StringLookup", "IntegerLookup"]
+# -- clahe: Keras 3's ContrastLimitedAdaptiveHistogramEqualization (color family) --
+from pynn.layers.color import ContrastLimitedAdaptiveHistogramEqualization  # noqa: E402
+
+LAYERS["ContrastLimitedAdaptiveHistogramEqualization"] = \
+    ContrastLimitedAdaptiveHistogramEqualization
+__all__ += ["ContrastLimitedAdaptiveHistogramEqualization"]
+# -- lookup: Keras 3's MaxNumBoundingBoxes (bounding-box dict inputs; the identity on images) --
+from pynn.layers.bounding_boxes import MaxNumBoundingBoxes  # noqa: E402
+
+LAYERS["MaxNumBoundingBoxes"] = MaxNumBoundingBoxes
+__all__ += ["MaxNumBoundingBoxes"]
 # -- applications (branch appsB): the layers Keras's applications define, by Keras's names --
 from pynn.layers.applications import CustomScaleLayer, LayerScale, StochasticDepth  # noqa: E402
 LAYERS.update({cls.__name__: cls for cls in (LayerScale, StochasticDepth, CustomScaleLayer)})

@@ -59,6 +59,32 @@ def _physical_memory():
         return sys.maxsize
 
 
+def _free_memory():
+    """Bytes that can still be written without swapping or the container's OOM killer:
+    MemAvailable plus free swap, capped by the cgroup's headroom (None where unknown)."""
+    free = None
+    try:
+        with open("/proc/meminfo") as f:
+            fields = {k: int(v.split()[0]) * 1024 for k, v in
+                      (line.split(":", 1) for line in f if ":" in line)}
+        free = fields["MemAvailable"] + fields.get("SwapFree", 0)
+    except (OSError, KeyError, ValueError):
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            with open("/sys/fs/cgroup/memory.current") as f:
+                free = min(free, int(limit) - int(f.read()))
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+# Below this a weight is drawn without asking the kernel how much memory is left.
+_FREE_MEMORY_CHECK_BYTES = 64 << 20
+
+
 def _base_backward(fn):
     """Marks the base classes' ``backward``: a subclass that inherits only these has no
     backward of its own, so its ``call`` is traced (pynn.autodiff.traced_call)."""
@@ -222,6 +248,13 @@ class Layer:
         if nbytes > _physical_memory():
             raise MemoryError(f"{what}: more than this machine's "
                               f"{_physical_memory() / 2**30:.1f} GiB of memory")
+        # Each weight may fit the machine while the model's weights together do not: the
+        # earlier ones are written already, so what is left now decides (the alternative is
+        # the OOM killer taking the process halfway through building).
+        free = _free_memory() if nbytes > _FREE_MEMORY_CHECK_BYTES else None
+        if free is not None and nbytes > free:
+            raise MemoryError(f"{what}: only {max(free, 0) / 2**30:.1f} GiB of memory is free "
+                              f"(with the weights built so far)")
         try:
             return init(shape, dtype=self.dtype)
         except MemoryError:
@@ -308,6 +341,28 @@ class Layer:
             raise ValueError(f"Layer '{self.name}' ({type(self).__name__}){what} "
                              f"{shape_str(expected)}, got {shape_str((None,) + shape[1:])}")
 
+    def _arrays_of(self, inputs):
+        """The call's input as arrays: a nested list of numbers is one input (as NumPy reads
+        it), a list that holds arrays is several inputs (the merge layers'), and anything
+        NumPy cannot read as numbers is refused here rather than deep inside a kernel."""
+        if isinstance(inputs, (list, tuple)):
+            if not any(hasattr(x, "shape") for x in inputs):
+                return self._numeric_array(inputs, "input")
+            return [x if hasattr(x, "shape") else self._numeric_array(x, f"input {i}")
+                    for i, x in enumerate(inputs)]
+        return inputs if hasattr(inputs, "shape") else self._numeric_array(inputs, "input")
+
+    def _numeric_array(self, value, which):
+        try:
+            array = np.asarray(value)
+        except (ValueError, TypeError) as e:  # ragged nesting
+            raise TypeError(f"Layer '{self.name}' ({type(self).__name__}): {which} must be an "
+                            f"array or a nested list of numbers of one shape ({e})") from None
+        if array.dtype.kind in "biufc" and array.ndim == 0:
+            raise TypeError(f"Layer '{self.name}' ({type(self).__name__}): {which} must be an "
+                            f"array with a batch axis, got the scalar {value!r}")
+        return array  # strings go on to the text layers, which check them
+
     def __call__(self, inputs, training=None, **kwargs):
         """Eager on arrays; on the symbolic tensors of ``pynn.Input`` it records a node of a
         functional graph instead and returns symbolic outputs.
@@ -320,7 +375,8 @@ class Layer:
         if kwargs and not self._traced:
             raise TypeError(f"Layer '{self.name}' ({type(self).__name__}): unexpected call "
                             f"arguments {sorted(kwargs)}")
-        several = isinstance(inputs, (list, tuple))
+        inputs = self._arrays_of(inputs)
+        several = isinstance(inputs, list)
         for x in inputs if several else (inputs,):
             if is_complex(x):
                 raise TypeError(f"Layer '{self.name}' ({type(self).__name__}): input must be "

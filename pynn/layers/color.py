@@ -381,3 +381,51 @@ class RandomColorJitter(_ColorLayer):
         return {**super().get_config(), "brightness_factor": self.brightness_factor,
                 "contrast_factor": self.contrast_factor,
                 "saturation_factor": self.saturation_factor, "hue_factor": self.hue_factor}
+
+
+# -- clahe: Keras 3's ContrastLimitedAdaptiveHistogramEqualization --------------------------
+class ContrastLimitedAdaptiveHistogramEqualization(_ColorLayer):
+    """Keras 3's CLAHE: each image's channels equalized per tile of a tile_grid_size grid
+    (histograms of the 256 levels over value_range, clipped at clip_limit times the mean
+    count, the excess spread evenly), every pixel blended bilinearly from its four nearest
+    tiles; one ``clahe_forward`` pass on the model's backend. Active in training and
+    inference, as Keras's. Keras's numbers are its torch backend's: the image is padded to
+    whole tiles by repeating its edge (torch's 'replicate' for Keras's 'symmetric') and the
+    clip limit is truncated to an integer (torch counts in int64)."""
+
+    ACTIVE_AT_INFERENCE = True
+
+    def __init__(self, value_range=(0, 255), clip_limit=4.0, tile_grid_size=(8, 8),
+                 data_format=None, **kwargs):
+        super().__init__(value_range=value_range, data_format=data_format, **kwargs)
+        if not self.value_range[0] < self.value_range[1]:
+            raise ValueError(f"{_name(self)}: value_range must have low < high, got "
+                             f"{value_range!r}")
+        if isinstance(clip_limit, bool) or not isinstance(clip_limit, numbers.Real) \
+                or not np.isfinite(clip_limit):
+            raise ValueError(f"{_name(self)}: clip_limit must be a finite number, got "
+                             f"{clip_limit!r}")
+        if not (isinstance(tile_grid_size, (tuple, list)) and len(tile_grid_size) == 2 and all(
+                isinstance(g, numbers.Integral) and not isinstance(g, bool) and g >= 1
+                for g in tile_grid_size)):
+            raise ValueError(f"{_name(self)}: tile_grid_size must be two positive ints "
+                             f"(height, width), got {tile_grid_size!r}")
+        self.clip_limit = float(clip_limit)
+        self.tile_grid_size = tuple(int(g) for g in tile_grid_size)
+
+    def transform_images(self, images, transformation=None, training=True):
+        try:
+            return backend.current().clahe_forward(images, self.value_range, self.clip_limit,
+                                                   self.tile_grid_size)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{_name(self)}: {exc}") from None
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("seed")   # Keras's CLAHE has no seed
+        config.update(clip_limit=self.clip_limit, tile_grid_size=list(self.tile_grid_size))
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**{k: v for k, v in config.items() if k != "seed"})

@@ -18,6 +18,16 @@ from pynn.ops.numpy_ops import convert_to_tensor
 # keras.ops breadth: more NumPy-like and neural-network ops, composed of the device ops
 from pynn.ops.numpy_extra import *
 from pynn.ops.nn_extra import *
+# -- opsm: keras.ops' remaining math (NaN reductions, quantiles, statistics, bitwise, ...)
+from pynn.ops.numpy_math import *
+# -- opss: keras.ops' remaining structural, FFT, control-flow and loss ops
+from pynn.ops.structural import *
+from pynn.ops.fft import *
+from pynn.ops.control_flow import *
+# keras.ops.linalg (branch linalg): the submodule, and its names at the top as Keras 3 has
+# them (with slogdet and logdet); its norm adds the SVD's ord 2, -2 and 'nuc'
+from pynn.ops import linalg
+from pynn.ops.linalg import *
 from pynn.variables import Variable
 
 __all__ = [*sorted(OPS), "Tensor", "convert_to_tensor"]  # noqa: PLE0604

@@ -81,6 +81,9 @@ def op(fn):
 
 # name -> the public op, for the functional graph's op nodes (saved by name, never as code).
 OPS = {}
+# Nonzero while OpLayer runs an op on its all-ones stand-ins for the output shape (branch
+# linalg: the factorisations then skip their singular / not-positive-definite errors).
+SHAPE_PROBE = [0]
 
 class OpLayer(Layer):
     """A ``pynn.ops`` op called on symbolic tensors: a weightless layer of the functional
@@ -135,7 +138,11 @@ class OpLayer(Layer):
                   for s in shapes]
         with np.errstate(all="ignore"):
             args, kwargs = self._fill(probes if several else probes[0])
-            out = OPS[self.op](*args, **kwargs)
+            SHAPE_PROBE[0] += 1  # (branch linalg) a singular probe is not the user's error
+            try:
+                out = OPS[self.op](*args, **kwargs)
+            finally:
+                SHAPE_PROBE[0] -= 1
         outs = out if isinstance(out, (list, tuple)) else [out]
         result = [(None,) + tuple(o.shape[1:]) if o.ndim else () for o in outs]
         return result if isinstance(out, (list, tuple)) else result[0]

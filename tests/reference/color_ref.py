@@ -103,3 +103,52 @@ def color_transform_forward_ref(x, transform, params=None, value_range=(0, 255),
         sat = np.clip(hsv[..., 1] * a[..., 0], lo, hi)
         return hsv_to_rgb_ref(np.stack([hsv[..., 0], sat, hsv[..., 2]], axis=-1))
     raise ValueError(transform)
+
+
+# -- clahe: Keras 3's ContrastLimitedAdaptiveHistogramEqualization --------------------------
+def clahe_forward_ref(x, value_range=(0, 255), clip_limit=4.0, tile_grid_size=(8, 8)):
+    """Keras's _clahe whole arrays at a time, in x's dtype: edge padding to whole tiles,
+    per-tile histograms of the int32 levels, clipping with the excess spread evenly, the
+    normalized cdf, and the bilinear blend of the four nearest tiles' tables."""
+    n, h, w, c = x.shape
+    gh, gw = tile_grid_size
+    th, tw = -(-h // gh), -(-w // gw)
+    v = _rescale(x, value_range, (0, 255))
+    # Keras's pad(mode="symmetric") is torch's 'replicate' on the torch backend.
+    padded = np.pad(v, [(0, 0), (0, th * gh - h), (0, tw * gw - w), (0, 0)], mode="edge")
+    levels = np.clip(np.trunc(np.nan_to_num(padded, nan=0.0)), 0, 255).astype(np.int64)
+    tiles = levels.reshape(n, gh, th, gw, tw, c).transpose(0, 1, 3, 5, 2, 4)
+    tiles = tiles.reshape(n, gh, gw, c, th * tw)
+    hist = (tiles[..., None] == np.arange(256)).sum(axis=-2).astype(x.dtype)
+    if clip_limit > 0:
+        # Keras on torch: one_hot counts in int64, so the limit is cast (truncated) to int.
+        limit = x.dtype.type(int(clip_limit * (th * tw) / 256.0))
+        clipped = np.minimum(hist, limit)
+        hist = clipped + (hist - clipped).sum(axis=-1, keepdims=True) / x.dtype.type(256)
+    cdf = np.cumsum(hist, axis=-1)
+    cdf_min = cdf.min(axis=-1, keepdims=True)
+    den = x.dtype.type(th * tw) - cdf_min
+    den = np.where(den == 0, 1, den)
+    table = np.clip((cdf - cdf_min) * 255.0 / den, 0, 255).astype(x.dtype)
+    table = np.concatenate([table[:, :1], table, table[:, -1:]], axis=1)
+    table = np.concatenate([table[:, :, :1], table, table[:, :, -1:]], axis=2)
+
+    def grid(size, tile, count):
+        g = (np.arange(size, dtype=x.dtype) - x.dtype.type(tile / 2.0)) / x.dtype.type(tile) + 1
+        lo = np.floor(g)
+        return (np.clip(lo, 0, count + 1).astype(int), np.clip(lo + 1, 0, count + 1).astype(int),
+                g - lo)
+
+    y0, y1, wy = grid(h, th, gh)
+    x0, x1, wx = grid(w, tw, gw)
+    lev = levels[:, :h, :w, :]
+    b = np.arange(n)[:, None, None, None]
+    ch = np.arange(c)[None, None, None, :]
+    wy, wx = wy[None, :, None, None], wx[None, None, :, None]
+
+    def at(ty, tx):
+        return table[b, ty[None, :, None, None], tx[None, None, :, None], ch, lev]
+
+    top = at(y0, x0) * (1 - wx) + at(y0, x1) * wx
+    bottom = at(y1, x0) * (1 - wx) + at(y1, x1) * wx
+    return _rescale(top * (1 - wy) + bottom * wy, (0, 255), value_range).astype(x.dtype)

@@ -34,3 +34,22 @@ def elementwise_binary_ref(a, b, op):
 def reduce_axes_ref(x, axes, op, keepdims=False):
     axes = tuple(axes) if isinstance(axes, (list, tuple)) else axes
     return np.asarray(REDUCE[op](np.asarray(x, np.float64), axis=axes, keepdims=keepdims))
+# -- opsm: i0 and its derivative i1 (SciPy's, an independent method: Chebyshev expansions) --
+UNARY.update({"i0": lambda x: __import__("scipy.special").special.i0(x),
+              "i1": lambda x: __import__("scipy.special").special.i1(x)})
+# -- opsm: keras.ops.nextafter (its float32 step is checked in tests/test_ops_math.py)
+BINARY.update({"nextafter": np.nextafter})
+# -- opsm: the integer family (api.INTEGER_BINARY / INTEGER_UNARY): NumPy's own ufuncs --
+INTEGER_BINARY = {"bitwise_and": np.bitwise_and, "bitwise_or": np.bitwise_or,
+                  "bitwise_xor": np.bitwise_xor, "left_shift": np.left_shift,
+                  "right_shift": np.right_shift, "gcd": np.gcd, "lcm": np.lcm}
+INTEGER_UNARY = {"invert": np.invert}
+
+
+def integer_binary_ref(a, b, op):
+    with np.errstate(all="ignore"):
+        return INTEGER_BINARY[op](np.asarray(a), np.asarray(b))
+
+
+def integer_unary_ref(x, op):
+    return INTEGER_UNARY[op](np.asarray(x))

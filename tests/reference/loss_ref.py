@@ -370,6 +370,33 @@ def ctc_loss_forward_backward_ref(y_true, y_pred, need_grad=True, sample_weight=
                                      y_pred)
 
 
+def crossentropy_rows_ref(name, y_true, y_pred, from_logits=False, need_grad=True,
+                          dtype=np.float32):
+    """opss: (each row's categorical / sparse categorical cross-entropy, the gradient of
+    their sum or None): loss_forward_ref of each row alone, loss_backward_ref's mean
+    gradient times the number of rows (``dtype``: the kernel's, which sets the clip)."""
+    p = np.asarray(y_pred, dtype=np.float64)
+    k = p.shape[-1]
+    rows = p.size // k
+    p2, t2 = p.reshape(rows, k), np.asarray(y_true).reshape(rows, -1)
+    losses = np.array([loss_forward_ref(name, t2[i:i + 1], p2[i:i + 1], from_logits, None,
+                                        dtype) for i in range(rows)]).reshape(p.shape[:-1])
+    if not need_grad:
+        return losses, None
+    return losses, loss_backward_ref(name, y_true, y_pred, from_logits, None, dtype) * rows
+
+
+def ctc_loss_samples_ref(y_true, y_pred, need_grad=True, sample_weight=None):
+    """opss: (each sample's weighted loss, the gradient of their sum by central differences
+    of the float64 oracle, or None)."""
+    weights = 1.0 if sample_weight is None else np.asarray(sample_weight, np.float64)
+    losses = ctc_per_sample_ref(y_true, y_pred) * weights
+    if not need_grad:
+        return losses, None
+    return losses, numerical_loss_grad(
+        lambda x: float(np.sum(ctc_per_sample_ref(y_true, x) * weights)), y_pred)
+
+
 def circle_per_sample_ref(y_true, y_pred, gamma=80.0, margin=0.4, remove_diagonal=True):
     """Keras's circle (keras/src/losses/losses.py) on the batch as its own reference: the
     per-sample losses (0 where a sample has no positive or no negative pair)."""

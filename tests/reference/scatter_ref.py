@@ -7,11 +7,15 @@ import numpy as np
 def segment_reduce_forward_ref(data, starts, order, op):
     data = np.asarray(data, np.float64)
     n = len(starts) - 1
-    y = np.zeros((n, data.shape[1])) if op == "sum" else np.full((n, data.shape[1]), -np.inf)
+    fill = {"sum": 0.0, "max": -np.inf, "prod": 1.0}[op]  # opsm: prod
+    y = np.full((n, data.shape[1]), fill)
     for s in range(n):
         for k in range(starts[s], starts[s + 1]):
             row = data[order[k]]
-            y[s] = y[s] + row if op == "sum" else np.maximum(y[s], row)
+            if op == "prod":
+                y[s] = y[s] * row
+            else:
+                y[s] = y[s] + row if op == "sum" else np.maximum(y[s], row)
     return y
 
 

@@ -67,6 +67,8 @@ from pynn.backend.opencl.rnn import (  # noqa: F401
 from pynn.backend.opencl.elementwise import (  # noqa: F401
     elementwise_binary, elementwise_unary, reduce_axes,
 )
+# -- opsm: integer ops (bitwise, shifts, gcd/lcm) --
+from pynn.backend.opencl.elementwise import integer_binary, integer_unary  # noqa: F401
 # -- spatial and shape families --
 from pynn.backend.opencl.shape import (  # noqa: F401
     repeat_vector_backward, repeat_vector_forward, transpose_backward, transpose_forward,
@@ -162,6 +164,8 @@ from pynn.backend.opencl.loss import (  # noqa: F401
 )
 # -- color (Keras 3's colour augmentation layers) --
 from pynn.backend.opencl.color import color_transform_forward  # noqa: F401
+# -- clahe: Keras 3's ContrastLimitedAdaptiveHistogramEqualization (color family) --
+from pynn.backend.opencl.color import clahe_forward  # noqa: F401
 # -- opt: Keras 3's Lamb, Adafactor and Muon --
 from pynn.backend.opencl.optim import adafactor_update, lamb_update, muon_update  # noqa: F401
 # -- spectral (branch audio: Keras 3's STFTSpectrogram and MelSpectrogram) --
@@ -182,4 +186,11 @@ from pynn.backend.opencl.scatter import (  # noqa: F401
 # -- sort (branch opsk: keras.ops' sort/argsort/top_k) --
 from pynn.backend.opencl.sort import (  # noqa: F401
     argsort_rows, put_along_rows, take_along_rows,
+)
+# -- opss: keras.ops.ctc_loss's per-sample losses (loss family) --
+from pynn.backend.opencl.loss import crossentropy_rows, ctc_loss_samples  # noqa: F401,E402
+# -- linalg (branch linalg: keras.ops.linalg) --
+from pynn.backend.opencl.linalg import (  # noqa: F401
+    cholesky_forward, eigh_forward, lu_factor_forward, lu_slogdet_forward, lu_solve_forward,
+    qr_forward, svd_forward, triangular_solve_forward,
 )

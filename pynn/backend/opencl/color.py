@@ -42,3 +42,26 @@ def color_transform_forward(x, transform, params=None, value_range=(0, 255), bin
         elementwise("color", "color_pixels", n * h * w, x, params, y, n, h * w, c, code, lo32,
                     hi32)
     return y
+
+
+# -- clahe: Keras 3's ContrastLimitedAdaptiveHistogramEqualization --
+def clahe_forward(x, value_range=(0, 255), clip_limit=4.0, tile_grid_size=(8, 8)):
+    """Keras 3's CLAHE on x (N, H, W, C): a table per (image, tile, channel), then every
+    pixel through its four nearest tables (see opencl/color.cl)."""
+    op = "clahe_forward"
+    x, (lo, hi), clip_limit, (gh, gw), (th, tw) = operands.clahe_forward(
+        DEVICE, x, value_range, clip_limit, tile_grid_size)
+    y = rt.empty(x.shape, what=f"{op} output")
+    if y.size == 0:
+        return y
+    n, h, w, c = x.shape
+    table = rt.empty((n * gh * gw * c * operands.CLAHE_LEVELS,), what=f"{op} tile tables")
+    # Keras on torch counts in int64, so the limit is an integer (truncated), possibly 0;
+    # -1 when clip_limit <= 0 turns clipping off.
+    limit = np.float32(int(clip_limit * (th * tw) / 256.0) if clip_limit > 0 else -1)
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    elementwise("color", "clahe_tables", n * gh * gw * c, x, table, n, h, w, c, gh, gw, th, tw,
+                lo32, hi32, limit)
+    elementwise("color", "clahe_apply", y.size, x, table, y, n, h, w, c, gh, gw, th, tw, lo32,
+                hi32)
+    return y

@@ -4,6 +4,8 @@ Same names, signatures and semantics as ``native/elementwise.pyx``; operands are
 ``pynn.backend.operands.elementwise``. float32 only (the OpenCL backend's dtype).
 """
 
+import numpy as np
+
 from pynn.backend.opencl import runtime as rt
 from pynn.backend.opencl.arrays import DEVICE
 from pynn.backend.opencl.launch import elementwise
@@ -44,3 +46,22 @@ def reduce_axes(x, axes, op, keepdims=False):
     if y.size:
         elementwise("elementwise", "reduce_rows", y.size, moved, y, y.size, inner, code)
     return y
+
+
+# -- opsm: integer ops (bitwise, shifts, gcd/lcm) on int32 ---------------------------------
+def integer_binary(a, b, op):
+    """y = op(a, b) on int32, broadcasting as NumPy."""
+    a, b, code, shape = operands.integer_binary(DEVICE, a, b, op)
+    y = rt.empty(shape, np.int32, what="integer_binary output")
+    dims, sa = operands.walk(tuple(a.shape), shape)
+    _, sb = operands.walk(tuple(b.shape), shape)
+    if y.size:
+        elementwise("elementwise", "integer_binary", y.size, a, b, y, y.size, code, *dims,
+                    *sa, *sb)
+    return y
+
+
+def integer_unary(x, op):
+    """y = op(x) on int32: invert is x xor -1 (the binary kernel against a broadcast -1)."""
+    x, _ = operands.integer_unary(DEVICE, x, op)
+    return integer_binary(x, rt.to_device(np.full((), -1, np.int32)), "bitwise_xor")

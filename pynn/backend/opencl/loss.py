@@ -10,7 +10,7 @@ import numpy as np
 from pyopencl.cltypes import float4 as cl_float4
 
 from pynn.backend.opencl import runtime as rt
-from pynn.backend.opencl.arrays import DEVICE
+from pynn.backend.opencl.arrays import DEVICE, asarray
 from pynn.backend.opencl.launch import PARTIAL, elementwise, fold, kernel, reduce, sizes
 from pynn.backend.operands import loss as operands
 
@@ -93,6 +93,34 @@ def loss_forward_backward(name, y_true, y_pred, from_logits=False, param=None,
     return float(out.get()[0]) / denom, grad
 
 
+def crossentropy_rows(name, y_true, y_pred, from_logits=False, need_grad=True):
+    """-> (losses y_pred.shape[:-1], grad or None): keras.ops' categorical / sparse
+    categorical cross-entropy of each row, as native/loss.pyx (the row kernel of
+    loss_forward_backward, unscaled and unweighted)."""
+    op = "crossentropy_rows"
+    code, targets, y_pred, from_logits, need_grad = operands.crossentropy_rows(
+        DEVICE, name, y_true, y_pred, from_logits, need_grad)
+    grad = rt.empty(y_pred.shape, what=f"{op} gradient") if need_grad else None
+    k = y_pred.shape[-1]
+    rows = y_pred.size // k
+    row_loss = rt.empty((rows,), what=f"{op} row losses")
+    if y_pred.size == 0:
+        return row_loss.reshape(y_pred.shape[:-1]), grad
+    sparse = code == operands.LOSS_SCCE
+    result = rt.zeros((2,), what=f"{op} bad-label flag")  # [unused, bad-label flag]
+    row_wg = sizes()[1]
+    rt.launch(kernel("loss", "categorical_rows"), (rows * row_wg,), (row_wg,),
+              y_pred if sparse else targets, targets if sparse else result, y_pred,
+              grad if need_grad else row_loss, row_loss, result, rows, k, sparse,
+              from_logits, need_grad, np.float32(operands.KERAS_EPSILON),
+              np.float32(1.0 - operands.KERAS_EPSILON), np.float32(1.0), y_pred, False, 1,
+              np.float32(0.0))
+    if sparse and float(result.get()[1]):
+        raise ValueError(f"{op}: a label is out of range: class ids must lie in [0, {k}) for "
+                         f"y_pred with K={k} classes")
+    return row_loss.reshape(y_pred.shape[:-1]), grad
+
+
 def _overlap(targets, y_pred, grad, n, params, eps, weights):
     """dice / tversky: the three sums (one reduction, read back), the loss on the host, then
     the gradient kernel (operands.loss_params gives c, u, a, b; see native/loss.pyx)."""
@@ -116,12 +144,19 @@ def ctc_loss_forward_backward(y_true, y_pred, need_grad=True, sample_weight=None
     """-> (mean loss: float, grad or None): Keras 3's CTC, as native/loss.pyx. The kernel
     checks each row's labels; a bad row brings the labels back once to name the fault."""
     op = "ctc_loss_forward_backward"
-    labels, _, y_pred, need_grad, weights = operands.ctc_loss_forward_backward(
+    losses, grad = _ctc(op, y_true, y_pred, need_grad, sample_weight, mean=True)
+    return float(losses.astype(np.float64).sum()) / max(len(losses), 1), grad
+
+
+def _ctc(op, y_true, y_pred, need_grad, sample_weight, mean):
+    """-> (the per-sample weighted losses on the host, grad or None), grad scaled by 1/B
+    when ``mean``."""
+    labels, _, y_pred, need_grad, weights = getattr(operands, op)(
         DEVICE, y_true, y_pred, need_grad, sample_weight)
     grad = rt.empty(y_pred.shape, what=f"{op} gradient") if need_grad else None
     batch, steps, classes = y_pred.shape
     if y_pred.size == 0:
-        return 0.0, grad
+        return np.zeros(batch, np.float32), grad
     width = labels.shape[1]
     states = 2 * width + 1
     lp = rt.empty(y_pred.shape, what=f"{op} log-softmax")
@@ -136,12 +171,20 @@ def ctc_loss_forward_backward(y_true, y_pred, need_grad=True, sample_weight=None
     row_wg = sizes()[1]
     rt.launch(kernel("loss", "ctc_alpha_beta"), (batch * row_wg,), (row_wg,), lab, width, lp,
               alpha, beta, grad if need_grad else out, out, batch, steps, classes, need_grad,
-              np.float32(1.0 / batch), weights if has_w else out, has_w)
+              np.float32(1.0 / batch if mean else 1.0), weights if has_w else out, has_w)
     host = out.get()
     if host[batch:].any():
         operands.check_ctc_labels(op, labels.get(), classes, steps)
         raise ValueError(f"{op}: bad CTC labels")   # check_ctc_labels names the fault first
-    return float(host[:batch].astype(np.float64).sum()) / batch, grad
+    return host[:batch], grad
+
+
+def ctc_loss_samples(y_true, y_pred, need_grad=True, sample_weight=None):
+    """-> (losses (B,), grad or None): keras.ops.ctc_loss's per-sample weighted losses and
+    d(their sum)/d(y_pred), as native/loss.pyx."""
+    losses, grad = _ctc("ctc_loss_samples", y_true, y_pred, need_grad, sample_weight,
+                        mean=False)
+    return asarray(np.ascontiguousarray(losses, np.float32), np.float32), grad
 
 
 def circle_loss_forward_backward(y_true, y_pred, gamma=80.0, margin=0.4, remove_diagonal=True,

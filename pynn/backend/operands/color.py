@@ -68,3 +68,38 @@ def color_transform_forward(arrays, x, transform, params, value_range, bins):
     if not 1 <= bins <= MAX_BINS:
         raise ValueError(f"{op}: 'bins' must be in [1, {MAX_BINS}], got {bins}")
     return x, TRANSFORMS.index(name), params, (lo, hi), bins
+
+
+# -- clahe: Keras 3's ContrastLimitedAdaptiveHistogramEqualization --
+# Each tile's equalization table has CLAHE_LEVELS entries (Keras's 0..255 levels).
+CLAHE_LEVELS = 256
+
+
+def clahe_forward(arrays, x, value_range, clip_limit, tile_grid_size):
+    """-> (x, (lo, hi), clip_limit, (grid_h, grid_w), (tile_h, tile_w))."""
+    op = "clahe_forward"
+    x = arrays.float_input(op, "x", x, ndim=4)
+    n, h, w, c = x.shape
+    check_count(arrays, op, "x", n * h * w * c)
+    try:
+        lo, hi = value_range
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}: 'value_range' must be (low, high), got "
+                         f"{value_range!r}") from None
+    lo, hi = number(op, "value_range[0]", lo), number(op, "value_range[1]", hi)
+    if not lo < hi:
+        raise ValueError(f"{op}: 'value_range' must have low < high, got {value_range!r}")
+    clip_limit = number(op, "clip_limit", clip_limit)
+    try:
+        grid = tuple(operator.index(g) for g in tile_grid_size)
+    except TypeError:
+        grid = ()
+    if len(grid) != 2 or min(grid) < 1:
+        raise ValueError(f"{op}: 'tile_grid_size' must be two positive ints (height, width), "
+                         f"got {tile_grid_size!r}")
+    if h < 1 or w < 1:
+        raise ValueError(f"{op}: images must have a positive height and width, got shape "
+                         f"{tuple(x.shape)}")
+    tile = (-(-h // grid[0]), -(-w // grid[1]))
+    check_count(arrays, op, "tile tables", n * grid[0] * grid[1] * c * CLAHE_LEVELS)
+    return x, (lo, hi), clip_limit, grid, tile

@@ -8,7 +8,11 @@ kernels take its index. At most ``MAX_DIMS`` axes (the OpenCL kernels' scalar ar
 
 import operator
 
-from pynn.backend.api import ELEMENTWISE_BINARY, ELEMENTWISE_UNARY, REDUCTIONS
+import numpy as np
+
+from pynn.backend.api import (
+    ELEMENTWISE_BINARY, ELEMENTWISE_UNARY, INTEGER_BINARY, INTEGER_UNARY, REDUCTIONS,
+)
 
 MAX_DIMS = 6
 
@@ -89,3 +93,41 @@ def reduce_axes(arrays, x, axes, op, keepdims):
     shape = tuple(1 if k in axes else d for k, d in enumerate(x.shape)) if keepdims else \
         tuple(d for k, d in enumerate(x.shape) if k not in axes)
     return x, axes, code, shape
+
+
+# -- opsm: integer ops (bitwise, shifts, gcd/lcm) --------------------------------------------
+from pynn.backend.operands.common import HOST  # noqa: E402
+
+INTEGER_DTYPES = ("int32", "int64")
+
+
+def _integer_operand(arrays, op, name, a, like=None):
+    """An int32/int64 operand (int32 on a device); anything else is refused by name."""
+    dtype = getattr(a, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(a).dtype
+    dtype = np.dtype(dtype)
+    if dtype.name not in INTEGER_DTYPES:
+        raise TypeError(f"{op}: '{name}' must be int32 or int64, got dtype {dtype}")
+    if arrays is not HOST:  # the device's integers are int32 (range-checked on upload)
+        return arrays.int_input(op, name, a)
+    if like is not None and dtype != np.dtype(like.dtype):
+        raise TypeError(f"{op}: '{name}' must have a's dtype {like.dtype}, got {dtype}")
+    return np.ascontiguousarray(a)
+
+
+def integer_binary(arrays, a, b, op):
+    """-> (a, b, code, output shape): a and b of one integer dtype, broadcasting as NumPy."""
+    what = "integer_binary"
+    a = _integer_operand(arrays, what, "a", a)
+    b = _integer_operand(arrays, what, "b", b, like=a)
+    _dims(what, "a", a)
+    _dims(what, "b", b)
+    shape = broadcast_shape(what, a.shape, b.shape)
+    return a, b, _code(what, op, INTEGER_BINARY, "integer op"), shape
+
+
+def integer_unary(arrays, x, op):
+    """-> (x, code)."""
+    x = _integer_operand(arrays, "integer_unary", "x", x)
+    return x, _code("integer_unary", op, INTEGER_UNARY, "integer op")

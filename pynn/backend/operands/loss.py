@@ -143,11 +143,10 @@ def sample_weights(arrays, op, sample_weight, y_pred):
 
 
 def loss_forward_backward(arrays, name, y_true, y_pred, from_logits, param, need_grad,
-                          sample_weight=None):
+                          sample_weight=None, op="loss_forward_backward"):
     """-> (code, targets, y_pred, from_logits, params, need_grad, weights, rows_per_weight):
     targets are flat int32 labels for the sparse loss, else y_true shaped like y_pred; params
     the 4 floats of loss_params; weights flat per-sample weights or None (sample_weights)."""
-    op = "loss_forward_backward"
     if not isinstance(name, str) or name not in LOSSES:
         raise ValueError(f"{op}: unknown loss {name!r}; expected one of {LOSSES}")
     code = LOSSES.index(name)
@@ -165,6 +164,20 @@ def loss_forward_backward(arrays, name, y_true, y_pred, from_logits, param, need
     weights, rows_per_weight = sample_weights(arrays, op, sample_weight, y_pred)
     return (code, targets, y_pred, bool(from_logits), params, bool(need_grad), weights,
             rows_per_weight)
+
+
+# -- opss: keras.ops' categorical cross-entropies, one loss per row --
+CROSSENTROPY_ROWS = ("categorical_crossentropy", "sparse_categorical_crossentropy")
+
+
+def crossentropy_rows(arrays, name, y_true, y_pred, from_logits, need_grad):
+    """-> (code, targets, y_pred, from_logits, need_grad), as loss_forward_backward's."""
+    op = "crossentropy_rows"
+    if not isinstance(name, str) or name not in CROSSENTROPY_ROWS:
+        raise ValueError(f"{op}: 'name' must be one of {CROSSENTROPY_ROWS}, got {name!r}")
+    code, targets, y_pred, from_logits, _, need_grad, _, _ = loss_forward_backward(
+        arrays, name, y_true, y_pred, from_logits, None, need_grad, None, op=op)
+    return code, targets, y_pred, from_logits, need_grad
 
 
 # -- Keras 3's CTC and Circle losses (their own ops: targets not shaped like y_pred) ------
@@ -210,11 +223,11 @@ def check_ctc_labels(op, labels, classes, steps):
     return lengths.astype(np.int32)
 
 
-def ctc_loss_forward_backward(arrays, y_true, y_pred, need_grad, sample_weight):
+def ctc_loss_forward_backward(arrays, y_true, y_pred, need_grad, sample_weight,
+                              op="ctc_loss_forward_backward"):
     """-> (labels (B, S) int32, lengths (B,) int32 or None, y_pred (B, T, C), need_grad,
     weights or None). The host checks the labels here (check_ctc_labels); a device backend
     gets lengths None and its kernel flags a bad row, then calls check_ctc_labels."""
-    op = "ctc_loss_forward_backward"
     if y_true is None:
         raise ValueError(f"{op}: 'y_true' is required, got None")
     y_pred = arrays.float_input(op, "y_pred", y_pred)
@@ -239,6 +252,12 @@ def ctc_loss_forward_backward(arrays, y_true, y_pred, need_grad, sample_weight):
         lengths = None
     return labels, lengths, y_pred, bool(need_grad), weights
 
+
+
+def ctc_loss_samples(arrays, y_true, y_pred, need_grad, sample_weight):
+    """opss: keras.ops.ctc_loss's per-sample op; the operands of ctc_loss_forward_backward."""
+    return ctc_loss_forward_backward(arrays, y_true, y_pred, need_grad, sample_weight,
+                                     op="ctc_loss_samples")
 
 def circle_loss_forward_backward(arrays, y_true, y_pred, gamma, margin, remove_diagonal,
                                  need_grad, sample_weight):

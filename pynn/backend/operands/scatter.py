@@ -9,6 +9,7 @@ range-checked here, so the kernels trust them.
 import numpy as np
 
 SEGMENT_OPS = ("sum", "max")
+SEGMENT_OPS += ("prod",)  # -- opsm: keras.ops.segment_prod (empty segment: 1)
 
 
 def _rows(arrays, op, name, a, like=None):
