@@ -2038,6 +2038,30 @@ def _pipeline(g, layer, x, out_shape):
 # AutoContrast acts in training only there)
 _converts("RandAugment", "AugMix")(_identity_layer)
 
+# -- applications (branch appsB): the layers of Keras's applications (StochasticDepth is the
+# identity at inference) --
+_converts("StochasticDepth")(_identity_layer)
+
+
+@_converts("LayerScale")
+def _layer_scale(g, layer, x, out_shape):
+    gamma = _host(layer.gamma).reshape((1,) * (len(x.shape) - 1) + (-1,))
+    gamma = np.transpose(gamma, x.perm)  # gamma along the channels in x's layout
+    return g.derived(x, g.op("Mul", [x.name, g.const(gamma, f"{layer.name}_gamma")],
+                             layer.name))
+
+
+def _same_layout(g, xs):
+    return [g.nhwc(x) for x in xs] if len({x.perm for x in xs}) > 1 else list(xs)
+
+
+@_converts("CustomScaleLayer")
+def _custom_scale(g, layer, xs, out_shape):
+    x, branch = _same_layout(g, xs)
+    scaled = g.op("Mul", [branch.name, g.const(np.float32(layer.scale), f"{layer.name}_scale")],
+                  f"{layer.name}_scaled")
+    return g.tensor(g.op("Add", [x.name, scaled], layer.name), out_shape, x.perm)
+
 
 # -- op nodes of pynn.ops (OpLayer), converted by op name: the arithmetic that Keras's
 # applications write as ops (MobileNetV3 gates with ReLU6(x + 3) * (1/6)) and det (ONNX's one
@@ -2084,6 +2108,8 @@ def _det(g, layer, x, out_shape):
 
 
 _OP_CONVERTERS.update(dict.fromkeys(_ONNX_ARITHMETIC, _arithmetic), det=_det)
+
+
 def _convert(g, layer, x, out_shape):
     fn = _CONVERTERS.get(type(layer).__name__)
     if fn is None:

@@ -226,6 +226,8 @@ def random_model(seed):
         return random_volume_model(seed)
     if seed in AUDIO_SEEDS:  # audio models (branch audio): seeds of their own
         return random_audio_model(seed)
+    if seed in APPLICATION_SEEDS:  # keras.applications' blocks (branch appsB)
+        return random_application_model(seed)
     rng = np.random.default_rng(seed)
     family = pick(rng, ["image", "image", "dense", "sequence", "text"])
     if family == "image":
@@ -587,10 +589,45 @@ def random_audio_model(seed):
     return head, pynn.Model(inputs, L.Dense(size(rng, 2, 5), activation=head)(x))
 
 
+# -- applications (branch appsB): the blocks of keras.applications' families, seeds of their
+# own: squeeze-excite (a broadcast Multiply), layer scale, the scaled residual sum and the op
+# node residuals (their training-mode noise, stochastic depth, is left to their own tests)
+APPLICATION_BLOCKS = 1
+APPLICATION_SEEDS = range(3 * 10**6, 3 * 10**6 + APPLICATION_BLOCKS * SEEDS_PER_BLOCK)
+
+
+def application_layer(rng, x):
+    c = x.shape[-1]
+    kind = pick(rng, ["squeeze_excite", "layer_scale", "scaled_residual", "op_residual"])
+    if kind == "squeeze_excite":
+        se = L.Reshape((1, 1, c))(L.GlobalAveragePooling2D()(x))
+        se = L.Conv2D(size(rng, 1, 3), 1, activation=pick(rng, ["swish", "relu"]))(se)
+        return L.Multiply()([x, L.Conv2D(c, 1, activation="sigmoid")(se)])
+    if kind == "layer_scale":
+        return L.LayerScale(float(rng.uniform(0.1, 1.0)), c)(x)
+    y = L.Conv2D(c, pick(rng, [1, 3]), padding="same", activation=pick(rng, ACTIVATIONS))(x)
+    if kind == "scaled_residual":
+        return L.CustomScaleLayer(float(rng.uniform(-1.0, 1.0)))([x, y])
+    return pick(rng, [pynn.ops.add, pynn.ops.subtract, pynn.ops.multiply])(x, y)
+
+
+def random_application_model(seed):
+    rng = np.random.default_rng(seed)
+    inputs = L.Input((size(rng, 2, 7), size(rng, 2, 7), size(rng, 1, 3)))
+    x = L.Conv2D(size(rng, 2, 5), pick(rng, [1, 3]), padding="same")(inputs)
+    x = stack(rng, x, application_layer, size(rng, 1, 4))
+    x = pick(rng, [L.Flatten, L.GlobalAveragePooling2D])()(x)
+    head = pick(rng, ["softmax", "linear", "sigmoid"])
+    return head, pynn.Model(inputs, L.Dense(size(rng, 2, 5), activation=head)(x))
+
+
 # The families drawn from seeds of their own, as blocks of SEEDS_PER_BLOCK seeds
 OWN_SEED_BLOCKS = {f"{family}{block}": seeds[block * SEEDS_PER_BLOCK:(block + 1) * SEEDS_PER_BLOCK]
                    for family, seeds in (("volume", VOLUME_SEEDS), ("audio", AUDIO_SEEDS))
                    for block in range(len(seeds) // SEEDS_PER_BLOCK)}
+# -- applications (branch appsB) --
+OWN_SEED_BLOCKS.update({f"applications{block}": APPLICATION_SEEDS[
+    block * SEEDS_PER_BLOCK:(block + 1) * SEEDS_PER_BLOCK] for block in range(APPLICATION_BLOCKS)})
 
 
 @pytest.mark.parametrize("block", sorted(OWN_SEED_BLOCKS))

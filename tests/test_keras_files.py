@@ -415,6 +415,32 @@ ARCHITECTURES["max_num_bounding_boxes"] = max_num_bounding_boxes
 KERAS_CANNOT_BUILD |= {"Hashing", "HashedCrossing", "StringLookup", "IntegerLookup"}
 
 
+# -- applications (branch appsB): the custom layers of keras.applications, Keras's binary op
+# nodes (ConvNeXt's ``inputs + branch``), Dropout's noise_shape --
+def application_layers():
+    from keras.src.applications.convnext import LayerScale, StochasticDepth
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+    x = keras.Input((5, 4, 3))
+    h = K.Conv2D(6, 3, padding="same")(x)
+    branch = StochasticDepth(0.2)(LayerScale(0.5, 6)(h))
+    h = K.Dropout(0.3, noise_shape=(None, 1, 1, 1))(h + branch)
+    h = CustomScaleLayer(0.3)([h, h * branch - h])
+    return keras.Model(x, K.Dense(2)(K.Flatten()(h)))
+
+
+ARCHITECTURES["application_layers"] = application_layers
+
+
+def binary_op_nodes():  # (branch appsB) op nodes alone, as a legacy .h5 can hold them too
+    x = keras.Input((4, 3))
+    h = K.Dense(3)(x)
+    return keras.Model(x, K.Dense(2)((h + x) * h - x))
+
+
+ARCHITECTURES["binary_op_nodes"] = binary_op_nodes
+
+
 def test_architectures_cover_every_pynn_layer():
     seen = set()
 
@@ -1398,3 +1424,8 @@ def test_op_node_pynn_cannot_read_is_refused(tmp_path):
     keras.Model(inputs, outputs).save(tmp_path / "k.keras")
     with pytest.raises(ValueError, match="pynn has no layer 'Exp'"):
         pynn.load_model(tmp_path / "k.keras")
+
+
+# -- applications (branch appsB): Keras 3's legacy .h5 writes its op nodes without a module --
+def test_binary_op_nodes_in_legacy_h5(tmp_path):
+    test_legacy_h5_from_keras("binary_op_nodes", tmp_path)

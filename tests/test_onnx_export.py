@@ -1526,3 +1526,26 @@ def test_clahe_is_refused_by_name():
                 L.Flatten(), L.Dense(1))
     with pytest.raises(ValueError, match="'eq'.*cannot be exported: ONNX has no histogram"):
         pynn.onnx.export(model)
+
+
+# -- applications (branch appsB): Keras's application layers and binary op nodes --
+def test_application_layers_and_binary_op_nodes():
+    inp = L.Input((5, 4, 6))
+    h = L.Conv2D(6, 3, padding="same")(inp)   # a channels-first layout after a Conv
+    branch = L.StochasticDepth(0.3)(L.LayerScale(0.5, 6)(h))
+    h = L.CustomScaleLayer(0.3)([pynn.ops.add(h, branch), pynn.ops.multiply(inp, branch)])
+    h = pynn.ops.subtract(L.Dropout(0.2, noise_shape=(None, 1, 1, 1))(h), inp)
+    model = pynn.Model(inp, L.Dense(2)(L.Flatten()(h)))
+    check_export(model, rand((3, 5, 4, 6)))
+
+
+@pytest.mark.parametrize("name,shape", [("EfficientNetB0", (32, 32, 3)),
+                                        ("ConvNeXtTiny", (32, 32, 3)),
+                                        ("InceptionResNetV2", (75, 75, 3))])
+def test_applications(name, shape):
+    from pynn import applications
+
+    model = getattr(applications, name)(weights=None, input_shape=shape, classes=4,
+                                        classifier_activation=None)
+    x = np.random.default_rng(5).uniform(0.0, 255.0, (2,) + shape).astype(np.float32)
+    check_export(model, x)

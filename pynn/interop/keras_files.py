@@ -577,11 +577,17 @@ _KERAS_NUMPY_OPS = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply"
 _PYNN_TO_KERAS_OPS = {op: name for name, op in _KERAS_NUMPY_OPS.items()}
 
 
+def _legacy_op(entry):
+    # -- applications (branch appsB): Keras 3's legacy .h5 names no module; there an op
+    # node's config, unlike a layer's, holds no trainable
+    return "module" not in entry and "trainable" not in (entry.get("config") or {})
+
+
 def _op_layer_entry(entry, where):
     """A Keras 3 op node of ``_KERAS_NUMPY_OPS`` (module keras.src.ops.numpy, called on two
     operands: tensors or numbers) as an OpLayer entry; any other entry as it is."""
-    if not (isinstance(entry, dict) and entry.get("module") == "keras.src.ops.numpy"
-            and entry.get("class_name") in _KERAS_NUMPY_OPS):
+    if not (isinstance(entry, dict) and entry.get("class_name") in _KERAS_NUMPY_OPS
+            and (entry.get("module") == "keras.src.ops.numpy" or _legacy_op(entry))):
         return entry
     name = entry.get("name", (entry.get("config") or {}).get("name"))
     nodes = []
@@ -1093,6 +1099,12 @@ _OBJECT_MODULES = (("_initializer", "keras.initializers"), ("_regularizer", "ker
 # takes no ``trainable``).
 _NOT_IN_KERAS = {name: ("trainable",) for name in ("SpatialDropout1D", "SpatialDropout2D",
                                                     "SpatialDropout3D", "Discretization")}
+# -- applications (branch appsB): the custom layers of keras.applications, by their module;
+# Keras's StochasticDepth takes no seed --
+_KERAS_APPLICATION_LAYERS = {"LayerScale": "keras.src.applications.convnext",
+                             "StochasticDepth": "keras.src.applications.convnext",
+                             "CustomScaleLayer": "keras.src.applications.inception_resnet_v2"}
+_NOT_IN_KERAS["StochasticDepth"] = ("seed",)
 
 
 def _keras_object(value, module):
@@ -1206,6 +1218,8 @@ def _keras_layer_spec(layer, with_build=True):
                 "registered_name": None}
     spec = {"module": "keras.layers", "class_name": cls, "config": _keras_layer_config(layer),
             "registered_name": None}
+    if cls in _KERAS_APPLICATION_LAYERS:  # -- applications (branch appsB) --
+        spec.update(module=_KERAS_APPLICATION_LAYERS[cls], registered_name=cls)
     if layer.built and with_build:
         spec["build_config"] = {"input_shape": _json_shape(layer.input_shape)}
     if cls in _SCORE_ATTENTION:

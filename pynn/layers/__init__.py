@@ -312,3 +312,7 @@ from pynn.layers.bounding_boxes import MaxNumBoundingBoxes  # noqa: E402
 
 LAYERS["MaxNumBoundingBoxes"] = MaxNumBoundingBoxes
 __all__ += ["MaxNumBoundingBoxes"]
+# -- applications (branch appsB): the layers Keras's applications define, by Keras's names --
+from pynn.layers.applications import CustomScaleLayer, LayerScale, StochasticDepth  # noqa: E402
+LAYERS.update({cls.__name__: cls for cls in (LayerScale, StochasticDepth, CustomScaleLayer)})
+__all__ += ["LayerScale", "StochasticDepth", "CustomScaleLayer"]

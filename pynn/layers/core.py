@@ -203,12 +203,40 @@ class Dropout(SeededLayer):
         super().__init__(seed=seed, **kwargs)
         self.rate = drop_rate(self, rate)
         if noise_shape is not None:
-            raise ValueError(f"Dropout '{self.name}': noise_shape is not supported")
+            try:
+                noise_shape = tuple(None if d is None else int(d) for d in noise_shape)
+            except (TypeError, ValueError):
+                noise_shape = ()
+            if not noise_shape or any(d is not None and d < 1 for d in noise_shape):
+                raise ValueError(f"Dropout '{self.name}': noise_shape must be a tuple of "
+                                 f"positive ints or None, got {noise_shape!r}")
+        self.noise_shape = noise_shape
+
+    def build(self, input_shape):
+        if self.noise_shape is not None:
+            if len(self.noise_shape) != len(input_shape) or any(
+                    d is not None and d != 1 and n is not None and d != n
+                    for d, n in zip(self.noise_shape, input_shape)):
+                raise ValueError(f"Dropout '{self.name}': noise_shape "
+                                 f"{shape_str(self.noise_shape)} must have the input's rank "
+                                 f"and each entry None, 1 or the input's size, got input "
+                                 f"shape {shape_str(input_shape)}")
+        super().build(input_shape)
 
     def call(self, x, training=False):
         if not training or self.rate == 0.0:
             return x
-        y, mask = backend.current().dropout_forward(x, self.rate, self.seed, self._offset)
+        b = backend.current()
+        if self.noise_shape is not None:
+            # Keras's broadcast mask (EfficientNet's stochastic depth drops whole samples):
+            # the kept scale drawn at the noise shape, as dropout_forward's y of ones there.
+            shape = tuple(n if d is None else d for d, n in zip(self.noise_shape, x.shape))
+            scale, _ = b.dropout_forward(b.asarray(np.ones(shape, x.dtype), x.dtype),
+                                         self.rate, self.seed, self._offset)
+            self._offset += math.prod(shape)
+            self._cache = ("scale", scale)
+            return b.elementwise_binary(x, scale, "multiply")
+        y, mask = b.dropout_forward(x, self.rate, self.seed, self._offset)
         self._offset += math.prod(x.shape)
         self._cache = mask
         return y
@@ -217,11 +245,15 @@ class Dropout(SeededLayer):
         if self._cache is None:
             return dy
         mask, self._cache = self._cache, None
-        return backend.current().dropout_backward(dy, mask, self.rate)
+        b = backend.current()
+        if isinstance(mask, tuple):
+            return b.elementwise_binary(dy, mask[1], "multiply")
+        return b.dropout_backward(dy, mask, self.rate)
 
     def get_config(self):
         config = super().get_config()
         config["rate"] = self.rate
+        config["noise_shape"] = None if self.noise_shape is None else list(self.noise_shape)
         return config
 
 
