@@ -1340,3 +1340,55 @@ def test_reversible_embedding_reverse_call_refused(tmp_path):
                        match=r"layer 'tokens' is called with arguments pynn does not take "
                              r"\(1 positional, keyword \['reverse'\]\)"):
         pynn.load_model(tmp_path / "lm.keras")
+
+
+# -- Keras 3's API surface (branch api): EMA variables, LossScaleOptimizer, MultiOptimizer,
+# OrthogonalRegularizer and CosineDecayRestarts in .keras files both ways --
+def _api_data():
+    rng = np.random.default_rng(0)
+    return (rng.normal(size=(8, 4)).astype("float32"),
+            rng.normal(size=(8, 3)).astype("float32"))
+
+
+@pytest.mark.parametrize("kind", ["ema", "loss_scale", "multi", "sgdr"])
+def test_api_optimizers_and_regularizer_round_trip(kind, tmp_path):
+    x, y = _api_data()
+    optimizer = {
+        "ema": lambda: pynn.optimizers.Adam(0.01, use_ema=True, ema_momentum=0.8),
+        "loss_scale": lambda: pynn.optimizers.LossScaleOptimizer(
+            pynn.optimizers.SGD(0.1, momentum=0.9), dynamic_growth_steps=3),
+        "multi": lambda: pynn.optimizers.MultiOptimizer(pynn.optimizers.OptimizerMap(
+            pynn.optimizers.SGD(0.1), {".*kernel": pynn.optimizers.Adam(0.01)})),
+        "sgdr": lambda: pynn.optimizers.SGD(pynn.schedules.CosineDecayRestarts(0.1, 3)),
+    }[kind]()
+    model = pynn.Sequential([pynn.Input((4,)), pynn.layers.Dense(
+        3, kernel_regularizer=pynn.regularizers.OrthogonalRegularizer(0.1, "columns"))])
+    model.compile(optimizer, "mse")
+    model.fit(x, y, epochs=2, batch_size=2, verbose=0)
+    model.save(tmp_path / "p.keras")
+    k = keras.saving.load_model(tmp_path / "p.keras")
+    assert type(k.optimizer).__name__ == type(optimizer).__name__
+    reg = k.layers[0].kernel_regularizer
+    assert type(reg).__name__ == "OrthogonalRegularizer" and reg.mode == "columns"
+    _close(k.predict(x, verbose=0), model.predict(x))
+    if kind == "ema":
+        assert k.optimizer.use_ema and k.optimizer.ema_momentum == 0.8
+        averages = {v.path.split("/")[-1]: v.numpy() for v in k.optimizer.variables}
+        _close(averages["dense_kernel_average"],
+               pynn.backend.current().to_numpy(optimizer._ema[model.trainable_weights[0].path]))
+    if kind == "loss_scale":
+        assert float(k.optimizer.dynamic_scale.numpy()) == optimizer.dynamic_scale
+        assert int(k.optimizer.step_counter.numpy()) == optimizer.step_counter
+    k.fit(x, y, epochs=1, batch_size=2, verbose=0)
+    k.save(tmp_path / "k.keras")
+    again = pynn.load_model(tmp_path / "k.keras")
+    assert type(again.optimizer) is type(optimizer)
+    _close(again.predict(x), k.predict(x, verbose=0))
+    if kind == "ema":
+        assert again.optimizer.use_ema and again.optimizer.iterations == 12
+        _close(pynn.backend.current().to_numpy(
+            again.optimizer._ema[again.trainable_weights[0].path]),
+            k.optimizer.variables[2].numpy())
+    if kind == "loss_scale":
+        assert again.optimizer.dynamic_scale == float(k.optimizer.dynamic_scale.numpy())
+        assert again.optimizer.iterations == int(k.optimizer.iterations.numpy())
