@@ -892,3 +892,21 @@ def test_warnings_stay_quiet_for_silent_paths():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pynn.utils.Progbar(2, verbose=0).update(2, [("loss", 1.0)])
+
+
+def test_disabled_interactive_logging_sends_fit_progress_to_the_logger(capsys, caplog):
+    import logging
+    model = pynn.Sequential([pynn.Input((3,)), pynn.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x, y = np.ones((8, 3), np.float32), np.ones((8, 1), np.float32)
+    pynn.config.disable_interactive_logging()
+    try:
+        with caplog.at_level(logging.INFO, logger="pynn"):
+            model.fit(x, y, epochs=2, verbose=1)
+    finally:
+        pynn.config.enable_interactive_logging()
+    assert capsys.readouterr().out == ""
+    lines = [r.getMessage() for r in caplog.records]
+    assert "Epoch 2/2" in lines and any("loss:" in line for line in lines)
+    model.fit(x, y, epochs=1, verbose=1)
+    assert "Epoch 1/1" in capsys.readouterr().out
