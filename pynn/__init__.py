@@ -65,6 +65,7 @@ from pynn.backend import set_device
 from pynn.layers import Input
 from pynn.models import Model, Sequential
 from pynn.saving import load_model
+from pynn import keras_utils  # noqa: E402,F401 (api: installs Keras's utils/saving/backend names)
 
 # Submodules that load on first use of ``pynn.<name>``; `import pynn.<name>` works as always.
 _LAZY_SUBMODULES = ("onnx", "interop", "compression", "preprocessing", "distributed",

@@ -140,7 +140,7 @@ class Progbar:
     def __init__(self, target, verbose=1, stream=None):
         self.target = target
         self.verbose = verbose
-        self.stream = stream or sys.stdout
+        self.stream = stream or output_stream()  # api: keras.config's interactive logging
         self.start = time.perf_counter()
         self.last_draw = 0.0
         self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -1030,3 +1030,26 @@ class RemoteMonitor(Callback):
         except (urllib.error.URLError, OSError, ValueError):
             warnings.warn("Could not reach RemoteMonitor root server at " + str(self.root),
                           stacklevel=2)
+
+
+class _LoggingStream:
+    """Where progress lines go while pynn.config.disable_interactive_logging() holds: the
+    "pynn" logger at INFO, one record per line (not a terminal, so bars are not redrawn)."""
+
+    def write(self, text):
+        import logging
+        for line in text.replace("\r", "\n").splitlines():
+            if line.strip():
+                logging.getLogger("pynn").info(line)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+
+def output_stream():
+    """sys.stdout, or the logger while keras.config's interactive logging is disabled."""
+    from pynn import config
+    return sys.stdout if config.is_interactive_logging_enabled() else _LoggingStream()

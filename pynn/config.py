@@ -84,7 +84,8 @@ def enable_interactive_logging():
 
 
 def disable_interactive_logging():
-    """Progress bars and epoch lines go to the ``logging`` module ("pynn" logger, INFO)."""
+    """fit's and Progbar's progress lines go to the ``logging`` module ("pynn" logger,
+    INFO) instead of stdout."""
     global _interactive_logging
     _interactive_logging = False
 

@@ -1,5 +1,8 @@
-"""Keras 3's ``keras.utils`` / ``keras.saving`` / ``keras.backend`` helpers that pynn lacked,
-re-exported by ``pynn.utils`` (and ``pynn.saving``, ``pynn.backend``).
+"""Keras 3's ``keras.utils`` / ``keras.saving`` / ``keras.backend`` helpers that pynn lacked.
+
+They need the layers, losses, metrics and optimizers, which import ``pynn.utils``,
+``pynn.saving`` and ``pynn.backend``: so those modules cannot import these, and this module
+installs them there instead (the end of the file), once ``import pynn`` loads it.
 
 Custom objects go through pynn's one registry (``pynn._registry``): Keras's
 ``register_keras_serializable``, ``custom_object_scope`` and ``get_custom_objects`` are its
@@ -14,7 +17,7 @@ import time
 
 import numpy as np
 
-from pynn import _registry
+from pynn import _config, _registry
 from pynn._registry import custom_object_scope, get_registered_name  # noqa: F401
 from pynn._registry import register_serializable as register_keras_serializable  # noqa: F401
 from pynn.data import PyDataset
@@ -24,6 +27,7 @@ __all__ = [
     "clear_session", "custom_object_scope", "deserialize_keras_object", "get_custom_objects",
     "get_registered_name", "get_registered_object", "get_source_inputs", "get_uid",
     "is_float_dtype", "is_int_dtype", "is_keras_tensor", "normalize", "pack_x_y_sample_weight",
+    "result_type",
     "register_keras_serializable", "serialize_keras_object", "split_dataset",
     "standardize_dtype", "text_dataset_from_directory", "unpack_x_y_sample_weight",
 ]
@@ -92,7 +96,6 @@ _ALLOWED_DTYPES = {"float16", "float32", "float64", "uint8", "uint16", "uint32",
 def standardize_dtype(dtype):
     """Keras's dtype names: None is floatx, Python types Keras's names for them (int is
     int32), NumPy dtypes and types their names; anything else is an error."""
-    from pynn import _config
     if dtype is None:
         return _config.floatx()
     try:
@@ -858,3 +861,79 @@ def audio_dataset_from_directory(directory, labels="inferred", label_mode="int",
     return _split_files(where, paths, label_array, names, label_mode, shuffle, seed,
                         validation_split, subset, verbose, make)
 
+
+# -- keras.backend's dtype promotion -------------------------------------------------------------
+# Keras's type promotion lattice (adapted by Keras from JAX's): each dtype's next wider ones;
+# "int"/"float" are the weak types of Python scalars
+_PROMOTION = {
+    "bool": ["int"], "uint8": ["int16", "uint16"], "uint16": ["int32", "uint32"],
+    "uint32": ["int64", "uint64"], "uint64": ["float"], "int": ["uint8", "int8", "complex64"],
+    "int8": ["int16"], "int16": ["int32"], "int32": ["int64"], "int64": ["float"],
+    "float": ["bfloat16", "float16"], "bfloat16": ["float32"], "float16": ["float32"],
+    "float32": ["float64", "complex64"], "float64": ["complex128"],
+    "complex64": ["complex128"], "complex128": [],
+}
+
+
+def _upper_bounds(dtype):
+    seen, stack = set(), [dtype]
+    while stack:
+        d = stack.pop()
+        if d not in seen:
+            seen.add(d)
+            stack.extend(_PROMOTION[d])
+    return seen
+
+
+def result_type(*dtypes):
+    """Keras's result_type: the least upper bound of the dtypes on Keras's promotion lattice
+    (int32 with float16 gives float16, uint8 with int8 int16; Python int and float are weak
+    and take the other operand's kind), then 64-bit types made 32-bit as Keras does (float64
+    with float64 is float32); no dtype gives floatx."""
+    if not dtypes:
+        return _config.floatx()
+    names = []
+    for d in dtypes:
+        if d is int or d is float:
+            names.append("int" if d is int else "float")
+        else:
+            name = standardize_dtype(d)
+            if name not in _PROMOTION:
+                raise ValueError(f"result_type: unsupported dtype {d!r}")
+            names.append(name)
+    common = set.intersection(*(_upper_bounds(n) for n in names))
+    best = [c for c in common if common <= _upper_bounds(c)][0]
+    best = {"int": "int32", "float": _config.floatx()}.get(best, best)
+    # Keras then makes every 64-bit result 32-bit (JAX's default, kept on every backend)
+    return {"int64": "int32", "uint64": "uint32", "float64": "float32",
+            "complex128": "complex64"}.get(best, best)
+
+
+# -- installed into pynn.utils, pynn.saving and pynn.backend as Keras names them ------------------
+def _install():
+    from pynn import backend, config, saving, utils
+    from pynn import orthogonal_regularizer  # noqa: F401 (registers it in pynn.regularizers)
+    for name in ("Config", "CustomObjectScope", "Progbar", "Sequence",
+                 "audio_dataset_from_directory", "clear_session", "custom_object_scope",
+                 "deserialize_keras_object", "get_custom_objects", "get_registered_name",
+                 "get_registered_object", "get_source_inputs", "is_keras_tensor", "normalize",
+                 "pack_x_y_sample_weight", "register_keras_serializable",
+                 "serialize_keras_object", "split_dataset", "standardize_dtype",
+                 "text_dataset_from_directory", "unpack_x_y_sample_weight"):
+        setattr(utils, name, globals()[name])
+    for name in ("disable_interactive_logging", "enable_interactive_logging",
+                 "is_interactive_logging_enabled"):
+        setattr(utils, name, getattr(config, name))
+    for name in ("CustomObjectScope", "deserialize_keras_object", "get_custom_objects",
+                 "get_registered_object", "register_keras_serializable",
+                 "serialize_keras_object"):
+        setattr(saving, name, globals()[name])
+    for name in ("clear_session", "get_uid", "is_float_dtype", "is_int_dtype",
+                 "is_keras_tensor", "result_type", "standardize_dtype"):
+        setattr(backend, name, globals()[name])
+    for name in ("epsilon", "set_epsilon", "floatx", "set_floatx", "image_data_format",
+                 "set_image_data_format", "backend"):
+        setattr(backend, name, getattr(config, name))
+
+
+_install()

@@ -908,7 +908,7 @@ class Model(Layer):
                 m.reset_state()
             cbs.on_epoch_begin(epoch)
             if verbose:
-                print(f"Epoch {epoch + 1}/{epochs}")
+                callbacks_module.output_stream().write(f"Epoch {epoch + 1}/{epochs}\n")
             bar = callbacks_module.Progbar(source.steps, verbose)
             loss_sum, sums, seen, warned, step = 0.0, [0.0] * nout, 0, False, -1
             with source.epoch() as batches:

@@ -1133,15 +1133,23 @@ class LossScaleOptimizer(Optimizer):
         return self.dynamic_scale
 
     def scale_loss(self, loss):
-        from pynn import ops
-        return ops.multiply(loss, self.dynamic_scale)
+        return loss * self.dynamic_scale
 
     def check_finite(self, variables):
-        """Whether every gradient of ``variables`` is finite (one device reduction each)."""
-        from pynn import ops
-        from pynn.autodiff import Tensor
-        return all(bool(np.asarray(ops.all(ops.isfinite(Tensor(v.grad)))))
-                   for v in variables if v.grad is not None)
+        """Whether every gradient of ``variables`` is finite: g * 0 is 0 where g is finite
+        and NaN where it is inf or NaN, so its sum of squares is 0 exactly when all are
+        (a copy, a scale and a reduction on the backend; squares of large finite values
+        cannot overflow a sum of zeros)."""
+        be = backend.current()
+        for v in variables:
+            if v.grad is None:
+                continue
+            probe = be.copy(v.grad)
+            with np.errstate(invalid="ignore"):
+                be.scale_inplace(probe, 0.0)
+            if be.sum_squares(probe) != 0.0:
+                return False
+        return True
 
     def apply(self, variables, trainable_variables=None):
         if trainable_variables is not None:

@@ -687,13 +687,3 @@ def restore_training_state(model, filepath, max_compression_ratio=None):
     finally:
         archive.close()
 
-
-# -- api: Keras 3's keras.saving names (pynn._registry underneath, pynn.keras_utils)
-from pynn.keras_utils import (  # noqa: E402,F401
-    CustomObjectScope,
-    deserialize_keras_object,
-    get_custom_objects,
-    get_registered_object,
-    register_keras_serializable,
-    serialize_keras_object,
-)

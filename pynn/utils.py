@@ -344,33 +344,3 @@ def timeseries_dataset_from_array(data, targets, sequence_length, sequence_strid
     return TimeseriesDataset(window, None if targets is None else targets[start:end], starts,
                              sequence_length, sampling_rate, batch_size)
 
-
-# -- api: the rest of Keras 3's keras.utils (pynn.keras_utils) ---------------------------------
-from pynn.keras_utils import (  # noqa: E402,F401
-    Config,
-    CustomObjectScope,
-    Progbar,
-    Sequence,
-    audio_dataset_from_directory,
-    clear_session,
-    custom_object_scope,
-    deserialize_keras_object,
-    get_custom_objects,
-    get_registered_name,
-    get_registered_object,
-    get_source_inputs,
-    is_keras_tensor,
-    normalize,
-    pack_x_y_sample_weight,
-    register_keras_serializable,
-    serialize_keras_object,
-    split_dataset,
-    standardize_dtype,
-    text_dataset_from_directory,
-    unpack_x_y_sample_weight,
-)
-from pynn.config import (  # noqa: E402,F401
-    disable_interactive_logging,
-    enable_interactive_logging,
-    is_interactive_logging_enabled,
-)

@@ -892,3 +892,57 @@ def test_warnings_stay_quiet_for_silent_paths():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pynn.utils.Progbar(2, verbose=0).update(2, [("loss", 1.0)])
+
+
+def test_disabled_interactive_logging_sends_fit_progress_to_the_logger(capsys, caplog):
+    import logging
+    model = pynn.Sequential([pynn.Input((3,)), pynn.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x, y = np.ones((8, 3), np.float32), np.ones((8, 1), np.float32)
+    pynn.config.disable_interactive_logging()
+    try:
+        with caplog.at_level(logging.INFO, logger="pynn"):
+            model.fit(x, y, epochs=2, verbose=1)
+    finally:
+        pynn.config.enable_interactive_logging()
+    assert capsys.readouterr().out == ""
+    lines = [r.getMessage() for r in caplog.records]
+    assert "Epoch 2/2" in lines and any("loss:" in line for line in lines)
+    model.fit(x, y, epochs=1, verbose=1)
+    assert "Epoch 1/1" in capsys.readouterr().out
+
+
+@pytest.mark.opencl
+def test_ema_loss_scaling_multi_optimizer_and_orthogonal_penalty_on_opencl_match_the_cpu():
+    from tests.test_ops_device import _on
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 4)).astype("float32")
+    y = (300 * rng.normal(size=(16, 2))).astype("float32")
+    weights, results = None, {}
+    for device in ("cpu", "opencl"):
+        with _on(device):
+            runs = []
+            for make in (lambda: pynn.optimizers.SGD(0.05, use_ema=True, ema_momentum=0.9),
+                         lambda: pynn.optimizers.LossScaleOptimizer(
+                             pynn.optimizers.SGD(0.01), initial_scale=2.0 ** 126,
+                             dynamic_growth_steps=2),
+                         lambda: pynn.optimizers.MultiOptimizer(pynn.optimizers.OptimizerMap(
+                             pynn.optimizers.SGD(0.01), {".*bias": pynn.optimizers.Adam(0.1)}))):
+                model = pynn.Sequential([pynn.Input((4,)), pynn.layers.Dense(
+                    2, kernel_regularizer=pynn.regularizers.OrthogonalRegularizer(0.5))])
+                if weights is None:
+                    weights = model.get_weights()
+                model.set_weights(weights)
+                model.compile(make(), "mse")
+                history = model.fit(x, y, epochs=2, batch_size=4, shuffle=False, verbose=0,
+                                    validation_data=(x, y),
+                                    callbacks=[pynn.callbacks.SwapEMAWeights()]
+                                    if model.optimizer.use_ema else [])
+                runs.append((model.get_weights(), history.history["loss"],
+                             getattr(model.optimizer, "dynamic_scale", None)))
+            results[device] = runs
+    for i, (want, got) in enumerate(zip(results["cpu"], results["opencl"])):
+        for a, b in zip(want[0], got[0]):
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5, err_msg=f"run {i}")
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-4, err_msg=f"run {i} loss")
+        assert got[2] == want[2], f"run {i}: loss scale {got[2]} != CPU's {want[2]}"

@@ -765,10 +765,12 @@ def test_optimizer_variables_that_do_not_fit_start_the_optimizer_afresh(tmp_path
 
 def test_a_compile_config_pynn_cannot_honour_loads_uncompiled_with_a_warning(tmp_path):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    model.compile(optimizer=keras.optimizers.Adam(use_ema=True), loss="mse")
+    # (api: use_ema is supported now; gradient accumulation is not)
+    model.compile(optimizer=keras.optimizers.Adam(gradient_accumulation_steps=2), loss="mse")
     model.save(tmp_path / "m.keras")
     with pytest.warns(UserWarning, match=r"loads uncompiled: its compile config cannot be "
-                                         r"honoured \(Adam: use_ema=True is not supported"):
+                                         r"honoured \(Adam: gradient_accumulation_steps=2 is "
+                                         r"not supported"):
         loaded = pynn.load_model(tmp_path / "m.keras")
     assert not loaded.compiled
     np.testing.assert_allclose(loaded.predict(np.ones((2, 3), np.float32), verbose=0),
@@ -1429,3 +1431,56 @@ def test_op_node_pynn_cannot_read_is_refused(tmp_path):
 # -- applications (branch appsB): Keras 3's legacy .h5 writes its op nodes without a module --
 def test_binary_op_nodes_in_legacy_h5(tmp_path):
     test_legacy_h5_from_keras("binary_op_nodes", tmp_path)
+
+
+# -- Keras 3's API surface (branch api): EMA variables, LossScaleOptimizer, MultiOptimizer,
+# OrthogonalRegularizer and CosineDecayRestarts in .keras files both ways --
+def _api_data():
+    rng = np.random.default_rng(0)
+    return (rng.normal(size=(8, 4)).astype("float32"),
+            rng.normal(size=(8, 3)).astype("float32"))
+
+
+@pytest.mark.parametrize("kind", ["ema", "loss_scale", "multi", "sgdr"])
+def test_api_optimizers_and_regularizer_round_trip(kind, tmp_path):
+    x, y = _api_data()
+    optimizer = {
+        "ema": lambda: pynn.optimizers.Adam(0.01, use_ema=True, ema_momentum=0.8),
+        "loss_scale": lambda: pynn.optimizers.LossScaleOptimizer(
+            pynn.optimizers.SGD(0.1, momentum=0.9), dynamic_growth_steps=3),
+        "multi": lambda: pynn.optimizers.MultiOptimizer(pynn.optimizers.OptimizerMap(
+            pynn.optimizers.SGD(0.1), {".*kernel": pynn.optimizers.Adam(0.01)})),
+        "sgdr": lambda: pynn.optimizers.SGD(pynn.schedules.CosineDecayRestarts(0.1, 3)),
+    }[kind]()
+    model = pynn.Sequential([pynn.Input((4,)), pynn.layers.Dense(
+        3, kernel_regularizer=pynn.regularizers.OrthogonalRegularizer(0.1, "columns"))])
+    model.compile(optimizer, "mse")
+    model.fit(x, y, epochs=2, batch_size=2, verbose=0)
+    model.save(tmp_path / "p.keras")
+    k = keras.saving.load_model(tmp_path / "p.keras")
+    assert type(k.optimizer).__name__ == type(optimizer).__name__
+    reg = k.layers[0].kernel_regularizer
+    assert type(reg).__name__ == "OrthogonalRegularizer" and reg.mode == "columns"
+    _close(k.predict(x, verbose=0), model.predict(x))
+    if kind == "ema":
+        assert k.optimizer.use_ema and k.optimizer.ema_momentum == 0.8
+        # iteration, learning_rate, then the averages (the kernel's first)
+        assert k.optimizer.variables[2].path.endswith("kernel_average")
+        _close(k.optimizer.variables[2].numpy(),
+               pynn.backend.current().to_numpy(optimizer._ema[model.trainable_weights[0].path]))
+    if kind == "loss_scale":
+        assert float(k.optimizer.dynamic_scale.numpy()) == optimizer.dynamic_scale
+        assert int(k.optimizer.step_counter.numpy()) == optimizer.step_counter
+    k.fit(x, y, epochs=1, batch_size=2, verbose=0)
+    k.save(tmp_path / "k.keras")
+    again = pynn.load_model(tmp_path / "k.keras")
+    assert type(again.optimizer) is type(optimizer)
+    _close(again.predict(x), k.predict(x, verbose=0))
+    if kind == "ema":
+        assert again.optimizer.use_ema and again.optimizer.iterations == 12
+        _close(pynn.backend.current().to_numpy(
+            again.optimizer._ema[again.trainable_weights[0].path]),
+            k.optimizer.variables[2].numpy())
+    if kind == "loss_scale":
+        assert again.optimizer.dynamic_scale == float(k.optimizer.dynamic_scale.numpy())
+        assert again.optimizer.iterations == int(k.optimizer.iterations.numpy())

@@ -1338,6 +1338,11 @@ def _weights_h5_bytes(h5py, model, optimizer_vars=None):
             group = h5.require_group("optimizer/vars")
             for i, value in enumerate(optimizer_vars):
                 group.create_dataset(str(i), data=value)
+            if type(model.optimizer).__name__ == "LossScaleOptimizer":
+                # api: Keras also keeps the inner optimizer's own variables under its name
+                group = h5.require_group("optimizer/inner_optimizer/vars")
+                for i, value in enumerate(optimizer_vars[4:]):
+                    group.create_dataset(str(i), data=value)
     return buf.getvalue()
 
 
@@ -1382,11 +1387,15 @@ def _keras_objects(spec, module):
     if not isinstance(spec, dict):
         return spec
     config = dict(spec["config"])
+    if module == "keras.optimizers" and spec["class_name"] in _WRAPPING_OPTIMIZERS:
+        return _keras_wrapping_optimizer(spec, config)  # api
     if module == "keras.optimizers":
         if isinstance(config.get("learning_rate"), dict):
             config["learning_rate"] = _keras_objects(config["learning_rate"],
                                                      "keras.optimizers.schedules")
-        config.update(_KERAS_OPTIMIZER_DEFAULTS)
+        # api: the EMA arguments pynn's config carries (when set) win over the defaults
+        config = {**config, **_KERAS_OPTIMIZER_DEFAULTS, **{
+            k: config[k] for k in _EMA_ARGUMENTS if k in config}}
     return {"module": module, "class_name": spec["class_name"], "config": config,
             "registered_name": None}
 
@@ -1402,7 +1411,10 @@ def _pynn_objects(spec, module, where):
     if not isinstance(spec, dict):
         return spec
     config = dict(spec.get("config") or {})
-    defaults = ({k: (v,) for k, v in _KERAS_OPTIMIZER_DEFAULTS.items()}
+    if module == "keras.optimizers" and spec.get("class_name") in _WRAPPING_OPTIMIZERS:
+        return _pynn_wrapping_optimizer(spec, config, where)  # api
+    defaults = ({k: (v,) for k, v in _KERAS_OPTIMIZER_DEFAULTS.items()
+                 if k not in _EMA_ARGUMENTS}  # api: pynn's optimizers take Keras's EMA
                 if module == "keras.optimizers" else _KERAS_OBJECT_DEFAULTS)
     for key, allowed in defaults.items():
         if key in config:
@@ -1463,6 +1475,12 @@ def _variable_slot_shapes(opt, variable):
 def _keras_optimizer_vars(model):
     """The optimizer's variables as Keras 3 lists them (None: an optimizer Keras lacks)."""
     opt = model.optimizer
+    if type(opt).__name__ == "LossScaleOptimizer":  # api: its own four, then the inner's
+        inner = _keras_optimizer_vars(_OptimizerOf(model, opt.inner_optimizer))
+        return None if inner is None else [
+            np.asarray(0, np.int64), np.asarray(0.0, np.float32),
+            np.asarray(opt.step_counter, np.int64),
+            np.asarray(opt.dynamic_scale, np.float32)] + inner
     if type(opt).__name__ not in _KERAS_SLOT_GROUPS:
         return None
     from pynn.schedules import LearningRateSchedule
@@ -1472,6 +1490,7 @@ def _keras_optimizer_vars(model):
     out = [np.asarray(opt.iterations, np.int64)]
     if not isinstance(opt._learning_rate, LearningRateSchedule):
         out.append(np.asarray(opt._learning_rate, np.float32))
+    out += _keras_ema_vars(opt, model.trainable_weights)  # api: Keras's "average" variables
     for group in _slot_order(opt):
         for v in model.trainable_weights:
             shapes = _variable_slot_shapes(opt, v)
@@ -1517,23 +1536,32 @@ def _restore_keras_compile(model, doc, h5, where):
     if group is None:
         return
     opt = model.optimizer
+    values = None
+    if type(opt).__name__ == "LossScaleOptimizer" and len(group) > 4:
+        # api: Keras's LossScaleOptimizer: iteration, learning_rate, step_counter,
+        # dynamic_scale, then its inner optimizer's variables
+        values = [np.asarray(group[str(i)]) for i in range(len(group))]
+        opt.step_counter, opt.dynamic_scale = int(values[2]), float(values[3])
+        opt, values = opt.inner_optimizer, values[4:]
     if type(opt).__name__ not in _KERAS_SLOT_GROUPS:
         return
-    values = [np.asarray(group[str(i)]) for i in range(len(group))]
+    if values is None:
+        values = [np.asarray(group[str(i)]) for i in range(len(group))]
     from pynn.schedules import LearningRateSchedule
 
     variables = model.trainable_weights
     order = _slot_order(opt)
     lr_var = not isinstance(opt._learning_rate, LearningRateSchedule)
-    want = 1 + lr_var + sum(len([n for n in g if n in _variable_slot_shapes(opt, v)])
-                            for g in order for v in variables) + (
+    ema = len(variables) if getattr(opt, "use_ema", False) else 0  # api: the averages
+    want = 1 + lr_var + ema + sum(len([n for n in g if n in _variable_slot_shapes(opt, v)])
+                                  for g in order for v in variables) + (
         type(opt).__name__ == "Nadam")
     if len(values) != want or any(k not in group for k in map(str, range(len(values)))):
         warnings.warn(f"{where.verb}: {where.path}: the optimizer starts afresh: the file "
                       f"holds {len(values)} optimizer variables, {type(opt).__name__} over "
                       f"{len(variables)} trainable weights has {want}", stacklevel=3)
         return
-    k = 1 + lr_var
+    k = 1 + lr_var + ema
     slots = {}
     for group_names in order:
         for v in variables:
@@ -1544,6 +1572,8 @@ def _restore_keras_compile(model, doc, h5, where):
     opt.set_state({"iterations": int(values[0]), "slots": slots}, variables)
     if type(opt).__name__ == "Nadam":
         opt._u_product = float(values[-1])
+    if ema:  # api
+        _restore_ema(opt, variables, values[1 + lr_var:1 + lr_var + ema])
 
 
 def save_keras(model, filepath):
@@ -1646,3 +1676,70 @@ def model_from_json(text):
 saving.KERAS_IO.update(save=save_keras, save_h5=save_h5, save_weights=save_weights,
                        load_keras=load_keras, load_h5=load_h5, load_weights=load_weights,
                        to_json=model_to_json, from_json=model_from_json)
+
+
+# -- api: Keras 3's EMA variables, LossScaleOptimizer and MultiOptimizer in .keras files -------
+_EMA_ARGUMENTS = ("use_ema", "ema_momentum", "ema_overwrite_frequency")
+_WRAPPING_OPTIMIZERS = ("LossScaleOptimizer", "MultiOptimizer")
+
+
+class _OptimizerOf:
+    """A model seen with another optimizer (a LossScaleOptimizer's inner one)."""
+
+    def __init__(self, model, optimizer):
+        self.optimizer = optimizer
+        self.trainable_weights = model.trainable_weights
+
+
+def _keras_ema_vars(opt, variables):
+    """Keras's "<variable>_average" optimizer variables (zeros before the first step, as
+    Keras builds them), after iteration and learning_rate."""
+    if not getattr(opt, "use_ema", False):
+        return []
+    be = backend.current()
+    return [np.asarray(be.to_numpy(opt._ema[v.path]), np.float32) if v.path in opt._ema
+            else np.zeros(tuple(v.shape), np.float32) for v in variables]
+
+
+def _restore_ema(opt, variables, averages):
+    be = backend.current()
+    opt._ema, opt._ema_variables = {}, []
+    for v, average in zip(variables, averages):
+        opt._ema[v.path] = be.asarray(np.asarray(average, np.float32), v.value.dtype)
+        opt._ema_variables.append(v)
+
+
+def _keras_wrapping_optimizer(spec, config):
+    """A LossScaleOptimizer's inner optimizer, a MultiOptimizer's OptimizerMap, in Keras's
+    nested form (these two take none of the base optimizer's defaults)."""
+    name = spec["class_name"]
+    if name == "LossScaleOptimizer":
+        config["inner_optimizer"] = _keras_objects(config["inner_optimizer"],
+                                                   "keras.optimizers")
+    else:
+        mapping = dict(config["optimizer_map"]["config"])
+        mapping["default_optimizer"] = _keras_objects(mapping["default_optimizer"],
+                                                      "keras.optimizers")
+        mapping["optimizer_map"] = {k: _keras_objects(v, "keras.optimizers")
+                                    for k, v in (mapping.get("optimizer_map") or {}).items()}
+        config["optimizer_map"] = {"module": "keras.optimizers", "class_name": "OptimizerMap",
+                                   "config": mapping, "registered_name": None}
+    return {"module": "keras.optimizers", "class_name": name, "config": config,
+            "registered_name": None}
+
+
+def _pynn_wrapping_optimizer(spec, config, where):
+    name = spec["class_name"]
+    if name == "LossScaleOptimizer":
+        config["inner_optimizer"] = _pynn_objects(config["inner_optimizer"], "keras.optimizers",
+                                                  where)
+    else:
+        mapping = dict((config.get("optimizer_map") or {}).get("config") or {})
+        mapping["default_optimizer"] = _pynn_objects(mapping.get("default_optimizer"),
+                                                     "keras.optimizers", where)
+        mapping["optimizer_map"] = {k: _pynn_objects(v, "keras.optimizers", where)
+                                    for k, v in (mapping.get("optimizer_map") or {}).items()}
+        config["optimizer_map"] = {"class_name": "OptimizerMap", "config": mapping}
+        if config.get("loss_scale_factor") is None:
+            config.pop("loss_scale_factor", None)
+    return {"class_name": name, "config": config}
