@@ -44,6 +44,7 @@ def _case_id(case):
 
 def _both(name, **kwargs):
     keras = keras_on_torch()
+    keras.utils.set_random_seed(0)  # Keras's initial kernels: the same numbers every run
     kwargs.setdefault("input_shape", SHAPE)
     km = getattr(keras.applications, name)(weights=None, **kwargs)
     pm = getattr(apps, name)(weights=None, **kwargs)
@@ -213,9 +214,7 @@ def test_input_tensor_builds_on_the_given_input(name):
 def _fit_one_batch_both(name, **kwargs):
     """Keras's and pynn's model from the same weights after one SGD step of fit on the same
     batch of 4: (Keras model, pynn model, starting weights, Keras's loss, pynn's loss)."""
-    keras = keras_on_torch()
-    keras.utils.set_random_seed(0)  # Keras's initial kernels: the same conditioning each run
-    _, km, pm = _both(name, classes=5, **kwargs)
+    keras, km, pm = _both(name, classes=5, **kwargs)
     start = [np.asarray(w, np.float32) for w in km.get_weights()]
     pm.set_weights(start)
     rng = np.random.default_rng(2)
