@@ -1372,3 +1372,17 @@ def test_op_node_pynn_cannot_read_is_refused(tmp_path):
     keras.Model(inputs, outputs).save(tmp_path / "k.keras")
     with pytest.raises(ValueError, match="pynn has no layer 'Exp'"):
         pynn.load_model(tmp_path / "k.keras")
+
+
+def test_op_node_as_the_model_output(tmp_path):
+    inputs = keras.Input((5,))
+    x = K.Dense(4, name="dense")(inputs)
+    keras_model = keras.Model(inputs, [(x + 3.0) * 0.5, K.Dense(2)(x)])
+    _randomize(keras_model, seed=5)
+    x = np.random.default_rng(6).standard_normal((3, 5)).astype("float32")
+    expected = keras_model.predict(x, verbose=0)
+    keras_model.save(tmp_path / "k.keras")
+    model = pynn.load_model(tmp_path / "k.keras")
+    _close(model.predict(x), expected)
+    model.save(tmp_path / "p.keras")
+    _close(keras.saving.load_model(tmp_path / "p.keras").predict(x, verbose=0), expected)
