@@ -1368,8 +1368,8 @@ def test_arithmetic_op_nodes_both_ways(tmp_path):
 
 def test_op_node_as_the_model_output(tmp_path):
     inputs = keras.Input((5,))
-    x = K.Dense(4, name="dense")(inputs)
-    keras_model = keras.Model(inputs, [(x + 3.0) * 0.5, K.Dense(2)(x)])
+    x = K.Dense(4, name="hidden")(inputs)
+    keras_model = keras.Model(inputs, [(x + 3.0) * 0.5, K.Dense(2, name="head")(x)])
     _randomize(keras_model, seed=5)
     x = np.random.default_rng(6).standard_normal((3, 5)).astype("float32")
     expected = keras_model.predict(x, verbose=0)
