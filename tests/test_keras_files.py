@@ -1420,6 +1420,20 @@ def test_arithmetic_op_nodes_both_ways(tmp_path):
     assert [type(op).__name__ for op in back._operations].count("Add") == 2
 
 
+def test_op_node_as_the_model_output(tmp_path):
+    inputs = keras.Input((5,))
+    x = K.Dense(4, name="hidden")(inputs)
+    keras_model = keras.Model(inputs, [(x + 3.0) * 0.5, K.Dense(2, name="head")(x)])
+    _randomize(keras_model, seed=5)
+    x = np.random.default_rng(6).standard_normal((3, 5)).astype("float32")
+    expected = keras_model.predict(x, verbose=0)
+    keras_model.save(tmp_path / "k.keras")
+    model = pynn.load_model(tmp_path / "k.keras")
+    _close(model.predict(x), expected)
+    model.save(tmp_path / "p.keras")
+    _close(keras.saving.load_model(tmp_path / "p.keras").predict(x, verbose=0), expected)
+
+
 def test_op_node_pynn_cannot_read_is_refused(tmp_path):
     inputs = keras.Input((5,))
     outputs = K.Dense(3)(keras.ops.exp(K.Dense(2)(inputs)))

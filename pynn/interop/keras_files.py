@@ -455,7 +455,7 @@ def _tensor_refs(value):
     return []
 
 
-def _drop_mask_ops(entries, where):
+def _drop_mask_ops(entries, where, outputs=()):
     """Keras 3 traces each layer's compute_mask into the functional config: op nodes
     (NotEqual, Any, LogicalOr, ...: module keras.src.ops.* in a .keras file, no module and
     no "trainable" in its legacy .h5) whose results reach layers only
@@ -479,6 +479,7 @@ def _drop_mask_ops(entries, where):
         return e.get("name", (e.get("config") or {}).get("name"))
 
     ops = {name_of(e) for e in entries if is_op(e)}
+    ops -= set(outputs)  # applications: an op node that is a model output is its value
     changed = True
     while changed:  # keep only ops whose every reader is a mask op or a mask= argument
         changed = False
@@ -633,11 +634,23 @@ def _keras_op_spec(layer):
             "registered_name": name}
 
 
+def _output_names(value):
+    """The layer names in a functional config's output_layers ([name, node, tensor], or a
+    list or dict of them)."""
+    if isinstance(value, list) and len(value) == 3 and isinstance(value[0], str):
+        return [value[0]]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return [name for v in value for name in _output_names(v)]
+    return []
+
+
 def _functional_config(config, where):
     entries = config.get("layers")
     if not isinstance(entries, list):
         raise where.fail("the model config has no 'layers' list", CONFIG_NAME)
-    entries, masked = _drop_mask_ops(entries, where)
+    entries, masked = _drop_mask_ops(entries, where, _output_names(config.get("output_layers")))
     entries = [_op_layer_entry(e, where) for e in entries]  # applications: Keras's op nodes
     names = [e.get("name", (e.get("config") or {}).get("name")) if isinstance(e, dict) else None
              for e in entries]
