@@ -1,6 +1,7 @@
 """Shared fixtures: the backend under test (cpu, opencl), seeding, float64 mode, thread-count
 control, a small CPU backend guard."""
 
+import os
 import sys
 
 import numpy as np
@@ -15,6 +16,9 @@ def pytest_runtest_setup(item):
         from tests.opencl_util import skip_without_opencl
 
         skip_without_opencl()
+    if item.get_closest_marker("large") is not None and os.environ.get("PYNN_TEST_LARGE") != "1":
+        pytest.skip("builds a larger application model in Keras and pynn (minutes each on two "
+                    "cores); PYNN_TEST_LARGE=1 runs it")
 
 
 OPENCL_FIXTURES = ("backend_opencl", "ocl", "small_work_groups")

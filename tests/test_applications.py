@@ -140,7 +140,7 @@ def test_feature_extractor_equals_keras(name, kwargs, pooling):
     _assert_close(_predict(pm, x), expected)
 
 
-@pytest.mark.slow
+@pytest.mark.large
 @pytest.mark.parametrize("name", LARGER)
 def test_larger_members_have_keras_layers(name):
     _, km, pm = _both(name, include_top=False)

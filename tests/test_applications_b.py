@@ -172,7 +172,7 @@ def test_input_tensor_is_the_models_input(fresh_names):
     assert type(model.layers[1]).__name__ == "Rescaling"
 
 
-@pytest.mark.slow
+@pytest.mark.large
 @pytest.mark.parametrize("name", LARGER)
 def test_larger_members_have_keras_layers_and_weight_shapes(name, fresh_names):
     keras = keras_on_torch()
