@@ -374,3 +374,6 @@ from pynn.config import (  # noqa: E402,F401
     enable_interactive_logging,
     is_interactive_logging_enabled,
 )
+
+# -- bbox: keras.utils.bounding_boxes (pynn/bounding_boxes.py) ---------------------------------
+from pynn import bounding_boxes  # noqa: E402,F401

@@ -27,9 +27,11 @@ import numbers
 import numpy as np
 
 from pynn import backend
+from pynn import bounding_boxes as box_utils
 from pynn.layers.preprocessing import (
     FILL_MODES,
     INTERPOLATIONS,
+    KeepsBoxes,
     _choice,
     _data_format,
     _factor,
@@ -146,15 +148,17 @@ class RandomShear(_Augmentation):
         self.fill_value = _number(self, "fill_value", fill_value)
 
     def get_random_transformation(self, images, training=True, seed=None):
-        """{"shear_factor": (N, 2) [s_x, s_y]}, or None outside training."""
+        """{"shear_factor": (N, 2) [s_x, s_y], "input_shape"}, or None outside training."""
         if not training:
             return None
-        n = _images_of(self, images)[0]
+        shape = _images_of(self, images)
+        n = shape[0]
         rng = self._rng() if seed is None else np.random.default_rng(seed)
         invert = np.where(rng.uniform(size=(n, 1)) > 0.5, -1.0, 1.0)
         shear_y = rng.uniform(*self.y_factor, size=(n, 1))
         shear_x = rng.uniform(*self.x_factor, size=(n, 1))
-        return {"shear_factor": np.concatenate([shear_x, shear_y], axis=1) * invert}
+        return {"shear_factor": np.concatenate([shear_x, shear_y], axis=1) * invert,
+                "input_shape": tuple(int(d) for d in shape)}
 
     def transform_images(self, images, transformation, training=True):
         if not training or transformation is None:
@@ -163,6 +167,35 @@ class RandomShear(_Augmentation):
         m = shear_matrices(transformation["shear_factor"])
         return self._resample(images, [(m, (h, w), self.interpolation, self.fill_mode,
                                         self.fill_value)], training)
+
+    def transform_segmentation_masks(self, segmentation_masks, transformation, training=True):
+        """The images' shear read nearest (Keras's base intent; its RandomShear has none)."""
+        if not training or transformation is None:
+            return segmentation_masks
+        _, h, w, _ = _images_of(self, segmentation_masks)
+        m = shear_matrices(transformation["shear_factor"])
+        return self._resample(segmentation_masks, [(m, (h, w), "nearest", self.fill_mode,
+                                                    self.fill_value)], False)
+
+    def transform_bounding_boxes(self, bounding_boxes, transformation, training=True):
+        """Keras's: in rel_xyxy, each x edge moved by -s_x times the y edge that keeps the
+        box covering the sheared one, likewise y by s_y (its sign rules as Keras 3.15 writes
+        them), clipped to the unit square."""
+        if not training or transformation is None:
+            return bounding_boxes
+        h, w = transformation["input_shape"][1:3]
+        found = box_utils.convert_format(bounding_boxes, self.bounding_box_format, "rel_xyxy",
+                                         h, w)
+        shear = np.asarray(transformation["shear_factor"], np.float32)
+        sx, sy = shear[:, 0:1], shear[:, 1:2]
+        x1, y1, x2, y2 = (found["boxes"][..., i] for i in range(4))
+        x1 = np.where(sx < 0, x1 - sx * y1, x1 - sx * y2)
+        x2 = np.where(sx < 0, x2 - sx * y2, x2 - sx * y1)
+        y1 = np.where(sy > 0, y1 - sy * x2, y1 - sy * x1)
+        y2 = np.where(sy > 0, y2 - sy * x1, y2 - sy * x2)
+        found["boxes"] = np.stack([x1, y1, x2, y2], axis=-1)
+        found = box_utils.clip_to_image_size(found, h, w, "rel_xyxy")
+        return box_utils.convert_format(found, "rel_xyxy", self.bounding_box_format, h, w)
 
     def get_config(self):
         return {**super().get_config(), "x_factor": _shear_config(self.x_factor),
@@ -324,7 +357,7 @@ class CutMix(_Mixing):
                 "data_format": "channels_last"}
 
 
-class RandomErasing(_Augmentation):
+class RandomErasing(KeepsBoxes, _Augmentation):
     """With probability uniform(factor), a box of sqrt(uniform(scale)) of each side is set to
     fill_value (a number, one per channel, or None: normal noise * value_range[1]), clipped
     to value_range."""
@@ -411,7 +444,7 @@ def gaussian_taps(size, sigma):
     return k / k.sum()
 
 
-class RandomGaussianBlur(_Augmentation):
+class RandomGaussianBlur(KeepsBoxes, _Augmentation):
     """With probability uniform(factor) per image, a Gaussian blur of kernel_size taps with
     one (sigma_x, sigma_y) ~ uniform(sigma) + 1e-6 for the batch (Keras draws two numbers per
     call); every image is then clipped to value_range."""
