@@ -436,3 +436,75 @@ def test_config_round_trips_and_loads_in_keras():
         twin = getattr(keras.layers, type(layer).__name__).from_config(config)
         assert twin.bounding_box_format == layer.bounding_box_format
     assert "bounding_box_format" not in layers.RandomFlip().get_config()
+
+
+# -- masks against Keras, OpenCL against the CPU, Keras files ------------------------------
+
+@pytest.mark.parametrize("name, kwargs", [LAYERS[0], LAYERS[2], LAYERS[9], LAYERS[10],
+                                          LAYERS[11]], ids=lambda v: str(v))
+def test_layer_masks_match_keras(rng, name, kwargs):
+    keras = keras_on_torch()
+    p = getattr(layers, name)(**kwargs)
+    k = getattr(keras.layers, name)(**kwargs)
+    x = rng.uniform(0, 255, (3, H, W, 2)).astype(np.float32)
+    masks = rng.integers(0, 5, (3, H, W, 1)).astype(np.float32)
+    t = p.get_random_transformation(x, training=True, seed=4)
+    got = p.transform_segmentation_masks(masks, t, training=True)
+    want = k.transform_segmentation_masks(masks, _keras_transformation(name, t, x),
+                                          training=True)
+    np.testing.assert_allclose(got, _np(keras, want), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.opencl
+def test_dict_call_on_opencl_matches_the_cpu(backend_opencl, rng):
+    x = rng.uniform(0, 255, (3, H, W, 3)).astype(np.float32)
+    masks = rng.integers(0, 4, (3, H, W, 1)).astype(np.float32)
+    found = _padded_boxes(rng, "xyxy")
+    previous = pynn.backend.device()
+    makers = [lambda: layers.RandomFlip(seed=5, bounding_box_format="xyxy"),
+              lambda: layers.RandomZoom(0.3, seed=5, bounding_box_format="xyxy"),
+              lambda: layers.Resizing(7, 20, pad_to_aspect_ratio=True,
+                                      bounding_box_format="xyxy"),
+              lambda: layers.RandomContrast(0.4, seed=5, bounding_box_format="xyxy")]
+    try:
+        for make in makers:
+            outs = []
+            for device in ("cpu", "opencl"):
+                pynn.set_device(device)
+                out = make()({"images": x, "bounding_boxes": found,
+                              "segmentation_masks": masks})
+                if device == "opencl":
+                    out["images"] = backend_opencl.down(out["images"])
+                    out["segmentation_masks"] = backend_opencl.down(out["segmentation_masks"])
+                outs.append(out)
+            np.testing.assert_allclose(outs[1]["images"], outs[0]["images"], rtol=1e-4,
+                                       atol=1e-3)
+            np.testing.assert_allclose(outs[1]["segmentation_masks"],
+                                       outs[0]["segmentation_masks"], rtol=2e-6, atol=2e-4)
+            np.testing.assert_array_equal(outs[1]["bounding_boxes"]["boxes"],
+                                          outs[0]["bounding_boxes"]["boxes"])
+    finally:
+        pynn.set_device(previous)
+
+
+def test_keras_files_both_ways(tmp_path, rng):
+    keras = keras_on_torch()
+    K = keras.layers
+    km = keras.Sequential([keras.Input((H, W, 3)),
+                           K.Resizing(9, 21, pad_to_aspect_ratio=True, fill_value=4.0,
+                                      bounding_box_format="rel_xyxy"),
+                           K.RandomFlip(bounding_box_format="rel_xyxy"),
+                           K.CenterCrop(7, 15, bounding_box_format="rel_xyxy"),
+                           K.Flatten(), K.Dense(2)])
+    x = rng.uniform(0, 255, (2, H, W, 3)).astype(np.float32)
+    want = _np(keras, km.predict(x, verbose=0))
+    km.save(tmp_path / "k.keras")
+    pm = pynn.load_model(str(tmp_path / "k.keras"))
+    np.testing.assert_allclose(pm.predict(x, verbose=0), want, rtol=1e-5, atol=1e-3)
+    assert pm.layers[0].pad_to_aspect_ratio and pm.layers[1].bounding_box_format == "rel_xyxy"
+    pm.save(str(tmp_path / "p.keras"))
+    back = keras.saving.load_model(tmp_path / "p.keras")
+    np.testing.assert_allclose(_np(keras, back.predict(x, verbose=0)), want, rtol=1e-5,
+                               atol=1e-3)
+    assert back.layers[0].pad_to_aspect_ratio and back.layers[0].fill_value == 4.0
+    assert back.layers[2].bounding_box_format == "rel_xyxy"
