@@ -16,10 +16,11 @@ identity otherwise (Keras); each but RandomGaussianBlur and RandomElasticTransfo
 its input gradient back through the op's adjoint (those two clip to value_range like
 RandomContrast, and like it offer no input gradient: they sit at a model's input).
 
-CutMix and MixUp mix images only: Keras also mixes the labels when a data pipeline hands
-it ``{"images": ..., "labels": ...}``, but pynn's data pipeline has no map step, so inside
-a model the labels stay as they are. ``transform_labels(labels, transformation)`` gives
-Keras's mixed labels for a caller that wants them.
+CutMix and MixUp mix images only inside a model (pynn's data pipeline has no map step);
+called on Keras's dict ``{"images": ..., "labels": ...}`` they mix the labels too, through
+``transform_labels(labels, transformation)``. RandomShear moves a dict's bounding boxes as
+Keras's does; RandomErasing and RandomGaussianBlur keep them; the other layers here refuse
+them by name (pynn/layers/preprocessing.py's _ImageLayer has the dict call).
 """
 
 import numbers

@@ -10,6 +10,12 @@ parameters in NumPy from (seed, call count): the same seed gives the same batche
 thread count, on any backend, and a resumed fit continues the stream (runtime_state). Like
 Keras's, they act only in training; outside it they pass the input through (RandomCrop
 center-crops and resizes, as Keras documents).
+
+Called on Keras's dict ``{"images", "bounding_boxes", "labels", "segmentation_masks"}`` (a
+data pipeline's host arrays) the image layers move the boxes and masks with the images,
+each by Keras 3.15's own transform_bounding_boxes formula given the same drawn
+transformation (pynn.utils.bounding_boxes holds the box arithmetic), quirks included; see
+_ImageLayer.
 """
 
 import math
