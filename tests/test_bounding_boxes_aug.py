@@ -238,6 +238,10 @@ def _keras_transformation(name, t, x):
         return {"translations": t["translations"].astype(np.float32), "input_shape": x.shape}
     if name == "RandomShear":
         return {"shear_factor": t["shear_factor"].astype(np.float32), "input_shape": x.shape}
+    if name == "RandomPerspective":
+        return {"apply_perspective": t["apply_perspective"], "input_shape": x.shape,
+                "start_points": t["start_points"].astype(np.float32),
+                "end_points": t["end_points"].astype(np.float32)}
     return t
 
 
@@ -255,6 +259,7 @@ LAYERS = [
     ("Resizing", dict(height=21, width=8, pad_to_aspect_ratio=True)),
     ("CenterCrop", dict(height=9, width=11)),
     ("CenterCrop", dict(height=15, width=11)),
+    ("RandomPerspective", dict(factor=(0.3, 0.9), scale=0.6)),
 ]
 
 
@@ -361,7 +366,6 @@ def test_colour_layers_keep_boxes_and_masks(rng):
 
 
 @pytest.mark.parametrize("make", [
-    lambda: layers.RandomPerspective(bounding_box_format="xyxy"),
     lambda: layers.RandomElasticTransform(bounding_box_format="xyxy"),
     lambda: layers.MixUp(bounding_box_format="xyxy"),
     lambda: layers.CutMix(bounding_box_format="xyxy"),
@@ -375,6 +379,12 @@ def test_layers_without_a_box_transform_refuse_boxes_by_name(rng, make):
         layer({"images": x, "bounding_boxes": _padded_boxes(rng, "xyxy")})
     with pytest.raises(NotImplementedError, match="segmentation masks"):
         layer({"images": x, "segmentation_masks": x[..., :1]})
+
+
+def test_random_perspective_refuses_masks_by_name(rng):
+    layer = layers.RandomPerspective(bounding_box_format="xyxy", name="persp")
+    with pytest.raises(NotImplementedError, match="RandomPerspective 'persp'.*segmentation"):
+        layer({"images": np.ones((2, H, W, 1)), "segmentation_masks": np.ones((2, H, W, 1))})
 
 
 def test_mixing_layers_mix_a_dicts_labels(rng):

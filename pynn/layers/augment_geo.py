@@ -220,7 +220,7 @@ class RandomPerspective(_Augmentation):
 
     def get_random_transformation(self, images, training=True, seed=None):
         """{"apply_perspective": (N,) bool, "start_points", "end_points": (N, 4, 2) corner
-        (x, y) pairs}, or None outside training."""
+        (x, y) pairs, "input_shape"}, or None outside training."""
         if not training:
             return None
         n, h, w, _ = _images_of(self, images)
@@ -231,7 +231,8 @@ class RandomPerspective(_Augmentation):
         start = np.repeat(np.array([[[0.0, 0.0], [w - 1, 0.0], [0.0, h - 1],
                                      [w - 1, h - 1]]]), n, axis=0)
         return {"apply_perspective": apply, "start_points": start,
-                "end_points": start + start * shift}
+                "end_points": start + start * shift,
+                "input_shape": tuple(int(d) for d in images.shape)}
 
     def transform_images(self, images, transformation, training=True):
         if not training or transformation is None:
@@ -246,6 +247,33 @@ class RandomPerspective(_Augmentation):
         self._cache = (m, tuple(images.shape))
         return b.image_projective_forward(images, m, (h, w), self.interpolation, "constant",
                                           self.fill_value)
+
+    def transform_bounding_boxes(self, bounding_boxes, transformation, training=True):
+        """Keras's: each box's corners through the inverse homography (output points to
+        input ones, inverted), the box around them where the image was warped, clipped;
+        Keras 3.15 hands them back as xyxy whatever bounding_box_format says, and so does
+        this."""
+        if not training or transformation is None:
+            return bounding_boxes
+        h, w = transformation["input_shape"][1:3]
+        found = box_utils.convert_format(bounding_boxes, self.bounding_box_format, "xyxy",
+                                         h, w)
+        boxes = found["boxes"]
+        n = boxes.shape[0]
+        homography = np.concatenate([homography_matrices(transformation["start_points"],
+                                                         transformation["end_points"]),
+                                     np.ones((n, 1))], axis=1).reshape(n, 3, 3)
+        forward = np.linalg.inv(homography)
+        x1, y1, x2, y2 = (boxes[..., i] for i in range(4))
+        corners = np.stack([np.stack([x1, y1], -1), np.stack([x2, y2], -1),
+                            np.stack([x1, y2], -1), np.stack([x2, y1], -1)], axis=2)
+        moved = np.einsum("nbkj,nij->nbki", corners, forward[:, :, :2]) \
+            + forward[:, None, None, :, 2]
+        xy = moved[..., :2] / moved[..., 2:]
+        warped = np.concatenate([xy.min(axis=2), xy.max(axis=2)], axis=-1).astype(boxes.dtype)
+        apply = np.asarray(transformation["apply_perspective"], bool).reshape(n, 1, 1)
+        found["boxes"] = np.where(apply, warped, boxes)
+        return box_utils.clip_to_image_size(found, h, w, "xyxy")
 
     def backward(self, dy):
         saved, self._cache = self._cache, None
