@@ -377,8 +377,24 @@ def test_layers_without_a_box_transform_refuse_boxes_by_name(rng, make):
     with pytest.raises(NotImplementedError, match=f"{type(layer).__name__} '{layer.name}'.*"
                                                   f"bounding boxes"):
         layer({"images": x, "bounding_boxes": _padded_boxes(rng, "xyxy")})
+    if type(layer).__name__ in ("MixUp", "CutMix"):
+        return
     with pytest.raises(NotImplementedError, match="segmentation masks"):
         layer({"images": x, "segmentation_masks": x[..., :1]})
+
+
+def test_mixing_layers_masks_as_keras(rng):
+    """MixUp leaves a dict's masks alone, CutMix pastes them as it pastes the images."""
+    x = rng.uniform(0, 255, (4, H, W, 3)).astype(np.float32)
+    masks = rng.integers(0, 3, (4, H, W, 1)).astype(np.float32)
+    out = layers.MixUp(seed=2)({"images": x, "segmentation_masks": masks})
+    np.testing.assert_array_equal(out["segmentation_masks"], masks)
+    cut, twin = layers.CutMix(seed=2), layers.CutMix(seed=2)
+    out = cut({"images": x, "segmentation_masks": masks})
+    t = twin.get_random_transformation(x)
+    np.testing.assert_array_equal(out["segmentation_masks"],
+                                  twin.transform_images(masks, t, training=True))
+    assert not np.array_equal(out["segmentation_masks"], masks)
 
 
 def test_random_perspective_refuses_masks_by_name(rng):

@@ -346,6 +346,12 @@ class MixUp(_Mixing):
         return self._mix(images, transformation["permutation_order"],
                          transformation["mix_weight"], boxes, training)
 
+    def transform_segmentation_masks(self, segmentation_masks, transformation, training=True):
+        """Keras's: a dict's masks are not blended. (Its boxes are refused: Keras 3.15
+        appends the partner's boxes along the box axis but its labels along the batch axis,
+        so its boxes and labels no longer pair up.)"""
+        return segmentation_masks
+
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha, "data_format": "channels_last"}
 
@@ -380,6 +386,11 @@ class CutMix(_Mixing):
         n = _images_of(self, images)[0]
         return self._mix(images, transformation["permutation_order"], np.zeros(n),
                          transformation["boxes"], training)
+
+    def transform_segmentation_masks(self, segmentation_masks, transformation, training=True):
+        """Keras's: the masks cut and pasted as the images are (its boxes: not implemented,
+        and refused here too)."""
+        return self.transform_images(segmentation_masks, transformation, training)
 
     def get_config(self):
         return {**super().get_config(), "factor": list(self.factor),
