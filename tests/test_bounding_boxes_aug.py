@@ -534,3 +534,13 @@ def test_keras_files_both_ways(tmp_path, rng):
                                atol=1e-3)
     assert back.layers[0].pad_to_aspect_ratio and back.layers[0].fill_value == 4.0
     assert back.layers[2].bounding_box_format == "rel_xyxy"
+
+
+def test_a_refused_dict_leaves_the_random_stream_alone(rng):
+    layer = layers.RandomFlip(seed=8, name="f")
+    twin = layers.RandomFlip(seed=8)
+    x = rng.uniform(0, 1, (5, H, W, 1)).astype(np.float32)
+    with pytest.raises(ValueError, match="RandomFlip 'f'"):
+        layer({"images": x, "bounding_boxes": _padded_boxes(rng, "xyxy")})
+    np.testing.assert_array_equal(layer({"images": x})["images"],
+                                  twin({"images": x})["images"])

@@ -155,9 +155,11 @@ def dense_bounding_boxes(layer, found, batched):
                          f"{sorted(found) if isinstance(found, dict) else type(found).__name__}")
     host = _ImageLayer._to_host
     try:
-        boxes = np.asarray(host(found["boxes"]), np.float64)
+        boxes = np.asarray(host(found["boxes"]))
         labels = np.asarray(host(found["labels"]))
     except (ValueError, TypeError):
+        boxes = labels = None
+    if boxes is None or boxes.dtype.kind not in "biuf" or labels.dtype.kind not in "biuf":
         raise ValueError(f"{_name(layer)}: boxes and labels must be dense arrays of numbers "
                          f"(every image with as many boxes); pad ragged lists first (e.g. "
                          f"with MaxNumBoundingBoxes)") from None
@@ -168,7 +170,6 @@ def dense_bounding_boxes(layer, found, batched):
                          f"{lead}, 4) and 'labels' of shape {lead}) for "
                          f"{'a batch of images' if batched else 'one image'}, got boxes "
                          f"{boxes.shape} and labels {labels.shape}")
-    boxes = np.asarray(host(found["boxes"]))
     if not batched:
         boxes, labels = boxes[None], labels[None]
     return {**found, "boxes": boxes, "labels": labels}
@@ -211,11 +212,7 @@ class _ImageLayer(Layer):
             self.build((None,) + tuple(x.shape[1:]))
         # The input's size for a transform whose transformation does not carry it.
         self._dict_images_shape = tuple(int(d) for d in x.shape)
-        transformation = self.get_random_transformation(x, training=training)
-        out = dict(data)
-        y = self.transform_images(x, transformation, training=training)
-        out["images"] = y if batched else y[0]
-        if "bounding_boxes" in data:
+        if "bounding_boxes" in data:  # checked before the draw, so a refusal costs none
             if not self.bounding_box_format:
                 raise ValueError(f"{_name(self)}: you passed an input with a 'bounding_boxes' "
                                  f"key, but you didn't specify a bounding box format. Pass a "
@@ -223,6 +220,11 @@ class _ImageLayer(Layer):
                                  f"{type(self).__name__} layer, e.g. "
                                  f"`bounding_box_format='xyxy'`.")
             found = dense_bounding_boxes(self, data["bounding_boxes"], batched)
+        transformation = self.get_random_transformation(x, training=training)
+        out = dict(data)
+        y = self.transform_images(x, transformation, training=training)
+        out["images"] = y if batched else y[0]
+        if "bounding_boxes" in data:
             boxes = self.transform_bounding_boxes(found, transformation, training=training)
             out["bounding_boxes"] = boxes if batched else {
                 **boxes, "boxes": boxes["boxes"][0], "labels": boxes["labels"][0]}
