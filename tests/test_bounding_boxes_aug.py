@@ -544,3 +544,10 @@ def test_a_refused_dict_leaves_the_random_stream_alone(rng):
         layer({"images": x, "bounding_boxes": _padded_boxes(rng, "xyxy")})
     np.testing.assert_array_equal(layer({"images": x})["images"],
                                   twin({"images": x})["images"])
+
+
+def test_every_public_keras_bounding_box_utility_is_here():
+    keras = keras_on_torch()
+    names = [n for n in dir(keras.utils.bounding_boxes) if not n.startswith("_")]
+    assert len(names) >= 9
+    assert [n for n in names if not callable(getattr(box_utils, n, None))] == []
