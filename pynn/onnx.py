@@ -939,6 +939,13 @@ def _image_stages(g, layer, x, stages, hint):
                                   g.ints([top + height, left + width], f"{hint}_{k}_ends"),
                                   g.ints([1, 2], f"{hint}_{k}_axes")], f"{hint}_{k}_crop")
             continue
+        if stage[0] == "pad":  # bbox: Resizing's pad_to_aspect_ratio, fill_value both sides
+            _, top, left, fill_value = stage
+            name = g.op("Pad", [name, g.ints([0, top, left, 0, 0, top, left, 0],
+                                             f"{hint}_{k}_pads"),
+                                g.const(fill_value, f"{hint}_{k}_fill")], f"{hint}_{k}_pad",
+                        mode="constant")
+            continue
         _, height, width, interpolation = stage
         # Keras's torch backend: bilinear with half-pixel centres (align_corners=False,
         # no antialias); nearest as torch's nearest-exact, floor((o + 0.5) * in / out)
@@ -1004,6 +1011,9 @@ def _resizing(g, layer, x, out_shape):
     if layer.crop_to_aspect_ratio:
         top, left, ch, cw = aspect_box(h, w, layer.height, layer.width)
         stages.append(("crop", top, left, ch, cw))
+    if getattr(layer, "pad_to_aspect_ratio", False):  # bbox: the layer's own padding
+        shift = layer.stages(1, h, w)[0][0][0]
+        stages.append(("pad", int(-shift[5]), int(-shift[2]), float(layer.fill_value)))
     stages.append(("resize", layer.height, layer.width, layer.interpolation))
     return g.tensor(_image_stages(g, layer, x, stages, layer.name), out_shape)
 

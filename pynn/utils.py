@@ -344,3 +344,6 @@ def timeseries_dataset_from_array(data, targets, sequence_length, sequence_strid
     return TimeseriesDataset(window, None if targets is None else targets[start:end], starts,
                              sequence_length, sampling_rate, batch_size)
 
+
+# -- bbox: keras.utils.bounding_boxes (pynn/bounding_boxes.py) ---------------------------------
+from pynn import bounding_boxes  # noqa: E402,F401

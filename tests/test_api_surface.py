@@ -36,8 +36,6 @@ REFUSED = {
     ("callbacks", "OrbaxCheckpoint"),
     # a structured-data preprocessing Layer built on tf.data: the layers' work, not this API's
     ("utils", "FeatureSpace"),
-    # bounding-box ops of the image preprocessing layers: keras.ops / layers work
-    ("utils", "bounding_boxes"),
     # downloads files from the network: pynn fetches nothing at run time
     ("utils", "get_file"),
     # Keras 2's utils kept for tf.keras, a stub in Keras 3

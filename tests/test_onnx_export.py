@@ -815,6 +815,11 @@ PREPROCESSING = {
     "resizing_bilinear_up": lambda: L.Resizing(13, 17),
     "resizing_nearest": lambda: L.Resizing(11, 5, interpolation="nearest"),
     "resizing_crop_to_aspect": lambda: L.Resizing(4, 8, crop_to_aspect_ratio=True),
+    # -- bbox: Resizing's pad_to_aspect_ratio (Pad then Resize) --
+    "resizing_pad_to_aspect": lambda: L.Resizing(4, 13, pad_to_aspect_ratio=True,
+                                                 fill_value=3.0),
+    "resizing_pad_to_aspect_tall": lambda: L.Resizing(9, 3, pad_to_aspect_ratio=True,
+                                                      interpolation="nearest"),
     # -- auggeo: Keras 3's geometric, erasing, mixing and blur augmentations (identities) --
     "augmentation_identities_keras3": lambda: [
         L.RandomShear(0.2, 0.2), L.RandomPerspective(), L.RandomElasticTransform(),

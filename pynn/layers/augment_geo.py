@@ -16,10 +16,11 @@ identity otherwise (Keras); each but RandomGaussianBlur and RandomElasticTransfo
 its input gradient back through the op's adjoint (those two clip to value_range like
 RandomContrast, and like it offer no input gradient: they sit at a model's input).
 
-CutMix and MixUp mix images only: Keras also mixes the labels when a data pipeline hands
-it ``{"images": ..., "labels": ...}``, but pynn's data pipeline has no map step, so inside
-a model the labels stay as they are. ``transform_labels(labels, transformation)`` gives
-Keras's mixed labels for a caller that wants them.
+CutMix and MixUp mix images only inside a model (pynn's data pipeline has no map step);
+called on Keras's dict ``{"images": ..., "labels": ...}`` they mix the labels too, through
+``transform_labels(labels, transformation)``. RandomShear moves a dict's bounding boxes as
+Keras's does; RandomErasing and RandomGaussianBlur keep them; the other layers here refuse
+them by name (pynn/layers/preprocessing.py's _ImageLayer has the dict call).
 """
 
 import numbers
@@ -27,9 +28,11 @@ import numbers
 import numpy as np
 
 from pynn import backend
+from pynn import bounding_boxes as box_utils
 from pynn.layers.preprocessing import (
     FILL_MODES,
     INTERPOLATIONS,
+    KeepsBoxes,
     _choice,
     _data_format,
     _factor,
@@ -146,15 +149,17 @@ class RandomShear(_Augmentation):
         self.fill_value = _number(self, "fill_value", fill_value)
 
     def get_random_transformation(self, images, training=True, seed=None):
-        """{"shear_factor": (N, 2) [s_x, s_y]}, or None outside training."""
+        """{"shear_factor": (N, 2) [s_x, s_y], "input_shape"}, or None outside training."""
         if not training:
             return None
-        n = _images_of(self, images)[0]
+        shape = _images_of(self, images)
+        n = shape[0]
         rng = self._rng() if seed is None else np.random.default_rng(seed)
         invert = np.where(rng.uniform(size=(n, 1)) > 0.5, -1.0, 1.0)
         shear_y = rng.uniform(*self.y_factor, size=(n, 1))
         shear_x = rng.uniform(*self.x_factor, size=(n, 1))
-        return {"shear_factor": np.concatenate([shear_x, shear_y], axis=1) * invert}
+        return {"shear_factor": np.concatenate([shear_x, shear_y], axis=1) * invert,
+                "input_shape": tuple(int(d) for d in shape)}
 
     def transform_images(self, images, transformation, training=True):
         if not training or transformation is None:
@@ -163,6 +168,35 @@ class RandomShear(_Augmentation):
         m = shear_matrices(transformation["shear_factor"])
         return self._resample(images, [(m, (h, w), self.interpolation, self.fill_mode,
                                         self.fill_value)], training)
+
+    def transform_segmentation_masks(self, segmentation_masks, transformation, training=True):
+        """The images' shear read nearest (Keras's base intent; its RandomShear has none)."""
+        if not training or transformation is None:
+            return segmentation_masks
+        _, h, w, _ = _images_of(self, segmentation_masks)
+        m = shear_matrices(transformation["shear_factor"])
+        return self._resample(segmentation_masks, [(m, (h, w), "nearest", self.fill_mode,
+                                                    self.fill_value)], False)
+
+    def transform_bounding_boxes(self, bounding_boxes, transformation, training=True):
+        """Keras's: in rel_xyxy, each x edge moved by -s_x times the y edge that keeps the
+        box covering the sheared one, likewise y by s_y (its sign rules as Keras 3.15 writes
+        them), clipped to the unit square."""
+        if not training or transformation is None:
+            return bounding_boxes
+        h, w = transformation["input_shape"][1:3]
+        found = box_utils.convert_format(bounding_boxes, self.bounding_box_format, "rel_xyxy",
+                                         h, w)
+        shear = np.asarray(transformation["shear_factor"], np.float32)
+        sx, sy = shear[:, 0:1], shear[:, 1:2]
+        x1, y1, x2, y2 = (found["boxes"][..., i] for i in range(4))
+        x1 = np.where(sx < 0, x1 - sx * y1, x1 - sx * y2)
+        x2 = np.where(sx < 0, x2 - sx * y2, x2 - sx * y1)
+        y1 = np.where(sy > 0, y1 - sy * x2, y1 - sy * x1)
+        y2 = np.where(sy > 0, y2 - sy * x1, y2 - sy * x2)
+        found["boxes"] = np.stack([x1, y1, x2, y2], axis=-1)
+        found = box_utils.clip_to_image_size(found, h, w, "rel_xyxy")
+        return box_utils.convert_format(found, "rel_xyxy", self.bounding_box_format, h, w)
 
     def get_config(self):
         return {**super().get_config(), "x_factor": _shear_config(self.x_factor),
@@ -186,7 +220,7 @@ class RandomPerspective(_Augmentation):
 
     def get_random_transformation(self, images, training=True, seed=None):
         """{"apply_perspective": (N,) bool, "start_points", "end_points": (N, 4, 2) corner
-        (x, y) pairs}, or None outside training."""
+        (x, y) pairs, "input_shape"}, or None outside training."""
         if not training:
             return None
         n, h, w, _ = _images_of(self, images)
@@ -197,7 +231,8 @@ class RandomPerspective(_Augmentation):
         start = np.repeat(np.array([[[0.0, 0.0], [w - 1, 0.0], [0.0, h - 1],
                                      [w - 1, h - 1]]]), n, axis=0)
         return {"apply_perspective": apply, "start_points": start,
-                "end_points": start + start * shift}
+                "end_points": start + start * shift,
+                "input_shape": tuple(int(d) for d in images.shape)}
 
     def transform_images(self, images, transformation, training=True):
         if not training or transformation is None:
@@ -212,6 +247,33 @@ class RandomPerspective(_Augmentation):
         self._cache = (m, tuple(images.shape))
         return b.image_projective_forward(images, m, (h, w), self.interpolation, "constant",
                                           self.fill_value)
+
+    def transform_bounding_boxes(self, bounding_boxes, transformation, training=True):
+        """Keras's: each box's corners through the inverse homography (output points to
+        input ones, inverted), the box around them where the image was warped, clipped;
+        Keras 3.15 hands them back as xyxy whatever bounding_box_format says, and so does
+        this."""
+        if not training or transformation is None:
+            return bounding_boxes
+        h, w = transformation["input_shape"][1:3]
+        found = box_utils.convert_format(bounding_boxes, self.bounding_box_format, "xyxy",
+                                         h, w)
+        boxes = found["boxes"]
+        n = boxes.shape[0]
+        homography = np.concatenate([homography_matrices(transformation["start_points"],
+                                                         transformation["end_points"]),
+                                     np.ones((n, 1))], axis=1).reshape(n, 3, 3)
+        forward = np.linalg.inv(homography)
+        x1, y1, x2, y2 = (boxes[..., i] for i in range(4))
+        corners = np.stack([np.stack([x1, y1], -1), np.stack([x2, y2], -1),
+                            np.stack([x1, y2], -1), np.stack([x2, y1], -1)], axis=2)
+        moved = np.einsum("nbkj,nij->nbki", corners, forward[:, :, :2]) \
+            + forward[:, None, None, :, 2]
+        xy = moved[..., :2] / moved[..., 2:]
+        warped = np.concatenate([xy.min(axis=2), xy.max(axis=2)], axis=-1).astype(boxes.dtype)
+        apply = np.asarray(transformation["apply_perspective"], bool).reshape(n, 1, 1)
+        found["boxes"] = np.where(apply, warped, boxes)
+        return box_utils.clip_to_image_size(found, h, w, "xyxy")
 
     def backward(self, dy):
         saved, self._cache = self._cache, None
@@ -284,6 +346,12 @@ class MixUp(_Mixing):
         return self._mix(images, transformation["permutation_order"],
                          transformation["mix_weight"], boxes, training)
 
+    def transform_segmentation_masks(self, segmentation_masks, transformation, training=True):
+        """Keras's: a dict's masks are not blended. (Its boxes are refused: Keras 3.15
+        appends the partner's boxes along the box axis but its labels along the batch axis,
+        so its boxes and labels no longer pair up.)"""
+        return segmentation_masks
+
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha, "data_format": "channels_last"}
 
@@ -319,12 +387,17 @@ class CutMix(_Mixing):
         return self._mix(images, transformation["permutation_order"], np.zeros(n),
                          transformation["boxes"], training)
 
+    def transform_segmentation_masks(self, segmentation_masks, transformation, training=True):
+        """Keras's: the masks cut and pasted as the images are (its boxes: not implemented,
+        and refused here too)."""
+        return self.transform_images(segmentation_masks, transformation, training)
+
     def get_config(self):
         return {**super().get_config(), "factor": list(self.factor),
                 "data_format": "channels_last"}
 
 
-class RandomErasing(_Augmentation):
+class RandomErasing(KeepsBoxes, _Augmentation):
     """With probability uniform(factor), a box of sqrt(uniform(scale)) of each side is set to
     fill_value (a number, one per channel, or None: normal noise * value_range[1]), clipped
     to value_range."""
@@ -411,7 +484,7 @@ def gaussian_taps(size, sigma):
     return k / k.sum()
 
 
-class RandomGaussianBlur(_Augmentation):
+class RandomGaussianBlur(KeepsBoxes, _Augmentation):
     """With probability uniform(factor) per image, a Gaussian blur of kernel_size taps with
     one (sigma_x, sigma_y) ~ uniform(sigma) + 1e-6 for the batch (Keras draws two numbers per
     call); every image is then clipped to value_range."""

@@ -41,7 +41,7 @@ def _column(values, n):
     return np.asarray(values, np.float64).reshape(n)
 
 
-class _ColorLayer(pp._RandomLayer):
+class _ColorLayer(pp.KeepsBoxes, pp._RandomLayer):
     """The call split of Keras's BaseImagePreprocessingLayer; subclasses give
     ``get_random_transformation`` and ``params`` (the op's (N, 2) rows)."""
 

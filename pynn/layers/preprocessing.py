@@ -10,6 +10,12 @@ parameters in NumPy from (seed, call count): the same seed gives the same batche
 thread count, on any backend, and a resumed fit continues the stream (runtime_state). Like
 Keras's, they act only in training; outside it they pass the input through (RandomCrop
 center-crops and resizes, as Keras documents).
+
+Called on Keras's dict ``{"images", "bounding_boxes", "labels", "segmentation_masks"}`` (a
+data pipeline's host arrays) the image layers move the boxes and masks with the images,
+each by Keras 3.15's own transform_bounding_boxes formula given the same drawn
+transformation (pynn.utils.bounding_boxes holds the box arithmetic), quirks included; see
+_ImageLayer.
 """
 
 import math
@@ -18,6 +24,7 @@ import numbers
 import numpy as np
 
 from pynn import backend, utils
+from pynn import bounding_boxes as box_utils
 from pynn.layers.base import Layer, shape_str
 
 # Keras's backend.epsilon(): Normalization's floor on the standard deviation.
@@ -139,11 +146,143 @@ def aspect_box(height, width, target_height, target_width):
     return (int(float(height - crop_h) / 2), int(float(width - crop_w) / 2), crop_h, crop_w)
 
 
+def dense_bounding_boxes(layer, found, batched):
+    """Keras's validate_bounding_boxes and densify: {"boxes" (N, B, 4), "labels" (N, B)} as
+    host arrays (one image's gains the batch axis)."""
+    if not isinstance(found, dict) or "boxes" not in found or "labels" not in found:
+        raise ValueError(f"{_name(layer)}: expected `bounding_boxes` to be a dict with keys "
+                         f"'boxes' and 'labels', got "
+                         f"{sorted(found) if isinstance(found, dict) else type(found).__name__}")
+    host = _ImageLayer._to_host
+    try:
+        boxes = np.asarray(host(found["boxes"]))
+        labels = np.asarray(host(found["labels"]))
+    except (ValueError, TypeError):
+        boxes = labels = None
+    if boxes is None or boxes.dtype.kind not in "biuf" or labels.dtype.kind not in "biuf":
+        raise ValueError(f"{_name(layer)}: boxes and labels must be dense arrays of numbers "
+                         f"(every image with as many boxes); pad ragged lists first (e.g. "
+                         f"with MaxNumBoundingBoxes)") from None
+    want = 3 if batched else 2
+    if boxes.ndim != want or boxes.shape[-1] != 4 or labels.shape != boxes.shape[:-1]:
+        lead = "(batch_size, num_boxes" if batched else "(num_boxes"
+        raise ValueError(f"{_name(layer)}: expected bounding_boxes['boxes'] of shape "
+                         f"{lead}, 4) and 'labels' of shape {lead}) for "
+                         f"{'a batch of images' if batched else 'one image'}, got boxes "
+                         f"{boxes.shape} and labels {labels.shape}")
+    if not batched:
+        boxes, labels = boxes[None], labels[None]
+    return {**found, "boxes": boxes, "labels": labels}
+
+
 # -- the shared machinery -----------------------------------------------------------------
 
 class _ImageLayer(Layer):
     """Images (N, H, W, C) resampled through a list of stages, each (matrices, output size,
-    interpolation, fill_mode, fill_value); backward runs the stages' adjoints in reverse."""
+    interpolation, fill_mode, fill_value); backward runs the stages' adjoints in reverse.
+
+    Keras's dict input ``{"images", "bounding_boxes": {"boxes", "labels"}, "labels",
+    "segmentation_masks"}`` (a data pipeline's, on the host) goes through ``_call_dict``:
+    one ``get_random_transformation`` for the batch, then ``transform_images``,
+    ``transform_bounding_boxes``, ``transform_labels`` and ``transform_segmentation_masks``
+    with it, as Keras's BaseImagePreprocessingLayer.call. A layer whose box or mask transform
+    pynn does not have refuses those entries by name rather than pass them through."""
+
+    def __init__(self, bounding_box_format=None, **kwargs):
+        super().__init__(**kwargs)
+        self.bounding_box_format = (None if bounding_box_format is None else
+                                    box_utils.check_format(_name(self),
+                                                           bounding_box_format))
+
+    def __call__(self, inputs, training=None, **kwargs):
+        if isinstance(inputs, dict):
+            return self._call_dict(inputs, training)
+        return super().__call__(inputs, training=training, **kwargs)
+
+    def _call_dict(self, data, training):
+        if "images" not in data:
+            raise ValueError(f"{_name(self)}: a dict input needs an 'images' entry, got keys "
+                             f"{sorted(data)}")
+        # Keras's call(data, training=True): a pipeline's dict is augmented unless told not.
+        training = True if training is None else bool(training)
+        images = self._host_images(data["images"], "images")
+        batched = images.ndim == 4
+        x = self._device(images if batched else images[None])
+        if not self.built:
+            self.build((None,) + tuple(x.shape[1:]))
+        # The input's size for a transform whose transformation does not carry it.
+        self._dict_images_shape = tuple(int(d) for d in x.shape)
+        if "bounding_boxes" in data:  # checked before the draw, so a refusal costs none
+            if not self.bounding_box_format:
+                raise ValueError(f"{_name(self)}: you passed an input with a 'bounding_boxes' "
+                                 f"key, but you didn't specify a bounding box format. Pass a "
+                                 f"`bounding_box_format` argument to your "
+                                 f"{type(self).__name__} layer, e.g. "
+                                 f"`bounding_box_format='xyxy'`.")
+            found = dense_bounding_boxes(self, data["bounding_boxes"], batched)
+        transformation = self.get_random_transformation(x, training=training)
+        out = dict(data)
+        y = self.transform_images(x, transformation, training=training)
+        out["images"] = y if batched else y[0]
+        if "bounding_boxes" in data:
+            boxes = self.transform_bounding_boxes(found, transformation, training=training)
+            out["bounding_boxes"] = boxes if batched else {
+                **boxes, "boxes": boxes["boxes"][0], "labels": boxes["labels"][0]}
+        if "labels" in data:
+            labels = np.asarray(self._to_host(data["labels"]))
+            labels = self.transform_labels(labels if batched else labels[None], transformation,
+                                           training=training)
+            out["labels"] = labels if batched else labels[0]
+        if "segmentation_masks" in data:
+            masks = self._host_images(data["segmentation_masks"], "segmentation_masks")
+            if masks.ndim != images.ndim or masks.shape[:-1] != images.shape[:-1]:
+                raise ValueError(f"{_name(self)}: segmentation_masks must match the images' "
+                                 f"batch and spatial shape {images.shape[:-1]}, got "
+                                 f"{masks.shape}")
+            masks = self.transform_segmentation_masks(
+                self._device(masks if batched else masks[None]), transformation,
+                training=training)
+            out["segmentation_masks"] = masks if batched else masks[0]
+        return out
+
+    @staticmethod
+    def _to_host(a):
+        if isinstance(a, (np.ndarray, list, tuple, numbers.Number)):
+            return a
+        return backend.current().to_numpy(a)
+
+    def _host_images(self, images, what):
+        images = np.asarray(self._to_host(images))
+        if images.dtype.kind not in "biuf" or images.ndim not in (3, 4):
+            raise ValueError(f"{_name(self)}: expected {what} of rank 3 (single image) or 4 "
+                             f"(batch of images) of numbers, got shape {images.shape} dtype "
+                             f"{images.dtype}")
+        return images
+
+    @staticmethod
+    def _device(images):
+        # Keras casts to the compute dtype (float32); float64 stays float64 as pynn's layers do.
+        dtype = np.float64 if images.dtype == np.float64 else np.float32
+        return backend.current().asarray(np.ascontiguousarray(images, dtype), dtype)
+
+    def transform_labels(self, labels, transformation, training=True):
+        return labels
+
+    def transform_bounding_boxes(self, bounding_boxes, transformation, training=True):
+        raise NotImplementedError(f"{_name(self)}: pynn does not transform bounding boxes "
+                                  f"through {type(self).__name__}; pass its dict input "
+                                  f"without 'bounding_boxes'")
+
+    def transform_segmentation_masks(self, segmentation_masks, transformation, training=True):
+        raise NotImplementedError(f"{_name(self)}: pynn does not transform segmentation masks "
+                                  f"through {type(self).__name__}; pass its dict input "
+                                  f"without 'segmentation_masks'")
+
+    def get_config(self):
+        config = super().get_config()
+        if self.bounding_box_format is not None:
+            config["bounding_box_format"] = self.bounding_box_format
+        return config
 
     def build(self, input_shape):
         if len(input_shape) != 4:
@@ -172,6 +311,17 @@ class _ImageLayer(Layer):
         for m, shape, interpolation, fill_mode in reversed(saved):
             dy = b.image_affine_backward(dy, m, shape, interpolation, fill_mode)
         return dy
+
+
+class KeepsBoxes:
+    """Keras's colour layers (and blur, erasing): a dict's bounding boxes and segmentation
+    masks come back as they went in."""
+
+    def transform_bounding_boxes(self, bounding_boxes, transformation, training=True):
+        return bounding_boxes
+
+    def transform_segmentation_masks(self, segmentation_masks, transformation, training=True):
+        return segmentation_masks
 
 
 class _RandomLayer(_ImageLayer):
@@ -385,33 +535,95 @@ class Resizing(_ImageLayer):
                              f"({height}, {width})")
         self.interpolation = _choice(self, "interpolation", interpolation, INTERPOLATIONS)
         self.crop_to_aspect_ratio = bool(crop_to_aspect_ratio)
-        if pad_to_aspect_ratio or antialias:
-            raise NotImplementedError(f"{_name(self)}: pad_to_aspect_ratio and antialias are "
-                                      f"not supported")
+        self.pad_to_aspect_ratio = bool(pad_to_aspect_ratio)
+        if antialias:
+            raise NotImplementedError(f"{_name(self)}: antialias is not supported")
+        if self.crop_to_aspect_ratio and self.pad_to_aspect_ratio:
+            raise ValueError(f"{_name(self)}: only one of crop_to_aspect_ratio and "
+                             f"pad_to_aspect_ratio can be True")
         self.fill_mode, self.fill_value = fill_mode, fill_value
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.height, self.width, input_shape[3])
 
-    def stages(self, n, h, w):
+    def stages(self, n, h, w, interpolation=None):
+        interpolation = interpolation or self.interpolation
         top, left, ch, cw = 0, 0, h, w
         stages = []
         if self.crop_to_aspect_ratio:
             top, left, ch, cw = aspect_box(h, w, self.height, self.width)
             stages.append((shift_matrices(n, top, left), (ch, cw), "nearest", "constant", 0.0))
+        elif self.pad_to_aspect_ratio:
+            # Keras (torch) pads fill_value evenly on both sides of the short axis, so the
+            # padded image is h + 2 * top high (not Keras's rounded pad_height).
+            pad_h = max(h, int(float(w * self.height) / self.width))
+            pad_w = max(w, int(float(h * self.width) / self.height))
+            top, left = int(float(pad_h - h) / 2), int(float(pad_w - w) / 2)
+            ch, cw = h + 2 * top, w + 2 * left
+            stages.append((shift_matrices(n, -top, -left), (ch, cw), "nearest", "constant",
+                           float(self.fill_value)))
         stages.append((resize_matrices(n, (ch, cw), (self.height, self.width),
-                                       self.interpolation), (self.height, self.width),
-                       self.interpolation, "nearest", 0.0))
+                                       interpolation), (self.height, self.width),
+                       interpolation, "nearest", 0.0))
         return stages
 
     def call(self, x, training=False):
         n, h, w, _ = x.shape
         return self._resample(x, self.stages(n, h, w), training)
 
+    def get_random_transformation(self, images, training=True, seed=None):
+        """Keras's: the input's (height, width)."""
+        return int(images.shape[1]), int(images.shape[2])
+
+    def transform_images(self, images, transformation=None, training=True):
+        return self.call(images, training=training)
+
+    def transform_segmentation_masks(self, segmentation_masks, transformation=None,
+                                     training=True):
+        n, h, w, _ = segmentation_masks.shape
+        return self._resample(segmentation_masks, self.stages(n, h, w, "nearest"), False)
+
+    def transform_bounding_boxes(self, bounding_boxes, transformation, training=True):
+        """Keras's: boxes scaled (after the aspect window's crop or pad), clipped to the
+        output; Keras leaves an all -1 or all 0 padding box at 0 (its label clipped to -1)."""
+        in_h, in_w = transformation
+        raw = np.asarray(bounding_boxes["boxes"])
+        padding = np.all(raw == -1, axis=-1) | np.all(raw == 0, axis=-1)
+        found = box_utils.convert_format(bounding_boxes, self.bounding_box_format, "xyxy",
+                                         in_h, in_w)
+        boxes = found["boxes"]
+        if self.pad_to_aspect_ratio:
+            # Scale to fit, centred by half the leftover, floored (Keras's offsets).
+            scale_x = scale_y = min(np.float32(self.height / in_h),
+                                    np.float32(self.width / in_w))
+            top = -((self.height - np.float32(in_h) * scale_y) // 2)
+            left = -((self.width - np.float32(in_w) * scale_x) // 2)
+        elif self.crop_to_aspect_ratio:
+            source, target = in_w / in_h, self.width / self.height
+            wider = source > target
+            new_w = self.height * source if wider else self.width
+            new_h = self.height if wider else self.width / source
+            scale_x, scale_y = np.float32(new_w / in_w), np.float32(new_h / in_h)
+            left, top = np.float32((new_w - self.width) // 2), \
+                np.float32((new_h - self.height) // 2)
+        else:
+            scale_x = np.float32(self.width / in_w)
+            scale_y = np.float32(self.height / in_h)
+            left = top = np.float32(0.0)
+        x1, y1, x2, y2 = (boxes[..., i] for i in range(4))
+        found["boxes"] = np.stack([x1 * scale_x - left, y1 * scale_y - top,
+                                   x2 * scale_x - left, y2 * scale_y - top], axis=-1)
+        found = box_utils.clip_to_image_size(found, self.height, self.width, "xyxy")
+        found["boxes"] = np.where(padding[..., None], np.float32(0.0), found["boxes"])
+        return box_utils.convert_format(found, "xyxy", self.bounding_box_format, self.height,
+                                     self.width)
+
     def get_config(self):
         return {**super().get_config(), "height": self.height, "width": self.width,
                 "interpolation": self.interpolation,
-                "crop_to_aspect_ratio": self.crop_to_aspect_ratio}
+                "crop_to_aspect_ratio": self.crop_to_aspect_ratio,
+                "pad_to_aspect_ratio": self.pad_to_aspect_ratio, "fill_mode": self.fill_mode,
+                "fill_value": self.fill_value}
 
 
 def _crop_or_resize(n, h, w, height, width, top=None, left=None):
@@ -425,6 +637,24 @@ def _crop_or_resize(n, h, w, height, width, top=None, left=None):
     return [(shift_matrices(n, top, left), (ch, cw), "nearest", "constant", 0.0),
             (resize_matrices(n, (ch, cw), (height, width), "bilinear"), (height, width),
              "bilinear", "nearest", 0.0)]
+
+
+def window_boxes(bounding_boxes, bounding_box_format, window, in_size, out_size):
+    """Keras's CenterCrop box transform: xyxy boxes clipped to the window (top, left,
+    height, width) and moved to its corner, scaled to out_size when the window is resized,
+    clipped to the output (a box left empty gets label -1)."""
+    top, left, crop_h, crop_w = window
+    found = box_utils.convert_format(bounding_boxes, bounding_box_format, "xyxy", *in_size)
+    x1, y1, x2, y2 = (found["boxes"][..., i] for i in range(4))
+    found["boxes"] = np.stack([np.clip(x1, left, left + crop_w) - left,
+                               np.clip(y1, top, top + crop_h) - top,
+                               np.clip(x2, left, left + crop_w) - left,
+                               np.clip(y2, top, top + crop_h) - top], axis=-1)
+    if (crop_h, crop_w) != tuple(out_size):
+        found = box_utils.convert_format(found, "xyxy", "rel_xyxy", crop_h, crop_w)
+        found = box_utils.convert_format(found, "rel_xyxy", "xyxy", *out_size)
+    found = box_utils.clip_to_image_size(found, *out_size, "xyxy")
+    return box_utils.convert_format(found, "xyxy", bounding_box_format, *out_size)
 
 
 class CenterCrop(_ImageLayer):
@@ -444,6 +674,27 @@ class CenterCrop(_ImageLayer):
     def call(self, x, training=False):
         n, h, w, _ = x.shape
         return self._resample(x, _crop_or_resize(n, h, w, self.height, self.width), training)
+
+    def get_random_transformation(self, images, training=True, seed=None):
+        """Keras's: {"input_shape"}."""
+        return {"input_shape": tuple(int(d) for d in images.shape)}
+
+    def transform_images(self, images, transformation=None, training=True):
+        return self.call(images, training=training)
+
+    def transform_segmentation_masks(self, segmentation_masks, transformation=None,
+                                     training=True):
+        return self.call(segmentation_masks, training=False)
+
+    def transform_bounding_boxes(self, bounding_boxes, transformation, training=True):
+        h, w = transformation["input_shape"][-3:-1]
+        if h >= self.height and w >= self.width:
+            window = (int((h - self.height) / 2), int((w - self.width) / 2), self.height,
+                      self.width)
+        else:
+            window = aspect_box(h, w, self.height, self.width)
+        return window_boxes(bounding_boxes, self.bounding_box_format, window, (h, w),
+                            (self.height, self.width))
 
     def get_config(self):
         return {**super().get_config(), "height": self.height, "width": self.width}
@@ -496,6 +747,29 @@ class RandomCrop(_RandomLayer):
                                "bilinear", "nearest", 0.0))
         return self._resample(x, stages, training)
 
+    def transform_segmentation_masks(self, segmentation_masks, transformation, training=True):
+        return self.transform_images(segmentation_masks, transformation, training)
+
+    def transform_bounding_boxes(self, bounding_boxes, transformation, training=True):
+        """Training: Keras 3.15's formula as it stands, which shifts x by the window's top
+        and y by its left, floors at 0 and neither clips nor touches labels (the boxes read
+        in the crop's size). Otherwise the images were the centred aspect window resized
+        (pynn's inference crop), and the boxes follow it as CenterCrop's do."""
+        if training:
+            top, left = (np.float32(np.asarray(v).reshape(-1)[0]) for v in transformation)
+            boxes = box_utils.convert_format(bounding_boxes["boxes"], self.bounding_box_format,
+                                             "xyxy", self.height, self.width)
+            a, b, c, d = (boxes[..., i] for i in range(4))
+            boxes = np.stack([np.maximum(a - top, 0), np.maximum(b - left, 0),
+                              np.maximum(c - top, 0), np.maximum(d - left, 0)], axis=-1)
+            return {"boxes": box_utils.convert_format(boxes, "xyxy", self.bounding_box_format,
+                                                      self.height, self.width),
+                    "labels": bounding_boxes["labels"]}
+        h, w = self._dict_images_shape[1:3]
+        return window_boxes(bounding_boxes, self.bounding_box_format,
+                            aspect_box(h, w, self.height, self.width), (h, w),
+                            (self.height, self.width))
+
     def get_config(self):
         return {**super().get_config(), "height": self.height, "width": self.width}
 
@@ -534,6 +808,29 @@ class RandomFlip(_RandomLayer):
         return self._resample(x, [(flip_matrices(horizontal, vertical, h, w), (h, w),
                                    "nearest", "constant", 0.0)], training)
 
+    def transform_segmentation_masks(self, segmentation_masks, transformation, training=True):
+        return self.transform_images(segmentation_masks, transformation, training)
+
+    def transform_bounding_boxes(self, bounding_boxes, transformation, training=True):
+        """Keras's: flipped in rel_xyxy, then clipped as xyxy boxes of the input's size
+        (which, on relative coordinates, floors them at 0 and clears empty boxes' labels)."""
+        if not training or transformation is None:
+            return bounding_boxes
+        h, w = transformation["input_shape"][-3:-1]
+        n = np.shape(bounding_boxes["boxes"])[0]
+        flips = np.asarray(transformation["flips"], bool).reshape(n, 1, 1)
+        found = box_utils.convert_format(bounding_boxes, self.bounding_box_format, "rel_xyxy",
+                                         h, w)
+        boxes = found["boxes"]
+        if "horizontal" in self.mode:
+            x1, y1, x2, y2 = (boxes[..., i] for i in range(4))
+            boxes = np.where(flips, np.stack([1 - x2, y1, 1 - x1, y2], axis=-1), boxes)
+        if "vertical" in self.mode:
+            x1, y1, x2, y2 = (boxes[..., i] for i in range(4))
+            boxes = np.where(flips, np.stack([x1, 1 - y2, x2, 1 - y1], axis=-1), boxes)
+        found = box_utils.clip_to_image_size({**found, "boxes": boxes}, h, w, "xyxy")
+        return box_utils.convert_format(found, "rel_xyxy", self.bounding_box_format, h, w)
+
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
 
@@ -569,6 +866,21 @@ class _RandomAffine(_RandomLayer):
         return self._resample(images, [(m, (h, w), self.interpolation, self.fill_mode,
                                         self.fill_value)], training)
 
+    def transform_segmentation_masks(self, segmentation_masks, transformation, training=True):
+        """Keras's base intent (its rotation, zoom and translation call a missing
+        _transform_images): the images' transformation read nearest, so classes stay whole."""
+        if not training or transformation is None:
+            return segmentation_masks
+        n, h, w, _ = segmentation_masks.shape
+        m = self.matrices(transformation, int(n), int(h), int(w))
+        return self._resample(segmentation_masks, [(m, (h, w), "nearest", self.fill_mode,
+                                                    self.fill_value)], False)
+
+    def transform_bounding_boxes(self, bounding_boxes, transformation, training=True):
+        if not training or transformation is None:
+            return bounding_boxes
+        return self.boxes(bounding_boxes, transformation)
+
     def get_config(self):
         return {**super().get_config(), "fill_mode": self.fill_mode,
                 "interpolation": self.interpolation, "fill_value": self.fill_value}
@@ -592,6 +904,20 @@ class RandomRotation(_RandomAffine):
         # form, and the angle is what both sides share.
         return rotation_matrices(np.asarray(transformation["angle"], np.float64).reshape(n),
                                  h, w)
+
+    def boxes(self, bounding_boxes, transformation):
+        """Keras 3.15's: the corners of the boxes as given (it reads them as xyxy whatever
+        bounding_box_format says) rotated about the centre, clipped, then written in
+        bounding_box_format."""
+        h, w = transformation["image_height"], transformation["image_width"]
+        angle = np.asarray(transformation["angle"], np.float32).reshape(-1)
+        zeros = np.zeros_like(angle)
+        found = dict(bounding_boxes)
+        found["boxes"] = box_utils.affine_transform(
+            np.asarray(bounding_boxes["boxes"]), angle, zeros, zeros, zeros + 1, zeros, zeros,
+            h, w)
+        found = box_utils.clip_to_image_size(found, h, w, "xyxy")
+        return box_utils.convert_format(found, "xyxy", self.bounding_box_format, h, w)
 
     def get_config(self):
         return {**super().get_config(), "factor": list(self.factor)}
@@ -619,6 +945,28 @@ class RandomZoom(_RandomAffine):
                              np.asarray(transformation["height_zoom"], np.float64).reshape(n),
                              h, w)
 
+    def boxes(self, bounding_boxes, transformation):
+        """Keras's: boxes clipped to where the zoom takes the image's corners (0, 0) and
+        (w, h), made relative to that window and clipped to it, then read in the input's
+        size."""
+        n, h, w = transformation["input_shape"][:3]
+        found = box_utils.convert_format(bounding_boxes, self.bounding_box_format, "xyxy",
+                                         h, w)
+        zx = np.asarray(transformation["width_zoom"], np.float32).reshape(n, 1)
+        zy = np.asarray(transformation["height_zoom"], np.float32).reshape(n, 1)
+        w_start = np.float32((w - 1) / 2) * (1 - zx)
+        h_start = np.float32((h - 1) / 2) * (1 - zy)
+        w_end, h_end = zx * np.float32(w) + w_start, zy * np.float32(h) + h_start
+        x1, y1, x2, y2 = (found["boxes"][..., i] for i in range(4))
+        found["boxes"] = np.stack([np.clip(x1, w_start, w_end) - w_start,
+                                   np.clip(y1, h_start, h_end) - h_start,
+                                   np.clip(x2, w_start, w_end) - w_start,
+                                   np.clip(y2, h_start, h_end) - h_start], axis=-1)
+        found = box_utils.convert_format(found, "xyxy", "rel_xyxy", h_end - h_start,
+                                         w_end - w_start)
+        found = box_utils.clip_to_image_size(found, bounding_box_format="rel_xyxy")
+        return box_utils.convert_format(found, "rel_xyxy", self.bounding_box_format, h, w)
+
     def get_config(self):
         return {**super().get_config(), "height_factor": list(self.height_factor),
                 "width_factor": None if self.width_factor is None else list(self.width_factor)}
@@ -643,12 +991,22 @@ class RandomTranslation(_RandomAffine):
         translations = np.asarray(transformation["translations"], np.float64).reshape(n, 2)
         return translation_matrices(translations[:, 0], translations[:, 1])
 
+    def boxes(self, bounding_boxes, transformation):
+        """Keras's: boxes moved by (dx, dy) and clipped to the image."""
+        n, h, w = transformation["input_shape"][:3]
+        found = box_utils.convert_format(bounding_boxes, self.bounding_box_format, "xyxy",
+                                         h, w)
+        shift = np.asarray(transformation["translations"], np.float32).reshape(n, 1, 2)
+        found["boxes"] = found["boxes"] + np.concatenate([shift, shift], axis=-1)
+        found = box_utils.clip_to_image_size(found, h, w, "xyxy")
+        return box_utils.convert_format(found, "xyxy", self.bounding_box_format, h, w)
+
     def get_config(self):
         return {**super().get_config(), "height_factor": list(self.height_factor),
                 "width_factor": list(self.width_factor)}
 
 
-class _RandomColor(_RandomLayer):
+class _RandomColor(KeepsBoxes, _RandomLayer):
     """The value_range clip of RandomContrast and RandomBrightness. Their input gradient is
     not offered: they sit at a model's input, where none is needed."""
 
