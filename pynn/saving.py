@@ -623,6 +623,10 @@ def load_model(filepath, custom_objects=None, compile=True, max_compression_rati
     may inflate compared with the bytes they take in the file; raise it only for a file you
     trust that was re-zipped with compression and holds mostly zeros.
     """
+    if os.fspath(filepath).lower().endswith(".onnx"):
+        # ONNX files in: a functional model of pynn layers (pynn.onnx_import)
+        from pynn.onnx_import import load as load_onnx
+        return load_onnx(filepath)
     suffix = _keras_format(filepath, "load_model")
     if suffix is not None:
         if suffix == ".keras":
