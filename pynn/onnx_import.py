@@ -79,12 +79,15 @@ class _Value:
     tensor (batch on axis 0). ``rows``: a folded Flatten, ONNX column j = pynn column
     rows[j] (only Gemm and MatMul with constant weights read it)."""
 
-    __slots__ = ("perm", "rows", "tensor")
+    __slots__ = ("copies", "perm", "rows", "tensor")
 
-    def __init__(self, tensor, perm=None, rows=None):
+    def __init__(self, tensor, perm=None, rows=None, copies=None):
         self.tensor = tensor
         self.perm = tuple(perm) if perm is not None else _identity(len(tensor.shape))
         self.rows = rows
+        # perm -> _Value: this same ONNX tensor held in other layouts (shared by the copies)
+        self.copies = {} if copies is None else copies
+        self.copies.setdefault(self.perm, self)
 
     @property
     def shape(self):
@@ -110,7 +113,6 @@ class _Importer:
         # ONNX name -> np.ndarray (a constant; dtype object: a folded shape holding BATCH)
         # or _Value (an activation)
         self.values = {}
-        self.layouts = {}     # id(_Value.tensor) -> {perm: _Value}
         self.consumers = {}
         self.producer = {}
         self.aliases = {}     # node output fused into an earlier layer -> source name
@@ -239,9 +241,7 @@ class _Importer:
 
     # -- layouts --------------------------------------------------------------------------
     def wrap(self, tensor, perm=None):
-        v = _Value(tensor, perm)
-        self.layouts.setdefault(id(tensor), {})[v.perm] = v
-        return v
+        return _Value(tensor, perm)
 
     def layout(self, v, perm, node=None):
         """``v`` held in layout ``perm``: the copy made before, or one Permute layer."""
@@ -252,7 +252,7 @@ class _Importer:
             raise self.refuse(node, "internal: a folded Flatten read by a non-Gemm op")
         if v.perm == perm:
             return v
-        copies = self.layouts.setdefault(id(v.tensor), {v.perm: v})
+        copies = v.copies
         if perm in copies:
             return copies[perm]
         inv = _inverse(perm)
@@ -261,10 +261,7 @@ class _Importer:
             raise self.refuse(node, f"needs the batch axis first, the tensor has it on axis "
                                     f"{v.batch_axis}")
         out = layers.Permute(tuple(int(a) for a in q[1:]))(v.tensor)
-        copy = _Value(out, perm)
-        copies[perm] = copy
-        self.layouts[id(out)] = {perm: copy}
-        return copy
+        return _Value(out, perm, copies=copies)
 
     def plain(self, v, node=None):
         return self.layout(v, _identity(len(v.perm)), node)
@@ -860,8 +857,7 @@ def _transpose(imp, node):
     if x.rows is not None:
         raise imp.refuse(node, "transposes a folded Flatten")
     # Nothing runs: the permutation is remembered until a layout matters.
-    out = _Value(x.tensor, [x.perm[i] for i in t])
-    return imp.layouts.setdefault(id(x.tensor), {}).setdefault(out.perm, out)
+    return _Value(x.tensor, [x.perm[i] for i in t])
 
 
 def _static(imp, node, shape, what):
@@ -900,6 +896,13 @@ def _reshape(imp, node):
     if -1 in t_before or math.prod(before) != math.prod(t_before):
         raise imp.refuse(node, f"target {target} mixes the batch axis with others")
     rest = [-1 if t is None else int(t) for t in target[bt + 1:]]
+    sample = [d for j, d in enumerate(shape) if j != b]
+    if -1 not in rest and None not in sample and math.prod(t_before + rest) != math.prod(
+            sample):
+        raise imp.refuse(node, f"target {[int(t) if t is not BATCH else 'batch' for t in target]}"
+                               f" does not keep the batch axis ({b}) apart")
+    if b == 0 and bt == 0 and len(target) == 2:
+        return _flatten_value(imp, node, x)  # torch's x.view(x.size(0), -1)
     x = imp.batch_first(x, node)
     new = tuple(t_before + rest)
     if tuple(x.tensor.shape[1:]) == new:
@@ -937,8 +940,16 @@ def _flatten(imp, node):
     axis = _attrs(node).get("axis", 1) % max(rank, 1)
     if axis != 1 or x.batch_axis != 0:
         return _reshape_to(imp, node, x, [BATCH, -1] if axis == 1 else None, axis)
+    return _flatten_value(imp, node, x)
+
+
+def _flatten_value(imp, node, x):
+    """(N, ...) -> (N, features) in ONNX's order."""
+    from pynn import layers
+
+    rank = len(x.perm)
     if rank == 2:
-        return x
+        return imp.plain(x, node)
     if x.perm != _identity(rank) and _feeds_only_constant_matmuls(imp, node.output[0]):
         # Fold the layout into the weights' rows: no transpose runs per call.
         pshape = _static(imp, node, x.tensor.shape[1:], "Flatten")
@@ -1145,22 +1156,37 @@ def _binary(imp, node):
     return imp.wrap(fn(x.tensor, c) if first else fn(c, x.tensor), x.perm)
 
 
+_VARIADIC_OPS = {"Sum": "add", "Max": "maximum", "Min": "minimum", "Mean": "add"}
+
+
 @_converts("Sum", "Max", "Min", "Mean")
 def _variadic(imp, node):
     from pynn import layers
 
     vals = [imp.get(i) for i in node.input]
-    if not all(isinstance(v, _Value) for v in vals):
-        raise imp.refuse(node, "mixes constants with the model's data")
+    acts = [k for k, v in enumerate(vals) if isinstance(v, _Value)]
+    first = imp.float_activation(node, acts[0])
     if len(vals) == 1:
-        return vals[0]
-    first = imp.float_activation(node, 0)
-    xs = [imp.layout(imp.float_activation(node, k), first.perm, node) for k in range(len(vals))]
-    if any(x.tensor.shape != first.tensor.shape for x in xs):
-        raise imp.refuse(node, "broadcasts its operands; pynn's merge layers take equal shapes")
-    merge = {"Sum": layers.Add, "Max": layers.Maximum, "Min": layers.Minimum,
-             "Mean": layers.Average}[node.op_type]()
-    return imp.wrap(_layer(imp, merge, [x.tensor for x in xs], node=node), first.perm)
+        return first
+    xs = [imp.layout(imp.float_activation(node, k), first.perm, node) for k in acts]
+    if len(xs) == len(vals) and all(x.tensor.shape == first.tensor.shape for x in xs):
+        merge = {"Sum": layers.Add, "Max": layers.Maximum, "Min": layers.Minimum,
+                 "Mean": layers.Average}[node.op_type]()
+        return imp.wrap(_layer(imp, merge, [x.tensor for x in xs], node=node), first.perm)
+    # Broadcasting, or constants among the operands: the elementwise ops, pairwise.
+    if any(len(x.perm) != len(first.perm) for x in xs):
+        raise imp.refuse(node, "operands of different ranks")
+    fn = getattr(_ops(), _VARIADIC_OPS[node.op_type])
+    y = xs[0].tensor
+    for x in xs[1:]:
+        y = fn(y, x.tensor)
+    for k, v in enumerate(vals):
+        if k not in acts:
+            c = _float(imp.to_pynn_const(imp.const(node, k), first, node))
+            y = fn(y, float(c.reshape(())) if c.size == 1 else c)
+    if node.op_type == "Mean":
+        y = _ops().multiply(y, 1.0 / len(vals))
+    return imp.wrap(y, first.perm)
 
 
 _UNARY_OPS = {"Neg": "negative", "Sqrt": "sqrt", "Exp": "exp", "Log": "log", "Abs": "abs",
@@ -1747,23 +1773,37 @@ def _resize(imp, node):
     attrs = _attrs(node)
     x = imp.float_activation(node)
     rank = len(x.perm)
-    if rank != 4 or x.batch_axis != 0:
-        raise imp.refuse(node, "pynn resizes (N, C, H, W) images only")
+    if rank not in (3, 4, 5) or x.batch_axis != 0:
+        raise imp.refuse(node, "pynn resizes (N, C, ...) data with 1 to 3 spatial axes only")
     mode = attrs.get("mode", "nearest")
     if node.op_type == "Upsample":
         scales = attrs.get("scales") if imp.opset < 9 else imp.const(node, 1)
     else:
         scales = imp.const(node, 2, required=False) if imp.opset >= 11 else imp.const(node, 1)
-        sizes = imp.const(node, 3, required=False) if imp.opset >= 11 else None
+        sizes = None
+        if imp.opset >= 11 and len(node.input) > 3 and node.input[3]:
+            sizes = imp.get(node.input[3])
+            if isinstance(sizes, _Value):
+                raise imp.refuse(node, "its sizes depend on the model's data")
         if scales is None or np.asarray(scales).size == 0:
             if sizes is None:
                 raise imp.refuse(node, "neither scales nor sizes")
-            have = _static(imp, node, x.shape, "Resize to sizes")
-            scales = [s / h for s, h in zip(sizes.reshape(-1).tolist(), have)]
+            have = x.shape
+            want = [have[j] if d is BATCH else int(d) for j, d in
+                    enumerate(np.asarray(sizes).reshape(-1))]
+            have = _static(imp, node, have[1:], "Resize to sizes")
+            scales = [1.0] + [s / h for s, h in zip(want[1:], have)]
     scales = [float(s) for s in np.asarray(scales).reshape(-1)]
-    if len(scales) != 4 or scales[:2] != [1.0, 1.0] or any(
-            s != int(s) or s < 1 for s in scales[2:]):
-        raise imp.refuse(node, f"scales {scales}: pynn upsamples H and W by whole factors")
+    if len(scales) != rank:
+        raise imp.refuse(node, f"{len(scales)} scales for a rank-{rank} input")
+    # The factors of pynn's axes (Resize acts on whatever layout the data has).
+    factors = [0.0] * rank
+    for j, s in enumerate(scales):
+        factors[x.perm[j]] = s
+    if factors[0] != 1.0 or factors[-1] != 1.0 or any(
+            s != int(s) or s < 1 for s in factors[1:-1]):
+        raise imp.refuse(node, f"scales {scales}: pynn upsamples the spatial axes by whole "
+                               f"factors")
     coord = attrs.get("coordinate_transformation_mode", "half_pixel" if
                       node.op_type == "Resize" and imp.opset >= 11 else "asymmetric")
     nearest_mode = attrs.get("nearest_mode", "round_prefer_floor")
@@ -1773,7 +1813,7 @@ def _resize(imp, node):
                               node.op_type == "Upsample" or imp.opset < 11):
         interpolation = "nearest"  # whole factors: each pixel repeated
     elif mode in ("linear", "bilinear") and coord in ("half_pixel", "pytorch_half_pixel") \
-            and node.op_type == "Resize":
+            and node.op_type == "Resize" and rank == 4:
         interpolation = "bilinear"
     else:
         raise imp.refuse(node, f"mode={mode!r} with coordinate_transformation_mode={coord!r}"
@@ -1781,8 +1821,13 @@ def _resize(imp, node):
                                f"(repeat) and linear with half_pixel centres")
     if attrs.get("exclude_outside", 0) or attrs.get("antialias", 0):
         raise imp.refuse(node, "exclude_outside / antialias")
-    x = imp.layout(x, _channels_first(4), node)
-    layer = layers.UpSampling2D((int(scales[2]), int(scales[3])), interpolation=interpolation)
+    factors = tuple(int(s) for s in factors[1:-1])
+    if rank == 4:
+        layer = layers.UpSampling2D(factors, interpolation=interpolation)
+    elif rank == 3:
+        layer = layers.UpSampling1D(factors[0])
+    else:
+        layer = layers.UpSampling3D(factors)
     return imp.wrap(_layer(imp, layer, x.tensor, node=node), x.perm)
 
 
@@ -1797,6 +1842,43 @@ def _regate(a, kind, units):
 
 _RNN_DEFAULTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"],
                  "RNN": ["Tanh"]}
+# ONNX's recurrent activations (with their alpha, beta) that are pynn's named ones
+_RNN_ACTIVATIONS = {("Sigmoid", None, None): "sigmoid", ("Tanh", None, None): "tanh",
+                    ("Relu", None, None): "relu", ("Softsign", None, None): "softsign",
+                    ("Softplus", None, None): "softplus", ("Affine", 1.0, 0.0): "linear",
+                    ("Elu", 1.0, None): "elu", ("LeakyRelu", 0.2, None): "leaky_relu",
+                    ("HardSigmoid", 1.0 / 6.0, 0.5): "hard_sigmoid"}
+_TAKES_ALPHA = {"LeakyRelu": 0.01, "ThresholdedRelu": 1.0, "ScaledTanh": None,
+                "HardSigmoid": 0.2, "Elu": 1.0, "Affine": None}
+_TAKES_BETA = {"ScaledTanh": None, "HardSigmoid": 0.5, "Affine": None}
+
+
+def _rnn_activation_names(imp, node, attrs, kind, dirs):
+    """pynn's names of the node's activations, one list per direction (alpha and beta are
+    consumed in the order of the activations, as ONNX says)."""
+    acts = attrs.get("activations") or _RNN_DEFAULTS[kind] * dirs
+    alphas = list(attrs.get("activation_alpha", []))
+    betas = list(attrs.get("activation_beta", []))
+    names = []
+    for a in acts:
+        alpha = (alphas.pop(0) if alphas else _TAKES_ALPHA[a]) if a in _TAKES_ALPHA else None
+        beta = (betas.pop(0) if betas else _TAKES_BETA[a]) if a in _TAKES_BETA else None
+        match = [v for (n, al, be), v in _RNN_ACTIVATIONS.items() if n == a and (
+            al is None or alpha is not None and abs(alpha - al) < 1e-6) and (
+            be is None or beta is not None and abs(beta - be) < 1e-6)]
+        if not match:
+            raise imp.refuse(node, f"activation {a} (alpha {alpha}, beta {beta}) has no pynn "
+                                   f"name; pynn reads {sorted(set(_RNN_ACTIVATIONS.values()))}")
+        names.append(match[0])
+    per = len(_RNN_DEFAULTS[kind])
+    if len(names) != per * dirs:
+        raise imp.refuse(node, f"{len(names)} activations for {dirs} direction(s)")
+    out = [names[d * per:(d + 1) * per] for d in range(dirs)]
+    for d in out:
+        if kind == "LSTM" and d[1] != d[2]:
+            raise imp.refuse(node, f"cell activation {d[1]} differs from the output one "
+                                   f"{d[2]}; pynn's LSTM uses one activation for both")
+    return out
 
 
 @_converts("LSTM", "GRU", "RNN")
@@ -1820,12 +1902,8 @@ def _recurrent(imp, node):
             if isinstance(v, _Value) or np.any(v):
                 raise imp.refuse(node, f"{what} other than zeros is not supported")
     direction = attrs.get("direction", "forward")
-    acts = attrs.get("activations")
     dirs = 2 if direction == "bidirectional" else 1
-    if acts is not None and [a for a in acts] != _RNN_DEFAULTS[kind] * dirs:
-        if not (kind == "RNN" and set(acts) == {"Relu"}):
-            raise imp.refuse(node, f"activations {list(acts)}: pynn reads "
-                                   f"{_RNN_DEFAULTS[kind]} (and Relu for RNN)")
+    acts = _rnn_activation_names(imp, node, attrs, kind, dirs)
     units = int(attrs.get("hidden_size", r.shape[-1]))
     gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[kind]
     if attrs.get("layout", 0):
@@ -1838,32 +1916,38 @@ def _recurrent(imp, node):
     b = _float(b)
     used = [bool(o) and bool(imp.consumers.get(o)) for o in node.output]
     sequences = used[0]
-    if any(used[1:]) and sequences:
-        raise imp.refuse(node, "reads both Y and Y_h/Y_c; pynn maps one of them")
-    if len(used) > 2 and used[2]:
-        raise imp.refuse(node, "its cell state Y_c is read")
+    states = sequences and any(used[1:]) or len(used) > 2 and used[2]
+    if states and dirs == 2:
+        raise imp.refuse(node, "a bidirectional node whose final states are read with its "
+                               "sequences (or its cell state) is not supported")
 
     def cell(d, backwards):
         kernel = _regate(w[d], kind, units).T
         recurrent = _regate(r[d], kind, units).T
         wb, rb = _regate(b[d, :gates * units], kind, units), _regate(
             b[d, gates * units:], kind, units)
-        common = {"return_sequences": sequences, "go_backwards": backwards}
+        common = {"return_sequences": sequences, "go_backwards": backwards,
+                  "return_state": states}
+        names = acts[d]
         if kind == "LSTM":
-            layer = layers.LSTM(units, unit_forget_bias=False, **common)
+            layer = layers.LSTM(units, activation=names[1], recurrent_activation=names[0],
+                                unit_forget_bias=False, **common)
             weights = [kernel, recurrent, wb + rb]
         elif kind == "GRU":
-            layer = layers.GRU(units, reset_after=reset_after, **common)
+            layer = layers.GRU(units, activation=names[1], recurrent_activation=names[0],
+                               reset_after=reset_after, **common)
             weights = [kernel, recurrent, np.stack([wb, rb]) if reset_after else wb + rb]
         else:
-            act = "relu" if acts and acts[0] == "Relu" else "tanh"
-            layer = layers.SimpleRNN(units, activation=act, **common)
+            layer = layers.SimpleRNN(units, activation=names[0], **common)
             weights = [kernel, recurrent, wb + rb]
         return layer, weights
 
+    finals = []
     if dirs == 1:
         layer, weights = cell(0, direction == "reverse")
         y = _layer(imp, layer, x.tensor, weights, node)
+        if states:
+            y, finals = y[0], y[1:]
         if sequences and direction == "reverse":
             # Keras's go_backwards gives the steps last-first; ONNX keeps them in place.
             y = _ops().flip(y, axis=1)
@@ -1872,9 +1956,25 @@ def _recurrent(imp, node):
         backward, bw = cell(1, True)
         layer = layers.Bidirectional(forward, backward_layer=backward)
         y = _layer(imp, layer, x.tensor, fw + bw, node)
+    # final states: pynn (N, H) -> ONNX (1, N, H)
+    finals = [imp.wrap(_ops().expand_dims(f, 1), (1, 0, 2)) for f in finals]
     if sequences:  # pynn (N, T, dirs*H) -> ONNX Y (T, dirs, N, H)
         y = _layer(imp, layers.Reshape((-1, dirs, units)), y, node=node)
-        return imp.wrap(y, (1, 2, 0, 3)), None, None
+        return (imp.wrap(y, (1, 2, 0, 3)), *(finals or [None, None]))
+    if states:  # the cell state is read: Y_h and Y_c are the layer's states
+        return (None, *finals)
     # pynn (N, dirs*H) -> ONNX Y_h (dirs, N, H)
     y = _layer(imp, layers.Reshape((dirs, units)), y, node=node)
     return None, imp.wrap(y, (1, 0, 2)), None
+
+
+@_converts("Tile")
+def _tile(imp, node):
+    x = imp.activation(node)
+    repeats = [int(r) for r in imp.const(node, 1).reshape(-1)]
+    if len(repeats) != len(x.perm) or repeats[x.batch_axis] != 1 or min(repeats) < 1:
+        raise imp.refuse(node, f"repeats {repeats}: pynn tiles the non-batch axes")
+    prepeats = [1] * len(repeats)
+    for j, r in enumerate(repeats):
+        prepeats[x.perm[j]] = r
+    return imp.wrap(_ops().tile(x.tensor, prepeats), x.perm)
