@@ -324,7 +324,7 @@ class _Importer:
             self.values[info.name] = self.wrap(x, perm)
         return inputs
 
-    def make_outputs(self, node_of):
+    def make_outputs(self):
         outputs = []
         for out in self.graph.output:
             v = self.get(out.name)
@@ -399,7 +399,7 @@ class _Importer:
             if id(node) in self.skipped or node.op_type == "Constant":
                 continue
             self.convert(node)
-        outputs = self.make_outputs(None)
+        outputs = self.make_outputs()
         name = _layer_name(self.graph.name or "onnx_model")
         return pynn.Model(inputs, outputs if len(outputs) > 1 else outputs[0], name=name)
 
@@ -407,11 +407,19 @@ class _Importer:
         if node.domain not in ("", "ai.onnx"):
             raise self.refuse(node, f"domain {node.domain!r} is not supported")
         ins = [self.get(i) if i else None for i in node.input]
-        if node.op_type in FOLDERS and all(not isinstance(v, _Value) for v in ins):
-            outs = FOLDERS[node.op_type](self, node, ins)
-        elif node.op_type in CONVERTERS:
-            outs = CONVERTERS[node.op_type](self, node)
-        else:
+        try:
+            if node.op_type in FOLDERS and all(not isinstance(v, _Value) for v in ins):
+                outs = FOLDERS[node.op_type](self, node, ins)
+            elif node.op_type in CONVERTERS:
+                outs = CONVERTERS[node.op_type](self, node)
+            else:
+                outs = None
+        except (ValueError, TypeError, IndexError, KeyError) as e:
+            if str(e).startswith("pynn.onnx.load"):
+                raise
+            # a layer's own refusal (or NumPy's, folding a malformed constant subgraph)
+            raise self.refuse(node, f"{type(e).__name__}: {e}") from None
+        if outs is None:
             known = sorted(set(CONVERTERS) | set(FOLDERS))
             raise self.refuse(node, f"op type {node.op_type!r} is not supported; pynn reads "
                                     f"{', '.join(known)}")
@@ -419,6 +427,9 @@ class _Importer:
         for name, v in zip(node.output, outs):
             if v is BATCH or isinstance(v, (np.generic, int, float)):
                 v = np.asarray(v, dtype=object if v is BATCH else None)
+            if isinstance(v, np.ndarray) and v.dtype == object and not any(
+                    e is BATCH for e in v.reshape(-1)):
+                v = v.astype(np.int64)  # a folded shape without its batch entry: plain ints
             if name:
                 self.values[name] = v
 
@@ -729,10 +740,6 @@ def _slice_args(imp, node, rank):
     return [(a, int(b), int(e), s) for a, b, e, s in zip(axes, starts, ends, steps)]
 
 
-def _clamped(n, b, e, s):
-    return slice(*slice(b, e, s).indices(n)) if True else None
-
-
 @_folds("Slice")
 def _fold_slice(imp, node, ins):
     x = ins[0]
@@ -926,7 +933,8 @@ def _feeds_only_constant_matmuls(imp, name):
                 return False
         elif r.op_type != "MatMul":
             return False
-        if isinstance(imp.get(r.input[1]), _Value):
+        weights = imp.values.get(imp.aliases.get(r.input[1], r.input[1]))
+        if not isinstance(weights, np.ndarray) or weights.ndim != 2:
             return False
     return bool(readers)
 
@@ -939,7 +947,12 @@ def _flatten(imp, node):
     rank = len(x.perm)
     axis = _attrs(node).get("axis", 1) % max(rank, 1)
     if axis != 1 or x.batch_axis != 0:
-        return _reshape_to(imp, node, x, [BATCH, -1] if axis == 1 else None, axis)
+        if axis == 0 or x.batch_axis != 0:
+            raise imp.refuse(node, f"axis={axis} folds the batch axis into others")
+        shape = _static(imp, node, x.shape[1:], "Flatten")
+        x = imp.plain(x, node)
+        target = (math.prod(shape[:axis - 1]), math.prod(shape[axis - 1:]))
+        return imp.wrap(_layer(imp, layers.Reshape(target), x.tensor, node=node))
     return _flatten_value(imp, node, x)
 
 
@@ -959,24 +972,6 @@ def _flatten_value(imp, node, x):
         return _Value(y, None, rows)
     x = imp.plain(x, node)
     return imp.wrap(_layer(imp, layers.Flatten(), x.tensor, node=node))
-
-
-def _reshape_to(imp, node, x, target, axis):
-    if target is None:
-        if x.batch_axis != 0 or axis == 0:
-            raise imp.refuse(node, f"axis={axis} would fold the batch axis into others")
-        shape = _static(imp, node, x.shape[1:], "Flatten")
-        target = [BATCH, math.prod(shape[:axis - 1]), math.prod(shape[axis - 1:])]
-        target = target[:1] + [math.prod(target[1:2]) or 1] + target[2:]
-    return _reshape_like(imp, node, x, target)
-
-
-def _reshape_like(imp, node, x, target):
-    from pynn import layers
-
-    x = imp.plain(x, node)
-    y = _layer(imp, layers.Reshape(tuple(int(t) for t in target[1:])), x.tensor, node=node)
-    return imp.wrap(y)
 
 
 @_converts("Squeeze")
@@ -1079,15 +1074,12 @@ def _gather(imp, node):
     if idx.ndim == 1:
         return y
     if idx.ndim == 0:
-        fake = type(node)()
-        fake.CopyFrom(node)
         return _squeeze_axis(imp, node, y, axis)
     raise imp.refuse(node, f"indices of rank {idx.ndim} on the model's data")
 
 
 def _squeeze_axis(imp, node, x, axis):
-    drop = x.perm[axis]
-    y = _ops().squeeze(x.tensor, axis=drop)
+    y = _ops().squeeze(x.tensor, axis=x.perm[axis])
     kept = [p for j, p in enumerate(x.perm) if j != axis]
     return imp.wrap(y, [sorted(kept).index(p) for p in kept])
 
@@ -1358,8 +1350,7 @@ def _softmax(imp, node):
     return imp.wrap(y, x.perm)
 
 
-_REDUCERS = {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "max", "ReduceMin": "min",
-             "ReduceSumSquare": None, "ReduceL2": None}
+_REDUCERS = {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "max", "ReduceMin": "min"}
 
 
 @_converts("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin")
@@ -1663,15 +1654,21 @@ def _pool(imp, node):
         raise imp.refuse(node, f"dilations {attrs['dilations']}: pynn pools without dilation")
     x = imp.layout(x, _channels_first(n + 2), node)
     strides, dilations, pads = _spatial_attrs(imp, node, attrs, kernel)
-    padding, pads = _window_padding(imp, node, x, attrs, kernel, strides, dilations, pads)
     is_max = node.op_type == "MaxPool"
+    padding, pads = _window_padding(imp, node, x, attrs, kernel, strides, dilations, pads)
+    if padding == "same" and not is_max and attrs.get("count_include_pad", 0):
+        # Keras's 'same' average leaves the padding out; ONNX counts it here: pad zeros.
+        padding = "valid"
+        sizes = _static(imp, node, x.shape[2:], "AveragePool")
+        pads = _same_pads(sizes, kernel, strides, dilations)
     if attrs.get("ceil_mode", 0):
         sizes = _static(imp, node, x.shape[2:], "ceil_mode")
         if padding == "same":
             raise imp.refuse(node, "ceil_mode with 'same' pads")
         for i in range(n):
             span = sizes[i] + pads[i] + pads[n + i] - kernel[i]
-            if span % strides[i]:
+            # ceil's extra window counts only if it starts inside the input or the begin pad
+            if span % strides[i] and (span // strides[i] + 1) * strides[i] < sizes[i] + pads[i]:
                 # ceil keeps a last window that starts inside the padded input.
                 if not is_max:
                     raise imp.refuse(node, "ceil_mode=1 that adds a partial window")
@@ -1978,3 +1975,28 @@ def _tile(imp, node):
     for j, r in enumerate(repeats):
         prepeats[x.perm[j]] = r
     return imp.wrap(_ops().tile(x.tensor, prepeats), x.perm)
+
+
+@_converts("Split")
+def _split(imp, node):
+    x = imp.activation(node)
+    attrs = _attrs(node)
+    axis = attrs.get("axis", 0) % len(x.perm)
+    if axis == x.batch_axis:
+        raise imp.refuse(node, "splits the batch axis")
+    n = x.shape[axis]
+    if n is None:
+        raise imp.refuse(node, f"splits axis {axis} of unknown size")
+    if "split" in attrs:
+        sizes = list(attrs["split"])
+    elif len(node.input) > 1 and node.input[1]:
+        sizes = [int(v) for v in imp.const(node, 1).reshape(-1)]
+    else:
+        parts = attrs.get("num_outputs", len(node.output))
+        step = -(-n // parts)
+        sizes = [min(step, n - k * step) for k in range(parts)]
+    if sum(sizes) != n or len(sizes) != len(node.output) or min(sizes) < 1:
+        raise imp.refuse(node, f"sizes {sizes} for an axis of {n} into {len(node.output)}")
+    starts = np.cumsum([0] + sizes)
+    return tuple(imp.wrap(_ops().take(x.tensor, np.arange(a, b), axis=x.perm[axis]), x.perm)
+                 for a, b in zip(starts[:-1], starts[1:]))

@@ -77,6 +77,9 @@ ROUND_TRIPS = (
              [a for a in E.KERAS3_ELEMENTWISE if a not in ("hard_shrink", "soft_shrink")])
     + _cases("test_activation_layers", "name",
              sorted(set(E.ACTIVATION_LAYERS) - {"relu_general", "relu_slope"}))
+    + [pytest.param("test_keras3_row_activations", {"activation": a, "opset": o},
+                    id=f"row_activations-{a}-{o}") for a in ["glu", "log_softmax"]
+       for o in (13, 17)]
     + _cases("test_convolutions", "name", sorted(E.CONVS))
     + _cases("test_pooling", "name", sorted(E.POOLS))
     + _cases("test_pooling_after_conv", "name", ["max2d_same", "avg2d_same", "global_avg2d"])
@@ -108,8 +111,8 @@ ROUND_TRIPS = (
 REFUSED_ROUND_TRIPS = (
     _cases("test_keras3_activations_fused", "activation", ["hard_shrink", "soft_shrink"])
     + _cases("test_activation_layers", "name", ["relu_general", "relu_slope"])
-    + [pytest.param("test_keras3_row_activations", {"activation": a, "opset": 17},
-                    id=f"row_activations-{a}") for a in ["glu", "sparsemax"]]
+    + [pytest.param("test_keras3_row_activations", {"activation": "sparsemax", "opset": 17},
+                    id="row_activations-sparsemax")]
     + _cases("test_volumetric_convolutions", "name",
              sorted(n for n in E.CONV3DS if "transpose" in n))
     + [pytest.param("test_masked_recurrent_layers_skip_the_masked_steps",
@@ -213,7 +216,26 @@ def torch_models():
             y = torch.relu(self.b1(self.c1(x)))
             return torch.relu(x + self.b2(self.c2(y)))
 
+    class PadsAndSplits(nn.Module):
+        """Asymmetric pads, 'same'-sized pads that ONNX counts in the average (Keras's 'same'
+        would not), ceil_mode, a chunk (Split) and a squeeze-excite style product."""
+
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(3, 6, 3)
+            self.c2 = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            x = self.c1(nn.functional.pad(x, (1, 2, 0, 1)))
+            a, b = torch.chunk(x, 2, dim=1)
+            x = nn.functional.avg_pool2d(a, 3, stride=1, padding=1) * torch.sigmoid(
+                b.mean((2, 3), keepdim=True))
+            x = nn.functional.max_pool2d(x, 2, ceil_mode=True)
+            x = nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+            return torch.cat([self.c2(x), nn.functional.max_pool2d(x, 2)], 1)
+
     return {
+        "pads_and_splits": lambda: (PadsAndSplits(), images((2, 3, 9, 10))),
         "mlp": lambda: (nn.Sequential(nn.Linear(7, 9), nn.ReLU(), nn.Linear(9, 4),
                                       nn.Softmax(-1)), images((3, 7))),
         "small_cnn": lambda: (SmallCNN(), images()),
@@ -240,7 +262,8 @@ def torch_models():
 
 
 TORCH_MODELS = ["mlp", "small_cnn", "resnet_block", "depthwise_separable",
-                "conv_transpose_upsample", "pools_and_activations", "layer_norm_gelu"]
+                "conv_transpose_upsample", "pools_and_activations", "layer_norm_gelu",
+                "pads_and_splits"]
 
 
 @pytest.mark.parametrize("name", TORCH_MODELS)
@@ -376,6 +399,15 @@ def test_unsupported_attribute_is_named():
     proto = make_model([node], [float_input(shape=("N", 3, 6, 6))],
                        [float_output(shape=("N", 3, 4, 4))], [w])
     refused(proto, r"MaxPool node 'pool': dilations")
+
+
+def test_a_layers_own_refusal_names_the_node():
+    w = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="strided_dilated", strides=[2, 2],
+                            dilations=[2, 2])
+    proto = make_model([node], [float_input(shape=("N", 3, 9, 9))],
+                       [float_output(shape=("N", 2, 3, 3))], [w])
+    refused(proto, r"Conv node 'strided_dilated': ValueError: .*dilation_rate")
 
 
 def test_opset_below_seven_is_refused():
