@@ -850,8 +850,10 @@ def _cast(imp, node):
     have = np.dtype(x.tensor.dtype)
     if to == have or (np.issubdtype(to, np.integer) and np.issubdtype(have, np.integer)):
         return x  # ids keep their dtype: Embedding reads int32 and int64 alike
-    raise imp.refuse(node, f"casting the model's {have} data to {np.dtype(to)} is not "
-                           f"supported")
+    if np.dtype(to) not in (np.float32, np.bool_, np.int32, np.int64):
+        raise imp.refuse(node, f"casting the model's {have} data to {np.dtype(to)} is not "
+                               f"supported")
+    return imp.wrap(_ops().cast(x.tensor, np.dtype(to).name), x.perm)
 
 
 @_converts("Transpose")
@@ -2000,3 +2002,51 @@ def _split(imp, node):
     starts = np.cumsum([0] + sizes)
     return tuple(imp.wrap(_ops().take(x.tensor, np.arange(a, b), axis=x.perm[axis]), x.perm)
                  for a, b in zip(starts[:-1], starts[1:]))
+
+
+# -- converters: comparisons and selection (masks) ------------------------------------------------
+_COMPARISONS = {"Equal": "equal", "Less": "less", "Greater": "greater",
+                "LessOrEqual": "less_equal", "GreaterOrEqual": "greater_equal",
+                "And": "logical_and", "Or": "logical_or", "Xor": "logical_xor"}
+
+
+def _aligned_operands(imp, node, names):
+    """The node's operands (activations and constants) in the pynn layout of its first
+    activation: pynn tensors, constant arrays and Python scalars."""
+    vals = [imp.get(n) for n in names]
+    first = next(v for v in vals if isinstance(v, _Value))
+    out = []
+    for k, v in enumerate(vals):
+        if isinstance(v, _Value):
+            if len(v.perm) != len(first.perm):
+                raise imp.refuse(node, f"operands of ranks {len(v.perm)} and "
+                                       f"{len(first.perm)}")
+            out.append(imp.layout(v, first.perm, node).tensor)
+        else:
+            c = imp.to_pynn_const(imp.const(node, k), first, node)
+            out.append(c.reshape(()).item() if c.size == 1 else c)
+    return first, out
+
+
+@_converts(*_COMPARISONS)
+def _compare(imp, node):
+    first, (a, b) = _aligned_operands(imp, node, node.input[:2])
+    return imp.wrap(getattr(_ops(), _COMPARISONS[node.op_type])(a, b), first.perm)
+
+
+@_converts("Not")
+def _not(imp, node):
+    x = imp.activation(node)
+    return imp.wrap(_ops().logical_not(x.tensor), x.perm)
+
+
+@_converts("Where")
+def _where(imp, node):
+    first, (cond, a, b) = _aligned_operands(imp, node, node.input[:3])
+    return imp.wrap(_ops().where(cond, a, b), first.perm)
+
+
+@_converts("IsNaN")
+def _isnan(imp, node):
+    x = imp.float_activation(node)
+    return imp.wrap(_ops().isnan(x.tensor), x.perm)
