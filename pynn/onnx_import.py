@@ -1371,7 +1371,17 @@ def _reduce(imp, node):
         raise imp.refuse(node, "reduces over the batch axis")
     keep = bool(attrs.get("keepdims", 1))
     paxes = tuple(x.perm[a] for a in axes)
-    y = getattr(_ops(), _REDUCERS[node.op_type])(x.tensor, axis=paxes, keepdims=keep)
+    if sorted(paxes) == list(range(1, rank - 1)) and 3 <= rank <= 5 and node.op_type in (
+            "ReduceMean", "ReduceMax"):
+        # Over every step or pixel, channels kept: the global pooling layer (a Keras layer,
+        # so the model also saves as .keras).
+        from pynn import layers
+
+        kind = "Average" if node.op_type == "ReduceMean" else "Max"
+        cls = getattr(layers, f"Global{kind}Pooling{rank - 2}D")
+        y = _layer(imp, cls(keepdims=keep), x.tensor, node=node)
+    else:
+        y = getattr(_ops(), _REDUCERS[node.op_type])(x.tensor, axis=paxes, keepdims=keep)
     if keep:
         return imp.wrap(y, x.perm)
     kept = [p for j, p in enumerate(x.perm) if j not in axes]

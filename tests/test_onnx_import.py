@@ -345,7 +345,8 @@ def test_torch_embedding_mean():
 
     ids = np.random.default_rng(0).integers(0, 11, (3, 6)).astype(np.int64)
     model, _ = check_torch(Bag(), ids)
-    assert "Embedding" in [type(layer).__name__ for layer in model.layers]
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert "Embedding" in kinds and "GlobalAveragePooling1D" in kinds, kinds
 
 
 # -- (3) training and saving -------------------------------------------------------------------
@@ -365,6 +366,19 @@ def test_loaded_model_trains_and_saves(tmp_path):
         model.save(str(tmp_path / f"m{suffix}"))
         again = pynn.load_model(str(tmp_path / f"m{suffix}"))
         assert_close(again.predict(x, verbose=0), want, suffix)
+
+
+def test_loaded_model_opens_in_keras(tmp_path):
+    from tests.backend_util import keras_on_torch
+
+    keras = keras_on_torch()
+    for name in ("resnet_block", "depthwise_separable"):
+        module, x = torch_models()[name]()
+        model, _ = check_torch(module, x)
+        model.save(str(tmp_path / f"{name}.keras"))
+        theirs = keras.saving.load_model(str(tmp_path / f"{name}.keras"))
+        assert_close(np.asarray(theirs.predict(x, verbose=0)), model.predict(x, verbose=0),
+                     f"{name}: Keras against pynn")
 
 
 def test_loaded_model_with_op_nodes_saves_as_pynn(tmp_path):
@@ -544,3 +558,13 @@ def test_loaded_cnn_on_opencl():
     finally:
         pynn.set_device(previous)
     assert_close(got, want, "OpenCL against onnxruntime")
+
+
+def test_torch_erf_gelu_is_one_gelu_activation():
+    module, x = torch_models()["layer_norm_gelu"]()
+    model, data = check_torch(module, x)
+    assert "Erf" in [n.op_type for n in onnx.load_from_string(data).graph.node]
+    configs = [layer.get_config() for layer in model.layers]
+    assert any(c.get("activation") == "gelu" for c in configs)
+    assert not any(c.get("op") == "erf" for c in configs)
+    assert "LayerNormalization" in [type(layer).__name__ for layer in model.layers]
