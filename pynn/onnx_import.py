@@ -38,6 +38,7 @@ MAX_DIM = 1 << 24
 MAX_TENSOR_ELEMENTS = 1 << 28
 MAX_TOTAL_ELEMENTS = 1 << 30
 MAX_NODES = 1 << 20
+MAX_FILE_BYTES = 1 << 31
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_GAMMA = 1.0507009873554804934193349852946
 _FLOAT32_MIN = float(np.finfo(np.float32).min)
@@ -115,7 +116,6 @@ class _Importer:
         self.values = {}
         self.consumers = {}
         self.producer = {}
-        self.aliases = {}     # node output fused into an earlier layer -> source name
         self.skipped = set()  # ids of nodes fused into an earlier one
         self.file_batch = None
 
@@ -139,6 +139,10 @@ class _Importer:
                     raise ValueError(f"pynn.onnx.load: {self.label(used[0])}: operator domain "
                                      f"{o.domain!r} is not supported (only the default ONNX "
                                      f"domain)")
+        if len(self.graph.sparse_initializer):
+            raise ValueError(f"pynn.onnx.load: sparse initializer "
+                             f"'{self.graph.sparse_initializer[0].values.name}' is not "
+                             f"supported")
         if len(self.graph.node) > MAX_NODES:
             raise ValueError(f"pynn.onnx.load: {len(self.graph.node)} nodes, more than "
                              f"{MAX_NODES}")
@@ -190,9 +194,18 @@ class _Importer:
                              f"than its offset and length")
 
     def array(self, t):
-        if t.data_location == self.onnx.TensorProto.EXTERNAL:
-            return self.onnx.numpy_helper.to_array(t, base_dir=self.base_dir)
-        return self.onnx.numpy_helper.to_array(t)
+        try:
+            if t.data_location == self.onnx.TensorProto.EXTERNAL:
+                a = self.onnx.numpy_helper.to_array(t, base_dir=self.base_dir)
+            else:
+                a = self.onnx.numpy_helper.to_array(t)
+        except Exception as e:  # data that does not fill the dims, an unknown type, ...
+            raise ValueError(f"pynn.onnx.load: tensor '{t.name}' cannot be read: "
+                             f"{type(e).__name__}: {e}") from None
+        if a.dtype == object:
+            raise ValueError(f"pynn.onnx.load: tensor '{t.name}' holds strings; pynn reads "
+                             f"numbers")
+        return a
 
     def sorted_nodes(self):
         """The nodes in an order where each reads only what is already made; dangling inputs
@@ -342,7 +355,6 @@ class _Importer:
 
     # -- values ---------------------------------------------------------------------------
     def get(self, name):
-        name = self.aliases.get(name, name)
         return self.values[name]
 
     def const(self, node, k, default=None, required=True):
@@ -452,6 +464,9 @@ def _read(onnx, source):
     path = os.fspath(source)
     if not os.path.isfile(path):
         raise ValueError(f"pynn.onnx.load: no file {path!r}")
+    if os.path.getsize(path) > MAX_FILE_BYTES:
+        raise ValueError(f"pynn.onnx.load: {path!r} is larger than protobuf's 2 GiB limit; "
+                         f"keep large weights as external data beside it")
     with open(path, "rb") as f:
         proto = onnx.load_from_string(f.read())
     return proto, os.path.dirname(os.path.abspath(path))
@@ -935,7 +950,7 @@ def _feeds_only_constant_matmuls(imp, name):
                 return False
         elif r.op_type != "MatMul":
             return False
-        weights = imp.values.get(imp.aliases.get(r.input[1], r.input[1]))
+        weights = imp.values.get(r.input[1])
         if not isinstance(weights, np.ndarray) or weights.ndim != 2:
             return False
     return bool(readers)

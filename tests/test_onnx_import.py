@@ -471,6 +471,13 @@ def test_absurd_initializer_is_refused_before_allocating():
     refused(proto, r"initializer 'w': dimension \d+ is out of range")
 
 
+def test_initializer_shorter_than_its_dims_is_refused():
+    short = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4], raw_data=b"\0" * 8)
+    proto = make_model([helper.make_node("Add", ["x", "w"], ["y"], name="add")],
+                       [float_input()], [float_output()], [short])
+    refused(proto, r"tensor 'w' cannot be read")
+
+
 @pytest.mark.parametrize("location", ["../outside.bin", "/etc/passwd", "sub/../../x.bin"])
 def test_external_data_outside_the_model_directory_is_refused(tmp_path, location):
     w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4])
