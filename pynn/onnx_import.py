@@ -1820,10 +1820,12 @@ def _resize(imp, node):
     scales = [float(s) for s in np.asarray(scales).reshape(-1)]
     if len(scales) != rank:
         raise imp.refuse(node, f"{len(scales)} scales for a rank-{rank} input")
-    # The factors of pynn's axes (Resize acts on whatever layout the data has).
-    factors = [0.0] * rank
-    for j, s in enumerate(scales):
-        factors[x.perm[j]] = s
+    # The factors of pynn's axes: Resize acts on whatever layout the data has if its
+    # channels stay last there; else the data goes channels-last (ONNX's axis 1) first.
+    factors = [scales[x.perm.index(a)] for a in range(rank)]
+    if factors[-1] != 1.0 and scales[1] == 1.0 and x.batch_axis == 0:
+        x = imp.layout(x, _channels_first(rank), node)
+        factors = [scales[x.perm.index(a)] for a in range(rank)]
     if factors[0] != 1.0 or factors[-1] != 1.0 or any(
             s != int(s) or s < 1 for s in factors[1:-1]):
         raise imp.refuse(node, f"scales {scales}: pynn upsamples the spatial axes by whole "

@@ -575,3 +575,93 @@ def test_torch_erf_gelu_is_one_gelu_activation():
     assert any(c.get("activation") == "gelu" for c in configs)
     assert not any(c.get("op") == "erf" for c in configs)
     assert "LayerNormalization" in [type(layer).__name__ for layer in model.layers]
+
+
+# -- hand-built graphs of single ops, against onnxruntime ------------------------------------------
+def _init(name, array):
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def _weights(shape, seed=5):
+    return np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
+
+
+def _single_op_cases():
+    """name -> (nodes, input shape, output rank, initializers, opset)."""
+    node = helper.make_node
+    return {
+        "gemm_transB_alpha_beta": ([node("Gemm", ["x", "w", "c"], ["y"], transB=1, alpha=0.5,
+                                         beta=2.0)], (3, 4), 2,
+                                   [_init("w", _weights((5, 4))), _init("c", _weights((1, 5)))],
+                                   13),
+        "upsample_opset9": ([node("Upsample", ["x", "s"], ["y"], mode="nearest")], (2, 3, 4, 5),
+                            4, [_init("s", np.array([1, 1, 2, 3], np.float32))], 9),
+        "resize_asymmetric_floor": ([node("Resize", ["x", "", "s"], ["y"], mode="nearest",
+                                          coordinate_transformation_mode="asymmetric",
+                                          nearest_mode="floor")], (2, 3, 4, 5), 4,
+                                    [_init("s", np.array([1, 1, 3, 2], np.float32))], 13),
+        "conv_same_lower_stride": ([node("Conv", ["x", "w"], ["y"], auto_pad="SAME_LOWER",
+                                         strides=[2, 2])], (2, 3, 8, 7), 4,
+                                   [_init("w", _weights((4, 3, 3, 2)))], 13),
+        "avgpool_same_upper_excluded": ([node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3],
+                                              strides=[2, 2], auto_pad="SAME_UPPER")],
+                                        (2, 3, 8, 7), 4, [], 13),
+        "maxpool_ceil": ([node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2],
+                               ceil_mode=1)], (2, 3, 7, 5), 4, [], 13),
+        "squeeze_unsqueeze_opset11": ([node("Unsqueeze", ["x"], ["u"], axes=[1, 3]),
+                                       node("Relu", ["u"], ["r"]),
+                                       node("Squeeze", ["r"], ["y"], axes=[1, 3])], (3, 4, 5),
+                                      3, [], 11),
+        "softmax_opset11_last_axis": ([node("Softmax", ["x"], ["y"], axis=2)], (2, 3, 4), 3, [],
+                                      11),
+        "pad_reflect": ([node("Pad", ["x", "p"], ["y"], mode="reflect")], (2, 3, 5, 6), 4,
+                        [_init("p", np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64))], 13),
+        "hard_sigmoid_default": ([node("HardSigmoid", ["x"], ["y"])], (3, 7), 2, [], 13),
+        "clip_min_only": ([node("Clip", ["x", "lo"], ["y"])], (3, 7), 2,
+                          [_init("lo", np.array(-0.3, np.float32))], 13),
+        "reduce_sum_no_keepdims": ([node("ReduceSum", ["x", "a"], ["y"], keepdims=0)],
+                                   (2, 3, 4, 5), 3, [_init("a", np.array([2], np.int64))], 13),
+        "transpose_reshape": ([node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+                               node("Reshape", ["t", "s"], ["y"])], (2, 3, 4, 5), 3,
+                              [_init("s", np.array([0, 20, 3], np.int64))], 13),
+        "matmul_of_two_activations": ([node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
+                                       node("MatMul", ["x", "t"], ["y"])], (2, 3, 4), 3, [], 13),
+        "prelu_per_channel": ([node("PRelu", ["x", "a"], ["y"])], (2, 3, 4, 5), 4,
+                              [_init("a", _weights((3, 1, 1)))], 13),
+        "global_max_pool": ([node("GlobalMaxPool", ["x"], ["y"])], (2, 3, 4, 5), 4, [], 13),
+        "slice_channels_step": ([node("Slice", ["x", "b", "e", "a", "s"], ["y"])],
+                                (2, 6, 4, 5), 4,
+                                [_init("b", np.array([1], np.int64)),
+                                 _init("e", np.array([6], np.int64)),
+                                 _init("a", np.array([1], np.int64)),
+                                 _init("s", np.array([2], np.int64))], 13),
+        "layer_norm_two_axes": ([node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-2)],
+                                (2, 3, 4, 5), 4,
+                                [_init("g", _weights((4, 5))), _init("b", _weights((4, 5), 6))],
+                                17),
+        "matmul_add_is_dense_with_bias": ([node("MatMul", ["x", "w"], ["m"]),
+                                           node("Add", ["m", "b"], ["y"])], (2, 3, 4), 3,
+                                          [_init("w", _weights((4, 6))),
+                                           _init("b", _weights((6,)))], 13),
+        "sub_div_broadcast_constants": ([node("Sub", ["x", "m"], ["s"]),
+                                         node("Div", ["s", "d"], ["y"])], (2, 3, 4, 5), 4,
+                                        [_init("m", _weights((3, 1, 1))),
+                                         _init("d", np.abs(_weights((1, 5), 7)) + 0.5)], 13),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_single_op_cases()))
+def test_single_ops_against_onnxruntime(name):
+    nodes, shape, out_rank, inits, opset = _single_op_cases()[name]
+    proto = make_model(nodes, [float_input(shape=("N",) + shape[1:])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                       inits, opset=opset)
+    proto.ir_version = 7
+    x = E.rand(shape)
+    want = ort.InferenceSession(proto.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    model = pynn.onnx.load(proto)
+    assert_close(model.predict(x, verbose=0), want, name)
+    assert want.ndim == out_rank
+    if name == "matmul_add_is_dense_with_bias":
+        assert [type(layer).__name__ for layer in model.layers] == ["InputLayer", "Dense"]
