@@ -244,7 +244,44 @@ def torch_models():
             x = nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
             return torch.cat([self.c2(x), nn.functional.max_pool2d(x, 2)], 1)
 
+    class StemSqueezeExcite(nn.Module):
+        """A ResNet stem (7x7/2 conv, BatchNorm, 3x3/2 max pool with ONNX's pads) and a
+        MobileNetV3 squeeze-excite gate (hard sigmoid, hard swish)."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 8, 7, 2, 3, bias=False), nn.BatchNorm2d(8)
+            self.pool = nn.MaxPool2d(3, 2, 1)
+            self.reduce, self.expand = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+            self.fc = nn.Linear(8, 5)
+
+        def forward(self, x):
+            x = self.pool(torch.relu(self.bn(self.conv(x))))
+            gate = nn.functional.adaptive_avg_pool2d(x, 1)
+            gate = nn.functional.hardsigmoid(self.expand(torch.relu(self.reduce(gate))))
+            x = nn.functional.hardswish(x * gate)
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+    class AttentionBlock(nn.Module):
+        """Multi-head self-attention written out: heads by Reshape and Transpose, two
+        MatMuls of activations, Softmax, the residual and LayerNorm."""
+
+        def __init__(self, width=8, heads=2):
+            super().__init__()
+            self.heads = heads
+            self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)
+            self.norm = nn.LayerNorm(width)
+
+        def forward(self, x):
+            n, t, d = x.shape
+            q, k, v = (z.reshape(n, t, self.heads, d // self.heads).transpose(1, 2)
+                       for z in self.qkv(x).chunk(3, dim=-1))
+            a = torch.softmax(q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5, dim=-1)
+            return self.norm(x + self.out((a @ v).transpose(1, 2).reshape(n, t, d)))
+
     return {
+        "stem_squeeze_excite": lambda: (StemSqueezeExcite(), images((2, 3, 32, 30))),
+        "attention_block": lambda: (AttentionBlock(), images((2, 5, 8))),
         "pads_and_splits": lambda: (PadsAndSplits(), images((2, 3, 9, 10))),
         "mlp": lambda: (nn.Sequential(nn.Linear(7, 9), nn.ReLU(), nn.Linear(9, 4),
                                       nn.Softmax(-1)), images((3, 7))),
@@ -273,7 +310,7 @@ def torch_models():
 
 TORCH_MODELS = ["mlp", "small_cnn", "resnet_block", "depthwise_separable",
                 "conv_transpose_upsample", "pools_and_activations", "layer_norm_gelu",
-                "pads_and_splits"]
+                "pads_and_splits", "stem_squeeze_excite", "attention_block"]
 
 
 @pytest.mark.parametrize("name", TORCH_MODELS)
@@ -282,13 +319,14 @@ def test_torch_models(name):
     check_torch(module, x)
 
 
-def test_torch_dynamic_batch_reshape_keeps_the_batch_axis():
+@pytest.mark.parametrize("name", ["small_cnn", "attention_block"])
+def test_torch_dynamic_batch_reshape_keeps_the_batch_axis(name):
     # Shape -> Gather -> Unsqueeze -> Concat -> Reshape, folded with the batch kept dynamic.
-    module, x = torch_models()["small_cnn"]()
+    module, x = torch_models()[name]()
     model, data = check_torch(module, x, dynamic_axes={"x": {0: "batch"}})
     assert "Shape" in [n.op_type for n in onnx.load_from_string(data).graph.node]
     torch = torch_module()
-    x5 = images((5, 3, 9, 11), seed=3)
+    x5 = images((5,) + x.shape[1:], seed=3)
     with torch.no_grad():
         assert_close(model.predict(x5, verbose=0), module(torch.from_numpy(x5)).numpy())
 
