@@ -538,7 +538,12 @@ def _axes(imp, node, attrs, k):
 
 
 def _layer(imp, layer, x, weights=None, node=None):
-    """``layer`` called on pynn tensor ``x``, its weights set (ONNX's, as float32)."""
+    """``layer`` called on pynn tensor ``x``, its weights set (ONNX's, as float32); named
+    after its node, so a summary and the weights' paths say where each came from."""
+    from pynn.layers.base import _unique_name
+
+    if node is not None and node.name:
+        layer.name = _unique_name(_layer_name(node.name))
     try:
         y = layer(x)
     except ValueError as e:

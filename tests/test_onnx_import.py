@@ -337,6 +337,8 @@ def test_flatten_after_nchw_is_folded_into_the_dense_rows():
     # One Permute (the NCHW input into NHWC); none before the Flatten.
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds.count("Permute") == 1, kinds
+    # layers named after their nodes ('/c1/Conv' -> 'c1_Conv')
+    assert any(layer.name.startswith("c1_Conv") for layer in model.layers)
 
 
 def test_channels_last_inputs():
