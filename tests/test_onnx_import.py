@@ -705,3 +705,16 @@ def test_single_ops_against_onnxruntime(name):
     assert want.ndim == out_rank
     if name == "matmul_add_is_dense_with_bias":
         assert [type(layer).__name__ for layer in model.layers] == ["InputLayer", "Dense"]
+
+
+def test_loaded_model_exports_again():
+    module, x = torch_models()["resnet_block"]()
+    model, data = check_torch(module, x)
+    again = pynn.onnx.export(model)
+    want = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert_close(E.run_onnx(again, [x])[0], want, "re-exported")
+    # op nodes (here the attention's MatMuls) have no exporter yet: refused by name
+    module, x = torch_models()["attention_block"]()
+    model, _ = check_torch(module, x)
+    with pytest.raises(ValueError, match="OpLayer .* cannot be exported"):
+        pynn.onnx.export(model)
