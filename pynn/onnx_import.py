@@ -304,7 +304,7 @@ class _Importer:
 
     # -- inputs and outputs ---------------------------------------------------------------
     def make_inputs(self):
-        import pynn
+        from pynn.layers import Input
 
         inits = {i.name for i in self.graph.initializer}
         inputs = []
@@ -331,7 +331,7 @@ class _Importer:
             if self.channels_last_inputs and rank >= 3 and elem == np.float32:
                 perm = _channels_first(rank)
                 dims = [dims[p] for p in _inverse(perm)]
-            x = pynn.Input(tuple(dims[1:]), name=_layer_name(info.name),
+            x = Input(tuple(dims[1:]), name=_layer_name(info.name),
                            dtype=np.dtype(elem).name)
             inputs.append(x)
             self.values[info.name] = self.wrap(x, perm)
@@ -389,7 +389,7 @@ class _Importer:
 
     # -- driver ---------------------------------------------------------------------------
     def run(self):
-        import pynn
+        from pynn.models import Model
 
         self.check_file()
         nodes = self.sorted_nodes()
@@ -413,7 +413,7 @@ class _Importer:
             self.convert(node)
         outputs = self.make_outputs()
         name = _layer_name(self.graph.name or "onnx_model")
-        return pynn.Model(inputs, outputs if len(outputs) > 1 else outputs[0], name=name)
+        return Model(inputs, outputs if len(outputs) > 1 else outputs[0], name=name)
 
     def convert(self, node):
         if node.domain not in ("", "ai.onnx"):
@@ -554,9 +554,9 @@ def _layer(imp, layer, x, weights=None, node=None):
 
 
 def _ops():
-    import pynn.ops
+    from pynn import ops
 
-    return pynn.ops
+    return ops
 
 
 def _float(c):
