@@ -1938,9 +1938,9 @@ def _recurrent(imp, node):
     units = int(attrs.get("hidden_size", r.shape[-1]))
     gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[kind]
     if attrs.get("layout", 0):
-        x = imp.layout(x, _identity(3), node)  # (N, T, C) already
-    else:
-        x = imp.layout(x, (1, 0, 2), node)  # ONNX (T, N, C) = pynn (N, T, C) transposed
+        raise imp.refuse(node, "layout=1 (batch-major X and Y) is not supported; pynn reads "
+                               "ONNX's default time-major layout=0")
+    x = imp.layout(x, (1, 0, 2), node)  # ONNX (T, N, C) = pynn (N, T, C) transposed
     reset_after = bool(attrs.get("linear_before_reset", 0))
     if b is None:
         b = np.zeros((dirs, 2 * gates * units), np.float32)

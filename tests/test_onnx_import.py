@@ -569,6 +569,16 @@ def test_recurrent_sequence_lens_refused():
     refused(proto, r"GRU node 'gru': sequence_lens is not supported")
 
 
+def test_recurrent_batch_major_layout_refused():
+    w = numpy_helper.from_array(np.ones((1, 8, 3), np.float32), "w")
+    r = numpy_helper.from_array(np.ones((1, 8, 2), np.float32), "r")
+    node = helper.make_node("LSTM", ["x", "w", "r"], ["y"], name="lstm", hidden_size=2,
+                            layout=1)
+    proto = make_model([node], [float_input(shape=("N", 5, 3))],
+                       [float_output("y", ("N", 5, 1, 2))], [w, r])
+    refused(proto, r"LSTM node 'lstm': layout=1")
+
+
 def test_reshape_mixing_the_batch_axis_is_refused():
     shape = numpy_helper.from_array(np.array([-1], np.int64), "s")
     proto = make_model([helper.make_node("Reshape", ["x", "s"], ["y"], name="rs")],
