@@ -2082,3 +2082,33 @@ def _where(imp, node):
 def _isnan(imp, node):
     x = imp.float_activation(node)
     return imp.wrap(_ops().isnan(x.tensor), x.perm)
+
+
+@_converts("Einsum")
+def _einsum(imp, node):
+    from pynn import layers
+
+    equation = _attrs(node)["equation"].replace(" ", "")
+    vals = [imp.get(i) for i in node.input]
+    if "->" not in equation or "." in equation:
+        raise imp.refuse(node, f"equation {equation!r}: pynn reads explicit outputs without "
+                               f"ellipses")
+    terms, out = equation.split("->")
+    terms = terms.split(",")
+    first = imp.activation(node, 0) if isinstance(vals[0], _Value) else None
+    if first is None or len(terms) != len(vals) or terms[0][:1] != out[:1] or any(
+            terms[0][:1] in t for t in terms[1:]):
+        raise imp.refuse(node, f"equation {equation!r}: pynn reads the model's data first, "
+                               f"its batch letter leading the output and in no other term")
+    x = imp.plain(imp.float_activation(node, 0), node)
+    if len(vals) == 2 and not isinstance(vals[1], _Value):
+        # The data times a constant kernel: Keras's EinsumDense, its kernel trainable.
+        kernel = _float(vals[1])
+        probe = np.einsum(equation, np.zeros([1] + _static(imp, node, x.tensor.shape[1:],
+                                                             "Einsum"), np.float32), kernel)
+        layer = layers.EinsumDense(equation, probe.shape[1:])
+        return imp.wrap(_layer(imp, layer, x.tensor, [kernel], node))
+    if not all(isinstance(v, _Value) for v in vals):
+        raise imp.refuse(node, "mixes constants and the model's data beyond one kernel")
+    xs = [imp.plain(imp.float_activation(node, k), node).tensor for k in range(len(vals))]
+    return imp.wrap(_ops().einsum(equation, *xs))

@@ -100,7 +100,7 @@ def _export_tests():
 
 
 # Exported architectures whose graphs use ops pynn does not read back (CumSum and TopK of
-# masked sequences and sparsemax, Einsum, Shrink, Atan, rank-5 ConvTranspose, Resize by
+# masked sequences and sparsemax, Shrink, Atan, rank-5 ConvTranspose, Resize by
 # fractions, Reshapes that fold the batch into the steps): each refused by name.
 REFUSED = {
     "keras3_activations_fused[hard_shrink]", "keras3_activations_fused[soft_shrink]",
@@ -112,7 +112,7 @@ REFUSED = {
         "mel_db", "mel_hamming_top_db", "stft_imag", "stft_log", "stft_psd_expand",
         "stft_real_first_expand", "stft_stft_first")),
 }
-REFUSED_TESTS = {"category_encoding_and_discretization", "einsum_dense", "masked_bidirectional",
+REFUSED_TESTS = {"category_encoding_and_discretization", "masked_bidirectional",
                  "masked_recurrent_layers_skip_the_masked_steps", "stft_angle_is_atan_by_quadrant",
                  "time_distributed_recurrent_layers_read_each_steps_mask"}
 REFUSED_PREFIXES = ("preprocessing_layers[center_crop_smaller", "preprocessing_layers[random_crop",
