@@ -2112,3 +2112,27 @@ def _einsum(imp, node):
         raise imp.refuse(node, "mixes constants and the model's data beyond one kernel")
     xs = [imp.plain(imp.float_activation(node, k), node).tensor for k in range(len(vals))]
     return imp.wrap(_ops().einsum(equation, *xs))
+
+
+@_converts("Shrink")
+def _shrink(imp, node):
+    attrs = _check_attrs(imp, node, {"lambd": None, "bias": None})
+    x = imp.float_activation(node)
+    lambd, bias = float(attrs.get("lambd", 0.5)), float(attrs.get("bias", 0.0))
+    o = _ops()
+    if bias == 0.0:
+        return imp.wrap(o.hard_shrink(x.tensor, lambd), x.perm)
+    if bias == lambd:
+        return imp.wrap(o.soft_shrink(x.tensor, lambd), x.perm)
+    above = o.where(o.greater(x.tensor, lambd), o.subtract(x.tensor, bias), 0.0)
+    return imp.wrap(o.where(o.less(x.tensor, -lambd), o.add(x.tensor, bias), above), x.perm)
+
+
+@_converts("CumSum")
+def _cumsum(imp, node):
+    _check_attrs(imp, node, {"exclusive": (0,), "reverse": (0,)})
+    x = imp.activation(node)
+    axis = int(np.asarray(imp.const(node, 1)).reshape(())) % len(x.perm)
+    if axis == x.batch_axis:
+        raise imp.refuse(node, "sums along the batch axis")
+    return imp.wrap(_ops().cumsum(x.tensor, axis=x.perm[axis]), x.perm)

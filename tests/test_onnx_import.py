@@ -99,11 +99,10 @@ def _export_tests():
     return names
 
 
-# Exported architectures whose graphs use ops pynn does not read back (CumSum and TopK of
-# masked sequences and sparsemax, Shrink, Atan, rank-5 ConvTranspose, Resize by
-# fractions, Reshapes that fold the batch into the steps): each refused by name.
+# Exported architectures whose graphs pynn does not read back (sparsemax's TopK, the masked
+# recurrent layers' per-sample step counts, Atan, rank-5 ConvTranspose, Resize by fractions,
+# Reshapes that fold the batch into the steps): each refused by name.
 REFUSED = {
-    "keras3_activations_fused[hard_shrink]", "keras3_activations_fused[soft_shrink]",
     "keras3_row_activations[sparsemax-13]", "keras3_row_activations[sparsemax-17]",
     "masked_stacks_states_and_dynamic_lengths[]", "resizing_exports_at_the_oldest_opset[]",
     "time_distributed[conv2d]", "merged_masks_follow_pynns_rules[Concatenate-False]",
@@ -728,3 +727,14 @@ def test_loaded_model_exports_again():
     model, _ = check_torch(module, x)
     with pytest.raises(ValueError, match="OpLayer .* cannot be exported"):
         pynn.onnx.export(model)
+
+
+def test_cumsum_of_the_data_and_its_refused_options():
+    axis = _init("a", np.array(1, np.int64))
+    proto = make_model([helper.make_node("CumSum", ["x", "a"], ["y"], name="cs")],
+                       [float_input(shape=("N", 5, 3))], [float_output(shape=("N", 5, 3))],
+                       [axis], opset=14)
+    x = E.rand((2, 5, 3))
+    assert_close(pynn.onnx.load(proto).predict(x, verbose=0), np.cumsum(x, axis=1))
+    proto.graph.node[0].attribute.append(helper.make_attribute("reverse", 1))
+    refused(proto, r"CumSum node 'cs': attribute reverse=1 is not supported")
