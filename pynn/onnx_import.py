@@ -461,6 +461,9 @@ def _read(onnx, source):
         return source, None
     if isinstance(source, (bytes, bytearray, memoryview)):
         return onnx.load_from_string(bytes(source)), None
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"pynn.onnx.load: takes a path, bytes or an onnx.ModelProto, got "
+                        f"{type(source).__name__}")
     path = os.fspath(source)
     if not os.path.isfile(path):
         raise ValueError(f"pynn.onnx.load: no file {path!r}")
@@ -489,11 +492,10 @@ def load(source, channels_last_inputs=False):
                          f"{channels_last_inputs!r}")
     try:
         proto, base_dir = _read(onnx, source)
-    except (onnx.onnx_cpp2py_export.checker.ValidationError if hasattr(
-            onnx, "onnx_cpp2py_export") else ValueError, OSError) as e:
-        raise ValueError(f"pynn.onnx.load: not a readable ONNX model: {e}") from None
-    except Exception as e:  # protobuf's DecodeError
-        if type(e).__name__ == "DecodeError":
+    except OSError as e:
+        raise ValueError(f"pynn.onnx.load: cannot read {source!r}: {e}") from None
+    except Exception as e:
+        if type(e).__name__ == "DecodeError":  # protobuf's word for "not an ONNX model"
             raise ValueError(f"pynn.onnx.load: not an ONNX model: {e}") from None
         raise
     return _Importer(onnx, proto, base_dir, channels_last_inputs).run()

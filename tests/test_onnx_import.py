@@ -590,6 +590,8 @@ def test_not_an_onnx_file():
         pynn.onnx.load(b"\xff\xfe not protobuf at all")
     with pytest.raises(ValueError, match="no file"):
         pynn.onnx.load("/nonexistent/m.onnx")
+    with pytest.raises(TypeError, match="takes a path, bytes or an onnx.ModelProto, got int"):
+        pynn.onnx.load(3)
     with pytest.raises(ValueError, match="channels_last_inputs must be a bool"):
         pynn.onnx.load(b"", channels_last_inputs="yes")
 
