@@ -1620,9 +1620,8 @@ def _conv_transpose(imp, node):
     w = _float(imp.const(node, 1))  # (C, F, k...)
     bias = imp.const(node, 2, required=False)
     n = w.ndim - 2
-    if n not in (1, 2) or len(x.perm) != n + 2:
-        raise imp.refuse(node, f"weights of rank {w.ndim}: pynn reads 1-D and 2-D "
-                               f"ConvTranspose")
+    if n not in (1, 2, 3) or len(x.perm) != n + 2:
+        raise imp.refuse(node, f"weights of rank {w.ndim} on a rank-{len(x.perm)} input")
     x = imp.layout(x, _channels_first(n + 2), node)
     kernel = list(w.shape[2:])
     strides, dilations, pads = _spatial_attrs(imp, node, attrs, kernel)
@@ -1656,8 +1655,8 @@ def _conv_transpose(imp, node):
         raise imp.refuse(node, f"pads {pads} with output_padding {extra}: no pynn "
                                f"Conv{n}DTranspose padding gives ONNX's output size {want}")
     padding, op = choice
-    cls = layers.Conv2DTranspose if n == 2 else layers.Conv1DTranspose
-    one = (lambda v: v) if n == 2 else (lambda v: v[0])
+    cls = {1: layers.Conv1DTranspose, 2: layers.Conv2DTranspose, 3: layers.Conv3DTranspose}[n]
+    one = (lambda v: v) if n > 1 else (lambda v: v[0])
     layer = cls(w.shape[1], one(tuple(kernel)), strides=one(tuple(strides)), padding=padding,
                 output_padding=None if op is None else one((op,) * n),
                 dilation_rate=one(tuple(dilations)), use_bias=bias is not None)
@@ -1665,7 +1664,8 @@ def _conv_transpose(imp, node):
     weights += [_float(bias)] if bias is not None else []
     y = _layer(imp, layer, x.tensor, weights, node)
     if crops and any(a or b for a, b in crops):
-        crop = layers.Cropping2D(tuple(crops)) if n == 2 else layers.Cropping1D(crops[0])
+        crop = {1: lambda: layers.Cropping1D(crops[0]), 2: lambda: layers.Cropping2D(tuple(crops)),
+                3: lambda: layers.Cropping3D(tuple(crops))}[n]()
         y = _layer(imp, crop, y, node=node)
     return imp.wrap(y, x.perm)
 

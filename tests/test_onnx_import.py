@@ -100,7 +100,7 @@ def _export_tests():
 
 
 # Exported architectures whose graphs pynn does not read back (sparsemax's TopK, the masked
-# recurrent layers' per-sample step counts, Atan, rank-5 ConvTranspose, Resize by fractions,
+# recurrent layers' per-sample step counts, Atan, Resize by fractions,
 # Reshapes that fold the batch into the steps): each refused by name.
 REFUSED = {
     "keras3_row_activations[sparsemax-13]", "keras3_row_activations[sparsemax-17]",
@@ -115,8 +115,7 @@ REFUSED_TESTS = {"category_encoding_and_discretization", "masked_bidirectional",
                  "masked_recurrent_layers_skip_the_masked_steps", "stft_angle_is_atan_by_quadrant",
                  "time_distributed_recurrent_layers_read_each_steps_mask"}
 REFUSED_PREFIXES = ("preprocessing_layers[center_crop_smaller", "preprocessing_layers[random_crop",
-                    "preprocessing_layers[resizing_bilinear", "preprocessing_layers[resizing_near",
-                    "volumetric_convolutions[conv3d_transpose")
+                    "preprocessing_layers[resizing_bilinear", "preprocessing_layers[resizing_near")
 
 
 def _refused(case_id):
