@@ -1833,13 +1833,12 @@ def _resize(imp, node):
     if factors[-1] != 1.0 and scales[1] == 1.0 and x.batch_axis == 0:
         x = imp.layout(x, _channels_first(rank), node)
         factors = [scales[x.perm.index(a)] for a in range(rank)]
-    if factors[0] != 1.0 or factors[-1] != 1.0 or any(
-            s != int(s) or s < 1 for s in factors[1:-1]):
-        raise imp.refuse(node, f"scales {scales}: pynn upsamples the spatial axes by whole "
-                               f"factors")
     coord = attrs.get("coordinate_transformation_mode", "half_pixel" if
                       node.op_type == "Resize" and imp.opset >= 11 else "asymmetric")
     nearest_mode = attrs.get("nearest_mode", "round_prefer_floor")
+    if factors[0] != 1.0 or factors[-1] != 1.0 or any(
+            s != int(s) or s < 1 for s in factors[1:-1]):
+        return _resize_to_size(imp, node, x, factors, mode, coord, nearest_mode, attrs)
     if mode == "nearest" and (coord == "asymmetric" and nearest_mode == "floor" or
                               coord in ("half_pixel", "pytorch_half_pixel") and nearest_mode
                               in ("round_prefer_floor", "round_prefer_ceil") or
@@ -2138,3 +2137,26 @@ def _cumsum(imp, node):
     if axis == x.batch_axis:
         raise imp.refuse(node, "sums along the batch axis")
     return imp.wrap(_ops().cumsum(x.tensor, axis=x.perm[axis]), x.perm)
+
+
+def _resize_to_size(imp, node, x, factors, mode, coord, nearest_mode, attrs):
+    """A Resize by other than whole factors: Keras's Resizing, whose torch-backend forms are
+    linear with half-pixel centres (no antialias) and nearest-exact, floor((o + 0.5) * in /
+    out), which is ONNX's half-pixel nearest rounding halves up."""
+    from pynn import layers
+
+    rank = len(x.perm)
+    bilinear = mode == "linear" and coord == "half_pixel"
+    nearest = mode == "nearest" and coord == "half_pixel" and nearest_mode == "round_prefer_ceil"
+    if rank != 4 or factors[0] != 1.0 or factors[-1] != 1.0 or not (bilinear or nearest) or \
+            attrs.get("antialias", 0) or attrs.get("exclude_outside", 0):
+        raise imp.refuse(node, f"scales {factors} (pynn's axes) with mode={mode!r}, "
+                               f"coordinate_transformation_mode={coord!r}: pynn resizes by "
+                               f"whole factors, or images (N, C, H, W) as Keras's Resizing "
+                               f"does (linear or nearest with half-pixel centres)")
+    sizes = _static(imp, node, x.tensor.shape[1:3], "Resize")
+    height, width = (round(n * f) for n, f in zip(sizes, factors[1:3]))
+    if height < 1 or width < 1:
+        raise imp.refuse(node, f"output size ({height}, {width})")
+    layer = layers.Resizing(height, width, interpolation="bilinear" if bilinear else "nearest")
+    return imp.wrap(_layer(imp, layer, x.tensor, node=node), x.perm)

@@ -100,11 +100,11 @@ def _export_tests():
 
 
 # Exported architectures whose graphs pynn does not read back (sparsemax's TopK, the masked
-# recurrent layers' per-sample step counts, Atan, Resize by fractions,
-# Reshapes that fold the batch into the steps): each refused by name.
+# recurrent layers' per-sample step counts, Atan, Reshapes that fold the batch into the
+# steps): each refused by name.
 REFUSED = {
     "keras3_row_activations[sparsemax-13]", "keras3_row_activations[sparsemax-17]",
-    "masked_stacks_states_and_dynamic_lengths[]", "resizing_exports_at_the_oldest_opset[]",
+    "masked_stacks_states_and_dynamic_lengths[]",
     "time_distributed[conv2d]", "merged_masks_follow_pynns_rules[Concatenate-False]",
     "merged_masks_follow_pynns_rules[Concatenate1-False]",
     *(f"spectral_layers[{name}-{opset}]" for opset in (13, None) for name in (
@@ -114,13 +114,10 @@ REFUSED = {
 REFUSED_TESTS = {"category_encoding_and_discretization", "masked_bidirectional",
                  "masked_recurrent_layers_skip_the_masked_steps", "stft_angle_is_atan_by_quadrant",
                  "time_distributed_recurrent_layers_read_each_steps_mask"}
-REFUSED_PREFIXES = ("preprocessing_layers[center_crop_smaller", "preprocessing_layers[random_crop",
-                    "preprocessing_layers[resizing_bilinear", "preprocessing_layers[resizing_near")
 
 
 def _refused(case_id):
-    return (case_id in REFUSED or case_id.split("[")[0] in REFUSED_TESTS
-            or case_id.startswith(REFUSED_PREFIXES))
+    return case_id in REFUSED or case_id.split("[")[0] in REFUSED_TESTS
 
 
 _ALL = [(t, i, c) for t in _export_tests() for i, c in _expanded(t)]
@@ -739,3 +736,15 @@ def test_cumsum_of_the_data_and_its_refused_options():
     assert_close(pynn.onnx.load(proto).predict(x, verbose=0), np.cumsum(x, axis=1))
     proto.graph.node[0].attribute.append(helper.make_attribute("reverse", 1))
     refused(proto, r"CumSum node 'cs': attribute reverse=1 is not supported")
+
+
+def test_torch_interpolate_to_a_size_is_keras_resizing():
+    torch = torch_module()
+
+    class Interpolate(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.interpolate(x, size=(5, 13), mode="bilinear",
+                                                   align_corners=False)
+
+    model, _ = check_torch(Interpolate(), images((2, 3, 7, 6)))
+    assert "Resizing" in [type(layer).__name__ for layer in model.layers]
