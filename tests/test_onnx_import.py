@@ -600,8 +600,10 @@ def test_missing_onnx_names_the_extra(monkeypatch):
 
 # -- (5) OpenCL --------------------------------------------------------------------------------
 @pytest.mark.opencl
-def test_loaded_cnn_on_opencl():
-    module, x = torch_models()["resnet_block"]()
+@pytest.mark.parametrize("name", ["resnet_block", "stem_squeeze_excite", "pads_and_splits",
+                                  "attention_block"])
+def test_loaded_models_on_opencl(name):
+    module, x = torch_models()[name]()
     data = torch_onnx(module, x)
     want = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(
         None, {"x": x})[0]
