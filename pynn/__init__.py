@@ -91,6 +91,15 @@ for _key in ("save", "save_h5", "save_weights", "load_keras", "load_h5", "load_w
 del _key
 
 
+def _deferred_onnx_load(*args, **kwargs):
+    """pynn.load_model('m.onnx'): pynn.onnx_import loads on the first ONNX file."""
+    from pynn import onnx_import
+    return onnx_import.load(*args, **kwargs)
+
+
+saving.ONNX_IO.setdefault("load", _deferred_onnx_load)  # ONNX files in (pynn.onnx_import)
+
+
 def __getattr__(name):
     if name in _LAZY_SUBMODULES:
         import importlib

@@ -2418,3 +2418,11 @@ def export(model, path=None, opset=None, input_signature=None, batch_size=None):
     if path is not None:
         onnx.save(proto, str(path))
     return proto
+
+
+def load(source, channels_last_inputs=False):
+    """An ONNX model (path, bytes or onnx.ModelProto) as a pynn functional Model: see
+    pynn.onnx_import.load."""
+    from pynn.onnx_import import load as _load
+
+    return _load(source, channels_last_inputs=channels_last_inputs)

@@ -231,6 +231,9 @@ KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 # puts stand-ins here that import it on first use): it builds models, so saving must not
 # import it.
 KERAS_IO = {}
+# ONNX files in: pynn.onnx_import's load, put here by pynn/__init__ as KERAS_IO's readers are
+# (saving importing it would close an import cycle through pynn.models)
+ONNX_IO = {}
 
 
 def _keras_format(filepath, verb):
@@ -623,6 +626,9 @@ def load_model(filepath, custom_objects=None, compile=True, max_compression_rati
     may inflate compared with the bytes they take in the file; raise it only for a file you
     trust that was re-zipped with compression and holds mostly zeros.
     """
+    if os.fspath(filepath).lower().endswith(".onnx"):
+        # ONNX files in: a functional model of pynn layers (pynn.onnx_import, through ONNX_IO)
+        return ONNX_IO["load"](filepath)
     suffix = _keras_format(filepath, "load_model")
     if suffix is not None:
         if suffix == ".keras":
