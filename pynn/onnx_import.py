@@ -1220,6 +1220,17 @@ def _unary(imp, node):
     return imp.wrap(getattr(_ops(), _UNARY_OPS[node.op_type])(x.tensor), x.perm)
 
 
+@_converts("Det")
+def _det(imp, node):
+    """linalg's det over the last two axes (pynn exports its det op nodes as Det)."""
+    x = imp.plain(imp.float_activation(node), node)
+    if len(x.perm) < 3:
+        raise imp.refuse(node, f"Det of a rank-{len(x.perm)} tensor: pynn's tensors keep a "
+                               f"batch axis before the matrices")
+    y = _ops().det(x.tensor)
+    return imp.wrap(y, _identity(len(x.perm) - 2))
+
+
 def _const_near(imp, name, value):
     v = imp.get(name)
     return not isinstance(v, _Value) and v.dtype != object and v.size == 1 and \
