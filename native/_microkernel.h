@@ -89,7 +89,34 @@ typedef double pynn_vd64 __attribute__((vector_size(64), aligned(8), may_alias))
             *(V*)(c + i * ldc + j + v * VL) = acc[i][v];                               \
     }
 
-#define PYNN_SK(NAME, TARGET, T, V, VBYTES, MR, WIDE, VFMA, SFMA)                      \
+/* The last n - j < VL columns as one masked vector: lanes past them are neither read nor
+   written (masked loads do not fault past a buffer's end), and each lane runs the same FMA
+   chain, in the same (s, t) order, as the scalar loop below: the same bits. The scalar loop
+   ran a column at a time with strided reads of a: a 56x56x144 -> 24 1x1 convolution took
+   2.7 ms against 0.22 ms for 144 -> 32 (AVX-512, 16-float vectors: 8 columns were left). */
+#define PYNN_SK_TAIL(T, V, MR, VFMA, MLOAD, MSTORE)                                    \
+    {                                                                                  \
+        typedef T R __attribute__((vector_size(sizeof(V))));                           \
+        const int rem = (int)(n - j);                                                  \
+        R acc[MR]; const T* ap[MR]; int i; Py_ssize_t s, t;                            \
+        for (i = 0; i < MR; i++) {                                                     \
+            if (accum) acc[i] = MLOAD(c + i * ldc + j, rem);                           \
+            else if (init) acc[i] = MLOAD(init + j, rem);                              \
+            else acc[i] = (R){0};                                                      \
+        }                                                                              \
+        for (s = 0; s < nseg; s++) {                                                   \
+            const T* bs = b + bseg[s] + j;                                             \
+            for (i = 0; i < MR; i++) ap[i] = a + aseg[s] + roff[i];                    \
+            for (t = 0; t < tn; t++) {                                                 \
+                const R bv = MLOAD(bs + t * ldb, rem);                                 \
+                for (i = 0; i < MR; i++) acc[i] = VFMA(ap[i][t * sat], bv, acc[i]);    \
+            }                                                                          \
+        }                                                                              \
+        for (i = 0; i < MR; i++) MSTORE(c + i * ldc + j, acc[i], rem);                 \
+        j = n;                                                                         \
+    }
+
+#define PYNN_SK(NAME, TARGET, T, V, VBYTES, MR, WIDE, VFMA, SFMA, MASKED, MLOAD, MSTORE) \
 static inline TARGET void NAME(Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,           \
                                const T* a, const Py_ssize_t* roff,                     \
                                const Py_ssize_t* aseg, Py_ssize_t sat, const T* b,     \
@@ -100,6 +127,7 @@ static inline TARGET void NAME(Py_ssize_t n, Py_ssize_t nseg, Py_ssize_t tn,    
     if (WIDE) for (; j + 4 * VL <= n; j += 4 * VL) PYNN_SK_BLOCK(T, V, VL, 4, MR, VFMA) \
     for (; j + 2 * VL <= n; j += 2 * VL) PYNN_SK_BLOCK(T, V, VL, 2, MR, VFMA)          \
     for (; j + VL <= n; j += VL) PYNN_SK_BLOCK(T, V, VL, 1, MR, VFMA)                  \
+    if (MASKED && j < n) PYNN_SK_TAIL(T, V, MR, VFMA, MLOAD, MSTORE)                   \
     for (; j < n; j++) for (i = 0; i < MR; i++) {                                      \
         T sum = accum ? c[i * ldc + j] : (init ? init[j] : (T)0);                      \
         for (s = 0; s < nseg; s++) for (t = 0; t < tn; t++)                            \
@@ -172,32 +200,66 @@ static TARGET void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const T* a,   
 
 /* One level's copy for one dtype: pynn_<isa>_<sfx>_sk{8,6,6w,4,3,2,1}, then
    pynn_<isa>_seg_gemm_<sfx> and pynn_<isa>_rows_gemm_<sfx>. */
-#define PYNN_MK_LEVEL(ISA, TARGET, SFX, T, V, VBYTES, MRMAX, WIDE, VFMA, SFMA)          \
-    PYNN_SK(pynn_##ISA##_##SFX##_sk8, TARGET, T, V, VBYTES, 8, 0, VFMA, SFMA)          \
-    PYNN_SK(pynn_##ISA##_##SFX##_sk6, TARGET, T, V, VBYTES, 6, 0, VFMA, SFMA)          \
-    PYNN_SK(pynn_##ISA##_##SFX##_sk6w, TARGET, T, V, VBYTES, 6, WIDE, VFMA, SFMA)      \
-    PYNN_SK(pynn_##ISA##_##SFX##_sk4, TARGET, T, V, VBYTES, 4, 0, VFMA, SFMA)          \
-    PYNN_SK(pynn_##ISA##_##SFX##_sk3, TARGET, T, V, VBYTES, 3, 0, VFMA, SFMA)          \
-    PYNN_SK(pynn_##ISA##_##SFX##_sk2, TARGET, T, V, VBYTES, 2, 0, VFMA, SFMA)          \
-    PYNN_SK(pynn_##ISA##_##SFX##_sk1, TARGET, T, V, VBYTES, 1, 0, VFMA, SFMA)          \
+#define PYNN_MK_LEVEL(ISA, TARGET, SFX, T, V, VBYTES, MRMAX, WIDE, VFMA, SFMA, MASKED,  \
+                      MLOAD, MSTORE)                                                   \
+    PYNN_SK(pynn_##ISA##_##SFX##_sk8, TARGET, T, V, VBYTES, 8, 0, VFMA, SFMA, MASKED,  \
+            MLOAD, MSTORE)                                                             \
+    PYNN_SK(pynn_##ISA##_##SFX##_sk6, TARGET, T, V, VBYTES, 6, 0, VFMA, SFMA, MASKED,  \
+            MLOAD, MSTORE)                                                             \
+    PYNN_SK(pynn_##ISA##_##SFX##_sk6w, TARGET, T, V, VBYTES, 6, WIDE, VFMA, SFMA,      \
+            MASKED, MLOAD, MSTORE)                                                     \
+    PYNN_SK(pynn_##ISA##_##SFX##_sk4, TARGET, T, V, VBYTES, 4, 0, VFMA, SFMA, MASKED,  \
+            MLOAD, MSTORE)                                                             \
+    PYNN_SK(pynn_##ISA##_##SFX##_sk3, TARGET, T, V, VBYTES, 3, 0, VFMA, SFMA, MASKED,  \
+            MLOAD, MSTORE)                                                             \
+    PYNN_SK(pynn_##ISA##_##SFX##_sk2, TARGET, T, V, VBYTES, 2, 0, VFMA, SFMA, MASKED,  \
+            MLOAD, MSTORE)                                                             \
+    PYNN_SK(pynn_##ISA##_##SFX##_sk1, TARGET, T, V, VBYTES, 1, 0, VFMA, SFMA, MASKED,  \
+            MLOAD, MSTORE)                                                             \
     PYNN_SEG_GEMM(pynn_##ISA##_seg_gemm_##SFX, TARGET, T, pynn_##ISA##_##SFX##_sk, MRMAX) \
     PYNN_ROWS_GEMM(pynn_##ISA##_rows_gemm_##SFX, TARGET, T, pynn_##ISA##_seg_gemm_##SFX, WIDE)
+
+/* Masked loads and stores of the first rem lanes (PYNN_SK_TAIL). The generic level has
+   none: its stand-ins are never run (MASKED 0 keeps the scalar loop there). */
+#define PYNN_MLOAD_NONE(p, rem) ((void)(p), (void)(rem), (R){0})
+#define PYNN_MSTORE_NONE(p, v, rem) ((void)(v))
+#if PYNN_ISA_X86
+#define PYNN_MLOAD512_F(p, rem) \
+    ((pynn_vf64)_mm512_maskz_loadu_ps((__mmask16)((1u << (rem)) - 1u), (p)))
+#define PYNN_MSTORE512_F(p, v, rem) \
+    _mm512_mask_storeu_ps((p), (__mmask16)((1u << (rem)) - 1u), (__m512)(v))
+#define PYNN_MLOAD512_D(p, rem) \
+    ((pynn_vd64)_mm512_maskz_loadu_pd((__mmask8)((1u << (rem)) - 1u), (p)))
+#define PYNN_MSTORE512_D(p, v, rem) \
+    _mm512_mask_storeu_pd((p), (__mmask8)((1u << (rem)) - 1u), (__m512d)(v))
+/* AVX2 masks are vectors: rem all-ones lanes read from a window of this row of ints. */
+static const int pynn_lane_mask_i32[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                           0, 0, 0, 0, 0, 0, 0, 0};
+static const long long pynn_lane_mask_i64[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
+#define PYNN_MASK256_F(rem) _mm256_loadu_si256((const __m256i*)(pynn_lane_mask_i32 + 8 - (rem)))
+#define PYNN_MASK256_D(rem) _mm256_loadu_si256((const __m256i*)(pynn_lane_mask_i64 + 4 - (rem)))
+#define PYNN_MLOAD256_F(p, rem) ((pynn_vf32)_mm256_maskload_ps((p), PYNN_MASK256_F(rem)))
+#define PYNN_MSTORE256_F(p, v, rem) _mm256_maskstore_ps((p), PYNN_MASK256_F(rem), (__m256)(v))
+#define PYNN_MLOAD256_D(p, rem) ((pynn_vd32)_mm256_maskload_pd((p), PYNN_MASK256_D(rem)))
+#define PYNN_MSTORE256_D(p, v, rem) \
+    _mm256_maskstore_pd((p), PYNN_MASK256_D(rem), (__m256d)(v))
+#endif
 
 /* The generic copy uses vector_size(16) types: SSE2 on every x86-64, and GCC lowers them to
    scalars elsewhere. */
 PYNN_MK_LEVEL(generic, PYNN_TARGET_GENERIC, f, float, pynn_vf16, 16, 6, 0, PYNN_MULADD,
-              PYNN_MULADD)
+              PYNN_MULADD, 0, PYNN_MLOAD_NONE, PYNN_MSTORE_NONE)
 PYNN_MK_LEVEL(generic, PYNN_TARGET_GENERIC, d, double, pynn_vd16, 16, 6, 0, PYNN_MULADD,
-              PYNN_MULADD)
+              PYNN_MULADD, 0, PYNN_MLOAD_NONE, PYNN_MSTORE_NONE)
 #if PYNN_ISA_X86
 PYNN_MK_LEVEL(avx2, PYNN_TARGET_AVX2, f, float, pynn_vf32, 32, 6, 0, PYNN_VFMA256_F,
-              PYNN_SFMA_F)
+              PYNN_SFMA_F, 1, PYNN_MLOAD256_F, PYNN_MSTORE256_F)
 PYNN_MK_LEVEL(avx2, PYNN_TARGET_AVX2, d, double, pynn_vd32, 32, 6, 0, PYNN_VFMA256_D,
-              PYNN_SFMA_D)
+              PYNN_SFMA_D, 1, PYNN_MLOAD256_D, PYNN_MSTORE256_D)
 PYNN_MK_LEVEL(avx512, PYNN_TARGET_AVX512, f, float, pynn_vf64, 64, 8, 1, PYNN_VFMA512_F,
-              PYNN_SFMA_F)
+              PYNN_SFMA_F, 1, PYNN_MLOAD512_F, PYNN_MSTORE512_F)
 PYNN_MK_LEVEL(avx512, PYNN_TARGET_AVX512, d, double, pynn_vd64, 64, 8, 1, PYNN_VFMA512_D,
-              PYNN_SFMA_D)
+              PYNN_SFMA_D, 1, PYNN_MLOAD512_D, PYNN_MSTORE512_D)
 #endif
 
 /* This module's choice (see the top of the file). */

@@ -102,6 +102,25 @@ def test_seg_gemm_matches_float64(level, dtype, start):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_partial_vector_columns_stay_inside_c(level, dtype):
+    """The last columns that fill no whole vector go as one masked vector (PYNN_SK_TAIL):
+    right values, and nothing read or written past them (sentinels after c)."""
+    rng = np.random.default_rng(5)
+    for n in (1, 3, 5, 7, 9, 15, 17, 23, 24, 31, 40):
+        m, nseg, tn, sat = 7, 2, 9, 1
+        a, roff, aseg, b, bseg, ldb, A, B = _seg_case(rng, dtype, m, n, nseg, tn, sat)
+        init = rng.standard_normal(n).astype(dtype)
+        store = np.full(m * n + 32, 7.5, dtype=dtype)
+        c = store[:m * n].reshape(m, n)
+        info._seg_gemm(a, roff, aseg, sat, b, bseg, ldb, tn, c, init=init)
+        want = init.astype(np.float64) + np.einsum("sit,stj->ij", A, B)
+        scale = np.abs(init.astype(np.float64)) + np.einsum("sit,stj->ij", np.abs(A),
+                                                            np.abs(B))
+        _close(c, want, scale, dtype, f"{level} n={n}")
+        np.testing.assert_array_equal(store[m * n:], 7.5, err_msg=f"{level} n={n}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_rows_gemm_matches_float64(level, dtype):
     rng = np.random.default_rng(2)
     # The last two reduce over several blocks of b's rows (PYNN_ROWS_B_BYTES: 256 KiB of b
