@@ -390,6 +390,25 @@ cdef inline void act_forward_vec(const floating* x, floating* y, Py_ssize_t n, i
         for j in range(n):
             v = x[j]
             y[j] = v if v > 0 else alpha * v
+    # The capped relus as compares, which vectorize (fmin/fmax do not without fast-math):
+    # the same values as act_value's fmin(fmax(...)) (NaN -> 0 below the cap, +inf -> 6;
+    # only a -0.0 comes out +0.0), the arithmetic in double as there. MobileNets run them
+    # in every block's epilogue: relu6 over 56x56x144 took 1.1 ms, relu 0.12.
+    elif act == ACT_RELU6:
+        for j in range(n):
+            v = x[j]
+            v = v if v > 0 else 0
+            y[j] = v if v < 6 else 6
+    elif act == ACT_HARD_SIGMOID:
+        for j in range(n):
+            v = x[j] + 3
+            v = v if v > 0 else 0
+            y[j] = <floating>(<double>(v if v < 6 else 6) / 6)
+    elif act == ACT_HARD_SILU:
+        for j in range(n):
+            v = x[j] + 3
+            v = v if v > 0 else 0
+            y[j] = <floating>(<double>x[j] * <double>(v if v < 6 else 6) / 6)
     elif act == ACT_TANH:
         for j in range(n):
             y[j] = tanh(x[j])

@@ -507,6 +507,48 @@ def test_batch_norm_folds_into_the_layer_before_it(device, seeded, request):
         pynn.set_device("cpu")
 
 
+def mobile_net_block(lib=pynn):
+    """MobileNetV2's pattern: depthwise and 1x1 convs, each with BatchNormalization and a
+    ReLU layer (capped at 6, leaky, or with a threshold that no epilogue has)."""
+    L = lib.layers
+    x = lib.Input((9, 7, 5))
+    h = L.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(x)
+    h = L.ReLU(6.0, name="r6")(L.BatchNormalization(name="bn1")(h))
+    h = L.Conv2D(11, 1, name="pw")(h)
+    h = L.ReLU(negative_slope=0.2, name="leaky")(L.BatchNormalization(name="bn2")(h))
+    h = L.DepthwiseConv2D(3, strides=2, depth_multiplier=2, name="dw2")(h)
+    h = L.ReLU(threshold=0.1, name="thr")(L.BatchNormalization(name="bn3")(h))
+    return lib.Model(x, L.GlobalAveragePooling2D()(h))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("opencl", marks=pytest.mark.opencl)])
+def test_depthwise_batch_norm_and_relu_layers_fold(device, seeded, request):
+    """DepthwiseConv2D folds its BatchNormalization as Conv2D does (the scale along its
+    (C, depth_multiplier) output channels), and a ReLU layer that is relu, relu6 or
+    leaky_relu joins the epilogue; a thresholded ReLU stays its own step."""
+    if device == "opencl":
+        request.getfixturevalue("backend_opencl")
+    pynn.set_device(device)
+    try:
+        model = mobile_net_block()
+        randomize(model, seeded)
+        model.set_weights([np.abs(w) + 0.5 if "moving_variance" in v.path else w
+                           for v, w in zip(model.weights, model.get_weights())])
+        steps = model._plan.inference_steps()
+        folded = [(st.layer.layer.name, st.layer.activation, st.layer.alpha) for st in steps
+                  if type(st.layer).__name__ == "_FoldedLayer"]
+        assert folded == [("dw", "relu6", 0.0), ("pw", "leaky_relu", 0.2),
+                          ("dw2", "linear", 0.0)]
+        assert [type(st.layer).__name__ for st in steps].count("ReLU") == 1
+        x = (seeded.standard_normal((4, 9, 7, 5)) * 3).astype(np.float32)
+        b = pynn.backend.current()
+        unfolded, _ = model._plan.forward([b.asarray(x)], False)
+        np.testing.assert_allclose(model.predict(x), b.to_numpy(unfolded[0]), rtol=2e-5,
+                                   atol=2e-6)
+    finally:
+        pynn.set_device("cpu")
+
+
 def test_activity_regularization_layer_adds_its_penalty(float64, seeded):
     x_in = pynn.Input((4,))
     h = layers.Dense(3, activation="tanh")(x_in)

@@ -276,20 +276,20 @@ class Plan:
                 continue
             layer = st.layer
             bn = sole_reader(st.outs[0]) if not st.multi_out else None
-            if (type(layer).__name__ in ("Dense", "Conv2D") and layer.activation == "linear"
+            if (type(layer).__name__ in ("Dense", "Conv2D", "DepthwiseConv2D")
+                    and layer.activation == "linear"
                     and getattr(layer, "_activation_fn", None) is None
                     and calls[id(layer)] == 1 and bn is not None
                     and type(bn.layer).__name__ == "BatchNormalization"
                     and calls[id(bn.layer)] == 1
                     and bn.layer._axis == len(bn.layer.input_shape) - 1):
                 act = sole_reader(bn.outs[0])
-                if not (act is not None and type(act.layer).__name__ == "Activation"
-                        and act.layer.activation not in ("softmax", "linear")
-                        and act.layer.activation not in api.ACTIVATIONS_ON_ROWS
-                        and calls[id(act.layer)] == 1):
+                fused = None if act is None or calls[id(act.layer)] != 1 else \
+                    _epilogue_activation(act.layer)
+                if fused is None:
                     act = None
                 last = act or bn
-                folded = Step(_FoldedLayer(layer, bn.layer, act.layer if act else None),
+                folded = Step(_FoldedLayer(layer, bn.layer, act.layer if act else None, fused),
                               st.ins, last.outs, False, False)
                 skip.add(self.steps.index(bn))
                 if act is not None:
@@ -657,17 +657,38 @@ def _fuse_conv_pool(steps, readers, calls, outputs):
 # (pynn.layers.base), where the wrappers that defer to an inner layer's can reach them.
 
 
-class _FoldedLayer:
-    """A Dense or Conv2D, the inference-mode BatchNormalization after it and optionally the
-    Activation after that, as one op: kernel and bias folded (kernel * gamma / sqrt(var + eps),
-    (bias - mean) * that + beta), the activation in the op's epilogue. The folded arrays are
-    recomputed when weights change (pynn.variables.version)."""
+def _epilogue_activation(layer):
+    """(name, alpha) of the elementwise activation an Activation or a ReLU layer applies,
+    which an op's epilogue can run, or None. ReLU's forms are relu, relu6 (max_value 6:
+    MobileNets) and leaky_relu; a threshold or another cap has no code."""
+    kind = type(layer).__name__
+    if kind == "Activation":
+        if (layer.activation in ("softmax", "linear")
+                or layer.activation in api.ACTIVATIONS_ON_ROWS
+                or getattr(layer, "_activation_fn", None) is not None):
+            return None
+        return layer.activation, layer.alpha
+    if kind == "ReLU" and layer.threshold == 0:
+        if layer.max_value is None:
+            return ("relu", 0.0) if layer.negative_slope == 0 else \
+                ("leaky_relu", float(layer.negative_slope))
+        if layer.max_value == 6 and layer.negative_slope == 0:
+            return "relu6", 0.0
+    return None
 
-    def __init__(self, layer, bn, activation):
+
+class _FoldedLayer:
+    """A Dense, Conv2D or DepthwiseConv2D, the inference-mode BatchNormalization after it and
+    optionally the Activation or ReLU after that, as one op: kernel and bias folded
+    (kernel * gamma / sqrt(var + eps) along the output channels, (bias - mean) * that + beta),
+    the activation in the op's epilogue. The folded arrays are recomputed when weights change
+    (pynn.variables.version)."""
+
+    def __init__(self, layer, bn, activation, fused=None):
         self.layer, self.bn, self.activation_layer = layer, bn, activation
         self.name = f"{layer.name}+{bn.name}" + (f"+{activation.name}" if activation else "")
         if activation is not None:
-            self.activation, self.alpha = activation.activation, activation.alpha
+            self.activation, self.alpha = fused or (activation.activation, activation.alpha)
         else:
             self.activation, self.alpha = "linear", 0.0
         self._key = None
@@ -688,7 +709,9 @@ class _FoldedLayer:
             beta = host[3] if host[3] is not None else np.zeros(host[4].shape)
             scale = gamma / np.sqrt(host[5] + bn.epsilon)
             bias = host[1] if host[1] is not None else np.zeros(host[4].shape)
-            kernel = host[0] * scale
+            # the output channels: a depthwise kernel's (C, depth_multiplier) axes
+            depthwise = type(layer).__name__ == "DepthwiseConv2D"
+            kernel = host[0] * (scale.reshape(host[0].shape[-2:]) if depthwise else scale)
             folded_bias = (bias - host[4]) * scale + beta
             dtype = layer.dtype
             self._folded = (b.asarray(kernel.astype(dtype), dtype),
@@ -706,6 +729,10 @@ class _FoldedLayer:
         if type(layer).__name__ == "Conv2D":
             y, _ = b.conv2d_forward(x, kernel, bias, layer.strides, layer.padding,
                                     layer.dilation_rate, self.activation, self.alpha)
+            return y
+        if type(layer).__name__ == "DepthwiseConv2D":
+            y, _ = b.depthwise_conv2d_forward(x, kernel, bias, layer.strides, layer.padding,
+                                              layer.dilation_rate, self.activation, self.alpha)
             return y
         lead = tuple(x.shape[:-1])
         x2 = x if x.ndim == 2 else b.reshape(x, (-1, x.shape[-1]))
