@@ -12,7 +12,7 @@ batch-N the images per second of calls of N. Every framework gets --threads thre
 
     .venv/bin/python bench/bench_applications.py [--threads 1] [--batch 16] [--rounds 5]
         [--repeat 3] [--models MobileNetV2,ResNet50,EfficientNetB0] [--size 224]
-        [--json bench/results/applications-<cpu>-<threads>t.json]
+        [--json bench/results/applications-<cpu>-<threads>t.json] [--profile]
 """
 
 import argparse
@@ -82,6 +82,55 @@ def build(name, size, threads):
     return runners, errors
 
 
+def profile(name, size, rounds):
+    """pynn's batch-1 predict of ``name`` step by step: milliseconds per (plan runner, layer)
+    kind, summed over the plan's steps of that kind, the mean of ``rounds`` calls."""
+    import collections
+    import inspect
+
+    import numpy as np
+
+    import pynn
+    from pynn import inference
+
+    model = getattr(pynn.applications, name)(weights=None, input_shape=(size, size, 3))
+    x = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
+    for _ in range(3):
+        model.predict_on_batch(x)
+    spent, count = collections.defaultdict(float), collections.Counter()
+    originals = {}
+    for cls in vars(inference).values():
+        run = vars(cls).get("run") if isinstance(cls, type) else None
+        if run is None or list(inspect.signature(run).parameters) != ["self", "x", "buf"]:
+            continue
+
+        def timed(self, x, buf, _run=run):
+            t = time.perf_counter()
+            out = _run(self, x, buf)
+            layer = self.layer
+            folded = type(layer).__name__ == "_FoldedLayer"
+            kind = (type(self).__name__, type(layer).__name__ + (
+                f"({type(layer.layer).__name__})" if folded else ""))
+            spent[kind] += time.perf_counter() - t
+            count[kind] += 1
+            return out
+
+        originals[cls] = run
+        cls.run = timed
+    try:
+        t = time.perf_counter()
+        for _ in range(rounds):
+            model.predict_on_batch(x)
+        total = (time.perf_counter() - t) / rounds
+    finally:
+        for cls, run in originals.items():
+            cls.run = run
+    print(f"{name}: {total * 1e3:.2f} ms per batch-1 predict; by step kind:")
+    for kind, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind[0]:<18}{kind[1]:<44}{count[kind] // rounds:>4} steps "
+              f"{seconds / rounds * 1e3:8.2f} ms")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -92,7 +141,16 @@ def main():
     parser.add_argument("--models", default="MobileNetV2,ResNet50,EfficientNetB0")
     parser.add_argument("--json", default=None, help="default: bench/results/"
                         "applications-<cpu>-<threads>t.json")
+    parser.add_argument("--profile", action="store_true",
+                        help="pynn only: where a batch-1 predict's time goes, step by step")
     args = parser.parse_args()
+    if args.profile:
+        import pynn
+
+        pynn.set_num_threads(args.threads)
+        for name in args.models.split(","):
+            profile(name, args.size, max(args.rounds, 10))
+        return
 
     import numpy as np
     import torch
