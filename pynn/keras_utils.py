@@ -687,65 +687,6 @@ def _split_files(where, paths, label_array, names, label_mode, shuffle, seed,
                 dataset_seed)
 
 
-class FileDataset(PyDataset):
-    """The batches of ``text_dataset_from_directory`` / ``audio_dataset_from_directory``:
-    ``(x, y)`` (``x`` alone when label_mode is None), with ``class_names`` and
-    ``file_paths``; reshuffled each epoch when ``shuffle``, as the image datasets are."""
-
-    def __init__(self, file_paths, labels, class_names, label_mode, batch_size, shuffle, seed,
-                 load_batch):
-        super().__init__()
-        self.file_paths = list(file_paths)
-        self.labels = labels
-        self.class_names = class_names
-        self.label_mode = label_mode
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self._seed = seed
-        self._load_batch = load_batch
-        self.epoch = 0
-        self._order = self._epoch_order()
-
-    def _epoch_order(self):
-        n = len(self.file_paths)
-        if not self.shuffle:
-            return np.arange(n)
-        return np.random.default_rng([self._seed, self.epoch]).permutation(n)
-
-    def __len__(self):
-        if self.batch_size is None:
-            return len(self.file_paths)
-        return -(-len(self.file_paths) // self.batch_size)
-
-    def __getitem__(self, idx):
-        if not isinstance(idx, (int, np.integer)) or not 0 <= idx < len(self):
-            raise IndexError(f"{type(self).__name__}: batch {idx!r} out of range: it has "
-                             f"{len(self)} batches")
-        size = self.batch_size or 1
-        index = self._order[idx * size:(idx + 1) * size]
-        x = self._load_batch([self.file_paths[i] for i in index])
-        if self.label_mode is None:
-            return x if self.batch_size else x[0]
-        labels = self.labels[index]
-        if self.label_mode == "int":
-            y = labels.astype(np.int32)
-        elif self.label_mode == "binary":
-            y = labels.astype(np.float32).reshape(-1, 1)
-        else:
-            y = np.zeros((len(index), len(self.class_names)), np.float32)
-            y[np.arange(len(index)), labels] = 1
-        return (x, y) if self.batch_size else (x[0], y[0])
-
-    def on_epoch_end(self):
-        self.epoch += 1
-        self._order = self._epoch_order()
-
-    def __iter__(self):
-        for idx in range(len(self)):
-            yield self[idx]
-        self.on_epoch_end()
-
-
 def text_dataset_from_directory(directory, labels="inferred", label_mode="int",
                                 class_names=None, batch_size=32, max_length=None, shuffle=True,
                                 seed=None, validation_split=None, subset=None,
@@ -777,8 +718,10 @@ def text_dataset_from_directory(directory, labels="inferred", label_mode="int",
         return out
 
     def make(part, all_paths, all_labels, dataset_seed):
-        return FileDataset([all_paths[i] for i in part], all_labels[part], names, label_mode,
-                           batch_size, shuffle, dataset_seed, load)
+        from pynn.preprocessing import image_files
+
+        return image_files.FileDataset([all_paths[i] for i in part], all_labels[part], names,
+                                       label_mode, batch_size, shuffle, dataset_seed, load)
 
     return _split_files(where, paths, label_array, names, label_mode, shuffle, seed,
                         validation_split, subset, verbose, make)
@@ -855,8 +798,10 @@ def audio_dataset_from_directory(directory, labels="inferred", label_mode="int",
         return out
 
     def make(part, all_paths, all_labels, dataset_seed):
-        return FileDataset([all_paths[i] for i in part], all_labels[part], names, label_mode,
-                           batch_size, shuffle, dataset_seed, load)
+        from pynn.preprocessing import image_files
+
+        return image_files.FileDataset([all_paths[i] for i in part], all_labels[part], names,
+                                       label_mode, batch_size, shuffle, dataset_seed, load)
 
     return _split_files(where, paths, label_array, names, label_mode, shuffle, seed,
                         validation_split, subset, verbose, make)

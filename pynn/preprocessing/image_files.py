@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 
 from pynn import _config
+from pynn.data import PyDataset
 
 _PIL_HINT = "install Pillow, pynn's optional extra: pip install 'pynn[image]'"
 # Keras's legacy iterators read these extensions; image_dataset_from_directory its own list.
@@ -259,28 +260,25 @@ def _check_on_bad_image(where, on_bad_image):
 
 
 # -- image_dataset_from_directory -----------------------------------------------------------------
-class ImageDataset:
-    """What ``image_dataset_from_directory`` returns: an iterable of ``(x, y)`` batches
-    (``x`` alone when label_mode is None) with ``class_names`` and ``file_paths``; each
-    iteration is one epoch, reshuffled when ``shuffle``. Also a PyDataset (``__len__``,
-    ``__getitem__``, ``on_epoch_end``)."""
+class FileDataset(PyDataset):
+    """The batches of the ``*_dataset_from_directory`` functions (images here, text and
+    audio in pynn.keras_utils): ``(x, y)`` (``x`` alone when label_mode is None), with
+    ``class_names`` and ``file_paths``, x from ``load_batch(paths)``; reshuffled each epoch
+    when ``shuffle``."""
 
-    def __init__(self, file_paths, labels, class_names, label_mode, color_mode, batch_size,
-                 image_size, shuffle, seed, interpolation, crop_to_aspect_ratio):
+    def __init__(self, file_paths, labels, class_names, label_mode, batch_size, shuffle, seed,
+                 load_batch):
+        super().__init__()
         self.file_paths = list(file_paths)
         self.labels = labels
         self.class_names = class_names
         self.label_mode = label_mode
-        self.color_mode = color_mode
         self.batch_size = batch_size
-        self.image_size = tuple(image_size)
         self.shuffle = shuffle
         self._seed = seed
-        self.interpolation = interpolation
-        self.crop_to_aspect_ratio = crop_to_aspect_ratio
+        self._load_batch = load_batch
         self.epoch = 0
         self._order = self._epoch_order()
-        self.workers, self.use_multiprocessing, self.max_queue_size = 1, False, 10
 
     def _epoch_order(self):
         n = len(self.file_paths)
@@ -299,12 +297,11 @@ class ImageDataset:
 
     def __getitem__(self, idx):
         if not isinstance(idx, (int, np.integer)) or not 0 <= idx < len(self):
-            raise IndexError(f"ImageDataset: batch {idx!r} out of range: it has {len(self)} "
-                             f"batches")
+            raise IndexError(f"{type(self).__name__}: batch {idx!r} out of range: it has "
+                             f"{len(self)} batches")
         size = self.batch_size or 1
         index = self._order[idx * size:(idx + 1) * size]
-        x = _load_batch([self.file_paths[i] for i in index], self.color_mode, self.image_size,
-                        self.interpolation, self.crop_to_aspect_ratio, "float32")
+        x = self._load_batch([self.file_paths[i] for i in index])
         if self.label_mode is None:
             return x if self.batch_size else x[0]
         labels = self.labels[index]
@@ -325,6 +322,26 @@ class ImageDataset:
         for idx in range(len(self)):
             yield self[idx]
         self.on_epoch_end()
+
+
+class ImageDataset(FileDataset):
+    """What ``image_dataset_from_directory`` returns: an iterable of ``(x, y)`` batches
+    (``x`` alone when label_mode is None) with ``class_names`` and ``file_paths``; each
+    iteration is one epoch, reshuffled when ``shuffle``. Also a PyDataset (``__len__``,
+    ``__getitem__``, ``on_epoch_end``)."""
+
+    def __init__(self, file_paths, labels, class_names, label_mode, color_mode, batch_size,
+                 image_size, shuffle, seed, interpolation, crop_to_aspect_ratio):
+        self.color_mode = color_mode
+        self.image_size = tuple(image_size)
+        self.interpolation = interpolation
+        self.crop_to_aspect_ratio = crop_to_aspect_ratio
+        super().__init__(file_paths, labels, class_names, label_mode, batch_size, shuffle,
+                         seed, self._images)
+
+    def _images(self, paths):
+        return _load_batch(paths, self.color_mode, self.image_size, self.interpolation,
+                           self.crop_to_aspect_ratio, "float32")
 
 
 def image_dataset_from_directory(directory, labels="inferred", label_mode="int",
