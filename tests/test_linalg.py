@@ -317,6 +317,8 @@ CASES = {
                                                      rand(_R, (2, 4, 3), np.float64)]),
     "solve_vector": (lambda o, a, b: o.linalg.solve(a, b), [_general(_R, (3, 3)),
                                                            rand(_R, (3,), np.float64)]),
+    "solve_broadcast": (lambda o, a, b: o.linalg.solve(a, b), [_general(_R, (3, 3)),
+                                                              rand(_R, (2, 3, 3), np.float64)]),
     "solve_triangular": (lambda o, a, b: o.linalg.solve_triangular(a, b, lower=True),
                          [_general(_R, (2, 4, 4)), rand(_R, (2, 4, 2), np.float64)]),
     "solve_triangular_upper": (lambda o, a, b: o.linalg.solve_triangular(a, b),
