@@ -10,9 +10,8 @@ spectral norms from the SVD), so gradients flow through the compositions.
 Each factorisation records its own backward, written with pynn.ops' matrix products and the
 linalg kernels (the formulas torch uses, so Keras on torch gives the same gradients):
 cholesky's L^-T Phi(L^T gL) L^-1 symmetrised, lu_factor's P L^-T phi U^-T, solve's
-A^-T, slogdet's A^-T, QR's
-(reduced: m >= n, or A = Q [R1 R2] split), eigh's and svd's with distinct eigenvalues /
-singular values. Failures are reported as Keras on torch reports them: a Cholesky of a
+A^-T, slogdet's A^-T, QR's (reduced: m >= n, or A = Q [R1 R2] split), eigh's and svd's with
+distinct eigenvalues / singular values, cholesky_inverse's on the whole factor. Failures are reported as Keras on torch reports them: a Cholesky of a
 matrix that is not positive-definite and a solve or inverse of a singular matrix raise
 ``numpy.linalg.LinAlgError`` (a ValueError) naming the op and the matrix; det and slogdet of a
 singular matrix are 0 and (0, -inf). Reading the factorisations' ``info`` is the one host
