@@ -9,9 +9,9 @@ spectral norms from the SVD), so gradients flow through the compositions.
 
 Each factorisation records its own backward, written with pynn.ops' matrix products and the
 linalg kernels (the formulas torch uses, so Keras on torch gives the same gradients):
-cholesky's L^-T Phi(L^T gL) L^-1 symmetrised, solve's A^-T, slogdet's A^-T, QR's
-(reduced: m >= n, or A = Q [R1 R2] split), eigh's and svd's with distinct eigenvalues /
-singular values. Failures are reported as Keras on torch reports them: a Cholesky of a
+cholesky's L^-T Phi(L^T gL) L^-1 symmetrised, lu_factor's P L^-T phi U^-T, solve's
+A^-T, slogdet's A^-T, QR's (reduced: m >= n, or A = Q [R1 R2] split), eigh's and svd's with
+distinct eigenvalues / singular values, cholesky_inverse's on the whole factor. Failures are reported as Keras on torch reports them: a Cholesky of a
 matrix that is not positive-definite and a solve or inverse of a singular matrix raise
 ``numpy.linalg.LinAlgError`` (a ValueError) naming the op and the matrix; det and slogdet of a
 singular matrix are 0 and (0, -inf). Reading the factorisations' ``info`` is the one host
@@ -211,13 +211,23 @@ def _singular(k):
 @op
 def lu_factor(x):
     """keras.ops.linalg.lu_factor: (LU, pivots) as Keras on torch gives them (LAPACK's getrf
-    with 0-based int32 pivots: row i swapped with pivots[i] in turn). No gradient of its own
-    (solve and det differentiate through their own factorisation)."""
+    with 0-based int32 pivots: row i swapped with pivots[i] in turn). LU's gradient is
+    torch's: with A = P L U, gL = tril(g, -1), gU = triu(g),
+    gA = P L^-T (tril(L^T gL, -1) + triu(gU U^T)) U^-T."""
     b, a, lu, pivots, _ = _lu("lu_factor", x)
+    n = shape_of(a)[-1]
 
-    def backward(dy, need):
-        raise NotImplementedError("pynn.ops.linalg.lu_factor: no gradient (differentiate "
-                                  "solve, inv or det, which factor internally)")
+    def backward(g, need):
+        LU, G = _t(lu), _t(g)
+        eye = _eye_like(b, n, a.dtype)
+        lower, upper = npo.add(npx.tril(LU, -1), eye), npx.triu(LU)
+        phi = npo.add(npx.tril(_mm(_mT(lower), npx.tril(G, -1)), -1),
+                      npx.triu(_mm(npx.triu(G), _mT(upper))))
+        y = Tensor(b.triangular_solve_forward(lu, phi.value, True, True, True))  # L^-T phi
+        z = _mT(_triangular(b, upper, _mT(y), False, False))  # (L^-T phi) U^-T
+        # P z: the swaps undone, as the LU solve of A^T x = z with L = U = I does
+        identity = b.asarray(np.broadcast_to(np.eye(n, dtype=a.dtype), shape_of(a)), a.dtype)
+        return (b.lu_solve_forward(identity, pivots, z.value, True),)
 
     return record(lu, (x,), backward, "lu_factor"), Tensor(pivots)
 
