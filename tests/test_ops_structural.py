@@ -371,6 +371,22 @@ def test_opencl_matches_the_cpu(name):
     check_device(name, lambda *a: call(ops, *a), *[x.astype(np.float32) for x in xs])
 
 
+@pytest.mark.opencl
+def test_transforms_of_host_float64_arrays_on_opencl():
+    # The device computes in float32: the window and the Hermitian weights follow it.
+    from tests.test_ops_device import _on
+    x = _x(3, 12)
+    results = []
+    for device in ("cpu", "opencl"):
+        with _on(device):
+            re, im = ops.stft(x.astype(np.float32) if device == "cpu" else x, 8, 3, 8)
+            back = ops.istft((re, im), 8, 3, 8)
+            results.append([np.asarray(v) for v in (re, im, back)])
+    for want, got in zip(*results):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
 # -- CTC ----------------------------------------------------------------------------------------
 CTC_LABELS = np.array([[1, 2, 2, 0], [3, 1, 0, 0], [2, 3, 1, 3]], np.int32)
 CTC_LABEL_LENGTHS = np.array([3, 2, 4], np.int32)
