@@ -296,3 +296,11 @@ def test_device_tensors_as_bounds_index_and_predicate():
             ops.switch(one, [lambda a: a, lambda a: a + 1.0], x).numpy(), [2.0] * 3)
         np.testing.assert_array_equal(
             ops.cond(ops.sum(x) > 2.0, lambda: x * 5.0, lambda: x).numpy(), [5.0] * 3)
+
+
+def test_the_names_outside_the_graph_are_exported():
+    namespace = {}
+    exec("from pynn.ops import *", namespace)
+    for name in ("cond", "scan", "custom_gradient", "jvp", "shape", "dtype", "view_as_real",
+                 "ctc_decode", "fft", "istft"):
+        assert namespace[name] is getattr(ops, name), name
