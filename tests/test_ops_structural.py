@@ -605,6 +605,11 @@ def test_op_nodes_of_a_functional_model_save_and_load(tmp_path):
      ValueError, "ctc_loss: target_length"),
     (lambda: ops.ctc_loss(np.array([[1, 0], [7, 1], [1, 1]]), _x(3, 9, 5),
                           np.array([1, 2, 2]), CTC_STEPS), ValueError, "ctc_loss: target row 1"),
+    (lambda: ops.ctc_loss(CTC_LABELS, _x(3, 9, 5), CTC_LABEL_LENGTHS, np.array([9, 6, 3])),
+     ValueError, r"ctc_loss: the 4 labels of row 2 \(0 repeated\) need 4 steps, its "
+                 "output_length is 3"),
+    (lambda: ops.ctc_loss(CTC_LABELS, _x(3, 9, 5), CTC_LABEL_LENGTHS, np.array([3, 6, 8])),
+     ValueError, r"ctc_loss: the 3 labels of row 0 \(1 repeated\) need 4 steps"),
     (lambda: ops.ctc_loss(CTC_LABELS, _x(3, 9, 5), CTC_LABEL_LENGTHS, CTC_STEPS, mask_index=5),
      ValueError, "ctc_loss: mask_index"),
     (lambda: ops.ctc_decode(_x(2, 4, 3), np.array([4, 4]), strategy="best"), ValueError,

@@ -697,6 +697,15 @@ def ctc_loss(target, output, target_length, output_length, mask_index=0):
         raise ValueError(f"pynn.ops.{name}: target row {row} holds labels outside [0, "
                          f"{classes}) or the blank {mask_index} within its target_length: "
                          f"{labels[row, :label_lengths[row]].tolist()}")
+    repeats = np.count_nonzero(inside[:, 1:] & (labels[:, 1:] == labels[:, :-1]), axis=1)
+    short = label_lengths + repeats > step_lengths
+    if short.any():
+        row = int(np.argmax(short))
+        need = int(label_lengths[row] + repeats[row])
+        raise ValueError(f"pynn.ops.{name}: the {int(label_lengths[row])} labels of row {row} "
+                         f"({int(repeats[row])} repeated) need {need} steps, its "
+                         f"output_length is {int(step_lengths[row])} (no alignment exists; "
+                         f"Keras's loss would be inf)")
     logits, new_id = _blank_first(output, mask_index, classes)
     dense_labels = np.where(inside, new_id[np.clip(labels, 0, classes - 1)], 0).astype(np.int32)
     if np.any(step_lengths < steps):
