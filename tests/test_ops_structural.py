@@ -554,7 +554,9 @@ def test_op_nodes_of_a_functional_model_save_and_load(tmp_path):
 # -- bad inputs ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("call, error, match", [
     (lambda: ops.array_split(np.ones((3, 4)), 0, axis=1), ValueError, "array_split"),
-    (lambda: ops.hsplit(np.ones((3, 4)), 3), ValueError, "does not split"),
+    (lambda: ops.hsplit(np.ones((3, 4)), 3), ValueError, "hsplit: axis 1 of length 4 does "
+                                                        "not split"),
+    (lambda: ops.vsplit(np.ones((3, 4)), 0), ValueError, "vsplit: indices_or_sections"),
     (lambda: ops.dsplit(np.ones((3, 4)), 2), ValueError, "dsplit: expected an input of at "
                                                          "least 3"),
     (lambda: ops.rot90(np.ones(3)), ValueError, "rot90: expected an input of at least 2"),

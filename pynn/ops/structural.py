@@ -83,6 +83,12 @@ def array_split(x, indices_or_sections, axis=0):
 
 def _split_on(name, x, indices_or_sections, axis, at_least):
     npx._need_ndim(name, x, at_least)
+    if isinstance(indices_or_sections, (int, np.integer)):
+        n = _shape(x)[axis]
+        sections = _int(name, "indices_or_sections", indices_or_sections)
+        if n % sections:
+            raise ValueError(f"pynn.ops.{name}: axis {axis} of length {n} does not split into "
+                             f"{sections} equal parts (array_split allows unequal ones)")
     return npo.split(x, indices_or_sections, axis=axis)
 
 
