@@ -562,6 +562,8 @@ def test_op_nodes_of_a_functional_model_save_and_load(tmp_path):
     (lambda: ops.rot90(np.ones(3)), ValueError, "rot90: expected an input of at least 2"),
     (lambda: ops.rot90(np.ones((3, 4)), 1, (1, 1)), ValueError, "rot90: axes"),
     (lambda: ops.select([np.ones(2) > 0], [], 0), ValueError, "select"),
+    (lambda: ops.select([np.ones(2) > 0], [np.ones(3)], 0), ValueError,
+     "select: the conditions and choices must broadcast"),
     (lambda: ops.meshgrid(np.ones((2, 2))), ValueError, "meshgrid: input 0 must be 1-D"),
     (lambda: ops.meshgrid(np.ones(2), indexing="xz"), ValueError, "meshgrid: indexing"),
     (lambda: ops.depth_to_space(np.ones((1, 2, 2, 6)), 2), ValueError,

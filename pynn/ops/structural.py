@@ -166,7 +166,12 @@ def select(condlist, choicelist, default=0):
     if len(condlist) != len(choicelist) or not condlist:
         raise ValueError(f"pynn.ops.select: condlist and choicelist must be non-empty and of "
                          f"one length, got {len(condlist)} and {len(choicelist)}")
-    shape = np.broadcast_shapes(*[_shape(c) for c in (*condlist, *choicelist)])
+    shapes = [_shape(c) for c in (*condlist, *choicelist)]
+    try:
+        shape = np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise ValueError(f"pynn.ops.select: the conditions and choices must broadcast "
+                         f"together, got shapes {shapes}") from None
     dtype = np.result_type(*[npx._dtype(c) for c in choicelist])
     if isinstance(default, (int, float, bool, np.generic)):
         base = Tensor(backend.current().full((), default, dtype))
