@@ -641,3 +641,15 @@ def test_op_nodes_of_a_functional_model_save_and_load(tmp_path):
 def test_bad_inputs_name_the_op(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.opencl
+def test_opencl_refuses_what_has_no_device_kernel_by_name():
+    from tests.test_ops_device import _on
+    with _on("opencl") as b:
+        x = b.asarray(np.ones((2, 4), np.float32), np.float32)
+        with pytest.raises(NotImplementedError, match="pynn.ops.view: no opencl kernel"):
+            ops.view(x, "int32")
+        with pytest.raises(NotImplementedError, match=r"ctc_decode\(strategy='beam_search'\)"):
+            ops.ctc_decode(b.asarray(_x(2, 4, 3).astype(np.float32), np.float32),
+                           np.array([4, 4]), strategy="beam_search")
