@@ -282,3 +282,25 @@ def test_a_functional_graph_refuses_python_callables_by_name(call, name):
 def test_bad_inputs_name_the_op(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.opencl
+def test_device_tensors_as_bounds_index_and_predicate():
+    from tests.test_ops_device import _on
+    with _on("opencl") as b:
+        x = ops.convert_to_tensor(b.asarray(np.ones(3, np.float32), np.float32))
+        one, three = (ops.convert_to_tensor(b.asarray(np.array(v), np.int32)) for v in (1, 3))
+        np.testing.assert_array_equal(
+            ops.fori_loop(one, three, lambda i, a: a * 2.0, x).numpy(), [4.0] * 3)
+        np.testing.assert_array_equal(
+            ops.switch(one, [lambda a: a, lambda a: a + 1.0], x).numpy(), [2.0] * 3)
+        np.testing.assert_array_equal(
+            ops.cond(ops.sum(x) > 2.0, lambda: x * 5.0, lambda: x).numpy(), [5.0] * 3)
+
+
+def test_the_names_outside_the_graph_are_exported():
+    namespace = {}
+    exec("from pynn.ops import *", namespace)
+    for name in ("cond", "scan", "custom_gradient", "jvp", "shape", "dtype", "view_as_real",
+                 "ctc_decode", "fft", "istft"):
+        assert namespace[name] is getattr(ops, name), name

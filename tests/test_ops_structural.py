@@ -371,6 +371,22 @@ def test_opencl_matches_the_cpu(name):
     check_device(name, lambda *a: call(ops, *a), *[x.astype(np.float32) for x in xs])
 
 
+@pytest.mark.opencl
+def test_transforms_of_host_float64_arrays_on_opencl():
+    # The device computes in float32: the window and the Hermitian weights follow it.
+    from tests.test_ops_device import _on
+    x = _x(3, 12)
+    results = []
+    for device in ("cpu", "opencl"):
+        with _on(device):
+            re, im = ops.stft(x.astype(np.float32) if device == "cpu" else x, 8, 3, 8)
+            back = ops.istft((re, im), 8, 3, 8)
+            results.append([np.asarray(v) for v in (re, im, back)])
+    for want, got in zip(*results):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
 # -- CTC ----------------------------------------------------------------------------------------
 CTC_LABELS = np.array([[1, 2, 2, 0], [3, 1, 0, 0], [2, 3, 1, 3]], np.int32)
 CTC_LABEL_LENGTHS = np.array([3, 2, 4], np.int32)
@@ -538,12 +554,16 @@ def test_op_nodes_of_a_functional_model_save_and_load(tmp_path):
 # -- bad inputs ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("call, error, match", [
     (lambda: ops.array_split(np.ones((3, 4)), 0, axis=1), ValueError, "array_split"),
-    (lambda: ops.hsplit(np.ones((3, 4)), 3), ValueError, "does not split"),
+    (lambda: ops.hsplit(np.ones((3, 4)), 3), ValueError, "hsplit: axis 1 of length 4 does "
+                                                        "not split"),
+    (lambda: ops.vsplit(np.ones((3, 4)), 0), ValueError, "vsplit: indices_or_sections"),
     (lambda: ops.dsplit(np.ones((3, 4)), 2), ValueError, "dsplit: expected an input of at "
                                                          "least 3"),
     (lambda: ops.rot90(np.ones(3)), ValueError, "rot90: expected an input of at least 2"),
     (lambda: ops.rot90(np.ones((3, 4)), 1, (1, 1)), ValueError, "rot90: axes"),
     (lambda: ops.select([np.ones(2) > 0], [], 0), ValueError, "select"),
+    (lambda: ops.select([np.ones(2) > 0], [np.ones(3)], 0), ValueError,
+     "select: the conditions and choices must broadcast"),
     (lambda: ops.meshgrid(np.ones((2, 2))), ValueError, "meshgrid: input 0 must be 1-D"),
     (lambda: ops.meshgrid(np.ones(2), indexing="xz"), ValueError, "meshgrid: indexing"),
     (lambda: ops.depth_to_space(np.ones((1, 2, 2, 6)), 2), ValueError,
@@ -589,6 +609,11 @@ def test_op_nodes_of_a_functional_model_save_and_load(tmp_path):
      ValueError, "ctc_loss: target_length"),
     (lambda: ops.ctc_loss(np.array([[1, 0], [7, 1], [1, 1]]), _x(3, 9, 5),
                           np.array([1, 2, 2]), CTC_STEPS), ValueError, "ctc_loss: target row 1"),
+    (lambda: ops.ctc_loss(CTC_LABELS, _x(3, 9, 5), CTC_LABEL_LENGTHS, np.array([9, 6, 3])),
+     ValueError, r"ctc_loss: the 4 labels of row 2 \(0 repeated\) need 4 steps, its "
+                 "output_length is 3"),
+    (lambda: ops.ctc_loss(CTC_LABELS, _x(3, 9, 5), CTC_LABEL_LENGTHS, np.array([3, 6, 8])),
+     ValueError, r"ctc_loss: the 3 labels of row 0 \(1 repeated\) need 4 steps"),
     (lambda: ops.ctc_loss(CTC_LABELS, _x(3, 9, 5), CTC_LABEL_LENGTHS, CTC_STEPS, mask_index=5),
      ValueError, "ctc_loss: mask_index"),
     (lambda: ops.ctc_decode(_x(2, 4, 3), np.array([4, 4]), strategy="best"), ValueError,
@@ -616,3 +641,15 @@ def test_op_nodes_of_a_functional_model_save_and_load(tmp_path):
 def test_bad_inputs_name_the_op(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.opencl
+def test_opencl_refuses_what_has_no_device_kernel_by_name():
+    from tests.test_ops_device import _on
+    with _on("opencl") as b:
+        x = b.asarray(np.ones((2, 4), np.float32), np.float32)
+        with pytest.raises(NotImplementedError, match="pynn.ops.view: no opencl kernel"):
+            ops.view(x, "int32")
+        with pytest.raises(NotImplementedError, match=r"ctc_decode\(strategy='beam_search'\)"):
+            ops.ctc_decode(b.asarray(_x(2, 4, 3).astype(np.float32), np.float32),
+                           np.array([4, 4]), strategy="beam_search")

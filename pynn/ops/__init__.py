@@ -31,6 +31,12 @@ from pynn.ops.linalg import *
 from pynn.variables import Variable
 
 __all__ = [*sorted(OPS), "Tensor", "convert_to_tensor"]  # noqa: PLE0604
+# -- opss: the names that are no graph op (queries, control flow, refusals) are exported too
+from pynn.ops.control_flow import __all__ as _control_flow_names  # noqa: E402
+from pynn.ops.fft import __all__ as _fft_names  # noqa: E402
+from pynn.ops.structural import __all__ as _structural_names  # noqa: E402
+
+__all__ += sorted({*_structural_names, *_fft_names, *_control_flow_names} - set(__all__))
 
 
 def _install_operators(cls):

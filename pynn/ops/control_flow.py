@@ -74,6 +74,10 @@ def _truth(name, v):
     return bool(a.reshape(()))
 
 
+def _host_int(v):
+    return int(np.asarray(v.numpy() if hasattr(v, "numpy") else value(v)))
+
+
 def _callable(name, what, f):
     if not callable(f):
         raise TypeError(f"pynn.ops.{name}: {what} must be callable, got {type(f).__name__}")
@@ -94,7 +98,7 @@ def switch(index, branches, *operands):
     for i, f in enumerate(branches):
         _callable("switch", f"branches[{i}]", f)
     _refuse_symbolic("switch", index, operands)
-    i = int(np.asarray(index.numpy() if hasattr(index, "numpy") else value(index)))
+    i = _host_int(index)
     return branches[builtins.min(builtins.max(i, 0), len(branches) - 1)](*operands)
 
 
@@ -120,7 +124,7 @@ def fori_loop(lower, upper, body_fun, init_val):
     _callable("fori_loop", "body_fun", body_fun)
     _refuse_symbolic("fori_loop", init_val)
     val = init_val
-    for i in range(int(np.asarray(value(lower))), int(np.asarray(value(upper)))):
+    for i in range(_host_int(lower), _host_int(upper)):
         val = body_fun(i, val)
     return val
 

@@ -89,7 +89,8 @@ def _frames_dft(x, window, stride):
     lead, t = shape[:-1], shape[-1]
     rows = math.prod(lead)
     xv = b.reshape(_device_value(b, x), (rows, t))
-    w = b.asarray(np.asarray(window, npx._dtype(x)), npx._dtype(x))
+    # the window in the dtype the backend computes x in (OpenCL: float32)
+    w = b.asarray(np.asarray(window, xv.dtype), xv.dtype)
     re, im = b.stft_forward(xv, w, stride)
     out = tuple(re.shape[1:])
 
@@ -112,10 +113,9 @@ def _overlap_add(real, imag, window, stride, length):
     shape = _shape(real)
     lead, frames, bins = shape[:-2], shape[-2], shape[-1]
     rows = math.prod(lead)
-    dtype = npx._dtype(real)
-    w = b.asarray(np.asarray(window, dtype), dtype)
     rv = b.reshape(_device_value(b, real), (rows, frames, bins))
     iv = b.reshape(_device_value(b, imag), (rows, frames, bins))
+    w = b.asarray(np.asarray(window, rv.dtype), rv.dtype)
     y = b.stft_backward(rv, iv, w, stride, length)
 
     def backward(dy, need):

@@ -83,6 +83,12 @@ def array_split(x, indices_or_sections, axis=0):
 
 def _split_on(name, x, indices_or_sections, axis, at_least):
     npx._need_ndim(name, x, at_least)
+    if isinstance(indices_or_sections, (int, np.integer)):
+        n = _shape(x)[axis]
+        sections = _int(name, "indices_or_sections", indices_or_sections)
+        if n % sections:
+            raise ValueError(f"pynn.ops.{name}: axis {axis} of length {n} does not split into "
+                             f"{sections} equal parts (array_split allows unequal ones)")
     return npo.split(x, indices_or_sections, axis=axis)
 
 
@@ -160,7 +166,12 @@ def select(condlist, choicelist, default=0):
     if len(condlist) != len(choicelist) or not condlist:
         raise ValueError(f"pynn.ops.select: condlist and choicelist must be non-empty and of "
                          f"one length, got {len(condlist)} and {len(choicelist)}")
-    shape = np.broadcast_shapes(*[_shape(c) for c in (*condlist, *choicelist)])
+    shapes = [_shape(c) for c in (*condlist, *choicelist)]
+    try:
+        shape = np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise ValueError(f"pynn.ops.select: the conditions and choices must broadcast "
+                         f"together, got shapes {shapes}") from None
     dtype = np.result_type(*[npx._dtype(c) for c in choicelist])
     if isinstance(default, (int, float, bool, np.generic)):
         base = Tensor(backend.current().full((), default, dtype))
@@ -697,6 +708,15 @@ def ctc_loss(target, output, target_length, output_length, mask_index=0):
         raise ValueError(f"pynn.ops.{name}: target row {row} holds labels outside [0, "
                          f"{classes}) or the blank {mask_index} within its target_length: "
                          f"{labels[row, :label_lengths[row]].tolist()}")
+    repeats = np.count_nonzero(inside[:, 1:] & (labels[:, 1:] == labels[:, :-1]), axis=1)
+    short = label_lengths + repeats > step_lengths
+    if short.any():
+        row = int(np.argmax(short))
+        need = int(label_lengths[row] + repeats[row])
+        raise ValueError(f"pynn.ops.{name}: the {int(label_lengths[row])} labels of row {row} "
+                         f"({int(repeats[row])} repeated) need {need} steps, its "
+                         f"output_length is {int(step_lengths[row])} (no alignment exists; "
+                         f"Keras's loss would be inf)")
     logits, new_id = _blank_first(output, mask_index, classes)
     dense_labels = np.where(inside, new_id[np.clip(labels, 0, classes - 1)], 0).astype(np.int32)
     if np.any(step_lengths < steps):
